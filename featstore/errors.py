@@ -1,0 +1,42 @@
+"""Errors that featstore raises on purpose.
+
+Every message names what went wrong *and* what the user can do about it. The CLI turns any
+:class:`FeatstoreError` into that message and exit code 1; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class FeatstoreError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+
+class ConfigError(FeatstoreError, ValueError):
+    """An option has an unknown name or an invalid value."""
+
+
+class DataError(FeatstoreError):
+    """The image folders are missing or do not have the expected layout."""
+
+
+class WeightsError(FeatstoreError):
+    """Weights cannot be found, fetched or loaded into the chosen model."""
+
+
+class StoreError(FeatstoreError):
+    """The HDF5 store cannot be written or read, or does not match the request."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds the store."""
+
+
+def choices_error(kind: str, value: object, valid: Iterable[str]) -> ConfigError:
+    """A ConfigError for an unknown name that lists the valid ones.
+
+    >>> str(choices_error("model", "vgg17", ["vgg16", "vgg19"]))
+    "unknown model 'vgg17'; choose one of: vgg16, vgg19"
+    """
+    return ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(valid)}")

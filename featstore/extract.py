@@ -1,0 +1,245 @@
+"""The extraction pipeline: image folders -> frozen conv base -> HDF5 store, batch by batch.
+
+Images are decoded by a bounded pool of threads ahead of the model (order kept), the model runs
+with ``predict_on_batch`` (no ``predict``-in-a-loop leak), and each batch is committed to the
+store before the next, so an interrupted run resumes where it stopped.
+
+>>> from featstore import ExtractorConfig, extract
+>>> result = extract("data/fashion_mnist", "train", "features.h5",
+...                  ExtractorConfig(model="vgg16", weights="hed-bsds500"))   # doctest: +SKIP
+>>> result.rows, result.failed                                               # doctest: +SKIP
+(300, 0)
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, store
+from .backbones import cut_model, get_backbone, validate_pooling, validate_size
+from .errors import ConfigError
+from .images import RESIZE, ImageError, ImageListing, discover, load_image
+from .weights import LoadedWeights, describe_weights_argument, load_base, weights_digest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """Everything that decides the features; its hash (with the weights' digest) is the fingerprint."""
+
+    model: str = "vgg16"  # backbone registry name (featstore models)
+    image_size: int | None = None  # input side in pixels; None = the backbone's default
+    layer: str | None = None  # cut at this named layer; None = the conv base's last layer
+    pooling: str = "none"  # none | avg | max (global pooling after the cut)
+    dtype: str = "float32"  # float32 | float16 stored features
+    weights: str = "imagenet"  # imagenet | none | hed-bsds500 | path to a Keras weights file
+    seed: int = 0  # initialisation seed, used only with weights="none"
+
+    def validated(self) -> ExtractorConfig:
+        """Check every field before any work; fill the default image size."""
+        spec = get_backbone(self.model)
+        size = self.image_size or spec.default_size
+        validate_size(spec, size)
+        validate_pooling(self.pooling)
+        store.validate_dtype(self.dtype)
+        return ExtractorConfig(self.model, size, self.layer, self.pooling, self.dtype, describe_weights_argument(self.weights), self.seed)
+
+
+@dataclass
+class ExtractResult:
+    """What one ``extract`` call did."""
+
+    store: str  # store path
+    extractor: str  # extractor group name
+    split: str  # split name
+    rows: int = 0  # rows in the split after this run
+    written: int = 0  # rows written by this run
+    failed: int = 0  # images recorded as failed (whole split)
+    skipped: bool = False  # the split was already complete: nothing done
+    resumed_from: int = 0  # images already done when this run started
+    seconds: float = 0.0  # wall time of this run
+    feature_shape: tuple = ()  # shape of one row
+    fingerprint: str = ""  # extractor fingerprint
+    failures: list = field(default_factory=list)  # (path, reason) recorded by this run
+
+
+class Extractor:
+    """A loaded backbone turned into a feature function, with its provenance.
+
+    >>> ex = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))  # doctest: +SKIP
+    >>> ex(np.zeros((2, 32, 32, 3), np.uint8)).shape                                  # doctest: +SKIP
+    (2, 1, 1, 512)
+    """
+
+    def __init__(self, config: ExtractorConfig):
+        self.config = config.validated()
+        self.spec = get_backbone(self.config.model)
+        base, self.weights = load_base(self.spec, self.config.image_size, self.config.weights, self.config.seed)
+        self.model = cut_model(base, self.config.layer, self.config.pooling, self.spec.name)
+        self.feature_shape = tuple(int(d) for d in self.model.output_shape[1:])
+        self.attrs = self._attrs(self.weights)
+
+    def _attrs(self, w: LoadedWeights) -> dict:
+        import keras
+        import tensorflow as tf
+
+        c = self.config
+        attrs = {
+            "model": c.model,
+            "layer": c.layer or self.model.layers[-1 if c.pooling == "none" else -2].name,
+            "input_size": c.image_size,
+            "pooling": c.pooling,
+            "preprocess": self.spec.preprocess_name,
+            "resize": RESIZE,
+            "dtype": c.dtype,
+            "feature_shape": list(self.feature_shape),
+            "weights": w.argument,
+            "weights_source": w.source,
+            "weights_description": w.description,
+            "weights_file": w.path,
+            "weights_sha256": w.file_sha256,
+            "weights_digest": weights_digest(self.model),
+            "seed": c.seed,
+            "keras_version": keras.__version__,
+            "tensorflow_version": tf.__version__,
+            "featstore_version": __version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        attrs["fingerprint"] = store.fingerprint(attrs)
+        return attrs
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Features of a uint8 RGB batch ``(B, size, size, 3)``, in the configured dtype."""
+        x = self.spec.preprocess(images.astype(np.float32))
+        out = np.asarray(self.model.predict_on_batch(x))
+        return out.astype(self.config.dtype, copy=False)
+
+
+def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """Decode images in a thread pool, at most ``ahead`` in flight; yields (path, array or None, reason) in order."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featstore-decode") as pool:
+        pending: collections.deque = collections.deque()
+        it = iter(paths)
+
+        def submit_one() -> bool:
+            p = next(it, None)
+            if p is None:
+                return False
+            pending.append((p, pool.submit(load_image, p, size)))
+            return True
+
+        for _ in range(ahead):
+            if not submit_one():
+                break
+        while pending:
+            p, fut = pending.popleft()
+            submit_one()
+            try:
+                yield p, fut.result(), ""
+            except ImageError as exc:
+                yield p, None, str(exc)
+
+
+def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike = "features.h5",
+            config: ExtractorConfig | None = None, *, name: str | None = None, batch_size: int = 32,
+            overwrite: bool = False, progress: bool = False, workers: int | None = None, locking=None) -> ExtractResult:
+    """Extract features of ``data/split/<class>/*`` into ``store_path`` under ``/<name>/<split>``.
+
+    Re-running a complete split is a no-op (``overwrite=True`` replaces it); an interrupted run
+    resumes from its last committed batch. Example::
+
+        extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"))
+    """
+    started = time.monotonic()
+    config = (config or ExtractorConfig()).validated()
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    listing = discover(data, split)
+    store_path = store.check_writable(store_path)
+    name = name or config.model
+    result = ExtractResult(str(store_path), name, split)
+    with store.writer_lock(store_path):
+        if not overwrite and _already_complete(store_path, name, split, config, locking):
+            result.skipped = True
+            info = store.FeatureStore(store_path, locking=locking).split_info(split, name)
+            result.rows, result.failed = int(info["committed_rows"]), int(info["n_failed"])
+            result.feature_shape = tuple(info["shape"][1:])
+            logger.info("%s/%s in %s is already complete (%d rows); nothing to do. Use --overwrite to redo it.", name, split, store_path, result.rows)
+            return result
+        extractor = Extractor(config)
+        result.feature_shape, result.fingerprint = extractor.feature_shape, extractor.attrs["fingerprint"]
+        start = store.prepare_split(store_path, name, split, extractor.attrs, listing.class_names, str(listing.root.resolve()),
+                                    listing.digest(), len(listing.items), overwrite, locking)
+        if start is None:  # complete, found only after the full fingerprint check (e.g. other weights spelling)
+            result.skipped = True
+        else:
+            result.resumed_from = start
+            _run(extractor, listing, store_path, name, split, start, batch_size, progress, workers, locking, result)
+            store.finish(store_path, name, split, time.monotonic() - started, locking)
+        info = store.FeatureStore(store_path, locking=locking).split_info(split, name)
+        result.rows, result.failed = int(info["committed_rows"]), int(info["n_failed"])
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _already_complete(path: Path, name: str, split: str, config: ExtractorConfig, locking) -> bool:
+    """True when the split is complete and was made with this exact configuration (no model needed to tell)."""
+    if not path.exists():
+        return False
+    with store.open_h5(path, "r", locking=locking) as f:
+        if name not in f or split not in f[name] or not f[name][split].attrs.get("complete"):
+            return False
+        a = f[name].attrs
+        wanted = asdict(config)
+        recorded = {"model": a["model"], "image_size": int(a["input_size"]), "layer": wanted["layer"] and a["layer"],
+                    "pooling": a["pooling"], "dtype": a["dtype"], "weights": a["weights"], "seed": int(a["seed"])}
+        if config.weights != "none":
+            recorded["seed"] = wanted["seed"]
+        return recorded == wanted
+
+
+def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, split: str, start: int,
+         batch_size: int, progress: bool, workers: int | None, locking, result: ExtractResult) -> None:
+    from tqdm.auto import tqdm
+
+    items = listing.items[start:]
+    abs_paths = [str(listing.root / p) for p, _ in items]
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    done = start
+    bar = tqdm(total=len(listing.items), initial=start, unit="img", desc=f"{name}/{split}", disable=not progress, dynamic_ncols=True)
+    batch_imgs, batch_labels, batch_paths, batch_failed = [], [], [], []
+
+    def commit() -> None:
+        feats = extractor(np.stack(batch_imgs)) if batch_imgs else None
+        store.append(path, name, split, feats, np.array(batch_labels, dtype=np.int32), batch_paths, batch_failed, done, locking)
+        result.written += len(batch_labels)
+        result.failures.extend(batch_failed)
+        bar.update(len(batch_labels) + len(batch_failed))
+        batch_imgs.clear(), batch_labels.clear(), batch_paths.clear(), batch_failed.clear()
+
+    try:
+        for (rel, label), (_, img, reason) in zip(items, iter_decoded(abs_paths, extractor.config.image_size, workers, 4 * batch_size)):
+            done += 1
+            if img is None:
+                logger.warning("skipped %s: %s", rel, reason)
+                batch_failed.append((rel, reason))
+            else:
+                batch_imgs.append(img)
+                batch_labels.append(label)
+                batch_paths.append(rel)
+            if len(batch_imgs) == batch_size:
+                commit()
+        if batch_imgs or batch_failed:
+            commit()
+    finally:
+        bar.close()
