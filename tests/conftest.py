@@ -1,0 +1,61 @@
+"""Tiny synthetic fixtures: a few 32x32 images per class and random-weight models saved to files."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from featstore import ExtractorConfig  # noqa: E402
+
+SIZE = 32
+
+
+def write_images(root: Path, split: str, classes: dict[str, int], seed: int = 0, size: int = 40) -> list[Path]:
+    """Write ``classes[name]`` random RGB images per class under root/split/name/, alternating PNG and JPEG."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for ci, (name, n) in enumerate(classes.items()):
+        folder = root / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            base = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+            base[..., ci % 3] = np.clip(base[..., ci % 3].astype(int) + 80, 0, 255)  # a class signal
+            p = folder / f"img_{i:03d}.{'png' if i % 2 == 0 else 'jpg'}"
+            Image.fromarray(base).save(p)
+            out.append(p)
+    return out
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """train (6 per class), validation (3) and test (3), classes cat and dog."""
+    root = tmp_path / "data"
+    write_images(root, "train", {"cat": 6, "dog": 6}, seed=1)
+    write_images(root, "validation", {"cat": 3, "dog": 3}, seed=2)
+    write_images(root, "test", {"cat": 3, "dog": 3}, seed=3)
+    return root
+
+
+@pytest.fixture
+def tiny_config() -> ExtractorConfig:
+    """VGG16 on 32x32 input with seeded random weights: (1, 1, 512) features, fast on a CPU."""
+    return ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7)
+
+
+@pytest.fixture(scope="session")
+def vgg16_weights_file(tmp_path_factory) -> Path:
+    """A random-weight VGG16 conv base saved with save_weights, to load through --weights PATH."""
+    import keras
+
+    keras.utils.set_random_seed(123)
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    path = tmp_path_factory.mktemp("weights") / "vgg16_random.weights.h5"
+    model.save_weights(path)
+    return path

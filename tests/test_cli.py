@@ -1,0 +1,92 @@
+import os
+
+import pytest
+from typer.testing import CliRunner
+
+from featstore import FeatureStore
+from featstore.cli import app
+from featstore.store import writer_lock
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def tiny(data_root, store, *extra):
+    return run("extract", "--data", data_root, "--store", store, "--model", "vgg16", "--weights", "none",
+               "--image-size", 32, "--no-progress", *extra)
+
+
+def test_models_and_layers():
+    r = run("models")
+    assert r.exit_code == 0 and "vgg16" in r.output and "(4, 4, 512)" in r.output and "efficientnet_b0" in r.output
+    r = run("models", "vgg16", "--layers", "--image-size", 64)
+    assert r.exit_code == 0 and "block4_pool" in r.output and "(4, 4, 512)" in r.output
+
+
+def test_extract_then_info(data_root, tmp_path):
+    store = tmp_path / "features.h5"
+    r = tiny(data_root, store, "--split", "train")
+    assert r.exit_code == 0, r.output
+    assert "wrote 12 rows of (1, 1, 512)" in r.output and "0 failed" in r.output
+    r = tiny(data_root, store, "--split", "validation")
+    assert r.exit_code == 0, r.output
+    r = tiny(data_root, store, "--split", "validation")
+    assert r.exit_code == 0 and "already complete (6 rows" in r.output
+    r = run("info", store)
+    assert r.exit_code == 0
+    for text in ("/vgg16", "/train   complete", "/validation   complete", "features (12, 1, 1, 512) float32",
+                 "classes (2): cat, dog", "weights_source: none", "fingerprint"):
+        assert text in r.output, text
+    assert FeatureStore(store).splits() == ["train", "validation"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "vgg17"], "unknown model 'vgg17'; choose one of: vgg16"),
+    (["--pooling", "mean"], "unknown pooling 'mean'; choose one of: none, avg, max"),
+    (["--dtype", "int8"], "unknown dtype 'int8'; choose one of: float32, float16"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--image-size", "16"], "--image-size 16 is too small for vgg16"),
+    (["--layer", "block9_pool"], "unknown layer 'block9_pool' for vgg16"),
+    (["--split", "holdout"], "split folder .*holdout does not exist; splits found in .*: test, train, validation"),
+])
+def test_bad_options_give_clear_errors(data_root, tmp_path, args, message):
+    import re
+
+    r = tiny(data_root, tmp_path / "f.h5", *args)
+    assert r.exit_code == 1
+    assert re.search(message, r.output.replace("\n", " ")), r.output
+    assert "Traceback" not in r.output
+
+
+def test_bad_data_root_and_store_locations(data_root, tmp_path, monkeypatch):
+    r = tiny(tmp_path / "missing", tmp_path / "f.h5")
+    assert r.exit_code == 1 and "data root" in r.output and "does not exist" in r.output
+    r = tiny(data_root, tmp_path / "no" / "dir" / "f.h5")
+    assert r.exit_code == 1 and "mkdir -p" in r.output
+    not_h5 = tmp_path / "notes.h5"
+    not_h5.write_text("hello")
+    r = tiny(data_root, not_h5)
+    assert r.exit_code == 1 and "is not an HDF5 file" in r.output and not_h5.read_text() == "hello"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path / "ro") else real_access(p, mode))
+    (tmp_path / "ro").mkdir()
+    r = tiny(data_root, tmp_path / "ro" / "f.h5")
+    assert r.exit_code == 1 and "is read-only" in r.output
+
+
+def test_second_writer_gets_a_clear_error(data_root, tmp_path):
+    store = tmp_path / "f.h5"
+    with writer_lock(store):
+        r = tiny(data_root, store)
+    assert r.exit_code == 1 and f"(pid {os.getpid()}) is writing to" in r.output
+
+
+def test_wrong_weights_file(data_root, tmp_path):
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_bytes(b"not weights")
+    r = run("extract", "--data", data_root, "--store", tmp_path / "f.h5", "--weights", bad, "--image-size", 32, "--no-progress")
+    assert r.exit_code == 1 and "does not fit vgg16" in r.output
+    assert not (tmp_path / "f.h5").exists() or FeatureStore(tmp_path / "f.h5").extractors() == []

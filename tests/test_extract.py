@@ -1,0 +1,120 @@
+import h5py
+import numpy as np
+import pytest
+
+from featstore import ExtractorConfig, FeatureStore, StoreError, extract
+from featstore import store as store_mod
+
+from .conftest import write_images
+
+
+def test_layout_and_provenance(data_root, tiny_config, tmp_path):
+    path = tmp_path / "features.h5"
+    r = extract(data_root, "train", path, tiny_config, batch_size=5)
+    assert (r.rows, r.written, r.failed, r.skipped) == (12, 12, 0, False)
+    extract(data_root, "validation", path, tiny_config)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format_version"] == 1
+        g = f["vgg16"]
+        for key in ("model", "layer", "input_size", "pooling", "preprocess", "weights_source", "weights_sha256",
+                    "dtype", "keras_version", "tensorflow_version", "created_at", "fingerprint"):
+            assert key in g.attrs, key
+        assert g.attrs["weights_source"] == "none" and g.attrs["layer"] == "block5_pool"
+        assert "vgg16.preprocess_input" in g.attrs["preprocess"]
+        tr = g["train"]
+        assert tr["features"].shape == (12, 1, 1, 512) and tr["features"].dtype == np.float32
+        assert tr["features"].maxshape == (None, 1, 1, 512) and tr["features"].chunks[0] >= 1
+        assert list(tr["labels"][:]) == [0] * 6 + [1] * 6
+        assert tr["paths"].asstr()[0] == "train/cat/img_000.png"
+        assert list(tr.attrs["class_names"]) == ["cat", "dog"]
+        assert tr.attrs["complete"] and tr.attrs["committed_rows"] == 12 and tr.attrs["n_failed"] == 0
+        assert g["validation"]["features"].shape[0] == 6
+    store = FeatureStore(path)
+    X, y = store.load("train")
+    assert X.shape == (12, 1, 1, 512) and y.tolist() == [0] * 6 + [1] * 6
+    assert store.class_names() == ["cat", "dog"]
+    assert store.metadata()["fingerprint"] == store_mod.fingerprint(store.metadata())
+
+
+def test_features_equal_a_direct_model_call(data_root, tiny_config, tmp_path):
+    from featstore import Extractor, load_image
+
+    path = tmp_path / "f.h5"
+    extract(data_root, "train", path, tiny_config, batch_size=4)
+    X, _ = FeatureStore(path).load("train")
+    ex = Extractor(tiny_config)
+    imgs = np.stack([load_image(data_root / p, 32) for p in FeatureStore(path).paths("train")])
+    np.testing.assert_allclose(X, ex(imgs), rtol=1e-5, atol=1e-5)
+
+
+def test_rerun_is_noop_and_overwrite_replaces(data_root, tiny_config, tmp_path):
+    path = tmp_path / "f.h5"
+    extract(data_root, "train", path, tiny_config)
+    before = FeatureStore(path).split_info("train")
+    again = extract(data_root, "train", path, tiny_config)
+    assert again.skipped and again.rows == 12 and again.written == 0
+    assert FeatureStore(path).split_info("train")["started_at"] == before["started_at"]
+    redo = extract(data_root, "train", path, tiny_config, overwrite=True)
+    assert not redo.skipped and redo.written == 12
+
+
+def test_float16_and_pooling(data_root, tmp_path):
+    cfg = ExtractorConfig(model="vgg16", image_size=64, weights="none", pooling="avg", dtype="float16", layer="block4_pool")
+    r = extract(data_root, "train", tmp_path / "f.h5", cfg)
+    X, _ = FeatureStore(tmp_path / "f.h5").load("train")
+    assert X.dtype == np.float16 and X.shape == (12, 512) and r.feature_shape == (512,)
+
+
+def test_class_mismatch_is_an_error(data_root, tiny_config, tmp_path):
+    path = tmp_path / "f.h5"
+    extract(data_root, "train", path, tiny_config)
+    write_images(data_root, "validation", {"bird": 2})
+    with pytest.raises(StoreError, match=r"classes of split 'validation' differ.*\['bird', 'cat', 'dog'\]"):
+        extract(data_root, "validation", path, tiny_config)
+    assert FeatureStore(path).load("train")[0].shape[0] == 12  # nothing lost
+
+
+def test_other_extractor_under_same_name_shows_both_fingerprints(data_root, tiny_config, tmp_path):
+    path = tmp_path / "f.h5"
+    extract(data_root, "train", path, tiny_config)
+    other = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=8)
+    with pytest.raises(StoreError, match=r"fingerprint \w{12}, this run's is \w{12} \(weights_digest"):
+        extract(data_root, "validation", path, other)
+    extract(data_root, "validation", path, other, name="vgg16_seed8")  # --name is the way out
+    assert FeatureStore(path).extractors() == ["vgg16", "vgg16_seed8"]
+
+
+def test_resume_after_partial_write_matches_clean_run(data_root, tiny_config, tmp_path, monkeypatch):
+    clean = tmp_path / "clean.h5"
+    extract(data_root, "train", clean, tiny_config, batch_size=4)
+    path = tmp_path / "f.h5"
+    real_append, calls = store_mod.append, []
+
+    def dying_append(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # interrupted after one committed batch
+        return real_append(*args, **kwargs)
+
+    monkeypatch.setattr(store_mod, "append", dying_append)
+    with pytest.raises(KeyboardInterrupt):
+        extract(data_root, "train", path, tiny_config, batch_size=4)
+    monkeypatch.setattr(store_mod, "append", real_append)
+    assert FeatureStore(path).split_info("train")["committed_rows"] == 4
+    with pytest.raises(StoreError, match="not complete"):
+        FeatureStore(path).load("train")
+    r = extract(data_root, "train", path, tiny_config, batch_size=4)
+    assert r.resumed_from == 4 and r.written == 8
+    a, b = FeatureStore(clean), FeatureStore(path)
+    np.testing.assert_array_equal(a.load("train")[0], b.load("train")[0])
+    assert a.paths("train") == b.paths("train")
+
+
+def test_changed_images_on_resume_is_explained(data_root, tiny_config, tmp_path):
+    path = tmp_path / "f.h5"
+    extract(data_root, "train", path, tiny_config)
+    with h5py.File(path, "a") as f:
+        f["vgg16/train"].attrs["complete"] = False
+    write_images(data_root, "train", {"cat": 7})
+    with pytest.raises(StoreError, match="another set of images.*--overwrite"):
+        extract(data_root, "train", path, tiny_config)
