@@ -11,6 +11,9 @@ from .backbones import BackboneSpec, get_backbone, list_backbones, register_back
 from .errors import ConfigError, DataError, FeatstoreError, StoreBusyError, StoreError, WeightsError  # noqa: E402
 from .extract import Extractor, ExtractorConfig, ExtractResult, extract  # noqa: E402
 from .images import discover, load_image  # noqa: E402
+from .classifiers import build_classifier, get_classifier, list_classifiers, register_classifier  # noqa: E402
+from .predict import predict  # noqa: E402
+from .runs import compare_runs, ensemble, evaluate_run, fit, get_run, list_runs, show_run  # noqa: E402
 from .store import FeatureStore  # noqa: E402
 
 __all__ = [
@@ -26,6 +29,18 @@ __all__ = [
     "StoreBusyError",
     "StoreError",
     "WeightsError",
+    "build_classifier",
+    "compare_runs",
+    "ensemble",
+    "evaluate_run",
+    "fit",
+    "get_classifier",
+    "get_run",
+    "list_classifiers",
+    "list_runs",
+    "predict",
+    "register_classifier",
+    "show_run",
     "discover",
     "extract",
     "get_backbone",

@@ -107,5 +107,131 @@ def info(store: Annotated[Path, typer.Argument(help="HDF5 store file.")] = Path(
     typer.echo(store_tree(str(store)))
 
 
+StoreOpt = Annotated[Path, typer.Option(help="HDF5 store file.")]
+ExtractorOpt = Annotated[Optional[str], typer.Option(help="Extractor group in the store (needed when it holds several).")]
+RunsOpt = Annotated[Optional[Path], typer.Option(help="Runs folder (default: <store>.runs beside the store).")]
+
+
+@app.command()
+@_errors
+def fit(
+    clf: Annotated[str, typer.Option(help="Classifier: logreg, svm, dense, knn, random_forest, sgd (`featstore classifiers`).")] = "logreg",
+    param: Annotated[Optional[list[str]], typer.Option(help="NAME=VALUE; repeat a name to search over values, e.g. --param C=0.1 --param C=1.")] = None,
+    search: Annotated[bool, typer.Option(help="Also search the classifier's default grid.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Shortcut for --param epochs=N (dense).")] = None,
+    store: StoreOpt = Path("features.h5"),
+    extractor: ExtractorOpt = None,
+    jobs: Annotated[int, typer.Option(help="Parallel fits during a search (joblib).")] = 1,
+    train: Annotated[str, typer.Option(help="Split to fit on.")] = "train",
+    validation: Annotated[str, typer.Option(help="Split to choose parameters on (k-fold CV on train if absent).")] = "validation",
+    test: Annotated[str, typer.Option(help="Split evaluated once, for the chosen setting.")] = "test",
+    runs: RunsOpt = None,
+) -> None:
+    """Fit a classifier on stored features, choose parameters on validation, test once, record a run."""
+    from .classifiers import get_classifier, parse_params
+    from .report import run_report
+    from .runs import fit as run_fit
+
+    items = list(param or []) + ([f"epochs={epochs}"] if epochs is not None else [])
+    rec = run_fit(store, clf, parse_params(get_classifier(clf), items), extractor=extractor, search=search, jobs=jobs,
+                  train=train, validation=validation, test=test, runs=runs)
+    typer.echo(run_report(rec, [], per_class=False))
+
+
+@app.command()
+@_errors
+def classifiers() -> None:
+    """List the classifiers with their parameters (defaults) and default search grids."""
+    from .report import classifiers_table
+
+    typer.echo(classifiers_table())
+
+
+runs_app = typer.Typer(help="List, show, compare and evaluate recorded runs.", no_args_is_help=False)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback(invoke_without_command=True)
+@_errors
+def runs_list(ctx: typer.Context, store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
+    """Table of every run: classifier, parameters, validation/test accuracy, seconds, fingerprint."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .report import runs_table
+    from .runs import list_runs
+
+    typer.echo(runs_table(list_runs(store, runs)))
+
+
+@runs_app.command("show")
+@_errors
+def runs_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")], store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
+    """Metrics, per-class report and confusion matrix of a run; writes PNGs (confusion, dense curves) into its folder."""
+    from .report import run_report
+    from .runs import show_run
+
+    rec, pngs = show_run(run_id, store, runs)
+    typer.echo(run_report(rec, pngs))
+
+
+@runs_app.command("compare")
+@_errors
+def runs_compare(run_ids: Annotated[Optional[list[str]], typer.Argument(help="Runs to compare (default: all).")] = None,
+                 out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: <runs>/compare.png).")] = None,
+                 store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
+    """Bar chart of validation and test accuracy of runs."""
+    from .runs import compare_runs
+
+    typer.echo(f"wrote {compare_runs(run_ids, out, store, runs)}")
+
+
+@runs_app.command("evaluate")
+@_errors
+def runs_evaluate(run_id: Annotated[str, typer.Argument(help="Run id.")], split: Annotated[str, typer.Option(help="Split of the store to evaluate on.")] = "test",
+                  store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
+    """Apply a run to a split of the store (refused if the store's features are not the run's)."""
+    from .runs import evaluate_run
+
+    m = evaluate_run(run_id, split, store, runs)
+    typer.echo(f"{run_id} on {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n {m['n']}")
+
+
+@app.command()
+@_errors
+def ensemble(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids.")],
+    weight: Annotated[Optional[list[float]], typer.Option(help="One weight per run, in order (default: equal).")] = None,
+    store: StoreOpt = Path("features.h5"),
+    runs: RunsOpt = None,
+) -> None:
+    """Average the runs' predicted probabilities (optionally weighted); evaluated and recorded like a run."""
+    from .report import run_report
+    from .runs import ensemble as run_ensemble
+
+    typer.echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
+
+
+@app.command()
+@_errors
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    run: Annotated[str, typer.Option(help="Run id (fit or ensemble) to predict with.")],
+    out: Annotated[Optional[Path], typer.Option(help="Write a CSV (path,label,probability,error) instead of a table.")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Weights file to use if the recorded one is not on this machine (its digest is checked).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
+    store: StoreOpt = Path("features.h5"),
+    runs: RunsOpt = None,
+) -> None:
+    """Class and probability for new images, with the run's exact extractor and classifier."""
+    from .predict import predict as run_predict
+
+    rows = run_predict(run, inputs, store=store, runs=runs, out=out, weights=weights, batch_size=batch_size)
+    if out is not None:
+        typer.echo(f"wrote {len(rows)} predictions to {out}")
+        return
+    for r in rows:
+        typer.echo(f"{r['path']}\t{r['label']}\t{r['probability']:.4f}" if not r["error"] else f"{r['path']}\tFAILED\t{r['error']}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

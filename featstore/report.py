@@ -60,3 +60,60 @@ def store_tree(path: str) -> str:
                 for p, reason in store.failures(split, name):
                     lines.append(f"    │     failed: {p}: {reason}")
     return "\n".join(lines)
+
+
+def _acc(rec: dict, split: str) -> str:
+    m = rec.get("metrics", {}).get(split)
+    return f"{m['accuracy']:.4f}" if m else "-"
+
+
+def runs_table(runs: list[dict]) -> str:
+    """One line per run: id, classifier, chosen params, validation/test accuracy, seconds, fingerprint."""
+    if not runs:
+        return "no runs yet; fit one with `featstore fit --clf logreg`"
+    rows = [["id", "clf", "params", "val_acc", "test_acc", "fit_s", "extractor", "fingerprint", "created"]]
+    for r in runs:
+        params = ",".join(f"{k}={v}" for k, v in sorted(r.get("params", {}).items()) if k in r.get("given", r.get("params", {})))
+        rows.append([r["id"], r["clf"], params or "defaults", _acc(r, "validation"), _acc(r, "test"), f"{r.get('fit_seconds', 0):.2f}",
+                     r["extractor"], r["fingerprint"][:12], r["created_at"][:19]])
+    return _table(rows)
+
+
+def run_report(rec: dict, pngs: list, per_class: bool = True) -> str:
+    """A run's details: setup, selection, metrics per split with a per-class table, and the plots written."""
+    lines = [f"run {rec['id']} ({rec['kind']}), {rec['created_at']}",
+             f"  extractor {rec['extractor']} fingerprint {rec['fingerprint']}", f"  store {rec['store']}"]
+    if rec["kind"] == "ensemble":
+        lines.append(f"  members {', '.join(rec['members'])} with weights {rec['weights']}")
+    else:
+        lines.append(f"  clf {rec['clf']} params {rec['params']}")
+        sel = rec.get("selection", {})
+        lines.append(f"  selection: {sel.get('method')}")
+        for c in sel.get("candidates", []):
+            lines.append(f"    {c['params']}: {c['score']:.4f}")
+        lines.append(f"  fit {rec['fit_seconds']:.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image")
+    for note in rec.get("notes", []):
+        lines.append(f"  note: {note}")
+    for split, m in rec["metrics"].items():
+        lines.append(f"  {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n {m['n']}")
+        rows = [["    class", "precision", "recall", "f1", "support"]]
+        rows += [[f"    {c}", f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])] for c, v in m["per_class"].items()]
+        if per_class:
+            lines.append(_table(rows))
+    lines += [f"  wrote {p}" for p in pngs]
+    if not per_class:
+        lines.append(f"  details: featstore runs show {rec['id']}")
+    return "\n".join(lines)
+
+
+def classifiers_table() -> str:
+    """One block per registered classifier: description, parameters with defaults, default search grid."""
+    from .classifiers import get_classifier, list_classifiers
+
+    lines = []
+    for name in list_classifiers():
+        spec = get_classifier(name)
+        lines.append(f"{name}: {spec.description}")
+        lines.append("    params: " + ", ".join(f"{k}={p.default!r}" + (f" ({'|'.join(map(str, p.choices))})" if p.choices else "") for k, p in spec.params.items()))
+        lines.append("    search grid: " + (", ".join(f"{k}={v}" for k, v in spec.grid.items()) or "none"))
+    return "\n".join(lines)

@@ -1,0 +1,340 @@
+"""Fit classifiers on stored features, record every fit as a run, compare runs and build ensembles.
+
+Protocol: fit on ``train``; choose among several parameter settings by accuracy on ``validation`` (or by
+k-fold cross-validation on ``train`` when there is no validation split, and the run says so); evaluate
+on ``test`` once, for the chosen setting only. Runs live in ``<store>.runs/<run id>/`` beside the store
+(``run.json``, the fitted model, ``predictions.npz``), so fitting never blocks an extraction.
+
+>>> run = fit("features.h5", "logreg", {"C": [0.1, 1.0]})   # doctest: +SKIP
+>>> run["metrics"]["validation"]["accuracy"]                 # doctest: +SKIP
+0.87
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .artifacts import save_estimator
+from .classifiers import candidates, get_classifier
+from .errors import ConfigError, StoreError
+from .store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+
+def runs_dir(store: str | os.PathLike) -> Path:
+    """Where the runs of a store live: ``features.h5`` -> ``features.runs/``."""
+    return Path(store).with_suffix(".runs")
+
+
+def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    labels = list(range(len(class_names)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, c in enumerate(class_names)},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def full_proba(est, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``predict_proba`` with one column per store class (classes absent from training get 0)."""
+    proba = est.predict_proba(X)
+    out = np.zeros((len(X), n_classes), dtype=np.float64)
+    out[:, np.asarray(est.classes_, dtype=int)] = proba
+    return out
+
+
+def _fit_one(spec_name: str, params: dict, X, y, val):
+    """Fit one setting; the Keras head gets the validation split for early stopping."""
+    from .classifiers import build_classifier
+    from .dense import DenseHead
+
+    est = build_classifier(spec_name, params)
+    head = est.steps[-1][1]
+    if isinstance(head, DenseHead) and val is not None:
+        Xt = est[:-1].fit_transform(X, y)
+        head.fit(Xt, y, validation_data=(est[:-1].transform(val[0]), val[1]))
+    else:
+        est.fit(X, y)
+    return est
+
+
+def _score_one(spec_name, params, X, y, val):
+    est = _fit_one(spec_name, params, X, y, val)
+    return float(np.mean(est.predict(val[0]) == val[1])), est
+
+
+def _digest_paths(paths: list[str]) -> str:
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+
+
+def _usable(store: FeatureStore, name: str, split: str | None) -> bool:
+    if not split or split not in store.splits(name):
+        return False
+    if not store.split_info(split, name).get("complete"):
+        logger.warning("split %r of %r is not complete; it is not used", split, name)
+        return False
+    return True
+
+
+def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: dict[str, list] | None = None, *,
+        extractor: str | None = None, search: bool = False, jobs: int = 1, train: str = "train",
+        validation: str = "validation", test: str = "test", runs: str | os.PathLike | None = None) -> dict:
+    """Fit ``clf`` on the store's features, pick parameters on validation, test once, and record a run.
+
+    ``params`` maps parameter names to lists of typed values (several values = a search). Example::
+
+        run = fit("features.h5", "svm", {"kernel": ["linear", "rbf"]}, jobs=2)
+    """
+    from joblib import Parallel, delayed
+
+    spec = get_classifier(clf)
+    given = params or {}
+    spec.full_params({k: v[0] for k, v in given.items()})  # unknown names fail before any data is read
+    fs = FeatureStore(store)
+    name = fs.resolve(extractor)
+    if train not in fs.splits(name):
+        raise StoreError(f"extractor {name!r} in {store} has no {train!r} split; run `featstore extract --split {train}` first")
+    class_names = fs.class_names(name)
+    X, y = fs.load(train, name)
+    present = np.unique(y)
+    if len(present) < 2:
+        raise StoreError(f"split {train!r} has only one class ({class_names[present[0]] if len(present) else 'none'}); "
+                         f"a classifier needs at least two class folders with images")
+    val = fs.load(validation, name) if _usable(fs, name, validation) else None
+    settings = candidates(spec, given, search)
+    full = [spec.full_params(s) for s in settings]
+    selection: dict = {"metric": "accuracy", "candidates": []}
+    t0 = time.perf_counter()
+    if len(full) == 1:
+        selection["method"] = "single setting (nothing to select)"
+        est, best = _fit_one(clf, full[0], X, y, val), 0
+    elif val is not None:
+        selection["method"] = f"accuracy on the {validation!r} split"
+        backend = "threading" if clf == "dense" else "loky"
+        scored = Parallel(n_jobs=1 if clf == "dense" else jobs, backend=backend)(delayed(_score_one)(clf, p, X, y, val) for p in full)
+        best = int(np.argmax([s for s, _ in scored]))
+        est = scored[best][1]
+        selection["candidates"] = [{"params": s, "score": sc} for s, (sc, _) in zip(settings, scored)]
+    else:
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+        from .classifiers import build_classifier
+
+        k = int(min(5, np.bincount(y)[present].min()))
+        if k < 2:
+            raise StoreError(f"no {validation!r} split and too few images per class in {train!r} for cross-validation; extract a validation split")
+        selection["method"] = f"{k}-fold stratified cross-validation on {train!r} (no {validation!r} split)"
+        cv = StratifiedKFold(k, shuffle=True, random_state=0)
+        scores = [float(cross_val_score(build_classifier(clf, p), X, y, cv=cv, n_jobs=jobs).mean()) for p in full]
+        best = int(np.argmax(scores))
+        selection["candidates"] = [{"params": s, "score": sc} for s, sc in zip(settings, scores)]
+        est = _fit_one(clf, full[best], X, y, None)
+    fit_seconds = time.perf_counter() - t0
+    return _record(fs, name, est, clf, full[best], given, selection, class_names, {train: (X, y), validation: val},
+                   test if _usable(fs, name, test) else None, fit_seconds, runs)
+
+
+def _record(fs: FeatureStore, name: str, est, clf: str, params: dict, given: dict, selection: dict, class_names: list[str],
+            data: dict, test: str | None, fit_seconds: float, runs) -> dict:
+    """Evaluate the chosen model (test once) and write the run folder atomically."""
+    meta = fs.metadata(name)
+    train_split, val_split = list(data)
+    evaluated, probas, t_pred, n_pred = {}, {}, 0.0, 0
+    splits = [(train_split, data[train_split]), (val_split, data[val_split])]
+    if test is not None:
+        splits.append((test, fs.load(test, name)))  # the only read of the test split
+    for split, xy in splits:
+        if xy is None:
+            continue
+        t = time.perf_counter()
+        pred = est.predict(xy[0])
+        proba = full_proba(est, xy[0], len(class_names))
+        t_pred += time.perf_counter() - t
+        n_pred += len(xy[0])
+        evaluated[split] = metrics(xy[1], pred, class_names)
+        if split != train_split:
+            probas[split] = (proba, xy[1], _digest_paths(fs.paths(split, name)))
+    run_id = f"{clf}-{secrets.token_hex(3)}"
+    record = {
+        "id": run_id, "kind": "fit", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "store": str(fs.path.resolve()), "extractor": name, "fingerprint": meta["fingerprint"], "extractor_attrs": meta,
+        "class_names": class_names, "clf": clf, "params": params, "given": given, "selection": selection,
+        "splits": {s: (len(xy[1]) if xy is not None else None) for s, xy in data.items()} | ({test: evaluated[test]["n"]} if test else {}),
+        "metrics": evaluated, "fit_seconds": round(fit_seconds, 4), "predict_seconds_per_image": t_pred / max(n_pred, 1),
+        "versions": _versions(), "notes": [] if test else ["no complete test split: not evaluated on test"],
+    }
+    head = est.steps[-1][1]
+    if hasattr(head, "history_"):
+        record["history"] = head.history_
+    return _write_run(runs or runs_dir(fs.path), record, est, probas)
+
+
+def _write_run(root: Path, record: dict, est, probas: dict) -> dict:
+    """Write into a hidden temporary folder, then rename: a run folder is complete or absent."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{record['id']}.tmp"
+    tmp.mkdir()
+    try:
+        if est is not None:
+            record["artifact"] = save_estimator(est, tmp)
+        np.savez(tmp / "predictions.npz", **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
+                 **{f"{s}__labels": y for s, (_, y, _) in probas.items()})
+        record["predictions"] = {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()}
+        (tmp / "run.json").write_text(json.dumps(record, indent=1, default=_json_default))
+        os.replace(tmp, root / record["id"])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("recorded run %s in %s", record["id"], root)
+    return record
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"featstore": __version__}
+    for dist in ("numpy", "scikit-learn", "h5py", "keras", "tensorflow", "skops"):
+        try:
+            out[dist] = version(dist)  # read from metadata: importing keras here would cost seconds
+        except PackageNotFoundError:  # pragma: no cover
+            out[dist] = None
+    return out
+
+
+def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> list[dict]:
+    """Every recorded run of a store, oldest first."""
+    root = Path(runs or runs_dir(store))
+    if not root.is_dir():
+        return []
+    out = [json.loads((d / "run.json").read_text()) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / "run.json").is_file()]
+    return sorted(out, key=lambda r: (r["created_at"], r["id"]))
+
+
+def get_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> tuple[dict, Path]:
+    """A run's record and folder, by id or unique id prefix."""
+    root = Path(runs or runs_dir(store))
+    found = [r for r in list_runs(store, runs) if r["id"] == run_id] or [r for r in list_runs(store, runs) if r["id"].startswith(run_id)]
+    if len(found) != 1:
+        known = ", ".join(r["id"] for r in list_runs(store, runs)) or "none"
+        what = "no run" if not found else "several runs"
+        raise ConfigError(f"{what} with id {run_id!r} in {root}; runs there: {known}")
+    return found[0], root / found[0]["id"]
+
+
+def load_predictions(folder: Path) -> dict[str, np.ndarray]:
+    """A run's stored validation/test probabilities and labels."""
+    with np.load(folder / "predictions.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str | os.PathLike = "features.h5",
+             runs: str | os.PathLike | None = None) -> dict:
+    """Average the members' predicted probabilities (optionally weighted) and record it as a run.
+
+    Members may come from different classifiers and different extractors of the same images. Example::
+
+        ensemble(["logreg-1a2b3c", "svm-4d5e6f"], weights=[1, 2])
+    """
+    if len(run_ids) < 2:
+        raise ConfigError("an ensemble needs at least two run ids")
+    weights = [1.0] * len(run_ids) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(run_ids) or min(weights) < 0 or sum(weights) <= 0:
+        raise ConfigError(f"give one non-negative weight per member ({len(run_ids)}), not all zero; got {weights}")
+    members = [get_run(r, store, runs) for r in run_ids]
+    first = members[0][0]
+    for rec, _ in members[1:]:
+        if rec["class_names"] != first["class_names"]:
+            raise ConfigError(f"runs {first['id']} and {rec['id']} have different classes: {first['class_names']} vs {rec['class_names']}")
+    evaluated, probas = {}, {}
+    for split, info in first["predictions"].items():
+        if not all(split in rec["predictions"] for rec, _ in members):
+            continue
+        for rec, _ in members:
+            if rec["predictions"][split]["paths_sha256"] != info["paths_sha256"]:
+                raise ConfigError(f"runs {first['id']} and {rec['id']} were evaluated on different images of {split!r}; ensembles need the same images")
+        preds = [load_predictions(folder) for _, folder in members]
+        avg = sum(w * p[f"{split}__proba"] for w, p in zip(weights, preds)) / sum(weights)
+        y = preds[0][f"{split}__labels"]
+        evaluated[split] = metrics(y, avg.argmax(axis=1), first["class_names"])
+        probas[split] = (avg, y, info["paths_sha256"])
+    if not evaluated:
+        raise ConfigError("the members share no evaluated split (validation or test); nothing to ensemble")
+    record = {
+        "id": f"ensemble-{secrets.token_hex(3)}", "kind": "ensemble", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "store": first["store"], "members": [rec["id"] for rec, _ in members], "weights": weights,
+        "extractor": "+".join(sorted({rec["extractor"] for rec, _ in members})), "fingerprint": "+".join(rec["fingerprint"][:12] for rec, _ in members),
+        "class_names": first["class_names"], "clf": "ensemble", "params": {"weights": weights}, "metrics": evaluated,
+        "fit_seconds": 0.0, "versions": _versions(), "notes": [],
+    }
+    return _write_run(Path(runs or runs_dir(store)), record, None, probas)
+
+
+def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
+    """Apply a fitted run to a split of the store; refused when the store's fingerprint is not the run's."""
+    from .artifacts import load_estimator
+
+    rec, folder = get_run(run_id, store, runs)
+    if rec["kind"] != "fit":
+        raise ConfigError(f"{run_id} is an ensemble; evaluate its members, or use its recorded metrics (`featstore runs show`)")
+    fs = FeatureStore(store)
+    if rec["extractor"] not in fs.extractors():
+        raise StoreError(f"store {store} has no extractor {rec['extractor']!r} that run {rec['id']} was fitted on")
+    have = fs.metadata(rec["extractor"])["fingerprint"]
+    if have != rec["fingerprint"]:
+        raise StoreError(f"store features of {rec['extractor']!r} have fingerprint {have[:12]}, run {rec['id']} was fitted on "
+                         f"{rec['fingerprint'][:12]}; refusing to apply it to other features. Re-fit on this store.")
+    est = load_estimator(folder, rec["artifact"])
+    X, y = fs.load(split, rec["extractor"])
+    return metrics(y, est.predict(X), rec["class_names"])
+
+
+def show_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> tuple[dict, list[Path]]:
+    """A run's record, after writing its PNGs into its folder: a confusion matrix per split, curves for the dense head."""
+    from .plots import confusion_png, curves_png
+
+    rec, folder = get_run(run_id, store, runs)
+    pngs = [confusion_png(m["confusion_matrix"], rec["class_names"], f"{rec['id']} on {split} (acc {m['accuracy']:.3f})",
+                          folder / f"confusion_{split}.png") for split, m in rec["metrics"].items()]
+    if rec.get("history"):
+        pngs.append(curves_png(rec["history"], rec["id"], folder / "curves.png"))
+    return rec, pngs
+
+
+def compare_runs(run_ids: list[str] | None = None, out: str | os.PathLike | None = None, store: str | os.PathLike = "features.h5",
+                 runs: str | os.PathLike | None = None) -> Path:
+    """Bar chart of validation and test accuracy of the given runs (default: all); returns the PNG path."""
+    from .plots import compare_png
+
+    recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
+    if not recs:
+        raise ConfigError("no runs to compare; fit some with `featstore fit`")
+    out = Path(out or Path(runs or runs_dir(store)) / "compare.png")
+    scores = {s: [r["metrics"].get(s, {}).get("accuracy") for r in recs] for s in ("validation", "test")}
+    return compare_png([r["id"] for r in recs], scores, out)
