@@ -26,7 +26,8 @@ def save_estimator(est: Pipeline, folder: Path) -> dict:
     if isinstance(head, DenseHead):
         model_file = folder / "model.keras"
         head.save(model_file)
-        meta = {"reduce": est.steps[0][1].reduce, "params": head.get_params(), "classes": head.classes_.tolist(),
+        reshape = est.steps[0][1]
+        meta = {"reduce": reshape.reduce, "n_features_in": reshape.n_features_in_, "params": head.get_params(), "classes": head.classes_.tolist(),
                 "history": head.history_}
         (folder / "head.json").write_text(json.dumps(meta, indent=1))
         return {"file": model_file.name, "format": "keras", "sha256": sha256_file(model_file),
@@ -55,7 +56,9 @@ def load_estimator(folder: Path, artifact: dict) -> Pipeline:
         _verify(folder / artifact["meta_file"], artifact["meta_sha256"])
         meta = json.loads((folder / artifact["meta_file"]).read_text())
         head = DenseHead(**meta["params"]).load_model(path, meta["classes"], meta.get("history"))
-        return Pipeline([("features", FeatureReshape(meta["reduce"])), ("clf", head)])
+        reshape = FeatureReshape(meta["reduce"])
+        reshape.n_features_in_ = meta["n_features_in"]  # stateless apart from the input check
+        return Pipeline([("features", reshape), ("clf", head)])
     import skops.io as sio
 
     types = sio.get_untrusted_types(file=path)

@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_data
 
 from .errors import ConfigError, choices_error
 
@@ -37,15 +38,16 @@ class FeatureReshape(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         if self.reduce not in REDUCTIONS:
             raise ConfigError(f"unknown reduce {self.reduce!r}; choose one of: {', '.join(REDUCTIONS)}")
-        X = np.asarray(X)
-        self.n_features_in_ = int(np.prod(X.shape[1:])) if X.ndim > 1 else 1
+        validate_data(self, X, allow_nd=True, dtype=FLOAT_DTYPES)
         return self
 
     def transform(self, X):
-        X = np.asarray(X)
+        check_is_fitted(self)
+        X = validate_data(self, X, allow_nd=True, dtype=FLOAT_DTYPES, reset=False)
         if X.ndim == 4 and self.reduce != "flatten":
             X = X.mean(axis=(1, 2)) if self.reduce == "avg" else X.max(axis=(1, 2))
-        return X.reshape(len(X), -1).astype(np.float32, copy=False)
+        X = X.reshape(len(X), -1)
+        return X.astype(np.float32) if X.dtype == np.float16 else X  # float16 stores are computed in float32
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def _forest(p):
 
 @register_classifier("sgd", "linear model trained by SGD (log loss); learns from chunks with partial_fit",
                      {"alpha": Param(float, 1e-4), "loss": Param(str, "log_loss", ("log_loss", "modified_huber")),
-                      "max_iter": Param(int, 50), "reduce": _REDUCE, "seed": _SEED},
+                      "max_iter": Param(int, 1000), "reduce": _REDUCE, "seed": _SEED},
                      grid={"alpha": [1e-5, 1e-4, 1e-3]}, needs_all_data=False)
 def _sgd(p):
     from sklearn.linear_model import SGDClassifier

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 
 class DenseHead(ClassifierMixin, BaseEstimator):
@@ -47,11 +48,11 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """Train on ``X, y``; ``validation_data=(Xv, yv)`` drives early stopping and the validation curves."""
         import keras
 
-        X, y = check_X_y(X, y, dtype=np.float32)
+        X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
         self.classes_, y_enc = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"DenseHead needs at least 2 classes; got {len(self.classes_)}")
-        self.n_features_in_ = X.shape[1]
+            raise ValueError(f"DenseHead needs samples of at least 2 classes; the data contains only one class: {self.classes_[0]!r}")
         n_out = 1 if len(self.classes_) == 2 else len(self.classes_)
         self.model_ = self._build(X.shape[1], n_out)
         fit_kw = {}
@@ -70,8 +71,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X):
         """Class probabilities, columns in ``classes_`` order."""
-        check_is_fitted(self, "model_")
-        X = check_array(X, dtype=np.float32)
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
         out = np.concatenate([np.asarray(self.model_.predict_on_batch(X[i:i + 1024])) for i in range(0, len(X), 1024)] or
                              [np.zeros((0, self.model_.output_shape[-1]), np.float32)])
         if out.shape[1] == 1:
@@ -80,7 +81,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Most probable class."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # checks fitted state first
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def save(self, path) -> None:
         """Write the Keras model to ``path`` (``.keras``)."""

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from featstore import ConfigError, build_classifier, get_classifier, list_classifiers
+from featstore.artifacts import load_estimator, save_estimator
+from featstore.classifiers import FeatureReshape, candidates, parse_params
+from featstore.dense import DenseHead
+
+FAST = {"dense": {"epochs": 3, "units": 16, "lr": 1e-3}, "random_forest": {"n_estimators": 20}}
+
+
+def _data(n=40, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    X = rng.normal(size=(n, 2, 2, 4)).astype(np.float32)
+    X[np.arange(n), 0, 0, y] += 3.0  # separable signal
+    return X, y
+
+
+@parametrize_with_checks([FeatureReshape(), FeatureReshape("avg")])
+def test_feature_reshape_passes_sklearn_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.slow
+@parametrize_with_checks(
+    [DenseHead(epochs=40, units=32, lr=1e-2, batch_size=16, patience=40)],
+    expected_failed_checks=lambda est: {
+        "check_methods_sample_order_invariance": "Keras float32 matmuls differ by ~1e-7 when rows are reordered",
+    },
+)
+def test_dense_head_passes_sklearn_checks(estimator, check):
+    check(estimator)
+
+
+def test_registry_has_the_required_classifiers():
+    assert {"logreg", "svm", "dense", "knn", "random_forest", "sgd"} <= set(list_classifiers())
+
+
+@pytest.mark.parametrize("name", list_classifiers())
+def test_classifier_contract_and_artifact_round_trip(name, tmp_path):
+    X, y = _data()
+    est = build_classifier(name, FAST.get(name, {}))
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+    twin = clone(est)
+    assert twin.get_params().keys() == est.get_params().keys()
+    assert est.fit(X, y) is est
+    proba = est.predict_proba(X)
+    assert proba.shape == (len(X), 3) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+    assert list(est.classes_) == [0, 1, 2] and set(est.predict(X)) <= {0, 1, 2}
+    if name != "dense":
+        assert (est.predict(X) == y).mean() > 0.6
+    record = save_estimator(est, tmp_path)
+    loaded = load_estimator(tmp_path, record)
+    np.testing.assert_allclose(loaded.predict_proba(X), proba, rtol=1e-6, atol=1e-6)
+
+
+def test_params_are_typed_and_validated():
+    spec = get_classifier("logreg")
+    assert parse_params(spec, ["C=0.1", "C=1"]) == {"C": [0.1, 1.0]}
+    with pytest.raises(ConfigError, match="unknown parameter 'gamma' for logreg; valid: C, max_iter, reduce"):
+        parse_params(spec, ["gamma=1"])
+    with pytest.raises(ConfigError, match="must be of type float"):
+        parse_params(spec, ["C=big"])
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_params(spec, ["C"])
+    with pytest.raises(ConfigError, match="choose one of: linear, rbf"):
+        parse_params(get_classifier("svm"), ["kernel=poly"])
+    with pytest.raises(ConfigError, match="choose one of: logreg, svm"):
+        get_classifier("xgboost")
+
+
+def test_candidates_grid():
+    spec = get_classifier("svm")
+    assert candidates(spec, {}, False) == [{}]
+    assert len(candidates(spec, {}, True)) == 6
+    assert candidates(spec, {"C": [1.0]}, True) == [{"C": 1.0, "kernel": "linear"}, {"C": 1.0, "kernel": "rbf"}]
+
+
+def test_feature_reshape_modes():
+    X = np.arange(2 * 2 * 2 * 3, dtype=np.float32).reshape(2, 2, 2, 3)
+    assert FeatureReshape().fit_transform(X).shape == (2, 12)
+    np.testing.assert_allclose(FeatureReshape("avg").fit_transform(X), X.mean(axis=(1, 2)))
+    np.testing.assert_allclose(FeatureReshape("max").fit_transform(X), X.max(axis=(1, 2)))
