@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from featstore import ExtractorConfig  # noqa: E402
+from featstore import ExtractorConfig, extract  # noqa: E402
 
 SIZE = 32
 
@@ -58,4 +58,18 @@ def vgg16_weights_file(tmp_path_factory) -> Path:
     model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
     path = tmp_path_factory.mktemp("weights") / "vgg16_random.weights.h5"
     model.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """train/validation/test of 3 classes, VGG16@32 with seeded random weights, avg-pooled to 512 values."""
+    root = tmp_path_factory.mktemp("runs")
+    data = root / "data"
+    for split, n, seed in (("train", 10, 1), ("validation", 5, 2), ("test", 5, 3)):
+        write_images(data, split, {"cat": n, "dog": n, "fox": n}, seed=seed)
+    path = root / "features.h5"
+    cfg = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=3, pooling="avg", layer="block3_pool")
+    for split in ("train", "validation", "test"):
+        extract(data, split, path, cfg)
     return path

@@ -90,3 +90,53 @@ def test_wrong_weights_file(data_root, tmp_path):
     r = run("extract", "--data", data_root, "--store", tmp_path / "f.h5", "--weights", bad, "--image-size", 32, "--no-progress")
     assert r.exit_code == 1 and "does not fit vgg16" in r.output
     assert not (tmp_path / "f.h5").exists() or FeatureStore(tmp_path / "f.h5").extractors() == []
+
+
+def test_fit_runs_show_compare_ensemble_predict(store, tmp_path):
+    runs = tmp_path / "runs"
+    common = ["--store", store, "--runs", runs]
+    r = run("fit", "--clf", "logreg", "--param", "C=0.1", "--param", "C=1", *common)
+    assert r.exit_code == 0, r.output
+    assert "selection: accuracy on the 'validation' split" in r.output and "test: accuracy" in r.output
+    r = run("fit", "--clf", "dense", "--epochs", "3", *common)
+    assert r.exit_code == 0, r.output
+    r = run("runs", *common)
+    assert r.exit_code == 0 and "logreg" in r.output and "dense" in r.output and "val_acc" in r.output
+    ids = [line.split()[0] for line in r.output.splitlines()[1:]]
+    dense_id = next(i for i in ids if i.startswith("dense"))
+    r = run("runs", "show", dense_id, *common)
+    assert r.exit_code == 0 and "precision" in r.output
+    assert (runs / dense_id / "curves.png").stat().st_size > 1000 and (runs / dense_id / "confusion_test.png").is_file()
+    r = run("runs", "compare", *common)
+    assert r.exit_code == 0 and (runs / "compare.png").is_file()
+    r = run("ensemble", *ids, "--weight", "1", "--weight", "2", *common)
+    assert r.exit_code == 0 and "members" in r.output
+    root = FeatureStore(store).split_info("test")["source_root"]
+    out = tmp_path / "p.csv"
+    r = run("predict", "--run", ids[0], f"{root}/test", "--out", out, *common)
+    assert r.exit_code == 0 and "wrote 15 predictions" in r.output and len(out.read_text().splitlines()) == 16
+    r = run("runs", "evaluate", ids[0], "--split", "validation", *common)
+    assert r.exit_code == 0 and "accuracy" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--clf", "xgb"], "unknown classifier 'xgb'; choose one of: logreg"),
+    (["fit", "--param", "C=high"], "must be of type float"),
+    (["fit", "--param", "depth=3"], "unknown parameter 'depth' for logreg"),
+    (["runs", "show", "nope"], "no run with id 'nope'"),
+    (["predict", "--run", "nope", "."], "no run with id 'nope'"),
+    (["ensemble", "a"], "at least two run ids"),
+])
+def test_experiment_errors(store, tmp_path, args, message):
+    r = run(*args, "--store", store, "--runs", tmp_path)
+    assert r.exit_code == 1 and message in r.output, r.output
+
+
+def test_fit_without_store(tmp_path):
+    r = run("fit", "--store", tmp_path / "missing.h5")
+    assert r.exit_code == 1 and "does not exist; create it with `featstore extract" in r.output
+
+
+def test_classifiers_listing():
+    r = run("classifiers")
+    assert r.exit_code == 0 and "dense:" in r.output and "search grid" in r.output

@@ -1,0 +1,213 @@
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from featstore import (ConfigError, DataError, ExtractorConfig, FeatureStore, StoreError, WeightsError, ensemble, evaluate_run,
+                       extract, fit, get_run, list_runs, predict)
+from featstore import runs as runs_mod
+from featstore.predict import rebuild_extractor
+from featstore.runs import _write_run, load_predictions
+
+from .conftest import write_images
+
+
+def test_fit_records_a_complete_run(store, tmp_path):
+    runs = tmp_path / "runs"
+    rec = fit(store, "logreg", {"C": [0.01, 1.0]}, runs=runs)
+    assert rec["kind"] == "fit" and rec["clf"] == "logreg" and rec["params"]["C"] in (0.01, 1.0)
+    assert rec["fingerprint"] == FeatureStore(store).metadata()["fingerprint"]
+    assert rec["selection"]["method"] == "accuracy on the 'validation' split" and len(rec["selection"]["candidates"]) == 2
+    for split in ("train", "validation", "test"):
+        m = rec["metrics"][split]
+        assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(m)
+        assert np.sum(m["confusion_matrix"]) == m["n"]
+    assert set(rec["metrics"]["test"]["per_class"]) == {"cat", "dog", "fox"}
+    assert rec["fit_seconds"] > 0 and rec["versions"]["scikit-learn"]
+    folder = runs / rec["id"]
+    assert json.loads((folder / "run.json").read_text())["id"] == rec["id"]
+    assert (folder / rec["artifact"]["file"]).is_file()
+    assert [r["id"] for r in list_runs(store, runs)] == [rec["id"]]
+    assert get_run(rec["id"][:9], store, runs)[0]["id"] == rec["id"]
+    with pytest.raises(ConfigError, match=f"no run with id 'nope' .*runs there: {rec['id']}"):
+        get_run("nope", store, runs)
+
+
+def test_test_split_never_used_for_selection(store, tmp_path, monkeypatch):
+    loads, scored = [], []
+    real_load, real_score = FeatureStore.load, runs_mod._score_one
+
+    def spy_load(self, split="train", extractor=None, **kw):
+        loads.append((split, len(scored)))
+        return real_load(self, split, extractor, **kw)
+
+    def spy_score(name, params, X, y, val):
+        scored.append(params)
+        return real_score(name, params, X, y, val)
+
+    monkeypatch.setattr(FeatureStore, "load", spy_load)
+    monkeypatch.setattr(runs_mod, "_score_one", spy_score)
+    rec = fit(store, "knn", {"n_neighbors": [1, 3, 5]}, runs=tmp_path)
+    assert len(scored) == 3
+    test_loads = [after for split, after in loads if split == "test"]
+    assert test_loads == [3]  # read once, after every candidate was scored
+    best = max(rec["selection"]["candidates"], key=lambda c: c["score"])
+    assert rec["params"]["n_neighbors"] == best["params"]["n_neighbors"]
+
+
+def test_cross_validation_when_no_validation_split(store, tmp_path):
+    rec = fit(store, "logreg", {"C": [0.1, 1.0]}, validation="none", runs=tmp_path)
+    assert "fold stratified cross-validation on 'train'" in rec["selection"]["method"]
+    assert "validation" not in rec["metrics"] or rec["metrics"].get("validation") is None
+
+
+def test_fit_errors(store, tmp_path):
+    with pytest.raises(ConfigError, match="unknown parameter 'depth' for logreg"):
+        fit(store, "logreg", {"depth": [3]}, runs=tmp_path)
+    with pytest.raises(ConfigError, match="choose one of: logreg"):
+        fit(store, "boost", runs=tmp_path)
+    with pytest.raises(StoreError, match="does not exist"):
+        fit(tmp_path / "none.h5", "logreg", runs=tmp_path)
+    with pytest.raises(StoreError, match="has no 'holdout' split"):
+        fit(store, "logreg", train="holdout", runs=tmp_path)
+
+
+def test_one_class_and_several_extractors(tmp_path, tiny_config):
+    data = tmp_path / "data"
+    write_images(data, "train", {"only": 4})
+    path = tmp_path / "f.h5"
+    extract(data, "train", path, tiny_config)
+    with pytest.raises(StoreError, match="only one class"):
+        fit(path, "logreg", runs=tmp_path / "r")
+    extract(data, "train", path, ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=9), name="other")
+    with pytest.raises(StoreError, match=r"several extractors \(other, vgg16\); choose one with --extractor"):
+        fit(path, "logreg", runs=tmp_path / "r")
+
+
+def test_run_refused_on_features_with_another_fingerprint(store, tmp_path):
+    rec = fit(store, "logreg", runs=tmp_path / "runs")
+    assert evaluate_run(rec["id"], "test", store, tmp_path / "runs")["accuracy"] == rec["metrics"]["test"]["accuracy"]
+    other = tmp_path / "other.h5"
+    data = tmp_path / "d"
+    write_images(data, "test", {"cat": 2, "dog": 2, "fox": 2})
+    extract(data, "test", other, ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=4, pooling="avg", layer="block3_pool"))
+    with pytest.raises(StoreError, match=rf"fingerprint \w{{12}}, run {rec['id']} was fitted on {rec['fingerprint'][:12]}"):
+        evaluate_run(rec["id"], "test", other, tmp_path / "runs")
+
+
+def test_tampered_artifact_is_refused(store, tmp_path):
+    rec = fit(store, "logreg", runs=tmp_path)
+    model = tmp_path / rec["id"] / rec["artifact"]["file"]
+    model.write_bytes(model.read_bytes() + b"x")
+    with pytest.raises(StoreError, match="was changed after the fit"):
+        evaluate_run(rec["id"], "test", store, tmp_path)
+
+
+def test_ensemble_math_by_hand(tmp_path):
+    a = np.array([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]])
+    b = np.array([[0.2, 0.8], [0.3, 0.7], [0.9, 0.1]])
+    y = np.array([0, 1, 0])
+    base = {"kind": "fit", "created_at": "2026-01-01T00:00:00", "store": "s", "extractor": "e", "class_names": ["x", "z"], "metrics": {}, "params": {}}
+    _write_run(tmp_path, {**base, "id": "a", "clf": "logreg", "fingerprint": "f" * 64}, None, {"test": (a, y, "paths")})
+    _write_run(tmp_path, {**base, "id": "b", "clf": "svm", "fingerprint": "g" * 64}, None, {"test": (b, y, "paths")})
+    rec = ensemble(["a", "b"], weights=[1, 3], runs=tmp_path)
+    # (a + 3b) / 4 = [[0.375, 0.625], [0.325, 0.675], [0.8, 0.2]] -> predicts [1, 1, 0]: 2 of 3 right
+    expected = np.array([[0.375, 0.625], [0.325, 0.675], [0.8, 0.2]])
+    np.testing.assert_allclose(load_predictions(tmp_path / rec["id"])["test__proba"], expected)
+    assert rec["metrics"]["test"]["accuracy"] == pytest.approx(2 / 3)
+    assert rec["metrics"]["test"]["confusion_matrix"] == [[1, 1], [0, 1]]
+    assert rec["members"] == ["a", "b"] and rec["weights"] == [1.0, 3.0]
+    _write_run(tmp_path, {**base, "id": "c", "clf": "knn", "fingerprint": "h" * 64}, None, {"test": (b, y, "other-images")})
+    with pytest.raises(ConfigError, match="different images"):
+        ensemble(["a", "c"], runs=tmp_path)
+    with pytest.raises(ConfigError, match="one non-negative weight per member"):
+        ensemble(["a", "b"], weights=[1], runs=tmp_path)
+
+
+def test_ensemble_of_real_runs_and_predict_with_it(store, tmp_path):
+    r1 = fit(store, "logreg", runs=tmp_path)
+    r2 = fit(store, "knn", runs=tmp_path)
+    ens = ensemble([r1["id"], r2["id"]], runs=tmp_path)
+    assert set(ens["metrics"]) == {"validation", "test"}
+    data_root = FeatureStore(store).split_info("test")["source_root"]
+    rows = predict(ens["id"], [os.path.join(data_root, "test")], store=store, runs=tmp_path)
+    assert len(rows) == 15 and all(r["label"] in ("cat", "dog", "fox") for r in rows)
+
+
+def test_predict_reproduces_store_features_and_labels(store, tmp_path):
+    fs = FeatureStore(store)
+    rec = fit(store, "logreg", runs=tmp_path)
+    ex = rebuild_extractor(rec["extractor_attrs"])
+    from featstore import load_image
+
+    root = fs.split_info("validation")["source_root"]
+    paths = fs.paths("validation")
+    X, _ = fs.load("validation")
+    feats = ex(np.stack([load_image(os.path.join(root, p), 32) for p in paths]))
+    np.testing.assert_array_equal(feats, X)  # identical rows
+    out = tmp_path / "pred.csv"
+    (tmp_path / "bad.jpg").write_text("nope")
+    rows = predict(rec["id"], [os.path.join(root, "validation"), tmp_path / "bad.jpg"], store=store, runs=tmp_path, out=out)
+    from featstore.artifacts import load_estimator
+
+    est = load_estimator(tmp_path / rec["id"], rec["artifact"])
+    expected = [fs.class_names()[k] for k in est.predict(X)]
+    assert [r["label"] for r in rows[:-1]] == expected
+    assert rows[-1]["error"] and out.read_text().splitlines()[0] == "path,label,probability,error"
+
+
+def test_predict_refuses_other_weights_and_bad_inputs(tmp_path, vgg16_weights_file, data_root):
+    path = tmp_path / "f.h5"
+    cfg = ExtractorConfig(model="vgg16", image_size=32, weights=str(vgg16_weights_file))
+    for split in ("train", "validation"):
+        extract(data_root, split, path, cfg)
+    rec = fit(path, "logreg", runs=tmp_path / "runs")
+    import keras
+
+    other = tmp_path / "other.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(other)
+    with pytest.raises(WeightsError, match="are not the ones the run was fitted on"):
+        predict(rec["id"], [data_root / "test"], store=path, runs=tmp_path / "runs", weights=str(other))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images in"):
+        predict(rec["id"], [tmp_path / "empty"], store=path, runs=tmp_path / "runs")
+
+
+@pytest.mark.slow
+def test_fit_while_another_process_extracts(store, tmp_path):
+    """A fit reads train/validation/test while a subprocess appends a new split into the same store."""
+    import shutil
+
+    path = tmp_path / "f.h5"
+    shutil.copy(store, path)
+    data = tmp_path / "data"
+    write_images(data, "extra", {"cat": 30, "dog": 30, "fox": 30}, seed=5)
+    code = ("import sys; from featstore import extract, ExtractorConfig; "
+            "extract(sys.argv[1], 'extra', sys.argv[2], ExtractorConfig(model='vgg16', image_size=32, weights='none', seed=3, "
+            "pooling='avg', layer='block3_pool'), batch_size=2)")
+    log = tmp_path / "writer.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(path)], stderr=err)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"extraction ended before the fit could overlap it: {log.read_text()}")
+            try:
+                if FeatureStore(path).split_info("extra")["committed_rows"] > 0:
+                    break
+            except StoreError:
+                pass
+            time.sleep(0.2)
+        before = FeatureStore(path).split_info("extra")["committed_rows"]
+        rec = fit(path, "logreg", runs=tmp_path / "runs")
+        after = FeatureStore(path).split_info("extra")["committed_rows"]
+        assert before < 90 and after > before  # the writer committed batches while the fit ran
+    finally:
+        assert proc.wait(timeout=300) == 0, log.read_text()
+    assert rec["metrics"]["test"]["n"] == 15
+    assert FeatureStore(path).load("extra")[0].shape[0] == 90
