@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, store
+from . import __version__, store, writer
 from .backbones import cut_model, get_backbone, validate_pooling, validate_size
 from .errors import ConfigError
 from .images import RESIZE, ImageError, ImageListing, discover, load_image
@@ -165,10 +165,10 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     listing = discover(data, split)
-    store_path = store.check_writable(store_path)
+    store_path = writer.check_writable(store_path)
     name = name or config.model
     result = ExtractResult(str(store_path), name, split)
-    with store.writer_lock(store_path):
+    with writer.writer_lock(store_path):
         if not overwrite and _already_complete(store_path, name, split, config, locking):
             result.skipped = True
             info = store.FeatureStore(store_path, locking=locking).split_info(split, name)
@@ -178,14 +178,16 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
             return result
         extractor = Extractor(config)
         result.feature_shape, result.fingerprint = extractor.feature_shape, extractor.attrs["fingerprint"]
-        start = store.prepare_split(store_path, name, split, extractor.attrs, listing.class_names, str(listing.root.resolve()),
+        start = writer.prepare_split(store_path, name, split, extractor.attrs, listing.class_names, str(listing.root.resolve()),
                                     listing.digest(), len(listing.items), overwrite, locking)
         if start is None:  # complete, found only after the full fingerprint check (e.g. other weights spelling)
             result.skipped = True
         else:
             result.resumed_from = start
+            row_bytes = int(np.prod(extractor.feature_shape)) * np.dtype(config.dtype).itemsize
+            writer.ensure_space(store_path, (len(listing.items) - start) * row_bytes + writer.CHUNK_BYTES, start)
             _run(extractor, listing, store_path, name, split, start, batch_size, progress, workers, locking, result)
-            store.finish(store_path, name, split, time.monotonic() - started, locking)
+            writer.finish(store_path, name, split, time.monotonic() - started, locking)
         info = store.FeatureStore(store_path, locking=locking).split_info(split, name)
         result.rows, result.failed = int(info["committed_rows"]), int(info["n_failed"])
     result.seconds = time.monotonic() - started
@@ -221,7 +223,7 @@ def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, spl
 
     def commit() -> None:
         feats = extractor(np.stack(batch_imgs)) if batch_imgs else None
-        store.append(path, name, split, feats, np.array(batch_labels, dtype=np.int32), batch_paths, batch_failed, done, locking)
+        writer.append(path, name, split, feats, np.array(batch_labels, dtype=np.int32), batch_paths, batch_failed, done, locking)
         result.written += len(batch_labels)
         result.failures.extend(batch_failed)
         bar.update(len(batch_labels) + len(batch_failed))

@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from featstore import FeatureStore
 from featstore.cli import app
-from featstore.store import writer_lock
+from featstore.writer import writer_lock
 
 runner = CliRunner()
 

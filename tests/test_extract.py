@@ -4,6 +4,7 @@ import pytest
 
 from featstore import ExtractorConfig, FeatureStore, StoreError, extract
 from featstore import store as store_mod
+from featstore import writer
 
 from .conftest import write_images
 
@@ -88,7 +89,7 @@ def test_resume_after_partial_write_matches_clean_run(data_root, tiny_config, tm
     clean = tmp_path / "clean.h5"
     extract(data_root, "train", clean, tiny_config, batch_size=4)
     path = tmp_path / "f.h5"
-    real_append, calls = store_mod.append, []
+    real_append, calls = writer.append, []
 
     def dying_append(*args, **kwargs):
         calls.append(1)
@@ -96,10 +97,10 @@ def test_resume_after_partial_write_matches_clean_run(data_root, tiny_config, tm
             raise KeyboardInterrupt  # interrupted after one committed batch
         return real_append(*args, **kwargs)
 
-    monkeypatch.setattr(store_mod, "append", dying_append)
+    monkeypatch.setattr(writer, "append", dying_append)
     with pytest.raises(KeyboardInterrupt):
         extract(data_root, "train", path, tiny_config, batch_size=4)
-    monkeypatch.setattr(store_mod, "append", real_append)
+    monkeypatch.setattr(writer, "append", real_append)
     assert FeatureStore(path).split_info("train")["committed_rows"] == 4
     with pytest.raises(StoreError, match="not complete"):
         FeatureStore(path).load("train")

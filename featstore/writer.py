@@ -1,0 +1,222 @@
+"""Writing the HDF5 store: one writer per store, batch appends committed one by one, resume by truncation.
+
+The writer opens the file only for the length of one append (resize, write, flush, update the
+committed counts, flush, close), so a reader can open it between batches and a killed writer leaves at
+most one uncommitted tail, which the next run truncates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import StoreBusyError, StoreError
+from .store import FINGERPRINT_FIELDS, FORMAT_VERSION, STR, _attrs, _plain, open_h5, refuse_foreign
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+SPACE_MARGIN = 1 << 20  # room kept for HDF5 metadata on top of the data itself
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file."""
+    lock_path = f"{path}.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise StoreBusyError(
+                f"another featstore process (pid {other}) is writing to {path}; wait for it to finish, "
+                f"or write to another --store"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def ensure_space(path, nbytes: int, committed: int = 0) -> None:
+    """Refuse to start a write that the store's filesystem has no room for (a full disk mid-write is worse)."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    if free < nbytes + SPACE_MARGIN:
+        raise StoreError(
+            f"not enough disk space for {path}: the next write needs about {(nbytes + SPACE_MARGIN) / 2**20:.1f} MiB, "
+            f"{free / 2**20:.1f} MiB are free. Free some space or choose another --store, then re-run the same command"
+            + (f": the {committed} rows already committed are kept and it resumes." if committed else ".")
+        )
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, a store in a missing or read-only folder, or a file that is not HDF5."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise StoreError(f"folder {parent} for store {path} does not exist; create it (mkdir -p {parent}) or choose another --store")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise StoreError(f"store {path} is read-only; make it writable (chmod u+w {path}) or choose another --store")
+        if not h5py.is_hdf5(path):
+            raise StoreError(f"{path} exists and is not an HDF5 file; choose another --store (nothing was written)")
+    elif not os.access(parent, os.W_OK):
+        raise StoreError(f"folder {parent} is read-only; cannot create store {path}. Choose a writable --store")
+    return path
+
+
+def chunk_rows(feature_shape: Sequence[int], dtype: str) -> int:
+    """Rows per chunk so that one chunk holds about 1 MiB."""
+    row_bytes = int(np.prod(feature_shape)) * np.dtype(dtype).itemsize
+    return max(1, CHUNK_BYTES // max(row_bytes, 1))
+
+
+def _diff(a: dict, b: dict, keys: Sequence[str]) -> str:
+    return "; ".join(f"{k}: store has {_plain(a.get(k))!r}, this run has {_plain(b.get(k))!r}" for k in keys if _plain(a.get(k)) != _plain(b.get(k)))
+
+
+def prepare_split(path, name: str, split: str, attrs: dict, class_names: list[str], source_root: str,
+                  listing_digest: str, n_images: int, overwrite: bool, locking=None) -> int | None:
+    """Create or reopen ``/<name>/<split>`` for writing; returns the image index to start from, or None if complete.
+
+    Refuses a store whose extractor of the same name has another fingerprint, a split whose classes
+    differ from the other splits', and a partial split started on another image list.
+    """
+    shape = tuple(attrs["feature_shape"])
+    with open_h5(path, "a", locking=locking) as f:
+        refuse_foreign(f, path)
+        if "format_version" not in f.attrs:
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["featstore_version"] = __version__
+        elif int(f.attrs["format_version"]) > FORMAT_VERSION:
+            raise StoreError(f"store {path} has format_version {f.attrs['format_version']}; this featstore reads up to {FORMAT_VERSION}. Upgrade featstore.")
+        if name in f:
+            old = _attrs(f[name])
+            if old.get("fingerprint") != attrs["fingerprint"]:
+                raise StoreError(
+                    f"store {path} already holds an extractor named {name!r} with fingerprint "
+                    f"{str(old.get('fingerprint'))[:12]}, this run's is {attrs['fingerprint'][:12]} "
+                    f"({_diff(old, attrs, FINGERPRINT_FIELDS)}). Use --name to store it under another name, or another --store."
+                )
+            grp = f[name]
+        else:
+            grp = f.create_group(name)
+            for key, value in attrs.items():
+                grp.attrs[key] = np.array(value, dtype=STR) if _is_str_list(value) else value
+        for other in grp:
+            if other == split:
+                continue
+            theirs = _plain(grp[other].attrs.get("class_names", []))
+            if theirs != class_names:
+                raise StoreError(
+                    f"classes of split {split!r} differ from split {other!r} of {name!r}: "
+                    f"{split} has {class_names}, {other} has {theirs}. Every split must have the same class folders."
+                )
+        if split in grp and overwrite:
+            del grp[split]
+        if split in grp:
+            sg = grp[split]
+            sa = _attrs(sg)
+            if sa.get("complete"):
+                return None
+            if sa.get("listing_sha256") != listing_digest:
+                raise StoreError(
+                    f"split {split!r} of {name!r} in {path} was started on another set of images "
+                    f"({sa.get('n_images')} then, {n_images} now); pass --overwrite to start it again"
+                )
+            _truncate(sg, int(sa["committed_rows"]), int(sa["n_failed"]))
+            f.flush()
+            return int(sa["images_done"])
+        sg = grp.create_group(split)
+        rows = chunk_rows(shape, attrs["dtype"])
+        sg.create_dataset("features", shape=(0, *shape), maxshape=(None, *shape), dtype=attrs["dtype"], chunks=(rows, *shape))
+        sg.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int32", chunks=(max(rows, 4096),))
+        sg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(1024,))
+        fg = sg.create_group("failed")
+        fg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
+        fg.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
+        sg.attrs["class_names"] = np.array(class_names, dtype=STR)
+        sg.attrs["source_root"] = source_root
+        sg.attrs["listing_sha256"] = listing_digest
+        sg.attrs["n_images"] = n_images
+        sg.attrs["committed_rows"] = 0
+        sg.attrs["images_done"] = 0
+        sg.attrs["n_failed"] = 0
+        sg.attrs["complete"] = False
+        sg.attrs["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        f.flush()
+        return 0
+
+
+def _is_str_list(value) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def _truncate(sg: h5py.Group, rows: int, failed: int) -> None:
+    """Drop an uncommitted tail left by a killed writer."""
+    for key in ("features", "labels", "paths"):
+        if sg[key].shape[0] != rows:
+            logger.info("truncating %s/%s from %d to %d committed rows", sg.name, key, sg[key].shape[0], rows)
+            sg[key].resize(rows, axis=0)
+    for key in ("paths", "reasons"):
+        sg["failed"][key].resize(failed, axis=0)
+
+
+def append(path, name: str, split: str, features: np.ndarray, labels: np.ndarray, paths: list[str],
+           failures: list[tuple[str, str]], images_done: int, locking=None) -> None:
+    """Append one batch and commit it: data first, then the committed counts, then flush."""
+    try:
+        with open_h5(path, "a", locking=locking) as f:
+            sg = f[name][split]
+            n0 = int(sg.attrs["committed_rows"])
+            feats = sg["features"]
+            if len(labels):
+                ensure_space(path, chunk_rows(feats.shape[1:], feats.dtype) * int(np.prod(feats.shape[1:])) * feats.dtype.itemsize
+                             + features.nbytes, n0)
+            n1 = n0 + len(labels)
+            if len(labels):
+                for key, values in (("features", features), ("labels", labels), ("paths", np.array(paths, dtype=object))):
+                    sg[key].resize(n1, axis=0)
+                    sg[key][n0:n1] = values
+            k0 = int(sg.attrs["n_failed"])
+            if failures:
+                k1 = k0 + len(failures)
+                for key, col in (("paths", 0), ("reasons", 1)):
+                    sg["failed"][key].resize(k1, axis=0)
+                    sg["failed"][key][k0:k1] = np.array([item[col] for item in failures], dtype=object)
+            f.flush()
+            sg.attrs["committed_rows"] = n1
+            sg.attrs["n_failed"] = k0 + len(failures)
+            sg.attrs["images_done"] = images_done
+            f.flush()
+    except (OSError, RuntimeError) as exc:
+        if "errno = 28" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
+            raise StoreError(f"disk full while writing {path}. Free some space, then re-run the same command: "
+                             f"committed rows are kept and it resumes from the last committed batch.") from exc
+        raise
+
+
+def finish(path, name: str, split: str, seconds: float, locking=None) -> None:
+    """Mark a split complete."""
+    with open_h5(path, "a", locking=locking) as f:
+        sg = f[name][split]
+        sg.attrs["complete"] = True
+        sg.attrs["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        sg.attrs["seconds"] = round(float(seconds), 3)
+        f.flush()
+
+
