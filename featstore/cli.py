@@ -34,8 +34,12 @@ def _errors(fn):
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False) -> None:
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+         locking: Annotated[Optional[bool], typer.Option("--locking/--no-locking", help="HDF5 file locking; --no-locking for filesystems without working locks (NFS, Lustre). Default: HDF5's (honours HDF5_USE_FILE_LOCKING).")] = None) -> None:
     """featstore: transfer learning on cached CNN features."""
+    from .store import set_locking
+
+    set_locking(locking)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("tensorflow", "absl", "h5py", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -105,6 +109,24 @@ def info(store: Annotated[Path, typer.Argument(help="HDF5 store file.")] = Path(
     from .report import store_tree
 
     typer.echo(store_tree(str(store)))
+
+
+@app.command()
+@_errors
+def check(store: Annotated[Path, typer.Argument(help="HDF5 store file.")] = Path("features.h5")) -> None:
+    """Validate a store: layout, attributes, counts, NaN/inf, unique paths, identical class lists. Exit 1 on problems."""
+    from .check import check_store
+    from .store import FeatureStore
+
+    FeatureStore(store, allow_external=True)  # exists and is HDF5; links are reported below, not refused
+    problems = check_store(store)
+    if not problems:
+        typer.echo(f"{store}: OK")
+        return
+    for p in problems:
+        typer.echo(f"problem: {p}")
+    typer.echo(f"{store}: {len(problems)} problem(s)")
+    raise typer.Exit(1)
 
 
 StoreOpt = Annotated[Path, typer.Option(help="HDF5 store file.")]

@@ -43,6 +43,23 @@ DTYPES = ("float32", "float16")
 STR = h5py.string_dtype("utf-8")
 
 
+_LOCKING: dict = {"default": None}  # None = HDF5's default (honours HDF5_USE_FILE_LOCKING)
+
+
+def set_locking(value: bool | None) -> None:
+    """Process-wide HDF5 file locking for featstore: False for filesystems without working locks (some NFS/Lustre).
+
+    Also turns off featstore's own ``<store>.lock`` writer lock, so two writers on one store are then
+    the user's responsibility.
+    """
+    _LOCKING["default"] = value
+
+
+def locking_default():
+    """The locking value set by :func:`set_locking` (None = HDF5's default)."""
+    return _LOCKING["default"]
+
+
 def fingerprint(attrs: dict) -> str:
     """sha256 over the FINGERPRINT_FIELDS of an extractor's attributes."""
     ident = {k: _plain(attrs[k]) for k in FINGERPRINT_FIELDS}
@@ -80,6 +97,7 @@ def _is_lock_error(exc: OSError) -> bool:
 @contextlib.contextmanager
 def open_h5(path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: float = LOCK_TIMEOUT_S) -> Iterator[h5py.File]:
     """Open an HDF5 file, waiting up to ``timeout`` s while another process has it open for writing."""
+    locking = locking_default() if locking is None else locking
     kwargs = {} if locking is None else {"locking": locking}
     deadline = time.monotonic() + timeout
     delay = 0.01

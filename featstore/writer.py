@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .errors import StoreBusyError, StoreError
-from .store import FINGERPRINT_FIELDS, FORMAT_VERSION, STR, _attrs, _plain, open_h5, refuse_foreign
+from .store import FINGERPRINT_FIELDS, FORMAT_VERSION, STR, _attrs, _plain, locking_default, open_h5, refuse_foreign
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ SPACE_MARGIN = 1 << 20  # room kept for HDF5 metadata on top of the data itself
 @contextlib.contextmanager
 def writer_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file."""
+    if locking_default() is False:
+        yield  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
+        return
     lock_path = f"{path}.lock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -43,6 +46,9 @@ def writer_lock(path: str | os.PathLike) -> Iterator[None]:
                 f"another featstore process (pid {other}) is writing to {path}; wait for it to finish, "
                 f"or write to another --store"
             ) from None
+        except OSError as exc:
+            raise StoreError(f"cannot lock {lock_path} ({exc}); on a filesystem without working locks run "
+                             f"`featstore --no-locking ...` (one writer per store is then up to you)") from exc
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
