@@ -83,13 +83,22 @@ def extract(
     name: Annotated[Optional[str], typer.Option(help="Extractor group name in the store (default: the model name).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the split if it already exists.")] = False,
     seed: Annotated[int, typer.Option(help="Initialisation seed for --weights none.")] = 0,
+    compression: Annotated[str, typer.Option(help="Feature compression: none, lzf or gzip (smaller, slower to write).")] = "none",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Push one split's images through a frozen CNN and store the activations in HDF5."""
+    """Push one split's images through a frozen CNN and store the activations in HDF5.
+
+    An interrupted run (Ctrl-C, kill, crash) resumes from its last committed batch when re-run with the same options.
+    """
     from .extract import ExtractorConfig, extract as run_extract
 
     config = ExtractorConfig(model=model, image_size=image_size, layer=layer, pooling=pooling, dtype=dtype, weights=weights, seed=seed)
-    r = run_extract(data, split, store, config, name=name, batch_size=batch_size, overwrite=overwrite, progress=progress)
+    try:
+        r = run_extract(data, split, store, config, name=name, batch_size=batch_size, overwrite=overwrite, progress=progress,
+                        compression=compression)
+    except KeyboardInterrupt:
+        typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
+        raise typer.Exit(130) from None
     where = f"{r.store}:/{r.extractor}/{r.split}"
     if r.skipped:
         typer.echo(f"{where} is already complete ({r.rows} rows, {r.failed} failed); nothing to do. Use --overwrite to redo it.")
@@ -97,7 +106,7 @@ def extract(
     resumed = f", resumed after {r.resumed_from} images" if r.resumed_from else ""
     rate = r.written / r.seconds if r.seconds else 0.0
     typer.echo(f"wrote {r.written} rows of {r.feature_shape} to {where} in {r.seconds:.1f} s ({rate:.1f} img/s{resumed}); "
-               f"{r.rows} rows in the split, {r.failed} failed")
+               f"{r.rows} rows in the split, {r.failed} failed" + (f", {r.ignored} non-image files ignored" if r.ignored else ""))
     for path, reason in r.failures:
         typer.echo(f"  failed: {path}: {reason}")
 

@@ -71,6 +71,7 @@ class ExtractResult:
     feature_shape: tuple = ()  # shape of one row
     fingerprint: str = ""  # extractor fingerprint
     failures: list = field(default_factory=list)  # (path, reason) recorded by this run
+    ignored: int = 0  # files without an image extension in the class folders
 
 
 class Extractor:
@@ -152,7 +153,8 @@ def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Itera
 
 def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike = "features.h5",
             config: ExtractorConfig | None = None, *, name: str | None = None, batch_size: int = 32,
-            overwrite: bool = False, progress: bool = False, workers: int | None = None, locking=None) -> ExtractResult:
+            overwrite: bool = False, progress: bool = False, workers: int | None = None, locking=None,
+            compression: str = "none") -> ExtractResult:
     """Extract features of ``data/split/<class>/*`` into ``store_path`` under ``/<name>/<split>``.
 
     Re-running a complete split is a no-op (``overwrite=True`` replaces it); an interrupted run
@@ -164,10 +166,12 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
     config = (config or ExtractorConfig()).validated()
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if compression not in writer.COMPRESSIONS:
+        raise ConfigError(f"unknown compression {compression!r}; choose one of: {', '.join(writer.COMPRESSIONS)}")
     listing = discover(data, split)
     store_path = writer.check_writable(store_path)
     name = name or config.model
-    result = ExtractResult(str(store_path), name, split)
+    result = ExtractResult(str(store_path), name, split, ignored=listing.n_ignored)
     with writer.writer_lock(store_path):
         if not overwrite and _already_complete(store_path, name, split, config, locking):
             result.skipped = True
@@ -178,8 +182,10 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
             return result
         extractor = Extractor(config)
         result.feature_shape, result.fingerprint = extractor.feature_shape, extractor.attrs["fingerprint"]
-        start = writer.prepare_split(store_path, name, split, extractor.attrs, listing.class_names, str(listing.root.resolve()),
-                                    listing.digest(), len(listing.items), overwrite, locking)
+        split_attrs = {"class_names": listing.class_names, "source_root": str(listing.root.resolve()), "n_images": len(listing.items),
+                       "n_ignored": listing.n_ignored, "listing_sha256": listing.digest(), "batch_size": batch_size,
+                       "compression": compression}
+        start = writer.prepare_split(store_path, name, split, extractor.attrs, split_attrs, overwrite, locking)
         if start is None:  # complete, found only after the full fingerprint check (e.g. other weights spelling)
             result.skipped = True
         else:

@@ -53,7 +53,8 @@ def store_tree(path: str) -> str:
             state = "complete" if s.get("complete") else f"INCOMPLETE ({s.get('images_done')}/{s.get('n_images')} images done; re-run the same extract to resume)"
             lines.append(f"    ├── /{split}   {state}")
             lines.append(f"    │     features {tuple(s['shape'])} {s['dtype']}, chunks {tuple(s['chunks'])}")
-            lines.append(f"    │     rows {s.get('committed_rows')}, failed {s.get('n_failed')}, source {s.get('source_root')}")
+            lines.append(f"    │     rows {s.get('committed_rows')}, failed {s.get('n_failed')}, non-image files ignored {s.get('n_ignored', 0)}, "
+                         f"source {s.get('source_root')}")
             classes = s.get("class_names", [])
             lines.append(f"    │     classes ({len(classes)}): {', '.join(classes)}")
             if s.get("n_failed"):

@@ -95,14 +95,21 @@ def _diff(a: dict, b: dict, keys: Sequence[str]) -> str:
     return "; ".join(f"{k}: store has {_plain(a.get(k))!r}, this run has {_plain(b.get(k))!r}" for k in keys if _plain(a.get(k)) != _plain(b.get(k)))
 
 
-def prepare_split(path, name: str, split: str, attrs: dict, class_names: list[str], source_root: str,
-                  listing_digest: str, n_images: int, overwrite: bool, locking=None) -> int | None:
+COMPRESSIONS = ("none", "lzf", "gzip")
+# Split attributes that must be the same to resume a partial split (the rest describe the run).
+RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
+
+
+def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, overwrite: bool, locking=None) -> int | None:
     """Create or reopen ``/<name>/<split>`` for writing; returns the image index to start from, or None if complete.
 
-    Refuses a store whose extractor of the same name has another fingerprint, a split whose classes
-    differ from the other splits', and a partial split started on another image list.
+    ``attrs`` are the extractor's provenance; ``split_attrs`` hold class_names, source_root, n_images,
+    n_ignored and the RESUME_KEYS. Refuses a store whose extractor of the same name has another
+    fingerprint, a split whose classes differ from the other splits', and a partial split started with
+    other images or options.
     """
     shape = tuple(attrs["feature_shape"])
+    class_names = split_attrs["class_names"]
     with open_h5(path, "a", locking=locking) as f:
         refuse_foreign(f, path)
         if "format_version" not in f.attrs:
@@ -139,26 +146,28 @@ def prepare_split(path, name: str, split: str, attrs: dict, class_names: list[st
             sa = _attrs(sg)
             if sa.get("complete"):
                 return None
-            if sa.get("listing_sha256") != listing_digest:
+            changed = [f"set of images ({sa.get('n_images')} images then, {split_attrs['n_images']} now)" if key == "listing_sha256"
+                       else f"{what} ({_plain(sa.get(key))} then, {split_attrs[key]} now)"
+                       for key, what in RESUME_KEYS.items() if _plain(sa.get(key)) != split_attrs[key]]
+            if changed:
                 raise StoreError(
-                    f"split {split!r} of {name!r} in {path} was started on another set of images "
-                    f"({sa.get('n_images')} then, {n_images} now); pass --overwrite to start it again"
+                    f"split {split!r} of {name!r} in {path} was started with another {', '.join(changed)}; resuming would "
+                    f"mix two different runs. Re-run with the same options, or pass --overwrite to start it again"
                 )
             _truncate(sg, int(sa["committed_rows"]), int(sa["n_failed"]))
             f.flush()
             return int(sa["images_done"])
         sg = grp.create_group(split)
         rows = chunk_rows(shape, attrs["dtype"])
-        sg.create_dataset("features", shape=(0, *shape), maxshape=(None, *shape), dtype=attrs["dtype"], chunks=(rows, *shape))
+        comp = None if split_attrs["compression"] == "none" else split_attrs["compression"]
+        sg.create_dataset("features", shape=(0, *shape), maxshape=(None, *shape), dtype=attrs["dtype"], chunks=(rows, *shape), compression=comp)
         sg.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int32", chunks=(max(rows, 4096),))
         sg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(1024,))
         fg = sg.create_group("failed")
         fg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
         fg.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
-        sg.attrs["class_names"] = np.array(class_names, dtype=STR)
-        sg.attrs["source_root"] = source_root
-        sg.attrs["listing_sha256"] = listing_digest
-        sg.attrs["n_images"] = n_images
+        for key, value in split_attrs.items():
+            sg.attrs[key] = np.array(value, dtype=STR) if key == "class_names" else value
         sg.attrs["committed_rows"] = 0
         sg.attrs["images_done"] = 0
         sg.attrs["n_failed"] = 0

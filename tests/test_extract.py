@@ -119,3 +119,25 @@ def test_changed_images_on_resume_is_explained(data_root, tiny_config, tmp_path)
     write_images(data_root, "train", {"cat": 7})
     with pytest.raises(StoreError, match="another set of images.*--overwrite"):
         extract(data_root, "train", path, tiny_config)
+
+
+def test_resume_with_other_options_is_explained(data_root, tiny_config, tmp_path):
+    path = tmp_path / "f.h5"
+    extract(data_root, "train", path, tiny_config, batch_size=4)
+    with h5py.File(path, "a") as f:
+        f["vgg16/train"].attrs["complete"] = False
+    with pytest.raises(StoreError, match=r"started with another --batch-size \(4 then, 8 now\).*--overwrite"):
+        extract(data_root, "train", path, tiny_config, batch_size=8)
+    assert extract(data_root, "train", path, tiny_config, batch_size=4).rows == 12
+
+
+def test_compression_option(data_root, tiny_config, tmp_path):
+    from featstore import ConfigError
+
+    extract(data_root, "train", tmp_path / "f.h5", tiny_config, compression="gzip")
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert f["vgg16/train/features"].compression == "gzip"
+    np.testing.assert_array_equal(FeatureStore(tmp_path / "f.h5").load("train")[0],
+                                  extract(data_root, "train", tmp_path / "g.h5", tiny_config) and FeatureStore(tmp_path / "g.h5").load("train")[0])
+    with pytest.raises(ConfigError, match="choose one of: none, lzf, gzip"):
+        extract(data_root, "train", tmp_path / "h.h5", tiny_config, compression="zstd")
