@@ -207,7 +207,8 @@ def _forest(p):
 
 @register_classifier("sgd", "linear model trained by SGD (log loss); learns from chunks with partial_fit",
                      {"alpha": Param(float, 1e-4), "loss": Param(str, "log_loss", ("log_loss", "modified_huber")),
-                      "max_iter": Param(int, 1000), "reduce": _REDUCE, "seed": _SEED},
+                      "max_iter": Param(int, 1000), "epochs": Param(int, 5, (), "passes over the data when streaming (--memory-budget)"),
+                      "reduce": _REDUCE, "seed": _SEED},
                      grid={"alpha": [1e-5, 1e-4, 1e-3]}, needs_all_data=False)
 def _sgd(p):
     from sklearn.linear_model import SGDClassifier

@@ -104,8 +104,7 @@ def extract(
         typer.echo(f"{where} is already complete ({r.rows} rows, {r.failed} failed); nothing to do. Use --overwrite to redo it.")
         return
     resumed = f", resumed after {r.resumed_from} images" if r.resumed_from else ""
-    rate = r.written / r.seconds if r.seconds else 0.0
-    typer.echo(f"wrote {r.written} rows of {r.feature_shape} to {where} in {r.seconds:.1f} s ({rate:.1f} img/s{resumed}); "
+    typer.echo(f"wrote {r.written} rows of {r.feature_shape} to {where} in {r.seconds:.1f} s ({r.images_per_second:.1f} img/s{resumed}); "
                f"{r.rows} rows in the split, {r.failed} failed" + (f", {r.ignored} non-image files ignored" if r.ignored else ""))
     for path, reason in r.failures:
         typer.echo(f"  failed: {path}: {reason}")
@@ -157,6 +156,7 @@ def fit(
     validation: Annotated[str, typer.Option(help="Split to choose parameters on (k-fold CV on train if absent).")] = "validation",
     test: Annotated[str, typer.Option(help="Split evaluated once, for the chosen setting.")] = "test",
     runs: RunsOpt = None,
+    memory_budget: Annotated[Optional[str], typer.Option(help="e.g. 512MB: splits larger than this are streamed from the store (sgd, dense) instead of loaded; other classifiers refuse.")] = None,
 ) -> None:
     """Fit a classifier on stored features, choose parameters on validation, test once, record a run."""
     from .classifiers import get_classifier, parse_params
@@ -165,7 +165,7 @@ def fit(
 
     items = list(param or []) + ([f"epochs={epochs}"] if epochs is not None else [])
     rec = run_fit(store, clf, parse_params(get_classifier(clf), items), extractor=extractor, search=search, jobs=jobs,
-                  train=train, validation=validation, test=test, runs=runs)
+                  train=train, validation=validation, test=test, runs=runs, memory_budget=memory_budget)
     typer.echo(run_report(rec, [], per_class=False))
 
 

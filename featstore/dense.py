@@ -69,6 +69,42 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         self.n_epochs_ = len(next(iter(self.history_.values()), []))
         return self
 
+    def fit_stream(self, make_train, train_blocks: list[int], n_features: int, n_classes: int, make_val=None,
+                   val_blocks: list[int] | None = None, verbose: int = 0):
+        """Train from blocks without holding the data: ``make_train(seed)`` and ``make_val()`` yield ``(X, y)`` blocks.
+
+        ``*_blocks`` are the blocks' row counts (they give the steps per epoch). Labels are the store's
+        0..n_classes-1; each epoch reads the blocks in a new shuffled order.
+        """
+        import keras
+        import tensorflow as tf
+
+        self.classes_ = np.arange(n_classes)
+        self.n_features_in_ = n_features
+        self.model_ = self._build(n_features, 1 if n_classes == 2 else n_classes)
+        epochs = iter(range(10**9))
+
+        def minibatches(blocks):
+            for X, y in blocks:
+                for i in range(0, len(y), self.batch_size):
+                    yield X[i:i + self.batch_size].astype(np.float32), y[i:i + self.batch_size].astype(np.float32 if n_classes == 2 else np.int64)
+
+        sig = (tf.TensorSpec((None, n_features), tf.float32), tf.TensorSpec((None,), tf.float32 if n_classes == 2 else tf.int64))
+        def steps(blocks):
+            return sum(-(-b // self.batch_size) for b in blocks)
+
+        train = tf.data.Dataset.from_generator(lambda: minibatches(make_train(self.seed + next(epochs))), output_signature=sig).repeat()
+        fit_kw, monitor = {"steps_per_epoch": steps(train_blocks)}, "loss"
+        if make_val is not None:
+            fit_kw["validation_data"] = tf.data.Dataset.from_generator(lambda: minibatches(make_val()), output_signature=sig).repeat()
+            fit_kw["validation_steps"] = steps(val_blocks)
+            monitor = "val_loss"
+        stop = keras.callbacks.EarlyStopping(monitor=monitor, patience=self.patience, restore_best_weights=True)
+        hist = self.model_.fit(train.prefetch(2), epochs=self.epochs, callbacks=[stop], verbose=verbose, shuffle=False, **fit_kw)  # blocks are shuffled already
+        self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        self.n_epochs_ = len(next(iter(self.history_.values()), []))
+        return self
+
     def predict_proba(self, X):
         """Class probabilities, columns in ``classes_`` order."""
         check_is_fitted(self)

@@ -72,6 +72,7 @@ class ExtractResult:
     fingerprint: str = ""  # extractor fingerprint
     failures: list = field(default_factory=list)  # (path, reason) recorded by this run
     ignored: int = 0  # files without an image extension in the class folders
+    images_per_second: float = 0.0  # throughput of the decode-model-write loop (model building excluded)
 
 
 class Extractor:
@@ -235,6 +236,7 @@ def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, spl
         bar.update(len(batch_labels) + len(batch_failed))
         batch_imgs.clear(), batch_labels.clear(), batch_paths.clear(), batch_failed.clear()
 
+    loop_start = time.perf_counter()
     try:
         for (rel, label), (_, img, reason) in zip(items, iter_decoded(abs_paths, extractor.config.image_size, workers, 4 * batch_size)):
             done += 1
@@ -251,3 +253,4 @@ def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, spl
             commit()
     finally:
         bar.close()
+    result.images_per_second = (done - start) / max(time.perf_counter() - loop_start, 1e-9)

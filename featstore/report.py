@@ -92,7 +92,8 @@ def run_report(rec: dict, pngs: list, per_class: bool = True) -> str:
         lines.append(f"  selection: {sel.get('method')}")
         for c in sel.get("candidates", []):
             lines.append(f"    {c['params']}: {c['score']:.4f}")
-        lines.append(f"  fit {rec['fit_seconds']:.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image")
+        streamed = f", streamed within {rec['memory_budget'] / 1e6:.0f} MB" if rec.get("streamed") else ""
+        lines.append(f"  fit {rec['fit_seconds']:.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image{streamed}")
     for note in rec.get("notes", []):
         lines.append(f"  note: {note}")
     for split, m in rec["metrics"].items():

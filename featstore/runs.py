@@ -96,33 +96,62 @@ def _usable(store: FeatureStore, name: str, split: str | None) -> bool:
 
 def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: dict[str, list] | None = None, *,
         extractor: str | None = None, search: bool = False, jobs: int = 1, train: str = "train",
-        validation: str = "validation", test: str = "test", runs: str | os.PathLike | None = None) -> dict:
+        validation: str = "validation", test: str = "test", runs: str | os.PathLike | None = None,
+        memory_budget: int | str | None = None) -> dict:
     """Fit ``clf`` on the store's features, pick parameters on validation, test once, and record a run.
 
-    ``params`` maps parameter names to lists of typed values (several values = a search). Example::
+    ``params`` maps parameter names to lists of typed values (several values = a search). With
+    ``memory_budget`` (bytes or "512MB"), a split larger than the budget is streamed from the store
+    (sgd, dense) or refused (classifiers that need all rows in memory). Example::
 
         run = fit("features.h5", "svm", {"kernel": ["linear", "rbf"]}, jobs=2)
     """
-    from joblib import Parallel, delayed
+    from .streaming import parse_bytes, refuse_in_memory
 
     spec = get_classifier(clf)
     given = params or {}
     spec.full_params({k: v[0] for k, v in given.items()})  # unknown names fail before any data is read
+    budget = parse_bytes(memory_budget) if memory_budget is not None else None
+    if budget is not None and budget <= 0:
+        raise ConfigError(f"--memory-budget must be positive, got {memory_budget!r}")
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
     if train not in fs.splits(name):
         raise StoreError(f"extractor {name!r} in {store} has no {train!r} split; run `featstore extract --split {train}` first")
     class_names = fs.class_names(name)
-    X, y = fs.load(train, name)
-    present = np.unique(y)
-    if len(present) < 2:
-        raise StoreError(f"split {train!r} has only one class ({class_names[present[0]] if len(present) else 'none'}); "
-                         f"a classifier needs at least two class folders with images")
-    val = fs.load(validation, name) if _usable(fs, name, validation) else None
+    has_val = _usable(fs, name, validation)
     settings = candidates(spec, given, search)
     full = [spec.full_params(s) for s in settings]
-    selection: dict = {"metric": "accuracy", "candidates": []}
+    big = budget is not None and max(fs.nbytes(s, name) for s in (train, validation) if s == train or has_val) > budget
+    if big and spec.needs_all_data:
+        refuse_in_memory(clf, train, fs.nbytes(train, name), budget)
     t0 = time.perf_counter()
+    if big:
+        est, best, selection, predict_split = _fit_streaming(fs, name, clf, full, settings, train, validation if has_val else None, budget)
+    else:
+        est, best, selection, predict_split = _fit_in_memory(fs, name, clf, full, settings, train, validation if has_val else None, jobs)
+    fit_seconds = time.perf_counter() - t0
+    splits = [train] + ([validation] if has_val else []) + ([test] if _usable(fs, name, test) else [])
+    return _record(fs, name, est, clf, full[best], given, selection, class_names, splits, predict_split, fit_seconds, runs,
+                   {"memory_budget": budget, "streamed": big})
+
+
+def _check_classes(y: np.ndarray, split: str, class_names: list[str]) -> None:
+    present = np.unique(y)
+    if len(present) < 2:
+        raise StoreError(f"split {split!r} has only one class ({class_names[present[0]] if len(present) else 'none'}); "
+                         f"a classifier needs at least two class folders with images")
+
+
+def _fit_in_memory(fs: FeatureStore, name: str, clf: str, full: list[dict], settings: list[dict], train: str, validation: str | None, jobs: int):
+    """Load train (and validation) into memory; fit one setting, or choose on validation, or by k-fold CV on train."""
+    from joblib import Parallel, delayed
+
+    class_names = fs.class_names(name)
+    X, y = fs.load(train, name)
+    _check_classes(y, train, class_names)
+    val = fs.load(validation, name) if validation else None
+    selection: dict = {"metric": "accuracy", "candidates": []}
     if len(full) == 1:
         selection["method"] = "single setting (nothing to select)"
         est, best = _fit_one(clf, full[0], X, y, val), 0
@@ -138,48 +167,69 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
 
         from .classifiers import build_classifier
 
-        k = int(min(5, np.bincount(y)[present].min()))
+        k = int(min(5, np.bincount(y)[np.unique(y)].min()))
         if k < 2:
-            raise StoreError(f"no {validation!r} split and too few images per class in {train!r} for cross-validation; extract a validation split")
-        selection["method"] = f"{k}-fold stratified cross-validation on {train!r} (no {validation!r} split)"
+            raise StoreError(f"no validation split and too few images per class in {train!r} for cross-validation; extract a validation split")
+        selection["method"] = f"{k}-fold stratified cross-validation on {train!r} (no validation split)"
         cv = StratifiedKFold(k, shuffle=True, random_state=0)
         scores = [float(cross_val_score(build_classifier(clf, p), X, y, cv=cv, n_jobs=jobs).mean()) for p in full]
         best = int(np.argmax(scores))
         selection["candidates"] = [{"params": s, "score": sc} for s, sc in zip(settings, scores)]
         est = _fit_one(clf, full[best], X, y, None)
-    fit_seconds = time.perf_counter() - t0
-    return _record(fs, name, est, clf, full[best], given, selection, class_names, {train: (X, y), validation: val},
-                   test if _usable(fs, name, test) else None, fit_seconds, runs)
+    loaded = {train: (X, y), validation: val}
+
+    def predict_split(split: str):
+        Xs, ys = loaded[split] if split in loaded else fs.load(split, name)  # the test split is read here, once
+        return ys, est.predict(Xs), full_proba(est, Xs, len(class_names))
+
+    return est, best, selection, predict_split
+
+
+def _fit_streaming(fs: FeatureStore, name: str, clf: str, full: list[dict], settings: list[dict], train: str, validation: str | None, budget: int):
+    """Fit from blocks of the store within ``budget``; several settings are chosen on a streamed validation split."""
+    from .streaming import stream_fit, stream_predict
+
+    class_names = fs.class_names(name)
+    _check_classes(np.unique(np.concatenate([y for _, y in fs.iter_batches(train, name, max_bytes=budget // 4)])), train, class_names)
+    selection: dict = {"metric": "accuracy", "candidates": [], "method": "single setting (nothing to select)"}
+    if len(full) > 1 and validation is None:
+        raise ConfigError("a parameter search with --memory-budget needs a validation split (k-fold CV would reread train k times)")
+    fitted = []
+    for p in full:
+        est = stream_fit(fs, name, clf, p, train, validation, budget)
+        if len(full) > 1:
+            yv, pv, _ = stream_predict(est, fs, name, validation, budget, len(class_names))
+            fitted.append((float(np.mean(pv == yv)), est))
+        else:
+            fitted.append((0.0, est))
+    best = int(np.argmax([s for s, _ in fitted]))
+    if len(full) > 1:
+        selection["method"] = f"accuracy on the {validation!r} split (streamed)"
+        selection["candidates"] = [{"params": s, "score": sc} for s, (sc, _) in zip(settings, fitted)]
+    est = fitted[best][1]
+    return est, best, selection, lambda split: stream_predict(est, fs, name, split, budget, len(class_names))
 
 
 def _record(fs: FeatureStore, name: str, est, clf: str, params: dict, given: dict, selection: dict, class_names: list[str],
-            data: dict, test: str | None, fit_seconds: float, runs) -> dict:
-    """Evaluate the chosen model (test once) and write the run folder atomically."""
+            splits: list[str], predict_split, fit_seconds: float, runs, extra: dict) -> dict:
+    """Evaluate the chosen model on each split (the test split last, once) and write the run folder atomically."""
     meta = fs.metadata(name)
-    train_split, val_split = list(data)
     evaluated, probas, t_pred, n_pred = {}, {}, 0.0, 0
-    splits = [(train_split, data[train_split]), (val_split, data[val_split])]
-    if test is not None:
-        splits.append((test, fs.load(test, name)))  # the only read of the test split
-    for split, xy in splits:
-        if xy is None:
-            continue
+    for i, split in enumerate(splits):
         t = time.perf_counter()
-        pred = est.predict(xy[0])
-        proba = full_proba(est, xy[0], len(class_names))
+        y, pred, proba = predict_split(split)
         t_pred += time.perf_counter() - t
-        n_pred += len(xy[0])
-        evaluated[split] = metrics(xy[1], pred, class_names)
-        if split != train_split:
-            probas[split] = (proba, xy[1], _digest_paths(fs.paths(split, name)))
-    run_id = f"{clf}-{secrets.token_hex(3)}"
+        n_pred += len(y)
+        evaluated[split] = metrics(y, pred, class_names)
+        if i > 0:
+            probas[split] = (proba, y, _digest_paths(fs.paths(split, name)))
     record = {
-        "id": run_id, "kind": "fit", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "id": f"{clf}-{secrets.token_hex(3)}", "kind": "fit", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "store": str(fs.path.resolve()), "extractor": name, "fingerprint": meta["fingerprint"], "extractor_attrs": meta,
         "class_names": class_names, "clf": clf, "params": params, "given": given, "selection": selection,
-        "splits": {s: (len(xy[1]) if xy is not None else None) for s, xy in data.items()} | ({test: evaluated[test]["n"]} if test else {}),
-        "metrics": evaluated, "fit_seconds": round(fit_seconds, 4), "predict_seconds_per_image": t_pred / max(n_pred, 1),
-        "versions": _versions(), "notes": [] if test else ["no complete test split: not evaluated on test"],
+        "splits": {s: evaluated[s]["n"] for s in splits}, "metrics": evaluated, "fit_seconds": round(fit_seconds, 4),
+        "predict_seconds_per_image": t_pred / max(n_pred, 1), "versions": _versions(), **extra,
+        "notes": [] if len(splits) == 3 else ["no complete validation or test split: not evaluated there"],
     }
     head = est.steps[-1][1]
     if hasattr(head, "history_"):

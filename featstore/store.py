@@ -207,7 +207,8 @@ class FeatureStore:
         name = self.resolve(extractor)
         with self._open() as f:
             sg = self._split(f, name, split)
-            return {**_attrs(sg), "shape": list(sg["features"].shape), "dtype": str(sg["features"].dtype)}
+            return {**_attrs(sg), "shape": list(sg["features"].shape), "dtype": str(sg["features"].dtype),
+                    "chunks": list(sg["features"].chunks or [])}
 
     def class_names(self, extractor: str | None = None) -> list[str]:
         """Class names (label i is class_names[i]), identical for every split."""
@@ -240,6 +241,56 @@ class FeatureStore:
                 sg["features"].read_direct(X, np.s_[i:min(i + step, n)], np.s_[i:min(i + step, n)])
             y = sg["labels"][:n].astype(np.int64)
             return X, y
+
+    def nbytes(self, split: str, extractor: str | None = None) -> int:
+        """Bytes the committed features of a split take in memory."""
+        info = self.split_info(split, extractor)
+        return int(info["committed_rows"]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+
+    def _block_rows(self, split: str, name: str, max_bytes: int) -> tuple[int, int]:
+        """(rows in the split, rows per block of whole chunks within max_bytes); errors if one chunk does not fit."""
+        info = self.split_info(split, name)
+        if not info["complete"]:
+            raise StoreError(f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`")
+        row_bytes = int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+        chunk = int(info["chunks"][0]) if info.get("chunks") else 1
+        rows = (max_bytes // max(row_bytes, 1)) // chunk * chunk
+        if rows < 1:
+            raise ConfigError(f"a memory budget of {max_bytes} bytes cannot hold one chunk of {split!r} "
+                              f"({chunk} rows of {row_bytes} bytes); raise it to at least {chunk * row_bytes} bytes")
+        return int(info["committed_rows"]), rows
+
+    def block_lengths(self, split: str, extractor: str | None = None, *, max_bytes: int = 64 << 20) -> list[int]:
+        """Rows in each block that :meth:`iter_batches` yields with the same ``max_bytes`` (in unshuffled order)."""
+        n, rows = self._block_rows(split, self.resolve(extractor), max_bytes)
+        return [min(rows, n - s) for s in range(0, n, rows)]
+
+    def iter_batches(self, split: str = "train", extractor: str | None = None, *, max_bytes: int = 64 << 20,
+                     shuffle: bool = False, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(X, y)`` blocks of whole chunks, at most ``max_bytes`` of features each, without loading the split.
+
+        With ``shuffle`` the blocks come in a random order and rows are shuffled inside each block
+        (reading random single rows from HDF5 is very slow; whole chunks are fast). The file is opened
+        per block, so writers are not held up. Example::
+
+            for X, y in store.iter_batches("train", max_bytes=256 << 20, shuffle=True, seed=epoch):
+                clf.partial_fit(X.reshape(len(X), -1), y, classes=range(10))
+        """
+        name = self.resolve(extractor)
+        n, rows = self._block_rows(split, name, max_bytes)
+        starts = list(range(0, n, rows))
+        rng = np.random.default_rng(seed)
+        if shuffle:
+            rng.shuffle(starts)
+        for start in starts:
+            with self._open() as f:
+                sg = f[name][split]
+                X = sg["features"][start:min(start + rows, n)]
+                y = sg["labels"][start:min(start + rows, n)].astype(np.int64)
+            if shuffle:
+                order = rng.permutation(len(y))
+                X, y = X[order], y[order]
+            yield X, y
 
     def paths(self, split: str, extractor: str | None = None) -> list[str]:
         """Image paths (relative to the split's source_root) in row order."""

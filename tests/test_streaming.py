@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from featstore import ConfigError, ExtractorConfig, FeatureStore, extract, fit
+from featstore import writer
+from featstore.streaming import parse_bytes
+
+from .conftest import write_images
+
+
+@pytest.fixture(scope="module")
+def chunky_store(tmp_path_factory):
+    """A store with 4-row chunks (1 KiB rows), so tiny budgets force streaming: 45 train rows = 45 KiB."""
+    root = tmp_path_factory.mktemp("stream")
+    data = root / "data"
+    for split, n, seed in (("train", 15, 1), ("validation", 6, 2), ("test", 6, 3)):
+        write_images(data, split, {"cat": n, "dog": n, "fox": n}, seed=seed)
+    path = root / "f.h5"
+    cfg = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=3, pooling="avg", layer="block3_pool")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(writer, "CHUNK_BYTES", 4096)
+    for split in ("train", "validation", "test"):
+        extract(data, split, path, cfg)
+    mp.undo()
+    return path
+
+
+def test_iter_batches_reads_whole_chunks_in_shuffled_order(chunky_store):
+    fs = FeatureStore(chunky_store)
+    X, y = fs.load("train")
+    blocks = list(fs.iter_batches("train", max_bytes=8 * 1024))
+    assert [len(b[1]) for b in blocks][:-1] == [8] * (len(blocks) - 1)
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in blocks]), X)
+    shuffled = list(fs.iter_batches("train", max_bytes=8 * 1024, shuffle=True, seed=1))
+    Xs = np.concatenate([b[0] for b in shuffled])
+    assert not np.array_equal(Xs, X)
+    assert sorted(map(bytes, Xs)) == sorted(map(bytes, X))  # same rows, another order
+    with pytest.raises(ConfigError, match="cannot hold one chunk"):
+        next(fs.iter_batches("train", max_bytes=100))
+
+
+def test_sgd_streams_within_budget_and_matches_in_memory_quality(chunky_store, tmp_path):
+    rec = fit(chunky_store, "sgd", {"epochs": [20]}, memory_budget="32KB", runs=tmp_path)
+    assert rec["streamed"] and rec["memory_budget"] == 32000
+    assert rec["metrics"]["train"]["n"] == 45 and rec["metrics"]["test"]["n"] == 18
+    assert rec["metrics"]["train"]["accuracy"] > 0.8
+    big = fit(chunky_store, "sgd", memory_budget="1GB", runs=tmp_path)
+    assert big["streamed"] is False  # fits in the budget: loaded as usual
+
+
+def test_dense_streams(chunky_store, tmp_path):
+    rec = fit(chunky_store, "dense", {"epochs": [3], "lr": [1e-3]}, memory_budget="32KB", runs=tmp_path)
+    assert rec["streamed"] and len(rec["history"]["loss"]) >= 1 and "val_loss" in rec["history"]
+
+
+def test_in_memory_classifiers_refuse_over_budget(chunky_store, tmp_path):
+    with pytest.raises(ConfigError, match="over --memory-budget 0 MB, and svm needs all of it in memory. Use a streaming classifier \\(sgd, dense\\)"):
+        fit(chunky_store, "svm", memory_budget="32KB", runs=tmp_path)
+    with pytest.raises(ConfigError, match="cannot hold one chunk"):
+        fit(chunky_store, "sgd", memory_budget="1KB", runs=tmp_path)
+    with pytest.raises(ConfigError, match="not a size"):
+        fit(chunky_store, "sgd", memory_budget="lots", runs=tmp_path)
+
+
+def test_parse_bytes():
+    assert parse_bytes("512MB") == 512 * 10**6 and parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("100") == 100
