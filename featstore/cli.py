@@ -84,6 +84,7 @@ def extract(
     overwrite: Annotated[bool, typer.Option(help="Replace the split if it already exists.")] = False,
     seed: Annotated[int, typer.Option(help="Initialisation seed for --weights none.")] = 0,
     compression: Annotated[str, typer.Option(help="Feature compression: none, lzf or gzip (smaller, slower to write).")] = "none",
+    mixed_precision: Annotated[bool, typer.Option(help="Compute in float16 (fast on GPUs with tensor cores); features change slightly and get another fingerprint.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Push one split's images through a frozen CNN and store the activations in HDF5.
@@ -92,7 +93,8 @@ def extract(
     """
     from .extract import ExtractorConfig, extract as run_extract
 
-    config = ExtractorConfig(model=model, image_size=image_size, layer=layer, pooling=pooling, dtype=dtype, weights=weights, seed=seed)
+    config = ExtractorConfig(model=model, image_size=image_size, layer=layer, pooling=pooling, dtype=dtype, weights=weights, seed=seed,
+                             mixed_precision=mixed_precision)
     try:
         r = run_extract(data, split, store, config, name=name, batch_size=batch_size, overwrite=overwrite, progress=progress,
                         compression=compression)

@@ -44,6 +44,7 @@ class ExtractorConfig:
     dtype: str = "float32"  # float32 | float16 stored features
     weights: str = "imagenet"  # imagenet | none | hed-bsds500 | path to a Keras weights file
     seed: int = 0  # initialisation seed, used only with weights="none"
+    mixed_precision: bool = False  # compute in float16 (GPU tensor cores); changes features slightly, so fingerprinted
 
     def validated(self) -> ExtractorConfig:
         """Check every field before any work; fill the default image size."""
@@ -52,7 +53,8 @@ class ExtractorConfig:
         validate_size(spec, size)
         validate_pooling(self.pooling)
         store.validate_dtype(self.dtype)
-        return ExtractorConfig(self.model, size, self.layer, self.pooling, self.dtype, describe_weights_argument(self.weights), self.seed)
+        return ExtractorConfig(self.model, size, self.layer, self.pooling, self.dtype, describe_weights_argument(self.weights), self.seed,
+                               self.mixed_precision)
 
 
 @dataclass
@@ -86,7 +88,14 @@ class Extractor:
     def __init__(self, config: ExtractorConfig):
         self.config = config.validated()
         self.spec = get_backbone(self.config.model)
-        base, self.weights = load_base(self.spec, self.config.image_size, self.config.weights, self.config.seed)
+        import keras
+
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("mixed_float16" if self.config.mixed_precision else "float32")
+        try:
+            base, self.weights = load_base(self.spec, self.config.image_size, self.config.weights, self.config.seed)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
         self.model = cut_model(base, self.config.layer, self.config.pooling, self.spec.name)
         self.feature_shape = tuple(int(d) for d in self.model.output_shape[1:])
         self.attrs = self._attrs(self.weights)
@@ -112,6 +121,7 @@ class Extractor:
             "weights_sha256": w.file_sha256,
             "weights_digest": weights_digest(self.model),
             "seed": c.seed,
+            "compute_dtype": "mixed_float16" if c.mixed_precision else "float32",
             "keras_version": keras.__version__,
             "tensorflow_version": tf.__version__,
             "featstore_version": __version__,
@@ -211,7 +221,8 @@ def _already_complete(path: Path, name: str, split: str, config: ExtractorConfig
         a = f[name].attrs
         wanted = asdict(config)
         recorded = {"model": a["model"], "image_size": int(a["input_size"]), "layer": wanted["layer"] and a["layer"],
-                    "pooling": a["pooling"], "dtype": a["dtype"], "weights": a["weights"], "seed": int(a["seed"])}
+                    "pooling": a["pooling"], "dtype": a["dtype"], "weights": a["weights"], "seed": int(a["seed"]),
+                    "mixed_precision": a.get("compute_dtype") == "mixed_float16"}
         if config.weights != "none":
             recorded["seed"] = wanted["seed"]
         return recorded == wanted

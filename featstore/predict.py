@@ -45,7 +45,8 @@ def rebuild_extractor(attrs: dict, weights: str | None = None):
     from .extract import Extractor, ExtractorConfig
 
     cfg = ExtractorConfig(model=attrs["model"], image_size=int(attrs["input_size"]), layer=attrs["layer"], pooling=attrs["pooling"],
-                          dtype=attrs["dtype"], weights=weights or attrs["weights"], seed=int(attrs.get("seed", 0)))
+                          dtype=attrs["dtype"], weights=weights or attrs["weights"], seed=int(attrs.get("seed", 0)),
+                          mixed_precision=attrs.get("compute_dtype") == "mixed_float16")
     try:
         ex = Extractor(cfg)
     except WeightsError as exc:

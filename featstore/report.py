@@ -9,7 +9,7 @@ from __future__ import annotations
 from .backbones import get_backbone, list_backbones
 from .store import FeatureStore
 
-PROVENANCE_KEYS = ("model", "layer", "input_size", "pooling", "dtype", "feature_shape", "preprocess", "resize",
+PROVENANCE_KEYS = ("model", "layer", "input_size", "pooling", "dtype", "compute_dtype", "feature_shape", "preprocess", "resize",
                    "weights_source", "weights_description", "weights_file", "weights_sha256", "keras_version",
                    "tensorflow_version", "featstore_version", "created_at", "fingerprint")
 

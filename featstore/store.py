@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 LOCK_TIMEOUT_S = float(os.environ.get("FEATSTORE_LOCK_TIMEOUT", "120"))
 # Fields that decide the numbers in `features`; their hash is the extractor's fingerprint.
-FINGERPRINT_FIELDS = ("model", "layer", "input_size", "pooling", "preprocess", "resize", "dtype", "feature_shape", "weights_digest")
+FINGERPRINT_FIELDS = ("model", "layer", "input_size", "pooling", "preprocess", "resize", "dtype", "feature_shape", "weights_digest",
+                      "compute_dtype")
 DTYPES = ("float32", "float16")
 STR = h5py.string_dtype("utf-8")
 
@@ -62,7 +63,7 @@ def locking_default():
 
 def fingerprint(attrs: dict) -> str:
     """sha256 over the FINGERPRINT_FIELDS of an extractor's attributes."""
-    ident = {k: _plain(attrs[k]) for k in FINGERPRINT_FIELDS}
+    ident = {k: _plain(attrs.get(k, "float32" if k == "compute_dtype" else None)) for k in FINGERPRINT_FIELDS}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 

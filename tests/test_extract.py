@@ -141,3 +141,19 @@ def test_compression_option(data_root, tiny_config, tmp_path):
                                   extract(data_root, "train", tmp_path / "g.h5", tiny_config) and FeatureStore(tmp_path / "g.h5").load("train")[0])
     with pytest.raises(ConfigError, match="choose one of: none, lzf, gzip"):
         extract(data_root, "train", tmp_path / "h.h5", tiny_config, compression="zstd")
+
+
+def test_mixed_precision_is_close_and_fingerprinted(tiny_config):
+    from dataclasses import replace
+
+    from featstore import Extractor
+
+    x = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)
+    full = Extractor(tiny_config)
+    half = Extractor(replace(tiny_config, mixed_precision=True))
+    a, b = full(x), half(x)
+    assert b.dtype == np.float32 and np.isfinite(b).all()
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * float(np.abs(a).max()))
+    assert half.attrs["compute_dtype"] == "mixed_float16" and half.attrs["fingerprint"] != full.attrs["fingerprint"]
+    import keras
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored

@@ -1,0 +1,94 @@
+"""Out-of-core fits: peak memory of `fit --memory-budget` on a store several times larger than the budget.
+
+Writes a synthetic store (VGG16-shaped (4, 4, 512) float32 rows with a class signal; train --factor times
+the budget, validation a tenth of that) through featstore's writer, then, each in a fresh process, measures
+peak RSS of: the framework baseline (imports + opening the store, no fit), a streamed fit within the
+budget, and (for comparison) the same fit loading everything. Prints them side by side.
+
+    python benchmarks/out_of_core.py                       # sgd, budget 128MB, store 4.5x the budget
+    python benchmarks/out_of_core.py --clf dense --budget 256MB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from featstore import writer
+from featstore.store import fingerprint
+from featstore.streaming import parse_bytes
+
+SHAPE = (4, 4, 512)
+
+
+def make_store(path: Path, rows: dict[str, int], seed: int = 0) -> None:
+    """Synthetic ReLU-like features, 10 classes, appended in batches of 256 rows like an extraction."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 1, (10, *SHAPE)).astype(np.float32)
+    attrs = {"model": "synthetic", "layer": "none", "input_size": 150, "pooling": "none", "preprocess": "none", "resize": "none",
+             "dtype": "float32", "feature_shape": list(SHAPE), "weights_digest": "synthetic"}
+    attrs["fingerprint"] = fingerprint(attrs)
+    for split, n in rows.items():
+        split_attrs = {"class_names": [f"c{i}" for i in range(10)], "source_root": "/", "n_images": n, "n_ignored": 0,
+                       "listing_sha256": split, "batch_size": 256, "compression": "none"}
+        writer.prepare_split(path, "synthetic", split, attrs, split_attrs, overwrite=True)
+        for i in range(0, n, 256):
+            k = min(256, n - i)
+            y = rng.integers(0, 10, k).astype(np.int32)
+            X = np.maximum(centers[y] + rng.normal(0, 2.0, (k, *SHAPE)).astype(np.float32), 0)
+            writer.append(path, "synthetic", split, X, y, [f"{split}/{i + j}" for j in range(k)], [], i + k)
+        writer.finish(path, "synthetic", split, 0.0)
+
+
+def peak_rss(code: str, *args: str) -> tuple[float, dict]:
+    """Run ``code`` in a fresh interpreter; its peak RSS in MB and the JSON it printed last."""
+    wrapped = code + "\nimport resource, json; print(json.dumps({'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **out}))"
+    res = subprocess.run([sys.executable, "-c", wrapped, *args], capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if res.returncode != 0:
+        raise SystemExit(res.stderr[-3000:])
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    return data.pop("rss"), data
+
+
+BASELINE = ("import sys; import featstore, sklearn.linear_model; from featstore import FeatureStore; "
+            "clf = sys.argv[2]\nif clf == 'dense':\n    import keras, tensorflow\n"
+            "s = FeatureStore(sys.argv[1]); s.split_info('train'); out = {}")
+FIT = ("import sys; from featstore import fit\n"
+       "r = fit(sys.argv[1], sys.argv[2], {'epochs': [int(sys.argv[4])]}, memory_budget=(sys.argv[3] if sys.argv[3] != 'none' else None), runs=sys.argv[5])\n"
+       "out = {'acc': r['metrics']['validation']['accuracy'], 'streamed': r['streamed'], 'seconds': r['fit_seconds']}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clf", default="sgd", choices=["sgd", "dense"])
+    ap.add_argument("--budget", default="128MB")
+    ap.add_argument("--factor", type=float, default=4.5, help="train split size / budget")
+    ap.add_argument("--epochs", type=int, default=3)
+    args = ap.parse_args()
+    budget = parse_bytes(args.budget)
+    row = int(np.prod(SHAPE)) * 4
+    rows = {"train": int(args.factor * budget / row), "validation": int(args.factor * budget / row / 10)}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "big.h5"
+        make_store(store, rows)
+        print(f"store: train {rows['train']} rows = {rows['train'] * row / 1e6:.0f} MB ({args.factor}x the {budget / 1e6:.0f} MB budget), "
+              f"validation {rows['validation'] * row / 1e6:.0f} MB; file {os.path.getsize(store) / 1e6:.0f} MB")
+        base, _ = peak_rss(BASELINE, str(store), args.clf)
+        streamed, s = peak_rss(FIT, str(store), args.clf, args.budget, str(args.epochs), str(Path(tmp) / "runs"))
+        loaded, m = peak_rss(FIT, str(store), args.clf, "none", str(args.epochs), str(Path(tmp) / "runs"))
+    print(f"{args.clf}, {args.epochs} epochs, peak RSS (fresh process each):")
+    print(f"  framework baseline (imports, store opened)    {base:8.0f} MB")
+    print(f"  fit --memory-budget {args.budget:<8s} (streamed={s['streamed']})  {streamed:8.0f} MB  -> {streamed - base:+.0f} MB over baseline "
+          f"(budget {budget / 1e6:.0f} MB: {'within' if streamed - base <= budget / 1e6 else 'OVER'}); val acc {s['acc']:.3f}, {s['seconds']:.1f} s")
+    print(f"  fit without budget (loads the split)          {loaded:8.0f} MB  -> {loaded - base:+.0f} MB over baseline; val acc {m['acc']:.3f}, {m['seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
