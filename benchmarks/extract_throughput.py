@@ -87,11 +87,24 @@ def lectures_loop(files: list[Path], ex, size: int, batch: int) -> float:
         return len(files) / (time.perf_counter() - t)
 
 
+SAMPLER = """
+import sys, threading, time
+from featstore import extract, ExtractorConfig
+peak, done = [0], threading.Event()
+def sample():  # RSS sampled every 20 ms during the extraction (the process's own peak is set by TensorFlow's import)
+    while not done.is_set():
+        with open('/proc/self/statm') as fh:
+            peak[0] = max(peak[0], int(fh.read().split()[1]) * 4096)
+        time.sleep(0.02)
+threading.Thread(target=sample, daemon=True).start()
+extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(model=sys.argv[3], image_size=int(sys.argv[4]), weights='none'), batch_size=int(sys.argv[5]))
+done.set(); print(peak[0] / 2**20)
+"""
+
+
 def peak_rss(data: Path, model: str, size: int, batch: int) -> float:
-    """Peak RSS (MB) of a fresh process that extracts the train split of ``data``."""
-    code = ("import sys, resource; from featstore import extract, ExtractorConfig; "
-            "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(model=sys.argv[3], image_size=int(sys.argv[4]), weights='none'), "
-            "batch_size=int(sys.argv[5])); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    """Peak RSS (MB) during the extraction of the train split of ``data`` in a fresh process."""
+    code = SAMPLER
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run([sys.executable, "-c", code, str(data), str(Path(tmp) / "f.h5"), model, str(size), str(batch)],
                              capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})

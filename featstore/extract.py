@@ -99,6 +99,8 @@ class Extractor:
         self.model = cut_model(base, self.config.layer, self.config.pooling, self.spec.name)
         self.feature_shape = tuple(int(d) for d in self.model.output_shape[1:])
         self.attrs = self._attrs(self.weights)
+        self._forward = _forward_fn(self.model, self.config.image_size)
+        self._forward(np.zeros((1, self.config.image_size, self.config.image_size, 3), np.float32))  # trace once, at start-up
 
     def _attrs(self, w: LoadedWeights) -> dict:
         import keras
@@ -133,12 +135,33 @@ class Extractor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Features of a uint8 RGB batch ``(B, size, size, 3)``, in the configured dtype."""
         x = self.spec.preprocess(images.astype(np.float32))
-        out = np.asarray(self.model.predict_on_batch(x))
-        return out.astype(self.config.dtype, copy=False)
+        return np.asarray(self._forward(x)).astype(self.config.dtype, copy=False)
+
+
+def _forward_fn(model, size: int):
+    """The model as one traced function for any batch size (no `predict`-in-a-loop leak, no retracing per shape)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return model.predict_on_batch
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
+    return lambda x: fn(tf.convert_to_tensor(x, tf.float32)).numpy()
 
 
 def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Iterator[tuple[str, np.ndarray | None, str]]:
-    """Decode images in a thread pool, at most ``ahead`` in flight; yields (path, array or None, reason) in order."""
+    """Decode images in a thread pool, at most ``ahead`` in flight; yields (path, array or None, reason) in order.
+
+    ``workers=0`` decodes in the calling thread, between model calls (best when the model already uses every core).
+    """
+    if workers == 0:
+        for p in paths:
+            try:
+                yield p, load_image(p, size), ""
+            except ImageError as exc:
+                yield p, None, str(exc)
+        return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featstore-decode") as pool:
         pending: collections.deque = collections.deque()
         it = iter(paths)
@@ -196,19 +219,28 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
         split_attrs = {"class_names": listing.class_names, "source_root": str(listing.root.resolve()), "n_images": len(listing.items),
                        "n_ignored": listing.n_ignored, "listing_sha256": listing.digest(), "batch_size": batch_size,
                        "compression": compression}
+        row_bytes = int(np.prod(extractor.feature_shape)) * np.dtype(config.dtype).itemsize
+        done = _images_done(store_path, name, split, locking) if not overwrite else 0
+        writer.ensure_space(store_path, (len(listing.items) - done) * row_bytes + writer.CHUNK_BYTES, done)  # before anything is replaced
         start = writer.prepare_split(store_path, name, split, extractor.attrs, split_attrs, overwrite, locking)
         if start is None:  # complete, found only after the full fingerprint check (e.g. other weights spelling)
             result.skipped = True
         else:
             result.resumed_from = start
-            row_bytes = int(np.prod(extractor.feature_shape)) * np.dtype(config.dtype).itemsize
-            writer.ensure_space(store_path, (len(listing.items) - start) * row_bytes + writer.CHUNK_BYTES, start)
             _run(extractor, listing, store_path, name, split, start, batch_size, progress, workers, locking, result)
             writer.finish(store_path, name, split, time.monotonic() - started, locking)
         info = store.FeatureStore(store_path, locking=locking).split_info(split, name)
         result.rows, result.failed = int(info["committed_rows"]), int(info["n_failed"])
     result.seconds = time.monotonic() - started
     return result
+
+
+def _images_done(path: Path, name: str, split: str, locking) -> int:
+    """Images a partial split already holds (0 when there is none)."""
+    if not path.exists():
+        return 0
+    with store.open_h5(path, "r", locking=locking) as f:
+        return int(f[name][split].attrs.get("images_done", 0)) if name in f and split in f[name] else 0
 
 
 def _already_complete(path: Path, name: str, split: str, config: ExtractorConfig, locking) -> bool:

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (0.25 GiB of RGBA)
-RESIZE = "PIL bilinear to a square, aspect ratio not kept"  # recorded in stores
+RESIZE = "PIL bilinear to a square, aspect ratio not kept; JPEG draft (DCT-scaled) decoding"  # recorded in stores
 
 
 class ImageError(Exception):
@@ -116,6 +116,8 @@ def load_image(path: str | os.PathLike, size: int, max_pixels: int = MAX_PIXELS)
                 if w * h > max_pixels:
                     raise ImageError(f"refused: {w}x{h} pixels is over the {max_pixels} limit (decompression bomb?)")
                 im.seek(0)
+                if im.format == "JPEG":
+                    im.draft(None, (size, size))  # let libjpeg decode at the smallest scale still >= size (2x faster on photos)
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im)
                 rgb = rgb.resize((size, size), Image.BILINEAR)
