@@ -55,7 +55,10 @@ def load_estimator(folder: Path, artifact: dict) -> Pipeline:
     if artifact["format"] == "keras":
         _verify(folder / artifact["meta_file"], artifact["meta_sha256"])
         meta = json.loads((folder / artifact["meta_file"]).read_text())
-        head = DenseHead(**meta["params"]).load_model(path, meta["classes"], meta.get("history"))
+        try:
+            head = DenseHead(**meta["params"]).load_model(path, meta["classes"], meta.get("history"))
+        except Exception as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild
+            raise StoreError(f"run artifact {path} cannot be loaded by this Keras ({exc}); fit the classifier again") from exc
         reshape = FeatureReshape(meta["reduce"])
         reshape.n_features_in_ = meta["n_features_in"]  # stateless apart from the input check
         return Pipeline([("features", reshape), ("clf", head)])
@@ -65,4 +68,7 @@ def load_estimator(folder: Path, artifact: dict) -> Pipeline:
     foreign = [t for t in types if not t.startswith(TRUSTED_PREFIXES)]
     if foreign:
         raise StoreError(f"run artifact {path} contains types featstore never writes ({', '.join(foreign)}); refusing to load it")
-    return sio.load(path, trusted=types)
+    try:
+        return sio.load(path, trusted=types)
+    except Exception as exc:  # skops raises TypeError/ValueError/KeyError for files of other library versions
+        raise StoreError(f"run artifact {path} cannot be loaded with these library versions ({exc}); fit the classifier again") from exc

@@ -14,7 +14,7 @@ import numpy as np
 
 from .store import FINGERPRINT_FIELDS, FORMAT_VERSION, _attrs, _plain, fingerprint, foreign_objects, open_h5
 
-SPLIT_ATTRS = ("class_names", "committed_rows", "images_done", "n_failed", "n_images", "complete", "source_root")
+SPLIT_ATTRS = ("class_names", "commit", "n_images", "complete", "source_root")
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
 

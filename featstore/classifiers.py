@@ -119,6 +119,11 @@ def convert_value(spec: ClassifierSpec, key: str, text: str):
     if key not in spec.params:
         raise ConfigError(f"unknown parameter {key!r} for {spec.name}; valid: {', '.join(spec.params)}")
     p = spec.params[key]
+    if key in _NUMBER_OR and text not in _NUMBER_OR[key]:
+        try:
+            float(text)
+        except ValueError:
+            raise ConfigError(f"parameter {key}={text!r} for {spec.name} must be one of {', '.join(_NUMBER_OR[key])} or a number") from None
     try:
         if p.type is bool:
             if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -152,6 +157,7 @@ def candidates(spec: ClassifierSpec, given: dict[str, list], search: bool) -> li
 
 
 # ---------------------------------------------------------------- the classifiers
+_NUMBER_OR = {"gamma": ("scale", "auto"), "max_features": ("sqrt", "log2")}  # str parameters that may also be numbers
 _REDUCE = Param(str, "flatten", REDUCTIONS, "how stored features become a vector: flatten, avg or max over space")
 _SEED = Param(int, 0, (), "random seed")
 
@@ -173,7 +179,7 @@ def _logreg(p):
 
 
 @register_classifier("svm", "support vector machine (linear or RBF kernel), probabilities by Platt scaling (CalibratedClassifierCV)",
-                     {"C": Param(float, 1.0), "kernel": Param(str, "linear", ("linear", "rbf")), "gamma": Param(str, "scale"),
+                     {"C": Param(float, 1.0), "kernel": Param(str, "linear", ("linear", "rbf")), "gamma": Param(str, "scale", (), "scale, auto or a positive number"),
                       "calibration_folds": Param(int, 3, (), "folds used to fit the Platt scaling"), "reduce": _REDUCE, "seed": _SEED},
                      grid={"kernel": ["linear", "rbf"], "C": [0.1, 1.0, 10.0]})
 def _svm(p):
@@ -196,13 +202,13 @@ def _knn(p):
 
 @register_classifier("random_forest", "random forest on raw features",
                      {"n_estimators": Param(int, 300), "max_depth": Param(int, 0, (), "0 = unlimited"),
-                      "max_features": Param(str, "sqrt"), "reduce": _REDUCE, "seed": _SEED},
+                      "max_features": Param(str, "sqrt", (), "sqrt, log2 or a fraction of the features"), "reduce": _REDUCE, "seed": _SEED},
                      grid={"n_estimators": [100, 300], "max_depth": [0, 20]})
 def _forest(p):
     from sklearn.ensemble import RandomForestClassifier
 
     return _pipe(p, RandomForestClassifier(n_estimators=p["n_estimators"], max_depth=p["max_depth"] or None,
-                                           max_features=p["max_features"], random_state=p["seed"], n_jobs=1), scale=False)
+                                           max_features=p["max_features"] if p["max_features"] in ("sqrt", "log2") else float(p["max_features"]), random_state=p["seed"], n_jobs=1), scale=False)
 
 
 @register_classifier("sgd", "linear model trained by SGD (log loss); learns from chunks with partial_fit",

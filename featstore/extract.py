@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,13 @@ class ExtractorConfig:
     weights: str = "imagenet"  # imagenet | none | hed-bsds500 | path to a Keras weights file
     seed: int = 0  # initialisation seed, used only with weights="none"
     mixed_precision: bool = False  # compute in float16 (GPU tensor cores); changes features slightly, so fingerprinted
+
+    @classmethod
+    def from_attrs(cls, attrs: dict, weights: str | None = None) -> ExtractorConfig:
+        """The configuration a store's extractor attributes record (``weights`` overrides the recorded source)."""
+        return cls(model=attrs["model"], image_size=int(attrs["input_size"]), layer=attrs["layer"], pooling=attrs["pooling"],
+                   dtype=attrs["dtype"], weights=weights or attrs["weights"], seed=int(attrs.get("seed", 0)),
+                   mixed_precision=attrs.get("compute_dtype") == "mixed_float16")
 
     def validated(self) -> ExtractorConfig:
         """Check every field before any work; fill the default image size."""
@@ -110,6 +117,7 @@ class Extractor:
         attrs = {
             "model": c.model,
             "layer": c.layer or self.model.layers[-1 if c.pooling == "none" else -2].name,
+            "layer_requested": c.layer or "",  # "" = the default cut (not fingerprinted: "layer" holds the name)
             "input_size": c.image_size,
             "pooling": c.pooling,
             "preprocess": self.spec.preprocess_name,
@@ -206,7 +214,7 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
     store_path = writer.check_writable(store_path)
     name = name or config.model
     result = ExtractResult(str(store_path), name, split, ignored=listing.n_ignored)
-    with writer.writer_lock(store_path):
+    with writer.writer_lock(store_path, locking):
         if not overwrite and _already_complete(store_path, name, split, config, locking):
             result.skipped = True
             info = store.FeatureStore(store_path, locking=locking).split_info(split, name)
@@ -240,7 +248,7 @@ def _images_done(path: Path, name: str, split: str, locking) -> int:
     if not path.exists():
         return 0
     with store.open_h5(path, "r", locking=locking) as f:
-        return int(f[name][split].attrs.get("images_done", 0)) if name in f and split in f[name] else 0
+        return store.commit_state(f[name][split])[2] if name in f and split in f[name] else 0
 
 
 def _already_complete(path: Path, name: str, split: str, config: ExtractorConfig, locking) -> bool:
@@ -250,14 +258,13 @@ def _already_complete(path: Path, name: str, split: str, config: ExtractorConfig
     with store.open_h5(path, "r", locking=locking) as f:
         if name not in f or split not in f[name] or not f[name][split].attrs.get("complete"):
             return False
-        a = f[name].attrs
-        wanted = asdict(config)
-        recorded = {"model": a["model"], "image_size": int(a["input_size"]), "layer": wanted["layer"] and a["layer"],
-                    "pooling": a["pooling"], "dtype": a["dtype"], "weights": a["weights"], "seed": int(a["seed"]),
-                    "mixed_precision": a.get("compute_dtype") == "mixed_float16"}
-        if config.weights != "none":
-            recorded["seed"] = wanted["seed"]
-        return recorded == wanted
+        attrs = store._attrs(f[name])
+    recorded = ExtractorConfig.from_attrs(attrs)
+    if config.layer is None and not attrs.get("layer_requested"):
+        recorded = replace(recorded, layer=None)  # the default cut, recorded by its name
+    if config.weights != "none":
+        recorded = replace(recorded, seed=config.seed)  # the seed only matters for random weights
+    return recorded == config
 
 
 def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, split: str, start: int,
@@ -266,7 +273,7 @@ def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, spl
 
     items = listing.items[start:]
     abs_paths = [str(listing.root / p) for p, _ in items]
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    workers = min(8, (os.cpu_count() or 2) * 2) if workers is None else workers
     done = start
     bar = tqdm(total=len(listing.items), initial=start, unit="img", desc=f"{name}/{split}", disable=not progress, dynamic_ncols=True)
     batch_imgs, batch_labels, batch_paths, batch_failed = [], [], [], []
@@ -290,7 +297,7 @@ def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, spl
                 batch_imgs.append(img)
                 batch_labels.append(label)
                 batch_paths.append(rel)
-            if len(batch_imgs) == batch_size:
+            if len(batch_imgs) + len(batch_failed) >= batch_size:  # failures count too: a run of bad files is committed
                 commit()
         if batch_imgs or batch_failed:
             commit()

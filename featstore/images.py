@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +83,10 @@ def _walk_images(folder: Path, skipped: list[str]) -> tuple[list[Path], int]:
     seen: set[str] = set()
     found: list[Path] = []
     ignored = 0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    def unreadable(err: OSError) -> None:
+        raise DataError(f"cannot read folder {err.filename}: {err.strerror}; fix its permissions or move it out of the data root")
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True, onerror=unreadable):
         real = os.path.realpath(dirpath)
         if real in seen:
             skipped.append(dirpath)
@@ -109,19 +111,17 @@ def load_image(path: str | os.PathLike, size: int, max_pixels: int = MAX_PIXELS)
     as Keras's ``load_img`` does); an animated image gives its first frame.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if w * h > max_pixels:
-                    raise ImageError(f"refused: {w}x{h} pixels is over the {max_pixels} limit (decompression bomb?)")
-                im.seek(0)
-                if im.format == "JPEG":
-                    im.draft(None, (size, size))  # let libjpeg decode at the smallest scale still >= size (2x faster on photos)
-                im = ImageOps.exif_transpose(im)
-                rgb = _to_rgb(im)
-                rgb = rgb.resize((size, size), Image.BILINEAR)
-                return np.asarray(rgb, dtype=np.uint8)
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:  # checked from the header, before any pixel is decoded
+                raise ImageError(f"refused: {w}x{h} pixels is over the {max_pixels} limit (decompression bomb?)")
+            im.seek(0)
+            if im.format == "JPEG":
+                im.draft(None, (size, size))  # let libjpeg decode at the smallest scale still >= size (2x faster on photos)
+            im = ImageOps.exif_transpose(im)
+            rgb = _to_rgb(im)
+            rgb = rgb.resize((size, size), Image.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
     except ImageError:
         raise
     except FileNotFoundError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, WeightsError
-from .images import IMAGE_EXTENSIONS, _walk_images
+from .images import IMAGE_EXTENSIONS, _walk_images, load_image  # load_image: again at another size for mixed ensembles
 from .runs import full_proba, get_run
 
 logger = logging.getLogger(__name__)
@@ -44,11 +44,8 @@ def rebuild_extractor(attrs: dict, weights: str | None = None):
     """The Extractor a store's provenance describes; refuses weights whose digest differs from the record."""
     from .extract import Extractor, ExtractorConfig
 
-    cfg = ExtractorConfig(model=attrs["model"], image_size=int(attrs["input_size"]), layer=attrs["layer"], pooling=attrs["pooling"],
-                          dtype=attrs["dtype"], weights=weights or attrs["weights"], seed=int(attrs.get("seed", 0)),
-                          mixed_precision=attrs.get("compute_dtype") == "mixed_float16")
     try:
-        ex = Extractor(cfg)
+        ex = Extractor(ExtractorConfig.from_attrs(attrs, weights))
     except WeightsError as exc:
         raise WeightsError(f"{exc}\nThe run's features were made with weights {attrs['weights']} "
                            f"(file sha256 {attrs['weights_sha256'][:12] or '-'}); pass --weights PATH to give that file.") from exc
@@ -82,7 +79,9 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
         if mrec["kind"] != "fit":
             raise DataError(f"run {rec['id']} has an ensemble as a member; predict with its fitted members instead")
         if mrec["fingerprint"] not in extractors:
-            extractors[mrec["fingerprint"]] = rebuild_extractor(mrec["extractor_attrs"], weights)
+            # --weights replaces a recorded weights *file* (moved or copied); named sources are always resolved as recorded
+            override = weights if mrec["extractor_attrs"].get("weights_source") == "file" else None
+            extractors[mrec["fingerprint"]] = rebuild_extractor(mrec["extractor_attrs"], override)
     models = [load_estimator(f, m["artifact"]) for m, f in members]
     paths = collect_images(inputs)
     class_names = rec["class_names"]
@@ -96,7 +95,7 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
         proba = 0.0
         for (mrec, _), model, w in zip(members, models, member_weights):
             ex = extractors[mrec["fingerprint"]]
-            imgs = np.stack([img if img.shape[0] == ex.config.image_size else _resize(p, ex.config.image_size) for p, img in batch])
+            imgs = np.stack([img if img.shape[0] == ex.config.image_size else load_image(p, ex.config.image_size) for p, img in batch])
             proba = proba + w * full_proba(model, ex(imgs), len(class_names))
         proba = proba / sum(member_weights)
         for (p, _), row in zip(batch, proba):
@@ -121,10 +120,3 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
             writer.writeheader()
             writer.writerows(rows)
     return rows
-
-
-def _resize(path: str, size: int) -> np.ndarray:
-    """Decode again at another size (ensembles of extractors with different input sizes)."""
-    from .images import load_image
-
-    return load_image(path, size)

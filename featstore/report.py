@@ -31,7 +31,10 @@ def models_table() -> str:
 
 def layers_table(model: str, image_size: int | None = None) -> str:
     """The named layers of a backbone with their output shapes (candidates for --layer); builds it with random weights."""
+    from .backbones import validate_size
+
     spec = get_backbone(model)
+    validate_size(spec, image_size or spec.default_size)
     base = spec.build(image_size or spec.default_size, None)
     rows = [["layer", "output shape"]]
     rows += [[lyr.name, str(tuple(lyr.output.shape[1:]))] for lyr in base.layers]
@@ -74,7 +77,8 @@ def runs_table(runs: list[dict]) -> str:
         return "no runs yet; fit one with `featstore fit --clf logreg`"
     rows = [["id", "clf", "params", "val_acc", "test_acc", "fit_s", "extractor", "fingerprint", "created"]]
     for r in runs:
-        params = ",".join(f"{k}={v}" for k, v in sorted(r.get("params", {}).items()) if k in r.get("given", r.get("params", {})))
+        chosen = set(r.get("given", {})) | {k for c in r.get("selection", {}).get("candidates", []) for k in c["params"]}
+        params = ",".join(f"{k}={v}" for k, v in sorted(r.get("params", {}).items()) if k in chosen or r["kind"] == "ensemble")
         rows.append([r["id"], r["clf"], params or "defaults", _acc(r, "validation"), _acc(r, "test"), f"{r.get('fit_seconds', 0):.2f}",
                      r["extractor"], r["fingerprint"][:12], r["created_at"][:19]])
     return _table(rows)

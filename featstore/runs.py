@@ -27,7 +27,7 @@ from . import __version__
 from .artifacts import save_estimator
 from .classifiers import candidates, get_classifier
 from .errors import ConfigError, StoreError
-from .store import FeatureStore
+from .store import FINGERPRINT_FIELDS, FeatureStore, describe_diff
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +68,14 @@ def _fit_one(spec_name: str, params: dict, X, y, val):
 
     est = build_classifier(spec_name, params)
     head = est.steps[-1][1]
-    if isinstance(head, DenseHead) and val is not None:
-        Xt = est[:-1].fit_transform(X, y)
-        head.fit(Xt, y, validation_data=(est[:-1].transform(val[0]), val[1]))
-    else:
-        est.fit(X, y)
+    try:
+        if isinstance(head, DenseHead) and val is not None:
+            Xt = est[:-1].fit_transform(X, y)
+            head.fit(Xt, y, validation_data=(est[:-1].transform(val[0]), val[1]))
+        else:
+            est.fit(X, y)
+    except ValueError as exc:  # e.g. n_neighbors > rows, more calibration folds than images of a class
+        raise ConfigError(f"{spec_name} with {params} cannot be fitted on these {len(y)} rows: {exc}") from exc
     return est
 
 
@@ -114,6 +117,8 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     if budget is not None and budget <= 0:
         raise ConfigError(f"--memory-budget must be positive, got {memory_budget!r}")
+    if len({train, validation, test}) < 3:
+        raise ConfigError(f"--train, --validation and --test must be three different splits; got {train!r}, {validation!r}, {test!r}")
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
     if train not in fs.splits(name):
@@ -122,18 +127,31 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
     has_val = _usable(fs, name, validation)
     settings = candidates(spec, given, search)
     full = [spec.full_params(s) for s in settings]
-    big = budget is not None and max(fs.nbytes(s, name) for s in (train, validation) if s == train or has_val) > budget
+    has_test = _usable(fs, name, test)
+    used = [train] + ([validation] if has_val else []) + ([test] if has_test else [])
+    big = budget is not None and max(fs.nbytes(s, name) for s in used) > budget
     if big and spec.needs_all_data:
         refuse_in_memory(clf, train, fs.nbytes(train, name), budget)
+    if big:
+        from .streaming import BLOCK_FRACTION
+
+        for s_ in used:
+            info = fs.split_info(s_, name)
+            chunk_bytes = int(info["chunks"][0]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+            if budget // BLOCK_FRACTION < chunk_bytes:
+                raise ConfigError(f"--memory-budget {memory_budget} is too small: streaming reads blocks of a quarter of the budget "
+                                  f"and one chunk of {s_!r} is {chunk_bytes} bytes; give at least {BLOCK_FRACTION * chunk_bytes} bytes")
     t0 = time.perf_counter()
     if big:
         est, best, selection, predict_split = _fit_streaming(fs, name, clf, full, settings, train, validation if has_val else None, budget)
     else:
         est, best, selection, predict_split = _fit_in_memory(fs, name, clf, full, settings, train, validation if has_val else None, jobs)
     fit_seconds = time.perf_counter() - t0
-    splits = [train] + ([validation] if has_val else []) + ([test] if _usable(fs, name, test) else [])
-    return _record(fs, name, est, clf, full[best], given, selection, class_names, splits, predict_split, fit_seconds, runs,
-                   {"memory_budget": budget, "streamed": big})
+    extra = {"memory_budget": budget, "streamed": big, "notes": []}
+    if clf == "dense" and has_val:
+        extra["notes"].append(f"the {validation!r} split also drove early stopping" + (" and the choice of setting" if len(full) > 1 else "")
+                              + ": its score is optimistic; judge by test")
+    return _record(fs, name, est, clf, full[best], given, selection, class_names, used, predict_split, fit_seconds, runs, extra)
 
 
 def _check_classes(y: np.ndarray, split: str, class_names: list[str]) -> None:
@@ -190,7 +208,7 @@ def _fit_streaming(fs: FeatureStore, name: str, clf: str, full: list[dict], sett
     from .streaming import stream_fit, stream_predict
 
     class_names = fs.class_names(name)
-    _check_classes(np.unique(np.concatenate([y for _, y in fs.iter_batches(train, name, max_bytes=budget // 4)])), train, class_names)
+    _check_classes(fs.labels(train, name), train, class_names)
     selection: dict = {"metric": "accuracy", "candidates": [], "method": "single setting (nothing to select)"}
     if len(full) > 1 and validation is None:
         raise ConfigError("a parameter search with --memory-budget needs a validation split (k-fold CV would reread train k times)")
@@ -217,7 +235,10 @@ def _record(fs: FeatureStore, name: str, est, clf: str, params: dict, given: dic
     evaluated, probas, t_pred, n_pred = {}, {}, 0.0, 0
     for i, split in enumerate(splits):
         t = time.perf_counter()
-        y, pred, proba = predict_split(split)
+        try:
+            y, pred, proba = predict_split(split)
+        except ValueError as exc:  # e.g. knn asked for more neighbours than training rows
+            raise ConfigError(f"{clf} with {params} cannot predict {split!r}: {exc}") from exc
         t_pred += time.perf_counter() - t
         n_pred += len(y)
         evaluated[split] = metrics(y, pred, class_names)
@@ -229,7 +250,7 @@ def _record(fs: FeatureStore, name: str, est, clf: str, params: dict, given: dic
         "class_names": class_names, "clf": clf, "params": params, "given": given, "selection": selection,
         "splits": {s: evaluated[s]["n"] for s in splits}, "metrics": evaluated, "fit_seconds": round(fit_seconds, 4),
         "predict_seconds_per_image": t_pred / max(n_pred, 1), "versions": _versions(), **extra,
-        "notes": [] if len(splits) == 3 else ["no complete validation or test split: not evaluated there"],
+        "notes": extra.get("notes", []) + ([] if len(splits) == 3 else ["no complete validation or test split: not evaluated there"]),
     }
     head = est.steps[-1][1]
     if hasattr(head, "history_"):
@@ -283,7 +304,13 @@ def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike 
     root = Path(runs or runs_dir(store))
     if not root.is_dir():
         return []
-    out = [json.loads((d / "run.json").read_text()) for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and (d / "run.json").is_file()]
+    out = []
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and not d.name.startswith(".") and (d / "run.json").is_file():
+            try:
+                out.append(json.loads((d / "run.json").read_text()))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise StoreError(f"{d / 'run.json'} is not valid JSON ({exc}); remove the folder {d} or restore it") from exc
     return sorted(out, key=lambda r: (r["created_at"], r["id"]))
 
 
@@ -318,6 +345,9 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
     if len(weights) != len(run_ids) or min(weights) < 0 or sum(weights) <= 0:
         raise ConfigError(f"give one non-negative weight per member ({len(run_ids)}), not all zero; got {weights}")
     members = [get_run(r, store, runs) for r in run_ids]
+    nested = [rec["id"] for rec, _ in members if rec["kind"] != "fit"]
+    if nested:
+        raise ConfigError(f"{', '.join(nested)} are ensembles; build an ensemble from fitted runs (list their members instead)")
     first = members[0][0]
     for rec, _ in members[1:]:
         if rec["class_names"] != first["class_names"]:
@@ -356,10 +386,13 @@ def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h
     fs = FeatureStore(store)
     if rec["extractor"] not in fs.extractors():
         raise StoreError(f"store {store} has no extractor {rec['extractor']!r} that run {rec['id']} was fitted on")
-    have = fs.metadata(rec["extractor"])["fingerprint"]
-    if have != rec["fingerprint"]:
-        raise StoreError(f"store features of {rec['extractor']!r} have fingerprint {have[:12]}, run {rec['id']} was fitted on "
-                         f"{rec['fingerprint'][:12]}; refusing to apply it to other features. Re-fit on this store.")
+    have = fs.metadata(rec["extractor"])
+    if have["fingerprint"] != rec["fingerprint"]:
+        raise StoreError(f"store features of {rec['extractor']!r} have fingerprint {have['fingerprint'][:12]}, run {rec['id']} was fitted on "
+                         f"{rec['fingerprint'][:12]} ({describe_diff(have, rec['extractor_attrs'], FINGERPRINT_FIELDS)}); "
+                         f"refusing to apply it to other features. Re-fit on this store.")
+    if fs.class_names(rec["extractor"]) != rec["class_names"]:
+        raise StoreError(f"store classes {fs.class_names(rec['extractor'])} are not the run's {rec['class_names']}; refusing to evaluate")
     est = load_estimator(folder, rec["artifact"])
     X, y = fs.load(split, rec["extractor"])
     return metrics(y, est.predict(X), rec["class_names"])

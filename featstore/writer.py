@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .errors import StoreBusyError, StoreError
-from .store import FINGERPRINT_FIELDS, FORMAT_VERSION, STR, _attrs, _plain, locking_default, open_h5, refuse_foreign
+from .store import FINGERPRINT_FIELDS, FORMAT_VERSION, STR, _attrs, _plain, commit_state, describe_diff, locking_default, open_h5, refuse_foreign
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +30,17 @@ SPACE_MARGIN = 1 << 20  # room kept for HDF5 metadata on top of the data itself
 
 
 @contextlib.contextmanager
-def writer_lock(path: str | os.PathLike) -> Iterator[None]:
+def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
     """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file."""
-    if locking_default() is False:
+    locking = locking_default() if locking is None else locking
+    if locking is False or os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
         yield  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
         return
     lock_path = f"{path}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(f"cannot create the writer lock {lock_path}: {exc}. Make the folder writable or choose another --store") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -91,10 +95,6 @@ def chunk_rows(feature_shape: Sequence[int], dtype: str) -> int:
     return max(1, CHUNK_BYTES // max(row_bytes, 1))
 
 
-def _diff(a: dict, b: dict, keys: Sequence[str]) -> str:
-    return "; ".join(f"{k}: store has {_plain(a.get(k))!r}, this run has {_plain(b.get(k))!r}" for k in keys if _plain(a.get(k)) != _plain(b.get(k)))
-
-
 COMPRESSIONS = ("none", "lzf", "gzip")
 # Split attributes that must be the same to resume a partial split (the rest describe the run).
 RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
@@ -123,7 +123,7 @@ def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, o
                 raise StoreError(
                     f"store {path} already holds an extractor named {name!r} with fingerprint "
                     f"{str(old.get('fingerprint'))[:12]}, this run's is {attrs['fingerprint'][:12]} "
-                    f"({_diff(old, attrs, FINGERPRINT_FIELDS)}). Use --name to store it under another name, or another --store."
+                    f"({describe_diff(old, attrs, FINGERPRINT_FIELDS)}). Use --name to store it under another name, or another --store."
                 )
             grp = f[name]
         else:
@@ -154,9 +154,10 @@ def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, o
                     f"split {split!r} of {name!r} in {path} was started with another {', '.join(changed)}; resuming would "
                     f"mix two different runs. Re-run with the same options, or pass --overwrite to start it again"
                 )
-            _truncate(sg, int(sa["committed_rows"]), int(sa["n_failed"]))
+            rows, failed, done = commit_state(sg)
+            _truncate(sg, rows, failed)
             f.flush()
-            return int(sa["images_done"])
+            return done
         sg = grp.create_group(split)
         rows = chunk_rows(shape, attrs["dtype"])
         comp = None if split_attrs["compression"] == "none" else split_attrs["compression"]
@@ -168,9 +169,7 @@ def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, o
         fg.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
         for key, value in split_attrs.items():
             sg.attrs[key] = np.array(value, dtype=STR) if key == "class_names" else value
-        sg.attrs["committed_rows"] = 0
-        sg.attrs["images_done"] = 0
-        sg.attrs["n_failed"] = 0
+        sg.attrs["commit"] = np.zeros(3, dtype=np.int64)  # committed_rows, n_failed, images_done
         sg.attrs["complete"] = False
         sg.attrs["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         f.flush()
@@ -197,7 +196,7 @@ def append(path, name: str, split: str, features: np.ndarray, labels: np.ndarray
     try:
         with open_h5(path, "a", locking=locking) as f:
             sg = f[name][split]
-            n0 = int(sg.attrs["committed_rows"])
+            n0, k0, _ = commit_state(sg)
             feats = sg["features"]
             if len(labels):
                 ensure_space(path, chunk_rows(feats.shape[1:], feats.dtype) * int(np.prod(feats.shape[1:])) * feats.dtype.itemsize
@@ -207,22 +206,19 @@ def append(path, name: str, split: str, features: np.ndarray, labels: np.ndarray
                 for key, values in (("features", features), ("labels", labels), ("paths", np.array(paths, dtype=object))):
                     sg[key].resize(n1, axis=0)
                     sg[key][n0:n1] = values
-            k0 = int(sg.attrs["n_failed"])
             if failures:
                 k1 = k0 + len(failures)
                 for key, col in (("paths", 0), ("reasons", 1)):
                     sg["failed"][key].resize(k1, axis=0)
                     sg["failed"][key][k0:k1] = np.array([item[col] for item in failures], dtype=object)
-            f.flush()
-            sg.attrs["committed_rows"] = n1
-            sg.attrs["n_failed"] = k0 + len(failures)
-            sg.attrs["images_done"] = images_done
+            f.flush()  # the data is down before the commit record that makes it count
+            sg.attrs["commit"] = np.array([n1, k0 + len(failures), images_done], dtype=np.int64)
             f.flush()
     except (OSError, RuntimeError) as exc:
         if "errno = 28" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
             raise StoreError(f"disk full while writing {path}. Free some space, then re-run the same command: "
                              f"committed rows are kept and it resumes from the last committed batch.") from exc
-        raise
+        raise StoreError(f"writing {path} failed: {exc}. Committed rows are kept; re-run the same command to resume") from exc
 
 
 def finish(path, name: str, split: str, seconds: float, locking=None) -> None:

@@ -136,3 +136,28 @@ def test_discover_errors(tmp_path):
     (tmp_path / "d" / "train" / "cat" / "a.txt").write_text("x")
     with pytest.raises(DataError, match="no images .* 1 other files ignored"):
         discover(tmp_path / "d", "train")
+
+
+def test_a_run_of_bad_files_is_committed_in_batches(tmp_path, tiny_config):
+    from featstore import writer
+
+    root = tmp_path / "data"
+    write_images(root, "train", {"a": 2, "b": 2})
+    for i in range(9):
+        (root / "train" / "b" / f"zz_bad{i}.jpg").write_bytes(b"")
+    calls = []
+    real = writer.append
+
+    def spy(*args, **kwargs):
+        calls.append((len(args[5]), len(args[6])))  # rows, failures per commit
+        return real(*args, **kwargs)
+
+    import pytest as _pytest
+    mp = _pytest.MonkeyPatch()
+    mp.setattr(writer, "append", spy)
+    try:
+        r = extract(root, "train", tmp_path / "f.h5", tiny_config, batch_size=4)
+    finally:
+        mp.undo()
+    assert r.rows == 4 and r.failed == 9
+    assert max(rows + failed for rows, failed in calls) <= 4 and len(calls) == 4  # 13 images, commits of at most 4

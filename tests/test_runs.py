@@ -210,3 +210,19 @@ def test_fit_while_another_process_extracts(store, tmp_path):
         assert proc.wait(timeout=300) == 0, log.read_text()
     assert rec["metrics"]["test"]["n"] == 15
     assert FeatureStore(path).load("extra")[0].shape[0] == 90
+
+
+def test_review_guards(store, tmp_path):
+    with pytest.raises(ConfigError, match="three different splits"):
+        fit(store, "logreg", validation="test", runs=tmp_path)
+    with pytest.raises(ConfigError, match="must be one of scale, auto or a number"):
+        from featstore.classifiers import get_classifier, parse_params
+        parse_params(get_classifier("svm"), ["gamma=big"])
+    with pytest.raises(ConfigError, match=r"knn with .*'n_neighbors': 100.* cannot"):
+        fit(store, "knn", {"n_neighbors": [100]}, runs=tmp_path)
+    r1, r2 = fit(store, "logreg", runs=tmp_path), fit(store, "knn", runs=tmp_path)
+    ens = ensemble([r1["id"], r2["id"]], runs=tmp_path)
+    with pytest.raises(ConfigError, match="are ensembles"):
+        ensemble([ens["id"], r1["id"]], runs=tmp_path)
+    dense = fit(store, "dense", {"epochs": [2]}, runs=tmp_path)
+    assert any("optimistic" in n for n in dense["notes"])
