@@ -61,15 +61,19 @@ def vgg16_weights_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def store(tmp_path_factory):
-    """train/validation/test of 3 classes, VGG16@32 with seeded random weights, avg-pooled to 512 values."""
-    root = tmp_path_factory.mktemp("runs")
+def make_store(root: Path, per_class: tuple[int, int, int]) -> Path:
+    """train/validation/test of classes cat, dog, fox; VGG16@32, seeded random weights, block3_pool avg-pooled (1 KiB rows)."""
     data = root / "data"
-    for split, n, seed in (("train", 10, 1), ("validation", 5, 2), ("test", 5, 3)):
+    for (split, seed), n in zip((("train", 1), ("validation", 2), ("test", 3)), per_class):
         write_images(data, split, {"cat": n, "dog": n, "fox": n}, seed=seed)
     path = root / "features.h5"
     cfg = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=3, pooling="avg", layer="block3_pool")
     for split in ("train", "validation", "test"):
         extract(data, split, path, cfg)
     return path
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """10/5/5 images per class of 3 classes, extracted once per session."""
+    return make_store(tmp_path_factory.mktemp("runs"), (10, 5, 5))

@@ -1,28 +1,22 @@
 import numpy as np
 import pytest
 
-from featstore import ConfigError, ExtractorConfig, FeatureStore, extract, fit
+from featstore import ConfigError, FeatureStore, fit
 from featstore import writer
 from featstore.streaming import parse_bytes
 
-from .conftest import write_images
+from .conftest import make_store
 
 
 @pytest.fixture(scope="module")
 def chunky_store(tmp_path_factory):
     """A store with 4-row chunks (1 KiB rows), so tiny budgets force streaming: 45 train rows = 45 KiB."""
-    root = tmp_path_factory.mktemp("stream")
-    data = root / "data"
-    for split, n, seed in (("train", 15, 1), ("validation", 6, 2), ("test", 6, 3)):
-        write_images(data, split, {"cat": n, "dog": n, "fox": n}, seed=seed)
-    path = root / "f.h5"
-    cfg = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=3, pooling="avg", layer="block3_pool")
     mp = pytest.MonkeyPatch()
     mp.setattr(writer, "CHUNK_BYTES", 4096)
-    for split in ("train", "validation", "test"):
-        extract(data, split, path, cfg)
-    mp.undo()
-    return path
+    try:
+        return make_store(tmp_path_factory.mktemp("stream"), (15, 6, 6))
+    finally:
+        mp.undo()
 
 
 def test_iter_batches_reads_whole_chunks_in_shuffled_order(chunky_store):
