@@ -170,12 +170,14 @@ def _pipe(params: dict, clf, scale: bool = True) -> Pipeline:
 
 
 @register_classifier("logreg", "multinomial logistic regression on standardised features",
-                     {"C": Param(float, 1.0, (), "inverse L2 strength"), "max_iter": Param(int, 2000), "reduce": _REDUCE},
+                     {"C": Param(float, 1.0, (), "inverse L2 strength"), "max_iter": Param(int, 2000),
+                      "solver": Param(str, "newton-cg", ("newton-cg", "lbfgs"), "newton-cg: ~3x faster than lbfgs on wide CNN features"),
+                      "reduce": _REDUCE},
                      grid={"C": [0.001, 0.01, 0.1, 1.0]})
 def _logreg(p):
     from sklearn.linear_model import LogisticRegression
 
-    return _pipe(p, LogisticRegression(C=p["C"], max_iter=p["max_iter"]))
+    return _pipe(p, LogisticRegression(C=p["C"], max_iter=p["max_iter"], solver=p["solver"]))
 
 
 @register_classifier("svm", "support vector machine (linear or RBF kernel), probabilities by Platt scaling (CalibratedClassifierCV)",

@@ -62,7 +62,7 @@ def test_classifier_contract_and_artifact_round_trip(name, tmp_path):
 def test_params_are_typed_and_validated():
     spec = get_classifier("logreg")
     assert parse_params(spec, ["C=0.1", "C=1"]) == {"C": [0.1, 1.0]}
-    with pytest.raises(ConfigError, match="unknown parameter 'gamma' for logreg; valid: C, max_iter, reduce"):
+    with pytest.raises(ConfigError, match="unknown parameter 'gamma' for logreg; valid: C, max_iter, solver, reduce"):
         parse_params(spec, ["gamma=1"])
     with pytest.raises(ConfigError, match="must be of type float"):
         parse_params(spec, ["C=big"])
