@@ -148,6 +148,8 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
         est, best, selection, predict_split = _fit_in_memory(fs, name, clf, full, settings, train, validation if has_val else None, jobs)
     fit_seconds = time.perf_counter() - t0
     extra = {"memory_budget": budget, "streamed": big, "notes": []}
+    if big:
+        extra["notes"].append(f"streamed from the store within {budget} bytes" + (": sgd ran `epochs` partial_fit passes (max_iter is unused)" if clf == "sgd" else ""))
     if clf == "dense" and has_val:
         extra["notes"].append(f"the {validation!r} split also drove early stopping" + (" and the choice of setting" if len(full) > 1 else "")
                               + ": its score is optimistic; judge by test")

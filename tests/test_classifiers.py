@@ -86,3 +86,19 @@ def test_feature_reshape_modes():
     assert FeatureReshape().fit_transform(X).shape == (2, 12)
     np.testing.assert_allclose(FeatureReshape("avg").fit_transform(X), X.mean(axis=(1, 2)))
     np.testing.assert_allclose(FeatureReshape("max").fit_transform(X), X.max(axis=(1, 2)))
+
+
+def test_artifact_with_foreign_types_is_refused(tmp_path):
+    import os
+
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    from featstore import StoreError
+    from featstore.weights import sha256_file
+
+    path = tmp_path / "model.skops"
+    sio.dump(FunctionTransformer(os.system), path)  # what a malicious file would carry
+    record = {"file": path.name, "format": "skops", "sha256": sha256_file(path)}
+    with pytest.raises(StoreError, match="contains types featstore never writes .*system"):
+        load_estimator(tmp_path, record)
