@@ -100,6 +100,8 @@ def _attrs(obj) -> dict:
 
 def commit_state(sg: h5py.Group) -> tuple[int, int, int]:
     """(committed_rows, n_failed, images_done) of a split: its one ``commit`` attribute, updated atomically per batch."""
+    if "commit" not in sg.attrs:  # a split whose creation was interrupted: nothing committed yet
+        return 0, 0, 0
     rows, failed, done = (int(v) for v in sg.attrs["commit"])
     return rows, failed, done
 

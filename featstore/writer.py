@@ -117,6 +117,8 @@ def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, o
             f.attrs["featstore_version"] = __version__
         elif int(f.attrs["format_version"]) > FORMAT_VERSION:
             raise StoreError(f"store {path} has format_version {f.attrs['format_version']}; this featstore reads up to {FORMAT_VERSION}. Upgrade featstore.")
+        if name in f and "fingerprint" not in f[name].attrs and not len(f[name]):
+            del f[name]  # a run killed while creating the extractor group: start the group again
         if name in f:
             old = _attrs(f[name])
             if old.get("fingerprint") != attrs["fingerprint"]:
@@ -131,7 +133,7 @@ def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, o
             for key, value in attrs.items():
                 grp.attrs[key] = np.array(value, dtype=STR) if _is_str_list(value) else value
         for other in grp:
-            if other == split:
+            if other == split or "commit" not in grp[other].attrs:
                 continue
             theirs = _plain(grp[other].attrs.get("class_names", []))
             if theirs != class_names:
@@ -139,8 +141,8 @@ def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, o
                     f"classes of split {split!r} differ from split {other!r} of {name!r}: "
                     f"{split} has {class_names}, {other} has {theirs}. Every split must have the same class folders."
                 )
-        if split in grp and overwrite:
-            del grp[split]
+        if split in grp and (overwrite or "commit" not in grp[split].attrs):
+            del grp[split]  # replaced on request, or a run killed while creating the split: nothing was committed
         if split in grp:
             sg = grp[split]
             sa = _attrs(sg)

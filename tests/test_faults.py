@@ -184,3 +184,12 @@ def test_check_reports_each_problem(tmp_path, data_root, tiny_config):
     assert "class_names ['cat', 'cow'] differ" in text
     r = CliRunner().invoke(app, ["check", str(path)])
     assert r.exit_code == 1 and "problem(s)" in r.output
+
+
+def test_split_left_half_created_by_a_kill_is_started_again(tmp_path, data_root, tiny_config):
+    path = tmp_path / "f.h5"
+    extract(data_root, "validation", path, tiny_config)
+    with h5py.File(path, "a") as f:  # what a kill inside prepare_split leaves: a group without its commit record
+        f["vgg16"].create_group("train").create_dataset("features", shape=(0, 1, 1, 512), maxshape=(None, 1, 1, 512))
+    r = extract(data_root, "train", path, tiny_config)
+    assert r.rows == 12 and check_store(path) == []
