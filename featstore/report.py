@@ -59,7 +59,8 @@ def store_tree(path: str) -> str:
             lines.append(f"    │     rows {s.get('committed_rows')}, failed {s.get('n_failed')}, non-image files ignored {s.get('n_ignored', 0)}, "
                          f"source {s.get('source_root')}")
             classes = s.get("class_names", [])
-            lines.append(f"    │     classes ({len(classes)}): {', '.join(classes)}")
+            counts = s.get("class_counts", [])
+            lines.append(f"    │     classes ({len(classes)}): " + ", ".join(f"{c} {n}" for c, n in zip(classes, counts)))
             if s.get("n_failed"):
                 for p, reason in store.failures(split, name):
                     lines.append(f"    │     failed: {p}: {reason}")

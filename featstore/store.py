@@ -345,6 +345,8 @@ class FeatureStore:
                 for split in sorted(f[name]):
                     sg = f[name][split]
                     splits[split] = {**_attrs(sg), "shape": list(sg["features"].shape), "dtype": str(sg["features"].dtype),
-                                     "chunks": list(sg["features"].chunks or [])}
+                                     "chunks": list(sg["features"].chunks or []),
+                                     "class_counts": np.bincount(sg["labels"][: commit_state(sg)[0]],
+                                                                 minlength=len(sg.attrs.get("class_names", []))).tolist()}
                 out["extractors"][name] = {"attrs": _attrs(f[name]), "splits": splits}
             return out

@@ -38,7 +38,7 @@ def test_extract_then_info(data_root, tmp_path):
     r = run("info", store)
     assert r.exit_code == 0
     for text in ("/vgg16", "/train   complete", "/validation   complete", "features (12, 1, 1, 512) float32",
-                 "classes (2): cat, dog", "weights_source: none", "fingerprint"):
+                 "classes (2): cat 6, dog 6", "weights_source: none", "fingerprint"):
         assert text in r.output, text
     assert FeatureStore(store).splits() == ["train", "validation"]
 
@@ -48,6 +48,8 @@ def test_extract_then_info(data_root, tmp_path):
     (["--pooling", "mean"], "unknown pooling 'mean'; choose one of: none, avg, max"),
     (["--dtype", "int8"], "unknown dtype 'int8'; choose one of: float32, float16"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["--compression", "zstd"], "unknown compression 'zstd'; choose one of: none, lzf, gzip"),
     (["--image-size", "16"], "--image-size 16 is too small for vgg16"),
     (["--layer", "block9_pool"], "unknown layer 'block9_pool' for vgg16"),
     (["--split", "holdout"], "split folder .*holdout does not exist; splits found in .*: test, train, validation"),
