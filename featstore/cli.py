@@ -180,6 +180,15 @@ def classifiers() -> None:
     typer.echo(classifiers_table())
 
 
+SubStoreOpt = Annotated[Optional[Path], typer.Option(help="HDF5 store file (default: the one given to `runs`, else features.h5).")]
+
+
+def _group_defaults(ctx: typer.Context, store: Path | None, runs: Path | None) -> tuple[Path, Path | None]:
+    """Options of a `runs` sub-command, falling back to those given to `runs` itself."""
+    obj = ctx.obj or {}
+    return store or obj.get("store") or Path("features.h5"), runs or obj.get("runs")
+
+
 runs_app = typer.Typer(help="List, show, compare and evaluate recorded runs.", no_args_is_help=False)
 app.add_typer(runs_app, name="runs")
 
@@ -188,6 +197,7 @@ app.add_typer(runs_app, name="runs")
 @_errors
 def runs_list(ctx: typer.Context, store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
     """Table of every run: classifier, parameters, validation/test accuracy, seconds, fingerprint."""
+    ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
     if ctx.invoked_subcommand is not None:
         return
     from .report import runs_table
@@ -198,11 +208,13 @@ def runs_list(ctx: typer.Context, store: StoreOpt = Path("features.h5"), runs: R
 
 @runs_app.command("show")
 @_errors
-def runs_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")], store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
+def runs_show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+              store: SubStoreOpt = None, runs: RunsOpt = None) -> None:
     """Metrics, per-class report and confusion matrix of a run; writes PNGs (confusion, dense curves) into its folder."""
     from .report import run_report
     from .runs import show_run
 
+    store, runs = _group_defaults(ctx, store, runs)
     rec, pngs = show_run(run_id, store, runs)
     typer.echo(run_report(rec, pngs))
 
@@ -211,20 +223,22 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id (or a unique pr
 @_errors
 def runs_compare(run_ids: Annotated[Optional[list[str]], typer.Argument(help="Runs to compare (default: all).")] = None,
                  out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: <runs>/compare.png).")] = None,
-                 store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
+                 store: SubStoreOpt = None, runs: RunsOpt = None, *, ctx: typer.Context) -> None:
     """Bar chart of validation and test accuracy of runs."""
     from .runs import compare_runs
 
+    store, runs = _group_defaults(ctx, store, runs)
     typer.echo(f"wrote {compare_runs(run_ids, out, store, runs)}")
 
 
 @runs_app.command("evaluate")
 @_errors
 def runs_evaluate(run_id: Annotated[str, typer.Argument(help="Run id.")], split: Annotated[str, typer.Option(help="Split of the store to evaluate on.")] = "test",
-                  store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
+                  store: SubStoreOpt = None, runs: RunsOpt = None, *, ctx: typer.Context) -> None:
     """Apply a run to a split of the store (refused if the store's features are not the run's)."""
     from .runs import evaluate_run
 
+    store, runs = _group_defaults(ctx, store, runs)
     m = evaluate_run(run_id, split, store, runs)
     typer.echo(f"{run_id} on {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n {m['n']}")
 

@@ -106,7 +106,7 @@ def test_fit_runs_show_compare_ensemble_predict(store, tmp_path):
     assert r.exit_code == 0 and "logreg" in r.output and "dense" in r.output and "val_acc" in r.output
     ids = [line.split()[0] for line in r.output.splitlines()[1:]]
     dense_id = next(i for i in ids if i.startswith("dense"))
-    r = run("runs", "show", dense_id, *common)
+    r = run("runs", *common, "show", dense_id)  # options given to `runs` carry to its sub-commands
     assert r.exit_code == 0 and "precision" in r.output
     assert (runs / dense_id / "curves.png").stat().st_size > 1000 and (runs / dense_id / "confusion_test.png").is_file()
     r = run("runs", "compare", *common)
