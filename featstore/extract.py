@@ -217,28 +217,26 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
     with writer.writer_lock(store_path, locking):
         if not overwrite and _already_complete(store_path, name, split, config, locking):
             result.skipped = True
-            info = store.FeatureStore(store_path, locking=locking).split_info(split, name)
-            result.rows, result.failed = int(info["committed_rows"]), int(info["n_failed"])
-            result.feature_shape = tuple(info["shape"][1:])
-            logger.info("%s/%s in %s is already complete (%d rows); nothing to do. Use --overwrite to redo it.", name, split, store_path, result.rows)
-            return result
-        extractor = Extractor(config)
-        result.feature_shape, result.fingerprint = extractor.feature_shape, extractor.attrs["fingerprint"]
-        split_attrs = {"class_names": listing.class_names, "source_root": str(listing.root.resolve()), "n_images": len(listing.items),
-                       "n_ignored": listing.n_ignored, "listing_sha256": listing.digest(), "batch_size": batch_size,
-                       "compression": compression}
-        row_bytes = int(np.prod(extractor.feature_shape)) * np.dtype(config.dtype).itemsize
-        done = _images_done(store_path, name, split, locking) if not overwrite else 0
-        writer.ensure_space(store_path, (len(listing.items) - done) * row_bytes + writer.CHUNK_BYTES, done)  # before anything is replaced
-        start = writer.prepare_split(store_path, name, split, extractor.attrs, split_attrs, overwrite, locking)
-        if start is None:  # complete, found only after the full fingerprint check (e.g. other weights spelling)
-            result.skipped = True
+            logger.info("%s/%s in %s is already complete; nothing to do. Use --overwrite to redo it.", name, split, store_path)
         else:
-            result.resumed_from = start
-            _run(extractor, listing, store_path, name, split, start, batch_size, progress, workers, locking, result)
-            writer.finish(store_path, name, split, time.monotonic() - started, locking)
+            extractor = Extractor(config)
+            result.feature_shape, result.fingerprint = extractor.feature_shape, extractor.attrs["fingerprint"]
+            split_attrs = {"class_names": listing.class_names, "source_root": str(listing.root.resolve()), "n_images": len(listing.items),
+                           "n_ignored": listing.n_ignored, "listing_sha256": listing.digest(), "batch_size": batch_size,
+                           "compression": compression}
+            row_bytes = int(np.prod(extractor.feature_shape)) * np.dtype(config.dtype).itemsize
+            done = _images_done(store_path, name, split, locking) if not overwrite else 0
+            writer.ensure_space(store_path, (len(listing.items) - done) * row_bytes + writer.CHUNK_BYTES, done)  # before anything is replaced
+            start = writer.prepare_split(store_path, name, split, extractor.attrs, split_attrs, overwrite, locking)
+            if start is None:  # complete, found only after the full fingerprint check (e.g. other weights spelling)
+                result.skipped = True
+            else:
+                result.resumed_from = start
+                _run(extractor, listing, store_path, name, split, start, batch_size, progress, workers, locking, result)
+                writer.finish(store_path, name, split, time.monotonic() - started, locking)
         info = store.FeatureStore(store_path, locking=locking).split_info(split, name)
         result.rows, result.failed = int(info["committed_rows"]), int(info["n_failed"])
+        result.feature_shape = tuple(info["shape"][1:])
     result.seconds = time.monotonic() - started
     return result
 

@@ -103,7 +103,7 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
             rows.append({"path": p, "label": class_names[k], "probability": float(row[k]), "error": ""})
         batch.clear()
 
-    for p, img, reason in iter_decoded([str(p) for p in paths], max(sizes), workers or 4, 4 * batch_size):
+    for p, img, reason in iter_decoded([str(p) for p in paths], max(sizes), 4 if workers is None else workers, 4 * batch_size):
         if img is None:
             logger.warning("skipped %s: %s", p, reason)
             rows.append({"path": p, "label": "", "probability": float("nan"), "error": reason})

@@ -37,6 +37,11 @@ def runs_dir(store: str | os.PathLike) -> Path:
     return Path(store).with_suffix(".runs")
 
 
+def _runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
+    """``runs`` if given, else the store's default runs folder."""
+    return Path(runs) if runs else runs_dir(store)
+
+
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
@@ -257,7 +262,7 @@ def _record(fs: FeatureStore, name: str, est, clf: str, params: dict, given: dic
     head = est.steps[-1][1]
     if hasattr(head, "history_"):
         record["history"] = head.history_
-    return _write_run(runs or runs_dir(fs.path), record, est, probas)
+    return _write_run(_runs_root(fs.path, runs), record, est, probas)
 
 
 def _write_run(root: Path, record: dict, est, probas: dict) -> dict:
@@ -303,7 +308,7 @@ def _versions() -> dict:
 
 def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> list[dict]:
     """Every recorded run of a store, oldest first."""
-    root = Path(runs or runs_dir(store))
+    root = _runs_root(store, runs)
     if not root.is_dir():
         return []
     out = []
@@ -318,10 +323,11 @@ def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike 
 
 def get_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> tuple[dict, Path]:
     """A run's record and folder, by id or unique id prefix."""
-    root = Path(runs or runs_dir(store))
-    found = [r for r in list_runs(store, runs) if r["id"] == run_id] or [r for r in list_runs(store, runs) if r["id"].startswith(run_id)]
+    root = _runs_root(store, runs)
+    every = list_runs(store, runs)
+    found = [r for r in every if r["id"] == run_id] or [r for r in every if r["id"].startswith(run_id)]
     if len(found) != 1:
-        known = ", ".join(r["id"] for r in list_runs(store, runs)) or "none"
+        known = ", ".join(r["id"] for r in every) or "none"
         what = "no run" if not found else "several runs"
         raise ConfigError(f"{what} with id {run_id!r} in {root}; runs there: {known}")
     return found[0], root / found[0]["id"]
@@ -375,7 +381,7 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
         "class_names": first["class_names"], "clf": "ensemble", "params": {"weights": weights}, "metrics": evaluated,
         "fit_seconds": 0.0, "versions": _versions(), "notes": [],
     }
-    return _write_run(Path(runs or runs_dir(store)), record, None, probas)
+    return _write_run(_runs_root(store, runs), record, None, probas)
 
 
 def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
@@ -420,6 +426,6 @@ def compare_runs(run_ids: list[str] | None = None, out: str | os.PathLike | None
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     if not recs:
         raise ConfigError("no runs to compare; fit some with `featstore fit`")
-    out = Path(out or Path(runs or runs_dir(store)) / "compare.png")
+    out = Path(out or _runs_root(store, runs) / "compare.png")
     scores = {s: [r["metrics"].get(s, {}).get("accuracy") for r in recs] for s in ("validation", "test")}
     return compare_png([r["id"] for r in recs], scores, out)

@@ -167,6 +167,12 @@ def refuse_foreign(f: h5py.File, path, allow: bool = False) -> None:
                          f"these; refusing to use it. If you made them on purpose, pass allow_external=True.")
 
 
+def _split_summary(sg: h5py.Group) -> dict:
+    """A split's attributes plus its features' shape, dtype and chunk shape."""
+    feats = sg["features"]
+    return {**_attrs(sg), "shape": list(feats.shape), "dtype": str(feats.dtype), "chunks": list(feats.chunks or [])}
+
+
 class FeatureStore:
     """Read access to a store file. Each call opens and closes the file, so writers are not blocked.
 
@@ -223,9 +229,7 @@ class FeatureStore:
         """Attributes of one split plus its feature shape and dtype."""
         name = self.resolve(extractor)
         with self._open() as f:
-            sg = self._split(f, name, split)
-            return {**_attrs(sg), "shape": list(sg["features"].shape), "dtype": str(sg["features"].dtype),
-                    "chunks": list(sg["features"].chunks or [])}
+            return _split_summary(self._split(f, name, split))
 
     def class_names(self, extractor: str | None = None) -> list[str]:
         """Class names (label i is class_names[i]), identical for every split."""
@@ -344,8 +348,7 @@ class FeatureStore:
                 splits = {}
                 for split in sorted(f[name]):
                     sg = f[name][split]
-                    splits[split] = {**_attrs(sg), "shape": list(sg["features"].shape), "dtype": str(sg["features"].dtype),
-                                     "chunks": list(sg["features"].chunks or []),
+                    splits[split] = {**_split_summary(sg),
                                      "class_counts": np.bincount(sg["labels"][: commit_state(sg)[0]],
                                                                  minlength=len(sg.attrs.get("class_names", []))).tolist()}
                 out["extractors"][name] = {"attrs": _attrs(f[name]), "splits": splits}
