@@ -1,5 +1,8 @@
 """``featstore check``: validate a store's layout, attributes and contents, and say how to fix each problem.
 
+Links, virtual datasets and externally stored datasets are reported, never followed or read. The file is
+opened once for the layout and then per block of rows, so a writer appending another split is not held up.
+
 >>> problems = check_store("features.h5")   # doctest: +SKIP
 >>> problems
 []
@@ -8,89 +11,126 @@
 from __future__ import annotations
 
 import os
+from collections import defaultdict
+from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
-from .store import FINGERPRINT_FIELDS, FORMAT_VERSION, _attrs, _plain, fingerprint, foreign_objects, open_h5
+from .errors import StoreError
+from .provenance import attrs_of, check_format_version, plain, validate_extractor, validate_split
+from .store import foreign_objects, hard_groups, open_h5, read_paths
 
-SPLIT_ATTRS = ("class_names", "commit", "n_images", "complete", "source_root")
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
+BLOCK_CHUNKS = 16  # chunks read per opening of the file
+
+
+@dataclass(frozen=True)
+class _Split:
+    """What the content scan of one split needs, gathered while the file was open for the layout."""
+
+    name: str
+    split: str
+    rows: int
+    step: int
+    n_classes: int
+    source_root: str
 
 
 def check_store(path: str | os.PathLike, *, locking=None) -> list[str]:
     """Every problem found in the store, each with its fix; an empty list means the store is sound."""
     problems: list[str] = []
+    scans: list[_Split] = []
     with open_h5(path, "r", locking=locking) as f:
         for obj in foreign_objects(f):
-            problems.append(f"{obj} points outside the store; featstore never writes it: remove it (h5py: del f[name])")
-        version = f.attrs.get("format_version")
-        if version is None:
+            problems.append(f"{obj} points outside the store; featstore never writes it and did not follow it: remove it "
+                            f"(h5py: del f[name])")
+        if "format_version" not in f.attrs:
             problems.append("root attribute format_version is missing: this is not a featstore store (or it is damaged)")
-        elif int(version) > FORMAT_VERSION:
-            problems.append(f"format_version {version} is newer than this featstore reads ({FORMAT_VERSION}): upgrade featstore")
-        for name in f:
-            if isinstance(f[name], h5py.Group):
-                problems += _check_extractor(f[name], name)
+        else:
+            try:
+                check_format_version(f.attrs["format_version"], path)
+            except StoreError as exc:
+                problems.append(str(exc))
+        for name in hard_groups(f):
+            problems += _check_extractor(f[name], name, scans)
+    for s in scans:
+        problems += _scan_split(path, s, locking)
     return problems
 
 
-def _check_extractor(g: h5py.Group, name: str) -> list[str]:
+def _check_extractor(g, name: str, scans: list[_Split]) -> list[str]:
+    """Layout and attribute problems of one extractor; queues its sound splits for the content scan."""
     out = []
-    a = _attrs(g)
-    missing = [k for k in (*FINGERPRINT_FIELDS, "fingerprint") if k not in a]
-    if missing:
-        return [f"/{name}: attributes missing: {', '.join(missing)}; extract it again into a new store"]
-    if fingerprint(a) != a["fingerprint"]:
-        out.append(f"/{name}: fingerprint attribute does not match its provenance attributes (edited after writing?); extract it again")
+    a = attrs_of(g)
+    try:
+        validate_extractor(a, f"/{name}")
+    except StoreError as exc:
+        return [str(exc)]
     classes = None
-    for split in g:
+    for split in hard_groups(g):
         sg = g[split]
         where = f"/{name}/{split}"
-        missing = [k for k in ("features", "labels", "paths", "failed/paths", "failed/reasons") if k not in sg]
-        missing += [f"@{k}" for k in SPLIT_ATTRS if k not in sg.attrs]
-        if missing:
-            out.append(f"{where}: missing {', '.join(missing)}; {REDO}")
+        try:
+            commit = validate_split(sg, where, a)
+        except StoreError as exc:
+            out.append(str(exc))
             continue
-        s = _attrs(sg)
+        s = attrs_of(sg)
         if classes is None:
             classes = s["class_names"]
         elif s["class_names"] != classes:
             out.append(f"{where}: class_names {s['class_names']} differ from the other splits' {classes}; {REDO} using the same class folders")
-        out += _check_split(sg, s, a, where)
+        sizes = {k: sg[k].shape[0] for k in ("features", "labels", "paths")}
+        if max(sizes.values()) > commit.rows:
+            out.append(f"{where}: {max(sizes.values()) - commit.rows} uncommitted rows after committed_rows {commit.rows} "
+                       f"(an interrupted write); {RESUME}")
+        if plain(s["complete"]) and commit.images_done != int(s["n_images"]):
+            out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
+        step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
+        scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
     return out
 
 
-def _check_split(sg: h5py.Group, s: dict, a: dict, where: str) -> list[str]:
+def _scan_split(path, s: _Split, locking) -> list[str]:
+    """Content problems of one split (labels, NaN/inf, duplicated rows), reading one block per opening."""
+    where = f"/{s.name}/{s.split}"
+    bad_rows = bad_labels = 0
+    names: list[str] = []
+    labels: list[np.ndarray] = []
+    for i in range(0, s.rows, s.step):
+        with open_h5(path, "r", locking=locking) as f:
+            sg = f[s.name][s.split]
+            j = min(i + s.step, s.rows)
+            block = sg["features"][i:j]
+            y = sg["labels"][i:j]
+            names += read_paths(sg["paths"], j, i)
+        bad_rows += int(np.count_nonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
+        bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
+        labels.append(np.asarray(y))
     out = []
-    n = int(s["committed_rows"])
-    feats, labels, paths = sg["features"], sg["labels"], sg["paths"]
-    sizes = {k: sg[k].shape[0] for k in ("features", "labels", "paths")}
-    if min(sizes.values()) < n:
-        out.append(f"{where}: committed_rows {n} but datasets hold {sizes}: rows were lost; {REDO}")
-        return out
-    if max(sizes.values()) > n:
-        out.append(f"{where}: {max(sizes.values()) - n} uncommitted rows after committed_rows {n} (an interrupted write); {RESUME}")
-    if list(feats.shape[1:]) != list(_plain(a["feature_shape"])) or str(feats.dtype) != a["dtype"]:
-        out.append(f"{where}: features are {feats.shape[1:]} {feats.dtype}, the extractor says {a['feature_shape']} {a['dtype']}; {REDO}")
-    if int(s["images_done"]) != n + int(s["n_failed"]):
-        out.append(f"{where}: images_done {s['images_done']} != committed_rows {n} + n_failed {s['n_failed']}; {REDO}")
-    if sg["failed/paths"].shape[0] < int(s["n_failed"]):
-        out.append(f"{where}: n_failed {s['n_failed']} but only {sg['failed/paths'].shape[0]} failure records; {REDO}")
-    if s["complete"] and int(s["images_done"]) != int(s["n_images"]):
-        out.append(f"{where}: marked complete with {s['images_done']} of {s['n_images']} images done; {REDO}")
-    y = labels[:n]
-    if n and (y.min() < 0 or y.max() >= len(s["class_names"])):
-        out.append(f"{where}: labels outside 0..{len(s['class_names']) - 1}; {REDO}")
-    names = paths.asstr()[:n]
-    if len(set(names)) != n:
-        out.append(f"{where}: {n - len(set(names))} duplicated paths (rows written twice); {REDO}")
-    step = max(1, (feats.chunks or (1024,))[0]) * 16
-    bad = 0
-    for i in range(0, n, step):
-        block = feats[i:min(i + step, n)]
-        bad += int(np.count_nonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
-    if bad:
-        out.append(f"{where}: {bad} rows contain NaN or inf; check the images and weights, then {REDO}")
+    if bad_labels:
+        out.append(f"{where}: {bad_labels} labels outside 0..{s.n_classes - 1}; {REDO}")
+    if bad_rows:
+        out.append(f"{where}: {bad_rows} rows contain NaN or inf; check the images and weights, then {REDO}")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[:3] if len(names) < 5000 else []
+        out.append(f"{where}: {len(names) - len(set(names))} duplicated paths (rows written twice{': ' + ', '.join(dup) if dup else ''}); {REDO}")
+    y_all = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    out += _same_file_two_labels(where, s.source_root, names, y_all)
     return out
+
+
+def _same_file_two_labels(where: str, root: str, names: list[str], y: np.ndarray) -> list[str]:
+    """Rows whose files are one file on disk (same real path) under different labels; skipped when the images are gone."""
+    if not root or not os.path.isdir(root):
+        return []
+    by_real: dict[str, set] = defaultdict(set)
+    for name, label in zip(names, y.tolist()):
+        by_real[os.path.realpath(os.path.join(root, name))].add(int(label))
+    clash = [real for real, labs in by_real.items() if len(labs) > 1]
+    if not clash:
+        return []
+    return [f"{where}: {len(clash)} image files are stored under two or more labels (e.g. {clash[0]}, reached through a "
+            f"link from another class folder); remove the link and {REDO}"]
+

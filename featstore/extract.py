@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, store, writer
+from . import __version__, provenance, store, writer
 from .backbones import cut_model, get_backbone, validate_pooling, validate_size
 from .errors import ConfigError
-from .images import RESIZE, ImageError, ImageListing, discover, load_image
+from .images import ImageError, ImageListing, discover, load_image
 from .weights import LoadedWeights, describe_weights_argument, load_base, weights_digest
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class Extractor:
 
     def _attrs(self, w: LoadedWeights) -> dict:
         import keras
+        import PIL
         import tensorflow as tf
 
         c = self.config
@@ -120,8 +121,10 @@ class Extractor:
             "layer_requested": c.layer or "",  # "" = the default cut (not fingerprinted: "layer" holds the name)
             "input_size": c.image_size,
             "pooling": c.pooling,
-            "preprocess": self.spec.preprocess_name,
-            "resize": RESIZE,
+            "preprocess": self.spec.preprocess_mode,  # a stable id; the prose is in preprocess_description
+            "preprocess_description": self.spec.preprocess_name,
+            "resize": provenance.RESIZE_ID,
+            "resize_description": provenance.RESIZE_DESCRIPTION,
             "dtype": c.dtype,
             "feature_shape": list(self.feature_shape),
             "weights": w.argument,
@@ -134,10 +137,11 @@ class Extractor:
             "compute_dtype": "mixed_float16" if c.mixed_precision else "float32",
             "keras_version": keras.__version__,
             "tensorflow_version": tf.__version__,
+            "pillow_version": PIL.__version__,
             "featstore_version": __version__,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        attrs["fingerprint"] = store.fingerprint(attrs)
+        attrs["fingerprint"] = provenance.fingerprint(attrs)
         return attrs
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -210,14 +214,15 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if compression not in writer.COMPRESSIONS:
         raise ConfigError(f"unknown compression {compression!r}; choose one of: {', '.join(writer.COMPRESSIONS)}")
+    provenance.validate_name("split", split)
+    name = provenance.validate_name("extractor", name or config.model)
     listing = discover(data, split)
     store_path = writer.check_writable(store_path)
-    name = name or config.model
     result = ExtractResult(str(store_path), name, split, ignored=listing.n_ignored)
     with writer.writer_lock(store_path, locking):
-        if not overwrite and _already_complete(store_path, name, split, config, locking):
+        if not overwrite and _already_complete(store_path, name, split, config, listing, locking):
             result.skipped = True
-            logger.info("%s/%s in %s is already complete; nothing to do. Use --overwrite to redo it.", name, split, store_path)
+            logger.debug("%s/%s in %s is already complete; nothing to do", name, split, store_path)
         else:
             extractor = Extractor(config)
             result.feature_shape, result.fingerprint = extractor.feature_shape, extractor.attrs["fingerprint"]
@@ -227,7 +232,7 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
             row_bytes = int(np.prod(extractor.feature_shape)) * np.dtype(config.dtype).itemsize
             done = _images_done(store_path, name, split, locking) if not overwrite else 0
             writer.ensure_space(store_path, (len(listing.items) - done) * row_bytes + writer.CHUNK_BYTES, done)  # before anything is replaced
-            start = writer.prepare_split(store_path, name, split, extractor.attrs, split_attrs, overwrite, locking)
+            start = writer.prepare_split(store_path, name, split, extractor.attrs, split_attrs, overwrite, locking, listing)
             if start is None:  # complete, found only after the full fingerprint check (e.g. other weights spelling)
                 result.skipped = True
             else:
@@ -246,18 +251,32 @@ def _images_done(path: Path, name: str, split: str, locking) -> int:
     if not path.exists():
         return 0
     with store.open_h5(path, "r", locking=locking) as f:
-        return store.commit_state(f[name][split])[2] if name in f and split in f[name] else 0
+        return provenance.read_commit(f[name][split], f"{path}:/{name}/{split}").images_done if name in f and split in f[name] else 0
 
 
-def _already_complete(path: Path, name: str, split: str, config: ExtractorConfig, locking) -> bool:
-    """True when the split is complete and was made with this exact configuration (no model needed to tell)."""
+def _already_complete(path: Path, name: str, split: str, config: ExtractorConfig, listing: ImageListing, locking) -> bool:
+    """True when the split is complete, made with this exact configuration and these images (no model needed to tell).
+
+    A complete split whose images changed since is refused with a summary of the change.
+    """
     if not path.exists():
         return False
     with store.open_h5(path, "r", locking=locking) as f:
         if name not in f or split not in f[name] or not f[name][split].attrs.get("complete"):
             return False
-        attrs = store._attrs(f[name])
-    recorded = ExtractorConfig.from_attrs(attrs)
+        attrs = provenance.attrs_of(f[name])
+        if not _same_config(attrs, config):
+            return False
+        writer.refuse_changed_listing(f[name][split], listing, split, name, path)
+    return True
+
+
+def _same_config(attrs: dict, config: ExtractorConfig) -> bool:
+    """Whether a store's recorded extractor is this configuration (weights compared by how they were named)."""
+    try:
+        recorded = ExtractorConfig.from_attrs(attrs)
+    except (KeyError, TypeError, ValueError):
+        return False  # damaged provenance: the full check in prepare_split says what is wrong
     if config.layer is None and not attrs.get("layer_requested"):
         recorded = replace(recorded, layer=None)  # the default cut, recorded by its name
     if config.weights != "none":
@@ -295,7 +314,9 @@ def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, spl
                 batch_imgs.append(img)
                 batch_labels.append(label)
                 batch_paths.append(rel)
-            if len(batch_imgs) + len(batch_failed) >= batch_size:  # failures count too: a run of bad files is committed
+            # Every commit but the last writes exactly batch_size rows, so compressed stores (one chunk per batch) write
+            # each chunk once; a long run of bad files is committed on its own once batch_size of them are pending.
+            if len(batch_imgs) >= batch_size or (not batch_imgs and len(batch_failed) >= batch_size):
                 commit()
         if batch_imgs or batch_failed:
             commit()

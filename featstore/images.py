@@ -40,6 +40,15 @@ class ImageListing:
     n_ignored: int = 0  # files without an image extension
     skipped_dirs: list[str] = field(default_factory=list)  # symlink loops / repeated folders not followed
 
+    def entries(self):  # TEMP until the images branch lands
+        return [(p, l, 0, 0) for p, l in self.items]
+
+    def diff(self, old):  # TEMP until the images branch lands
+        class D:
+            def summary(self_):
+                return "changed"
+        return D()
+
     def digest(self) -> str:
         """sha256 of the ordered (path, label) list: tells whether a resumed run sees the same work."""
         h = hashlib.sha256()

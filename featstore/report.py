@@ -9,7 +9,8 @@ from __future__ import annotations
 from .backbones import get_backbone, list_backbones
 from .store import FeatureStore
 
-PROVENANCE_KEYS = ("model", "layer", "input_size", "pooling", "dtype", "compute_dtype", "feature_shape", "preprocess", "resize",
+PROVENANCE_KEYS = ("model", "layer", "input_size", "pooling", "dtype", "compute_dtype", "feature_shape", "preprocess",
+                   "preprocess_description", "resize", "resize_description", "pillow_version",
                    "weights_source", "weights_description", "weights_file", "weights_sha256", "keras_version",
                    "tensorflow_version", "featstore_version", "created_at", "fingerprint")
 
@@ -43,17 +44,27 @@ def layers_table(model: str, image_size: int | None = None) -> str:
 
 def store_tree(path: str) -> str:
     """The store as an indented tree: provenance, splits with shapes, classes, counts and failures."""
+    from .writer import lock_holder
+
     store = FeatureStore(path)
     info = store.info()
+    writer_pid = lock_holder(path)
     lines = [f"{info['path']}  (format_version {info['attrs'].get('format_version')}, featstore {info['attrs'].get('featstore_version')})"]
     if not info["extractors"]:
         lines.append("  (no extractor yet)")
     for name, ex in info["extractors"].items():
         a = ex["attrs"]
         lines.append(f"└── /{name}   fingerprint {str(a.get('fingerprint', ''))[:12]}")
+        if ex.get("error"):
+            lines.append(f"    │   BROKEN: {ex['error']}")
         lines += [f"    │   {k}: {a[k]}" for k in PROVENANCE_KEYS if k in a and k != "fingerprint"]
         for split, s in ex["splits"].items():
-            state = "complete" if s.get("complete") else f"INCOMPLETE ({s.get('images_done')}/{s.get('n_images')} images done; re-run the same extract to resume)"
+            if "error" in s:
+                lines.append(f"    ├── /{split}   BROKEN: {s['error']}")
+                continue
+            todo = f"{s.get('images_done')}/{s.get('n_images')} images done"
+            state = ("complete" if s.get("complete") else f"BEING WRITTEN by pid {writer_pid} ({todo})" if writer_pid
+                     else f"INCOMPLETE ({todo}; re-run the same extract to resume)")
             lines.append(f"    ├── /{split}   {state}")
             lines.append(f"    │     features {tuple(s['shape'])} {s['dtype']}, chunks {tuple(s['chunks'])}")
             lines.append(f"    │     rows {s.get('committed_rows')}, failed {s.get('n_failed')}, non-image files ignored {s.get('n_ignored', 0)}, "

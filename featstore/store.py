@@ -1,14 +1,15 @@
 """The HDF5 feature store: layout, crash-safe appends, and read access.
 
-Layout (``format_version`` 1)::
+Layout (``format_version`` 2)::
 
     store.h5                      attrs: format_version, featstore_version
-    └── /<extractor>              attrs: provenance + fingerprint (see EXTRACTOR_ATTRS)
+    └── /<extractor>              attrs: provenance + fingerprint (see featstore.provenance)
         └── /<split>              attrs: class_names, commit = [committed_rows, n_failed, images_done], complete, ...
               features (N, ...)   float32|float16, chunked ~1 MiB along rows, maxshape (None, ...)
               labels   (N,)       int32, index into class_names
               paths    (N,)       UTF-8, relative to source_root
               /failed  paths, reasons of images that could not be read
+              /listing paths, labels, sizes, mtimes_ns of every image found when the split was started
 
 Writing is in :mod:`featstore.writer`; reads go through :class:`FeatureStore`.
 
@@ -32,16 +33,15 @@ import h5py
 import numpy as np
 
 from .errors import ConfigError, StoreBusyError, StoreError
+from .provenance import FINGERPRINT_FIELDS, describe_diff  # noqa: F401  (re-exported for runs)
+from .provenance import (FORMAT_VERSION, Commit, attrs_of, check_format_version, plain, read_commit, validate_extractor,
+                         validate_labels, validate_split)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-LOCK_TIMEOUT_S = float(os.environ.get("FEATSTORE_LOCK_TIMEOUT", "120"))
-# Fields that decide the numbers in `features`; their hash is the extractor's fingerprint.
-FINGERPRINT_FIELDS = ("model", "layer", "input_size", "pooling", "preprocess", "resize", "dtype", "feature_shape", "weights_digest",
-                      "compute_dtype")
 DTYPES = ("float32", "float16")
 STR = h5py.string_dtype("utf-8")
+PATH_ERRORS = "surrogateescape"  # stored paths are the file system's bytes; names that are not UTF-8 round-trip losslessly
 
 
 _LOCKING: dict = {"default": None}  # None = HDF5's default (honours HDF5_USE_FILE_LOCKING)
@@ -61,15 +61,16 @@ def locking_default():
     return _LOCKING["default"]
 
 
-def fingerprint(attrs: dict) -> str:
-    """sha256 over the FINGERPRINT_FIELDS of an extractor's attributes."""
-    ident = {k: _plain(attrs.get(k, "float32" if k == "compute_dtype" else None)) for k in FINGERPRINT_FIELDS}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
-
-
-def describe_diff(a: dict, b: dict, keys) -> str:
-    """'key: store has X, this run has Y; ...' for the keys whose values differ."""
-    return "; ".join(f"{k}: store has {_plain(a.get(k))!r}, this run has {_plain(b.get(k))!r}" for k in keys if _plain(a.get(k)) != _plain(b.get(k)))
+def lock_timeout() -> float:
+    """Seconds to wait for a store another process holds: ``FEATSTORE_LOCK_TIMEOUT`` (default 120), checked when used."""
+    text = os.environ.get("FEATSTORE_LOCK_TIMEOUT", "120")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(f"FEATSTORE_LOCK_TIMEOUT={text!r} is not a number of seconds; set it to e.g. 120, or unset it")
+    return value
 
 
 def validate_dtype(dtype: str) -> None:
@@ -78,32 +79,9 @@ def validate_dtype(dtype: str) -> None:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
 
 
-def _plain(value):
-    """HDF5 attribute value -> plain Python (lists, str, int, float, bool)."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _attrs(obj) -> dict:
-    out = {k: _plain(v) for k, v in obj.attrs.items()}
-    if "commit" in out:  # one attribute, written in one step per batch; spelled out for readers
-        out["committed_rows"], out["n_failed"], out["images_done"] = (int(v) for v in out["commit"])
-    return out
-
-
-def commit_state(sg: h5py.Group) -> tuple[int, int, int]:
-    """(committed_rows, n_failed, images_done) of a split: its one ``commit`` attribute, updated atomically per batch."""
-    if "commit" not in sg.attrs:  # a split whose creation was interrupted: nothing committed yet
-        return 0, 0, 0
-    rows, failed, done = (int(v) for v in sg.attrs["commit"])
-    return rows, failed, done
+def read_paths(ds, stop: int, start: int = 0) -> list[str]:
+    """Stored paths ``start:stop`` as str (names that are not UTF-8 come back as written, via surrogateescape)."""
+    return list(ds.asstr(errors=PATH_ERRORS)[start:stop]) if stop > start else []
 
 
 def _is_lock_error(exc: OSError) -> bool:
@@ -112,10 +90,11 @@ def _is_lock_error(exc: OSError) -> bool:
 
 
 @contextlib.contextmanager
-def open_h5(path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: float = LOCK_TIMEOUT_S) -> Iterator[h5py.File]:
-    """Open an HDF5 file, waiting up to ``timeout`` s while another process has it open for writing."""
+def open_h5(path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: float | None = None) -> Iterator[h5py.File]:
+    """Open an HDF5 file, waiting up to ``timeout`` s (FEATSTORE_LOCK_TIMEOUT) while another process writes it."""
     locking = locking_default() if locking is None else locking
     kwargs = {} if locking is None else {"locking": locking}
+    timeout = lock_timeout() if timeout is None else timeout
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
@@ -142,7 +121,10 @@ def open_h5(path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: 
 
 
 def foreign_objects(f: h5py.File) -> list[str]:
-    """Names of external/soft links, virtual datasets and externally stored datasets: ways to reach outside the file."""
+    """Names of external/soft links, virtual datasets and externally stored datasets: ways to reach outside the file.
+
+    Links are inspected, never followed (a dangling or external link is reported, not opened).
+    """
     found: list[str] = []
 
     def visit(name, link):
@@ -167,14 +149,23 @@ def refuse_foreign(f: h5py.File, path, allow: bool = False) -> None:
                          f"these; refusing to use it. If you made them on purpose, pass allow_external=True.")
 
 
-def _split_summary(sg: h5py.Group) -> dict:
-    """A split's attributes plus its features' shape, dtype and chunk shape."""
+def hard_groups(g: h5py.Group) -> list[str]:
+    """Names of the sub-groups of ``g`` reached through hard links (links are not followed)."""
+    return sorted(k for k in g if isinstance(g.get(k, getlink=True), h5py.HardLink) and isinstance(g[k], h5py.Group))
+
+
+def split_summary(sg: h5py.Group, commit: Commit) -> dict:
+    """A split's attributes plus its features' shape, dtype and chunk shape, and its commit spelled out."""
     feats = sg["features"]
-    return {**_attrs(sg), "shape": list(feats.shape), "dtype": str(feats.dtype), "chunks": list(feats.chunks or [])}
+    return {**attrs_of(sg), "committed_rows": commit.rows, "n_failed": commit.failed, "images_done": commit.images_done,
+            "shape": list(feats.shape), "dtype": str(feats.dtype), "chunks": list(feats.chunks or [])}
 
 
 class FeatureStore:
     """Read access to a store file. Each call opens and closes the file, so writers are not blocked.
+
+    Every read validates what it touches (layout, attribute types, the commit record, label range) and
+    raises :class:`StoreError` naming the problem and the fix for a damaged or crafted store.
 
     >>> store = FeatureStore("features.h5")          # doctest: +SKIP
     >>> store.extractors(), store.splits()           # doctest: +SKIP
@@ -191,6 +182,9 @@ class FeatureStore:
             raise StoreError(f"{self.path} is not an HDF5 file; pass the .h5 store written by `featstore extract`")
         with self._open() as f:
             refuse_foreign(f, self.path, allow_external)
+            if "format_version" not in f.attrs:
+                raise StoreError(f"{self.path} has no format_version attribute: it is not a featstore store (or it is damaged)")
+            check_format_version(f.attrs["format_version"], self.path)
 
     def _open(self):
         return open_h5(self.path, "r", locking=self.locking)
@@ -198,7 +192,7 @@ class FeatureStore:
     def extractors(self) -> list[str]:
         """Names of the extractor groups in the store."""
         with self._open() as f:
-            return sorted(k for k in f if isinstance(f[k], h5py.Group))
+            return hard_groups(f)
 
     def resolve(self, extractor: str | None = None) -> str:
         """``extractor`` if present; when None, the only one there (error listing them otherwise)."""
@@ -213,37 +207,60 @@ class FeatureStore:
             raise StoreError(f"store {self.path} has no extractor {extractor!r}; it has: {', '.join(names) or 'none'}")
         return extractor
 
+    def _extractor(self, f: h5py.File, name: str) -> tuple[h5py.Group, dict]:
+        """The extractor group and its validated provenance attributes."""
+        attrs = attrs_of(f[name])
+        validate_extractor(attrs, f"{self.path}:/{name}")
+        return f[name], attrs
+
+    def _split(self, f: h5py.File, name: str, split: str) -> tuple[h5py.Group, Commit]:
+        """A validated split group and its commit."""
+        g, attrs = self._extractor(f, name)
+        if split not in hard_groups(g):
+            raise StoreError(f"extractor {name!r} in {self.path} has no split {split!r}; it has: {', '.join(hard_groups(g)) or 'none'}")
+        sg = g[split]
+        return sg, validate_split(sg, f"{self.path}:/{name}/{split}", attrs)
+
     def metadata(self, extractor: str | None = None) -> dict:
         """Provenance attributes of an extractor (model, layer, weights, fingerprint, ...)."""
         name = self.resolve(extractor)
         with self._open() as f:
-            return _attrs(f[name])
+            return self._extractor(f, name)[1]
 
     def splits(self, extractor: str | None = None) -> list[str]:
         """Split names under an extractor."""
         name = self.resolve(extractor)
         with self._open() as f:
-            return sorted(f[name])
+            return hard_groups(f[name])
 
     def split_info(self, split: str, extractor: str | None = None) -> dict:
         """Attributes of one split plus its feature shape and dtype."""
         name = self.resolve(extractor)
         with self._open() as f:
-            return _split_summary(self._split(f, name, split))
+            return split_summary(*self._split(f, name, split))
 
     def class_names(self, extractor: str | None = None) -> list[str]:
         """Class names (label i is class_names[i]), identical for every split."""
         name = self.resolve(extractor)
         with self._open() as f:
-            first = sorted(f[name])[0] if len(f[name]) else None
-            if first is None:
+            splits = hard_groups(f[name])
+            if not splits:
                 raise StoreError(f"extractor {name!r} in {self.path} has no split yet")
-            return _plain(f[name][first].attrs["class_names"])
+            return plain(self._split(f, name, splits[0])[0].attrs["class_names"])
 
-    def _split(self, f: h5py.File, name: str, split: str) -> h5py.Group:
-        if split not in f[name]:
-            raise StoreError(f"extractor {name!r} in {self.path} has no split {split!r}; it has: {', '.join(sorted(f[name])) or 'none'}")
-        return f[name][split]
+    def _complete(self, sg: h5py.Group, commit: Commit, name: str, split: str) -> None:
+        """Refuse reading a split that is not complete."""
+        if not sg.attrs["complete"]:
+            raise StoreError(
+                f"split {split!r} of {name!r} is not complete ({commit.rows} rows committed of "
+                f"{plain(sg.attrs['n_images'])} images); finish it by re-running the same `featstore extract`"
+            )
+
+    def _labels(self, sg: h5py.Group, n: int, where: str) -> np.ndarray:
+        """The first n labels as int64, range-checked against the class list."""
+        y = sg["labels"][:n].astype(np.int64)
+        validate_labels(y, len(plain(sg.attrs["class_names"])), where)
+        return y
 
     def load(self, split: str = "train", extractor: str | None = None, *, allow_incomplete: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of a split as in-memory arrays ``(X, y)``, read in blocks of whole chunks in row order.
@@ -252,16 +269,13 @@ class FeatureStore:
         """
         name = self.resolve(extractor)
         with self._open() as f:
-            sg = self._split(f, name, split)
-            if not sg.attrs["complete"] and not allow_incomplete:
-                raise StoreError(
-                    f"split {split!r} of {name!r} is not complete ({commit_state(sg)[0]} rows committed of "
-                    f"{sg.attrs['n_images']} images); finish it by re-running the same `featstore extract`"
-                )
-            n = commit_state(sg)[0]
+            sg, commit = self._split(f, name, split)
+            if not allow_incomplete:
+                self._complete(sg, commit, name, split)
+            n = commit.rows
             X = np.empty((n, *sg["features"].shape[1:]), dtype=sg["features"].dtype)
-            step = sg["features"].chunks[0] * 64
-            y = sg["labels"][:n].astype(np.int64)
+            step = (sg["features"].chunks or (1,))[0] * 64
+            y = self._labels(sg, n, f"{self.path}:/{name}/{split}")
         for i in range(0, n, step):
             with self._open() as f:
                 part = np.s_[i:min(i + step, n)]
@@ -272,16 +286,16 @@ class FeatureStore:
         """Labels of a split (cheap: no features are read)."""
         name = self.resolve(extractor)
         with self._open() as f:
-            sg = self._split(f, name, split)
-            return sg["labels"][: commit_state(sg)[0]].astype(np.int64)
+            sg, commit = self._split(f, name, split)
+            return self._labels(sg, commit.rows, f"{self.path}:/{name}/{split}")
 
     def nbytes(self, split: str, extractor: str | None = None) -> int:
         """Bytes the committed features of a split take in memory."""
         info = self.split_info(split, extractor)
         return int(info["committed_rows"]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
 
-    def _block_rows(self, split: str, name: str, max_bytes: int) -> tuple[int, int]:
-        """(rows in the split, rows per block of whole chunks within max_bytes); errors if one chunk does not fit."""
+    def _block_rows(self, split: str, name: str, max_bytes: int) -> tuple[int, int, int]:
+        """(rows in the split, rows per block of whole chunks within max_bytes, rows per chunk); errors if one chunk does not fit."""
         info = self.split_info(split, name)
         if not info["complete"]:
             raise StoreError(f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`")
@@ -291,35 +305,42 @@ class FeatureStore:
         if rows < 1:
             raise ConfigError(f"a memory budget of {max_bytes} bytes cannot hold one chunk of {split!r} "
                               f"({chunk} rows of {row_bytes} bytes); raise it to at least {chunk * row_bytes} bytes")
-        return int(info["committed_rows"]), rows
+        return int(info["committed_rows"]), rows, chunk
 
     def block_lengths(self, split: str, extractor: str | None = None, *, max_bytes: int = 64 << 20) -> list[int]:
-        """Rows in each block that :meth:`iter_batches` yields with the same ``max_bytes`` (in unshuffled order)."""
-        n, rows = self._block_rows(split, self.resolve(extractor), max_bytes)
+        """Rows in each block that :meth:`iter_batches` yields with the same ``max_bytes`` (shuffled or not)."""
+        n, rows, _ = self._block_rows(split, self.resolve(extractor), max_bytes)
         return [min(rows, n - s) for s in range(0, n, rows)]
 
     def iter_batches(self, split: str = "train", extractor: str | None = None, *, max_bytes: int = 64 << 20,
                      shuffle: bool = False, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(X, y)`` blocks of whole chunks, at most ``max_bytes`` of features each, without loading the split.
 
-        With ``shuffle`` the blocks come in a random order and rows are shuffled inside each block
-        (reading random single rows from HDF5 is very slow; whole chunks are fast). The file is opened
-        per block, so writers are not held up. Example::
+        With ``shuffle``, each block is made of chunks drawn at random from the *whole* split and its rows are
+        shuffled, so a streamed fit sees classes mixed even though rows are stored class by class (reading
+        random single rows from HDF5 is very slow; whole chunks are fast). Block sizes are the same as
+        unshuffled (:meth:`block_lengths`). The file is opened per block, so writers are not held up. Example::
 
             for X, y in store.iter_batches("train", max_bytes=256 << 20, shuffle=True, seed=epoch):
                 clf.partial_fit(X.reshape(len(X), -1), y, classes=range(10))
         """
         name = self.resolve(extractor)
-        n, rows = self._block_rows(split, name, max_bytes)
-        starts = list(range(0, n, rows))
+        n, rows, chunk = self._block_rows(split, name, max_bytes)
+        units = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
         rng = np.random.default_rng(seed)
         if shuffle:
-            rng.shuffle(starts)
-        for start in starts:
+            full = [u for u in units if u[1] - u[0] == chunk]
+            order = rng.permutation(len(full))
+            units = [full[i] for i in order] + [u for u in units if u[1] - u[0] != chunk]  # a short last chunk stays last
+        per_block = rows // chunk
+        where = f"{self.path}:/{name}/{split}"
+        for b in range(0, len(units), per_block):
+            group = units[b:b + per_block]
             with self._open() as f:
                 sg = f[name][split]
-                X = sg["features"][start:min(start + rows, n)]
-                y = sg["labels"][start:min(start + rows, n)].astype(np.int64)
+                X = np.concatenate([sg["features"][s:e] for s, e in group])
+                y = np.concatenate([sg["labels"][s:e] for s, e in group]).astype(np.int64)
+                validate_labels(y, len(plain(sg.attrs["class_names"])), where)
             if shuffle:
                 order = rng.permutation(len(y))
                 X, y = X[order], y[order]
@@ -329,27 +350,36 @@ class FeatureStore:
         """Image paths (relative to the split's source_root) in row order."""
         name = self.resolve(extractor)
         with self._open() as f:
-            sg = self._split(f, name, split)
-            return list(sg["paths"].asstr()[: commit_state(sg)[0]])
+            sg, commit = self._split(f, name, split)
+            return read_paths(sg["paths"], commit.rows)
 
     def failures(self, split: str, extractor: str | None = None) -> list[tuple[str, str]]:
         """(path, reason) of each image that could not be read."""
         name = self.resolve(extractor)
         with self._open() as f:
-            fg = self._split(f, name, split)["failed"]
-            n = commit_state(f[name][split])[1]
-            return list(zip(fg["paths"].asstr()[:n], fg["reasons"].asstr()[:n]))
+            sg, commit = self._split(f, name, split)
+            return list(zip(read_paths(sg["failed"]["paths"], commit.failed), read_paths(sg["failed"]["reasons"], commit.failed)))
 
     def info(self) -> dict:
-        """The whole store as nested dicts: root attrs, each extractor's provenance and each split's counts."""
+        """The whole store as nested dicts: root attrs, each extractor's provenance and each split's counts.
+
+        A damaged extractor or split is reported under ``"error"`` with the reason instead of failing the whole listing.
+        """
         with self._open() as f:
-            out = {"path": str(self.path), "attrs": _attrs(f), "extractors": {}}
-            for name in sorted(f):
-                splits = {}
-                for split in sorted(f[name]):
-                    sg = f[name][split]
-                    splits[split] = {**_split_summary(sg),
-                                     "class_counts": np.bincount(sg["labels"][: commit_state(sg)[0]],
-                                                                 minlength=len(sg.attrs.get("class_names", []))).tolist()}
-                out["extractors"][name] = {"attrs": _attrs(f[name]), "splits": splits}
+            out = {"path": str(self.path), "attrs": attrs_of(f), "extractors": {}}
+            for name in hard_groups(f):
+                entry: dict = {"attrs": attrs_of(f[name]), "splits": {}}
+                try:
+                    self._extractor(f, name)
+                except StoreError as exc:
+                    entry["error"] = str(exc)
+                for split in hard_groups(f[name]):
+                    try:
+                        sg, commit = self._split(f, name, split)
+                        entry["splits"][split] = {**split_summary(sg, commit), "class_counts": np.bincount(
+                            self._labels(sg, commit.rows, f"{self.path}:/{name}/{split}"),
+                            minlength=len(plain(sg.attrs["class_names"]))).tolist()}
+                    except StoreError as exc:
+                        entry["splits"][split] = {"error": str(exc)}
+                out["extractors"][name] = entry
             return out

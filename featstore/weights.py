@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .backbones import BackboneSpec
 from .errors import WeightsError
 
@@ -65,11 +67,12 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def weights_digest(model) -> str:
-    """sha256 over a model's weight tensors in order: identifies the weights whatever file they came from."""
+    """sha256 over a model's weight tensors by position, dtype, shape and bytes: identifies the weights whatever file
+    they came from, and never depends on the variable names Keras numbers per process (``conv2d_4``)."""
     digest = hashlib.sha256()
-    for w in model.weights:
-        arr = w.numpy()
-        digest.update(f"{w.path}:{arr.dtype}:{arr.shape};".encode())
+    for i, w in enumerate(model.weights):
+        arr = np.ascontiguousarray(w.numpy())
+        digest.update(f"{i}:{arr.dtype}:{arr.shape};".encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +21,9 @@ import numpy as np
 
 from . import __version__
 from .errors import StoreBusyError, StoreError
-from .store import FINGERPRINT_FIELDS, FORMAT_VERSION, STR, _attrs, _plain, commit_state, describe_diff, locking_default, open_h5, refuse_foreign
+from .provenance import (FORMAT_VERSION, attrs_of, check_format_version, plain, read_commit, refuse_other_extractor, refuse_resume,
+                         validate_extractor, validate_name, validate_split)
+from .store import STR, hard_groups, locking_default, open_h5, refuse_foreign
 
 logger = logging.getLogger(__name__)
 
@@ -31,40 +33,60 @@ SPACE_MARGIN = 1 << 20  # room kept for HDF5 metadata on top of the data itself
 
 @contextlib.contextmanager
 def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
-    """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file."""
+    """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file.
+
+    Uses the ``filelock`` package (flock on POSIX, msvcrt on Windows). The lock file holds the writer's pid and
+    is removed when the lock is released, also after a failure; a SIGKILLed writer leaves it behind, unlocked
+    and harmless (the next run takes it over).
+    """
+    from filelock import FileLock, Timeout
+
     locking = locking_default() if locking is None else locking
     if locking is False or os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
         yield  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
         return
     lock_path = f"{path}.lock"
+    lock = FileLock(lock_path, timeout=0)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock.acquire()
+    except Timeout:
+        raise StoreBusyError(f"another featstore process (pid {lock_holder(path) or 'unknown'}) is writing to {path}; wait for "
+                             f"it to finish, or write to another --store") from None
     except OSError as exc:
-        raise StoreError(f"cannot create the writer lock {lock_path}: {exc}. Make the folder writable or choose another --store") from exc
+        raise StoreError(f"cannot lock {lock_path} ({exc}); make the folder writable, or on a filesystem without working locks run "
+                         f"`featstore --no-locking ...` (one writer per store is then up to you)") from exc
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise StoreBusyError(
-                f"another featstore process (pid {other}) is writing to {path}; wait for it to finish, "
-                f"or write to another --store"
-            ) from None
-        except OSError as exc:
-            raise StoreError(f"cannot lock {lock_path} ({exc}); on a filesystem without working locks run "
-                             f"`featstore --no-locking ...` (one writer per store is then up to you)") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        with contextlib.suppress(OSError), open(f"{lock_path}.pid", "w") as fh:
+            fh.write(str(os.getpid()))
         yield
     finally:
-        os.close(fd)
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+        with contextlib.suppress(OSError):
+            os.unlink(f"{lock_path}.pid")
+            if fd is not None and os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(lock_path)  # still ours and still locked: a process that opens it now finds it gone and makes its own
+        lock.release()
+
+
+def lock_holder(path: str | os.PathLike) -> int | None:
+    """Pid of the process writing the store now, from ``<store>.lock.pid`` (None when no live writer is recorded)."""
+    try:
+        pid = int(Path(f"{path}.lock.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0: is it alive?
+    except ProcessLookupError:
+        return None  # a killed writer's leftover
+    except (PermissionError, OSError):
+        pass  # alive but not ours (or not checkable here)
+    return pid
 
 
 def ensure_space(path, nbytes: int, committed: int = 0) -> None:
     """Refuse to start a write that the store's filesystem has no room for (a full disk mid-write is worse)."""
     folder = Path(path).parent if str(Path(path).parent) else Path(".")
-    st = os.statvfs(folder)
-    free = st.f_bavail * st.f_frsize
+    free = shutil.disk_usage(folder).free
     if free < nbytes + SPACE_MARGIN:
         raise StoreError(
             f"not enough disk space for {path}: the next write needs about {(nbytes + SPACE_MARGIN) / 2**20:.1f} MiB, "
@@ -96,46 +118,68 @@ def chunk_rows(feature_shape: Sequence[int], dtype: str) -> int:
 
 
 COMPRESSIONS = ("none", "lzf", "gzip")
-# Split attributes that must be the same to resume a partial split (the rest describe the run).
-RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
+LISTING = ("paths", "labels", "sizes", "mtimes_ns")  # /<split>/listing: every image of the split as discovered
 
 
-def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, overwrite: bool, locking=None) -> int | None:
+def stored_listing(sg: h5py.Group) -> list[tuple[str, int, int, int]]:
+    """The (path, label, size, mtime_ns) entries recorded when the split was started ([] for a split without them)."""
+    from .store import read_paths
+
+    lg = sg.get("listing")
+    if not isinstance(lg, h5py.Group) or any(k not in lg for k in LISTING):
+        return []
+    n = lg["paths"].shape[0]
+    return list(zip(read_paths(lg["paths"], n), lg["labels"][:].tolist(), lg["sizes"][:].tolist(), lg["mtimes_ns"][:].tolist()))
+
+
+def refuse_changed_listing(sg: h5py.Group, listing, split: str, name: str, path) -> None:
+    """Refuse to treat a split as done (or resume it) when its images changed since it was started: say what changed."""
+    if plain(sg.attrs.get("listing_sha256")) == listing.digest():
+        return
+    summary = listing.diff(stored_listing(sg)).summary()
+    raise StoreError(
+        f"the images of split {split!r} changed since {name!r}/{split} in {path} was extracted: {summary}. "
+        f"Re-extract it with --overwrite."
+    )
+
+
+def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, overwrite: bool, locking=None,
+                  listing=None) -> int | None:
     """Create or reopen ``/<name>/<split>`` for writing; returns the image index to start from, or None if complete.
 
     ``attrs`` are the extractor's provenance; ``split_attrs`` hold class_names, source_root, n_images,
-    n_ignored and the RESUME_KEYS. Refuses a store whose extractor of the same name has another
-    fingerprint, a split whose classes differ from the other splits', and a partial split started with
-    other images or options.
+    n_ignored and the resume keys; ``listing`` (an ImageListing) is recorded under ``listing/`` and compared
+    on every later run. Refuses a store whose extractor of the same name has another fingerprint, a split
+    whose classes differ from the other splits', a complete split whose images changed, and a partial
+    split started with other images or options.
     """
-    shape = tuple(attrs["feature_shape"])
     class_names = split_attrs["class_names"]
     with open_h5(path, "a", locking=locking) as f:
         refuse_foreign(f, path)
         if "format_version" not in f.attrs:
+            if len(f):
+                raise StoreError(f"{path} is an HDF5 file without featstore's format_version: not a featstore store. "
+                                 f"Choose another --store (nothing was written).")
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["featstore_version"] = __version__
-        elif int(f.attrs["format_version"]) > FORMAT_VERSION:
-            raise StoreError(f"store {path} has format_version {f.attrs['format_version']}; this featstore reads up to {FORMAT_VERSION}. Upgrade featstore.")
+        check_format_version(f.attrs["format_version"], path)
         if name in f and "fingerprint" not in f[name].attrs and not len(f[name]):
             del f[name]  # a run killed while creating the extractor group: start the group again
         if name in f:
-            old = _attrs(f[name])
-            if old.get("fingerprint") != attrs["fingerprint"]:
-                raise StoreError(
-                    f"store {path} already holds an extractor named {name!r} with fingerprint "
-                    f"{str(old.get('fingerprint'))[:12]}, this run's is {attrs['fingerprint'][:12]} "
-                    f"({describe_diff(old, attrs, FINGERPRINT_FIELDS)}). Use --name to store it under another name, or another --store."
-                )
+            if name not in hard_groups(f):
+                raise StoreError(f"{path}:/{name} is not a group of this file; choose another --name or --store")
+            old = attrs_of(f[name])
+            validate_extractor(old, f"{path}:/{name}")
+            refuse_other_extractor(old, attrs, path, name)
             grp = f[name]
         else:
             grp = f.create_group(name)
             for key, value in attrs.items():
                 grp.attrs[key] = np.array(value, dtype=STR) if _is_str_list(value) else value
-        for other in grp:
+        for other in hard_groups(grp):
             if other == split or "commit" not in grp[other].attrs:
                 continue
-            theirs = _plain(grp[other].attrs.get("class_names", []))
+            theirs = plain(grp[other].attrs.get("class_names", []))
             if theirs != class_names:
                 raise StoreError(
                     f"classes of split {split!r} differ from split {other!r} of {name!r}: "
@@ -145,37 +189,54 @@ def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, o
             del grp[split]  # replaced on request, or a run killed while creating the split: nothing was committed
         if split in grp:
             sg = grp[split]
-            sa = _attrs(sg)
-            if sa.get("complete"):
+            where = f"{path}:/{name}/{split}"
+            commit = validate_split(sg, where, attrs)
+            if listing is not None:
+                refuse_changed_listing(sg, listing, split, name, path)
+            if plain(sg.attrs["complete"]):
+                if commit.images_done != int(plain(sg.attrs["n_images"])):
+                    raise StoreError(f"{where} is marked complete with {commit.images_done} of {plain(sg.attrs['n_images'])} "
+                                     f"images done: the store is damaged. Re-extract it with --overwrite.")
                 return None
-            changed = [f"set of images ({sa.get('n_images')} images then, {split_attrs['n_images']} now)" if key == "listing_sha256"
-                       else f"{what} ({_plain(sa.get(key))} then, {split_attrs[key]} now)"
-                       for key, what in RESUME_KEYS.items() if _plain(sa.get(key)) != split_attrs[key]]
-            if changed:
-                raise StoreError(
-                    f"split {split!r} of {name!r} in {path} was started with another {', '.join(changed)}; resuming would "
-                    f"mix two different runs. Re-run with the same options, or pass --overwrite to start it again"
-                )
-            rows, failed, done = commit_state(sg)
-            _truncate(sg, rows, failed)
+            refuse_resume(attrs_of(sg), split_attrs, split, name, path)
+            _truncate(sg, commit.rows, commit.failed)
             f.flush()
-            return done
-        sg = grp.create_group(split)
-        rows = chunk_rows(shape, attrs["dtype"])
-        comp = None if split_attrs["compression"] == "none" else split_attrs["compression"]
-        sg.create_dataset("features", shape=(0, *shape), maxshape=(None, *shape), dtype=attrs["dtype"], chunks=(rows, *shape), compression=comp)
-        sg.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int32", chunks=(max(rows, 4096),))
-        sg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(1024,))
-        fg = sg.create_group("failed")
-        fg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
-        fg.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
-        for key, value in split_attrs.items():
-            sg.attrs[key] = np.array(value, dtype=STR) if key == "class_names" else value
-        sg.attrs["commit"] = np.zeros(3, dtype=np.int64)  # committed_rows, n_failed, images_done
-        sg.attrs["complete"] = False
-        sg.attrs["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            return commit.images_done
+        _create_split(grp, split, attrs, split_attrs, listing)
         f.flush()
         return 0
+
+
+def _create_split(grp: h5py.Group, split: str, attrs: dict, split_attrs: dict, listing) -> None:
+    """The split's empty datasets, its listing and attributes (commit zero, not complete)."""
+    shape = tuple(attrs["feature_shape"])
+    sg = grp.create_group(split)
+    comp = None if split_attrs["compression"] == "none" else split_attrs["compression"]
+    # Compressed chunks are written once each: one chunk per committed batch (a rewritten compressed chunk leaves its old
+    # space behind, and a resume would have to free chunks a killed writer allocated). Uncompressed: ~1 MiB chunks.
+    rows = int(split_attrs["batch_size"]) if comp else chunk_rows(shape, attrs["dtype"])
+    sg.create_dataset("features", shape=(0, *shape), maxshape=(None, *shape), dtype=attrs["dtype"], chunks=(rows, *shape), compression=comp)
+    sg.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int32", chunks=(max(rows, 4096),))
+    sg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(1024,))
+    fg = sg.create_group("failed")
+    fg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
+    fg.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
+    if listing is not None:
+        entries = listing.entries()
+        lg = sg.create_group("listing")
+        lg.create_dataset("paths", data=np.array([_store_path(e[0]) for e in entries], dtype=object), dtype=STR)
+        for key, col, dt in (("labels", 1, "int32"), ("sizes", 2, "int64"), ("mtimes_ns", 3, "int64")):
+            lg.create_dataset(key, data=np.array([e[col] for e in entries], dtype=dt))
+    for key, value in split_attrs.items():
+        sg.attrs[key] = np.array(value, dtype=STR) if key == "class_names" else value
+    sg.attrs["commit"] = np.zeros(3, dtype=np.int64)  # committed_rows, n_failed, images_done
+    sg.attrs["complete"] = False
+    sg.attrs["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _store_path(p: str) -> bytes:
+    """A path as the bytes the file system uses (lossless also for names that are not UTF-8)."""
+    return os.fsencode(p)
 
 
 def _is_str_list(value) -> bool:
@@ -198,21 +259,22 @@ def append(path, name: str, split: str, features: np.ndarray, labels: np.ndarray
     try:
         with open_h5(path, "a", locking=locking) as f:
             sg = f[name][split]
-            n0, k0, _ = commit_state(sg)
+            c = read_commit(sg, f"{path}:/{name}/{split}")
+            n0, k0 = c.rows, c.failed
             feats = sg["features"]
             if len(labels):
                 ensure_space(path, chunk_rows(feats.shape[1:], feats.dtype) * int(np.prod(feats.shape[1:])) * feats.dtype.itemsize
                              + features.nbytes, n0)
             n1 = n0 + len(labels)
             if len(labels):
-                for key, values in (("features", features), ("labels", labels), ("paths", np.array(paths, dtype=object))):
+                for key, values in (("features", features), ("labels", labels), ("paths", np.array([_store_path(p) for p in paths], dtype=object))):
                     sg[key].resize(n1, axis=0)
                     sg[key][n0:n1] = values
             if failures:
                 k1 = k0 + len(failures)
                 for key, col in (("paths", 0), ("reasons", 1)):
                     sg["failed"][key].resize(k1, axis=0)
-                    sg["failed"][key][k0:k1] = np.array([item[col] for item in failures], dtype=object)
+                    sg["failed"][key][k0:k1] = np.array([_store_path(item[col]) for item in failures], dtype=object)
             f.flush()  # the data is down before the commit record that makes it count
             sg.attrs["commit"] = np.array([n1, k0 + len(failures), images_done], dtype=np.int64)
             f.flush()

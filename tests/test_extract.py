@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from featstore import ExtractorConfig, FeatureStore, StoreError, extract
-from featstore import store as store_mod
+from featstore import provenance
 from featstore import writer
 
 from .conftest import write_images
@@ -15,13 +15,13 @@ def test_layout_and_provenance(data_root, tiny_config, tmp_path):
     assert (r.rows, r.written, r.failed, r.skipped) == (12, 12, 0, False)
     extract(data_root, "validation", path, tiny_config)
     with h5py.File(path, "r") as f:
-        assert f.attrs["format_version"] == 1
+        assert f.attrs["format_version"] == 2
         g = f["vgg16"]
         for key in ("model", "layer", "input_size", "pooling", "preprocess", "weights_source", "weights_sha256",
                     "dtype", "keras_version", "tensorflow_version", "created_at", "fingerprint"):
             assert key in g.attrs, key
         assert g.attrs["weights_source"] == "none" and g.attrs["layer"] == "block5_pool"
-        assert "vgg16.preprocess_input" in g.attrs["preprocess"]
+        assert g.attrs["preprocess"] == "caffe" and "vgg16.preprocess_input" in g.attrs["preprocess_description"]
         tr = g["train"]
         assert tr["features"].shape == (12, 1, 1, 512) and tr["features"].dtype == np.float32
         assert tr["features"].maxshape == (None, 1, 1, 512) and tr["features"].chunks[0] >= 1
@@ -34,7 +34,7 @@ def test_layout_and_provenance(data_root, tiny_config, tmp_path):
     X, y = store.load("train")
     assert X.shape == (12, 1, 1, 512) and y.tolist() == [0] * 6 + [1] * 6
     assert store.class_names() == ["cat", "dog"]
-    assert store.metadata()["fingerprint"] == store_mod.fingerprint(store.metadata())
+    assert store.metadata()["fingerprint"] == provenance.fingerprint(store.metadata())
 
 
 def test_features_equal_a_direct_model_call(data_root, tiny_config, tmp_path):
@@ -117,7 +117,7 @@ def test_changed_images_on_resume_is_explained(data_root, tiny_config, tmp_path)
     with h5py.File(path, "a") as f:
         f["vgg16/train"].attrs["complete"] = False
     write_images(data_root, "train", {"cat": 7})
-    with pytest.raises(StoreError, match="another set of images.*--overwrite"):
+    with pytest.raises(StoreError, match="images of split .train. changed since.*--overwrite"):
         extract(data_root, "train", path, tiny_config)
 
 

@@ -1,0 +1,236 @@
+"""Provenance: what a store records about its features, their fingerprint, and the checks that refuse mismatches.
+
+One module owns the mapping config <-> store attributes <-> fingerprint, and every "refuse with both sides
+shown" comparison: extract, the writer, check, fit, evaluate and predict all call it.
+
+The fingerprint is a sha256 over stable identifiers and numbers only (a preprocessing mode id, a resize
+id, shapes, the weights' tensor digest), never over prose, so a wording fix cannot change it.
+
+>>> a = {"model": "vgg16", "layer": "block5_pool", "input_size": 150, "pooling": "none", "preprocess": "caffe",
+...      "resize": RESIZE_ID, "dtype": "float32", "compute_dtype": "float32", "feature_shape": [4, 4, 512],
+...      "weights_digest": "0" * 64}
+>>> fingerprint(a) == fingerprint(dict(a, weights_description="reworded"))
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError, StoreError
+
+FORMAT_VERSION = 2
+# Fields that decide the numbers in `features`; their hash is the extractor's fingerprint.
+FINGERPRINT_FIELDS = ("model", "layer", "input_size", "pooling", "preprocess", "resize", "dtype", "compute_dtype", "feature_shape",
+                      "weights_digest")
+# Resize/decode identifier (bump the suffix whenever decoding or resizing changes the pixels).
+RESIZE_ID = "pil-bilinear-square-jpegdraft/1"
+RESIZE_DESCRIPTION = "PIL bilinear to a square, aspect ratio not kept; JPEG draft (DCT-scaled) decoding"
+# Split attributes that must be the same to resume a partial split (the rest describe the run).
+RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_@+=,-]*(\.[A-Za-z0-9_@+=,-]+)*")
+
+
+def plain(value):
+    """HDF5 attribute value -> plain Python (lists, str, int, float, bool)."""
+    if isinstance(value, np.ndarray):
+        return [plain(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def attrs_of(obj) -> dict:
+    """An HDF5 object's attributes as plain Python values."""
+    return {k: plain(v) for k, v in obj.attrs.items()}
+
+
+def fingerprint(attrs: dict) -> str:
+    """sha256 over the FINGERPRINT_FIELDS of an extractor's attributes (stable ids and numbers only)."""
+    ident = {k: plain(attrs.get(k)) for k in FINGERPRINT_FIELDS}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def describe_diff(a: dict, b: dict, keys=FINGERPRINT_FIELDS, sides: tuple[str, str] = ("store has", "this run has")) -> str:
+    """'key: store has X, this run has Y; ...' for the keys whose values differ."""
+    return "; ".join(f"{k}: {sides[0]} {_short(a.get(k))}, {sides[1]} {_short(b.get(k))}" for k in keys if plain(a.get(k)) != plain(b.get(k)))
+
+
+def _short(value) -> str:
+    """A value for a message; digests are cut to 12 characters."""
+    value = plain(value)
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return repr(value[:12])
+    return repr(value)
+
+
+def refuse_other_extractor(old: dict, new: dict, path, name: str) -> None:
+    """Refuse writing features of another configuration under an existing extractor name, showing both sides."""
+    if old.get("fingerprint") != new["fingerprint"]:
+        raise StoreError(
+            f"store {path} already holds an extractor named {name!r} with fingerprint {str(old.get('fingerprint'))[:12]}, "
+            f"this run's is {new['fingerprint'][:12]} ({describe_diff(old, new)}). "
+            f"Use --name to store it under another name, or another --store."
+        )
+
+
+def refuse_other_features(have: dict, recorded: dict, what: str, fix: str) -> None:
+    """Refuse applying something fitted on features of fingerprint ``recorded`` to features ``have``, showing both sides."""
+    if have.get("fingerprint") != recorded.get("fingerprint"):
+        raise StoreError(
+            f"features here have fingerprint {str(have.get('fingerprint'))[:12]}, {what} was made on "
+            f"{str(recorded.get('fingerprint'))[:12]} ({describe_diff(have, recorded, sides=('here', what))}); "
+            f"refusing to mix them. {fix}"
+        )
+
+
+def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:
+    """Refuse resuming a partial split that was started with other images or write options."""
+    changed = [f"{what} ({stored.get('n_images')} images then, {new['n_images']} now)" if key == "listing_sha256"
+               else f"{what} ({plain(stored.get(key))} then, {new[key]} now)"
+               for key, what in RESUME_KEYS.items() if plain(stored.get(key)) != new[key]]
+    if changed:
+        raise StoreError(
+            f"split {split!r} of {name!r} in {path} was started with another {', '.join(changed)}; resuming would "
+            f"mix two different runs. Re-run with the same options, or pass --overwrite to start it again"
+        )
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Refuse split/extractor names that are not one plain HDF5 group name (no '/', no leading dot, no '.' or '..')."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > 200:
+        raise ConfigError(f"{kind} name {name!r} is not allowed: use letters, digits and _ - @ + = , . (not first), "
+                          f"without '/', e.g. {'train' if kind == 'split' else 'vgg16_block4'}")
+    return name
+
+
+def check_format_version(value, path) -> None:
+    """Refuse a store whose root ``format_version`` this featstore cannot read, saying what to do."""
+    try:
+        version = int(plain(value))
+        if isinstance(plain(value), float) and plain(value) != version:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise StoreError(f"store {path} has format_version {plain(value)!r}, not an integer: it is damaged or not a featstore "
+                         f"store. Extract into a new --store.") from None
+    if version > FORMAT_VERSION:
+        raise StoreError(f"store {path} has format_version {version}; this featstore reads {FORMAT_VERSION}. Upgrade featstore.")
+    if version < FORMAT_VERSION:
+        raise StoreError(f"store {path} has format_version {version}, written by an older featstore whose fingerprints and "
+                         f"layout differ; this one reads {FORMAT_VERSION}. Extract again into a new --store (the images "
+                         f"are needed), or use the featstore version that wrote it.")
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A split's committed state: its one ``commit`` attribute, validated against the datasets."""
+
+    rows: int  # rows of features/labels/paths that are valid
+    failed: int  # failure records that are valid
+    images_done: int  # images handled so far (rows + failed)
+
+
+def read_commit(sg, where: str) -> Commit:
+    """The split's validated ``commit`` attribute; StoreError naming the problem for a damaged or crafted one.
+
+    A split whose creation was interrupted has no ``commit`` yet: that reads as nothing committed.
+    """
+    if "commit" not in sg.attrs:
+        return Commit(0, 0, 0)
+    raw = np.asarray(sg.attrs["commit"])
+    if raw.shape != (3,) or raw.dtype.kind not in "iu":
+        raise StoreError(f"{where}: attribute commit is {plain(raw)!r}, expected three integers [rows, failed, images_done]: "
+                         f"the store is damaged. Re-extract this split with --overwrite.")
+    rows, failed, done = (int(v) for v in raw)
+    if min(rows, failed, done) < 0 or done != rows + failed:
+        raise StoreError(f"{where}: commit [{rows}, {failed}, {done}] is inconsistent (negative, or images_done != rows + failed): "
+                         f"the store is damaged. Re-extract this split with --overwrite.")
+    for key in ("features", "labels", "paths"):
+        if key in sg and rows > sg[key].shape[0]:
+            raise StoreError(f"{where}: commit says {rows} rows but {key} holds {sg[key].shape[0]}: rows were lost. "
+                             f"Re-extract this split with --overwrite.")
+    if "failed" in sg and "paths" in sg["failed"] and failed > sg["failed"]["paths"].shape[0]:
+        raise StoreError(f"{where}: commit says {failed} failure records but failed/paths holds {sg['failed']['paths'].shape[0]}. "
+                         f"Re-extract this split with --overwrite.")
+    n_images = sg.attrs.get("n_images")
+    if n_images is not None and done > int(plain(n_images)):
+        raise StoreError(f"{where}: commit says {done} images done of n_images {plain(n_images)}: the store is damaged. "
+                         f"Re-extract this split with --overwrite.")
+    return Commit(rows, failed, done)
+
+
+SPLIT_DATASETS = ("features", "labels", "paths", "failed/paths", "failed/reasons")
+SPLIT_ATTRS = ("class_names", "commit", "n_images", "complete", "source_root")
+
+
+def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
+    """Validate a split's layout, attribute types and dataset kinds cheaply (no feature reads); returns its commit.
+
+    Raises StoreError with what is wrong and the fix. ``extractor`` (the extractor's attributes) adds the
+    shape/dtype check against its recorded feature_shape and dtype.
+    """
+    import h5py
+
+    redo = "Re-extract this split with --overwrite (or into a new --store)."
+    for key in SPLIT_DATASETS:
+        link = sg.get(key, getlink=True)
+        if link is None:
+            raise StoreError(f"{where}: dataset {key} is missing. {redo}")
+        if not isinstance(link, h5py.HardLink) or not isinstance(sg[key], h5py.Dataset):
+            raise StoreError(f"{where}/{key} is not a dataset stored in this file. {redo}")
+    missing = [k for k in SPLIT_ATTRS if k not in sg.attrs and not (k == "commit")]
+    if missing:
+        raise StoreError(f"{where}: attributes missing: {', '.join(missing)}. {redo}")
+    feats, labels = sg["features"], sg["labels"]
+    if feats.dtype.kind != "f":
+        raise StoreError(f"{where}/features has dtype {feats.dtype}, not floating point. {redo}")
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise StoreError(f"{where}/labels has dtype {labels.dtype} and {labels.ndim} dimensions, expected 1-D integers. {redo}")
+    for key in ("paths", "failed/paths", "failed/reasons"):
+        if sg[key].dtype.kind not in "OS" or sg[key].ndim != 1:
+            raise StoreError(f"{where}/{key} has dtype {sg[key].dtype}, expected 1-D strings. {redo}")
+    if extractor is not None:
+        want = [int(v) for v in plain(extractor.get("feature_shape", []))]
+        if list(feats.shape[1:]) != want or str(feats.dtype) != extractor.get("dtype"):
+            raise StoreError(f"{where}/features are {tuple(feats.shape[1:])} {feats.dtype}, the extractor records "
+                             f"{tuple(want)} {extractor.get('dtype')}. {redo}")
+    classes = plain(sg.attrs["class_names"])
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise StoreError(f"{where}: class_names is {classes!r}, expected a list of names. {redo}")
+    try:
+        n_images = int(plain(sg.attrs["n_images"]))
+    except (TypeError, ValueError):
+        n_images = -1
+    if n_images < 0:
+        raise StoreError(f"{where}: n_images is {plain(sg.attrs['n_images'])!r}, expected a count. {redo}")
+    return read_commit(sg, where)
+
+
+def validate_labels(y: np.ndarray, n_classes: int, where: str) -> None:
+    """Refuse labels outside 0..n_classes-1 (a damaged or crafted store)."""
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise StoreError(f"{where}/labels hold values outside 0..{n_classes - 1} (found {int(y.min())}..{int(y.max())}): "
+                         f"the store is damaged. Re-extract this split with --overwrite.")
+
+
+EXTRACTOR_REQUIRED = (*FINGERPRINT_FIELDS, "fingerprint", "weights")
+
+
+def validate_extractor(attrs: dict, where: str) -> None:
+    """Refuse an extractor group whose provenance attributes are missing or do not hash to its fingerprint."""
+    missing = [k for k in EXTRACTOR_REQUIRED if k not in attrs]
+    if missing:
+        raise StoreError(f"{where}: provenance attributes missing: {', '.join(missing)}; the store is damaged or not written by "
+                         f"this featstore. Extract again into a new --store.")
+    if fingerprint(attrs) != attrs["fingerprint"]:
+        raise StoreError(f"{where}: the fingerprint attribute does not match the provenance attributes (edited after writing?). "
+                         f"Extract again into a new --store.")
