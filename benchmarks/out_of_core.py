@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from featstore import writer
-from featstore.store import fingerprint
 from featstore.streaming import parse_bytes
 
 SHAPE = (4, 4, 512)
@@ -32,19 +31,10 @@ def make_store(path: Path, rows: dict[str, int], seed: int = 0) -> None:
     """Synthetic ReLU-like features, 10 classes, appended in batches of 256 rows like an extraction."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(0, 1, (10, *SHAPE)).astype(np.float32)
-    attrs = {"model": "synthetic", "layer": "none", "input_size": 150, "pooling": "none", "preprocess": "none", "resize": "none",
-             "dtype": "float32", "feature_shape": list(SHAPE), "weights_digest": "synthetic"}
-    attrs["fingerprint"] = fingerprint(attrs)
     for split, n in rows.items():
-        split_attrs = {"class_names": [f"c{i}" for i in range(10)], "source_root": "/", "n_images": n, "n_ignored": 0,
-                       "listing_sha256": split, "batch_size": 256, "compression": "none"}
-        writer.prepare_split(path, "synthetic", split, attrs, split_attrs, overwrite=True)
-        for i in range(0, n, 256):
-            k = min(256, n - i)
-            y = rng.integers(0, 10, k).astype(np.int32)
-            X = np.maximum(centers[y] + rng.normal(0, 2.0, (k, *SHAPE)).astype(np.float32), 0)
-            writer.append(path, "synthetic", split, X, y, [f"{split}/{i + j}" for j in range(k)], [], i + k)
-        writer.finish(path, "synthetic", split, 0.0)
+        y = rng.integers(0, 10, n).astype(np.int32)
+        X = np.maximum(centers[y] + rng.normal(0, 2.0, (n, *SHAPE)).astype(np.float32), 0)
+        writer.write_arrays(path, "synthetic", split, X, y, [f"c{i}" for i in range(10)])
 
 
 def peak_rss(code: str, *args: str) -> tuple[float, dict]:

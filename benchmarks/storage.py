@@ -41,15 +41,9 @@ def float16_change(store: Path) -> tuple[float, float]:
 def write_read(features: np.ndarray, attrs: dict, compression: str, folder: Path, repeats: int) -> tuple[float, float, int]:
     """(write MB/s, read MB/s, file bytes) through featstore's writer and reader."""
     path = folder / f"{compression}.h5"
-    split_attrs = {"class_names": ["a", "b"], "source_root": "/", "n_images": len(features), "n_ignored": 0,
-                   "listing_sha256": "bench", "batch_size": 32, "compression": compression}
-    writer.prepare_split(path, "bench", "train", attrs, split_attrs, overwrite=True)
-    labels = np.zeros(32, dtype=np.int32)
     t = time.perf_counter()
-    for i in range(0, len(features), 32):
-        batch = features[i:i + 32]
-        writer.append(path, "bench", "train", batch, labels[: len(batch)], [f"img{i + j}" for j in range(len(batch))], [], i + len(batch))
-    writer.finish(path, "bench", "train", 0.0)
+    writer.write_arrays(path, "bench", "train", features, np.zeros(len(features), np.int32), ["a", "b"], attrs=attrs, batch_size=32,
+                        compression=compression)
     write_s = time.perf_counter() - t
     fs = FeatureStore(path)
     fs.load("train")  # into the page cache

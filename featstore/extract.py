@@ -267,7 +267,10 @@ def _already_complete(path: Path, name: str, split: str, config: ExtractorConfig
         attrs = provenance.attrs_of(f[name])
         if not _same_config(attrs, config):
             return False
-        writer.refuse_changed_listing(f[name][split], listing, split, name, path)
+        sg = f[name][split]
+        commit = provenance.validate_split(sg, f"{path}:/{name}/{split}", attrs)  # a damaged split is named, not skipped
+        provenance.validate_labels(sg["labels"][:commit.rows], len(provenance.plain(sg.attrs["class_names"])), f"{path}:/{name}/{split}")
+        writer.refuse_changed_listing(sg, listing, split, name, path)
     return True
 
 

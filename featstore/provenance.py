@@ -185,8 +185,8 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
         link = sg.get(key, getlink=True)
         if link is None:
             raise StoreError(f"{where}: dataset {key} is missing. {redo}")
-        if not isinstance(link, h5py.HardLink) or not isinstance(sg[key], h5py.Dataset):
-            raise StoreError(f"{where}/{key} is not a dataset stored in this file. {redo}")
+        if not isinstance(link, h5py.HardLink) or not isinstance(sg[key], h5py.Dataset) or sg[key].is_virtual or sg[key].external:
+            raise StoreError(f"{where}/{key} is not a dataset stored in this file (a link, virtual or external dataset). {redo}")
     missing = [k for k in SPLIT_ATTRS if k not in sg.attrs and not (k == "commit")]
     if missing:
         raise StoreError(f"{where}: attributes missing: {', '.join(missing)}. {redo}")

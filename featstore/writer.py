@@ -295,3 +295,32 @@ def finish(path, name: str, split: str, seconds: float, locking=None) -> None:
         f.flush()
 
 
+
+
+def synthetic_attrs(feature_shape: Sequence[int], dtype: str = "float32", model: str = "synthetic") -> dict:
+    """Provenance for features that did not come from a backbone (benchmarks, tests, imported arrays); fingerprinted."""
+    from .provenance import fingerprint
+
+    attrs = {"model": model, "layer": "none", "input_size": 0, "pooling": "none", "preprocess": "none", "resize": "none",
+             "dtype": dtype, "compute_dtype": dtype, "feature_shape": [int(d) for d in feature_shape], "weights": "none",
+             "weights_digest": "none"}
+    attrs["fingerprint"] = fingerprint(attrs)
+    return attrs
+
+
+def write_arrays(path, name: str, split: str, X: np.ndarray, y: np.ndarray, class_names: list[str], *, attrs: dict | None = None,
+                 batch_size: int = 256, compression: str = "none", locking=None) -> None:
+    """Write in-memory features ``X`` and labels ``y`` as a complete split, batch by batch like an extraction.
+
+    Example (a synthetic split for a benchmark)::
+
+        write_arrays("bench.h5", "synthetic", "train", X, y, ["a", "b"])
+    """
+    attrs = attrs or synthetic_attrs(X.shape[1:], str(X.dtype))
+    split_attrs = {"class_names": list(class_names), "source_root": "", "n_images": len(y), "n_ignored": 0,
+                   "listing_sha256": f"arrays:{len(y)}", "batch_size": batch_size, "compression": compression}
+    prepare_split(path, name, split, attrs, split_attrs, overwrite=True, locking=locking)
+    for i in range(0, len(y), batch_size):
+        j = min(i + batch_size, len(y))
+        append(path, name, split, X[i:j], np.asarray(y[i:j], dtype=np.int32), [f"{split}/{k}" for k in range(i, j)], [], j, locking)
+    finish(path, name, split, 0.0, locking)

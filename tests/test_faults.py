@@ -19,7 +19,7 @@ from .conftest import write_images
 
 CFG = dict(model="vgg16", image_size=32, weights="none", seed=5)
 WRITER = ("import sys; from featstore import extract, ExtractorConfig; "
-          "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2)")
+          "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, compression=sys.argv[4])")
 
 
 def _committed(path: Path) -> int:
@@ -38,12 +38,13 @@ def _same(a: Path, b: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, capsys):
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, capsys, compression):
     data = tmp_path / "data"
     write_images(data, "train", {"a": 30, "b": 30, "c": 30}, seed=11)
     (data / "train" / "c" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")  # a failure record must survive too
     clean = tmp_path / "clean.h5"
-    extract(data, "train", clean, ExtractorConfig(**CFG), batch_size=2)
+    extract(data, "train", clean, ExtractorConfig(**CFG), batch_size=2, compression=compression)
     path = tmp_path / "killed.h5"
     rng = np.random.default_rng(2026)
     kills = resumes = 0
@@ -51,7 +52,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, capsys)
     for attempt in range(40):
         log = tmp_path / f"run{attempt}.log"
         with open(log, "w") as err:
-            proc = subprocess.Popen([sys.executable, "-c", WRITER, str(data), str(path), repr(CFG)], stderr=err)
+            proc = subprocess.Popen([sys.executable, "-c", WRITER, str(data), str(path), repr(CFG), compression], stderr=err)
         resumes += attempt > 0
         if kills < 10:
             start = _committed(path)
@@ -77,7 +78,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, capsys)
     lost, duplicated = len(set(FeatureStore(clean).paths("train")) - set(got)), len(got) - len(set(got))
     identical = _same(clean, path)
     with capsys.disabled():
-        print(f"\nfault test: kills performed {kills}, resumes succeeded {resumes}, stores bit-identical {100 if identical else 0}%, "
+        print(f"\nfault test ({compression}): kills performed {kills}, resumes succeeded {resumes}, stores bit-identical {100 if identical else 0}%, "
               f"rows lost {lost}, rows duplicated {duplicated} (of {n})")
     assert kills >= 10 and identical and lost == 0 and duplicated == 0
     assert check_store(path) == []
