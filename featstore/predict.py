@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import provenance
 from .errors import DataError, WeightsError
 from .images import IMAGE_EXTENSIONS, _walk_images, load_image  # load_image: again at another size for mixed ensembles
 from .runs import full_proba, get_run
@@ -55,8 +56,7 @@ def rebuild_extractor(attrs: dict, weights: str | None = None):
             f"the ones the run was fitted on ({attrs['weights_description']}, file sha256 {attrs['weights_sha256'][:12] or '-'}); "
             f"refusing to predict. Pass --weights PATH with the original file."
         )
-    if ex.attrs["fingerprint"] != attrs["fingerprint"]:
-        raise WeightsError(f"rebuilt extractor has fingerprint {ex.attrs['fingerprint'][:12]}, the run's is {attrs['fingerprint'][:12]}; refusing to predict")
+    provenance.refuse_other_features(ex.attrs, attrs, "the run", "Predict with the featstore, libraries and weights the run was made with.")
     return ex
 
 

