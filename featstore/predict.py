@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import DataError, WeightsError
 from .images import IMAGE_EXTENSIONS, _walk_images, load_image  # load_image: again at another size for mixed ensembles
-from .runs import full_proba, get_run
+from .runs import full_proba
 
 logger = logging.getLogger(__name__)
 
@@ -70,19 +70,23 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
     """
     from .artifacts import load_estimator
     from .extract import iter_decoded
+    from .runfolder import find_run, runs_root, scan_runs
 
-    rec, folder = get_run(run_id, store, runs)
-    members = [get_run(m, store, runs) for m in rec["members"]] if rec["kind"] == "ensemble" else [(rec, folder)]
+    root = runs_root(store, runs)
+    listing = scan_runs(root)  # read and checked once: the run and, for an ensemble, its members
+    rec, folder = find_run(run_id, root, listing=listing)
+    members = [find_run(m, root, exact=True, listing=listing) for m in rec["members"]] if rec["kind"] == "ensemble" else [(rec, folder)]
     member_weights = rec.get("weights") or [1.0]
-    extractors: dict[str, object] = {}
     for mrec, _ in members:
         if mrec["kind"] != "fit":
             raise DataError(f"run {rec['id']} has an ensemble as a member; predict with its fitted members instead")
+    models = [load_estimator(f, m["artifact"]) for m, f in members]  # refused before any model is built or image read
+    extractors: dict[str, object] = {}
+    for mrec, _ in members:
         if mrec["fingerprint"] not in extractors:
             # --weights replaces a recorded weights *file* (moved or copied); named sources are always resolved as recorded
             override = weights if mrec["extractor_attrs"].get("weights_source") == "file" else None
             extractors[mrec["fingerprint"]] = rebuild_extractor(mrec["extractor_attrs"], override)
-    models = [load_estimator(f, m["artifact"]) for m, f in members]
     paths = collect_images(inputs)
     class_names = rec["class_names"]
     rows: list[dict] = []
