@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, WeightsError
+from .errors import ConfigError, DataError, WeightsError
 from .images import IMAGE_EXTENSIONS, _walk_images, load_image  # load_image: again at another size for mixed ensembles
 from .runs import full_proba
 
@@ -60,6 +60,17 @@ def rebuild_extractor(attrs: dict, weights: str | None = None):
     return ex
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an --out CSV that could not be written, before any work."""
+    folder = out.parent
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a CSV file name, e.g. {out / 'predictions.csv'}")
+    if not folder.is_dir():
+        raise ConfigError(f"--out {out}: folder {folder} does not exist; create it first (mkdir -p {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"--out {out} cannot be written (folder {folder} or the file is read-only); choose another path")
+
+
 def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None,
             out: str | os.PathLike | None = None, weights: str | None = None, batch_size: int = 32, workers: int | None = None) -> list[dict]:
     """Class and probability per image for a fit or ensemble run; unreadable images get a row with their reason.
@@ -72,6 +83,10 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
     from .extract import iter_decoded
     from .runfolder import find_run, runs_root, scan_runs
 
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size!r}")
+    if out is not None:
+        _check_out(Path(out))
     root = runs_root(store, runs)
     listing = scan_runs(root)  # read and checked once: the run and, for an ensemble, its members
     rec, folder = find_run(run_id, root, listing=listing)

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -117,6 +118,16 @@ def output_path(folder: Path, name: str) -> Path:
     if path.is_symlink() or path.resolve().parent != folder.resolve():
         raise BrokenRunError(f"{path} is a link or leads outside {folder}; refusing to write through it. Remove it and retry.")
     return path
+
+
+def ensure_writable(root: Path) -> None:
+    """Create the runs folder if needed and prove a run can be written there (checked before any fitting)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=root))
+    except OSError as exc:
+        raise StoreError(f"cannot write runs into {root} ({exc.strerror or exc}); make it writable or pass --runs DIR "
+                         f"with a writable folder") from None
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 from . import __version__
 from .classifiers import candidates, get_classifier
 from .errors import ConfigError, StoreError
-from .runfolder import (RunListing, find_run, load_predictions, output_path, runs_dir, runs_root,  # noqa: F401 (re-exported)
+from .runfolder import (RunListing, ensure_writable, find_run, load_predictions, output_path, runs_dir, runs_root,  # noqa: F401 (re-exported)
                         scan_runs, write_run)
 from .store import FINGERPRINT_FIELDS, FeatureStore, describe_diff
 
@@ -115,6 +115,7 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
         raise ConfigError(f"--train, --validation and --test must be three different splits; got {train!r}, {validation!r}, {test!r}")
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
+    ensure_writable(runs_root(store, runs))  # a read-only runs folder fails now, not after the fit
     if train not in fs.splits(name):
         raise StoreError(f"extractor {name!r} in {store} has no {train!r} split; run `featstore extract --split {train}` first")
     class_names = fs.class_names(name)
@@ -297,6 +298,7 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
     root = runs_root(store, runs)
     listing = scan_runs(root)
     members = [find_run(r, root, listing=listing) for r in run_ids]
+    ensure_writable(root)
     nested = [rec["id"] for rec, _ in members if rec["kind"] != "fit"]
     if nested:
         raise ConfigError(f"{', '.join(nested)} are ensembles; build an ensemble from fitted runs (list their members instead)")

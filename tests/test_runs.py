@@ -235,3 +235,23 @@ def test_review_guards(store, tmp_path):
     dense = fit(store, "dense", {"epochs": [2]}, runs=tmp_path)
     assert any("optimistic" in n for n in dense["notes"])
 
+
+def test_fit_refuses_a_runs_folder_it_cannot_create_before_fitting(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(runs_mod, "_fit_in_memory", lambda *a, **k: pytest.fail("fitted before checking the runs folder"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(StoreError, match=r"cannot write runs into .*a_file/runs \(Not a directory\); make it writable or pass --runs DIR"):
+        fit(store, "logreg", runs=tmp_path / "a_file" / "runs")
+
+
+def test_fit_refuses_a_read_only_runs_folder_before_fitting(store, tmp_path, monkeypatch):
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    monkeypatch.setattr(runs_mod, "_fit_in_memory", lambda *a, **k: pytest.fail("fitted before checking the runs folder"))
+    try:
+        for runs in (mnt, mnt / "runs"):  # an existing read-only folder, and one that cannot be created
+            with pytest.raises(StoreError, match=r"cannot write runs into .*\(Read-only file system\)"):
+                fit(store, "logreg", runs=runs)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
