@@ -232,7 +232,7 @@ def scan_runs(root: Path) -> RunListing:
             out.records.append(read_run(d))
         except StoreError as exc:
             out.broken.append((d.name, str(exc)))
-            logger.warning("run folder %s is broken: %s", d, exc)
+            logger.debug("run folder %s is broken: %s", d, exc)
     out.records.sort(key=lambda r: (r["created_at"], r["id"]))
     return out
 

@@ -273,8 +273,11 @@ def scan_runs_of(store: str | os.PathLike = "features.h5", runs: str | os.PathLi
 
 
 def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> list[dict]:
-    """Every usable recorded run of a store, oldest first (broken run folders are logged and left out)."""
-    return scan_runs_of(store, runs).records
+    """Every usable recorded run of a store, oldest first (broken run folders are logged as warnings and left out)."""
+    listing = scan_runs_of(store, runs)
+    for name, reason in listing.broken:
+        logger.warning("run folder %s is broken and not listed: %s", name, reason)
+    return listing.records
 
 
 def get_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> tuple[dict, Path]:
