@@ -1,28 +1,58 @@
 """Saving and loading fitted classifiers without executing untrusted code.
 
-scikit-learn pipelines are written with ``skops.io`` (no pickle); on load, every type in the file must be
-one featstore itself writes (scikit-learn, numpy, featstore) and the file's sha256 must equal the one
-recorded in the run. The Keras head is a ``.keras`` file loaded with ``safe_mode=True``.
+scikit-learn pipelines are written with ``skops.io`` (no pickle). On load, the file's sha256 must equal
+the one recorded in the run, and every type or function the file names must be in ``ARTIFACT_TYPES``:
+exactly the types featstore's own classifiers produce, so no function reference (``numpy.save``, a
+scikit-learn testing helper, even a numpy ufunc) can reach ``FunctionTransformer`` or any other hook.
+The Keras head is a ``.keras`` file loaded with ``safe_mode=True``.
+
+>>> "sklearn.pipeline.Pipeline" in ARTIFACT_TYPES, "numpy.save" in ARTIFACT_TYPES
+(True, False)
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
-from sklearn.pipeline import Pipeline
-
-from .classifiers import FeatureReshape
-from .dense import DenseHead
 from .errors import StoreError
-from .weights import sha256_file
+from .runfolder import BrokenRunError, regular_file, verify_file
 
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "featstore.classifiers.", "scipy.sparse.")
-UNTRUSTED_PARTS = (".testing", ".f2py", ".distutils", ".lib.npyio", "load", "exec", "eval", "system")  # never in a fitted classifier
+# Every type named in the skops files of featstore's classifiers. Obtained by fitting each registered
+# classifier except `dense` (saved as .keras) with every choice of its str parameters and every value of
+# its search grid, on float16/float32/float64 features of 1-D and (h, w, c) shapes with 2 and 3 classes,
+# plus a streamed (partial_fit) sgd, dumping each with skops.io and collecting (a) every
+# `__module__.__class__` in the file's schema and (b) skops.io.get_untrusted_types() — scikit-learn 1.9.1,
+# numpy 2.4.6, skops 0.16.0. tests/test_adversarial.py regenerates both from the registry and fails if a
+# classifier needs a type missing here. Added by hand, with their reason:
+#   numpy.int32: numpy's default integer on Windows before numpy 2 (where this list has numpy.int64);
+#   sklearn.linear_model._sgd_fast.Log: sgd's log loss object before scikit-learn moved it to sklearn._loss.
+# Not one of these is a function: a file that references any function is refused.
+ARTIFACT_TYPES = frozenset({
+    "builtins.dict", "builtins.list", "builtins.str", "builtins.tuple",
+    "numpy.ndarray", "numpy.float64", "numpy.int64", "numpy.int32",
+    "featstore.classifiers.FeatureReshape",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.svm._classes.SVC",
+    "sklearn.calibration.CalibratedClassifierCV", "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.neighbors._classification.KNeighborsClassifier", "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.ensemble._forest.RandomForestClassifier", "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._tree.Tree",
+    "sklearn.linear_model._stochastic_gradient.SGDClassifier", "sklearn._loss._loss.CyHalfBinomialLoss",
+    "sklearn.linear_model._sgd_fast.ModifiedHuber", "sklearn.linear_model._sgd_fast.Log",
+})
 
 
-def save_estimator(est: Pipeline, folder: Path) -> dict:
+def save_estimator(est, folder: Path) -> dict:
     """Write ``est`` into ``folder``; returns the artifact record (file, format, sha256)."""
+    from .dense import DenseHead
+    from .weights import sha256_file
+
     head = est.steps[-1][1]
     if isinstance(head, DenseHead):
         model_file = folder / "model.keras"
@@ -40,36 +70,77 @@ def save_estimator(est: Pipeline, folder: Path) -> dict:
     return {"file": path.name, "format": "skops", "sha256": sha256_file(path)}
 
 
-def _verify(path: Path, expected: str) -> None:
-    if not path.is_file():
-        raise StoreError(f"run artifact {path} is missing; the run folder is incomplete — fit it again")
-    got = sha256_file(path)
-    if got != expected:
-        raise StoreError(f"run artifact {path} has sha256 {got[:12]}, the run recorded {expected[:12]}: it was changed "
-                         f"after the fit. Refusing to load it; fit the classifier again.")
+def skops_types(path: Path) -> set[str]:
+    """Every ``module.name`` a skops file refers to, read from its schema (nothing is imported or built)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            schema = json.loads(z.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, RecursionError) as exc:
+        raise BrokenRunError(f"run artifact {path} is not a readable skops file ({exc}); refusing to load it. Fit the classifier again.") from None
+    if not isinstance(schema, dict) or "__class__" not in schema:
+        raise BrokenRunError(f"run artifact {path} has no skops object schema; refusing to load it. Fit the classifier again.")
+    found, stack = set(), [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node or "__module__" in node:
+                found.add(f"{node.get('__module__')}.{node.get('__class__')}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
-def load_estimator(folder: Path, artifact: dict) -> Pipeline:
-    """Load a run's fitted pipeline after checking its sha256 and (skops) that it holds only trusted types."""
-    path = folder / artifact["file"]
-    _verify(path, artifact["sha256"])
+def _refuse_foreign(path: Path, types: set[str] | list[str]) -> None:
+    """BrokenRunError naming the types outside ARTIFACT_TYPES, if any."""
+    foreign = sorted(set(types) - ARTIFACT_TYPES)
+    if foreign:
+        raise BrokenRunError(f"run artifact {path} contains types featstore never writes ({', '.join(foreign)}); refusing to load it. "
+                             f"Only models saved by featstore's own fit are loaded: fit the classifier again.")
+
+
+def check_artifact(folder: Path, artifact: dict) -> Path:
+    """The model file of a run after checking its record, its sha256 (and its meta file's) and, for skops, its types."""
+    formats = {"skops": ("file", "sha256"), "keras": ("file", "sha256", "meta_file", "meta_sha256")}
+    keys = formats.get(artifact.get("format"))
+    if keys is None or any(not isinstance(artifact.get(k), str) for k in keys):
+        wanted = " or ".join(f"{f} with {'/'.join(k)}" for f, k in formats.items())
+        raise BrokenRunError(f"{folder / 'run.json'}: the artifact record {artifact!r} is not one featstore writes "
+                             f"({wanted}); remove the folder {folder}")
+    path = verify_file(folder, artifact["file"], artifact["sha256"], "run artifact")
     if artifact["format"] == "keras":
-        _verify(folder / artifact["meta_file"], artifact["meta_sha256"])
-        meta = json.loads((folder / artifact["meta_file"]).read_text())
+        verify_file(folder, artifact["meta_file"], artifact["meta_sha256"], "run artifact metadata")
+    else:
+        _refuse_foreign(path, skops_types(path))
+    return path
+
+
+def load_estimator(folder: Path, artifact: dict):
+    """Load a run's fitted pipeline after checking its sha256 and (skops) that it holds only featstore's types."""
+    from sklearn.pipeline import Pipeline
+
+    from .classifiers import FeatureReshape
+    from .dense import DenseHead
+
+    path = check_artifact(folder, artifact)
+    if artifact["format"] == "keras":
         try:
+            meta = json.loads(regular_file(folder, artifact["meta_file"], "run artifact metadata").read_text())
             head = DenseHead(**meta["params"]).load_model(path, meta["classes"], meta.get("history"))
-        except Exception as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild
-            raise StoreError(f"run artifact {path} cannot be loaded by this Keras ({exc}); fit the classifier again") from exc
-        reshape = FeatureReshape(meta["reduce"])
-        reshape.n_features_in_ = meta["n_features_in"]  # stateless apart from the input check
+            reshape = FeatureReshape(meta["reduce"])
+            reshape.n_features_in_ = meta["n_features_in"]  # stateless apart from the input check
+        except StoreError:
+            raise
+        except Exception as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild; bad JSON: KeyError/TypeError
+            raise BrokenRunError(f"run artifact {path} cannot be loaded by this Keras ({exc}); fit the classifier again") from exc
         return Pipeline([("features", reshape), ("clf", head)])
     import skops.io as sio
 
-    types = sio.get_untrusted_types(file=path)
-    foreign = [t for t in types if not t.startswith(TRUSTED_PREFIXES) or any(part in t for part in UNTRUSTED_PARTS)]
-    if foreign:
-        raise StoreError(f"run artifact {path} contains types featstore never writes ({', '.join(foreign)}); refusing to load it")
     try:
-        return sio.load(path, trusted=types)
+        untrusted = sio.get_untrusted_types(file=path)
+        _refuse_foreign(path, untrusted)  # skops' own audit, in case it sees a type the schema walk did not
+        return sio.load(path, trusted=untrusted)
+    except StoreError:
+        raise
     except Exception as exc:  # skops raises TypeError/ValueError/KeyError for files of other library versions
-        raise StoreError(f"run artifact {path} cannot be loaded with these library versions ({exc}); fit the classifier again") from exc
+        raise BrokenRunError(f"run artifact {path} cannot be loaded with these library versions ({exc}); fit the classifier again") from exc

@@ -196,14 +196,15 @@ app.add_typer(runs_app, name="runs")
 @runs_app.callback(invoke_without_command=True)
 @_errors
 def runs_list(ctx: typer.Context, store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
-    """Table of every run: classifier, parameters, validation/test accuracy, seconds, fingerprint."""
+    """Table of every run: classifier, parameters, validation/test accuracy, seconds, fingerprint; broken run folders with the reason."""
     ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
     if ctx.invoked_subcommand is not None:
         return
     from .report import runs_table
-    from .runs import list_runs
+    from .runs import scan_runs_of
 
-    typer.echo(runs_table(list_runs(store, runs)))
+    listing = scan_runs_of(store, runs)
+    typer.echo(runs_table(listing.records, listing.broken))
 
 
 @runs_app.command("show")

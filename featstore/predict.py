@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from . import provenance
-from .errors import DataError, WeightsError
+from .errors import ConfigError, DataError, WeightsError
 from .images import IMAGE_EXTENSIONS, _walk_images, load_image  # load_image: again at another size for mixed ensembles
-from .runs import full_proba, get_run
+from .runs import full_proba
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,17 @@ def rebuild_extractor(attrs: dict, weights: str | None = None):
     return ex
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an --out CSV that could not be written, before any work."""
+    folder = out.parent
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a CSV file name, e.g. {out / 'predictions.csv'}")
+    if not folder.is_dir():
+        raise ConfigError(f"--out {out}: folder {folder} does not exist; create it first (mkdir -p {folder})")
+    if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ConfigError(f"--out {out} cannot be written (folder {folder} or the file is read-only); choose another path")
+
+
 def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None,
             out: str | os.PathLike | None = None, weights: str | None = None, batch_size: int = 32, workers: int | None = None) -> list[dict]:
     """Class and probability per image for a fit or ensemble run; unreadable images get a row with their reason.
@@ -70,19 +81,27 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
     """
     from .artifacts import load_estimator
     from .extract import iter_decoded
+    from .runfolder import find_run, runs_root, scan_runs
 
-    rec, folder = get_run(run_id, store, runs)
-    members = [get_run(m, store, runs) for m in rec["members"]] if rec["kind"] == "ensemble" else [(rec, folder)]
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size!r}")
+    if out is not None:
+        _check_out(Path(out))
+    root = runs_root(store, runs)
+    listing = scan_runs(root)  # read and checked once: the run and, for an ensemble, its members
+    rec, folder = find_run(run_id, root, listing=listing)
+    members = [find_run(m, root, exact=True, listing=listing) for m in rec["members"]] if rec["kind"] == "ensemble" else [(rec, folder)]
     member_weights = rec.get("weights") or [1.0]
-    extractors: dict[str, object] = {}
     for mrec, _ in members:
         if mrec["kind"] != "fit":
             raise DataError(f"run {rec['id']} has an ensemble as a member; predict with its fitted members instead")
+    models = [load_estimator(f, m["artifact"]) for m, f in members]  # refused before any model is built or image read
+    extractors: dict[str, object] = {}
+    for mrec, _ in members:
         if mrec["fingerprint"] not in extractors:
             # --weights replaces a recorded weights *file* (moved or copied); named sources are always resolved as recorded
             override = weights if mrec["extractor_attrs"].get("weights_source") == "file" else None
             extractors[mrec["fingerprint"]] = rebuild_extractor(mrec["extractor_attrs"], override)
-    models = [load_estimator(f, m["artifact"]) for m, f in members]
     paths = collect_images(inputs)
     class_names = rec["class_names"]
     rows: list[dict] = []

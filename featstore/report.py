@@ -83,23 +83,32 @@ def _acc(rec: dict, split: str) -> str:
     return f"{m['accuracy']:.4f}" if m else "-"
 
 
-def runs_table(runs: list[dict]) -> str:
-    """One line per run: id, classifier, chosen params, validation/test accuracy, seconds, fingerprint."""
-    if not runs:
+def _fingerprints(rec: dict) -> str:
+    """First 12 hex digits of each fingerprint (an ensemble lists one per distinct member extractor, joined by '+')."""
+    return "+".join(f[:12] for f in rec["fingerprint"].split("+"))
+
+
+def runs_table(runs: list[dict], broken: list[tuple[str, str]] = ()) -> str:
+    """One line per run: id, classifier, chosen params, validation/test accuracy, seconds, extractor, fingerprint; then broken folders."""
+    if not runs and not broken:
         return "no runs yet; fit one with `featstore fit --clf logreg`"
     rows = [["id", "clf", "params", "val_acc", "test_acc", "fit_s", "extractor", "fingerprint", "created"]]
     for r in runs:
         chosen = set(r.get("given", {})) | {k for c in r.get("selection", {}).get("candidates", []) for k in c["params"]}
         params = ",".join(f"{k}={v}" for k, v in sorted(r.get("params", {}).items()) if k in chosen or r["kind"] == "ensemble")
         rows.append([r["id"], r["clf"], params or "defaults", _acc(r, "validation"), _acc(r, "test"), f"{r.get('fit_seconds', 0):.2f}",
-                     r["extractor"], r["fingerprint"][:12], r["created_at"][:19]])
-    return _table(rows)
+                     r["extractor"], _fingerprints(r), r["created_at"][:19]])
+    lines = [_table(rows)] if runs else ["no usable runs"]
+    if broken:
+        lines.append(f"{len(broken)} broken run folder(s), not used:")
+        lines += [f"  {name}: {reason}" for name, reason in broken]
+    return "\n".join(lines)
 
 
 def run_report(rec: dict, pngs: list, per_class: bool = True) -> str:
     """A run's details: setup, selection, metrics per split with a per-class table, and the plots written."""
     lines = [f"run {rec['id']} ({rec['kind']}), {rec['created_at']}",
-             f"  extractor {rec['extractor']} fingerprint {rec['fingerprint']}", f"  store {rec['store']}"]
+             f"  extractor {rec['extractor']} fingerprint {rec['fingerprint']}", f"  store {rec.get('store', '-')}"]
     if rec["kind"] == "ensemble":
         lines.append(f"  members {', '.join(rec['members'])} with weights {rec['weights']}")
     else:

@@ -13,33 +13,22 @@ on ``test`` once, for the chosen setting only. Runs live in ``<store>.runs/<run 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .artifacts import save_estimator
+from . import __version__, provenance
 from .classifiers import candidates, get_classifier
 from .errors import ConfigError, StoreError
-from .store import FINGERPRINT_FIELDS, FeatureStore, describe_diff
+from .runfolder import (RunListing, ensure_writable, find_run, load_predictions, output_path, runs_dir, runs_root,  # noqa: F401 (re-exported)
+                        scan_runs, write_run)
+from .store import FeatureStore
 
 logger = logging.getLogger(__name__)
-
-
-def runs_dir(store: str | os.PathLike) -> Path:
-    """Where the runs of a store live: ``features.h5`` -> ``features.runs/``."""
-    return Path(store).with_suffix(".runs")
-
-
-def _runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
-    """``runs`` if given, else the store's default runs folder."""
-    return Path(runs) if runs else runs_dir(store)
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
@@ -126,6 +115,7 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
         raise ConfigError(f"--train, --validation and --test must be three different splits; got {train!r}, {validation!r}, {test!r}")
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
+    ensure_writable(runs_root(store, runs))  # a read-only runs folder fails now, not after the fit
     if train not in fs.splits(name):
         raise StoreError(f"extractor {name!r} in {store} has no {train!r} split; run `featstore extract --split {train}` first")
     class_names = fs.class_names(name)
@@ -262,36 +252,7 @@ def _record(fs: FeatureStore, name: str, est, clf: str, params: dict, given: dic
     head = est.steps[-1][1]
     if hasattr(head, "history_"):
         record["history"] = head.history_
-    return _write_run(_runs_root(fs.path, runs), record, est, probas)
-
-
-def _write_run(root: Path, record: dict, est, probas: dict) -> dict:
-    """Write into a hidden temporary folder, then rename: a run folder is complete or absent."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{record['id']}.tmp"
-    tmp.mkdir()
-    try:
-        if est is not None:
-            record["artifact"] = save_estimator(est, tmp)
-        np.savez(tmp / "predictions.npz", **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
-                 **{f"{s}__labels": y for s, (_, y, _) in probas.items()})
-        record["predictions"] = {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()}
-        (tmp / "run.json").write_text(json.dumps(record, indent=1, default=_json_default))
-        os.replace(tmp, root / record["id"])
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("recorded run %s in %s", record["id"], root)
-    return record
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")
+    return write_run(runs_root(fs.path, runs), record, est, probas)
 
 
 def _versions() -> dict:
@@ -306,37 +267,22 @@ def _versions() -> dict:
     return out
 
 
+def scan_runs_of(store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> RunListing:
+    """Every run folder of a store: usable records (oldest first) and broken folders with the reason each cannot be used."""
+    return scan_runs(runs_root(store, runs))
+
+
 def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> list[dict]:
-    """Every recorded run of a store, oldest first."""
-    root = _runs_root(store, runs)
-    if not root.is_dir():
-        return []
-    out = []
-    for d in sorted(root.iterdir()):
-        if d.is_dir() and not d.name.startswith(".") and (d / "run.json").is_file():
-            try:
-                out.append(json.loads((d / "run.json").read_text()))
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise StoreError(f"{d / 'run.json'} is not valid JSON ({exc}); remove the folder {d} or restore it") from exc
-    return sorted(out, key=lambda r: (r["created_at"], r["id"]))
+    """Every usable recorded run of a store, oldest first (broken run folders are logged as warnings and left out)."""
+    listing = scan_runs_of(store, runs)
+    for name, reason in listing.broken:
+        logger.warning("run folder %s is broken and not listed: %s", name, reason)
+    return listing.records
 
 
 def get_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> tuple[dict, Path]:
-    """A run's record and folder, by id or unique id prefix."""
-    root = _runs_root(store, runs)
-    every = list_runs(store, runs)
-    found = [r for r in every if r["id"] == run_id] or [r for r in every if r["id"].startswith(run_id)]
-    if len(found) != 1:
-        known = ", ".join(r["id"] for r in every) or "none"
-        what = "no run" if not found else "several runs"
-        raise ConfigError(f"{what} with id {run_id!r} in {root}; runs there: {known}")
-    return found[0], root / found[0]["id"]
-
-
-def load_predictions(folder: Path) -> dict[str, np.ndarray]:
-    """A run's stored validation/test probabilities and labels."""
-    with np.load(folder / "predictions.npz") as z:
-        return {k: z[k] for k in z.files}
+    """A run's record and folder, by id or unique id prefix; a broken run folder raises the reason."""
+    return find_run(run_id, runs_root(store, runs))
 
 
 def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str | os.PathLike = "features.h5",
@@ -352,7 +298,10 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
     weights = [1.0] * len(run_ids) if weights is None else [float(w) for w in weights]
     if len(weights) != len(run_ids) or min(weights) < 0 or sum(weights) <= 0:
         raise ConfigError(f"give one non-negative weight per member ({len(run_ids)}), not all zero; got {weights}")
-    members = [get_run(r, store, runs) for r in run_ids]
+    root = runs_root(store, runs)
+    listing = scan_runs(root)
+    members = [find_run(r, root, listing=listing) for r in run_ids]
+    ensure_writable(root)
     nested = [rec["id"] for rec, _ in members if rec["kind"] != "fit"]
     if nested:
         raise ConfigError(f"{', '.join(nested)} are ensembles; build an ensemble from fitted runs (list their members instead)")
@@ -360,6 +309,7 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
     for rec, _ in members[1:]:
         if rec["class_names"] != first["class_names"]:
             raise ConfigError(f"runs {first['id']} and {rec['id']} have different classes: {first['class_names']} vs {rec['class_names']}")
+    preds = [load_predictions(folder, rec) for rec, folder in members]  # each checked against its recorded sha256
     evaluated, probas = {}, {}
     for split, info in first["predictions"].items():
         if not all(split in rec["predictions"] for rec, _ in members):
@@ -367,21 +317,22 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
         for rec, _ in members:
             if rec["predictions"][split]["paths_sha256"] != info["paths_sha256"]:
                 raise ConfigError(f"runs {first['id']} and {rec['id']} were evaluated on different images of {split!r}; ensembles need the same images")
-        preds = [load_predictions(folder) for _, folder in members]
         avg = sum(w * p[f"{split}__proba"] for w, p in zip(weights, preds)) / sum(weights)
         y = preds[0][f"{split}__labels"]
         evaluated[split] = metrics(y, avg.argmax(axis=1), first["class_names"])
         probas[split] = (avg, y, info["paths_sha256"])
     if not evaluated:
         raise ConfigError("the members share no evaluated split (validation or test); nothing to ensemble")
+    # one extractor name per distinct (name, fingerprint) of the members, in member order: both fields list the same extractors
+    extractors = list(dict.fromkeys((rec["extractor"], rec["fingerprint"]) for rec, _ in members))
     record = {
         "id": f"ensemble-{secrets.token_hex(3)}", "kind": "ensemble", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "store": first["store"], "members": [rec["id"] for rec, _ in members], "weights": weights,
-        "extractor": "+".join(sorted({rec["extractor"] for rec, _ in members})), "fingerprint": "+".join(rec["fingerprint"][:12] for rec, _ in members),
+        "extractor": "+".join(n for n, _ in extractors), "fingerprint": "+".join(f for _, f in extractors),
         "class_names": first["class_names"], "clf": "ensemble", "params": {"weights": weights}, "metrics": evaluated,
         "fit_seconds": 0.0, "versions": _versions(), "notes": [],
     }
-    return _write_run(_runs_root(store, runs), record, None, probas)
+    return write_run(root, record, None, probas)
 
 
 def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
@@ -395,10 +346,7 @@ def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h
     if rec["extractor"] not in fs.extractors():
         raise StoreError(f"store {store} has no extractor {rec['extractor']!r} that run {rec['id']} was fitted on")
     have = fs.metadata(rec["extractor"])
-    if have["fingerprint"] != rec["fingerprint"]:
-        raise StoreError(f"store features of {rec['extractor']!r} have fingerprint {have['fingerprint'][:12]}, run {rec['id']} was fitted on "
-                         f"{rec['fingerprint'][:12]} ({describe_diff(have, rec['extractor_attrs'], FINGERPRINT_FIELDS)}); "
-                         f"refusing to apply it to other features. Re-fit on this store.")
+    provenance.refuse_other_features(have, rec["extractor_attrs"], f"run {rec['id']}", "Re-fit on this store.")
     if fs.class_names(rec["extractor"]) != rec["class_names"]:
         raise StoreError(f"store classes {fs.class_names(rec['extractor'])} are not the run's {rec['class_names']}; refusing to evaluate")
     est = load_estimator(folder, rec["artifact"])
@@ -411,10 +359,11 @@ def show_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | 
     from .plots import confusion_png, curves_png
 
     rec, folder = get_run(run_id, store, runs)
+    # split names and the id were checked when the folder was read; output_path also refuses links and paths leaving the folder
     pngs = [confusion_png(m["confusion_matrix"], rec["class_names"], f"{rec['id']} on {split} (acc {m['accuracy']:.3f})",
-                          folder / f"confusion_{split}.png") for split, m in rec["metrics"].items()]
+                          output_path(folder, f"confusion_{split}.png")) for split, m in rec["metrics"].items()]
     if rec.get("history"):
-        pngs.append(curves_png(rec["history"], rec["id"], folder / "curves.png"))
+        pngs.append(curves_png(rec["history"], rec["id"], output_path(folder, "curves.png")))
     return rec, pngs
 
 
@@ -426,6 +375,6 @@ def compare_runs(run_ids: list[str] | None = None, out: str | os.PathLike | None
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     if not recs:
         raise ConfigError("no runs to compare; fit some with `featstore fit`")
-    out = Path(out or _runs_root(store, runs) / "compare.png")
+    out = Path(out) if out else output_path(runs_root(store, runs), "compare.png")
     scores = {s: [r["metrics"].get(s, {}).get("accuracy") for r in recs] for s in ("validation", "test")}
     return compare_png([r["id"] for r in recs], scores, out)

@@ -33,7 +33,6 @@ import h5py
 import numpy as np
 
 from .errors import ConfigError, StoreBusyError, StoreError
-from .provenance import FINGERPRINT_FIELDS, describe_diff  # noqa: F401  (re-exported for runs)
 from .provenance import (FORMAT_VERSION, Commit, attrs_of, check_format_version, plain, read_commit, validate_extractor,
                          validate_labels, validate_split)
 

@@ -128,6 +128,9 @@ def test_fit_runs_show_compare_ensemble_predict(store, tmp_path):
     (["runs", "show", "nope"], "no run with id 'nope'"),
     (["predict", "--run", "nope", "."], "no run with id 'nope'"),
     (["ensemble", "a"], "at least two run ids"),
+    (["predict", "--run", "nope", ".", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["predict", "--run", "nope", ".", "--batch-size", "-2"], "--batch-size must be at least 1, got -2"),
+    (["predict", "--run", "nope", ".", "--out", "no/such/folder/p.csv"], "folder no/such/folder does not exist; create it first"),
 ])
 def test_experiment_errors(store, tmp_path, args, message):
     r = run(*args, "--store", store, "--runs", tmp_path)

@@ -11,7 +11,8 @@ from featstore import (ConfigError, DataError, ExtractorConfig, FeatureStore, St
                        extract, fit, get_run, list_runs, predict)
 from featstore import runs as runs_mod
 from featstore.predict import rebuild_extractor
-from featstore.runs import _write_run, load_predictions
+from featstore.classifiers import build_classifier
+from featstore.runfolder import load_predictions, write_run
 
 from .conftest import write_images
 
@@ -95,7 +96,7 @@ def test_run_refused_on_features_with_another_fingerprint(store, tmp_path):
     data = tmp_path / "d"
     write_images(data, "test", {"cat": 2, "dog": 2, "fox": 2})
     extract(data, "test", other, ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=4, pooling="avg", layer="block3_pool"))
-    with pytest.raises(StoreError, match=rf"fingerprint \w{{12}}, run {rec['id']} was fitted on {rec['fingerprint'][:12]}"):
+    with pytest.raises(StoreError, match=rf"fingerprint \w{{12}}, run {rec['id']} was made on {rec['fingerprint'][:12]} \(weights_digest: here '\w{{12}}', run {rec['id']} '\w{{12}}'\)"):
         evaluate_run(rec["id"], "test", other, tmp_path / "runs")
 
 
@@ -111,17 +112,24 @@ def test_ensemble_math_by_hand(tmp_path):
     a = np.array([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]])
     b = np.array([[0.2, 0.8], [0.3, 0.7], [0.9, 0.1]])
     y = np.array([0, 1, 0])
-    base = {"kind": "fit", "created_at": "2026-01-01T00:00:00", "store": "s", "extractor": "e", "class_names": ["x", "z"], "metrics": {}, "params": {}}
-    _write_run(tmp_path, {**base, "id": "a", "clf": "logreg", "fingerprint": "f" * 64}, None, {"test": (a, y, "paths")})
-    _write_run(tmp_path, {**base, "id": "b", "clf": "svm", "fingerprint": "g" * 64}, None, {"test": (b, y, "paths")})
+    est = build_classifier("logreg").fit(np.arange(8.0).reshape(4, 2), [0, 1, 0, 1])  # any fitted model: members need one
+
+    def member(run_id, clf, fp, probas):
+        base = {"kind": "fit", "created_at": "2026-01-01T00:00:00", "store": "s", "extractor": "e", "class_names": ["x", "z"],
+                "metrics": {}, "params": {}, "extractor_attrs": {"fingerprint": fp}}
+        write_run(tmp_path, {**base, "id": run_id, "clf": clf, "fingerprint": fp}, est, probas)
+
+    member("a", "logreg", "f" * 64, {"test": (a, y, "paths")})
+    member("b", "svm", "g" * 64, {"test": (b, y, "paths")})
     rec = ensemble(["a", "b"], weights=[1, 3], runs=tmp_path)
     # (a + 3b) / 4 = [[0.375, 0.625], [0.325, 0.675], [0.8, 0.2]] -> predicts [1, 1, 0]: 2 of 3 right
     expected = np.array([[0.375, 0.625], [0.325, 0.675], [0.8, 0.2]])
-    np.testing.assert_allclose(load_predictions(tmp_path / rec["id"])["test__proba"], expected)
+    np.testing.assert_allclose(load_predictions(tmp_path / rec["id"], rec)["test__proba"], expected)
     assert rec["metrics"]["test"]["accuracy"] == pytest.approx(2 / 3)
     assert rec["metrics"]["test"]["confusion_matrix"] == [[1, 1], [0, 1]]
     assert rec["members"] == ["a", "b"] and rec["weights"] == [1.0, 3.0]
-    _write_run(tmp_path, {**base, "id": "c", "clf": "knn", "fingerprint": "h" * 64}, None, {"test": (b, y, "other-images")})
+    assert rec["extractor"] == "e+e" and rec["fingerprint"] == "f" * 64 + "+" + "g" * 64  # one name per distinct fingerprint
+    member("c", "knn", "h" * 64, {"test": (b, y, "other-images")})
     with pytest.raises(ConfigError, match="different images"):
         ensemble(["a", "c"], runs=tmp_path)
     with pytest.raises(ConfigError, match="one non-negative weight per member"):
@@ -226,3 +234,24 @@ def test_review_guards(store, tmp_path):
         ensemble([ens["id"], r1["id"]], runs=tmp_path)
     dense = fit(store, "dense", {"epochs": [2]}, runs=tmp_path)
     assert any("optimistic" in n for n in dense["notes"])
+
+
+def test_fit_refuses_a_runs_folder_it_cannot_create_before_fitting(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(runs_mod, "_fit_in_memory", lambda *a, **k: pytest.fail("fitted before checking the runs folder"))
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(StoreError, match=r"cannot write runs into .*a_file/runs \(Not a directory\); make it writable or pass --runs DIR"):
+        fit(store, "logreg", runs=tmp_path / "a_file" / "runs")
+
+
+def test_fit_refuses_a_read_only_runs_folder_before_fitting(store, tmp_path, monkeypatch):
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    monkeypatch.setattr(runs_mod, "_fit_in_memory", lambda *a, **k: pytest.fail("fitted before checking the runs folder"))
+    try:
+        for runs in (mnt, mnt / "runs"):  # an existing read-only folder, and one that cannot be created
+            with pytest.raises(StoreError, match=r"cannot write runs into .*\(Read-only file system\)"):
+                fit(store, "logreg", runs=runs)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -1,0 +1,335 @@
+"""Adversarial inputs, one table per kind: add a row to add a case.
+
+- ``RUN_FOLDER_CASES``: damaged or crafted run folders. Each row damages one run (``victim`` "fit" or
+  "ensemble") of a copy of a small runs folder; that run must be reported as broken with the message
+  fragment (``featstore runs``, ``get_run``, ``show``, ``evaluate``, ``ensemble``), or, with outcome
+  "show", be listed but refused by ``runs show``; the other runs keep working and nothing is written
+  outside the runs folder.
+- ``HOSTILE_ARTIFACT_CASES``: crafted skops models (the attacker rewrote run.json's sha256 too). Each is
+  refused by ``runs evaluate``, ``predict`` and ``featstore runs``, and nothing it holds is executed.
+- crafted stores: see the section at the bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from featstore import FeatureStore, StoreError, ensemble, evaluate_run, fit, get_run, list_runs, predict, show_run
+from featstore.cli import app
+from featstore.weights import sha256_file
+
+
+# ------------------------------------------------------------------ shared helpers and fixtures
+@pytest.fixture(scope="module")
+def runs_src(store, tmp_path_factory) -> Path:
+    """A runs folder with three fits (logreg = the fit victim, knn, sgd) and an ensemble of knn + sgd (the ensemble victim)."""
+    root = tmp_path_factory.mktemp("adversarial") / "runs"
+    for clf in ("logreg", "knn", "sgd"):
+        fit(store, clf, runs=root)
+    ensemble([r["id"] for r in list_runs(store, root) if r["clf"] in ("knn", "sgd")], runs=root)
+    return root
+
+
+class Runs(NamedTuple):
+    """A private copy of ``runs_src``: its root and the ids of its runs by classifier."""
+
+    root: Path
+    ids: dict[str, str]  # "logreg", "knn", "sgd", "ensemble" -> run id
+
+    def folder(self, clf: str) -> Path:
+        return self.root / self.ids[clf]
+
+
+@pytest.fixture
+def runs(runs_src, store, tmp_path) -> Runs:
+    """Copy of the shared runs folder, safe to damage."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs_src, root, symlinks=True)
+    (tmp_path / "outside").mkdir()  # what a hostile run folder aims at; must stay empty
+    return Runs(root, {r["clf"]: r["id"] for r in list_runs(store, root)})
+
+
+def _record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def _rewrite(run_dir: Path, record: dict, **changes) -> None:
+    """Write run.json with ``changes`` applied (as an attacker who can edit the folder would)."""
+    (run_dir / "run.json").write_text(json.dumps({**record, **changes}))
+
+
+def _outside(run_dir: Path) -> Path:
+    return run_dir.parent.parent / "outside"
+
+
+def cli(*args) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+# ------------------------------------------------------------------ crafted and damaged run folders
+def _garbage(run_dir: Path, record: dict) -> None:
+    (run_dir / "model.skops").write_bytes(os.urandom(300))
+
+
+def _garbage_with_sha(run_dir: Path, record: dict) -> None:
+    _garbage(run_dir, record)
+    _rewrite(run_dir, record, artifact={**record["artifact"], "sha256": sha256_file(run_dir / "model.skops")})
+
+
+def _truncate_predictions(run_dir: Path, record: dict, fix_sha: bool = False) -> None:
+    p = run_dir / "predictions.npz"
+    p.write_bytes(p.read_bytes()[:200])
+    if fix_sha:
+        _rewrite(run_dir, record, predictions_sha256=sha256_file(p))
+
+
+def _edit_predictions(run_dir: Path, record: dict) -> None:
+    """Make every stored prediction right: a silently perfect ensemble unless the checksum is checked."""
+    with np.load(run_dir / "predictions.npz") as z:
+        data = {k: z[k] for k in z.files}
+    for split in record["predictions"]:
+        y = data[f"{split}__labels"]
+        data[f"{split}__proba"] = np.eye(data[f"{split}__proba"].shape[1])[y]
+    np.savez(run_dir / "predictions.npz", **data)
+
+
+def _escaping_metrics_key(run_dir: Path, record: dict) -> None:
+    target = os.path.relpath(_outside(run_dir) / "evil", run_dir)  # ../../outside/evil
+    _rewrite(run_dir, record, metrics={**record["metrics"], f"x/{target}": record["metrics"]["test"], "../../outside/y": record["metrics"]["test"]})
+
+
+def _symlinked_folder(run_dir: Path, record: dict) -> None:
+    real = _outside(run_dir).parent / "elsewhere"
+    shutil.move(run_dir, real)
+    run_dir.symlink_to(real)
+
+
+def _png_link(run_dir: Path, record: dict) -> None:
+    (run_dir / "confusion_test.png").symlink_to(_outside(run_dir) / "victim.txt")
+
+
+def _artifact_link(run_dir: Path, record: dict) -> None:
+    other = next(d for d in run_dir.parent.iterdir() if d.name.startswith("knn"))
+    (run_dir / "model.skops").unlink()
+    (run_dir / "model.skops").symlink_to(other / "model.skops")
+    _rewrite(run_dir, record, artifact={**record["artifact"], "sha256": sha256_file(other / "model.skops")})
+
+
+class Case(NamedTuple):
+    """One crafted run folder: how to damage it, and what must be said about it."""
+
+    id: str
+    damage: Callable[[Path, dict], None]  # (run folder, its run.json) -> None
+    expect: str  # regular expression found in the error and in `featstore runs`
+    outcome: str = "broken"  # "broken": listed as broken, unusable; "show": listed, but `runs show` refuses
+    victim: str = "logreg"  # which run to damage: logreg (a fit) or ensemble
+
+
+RUN_FOLDER_CASES = [
+    Case("run_json_not_json", lambda d, r: (d / "run.json").write_text("{not json"), "is not valid JSON"),
+    Case("run_json_not_an_object", lambda d, r: (d / "run.json").write_text("[1, 2]"), "is not a JSON object"),
+    Case("run_json_lacks_a_key", lambda d, r: _rewrite(d, {k: v for k, v in r.items() if k != "class_names"}), "lacks class_names"),
+    Case("run_json_wrong_type", lambda d, r: _rewrite(d, r, metrics="high"), "metrics must be dict"),
+    Case("run_json_missing", lambda d, r: (d / "run.json").unlink(), r"run record .*run.json is missing"),
+    Case("run_json_not_a_file", lambda d, r: ((d / "run.json").unlink(), (d / "run.json").mkdir()), "is not a regular file"),
+    Case("absolute_id", lambda d, r: _rewrite(d, r, id=str(_outside(d) / "evil")), "is not a valid run id"),
+    Case("id_of_another_folder", lambda d, r: _rewrite(d, r, id="logreg-000000"), "not its folder's name"),
+    Case("metrics_key_leaves_the_folder", _escaping_metrics_key, "invalid split or run names"),
+    Case("confusion_matrix_wrong_shape", lambda d, r: _rewrite(d, r, metrics={"test": {**r["metrics"]["test"], "confusion_matrix": [[1]]}}),
+         "3x3 integer confusion matrix"),
+    Case("garbage_skops", _garbage, r"run artifact .*model.skops has sha256 \w+, the run recorded \w+: it was changed after the fit"),
+    Case("garbage_skops_with_its_sha256", _garbage_with_sha, "is not a readable skops file"),
+    Case("skops_missing", lambda d, r: (d / "model.skops").unlink(), r"run artifact .*model.skops is missing"),
+    Case("skops_is_a_link", _artifact_link, "is not a regular file"),
+    Case("artifact_name_leaves_the_folder", lambda d, r: _rewrite(d, r, artifact={**r["artifact"], "file": "../../outside/m.skops"}),
+         "which is not a plain file name"),
+    Case("artifact_record_not_featstore", lambda d, r: _rewrite(d, r, artifact={"file": "model.pkl", "format": "pickle"}),
+         "is not one featstore writes"),
+    Case("predictions_edited", _edit_predictions, r"stored predictions .*predictions.npz has sha256 \w+, .* changed after the fit"),
+    Case("predictions_truncated", _truncate_predictions, "predictions.npz has sha256 .* changed after the fit"),
+    Case("predictions_truncated_with_sha256", lambda d, r: _truncate_predictions(d, r, fix_sha=True), "predictions.npz cannot be read"),
+    Case("predictions_checksum_missing", lambda d, r: _rewrite(d, {k: v for k, v in r.items() if k != "predictions_sha256"}),
+         "lacks predictions_sha256"),
+    Case("run_folder_is_a_link", _symlinked_folder, "is a link or not a folder"),
+    Case("png_is_a_link_outside", _png_link, "is a link or leads outside", outcome="show"),
+    Case("ensemble_member_leaves_the_folder", lambda d, r: _rewrite(d, r, members=["../outside", r["members"][1]]),
+         "invalid split or run names", victim="ensemble"),
+    Case("ensemble_weights_do_not_match", lambda d, r: _rewrite(d, r, weights=[1.0]), "one number per member", victim="ensemble"),
+]
+
+
+@pytest.mark.parametrize("case", RUN_FOLDER_CASES, ids=[c.id for c in RUN_FOLDER_CASES])
+def test_crafted_run_folder(case: Case, runs: Runs, store):
+    victim = runs.ids[case.victim]
+    case.damage(runs.folder(case.victim), _record(runs.folder(case.victim)))
+    listed = [r["id"] for r in list_runs(store, runs.root)]  # never crashes
+    table = cli("runs", "--store", store, "--runs", runs.root)
+    assert table.exit_code == 0, table.output
+    assert runs.ids["knn"] in table.output and runs.ids["sgd"] in table.output
+    if case.outcome == "broken":
+        assert victim not in listed
+        assert "broken run folder" in table.output
+        assert re.search(case.expect, table.output.replace("\n", " ")), table.output
+        with pytest.raises(StoreError, match=case.expect):
+            get_run(victim, store, runs.root)
+        if case.victim == "logreg":
+            with pytest.raises(StoreError, match=case.expect):
+                evaluate_run(victim, "test", store, runs.root)
+            with pytest.raises(StoreError, match=case.expect):
+                ensemble([victim, runs.ids["knn"]], store=store, runs=runs.root)
+        r = cli("runs", "show", victim, "--store", store, "--runs", runs.root)
+        assert r.exit_code == 1 and "Traceback" not in r.output
+    else:
+        assert victim in listed
+        with pytest.raises(StoreError, match=case.expect):
+            show_run(victim, store, runs.root)
+    # the other runs still show, evaluate and ensemble
+    assert show_run(runs.ids["knn"], store, runs.root)[1]
+    assert evaluate_run(runs.ids["sgd"], "test", store, runs.root)["n"] == 15
+    assert ensemble([runs.ids["knn"], runs.ids["sgd"]], store=store, runs=runs.root)["kind"] == "ensemble"
+    assert list((runs.root.parent / "outside").iterdir()) == []  # nothing written outside the runs folder
+
+
+def test_other_runs_still_predict_beside_broken_ones(runs: Runs, store):
+    _garbage(runs.folder("logreg"), _record(runs.folder("logreg")))
+    _truncate_predictions(runs.folder("sgd"), _record(runs.folder("sgd")))
+    images = Path(FeatureStore(store).split_info("test")["source_root"]) / "test" / "cat"
+    rows = predict(runs.ids["knn"], [images], store=store, runs=runs.root)
+    assert len(rows) == 5 and all(r["label"] in ("cat", "dog", "fox") for r in rows)
+    with pytest.raises(StoreError, match="changed after the fit"):
+        predict(runs.ids["ensemble"], [images], store=store, runs=runs.root)  # a broken member breaks the ensemble
+
+
+def test_orphan_temporary_folders_are_ignored_then_cleaned(runs: Runs, store):
+    old = runs.root / ".logreg-dead00.tmp"
+    fresh = runs.root / ".knn-live00.tmp"
+    for d in (old, fresh):
+        shutil.copytree(runs.folder("knn"), d)
+    hour_ago = time.time() - 3600
+    for p in [old, *old.iterdir()]:
+        os.utime(p, (hour_ago, hour_ago))
+    r = cli("runs", "--store", store, "--runs", runs.root)
+    assert r.exit_code == 0 and "dead00" not in r.output and "live00" not in r.output and "broken" not in r.output
+    assert not old.exists()  # left by a fit killed an hour ago
+    assert fresh.exists()  # may still be being written by a running fit
+
+
+def test_ensemble_names_one_extractor_per_fingerprint(runs: Runs, store):
+    rec = get_run(runs.ids["ensemble"], store, runs.root)[0]
+    fp = get_run(runs.ids["knn"], store, runs.root)[0]["fingerprint"]
+    assert (rec["extractor"], rec["fingerprint"]) == ("vgg16", fp)  # two members, one extractor: one name, one fingerprint
+    table = cli("runs", "--store", store, "--runs", runs.root).output
+    assert next(line for line in table.splitlines() if line.startswith(rec["id"])).split()[-3:-1] == ["vgg16", fp[:12]]
+
+
+# ------------------------------------------------------------------ hostile skops artifacts
+def _chain(final: Callable, last_kw: dict, text: str):
+    """FunctionTransformers chaining numpy functions: features -> array full of `text` -> `text` -> final(text, **last_kw)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    return Pipeline([("a", FunctionTransformer(np.full_like, kw_args={"fill_value": text, "dtype": "O"})),
+                     ("b", FunctionTransformer(np.take, kw_args={"indices": 0})),
+                     ("c", FunctionTransformer(final, kw_args=last_kw)),
+                     ("clf", LogisticRegression().fit(np.eye(3), [0, 1, 2]))])
+
+
+def _run_python(marker: Path):
+    from sklearn.utils import _testing
+
+    return _chain(_testing.assert_run_python_script_without_output, {}, f"open({str(marker)!r}, 'w').write('ran')")
+
+
+def _numpy_save(marker: Path):
+    return _chain(np.save, {"arr": [1]}, str(marker))
+
+
+def _numpy_ufunc(marker: Path):
+    """Only a ufunc, which skops trusts by default: harmless, but not a type featstore writes."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    return Pipeline([("a", FunctionTransformer(np.negative)), ("clf", LogisticRegression().fit(np.eye(3), [0, 1, 2]))])
+
+
+class Hostile(NamedTuple):
+    """One crafted model: built from the marker file it would write if any of it ran."""
+
+    id: str
+    build: Callable[[Path], object]
+    expect: str
+
+
+HOSTILE_ARTIFACT_CASES = [
+    Hostile("numpy_chain_into_sklearn_testing_helper", _run_python,
+            r"contains types featstore never writes \(numpy.full_like, numpy.take, .*sklearn.utils._testing.assert_run_python_script"),
+    Hostile("numpy_save", _numpy_save, r"contains types featstore never writes \(.*numpy.save"),
+    Hostile("numpy_ufunc_trusted_by_skops", _numpy_ufunc, r"contains types featstore never writes \(numpy.negative, "),
+]
+
+
+@pytest.mark.parametrize("path", ["evaluate", "predict", "cli"])
+@pytest.mark.parametrize("case", HOSTILE_ARTIFACT_CASES, ids=[c.id for c in HOSTILE_ARTIFACT_CASES])
+def test_hostile_artifact_is_refused_and_nothing_runs(case: Hostile, path: str, runs: Runs, store, tmp_path):
+    import skops.io as sio
+
+    marker = tmp_path / "outside" / "marker.npy"
+    folder = runs.folder("logreg")
+    sio.dump(case.build(marker), folder / "model.skops")
+    record = _record(folder)
+    _rewrite(folder, record, artifact={**record["artifact"], "sha256": sha256_file(folder / "model.skops")})
+    images = Path(FeatureStore(store).split_info("test")["source_root"]) / "test" / "cat"
+    if path == "evaluate":
+        with pytest.raises(StoreError, match=case.expect):
+            evaluate_run(runs.ids["logreg"], "test", store, runs.root)
+    elif path == "predict":
+        with pytest.raises(StoreError, match=case.expect):
+            predict(runs.ids["logreg"], [images], store=store, runs=runs.root)
+    else:
+        for args in (["runs", "evaluate", runs.ids["logreg"]], ["predict", "--run", runs.ids["logreg"], images], ["runs"]):
+            r = cli(*args, "--store", store, "--runs", runs.root)
+            assert "featstore never writes" in r.output and "Traceback" not in r.output, r.output
+    assert not marker.exists() and list((tmp_path / "outside").iterdir()) == []  # nothing executed, nothing written
+
+
+def test_allow_list_covers_every_registered_classifier(tmp_path):
+    """Regenerate the types of every classifier's skops file; a classifier needing a new type fails here, loudly."""
+    import skops.io as sio
+
+    from featstore.artifacts import ARTIFACT_TYPES, skops_types
+    from featstore.classifiers import build_classifier, get_classifier, list_classifiers
+
+    rng = np.random.default_rng(0)
+    small = {"knn": {"n_neighbors": 3}, "random_forest": {"n_estimators": 3}, "svm": {"calibration_folds": 2}}
+    needed: dict[str, set[str]] = {}
+    for name in list_classifiers():
+        if name == "dense":  # saved as .keras, loaded with safe_mode=True
+            continue
+        spec = get_classifier(name)
+        variants = [{}] + [{k: c} for k, p in spec.params.items() for c in p.choices] + [{k: v} for k, vs in spec.grid.items() for v in vs]
+        for params in variants:
+            for X, y in ((rng.normal(size=(30, 2, 2, 3)).astype(np.float32), np.arange(30) % 3),
+                         (rng.normal(size=(30, 20)).astype(np.float16), np.arange(30) % 2)):
+                est = build_classifier(name, {**params, **{k: v for k, v in small.get(name, {}).items() if k not in params}}).fit(X, y)
+                path = tmp_path / "m.skops"
+                sio.dump(est, path)
+                for t in skops_types(path) | set(sio.get_untrusted_types(file=path)):
+                    needed.setdefault(t, set()).add(name)
+    missing = {t: sorted(by) for t, by in needed.items() if t not in ARTIFACT_TYPES}
+    assert not missing, f"add these to featstore.artifacts.ARTIFACT_TYPES once you checked they hold no code: {missing}"
+
+
+# --- crafted stores (added separately) ---
