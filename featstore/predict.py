@@ -19,24 +19,31 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError, WeightsError
-from .images import IMAGE_EXTENSIONS, _walk_images, load_image  # load_image: again at another size for mixed ensembles
+from .images import IMAGE_EXTENSIONS, find_images, load_image, printable  # load_image: again at another size for mixed ensembles
 from .runs import full_proba, get_run
 
 logger = logging.getLogger(__name__)
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image files named directly or found recursively in folders, in order; a clear error if none."""
+    """Image files named directly or found recursively in folders, in order; a clear error if none.
+
+    Folders are walked as ``images.find_images`` does (links to a parent or to a folder already walked
+    are skipped, with a warning). A named file is taken whatever it is: a FIFO or device gets a
+    "not a regular file" row from ``load_image`` instead of hanging. Example::
+
+        collect_images(["new_images/", "one.jpg"])
+    """
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found.extend(_walk_images(item, [])[0])
-        elif item.is_file():
+            found.extend(find_images(item).files)
+        elif os.path.lexists(item):
             found.append(item)
         else:
-            raise DataError(f"{item} does not exist; pass image files or folders of images")
+            raise DataError(f"{printable(str(item))} does not exist; pass image files or folders of images")
     if not found:
-        raise DataError(f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"no images in {printable(', '.join(map(str, inputs)))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return found
 
 
