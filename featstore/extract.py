@@ -14,11 +14,11 @@ store before the next, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,8 +26,9 @@ import numpy as np
 
 from . import __version__, provenance, store, writer
 from .backbones import cut_model, get_backbone, validate_pooling, validate_size
+from .decode import DaemonPool
 from .errors import ConfigError
-from .images import ImageError, ImageListing, discover, load_image
+from .images import ImageError, ImageListing, discover, load_image, printable
 from .weights import LoadedWeights, describe_weights_argument, load_base, weights_digest
 
 logger = logging.getLogger(__name__)
@@ -166,6 +167,10 @@ def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Itera
     """Decode images in a thread pool, at most ``ahead`` in flight; yields (path, array or None, reason) in order.
 
     ``workers=0`` decodes in the calling thread, between model calls (best when the model already uses every core).
+    The threads are daemons: on Ctrl-C, an error or an early ``close()`` the generator returns at once, queued
+    decodes are cancelled and one still running is abandoned, never waited for. Example::
+
+        for path, img, reason in iter_decoded(["a.jpg", "b.png"], 224, workers=4, ahead=64): ...
     """
     if workers == 0:
         for p in paths:
@@ -174,27 +179,21 @@ def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Itera
             except ImageError as exc:
                 yield p, None, str(exc)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featstore-decode") as pool:
-        pending: collections.deque = collections.deque()
-        it = iter(paths)
-
-        def submit_one() -> bool:
-            p = next(it, None)
-            if p is None:
-                return False
-            pending.append((p, pool.submit(load_image, p, size)))
-            return True
-
-        for _ in range(ahead):
-            if not submit_one():
-                break
+    pool = DaemonPool(workers)
+    pending: collections.deque = collections.deque()
+    it = iter(paths)
+    try:
+        pending.extend((p, pool.submit(load_image, p, size)) for p in itertools.islice(it, ahead))
         while pending:
             p, fut = pending.popleft()
-            submit_one()
+            pending.extend((q, pool.submit(load_image, q, size)) for q in itertools.islice(it, 1))
             try:
-                yield p, fut.result(), ""
+                img, reason = fut.result(), ""
             except ImageError as exc:
-                yield p, None, str(exc)
+                img, reason = None, str(exc)
+            yield p, img, reason
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike = "features.h5",
@@ -311,7 +310,7 @@ def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, spl
         for (rel, label), (_, img, reason) in zip(items, iter_decoded(abs_paths, extractor.config.image_size, workers, 4 * batch_size)):
             done += 1
             if img is None:
-                logger.warning("skipped %s: %s", rel, reason)
+                logger.warning("skipped %s: %s", printable(rel), reason)
                 batch_failed.append((rel, reason))
             else:
                 batch_imgs.append(img)

@@ -20,24 +20,31 @@ import numpy as np
 
 from . import provenance
 from .errors import ConfigError, DataError, WeightsError
-from .images import IMAGE_EXTENSIONS, _walk_images, load_image  # load_image: again at another size for mixed ensembles
+from .images import IMAGE_EXTENSIONS, find_images, load_image, printable  # load_image: again at another size for mixed ensembles
 from .runs import full_proba
 
 logger = logging.getLogger(__name__)
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image files named directly or found recursively in folders, in order; a clear error if none."""
+    """Image files named directly or found recursively in folders, in order; a clear error if none.
+
+    Folders are walked as ``images.find_images`` does (links to a parent or to a folder already walked
+    are skipped, with a warning). A named file is taken whatever it is: a FIFO or device gets a
+    "not a regular file" row from ``load_image`` instead of hanging. Example::
+
+        collect_images(["new_images/", "one.jpg"])
+    """
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found.extend(_walk_images(item, [])[0])
-        elif item.is_file():
+            found.extend(find_images(item).files)
+        elif os.path.lexists(item):
             found.append(item)
         else:
-            raise DataError(f"{item} does not exist; pass image files or folders of images")
+            raise DataError(f"{printable(str(item))} does not exist; pass image files or folders of images")
     if not found:
-        raise DataError(f"no images in {', '.join(map(str, inputs))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"no images in {printable(', '.join(map(str, inputs)))} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return found
 
 
@@ -124,7 +131,7 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
 
     for p, img, reason in iter_decoded([str(p) for p in paths], max(sizes), 4 if workers is None else workers, 4 * batch_size):
         if img is None:
-            logger.warning("skipped %s: %s", p, reason)
+            logger.warning("skipped %s: %s", printable(str(p)), reason)
             rows.append({"path": p, "label": "", "probability": float("nan"), "error": reason})
             continue
         batch.append((p, img))
@@ -134,7 +141,7 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
     order = {str(p): i for i, p in enumerate(paths)}
     rows.sort(key=lambda r: order[r["path"]])  # failures were listed as met, images as their batch finished
     if out is not None:
-        with open(out, "w", newline="", encoding="utf-8") as fh:
+        with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:  # non-UTF-8 names: their own bytes
             writer = csv.DictWriter(fh, fieldnames=["path", "label", "probability", "error"])
             writer.writeheader()
             writer.writerows(rows)

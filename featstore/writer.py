@@ -23,6 +23,7 @@ from . import __version__
 from .errors import StoreBusyError, StoreError
 from .provenance import (FORMAT_VERSION, attrs_of, check_format_version, plain, read_commit, refuse_other_extractor, refuse_resume,
                          validate_extractor, validate_name, validate_split)
+from .images import path_to_store
 from .store import STR, hard_groups, locking_default, open_h5, refuse_foreign
 
 logger = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def _create_split(grp: h5py.Group, split: str, attrs: dict, split_attrs: dict, l
     if listing is not None:
         entries = listing.entries()
         lg = sg.create_group("listing")
-        lg.create_dataset("paths", data=np.array([_store_path(e[0]) for e in entries], dtype=object), dtype=STR)
+        lg.create_dataset("paths", data=np.array([path_to_store(e[0]) for e in entries], dtype=object), dtype=STR)
         for key, col, dt in (("labels", 1, "int32"), ("sizes", 2, "int64"), ("mtimes_ns", 3, "int64")):
             lg.create_dataset(key, data=np.array([e[col] for e in entries], dtype=dt))
     for key, value in split_attrs.items():
@@ -232,11 +233,6 @@ def _create_split(grp: h5py.Group, split: str, attrs: dict, split_attrs: dict, l
     sg.attrs["commit"] = np.zeros(3, dtype=np.int64)  # committed_rows, n_failed, images_done
     sg.attrs["complete"] = False
     sg.attrs["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _store_path(p: str) -> bytes:
-    """A path as the bytes the file system uses (lossless also for names that are not UTF-8)."""
-    return os.fsencode(p)
 
 
 def _is_str_list(value) -> bool:
@@ -267,14 +263,14 @@ def append(path, name: str, split: str, features: np.ndarray, labels: np.ndarray
                              + features.nbytes, n0)
             n1 = n0 + len(labels)
             if len(labels):
-                for key, values in (("features", features), ("labels", labels), ("paths", np.array([_store_path(p) for p in paths], dtype=object))):
+                for key, values in (("features", features), ("labels", labels), ("paths", np.array([path_to_store(p) for p in paths], dtype=object))):
                     sg[key].resize(n1, axis=0)
                     sg[key][n0:n1] = values
             if failures:
                 k1 = k0 + len(failures)
                 for key, col in (("paths", 0), ("reasons", 1)):
                     sg["failed"][key].resize(k1, axis=0)
-                    sg["failed"][key][k0:k1] = np.array([_store_path(item[col]) for item in failures], dtype=object)
+                    sg["failed"][key][k0:k1] = np.array([path_to_store(item[col]) for item in failures], dtype=object)
             f.flush()  # the data is down before the commit record that makes it count
             sg.attrs["commit"] = np.array([n1, k0 + len(failures), images_done], dtype=np.int64)
             f.flush()

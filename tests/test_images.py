@@ -120,7 +120,7 @@ def test_discover_symlink_loop_and_ignored_files(tmp_path):
     os.symlink(root / "train" / "a", root / "train" / "a" / "loop")
     (root / "train" / "b" / "readme.md").write_text("x")
     listing = discover(root, "train")
-    assert len(listing.items) == 4 and listing.n_ignored == 1 and listing.skipped_dirs
+    assert len(listing.items) == 4 and listing.n_ignored == 1 and listing.skipped_links
     assert listing.class_names == ["a", "b"]
 
 
@@ -161,3 +161,298 @@ def test_a_run_of_bad_files_is_committed_in_batches(tmp_path, tiny_config):
         mp.undo()
     assert r.rows == 4 and r.failed == 9
     assert max(rows + failed for rows, failed in calls) <= 4 and len(calls) == 4  # 13 images, commits of at most 4
+
+
+# --- issue 8: hostile folders, special files, decoder exceptions, decode memory, non-UTF-8 names ---
+
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from .adversarial_images import HOSTILE_FOLDER_CASES  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _within(seconds: float, fn, *args):
+    """fn(*args) in a daemon thread; its result, or a test failure if it is still running after ``seconds``."""
+    out: dict = {}
+
+    def target():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            out["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"{getattr(fn, '__name__', fn)} still running after {seconds} s (hung)"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _unblock(fifo: Path) -> None:
+    """Open the FIFO for writing and close it, so that a reader stuck on it (old code) gets EOF."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("case_id,build,expect", HOSTILE_FOLDER_CASES, ids=[c[0] for c in HOSTILE_FOLDER_CASES])
+def test_hostile_folder_listing_and_decoding(tmp_path, case_id, build, expect):
+    """Each table row, at the image level (discover + load_image); the full extract runs in the adversarial module."""
+    from featstore.images import discover as discover_
+
+    build(tmp_path)
+    listing = discover_(tmp_path / "data", "train")
+    assert len(listing.skipped_links) == expect["skipped_links"], listing.skipped_links
+    assert listing.class_names == sorted(expect["labels"])
+    ok: dict[str, int] = dict.fromkeys(listing.class_names, 0)
+    failed = 0
+    for rel, label in listing.items:
+        try:
+            _within(10, load_image, listing.root / rel, 8)
+            ok[listing.class_names[label]] += 1
+        except ImageError:
+            failed += 1
+    assert (sum(ok.values()), failed, ok) == (expect["rows"], expect["failed"], expect["labels"])
+    listing.digest()  # never raises, whatever the names
+
+
+def test_dir_link_to_split_is_reported_with_reason(tmp_path, caplog):
+    root = tmp_path / "data"
+    write_images(root, "train", {"a": 2, "b": 2})
+    os.symlink("..", root / "train" / "b" / "x")
+    listing = discover(root, "train")
+    assert [lab for _, lab in listing.items] == [0, 0, 1, 1]
+    assert listing.skipped_links == [("train/b/x", "points to the split folder, the data root or a parent of them")]
+    assert any(r.levelname == "WARNING" and "train/b/x" in r.getMessage() for r in caplog.records)
+
+
+def test_one_file_under_two_labels_is_warned_and_reported(tmp_path, caplog):
+    from featstore.images import duplicate_files
+
+    root = tmp_path / "data"
+    write_images(root, "train", {"a": 2, "b": 2})
+    os.link(root / "train" / "a" / "img_000.png", root / "train" / "b" / "same.png")  # a hard link: not a symlink
+    listing = discover(root, "train")
+    assert "one file under 2 labels" in caplog.text
+    dups = duplicate_files(root, listing.items)
+    assert [sorted(d.rows) for d in dups] == [[("train/a/img_000.png", 0), ("train/b/same.png", 1)]]
+    assert dups[0].real_path == os.path.realpath(root / "train" / "a" / "img_000.png")
+    stored = [(os.fsencode(p), lab) for p, lab in listing.items]  # bytes, as a store gives them back
+    assert len(duplicate_files(root, stored)) == 1
+    assert duplicate_files(root, [("train/a/img_000.png", 0), ("train/a/img_000.png", 0)]) == []
+    assert len(duplicate_files(root, [("train/a/img_000.png", 0)] * 2, across_labels=False)) == 1
+
+
+def test_listing_digest_and_diff_cover_size_and_mtime(tmp_path):
+    root = tmp_path / "data"
+    write_images(root, "train", {"a": 3, "b": 2})
+    before = discover(root, "train")
+    assert before.entries()[0] == ("train/a/img_000.png", 0, before.sizes[0], before.mtimes_ns[0])
+    st = os.stat(root / "train" / "a" / "img_001.jpg")
+    os.utime(root / "train" / "a" / "img_001.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched only
+    after = discover(root, "train")
+    assert after.items == before.items and after.digest() != before.digest()
+    (root / "train" / "b" / "img_000.png").unlink()
+    write_images(root, "train", {"c": 1})
+    (root / "train" / "a" / "img_002.png").write_bytes((root / "train" / "a" / "img_002.png").read_bytes() + b"\0")
+    d = discover(root, "train").diff(before.entries())
+    assert (d.added, d.removed, d.changed) == (["train/c/img_000.png"], ["train/b/img_000.png"],
+                                               ["train/a/img_001.jpg", "train/a/img_002.png"])
+    assert d.summary() == ("1 added, 1 removed, 2 changed (first: train/c/img_000.png, train/b/img_000.png, "
+                           "train/a/img_001.jpg, train/a/img_002.png)")
+    assert d.summary(first=1).endswith("(first: train/c/img_000.png, ...)")
+    assert not before.diff((os.fsencode(p), lab, s, m) for p, lab, s, m in before.entries())
+
+
+def test_non_utf8_name_is_listed_digested_and_loaded(tmp_path):
+    from featstore.images import path_from_store, path_to_store, printable
+
+    root = tmp_path / "data"
+    write_images(root, "train", {"a": 1, "b": 1})
+    raw = os.path.join(os.fsencode(root / "train" / "a"), b"bad\xff.png")
+    try:
+        fd = os.open(raw, os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        pytest.skip(f"file system refuses non-UTF-8 names: {exc}")
+    with os.fdopen(fd, "wb") as fh:
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(fh, "PNG")
+    listing = discover(root, "train")
+    name = "train/a/bad\udcff.png"
+    assert (name, 0) in listing.items
+    assert len(listing.digest()) == 64
+    assert load_image(root / name, 8).shape == (8, 8, 3)
+    assert path_to_store(name) == b"train/a/bad\xff.png" and path_from_store(path_to_store(name)) == name
+    assert printable(name) == "train/a/bad\\xff.png"
+    with pytest.raises(ImageError) as err:
+        load_image(root / "train" / "a" / "gone\udcff.png", 8)
+    str(err.value).encode("utf-8")  # reasons are valid UTF-8 whatever the name
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    try:
+        with pytest.raises(ImageError, match=r"not a regular file \(fifo\)"):
+            _within(10, load_image, fifo, 8)
+    finally:
+        _unblock(fifo)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_fifo_among_images_extract_completes_with_failure_record(tmp_path, tiny_config):
+    root = tmp_path / "data"
+    write_images(root, "train", {"a": 2, "b": 2})
+    fifo = root / "train" / "a" / "pipe.jpg"
+    os.mkfifo(fifo)
+    try:
+        r = _within(120, lambda: extract(root, "train", tmp_path / "f.h5", tiny_config, batch_size=2, workers=2))
+    finally:
+        _unblock(fifo)
+    assert (r.rows, r.failed) == (4, 1)
+    assert dict(FeatureStore(tmp_path / "f.h5").failures("train")) == {"train/a/pipe.jpg": "not a regular file (fifo)"}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_predict_collects_named_fifo_and_skips_link_to_parent(tmp_path):
+    from featstore.predict import collect_images
+
+    write_images(tmp_path, "in", {"x": 1})
+    _png = tmp_path / "in" / "x" / "img_000.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "sibling.png")
+    os.symlink("../..", tmp_path / "in" / "x" / "up")  # -> tmp_path, which holds sibling.png and in/ itself
+    os.mkfifo(tmp_path / "pipe.jpg")
+    assert collect_images([tmp_path / "in", tmp_path / "pipe.jpg"]) == [_png, tmp_path / "pipe.jpg"]
+
+
+class _Boom(Exception):
+    """A decoder bug nobody planned for."""
+
+
+@pytest.mark.parametrize("exc", [__import__("struct").error("unpack requires a buffer of 4 bytes"), IndexError("list index out of range"),
+                                 ZeroDivisionError("division by zero"), _Boom("odd"), MemoryError()])
+def test_any_decoder_exception_becomes_a_failure_record(odd_images, monkeypatch, exc):
+    from PIL import ImageFile
+
+    from featstore.extract import iter_decoded
+
+    def broken_load(self):
+        raise exc
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", broken_load)
+    with pytest.raises(ImageError, match="out of memory" if isinstance(exc, MemoryError) else type(exc).__name__):
+        load_image(odd_images["gray.png"], 8)
+    rows = list(iter_decoded([str(odd_images["gray.png"]), str(odd_images["zero.jpg"])], 8, workers=2, ahead=2))
+    assert [(img is None, bool(reason)) for _, img, reason in rows] == [(True, True), (True, True)]
+
+
+def test_closing_decoder_with_a_stuck_worker_returns_promptly(monkeypatch):
+    extract_mod = sys.modules["featstore.extract"]  # the module (``featstore.extract`` is the function)
+
+    release = threading.Event()
+    threading.Timer(10, release.set).start()  # old code would wait for this; the test fails on the time instead of hanging
+
+    def fake_load(path, size):
+        if path == "stuck":
+            release.wait()
+        return np.zeros((size, size, 3), np.uint8)
+
+    monkeypatch.setattr(extract_mod, "load_image", fake_load)
+    gen = extract_mod.iter_decoded(["ok", "stuck"] + ["more"] * 20, 8, workers=2, ahead=8)
+    assert next(gen)[0] == "ok"
+    t = time.monotonic()
+    gen.close()
+    assert time.monotonic() - t < 2
+    release.set()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX-only")
+def test_ctrl_c_ends_a_run_with_a_stuck_decode_within_seconds(tmp_path):
+    script = (
+        "import sys, threading, featstore\n"
+        "ex = sys.modules['featstore.extract']\n"
+        "ex.load_image = lambda p, s: threading.Event().wait()  # a decode that never returns\n"
+        "gen = ex.iter_decoded(['a.jpg', 'b.jpg'], 8, workers=2, ahead=2)\n"
+        "print('ready', flush=True)\n"
+        "next(gen)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        t = time.monotonic()
+        _, err = proc.communicate(timeout=15)
+        assert time.monotonic() - t < 5 and "KeyboardInterrupt" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_large_16bit_png_decodes_without_full_size_float_copies(tmp_path):
+    """6000x6000 16-bit (84 KB): numpy's peak (traced) was 824 MB in the old float64 path; now strips of 16 MB."""
+    import tracemalloc
+
+    path = tmp_path / "big16.png"
+    Image.fromarray(np.full((6000, 6000), 40000, np.uint16)).save(path)
+    tracemalloc.start()
+    try:
+        img = load_image(path, 224)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert int(img[0, 0, 0]) == round(40000 / 65535 * 255) and (img == img[0, 0, 0]).all()
+    assert peak < 100 * 2**20  # one full-size float64 copy alone is 288 MB
+
+
+def test_decode_budget_queues_big_images_and_lets_one_over_budget_run_alone():
+    from featstore.images import DecodeBudget
+
+    budget = DecodeBudget(100)
+    order: list[str] = []
+    inside, leave = threading.Event(), threading.Event()
+
+    def second():
+        with budget.reserve(50):
+            order.append("50 in")
+            inside.set()
+            leave.wait(5)
+
+    with budget.reserve(80):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.2)
+        assert order == [] and budget.in_use == 80  # 80 + 50 > 100: waits
+        order.append("80 out")
+    assert inside.wait(5) and order == ["80 out", "50 in"] and budget.in_use == 50
+    leave.set()
+    t.join(5)
+    assert budget.in_use == 0
+    with budget.reserve(10**9):  # larger than the whole budget: runs when nothing else does
+        assert budget.in_use == 10**9
+
+
+def test_load_image_reserves_its_header_estimate(odd_images, tmp_path):
+    from featstore.images import DecodeBudget
+
+    seen: list[int] = []
+
+    class Spy(DecodeBudget):
+        def reserve(self, nbytes):
+            seen.append(nbytes)
+            return super().reserve(nbytes)
+
+    path = tmp_path / "g16.png"
+    Image.fromarray(np.full((300, 200), 1000, np.uint16)).save(path)
+    load_image(path, 16, budget=Spy(1 << 20))
+    assert seen == [300 * 200 * (2 + 4)]
