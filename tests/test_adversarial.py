@@ -7,7 +7,10 @@
   outside the runs folder.
 - ``HOSTILE_ARTIFACT_CASES``: crafted skops models (the attacker rewrote run.json's sha256 too). Each is
   refused by ``runs evaluate``, ``predict`` and ``featstore runs``, and nothing it holds is executed.
-- crafted stores: see the section at the bottom.
+- ``CRAFTED_STORE_CASES``: damaged or crafted stores (id, damage(h5py.File), message fragment): info, check,
+  fit and resume each give one clear message naming the problem; a refused resume leaves the file untouched.
+- ``HOSTILE_FOLDER_CASES`` (in ``tests/adversarial_images.py``): hostile image folders (links, FIFOs, odd
+  names, bad files); a full extraction gives exactly the expected rows, failures and labels.
 """
 
 from __future__ import annotations
@@ -21,13 +24,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from featstore import FeatureStore, StoreError, ensemble, evaluate_run, fit, get_run, list_runs, predict, show_run
+from featstore import (ExtractorConfig, FeatstoreError, FeatureStore, StoreError, ensemble, evaluate_run, extract, fit, get_run, list_runs,
+                       predict, show_run)
+from featstore.check import check_store
 from featstore.cli import app
+from featstore.report import store_tree
 from featstore.weights import sha256_file
+
+from .adversarial_images import HOSTILE_FOLDER_CASES
+from .conftest import write_images
 
 
 # ------------------------------------------------------------------ shared helpers and fixtures
@@ -332,4 +342,146 @@ def test_allow_list_covers_every_registered_classifier(tmp_path):
     assert not missing, f"add these to featstore.artifacts.ARTIFACT_TYPES once you checked they hold no code: {missing}"
 
 
-# --- crafted stores (added separately) ---
+# ------------------------------------------------------------------ crafted stores: add a row to CRAFTED_STORE_CASES
+STORE_CFG = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=4, pooling="avg", layer="block1_pool")
+
+
+def _set_commit(value):
+    def damage(f):
+        f["vgg16/train"].attrs["commit"] = value
+    return damage
+
+
+def _replace(key, make):
+    def damage(f):
+        sg = f["vgg16/train"]
+        old = sg[key][()]
+        del sg[key]
+        sg.create_dataset(key, data=make(old))
+    return damage
+
+
+def _del(where, attr=None):
+    def damage(f):
+        if attr:
+            del f[where].attrs[attr]
+        else:
+            del f[where]
+    return damage
+
+
+def _huge_features(f):
+    sg = f["vgg16/train"]
+    del sg["features"]
+    sg.create_dataset("features", shape=(10**12, 64), maxshape=(None, 64), chunks=(1024, 64), dtype="float32")
+    sg.attrs["commit"] = np.array([10**12, 0, 10**12], dtype=np.int64)
+
+
+def _labels_out_of_range(f):
+    f["vgg16/train/labels"][0] = 99
+
+
+def _edit_provenance(f):
+    f["vgg16"].attrs["layer"] = "block2_pool"  # fingerprint no longer matches
+
+
+def _root_attr(value):
+    def damage(f):
+        f.attrs["format_version"] = value
+    return damage
+
+
+# (id, damage, fragment every refusal must contain)
+CRAFTED_STORE_CASES = [
+    ("commit-wrong-length", _set_commit(np.array([3, 0], dtype=np.int64)), "expected three integers"),
+    ("commit-wrong-type", _set_commit(np.array([1.5, 0.0, 1.5])), "expected three integers"),
+    ("commit-string", _set_commit("12"), "expected three integers"),
+    ("commit-larger-than-data", _set_commit(np.array([20, 0, 20], dtype=np.int64)), "rows were lost"),
+    ("commit-negative", _set_commit(np.array([-1, 0, -1], dtype=np.int64)), "inconsistent"),
+    ("commit-over-n-images", lambda f: f["vgg16/train"].attrs.__setitem__("n_images", 4), "images done of n_images 4"),
+    ("labels-out-of-range", _labels_out_of_range, "outside 0..1"),
+    ("labels-float", _replace("labels", lambda y: y.astype(np.float32)), "expected 1-D integers"),
+    ("features-int", _replace("features", lambda x: x.astype(np.int32)), "not floating point"),
+    ("features-declared-1e12-rows", _huge_features, "labels holds"),
+    ("missing-class-names", _del("vgg16/train", "class_names"), "attributes missing: class_names"),
+    ("missing-labels", _del("vgg16/train/labels"), "dataset labels is missing"),
+    ("missing-provenance", _del("vgg16", "weights_digest"), "provenance attributes missing: weights_digest"),
+    ("edited-provenance", _edit_provenance, "fingerprint attribute does not match"),
+    ("format-version-text", _root_attr("two"), "not an integer"),
+    ("format-version-float", _root_attr(1.5), "not an integer"),
+    ("format-version-old", _root_attr(1), "older featstore"),
+    ("format-version-newer", _root_attr(99), "Upgrade featstore"),
+]
+
+
+@pytest.fixture(scope="module")
+def good_store(tmp_path_factory):
+    """(data root, a sound store with train/validation/test of 2 classes)."""
+    root = tmp_path_factory.mktemp("crafted")
+    data = root / "data"
+    for split, seed, n in (("train", 1, 6), ("validation", 2, 3), ("test", 3, 3)):
+        write_images(data, split, {"cat": n, "dog": n}, seed=seed)
+    path = root / "good.h5"
+    for split in ("train", "validation", "test"):
+        extract(data, split, path, STORE_CFG)
+    return data, path
+
+
+def _crafted(good, tmp_path, damage):
+    data, path = good
+    bad = tmp_path / "bad.h5"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "a") as f:
+        damage(f)
+    return data, bad
+
+
+def _refused(fn, fragment):
+    """fn() fails with a FeatstoreError naming the problem (never another exception)."""
+    with pytest.raises(FeatstoreError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        fn()
+
+
+@pytest.mark.parametrize("case_id,damage,fragment", CRAFTED_STORE_CASES, ids=[c[0] for c in CRAFTED_STORE_CASES])
+def test_crafted_store_gets_one_clear_message_everywhere(good_store, tmp_path, case_id, damage, fragment):
+    data, bad = _crafted(good_store, tmp_path, damage)
+    before = bad.read_bytes()
+    # fit and resume refuse with the reason
+    _refused(lambda: fit(bad, "logreg", runs=tmp_path / "runs"), fragment)
+    _refused(lambda: extract(data, "train", bad, STORE_CFG), fragment)
+    assert bad.read_bytes() == before, "a refused resume must not touch the store"
+    # info shows the store with the damaged part marked, or refuses it as a whole
+    try:
+        text = store_tree(str(bad))
+        assert "BROKEN" in text and fragment.split("(")[0] in text
+    except FeatstoreError as exc:
+        assert fragment.split("(")[0] in str(exc)
+    # check lists it as a problem
+    try:
+        problems = check_store(bad)
+        assert problems and any(fragment.split("(")[0] in p for p in problems), problems
+    except FeatstoreError as exc:
+        assert fragment.split("(")[0] in str(exc)
+
+
+def test_non_utf8_stored_path_round_trips(good_store, tmp_path):
+    data, bad = _crafted(good_store, tmp_path, lambda f: f["vgg16/train/paths"].__setitem__(0, b"train/cat/\xff.png"))
+    assert FeatureStore(bad).paths("train")[0] == "train/cat/\udcff.png"
+    assert check_store(bad) == []
+
+
+def test_sound_store_passes(good_store):
+    assert check_store(good_store[1]) == []
+
+
+# ------------------------------------------------------------------ hostile image folders (rows in tests/adversarial_images.py)
+@pytest.mark.parametrize("case_id,build,expect", HOSTILE_FOLDER_CASES, ids=[c[0] for c in HOSTILE_FOLDER_CASES])
+def test_hostile_folder_extracts_to_the_right_rows(tmp_path, case_id, build, expect):
+    build(tmp_path)
+    path = tmp_path / "f.h5"
+    r = extract(tmp_path / "data", "train", path, ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=1,
+                                                                  layer="block1_pool", pooling="avg"), workers=2)
+    fs = FeatureStore(path)
+    counts = dict(zip(fs.class_names(), np.bincount(fs.labels("train"), minlength=len(fs.class_names())).tolist()))
+    assert (r.rows, r.failed, counts) == (expect["rows"], expect["failed"], expect["labels"])
+    assert check_store(path) == []
