@@ -10,22 +10,46 @@ Keras is imported lazily so that listing models, reading stores and ``--help`` s
 from __future__ import annotations
 
 import difflib
-import importlib
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .errors import ConfigError, choices_error
 
+logger = logging.getLogger(__name__)
+
 POOLINGS = ("none", "avg", "max")
 
-# What each Keras preprocessing mode does to an RGB image with values 0..255.
+# Preprocessing ids (recorded and fingerprinted) -> what they do to an RGB image with values 0..255.
 PREPROCESS_MODES = {
-    "caffe": "RGB->BGR, minus the ImageNet channel means, no scaling",
-    "tf": "scaled to [-1, 1]",
-    "torch": "scaled to [0, 1], then ImageNet mean/std normalisation",
+    "imagenet-caffe": "RGB->BGR, minus the ImageNet channel means, no scaling (Keras 'caffe' mode: VGG, ResNet)",
+    "imagenet-torch": "scaled to [0, 1], then ImageNet mean/std normalisation (Keras 'torch' mode: DenseNet)",
+    "tf": "scaled to [-1, 1] (Keras 'tf' mode: Inception, Xception, MobileNetV2)",
+    "scale01": "scaled to [0, 1]",
     "none": "identity: the model rescales inside (expects 0..255)",
 }
+_KERAS_MODE = {"imagenet-caffe": "caffe", "imagenet-torch": "torch", "tf": "tf"}
+
+
+def validate_preprocess(mode: str) -> str:
+    """Refuse a preprocessing id that is not one of PREPROCESS_MODES."""
+    if mode not in PREPROCESS_MODES:
+        raise choices_error("preprocess", mode, PREPROCESS_MODES)
+    return mode
+
+
+def preprocess(batch, mode: str):
+    """Apply preprocessing ``mode`` to a float32 RGB (or grayscale) batch with values 0..255."""
+    if mode == "none":
+        return batch
+    if mode == "scale01":
+        return batch / 255.0
+    if batch.shape[-1] != 3:
+        raise ConfigError(f"--preprocess {mode} needs RGB input; this model takes {batch.shape[-1]} channel(s): use none or scale01")
+    from keras.applications import imagenet_utils
+
+    return imagenet_utils.preprocess_input(batch, data_format="channels_last", mode=_KERAS_MODE[mode])
 
 
 @dataclass(frozen=True)
@@ -49,15 +73,16 @@ class BackboneSpec:
         side = self.spatial(size)
         return (side, side, self.channels)
 
+    channels_in: int = 3  # image channels the model takes
+
     @property
     def preprocess_name(self) -> str:
         """Human-readable name of the preprocessing, as recorded in stores."""
         return f"keras.applications.{self.module}.preprocess_input ({self.preprocess_mode}: {PREPROCESS_MODES[self.preprocess_mode]})"
 
     def preprocess(self, batch):
-        """Apply this model's own ``preprocess_input`` to a float32 RGB batch in 0..255."""
-        module = importlib.import_module(f"keras.applications.{self.module}")
-        return module.preprocess_input(batch)
+        """This model's own preprocessing (equal to its ``keras.applications`` ``preprocess_input``) of a 0..255 batch."""
+        return preprocess(batch, self.preprocess_mode)
 
     def build(self, size: int, weights: str | None = None):
         """Build the Keras conv base (``include_top=False``) for ``size``x``size`` RGB input."""
@@ -108,29 +133,39 @@ def validate_pooling(pooling: str) -> None:
         raise choices_error("pooling", pooling, POOLINGS)
 
 
+def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -> list[tuple[str, object]]:
+    """``(layer name, output tensor)`` for each requested cut of ``base`` (None = its last layer), then optional pooling."""
+    import keras
+
+    validate_pooling(pooling)
+    names = [lyr.name for lyr in base.layers]
+    out = []
+    for layer in layers:
+        if layer is None:
+            layer = base.layers[-1].name
+        if layer not in names:
+            near = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(near)}?" if near else ""
+            raise ConfigError(f"unknown layer {layer!r} for {model_name}.{hint} "
+                              f"List its layers with `featstore models {model_name} --layers`.")
+        found = base.get_layer(layer)
+        if getattr(found, "activation", None) is keras.activations.softmax:
+            logger.warning("layer %r of %s is the classifier's output (class probabilities), not image features", layer, model_name)
+        t = found.output
+        if pooling != "none":
+            if len(t.shape) != 4:
+                raise ConfigError(f"--pooling {pooling} needs a 4-D conv output; layer {layer} gives {tuple(t.shape)}")
+            pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+            t = pool(name=f"featstore_{pooling}_pool_{layer}")(t)
+        out.append((layer, t))
+    return out
+
+
 def cut_model(base, layer: str | None, pooling: str, model_name: str):
     """The extractor: ``base`` cut at ``layer`` (None = its last layer), then optional global pooling."""
     import keras
 
-    validate_pooling(pooling)
-    if layer is None:
-        out = base.output
-    else:
-        names = [lyr.name for lyr in base.layers]
-        if layer not in names:
-            near = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(near)}?" if near else ""
-            raise ConfigError(
-                f"unknown layer {layer!r} for {model_name}.{hint} "
-                f"List its layers with `featstore models {model_name} --layers`."
-            )
-        out = base.get_layer(layer).output
-    if pooling != "none":
-        if len(out.shape) != 4:
-            raise ConfigError(f"--pooling {pooling} needs a 4-D conv output; layer gives {tuple(out.shape)}")
-        pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-        out = pool(name=f"featstore_{pooling}_pool")(out)
-    return keras.Model(base.input, out, name=f"{base.name}_featstore")
+    return keras.Model(base.input, cut_outputs(base, [layer], pooling, model_name)[0][1], name=f"{base.name}_featstore")
 
 
 # --- output side formulas (checked against the built models by tests/test_backbones.py) ---
@@ -173,13 +208,13 @@ def _notop(prefix: str) -> Callable[[int], str]:
 
 
 for _spec in (
-    BackboneSpec("vgg16", "VGG16", "vgg16", "caffe", 150, 32, 512, _floor32, _notop("vgg16")),
-    BackboneSpec("vgg19", "VGG19", "vgg19", "caffe", 150, 32, 512, _floor32, _notop("vgg19")),
-    BackboneSpec("resnet50", "ResNet50", "resnet", "caffe", 224, 32, 2048, _ceil32, _notop("resnet50")),
+    BackboneSpec("vgg16", "VGG16", "vgg16", "imagenet-caffe", 150, 32, 512, _floor32, _notop("vgg16")),
+    BackboneSpec("vgg19", "VGG19", "vgg19", "imagenet-caffe", 150, 32, 512, _floor32, _notop("vgg19")),
+    BackboneSpec("resnet50", "ResNet50", "resnet", "imagenet-caffe", 224, 32, 2048, _ceil32, _notop("resnet50")),
     BackboneSpec("inception_v3", "InceptionV3", "inception_v3", "tf", 299, 75, 2048, _inception_v3, _notop("inception_v3")),
     BackboneSpec("xception", "Xception", "xception", "tf", 299, 71, 2048, _xception, _notop("xception")),
     BackboneSpec("mobilenet_v2", "MobileNetV2", "mobilenet_v2", "tf", 224, 32, 1280, _ceil32, _mobilenet_v2_file),
-    BackboneSpec("densenet121", "DenseNet121", "densenet", "torch", 224, 32, 1024, _densenet, _notop("densenet121")),
+    BackboneSpec("densenet121", "DenseNet121", "densenet", "imagenet-torch", 224, 32, 1024, _densenet, _notop("densenet121")),
     BackboneSpec("efficientnet_b0", "EfficientNetB0", "efficientnet", "none", 224, 32, 1280, _ceil32, lambda s: "efficientnetb0_notop.h5"),
 ):
     register_backbone(_spec)

@@ -24,45 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, provenance, store, writer
-from .backbones import cut_model, get_backbone, validate_pooling, validate_size
+from . import provenance, store, writer
 from .decode import DaemonPool
 from .errors import ConfigError
+from .extractor import Extractor, ExtractorConfig, default_store_name  # noqa: F401 (re-exported: the public API names them here)
 from .images import ImageError, ImageListing, discover, load_image, printable
-from .weights import LoadedWeights, describe_weights_argument, load_base, weights_digest
+from .weights import sha256_file
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExtractorConfig:
-    """Everything that decides the features; its hash (with the weights' digest) is the fingerprint."""
-
-    model: str = "vgg16"  # backbone registry name (featstore models)
-    image_size: int | None = None  # input side in pixels; None = the backbone's default
-    layer: str | None = None  # cut at this named layer; None = the conv base's last layer
-    pooling: str = "none"  # none | avg | max (global pooling after the cut)
-    dtype: str = "float32"  # float32 | float16 stored features
-    weights: str = "imagenet"  # imagenet | none | hed-bsds500 | path to a Keras weights file
-    seed: int = 0  # initialisation seed, used only with weights="none"
-    mixed_precision: bool = False  # compute in float16 (GPU tensor cores); changes features slightly, so fingerprinted
-
-    @classmethod
-    def from_attrs(cls, attrs: dict, weights: str | None = None) -> ExtractorConfig:
-        """The configuration a store's extractor attributes record (``weights`` overrides the recorded source)."""
-        return cls(model=attrs["model"], image_size=int(attrs["input_size"]), layer=attrs["layer"], pooling=attrs["pooling"],
-                   dtype=attrs["dtype"], weights=weights or attrs["weights"], seed=int(attrs.get("seed", 0)),
-                   mixed_precision=attrs.get("compute_dtype") == "mixed_float16")
-
-    def validated(self) -> ExtractorConfig:
-        """Check every field before any work; fill the default image size."""
-        spec = get_backbone(self.model)
-        size = self.image_size or spec.default_size
-        validate_size(spec, size)
-        validate_pooling(self.pooling)
-        store.validate_dtype(self.dtype)
-        return ExtractorConfig(self.model, size, self.layer, self.pooling, self.dtype, describe_weights_argument(self.weights), self.seed,
-                               self.mixed_precision)
 
 
 @dataclass
@@ -83,84 +52,7 @@ class ExtractResult:
     failures: list = field(default_factory=list)  # (path, reason) recorded by this run
     ignored: int = 0  # files without an image extension in the class folders
     images_per_second: float = 0.0  # throughput of the decode-model-write loop (model building excluded)
-
-
-class Extractor:
-    """A loaded backbone turned into a feature function, with its provenance.
-
-    >>> ex = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))  # doctest: +SKIP
-    >>> ex(np.zeros((2, 32, 32, 3), np.uint8)).shape                                  # doctest: +SKIP
-    (2, 1, 1, 512)
-    """
-
-    def __init__(self, config: ExtractorConfig):
-        self.config = config.validated()
-        self.spec = get_backbone(self.config.model)
-        import keras
-
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy("mixed_float16" if self.config.mixed_precision else "float32")
-        try:
-            base, self.weights = load_base(self.spec, self.config.image_size, self.config.weights, self.config.seed)
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
-        self.model = cut_model(base, self.config.layer, self.config.pooling, self.spec.name)
-        self.feature_shape = tuple(int(d) for d in self.model.output_shape[1:])
-        self.attrs = self._attrs(self.weights)
-        self._forward = _forward_fn(self.model, self.config.image_size)
-        self._forward(np.zeros((1, self.config.image_size, self.config.image_size, 3), np.float32))  # trace once, at start-up
-
-    def _attrs(self, w: LoadedWeights) -> dict:
-        import keras
-        import PIL
-        import tensorflow as tf
-
-        c = self.config
-        attrs = {
-            "model": c.model,
-            "layer": c.layer or self.model.layers[-1 if c.pooling == "none" else -2].name,
-            "layer_requested": c.layer or "",  # "" = the default cut (not fingerprinted: "layer" holds the name)
-            "input_size": c.image_size,
-            "pooling": c.pooling,
-            "preprocess": self.spec.preprocess_mode,  # a stable id; the prose is in preprocess_description
-            "preprocess_description": self.spec.preprocess_name,
-            "resize": provenance.RESIZE_ID,
-            "resize_description": provenance.RESIZE_DESCRIPTION,
-            "dtype": c.dtype,
-            "feature_shape": list(self.feature_shape),
-            "weights": w.argument,
-            "weights_source": w.source,
-            "weights_description": w.description,
-            "weights_file": w.path,
-            "weights_sha256": w.file_sha256,
-            "weights_digest": weights_digest(self.model),
-            "seed": c.seed,
-            "compute_dtype": "mixed_float16" if c.mixed_precision else "float32",
-            "keras_version": keras.__version__,
-            "tensorflow_version": tf.__version__,
-            "pillow_version": PIL.__version__,
-            "featstore_version": __version__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        attrs["fingerprint"] = provenance.fingerprint(attrs)
-        return attrs
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Features of a uint8 RGB batch ``(B, size, size, 3)``, in the configured dtype."""
-        x = self.spec.preprocess(images.astype(np.float32))
-        return np.asarray(self._forward(x)).astype(self.config.dtype, copy=False)
-
-
-def _forward_fn(model, size: int):
-    """The model as one traced function for any batch size (no `predict`-in-a-loop leak, no retracing per shape)."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return model.predict_on_batch
-    import tensorflow as tf
-
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
-    return lambda x: fn(tf.convert_to_tensor(x, tf.float32)).numpy()
+    extractors: list = field(default_factory=list)  # every extractor group written (one per layer with several layers)
 
 
 def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Iterator[tuple[str, np.ndarray | None, str]]:
@@ -202,45 +94,57 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
             compression: str = "none") -> ExtractResult:
     """Extract features of ``data/split/<class>/*`` into ``store_path`` under ``/<name>/<split>``.
 
-    Re-running a complete split is a no-op (``overwrite=True`` replaces it); an interrupted run
-    resumes from its last committed batch. Example::
+    With ``config.layers`` (several cut layers) one decode and one forward pass fill one extractor group per
+    layer, named ``<name>@<layer>``, each with its own fingerprint. Re-running a complete split is a no-op
+    (``overwrite=True`` replaces it); an interrupted run resumes from its last committed batch. Example::
 
         extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"))
+        extract("data/fashion_mnist", "train", "features.h5",
+                ExtractorConfig(weights="hed-bsds500", layers=("block3_pool", "block4_pool", "block5_pool")))
     """
     started = time.monotonic()
-    config = (config or ExtractorConfig()).validated()
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     if compression not in writer.COMPRESSIONS:
         raise ConfigError(f"unknown compression {compression!r}; choose one of: {', '.join(writer.COMPRESSIONS)}")
     provenance.validate_name("split", split)
-    name = provenance.validate_name("extractor", name or config.model)
+    config = config or ExtractorConfig()
+    config = config.validated(config.backbone())
+    base = name or default_store_name(config)
+    names = [f"{base}@{lyr}" for lyr in config.layers] if config.layers else [base]
+    for n in names:
+        provenance.validate_name("extractor", n)
+    configs = [replace(config, layer=lyr, layers=()) for lyr in config.layers] or [config]
     listing = discover(data, split)
     store_path = writer.check_writable(store_path)
-    result = ExtractResult(str(store_path), name, split, ignored=listing.n_ignored)
+    result = ExtractResult(str(store_path), names[0], split, ignored=listing.n_ignored, extractors=names)
     with writer.writer_lock(store_path, locking):
-        if not overwrite and _already_complete(store_path, name, split, config, listing, locking):
+        todo = [i for i in range(len(names)) if overwrite or not _already_complete(store_path, names[i], split, configs[i], listing, locking)]
+        if not todo:
             result.skipped = True
-            logger.debug("%s/%s in %s is already complete; nothing to do", name, split, store_path)
+            logger.debug("%s in %s already complete; nothing to do", ", ".join(f"{n}/{split}" for n in names), store_path)
         else:
-            extractor = Extractor(config)
-            result.feature_shape, result.fingerprint = extractor.feature_shape, extractor.attrs["fingerprint"]
+            names, configs = [names[i] for i in todo], [configs[i] for i in todo]
+            extractor = Extractor(replace(config, layer=None, layers=tuple(c.layer for c in configs)) if config.layers else config)
+            result.fingerprint = extractor.attrs["fingerprint"]
             split_attrs = {"class_names": listing.class_names, "source_root": str(listing.root.resolve()), "n_images": len(listing.items),
                            "n_ignored": listing.n_ignored, "listing_sha256": listing.digest(), "batch_size": batch_size,
                            "compression": compression}
-            row_bytes = int(np.prod(extractor.feature_shape)) * np.dtype(config.dtype).itemsize
-            done = _images_done(store_path, name, split, locking) if not overwrite else 0
+            row_bytes = sum(int(np.prod(a["feature_shape"])) for _, a in extractor.outputs) * np.dtype(config.dtype).itemsize
+            done = 0 if overwrite else min(_images_done(store_path, n, split, locking) for n in names)
             writer.ensure_space(store_path, (len(listing.items) - done) * row_bytes + writer.CHUNK_BYTES, done)  # before anything is replaced
-            start = writer.prepare_split(store_path, name, split, extractor.attrs, split_attrs, overwrite, locking, listing)
-            if start is None:  # complete, found only after the full fingerprint check (e.g. other weights spelling)
-                result.skipped = True
-            else:
-                result.resumed_from = start
-                _run(extractor, listing, store_path, name, split, start, batch_size, progress, workers, locking, result)
-                writer.finish(store_path, name, split, time.monotonic() - started, locking)
-        info = store.FeatureStore(store_path, locking=locking).split_info(split, name)
+            starts = [writer.prepare_split(store_path, n, split, attrs, split_attrs, overwrite, locking, listing)
+                      for n, (_, attrs) in zip(names, extractor.outputs)]
+            starts = [len(listing.items) if s is None else s for s in starts]  # complete (found after the full check): nothing to add
+            if min(starts) < len(listing.items):
+                result.resumed_from = min(starts)
+                _run(extractor, listing, store_path, names, split, starts, batch_size, progress, workers, locking, result)
+            for n in names:
+                writer.finish(store_path, n, split, time.monotonic() - started, locking)
+        info = store.FeatureStore(store_path, locking=locking).split_info(split, result.extractor)
         result.rows, result.failed = int(info["committed_rows"]), int(info["n_failed"])
         result.feature_shape = tuple(info["shape"][1:])
+        result.fingerprint = result.fingerprint or store.FeatureStore(store_path, locking=locking).metadata(result.extractor)["fingerprint"]
     result.seconds = time.monotonic() - started
     return result
 
@@ -279,6 +183,8 @@ def _same_config(attrs: dict, config: ExtractorConfig) -> bool:
         recorded = ExtractorConfig.from_attrs(attrs)
     except (KeyError, TypeError, ValueError):
         return False  # damaged provenance: the full check in prepare_split says what is wrong
+    if attrs.get("model_sha256") and (not Path(config.model).is_file() or sha256_file(config.model) != attrs["model_sha256"]):
+        return False  # the model file changed: the full check says how
     if config.layer is None and not attrs.get("layer_requested"):
         recorded = replace(recorded, layer=None)  # the default cut, recorded by its name
     if config.weights != "none":
@@ -286,25 +192,33 @@ def _same_config(attrs: dict, config: ExtractorConfig) -> bool:
     return recorded == config
 
 
-def _run(extractor: Extractor, listing: ImageListing, path: Path, name: str, split: str, start: int,
+def _run(extractor: Extractor, listing: ImageListing, path: Path, names: list[str], split: str, starts: list[int],
          batch_size: int, progress: bool, workers: int | None, locking, result: ExtractResult) -> None:
+    """Decode, run the model and commit batch by batch; group i gets a batch only past its own ``starts[i]``.
+
+    Batch boundaries depend only on the listing, the decode outcomes and batch_size, so a group that committed
+    one batch more than another before a kill is simply not written again for that batch.
+    """
     from tqdm.auto import tqdm
 
+    start = min(starts)
     items = listing.items[start:]
     abs_paths = [str(listing.root / p) for p, _ in items]
     workers = min(8, (os.cpu_count() or 2) * 2) if workers is None else workers
     done = start
-    bar = tqdm(total=len(listing.items), initial=start, unit="img", desc=f"{name}/{split}", disable=not progress, dynamic_ncols=True)
+    desc = f"{names[0]}/{split}" if len(names) == 1 else f"{len(names)} layers/{split}"
+    bar = tqdm(total=len(listing.items), initial=start, unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
     batch_imgs, batch_labels, batch_paths, batch_failed = [], [], [], []
 
     def commit() -> None:
-        feats = extractor(np.stack(batch_imgs)) if batch_imgs else None
-        writer.append(path, name, split, feats, np.array(batch_labels, dtype=np.int32), batch_paths, batch_failed, done, locking)
+        feats = extractor.features(np.stack(batch_imgs)) if batch_imgs else [None] * len(names)
+        for n, f, s in zip(names, feats, starts):
+            if done > s:
+                writer.append(path, n, split, f, np.array(batch_labels, dtype=np.int32), batch_paths, batch_failed, done, locking)
         result.written += len(batch_labels)
         result.failures.extend(batch_failed)
         bar.update(len(batch_labels) + len(batch_failed))
         batch_imgs.clear(), batch_labels.clear(), batch_paths.clear(), batch_failed.clear()
-
     loop_start = time.perf_counter()
     try:
         for (rel, label), (_, img, reason) in zip(items, iter_decoded(abs_paths, extractor.config.image_size, workers, 4 * batch_size)):

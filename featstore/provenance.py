@@ -6,7 +6,7 @@ shown" comparison: extract, the writer, check, fit, evaluate and predict all cal
 The fingerprint is a sha256 over stable identifiers and numbers only (a preprocessing mode id, a resize
 id, shapes, the weights' tensor digest), never over prose, so a wording fix cannot change it.
 
->>> a = {"model": "vgg16", "layer": "block5_pool", "input_size": 150, "pooling": "none", "preprocess": "caffe",
+>>> a = {"model": "vgg16", "layer": "block5_pool", "input_size": 150, "pooling": "none", "preprocess": "imagenet-caffe",
 ...      "resize": RESIZE_ID, "dtype": "float32", "compute_dtype": "float32", "feature_shape": [4, 4, 512],
 ...      "weights_digest": "0" * 64}
 >>> fingerprint(a) == fingerprint(dict(a, weights_description="reworded"))

@@ -21,7 +21,7 @@ def test_layout_and_provenance(data_root, tiny_config, tmp_path):
                     "dtype", "keras_version", "tensorflow_version", "created_at", "fingerprint"):
             assert key in g.attrs, key
         assert g.attrs["weights_source"] == "none" and g.attrs["layer"] == "block5_pool"
-        assert g.attrs["preprocess"] == "caffe" and "vgg16.preprocess_input" in g.attrs["preprocess_description"]
+        assert g.attrs["preprocess"] == "imagenet-caffe" and "vgg16.preprocess_input" in g.attrs["preprocess_description"]
         tr = g["train"]
         assert tr["features"].shape == (12, 1, 1, 512) and tr["features"].dtype == np.float32
         assert tr["features"].maxshape == (None, 1, 1, 512) and tr["features"].chunks[0] >= 1

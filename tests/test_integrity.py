@@ -22,7 +22,7 @@ def _fp(attrs: dict) -> str:
 def test_fingerprint_ignores_prose_and_versions_but_not_numbers(data_root, tiny_config, tmp_path):
     extract(data_root, "train", tmp_path / "f.h5", tiny_config)
     a = FeatureStore(tmp_path / "f.h5").metadata()
-    assert a["preprocess"] == "caffe" and a["resize"] == provenance.RESIZE_ID and a["pillow_version"]
+    assert a["preprocess"] == "imagenet-caffe" and a["resize"] == provenance.RESIZE_ID and a["pillow_version"]
     same = dict(a, preprocess_description="reworded", resize_description="reworded", weights_description="x", pillow_version="0",
                 keras_version="0", created_at="never")
     assert _fp(same) == a["fingerprint"]

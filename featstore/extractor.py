@@ -1,0 +1,207 @@
+"""Every model is a backbone: a registered Keras application or a saved ``.keras`` file reaches the features
+through the same path (build -> cut at one or several layers -> preprocess -> fingerprint per output).
+
+>>> ex = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))            # doctest: +SKIP
+>>> ex(np.zeros((2, 32, 32, 3), np.uint8)).shape                                            # doctest: +SKIP
+(2, 1, 1, 512)
+>>> ex = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32,
+...                                layers=("block3_pool", "block5_pool")))                  # doctest: +SKIP
+>>> [f.shape for f in ex.features(np.zeros((2, 32, 32, 3), np.uint8))]                       # doctest: +SKIP
+[(2, 4, 4, 256), (2, 1, 1, 512)]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, provenance
+from .backbones import BackboneSpec, cut_outputs, get_backbone, validate_pooling, validate_preprocess, validate_size
+from .errors import ConfigError
+from .saved import SavedModelSpec, is_model_path
+from .store import validate_dtype
+from .weights import describe_weights_argument, load_base, weights_digest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """Everything that decides the features; its hash (with the weights' digest) is the fingerprint."""
+
+    model: str = "vgg16"  # backbone registry name (featstore models), or the path of a saved .keras model
+    image_size: int | None = None  # input side in pixels; None = the backbone's default (a saved model's own)
+    layer: str | None = None  # cut at this named layer; None = the conv base's last layer (saved model: before the last Dense)
+    pooling: str = "none"  # none | avg | max (global pooling after the cut)
+    dtype: str = "float32"  # float32 | float16 stored features
+    weights: str = "imagenet"  # imagenet | none | hed-bsds500 | path to a Keras weights file (a saved model carries its own)
+    seed: int = 0  # initialisation seed, used only with weights="none"
+    mixed_precision: bool = False  # compute in float16 (GPU tensor cores); changes features slightly, so fingerprinted
+    layers: tuple[str, ...] = ()  # several cut layers in one pass; each becomes its own extractor group
+    preprocess: str | None = None  # saved models: none | scale01 | imagenet-caffe | imagenet-torch | tf (default none)
+    trust_model: bool = False  # allow a legacy .h5 full model (no safe_mode protection)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict, weights: str | None = None, model_file: str | None = None) -> ExtractorConfig:
+        """The configuration a store's extractor attributes record (``weights``/``model_file`` override recorded files)."""
+        saved = bool(attrs.get("model_file"))
+        return cls(model=model_file or attrs["model_file"] if saved else attrs["model"], image_size=int(attrs["input_size"]),
+                   layer=attrs["layer"], pooling=attrs["pooling"], dtype=attrs["dtype"],
+                   weights="model" if saved else weights or attrs["weights"], seed=int(attrs.get("seed", 0)),
+                   mixed_precision=attrs.get("compute_dtype") == "mixed_float16", preprocess=attrs["preprocess"] if saved else None,
+                   trust_model=bool(attrs.get("trust_model", False)))
+
+    @property
+    def cut_layers(self) -> tuple[str | None, ...]:
+        """The layers to cut at, in order (None = the default cut)."""
+        return self.layers or (self.layer,)
+
+    def backbone(self) -> BackboneSpec | SavedModelSpec:
+        """The backbone this configuration names: a registry spec, or a saved model file inspected."""
+        if is_model_path(self.model):
+            return SavedModelSpec.from_path(self.model, self.preprocess, self.trust_model)
+        return get_backbone(self.model)
+
+    def validated(self, spec: BackboneSpec | SavedModelSpec | None = None) -> ExtractorConfig:
+        """Check every field before any work; fill the default image size; normalise paths."""
+        if self.layers and self.layer:
+            raise ConfigError("give either layer or layers, not both")
+        if len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"--layer lists a layer twice: {', '.join(self.layers)}")
+        layers = self.layers if len(self.layers) != 1 else ()
+        layer = self.layers[0] if len(self.layers) == 1 else self.layer
+        spec = spec or self.backbone()
+        size = self.image_size or spec.default_size
+        validate_pooling(self.pooling)
+        validate_dtype(self.dtype)
+        if isinstance(spec, SavedModelSpec):
+            if self.weights not in ("imagenet", "model"):
+                raise ConfigError(f"--weights {self.weights} does not apply to a saved model: {spec.path.name} carries its own "
+                                  f"weights. Leave --weights out.")
+            return replace(self, model=str(spec.path), image_size=size, weights="model", layer=layer, layers=layers,
+                           preprocess=spec.preprocess_mode)
+        validate_size(spec, size)
+        if self.preprocess not in (None, spec.preprocess_mode):
+            validate_preprocess(self.preprocess)
+            raise ConfigError(f"{spec.name} uses its own preprocessing ({spec.preprocess_mode}); --preprocess is for saved models")
+        return replace(self, image_size=size, weights=describe_weights_argument(self.weights), layer=layer, layers=layers,
+                       preprocess=None)
+
+
+class Extractor:
+    """A loaded backbone turned into a feature function with one or several outputs, each with its provenance.
+
+    ``outputs`` holds one ``(layer, attrs)`` per cut layer; ``attrs`` is the first one's (the only one's).
+    """
+
+    def __init__(self, config: ExtractorConfig):
+        spec = config.backbone()
+        self.config = config.validated(spec)
+        self.spec = spec
+        import keras
+
+        c = self.config
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("mixed_float16" if c.mixed_precision else "float32")
+        try:
+            base, self.weights = spec.build(c.image_size) if isinstance(spec, SavedModelSpec) else load_base(
+                spec, c.image_size, c.weights, c.seed)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        default = spec.default_layer if isinstance(spec, SavedModelSpec) else None
+        if isinstance(spec, SavedModelSpec) and not any(c.cut_layers):
+            logger.info("%s: cutting at %r, the layer before its last Dense layer (--layer to choose another)", spec.path.name, default)
+        cuts = cut_outputs(base, [lyr or default for lyr in c.cut_layers], c.pooling, self._shown_name())
+        self.model = keras.Model(base.input, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore")
+        self.outputs = [(name, self._attrs(name, requested, keras.Model(base.input, t)))
+                        for (name, t), requested in zip(cuts, c.cut_layers)]
+        self.attrs = self.outputs[0][1]
+        self.feature_shape = tuple(self.attrs["feature_shape"])
+        self._forward = _forward_fn(self.model, c.image_size, spec.channels_in)
+        self._forward(np.zeros((1, c.image_size, c.image_size, spec.channels_in), np.float32))  # trace once, at start-up
+
+    def _shown_name(self) -> str:
+        """The model as messages name it."""
+        return self.spec.path.name if isinstance(self.spec, SavedModelSpec) else self.spec.name
+
+    def _attrs(self, layer: str, requested: str | None, cut) -> dict:
+        """The provenance of one output (cut at ``layer``), with its fingerprint."""
+        import keras
+        import PIL
+        import tensorflow as tf
+
+        c, w = self.config, self.weights
+        attrs = {
+            "model": self.spec.name,  # registry name, or keras-file:<sha256> for a saved model
+            "layer": layer,
+            "layer_requested": requested or "",  # "" = the default cut (not fingerprinted: "layer" holds the name)
+            "input_size": c.image_size,
+            "input_channels": self.spec.channels_in,
+            "pooling": c.pooling,
+            "preprocess": self.spec.preprocess_mode,  # a stable id; the prose is in preprocess_description
+            "preprocess_description": self.spec.preprocess_name,
+            "resize": provenance.RESIZE_ID,
+            "resize_description": provenance.RESIZE_DESCRIPTION,
+            "dtype": c.dtype,
+            "feature_shape": [int(d) for d in cut.output_shape[1:]],
+            "weights": w.argument,
+            "weights_source": w.source,
+            "weights_description": w.description,
+            "weights_file": w.path,
+            "weights_sha256": w.file_sha256,
+            "weights_digest": weights_digest(cut),
+            "seed": c.seed,
+            "compute_dtype": "mixed_float16" if c.mixed_precision else "float32",
+            "keras_version": keras.__version__,
+            "tensorflow_version": tf.__version__,
+            "pillow_version": PIL.__version__,
+            "featstore_version": __version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if isinstance(self.spec, SavedModelSpec):
+            attrs.update(model_file=str(self.spec.path), model_sha256=self.spec.sha256, trust_model=self.spec.trust_model)
+        attrs["fingerprint"] = provenance.fingerprint(attrs)
+        return attrs
+
+    def features(self, images: np.ndarray) -> list[np.ndarray]:
+        """Features of a uint8 RGB batch ``(B, size, size, 3)`` for every output, in the configured dtype."""
+        x = images.astype(np.float32) if self.spec.channels_in == 3 else to_gray(images)
+        out = self._forward(self.spec.preprocess(x))
+        return [np.asarray(o).astype(self.config.dtype, copy=False) for o in (out if isinstance(out, list) else [out])]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Features of a uint8 RGB batch for the (first) output."""
+        return self.features(images)[0]
+
+
+def to_gray(images: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 (B, H, W, 1) with Pillow's integer luma formula (exact for images that were gray)."""
+    rgb = images.astype(np.uint32)
+    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return luma[..., None].astype(np.float32)
+
+
+def _forward_fn(model, size: int, channels: int):
+    """The model as one traced function for any batch size (no `predict`-in-a-loop leak, no retracing per shape)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return model.predict_on_batch
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)])
+
+    def run(x):
+        out = fn(tf.convert_to_tensor(x, tf.float32))
+        return [o.numpy() for o in out] if isinstance(out, (list, tuple)) else out.numpy()
+
+    return run
+
+
+def default_store_name(config: ExtractorConfig) -> str:
+    """The extractor group name when --name is not given: the model's name, or the saved model file's stem."""
+    return Path(config.model).stem if is_model_path(config.model) else config.model
