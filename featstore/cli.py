@@ -268,6 +268,26 @@ def classifiers() -> None:
     typer.echo(classifiers_table())
 
 
+@app.command("export")
+@_errors
+def export_split(
+    split: Annotated[str, typer.Option(help="Split to export (train, validation, test, ...).")],
+    out: Annotated[Path, typer.Option(help="File to write: .npz, .parquet or .csv.")],
+    store: StoreOpt = Path("features.h5"),
+    extractor: ExtractorOpt = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="npz, parquet (needs pyarrow) or csv. Default: from the suffix of --out.")] = None,
+    features: Annotated[str, typer.Option(help="flat (every value), or avg or max (global pooling over space).")] = "flat",
+) -> None:
+    """Write a split's features, labels, class names and image paths to .npz, Parquet or CSV, in blocks.
+
+    Features are read and written block by block, so stores larger than memory export too; the file appears under its name only when complete.
+    """
+    from .export import export as run_export
+
+    r = run_export(store, split, out, extractor=extractor, format=fmt, features=features)
+    typer.echo(f"wrote {r.rows} rows of {r.n_features} values ({r.features}) to {r.path} ({r.format})")
+
+
 SubStoreOpt = Annotated[Optional[Path], typer.Option(help="HDF5 store file (default: the one given to `runs`, else features.h5).")]
 
 
