@@ -70,6 +70,8 @@ _TF_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\
 def quiet_tensorflow() -> None:
     """Hide TensorFlow's C++ start-up chatter: TF_CPP_MIN_LOG_LEVEL=2 (unless set) and a captured first import."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # INFO and WARNING lines logged after start-up
+    if sys.stderr is None:  # started with fd 2 closed: nothing is shown, and fd 2 may be reused by a file
+        return
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
