@@ -40,21 +40,27 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, p
 def curves_png(history: dict[str, list[float]], title: str, path: Path) -> Path:
     """Training and validation accuracy and loss per epoch, side by side.
 
-    The loss axis is logarithmic (and says so) when every loss is positive, so a large first-epoch loss
-    does not flatten the rest of the curve.
+    The loss axis is logarithmic (and says so) when the losses span more than a factor of 5, so a large
+    first-epoch loss does not flatten the rest of the curve.
 
     >>> curves_png({"loss": [28.0, 0.9, 0.5], "accuracy": [0.3, 0.7, 0.8]}, "run", Path("curves.png"))  # doctest: +SKIP
     """
     plt = _plt()
+    from matplotlib import ticker
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("accuracy", "loss")):
         series = {f"training {metric}": history.get(metric, []), f"validation {metric}": history.get(f"val_{metric}", [])}
         for (label, values), style in zip(series.items(), ("o", "-")):
             if values:
                 ax.plot(range(1, len(values) + 1), values, style, label=label)
-        log = metric == "loss" and all(v > 0 for vals in series.values() for v in vals) and any(series.values())
+        log = metric == "loss" and _wide_positive([v for vals in series.values() for v in vals])
         if log:
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{metric} (log scale)" if log else metric)
         ax.set_title(f"{title}: {metric}")
@@ -64,6 +70,11 @@ def curves_png(history: dict[str, list[float]], title: str, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _wide_positive(values: list[float]) -> bool:
+    """True when all values are positive and the largest is over 5 times the smallest: worth a log axis."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 5
 
 
 def compare_png(labels: list[str], scores: dict[str, list[float | None]], path: Path) -> Path:

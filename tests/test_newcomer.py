@@ -120,7 +120,9 @@ def test_bad_size_names_both_unit_families():
 
 
 def test_plots_are_written(tmp_path):
-    from featstore.plots import compare_png, curves_png
+    from featstore.plots import _wide_positive, compare_png, curves_png
+
+    assert _wide_positive([28.0, 0.9, 0.5]) and not _wide_positive([2.33, 2.28]) and not _wide_positive([1.0, 0.0])
 
     curves_png({"loss": [28.0, 0.9, 0.5], "val_loss": [3.0, 1.0, 0.7], "accuracy": [0.3, 0.7, 0.8]}, "r", tmp_path / "c.png")
     compare_png([f"run-{i}" for i in range(20)], {"validation": [0.5] * 20, "test": [0.6] * 19 + [None]}, tmp_path / "cmp.png")
