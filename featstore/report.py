@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .backbones import get_backbone, list_backbones
 from .store import FeatureStore
+from .units import format_bytes
 
 PROVENANCE_KEYS = ("model", "layer", "input_size", "pooling", "dtype", "compute_dtype", "feature_shape", "preprocess",
                    "preprocess_description", "resize", "resize_description", "pillow_version",
@@ -117,7 +118,7 @@ def run_report(rec: dict, pngs: list, per_class: bool = True) -> str:
         lines.append(f"  selection: {sel.get('method')}")
         for c in sel.get("candidates", []):
             lines.append(f"    {c['params']}: {c['score']:.4f}")
-        streamed = f", streamed within {rec['memory_budget'] / 1e6:.0f} MB" if rec.get("streamed") else ""
+        streamed = f", streamed within {format_bytes(rec['memory_budget'])}" if rec.get("streamed") else ""
         lines.append(f"  fit {rec['fit_seconds']:.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image{streamed}")
     for note in rec.get("notes", []):
         lines.append(f"  note: {note}")

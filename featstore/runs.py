@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, provenance
-from .classifiers import candidates, get_classifier
 from .errors import ConfigError, StoreError
 from .runfolder import (RunListing, ensure_writable, find_run, load_predictions, output_path, runs_dir, runs_root,  # noqa: F401 (re-exported)
                         scan_runs, write_run)
@@ -103,7 +102,8 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
 
         run = fit("features.h5", "svm", {"kernel": ["linear", "rbf"]}, jobs=2)
     """
-    from .streaming import parse_bytes, refuse_in_memory
+    from .classifiers import candidates, get_classifier  # sklearn: imported only when fitting (keeps `featstore runs` fast)
+    from .streaming import check_budget_holds_chunks, format_bytes, parse_bytes, refuse_in_memory
 
     spec = get_classifier(clf)
     given = params or {}
@@ -128,14 +128,7 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
     if big and spec.needs_all_data:
         refuse_in_memory(clf, train, fs.nbytes(train, name), budget)
     if big:
-        from .streaming import BLOCK_FRACTION
-
-        for s_ in used:
-            info = fs.split_info(s_, name)
-            chunk_bytes = int(info["chunks"][0]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
-            if budget // BLOCK_FRACTION < chunk_bytes:
-                raise ConfigError(f"--memory-budget {memory_budget} is too small: streaming reads blocks of a quarter of the budget "
-                                  f"and one chunk of {s_!r} is {chunk_bytes} bytes; give at least {BLOCK_FRACTION * chunk_bytes} bytes")
+        check_budget_holds_chunks(fs, name, used, budget, memory_budget)
     t0 = time.perf_counter()
     if big:
         est, best, selection, predict_split = _fit_streaming(fs, name, clf, full, settings, train, validation if has_val else None, budget)
@@ -144,7 +137,7 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
     fit_seconds = time.perf_counter() - t0
     extra = {"memory_budget": budget, "streamed": big, "notes": []}
     if big:
-        extra["notes"].append(f"streamed from the store within {budget} bytes" + (": sgd ran `epochs` partial_fit passes (max_iter is unused)" if clf == "sgd" else ""))
+        extra["notes"].append(f"streamed from the store within {format_bytes(budget)}" + (": sgd ran `epochs` partial_fit passes (max_iter is unused)" if clf == "sgd" else ""))
     if clf == "dense" and has_val:
         extra["notes"].append(f"the {validation!r} split also drove early stopping" + (" and the choice of setting" if len(full) > 1 else "")
                               + ": its score is optimistic; judge by test")
