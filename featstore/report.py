@@ -31,15 +31,26 @@ def models_table() -> str:
     return _table(rows)
 
 
-def layers_table(model: str, image_size: int | None = None) -> str:
-    """The named layers of a backbone with their output shapes (candidates for --layer); builds it with random weights."""
-    from .backbones import validate_size
+def layers_table(model: str, image_size: int | None = None, trust_model: bool = False) -> str:
+    """The named layers of a backbone or saved model with their output shapes (candidates for --layer).
 
-    spec = get_backbone(model)
-    validate_size(spec, image_size or spec.default_size)
-    base = spec.build(image_size or spec.default_size, None)
-    rows = [["layer", "output shape"]]
-    rows += [[lyr.name, str(tuple(lyr.output.shape[1:]))] for lyr in base.layers]
+    A registered backbone is built with random weights; a saved model is loaded as ``extract`` loads it, and
+    the default cut (the layer before its last Dense layer) is marked.
+    """
+    from .saved import SavedModelSpec, is_model_path
+
+    default = None
+    if is_model_path(model):
+        spec = SavedModelSpec.from_path(model, trust_model=trust_model)
+        base, default = spec.build(spec.default_size)[0], spec.default_layer
+    else:
+        from .backbones import validate_size
+
+        spec = get_backbone(model)
+        validate_size(spec, image_size or spec.default_size)
+        base = spec.build(image_size or spec.default_size, None)
+    rows = [["layer", "output shape", ""]]
+    rows += [[lyr.name, str(tuple(lyr.output.shape[1:])), "default cut" if lyr.name == default else ""] for lyr in base.layers]
     return _table(rows)
 
 
