@@ -27,7 +27,8 @@ _PUBLIC = {  # public name -> the module that defines it
     "register_classifier": "classifiers",
     "predict": "predict",
     "compare_runs": "runs", "ensemble": "runs", "evaluate_run": "runs", "fit": "runs", "get_run": "runs", "list_runs": "runs",
-    "show_run": "runs",
+    "show_run": "runs", "record_split": "runs",
+    "sweep": "sweep",
     "FeatureStore": "store",
     "export": "export",
 }
@@ -48,7 +49,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps ``featstore.extract``/``predict``/``export`` the functions when their same-named modules get imported."""
+    """Keeps ``featstore.extract``/``predict``/``export``/``sweep`` the functions when their same-named modules get imported."""
 
     def __setattr__(self, name: str, value) -> None:
         if isinstance(value, types.ModuleType) and _PUBLIC.get(name) == name:

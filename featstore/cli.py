@@ -272,6 +272,32 @@ def fit(
 
 @app.command()
 @_errors
+def sweep(
+    clf: Annotated[str, typer.Option(help="Classifiers to fit on every extractor, comma-separated, e.g. logreg,svm,dense.")] = "logreg",
+    extractor: Annotated[Optional[str], typer.Option(help="Extractors to sweep, comma-separated (default: every one with train and validation).")] = None,
+    ensemble: Annotated[bool, typer.Option("--ensemble", help="Also build the best probability-averaging ensemble of the runs (greedy selection on validation).")] = False,
+    search: Annotated[bool, typer.Option("--search", help="Search each classifier's default grid (chosen on validation) instead of its defaults.")] = False,
+    jobs: Annotated[int, typer.Option(help="Fits run in parallel (threads).")] = 1,
+    show_test: Annotated[bool, typer.Option("--show-test", help="Evaluate test for every run, not only the chosen one (the choice is still made on validation).")] = False,
+    png: Annotated[Optional[Path], typer.Option(help="Heat map to write (default: <runs>/sweep-<id>.png).")] = None,
+    store: StoreOpt = Path("features.h5"),
+    train: Annotated[str, typer.Option(help="Split to fit on.")] = "train",
+    validation: Annotated[str, typer.Option(help="Split every choice is made on.")] = "validation",
+    test: Annotated[str, typer.Option(help="Split evaluated once, after the choice.")] = "test",
+    runs: RunsOpt = None,
+) -> None:
+    """Fit every classifier on every extractor, choose the best on validation, then evaluate test once for it."""
+    from .report import sweep_table
+    from .sweep import sweep as run_sweep
+
+    summary = run_sweep(store, [c.strip() for c in clf.split(",") if c.strip()],
+                        extractors=[e.strip() for e in extractor.split(",")] if extractor else None, search=search, jobs=jobs,
+                        ensemble=ensemble, show_test=show_test, train=train, validation=validation, test=test, runs=runs, png=png)
+    typer.echo(sweep_table(summary))
+
+
+@app.command()
+@_errors
 def classifiers() -> None:
     """List the classifiers with their parameters (defaults) and default search grids."""
     from .report import classifiers_table

@@ -106,3 +106,30 @@ def compare_png(labels: list[str], scores: dict[str, list[float | None]], path: 
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def heatmap_png(rows: list[str], cols: list[str], values: np.ndarray, title: str, path: Path, mark: tuple[int, int] | None = None) -> Path:
+    """A rows x cols grid of accuracies, each cell labelled with its value; ``mark`` outlines the chosen cell.
+
+    >>> heatmap_png(["vgg16@block4_pool"], ["logreg", "svm"], np.array([[0.8, 0.7]]), "sweep", Path("s.png"))  # doctest: +SKIP
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(cols) + 3.5), max(2.5, 0.55 * len(rows) + 1.8)))
+    top = float(np.nanmax(values))
+    low = min(float(np.nanmin(values)), top - 0.05)  # at least 5 points of colour range, so equal cells do not blow up the scale
+    im = ax.imshow(values, cmap="viridis", vmin=low, vmax=top, aspect="auto")
+    mid = (low + top) / 2
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=9, color="black" if values[i, j] > mid else "white")
+    if mark is not None:
+        ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("classifier")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="validation accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path

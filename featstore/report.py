@@ -156,3 +156,27 @@ def classifiers_table() -> str:
         lines.append("    params: " + ", ".join(f"{k}={p.default!r}" + (f" ({'|'.join(map(str, p.choices))})" if p.choices else "") for k, p in spec.params.items()))
         lines.append("    search grid: " + (", ".join(f"{k}={v}" for k, v in spec.grid.items()) or "none"))
     return "\n".join(lines)
+
+
+def sweep_table(summary: dict) -> str:
+    """A sweep as a grid: extractors down, classifiers across, validation accuracy (test where evaluated); the winner marked."""
+    clfs, cells = summary["classifiers"], {(c["extractor"], c["clf"]): c for c in summary["cells"]}
+    win = summary["winner"]
+
+    def cell(c: dict) -> str:
+        text = f"{c['validation']:.4f}" + (f" / {c['test']:.4f}" if c["test"] is not None else "")
+        return text + (" *" if c["run"] == win["id"] else "")
+
+    rows = [["extractor \\ classifier"] + clfs]
+    rows += [[name] + [cell(cells[(name, c)]) for c in clfs] for name in summary["extractors"]]
+    lines = [f"{summary['id']}: validation accuracy" + (" / test accuracy" if any(c["test"] is not None for c in summary["cells"]) else "")
+             + f" ({len(summary['cells'])} fits in {summary['seconds']:.1f} s; * = chosen)", _table(rows)]
+    if summary["ensemble"]:
+        e = summary["ensemble"]
+        lines.append(f"ensemble {e['run']}: validation {e['validation']:.4f}"
+                     + (f", test {e['test']:.4f}" if e["test"] is not None else "")
+                     + f"; members {', '.join(f'{m} x{w:g}' for m, w in zip(e['members'], e['weights']))}")
+    test = f", test {win['test']:.4f}" if win["test"] is not None else ""
+    lines.append(f"chosen on validation: {win['id']} ({win['clf']} on {win['extractor']}): validation {win['validation']:.4f}{test}")
+    lines.append(f"selection: {summary['selection']}; heat map {summary['png']}")
+    return "\n".join(lines)

@@ -92,7 +92,7 @@ def _usable(store: FeatureStore, name: str, split: str | None) -> bool:
 
 def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: dict[str, list] | None = None, *,
         extractor: str | None = None, search: bool = False, jobs: int = 1, train: str = "train",
-        validation: str = "validation", test: str = "test", runs: str | os.PathLike | None = None,
+        validation: str = "validation", test: str | None = "test", runs: str | os.PathLike | None = None,
         memory_budget: int | str | None = None) -> dict:
     """Fit ``clf`` on the store's features, pick parameters on validation, test once, and record a run.
 
@@ -328,8 +328,11 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
     return write_run(root, record, None, probas)
 
 
-def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
-    """Apply a fitted run to a split of the store; refused when the store's fingerprint is not the run's."""
+def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None):
+    """``(record, folder, labels, predictions, probabilities)`` of a fitted run applied to a split of the store.
+
+    Refused when the store's features are not the ones the run was fitted on (fingerprint, classes).
+    """
     from .artifacts import load_estimator
 
     rec, folder = get_run(run_id, store, runs)
@@ -344,7 +347,27 @@ def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h
         raise StoreError(f"store classes {fs.class_names(rec['extractor'])} are not the run's {rec['class_names']}; refusing to evaluate")
     est = load_estimator(folder, rec["artifact"])
     X, y = fs.load(split, rec["extractor"])
-    return metrics(y, est.predict(X), rec["class_names"])
+    return rec, folder, y, est.predict(X), full_proba(est, X, len(rec["class_names"]))
+
+
+def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
+    """Apply a fitted run to a split of the store; refused when the store's fingerprint is not the run's."""
+    rec, _, y, pred, _ = apply_run(run_id, split, store, runs)
+    return metrics(y, pred, rec["class_names"])
+
+
+def record_split(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
+    """Evaluate a fitted run on one more split and add it to the run's record and stored predictions; returns the record.
+
+    Used to evaluate the test split once, after a choice made on validation (``featstore sweep``).
+    """
+    from .runfolder import add_split
+
+    rec, folder, y, pred, proba = apply_run(run_id, split, store, runs)
+    if split in rec["metrics"]:
+        return rec
+    paths = _digest_paths(FeatureStore(store).paths(split, rec["extractor"]))
+    return add_split(runs_root(store, runs), rec, folder, split, metrics(y, pred, rec["class_names"]), (proba, y, paths))
 
 
 def show_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> tuple[dict, list[Path]]:
