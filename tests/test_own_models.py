@@ -186,3 +186,14 @@ def test_layer_errors_and_the_softmax_warning(cnn_file, small_data, tmp_path, ca
     with caplog.at_level(logging.WARNING, logger="featstore"):
         extract(small_data, "train", tmp_path / "g.h5", ExtractorConfig(model=str(cnn_file), layer="out"))
     assert "classifier's output" in caplog.text
+
+
+def test_a_saved_sequential_model_is_a_backbone_too(tmp_path, small_data):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    seq = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, name="c"), keras.layers.Flatten(name="f"),
+                            keras.layers.Dense(6, name="d"), keras.layers.Dense(2, name="o")])
+    seq.save(tmp_path / "seq.keras")
+    r = extract(small_data, "train", tmp_path / "f.h5", ExtractorConfig(model=str(tmp_path / "seq.keras")))
+    assert r.extractor == "seq" and r.feature_shape == (6,)  # cut at d, before the last Dense; RGB input kept
