@@ -21,12 +21,13 @@ from PIL import Image
 
 SIDE = 9400
 CODE = """
-import json, resource, sys
+import json, sys
 from featstore.images import load_image
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def hwm():  # this process's peak RSS in MB (VmHWM: per address space, so not inherited from the parent across exec)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+base = hwm()
 img = load_image(sys.argv[1], 150)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "shape": list(img.shape)}))
+print(json.dumps({"base_mb": base, "peak_mb": hwm(), "shape": list(img.shape)}))
 """
 
 
