@@ -58,3 +58,7 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+from .quiet import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()  # TensorFlow's first import in this process hides its C++ start-up noise (FEATSTORE_VERBOSE=1 shows it)

@@ -1,24 +1,15 @@
 """The ``featstore`` command: parse options, call one library function, turn FeatstoreError into exit 1.
 
 Start-up: only ``extract``, ``predict``, ``models --layers`` and Keras-head fits import TensorFlow (the
-package imports lazily). TensorFlow's C++ side writes lines such as ``I0000 ... cudart_stub.cc ...`` and
-``E0000 ... failed call to cuInit`` straight to file descriptor 2 while it loads, before absl's logging is
-initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them (abseil-cpp #1718). Unless ``--verbose``, the
-CLI therefore imports TensorFlow, on first use, with fd 2 captured: known start-up noise is dropped,
-every other captured line is written back to stderr, and one line names the GPU(s) if there are any.
+package imports lazily); its C++ start-up noise is hidden by :mod:`featstore.quiet` unless ``--verbose``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib.abc
-import importlib.util
 import logging
 import os
-import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -56,83 +47,9 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("tensorflow", "absl", "h5py", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not verbose:
-        quiet_tensorflow()
+    from .quiet import set_quiet
 
-
-# TensorFlow's start-up lines that say nothing to a user: absl/glog INFO and WARNING lines, CUDA probing
-# errors on machines without a GPU driver, duplicate CUDA plugin registrations, CPU instruction-set notes.
-_TF_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |"
-                       r"E\d{4} .*(cuInit|cuda|CUDA|cuDNN|cuFFT|cuBLAS|Unable to register)|"
-                       r"This TensorFlow binary is optimized|To enable the following instructions")
-
-
-def quiet_tensorflow() -> None:
-    """Hide TensorFlow's C++ start-up chatter: TF_CPP_MIN_LOG_LEVEL=2 (unless set) and a captured first import."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # INFO and WARNING lines logged after start-up
-    if sys.stderr is None:  # started with fd 2 closed: nothing is shown, and fd 2 may be reused by a file
-        return
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowFinder())
-
-
-class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
-    """On the first ``import tensorflow`` (by keras or featstore), load it through :class:`_QuietLoader`."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)  # once; and importlib.util.find_spec below must not come back here
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
-        return spec
-
-
-class _QuietLoader(importlib.abc.Loader):
-    """Runs TensorFlow's import and CUDA probe with fd 2 captured, then replays what is not noise."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        gpus: list = []
-        with _fd2_captured() as captured:
-            try:
-                self.loader.exec_module(module)
-            finally:
-                module.__loader__ = module.__spec__.loader = self.loader
-            try:  # CUDA start-up (cuInit) happens here, still captured
-                gpus = [f"{g.name} ({module.config.experimental.get_device_details(g).get('device_name', '?')})"
-                        for g in module.config.list_physical_devices("GPU")]
-            except Exception as exc:  # a broken CUDA set-up must not break the import; TensorFlow reports it when used
-                logger.debug("listing GPUs failed: %s", exc)
-        for line in captured[0].splitlines():
-            if line.strip() and not _TF_NOISE.match(line):
-                sys.stderr.write(line + "\n")
-        if gpus:
-            logger.info("TensorFlow uses %s", ", ".join(gpus))
-
-
-@contextlib.contextmanager
-def _fd2_captured():
-    """Point file descriptor 2 at a temporary file; yields a list that receives its text once fd 2 is restored."""
-    captured: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield captured
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            captured.append(tmp.read().decode("utf-8", "replace"))
+    set_quiet(not verbose)
 
 
 @app.command()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from featstore import cli
+from featstore import quiet
 from featstore.cli import app
 from featstore.streaming import format_bytes, parse_bytes
 
@@ -21,9 +21,9 @@ from .conftest import write_images
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def python(*args, env_drop=(), **kwargs):
+def python(*args, env_drop=(), env_add=None, **kwargs):
     """Run this checkout's Python in a fresh process; returns the CompletedProcess."""
-    env = {k: v for k, v in os.environ.items() if k not in env_drop}
+    env = {k: v for k, v in os.environ.items() if k not in env_drop} | (env_add or {})
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300, **kwargs)
 
@@ -52,8 +52,32 @@ def test_quiet_loader_drops_tensorflow_noise_and_replays_everything_else(capfd):
 
     module = types.ModuleType("fake_tf")
     module.__spec__ = importlib.machinery.ModuleSpec("fake_tf", None)
-    cli._QuietLoader(Loader()).exec_module(module)  # no module.config: the GPU probe fails quietly
+    quiet._QuietLoader(Loader()).exec_module(module)  # no module.config: the GPU probe fails quietly
     assert capfd.readouterr().err == "E0000 00:00:1 12 other.cc:1] a real problem\nplain text from a library\n"
+
+
+def test_a_failed_tensorflow_import_shows_everything_it_wrote(capfd):
+    class Loader:
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            os.write(2, b"I0000 00:00:1 12 loader.cc:1] libcudart missing\n")
+            raise ImportError("broken install")
+
+    module = types.ModuleType("fake_tf")
+    module.__spec__ = importlib.machinery.ModuleSpec("fake_tf", None)
+    with pytest.raises(ImportError, match="broken install"):
+        quiet._QuietLoader(Loader()).exec_module(module)
+    assert "libcudart missing" in capfd.readouterr().err
+
+
+def test_the_python_api_is_quiet_too(tmp_path):
+    p = python("-c", "import featstore, keras; print('ok')", env_drop=("TF_CPP_MIN_LOG_LEVEL",))
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+    assert not re.search(r"cuInit|E0000|I0000|absl::InitializeLog", p.stderr), p.stderr
+    loud = python("-c", "import featstore, keras", env_drop=("TF_CPP_MIN_LOG_LEVEL",), env_add={"FEATSTORE_VERBOSE": "1"})
+    assert re.search(r"I0000|E0000|absl", loud.stderr), "FEATSTORE_VERBOSE=1 shows TensorFlow's own lines"
 
 
 def test_commands_that_need_no_tensorflow_do_not_import_it(store, tmp_path):

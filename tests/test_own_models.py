@@ -64,7 +64,7 @@ def test_gray_model_sees_the_luma_of_the_images(cnn_file):
     ex = Extractor(ExtractorConfig(model=str(cnn_file), layer="flatten"))
     rgb = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     want = keras.Model(ex.model.input, ex.model.get_layer("flatten").output)(to_gray(rgb)).numpy()
-    np.testing.assert_allclose(ex(rgb), want, rtol=1e-6)
+    np.testing.assert_allclose(ex(rgb), want, rtol=1e-5, atol=1e-5)  # graph vs eager: float rounding only
     gray = np.repeat(rgb[..., :1], 3, axis=3)  # a gray image as RGB: converted back exactly
     np.testing.assert_array_equal(to_gray(gray)[..., 0], rgb[..., 0].astype(np.float32))
 
