@@ -11,6 +11,7 @@ from .backbones import BackboneSpec, get_backbone, list_backbones, register_back
 from .errors import ConfigError, DataError, FeatstoreError, StoreBusyError, StoreError, WeightsError  # noqa: E402
 from .extract import Extractor, ExtractorConfig, ExtractResult, extract  # noqa: E402
 from .images import discover, load_image  # noqa: E402
+from .leaks import find_leaks  # noqa: E402
 from .classifiers import build_classifier, get_classifier, list_classifiers, register_classifier  # noqa: E402
 from .predict import predict  # noqa: E402
 from .runs import compare_runs, ensemble, evaluate_run, fit, get_run, list_runs, show_run  # noqa: E402
@@ -43,6 +44,7 @@ __all__ = [
     "show_run",
     "discover",
     "extract",
+    "find_leaks",
     "get_backbone",
     "list_backbones",
     "load_image",
