@@ -1,52 +1,61 @@
 """featstore: extract a frozen CNN's activations once into HDF5, then run many classifier experiments.
 
+The public names below are imported on first use (PEP 562 module ``__getattr__``), so ``import featstore``
+and commands that only read a store (``featstore info``, ``runs``, ``check``) never pay for scikit-learn,
+TensorFlow or Keras.
+
 >>> import featstore
 >>> featstore.list_backbones()[:3]
 ['vgg16', 'vgg19', 'resnet50']
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
 __version__ = "0.1.0"
 
-from .backbones import BackboneSpec, get_backbone, list_backbones, register_backbone  # noqa: E402
-from .errors import ConfigError, DataError, FeatstoreError, StoreBusyError, StoreError, WeightsError  # noqa: E402
-from .extract import Extractor, ExtractorConfig, ExtractResult, extract  # noqa: E402
-from .images import discover, load_image  # noqa: E402
-from .leaks import find_leaks  # noqa: E402
-from .classifiers import build_classifier, get_classifier, list_classifiers, register_classifier  # noqa: E402
-from .predict import predict  # noqa: E402
-from .runs import compare_runs, ensemble, evaluate_run, fit, get_run, list_runs, show_run  # noqa: E402
-from .store import FeatureStore  # noqa: E402
+_PUBLIC = {  # public name -> the module that defines it
+    "BackboneSpec": "backbones", "get_backbone": "backbones", "list_backbones": "backbones", "register_backbone": "backbones",
+    "ConfigError": "errors", "DataError": "errors", "FeatstoreError": "errors", "StoreBusyError": "errors", "StoreError": "errors",
+    "WeightsError": "errors",
+    "Extractor": "extract", "ExtractorConfig": "extract", "ExtractResult": "extract", "extract": "extract",
+    "discover": "images", "load_image": "images",
+    "find_leaks": "leaks",
+    "build_classifier": "classifiers", "get_classifier": "classifiers", "list_classifiers": "classifiers",
+    "register_classifier": "classifiers",
+    "predict": "predict",
+    "compare_runs": "runs", "ensemble": "runs", "evaluate_run": "runs", "fit": "runs", "get_run": "runs", "list_runs": "runs",
+    "show_run": "runs", "record_split": "runs",
+    "sweep": "sweep",
+    "FeatureStore": "store",
+    "export": "export",
+}
+__all__ = ["__version__", *sorted(_PUBLIC)]
 
-__all__ = [
-    "__version__",
-    "BackboneSpec",
-    "ConfigError",
-    "DataError",
-    "ExtractResult",
-    "Extractor",
-    "ExtractorConfig",
-    "FeatstoreError",
-    "FeatureStore",
-    "StoreBusyError",
-    "StoreError",
-    "WeightsError",
-    "build_classifier",
-    "compare_runs",
-    "ensemble",
-    "evaluate_run",
-    "fit",
-    "get_classifier",
-    "get_run",
-    "list_classifiers",
-    "list_runs",
-    "predict",
-    "register_classifier",
-    "show_run",
-    "discover",
-    "extract",
-    "find_leaks",
-    "get_backbone",
-    "list_backbones",
-    "load_image",
-    "register_backbone",
-]
+
+def __getattr__(name: str):
+    """Import the module behind a public name on first access and cache the name here."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'featstore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``featstore.extract``/``predict``/``export``/``sweep`` the functions when their same-named modules get imported."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and _PUBLIC.get(name) == name:
+            return  # the import system binds a submodule on its package; the public function wins, as with eager imports
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

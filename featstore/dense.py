@@ -1,4 +1,4 @@
-"""The densely connected head of the lectures as a scikit-learn classifier.
+"""The classic transfer-learning head (Flatten, Dense, Dropout, softmax) as a scikit-learn classifier.
 
 ``Dense(units, relu) -> Dropout -> Dense(n_classes, softmax)`` (or ``Dense(1, sigmoid)`` for two
 classes), RMSprop, early stopping on the validation split with the best weights restored. Saved as a

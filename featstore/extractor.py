@@ -116,8 +116,8 @@ class Extractor:
         if isinstance(spec, SavedModelSpec) and not any(c.cut_layers):
             logger.info("%s: cutting at %r, the layer before its last Dense layer (--layer to choose another)", spec.path.name, default)
         cuts = cut_outputs(base, [lyr or default for lyr in c.cut_layers], c.pooling, self._shown_name())
-        self.model = keras.Model(base.input, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore")
-        self.outputs = [(name, self._attrs(name, requested, keras.Model(base.input, t)))
+        self.model = keras.Model(base.inputs, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore")
+        self.outputs = [(name, self._attrs(name, requested, keras.Model(base.inputs, t)))
                         for (name, t), requested in zip(cuts, c.cut_layers)]
         self.attrs = self.outputs[0][1]
         self.feature_shape = tuple(self.attrs["feature_shape"])

@@ -38,16 +38,33 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, p
 
 
 def curves_png(history: dict[str, list[float]], title: str, path: Path) -> Path:
-    """Training and validation accuracy and loss per epoch (the lectures' two plots side by side)."""
+    """Training and validation accuracy and loss per epoch, side by side.
+
+    The loss axis is logarithmic (and says so) when the losses span more than a factor of 5, so a large
+    first-epoch loss does not flatten the rest of the curve.
+
+    >>> curves_png({"loss": [28.0, 0.9, 0.5], "accuracy": [0.3, 0.7, 0.8]}, "run", Path("curves.png"))  # doctest: +SKIP
+    """
     plt = _plt()
+    from matplotlib import ticker
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("accuracy", "loss")):
-        epochs = range(1, len(history.get(metric, [])) + 1)
-        ax.plot(epochs, history.get(metric, []), "o", label=f"training {metric}")
-        if f"val_{metric}" in history:
-            ax.plot(epochs, history[f"val_{metric}"], "-", label=f"validation {metric}")
+        series = {f"training {metric}": history.get(metric, []), f"validation {metric}": history.get(f"val_{metric}", [])}
+        for (label, values), style in zip(series.items(), ("o", "-")):
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, label=label)
+        log = metric == "loss" and _wide_positive([v for vals in series.values() for v in vals])
+        if log:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{metric} (log scale)" if log else metric)
         ax.set_title(f"{title}: {metric}")
+        ax.grid(alpha=0.3, which="both" if log else "major")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -55,19 +72,64 @@ def curves_png(history: dict[str, list[float]], title: str, path: Path) -> Path:
     return path
 
 
+def _wide_positive(values: list[float]) -> bool:
+    """True when all values are positive and the largest is over 5 times the smallest: worth a log axis."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) > 5
+
+
 def compare_png(labels: list[str], scores: dict[str, list[float | None]], path: Path) -> Path:
-    """Grouped bars: one group per run, one bar per split's accuracy."""
+    """Grouped bars, one group per run and one bar per split's accuracy, each labelled with its value.
+
+    The legend sits outside the axes (right), run labels are rotated, and the figure widens with the
+    number of runs; a missing score is shown as "n/a" instead of a bar.
+
+    >>> compare_png(["run-a", "run-b"], {"validation": [0.78, 0.73], "test": [0.81, None]}, Path("c.png"))  # doctest: +SKIP
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(5, 1.0 + 0.9 * len(labels)), 4))
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(min(40.0, max(6.0, 2.5 + 0.55 * n * max(len(scores), 1))), 4.8))
     width = 0.8 / max(len(scores), 1)
-    x = np.arange(len(labels))
+    x = np.arange(n)
+    small = 7 if n > 8 else 8
     for i, (split, vals) in enumerate(scores.items()):
-        ax.bar(x + i * width, [v if v is not None else 0 for v in vals], width, label=split)
-    ax.set_xticks(x + width * (len(scores) - 1) / 2, labels, rotation=45, ha="right")
+        bars = ax.bar(x + i * width, [v if v is not None else 0 for v in vals], width, label=split)
+        ax.bar_label(bars, labels=[f"{v:.2f}" if v is not None else "n/a" for v in vals], padding=2, fontsize=small,
+                     rotation=90 if n > 12 else 0)
+    ax.set_xticks(x + width * (len(scores) - 1) / 2, labels, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center",
+                  fontsize=small)
     ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend()
+    ax.set_ylim(0, 1.12)  # headroom for the value labels above a bar at 1.0
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="split", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def heatmap_png(rows: list[str], cols: list[str], values: np.ndarray, title: str, path: Path, mark: tuple[int, int] | None = None) -> Path:
+    """A rows x cols grid of accuracies, each cell labelled with its value; ``mark`` outlines the chosen cell.
+
+    >>> heatmap_png(["vgg16@block4_pool"], ["logreg", "svm"], np.array([[0.8, 0.7]]), "sweep", Path("s.png"))  # doctest: +SKIP
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(cols) + 3.5), max(2.5, 0.55 * len(rows) + 1.8)))
+    top = float(np.nanmax(values))
+    low = min(float(np.nanmin(values)), top - 0.05)  # at least 5 points of colour range, so equal cells do not blow up the scale
+    im = ax.imshow(values, cmap="viridis", vmin=low, vmax=top, aspect="auto")
+    mid = (low + top) / 2
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=9, color="black" if values[i, j] > mid else "white")
+    if mark is not None:
+        ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("classifier")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, label="validation accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -52,11 +52,13 @@ def rebuild_extractor(attrs: dict, weights: str | None = None):
     """The Extractor a store's provenance describes; refuses weights whose digest differs from the record."""
     from .extract import Extractor, ExtractorConfig
 
+    saved = bool(attrs.get("model_file"))  # a saved model: --weights PATH names the model file when it moved
     try:
-        ex = Extractor(ExtractorConfig.from_attrs(attrs, weights))
-    except WeightsError as exc:
-        raise WeightsError(f"{exc}\nThe run's features were made with weights {attrs['weights']} "
-                           f"(file sha256 {attrs['weights_sha256'][:12] or '-'}); pass --weights PATH to give that file.") from exc
+        ex = Extractor(ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None))
+    except (WeightsError, ConfigError) as exc:
+        what = f"the model file {attrs['model_file']}" if saved else f"weights {attrs['weights']}"
+        raise type(exc)(f"{exc}\nThe run's features were made with {what} (file sha256 {attrs['weights_sha256'][:12] or '-'}); "
+                        f"pass --weights PATH to give that file.") from exc
     if ex.attrs["weights_digest"] != attrs["weights_digest"]:
         raise WeightsError(
             f"the weights available here ({ex.weights.description}, file sha256 {ex.attrs['weights_sha256'][:12] or '-'}) are not "
@@ -107,7 +109,7 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
     for mrec, _ in members:
         if mrec["fingerprint"] not in extractors:
             # --weights replaces a recorded weights *file* (moved or copied); named sources are always resolved as recorded
-            override = weights if mrec["extractor_attrs"].get("weights_source") == "file" else None
+            override = weights if mrec["extractor_attrs"].get("weights_source") in ("file", "model-file") else None
             extractors[mrec["fingerprint"]] = rebuild_extractor(mrec["extractor_attrs"], override)
     paths = collect_images(inputs)
     class_names = rec["class_names"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .backbones import get_backbone, list_backbones
 from .store import FeatureStore
+from .units import format_bytes
 
 PROVENANCE_KEYS = ("model", "layer", "input_size", "pooling", "dtype", "compute_dtype", "feature_shape", "preprocess",
                    "preprocess_description", "resize", "resize_description", "pillow_version",
@@ -30,15 +31,26 @@ def models_table() -> str:
     return _table(rows)
 
 
-def layers_table(model: str, image_size: int | None = None) -> str:
-    """The named layers of a backbone with their output shapes (candidates for --layer); builds it with random weights."""
-    from .backbones import validate_size
+def layers_table(model: str, image_size: int | None = None, trust_model: bool = False) -> str:
+    """The named layers of a backbone or saved model with their output shapes (candidates for --layer).
 
-    spec = get_backbone(model)
-    validate_size(spec, image_size or spec.default_size)
-    base = spec.build(image_size or spec.default_size, None)
-    rows = [["layer", "output shape"]]
-    rows += [[lyr.name, str(tuple(lyr.output.shape[1:]))] for lyr in base.layers]
+    A registered backbone is built with random weights; a saved model is loaded as ``extract`` loads it, and
+    the default cut (the layer before its last Dense layer) is marked.
+    """
+    from .saved import SavedModelSpec, is_model_path
+
+    default = None
+    if is_model_path(model):
+        spec = SavedModelSpec.from_path(model, trust_model=trust_model)
+        base, default = spec.build(spec.default_size)[0], spec.default_layer
+    else:
+        from .backbones import validate_size
+
+        spec = get_backbone(model)
+        validate_size(spec, image_size or spec.default_size)
+        base = spec.build(image_size or spec.default_size, None)
+    rows = [["layer", "output shape", ""]]
+    rows += [[lyr.name, str(tuple(lyr.output.shape[1:])), "default cut" if lyr.name == default else ""] for lyr in base.layers]
     return _table(rows)
 
 
@@ -119,7 +131,7 @@ def run_report(rec: dict, pngs: list, per_class: bool = True) -> str:
         lines.append(f"  selection: {sel.get('method')}")
         for c in sel.get("candidates", []):
             lines.append(f"    {c['params']}: {c['score']:.4f}")
-        streamed = f", streamed within {rec['memory_budget'] / 1e6:.0f} MB" if rec.get("streamed") else ""
+        streamed = f", streamed within {format_bytes(rec['memory_budget'])}" if rec.get("streamed") else ""
         lines.append(f"  fit {rec['fit_seconds']:.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image{streamed}")
     for note in rec.get("notes", []):
         lines.append(f"  note: {note}")
@@ -145,4 +157,28 @@ def classifiers_table() -> str:
         lines.append(f"{name}: {spec.description}")
         lines.append("    params: " + ", ".join(f"{k}={p.default!r}" + (f" ({'|'.join(map(str, p.choices))})" if p.choices else "") for k, p in spec.params.items()))
         lines.append("    search grid: " + (", ".join(f"{k}={v}" for k, v in spec.grid.items()) or "none"))
+    return "\n".join(lines)
+
+
+def sweep_table(summary: dict) -> str:
+    """A sweep as a grid: extractors down, classifiers across, validation accuracy (test where evaluated); the winner marked."""
+    clfs, cells = summary["classifiers"], {(c["extractor"], c["clf"]): c for c in summary["cells"]}
+    win = summary["winner"]
+
+    def cell(c: dict) -> str:
+        text = f"{c['validation']:.4f}" + (f" / {c['test']:.4f}" if c["test"] is not None else "")
+        return text + (" *" if c["run"] == win["id"] else "")
+
+    rows = [["extractor \\ classifier"] + clfs]
+    rows += [[name] + [cell(cells[(name, c)]) for c in clfs] for name in summary["extractors"]]
+    lines = [f"{summary['id']}: validation accuracy" + (" / test accuracy" if any(c["test"] is not None for c in summary["cells"]) else "")
+             + f" ({len(summary['cells'])} fits in {summary['seconds']:.1f} s; * = chosen)", _table(rows)]
+    if summary["ensemble"]:
+        e = summary["ensemble"]
+        lines.append(f"ensemble {e['run']}: validation {e['validation']:.4f}"
+                     + (f", test {e['test']:.4f}" if e["test"] is not None else "")
+                     + f"; members {', '.join(f'{m} x{w:g}' for m, w in zip(e['members'], e['weights']))}")
+    test = f", test {win['test']:.4f}" if win["test"] is not None else ""
+    lines.append(f"chosen on validation: {win['id']} ({win['clf']} on {win['extractor']}): validation {win['validation']:.4f}{test}")
+    lines.append(f"selection: {summary['selection']}; heat map {summary['png']}")
     return "\n".join(lines)

@@ -291,6 +291,37 @@ def write_run(root: Path, record: dict, est, probas: dict) -> dict:
     return record
 
 
+def add_split(root: Path, record: dict, folder: Path, split: str, split_metrics: dict, prediction: tuple) -> dict:
+    """A new version of a run folder with one more evaluated split: written aside, checked, then swapped in.
+
+    ``prediction`` is ``(probabilities, labels, paths_sha256)``. The folder is briefly absent during the swap,
+    never half-written; a kill leaves the old version or the new one (and a hidden folder the orphan cleaner removes).
+    """
+    old = load_predictions(folder, record)
+    record = {**record, "metrics": {**record["metrics"], split: split_metrics},
+              "splits": {**record.get("splits", {}), split: split_metrics["n"]}}
+    tmp, aside = root / f".{record['id']}.tmp", root / f".{record['id']}.old.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp, symlinks=True)
+    try:
+        probas = {s: (old[f"{s}__proba"], old[f"{s}__labels"], info["paths_sha256"]) for s, info in record["predictions"].items()}
+        probas[split] = prediction
+        np.savez(tmp / PREDICTIONS, **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
+                 **{f"{s}__labels": y for s, (_, y, _) in probas.items()})
+        record["predictions"] = {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()}
+        record["predictions_sha256"] = sha256_of(tmp / PREDICTIONS)
+        (tmp / RECORD).write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
+        load_predictions(tmp, record)  # the new predictions file reads back whole before it replaces the old one
+        os.replace(folder, aside)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    logger.info("added %s to run %s", split, record["id"])
+    return record
+
+
 def _json_default(o):
     """numpy scalars and arrays as plain JSON values."""
     if isinstance(o, np.generic):

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, provenance
-from .classifiers import candidates, get_classifier
 from .errors import ConfigError, StoreError
 from .runfolder import (RunListing, ensure_writable, find_run, load_predictions, output_path, runs_dir, runs_root,  # noqa: F401 (re-exported)
                         scan_runs, write_run)
@@ -93,7 +92,7 @@ def _usable(store: FeatureStore, name: str, split: str | None) -> bool:
 
 def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: dict[str, list] | None = None, *,
         extractor: str | None = None, search: bool = False, jobs: int = 1, train: str = "train",
-        validation: str = "validation", test: str = "test", runs: str | os.PathLike | None = None,
+        validation: str = "validation", test: str | None = "test", runs: str | os.PathLike | None = None,
         memory_budget: int | str | None = None) -> dict:
     """Fit ``clf`` on the store's features, pick parameters on validation, test once, and record a run.
 
@@ -103,7 +102,8 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
 
         run = fit("features.h5", "svm", {"kernel": ["linear", "rbf"]}, jobs=2)
     """
-    from .streaming import parse_bytes, refuse_in_memory
+    from .classifiers import candidates, get_classifier  # sklearn: imported only when fitting (keeps `featstore runs` fast)
+    from .streaming import check_budget_holds_chunks, format_bytes, parse_bytes, refuse_in_memory
 
     spec = get_classifier(clf)
     given = params or {}
@@ -128,14 +128,7 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
     if big and spec.needs_all_data:
         refuse_in_memory(clf, train, fs.nbytes(train, name), budget)
     if big:
-        from .streaming import BLOCK_FRACTION
-
-        for s_ in used:
-            info = fs.split_info(s_, name)
-            chunk_bytes = int(info["chunks"][0]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
-            if budget // BLOCK_FRACTION < chunk_bytes:
-                raise ConfigError(f"--memory-budget {memory_budget} is too small: streaming reads blocks of a quarter of the budget "
-                                  f"and one chunk of {s_!r} is {chunk_bytes} bytes; give at least {BLOCK_FRACTION * chunk_bytes} bytes")
+        check_budget_holds_chunks(fs, name, used, budget, memory_budget)
     t0 = time.perf_counter()
     if big:
         est, best, selection, predict_split = _fit_streaming(fs, name, clf, full, settings, train, validation if has_val else None, budget)
@@ -144,7 +137,7 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
     fit_seconds = time.perf_counter() - t0
     extra = {"memory_budget": budget, "streamed": big, "notes": []}
     if big:
-        extra["notes"].append(f"streamed from the store within {budget} bytes" + (": sgd ran `epochs` partial_fit passes (max_iter is unused)" if clf == "sgd" else ""))
+        extra["notes"].append(f"streamed from the store within {format_bytes(budget)}" + (": sgd ran `epochs` partial_fit passes (max_iter is unused)" if clf == "sgd" else ""))
     if clf == "dense" and has_val:
         extra["notes"].append(f"the {validation!r} split also drove early stopping" + (" and the choice of setting" if len(full) > 1 else "")
                               + ": its score is optimistic; judge by test")
@@ -335,8 +328,11 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
     return write_run(root, record, None, probas)
 
 
-def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
-    """Apply a fitted run to a split of the store; refused when the store's fingerprint is not the run's."""
+def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None):
+    """``(record, folder, labels, predictions, probabilities)`` of a fitted run applied to a split of the store.
+
+    Refused when the store's features are not the ones the run was fitted on (fingerprint, classes).
+    """
     from .artifacts import load_estimator
 
     rec, folder = get_run(run_id, store, runs)
@@ -351,7 +347,27 @@ def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h
         raise StoreError(f"store classes {fs.class_names(rec['extractor'])} are not the run's {rec['class_names']}; refusing to evaluate")
     est = load_estimator(folder, rec["artifact"])
     X, y = fs.load(split, rec["extractor"])
-    return metrics(y, est.predict(X), rec["class_names"])
+    return rec, folder, y, est.predict(X), full_proba(est, X, len(rec["class_names"]))
+
+
+def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
+    """Apply a fitted run to a split of the store; refused when the store's fingerprint is not the run's."""
+    rec, _, y, pred, _ = apply_run(run_id, split, store, runs)
+    return metrics(y, pred, rec["class_names"])
+
+
+def record_split(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
+    """Evaluate a fitted run on one more split and add it to the run's record and stored predictions; returns the record.
+
+    Used to evaluate the test split once, after a choice made on validation (``featstore sweep``).
+    """
+    from .runfolder import add_split
+
+    rec, folder, y, pred, proba = apply_run(run_id, split, store, runs)
+    if split in rec["metrics"]:
+        return rec
+    paths = _digest_paths(FeatureStore(store).paths(split, rec["extractor"]))
+    return add_split(runs_root(store, runs), rec, folder, split, metrics(y, pred, rec["class_names"]), (proba, y, paths))
 
 
 def show_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> tuple[dict, list[Path]]:

@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 
 from .errors import ConfigError, StoreBusyError, StoreError
+from .units import format_bytes
 from .provenance import (FORMAT_VERSION, Commit, attrs_of, check_format_version, plain, read_commit, validate_extractor,
                          validate_labels, validate_split)
 
@@ -302,8 +303,8 @@ class FeatureStore:
         chunk = int(info["chunks"][0]) if info.get("chunks") else 1
         rows = (max_bytes // max(row_bytes, 1)) // chunk * chunk
         if rows < 1:
-            raise ConfigError(f"a memory budget of {max_bytes} bytes cannot hold one chunk of {split!r} "
-                              f"({chunk} rows of {row_bytes} bytes); raise it to at least {chunk * row_bytes} bytes")
+            raise ConfigError(f"a memory budget of {format_bytes(max_bytes)} cannot hold one chunk of {split!r} "
+                              f"({chunk} rows of {format_bytes(row_bytes)}); raise it to at least {format_bytes(chunk * row_bytes)}")
         return int(info["committed_rows"]), rows, chunk
 
     def block_lengths(self, split: str, extractor: str | None = None, *, max_bytes: int = 64 << 20) -> list[int]:

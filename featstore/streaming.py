@@ -5,47 +5,57 @@ Used by ``fit(..., memory_budget=...)`` when a split is larger than the budget. 
 trains Keras on a ``tf.data`` stream of the same blocks. Classifiers that need every row in memory
 (kernel SVM, kNN, random forest, logistic regression) are refused with the streaming alternatives.
 
->>> parse_bytes("512MB"), parse_bytes("1.5GiB")
-(512000000, 1610612736)
+Sizes: :func:`parse_bytes` reads decimal (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB) units, and
+every byte size featstore prints goes through :func:`format_bytes`, which shows both families, so
+``4MiB`` reads back as "4.19 MB (4 MiB)" and ``4MB`` as "4 MB (3.81 MiB)".
+
+>>> parse_bytes("512MB"), parse_bytes("1.5GiB"), parse_bytes("4 mib")
+(512000000, 1610612736, 4194304)
+>>> format_bytes(4 * 2**20), format_bytes(4_000_000), format_bytes(512)
+('4.19 MB (4 MiB)', '4 MB (3.81 MiB)', '512 bytes')
 """
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
-from .classifiers import build_classifier, get_classifier
 from .errors import ConfigError
+from .units import format_bytes, parse_bytes  # noqa: F401 (re-exported)
 from .store import FeatureStore
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 BLOCK_FRACTION = 4  # a block of features is budget/4: room for its float32 copy, the scaled copy and the model
 
 
-def parse_bytes(text: str | int) -> int:
-    """``"512MB"`` -> 512000000; plain numbers are bytes. Clear error for anything else."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"--memory-budget {text!r} is not a size; write e.g. 512MB, 2GB or 1.5GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+def check_budget_holds_chunks(fs: FeatureStore, name: str, splits: list[str], budget: int, given: str | int) -> None:
+    """Refuse a budget whose streaming block (budget/4) cannot hold one chunk of each split; sizes in units. Example::
+
+        check_budget_holds_chunks(FeatureStore("features.h5"), "vgg16", ["train"], 4_000_000, "4MB")
+        # ConfigError: --memory-budget 4MB is too small: ... one chunk of 'train' is 1.05 MB (1 MiB); give at least 4.19 MB (4 MiB)
+    """
+    for split in splits:
+        info = fs.split_info(split, name)
+        chunk_bytes = int(info["chunks"][0]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+        if budget // BLOCK_FRACTION < chunk_bytes:
+            raise ConfigError(f"--memory-budget {given} is too small: streaming reads blocks of a quarter of the budget and one "
+                              f"chunk of {split!r} is {format_bytes(chunk_bytes)}; give at least "
+                              f"{format_bytes(BLOCK_FRACTION * chunk_bytes)}")
 
 
 def refuse_in_memory(clf: str, split: str, nbytes: int, budget: int) -> None:
     """Error for a classifier that must hold a split larger than the budget in memory."""
-    from .classifiers import list_classifiers
+    from .classifiers import get_classifier, list_classifiers
 
     streaming = [c for c in list_classifiers() if not get_classifier(c).needs_all_data]
     raise ConfigError(
-        f"split {split!r} takes {nbytes / 1e6:.0f} MB, over --memory-budget {budget / 1e6:.0f} MB, and {clf} needs all of it in "
+        f"split {split!r} takes {format_bytes(nbytes)}, over --memory-budget {format_bytes(budget)}, and {clf} needs all of it in "
         f"memory. Use a streaming classifier ({', '.join(streaming)}) or raise the budget."
     )
 
 
 def stream_fit(fs: FeatureStore, name: str, clf: str, params: dict, train: str, validation: str | None, budget: int):
     """Fit ``clf`` (sgd or dense) reading ``train`` in blocks of at most budget/4 bytes; returns the fitted pipeline."""
+    from .classifiers import build_classifier  # scikit-learn only when a fit needs it
+
     est = build_classifier(clf, params)
     block = budget // BLOCK_FRACTION
     n_classes = len(fs.class_names(name))

@@ -24,6 +24,7 @@ from .errors import StoreBusyError, StoreError
 from .provenance import (FORMAT_VERSION, attrs_of, check_format_version, plain, read_commit, refuse_other_extractor, refuse_resume,
                          validate_extractor, validate_name, validate_split)
 from .images import path_to_store
+from .units import format_bytes
 from .store import STR, hard_groups, locking_default, open_h5, refuse_foreign
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,8 @@ def ensure_space(path, nbytes: int, committed: int = 0) -> None:
     free = shutil.disk_usage(folder).free
     if free < nbytes + SPACE_MARGIN:
         raise StoreError(
-            f"not enough disk space for {path}: the next write needs about {(nbytes + SPACE_MARGIN) / 2**20:.1f} MiB, "
-            f"{free / 2**20:.1f} MiB are free. Free some space or choose another --store, then re-run the same command"
+            f"not enough disk space for {path}: the next write needs about {format_bytes(nbytes + SPACE_MARGIN)}, "
+            f"{format_bytes(free)} are free. Free some space or choose another --store, then re-run the same command"
             + (f": the {committed} rows already committed are kept and it resumes." if committed else ".")
         )
 

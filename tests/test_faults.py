@@ -107,7 +107,7 @@ def test_full_filesystem_before_and_during_a_run(small_fs, data_root, tiny_confi
     path = small_fs / "f.h5"
     extract(data_root, "validation", path, tiny_config)
     filler = _fill(small_fs, 200_000)
-    with pytest.raises(StoreError, match="not enough disk space .* MiB are free"):
+    with pytest.raises(StoreError, match="not enough disk space .* are free"):
         extract(data_root, "train", path, tiny_config, batch_size=4)
     assert check_store(path) == [] and FeatureStore(path).load("validation")[0].shape[0] == 6
     filler.unlink()

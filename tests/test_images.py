@@ -377,8 +377,8 @@ def test_closing_decoder_with_a_stuck_worker_returns_promptly(monkeypatch):
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX-only")
 def test_ctrl_c_ends_a_run_with_a_stuck_decode_within_seconds(tmp_path):
     script = (
-        "import sys, threading, featstore\n"
-        "ex = sys.modules['featstore.extract']\n"
+        "import importlib, threading\n"
+        "ex = importlib.import_module('featstore.extract')  # the module (featstore.extract the attribute is the function)\n"
         "ex.load_image = lambda p, s: threading.Event().wait()  # a decode that never returns\n"
         "gen = ex.iter_decoded(['a.jpg', 'b.jpg'], 8, workers=2, ahead=2)\n"
         "print('ready', flush=True)\n"

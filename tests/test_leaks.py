@@ -206,3 +206,21 @@ def test_store_without_train_or_query_split(tmp_path):
     with pytest.raises(StoreError, match=r"has no test or validation split; name the splits to check with --split \(it has: holdout\)"):
         find_leaks(path2, record=False)
     assert find_leaks(path2, query=["holdout"], record=False).counts == {"holdout": 20}  # every row is its own copy
+
+
+def test_help_fits_80_columns_and_leaks_needs_no_tensorflow(leaky, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    r = CliRunner().invoke(app, ["leaks", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert r.exit_code == 0 and "…" not in r.output and "--threshold" in r.output, r.output
+    store = tmp_path / "f.h5"
+    shutil.copy(leaky["store"], store)
+    code = ("import sys; from typer.testing import CliRunner; from featstore.cli import app; "
+            "r = CliRunner().invoke(app, ['leaks', '--store', sys.argv[1]]); assert r.exit_code == 0, r.output; "
+            "r = CliRunner().invoke(app, ['info', sys.argv[1]]); assert 'leaks: 3 test' in r.output, r.output; "
+            "print(sorted(set(sys.modules) & {'tensorflow', 'keras', 'sklearn'}))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", code, str(store)], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "[]", p.stdout + p.stderr

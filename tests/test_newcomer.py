@@ -1,0 +1,129 @@
+"""A newcomer's first commands: quiet start-up, no TensorFlow where it is not needed, readable help, sizes in units, plots."""
+
+import importlib.machinery
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from featstore import cli
+from featstore.cli import app
+from featstore.streaming import format_bytes, parse_bytes
+
+from .conftest import write_images
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python(*args, env_drop=(), **kwargs):
+    """Run this checkout's Python in a fresh process; returns the CompletedProcess."""
+    env = {k: v for k, v in os.environ.items() if k not in env_drop}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def test_extract_prints_no_tensorflow_start_up_noise(tmp_path):
+    write_images(tmp_path / "data", "train", {"cat": 1}, seed=0)
+    p = python("-m", "featstore.cli", "extract", "--data", str(tmp_path / "data"), "--split", "train", "--store",
+               str(tmp_path / "f.h5"), "--weights", "none", "--image-size", "32", "--no-progress", env_drop=("TF_CPP_MIN_LOG_LEVEL",))
+    assert p.returncode == 0, p.stderr
+    assert "wrote 1 rows" in p.stdout
+    noise = [line for line in p.stderr.splitlines() if line.strip() and "TensorFlow uses" not in line]  # GPU machines: one line
+    assert noise == [], "\n".join(noise)
+    assert not re.search(r"cuInit|E0000|I0000|absl::InitializeLog", p.stderr)
+
+
+def test_quiet_loader_drops_tensorflow_noise_and_replays_everything_else(capfd):
+    class Loader:
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                        b"I0000 00:00:1 12 cudart_stub.cc:31] Could not find cuda drivers on your machine\n"
+                        b"E0000 00:00:1 12 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+                        b"E0000 00:00:1 12 other.cc:1] a real problem\nplain text from a library\n")
+
+    module = types.ModuleType("fake_tf")
+    module.__spec__ = importlib.machinery.ModuleSpec("fake_tf", None)
+    cli._QuietLoader(Loader()).exec_module(module)  # no module.config: the GPU probe fails quietly
+    assert capfd.readouterr().err == "E0000 00:00:1 12 other.cc:1] a real problem\nplain text from a library\n"
+
+
+def test_commands_that_need_no_tensorflow_do_not_import_it(store, tmp_path):
+    code = """
+import json, sys
+from typer.testing import CliRunner
+from featstore.cli import app
+store, runs = sys.argv[1], sys.argv[2]
+out = {}
+for args in (["--help"], ["info", store], ["check", store], ["classifiers"], ["models"], ["fit", "--clf", "logreg", "--store", store,
+             "--runs", runs], ["runs", "--store", store, "--runs", runs], ["export", "--split", "test", "--store", store, "--out", runs + "/t.csv"]):
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, (args, r.output)
+    out[" ".join(args[:1])] = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)
+print(json.dumps(out))
+"""
+    p = python("-c", code, str(store), str(tmp_path / "runs"))
+    assert p.returncode == 0, p.stderr
+    loaded = json.loads(p.stdout.splitlines()[-1])
+    assert loaded == {k: [] for k in loaded} and len(loaded) == 8, loaded
+    p = python("-c", "import sys, featstore, featstore.cli; featstore.FeatureStore; print(sorted(set(sys.modules) & {'tensorflow', 'keras', 'sklearn'}))")
+    assert p.stdout.strip() == "[]", p.stdout + p.stderr
+
+
+def test_lazy_public_names_are_the_functions():
+    import featstore
+    import featstore.export  # noqa: F401  (binds the submodule on the package, as any import would)
+
+    assert callable(featstore.export) and featstore.export.__module__ == "featstore.export"
+    assert featstore.predict.__module__ == "featstore.predict" and featstore.extract.__module__ == "featstore.extract"
+    assert set(featstore.__all__) <= set(dir(featstore))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        featstore.nope  # noqa: B018
+
+
+COMMANDS = [[], ["models"], ["extract"], ["info"], ["check"], ["fit"], ["classifiers"], ["export"], ["runs"], ["runs", "show"],
+            ["runs", "compare"], ["runs", "evaluate"], ["ensemble"], ["predict"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "featstore")
+def test_help_is_not_cut_at_80_columns(command):
+    r = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"})
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.output and "lectures" not in r.output, r.output
+    assert max(len(line) for line in r.output.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("text, n", [("4MB", 4_000_000), ("4MiB", 4 * 2**20), ("4 mib", 4 * 2**20), ("1.5GiB", 3 * 2**29),
+                                      ("512kB", 512_000), ("2KiB", 2048), ("100", 100), ("100 bytes", 100), (7, 7)])
+def test_parse_bytes_reads_decimal_and_binary_units(text, n):
+    assert parse_bytes(text) == n
+
+
+@pytest.mark.parametrize("n, text", [(4 * 2**20, "4.19 MB (4 MiB)"), (4_000_000, "4 MB (3.81 MiB)"), (512 * 10**6, "512 MB (488 MiB)"),
+                                      (3 * 2**29, "1.61 GB (1.5 GiB)"), (999, "999 bytes"), (999_999, "1 MB (977 KiB)"),
+                                      (16384, "16.4 kB (16 KiB)"), (2 * 10**12, "2 TB (1.82 TiB)")])
+def test_format_bytes_shows_both_unit_families(n, text):
+    assert format_bytes(n) == text
+
+
+def test_bad_size_names_both_unit_families():
+    with pytest.raises(Exception, match=r"--memory-budget '4 MBs' is not a size; .*KiB, MiB, GiB, TiB powers of 1024"):
+        parse_bytes("4 MBs")
+
+
+def test_plots_are_written(tmp_path):
+    from featstore.plots import _wide_positive, compare_png, curves_png
+
+    assert _wide_positive([28.0, 0.9, 0.5]) and not _wide_positive([2.33, 2.28]) and not _wide_positive([1.0, 0.0])
+
+    curves_png({"loss": [28.0, 0.9, 0.5], "val_loss": [3.0, 1.0, 0.7], "accuracy": [0.3, 0.7, 0.8]}, "r", tmp_path / "c.png")
+    compare_png([f"run-{i}" for i in range(20)], {"validation": [0.5] * 20, "test": [0.6] * 19 + [None]}, tmp_path / "cmp.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "cmp.png").stat().st_size > 1000

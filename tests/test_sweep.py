@@ -1,0 +1,99 @@
+"""featstore sweep: every extractor x classifier, choice on validation only, test read once afterwards (issue 10)."""
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from featstore import FeatureStore, StoreError, get_run, list_runs, sweep, writer
+from featstore.cli import app
+from featstore.sweep import greedy_ensemble
+
+
+@pytest.fixture(scope="module")
+def two_extractor_store(tmp_path_factory):
+    """Synthetic 'good' and 'weak' extractors of the same 4-class images (weak = much noisier features)."""
+    path = tmp_path_factory.mktemp("sweep") / "f.h5"
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (4, 32)).astype(np.float32)
+    for name, noise in (("good", 1.5), ("weak", 4.0)):
+        for split, n in (("train", 120), ("validation", 60), ("test", 60)):
+            y = np.repeat(np.arange(4), n // 4).astype(np.int32)
+            noise_rng = np.random.default_rng(zlib.crc32(f"{name}/{split}".encode()))
+            X = centers[y] + noise_rng.normal(0, noise, (len(y), 32)).astype(np.float32)
+            writer.write_arrays(path, name, split, X, y, ["a", "b", "c", "d"], attrs=writer.synthetic_attrs((32,), model=name))
+    return path
+
+
+def test_sweep_chooses_on_validation_and_reads_test_only_for_the_choice(two_extractor_store, tmp_path, monkeypatch):
+    loads = []
+    real = FeatureStore.load
+    monkeypatch.setattr(FeatureStore, "load", lambda self, split="train", extractor=None, **k: (loads.append((split, extractor)),
+                                                                                                 real(self, split, extractor, **k))[1])
+    runs = tmp_path / "runs"
+    s = sweep(two_extractor_store, ["logreg", "knn"], runs=runs)
+    assert len(s["cells"]) == 4 and len(list_runs(two_extractor_store, runs)) == 4
+    best = max(s["cells"], key=lambda c: c["validation"])
+    assert s["winner"]["id"] == best["run"] and s["winner"]["extractor"] == "good"
+    test_loads = [i for i, (split, _) in enumerate(loads) if split == "test"]
+    assert len(test_loads) == 1 and test_loads[0] == len(loads) - 1, loads  # once, for the winner, after every other read
+    assert s["winner"]["test"] is not None and sum(c["test"] is not None for c in s["cells"]) == 1
+    rec = get_run(s["winner"]["id"], two_extractor_store, runs)[0]
+    assert "test" in rec["metrics"] and "test" in rec["predictions"]  # recorded into the run, checksummed
+    assert json.loads((runs / f"{s['id']}.json").read_text())["winner"]["id"] == s["winner"]["id"]
+    assert (runs / f"{s['id']}.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def complementary_store(tmp_path_factory):
+    """'left' tells a from b (c and d look alike), 'right' tells c from d (a and b look alike): together they tell all four."""
+    path = tmp_path_factory.mktemp("ens") / "f.h5"
+    rng = np.random.default_rng(1)
+    base = rng.normal(0, 1, (4, 16)).astype(np.float32) * 3
+    centers = {"left": base[[0, 1, 2, 2]], "right": base[[3, 3, 1, 2]]}
+    for name in ("left", "right"):
+        for split, n in (("train", 80), ("validation", 80), ("test", 80)):
+            y = np.repeat(np.arange(4), n // 4).astype(np.int32)
+            noise = np.random.default_rng(zlib.crc32(f"{name}/{split}".encode())).normal(0, 0.5, (len(y), 16)).astype(np.float32)
+            writer.write_arrays(path, name, split, centers[name][y] + noise, y, ["a", "b", "c", "d"], attrs=writer.synthetic_attrs((16,), model=name))
+    return path
+
+
+def test_sweep_ensemble_wins_when_extractors_complement_each_other(complementary_store, tmp_path):
+    runs = tmp_path / "runs"
+    s = sweep(complementary_store, ["logreg"], ensemble=True, runs=runs)
+    assert max(c["validation"] for c in s["cells"]) < 0.8  # each extractor alone confuses two classes
+    assert s["winner"]["kind"] == "ensemble" and s["winner"]["validation"] > 0.95 and s["winner"]["test"] > 0.95
+    e = get_run(s["winner"]["id"], complementary_store, runs)[0]
+    assert e["kind"] == "ensemble" and sorted(e["members"]) == sorted(c["run"] for c in s["cells"]) and "test" in e["metrics"]
+    assert all(c["test"] is None for c in s["cells"])  # members' test is in their runs, the table shows only the choice
+
+
+def test_show_test_evaluates_every_run_after_the_choice(two_extractor_store, tmp_path):
+    s = sweep(two_extractor_store, ["logreg", "knn"], show_test=True, runs=tmp_path / "runs")
+    assert all(c["test"] is not None for c in s["cells"]) and "every run" in s["selection"]
+
+
+def test_greedy_ensemble_adds_only_what_improves_validation():
+    y = np.array([0, 0, 1, 1])
+    good = np.array([[.9, .1], [.8, .2], [.6, .4], [.1, .9]])   # 3/4
+    other = np.array([[.6, .4], [.4, .6], [.2, .8], [.3, .7]])  # 3/4, wrong elsewhere
+    assert greedy_ensemble([good, other], y) == [1, 1]          # together 4/4
+    assert greedy_ensemble([good, good.copy()], y) == [1, 0]    # a copy adds nothing
+
+
+def test_sweep_refuses_extractors_without_validation(tmp_path):
+    path = tmp_path / "f.h5"
+    writer.write_arrays(path, "s", "train", np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1]), ["a", "b"])
+    with pytest.raises(StoreError, match="extractors s have no complete 'train' and 'validation'.*cross-validation"):
+        sweep(path, ["logreg"], runs=tmp_path / "runs")
+
+
+def test_sweep_cli(two_extractor_store, tmp_path):
+    res = CliRunner().invoke(app, ["sweep", "--clf", "logreg,knn", "--store", str(two_extractor_store), "--runs", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "chosen on validation" in res.output and "good" in res.output and " *" in res.output
+    bad = CliRunner().invoke(app, ["sweep", "--clf", "logreg,nope", "--store", str(two_extractor_store), "--runs", str(tmp_path / "r")])
+    assert bad.exit_code == 1 and "unknown classifier 'nope'" in bad.output
