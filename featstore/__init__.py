@@ -23,6 +23,7 @@ _PUBLIC = {  # public name -> the module that defines it
     "WeightsError": "errors",
     "Extractor": "extract", "ExtractorConfig": "extract", "ExtractResult": "extract", "extract": "extract",
     "discover": "images", "load_image": "images",
+    "find_leaks": "leaks",
     "build_classifier": "classifiers", "get_classifier": "classifiers", "list_classifiers": "classifiers",
     "register_classifier": "classifiers",
     "predict": "predict",

@@ -215,6 +215,45 @@ def sweep(
 
 @app.command()
 @_errors
+def leaks(
+    store: StoreOpt = Path("features.h5"),
+    extractor: ExtractorOpt = None,
+    split: Annotated[Optional[list[str]], typer.Option(help="Split to check against train; repeat for several (default: test and validation, those in the store).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Report pairs with a similarity (centred cosine of the features) at or above this, in (0, 1]; default 0.95, see the README.")] = None,
+    top: Annotated[int, typer.Option(help="Pairs to print and to draw in the PNG.")] = 10,
+    png: Annotated[Optional[Path], typer.Option(help="PNG of the top pairs side by side (default: <store>.leaks.png).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write every pair found to this CSV (columns query_split, query_path, train_path, similarity, same_label).")] = None,
+) -> None:
+    """Near-duplicate images across splits: each test/validation row's most similar train row, from the cached features.
+
+    Lists the pairs at or above the threshold with both paths, draws the top pairs side by side, and records the counts beside the store (<store>.leaks.json) so `featstore info` shows them.
+    """
+    from .leaks import DEFAULT_THRESHOLD, find_leaks, leaks_csv, leaks_png
+
+    if top < 1:
+        raise FeatstoreError(f"--top must be at least 1, not {top}")
+    r = find_leaks(store, extractor, split, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    for name, n in r.counts.items():
+        typer.echo(f"{name}: {n} of {r.rows[name]} rows have a near-duplicate in {r.reference} (similarity >= {r.threshold:g}; "
+                   f"median nearest {r.median[name]:.3f})")
+    for p in r.pairs[:top]:
+        typer.echo(f"  {p.similarity:.4f}  {p.query_path}  ~  {p.train_path}"
+                   + ("" if p.same_label else "  (labels differ)"))
+    if len(r.pairs) > top:
+        typer.echo(f"  ... {len(r.pairs) - top} more" + (f", all in {out}" if out else " (--out CSV lists them all)"))
+    if not r.pairs and r.near_misses:
+        p = r.near_misses[0]
+        typer.echo(f"no pair at or above {r.threshold:g}; the closest is {p.similarity:.4f}: {p.query_path} ~ {p.train_path}")
+    if out is not None:
+        typer.echo(f"wrote {len(r.pairs)} pairs to {leaks_csv(r, out)}")
+    path, missing = leaks_png(r, png or Path(f"{store}.leaks.png"), top=top)
+    typer.echo(f"wrote {path}" + (f"; {len(missing)} image(s) not found, drawn as placeholders:" if missing else ""))
+    for m in missing:
+        typer.echo(f"  missing: {m}")
+
+
+@app.command()
+@_errors
 def classifiers() -> None:
     """List the classifiers with their parameters (defaults) and default search grids."""
     from .report import classifiers_table

@@ -56,6 +56,7 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
 
 def store_tree(path: str) -> str:
     """The store as an indented tree: provenance, splits with shapes, classes, counts and failures."""
+    from .leaks import leaks_line
     from .writer import lock_holder
 
     store = FeatureStore(path)
@@ -70,6 +71,7 @@ def store_tree(path: str) -> str:
         if ex.get("error"):
             lines.append(f"    │   BROKEN: {ex['error']}")
         lines += [f"    │   {k}: {a[k]}" for k in PROVENANCE_KEYS if k in a and k != "fingerprint"]
+        lines.append(f"    │   {leaks_line(path, name, ex)}")
         for split, s in ex["splits"].items():
             if "error" in s:
                 lines.append(f"    ├── /{split}   BROKEN: {s['error']}")
