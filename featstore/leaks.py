@@ -333,9 +333,9 @@ def leaks_png(report: LeakReport, out: str | os.PathLike, top: int = 10) -> tupl
 
     >>> png, missing = leaks_png(find_leaks("features.h5"), "leaks.png")   # doctest: +SKIP
     """
-    from .plots import _plt
+    from .plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     pairs, note = (report.pairs[:top], "") if report.pairs else (report.near_misses[:top], " (below the threshold)")
     missing: list[str] = []
     height = 0.5 + 2.6 * max(len(pairs), 1)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot with the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,7 +19,7 @@ def _plt():
 
 def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, path: Path) -> Path:
     """Confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
-    plt = _plt()
+    plt = pyplot()
     m = np.asarray(matrix)
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k))
@@ -45,7 +46,7 @@ def curves_png(history: dict[str, list[float]], title: str, path: Path) -> Path:
 
     >>> curves_png({"loss": [28.0, 0.9, 0.5], "accuracy": [0.3, 0.7, 0.8]}, "run", Path("curves.png"))  # doctest: +SKIP
     """
-    plt = _plt()
+    plt = pyplot()
     from matplotlib import ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -85,7 +86,7 @@ def compare_png(labels: list[str], scores: dict[str, list[float | None]], path: 
 
     >>> compare_png(["run-a", "run-b"], {"validation": [0.78, 0.73], "test": [0.81, None]}, Path("c.png"))  # doctest: +SKIP
     """
-    plt = _plt()
+    plt = pyplot()
     n = len(labels)
     fig, ax = plt.subplots(figsize=(min(40.0, max(6.0, 2.5 + 0.55 * n * max(len(scores), 1))), 4.8))
     width = 0.8 / max(len(scores), 1)
@@ -113,7 +114,7 @@ def heatmap_png(rows: list[str], cols: list[str], values: np.ndarray, title: str
 
     >>> heatmap_png(["vgg16@block4_pool"], ["logreg", "svm"], np.array([[0.8, 0.7]]), "sweep", Path("s.png"))  # doctest: +SKIP
     """
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(cols) + 3.5), max(2.5, 0.55 * len(rows) + 1.8)))
     top = float(np.nanmax(values))
     low = min(float(np.nanmin(values)), top - 0.05)  # at least 5 points of colour range, so equal cells do not blow up the scale
