@@ -11,7 +11,6 @@ opened once for the layout and then per block of rows, so a writer appending ano
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,19 +95,25 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
     """Content problems of one split (labels, NaN/inf, duplicated rows), reading one block per opening."""
     where = f"/{s.name}/{s.split}"
     bad_rows = bad_labels = 0
+    unreadable: list[str] = []
     names: list[str] = []
     labels: list[np.ndarray] = []
     for i in range(0, s.rows, s.step):
         with open_h5(path, "r", locking=locking) as f:
             sg = f[s.name][s.split]
             j = min(i + s.step, s.rows)
-            block = sg["features"][i:j]
+            try:
+                block = sg["features"][i:j]
+            except OSError as exc:
+                unreadable.append(f"{i}..{j - 1} ({exc})")
+                block = np.zeros((0,), np.float32)
             y = sg["labels"][i:j]
             names += read_paths(sg["paths"], j, i)
-        bad_rows += int(np.count_nonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
+        if len(block):
+            bad_rows += int(np.count_nonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
         labels.append(np.asarray(y))
-    out = []
+    out = [f"{where}: features of rows {', '.join(unreadable[:3])} cannot be read: the file is damaged; {REDO}"] if unreadable else []
     if bad_labels:
         out.append(f"{where}: {bad_labels} labels outside 0..{s.n_classes - 1}; {REDO}")
     if bad_rows:
@@ -122,15 +127,13 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
 
 
 def _same_file_two_labels(where: str, root: str, names: list[str], y: np.ndarray) -> list[str]:
-    """Rows whose files are one file on disk (same real path) under different labels; skipped when the images are gone."""
+    """Rows that are one file on disk (same device and inode: links of any kind) under different labels; skipped when the images are gone."""
+    from .images import duplicate_files
+
     if not root or not os.path.isdir(root):
         return []
-    by_real: dict[str, set] = defaultdict(set)
-    for name, label in zip(names, y.tolist()):
-        by_real[os.path.realpath(os.path.join(root, name))].add(int(label))
-    clash = [real for real, labs in by_real.items() if len(labs) > 1]
+    clash = duplicate_files(root, zip(names, y.tolist()), across_labels=True)
     if not clash:
         return []
-    return [f"{where}: {len(clash)} image files are stored under two or more labels (e.g. {clash[0]}, reached through a "
+    return [f"{where}: {len(clash)} image files are stored under two or more labels (e.g. {clash[0].real_path}, reached through a "
             f"link from another class folder); remove the link and {REDO}"]
-

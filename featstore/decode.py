@@ -153,14 +153,19 @@ def _refuse_irregular(mode: int) -> None:
 
 def _decode(fh: BinaryIO, size: int, max_pixels: int, budget: DecodeBudget) -> np.ndarray:
     """The pixels of an open file, resized; memory reserved from ``budget`` while decoding."""
-    with Image.open(fh) as im:
+    with Image.open(fh, formats=FORMATS) as im:
         w, h = im.size
         if w * h > max_pixels:  # checked from the header, before any pixel is decoded
             raise ImageError(f"refused: {w}x{h} pixels is over the {max_pixels} limit (decompression bomb?)")
         im.seek(0)
-        if im.format == "JPEG":
+        need = 0
+        if im.format in ("JPEG", "MPO"):
+            if im.info.get("progressive") or im.info.get("progression"):
+                need += w * h * len(im.getbands()) * 2  # libjpeg keeps every DCT coefficient of a progressive file, at full size
             im.draft(None, (size, size))  # let libjpeg decode at the smallest scale still >= size (2x faster on photos)
-        with budget.reserve(decode_bytes(im.mode, *im.size)):
+        if im.mode == "P" and "transparency" in im.info:
+            need += im.size[0] * im.size[1] * 7  # the RGBA copy, then the RGB one
+        with budget.reserve(need + decode_bytes(im.mode, *im.size)):
             ImageOps.exif_transpose(im, in_place=True)  # in place: no full-size copy when there is nothing to rotate
             if im.mode.startswith("I") or im.mode == "F":
                 gray = _to_gray8(im).resize((size, size), Image.BILINEAR)  # resize 1 channel, then copy it to 3
@@ -168,6 +173,11 @@ def _decode(fh: BinaryIO, size: int, max_pixels: int, budget: DecodeBudget) -> n
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+# Pillow formats opened: those the listed extensions name (JPEG covers the MPO files of many cameras), and TIFF.
+# Never EPS or PDF, whose plugins run Ghostscript, whatever a file's name says.
+FORMATS = ("JPEG", "PNG", "BMP", "DIB", "GIF", "WEBP", "TIFF")
 
 
 def decode_bytes(mode: str, width: int, height: int) -> int:

@@ -14,6 +14,7 @@ store before the next, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -32,6 +33,8 @@ from .images import ImageError, ImageListing, discover, load_image, printable
 from .weights import sha256_file
 
 logger = logging.getLogger(__name__)
+
+DECODE_TIMEOUT_S = 120.0  # for one image; a decode thread still stuck then is abandoned (it is a daemon)
 
 
 @dataclass
@@ -71,21 +74,26 @@ def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Itera
             except ImageError as exc:
                 yield p, None, str(exc)
         return
-    pool = DaemonPool(workers)
+    pools = [DaemonPool(workers)]
     pending: collections.deque = collections.deque()
     it = iter(paths)
     try:
-        pending.extend((p, pool.submit(load_image, p, size)) for p in itertools.islice(it, ahead))
+        pending.extend((p, pools[-1].submit(load_image, p, size)) for p in itertools.islice(it, ahead))
         while pending:
             p, fut = pending.popleft()
-            pending.extend((q, pool.submit(load_image, q, size)) for q in itertools.islice(it, 1))
+            pending.extend((q, pools[-1].submit(load_image, q, size)) for q in itertools.islice(it, 1))
             try:
-                img, reason = fut.result(), ""
+                img, reason = fut.result(timeout=DECODE_TIMEOUT_S), ""
             except ImageError as exc:
                 img, reason = None, str(exc)
+            except concurrent.futures.TimeoutError:  # a file that blocks when read (/proc, a hung network mount): skipped
+                img, reason = None, f"decoding took over {DECODE_TIMEOUT_S:.0f} s (a file that blocks when read?); skipped"
+                pools.append(DaemonPool(workers))  # the stuck thread keeps its worker: what has not started moves to fresh ones
+                pending = collections.deque((q, pools[-1].submit(load_image, q, size) if f.cancel() else f) for q, f in pending)
             yield p, img, reason
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike = "features.h5",
@@ -119,6 +127,9 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
     store_path = writer.check_writable(store_path)
     result = ExtractResult(str(store_path), names[0], split, ignored=listing.n_ignored, extractors=names)
     with writer.writer_lock(store_path, locking):
+        if store_path.exists():  # links out of the store are refused before anything in it is read
+            with store.open_h5(store_path, "r", locking=locking) as f:
+                store.refuse_foreign(f, store_path)
         todo = [i for i in range(len(names)) if overwrite or not _already_complete(store_path, names[i], split, configs[i], listing, locking)]
         if not todo:
             result.skipped = True
@@ -165,8 +176,9 @@ def _already_complete(path: Path, name: str, split: str, config: ExtractorConfig
     if not path.exists():
         return False
     with store.open_h5(path, "r", locking=locking) as f:
-        if name not in f or split not in f[name] or not f[name][split].attrs.get("complete"):
-            return False
+        complete = f[name][split].attrs.get("complete") if name in f and split in f[name] else None
+        if not isinstance(complete, (bool, np.bool_)) or not complete:
+            return False  # not there, not complete, or damaged: prepare_split's full check says which
         attrs = provenance.attrs_of(f[name])
         if not _same_config(attrs, config):
             return False

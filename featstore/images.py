@@ -160,6 +160,7 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
         present = sorted(p.name for p in root.iterdir() if p.is_dir())
         raise DataError(f"split folder {printable(str(split_dir))} does not exist; "
                         f"splits found in {printable(str(root))}: {printable(', '.join(present)) or 'none'}")
+    _refuse_overlapping_split(root, split, split_dir)
     walk = _Walk(_lineage(split_dir) | _lineage(root), base=root, split_dir=split_dir)
     candidates = sorted((e for e in os.scandir(split_dir) if not e.name.startswith(".") and e.is_dir()),
                         key=lambda e: (e.is_symlink(), e.name))  # real folders first: a link cannot claim one's place
@@ -241,6 +242,19 @@ def _lineage(path: str | os.PathLike) -> set[_Ident]:
         if parent == p:
             return out
         p = parent
+
+
+def _refuse_overlapping_split(root: Path, split: str, split_dir: Path) -> None:
+    """Refuse a split folder that is, holds, or lies inside another split folder (e.g. ``test -> validation``): a leak."""
+    real = os.path.realpath(split_dir)
+    for other in sorted(root.iterdir()):
+        if other.name == split or other.name.startswith(".") or not other.is_dir():
+            continue
+        theirs = os.path.realpath(other)
+        if _inside(real, theirs) or _inside(theirs, real):
+            how = "is the same folder as" if real == theirs else "lies inside" if _inside(real, theirs) else "contains"
+            raise DataError(f"split folder {printable(str(split_dir))} {how} split folder {printable(str(other))} (through a link): "
+                            f"the same images would be in two splits, which inflates test scores. Give each split a folder of its own.")
 
 
 def _inside(path: str, folder: str) -> bool:

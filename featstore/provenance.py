@@ -39,14 +39,17 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_@+=,-]*(\.[A-Za-z0-9_@+=,-]+)*")
 def plain(value):
     """HDF5 attribute value -> plain Python (lists, str, int, float, bool)."""
     if isinstance(value, np.ndarray):
-        return [plain(v) for v in value.tolist()]
+        items = value.tolist()
+        return [plain(v) for v in items] if isinstance(items, list) else plain(items)
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "surrogateescape")
     if isinstance(value, np.generic):
         return value.item()
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)  # an object reference or another type featstore never writes: shown, never used as data
 
 
 def attrs_of(obj) -> dict:
@@ -119,7 +122,7 @@ def check_format_version(value, path) -> None:
         version = int(plain(value))
         if isinstance(plain(value), float) and plain(value) != version:
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise StoreError(f"store {path} has format_version {plain(value)!r}, not an integer: it is damaged or not a featstore "
                          f"store. Extract into a new --store.") from None
     if version > FORMAT_VERSION:
@@ -182,11 +185,16 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
 
     redo = "Re-extract this split with --overwrite (or into a new --store)."
     for key in SPLIT_DATASETS:
-        link = sg.get(key, getlink=True)
-        if link is None:
-            raise StoreError(f"{where}: dataset {key} is missing. {redo}")
-        if not isinstance(link, h5py.HardLink) or not isinstance(sg[key], h5py.Dataset) or sg[key].is_virtual or sg[key].external:
-            raise StoreError(f"{where}/{key} is not a dataset stored in this file (a link, virtual or external dataset). {redo}")
+        obj = sg
+        for part in key.split("/"):  # every component a hard link: an external link is never opened on the way
+            link = obj.get(part, getlink=True) if isinstance(obj, h5py.Group) else None
+            if link is None:
+                raise StoreError(f"{where}: dataset {key} is missing. {redo}")
+            if not isinstance(link, h5py.HardLink):
+                raise StoreError(f"{where}/{key} is not stored in this file ({type(link).__name__}). {redo}")
+            obj = obj[part]
+        if not isinstance(obj, h5py.Dataset) or obj.is_virtual or obj.external:
+            raise StoreError(f"{where}/{key} is not a dataset stored in this file (a group, virtual or external dataset). {redo}")
     missing = [k for k in SPLIT_ATTRS if k not in sg.attrs and not (k == "commit")]
     if missing:
         raise StoreError(f"{where}: attributes missing: {', '.join(missing)}. {redo}")
@@ -199,7 +207,10 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
         if sg[key].dtype.kind not in "OS" or sg[key].ndim != 1:
             raise StoreError(f"{where}/{key} has dtype {sg[key].dtype}, expected 1-D strings. {redo}")
     if extractor is not None:
-        want = [int(v) for v in plain(extractor.get("feature_shape", []))]
+        shape = plain(extractor.get("feature_shape", []))
+        if not isinstance(shape, list) or not all(isinstance(v, int) for v in shape):
+            raise StoreError(f"{where}: the extractor's feature_shape is {shape!r}, expected a list of positive integers. {redo}")
+        want = shape
         if list(feats.shape[1:]) != want or str(feats.dtype) != extractor.get("dtype"):
             raise StoreError(f"{where}/features are {tuple(feats.shape[1:])} {feats.dtype}, the extractor records "
                              f"{tuple(want)} {extractor.get('dtype')}. {redo}")
@@ -208,11 +219,34 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
         raise StoreError(f"{where}: class_names is {classes!r}, expected a list of names. {redo}")
     try:
         n_images = int(plain(sg.attrs["n_images"]))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         n_images = -1
+    complete = sg.attrs["complete"]
+    if not (isinstance(complete, (bool, np.bool_)) or (isinstance(complete, (int, np.integer)) and int(complete) in (0, 1))):
+        raise StoreError(f"{where}: attribute complete is {plain(complete)!r}, expected true or false. {redo}")
     if n_images < 0:
         raise StoreError(f"{where}: n_images is {plain(sg.attrs['n_images'])!r}, expected a count. {redo}")
+    _validate_listing(sg, where, redo)
     return read_commit(sg, where)
+
+
+LISTING = ("paths", "labels", "sizes", "mtimes_ns")  # /<split>/listing: every image of the split as discovered
+
+
+def _validate_listing(sg, where: str, redo: str) -> None:
+    """The split's recorded listing, if any, is a group of four hard-linked 1-D datasets of one length and the right kinds."""
+    import h5py
+
+    link = sg.get("listing", getlink=True)
+    if link is None:
+        return
+    lg = sg["listing"] if isinstance(link, h5py.HardLink) else None
+    if not isinstance(lg, h5py.Group) or any(not isinstance(lg.get(k, getlink=True), h5py.HardLink) for k in LISTING):
+        raise StoreError(f"{where}/listing is damaged (missing or linked datasets). {redo}")
+    n = lg["paths"].shape
+    kinds = [lg["paths"].dtype.kind in "OS"] + [lg[k].dtype.kind in "iu" for k in LISTING[1:]]
+    if not all(kinds) or len(n) != 1 or any(lg[k].shape != n for k in LISTING):
+        raise StoreError(f"{where}/listing is damaged (datasets of the wrong kind or length). {redo}")
 
 
 def validate_labels(y: np.ndarray, n_classes: int, where: str) -> None:
@@ -231,6 +265,13 @@ def validate_extractor(attrs: dict, where: str) -> None:
     if missing:
         raise StoreError(f"{where}: provenance attributes missing: {', '.join(missing)}; the store is damaged or not written by "
                          f"this featstore. Extract again into a new --store.")
+    shape = attrs["feature_shape"]
+    if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise StoreError(f"{where}: feature_shape is {shape!r}, expected a list of positive integers; the store is damaged. "
+                         f"Extract again into a new --store.")
+    if not isinstance(attrs["input_size"], int) or attrs["dtype"] not in ("float32", "float16"):
+        raise StoreError(f"{where}: input_size {attrs['input_size']!r} or dtype {attrs['dtype']!r} is not one featstore writes; "
+                         f"the store is damaged. Extract again into a new --store.")
     if fingerprint(attrs) != attrs["fingerprint"]:
         raise StoreError(f"{where}: the fingerprint attribute does not match the provenance attributes (edited after writing?). "
                          f"Extract again into a new --store.")

@@ -135,7 +135,11 @@ def foreign_objects(f: h5py.File) -> list[str]:
             if isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
                 found.append(f"/{name} ({'virtual dataset' if obj.is_virtual else 'external storage'})")
 
-    f.visititems_links(visit)
+    try:
+        f.visititems_links(visit)
+    except (SystemError, UnicodeDecodeError) as exc:  # h5py cannot decode an object name: featstore never writes such names
+        raise StoreError(f"{f.filename} holds an object whose name is not UTF-8 ({exc}); it was not written by featstore. "
+                         f"Refusing to use it.") from None
     return found
 
 
@@ -147,6 +151,16 @@ def refuse_foreign(f: h5py.File, path, allow: bool = False) -> None:
     if found:
         raise StoreError(f"store {path} holds objects that point outside it: {', '.join(found[:5])}. featstore never writes "
                          f"these; refusing to use it. If you made them on purpose, pass allow_external=True.")
+
+
+@contextlib.contextmanager
+def _readable(path, name: str, split: str, start: int, stop: int) -> Iterator[None]:
+    """Turn HDF5's read errors (a damaged chunk: "filter returned failure", bad checksums) into a StoreError naming the rows."""
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"{path}:/{name}/{split}: features of rows {start}..{stop - 1} cannot be read ({exc}): the file is damaged "
+                         f"(disk or copy error). `featstore check` lists every damaged block; re-extract this split with --overwrite.") from exc
 
 
 def hard_groups(g: h5py.Group) -> list[str]:
@@ -279,7 +293,8 @@ class FeatureStore:
         for i in range(0, n, step):
             with self._open() as f:
                 part = np.s_[i:min(i + step, n)]
-                f[name][split]["features"].read_direct(X, part, part)
+                with _readable(self.path, name, split, i, min(i + step, n)):
+                    f[name][split]["features"].read_direct(X, part, part)
         return X, y
 
     def labels(self, split: str, extractor: str | None = None) -> np.ndarray:
@@ -336,7 +351,7 @@ class FeatureStore:
         where = f"{self.path}:/{name}/{split}"
         for b in range(0, len(units), per_block):
             group = units[b:b + per_block]
-            with self._open() as f:
+            with self._open() as f, _readable(self.path, name, split, group[0][0], group[-1][1]):
                 sg = f[name][split]
                 X = np.concatenate([sg["features"][s:e] for s, e in group])
                 y = np.concatenate([sg["labels"][s:e] for s, e in group]).astype(np.int64)

@@ -57,17 +57,28 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
     except OSError as exc:
         raise StoreError(f"cannot lock {lock_path} ({exc}); make the folder writable, or on a filesystem without working locks run "
                          f"`featstore --no-locking ...` (one writer per store is then up to you)") from exc
+    pid_path = f"{lock_path}.pid"
     try:
-        with contextlib.suppress(OSError), open(f"{lock_path}.pid", "w") as fh:
-            fh.write(str(os.getpid()))
+        _write_pid(pid_path)
         yield
     finally:
         fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
         with contextlib.suppress(OSError):
-            os.unlink(f"{lock_path}.pid")
+            if not os.path.islink(pid_path):
+                os.unlink(pid_path)
             if fd is not None and os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
                 os.unlink(lock_path)  # still ours and still locked: a process that opens it now finds it gone and makes its own
         lock.release()
+
+
+def _write_pid(pid_path: str) -> None:
+    """Record the writer's pid beside the lock; never through a link planted there (O_NOFOLLOW, a fresh file)."""
+    with contextlib.suppress(OSError):
+        if os.path.islink(pid_path) or (os.path.exists(pid_path) and not os.path.isfile(pid_path)):
+            return  # not ours: leave it; `info` then cannot name the writer, nothing else changes
+        fd = os.open(pid_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
 
 
 def lock_holder(path: str | os.PathLike) -> int | None:
@@ -120,16 +131,18 @@ def chunk_rows(feature_shape: Sequence[int], dtype: str) -> int:
 
 
 COMPRESSIONS = ("none", "lzf", "gzip")
-LISTING = ("paths", "labels", "sizes", "mtimes_ns")  # /<split>/listing: every image of the split as discovered
 
 
 def stored_listing(sg: h5py.Group) -> list[tuple[str, int, int, int]]:
-    """The (path, label, size, mtime_ns) entries recorded when the split was started ([] for a split without them)."""
+    """The (path, label, size, mtime_ns) entries recorded when the split was started ([] for a split without them).
+
+    The listing's layout is checked by :func:`provenance.validate_split`, which every caller runs first.
+    """
     from .store import read_paths
 
-    lg = sg.get("listing")
-    if not isinstance(lg, h5py.Group) or any(k not in lg for k in LISTING):
+    if "listing" not in sg:
         return []
+    lg = sg["listing"]
     n = lg["paths"].shape[0]
     return list(zip(read_paths(lg["paths"], n), lg["labels"][:].tolist(), lg["sizes"][:].tolist(), lg["mtimes_ns"][:].tolist()))
 

@@ -391,6 +391,37 @@ def _root_attr(value):
     return damage
 
 
+def _split_attr(key, value):
+    def damage(f):
+        f["vgg16/train"].attrs[key] = value
+    return damage
+
+
+def _extractor_attr(key, value, refingerprint=True):
+    """Set an extractor attribute; recompute the fingerprint so only the value's type is wrong."""
+    def damage(f):
+        from featstore import provenance
+
+        g = f["vgg16"]
+        g.attrs[key] = value
+        if refingerprint:
+            g.attrs["fingerprint"] = provenance.fingerprint(provenance.attrs_of(g))
+    return damage
+
+
+def _object_reference(where, key):
+    def damage(f):
+        f[where].attrs[key] = f["vgg16/train/labels"].ref
+    return damage
+
+
+def _damage_listing(f):
+    lg = f["vgg16/train/listing"]
+    del lg["paths"]
+    lg.create_dataset("paths", data=np.arange(12))
+    f["vgg16/train"].attrs["listing_sha256"] = "0" * 64  # so a resume compares the listings
+
+
 # (id, damage, fragment every refusal must contain)
 CRAFTED_STORE_CASES = [
     ("commit-wrong-length", _set_commit(np.array([3, 0], dtype=np.int64)), "expected three integers"),
@@ -411,6 +442,15 @@ CRAFTED_STORE_CASES = [
     ("format-version-float", _root_attr(1.5), "not an integer"),
     ("format-version-old", _root_attr(1), "older featstore"),
     ("format-version-newer", _root_attr(99), "Upgrade featstore"),
+    ("format-version-inf", _root_attr(float("inf")), "not an integer"),
+    ("n-images-inf", _split_attr("n_images", float("inf")), "expected a count"),
+    ("commit-object-reference", _object_reference("vgg16/train", "commit"), "expected three integers"),
+    ("complete-array", _split_attr("complete", np.array([True, False])), "expected true or false"),
+    ("complete-string", _split_attr("complete", "False"), "expected true or false"),
+    ("feature-shape-text", _extractor_attr("feature_shape", "abc"), "expected a list of positive integers"),
+    ("feature-shape-number", _extractor_attr("feature_shape", 5), "expected a list of positive integers"),
+    ("model-object-reference", _object_reference("vgg16", "model"), "fingerprint attribute does not match"),
+    ("listing-paths-integers", _damage_listing, "listing is damaged"),
 ]
 
 

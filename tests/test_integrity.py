@@ -198,3 +198,99 @@ def test_complete_split_with_changed_images_is_refused_with_a_summary(data_root,
     with pytest.raises(StoreError, match=r"changed since .*2 added, 1 removed, 6 changed.*--overwrite"):
         extract(data_root, "train", path, tiny_config)
     assert extract(data_root, "train", path, tiny_config, overwrite=True).rows == 13
+
+
+# ------------------------------------------------------------------ found by the second attack (review of issue 8)
+def test_a_link_planted_at_the_pid_file_is_not_written_through(data_root, tiny_config, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "f.h5.lock.pid").symlink_to(victim)
+    extract(data_root, "train", tmp_path / "f.h5", tiny_config)
+    assert victim.read_text() == "precious" and (tmp_path / "f.h5.lock.pid").is_symlink()
+
+
+def test_a_split_folder_linked_to_another_split_is_refused(data_root, tiny_config, tmp_path):
+    import shutil
+
+    from featstore import DataError
+
+    shutil.rmtree(data_root / "test")
+    (data_root / "test").symlink_to("validation")
+    with pytest.raises(DataError, match="is the same folder as split folder .*validation.*two splits"):
+        extract(data_root, "test", tmp_path / "f.h5", tiny_config)
+
+
+@pytest.mark.parametrize("where", ["vgg16/train/failed", "vgg16"])
+def test_external_links_on_the_way_are_not_opened(data_root, tiny_config, tmp_path, where):
+    path = tmp_path / "s.h5"
+    extract(data_root, "train", path, tiny_config)
+    fifo = tmp_path / "other.h5"
+    os.mkfifo(fifo)  # opening it would hang: the test finishing proves it was never opened
+    with h5py.File(path, "a") as f:
+        del f[where]
+        f[where] = h5py.ExternalLink(str(fifo), "/x")
+    assert any("points outside the store" in p for p in check_store(path))
+    with pytest.raises(StoreError, match="point outside it"):
+        extract(data_root, "train", path, tiny_config)
+
+
+def test_a_damaged_compressed_chunk_is_reported_not_a_traceback(data_root, tiny_config, tmp_path):
+    path = tmp_path / "g.h5"
+    extract(data_root, "train", path, tiny_config, compression="gzip", batch_size=4)
+    with h5py.File(path, "r") as f:
+        offset = f["vgg16/train/features"].id.get_chunk_info(1).byte_offset
+    with open(path, "r+b") as fh:  # bit rot in the second chunk
+        fh.seek(offset + 4)
+        fh.write(b"\xff" * 16)
+    with pytest.raises(StoreError, match=r"rows 0\.\.11 cannot be read .* damaged"):
+        FeatureStore(path).load("train")
+    assert any("cannot be read: the file is damaged" in p for p in check_store(path))
+
+
+def test_object_names_that_are_not_utf8_are_refused(data_root, tiny_config, tmp_path):
+    path = tmp_path / "s.h5"
+    extract(data_root, "train", path, tiny_config)
+    with h5py.File(path, "a") as f:
+        f.create_group(b"bad\xff")
+    with pytest.raises(StoreError, match="not UTF-8"):
+        FeatureStore(path)
+
+
+def test_check_reports_one_file_hard_linked_under_two_labels(data_root, tiny_config, tmp_path):
+    os.link(data_root / "train" / "cat" / "img_000.png", data_root / "train" / "dog" / "twin.png")
+    path = tmp_path / "s.h5"
+    extract(data_root, "train", path, tiny_config)
+    assert any("stored under two or more labels" in p for p in check_store(path))
+
+
+def test_a_read_that_never_returns_becomes_a_failure_record(data_root, tiny_config, tmp_path, monkeypatch):
+    import threading
+
+    from featstore import extract as _  # noqa: F401
+    import importlib
+
+    ex = importlib.import_module("featstore.extract")
+    real = ex.load_image
+    monkeypatch.setattr(ex, "DECODE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(ex, "load_image", lambda p, s: threading.Event().wait() if p.endswith("img_001.jpg") else real(p, s))
+    r = extract(data_root, "train", tmp_path / "f.h5", tiny_config, workers=2)
+    assert r.failed == 2 and all("took over 1 s" in reason for _, reason in r.failures)  # cat/img_001 and dog/img_001
+
+
+def test_progressive_jpeg_and_transparent_palette_reserve_their_real_cost(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from featstore import decode
+
+    reserved = []
+    real = decode.DecodeBudget.reserve
+    monkeypatch.setattr(decode.DecodeBudget, "reserve", lambda self, n: (reserved.append(n), real(self, n))[1])
+    rgb = np.random.default_rng(0).integers(0, 255, (400, 600, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "base.jpg", quality=90)
+    Image.fromarray(rgb).save(tmp_path / "prog.jpg", quality=90, progressive=True)
+    decode.load_image(tmp_path / "base.jpg", 32)
+    decode.load_image(tmp_path / "prog.jpg", 32)
+    assert reserved[1] >= reserved[0] + 400 * 600 * 3 * 2  # full-size coefficient buffers of a progressive file
+    (tmp_path / "eps.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(decode.ImageError):  # never handed to Ghostscript, whatever the name says
+        decode.load_image(tmp_path / "eps.jpg", 32)
