@@ -55,7 +55,7 @@ getattr(cli, "quiet_tensorflow", lambda: None)()  # older checkouts have no quie
 t0 = time.perf_counter()
 import keras
 t["import tensorflow+keras"] = time.perf_counter() - t0
-mod = importlib.import_module("featstore.extract")
+mod = importlib.import_module("featstore.extractor")  # where the extractor is built
 
 def timed(name, fn):
     def wrapper(*a, **k):
@@ -70,8 +70,8 @@ mod.load_base = timed("build model", mod.load_base)
 mod.weights_digest = timed("weights digest", mod.weights_digest)
 forward_fn = mod._forward_fn
 
-def traced(model, size):
-    f, calls = forward_fn(model, size), []
+def traced(model, size, channels):
+    f, calls = forward_fn(model, size, channels), []
     def call(x):
         calls.append(1)
         return timed("warm-up call (trace + run)" if len(calls) == 1 else "forward on the image", f)(x)

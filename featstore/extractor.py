@@ -121,8 +121,7 @@ class Extractor:
                         for (name, t), requested in zip(cuts, c.cut_layers)]
         self.attrs = self.outputs[0][1]
         self.feature_shape = tuple(self.attrs["feature_shape"])
-        self._forward = _forward_fn(self.model, c.image_size, spec.channels_in)
-        self._forward(np.zeros((1, c.image_size, c.image_size, spec.channels_in), np.float32))  # trace once, at start-up
+        self._forward = _forward_fn(self.model, c.image_size, spec.channels_in)  # traced once, at start-up
 
     def _shown_name(self) -> str:
         """The model as messages name it."""
@@ -194,6 +193,7 @@ def _forward_fn(model, size: int, channels: int):
     import tensorflow as tf
 
     fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)])
+    fn.get_concrete_function()  # trace now (no forward pass): every batch size then reuses this one graph
 
     def run(x):
         out = fn(tf.convert_to_tensor(x, tf.float32))
