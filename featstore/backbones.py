@@ -165,7 +165,7 @@ def cut_model(base, layer: str | None, pooling: str, model_name: str):
     """The extractor: ``base`` cut at ``layer`` (None = its last layer), then optional global pooling."""
     import keras
 
-    return keras.Model(base.inputs, cut_outputs(base, [layer], pooling, model_name)[0][1], name=f"{base.name}_featstore")
+    return keras.Model(base.inputs[0], cut_outputs(base, [layer], pooling, model_name)[0][1], name=f"{base.name}_featstore")
 
 
 # --- output side formulas (checked against the built models by tests/test_backbones.py) ---

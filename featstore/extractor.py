@@ -116,8 +116,9 @@ class Extractor:
         if isinstance(spec, SavedModelSpec) and not any(c.cut_layers):
             logger.info("%s: cutting at %r, the layer before its last Dense layer (--layer to choose another)", spec.path.name, default)
         cuts = cut_outputs(base, [lyr or default for lyr in c.cut_layers], c.pooling, self._shown_name())
-        self.model = keras.Model(base.inputs, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore")
-        self.outputs = [(name, self._attrs(name, requested, keras.Model(base.inputs, t)))
+        inp = base.inputs[0]  # one image input (a Sequential model has no `input` until called; `inputs` always exists)
+        self.model = keras.Model(inp, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore")
+        self.outputs = [(name, self._attrs(name, requested, keras.Model(inp, t)))
                         for (name, t), requested in zip(cuts, c.cut_layers)]
         self.attrs = self.outputs[0][1]
         self.feature_shape = tuple(self.attrs["feature_shape"])

@@ -249,6 +249,78 @@ def _create_split(grp: h5py.Group, split: str, attrs: dict, split_attrs: dict, l
     sg.attrs["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def has_tail(path, locking=None) -> bool:
+    """True when any split holds rows or failure records past its commit: what a killed writer leaves behind."""
+    if not Path(path).exists():
+        return False
+    with open_h5(path, "r", locking=locking) as f:
+        refuse_foreign(f, path)
+        for name in hard_groups(f):
+            for split in hard_groups(f[name]):
+                sg = f[name][split]
+                if "commit" not in sg.attrs or any(k not in sg for k in ("features", "labels", "paths", "failed")):
+                    continue  # a split whose creation was interrupted: prepare_split starts it again
+                c = read_commit(sg, f"{path}:/{name}/{split}")
+                sizes = [sg[k].shape[0] for k in ("features", "labels", "paths")]
+                if any(n != c.rows for n in sizes) or any(sg["failed"][k].shape[0] != c.failed for k in ("paths", "reasons")):
+                    return True
+    return False
+
+
+def compact(path, locking=None) -> None:
+    """Rewrite the store into a fresh file holding only committed rows and records, then put it in place.
+
+    A writer killed mid-batch can leave HDF5 metadata pointing past the end-of-allocation mark that was last
+    flushed; freeing that space (truncating the tail in place) then fails with "len not positive after
+    adjustment for EOA", sometimes only at the next write. A fresh file written from the committed data
+    has consistent metadata; it costs one copy of the store, once, after a crash.
+    """
+    path = Path(path)
+    ensure_space(path, path.stat().st_size)
+    tmp = path.with_name(f".{path.name}.compact.tmp")
+    locking = locking_default() if locking is None else locking
+    kwargs = {} if locking is None else {"locking": locking}
+    try:
+        with open_h5(path, "r", locking=locking) as src, h5py.File(tmp, "w", **kwargs) as dst:
+            _copy_attrs(src, dst)
+            for name in hard_groups(src):
+                g = dst.create_group(name)
+                _copy_attrs(src[name], g)
+                for split in hard_groups(src[name]):
+                    sg = src[name][split]
+                    d = g.create_group(split)
+                    _copy_attrs(sg, d)
+                    c = read_commit(sg, f"{path}:/{name}/{split}")
+                    for key in ("features", "labels", "paths"):
+                        _copy_rows(sg[key], d, key, c.rows)
+                    fd = d.create_group("failed")
+                    for key in ("paths", "reasons"):
+                        _copy_rows(sg["failed"][key], fd, key, c.failed)
+                    if "listing" in sg:
+                        src.copy(sg["listing"], d, name="listing")
+            dst.flush()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    logger.info("rewrote %s without the uncommitted tail an interrupted run left", path)
+
+
+def _copy_attrs(src, dst) -> None:
+    """Every attribute of ``src`` onto ``dst``, values and types as stored."""
+    for key, value in src.attrs.items():
+        dst.attrs[key] = value
+
+
+def _copy_rows(ds: h5py.Dataset, group: h5py.Group, key: str, n: int) -> None:
+    """The first ``n`` rows of ``ds`` into a new dataset of the same kind (dtype, chunks, compression, maxshape)."""
+    new = group.create_dataset_like(key, ds, shape=(n, *ds.shape[1:]))
+    step = max(1, (ds.chunks or (1024,))[0]) * 16
+    for i in range(0, n, step):
+        new[i:min(i + step, n)] = ds[i:min(i + step, n)]
+
+
 def _is_str_list(value) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
 
