@@ -1,9 +1,10 @@
-"""Run folders on disk: names, reading and validating ``run.json``, checksums, atomic writes, broken and orphan folders.
+"""Run folders on disk: names, reading and validating ``run.json`` and what it names, checksums, broken folders.
 
 A run folder ``<runs>/<id>/`` holds ``run.json``, the fitted model and ``predictions.npz``; ``run.json``
 records the sha256 of the other files. Everything read from a folder is treated as untrusted: ids and
 split names must be plain names, files must be regular files inside the folder with the recorded
 sha256, and a folder that fails any check is listed as broken (with the reason) instead of being used.
+Writing run folders (temporary folders, orphans, atomic replacement) is in ``runwrite``.
 
 >>> valid_name("logreg-1a2b3c"), valid_name("../x"), valid_name(".")
 (True, False, False)
@@ -15,10 +16,8 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +31,6 @@ logger = logging.getLogger(__name__)
 RECORD = "run.json"
 PREDICTIONS = "predictions.npz"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # run ids and split names: no separators, not "." or ".."
-# A fit writes its folder as ".<id>.tmp" and renames it when complete; writing takes seconds (the model, the
-# predictions and run.json, one after the other). A temporary folder whose newest entry is older than this
-# was left by a killed process on any host sharing the folder, so it is removed (at the next fit, ensemble
-# or listing); a younger one may still be being written and is only skipped.
-ORPHAN_AGE_S = 600
-_ORPHAN = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.tmp")
-
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {  # run.json keys every reader relies on, by run kind
     "any": {"id": str, "kind": str, "created_at": str, "extractor": str, "fingerprint": str, "class_names": list, "clf": str,
             "params": dict, "metrics": dict, "predictions": dict, "predictions_sha256": str},
@@ -204,27 +196,11 @@ def read_run(folder: Path) -> dict:
     return rec
 
 
-def clean_orphans(root: Path, now: float | None = None) -> None:
-    """Remove temporary run folders that no process can still be writing (see ORPHAN_AGE_S)."""
-    now = time.time() if now is None else now
-    for d in root.iterdir() if root.is_dir() else []:
-        if not _ORPHAN.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
-            continue
-        try:
-            newest = max([d.lstat().st_mtime] + [p.lstat().st_mtime for p in d.iterdir()])
-            if now - newest > ORPHAN_AGE_S:
-                shutil.rmtree(d)
-                logger.info("removed %s, left by a fit that was killed %.0f minutes ago", d, (now - newest) / 60)
-        except OSError as exc:  # read-only runs folder, or another process removed it first
-            logger.debug("could not remove orphan %s: %s", d, exc)
-
-
 def scan_runs(root: Path) -> RunListing:
     """Every run folder under ``root``: valid records sorted oldest first, and broken folders with their reasons."""
     out = RunListing()
     if not root.is_dir():
         return out
-    clean_orphans(root)
     for d in sorted(root.iterdir()):
         if d.name.startswith(".") or not (d.is_dir() or d.is_symlink()):  # files such as compare.png are not runs
             continue
@@ -264,62 +240,6 @@ def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:
     if not want <= set(out):
         raise BrokenRunError(f"stored predictions {path} lack {', '.join(sorted(want - set(out)))}; remove the folder {folder} and fit again")
     return out
-
-
-def write_run(root: Path, record: dict, est, probas: dict) -> dict:
-    """Write into a hidden temporary folder, then rename: a run folder is complete or absent."""
-    from .artifacts import save_estimator
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    clean_orphans(root)
-    tmp = root / f".{record['id']}.tmp"
-    tmp.mkdir()
-    try:
-        if est is not None:
-            record["artifact"] = save_estimator(est, tmp)
-        np.savez(tmp / PREDICTIONS, **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
-                 **{f"{s}__labels": y for s, (_, y, _) in probas.items()})
-        record["predictions"] = {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()}
-        record["predictions_sha256"] = sha256_of(tmp / PREDICTIONS)
-        (tmp / RECORD).write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
-        os.replace(tmp, root / record["id"])
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("recorded run %s in %s", record["id"], root)
-    return record
-
-
-def add_split(root: Path, record: dict, folder: Path, split: str, split_metrics: dict, prediction: tuple) -> dict:
-    """A new version of a run folder with one more evaluated split: written aside, checked, then swapped in.
-
-    ``prediction`` is ``(probabilities, labels, paths_sha256)``. The folder is briefly absent during the swap,
-    never half-written; a kill leaves the old version or the new one (and a hidden folder the orphan cleaner removes).
-    """
-    old = load_predictions(folder, record)
-    record = {**record, "metrics": {**record["metrics"], split: split_metrics},
-              "splits": {**record.get("splits", {}), split: split_metrics["n"]}}
-    tmp, aside = root / f".{record['id']}.tmp", root / f".{record['id']}.old.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp, symlinks=True)
-    try:
-        probas = {s: (old[f"{s}__proba"], old[f"{s}__labels"], info["paths_sha256"]) for s, info in record["predictions"].items()}
-        probas[split] = prediction
-        np.savez(tmp / PREDICTIONS, **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
-                 **{f"{s}__labels": y for s, (_, y, _) in probas.items()})
-        record["predictions"] = {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()}
-        record["predictions_sha256"] = sha256_of(tmp / PREDICTIONS)
-        (tmp / RECORD).write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
-        load_predictions(tmp, record)  # the new predictions file reads back whole before it replaces the old one
-        os.replace(folder, aside)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-    logger.info("added %s to run %s", split, record["id"])
-    return record
 
 
 def _json_default(o):

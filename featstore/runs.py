@@ -24,7 +24,8 @@ import numpy as np
 from . import __version__, provenance
 from .errors import ConfigError, StoreError
 from .runfolder import (RunListing, ensure_writable, find_run, load_predictions, output_path, runs_dir, runs_root,  # noqa: F401 (re-exported)
-                        scan_runs, write_run)
+                        scan_runs)
+from .runwrite import replace_file, write_run
 from .store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -361,7 +362,7 @@ def record_split(run_id: str, split: str, store: str | os.PathLike = "features.h
 
     Used to evaluate the test split once, after a choice made on validation (``featstore sweep``).
     """
-    from .runfolder import add_split
+    from .runwrite import add_split
 
     rec, folder, y, pred, proba = apply_run(run_id, split, store, runs)
     if split in rec["metrics"]:
@@ -375,11 +376,13 @@ def show_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | 
     from .plots import confusion_png, curves_png
 
     rec, folder = get_run(run_id, store, runs)
-    # split names and the id were checked when the folder was read; output_path also refuses links and paths leaving the folder
-    pngs = [confusion_png(m["confusion_matrix"], rec["class_names"], f"{rec['id']} on {split} (acc {m['accuracy']:.3f})",
-                          output_path(folder, f"confusion_{split}.png")) for split, m in rec["metrics"].items()]
+    # split names and the id were checked when the folder was read; output_path also refuses links and paths leaving the folder,
+    # and replace_file writes a new file and renames it into place (never through a hard link, a folder in the way is an error)
+    pngs = [replace_file(output_path(folder, f"confusion_{split}.png"), lambda tmp, split=split, m=m: confusion_png(
+        m["confusion_matrix"], rec["class_names"], f"{rec['id']} on {split} (acc {m['accuracy']:.3f})", tmp))
+        for split, m in rec["metrics"].items()]
     if rec.get("history"):
-        pngs.append(curves_png(rec["history"], rec["id"], output_path(folder, "curves.png")))
+        pngs.append(replace_file(output_path(folder, "curves.png"), lambda tmp: curves_png(rec["history"], rec["id"], tmp)))
     return rec, pngs
 
 
@@ -393,4 +396,4 @@ def compare_runs(run_ids: list[str] | None = None, out: str | os.PathLike | None
         raise ConfigError("no runs to compare; fit some with `featstore fit`")
     out = Path(out) if out else output_path(runs_root(store, runs), "compare.png")
     scores = {s: [r["metrics"].get(s, {}).get("accuracy") for r in recs] for s in ("validation", "test")}
-    return compare_png([r["id"] for r in recs], scores, out)
+    return replace_file(out, lambda tmp: compare_png([r["id"] for r in recs], scores, tmp))

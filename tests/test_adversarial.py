@@ -176,6 +176,7 @@ RUN_FOLDER_CASES = [
     Case("ensemble_member_leaves_the_folder", lambda d, r: _rewrite(d, r, members=["../outside", r["members"][1]]),
          "invalid split or run names", victim="ensemble"),
     Case("ensemble_weights_do_not_match", lambda d, r: _rewrite(d, r, weights=[1.0]), "one number per member", victim="ensemble"),
+    Case("png_is_a_folder", lambda d, r: (d / "confusion_test.png").mkdir(), "a folder of that name is in the way", outcome="show"),
 ]
 
 
@@ -221,18 +222,66 @@ def test_other_runs_still_predict_beside_broken_ones(runs: Runs, store):
         predict(runs.ids["ensemble"], [images], store=store, runs=runs.root)  # a broken member breaks the ensemble
 
 
-def test_orphan_temporary_folders_are_ignored_then_cleaned(runs: Runs, store):
-    old = runs.root / ".logreg-dead00.tmp"
-    fresh = runs.root / ".knn-live00.tmp"
-    for d in (old, fresh):
-        shutil.copytree(runs.folder("knn"), d)
-    hour_ago = time.time() - 3600
-    for p in [old, *old.iterdir()]:
-        os.utime(p, (hour_ago, hour_ago))
+def _orphan(runs: Runs, name: str, marked: bool = True, role: str = "new", age_s: float = 3600) -> Path:
+    """A copy of the knn run named ``name`` (with featstore's temporary-folder marker if ``marked``), last changed ``age_s`` ago."""
+    from featstore.runwrite import TMP_MARKER
+
+    d = runs.root / name
+    shutil.copytree(runs.folder("knn"), d)
+    if marked:
+        (d / TMP_MARKER).write_text(json.dumps({"run": runs.ids["knn"], "role": role}))
+    then = time.time() - age_s
+    for p in [d, *d.iterdir()]:
+        os.utime(p, (then, then))
+    return d
+
+
+def test_only_featstore_temporary_folders_are_cleaned_and_only_when_writing(runs: Runs, store):
+    old, fresh = _orphan(runs, ".logreg-dead00.x1.tmp"), _orphan(runs, ".knn-live00.x2.tmp", age_s=0)
+    mine = _orphan(runs, ".my-notes.tmp", marked=False)  # a user's folder that happens to look like one of ours
     r = cli("runs", "--store", store, "--runs", runs.root)
     assert r.exit_code == 0 and "dead00" not in r.output and "live00" not in r.output and "broken" not in r.output
+    get_run(runs.ids["knn"], store, runs.root)
+    assert old.exists() and fresh.exists() and mine.exists()  # listing and reading remove nothing
+    fit(store, "logreg", runs=runs.root)
     assert not old.exists()  # left by a fit killed an hour ago
     assert fresh.exists()  # may still be being written by a running fit
+    assert mine.exists() and (mine / "run.json").exists()  # no marker: never featstore's to remove
+
+
+def test_an_old_version_left_between_two_renames_is_restored(runs: Runs, store):
+    knn = runs.ids["knn"]
+    aside = _orphan(runs, f".{knn}.x3.old.tmp", role="old")
+    shutil.rmtree(runs.folder("knn"))  # killed between add_split's renames: the old version is the only copy
+    fit(store, "logreg", runs=runs.root)
+    assert not aside.exists() and get_run(knn, store, runs.root)[0]["id"] == knn
+    assert evaluate_run(knn, "test", store, runs.root)["n"] == 15
+
+
+def test_every_temporary_run_folder_holds_the_marker(runs: Runs, store, monkeypatch):
+    from featstore import runwrite
+
+    seen, real = [], runwrite._write_contents
+    monkeypatch.setattr(runwrite, "_write_contents", lambda tmp, *a: (seen.append((tmp.name, (tmp / runwrite.TMP_MARKER).is_file())), real(tmp, *a)))
+    from featstore.runs import record_split
+
+    rec = fit(store, "logreg", test=None, runs=runs.root)
+    record_split(rec["id"], "test", store, runs.root)  # add_split: a new version written aside, swapped in
+    assert len(seen) == 2 and all(marked and name.endswith(".tmp") for name, marked in seen), seen
+    assert not (runs.root / rec["id"] / runwrite.TMP_MARKER).exists() and "test" in get_run(rec["id"], store, runs.root)[0]["metrics"]
+    assert not [d for d in runs.root.iterdir() if d.name.endswith(".tmp")]
+
+
+def test_runs_show_replaces_pngs_instead_of_writing_through_hard_links(runs: Runs, store):
+    victim = runs.root.parent / "outside" / "victim.txt"
+    victim.write_text("precious")
+    os.link(victim, runs.folder("knn") / "confusion_test.png")
+    _, pngs = show_run(runs.ids["knn"], store, runs.root)
+    assert victim.read_text() == "precious"
+    png = runs.folder("knn") / "confusion_test.png"
+    assert png in pngs and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_nlink == 1
+    assert not [p for p in runs.folder("knn").iterdir() if p.name.startswith(".")]  # no temporary file left
+    victim.unlink()  # the outside folder must be empty at the end of every test
 
 
 def test_ensemble_names_one_extractor_per_fingerprint(runs: Runs, store):

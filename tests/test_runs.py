@@ -1,3 +1,5 @@
+import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -12,7 +14,8 @@ from featstore import (ConfigError, DataError, ExtractorConfig, FeatureStore, St
 from featstore import runs as runs_mod
 from featstore.predict import rebuild_extractor
 from featstore.classifiers import build_classifier
-from featstore.runfolder import load_predictions, write_run
+from featstore.runfolder import load_predictions
+from featstore.runwrite import write_run
 
 from .conftest import write_images
 
@@ -255,3 +258,16 @@ def test_fit_refuses_a_read_only_runs_folder_before_fitting(store, tmp_path, mon
                 fit(store, "logreg", runs=runs)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_run_folders_and_pngs_get_the_usual_permissions(store, tmp_path):
+    from featstore.runs import show_run
+
+    old = os.umask(0o022)
+    try:
+        rec = fit(store, "logreg", runs=tmp_path)
+        _, pngs = show_run(rec["id"], store, tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / rec["id"]).stat().st_mode & 0o777 == 0o755  # not the 0700 of a temporary folder
+    assert {p.stat().st_mode & 0o777 for p in pngs} == {0o644}
