@@ -4,7 +4,8 @@ scikit-learn pipelines are written with ``skops.io`` (no pickle). On load, the f
 the one recorded in the run, and every type or function the file names must be in ``ARTIFACT_TYPES``:
 exactly the types featstore's own classifiers produce, so no function reference (``numpy.save``, a
 scikit-learn testing helper, even a numpy ufunc) can reach ``FunctionTransformer`` or any other hook.
-The Keras head is a ``.keras`` file loaded with ``safe_mode=True``.
+The Keras head is a ``.keras`` file loaded with ``safe_mode=True``. Before either is opened, the zip's
+declared sizes are checked (``featstore.safezip``: no zip bombs).
 
 >>> "sklearn.pipeline.Pipeline" in ARTIFACT_TYPES, "numpy.save" in ARTIFACT_TYPES
 (True, False)
@@ -17,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from .errors import StoreError
-from .runfolder import BrokenRunError, regular_file, verify_file
+from .runfolder import BrokenRunError, check_zip_file, regular_file, verify_file
 
 # Every type named in the skops files of featstore's classifiers. Obtained by fitting each registered
 # classifier except `dense` (saved as .keras) with every choice of its str parameters and every value of
@@ -100,7 +101,7 @@ def _refuse_foreign(path: Path, types: set[str] | list[str]) -> None:
 
 
 def check_artifact(folder: Path, artifact: dict) -> Path:
-    """The model file of a run after checking its record, its sha256 (and its meta file's) and, for skops, its types."""
+    """The model file of a run after checking its record, its sha256 (and its meta file's), its zip sizes and, for skops, its types."""
     formats = {"skops": ("file", "sha256"), "keras": ("file", "sha256", "meta_file", "meta_sha256")}
     keys = formats.get(artifact.get("format"))
     if keys is None or any(not isinstance(artifact.get(k), str) for k in keys):
@@ -108,6 +109,7 @@ def check_artifact(folder: Path, artifact: dict) -> Path:
         raise BrokenRunError(f"{folder / 'run.json'}: the artifact record {artifact!r} is not one featstore writes "
                              f"({wanted}); remove the folder {folder}")
     path = verify_file(folder, artifact["file"], artifact["sha256"], "run artifact")
+    check_zip_file(path, "run artifact", folder, f"{artifact['format']} file")
     if artifact["format"] == "keras":
         verify_file(folder, artifact["meta_file"], artifact["meta_sha256"], "run artifact metadata")
     else:

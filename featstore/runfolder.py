@@ -3,7 +3,8 @@
 A run folder ``<runs>/<id>/`` holds ``run.json``, the fitted model and ``predictions.npz``; ``run.json``
 records the sha256 of the other files. Everything read from a folder is treated as untrusted: ids and
 split names must be plain names, files must be regular files inside the folder with the recorded
-sha256, and a folder that fails any check is listed as broken (with the reason) instead of being used.
+sha256, zips must declare sane sizes (``safezip``), stored predictions must have the recorded shapes and
+valid values, and a folder that fails any check is listed as broken (with the reason) instead of being used.
 Writing run folders (temporary folders, orphans, atomic replacement) is in ``runwrite``.
 
 >>> valid_name("logreg-1a2b3c"), valid_name("../x"), valid_name(".")
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, StoreError
+from .safezip import check_zip, read_npy
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +175,11 @@ def _check_record(rec: object, folder: Path) -> dict:
         _check_fields(p if isinstance(p, dict) else {}, {"paths_sha256": str, "n": int}, f"{where}: predictions of {split!r}", folder)
     if not all(isinstance(c, str) for c in rec["class_names"]):
         raise BrokenRunError(f"{where}: class_names must be strings; remove the folder {folder}")
-    if members and (len(rec["weights"]) != len(members) or not all(isinstance(w, (int, float)) for w in rec["weights"])):
-        raise BrokenRunError(f"{where}: weights must be one number per member; remove the folder {folder}")
+    weights = rec["weights"] if members else []
+    if members and (len(weights) != len(members) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+                    or not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < sum(weights) < math.inf):
+        raise BrokenRunError(f"{where}: weights must be one finite non-negative number per member, not all zero; "
+                             f"remove the folder {folder}")
     if rec["kind"] == "fit" and rec["extractor_attrs"].get("fingerprint") != rec["fingerprint"]:
         raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs; remove the folder {folder}")
     return rec
@@ -228,17 +234,40 @@ def find_run(run_id: str, root: Path, exact: bool = False, listing: RunListing |
     return next(r for r in listing.records if r["id"] == found[0]), root / found[0]
 
 
-def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:
-    """A run's stored validation/test probabilities and labels, after checking the file's recorded sha256."""
-    path = verify_file(folder, PREDICTIONS, rec["predictions_sha256"], "stored predictions")
-    want = {f"{s}__{k}" for s in rec["predictions"] for k in ("proba", "labels")}
+def check_zip_file(path: Path, what: str, folder: Path, kind: str) -> None:
+    """BrokenRunError unless ``path`` is a zip whose declared sizes are sane (``safezip.check_zip``: no zip bombs)."""
     try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # our handle: np.load leaks its own on a bad zip
-            out = {k: z[k] for k in z.files}
+        check_zip(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise BrokenRunError(f"{what} {path} cannot be read: it is not a readable {kind} ({exc}); refusing to load it. "
+                             f"Remove the folder {folder} and fit again.") from None
+    except ValueError as exc:
+        raise BrokenRunError(f"{what} {path} is refused: {exc}. Remove the folder {folder} and fit again.") from None
+
+
+def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:
+    """A run's stored validation/test probabilities and labels, after checking the file's recorded sha256, its zip sizes,
+    and that each split has ``n`` rows (the recorded count) of probabilities in [0, 1], one column per class, and labels
+    of those classes."""
+    path = verify_file(folder, PREDICTIONS, rec["predictions_sha256"], "stored predictions")
+    check_zip_file(path, "stored predictions", folder, "npz file")
+    k, out = len(rec["class_names"]), {}
+    try:
+        with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # our handle: zipfile leaks none on a bad zip
+            missing = sorted(f"{s}__{a}" for s in rec["predictions"] for a in ("proba", "labels") if f"{s}__{a}.npy" not in z.namelist())
+            if missing:
+                raise BrokenRunError(f"stored predictions {path} lack {', '.join(missing)}; remove the folder {folder} and fit again")
+            for split, info in rec["predictions"].items():
+                proba = read_npy(z, f"{split}__proba.npy", "f", (info["n"], k))  # header checked before numpy allocates
+                labels = read_npy(z, f"{split}__labels.npy", "iu", (info["n"],))
+                if not (np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()):
+                    raise ValueError(f"{split}__proba holds NaN, inf or values outside [0, 1]")
+                if labels.size and (labels.min() < 0 or labels.max() >= k):
+                    raise ValueError(f"{split}__labels holds labels outside 0..{k - 1}")
+                out[f"{split}__proba"], out[f"{split}__labels"] = proba, labels
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise BrokenRunError(f"stored predictions {path} cannot be read ({exc}); remove the folder {folder} and fit again") from None
-    if not want <= set(out):
-        raise BrokenRunError(f"stored predictions {path} lack {', '.join(sorted(want - set(out)))}; remove the folder {folder} and fit again")
+        raise BrokenRunError(f"stored predictions {path} cannot be read or do not match run.json ({exc}); "
+                             f"remove the folder {folder} and fit again") from None
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -290,8 +291,8 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
     if len(run_ids) < 2:
         raise ConfigError("an ensemble needs at least two run ids")
     weights = [1.0] * len(run_ids) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(run_ids) or min(weights) < 0 or sum(weights) <= 0:
-        raise ConfigError(f"give one non-negative weight per member ({len(run_ids)}), not all zero; got {weights}")
+    if len(weights) != len(run_ids) or not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < sum(weights) < math.inf:
+        raise ConfigError(f"give one non-negative weight per member ({len(run_ids)}), finite and not all zero; got {weights}")
     root = runs_root(store, runs)
     listing = scan_runs(root)
     members = [find_run(r, root, listing=listing) for r in run_ids]

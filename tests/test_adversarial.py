@@ -1,10 +1,10 @@
 """Adversarial inputs, one table per kind: add a row to add a case.
 
-- ``RUN_FOLDER_CASES``: damaged or crafted run folders. Each row damages one run (``victim`` "fit" or
-  "ensemble") of a copy of a small runs folder; that run must be reported as broken with the message
-  fragment (``featstore runs``, ``get_run``, ``show``, ``evaluate``, ``ensemble``), or, with outcome
-  "show", be listed but refused by ``runs show``; the other runs keep working and nothing is written
-  outside the runs folder.
+- ``RUN_FOLDER_CASES``: damaged or crafted run folders (the attacker rewrites run.json's sha256 values
+  too). Each row damages one run (``victim``: "logreg", a fit, or "ensemble") of a copy of a
+  small runs folder; that run must be reported as broken with the message fragment (``featstore runs``,
+  ``get_run``, ``show``, ``evaluate``, ``ensemble``), or, with outcome "show", be listed but refused by
+  ``runs show``; the other runs keep working and nothing is written outside the runs folder.
 - ``HOSTILE_ARTIFACT_CASES``: crafted skops models (the attacker rewrote run.json's sha256 too). Each is
   refused by ``runs evaluate``, ``predict`` and ``featstore runs``, and nothing it holds is executed.
 - ``CRAFTED_STORE_CASES``: damaged or crafted stores (id, damage(h5py.File), message fragment): info, check,
@@ -15,11 +15,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -136,6 +138,54 @@ def _artifact_link(run_dir: Path, record: dict) -> None:
     _rewrite(run_dir, record, artifact={**record["artifact"], "sha256": sha256_file(other / "model.skops")})
 
 
+def _reseal(run_dir: Path) -> None:
+    """Recompute every sha256 run.json records, as an attacker who can edit the folder would."""
+    rec = _record(run_dir)
+    if "artifact" in rec:
+        rec["artifact"]["sha256"] = sha256_file(run_dir / rec["artifact"]["file"])
+    rec["predictions_sha256"] = sha256_file(run_dir / "predictions.npz")
+    (run_dir / "run.json").write_text(json.dumps(rec))
+
+
+def _rewrite_zip(path: Path, replace: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> None:
+    """Rewrite a zip with some members replaced (name -> bytes), then reseal its run folder."""
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for name, data in {**members, **replace}.items():
+            z.writestr(name, data)
+    _reseal(path.parent)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _predictions(key: str, make: Callable[[np.ndarray], bytes], compression: int = zipfile.ZIP_STORED):
+    """Damage: replace member ``key`` of predictions.npz by ``make(old array)`` (resealed)."""
+    def damage(run_dir: Path, record: dict) -> None:
+        path = run_dir / "predictions.npz"
+        with np.load(path) as z:
+            old = z[key]
+        _rewrite_zip(path, {f"{key}.npy": make(old)}, compression)
+    return damage
+
+
+def _skops_schema_bomb(run_dir: Path, record: dict) -> None:
+    """schema.json padded with 65 MiB of spaces: 65 KiB deflated (the attacker's was 2 GB)."""
+    path = run_dir / "model.skops"
+    with zipfile.ZipFile(path) as z:
+        schema = z.read("schema.json")
+    _rewrite_zip(path, {"schema.json": schema[:-1] + b" " * (65 << 20) + schema[-1:]})
+
+
+def _npy_header_lies(old: np.ndarray) -> bytes:
+    """A .npy of the right shape whose data is cut short: numpy would allocate for rows that are not there."""
+    return _npy(old)[:-8]
+
+
 class Case(NamedTuple):
     """One crafted run folder: how to damage it, and what must be said about it."""
 
@@ -175,7 +225,21 @@ RUN_FOLDER_CASES = [
     Case("png_is_a_link_outside", _png_link, "is a link or leads outside", outcome="show"),
     Case("ensemble_member_leaves_the_folder", lambda d, r: _rewrite(d, r, members=["../outside", r["members"][1]]),
          "invalid split or run names", victim="ensemble"),
-    Case("ensemble_weights_do_not_match", lambda d, r: _rewrite(d, r, weights=[1.0]), "one number per member", victim="ensemble"),
+    Case("ensemble_weights_do_not_match", lambda d, r: _rewrite(d, r, weights=[1.0]), "one finite non-negative number per member", victim="ensemble"),
+    Case("ensemble_weight_nan", lambda d, r: _rewrite(d, r, weights=[float("nan"), 1.0]), "weights must be one finite", victim="ensemble"),
+    # zip bombs and crafted predictions.npz (zip_bombs.py, ensemble_preds.py; resealed)
+    Case("skops_schema_bomb", _skops_schema_bomb, "member 'schema.json' declares .* a zip bomb"),
+    Case("predictions_member_bomb", _predictions("test__proba", lambda a: _npy(np.zeros(((65 << 20) // 24, 3))), zipfile.ZIP_DEFLATED),
+         "member 'test__proba.npy' declares .* a zip bomb"),
+    Case("predictions_bzip2", lambda d, r: _rewrite_zip(d / "predictions.npz", {}, zipfile.ZIP_BZIP2), "compressed with method 12"),
+    Case("predictions_header_lies_about_its_size", _predictions("test__proba", _npy_header_lies), r"declares shape \(15, 3\) .* not the"),
+    Case("predictions_wrong_columns", _predictions("validation__proba", lambda a: _npy(np.ones((len(a), 7)))),
+         r"validation__proba.npy has shape \(15, 7\), expected \(15, 3\)"),
+    Case("predictions_strings", _predictions("validation__proba", lambda a: _npy(np.full(a.shape, "x"))), "holds <U1 values, expected floats"),
+    Case("predictions_nan", _predictions("validation__proba", lambda a: _npy(np.full_like(a, np.nan))), "NaN, inf or values outside"),
+    Case("predictions_row_count", _predictions("test__proba", lambda a: _npy(a[:5])), r"has shape \(5, 3\), expected \(15, 3\)"),
+    Case("predictions_labels_out_of_range", _predictions("test__labels", lambda a: _npy(np.full_like(a, 99))), "labels outside 0..2"),
+    Case("predictions_labels_float", _predictions("test__labels", lambda a: _npy(a.astype(float))), "expected integers"),
     Case("png_is_a_folder", lambda d, r: (d / "confusion_test.png").mkdir(), "a folder of that name is in the way", outcome="show"),
 ]
 
@@ -194,7 +258,7 @@ def test_crafted_run_folder(case: Case, runs: Runs, store):
         assert re.search(case.expect, table.output.replace("\n", " ")), table.output
         with pytest.raises(StoreError, match=case.expect):
             get_run(victim, store, runs.root)
-        if case.victim == "logreg":
+        if case.victim != "ensemble":
             with pytest.raises(StoreError, match=case.expect):
                 evaluate_run(victim, "test", store, runs.root)
             with pytest.raises(StoreError, match=case.expect):
@@ -270,6 +334,33 @@ def test_every_temporary_run_folder_holds_the_marker(runs: Runs, store, monkeypa
     assert len(seen) == 2 and all(marked and name.endswith(".tmp") for name, marked in seen), seen
     assert not (runs.root / rec["id"] / runwrite.TMP_MARKER).exists() and "test" in get_run(rec["id"], store, runs.root)[0]["metrics"]
     assert not [d for d in runs.root.iterdir() if d.name.endswith(".tmp")]
+
+
+def test_a_zip_member_that_unpacks_to_more_than_it_declares_is_refused(runs: Runs, store):
+    """ZipFile.read would decompress the whole stream (8 MiB here, GBs for a real bomb) before cutting it at the declared 100 bytes."""
+    import struct
+    import tracemalloc
+
+    from featstore.runs import scan_runs_of
+    from featstore.safezip import check_zip
+
+    path = runs.folder("logreg") / "predictions.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("test__proba.npy", b"\0" * (8 << 20))
+    data = bytearray(path.read_bytes())
+    for sig, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size in the local header and the central directory
+        i = data.index(sig)
+        data[i + at:i + at + 4] = struct.pack("<I", 100)
+    path.write_bytes(bytes(data))
+    _reseal(path.parent)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="unpacks to more than the 100 bytes it declares"):
+            check_zip(path)
+        assert tracemalloc.get_traced_memory()[1] < 4 << 20  # measured in 1 MiB steps, never held whole
+    finally:
+        tracemalloc.stop()
+    assert "unpacks to more than the 100 bytes" in dict(scan_runs_of(store, runs.root).broken)[runs.ids["logreg"]]
 
 
 def test_runs_show_replaces_pngs_instead_of_writing_through_hard_links(runs: Runs, store):

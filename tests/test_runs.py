@@ -260,6 +260,14 @@ def test_fit_refuses_a_read_only_runs_folder_before_fitting(store, tmp_path, mon
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_ensemble_refuses_non_finite_weights(store, tmp_path, bad):
+    r1, r2 = fit(store, "logreg", runs=tmp_path), fit(store, "knn", runs=tmp_path)
+    with pytest.raises(ConfigError, match="finite"):
+        ensemble([r1["id"], r2["id"]], weights=[bad, 1.0], runs=tmp_path)
+    assert len(list_runs(store, tmp_path)) == 2  # nothing recorded
+
+
 def test_run_folders_and_pngs_get_the_usual_permissions(store, tmp_path):
     from featstore.runs import show_run
 
