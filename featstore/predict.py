@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from . import provenance
+from .artifacts import checked_proba
 from .errors import ConfigError, DataError, WeightsError
 from .images import IMAGE_EXTENSIONS, find_images, load_image, printable  # load_image: again at another size for mixed ensembles
-from .runs import full_proba
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
         for (mrec, _), model, w in zip(members, models, member_weights):
             ex = extractors[mrec["fingerprint"]]
             imgs = np.stack([img if img.shape[0] == ex.config.image_size else load_image(p, ex.config.image_size) for p, img in batch])
-            proba = proba + w * full_proba(model, ex(imgs), len(class_names))
+            proba = proba + w * checked_proba(model, ex(imgs), len(class_names), mrec["id"])
         proba = proba / sum(member_weights)
         for (p, _), row in zip(batch, proba):
             k = int(np.argmax(row))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, provenance
+from .artifacts import checked_predict, full_proba  # noqa: F401 (full_proba re-exported)
 from .errors import ConfigError, StoreError
 from .runfolder import (RunListing, ensure_writable, find_run, load_predictions, output_path, runs_dir, runs_root,  # noqa: F401 (re-exported)
                         scan_runs)
@@ -46,14 +47,6 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> d
                       for i, c in enumerate(class_names)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
-
-
-def full_proba(est, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """``predict_proba`` with one column per store class (classes absent from training get 0)."""
-    proba = est.predict_proba(X)
-    out = np.zeros((len(X), n_classes), dtype=np.float64)
-    out[:, np.asarray(est.classes_, dtype=int)] = proba
-    return out
 
 
 def _fit_one(spec_name: str, params: dict, X, y, val):
@@ -349,7 +342,7 @@ def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5",
         raise StoreError(f"store classes {fs.class_names(rec['extractor'])} are not the run's {rec['class_names']}; refusing to evaluate")
     est = load_estimator(folder, rec["artifact"])
     X, y = fs.load(split, rec["extractor"])
-    return rec, folder, y, est.predict(X), full_proba(est, X, len(rec["class_names"]))
+    return (rec, folder, y, *checked_predict(est, X, len(rec["class_names"]), rec["id"]))
 
 
 def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:

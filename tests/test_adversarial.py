@@ -1,10 +1,11 @@
 """Adversarial inputs, one table per kind: add a row to add a case.
 
 - ``RUN_FOLDER_CASES``: damaged or crafted run folders (the attacker rewrites run.json's sha256 values
-  too). Each row damages one run (``victim``: "logreg", a fit, or "ensemble") of a copy of a
+  too). Each row damages one run (``victim``: a fit by classifier name, or "ensemble") of a copy of a
   small runs folder; that run must be reported as broken with the message fragment (``featstore runs``,
   ``get_run``, ``show``, ``evaluate``, ``ensemble``), or, with outcome "show", be listed but refused by
-  ``runs show``; the other runs keep working and nothing is written outside the runs folder.
+  ``runs show``, or, with outcome "apply", be listed but refused by ``runs evaluate`` and ``predict`` when
+  its model meets the features; the other runs keep working and nothing is written outside the runs folder.
 - ``HOSTILE_ARTIFACT_CASES``: crafted skops models (the attacker rewrote run.json's sha256 too). Each is
   refused by ``runs evaluate``, ``predict`` and ``featstore runs``, and nothing it holds is executed.
 - ``CRAFTED_STORE_CASES``: damaged or crafted stores (id, damage(h5py.File), message fragment): info, check,
@@ -45,10 +46,11 @@ from .conftest import write_images
 # ------------------------------------------------------------------ shared helpers and fixtures
 @pytest.fixture(scope="module")
 def runs_src(store, tmp_path_factory) -> Path:
-    """A runs folder with three fits (logreg = the fit victim, knn, sgd) and an ensemble of knn + sgd (the ensemble victim)."""
+    """A runs folder with five fits (logreg, random_forest and svm are victims; knn, sgd) and an ensemble of knn + sgd (the ensemble victim)."""
     root = tmp_path_factory.mktemp("adversarial") / "runs"
-    for clf in ("logreg", "knn", "sgd"):
-        fit(store, clf, runs=root)
+    small = {"random_forest": {"n_estimators": [3]}, "svm": {"calibration_folds": [2]}}
+    for clf in ("logreg", "knn", "sgd", "random_forest", "svm"):
+        fit(store, clf, small.get(clf), runs=root)
     ensemble([r["id"] for r in list_runs(store, root) if r["clf"] in ("knn", "sgd")], runs=root)
     return root
 
@@ -163,6 +165,63 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _schema_node(path: Path, cls: str, has: str | None = None) -> tuple[dict, dict]:
+    """(schema, first node of class ``cls`` in depth-first order, holding attribute ``has`` if given)."""
+    with zipfile.ZipFile(path) as z:
+        schema = json.loads(z.read("schema.json"))
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("__class__") == cls and (has is None or has in node.get("content", {}).get("content", {})):
+                return schema, node
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    raise AssertionError(f"no {cls} in {path}")
+
+
+def _skops_array(cls: str, key: str, edit: Callable[[np.ndarray], np.ndarray], has: str | None = None):
+    """Damage: replace array ``key`` of the first ``cls`` in the run's model.skops by ``edit(array)``."""
+    def damage(run_dir: Path, record: dict) -> None:
+        path = run_dir / "model.skops"
+        _, node = _schema_node(path, cls, has)
+        member = node["content"]["content"][key]["file"]
+        with zipfile.ZipFile(path) as z:
+            a = np.load(io.BytesIO(z.read(member)))
+        _rewrite_zip(path, {member: _npy(edit(a.copy()))}, zipfile.ZIP_STORED)
+    return damage
+
+
+def _skops_json(cls: str, key: str, value):
+    """Damage: set JSON attribute ``key`` of the first ``cls`` in the run's model.skops to ``value``."""
+    def damage(run_dir: Path, record: dict) -> None:
+        path = run_dir / "model.skops"
+        schema, node = _schema_node(path, cls)
+        node["content"]["content"][key].update(content=json.dumps(value), __id__=987654321)  # a new id: skops reuses values by id
+        _rewrite_zip(path, {"schema.json": json.dumps(schema).encode()}, zipfile.ZIP_STORED)
+    return damage
+
+
+def _node(field: str, value):
+    """Edit of a tree's node array: node 0's ``field`` set to ``value``."""
+    def edit(nodes: np.ndarray) -> np.ndarray:
+        nodes[field][0] = value
+        return nodes
+    return edit
+
+
+def _both_children(value):
+    return lambda nodes: _node("right_child", value)(_node("left_child", value)(nodes))
+
+
+def _several(*damages):
+    def damage(run_dir: Path, record: dict) -> None:
+        for d in damages:
+            d(run_dir, _record(run_dir))
+    return damage
+
+
 def _predictions(key: str, make: Callable[[np.ndarray], bytes], compression: int = zipfile.ZIP_STORED):
     """Damage: replace member ``key`` of predictions.npz by ``make(old array)`` (resealed)."""
     def damage(run_dir: Path, record: dict) -> None:
@@ -192,8 +251,9 @@ class Case(NamedTuple):
     id: str
     damage: Callable[[Path, dict], None]  # (run folder, its run.json) -> None
     expect: str  # regular expression found in the error and in `featstore runs`
-    outcome: str = "broken"  # "broken": listed as broken, unusable; "show": listed, but `runs show` refuses
-    victim: str = "logreg"  # which run to damage: logreg (a fit) or ensemble
+    outcome: str = "broken"  # "broken": listed as broken, unusable; "show": listed, but `runs show` refuses;
+    # "apply": listed, but `runs evaluate` and `predict` refuse once the model meets the features
+    victim: str = "logreg"  # which run to damage: a fit by classifier (logreg, random_forest, svm), or ensemble
 
 
 RUN_FOLDER_CASES = [
@@ -227,6 +287,33 @@ RUN_FOLDER_CASES = [
          "invalid split or run names", victim="ensemble"),
     Case("ensemble_weights_do_not_match", lambda d, r: _rewrite(d, r, weights=[1.0]), "one finite non-negative number per member", victim="ensemble"),
     Case("ensemble_weight_nan", lambda d, r: _rewrite(d, r, weights=[float("nan"), 1.0]), "weights must be one finite", victim="ensemble"),
+    # crafted models of allowed types whose arrays would make compiled code crash or hang (rf_tree_nodes.py, resealed)
+    Case("tree_children_out_of_bounds", _skops_array("Tree", "nodes", _both_children(10**12)), "node 0 has children 1000000000000",
+         victim="random_forest"),
+    Case("tree_children_loop", _skops_array("Tree", "nodes", _both_children(0)), "node 0 has children 0 and 0", victim="random_forest"),
+    Case("tree_feature_out_of_range", _skops_array("Tree", "nodes", _node("feature", 10**9)), "splits on feature 1000000000",
+         victim="random_forest"),
+    Case("tree_threshold_nan", _skops_array("Tree", "nodes", _node("threshold", np.nan)), "threshold is not finite", victim="random_forest"),
+    Case("tree_node_count_past_its_nodes", _skops_json("Tree", "node_count", 10**6), "node_count 1000000 is not the length",
+         victim="random_forest"),
+    Case("tree_values_of_another_shape", _skops_array("Tree", "values", lambda v: np.zeros((len(v), 1, 7))), r"values of shape \(\d+, 1, 7\)",
+         victim="random_forest"),
+    Case("svc_dual_coef_too_small", _skops_array("SVC", "_dual_coef_", lambda a: a[:, :1].copy(), has="support_vectors_"),
+         "array sizes disagree", victim="svm"),
+    Case("svc_intercept_empty", _skops_array("SVC", "_intercept_", lambda a: a[:0].copy(), has="support_vectors_"),
+         "array sizes disagree", victim="svm"),
+    Case("svc_class_count_negative", _skops_array("SVC", "_n_support", lambda a: a * np.array([-1, 1, 2], dtype=a.dtype), has="support_vectors_"),
+         "class counts", victim="svm"),
+    # allowed types whose state does not fit the features: refused when applied (bad_state.py)
+    Case("scaler_mean_wrong_length", _skops_array("StandardScaler", "mean_", lambda a: np.zeros(7)), "does not fit these features",
+         outcome="apply"),
+    Case("scaler_of_another_width", _several(*(_skops_array("StandardScaler", k, lambda a: np.ones(7)) for k in ("mean_", "var_", "scale_")),
+                                             _skops_json("StandardScaler", "n_features_in_", 7)),
+         "does not fit these features .*expecting 7 features", outcome="apply"),
+    Case("logreg_coefficients_nan", _skops_array("LogisticRegression", "coef_", lambda a: np.full_like(a, np.nan)),
+         "gives NaN, inf or probabilities outside", outcome="apply"),
+    Case("logreg_classes_outside_the_store", _skops_array("LogisticRegression", "classes_", lambda a: np.array([0, 1, 7], dtype=a.dtype)),
+         "are not distinct labels of the 3 store classes", outcome="apply"),
     # zip bombs and crafted predictions.npz (zip_bombs.py, ensemble_preds.py; resealed)
     Case("skops_schema_bomb", _skops_schema_bomb, "member 'schema.json' declares .* a zip bomb"),
     Case("predictions_member_bomb", _predictions("test__proba", lambda a: _npy(np.zeros(((65 << 20) // 24, 3))), zipfile.ZIP_DEFLATED),
@@ -265,6 +352,15 @@ def test_crafted_run_folder(case: Case, runs: Runs, store):
                 ensemble([victim, runs.ids["knn"]], store=store, runs=runs.root)
         r = cli("runs", "show", victim, "--store", store, "--runs", runs.root)
         assert r.exit_code == 1 and "Traceback" not in r.output
+    elif case.outcome == "apply":
+        assert victim in listed
+        with pytest.raises(StoreError, match=case.expect):
+            evaluate_run(victim, "test", store, runs.root)
+        images = Path(FeatureStore(store).split_info("test")["source_root"]) / "test" / "cat"
+        with pytest.raises(StoreError, match=case.expect):
+            predict(victim, [images], store=store, runs=runs.root)
+        r = cli("runs", "evaluate", victim, "--store", store, "--runs", runs.root)
+        assert r.exit_code == 1 and "Traceback" not in r.output and re.search(case.expect, r.output.replace("\n", " ")), r.output
     else:
         assert victim in listed
         with pytest.raises(StoreError, match=case.expect):
@@ -334,6 +430,27 @@ def test_every_temporary_run_folder_holds_the_marker(runs: Runs, store, monkeypa
     assert len(seen) == 2 and all(marked and name.endswith(".tmp") for name, marked in seen), seen
     assert not (runs.root / rec["id"] / runwrite.TMP_MARKER).exists() and "test" in get_run(rec["id"], store, runs.root)[0]["metrics"]
     assert not [d for d in runs.root.iterdir() if d.name.endswith(".tmp")]
+
+
+def test_knn_neighbour_index_is_rebuilt_not_trusted(runs: Runs, store, tmp_path):
+    """A k-NN model whose stored k-d tree indexes other rows: predictions come from a fresh index of its own rows."""
+    import skops.io as sio
+    from sklearn.neighbors import KDTree
+
+    from featstore.artifacts import load_estimator
+    from featstore.classifiers import build_classifier
+
+    X, y = FeatureStore(store).load("train")
+    est = build_classifier("knn", {"n_neighbors": 3})
+    est.set_params(clf__algorithm="kd_tree").fit(X, y)
+    honest = est.predict(FeatureStore(store).load("test")[0])
+    est[-1]._tree = KDTree(np.zeros((2, est[-1]._fit_X.shape[1])))  # indexes 2 rows of zeros, not the 30 fitted rows
+    folder = runs.folder("knn")
+    sio.dump(est, folder / "model.skops")
+    _reseal(folder)
+    loaded = load_estimator(folder, _record(folder)["artifact"])
+    assert loaded[-1]._tree is not None and loaded[-1]._tree.data.shape[0] == len(X)
+    np.testing.assert_array_equal(loaded.predict(FeatureStore(store).load("test")[0]), honest)
 
 
 def test_a_zip_member_that_unpacks_to_more_than_it_declares_is_refused(runs: Runs, store):
