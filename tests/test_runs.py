@@ -268,6 +268,56 @@ def test_ensemble_refuses_non_finite_weights(store, tmp_path, bad):
     assert len(list_runs(store, tmp_path)) == 2  # nothing recorded
 
 
+def test_predict_takes_trust_model_from_the_caller_never_from_the_run(tmp_path):
+    """A run whose features came from a legacy .h5 model (extracted with --trust-model) records trust_model=true; predict ignores that."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, name="conv")(keras.layers.Rescaling(1 / 255.0)(inp)))
+    model_file = tmp_path / "m.h5"
+    keras.Model(inp, keras.layers.Dense(2, name="out")(keras.layers.Dense(4, name="hidden")(x))).save(model_file)
+    data = tmp_path / "data"
+    for split, seed in (("train", 1), ("validation", 2)):
+        write_images(data, split, {"a": 4, "b": 4}, seed=seed, size=16)
+        extract(data, split, tmp_path / "f.h5", ExtractorConfig(model=str(model_file), trust_model=True))
+    rec = fit(tmp_path / "f.h5", "logreg", runs=tmp_path / "runs")
+    assert rec["extractor_attrs"]["trust_model"] is True  # what a crafted run.json can say about any file
+    images = [data / "validation" / "a"]
+    with pytest.raises(ConfigError, match=r"legacy \.h5 model.*--trust-model"):
+        predict(rec["id"], images, store=tmp_path / "f.h5", runs=tmp_path / "runs")
+    assert len(predict(rec["id"], images, store=tmp_path / "f.h5", runs=tmp_path / "runs", trust_model=True)) == 4
+    from typer.testing import CliRunner
+
+    from featstore.cli import app
+
+    r = CliRunner().invoke(app, ["predict", "--run", rec["id"], str(images[0]), "--store", str(tmp_path / "f.h5"), "--runs", str(tmp_path / "runs")])
+    assert r.exit_code == 1 and "--trust-model" in r.output and "Traceback" not in r.output
+
+
+def test_predict_out_must_be_a_regular_file_and_write_errors_are_clear(store, tmp_path, monkeypatch):
+    rec = fit(store, "logreg", runs=tmp_path / "runs")
+    images = [os.path.join(FeatureStore(store).split_info("test")["source_root"], "test", "cat")]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    predict_mod = importlib.import_module("featstore.predict")  # the package exports a function of the same name
+
+    monkeypatch.setattr(predict_mod, "collect_images", lambda *a: pytest.fail("did work before refusing --out"))
+    for out in (fifo, "/dev/full"):
+        with pytest.raises(ConfigError, match="is not a regular file"):
+            predict(rec["id"], images, store=store, runs=tmp_path / "runs", out=out)
+    monkeypatch.undo()
+
+    def full(path, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(predict_mod, "_write_csv", full)
+    out = tmp_path / "p.csv"
+    with pytest.raises(StoreError, match=r"could not write --out .*p\.csv \(No space left on device\)"):
+        predict(rec["id"], images, store=store, runs=tmp_path / "runs", out=out)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def test_run_folders_and_pngs_get_the_usual_permissions(store, tmp_path):
     from featstore.runs import show_run
 
