@@ -73,7 +73,8 @@ def _score_one(spec_name, params, X, y, val):
 
 
 def _digest_paths(paths: list[str]) -> str:
-    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    """sha256 of the paths, each as its file-system bytes (a non-UTF-8 name hashes as its own bytes)."""
+    return hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()
 
 
 def _usable(store: FeatureStore, name: str, split: str | None) -> bool:

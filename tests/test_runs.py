@@ -295,6 +295,18 @@ def test_predict_takes_trust_model_from_the_caller_never_from_the_run(tmp_path):
     assert r.exit_code == 1 and "--trust-model" in r.output and "Traceback" not in r.output
 
 
+def test_non_utf8_file_names_fit_and_hash_as_their_bytes(tmp_path, tiny_config):
+    assert runs_mod._digest_paths(["a/x.png", "b/é.png"]) == hashlib.sha256("a/x.png\nb/é.png".encode()).hexdigest()  # as before
+    data = tmp_path / "data"
+    for split, seed in (("train", 1), ("validation", 2), ("test", 3)):
+        paths = write_images(data, split, {"a": 3, "b": 3}, seed=seed)
+        os.rename(paths[0], os.fsdecode(os.fsencode(paths[0].parent) + b"/\xff.png"))  # not valid UTF-8
+        extract(data, split, tmp_path / "f.h5", tiny_config)
+    rec = fit(tmp_path / "f.h5", "logreg", runs=tmp_path / "runs")
+    assert rec["metrics"]["test"]["n"] == 6
+    assert runs_mod._digest_paths(["a/\udcff.png"]) == hashlib.sha256(b"a/\xff.png").hexdigest()
+
+
 def test_predict_out_must_be_a_regular_file_and_write_errors_are_clear(store, tmp_path, monkeypatch):
     rec = fit(store, "logreg", runs=tmp_path / "runs")
     images = [os.path.join(FeatureStore(store).split_info("test")["source_root"], "test", "cat")]
