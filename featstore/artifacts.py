@@ -4,7 +4,10 @@ scikit-learn pipelines are written with ``skops.io`` (no pickle). On load, the f
 the one recorded in the run, and every type or function the file names must be in ``ARTIFACT_TYPES``:
 exactly the types featstore's own classifiers produce, so no function reference (``numpy.save``, a
 scikit-learn testing helper, even a numpy ufunc) can reach ``FunctionTransformer`` or any other hook.
-The Keras head is a ``.keras`` file loaded with ``safe_mode=True``.
+The Keras head is a ``.keras`` file loaded with ``safe_mode=True``. Before either is opened, the zip's
+declared sizes are checked (``featstore.safezip``: no zip bombs); a skops file's trees and SVCs are checked
+before skops builds them and the loaded pipeline again after (``featstore.modelcheck``: no array that makes
+compiled code read outside memory or loop), with a k-NN index rebuilt from its rows.
 
 >>> "sklearn.pipeline.Pipeline" in ARTIFACT_TYPES, "numpy.save" in ARTIFACT_TYPES
 (True, False)
@@ -14,10 +17,14 @@ from __future__ import annotations
 
 import json
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from .errors import StoreError
-from .runfolder import BrokenRunError, regular_file, verify_file
+from .modelcheck import ModelStateError, check_pipeline, check_skops_schema
+from .runfolder import BrokenRunError, check_zip_file, regular_file, verify_file
 
 # Every type named in the skops files of featstore's classifiers. Obtained by fitting each registered
 # classifier except `dense` (saved as .keras) with every choice of its str parameters and every value of
@@ -70,8 +77,8 @@ def save_estimator(est, folder: Path) -> dict:
     return {"file": path.name, "format": "skops", "sha256": sha256_file(path)}
 
 
-def skops_types(path: Path) -> set[str]:
-    """Every ``module.name`` a skops file refers to, read from its schema (nothing is imported or built)."""
+def _schema(path: Path) -> dict:
+    """A skops file's parsed ``schema.json`` (nothing is imported or built)."""
     try:
         with zipfile.ZipFile(path) as z:
             schema = json.loads(z.read("schema.json"))
@@ -79,7 +86,12 @@ def skops_types(path: Path) -> set[str]:
         raise BrokenRunError(f"run artifact {path} is not a readable skops file ({exc}); refusing to load it. Fit the classifier again.") from None
     if not isinstance(schema, dict) or "__class__" not in schema:
         raise BrokenRunError(f"run artifact {path} has no skops object schema; refusing to load it. Fit the classifier again.")
-    found, stack = set(), [schema]
+    return schema
+
+
+def skops_types(path: Path, schema: dict | None = None) -> set[str]:
+    """Every ``module.name`` a skops file refers to, read from its schema (nothing is imported or built)."""
+    found, stack = set(), [_schema(path) if schema is None else schema]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
@@ -99,8 +111,16 @@ def _refuse_foreign(path: Path, types: set[str] | list[str]) -> None:
                              f"Only models saved by featstore's own fit are loaded: fit the classifier again.")
 
 
+def _altered(folder: Path, path: Path, exc: Exception) -> BrokenRunError:
+    """The error for a model whose state featstore never writes."""
+    return BrokenRunError(f"the model {path} holds state featstore never writes ({exc}); it was altered after "
+                          f"the fit or damaged, and applying it could crash or hang inside scikit-learn's compiled code. "
+                          f"Refusing to load it: remove the folder {folder} and fit the classifier again.")
+
+
 def check_artifact(folder: Path, artifact: dict) -> Path:
-    """The model file of a run after checking its record, its sha256 (and its meta file's) and, for skops, its types."""
+    """The model file of a run after checking its record, its sha256 (and its meta file's), its zip sizes and, for skops,
+    its types and the arrays of its trees and SVCs (see ``modelcheck``)."""
     formats = {"skops": ("file", "sha256"), "keras": ("file", "sha256", "meta_file", "meta_sha256")}
     keys = formats.get(artifact.get("format"))
     if keys is None or any(not isinstance(artifact.get(k), str) for k in keys):
@@ -108,10 +128,17 @@ def check_artifact(folder: Path, artifact: dict) -> Path:
         raise BrokenRunError(f"{folder / 'run.json'}: the artifact record {artifact!r} is not one featstore writes "
                              f"({wanted}); remove the folder {folder}")
     path = verify_file(folder, artifact["file"], artifact["sha256"], "run artifact")
+    check_zip_file(path, "run artifact", folder, f"{artifact['format']} file")
     if artifact["format"] == "keras":
         verify_file(folder, artifact["meta_file"], artifact["meta_sha256"], "run artifact metadata")
-    else:
-        _refuse_foreign(path, skops_types(path))
+        return path
+    schema = _schema(path)
+    _refuse_foreign(path, skops_types(path, schema))
+    try:
+        with zipfile.ZipFile(path) as z:
+            check_skops_schema(z, schema)
+    except ModelStateError as exc:
+        raise _altered(folder, path, exc) from None
     return path
 
 
@@ -139,8 +166,58 @@ def load_estimator(folder: Path, artifact: dict):
     try:
         untrusted = sio.get_untrusted_types(file=path)
         _refuse_foreign(path, untrusted)  # skops' own audit, in case it sees a type the schema walk did not
-        return sio.load(path, trusted=untrusted)
+        return check_pipeline(sio.load(path, trusted=untrusted))  # the loaded objects, checked again (and k-NN rebuilt)
+    except ModelStateError as exc:
+        raise _altered(folder, path, exc) from None
     except StoreError:
         raise
     except Exception as exc:  # skops raises TypeError/ValueError/KeyError for files of other library versions
         raise BrokenRunError(f"run artifact {path} cannot be loaded with these library versions ({exc}); fit the classifier again") from exc
+
+
+def full_proba(est, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``predict_proba`` with one column per store class (classes absent from training get 0)."""
+    proba = est.predict_proba(X)
+    classes = np.asarray(est.classes_)
+    if classes.ndim != 1 or classes.dtype.kind not in "iu" or len(np.unique(classes)) != len(classes) or (classes < 0).any() or (classes >= n_classes).any():
+        raise ValueError(f"the model's classes {classes.tolist()!r} are not distinct labels of the {n_classes} store classes")
+    out = np.zeros((len(X), n_classes), dtype=np.float64)
+    out[:, classes] = proba
+    return out
+
+
+@contextmanager
+def _applying(run_id: str):
+    """Turn the errors of a loaded model that does not fit the features into one BrokenRunError."""
+    try:
+        yield
+    except (ValueError, TypeError, IndexError, AttributeError, KeyError, ArithmeticError) as exc:
+        raise BrokenRunError(f"the model in run {run_id} does not fit these features ({type(exc).__name__}: {exc}); it was altered or "
+                             f"damaged after the fit, or fitted on other features. Fit the classifier again.") from None
+
+
+def checked_proba(est, X: np.ndarray, n_classes: int, run_id: str) -> np.ndarray:
+    """:func:`full_proba` of a loaded model, or a BrokenRunError when its state does not fit the features.
+
+    A loaded model may hold arrays of another size than its features (a crafted or damaged run): scikit-learn's
+    ValueError/TypeError/IndexError become one clear error, and NaN, inf or out-of-range probabilities are refused.
+    Example::
+
+        proba = checked_proba(load_estimator(folder, rec["artifact"]), X, 3, rec["id"])
+    """
+    with _applying(run_id):
+        proba = full_proba(est, X, n_classes)
+    if proba.shape != (len(X), n_classes) or not (np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()):
+        raise BrokenRunError(f"the model in run {run_id} gives NaN, inf or probabilities outside [0, 1] on these features; "
+                             f"its state was altered or damaged. Fit the classifier again.")
+    return proba
+
+
+def checked_predict(est, X: np.ndarray, n_classes: int, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictions, probabilities)`` of a loaded model, checked as :func:`checked_proba` does."""
+    proba = checked_proba(est, X, n_classes, run_id)
+    with _applying(run_id):
+        pred = np.asarray(est.predict(X))
+    if pred.shape != (len(X),):
+        raise BrokenRunError(f"the model in run {run_id} gives predictions of shape {pred.shape} for {len(X)} rows; fit the classifier again")
+    return pred, proba

@@ -368,13 +368,14 @@ def predict(
     out: Annotated[Optional[Path], typer.Option(help="Write a CSV (path,label,probability,error) instead of a table.")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Weights file to use if the recorded one is not on this machine (its digest is checked).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow the run's extractor to load a legacy .h5 model file, which can run code stored in it. Never taken from the run's record: give it only for a model file you made yourself.")] = False,
     store: StoreOpt = Path("features.h5"),
     runs: RunsOpt = None,
 ) -> None:
     """Class and probability for new images, with the run's exact extractor and classifier."""
     from .predict import predict as run_predict
 
-    rows = run_predict(run, inputs, store=store, runs=runs, out=out, weights=weights, batch_size=batch_size)
+    rows = run_predict(run, inputs, store=store, runs=runs, out=out, weights=weights, batch_size=batch_size, trust_model=trust_model)
     if out is not None:
         typer.echo(f"wrote {len(rows)} predictions to {out}")
         return

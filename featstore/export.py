@@ -17,6 +17,12 @@ What each file holds, with ``d`` the number of values per row (see ``features=``
   holds ``class_names``, ``feature_shape``, ``features`` (the reduction) and the extractor's fingerprint.
 - CSV: ``path,label,class,f0,...,f{d-1}``; floats with 9 significant digits (exact for float32).
 
+File names that are not valid UTF-8 (a byte such as ``0xff`` in a Linux file name, held in Python as a
+lone surrogate ``\udcff``): CSV and ``.npz`` keep the name's own bytes (CSV: the raw byte; ``.npz``: the
+surrogate, which ``os.fsencode`` turns back into the byte). Parquet strings must be valid UTF-8, so there
+such a path or class name is written escaped, each undecodable byte as the four characters ``\xff``
+(Python's ``backslashreplace``); valid UTF-8 names are written unchanged.
+
 Values are float32 (float16 stores are widened: CSV and Parquet have no portable half type).
 
 >>> export("features.h5", "train", "train.npz", features="avg")  # doctest: +SKIP
@@ -29,6 +35,7 @@ import io
 import json
 import logging
 import os
+import stat
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -81,6 +88,8 @@ def export(store: str | os.PathLike, split: str, out: str | os.PathLike, *, extr
     name = fs.resolve(extractor)
     if out.resolve() == fs.path.resolve():
         raise ConfigError(f"--out {out} is the store itself; choose another file name")
+    if os.path.lexists(out) and not (out.exists() and stat.S_ISREG(out.stat().st_mode)):
+        raise ConfigError(f"--out {out} exists and is not a regular file (a folder, FIFO, device or dangling link); choose another file name")
     info = fs.split_info(split, name)  # StoreError naming the splits there if it is missing
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
     if features != "flat" and len(shape) != 3:
@@ -160,18 +169,26 @@ def _write_parquet(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths)
     schema = pa.schema([("path", pa.string()), ("label", pa.int64()), ("class", pa.string()),
                         ("features", pa.list_(pa.float32(), d))],
                        metadata={"featstore": json.dumps(meta)})
-    names = meta["class_names"]
+    names = [_utf8(c) for c in meta["class_names"]]
     with pq.ParquetWriter(tmp, schema) as writer:
         for X, y, p in blocks:
             feats = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), d)
-            writer.write_table(pa.table([pa.array(p, pa.string()), pa.array(y, pa.int64()), pa.array([names[i] for i in y], pa.string()),
-                                         feats], schema=schema))
+            writer.write_table(pa.table([pa.array([_utf8(x) for x in p], pa.string()), pa.array(y, pa.int64()),
+                                         pa.array([names[i] for i in y], pa.string()), feats], schema=schema))
+
+
+def _utf8(text: str) -> str:
+    """``text`` as valid UTF-8: a non-UTF-8 byte of a file name (a lone surrogate) becomes the characters ``\\xff``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
 
 
 def _write_csv(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths) -> None:
     """Header, then one line per image: quoted path, label, class name, d floats."""
     names = [_csv_field(c) for c in meta["class_names"]]
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:  # non-UTF-8 names: their own bytes
         fh.write(",".join(["path", "label", "class", *(f"f{i}" for i in range(d))]) + "\n")
         for X, y, p in blocks:
             values = io.StringIO()

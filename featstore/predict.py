@@ -2,7 +2,9 @@
 
 The extractor is rebuilt from the recorded model, layer, input size, pooling, dtype and weights; the
 weights found on this machine must have the recorded digest (and the whole extractor the recorded
-fingerprint), otherwise prediction is refused.
+fingerprint), otherwise prediction is refused. Permission to load a legacy ``.h5`` model file (which can
+run code) comes only from the caller (``trust_model=True``, ``predict --trust-model``), never from the
+run's record: ``run.json`` can be edited to name any file.
 
 >>> rows = predict("logreg-1a2b3c", ["some/images/"])   # doctest: +SKIP
 >>> rows[0]["label"], rows[0]["probability"]            # doctest: +SKIP
@@ -12,16 +14,18 @@ fingerprint), otherwise prediction is refused.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from . import provenance
-from .errors import ConfigError, DataError, WeightsError
+from .artifacts import checked_proba, load_estimator
+from .errors import ConfigError, DataError, StoreError, WeightsError
 from .images import IMAGE_EXTENSIONS, find_images, load_image, printable  # load_image: again at another size for mixed ensembles
-from .runs import full_proba
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +52,17 @@ def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
     return found
 
 
-def rebuild_extractor(attrs: dict, weights: str | None = None):
-    """The Extractor a store's provenance describes; refuses weights whose digest differs from the record."""
+def rebuild_extractor(attrs: dict, weights: str | None = None, trust_model: bool = False):
+    """The Extractor a store's provenance describes; refuses weights whose digest differs from the record.
+
+    ``trust_model`` (the caller's, never the record's ``trust_model``) allows a legacy ``.h5`` model file.
+    """
     from .extract import Extractor, ExtractorConfig
 
     saved = bool(attrs.get("model_file"))  # a saved model: --weights PATH names the model file when it moved
     try:
-        ex = Extractor(ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None))
+        config = ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None)
+        ex = Extractor(dataclasses.replace(config, trust_model=trust_model))  # a crafted run.json may say trust_model=true
     except (WeightsError, ConfigError) as exc:
         what = f"the model file {attrs['model_file']}" if saved else f"weights {attrs['weights']}"
         raise type(exc)(f"{exc}\nThe run's features were made with {what} (file sha256 {attrs['weights_sha256'][:12] or '-'}); "
@@ -70,10 +78,15 @@ def rebuild_extractor(attrs: dict, weights: str | None = None):
 
 
 def _check_out(out: Path) -> None:
-    """Refuse an --out CSV that could not be written, before any work."""
+    """Refuse an --out CSV that could not be written, or that is not a regular file (a FIFO, a device), before any work."""
     folder = out.parent
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a CSV file name, e.g. {out / 'predictions.csv'}")
+    try:
+        if os.path.lexists(out) and not stat.S_ISREG(os.stat(out).st_mode):
+            raise ConfigError(f"--out {out} exists and is not a regular file (a FIFO, device or socket); give a new or regular file name")
+    except FileNotFoundError:
+        raise ConfigError(f"--out {out} is a link to nothing; remove it or give another file name") from None
     if not folder.is_dir():
         raise ConfigError(f"--out {out}: folder {folder} does not exist; create it first (mkdir -p {folder})")
     if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
@@ -81,16 +94,19 @@ def _check_out(out: Path) -> None:
 
 
 def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None,
-            out: str | os.PathLike | None = None, weights: str | None = None, batch_size: int = 32, workers: int | None = None) -> list[dict]:
+            out: str | os.PathLike | None = None, weights: str | None = None, batch_size: int = 32, workers: int | None = None,
+            trust_model: bool = False) -> list[dict]:
     """Class and probability per image for a fit or ensemble run; unreadable images get a row with their reason.
 
-    Writes a CSV (path, label, probability, error) when ``out`` is given. Example::
+    Writes a CSV (path, label, probability, error) when ``out`` is given (a new file renamed onto ``out``).
+    ``trust_model`` allows a run whose features came from a legacy ``.h5`` model file, which can run code when
+    loaded: give it only for a model file you made yourself. Example::
 
         predict("logreg-1a2b3c", ["new_images/"], out="predictions.csv")
     """
-    from .artifacts import load_estimator
     from .extract import iter_decoded
     from .runfolder import find_run, runs_root, scan_runs
+    from .runwrite import replace_file
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size!r}")
@@ -110,7 +126,7 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
         if mrec["fingerprint"] not in extractors:
             # --weights replaces a recorded weights *file* (moved or copied); named sources are always resolved as recorded
             override = weights if mrec["extractor_attrs"].get("weights_source") in ("file", "model-file") else None
-            extractors[mrec["fingerprint"]] = rebuild_extractor(mrec["extractor_attrs"], override)
+            extractors[mrec["fingerprint"]] = rebuild_extractor(mrec["extractor_attrs"], override, trust_model)
     paths = collect_images(inputs)
     class_names = rec["class_names"]
     rows: list[dict] = []
@@ -124,7 +140,7 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
         for (mrec, _), model, w in zip(members, models, member_weights):
             ex = extractors[mrec["fingerprint"]]
             imgs = np.stack([img if img.shape[0] == ex.config.image_size else load_image(p, ex.config.image_size) for p, img in batch])
-            proba = proba + w * full_proba(model, ex(imgs), len(class_names))
+            proba = proba + w * checked_proba(model, ex(imgs), len(class_names), mrec["id"])
         proba = proba / sum(member_weights)
         for (p, _), row in zip(batch, proba):
             k = int(np.argmax(row))
@@ -143,8 +159,17 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
     order = {str(p): i for i, p in enumerate(paths)}
     rows.sort(key=lambda r: order[r["path"]])  # failures were listed as met, images as their batch finished
     if out is not None:
-        with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:  # non-UTF-8 names: their own bytes
-            writer = csv.DictWriter(fh, fieldnames=["path", "label", "probability", "error"])
-            writer.writeheader()
-            writer.writerows(rows)
+        try:
+            replace_file(Path(out), lambda tmp: _write_csv(tmp, rows))
+        except OSError as exc:
+            raise StoreError(f"could not write --out {out} ({exc.strerror or exc}); the predictions were made but not saved: "
+                             f"free space or choose another path") from None
     return rows
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """The predictions CSV; non-UTF-8 names are written as their own bytes."""
+    with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "label", "probability", "error"])
+        writer.writeheader()
+        writer.writerows(rows)

@@ -1,9 +1,11 @@
-"""Run folders on disk: names, reading and validating ``run.json``, checksums, atomic writes, broken and orphan folders.
+"""Run folders on disk: names, reading and validating ``run.json`` and what it names, checksums, broken folders.
 
 A run folder ``<runs>/<id>/`` holds ``run.json``, the fitted model and ``predictions.npz``; ``run.json``
 records the sha256 of the other files. Everything read from a folder is treated as untrusted: ids and
 split names must be plain names, files must be regular files inside the folder with the recorded
-sha256, and a folder that fails any check is listed as broken (with the reason) instead of being used.
+sha256, zips must declare sane sizes (``safezip``), stored predictions must have the recorded shapes and
+valid values, and a folder that fails any check is listed as broken (with the reason) instead of being used.
+Writing run folders (temporary folders, orphans, atomic replacement) is in ``runwrite``.
 
 >>> valid_name("logreg-1a2b3c"), valid_name("../x"), valid_name(".")
 (True, False, False)
@@ -13,12 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
-import shutil
 import stat
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,19 +27,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, StoreError
+from .safezip import check_zip, read_npy
 
 logger = logging.getLogger(__name__)
 
 RECORD = "run.json"
 PREDICTIONS = "predictions.npz"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # run ids and split names: no separators, not "." or ".."
-# A fit writes its folder as ".<id>.tmp" and renames it when complete; writing takes seconds (the model, the
-# predictions and run.json, one after the other). A temporary folder whose newest entry is older than this
-# was left by a killed process on any host sharing the folder, so it is removed (at the next fit, ensemble
-# or listing); a younger one may still be being written and is only skipped.
-ORPHAN_AGE_S = 600
-_ORPHAN = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.tmp")
-
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {  # run.json keys every reader relies on, by run kind
     "any": {"id": str, "kind": str, "created_at": str, "extractor": str, "fingerprint": str, "class_names": list, "clf": str,
             "params": dict, "metrics": dict, "predictions": dict, "predictions_sha256": str},
@@ -180,8 +175,11 @@ def _check_record(rec: object, folder: Path) -> dict:
         _check_fields(p if isinstance(p, dict) else {}, {"paths_sha256": str, "n": int}, f"{where}: predictions of {split!r}", folder)
     if not all(isinstance(c, str) for c in rec["class_names"]):
         raise BrokenRunError(f"{where}: class_names must be strings; remove the folder {folder}")
-    if members and (len(rec["weights"]) != len(members) or not all(isinstance(w, (int, float)) for w in rec["weights"])):
-        raise BrokenRunError(f"{where}: weights must be one number per member; remove the folder {folder}")
+    weights = rec["weights"] if members else []
+    if members and (len(weights) != len(members) or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
+                    or not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < sum(weights) < math.inf):
+        raise BrokenRunError(f"{where}: weights must be one finite non-negative number per member, not all zero; "
+                             f"remove the folder {folder}")
     if rec["kind"] == "fit" and rec["extractor_attrs"].get("fingerprint") != rec["fingerprint"]:
         raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs; remove the folder {folder}")
     return rec
@@ -204,27 +202,11 @@ def read_run(folder: Path) -> dict:
     return rec
 
 
-def clean_orphans(root: Path, now: float | None = None) -> None:
-    """Remove temporary run folders that no process can still be writing (see ORPHAN_AGE_S)."""
-    now = time.time() if now is None else now
-    for d in root.iterdir() if root.is_dir() else []:
-        if not _ORPHAN.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
-            continue
-        try:
-            newest = max([d.lstat().st_mtime] + [p.lstat().st_mtime for p in d.iterdir()])
-            if now - newest > ORPHAN_AGE_S:
-                shutil.rmtree(d)
-                logger.info("removed %s, left by a fit that was killed %.0f minutes ago", d, (now - newest) / 60)
-        except OSError as exc:  # read-only runs folder, or another process removed it first
-            logger.debug("could not remove orphan %s: %s", d, exc)
-
-
 def scan_runs(root: Path) -> RunListing:
     """Every run folder under ``root``: valid records sorted oldest first, and broken folders with their reasons."""
     out = RunListing()
     if not root.is_dir():
         return out
-    clean_orphans(root)
     for d in sorted(root.iterdir()):
         if d.name.startswith(".") or not (d.is_dir() or d.is_symlink()):  # files such as compare.png are not runs
             continue
@@ -252,74 +234,41 @@ def find_run(run_id: str, root: Path, exact: bool = False, listing: RunListing |
     return next(r for r in listing.records if r["id"] == found[0]), root / found[0]
 
 
+def check_zip_file(path: Path, what: str, folder: Path, kind: str) -> None:
+    """BrokenRunError unless ``path`` is a zip whose declared sizes are sane (``safezip.check_zip``: no zip bombs)."""
+    try:
+        check_zip(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise BrokenRunError(f"{what} {path} cannot be read: it is not a readable {kind} ({exc}); refusing to load it. "
+                             f"Remove the folder {folder} and fit again.") from None
+    except ValueError as exc:
+        raise BrokenRunError(f"{what} {path} is refused: {exc}. Remove the folder {folder} and fit again.") from None
+
+
 def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:
-    """A run's stored validation/test probabilities and labels, after checking the file's recorded sha256."""
+    """A run's stored validation/test probabilities and labels, after checking the file's recorded sha256, its zip sizes,
+    and that each split has ``n`` rows (the recorded count) of probabilities in [0, 1], one column per class, and labels
+    of those classes."""
     path = verify_file(folder, PREDICTIONS, rec["predictions_sha256"], "stored predictions")
-    want = {f"{s}__{k}" for s in rec["predictions"] for k in ("proba", "labels")}
+    check_zip_file(path, "stored predictions", folder, "npz file")
+    k, out = len(rec["class_names"]), {}
     try:
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as z:  # our handle: np.load leaks its own on a bad zip
-            out = {k: z[k] for k in z.files}
+        with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # our handle: zipfile leaks none on a bad zip
+            missing = sorted(f"{s}__{a}" for s in rec["predictions"] for a in ("proba", "labels") if f"{s}__{a}.npy" not in z.namelist())
+            if missing:
+                raise BrokenRunError(f"stored predictions {path} lack {', '.join(missing)}; remove the folder {folder} and fit again")
+            for split, info in rec["predictions"].items():
+                proba = read_npy(z, f"{split}__proba.npy", "f", (info["n"], k))  # header checked before numpy allocates
+                labels = read_npy(z, f"{split}__labels.npy", "iu", (info["n"],))
+                if not (np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()):
+                    raise ValueError(f"{split}__proba holds NaN, inf or values outside [0, 1]")
+                if labels.size and (labels.min() < 0 or labels.max() >= k):
+                    raise ValueError(f"{split}__labels holds labels outside 0..{k - 1}")
+                out[f"{split}__proba"], out[f"{split}__labels"] = proba, labels
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise BrokenRunError(f"stored predictions {path} cannot be read ({exc}); remove the folder {folder} and fit again") from None
-    if not want <= set(out):
-        raise BrokenRunError(f"stored predictions {path} lack {', '.join(sorted(want - set(out)))}; remove the folder {folder} and fit again")
+        raise BrokenRunError(f"stored predictions {path} cannot be read or do not match run.json ({exc}); "
+                             f"remove the folder {folder} and fit again") from None
     return out
-
-
-def write_run(root: Path, record: dict, est, probas: dict) -> dict:
-    """Write into a hidden temporary folder, then rename: a run folder is complete or absent."""
-    from .artifacts import save_estimator
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    clean_orphans(root)
-    tmp = root / f".{record['id']}.tmp"
-    tmp.mkdir()
-    try:
-        if est is not None:
-            record["artifact"] = save_estimator(est, tmp)
-        np.savez(tmp / PREDICTIONS, **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
-                 **{f"{s}__labels": y for s, (_, y, _) in probas.items()})
-        record["predictions"] = {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()}
-        record["predictions_sha256"] = sha256_of(tmp / PREDICTIONS)
-        (tmp / RECORD).write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
-        os.replace(tmp, root / record["id"])
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("recorded run %s in %s", record["id"], root)
-    return record
-
-
-def add_split(root: Path, record: dict, folder: Path, split: str, split_metrics: dict, prediction: tuple) -> dict:
-    """A new version of a run folder with one more evaluated split: written aside, checked, then swapped in.
-
-    ``prediction`` is ``(probabilities, labels, paths_sha256)``. The folder is briefly absent during the swap,
-    never half-written; a kill leaves the old version or the new one (and a hidden folder the orphan cleaner removes).
-    """
-    old = load_predictions(folder, record)
-    record = {**record, "metrics": {**record["metrics"], split: split_metrics},
-              "splits": {**record.get("splits", {}), split: split_metrics["n"]}}
-    tmp, aside = root / f".{record['id']}.tmp", root / f".{record['id']}.old.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp, symlinks=True)
-    try:
-        probas = {s: (old[f"{s}__proba"], old[f"{s}__labels"], info["paths_sha256"]) for s, info in record["predictions"].items()}
-        probas[split] = prediction
-        np.savez(tmp / PREDICTIONS, **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
-                 **{f"{s}__labels": y for s, (_, y, _) in probas.items()})
-        record["predictions"] = {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()}
-        record["predictions_sha256"] = sha256_of(tmp / PREDICTIONS)
-        (tmp / RECORD).write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
-        load_predictions(tmp, record)  # the new predictions file reads back whole before it replaces the old one
-        os.replace(folder, aside)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
-    logger.info("added %s to run %s", split, record["id"])
-    return record
 
 
 def _json_default(o):

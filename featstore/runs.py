@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -22,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, provenance
+from .artifacts import checked_predict, full_proba  # noqa: F401 (full_proba re-exported)
 from .errors import ConfigError, StoreError
 from .runfolder import (RunListing, ensure_writable, find_run, load_predictions, output_path, runs_dir, runs_root,  # noqa: F401 (re-exported)
-                        scan_runs, write_run)
+                        scan_runs)
+from .runwrite import replace_file, write_run
 from .store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -44,14 +47,6 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> d
                       for i, c in enumerate(class_names)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
-
-
-def full_proba(est, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """``predict_proba`` with one column per store class (classes absent from training get 0)."""
-    proba = est.predict_proba(X)
-    out = np.zeros((len(X), n_classes), dtype=np.float64)
-    out[:, np.asarray(est.classes_, dtype=int)] = proba
-    return out
 
 
 def _fit_one(spec_name: str, params: dict, X, y, val):
@@ -78,7 +73,8 @@ def _score_one(spec_name, params, X, y, val):
 
 
 def _digest_paths(paths: list[str]) -> str:
-    return hashlib.sha256("\n".join(paths).encode()).hexdigest()
+    """sha256 of the paths, each as its file-system bytes (a non-UTF-8 name hashes as its own bytes)."""
+    return hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()
 
 
 def _usable(store: FeatureStore, name: str, split: str | None) -> bool:
@@ -289,8 +285,8 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
     if len(run_ids) < 2:
         raise ConfigError("an ensemble needs at least two run ids")
     weights = [1.0] * len(run_ids) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(run_ids) or min(weights) < 0 or sum(weights) <= 0:
-        raise ConfigError(f"give one non-negative weight per member ({len(run_ids)}), not all zero; got {weights}")
+    if len(weights) != len(run_ids) or not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < sum(weights) < math.inf:
+        raise ConfigError(f"give one non-negative weight per member ({len(run_ids)}), finite and not all zero; got {weights}")
     root = runs_root(store, runs)
     listing = scan_runs(root)
     members = [find_run(r, root, listing=listing) for r in run_ids]
@@ -347,7 +343,7 @@ def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5",
         raise StoreError(f"store classes {fs.class_names(rec['extractor'])} are not the run's {rec['class_names']}; refusing to evaluate")
     est = load_estimator(folder, rec["artifact"])
     X, y = fs.load(split, rec["extractor"])
-    return rec, folder, y, est.predict(X), full_proba(est, X, len(rec["class_names"]))
+    return (rec, folder, y, *checked_predict(est, X, len(rec["class_names"]), rec["id"]))
 
 
 def evaluate_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> dict:
@@ -361,7 +357,7 @@ def record_split(run_id: str, split: str, store: str | os.PathLike = "features.h
 
     Used to evaluate the test split once, after a choice made on validation (``featstore sweep``).
     """
-    from .runfolder import add_split
+    from .runwrite import add_split
 
     rec, folder, y, pred, proba = apply_run(run_id, split, store, runs)
     if split in rec["metrics"]:
@@ -375,11 +371,13 @@ def show_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | 
     from .plots import confusion_png, curves_png
 
     rec, folder = get_run(run_id, store, runs)
-    # split names and the id were checked when the folder was read; output_path also refuses links and paths leaving the folder
-    pngs = [confusion_png(m["confusion_matrix"], rec["class_names"], f"{rec['id']} on {split} (acc {m['accuracy']:.3f})",
-                          output_path(folder, f"confusion_{split}.png")) for split, m in rec["metrics"].items()]
+    # split names and the id were checked when the folder was read; output_path also refuses links and paths leaving the folder,
+    # and replace_file writes a new file and renames it into place (never through a hard link, a folder in the way is an error)
+    pngs = [replace_file(output_path(folder, f"confusion_{split}.png"), lambda tmp, split=split, m=m: confusion_png(
+        m["confusion_matrix"], rec["class_names"], f"{rec['id']} on {split} (acc {m['accuracy']:.3f})", tmp))
+        for split, m in rec["metrics"].items()]
     if rec.get("history"):
-        pngs.append(curves_png(rec["history"], rec["id"], output_path(folder, "curves.png")))
+        pngs.append(replace_file(output_path(folder, "curves.png"), lambda tmp: curves_png(rec["history"], rec["id"], tmp)))
     return rec, pngs
 
 
@@ -393,4 +391,4 @@ def compare_runs(run_ids: list[str] | None = None, out: str | os.PathLike | None
         raise ConfigError("no runs to compare; fit some with `featstore fit`")
     out = Path(out) if out else output_path(runs_root(store, runs), "compare.png")
     scores = {s: [r["metrics"].get(s, {}).get("accuracy") for r in recs] for s in ("validation", "test")}
-    return compare_png([r["id"] for r in recs], scores, out)
+    return replace_file(out, lambda tmp: compare_png([r["id"] for r in recs], scores, tmp))

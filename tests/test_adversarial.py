@@ -1,10 +1,11 @@
 """Adversarial inputs, one table per kind: add a row to add a case.
 
-- ``RUN_FOLDER_CASES``: damaged or crafted run folders. Each row damages one run (``victim`` "fit" or
-  "ensemble") of a copy of a small runs folder; that run must be reported as broken with the message
-  fragment (``featstore runs``, ``get_run``, ``show``, ``evaluate``, ``ensemble``), or, with outcome
-  "show", be listed but refused by ``runs show``; the other runs keep working and nothing is written
-  outside the runs folder.
+- ``RUN_FOLDER_CASES``: damaged or crafted run folders (the attacker rewrites run.json's sha256 values
+  too). Each row damages one run (``victim``: a fit by classifier name, or "ensemble") of a copy of a
+  small runs folder; that run must be reported as broken with the message fragment (``featstore runs``,
+  ``get_run``, ``show``, ``evaluate``, ``ensemble``), or, with outcome "show", be listed but refused by
+  ``runs show``, or, with outcome "apply", be listed but refused by ``runs evaluate`` and ``predict`` when
+  its model meets the features; the other runs keep working and nothing is written outside the runs folder.
 - ``HOSTILE_ARTIFACT_CASES``: crafted skops models (the attacker rewrote run.json's sha256 too). Each is
   refused by ``runs evaluate``, ``predict`` and ``featstore runs``, and nothing it holds is executed.
 - ``CRAFTED_STORE_CASES``: damaged or crafted stores (id, damage(h5py.File), message fragment): info, check,
@@ -15,11 +16,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -43,10 +46,11 @@ from .conftest import write_images
 # ------------------------------------------------------------------ shared helpers and fixtures
 @pytest.fixture(scope="module")
 def runs_src(store, tmp_path_factory) -> Path:
-    """A runs folder with three fits (logreg = the fit victim, knn, sgd) and an ensemble of knn + sgd (the ensemble victim)."""
+    """A runs folder with five fits (logreg, random_forest and svm are victims; knn, sgd) and an ensemble of knn + sgd (the ensemble victim)."""
     root = tmp_path_factory.mktemp("adversarial") / "runs"
-    for clf in ("logreg", "knn", "sgd"):
-        fit(store, clf, runs=root)
+    small = {"random_forest": {"n_estimators": [3]}, "svm": {"calibration_folds": [2]}}
+    for clf in ("logreg", "knn", "sgd", "random_forest", "svm"):
+        fit(store, clf, small.get(clf), runs=root)
     ensemble([r["id"] for r in list_runs(store, root) if r["clf"] in ("knn", "sgd")], runs=root)
     return root
 
@@ -136,14 +140,120 @@ def _artifact_link(run_dir: Path, record: dict) -> None:
     _rewrite(run_dir, record, artifact={**record["artifact"], "sha256": sha256_file(other / "model.skops")})
 
 
+def _reseal(run_dir: Path) -> None:
+    """Recompute every sha256 run.json records, as an attacker who can edit the folder would."""
+    rec = _record(run_dir)
+    if "artifact" in rec:
+        rec["artifact"]["sha256"] = sha256_file(run_dir / rec["artifact"]["file"])
+    rec["predictions_sha256"] = sha256_file(run_dir / "predictions.npz")
+    (run_dir / "run.json").write_text(json.dumps(rec))
+
+
+def _rewrite_zip(path: Path, replace: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> None:
+    """Rewrite a zip with some members replaced (name -> bytes), then reseal its run folder."""
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    with zipfile.ZipFile(path, "w", compression) as z:
+        for name, data in {**members, **replace}.items():
+            z.writestr(name, data)
+    _reseal(path.parent)
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _schema_node(path: Path, cls: str, has: str | None = None) -> tuple[dict, dict]:
+    """(schema, first node of class ``cls`` in depth-first order, holding attribute ``has`` if given)."""
+    with zipfile.ZipFile(path) as z:
+        schema = json.loads(z.read("schema.json"))
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("__class__") == cls and (has is None or has in node.get("content", {}).get("content", {})):
+                return schema, node
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+    raise AssertionError(f"no {cls} in {path}")
+
+
+def _skops_array(cls: str, key: str, edit: Callable[[np.ndarray], np.ndarray], has: str | None = None):
+    """Damage: replace array ``key`` of the first ``cls`` in the run's model.skops by ``edit(array)``."""
+    def damage(run_dir: Path, record: dict) -> None:
+        path = run_dir / "model.skops"
+        _, node = _schema_node(path, cls, has)
+        member = node["content"]["content"][key]["file"]
+        with zipfile.ZipFile(path) as z:
+            a = np.load(io.BytesIO(z.read(member)))
+        _rewrite_zip(path, {member: _npy(edit(a.copy()))}, zipfile.ZIP_STORED)
+    return damage
+
+
+def _skops_json(cls: str, key: str, value):
+    """Damage: set JSON attribute ``key`` of the first ``cls`` in the run's model.skops to ``value``."""
+    def damage(run_dir: Path, record: dict) -> None:
+        path = run_dir / "model.skops"
+        schema, node = _schema_node(path, cls)
+        node["content"]["content"][key].update(content=json.dumps(value), __id__=987654321)  # a new id: skops reuses values by id
+        _rewrite_zip(path, {"schema.json": json.dumps(schema).encode()}, zipfile.ZIP_STORED)
+    return damage
+
+
+def _node(field: str, value):
+    """Edit of a tree's node array: node 0's ``field`` set to ``value``."""
+    def edit(nodes: np.ndarray) -> np.ndarray:
+        nodes[field][0] = value
+        return nodes
+    return edit
+
+
+def _both_children(value):
+    return lambda nodes: _node("right_child", value)(_node("left_child", value)(nodes))
+
+
+def _several(*damages):
+    def damage(run_dir: Path, record: dict) -> None:
+        for d in damages:
+            d(run_dir, _record(run_dir))
+    return damage
+
+
+def _predictions(key: str, make: Callable[[np.ndarray], bytes], compression: int = zipfile.ZIP_STORED):
+    """Damage: replace member ``key`` of predictions.npz by ``make(old array)`` (resealed)."""
+    def damage(run_dir: Path, record: dict) -> None:
+        path = run_dir / "predictions.npz"
+        with np.load(path) as z:
+            old = z[key]
+        _rewrite_zip(path, {f"{key}.npy": make(old)}, compression)
+    return damage
+
+
+def _skops_schema_bomb(run_dir: Path, record: dict) -> None:
+    """schema.json padded with 65 MiB of spaces: 65 KiB deflated (the attacker's was 2 GB)."""
+    path = run_dir / "model.skops"
+    with zipfile.ZipFile(path) as z:
+        schema = z.read("schema.json")
+    _rewrite_zip(path, {"schema.json": schema[:-1] + b" " * (65 << 20) + schema[-1:]})
+
+
+def _npy_header_lies(old: np.ndarray) -> bytes:
+    """A .npy of the right shape whose data is cut short: numpy would allocate for rows that are not there."""
+    return _npy(old)[:-8]
+
+
 class Case(NamedTuple):
     """One crafted run folder: how to damage it, and what must be said about it."""
 
     id: str
     damage: Callable[[Path, dict], None]  # (run folder, its run.json) -> None
     expect: str  # regular expression found in the error and in `featstore runs`
-    outcome: str = "broken"  # "broken": listed as broken, unusable; "show": listed, but `runs show` refuses
-    victim: str = "logreg"  # which run to damage: logreg (a fit) or ensemble
+    outcome: str = "broken"  # "broken": listed as broken, unusable; "show": listed, but `runs show` refuses;
+    # "apply": listed, but `runs evaluate` and `predict` refuse once the model meets the features
+    victim: str = "logreg"  # which run to damage: a fit by classifier (logreg, random_forest, svm), or ensemble
 
 
 RUN_FOLDER_CASES = [
@@ -175,7 +285,49 @@ RUN_FOLDER_CASES = [
     Case("png_is_a_link_outside", _png_link, "is a link or leads outside", outcome="show"),
     Case("ensemble_member_leaves_the_folder", lambda d, r: _rewrite(d, r, members=["../outside", r["members"][1]]),
          "invalid split or run names", victim="ensemble"),
-    Case("ensemble_weights_do_not_match", lambda d, r: _rewrite(d, r, weights=[1.0]), "one number per member", victim="ensemble"),
+    Case("ensemble_weights_do_not_match", lambda d, r: _rewrite(d, r, weights=[1.0]), "one finite non-negative number per member", victim="ensemble"),
+    Case("ensemble_weight_nan", lambda d, r: _rewrite(d, r, weights=[float("nan"), 1.0]), "weights must be one finite", victim="ensemble"),
+    # crafted models of allowed types whose arrays would make compiled code crash or hang (rf_tree_nodes.py, resealed)
+    Case("tree_children_out_of_bounds", _skops_array("Tree", "nodes", _both_children(10**12)), "node 0 has children 1000000000000",
+         victim="random_forest"),
+    Case("tree_children_loop", _skops_array("Tree", "nodes", _both_children(0)), "node 0 has children 0 and 0", victim="random_forest"),
+    Case("tree_feature_out_of_range", _skops_array("Tree", "nodes", _node("feature", 10**9)), "splits on feature 1000000000",
+         victim="random_forest"),
+    Case("tree_threshold_nan", _skops_array("Tree", "nodes", _node("threshold", np.nan)), "threshold is not finite", victim="random_forest"),
+    Case("tree_node_count_past_its_nodes", _skops_json("Tree", "node_count", 10**6), "node_count 1000000 is not the length",
+         victim="random_forest"),
+    Case("tree_values_of_another_shape", _skops_array("Tree", "values", lambda v: np.zeros((len(v), 1, 7))), r"values of shape \(\d+, 1, 7\)",
+         victim="random_forest"),
+    Case("svc_dual_coef_too_small", _skops_array("SVC", "_dual_coef_", lambda a: a[:, :1].copy(), has="support_vectors_"),
+         "array sizes disagree", victim="svm"),
+    Case("svc_intercept_empty", _skops_array("SVC", "_intercept_", lambda a: a[:0].copy(), has="support_vectors_"),
+         "array sizes disagree", victim="svm"),
+    Case("svc_class_count_negative", _skops_array("SVC", "_n_support", lambda a: a * np.array([-1, 1, 2], dtype=a.dtype), has="support_vectors_"),
+         "class counts", victim="svm"),
+    # allowed types whose state does not fit the features: refused when applied (bad_state.py)
+    Case("scaler_mean_wrong_length", _skops_array("StandardScaler", "mean_", lambda a: np.zeros(7)), "does not fit these features",
+         outcome="apply"),
+    Case("scaler_of_another_width", _several(*(_skops_array("StandardScaler", k, lambda a: np.ones(7)) for k in ("mean_", "var_", "scale_")),
+                                             _skops_json("StandardScaler", "n_features_in_", 7)),
+         "does not fit these features .*expecting 7 features", outcome="apply"),
+    Case("logreg_coefficients_nan", _skops_array("LogisticRegression", "coef_", lambda a: np.full_like(a, np.nan)),
+         "gives NaN, inf or probabilities outside", outcome="apply"),
+    Case("logreg_classes_outside_the_store", _skops_array("LogisticRegression", "classes_", lambda a: np.array([0, 1, 7], dtype=a.dtype)),
+         "are not distinct labels of the 3 store classes", outcome="apply"),
+    # zip bombs and crafted predictions.npz (zip_bombs.py, ensemble_preds.py; resealed)
+    Case("skops_schema_bomb", _skops_schema_bomb, "member 'schema.json' declares .* a zip bomb"),
+    Case("predictions_member_bomb", _predictions("test__proba", lambda a: _npy(np.zeros(((65 << 20) // 24, 3))), zipfile.ZIP_DEFLATED),
+         "member 'test__proba.npy' declares .* a zip bomb"),
+    Case("predictions_bzip2", lambda d, r: _rewrite_zip(d / "predictions.npz", {}, zipfile.ZIP_BZIP2), "compressed with method 12"),
+    Case("predictions_header_lies_about_its_size", _predictions("test__proba", _npy_header_lies), r"declares shape \(15, 3\) .* not the"),
+    Case("predictions_wrong_columns", _predictions("validation__proba", lambda a: _npy(np.ones((len(a), 7)))),
+         r"validation__proba.npy has shape \(15, 7\), expected \(15, 3\)"),
+    Case("predictions_strings", _predictions("validation__proba", lambda a: _npy(np.full(a.shape, "x"))), "holds <U1 values, expected floats"),
+    Case("predictions_nan", _predictions("validation__proba", lambda a: _npy(np.full_like(a, np.nan))), "NaN, inf or values outside"),
+    Case("predictions_row_count", _predictions("test__proba", lambda a: _npy(a[:5])), r"has shape \(5, 3\), expected \(15, 3\)"),
+    Case("predictions_labels_out_of_range", _predictions("test__labels", lambda a: _npy(np.full_like(a, 99))), "labels outside 0..2"),
+    Case("predictions_labels_float", _predictions("test__labels", lambda a: _npy(a.astype(float))), "expected integers"),
+    Case("png_is_a_folder", lambda d, r: (d / "confusion_test.png").mkdir(), "a folder of that name is in the way", outcome="show"),
 ]
 
 
@@ -193,13 +345,22 @@ def test_crafted_run_folder(case: Case, runs: Runs, store):
         assert re.search(case.expect, table.output.replace("\n", " ")), table.output
         with pytest.raises(StoreError, match=case.expect):
             get_run(victim, store, runs.root)
-        if case.victim == "logreg":
+        if case.victim != "ensemble":
             with pytest.raises(StoreError, match=case.expect):
                 evaluate_run(victim, "test", store, runs.root)
             with pytest.raises(StoreError, match=case.expect):
                 ensemble([victim, runs.ids["knn"]], store=store, runs=runs.root)
         r = cli("runs", "show", victim, "--store", store, "--runs", runs.root)
         assert r.exit_code == 1 and "Traceback" not in r.output
+    elif case.outcome == "apply":
+        assert victim in listed
+        with pytest.raises(StoreError, match=case.expect):
+            evaluate_run(victim, "test", store, runs.root)
+        images = Path(FeatureStore(store).split_info("test")["source_root"]) / "test" / "cat"
+        with pytest.raises(StoreError, match=case.expect):
+            predict(victim, [images], store=store, runs=runs.root)
+        r = cli("runs", "evaluate", victim, "--store", store, "--runs", runs.root)
+        assert r.exit_code == 1 and "Traceback" not in r.output and re.search(case.expect, r.output.replace("\n", " ")), r.output
     else:
         assert victim in listed
         with pytest.raises(StoreError, match=case.expect):
@@ -221,18 +382,114 @@ def test_other_runs_still_predict_beside_broken_ones(runs: Runs, store):
         predict(runs.ids["ensemble"], [images], store=store, runs=runs.root)  # a broken member breaks the ensemble
 
 
-def test_orphan_temporary_folders_are_ignored_then_cleaned(runs: Runs, store):
-    old = runs.root / ".logreg-dead00.tmp"
-    fresh = runs.root / ".knn-live00.tmp"
-    for d in (old, fresh):
-        shutil.copytree(runs.folder("knn"), d)
-    hour_ago = time.time() - 3600
-    for p in [old, *old.iterdir()]:
-        os.utime(p, (hour_ago, hour_ago))
+def _orphan(runs: Runs, name: str, marked: bool = True, role: str = "new", age_s: float = 3600) -> Path:
+    """A copy of the knn run named ``name`` (with featstore's temporary-folder marker if ``marked``), last changed ``age_s`` ago."""
+    from featstore.runwrite import TMP_MARKER
+
+    d = runs.root / name
+    shutil.copytree(runs.folder("knn"), d)
+    if marked:
+        (d / TMP_MARKER).write_text(json.dumps({"run": runs.ids["knn"], "role": role}))
+    then = time.time() - age_s
+    for p in [d, *d.iterdir()]:
+        os.utime(p, (then, then))
+    return d
+
+
+def test_only_featstore_temporary_folders_are_cleaned_and_only_when_writing(runs: Runs, store):
+    old, fresh = _orphan(runs, ".logreg-dead00.x1.tmp"), _orphan(runs, ".knn-live00.x2.tmp", age_s=0)
+    mine = _orphan(runs, ".my-notes.tmp", marked=False)  # a user's folder that happens to look like one of ours
     r = cli("runs", "--store", store, "--runs", runs.root)
     assert r.exit_code == 0 and "dead00" not in r.output and "live00" not in r.output and "broken" not in r.output
+    get_run(runs.ids["knn"], store, runs.root)
+    assert old.exists() and fresh.exists() and mine.exists()  # listing and reading remove nothing
+    fit(store, "logreg", runs=runs.root)
     assert not old.exists()  # left by a fit killed an hour ago
     assert fresh.exists()  # may still be being written by a running fit
+    assert mine.exists() and (mine / "run.json").exists()  # no marker: never featstore's to remove
+
+
+def test_an_old_version_left_between_two_renames_is_restored(runs: Runs, store):
+    knn = runs.ids["knn"]
+    aside = _orphan(runs, f".{knn}.x3.old.tmp", role="old")
+    shutil.rmtree(runs.folder("knn"))  # killed between add_split's renames: the old version is the only copy
+    fit(store, "logreg", runs=runs.root)
+    assert not aside.exists() and get_run(knn, store, runs.root)[0]["id"] == knn
+    assert evaluate_run(knn, "test", store, runs.root)["n"] == 15
+
+
+def test_every_temporary_run_folder_holds_the_marker(runs: Runs, store, monkeypatch):
+    from featstore import runwrite
+
+    seen, real = [], runwrite._write_contents
+    monkeypatch.setattr(runwrite, "_write_contents", lambda tmp, *a: (seen.append((tmp.name, (tmp / runwrite.TMP_MARKER).is_file())), real(tmp, *a)))
+    from featstore.runs import record_split
+
+    rec = fit(store, "logreg", test=None, runs=runs.root)
+    record_split(rec["id"], "test", store, runs.root)  # add_split: a new version written aside, swapped in
+    assert len(seen) == 2 and all(marked and name.endswith(".tmp") for name, marked in seen), seen
+    assert not (runs.root / rec["id"] / runwrite.TMP_MARKER).exists() and "test" in get_run(rec["id"], store, runs.root)[0]["metrics"]
+    assert not [d for d in runs.root.iterdir() if d.name.endswith(".tmp")]
+
+
+def test_knn_neighbour_index_is_rebuilt_not_trusted(runs: Runs, store, tmp_path):
+    """A k-NN model whose stored k-d tree indexes other rows: predictions come from a fresh index of its own rows."""
+    import skops.io as sio
+    from sklearn.neighbors import KDTree
+
+    from featstore.artifacts import load_estimator
+    from featstore.classifiers import build_classifier
+
+    X, y = FeatureStore(store).load("train")
+    est = build_classifier("knn", {"n_neighbors": 3})
+    est.set_params(clf__algorithm="kd_tree").fit(X, y)
+    honest = est.predict(FeatureStore(store).load("test")[0])
+    est[-1]._tree = KDTree(np.zeros((2, est[-1]._fit_X.shape[1])))  # indexes 2 rows of zeros, not the 30 fitted rows
+    folder = runs.folder("knn")
+    sio.dump(est, folder / "model.skops")
+    _reseal(folder)
+    loaded = load_estimator(folder, _record(folder)["artifact"])
+    assert loaded[-1]._tree is not None and loaded[-1]._tree.data.shape[0] == len(X)
+    np.testing.assert_array_equal(loaded.predict(FeatureStore(store).load("test")[0]), honest)
+
+
+def test_a_zip_member_that_unpacks_to_more_than_it_declares_is_refused(runs: Runs, store):
+    """ZipFile.read would decompress the whole stream (8 MiB here, GBs for a real bomb) before cutting it at the declared 100 bytes."""
+    import struct
+    import tracemalloc
+
+    from featstore.runs import scan_runs_of
+    from featstore.safezip import check_zip
+
+    path = runs.folder("logreg") / "predictions.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("test__proba.npy", b"\0" * (8 << 20))
+    data = bytearray(path.read_bytes())
+    for sig, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size in the local header and the central directory
+        i = data.index(sig)
+        data[i + at:i + at + 4] = struct.pack("<I", 100)
+    path.write_bytes(bytes(data))
+    _reseal(path.parent)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="unpacks to more than the 100 bytes it declares"):
+            check_zip(path)
+        assert tracemalloc.get_traced_memory()[1] < 4 << 20  # measured in 1 MiB steps, never held whole
+    finally:
+        tracemalloc.stop()
+    assert "unpacks to more than the 100 bytes" in dict(scan_runs_of(store, runs.root).broken)[runs.ids["logreg"]]
+
+
+def test_runs_show_replaces_pngs_instead_of_writing_through_hard_links(runs: Runs, store):
+    victim = runs.root.parent / "outside" / "victim.txt"
+    victim.write_text("precious")
+    os.link(victim, runs.folder("knn") / "confusion_test.png")
+    _, pngs = show_run(runs.ids["knn"], store, runs.root)
+    assert victim.read_text() == "precious"
+    png = runs.folder("knn") / "confusion_test.png"
+    assert png in pngs and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_nlink == 1
+    assert not [p for p in runs.folder("knn").iterdir() if p.name.startswith(".")]  # no temporary file left
+    victim.unlink()  # the outside folder must be empty at the end of every test
 
 
 def test_ensemble_names_one_extractor_per_fingerprint(runs: Runs, store):

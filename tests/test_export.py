@@ -2,6 +2,7 @@
 
 import csv
 import importlib
+import os
 import shutil
 import sys
 
@@ -160,3 +161,37 @@ def test_cli_export(spatial_store, tmp_path):
     assert f"wrote 12 rows of 512 values (avg) to {out} (csv)" in r.output
     r = CliRunner().invoke(app, ["export", "--split", "validation", "--store", str(spatial_store), "--out", str(tmp_path / "v.npz")])
     assert r.exit_code == 1 and "error: " in r.output and "has no split 'validation'" in r.output
+
+
+@pytest.fixture(scope="module")
+def non_utf8_store(spatial_store, tmp_path_factory):
+    """The spatial store with a path that is not valid UTF-8 (byte 0xff, held as the surrogate \\udcff)."""
+    import h5py
+
+    path = tmp_path_factory.mktemp("non_utf8") / "features.h5"
+    shutil.copy(spatial_store, path)
+    with h5py.File(path, "a") as f:
+        f["vgg16/train/paths"][0] = b"train/cat/\xff.png"
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["npz", "parquet", "csv"])
+def test_non_utf8_paths_export(non_utf8_store, tmp_path, fmt):
+    needs(fmt)
+    assert FeatureStore(non_utf8_store).paths("train")[0] == "train/cat/\udcff.png"
+    r = featstore.export(non_utf8_store, "train", tmp_path / f"x.{fmt}", features="avg")
+    if fmt == "csv":
+        assert b"\ntrain/cat/\xff.png,0,cat," in r.path.read_bytes()  # the name's own bytes
+    elif fmt == "npz":
+        assert os.fsencode(str(np.load(r.path)["paths"][0])) == b"train/cat/\xff.png"
+    else:
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(r.path).column("path").to_pylist()[0] == "train/cat/\\xff.png"  # escaped: Parquet needs UTF-8
+
+
+def test_export_out_must_be_a_regular_file(spatial_store, tmp_path):
+    fifo = tmp_path / "x.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is not a regular file"):
+        featstore.export(spatial_store, "train", fifo)

@@ -1,3 +1,5 @@
+import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -12,7 +14,8 @@ from featstore import (ConfigError, DataError, ExtractorConfig, FeatureStore, St
 from featstore import runs as runs_mod
 from featstore.predict import rebuild_extractor
 from featstore.classifiers import build_classifier
-from featstore.runfolder import load_predictions, write_run
+from featstore.runfolder import load_predictions
+from featstore.runwrite import write_run
 
 from .conftest import write_images
 
@@ -255,3 +258,86 @@ def test_fit_refuses_a_read_only_runs_folder_before_fitting(store, tmp_path, mon
                 fit(store, "logreg", runs=runs)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_ensemble_refuses_non_finite_weights(store, tmp_path, bad):
+    r1, r2 = fit(store, "logreg", runs=tmp_path), fit(store, "knn", runs=tmp_path)
+    with pytest.raises(ConfigError, match="finite"):
+        ensemble([r1["id"], r2["id"]], weights=[bad, 1.0], runs=tmp_path)
+    assert len(list_runs(store, tmp_path)) == 2  # nothing recorded
+
+
+def test_predict_takes_trust_model_from_the_caller_never_from_the_run(tmp_path):
+    """A run whose features came from a legacy .h5 model (extracted with --trust-model) records trust_model=true; predict ignores that."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Flatten()(keras.layers.Conv2D(2, 3, name="conv")(keras.layers.Rescaling(1 / 255.0)(inp)))
+    model_file = tmp_path / "m.h5"
+    keras.Model(inp, keras.layers.Dense(2, name="out")(keras.layers.Dense(4, name="hidden")(x))).save(model_file)
+    data = tmp_path / "data"
+    for split, seed in (("train", 1), ("validation", 2)):
+        write_images(data, split, {"a": 4, "b": 4}, seed=seed, size=16)
+        extract(data, split, tmp_path / "f.h5", ExtractorConfig(model=str(model_file), trust_model=True))
+    rec = fit(tmp_path / "f.h5", "logreg", runs=tmp_path / "runs")
+    assert rec["extractor_attrs"]["trust_model"] is True  # what a crafted run.json can say about any file
+    images = [data / "validation" / "a"]
+    with pytest.raises(ConfigError, match=r"legacy \.h5 model.*--trust-model"):
+        predict(rec["id"], images, store=tmp_path / "f.h5", runs=tmp_path / "runs")
+    assert len(predict(rec["id"], images, store=tmp_path / "f.h5", runs=tmp_path / "runs", trust_model=True)) == 4
+    from typer.testing import CliRunner
+
+    from featstore.cli import app
+
+    r = CliRunner().invoke(app, ["predict", "--run", rec["id"], str(images[0]), "--store", str(tmp_path / "f.h5"), "--runs", str(tmp_path / "runs")])
+    assert r.exit_code == 1 and "--trust-model" in r.output and "Traceback" not in r.output
+
+
+def test_non_utf8_file_names_fit_and_hash_as_their_bytes(tmp_path, tiny_config):
+    assert runs_mod._digest_paths(["a/x.png", "b/é.png"]) == hashlib.sha256("a/x.png\nb/é.png".encode()).hexdigest()  # as before
+    data = tmp_path / "data"
+    for split, seed in (("train", 1), ("validation", 2), ("test", 3)):
+        paths = write_images(data, split, {"a": 3, "b": 3}, seed=seed)
+        os.rename(paths[0], os.fsdecode(os.fsencode(paths[0].parent) + b"/\xff.png"))  # not valid UTF-8
+        extract(data, split, tmp_path / "f.h5", tiny_config)
+    rec = fit(tmp_path / "f.h5", "logreg", runs=tmp_path / "runs")
+    assert rec["metrics"]["test"]["n"] == 6
+    assert runs_mod._digest_paths(["a/\udcff.png"]) == hashlib.sha256(b"a/\xff.png").hexdigest()
+
+
+def test_predict_out_must_be_a_regular_file_and_write_errors_are_clear(store, tmp_path, monkeypatch):
+    rec = fit(store, "logreg", runs=tmp_path / "runs")
+    images = [os.path.join(FeatureStore(store).split_info("test")["source_root"], "test", "cat")]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    predict_mod = importlib.import_module("featstore.predict")  # the package exports a function of the same name
+
+    monkeypatch.setattr(predict_mod, "collect_images", lambda *a: pytest.fail("did work before refusing --out"))
+    for out in (fifo, "/dev/full"):
+        with pytest.raises(ConfigError, match="is not a regular file"):
+            predict(rec["id"], images, store=store, runs=tmp_path / "runs", out=out)
+    monkeypatch.undo()
+
+    def full(path, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(predict_mod, "_write_csv", full)
+    out = tmp_path / "p.csv"
+    with pytest.raises(StoreError, match=r"could not write --out .*p\.csv \(No space left on device\)"):
+        predict(rec["id"], images, store=store, runs=tmp_path / "runs", out=out)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_run_folders_and_pngs_get_the_usual_permissions(store, tmp_path):
+    from featstore.runs import show_run
+
+    old = os.umask(0o022)
+    try:
+        rec = fit(store, "logreg", runs=tmp_path)
+        _, pngs = show_run(rec["id"], store, tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / rec["id"]).stat().st_mode & 0o777 == 0o755  # not the 0700 of a temporary folder
+    assert {p.stat().st_mode & 0o777 for p in pngs} == {0o644}

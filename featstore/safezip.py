@@ -1,0 +1,139 @@
+"""Bounded reading of the zip files in run folders (``predictions.npz``, ``model.skops``, ``model.keras``).
+
+A run folder may be crafted, and a zip can declare members far larger than the file (a "zip bomb": 2 MB on
+disk, 2 GB unpacked). :func:`check_zip` reads only the central directory and refuses, before anything is
+decompressed:
+
+- a member stored with a method other than stored or deflate (bzip2 and lzma cannot be bounded per read),
+  or encrypted;
+- compressed sizes that add up to more than the file itself (overlapping members, or sizes that lie);
+- a member, or all members together, declaring more than ``MAX_RATIO`` (100) times its compressed size,
+  once over ``SMALL`` (64 MiB): featstore writes its zips uncompressed (ratio 1), so only a crafted file
+  trips this;
+- a member declaring more than ``MAX_MEMBER`` (4 GiB) whatever its ratio: more than any run featstore
+  can load in memory on a normal machine.
+
+Declared sizes can lie, and ``ZipFile.read`` decompresses a member's whole compressed stream in one call
+before it cuts the output at the declared size. So every deflated member is also decompressed once here,
+in 1 MiB steps, and refused as soon as it yields more than it declares (or ends with less); a stored
+member must declare exactly its stored size. After this check no reader can unpack more than the declared
+sizes. :func:`read_npy` checks a ``.npy`` member's header (dtype, shape, size) before numpy allocates the
+array, so a header declaring 10**12 rows allocates nothing.
+
+>>> MAX_MEMBER // 2**30, MAX_RATIO, SMALL // 2**20
+(4, 100, 64)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+
+MAX_RATIO = 100  # declared / compressed size allowed for members over SMALL
+SMALL = 64 << 20  # members (and zips) declaring up to this many bytes may have any ratio
+MAX_MEMBER = 4 << 30  # no member may declare more bytes than this
+_STEP = 1 << 20  # bytes decompressed per step when a deflated member is measured
+
+
+def check_zip(path: str | os.PathLike) -> None:
+    """ValueError naming the member and its sizes if the zip at ``path`` could unpack to far more than it holds.
+
+    ``zipfile.BadZipFile`` if it is not a zip at all.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        _check_members(fh, size)
+
+
+def _check_members(fh, size: int) -> None:
+    """check_zip on an open file of ``size`` bytes."""
+    with zipfile.ZipFile(fh) as z:
+        infos = z.infolist()
+    for i in infos:
+        if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or i.flag_bits & 0x1:
+            raise ValueError(f"member {i.filename!r} is encrypted or compressed with method {i.compress_type} "
+                             f"(featstore writes stored or deflated members only)")
+        if i.file_size > MAX_MEMBER:
+            raise ValueError(f"member {i.filename!r} declares {i.file_size} bytes unpacked, over the limit of {MAX_MEMBER} "
+                             f"(featstore.safezip.MAX_MEMBER)")
+        if i.file_size > SMALL and i.file_size > MAX_RATIO * i.compress_size:
+            raise ValueError(f"member {i.filename!r} declares {i.file_size} bytes unpacked from {i.compress_size} "
+                             f"(over {MAX_RATIO}x and over {SMALL >> 20} MiB: a zip bomb)")
+    packed, unpacked = sum(i.compress_size for i in infos), sum(i.file_size for i in infos)
+    if packed > size:
+        raise ValueError(f"its members declare {packed} compressed bytes, more than the file's {size} "
+                         f"(overlapping or lying members)")
+    if unpacked > SMALL and unpacked > MAX_RATIO * max(size, 1):
+        raise ValueError(f"its members declare {unpacked} bytes unpacked from a file of {size} "
+                         f"(over {MAX_RATIO}x and over {SMALL >> 20} MiB: a zip bomb)")
+    for i in infos:
+        if i.compress_type == zipfile.ZIP_STORED and i.file_size != i.compress_size:
+            raise ValueError(f"stored member {i.filename!r} declares {i.file_size} bytes but stores {i.compress_size}")
+        if i.compress_type == zipfile.ZIP_DEFLATED:
+            _measure(fh, i)
+
+
+def _measure(fh, info: zipfile.ZipInfo) -> None:
+    """ValueError unless a deflated member decompresses to exactly its declared size (at most _STEP bytes at a time)."""
+    fh.seek(info.header_offset)
+    head = fh.read(30)
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        raise ValueError(f"member {info.filename!r} has no local header where the directory says")
+    fh.seek(info.header_offset + 30 + sum(struct.unpack("<HH", head[26:30])))
+    d, left, out, data = zlib.decompressobj(-15), info.compress_size, 0, b""
+    while not d.eof:
+        if not data:
+            data = fh.read(min(left, _STEP)) if left > 0 else b""
+            left -= len(data)
+        try:
+            got = d.decompress(data, _STEP)
+        except zlib.error as exc:
+            raise ValueError(f"member {info.filename!r} is not valid deflate data ({exc})") from None
+        data = d.unconsumed_tail
+        out += len(got)
+        if out > info.file_size:
+            raise ValueError(f"member {info.filename!r} unpacks to more than the {info.file_size} bytes it declares (a zip bomb)")
+        if not got and not data and left <= 0:
+            break
+    if out != info.file_size:
+        raise ValueError(f"member {info.filename!r} unpacks to {out} bytes, not the {info.file_size} it declares")
+
+
+def read_npy(z: zipfile.ZipFile, name: str, kinds: str = "biuf", shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+    """The array in member ``name`` of an open zip, without pickle, after its header was checked.
+
+    ``kinds`` are the allowed numpy dtype kinds (``"f"`` floats, ``"iu"`` integers, ``"V"`` plain structured
+    records); ``shape`` the expected shape (``None`` entries match any length). ValueError names the
+    mismatch; KeyError if the member is missing. Example::
+
+        with zipfile.ZipFile("predictions.npz") as z:
+            proba = read_npy(z, "test__proba.npy", "f", (n, k))
+    """
+    info = z.getinfo(name)
+    with z.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"{name}: unknown .npy format version {version}")
+        got, _fortran, dtype = reader(fh)
+        header = fh.tell()
+    if dtype.hasobject or dtype.kind not in kinds:
+        raise ValueError(f"{name} holds {dtype} values, expected {_kinds(kinds)}")
+    if shape is not None and (len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape))):
+        want = "(" + ", ".join("any" if w is None else str(w) for w in shape) + ")"
+        raise ValueError(f"{name} has shape {got}, expected {want}")
+    if header + math.prod(got) * dtype.itemsize != info.file_size:
+        raise ValueError(f"{name} declares shape {got} of {dtype}, which is not the {info.file_size - header} bytes it holds")
+    with z.open(info) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def _kinds(kinds: str) -> str:
+    """"iu" -> "integers"."""
+    names = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "V": "records"}
+    return " or ".join(dict.fromkeys(names[k] for k in kinds))
