@@ -117,7 +117,8 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
         raise ConfigError(f"unknown compression {compression!r}; choose one of: {', '.join(writer.COMPRESSIONS)}")
     provenance.validate_name("split", split)
     config = config or ExtractorConfig()
-    config = config.validated(config.backbone())
+    spec = config.backbone()
+    config = config.validated(spec)
     base = name or default_store_name(config)
     names = [f"{base}@{lyr}" for lyr in config.layers] if config.layers else [base]
     for n in names:
@@ -136,7 +137,7 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
             logger.debug("%s in %s already complete; nothing to do", ", ".join(f"{n}/{split}" for n in names), store_path)
         else:
             names, configs = [names[i] for i in todo], [configs[i] for i in todo]
-            extractor = Extractor(replace(config, layer=None, layers=tuple(c.layer for c in configs)) if config.layers else config)
+            extractor = Extractor(replace(config, layer=None, layers=tuple(c.layer for c in configs)) if config.layers else config, spec)
             result.fingerprint = extractor.attrs["fingerprint"]
             split_attrs = {"class_names": listing.class_names, "source_root": str(listing.root.resolve()), "n_images": len(listing.items),
                            "n_ignored": listing.n_ignored, "listing_sha256": listing.digest(), "batch_size": batch_size,
@@ -154,10 +155,11 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
                 _run(extractor, listing, store_path, names, split, starts, batch_size, progress, workers, locking, result)
             for n in names:
                 writer.finish(store_path, n, split, time.monotonic() - started, locking)
-        info = store.FeatureStore(store_path, locking=locking).split_info(split, result.extractor)
+        fs = store.FeatureStore(store_path, locking=locking)
+        info = fs.split_info(split, result.extractor)
         result.rows, result.failed = int(info["committed_rows"]), int(info["n_failed"])
         result.feature_shape = tuple(info["shape"][1:])
-        result.fingerprint = result.fingerprint or store.FeatureStore(store_path, locking=locking).metadata(result.extractor)["fingerprint"]
+        result.fingerprint = result.fingerprint or fs.metadata(result.extractor)["fingerprint"]
     result.seconds = time.monotonic() - started
     return result
 

@@ -98,8 +98,8 @@ class Extractor:
     ``outputs`` holds one ``(layer, attrs)`` per cut layer; ``attrs`` is the first one's (the only one's).
     """
 
-    def __init__(self, config: ExtractorConfig):
-        spec = config.backbone()
+    def __init__(self, config: ExtractorConfig, spec: BackboneSpec | SavedModelSpec | None = None):
+        spec = spec or config.backbone()  # a caller that already resolved it passes it: a saved model is not read again
         self.config = config.validated(spec)
         self.spec = spec
         import keras

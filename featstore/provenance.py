@@ -32,6 +32,7 @@ FINGERPRINT_FIELDS = ("model", "layer", "input_size", "pooling", "preprocess", "
 RESIZE_ID = "pil-bilinear-square-jpegdraft/1"
 RESIZE_DESCRIPTION = "PIL bilinear to a square, aspect ratio not kept; JPEG draft (DCT-scaled) decoding"
 # Split attributes that must be the same to resume a partial split (the rest describe the run).
+DTYPES = ("float32", "float16")  # stored feature types
 RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_@+=,-]*(\.[A-Za-z0-9_@+=,-]+)*")
 
@@ -269,7 +270,7 @@ def validate_extractor(attrs: dict, where: str) -> None:
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
         raise StoreError(f"{where}: feature_shape is {shape!r}, expected a list of positive integers; the store is damaged. "
                          f"Extract again into a new --store.")
-    if not isinstance(attrs["input_size"], int) or attrs["dtype"] not in ("float32", "float16"):
+    if not isinstance(attrs["input_size"], int) or attrs["dtype"] not in DTYPES:
         raise StoreError(f"{where}: input_size {attrs['input_size']!r} or dtype {attrs['dtype']!r} is not one featstore writes; "
                          f"the store is damaged. Extract again into a new --store.")
     if fingerprint(attrs) != attrs["fingerprint"]:

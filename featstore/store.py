@@ -34,12 +34,11 @@ import numpy as np
 
 from .errors import ConfigError, StoreBusyError, StoreError
 from .units import format_bytes
-from .provenance import (FORMAT_VERSION, Commit, attrs_of, check_format_version, plain, read_commit, validate_extractor,
+from .provenance import (DTYPES, FORMAT_VERSION, Commit, attrs_of, check_format_version, plain, read_commit, validate_extractor,
                          validate_labels, validate_split)
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("float32", "float16")
 STR = h5py.string_dtype("utf-8")
 PATH_ERRORS = "surrogateescape"  # stored paths are the file system's bytes; names that are not UTF-8 round-trip losslessly
 
