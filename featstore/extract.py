@@ -143,8 +143,8 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
                            "n_ignored": listing.n_ignored, "listing_sha256": listing.digest(), "batch_size": batch_size,
                            "compression": compression}
             row_bytes = sum(int(np.prod(a["feature_shape"])) for _, a in extractor.outputs) * np.dtype(config.dtype).itemsize
-            if writer.has_tail(store_path, locking):  # a killed run's tail: start from a clean copy, never free it in place
-                writer.compact(store_path, locking)
+            if writer.interrupted(store_path, names, split, locking):
+                writer.compact(store_path, locking)  # resume from a clean copy: a killed writer's file state is never written on
             done = 0 if overwrite else min(_images_done(store_path, n, split, locking) for n in names)
             writer.ensure_space(store_path, (len(listing.items) - done) * row_bytes + writer.CHUNK_BYTES, done)  # before anything is replaced
             starts = [writer.prepare_split(store_path, n, split, attrs, split_attrs, overwrite, locking, listing)

@@ -249,22 +249,22 @@ def _create_split(grp: h5py.Group, split: str, attrs: dict, split_attrs: dict, l
     sg.attrs["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def has_tail(path, locking=None) -> bool:
-    """True when any split holds rows or failure records past its commit: what a killed writer leaves behind.
+def interrupted(path, names: list[str], split: str, locking=None) -> bool:
+    """True when one of the extractor groups' ``split`` exists and is not complete: a run of it was interrupted.
 
     Only hard-linked groups are visited; the caller has refused a store with links out of it already.
     """
     if not Path(path).exists():
         return False
     with open_h5(path, "r", locking=locking) as f:
-        for name in hard_groups(f):
-            for split in hard_groups(f[name]):
+        for name in names:
+            if name in hard_groups(f) and split in hard_groups(f[name]):
                 sg = f[name][split]
-                if "commit" not in sg.attrs or any(k not in sg for k in ("features", "labels", "paths", "failed")):
-                    continue  # a split whose creation was interrupted: prepare_split starts it again
-                c = read_commit(sg, f"{path}:/{name}/{split}")
-                sizes = [sg[k].shape[0] for k in ("features", "labels", "paths")]
-                if any(n != c.rows for n in sizes) or any(sg["failed"][k].shape[0] != c.failed for k in ("paths", "reasons")):
+                complete = sg.attrs.get("complete")
+                # a partial split with committed state; a damaged one is left to prepare_split's check, which names the
+                # problem, and one whose creation was interrupted (no commit yet) is simply started again
+                if isinstance(complete, (bool, np.bool_)) and not complete and "commit" in sg.attrs:
+                    validate_split(sg, f"{path}:/{name}/{split}")
                     return True
     return False
 
@@ -272,10 +272,10 @@ def has_tail(path, locking=None) -> bool:
 def compact(path, locking=None) -> None:
     """Rewrite the store into a fresh file holding only committed rows and records, then put it in place.
 
-    A writer killed mid-batch can leave HDF5 metadata pointing past the end-of-allocation mark that was last
-    flushed; freeing that space (truncating the tail in place) then fails with "len not positive after
-    adjustment for EOA", sometimes only at the next write. A fresh file written from the committed data
-    has consistent metadata; it costs one copy of the store, once, after a crash.
+    A writer killed at any point (mid-batch, or while closing the file) can leave HDF5 metadata and free-space
+    state past the end-of-allocation mark that was last flushed; the next writer's frees or allocations then
+    fail with "len not positive after adjustment for EOA", sometimes only at a later write. A fresh file
+    written from the committed data has consistent metadata; it costs one copy of the store per resume.
     """
     path = Path(path)
     ensure_space(path, path.stat().st_size)
