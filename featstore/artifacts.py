@@ -58,8 +58,13 @@ ARTIFACT_TYPES = frozenset({
 def save_estimator(est, folder: Path) -> dict:
     """Write ``est`` into ``folder``; returns the artifact record (file, format, sha256)."""
     from .dense import DenseHead
+    from .finetuned import FinetunedModel
     from .weights import sha256_file
 
+    if isinstance(est, FinetunedModel):  # a fine-tuned image -> probabilities model (`featstore finetune`)
+        model_file = folder / "model.keras"
+        est.model.save(model_file)
+        return {"file": model_file.name, "format": "keras-model", "sha256": sha256_file(model_file)}
     head = est.steps[-1][1]
     if isinstance(head, DenseHead):
         model_file = folder / "model.keras"
@@ -121,7 +126,7 @@ def _altered(folder: Path, path: Path, exc: Exception) -> BrokenRunError:
 def check_artifact(folder: Path, artifact: dict) -> Path:
     """The model file of a run after checking its record, its sha256 (and its meta file's), its zip sizes and, for skops,
     its types and the arrays of its trees and SVCs (see ``modelcheck``)."""
-    formats = {"skops": ("file", "sha256"), "keras": ("file", "sha256", "meta_file", "meta_sha256")}
+    formats = {"skops": ("file", "sha256"), "keras": ("file", "sha256", "meta_file", "meta_sha256"), "keras-model": ("file", "sha256")}
     keys = formats.get(artifact.get("format"))
     if keys is None or any(not isinstance(artifact.get(k), str) for k in keys):
         wanted = " or ".join(f"{f} with {'/'.join(k)}" for f, k in formats.items())
@@ -131,6 +136,7 @@ def check_artifact(folder: Path, artifact: dict) -> Path:
     check_zip_file(path, "run artifact", folder, f"{artifact['format']} file")
     if artifact["format"] == "keras":
         verify_file(folder, artifact["meta_file"], artifact["meta_sha256"], "run artifact metadata")
+    if artifact["format"] in ("keras", "keras-model"):  # loaded with safe_mode=True: no code runs
         return path
     schema = _schema(path)
     _refuse_foreign(path, skops_types(path, schema))
@@ -150,6 +156,9 @@ def load_estimator(folder: Path, artifact: dict):
     from .dense import DenseHead
 
     path = check_artifact(folder, artifact)
+    if artifact["format"] == "keras-model":
+        raise BrokenRunError(f"{folder / 'run.json'}: a fitted classifier's artifact must be skops or keras, not a whole "
+                             f"keras-model (that is what finetune runs hold); remove the folder {folder}")
     if artifact["format"] == "keras":
         try:
             meta = json.loads(regular_file(folder, artifact["meta_file"], "run artifact metadata").read_text())
@@ -173,6 +182,19 @@ def load_estimator(folder: Path, artifact: dict):
         raise
     except Exception as exc:  # skops raises TypeError/ValueError/KeyError for files of other library versions
         raise BrokenRunError(f"run artifact {path} cannot be loaded with these library versions ({exc}); fit the classifier again") from exc
+
+
+def load_finetuned(folder: Path, rec: dict):
+    """A fine-tuned run's model (``FinetunedModel``) after checking its sha256 and zip sizes; loaded with ``safe_mode=True``."""
+    from .finetuned import FinetunedModel
+
+    if rec["artifact"].get("format") != "keras-model":
+        raise BrokenRunError(f"{folder / 'run.json'}: a finetune run's model must be a keras-model artifact; remove the folder {folder}")
+    path = check_artifact(folder, rec["artifact"])
+    try:
+        return FinetunedModel.load(path, rec["extractor_attrs"])
+    except Exception as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild
+        raise BrokenRunError(f"run artifact {path} cannot be loaded by this Keras ({exc}); fine-tune again") from exc
 
 
 def full_proba(est, X: np.ndarray, n_classes: int) -> np.ndarray:

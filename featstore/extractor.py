@@ -115,6 +115,7 @@ class Extractor:
         default = spec.default_layer if isinstance(spec, SavedModelSpec) else None
         if isinstance(spec, SavedModelSpec) and not any(c.cut_layers):
             logger.info("%s: cutting at %r, the layer before its last Dense layer (--layer to choose another)", spec.path.name, default)
+        self.base_layer_names = [lyr.name for lyr in base.layers]  # the whole backbone's, also those above the cut
         cuts = cut_outputs(base, [lyr or default for lyr in c.cut_layers], c.pooling, self._shown_name())
         inp = base.inputs[0]  # one image input (a Sequential model has no `input` until called; `inputs` always exists)
         self.model = keras.Model(inp, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore")

@@ -39,10 +39,11 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {  # run.json keys ever
             "params": dict, "metrics": dict, "predictions": dict, "predictions_sha256": str},
     "fit": {"artifact": dict, "extractor_attrs": dict},
     "ensemble": {"members": list, "weights": list},
+    "finetune": {"artifact": dict, "extractor_attrs": dict, "from_run": str, "unfreeze_from": str},
 }
 _METRIC_FIELDS = {"n": int, "accuracy": (int, float), "macro_f1": (int, float), "per_class": dict, "confusion_matrix": list}
 _PER_CLASS = ("precision", "recall", "f1", "support")
-_OPTIONAL = {"store": str, "given": dict, "selection": dict, "notes": list, "history": dict, "fit_seconds": (int, float),
+_OPTIONAL = {"store": str, "given": dict, "selection": dict, "notes": list, "history": dict, "phase_a_history": dict, "fit_seconds": (int, float),
              "predict_seconds_per_image": (int, float), "streamed": bool, "memory_budget": (int, type(None))}  # checked when present
 
 
@@ -147,8 +148,8 @@ def _check_record(rec: object, folder: Path) -> dict:
     where = folder / RECORD
     if not isinstance(rec, dict):
         raise BrokenRunError(f"{where} is not a JSON object; remove the folder {folder}")
-    if rec.get("kind") not in ("fit", "ensemble"):
-        raise BrokenRunError(f"{where}: kind {rec.get('kind')!r} is not fit or ensemble; remove the folder {folder}")
+    if rec.get("kind") not in ("fit", "ensemble", "finetune"):
+        raise BrokenRunError(f"{where}: kind {rec.get('kind')!r} is not fit, ensemble or finetune; remove the folder {folder}")
     _check_fields(rec, {**_FIELDS["any"], **_FIELDS[rec["kind"]], **{k: t for k, t in _OPTIONAL.items() if k in rec}}, str(where), folder)
     if not valid_name(rec["id"]) or rec["id"] != folder.name:
         raise BrokenRunError(f"{where}: id {rec['id']!r} is not a valid run id or not its folder's name {folder.name!r}; "
@@ -166,8 +167,9 @@ def _check_record(rec: object, folder: Path) -> dict:
                 or not all(isinstance(v, dict) and all(isinstance(v.get(x), (int, float)) for x in _PER_CLASS) for v in per_class)):
             raise BrokenRunError(f"{where}: metrics of {split!r} need a {k}x{k} integer confusion matrix and per-class "
                                  f"{', '.join(_PER_CLASS)}; remove the folder {folder}")
-    if not all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in rec.get("history", {}).values()):
-        raise BrokenRunError(f"{where}: history must map names to lists of numbers; remove the folder {folder}")
+    for key in ("history", "phase_a_history"):
+        if not all(isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in rec.get(key, {}).values()):
+            raise BrokenRunError(f"{where}: {key} must map names to lists of numbers; remove the folder {folder}")
     candidates = rec.get("selection", {}).get("candidates", [])
     for c in candidates if isinstance(candidates, list) else [None]:
         _check_fields(c if isinstance(c, dict) else {}, {"params": dict, "score": (int, float)}, f"{where}: a selection candidate", folder)
@@ -180,7 +182,7 @@ def _check_record(rec: object, folder: Path) -> dict:
                     or not all(math.isfinite(w) and w >= 0 for w in weights) or not 0 < sum(weights) < math.inf):
         raise BrokenRunError(f"{where}: weights must be one finite non-negative number per member, not all zero; "
                              f"remove the folder {folder}")
-    if rec["kind"] == "fit" and rec["extractor_attrs"].get("fingerprint") != rec["fingerprint"]:
+    if rec["kind"] != "ensemble" and rec["extractor_attrs"].get("fingerprint") != rec["fingerprint"]:
         raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs; remove the folder {folder}")
     return rec
 
@@ -196,7 +198,7 @@ def read_run(folder: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BrokenRunError(f"{folder / RECORD} is not valid JSON ({exc}); remove the folder {folder} or restore it") from None
     _check_record(rec, folder)
-    if rec["kind"] == "fit":
+    if rec["kind"] != "ensemble":
         check_artifact(folder, rec["artifact"])
     load_predictions(folder, rec)  # small (probabilities of validation and test): read to prove it is whole
     return rec

@@ -367,6 +367,14 @@ class FeatureStore:
             sg, commit = self._split(f, name, split)
             return read_paths(sg["paths"], commit.rows)
 
+    def listing(self, split: str, extractor: str | None = None) -> list[tuple[str, int, int, int]]:
+        """(path, label, size, mtime_ns) of every image listed when the split was started: tells whether the folder changed since."""
+        from .writer import stored_listing
+
+        name = self.resolve(extractor)
+        with self._open() as f:
+            return stored_listing(self._split(f, name, split)[0])
+
     def failures(self, split: str, extractor: str | None = None) -> list[tuple[str, str]]:
         """(path, reason) of each image that could not be read."""
         name = self.resolve(extractor)
