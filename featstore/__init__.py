@@ -30,6 +30,7 @@ _PUBLIC = {  # public name -> the module that defines it
     "compare_runs": "runs", "ensemble": "runs", "evaluate_run": "runs", "fit": "runs", "get_run": "runs", "list_runs": "runs",
     "show_run": "runs", "record_split": "runs",
     "sweep": "sweep",
+    "FinetuneConfig": "finetune", "finetune": "finetune",
     "FeatureStore": "store",
     "export": "export",
 }
@@ -50,7 +51,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """Keeps ``featstore.extract``/``predict``/``export``/``sweep`` the functions when their same-named modules get imported."""
+    """Keeps ``featstore.extract``/``predict``/``export``/``sweep``/``finetune`` the functions when their same-named modules get imported."""
 
     def __setattr__(self, name: str, value) -> None:
         if isinstance(value, types.ModuleType) and _PUBLIC.get(name) == name:

@@ -235,6 +235,16 @@ def checked_proba(est, X: np.ndarray, n_classes: int, run_id: str) -> np.ndarray
     return proba
 
 
+def checked_finetuned(model, images: np.ndarray, n_classes: int, run_id: str) -> np.ndarray:
+    """A fine-tuned model's probabilities of a uint8 batch, refused (BrokenRunError) unless they are ``(B, n_classes)`` in [0, 1]."""
+    with _applying(run_id):
+        proba = model.proba(images)
+    if proba.shape != (len(images), n_classes) or not (np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()):
+        raise BrokenRunError(f"the model in run {run_id} gives {proba.shape} outputs, NaN, inf or probabilities outside [0, 1] for "
+                             f"{len(images)} images of {n_classes} classes; it was altered or damaged. Fine-tune again.")
+    return proba
+
+
 def checked_predict(est, X: np.ndarray, n_classes: int, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """``(predictions, probabilities)`` of a loaded model, checked as :func:`checked_proba` does."""
     proba = checked_proba(est, X, n_classes, run_id)

@@ -362,9 +362,41 @@ def ensemble(
 
 @app.command()
 @_errors
+def finetune(
+    run: Annotated[str, typer.Option(help="The dense run (phase A) whose head starts phase B (`featstore fit --clf dense`).")],
+    unfreeze_from: Annotated[str, typer.Option(help="First layer to train; every layer before it stays frozen (e.g. block4_conv1; `featstore models vgg16 --layers`).")],
+    lr: Annotated[float, typer.Option(help="Learning rate: low, so the pretrained layers are adjusted, not destroyed.")] = 1e-5,
+    optimizer: Annotated[str, typer.Option(help="rmsprop, adam or sgd (momentum 0.9).")] = "rmsprop",
+    epochs: Annotated[int, typer.Option(help="At most this many epochs; early stopping on validation loss restores the best.")] = 15,
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 20,
+    patience: Annotated[int, typer.Option(help="Epochs without a better validation loss before stopping.")] = 3,
+    augment: Annotated[str, typer.Option(help="Training-split augmentation, e.g. flip,rotate=0.1,zoom=0.2 (also translate, contrast); seeded, off at inference.")] = "",
+    data: Annotated[Optional[Path], typer.Option(help="Data root with train/ and validation/ (default: the folder the store was extracted from).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of shuffling, augmentation, dropout and a new head's weights.")] = 0,
+    from_scratch_head: Annotated[bool, typer.Option("--from-scratch-head", help="Train a new Dense(256) head end to end instead of starting from the run's (any fitted run then names the features).")] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Without augmentation, compute the frozen layers once into the store and train the layers above on them.")] = True,
+    weights: Annotated[Optional[str], typer.Option(help="Weights file to use if the recorded one is not on this machine (its digest is checked).")] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow a legacy .h5 model file, which can run code stored in it; only for a file you made yourself.")] = False,
+    workers: Annotated[int, typer.Option(help="Image decoding threads.")] = 2,
+    store: StoreOpt = Path("features.h5"),
+    runs: RunsOpt = None,
+) -> None:
+    """Fine-tune (phase B): the dense run's head on the backbone, layers from --unfreeze-from trained end to end at a low learning rate."""
+    from .finetune import FinetuneConfig
+    from .finetune import finetune as run_finetune
+    from .report import run_report
+
+    config = FinetuneConfig(unfreeze_from=unfreeze_from, lr=lr, optimizer=optimizer, epochs=epochs, batch_size=batch_size,
+                            patience=patience, augment=augment, seed=seed, from_scratch_head=from_scratch_head, cache=cache)
+    rec = run_finetune(run, config, data=data, store=store, runs=runs, weights=weights, trust_model=trust_model, workers=workers)
+    typer.echo(run_report(rec, [], per_class=False))
+
+
+@app.command()
+@_errors
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    run: Annotated[str, typer.Option(help="Run id (fit or ensemble) to predict with.")],
+    run: Annotated[str, typer.Option(help="Run id (fit, finetune or ensemble) to predict with.")],
     out: Annotated[Optional[Path], typer.Option(help="Write a CSV (path,label,probability,error) instead of a table.")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Weights file to use if the recorded one is not on this machine (its digest is checked).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,

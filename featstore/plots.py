@@ -38,19 +38,26 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, p
     return path
 
 
-def curves_png(history: dict[str, list[float]], title: str, path: Path) -> Path:
+def curves_png(history: dict[str, list[float]], title: str, path: Path, then: dict[str, list[float]] | None = None) -> Path:
     """Training and validation accuracy and loss per epoch, side by side.
 
     The loss axis is logarithmic (and says so) when the losses span more than a factor of 5, so a large
-    first-epoch loss does not flatten the rest of the curve.
+    first-epoch loss does not flatten the rest of the curve. ``then``: a second phase's history (fine-tuning after
+    the phase-A head), drawn after the first with a line marking where it starts.
 
     >>> curves_png({"loss": [28.0, 0.9, 0.5], "accuracy": [0.3, 0.7, 0.8]}, "run", Path("curves.png"))  # doctest: +SKIP
     """
     plt = pyplot()
     from matplotlib import ticker
 
+    boundary = None
+    if then is not None:
+        boundary = max((len(v) for v in history.values()), default=0)
+        history = {k: list(history.get(k, [])) + list(then.get(k, [])) for k in {*history, *then}}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("accuracy", "loss")):
+        if boundary is not None:
+            ax.axvline(boundary + 0.5, color="grey", linestyle="--", linewidth=1, label="phase A | phase B (fine-tuning)")
         series = {f"training {metric}": history.get(metric, []), f"validation {metric}": history.get(f"val_{metric}", [])}
         for (label, values), style in zip(series.items(), ("o", "-")):
             if values:

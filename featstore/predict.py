@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import provenance
-from .artifacts import checked_proba, load_estimator
+from .artifacts import checked_finetuned, checked_proba, load_estimator, load_finetuned
 from .errors import ConfigError, DataError, StoreError, WeightsError
 from .images import IMAGE_EXTENSIONS, find_images, load_image, printable  # load_image: again at another size for mixed ensembles
 
@@ -96,7 +96,7 @@ def _check_out(out: Path) -> None:
 def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None,
             out: str | os.PathLike | None = None, weights: str | None = None, batch_size: int = 32, workers: int | None = None,
             trust_model: bool = False) -> list[dict]:
-    """Class and probability per image for a fit or ensemble run; unreadable images get a row with their reason.
+    """Class and probability per image for a fit, finetune or ensemble run; unreadable images get a row with their reason.
 
     Writes a CSV (path, label, probability, error) when ``out`` is given (a new file renamed onto ``out``).
     ``trust_model`` allows a run whose features came from a legacy ``.h5`` model file, which can run code when
@@ -118,12 +118,13 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
     members = [find_run(m, root, exact=True, listing=listing) for m in rec["members"]] if rec["kind"] == "ensemble" else [(rec, folder)]
     member_weights = rec.get("weights") or [1.0]
     for mrec, _ in members:
-        if mrec["kind"] != "fit":
+        if mrec["kind"] == "ensemble":
             raise DataError(f"run {rec['id']} has an ensemble as a member; predict with its fitted members instead")
-    models = [load_estimator(f, m["artifact"]) for m, f in members]  # refused before any model is built or image read
+    # refused before any model is built or image read; a finetune run's model takes the images itself
+    models = [load_finetuned(f, m) if m["kind"] == "finetune" else load_estimator(f, m["artifact"]) for m, f in members]
     extractors: dict[str, object] = {}
     for mrec, _ in members:
-        if mrec["fingerprint"] not in extractors:
+        if mrec["kind"] == "fit" and mrec["fingerprint"] not in extractors:
             # --weights replaces a recorded weights *file* (moved or copied); named sources are always resolved as recorded
             override = weights if mrec["extractor_attrs"].get("weights_source") in ("file", "model-file") else None
             extractors[mrec["fingerprint"]] = rebuild_extractor(mrec["extractor_attrs"], override, trust_model)
@@ -138,9 +139,12 @@ def predict(run_id: str, inputs: list[str | os.PathLike], *, store: str | os.Pat
             return
         proba = 0.0
         for (mrec, _), model, w in zip(members, models, member_weights):
-            ex = extractors[mrec["fingerprint"]]
-            imgs = np.stack([img if img.shape[0] == ex.config.image_size else load_image(p, ex.config.image_size) for p, img in batch])
-            proba = proba + w * checked_proba(model, ex(imgs), len(class_names), mrec["id"])
+            size = int(mrec["extractor_attrs"]["input_size"])
+            imgs = np.stack([img if img.shape[0] == size else load_image(p, size) for p, img in batch])
+            if mrec["kind"] == "finetune":
+                proba = proba + w * checked_finetuned(model, imgs, len(class_names), mrec["id"])
+            else:
+                proba = proba + w * checked_proba(model, extractors[mrec["fingerprint"]](imgs), len(class_names), mrec["id"])
         proba = proba / sum(member_weights)
         for (p, _), row in zip(batch, proba):
             k = int(np.argmax(row))

@@ -110,6 +110,9 @@ def runs_table(runs: list[dict], broken: list[tuple[str, str]] = ()) -> str:
     for r in runs:
         chosen = set(r.get("given", {})) | {k for c in r.get("selection", {}).get("candidates", []) for k in c["params"]}
         params = ",".join(f"{k}={v}" for k, v in sorted(r.get("params", {}).items()) if k in chosen or r["kind"] == "ensemble")
+        if r["kind"] == "finetune":
+            p = r["params"]
+            params = f"from={r['from_run']},unfreeze={r['unfreeze_from']},lr={p['lr']:g}" + (f",augment={p['augment']}" if p["augment"] else "")
         rows.append([r["id"], r["clf"], params or "defaults", _acc(r, "validation"), _acc(r, "test"), f"{r.get('fit_seconds', 0):.2f}",
                      r["extractor"], _fingerprints(r), r["created_at"][:19]])
     lines = [_table(rows)] if runs else ["no usable runs"]
@@ -125,6 +128,14 @@ def run_report(rec: dict, pngs: list, per_class: bool = True) -> str:
              f"  extractor {rec['extractor']} fingerprint {rec['fingerprint']}", f"  store {rec.get('store', '-')}"]
     if rec["kind"] == "ensemble":
         lines.append(f"  members {', '.join(rec['members'])} with weights {rec['weights']}")
+    elif rec["kind"] == "finetune":
+        p = rec["params"]
+        lines.append(f"  phase B from {rec['from_run']} (phase A head{', not used: new head' if p['from_scratch_head'] else ''}): "
+                     f"layers {rec['unfreeze_from']} and above train ({len(rec.get('trainable_layers', []))} with weights)")
+        lines.append(f"  {p['optimizer']} lr {p['lr']:g}, batch {p['batch_size']}, {len(rec.get('history', {}).get('loss', []))} of at most "
+                     f"{p['epochs']} epochs (early stopping on validation loss, patience {p['patience']}), augment {p['augment'] or 'none'}, seed {p['seed']}")
+        lines.append(f"  {'frozen layers cached in the store as ' + rec['cached_cut'] if rec.get('cached_cut') else 'trained from the images'}; "
+                     f"{rec['fit_seconds']:.1f} s ({rec.get('seconds_per_epoch', 0):.1f} s per epoch); new weights digest {rec.get('weights_digest', '-')[:12]}")
     else:
         lines.append(f"  clf {rec['clf']} params {rec['params']}")
         sel = rec.get("selection", {})

@@ -291,7 +291,7 @@ def ensemble(run_ids: list[str], weights: list[float] | None = None, store: str 
     listing = scan_runs(root)
     members = [find_run(r, root, listing=listing) for r in run_ids]
     ensure_writable(root)
-    nested = [rec["id"] for rec, _ in members if rec["kind"] != "fit"]
+    nested = [rec["id"] for rec, _ in members if rec["kind"] == "ensemble"]
     if nested:
         raise ConfigError(f"{', '.join(nested)} are ensembles; build an ensemble from fitted runs (list their members instead)")
     first = members[0][0]
@@ -332,7 +332,7 @@ def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5",
     from .artifacts import load_estimator
 
     rec, folder = get_run(run_id, store, runs)
-    if rec["kind"] != "fit":
+    if rec["kind"] == "ensemble":
         raise ConfigError(f"{run_id} is an ensemble; evaluate its members, or use its recorded metrics (`featstore runs show`)")
     fs = FeatureStore(store)
     if rec["extractor"] not in fs.extractors():
@@ -341,6 +341,10 @@ def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5",
     provenance.refuse_other_features(have, rec["extractor_attrs"], f"run {rec['id']}", "Re-fit on this store.")
     if fs.class_names(rec["extractor"]) != rec["class_names"]:
         raise StoreError(f"store classes {fs.class_names(rec['extractor'])} are not the run's {rec['class_names']}; refusing to evaluate")
+    if rec["kind"] == "finetune":  # its backbone changed: the store's rows name the images, the model sees the images
+        from .finetune import apply_finetuned
+
+        return (rec, folder, *apply_finetuned(rec, folder, fs, split))
     est = load_estimator(folder, rec["artifact"])
     X, y = fs.load(split, rec["extractor"])
     return (rec, folder, y, *checked_predict(est, X, len(rec["class_names"]), rec["id"]))
@@ -376,7 +380,11 @@ def show_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | 
     pngs = [replace_file(output_path(folder, f"confusion_{split}.png"), lambda tmp, split=split, m=m: confusion_png(
         m["confusion_matrix"], rec["class_names"], f"{rec['id']} on {split} (acc {m['accuracy']:.3f})", tmp))
         for split, m in rec["metrics"].items()]
-    if rec.get("history"):
+    if rec.get("phase_a_history"):  # a fine-tuning: phase A (the dense run) then phase B on one figure
+        title = f"{rec['from_run']} (phase A) -> {rec['id']} (phase B, from {rec['unfreeze_from']})"
+        pngs.append(replace_file(output_path(folder, "curves.png"),
+                                 lambda tmp: curves_png(rec["phase_a_history"], title, tmp, then=rec.get("history", {}))))
+    elif rec.get("history"):
         pngs.append(replace_file(output_path(folder, "curves.png"), lambda tmp: curves_png(rec["history"], rec["id"], tmp)))
     return rec, pngs
 
