@@ -31,7 +31,7 @@ import numpy as np
 from . import provenance
 from .augment import parse_augment
 from .errors import ConfigError, DataError, StoreError
-from .finetuned import FinetunedModel, build_model, head_weights, preprocess_images
+from .finetuned import Built, FinetunedModel, build_model, head_weights, preprocess_images
 from .images import discover, printable
 from .runs import _digest_paths, _versions, get_run, metrics
 from .runfolder import ensure_writable, runs_root
@@ -80,9 +80,6 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
 
         finetune("dense-1a2b3c", FinetuneConfig("block4_conv1", augment="flip,rotate=0.1,zoom=0.2"))
     """
-    from .artifacts import load_estimator
-    from .predict import rebuild_extractor
-
     config = config.validated()
     rec, folder = get_run(run_id, store, runs)
     if rec["kind"] != "fit":
@@ -106,9 +103,7 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
                              f"watches validation loss); extract them first: featstore extract --split {split}")
     data_root = Path(data) if data is not None else Path(fs.split_info("train", name)["source_root"])
     sets = {s: _split_images(fs, name, s, data_root, class_names) for s in ("train", "validation")}
-    head = _phase_a_head(rec, folder, config, load_estimator, len(class_names))
-    extractor = rebuild_extractor(rec["extractor_attrs"], weights, trust_model)  # refuses weights other than the store's
-    built = build_model(extractor, head, len(class_names), config.unfreeze_from, extractor.base_layer_names, config.seed)
+    built = warm_start_model(rec, folder, config, weights, trust_model)
     logger.info("fine-tuning %s: %d layers train (%s ... %s), %d stay frozen; BatchNormalization in inference mode",
                 rec["id"], len(built.trainable), built.trainable[0], built.trainable[-1], len(built.frozen))
     cached = None
@@ -145,6 +140,21 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
     return write_run(root, record, model, probas)
 
 
+def warm_start_model(rec: dict, folder: Path, config: FinetuneConfig, weights: str | None = None, trust_model: bool = False) -> Built:
+    """The run's extractor rebuilt (its weights' digest checked) with the phase-A head on it, frozen below ``unfreeze_from``.
+
+    Before any training, the model gives on an image what the run's head gives on that image's stored features. Example::
+
+        rec, folder = get_run("dense-1a2b3c")
+        built = warm_start_model(rec, folder, FinetuneConfig("block5_conv1"))
+    """
+    from .predict import rebuild_extractor
+
+    head = _phase_a_head(rec, folder, config, len(rec["class_names"]))
+    extractor = rebuild_extractor(rec["extractor_attrs"], weights, trust_model)  # refuses weights other than the store's
+    return build_model(extractor, head, len(rec["class_names"]), config.unfreeze_from, extractor.base_layer_names, config.seed)
+
+
 @dataclass
 class SplitImages:
     """The images of one store split, in store row order: what phase B trains or evaluates on."""
@@ -167,8 +177,10 @@ def _split_images(fs: FeatureStore, name: str, split: str, root: Path, class_nam
     return SplitImages(root, fs.paths(split, name), fs.labels(split, name))
 
 
-def _phase_a_head(rec: dict, folder: Path, config: FinetuneConfig, load_estimator, n_classes: int) -> dict:
+def _phase_a_head(rec: dict, folder: Path, config: FinetuneConfig, n_classes: int) -> dict:
     """The head to start from: the dense run's layers and weights, or a fresh Dense(256) (``from_scratch_head``)."""
+    from .artifacts import load_estimator
+
     if rec["clf"] != "dense":
         return {"reduce": rec["params"].get("reduce", "flatten"), "units": 256, "dropout": 0.5, "weights": None}
     pipe = load_estimator(folder, rec["artifact"])

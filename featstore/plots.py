@@ -71,9 +71,11 @@ def curves_png(history: dict[str, list[float]], title: str, path: Path, then: di
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{metric} (log scale)" if log else metric)
-        ax.set_title(f"{title}: {metric}")
+        ax.set_title(metric if boundary is not None else f"{title}: {metric}")
         ax.grid(alpha=0.3, which="both" if log else "major")
         ax.legend()
+    if boundary is not None:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

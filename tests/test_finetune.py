@@ -1,0 +1,239 @@
+"""Fine-tuning (phase B) warm-started from a dense run (issue 11): the head really loads, what is frozen stays frozen,
+the cached cut trains like the images do, seeds repeat, runs work like feature runs, and bad input is refused clearly."""
+
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from featstore import ConfigError, DataError, ExtractorConfig, FeatureStore, WeightsError, ensemble, evaluate_run, extract, fit, predict
+from featstore.cli import app
+from featstore.finetune import FinetuneConfig, finetune, warm_start_model
+from featstore.finetuned import preprocess_images
+from featstore.runs import get_run
+
+from .conftest import write_images
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def ft(tmp_path_factory):
+    """Two classes, 8/4/4 images each, VGG16@32 with seeded random weights cut at block5_pool; a dense run and a logreg run."""
+    root = tmp_path_factory.mktemp("ft")
+    data = root / "data"
+    for split, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
+        write_images(data, split, {"cat": n, "dog": n}, seed=seed)
+    store = root / "f.h5"
+    cfg = ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7)
+    for split in ("train", "validation", "test"):
+        extract(data, split, store, cfg)
+    dense = fit(store, "dense", {"epochs": [3], "units": [16]})
+    logreg = fit(store, "logreg")
+    return {"root": root, "data": data, "store": store, "dense": dense["id"], "logreg": logreg["id"]}
+
+
+def _weights(model) -> dict:
+    return {lyr.name: [np.array(w) for w in lyr.get_weights()] for lyr in model.layers if lyr.weights}
+
+
+def _saved(run, store):
+    import keras
+
+    rec, folder = get_run(run["id"], store)
+    return keras.saving.load_model(folder / "model.keras", safe_mode=True, compile=False)
+
+
+def test_warm_start_gives_the_phase_a_heads_outputs_and_loss_on_the_first_batch(ft):
+    import keras
+
+    rec, folder = get_run(ft["dense"], ft["store"])
+    built = warm_start_model(rec, folder, FinetuneConfig("block5_conv1"))
+    fs = FeatureStore(ft["store"])
+    X, y = fs.load("train")
+    paths = fs.paths("train")[:4]
+    from featstore.images import load_image
+
+    images = np.stack([load_image(str(ft["data"] / p), SIZE) for p in paths])
+    ours = np.asarray(built.model(preprocess_images(images, rec["extractor_attrs"]), training=False))[:, 0]
+    from featstore.artifacts import load_estimator
+
+    phase_a = load_estimator(folder, rec["artifact"]).predict_proba(X[:4])[:, 1]
+    np.testing.assert_allclose(ours, phase_a, rtol=1e-4, atol=1e-5)
+    bce = keras.losses.BinaryCrossentropy()
+    assert float(bce(y[:4].astype("float32"), ours)) == pytest.approx(float(bce(y[:4].astype("float32"), phase_a)), rel=1e-4)
+    fresh = warm_start_model(rec, folder, FinetuneConfig("block5_conv1", from_scratch_head=True))
+    assert not np.allclose(np.asarray(fresh.model(preprocess_images(images, rec["extractor_attrs"]), training=False))[:, 0], phase_a)
+
+
+@pytest.mark.slow
+def test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat(ft):
+    from featstore.predict import rebuild_extractor
+
+    cfg = FinetuneConfig("block5_conv2", epochs=2, batch_size=4, lr=1e-3, augment="flip,rotate=0.1", seed=5)
+    a = finetune(ft["dense"], cfg, store=ft["store"])
+    b = finetune(ft["dense"], cfg, store=ft["store"])
+    c = finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=2, batch_size=4, lr=1e-3, augment="flip,rotate=0.1", seed=6),
+                 store=ft["store"])
+    assert a["weights_digest"] == b["weights_digest"] != c["weights_digest"]
+    assert a["trainable_layers"] == ["block5_conv2", "block5_conv3", "head_dense", "head_out"]
+    assert a["cached_cut"] == "" and a["params"]["augment"] == "flip=horizontal,rotate=0.1"
+    before = _weights(rebuild_extractor(a["extractor_attrs"]).model)
+    after = _weights(_saved(a, ft["store"]))
+    for name, ws in before.items():
+        same = all(np.array_equal(w0, w1) for w0, w1 in zip(ws, after[name]))
+        assert same == (name not in ("block5_conv2", "block5_conv3")), name
+    assert not any("random" in lyr.name.lower() or "augment" in lyr.name for lyr in _saved(a, ft["store"]).layers)  # none at inference
+
+
+@pytest.mark.slow
+def test_cached_cut_trains_like_the_images_and_is_reused(ft, caplog):
+    import logging
+
+    cfg = FinetuneConfig("block5_conv1", epochs=2, batch_size=4, lr=1e-3)
+    with caplog.at_level(logging.INFO, logger="featstore"):
+        cached = finetune(ft["dense"], cfg, store=ft["store"])
+    assert cached["cached_cut"] == "vgg16@block4_pool" and "cached in the store as 'vgg16@block4_pool'" in caplog.text
+    images = finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=2, batch_size=4, lr=1e-3, cache=False), store=ft["store"])
+    assert images["cached_cut"] == ""
+    np.testing.assert_allclose(cached["history"]["loss"], images["history"]["loss"], rtol=1e-4)
+    wc, wi = _weights(_saved(cached, ft["store"])), _weights(_saved(images, ft["store"]))
+    for name in wc:
+        for x, y in zip(wc[name], wi[name]):
+            np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5, err_msg=name)
+    assert "vgg16@block4_pool" in FeatureStore(ft["store"]).extractors()
+    for split in ("validation", "test"):
+        assert cached["metrics"][split]["accuracy"] == images["metrics"][split]["accuracy"]
+
+
+@pytest.mark.slow
+def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, tmp_path):
+    run = finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=1, batch_size=4), store=ft["store"])
+    assert run["kind"] == "finetune" and run["from_run"] == ft["dense"]
+    assert evaluate_run(run["id"], "test", ft["store"]) == run["metrics"]["test"]
+    rows = predict(run["id"], [ft["data"] / "test"], store=ft["store"])
+    assert len(rows) == 8 and all(r["label"] in ("cat", "dog") for r in rows)
+    both = ensemble([run["id"], ft["logreg"]], store=ft["store"])
+    assert set(both["metrics"]) == {"validation", "test"}
+    res = CliRunner().invoke(app, ["runs", "show", run["id"], "--store", str(ft["store"])])
+    assert res.exit_code == 0, res.output
+    assert f"phase B from {ft['dense']}" in res.output and "curves.png" in res.output
+    listed = CliRunner().invoke(app, ["runs", "--store", str(ft["store"])])
+    assert f"from={ft['dense']},unfreeze=block5_conv1" in listed.output
+
+
+def test_cli_finetune_trains_and_records_a_run(ft):
+    res = CliRunner().invoke(app, ["finetune", "--run", ft["dense"], "--unfreeze-from", "block5_conv3", "--epochs", "1",
+                                   "--batch-size", "8", "--store", str(ft["store"])])
+    assert res.exit_code == 0, res.output
+    assert "run finetune-" in res.output and "validation: accuracy" in res.output
+
+
+@pytest.mark.parametrize("kwargs, error, needle", [
+    ({"unfreeze_from": "block5_conv9"}, ConfigError, "did you mean block5_conv3, block5_conv2, block5_conv1"),
+    ({"unfreeze_from": "block5_pool"}, ConfigError, "nothing of the backbone would train"),
+    ({"unfreeze_from": "block5_conv1", "lr": 0.0}, ConfigError, "--lr must be a positive number"),
+    ({"unfreeze_from": "block5_conv1", "lr": -1e-5}, ConfigError, "--lr must be a positive number"),
+    ({"unfreeze_from": "block5_conv1", "augment": "blur"}, ConfigError, "choose one of: flip"),
+    ({"unfreeze_from": "block5_conv1", "optimizer": "adagrad"}, ConfigError, "rmsprop, adam, sgd"),
+    ({"unfreeze_from": "block5_conv1", "epochs": 0}, ConfigError, "--epochs must be an integer of at least 1"),
+])
+def test_bad_options_are_refused_with_what_is_valid(ft, kwargs, error, needle):
+    with pytest.raises(error, match=needle):
+        finetune(ft["dense"], FinetuneConfig(**kwargs), store=ft["store"])
+
+
+def test_unknown_layer_lists_the_layers_that_can_be_unfrozen(ft):
+    with pytest.raises(ConfigError, match=r"layers that can be unfrozen .*block5_pool'\): block1_conv1 \.\.\. block5_conv3"):
+        finetune(ft["dense"], FinetuneConfig("conv_nothing"), store=ft["store"])
+
+
+def test_a_layer_above_the_cut_is_explained(tmp_path):
+    data = tmp_path / "data"
+    for split, seed in (("train", 1), ("validation", 2)):
+        write_images(data, split, {"cat": 3, "dog": 3}, seed=seed)
+    store = tmp_path / "f.h5"
+    cfg = ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7, layer="block4_pool")
+    for split in ("train", "validation"):
+        extract(data, split, store, cfg)
+    run = fit(store, "dense", {"epochs": [1], "units": [8]})
+    with pytest.raises(ConfigError, match="block5_conv1 is above the store's cut layer 'block4_pool'.*block4_conv3"):
+        finetune(run["id"], FinetuneConfig("block5_conv1"), store=store)
+
+
+def test_only_a_dense_run_warm_starts_and_the_error_offers_from_scratch_head(ft):
+    with pytest.raises(ConfigError, match="only a dense head can be warm-started.*--from-scratch-head"):
+        finetune(ft["logreg"], FinetuneConfig("block5_conv1"), store=ft["store"])
+
+
+def test_image_folders_with_other_classes_are_refused(ft, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(ft["data"], other)
+    for split in ("train", "validation"):
+        (other / split / "dog").rename(other / split / "wolf")
+    with pytest.raises(DataError, match=r"class folders .* are \['cat', 'wolf'\], but the run was fitted on \['cat', 'dog'\]"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv1"), store=ft["store"], data=other)
+
+
+def test_changed_images_are_refused(ft, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(ft["data"], other)
+    (other / "train" / "cat" / "img_000.png").unlink()
+    with pytest.raises(DataError, match="changed since the store was extracted \\(0 added, 1 removed"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv1"), store=ft["store"], data=other)
+
+
+def test_weights_other_than_the_stores_are_refused(tmp_path, vgg16_weights_file):
+    import keras
+
+    data = tmp_path / "data"
+    for split, seed in (("train", 1), ("validation", 2)):
+        write_images(data, split, {"cat": 3, "dog": 3}, seed=seed)
+    store = tmp_path / "f.h5"
+    for split in ("train", "validation"):
+        extract(data, split, store, ExtractorConfig(model="vgg16", image_size=SIZE, weights=str(vgg16_weights_file)))
+    run = fit(store, "dense", {"epochs": [1], "units": [8]})
+    keras.utils.set_random_seed(99)
+    other = tmp_path / "other.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)).save_weights(other)
+    with pytest.raises(WeightsError, match="not the ones the run was fitted on"):
+        finetune(run["id"], FinetuneConfig("block5_conv1"), store=store, weights=str(other))
+
+
+def _bn_cnn(seed: int = 0):
+    """conv1 -> bn1 -> conv2 -> pool -> flatten -> hidden -> out: a small RGB model with BatchNormalization."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.Rescaling(1 / 255.0, name="scale")(inp)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(x)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(8, activation="relu", name="hidden")(x)
+    return keras.Model(inp, keras.layers.Dense(2, activation="softmax", name="out")(x))
+
+
+def test_batchnorm_statistics_stay_unchanged_and_layers_above_it_train(tmp_path):
+    model = _bn_cnn()
+    bn = model.get_layer("bn1")
+    bn.moving_mean.assign(np.linspace(0.1, 0.4, 4).astype("float32"))  # not the defaults: a reset would show
+    bn.moving_variance.assign(np.linspace(1.5, 2.5, 4).astype("float32"))
+    path = tmp_path / "bn.keras"
+    model.save(path)
+    data = tmp_path / "data"
+    for split, seed in (("train", 1), ("validation", 2)):
+        write_images(data, split, {"a": 4, "b": 4}, seed=seed, size=20)
+    store = tmp_path / "f.h5"
+    for split in ("train", "validation"):
+        extract(data, split, store, ExtractorConfig(model=str(path), layer="pool"))
+    run = fit(store, "dense", {"epochs": [1], "units": [8]})
+    tuned = finetune(run["id"], FinetuneConfig("conv1", epochs=2, batch_size=4, lr=1e-2, cache=False), store=store)
+    assert "bn1" not in tuned["trainable_layers"] and {"conv1", "conv2"} <= set(tuned["trainable_layers"])
+    after = _weights(_saved(tuned, store))
+    for w0, w1 in zip(bn.get_weights(), after["bn1"]):
+        np.testing.assert_array_equal(w0, w1)
+    assert not np.array_equal(model.get_layer("conv1").get_weights()[0], after["conv1"][0])
