@@ -106,15 +106,16 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
     built = warm_start_model(rec, folder, config, weights, trust_model)
     logger.info("fine-tuning %s: %d layers train (%s ... %s), %d stay frozen; BatchNormalization in inference mode",
                 rec["id"], len(built.trainable), built.trainable[0], built.trainable[-1], len(built.frozen))
-    cached = None
+    cached, t_cache = None, time.perf_counter()
     if config.cache and not config.augment and built.top is not None:
         cached = _cached_cut(fs, name, built.cut_input, data_root, rec["extractor_attrs"], weights, trust_model, sets)
     elif config.augment:
         logger.info("augmentation on (%s): training from the images, the frozen layers are computed every epoch", config.augment)
     elif config.cache:
         logger.info("the model cannot be cut below %s (a skip connection crosses it): training from the images", config.unfreeze_from)
+    cache_seconds = time.perf_counter() - t_cache if cached else 0.0
     started = time.perf_counter()
-    history = _train(built, cached, sets, rec["extractor_attrs"], config, workers, verbose)
+    history, epoch_seconds = _train(built, cached, sets, rec["extractor_attrs"], config, workers, verbose)
     fit_seconds = time.perf_counter() - started
     model = FinetunedModel(built.model, rec["extractor_attrs"])
     evaluated, probas = {}, {}
@@ -130,10 +131,11 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
         "store": str(fs.path.resolve()), "extractor": name, "fingerprint": rec["fingerprint"], "extractor_attrs": rec["extractor_attrs"],
         "class_names": class_names, "clf": "finetune", "params": asdict(config), "from_run": rec["id"],
         "unfreeze_from": config.unfreeze_from, "trainable_layers": built.trainable, "data_root": str(data_root.resolve()),
-        "cached_cut": cached.group if cached else "", "weights_digest": weights_digest(built.model),
+        "cached_cut": cached.group if cached else "", "cache_seconds": round(cache_seconds, 3), "weights_digest": weights_digest(built.model),
         "splits": {"train": len(sets["train"].labels), **{s: m["n"] for s, m in evaluated.items()}}, "metrics": evaluated,
         "history": history, "phase_a_history": {} if config.from_scratch_head else rec.get("history", {}),
-        "fit_seconds": round(fit_seconds, 3), "seconds_per_epoch": round(fit_seconds / max(len(history.get("loss", [])), 1), 3),
+        "fit_seconds": round(fit_seconds, 3), "epoch_seconds": epoch_seconds,
+        "seconds_per_epoch": float(np.median(epoch_seconds[1:] or epoch_seconds)),  # the first epoch also traces the graph
         "versions": _versions(), "notes": ["train accuracy is the training curve's (augmented, dropout on); validation and test "
                                            "were evaluated on the images after training"],
     }
@@ -244,8 +246,8 @@ def _image_batches(images: SplitImages, attrs: dict, batch_size: int, order: np.
                 yield preprocess_images(augment_batch(aug, x), attrs), images.labels[idx]
 
 
-def _train(built, cached: Cached | None, sets: dict, attrs: dict, config: FinetuneConfig, workers: int, verbose: int) -> dict:
-    """Compile and fit (on the cached cut or from images); returns the per-epoch history."""
+def _train(built, cached: Cached | None, sets: dict, attrs: dict, config: FinetuneConfig, workers: int, verbose: int) -> tuple[dict, list]:
+    """Compile and fit (on the cached cut or from images); returns the per-epoch history and seconds."""
     import keras
     import tensorflow as tf
 
@@ -291,9 +293,10 @@ def _train(built, cached: Cached | None, sets: dict, attrs: dict, config: Finetu
     train = tf.data.Dataset.from_generator(train_batches, output_signature=sig).repeat()
     val = tf.data.Dataset.from_generator(val_batches, output_signature=sig).repeat()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    log = _epoch_log()(config.epochs)
     hist = model.fit(train, epochs=config.epochs, steps_per_epoch=steps, validation_data=val, validation_steps=val_steps,
-                     callbacks=[stop, _epoch_log()(config.epochs)], verbose=verbose, shuffle=False)
-    return {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+                     callbacks=[stop, log], verbose=verbose, shuffle=False)
+    return {k: [float(v) for v in vals] for k, vals in hist.history.items()}, log.seconds
 
 
 def _epoch_log():
@@ -303,14 +306,15 @@ def _epoch_log():
     class EpochLog(keras.callbacks.Callback):
         def __init__(self, epochs: int):
             super().__init__()
-            self.epochs, self.t = epochs, time.perf_counter()
+            self.epochs, self.t, self.seconds = epochs, time.perf_counter(), []
 
         def on_epoch_begin(self, epoch, logs=None):
             self.t = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(round(time.perf_counter() - self.t, 3))
             shown = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
-            logger.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, shown, time.perf_counter() - self.t)
+            logger.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, shown, self.seconds[-1])
 
     return EpochLog
 
