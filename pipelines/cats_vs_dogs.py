@@ -51,6 +51,7 @@ SPLITS = ("train", "validation", "test")
 CLASSES = ("cats", "dogs")  # the class folders; label 0 = cats, 1 = dogs
 JPEG = (".jpg", ".jpeg")
 LINKS = ("auto", "hard", "symlink", "copy")
+PLACED = {"hard": "hard links", "symlink": "symlinks", "copy": "copies"}
 LITERATURE = "Chollet, Deep Learning with Python, ch. 5 (ImageNet VGG16, 2,000 training images)"
 
 
@@ -255,9 +256,10 @@ def results_md(args: argparse.Namespace, command: str, manifest: dict, rows: lis
              f"- images: {sizes['train']} train / {sizes['validation']} validation / {sizes['test']} test, half cats and half dogs, "
              f"from the {manifest['layout']} layout of the download ({manifest['download']}), "
              + ("the first images in numeric order (as in the book)" if manifest["sample"] == "first" else f"a seeded sample (seed {manifest['seed']})")
-             + f"; placed as {', '.join(f'{n} {k}' for k, n in sorted(manifest.get('placed', {}).items()))}",
+             + f"; placed as {', '.join(f'{n} {PLACED[k]}' for k, n in sorted(manifest.get('placed', {}).items()))}",
              f"- readable images used: {' / '.join(f'{rows_per_split[s]} {s}' for s in SPLITS)}; accuracies are over those",
-             f"- chosen on validation; the test split evaluated once, for the chosen run only; run time {minutes:.1f} min",
+             f"- chosen on validation (a tie goes to the dense head, the book's; its validation score is optimistic, as validation "
+             f"also stopped its training early); the test split evaluated once, for the chosen run only; run time {minutes:.1f} min",
              "- phase B (fine-tuning from {}): {}".format(args.finetune_from, "run" if args.finetune else "not run (--finetune not given)"),
              "", "| phase | features | classifier | validation accuracy | test accuracy |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
