@@ -212,17 +212,23 @@ def phase_b(args: argparse.Namespace, run_id: str, data: Path, store: Path, runs
     """Phase B, fine-tuning (not written yet: it waits for ``featstore.finetune``); returns rows for the results table.
 
     Receives the parsed options (``args.finetune_from`` = first layer to unfreeze, default ``block4_conv1``;
-    ``args.model``, ``args.weights``, ``args.image_size``, ``args.epochs``, ``args.seed``), the id of the run chosen in
-    phase A (its head is the starting point), the carved data root (``data/<split>/<class>/``), the store and the
-    runs folder. Each returned row is a dict with keys ``phase`` ("B"), ``features``, ``classifier``, ``validation``
-    and ``test`` (accuracies; ``None`` when not evaluated), like the rows of :func:`phase_a`.
+    ``args.model``, ``args.weights``, ``args.image_size``, ``args.layer``, ``args.seed``), the id of phase A's **dense**
+    run (chosen or not: fine-tuning warm-starts from a dense head, as the book does), the carved data root
+    (``data/<split>/<class>/``), the store and the runs folder. Returns rows for the table: dicts with keys ``phase``
+    ("B"), ``features``, ``classifier``, ``validation`` and ``test`` (accuracies; ``None`` when not evaluated), like
+    :func:`phase_a`'s. With the API being drafted, roughly::
+
+        run = finetune(run_id, FinetuneConfig(args.finetune_from, seed=args.seed), data=data, store=store, runs=runs)
     """
     _require_finetune()
     raise NotImplementedError("phase B of pipelines/cats_vs_dogs.py is not written yet: plug featstore.finetune into phase_b()")
 
 
-def phase_a(args: argparse.Namespace, store: Path, runs: Path, extractor: str, features: str) -> tuple[list[dict], str]:
-    """The dense head and logistic regression on the cached features, chosen on validation, test once; (rows, chosen run id)."""
+def phase_a(args: argparse.Namespace, store: Path, runs: Path, extractor: str, features: str) -> tuple[list[dict], str, str]:
+    """The dense head and logistic regression on the cached features, chosen on validation, test once.
+
+    Returns (table rows, id of the chosen run, id of the dense run).
+    """
     from featstore import fit, record_split
 
     dense = fit(store, "dense", {"epochs": [args.epochs], "lr": [args.lr], "seed": [args.seed]}, extractor=extractor, test=None, runs=runs)
@@ -234,7 +240,7 @@ def phase_a(args: argparse.Namespace, store: Path, runs: Path, extractor: str, f
     rows = [{"phase": "A", "features": features, "classifier": label + (" (chosen)" if i == best else ""), "run": run["id"],
              "validation": run["metrics"]["validation"]["accuracy"],
              "test": chosen["metrics"]["test"]["accuracy"] if i == best else None} for i, (label, run) in enumerate(fitted)]
-    return rows, chosen["id"]
+    return rows, chosen["id"], dense["id"]
 
 
 def weights_words(args: argparse.Namespace) -> str:
@@ -260,7 +266,8 @@ def results_md(args: argparse.Namespace, command: str, manifest: dict, rows: lis
              f"- readable images used: {' / '.join(f'{rows_per_split[s]} {s}' for s in SPLITS)}; accuracies are over those",
              f"- chosen on validation (a tie goes to the dense head, the book's; its validation score is optimistic, as validation "
              f"also stopped its training early); the test split evaluated once, for the chosen run only; run time {minutes:.1f} min",
-             "- phase B (fine-tuning from {}): {}".format(args.finetune_from, "run" if args.finetune else "not run (--finetune not given)"),
+             "- phase B (fine-tuning from {}): {}".format(args.finetune_from, "run" if any(r["phase"] == "B" for r in rows)
+                                                          else "running" if args.finetune else "not run (--finetune not given)"),
              "", "| phase | features | classifier | validation accuracy | test accuracy |", "| --- | --- | --- | --- | --- |"]
     for r in rows:
         test = f"{r['test']:.4f}" if r["test"] is not None else "not evaluated (not chosen)"
@@ -311,12 +318,13 @@ def run(args: argparse.Namespace, command: str) -> dict:
     args.image_size = int(meta["input_size"])
     args.layer = meta["layer"]
     features = f"{extractor} {meta['layer']} @{meta['input_size']} px, {tuple(int(d) for d in meta['feature_shape'])}"
-    rows, chosen = phase_a(args, store, runs, extractor, features)
-    if args.finetune:
-        rows += phase_b(args, chosen, data, store, runs)
-    text = results_md(args, command, manifest, rows, failed, sizes, rows_per_split, (time.time() - started) / 60)
-    (out / "results.md").write_text(text, encoding="utf-8")
-    return {"rows": rows, "chosen": chosen, "failed": failed, "manifest": manifest, "results": out / "results.md", "text": text}
+    rows, chosen, dense = phase_a(args, store, runs, extractor, features)
+    for phase in ("A", "B") if args.finetune else ("A",):  # phase A's results are written before phase B starts
+        if phase == "B":
+            rows += phase_b(args, dense, data, store, runs)
+        text = results_md(args, command, manifest, rows, failed, sizes, rows_per_split, (time.time() - started) / 60)
+        (out / "results.md").write_text(text, encoding="utf-8")
+    return {"rows": rows, "chosen": chosen, "dense": dense, "failed": failed, "manifest": manifest, "results": out / "results.md", "text": text}
 
 
 def parser() -> argparse.ArgumentParser:

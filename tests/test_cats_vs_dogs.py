@@ -78,11 +78,17 @@ def _sources(manifest: dict, split: str) -> set[str]:
 
 
 @pytest.mark.parametrize("layout", ["microsoft", "kaggle"])
-def test_pipeline_on_a_tiny_fake_download(tmp_path, tiny_model, layout, capsys):
+def test_pipeline_on_a_tiny_fake_download(tmp_path, tiny_model, layout, capsys, monkeypatch):
     download = fake_download(tmp_path / "dl", layout)
     out = tmp_path / "out"
+    calls = []
+    if layout == "kaggle":  # phase B's plug: what phase_b receives, and its rows in the table (fine-tuning itself is not here yet)
+        monkeypatch.setattr(cvd, "_require_finetune", lambda: None)
+        monkeypatch.setattr(cvd, "phase_b", lambda *a: calls.append(a) or [
+            {"phase": "B", "features": "fine-tuned", "classifier": "stand-in", "validation": 0.5, "test": 0.25}])
     summary = cvd.main(["--download", str(download), "--out", str(out), "--train", "8", "--validation", "4", "--test", "4",
-                        "--model", str(tiny_model), "--layer", "flatten", "--epochs", "3", "--lr", "1e-3", "--batch-size", "8"])
+                        "--model", str(tiny_model), "--layer", "flatten", "--epochs", "3", "--lr", "1e-3", "--batch-size", "8"]
+                       + (["--finetune"] if layout == "kaggle" else []))
     man = summary["manifest"]
     assert man["layout"] == layout
     # the requested sizes, half per class, disjoint splits (by name and by file on disk)
@@ -105,6 +111,13 @@ def test_pipeline_on_a_tiny_fake_download(tmp_path, tiny_model, layout, capsys):
     thumbs = 2 if layout == "microsoft" else 1  # one per class folder, or one in Kaggle's flat folder
     assert "Thumbs.db" in text and f"not JPEG images, not used: {thumbs}" in text
     # the table: both classifiers with validation accuracy, test only for the chosen one, which beats chance
+    if layout == "kaggle":
+        (args, run_id, data, store, runs), = calls
+        assert args.finetune_from == "block4_conv1" and run_id == summary["dense"] and run_id.startswith("dense-")
+        assert (data, store, runs) == (out / "data", out / "features.h5", out / "runs")
+        assert "| B | fine-tuned | stand-in | 0.5000 | 0.2500 |" in text and "block4_conv1): run" in text
+    else:
+        assert "not run (--finetune not given)" in text
     table = [ln for ln in text.splitlines() if ln.startswith("| A |")]
     assert len(table) == 2 and sum("(chosen)" in ln for ln in table) == 1
     chosen = next(ln for ln in table if "(chosen)" in ln)
@@ -150,8 +163,8 @@ def test_layouts_are_detected_or_refused_with_both_named(tmp_path):
 def test_finetune_without_featstore_finetune_fails_before_any_work(tmp_path, monkeypatch):
     import featstore
 
-    if "finetune" in featstore._PUBLIC:
-        pytest.skip("featstore.finetune exists now: phase B is plugged in elsewhere")
+    monkeypatch.setitem(sys.modules, "featstore.finetune", None)  # as in a featstore without it, whatever is installed here
+    monkeypatch.delattr(featstore, "finetune", raising=False)
     with pytest.raises(ConfigError, match="featstore.finetune"):
         cvd.run(cvd.parser().parse_args(["--download", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--finetune"]), "cmd")
     assert not (tmp_path / "o").exists()
