@@ -17,8 +17,9 @@ From your own download of the Kaggle / Microsoft cats-vs-dogs images:
 3. Phase A: the book's head (``dense``: Dense(256, relu), Dropout(0.5), one sigmoid unit; RMSprop lr 2e-5, 30 epochs,
    batch 20) and logistic regression on the cached features, chosen on validation; the test split is evaluated
    once, for the chosen run only.
-4. Phase B (``--finetune``): fine-tuning from ``--finetune-from`` (block4_conv1), left to :func:`phase_b`, which
-   waits for ``featstore.finetune``.
+4. Phase B (``--finetune``): ``featstore finetune`` from phase A's dense run, unfreezing from ``--finetune-from``
+   (block4_conv1), RMSprop lr 1e-5, early stopping on validation loss; once without augmentation (the frozen layers
+   cached) and once with ``--augment`` (flip,rotate=0.1,zoom=0.2 by default; ``none`` to skip it).
 5. ``<out>/results.md``: the table, unreadable images per split, the exact command, weights, sizes and date.
 
     python pipelines/cats_vs_dogs.py --download ~/Downloads/PetImages --out results/cats_vs_dogs
@@ -198,30 +199,25 @@ def source_of(manifest: dict, stored: str) -> str:
     return next((f for f in manifest["files"].get(split, {}).get(cls, []) if Path(f).name == name), "?")
 
 
-def _require_finetune():
-    """featstore.finetune, or a ConfigError saying that this featstore has no fine-tuning yet."""
-    try:
-        from featstore import finetune
-    except ImportError:
-        raise ConfigError("--finetune needs featstore.finetune (phase B: fine-tuning from block4_conv1), which this "
-                          "featstore does not have yet; leave --finetune out to run phase A only") from None
-    return finetune
-
-
 def phase_b(args: argparse.Namespace, run_id: str, data: Path, store: Path, runs: Path) -> list[dict]:
-    """Phase B, fine-tuning (not written yet: it waits for ``featstore.finetune``); returns rows for the results table.
+    """Phase B: ``featstore finetune`` from phase A's dense run (its head's weights), from ``--finetune-from`` up.
 
-    Receives the parsed options (``args.finetune_from`` = first layer to unfreeze, default ``block4_conv1``;
-    ``args.model``, ``args.weights``, ``args.image_size``, ``args.layer``, ``args.seed``), the id of phase A's **dense**
-    run (chosen or not: fine-tuning warm-starts from a dense head, as the book does), the carved data root
-    (``data/<split>/<class>/``), the store and the runs folder. Returns rows for the table: dicts with keys ``phase``
-    ("B"), ``features``, ``classifier``, ``validation`` and ``test`` (accuracies; ``None`` when not evaluated), like
-    :func:`phase_a`'s. With the API being drafted, roughly::
-
-        run = finetune(run_id, FinetuneConfig(args.finetune_from, seed=args.seed), data=data, store=store, runs=runs)
+    Runs once without augmentation (the frozen layers below are cached in the store and computed once) and, unless
+    ``--augment none``, once more with ``--augment`` (trained from the images, so the frozen layers run every epoch).
+    Each fine-tuned model is evaluated once on validation and test. Returns rows for the results table.
     """
-    _require_finetune()
-    raise NotImplementedError("phase B of pipelines/cats_vs_dogs.py is not written yet: plug featstore.finetune into phase_b()")
+    from featstore import FinetuneConfig, finetune
+
+    variants = [("", "no augmentation")] + ([(args.augment, f"augmentation {args.augment}")] if args.augment != "none" else [])
+    rows = []
+    for spec, words in variants:
+        conf = FinetuneConfig(args.finetune_from, lr=args.finetune_lr, epochs=args.finetune_epochs, augment=spec, seed=args.seed)
+        run = finetune(run_id, conf, data=data, store=store, runs=runs)
+        rows.append({"phase": "B", "features": f"fine-tuned from {args.finetune_from} (phase A's head, {run_id})",
+                     "classifier": f"{run['id']}: RMSprop lr {args.finetune_lr:g}, {words}, "
+                                   f"{len(run['history']['loss'])} epochs (early stopping)",
+                     "run": run["id"], "validation": run["metrics"]["validation"]["accuracy"], "test": run["metrics"]["test"]["accuracy"]})
+    return rows
 
 
 def phase_a(args: argparse.Namespace, store: Path, runs: Path, extractor: str, features: str) -> tuple[list[dict], str, str]:
@@ -293,7 +289,10 @@ def run(args: argparse.Namespace, command: str) -> dict:
 
     started = time.time()
     if args.finetune:
-        _require_finetune()  # before hours of extraction, not after
+        from featstore import FinetuneConfig
+
+        FinetuneConfig(args.finetune_from, lr=args.finetune_lr, epochs=args.finetune_epochs, augment="" if args.augment == "none"
+                       else args.augment).validated()  # bad options refused before hours of extraction, not after
     sizes = {"train": args.train, "validation": args.validation, "test": args.test}
     bad = {s: n for s, n in sizes.items() if n < 2}
     if bad:
@@ -344,8 +343,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=30, help="dense head epochs (the book: 30)")
     ap.add_argument("--lr", type=float, default=2e-5, help="dense head RMSprop learning rate (the book: 2e-5)")
-    ap.add_argument("--finetune", action="store_true", help="also run phase B, fine-tuning (needs featstore.finetune)")
+    ap.add_argument("--finetune", action="store_true", help="also run phase B, fine-tuning (featstore finetune)")
     ap.add_argument("--finetune-from", default="block4_conv1", help="phase B: first layer to unfreeze")
+    ap.add_argument("--finetune-lr", type=float, default=1e-5, help="phase B: RMSprop learning rate (the book: 1e-5)")
+    ap.add_argument("--finetune-epochs", type=int, default=15, help="phase B: at most this many epochs (early stopping on validation loss)")
+    ap.add_argument("--augment", default="flip,rotate=0.1,zoom=0.2", help="phase B: augmentation of a second fine-tuning; none to skip it")
     ap.add_argument("--progress", action="store_true", help="show extraction progress bars")
     return ap
 

@@ -66,7 +66,7 @@ def tiny_model(tmp_path_factory) -> Path:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Conv2D(8, 3, activation="relu"),
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
                               keras.layers.MaxPooling2D(), keras.layers.Flatten(name="flatten"), keras.layers.Dense(2, name="out")])
     path = tmp_path_factory.mktemp("cvd_model") / "tiny.keras"
     model.save(path)
@@ -82,13 +82,13 @@ def test_pipeline_on_a_tiny_fake_download(tmp_path, tiny_model, layout, capsys, 
     download = fake_download(tmp_path / "dl", layout)
     out = tmp_path / "out"
     calls = []
-    if layout == "kaggle":  # phase B's plug: what phase_b receives, and its rows in the table (fine-tuning itself is not here yet)
-        monkeypatch.setattr(cvd, "_require_finetune", lambda: None)
-        monkeypatch.setattr(cvd, "phase_b", lambda *a: calls.append(a) or [
-            {"phase": "B", "features": "fine-tuned", "classifier": "stand-in", "validation": 0.5, "test": 0.25}])
+    if layout == "kaggle":  # phase B really runs (featstore finetune); the spy records what it receives
+        real = cvd.phase_b
+        monkeypatch.setattr(cvd, "phase_b", lambda *a: calls.append(a) or real(*a))
     summary = cvd.main(["--download", str(download), "--out", str(out), "--train", "8", "--validation", "4", "--test", "4",
                         "--model", str(tiny_model), "--layer", "flatten", "--epochs", "3", "--lr", "1e-3", "--batch-size", "8"]
-                       + (["--finetune"] if layout == "kaggle" else []))
+                       + (["--finetune", "--finetune-from", "conv1", "--finetune-epochs", "2", "--finetune-lr", "1e-3",
+                           "--augment", "flip"] if layout == "kaggle" else []))
     man = summary["manifest"]
     assert man["layout"] == layout
     # the requested sizes, half per class, disjoint splits (by name and by file on disk)
@@ -113,9 +113,14 @@ def test_pipeline_on_a_tiny_fake_download(tmp_path, tiny_model, layout, capsys, 
     # the table: both classifiers with validation accuracy, test only for the chosen one, which beats chance
     if layout == "kaggle":
         (args, run_id, data, store, runs), = calls
-        assert args.finetune_from == "block4_conv1" and run_id == summary["dense"] and run_id.startswith("dense-")
+        assert args.finetune_from == "conv1" and run_id == summary["dense"] and run_id.startswith("dense-")
         assert (data, store, runs) == (out / "data", out / "features.h5", out / "runs")
-        assert "| B | fine-tuned | stand-in | 0.5000 | 0.2500 |" in text and "block4_conv1): run" in text
+        phase_b = [r for r in summary["rows"] if r["phase"] == "B"]
+        assert len(phase_b) == 2 and "no augmentation" in phase_b[0]["classifier"] and "augmentation flip" in phase_b[1]["classifier"]
+        for r in phase_b:
+            assert f"| B | fine-tuned from conv1 (phase A's head, {run_id}) | {r['run']}: RMSprop lr 0.001" in text
+            assert 0 <= r["validation"] <= 1 and 0 <= r["test"] <= 1
+        assert "conv1): run" in text
     else:
         assert "not run (--finetune not given)" in text
     table = [ln for ln in text.splitlines() if ln.startswith("| A |")]
@@ -160,13 +165,13 @@ def test_layouts_are_detected_or_refused_with_both_named(tmp_path):
         cvd.find_download(tmp_path / "x.zip")
 
 
-def test_finetune_without_featstore_finetune_fails_before_any_work(tmp_path, monkeypatch):
-    import featstore
 
-    monkeypatch.setitem(sys.modules, "featstore.finetune", None)  # as in a featstore without it, whatever is installed here
-    monkeypatch.delattr(featstore, "finetune", raising=False)
-    with pytest.raises(ConfigError, match="featstore.finetune"):
-        cvd.run(cvd.parser().parse_args(["--download", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--finetune"]), "cmd")
+
+def test_bad_finetune_options_fail_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="choose one of: flip"):
+        cvd.run(cvd.parser().parse_args(["--download", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--finetune",
+                                         "--augment", "blur"]), "cmd")
+    with pytest.raises(ConfigError, match="--lr must be a positive number"):
+        cvd.run(cvd.parser().parse_args(["--download", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--finetune",
+                                         "--finetune-lr", "0"]), "cmd")
     assert not (tmp_path / "o").exists()
-    with pytest.raises(SystemExit, match="--finetune needs featstore.finetune"):
-        cvd.main(["--download", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--finetune"])
