@@ -284,6 +284,7 @@ def export_split(
     extractor: ExtractorOpt = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="npz, parquet (needs pyarrow) or csv. Default: from the suffix of --out.")] = None,
     features: Annotated[str, typer.Option(help="flat (every value), or avg or max (global pooling over space).")] = "flat",
+    augmented: Annotated[bool, typer.Option("--augmented", help="Export the split's augmented copies (`extract --augment K`) instead, with their copy index (1..K) as a `copy` array/column.")] = False,
 ) -> None:
     """Write a split's features, labels, class names and image paths to .npz, Parquet or CSV, in blocks.
 
@@ -291,7 +292,7 @@ def export_split(
     """
     from .export import export as run_export
 
-    r = run_export(store, split, out, extractor=extractor, format=fmt, features=features)
+    r = run_export(store, split, out, extractor=extractor, format=fmt, features=features, augmented=augmented)
     typer.echo(f"wrote {r.rows} rows of {r.n_features} values ({r.features}) to {r.path} ({r.format})")
 
 
