@@ -4,12 +4,13 @@ The K copies of ``/<extractor>/<split>`` live in its subgroup ``augmented`` (a s
 that lists splits ever sees it and no ``--validation``/``--test`` name can reach it). They are made from the
 plain split's rows (same paths, labels and order; an image the plain split could not read is recorded there,
 once, and never tried again), copy-major: rows ``0..N-1`` are copy 1, ``N..2N-1`` copy 2, and so on, with the
-copy index (1..K) in the row dataset ``copy``. Each batch is decoded with featstore's own decode and resize,
-augmented by :mod:`featstore.augment` (seeded per copy and batch, so a resumed run draws what an uninterrupted
-one draws), rounded back to 8-bit pixels, and run through the same extractor, then committed by
-:mod:`featstore.writer` like any split's batch.
+copy index (1..K) in the row dataset ``copy``. The K·N rows are batched like one split of K·N images (every commit
+but the last holds exactly ``batch_size`` rows, so a compressed store writes each chunk once). Each batch is decoded
+with featstore's own decode and resize, augmented by :mod:`featstore.augment` (seeded per batch from the seed and
+the batch's first row, so a resumed run draws what an uninterrupted one draws), rounded back to 8-bit pixels, run
+through the same extractor, and committed by :mod:`featstore.writer` like any split's batch.
 
->>> batch_seed(0, 1, 0) == batch_seed(0, 1, 0) != batch_seed(0, 2, 0)
+>>> batch_seed(0, 0) == batch_seed(0, 0) != batch_seed(0, 32)
 True
 """
 
@@ -75,9 +76,9 @@ def check_request(split: str, copies, spec: str | None = DEFAULT_SPEC, seed=0) -
     return CopiesRequest(int(copies), aug, int(seed))
 
 
-def batch_seed(seed: int, copy: int, first: int) -> int:
-    """The seed of the batch of copy ``copy`` (1..K) whose first image is row ``first`` of the split: the same on every run."""
-    digest = hashlib.sha256(f"featstore-augment:{seed}:{copy}:{first}".encode()).digest()
+def batch_seed(seed: int, first: int) -> int:
+    """The seed of the batch whose first row is row ``first`` of the copies (0..K·N-1): the same on every run."""
+    digest = hashlib.sha256(f"featstore-augment:{seed}:{first}".encode()).digest()
     return int.from_bytes(digest[:4], "big") >> 2  # room for the per-layer offsets Augmentation.layers adds
 
 
@@ -148,44 +149,46 @@ def write_copies(path: Path, names: list[str], split: str, req: CopiesRequest, m
 
 def _run(path: Path, names: list[str], key: str, starts: list[int], req: CopiesRequest, extractor, root: Path, rel: list[str],
          labels: np.ndarray, batch_size: int, progress: bool, workers: int | None, locking, result: CopiesResult, iter_decoded) -> None:
-    """Copy by copy, decode, augment, extract and commit batch by batch; group i gets a batch only past its own start."""
+    """Decode, augment, extract and commit the copies' rows batch by batch; group i gets a batch only past its own start.
+
+    Row j of the copies is copy ``j // N + 1`` of split row ``j % N``; batches run over j as over a split's images.
+    """
     from tqdm.auto import tqdm
 
     n, size = len(rel), extractor.config.image_size
     workers = min(8, (os.cpu_count() or 2) * 2) if workers is None else workers
     done = min(starts)
     bar = tqdm(total=req.copies * n, initial=done, unit="img", desc=f"{names[0]}/{key}", disable=not progress, dynamic_ncols=True)
-    imgs, rows, failed = [], [], []
+    imgs, rows, failed = [], [], []  # rows: the copies' row index j of each image in the batch
 
-    def commit(copy: int) -> None:
+    def commit() -> None:
         feats = [None] * len(names)
         if imgs:
-            model = req.augmentation.model(batch_seed(req.seed, copy, rows[0]), size, 3)
+            model = req.augmentation.model(batch_seed(req.seed, rows[0]), size, 3)
             augmented = np.rint(augment_batch(model, np.stack(imgs))).astype(np.uint8)  # back to 8-bit pixels, as decoded images are
             feats = extractor.features(augmented)
+        src = [j % n for j in rows]
         for name, feat, s in zip(names, feats, starts):
             if done > s:
-                writer.append(path, name, key, feat, labels[rows], [rel[i] for i in rows], failed, done, locking,
-                              extra={"copy": np.full(len(rows), copy, dtype=np.int32)})
+                writer.append(path, name, key, feat, labels[src], [rel[i] for i in src], failed, done, locking,
+                              extra={"copy": np.array([j // n + 1 for j in rows], dtype=np.int32)})
         result.written += len(rows)
         bar.update(len(rows) + len(failed))
         imgs.clear(), rows.clear(), failed.clear()
 
+    todo = list(range(done, req.copies * n))
     try:
-        for copy in range(done // max(n, 1) + 1, req.copies + 1):
-            first = done - (copy - 1) * n
-            todo = list(range(first, n))
-            for i, (_, img, reason) in zip(todo, iter_decoded([str(root / rel[i]) for i in todo], size, workers, 4 * batch_size)):
-                done += 1
-                if img is None:
-                    logger.warning("copy %d: skipped %s: %s", copy, rel[i], reason)
-                    failed.append((rel[i], f"copy {copy}: {reason}"))
-                else:
-                    imgs.append(img)
-                    rows.append(i)
-                if len(imgs) >= batch_size or (not imgs and len(failed) >= batch_size):
-                    commit(copy)
-            if imgs or failed:
-                commit(copy)  # a batch never spans two copies: each copy's batches start at its own row 0
+        for j, (_, img, reason) in zip(todo, iter_decoded([str(root / rel[j % n]) for j in todo], size, workers, 4 * batch_size)):
+            done += 1
+            if img is None:
+                logger.warning("copy %d: skipped %s: %s", j // n + 1, rel[j % n], reason)
+                failed.append((rel[j % n], f"copy {j // n + 1}: {reason}"))
+            else:
+                imgs.append(img)
+                rows.append(j)
+            if len(imgs) >= batch_size or (not imgs and len(failed) >= batch_size):
+                commit()
+        if imgs or failed:
+            commit()
     finally:
         bar.close()

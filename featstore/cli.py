@@ -101,7 +101,7 @@ def extract(
     mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="Compute in float16 (fast on GPUs with tensor cores); features change slightly and get another fingerprint.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     augment: Annotated[Optional[int], typer.Option("--augment", metavar="K", help="Also cache K augmented copies of this training split (1 to 100), in its subgroup 'augmented', for `featstore fit --augmented`. Refused for validation and test splits.")] = None,
-    augment_spec: Annotated[Optional[str], typer.Option("--augment-spec", help="The augmentations of --augment: comma-separated flip[=horizontal|vertical|horizontal_and_vertical], rotate[=0.1], zoom[=0.2], translate[=0.1], contrast[=0.2]. Default: flip,rotate=0.1,zoom=0.2.")] = None,
+    augment_spec: Annotated[Optional[str], typer.Option("--augment-spec", help="The augmentations of --augment, comma-separated, each with an optional =value: flip (horizontal, vertical or horizontal_and_vertical), rotate (0.1 of a turn), zoom (0.2), translate (0.1), contrast (0.2). Default: flip,rotate=0.1,zoom=0.2.")] = None,
     augment_seed: Annotated[int, typer.Option("--augment-seed", help="Seed of the augmented copies: the same seed gives bit-identical copies.")] = 0,
 ) -> None:
     """Push one split's images through a frozen CNN and store the activations in HDF5.

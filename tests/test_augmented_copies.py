@@ -261,3 +261,22 @@ def test_cli_extract_fit_info_export_and_help(aug_store, tmp_path):
     assert r.exit_code == 0 and "plus its 2 augmented copies" in r.output
     for cmd in ("extract", "fit", "sweep", "export"):
         assert "--augment" in runner.invoke(app, [cmd, "--help"]).output
+
+
+def test_compressed_copies_commit_whole_batches_across_copy_boundaries(aug_store, tmp_path, monkeypatch):
+    _, data = aug_store
+    sizes, real_append = [], writer.append
+
+    def spy(p, name, split, features, labels, *args, **kw):
+        if split.endswith("/augmented"):
+            sizes.append(len(labels))
+        return real_append(p, name, split, features, labels, *args, **kw)
+
+    monkeypatch.setattr(writer, "append", spy)
+    path = tmp_path / "gzip.h5"
+    extract(data, "train", path, CFG, batch_size=5, augment=K, compression="gzip")  # 12 rows: a batch spans copies 1 and 2
+    assert sizes == [5, 5, 5, 5, 4]  # every commit but the last is one whole chunk, written once
+    with h5py.File(path, "r") as f:
+        assert f["vgg16/train/augmented/features"].chunks[0] == 5 and f["vgg16/train/augmented/features"].compression == "gzip"
+    np.testing.assert_array_equal(_copies(path)[3], np.repeat([1, 2], 12))
+    assert check_store(path) == []
