@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import StoreError
-from .provenance import attrs_of, check_format_version, plain, validate_extractor, validate_split
+from .provenance import AUGMENTED, attrs_of, check_format_version, plain, validate_augmented, validate_extractor, validate_split
 from .store import foreign_objects, hard_groups, open_h5, read_paths
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
@@ -34,6 +34,7 @@ class _Split:
     step: int
     n_classes: int
     source_root: str
+    copies: int = 0  # augmented copies (K) of a split: their paths repeat by design, their copy index must run 1..K in order
 
 
 def check_store(path: str | os.PathLike, *, locking=None) -> list[str]:
@@ -88,6 +89,24 @@ def _check_extractor(g, name: str, scans: list[_Split]) -> list[str]:
             out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
         step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
         scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
+        if AUGMENTED in hard_groups(sg):
+            out += _check_augmented(sg[AUGMENTED], name, f"{split}/{AUGMENTED}", a, commit, scans)
+    return out
+
+
+def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Split]) -> list[str]:
+    """Layout, attribute and tail problems of a split's augmented copies; queues them for the content scan."""
+    where = f"/{name}/{key}"
+    try:
+        commit = validate_augmented(ag, where, a, source)
+    except StoreError as exc:
+        return [str(exc)]
+    out = []
+    if max(ag[k].shape[0] for k in ("features", "labels", "paths", "copy")) > commit.rows:
+        out.append(f"{where}: uncommitted rows after committed_rows {commit.rows} (an interrupted write); re-run the same "
+                   f"`featstore extract --augment` to resume")
+    step = max(1, (ag["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
+    scans.append(_Split(name, key, commit.rows, step, len(plain(ag.attrs["class_names"])), "", int(plain(ag.attrs["augment_copies"]))))
     return out
 
 
@@ -98,6 +117,7 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
     unreadable: list[str] = []
     names: list[str] = []
     labels: list[np.ndarray] = []
+    copy: list[np.ndarray] = []
     for i in range(0, s.rows, s.step):
         with open_h5(path, "r", locking=locking) as f:
             sg = f[s.name][s.split]
@@ -109,6 +129,7 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
                 block = np.zeros((0,), np.float32)
             y = sg["labels"][i:j]
             names += read_paths(sg["paths"], j, i)
+            copy += [sg["copy"][i:j]] if s.copies else []
         if len(block):
             bad_rows += int(np.count_nonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
@@ -118,6 +139,12 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
         out.append(f"{where}: {bad_labels} labels outside 0..{s.n_classes - 1}; {REDO}")
     if bad_rows:
         out.append(f"{where}: {bad_rows} rows contain NaN or inf; check the images and weights, then {REDO}")
+    if s.copies:
+        c = np.concatenate(copy) if copy else np.zeros(0, np.int64)
+        if len(c) and (c.min() < 1 or c.max() > s.copies or np.any(np.diff(c) < 0)):
+            out.append(f"{where}: copy indexes are not 1..{s.copies} in order (copy-major rows); make the copies again with "
+                       f"--augment and --overwrite")
+        return out  # a copy's paths repeat the split's by design; the split itself is checked for links and duplicates
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})[:3] if len(names) < 5000 else []
         out.append(f"{where}: {len(names) - len(set(names))} duplicated paths (rows written twice{': ' + ', '.join(dup) if dup else ''}); {REDO}")

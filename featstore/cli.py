@@ -100,10 +100,14 @@ def extract(
     compression: Annotated[str, typer.Option(help="Feature compression: none, lzf or gzip (smaller, slower to write).")] = "none",
     mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="Compute in float16 (fast on GPUs with tensor cores); features change slightly and get another fingerprint.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    augment: Annotated[Optional[int], typer.Option("--augment", metavar="K", help="Also cache K augmented copies of this training split (1 to 100), in its subgroup 'augmented', for `featstore fit --augmented`. Refused for validation and test splits.")] = None,
+    augment_spec: Annotated[Optional[str], typer.Option("--augment-spec", help="The augmentations of --augment, comma-separated, each with an optional =value: flip (horizontal, vertical or horizontal_and_vertical), rotate (0.1 of a turn), zoom (0.2), translate (0.1), contrast (0.2). Default: flip,rotate=0.1,zoom=0.2.")] = None,
+    augment_seed: Annotated[int, typer.Option("--augment-seed", help="Seed of the augmented copies: the same seed gives bit-identical copies.")] = 0,
 ) -> None:
     """Push one split's images through a frozen CNN and store the activations in HDF5.
 
     An interrupted run (Ctrl-C, kill, crash) resumes from its last committed batch when re-run with the same options.
+    With --augment K it also caches K seeded augmented copies of the split (after the split itself), resumable the same way.
     """
     from .extract import ExtractorConfig, extract as run_extract
 
@@ -113,17 +117,23 @@ def extract(
                              trust_model=trust_model)
     try:
         r = run_extract(data, split, store, config, name=name, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                        compression=compression)
+                        compression=compression, augment=augment, augment_spec=augment_spec, augment_seed=augment_seed)
     except KeyboardInterrupt:
         typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
         raise typer.Exit(130) from None
     where = f"{r.store}:/{r.extractor}/{r.split}" + (f" (and {', '.join(r.extractors[1:])})" if len(r.extractors) > 1 else "")
+    a = r.augmented
+    copies = "" if a is None else (f"; its {augment} augmented copies were already complete ({a.rows} rows)" if a.skipped else
+                                   f"; wrote {a.written} rows of augmented copies ({augment} copies, {a.rows} rows, {a.failed} failed"
+                                   + (f", resumed after {a.resumed_from}" if a.resumed_from else "") + ") into the subgroup augmented")
     if r.skipped:
-        typer.echo(f"{where} is already complete ({r.rows} rows, {r.failed} failed); nothing to do. Use --overwrite to redo it.")
+        done = a is None or a.skipped
+        typer.echo(f"{where} {'is' if done else 'was'} already complete ({r.rows} rows, {r.failed} failed){copies}"
+                   + ("; nothing to do. Use --overwrite to redo it." if done else ""))
         return
     resumed = f", resumed after {r.resumed_from} images" if r.resumed_from else ""
     typer.echo(f"wrote {r.written} rows of {r.feature_shape} to {where} in {r.seconds:.1f} s ({r.images_per_second:.1f} img/s{resumed}); "
-               f"{r.rows} rows in the split, {r.failed} failed" + (f", {r.ignored} non-image files ignored" if r.ignored else ""))
+               f"{r.rows} rows in the split, {r.failed} failed" + (f", {r.ignored} non-image files ignored" if r.ignored else "") + copies)
     for path, reason in r.failures:
         typer.echo(f"  failed: {path}: {reason}")
 
@@ -175,6 +185,7 @@ def fit(
     test: Annotated[str, typer.Option(help="Split evaluated once, for the chosen setting.")] = "test",
     runs: RunsOpt = None,
     memory_budget: Annotated[Optional[str], typer.Option(help="e.g. 512MB or 512MiB: splits larger than this are streamed from the store (sgd, dense) instead of loaded; other classifiers refuse.")] = None,
+    augmented: Annotated[bool, typer.Option("--augmented", help="Train on the train split plus its cached augmented copies (`featstore extract --augment K`); validation and test stay the plain splits.")] = False,
 ) -> None:
     """Fit a classifier on stored features, choose parameters on validation, test once, record a run."""
     from .classifiers import get_classifier, parse_params
@@ -183,7 +194,8 @@ def fit(
 
     items = list(param or []) + ([f"epochs={epochs}"] if epochs is not None else [])
     rec = run_fit(store, clf, parse_params(get_classifier(clf), items), extractor=extractor, search=search, jobs=jobs,
-                  train=train, validation=validation, test=test, runs=runs, memory_budget=memory_budget)
+                  train=train, validation=validation, test=test, runs=runs, memory_budget=memory_budget,
+                  augmented=augmented)
     typer.echo(run_report(rec, [], per_class=False))
 
 
@@ -202,6 +214,7 @@ def sweep(
     validation: Annotated[str, typer.Option(help="Split every choice is made on.")] = "validation",
     test: Annotated[str, typer.Option(help="Split evaluated once, after the choice.")] = "test",
     runs: RunsOpt = None,
+    augmented: Annotated[bool, typer.Option("--augmented", help="Fit every run on train plus its cached augmented copies (`featstore extract --augment K`).")] = False,
 ) -> None:
     """Fit every classifier on every extractor, choose the best on validation, then evaluate test once for it."""
     from .report import sweep_table
@@ -209,7 +222,8 @@ def sweep(
 
     summary = run_sweep(store, [c.strip() for c in clf.split(",") if c.strip()],
                         extractors=[e.strip() for e in extractor.split(",")] if extractor else None, search=search, jobs=jobs,
-                        ensemble=ensemble, show_test=show_test, train=train, validation=validation, test=test, runs=runs, png=png)
+                        ensemble=ensemble, show_test=show_test, train=train, validation=validation, test=test, runs=runs, png=png,
+                        augmented=augmented)
     typer.echo(sweep_table(summary))
 
 
@@ -270,6 +284,7 @@ def export_split(
     extractor: ExtractorOpt = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="npz, parquet (needs pyarrow) or csv. Default: from the suffix of --out.")] = None,
     features: Annotated[str, typer.Option(help="flat (every value), or avg or max (global pooling over space).")] = "flat",
+    augmented: Annotated[bool, typer.Option("--augmented", help="Export the split's augmented copies (`extract --augment K`) instead, with their copy index (1..K) as a `copy` array/column.")] = False,
 ) -> None:
     """Write a split's features, labels, class names and image paths to .npz, Parquet or CSV, in blocks.
 
@@ -277,7 +292,7 @@ def export_split(
     """
     from .export import export as run_export
 
-    r = run_export(store, split, out, extractor=extractor, format=fmt, features=features)
+    r = run_export(store, split, out, extractor=extractor, format=fmt, features=features, augmented=augmented)
     typer.echo(f"wrote {r.rows} rows of {r.n_features} values ({r.features}) to {r.path} ({r.format})")
 
 

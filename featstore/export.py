@@ -66,13 +66,14 @@ class ExportResult:
 
 
 def export(store: str | os.PathLike, split: str, out: str | os.PathLike, *, extractor: str | None = None,
-           format: str | None = None, features: str = "flat", max_bytes: int = DEFAULT_MAX_BYTES) -> ExportResult:
+           format: str | None = None, features: str = "flat", max_bytes: int = DEFAULT_MAX_BYTES, augmented: bool = False) -> ExportResult:
     """Write one split's features, labels, class names and paths to ``out``, block by block.
 
     ``format`` is npz, parquet or csv (default: from the suffix of ``out``). ``features`` is ``flat``
     (every value) or ``avg``/``max`` (global pooling over space of (N, h, w, c) features; features
     already pooled at extraction are written as they are). ``max_bytes`` bounds the features read per
-    block (raised to one chunk if smaller). Example::
+    block (raised to one chunk if smaller). ``augmented=True`` writes the split's augmented copies instead, with
+    their copy index (1..K) as one more array or column ``copy``. Example::
 
         export("features.h5", "train", "train.parquet", features="avg")
         X = np.load(export("features.h5", "test", "test.npz").path)["features"]
@@ -90,7 +91,7 @@ def export(store: str | os.PathLike, split: str, out: str | os.PathLike, *, extr
         raise ConfigError(f"--out {out} is the store itself; choose another file name")
     if os.path.lexists(out) and not (out.exists() and stat.S_ISREG(out.stat().st_mode)):
         raise ConfigError(f"--out {out} exists and is not a regular file (a folder, FIFO, device or dangling link); choose another file name")
-    info = fs.split_info(split, name)  # StoreError naming the splits there if it is missing
+    info = fs.split_info(split, name, augmented=augmented)  # StoreError naming the splits there (or the missing copies)
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
     if features != "flat" and len(shape) != 3:
         logger.info("features of %s/%s are already vectors %s; --features %s leaves them as they are", name, split, shape, features)
@@ -99,17 +100,20 @@ def export(store: str | os.PathLike, split: str, out: str | os.PathLike, *, extr
     block = max(max_bytes, int(info["chunks"][0]) * row_bytes if info.get("chunks") else row_bytes)
     meta = {"extractor": name, "split": split, "features": features, "feature_shape": list(shape),
             "class_names": fs.class_names(name), "fingerprint": fs.metadata(name).get("fingerprint", "")}
-    paths, labels = fs.paths(split, name), fs.labels(split, name)
+    paths, labels = fs.paths(split, name, augmented=augmented), fs.labels(split, name, augmented=augmented)
+    copy = fs.copies(split, name) if augmented else None
+    if augmented:
+        meta["augmented"] = {k: info[k] for k in ("augment_copies", "augment_spec", "augment_seed")}
 
-    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]]:
         start = 0
-        for X, y in fs.iter_batches(split, name, max_bytes=block):
-            yield _reduce(X, features), y, paths[start:start + len(y)]
+        for X, y in fs.iter_batches(split, name, max_bytes=block, augmented=augmented):
+            yield _reduce(X, features), y, paths[start:start + len(y)], None if copy is None else copy[start:start + len(y)]
             start += len(y)
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        writer(tmp, blocks(), n, d, meta, labels, paths)
+        writer(tmp, blocks(), n, d, meta, labels, paths, copy)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -148,33 +152,35 @@ def _pyarrow():
     return pyarrow, pyarrow.parquet
 
 
-def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray, paths: list[str]) -> None:
+def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray, paths: list[str], copy=None) -> None:
     """features.npy streamed into the zip member, then the small arrays (np.load reads it like np.savez's)."""
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         with zf.open("features.npy", "w", force_zip64=True) as fh:
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, d)}
             np.lib.format.write_array_header_1_0(fh, header)
-            for X, _, _ in blocks:
+            for X, *_ in blocks:
                 fh.write(np.ascontiguousarray(X).tobytes())
         small = {"labels": labels.astype(np.int64), "paths": np.array(paths, dtype=str),
-                 "class_names": np.array(meta["class_names"], dtype=str)}
+                 "class_names": np.array(meta["class_names"], dtype=str), **({} if copy is None else {"copy": copy.astype(np.int64)})}
         for key, arr in small.items():
             with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
                 np.lib.format.write_array(fh, arr, allow_pickle=False)
 
 
-def _write_parquet(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths) -> None:
-    """One row group per block; features as a fixed-size list column."""
+def _write_parquet(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths, copy=None) -> None:
+    """One row group per block; features as a fixed-size list column (copies: a ``copy`` column after ``class``)."""
     pa, pq = _pyarrow()
-    schema = pa.schema([("path", pa.string()), ("label", pa.int64()), ("class", pa.string()),
+    extra = [] if copy is None else [("copy", pa.int64())]
+    schema = pa.schema([("path", pa.string()), ("label", pa.int64()), ("class", pa.string()), *extra,
                         ("features", pa.list_(pa.float32(), d))],
                        metadata={"featstore": json.dumps(meta)})
     names = [_utf8(c) for c in meta["class_names"]]
     with pq.ParquetWriter(tmp, schema) as writer:
-        for X, y, p in blocks:
+        for X, y, p, c in blocks:
             feats = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), d)
             writer.write_table(pa.table([pa.array([_utf8(x) for x in p], pa.string()), pa.array(y, pa.int64()),
-                                         pa.array([names[i] for i in y], pa.string()), feats], schema=schema))
+                                         pa.array([names[i] for i in y], pa.string()), *([] if c is None else [pa.array(c, pa.int64())]),
+                                         feats], schema=schema))
 
 
 def _utf8(text: str) -> str:
@@ -185,16 +191,17 @@ def _utf8(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("ascii")
 
 
-def _write_csv(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths) -> None:
-    """Header, then one line per image: quoted path, label, class name, d floats."""
+def _write_csv(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths, copy=None) -> None:
+    """Header, then one line per image: quoted path, label, class name, (copy index,) d floats."""
     names = [_csv_field(c) for c in meta["class_names"]]
     with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:  # non-UTF-8 names: their own bytes
-        fh.write(",".join(["path", "label", "class", *(f"f{i}" for i in range(d))]) + "\n")
-        for X, y, p in blocks:
+        fh.write(",".join(["path", "label", "class", *(["copy"] if copy is not None else []), *(f"f{i}" for i in range(d))]) + "\n")
+        for X, y, p, c in blocks:
             values = io.StringIO()
             np.savetxt(values, X, fmt="%.9g", delimiter=",")
-            fh.writelines(f"{_csv_field(path)},{label},{names[label]},{row}\n"
-                          for path, label, row in zip(p, y, values.getvalue().splitlines()))
+            cols = [f"{k}," for k in c] if c is not None else [""] * len(y)
+            fh.writelines(f"{_csv_field(path)},{label},{names[label]},{k}{row}\n"
+                          for path, label, k, row in zip(p, y, cols, values.getvalue().splitlines()))
 
 
 def _csv_field(text: str) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import provenance, store, writer
+from . import augcopies, provenance, store, writer
 from .decode import DaemonPool
 from .errors import ConfigError
 from .extractor import Extractor, ExtractorConfig, default_store_name  # noqa: F401 (re-exported: the public API names them here)
@@ -56,6 +56,7 @@ class ExtractResult:
     ignored: int = 0  # files without an image extension in the class folders
     images_per_second: float = 0.0  # throughput of the decode-model-write loop (model building excluded)
     extractors: list = field(default_factory=list)  # every extractor group written (one per layer with several layers)
+    augmented: object = None  # augcopies.CopiesResult when copies were asked for (--augment K), else None
 
 
 def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Iterator[tuple[str, np.ndarray | None, str]]:
@@ -99,14 +100,18 @@ def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Itera
 def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike = "features.h5",
             config: ExtractorConfig | None = None, *, name: str | None = None, batch_size: int = 32,
             overwrite: bool = False, progress: bool = False, workers: int | None = None, locking=None,
-            compression: str = "none") -> ExtractResult:
+            compression: str = "none", augment: int | None = None, augment_spec: str | None = None,
+            augment_seed: int = 0) -> ExtractResult:
     """Extract features of ``data/split/<class>/*`` into ``store_path`` under ``/<name>/<split>``.
 
     With ``config.layers`` (several cut layers) one decode and one forward pass fill one extractor group per
     layer, named ``<name>@<layer>``, each with its own fingerprint. Re-running a complete split is a no-op
-    (``overwrite=True`` replaces it); an interrupted run resumes from its last committed batch. Example::
+    (``overwrite=True`` replaces it, its augmented copies included); an interrupted run resumes from its last
+    committed batch. ``augment=K`` also caches K augmented copies of the split (``augment_spec``, default
+    ``flip,rotate=0.1,zoom=0.2``, seeded by ``augment_seed``; see :mod:`featstore.augcopies`). Example::
 
         extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"))
+        extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"), augment=5)
         extract("data/fashion_mnist", "train", "features.h5",
                 ExtractorConfig(weights="hed-bsds500", layers=("block3_pool", "block4_pool", "block5_pool")))
     """
@@ -116,6 +121,7 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
     if compression not in writer.COMPRESSIONS:
         raise ConfigError(f"unknown compression {compression!r}; choose one of: {', '.join(writer.COMPRESSIONS)}")
     provenance.validate_name("split", split)
+    copies = None if augment is None else augcopies.check_request(split, augment, augment_spec, augment_seed)
     config = config or ExtractorConfig()
     spec = config.backbone()
     config = config.validated(spec)
@@ -124,6 +130,7 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
     for n in names:
         provenance.validate_name("extractor", n)
     configs = [replace(config, layer=lyr, layers=()) for lyr in config.layers] or [config]
+    all_names, all_configs, built = list(names), list(configs), {}
     listing = discover(data, split)
     store_path = writer.check_writable(store_path)
     result = ExtractResult(str(store_path), names[0], split, ignored=listing.n_ignored, extractors=names)
@@ -137,7 +144,7 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
             logger.debug("%s in %s already complete; nothing to do", ", ".join(f"{n}/{split}" for n in names), store_path)
         else:
             names, configs = [names[i] for i in todo], [configs[i] for i in todo]
-            extractor = Extractor(replace(config, layer=None, layers=tuple(c.layer for c in configs)) if config.layers else config, spec)
+            extractor = built[tuple(names)] = _build(config, spec, configs)
             result.fingerprint = extractor.attrs["fingerprint"]
             split_attrs = {"class_names": listing.class_names, "source_root": str(listing.root.resolve()), "n_images": len(listing.items),
                            "n_ignored": listing.n_ignored, "listing_sha256": listing.digest(), "batch_size": batch_size,
@@ -155,6 +162,12 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
                 _run(extractor, listing, store_path, names, split, starts, batch_size, progress, workers, locking, result)
             for n in names:
                 writer.finish(store_path, n, split, time.monotonic() - started, locking)
+        if copies is not None:
+            def make(todo: list[str]):
+                return built.get(tuple(todo)) or _build(config, spec, [all_configs[all_names.index(n)] for n in todo])
+
+            result.augmented = augcopies.write_copies(store_path, all_names, split, copies, make, batch_size=batch_size,
+                                                      compression=compression, progress=progress, workers=workers, locking=locking)
         fs = store.FeatureStore(store_path, locking=locking)
         info = fs.split_info(split, result.extractor)
         result.rows, result.failed = int(info["committed_rows"]), int(info["n_failed"])
@@ -162,6 +175,11 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
         result.fingerprint = result.fingerprint or fs.metadata(result.extractor)["fingerprint"]
     result.seconds = time.monotonic() - started
     return result
+
+
+def _build(config: ExtractorConfig, spec, configs: list[ExtractorConfig]) -> Extractor:
+    """One extractor whose outputs are ``configs`` (the layers still to write), from one model."""
+    return Extractor(replace(config, layer=None, layers=tuple(c.layer for c in configs)) if config.layers else config, spec)
 
 
 def _images_done(path: Path, name: str, split: str, locking) -> int:

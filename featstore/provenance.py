@@ -34,6 +34,13 @@ RESIZE_DESCRIPTION = "PIL bilinear to a square, aspect ratio not kept; JPEG draf
 # Split attributes that must be the same to resume a partial split (the rest describe the run).
 DTYPES = ("float32", "float16")  # stored feature types
 RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
+# Augmented copies of a split live in its subgroup AUGMENTED (never a split: no split lists it, no split name can reach it).
+AUGMENTED = "augmented"
+# Split attributes of the copies that decide their numbers: a resume or re-run with other values is refused, both sides shown.
+AUGMENT_KEYS = {"augment_copies": "--augment (copies)", "augment_spec": "--augment-spec", "augment_seed": "--augment-seed",
+                "source_rows": "rows of the split", "listing_sha256": "set of images"}
+# Split names that hold evaluation data: augmented copies of them are refused (augmentation is for training data only).
+EVALUATION_SPLITS = ("validation", "valid", "val", "dev", "test", "testing", "eval", "evaluation", "holdout")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_@+=,-]*(\.[A-Za-z0-9_@+=,-]+)*")
 
 
@@ -109,6 +116,25 @@ def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:
         )
 
 
+def refuse_other_augmentation(stored: dict, new: dict, split: str, name: str, path) -> None:
+    """Refuse adding to (or re-using) augmented copies made with another count, spec, seed or plain split, showing both sides."""
+    changed = describe_diff(stored, new, keys=tuple(AUGMENT_KEYS), sides=("the store's copies have", "this run asks for"))
+    if changed:
+        raise StoreError(
+            f"split {split!r} of {name!r} in {path} already holds augmented copies made otherwise ({changed}); refusing to mix "
+            f"two kinds of copies. Re-run with the same --augment, --augment-spec and --augment-seed, or pass --overwrite to "
+            f"extract the split and its copies again"
+        )
+
+
+def refuse_evaluation_split(split: str) -> None:
+    """Refuse augmented copies of a split whose name says it holds validation or test data."""
+    if split.lower() in EVALUATION_SPLITS:
+        raise ConfigError(f"--augment is for training data only: split {split!r} looks like validation or test data, and "
+                          f"augmented copies of it could leak into a model's choice or its score. Augment the training split "
+                          f"(e.g. --split train); `featstore fit --augmented` trains on its copies and never evaluates on them.")
+
+
 def validate_name(kind: str, name: str) -> str:
     """Refuse split/extractor names that are not one plain HDF5 group name (no '/', no leading dot, no '.' or '..')."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > 200:
@@ -158,7 +184,7 @@ def read_commit(sg, where: str) -> Commit:
     if min(rows, failed, done) < 0 or done != rows + failed:
         raise StoreError(f"{where}: commit [{rows}, {failed}, {done}] is inconsistent (negative, or images_done != rows + failed): "
                          f"the store is damaged. Re-extract this split with --overwrite.")
-    for key in ("features", "labels", "paths"):
+    for key in ROW_DATASETS:
         if key in sg and rows > sg[key].shape[0]:
             raise StoreError(f"{where}: commit says {rows} rows but {key} holds {sg[key].shape[0]}: rows were lost. "
                              f"Re-extract this split with --overwrite.")
@@ -173,6 +199,7 @@ def read_commit(sg, where: str) -> Commit:
 
 
 SPLIT_DATASETS = ("features", "labels", "paths", "failed/paths", "failed/reasons")
+ROW_DATASETS = ("features", "labels", "paths", "copy")  # one entry per committed row ("copy": augmented copies only)
 SPLIT_ATTRS = ("class_names", "commit", "n_images", "complete", "source_root")
 
 
@@ -229,6 +256,34 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
         raise StoreError(f"{where}: n_images is {plain(sg.attrs['n_images'])!r}, expected a count. {redo}")
     _validate_listing(sg, where, redo)
     return read_commit(sg, where)
+
+
+AUGMENT_ATTRS = ("augment_copies", "augment_spec", "augment_seed", "source_rows", "source_split")
+
+
+def validate_augmented(ag, where: str, extractor: dict | None, source: Commit) -> Commit:
+    """Validate a split's augmented copies (layout as a split, plus ``copy`` and their attributes) against the plain split's commit."""
+    import h5py
+
+    commit = validate_split(ag, where, extractor)
+    redo = "Make them again: re-run the extract with --augment and --overwrite."
+    missing = [k for k in AUGMENT_ATTRS if k not in ag.attrs]
+    if missing:
+        raise StoreError(f"{where}: attributes missing: {', '.join(missing)}. {redo}")
+    a = {k: plain(ag.attrs[k]) for k in AUGMENT_ATTRS}
+    ints = [a[k] for k in ("augment_copies", "augment_seed", "source_rows")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or a["augment_copies"] < 1 or a["source_rows"] < 0 \
+            or not isinstance(a["augment_spec"], str) or not isinstance(a["source_split"], str):
+        raise StoreError(f"{where}: augment_copies {a['augment_copies']!r}, augment_seed {a['augment_seed']!r}, source_rows "
+                         f"{a['source_rows']!r} or augment_spec {a['augment_spec']!r} is not what featstore writes. {redo}")
+    link = ag.get("copy", getlink=True)
+    ds = ag["copy"] if isinstance(link, h5py.HardLink) else None
+    if not isinstance(ds, h5py.Dataset) or ds.is_virtual or ds.external or ds.dtype.kind not in "iu" or ds.ndim != 1:
+        raise StoreError(f"{where}/copy is missing or not a 1-D integer dataset stored in this file. {redo}")
+    if a["source_rows"] != source.rows or int(plain(ag.attrs["n_images"])) != a["augment_copies"] * a["source_rows"]:
+        raise StoreError(f"{where}: the copies were made from {a['source_rows']} rows of the split ({plain(ag.attrs['n_images'])} "
+                         f"images for {a['augment_copies']} copies), the split holds {source.rows} rows now. {redo}")
+    return commit
 
 
 LISTING = ("paths", "labels", "sizes", "mtimes_ns")  # /<split>/listing: every image of the split as discovered

@@ -89,7 +89,20 @@ def store_tree(path: str) -> str:
             if s.get("n_failed"):
                 for p, reason in store.failures(split, name):
                     lines.append(f"    │     failed: {p}: {reason}")
+            if "augmented" in s:
+                lines.append(f"    │     {_augmented_line(s['augmented'], writer_pid)}")
     return "\n".join(lines)
+
+
+def _augmented_line(a: dict, writer_pid) -> str:
+    """One line on a split's augmented copies: count, spec, seed, rows, state."""
+    if "error" in a:
+        return f"augmented copies BROKEN: {a['error']}"
+    todo = f"{a.get('images_done')}/{a.get('n_images')} rows done"
+    state = ("complete" if a.get("complete") else f"BEING WRITTEN by pid {writer_pid} ({todo})" if writer_pid
+             else f"INCOMPLETE ({todo}; re-run the same extract --augment to resume)")
+    return (f"/augmented: {a.get('augment_copies')} copies ({a.get('augment_spec')}, seed {a.get('augment_seed')}), "
+            f"rows {a.get('committed_rows')}, failed {a.get('n_failed')}, {state} (featstore fit --augmented)")
 
 
 def _acc(rec: dict, split: str) -> str:
@@ -113,7 +126,8 @@ def runs_table(runs: list[dict], broken: list[tuple[str, str]] = ()) -> str:
         if r["kind"] == "finetune":
             p = r["params"]
             params = f"from={r['from_run']},unfreeze={r['unfreeze_from']},lr={p['lr']:g}" + (f",augment={p['augment']}" if p["augment"] else "")
-        rows.append([r["id"], r["clf"], params or "defaults", _acc(r, "validation"), _acc(r, "test"), f"{r.get('fit_seconds', 0):.2f}",
+        params = (params or "defaults") + (f" +{r['augmented']['copies']} aug copies" if r.get("augmented") else "")
+        rows.append([r["id"], r["clf"], params, _acc(r, "validation"), _acc(r, "test"), f"{r.get('fit_seconds', 0):.2f}",
                      r["extractor"], _fingerprints(r), r["created_at"][:19]])
     lines = [_table(rows)] if runs else ["no usable runs"]
     if broken:

@@ -44,7 +44,8 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {  # run.json keys ever
 _METRIC_FIELDS = {"n": int, "accuracy": (int, float), "macro_f1": (int, float), "per_class": dict, "confusion_matrix": list}
 _PER_CLASS = ("precision", "recall", "f1", "support")
 _OPTIONAL = {"store": str, "given": dict, "selection": dict, "notes": list, "history": dict, "phase_a_history": dict, "fit_seconds": (int, float),
-             "predict_seconds_per_image": (int, float), "streamed": bool, "memory_budget": (int, type(None))}  # checked when present
+             "predict_seconds_per_image": (int, float), "streamed": bool, "memory_budget": (int, type(None)),
+             "augmented": dict}  # checked when present
 
 
 class BrokenRunError(StoreError):

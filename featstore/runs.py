@@ -89,14 +89,17 @@ def _usable(store: FeatureStore, name: str, split: str | None) -> bool:
 def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: dict[str, list] | None = None, *,
         extractor: str | None = None, search: bool = False, jobs: int = 1, train: str = "train",
         validation: str = "validation", test: str | None = "test", runs: str | os.PathLike | None = None,
-        memory_budget: int | str | None = None) -> dict:
+        memory_budget: int | str | None = None, augmented: bool = False) -> dict:
     """Fit ``clf`` on the store's features, pick parameters on validation, test once, and record a run.
 
     ``params`` maps parameter names to lists of typed values (several values = a search). With
     ``memory_budget`` (bytes or "512MB"), a split larger than the budget is streamed from the store
-    (sgd, dense) or refused (classifiers that need all rows in memory). Example::
+    (sgd, dense) or refused (classifiers that need all rows in memory). ``augmented=True`` fits on the
+    train rows plus the train split's cached augmented copies (``extract --augment K``); validation and
+    test are always the plain splits. Example::
 
         run = fit("features.h5", "svm", {"kernel": ["linear", "rbf"]}, jobs=2)
+        run = fit("features.h5", "logreg", augmented=True)
     """
     from .classifiers import candidates, get_classifier  # sklearn: imported only when fitting (keeps `featstore runs` fast)
     from .streaming import check_budget_holds_chunks, format_bytes, parse_bytes, refuse_in_memory
@@ -120,24 +123,49 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
     full = [spec.full_params(s) for s in settings]
     has_test = _usable(fs, name, test)
     used = [train] + ([validation] if has_val else []) + ([test] if has_test else [])
-    big = budget is not None and max(fs.nbytes(s, name) for s in used) > budget
+    aug = _augmentation(fs, name, train, has_val, len(full)) if augmented else None
+    sizes = [fs.nbytes(s, name) + (fs.nbytes(train, name, augmented=True) if aug and s == train else 0) for s in used]
+    big = budget is not None and max(sizes) > budget
     if big and spec.needs_all_data:
-        refuse_in_memory(clf, train, fs.nbytes(train, name), budget)
+        refuse_in_memory(clf, train, sizes[0], budget)
     if big:
-        check_budget_holds_chunks(fs, name, used, budget, memory_budget)
+        check_budget_holds_chunks(fs, name, used, budget, memory_budget, augmented=aug is not None)
     t0 = time.perf_counter()
     if big:
-        est, best, selection, predict_split = _fit_streaming(fs, name, clf, full, settings, train, validation if has_val else None, budget)
+        est, best, selection, predict_split = _fit_streaming(fs, name, clf, full, settings, train, validation if has_val else None, budget,
+                                                             aug is not None)
     else:
-        est, best, selection, predict_split = _fit_in_memory(fs, name, clf, full, settings, train, validation if has_val else None, jobs)
+        est, best, selection, predict_split = _fit_in_memory(fs, name, clf, full, settings, train, validation if has_val else None, jobs,
+                                                             aug is not None)
     fit_seconds = time.perf_counter() - t0
     extra = {"memory_budget": budget, "streamed": big, "notes": []}
+    if aug:
+        extra["augmented"] = aug
+        extra["notes"].append(f"trained on {train!r} plus its {aug['copies']} augmented copies ({aug['spec']}, seed {aug['seed']}): "
+                              f"{aug['train_rows']} rows; validation and test are the plain splits")
     if big:
         extra["notes"].append(f"streamed from the store within {format_bytes(budget)}" + (": sgd ran `epochs` partial_fit passes (max_iter is unused)" if clf == "sgd" else ""))
     if clf == "dense" and has_val:
         extra["notes"].append(f"the {validation!r} split also drove early stopping" + (" and the choice of setting" if len(full) > 1 else "")
                               + ": its score is optimistic; judge by test")
     return _record(fs, name, est, clf, full[best], given, selection, class_names, used, predict_split, fit_seconds, runs, extra)
+
+
+def _augmentation(fs: FeatureStore, name: str, train: str, has_val: bool, n_settings: int) -> dict:
+    """What ``--augmented`` trains on (refused without complete copies, or when k-fold CV on train would choose)."""
+    a = fs.augmentation(train, name)
+    if a is None:
+        raise StoreError(f"split {train!r} of {name!r} has no augmented copies; make them with `featstore extract --split {train} "
+                         f"--augment K` (same options as the split), or fit without --augmented")
+    if not a["complete"]:
+        raise StoreError(f"the augmented copies of {train!r} of {name!r} are not complete ({a['rows']} rows); finish them by re-running "
+                         f"the same `featstore extract --split {train} --augment {a['augment_copies']}`")
+    if n_settings > 1 and not has_val:
+        raise ConfigError("a parameter search with --augmented needs a validation split: k-fold cross-validation on train would put "
+                          "copies of one image on both sides of a fold. Extract a validation split, or fit one setting")
+    plain_rows = int(fs.split_info(train, name)["committed_rows"])
+    return {"split": train, "copies": a["augment_copies"], "spec": a["augment_spec"], "seed": a["augment_seed"], "rows": a["rows"],
+            "plain_rows": plain_rows, "train_rows": plain_rows + a["rows"]}
 
 
 def _check_classes(y: np.ndarray, split: str, class_names: list[str]) -> None:
@@ -147,13 +175,20 @@ def _check_classes(y: np.ndarray, split: str, class_names: list[str]) -> None:
                          f"a classifier needs at least two class folders with images")
 
 
-def _fit_in_memory(fs: FeatureStore, name: str, clf: str, full: list[dict], settings: list[dict], train: str, validation: str | None, jobs: int):
-    """Load train (and validation) into memory; fit one setting, or choose on validation, or by k-fold CV on train."""
+def _fit_in_memory(fs: FeatureStore, name: str, clf: str, full: list[dict], settings: list[dict], train: str, validation: str | None, jobs: int,
+                   augmented: bool = False):
+    """Load train (and validation) into memory; fit one setting, or choose on validation, or by k-fold CV on train.
+
+    ``augmented``: fit on train's rows followed by its augmented copies; train's metrics and everything else use the plain rows.
+    """
     from joblib import Parallel, delayed
 
     class_names = fs.class_names(name)
-    X, y = fs.load(train, name)
+    plain = X, y = fs.load(train, name)
     _check_classes(y, train, class_names)
+    if augmented:
+        Xa, ya = fs.load(train, name, augmented=True)
+        X, y = np.concatenate([X, Xa]), np.concatenate([y, ya])
     val = fs.load(validation, name) if validation else None
     selection: dict = {"metric": "accuracy", "candidates": []}
     if len(full) == 1:
@@ -180,7 +215,7 @@ def _fit_in_memory(fs: FeatureStore, name: str, clf: str, full: list[dict], sett
         best = int(np.argmax(scores))
         selection["candidates"] = [{"params": s, "score": sc} for s, sc in zip(settings, scores)]
         est = _fit_one(clf, full[best], X, y, None)
-    loaded = {train: (X, y), validation: val}
+    loaded = {train: plain, validation: val}
 
     def predict_split(split: str):
         Xs, ys = loaded[split] if split in loaded else fs.load(split, name)  # the test split is read here, once
@@ -189,7 +224,8 @@ def _fit_in_memory(fs: FeatureStore, name: str, clf: str, full: list[dict], sett
     return est, best, selection, predict_split
 
 
-def _fit_streaming(fs: FeatureStore, name: str, clf: str, full: list[dict], settings: list[dict], train: str, validation: str | None, budget: int):
+def _fit_streaming(fs: FeatureStore, name: str, clf: str, full: list[dict], settings: list[dict], train: str, validation: str | None, budget: int,
+                   augmented: bool = False):
     """Fit from blocks of the store within ``budget``; several settings are chosen on a streamed validation split."""
     from .streaming import stream_fit, stream_predict
 
@@ -200,7 +236,7 @@ def _fit_streaming(fs: FeatureStore, name: str, clf: str, full: list[dict], sett
         raise ConfigError("a parameter search with --memory-budget needs a validation split (k-fold CV would reread train k times)")
     fitted = []
     for p in full:
-        est = stream_fit(fs, name, clf, p, train, validation, budget)
+        est = stream_fit(fs, name, clf, p, train, validation, budget, augmented)
         if len(full) > 1:
             yv, pv, _ = stream_predict(est, fs, name, validation, budget, len(class_names))
             fitted.append((float(np.mean(pv == yv)), est))

@@ -34,8 +34,8 @@ import numpy as np
 
 from .errors import ConfigError, StoreBusyError, StoreError
 from .units import format_bytes
-from .provenance import (DTYPES, FORMAT_VERSION, Commit, attrs_of, check_format_version, plain, read_commit, validate_extractor,
-                         validate_labels, validate_split)
+from .provenance import (AUGMENTED, AUGMENT_ATTRS, DTYPES, FORMAT_VERSION, Commit, attrs_of, check_format_version, plain, read_commit,
+                         validate_augmented, validate_extractor, validate_labels, validate_split)
 
 logger = logging.getLogger(__name__)
 
@@ -226,13 +226,37 @@ class FeatureStore:
         validate_extractor(attrs, f"{self.path}:/{name}")
         return f[name], attrs
 
-    def _split(self, f: h5py.File, name: str, split: str) -> tuple[h5py.Group, Commit]:
-        """A validated split group and its commit."""
+    def _split(self, f: h5py.File, name: str, split: str, augmented: bool = False) -> tuple[h5py.Group, Commit]:
+        """A validated split group and its commit (``augmented``: its augmented copies, checked against it)."""
         g, attrs = self._extractor(f, name)
         if split not in hard_groups(g):
             raise StoreError(f"extractor {name!r} in {self.path} has no split {split!r}; it has: {', '.join(hard_groups(g)) or 'none'}")
         sg = g[split]
-        return sg, validate_split(sg, f"{self.path}:/{name}/{split}", attrs)
+        commit = validate_split(sg, f"{self.path}:/{name}/{split}", attrs)
+        if not augmented:
+            return sg, commit
+        if AUGMENTED not in hard_groups(sg):
+            raise StoreError(f"split {split!r} of {name!r} in {self.path} has no augmented copies; make them with "
+                             f"`featstore extract --split {split} --augment K` (same options as the split)")
+        return sg[AUGMENTED], validate_augmented(sg[AUGMENTED], f"{self.path}:/{name}/{split}/{AUGMENTED}", attrs, commit)
+
+    def augmentation(self, split: str, extractor: str | None = None) -> dict | None:
+        """The augmented copies of a split: their attributes (augment_copies, augment_spec, augment_seed, ...), rows, complete; None if none."""
+        name = self.resolve(extractor)
+        with self._open() as f:
+            sg, _ = self._split(f, name, split)
+            if AUGMENTED not in hard_groups(sg):
+                return None
+            ag, commit = self._split(f, name, split, augmented=True)
+            return {**{k: plain(ag.attrs[k]) for k in AUGMENT_ATTRS}, "rows": commit.rows, "n_failed": commit.failed,
+                    "complete": bool(plain(ag.attrs["complete"]))}
+
+    def copies(self, split: str, extractor: str | None = None) -> np.ndarray:
+        """The copy index (1..K) of each row of a split's augmented copies."""
+        name = self.resolve(extractor)
+        with self._open() as f:
+            ag, commit = self._split(f, name, split, augmented=True)
+            return ag["copy"][:commit.rows].astype(np.int64)
 
     def metadata(self, extractor: str | None = None) -> dict:
         """Provenance attributes of an extractor (model, layer, weights, fingerprint, ...)."""
@@ -246,11 +270,11 @@ class FeatureStore:
         with self._open() as f:
             return hard_groups(f[name])
 
-    def split_info(self, split: str, extractor: str | None = None) -> dict:
-        """Attributes of one split plus its feature shape and dtype."""
+    def split_info(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> dict:
+        """Attributes of one split (``augmented``: of its augmented copies) plus its feature shape and dtype."""
         name = self.resolve(extractor)
         with self._open() as f:
-            return split_summary(*self._split(f, name, split))
+            return split_summary(*self._split(f, name, split, augmented))
 
     def class_names(self, extractor: str | None = None) -> list[str]:
         """Class names (label i is class_names[i]), identical for every split."""
@@ -275,42 +299,45 @@ class FeatureStore:
         validate_labels(y, len(plain(sg.attrs["class_names"])), where)
         return y
 
-    def load(self, split: str = "train", extractor: str | None = None, *, allow_incomplete: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def load(self, split: str = "train", extractor: str | None = None, *, allow_incomplete: bool = False,
+             augmented: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of a split as in-memory arrays ``(X, y)``, read in blocks of whole chunks in row order.
 
         The file is opened per block of ~64 chunks, so a writer appending another split is never held up for long.
+        ``augmented=True`` reads the split's augmented copies instead (``extract --augment K``).
         """
         name = self.resolve(extractor)
+        key = f"{split}/{AUGMENTED}" if augmented else split
         with self._open() as f:
-            sg, commit = self._split(f, name, split)
+            sg, commit = self._split(f, name, split, augmented)
             if not allow_incomplete:
-                self._complete(sg, commit, name, split)
+                self._complete(sg, commit, name, key)
             n = commit.rows
             X = np.empty((n, *sg["features"].shape[1:]), dtype=sg["features"].dtype)
             step = (sg["features"].chunks or (1,))[0] * 64
-            y = self._labels(sg, n, f"{self.path}:/{name}/{split}")
+            y = self._labels(sg, n, f"{self.path}:/{name}/{key}")
         for i in range(0, n, step):
             with self._open() as f:
                 part = np.s_[i:min(i + step, n)]
-                with _readable(self.path, name, split, i, min(i + step, n)):
-                    f[name][split]["features"].read_direct(X, part, part)
+                with _readable(self.path, name, key, i, min(i + step, n)):
+                    f[name][key]["features"].read_direct(X, part, part)
         return X, y
 
-    def labels(self, split: str, extractor: str | None = None) -> np.ndarray:
-        """Labels of a split (cheap: no features are read)."""
+    def labels(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> np.ndarray:
+        """Labels of a split or its augmented copies (cheap: no features are read)."""
         name = self.resolve(extractor)
         with self._open() as f:
-            sg, commit = self._split(f, name, split)
+            sg, commit = self._split(f, name, split, augmented)
             return self._labels(sg, commit.rows, f"{self.path}:/{name}/{split}")
 
-    def nbytes(self, split: str, extractor: str | None = None) -> int:
-        """Bytes the committed features of a split take in memory."""
-        info = self.split_info(split, extractor)
+    def nbytes(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> int:
+        """Bytes the committed features of a split (or its augmented copies) take in memory."""
+        info = self.split_info(split, extractor, augmented=augmented)
         return int(info["committed_rows"]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
 
-    def _block_rows(self, split: str, name: str, max_bytes: int) -> tuple[int, int, int]:
+    def _block_rows(self, split: str, name: str, max_bytes: int, augmented: bool = False) -> tuple[int, int, int]:
         """(rows in the split, rows per block of whole chunks within max_bytes, rows per chunk); errors if one chunk does not fit."""
-        info = self.split_info(split, name)
+        info = self.split_info(split, name, augmented=augmented)
         if not info["complete"]:
             raise StoreError(f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`")
         row_bytes = int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
@@ -321,25 +348,27 @@ class FeatureStore:
                               f"({chunk} rows of {format_bytes(row_bytes)}); raise it to at least {format_bytes(chunk * row_bytes)}")
         return int(info["committed_rows"]), rows, chunk
 
-    def block_lengths(self, split: str, extractor: str | None = None, *, max_bytes: int = 64 << 20) -> list[int]:
+    def block_lengths(self, split: str, extractor: str | None = None, *, max_bytes: int = 64 << 20, augmented: bool = False) -> list[int]:
         """Rows in each block that :meth:`iter_batches` yields with the same ``max_bytes`` (shuffled or not)."""
-        n, rows, _ = self._block_rows(split, self.resolve(extractor), max_bytes)
+        n, rows, _ = self._block_rows(split, self.resolve(extractor), max_bytes, augmented)
         return [min(rows, n - s) for s in range(0, n, rows)]
 
     def iter_batches(self, split: str = "train", extractor: str | None = None, *, max_bytes: int = 64 << 20,
-                     shuffle: bool = False, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                     shuffle: bool = False, seed: int = 0, augmented: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(X, y)`` blocks of whole chunks, at most ``max_bytes`` of features each, without loading the split.
 
         With ``shuffle``, each block is made of chunks drawn at random from the *whole* split and its rows are
         shuffled, so a streamed fit sees classes mixed even though rows are stored class by class (reading
         random single rows from HDF5 is very slow; whole chunks are fast). Block sizes are the same as
-        unshuffled (:meth:`block_lengths`). The file is opened per block, so writers are not held up. Example::
+        unshuffled (:meth:`block_lengths`). The file is opened per block, so writers are not held up. ``augmented=True``
+        reads the split's augmented copies. Example::
 
             for X, y in store.iter_batches("train", max_bytes=256 << 20, shuffle=True, seed=epoch):
                 clf.partial_fit(X.reshape(len(X), -1), y, classes=range(10))
         """
         name = self.resolve(extractor)
-        n, rows, chunk = self._block_rows(split, name, max_bytes)
+        n, rows, chunk = self._block_rows(split, name, max_bytes, augmented)
+        key = f"{split}/{AUGMENTED}" if augmented else split
         units = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
         rng = np.random.default_rng(seed)
         if shuffle:
@@ -347,11 +376,11 @@ class FeatureStore:
             order = rng.permutation(len(full))
             units = [full[i] for i in order] + [u for u in units if u[1] - u[0] != chunk]  # a short last chunk stays last
         per_block = rows // chunk
-        where = f"{self.path}:/{name}/{split}"
+        where = f"{self.path}:/{name}/{key}"
         for b in range(0, len(units), per_block):
             group = units[b:b + per_block]
-            with self._open() as f, _readable(self.path, name, split, group[0][0], group[-1][1]):
-                sg = f[name][split]
+            with self._open() as f, _readable(self.path, name, key, group[0][0], group[-1][1]):
+                sg = f[name][key]
                 X = np.concatenate([sg["features"][s:e] for s, e in group])
                 y = np.concatenate([sg["labels"][s:e] for s, e in group]).astype(np.int64)
                 validate_labels(y, len(plain(sg.attrs["class_names"])), where)
@@ -360,11 +389,11 @@ class FeatureStore:
                 X, y = X[order], y[order]
             yield X, y
 
-    def paths(self, split: str, extractor: str | None = None) -> list[str]:
-        """Image paths (relative to the split's source_root) in row order."""
+    def paths(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> list[str]:
+        """Image paths (relative to the split's source_root) in row order (``augmented``: of its copies)."""
         name = self.resolve(extractor)
         with self._open() as f:
-            sg, commit = self._split(f, name, split)
+            sg, commit = self._split(f, name, split, augmented)
             return read_paths(sg["paths"], commit.rows)
 
     def listing(self, split: str, extractor: str | None = None) -> list[tuple[str, int, int, int]]:
@@ -403,5 +432,11 @@ class FeatureStore:
                             minlength=len(plain(sg.attrs["class_names"]))).tolist()}
                     except StoreError as exc:
                         entry["splits"][split] = {"error": str(exc)}
+                        continue
+                    if AUGMENTED in hard_groups(sg):
+                        try:
+                            entry["splits"][split]["augmented"] = split_summary(*self._split(f, name, split, augmented=True))
+                        except StoreError as exc:
+                            entry["splits"][split]["augmented"] = {"error": str(exc)}
                 out["extractors"][name] = entry
             return out

@@ -37,12 +37,14 @@ MAX_ENSEMBLE_STEPS = 25  # additions (with replacement) in the greedy ensemble s
 def sweep(store: str | os.PathLike = "features.h5", clfs: list[str] | tuple[str, ...] = ("logreg",), *,
           extractors: list[str] | None = None, search: bool = False, jobs: int = 1, ensemble: bool = False,
           show_test: bool = False, train: str = "train", validation: str = "validation", test: str = "test",
-          runs: str | os.PathLike | None = None, png: str | os.PathLike | None = None) -> dict:
+          runs: str | os.PathLike | None = None, png: str | os.PathLike | None = None, augmented: bool = False) -> dict:
     """Fit each classifier on each extractor, choose on validation, evaluate test once for the choice; returns the summary.
 
     Example::
 
         sweep("features.h5", ["logreg", "svm", "dense"], ensemble=True, jobs=2)
+
+    ``augmented=True`` fits every run on train plus its cached augmented copies (``featstore fit --augmented``).
     """
     from .classifiers import get_classifier
 
@@ -59,7 +61,8 @@ def sweep(store: str | os.PathLike = "features.h5", clfs: list[str] | tuple[str,
 
     def one(cell):
         n, c = cell
-        return fit(store, c, None, extractor=n, search=search, train=train, validation=validation, test=None, runs=runs)
+        return fit(store, c, None, extractor=n, search=search, train=train, validation=validation, test=None, runs=runs,
+                   augmented=augmented)
 
     if jobs > 1 and len(cells) > 1:
         from joblib import Parallel, delayed

@@ -21,11 +21,12 @@ import numpy as np
 
 from . import __version__
 from .errors import StoreBusyError, StoreError
-from .provenance import (FORMAT_VERSION, attrs_of, check_format_version, plain, read_commit, refuse_other_extractor, refuse_resume,
+from .provenance import (FORMAT_VERSION, ROW_DATASETS, attrs_of, check_format_version, plain, read_commit, refuse_other_extractor, refuse_resume,
                          validate_extractor, validate_name, validate_split)
 from .images import path_to_store
 from .units import format_bytes
 from .store import STR, hard_groups, locking_default, open_h5, refuse_foreign
+from .compact import compact, hard_group  # noqa: F401 (re-exported: extract and augcopies call writer.compact)
 
 logger = logging.getLogger(__name__)
 
@@ -159,14 +160,15 @@ def refuse_changed_listing(sg: h5py.Group, listing, split: str, name: str, path)
 
 
 def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, overwrite: bool, locking=None,
-                  listing=None) -> int | None:
+                  listing=None, extra: tuple[str, ...] = ()) -> int | None:
     """Create or reopen ``/<name>/<split>`` for writing; returns the image index to start from, or None if complete.
 
     ``attrs`` are the extractor's provenance; ``split_attrs`` hold class_names, source_root, n_images,
     n_ignored and the resume keys; ``listing`` (an ImageListing) is recorded under ``listing/`` and compared
     on every later run. Refuses a store whose extractor of the same name has another fingerprint, a split
     whose classes differ from the other splits', a complete split whose images changed, and a partial
-    split started with other images or options.
+    split started with other images or options. ``extra`` names more int32 row datasets (``copy`` of augmented
+    copies); ``split`` may be a path inside the extractor group (``train/augmented``).
     """
     class_names = split_attrs["class_names"]
     with open_h5(path, "a", locking=locking) as f:
@@ -217,12 +219,12 @@ def prepare_split(path, name: str, split: str, attrs: dict, split_attrs: dict, o
             _truncate(sg, commit.rows, commit.failed)
             f.flush()
             return commit.images_done
-        _create_split(grp, split, attrs, split_attrs, listing)
+        _create_split(grp, split, attrs, split_attrs, listing, extra)
         f.flush()
         return 0
 
 
-def _create_split(grp: h5py.Group, split: str, attrs: dict, split_attrs: dict, listing) -> None:
+def _create_split(grp: h5py.Group, split: str, attrs: dict, split_attrs: dict, listing, extra: tuple[str, ...] = ()) -> None:
     """The split's empty datasets, its listing and attributes (commit zero, not complete)."""
     shape = tuple(attrs["feature_shape"])
     sg = grp.create_group(split)
@@ -233,6 +235,8 @@ def _create_split(grp: h5py.Group, split: str, attrs: dict, split_attrs: dict, l
     sg.create_dataset("features", shape=(0, *shape), maxshape=(None, *shape), dtype=attrs["dtype"], chunks=(rows, *shape), compression=comp)
     sg.create_dataset("labels", shape=(0,), maxshape=(None,), dtype="int32", chunks=(max(rows, 4096),))
     sg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(1024,))
+    for key in extra:
+        sg.create_dataset(key, shape=(0,), maxshape=(None,), dtype="int32", chunks=(max(rows, 4096),))
     fg = sg.create_group("failed")
     fg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
     fg.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
@@ -252,14 +256,15 @@ def _create_split(grp: h5py.Group, split: str, attrs: dict, split_attrs: dict, l
 def interrupted(path, names: list[str], split: str, locking=None) -> bool:
     """True when one of the extractor groups' ``split`` exists and is not complete: a run of it was interrupted.
 
-    Only hard-linked groups are visited; the caller has refused a store with links out of it already.
+    Only hard-linked groups are visited; the caller has refused a store with links out of it already. ``split`` may be a
+    path inside the extractor group (``train/augmented``).
     """
     if not Path(path).exists():
         return False
     with open_h5(path, "r", locking=locking) as f:
         for name in names:
-            if name in hard_groups(f) and split in hard_groups(f[name]):
-                sg = f[name][split]
+            sg = hard_group(f, f"{name}/{split}")
+            if sg is not None:
                 complete = sg.attrs.get("complete")
                 # a partial split with committed state; a damaged one is left to prepare_split's check, which names the
                 # problem, and one whose creation was interrupted (no commit yet) is simply started again
@@ -269,67 +274,13 @@ def interrupted(path, names: list[str], split: str, locking=None) -> bool:
     return False
 
 
-def compact(path, locking=None) -> None:
-    """Rewrite the store into a fresh file holding only committed rows and records, then put it in place.
-
-    A writer killed at any point (mid-batch, or while closing the file) can leave HDF5 metadata and free-space
-    state past the end-of-allocation mark that was last flushed; the next writer's frees or allocations then
-    fail with "len not positive after adjustment for EOA", sometimes only at a later write. A fresh file
-    written from the committed data has consistent metadata; it costs one copy of the store per resume.
-    """
-    path = Path(path)
-    ensure_space(path, path.stat().st_size)
-    tmp = path.with_name(f".{path.name}.compact.tmp")
-    locking = locking_default() if locking is None else locking
-    kwargs = {} if locking is None else {"locking": locking}
-    try:
-        with open_h5(path, "r", locking=locking) as src, h5py.File(tmp, "w", **kwargs) as dst:
-            _copy_attrs(src, dst)
-            for name in hard_groups(src):
-                g = dst.create_group(name)
-                _copy_attrs(src[name], g)
-                for split in hard_groups(src[name]):
-                    sg = src[name][split]
-                    d = g.create_group(split)
-                    _copy_attrs(sg, d)
-                    c = read_commit(sg, f"{path}:/{name}/{split}")
-                    for key in ("features", "labels", "paths"):
-                        _copy_rows(sg[key], d, key, c.rows)
-                    fd = d.create_group("failed")
-                    for key in ("paths", "reasons"):
-                        _copy_rows(sg["failed"][key], fd, key, c.failed)
-                    if "listing" in sg:
-                        src.copy(sg["listing"], d, name="listing")
-            dst.flush()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    logger.info("rewrote %s without the uncommitted tail an interrupted run left", path)
-
-
-def _copy_attrs(src, dst) -> None:
-    """Every attribute of ``src`` onto ``dst``, values and types as stored."""
-    for key, value in src.attrs.items():
-        dst.attrs[key] = value
-
-
-def _copy_rows(ds: h5py.Dataset, group: h5py.Group, key: str, n: int) -> None:
-    """The first ``n`` rows of ``ds`` into a new dataset of the same kind (dtype, chunks, compression, maxshape)."""
-    new = group.create_dataset_like(key, ds, shape=(n, *ds.shape[1:]))
-    step = max(1, (ds.chunks or (1024,))[0]) * 16
-    for i in range(0, n, step):
-        new[i:min(i + step, n)] = ds[i:min(i + step, n)]
-
-
 def _is_str_list(value) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
 
 
 def _truncate(sg: h5py.Group, rows: int, failed: int) -> None:
     """Drop an uncommitted tail left by a killed writer."""
-    for key in ("features", "labels", "paths"):
+    for key in (k for k in ROW_DATASETS if k in sg):
         if sg[key].shape[0] != rows:
             logger.info("truncating %s/%s from %d to %d committed rows", sg.name, key, sg[key].shape[0], rows)
             sg[key].resize(rows, axis=0)
@@ -338,8 +289,8 @@ def _truncate(sg: h5py.Group, rows: int, failed: int) -> None:
 
 
 def append(path, name: str, split: str, features: np.ndarray, labels: np.ndarray, paths: list[str],
-           failures: list[tuple[str, str]], images_done: int, locking=None) -> None:
-    """Append one batch and commit it: data first, then the committed counts, then flush."""
+           failures: list[tuple[str, str]], images_done: int, locking=None, extra: dict | None = None) -> None:
+    """Append one batch and commit it: data first, then the committed counts, then flush (``extra``: more row datasets)."""
     try:
         with open_h5(path, "a", locking=locking) as f:
             sg = f[name][split]
@@ -351,7 +302,8 @@ def append(path, name: str, split: str, features: np.ndarray, labels: np.ndarray
                              + features.nbytes, n0)
             n1 = n0 + len(labels)
             if len(labels):
-                for key, values in (("features", features), ("labels", labels), ("paths", np.array([path_to_store(p) for p in paths], dtype=object))):
+                rows = [("features", features), ("labels", labels), ("paths", np.array([path_to_store(p) for p in paths], dtype=object))]
+                for key, values in rows + list((extra or {}).items()):
                     sg[key].resize(n1, axis=0)
                     sg[key][n0:n1] = values
             if failures:

@@ -1,0 +1,282 @@
+"""Cached augmented copies (`extract --augment K`) and fits on them (`fit --augmented`): layout, seeds, resume, refusals, protocol."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from featstore import ExtractorConfig, FeatureStore, extract, fit
+from featstore import augcopies, runs as runs_mod, writer
+from featstore.check import check_store
+from featstore.cli import app
+from featstore.errors import ConfigError, StoreError
+from featstore.report import runs_table, store_tree
+from featstore.runs import _digest_paths
+from tests.conftest import write_images
+
+K, BATCH = 2, 4
+CFG = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=3, pooling="avg", layer="block3_pool")  # 1 KiB rows
+
+
+def _data(root):
+    data = root / "data"
+    for (split, seed), n in zip((("train", 1), ("validation", 2), ("test", 3)), (4, 2, 2)):
+        write_images(data, split, {"cat": n, "dog": n, "fox": n}, seed=seed)
+    return data
+
+
+def _copies(path, **kw):
+    """Features, labels, paths and copy index of the train split's augmented copies."""
+    with h5py.File(path, "r") as f:
+        ag = f["vgg16/train/augmented"]
+        n = int(ag.attrs["commit"][0])
+        return ag["features"][:n], ag["labels"][:n], list(ag["paths"].asstr()[:n]), ag["copy"][:n]
+
+
+@pytest.fixture(scope="module")
+def aug_store(tmp_path_factory):
+    """train (12 rows) with K=2 copies, validation (6) and test (6); the data root beside it."""
+    root = tmp_path_factory.mktemp("aug")
+    data = _data(root)
+    path = root / "features.h5"
+    extract(data, "train", path, CFG, batch_size=BATCH, augment=K)
+    for split in ("validation", "test"):
+        extract(data, split, path, CFG, batch_size=BATCH)
+    return path, data
+
+
+def test_copies_have_the_layout_index_labels_and_paths_of_the_split(aug_store, tmp_path):
+    path, data = aug_store
+    fs = FeatureStore(path)
+    X, y = fs.load("train")
+    Xa, ya, pa, copy = _copies(path)
+    n = len(y)
+    assert Xa.shape == (K * n, *X.shape[1:]) and Xa.dtype == X.dtype
+    np.testing.assert_array_equal(copy, np.repeat(np.arange(1, K + 1), n))  # copy-major, marked 1..K
+    np.testing.assert_array_equal(ya, np.tile(y, K))
+    assert pa == fs.paths("train") * K
+    assert fs.splits() == ["test", "train", "validation"]  # the copies are never a split
+    a = fs.augmentation("train")
+    assert (a["augment_copies"], a["augment_spec"], a["augment_seed"], a["source_rows"], a["rows"], a["complete"]) == (
+        K, "flip=horizontal,rotate=0.1,zoom=0.2", 0, n, K * n, True)
+    assert fs.augmentation("validation") is None
+    assert not np.array_equal(Xa[:n], X) and not np.array_equal(Xa[:n], Xa[n:])  # augmented, and each copy drawn anew
+    np.testing.assert_array_equal(fs.load("train", augmented=True)[0], Xa)
+    np.testing.assert_array_equal(fs.copies("train"), copy)
+    # the plain split is exactly what an extraction without --augment writes
+    plain = tmp_path / "plain.h5"
+    extract(data, "train", plain, CFG, batch_size=BATCH)
+    np.testing.assert_array_equal(FeatureStore(plain).load("train")[0], X)
+    assert check_store(path) == []
+    assert "/augmented: 2 copies (flip=horizontal,rotate=0.1,zoom=0.2, seed 0), rows 24, failed 0, complete" in store_tree(str(path))
+
+
+def test_without_augmentation_the_copies_equal_the_plain_rows(aug_store, tmp_path, monkeypatch):
+    _, data = aug_store
+    monkeypatch.setattr(augcopies, "augment_batch", lambda model, images: images.astype(np.float32))
+    path = tmp_path / "identity.h5"
+    extract(data, "train", path, CFG, batch_size=BATCH, augment=K)
+    X = FeatureStore(path).load("train")[0]
+    np.testing.assert_array_equal(_copies(path)[0], np.concatenate([X] * K))  # same decode, resize and model as the split
+
+
+def test_same_seed_gives_bit_identical_copies_another_seed_other_copies(aug_store, tmp_path):
+    path, data = aug_store
+    again, other = tmp_path / "again.h5", tmp_path / "other.h5"
+    extract(data, "train", again, CFG, batch_size=BATCH, augment=K)
+    extract(data, "train", other, CFG, batch_size=BATCH, augment=K, augment_seed=1)
+    for a, b in zip(_copies(path), _copies(again)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(_copies(path)[0], _copies(other)[0])
+    r = extract(data, "train", again, CFG, batch_size=BATCH, augment=K)  # complete: nothing recomputed
+    assert r.skipped and r.augmented.skipped and r.augmented.rows == 24
+
+
+def test_interrupted_copies_resume_bit_identical(aug_store, tmp_path, monkeypatch):
+    path, data = aug_store
+    broken = tmp_path / "broken.h5"
+    real_append = writer.append
+    calls = {"copies": 0}
+
+    def append_then_die(p, name, split, *args, **kwargs):
+        if split.endswith("/augmented"):
+            calls["copies"] += 1
+            if calls["copies"] == 4:  # copy 2's first batch: written, then killed before its commit
+                with h5py.File(p, "a") as f:
+                    feats = f[name][split]["features"]
+                    feats.resize(feats.shape[0] + 3, axis=0)
+                raise KeyboardInterrupt
+        return real_append(p, name, split, *args, **kwargs)
+
+    monkeypatch.setattr(writer, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        extract(data, "train", broken, CFG, batch_size=BATCH, augment=K)
+    monkeypatch.setattr(writer, "append", real_append)
+    assert FeatureStore(broken).augmentation("train")["rows"] == 12 and not FeatureStore(broken).augmentation("train")["complete"]
+    assert any("uncommitted rows" in p for p in check_store(broken))
+    with pytest.raises(StoreError, match="not complete"):
+        fit(broken, "logreg", runs=tmp_path / "r", augmented=True)
+    r = extract(data, "train", broken, CFG, batch_size=BATCH, augment=K)
+    assert r.skipped and r.augmented.resumed_from == 12 and r.augmented.written == 12 and r.augmented.rows == 24
+    for a, b in zip(_copies(path), _copies(broken)):
+        np.testing.assert_array_equal(a, b)
+    assert check_store(broken) == []
+
+
+@pytest.mark.parametrize("kw, needle", [({"augment_spec": "flip"}, "augment_spec: the store's copies have 'flip=horizontal,rotate=0.1,zoom=0.2', this run asks for 'flip=horizontal'"),
+                                        ({"augment_seed": 5}, "augment_seed: the store's copies have 0, this run asks for 5"),
+                                        ({"augment": 3}, "augment_copies: the store's copies have 2, this run asks for 3")])
+def test_copies_made_otherwise_are_refused_showing_both_sides(aug_store, tmp_path, kw, needle):
+    path, data = aug_store
+    mine = tmp_path / "mine.h5"
+    shutil.copy(path, mine)
+    kw = {"augment": K, **kw}
+    with pytest.raises(StoreError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        extract(data, "train", mine, CFG, batch_size=BATCH, **kw)
+    with h5py.File(mine, "a") as f:  # a partial set of copies: a resume with other options is refused the same way
+        f["vgg16/train/augmented"].attrs["complete"] = False
+    with pytest.raises(StoreError, match="--overwrite"):
+        extract(data, "train", mine, CFG, batch_size=BATCH, **kw)
+    r = extract(data, "train", mine, CFG, batch_size=BATCH, overwrite=True, **kw)  # replaces the split and its copies
+    assert FeatureStore(mine).augmentation("train")["augment_copies"] == kw["augment"] and r.augmented.written > 0
+
+
+@pytest.mark.parametrize("split", ["validation", "test", "val", "Test"])
+def test_copies_of_validation_or_test_data_are_refused(aug_store, split):
+    with pytest.raises(ConfigError, match="--augment is for training data only"):
+        extract(aug_store[1], split, aug_store[0], CFG, augment=2)
+
+
+@pytest.mark.parametrize("k", [0, -1, 101, 10**9, True, 1.5])
+def test_bad_copy_counts_are_refused_before_any_work(tmp_path, k):
+    with pytest.raises(ConfigError, match="give the number of augmented copies to cache, from 1 to 100"):
+        extract(tmp_path / "missing", "train", tmp_path / "f.h5", CFG, augment=k)
+    assert not (tmp_path / "f.h5").exists()
+
+
+@pytest.mark.parametrize("spec, needle", [("", "--augment-spec is empty"), ("blur", "choose one of: flip"), ("zoom=3", "at most 1")])
+def test_bad_specs_and_seeds_are_refused(tmp_path, spec, needle):
+    with pytest.raises(ConfigError, match=needle):
+        extract(tmp_path / "missing", "train", tmp_path / "f.h5", CFG, augment=2, augment_spec=spec)
+    with pytest.raises(ConfigError, match="--augment-seed -1"):
+        extract(tmp_path / "missing", "train", tmp_path / "f.h5", CFG, augment=2, augment_seed=-1)
+
+
+def test_fit_trains_on_the_copies_and_never_scores_on_them(aug_store, tmp_path, monkeypatch):
+    path, _ = aug_store
+    fs = FeatureStore(path)
+    n, nv, nt = (len(fs.labels(s)) for s in ("train", "validation", "test"))
+    fitted, scored, loads = [], [], []
+    real_fit_one, real_metrics, real_load = runs_mod._fit_one, runs_mod.metrics, FeatureStore.load
+
+    def spy_fit_one(clf, params, X, y, val):
+        fitted.append((len(X), None if val is None else len(val[0])))
+        return real_fit_one(clf, params, X, y, val)
+
+    def spy_load(self, split="train", extractor=None, **kw):
+        loads.append((split, kw.get("augmented", False)))
+        return real_load(self, split, extractor, **kw)
+
+    monkeypatch.setattr(runs_mod, "_fit_one", spy_fit_one)
+    monkeypatch.setattr(runs_mod, "metrics", lambda y, p, c: scored.append(len(y)) or real_metrics(y, p, c))
+    monkeypatch.setattr(FeatureStore, "load", spy_load)
+    rec = fit(path, "logreg", {"C": [0.1, 1.0]}, runs=tmp_path, augmented=True)
+    assert fitted == [(n * (K + 1), nv)] * 2  # every candidate fitted on train + copies, chosen on the plain validation split
+    assert scored == [n, nv, nt]  # metrics of train (its plain rows), validation and test: never an augmented row
+    assert [s for s, aug in loads if aug] == ["train"]  # copies are read for train only
+    assert rec["splits"] == {"train": n, "validation": nv, "test": nt}
+    assert rec["augmented"] == {"split": "train", "copies": K, "spec": "flip=horizontal,rotate=0.1,zoom=0.2", "seed": 0,
+                                "rows": K * n, "plain_rows": n, "train_rows": (K + 1) * n}
+    for split in ("validation", "test"):  # the stored predictions are of the plain splits' images
+        assert rec["predictions"][split]["paths_sha256"] == _digest_paths(fs.paths(split))
+        assert rec["predictions"][split]["n"] == len(fs.labels(split))
+    plain = fit(path, "logreg", runs=tmp_path)
+    assert "augmented" not in plain
+    table = runs_table([rec, plain])
+    assert "+2 aug copies" in table.splitlines()[1] and "aug" not in table.splitlines()[2]
+
+
+def test_fit_refusals(aug_store, tmp_path):
+    path, data = aug_store
+    bare = tmp_path / "bare.h5"
+    extract(data, "train", bare, CFG, batch_size=BATCH)
+    with pytest.raises(StoreError, match="has no augmented copies; make them with `featstore extract --split train --augment K`"):
+        fit(bare, "logreg", runs=tmp_path / "r", augmented=True)
+    extract(data, "train", bare, CFG, batch_size=BATCH, augment=1)  # the plain split is kept, only the copies are computed
+    with pytest.raises(ConfigError, match="k-fold cross-validation on train would put copies of one image on both sides"):
+        fit(bare, "logreg", {"C": [0.1, 1.0]}, runs=tmp_path / "r", augmented=True)
+    rec = fit(bare, "logreg", runs=tmp_path / "r", augmented=True)  # one setting, no validation: nothing to choose, allowed
+    assert rec["augmented"]["train_rows"] == 24
+
+
+def test_streamed_fit_reads_the_copies_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 4096)  # 4-row chunks of 1 KiB rows: a few KB of budget streams
+    data = _data(tmp_path)
+    path = tmp_path / "chunky.h5"
+    extract(data, "train", path, CFG, batch_size=BATCH, augment=K)
+    extract(data, "validation", path, CFG, batch_size=BATCH)
+    from featstore import streaming
+
+    seen, real = [], streaming.train_blocks
+
+    def spy(*args, **kw):
+        rows = 0
+        for X, y in real(*args, **kw):
+            rows += len(y)
+            yield X, y
+        seen.append(rows)
+
+    monkeypatch.setattr(streaming, "train_blocks", spy)
+    rec = fit(path, "sgd", {"epochs": [2]}, memory_budget="20KB", runs=tmp_path / "r", augmented=True)
+    assert rec["streamed"] and rec["augmented"]["train_rows"] == 36
+    assert seen == [36, 36, 36]  # the scaler's pass and two epochs, each over train + both copies
+    assert rec["splits"]["validation"] == 6
+
+
+def test_cli_extract_fit_info_export_and_help(aug_store, tmp_path):
+    runner = CliRunner()
+    path, data = aug_store
+    mine = tmp_path / "cli.h5"
+    args = ["extract", "--data", data, "--split", "train", "--store", mine, "--model", "vgg16", "--weights", "none",
+            "--image-size", "32", "--layer", "block3_pool", "--pooling", "avg", "--seed", "3", "--batch-size", "4", "--no-progress"]
+    r = runner.invoke(app, [str(a) for a in args + ["--augment", "2"]])
+    assert r.exit_code == 0, r.output
+    assert "wrote 24 rows of augmented copies (2 copies, 24 rows, 0 failed)" in r.output
+    r = runner.invoke(app, [str(a) for a in args + ["--augment", "2"]])
+    assert "its 2 augmented copies were already complete (24 rows); nothing to do" in r.output
+    r = runner.invoke(app, [str(a) for a in args + ["--augment", "0"]])
+    assert r.exit_code == 1 and "from 1 to 100" in r.output
+    r = runner.invoke(app, [str(a) for a in args[:4] + ["validation"] + args[5:] + ["--augment", "2"]])
+    assert r.exit_code == 1 and "training data only" in r.output
+    r = runner.invoke(app, ["export", "--store", str(mine), "--split", "train", "--augmented", "--out", str(tmp_path / "c.npz")])
+    assert r.exit_code == 0, r.output
+    z = np.load(tmp_path / "c.npz")
+    np.testing.assert_array_equal(z["copy"], np.repeat([1, 2], 12))
+    np.testing.assert_array_equal(z["features"], _copies(mine)[0].reshape(24, -1))
+    r = runner.invoke(app, ["fit", "--store", str(mine), "--augmented", "--runs", str(tmp_path / "r")])
+    assert r.exit_code == 0 and "plus its 2 augmented copies" in r.output
+    for cmd in ("extract", "fit", "sweep", "export"):
+        assert "--augment" in runner.invoke(app, [cmd, "--help"]).output
+
+
+def test_compressed_copies_commit_whole_batches_across_copy_boundaries(aug_store, tmp_path, monkeypatch):
+    _, data = aug_store
+    sizes, real_append = [], writer.append
+
+    def spy(p, name, split, features, labels, *args, **kw):
+        if split.endswith("/augmented"):
+            sizes.append(len(labels))
+        return real_append(p, name, split, features, labels, *args, **kw)
+
+    monkeypatch.setattr(writer, "append", spy)
+    path = tmp_path / "gzip.h5"
+    extract(data, "train", path, CFG, batch_size=5, augment=K, compression="gzip")  # 12 rows: a batch spans copies 1 and 2
+    assert sizes == [5, 5, 5, 5, 4]  # every commit but the last is one whole chunk, written once
+    with h5py.File(path, "r") as f:
+        assert f["vgg16/train/augmented/features"].chunks[0] == 5 and f["vgg16/train/augmented/features"].compression == "gzip"
+    np.testing.assert_array_equal(_copies(path)[3], np.repeat([1, 2], 12))
+    assert check_store(path) == []
