@@ -101,14 +101,16 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
         if split not in fs.splits(name) or not fs.split_info(split, name).get("complete"):
             raise StoreError(f"fine-tuning needs complete train and validation splits of {name!r} in {store} (early stopping "
                              f"watches validation loss); extract them first: featstore extract --split {split}")
-    data_root = Path(data) if data is not None else Path(fs.split_info("train", name)["source_root"])
-    sets = {s: _split_images(fs, name, s, data_root, class_names) for s in ("train", "validation")}
+    def root_of(split: str) -> Path:  # --data, else the folder each split was extracted from
+        return Path(data) if data is not None else Path(fs.split_info(split, name)["source_root"])
+
+    sets = {s: _split_images(fs, name, s, root_of(s), class_names) for s in ("train", "validation")}
     built = warm_start_model(rec, folder, config, weights, trust_model)
     logger.info("fine-tuning %s: %d layers train (%s ... %s), %d stay frozen; BatchNormalization in inference mode",
                 rec["id"], len(built.trainable), built.trainable[0], built.trainable[-1], len(built.frozen))
     cached, t_cache = None, time.perf_counter()
     if config.cache and not config.augment and built.top is not None:
-        cached = _cached_cut(fs, name, built.cut_input, data_root, rec["extractor_attrs"], weights, trust_model, sets)
+        cached = _cached_cut(fs, name, built.cut_input, rec["extractor_attrs"], weights, trust_model, sets)
     elif config.augment:
         logger.info("augmentation on (%s): training from the images, the frozen layers are computed every epoch", config.augment)
     elif config.cache:
@@ -120,7 +122,7 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
     model = FinetunedModel(built.model, rec["extractor_attrs"])
     evaluated, probas = {}, {}
     for split in [s for s in ("validation", "test") if s in fs.splits(name) and fs.split_info(s, name).get("complete")]:
-        images = sets.get(split) or _split_images(fs, name, split, data_root, class_names)
+        images = sets.get(split) or _split_images(fs, name, split, root_of(split), class_names)
         proba = np.concatenate([model.proba(x) for x, _ in _image_batches(images, rec["extractor_attrs"], 64, None, None, workers)])
         evaluated[split] = metrics(images.labels, proba.argmax(axis=1), class_names)
         probas[split] = (proba, images.labels, _digest_paths(images.paths))
@@ -130,7 +132,7 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
         "id": f"finetune-{secrets.token_hex(3)}", "kind": "finetune", "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "store": str(fs.path.resolve()), "extractor": name, "fingerprint": rec["fingerprint"], "extractor_attrs": rec["extractor_attrs"],
         "class_names": class_names, "clf": "finetune", "params": asdict(config), "from_run": rec["id"],
-        "unfreeze_from": config.unfreeze_from, "trainable_layers": built.trainable, "data_root": str(data_root.resolve()),
+        "unfreeze_from": config.unfreeze_from, "trainable_layers": built.trainable, "data_root": str(sets["train"].root.resolve()),
         "cached_cut": cached.group if cached else "", "cache_seconds": round(cache_seconds, 3), "weights_digest": weights_digest(built.model),
         "splits": {"train": len(sets["train"].labels), **{s: m["n"] for s, m in evaluated.items()}}, "metrics": evaluated,
         "history": history, "phase_a_history": {} if config.from_scratch_head else rec.get("history", {}),
@@ -202,7 +204,7 @@ class Cached:
     arrays: dict  # split -> (X, y)
 
 
-def _cached_cut(fs, name, layer, root, attrs, weights, trust_model, sets) -> Cached:
+def _cached_cut(fs, name, layer, attrs, weights, trust_model, sets) -> Cached:
     """Extract (or reuse) the group cut at ``layer`` for train and validation; its rows must be the run's rows."""
     from .extract import extract
     from .extractor import ExtractorConfig
@@ -215,7 +217,7 @@ def _cached_cut(fs, name, layer, root, attrs, weights, trust_model, sets) -> Cac
                 "fine-tunings), and phase B trains only the layers above on it", layer, group)
     arrays = {}
     for split, images in sets.items():
-        extract(root, split, fs.path, cfg, name=group)
+        extract(images.root, split, fs.path, cfg, name=group)
         if fs.paths(split, group) != images.paths:
             raise StoreError(f"the cached group {group!r} holds other images of {split!r} than {name!r} (the folder changed "
                              f"between the two extractions?); re-extract both, or pass --no-cache")
