@@ -99,6 +99,7 @@ def extract(
     seed: Annotated[int, typer.Option(help="Initialisation seed for --weights none.")] = 0,
     compression: Annotated[str, typer.Option(help="Feature compression: none, lzf or gzip (smaller, slower to write).")] = "none",
     mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="Compute in float16 (fast on GPUs with tensor cores); features change slightly and get another fingerprint.")] = False,
+    jit: Annotated[bool, typer.Option("--jit", help="Compile the forward pass with XLA (TensorFlow backend). Checked against the uncompiled model at start-up (--verbose prints the max abs difference) and refused beyond a tolerance; not fingerprinted.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Push one split's images through a frozen CNN and store the activations in HDF5.
@@ -113,7 +114,7 @@ def extract(
                              trust_model=trust_model)
     try:
         r = run_extract(data, split, store, config, name=name, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                        compression=compression)
+                        compression=compression, jit=jit)
     except KeyboardInterrupt:
         typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
         raise typer.Exit(130) from None

@@ -56,6 +56,7 @@ class ExtractResult:
     ignored: int = 0  # files without an image extension in the class folders
     images_per_second: float = 0.0  # throughput of the decode-model-write loop (model building excluded)
     extractors: list = field(default_factory=list)  # every extractor group written (one per layer with several layers)
+    jit_max_abs_diff: float | None = None  # --jit: max abs difference of the compiled to the uncompiled model at start-up
 
 
 def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Iterator[tuple[str, np.ndarray | None, str]]:
@@ -99,12 +100,13 @@ def iter_decoded(paths: list[str], size: int, workers: int, ahead: int) -> Itera
 def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike = "features.h5",
             config: ExtractorConfig | None = None, *, name: str | None = None, batch_size: int = 32,
             overwrite: bool = False, progress: bool = False, workers: int | None = None, locking=None,
-            compression: str = "none") -> ExtractResult:
+            compression: str = "none", jit: bool = False) -> ExtractResult:
     """Extract features of ``data/split/<class>/*`` into ``store_path`` under ``/<name>/<split>``.
 
     With ``config.layers`` (several cut layers) one decode and one forward pass fill one extractor group per
     layer, named ``<name>@<layer>``, each with its own fingerprint. Re-running a complete split is a no-op
-    (``overwrite=True`` replaces it); an interrupted run resumes from its last committed batch. Example::
+    (``overwrite=True`` replaces it); an interrupted run resumes from its last committed batch. ``jit=True`` compiles the
+    forward pass with XLA, after checking it against the uncompiled model (refused beyond ``extractor.JIT_TOLERANCE``). Example::
 
         extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"))
         extract("data/fashion_mnist", "train", "features.h5",
@@ -137,11 +139,12 @@ def extract(data: str | os.PathLike, split: str, store_path: str | os.PathLike =
             logger.debug("%s in %s already complete; nothing to do", ", ".join(f"{n}/{split}" for n in names), store_path)
         else:
             names, configs = [names[i] for i in todo], [configs[i] for i in todo]
-            extractor = Extractor(replace(config, layer=None, layers=tuple(c.layer for c in configs)) if config.layers else config, spec)
-            result.fingerprint = extractor.attrs["fingerprint"]
+            extractor = Extractor(replace(config, layer=None, layers=tuple(c.layer for c in configs)) if config.layers else config, spec,
+                                  jit=jit, jit_batch=batch_size)
+            result.fingerprint, result.jit_max_abs_diff = extractor.attrs["fingerprint"], extractor.jit_max_abs_diff
             split_attrs = {"class_names": listing.class_names, "source_root": str(listing.root.resolve()), "n_images": len(listing.items),
                            "n_ignored": listing.n_ignored, "listing_sha256": listing.digest(), "batch_size": batch_size,
-                           "compression": compression}
+                           "compression": compression, "jit": bool(jit)}  # jit: how the run that started the split computed
             row_bytes = sum(int(np.prod(a["feature_shape"])) for _, a in extractor.outputs) * np.dtype(config.dtype).itemsize
             if writer.interrupted(store_path, names, split, locking):
                 writer.compact(store_path, locking)  # resume from a clean copy: a killed writer's file state is never written on
