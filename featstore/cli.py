@@ -104,6 +104,8 @@ def extract(
     address: Annotated[Optional[str], typer.Option(help="--engine ray: the cluster, e.g. ray://head:10001, head:6379 or auto (default: start a local Ray).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="--engine ray: actors, each holding one copy of the backbone (default 1).")] = None,
     gpus_per_worker: Annotated[Optional[float], typer.Option(help="--engine ray: GPUs each actor reserves (default 0: CPU only).")] = None,
+    cpus_per_worker: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs each actor reserves and gives TensorFlow (default: the cluster's CPUs / --workers).")] = None,
+    decode_threads: Annotated[Optional[int], typer.Option(help="Image decode threads: in this process (local; default 2 x cores, at most 8), or in each Ray actor (default 2). 0 decodes between model calls.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Push one split's images through a frozen CNN and store the activations in HDF5.
@@ -113,18 +115,20 @@ def extract(
     from .extract import ExtractorConfig, extract as run_extract
 
     ray_options = None
-    if address is not None or workers is not None or gpus_per_worker is not None:
+    if address is not None or workers is not None or gpus_per_worker is not None or cpus_per_worker is not None or (
+            engine == "ray" and decode_threads is not None):
         from .ray_engine import RayOptions
 
-        ray_options = RayOptions(address=address, workers=1 if workers is None else workers,
-                                 gpus_per_worker=gpus_per_worker or 0.0)
+        ray_options = RayOptions(address=address, workers=1 if workers is None else workers, gpus_per_worker=gpus_per_worker or 0.0,
+                                 cpus_per_worker=cpus_per_worker, decode_threads=2 if decode_threads is None else decode_threads)
     layers = tuple(x.strip() for x in layer.split(",")) if layer and "," in layer else ()
     config = ExtractorConfig(model=model, image_size=image_size, layer=None if layers else layer, layers=layers, pooling=pooling,
                              dtype=dtype, weights=weights, seed=seed, mixed_precision=mixed_precision, preprocess=preprocess,
                              trust_model=trust_model)
     try:
         r = run_extract(data, split, store, config, name=name, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                        compression=compression, jit=jit, engine=engine, ray_options=ray_options)
+                        compression=compression, jit=jit, engine=engine, ray_options=ray_options,
+                        workers=decode_threads if engine == "local" else None)
     except KeyboardInterrupt:
         typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
         raise typer.Exit(130) from None

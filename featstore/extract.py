@@ -153,7 +153,8 @@ def _engine(engine: str, ray_options):
         raise ConfigError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if engine == "local":
         if ray_options is not None:
-            raise ConfigError("--address, --workers and --gpus-per-worker are options of --engine ray; add --engine ray, or leave them out")
+            raise ConfigError("--address, --workers, --gpus-per-worker and --cpus-per-worker are options of --engine ray; add --engine ray, "
+                              "or leave them out")
         return None
     from .ray_engine import RayEngine
 

@@ -40,7 +40,7 @@ def test_engine_ray_without_ray_names_the_extra(data_root, tiny_config, tmp_path
 
 @pytest.mark.parametrize("args, message", [
     (["--engine", "spark"], "unknown engine 'spark'; choose one of: local, ray"),
-    (["--workers", "2"], "--address, --workers and --gpus-per-worker are options of --engine ray"),
+    (["--workers", "2"], "--address, --workers, --gpus-per-worker and --cpus-per-worker are options of --engine ray"),
     (["--address", "ray://head:10001"], "options of --engine ray"),
 ])
 def test_bad_engine_options(data_root, tmp_path, args, message):
@@ -124,3 +124,9 @@ def test_cluster_checks_before_the_run(ray_cluster, data_root, tiny_config, tmp_
     assert not (tmp_path / "f.h5").exists()
     with pytest.raises(DataError, match=r"a Ray worker on .* cannot read .*elsewhere.*shared filesystem"):
         RayEngine().start(tmp_path / "elsewhere", None)  # a data root only the driver sees
+
+
+def test_decode_threads_option_does_not_change_rows(data_root, tmp_path):
+    assert tiny(data_root, tmp_path / "a.h5", "--decode-threads", 0).exit_code == 0
+    assert tiny(data_root, tmp_path / "b.h5", "--decode-threads", 3).exit_code == 0
+    same_store(tmp_path / "a.h5", tmp_path / "b.h5")
