@@ -45,7 +45,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
 
     set_locking(locking)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("tensorflow", "absl", "h5py", "PIL", "matplotlib"):
+    for noisy in ("tensorflow", "absl", "h5py", "PIL", "matplotlib", "ray"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from .quiet import set_quiet
 
@@ -99,6 +99,13 @@ def extract(
     seed: Annotated[int, typer.Option(help="Initialisation seed for --weights none.")] = 0,
     compression: Annotated[str, typer.Option(help="Feature compression: none, lzf or gzip (smaller, slower to write).")] = "none",
     mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="Compute in float16 (fast on GPUs with tensor cores); features change slightly and get another fingerprint.")] = False,
+    jit: Annotated[bool, typer.Option("--jit", help="Compile the forward pass with XLA (TensorFlow backend). Checked against the uncompiled model at start-up (--verbose prints the max abs difference) and refused beyond a tolerance; not fingerprinted.")] = False,
+    engine: Annotated[str, typer.Option(help="Where decoding and the forward pass run: local (this process) or ray (a Ray Data actor pool; needs the ray extra). Same store, rows and order either way.")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="--engine ray: the cluster, e.g. ray://head:10001, head:6379 or auto (default: start a local Ray).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="--engine ray: actors, each holding one copy of the backbone (default 1).")] = None,
+    gpus_per_worker: Annotated[Optional[float], typer.Option(help="--engine ray: GPUs each actor reserves (default 0: CPU only).")] = None,
+    cpus_per_worker: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs each actor reserves and gives TensorFlow (default: the cluster's CPUs / --workers).")] = None,
+    decode_threads: Annotated[Optional[int], typer.Option(help="Image decode threads: in this process (local; default 2 x cores, at most 8), or in each Ray actor (default 2). 0 decodes between model calls.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     augment: Annotated[Optional[int], typer.Option("--augment", metavar="K", help="Also cache K augmented copies of this training split (1 to 100), in its subgroup 'augmented', for `featstore fit --augmented`. Refused for validation and test splits.")] = None,
     augment_spec: Annotated[Optional[str], typer.Option("--augment-spec", help="The augmentations of --augment, comma-separated, each with an optional =value: flip (horizontal, vertical or horizontal_and_vertical), rotate (0.1 of a turn), zoom (0.2), translate (0.1), contrast (0.2). Default: flip,rotate=0.1,zoom=0.2.")] = None,
@@ -111,13 +118,22 @@ def extract(
     """
     from .extract import ExtractorConfig, extract as run_extract
 
+    ray_options = None
+    if address is not None or workers is not None or gpus_per_worker is not None or cpus_per_worker is not None or (
+            engine == "ray" and decode_threads is not None):
+        from .ray_engine import RayOptions
+
+        ray_options = RayOptions(address=address, workers=1 if workers is None else workers, gpus_per_worker=gpus_per_worker or 0.0,
+                                 cpus_per_worker=cpus_per_worker, decode_threads=2 if decode_threads is None else decode_threads)
     layers = tuple(x.strip() for x in layer.split(",")) if layer and "," in layer else ()
     config = ExtractorConfig(model=model, image_size=image_size, layer=None if layers else layer, layers=layers, pooling=pooling,
                              dtype=dtype, weights=weights, seed=seed, mixed_precision=mixed_precision, preprocess=preprocess,
                              trust_model=trust_model)
     try:
         r = run_extract(data, split, store, config, name=name, batch_size=batch_size, overwrite=overwrite, progress=progress,
-                        compression=compression, augment=augment, augment_spec=augment_spec, augment_seed=augment_seed)
+                        compression=compression, jit=jit, engine=engine, ray_options=ray_options,
+                        workers=decode_threads if engine == "local" else None, augment=augment, augment_spec=augment_spec,
+                        augment_seed=augment_seed)
     except KeyboardInterrupt:
         typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
         raise typer.Exit(130) from None
@@ -132,6 +148,8 @@ def extract(
                    + ("; nothing to do. Use --overwrite to redo it." if done else ""))
         return
     resumed = f", resumed after {r.resumed_from} images" if r.resumed_from else ""
+    if r.engine == "ray":
+        typer.echo(f"Ray start-up (connect, checks, actors built, first batch): {r.startup_seconds:.1f} s")
     typer.echo(f"wrote {r.written} rows of {r.feature_shape} to {where} in {r.seconds:.1f} s ({r.images_per_second:.1f} img/s{resumed}); "
                f"{r.rows} rows in the split, {r.failed} failed" + (f", {r.ignored} non-image files ignored" if r.ignored else "") + copies)
     for path, reason in r.failures:

@@ -28,6 +28,13 @@ from .weights import describe_weights_argument, load_base, weights_digest
 
 logger = logging.getLogger(__name__)
 
+# --jit: the compiled forward pass may differ from the uncompiled one by at most this fraction of the largest |feature| of
+# the check batch (float32: reassociated sums differ by ~1e-6 of it; float16 arithmetic by ~1e-3). Within it the features
+# are the fingerprint's features, so --jit is not fingerprinted; over it, --jit is refused.
+JIT_TOLERANCE = {"float32": 1e-4, "mixed_float16": 1e-2}
+JIT_PROBE_ROWS = 8  # rows of the check batch when the caller does not name its batch size
+JIT_CHECK_ROWS = 4  # rows of it also run through the uncompiled model and compared
+
 
 @dataclass(frozen=True)
 class ExtractorConfig:
@@ -98,7 +105,11 @@ class Extractor:
     ``outputs`` holds one ``(layer, attrs)`` per cut layer; ``attrs`` is the first one's (the only one's).
     """
 
-    def __init__(self, config: ExtractorConfig, spec: BackboneSpec | SavedModelSpec | None = None):
+    def __init__(self, config: ExtractorConfig, spec: BackboneSpec | SavedModelSpec | None = None, *, jit: bool = False,
+                 jit_batch: int = JIT_PROBE_ROWS):
+        """``jit=True`` compiles the forward pass with XLA for batches of ``jit_batch`` rows and checks it (see ``check_jit``)."""
+        if jit:
+            require_jit_backend()
         spec = spec or config.backbone()  # a caller that already resolved it passes it: a saved model is not read again
         self.config = config.validated(spec)
         self.spec = spec
@@ -124,6 +135,11 @@ class Extractor:
         self.attrs = self.outputs[0][1]
         self.feature_shape = tuple(self.attrs["feature_shape"])
         self._forward = _forward_fn(self.model, c.image_size, spec.channels_in)  # traced once, at start-up
+        self.jit, self.jit_max_abs_diff = jit, None  # the XLA check's result (None without --jit)
+        if jit:
+            compiled = _forward_fn(self.model, c.image_size, spec.channels_in, jit=True)
+            self.jit_max_abs_diff = check_jit(self._prepare, self._forward, compiled, c, jit_batch, self._shown_name())
+            self._forward = compiled
 
     def _shown_name(self) -> str:
         """The model as messages name it."""
@@ -170,9 +186,13 @@ class Extractor:
 
     def features(self, images: np.ndarray) -> list[np.ndarray]:
         """Features of a uint8 RGB batch ``(B, size, size, 3)`` for every output, in the configured dtype."""
-        x = images.astype(np.float32) if self.spec.channels_in == 3 else to_gray(images)
-        out = self._forward(self.spec.preprocess(x))
+        out = self._forward(self._prepare(images))
         return [np.asarray(o).astype(self.config.dtype, copy=False) for o in (out if isinstance(out, list) else [out])]
+
+    def _prepare(self, images: np.ndarray) -> np.ndarray:
+        """uint8 RGB batch -> the model's float32 input (channels, preprocessing)."""
+        x = images.astype(np.float32) if self.spec.channels_in == 3 else to_gray(images)
+        return self.spec.preprocess(x)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Features of a uint8 RGB batch for the (first) output."""
@@ -186,15 +206,63 @@ def to_gray(images: np.ndarray) -> np.ndarray:
     return luma[..., None].astype(np.float32)
 
 
-def _forward_fn(model, size: int, channels: int):
-    """The model as one traced function for any batch size (no `predict`-in-a-loop leak, no retracing per shape)."""
+def _backend() -> str:
+    """Keras's backend name."""
     import keras
 
-    if keras.backend.backend() != "tensorflow":
+    return keras.backend.backend()
+
+
+def require_jit_backend() -> None:
+    """Refuse --jit where featstore cannot compile the forward pass with XLA (a Keras backend other than TensorFlow)."""
+    if _backend() != "tensorflow":
+        raise ConfigError(f"--jit compiles the forward pass with TensorFlow's XLA, but Keras runs on the {_backend()!r} backend; "
+                          f"run without --jit, or set KERAS_BACKEND=tensorflow")
+
+
+def check_jit(prepare, reference, compiled, config: ExtractorConfig, rows: int, shown: str) -> float:
+    """Run the compiled forward pass on ``rows`` seeded random images (compiling it for that batch shape) and compare its
+    first rows with the uncompiled pass; the max abs difference, or ConfigError when it is over :data:`JIT_TOLERANCE`.
+    """
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).integers(0, 256, (max(rows, 1), config.image_size, config.image_size, 3), dtype=np.uint8)
+    x = prepare(images)
+    t = time.perf_counter()
+    try:
+        got = compiled(x)
+    except (tf.errors.OpError, ValueError, TypeError) as exc:  # a layer XLA cannot compile, or a TensorFlow without XLA
+        raise ConfigError(f"--jit: XLA could not compile {shown}: {str(exc).splitlines()[0]}. Run without --jit") from exc
+    seconds = time.perf_counter() - t
+    k = min(JIT_CHECK_ROWS, len(x))
+    want = reference(x[:k])
+    got, want = (o if isinstance(o, list) else [o] for o in (got, want))
+    compute = "mixed_float16" if config.mixed_precision else "float32"
+    worst, scale = 0.0, 0.0
+    for g, w in zip(got, want):
+        worst = max(worst, float(np.max(np.abs(g[:k].astype(np.float64) - w.astype(np.float64)), initial=0.0)))
+        scale = max(scale, float(np.max(np.abs(w), initial=0.0)))
+    limit = JIT_TOLERANCE[compute] * max(scale, 1e-6)
+    logger.debug("--jit: XLA compiled %s for batches of %d in %.1f s; max abs difference to the uncompiled model %.3g "
+                 "(largest feature %.3g, tolerance %.3g)", shown, len(x), seconds, worst, scale, limit)
+    if not worst <= limit:
+        raise ConfigError(f"--jit: the XLA-compiled {shown} differs from the uncompiled model by up to {worst:.3g} (largest feature "
+                          f"{scale:.3g}; tolerance {JIT_TOLERANCE[compute]:g} of it, {limit:.3g}); refusing to write features that "
+                          f"would not match the fingerprint. Run without --jit")
+    return worst
+
+
+def _forward_fn(model, size: int, channels: int, jit: bool = False):
+    """The model as one traced function for any batch size (no `predict`-in-a-loop leak, no retracing per shape).
+
+    ``jit=True``: XLA-compiled (``jit_compile=True``); XLA compiles once per batch shape, on its first call.
+    """
+    if _backend() != "tensorflow":
         return model.predict_on_batch
     import tensorflow as tf
 
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)])
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
+                     jit_compile=jit or None)
     fn.get_concrete_function()  # trace now (no forward pass): every batch size then reuses this one graph
 
     def run(x):

@@ -1,0 +1,132 @@
+"""--engine ray: a local Ray cluster started by the test gives the local engine's store exactly; faults and bad input.
+
+The cluster tests are `slow` (Ray's start and one TensorFlow import per actor take seconds); the option checks are not.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featstore import ConfigError, DataError, FeatureStore, extract
+from featstore import writer
+from featstore.ray_engine import KILL_HOOK, RayEngine, RayOptions
+
+from .test_cli import run, tiny
+
+
+def same_store(a: Path, b: Path, split: str = "train", extractor: str | None = None) -> None:
+    """Features, labels, paths and failure records identical."""
+    fa, fb = FeatureStore(a), FeatureStore(b)
+    (Xa, ya), (Xb, yb) = fa.load(split, extractor=extractor), fb.load(split, extractor=extractor)
+    np.testing.assert_array_equal(Xa, Xb)
+    np.testing.assert_array_equal(ya, yb)
+    assert fa.paths(split, extractor) == fb.paths(split, extractor)
+    assert fa.failures(split, extractor) == fb.failures(split, extractor)
+    assert fa.metadata(extractor)["fingerprint"] == fb.metadata(extractor)["fingerprint"]
+
+
+# ---- option checks: no cluster needed ----
+
+def test_engine_ray_without_ray_names_the_extra(data_root, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as when the extra is not installed
+    with pytest.raises(ConfigError, match=r'--engine ray needs Ray Data, which is not installed.*pip install "featstore\[ray\]"'):
+        extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray")
+    assert not (tmp_path / "f.h5").exists()  # never a quiet fall-back to the local engine
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "spark"], "unknown engine 'spark'; choose one of: local, ray"),
+    (["--workers", "2"], "--address, --workers, --gpus-per-worker and --cpus-per-worker are options of --engine ray"),
+    (["--address", "ray://head:10001"], "options of --engine ray"),
+])
+def test_bad_engine_options(data_root, tmp_path, args, message):
+    r = tiny(data_root, tmp_path / "f.h5", *args)
+    assert r.exit_code == 1 and message in r.output, r.output
+
+
+def test_unreachable_address_fails_fast_naming_it(data_root, tiny_config, tmp_path):
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray is already initialised in this process")
+    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at --address 127\.0\.0\.1:9 "):
+        extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray", ray_options=RayOptions(address="127.0.0.1:9"))
+    with pytest.raises(ConfigError, match="--workers must be at least 1"):
+        extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray", ray_options=RayOptions(workers=0))
+
+
+# ---- a local Ray cluster (2 CPUs, no external services) ----
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_engine_equals_local_engine(ray_cluster, data_root, tiny_config, tmp_path):
+    (data_root / "train" / "cat" / "broken.jpg").write_bytes(b"not an image")  # a failure record, mid-class
+    (data_root / "train" / "dog" / "caf\udce9.png").write_bytes((data_root / "train" / "dog" / "img_000.png").read_bytes())
+    extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=4)
+    r = tiny(data_root, tmp_path / "ray.h5", "--seed", 7, "--batch-size", 4, "--engine", "ray", "--workers", 2)
+    assert r.exit_code == 0, r.output
+    assert "Ray start-up" in r.output and "wrote 13 rows" in r.output and "1 failed" in r.output
+    same_store(tmp_path / "local.h5", tmp_path / "ray.h5")
+    assert FeatureStore(tmp_path / "ray.h5").failures("train")[0][0] == "train/cat/broken.jpg"
+    assert run("check", tmp_path / "ray.h5").exit_code == 0
+
+
+@pytest.mark.slow
+def test_killed_actor_is_retried_without_loss_or_duplicates(ray_cluster, data_root, tiny_config, tmp_path, monkeypatch):
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(KILL_HOOK, str(marker))  # the first actor to reach its 2nd batch SIGKILLs itself
+    extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=2)
+    r = extract(data_root, "train", tmp_path / "ray.h5", tiny_config, batch_size=2, engine="ray", ray_options=RayOptions(workers=1))
+    assert marker.exists(), "no actor was killed"
+    assert r.rows == 12 and r.written == 12
+    same_store(tmp_path / "local.h5", tmp_path / "ray.h5")
+    assert len(set(FeatureStore(tmp_path / "ray.h5").paths("train"))) == 12
+
+
+@pytest.mark.slow
+def test_interrupted_driver_resumes_like_the_local_engine(ray_cluster, data_root, tiny_config, tmp_path, monkeypatch):
+    extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=4)
+    real_append, calls = writer.append, []
+
+    def dying_append(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the driver interrupted after one committed batch
+        return real_append(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "append", dying_append)
+    path = tmp_path / "ray.h5"
+    with pytest.raises(KeyboardInterrupt):
+        extract(data_root, "train", path, tiny_config, batch_size=4, engine="ray")
+    monkeypatch.setattr(writer, "append", real_append)
+    assert FeatureStore(path).split_info("train")["committed_rows"] == 4
+    r = extract(data_root, "train", path, tiny_config, batch_size=4, engine="ray")
+    assert r.resumed_from == 4 and r.written == 8
+    same_store(tmp_path / "local.h5", path)
+
+
+@pytest.mark.slow
+def test_cluster_checks_before_the_run(ray_cluster, data_root, tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"--workers 2 x --gpus-per-worker 1 asks for 2 GPUs; the Ray cluster has 0"):
+        extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray", ray_options=RayOptions(workers=2, gpus_per_worker=1))
+    with pytest.raises(ConfigError, match=r"--workers 3 x 1 CPUs each needs 3 CPUs; the Ray cluster has 2"):
+        extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray", ray_options=RayOptions(workers=3))
+    assert not (tmp_path / "f.h5").exists()
+    with pytest.raises(DataError, match=r"a Ray worker on .* cannot read .*elsewhere.*shared filesystem"):
+        RayEngine().start(tmp_path / "elsewhere", None)  # a data root only the driver sees
+
+
+def test_decode_threads_option_does_not_change_rows(data_root, tmp_path):
+    assert tiny(data_root, tmp_path / "a.h5", "--decode-threads", 0).exit_code == 0
+    assert tiny(data_root, tmp_path / "b.h5", "--decode-threads", 3).exit_code == 0
+    same_store(tmp_path / "a.h5", tmp_path / "b.h5")
