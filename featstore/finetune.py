@@ -322,7 +322,7 @@ def _epoch_log():
 
 def apply_finetuned(rec: dict, folder: Path, fs: FeatureStore, split: str, workers: int = 2):
     """``(labels, predictions, probabilities)`` of a finetune run on the images of a store split (store row order)."""
-    from .artifacts import load_finetuned
+    from .artifacts import checked_finetuned, load_finetuned
 
     model = load_finetuned(folder, rec)
     name = rec["extractor"]
@@ -330,5 +330,7 @@ def apply_finetuned(rec: dict, folder: Path, fs: FeatureStore, split: str, worke
         raise StoreError(f"split {split!r} of {name!r} is not complete; finish it with `featstore extract --split {split}`")
     root = Path(fs.split_info(split, name)["source_root"])
     images = _split_images(fs, name, split, root, rec["class_names"])
-    proba = np.concatenate([model.proba(x) for x, _ in _image_batches(images, rec["extractor_attrs"], 64, None, None, workers)])
+    # a crafted or damaged model.keras may give another number of classes, NaN or non-probabilities: refused, as predict does
+    proba = np.concatenate([checked_finetuned(model, x, len(rec["class_names"]), rec["id"])
+                            for x, _ in _image_batches(images, rec["extractor_attrs"], 64, None, None, workers)])
     return images.labels, proba.argmax(axis=1), proba
