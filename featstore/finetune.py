@@ -60,13 +60,18 @@ class FinetuneConfig:
 
     def validated(self) -> FinetuneConfig:
         """Check every field before any work; canonical augmentation spec."""
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+        if not isinstance(self.unfreeze_from, str) or not self.unfreeze_from:
+            raise ConfigError(f"--unfreeze-from must name a layer (e.g. block5_conv1); got {self.unfreeze_from!r}")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ConfigError(f"--lr must be a positive number (fine-tuning uses a low one, e.g. 1e-5); got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0)):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
-                raise ConfigError(f"--{name.replace('_', '-')} must be an integer of at least {low}; got {getattr(self, name)!r}")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer of at least {low}; got {value!r}")
+        if self.seed > 2**31 - 1:  # Keras seeds take 32 bits; the augmentation layers use seed + i
+            raise ConfigError(f"--seed must be at most {2**31 - 1}; got {self.seed}")
         return replace(self, augment=parse_augment(self.augment).spec)
 
 
@@ -122,6 +127,10 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
     for split in [s for s in ("validation", "test") if s in fs.splits(name) and fs.split_info(s, name).get("complete")]:
         images = sets.get(split) or _split_images(fs, name, split, data_root, class_names)
         proba = np.concatenate([model.proba(x) for x, _ in _image_batches(images, rec["extractor_attrs"], 64, None, None, workers)])
+        if not np.isfinite(proba).all():  # the weights became NaN/inf: a run recorded now would be listed as broken
+            raise ConfigError(f"fine-tuning diverged: the model gives NaN or inf on {split} (training loss per epoch "
+                              f"{[round(v, 4) for v in history.get('loss', [])]}); nothing was recorded. Lower --lr (fine-tuning "
+                              f"uses about 1e-5; it was {config.lr:g}) and retry")
         evaluated[split] = metrics(images.labels, proba.argmax(axis=1), class_names)
         probas[split] = (proba, images.labels, _digest_paths(images.paths))
     from .weights import weights_digest

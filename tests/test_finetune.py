@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from featstore import ConfigError, DataError, ExtractorConfig, FeatureStore, WeightsError, ensemble, evaluate_run, extract, fit, predict
+from featstore import (ConfigError, DataError, ExtractorConfig, FeatureStore, WeightsError, ensemble, evaluate_run, extract, fit, list_runs,
+                       predict)
 from featstore.cli import app
 from featstore.finetune import FinetuneConfig, finetune, warm_start_model
 from featstore.finetuned import preprocess_images
@@ -328,3 +329,27 @@ def test_a_fit_run_with_a_phase_a_history_still_shows(ft, tmp_path):
     _edit(runs / ft["logreg"], phase_a_history={"loss": [1.0, 0.5]})
     res = CliRunner().invoke(app, ["runs", "show", ft["logreg"], "--store", str(ft["store"]), "--runs", str(runs)])
     assert res.exit_code == 0 and rec["id"] in res.output, res.output
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"unfreeze_from": ""}, "--unfreeze-from must name a layer"),
+    ({"unfreeze_from": None}, "--unfreeze-from must name a layer"),
+    ({"unfreeze_from": "block5_conv3", "seed": -1}, "--seed must be an integer of at least 0"),
+    ({"unfreeze_from": "block5_conv3", "seed": 2**40}, "--seed must be at most"),
+    ({"unfreeze_from": "block5_conv3", "seed": True}, "--seed must be an integer"),
+    ({"unfreeze_from": "block5_conv3", "epochs": True}, "--epochs must be an integer"),
+    ({"unfreeze_from": "block5_conv3", "lr": True}, "--lr must be a positive number"),
+    ({"unfreeze_from": "block5_conv3", "lr": float("nan")}, "--lr must be a positive number"),
+    ({"unfreeze_from": "block5_conv3", "augment": "rotate=nan"}, "give a number above 0"),
+    ({"unfreeze_from": "block5_conv3", "augment": "zoom=1e309"}, "give a number above 0"),
+])
+def test_odd_option_values_are_refused_before_any_work(ft, kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        finetune(ft["dense"], FinetuneConfig(**kwargs), store=ft["store"])
+
+
+def test_a_diverging_fine_tuning_says_lower_the_lr_and_records_nothing(ft):
+    before = {r["id"] for r in list_runs(ft["store"])}
+    with pytest.raises(ConfigError, match="fine-tuning diverged.*Lower --lr"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=1, batch_size=4, lr=1e30), store=ft["store"])
+    assert {r["id"] for r in list_runs(ft["store"])} == before
