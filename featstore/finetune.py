@@ -30,7 +30,7 @@ import numpy as np
 
 from . import provenance
 from .augment import parse_augment
-from .errors import ConfigError, DataError, StoreError
+from .errors import ConfigError, DataError, FeatstoreError, StoreError
 from .finetuned import Built, FinetunedModel, build_model, head_weights, preprocess_images
 from .images import discover, printable
 from .runs import _digest_paths, _versions, get_run, metrics
@@ -224,10 +224,19 @@ def _cached_cut(fs, name, layer, root, attrs, weights, trust_model, sets) -> Cac
                 "fine-tunings), and phase B trains only the layers above on it", layer, group)
     arrays = {}
     for split, images in sets.items():
-        extract(root, split, fs.path, cfg, name=group)
-        if fs.paths(split, group) != images.paths:
-            raise StoreError(f"the cached group {group!r} holds other images of {split!r} than {name!r} (the folder changed "
-                             f"between the two extractions?); re-extract both, or pass --no-cache")
+        try:
+            extract(root, split, fs.path, cfg, name=group)
+        except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
+            raise type(exc)(f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; pass "
+                            f"--no-cache to train from the images instead, or fine-tune on a copy of the store without that group)") from None
+        cut_paths = fs.paths(split, group)
+        if cut_paths != images.paths:
+            lacking = sorted(set(images.paths) - set(cut_paths))
+            why = (f"it lacks {len(lacking)} of them (e.g. {printable(lacking[0])}), which cannot be read now: restore them, or "
+                   f"re-run `featstore extract` so the store and the folder agree" if lacking else
+                   "the folder changed between the two extractions?")
+            raise StoreError(f"the cached group {group!r} holds other images of {split!r} than {name!r} ({why}); re-extract both, "
+                             f"or pass --no-cache")
         arrays[split] = fs.load(split, group)
     return Cached(group, arrays)
 
@@ -275,6 +284,15 @@ def _train(built, cached: Cached | None, sets: dict, attrs: dict, config: Finetu
     epoch = iter(range(10**9))
     ytype = np.float32 if binary else np.int64
 
+    failed: list[Exception] = []  # an error inside a generator reaches fit() as a tf UnknownError: kept to re-raise as itself
+
+    def keep(gen):
+        try:
+            yield from gen
+        except FeatstoreError as exc:
+            failed.append(exc)
+            raise
+
     def train_batches():
         order = np.random.default_rng(config.seed + next(epoch)).permutation(n)  # a new seeded order each epoch, same for both paths
         if cached is not None:
@@ -299,12 +317,17 @@ def _train(built, cached: Cached | None, sets: dict, attrs: dict, config: Finetu
     sig = (tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None,), tf.float32 if binary else tf.int64))
     steps = -(-n // config.batch_size)
     val_steps = -(-len(sets["validation"].labels) // config.batch_size)
-    train = tf.data.Dataset.from_generator(train_batches, output_signature=sig).repeat()
-    val = tf.data.Dataset.from_generator(val_batches, output_signature=sig).repeat()
+    train = tf.data.Dataset.from_generator(lambda: keep(train_batches()), output_signature=sig).repeat()
+    val = tf.data.Dataset.from_generator(lambda: keep(val_batches()), output_signature=sig).repeat()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     log = _epoch_log()(config.epochs)
-    hist = model.fit(train, epochs=config.epochs, steps_per_epoch=steps, validation_data=val, validation_steps=val_steps,
-                     callbacks=[stop, log], verbose=verbose, shuffle=False)
+    try:
+        hist = model.fit(train, epochs=config.epochs, steps_per_epoch=steps, validation_data=val, validation_steps=val_steps,
+                         callbacks=[stop, log], verbose=verbose, shuffle=False)
+    except Exception:
+        if failed:  # e.g. an image that cannot be read now: its own message, not TensorFlow's wrapper
+            raise failed[0] from None
+        raise
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}, log.seconds
 
 

@@ -353,3 +353,43 @@ def test_a_diverging_fine_tuning_says_lower_the_lr_and_records_nothing(ft):
     with pytest.raises(ConfigError, match="fine-tuning diverged.*Lower --lr"):
         finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=1, batch_size=4, lr=1e30), store=ft["store"])
     assert {r["id"] for r in list_runs(ft["store"])} == before
+
+
+def _unreadable_copy(ft, tmp_path):
+    """A copy of ft's data whose train/cat/img_000.png is garbage of the same size and mtime (the listing check cannot see it)."""
+    import os
+
+    other = tmp_path / "data"
+    shutil.copytree(ft["data"], other)
+    bad = other / "train" / "cat" / "img_000.png"
+    st = bad.stat()
+    bad.write_bytes(b"\0" * st.st_size)
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return other
+
+
+def test_an_image_unreadable_now_is_named_not_a_tensorflow_error(ft, tmp_path):
+    other = _unreadable_copy(ft, tmp_path)
+    with pytest.raises(DataError, match=r"img_000.png was extracted into the store but cannot be read now"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv3", epochs=1, batch_size=4, cache=False), store=ft["store"], data=other)
+
+
+def test_an_image_unreadable_now_is_named_when_caching(ft, tmp_path):
+    store = tmp_path / "f.h5"
+    shutil.copy(ft["store"], store)
+    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    other = _unreadable_copy(ft, tmp_path)
+    with pytest.raises(Exception, match=r"lacks 1 of them \(e.g. train/cat/img_000.png\), which cannot be read now"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv3", epochs=1, batch_size=4), store=store, data=other)
+
+
+def test_a_group_in_the_way_of_the_cached_cut_offers_no_cache(ft, tmp_path):
+    from featstore import StoreError
+
+    store = tmp_path / "f.h5"
+    shutil.copy(ft["store"], store)
+    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    extract(ft["data"], "train", store, ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7, layer="block5_conv1",
+                                                         pooling="avg"), name="vgg16@block5_conv1")
+    with pytest.raises(StoreError, match=r"(?s)already holds an extractor named 'vgg16@block5_conv1'.*pass --no-cache"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=store)
