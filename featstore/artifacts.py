@@ -192,9 +192,18 @@ def load_finetuned(folder: Path, rec: dict):
         raise BrokenRunError(f"{folder / 'run.json'}: a finetune run's model must be a keras-model artifact; remove the folder {folder}")
     path = check_artifact(folder, rec["artifact"])
     try:
-        return FinetunedModel.load(path, rec["extractor_attrs"])
+        model = FinetunedModel.load(path, rec["extractor_attrs"])
     except Exception as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild
         raise BrokenRunError(f"run artifact {path} cannot be loaded by this Keras ({exc}); fine-tune again") from exc
+    # the record says what the model takes and gives: a model.keras of other shapes was swapped in or damaged (refused before any image is read)
+    attrs, k = rec["extractor_attrs"], len(rec["class_names"])
+    want_in, want_out = (None, model.image_size, model.image_size, int(attrs.get("input_channels", 3))), (None, 1 if k == 2 else k)
+    got_in, got_out = getattr(model.model, "input_shape", None), getattr(model.model, "output_shape", None)
+    if got_in is None or tuple(got_in) != want_in or got_out is None or tuple(got_out) != want_out:
+        raise BrokenRunError(f"run artifact {path} takes inputs {got_in} and gives outputs {got_out}, but {folder / 'run.json'} records "
+                             f"{want_in[1:]} images and {k} classes (outputs {want_out}): it was altered or damaged after the "
+                             f"fine-tuning. Refusing to use it; remove the folder {folder} and fine-tune again.")
+    return model
 
 
 def full_proba(est, X: np.ndarray, n_classes: int) -> np.ndarray:

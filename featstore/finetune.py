@@ -30,7 +30,7 @@ import numpy as np
 
 from . import provenance
 from .augment import parse_augment
-from .errors import ConfigError, DataError, StoreError
+from .errors import ConfigError, DataError, FeatstoreError, StoreError
 from .finetuned import Built, FinetunedModel, build_model, head_weights, preprocess_images
 from .images import discover, printable
 from .runs import _digest_paths, _versions, get_run, metrics
@@ -60,13 +60,18 @@ class FinetuneConfig:
 
     def validated(self) -> FinetuneConfig:
         """Check every field before any work; canonical augmentation spec."""
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+        if not isinstance(self.unfreeze_from, str) or not self.unfreeze_from:
+            raise ConfigError(f"--unfreeze-from must name a layer (e.g. block5_conv1); got {self.unfreeze_from!r}")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ConfigError(f"--lr must be a positive number (fine-tuning uses a low one, e.g. 1e-5); got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0)):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < low:
-                raise ConfigError(f"--{name.replace('_', '-')} must be an integer of at least {low}; got {getattr(self, name)!r}")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer of at least {low}; got {value!r}")
+        if self.seed > 2**31 - 1:  # Keras seeds take 32 bits; the augmentation layers use seed + i
+            raise ConfigError(f"--seed must be at most {2**31 - 1}; got {self.seed}")
         return replace(self, augment=parse_augment(self.augment).spec)
 
 
@@ -124,6 +129,10 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
     for split in [s for s in ("validation", "test") if s in fs.splits(name) and fs.split_info(s, name).get("complete")]:
         images = sets.get(split) or _split_images(fs, name, split, root_of(split), class_names)
         proba = np.concatenate([model.proba(x) for x, _ in _image_batches(images, rec["extractor_attrs"], 64, None, None, workers)])
+        if not np.isfinite(proba).all():  # the weights became NaN/inf: a run recorded now would be listed as broken
+            raise ConfigError(f"fine-tuning diverged: the model gives NaN or inf on {split} (training loss per epoch "
+                              f"{[round(v, 4) for v in history.get('loss', [])]}); nothing was recorded. Lower --lr (fine-tuning "
+                              f"uses about 1e-5; it was {config.lr:g}) and retry")
         evaluated[split] = metrics(images.labels, proba.argmax(axis=1), class_names)
         probas[split] = (proba, images.labels, _digest_paths(images.paths))
     from .weights import weights_digest
@@ -217,10 +226,19 @@ def _cached_cut(fs, name, layer, attrs, weights, trust_model, sets) -> Cached:
                 "fine-tunings), and phase B trains only the layers above on it", layer, group)
     arrays = {}
     for split, images in sets.items():
-        extract(images.root, split, fs.path, cfg, name=group)
-        if fs.paths(split, group) != images.paths:
-            raise StoreError(f"the cached group {group!r} holds other images of {split!r} than {name!r} (the folder changed "
-                             f"between the two extractions?); re-extract both, or pass --no-cache")
+        try:
+            extract(images.root, split, fs.path, cfg, name=group)
+        except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
+            raise type(exc)(f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; pass "
+                            f"--no-cache to train from the images instead, or fine-tune on a copy of the store without that group)") from None
+        cut_paths = fs.paths(split, group)
+        if cut_paths != images.paths:
+            lacking = sorted(set(images.paths) - set(cut_paths))
+            why = (f"it lacks {len(lacking)} of them (e.g. {printable(lacking[0])}), which cannot be read now: restore them, or "
+                   f"re-run `featstore extract` so the store and the folder agree" if lacking else
+                   "the folder changed between the two extractions?")
+            raise StoreError(f"the cached group {group!r} holds other images of {split!r} than {name!r} ({why}); re-extract both, "
+                             f"or pass --no-cache")
         arrays[split] = fs.load(split, group)
     return Cached(group, arrays)
 
@@ -268,6 +286,15 @@ def _train(built, cached: Cached | None, sets: dict, attrs: dict, config: Finetu
     epoch = iter(range(10**9))
     ytype = np.float32 if binary else np.int64
 
+    failed: list[Exception] = []  # an error inside a generator reaches fit() as a tf UnknownError: kept to re-raise as itself
+
+    def keep(gen):
+        try:
+            yield from gen
+        except FeatstoreError as exc:
+            failed.append(exc)
+            raise
+
     def train_batches():
         order = np.random.default_rng(config.seed + next(epoch)).permutation(n)  # a new seeded order each epoch, same for both paths
         if cached is not None:
@@ -292,12 +319,17 @@ def _train(built, cached: Cached | None, sets: dict, attrs: dict, config: Finetu
     sig = (tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None,), tf.float32 if binary else tf.int64))
     steps = -(-n // config.batch_size)
     val_steps = -(-len(sets["validation"].labels) // config.batch_size)
-    train = tf.data.Dataset.from_generator(train_batches, output_signature=sig).repeat()
-    val = tf.data.Dataset.from_generator(val_batches, output_signature=sig).repeat()
+    train = tf.data.Dataset.from_generator(lambda: keep(train_batches()), output_signature=sig).repeat()
+    val = tf.data.Dataset.from_generator(lambda: keep(val_batches()), output_signature=sig).repeat()
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     log = _epoch_log()(config.epochs)
-    hist = model.fit(train, epochs=config.epochs, steps_per_epoch=steps, validation_data=val, validation_steps=val_steps,
-                     callbacks=[stop, log], verbose=verbose, shuffle=False)
+    try:
+        hist = model.fit(train, epochs=config.epochs, steps_per_epoch=steps, validation_data=val, validation_steps=val_steps,
+                         callbacks=[stop, log], verbose=verbose, shuffle=False)
+    except Exception:
+        if failed:  # e.g. an image that cannot be read now: its own message, not TensorFlow's wrapper
+            raise failed[0] from None
+        raise
     return {k: [float(v) for v in vals] for k, vals in hist.history.items()}, log.seconds
 
 
@@ -324,7 +356,7 @@ def _epoch_log():
 
 def apply_finetuned(rec: dict, folder: Path, fs: FeatureStore, split: str, workers: int = 2):
     """``(labels, predictions, probabilities)`` of a finetune run on the images of a store split (store row order)."""
-    from .artifacts import load_finetuned
+    from .artifacts import checked_finetuned, load_finetuned
 
     model = load_finetuned(folder, rec)
     name = rec["extractor"]
@@ -332,5 +364,7 @@ def apply_finetuned(rec: dict, folder: Path, fs: FeatureStore, split: str, worke
         raise StoreError(f"split {split!r} of {name!r} is not complete; finish it with `featstore extract --split {split}`")
     root = Path(fs.split_info(split, name)["source_root"])
     images = _split_images(fs, name, split, root, rec["class_names"])
-    proba = np.concatenate([model.proba(x) for x, _ in _image_batches(images, rec["extractor_attrs"], 64, None, None, workers)])
+    # a crafted or damaged model.keras may give another number of classes, NaN or non-probabilities: refused, as predict does
+    proba = np.concatenate([checked_finetuned(model, x, len(rec["class_names"]), rec["id"])
+                            for x, _ in _image_batches(images, rec["extractor_attrs"], 64, None, None, workers)])
     return images.labels, proba.argmax(axis=1), proba

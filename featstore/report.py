@@ -149,7 +149,7 @@ def run_report(rec: dict, pngs: list, per_class: bool = True) -> str:
         lines.append(f"  {p['optimizer']} lr {p['lr']:g}, batch {p['batch_size']}, {len(rec.get('history', {}).get('loss', []))} of at most "
                      f"{p['epochs']} epochs (early stopping on validation loss, patience {p['patience']}), augment {p['augment'] or 'none'}, seed {p['seed']}")
         lines.append(f"  {'frozen layers cached in the store as ' + rec['cached_cut'] if rec.get('cached_cut') else 'trained from the images'}; "
-                     f"{rec['fit_seconds']:.1f} s ({rec.get('seconds_per_epoch', 0):.1f} s per epoch); new weights digest {rec.get('weights_digest', '-')[:12]}")
+                     f"{rec.get('fit_seconds', 0):.1f} s ({rec.get('seconds_per_epoch', 0):.1f} s per epoch); new weights digest {rec.get('weights_digest', '-')[:12]}")
     else:
         lines.append(f"  clf {rec['clf']} params {rec['params']}")
         sel = rec.get("selection", {})
@@ -157,7 +157,7 @@ def run_report(rec: dict, pngs: list, per_class: bool = True) -> str:
         for c in sel.get("candidates", []):
             lines.append(f"    {c['params']}: {c['score']:.4f}")
         streamed = f", streamed within {format_bytes(rec['memory_budget'])}" if rec.get("streamed") else ""
-        lines.append(f"  fit {rec['fit_seconds']:.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image{streamed}")
+        lines.append(f"  fit {rec.get('fit_seconds', 0):.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image{streamed}")
     for note in rec.get("notes", []):
         lines.append(f"  note: {note}")
     for split, m in rec["metrics"].items():

@@ -41,11 +41,14 @@ _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {  # run.json keys ever
     "ensemble": {"members": list, "weights": list},
     "finetune": {"artifact": dict, "extractor_attrs": dict, "from_run": str, "unfreeze_from": str},
 }
+_FINETUNE_PARAMS = {"lr": (int, float), "optimizer": str, "epochs": int, "batch_size": int, "patience": int, "augment": str, "seed": int,
+                    "from_scratch_head": bool}  # a finetune run's params, as listings and reports show them
 _METRIC_FIELDS = {"n": int, "accuracy": (int, float), "macro_f1": (int, float), "per_class": dict, "confusion_matrix": list}
 _PER_CLASS = ("precision", "recall", "f1", "support")
 _OPTIONAL = {"store": str, "given": dict, "selection": dict, "notes": list, "history": dict, "phase_a_history": dict, "fit_seconds": (int, float),
              "predict_seconds_per_image": (int, float), "streamed": bool, "memory_budget": (int, type(None)),
-             "augmented": dict}  # checked when present
+             "augmented": dict, "trainable_layers": list, "cached_cut": str, "weights_digest": str,
+             "seconds_per_epoch": (int, float)}  # checked when present
 
 
 class BrokenRunError(StoreError):
@@ -155,6 +158,8 @@ def _check_record(rec: object, folder: Path) -> dict:
     if not valid_name(rec["id"]) or rec["id"] != folder.name:
         raise BrokenRunError(f"{where}: id {rec['id']!r} is not a valid run id or not its folder's name {folder.name!r}; "
                              f"remove the folder or restore its run.json")
+    if rec["kind"] == "finetune":
+        _check_fields(rec["params"], _FINETUNE_PARAMS, f"{where}: params of the fine-tuning", folder)
     members = rec["members"] if rec["kind"] == "ensemble" else []
     bad = [n for n in [*rec["metrics"], *rec["predictions"], *members] if not valid_name(n)]
     if bad:

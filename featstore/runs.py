@@ -416,7 +416,7 @@ def show_run(run_id: str, store: str | os.PathLike = "features.h5", runs: str | 
     pngs = [replace_file(output_path(folder, f"confusion_{split}.png"), lambda tmp, split=split, m=m: confusion_png(
         m["confusion_matrix"], rec["class_names"], f"{rec['id']} on {split} (acc {m['accuracy']:.3f})", tmp))
         for split, m in rec["metrics"].items()]
-    if rec.get("phase_a_history"):  # a fine-tuning: phase A (the dense run) then phase B on one figure
+    if rec["kind"] == "finetune" and rec.get("phase_a_history"):  # a fine-tuning: phase A (the dense run) then phase B on one figure
         title = f"{rec['from_run']} (phase A) -> {rec['id']} (phase B, from {rec['unfreeze_from']})"
         pngs.append(replace_file(output_path(folder, "curves.png"),
                                  lambda tmp: curves_png(rec["phase_a_history"], title, tmp, then=rec.get("history", {}))))

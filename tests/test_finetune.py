@@ -1,13 +1,15 @@
 """Fine-tuning (phase B) warm-started from a dense run (issue 11): the head really loads, what is frozen stays frozen,
 the cached cut trains like the images do, seeds repeat, runs work like feature runs, and bad input is refused clearly."""
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from featstore import ConfigError, DataError, ExtractorConfig, FeatureStore, WeightsError, ensemble, evaluate_run, extract, fit, predict
+from featstore import (ConfigError, DataError, ExtractorConfig, FeatureStore, WeightsError, ensemble, evaluate_run, extract, fit, list_runs,
+                       predict)
 from featstore.cli import app
 from featstore.finetune import FinetuneConfig, finetune, warm_start_model
 from featstore.finetuned import preprocess_images
@@ -237,3 +239,158 @@ def test_batchnorm_statistics_stay_unchanged_and_layers_above_it_train(tmp_path)
     for w0, w1 in zip(bn.get_weights(), after["bn1"]):
         np.testing.assert_array_equal(w0, w1)
     assert not np.array_equal(model.get_layer("conv1").get_weights()[0], after["conv1"][0])
+
+
+# ------------------------------------------------------------------ crafted finetune run folders (attacker rewrites sha256 values too)
+@pytest.fixture(scope="module")
+def ft_run(ft):
+    """One fine-tuning of ft's dense run (1 epoch), to damage copies of."""
+    return finetune(ft["dense"], FinetuneConfig("block5_conv3", epochs=1, batch_size=8), store=ft["store"])["id"]
+
+
+def _edit(folder, **changes):
+    rec = json.loads((folder / "run.json").read_text())
+    rec.update(changes)
+    (folder / "run.json").write_text(json.dumps(rec))
+    return rec
+
+
+def _swap_model(make):
+    """Replace model.keras by ``make()`` and reseal its sha256 in run.json."""
+    def damage(folder, rec):
+        from featstore.weights import sha256_file
+
+        (folder / "model.keras").unlink()
+        make().save(folder / "model.keras")
+        _edit(folder, artifact={**rec["artifact"], "sha256": sha256_file(folder / "model.keras")})
+    return damage
+
+
+def _tiny(units: int, shape=(SIZE, SIZE, 3), nan: bool = False, activation="softmax"):
+    def make():
+        import keras
+
+        m = keras.Sequential([keras.Input(shape), keras.layers.Flatten(), keras.layers.Dense(units, activation=activation)])
+        if nan:
+            m.layers[-1].set_weights([np.full(m.layers[-1].kernel.shape, np.nan, "float32"), np.zeros(units, "float32")])
+        return m
+    return make
+
+
+# (id, damage(folder, record), outcome, message): "broken" = listed as broken by `featstore runs` and refused by `runs show`;
+# "apply" = refused by `runs evaluate` and `predict` when the model meets images; "show" = `runs show` works
+FINETUNE_RUN_CASES = [
+    ("params_empty", lambda d, r: _edit(d, params={}), "broken", "params of the fine-tuning lacks lr"),
+    ("params_lr_a_string", lambda d, r: _edit(d, params={**r["params"], "lr": "fast"}), "broken", "lr must be int or float"),
+    ("params_flag_a_string", lambda d, r: _edit(d, params={**r["params"], "from_scratch_head": "no"}), "broken",
+     "from_scratch_head must be bool"),
+    ("trainable_layers_a_number", lambda d, r: _edit(d, trainable_layers=5), "broken", "trainable_layers must be list"),
+    ("weights_digest_a_number", lambda d, r: _edit(d, weights_digest=5), "broken", "weights_digest must be str"),
+    ("seconds_per_epoch_a_string", lambda d, r: _edit(d, seconds_per_epoch="slow"), "broken", "seconds_per_epoch must be int or float"),
+    ("history_strings", lambda d, r: _edit(d, phase_a_history={"loss": ["x"]}), "broken", "phase_a_history must map names to lists"),
+    ("no_fit_seconds", lambda d, r: (d / "run.json").write_text(json.dumps({k: v for k, v in r.items() if k != "fit_seconds"})), "show", ""),
+    ("model_of_three_classes", _swap_model(_tiny(3)), "apply", r"gives outputs \(None, 3\), but .*records \(32, 32, 3\) images and 2 classes"),
+    ("model_of_other_input", _swap_model(_tiny(1, shape=(64, 64, 3), activation="sigmoid")), "apply", r"takes inputs \(None, 64, 64, 3\)"),
+    ("model_gives_nan", _swap_model(_tiny(1, nan=True, activation="sigmoid")), "apply", "NaN, inf or probabilities outside"),
+    ("model_gives_logits", _swap_model(_tiny(1, activation="linear")), "apply", "NaN, inf or probabilities outside"),
+]
+
+
+@pytest.mark.parametrize("case_id, damage, outcome, needle", FINETUNE_RUN_CASES, ids=[c[0] for c in FINETUNE_RUN_CASES])
+def test_crafted_finetune_run_folder(ft, ft_run, tmp_path, case_id, damage, outcome, needle):
+    from featstore import StoreError
+
+    runs = tmp_path / "runs"
+    shutil.copytree(ft["store"].with_suffix(".runs"), runs)
+    rec = json.loads((runs / ft_run / "run.json").read_text())
+    damage(runs / ft_run, rec)
+    table = CliRunner().invoke(app, ["runs", "--store", str(ft["store"]), "--runs", str(runs)])
+    assert table.exit_code == 0 and "Traceback" not in table.output, table.output
+    shown = CliRunner().invoke(app, ["runs", "show", ft_run, "--store", str(ft["store"]), "--runs", str(runs)])
+    assert not isinstance(shown.exception, Exception) or isinstance(shown.exception, SystemExit), shown.exception
+    if outcome == "broken":
+        assert "broken run folder" in table.output and needle in table.output.replace("\n", " ")
+        assert shown.exit_code == 1 and needle in shown.output.replace("\n", " ")
+        return
+    assert shown.exit_code == 0, shown.output
+    if outcome == "apply":
+        with pytest.raises(StoreError, match=needle):
+            evaluate_run(ft_run, "test", ft["store"], runs)
+        with pytest.raises(StoreError, match=needle):
+            predict(ft_run, [ft["data"] / "test" / "cat"], store=ft["store"], runs=runs)
+        res = CliRunner().invoke(app, ["runs", "evaluate", ft_run, "--store", str(ft["store"]), "--runs", str(runs)])
+        assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+
+
+def test_a_fit_run_with_a_phase_a_history_still_shows(ft, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(ft["store"].with_suffix(".runs"), runs)
+    rec = json.loads((runs / ft["logreg"] / "run.json").read_text())
+    _edit(runs / ft["logreg"], phase_a_history={"loss": [1.0, 0.5]})
+    res = CliRunner().invoke(app, ["runs", "show", ft["logreg"], "--store", str(ft["store"]), "--runs", str(runs)])
+    assert res.exit_code == 0 and rec["id"] in res.output, res.output
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"unfreeze_from": ""}, "--unfreeze-from must name a layer"),
+    ({"unfreeze_from": None}, "--unfreeze-from must name a layer"),
+    ({"unfreeze_from": "block5_conv3", "seed": -1}, "--seed must be an integer of at least 0"),
+    ({"unfreeze_from": "block5_conv3", "seed": 2**40}, "--seed must be at most"),
+    ({"unfreeze_from": "block5_conv3", "seed": True}, "--seed must be an integer"),
+    ({"unfreeze_from": "block5_conv3", "epochs": True}, "--epochs must be an integer"),
+    ({"unfreeze_from": "block5_conv3", "lr": True}, "--lr must be a positive number"),
+    ({"unfreeze_from": "block5_conv3", "lr": float("nan")}, "--lr must be a positive number"),
+    ({"unfreeze_from": "block5_conv3", "augment": "rotate=nan"}, "give a number above 0"),
+    ({"unfreeze_from": "block5_conv3", "augment": "zoom=1e309"}, "give a number above 0"),
+])
+def test_odd_option_values_are_refused_before_any_work(ft, kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        finetune(ft["dense"], FinetuneConfig(**kwargs), store=ft["store"])
+
+
+def test_a_diverging_fine_tuning_says_lower_the_lr_and_records_nothing(ft):
+    before = {r["id"] for r in list_runs(ft["store"])}
+    with pytest.raises(ConfigError, match="fine-tuning diverged.*Lower --lr"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=1, batch_size=4, lr=1e30), store=ft["store"])
+    assert {r["id"] for r in list_runs(ft["store"])} == before
+
+
+def _unreadable_copy(ft, tmp_path):
+    """A copy of ft's data whose train/cat/img_000.png is garbage of the same size and mtime (the listing check cannot see it)."""
+    import os
+
+    other = tmp_path / "data"
+    shutil.copytree(ft["data"], other)
+    bad = other / "train" / "cat" / "img_000.png"
+    st = bad.stat()
+    bad.write_bytes(b"\0" * st.st_size)
+    os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return other
+
+
+def test_an_image_unreadable_now_is_named_not_a_tensorflow_error(ft, tmp_path):
+    other = _unreadable_copy(ft, tmp_path)
+    with pytest.raises(DataError, match=r"img_000.png was extracted into the store but cannot be read now"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv3", epochs=1, batch_size=4, cache=False), store=ft["store"], data=other)
+
+
+def test_an_image_unreadable_now_is_named_when_caching(ft, tmp_path):
+    store = tmp_path / "f.h5"
+    shutil.copy(ft["store"], store)
+    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    other = _unreadable_copy(ft, tmp_path)
+    with pytest.raises(Exception, match=r"lacks 1 of them \(e.g. train/cat/img_000.png\), which cannot be read now"):
+        # a cut no other test caches: a complete cached group would never read the image again (and need not)
+        finetune(ft["dense"], FinetuneConfig("block4_conv3", epochs=1, batch_size=4), store=store, data=other)
+
+
+def test_a_group_in_the_way_of_the_cached_cut_offers_no_cache(ft, tmp_path):
+    from featstore import StoreError
+
+    store = tmp_path / "f.h5"
+    shutil.copy(ft["store"], store)
+    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    extract(ft["data"], "train", store, ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7, layer="block5_conv1",
+                                                         pooling="avg"), name="vgg16@block5_conv1")
+    with pytest.raises(StoreError, match=r"(?s)already holds an extractor named 'vgg16@block5_conv1'.*pass --no-cache"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=store)
