@@ -120,11 +120,16 @@ def get_backbone(name: str) -> BackboneSpec:
 
 def validate_size(spec: BackboneSpec, size: int) -> None:
     """Refuse an input side the architecture cannot take, before any model is built."""
+    from .provenance import MAX_IMAGE_SIZE
+
     if size < spec.min_size:
         raise ConfigError(
             f"--image-size {size} is too small for {spec.name}: it needs at least {spec.min_size} "
             f"pixels (default {spec.default_size})"
         )
+    if size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"--image-size {size} is above featstore's largest input side, {MAX_IMAGE_SIZE} pixels "
+                          f"(default for {spec.name}: {spec.default_size})")
 
 
 def validate_pooling(pooling: str) -> None:

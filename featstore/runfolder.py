@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, StoreError
+from .provenance import MAX_IMAGE_SIZE
 from .safezip import check_zip, read_npy
 
 logger = logging.getLogger(__name__)
@@ -190,6 +191,10 @@ def _check_record(rec: object, folder: Path) -> dict:
                              f"remove the folder {folder}")
     if rec["kind"] != "ensemble" and rec["extractor_attrs"].get("fingerprint") != rec["fingerprint"]:
         raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs; remove the folder {folder}")
+    size = rec["extractor_attrs"].get("input_size") if rec["kind"] != "ensemble" else 1
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
+        raise BrokenRunError(f"{where}: extractor_attrs.input_size {size!r} is not an image side featstore uses (1 to "
+                             f"{MAX_IMAGE_SIZE}); predicting with it would decode images of any size. Remove the folder {folder}")
     return rec
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from .errors import ConfigError, WeightsError
+from .provenance import MAX_IMAGE_SIZE
 from .weights import LoadedWeights, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class SavedModelSpec:
         if shape is None or len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
             raise ConfigError(f"{path} takes input {model.input_shape}; featstore feeds one square image batch (None, H, H, C) "
                               f"with a fixed H. Build the model with a fixed square input_shape.")
+        if not 1 <= shape[1] <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"{path} takes {shape[1]}x{shape[1]} images, above featstore's largest input side, {MAX_IMAGE_SIZE} pixels")
         if shape[3] not in (1, 3):
             raise ConfigError(f"{path} takes {shape[3]}-channel images; featstore converts images to grayscale (1) or RGB (3) only")
         return cls(path, sha256_file(path), int(shape[1]), int(shape[3]), default_cut(model),

@@ -262,6 +262,8 @@ RUN_FOLDER_CASES = [
     Case("run_json_lacks_a_key", lambda d, r: _rewrite(d, {k: v for k, v in r.items() if k != "class_names"}), "lacks class_names"),
     Case("run_json_wrong_type", lambda d, r: _rewrite(d, r, metrics="high"), "metrics must be dict"),
     Case("run_json_missing", lambda d, r: (d / "run.json").unlink(), r"run record .*run.json is missing"),
+    Case("input_size_huge", lambda d, r: _rewrite(d, r, extractor_attrs={**r["extractor_attrs"], "input_size": 20000}),
+         "input_size 20000 is not an image side featstore uses"),
     Case("run_json_not_a_file", lambda d, r: ((d / "run.json").unlink(), (d / "run.json").mkdir()), "is not a regular file"),
     Case("absolute_id", lambda d, r: _rewrite(d, r, id=str(_outside(d) / "evil")), "is not a valid run id"),
     Case("id_of_another_folder", lambda d, r: _rewrite(d, r, id="logreg-000000"), "not its folder's name"),

@@ -51,6 +51,7 @@ def test_extract_then_info(data_root, tmp_path):
     (["--batch-size", "-3"], "--batch-size must be at least 1"),
     (["--compression", "zstd"], "unknown compression 'zstd'; choose one of: none, lzf, gzip"),
     (["--image-size", "16"], "--image-size 16 is too small for vgg16"),
+    (["--image-size", "5000"], "--image-size 5000 is above featstore.s largest input side, 4096 pixels"),
     (["--layer", "block9_pool"], "unknown layer 'block9_pool' for vgg16"),
     (["--split", "holdout"], "split folder .*holdout does not exist; splits found in .*: test, train, validation"),
 ])
