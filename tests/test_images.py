@@ -391,8 +391,8 @@ def test_ctrl_c_ends_a_run_with_a_stuck_decode_within_seconds(tmp_path):
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         t = time.monotonic()
-        _, err = proc.communicate(timeout=15)
-        assert time.monotonic() - t < 5 and "KeyboardInterrupt" in err
+        _, err = proc.communicate(timeout=60)  # a hang never ends; a loaded machine (the suite beside other jobs) once took > 15 s
+        assert time.monotonic() - t < 20 and "KeyboardInterrupt" in err
     finally:
         if proc.poll() is None:
             proc.kill()
