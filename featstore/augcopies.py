@@ -29,14 +29,14 @@ import numpy as np
 from . import writer
 from .augment import Augmentation, augment_batch, parse_augment
 from .errors import ConfigError
-from .provenance import (AUGMENTED, attrs_of, plain, read_commit, refuse_evaluation_split, refuse_other_augmentation,
+from .provenance import (AUGMENTED, MAX_AUGMENT_COPIES, attrs_of, plain, read_commit, refuse_evaluation_split, refuse_other_augmentation,
                          validate_augmented, validate_split)
 from .store import hard_groups, open_h5, read_paths
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPEC = "flip,rotate=0.1,zoom=0.2"  # --augment-spec when not given
-MAX_COPIES = 100  # more copies than this is almost surely a typo (each one is another pass of the model and the split's size on disk)
+MAX_COPIES = MAX_AUGMENT_COPIES  # more copies than this is almost surely a typo (each one is another pass of the model and the split's size on disk)
 
 
 @dataclass(frozen=True)

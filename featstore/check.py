@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import StoreError
-from .provenance import AUGMENTED, attrs_of, check_format_version, plain, validate_augmented, validate_extractor, validate_split
+from .provenance import AUGMENTED, EVALUATION_SPLITS, attrs_of, check_format_version, plain, validate_augmented, validate_extractor, validate_split
 from .store import foreign_objects, hard_groups, open_h5, read_paths
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
@@ -89,7 +89,13 @@ def _check_extractor(g, name: str, scans: list[_Split]) -> list[str]:
             out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
         step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
         scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
+        if AUGMENTED in sg and AUGMENTED not in hard_groups(sg):
+            out.append(f"{where}/{AUGMENTED} is not a group of augmented copies (featstore writes only a group there): remove it "
+                       f"(h5py: del f[name]) or re-extract this split with --overwrite")
         if AUGMENTED in hard_groups(sg):
+            if split.lower() in EVALUATION_SPLITS:
+                out.append(f"{where}/{AUGMENTED}: augmented copies of {split!r}, a validation or test split, which featstore never "
+                           f"makes (augmented rows must never be evaluated): remove them (h5py: del f[name])")
             out += _check_augmented(sg[AUGMENTED], name, f"{split}/{AUGMENTED}", a, commit, scans)
     return out
 
@@ -117,7 +123,6 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
     unreadable: list[str] = []
     names: list[str] = []
     labels: list[np.ndarray] = []
-    copy: list[np.ndarray] = []
     for i in range(0, s.rows, s.step):
         with open_h5(path, "r", locking=locking) as f:
             sg = f[s.name][s.split]
@@ -129,7 +134,6 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
                 block = np.zeros((0,), np.float32)
             y = sg["labels"][i:j]
             names += read_paths(sg["paths"], j, i)
-            copy += [sg["copy"][i:j]] if s.copies else []
         if len(block):
             bad_rows += int(np.count_nonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
@@ -139,11 +143,13 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
         out.append(f"{where}: {bad_labels} labels outside 0..{s.n_classes - 1}; {REDO}")
     if bad_rows:
         out.append(f"{where}: {bad_rows} rows contain NaN or inf; check the images and weights, then {REDO}")
-    if s.copies:
-        c = np.concatenate(copy) if copy else np.zeros(0, np.int64)
-        if len(c) and (c.min() < 1 or c.max() > s.copies or np.any(np.diff(c) < 0)):
-            out.append(f"{where}: copy indexes are not 1..{s.copies} in order (copy-major rows); make the copies again with "
-                       f"--augment and --overwrite")
+    if s.copies:  # every row must be copy k of the split's row of the same path, with its label, in order
+        from .store import FeatureStore
+
+        try:
+            out += FeatureStore(path, locking=locking).copy_problems(s.split.rsplit("/", 1)[0], s.name)
+        except StoreError as exc:
+            out.append(str(exc))
         return out  # a copy's paths repeat the split's by design; the split itself is checked for links and duplicates
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})[:3] if len(names) < 5000 else []

@@ -185,8 +185,10 @@ def read_commit(sg, where: str) -> Commit:
     if min(rows, failed, done) < 0 or done != rows + failed:
         raise StoreError(f"{where}: commit [{rows}, {failed}, {done}] is inconsistent (negative, or images_done != rows + failed): "
                          f"the store is damaged. Re-extract this split with --overwrite.")
-    for key in ROW_DATASETS:
-        if key in sg and rows > sg[key].shape[0]:
+    import h5py
+
+    for key in ROW_DATASETS:  # hard-linked datasets only: a link is never followed here (validate_split names it)
+        if isinstance(sg.get(key, getlink=True), h5py.HardLink) and isinstance(sg[key], h5py.Dataset) and rows > sg[key].shape[0]:
             raise StoreError(f"{where}: commit says {rows} rows but {key} holds {sg[key].shape[0]}: rows were lost. "
                              f"Re-extract this split with --overwrite.")
     if "failed" in sg and "paths" in sg["failed"] and failed > sg["failed"]["paths"].shape[0]:
@@ -259,6 +261,7 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
     return read_commit(sg, where)
 
 
+MAX_AUGMENT_COPIES = 100  # --augment K at most (more is almost surely a typo)
 AUGMENT_ATTRS = ("augment_copies", "augment_spec", "augment_seed", "source_rows", "source_split")
 
 
@@ -284,6 +287,29 @@ def validate_augmented(ag, where: str, extractor: dict | None, source: Commit) -
     if a["source_rows"] != source.rows or int(plain(ag.attrs["n_images"])) != a["augment_copies"] * a["source_rows"]:
         raise StoreError(f"{where}: the copies were made from {a['source_rows']} rows of the split ({plain(ag.attrs['n_images'])} "
                          f"images for {a['augment_copies']} copies), the split holds {source.rows} rows now. {redo}")
+    # the attributes must describe copies featstore could have made of this very split (a crafted or stale group lies here)
+    parent = ag.parent
+    lies = []
+    if a["augment_copies"] > MAX_AUGMENT_COPIES:
+        lies.append(f"augment_copies {a['augment_copies']} is over {MAX_AUGMENT_COPIES}")
+    if not 0 <= a["augment_seed"] < 2**31:
+        lies.append(f"augment_seed {a['augment_seed']} is not in 0..{2**31 - 1}")
+    try:
+        from .augment import parse_augment
+
+        if not parse_augment(a["augment_spec"]):
+            lies.append("augment_spec is empty")
+    except ConfigError as exc:
+        lies.append(f"augment_spec {a['augment_spec']!r} is not a spec featstore reads ({exc})")
+    if a["source_split"] != parent.name.rsplit("/", 1)[-1]:
+        lies.append(f"source_split {a['source_split']!r} is not the split {parent.name.rsplit('/', 1)[-1]!r} that holds them")
+    for key in ("class_names", "listing_sha256"):
+        if plain(ag.attrs.get(key)) != plain(parent.attrs.get(key)):
+            lies.append(f"{key} {str(plain(ag.attrs.get(key)))[:60]!r} differs from the split's {str(plain(parent.attrs.get(key)))[:60]!r}")
+    if bool(plain(ag.attrs["complete"])) and commit.images_done != a["augment_copies"] * a["source_rows"]:
+        lies.append(f"marked complete with {commit.images_done} of {a['augment_copies'] * a['source_rows']} rows done")
+    if lies:
+        raise StoreError(f"{where}: these copies do not match the split they belong to: {'; '.join(lies)}. {redo}")
     return commit
 
 

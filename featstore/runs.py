@@ -153,6 +153,7 @@ def fit(store: str | os.PathLike = "features.h5", clf: str = "logreg", params: d
 
 def _augmentation(fs: FeatureStore, name: str, train: str, has_val: bool, n_settings: int) -> dict:
     """What ``--augmented`` trains on (refused without complete copies, or when k-fold CV on train would choose)."""
+    provenance.refuse_evaluation_split(train)  # copies of a validation/test split (never made by featstore) are never trained on
     a = fs.augmentation(train, name)
     if a is None:
         raise StoreError(f"split {train!r} of {name!r} has no augmented copies; make them with `featstore extract --split {train} "
@@ -160,6 +161,7 @@ def _augmentation(fs: FeatureStore, name: str, train: str, has_val: bool, n_sett
     if not a["complete"]:
         raise StoreError(f"the augmented copies of {train!r} of {name!r} are not complete ({a['rows']} rows); finish them by re-running "
                          f"the same `featstore extract --split {train} --augment {a['augment_copies']}`")
+    fs.refuse_bad_copies(train, name)  # every row a copy of the split's row with its path and label: never train on other rows
     if n_settings > 1 and not has_val:
         raise ConfigError("a parameter search with --augmented needs a validation split: k-fold cross-validation on train would put "
                           "copies of one image on both sides of a fold. Extract a validation split, or fit one setting")

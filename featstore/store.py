@@ -252,11 +252,58 @@ class FeatureStore:
                     "complete": bool(plain(ag.attrs["complete"]))}
 
     def copies(self, split: str, extractor: str | None = None) -> np.ndarray:
-        """The copy index (1..K) of each row of a split's augmented copies."""
+        """The copy index (1..K) of each row of a split's augmented copies (refused when their rows are not the split's)."""
         name = self.resolve(extractor)
+        self.refuse_bad_copies(split, name)
         with self._open() as f:
             ag, commit = self._split(f, name, split, augmented=True)
             return ag["copy"][:commit.rows].astype(np.int64)
+
+    def copy_problems(self, split: str, extractor: str | None = None, *, block: int = 1 << 16) -> list[str]:
+        """What is wrong with the rows of a split's copies: each row must be copy k (1..K, copy-major) of a row of the split,
+        with that row's path and label, in the split's order. Reads labels, paths and copy indexes in blocks, never features."""
+        name = self.resolve(extractor)
+        with self._open() as f:
+            sg, plain_commit = self._split(f, name, split)
+            ag, commit = self._split(f, name, split, augmented=True)
+            index = {p: i for i, p in enumerate(read_paths(sg["paths"], plain_commit.rows))}
+            y = sg["labels"][:plain_commit.rows]
+            k = int(plain(ag.attrs["augment_copies"]))
+        where, bad_copy, unknown, wrong_label, order = f"{self.path}:/{name}/{split}/{AUGMENTED}", 0, 0, 0, 0
+        last = (0, -1)
+        for i in range(0, commit.rows, block):
+            j = min(i + block, commit.rows)
+            with self._open() as f:
+                ag = f[name][split][AUGMENTED]
+                paths, labels, copy = read_paths(ag["paths"], j, i), ag["labels"][i:j], ag["copy"][i:j]
+            for p, lab, c in zip(paths, labels.tolist(), copy.tolist()):
+                src = index.get(p)
+                if not 1 <= c <= k:
+                    bad_copy += 1
+                elif src is None:
+                    unknown += 1
+                elif lab != int(y[src]):
+                    wrong_label += 1
+                elif (c, src) <= last:
+                    order += 1
+                else:
+                    last = (c, src)
+        out = []
+        if bad_copy:
+            out.append(f"{where}: {bad_copy} rows have a copy index outside 1..{k}")
+        if unknown:
+            out.append(f"{where}: {unknown} rows have a path that is not one of the split's rows")
+        if wrong_label:
+            out.append(f"{where}: {wrong_label} rows have another label than the split's row of the same image")
+        if order:
+            out.append(f"{where}: {order} rows are out of order (copy-major, in the split's row order) or repeated")
+        return [f"{p}; make the copies again with --augment and --overwrite" for p in out]
+
+    def refuse_bad_copies(self, split: str, extractor: str | None = None) -> None:
+        """Raise StoreError naming the first problem of :meth:`copy_problems`, so nothing trains on copies that are not the split's."""
+        problems = self.copy_problems(split, extractor)
+        if problems:
+            raise StoreError(" ".join(problems))
 
     def metadata(self, extractor: str | None = None) -> dict:
         """Provenance attributes of an extractor (model, layer, weights, fingerprint, ...)."""
@@ -328,7 +375,7 @@ class FeatureStore:
         name = self.resolve(extractor)
         with self._open() as f:
             sg, commit = self._split(f, name, split, augmented)
-            return self._labels(sg, commit.rows, f"{self.path}:/{name}/{split}")
+            return self._labels(sg, commit.rows, f"{self.path}:/{name}/{split}" + (f"/{AUGMENTED}" if augmented else ""))
 
     def nbytes(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> int:
         """Bytes the committed features of a split (or its augmented copies) take in memory."""

@@ -710,6 +710,9 @@ CRAFTED_STORE_CASES = [
     ("feature-shape-number", _extractor_attr("feature_shape", 5), "expected a list of positive integers"),
     ("model-object-reference", _object_reference("vgg16", "model"), "fingerprint attribute does not match"),
     ("listing-paths-integers", _damage_listing, "listing is damaged"),
+    # a row dataset name (`copy`, of augmented copies) as an external link in a plain split: named, never followed
+    ("copy-external-link", lambda f: f["vgg16/train"].__setitem__("copy", h5py.ExternalLink("/etc/passwd", "/x")),
+     "/vgg16/train/copy (ExternalLink)"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import h5py
@@ -280,3 +281,99 @@ def test_compressed_copies_commit_whole_batches_across_copy_boundaries(aug_store
         assert f["vgg16/train/augmented/features"].chunks[0] == 5 and f["vgg16/train/augmented/features"].compression == "gzip"
     np.testing.assert_array_equal(_copies(path)[3], np.repeat([1, 2], 12))
     assert check_store(path) == []
+
+
+# ------------------------------------------------------------------ crafted copies: add a row to CRAFTED_COPIES_CASES
+def _aug(fn):
+    def damage(f):
+        fn(f["vgg16/train/augmented"])
+    return damage
+
+
+def _edit(key, change):
+    def damage(ag):
+        ds = ag[key]
+        ds[...] = change(ds[()])
+    return damage
+
+
+def _set(**attrs):
+    def damage(ag):
+        for k, v in attrs.items():
+            ag.attrs[k] = v
+    return damage
+
+
+def _relink(key, link):
+    def damage(ag):
+        del ag[key]
+        ag[key] = link
+    return damage
+
+
+def _first(value):
+    def change(a):
+        a = a.copy()
+        a[0] = value
+        return a
+    return change
+
+
+# (id, damage(h5py.File), fragment): fit --augmented, export --augmented and check each refuse or report it with the fragment,
+# info shows it broken or refuses, a resume never tracebacks; nothing trains on rows that are not copies of the split's rows
+CRAFTED_COPIES_CASES = [
+    ("labels-not-the-splits", _aug(_edit("labels", lambda y: (y + 1) % 3)), "another label than the split's row"),
+    ("paths-not-the-splits", _aug(_edit("paths", _first(b"validation/cat/x.png"))), "not one of the split's rows"),
+    ("copy-index-reversed", _aug(_edit("copy", lambda c: c[::-1])), "out of order"),
+    ("copy-index-out-of-range", _aug(_edit("copy", _first(7))), "copy index outside 1..2"),
+    ("rows-repeated", _aug(_edit("paths", lambda p: np.concatenate([p[:1], p[:-1]]))), "out of order"),
+    ("k-over-the-maximum", _aug(_set(augment_copies=10**15, n_images=12 * 10**15)), "augment_copies 1000000000000000 is over 100"),
+    ("complete-but-short", _aug(_set(augment_copies=3, n_images=36)), "marked complete with 24 of 36 rows done"),
+    ("seed-negative", _aug(_set(augment_seed=-3)), "augment_seed -3 is not in"),
+    ("spec-unknown", _aug(_set(augment_spec="blur=9")), "augment_spec 'blur=9' is not a spec"),
+    ("source-split-other", _aug(_set(source_split="validation")), "source_split 'validation' is not the split 'train'"),
+    ("classes-other", _aug(_set(class_names=["cat", "dog", "fox", "owl"])), "class_names"),
+    ("listing-other", _aug(_set(listing_sha256="0" * 64)), "listing_sha256"),
+    ("copy-external-link", _aug(_relink("copy", h5py.ExternalLink("/etc/passwd", "/x"))), "copy (ExternalLink)"),
+]
+
+
+@pytest.mark.parametrize("case_id,damage,fragment", CRAFTED_COPIES_CASES, ids=[c[0] for c in CRAFTED_COPIES_CASES])
+def test_crafted_copies_are_refused_everywhere(aug_store, tmp_path, case_id, damage, fragment):
+    from featstore import FeatstoreError, export
+
+    path, data = aug_store
+    bad = tmp_path / "bad.h5"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "a") as f:
+        damage(f)
+    pattern = re.escape(fragment)
+    with pytest.raises(FeatstoreError, match=pattern):
+        fit(bad, "logreg", runs=tmp_path / "r", augmented=True)
+    with pytest.raises(FeatstoreError, match=pattern):
+        export(bad, "train", tmp_path / "c.npz", augmented=True)
+    assert not (tmp_path / "c.npz").exists()
+    problems = check_store(bad)
+    assert any(fragment in p for p in problems), problems
+    try:  # info reads attributes only: it marks the copies broken or refuses the store, or shows them (content lies)
+        store_tree(str(bad))
+    except FeatstoreError as exc:
+        assert fragment in str(exc)
+    try:  # a resume either refuses with a message or finds the copies complete; never another exception
+        extract(data, "train", bad, CFG, batch_size=BATCH, augment=K)
+    except FeatstoreError:
+        pass
+
+
+def test_stray_augmented_objects_are_reported(aug_store, tmp_path):
+    path, _ = aug_store
+    bad = tmp_path / "bad.h5"
+    shutil.copy(path, bad)
+    with h5py.File(bad, "a") as f:
+        f.copy(f["vgg16/train/augmented"], f["vgg16/validation"], name="augmented")  # copies of an evaluation split
+        f["vgg16/test"].create_dataset("augmented", data=np.arange(3))  # a dataset where a group of copies would be
+    problems = check_store(bad)
+    assert any("/vgg16/validation/augmented: augmented copies of 'validation', a validation or test split" in p for p in problems), problems
+    assert any("/vgg16/test/augmented is not a group of augmented copies" in p for p in problems), problems
+    with pytest.raises(ConfigError, match="--augment is for training data only"):
+        fit(bad, "logreg", runs=tmp_path / "r", augmented=True, train="validation", validation="train")

@@ -194,3 +194,59 @@ def test_split_left_half_created_by_a_kill_is_started_again(tmp_path, data_root,
         f["vgg16"].create_group("train").create_dataset("features", shape=(0, 1, 1, 512), maxshape=(None, 1, 1, 512))
     r = extract(data_root, "train", path, tiny_config)
     assert r.rows == 12 and check_store(path) == []
+
+
+AUG_WRITER = ("import sys; from featstore import extract, ExtractorConfig; "
+              "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, augment=2)")
+
+
+def _copies_committed(path: Path) -> int:
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return int(f["vgg16/train/augmented"].attrs["commit"][0])
+    except (OSError, KeyError):
+        return -1
+
+
+@pytest.mark.slow
+def test_sigkill_while_making_augmented_copies_then_resume_is_bit_identical(tmp_path):
+    """Kills mid-copies (after a new commit), and early ones (model start, compaction on resume, split done, copies not started)."""
+    data = tmp_path / "data"
+    write_images(data, "train", {"a": 8, "b": 8, "c": 8}, seed=11)
+    (data / "train" / "c" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")  # recorded once, in the split's failed
+    cfg = dict(CFG, pooling="avg", layer="block1_pool")
+    clean, path = tmp_path / "clean.h5", tmp_path / "killed.h5"
+    extract(data, "train", clean, ExtractorConfig(**cfg), batch_size=2, augment=2)
+    rng = np.random.default_rng(7)
+    kills, last = 0, -1
+    for attempt in range(30):
+        log = tmp_path / f"run{attempt}.log"
+        with open(log, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-c", AUG_WRITER, str(data), str(path), repr(cfg)], stderr=err)
+        if kills < 6:
+            if kills % 2:
+                start = _copies_committed(path)
+                while proc.poll() is None and _copies_committed(path) <= max(start, 0):
+                    time.sleep(0.005)
+                time.sleep(float(rng.uniform(0.0, 0.08)))
+            else:
+                time.sleep(float(rng.uniform(3.0, 9.0)))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                if path.exists():
+                    problems = check_store(path)
+                    assert all("uncommitted rows" in p for p in problems), problems
+                assert _copies_committed(path) >= last, "committed copy rows went backwards"
+                last = _copies_committed(path)
+                continue
+        assert proc.wait(timeout=300) == 0, log.read_text()
+        if kills >= 6:
+            break
+    a, b = FeatureStore(clean), FeatureStore(path)
+    for aug in (False, True):
+        (xa, ya), (xb, yb) = a.load("train", augmented=aug), b.load("train", augmented=aug)
+        assert xa.tobytes() == xb.tobytes() and np.array_equal(ya, yb) and a.paths("train", augmented=aug) == b.paths("train", augmented=aug)
+    assert a.failures("train") == b.failures("train") and np.array_equal(a.copies("train"), b.copies("train"))
+    assert kills >= 6 and check_store(path) == []
