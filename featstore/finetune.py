@@ -224,7 +224,7 @@ def _cached_cut(fs, name, layer, attrs, weights, trust_model, sets) -> Cached:
                   layer=layer, layers=(), pooling="none", dtype="float32", trust_model=trust_model)
     logger.info("the layers below %s are frozen: their output is cached in the store as %r (computed once, reused by later "
                 "fine-tunings), and phase B trains only the layers above on it", layer, group)
-    arrays = {}
+    arrays, made = {}, group not in fs.extractors()
     for split, images in sets.items():
         try:
             extract(images.root, split, fs.path, cfg, name=group)
@@ -240,6 +240,12 @@ def _cached_cut(fs, name, layer, attrs, weights, trust_model, sets) -> Cached:
             raise StoreError(f"the cached group {group!r} holds other images of {split!r} than {name!r} ({why}); re-extract both, "
                              f"or pass --no-cache")
         arrays[split] = fs.load(split, group)
+    if made:  # a group of our own making: marked, so commands that pick the store's only extractor still find the user's
+        from .store import CACHE_PURPOSE, open_h5
+        from .writer import writer_lock
+
+        with writer_lock(fs.path), open_h5(fs.path, "a") as f:
+            f[group].attrs["purpose"] = CACHE_PURPOSE
     return Cached(group, arrays)
 
 

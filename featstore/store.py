@@ -174,6 +174,9 @@ def split_summary(sg: h5py.Group, commit: Commit) -> dict:
             "shape": list(feats.shape), "dtype": str(feats.dtype), "chunks": list(feats.chunks or [])}
 
 
+CACHE_PURPOSE = "finetune-cache"  # the `purpose` attribute of a group `featstore finetune` made to cache its frozen layers
+
+
 class FeatureStore:
     """Read access to a store file. Each call opens and closes the file, so writers are not blocked.
 
@@ -202,17 +205,21 @@ class FeatureStore:
     def _open(self):
         return open_h5(self.path, "r", locking=self.locking)
 
-    def extractors(self) -> list[str]:
-        """Names of the extractor groups in the store."""
+    def extractors(self, caches: bool = True) -> list[str]:
+        """Names of the extractor groups in the store (``caches=False``: without the frozen-layer caches ``finetune`` made)."""
         with self._open() as f:
-            return hard_groups(f)
+            names = hard_groups(f)
+            return names if caches else [n for n in names if plain(f[n].attrs.get("purpose", "")) != CACHE_PURPOSE]
 
     def resolve(self, extractor: str | None = None) -> str:
-        """``extractor`` if present; when None, the only one there (error listing them otherwise)."""
+        """``extractor`` if present; when None, the only one there, not counting finetune's caches (error listing them otherwise)."""
         names = self.extractors()
         if extractor is None:
             if len(names) == 1:
                 return names[0]
+            own = self.extractors(caches=False)
+            if len(own) == 1:
+                return own[0]
             if not names:
                 raise StoreError(f"store {self.path} holds no extractor yet; run `featstore extract` first")
             raise StoreError(f"store {self.path} holds several extractors ({', '.join(names)}); choose one with --extractor")

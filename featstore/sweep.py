@@ -100,7 +100,7 @@ def sweep(store: str | os.PathLike = "features.h5", clfs: list[str] | tuple[str,
 
 def _extractors(fs: FeatureStore, wanted: list[str] | None, train: str, validation: str) -> list[str]:
     """The extractors to sweep: those named (or all), each with complete train and validation splits."""
-    names = [fs.resolve(n) for n in wanted] if wanted else fs.extractors()
+    names = [fs.resolve(n) for n in wanted] if wanted else fs.extractors(caches=False)  # finetune's caches only when named
     if not names:
         raise StoreError(f"store {fs.path} holds no extractor yet; run `featstore extract` first")
     lacking = [n for n in names if not all(s in fs.splits(n) and fs.split_info(s, n)["complete"] for s in (train, validation))]

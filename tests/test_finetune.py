@@ -104,7 +104,11 @@ def test_cached_cut_trains_like_the_images_and_is_reused(ft, caplog):
     for name in wc:
         for x, y in zip(wc[name], wi[name]):
             np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-5, err_msg=name)
-    assert "vgg16@block4_pool" in FeatureStore(ft["store"]).extractors()
+    fs = FeatureStore(ft["store"])
+    assert "vgg16@block4_pool" in fs.extractors() and fs.extractors(caches=False) == ["vgg16"]
+    assert fs.resolve() == "vgg16"  # commands that take the store's only extractor still find the user's
+    res = CliRunner().invoke(app, ["check", str(ft["store"])])
+    assert res.exit_code == 0, res.output
     for split in ("validation", "test"):
         assert cached["metrics"][split]["accuracy"] == images["metrics"][split]["accuracy"]
 
