@@ -93,7 +93,7 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
     if rec["clf"] != "dense" and not config.from_scratch_head:
         raise ConfigError(f"{rec['id']} is a {rec['clf']} run: only a dense head can be warm-started (its Keras layers are phase A's "
                           f"head). Fit one with `featstore fit --clf dense`, or pass --from-scratch-head to train a new "
-                          f"Dense({256}) head end to end on the same features")
+                          "Dense(256) head end to end on the same features")
     root = runs_root(store, runs)
     ensure_writable(root)
     fs = FeatureStore(store)
@@ -106,6 +106,7 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
         if split not in fs.splits(name) or not fs.split_info(split, name).get("complete"):
             raise StoreError(f"fine-tuning needs complete train and validation splits of {name!r} in {store} (early stopping "
                              f"watches validation loss); extract them first: featstore extract --split {split}")
+
     def root_of(split: str) -> Path:  # --data, else the folder each split was extracted from
         return Path(data) if data is not None else Path(fs.split_info(split, name)["source_root"])
 
