@@ -17,8 +17,10 @@ quoting). Examples::
 
     python pipelines/fashion_mnist.py --out results/fmnist_4000                      # 4,000 / 1,000 / 2,000 at 64 px
     python pipelines/fashion_mnist.py --train 300 --validation 100 --test 200 --out /tmp/fm   # a quick look
-    python pipelines/fashion_mnist.py --train 50000 --validation 10000 --test 10000 --layers block3_pool \
-        --clf svm --no-baselines --out results/fmnist_full                                 # the full dataset
+    python pipelines/fashion_mnist.py --train 50000 --validation 10000 --test 10000 --image-size 48 \
+        --layers block2_pool --clf svm --param svm:kernel=rbf --param svm:C=10 --param svm:power=0.5 \
+        --param svm:l2=true --param svm:scale=false --param svm:pca=256 --param svm:calibration_folds=2 \
+        --no-baselines --out results/fmnist_full                   # the full dataset, as run for the README
 """
 
 from __future__ import annotations
