@@ -35,13 +35,15 @@ from .runfolder import BrokenRunError, check_zip_file, regular_file, verify_file
 # classifier needs a type missing here. Added by hand, with their reason:
 #   numpy.int32: numpy's default integer on Windows before numpy 2 (where this list has numpy.int64);
 #   sklearn.linear_model._sgd_fast.Log: sgd's log loss object before scikit-learn moved it to sklearn._loss.
+# The optional PCA step (logreg/svm/knn `pca`) added sklearn.decomposition._pca.PCA and numpy.float32 (its
+# noise_variance_ on float32 features): arrays and a scalar, no code.
 # Not one of these is a function: a file that references any function is refused.
 ARTIFACT_TYPES = frozenset({
     "builtins.dict", "builtins.list", "builtins.str", "builtins.tuple",
-    "numpy.ndarray", "numpy.float64", "numpy.int64", "numpy.int32",
+    "numpy.ndarray", "numpy.float64", "numpy.float32", "numpy.int64", "numpy.int32",
     "featstore.classifiers.FeatureReshape",
     "sklearn.pipeline.Pipeline",
-    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._data.StandardScaler", "sklearn.decomposition._pca.PCA",
     "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.svm._classes.SVC",
     "sklearn.calibration.CalibratedClassifierCV", "sklearn.calibration._CalibratedClassifier",

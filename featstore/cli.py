@@ -221,6 +221,7 @@ def fit(
 def sweep(
     clf: Annotated[str, typer.Option(help="Classifiers to fit on every extractor, comma-separated, e.g. logreg,svm,dense.")] = "logreg",
     extractor: Annotated[Optional[str], typer.Option(help="Extractors to sweep, comma-separated (default: every one with train and validation).")] = None,
+    param: Annotated[Optional[list[str]], typer.Option(help="CLASSIFIER:NAME=VALUE; repeat a name to search over values (chosen on validation), e.g. --param svm:kernel=rbf --param svm:pca=256.")] = None,
     ensemble: Annotated[bool, typer.Option("--ensemble", help="Also build the best probability-averaging ensemble of the runs (greedy selection on validation).")] = False,
     search: Annotated[bool, typer.Option("--search", help="Search each classifier's default grid (chosen on validation) instead of its defaults.")] = False,
     jobs: Annotated[int, typer.Option(help="Fits run in parallel (threads).")] = 1,
@@ -234,11 +235,13 @@ def sweep(
     augmented: Annotated[bool, typer.Option("--augmented", help="Fit every run on train plus its cached augmented copies (`featstore extract --augment K`).")] = False,
 ) -> None:
     """Fit every classifier on every extractor, choose the best on validation, then evaluate test once for it."""
+    from .classifiers import parse_clf_params
     from .report import sweep_table
     from .sweep import sweep as run_sweep
 
-    summary = run_sweep(store, [c.strip() for c in clf.split(",") if c.strip()],
-                        extractors=[e.strip() for e in extractor.split(",")] if extractor else None, search=search, jobs=jobs,
+    clfs = [c.strip() for c in clf.split(",") if c.strip()]
+    summary = run_sweep(store, clfs, extractors=[e.strip() for e in extractor.split(",")] if extractor else None,
+                        params=parse_clf_params(clfs, list(param or [])), search=search, jobs=jobs,
                         ensemble=ensemble, show_test=show_test, train=train, validation=validation, test=test, runs=runs, png=png,
                         augmented=augmented)
     typer.echo(sweep_table(summary))

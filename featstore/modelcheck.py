@@ -13,7 +13,8 @@ what ``featstore runs`` uses) and on the loaded objects (:func:`check_pipeline`)
   to the node array's length, values of shape ``(node_count, n_outputs, max classes)``;
 - every SVC: support vectors, dual coefficients, intercepts and class counts agree in size;
 - a k-NN classifier's neighbour index (KDTree/BallTree) is rebuilt from its fitted rows, never used as stored;
-- the pipeline is one featstore builds: reshape, an optional scaler, one of its classifiers.
+- the pipeline is one featstore builds: reshape, an optional scaler, an optional PCA, one of its classifiers (a PCA
+  whose arrays do not fit the features fails when applied, as one error naming the run).
 
 The other types run numpy code, where a wrong shape raises ValueError: ``artifacts.checked_predict`` turns that
 into a BrokenRunError when the model is applied.
@@ -175,6 +176,7 @@ def check_pipeline(est):
         est = check_pipeline(skops.io.load(path, trusted=types))
     """
     from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier
+    from sklearn.decomposition import PCA
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression, SGDClassifier
     from sklearn.neighbors import KNeighborsClassifier
@@ -187,8 +189,10 @@ def check_pipeline(est):
     heads = (LogisticRegression, SGDClassifier, KNeighborsClassifier, RandomForestClassifier, CalibratedClassifierCV)
     steps = getattr(est, "steps", None) if type(est) is Pipeline else None
     shape = [type(s[1]) if isinstance(s, tuple) and len(s) == 2 else None for s in steps] if isinstance(steps, list) else []
-    if not (len(shape) in (2, 3) and shape[0] is FeatureReshape and shape[-1] in heads and (len(shape) == 2 or shape[1] is StandardScaler)):
-        raise ModelStateError(f"it is not a pipeline featstore builds (reshape, optional scaler, classifier): "
+    middle = shape[1:-1]
+    if not (2 <= len(shape) <= 4 and shape[0] is FeatureReshape and shape[-1] in heads
+            and middle in ([], [StandardScaler], [PCA], [StandardScaler, PCA])):
+        raise ModelStateError(f"it is not a pipeline featstore builds (reshape, optional scaler, optional PCA, classifier): "
                               f"{[t.__name__ if t else '?' for t in shape] or type(est).__name__}")
     head = steps[-1][1]
     if isinstance(head, RandomForestClassifier):

@@ -35,14 +35,17 @@ MAX_ENSEMBLE_STEPS = 25  # additions (with replacement) in the greedy ensemble s
 
 
 def sweep(store: str | os.PathLike = "features.h5", clfs: list[str] | tuple[str, ...] = ("logreg",), *,
-          extractors: list[str] | None = None, search: bool = False, jobs: int = 1, ensemble: bool = False,
+          extractors: list[str] | None = None, params: dict[str, dict[str, list]] | None = None, search: bool = False,
+          jobs: int = 1, ensemble: bool = False,
           show_test: bool = False, train: str = "train", validation: str = "validation", test: str = "test",
           runs: str | os.PathLike | None = None, png: str | os.PathLike | None = None, augmented: bool = False) -> dict:
     """Fit each classifier on each extractor, choose on validation, evaluate test once for the choice; returns the summary.
 
-    Example::
+    ``params`` maps a classifier name to its parameter lists, as ``fit`` takes them (several values: the
+    best on validation is kept, per extractor). Example::
 
         sweep("features.h5", ["logreg", "svm", "dense"], ensemble=True, jobs=2)
+        sweep("features.h5", ["svm"], params={"svm": {"kernel": ["rbf"], "power": [0.5], "l2": [True], "pca": [256]}})
 
     ``augmented=True`` fits every run on train plus its cached augmented copies (``featstore fit --augmented``).
     """
@@ -51,8 +54,11 @@ def sweep(store: str | os.PathLike = "features.h5", clfs: list[str] | tuple[str,
     clfs = list(dict.fromkeys(clfs))
     if not clfs:
         raise ConfigError("give at least one classifier, e.g. --clf logreg,svm")
+    params = params or {}
     for c in clfs:
-        get_classifier(c)  # unknown names fail before any work, listing the valid ones
+        get_classifier(c).full_params({k: v[0] for k, v in params.get(c, {}).items()})  # unknown names fail before any work
+    if set(params) - set(clfs):
+        raise ConfigError(f"parameters given for {', '.join(sorted(set(params) - set(clfs)))}, which is not swept; swept: {', '.join(clfs)}")
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     names = _extractors(FeatureStore(store), extractors, train, validation)
@@ -61,7 +67,7 @@ def sweep(store: str | os.PathLike = "features.h5", clfs: list[str] | tuple[str,
 
     def one(cell):
         n, c = cell
-        return fit(store, c, None, extractor=n, search=search, train=train, validation=validation, test=None, runs=runs,
+        return fit(store, c, params.get(c), extractor=n, search=search, train=train, validation=validation, test=None, runs=runs,
                    augmented=augmented)
 
     if jobs > 1 and len(cells) > 1:

@@ -589,6 +589,8 @@ def test_allow_list_covers_every_registered_classifier(tmp_path):
             continue
         spec = get_classifier(name)
         variants = [{}] + [{k: c} for k, p in spec.params.items() for c in p.choices] + [{k: v} for k, vs in spec.grid.items() for v in vs]
+        if "pca" in spec.params:  # the optional vector steps: power and L2 normalisation, no scaler, PCA
+            variants += [{"power": 0.5, "l2": True, "scale": False, "pca": 2}, {"pca": 2}]
         for params in variants:
             for X, y in ((rng.normal(size=(30, 2, 2, 3)).astype(np.float32), np.arange(30) % 3),
                          (rng.normal(size=(30, 20)).astype(np.float16), np.arange(30) % 2)):

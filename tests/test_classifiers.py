@@ -102,3 +102,36 @@ def test_artifact_with_foreign_types_is_refused(tmp_path):
     record = {"file": path.name, "format": "skops", "sha256": sha256_file(path)}
     with pytest.raises(StoreError, match="contains types featstore never writes .*system"):
         load_estimator(tmp_path, record)
+
+
+def test_power_l2_and_pca_steps_and_their_artifact_round_trip(tmp_path):
+    X, y = _data()
+    X = np.abs(X)
+    est = build_classifier("svm", {"kernel": "rbf", "power": 0.5, "l2": True, "scale": False, "pca": 4, "calibration_folds": 2})
+    assert [name for name, _ in est.steps] == ["features", "pca", "clf"]
+    est.fit(X, y)
+    v = est.named_steps["features"].transform(X)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(v, np.sqrt(X.reshape(len(X), -1)) / np.linalg.norm(np.sqrt(X.reshape(len(X), -1)), axis=1, keepdims=True), rtol=1e-5)
+    assert est.named_steps["pca"].n_components_ == 4
+    loaded = load_estimator(tmp_path, save_estimator(est, tmp_path))
+    np.testing.assert_allclose(loaded.predict_proba(X), est.predict_proba(X), rtol=1e-6, atol=1e-6)
+    assert [name for name, _ in build_classifier("logreg", {"pca": 3}).steps] == ["features", "scale", "pca", "clf"]
+    with pytest.raises(ConfigError, match=r"power must be in \(0, 1\]"):
+        build_classifier("logreg", {"power": 2.0}).fit(X, y)
+    with pytest.raises(ConfigError, match="pca must be 0"):
+        build_classifier("knn", {"pca": -1})
+    assert FeatureReshape(power=0.5).fit_transform(np.array([[-4.0, 9.0]])).tolist() == [[-2.0, 3.0]]
+
+
+def test_sweep_params_name_a_swept_classifier():
+    from featstore.classifiers import parse_clf_params
+
+    assert parse_clf_params(["logreg", "svm"], ["svm:C=1", "svm:C=10", "svm:l2=true", "logreg:power=0.5"]) == {
+        "svm": {"C": [1.0, 10.0], "l2": [True]}, "logreg": {"power": [0.5]}}
+    with pytest.raises(ConfigError, match="CLASSIFIER:NAME=VALUE"):
+        parse_clf_params(["svm"], ["C=1"])
+    with pytest.raises(ConfigError, match="not swept; swept: svm"):
+        parse_clf_params(["svm"], ["knn:n_neighbors=3"])
+    with pytest.raises(ConfigError, match="unknown parameter 'gamma' for logreg"):
+        parse_clf_params(["logreg"], ["logreg:gamma=1"])

@@ -97,3 +97,17 @@ def test_sweep_cli(two_extractor_store, tmp_path):
     assert "chosen on validation" in res.output and "good" in res.output and " *" in res.output
     bad = CliRunner().invoke(app, ["sweep", "--clf", "logreg,nope", "--store", str(two_extractor_store), "--runs", str(tmp_path / "r")])
     assert bad.exit_code == 1 and "unknown classifier 'nope'" in bad.output
+
+
+def test_sweep_passes_classifier_params_and_records_them(two_extractor_store, tmp_path):
+    res = CliRunner().invoke(app, ["sweep", "--clf", "logreg,knn", "--param", "knn:n_neighbors=3", "--param", "knn:pca=4",
+                                   "--param", "logreg:power=0.5", "--param", "logreg:C=0.1", "--param", "logreg:C=1",
+                                   "--store", str(two_extractor_store), "--runs", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    recs = {(r["extractor"], r["clf"]): r for r in list_runs(two_extractor_store, tmp_path / "r")}
+    assert recs[("good", "knn")]["params"]["n_neighbors"] == 3 and recs[("good", "knn")]["params"]["pca"] == 4
+    assert recs[("weak", "logreg")]["params"]["power"] == 0.5 and recs[("weak", "logreg")]["params"]["C"] in (0.1, 1.0)
+    bad = CliRunner().invoke(app, ["sweep", "--clf", "logreg", "--param", "svm:C=1", "--store", str(two_extractor_store)])
+    assert bad.exit_code == 1 and "not swept; swept: logreg" in bad.output
+    with pytest.raises(Exception, match="unknown parameter 'gamma' for logreg"):
+        sweep(two_extractor_store, ["logreg"], params={"logreg": {"gamma": [1.0]}}, runs=tmp_path / "r2")
