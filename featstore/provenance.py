@@ -26,7 +26,7 @@ from .errors import ConfigError, StoreError
 
 FORMAT_VERSION = 2
 # Fields that decide the numbers in `features`; their hash is the extractor's fingerprint.
-MAX_IMAGE_SIZE = 4096  # largest input side featstore decodes to (a 4096x4096 RGB image is 48 MiB; beyond, memory runs out)
+MAX_IMAGE_SIZE = 4096  # largest input side featstore decodes to (a 4096x4096 RGB image is 48 MiB; beyond, memory runs out); 0 = no images (synthetic stores)
 FINGERPRINT_FIELDS = ("model", "layer", "input_size", "pooling", "preprocess", "resize", "dtype", "compute_dtype", "feature_shape",
                       "weights_digest")
 # Resize/decode identifier (bump the suffix whenever decoding or resizing changes the pixels).
@@ -352,7 +352,7 @@ def validate_extractor(attrs: dict, where: str) -> None:
     if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
         raise StoreError(f"{where}: feature_shape is {shape!r}, expected a list of positive integers; the store is damaged. "
                          f"Extract again into a new --store.")
-    if not isinstance(attrs["input_size"], int) or not 1 <= attrs["input_size"] <= MAX_IMAGE_SIZE or attrs["dtype"] not in DTYPES:
+    if not isinstance(attrs["input_size"], int) or not 0 <= attrs["input_size"] <= MAX_IMAGE_SIZE or attrs["dtype"] not in DTYPES:
         raise StoreError(f"{where}: input_size {attrs['input_size']!r} or dtype {attrs['dtype']!r} is not one featstore writes; "
                          f"the store is damaged. Extract again into a new --store.")
     if fingerprint(attrs) != attrs["fingerprint"]:

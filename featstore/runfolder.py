@@ -191,9 +191,9 @@ def _check_record(rec: object, folder: Path) -> dict:
                              f"remove the folder {folder}")
     if rec["kind"] != "ensemble" and rec["extractor_attrs"].get("fingerprint") != rec["fingerprint"]:
         raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs; remove the folder {folder}")
-    size = rec["extractor_attrs"].get("input_size") if rec["kind"] != "ensemble" else 1
-    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
-        raise BrokenRunError(f"{where}: extractor_attrs.input_size {size!r} is not an image side featstore uses (1 to "
+    size = rec["extractor_attrs"].get("input_size") if rec["kind"] != "ensemble" else None
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_IMAGE_SIZE):
+        raise BrokenRunError(f"{where}: extractor_attrs.input_size {size!r} is not an image side featstore uses (0 to "
                              f"{MAX_IMAGE_SIZE}); predicting with it would decode images of any size. Remove the folder {folder}")
     return rec
 

@@ -196,7 +196,8 @@ def test_split_left_half_created_by_a_kill_is_started_again(tmp_path, data_root,
     assert r.rows == 12 and check_store(path) == []
 
 
-AUG_WRITER = ("import sys; from featstore import extract, ExtractorConfig; "
+AUG_WRITER = ("import sys, time; from featstore import extract, ExtractorConfig; import featstore.writer as w; "
+              "append = w.append; w.append = lambda *a, **k: (time.sleep(0.2), append(*a, **k))[1]; "  # every run outlasts a kill
               "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, augment=2)")
 
 
@@ -229,8 +230,8 @@ def test_sigkill_while_making_augmented_copies_then_resume_is_bit_identical(tmp_
                 while proc.poll() is None and _copies_committed(path) <= max(start, 0):
                     time.sleep(0.005)
                 time.sleep(float(rng.uniform(0.0, 0.08)))
-            else:
-                time.sleep(float(rng.uniform(3.0, 9.0)))
+            else:  # early: model start-up, compaction on resume, or the split's last batches; never the whole run (48 commits of 0.2 s)
+                time.sleep(float(rng.uniform(0.5, 3.0)))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
