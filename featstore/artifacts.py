@@ -229,6 +229,11 @@ def _applying(run_id: str):
                              f"damaged after the fit, or fitted on other features. Fit the classifier again.") from None
 
 
+def _probabilities(proba: np.ndarray, rows: int, n_classes: int) -> bool:
+    """Whether ``proba`` is ``(rows, n_classes)`` of finite values in [0, 1] (to rounding)."""
+    return proba.shape == (rows, n_classes) and bool(np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all())
+
+
 def checked_proba(est, X: np.ndarray, n_classes: int, run_id: str) -> np.ndarray:
     """:func:`full_proba` of a loaded model, or a BrokenRunError when its state does not fit the features.
 
@@ -240,7 +245,7 @@ def checked_proba(est, X: np.ndarray, n_classes: int, run_id: str) -> np.ndarray
     """
     with _applying(run_id):
         proba = full_proba(est, X, n_classes)
-    if proba.shape != (len(X), n_classes) or not (np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()):
+    if not _probabilities(proba, len(X), n_classes):
         raise BrokenRunError(f"the model in run {run_id} gives NaN, inf or probabilities outside [0, 1] on these features; "
                              f"its state was altered or damaged. Fit the classifier again.")
     return proba
@@ -250,7 +255,7 @@ def checked_finetuned(model, images: np.ndarray, n_classes: int, run_id: str) ->
     """A fine-tuned model's probabilities of a uint8 batch, refused (BrokenRunError) unless they are ``(B, n_classes)`` in [0, 1]."""
     with _applying(run_id):
         proba = model.proba(images)
-    if proba.shape != (len(images), n_classes) or not (np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()):
+    if not _probabilities(proba, len(images), n_classes):
         raise BrokenRunError(f"the model in run {run_id} gives {proba.shape} outputs, NaN, inf or probabilities outside [0, 1] for "
                              f"{len(images)} images of {n_classes} classes; it was altered or damaged. Fine-tune again.")
     return proba

@@ -129,7 +129,7 @@ def finetune(run_id: str, config: FinetuneConfig, *, data: str | os.PathLike | N
     evaluated, probas = {}, {}
     for split in [s for s in ("validation", "test") if s in fs.splits(name) and fs.split_info(s, name).get("complete")]:
         images = sets.get(split) or _split_images(fs, name, split, root_of(split), class_names)
-        proba = np.concatenate([model.proba(x) for x, _ in _image_batches(images, rec["extractor_attrs"], 64, None, None, workers)])
+        proba = _split_proba(images, rec["extractor_attrs"], workers, model.proba)
         if not np.isfinite(proba).all():  # the weights became NaN/inf: a run recorded now would be listed as broken
             raise ConfigError(f"fine-tuning diverged: the model gives NaN or inf on {split} (training loss per epoch "
                               f"{[round(v, 4) for v in history.get('loss', [])]}); nothing was recorded. Lower --lr (fine-tuning "
@@ -367,11 +367,15 @@ def apply_finetuned(rec: dict, folder: Path, fs: FeatureStore, split: str, worke
 
     model = load_finetuned(folder, rec)
     name = rec["extractor"]
-    if not fs.split_info(split, name).get("complete"):
+    info = fs.split_info(split, name)
+    if not info.get("complete"):
         raise StoreError(f"split {split!r} of {name!r} is not complete; finish it with `featstore extract --split {split}`")
-    root = Path(fs.split_info(split, name)["source_root"])
-    images = _split_images(fs, name, split, root, rec["class_names"])
+    images = _split_images(fs, name, split, Path(info["source_root"]), rec["class_names"])
     # a crafted or damaged model.keras may give another number of classes, NaN or non-probabilities: refused, as predict does
-    proba = np.concatenate([checked_finetuned(model, x, len(rec["class_names"]), rec["id"])
-                            for x, _ in _image_batches(images, rec["extractor_attrs"], 64, None, None, workers)])
+    proba = _split_proba(images, rec["extractor_attrs"], workers, lambda x: checked_finetuned(model, x, len(rec["class_names"]), rec["id"]))
     return images.labels, proba.argmax(axis=1), proba
+
+
+def _split_proba(images: SplitImages, attrs: dict, workers: int, proba_of) -> np.ndarray:
+    """``proba_of(uint8 batch)`` over a split's images, in store row order, as one array."""
+    return np.concatenate([proba_of(x) for x, _ in _image_batches(images, attrs, 64, None, None, workers)])
