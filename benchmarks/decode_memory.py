@@ -22,7 +22,7 @@ from PIL import Image
 SIDE = 9400
 CODE = """
 import json, sys
-from featstore.images import load_image
+from featstore.images.listing import load_image
 def hwm():  # this process's peak RSS in MB (VmHWM: per address space, so not inherited from the parent across exec)
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 base = hwm()
@@ -42,8 +42,10 @@ def main() -> None:
         size_mb = path.stat().st_size / 1e6
     float64_mb = SIDE * SIDE * 8 / 1e6
     grew = m["peak_mb"] - m["base_mb"]
-    print(f"{SIDE}x{SIDE} 16-bit PNG ({size_mb:.1f} MB on disk) decoded to {tuple(m['shape'])}: peak RSS grew {grew:.0f} MB "
-          f"(process baseline {m['base_mb']:.0f} MB); one full-size float64 copy is {float64_mb:.0f} MB; ratio {grew / float64_mb:.2f}")
+    print(
+        f"{SIDE}x{SIDE} 16-bit PNG ({size_mb:.1f} MB on disk) decoded to {tuple(m['shape'])}: peak RSS grew {grew:.0f} MB "
+        f"(process baseline {m['base_mb']:.0f} MB); one full-size float64 copy is {float64_mb:.0f} MB; ratio {grew / float64_mb:.2f}"
+    )
 
 
 if __name__ == "__main__":

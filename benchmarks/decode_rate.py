@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "featstore_bench_jpegs")
     args = ap.parse_args()
-    from featstore.extract import iter_decoded
+    from featstore.extraction.pipeline import iter_decoded
 
     root = make_images(args.cache, args.n)
     files = [str(p) for p in sorted((root / "train").glob("*/*.jpg"))[: args.n]]
@@ -38,8 +38,10 @@ def main() -> None:
             n = sum(img is not None for _, img, _ in iter_decoded(files, args.size, threads, 4 * threads))
             rates.append(n / (time.perf_counter() - t))
         med = statistics.median(rates)
-        print(f"decode {args.n} JPEGs 500x375 -> {args.size}x{args.size}, {threads} thread(s): {med:.0f} img/s, "
-              f"{med / threads:.0f} img/s per thread (median of {args.repeats})")
+        print(
+            f"decode {args.n} JPEGs 500x375 -> {args.size}x{args.size}, {threads} thread(s): {med:.0f} img/s, "
+            f"{med / threads:.0f} img/s per thread (median of {args.repeats})"
+        )
 
 
 if __name__ == "__main__":

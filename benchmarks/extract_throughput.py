@@ -59,7 +59,13 @@ def featstore_run(data: Path, model: str, size: int, batch: int, n: int) -> floa
     from featstore import ExtractorConfig, extract
 
     with tempfile.TemporaryDirectory() as tmp:
-        r = extract(data, "train", Path(tmp) / "f.h5", ExtractorConfig(model=model, image_size=size, weights="none"), batch_size=batch)
+        r = extract(
+            data,
+            "train",
+            Path(tmp) / "f.h5",
+            ExtractorConfig(model=model, image_size=size, weights="none"),
+            batch_size=batch,
+        )
         assert r.rows >= n
         return r.images_per_second
 
@@ -68,7 +74,7 @@ def model_only(ex, imgs: np.ndarray, batch: int) -> float:
     """img/s of preprocess + forward pass on pre-decoded images."""
     t = time.perf_counter()
     for i in range(0, len(imgs), batch):
-        ex(imgs[i:i + batch])
+        ex(imgs[i : i + batch])
     return len(imgs) / (time.perf_counter() - t)
 
 
@@ -82,8 +88,13 @@ def lectures_loop(files: list[Path], ex, size: int, batch: int) -> float:
         d = f.create_dataset("features", (len(files), *shape), dtype="float32")
         t = time.perf_counter()
         for i in range(0, len(files), batch):
-            x = np.stack([keras.utils.img_to_array(keras.utils.load_img(p, target_size=(size, size))) for p in files[i:i + batch]])
-            d[i:i + len(x)] = ex.model.predict(ex.spec.preprocess(x), verbose=0)
+            x = np.stack(
+                [
+                    keras.utils.img_to_array(keras.utils.load_img(p, target_size=(size, size)))
+                    for p in files[i : i + batch]
+                ]
+            )
+            d[i : i + len(x)] = ex.model.predict(ex.spec.preprocess(x), verbose=0)
         return len(files) / (time.perf_counter() - t)
 
 
@@ -106,8 +117,13 @@ def peak_rss(data: Path, model: str, size: int, batch: int) -> float:
     """Peak RSS (MB) during the extraction of the train split of ``data`` in a fresh process."""
     code = SAMPLER
     with tempfile.TemporaryDirectory() as tmp:
-        out = subprocess.run([sys.executable, "-c", code, str(data), str(Path(tmp) / "f.h5"), model, str(size), str(batch)],
-                             capture_output=True, text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(data), str(Path(tmp) / "f.h5"), model, str(size), str(batch)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -151,17 +167,30 @@ def main() -> None:
                 fs.append(featstore_run(small, model, size, args.batch_size, args.n))
                 lec.append(lectures_loop(files, ex, size, args.batch_size))
             rss_n, rss_4n = peak_rss(small, model, size, args.batch_size), peak_rss(large, model, size, args.batch_size)
-            r = {"featstore_img_s": statistics.median(fs), "model_only_img_s": statistics.median(mo), "lectures_img_s": statistics.median(lec),
-                 "build_s": build_s, "rss_n_mb": rss_n, "rss_4n_mb": rss_4n}
-            r["vs_model"], r["vs_lectures"] = r["featstore_img_s"] / r["model_only_img_s"], r["featstore_img_s"] / r["lectures_img_s"]
+            r = {
+                "featstore_img_s": statistics.median(fs),
+                "model_only_img_s": statistics.median(mo),
+                "lectures_img_s": statistics.median(lec),
+                "build_s": build_s,
+                "rss_n_mb": rss_n,
+                "rss_4n_mb": rss_4n,
+            }
+            r["vs_model"], r["vs_lectures"] = (
+                r["featstore_img_s"] / r["model_only_img_s"],
+                r["featstore_img_s"] / r["lectures_img_s"],
+            )
             results[model] = r
             tm, tl = TARGETS.get(model, (0.95, 1.0))
             print(f"{model}@{size}, batch {args.batch_size}, {args.n} JPEGs 500x375, median of {args.repeats}:")
-            print(f"  featstore extract {r['featstore_img_s']:.1f} img/s | model only {r['model_only_img_s']:.1f} img/s | "
-                  f"lectures loop {r['lectures_img_s']:.1f} img/s | model build {build_s:.1f} s (excluded)")
+            print(
+                f"  featstore extract {r['featstore_img_s']:.1f} img/s | model only {r['model_only_img_s']:.1f} img/s | "
+                f"lectures loop {r['lectures_img_s']:.1f} img/s | model build {build_s:.1f} s (excluded)"
+            )
             print(f"  extract / model-only   = {r['vs_model']:.3f}  (target >= {tm})")
             print(f"  extract / lectures     = {r['vs_lectures']:.3f}  (target >= {tl})")
-            print(f"  peak RSS {args.n} images {rss_n:.0f} MB, {4 * args.n} images {rss_4n:.0f} MB: growth {rss_4n - rss_n:+.0f} MB (target < 100)")
+            print(
+                f"  peak RSS {args.n} images {rss_n:.0f} MB, {4 * args.n} images {rss_4n:.0f} MB: growth {rss_4n - rss_n:+.0f} MB (target < 100)"
+            )
     print(json.dumps(results))
 
 

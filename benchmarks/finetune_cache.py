@@ -24,6 +24,10 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import featstore  # noqa: E402
+
+featstore.quiet_tensorflow()  # TensorFlow's start-up lines hidden, as the featstore command does
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extract_throughput import make_images  # noqa: E402  (the same photo-like JPEGs as the throughput benchmark)
@@ -37,7 +41,7 @@ def main() -> None:
     ap.add_argument("--unfreeze-from", default="block5_conv1")
     args = ap.parse_args()
     from featstore import ExtractorConfig, extract, fit
-    from featstore.finetune import FinetuneConfig, finetune
+    from featstore.experiments.finetune import FinetuneConfig, finetune
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -66,13 +70,17 @@ def main() -> None:
                 if cache:
                     cache_s.append(rec["cache_seconds"])
         images, cached = (statistics.median(v) for v in per_epoch.values())
-        print(f"VGG16@150, --unfreeze-from {args.unfreeze_from}, {args.n} training + {n_val} validation images, batch 20, "
-              f"{args.epochs} epochs x {args.repeats} rounds (medians; epochs after the first)")
+        print(
+            f"VGG16@150, --unfreeze-from {args.unfreeze_from}, {args.n} training + {n_val} validation images, batch 20, "
+            f"{args.epochs} epochs x {args.repeats} rounds (medians; epochs after the first)"
+        )
         for key, v in per_epoch.items():
             print(f"  {key:30s} {statistics.median(v):8.2f} s per epoch   (rounds: {', '.join(f'{x:.2f}' for x in v)})")
         print(f"  speed-up of the cached cut: {images / cached:.1f}x per epoch")
-        print(f"  one-time caching of the cut: {statistics.median(cache_s):.1f} s = {statistics.median(cache_s) / images:.2f} "
-              f"epochs from the images")
+        print(
+            f"  one-time caching of the cut: {statistics.median(cache_s):.1f} s = {statistics.median(cache_s) / images:.2f} "
+            f"epochs from the images"
+        )
 
 
 def _below(layer: str) -> str:

@@ -45,11 +45,15 @@ def main() -> None:
         t_fit = statistics.median(times)
         solvers = compare_solvers(store, args.repeats)
     print(f"extraction: {rows} images ({args.model}, weights {args.weights}) in {t_extract:.1f} s")
-    print(f"fit --clf {args.clf}: median {t_fit:.2f} s over {args.repeats} repeats (model fit alone {rec['fit_seconds']:.2f} s), "
-          f"validation accuracy {rec['metrics']['validation']['accuracy']:.3f}")
+    print(
+        f"fit --clf {args.clf}: median {t_fit:.2f} s over {args.repeats} repeats (model fit alone {rec['fit_seconds']:.2f} s), "
+        f"validation accuracy {rec['metrics']['validation']['accuracy']:.3f}"
+    )
     print(f"ratio fit/extraction: {t_fit / t_extract:.4f} ({100 * t_fit / t_extract:.2f}%; target < 1%)")
     for solver, (n_iter, seconds, acc) in solvers.items():
-        print(f"logreg solver {solver:9s}: {n_iter} iterations, median fit {seconds:.3f} s, validation accuracy {acc:.3f}")
+        print(
+            f"logreg solver {solver:9s}: {n_iter} iterations, median fit {seconds:.3f} s, validation accuracy {acc:.3f}"
+        )
     print(f"lbfgs / newton-cg fit time: {solvers['lbfgs'][1] / solvers['newton-cg'][1]:.2f}x")
 
 

@@ -22,9 +22,11 @@ from PIL import Image
 
 from featstore import ExtractorConfig, FeatureStore, extract, find_leaks
 
-KINDS = {"resized": lambda im, p: im.resize((im.width * 2, im.height * 2), Image.BILINEAR).save(p.with_suffix(".png")),
-         "jpeg90": lambda im, p: im.convert("RGB").save(p.with_suffix(".jpg"), quality=90),
-         "jpeg70": lambda im, p: im.convert("RGB").save(p.with_suffix(".jpg"), quality=70)}
+KINDS = {
+    "resized": lambda im, p: im.resize((im.width * 2, im.height * 2), Image.BILINEAR).save(p.with_suffix(".png")),
+    "jpeg90": lambda im, p: im.convert("RGB").save(p.with_suffix(".jpg"), quality=90),
+    "jpeg70": lambda im, p: im.convert("RGB").save(p.with_suffix(".jpg"), quality=70),
+}
 THRESHOLDS = (0.9, 0.95, 0.97, 0.99)
 
 
@@ -42,7 +44,9 @@ def plant(src: Path, dst: Path, n: int, seed: int) -> None:
 
 def similarities(X: np.ndarray, Q: np.ndarray, mode: str) -> np.ndarray:
     """Each query row's highest similarity to a train row: mode is '<flat|gap>-<raw|centred>'."""
-    red = (lambda F: F.reshape(len(F), -1)) if mode.startswith("flat") or X.ndim < 4 else (lambda F: F.mean(axis=(1, 2)))
+    red = (
+        (lambda F: F.reshape(len(F), -1)) if mode.startswith("flat") or X.ndim < 4 else (lambda F: F.mean(axis=(1, 2)))
+    )
     A, B = red(X).astype(np.float64), red(Q).astype(np.float64)
     mu = A.mean(0) if mode.endswith("centred") else 0.0
     A, B = A - mu, B - mu
@@ -68,19 +72,32 @@ def main() -> None:
             extract(data, split, store, cfg)
         fs = FeatureStore(store)
         (X, _), (Q, _) = fs.load("train"), fs.load("test")
-        kind = np.array([next((k for k in KINDS if Path(p).name.startswith(f"plant_{k}_")), "distinct") for p in fs.paths("test")])
-        print(f"vgg16 {a.weights} {cfg.image_size or 'default'} px, cut {fs.metadata()['layer']}, features {X.shape[1:]}; "
-              f"{len(X)} train rows, {np.sum(kind == 'distinct')} distinct test rows, {a.plants} copies of each kind")
+        kind = np.array(
+            [next((k for k in KINDS if Path(p).name.startswith(f"plant_{k}_")), "distinct") for p in fs.paths("test")]
+        )
+        print(
+            f"vgg16 {a.weights} {cfg.image_size or 'default'} px, cut {fs.metadata()['layer']}, features {X.shape[1:]}; "
+            f"{len(X)} train rows, {np.sum(kind == 'distinct')} distinct test rows, {a.plants} copies of each kind"
+        )
         for mode in ("flat-raw", "flat-centred", "gap-raw", "gap-centred"):
             s = similarities(X, Q, mode)
             d, p = s[kind == "distinct"], s[kind != "distinct"]
             kinds = "  ".join(f"{k} min {s[kind == k].min():.3f}" for k in KINDS)
             print(f"{mode:13s} distinct median {np.median(d):.3f} max {d.max():.3f}  {kinds}")
-            print(" " * 14 + "  ".join(f">= {t}: copies {np.mean(p >= t):4.0%}, distinct {np.mean(d >= t):4.0%}" for t in THRESHOLDS))
+            print(
+                " " * 14
+                + "  ".join(
+                    f">= {t}: copies {np.mean(p >= t):4.0%}, distinct {np.mean(d >= t):4.0%}" for t in THRESHOLDS
+                )
+            )
         r = find_leaks(store, query=["test"], record=False)
-        listed = [next((k for k in KINDS if Path(q.query_path).name.startswith(f"plant_{k}_")), "distinct") for q in r.pairs]
-        print(f"featstore leaks (default threshold {r.threshold}) lists " + ", ".join(
-            f"{listed.count(k)} of {np.sum(kind == k)} {k}" for k in (*KINDS, "distinct")))
+        listed = [
+            next((k for k in KINDS if Path(q.query_path).name.startswith(f"plant_{k}_")), "distinct") for q in r.pairs
+        ]
+        print(
+            f"featstore leaks (default threshold {r.threshold}) lists "
+            + ", ".join(f"{listed.count(k)} of {np.sum(kind == k)} {k}" for k in (*KINDS, "distinct"))
+        )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import featstore  # noqa: E402
+
+featstore.quiet_tensorflow()  # TensorFlow's start-up lines hidden, as the featstore command does
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from extract_throughput import make_images  # noqa: E402  (same photo-like JPEGs as the throughput benchmark)
@@ -47,7 +51,13 @@ def main() -> None:
         def timed(key: str, configs: list[ExtractorConfig]) -> None:
             t = time.perf_counter()
             for i, c in enumerate(configs):
-                extract(data, "train", tmp / f"{key.replace(' ', '_').replace(',', '')}_{len(times[key])}_{i}.h5", c, batch_size=32)
+                extract(
+                    data,
+                    "train",
+                    tmp / f"{key.replace(' ', '_').replace(',', '')}_{len(times[key])}_{i}.h5",
+                    c,
+                    batch_size=32,
+                )
             times[key].append(time.perf_counter() - t)
 
         for _ in range(args.repeats):

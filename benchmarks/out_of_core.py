@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore import writer
-from featstore.streaming import parse_bytes
+from featstore.experiments.streaming import parse_bytes
+from featstore.store import writer
 
 SHAPE = (4, 4, 512)
 
@@ -39,20 +39,32 @@ def make_store(path: Path, rows: dict[str, int], seed: int = 0) -> None:
 
 def peak_rss(code: str, *args: str) -> tuple[float, dict]:
     """Run ``code`` in a fresh interpreter; its peak RSS in MB and the JSON it printed last."""
-    wrapped = code + "\nimport resource, json; print(json.dumps({'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **out}))"
-    res = subprocess.run([sys.executable, "-c", wrapped, *args], capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    wrapped = (
+        code
+        + "\nimport resource, json; print(json.dumps({'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **out}))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", wrapped, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     if res.returncode != 0:
         raise SystemExit(res.stderr[-3000:])
     data = json.loads(res.stdout.strip().splitlines()[-1])
     return data.pop("rss"), data
 
 
-BASELINE = ("import sys; import featstore, sklearn.linear_model; from featstore import FeatureStore; "
-            "clf = sys.argv[2]\nif clf == 'dense':\n    import keras, tensorflow\n"
-            "s = FeatureStore(sys.argv[1]); s.split_info('train'); out = {}")
-FIT = ("import sys; from featstore import fit\n"
-       "r = fit(sys.argv[1], sys.argv[2], {'epochs': [int(sys.argv[4])]}, memory_budget=(sys.argv[3] if sys.argv[3] != 'none' else None), runs=sys.argv[5])\n"
-       "out = {'acc': r['metrics']['validation']['accuracy'], 'streamed': r['streamed'], 'seconds': r['fit_seconds']}")
+BASELINE = (
+    "import sys; import featstore, sklearn.linear_model; from featstore import FeatureStore; "
+    "clf = sys.argv[2]\nif clf == 'dense':\n    import keras, tensorflow\n"
+    "s = FeatureStore(sys.argv[1]); s.split_info('train'); out = {}"
+)
+FIT = (
+    "import sys; from featstore import fit\n"
+    "r = fit(sys.argv[1], sys.argv[2], {'epochs': [int(sys.argv[4])]}, memory_budget=(sys.argv[3] if sys.argv[3] != 'none' else None), runs=sys.argv[5])\n"
+    "out = {'acc': r['metrics']['validation']['accuracy'], 'streamed': r['streamed'], 'seconds': r['fit_seconds']}"
+)
 
 
 def main() -> None:
@@ -68,16 +80,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "big.h5"
         make_store(store, rows)
-        print(f"store: train {rows['train']} rows = {rows['train'] * row / 1e6:.0f} MB ({args.factor}x the {budget / 1e6:.0f} MB budget), "
-              f"validation {rows['validation'] * row / 1e6:.0f} MB; file {os.path.getsize(store) / 1e6:.0f} MB")
+        print(
+            f"store: train {rows['train']} rows = {rows['train'] * row / 1e6:.0f} MB ({args.factor}x the {budget / 1e6:.0f} MB budget), "
+            f"validation {rows['validation'] * row / 1e6:.0f} MB; file {os.path.getsize(store) / 1e6:.0f} MB"
+        )
         base, _ = peak_rss(BASELINE, str(store), args.clf)
         streamed, s = peak_rss(FIT, str(store), args.clf, args.budget, str(args.epochs), str(Path(tmp) / "runs"))
         loaded, m = peak_rss(FIT, str(store), args.clf, "none", str(args.epochs), str(Path(tmp) / "runs"))
     print(f"{args.clf}, {args.epochs} epochs, peak RSS (fresh process each):")
     print(f"  framework baseline (imports, store opened)    {base:8.0f} MB")
-    print(f"  fit --memory-budget {args.budget:<8s} (streamed={s['streamed']})  {streamed:8.0f} MB  -> {streamed - base:+.0f} MB over baseline "
-          f"(budget {budget / 1e6:.0f} MB: {'within' if streamed - base <= budget / 1e6 else 'OVER'}); val acc {s['acc']:.3f}, {s['seconds']:.1f} s")
-    print(f"  fit without budget (loads the split)          {loaded:8.0f} MB  -> {loaded - base:+.0f} MB over baseline; val acc {m['acc']:.3f}, {m['seconds']:.1f} s")
+    print(
+        f"  fit --memory-budget {args.budget:<8s} (streamed={s['streamed']})  {streamed:8.0f} MB  -> {streamed - base:+.0f} MB over baseline "
+        f"(budget {budget / 1e6:.0f} MB: {'within' if streamed - base <= budget / 1e6 else 'OVER'}); val acc {s['acc']:.3f}, {s['seconds']:.1f} s"
+    )
+    print(
+        f"  fit without budget (loads the split)          {loaded:8.0f} MB  -> {loaded - base:+.0f} MB over baseline; val acc {m['acc']:.3f}, {m['seconds']:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,15 @@ def run_extract(data: Path, model: str, size: int, batch: int, **kwargs):
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        r = extract(data, "train", Path(tmp) / "f.h5", ExtractorConfig(model=model, image_size=size, weights="none"),
-                    batch_size=batch, progress=False, **kwargs)
+        r = extract(
+            data,
+            "train",
+            Path(tmp) / "f.h5",
+            ExtractorConfig(model=model, image_size=size, weights="none"),
+            batch_size=batch,
+            progress=False,
+            **kwargs,
+        )
         return r, time.perf_counter() - t
 
 
@@ -50,7 +57,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="vgg16")
     ap.add_argument("--size", type=int, default=150)
-    ap.add_argument("--n", type=int, default=96, help="images per run (a multiple of --batch-size: no XLA compile for a tail batch)")
+    ap.add_argument(
+        "--n", type=int, default=96, help="images per run (a multiple of --batch-size: no XLA compile for a tail batch)"
+    )
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-ray", action="store_true", help="local and local+jit only")
@@ -59,7 +68,7 @@ def main() -> None:
     import numpy as np
 
     from featstore import Extractor, ExtractorConfig, load_image
-    from featstore.ray_engine import RayOptions
+    from featstore.extraction.ray import RayOptions
 
     full = make_images(args.cache, args.n)
     ray_init_s = None
@@ -71,8 +80,12 @@ def main() -> None:
         ray_init_s = time.perf_counter() - t
     engines = {"local": {}, "local+jit": {"jit": True}}
     if not args.no_ray:
-        engines.update({"ray x1": {"engine": "ray", "ray_options": RayOptions(workers=1)},
-                        "ray x2": {"engine": "ray", "ray_options": RayOptions(workers=2)}})
+        engines.update(
+            {
+                "ray x1": {"engine": "ray", "ray_options": RayOptions(workers=1)},
+                "ray x2": {"engine": "ray", "ray_options": RayOptions(workers=2)},
+            }
+        )
     rates: dict[str, list[float]] = {"model only": [], **{k: [] for k in engines}}
     startup: dict[str, list[float]] = {k: [] for k in engines}
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,20 +106,34 @@ def main() -> None:
                 rate = (args.n - args.batch_size) / max(w - w1, 1e-9)
                 rates[name].append(rate)
                 startup[name].append(w1 - args.batch_size / rate)
-            print(f"  round {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()) + " img/s", flush=True)
+            print(
+                f"  round {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()) + " img/s", flush=True
+            )
     med = {k: statistics.median(v) for k, v in rates.items()}
     mo, local = med["model only"], med["local"]
-    print(f"{args.model}@{args.size}, batch {args.batch_size}, {args.n} JPEGs 500x375, {os.cpu_count()} CPUs, median of {args.repeats}:")
+    print(
+        f"{args.model}@{args.size}, batch {args.batch_size}, {args.n} JPEGs 500x375, {os.cpu_count()} CPUs, median of {args.repeats}:"
+    )
     for k, v in med.items():
         extra = "" if k == "model only" else f"  start-up {statistics.median(startup[k]):.1f} s (not in the rate)"
         print(f"  {k:<11} {v:6.2f} img/s  / model-only = {v / mo:.3f}  / local = {v / local:.3f}{extra}")
     print(f"  target: local+jit / local >= 1.05 -> {med['local+jit'] / local:.3f}")
     if not args.no_ray:
         print(f"  target: ray x1 / local >= 0.9 -> {med['ray x1'] / local:.3f}")
-        print(f"  Ray start-up: ray.init {ray_init_s:.1f} s once; per run (checks, actors built, first batch) "
-              f"x1 {statistics.median(startup['ray x1']):.1f} s, x2 {statistics.median(startup['ray x2']):.1f} s; "
-              f"local model build {build_s:.1f} s")
-    print(json.dumps({"median_img_s": med, "startup_s": {k: statistics.median(v) for k, v in startup.items()}, "ray_init_s": ray_init_s}))
+        print(
+            f"  Ray start-up: ray.init {ray_init_s:.1f} s once; per run (checks, actors built, first batch) "
+            f"x1 {statistics.median(startup['ray x1']):.1f} s, x2 {statistics.median(startup['ray x2']):.1f} s; "
+            f"local model build {build_s:.1f} s"
+        )
+    print(
+        json.dumps(
+            {
+                "median_img_s": med,
+                "startup_s": {k: statistics.median(v) for k, v in startup.items()},
+                "ray_init_s": ray_init_s,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -49,13 +49,13 @@ print(model.predict(keras.applications.vgg16.preprocess_input(x), verbose=0).sha
 INSTRUMENTED = """
 import importlib, json, sys, time
 t, t_start = {}, time.perf_counter()
-from featstore import cli
+from featstore.cli import app as cli
 from featstore.cli import app
 getattr(cli, "quiet_tensorflow", lambda: None)()  # older checkouts have no quiet import: compare with them too
 t0 = time.perf_counter()
 import keras
 t["import tensorflow+keras"] = time.perf_counter() - t0
-mod = importlib.import_module("featstore.extractor")  # where the extractor is built
+mod = importlib.import_module("featstore.models.extractor")  # where the extractor is built
 
 def timed(name, fn):
     def wrapper(*a, **k):
@@ -107,7 +107,11 @@ def one_image(data: Path, sample: Path) -> Path:
     found = sorted(sample.glob("train/*/*.png"))[:1]
     folder = data / "train" / (found[0].parent.name if found else "noise")
     folder.mkdir(parents=True)
-    img = Image.open(found[0]) if found else Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), np.uint8))
+    img = (
+        Image.open(found[0])
+        if found
+        else Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), np.uint8))
+    )
     img.save(folder / "image.png")
     return folder / "image.png"
 
@@ -119,11 +123,28 @@ def small_store(tmp: Path) -> Path:
         for cls in ("a", "b"):
             (tmp / "small" / split / cls).mkdir(parents=True)
             for i in range(4):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(tmp / "small" / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), np.uint8)).save(
+                    tmp / "small" / split / cls / f"{i}.png"
+                )
     store = tmp / "small.h5"
     for split in ("train", "validation", "test"):
-        wall(featstore_cmd("extract", "--data", str(tmp / "small"), "--split", split, "--store", str(store), "--weights", "none",
-                           "--image-size", "32", "--no-progress"), tmp)
+        wall(
+            featstore_cmd(
+                "extract",
+                "--data",
+                str(tmp / "small"),
+                "--split",
+                split,
+                "--store",
+                str(store),
+                "--weights",
+                "none",
+                "--image-size",
+                "32",
+                "--no-progress",
+            ),
+            tmp,
+        )
     wall(featstore_cmd("fit", "--clf", "logreg", "--store", str(store)), tmp)
     return store
 
@@ -153,17 +174,31 @@ def main() -> None:
         image = one_image(tmp / "data", args.sample)
         store = small_store(tmp)
         for r in range(args.repeats):
-            extract = ("extract", "--data", str(tmp / "data"), "--split", "train", "--weights", "none", "--image-size", size,
-                       "--no-progress")
+            extract = (
+                "extract",
+                "--data",
+                str(tmp / "data"),
+                "--split",
+                "train",
+                "--weights",
+                "none",
+                "--image-size",
+                size,
+                "--no-progress",
+            )
             times["bare"].append(wall([sys.executable, "-c", BARE, str(image), size], tmp)[0])
             times["extract"].append(wall(featstore_cmd(*extract, "--store", str(tmp / f"one_{r}.h5")), tmp)[0])
-            seconds, out = wall([sys.executable, "-c", INSTRUMENTED, *extract, "--store", str(tmp / f"inst_{r}.h5")], tmp)
+            seconds, out = wall(
+                [sys.executable, "-c", INSTRUMENTED, *extract, "--store", str(tmp / f"inst_{r}.h5")], tmp
+            )
             times["extract, instrumented"].append(seconds)
             phases.append(json.loads(out.split("TIMES ", 1)[1]))
             times["runs"].append(wall(featstore_cmd("runs", "--store", str(store)), tmp)[0])
             times["info"].append(wall(featstore_cmd("info", str(store)), tmp)[0])
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{sys.executable}: {os.cpu_count()} CPUs; VGG16 weights none at {size} px; median of {args.repeats} runs each, side by side")
+    print(
+        f"{sys.executable}: {os.cpu_count()} CPUs; VGG16 weights none at {size} px; median of {args.repeats} runs each, side by side"
+    )
     for k, v in times.items():
         print(f"  {k:<24} {med[k]:6.2f} s   (runs: {', '.join(f'{x:.2f}' for x in v)})")
     print(f"extract / bare Keras script: {med['extract'] / med['bare']:.3f}  (target <= 1.05)")
@@ -173,7 +208,10 @@ def main() -> None:
     for k in phases[0]:
         print(f"  {k:<30} {statistics.median(p.get(k, 0.0) for p in phases):6.2f} s")
     cli = importtime("import featstore.cli", ("featstore.cli", "typer", "featstore"))
-    runs = importtime("import featstore.runs", ("featstore.runs", "featstore.artifacts", "featstore.classifiers", "sklearn"))
+    runs = importtime(
+        "import featstore.runs",
+        ("featstore.experiments.fit", "featstore.runs.artifacts", "featstore.experiments.classifiers", "sklearn"),
+    )
     print("python -X importtime (cumulative s): " + ", ".join(f"{k} {v:.2f}" for k, v in {**cli, **runs}.items()))
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import ExtractorConfig, FeatureStore, build_classifier, extract
-from featstore import writer
+from featstore.store import writer
 
 
 def float16_change(store: Path) -> tuple[float, float]:
@@ -38,12 +38,23 @@ def float16_change(store: Path) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def write_read(features: np.ndarray, attrs: dict, compression: str, folder: Path, repeats: int) -> tuple[float, float, int]:
+def write_read(
+    features: np.ndarray, attrs: dict, compression: str, folder: Path, repeats: int
+) -> tuple[float, float, int]:
     """(write MB/s, read MB/s, file bytes) through featstore's writer and reader."""
     path = folder / f"{compression}.h5"
     t = time.perf_counter()
-    writer.write_arrays(path, "bench", "train", features, np.zeros(len(features), np.int32), ["a", "b"], attrs=attrs, batch_size=32,
-                        compression=compression)
+    writer.write_arrays(
+        path,
+        "bench",
+        "train",
+        features,
+        np.zeros(len(features), np.int32),
+        ["a", "b"],
+        attrs=attrs,
+        batch_size=32,
+        compression=compression,
+    )
     write_s = time.perf_counter() - t
     fs = FeatureStore(path)
     fs.load("train")  # into the page cache
@@ -73,18 +84,24 @@ def main() -> None:
                 extract(args.data, split, store, ExtractorConfig(model="vgg16", weights=weights))
             print(f"extracted {args.data} with vgg16@150, weights {weights}")
         a32, a16 = float16_change(store)
-        print(f"float16: logreg validation accuracy float32 {a32:.4f}, float16 {a16:.4f}, change {100 * (a16 - a32):+.2f} points (target |change| < 0.2)")
+        print(
+            f"float16: logreg validation accuracy float32 {a32:.4f}, float16 {a16:.4f}, change {100 * (a16 - a32):+.2f} points (target |change| < 0.2)"
+        )
         fs = FeatureStore(store)
         X, _ = fs.load("train")
         reps = max(1, int(np.ceil(args.mb * 1e6 / X.nbytes)))
         feats = np.concatenate([X] * reps)[: max(32, int(args.mb * 1e6 // X[0].nbytes))]
         attrs = {**fs.metadata(), "dtype": "float32"}
         base = None
-        print(f"compression on {feats.nbytes / 1e6:.0f} MB of {fs.metadata()['model']} features {feats.shape[1:]} float32 (write = featstore appends of 32 rows):")
+        print(
+            f"compression on {feats.nbytes / 1e6:.0f} MB of {fs.metadata()['model']} features {feats.shape[1:]} float32 (write = featstore appends of 32 rows):"
+        )
         for comp in writer.COMPRESSIONS:
             w, r, size = write_read(feats, attrs, comp, tmp, args.repeats)
             base = base or size
-            print(f"  {comp:5s} write {w:8.1f} MB/s   read {r:8.1f} MB/s   size {size / 1e6:8.1f} MB ({base / size:.2f}x smaller than none)")
+            print(
+                f"  {comp:5s} write {w:8.1f} MB/s   read {r:8.1f} MB/s   size {size / 1e6:8.1f} MB ({base / size:.2f}x smaller than none)"
+            )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,15 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, p
     ax.set_ylabel("true")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                str(m[i, j]),
+                ha="center",
+                va="center",
+                color="white" if m[i, j] > m.max() / 2 else "black",
+                fontsize=8,
+            )
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -38,7 +46,9 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, p
     return path
 
 
-def curves_png(history: dict[str, list[float]], title: str, path: Path, then: dict[str, list[float]] | None = None) -> Path:
+def curves_png(
+    history: dict[str, list[float]], title: str, path: Path, then: dict[str, list[float]] | None = None
+) -> Path:
     """Training and validation accuracy and loss per epoch, side by side.
 
     The loss axis is logarithmic (and says so) when the losses span more than a factor of 5, so a large
@@ -57,8 +67,13 @@ def curves_png(history: dict[str, list[float]], title: str, path: Path, then: di
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("accuracy", "loss")):
         if boundary is not None:
-            ax.axvline(boundary + 0.5, color="grey", linestyle="--", linewidth=1, label="phase A | phase B (fine-tuning)")
-        series = {f"training {metric}": history.get(metric, []), f"validation {metric}": history.get(f"val_{metric}", [])}
+            ax.axvline(
+                boundary + 0.5, color="grey", linestyle="--", linewidth=1, label="phase A | phase B (fine-tuning)"
+            )
+        series = {
+            f"training {metric}": history.get(metric, []),
+            f"validation {metric}": history.get(f"val_{metric}", []),
+        }
         for (label, values), style in zip(series.items(), ("o", "-")):
             if values:
                 ax.plot(range(1, len(values) + 1), values, style, label=label)
@@ -103,10 +118,20 @@ def compare_png(labels: list[str], scores: dict[str, list[float | None]], path: 
     small = 7 if n > 8 else 8
     for i, (split, vals) in enumerate(scores.items()):
         bars = ax.bar(x + i * width, [v if v is not None else 0 for v in vals], width, label=split)
-        ax.bar_label(bars, labels=[f"{v:.2f}" if v is not None else "n/a" for v in vals], padding=2, fontsize=small,
-                     rotation=90 if n > 12 else 0)
-    ax.set_xticks(x + width * (len(scores) - 1) / 2, labels, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center",
-                  fontsize=small)
+        ax.bar_label(
+            bars,
+            labels=[f"{v:.2f}" if v is not None else "n/a" for v in vals],
+            padding=2,
+            fontsize=small,
+            rotation=90 if n > 12 else 0,
+        )
+    ax.set_xticks(
+        x + width * (len(scores) - 1) / 2,
+        labels,
+        rotation=45 if n > 3 else 0,
+        ha="right" if n > 3 else "center",
+        fontsize=small,
+    )
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.12)  # headroom for the value labels above a bar at 1.0
     ax.set_yticks(np.linspace(0, 1, 6))
@@ -118,7 +143,9 @@ def compare_png(labels: list[str], scores: dict[str, list[float | None]], path: 
     return path
 
 
-def heatmap_png(rows: list[str], cols: list[str], values: np.ndarray, title: str, path: Path, mark: tuple[int, int] | None = None) -> Path:
+def heatmap_png(
+    rows: list[str], cols: list[str], values: np.ndarray, title: str, path: Path, mark: tuple[int, int] | None = None
+) -> Path:
     """A rows x cols grid of accuracies, each cell labelled with its value; ``mark`` outlines the chosen cell.
 
     >>> heatmap_png(["vgg16@block4_pool"], ["logreg", "svm"], np.array([[0.8, 0.7]]), "sweep", Path("s.png"))  # doctest: +SKIP
@@ -126,12 +153,22 @@ def heatmap_png(rows: list[str], cols: list[str], values: np.ndarray, title: str
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(cols) + 3.5), max(2.5, 0.55 * len(rows) + 1.8)))
     top = float(np.nanmax(values))
-    low = min(float(np.nanmin(values)), top - 0.05)  # at least 5 points of colour range, so equal cells do not blow up the scale
+    low = min(
+        float(np.nanmin(values)), top - 0.05
+    )  # at least 5 points of colour range, so equal cells do not blow up the scale
     im = ax.imshow(values, cmap="viridis", vmin=low, vmax=top, aspect="auto")
     mid = (low + top) / 2
     for i in range(len(rows)):
         for j in range(len(cols)):
-            ax.text(j, i, f"{values[i, j]:.3f}", ha="center", va="center", fontsize=9, color="black" if values[i, j] > mid else "white")
+            ax.text(
+                j,
+                i,
+                f"{values[i, j]:.3f}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="black" if values[i, j] > mid else "white",
+            )
     if mark is not None:
         ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
     ax.set_xticks(range(len(cols)), cols)

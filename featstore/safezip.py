@@ -56,21 +56,30 @@ def _check_members(fh, size: int) -> None:
         infos = z.infolist()
     for i in infos:
         if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or i.flag_bits & 0x1:
-            raise ValueError(f"member {i.filename!r} is encrypted or compressed with method {i.compress_type} "
-                             f"(featstore writes stored or deflated members only)")
+            raise ValueError(
+                f"member {i.filename!r} is encrypted or compressed with method {i.compress_type} "
+                f"(featstore writes stored or deflated members only)"
+            )
         if i.file_size > MAX_MEMBER:
-            raise ValueError(f"member {i.filename!r} declares {i.file_size} bytes unpacked, over the limit of {MAX_MEMBER} "
-                             f"(featstore.safezip.MAX_MEMBER)")
+            raise ValueError(
+                f"member {i.filename!r} declares {i.file_size} bytes unpacked, over the limit of {MAX_MEMBER} "
+                f"(featstore.safezip.MAX_MEMBER)"
+            )
         if i.file_size > SMALL and i.file_size > MAX_RATIO * i.compress_size:
-            raise ValueError(f"member {i.filename!r} declares {i.file_size} bytes unpacked from {i.compress_size} "
-                             f"(over {MAX_RATIO}x and over {SMALL >> 20} MiB: a zip bomb)")
+            raise ValueError(
+                f"member {i.filename!r} declares {i.file_size} bytes unpacked from {i.compress_size} "
+                f"(over {MAX_RATIO}x and over {SMALL >> 20} MiB: a zip bomb)"
+            )
     packed, unpacked = sum(i.compress_size for i in infos), sum(i.file_size for i in infos)
     if packed > size:
-        raise ValueError(f"its members declare {packed} compressed bytes, more than the file's {size} "
-                         f"(overlapping or lying members)")
+        raise ValueError(
+            f"its members declare {packed} compressed bytes, more than the file's {size} (overlapping or lying members)"
+        )
     if unpacked > SMALL and unpacked > MAX_RATIO * max(size, 1):
-        raise ValueError(f"its members declare {unpacked} bytes unpacked from a file of {size} "
-                         f"(over {MAX_RATIO}x and over {SMALL >> 20} MiB: a zip bomb)")
+        raise ValueError(
+            f"its members declare {unpacked} bytes unpacked from a file of {size} "
+            f"(over {MAX_RATIO}x and over {SMALL >> 20} MiB: a zip bomb)"
+        )
     for i in infos:
         if i.compress_type == zipfile.ZIP_STORED and i.file_size != i.compress_size:
             raise ValueError(f"stored member {i.filename!r} declares {i.file_size} bytes but stores {i.compress_size}")
@@ -97,14 +106,18 @@ def _measure(fh, info: zipfile.ZipInfo) -> None:
         data = d.unconsumed_tail
         out += len(got)
         if out > info.file_size:
-            raise ValueError(f"member {info.filename!r} unpacks to more than the {info.file_size} bytes it declares (a zip bomb)")
+            raise ValueError(
+                f"member {info.filename!r} unpacks to more than the {info.file_size} bytes it declares (a zip bomb)"
+            )
         if not got and not data and left <= 0:
             break
     if out != info.file_size:
         raise ValueError(f"member {info.filename!r} unpacks to {out} bytes, not the {info.file_size} it declares")
 
 
-def read_npy(z: zipfile.ZipFile, name: str, kinds: str = "biuf", shape: tuple[int | None, ...] | None = None) -> np.ndarray:
+def read_npy(
+    z: zipfile.ZipFile, name: str, kinds: str = "biuf", shape: tuple[int | None, ...] | None = None
+) -> np.ndarray:
     """The array in member ``name`` of an open zip, without pickle, after its header was checked.
 
     ``kinds`` are the allowed numpy dtype kinds (``"f"`` floats, ``"iu"`` integers, ``"V"`` plain structured
@@ -128,12 +141,14 @@ def read_npy(z: zipfile.ZipFile, name: str, kinds: str = "biuf", shape: tuple[in
         want = "(" + ", ".join("any" if w is None else str(w) for w in shape) + ")"
         raise ValueError(f"{name} has shape {got}, expected {want}")
     if header + math.prod(got) * dtype.itemsize != info.file_size:
-        raise ValueError(f"{name} declares shape {got} of {dtype}, which is not the {info.file_size - header} bytes it holds")
+        raise ValueError(
+            f"{name} declares shape {got} of {dtype}, which is not the {info.file_size - header} bytes it holds"
+        )
     with z.open(info) as fh:
         return np.lib.format.read_array(fh, allow_pickle=False)
 
 
 def _kinds(kinds: str) -> str:
-    """"iu" -> "integers"."""
+    """ "iu" -> "integers"."""
     names = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "V": "records"}
     return " or ".join(dict.fromkeys(names[k] for k in kinds))

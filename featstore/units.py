@@ -8,10 +8,22 @@ from __future__ import annotations
 
 import re
 
-from .errors import ConfigError
+from featstore.errors import ConfigError
 
-_UNITS = {"": 1, "b": 1, "byte": 1, "bytes": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "byte": 1,
+    "bytes": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 _DECIMAL = ("bytes", "kB", "MB", "GB", "TB")
 _BINARY = ("bytes", "KiB", "MiB", "GiB", "TiB")
 
@@ -26,8 +38,10 @@ def parse_bytes(text: str | int, option: str = "--memory-budget") -> int:
         return text
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"{option} {text!r} is not a size; write e.g. 512MB, 2GB or 1.5GiB "
-                          f"(kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers of 1024)")
+        raise ConfigError(
+            f"{option} {text!r} is not a size; write e.g. 512MB, 2GB or 1.5GiB "
+            f"(kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers of 1024)"
+        )
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 

@@ -34,13 +34,26 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import featstore  # noqa: E402
+
+featstore.quiet_tensorflow()  # TensorFlow's start-up lines hidden, as the featstore command does
+
 import numpy as np  # noqa: E402
-from fmnist import CLASSES, DEBIAN_DIR, load, write_split  # noqa: E402
+from fmnist import DEBIAN_DIR, load, write_split  # noqa: E402
 
 # chosen on validation (4,000 / 1,000 at 64 px, block3_pool): square root + L2 norm lifted logreg from 0.904 to
 # 0.916 and, with a 256-component PCA, an RBF SVM to 0.919-0.924 (linear SVM 0.903); see README "Results on real data"
-DEFAULT_PARAMS = ["logreg:power=0.5", "logreg:l2=true", "logreg:C=10",
-                  "svm:kernel=rbf", "svm:C=10", "svm:power=0.5", "svm:l2=true", "svm:scale=false", "svm:pca=256"]
+DEFAULT_PARAMS = [
+    "logreg:power=0.5",
+    "logreg:l2=true",
+    "logreg:C=10",
+    "svm:kernel=rbf",
+    "svm:C=10",
+    "svm:power=0.5",
+    "svm:l2=true",
+    "svm:scale=false",
+    "svm:pca=256",
+]
 
 
 def stratified(labels: np.ndarray, n: int, rng, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -72,10 +85,14 @@ def pixel_baselines(arrays: dict) -> dict[str, tuple[float, float]]:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    (x, y), (xv, yv), (xt, yt) = ((a.reshape(len(a), -1) / 255.0, b) for a, b in (arrays["train"], arrays["validation"], arrays["test"]))
+    (x, y), (xv, yv), (xt, yt) = (
+        (a.reshape(len(a), -1) / 255.0, b) for a, b in (arrays["train"], arrays["validation"], arrays["test"])
+    )
     out = {}
-    for name, est in (("logistic regression on raw pixels", make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))),
-                      ("SVM (RBF) on raw pixels", SVC(C=10, gamma="scale"))):
+    for name, est in (
+        ("logistic regression on raw pixels", make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))),
+        ("SVM (RBF) on raw pixels", SVC(C=10, gamma="scale")),
+    ):
         est.fit(x, y)
         out[name] = (float(est.score(xv, yv)), float(est.score(xt, yt)))
     return out
@@ -89,21 +106,28 @@ def main() -> None:
     ap.add_argument("--validation", type=int, default=1000)
     ap.add_argument("--test", type=int, default=2000)
     ap.add_argument("--model", default="vgg16")
-    ap.add_argument("--weights", default="hed-bsds500", help="hed-bsds500 offline (not ImageNet); imagenet where Keras can download")
+    ap.add_argument(
+        "--weights", default="hed-bsds500", help="hed-bsds500 offline (not ImageNet); imagenet where Keras can download"
+    )
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--layers", default="block2_pool,block3_pool,block4_pool,block5_pool", help="cut layers, one pass")
     ap.add_argument("--pooling", default="none", help="none, avg or max after each cut")
     ap.add_argument("--clf", default="logreg,svm", help="classifiers of the sweep")
-    ap.add_argument("--param", action="append", default=None, metavar="CLF:NAME=VALUE",
-                    help="classifier parameter for the sweep, repeatable (default: %s; those of classifiers not swept are dropped)"
-                    % " ".join(DEFAULT_PARAMS))
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=None,
+        metavar="CLF:NAME=VALUE",
+        help=f"classifier parameter for the sweep, repeatable (default: {' '.join(DEFAULT_PARAMS)}; "
+        "those of classifiers not swept are dropped)",
+    )
     ap.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel baselines")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from featstore import ExtractorConfig, extract, sweep
-    from featstore.classifiers import parse_clf_params
+    from featstore.experiments.classifiers import parse_clf_params
 
     clfs = args.clf.split(",")
     items = args.param if args.param is not None else [p for p in DEFAULT_PARAMS if p.split(":")[0] in clfs]
@@ -113,23 +137,43 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     data, store = args.out / "data", args.out / "features.h5"
     arrays = materialise(data, args)
-    cfg = ExtractorConfig(model=args.model, weights=args.weights, image_size=args.image_size, pooling=args.pooling,
-                          layers=tuple(args.layers.split(",")))
+    cfg = ExtractorConfig(
+        model=args.model,
+        weights=args.weights,
+        image_size=args.image_size,
+        pooling=args.pooling,
+        layers=tuple(args.layers.split(",")),
+    )
     t = time.time()
     for split in ("train", "validation", "test"):
         extract(data, split, store, cfg, batch_size=64)
     extract_s = time.time() - t
-    summary = sweep(store, clfs, params=params, ensemble=True, show_test=True, jobs=args.jobs, runs=args.out / "runs",
-                    png=args.out / "sweep.png")
+    summary = sweep(
+        store,
+        clfs,
+        params=params,
+        ensemble=True,
+        show_test=True,
+        jobs=args.jobs,
+        runs=args.out / "runs",
+        png=args.out / "sweep.png",
+    )
     baselines = {} if args.no_baselines else pixel_baselines(arrays)
-    lines = [f"Fashion-MNIST ({time.strftime('%Y-%m-%d')}, `python pipelines/fashion_mnist.py --train {args.train} --validation "
-             f"{args.validation} --test {args.test} --image-size {args.image_size} --weights {args.weights} --layers {args.layers} "
-             f"--clf {args.clf}" + "".join(f" --param {p}" for p in items) + (" --no-baselines" if args.no_baselines else "") + "`): "
-             f"{args.model} at {args.image_size} px, weights {args.weights}"
-             + (" (HED edge detector, not ImageNet)" if args.weights == "hed-bsds500" else "")
-             + f", layers {args.layers} extracted in one pass ({extract_s / 60:.1f} min); chosen on validation; "
-             f"whole run {(time.time() - started) / 60:.1f} min on this machine.",
-             "", "| features | classifier | validation | test |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"Fashion-MNIST ({time.strftime('%Y-%m-%d')}, `python pipelines/fashion_mnist.py --train {args.train} --validation "
+        f"{args.validation} --test {args.test} --image-size {args.image_size} --weights {args.weights} --layers {args.layers} "
+        f"--clf {args.clf}"
+        + "".join(f" --param {p}" for p in items)
+        + (" --no-baselines" if args.no_baselines else "")
+        + "`): "
+        f"{args.model} at {args.image_size} px, weights {args.weights}"
+        + (" (HED edge detector, not ImageNet)" if args.weights == "hed-bsds500" else "")
+        + f", layers {args.layers} extracted in one pass ({extract_s / 60:.1f} min); chosen on validation; "
+        f"whole run {(time.time() - started) / 60:.1f} min on this machine.",
+        "",
+        "| features | classifier | validation | test |",
+        "| --- | --- | --- | --- |",
+    ]
     for c in summary["cells"]:
         mark = " (chosen)" if c["run"] == summary["winner"]["id"] else ""
         lines.append(f"| {c['extractor']} | {c['clf']}{mark} | {c['validation']:.4f} | {c['test']:.4f} |")

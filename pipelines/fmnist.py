@@ -25,19 +25,25 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as fh:
         raw = fh.read()
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load(idx_dir: Path = DEBIAN_DIR) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train labels, test images, test labels); a clear exit when the files are missing."""
     if not (Path(idx_dir) / "train-images-idx3-ubyte.gz").is_file():
-        raise SystemExit(f"no Fashion-MNIST IDX files in {idx_dir}; apt-get install dataset-fashion-mnist, or pass --idx-dir")
-    return tuple(read_idx(Path(idx_dir) / f"{name}-idx{k}-ubyte.gz")  # type: ignore[return-value]
-                 for name, k in (("train-images", 3), ("train-labels", 1), ("t10k-images", 3), ("t10k-labels", 1)))
+        raise SystemExit(
+            f"no Fashion-MNIST IDX files in {idx_dir}; apt-get install dataset-fashion-mnist, or pass --idx-dir"
+        )
+    return tuple(
+        read_idx(Path(idx_dir) / f"{name}-idx{k}-ubyte.gz")  # type: ignore[return-value]
+        for name, k in (("train-images", 3), ("train-labels", 1), ("t10k-images", 3), ("t10k-labels", 1))
+    )
 
 
-def write_split(root: Path, split: str, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, classes: list[str] = CLASSES) -> None:
+def write_split(
+    root: Path, split: str, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, classes: list[str] = CLASSES
+) -> None:
     """Write ``images[i]`` as ``root/split/<classes[labels[i]]>/<split>_<ids[i]>.png`` (grayscale PNG)."""
     for img, label, i in zip(images, labels, ids):
         folder = Path(root) / split / classes[int(label)]

@@ -31,7 +31,11 @@ def main() -> None:
     for label in range(len(CLASSES)):
         tr = rng.permutation(np.flatnonzero(train_y == label))
         te = rng.permutation(np.flatnonzero(test_y == label))
-        picks = {"train": (train_x, tr[:n_train]), "validation": (train_x, tr[n_train:n_train + n_val]), "test": (test_x, te[:n_test])}
+        picks = {
+            "train": (train_x, tr[:n_train]),
+            "validation": (train_x, tr[n_train : n_train + n_val]),
+            "test": (test_x, te[:n_test]),
+        }
         for split, (images, idx) in picks.items():
             write_split(args.out, split, images[idx], np.full(len(idx), label), idx)
     print(f"wrote {args.out}: per class {n_train} train, {n_val} validation, {n_test} test")

@@ -23,6 +23,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import featstore  # noqa: E402
+
+featstore.quiet_tensorflow()  # TensorFlow's start-up lines hidden, as the featstore command does
+
 # The Quick start's fits, as (label, classifier, parameters); the README lists the same commands.
 FITS = [
     ("logreg", "logreg", {}),
@@ -58,26 +62,36 @@ def table(rows: list[tuple[str, list[dict]]], weights_description: str, n: dict,
     """The Markdown table the README quotes: mean ± sd over the seeds and the test interval."""
     from featstore.stats import mean_sd, wilson_interval
 
-    lines = [f"Quick start results ({time.strftime('%Y-%m-%d')}, `python pipelines/quickstart.py`): VGG16 at 150x150, "
-             f"weights {weights_description}; {n['train']} train / {n['validation']} validation / {n['test']} test images; "
-             f"mean ± sd over {len(seeds)} seeds ({','.join(map(str, seeds))}; logreg has no seed and is fitted once).",
-             "",
-             "| classifier | validation accuracy | test accuracy | test 95 % interval (Wilson) |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        f"Quick start results ({time.strftime('%Y-%m-%d')}, `python pipelines/quickstart.py`): VGG16 at 150x150, "
+        f"weights {weights_description}; {n['train']} train / {n['validation']} validation / {n['test']} test images; "
+        f"mean ± sd over {len(seeds)} seeds ({','.join(map(str, seeds))}; logreg has no seed and is fitted once).",
+        "",
+        "| classifier | validation accuracy | test accuracy | test 95 % interval (Wilson) |",
+        "| --- | --- | --- | --- |",
+    ]
     for label, recs in rows:
         val = mean_sd([r["metrics"]["validation"]["accuracy"] for r in recs])
         test = mean_sd([r["metrics"]["test"]["accuracy"] for r in recs])
         lo, hi = wilson_interval(round(test[0] * n["test"]), n["test"])
-        lines.append(f"| {label} | {val[0]:.2f} ± {val[1]:.2f} | {test[0]:.2f} ± {test[1]:.2f} | [{lo:.2f}, {hi:.2f}] |")
+        lines.append(
+            f"| {label} | {val[0]:.2f} ± {val[1]:.2f} | {test[0]:.2f} ± {test[1]:.2f} | [{lo:.2f}, {hi:.2f}] |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("data/fashion_mnist"), help="data root with train/validation/test")
-    ap.add_argument("--store", type=Path, default=Path("features.h5"), help="store to extract into (reused when complete)")
+    ap.add_argument(
+        "--data", type=Path, default=Path("data/fashion_mnist"), help="data root with train/validation/test"
+    )
+    ap.add_argument(
+        "--store", type=Path, default=Path("features.h5"), help="store to extract into (reused when complete)"
+    )
     ap.add_argument("--runs", type=Path, default=None, help="runs folder (default: beside the store)")
-    ap.add_argument("--weights", default="hed-bsds500", help="weights for VGG16 (default: the HED trunk, offline; not ImageNet)")
+    ap.add_argument(
+        "--weights", default="hed-bsds500", help="weights for VGG16 (default: the HED trunk, offline; not ImageNet)"
+    )
     ap.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds of the seeded classifiers (svm, dense)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

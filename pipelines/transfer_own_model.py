@@ -27,6 +27,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import featstore  # noqa: E402
+
+featstore.quiet_tensorflow()  # TensorFlow's start-up lines hidden, as the featstore command does
+
 import numpy as np  # noqa: E402
 from fmnist import CLASSES, DEBIAN_DIR, load, write_split  # noqa: E402
 
@@ -37,18 +41,21 @@ def small_cnn(n_classes: int):
     """The network of the exercise: two conv blocks, a 128-unit Dense layer, softmax (28x28x1 input, scaled inside)."""
     import keras
 
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Rescaling(1 / 255.0, name="scale"),
-        keras.layers.Conv2D(32, 3, activation="relu", name="conv1"),
-        keras.layers.MaxPooling2D(name="pool1"),
-        keras.layers.Conv2D(64, 3, activation="relu", name="conv2"),
-        keras.layers.MaxPooling2D(name="pool2"),
-        keras.layers.Flatten(name="flatten"),
-        keras.layers.Dense(128, activation="relu", name="dense"),
-        keras.layers.Dropout(0.5, name="dropout"),
-        keras.layers.Dense(n_classes, activation="softmax", name="classes"),
-    ], name="small_cnn")
+    return keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Rescaling(1 / 255.0, name="scale"),
+            keras.layers.Conv2D(32, 3, activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(name="pool1"),
+            keras.layers.Conv2D(64, 3, activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(name="pool2"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(128, activation="relu", name="dense"),
+            keras.layers.Dropout(0.5, name="dropout"),
+            keras.layers.Dense(n_classes, activation="softmax", name="classes"),
+        ],
+        name="small_cnn",
+    )
 
 
 def train(model, x, y, xv, yv, epochs: int, seed: int):
@@ -58,7 +65,9 @@ def train(model, x, y, xv, yv, epochs: int, seed: int):
     keras.utils.set_random_seed(seed)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)
-    model.fit(x[..., None], y, validation_data=(xv[..., None], yv), epochs=epochs, batch_size=32, verbose=0, callbacks=[stop])
+    model.fit(
+        x[..., None], y, validation_data=(xv[..., None], yv), epochs=epochs, batch_size=32, verbose=0, callbacks=[stop]
+    )
     return model
 
 
@@ -77,7 +86,9 @@ def pick(labels: np.ndarray, classes: list[int], n: int, rng, exclude: set | Non
     return np.concatenate(out)
 
 
-def trial(seed: int, model_path: Path, train_x, train_y, test_x, test_y, test_idx, args, work: Path) -> dict[str, float]:
+def trial(
+    seed: int, model_path: Path, train_x, train_y, test_x, test_y, test_idx, args, work: Path
+) -> dict[str, float]:
     """One seeded small set: test accuracy of (a), (b) and (c)."""
     import keras
 
@@ -91,12 +102,17 @@ def trial(seed: int, model_path: Path, train_x, train_y, test_x, test_y, test_id
     out = {}
     # (a) the same network from scratch on the small set
     keras.utils.set_random_seed(seed)
-    out["a"] = accuracy(train(small_cnn(5), train_x[tr], ytr, train_x[va], yva, args.epochs, seed), test_x[test_idx], yte)
+    out["a"] = accuracy(
+        train(small_cnn(5), train_x[tr], ytr, train_x[va], yva, args.epochs, seed), test_x[test_idx], yte
+    )
     # (b) featstore: the saved model as a backbone, features cached, logistic regression
     data, store = work / f"data{seed}", work / f"trial{seed}.h5"
     names = [CLASSES[c] for c in TARGET]
-    for split, (images, labels, ids) in {"train": (train_x[tr], ytr, tr), "validation": (train_x[va], yva, va),
-                                         "test": (test_x[test_idx], yte, test_idx)}.items():
+    for split, (images, labels, ids) in {
+        "train": (train_x[tr], ytr, tr),
+        "validation": (train_x[va], yva, va),
+        "test": (test_x[test_idx], yte, test_idx),
+    }.items():
         write_split(data, split, images, labels, ids, names)
         extract(data, split, store, ExtractorConfig(model=str(model_path), layer="flatten"))
     run = fit(store, "logreg", runs=work / f"runs{seed}")
@@ -106,27 +122,44 @@ def trial(seed: int, model_path: Path, train_x, train_y, test_x, test_y, test_id
     base = keras.saving.load_model(model_path, safe_mode=True)
     frozen = keras.Model(base.inputs, base.get_layer("flatten").output)
     frozen.trainable = False
-    head = keras.Sequential([frozen, keras.layers.Dense(128, activation="relu"), keras.layers.Dropout(0.5),
-                             keras.layers.Dense(5, activation="softmax")])
+    head = keras.Sequential(
+        [
+            frozen,
+            keras.layers.Dense(128, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(5, activation="softmax"),
+        ]
+    )
     out["c"] = accuracy(train(head, train_x[tr], ytr, train_x[va], yva, args.epochs, seed), test_x[test_idx], yte)
     return out
 
 
-LABELS = {"a": "(a) same CNN trained from scratch on the small set",
-          "b": "(b) featstore: saved CNN as backbone (--layer flatten) + logreg",
-          "c": "(c) saved CNN layers frozen + new Dense head (Keras)"}
+LABELS = {
+    "a": "(a) same CNN trained from scratch on the small set",
+    "b": "(b) featstore: saved CNN as backbone (--layer flatten) + logreg",
+    "c": "(c) saved CNN layers frozen + new Dense head (Keras)",
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--idx-dir", type=Path, default=DEBIAN_DIR)
     ap.add_argument("--source-per-class", type=int, default=2000, help="images per source class to train the CNN on")
-    ap.add_argument("--per-class", type=int, default=20, help="training (and validation) images per target class in each trial")
-    ap.add_argument("--test-per-class", type=int, default=200, help="official test images per target class (the same for every trial)")
+    ap.add_argument(
+        "--per-class", type=int, default=20, help="training (and validation) images per target class in each trial"
+    )
+    ap.add_argument(
+        "--test-per-class",
+        type=int,
+        default=200,
+        help="official test images per target class (the same for every trial)",
+    )
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=30, help="at most (early stopping on validation loss)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
-    ap.add_argument("--work", type=Path, default=None, help="folder for the model, images and stores (default: a temporary one)")
+    ap.add_argument(
+        "--work", type=Path, default=None, help="folder for the model, images and stores (default: a temporary one)"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     started = time.time()
@@ -143,14 +176,21 @@ def main() -> None:
         cnn = train(small_cnn(5), train_x[src], train_y[src], train_x[src_val], train_y[src_val], args.epochs, seed=0)
         source_acc = accuracy(cnn, test_x[np.isin(test_y, SOURCE)], test_y[np.isin(test_y, SOURCE)])
         cnn.save(model_path)
-        results = [trial(seed, model_path, train_x, train_y, test_x, test_y, test_idx, args, work) for seed in range(args.trials)]
-    lines = [f"Transfer from five Fashion-MNIST classes to the other five ({time.strftime('%Y-%m-%d')}, "
-             f"`python pipelines/transfer_own_model.py{' ' + ' '.join(_given(args)) if _given(args) else ''}`): "
-             f"CNN trained on {args.source_per_class} images per source class (its test accuracy on the source classes: "
-             f"{source_acc:.3f}); {args.trials} seeded trials of {args.per_class} training + {args.per_class} validation images "
-             f"per target class; test on {args.test_per_class} official test images per target class. "
-             f"Run time {(time.time() - started) / 60:.1f} min on this machine.",
-             "", "| option | min | max | mean |", "| --- | --- | --- | --- |"]
+        results = [
+            trial(seed, model_path, train_x, train_y, test_x, test_y, test_idx, args, work)
+            for seed in range(args.trials)
+        ]
+    lines = [
+        f"Transfer from five Fashion-MNIST classes to the other five ({time.strftime('%Y-%m-%d')}, "
+        f"`python pipelines/transfer_own_model.py{' ' + ' '.join(_given(args)) if _given(args) else ''}`): "
+        f"CNN trained on {args.source_per_class} images per source class (its test accuracy on the source classes: "
+        f"{source_acc:.3f}); {args.trials} seeded trials of {args.per_class} training + {args.per_class} validation images "
+        f"per target class; test on {args.test_per_class} official test images per target class. "
+        f"Run time {(time.time() - started) / 60:.1f} min on this machine.",
+        "",
+        "| option | min | max | mean |",
+        "| --- | --- | --- | --- |",
+    ]
     for key, label in LABELS.items():
         accs = [r[key] for r in results]
         lines.append(f"| {label} | {min(accs):.3f} | {max(accs):.3f} | {np.mean(accs):.3f} |")

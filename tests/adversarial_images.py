@@ -116,12 +116,17 @@ def _folder_named_like_image(root: Path) -> None:
 
 def _sibling_split(kind: str) -> Callable[[Path], None]:
     """A link from train into the validation split of the same data root (a leak between splits)."""
+
     def build(root: Path) -> None:
         train = _base(root)
         _png(root / "data" / "validation" / "a" / "v0.png", 90)
-        target, at = {"dir": ("../../validation/a", train / "a" / "more"), "file": ("../../validation/a/v0.png", train / "a" / "v.png"),
-                      "class": ("../validation/a", train / "c")}[kind]
+        target, at = {
+            "dir": ("../../validation/a", train / "a" / "more"),
+            "file": ("../../validation/a/v0.png", train / "a" / "v.png"),
+            "class": ("../validation/a", train / "c"),
+        }[kind]
         _link(target, at)
+
     return build
 
 
@@ -133,52 +138,112 @@ def _simple(build: Callable[[Path], None]) -> Callable[[Path], None]:
 BASE = {"a": 2, "b": 2}
 
 HOSTILE_FOLDER_CASES: list[tuple[str, Callable[[Path], None], dict]] = [
-    ("dir_link_to_split", _simple(lambda t: _link("..", t / "b" / "up")),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("dir_link_to_data_root", _simple(lambda t: _link("../..", t / "b" / "root")),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("dir_link_to_filesystem_root", _simple(lambda t: _link(os.path.abspath(os.sep), t / "b" / "slash")),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("dir_link_into_other_class", _simple(lambda t: _link("../a", t / "b" / "x")),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("dir_link_into_subfolder_of_other_class", _subfolder_of_other_class,
-     {"rows": 5, "failed": 0, "skipped_links": 1, "labels": {"a": 3, "b": 2}}),
-    ("outside_folder_linking_back_into_a_class", _outside_folder_linking_back,
-     {"rows": 5, "failed": 0, "skipped_links": 1, "labels": {"a": 2, "b": 3}}),
-    ("same_outside_folder_from_two_classes", _same_outside_folder_twice,
-     {"rows": 5, "failed": 0, "skipped_links": 1, "labels": {"a": 3, "b": 2}}),
-    ("dir_link_outside_is_followed", _dir_outside,
-     {"rows": 5, "failed": 0, "skipped_links": 0, "labels": {"a": 3, "b": 2}}),
-    ("symlink_loop_to_own_class", _simple(lambda t: _link(".", t / "a" / "loop")),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("symlink_cycle_of_file_links", _link_cycle,
-     {"rows": 4, "failed": 0, "skipped_links": 2, "labels": BASE}),
-    ("dangling_link", _simple(lambda t: _link("nowhere.jpg", t / "a" / "gone.jpg")),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("class_folder_link_to_other_class", _simple(lambda t: _link("a", t / "c")),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("class_folder_link_to_split", _simple(lambda t: _link(".", t / "c")),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("class_folder_link_outside_is_a_class", _class_link_outside,
-     {"rows": 6, "failed": 0, "skipped_links": 0, "labels": {"a": 2, "b": 2, "c": 2}}),
-    ("file_link_into_other_class", _simple(lambda t: _link("../a/img0.png", t / "b" / "dup.png")),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("file_link_outside_is_followed", _file_outside,
-     {"rows": 5, "failed": 0, "skipped_links": 0, "labels": {"a": 2, "b": 3}}),
-    ("dir_link_into_another_split", _sibling_split("dir"),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("file_link_into_another_split", _sibling_split("file"),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("class_folder_link_into_another_split", _sibling_split("class"),
-     {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE}),
-    ("fifo_named_jpg", _fifo,
-     {"rows": 4, "failed": 1, "skipped_links": 0, "labels": BASE}),
-    ("non_utf8_name", _non_utf8,
-     {"rows": 5, "failed": 0, "skipped_links": 0, "labels": {"a": 3, "b": 2}}),
-    ("zero_byte_file", _simple(lambda t: (t / "a" / "zero.jpg").write_bytes(b"")),
-     {"rows": 4, "failed": 1, "skipped_links": 0, "labels": BASE}),
-    ("text_named_png", _simple(lambda t: (t / "b" / "note.png").write_text("not an image")),
-     {"rows": 4, "failed": 1, "skipped_links": 0, "labels": BASE}),
-    ("folder_named_like_an_image", _folder_named_like_image,
-     {"rows": 5, "failed": 0, "skipped_links": 0, "labels": {"a": 3, "b": 2}}),
+    (
+        "dir_link_to_split",
+        _simple(lambda t: _link("..", t / "b" / "up")),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "dir_link_to_data_root",
+        _simple(lambda t: _link("../..", t / "b" / "root")),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "dir_link_to_filesystem_root",
+        _simple(lambda t: _link(os.path.abspath(os.sep), t / "b" / "slash")),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "dir_link_into_other_class",
+        _simple(lambda t: _link("../a", t / "b" / "x")),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "dir_link_into_subfolder_of_other_class",
+        _subfolder_of_other_class,
+        {"rows": 5, "failed": 0, "skipped_links": 1, "labels": {"a": 3, "b": 2}},
+    ),
+    (
+        "outside_folder_linking_back_into_a_class",
+        _outside_folder_linking_back,
+        {"rows": 5, "failed": 0, "skipped_links": 1, "labels": {"a": 2, "b": 3}},
+    ),
+    (
+        "same_outside_folder_from_two_classes",
+        _same_outside_folder_twice,
+        {"rows": 5, "failed": 0, "skipped_links": 1, "labels": {"a": 3, "b": 2}},
+    ),
+    (
+        "dir_link_outside_is_followed",
+        _dir_outside,
+        {"rows": 5, "failed": 0, "skipped_links": 0, "labels": {"a": 3, "b": 2}},
+    ),
+    (
+        "symlink_loop_to_own_class",
+        _simple(lambda t: _link(".", t / "a" / "loop")),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    ("symlink_cycle_of_file_links", _link_cycle, {"rows": 4, "failed": 0, "skipped_links": 2, "labels": BASE}),
+    (
+        "dangling_link",
+        _simple(lambda t: _link("nowhere.jpg", t / "a" / "gone.jpg")),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "class_folder_link_to_other_class",
+        _simple(lambda t: _link("a", t / "c")),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "class_folder_link_to_split",
+        _simple(lambda t: _link(".", t / "c")),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "class_folder_link_outside_is_a_class",
+        _class_link_outside,
+        {"rows": 6, "failed": 0, "skipped_links": 0, "labels": {"a": 2, "b": 2, "c": 2}},
+    ),
+    (
+        "file_link_into_other_class",
+        _simple(lambda t: _link("../a/img0.png", t / "b" / "dup.png")),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "file_link_outside_is_followed",
+        _file_outside,
+        {"rows": 5, "failed": 0, "skipped_links": 0, "labels": {"a": 2, "b": 3}},
+    ),
+    (
+        "dir_link_into_another_split",
+        _sibling_split("dir"),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "file_link_into_another_split",
+        _sibling_split("file"),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    (
+        "class_folder_link_into_another_split",
+        _sibling_split("class"),
+        {"rows": 4, "failed": 0, "skipped_links": 1, "labels": BASE},
+    ),
+    ("fifo_named_jpg", _fifo, {"rows": 4, "failed": 1, "skipped_links": 0, "labels": BASE}),
+    ("non_utf8_name", _non_utf8, {"rows": 5, "failed": 0, "skipped_links": 0, "labels": {"a": 3, "b": 2}}),
+    (
+        "zero_byte_file",
+        _simple(lambda t: (t / "a" / "zero.jpg").write_bytes(b"")),
+        {"rows": 4, "failed": 1, "skipped_links": 0, "labels": BASE},
+    ),
+    (
+        "text_named_png",
+        _simple(lambda t: (t / "b" / "note.png").write_text("not an image")),
+        {"rows": 4, "failed": 1, "skipped_links": 0, "labels": BASE},
+    ),
+    (
+        "folder_named_like_an_image",
+        _folder_named_like_image,
+        {"rows": 5, "failed": 0, "skipped_links": 0, "labels": {"a": 3, "b": 2}},
+    ),
 ]

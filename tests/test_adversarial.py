@@ -32,12 +32,24 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from featstore import (ExtractorConfig, FeatstoreError, FeatureStore, StoreError, ensemble, evaluate_run, extract, fit, get_run, list_runs,
-                       predict, show_run)
-from featstore.check import check_store
+from featstore import (
+    ExtractorConfig,
+    FeatstoreError,
+    FeatureStore,
+    StoreError,
+    ensemble,
+    evaluate_run,
+    extract,
+    fit,
+    get_run,
+    list_runs,
+    predict,
+    show_run,
+)
 from featstore.cli import app
-from featstore.report import store_tree
-from featstore.weights import sha256_file
+from featstore.models.weights import sha256_file
+from featstore.report.tables import store_tree
+from featstore.store.check import check_store
 
 from .adversarial_images import HOSTILE_FOLDER_CASES
 from .conftest import write_images
@@ -120,7 +132,15 @@ def _edit_predictions(run_dir: Path, record: dict) -> None:
 
 def _escaping_metrics_key(run_dir: Path, record: dict) -> None:
     target = os.path.relpath(_outside(run_dir) / "evil", run_dir)  # ../../outside/evil
-    _rewrite(run_dir, record, metrics={**record["metrics"], f"x/{target}": record["metrics"]["test"], "../../outside/y": record["metrics"]["test"]})
+    _rewrite(
+        run_dir,
+        record,
+        metrics={
+            **record["metrics"],
+            f"x/{target}": record["metrics"]["test"],
+            "../../outside/y": record["metrics"]["test"],
+        },
+    )
 
 
 def _symlinked_folder(run_dir: Path, record: dict) -> None:
@@ -183,6 +203,7 @@ def _schema_node(path: Path, cls: str, has: str | None = None) -> tuple[dict, di
 
 def _skops_array(cls: str, key: str, edit: Callable[[np.ndarray], np.ndarray], has: str | None = None):
     """Damage: replace array ``key`` of the first ``cls`` in the run's model.skops by ``edit(array)``."""
+
     def damage(run_dir: Path, record: dict) -> None:
         path = run_dir / "model.skops"
         _, node = _schema_node(path, cls, has)
@@ -190,24 +211,31 @@ def _skops_array(cls: str, key: str, edit: Callable[[np.ndarray], np.ndarray], h
         with zipfile.ZipFile(path) as z:
             a = np.load(io.BytesIO(z.read(member)))
         _rewrite_zip(path, {member: _npy(edit(a.copy()))}, zipfile.ZIP_STORED)
+
     return damage
 
 
 def _skops_json(cls: str, key: str, value):
     """Damage: set JSON attribute ``key`` of the first ``cls`` in the run's model.skops to ``value``."""
+
     def damage(run_dir: Path, record: dict) -> None:
         path = run_dir / "model.skops"
         schema, node = _schema_node(path, cls)
-        node["content"]["content"][key].update(content=json.dumps(value), __id__=987654321)  # a new id: skops reuses values by id
+        node["content"]["content"][key].update(
+            content=json.dumps(value), __id__=987654321
+        )  # a new id: skops reuses values by id
         _rewrite_zip(path, {"schema.json": json.dumps(schema).encode()}, zipfile.ZIP_STORED)
+
     return damage
 
 
 def _node(field: str, value):
     """Edit of a tree's node array: node 0's ``field`` set to ``value``."""
+
     def edit(nodes: np.ndarray) -> np.ndarray:
         nodes[field][0] = value
         return nodes
+
     return edit
 
 
@@ -219,16 +247,19 @@ def _several(*damages):
     def damage(run_dir: Path, record: dict) -> None:
         for d in damages:
             d(run_dir, _record(run_dir))
+
     return damage
 
 
 def _predictions(key: str, make: Callable[[np.ndarray], bytes], compression: int = zipfile.ZIP_STORED):
     """Damage: replace member ``key`` of predictions.npz by ``make(old array)`` (resealed)."""
+
     def damage(run_dir: Path, record: dict) -> None:
         path = run_dir / "predictions.npz"
         with np.load(path) as z:
             old = z[key]
         _rewrite_zip(path, {f"{key}.npy": make(old)}, compression)
+
     return damage
 
 
@@ -259,77 +290,219 @@ class Case(NamedTuple):
 RUN_FOLDER_CASES = [
     Case("run_json_not_json", lambda d, r: (d / "run.json").write_text("{not json"), "is not valid JSON"),
     Case("run_json_not_an_object", lambda d, r: (d / "run.json").write_text("[1, 2]"), "is not a JSON object"),
-    Case("run_json_lacks_a_key", lambda d, r: _rewrite(d, {k: v for k, v in r.items() if k != "class_names"}), "lacks class_names"),
+    Case(
+        "run_json_lacks_a_key",
+        lambda d, r: _rewrite(d, {k: v for k, v in r.items() if k != "class_names"}),
+        "lacks class_names",
+    ),
     Case("run_json_wrong_type", lambda d, r: _rewrite(d, r, metrics="high"), "metrics must be dict"),
     Case("run_json_missing", lambda d, r: (d / "run.json").unlink(), r"run record .*run.json is missing"),
-    Case("input_size_huge", lambda d, r: _rewrite(d, r, extractor_attrs={**r["extractor_attrs"], "input_size": 20000}),
-         "input_size 20000 is not an image side featstore uses"),
-    Case("run_json_not_a_file", lambda d, r: ((d / "run.json").unlink(), (d / "run.json").mkdir()), "is not a regular file"),
+    Case(
+        "input_size_huge",
+        lambda d, r: _rewrite(d, r, extractor_attrs={**r["extractor_attrs"], "input_size": 20000}),
+        "input_size 20000 is not an image side featstore uses",
+    ),
+    Case(
+        "run_json_not_a_file",
+        lambda d, r: ((d / "run.json").unlink(), (d / "run.json").mkdir()),
+        "is not a regular file",
+    ),
     Case("absolute_id", lambda d, r: _rewrite(d, r, id=str(_outside(d) / "evil")), "is not a valid run id"),
     Case("id_of_another_folder", lambda d, r: _rewrite(d, r, id="logreg-000000"), "not its folder's name"),
     Case("metrics_key_leaves_the_folder", _escaping_metrics_key, "invalid split or run names"),
-    Case("confusion_matrix_wrong_shape", lambda d, r: _rewrite(d, r, metrics={"test": {**r["metrics"]["test"], "confusion_matrix": [[1]]}}),
-         "3x3 integer confusion matrix"),
-    Case("garbage_skops", _garbage, r"run artifact .*model.skops has sha256 \w+, the run recorded \w+: it was changed after the fit"),
+    Case(
+        "confusion_matrix_wrong_shape",
+        lambda d, r: _rewrite(d, r, metrics={"test": {**r["metrics"]["test"], "confusion_matrix": [[1]]}}),
+        "3x3 integer confusion matrix",
+    ),
+    Case(
+        "garbage_skops",
+        _garbage,
+        r"run artifact .*model.skops has sha256 \w+, the run recorded \w+: it was changed after the fit",
+    ),
     Case("garbage_skops_with_its_sha256", _garbage_with_sha, "is not a readable skops file"),
     Case("skops_missing", lambda d, r: (d / "model.skops").unlink(), r"run artifact .*model.skops is missing"),
     Case("skops_is_a_link", _artifact_link, "is not a regular file"),
-    Case("artifact_name_leaves_the_folder", lambda d, r: _rewrite(d, r, artifact={**r["artifact"], "file": "../../outside/m.skops"}),
-         "which is not a plain file name"),
-    Case("artifact_record_not_featstore", lambda d, r: _rewrite(d, r, artifact={"file": "model.pkl", "format": "pickle"}),
-         "is not one featstore writes"),
-    Case("predictions_edited", _edit_predictions, r"stored predictions .*predictions.npz has sha256 \w+, .* changed after the fit"),
+    Case(
+        "artifact_name_leaves_the_folder",
+        lambda d, r: _rewrite(d, r, artifact={**r["artifact"], "file": "../../outside/m.skops"}),
+        "which is not a plain file name",
+    ),
+    Case(
+        "artifact_record_not_featstore",
+        lambda d, r: _rewrite(d, r, artifact={"file": "model.pkl", "format": "pickle"}),
+        "is not one featstore writes",
+    ),
+    Case(
+        "predictions_edited",
+        _edit_predictions,
+        r"stored predictions .*predictions.npz has sha256 \w+, .* changed after the fit",
+    ),
     Case("predictions_truncated", _truncate_predictions, "predictions.npz has sha256 .* changed after the fit"),
-    Case("predictions_truncated_with_sha256", lambda d, r: _truncate_predictions(d, r, fix_sha=True), "predictions.npz cannot be read"),
-    Case("predictions_checksum_missing", lambda d, r: _rewrite(d, {k: v for k, v in r.items() if k != "predictions_sha256"}),
-         "lacks predictions_sha256"),
+    Case(
+        "predictions_truncated_with_sha256",
+        lambda d, r: _truncate_predictions(d, r, fix_sha=True),
+        "predictions.npz cannot be read",
+    ),
+    Case(
+        "predictions_checksum_missing",
+        lambda d, r: _rewrite(d, {k: v for k, v in r.items() if k != "predictions_sha256"}),
+        "lacks predictions_sha256",
+    ),
     Case("run_folder_is_a_link", _symlinked_folder, "is a link or not a folder"),
     Case("png_is_a_link_outside", _png_link, "is a link or leads outside", outcome="show"),
-    Case("ensemble_member_leaves_the_folder", lambda d, r: _rewrite(d, r, members=["../outside", r["members"][1]]),
-         "invalid split or run names", victim="ensemble"),
-    Case("ensemble_weights_do_not_match", lambda d, r: _rewrite(d, r, weights=[1.0]), "one finite non-negative number per member", victim="ensemble"),
-    Case("ensemble_weight_nan", lambda d, r: _rewrite(d, r, weights=[float("nan"), 1.0]), "weights must be one finite", victim="ensemble"),
+    Case(
+        "ensemble_member_leaves_the_folder",
+        lambda d, r: _rewrite(d, r, members=["../outside", r["members"][1]]),
+        "invalid split or run names",
+        victim="ensemble",
+    ),
+    Case(
+        "ensemble_weights_do_not_match",
+        lambda d, r: _rewrite(d, r, weights=[1.0]),
+        "one finite non-negative number per member",
+        victim="ensemble",
+    ),
+    Case(
+        "ensemble_weight_nan",
+        lambda d, r: _rewrite(d, r, weights=[float("nan"), 1.0]),
+        "weights must be one finite",
+        victim="ensemble",
+    ),
     # crafted models of allowed types whose arrays would make compiled code crash or hang (rf_tree_nodes.py, resealed)
-    Case("tree_children_out_of_bounds", _skops_array("Tree", "nodes", _both_children(10**12)), "node 0 has children 1000000000000",
-         victim="random_forest"),
-    Case("tree_children_loop", _skops_array("Tree", "nodes", _both_children(0)), "node 0 has children 0 and 0", victim="random_forest"),
-    Case("tree_feature_out_of_range", _skops_array("Tree", "nodes", _node("feature", 10**9)), "splits on feature 1000000000",
-         victim="random_forest"),
-    Case("tree_threshold_nan", _skops_array("Tree", "nodes", _node("threshold", np.nan)), "threshold is not finite", victim="random_forest"),
-    Case("tree_node_count_past_its_nodes", _skops_json("Tree", "node_count", 10**6), "node_count 1000000 is not the length",
-         victim="random_forest"),
-    Case("tree_values_of_another_shape", _skops_array("Tree", "values", lambda v: np.zeros((len(v), 1, 7))), r"values of shape \(\d+, 1, 7\)",
-         victim="random_forest"),
-    Case("svc_dual_coef_too_small", _skops_array("SVC", "_dual_coef_", lambda a: a[:, :1].copy(), has="support_vectors_"),
-         "array sizes disagree", victim="svm"),
-    Case("svc_intercept_empty", _skops_array("SVC", "_intercept_", lambda a: a[:0].copy(), has="support_vectors_"),
-         "array sizes disagree", victim="svm"),
-    Case("svc_class_count_negative", _skops_array("SVC", "_n_support", lambda a: a * np.array([-1, 1, 2], dtype=a.dtype), has="support_vectors_"),
-         "class counts", victim="svm"),
+    Case(
+        "tree_children_out_of_bounds",
+        _skops_array("Tree", "nodes", _both_children(10**12)),
+        "node 0 has children 1000000000000",
+        victim="random_forest",
+    ),
+    Case(
+        "tree_children_loop",
+        _skops_array("Tree", "nodes", _both_children(0)),
+        "node 0 has children 0 and 0",
+        victim="random_forest",
+    ),
+    Case(
+        "tree_feature_out_of_range",
+        _skops_array("Tree", "nodes", _node("feature", 10**9)),
+        "splits on feature 1000000000",
+        victim="random_forest",
+    ),
+    Case(
+        "tree_threshold_nan",
+        _skops_array("Tree", "nodes", _node("threshold", np.nan)),
+        "threshold is not finite",
+        victim="random_forest",
+    ),
+    Case(
+        "tree_node_count_past_its_nodes",
+        _skops_json("Tree", "node_count", 10**6),
+        "node_count 1000000 is not the length",
+        victim="random_forest",
+    ),
+    Case(
+        "tree_values_of_another_shape",
+        _skops_array("Tree", "values", lambda v: np.zeros((len(v), 1, 7))),
+        r"values of shape \(\d+, 1, 7\)",
+        victim="random_forest",
+    ),
+    Case(
+        "svc_dual_coef_too_small",
+        _skops_array("SVC", "_dual_coef_", lambda a: a[:, :1].copy(), has="support_vectors_"),
+        "array sizes disagree",
+        victim="svm",
+    ),
+    Case(
+        "svc_intercept_empty",
+        _skops_array("SVC", "_intercept_", lambda a: a[:0].copy(), has="support_vectors_"),
+        "array sizes disagree",
+        victim="svm",
+    ),
+    Case(
+        "svc_class_count_negative",
+        _skops_array("SVC", "_n_support", lambda a: a * np.array([-1, 1, 2], dtype=a.dtype), has="support_vectors_"),
+        "class counts",
+        victim="svm",
+    ),
     # allowed types whose state does not fit the features: refused when applied (bad_state.py)
-    Case("scaler_mean_wrong_length", _skops_array("StandardScaler", "mean_", lambda a: np.zeros(7)), "does not fit these features",
-         outcome="apply"),
-    Case("scaler_of_another_width", _several(*(_skops_array("StandardScaler", k, lambda a: np.ones(7)) for k in ("mean_", "var_", "scale_")),
-                                             _skops_json("StandardScaler", "n_features_in_", 7)),
-         "does not fit these features .*expecting 7 features", outcome="apply"),
-    Case("logreg_coefficients_nan", _skops_array("LogisticRegression", "coef_", lambda a: np.full_like(a, np.nan)),
-         "gives NaN, inf or probabilities outside", outcome="apply"),
-    Case("logreg_classes_outside_the_store", _skops_array("LogisticRegression", "classes_", lambda a: np.array([0, 1, 7], dtype=a.dtype)),
-         "are not distinct labels of the 3 store classes", outcome="apply"),
+    Case(
+        "scaler_mean_wrong_length",
+        _skops_array("StandardScaler", "mean_", lambda a: np.zeros(7)),
+        "does not fit these features",
+        outcome="apply",
+    ),
+    Case(
+        "scaler_of_another_width",
+        _several(
+            *(_skops_array("StandardScaler", k, lambda a: np.ones(7)) for k in ("mean_", "var_", "scale_")),
+            _skops_json("StandardScaler", "n_features_in_", 7),
+        ),
+        "does not fit these features .*expecting 7 features",
+        outcome="apply",
+    ),
+    Case(
+        "logreg_coefficients_nan",
+        _skops_array("LogisticRegression", "coef_", lambda a: np.full_like(a, np.nan)),
+        "gives NaN, inf or probabilities outside",
+        outcome="apply",
+    ),
+    Case(
+        "logreg_classes_outside_the_store",
+        _skops_array("LogisticRegression", "classes_", lambda a: np.array([0, 1, 7], dtype=a.dtype)),
+        "are not distinct labels of the 3 store classes",
+        outcome="apply",
+    ),
     # zip bombs and crafted predictions.npz (zip_bombs.py, ensemble_preds.py; resealed)
     Case("skops_schema_bomb", _skops_schema_bomb, "member 'schema.json' declares .* a zip bomb"),
-    Case("predictions_member_bomb", _predictions("test__proba", lambda a: _npy(np.zeros(((65 << 20) // 24, 3))), zipfile.ZIP_DEFLATED),
-         "member 'test__proba.npy' declares .* a zip bomb"),
-    Case("predictions_bzip2", lambda d, r: _rewrite_zip(d / "predictions.npz", {}, zipfile.ZIP_BZIP2), "compressed with method 12"),
-    Case("predictions_header_lies_about_its_size", _predictions("test__proba", _npy_header_lies), r"declares shape \(15, 3\) .* not the"),
-    Case("predictions_wrong_columns", _predictions("validation__proba", lambda a: _npy(np.ones((len(a), 7)))),
-         r"validation__proba.npy has shape \(15, 7\), expected \(15, 3\)"),
-    Case("predictions_strings", _predictions("validation__proba", lambda a: _npy(np.full(a.shape, "x"))), "holds <U1 values, expected floats"),
-    Case("predictions_nan", _predictions("validation__proba", lambda a: _npy(np.full_like(a, np.nan))), "NaN, inf or values outside"),
-    Case("predictions_row_count", _predictions("test__proba", lambda a: _npy(a[:5])), r"has shape \(5, 3\), expected \(15, 3\)"),
-    Case("predictions_labels_out_of_range", _predictions("test__labels", lambda a: _npy(np.full_like(a, 99))), "labels outside 0..2"),
-    Case("predictions_labels_float", _predictions("test__labels", lambda a: _npy(a.astype(float))), "expected integers"),
-    Case("png_is_a_folder", lambda d, r: (d / "confusion_test.png").mkdir(), "a folder of that name is in the way", outcome="show"),
+    Case(
+        "predictions_member_bomb",
+        _predictions("test__proba", lambda a: _npy(np.zeros(((65 << 20) // 24, 3))), zipfile.ZIP_DEFLATED),
+        "member 'test__proba.npy' declares .* a zip bomb",
+    ),
+    Case(
+        "predictions_bzip2",
+        lambda d, r: _rewrite_zip(d / "predictions.npz", {}, zipfile.ZIP_BZIP2),
+        "compressed with method 12",
+    ),
+    Case(
+        "predictions_header_lies_about_its_size",
+        _predictions("test__proba", _npy_header_lies),
+        r"declares shape \(15, 3\) .* not the",
+    ),
+    Case(
+        "predictions_wrong_columns",
+        _predictions("validation__proba", lambda a: _npy(np.ones((len(a), 7)))),
+        r"validation__proba.npy has shape \(15, 7\), expected \(15, 3\)",
+    ),
+    Case(
+        "predictions_strings",
+        _predictions("validation__proba", lambda a: _npy(np.full(a.shape, "x"))),
+        "holds <U1 values, expected floats",
+    ),
+    Case(
+        "predictions_nan",
+        _predictions("validation__proba", lambda a: _npy(np.full_like(a, np.nan))),
+        "NaN, inf or values outside",
+    ),
+    Case(
+        "predictions_row_count",
+        _predictions("test__proba", lambda a: _npy(a[:5])),
+        r"has shape \(5, 3\), expected \(15, 3\)",
+    ),
+    Case(
+        "predictions_labels_out_of_range",
+        _predictions("test__labels", lambda a: _npy(np.full_like(a, 99))),
+        "labels outside 0..2",
+    ),
+    Case(
+        "predictions_labels_float", _predictions("test__labels", lambda a: _npy(a.astype(float))), "expected integers"
+    ),
+    Case(
+        "png_is_a_folder",
+        lambda d, r: (d / "confusion_test.png").mkdir(),
+        "a folder of that name is in the way",
+        outcome="show",
+    ),
 ]
 
 
@@ -362,7 +535,9 @@ def test_crafted_run_folder(case: Case, runs: Runs, store):
         with pytest.raises(StoreError, match=case.expect):
             predict(victim, [images], store=store, runs=runs.root)
         r = cli("runs", "evaluate", victim, "--store", store, "--runs", runs.root)
-        assert r.exit_code == 1 and "Traceback" not in r.output and re.search(case.expect, r.output.replace("\n", " ")), r.output
+        assert (
+            r.exit_code == 1 and "Traceback" not in r.output and re.search(case.expect, r.output.replace("\n", " "))
+        ), r.output
     else:
         assert victim in listed
         with pytest.raises(StoreError, match=case.expect):
@@ -386,7 +561,7 @@ def test_other_runs_still_predict_beside_broken_ones(runs: Runs, store):
 
 def _orphan(runs: Runs, name: str, marked: bool = True, role: str = "new", age_s: float = 3600) -> Path:
     """A copy of the knn run named ``name`` (with featstore's temporary-folder marker if ``marked``), last changed ``age_s`` ago."""
-    from featstore.runwrite import TMP_MARKER
+    from featstore.runs.write import TMP_MARKER
 
     d = runs.root / name
     shutil.copytree(runs.folder("knn"), d)
@@ -421,16 +596,23 @@ def test_an_old_version_left_between_two_renames_is_restored(runs: Runs, store):
 
 
 def test_every_temporary_run_folder_holds_the_marker(runs: Runs, store, monkeypatch):
-    from featstore import runwrite
+    from featstore.runs import write as runwrite
 
     seen, real = [], runwrite._write_contents
-    monkeypatch.setattr(runwrite, "_write_contents", lambda tmp, *a: (seen.append((tmp.name, (tmp / runwrite.TMP_MARKER).is_file())), real(tmp, *a)))
-    from featstore.runs import record_split
+    monkeypatch.setattr(
+        runwrite,
+        "_write_contents",
+        lambda tmp, *a: (seen.append((tmp.name, (tmp / runwrite.TMP_MARKER).is_file())), real(tmp, *a)),
+    )
+    from featstore.experiments.fit import record_split
 
     rec = fit(store, "logreg", test=None, runs=runs.root)
     record_split(rec["id"], "test", store, runs.root)  # add_split: a new version written aside, swapped in
     assert len(seen) == 2 and all(marked and name.endswith(".tmp") for name, marked in seen), seen
-    assert not (runs.root / rec["id"] / runwrite.TMP_MARKER).exists() and "test" in get_run(rec["id"], store, runs.root)[0]["metrics"]
+    assert (
+        not (runs.root / rec["id"] / runwrite.TMP_MARKER).exists()
+        and "test" in get_run(rec["id"], store, runs.root)[0]["metrics"]
+    )
     assert not [d for d in runs.root.iterdir() if d.name.endswith(".tmp")]
 
 
@@ -439,8 +621,8 @@ def test_knn_neighbour_index_is_rebuilt_not_trusted(runs: Runs, store, tmp_path)
     import skops.io as sio
     from sklearn.neighbors import KDTree
 
-    from featstore.artifacts import load_estimator
-    from featstore.classifiers import build_classifier
+    from featstore.experiments.classifiers import build_classifier
+    from featstore.runs.artifacts import load_estimator
 
     X, y = FeatureStore(store).load("train")
     est = build_classifier("knn", {"n_neighbors": 3})
@@ -460,16 +642,19 @@ def test_a_zip_member_that_unpacks_to_more_than_it_declares_is_refused(runs: Run
     import struct
     import tracemalloc
 
-    from featstore.runs import scan_runs_of
+    from featstore.experiments.fit import scan_runs_of
     from featstore.safezip import check_zip
 
     path = runs.folder("logreg") / "predictions.npz"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("test__proba.npy", b"\0" * (8 << 20))
     data = bytearray(path.read_bytes())
-    for sig, at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size in the local header and the central directory
+    for sig, at in (
+        (b"PK\x03\x04", 22),
+        (b"PK\x01\x02", 24),
+    ):  # uncompressed size in the local header and the central directory
         i = data.index(sig)
-        data[i + at:i + at + 4] = struct.pack("<I", 100)
+        data[i + at : i + at + 4] = struct.pack("<I", 100)
     path.write_bytes(bytes(data))
     _reseal(path.parent)
     tracemalloc.start()
@@ -497,7 +682,10 @@ def test_runs_show_replaces_pngs_instead_of_writing_through_hard_links(runs: Run
 def test_ensemble_names_one_extractor_per_fingerprint(runs: Runs, store):
     rec = get_run(runs.ids["ensemble"], store, runs.root)[0]
     fp = get_run(runs.ids["knn"], store, runs.root)[0]["fingerprint"]
-    assert (rec["extractor"], rec["fingerprint"]) == ("vgg16", fp)  # two members, one extractor: one name, one fingerprint
+    assert (rec["extractor"], rec["fingerprint"]) == (
+        "vgg16",
+        fp,
+    )  # two members, one extractor: one name, one fingerprint
     table = cli("runs", "--store", store, "--runs", runs.root).output
     assert next(line for line in table.splitlines() if line.startswith(rec["id"])).split()[-3:-1] == ["vgg16", fp[:12]]
 
@@ -509,10 +697,14 @@ def _chain(final: Callable, last_kw: dict, text: str):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer
 
-    return Pipeline([("a", FunctionTransformer(np.full_like, kw_args={"fill_value": text, "dtype": "O"})),
-                     ("b", FunctionTransformer(np.take, kw_args={"indices": 0})),
-                     ("c", FunctionTransformer(final, kw_args=last_kw)),
-                     ("clf", LogisticRegression().fit(np.eye(3), [0, 1, 2]))])
+    return Pipeline(
+        [
+            ("a", FunctionTransformer(np.full_like, kw_args={"fill_value": text, "dtype": "O"})),
+            ("b", FunctionTransformer(np.take, kw_args={"indices": 0})),
+            ("c", FunctionTransformer(final, kw_args=last_kw)),
+            ("clf", LogisticRegression().fit(np.eye(3), [0, 1, 2])),
+        ]
+    )
 
 
 def _run_python(marker: Path):
@@ -543,8 +735,11 @@ class Hostile(NamedTuple):
 
 
 HOSTILE_ARTIFACT_CASES = [
-    Hostile("numpy_chain_into_sklearn_testing_helper", _run_python,
-            r"contains types featstore never writes \(numpy.full_like, numpy.take, .*sklearn.utils._testing.assert_run_python_script"),
+    Hostile(
+        "numpy_chain_into_sklearn_testing_helper",
+        _run_python,
+        r"contains types featstore never writes \(numpy.full_like, numpy.take, .*sklearn.utils._testing.assert_run_python_script",
+    ),
     Hostile("numpy_save", _numpy_save, r"contains types featstore never writes \(.*numpy.save"),
     Hostile("numpy_ufunc_trusted_by_skops", _numpy_ufunc, r"contains types featstore never writes \(numpy.negative, "),
 ]
@@ -568,7 +763,11 @@ def test_hostile_artifact_is_refused_and_nothing_runs(case: Hostile, path: str, 
         with pytest.raises(StoreError, match=case.expect):
             predict(runs.ids["logreg"], [images], store=store, runs=runs.root)
     else:
-        for args in (["runs", "evaluate", runs.ids["logreg"]], ["predict", "--run", runs.ids["logreg"], images], ["runs"]):
+        for args in (
+            ["runs", "evaluate", runs.ids["logreg"]],
+            ["predict", "--run", runs.ids["logreg"], images],
+            ["runs"],
+        ):
             r = cli(*args, "--store", store, "--runs", runs.root)
             assert "featstore never writes" in r.output and "Traceback" not in r.output, r.output
     assert not marker.exists() and list((tmp_path / "outside").iterdir()) == []  # nothing executed, nothing written
@@ -578,8 +777,8 @@ def test_allow_list_covers_every_registered_classifier(tmp_path):
     """Regenerate the types of every classifier's skops file; a classifier needing a new type fails here, loudly."""
     import skops.io as sio
 
-    from featstore.artifacts import ARTIFACT_TYPES, skops_types
-    from featstore.classifiers import build_classifier, get_classifier, list_classifiers
+    from featstore.experiments.classifiers import build_classifier, get_classifier, list_classifiers
+    from featstore.runs.artifacts import ARTIFACT_TYPES, skops_types
 
     rng = np.random.default_rng(0)
     small = {"knn": {"n_neighbors": 3}, "random_forest": {"n_estimators": 3}, "svm": {"calibration_folds": 2}}
@@ -588,19 +787,29 @@ def test_allow_list_covers_every_registered_classifier(tmp_path):
         if name == "dense":  # saved as .keras, loaded with safe_mode=True
             continue
         spec = get_classifier(name)
-        variants = [{}] + [{k: c} for k, p in spec.params.items() for c in p.choices] + [{k: v} for k, vs in spec.grid.items() for v in vs]
+        variants = (
+            [{}]
+            + [{k: c} for k, p in spec.params.items() for c in p.choices]
+            + [{k: v} for k, vs in spec.grid.items() for v in vs]
+        )
         if "pca" in spec.params:  # the optional vector steps: power and L2 normalisation, no scaler, PCA
             variants += [{"power": 0.5, "l2": True, "scale": False, "pca": 2}, {"pca": 2}]
         for params in variants:
-            for X, y in ((rng.normal(size=(30, 2, 2, 3)).astype(np.float32), np.arange(30) % 3),
-                         (rng.normal(size=(30, 20)).astype(np.float16), np.arange(30) % 2)):
-                est = build_classifier(name, {**params, **{k: v for k, v in small.get(name, {}).items() if k not in params}}).fit(X, y)
+            for X, y in (
+                (rng.normal(size=(30, 2, 2, 3)).astype(np.float32), np.arange(30) % 3),
+                (rng.normal(size=(30, 20)).astype(np.float16), np.arange(30) % 2),
+            ):
+                est = build_classifier(
+                    name, {**params, **{k: v for k, v in small.get(name, {}).items() if k not in params}}
+                ).fit(X, y)
                 path = tmp_path / "m.skops"
                 sio.dump(est, path)
                 for t in skops_types(path) | set(sio.get_untrusted_types(file=path)):
                     needed.setdefault(t, set()).add(name)
     missing = {t: sorted(by) for t, by in needed.items() if t not in ARTIFACT_TYPES}
-    assert not missing, f"add these to featstore.artifacts.ARTIFACT_TYPES once you checked they hold no code: {missing}"
+    assert not missing, (
+        f"add these to featstore.runs.artifacts.ARTIFACT_TYPES once you checked they hold no code: {missing}"
+    )
 
 
 # ------------------------------------------------------------------ crafted stores: add a row to CRAFTED_STORE_CASES
@@ -610,6 +819,7 @@ STORE_CFG = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=4
 def _set_commit(value):
     def damage(f):
         f["vgg16/train"].attrs["commit"] = value
+
     return damage
 
 
@@ -619,6 +829,7 @@ def _replace(key, make):
         old = sg[key][()]
         del sg[key]
         sg.create_dataset(key, data=make(old))
+
     return damage
 
 
@@ -628,6 +839,7 @@ def _del(where, attr=None):
             del f[where].attrs[attr]
         else:
             del f[where]
+
     return damage
 
 
@@ -649,17 +861,20 @@ def _edit_provenance(f):
 def _root_attr(value):
     def damage(f):
         f.attrs["format_version"] = value
+
     return damage
 
 
 def _split_attr(key, value):
     def damage(f):
         f["vgg16/train"].attrs[key] = value
+
     return damage
 
 
 def _extractor_attr(key, value, refingerprint=True):
     """Set an extractor attribute; recompute the fingerprint so only the value's type is wrong."""
+
     def damage(f):
         from featstore import provenance
 
@@ -667,12 +882,14 @@ def _extractor_attr(key, value, refingerprint=True):
         g.attrs[key] = value
         if refingerprint:
             g.attrs["fingerprint"] = provenance.fingerprint(provenance.attrs_of(g))
+
     return damage
 
 
 def _object_reference(where, key):
     def damage(f):
         f[where].attrs[key] = f["vgg16/train/labels"].ref
+
     return damage
 
 
@@ -713,8 +930,11 @@ CRAFTED_STORE_CASES = [
     ("model-object-reference", _object_reference("vgg16", "model"), "fingerprint attribute does not match"),
     ("listing-paths-integers", _damage_listing, "listing is damaged"),
     # a row dataset name (`copy`, of augmented copies) as an external link in a plain split: named, never followed
-    ("copy-external-link", lambda f: f["vgg16/train"].__setitem__("copy", h5py.ExternalLink("/etc/passwd", "/x")),
-     "/vgg16/train/copy (ExternalLink)"),
+    (
+        "copy-external-link",
+        lambda f: f["vgg16/train"].__setitem__("copy", h5py.ExternalLink("/etc/passwd", "/x")),
+        "/vgg16/train/copy (ExternalLink)",
+    ),
 ]
 
 
@@ -783,8 +1003,13 @@ def test_sound_store_passes(good_store):
 def test_hostile_folder_extracts_to_the_right_rows(tmp_path, case_id, build, expect):
     build(tmp_path)
     path = tmp_path / "f.h5"
-    r = extract(tmp_path / "data", "train", path, ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=1,
-                                                                  layer="block1_pool", pooling="avg"), workers=2)
+    r = extract(
+        tmp_path / "data",
+        "train",
+        path,
+        ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=1, layer="block1_pool", pooling="avg"),
+        workers=2,
+    )
     fs = FeatureStore(path)
     counts = dict(zip(fs.class_names(), np.bincount(fs.labels("train"), minlength=len(fs.class_names())).tolist()))
     assert (r.rows, r.failed, counts) == (expect["rows"], expect["failed"], expect["labels"])

@@ -3,17 +3,30 @@
 import numpy as np
 import pytest
 
-from featstore.augment import AUGMENTATIONS, augment_batch, parse_augment
 from featstore.errors import ConfigError
+from featstore.images.augment import AUGMENTATIONS, augment_batch, parse_augment
 
 
 def test_spec_is_canonical_whatever_the_spelling():
-    assert parse_augment("zoom=0.2, flip").spec == parse_augment("flip=horizontal,zoom=0.2").spec == "flip=horizontal,zoom=0.2"
+    assert (
+        parse_augment("zoom=0.2, flip").spec
+        == parse_augment("flip=horizontal,zoom=0.2").spec
+        == "flip=horizontal,zoom=0.2"
+    )
     assert not parse_augment("") and not parse_augment(None)
 
 
-@pytest.mark.parametrize("bad, needle", [("blur", "choose one of: flip"), ("rotate=2", "at most 0.5"), ("zoom=-1", "above 0"),
-                                         ("flip=diag", "horizontal_and_vertical"), ("contrast=x", "a number"), ("flip,flip", "twice")])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        ("blur", "choose one of: flip"),
+        ("rotate=2", "at most 0.5"),
+        ("zoom=-1", "above 0"),
+        ("flip=diag", "horizontal_and_vertical"),
+        ("contrast=x", "a number"),
+        ("flip,flip", "twice"),
+    ],
+)
 def test_bad_names_and_values_say_what_is_valid(bad, needle):
     with pytest.raises(ConfigError, match=needle):
         parse_augment(bad)
@@ -30,5 +43,7 @@ def test_same_seed_same_draws_other_seed_other_draws_and_off_at_inference(name):
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c) or name == "flip"  # a flip of 4 images can draw the same coins under two seeds
     assert not np.array_equal(a, x.astype(np.float32)) or name == "flip"
-    np.testing.assert_array_equal(np.asarray(aug.model(3, 24)(x.astype(np.float32), training=False)), x.astype(np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(aug.model(3, 24)(x.astype(np.float32), training=False)), x.astype(np.float32)
+    )
     assert a.min() >= 0 and a.max() <= 255

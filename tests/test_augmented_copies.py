@@ -11,16 +11,20 @@ import pytest
 from typer.testing import CliRunner
 
 from featstore import ExtractorConfig, FeatureStore, extract, fit
-from featstore import augcopies, runs as runs_mod, writer
-from featstore.check import check_store
 from featstore.cli import app
 from featstore.errors import ConfigError, StoreError
-from featstore.report import runs_table, store_tree
-from featstore.runs import _digest_paths
+from featstore.experiments import fit as runs_mod
+from featstore.experiments.fit import _digest_paths
+from featstore.extraction import copies as augcopies
+from featstore.report.tables import runs_table, store_tree
+from featstore.store import writer
+from featstore.store.check import check_store
 from tests.conftest import write_images
 
 K, BATCH = 2, 4
-CFG = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=3, pooling="avg", layer="block3_pool")  # 1 KiB rows
+CFG = ExtractorConfig(
+    model="vgg16", image_size=32, weights="none", seed=3, pooling="avg", layer="block3_pool"
+)  # 1 KiB rows
 
 
 def _data(root):
@@ -63,7 +67,13 @@ def test_copies_have_the_layout_index_labels_and_paths_of_the_split(aug_store, t
     assert fs.splits() == ["test", "train", "validation"]  # the copies are never a split
     a = fs.augmentation("train")
     assert (a["augment_copies"], a["augment_spec"], a["augment_seed"], a["source_rows"], a["rows"], a["complete"]) == (
-        K, "flip=horizontal,rotate=0.1,zoom=0.2", 0, n, K * n, True)
+        K,
+        "flip=horizontal,rotate=0.1,zoom=0.2",
+        0,
+        n,
+        K * n,
+        True,
+    )
     assert fs.augmentation("validation") is None
     assert not np.array_equal(Xa[:n], X) and not np.array_equal(Xa[:n], Xa[n:])  # augmented, and each copy drawn anew
     np.testing.assert_array_equal(fs.load("train", augmented=True)[0], Xa)
@@ -73,7 +83,10 @@ def test_copies_have_the_layout_index_labels_and_paths_of_the_split(aug_store, t
     extract(data, "train", plain, CFG, batch_size=BATCH)
     np.testing.assert_array_equal(FeatureStore(plain).load("train")[0], X)
     assert check_store(path) == []
-    assert "/augmented: 2 copies (flip=horizontal,rotate=0.1,zoom=0.2, seed 0), rows 24, failed 0, complete" in store_tree(str(path))
+    assert (
+        "/augmented: 2 copies (flip=horizontal,rotate=0.1,zoom=0.2, seed 0), rows 24, failed 0, complete"
+        in store_tree(str(path))
+    )
 
 
 def test_without_augmentation_the_copies_equal_the_plain_rows(aug_store, tmp_path, monkeypatch):
@@ -82,7 +95,9 @@ def test_without_augmentation_the_copies_equal_the_plain_rows(aug_store, tmp_pat
     path = tmp_path / "identity.h5"
     extract(data, "train", path, CFG, batch_size=BATCH, augment=K)
     X = FeatureStore(path).load("train")[0]
-    np.testing.assert_array_equal(_copies(path)[0], np.concatenate([X] * K))  # same decode, resize and model as the split
+    np.testing.assert_array_equal(
+        _copies(path)[0], np.concatenate([X] * K)
+    )  # same decode, resize and model as the split
 
 
 def test_same_seed_gives_bit_identical_copies_another_seed_other_copies(aug_store, tmp_path):
@@ -117,7 +132,10 @@ def test_interrupted_copies_resume_bit_identical(aug_store, tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         extract(data, "train", broken, CFG, batch_size=BATCH, augment=K)
     monkeypatch.setattr(writer, "append", real_append)
-    assert FeatureStore(broken).augmentation("train")["rows"] == 12 and not FeatureStore(broken).augmentation("train")["complete"]
+    assert (
+        FeatureStore(broken).augmentation("train")["rows"] == 12
+        and not FeatureStore(broken).augmentation("train")["complete"]
+    )
     assert any("uncommitted rows" in p for p in check_store(broken))
     with pytest.raises(StoreError, match="not complete"):
         fit(broken, "logreg", runs=tmp_path / "r", augmented=True)
@@ -128,9 +146,17 @@ def test_interrupted_copies_resume_bit_identical(aug_store, tmp_path, monkeypatc
     assert check_store(broken) == []
 
 
-@pytest.mark.parametrize("kw, needle", [({"augment_spec": "flip"}, "augment_spec: the store's copies have 'flip=horizontal,rotate=0.1,zoom=0.2', this run asks for 'flip=horizontal'"),
-                                        ({"augment_seed": 5}, "augment_seed: the store's copies have 0, this run asks for 5"),
-                                        ({"augment": 3}, "augment_copies: the store's copies have 2, this run asks for 3")])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (
+            {"augment_spec": "flip"},
+            "augment_spec: the store's copies have 'flip=horizontal,rotate=0.1,zoom=0.2', this run asks for 'flip=horizontal'",
+        ),
+        ({"augment_seed": 5}, "augment_seed: the store's copies have 0, this run asks for 5"),
+        ({"augment": 3}, "augment_copies: the store's copies have 2, this run asks for 3"),
+    ],
+)
 def test_copies_made_otherwise_are_refused_showing_both_sides(aug_store, tmp_path, kw, needle):
     path, data = aug_store
     mine = tmp_path / "mine.h5"
@@ -159,7 +185,9 @@ def test_bad_copy_counts_are_refused_before_any_work(tmp_path, k):
     assert not (tmp_path / "f.h5").exists()
 
 
-@pytest.mark.parametrize("spec, needle", [("", "--augment-spec is empty"), ("blur", "choose one of: flip"), ("zoom=3", "at most 1")])
+@pytest.mark.parametrize(
+    "spec, needle", [("", "--augment-spec is empty"), ("blur", "choose one of: flip"), ("zoom=3", "at most 1")]
+)
 def test_bad_specs_and_seeds_are_refused(tmp_path, spec, needle):
     with pytest.raises(ConfigError, match=needle):
         extract(tmp_path / "missing", "train", tmp_path / "f.h5", CFG, augment=2, augment_spec=spec)
@@ -186,12 +214,21 @@ def test_fit_trains_on_the_copies_and_never_scores_on_them(aug_store, tmp_path, 
     monkeypatch.setattr(runs_mod, "metrics", lambda y, p, c: scored.append(len(y)) or real_metrics(y, p, c))
     monkeypatch.setattr(FeatureStore, "load", spy_load)
     rec = fit(path, "logreg", {"C": [0.1, 1.0]}, runs=tmp_path, augmented=True)
-    assert fitted == [(n * (K + 1), nv)] * 2  # every candidate fitted on train + copies, chosen on the plain validation split
+    assert (
+        fitted == [(n * (K + 1), nv)] * 2
+    )  # every candidate fitted on train + copies, chosen on the plain validation split
     assert scored == [n, nv, nt]  # metrics of train (its plain rows), validation and test: never an augmented row
     assert [s for s, aug in loads if aug] == ["train"]  # copies are read for train only
     assert rec["splits"] == {"train": n, "validation": nv, "test": nt}
-    assert rec["augmented"] == {"split": "train", "copies": K, "spec": "flip=horizontal,rotate=0.1,zoom=0.2", "seed": 0,
-                                "rows": K * n, "plain_rows": n, "train_rows": (K + 1) * n}
+    assert rec["augmented"] == {
+        "split": "train",
+        "copies": K,
+        "spec": "flip=horizontal,rotate=0.1,zoom=0.2",
+        "seed": 0,
+        "rows": K * n,
+        "plain_rows": n,
+        "train_rows": (K + 1) * n,
+    }
     for split in ("validation", "test"):  # the stored predictions are of the plain splits' images
         assert rec["predictions"][split]["paths_sha256"] == _digest_paths(fs.paths(split))
         assert rec["predictions"][split]["n"] == len(fs.labels(split))
@@ -205,12 +242,20 @@ def test_fit_refusals(aug_store, tmp_path):
     path, data = aug_store
     bare = tmp_path / "bare.h5"
     extract(data, "train", bare, CFG, batch_size=BATCH)
-    with pytest.raises(StoreError, match="has no augmented copies; make them with `featstore extract --split train --augment K`"):
+    with pytest.raises(
+        StoreError, match="has no augmented copies; make them with `featstore extract --split train --augment K`"
+    ):
         fit(bare, "logreg", runs=tmp_path / "r", augmented=True)
-    extract(data, "train", bare, CFG, batch_size=BATCH, augment=1)  # the plain split is kept, only the copies are computed
-    with pytest.raises(ConfigError, match="k-fold cross-validation on train would put copies of one image on both sides"):
+    extract(
+        data, "train", bare, CFG, batch_size=BATCH, augment=1
+    )  # the plain split is kept, only the copies are computed
+    with pytest.raises(
+        ConfigError, match="k-fold cross-validation on train would put copies of one image on both sides"
+    ):
         fit(bare, "logreg", {"C": [0.1, 1.0]}, runs=tmp_path / "r", augmented=True)
-    rec = fit(bare, "logreg", runs=tmp_path / "r", augmented=True)  # one setting, no validation: nothing to choose, allowed
+    rec = fit(
+        bare, "logreg", runs=tmp_path / "r", augmented=True
+    )  # one setting, no validation: nothing to choose, allowed
     assert rec["augmented"]["train_rows"] == 24
 
 
@@ -220,7 +265,7 @@ def test_streamed_fit_reads_the_copies_too(tmp_path, monkeypatch):
     path = tmp_path / "chunky.h5"
     extract(data, "train", path, CFG, batch_size=BATCH, augment=K)
     extract(data, "validation", path, CFG, batch_size=BATCH)
-    from featstore import streaming
+    from featstore.experiments import streaming
 
     seen, real = [], streaming.train_blocks
 
@@ -242,8 +287,30 @@ def test_cli_extract_fit_info_export_and_help(aug_store, tmp_path):
     runner = CliRunner()
     path, data = aug_store
     mine = tmp_path / "cli.h5"
-    args = ["extract", "--data", data, "--split", "train", "--store", mine, "--model", "vgg16", "--weights", "none",
-            "--image-size", "32", "--layer", "block3_pool", "--pooling", "avg", "--seed", "3", "--batch-size", "4", "--no-progress"]
+    args = [
+        "extract",
+        "--data",
+        data,
+        "--split",
+        "train",
+        "--store",
+        mine,
+        "--model",
+        "vgg16",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--layer",
+        "block3_pool",
+        "--pooling",
+        "avg",
+        "--seed",
+        "3",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     r = runner.invoke(app, [str(a) for a in args + ["--augment", "2"]])
     assert r.exit_code == 0, r.output
     assert "wrote 24 rows of augmented copies (2 copies, 24 rows, 0 failed)" in r.output
@@ -253,7 +320,9 @@ def test_cli_extract_fit_info_export_and_help(aug_store, tmp_path):
     assert r.exit_code == 1 and "from 1 to 100" in r.output
     r = runner.invoke(app, [str(a) for a in args[:4] + ["validation"] + args[5:] + ["--augment", "2"]])
     assert r.exit_code == 1 and "training data only" in r.output
-    r = runner.invoke(app, ["export", "--store", str(mine), "--split", "train", "--augmented", "--out", str(tmp_path / "c.npz")])
+    r = runner.invoke(
+        app, ["export", "--store", str(mine), "--split", "train", "--augmented", "--out", str(tmp_path / "c.npz")]
+    )
     assert r.exit_code == 0, r.output
     z = np.load(tmp_path / "c.npz")
     np.testing.assert_array_equal(z["copy"], np.repeat([1, 2], 12))
@@ -275,10 +344,15 @@ def test_compressed_copies_commit_whole_batches_across_copy_boundaries(aug_store
 
     monkeypatch.setattr(writer, "append", spy)
     path = tmp_path / "gzip.h5"
-    extract(data, "train", path, CFG, batch_size=5, augment=K, compression="gzip")  # 12 rows: a batch spans copies 1 and 2
+    extract(
+        data, "train", path, CFG, batch_size=5, augment=K, compression="gzip"
+    )  # 12 rows: a batch spans copies 1 and 2
     assert sizes == [5, 5, 5, 5, 4]  # every commit but the last is one whole chunk, written once
     with h5py.File(path, "r") as f:
-        assert f["vgg16/train/augmented/features"].chunks[0] == 5 and f["vgg16/train/augmented/features"].compression == "gzip"
+        assert (
+            f["vgg16/train/augmented/features"].chunks[0] == 5
+            and f["vgg16/train/augmented/features"].compression == "gzip"
+        )
     np.testing.assert_array_equal(_copies(path)[3], np.repeat([1, 2], 12))
     assert check_store(path) == []
 
@@ -287,6 +361,7 @@ def test_compressed_copies_commit_whole_batches_across_copy_boundaries(aug_store
 def _aug(fn):
     def damage(f):
         fn(f["vgg16/train/augmented"])
+
     return damage
 
 
@@ -294,6 +369,7 @@ def _edit(key, change):
     def damage(ag):
         ds = ag[key]
         ds[...] = change(ds[()])
+
     return damage
 
 
@@ -301,6 +377,7 @@ def _set(**attrs):
     def damage(ag):
         for k, v in attrs.items():
             ag.attrs[k] = v
+
     return damage
 
 
@@ -308,6 +385,7 @@ def _relink(key, link):
     def damage(ag):
         del ag[key]
         ag[key] = link
+
     return damage
 
 
@@ -316,6 +394,7 @@ def _first(value):
         a = a.copy()
         a[0] = value
         return a
+
     return change
 
 
@@ -327,7 +406,11 @@ CRAFTED_COPIES_CASES = [
     ("copy-index-reversed", _aug(_edit("copy", lambda c: c[::-1])), "out of order"),
     ("copy-index-out-of-range", _aug(_edit("copy", _first(7))), "copy index outside 1..2"),
     ("rows-repeated", _aug(_edit("paths", lambda p: np.concatenate([p[:1], p[:-1]]))), "out of order"),
-    ("k-over-the-maximum", _aug(_set(augment_copies=10**15, n_images=12 * 10**15)), "augment_copies 1000000000000000 is over 100"),
+    (
+        "k-over-the-maximum",
+        _aug(_set(augment_copies=10**15, n_images=12 * 10**15)),
+        "augment_copies 1000000000000000 is over 100",
+    ),
     ("complete-but-short", _aug(_set(augment_copies=3, n_images=36)), "marked complete with 24 of 36 rows done"),
     ("seed-negative", _aug(_set(augment_seed=-3)), "augment_seed -3 is not in"),
     ("spec-unknown", _aug(_set(augment_spec="blur=9")), "augment_spec 'blur=9' is not a spec"),
@@ -373,7 +456,10 @@ def test_stray_augmented_objects_are_reported(aug_store, tmp_path):
         f.copy(f["vgg16/train/augmented"], f["vgg16/validation"], name="augmented")  # copies of an evaluation split
         f["vgg16/test"].create_dataset("augmented", data=np.arange(3))  # a dataset where a group of copies would be
     problems = check_store(bad)
-    assert any("/vgg16/validation/augmented: augmented copies of 'validation', a validation or test split" in p for p in problems), problems
+    assert any(
+        "/vgg16/validation/augmented: augmented copies of 'validation', a validation or test split" in p
+        for p in problems
+    ), problems
     assert any("/vgg16/test/augmented is not a group of augmented copies" in p for p in problems), problems
     with pytest.raises(ConfigError, match="--augment is for training data only"):
         fit(bad, "logreg", runs=tmp_path / "r", augmented=True, train="validation", validation="train")

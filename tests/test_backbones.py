@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from featstore import ConfigError, get_backbone, list_backbones
-from featstore.backbones import cut_model, validate_size
+from featstore.models.backbones import cut_model, validate_size
 
 REQUIRED = {"vgg16", "vgg19", "resnet50", "inception_v3", "xception", "mobilenet_v2", "densenet121", "efficientnet_b0"}
 

@@ -66,8 +66,16 @@ def tiny_model(tmp_path_factory) -> Path:
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
-                              keras.layers.MaxPooling2D(), keras.layers.Flatten(name="flatten"), keras.layers.Dense(2, name="out")])
+    model = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Rescaling(1 / 255.0),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(2, name="out"),
+        ]
+    )
     path = tmp_path_factory.mktemp("cvd_model") / "tiny.keras"
     model.save(path)
     return path
@@ -85,10 +93,45 @@ def test_pipeline_on_a_tiny_fake_download(tmp_path, tiny_model, layout, capsys, 
     if layout == "kaggle":  # phase B really runs (featstore finetune); the spy records what it receives
         real = cvd.phase_b
         monkeypatch.setattr(cvd, "phase_b", lambda *a: calls.append(a) or real(*a))
-    summary = cvd.main(["--download", str(download), "--out", str(out), "--train", "8", "--validation", "4", "--test", "4",
-                        "--model", str(tiny_model), "--layer", "flatten", "--epochs", "3", "--lr", "1e-3", "--batch-size", "8"]
-                       + (["--finetune", "--finetune-from", "conv1", "--finetune-epochs", "2", "--finetune-lr", "1e-3",
-                           "--augment", "flip"] if layout == "kaggle" else []))
+    summary = cvd.main(
+        [
+            "--download",
+            str(download),
+            "--out",
+            str(out),
+            "--train",
+            "8",
+            "--validation",
+            "4",
+            "--test",
+            "4",
+            "--model",
+            str(tiny_model),
+            "--layer",
+            "flatten",
+            "--epochs",
+            "3",
+            "--lr",
+            "1e-3",
+            "--batch-size",
+            "8",
+        ]
+        + (
+            [
+                "--finetune",
+                "--finetune-from",
+                "conv1",
+                "--finetune-epochs",
+                "2",
+                "--finetune-lr",
+                "1e-3",
+                "--augment",
+                "flip",
+            ]
+            if layout == "kaggle"
+            else []
+        )
+    )
     man = summary["manifest"]
     assert man["layout"] == layout
     # the requested sizes, half per class, disjoint splits (by name and by file on disk)
@@ -107,16 +150,22 @@ def test_pipeline_on_a_tiny_fake_download(tmp_path, tiny_model, layout, capsys, 
     assert "Unreadable images: 3 (train 1, validation 1, test 1)" in text
     for cls, i in CORRUPT:
         stored = f"{cls}/{i}.jpg" if layout == "microsoft" else f"{cls}/{cls[:-1]}.{i}.jpg"
-        assert re.search(rf"- `(train|validation|test)/{re.escape(stored)}` \(download: `[^`]*{i}\.jpg`\): \S", text), stored
+        assert re.search(rf"- `(train|validation|test)/{re.escape(stored)}` \(download: `[^`]*{i}\.jpg`\): \S", text), (
+            stored
+        )
     thumbs = 2 if layout == "microsoft" else 1  # one per class folder, or one in Kaggle's flat folder
     assert "Thumbs.db" in text and f"not JPEG images, not used: {thumbs}" in text
     # the table: both classifiers with validation accuracy, test only for the chosen one, which beats chance
     if layout == "kaggle":
-        (args, run_id, data, store, runs), = calls
+        ((args, run_id, data, store, runs),) = calls
         assert args.finetune_from == "conv1" and run_id == summary["dense"] and run_id.startswith("dense-")
         assert (data, store, runs) == (out / "data", out / "features.h5", out / "runs")
         phase_b = [r for r in summary["rows"] if r["phase"] == "B"]
-        assert len(phase_b) == 2 and "no augmentation" in phase_b[0]["classifier"] and "augmentation flip" in phase_b[1]["classifier"]
+        assert (
+            len(phase_b) == 2
+            and "no augmentation" in phase_b[0]["classifier"]
+            and "augmentation flip" in phase_b[1]["classifier"]
+        )
         for r in phase_b:
             assert f"| B | fine-tuned from conv1 (phase A's head, {run_id}) | {r['run']}: RMSprop lr 0.001" in text
             assert 0 <= r["validation"] <= 1 and 0 <= r["test"] <= 1
@@ -143,7 +192,9 @@ def test_seeded_sample_is_deterministic_and_symlinks_are_followed(tmp_path):
     for split in ("train", "validation", "test"):
         listing = discover(tmp_path / "a" / "data", split)
         assert len(listing.items) == sizes[split] and not listing.skipped_links
-    assert cvd.carve(dl, tmp_path / "a", sizes, sample="random", seed=3, link="copy") == a  # same choice: reused as it is
+    assert (
+        cvd.carve(dl, tmp_path / "a", sizes, sample="random", seed=3, link="copy") == a
+    )  # same choice: reused as it is
     with pytest.raises(DataError, match="other options"):
         cvd.carve(dl, tmp_path / "a", sizes, sample="first")
     with pytest.raises(DataError, match="asks? for"):
@@ -165,13 +216,19 @@ def test_layouts_are_detected_or_refused_with_both_named(tmp_path):
         cvd.find_download(tmp_path / "x.zip")
 
 
-
-
 def test_bad_finetune_options_fail_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="choose one of: flip"):
-        cvd.run(cvd.parser().parse_args(["--download", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--finetune",
-                                         "--augment", "blur"]), "cmd")
+        cvd.run(
+            cvd.parser().parse_args(
+                ["--download", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--finetune", "--augment", "blur"]
+            ),
+            "cmd",
+        )
     with pytest.raises(ConfigError, match="--lr must be a positive number"):
-        cvd.run(cvd.parser().parse_args(["--download", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--finetune",
-                                         "--finetune-lr", "0"]), "cmd")
+        cvd.run(
+            cvd.parser().parse_args(
+                ["--download", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--finetune", "--finetune-lr", "0"]
+            ),
+            "cmd",
+        )
     assert not (tmp_path / "o").exists()

@@ -5,9 +5,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featstore import ConfigError, build_classifier, get_classifier, list_classifiers
-from featstore.artifacts import load_estimator, save_estimator
-from featstore.classifiers import FeatureReshape, candidates, parse_params
-from featstore.dense import DenseHead
+from featstore.experiments.classifiers import FeatureReshape, candidates, parse_params
+from featstore.models.head import DenseHead
+from featstore.runs.artifacts import load_estimator, save_estimator
 
 FAST = {"dense": {"epochs": 3, "units": 16, "lr": 1e-3}, "random_forest": {"n_estimators": 20}}
 
@@ -95,7 +95,7 @@ def test_artifact_with_foreign_types_is_refused(tmp_path):
     from sklearn.preprocessing import FunctionTransformer
 
     from featstore import StoreError
-    from featstore.weights import sha256_file
+    from featstore.models.weights import sha256_file
 
     path = tmp_path / "model.skops"
     sio.dump(FunctionTransformer(os.system), path)  # what a malicious file would carry
@@ -107,12 +107,18 @@ def test_artifact_with_foreign_types_is_refused(tmp_path):
 def test_power_l2_and_pca_steps_and_their_artifact_round_trip(tmp_path):
     X, y = _data()
     X = np.abs(X)
-    est = build_classifier("svm", {"kernel": "rbf", "power": 0.5, "l2": True, "scale": False, "pca": 4, "calibration_folds": 2})
+    est = build_classifier(
+        "svm", {"kernel": "rbf", "power": 0.5, "l2": True, "scale": False, "pca": 4, "calibration_folds": 2}
+    )
     assert [name for name, _ in est.steps] == ["features", "pca", "clf"]
     est.fit(X, y)
     v = est.named_steps["features"].transform(X)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1, rtol=1e-5)
-    np.testing.assert_allclose(v, np.sqrt(X.reshape(len(X), -1)) / np.linalg.norm(np.sqrt(X.reshape(len(X), -1)), axis=1, keepdims=True), rtol=1e-5)
+    np.testing.assert_allclose(
+        v,
+        np.sqrt(X.reshape(len(X), -1)) / np.linalg.norm(np.sqrt(X.reshape(len(X), -1)), axis=1, keepdims=True),
+        rtol=1e-5,
+    )
     assert est.named_steps["pca"].n_components_ == 4
     loaded = load_estimator(tmp_path, save_estimator(est, tmp_path))
     np.testing.assert_allclose(loaded.predict_proba(X), est.predict_proba(X), rtol=1e-6, atol=1e-6)
@@ -125,10 +131,12 @@ def test_power_l2_and_pca_steps_and_their_artifact_round_trip(tmp_path):
 
 
 def test_sweep_params_name_a_swept_classifier():
-    from featstore.classifiers import parse_clf_params
+    from featstore.experiments.classifiers import parse_clf_params
 
     assert parse_clf_params(["logreg", "svm"], ["svm:C=1", "svm:C=10", "svm:l2=true", "logreg:power=0.5"]) == {
-        "svm": {"C": [1.0, 10.0], "l2": [True]}, "logreg": {"power": [0.5]}}
+        "svm": {"C": [1.0, 10.0], "l2": [True]},
+        "logreg": {"power": [0.5]},
+    }
     with pytest.raises(ConfigError, match="CLASSIFIER:NAME=VALUE"):
         parse_clf_params(["svm"], ["C=1"])
     with pytest.raises(ConfigError, match="not swept; swept: svm"):

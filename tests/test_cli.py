@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from featstore import FeatureStore
 from featstore.cli import app
-from featstore.writer import writer_lock
+from featstore.store.writer import writer_lock
 
 runner = CliRunner()
 
@@ -15,8 +15,21 @@ def run(*args):
 
 
 def tiny(data_root, store, *extra):
-    return run("extract", "--data", data_root, "--store", store, "--model", "vgg16", "--weights", "none",
-               "--image-size", 32, "--no-progress", *extra)
+    return run(
+        "extract",
+        "--data",
+        data_root,
+        "--store",
+        store,
+        "--model",
+        "vgg16",
+        "--weights",
+        "none",
+        "--image-size",
+        32,
+        "--no-progress",
+        *extra,
+    )
 
 
 def test_models_and_layers():
@@ -37,24 +50,34 @@ def test_extract_then_info(data_root, tmp_path):
     assert r.exit_code == 0 and "already complete (6 rows" in r.output
     r = run("info", store)
     assert r.exit_code == 0
-    for text in ("/vgg16", "/train   complete", "/validation   complete", "features (12, 1, 1, 512) float32",
-                 "classes (2): cat 6, dog 6", "weights_source: none", "fingerprint"):
+    for text in (
+        "/vgg16",
+        "/train   complete",
+        "/validation   complete",
+        "features (12, 1, 1, 512) float32",
+        "classes (2): cat 6, dog 6",
+        "weights_source: none",
+        "fingerprint",
+    ):
         assert text in r.output, text
     assert FeatureStore(store).splits() == ["train", "validation"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "vgg17"], "unknown model 'vgg17'; choose one of: vgg16"),
-    (["--pooling", "mean"], "unknown pooling 'mean'; choose one of: none, avg, max"),
-    (["--dtype", "int8"], "unknown dtype 'int8'; choose one of: float32, float16"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--batch-size", "-3"], "--batch-size must be at least 1"),
-    (["--compression", "zstd"], "unknown compression 'zstd'; choose one of: none, lzf, gzip"),
-    (["--image-size", "16"], "--image-size 16 is too small for vgg16"),
-    (["--image-size", "5000"], "--image-size 5000 is above featstore.s largest input side, 4096 pixels"),
-    (["--layer", "block9_pool"], "unknown layer 'block9_pool' for vgg16"),
-    (["--split", "holdout"], "split folder .*holdout does not exist; splits found in .*: test, train, validation"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "vgg17"], "unknown model 'vgg17'; choose one of: vgg16"),
+        (["--pooling", "mean"], "unknown pooling 'mean'; choose one of: none, avg, max"),
+        (["--dtype", "int8"], "unknown dtype 'int8'; choose one of: float32, float16"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--batch-size", "-3"], "--batch-size must be at least 1"),
+        (["--compression", "zstd"], "unknown compression 'zstd'; choose one of: none, lzf, gzip"),
+        (["--image-size", "16"], "--image-size 16 is too small for vgg16"),
+        (["--image-size", "5000"], "--image-size 5000 is above featstore.s largest input side, 4096 pixels"),
+        (["--layer", "block9_pool"], "unknown layer 'block9_pool' for vgg16"),
+        (["--split", "holdout"], "split folder .*holdout does not exist; splits found in .*: test, train, validation"),
+    ],
+)
 def test_bad_options_give_clear_errors(data_root, tmp_path, args, message):
     import re
 
@@ -90,7 +113,18 @@ def test_second_writer_gets_a_clear_error(data_root, tmp_path):
 def test_wrong_weights_file(data_root, tmp_path):
     bad = tmp_path / "bad.weights.h5"
     bad.write_bytes(b"not weights")
-    r = run("extract", "--data", data_root, "--store", tmp_path / "f.h5", "--weights", bad, "--image-size", 32, "--no-progress")
+    r = run(
+        "extract",
+        "--data",
+        data_root,
+        "--store",
+        tmp_path / "f.h5",
+        "--weights",
+        bad,
+        "--image-size",
+        32,
+        "--no-progress",
+    )
     assert r.exit_code == 1 and "does not fit vgg16" in r.output
     assert not (tmp_path / "f.h5").exists() or FeatureStore(tmp_path / "f.h5").extractors() == []
 
@@ -122,17 +156,23 @@ def test_fit_runs_show_compare_ensemble_predict(store, tmp_path):
     assert r.exit_code == 0 and "accuracy" in r.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["fit", "--clf", "xgb"], "unknown classifier 'xgb'; choose one of: logreg"),
-    (["fit", "--param", "C=high"], "must be of type float"),
-    (["fit", "--param", "depth=3"], "unknown parameter 'depth' for logreg"),
-    (["runs", "show", "nope"], "no run with id 'nope'"),
-    (["predict", "--run", "nope", "."], "no run with id 'nope'"),
-    (["ensemble", "a"], "at least two run ids"),
-    (["predict", "--run", "nope", ".", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
-    (["predict", "--run", "nope", ".", "--batch-size", "-2"], "--batch-size must be at least 1, got -2"),
-    (["predict", "--run", "nope", ".", "--out", "no/such/folder/p.csv"], "folder no/such/folder does not exist; create it first"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "--clf", "xgb"], "unknown classifier 'xgb'; choose one of: logreg"),
+        (["fit", "--param", "C=high"], "must be of type float"),
+        (["fit", "--param", "depth=3"], "unknown parameter 'depth' for logreg"),
+        (["runs", "show", "nope"], "no run with id 'nope'"),
+        (["predict", "--run", "nope", "."], "no run with id 'nope'"),
+        (["ensemble", "a"], "at least two run ids"),
+        (["predict", "--run", "nope", ".", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["predict", "--run", "nope", ".", "--batch-size", "-2"], "--batch-size must be at least 1, got -2"),
+        (
+            ["predict", "--run", "nope", ".", "--out", "no/such/folder/p.csv"],
+            "folder no/such/folder does not exist; create it first",
+        ),
+    ],
+)
 def test_experiment_errors(store, tmp_path, args, message):
     r = run(*args, "--store", store, "--runs", tmp_path)
     assert r.exit_code == 1 and message in r.output, r.output

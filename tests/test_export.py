@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 import featstore
-from featstore import ConfigError, ExtractorConfig, FeatureStore, StoreError, extract, writer
+from featstore import ConfigError, ExtractorConfig, FeatureStore, StoreError, extract
 from featstore.cli import app
+from featstore.store import writer
 
 from .conftest import write_images
-
 
 
 def needs(fmt):
@@ -33,8 +33,12 @@ def spatial_store(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(writer, "CHUNK_BYTES", 16384)
     try:
-        extract(root / "data", "train", root / "features.h5",
-                ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=5, layer="block4_pool"))
+        extract(
+            root / "data",
+            "train",
+            root / "features.h5",
+            ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=5, layer="block4_pool"),
+        )
     finally:
         mp.undo()
     return root / "features.h5"
@@ -67,8 +71,12 @@ def read_back(path, fmt):
     body = rows[1:]
     assert rows[0][:3] == ["path", "label", "class"] and len(rows[0]) == 3 + len(body[0]) - 3
     names = sorted({(int(r[1]), r[2]) for r in body})
-    return (np.array([[float(v) for v in r[3:]] for r in body], dtype=np.float32), np.array([int(r[1]) for r in body]),
-            [r[0] for r in body], [n for _, n in names])
+    return (
+        np.array([[float(v) for v in r[3:]] for r in body], dtype=np.float32),
+        np.array([int(r[1]) for r in body]),
+        [r[0] for r in body],
+        [n for _, n in names],
+    )
 
 
 @pytest.mark.parametrize("fmt", ["npz", "parquet", "csv"])
@@ -90,7 +98,9 @@ def test_round_trip_equals_store_load(spatial_store, tmp_path, fmt, how):
 @pytest.mark.parametrize("fmt", ["npz", "parquet", "csv"])
 def test_block_wise_export_equals_whole(spatial_store, tmp_path, fmt):
     needs(fmt)
-    small = featstore.export(spatial_store, "train", tmp_path / f"small.{fmt}", max_bytes=1)  # raised to one 2-row chunk
+    small = featstore.export(
+        spatial_store, "train", tmp_path / f"small.{fmt}", max_bytes=1
+    )  # raised to one 2-row chunk
     whole = featstore.export(spatial_store, "train", tmp_path / f"whole.{fmt}", max_bytes=1 << 30)
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -120,19 +130,26 @@ def test_a_failed_export_leaves_the_old_file_and_no_temporary(spatial_store, tmp
             raise KeyboardInterrupt
         return X.reshape(len(X), -1)
 
-    monkeypatch.setattr(importlib.import_module("featstore.export"), "_reduce", failing)
+    monkeypatch.setattr(importlib.import_module("featstore.store.export"), "_reduce", failing)
     with pytest.raises(KeyboardInterrupt):
         featstore.export(spatial_store, "train", out, max_bytes=1)
     assert out.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
 
 
-@pytest.mark.parametrize("kwargs, error, message", [
-    ({"out": "x.xlsx"}, ConfigError, r"cannot tell the format of .*x.xlsx from its suffix; end it in .npz, .parquet or .csv"),
-    ({"out": "x.csv", "format": "hdf"}, ConfigError, "unknown --format 'hdf'; choose one of: npz, parquet, csv"),
-    ({"out": "x.csv", "features": "mean"}, ConfigError, "unknown --features 'mean'; choose one of: flat, avg, max"),
-    ({"out": "x.csv", "split": "holdout"}, StoreError, "has no split 'holdout'; it has: train"),
-    ({"out": "x.csv", "extractor": "resnet50"}, StoreError, "has no extractor 'resnet50'; it has: vgg16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            {"out": "x.xlsx"},
+            ConfigError,
+            r"cannot tell the format of .*x.xlsx from its suffix; end it in .npz, .parquet or .csv",
+        ),
+        ({"out": "x.csv", "format": "hdf"}, ConfigError, "unknown --format 'hdf'; choose one of: npz, parquet, csv"),
+        ({"out": "x.csv", "features": "mean"}, ConfigError, "unknown --features 'mean'; choose one of: flat, avg, max"),
+        ({"out": "x.csv", "split": "holdout"}, StoreError, "has no split 'holdout'; it has: train"),
+        ({"out": "x.csv", "extractor": "resnet50"}, StoreError, "has no extractor 'resnet50'; it has: vgg16"),
+    ],
+)
 def test_bad_requests_get_clear_errors(spatial_store, tmp_path, kwargs, error, message):
     kwargs = {"split": "train", **kwargs, "out": tmp_path / kwargs["out"]}
     with pytest.raises(error, match=message):
@@ -155,11 +172,27 @@ def test_missing_pyarrow_names_the_extra(spatial_store, tmp_path, monkeypatch):
 
 def test_cli_export(spatial_store, tmp_path):
     out = tmp_path / "train.data"
-    r = CliRunner().invoke(app, ["export", "--split", "train", "--store", str(spatial_store), "--out", str(out), "--format", "csv",
-                                 "--features", "avg"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--split",
+            "train",
+            "--store",
+            str(spatial_store),
+            "--out",
+            str(out),
+            "--format",
+            "csv",
+            "--features",
+            "avg",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert f"wrote 12 rows of 512 values (avg) to {out} (csv)" in r.output
-    r = CliRunner().invoke(app, ["export", "--split", "validation", "--store", str(spatial_store), "--out", str(tmp_path / "v.npz")])
+    r = CliRunner().invoke(
+        app, ["export", "--split", "validation", "--store", str(spatial_store), "--out", str(tmp_path / "v.npz")]
+    )
     assert r.exit_code == 1 and "error: " in r.output and "has no split 'validation'" in r.output
 
 
@@ -187,7 +220,9 @@ def test_non_utf8_paths_export(non_utf8_store, tmp_path, fmt):
     else:
         import pyarrow.parquet as pq
 
-        assert pq.read_table(r.path).column("path").to_pylist()[0] == "train/cat/\\xff.png"  # escaped: Parquet needs UTF-8
+        assert (
+            pq.read_table(r.path).column("path").to_pylist()[0] == "train/cat/\\xff.png"
+        )  # escaped: Parquet needs UTF-8
 
 
 def test_export_out_must_be_a_regular_file(spatial_store, tmp_path):

@@ -2,9 +2,8 @@ import h5py
 import numpy as np
 import pytest
 
-from featstore import ExtractorConfig, FeatureStore, StoreError, extract
-from featstore import provenance
-from featstore import writer
+from featstore import ExtractorConfig, FeatureStore, StoreError, extract, provenance
+from featstore.store import writer
 
 from .conftest import write_images
 
@@ -17,11 +16,25 @@ def test_layout_and_provenance(data_root, tiny_config, tmp_path):
     with h5py.File(path, "r") as f:
         assert f.attrs["format_version"] == 2
         g = f["vgg16"]
-        for key in ("model", "layer", "input_size", "pooling", "preprocess", "weights_source", "weights_sha256",
-                    "dtype", "keras_version", "tensorflow_version", "created_at", "fingerprint"):
+        for key in (
+            "model",
+            "layer",
+            "input_size",
+            "pooling",
+            "preprocess",
+            "weights_source",
+            "weights_sha256",
+            "dtype",
+            "keras_version",
+            "tensorflow_version",
+            "created_at",
+            "fingerprint",
+        ):
             assert key in g.attrs, key
         assert g.attrs["weights_source"] == "none" and g.attrs["layer"] == "block5_pool"
-        assert g.attrs["preprocess"] == "imagenet-caffe" and "vgg16.preprocess_input" in g.attrs["preprocess_description"]
+        assert (
+            g.attrs["preprocess"] == "imagenet-caffe" and "vgg16.preprocess_input" in g.attrs["preprocess_description"]
+        )
         tr = g["train"]
         assert tr["features"].shape == (12, 1, 1, 512) and tr["features"].dtype == np.float32
         assert tr["features"].maxshape == (None, 1, 1, 512) and tr["features"].chunks[0] >= 1
@@ -60,7 +73,9 @@ def test_rerun_is_noop_and_overwrite_replaces(data_root, tiny_config, tmp_path):
 
 
 def test_float16_and_pooling(data_root, tmp_path):
-    cfg = ExtractorConfig(model="vgg16", image_size=64, weights="none", pooling="avg", dtype="float16", layer="block4_pool")
+    cfg = ExtractorConfig(
+        model="vgg16", image_size=64, weights="none", pooling="avg", dtype="float16", layer="block4_pool"
+    )
     r = extract(data_root, "train", tmp_path / "f.h5", cfg)
     X, _ = FeatureStore(tmp_path / "f.h5").load("train")
     assert X.dtype == np.float16 and X.shape == (12, 512) and r.feature_shape == (512,)
@@ -137,8 +152,11 @@ def test_compression_option(data_root, tiny_config, tmp_path):
     extract(data_root, "train", tmp_path / "f.h5", tiny_config, compression="gzip")
     with h5py.File(tmp_path / "f.h5", "r") as f:
         assert f["vgg16/train/features"].compression == "gzip"
-    np.testing.assert_array_equal(FeatureStore(tmp_path / "f.h5").load("train")[0],
-                                  extract(data_root, "train", tmp_path / "g.h5", tiny_config) and FeatureStore(tmp_path / "g.h5").load("train")[0])
+    np.testing.assert_array_equal(
+        FeatureStore(tmp_path / "f.h5").load("train")[0],
+        extract(data_root, "train", tmp_path / "g.h5", tiny_config)
+        and FeatureStore(tmp_path / "g.h5").load("train")[0],
+    )
     with pytest.raises(ConfigError, match="choose one of: none, lzf, gzip"):
         extract(data_root, "train", tmp_path / "h.h5", tiny_config, compression="zstd")
 
@@ -156,6 +174,7 @@ def test_mixed_precision_is_close_and_fingerprinted(tiny_config):
     np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * float(np.abs(a).max()))
     assert half.attrs["compute_dtype"] == "mixed_float16" and half.attrs["fingerprint"] != full.attrs["fingerprint"]
     import keras
+
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
 
 

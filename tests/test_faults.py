@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 
 from featstore import ExtractorConfig, FeatureStore, StoreError, extract
-from featstore import writer
-from featstore.check import check_store
+from featstore.store import writer
+from featstore.store.check import check_store
 
 from .conftest import write_images
 
 CFG = dict(model="vgg16", image_size=32, weights="none", seed=5)
-WRITER = ("import sys; from featstore import extract, ExtractorConfig; "
-          "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, compression=sys.argv[4])")
+WRITER = (
+    "import sys; from featstore import extract, ExtractorConfig; "
+    "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, compression=sys.argv[4])"
+)
 
 
 def _committed(path: Path) -> int:
@@ -33,8 +35,13 @@ def _same(a: Path, b: Path) -> bool:
     x, y = FeatureStore(a), FeatureStore(b)
     xa, ya = x.load("train")
     xb, yb = y.load("train")
-    return (np.array_equal(xa, xb) and np.array_equal(ya, yb) and x.paths("train") == y.paths("train")
-            and x.failures("train") == y.failures("train") and xa.tobytes() == xb.tobytes())
+    return (
+        np.array_equal(xa, xb)
+        and np.array_equal(ya, yb)
+        and x.paths("train") == y.paths("train")
+        and x.failures("train") == y.failures("train")
+        and xa.tobytes() == xb.tobytes()
+    )
 
 
 @pytest.mark.slow
@@ -52,7 +59,9 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, capsys,
     for attempt in range(40):
         log = tmp_path / f"run{attempt}.log"
         with open(log, "w") as err:
-            proc = subprocess.Popen([sys.executable, "-c", WRITER, str(data), str(path), repr(CFG), compression], stderr=err)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", WRITER, str(data), str(path), repr(CFG), compression], stderr=err
+            )
         resumes += attempt > 0
         if kills < 10:
             start = _committed(path)
@@ -78,8 +87,10 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, capsys,
     lost, duplicated = len(set(FeatureStore(clean).paths("train")) - set(got)), len(got) - len(set(got))
     identical = _same(clean, path)
     with capsys.disabled():
-        print(f"\nfault test ({compression}): kills performed {kills}, resumes succeeded {resumes}, stores bit-identical {100 if identical else 0}%, "
-              f"rows lost {lost}, rows duplicated {duplicated} (of {n})")
+        print(
+            f"\nfault test ({compression}): kills performed {kills}, resumes succeeded {resumes}, stores bit-identical {100 if identical else 0}%, "
+            f"rows lost {lost}, rows duplicated {duplicated} (of {n})"
+        )
     assert kills >= 10 and identical and lost == 0 and duplicated == 0
     assert check_store(path) == []
 
@@ -89,7 +100,10 @@ def small_fs(tmp_path):
     """A 6 MiB tmpfs; skipped where mounting is not permitted (not root)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
@@ -138,7 +152,10 @@ def test_full_filesystem_before_and_during_a_run(small_fs, data_root, tiny_confi
 def test_read_only_filesystem(tmp_path, data_root, tiny_config):
     mnt = tmp_path / "ro"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         with pytest.raises(StoreError, match="is read-only"):
@@ -196,9 +213,11 @@ def test_split_left_half_created_by_a_kill_is_started_again(tmp_path, data_root,
     assert r.rows == 12 and check_store(path) == []
 
 
-AUG_WRITER = ("import sys, time; from featstore import extract, ExtractorConfig; import featstore.writer as w; "
-              "append = w.append; w.append = lambda *a, **k: (time.sleep(0.2), append(*a, **k))[1]; "  # every run outlasts a kill
-              "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, augment=2)")
+AUG_WRITER = (
+    "import sys, time; from featstore import extract, ExtractorConfig; import featstore.store.writer as w; "
+    "append = w.append; w.append = lambda *a, **k: (time.sleep(0.2), append(*a, **k))[1]; "  # every run outlasts a kill
+    "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, augment=2)"
+)
 
 
 def _copies_committed(path: Path) -> int:
@@ -248,6 +267,10 @@ def test_sigkill_while_making_augmented_copies_then_resume_is_bit_identical(tmp_
     a, b = FeatureStore(clean), FeatureStore(path)
     for aug in (False, True):
         (xa, ya), (xb, yb) = a.load("train", augmented=aug), b.load("train", augmented=aug)
-        assert xa.tobytes() == xb.tobytes() and np.array_equal(ya, yb) and a.paths("train", augmented=aug) == b.paths("train", augmented=aug)
+        assert (
+            xa.tobytes() == xb.tobytes()
+            and np.array_equal(ya, yb)
+            and a.paths("train", augmented=aug) == b.paths("train", augmented=aug)
+        )
     assert a.failures("train") == b.failures("train") and np.array_equal(a.copies("train"), b.copies("train"))
     assert kills >= 6 and check_store(path) == []

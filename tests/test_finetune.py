@@ -8,12 +8,23 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from featstore import (ConfigError, DataError, ExtractorConfig, FeatureStore, WeightsError, ensemble, evaluate_run, extract, fit, list_runs,
-                       predict)
+from featstore import (
+    ConfigError,
+    DataError,
+    ExtractorConfig,
+    FeatureStore,
+    WeightsError,
+    ensemble,
+    evaluate_run,
+    extract,
+    fit,
+    list_runs,
+    predict,
+)
 from featstore.cli import app
-from featstore.finetune import FinetuneConfig, finetune, warm_start_model
-from featstore.finetuned import preprocess_images
-from featstore.runs import get_run
+from featstore.experiments.finetune import FinetuneConfig, finetune, warm_start_model
+from featstore.experiments.fit import get_run
+from featstore.models.finetuned import preprocess_images
 
 from .conftest import write_images
 
@@ -55,29 +66,36 @@ def test_warm_start_gives_the_phase_a_heads_outputs_and_loss_on_the_first_batch(
     fs = FeatureStore(ft["store"])
     X, y = fs.load("train")
     paths = fs.paths("train")[:4]
-    from featstore.images import load_image
+    from featstore.images.listing import load_image
 
     images = np.stack([load_image(str(ft["data"] / p), SIZE) for p in paths])
     ours = np.asarray(built.model(preprocess_images(images, rec["extractor_attrs"]), training=False))[:, 0]
-    from featstore.artifacts import load_estimator
+    from featstore.runs.artifacts import load_estimator
 
     phase_a = load_estimator(folder, rec["artifact"]).predict_proba(X[:4])[:, 1]
     np.testing.assert_allclose(ours, phase_a, rtol=1e-4, atol=1e-5)
     bce = keras.losses.BinaryCrossentropy()
-    assert float(bce(y[:4].astype("float32"), ours)) == pytest.approx(float(bce(y[:4].astype("float32"), phase_a)), rel=1e-4)
+    assert float(bce(y[:4].astype("float32"), ours)) == pytest.approx(
+        float(bce(y[:4].astype("float32"), phase_a)), rel=1e-4
+    )
     fresh = warm_start_model(rec, folder, FinetuneConfig("block5_conv1", from_scratch_head=True))
-    assert not np.allclose(np.asarray(fresh.model(preprocess_images(images, rec["extractor_attrs"]), training=False))[:, 0], phase_a)
+    assert not np.allclose(
+        np.asarray(fresh.model(preprocess_images(images, rec["extractor_attrs"]), training=False))[:, 0], phase_a
+    )
 
 
 @pytest.mark.slow
 def test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat(ft):
-    from featstore.predict import rebuild_extractor
+    from featstore.experiments.predict import rebuild_extractor
 
     cfg = FinetuneConfig("block5_conv2", epochs=2, batch_size=4, lr=1e-3, augment="flip,rotate=0.1", seed=5)
     a = finetune(ft["dense"], cfg, store=ft["store"])
     b = finetune(ft["dense"], cfg, store=ft["store"])
-    c = finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=2, batch_size=4, lr=1e-3, augment="flip,rotate=0.1", seed=6),
-                 store=ft["store"])
+    c = finetune(
+        ft["dense"],
+        FinetuneConfig("block5_conv2", epochs=2, batch_size=4, lr=1e-3, augment="flip,rotate=0.1", seed=6),
+        store=ft["store"],
+    )
     assert a["weights_digest"] == b["weights_digest"] != c["weights_digest"]
     assert a["trainable_layers"] == ["block5_conv2", "block5_conv3", "head_dense", "head_out"]
     assert a["cached_cut"] == "" and a["params"]["augment"] == "flip=horizontal,rotate=0.1"
@@ -86,7 +104,9 @@ def test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat(
     for name, ws in before.items():
         same = all(np.array_equal(w0, w1) for w0, w1 in zip(ws, after[name]))
         assert same == (name not in ("block5_conv2", "block5_conv3")), name
-    assert not any("random" in lyr.name.lower() or "augment" in lyr.name for lyr in _saved(a, ft["store"]).layers)  # none at inference
+    assert not any(
+        "random" in lyr.name.lower() or "augment" in lyr.name for lyr in _saved(a, ft["store"]).layers
+    )  # none at inference
 
 
 @pytest.mark.slow
@@ -97,7 +117,9 @@ def test_cached_cut_trains_like_the_images_and_is_reused(ft, caplog):
     with caplog.at_level(logging.INFO, logger="featstore"):
         cached = finetune(ft["dense"], cfg, store=ft["store"])
     assert cached["cached_cut"] == "vgg16@block4_pool" and "cached in the store as 'vgg16@block4_pool'" in caplog.text
-    images = finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=2, batch_size=4, lr=1e-3, cache=False), store=ft["store"])
+    images = finetune(
+        ft["dense"], FinetuneConfig("block5_conv1", epochs=2, batch_size=4, lr=1e-3, cache=False), store=ft["store"]
+    )
     assert images["cached_cut"] == ""
     np.testing.assert_allclose(cached["history"]["loss"], images["history"]["loss"], rtol=1e-4)
     wc, wi = _weights(_saved(cached, ft["store"])), _weights(_saved(images, ft["store"]))
@@ -130,28 +152,47 @@ def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, 
 
 
 def test_cli_finetune_trains_and_records_a_run(ft):
-    res = CliRunner().invoke(app, ["finetune", "--run", ft["dense"], "--unfreeze-from", "block5_conv3", "--epochs", "1",
-                                   "--batch-size", "8", "--store", str(ft["store"])])
+    res = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--run",
+            ft["dense"],
+            "--unfreeze-from",
+            "block5_conv3",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--store",
+            str(ft["store"]),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "run finetune-" in res.output and "validation: accuracy" in res.output
 
 
-@pytest.mark.parametrize("kwargs, error, needle", [
-    ({"unfreeze_from": "block5_conv9"}, ConfigError, "did you mean block5_conv3, block5_conv2, block5_conv1"),
-    ({"unfreeze_from": "block5_pool"}, ConfigError, "nothing of the backbone would train"),
-    ({"unfreeze_from": "block5_conv1", "lr": 0.0}, ConfigError, "--lr must be a positive number"),
-    ({"unfreeze_from": "block5_conv1", "lr": -1e-5}, ConfigError, "--lr must be a positive number"),
-    ({"unfreeze_from": "block5_conv1", "augment": "blur"}, ConfigError, "choose one of: flip"),
-    ({"unfreeze_from": "block5_conv1", "optimizer": "adagrad"}, ConfigError, "rmsprop, adam, sgd"),
-    ({"unfreeze_from": "block5_conv1", "epochs": 0}, ConfigError, "--epochs must be an integer of at least 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, needle",
+    [
+        ({"unfreeze_from": "block5_conv9"}, ConfigError, "did you mean block5_conv3, block5_conv2, block5_conv1"),
+        ({"unfreeze_from": "block5_pool"}, ConfigError, "nothing of the backbone would train"),
+        ({"unfreeze_from": "block5_conv1", "lr": 0.0}, ConfigError, "--lr must be a positive number"),
+        ({"unfreeze_from": "block5_conv1", "lr": -1e-5}, ConfigError, "--lr must be a positive number"),
+        ({"unfreeze_from": "block5_conv1", "augment": "blur"}, ConfigError, "choose one of: flip"),
+        ({"unfreeze_from": "block5_conv1", "optimizer": "adagrad"}, ConfigError, "rmsprop, adam, sgd"),
+        ({"unfreeze_from": "block5_conv1", "epochs": 0}, ConfigError, "--epochs must be an integer of at least 1"),
+    ],
+)
 def test_bad_options_are_refused_with_what_is_valid(ft, kwargs, error, needle):
     with pytest.raises(error, match=needle):
         finetune(ft["dense"], FinetuneConfig(**kwargs), store=ft["store"])
 
 
 def test_unknown_layer_lists_the_layers_that_can_be_unfrozen(ft):
-    with pytest.raises(ConfigError, match=r"layers that can be unfrozen .*block5_pool'\): block1_conv1 \.\.\. block5_conv3"):
+    with pytest.raises(
+        ConfigError, match=r"layers that can be unfrozen .*block5_pool'\): block1_conv1 \.\.\. block5_conv3"
+    ):
         finetune(ft["dense"], FinetuneConfig("conv_nothing"), store=ft["store"])
 
 
@@ -178,7 +219,9 @@ def test_image_folders_with_other_classes_are_refused(ft, tmp_path):
     shutil.copytree(ft["data"], other)
     for split in ("train", "validation"):
         (other / split / "dog").rename(other / split / "wolf")
-    with pytest.raises(DataError, match=r"class folders .* are \['cat', 'wolf'\], but the run was fitted on \['cat', 'dog'\]"):
+    with pytest.raises(
+        DataError, match=r"class folders .* are \['cat', 'wolf'\], but the run was fitted on \['cat', 'dog'\]"
+    ):
         finetune(ft["dense"], FinetuneConfig("block5_conv1"), store=ft["store"], data=other)
 
 
@@ -261,12 +304,14 @@ def _edit(folder, **changes):
 
 def _swap_model(make):
     """Replace model.keras by ``make()`` and reseal its sha256 in run.json."""
+
     def damage(folder, rec):
-        from featstore.weights import sha256_file
+        from featstore.models.weights import sha256_file
 
         (folder / "model.keras").unlink()
         make().save(folder / "model.keras")
         _edit(folder, artifact={**rec["artifact"], "sha256": sha256_file(folder / "model.keras")})
+
     return damage
 
 
@@ -274,10 +319,15 @@ def _tiny(units: int, shape=(SIZE, SIZE, 3), nan: bool = False, activation="soft
     def make():
         import keras
 
-        m = keras.Sequential([keras.Input(shape), keras.layers.Flatten(), keras.layers.Dense(units, activation=activation)])
+        m = keras.Sequential(
+            [keras.Input(shape), keras.layers.Flatten(), keras.layers.Dense(units, activation=activation)]
+        )
         if nan:
-            m.layers[-1].set_weights([np.full(m.layers[-1].kernel.shape, np.nan, "float32"), np.zeros(units, "float32")])
+            m.layers[-1].set_weights(
+                [np.full(m.layers[-1].kernel.shape, np.nan, "float32"), np.zeros(units, "float32")]
+            )
         return m
+
     return make
 
 
@@ -285,17 +335,56 @@ def _tiny(units: int, shape=(SIZE, SIZE, 3), nan: bool = False, activation="soft
 # "apply" = refused by `runs evaluate` and `predict` when the model meets images; "show" = `runs show` works
 FINETUNE_RUN_CASES = [
     ("params_empty", lambda d, r: _edit(d, params={}), "broken", "params of the fine-tuning lacks lr"),
-    ("params_lr_a_string", lambda d, r: _edit(d, params={**r["params"], "lr": "fast"}), "broken", "lr must be int or float"),
-    ("params_flag_a_string", lambda d, r: _edit(d, params={**r["params"], "from_scratch_head": "no"}), "broken",
-     "from_scratch_head must be bool"),
+    (
+        "params_lr_a_string",
+        lambda d, r: _edit(d, params={**r["params"], "lr": "fast"}),
+        "broken",
+        "lr must be int or float",
+    ),
+    (
+        "params_flag_a_string",
+        lambda d, r: _edit(d, params={**r["params"], "from_scratch_head": "no"}),
+        "broken",
+        "from_scratch_head must be bool",
+    ),
     ("trainable_layers_a_number", lambda d, r: _edit(d, trainable_layers=5), "broken", "trainable_layers must be list"),
     ("weights_digest_a_number", lambda d, r: _edit(d, weights_digest=5), "broken", "weights_digest must be str"),
-    ("seconds_per_epoch_a_string", lambda d, r: _edit(d, seconds_per_epoch="slow"), "broken", "seconds_per_epoch must be int or float"),
-    ("history_strings", lambda d, r: _edit(d, phase_a_history={"loss": ["x"]}), "broken", "phase_a_history must map names to lists"),
-    ("no_fit_seconds", lambda d, r: (d / "run.json").write_text(json.dumps({k: v for k, v in r.items() if k != "fit_seconds"})), "show", ""),
-    ("model_of_three_classes", _swap_model(_tiny(3)), "apply", r"gives outputs \(None, 3\), but .*records \(32, 32, 3\) images and 2 classes"),
-    ("model_of_other_input", _swap_model(_tiny(1, shape=(64, 64, 3), activation="sigmoid")), "apply", r"takes inputs \(None, 64, 64, 3\)"),
-    ("model_gives_nan", _swap_model(_tiny(1, nan=True, activation="sigmoid")), "apply", "NaN, inf or probabilities outside"),
+    (
+        "seconds_per_epoch_a_string",
+        lambda d, r: _edit(d, seconds_per_epoch="slow"),
+        "broken",
+        "seconds_per_epoch must be int or float",
+    ),
+    (
+        "history_strings",
+        lambda d, r: _edit(d, phase_a_history={"loss": ["x"]}),
+        "broken",
+        "phase_a_history must map names to lists",
+    ),
+    (
+        "no_fit_seconds",
+        lambda d, r: (d / "run.json").write_text(json.dumps({k: v for k, v in r.items() if k != "fit_seconds"})),
+        "show",
+        "",
+    ),
+    (
+        "model_of_three_classes",
+        _swap_model(_tiny(3)),
+        "apply",
+        r"gives outputs \(None, 3\), but .*records \(32, 32, 3\) images and 2 classes",
+    ),
+    (
+        "model_of_other_input",
+        _swap_model(_tiny(1, shape=(64, 64, 3), activation="sigmoid")),
+        "apply",
+        r"takes inputs \(None, 64, 64, 3\)",
+    ),
+    (
+        "model_gives_nan",
+        _swap_model(_tiny(1, nan=True, activation="sigmoid")),
+        "apply",
+        "NaN, inf or probabilities outside",
+    ),
     ("model_gives_logits", _swap_model(_tiny(1, activation="linear")), "apply", "NaN, inf or probabilities outside"),
 ]
 
@@ -335,18 +424,21 @@ def test_a_fit_run_with_a_phase_a_history_still_shows(ft, tmp_path):
     assert res.exit_code == 0 and rec["id"] in res.output, res.output
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"unfreeze_from": ""}, "--unfreeze-from must name a layer"),
-    ({"unfreeze_from": None}, "--unfreeze-from must name a layer"),
-    ({"unfreeze_from": "block5_conv3", "seed": -1}, "--seed must be an integer of at least 0"),
-    ({"unfreeze_from": "block5_conv3", "seed": 2**40}, "--seed must be at most"),
-    ({"unfreeze_from": "block5_conv3", "seed": True}, "--seed must be an integer"),
-    ({"unfreeze_from": "block5_conv3", "epochs": True}, "--epochs must be an integer"),
-    ({"unfreeze_from": "block5_conv3", "lr": True}, "--lr must be a positive number"),
-    ({"unfreeze_from": "block5_conv3", "lr": float("nan")}, "--lr must be a positive number"),
-    ({"unfreeze_from": "block5_conv3", "augment": "rotate=nan"}, "give a number above 0"),
-    ({"unfreeze_from": "block5_conv3", "augment": "zoom=1e309"}, "give a number above 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"unfreeze_from": ""}, "--unfreeze-from must name a layer"),
+        ({"unfreeze_from": None}, "--unfreeze-from must name a layer"),
+        ({"unfreeze_from": "block5_conv3", "seed": -1}, "--seed must be an integer of at least 0"),
+        ({"unfreeze_from": "block5_conv3", "seed": 2**40}, "--seed must be at most"),
+        ({"unfreeze_from": "block5_conv3", "seed": True}, "--seed must be an integer"),
+        ({"unfreeze_from": "block5_conv3", "epochs": True}, "--epochs must be an integer"),
+        ({"unfreeze_from": "block5_conv3", "lr": True}, "--lr must be a positive number"),
+        ({"unfreeze_from": "block5_conv3", "lr": float("nan")}, "--lr must be a positive number"),
+        ({"unfreeze_from": "block5_conv3", "augment": "rotate=nan"}, "give a number above 0"),
+        ({"unfreeze_from": "block5_conv3", "augment": "zoom=1e309"}, "give a number above 0"),
+    ],
+)
 def test_odd_option_values_are_refused_before_any_work(ft, kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         finetune(ft["dense"], FinetuneConfig(**kwargs), store=ft["store"])
@@ -375,7 +467,12 @@ def _unreadable_copy(ft, tmp_path):
 def test_an_image_unreadable_now_is_named_not_a_tensorflow_error(ft, tmp_path):
     other = _unreadable_copy(ft, tmp_path)
     with pytest.raises(DataError, match=r"img_000.png was extracted into the store but cannot be read now"):
-        finetune(ft["dense"], FinetuneConfig("block5_conv3", epochs=1, batch_size=4, cache=False), store=ft["store"], data=other)
+        finetune(
+            ft["dense"],
+            FinetuneConfig("block5_conv3", epochs=1, batch_size=4, cache=False),
+            store=ft["store"],
+            data=other,
+        )
 
 
 def test_an_image_unreadable_now_is_named_when_caching(ft, tmp_path):
@@ -394,7 +491,12 @@ def test_a_group_in_the_way_of_the_cached_cut_offers_no_cache(ft, tmp_path):
     store = tmp_path / "f.h5"
     shutil.copy(ft["store"], store)
     shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
-    extract(ft["data"], "train", store, ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7, layer="block5_conv1",
-                                                         pooling="avg"), name="vgg16@block5_conv1")
+    extract(
+        ft["data"],
+        "train",
+        store,
+        ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7, layer="block5_conv1", pooling="avg"),
+        name="vgg16@block5_conv1",
+    )
     with pytest.raises(StoreError, match=r"(?s)already holds an extractor named 'vgg16@block5_conv1'.*pass --no-cache"):
         finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=store)

@@ -9,17 +9,21 @@ import pytest
 from PIL import Image
 
 from featstore import DataError, FeatureStore, discover, extract, load_image
-from featstore.images import ImageError
+from featstore.images.listing import ImageError
 
 from .conftest import write_images
 
 
 def _png_header_only(path: Path, w: int, h: int) -> None:
     """A PNG whose header claims w x h pixels: what a decompression bomb looks like before decoding."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_bytes(arr, **kw) -> bytes:
@@ -46,7 +50,7 @@ def odd_images(tmp_path):
     add("truncated.jpg", lambda p: p.write_bytes(_jpeg_bytes(rgb)[:200]))
     add("text.jpg", lambda p: p.write_text("this is not an image\n"))
     add("cmyk.jpg", lambda p: Image.fromarray(rgb).convert("CMYK").save(p))
-    add("gray16.png", lambda p: Image.fromarray((np.arange(600, dtype=np.uint16).reshape(20, 30) * 100)).save(p))
+    add("gray16.png", lambda p: Image.fromarray(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100).save(p))
     add("gray.png", lambda p: Image.fromarray(rgb[..., 0]).save(p))
     add("rgba.png", lambda p: Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(p))
     add("palette.png", lambda p: Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE).save(p, transparency=0))
@@ -64,8 +68,22 @@ def odd_images(tmp_path):
     return files
 
 
-GOOD = ["cmyk.jpg", "gray16.png", "gray.png", "rgba.png", "palette.png", "animated.gif", "ünïcødé 猫.png", "exif_rot.jpg"]
-BAD = {"zero.jpg": "empty file", "truncated.jpg": "cannot decode", "text.jpg": "not an image", "bomb.png": "decompression bomb"}
+GOOD = [
+    "cmyk.jpg",
+    "gray16.png",
+    "gray.png",
+    "rgba.png",
+    "palette.png",
+    "animated.gif",
+    "ünïcødé 猫.png",
+    "exif_rot.jpg",
+]
+BAD = {
+    "zero.jpg": "empty file",
+    "truncated.jpg": "cannot decode",
+    "text.jpg": "not an image",
+    "bomb.png": "decompression bomb",
+}
 
 
 @pytest.mark.parametrize("name", GOOD)
@@ -139,7 +157,7 @@ def test_discover_errors(tmp_path):
 
 
 def test_a_run_of_bad_files_is_committed_in_batches(tmp_path, tiny_config):
-    from featstore import writer
+    from featstore.store import writer
 
     root = tmp_path / "data"
     write_images(root, "train", {"a": 2, "b": 2})
@@ -153,6 +171,7 @@ def test_a_run_of_bad_files_is_committed_in_batches(tmp_path, tiny_config):
         return real(*args, **kwargs)
 
     import pytest as _pytest
+
     mp = _pytest.MonkeyPatch()
     mp.setattr(writer, "append", spy)
     try:
@@ -165,6 +184,7 @@ def test_a_run_of_bad_files_is_committed_in_batches(tmp_path, tiny_config):
 
 # --- issue 8: hostile folders, special files, decoder exceptions, decode memory, non-UTF-8 names ---
 
+import importlib  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -206,7 +226,7 @@ def _unblock(fifo: Path) -> None:
 @pytest.mark.parametrize("case_id,build,expect", HOSTILE_FOLDER_CASES, ids=[c[0] for c in HOSTILE_FOLDER_CASES])
 def test_hostile_folder_listing_and_decoding(tmp_path, case_id, build, expect):
     """Each table row, at the image level (discover + load_image); the full extract runs in the adversarial module."""
-    from featstore.images import discover as discover_
+    from featstore.images.listing import discover as discover_
 
     build(tmp_path)
     listing = discover_(tmp_path / "data", "train")
@@ -235,7 +255,7 @@ def test_dir_link_to_split_is_reported_with_reason(tmp_path, caplog):
 
 
 def test_one_file_under_two_labels_is_warned_and_reported(tmp_path, caplog):
-    from featstore.images import duplicate_files
+    from featstore.images.listing import duplicate_files
 
     root = tmp_path / "data"
     write_images(root, "train", {"a": 2, "b": 2})
@@ -264,16 +284,21 @@ def test_listing_digest_and_diff_cover_size_and_mtime(tmp_path):
     write_images(root, "train", {"c": 1})
     (root / "train" / "a" / "img_002.png").write_bytes((root / "train" / "a" / "img_002.png").read_bytes() + b"\0")
     d = discover(root, "train").diff(before.entries())
-    assert (d.added, d.removed, d.changed) == (["train/c/img_000.png"], ["train/b/img_000.png"],
-                                               ["train/a/img_001.jpg", "train/a/img_002.png"])
-    assert d.summary() == ("1 added, 1 removed, 2 changed (first: train/c/img_000.png, train/b/img_000.png, "
-                           "train/a/img_001.jpg, train/a/img_002.png)")
+    assert (d.added, d.removed, d.changed) == (
+        ["train/c/img_000.png"],
+        ["train/b/img_000.png"],
+        ["train/a/img_001.jpg", "train/a/img_002.png"],
+    )
+    assert d.summary() == (
+        "1 added, 1 removed, 2 changed (first: train/c/img_000.png, train/b/img_000.png, "
+        "train/a/img_001.jpg, train/a/img_002.png)"
+    )
     assert d.summary(first=1).endswith("(first: train/c/img_000.png, ...)")
     assert not before.diff((os.fsencode(p), lab, s, m) for p, lab, s, m in before.entries())
 
 
 def test_non_utf8_name_is_listed_digested_and_loaded(tmp_path):
-    from featstore.images import path_from_store, path_to_store, printable
+    from featstore.images.listing import path_from_store, path_to_store, printable
 
     root = tmp_path / "data"
     write_images(root, "train", {"a": 1, "b": 1})
@@ -323,7 +348,7 @@ def test_fifo_among_images_extract_completes_with_failure_record(tmp_path, tiny_
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
 def test_predict_collects_named_fifo_and_skips_link_to_parent(tmp_path):
-    from featstore.predict import collect_images
+    from featstore.experiments.predict import collect_images
 
     write_images(tmp_path, "in", {"x": 1})
     _png = tmp_path / "in" / "x" / "img_000.png"
@@ -337,12 +362,20 @@ class _Boom(Exception):
     """A decoder bug nobody planned for."""
 
 
-@pytest.mark.parametrize("exc", [__import__("struct").error("unpack requires a buffer of 4 bytes"), IndexError("list index out of range"),
-                                 ZeroDivisionError("division by zero"), _Boom("odd"), MemoryError()])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        __import__("struct").error("unpack requires a buffer of 4 bytes"),
+        IndexError("list index out of range"),
+        ZeroDivisionError("division by zero"),
+        _Boom("odd"),
+        MemoryError(),
+    ],
+)
 def test_any_decoder_exception_becomes_a_failure_record(odd_images, monkeypatch, exc):
     from PIL import ImageFile
 
-    from featstore.extract import iter_decoded
+    from featstore.extraction.pipeline import iter_decoded
 
     def broken_load(self):
         raise exc
@@ -355,10 +388,12 @@ def test_any_decoder_exception_becomes_a_failure_record(odd_images, monkeypatch,
 
 
 def test_closing_decoder_with_a_stuck_worker_returns_promptly(monkeypatch):
-    extract_mod = sys.modules["featstore.extract"]  # the module (``featstore.extract`` is the function)
+    extract_mod = importlib.import_module("featstore.extraction.pipeline")
 
     release = threading.Event()
-    threading.Timer(10, release.set).start()  # old code would wait for this; the test fails on the time instead of hanging
+    threading.Timer(
+        10, release.set
+    ).start()  # old code would wait for this; the test fails on the time instead of hanging
 
     def fake_load(path, size):
         if path == "stuck":
@@ -379,14 +414,20 @@ def test_ctrl_c_ends_a_run_with_a_stuck_decode_within_seconds(tmp_path):
     script = (
         "import importlib, signal, threading\n"
         "signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, even if this suite runs in the background (SIG_IGN)\n"
-        "ex = importlib.import_module('featstore.extract')  # the module (featstore.extract the attribute is the function)\n"
+        "ex = importlib.import_module('featstore.extraction.pipeline')\n"
         "ex.load_image = lambda p, s: threading.Event().wait()  # a decode that never returns\n"
         "gen = ex.iter_decoded(['a.jpg', 'b.jpg'], 8, workers=2, ahead=2)\n"
         "print('ready', flush=True)\n"
         "next(gen)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.5)
@@ -396,9 +437,15 @@ def test_ctrl_c_ends_a_run_with_a_stuck_decode_within_seconds(tmp_path):
             _, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             status = Path(f"/proc/{proc.pid}/status")
-            sig = [ln for ln in status.read_text().splitlines() if ln.startswith(("Sig", "Shd", "Threads"))] if status.exists() else []
-            pytest.fail(f"the child did not end within 60 s of SIGINT; its signal state: {sig}; parent's mask "
-                        f"{signal.pthread_sigmask(signal.SIG_BLOCK, [])}, SIGINT handler {signal.getsignal(signal.SIGINT)}")
+            sig = (
+                [ln for ln in status.read_text().splitlines() if ln.startswith(("Sig", "Shd", "Threads"))]
+                if status.exists()
+                else []
+            )
+            pytest.fail(
+                f"the child did not end within 60 s of SIGINT; its signal state: {sig}; parent's mask "
+                f"{signal.pthread_sigmask(signal.SIG_BLOCK, [])}, SIGINT handler {signal.getsignal(signal.SIGINT)}"
+            )
         assert time.monotonic() - t < 5 and "KeyboardInterrupt" in err
     finally:
         if proc.poll() is None:
@@ -423,7 +470,7 @@ def test_large_16bit_png_decodes_without_full_size_float_copies(tmp_path):
 
 
 def test_decode_budget_queues_big_images_and_lets_one_over_budget_run_alone():
-    from featstore.images import DecodeBudget
+    from featstore.images.listing import DecodeBudget
 
     budget = DecodeBudget(100)
     order: list[str] = []
@@ -450,7 +497,7 @@ def test_decode_budget_queues_big_images_and_lets_one_over_budget_run_alone():
 
 
 def test_load_image_reserves_its_header_estimate(odd_images, tmp_path):
-    from featstore.images import DecodeBudget
+    from featstore.images.listing import DecodeBudget
 
     seen: list[int] = []
 

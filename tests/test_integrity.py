@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from featstore import ConfigError, ExtractorConfig, FeatureStore, StoreError, extract, fit, list_backbones, provenance, writer
-from featstore.check import check_store
+from featstore import ConfigError, ExtractorConfig, FeatureStore, StoreError, extract, fit, list_backbones, provenance
+from featstore.store import writer
+from featstore.store.check import check_store
 
 from .conftest import write_images
 
@@ -23,10 +24,23 @@ def test_fingerprint_ignores_prose_and_versions_but_not_numbers(data_root, tiny_
     extract(data_root, "train", tmp_path / "f.h5", tiny_config)
     a = FeatureStore(tmp_path / "f.h5").metadata()
     assert a["preprocess"] == "imagenet-caffe" and a["resize"] == provenance.RESIZE_ID and a["pillow_version"]
-    same = dict(a, preprocess_description="reworded", resize_description="reworded", weights_description="x", pillow_version="0",
-                keras_version="0", created_at="never")
+    same = dict(
+        a,
+        preprocess_description="reworded",
+        resize_description="reworded",
+        weights_description="x",
+        pillow_version="0",
+        keras_version="0",
+        created_at="never",
+    )
     assert _fp(same) == a["fingerprint"]
-    for key, value in (("input_size", 64), ("preprocess", "tf"), ("resize", "other/1"), ("dtype", "float16"), ("layer", "block4_pool")):
+    for key, value in (
+        ("input_size", 64),
+        ("preprocess", "tf"),
+        ("resize", "other/1"),
+        ("dtype", "float16"),
+        ("layer", "block4_pool"),
+    ):
         assert _fp(dict(a, **{key: value})) != a["fingerprint"], key
 
 
@@ -83,7 +97,7 @@ def test_streamed_sgd_on_a_class_sorted_store_matches_in_memory(sorted_store, tm
 
 
 def test_check_opens_the_file_per_block(sorted_store, monkeypatch):
-    from featstore import check
+    from featstore.store import check
 
     opened = []
     real = check.open_h5
@@ -147,7 +161,12 @@ def test_no_lock_file_left_after_success_or_failure(data_root, tiny_config, tmp_
     extract(data_root, "train", path, tiny_config)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "f.h5"]
     with pytest.raises(WeightsError):
-        extract(data_root, "validation", path, ExtractorConfig(model="vgg16", image_size=32, weights=str(tmp_path / "missing.h5")))
+        extract(
+            data_root,
+            "validation",
+            path,
+            ExtractorConfig(model="vgg16", image_size=32, weights=str(tmp_path / "missing.h5")),
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "f.h5"]
 
 
@@ -163,8 +182,10 @@ def test_a_second_writer_is_refused_with_the_first_ones_pid(data_root, tiny_conf
 
 
 def test_import_needs_no_posix_only_module():
-    code = ("import sys; sys.modules['fcntl'] = None; import featstore, featstore.writer, featstore.cli; "
-            "import inspect; src = inspect.getsource(featstore.writer); assert 'statvfs' not in src and 'fcntl' not in src")
+    code = (
+        "import sys; sys.modules['fcntl'] = None; import featstore, featstore.store.writer, featstore.cli; "
+        "import inspect; src = inspect.getsource(featstore.store.writer); assert 'statvfs' not in src and 'fcntl' not in src"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
 
@@ -175,7 +196,9 @@ def test_stores_of_an_older_format_are_refused_with_what_to_do(data_root, tiny_c
     with h5py.File(path, "a") as f:
         f.attrs["format_version"] = 1
     for fn in (lambda: FeatureStore(path), lambda: extract(data_root, "train", path, tiny_config, overwrite=True)):
-        with pytest.raises(StoreError, match="format_version 1, written by an older featstore.*Extract again into a new --store"):
+        with pytest.raises(
+            StoreError, match="format_version 1, written by an older featstore.*Extract again into a new --store"
+        ):
             fn()
 
 
@@ -264,15 +287,15 @@ def test_check_reports_one_file_hard_linked_under_two_labels(data_root, tiny_con
 
 
 def test_a_read_that_never_returns_becomes_a_failure_record(data_root, tiny_config, tmp_path, monkeypatch):
+    import importlib
     import threading
 
-    from featstore import extract as _  # noqa: F401
-    import importlib
-
-    ex = importlib.import_module("featstore.extract")
+    ex = importlib.import_module("featstore.extraction.pipeline")
     real = ex.load_image
     monkeypatch.setattr(ex, "DECODE_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(ex, "load_image", lambda p, s: threading.Event().wait() if p.endswith("img_001.jpg") else real(p, s))
+    monkeypatch.setattr(
+        ex, "load_image", lambda p, s: threading.Event().wait() if p.endswith("img_001.jpg") else real(p, s)
+    )
     r = extract(data_root, "train", tmp_path / "f.h5", tiny_config, workers=2)
     assert r.failed == 2 and all("took over 1 s" in reason for _, reason in r.failures)  # cat/img_001 and dog/img_001
 
@@ -280,7 +303,7 @@ def test_a_read_that_never_returns_becomes_a_failure_record(data_root, tiny_conf
 def test_progressive_jpeg_and_transparent_palette_reserve_their_real_cost(tmp_path, monkeypatch):
     from PIL import Image
 
-    from featstore import decode
+    from featstore.images import decode
 
     reserved = []
     real = decode.DecodeBudget.reserve

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from featstore import ConfigError, Extractor, FeatureStore, extract
-from featstore import extractor as extractor_mod
+from featstore.models import extractor as extractor_mod
 
 from .test_cli import tiny
 
@@ -33,12 +33,14 @@ def test_jit_beyond_tolerance_is_refused(tiny_config, monkeypatch):
 
 def test_jit_on_another_backend_is_refused(tiny_config, monkeypatch):
     monkeypatch.setattr(extractor_mod, "_backend", lambda: "jax")
-    with pytest.raises(ConfigError, match="--jit compiles the forward pass with TensorFlow's XLA, but Keras runs on the 'jax'"):
+    with pytest.raises(
+        ConfigError, match="--jit compiles the forward pass with TensorFlow's XLA, but Keras runs on the 'jax'"
+    ):
         Extractor(tiny_config, jit=True)
 
 
 def test_cli_jit_verbose_prints_the_difference(data_root, tmp_path, caplog):
-    with caplog.at_level(logging.DEBUG, logger="featstore.extractor"):
+    with caplog.at_level(logging.DEBUG, logger="featstore.models.extractor"):
         r = tiny(data_root, tmp_path / "f.h5", "--jit")
     assert r.exit_code == 0, r.output
     assert "wrote 12 rows" in r.output

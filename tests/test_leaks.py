@@ -8,7 +8,6 @@ not a near-duplicate for any feature extractor (measured: centred similarity 0.6
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
@@ -21,8 +20,8 @@ from typer.testing import CliRunner
 from featstore import ExtractorConfig, FeatureStore, extract, find_leaks
 from featstore.cli import app
 from featstore.errors import ConfigError, StoreError
-from featstore.leaks import DEFAULT_THRESHOLD, leaks_line, leaks_png, record_path
-from featstore.writer import write_arrays
+from featstore.experiments.leaks import DEFAULT_THRESHOLD, leaks_line, leaks_png, record_path
+from featstore.store.writer import write_arrays
 
 CLASSES = ("cat", "dog", "fox")
 # VGG16 at 32 px with seeded random weights, cut at block3_pool: (4, 4, 256) per image.
@@ -52,8 +51,11 @@ def plant(root: Path) -> set[tuple[str, str]]:
     shutil.copy(train / "cat/train_01.png", root / "test/cat/copy_exact.png")
     Image.open(train / "dog/train_02.png").resize((56, 56), Image.BILINEAR).save(root / "test/dog/copy_resized.png")
     Image.open(train / "fox/train_03.png").convert("RGB").save(root / "test/cat/copy_jpeg70.jpg", quality=70)
-    return {("test/cat/copy_exact.png", "train/cat/train_01.png"), ("test/dog/copy_resized.png", "train/dog/train_02.png"),
-            ("test/cat/copy_jpeg70.jpg", "train/fox/train_03.png")}
+    return {
+        ("test/cat/copy_exact.png", "train/cat/train_01.png"),
+        ("test/dog/copy_resized.png", "train/dog/train_02.png"),
+        ("test/cat/copy_jpeg70.jpg", "train/fox/train_03.png"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +105,15 @@ def test_blocked_search_equals_brute_force(tmp_path):
     small = find_leaks(path, max_bytes=8 * chunk, record=False)  # one chunk per block
     big = find_leaks(path, max_bytes=1 << 30, record=False)
     mu = X.reshape(3000, -1).astype(np.float64).mean(0)
-    norm = (lambda F: (lambda R: R / np.linalg.norm(R, axis=1, keepdims=True))(F.reshape(len(F), -1).astype(np.float64) - mu))
+
+    def norm(F):
+        R = F.reshape(len(F), -1).astype(np.float64) - mu
+        return R / np.linalg.norm(R, axis=1, keepdims=True)
+
     S = norm(Q) @ norm(X).T
-    assert {p.query_path: p.train_path for p in small.pairs} == {f"test/{i}": f"train/{j}" for i, j in enumerate([10, 2500, 7, 2999, 1234])}
+    assert {p.query_path: p.train_path for p in small.pairs} == {
+        f"test/{i}": f"train/{j}" for i, j in enumerate([10, 2500, 7, 2999, 1234])
+    }
     for p in small.pairs:
         assert p.similarity == pytest.approx(S[int(p.query_path.split("/")[1])].max(), abs=1e-4)
     assert small.pairs == big.pairs and small.median == pytest.approx(big.median)
@@ -133,12 +141,19 @@ def test_cli_lists_pairs_writes_png_and_csv_and_info_shows_count(leaky, tmp_path
     rows = (tmp_path / "pairs.csv").read_text().splitlines()
     assert rows[0] == "query_split,query_path,train_path,similarity,same_label" and len(rows) == 4
     rec = json.loads(record_path(store).read_text())["extractors"]["vgg16"]
-    assert rec["counts"] == {"test": 3, "validation": 0} and rec["fingerprint"] == FeatureStore(store).metadata()["fingerprint"]
+    assert (
+        rec["counts"] == {"test": 3, "validation": 0}
+        and rec["fingerprint"] == FeatureStore(store).metadata()["fingerprint"]
+    )
     r = run("info", store)
-    assert "leaks: 3 test / 0 validation rows with a near-duplicate in train (threshold 0.95, featstore leaks)" in r.output
+    assert (
+        "leaks: 3 test / 0 validation rows with a near-duplicate in train (threshold 0.95, featstore leaks)" in r.output
+    )
     r = run("leaks", "--store", store, "--split", "validation", "--threshold", "0.5", "--top", "1")
     assert r.exit_code == 0 and "no pair at or above 0.5; the closest is 0." in r.output, r.output
-    assert (tmp_path / "features.h5.leaks.png").is_file()  # the default PNG: the nearest pairs, titled below the threshold
+    assert (
+        tmp_path / "features.h5.leaks.png"
+    ).is_file()  # the default PNG: the nearest pairs, titled below the threshold
     assert "leaks: 0 validation rows with a near-duplicate in train (threshold 0.5" in run("info", store).output
 
 
@@ -151,7 +166,10 @@ def test_missing_image_drawn_as_placeholder(leaky, tmp_path):
     (data / "train/cat/train_01.png").unlink()
     r = run("leaks", "--store", store, "--png", tmp_path / "p.png")
     assert r.exit_code == 0, r.output
-    assert "1 image(s) not found, drawn as placeholders" in r.output and "missing: train:train/cat/train_01.png" in r.output
+    assert (
+        "1 image(s) not found, drawn as placeholders" in r.output
+        and "missing: train:train/cat/train_01.png" in r.output
+    )
 
 
 def test_stale_and_damaged_records(leaky, tmp_path):
@@ -178,14 +196,17 @@ def test_stale_and_damaged_records(leaky, tmp_path):
     assert leaks_line(store, "vgg16", entry).startswith("leaks: 3 test / 0 validation")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--split", "holdout"], "unknown split 'holdout' for extractor 'vgg16'; choose from: test, train, validation"),
-    (["--split", "train"], "split 'train' is the reference"),
-    (["--threshold", "0"], r"threshold 0.0 is not in \(0, 1\]"),
-    (["--threshold", "1.5"], r"threshold 1.5 is not in \(0, 1\]"),
-    (["--top", "0"], "--top must be at least 1"),
-    (["--extractor", "resnet50"], "has no extractor 'resnet50'; it has: vgg16"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--split", "holdout"], "unknown split 'holdout' for extractor 'vgg16'; choose from: test, train, validation"),
+        (["--split", "train"], "split 'train' is the reference"),
+        (["--threshold", "0"], r"threshold 0.0 is not in \(0, 1\]"),
+        (["--threshold", "1.5"], r"threshold 1.5 is not in \(0, 1\]"),
+        (["--top", "0"], "--top must be at least 1"),
+        (["--extractor", "resnet50"], "has no extractor 'resnet50'; it has: vgg16"),
+    ],
+)
 def test_bad_input_gives_clear_errors(leaky, args, message):
     import re
 
@@ -203,7 +224,9 @@ def test_store_without_train_or_query_split(tmp_path):
     path2 = tmp_path / "t.h5"
     write_arrays(path2, "synthetic", "train", X, np.zeros(20, int), ["a"])
     write_arrays(path2, "synthetic", "holdout", X, np.zeros(20, int), ["a"])
-    with pytest.raises(StoreError, match=r"has no test or validation split; name the splits to check with --split \(it has: holdout\)"):
+    with pytest.raises(
+        StoreError, match=r"has no test or validation split; name the splits to check with --split \(it has: holdout\)"
+    ):
         find_leaks(path2, record=False)
     assert find_leaks(path2, query=["holdout"], record=False).counts == {"holdout": 20}  # every row is its own copy
 
@@ -217,10 +240,15 @@ def test_help_fits_80_columns_and_leaks_needs_no_tensorflow(leaky, tmp_path):
     assert r.exit_code == 0 and "…" not in r.output and "--threshold" in r.output, r.output
     store = tmp_path / "f.h5"
     shutil.copy(leaky["store"], store)
-    code = ("import sys; from typer.testing import CliRunner; from featstore.cli import app; "
-            "r = CliRunner().invoke(app, ['leaks', '--store', sys.argv[1]]); assert r.exit_code == 0, r.output; "
-            "r = CliRunner().invoke(app, ['info', sys.argv[1]]); assert 'leaks: 3 test' in r.output, r.output; "
-            "print(sorted(set(sys.modules) & {'tensorflow', 'keras', 'sklearn'}))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    code = (
+        "import sys; from typer.testing import CliRunner; from featstore.cli import app; "
+        "r = CliRunner().invoke(app, ['leaks', '--store', sys.argv[1]]); assert r.exit_code == 0, r.output; "
+        "r = CliRunner().invoke(app, ['info', sys.argv[1]]); assert 'leaks: 3 test' in r.output, r.output; "
+        "print(sorted(set(sys.modules) & {'tensorflow', 'keras', 'sklearn'}))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     p = subprocess.run([sys.executable, "-c", code, str(store)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "[]", p.stdout + p.stderr

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from featstore import quiet
-from featstore.cli import app
-from featstore.streaming import format_bytes, parse_bytes
+from featstore.cli import app, quiet
+from featstore.experiments.streaming import format_bytes, parse_bytes
 
 from .conftest import write_images
 
@@ -30,11 +29,28 @@ def python(*args, env_drop=(), env_add=None, **kwargs):
 
 def test_extract_prints_no_tensorflow_start_up_noise(tmp_path):
     write_images(tmp_path / "data", "train", {"cat": 1}, seed=0)
-    p = python("-m", "featstore.cli", "extract", "--data", str(tmp_path / "data"), "--split", "train", "--store",
-               str(tmp_path / "f.h5"), "--weights", "none", "--image-size", "32", "--no-progress", env_drop=("TF_CPP_MIN_LOG_LEVEL",))
+    p = python(
+        "-m",
+        "featstore.cli",
+        "extract",
+        "--data",
+        str(tmp_path / "data"),
+        "--split",
+        "train",
+        "--store",
+        str(tmp_path / "f.h5"),
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--no-progress",
+        env_drop=("TF_CPP_MIN_LOG_LEVEL",),
+    )
     assert p.returncode == 0, p.stderr
     assert "wrote 1 rows" in p.stdout
-    noise = [line for line in p.stderr.splitlines() if line.strip() and "TensorFlow uses" not in line]  # GPU machines: one line
+    noise = [
+        line for line in p.stderr.splitlines() if line.strip() and "TensorFlow uses" not in line
+    ]  # GPU machines: one line
     assert noise == [], "\n".join(noise)
     assert not re.search(r"cuInit|E0000|I0000|absl::InitializeLog", p.stderr)
 
@@ -45,10 +61,13 @@ def test_quiet_loader_drops_tensorflow_noise_and_replays_everything_else(capfd):
             return None
 
         def exec_module(self, module):
-            os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
-                        b"I0000 00:00:1 12 cudart_stub.cc:31] Could not find cuda drivers on your machine\n"
-                        b"E0000 00:00:1 12 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
-                        b"E0000 00:00:1 12 other.cc:1] a real problem\nplain text from a library\n")
+            os.write(
+                2,
+                b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                b"I0000 00:00:1 12 cudart_stub.cc:31] Could not find cuda drivers on your machine\n"
+                b"E0000 00:00:1 12 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error\n"
+                b"E0000 00:00:1 12 other.cc:1] a real problem\nplain text from a library\n",
+            )
 
     module = types.ModuleType("fake_tf")
     module.__spec__ = importlib.machinery.ModuleSpec("fake_tf", None)
@@ -72,11 +91,24 @@ def test_a_failed_tensorflow_import_shows_everything_it_wrote(capfd):
     assert "libcudart missing" in capfd.readouterr().err
 
 
-def test_the_python_api_is_quiet_too(tmp_path):
-    p = python("-c", "import featstore, keras; print('ok')", env_drop=("TF_CPP_MIN_LOG_LEVEL",))
+def test_import_has_no_side_effects_and_the_api_quiets_tensorflow_on_request(tmp_path):
+    """``import featstore`` changes nothing in the process (no import hook, fd 2 untouched); the CLI quiets TensorFlow,
+    and a Python user asks for the same with ``featstore.quiet_tensorflow()``."""
+    p = python("-c", "import sys; n = len(sys.meta_path); import featstore; print(len(sys.meta_path) == n)")
+    assert p.stdout.strip() == "True", p.stderr
+    p = python(
+        "-c",
+        "import featstore; featstore.quiet_tensorflow(); import keras; print('ok')",
+        env_drop=("TF_CPP_MIN_LOG_LEVEL",),
+    )
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
     assert not re.search(r"cuInit|E0000|I0000|absl::InitializeLog", p.stderr), p.stderr
-    loud = python("-c", "import featstore, keras", env_drop=("TF_CPP_MIN_LOG_LEVEL",), env_add={"FEATSTORE_VERBOSE": "1"})
+    loud = python(
+        "-c",
+        "import featstore; featstore.quiet_tensorflow(); import keras",
+        env_drop=("TF_CPP_MIN_LOG_LEVEL",),
+        env_add={"FEATSTORE_VERBOSE": "1"},
+    )
     assert re.search(r"I0000|E0000|absl", loud.stderr), "FEATSTORE_VERBOSE=1 shows TensorFlow's own lines"
 
 
@@ -98,23 +130,42 @@ print(json.dumps(out))
     assert p.returncode == 0, p.stderr
     loaded = json.loads(p.stdout.splitlines()[-1])
     assert loaded == {k: [] for k in loaded} and len(loaded) == 8, loaded
-    p = python("-c", "import sys, featstore, featstore.cli; featstore.FeatureStore; print(sorted(set(sys.modules) & {'tensorflow', 'keras', 'sklearn'}))")
+    p = python(
+        "-c",
+        "import sys, featstore, featstore.cli; featstore.FeatureStore; print(sorted(set(sys.modules) & {'tensorflow', 'keras', 'sklearn'}))",
+    )
     assert p.stdout.strip() == "[]", p.stdout + p.stderr
 
 
 def test_lazy_public_names_are_the_functions():
     import featstore
-    import featstore.export  # noqa: F401  (binds the submodule on the package, as any import would)
+    import featstore.experiments.predict  # noqa: F401  (importing the modules changes nothing at the top)
+    import featstore.store.export  # noqa: F401
 
-    assert callable(featstore.export) and featstore.export.__module__ == "featstore.export"
-    assert featstore.predict.__module__ == "featstore.predict" and featstore.extract.__module__ == "featstore.extract"
+    assert callable(featstore.export) and featstore.export.__module__ == "featstore.store.export"
+    assert featstore.predict.__module__ == "featstore.experiments.predict"
+    assert featstore.extract.__module__ == "featstore.extraction.pipeline"
     assert set(featstore.__all__) <= set(dir(featstore))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         featstore.nope  # noqa: B018
 
 
-COMMANDS = [[], ["models"], ["extract"], ["info"], ["check"], ["fit"], ["classifiers"], ["export"], ["runs"], ["runs", "show"],
-            ["runs", "compare"], ["runs", "evaluate"], ["ensemble"], ["predict"]]
+COMMANDS = [
+    [],
+    ["models"],
+    ["extract"],
+    ["info"],
+    ["check"],
+    ["fit"],
+    ["classifiers"],
+    ["export"],
+    ["runs"],
+    ["runs", "show"],
+    ["runs", "compare"],
+    ["runs", "evaluate"],
+    ["ensemble"],
+    ["predict"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "featstore")
@@ -125,15 +176,37 @@ def test_help_is_not_cut_at_80_columns(command):
     assert max(len(line) for line in r.output.splitlines()) <= 80
 
 
-@pytest.mark.parametrize("text, n", [("4MB", 4_000_000), ("4MiB", 4 * 2**20), ("4 mib", 4 * 2**20), ("1.5GiB", 3 * 2**29),
-                                      ("512kB", 512_000), ("2KiB", 2048), ("100", 100), ("100 bytes", 100), (7, 7)])
+@pytest.mark.parametrize(
+    "text, n",
+    [
+        ("4MB", 4_000_000),
+        ("4MiB", 4 * 2**20),
+        ("4 mib", 4 * 2**20),
+        ("1.5GiB", 3 * 2**29),
+        ("512kB", 512_000),
+        ("2KiB", 2048),
+        ("100", 100),
+        ("100 bytes", 100),
+        (7, 7),
+    ],
+)
 def test_parse_bytes_reads_decimal_and_binary_units(text, n):
     assert parse_bytes(text) == n
 
 
-@pytest.mark.parametrize("n, text", [(4 * 2**20, "4.19 MB (4 MiB)"), (4_000_000, "4 MB (3.81 MiB)"), (512 * 10**6, "512 MB (488 MiB)"),
-                                      (3 * 2**29, "1.61 GB (1.5 GiB)"), (999, "999 bytes"), (999_999, "1 MB (977 KiB)"),
-                                      (16384, "16.4 kB (16 KiB)"), (2 * 10**12, "2 TB (1.82 TiB)")])
+@pytest.mark.parametrize(
+    "n, text",
+    [
+        (4 * 2**20, "4.19 MB (4 MiB)"),
+        (4_000_000, "4 MB (3.81 MiB)"),
+        (512 * 10**6, "512 MB (488 MiB)"),
+        (3 * 2**29, "1.61 GB (1.5 GiB)"),
+        (999, "999 bytes"),
+        (999_999, "1 MB (977 KiB)"),
+        (16384, "16.4 kB (16 KiB)"),
+        (2 * 10**12, "2 TB (1.82 TiB)"),
+    ],
+)
 def test_format_bytes_shows_both_unit_families(n, text):
     assert format_bytes(n) == text
 
@@ -148,6 +221,10 @@ def test_plots_are_written(tmp_path):
 
     assert _wide_positive([28.0, 0.9, 0.5]) and not _wide_positive([2.33, 2.28]) and not _wide_positive([1.0, 0.0])
 
-    curves_png({"loss": [28.0, 0.9, 0.5], "val_loss": [3.0, 1.0, 0.7], "accuracy": [0.3, 0.7, 0.8]}, "r", tmp_path / "c.png")
-    compare_png([f"run-{i}" for i in range(20)], {"validation": [0.5] * 20, "test": [0.6] * 19 + [None]}, tmp_path / "cmp.png")
+    curves_png(
+        {"loss": [28.0, 0.9, 0.5], "val_loss": [3.0, 1.0, 0.7], "accuracy": [0.3, 0.7, 0.8]}, "r", tmp_path / "c.png"
+    )
+    compare_png(
+        [f"run-{i}" for i in range(20)], {"validation": [0.5] * 20, "test": [0.6] * 19 + [None]}, tmp_path / "cmp.png"
+    )
     assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "cmp.png").stat().st_size > 1000

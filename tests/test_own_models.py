@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from featstore import ConfigError, ExtractorConfig, FeatureStore, extract, fit, predict, WeightsError
+from featstore import ConfigError, ExtractorConfig, FeatureStore, WeightsError, extract, fit, predict
 from featstore.cli import app
-from featstore.extractor import Extractor, to_gray
+from featstore.models.extractor import Extractor, to_gray
 
 from .conftest import write_images
 
@@ -52,10 +52,16 @@ def test_saved_model_is_a_backbone_cut_before_its_last_dense(cnn_file, small_dat
     assert r.extractor == "my_cnn" and r.feature_shape == (8,) and r.rows == 8
     assert "cutting at 'hidden', the layer before its last Dense layer" in caplog.text
     a = FeatureStore(tmp_path / "f.h5").metadata()
-    from featstore.weights import sha256_file
+    from featstore.models.weights import sha256_file
 
     assert a["model"] == f"keras-file:{sha256_file(cnn_file)}" and a["model_sha256"] == sha256_file(cnn_file)
-    assert (a["layer"], a["input_size"], a["input_channels"], a["preprocess"], a["weights_source"]) == ("hidden", 16, 1, "none", "model-file")
+    assert (a["layer"], a["input_size"], a["input_channels"], a["preprocess"], a["weights_source"]) == (
+        "hidden",
+        16,
+        1,
+        "none",
+        "model-file",
+    )
 
 
 def test_gray_model_sees_the_luma_of_the_images(cnn_file):
@@ -129,8 +135,21 @@ def test_models_lists_the_layers_of_a_saved_model(cnn_file):
 
 
 def test_cli_extracts_several_layers_of_a_saved_model(cnn_file, small_data, tmp_path):
-    res = CliRunner().invoke(app, ["extract", "--model", str(cnn_file), "--layer", "pool1,hidden", "--data", str(small_data),
-                                   "--store", str(tmp_path / "f.h5"), "--no-progress"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "extract",
+            "--model",
+            str(cnn_file),
+            "--layer",
+            "pool1,hidden",
+            "--data",
+            str(small_data),
+            "--store",
+            str(tmp_path / "f.h5"),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert FeatureStore(tmp_path / "f.h5").extractors() == ["my_cnn@hidden", "my_cnn@pool1"]
 
@@ -155,13 +174,16 @@ def _bad_file(tmp_path, kind):
     return p
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("missing", "does not exist"),
-    ("not-a-model", "is not a Keras model"),
-    ("legacy-h5", "legacy .h5 model.*--trust-model"),
-    ("lambda", "Lambda layer"),
-    ("two-channels", "2-channel images"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("missing", "does not exist"),
+        ("not-a-model", "is not a Keras model"),
+        ("legacy-h5", "legacy .h5 model.*--trust-model"),
+        ("lambda", "Lambda layer"),
+        ("two-channels", "2-channel images"),
+    ],
+)
 def test_bad_model_files_are_refused_clearly(tmp_path, small_data, kind, message):
     with pytest.raises(ConfigError, match=message):
         extract(small_data, "train", tmp_path / "f.h5", ExtractorConfig(model=str(_bad_file(tmp_path, kind))))
@@ -180,7 +202,12 @@ def test_layer_errors_and_the_softmax_warning(cnn_file, small_data, tmp_path, ca
     with pytest.raises(ConfigError, match="does not apply to a saved model"):
         extract(small_data, "train", tmp_path / "f.h5", ExtractorConfig(model=str(cnn_file), weights="hed-bsds500"))
     with pytest.raises(ConfigError, match="--preprocess is for saved models"):
-        extract(small_data, "train", tmp_path / "f.h5", ExtractorConfig(model="vgg16", weights="none", image_size=32, preprocess="tf"))
+        extract(
+            small_data,
+            "train",
+            tmp_path / "f.h5",
+            ExtractorConfig(model="vgg16", weights="none", image_size=32, preprocess="tf"),
+        )
     with pytest.raises(ConfigError, match="unknown preprocess 'half'"):
         extract(small_data, "train", tmp_path / "f.h5", ExtractorConfig(model=str(cnn_file), preprocess="half"))
     with caplog.at_level(logging.WARNING, logger="featstore"):
@@ -192,8 +219,15 @@ def test_a_saved_sequential_model_is_a_backbone_too(tmp_path, small_data):
     import keras
 
     keras.utils.set_random_seed(1)
-    seq = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3, name="c"), keras.layers.Flatten(name="f"),
-                            keras.layers.Dense(6, name="d"), keras.layers.Dense(2, name="o")])
+    seq = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            keras.layers.Conv2D(4, 3, name="c"),
+            keras.layers.Flatten(name="f"),
+            keras.layers.Dense(6, name="d"),
+            keras.layers.Dense(2, name="o"),
+        ]
+    )
     seq.save(tmp_path / "seq.keras")
     r = extract(small_data, "train", tmp_path / "f.h5", ExtractorConfig(model=str(tmp_path / "seq.keras")))
     assert r.extractor == "seq" and r.feature_shape == (6,)  # cut at d, before the last Dense; RGB input kept

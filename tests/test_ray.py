@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from featstore import ConfigError, DataError, FeatureStore, extract
-from featstore import writer
-from featstore.ray_engine import KILL_HOOK, RayEngine, RayOptions
+from featstore.extraction.ray import KILL_HOOK, RayEngine, RayOptions
+from featstore.store import writer
 
 from .test_cli import run, tiny
 
@@ -31,18 +31,27 @@ def same_store(a: Path, b: Path, split: str = "train", extractor: str | None = N
 
 # ---- option checks: no cluster needed ----
 
+
 def test_engine_ray_without_ray_names_the_extra(data_root, tiny_config, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as when the extra is not installed
-    with pytest.raises(ConfigError, match=r'--engine ray needs Ray Data, which is not installed.*pip install "featstore\[ray\]"'):
+    with pytest.raises(
+        ConfigError, match=r'--engine ray needs Ray Data, which is not installed.*pip install "featstore\[ray\]"'
+    ):
         extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray")
     assert not (tmp_path / "f.h5").exists()  # never a quiet fall-back to the local engine
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--engine", "spark"], "unknown engine 'spark'; choose one of: local, ray"),
-    (["--workers", "2"], "--address, --workers, --gpus-per-worker and --cpus-per-worker are options of --engine ray"),
-    (["--address", "ray://head:10001"], "options of --engine ray"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--engine", "spark"], "unknown engine 'spark'; choose one of: local, ray"),
+        (
+            ["--workers", "2"],
+            "--address, --workers, --gpus-per-worker and --cpus-per-worker are options of --engine ray",
+        ),
+        (["--address", "ray://head:10001"], "options of --engine ray"),
+    ],
+)
 def test_bad_engine_options(data_root, tmp_path, args, message):
     r = tiny(data_root, tmp_path / "f.h5", *args)
     assert r.exit_code == 1 and message in r.output, r.output
@@ -53,12 +62,20 @@ def test_unreachable_address_fails_fast_naming_it(data_root, tiny_config, tmp_pa
     if ray.is_initialized():
         pytest.skip("a Ray is already initialised in this process")
     with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at --address 127\.0\.0\.1:9 "):
-        extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray", ray_options=RayOptions(address="127.0.0.1:9"))
+        extract(
+            data_root,
+            "train",
+            tmp_path / "f.h5",
+            tiny_config,
+            engine="ray",
+            ray_options=RayOptions(address="127.0.0.1:9"),
+        )
     with pytest.raises(ConfigError, match="--workers must be at least 1"):
         extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray", ray_options=RayOptions(workers=0))
 
 
 # ---- a local Ray cluster (2 CPUs, no external services) ----
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():
@@ -71,7 +88,9 @@ def ray_cluster():
 @pytest.mark.slow
 def test_ray_engine_equals_local_engine(ray_cluster, data_root, tiny_config, tmp_path):
     (data_root / "train" / "cat" / "broken.jpg").write_bytes(b"not an image")  # a failure record, mid-class
-    (data_root / "train" / "dog" / "caf\udce9.png").write_bytes((data_root / "train" / "dog" / "img_000.png").read_bytes())
+    (data_root / "train" / "dog" / "caf\udce9.png").write_bytes(
+        (data_root / "train" / "dog" / "img_000.png").read_bytes()
+    )
     extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=4)
     r = tiny(data_root, tmp_path / "ray.h5", "--seed", 7, "--batch-size", 4, "--engine", "ray", "--workers", 2)
     assert r.exit_code == 0, r.output
@@ -86,7 +105,15 @@ def test_killed_actor_is_retried_without_loss_or_duplicates(ray_cluster, data_ro
     marker = tmp_path / "killed"
     monkeypatch.setenv(KILL_HOOK, str(marker))  # the first actor to reach its 2nd batch SIGKILLs itself
     extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=2)
-    r = extract(data_root, "train", tmp_path / "ray.h5", tiny_config, batch_size=2, engine="ray", ray_options=RayOptions(workers=1))
+    r = extract(
+        data_root,
+        "train",
+        tmp_path / "ray.h5",
+        tiny_config,
+        batch_size=2,
+        engine="ray",
+        ray_options=RayOptions(workers=1),
+    )
     assert marker.exists(), "no actor was killed"
     assert r.rows == 12 and r.written == 12
     same_store(tmp_path / "local.h5", tmp_path / "ray.h5")
@@ -118,7 +145,14 @@ def test_interrupted_driver_resumes_like_the_local_engine(ray_cluster, data_root
 @pytest.mark.slow
 def test_cluster_checks_before_the_run(ray_cluster, data_root, tiny_config, tmp_path):
     with pytest.raises(ConfigError, match=r"--workers 2 x --gpus-per-worker 1 asks for 2 GPUs; the Ray cluster has 0"):
-        extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray", ray_options=RayOptions(workers=2, gpus_per_worker=1))
+        extract(
+            data_root,
+            "train",
+            tmp_path / "f.h5",
+            tiny_config,
+            engine="ray",
+            ray_options=RayOptions(workers=2, gpus_per_worker=1),
+        )
     with pytest.raises(ConfigError, match=r"--workers 3 x 1 CPUs each needs 3 CPUs; the Ray cluster has 2"):
         extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray", ray_options=RayOptions(workers=3))
     assert not (tmp_path / "f.h5").exists()

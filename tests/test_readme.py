@@ -46,8 +46,14 @@ def readme_blocks(text: str) -> list[dict]:
             i += 1
         prev = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
         marker = MARK.match(prev)
-        blocks.append({"lang": lang, "code": "\n".join(body) + "\n", "line": start + 1,
-                       "marker": (marker.group(1), marker.group(2)) if marker else None})
+        blocks.append(
+            {
+                "lang": lang,
+                "code": "\n".join(body) + "\n",
+                "line": start + 1,
+                "marker": (marker.group(1), marker.group(2)) if marker else None,
+            }
+        )
         i += 1
     return blocks
 
@@ -70,7 +76,11 @@ def workdir(tmp_path_factory) -> dict:
     """A fresh folder mirroring the repository's top level, and the outputs of the blocks run so far."""
     wd = tmp_path_factory.mktemp("readme")
     for entry in REPO.iterdir():
-        if entry.name.startswith(".") or entry.suffix == ".h5" or entry.name.endswith((".runs", ".lock", ".json", ".csv", ".npz")):
+        if (
+            entry.name.startswith(".")
+            or entry.suffix == ".h5"
+            or entry.name.endswith((".runs", ".lock", ".json", ".csv", ".npz"))
+        ):
             continue
         (wd / entry.name).symlink_to(entry)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -97,7 +107,9 @@ def test_readme_block(workdir, index):
         cmd = [sys.executable, str(script)]
     res = subprocess.run(cmd, cwd=workdir["dir"], env=workdir["env"], capture_output=True, text=True, timeout=900)
     workdir["outputs"][index] = res.stdout
-    assert res.returncode == 0, f"README block at line {block['line']} failed:\n{block['code']}\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
+    assert res.returncode == 0, (
+        f"README block at line {block['line']} failed:\n{block['code']}\n--- stdout\n{res.stdout[-3000:]}\n--- stderr\n{res.stderr[-3000:]}"
+    )
     noise = [ln for ln in res.stderr.splitlines() if "cuInit" in ln or ln.startswith(("E0000", "W0000", "I0000"))]
     assert not noise, f"README block at line {block['line']} printed TensorFlow start-up noise: {noise[:3]}"
 
@@ -123,7 +135,9 @@ def _same_output(printed: str, expected: str, line: int) -> None:
     """The README's quoted output equals what was printed, apart from the date line and numbers within their spread."""
     got = [ln for ln in printed.strip().splitlines() if ln.startswith("|")]
     want = [ln for ln in expected.strip().splitlines() if ln.startswith("|")]
-    assert got and len(got) == len(want), f"README line {line}: quoted table has {len(want)} rows, the script printed:\n{printed}"
+    assert got and len(got) == len(want), (
+        f"README line {line}: quoted table has {len(want)} rows, the script printed:\n{printed}"
+    )
     seeds = SEEDS.search(expected)
     n_seeds = int(seeds.group(1)) if seeds else 1
     for g, w in zip(got, want):
@@ -133,7 +147,8 @@ def _same_output(printed: str, expected: str, line: int) -> None:
             for a, b in zip(NUMBER.findall(gc), NUMBER.findall(wc)):
                 assert abs(float(a) - float(b)) <= tol + 1e-9, (
                     f"README line {line}: {w!r} but the script printed {g!r} ({a} vs {b}: more than {tol:.3f} apart, "
-                    f"the spread the quoted sd over {n_seeds} seeds allows)")
+                    f"the spread the quoted sd over {n_seeds} seeds allows)"
+                )
 
 
 def test_quoted_spread_is_what_a_check_allows():
@@ -142,6 +157,10 @@ def test_quoted_spread_is_what_a_check_allows():
     quoted = "over 5 seeds\n" + head + "| dense | 0.74 ± 0.05 | [0.65, 0.82] |\n| logreg | 0.78 ± 0.00 | [0.72, 0.87] |"
     _same_output(head + "| dense | 0.80 ± 0.03 | [0.71, 0.88] |\n| logreg | 0.79 ± 0.00 | [0.72, 0.87] |", quoted, 1)
     with pytest.raises(AssertionError, match="more than"):
-        _same_output(head + "| dense | 0.74 ± 0.05 | [0.65, 0.82] |\n| logreg | 0.80 ± 0.00 | [0.72, 0.87] |", quoted, 1)
+        _same_output(
+            head + "| dense | 0.74 ± 0.05 | [0.65, 0.82] |\n| logreg | 0.80 ± 0.00 | [0.72, 0.87] |", quoted, 1
+        )
     with pytest.raises(AssertionError, match="more than"):
-        _same_output(head + "| dense | 0.90 ± 0.05 | [0.65, 0.82] |\n| logreg | 0.78 ± 0.00 | [0.72, 0.87] |", quoted, 1)
+        _same_output(
+            head + "| dense | 0.90 ± 0.05 | [0.65, 0.82] |\n| logreg | 0.78 ± 0.00 | [0.72, 0.87] |", quoted, 1
+        )

@@ -9,13 +9,26 @@ import time
 import numpy as np
 import pytest
 
-from featstore import (ConfigError, DataError, ExtractorConfig, FeatureStore, StoreError, WeightsError, ensemble, evaluate_run,
-                       extract, fit, get_run, list_runs, predict)
-from featstore import runs as runs_mod
-from featstore.predict import rebuild_extractor
-from featstore.classifiers import build_classifier
-from featstore.runfolder import load_predictions
-from featstore.runwrite import write_run
+from featstore import (
+    ConfigError,
+    DataError,
+    ExtractorConfig,
+    FeatureStore,
+    StoreError,
+    WeightsError,
+    ensemble,
+    evaluate_run,
+    extract,
+    fit,
+    get_run,
+    list_runs,
+    predict,
+)
+from featstore.experiments import fit as runs_mod
+from featstore.experiments.classifiers import build_classifier
+from featstore.experiments.predict import rebuild_extractor
+from featstore.runs.folder import load_predictions
+from featstore.runs.write import write_run
 
 from .conftest import write_images
 
@@ -25,7 +38,9 @@ def test_fit_records_a_complete_run(store, tmp_path):
     rec = fit(store, "logreg", {"C": [0.01, 1.0]}, runs=runs)
     assert rec["kind"] == "fit" and rec["clf"] == "logreg" and rec["params"]["C"] in (0.01, 1.0)
     assert rec["fingerprint"] == FeatureStore(store).metadata()["fingerprint"]
-    assert rec["selection"]["method"] == "accuracy on the 'validation' split" and len(rec["selection"]["candidates"]) == 2
+    assert (
+        rec["selection"]["method"] == "accuracy on the 'validation' split" and len(rec["selection"]["candidates"]) == 2
+    )
     for split in ("train", "validation", "test"):
         m = rec["metrics"][split]
         assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(m)
@@ -98,8 +113,16 @@ def test_run_refused_on_features_with_another_fingerprint(store, tmp_path):
     other = tmp_path / "other.h5"
     data = tmp_path / "d"
     write_images(data, "test", {"cat": 2, "dog": 2, "fox": 2})
-    extract(data, "test", other, ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=4, pooling="avg", layer="block3_pool"))
-    with pytest.raises(StoreError, match=rf"fingerprint \w{{12}}, run {rec['id']} was made on {rec['fingerprint'][:12]} \(weights_digest: here '\w{{12}}', run {rec['id']} '\w{{12}}'\)"):
+    extract(
+        data,
+        "test",
+        other,
+        ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=4, pooling="avg", layer="block3_pool"),
+    )
+    with pytest.raises(
+        StoreError,
+        match=rf"fingerprint \w{{12}}, run {rec['id']} was made on {rec['fingerprint'][:12]} \(weights_digest: here '\w{{12}}', run {rec['id']} '\w{{12}}'\)",
+    ):
         evaluate_run(rec["id"], "test", other, tmp_path / "runs")
 
 
@@ -115,11 +138,21 @@ def test_ensemble_math_by_hand(tmp_path):
     a = np.array([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]])
     b = np.array([[0.2, 0.8], [0.3, 0.7], [0.9, 0.1]])
     y = np.array([0, 1, 0])
-    est = build_classifier("logreg").fit(np.arange(8.0).reshape(4, 2), [0, 1, 0, 1])  # any fitted model: members need one
+    est = build_classifier("logreg").fit(
+        np.arange(8.0).reshape(4, 2), [0, 1, 0, 1]
+    )  # any fitted model: members need one
 
     def member(run_id, clf, fp, probas):
-        base = {"kind": "fit", "created_at": "2026-01-01T00:00:00", "store": "s", "extractor": "e", "class_names": ["x", "z"],
-                "metrics": {}, "params": {}, "extractor_attrs": {"fingerprint": fp}}
+        base = {
+            "kind": "fit",
+            "created_at": "2026-01-01T00:00:00",
+            "store": "s",
+            "extractor": "e",
+            "class_names": ["x", "z"],
+            "metrics": {},
+            "params": {},
+            "extractor_attrs": {"fingerprint": fp},
+        }
         write_run(tmp_path, {**base, "id": run_id, "clf": clf, "fingerprint": fp}, est, probas)
 
     member("a", "logreg", "f" * 64, {"test": (a, y, "paths")})
@@ -131,7 +164,9 @@ def test_ensemble_math_by_hand(tmp_path):
     assert rec["metrics"]["test"]["accuracy"] == pytest.approx(2 / 3)
     assert rec["metrics"]["test"]["confusion_matrix"] == [[1, 1], [0, 1]]
     assert rec["members"] == ["a", "b"] and rec["weights"] == [1.0, 3.0]
-    assert rec["extractor"] == "e+e" and rec["fingerprint"] == "f" * 64 + "+" + "g" * 64  # one name per distinct fingerprint
+    assert (
+        rec["extractor"] == "e+e" and rec["fingerprint"] == "f" * 64 + "+" + "g" * 64
+    )  # one name per distinct fingerprint
     member("c", "knn", "h" * 64, {"test": (b, y, "other-images")})
     with pytest.raises(ConfigError, match="different images"):
         ensemble(["a", "c"], runs=tmp_path)
@@ -162,8 +197,10 @@ def test_predict_reproduces_store_features_and_labels(store, tmp_path):
     np.testing.assert_array_equal(feats, X)  # identical rows
     out = tmp_path / "pred.csv"
     (tmp_path / "bad.jpg").write_text("nope")
-    rows = predict(rec["id"], [os.path.join(root, "validation"), tmp_path / "bad.jpg"], store=store, runs=tmp_path, out=out)
-    from featstore.artifacts import load_estimator
+    rows = predict(
+        rec["id"], [os.path.join(root, "validation"), tmp_path / "bad.jpg"], store=store, runs=tmp_path, out=out
+    )
+    from featstore.runs.artifacts import load_estimator
 
     est = load_estimator(tmp_path / rec["id"], rec["artifact"])
     expected = [fs.class_names()[k] for k in est.predict(X)]
@@ -197,9 +234,11 @@ def test_fit_while_another_process_extracts(store, tmp_path):
     shutil.copy(store, path)
     data = tmp_path / "data"
     write_images(data, "extra", {"cat": 30, "dog": 30, "fox": 30}, seed=5)
-    code = ("import sys; from featstore import extract, ExtractorConfig; "
-            "extract(sys.argv[1], 'extra', sys.argv[2], ExtractorConfig(model='vgg16', image_size=32, weights='none', seed=3, "
-            "pooling='avg', layer='block3_pool'), batch_size=2)")
+    code = (
+        "import sys; from featstore import extract, ExtractorConfig; "
+        "extract(sys.argv[1], 'extra', sys.argv[2], ExtractorConfig(model='vgg16', image_size=32, weights='none', seed=3, "
+        "pooling='avg', layer='block3_pool'), batch_size=2)"
+    )
     log = tmp_path / "writer.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-c", code, str(data), str(path)], stderr=err)
@@ -227,7 +266,8 @@ def test_review_guards(store, tmp_path):
     with pytest.raises(ConfigError, match="three different splits"):
         fit(store, "logreg", validation="test", runs=tmp_path)
     with pytest.raises(ConfigError, match="must be one of scale, auto or a number"):
-        from featstore.classifiers import get_classifier, parse_params
+        from featstore.experiments.classifiers import get_classifier, parse_params
+
         parse_params(get_classifier("svm"), ["gamma=big"])
     with pytest.raises(ConfigError, match=r"knn with .*'n_neighbors': 100.* cannot"):
         fit(store, "knn", {"n_neighbors": [100]}, runs=tmp_path)
@@ -240,18 +280,28 @@ def test_review_guards(store, tmp_path):
 
 
 def test_fit_refuses_a_runs_folder_it_cannot_create_before_fitting(store, tmp_path, monkeypatch):
-    monkeypatch.setattr(runs_mod, "_fit_in_memory", lambda *a, **k: pytest.fail("fitted before checking the runs folder"))
+    monkeypatch.setattr(
+        runs_mod, "_fit_in_memory", lambda *a, **k: pytest.fail("fitted before checking the runs folder")
+    )
     (tmp_path / "a_file").write_text("x")
-    with pytest.raises(StoreError, match=r"cannot write runs into .*a_file/runs \(Not a directory\); make it writable or pass --runs DIR"):
+    with pytest.raises(
+        StoreError,
+        match=r"cannot write runs into .*a_file/runs \(Not a directory\); make it writable or pass --runs DIR",
+    ):
         fit(store, "logreg", runs=tmp_path / "a_file" / "runs")
 
 
 def test_fit_refuses_a_read_only_runs_folder_before_fitting(store, tmp_path, monkeypatch):
     mnt = tmp_path / "ro"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
-    monkeypatch.setattr(runs_mod, "_fit_in_memory", lambda *a, **k: pytest.fail("fitted before checking the runs folder"))
+    monkeypatch.setattr(
+        runs_mod, "_fit_in_memory", lambda *a, **k: pytest.fail("fitted before checking the runs folder")
+    )
     try:
         for runs in (mnt, mnt / "runs"):  # an existing read-only folder, and one that cannot be created
             with pytest.raises(StoreError, match=r"cannot write runs into .*\(Read-only file system\)"):
@@ -291,12 +341,26 @@ def test_predict_takes_trust_model_from_the_caller_never_from_the_run(tmp_path):
 
     from featstore.cli import app
 
-    r = CliRunner().invoke(app, ["predict", "--run", rec["id"], str(images[0]), "--store", str(tmp_path / "f.h5"), "--runs", str(tmp_path / "runs")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--run",
+            rec["id"],
+            str(images[0]),
+            "--store",
+            str(tmp_path / "f.h5"),
+            "--runs",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert r.exit_code == 1 and "--trust-model" in r.output and "Traceback" not in r.output
 
 
 def test_non_utf8_file_names_fit_and_hash_as_their_bytes(tmp_path, tiny_config):
-    assert runs_mod._digest_paths(["a/x.png", "b/é.png"]) == hashlib.sha256("a/x.png\nb/é.png".encode()).hexdigest()  # as before
+    assert (
+        runs_mod._digest_paths(["a/x.png", "b/é.png"]) == hashlib.sha256("a/x.png\nb/é.png".encode()).hexdigest()
+    )  # as before
     data = tmp_path / "data"
     for split, seed in (("train", 1), ("validation", 2), ("test", 3)):
         paths = write_images(data, split, {"a": 3, "b": 3}, seed=seed)
@@ -312,7 +376,7 @@ def test_predict_out_must_be_a_regular_file_and_write_errors_are_clear(store, tm
     images = [os.path.join(FeatureStore(store).split_info("test")["source_root"], "test", "cat")]
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    predict_mod = importlib.import_module("featstore.predict")  # the package exports a function of the same name
+    predict_mod = importlib.import_module("featstore.experiments.predict")
 
     monkeypatch.setattr(predict_mod, "collect_images", lambda *a: pytest.fail("did work before refusing --out"))
     for out in (fifo, "/dev/full"):
@@ -331,7 +395,7 @@ def test_predict_out_must_be_a_regular_file_and_write_errors_are_clear(store, tm
 
 
 def test_run_folders_and_pngs_get_the_usual_permissions(store, tmp_path):
-    from featstore.runs import show_run
+    from featstore.experiments.fit import show_run
 
     old = os.umask(0o022)
     try:

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from featstore import ConfigError, FeatureStore, fit
-from featstore import writer
-from featstore.streaming import parse_bytes
+from featstore.experiments.streaming import parse_bytes
+from featstore.store import writer
 
 from .conftest import make_store
 
@@ -48,7 +48,10 @@ def test_dense_streams(chunky_store, tmp_path):
 
 
 def test_in_memory_classifiers_refuse_over_budget(chunky_store, tmp_path):
-    with pytest.raises(ConfigError, match="over --memory-budget 32 kB \\(31.2 KiB\\), and svm needs all of it in memory. Use a streaming classifier \\(sgd, dense\\)"):
+    with pytest.raises(
+        ConfigError,
+        match="over --memory-budget 32 kB \\(31.2 KiB\\), and svm needs all of it in memory. Use a streaming classifier \\(sgd, dense\\)",
+    ):
         fit(chunky_store, "svm", memory_budget="32KB", runs=tmp_path)
     with pytest.raises(ConfigError, match="--memory-budget 1KB is too small: .* give at least 16.4 kB \\(16 KiB\\)"):
         fit(chunky_store, "sgd", memory_budget="1KB", runs=tmp_path)

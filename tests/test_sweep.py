@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from featstore import FeatureStore, StoreError, get_run, list_runs, sweep, writer
+from featstore import FeatureStore, StoreError, get_run, list_runs, sweep
 from featstore.cli import app
-from featstore.sweep import greedy_ensemble
+from featstore.experiments.sweep import greedy_ensemble
+from featstore.store import writer
 
 
 @pytest.fixture(scope="module")
@@ -23,22 +24,32 @@ def two_extractor_store(tmp_path_factory):
             y = np.repeat(np.arange(4), n // 4).astype(np.int32)
             noise_rng = np.random.default_rng(zlib.crc32(f"{name}/{split}".encode()))
             X = centers[y] + noise_rng.normal(0, noise, (len(y), 32)).astype(np.float32)
-            writer.write_arrays(path, name, split, X, y, ["a", "b", "c", "d"], attrs=writer.synthetic_attrs((32,), model=name))
+            writer.write_arrays(
+                path, name, split, X, y, ["a", "b", "c", "d"], attrs=writer.synthetic_attrs((32,), model=name)
+            )
     return path
 
 
 def test_sweep_chooses_on_validation_and_reads_test_only_for_the_choice(two_extractor_store, tmp_path, monkeypatch):
     loads = []
     real = FeatureStore.load
-    monkeypatch.setattr(FeatureStore, "load", lambda self, split="train", extractor=None, **k: (loads.append((split, extractor)),
-                                                                                                 real(self, split, extractor, **k))[1])
+    monkeypatch.setattr(
+        FeatureStore,
+        "load",
+        lambda self, split="train", extractor=None, **k: (
+            loads.append((split, extractor)),
+            real(self, split, extractor, **k),
+        )[1],
+    )
     runs = tmp_path / "runs"
     s = sweep(two_extractor_store, ["logreg", "knn"], runs=runs)
     assert len(s["cells"]) == 4 and len(list_runs(two_extractor_store, runs)) == 4
     best = max(s["cells"], key=lambda c: c["validation"])
     assert s["winner"]["id"] == best["run"] and s["winner"]["extractor"] == "good"
     test_loads = [i for i, (split, _) in enumerate(loads) if split == "test"]
-    assert len(test_loads) == 1 and test_loads[0] == len(loads) - 1, loads  # once, for the winner, after every other read
+    assert len(test_loads) == 1 and test_loads[0] == len(loads) - 1, (
+        loads
+    )  # once, for the winner, after every other read
     assert s["winner"]["test"] is not None and sum(c["test"] is not None for c in s["cells"]) == 1
     rec = get_run(s["winner"]["id"], two_extractor_store, runs)[0]
     assert "test" in rec["metrics"] and "test" in rec["predictions"]  # recorded into the run, checksummed
@@ -56,8 +67,20 @@ def complementary_store(tmp_path_factory):
     for name in ("left", "right"):
         for split, n in (("train", 80), ("validation", 80), ("test", 80)):
             y = np.repeat(np.arange(4), n // 4).astype(np.int32)
-            noise = np.random.default_rng(zlib.crc32(f"{name}/{split}".encode())).normal(0, 0.5, (len(y), 16)).astype(np.float32)
-            writer.write_arrays(path, name, split, centers[name][y] + noise, y, ["a", "b", "c", "d"], attrs=writer.synthetic_attrs((16,), model=name))
+            noise = (
+                np.random.default_rng(zlib.crc32(f"{name}/{split}".encode()))
+                .normal(0, 0.5, (len(y), 16))
+                .astype(np.float32)
+            )
+            writer.write_arrays(
+                path,
+                name,
+                split,
+                centers[name][y] + noise,
+                y,
+                ["a", "b", "c", "d"],
+                attrs=writer.synthetic_attrs((16,), model=name),
+            )
     return path
 
 
@@ -67,7 +90,11 @@ def test_sweep_ensemble_wins_when_extractors_complement_each_other(complementary
     assert max(c["validation"] for c in s["cells"]) < 0.8  # each extractor alone confuses two classes
     assert s["winner"]["kind"] == "ensemble" and s["winner"]["validation"] > 0.95 and s["winner"]["test"] > 0.95
     e = get_run(s["winner"]["id"], complementary_store, runs)[0]
-    assert e["kind"] == "ensemble" and sorted(e["members"]) == sorted(c["run"] for c in s["cells"]) and "test" in e["metrics"]
+    assert (
+        e["kind"] == "ensemble"
+        and sorted(e["members"]) == sorted(c["run"] for c in s["cells"])
+        and "test" in e["metrics"]
+    )
     assert all(c["test"] is None for c in s["cells"])  # members' test is in their runs, the table shows only the choice
 
 
@@ -78,10 +105,10 @@ def test_show_test_evaluates_every_run_after_the_choice(two_extractor_store, tmp
 
 def test_greedy_ensemble_adds_only_what_improves_validation():
     y = np.array([0, 0, 1, 1])
-    good = np.array([[.9, .1], [.8, .2], [.6, .4], [.1, .9]])   # 3/4
-    other = np.array([[.6, .4], [.4, .6], [.2, .8], [.3, .7]])  # 3/4, wrong elsewhere
-    assert greedy_ensemble([good, other], y) == [1, 1]          # together 4/4
-    assert greedy_ensemble([good, good.copy()], y) == [1, 0]    # a copy adds nothing
+    good = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.1, 0.9]])  # 3/4
+    other = np.array([[0.6, 0.4], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])  # 3/4, wrong elsewhere
+    assert greedy_ensemble([good, other], y) == [1, 1]  # together 4/4
+    assert greedy_ensemble([good, good.copy()], y) == [1, 0]  # a copy adds nothing
 
 
 def test_sweep_refuses_extractors_without_validation(tmp_path):
@@ -92,22 +119,47 @@ def test_sweep_refuses_extractors_without_validation(tmp_path):
 
 
 def test_sweep_cli(two_extractor_store, tmp_path):
-    res = CliRunner().invoke(app, ["sweep", "--clf", "logreg,knn", "--store", str(two_extractor_store), "--runs", str(tmp_path / "r")])
+    res = CliRunner().invoke(
+        app, ["sweep", "--clf", "logreg,knn", "--store", str(two_extractor_store), "--runs", str(tmp_path / "r")]
+    )
     assert res.exit_code == 0, res.output
     assert "chosen on validation" in res.output and "good" in res.output and " *" in res.output
-    bad = CliRunner().invoke(app, ["sweep", "--clf", "logreg,nope", "--store", str(two_extractor_store), "--runs", str(tmp_path / "r")])
+    bad = CliRunner().invoke(
+        app, ["sweep", "--clf", "logreg,nope", "--store", str(two_extractor_store), "--runs", str(tmp_path / "r")]
+    )
     assert bad.exit_code == 1 and "unknown classifier 'nope'" in bad.output
 
 
 def test_sweep_passes_classifier_params_and_records_them(two_extractor_store, tmp_path):
-    res = CliRunner().invoke(app, ["sweep", "--clf", "logreg,knn", "--param", "knn:n_neighbors=3", "--param", "knn:pca=4",
-                                   "--param", "logreg:power=0.5", "--param", "logreg:C=0.1", "--param", "logreg:C=1",
-                                   "--store", str(two_extractor_store), "--runs", str(tmp_path / "r")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "--clf",
+            "logreg,knn",
+            "--param",
+            "knn:n_neighbors=3",
+            "--param",
+            "knn:pca=4",
+            "--param",
+            "logreg:power=0.5",
+            "--param",
+            "logreg:C=0.1",
+            "--param",
+            "logreg:C=1",
+            "--store",
+            str(two_extractor_store),
+            "--runs",
+            str(tmp_path / "r"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     recs = {(r["extractor"], r["clf"]): r for r in list_runs(two_extractor_store, tmp_path / "r")}
     assert recs[("good", "knn")]["params"]["n_neighbors"] == 3 and recs[("good", "knn")]["params"]["pca"] == 4
     assert recs[("weak", "logreg")]["params"]["power"] == 0.5 and recs[("weak", "logreg")]["params"]["C"] in (0.1, 1.0)
-    bad = CliRunner().invoke(app, ["sweep", "--clf", "logreg", "--param", "svm:C=1", "--store", str(two_extractor_store)])
+    bad = CliRunner().invoke(
+        app, ["sweep", "--clf", "logreg", "--param", "svm:C=1", "--store", str(two_extractor_store)]
+    )
     assert bad.exit_code == 1 and "not swept; swept: logreg" in bad.output
     with pytest.raises(Exception, match="unknown parameter 'gamma' for logreg"):
         sweep(two_extractor_store, ["logreg"], params={"logreg": {"gamma": [1.0]}}, runs=tmp_path / "r2")

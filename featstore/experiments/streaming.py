@@ -1,0 +1,137 @@
+"""Out-of-core fits: train and evaluate from the store block by block, within a memory budget.
+
+Used by ``fit(..., memory_budget=...)`` when a split is larger than the budget. ``sgd`` learns with
+``partial_fit`` (one pass to fit the scaler, then ``epochs`` passes in shuffled block order); ``dense``
+trains Keras on a ``tf.data`` stream of the same blocks. Classifiers that need every row in memory
+(kernel SVM, kNN, random forest, logistic regression) are refused with the streaming alternatives.
+
+Sizes: :func:`parse_bytes` reads decimal (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB) units, and
+every byte size featstore prints goes through :func:`format_bytes`, which shows both families, so
+``4MiB`` reads back as "4.19 MB (4 MiB)" and ``4MB`` as "4 MB (3.81 MiB)".
+
+>>> parse_bytes("512MB"), parse_bytes("1.5GiB"), parse_bytes("4 mib")
+(512000000, 1610612736, 4194304)
+>>> format_bytes(4 * 2**20), format_bytes(4_000_000), format_bytes(512)
+('4.19 MB (4 MiB)', '4 MB (3.81 MiB)', '512 bytes')
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from featstore.errors import ConfigError
+from featstore.store.reader import FeatureStore
+from featstore.units import format_bytes, parse_bytes  # noqa: F401 (re-exported)
+
+BLOCK_FRACTION = 4  # a block of features is budget/4: room for its float32 copy, the scaled copy and the model
+
+
+def check_budget_holds_chunks(
+    fs: FeatureStore, name: str, splits: list[str], budget: int, given: str | int, augmented: bool = False
+) -> None:
+    """Refuse a budget whose streaming block (budget/4) cannot hold one chunk of each split; sizes in units. Example::
+
+    check_budget_holds_chunks(FeatureStore("features.h5"), "vgg16", ["train"], 4_000_000, "4MB")
+    # ConfigError: --memory-budget 4MB is too small: ... one chunk of 'train' is 1.05 MB (1 MiB); give at least 4.19 MB (4 MiB)
+    """
+    for split, aug in [(s, False) for s in splits] + ([(splits[0], True)] if augmented else []):
+        info = fs.split_info(split, name, augmented=aug)
+        chunk_bytes = int(info["chunks"][0]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+        if budget // BLOCK_FRACTION < chunk_bytes:
+            raise ConfigError(
+                f"--memory-budget {given} is too small: streaming reads blocks of a quarter of the budget and one "
+                f"chunk of {split!r} is {format_bytes(chunk_bytes)}; give at least "
+                f"{format_bytes(BLOCK_FRACTION * chunk_bytes)}"
+            )
+
+
+def refuse_in_memory(clf: str, split: str, nbytes: int, budget: int) -> None:
+    """Error for a classifier that must hold a split larger than the budget in memory."""
+    from featstore.experiments.classifiers import get_classifier, list_classifiers
+
+    streaming = [c for c in list_classifiers() if not get_classifier(c).needs_all_data]
+    raise ConfigError(
+        f"split {split!r} takes {format_bytes(nbytes)}, over --memory-budget {format_bytes(budget)}, and {clf} needs all of it in "
+        f"memory. Use a streaming classifier ({', '.join(streaming)}) or raise the budget."
+    )
+
+
+def stream_fit(
+    fs: FeatureStore,
+    name: str,
+    clf: str,
+    params: dict,
+    train: str,
+    validation: str | None,
+    budget: int,
+    augmented: bool = False,
+):
+    """Fit ``clf`` (sgd or dense) reading ``train`` in blocks of at most budget/4 bytes; returns the fitted pipeline.
+
+    ``augmented``: train's augmented copies are streamed too, their blocks interleaved with train's in a seeded order.
+    """
+    from featstore.experiments.classifiers import build_classifier  # scikit-learn only when a fit needs it
+
+    est = build_classifier(clf, params)
+    block = budget // BLOCK_FRACTION
+    n_classes = len(fs.class_names(name))
+    reshape = est.steps[0][1]
+    reshape.fit(next(fs.iter_batches(train, name, max_bytes=block))[0][:1])
+    if clf == "sgd":
+        scale, head = est.steps[1][1], est.steps[2][1]
+        for X, _ in train_blocks(fs, name, train, block, None, augmented):
+            scale.partial_fit(reshape.transform(X))
+        for epoch in range(params["epochs"]):
+            for X, y in train_blocks(fs, name, train, block, params["seed"] + epoch, augmented):
+                head.partial_fit(scale.transform(reshape.transform(X)), y, classes=np.arange(n_classes))
+        return est
+    head = est.steps[-1][1]
+    shape = fs.split_info(train, name)["shape"][1:]
+    n_features = int(shape[-1]) if reshape.reduce != "flatten" and len(shape) == 3 else int(np.prod(shape))
+    lengths = fs.block_lengths(train, name, max_bytes=block) + (
+        fs.block_lengths(train, name, max_bytes=block, augmented=True) if augmented else []
+    )
+    head.fit_stream(
+        lambda seed: _blocks(fs, name, train, block, reshape, seed, augmented),
+        lengths,
+        n_features,
+        n_classes,
+        (lambda: _blocks(fs, name, validation, block, reshape, None)) if validation else None,
+        fs.block_lengths(validation, name, max_bytes=block) if validation else None,
+    )
+    return est
+
+
+def _blocks(fs: FeatureStore, name: str, split: str, block: int, reshape, seed, augmented: bool = False):
+    """(X, y) blocks transformed to vectors; shuffled when seed is not None."""
+    for X, y in train_blocks(fs, name, split, block, seed, augmented):
+        yield reshape.transform(X), y
+
+
+def train_blocks(fs: FeatureStore, name: str, split: str, block: int, seed, augmented: bool = False):
+    """(X, y) blocks of ``split`` and, with ``augmented``, of its copies; with a seed each is shuffled and the two interleaved."""
+    shuffle = seed is not None
+    sources = [fs.iter_batches(split, name, max_bytes=block, shuffle=shuffle, seed=seed or 0)]
+    if augmented:
+        sources.append(
+            fs.iter_batches(split, name, max_bytes=block, shuffle=shuffle, seed=(seed or 0) + 10**6, augmented=True)
+        )
+    if not shuffle:
+        for source in sources:
+            yield from source
+        return
+    counts = [len(fs.block_lengths(split, name, max_bytes=block, augmented=a)) for a in (False, True)[: len(sources)]]
+    for i in np.random.default_rng(seed).permutation(np.repeat(np.arange(len(sources)), counts)):
+        yield next(sources[i])
+
+
+def stream_predict(est, fs: FeatureStore, name: str, split: str, budget: int, n_classes: int):
+    """Labels, predictions and full probabilities of a split, computed block by block."""
+    from featstore.experiments.fit import full_proba
+
+    ys, preds, probas = [], [], []
+    for X, y in fs.iter_batches(split, name, max_bytes=budget // BLOCK_FRACTION):
+        ys.append(y)
+        preds.append(est.predict(X))
+        probas.append(full_proba(est, X, n_classes))
+    return np.concatenate(ys), np.concatenate(preds), np.concatenate(probas)

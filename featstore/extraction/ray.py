@@ -1,0 +1,272 @@
+"""The Ray Data engine: the same listing, extractor and writer as the local loop; only the forward pass runs elsewhere.
+
+The images still to do become a Ray dataset of ``(index, path)`` rows, one block per batch. ``map_batches`` hands the
+blocks to a fixed pool of actors; each actor builds the frozen backbone once (checking that its fingerprint is the
+driver's, so a worker with other weights cannot slip in), decodes its batch with featstore's own decoder
+(:func:`featstore.extraction.pipeline.iter_decoded`: same failure reasons, same timeouts) and returns the features. Ray Data keeps
+the output in input order (``preserve_order``); the driver checks every row's index and feeds the one writer
+(:mod:`featstore.store.writer`) through the same commit loop as the local engine: same batch commits, ``committed_rows``,
+resume. A killed actor is restarted by Ray and its batch retried (Ray Data's defaults for actor pools).
+
+>>> from featstore import ExtractorConfig, extract
+>>> from featstore.extraction.ray import RayOptions
+>>> extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"),
+...         engine="ray", ray_options=RayOptions(workers=2))                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+EXTRA = 'pip install "featstore[ray]"'
+CONNECT_TIMEOUT_S = 5.0  # an address that does not answer a TCP connection within this is refused at once
+KILL_HOOK = (
+    "FEATSTORE_TEST_KILL_ACTOR"  # tests: the first actor to reach its second batch SIGKILLs itself (marker file path)
+)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the Ray engine runs."""
+
+    address: str | None = (
+        None  # None: a Ray already initialised in this process, else a new local one; or "auto", "host:6379", "ray://head:10001"
+    )
+    workers: int = 1  # actors, each holding one copy of the frozen backbone
+    gpus_per_worker: float = 0.0  # GPUs each actor reserves (0: CPU only)
+    cpus_per_worker: float | None = (
+        None  # CPUs each actor reserves (and TensorFlow threads it uses); None: the cluster's CPUs / workers
+    )
+    decode_threads: int = 2  # decode threads inside each actor
+
+
+def require_ray():
+    """Import Ray Data, or a ConfigError naming the extra to install (never a quiet fall-back to the local engine)."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(
+            f"--engine ray needs Ray Data, which is not installed here ({exc}). Install the extra: {EXTRA}"
+        ) from None
+    return ray
+
+
+def validate(options: RayOptions) -> None:
+    """Refuse impossible options before anything starts."""
+    if options.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {options.workers}")
+    if options.gpus_per_worker < 0 or (options.cpus_per_worker is not None and options.cpus_per_worker <= 0):
+        raise ConfigError("--gpus-per-worker must be 0 or more, and CPUs per worker more than 0")
+    if options.decode_threads < 0:
+        raise ConfigError(f"decode_threads must be 0 or more, got {options.decode_threads}")
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast, naming the address, when nothing answers there (ray.init would wait for minutes)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r} is not host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at --address {address} ({exc}); is the head node running "
+            f"(`ray start --head` there) and the port open from here?"
+        ) from None
+
+
+class RayEngine:
+    """Connects to (or starts) Ray, checks resources and data visibility, and streams features back in order."""
+
+    def __init__(self, options: RayOptions | None = None):
+        self.options = options or RayOptions()
+        validate(self.options)
+        self.ray = require_ray()
+        self.started_ray = False  # this engine called ray.init (and shuts it down in close())
+        self.cpus_per_worker = 1.0
+
+    def start(self, root: Path, first_image: str | None) -> float:
+        """Connect, check resources and that the workers see ``root``; returns the seconds it took."""
+        t = time.monotonic()
+        ray, o = self.ray, self.options
+        if not ray.is_initialized():
+            if o.address:
+                _check_reachable(o.address)
+            try:
+                ray.init(
+                    address=o.address,
+                    include_dashboard=False,
+                    logging_level=logging.WARNING,
+                    log_to_driver=True,
+                    configure_logging=False,
+                )
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"cannot connect to Ray at --address {o.address or '(local)'}: {exc}") from None
+            self.started_ray = True
+        elif o.address:
+            logger.info("Ray is already initialised in this process; --address %s is not used", o.address)
+        self._check_resources()
+        self._check_data_visible(root, first_image)
+        return time.monotonic() - t
+
+    def _check_resources(self) -> None:
+        """Refuse more GPUs or CPUs than the cluster has, showing both figures."""
+        o, total = self.options, self.ray.cluster_resources()
+        gpus, cpus = float(total.get("GPU", 0)), float(total.get("CPU", 0))
+        if o.gpus_per_worker * o.workers > gpus:
+            raise ConfigError(
+                f"--workers {o.workers} x --gpus-per-worker {o.gpus_per_worker:g} asks for "
+                f"{o.workers * o.gpus_per_worker:g} GPUs; the Ray cluster has {gpus:g}. Ask for fewer"
+            )
+        node_cpus = max([float(n["Resources"].get("CPU", 0)) for n in self.ray.nodes() if n.get("Alive")] or [cpus])
+        self.cpus_per_worker = o.cpus_per_worker or max(1.0, min(node_cpus, math.floor(cpus / o.workers)))
+        if self.cpus_per_worker * o.workers > cpus:
+            raise ConfigError(
+                f"--workers {o.workers} x {self.cpus_per_worker:g} CPUs each needs {self.cpus_per_worker * o.workers:g} "
+                f"CPUs; the Ray cluster has {cpus:g}. Ask for fewer workers"
+            )
+
+    def _check_data_visible(self, root: Path, first_image: str | None) -> None:
+        """Run one task on a worker: the data root and the first image must be readable there (shared storage)."""
+
+        @self.ray.remote(num_cpus=0)
+        def probe(root: str, image: str | None) -> str:
+            bad = [p for p in (root, image) if p is not None and not os.access(p, os.R_OK)]
+            return f"{socket.gethostname()} cannot read {', '.join(bad)}" if bad else ""
+
+        problem = self.ray.get(probe.remote(str(root.resolve()), first_image))
+        if problem:
+            raise DataError(
+                f"a Ray worker on {problem}: the data must be on storage every worker sees at the same path "
+                f"(a shared filesystem such as NFS mounted alike on every node)"
+            )
+
+    def outcomes(
+        self, config, jit: bool, batch_size: int, fingerprints: list[str], paths: list[str], progress: bool
+    ) -> Iterator[tuple[int, list[np.ndarray] | None, str]]:
+        """(offset into ``paths``, features per output or None, failure reason) for every image, in order."""
+        ray = self.ray
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = (
+            True  # rows come back in input order: the store's row order is the listing's
+        )
+        ctx.enable_progress_bars = progress
+        if hasattr(ctx, "print_on_execution_start"):
+            ctx.print_on_execution_start = False
+        rows = [
+            {"index": i, "path": os.fsencode(p)} for i, p in enumerate(paths)
+        ]  # bytes: any file name survives Arrow
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+        o = self.options
+        ds = ds.map_batches(
+            _Forward,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=o.workers),
+            fn_constructor_args=(
+                config,
+                jit,
+                batch_size,
+                fingerprints,
+                o.decode_threads,
+                self.cpus_per_worker,
+                os.environ.get(KILL_HOOK),
+            ),
+            num_cpus=self.cpus_per_worker,
+            num_gpus=o.gpus_per_worker or None,
+        )
+        expected = 0
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+            outputs = sorted((k for k in batch if k.startswith("f")), key=lambda k: int(k[1:]))
+            for j, index in enumerate(batch["index"].tolist()):
+                if index != expected:  # never reorder or drop silently: the row order is the store's contract
+                    raise RuntimeError(
+                        f"Ray returned image {index} where {expected} was due; the store is left at its last commit"
+                    )
+                expected += 1
+                reason = str(batch["reason"][j])
+                yield index, (None if reason else [batch[k][j] for k in outputs]), reason
+        if expected != len(paths):
+            raise RuntimeError(f"Ray returned {expected} of {len(paths)} images; the store is left at its last commit")
+
+    def close(self) -> None:
+        """Shut down the Ray this engine started (a Ray the caller initialised is left running)."""
+        if self.started_ray and self.ray.is_initialized():
+            self.ray.shutdown()
+        self.started_ray = False
+
+
+class _Forward:
+    """One Ray actor: the frozen backbone built once; each call decodes a batch of paths and returns their features."""
+
+    def __init__(
+        self,
+        config,
+        jit: bool,
+        batch_size: int,
+        fingerprints: list[str],
+        decode_threads: int,
+        cpus: float,
+        kill_marker: str | None,
+    ):
+        import tensorflow as tf
+
+        from featstore.models.extractor import Extractor
+
+        threads = max(1, int(cpus))
+        try:  # this actor's share of the CPUs, not every core of the node
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        except RuntimeError:
+            pass  # TensorFlow already initialised in this worker process (a restarted actor may reuse one)
+        self.ex = Extractor(config, jit=jit, jit_batch=batch_size)
+        got = [a["fingerprint"] for _, a in self.ex.outputs]
+        if got != fingerprints:
+            raise ConfigError(
+                f"a Ray worker on {socket.gethostname()} built features with fingerprint {got[0][:12]}, the driver "
+                f"{fingerprints[0][:12]} (other weights or library versions there?); every worker must load the same weights"
+            )
+        self.decode_threads, self.kill_marker, self.calls = decode_threads, kill_marker, 0
+
+    def __call__(self, batch: dict) -> dict:
+        from featstore.extraction.pipeline import iter_decoded
+
+        self.calls += 1
+        if self.kill_marker and self.calls >= 2 and not os.path.exists(self.kill_marker):
+            Path(self.kill_marker).write_text(str(os.getpid()))
+            os.kill(
+                os.getpid(), signal.SIGKILL
+            )  # tests only: an actor dies mid-run, Ray must restart it and retry the batch
+        paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
+        size = self.ex.config.image_size
+        decoded = list(iter_decoded(paths, size, self.decode_threads, max(1, len(paths))))
+        ok = [i for i, (_, img, _) in enumerate(decoded) if img is not None]
+        out = {
+            "index": np.asarray(batch["index"], dtype=np.int64),
+            "reason": np.array([reason for _, _, reason in decoded], dtype=object),
+        }
+        feats = self.ex.features(np.stack([decoded[i][1] for i in ok])) if ok else None
+        for k, (_, attrs) in enumerate(self.ex.outputs):
+            full = np.zeros((len(paths), *attrs["feature_shape"]), dtype=self.ex.config.dtype)
+            if feats is not None:
+                full[ok] = feats[k]
+            out[f"f{k}"] = full
+        return out

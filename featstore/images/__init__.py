@@ -1,0 +1,1 @@
+"""Image listing, decoding and augmentation: the bottom of the data's way."""

@@ -1,0 +1,268 @@
+"""Decode one image file to a fixed-size RGB array, and decode many in threads that never hang a run.
+
+Only regular files are opened (never blocking: a FIFO named ``x.jpg`` is refused, not waited on); any
+exception a decoder raises becomes an :class:`ImageError` whose message is the reason recorded in the
+store; decodes running at the same time share a memory budget (:class:`DecodeBudget`).
+
+>>> load_image("data/train/cat/001.jpg", 224).shape   # doctest: +SKIP
+(224, 224, 3)
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import queue
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (0.25 GiB of RGBA)
+RESIZE = "PIL bilinear to a square, aspect ratio not kept; JPEG draft (DCT-scaled) decoding"  # recorded in stores
+DEFAULT_DECODE_BUDGET = 1 << 30  # bytes of decoded pixels all decode threads may hold together
+_STRIP_PIXELS = 1 << 21  # 16/32-bit pixels rescaled at a time (16 MiB of float64)
+_KNOWN_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)  # worded by Pillow
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+
+
+class ImageError(Exception):
+    """One image could not be used; the message is the reason recorded in the store (always valid UTF-8)."""
+
+    def __init__(self, reason: str):
+        super().__init__(printable(reason))
+
+
+def printable(text: str) -> str:
+    r"""``text`` with undecodable file-name bytes shown as ``\xff`` escapes: safe to log and to store as UTF-8.
+
+    >>> printable("train/cat/bad\udcff.png")
+    'train/cat/bad\\xff.png'
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from os.fsdecode
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class DecodeBudget:
+    """Bytes of decoded pixels that concurrent decodes may hold together, reserved first come, first served.
+
+    An image that does not fit waits until others finish; one larger than the whole budget decodes
+    alone. The estimate comes from the header (see ``load_image``), before any pixel is decoded.
+
+    >>> budget = DecodeBudget(1 << 30)
+    >>> with budget.reserve(300 << 20):
+    ...     budget.in_use
+    314572800
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit  # bytes
+        self.in_use = 0  # bytes reserved now
+        self._cond = threading.Condition()
+        self._queue: collections.deque = collections.deque()  # waiting tickets, oldest first (no starvation)
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of the budget for the ``with`` block, waiting for room first."""
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            try:
+                while self._queue[0] is not ticket or (self.in_use and self.in_use + nbytes > self.limit):
+                    self._cond.wait()
+            except BaseException:  # Ctrl-C while waiting in the main thread: give up the place in the queue
+                self._queue.remove(ticket)
+                self._cond.notify_all()
+                raise
+            self._queue.popleft()
+            self.in_use += nbytes
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= nbytes
+                self._cond.notify_all()
+
+
+DECODE_BUDGET = DecodeBudget(DEFAULT_DECODE_BUDGET)  # shared by every decode thread; replace it to change the limit
+
+
+def load_image(
+    path: str | os.PathLike, size: int, max_pixels: int = MAX_PIXELS, budget: DecodeBudget | None = None
+) -> np.ndarray:
+    """Decode one image to a ``(size, size, 3)`` uint8 RGB array, or raise ImageError with the reason.
+
+    EXIF orientation is applied; grayscale, 16-bit, palette, RGBA and CMYK become RGB (alpha dropped,
+    as Keras's ``load_img`` does); an animated image gives its first frame. Only regular files are
+    opened. Every ``Exception`` a decoder raises (``MemoryError`` included) becomes an ImageError;
+    ``KeyboardInterrupt`` and ``SystemExit`` pass through.
+
+    >>> load_image("data/train/cat/001.png", 32).shape   # doctest: +SKIP
+    (32, 32, 3)
+    """
+    st_size = -1
+    try:
+        with _open_regular(path) as fh:
+            st_size = os.fstat(fh.fileno()).st_size
+            return _decode(fh, size, max_pixels, budget or DECODE_BUDGET)
+    except ImageError:
+        raise
+    except FileNotFoundError as exc:
+        raise ImageError(f"file vanished: {exc}") from exc
+    except UnidentifiedImageError:
+        raise ImageError("empty file (0 bytes)" if st_size == 0 else "not an image Pillow can identify") from None
+    except MemoryError:
+        raise ImageError("out of memory while decoding") from None
+    except _KNOWN_ERRORS as exc:
+        raise ImageError(f"cannot decode: {exc}") from exc
+    except Exception as exc:  # any other decoder bug: one failure record, never an aborted run
+        raise ImageError(f"cannot decode: {type(exc).__name__}: {exc}") from exc
+
+
+def _open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a regular file for reading without ever blocking; ImageError for FIFOs, sockets and devices."""
+    _refuse_irregular(os.stat(path).st_mode)  # before opening: opening some devices has effects
+    fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: a FIFO swapped in after the check still cannot block
+    try:
+        _refuse_irregular(os.fstat(fd).st_mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _refuse_irregular(mode: int) -> None:
+    """ImageError unless ``mode`` is a regular file's."""
+    if not stat.S_ISREG(mode):
+        kinds = (
+            (stat.S_ISFIFO, "fifo"),
+            (stat.S_ISSOCK, "socket"),
+            (stat.S_ISCHR, "character device"),
+            (stat.S_ISBLK, "block device"),
+            (stat.S_ISDIR, "directory"),
+        )
+        kind = next((name for test, name in kinds if test(mode)), "special file")
+        raise ImageError(f"not a regular file ({kind})")
+
+
+def _decode(fh: BinaryIO, size: int, max_pixels: int, budget: DecodeBudget) -> np.ndarray:
+    """The pixels of an open file, resized; memory reserved from ``budget`` while decoding."""
+    with Image.open(fh, formats=FORMATS) as im:
+        w, h = im.size
+        if w * h > max_pixels:  # checked from the header, before any pixel is decoded
+            raise ImageError(f"refused: {w}x{h} pixels is over the {max_pixels} limit (decompression bomb?)")
+        im.seek(0)
+        need = 0
+        if im.format in ("JPEG", "MPO"):
+            if im.info.get("progressive") or im.info.get("progression"):
+                need += (
+                    w * h * len(im.getbands()) * 2
+                )  # libjpeg keeps every DCT coefficient of a progressive file, at full size
+            im.draft(None, (size, size))  # let libjpeg decode at the smallest scale still >= size (2x faster on photos)
+        if im.mode == "P" and "transparency" in im.info:
+            need += im.size[0] * im.size[1] * 7  # the RGBA copy, then the RGB one
+        with budget.reserve(need + decode_bytes(im.mode, *im.size)):
+            ImageOps.exif_transpose(im, in_place=True)  # in place: no full-size copy when there is nothing to rotate
+            if im.mode.startswith("I") or im.mode == "F":
+                gray = _to_gray8(im).resize((size, size), Image.BILINEAR)  # resize 1 channel, then copy it to 3
+                return np.asarray(gray.convert("RGB"), dtype=np.uint8)
+            if im.mode == "P" and "transparency" in im.info:
+                im = im.convert("RGBA")
+            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+# Pillow formats opened: those the listed extensions name (JPEG covers the MPO files of many cameras), and TIFF.
+# Never EPS or PDF, whose plugins run Ghostscript, whatever a file's name says.
+FORMATS = ("JPEG", "PNG", "BMP", "DIB", "GIF", "WEBP", "TIFF")
+
+
+def decode_bytes(mode: str, width: int, height: int) -> int:
+    """Estimated peak bytes to decode a ``width`` x ``height`` image of Pillow ``mode``: the pixels plus a 4-byte/pixel copy.
+
+    >>> decode_bytes("I;16", 1000, 1000)
+    6000000
+    """
+    per_pixel = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4  # Pillow's storage per pixel
+    return width * height * (per_pixel + 4)
+
+
+def _to_gray8(im: Image.Image) -> Image.Image:
+    """16/32-bit integer or float image to 8-bit "L", rescaled (not clipped), a strip at a time (no full-size float copy)."""
+    w, h = im.size
+    if im.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        hi = float(im.getextrema()[1])
+        top = (65535.0 if hi > 255 else 255.0) if im.mode == "I" else max(hi, 1.0)  # "I": usually a 16-bit PNG
+    out = Image.new("L", (w, h))
+    rows = max(1, _STRIP_PIXELS // max(w, 1))
+    for y in range(0, h, rows):
+        strip = np.asarray(im.crop((0, y, w, min(h, y + rows))), dtype=np.float64)
+        out.paste(Image.fromarray(np.clip(strip / top * 255.0 + 0.5, 0, 255).astype(np.uint8)), (0, y))
+    return out
+
+
+class DaemonPool(Executor):
+    """A thread pool whose threads never hold up Ctrl-C or interpreter exit (ThreadPoolExecutor joins its threads).
+
+    ``shutdown`` cancels queued work and returns at once; a task still running is abandoned.
+
+    >>> pool = DaemonPool(2)
+    >>> pool.submit(sum, [1, 2]).result()
+    3
+    >>> pool.shutdown()
+    """
+
+    def __init__(self, workers: int, name: str = "featstore-decode"):
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> Future:
+        """Queue ``fn(*args, **kwargs)``; its Future."""
+        fut: Future = Future()
+        self._tasks.put((fut, fn, args, kwargs))
+        return fut
+
+    def shutdown(self, wait: bool = False, *, cancel_futures: bool = True) -> None:
+        """Stop the threads after their current task; never waits for them (``wait`` is accepted and ignored)."""
+        if cancel_futures:
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    task = self._tasks.get_nowait()
+                    if task is not None:
+                        task[0].cancel()
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _work(self) -> None:
+        """Run queued tasks until a None arrives."""
+        while (task := self._tasks.get()) is not None:
+            fut, fn, args, kwargs = task
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                fut.set_exception(exc)

@@ -1,0 +1,1 @@
+"""Backbones, saved models, weights, the extractor that cuts them, the one Dense head, fine-tuned models."""

@@ -1,0 +1,249 @@
+"""Backbone registry: name -> Keras application, its preprocessing, input size and output shape.
+
+Keras is imported lazily so that listing models, reading stores and ``--help`` stay fast.
+
+>>> spec = get_backbone("vgg16")
+>>> spec.default_size, spec.output_shape(150)
+(150, (4, 4, 512))
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from featstore.errors import ConfigError, choices_error
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("none", "avg", "max")
+
+# Preprocessing ids (recorded and fingerprinted) -> what they do to an RGB image with values 0..255.
+PREPROCESS_MODES = {
+    "imagenet-caffe": "RGB->BGR, minus the ImageNet channel means, no scaling (Keras 'caffe' mode: VGG, ResNet)",
+    "imagenet-torch": "scaled to [0, 1], then ImageNet mean/std normalisation (Keras 'torch' mode: DenseNet)",
+    "tf": "scaled to [-1, 1] (Keras 'tf' mode: Inception, Xception, MobileNetV2)",
+    "scale01": "scaled to [0, 1]",
+    "none": "identity: the model rescales inside (expects 0..255)",
+}
+_KERAS_MODE = {"imagenet-caffe": "caffe", "imagenet-torch": "torch", "tf": "tf"}
+
+
+def validate_preprocess(mode: str) -> str:
+    """Refuse a preprocessing id that is not one of PREPROCESS_MODES."""
+    if mode not in PREPROCESS_MODES:
+        raise choices_error("preprocess", mode, PREPROCESS_MODES)
+    return mode
+
+
+def preprocess(batch, mode: str):
+    """Apply preprocessing ``mode`` to a float32 RGB (or grayscale) batch with values 0..255."""
+    if mode == "none":
+        return batch
+    if mode == "scale01":
+        return batch / 255.0
+    if batch.shape[-1] != 3:
+        raise ConfigError(
+            f"--preprocess {mode} needs RGB input; this model takes {batch.shape[-1]} channel(s): use none or scale01"
+        )
+    from keras.applications import imagenet_utils
+
+    return imagenet_utils.preprocess_input(batch, data_format="channels_last", mode=_KERAS_MODE[mode])
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What featstore knows about one backbone, without importing Keras."""
+
+    name: str  # registry key, e.g. "vgg16"
+    app: str  # keras.applications constructor, e.g. "VGG16"
+    module: str  # keras.applications submodule holding preprocess_input, e.g. "vgg16"
+    preprocess_mode: str  # key of PREPROCESS_MODES
+    default_size: int  # input side in pixels when --image-size is not given
+    min_size: int  # smallest input side the architecture accepts
+    channels: int  # channels of the last conv layer's output
+    spatial: Callable[[int], int]  # input side -> output side of the full conv base
+    imagenet_file: Callable[[int], str]  # input side -> file name Keras caches the notop weights under
+
+    def output_shape(self, size: int, pooling: str = "none") -> tuple[int, ...]:
+        """Shape of one image's features for the full conv base at ``size`` pixels."""
+        if pooling != "none":
+            return (self.channels,)
+        side = self.spatial(size)
+        return (side, side, self.channels)
+
+    channels_in: int = 3  # image channels the model takes
+
+    @property
+    def preprocess_name(self) -> str:
+        """Human-readable name of the preprocessing, as recorded in stores."""
+        return f"keras.applications.{self.module}.preprocess_input ({self.preprocess_mode}: {PREPROCESS_MODES[self.preprocess_mode]})"
+
+    def preprocess(self, batch):
+        """This model's own preprocessing (equal to its ``keras.applications`` ``preprocess_input``) of a 0..255 batch."""
+        return preprocess(batch, self.preprocess_mode)
+
+    def build(self, size: int, weights: str | None = None):
+        """Build the Keras conv base (``include_top=False``) for ``size``x``size`` RGB input."""
+        import keras
+
+        builder = getattr(keras.applications, self.app)
+        return builder(include_top=False, weights=weights, input_shape=(size, size, 3))
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Add a backbone to the registry (plug-ins call this); returns the spec."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    if spec.preprocess_mode not in PREPROCESS_MODES:
+        raise ValueError(f"unknown preprocess mode {spec.preprocess_mode!r}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones() -> list[str]:
+    """Names of the registered backbones, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The spec registered under ``name``; unknown names list the valid ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise choices_error("model", name, list_backbones()) from None
+
+
+def validate_size(spec: BackboneSpec, size: int) -> None:
+    """Refuse an input side the architecture cannot take, before any model is built."""
+    from featstore.provenance import MAX_IMAGE_SIZE
+
+    if size < spec.min_size:
+        raise ConfigError(
+            f"--image-size {size} is too small for {spec.name}: it needs at least {spec.min_size} "
+            f"pixels (default {spec.default_size})"
+        )
+    if size > MAX_IMAGE_SIZE:
+        raise ConfigError(
+            f"--image-size {size} is above featstore's largest input side, {MAX_IMAGE_SIZE} pixels "
+            f"(default for {spec.name}: {spec.default_size})"
+        )
+
+
+def validate_pooling(pooling: str) -> None:
+    """Refuse a pooling that is not one of POOLINGS."""
+    if pooling not in POOLINGS:
+        raise choices_error("pooling", pooling, POOLINGS)
+
+
+def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -> list[tuple[str, object]]:
+    """``(layer name, output tensor)`` for each requested cut of ``base`` (None = its last layer), then optional pooling."""
+    import keras
+
+    validate_pooling(pooling)
+    names = [lyr.name for lyr in base.layers]
+    out = []
+    for layer in layers:
+        if layer is None:
+            layer = base.layers[-1].name
+        if layer not in names:
+            near = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(near)}?" if near else ""
+            raise ConfigError(
+                f"unknown layer {layer!r} for {model_name}.{hint} "
+                f"List its layers with `featstore models {model_name} --layers`."
+            )
+        found = base.get_layer(layer)
+        if getattr(found, "activation", None) is keras.activations.softmax:
+            logger.warning(
+                "layer %r of %s is the classifier's output (class probabilities), not image features", layer, model_name
+            )
+        t = found.output
+        if pooling != "none":
+            if len(t.shape) != 4:
+                raise ConfigError(f"--pooling {pooling} needs a 4-D conv output; layer {layer} gives {tuple(t.shape)}")
+            pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+            t = pool(name=f"featstore_{pooling}_pool_{layer}")(t)
+        out.append((layer, t))
+    return out
+
+
+def cut_model(base, layer: str | None, pooling: str, model_name: str):
+    """The extractor: ``base`` cut at ``layer`` (None = its last layer), then optional global pooling."""
+    import keras
+
+    return keras.Model(
+        base.inputs[0], cut_outputs(base, [layer], pooling, model_name)[0][1], name=f"{base.name}_featstore"
+    )
+
+
+# --- output side formulas (checked against the built models by tests/test_backbones.py) ---
+def _floor32(s: int) -> int:
+    return s // 32
+
+
+def _ceil32(s: int) -> int:
+    return math.ceil(s / 32)
+
+
+def _inception_v3(s: int) -> int:
+    x = (s - 3) // 2 + 1 - 2  # conv 3x3/2 valid, conv 3x3 valid
+    x = (x - 3) // 2 + 1 - 2  # maxpool 3x3/2, conv 3x3 valid
+    x = (x - 3) // 2 + 1  # maxpool 3x3/2
+    x = (x - 3) // 2 + 1  # mixed3 reduction
+    return (x - 3) // 2 + 1  # mixed8 reduction
+
+
+def _xception(s: int) -> int:
+    x = (s - 3) // 2 + 1 - 2  # conv 3x3/2 valid, conv 3x3 valid
+    for _ in range(4):  # four "same" max-pool reductions
+        x = math.ceil(x / 2)
+    return x
+
+
+def _densenet(s: int) -> int:
+    x = math.ceil(s / 2)  # zero-pad 3, conv 7x7/2
+    x = (x - 1) // 2 + 1  # zero-pad 1, maxpool 3x3/2
+    return x // 8  # three transition avg-pools 2x2/2
+
+
+def _mobilenet_v2_file(s: int) -> str:
+    rows = s if s in (96, 128, 160, 192, 224) else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+
+
+def _notop(prefix: str) -> Callable[[int], str]:
+    return lambda s: f"{prefix}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+for _spec in (
+    BackboneSpec("vgg16", "VGG16", "vgg16", "imagenet-caffe", 150, 32, 512, _floor32, _notop("vgg16")),
+    BackboneSpec("vgg19", "VGG19", "vgg19", "imagenet-caffe", 150, 32, 512, _floor32, _notop("vgg19")),
+    BackboneSpec("resnet50", "ResNet50", "resnet", "imagenet-caffe", 224, 32, 2048, _ceil32, _notop("resnet50")),
+    BackboneSpec(
+        "inception_v3", "InceptionV3", "inception_v3", "tf", 299, 75, 2048, _inception_v3, _notop("inception_v3")
+    ),
+    BackboneSpec("xception", "Xception", "xception", "tf", 299, 71, 2048, _xception, _notop("xception")),
+    BackboneSpec("mobilenet_v2", "MobileNetV2", "mobilenet_v2", "tf", 224, 32, 1280, _ceil32, _mobilenet_v2_file),
+    BackboneSpec(
+        "densenet121", "DenseNet121", "densenet", "imagenet-torch", 224, 32, 1024, _densenet, _notop("densenet121")
+    ),
+    BackboneSpec(
+        "efficientnet_b0",
+        "EfficientNetB0",
+        "efficientnet",
+        "none",
+        224,
+        32,
+        1280,
+        _ceil32,
+        lambda s: "efficientnetb0_notop.h5",
+    ),
+):
+    register_backbone(_spec)

@@ -1,0 +1,351 @@
+"""Every model is a backbone: a registered Keras application or a saved ``.keras`` file reaches the features
+through the same path (build -> cut at one or several layers -> preprocess -> fingerprint per output).
+
+>>> ex = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))            # doctest: +SKIP
+>>> ex(np.zeros((2, 32, 32, 3), np.uint8)).shape                                            # doctest: +SKIP
+(2, 1, 1, 512)
+>>> ex = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32,
+...                                layers=("block3_pool", "block5_pool")))                  # doctest: +SKIP
+>>> [f.shape for f in ex.features(np.zeros((2, 32, 32, 3), np.uint8))]                       # doctest: +SKIP
+[(2, 4, 4, 256), (2, 1, 1, 512)]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from featstore import provenance
+from featstore.errors import ConfigError
+from featstore.models.backbones import (
+    BackboneSpec,
+    cut_outputs,
+    get_backbone,
+    validate_pooling,
+    validate_preprocess,
+    validate_size,
+)
+from featstore.models.saved import SavedModelSpec, is_model_path
+from featstore.models.weights import describe_weights_argument, load_base, weights_digest
+from featstore.provenance import validate_dtype
+from featstore.version import __version__
+
+logger = logging.getLogger(__name__)
+
+# --jit: the compiled forward pass may differ from the uncompiled one by at most this fraction of the largest |feature| of
+# the check batch (float32: reassociated sums differ by ~1e-6 of it; float16 arithmetic by ~1e-3). Within it the features
+# are the fingerprint's features, so --jit is not fingerprinted; over it, --jit is refused.
+JIT_TOLERANCE = {"float32": 1e-4, "mixed_float16": 1e-2}
+JIT_PROBE_ROWS = 8  # rows of the check batch when the caller does not name its batch size
+JIT_CHECK_ROWS = 4  # rows of it also run through the uncompiled model and compared
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    """Everything that decides the features; its hash (with the weights' digest) is the fingerprint."""
+
+    model: str = "vgg16"  # backbone registry name (featstore models), or the path of a saved .keras model
+    image_size: int | None = None  # input side in pixels; None = the backbone's default (a saved model's own)
+    layer: str | None = (
+        None  # cut at this named layer; None = the conv base's last layer (saved model: before the last Dense)
+    )
+    pooling: str = "none"  # none | avg | max (global pooling after the cut)
+    dtype: str = "float32"  # float32 | float16 stored features
+    weights: str = (
+        "imagenet"  # imagenet | none | hed-bsds500 | path to a Keras weights file (a saved model carries its own)
+    )
+    seed: int = 0  # initialisation seed, used only with weights="none"
+    mixed_precision: bool = False  # compute in float16 (GPU tensor cores); changes features slightly, so fingerprinted
+    layers: tuple[str, ...] = ()  # several cut layers in one pass; each becomes its own extractor group
+    preprocess: str | None = None  # saved models: none | scale01 | imagenet-caffe | imagenet-torch | tf (default none)
+    trust_model: bool = False  # allow a legacy .h5 full model (no safe_mode protection)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict, weights: str | None = None, model_file: str | None = None) -> ExtractorConfig:
+        """The configuration a store's extractor attributes record (``weights``/``model_file`` override recorded files)."""
+        saved = bool(attrs.get("model_file"))
+        return cls(
+            model=model_file or attrs["model_file"] if saved else attrs["model"],
+            image_size=int(attrs["input_size"]),
+            layer=attrs["layer"],
+            pooling=attrs["pooling"],
+            dtype=attrs["dtype"],
+            weights="model" if saved else weights or attrs["weights"],
+            seed=int(attrs.get("seed", 0)),
+            mixed_precision=attrs.get("compute_dtype") == "mixed_float16",
+            preprocess=attrs["preprocess"] if saved else None,
+            trust_model=bool(attrs.get("trust_model", False)),
+        )
+
+    @property
+    def cut_layers(self) -> tuple[str | None, ...]:
+        """The layers to cut at, in order (None = the default cut)."""
+        return self.layers or (self.layer,)
+
+    def backbone(self) -> BackboneSpec | SavedModelSpec:
+        """The backbone this configuration names: a registry spec, or a saved model file inspected."""
+        if is_model_path(self.model):
+            return SavedModelSpec.from_path(self.model, self.preprocess, self.trust_model)
+        return get_backbone(self.model)
+
+    def validated(self, spec: BackboneSpec | SavedModelSpec | None = None) -> ExtractorConfig:
+        """Check every field before any work; fill the default image size; normalise paths."""
+        if self.layers and self.layer:
+            raise ConfigError("give either layer or layers, not both")
+        if len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"--layer lists a layer twice: {', '.join(self.layers)}")
+        layers = self.layers if len(self.layers) != 1 else ()
+        layer = self.layers[0] if len(self.layers) == 1 else self.layer
+        spec = spec or self.backbone()
+        size = self.image_size or spec.default_size
+        validate_pooling(self.pooling)
+        validate_dtype(self.dtype)
+        if isinstance(spec, SavedModelSpec):
+            if self.weights not in ("imagenet", "model"):
+                raise ConfigError(
+                    f"--weights {self.weights} does not apply to a saved model: {spec.path.name} carries its own "
+                    f"weights. Leave --weights out."
+                )
+            return replace(
+                self,
+                model=str(spec.path),
+                image_size=size,
+                weights="model",
+                layer=layer,
+                layers=layers,
+                preprocess=spec.preprocess_mode,
+            )
+        validate_size(spec, size)
+        if self.preprocess not in (None, spec.preprocess_mode):
+            validate_preprocess(self.preprocess)
+            raise ConfigError(
+                f"{spec.name} uses its own preprocessing ({spec.preprocess_mode}); --preprocess is for saved models"
+            )
+        return replace(
+            self,
+            image_size=size,
+            weights=describe_weights_argument(self.weights),
+            layer=layer,
+            layers=layers,
+            preprocess=None,
+        )
+
+
+class Extractor:
+    """A loaded backbone turned into a feature function with one or several outputs, each with its provenance.
+
+    ``outputs`` holds one ``(layer, attrs)`` per cut layer; ``attrs`` is the first one's (the only one's).
+    """
+
+    def __init__(
+        self,
+        config: ExtractorConfig,
+        spec: BackboneSpec | SavedModelSpec | None = None,
+        *,
+        jit: bool = False,
+        jit_batch: int = JIT_PROBE_ROWS,
+    ):
+        """``jit=True`` compiles the forward pass with XLA for batches of ``jit_batch`` rows and checks it (see ``check_jit``)."""
+        if jit:
+            require_jit_backend()
+        spec = spec or config.backbone()  # a caller that already resolved it passes it: a saved model is not read again
+        self.config = config.validated(spec)
+        self.spec = spec
+        import keras
+
+        c = self.config
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("mixed_float16" if c.mixed_precision else "float32")
+        try:
+            base, self.weights = (
+                spec.build(c.image_size)
+                if isinstance(spec, SavedModelSpec)
+                else load_base(spec, c.image_size, c.weights, c.seed)
+            )
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        default = spec.default_layer if isinstance(spec, SavedModelSpec) else None
+        if isinstance(spec, SavedModelSpec) and not any(c.cut_layers):
+            logger.info(
+                "%s: cutting at %r, the layer before its last Dense layer (--layer to choose another)",
+                spec.path.name,
+                default,
+            )
+        self.base_layer_names = [lyr.name for lyr in base.layers]  # the whole backbone's, also those above the cut
+        cuts = cut_outputs(base, [lyr or default for lyr in c.cut_layers], c.pooling, self._shown_name())
+        inp = base.inputs[0]  # one image input (a Sequential model has no `input` until called; `inputs` always exists)
+        self.model = keras.Model(
+            inp, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore"
+        )
+        self.outputs = [
+            (name, self._attrs(name, requested, keras.Model(inp, t)))
+            for (name, t), requested in zip(cuts, c.cut_layers)
+        ]
+        self.attrs = self.outputs[0][1]
+        self.feature_shape = tuple(self.attrs["feature_shape"])
+        self._forward = _forward_fn(self.model, c.image_size, spec.channels_in)  # traced once, at start-up
+        self.jit, self.jit_max_abs_diff = jit, None  # the XLA check's result (None without --jit)
+        if jit:
+            compiled = _forward_fn(self.model, c.image_size, spec.channels_in, jit=True)
+            self.jit_max_abs_diff = check_jit(self._prepare, self._forward, compiled, c, jit_batch, self._shown_name())
+            self._forward = compiled
+
+    def _shown_name(self) -> str:
+        """The model as messages name it."""
+        return self.spec.path.name if isinstance(self.spec, SavedModelSpec) else self.spec.name
+
+    def _attrs(self, layer: str, requested: str | None, cut) -> dict:
+        """The provenance of one output (cut at ``layer``), with its fingerprint."""
+        import keras
+        import PIL
+        import tensorflow as tf
+
+        c, w = self.config, self.weights
+        attrs = {
+            "model": self.spec.name,  # registry name, or keras-file:<sha256> for a saved model
+            "layer": layer,
+            "layer_requested": requested or "",  # "" = the default cut (not fingerprinted: "layer" holds the name)
+            "input_size": c.image_size,
+            "input_channels": self.spec.channels_in,
+            "pooling": c.pooling,
+            "preprocess": self.spec.preprocess_mode,  # a stable id; the prose is in preprocess_description
+            "preprocess_description": self.spec.preprocess_name,
+            "resize": provenance.RESIZE_ID,
+            "resize_description": provenance.RESIZE_DESCRIPTION,
+            "dtype": c.dtype,
+            "feature_shape": [int(d) for d in cut.output_shape[1:]],
+            "weights": w.argument,
+            "weights_source": w.source,
+            "weights_description": w.description,
+            "weights_file": w.path,
+            "weights_sha256": w.file_sha256,
+            "weights_digest": weights_digest(cut),
+            "seed": c.seed,
+            "compute_dtype": "mixed_float16" if c.mixed_precision else "float32",
+            "keras_version": keras.__version__,
+            "tensorflow_version": tf.__version__,
+            "pillow_version": PIL.__version__,
+            "featstore_version": __version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if isinstance(self.spec, SavedModelSpec):
+            attrs.update(
+                model_file=str(self.spec.path), model_sha256=self.spec.sha256, trust_model=self.spec.trust_model
+            )
+        attrs["fingerprint"] = provenance.fingerprint(attrs)
+        return attrs
+
+    def features(self, images: np.ndarray) -> list[np.ndarray]:
+        """Features of a uint8 RGB batch ``(B, size, size, 3)`` for every output, in the configured dtype."""
+        out = self._forward(self._prepare(images))
+        return [np.asarray(o).astype(self.config.dtype, copy=False) for o in (out if isinstance(out, list) else [out])]
+
+    def _prepare(self, images: np.ndarray) -> np.ndarray:
+        """uint8 RGB batch -> the model's float32 input (channels, preprocessing)."""
+        x = images.astype(np.float32) if self.spec.channels_in == 3 else to_gray(images)
+        return self.spec.preprocess(x)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Features of a uint8 RGB batch for the (first) output."""
+        return self.features(images)[0]
+
+
+def to_gray(images: np.ndarray) -> np.ndarray:
+    """uint8 RGB -> float32 (B, H, W, 1) with Pillow's integer luma formula (exact for images that were gray)."""
+    rgb = images.astype(np.uint32)
+    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return luma[..., None].astype(np.float32)
+
+
+def _backend() -> str:
+    """Keras's backend name."""
+    import keras
+
+    return keras.backend.backend()
+
+
+def require_jit_backend() -> None:
+    """Refuse --jit where featstore cannot compile the forward pass with XLA (a Keras backend other than TensorFlow)."""
+    if _backend() != "tensorflow":
+        raise ConfigError(
+            f"--jit compiles the forward pass with TensorFlow's XLA, but Keras runs on the {_backend()!r} backend; "
+            f"run without --jit, or set KERAS_BACKEND=tensorflow"
+        )
+
+
+def check_jit(prepare, reference, compiled, config: ExtractorConfig, rows: int, shown: str) -> float:
+    """Run the compiled forward pass on ``rows`` seeded random images (compiling it for that batch shape) and compare its
+    first rows with the uncompiled pass; the max abs difference, or ConfigError when it is over :data:`JIT_TOLERANCE`.
+    """
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).integers(
+        0, 256, (max(rows, 1), config.image_size, config.image_size, 3), dtype=np.uint8
+    )
+    x = prepare(images)
+    t = time.perf_counter()
+    try:
+        got = compiled(x)
+    except (tf.errors.OpError, ValueError, TypeError) as exc:  # a layer XLA cannot compile, or a TensorFlow without XLA
+        raise ConfigError(
+            f"--jit: XLA could not compile {shown}: {str(exc).splitlines()[0]}. Run without --jit"
+        ) from exc
+    seconds = time.perf_counter() - t
+    k = min(JIT_CHECK_ROWS, len(x))
+    want = reference(x[:k])
+    got, want = (o if isinstance(o, list) else [o] for o in (got, want))
+    compute = "mixed_float16" if config.mixed_precision else "float32"
+    worst, scale = 0.0, 0.0
+    for g, w in zip(got, want):
+        worst = max(worst, float(np.max(np.abs(g[:k].astype(np.float64) - w.astype(np.float64)), initial=0.0)))
+        scale = max(scale, float(np.max(np.abs(w), initial=0.0)))
+    limit = JIT_TOLERANCE[compute] * max(scale, 1e-6)
+    logger.debug(
+        "--jit: XLA compiled %s for batches of %d in %.1f s; max abs difference to the uncompiled model %.3g "
+        "(largest feature %.3g, tolerance %.3g)",
+        shown,
+        len(x),
+        seconds,
+        worst,
+        scale,
+        limit,
+    )
+    if not worst <= limit:
+        raise ConfigError(
+            f"--jit: the XLA-compiled {shown} differs from the uncompiled model by up to {worst:.3g} (largest feature "
+            f"{scale:.3g}; tolerance {JIT_TOLERANCE[compute]:g} of it, {limit:.3g}); refusing to write features that "
+            f"would not match the fingerprint. Run without --jit"
+        )
+    return worst
+
+
+def _forward_fn(model, size: int, channels: int, jit: bool = False):
+    """The model as one traced function for any batch size (no `predict`-in-a-loop leak, no retracing per shape).
+
+    ``jit=True``: XLA-compiled (``jit_compile=True``); XLA compiles once per batch shape, on its first call.
+    """
+    if _backend() != "tensorflow":
+        return model.predict_on_batch
+    import tensorflow as tf
+
+    fn = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
+        jit_compile=jit or None,
+    )
+    fn.get_concrete_function()  # trace now (no forward pass): every batch size then reuses this one graph
+
+    def run(x):
+        out = fn(tf.convert_to_tensor(x, tf.float32))
+        return [o.numpy() for o in out] if isinstance(out, (list, tuple)) else out.numpy()
+
+    return run
+
+
+def default_store_name(config: ExtractorConfig) -> str:
+    """The extractor group name when --name is not given: the model's name, or the saved model file's stem."""
+    return Path(config.model).stem if is_model_path(config.model) else config.model

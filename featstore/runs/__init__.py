@@ -1,0 +1,1 @@
+"""Run folders: the typed record, kinds of run, writing, reading, artifacts and their safety checks."""

@@ -1,0 +1,365 @@
+"""Saving and loading fitted classifiers without executing untrusted code.
+
+scikit-learn pipelines are written with ``skops.io`` (no pickle). On load, the file's sha256 must equal
+the one recorded in the run, and every type or function the file names must be in ``ARTIFACT_TYPES``:
+exactly the types featstore's own classifiers produce, so no function reference (``numpy.save``, a
+scikit-learn testing helper, even a numpy ufunc) can reach ``FunctionTransformer`` or any other hook.
+The Keras head is a ``.keras`` file loaded with ``safe_mode=True``. Before either is opened, the zip's
+declared sizes are checked (``featstore.safezip``: no zip bombs); a skops file's trees and SVCs are checked
+before skops builds them and the loaded pipeline again after (``featstore.runs.modelcheck``: no array that makes
+compiled code read outside memory or loop), with a k-NN index rebuilt from its rows.
+
+>>> "sklearn.pipeline.Pipeline" in ARTIFACT_TYPES, "numpy.save" in ARTIFACT_TYPES
+(True, False)
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import StoreError
+from featstore.runs.folder import BrokenRunError, check_zip_file, regular_file, verify_file
+from featstore.runs.modelcheck import ModelStateError, check_pipeline, check_skops_schema
+
+# Every type named in the skops files of featstore's classifiers. Obtained by fitting each registered
+# classifier except `dense` (saved as .keras) with every choice of its str parameters and every value of
+# its search grid, on float16/float32/float64 features of 1-D and (h, w, c) shapes with 2 and 3 classes,
+# plus a streamed (partial_fit) sgd, dumping each with skops.io and collecting (a) every
+# `__module__.__class__` in the file's schema and (b) skops.io.get_untrusted_types() — scikit-learn 1.9.1,
+# numpy 2.4.6, skops 0.16.0. tests/test_adversarial.py regenerates both from the registry and fails if a
+# classifier needs a type missing here. Added by hand, with their reason:
+#   numpy.int32: numpy's default integer on Windows before numpy 2 (where this list has numpy.int64);
+#   sklearn.linear_model._sgd_fast.Log: sgd's log loss object before scikit-learn moved it to sklearn._loss.
+# The optional PCA step (logreg/svm/knn `pca`) added sklearn.decomposition._pca.PCA and numpy.float32 (its
+# noise_variance_ on float32 features): arrays and a scalar, no code.
+# Not one of these is a function: a file that references any function is refused.
+ARTIFACT_TYPES = frozenset(
+    {
+        "builtins.dict",
+        "builtins.list",
+        "builtins.str",
+        "builtins.tuple",
+        "numpy.ndarray",
+        "numpy.float64",
+        "numpy.float32",
+        "numpy.int64",
+        "numpy.int32",
+        "featstore.models.reshape.FeatureReshape",
+        "featstore.classifiers.FeatureReshape",  # its name in run folders written before the package was laid out by stage
+        "sklearn.pipeline.Pipeline",
+        "sklearn.preprocessing._data.StandardScaler",
+        "sklearn.decomposition._pca.PCA",
+        "sklearn.linear_model._logistic.LogisticRegression",
+        "sklearn.svm._classes.SVC",
+        "sklearn.calibration.CalibratedClassifierCV",
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.neighbors._classification.KNeighborsClassifier",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        "sklearn.ensemble._forest.RandomForestClassifier",
+        "sklearn.tree._classes.DecisionTreeClassifier",
+        "sklearn.tree._tree.Tree",
+        "sklearn.linear_model._stochastic_gradient.SGDClassifier",
+        "sklearn._loss._loss.CyHalfBinomialLoss",
+        "sklearn.linear_model._sgd_fast.ModifiedHuber",
+        "sklearn.linear_model._sgd_fast.Log",
+    }
+)
+# Modules that run folders written before the package was laid out by stage name, and where they live now: while
+# skops loads a file, the old name is an alias of the new module (only FeatureReshape was ever saved from there).
+LEGACY_MODULES = {"featstore.classifiers": "featstore.models.reshape"}
+
+
+@contextmanager
+def _legacy_module_names():
+    """Make the old module names importable while a skops file is loaded, then remove them again."""
+    import importlib
+    import sys
+
+    added = [old for old in LEGACY_MODULES if old not in sys.modules]
+    for old in added:
+        sys.modules[old] = importlib.import_module(LEGACY_MODULES[old])
+    try:
+        yield
+    finally:
+        for old in added:
+            sys.modules.pop(old, None)
+
+
+def save_estimator(est, folder: Path) -> dict:
+    """Write ``est`` into ``folder``; returns the artifact record (file, format, sha256)."""
+    from featstore.models.finetuned import FinetunedModel
+    from featstore.models.head import DenseHead
+    from featstore.models.weights import sha256_file
+
+    if isinstance(est, FinetunedModel):  # a fine-tuned image -> probabilities model (`featstore finetune`)
+        model_file = folder / "model.keras"
+        est.model.save(model_file)
+        return {"file": model_file.name, "format": "keras-model", "sha256": sha256_file(model_file)}
+    head = est.steps[-1][1]
+    if isinstance(head, DenseHead):
+        model_file = folder / "model.keras"
+        head.save(model_file)
+        reshape = est.steps[0][1]
+        meta = {
+            "reduce": reshape.reduce,
+            "n_features_in": reshape.n_features_in_,
+            "params": head.get_params(),
+            "classes": head.classes_.tolist(),
+            "history": head.history_,
+        }
+        (folder / "head.json").write_text(json.dumps(meta, indent=1))
+        return {
+            "file": model_file.name,
+            "format": "keras",
+            "sha256": sha256_file(model_file),
+            "meta_file": "head.json",
+            "meta_sha256": sha256_file(folder / "head.json"),
+        }
+    import skops.io as sio
+
+    path = folder / "model.skops"
+    sio.dump(est, path)
+    return {"file": path.name, "format": "skops", "sha256": sha256_file(path)}
+
+
+def _schema(path: Path) -> dict:
+    """A skops file's parsed ``schema.json`` (nothing is imported or built)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            schema = json.loads(z.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError, RecursionError) as exc:
+        raise BrokenRunError(
+            f"run artifact {path} is not a readable skops file ({exc}); refusing to load it. Fit the classifier again."
+        ) from None
+    if not isinstance(schema, dict) or "__class__" not in schema:
+        raise BrokenRunError(
+            f"run artifact {path} has no skops object schema; refusing to load it. Fit the classifier again."
+        )
+    return schema
+
+
+def skops_types(path: Path, schema: dict | None = None) -> set[str]:
+    """Every ``module.name`` a skops file refers to, read from its schema (nothing is imported or built)."""
+    found, stack = set(), [_schema(path) if schema is None else schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "__class__" in node or "__module__" in node:
+                found.add(f"{node.get('__module__')}.{node.get('__class__')}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _refuse_foreign(path: Path, types: set[str] | list[str]) -> None:
+    """BrokenRunError naming the types outside ARTIFACT_TYPES, if any."""
+    foreign = sorted(set(types) - ARTIFACT_TYPES)
+    if foreign:
+        raise BrokenRunError(
+            f"run artifact {path} contains types featstore never writes ({', '.join(foreign)}); refusing to load it. "
+            f"Only models saved by featstore's own fit are loaded: fit the classifier again."
+        )
+
+
+def _altered(folder: Path, path: Path, exc: Exception) -> BrokenRunError:
+    """The error for a model whose state featstore never writes."""
+    return BrokenRunError(
+        f"the model {path} holds state featstore never writes ({exc}); it was altered after "
+        f"the fit or damaged, and applying it could crash or hang inside scikit-learn's compiled code. "
+        f"Refusing to load it: remove the folder {folder} and fit the classifier again."
+    )
+
+
+def check_artifact(folder: Path, artifact: dict) -> Path:
+    """The model file of a run after checking its record, its sha256 (and its meta file's), its zip sizes and, for skops,
+    its types and the arrays of its trees and SVCs (see ``modelcheck``)."""
+    formats = {
+        "skops": ("file", "sha256"),
+        "keras": ("file", "sha256", "meta_file", "meta_sha256"),
+        "keras-model": ("file", "sha256"),
+    }
+    keys = formats.get(artifact.get("format"))
+    if keys is None or any(not isinstance(artifact.get(k), str) for k in keys):
+        wanted = " or ".join(f"{f} with {'/'.join(k)}" for f, k in formats.items())
+        raise BrokenRunError(
+            f"{folder / 'run.json'}: the artifact record {artifact!r} is not one featstore writes "
+            f"({wanted}); remove the folder {folder}"
+        )
+    path = verify_file(folder, artifact["file"], artifact["sha256"], "run artifact")
+    check_zip_file(path, "run artifact", folder, f"{artifact['format']} file")
+    if artifact["format"] == "keras":
+        verify_file(folder, artifact["meta_file"], artifact["meta_sha256"], "run artifact metadata")
+    if artifact["format"] in ("keras", "keras-model"):  # loaded with safe_mode=True: no code runs
+        return path
+    schema = _schema(path)
+    _refuse_foreign(path, skops_types(path, schema))
+    try:
+        with zipfile.ZipFile(path) as z:
+            check_skops_schema(z, schema)
+    except ModelStateError as exc:
+        raise _altered(folder, path, exc) from None
+    return path
+
+
+def load_estimator(folder: Path, artifact: dict):
+    """Load a run's fitted pipeline after checking its sha256 and (skops) that it holds only featstore's types."""
+    from sklearn.pipeline import Pipeline
+
+    from featstore.models.head import DenseHead
+    from featstore.models.reshape import FeatureReshape
+
+    path = check_artifact(folder, artifact)
+    if artifact["format"] == "keras-model":
+        raise BrokenRunError(
+            f"{folder / 'run.json'}: a fitted classifier's artifact must be skops or keras, not a whole "
+            f"keras-model (that is what finetune runs hold); remove the folder {folder}"
+        )
+    if artifact["format"] == "keras":
+        try:
+            meta = json.loads(regular_file(folder, artifact["meta_file"], "run artifact metadata").read_text())
+            head = DenseHead(**meta["params"]).load_model(path, meta["classes"], meta.get("history"))
+            reshape = FeatureReshape(meta["reduce"])
+            reshape.n_features_in_ = meta["n_features_in"]  # stateless apart from the input check
+        except StoreError:
+            raise
+        except (
+            Exception
+        ) as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild; bad JSON: KeyError/TypeError
+            raise BrokenRunError(
+                f"run artifact {path} cannot be loaded by this Keras ({exc}); fit the classifier again"
+            ) from exc
+        return Pipeline([("features", reshape), ("clf", head)])
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+        _refuse_foreign(path, untrusted)  # skops' own audit, in case it sees a type the schema walk did not
+        with _legacy_module_names():
+            loaded = sio.load(path, trusted=untrusted)
+        return check_pipeline(loaded)  # the loaded objects, checked again (and k-NN rebuilt)
+    except ModelStateError as exc:
+        raise _altered(folder, path, exc) from None
+    except StoreError:
+        raise
+    except Exception as exc:  # skops raises TypeError/ValueError/KeyError for files of other library versions
+        raise BrokenRunError(
+            f"run artifact {path} cannot be loaded with these library versions ({exc}); fit the classifier again"
+        ) from exc
+
+
+def load_finetuned(folder: Path, rec: dict):
+    """A fine-tuned run's model (``FinetunedModel``) after checking its sha256 and zip sizes; loaded with ``safe_mode=True``."""
+    from featstore.models.finetuned import FinetunedModel
+
+    if rec["artifact"].get("format") != "keras-model":
+        raise BrokenRunError(
+            f"{folder / 'run.json'}: a finetune run's model must be a keras-model artifact; remove the folder {folder}"
+        )
+    path = check_artifact(folder, rec["artifact"])
+    try:
+        model = FinetunedModel.load(path, rec["extractor_attrs"])
+    except Exception as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild
+        raise BrokenRunError(f"run artifact {path} cannot be loaded by this Keras ({exc}); fine-tune again") from exc
+    # the record says what the model takes and gives: a model.keras of other shapes was swapped in or damaged (refused before any image is read)
+    attrs, k = rec["extractor_attrs"], len(rec["class_names"])
+    want_in, want_out = (
+        (None, model.image_size, model.image_size, int(attrs.get("input_channels", 3))),
+        (None, 1 if k == 2 else k),
+    )
+    got_in, got_out = getattr(model.model, "input_shape", None), getattr(model.model, "output_shape", None)
+    if got_in is None or tuple(got_in) != want_in or got_out is None or tuple(got_out) != want_out:
+        raise BrokenRunError(
+            f"run artifact {path} takes inputs {got_in} and gives outputs {got_out}, but {folder / 'run.json'} records "
+            f"{want_in[1:]} images and {k} classes (outputs {want_out}): it was altered or damaged after the "
+            f"fine-tuning. Refusing to use it; remove the folder {folder} and fine-tune again."
+        )
+    return model
+
+
+def full_proba(est, X: np.ndarray, n_classes: int) -> np.ndarray:
+    """``predict_proba`` with one column per store class (classes absent from training get 0)."""
+    proba = est.predict_proba(X)
+    classes = np.asarray(est.classes_)
+    if (
+        classes.ndim != 1
+        or classes.dtype.kind not in "iu"
+        or len(np.unique(classes)) != len(classes)
+        or (classes < 0).any()
+        or (classes >= n_classes).any()
+    ):
+        raise ValueError(
+            f"the model's classes {classes.tolist()!r} are not distinct labels of the {n_classes} store classes"
+        )
+    out = np.zeros((len(X), n_classes), dtype=np.float64)
+    out[:, classes] = proba
+    return out
+
+
+@contextmanager
+def _applying(run_id: str):
+    """Turn the errors of a loaded model that does not fit the features into one BrokenRunError."""
+    try:
+        yield
+    except (ValueError, TypeError, IndexError, AttributeError, KeyError, ArithmeticError) as exc:
+        raise BrokenRunError(
+            f"the model in run {run_id} does not fit these features ({type(exc).__name__}: {exc}); it was altered or "
+            f"damaged after the fit, or fitted on other features. Fit the classifier again."
+        ) from None
+
+
+def _probabilities(proba: np.ndarray, rows: int, n_classes: int) -> bool:
+    """Whether ``proba`` is ``(rows, n_classes)`` of finite values in [0, 1] (to rounding)."""
+    return proba.shape == (rows, n_classes) and bool(
+        np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()
+    )
+
+
+def checked_proba(est, X: np.ndarray, n_classes: int, run_id: str) -> np.ndarray:
+    """:func:`full_proba` of a loaded model, or a BrokenRunError when its state does not fit the features.
+
+    A loaded model may hold arrays of another size than its features (a crafted or damaged run): scikit-learn's
+    ValueError/TypeError/IndexError become one clear error, and NaN, inf or out-of-range probabilities are refused.
+    Example::
+
+        proba = checked_proba(load_estimator(folder, rec["artifact"]), X, 3, rec["id"])
+    """
+    with _applying(run_id):
+        proba = full_proba(est, X, n_classes)
+    if not _probabilities(proba, len(X), n_classes):
+        raise BrokenRunError(
+            f"the model in run {run_id} gives NaN, inf or probabilities outside [0, 1] on these features; "
+            f"its state was altered or damaged. Fit the classifier again."
+        )
+    return proba
+
+
+def checked_finetuned(model, images: np.ndarray, n_classes: int, run_id: str) -> np.ndarray:
+    """A fine-tuned model's probabilities of a uint8 batch, refused (BrokenRunError) unless they are ``(B, n_classes)`` in [0, 1]."""
+    with _applying(run_id):
+        proba = model.proba(images)
+    if not _probabilities(proba, len(images), n_classes):
+        raise BrokenRunError(
+            f"the model in run {run_id} gives {proba.shape} outputs, NaN, inf or probabilities outside [0, 1] for "
+            f"{len(images)} images of {n_classes} classes; it was altered or damaged. Fine-tune again."
+        )
+    return proba
+
+
+def checked_predict(est, X: np.ndarray, n_classes: int, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(predictions, probabilities)`` of a loaded model, checked as :func:`checked_proba` does."""
+    proba = checked_proba(est, X, n_classes, run_id)
+    with _applying(run_id):
+        pred = np.asarray(est.predict(X))
+    if pred.shape != (len(X),):
+        raise BrokenRunError(
+            f"the model in run {run_id} gives predictions of shape {pred.shape} for {len(X)} rows; fit the classifier again"
+        )
+    return pred, proba

@@ -1,0 +1,206 @@
+"""Writing run folders: a hidden temporary folder renamed when complete, orphans of killed writers, atomic file replacement.
+
+A run folder is written as ``.<id>.<random>.tmp`` and renamed to ``<id>`` when whole, so it is complete or
+absent. Every temporary folder featstore creates holds ``TMP_MARKER`` from its creation on, and only
+folders holding it are ever removed (see ``clean_orphans``); nothing is removed by listing or reading runs.
+Files that replace others (PNGs in a run folder, ``predict --out``) are written to a new temporary file
+and renamed onto the name, never written through an existing file or link.
+
+>>> TMP_MARKER, ORPHAN_AGE_S
+('.featstore-tmp', 600)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import StoreError
+from featstore.runs.folder import PREDICTIONS, RECORD, _json_default, load_predictions, sha256_of, valid_name
+
+logger = logging.getLogger(__name__)
+
+# A fit writes its folder as ".<id>.<random>.tmp" and renames it when complete; writing takes seconds (the
+# model, the predictions and run.json, one after the other). Every temporary folder featstore creates holds
+# the file TMP_MARKER (JSON: the run id and whether it is a new or an old version) from its creation on. A
+# marked temporary folder whose newest entry is older than ORPHAN_AGE_S was left by a killed process on any
+# host sharing the folder, so the next command that writes a run (fit, ensemble, sweep's test evaluation)
+# removes it, or restores it when it is the only copy of a run (a kill between add_split's two renames);
+# a younger one may still be being written. Listing and reading never remove anything, and a folder
+# without the marker is never touched, whatever its name.
+ORPHAN_AGE_S = 600
+TMP_MARKER = ".featstore-tmp"
+_ORPHAN = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.tmp")
+
+
+def _make_temp(root: Path, run_id: str, role: str = "new", suffix: str = ".tmp") -> Path:
+    """A new hidden temporary folder ``.<id>.<random><suffix>`` in ``root`` holding TMP_MARKER (``role``: new or old)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", suffix=suffix, dir=root))
+    os.chmod(tmp, 0o777 & ~_umask())  # the run folder it becomes: mkdtemp's 0700 would hide it from the group
+    _mark(tmp, run_id, role)
+    return tmp
+
+
+def _mark(folder: Path, run_id: str, role: str) -> None:
+    """Write TMP_MARKER into ``folder``: featstore's orphan cleaner may remove (or, for an old version, restore) it."""
+    (folder / TMP_MARKER).write_text(json.dumps({"run": run_id, "role": role, "pid": os.getpid()}), encoding="utf-8")
+
+
+def _marker(folder: Path) -> dict | None:
+    """The TMP_MARKER of a folder, or None if it has none (then the folder is not featstore's to remove)."""
+    path = folder / TMP_MARKER
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        with open(path, "rb") as fh:
+            found = json.loads(fh.read(4096))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def clean_orphans(root: Path, now: float | None = None) -> None:
+    """Remove the temporary folders featstore made that no process can still be writing (see ORPHAN_AGE_S); only when writing."""
+    now = time.time() if now is None else now
+    for d in root.iterdir() if root.is_dir() else []:
+        if not _ORPHAN.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
+            continue
+        mark = _marker(d)
+        if mark is None:  # not made by featstore (or from before markers): never removed
+            continue
+        try:
+            newest = max([d.lstat().st_mtime] + [p.lstat().st_mtime for p in d.iterdir()])
+            if now - newest <= ORPHAN_AGE_S:
+                continue
+            run = root / str(mark.get("run"))
+            if mark.get("role") == "old" and valid_name(mark.get("run")) and not os.path.lexists(run):
+                os.replace(d, run)  # killed between add_split's renames: this is the only copy of the run
+                (run / TMP_MARKER).unlink(missing_ok=True)
+                logger.warning(
+                    "restored run %s from %s, left by an update killed %.0f minutes ago",
+                    run.name,
+                    d,
+                    (now - newest) / 60,
+                )
+                continue
+            shutil.rmtree(d)
+            logger.info("removed %s, left by a fit that was killed %.0f minutes ago", d, (now - newest) / 60)
+        except OSError as exc:  # read-only runs folder, or another process removed it first
+            logger.debug("could not remove orphan %s: %s", d, exc)
+
+
+def replace_file(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` into a new temporary file beside ``path``, then rename it onto ``path``; returns ``path``.
+
+    An existing ``path`` is replaced, never written through (a hard link to another file keeps its content);
+    a folder in the way is a StoreError. Example::
+
+        replace_file(folder / "confusion_test.png", lambda tmp: confusion_png(cm, names, title, tmp))
+    """
+    if path.is_dir() and not path.is_symlink():
+        raise StoreError(f"cannot write {path}: a folder of that name is in the way; remove it or choose another name")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group
+        write(tmp)
+        os.replace(tmp, path)
+    except IsADirectoryError:
+        raise StoreError(
+            f"cannot write {path}: a folder of that name is in the way; remove it or choose another name"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _umask() -> int:
+    """The process umask (read by setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_contents(tmp: Path, record: dict, probas: dict) -> None:
+    """predictions.npz and run.json (with the predictions' sha256) into a temporary run folder."""
+    np.savez(
+        tmp / PREDICTIONS,
+        **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
+        **{f"{s}__labels": y for s, (_, y, _) in probas.items()},
+    )
+    record["predictions"] = {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()}
+    record["predictions_sha256"] = sha256_of(tmp / PREDICTIONS)
+    (tmp / RECORD).write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
+
+
+def write_run(root: Path, record: dict, est, probas: dict) -> dict:
+    """Write into a hidden temporary folder, then rename: a run folder is complete or absent."""
+    from featstore.runs.artifacts import save_estimator
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    clean_orphans(root)
+    tmp = _make_temp(root, record["id"])
+    try:
+        if est is not None:
+            record["artifact"] = save_estimator(est, tmp)
+        _write_contents(tmp, record, probas)
+        os.replace(tmp, root / record["id"])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    (root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
+    logger.info("recorded run %s in %s", record["id"], root)
+    return record
+
+
+def add_split(root: Path, record: dict, folder: Path, split: str, split_metrics: dict, prediction: tuple) -> dict:
+    """A new version of a run folder with one more evaluated split: written aside, checked, then swapped in.
+
+    ``prediction`` is ``(probabilities, labels, paths_sha256)``. The folder is briefly absent during the swap,
+    never half-written; a kill leaves the old version or the new one (and marked temporary folders the orphan
+    cleaner removes, or restores when the old version is the only copy left).
+    """
+    old = load_predictions(folder, record)
+    record = {
+        **record,
+        "metrics": {**record["metrics"], split: split_metrics},
+        "splits": {**record.get("splits", {}), split: split_metrics["n"]},
+    }
+    clean_orphans(root)
+    tmp = _make_temp(root, record["id"])
+    aside = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")  # unique as tmp is
+    try:
+        shutil.copytree(folder, tmp, symlinks=True, dirs_exist_ok=True)
+        _mark(tmp, record["id"], "new")  # in case the folder held a stale marker
+        probas = {
+            s: (old[f"{s}__proba"], old[f"{s}__labels"], info["paths_sha256"])
+            for s, info in record["predictions"].items()
+        }
+        probas[split] = prediction
+        _write_contents(tmp, record, probas)
+        load_predictions(tmp, record)  # the new predictions file reads back whole before it replaces the old one
+        _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
+        os.replace(folder, aside)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.path.lexists(folder) and aside.is_dir():
+            os.replace(aside, folder)  # the second rename failed: put the old version back
+        (folder / TMP_MARKER).unlink(missing_ok=True)
+        raise
+    (folder / TMP_MARKER).unlink(missing_ok=True)
+    shutil.rmtree(aside, ignore_errors=True)
+    logger.info("added %s to run %s", split, record["id"])
+    return record

@@ -1,0 +1,1 @@
+"""The HDF5 feature store: layout, locking, reading, the crash-safe writer, compaction, checks, export."""

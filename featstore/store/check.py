@@ -1,0 +1,207 @@
+"""``featstore check``: validate a store's layout, attributes and contents, and say how to fix each problem.
+
+Links, virtual datasets and externally stored datasets are reported, never followed or read. The file is
+opened once for the layout and then per block of rows, so a writer appending another split is not held up.
+
+>>> problems = check_store("features.h5")   # doctest: +SKIP
+>>> problems
+[]
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from featstore.errors import StoreError
+from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, attrs_of, check_format_version, plain, validate_extractor
+from featstore.store.layout import validate_augmented, validate_split
+from featstore.store.reader import foreign_objects, hard_groups, open_h5, read_paths
+
+RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
+REDO = "re-extract this split with --overwrite"
+BLOCK_CHUNKS = 16  # chunks read per opening of the file
+
+
+@dataclass(frozen=True)
+class _Split:
+    """What the content scan of one split needs, gathered while the file was open for the layout."""
+
+    name: str
+    split: str
+    rows: int
+    step: int
+    n_classes: int
+    source_root: str
+    copies: int = (
+        0  # augmented copies (K) of a split: their paths repeat by design, their copy index must run 1..K in order
+    )
+
+
+def check_store(path: str | os.PathLike, *, locking=None) -> list[str]:
+    """Every problem found in the store, each with its fix; an empty list means the store is sound."""
+    problems: list[str] = []
+    scans: list[_Split] = []
+    with open_h5(path, "r", locking=locking) as f:
+        for obj in foreign_objects(f):
+            problems.append(
+                f"{obj} points outside the store; featstore never writes it and did not follow it: remove it "
+                f"(h5py: del f[name])"
+            )
+        if "format_version" not in f.attrs:
+            problems.append(
+                "root attribute format_version is missing: this is not a featstore store (or it is damaged)"
+            )
+        else:
+            try:
+                check_format_version(f.attrs["format_version"], path)
+            except StoreError as exc:
+                problems.append(str(exc))
+        for name in hard_groups(f):
+            problems += _check_extractor(f[name], name, scans)
+    for s in scans:
+        problems += _scan_split(path, s, locking)
+    return problems
+
+
+def _check_extractor(g, name: str, scans: list[_Split]) -> list[str]:
+    """Layout and attribute problems of one extractor; queues its sound splits for the content scan."""
+    out = []
+    a = attrs_of(g)
+    try:
+        validate_extractor(a, f"/{name}")
+    except StoreError as exc:
+        return [str(exc)]
+    classes = None
+    for split in hard_groups(g):
+        sg = g[split]
+        where = f"/{name}/{split}"
+        try:
+            commit = validate_split(sg, where, a)
+        except StoreError as exc:
+            out.append(str(exc))
+            continue
+        s = attrs_of(sg)
+        if classes is None:
+            classes = s["class_names"]
+        elif s["class_names"] != classes:
+            out.append(
+                f"{where}: class_names {s['class_names']} differ from the other splits' {classes}; {REDO} using the same class folders"
+            )
+        sizes = {k: sg[k].shape[0] for k in ("features", "labels", "paths")}
+        if max(sizes.values()) > commit.rows:
+            out.append(
+                f"{where}: {max(sizes.values()) - commit.rows} uncommitted rows after committed_rows {commit.rows} "
+                f"(an interrupted write); {RESUME}"
+            )
+        if plain(s["complete"]) and commit.images_done != int(s["n_images"]):
+            out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
+        step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
+        scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
+        if AUGMENTED in sg and AUGMENTED not in hard_groups(sg):
+            out.append(
+                f"{where}/{AUGMENTED} is not a group of augmented copies (featstore writes only a group there): remove it "
+                f"(h5py: del f[name]) or re-extract this split with --overwrite"
+            )
+        if AUGMENTED in hard_groups(sg):
+            if split.lower() in EVALUATION_SPLITS:
+                out.append(
+                    f"{where}/{AUGMENTED}: augmented copies of {split!r}, a validation or test split, which featstore never "
+                    f"makes (augmented rows must never be evaluated): remove them (h5py: del f[name])"
+                )
+            out += _check_augmented(sg[AUGMENTED], name, f"{split}/{AUGMENTED}", a, commit, scans)
+    return out
+
+
+def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Split]) -> list[str]:
+    """Layout, attribute and tail problems of a split's augmented copies; queues them for the content scan."""
+    where = f"/{name}/{key}"
+    try:
+        commit = validate_augmented(ag, where, a, source)
+    except StoreError as exc:
+        return [str(exc)]
+    out = []
+    if max(ag[k].shape[0] for k in ("features", "labels", "paths", "copy")) > commit.rows:
+        out.append(
+            f"{where}: uncommitted rows after committed_rows {commit.rows} (an interrupted write); re-run the same "
+            f"`featstore extract --augment` to resume"
+        )
+    step = max(1, (ag["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
+    scans.append(
+        _Split(
+            name,
+            key,
+            commit.rows,
+            step,
+            len(plain(ag.attrs["class_names"])),
+            "",
+            int(plain(ag.attrs["augment_copies"])),
+        )
+    )
+    return out
+
+
+def _scan_split(path, s: _Split, locking) -> list[str]:
+    """Content problems of one split (labels, NaN/inf, duplicated rows), reading one block per opening."""
+    where = f"/{s.name}/{s.split}"
+    bad_rows = bad_labels = 0
+    unreadable: list[str] = []
+    names: list[str] = []
+    labels: list[np.ndarray] = []
+    for i in range(0, s.rows, s.step):
+        with open_h5(path, "r", locking=locking) as f:
+            sg = f[s.name][s.split]
+            j = min(i + s.step, s.rows)
+            try:
+                block = sg["features"][i:j]
+            except OSError as exc:
+                unreadable.append(f"{i}..{j - 1} ({exc})")
+                block = np.zeros((0,), np.float32)
+            y = sg["labels"][i:j]
+            names += read_paths(sg["paths"], j, i)
+        if len(block):
+            bad_rows += int(np.count_nonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
+        bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
+        labels.append(np.asarray(y))
+    out = (
+        [f"{where}: features of rows {', '.join(unreadable[:3])} cannot be read: the file is damaged; {REDO}"]
+        if unreadable
+        else []
+    )
+    if bad_labels:
+        out.append(f"{where}: {bad_labels} labels outside 0..{s.n_classes - 1}; {REDO}")
+    if bad_rows:
+        out.append(f"{where}: {bad_rows} rows contain NaN or inf; check the images and weights, then {REDO}")
+    if s.copies:  # every row must be copy k of the split's row of the same path, with its label, in order
+        from featstore.store.reader import FeatureStore
+
+        try:
+            out += FeatureStore(path, locking=locking).copy_problems(s.split.rsplit("/", 1)[0], s.name)
+        except StoreError as exc:
+            out.append(str(exc))
+        return out  # a copy's paths repeat the split's by design; the split itself is checked for links and duplicates
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})[:3] if len(names) < 5000 else []
+        out.append(
+            f"{where}: {len(names) - len(set(names))} duplicated paths (rows written twice{': ' + ', '.join(dup) if dup else ''}); {REDO}"
+        )
+    y_all = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    out += _same_file_two_labels(where, s.source_root, names, y_all)
+    return out
+
+
+def _same_file_two_labels(where: str, root: str, names: list[str], y: np.ndarray) -> list[str]:
+    """Rows that are one file on disk (same device and inode: links of any kind) under different labels; skipped when the images are gone."""
+    from featstore.images.listing import duplicate_files
+
+    if not root or not os.path.isdir(root):
+        return []
+    clash = duplicate_files(root, zip(names, y.tolist()), across_labels=True)
+    if not clash:
+        return []
+    return [
+        f"{where}: {len(clash)} image files are stored under two or more labels (e.g. {clash[0].real_path}, reached through a "
+        f"link from another class folder); remove the link and {REDO}"
+    ]

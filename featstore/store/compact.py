@@ -1,0 +1,94 @@
+"""Rewriting a store into a fresh file that holds only committed rows: how every resume starts.
+
+A writer killed at any point can leave HDF5 metadata and free-space state that the next writer must not
+build on; :func:`compact` copies every split (and its augmented copies) up to its ``commit`` into a new file
+and renames it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+import h5py
+
+from featstore.provenance import AUGMENTED
+from featstore.store.layout import ROW_DATASETS, read_commit
+from featstore.store.reader import hard_groups, locking_default, open_h5
+
+logger = logging.getLogger(__name__)
+
+
+def compact(path, locking=None) -> None:
+    """Rewrite the store into a fresh file holding only committed rows and records, then put it in place.
+
+    A writer killed at any point (mid-batch, or while closing the file) can leave HDF5 metadata and free-space
+    state past the end-of-allocation mark that was last flushed; the next writer's frees or allocations then
+    fail with "len not positive after adjustment for EOA", sometimes only at a later write. A fresh file
+    written from the committed data has consistent metadata; it costs one copy of the store per resume.
+    """
+    path = Path(path)
+    from featstore.store.writer import ensure_space  # (writer imports this module)
+
+    ensure_space(path, path.stat().st_size)
+    tmp = path.with_name(f".{path.name}.compact.tmp")
+    locking = locking_default() if locking is None else locking
+    kwargs = {} if locking is None else {"locking": locking}
+    try:
+        with open_h5(path, "r", locking=locking) as src, h5py.File(tmp, "w", **kwargs) as dst:
+            _copy_attrs(src, dst)
+            for name in hard_groups(src):
+                g = dst.create_group(name)
+                _copy_attrs(src[name], g)
+                for split in hard_groups(src[name]):
+                    _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
+            dst.flush()
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    logger.info("rewrote %s without the uncommitted tail an interrupted run left", path)
+
+
+def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> None:
+    """A split's committed rows, failure records, listing and attributes into ``parent``; its augmented copies likewise."""
+    d = parent.create_group(split)
+    _copy_attrs(sg, d)
+    c = read_commit(sg, where)
+    for key in ROW_DATASETS:
+        if key in sg:
+            _copy_rows(sg[key], d, key, c.rows)
+    fd = d.create_group("failed")
+    for key in ("paths", "reasons"):
+        _copy_rows(sg["failed"][key], fd, key, c.failed)
+    if "listing" in sg:
+        sg.file.copy(sg["listing"], d, name="listing")
+    if AUGMENTED in hard_groups(sg):
+        _copy_split(sg[AUGMENTED], d, AUGMENTED, f"{where}/{AUGMENTED}")
+
+
+def hard_group(f: h5py.File, path: str) -> h5py.Group | None:
+    """The group at ``path`` ('a/b/c') if every step is a hard-linked group, else None (links are never followed)."""
+    g = f
+    for part in path.split("/"):
+        if part not in hard_groups(g):
+            return None
+        g = g[part]
+    return g
+
+
+def _copy_attrs(src, dst) -> None:
+    """Every attribute of ``src`` onto ``dst``, values and types as stored."""
+    for key, value in src.attrs.items():
+        dst.attrs[key] = value
+
+
+def _copy_rows(ds: h5py.Dataset, group: h5py.Group, key: str, n: int) -> None:
+    """The first ``n`` rows of ``ds`` into a new dataset of the same kind (dtype, chunks, compression, maxshape)."""
+    new = group.create_dataset_like(key, ds, shape=(n, *ds.shape[1:]))
+    step = max(1, (ds.chunks or (1024,))[0]) * 16
+    for i in range(0, n, step):
+        new[i : min(i + step, n)] = ds[i : min(i + step, n)]

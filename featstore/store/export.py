@@ -1,0 +1,275 @@
+"""Export one split of the store to ``.npz``, Parquet or CSV, streamed in blocks.
+
+Features are read with :meth:`FeatureStore.iter_batches` (whole chunks, in row order) and each block is
+reduced and written before the next is read, so the features never need to fit in memory; labels and
+paths (a few dozen bytes per row) are held in memory. Every format is written to a hidden temporary
+file beside ``out`` and renamed onto it when complete, so a killed export leaves no half-written file
+under the name asked for (only a ``.<name>.<pid>.tmp`` file to delete).
+
+What each file holds, with ``d`` the number of values per row (see ``features=``):
+
+- ``.npz`` (uncompressed, like ``numpy.savez``): ``features`` (N, d), ``labels`` (N,) int64,
+  ``paths`` (N,) str, ``class_names`` (K,) str. Streamed too: ``features.npy`` is written block by
+  block straight into the zip member (a ``.npy`` header, then the rows), never built in memory.
+  ``np.load(out)["features"]`` of course loads all of it; ``mmap_mode`` does not apply inside a zip.
+- Parquet (needs ``pyarrow``: ``pip install 'featstore[parquet]'``): columns ``path``, ``label``,
+  ``class``, ``features`` (fixed-size list of d floats), one row group per block; the schema metadata
+  holds ``class_names``, ``feature_shape``, ``features`` (the reduction) and the extractor's fingerprint.
+- CSV: ``path,label,class,f0,...,f{d-1}``; floats with 9 significant digits (exact for float32).
+
+File names that are not valid UTF-8 (a byte such as ``0xff`` in a Linux file name, held in Python as a
+lone surrogate ``\udcff``): CSV and ``.npz`` keep the name's own bytes (CSV: the raw byte; ``.npz``: the
+surrogate, which ``os.fsencode`` turns back into the byte). Parquet strings must be valid UTF-8, so there
+such a path or class name is written escaped, each undecodable byte as the four characters ``\xff``
+(Python's ``backslashreplace``); valid UTF-8 names are written unchanged.
+
+Values are float32 (float16 stores are widened: CSV and Parquet have no portable half type).
+
+>>> export("features.h5", "train", "train.npz", features="avg")  # doctest: +SKIP
+ExportResult(path=PosixPath('train.npz'), format='npz', rows=300, n_features=512, features='avg')
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import stat
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError, choices_error
+from featstore.store.reader import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("npz", "parquet", "csv")
+REDUCTIONS = ("flat", "avg", "max")  # flat: every value in C order of (h, w, c); avg/max: global pooling over h and w
+_SUFFIXES = {".npz": "npz", ".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+DEFAULT_MAX_BYTES = 64 << 20  # features read per block
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export` wrote."""
+
+    path: Path  # the file written
+    format: str  # npz, parquet or csv
+    rows: int  # images exported
+    n_features: int  # values per row
+    features: str  # flat, avg or max
+
+
+def export(
+    store: str | os.PathLike,
+    split: str,
+    out: str | os.PathLike,
+    *,
+    extractor: str | None = None,
+    format: str | None = None,
+    features: str = "flat",
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    augmented: bool = False,
+) -> ExportResult:
+    """Write one split's features, labels, class names and paths to ``out``, block by block.
+
+    ``format`` is npz, parquet or csv (default: from the suffix of ``out``). ``features`` is ``flat``
+    (every value) or ``avg``/``max`` (global pooling over space of (N, h, w, c) features; features
+    already pooled at extraction are written as they are). ``max_bytes`` bounds the features read per
+    block (raised to one chunk if smaller). ``augmented=True`` writes the split's augmented copies instead, with
+    their copy index (1..K) as one more array or column ``copy``. Example::
+
+        export("features.h5", "train", "train.parquet", features="avg")
+        X = np.load(export("features.h5", "test", "test.npz").path)["features"]
+    """
+    out = Path(out)
+    fmt = _format(out, format)
+    if features not in REDUCTIONS:
+        raise choices_error("--features", features, REDUCTIONS)
+    writer = _WRITERS[fmt]
+    if fmt == "parquet":
+        _pyarrow()  # fail before reading anything
+    fs = FeatureStore(store)
+    name = fs.resolve(extractor)
+    if out.resolve() == fs.path.resolve():
+        raise ConfigError(f"--out {out} is the store itself; choose another file name")
+    if os.path.lexists(out) and not (out.exists() and stat.S_ISREG(out.stat().st_mode)):
+        raise ConfigError(
+            f"--out {out} exists and is not a regular file (a folder, FIFO, device or dangling link); choose another file name"
+        )
+    info = fs.split_info(split, name, augmented=augmented)  # StoreError naming the splits there (or the missing copies)
+    n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
+    if features != "flat" and len(shape) != 3:
+        logger.info(
+            "features of %s/%s are already vectors %s; --features %s leaves them as they are",
+            name,
+            split,
+            shape,
+            features,
+        )
+    d = int(np.prod(shape)) if features == "flat" or len(shape) != 3 else int(shape[-1])
+    row_bytes = int(np.prod(shape)) * np.dtype(info["dtype"]).itemsize
+    block = max(max_bytes, int(info["chunks"][0]) * row_bytes if info.get("chunks") else row_bytes)
+    meta = {
+        "extractor": name,
+        "split": split,
+        "features": features,
+        "feature_shape": list(shape),
+        "class_names": fs.class_names(name),
+        "fingerprint": fs.metadata(name).get("fingerprint", ""),
+    }
+    paths, labels = fs.paths(split, name, augmented=augmented), fs.labels(split, name, augmented=augmented)
+    copy = fs.copies(split, name) if augmented else None
+    if augmented:
+        meta["augmented"] = {k: info[k] for k in ("augment_copies", "augment_spec", "augment_seed")}
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None]]:
+        start = 0
+        for X, y in fs.iter_batches(split, name, max_bytes=block, augmented=augmented):
+            yield (
+                _reduce(X, features),
+                y,
+                paths[start : start + len(y)],
+                None if copy is None else copy[start : start + len(y)],
+            )
+            start += len(y)
+
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        writer(tmp, blocks(), n, d, meta, labels, paths, copy)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.debug("exported %d rows x %d values of %s/%s to %s (%s)", n, d, name, split, out, fmt)
+    return ExportResult(out, fmt, n, d, features)
+
+
+def _format(out: Path, format: str | None) -> str:
+    """The format asked for, or the one the suffix of ``out`` names."""
+    if format is not None:
+        if format not in FORMATS:
+            raise choices_error("--format", format, FORMATS)
+        return format
+    if out.suffix.lower() not in _SUFFIXES:
+        raise ConfigError(
+            f"cannot tell the format of {out} from its suffix; end it in .npz, .parquet or .csv, "
+            f"or give --format ({', '.join(FORMATS)})"
+        )
+    return _SUFFIXES[out.suffix.lower()]
+
+
+def _reduce(X: np.ndarray, how: str) -> np.ndarray:
+    """(N, ...) block -> (N, d) float32: flattened, or averaged/maxed over h and w of (N, h, w, c)."""
+    X = X.astype(np.float32, copy=False)
+    if X.ndim == 4 and how != "flat":
+        X = X.mean(axis=(1, 2)) if how == "avg" else X.max(axis=(1, 2))
+    return X.reshape(len(X), -1)
+
+
+def _pyarrow():
+    """pyarrow and pyarrow.parquet, or an error naming the extra to install."""
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise ConfigError(
+            "Parquet export needs pyarrow: pip install 'featstore[parquet]' (or pip install pyarrow); "
+            "or export to .npz or .csv, which need nothing more"
+        ) from None
+    return pyarrow, pyarrow.parquet
+
+
+def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray, paths: list[str], copy=None) -> None:
+    """features.npy streamed into the zip member, then the small arrays (np.load reads it like np.savez's)."""
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("features.npy", "w", force_zip64=True) as fh:
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False,
+                "shape": (n, d),
+            }
+            np.lib.format.write_array_header_1_0(fh, header)
+            for X, *_ in blocks:
+                fh.write(np.ascontiguousarray(X).tobytes())
+        small = {
+            "labels": labels.astype(np.int64),
+            "paths": np.array(paths, dtype=str),
+            "class_names": np.array(meta["class_names"], dtype=str),
+            **({} if copy is None else {"copy": copy.astype(np.int64)}),
+        }
+        for key, arr in small.items():
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, arr, allow_pickle=False)
+
+
+def _write_parquet(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths, copy=None) -> None:
+    """One row group per block; features as a fixed-size list column (copies: a ``copy`` column after ``class``)."""
+    pa, pq = _pyarrow()
+    extra = [] if copy is None else [("copy", pa.int64())]
+    schema = pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.int64()),
+            ("class", pa.string()),
+            *extra,
+            ("features", pa.list_(pa.float32(), d)),
+        ],
+        metadata={"featstore": json.dumps(meta)},
+    )
+    names = [_utf8(c) for c in meta["class_names"]]
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for X, y, p, c in blocks:
+            feats = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), d)
+            writer.write_table(
+                pa.table(
+                    [
+                        pa.array([_utf8(x) for x in p], pa.string()),
+                        pa.array(y, pa.int64()),
+                        pa.array([names[i] for i in y], pa.string()),
+                        *([] if c is None else [pa.array(c, pa.int64())]),
+                        feats,
+                    ],
+                    schema=schema,
+                )
+            )
+
+
+def _utf8(text: str) -> str:
+    """``text`` as valid UTF-8: a non-UTF-8 byte of a file name (a lone surrogate) becomes the characters ``\\xff``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def _write_csv(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths, copy=None) -> None:
+    """Header, then one line per image: quoted path, label, class name, (copy index,) d floats."""
+    names = [_csv_field(c) for c in meta["class_names"]]
+    with open(
+        tmp, "w", newline="", encoding="utf-8", errors="surrogateescape"
+    ) as fh:  # non-UTF-8 names: their own bytes
+        fh.write(
+            ",".join(["path", "label", "class", *(["copy"] if copy is not None else []), *(f"f{i}" for i in range(d))])
+            + "\n"
+        )
+        for X, y, p, c in blocks:
+            values = io.StringIO()
+            np.savetxt(values, X, fmt="%.9g", delimiter=",")
+            cols = [f"{k}," for k in c] if c is not None else [""] * len(y)
+            fh.writelines(
+                f"{_csv_field(path)},{label},{names[label]},{k}{row}\n"
+                for path, label, k, row in zip(p, y, cols, values.getvalue().splitlines())
+            )
+
+
+def _csv_field(text: str) -> str:
+    """A CSV field quoted as the csv module does (only when it holds a comma, quote or line break)."""
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\r\n') else text
+
+
+_WRITERS: dict[str, Callable] = {"npz": _write_npz, "parquet": _write_parquet, "csv": _write_csv}

@@ -1,0 +1,231 @@
+"""The store's HDF5 layout: a split's datasets and attributes, its commit, its augmented copies, checked cheaply.
+
+Every reader and the writer validate a split through here before trusting it (no feature is read): a damaged or
+crafted split is refused with what is wrong and the fix. What the features *are* (provenance, fingerprint) is
+:mod:`featstore.provenance`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from featstore.errors import ConfigError, StoreError
+from featstore.provenance import MAX_AUGMENT_COPIES, plain
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A split's committed state: its one ``commit`` attribute, validated against the datasets."""
+
+    rows: int  # rows of features/labels/paths that are valid
+    failed: int  # failure records that are valid
+    images_done: int  # images handled so far (rows + failed)
+
+
+def read_commit(sg, where: str) -> Commit:
+    """The split's validated ``commit`` attribute; StoreError naming the problem for a damaged or crafted one.
+
+    A split whose creation was interrupted has no ``commit`` yet: that reads as nothing committed.
+    """
+    if "commit" not in sg.attrs:
+        return Commit(0, 0, 0)
+    raw = np.asarray(sg.attrs["commit"])
+    if raw.shape != (3,) or raw.dtype.kind not in "iu":
+        raise StoreError(
+            f"{where}: attribute commit is {plain(raw)!r}, expected three integers [rows, failed, images_done]: "
+            f"the store is damaged. Re-extract this split with --overwrite."
+        )
+    rows, failed, done = (int(v) for v in raw)
+    if min(rows, failed, done) < 0 or done != rows + failed:
+        raise StoreError(
+            f"{where}: commit [{rows}, {failed}, {done}] is inconsistent (negative, or images_done != rows + failed): "
+            f"the store is damaged. Re-extract this split with --overwrite."
+        )
+    import h5py
+
+    for key in ROW_DATASETS:  # hard-linked datasets only: a link is never followed here (validate_split names it)
+        if (
+            isinstance(sg.get(key, getlink=True), h5py.HardLink)
+            and isinstance(sg[key], h5py.Dataset)
+            and rows > sg[key].shape[0]
+        ):
+            raise StoreError(
+                f"{where}: commit says {rows} rows but {key} holds {sg[key].shape[0]}: rows were lost. "
+                f"Re-extract this split with --overwrite."
+            )
+    if "failed" in sg and "paths" in sg["failed"] and failed > sg["failed"]["paths"].shape[0]:
+        raise StoreError(
+            f"{where}: commit says {failed} failure records but failed/paths holds {sg['failed']['paths'].shape[0]}. "
+            f"Re-extract this split with --overwrite."
+        )
+    n_images = sg.attrs.get("n_images")
+    if n_images is not None and done > int(plain(n_images)):
+        raise StoreError(
+            f"{where}: commit says {done} images done of n_images {plain(n_images)}: the store is damaged. "
+            f"Re-extract this split with --overwrite."
+        )
+    return Commit(rows, failed, done)
+
+
+SPLIT_DATASETS = ("features", "labels", "paths", "failed/paths", "failed/reasons")
+ROW_DATASETS = ("features", "labels", "paths", "copy")  # one entry per committed row ("copy": augmented copies only)
+SPLIT_ATTRS = ("class_names", "commit", "n_images", "complete", "source_root")
+
+
+def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
+    """Validate a split's layout, attribute types and dataset kinds cheaply (no feature reads); returns its commit.
+
+    Raises StoreError with what is wrong and the fix. ``extractor`` (the extractor's attributes) adds the
+    shape/dtype check against its recorded feature_shape and dtype.
+    """
+    import h5py
+
+    redo = "Re-extract this split with --overwrite (or into a new --store)."
+    for key in SPLIT_DATASETS:
+        obj = sg
+        for part in key.split("/"):  # every component a hard link: an external link is never opened on the way
+            link = obj.get(part, getlink=True) if isinstance(obj, h5py.Group) else None
+            if link is None:
+                raise StoreError(f"{where}: dataset {key} is missing. {redo}")
+            if not isinstance(link, h5py.HardLink):
+                raise StoreError(f"{where}/{key} is not stored in this file ({type(link).__name__}). {redo}")
+            obj = obj[part]
+        if not isinstance(obj, h5py.Dataset) or obj.is_virtual or obj.external:
+            raise StoreError(
+                f"{where}/{key} is not a dataset stored in this file (a group, virtual or external dataset). {redo}"
+            )
+    missing = [k for k in SPLIT_ATTRS if k not in sg.attrs and not (k == "commit")]
+    if missing:
+        raise StoreError(f"{where}: attributes missing: {', '.join(missing)}. {redo}")
+    feats, labels = sg["features"], sg["labels"]
+    if feats.dtype.kind != "f":
+        raise StoreError(f"{where}/features has dtype {feats.dtype}, not floating point. {redo}")
+    if labels.dtype.kind not in "iu" or labels.ndim != 1:
+        raise StoreError(
+            f"{where}/labels has dtype {labels.dtype} and {labels.ndim} dimensions, expected 1-D integers. {redo}"
+        )
+    for key in ("paths", "failed/paths", "failed/reasons"):
+        if sg[key].dtype.kind not in "OS" or sg[key].ndim != 1:
+            raise StoreError(f"{where}/{key} has dtype {sg[key].dtype}, expected 1-D strings. {redo}")
+    if extractor is not None:
+        shape = plain(extractor.get("feature_shape", []))
+        if not isinstance(shape, list) or not all(isinstance(v, int) for v in shape):
+            raise StoreError(
+                f"{where}: the extractor's feature_shape is {shape!r}, expected a list of positive integers. {redo}"
+            )
+        want = shape
+        if list(feats.shape[1:]) != want or str(feats.dtype) != extractor.get("dtype"):
+            raise StoreError(
+                f"{where}/features are {tuple(feats.shape[1:])} {feats.dtype}, the extractor records "
+                f"{tuple(want)} {extractor.get('dtype')}. {redo}"
+            )
+    classes = plain(sg.attrs["class_names"])
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise StoreError(f"{where}: class_names is {classes!r}, expected a list of names. {redo}")
+    try:
+        n_images = int(plain(sg.attrs["n_images"]))
+    except (TypeError, ValueError, OverflowError):
+        n_images = -1
+    complete = sg.attrs["complete"]
+    if not (
+        isinstance(complete, (bool, np.bool_)) or (isinstance(complete, (int, np.integer)) and int(complete) in (0, 1))
+    ):
+        raise StoreError(f"{where}: attribute complete is {plain(complete)!r}, expected true or false. {redo}")
+    if n_images < 0:
+        raise StoreError(f"{where}: n_images is {plain(sg.attrs['n_images'])!r}, expected a count. {redo}")
+    _validate_listing(sg, where, redo)
+    return read_commit(sg, where)
+
+
+AUGMENT_ATTRS = ("augment_copies", "augment_spec", "augment_seed", "source_rows", "source_split")
+
+
+def validate_augmented(ag, where: str, extractor: dict | None, source: Commit) -> Commit:
+    """Validate a split's augmented copies (layout as a split, plus ``copy`` and their attributes) against the plain split's commit."""
+    import h5py
+
+    commit = validate_split(ag, where, extractor)
+    redo = "Make them again: re-run the extract with --augment and --overwrite."
+    missing = [k for k in AUGMENT_ATTRS if k not in ag.attrs]
+    if missing:
+        raise StoreError(f"{where}: attributes missing: {', '.join(missing)}. {redo}")
+    a = {k: plain(ag.attrs[k]) for k in AUGMENT_ATTRS}
+    ints = [a[k] for k in ("augment_copies", "augment_seed", "source_rows")]
+    if (
+        not all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
+        or a["augment_copies"] < 1
+        or a["source_rows"] < 0
+        or not isinstance(a["augment_spec"], str)
+        or not isinstance(a["source_split"], str)
+    ):
+        raise StoreError(
+            f"{where}: augment_copies {a['augment_copies']!r}, augment_seed {a['augment_seed']!r}, source_rows "
+            f"{a['source_rows']!r} or augment_spec {a['augment_spec']!r} is not what featstore writes. {redo}"
+        )
+    link = ag.get("copy", getlink=True)
+    ds = ag["copy"] if isinstance(link, h5py.HardLink) else None
+    if not isinstance(ds, h5py.Dataset) or ds.is_virtual or ds.external or ds.dtype.kind not in "iu" or ds.ndim != 1:
+        raise StoreError(f"{where}/copy is missing or not a 1-D integer dataset stored in this file. {redo}")
+    if a["source_rows"] != source.rows or int(plain(ag.attrs["n_images"])) != a["augment_copies"] * a["source_rows"]:
+        raise StoreError(
+            f"{where}: the copies were made from {a['source_rows']} rows of the split ({plain(ag.attrs['n_images'])} "
+            f"images for {a['augment_copies']} copies), the split holds {source.rows} rows now. {redo}"
+        )
+    # the attributes must describe copies featstore could have made of this very split (a crafted or stale group lies here)
+    parent = ag.parent
+    lies = []
+    if a["augment_copies"] > MAX_AUGMENT_COPIES:
+        lies.append(f"augment_copies {a['augment_copies']} is over {MAX_AUGMENT_COPIES}")
+    if not 0 <= a["augment_seed"] < 2**31:
+        lies.append(f"augment_seed {a['augment_seed']} is not in 0..{2**31 - 1}")
+    try:
+        from featstore.images.augment import parse_augment
+
+        if not parse_augment(a["augment_spec"]):
+            lies.append("augment_spec is empty")
+    except ConfigError as exc:
+        lies.append(f"augment_spec {a['augment_spec']!r} is not a spec featstore reads ({exc})")
+    if a["source_split"] != parent.name.rsplit("/", 1)[-1]:
+        lies.append(
+            f"source_split {a['source_split']!r} is not the split {parent.name.rsplit('/', 1)[-1]!r} that holds them"
+        )
+    for key in ("class_names", "listing_sha256"):
+        if plain(ag.attrs.get(key)) != plain(parent.attrs.get(key)):
+            lies.append(
+                f"{key} {str(plain(ag.attrs.get(key)))[:60]!r} differs from the split's {str(plain(parent.attrs.get(key)))[:60]!r}"
+            )
+    if bool(plain(ag.attrs["complete"])) and commit.images_done != a["augment_copies"] * a["source_rows"]:
+        lies.append(f"marked complete with {commit.images_done} of {a['augment_copies'] * a['source_rows']} rows done")
+    if lies:
+        raise StoreError(f"{where}: these copies do not match the split they belong to: {'; '.join(lies)}. {redo}")
+    return commit
+
+
+LISTING = ("paths", "labels", "sizes", "mtimes_ns")  # /<split>/listing: every image of the split as discovered
+
+
+def _validate_listing(sg, where: str, redo: str) -> None:
+    """The split's recorded listing, if any, is a group of four hard-linked 1-D datasets of one length and the right kinds."""
+    import h5py
+
+    link = sg.get("listing", getlink=True)
+    if link is None:
+        return
+    lg = sg["listing"] if isinstance(link, h5py.HardLink) else None
+    if not isinstance(lg, h5py.Group) or any(not isinstance(lg.get(k, getlink=True), h5py.HardLink) for k in LISTING):
+        raise StoreError(f"{where}/listing is damaged (missing or linked datasets). {redo}")
+    n = lg["paths"].shape
+    kinds = [lg["paths"].dtype.kind in "OS"] + [lg[k].dtype.kind in "iu" for k in LISTING[1:]]
+    if not all(kinds) or len(n) != 1 or any(lg[k].shape != n for k in LISTING):
+        raise StoreError(f"{where}/listing is damaged (datasets of the wrong kind or length). {redo}")
+
+
+def validate_labels(y: np.ndarray, n_classes: int, where: str) -> None:
+    """Refuse labels outside 0..n_classes-1 (a damaged or crafted store)."""
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise StoreError(
+            f"{where}/labels hold values outside 0..{n_classes - 1} (found {int(y.min())}..{int(y.max())}): "
+            f"the store is damaged. Re-extract this split with --overwrite."
+        )
