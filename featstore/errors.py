@@ -33,6 +33,10 @@ class StoreBusyError(StoreError):
     """Another process holds the store."""
 
 
+class OutputError(FeatstoreError, OSError):
+    """An output file (CSV, Parquet, npz, PNG, JSON, a run folder) cannot be written where asked; nothing was written there."""
+
+
 def choices_error(kind: str, value: object, valid: Iterable[str]) -> ConfigError:
     """A ConfigError for an unknown name that lists the valid ones.
 

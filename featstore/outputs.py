@@ -1,0 +1,177 @@
+"""One way to write every file featstore makes besides the store: safe to open, written whole or not at all.
+
+Every output (CSV, Parquet, npz, PNG, JSON, a run's files) goes through :func:`write_atomic`:
+
+- the name is checked before any work (:func:`check_output`): a FIFO, device or socket there is refused (writing
+  to it could block forever or reach hardware), so is a symbolic link (never written through, never silently
+  replaced), a folder, a missing or non-folder parent;
+- the content is written to a temporary file in the same folder and renamed onto the name, so a reader never
+  sees half a file and a crash or a full disk leaves the old file (or nothing) in place;
+- an ``OSError`` (missing folder, read-only, disk full, ...) becomes one :class:`~featstore.errors.OutputError`
+  line naming the path and the fix.
+
+Text that others open is neutralised: :func:`csv_cell` keeps spreadsheets from evaluating a cell (OWASP's rule for
+CSV injection), and :func:`terminal_safe` keeps file names from sending escape sequences to a terminal.
+
+>>> csv_cell("=1+1"), csv_cell("cat"), terminal_safe("a\\x1b]0;title\\x07b")
+("'=1+1", 'cat', 'a\\\\x1b]0;title\\\\x07b')
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from featstore.errors import OutputError
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP: a cell starting with one of these may be read as a formula
+
+
+def check_output(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work, a name that cannot take a whole new file; returns it as a Path.
+
+    Refused: a FIFO, device or socket (``/dev/full``, a named pipe), a symbolic link (even a dangling one), a
+    folder, a parent that is missing or is not a folder. Example::
+
+        out = check_output("predictions.csv", "--out")
+    """
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {path}: {exc.strerror or exc}; choose another path") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise OutputError(
+                f"{what} {path} is a symbolic link; featstore never writes through a link. "
+                f"Remove it or choose another name"
+            )
+        if stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{what} {path} is a folder; give a file name inside it, e.g. {path / 'out'}")
+        if not stat.S_ISREG(st.st_mode):
+            raise OutputError(
+                f"{what} {path} is not a regular file (a pipe, device or socket); "
+                f"featstore writes only regular files. Choose another path"
+            )
+    parent = path.parent
+    if not parent.exists():
+        raise OutputError(
+            f"cannot write {what} {path}: folder {parent} does not exist; create it or choose another path"
+        )
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {parent} is not a folder; choose another path")
+    return path
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "output") -> Path:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``; returns ``path``.
+
+    Nothing is written at ``path`` unless ``write`` finished; the temporary file is removed on any failure. An
+    OSError becomes one OutputError naming ``path`` and the fix. Example::
+
+        write_atomic("runs.csv", lambda tmp: tmp.write_text("id,acc\\n"), "--out")
+    """
+    path = check_output(path, what)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _output_error(exc, path, what) from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group
+        write(tmp)
+        check_output(path, what)  # nothing appeared at the name while writing (a link planted meanwhile)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
+        raise _output_error(exc, path, what) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str, what: str = "output", encoding: str = "utf-8") -> Path:
+    """:func:`write_atomic` for a text (``errors="surrogateescape"``: file names that are not UTF-8 keep their bytes)."""
+
+    def _write(tmp: Path) -> None:
+        with open(tmp, "w", encoding=encoding, errors="surrogateescape", newline="") as fh:
+            fh.write(text)
+
+    return write_atomic(path, _write, what)
+
+
+def _output_error(exc: OSError, path: Path, what: str) -> OutputError:
+    """One line for an OSError met while writing ``path``: what happened and what to do."""
+    code = exc.errno
+    if code == errno.ENOSPC or code == errno.EDQUOT:
+        fix = "the disk is full; free some space or write to another folder"
+    elif code in (errno.EROFS,):
+        fix = f"the file system of {path.parent} is read-only; write to another folder"
+    elif code in (errno.EACCES, errno.EPERM):
+        fix = f"folder {path.parent} is not writable by you; write to another folder"
+    elif code == errno.ENOENT:
+        fix = f"folder {path.parent} does not exist (any more); create it or choose another path"
+    elif code == errno.ENOTDIR:
+        fix = f"{path.parent} is not a folder; choose another path"
+    elif code == errno.EISDIR:
+        fix = f"{path} is a folder; give a file name"
+    else:
+        fix = f"{exc.strerror or exc}; choose another path"
+    return OutputError(f"cannot write {what} {path}: {fix}. Nothing was written there.")
+
+
+def _umask() -> int:
+    """The process umask (read by setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def csv_cell(text: str) -> str:
+    """``text`` as a CSV cell that a spreadsheet shows as text: quoted when needed, a formula start neutralised.
+
+    A cell starting with ``= + - @``, a tab or a carriage return gets a leading ``'`` (OWASP, "CSV Injection"), so
+    ``=cmd|' -C calc'!A0`` is displayed, never evaluated. Numbers that featstore writes itself (labels, features)
+    do not go through here.
+
+    >>> csv_cell('say "hi", then'), csv_cell("-2"), csv_cell("@SUM(1+1)")
+    ('"say ""hi"", then"', "'-2", "'@SUM(1+1)")
+    """
+    if text.startswith(_FORMULA_START):
+        text = "'" + text
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\r\n') else text
+
+
+def terminal_safe(text: str) -> str:
+    r"""``text`` with control characters (escape sequences, bells, carriage returns) and undecodable file-name bytes
+    shown as ``\x..`` escapes: safe to print to a terminal or a log.
+
+    >>> terminal_safe("cat\r\nimg.png"), terminal_safe("bad\udcff.png")
+    ('cat\\x0d\\x0aimg.png', 'bad\\xff.png')
+    """
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that did not come from os.fsdecode
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(
+        f"\\x{ord(c):02x}" if _hidden(ord(c)) else (f"\\u{ord(c):04x}" if ord(c) in _BIDI else c) for c in text
+    )
+
+
+_BIDI = {
+    *range(0x202A, 0x202F),
+    *range(0x2066, 0x206A),
+}  # bidirectional overrides: text shown in another order than stored
+
+
+def _hidden(code: int) -> bool:
+    """A C0 or C1 control character, or DEL."""
+    return code < 0x20 or 0x7F <= code < 0xA0
