@@ -28,6 +28,7 @@ from featstore.stats import (
     proportion_interval,
     reliability,
     split_metrics,
+    stratified_group_folds,
     top_k_accuracy,
     wilson_interval,
 )
@@ -283,3 +284,38 @@ def test_split_metrics():
     for bad in ((np.array([], int), np.zeros((0, 3))),):
         with pytest.raises(ValueError, match="at least one row"):
             split_metrics(*bad)
+
+
+# ------------------------------------------------------------------ folds that keep groups whole
+def test_group_folds_keep_every_copy_of_an_image_together():
+    """Copy-major rows, as an augmented store holds them: image i's copies are rows i, i + N, i + 2N, i + 3N."""
+    n_images, copies = 61, 4
+    y_img = np.random.default_rng(0).integers(0, 4, size=n_images)
+    y, groups = np.tile(y_img, copies), np.tile(np.arange(n_images), copies)
+    folds, n = stratified_group_folds(y, groups, 5, seed=1)
+    assert n == 5 == len(folds)
+    held = np.concatenate([h for _, h in folds])
+    assert sorted(held.tolist()) == list(range(len(y)))  # every row held out exactly once
+    for train, h in folds:
+        assert not set(groups[train]) & set(groups[h])  # no image on both sides
+        assert set(y[train]) == set(y) and set(y[h]) == set(y)  # every class on both sides
+    per_fold = np.array([[len(set(groups[h][y[h] == c])) for c in range(4)] for _, h in folds])
+    assert (per_fold.max(axis=0) - per_fold.min(axis=0) <= 1).all()  # each class spread evenly over the folds
+    assert [h.tolist() for _, h in folds] == [h.tolist() for _, h in stratified_group_folds(y, groups, 5, seed=1)[0]]
+    assert [h.tolist() for _, h in folds] != [h.tolist() for _, h in stratified_group_folds(y, groups, 5, seed=2)[0]]
+
+
+def test_group_folds_shrink_to_the_smallest_class():
+    y = np.array([0] * 10 + [1] * 3)
+    folds, n = stratified_group_folds(y, None, 5)
+    assert n == 3 and all(set(y[train]) == {0, 1} for train, _ in folds)
+    assert stratified_group_folds(np.array([0, 0, 1]), None, 3) == (
+        [],
+        0,
+    )  # class 1 has one row: no fold can hold it out
+    assert stratified_group_folds(np.array([0, 0, 1, 1]), np.array([7, 7, 8, 8]), 2) == ([], 0)  # one image per class
+    assert stratified_group_folds(np.array([], int), None, 3) == ([], 0)
+    with pytest.raises(ValueError, match="one group per row"):
+        stratified_group_folds(y, np.arange(3))
+    with pytest.raises(ValueError, match="at least 2"):
+        stratified_group_folds(y, None, 1)

@@ -35,6 +35,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from featstore.errors import ConfigError
 from featstore.stats.calibration import fit_temperature, softmax
+from featstore.stats.folds import stratified_group_folds
 
 logger = logging.getLogger(__name__)
 
@@ -91,39 +92,21 @@ class TemperedSVC(ClassifierMixin, BaseEstimator):
 
     def _fit_temperature(self, X, y, groups) -> tuple[float, int]:
         """``(T, folds used)``: T minimises the NLL of out-of-fold decision values; (1.0, 0) when none can be made."""
-        from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
         if self.calibration_folds == 0:
             return 1.0, 0
-        classes, yi = np.unique(y, return_inverse=True)
-        if groups is not None:
-            groups = np.asarray(groups)
-            if groups.shape != y.shape:
-                raise ValueError(f"groups must give one group per row ({len(y)}), got shape {groups.shape}")
-            smallest = min(len(np.unique(groups[yi == c])) for c in range(len(classes)))
-        else:
-            smallest = int(np.bincount(yi).min())
-        n = min(self.calibration_folds, smallest)
-        if n < 2:
+        _, yi = np.unique(y, return_inverse=True)
+        folds, n = stratified_group_folds(yi, groups, self.calibration_folds, self.random_state)
+        if not folds:
             logger.warning(
                 "svm: a class has fewer than 2 %s, so no out-of-fold temperature can be fitted; probabilities use T = 1",
                 "groups" if groups is not None else "rows",
             )
             return 1.0, 0
-        if groups is not None:
-            splitter = StratifiedGroupKFold(n, shuffle=True, random_state=self.random_state)
-        else:
-            splitter = StratifiedKFold(n, shuffle=True, random_state=self.random_state)
         scores, labels = [], []
-        for train, held in splitter.split(np.zeros(len(y)), yi, groups):
-            if len(np.unique(yi[train])) < len(classes):  # a fold without some class gives scores of fewer columns
-                continue
+        for train, held in folds:  # every class is in every training part (stratified_group_folds)
             ovr, winner = _decision(self._svc().fit(_rows(X, train), y[train]), _rows(X, held))
             scores.append(_agreeing(ovr, winner))
             labels.append(yi[held])
-        if not scores:
-            logger.warning("svm: every calibration fold lacked a class in its training part; probabilities use T = 1")
-            return 1.0, 0
         rec = fit_temperature(np.concatenate(scores), np.concatenate(labels), input="logits")
         if rec["at_bound"]:
             logger.warning(
@@ -131,7 +114,7 @@ class TemperedSVC(ClassifierMixin, BaseEstimator):
                 "(almost) all right, so the probabilities may be over-confident",
                 rec["T"],
             )
-        return float(rec["T"]), int(n)
+        return float(rec["T"]), n
 
     def decision_function(self, X) -> np.ndarray:
         """``SVC.decision_function`` (one-vs-rest shape; ``(N,)`` for two classes, positive: ``classes_[1]``)."""

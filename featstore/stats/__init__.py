@@ -8,13 +8,15 @@ TensorFlow, so ``featstore runs`` stays fast.
 - :mod:`~featstore.stats.paired`: two classifiers on the same rows, the exact McNemar test and a paired
   bootstrap of the difference, and a sentence saying whether it is larger than chance;
 - :mod:`~featstore.stats.metrics`: top-k, balanced accuracy, macro-F1, log-loss, ECE with reliability bins;
-- :mod:`~featstore.stats.calibration`: temperature scaling fitted on held-out rows (never changes a prediction).
+- :mod:`~featstore.stats.calibration`: temperature scaling fitted on held-out rows (never changes a prediction);
+- :mod:`~featstore.stats.folds`: cross-validation folds that keep the copies of one image together.
 
 >>> [round(b, 4) for b in wilson_interval(81, 100)]
 [0.7222, 0.8749]
 """
 
 from featstore.stats.calibration import apply_calibration, fit_temperature, identity_calibration, softmax
+from featstore.stats.folds import stratified_group_folds
 from featstore.stats.intervals import (
     Z95,
     Interval,
@@ -71,6 +73,7 @@ __all__ = [
     "reliability",
     "softmax",
     "split_metrics",
+    "stratified_group_folds",
     "top_k_accuracy",
     "wilson_interval",
 ]
