@@ -104,3 +104,44 @@ def test_bad_records_and_inputs_are_refused_with_the_choices():
     with pytest.raises(ValueError, match="finite"):
         fit_temperature(np.array([[np.inf, 0.0]]), [0], input="logits")
     np.testing.assert_array_equal(apply_calibration(identity_calibration(), p), p)
+
+
+# ------------------------------------------------------------------ where it is fitted (featstore.experiments.calibration)
+def _copies(n_images=80, copies=4, k=4, seed=0):
+    """Copy-major rows of ``copies`` near-identical copies per image, labels random per image (nothing to learn)."""
+    rng = np.random.default_rng(seed)
+    X_img, y_img = rng.normal(size=(n_images, 6)), rng.integers(0, k, size=n_images)
+    X = np.concatenate([X_img + rng.normal(size=X_img.shape) * 1e-3 for _ in range(copies)])
+    return X, np.tile(y_img, copies), np.tile(np.arange(n_images), copies)
+
+
+def test_out_of_fold_never_predicts_a_row_from_a_copy_of_its_image():
+    """1-NN finds a row's own copy when it is in training: labels random per image, so only a leak scores well."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from featstore.experiments.calibration import out_of_fold_proba
+
+    X, y, groups = _copies()
+    leaky, n = out_of_fold_proba(KNeighborsClassifier(1), X, y, 5, groups=None)
+    kept, m = out_of_fold_proba(KNeighborsClassifier(1), X, y, 5, groups=groups)
+    assert n == m == 5 and leaky.shape == kept.shape == (len(y), 5)
+    assert np.mean(leaky.argmax(axis=1) == y) > 0.95  # each held-out copy finds another copy in training
+    assert np.mean(kept.argmax(axis=1) == y) < 0.45  # chance is 0.25 for 4 classes
+    assert (kept[:, 4] == 0).all()  # a store class absent from train
+
+
+def test_calibrate_out_of_fold_and_on_validation_record_where():
+    from featstore.experiments.calibration import _accepts_groups, calibrate_on_validation, calibrate_out_of_fold
+    from featstore.experiments.classifiers import build_classifier
+
+    X, y, groups = _copies(n_images=60, k=3, seed=1)
+    X[:, 0] += y * 1.5  # something to learn this time
+    svm = build_classifier("svm", {"calibration_folds": 2})
+    assert _accepts_groups(svm) and not _accepts_groups(build_classifier("logreg"))
+    rec = calibrate_out_of_fold(svm, X, y, 3, groups=groups, n_folds=3, seed=4)
+    assert rec["fitted_on"] == "out-of-fold on train (3 folds, seed 4, copies of one image kept in one fold)"
+    assert rec["method"] == "temperature" and rec["n"] == len(y) and json.loads(json.dumps(rec)) == rec
+    val = calibrate_on_validation(softmax(np.eye(3)[y] * 4), y)
+    assert val["fitted_on"] == "validation" and val["T"] < 1  # always right: sharper
+    with pytest.raises(ConfigError, match=r"at least 2 images of every class; per class there are \[1, 2\]"):
+        calibrate_out_of_fold(svm, X[:4], np.array([0, 1, 1, 1]), 2, groups=np.array([0, 1, 1, 2]))
