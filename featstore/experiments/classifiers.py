@@ -205,12 +205,17 @@ def _logreg(p):
 
 @register_classifier(
     "svm",
-    "support vector machine (linear or RBF kernel), probabilities by Platt scaling (CalibratedClassifierCV)",
+    "support vector machine (linear or RBF kernel): predicts as scikit-learn's SVC; probabilities a softmax of its decision values with a temperature fitted out of fold",
     {
         "C": Param(float, 1.0),
         "kernel": Param(str, "linear", ("linear", "rbf")),
         "gamma": Param(str, "scale", (), "scale, auto or a positive number"),
-        "calibration_folds": Param(int, 3, (), "folds used to fit the Platt scaling"),
+        "calibration_folds": Param(
+            int,
+            3,
+            (),
+            "folds of the out-of-fold fit of the probabilities' temperature (0: T = 1); changes no prediction",
+        ),
         "reduce": _REDUCE,
         **_VECTOR,
         "seed": _SEED,
@@ -218,14 +223,19 @@ def _logreg(p):
     grid={"kernel": ["linear", "rbf"], "C": [0.1, 1.0, 10.0]},
 )
 def _svm(p):
-    from sklearn.calibration import CalibratedClassifierCV
-    from sklearn.svm import SVC
+    from featstore.models.svm import TemperedSVC
 
+    if p["calibration_folds"] < 0 or p["calibration_folds"] == 1:
+        raise ConfigError(
+            f"calibration_folds must be 0 (no temperature fit, T = 1) or at least 2, got {p['calibration_folds']}"
+        )
     gamma = p["gamma"] if p["gamma"] in ("scale", "auto") else float(p["gamma"])
-    svc = SVC(
-        C=p["C"], kernel=p["kernel"], gamma=gamma, random_state=p["seed"], cache_size=1000
-    )  # MB of kernel cache: faster on 10^4+ rows
-    return _pipe(p, CalibratedClassifierCV(svc, method="sigmoid", cv=p["calibration_folds"], ensemble=False))
+    return _pipe(
+        p,
+        TemperedSVC(
+            C=p["C"], kernel=p["kernel"], gamma=gamma, calibration_folds=p["calibration_folds"], random_state=p["seed"]
+        ),
+    )
 
 
 @register_classifier(

@@ -50,6 +50,7 @@ ARTIFACT_TYPES = frozenset(
         "numpy.int64",
         "numpy.int32",
         "featstore.models.reshape.FeatureReshape",
+        "featstore.models.svm.TemperedSVC",  # the svm's head: a fitted SVC, its classes, a temperature; takes no function
         "featstore.classifiers.FeatureReshape",  # its name in run folders written before the package was laid out by stage
         "sklearn.pipeline.Pipeline",
         "sklearn.preprocessing._data.StandardScaler",

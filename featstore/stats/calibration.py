@@ -1,0 +1,173 @@
+"""Temperature scaling: one scalar that makes a classifier's probabilities mean what they say.
+
+Probabilities become ``softmax(z / T)`` of the model's logits ``z`` (for a model that gives probabilities,
+``z = log(max(p, floor))``, i.e. ``p ** (1/T)`` renormalised; the floor only lifts exact zeros, see
+:func:`fit_temperature`). ``T`` is the one value that minimises the
+negative log-likelihood of held-out labels (Guo et al. 2017). Dividing every logit of a row by the same
+positive number keeps their order, so **temperature scaling never changes which class is predicted**;
+``T > 1`` softens an over-confident model, ``T < 1`` sharpens an under-confident one.
+
+Why only a temperature: Platt scaling per class and vector/matrix scaling fit 2K or K² parameters and can move
+the argmax; isotonic regression is a step function that overfits the 100-row validation splits featstore
+often has and ties probabilities. One scalar fits on a few dozen rows and cannot change a prediction.
+
+The record is small and JSON-able, and it is all :func:`apply_calibration` needs::
+
+    cal = fit_temperature(val_proba, val_y)          # {"method": "temperature", "T": 1.7, "input": "probabilities", ...}
+    test_proba = apply_calibration(cal, test_proba)
+
+>>> z = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]]); y = np.array([0, 1, 1, 0])
+>>> cal = fit_temperature(z, y, input="logits")
+>>> cal["T"] == cal["bounds"][1]   # half the rows wrong: as flat as the bounds allow
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from featstore.errors import ConfigError, choices_error
+
+METHODS = ("temperature", "none")  # what a calibration record's "method" may be
+INPUTS = ("logits", "probabilities")  # what the model gives
+FLOOR = 1e-4  # the highest floor for exact zeros (k-NN and forests give them): below every vote share of 1/10,000
+BOUNDS = (1e-2, 1e2)  # the temperatures searched
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits (``-inf`` gives 0)."""
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def as_logits(values, input: str, floor: float = FLOOR) -> np.ndarray:
+    """``(N, K)`` logits of probabilities (their floored logarithm) or of logits; a 1-D binary decision value
+    ``d`` (positive: the second class) becomes ``[-d/2, d/2]``."""
+    if input not in INPUTS:
+        raise choices_error("calibration input", input, INPUTS)
+    v = np.asarray(values, dtype=np.float64)
+    if input == "logits" and v.ndim == 1:
+        v = np.stack([-v / 2, v / 2], axis=1)
+    if v.ndim != 2 or v.shape[1] < 2:
+        raise ValueError(f"{input} of shape (N, K) with K >= 2 expected, got {v.shape}")
+    if input == "probabilities":
+        if not np.isfinite(v).all() or (v < 0).any():
+            raise ValueError("probabilities must be finite and non-negative")
+        if not 0 < floor < 1:
+            raise ValueError(f"the probability floor lies in (0, 1), got {floor}")
+        return np.log(np.maximum(v, floor))
+    if not np.isfinite(v).all():
+        raise ValueError("logits must be finite")
+    return v
+
+
+def _nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
+    """Mean negative log-likelihood of ``y`` under ``softmax(z / t)`` (exact, via log-sum-exp)."""
+    s = z / t
+    m = s.max(axis=1)
+    lse = m + np.log(np.exp(s - m[:, None]).sum(axis=1))
+    return float(np.mean(lse - s[np.arange(len(y)), y]))
+
+
+def fit_temperature(
+    values,
+    y,
+    input: str = "probabilities",
+    floor: float | None = None,
+    bounds: tuple[float, float] = BOUNDS,
+) -> dict:
+    """The temperature that minimises held-out NLL, as a calibration record.
+
+    ``values``: the held-out rows' probabilities ``(N, K)`` or logits (``(N, K)``, or ``(N,)`` binary decision
+    values); ``y``: their labels ``0..K-1``. The NLL is convex in 1/T, so the bounded search finds the global
+    minimum; a minimum on a bound (e.g. every held-out row right: sharper is always better) is recorded as
+    ``"at_bound": true``.
+
+    Probabilities may hold exact zeros (k-NN, forests), whose logarithm is -inf: they count as ``floor``, by
+    default the smaller of ``FLOOR`` and the smallest positive probability given, so that the floor lifts the
+    zeros only and never flattens a confident model's small but positive probabilities. The floor is recorded
+    and :func:`apply_calibration` uses the same one.
+
+    >>> rec = fit_temperature([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]], [0, 1, 1])
+    >>> sorted(rec)
+    ['T', 'at_bound', 'bounds', 'floor', 'input', 'method', 'n', 'nll_after', 'nll_before']
+    """
+    if input == "probabilities" and floor is None:
+        v = np.asarray(values, dtype=np.float64)
+        positive = v[v > 0]
+        floor = min(FLOOR, float(positive.min())) if positive.size else FLOOR
+    z = as_logits(values, input, FLOOR if floor is None else floor)
+    y = np.asarray(y)
+    if y.shape != (len(z),) or (len(y) and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= z.shape[1])):
+        raise ValueError(f"labels must be {len(z)} class indices in 0..{z.shape[1] - 1}, got shape {y.shape}")
+    if len(y) == 0:
+        raise ValueError("fitting a temperature needs at least one held-out row")
+    lo, hi = bounds
+    if not 0 < lo < 1 < hi:
+        raise ValueError(f"temperature bounds must satisfy 0 < low < 1 < high, got {bounds}")
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(
+        lambda log_t: _nll(z, y, math.exp(log_t)),
+        bounds=(math.log(lo), math.log(hi)),
+        method="bounded",
+        options={"xatol": 1e-6},
+    )
+    t = math.exp(float(res.x))
+    # the bounded search never evaluates the bounds themselves: compare with them, so a monotone NLL ends on one
+    t = min((lo, t, hi), key=lambda c: _nll(z, y, c))
+    return {
+        "method": "temperature",
+        "T": t,
+        "input": input,
+        "floor": floor if input == "probabilities" else None,
+        "n": len(y),
+        "nll_before": _nll(z, y, 1.0),
+        "nll_after": _nll(z, y, t),
+        "bounds": [lo, hi],
+        "at_bound": t in (lo, hi),
+    }
+
+
+def identity_calibration(input: str = "probabilities") -> dict:
+    """The record of no calibration (probabilities are used as the model gives them)."""
+    if input not in INPUTS:
+        raise choices_error("calibration input", input, INPUTS)
+    return {"method": "none", "input": input}
+
+
+def apply_calibration(record: dict, values) -> np.ndarray:
+    """Calibrated probabilities ``(N, K)`` of a model's outputs (of the kind ``record["input"]`` names).
+
+    The most probable class of every row is the model's own (a temperature divides a row's logits by one
+    positive number). Unknown methods and malformed records are a ConfigError naming the valid choices.
+
+    >>> apply_calibration({"method": "temperature", "T": 2.0, "input": "logits"}, np.array([[0.0, 2.0]])).round(4)
+    array([[0.2689, 0.7311]])
+    """
+    if not isinstance(record, dict):
+        raise ConfigError(f"a calibration record is a dict with a 'method', got {type(record).__name__}")
+    method = record.get("method")
+    if method not in METHODS:
+        raise choices_error("calibration method", method, METHODS)
+    input = record.get("input", "probabilities")
+    if method == "none":
+        z = as_logits(values, input, FLOOR) if input == "logits" else None
+        return softmax(z) if z is not None else _rows(values)
+    t = record.get("T")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise ConfigError(f"a temperature calibration needs a finite positive 'T', got {t!r}")
+    floor = record.get("floor") or FLOOR
+    return softmax(as_logits(values, input, floor) / t)
+
+
+def _rows(values) -> np.ndarray:
+    """Probabilities ``(N, K)`` as float64, checked."""
+    p = np.asarray(values, dtype=np.float64)
+    if p.ndim != 2 or not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError(f"probabilities (N, K), finite and non-negative, expected; got shape {p.shape}")
+    return p
