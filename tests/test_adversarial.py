@@ -424,6 +424,27 @@ RUN_FOLDER_CASES = [
         "class counts",
         victim="svm",
     ),
+    Case(
+        "svm_temperature_nan",
+        _skops_json("TemperedSVC", "temperature_", float("nan")),
+        "temperature nan is not a finite positive number",
+        outcome="apply",
+        victim="svm",
+    ),
+    Case(
+        "svm_temperature_negative",
+        _skops_json("TemperedSVC", "temperature_", -1.0),
+        "temperature -1.0 is not a finite positive number",
+        outcome="apply",
+        victim="svm",
+    ),
+    Case(
+        "svm_svc_of_ovr_shape",
+        _skops_json("SVC", "decision_function_shape", "ovr"),
+        "decision_function_shape 'ovr', not 'ovo'",
+        outcome="apply",
+        victim="svm",
+    ),
     # allowed types whose state does not fit the features: refused when applied (bad_state.py)
     Case(
         "scaler_mean_wrong_length",

@@ -253,8 +253,16 @@ def check_pipeline(est):
     from sklearn.svm import SVC
 
     from featstore.models.reshape import FeatureReshape
+    from featstore.models.svm import TemperedSVC
 
-    heads = (LogisticRegression, SGDClassifier, KNeighborsClassifier, RandomForestClassifier, CalibratedClassifierCV)
+    heads = (
+        LogisticRegression,
+        SGDClassifier,
+        KNeighborsClassifier,
+        RandomForestClassifier,
+        CalibratedClassifierCV,
+        TemperedSVC,
+    )
     steps = getattr(est, "steps", None) if type(est) is Pipeline else None
     shape = (
         [type(s[1]) if isinstance(s, tuple) and len(s) == 2 else None for s in steps] if isinstance(steps, list) else []
@@ -275,6 +283,8 @@ def check_pipeline(est):
         _check_forest(head)
     elif isinstance(head, KNeighborsClassifier):
         _rebuild_knn(head)
+    elif isinstance(head, TemperedSVC):
+        _check_tempered_svc(head, SVC)
     elif isinstance(head, CalibratedClassifierCV):
         calibrated = getattr(head, "calibrated_classifiers_", None)
         if not isinstance(calibrated, list) or not calibrated:
@@ -287,6 +297,22 @@ def check_pipeline(est):
                 f"the SVC of calibrated classifier {i}",
             )
     return est
+
+
+def _check_tempered_svc(head, svc_type) -> None:
+    """The svm's head: a fitted one-vs-one SVC (checked as above), the same classes, a finite positive temperature."""
+    svc = getattr(head, "svc_", None)
+    if type(svc) is not svc_type:
+        raise ModelStateError(f"the svm holds a {type(svc).__name__}, not a fitted SVC")
+    check_svc_state({k: getattr(svc, k) for k in _SVC_KEYS if hasattr(svc, k)}, "the SVC of the svm")
+    if svc.decision_function_shape != "ovo":  # its one-vs-one values are read pair by pair
+        raise ModelStateError(f"the svm's SVC has decision_function_shape {svc.decision_function_shape!r}, not 'ovo'")
+    classes = getattr(head, "classes_", None)
+    if not isinstance(classes, np.ndarray) or not np.array_equal(classes, svc.classes_):
+        raise ModelStateError(f"the svm's classes {classes!r} are not its SVC's {svc.classes_!r}")
+    t = getattr(head, "temperature_", None)
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not (np.isfinite(t) and t > 0):
+        raise ModelStateError(f"the svm's temperature {t!r} is not a finite positive number")
 
 
 def _check_forest(forest) -> None:
