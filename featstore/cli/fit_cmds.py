@@ -189,6 +189,8 @@ def leaks(
 
     The similarity threshold is calibrated per extractor on train's own nearest neighbours unless --threshold is given. Prints the counts and pairs, draws the top pairs side by side, and records the counts beside the store (<store>.leaks.json) so `featstore info` shows them. Exit 1 if an output you named could not be written (the results are printed first).
     """
+    import os
+
     from featstore.errors import OutputError
     from featstore.experiments.leaks import find_leaks, leaks_csv, leaks_png, record_path, write_record
     from featstore.outputs import check_output, terminal_safe
@@ -201,8 +203,13 @@ def leaks(
     if png is not None and png.suffix and png.suffix.lower() != ".png":
         raise FeatstoreError(f"--png {safe(png)}: the picture is a PNG; give a name ending in .png")
     for path, what in ((out, "--out"), (png, "--png")):
-        if path is not None:
-            check_output(path, what)  # before the search: a FIFO, link, folder or missing folder is one line now
+        if path is not None:  # before the search: a FIFO, link, folder, missing or read-only folder is one line now
+            check_output(path, what)
+            if not os.access(path.parent, os.W_OK):
+                raise FeatstoreError(
+                    f"cannot write {what} {safe(path)}: folder {safe(path.parent)} is not writable (read-only or not "
+                    f"yours); choose another path"
+                )
     r = find_leaks(store, extractor, split, threshold=threshold, quantile=quantile, record=False)
     typer.echo(f"{safe(r.extractor)}: {r.calibration.describe()}")
     if r.calibration.caveat():
@@ -254,8 +261,8 @@ def leaks(
         write_record(r)
     except OutputError as exc:
         typer.echo(
-            f"note: {exc} `featstore info` will not show these counts (they are above); "
-            f"run leaks where {safe(record_path(store).parent)} is writable to record them.",
+            f"note: {exc} `featstore info` will not show these counts (printed above): the record lives beside "
+            f"the store, so {safe(record_path(store).parent)} must be writable to keep it.",
             err=True,
         )
     if failed:
