@@ -8,6 +8,7 @@ plus a little noise) and three test files hold the same bytes as train files whi
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 
@@ -187,3 +188,36 @@ def test_files_gone_fifo_or_folder_are_listed_not_crashed_on_nor_blocking(tmp_pa
     ]
     out = run("leaks", "--store", store, "--threshold", "0.999", "--png", tmp_path / "p.png")
     assert out.exit_code == 0 and "not compared by content (train, 1): " in out.output and "Traceback" not in out.output
+
+
+def test_degenerate_features_give_a_valid_threshold_and_record(tmp_path):
+    """Two train rows, or constant features: a threshold in (0, 1] that info can show, never 0/0."""
+    for name, X in (
+        ("two", np.random.default_rng(0).random((2, 8), dtype=np.float32)),
+        ("flat", np.zeros((5, 8), np.float32)),
+    ):
+        store = tmp_path / f"{name}.h5"
+        write_split(store, "s", "train", X, np.zeros(len(X)), [f"train/{i}" for i in range(len(X))])
+        write_split(store, "s", "test", X, np.zeros(len(X)), [f"test/{i}" for i in range(len(X))])
+        r = find_leaks(store)
+        assert 0 < r.threshold <= 1 and np.isfinite(list(r.median.values())).all()
+        assert "calibrated on train, quantile 0.99; featstore leaks)" in run("info", store).output
+
+
+def test_a_record_of_format_1_still_shows(tmp_path):
+    """Records written before the calibration (fixed 0.95, no 'calibration') read as fixed."""
+    X = np.random.default_rng(0).random((20, 8), dtype=np.float32)
+    store = tmp_path / "f.h5"
+    write_split(store, "s", "train", X, np.zeros(20), [f"train/{i}" for i in range(20)])
+    write_split(store, "s", "test", X[:5], np.zeros(5), [f"test/{i}" for i in range(5)])
+    find_leaks(store)
+    rec = read_record(record_path(store))
+    entry = rec["extractors"]["s"]
+    for key in ("calibration", "same_bytes"):
+        del entry[key]
+    entry["threshold"], rec["format"] = 0.95, 1
+    record_path(store).write_text(json.dumps(rec))
+    assert (
+        "leaks: 5 test rows with a near-duplicate in train (threshold 0.95, fixed; featstore leaks)"
+        in run("info", store).output
+    )

@@ -217,7 +217,7 @@ def leaks(
     for name, n in r.counts.items():
         copies = f"{r.same_bytes[name]} with the same file bytes, " if r.same_bytes.get(name) else ""
         typer.echo(
-            f"{name}: {n} of {r.rows[name]} rows have a near-duplicate in {r.reference} ({copies}similarity >= "
+            f"{safe(name)}: {n} of {r.rows[name]} rows have a near-duplicate in {safe(r.reference)} ({copies}similarity >= "
             f"{r.threshold:.4g}; median nearest {r.median[name]:.3f})"
         )
     for p in r.pairs[:top]:
@@ -236,7 +236,7 @@ def leaks(
         )
     for name, files in r.unhashed.items():
         shown = "; ".join(safe(f) for f in files[:3]) + (f"; and {len(files) - 3} more" if len(files) > 3 else "")
-        typer.echo(f"not compared by content ({name}, {len(files)}): {shown}", err=True)
+        typer.echo(f"not compared by content ({safe(name)}, {len(files)}): {shown}", err=True)
     failed = False
     if out is not None:
         try:

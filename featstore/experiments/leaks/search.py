@@ -173,7 +173,9 @@ def _held_out(a: np.ndarray, t: np.ndarray, n: int) -> np.ndarray:
     nt2 = np.einsum("ij,ij->i", t, t)[None, :]
     G = a @ t.T
     den = np.sqrt(na2) * np.sqrt(np.maximum(nt2 + 2 * c * G + c * c * na2, 0))
-    return (G + c * na2) / np.maximum(den, np.finfo(np.float32).tiny)
+    S = np.zeros_like(G)  # a row equal to the mean of the others (two-row split): similarity 0, not 0/0
+    np.divide(G + c * na2, den, out=S, where=den > 1e-6 * np.sqrt(na2 * nt2))
+    return np.clip(S, -1, 1, out=S)
 
 
 def rounded(sims: np.ndarray) -> np.ndarray:

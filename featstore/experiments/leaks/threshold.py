@@ -20,6 +20,8 @@ from featstore.experiments.leaks.result import EXACT, Calibration
 from featstore.experiments.leaks.search import Centre, nearest, query_blocks, rounded
 from featstore.store.reader import FeatureStore
 
+MIN_THRESHOLD = 1e-6  # features with no positive similarity between distinct rows (constant ones): flag nothing by them
+
 
 def check_settings(threshold: object, quantile: object, sample: object, seed: object) -> None:
     """Refuse a threshold outside (0, 1], a quantile outside (0, 1), a sample below 2, a seed that is not an integer."""
@@ -69,11 +71,11 @@ def calibrate(
     if len(rest) == 0:  # every sampled row has a copy inside train: only identical features can be told apart
         threshold, median = 1.0, 1.0
     else:
-        threshold = float(min(np.quantile(rest, quantile), 1.0))
+        threshold = float(np.clip(np.quantile(rest, quantile), MIN_THRESHOLD, 1.0))
         median = float(np.median(rest))
     return Calibration(
         "train-quantile",
-        round(threshold, 6),
+        max(round(threshold, 6), MIN_THRESHOLD),
         float(quantile),
         m,
         int(seed),
