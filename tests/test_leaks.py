@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from featstore import ExtractorConfig, FeatureStore, extract, find_leaks
 from featstore.cli import app
 from featstore.errors import ConfigError, StoreError
-from featstore.experiments.leaks import DEFAULT_THRESHOLD, leaks_line, leaks_png, record_path
+from featstore.experiments.leaks import leaks_line, leaks_png, record_path
 from featstore.store.writer import write_arrays
 
 CLASSES = ("cat", "dog", "fox")
@@ -78,16 +78,26 @@ def run(*args):
 
 def test_planted_copies_found_and_no_distinct_pair(leaky):
     report = find_leaks(leaky["store"], record=False)
-    assert {(p.query_path, p.train_path) for p in report.pairs} == leaky["planted"]
-    assert report.counts == {"test": 3, "validation": 0} and report.rows == {"test": 15, "validation": 9}
-    sims = {p.query_path: p.similarity for p in report.pairs}
-    assert sims["test/cat/copy_exact.png"] == 1.0
-    assert min(sims.values()) >= DEFAULT_THRESHOLD
-    # measured: exact 1.000, resized 0.999, JPEG-70 0.988; the closest distinct pair 0.499, medians 0.34 / 0.27
-    assert all(p.similarity < 0.7 for p in report.near_misses), report.near_misses
-    assert max(report.median.values()) < 0.5
-    assert [p.same_label for p in report.pairs if p.query_path == "test/cat/copy_jpeg70.jpg"] == [False]
+    cal = report.calibration
+    assert cal.method == "train-quantile" and cal.quantile == 0.99 and cal.sample == cal.train_rows == 24
+    assert report.threshold == cal.threshold and 0 < report.threshold < 0.9
+    assert cal.caveat().startswith("only 24 train rows measured")  # 24 rows cannot place a 1 % tail
+    found = {(p.query_path, p.train_path) for p in report.pairs}
+    assert leaky["planted"] <= found and len(found - leaky["planted"]) <= 2  # look-alikes, said in the caveat
+    assert report.rows == {"test": 15, "validation": 9} and report.same_bytes == {"test": 1, "validation": 0}
+    sims = {p.query_path: p for p in report.pairs}
+    assert sims["test/cat/copy_exact.png"].similarity == 1.0 and sims["test/cat/copy_exact.png"].same_bytes
+    assert not sims["test/dog/copy_resized.png"].same_bytes
     assert report.pairs == sorted(report.pairs, key=lambda p: -p.similarity)
+    # measured: exact 1.000, resized 0.999, JPEG-70 0.988; the closest distinct pair 0.499, medians 0.34 / 0.27
+    fixed = find_leaks(leaky["store"], threshold=0.9, record=False)
+    assert (
+        fixed.calibration.method == "given" and {(p.query_path, p.train_path) for p in fixed.pairs} == leaky["planted"]
+    )
+    assert fixed.counts == {"test": 3, "validation": 0}
+    assert all(p.similarity < 0.7 for p in fixed.near_misses), fixed.near_misses
+    assert max(fixed.median.values()) < 0.5
+    assert [p.same_label for p in fixed.pairs if p.query_path == "test/cat/copy_jpeg70.jpg"] == [False]
     only_exact = find_leaks(leaky["store"], query=["test"], threshold=1.0, record=False)
     assert [p.query_path for p in only_exact.pairs] == ["test/cat/copy_exact.png"]
 
@@ -102,8 +112,8 @@ def test_blocked_search_equals_brute_force(tmp_path):
     for split, F in (("train", X), ("test", Q)):
         write_arrays(path, "synthetic", split, F, np.arange(len(F)) % 2, ["a", "b"], batch_size=512)
     chunk = FeatureStore(path).split_info("train")["chunks"][0] * 512
-    small = find_leaks(path, max_bytes=8 * chunk, record=False)  # one chunk per block
-    big = find_leaks(path, max_bytes=1 << 30, record=False)
+    small = find_leaks(path, threshold=0.95, max_bytes=8 * chunk, record=False)  # one chunk per block
+    big = find_leaks(path, threshold=0.95, max_bytes=1 << 30, record=False)
     mu = X.reshape(3000, -1).astype(np.float64).mean(0)
 
     def norm(F):
@@ -120,6 +130,23 @@ def test_blocked_search_equals_brute_force(tmp_path):
     assert small.median["test"] == pytest.approx(np.median(S.max(1)), abs=1e-4)
     with pytest.raises(ConfigError, match="max_bytes .* too small"):
         find_leaks(path, max_bytes=chunk, record=False)
+    # the calibration, blocked and sampled, equals the brute-force held-out quantile: row i against the others,
+    # centred on the mean of the others (as a new query would be)
+    cal_small = find_leaks(path, max_bytes=8 * chunk, sample=500, record=False).calibration
+    cal_big = find_leaks(path, max_bytes=1 << 30, sample=500, record=False).calibration
+    F = X.reshape(3000, -1).astype(np.float64)
+    held = []
+    for i in np.sort(np.random.default_rng(0).choice(3000, 500, replace=False)):
+        m = (F.sum(0) - F[i]) / 2999
+        R = F - m
+        R /= np.linalg.norm(R, axis=1, keepdims=True)
+        s = R @ R[i]
+        s[i] = -np.inf
+        held.append(s.max())
+    assert cal_small.sample == cal_big.sample == 500 and cal_small.train_rows == 3000
+    assert cal_small.threshold == pytest.approx(np.quantile(held, 0.99), abs=2e-4)
+    assert cal_small.threshold == pytest.approx(cal_big.threshold, abs=1e-5)
+    assert cal_small.median == pytest.approx(np.median(held), abs=2e-4)
     png, missing = leaks_png(small, tmp_path / "p.png", top=2)  # no source_root: placeholders, said so
     assert png.stat().st_size > 0 and len(missing) == 4
 
@@ -129,32 +156,55 @@ def test_cli_lists_pairs_writes_png_and_csv_and_info_shows_count(leaky, tmp_path
     shutil.copy(leaky["store"], store)
     r = run("info", store)
     assert r.exit_code == 0 and "leaks: not checked (featstore leaks)" in r.output
-    r = run("leaks", "--store", store, "--png", tmp_path / "pairs.png", "--out", tmp_path / "pairs.csv")
+    r = run(
+        "leaks",
+        "--store",
+        store,
+        "--threshold",
+        "0.9",
+        "--png",
+        tmp_path / "pairs.png",
+        "--out",
+        tmp_path / "pairs.csv",
+    )
     assert r.exit_code == 0, r.output
-    assert "test: 3 of 15 rows have a near-duplicate in train (similarity >= 0.95" in r.output
+    assert "vgg16: threshold 0.9 (given)" in r.output
+    assert (
+        "test: 3 of 15 rows have a near-duplicate in train (1 with the same file bytes, similarity >= 0.9;" in r.output
+    )
     assert "validation: 0 of 9 rows" in r.output
-    assert "1.0000  test/cat/copy_exact.png  ~  train/cat/train_01.png" in r.output
+    assert "same bytes  test/cat/copy_exact.png  ~  train/cat/train_01.png" in r.output
     assert "test/cat/copy_jpeg70.jpg  ~  train/fox/train_03.png  (labels differ)" in r.output
     assert f"wrote {tmp_path / 'pairs.png'}" in r.output and "missing" not in r.output
     with Image.open(tmp_path / "pairs.png") as im:
-        assert im.size[1] > 500
+        assert im.format == "PNG" and im.size[1] > 500
     rows = (tmp_path / "pairs.csv").read_text().splitlines()
-    assert rows[0] == "query_split,query_path,train_path,similarity,same_label" and len(rows) == 4
+    assert rows[0] == "query_split,query_path,train_path,similarity,same_label,same_bytes" and len(rows) == 4
+    assert rows[1] == "test,test/cat/copy_exact.png,train/cat/train_01.png,1.000000,True,True"
     rec = json.loads(record_path(store).read_text())["extractors"]["vgg16"]
     assert (
         rec["counts"] == {"test": 3, "validation": 0}
         and rec["fingerprint"] == FeatureStore(store).metadata()["fingerprint"]
+        and rec["calibration"]["method"] == "given"
+        and rec["same_bytes"] == {"test": 1, "validation": 0}
     )
     r = run("info", store)
     assert (
-        "leaks: 3 test / 0 validation rows with a near-duplicate in train (threshold 0.95, featstore leaks)" in r.output
+        "leaks: 3 test / 0 validation rows with a near-duplicate in train (threshold 0.9, given; featstore leaks)"
+        in r.output
     )
-    r = run("leaks", "--store", store, "--split", "validation", "--threshold", "0.5", "--top", "1")
-    assert r.exit_code == 0 and "no pair at or above 0.5; the closest is 0." in r.output, r.output
+    r = run("leaks", "--store", store)  # calibrated: the record says how
+    assert r.exit_code == 0 and "vgg16: threshold 0.3" in r.output and "(calibrated: 0.99 quantile" in r.output
+    assert "note: only 24 train rows measured" in r.output
+    assert "calibrated on train, quantile 0.99; featstore leaks)" in run("info", store).output
+    rec = json.loads(record_path(store).read_text())["extractors"]["vgg16"]["calibration"]
+    assert rec["method"] == "train-quantile" and rec["quantile"] == 0.99 and rec["sample"] == 24 and rec["seed"] == 0
+    r = run("leaks", "--store", store, "--split", "validation", "--threshold", "0.6", "--top", "1")
+    assert r.exit_code == 0 and "no pair at or above 0.6; the closest is 0." in r.output, r.output
     assert (
         tmp_path / "features.h5.leaks.png"
     ).is_file()  # the default PNG: the nearest pairs, titled below the threshold
-    assert "leaks: 0 validation rows with a near-duplicate in train (threshold 0.5" in run("info", store).output
+    assert "leaks: 0 validation rows with a near-duplicate in train (threshold 0.6" in run("info", store).output
 
 
 def test_missing_image_drawn_as_placeholder(leaky, tmp_path):
@@ -164,8 +214,9 @@ def test_missing_image_drawn_as_placeholder(leaky, tmp_path):
     for split in ("train", "test"):
         extract(data, split, store, CONFIG)
     (data / "train/cat/train_01.png").unlink()
-    r = run("leaks", "--store", store, "--png", tmp_path / "p.png")
+    r = run("leaks", "--store", store, "--threshold", "0.9", "--png", tmp_path / "p.png")
     assert r.exit_code == 0, r.output
+    assert "not compared by content (train, 1): " in r.output and "train_01.png (not found)" in r.output
     assert (
         "1 image(s) not found, drawn as placeholders" in r.output
         and "missing: train:train/cat/train_01.png" in r.output
@@ -178,7 +229,7 @@ def test_stale_and_damaged_records(leaky, tmp_path):
     store = tmp_path / "f.h5"
     for split in ("train", "validation", "test"):
         extract(data, split, store, CONFIG)
-    find_leaks(store)
+    find_leaks(store, threshold=0.9)
     assert "leaks: 3 test / 0 validation" in run("info", store).output
     (data / "validation/cat/validation_00.png").unlink()
     extract(data, "validation", store, CONFIG, overwrite=True)
@@ -190,8 +241,8 @@ def test_stale_and_damaged_records(leaky, tmp_path):
     assert "leaks: STALE (recorded for other features: the fingerprint differs)" in run("info", store).output
     record_path(store).write_text("{not json")
     r = run("info", store)
-    assert r.exit_code == 0 and "leaks: not checked" in r.output
-    find_leaks(store)  # an unreadable record is replaced
+    assert r.exit_code == 0 and f"leaks: record {record_path(store)} is damaged: it is not JSON" in r.output
+    find_leaks(store, threshold=0.9)  # an unreadable record is replaced
     entry = FeatureStore(store).info()["extractors"]["vgg16"]
     assert leaks_line(store, "vgg16", entry).startswith("leaks: 3 test / 0 validation")
 
@@ -201,8 +252,11 @@ def test_stale_and_damaged_records(leaky, tmp_path):
     [
         (["--split", "holdout"], "unknown split 'holdout' for extractor 'vgg16'; choose from: test, train, validation"),
         (["--split", "train"], "split 'train' is the reference"),
-        (["--threshold", "0"], r"threshold 0.0 is not in \(0, 1\]"),
+        (["--threshold", "0"], r"threshold 0.0 is not in \(0, 1\]; leave it out to calibrate it on train"),
         (["--threshold", "1.5"], r"threshold 1.5 is not in \(0, 1\]"),
+        (["--threshold", "nan"], r"threshold nan is not in \(0, 1\]"),
+        (["--quantile", "1"], r"quantile 1.0 is not in \(0, 1\)"),
+        (["--quantile", "0"], r"quantile 0.0 is not in \(0, 1\)"),
         (["--top", "0"], "--top must be at least 1"),
         (["--extractor", "resnet50"], "has no extractor 'resnet50'; it has: vgg16"),
     ],
@@ -228,7 +282,12 @@ def test_store_without_train_or_query_split(tmp_path):
         StoreError, match=r"has no test or validation split; name the splits to check with --split \(it has: holdout\)"
     ):
         find_leaks(path2, record=False)
-    assert find_leaks(path2, query=["holdout"], record=False).counts == {"holdout": 20}  # every row is its own copy
+    r = find_leaks(path2, query=["holdout"], record=False)
+    assert r.counts == {"holdout": 20}  # every row is its own copy
+    assert r.unhashed == {
+        "train": ["all 20 files (no source_root recorded)"],
+        "holdout": ["all 20 files (no source_root recorded)"],
+    }
 
 
 def test_help_fits_80_columns_and_leaks_needs_no_tensorflow(leaky, tmp_path):
@@ -243,7 +302,7 @@ def test_help_fits_80_columns_and_leaks_needs_no_tensorflow(leaky, tmp_path):
     code = (
         "import sys; from typer.testing import CliRunner; from featstore.cli import app; "
         "r = CliRunner().invoke(app, ['leaks', '--store', sys.argv[1]]); assert r.exit_code == 0, r.output; "
-        "r = CliRunner().invoke(app, ['info', sys.argv[1]]); assert 'leaks: 3 test' in r.output, r.output; "
+        "r = CliRunner().invoke(app, ['info', sys.argv[1]]); assert 'leaks: ' in r.output and 'calibrated' in r.output, r.output; "
         "print(sorted(set(sys.modules) & {'tensorflow', 'keras', 'sklearn'}))"
     )
     env = {

@@ -162,51 +162,111 @@ def leaks(
     threshold: Annotated[
         Optional[float],
         typer.Option(
-            help="Report pairs with a similarity (centred cosine of the features) at or above this, in (0, 1]; default 0.95, see the README."
+            help="Flag pairs with a similarity (centred cosine of the features) at or above this, in (0, 1]. Default: calibrated on this extractor from --quantile."
         ),
     ] = None,
+    quantile: Annotated[
+        float,
+        typer.Option(
+            help="Without --threshold: flag rows closer to a train image than this fraction of train images are to their nearest other train image."
+        ),
+    ] = 0.99,
     top: Annotated[int, typer.Option(help="Pairs to print and to draw in the PNG.")] = 10,
     png: Annotated[
-        Optional[Path], typer.Option(help="PNG of the top pairs side by side (default: <store>.leaks.png).")
+        Optional[Path],
+        typer.Option(
+            help="PNG of the top pairs side by side, written at exactly this name (default: <store>.leaks.png)."
+        ),
     ] = None,
     out: Annotated[
         Optional[Path],
         typer.Option(
-            help="Write every pair found to this CSV (columns query_split, query_path, train_path, similarity, same_label)."
+            help="Write every pair found to this CSV (query_split, query_path, train_path, similarity, same_label, same_bytes)."
         ),
     ] = None,
 ) -> None:
-    """Near-duplicate images across splits: each test/validation row's most similar train row, from the cached features.
+    """Near-duplicate images across splits: files with the same bytes, and rows whose features are as close as copies.
 
-    Lists the pairs at or above the threshold with both paths, draws the top pairs side by side, and records the counts beside the store (<store>.leaks.json) so `featstore info` shows them.
+    The similarity threshold is calibrated per extractor on train's own nearest neighbours unless --threshold is given. Prints the counts and pairs, draws the top pairs side by side, and records the counts beside the store (<store>.leaks.json) so `featstore info` shows them. Exit 1 if an output you named could not be written (the results are printed first).
     """
-    from featstore.experiments.leaks import DEFAULT_THRESHOLD, find_leaks, leaks_csv, leaks_png
+    import os
+
+    from featstore.errors import OutputError
+    from featstore.experiments.leaks import find_leaks, leaks_csv, leaks_png, record_path, write_record
+    from featstore.outputs import check_output, terminal_safe
+
+    def safe(p: object) -> str:
+        return terminal_safe(str(p))
 
     if top < 1:
         raise FeatstoreError(f"--top must be at least 1, not {top}")
-    r = find_leaks(store, extractor, split, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    if png is not None and png.suffix and png.suffix.lower() != ".png":
+        raise FeatstoreError(f"--png {safe(png)}: the picture is a PNG; give a name ending in .png")
+    for path, what in ((out, "--out"), (png, "--png")):
+        if path is not None:  # before the search: a FIFO, link, folder, missing or read-only folder is one line now
+            check_output(path, what)
+            if not os.access(path.parent, os.W_OK):
+                raise FeatstoreError(
+                    f"cannot write {what} {safe(path)}: folder {safe(path.parent)} is not writable (read-only or not "
+                    f"yours); choose another path"
+                )
+    r = find_leaks(store, extractor, split, threshold=threshold, quantile=quantile, record=False)
+    typer.echo(f"{safe(r.extractor)}: {r.calibration.describe()}")
+    if r.calibration.caveat():
+        typer.echo(f"note: {r.calibration.caveat()}", err=True)
     for name, n in r.counts.items():
+        copies = f"{r.same_bytes[name]} with the same file bytes, " if r.same_bytes.get(name) else ""
         typer.echo(
-            f"{name}: {n} of {r.rows[name]} rows have a near-duplicate in {r.reference} (similarity >= {r.threshold:g}; "
-            f"median nearest {r.median[name]:.3f})"
+            f"{safe(name)}: {n} of {r.rows[name]} rows have a near-duplicate in {safe(r.reference)} ({copies}similarity >= "
+            f"{r.threshold:.4g}; median nearest {r.median[name]:.3f})"
         )
     for p in r.pairs[:top]:
         typer.echo(
-            f"  {p.similarity:.4f}  {p.query_path}  ~  {p.train_path}" + ("" if p.same_label else "  (labels differ)")
+            f"  {'same bytes' if p.same_bytes else f'{p.similarity:.4f}'}  {safe(p.query_path)}  ~  {safe(p.train_path)}"
+            + ("" if p.same_label else "  (labels differ)")
         )
     if len(r.pairs) > top:
-        typer.echo(f"  ... {len(r.pairs) - top} more" + (f", all in {out}" if out else " (--out CSV lists them all)"))
+        typer.echo(
+            f"  ... {len(r.pairs) - top} more" + (f", all in {safe(out)}" if out else " (--out CSV lists them all)")
+        )
     if not r.pairs and r.near_misses:
         p = r.near_misses[0]
         typer.echo(
-            f"no pair at or above {r.threshold:g}; the closest is {p.similarity:.4f}: {p.query_path} ~ {p.train_path}"
+            f"no pair at or above {r.threshold:.4g}; the closest is {p.similarity:.4f}: {safe(p.query_path)} ~ {safe(p.train_path)}"
         )
+    for name, files in r.unhashed.items():
+        shown = "; ".join(safe(f) for f in files[:3]) + (f"; and {len(files) - 3} more" if len(files) > 3 else "")
+        typer.echo(f"not compared by content ({safe(name)}, {len(files)}): {shown}", err=True)
+    failed = False
     if out is not None:
-        typer.echo(f"wrote {len(r.pairs)} pairs to {leaks_csv(r, out)}")
-    path, missing = leaks_png(r, png or Path(f"{store}.leaks.png"), top=top)
-    typer.echo(f"wrote {path}" + (f"; {len(missing)} image(s) not found, drawn as placeholders:" if missing else ""))
-    for m in missing:
-        typer.echo(f"  missing: {m}")
+        try:
+            typer.echo(f"wrote {len(r.pairs)} pairs to {safe(leaks_csv(r, out))}")
+        except OutputError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            failed = True
+    try:
+        path, missing = leaks_png(r, png or Path(f"{store}.leaks.png"), top=top, what="--png" if png else "PNG")
+        typer.echo(
+            f"wrote {safe(path)}" + (f"; {len(missing)} image(s) not found, drawn as placeholders:" if missing else "")
+        )
+        for m in missing:
+            typer.echo(f"  missing: {safe(m)}")
+    except OutputError as exc:
+        if png is not None:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            failed = True
+        else:
+            typer.echo(f"note: {exc} Give --png PATH in a writable folder to get the picture.", err=True)
+    try:
+        write_record(r)
+    except OutputError as exc:
+        typer.echo(
+            f"note: {exc} `featstore info` will not show these counts (printed above): the record lives beside "
+            f"the store, so {safe(record_path(store).parent)} must be writable to keep it.",
+            err=True,
+        )
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

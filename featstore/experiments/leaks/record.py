@@ -1,0 +1,247 @@
+"""``<store>.leaks.json``: the counts ``featstore leaks`` found, written whole, read back with bounds for ``info``.
+
+The record is an input that anyone can edit, so it is read with limits before and while parsing: at most
+:data:`MAX_RECORD_BYTES`, nesting at most :data:`MAX_DEPTH` deep, no NaN/Infinity, integers of at most 18 digits and
+finite floats; each entry's fields are type-checked before use. A record that fails any of these is reported as
+damaged in one line; it never crashes ``featstore info`` (a nested ``[[[[...`` raised RecursionError, a count of
+``1e400`` OverflowError).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import stat
+import time
+from pathlib import Path
+
+from featstore.experiments.leaks.result import LeakReport, record_path
+from featstore.outputs import terminal_safe, write_text
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 2  # 1: fixed threshold; 2: adds "calibration" and "same_bytes"
+MAX_RECORD_BYTES = 1 << 20  # a record of many extractors is a few KiB
+MAX_DEPTH = 6  # record > extractors > name > commits > split > key
+MAX_COUNT = 10**15  # more rows than any store holds
+
+
+class BadRecord(ValueError):
+    """The record file is not a featstore leaks record within bounds (the message says why)."""
+
+
+def _reject(text: str):
+    """parse_constant hook: NaN and Infinity are not JSON."""
+    raise BadRecord(f"holds {text}")
+
+
+def _integer(text: str) -> int:
+    """parse_int hook: at most 18 digits."""
+    if len(text.lstrip("-")) > 18:
+        raise BadRecord("holds an integer of more than 18 digits")
+    return int(text)
+
+
+def _real(text: str) -> float:
+    """parse_float hook: finite only (``1e400`` would be inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRecord(f"holds the number {text[:20]}, out of range")
+    return value
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.S)  # a string (closed or not: linear time) or a bracket
+
+
+def _depth(text: str) -> int:
+    """Deepest nesting of brackets outside strings (checked before json parses, which recurses)."""
+    depth = deepest = 0
+    for m in _TOKEN.finditer(text):
+        c = m.group()[0]
+        if c != '"':
+            depth += 1 if c in "[{" else -1
+            deepest = max(deepest, depth)
+    return deepest
+
+
+def read_record(path: str | os.PathLike) -> dict | None:
+    """The record as a dict (``None`` if there is none); :class:`BadRecord` says what is wrong with a bad one.
+
+    >>> read_record("/nonexistent.h5.leaks.json") is None
+    True
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BadRecord(f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadRecord("is not a regular file")
+        if st.st_size > MAX_RECORD_BYTES:
+            raise BadRecord(f"is {st.st_size} bytes, over the {MAX_RECORD_BYTES} a record may take")
+        raw = os.read(fd, MAX_RECORD_BYTES + 1)
+    except OSError as exc:
+        raise BadRecord(f"cannot be read ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_RECORD_BYTES:
+        raise BadRecord(f"is over the {MAX_RECORD_BYTES} bytes a record may take")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRecord("is not UTF-8 text") from None
+    if _depth(text) > MAX_DEPTH:
+        raise BadRecord(f"is nested deeper than {MAX_DEPTH} levels")
+    try:
+        data = json.loads(text, parse_constant=_reject, parse_int=_integer, parse_float=_real)
+    except BadRecord:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise BadRecord(f"is not JSON ({str(exc)[:80]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("extractors"), dict):
+        raise BadRecord("is not a featstore leaks record (no 'extractors')")
+    return data
+
+
+def _count(value: object) -> int:
+    """A row count from the record, or BadRecord."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        raise BadRecord(f"has a count {str(value)[:20]!r} that is not a number of rows")
+    return value
+
+
+def check_entry(rec: object) -> dict:
+    """An extractor's entry with every field ``info`` uses type-checked, or BadRecord."""
+    if not isinstance(rec, dict):
+        raise BadRecord("has an entry that is not an object")
+    counts, rows, commits = rec.get("counts"), rec.get("rows", {}), rec.get("commits")
+    if not isinstance(counts, dict) or not isinstance(rows, dict) or not isinstance(commits, dict):
+        raise BadRecord("has an entry without counts, rows or commits")
+    for split, n in counts.items():
+        if _count(n) > _count(rows.get(split, n)):
+            raise BadRecord(f"counts more {split!r} rows than it checked")
+    if not all(isinstance(c, dict) for c in commits.values()):
+        raise BadRecord("has a split commit that is not an object")
+    t = rec.get("threshold")
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
+        raise BadRecord("has a threshold outside (0, 1]")
+    if not isinstance(rec.get("reference"), str) or not isinstance(rec.get("fingerprint"), (str, type(None))):
+        raise BadRecord("has no reference split name or fingerprint")
+    cal = rec.get("calibration", {})
+    if not isinstance(cal, dict) or not isinstance(cal.get("method", ""), str):
+        raise BadRecord("has a calibration that is not an object")
+    q = cal.get("quantile")
+    if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q < 1):
+        raise BadRecord("has a calibration quantile outside (0, 1)")
+    return rec
+
+
+def write_record(report: LeakReport) -> Path:
+    """Add this extractor's result to ``<store>.leaks.json`` (temporary file + rename); returns its path.
+
+    A record that cannot be read is replaced (logged). Raises :class:`~featstore.errors.OutputError` (one line:
+    where and what to do) when the file cannot be written, e.g. in a read-only store folder.
+    """
+    path = record_path(report.store)
+    try:
+        data = read_record(path) or {"format": FORMAT, "extractors": {}}
+    except BadRecord as exc:
+        logger.warning("replacing %s: it %s", terminal_safe(str(path)), exc)
+        data = {"format": FORMAT, "extractors": {}}
+    data["format"] = FORMAT
+    data["extractors"][report.extractor] = {
+        "fingerprint": report.fingerprint,
+        "commits": report.commits,
+        "reference": report.reference,
+        "threshold": report.threshold,
+        "calibration": report.calibration.as_dict(),
+        "counts": report.counts,
+        "same_bytes": report.same_bytes,
+        "rows": report.rows,
+        "median": report.median,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    text = json.dumps(data, indent=1, default=str, allow_nan=False) if _finite(data) else None
+    if text is None:  # a NaN median (an empty split): recorded as null
+        text = json.dumps(_nulls(data), indent=1, default=str, allow_nan=False)
+    return write_text(path, text, "leaks record")
+
+
+def _finite(x: object) -> bool:
+    """No NaN or inf anywhere in x."""
+    if isinstance(x, float):
+        return math.isfinite(x)
+    if isinstance(x, dict):
+        return all(_finite(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return all(_finite(v) for v in x)
+    return True
+
+
+def _nulls(x: object) -> object:
+    """x with NaN/inf floats as None."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _nulls(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_nulls(v) for v in x]
+    return x
+
+
+def leaks_line(store: str | os.PathLike, extractor: str, entry: dict) -> str:
+    """One line for ``featstore info``: the recorded counts, "not checked", STALE with the reason, or a bad record.
+
+    ``entry`` is the extractor's part of :meth:`FeatureStore.info` (its fingerprint and split summaries). Never
+    raises: whatever the record holds, the answer is one line, escaped for the terminal.
+
+    >>> leaks_line("/nonexistent.h5", "vgg16", {"attrs": {}, "splits": {}})
+    'leaks: not checked (featstore leaks)'
+    """
+    path = record_path(store)
+    try:
+        data = read_record(path)
+        rec = (data or {}).get("extractors", {}).get(extractor)
+        if rec is None:
+            return "leaks: not checked (featstore leaks)"
+        rec = check_entry(rec)
+        counts = " / ".join(f"{n} {terminal_safe(str(s))}" for s, n in rec["counts"].items()) or "no"
+        cal = rec.get("calibration") or {}
+        how = (
+            f"calibrated on {terminal_safe(rec['reference'])}, quantile {cal['quantile']:g}"
+            if cal.get("method") == "train-quantile" and cal.get("quantile") is not None
+            else "given"
+            if cal.get("method") == "given"
+            else "fixed"
+        )
+        said = (
+            f"{counts} rows with a near-duplicate in {terminal_safe(rec['reference'])} "
+            f"(threshold {float(rec['threshold']):.4g}, {how}"
+        )
+        why = _stale_reason(rec, entry)
+    except BadRecord as exc:
+        return f"leaks: record {terminal_safe(str(path))} is damaged: it {exc}; re-run featstore leaks to replace it"
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError, OverflowError) as exc:
+        return f"leaks: record {terminal_safe(str(path))} is damaged ({type(exc).__name__}); re-run featstore leaks"
+    if why:
+        return f"leaks: STALE ({why}); re-run featstore leaks. It found {said})"
+    return f"leaks: {said}; featstore leaks)"
+
+
+def _stale_reason(rec: dict, entry: dict) -> str:
+    """Why a record no longer describes the store's features ('' if it still does)."""
+    if rec["fingerprint"] != entry.get("attrs", {}).get("fingerprint"):
+        return "recorded for other features: the fingerprint differs"
+    for split, commit in rec["commits"].items():
+        now = entry.get("splits", {}).get(split)
+        if now is None or "error" in now:
+            return f"split '{terminal_safe(str(split))}' is gone or damaged"
+        if any(now.get(k) != v for k, v in commit.items()):
+            return f"split '{terminal_safe(str(split))}' was re-extracted or changed since"
+    return ""

@@ -1,0 +1,183 @@
+"""Blocked nearest-neighbour search on stored features: centred cosine, streamed in blocks of whole chunks.
+
+Both sides are read block by block (at most ``budget`` bytes each) with a running maximum per query row, so stores
+larger than memory work. The query side is a whole split, or a sample of one split's rows searched against the same
+split with each row's own match left out (the calibration's leave-one-out similarities).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from featstore.errors import StoreError
+from featstore.outputs import terminal_safe
+from featstore.store.reader import FeatureStore
+
+TILE_FACTOR = 4  # bytes per similarity value: tiles of at most `budget` bytes
+
+
+class Centre(NamedTuple):
+    """What the comparison is centred on: the reference split's mean row, its row count, a power-of-two scale."""
+
+    mean: np.ndarray  # float32 mean row of the reference split
+    rows: int  # rows in the reference split
+    scale: float  # 2**k >= 2 * max |value| of the reference: centred rows divided by it cannot overflow when squared
+
+
+def _rows(X: np.ndarray) -> np.ndarray:
+    """Feature blocks as float32 rows (flattened)."""
+    return np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+
+
+def _bad_rows(R: np.ndarray) -> np.ndarray:
+    """Indices of rows holding NaN or inf."""
+    return np.flatnonzero(~np.isfinite(R).all(axis=1))
+
+
+def scan(fs: FeatureStore, name: str, splits: Sequence[str], reference: str, budget: int) -> Centre:
+    """One pass over each split: the reference's mean row (float64 sums), row count and scale; refuses NaN/inf rows.
+
+    Every split is scanned before refusing, so the message names each split with bad rows, how many, and a few paths.
+    """
+    total, n, bad, top = None, 0, {}, 0.0
+    for split in dict.fromkeys([reference, *splits]):
+        rows, off = [], 0
+        for X, _ in fs.iter_batches(split, name, max_bytes=budget):
+            R = _rows(X)
+            rows += (_bad_rows(R) + off).tolist()
+            off += len(R)
+            if split == reference:
+                part = R.sum(axis=0, dtype=np.float64)
+                total = part if total is None else total + part
+                top = max(top, float(np.abs(R).max(initial=0.0)))
+                n = off
+        if rows:
+            bad[split] = rows
+    if bad:
+        paths = {s: fs.paths(s, name) for s in bad}
+        said = "; ".join(
+            f"{s!r}: {len(r)} row(s), e.g. {', '.join(terminal_safe(paths[s][i]) for i in r[:3])}"
+            for s, r in bad.items()
+        )
+        raise StoreError(
+            f"extractor {name!r} holds features with NaN or inf ({said}); no similarity can be measured on them, so "
+            f"leaks (like fit) refuses. Check those images and the model's weights, then re-extract the split(s) with "
+            f"`featstore extract --split NAME --overwrite` (`featstore check` counts such rows)"
+        )
+    if n < 2:
+        raise StoreError(
+            f"split {reference!r} of {name!r} has {n} row(s); comparing needs at least 2 (the mean is subtracted)"
+        )
+    scale = float(2.0 ** np.ceil(np.log2(2 * top))) if top > 0.5 else 1.0
+    return Centre((total / n).astype(np.float32), n, scale)
+
+
+def normalised(X: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Rows minus the reference mean, scaled to unit length (a row equal to the mean stays zero; no overflow)."""
+    R = _rows(X) - mean
+    R /= np.maximum(np.abs(R).max(axis=1, keepdims=True, initial=0.0), np.finfo(np.float32).tiny)
+    return R / np.maximum(np.linalg.norm(R, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+
+
+def query_blocks(
+    fs: FeatureStore, name: str, split: str, budget: int, pick: np.ndarray | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(row indices, features)`` of a split block by block; with ``pick`` (sorted indices) only those rows, gathered."""
+    off, buf, idx, size = 0, [], [], 0
+    for X, _ in fs.iter_batches(split, name, max_bytes=budget):
+        if pick is None:
+            yield np.arange(off, off + len(X)), X
+        else:
+            sel = pick[(pick >= off) & (pick < off + len(X))]
+            if len(sel):
+                buf.append(np.asarray(X[sel - off]))
+                idx.append(sel)
+                size += buf[-1].nbytes
+            if size >= budget:
+                yield np.concatenate(idx), np.concatenate(buf)
+                buf, idx, size = [], [], 0
+        off += len(X)
+    if buf:
+        yield np.concatenate(idx), np.concatenate(buf)
+
+
+def nearest(
+    fs: FeatureStore,
+    name: str,
+    blocks: Iterator[tuple[np.ndarray, np.ndarray]],
+    reference: str,
+    centre: Centre,
+    budget: int,
+    *,
+    leave_out: bool = False,
+    want: Mapping[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
+    """Per query row: the highest similarity to a reference row and that row's index (blocked products).
+
+    ``leave_out``: the query rows are rows of ``reference``; each is compared with the *other* rows as a new query
+    would be, i.e. centred on the mean of the other rows (:func:`_held_out`).
+    ``want`` maps query row index -> reference row index of pairs whose similarity is wanted too (same bytes).
+    """
+    sims, idx, got = [], [], {}
+    want = dict(want or {})
+    for rows, Q in blocks:
+        q = _centred(Q, centre) if leave_out else normalised(Q, centre.mean)
+        best = np.full(len(q), -np.inf, dtype=np.float32)
+        arg = np.zeros(len(q), dtype=np.int64)
+        wanted = [(i, want[int(r)]) for i, r in enumerate(rows) if int(r) in want]
+        offset = 0
+        for T, _ in fs.iter_batches(reference, name, max_bytes=budget):
+            t = _centred(T, centre) if leave_out else normalised(T, centre.mean)
+            step = max(1, budget // (TILE_FACTOR * len(t) * (4 if leave_out else 1)))  # held-out: 4 tiles at once
+            for s in range(0, len(q), step):
+                if leave_out:
+                    S = _held_out(q[s : s + step], t, centre.rows)
+                    own = rows[s : s + step] - offset
+                    inside = np.flatnonzero((own >= 0) & (own < len(t)))
+                    S[inside, own[inside]] = -np.inf
+                else:
+                    S = q[s : s + step] @ t.T
+                j = S.argmax(axis=1)
+                v = S[np.arange(len(j)), j]
+                better = v > best[s : s + step]
+                best[s : s + step][better] = v[better]
+                arg[s : s + step][better] = j[better] + offset
+            for i, r in wanted:
+                if offset <= r < offset + len(t):
+                    got[int(rows[i])] = float(q[i] @ t[r - offset])
+            offset += len(t)
+        sims.append(best)
+        idx.append(arg)
+    if not sims:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64), got
+    return np.concatenate(sims), np.concatenate(idx), got
+
+
+def _centred(X: np.ndarray, centre: Centre) -> np.ndarray:
+    """Reference rows minus the mean, divided by the centre's scale (one power of two for all: same units)."""
+    return (_rows(X) - centre.mean) / np.float32(centre.scale)
+
+
+def _held_out(a: np.ndarray, t: np.ndarray, n: int) -> np.ndarray:
+    """Centred cosine of rows ``a`` of an n-row split with rows ``t`` of it, each ``a`` row left out of the mean.
+
+    Without row i the mean moves by -(x_i - mean)/(n - 1): x_i - mean' is x_i - mean scaled (same direction) and
+    x_j - mean' = (x_j - mean) + (x_i - mean)/(n - 1). So a train row is measured exactly as a new query would be;
+    with the full mean its similarities to the other rows come out about 1/(n - 1) too low.
+    """
+    c = np.float32(1.0 / (n - 1))
+    na2 = np.einsum("ij,ij->i", a, a)[:, None]
+    nt2 = np.einsum("ij,ij->i", t, t)[None, :]
+    G = a @ t.T
+    den = np.sqrt(na2) * np.sqrt(np.maximum(nt2 + 2 * c * G + c * c * na2, 0))
+    S = np.zeros_like(G)  # a row equal to the mean of the others (two-row split): similarity 0, not 0/0
+    np.divide(G + c * na2, den, out=S, where=den > 1e-6 * np.sqrt(na2 * nt2))
+    return np.clip(S, -1, 1, out=S)
+
+
+def rounded(sims: np.ndarray) -> np.ndarray:
+    """Similarities as float64 rounded to 6 places, at most 1 (float32 sums: an exact copy may come out 0.99999994)."""
+    return np.minimum(np.asarray(sims, dtype=np.float64).round(6), 1.0)

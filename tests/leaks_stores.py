@@ -1,0 +1,56 @@
+"""Synthetic stores for the leaks tests, written without TensorFlow: any features, any stored paths, real files.
+
+``write_split`` writes a complete split like an extraction would (prepare, append in batches, finish) with the
+stored paths you choose and ``source_root`` pointing at a folder where ``files`` are written under those paths, so
+the content-hash side of ``featstore leaks`` has real files to read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from featstore.store.writer import append, finish, prepare_split, synthetic_attrs
+
+
+def write_split(
+    store: Path,
+    name: str,
+    split: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    paths: Sequence[str],
+    root: Path | None = None,
+    files: Sequence[bytes] | None = None,
+    class_names: Sequence[str] = ("a", "b"),
+    batch: int = 256,
+) -> None:
+    """A complete split ``store:/name/split``; with ``root``, ``files[i]`` is written at ``root/paths[i]``."""
+    if root is not None and files is not None:
+        for rel, content in zip(paths, files):
+            target = os.path.join(os.fsencode(root), os.fsencode(rel))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "wb") as fh:
+                fh.write(content)
+    split_attrs = {
+        "class_names": list(class_names),
+        "source_root": str(root or ""),
+        "n_images": len(y),
+        "n_ignored": 0,
+        "listing_sha256": f"arrays:{len(y)}",
+        "batch_size": batch,
+        "compression": "none",
+    }
+    prepare_split(store, name, split, synthetic_attrs(X.shape[1:], str(X.dtype), name), split_attrs, overwrite=True)
+    for i in range(0, len(y), batch):
+        j = min(i + batch, len(y))
+        append(store, name, split, X[i:j], np.asarray(y[i:j], np.int32), list(paths[i:j]), [], j)
+    finish(store, name, split, 0.0)
+
+
+def blob(seed: int, size: int = 64) -> bytes:
+    """Distinct file content (a stand-in for an image's bytes)."""
+    return np.random.default_rng(seed).bytes(size)
