@@ -31,7 +31,6 @@ from featstore.errors import DataError
 from featstore.images.decode import (  # noqa: F401 - re-exported: images is the public face of the image side
     DECODE_BUDGET,
     MAX_PIXELS,
-    RESIZE,
     DecodeBudget,
     ImageError,
     load_image,
