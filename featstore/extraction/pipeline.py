@@ -147,7 +147,8 @@ def extract(
         result = ExtractResult(
             str(file.path), names[0], split, ignored=listing.n_ignored, extractors=names, engine=runner.name
         )
-        job = _Extraction(file, listing, config, spec, names, runner, batch_size, overwrite, progress, compression, jit)
+        how = PassOptions(batch_size, overwrite, progress, compression, jit)
+        job = _Extraction(file, listing, config, spec, names, runner, how)
         with file.lock():  # one writer per store, for the whole command
             job.write_split(result, started)
             if copies is not None:
@@ -180,13 +181,23 @@ def _engine(engine, ray_options, decode_threads: int | None) -> tuple[Engine, bo
     return RayEngine(ray_options), True
 
 
+@dataclass(frozen=True)
+class PassOptions:
+    """How every pass of one extract call writes."""
+
+    batch_size: int = 32  # images per model call and per committed batch
+    overwrite: bool = False  # replace the split (and its copies) instead of resuming or skipping it
+    progress: bool = False  # a tqdm bar
+    compression: str = "none"  # none | lzf | gzip
+    jit: bool = False  # XLA-compiled forward pass
+
+
 class _Extraction:
     """One extract() call after its checks: the store (locked by the caller), the images, the configuration, the engine."""
 
-    def __init__(self, file, listing, config, spec, names, engine, batch_size, overwrite, progress, compression, jit):
+    def __init__(self, file: StoreFile, listing, config: ExtractorConfig, spec, names: list[str], engine, how):
         self.file, self.listing, self.config, self.spec, self.names = file, listing, config, spec, names
-        self.engine, self.batch_size, self.overwrite, self.progress = engine, batch_size, overwrite, progress
-        self.compression, self.jit = compression, jit
+        self.engine, self.how = engine, how
         self.configs = dict(zip(names, config.per_layer()))  # each group's own (one-layer) configuration
         self.built: dict[tuple, Extractor] = {}
 
@@ -196,19 +207,20 @@ class _Extraction:
             c = self.config
             if c.layers:
                 c = replace(c, cut_layers=tuple(self.configs[n].layer for n in names))
-            self.built[tuple(names)] = Extractor(c, self.spec, jit=jit, jit_batch=self.batch_size)
+            self.built[tuple(names)] = Extractor(c, self.spec, jit=jit, jit_batch=self.how.batch_size)
         return self.built[tuple(names)]
 
     def write_split(self, result: ExtractResult, started: float) -> None:
         """The split's pass: skipped when complete (same configuration, same images), resumed when partial."""
-        path, split, listing = self.file.path, result.split, self.listing
+        path, split, listing, how = self.file.path, result.split, self.listing, self.how
+
+        def done(f, name: str) -> bool:
+            return split_done(f, path, name, split, self.configs[name].matches, listing)
+
         with self.file.read_if_exists() as f:  # one opening: every check before any work
             if f is not None:
                 refuse_foreign(f, path)  # links out of the store are refused before anything in it is read
-            found = survey(
-                f, path, self.names, split, lambda f, n: split_done(f, path, n, split, self.configs[n].matches, listing),
-                self.overwrite,
-            )  # fmt: skip
+            found = survey(f, path, self.names, split, done, how.overwrite)
         if not found.todo:
             result.skipped = True
             logger.debug(
@@ -221,9 +233,8 @@ class _Extraction:
                 result.startup_seconds = self.engine.start(
                     listing.root, str(listing.root / listing.items[0][0]) if listing.items else None
                 )
-            extractor = self.extractor(
-                found.todo, jit=self.jit and local
-            )  # Ray: the actors compile, the driver describes
+            # Ray: the actors compile (--jit), the driver only describes
+            extractor = self.extractor(found.todo, jit=how.jit and local)
             result.fingerprint, result.jit_max_abs_diff = extractor.attrs["fingerprint"], extractor.jit_max_abs_diff
             split_attrs = {
                 "class_names": listing.class_names,
@@ -231,19 +242,17 @@ class _Extraction:
                 "n_images": len(listing.items),
                 "n_ignored": listing.n_ignored,
                 "listing_sha256": listing.digest(),
-                "batch_size": self.batch_size,
-                "compression": self.compression,
-                "jit": bool(self.jit),
+                "batch_size": how.batch_size,
+                "compression": how.compression,
+                "jit": bool(how.jit),
                 "engine": self.engine.name,
             }  # how the run that started it computed
             writer = SplitWriter(self.file, found.todo, split)
-            done = self._pass(
-                writer, found, extractor, split_attrs, ListingRows(listing), self.engine, self.overwrite, listing
-            )
-            if done is not None:
-                result.resumed_from, result.written, result.failures = writer.start, done.written, done.failures
-                result.images_per_second = done.images_per_second
-                result.startup_seconds += done.first_wait
+            wrote = self._pass(writer, found, extractor, split_attrs, ListingRows(listing), how.overwrite, listing)
+            if wrote is not None:
+                result.resumed_from, result.written, result.failures = writer.start, wrote.written, wrote.failures
+                result.images_per_second = wrote.images_per_second
+                result.startup_seconds += wrote.first_wait
             summary = writer.finish(time.monotonic() - started, report=self.names[0])
         result.rows, result.failed = int(summary["committed_rows"]), int(summary["n_failed"])
         result.feature_shape = tuple(summary["shape"][1:])
@@ -256,19 +265,19 @@ class _Extraction:
         key = f"{split}/{AUGMENTED}"
         with self.file.open("r") as f:  # one opening: the split's rows and every check before any work
             rel, labels, plain_attrs = committed_rows(f, path, self.names[0], split)
-            want = augcopies.copies_attrs(req, split, plain_attrs, len(rel), self.batch_size, self.compression)
+            want = augcopies.copies_attrs(req, split, plain_attrs, len(rel), self.how.batch_size, self.how.compression)
             found = survey(f, path, self.names, key, lambda f, n: copies_done(f, path, n, split, want))
         total = req.copies * len(rel)
         if not found.todo:
             out.skipped, out.rows = True, total
             return out
-        extractor = self.extractor(found.todo, jit=self.jit)
+        extractor = self.extractor(found.todo, jit=self.how.jit)
         rows = augcopies.CopyRows(req, Path(want["source_root"]), rel, labels, extractor.config.image_size)
         writer = SplitWriter(self.file, found.todo, key, extra=("copy",))
-        done = self._pass(writer, found, extractor, want, rows, self.engine, overwrite=False)
+        wrote = self._pass(writer, found, extractor, want, rows, overwrite=False)
         out.resumed_from = writer.start
-        if done is not None:
-            out.written = done.written
+        if wrote is not None:
+            out.written = wrote.written
         summary = writer.finish(time.monotonic() - started)
         out.rows, out.failed = int(summary["committed_rows"]), int(summary["n_failed"])
         return out
@@ -280,8 +289,7 @@ class _Extraction:
         extractor,
         split_attrs: dict,
         rows: Rows,
-        engine,
-        overwrite,
+        overwrite: bool,
         listing=None,
     ) -> PassResult | None:
         """The steps every pass shares: compact after a kill, check the space, prepare every group (one opening), then
@@ -292,13 +300,14 @@ class _Extraction:
         )
         if found.interrupted:
             writer.compact()  # resume from a clean copy: a killed writer's file state is never written on
-        ensure_space(
-            self.file.path, (rows.total - found.done) * row_bytes + CHUNK_BYTES, found.done
-        )  # before anything is replaced
+        need = (rows.total - found.done) * row_bytes + CHUNK_BYTES
+        ensure_space(self.file.path, need, found.done)  # before anything is replaced
         writer.prepare([a for _, a in extractor.outputs], split_attrs, overwrite, listing)
         if writer.start >= rows.total:
             return None
-        engine.bind(extractor, jit=self.jit, batch_size=self.batch_size)
+        self.engine.bind(extractor, jit=self.how.jit, batch_size=self.how.batch_size)
         names = writer.names
         desc = f"{names[0]}/{writer.key}" if len(names) == 1 else f"{len(names)} layers/{writer.key}"
-        return run_pass(writer, rows, engine, batch_size=self.batch_size, progress=self.progress, desc=desc)
+        return run_pass(
+            writer, rows, self.engine, batch_size=self.how.batch_size, progress=self.how.progress, desc=desc
+        )
