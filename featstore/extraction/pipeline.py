@@ -35,7 +35,7 @@ from featstore.images.decode import iter_decoded  # noqa: F401 (re-exported: pre
 from featstore.images.listing import discover
 from featstore.models.extractor import Extractor, ExtractorConfig, default_store_name, require_jit_backend  # noqa: F401 (re-exported: the public API names them here)
 from featstore.provenance import AUGMENTED
-from featstore.store.layout import refuse_foreign
+from featstore.store.layout import check_root
 from featstore.store.locking import StoreFile
 from featstore.store.space import check_writable, ensure_space
 from featstore.store.survey import Survey, committed_rows, copies_done, split_done, survey
@@ -219,7 +219,7 @@ class _Extraction:
 
         with self.file.read_if_exists() as f:  # one opening: every check before any work
             if f is not None:
-                refuse_foreign(f, path)  # links out of the store are refused before anything in it is read
+                check_root(f, path)  # links out of it, or not a featstore store: refused before anything is read
             found = survey(f, path, self.names, split, done, how.overwrite)
         if not found.todo:
             result.skipped = True

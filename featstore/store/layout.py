@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError
-from featstore.provenance import MAX_AUGMENT_COPIES, attrs_of, plain
+from featstore.provenance import MAX_AUGMENT_COPIES, attrs_of, check_format_version, plain
 
 STR = h5py.string_dtype("utf-8")
 PATH_ERRORS = (
@@ -288,6 +288,21 @@ def refuse_foreign(f: h5py.File, path, allow: bool = False) -> None:
             f"store {path} holds objects that point outside it: {', '.join(found[:5])}. featstore never writes "
             f"these; refusing to use it. If you made them on purpose, pass allow_external=True."
         )
+
+
+def check_root(f: h5py.File, path) -> bool:
+    """Before a write: refuse a file with links out of it, an HDF5 file that is not a featstore store, or a store of a
+    format this featstore does not write. False for an empty HDF5 file (a store to start), True for a store."""
+    refuse_foreign(f, path)
+    if "format_version" not in f.attrs:
+        if len(f):
+            raise StoreError(
+                f"{path} is an HDF5 file without featstore's format_version: not a featstore store. "
+                f"Choose another --store (nothing was written)."
+            )
+        return False
+    check_format_version(f.attrs["format_version"], path)
+    return True
 
 
 def split_summary(sg: h5py.Group, commit: Commit) -> dict:

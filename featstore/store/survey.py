@@ -24,6 +24,7 @@ from featstore.provenance import (
     plain,
     refuse_changed_listing,
     refuse_other_augmentation,
+    validate_extractor,
 )
 from featstore.store.layout import (
     hard_group,
@@ -57,9 +58,10 @@ def survey(
         return Survey(list(names), False, 0)
     todo = [n for n in names if overwrite or not done(f, n)]
     if not todo:
-        sg = f[names[0]][key]
-        summary = split_summary(sg, validate_split(sg, f"{path}:/{names[0]}/{key}", attrs_of(f[names[0]])))
-        return Survey([], False, 0, {**summary, "extractor_fingerprint": plain(f[names[0]].attrs["fingerprint"])})
+        attrs, sg = attrs_of(f[names[0]]), f[names[0]][key]
+        validate_extractor(attrs, f"{path}:/{names[0]}")
+        summary = split_summary(sg, validate_split(sg, f"{path}:/{names[0]}/{key}", attrs))
+        return Survey([], False, 0, {**summary, "extractor_fingerprint": attrs["fingerprint"]})
     partial = [_partial(f, path, n, key) for n in todo]
     held = 0 if overwrite else min(c.images_done if c else 0 for c in partial)
     return Survey(todo, any(c is not None for c in partial), held)
@@ -89,6 +91,7 @@ def split_done(f: h5py.File, path, name: str, split: str, matches: Callable[[dic
     attrs = attrs_of(f[name])
     if not matches(attrs):
         return False
+    validate_extractor(attrs, f"{path}:/{name}")  # damaged provenance is named, never taken as done
     sg = f[name][split]
     where = f"{path}:/{name}/{split}"
     commit = validate_split(sg, where, attrs)  # a damaged split is named, not skipped

@@ -29,7 +29,6 @@ from featstore.images.listing import path_to_store
 from featstore.provenance import (
     FORMAT_VERSION,
     attrs_of,
-    check_format_version,
     fingerprint,
     plain,
     refuse_changed_listing,
@@ -41,9 +40,9 @@ from featstore.store.compact import compact
 from featstore.store.layout import (
     ROW_DATASETS,
     STR,
+    check_root,
     hard_groups,
     read_commit,
-    refuse_foreign,
     split_summary,
     stored_listing,
     validate_split,
@@ -98,16 +97,9 @@ class SplitWriter:
         total = int(split_attrs["n_images"])
         path = self.store.path
         with self.store.open("a") as f:
-            refuse_foreign(f, path)
-            if "format_version" not in f.attrs:
-                if len(f):
-                    raise StoreError(
-                        f"{path} is an HDF5 file without featstore's format_version: not a featstore store. "
-                        f"Choose another --store (nothing was written)."
-                    )
+            if not check_root(f, path):  # a new store
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.attrs["featstore_version"] = __version__
-            check_format_version(f.attrs["format_version"], path)
             starts = []
             for n, a in zip(self.names, attrs):
                 starts.append(_prepare_group(f, path, n, self.key, a, split_attrs, overwrite, listing, self.extra))
