@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "featstore_bench_jpegs")
     args = ap.parse_args()
-    from featstore.extraction.pipeline import iter_decoded
+    from featstore.images.decode import iter_decoded
 
     root = make_images(args.cache, args.n)
     files = [str(p) for p in sorted((root / "train").glob("*/*.jpg"))[: args.n]]

@@ -44,3 +44,20 @@ def choices_error(kind: str, value: object, valid: Iterable[str]) -> ConfigError
     "unknown model 'vgg17'; choose one of: vgg16, vgg19"
     """
     return ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(valid)}")
+
+
+def renamed_argument(where: str, old: str, new: str, old_value, new_value, default=None):
+    """The value of a renamed keyword argument: ``new_value``, or the old keyword's with a DeprecationWarning
+    (a ConfigError when both are given).
+
+    >>> renamed_argument("extract", "workers", "decode_threads", None, 4)
+    4
+    """
+    if old_value is None:
+        return new_value
+    if new_value is not default and new_value != default:
+        raise ConfigError(f"{where}(): give {new}= only ({old}= is its old name), not both")
+    import warnings
+
+    warnings.warn(f"{where}(): {old}= is now {new}=", DeprecationWarning, stacklevel=3)
+    return old_value

@@ -1,7 +1,9 @@
 """Provenance: what a store records about its features, their fingerprint, and the checks that refuse mismatches.
 
-One module owns the mapping config <-> store attributes <-> fingerprint, and every "refuse with both sides
-shown" comparison: extract, the writer, check, fit, evaluate and predict all call it.
+One module owns the mapping config <-> store attributes <-> fingerprint (:func:`extractor_attrs`,
+:func:`config_fields`, :func:`same_extractor`), and every "does this match" with both sides shown (``refuse_*``):
+extract, the writer, check, fit, evaluate and predict all call it. It sits below every stage, so it works on plain
+values (dicts of attributes, a listing's digest), never on models or open files.
 
 The fingerprint is a sha256 over stable identifiers and numbers only (a preprocessing mode id, a resize
 id, shapes, the weights' tensor digest), never over prose, so a wording fix cannot change it.
@@ -17,11 +19,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, StoreError, WeightsError, choices_error
+from featstore.version import __version__
 
 FORMAT_VERSION = 2
 # Fields that decide the numbers in `features`; their hash is the extractor's fingerprint.
@@ -38,7 +45,8 @@ FINGERPRINT_FIELDS = (
     "feature_shape",
     "weights_digest",
 )
-# Resize/decode identifier (bump the suffix whenever decoding or resizing changes the pixels).
+# Resize/decode identifier (bump the suffix whenever decoding or resizing changes the pixels) and its description, the
+# one place both live: featstore.images.decode does what they say, every extractor group records them.
 RESIZE_ID = "pil-bilinear-square-jpegdraft/1"
 RESIZE_DESCRIPTION = "PIL bilinear to a square, aspect ratio not kept; JPEG draft (DCT-scaled) decoding"
 # Split attributes that must be the same to resume a partial split (the rest describe the run).
@@ -168,7 +176,7 @@ def refuse_evaluation_split(split: str) -> None:
 def validate_dtype(dtype: str) -> None:
     """Refuse a feature dtype the store does not support."""
     if dtype not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        raise choices_error("dtype", dtype, DTYPES)
 
 
 def validate_name(kind: str, name: str) -> str:
@@ -238,4 +246,121 @@ def validate_extractor(attrs: dict, where: str) -> None:
         raise StoreError(
             f"{where}: the fingerprint attribute does not match the provenance attributes (edited after writing?). "
             f"Extract again into a new --store."
+        )
+
+
+# ------------------------------------------------------------------ config <-> attributes, and the checks that use them
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extractor_attrs(backbone: dict, config: dict, output: dict, weights: dict, versions: dict) -> dict:
+    """The attributes of one extractor group (one cut layer), fingerprint included: what the store records.
+
+    ``backbone``: model (registry name, or keras-file:<sha256>), input_channels, preprocess (a stable id),
+    preprocess_description, and for a saved model model_file, model_sha256, trust_model. ``config``: the
+    configuration's arguments (:meth:`~featstore.models.extractor.ExtractorConfig.arguments`). ``output``: layer (the
+    cut's name), feature_shape, weights_digest. ``weights``: argument, source, description, path, file_sha256.
+    ``versions``: keras, tensorflow, pillow.
+    """
+    saved = {k: backbone[k] for k in ("model_file", "model_sha256", "trust_model") if k in backbone}
+    attrs = {
+        "model": backbone["model"],
+        "layer": output["layer"],
+        "layer_requested": config["layer"] or "",  # "" = the default cut (not fingerprinted: "layer" holds the name)
+        "input_size": config["image_size"],
+        "input_channels": backbone["input_channels"],
+        "pooling": config["pooling"],
+        "preprocess": backbone["preprocess"],  # a stable id; the prose is in preprocess_description
+        "preprocess_description": backbone["preprocess_description"],
+        "resize": RESIZE_ID,
+        "resize_description": RESIZE_DESCRIPTION,
+        "dtype": config["dtype"],
+        "feature_shape": [int(d) for d in output["feature_shape"]],
+        "weights": weights["argument"],
+        "weights_source": weights["source"],
+        "weights_description": weights["description"],
+        "weights_file": weights["path"],
+        "weights_sha256": weights["file_sha256"],
+        "weights_digest": output["weights_digest"],
+        "seed": config["seed"],
+        "compute_dtype": "mixed_float16" if config["mixed_precision"] else "float32",
+        "keras_version": versions["keras"],
+        "tensorflow_version": versions["tensorflow"],
+        "pillow_version": versions["pillow"],
+        "featstore_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **saved,
+    }
+    attrs["fingerprint"] = fingerprint(attrs)
+    return attrs
+
+
+def config_fields(attrs: dict, weights: str | None = None, model_file: str | None = None) -> dict:
+    """The configuration (ExtractorConfig's arguments) a store's extractor attributes record.
+
+    ``weights`` replaces a recorded weights source, ``model_file`` a saved model's recorded file (moved or copied).
+    """
+    saved = bool(attrs.get("model_file"))
+    return {
+        "model": model_file or attrs["model_file"] if saved else attrs["model"],
+        "image_size": int(attrs["input_size"]),
+        "layer": attrs["layer"],
+        "pooling": attrs["pooling"],
+        "dtype": attrs["dtype"],
+        "weights": "model" if saved else weights or attrs["weights"],
+        "seed": int(attrs.get("seed", 0)),
+        "mixed_precision": attrs.get("compute_dtype") == "mixed_float16",
+        "preprocess": attrs["preprocess"] if saved else None,
+        "trust_model": bool(attrs.get("trust_model", False)),
+    }
+
+
+def same_extractor(attrs: dict, wanted: dict) -> bool:
+    """Whether a store's recorded extractor is the configuration ``wanted`` (a validated one-layer configuration's
+    arguments; weights compared by how they were named, a saved model by its file's sha256). Cheap: no model is built.
+    """
+    try:
+        recorded = config_fields(attrs)
+    except (KeyError, TypeError, ValueError):
+        return False  # damaged provenance: the writer's full check says what is wrong
+    if attrs.get("model_sha256") and (
+        not Path(wanted["model"]).is_file() or sha256_file(wanted["model"]) != attrs["model_sha256"]
+    ):
+        return False  # the model file changed: the full check says how
+    if wanted["layer"] is None and not attrs.get("layer_requested"):
+        recorded["layer"] = None  # the default cut, recorded by its name
+    if wanted["weights"] != "none":
+        recorded["seed"] = wanted["seed"]  # the seed only matters for random weights
+    return recorded == wanted
+
+
+def refuse_changed_listing(recorded_digest, listing, stored: Callable[[], list], split: str, name: str, path) -> None:
+    """Refuse to treat a split as done (or resume it) when its images changed since it was started: say what changed.
+
+    ``listing`` is today's :class:`~featstore.images.listing.ImageListing`; ``stored()`` reads the entries recorded
+    when the split was started (read only when the digests differ).
+    """
+    if plain(recorded_digest) == listing.digest():
+        return
+    summary = listing.diff(stored()).summary()
+    raise StoreError(
+        f"the images of split {split!r} changed since {name!r}/{split} in {path} was extracted: {summary}. "
+        f"Re-extract it with --overwrite."
+    )
+
+
+def refuse_other_weights(here: dict, recorded: dict, what: str = "the run", action: str = "predict") -> None:
+    """Refuse weights whose tensor digest differs from the recorded one, both sides shown by description and file sha256."""
+    if here.get("weights_digest") != recorded.get("weights_digest"):
+        raise WeightsError(
+            f"the weights available here ({here.get('weights_description')}, file sha256 "
+            f"{str(here.get('weights_sha256') or '')[:12] or '-'}) are not the ones {what} was fitted on "
+            f"({recorded.get('weights_description')}, file sha256 {str(recorded.get('weights_sha256') or '')[:12] or '-'}); "
+            f"refusing to {action}. Pass --weights PATH with the original file."
         )

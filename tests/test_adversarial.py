@@ -1029,7 +1029,7 @@ def test_hostile_folder_extracts_to_the_right_rows(tmp_path, case_id, build, exp
         "train",
         path,
         ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=1, layer="block1_pool", pooling="avg"),
-        workers=2,
+        decode_threads=2,
     )
     fs = FeatureStore(path)
     counts = dict(zip(fs.class_names(), np.bincount(fs.labels("train"), minlength=len(fs.class_names())).tolist()))

@@ -115,23 +115,23 @@ def test_same_seed_gives_bit_identical_copies_another_seed_other_copies(aug_stor
 def test_interrupted_copies_resume_bit_identical(aug_store, tmp_path, monkeypatch):
     path, data = aug_store
     broken = tmp_path / "broken.h5"
-    real_append = writer.append
+    real_commit = writer.SplitWriter.commit
     calls = {"copies": 0}
 
-    def append_then_die(p, name, split, *args, **kwargs):
-        if split.endswith("/augmented"):
+    def commit_then_die(self, *args, **kwargs):
+        if self.key.endswith("/augmented"):
             calls["copies"] += 1
             if calls["copies"] == 4:  # copy 2's first batch: written, then killed before its commit
-                with h5py.File(p, "a") as f:
-                    feats = f[name][split]["features"]
+                with h5py.File(self.store.path, "a") as f:
+                    feats = f[self.names[0]][self.key]["features"]
                     feats.resize(feats.shape[0] + 3, axis=0)
                 raise KeyboardInterrupt
-        return real_append(p, name, split, *args, **kwargs)
+        return real_commit(self, *args, **kwargs)
 
-    monkeypatch.setattr(writer, "append", append_then_die)
+    monkeypatch.setattr(writer.SplitWriter, "commit", commit_then_die)
     with pytest.raises(KeyboardInterrupt):
         extract(data, "train", broken, CFG, batch_size=BATCH, augment=K)
-    monkeypatch.setattr(writer, "append", real_append)
+    monkeypatch.setattr(writer.SplitWriter, "commit", real_commit)
     assert (
         FeatureStore(broken).augmentation("train")["rows"] == 12
         and not FeatureStore(broken).augmentation("train")["complete"]
@@ -335,14 +335,14 @@ def test_cli_extract_fit_info_export_and_help(aug_store, tmp_path):
 
 def test_compressed_copies_commit_whole_batches_across_copy_boundaries(aug_store, tmp_path, monkeypatch):
     _, data = aug_store
-    sizes, real_append = [], writer.append
+    sizes, real_commit = [], writer.SplitWriter.commit
 
-    def spy(p, name, split, features, labels, *args, **kw):
-        if split.endswith("/augmented"):
+    def spy(self, features, labels, *args, **kw):
+        if self.key.endswith("/augmented"):
             sizes.append(len(labels))
-        return real_append(p, name, split, features, labels, *args, **kw)
+        return real_commit(self, features, labels, *args, **kw)
 
-    monkeypatch.setattr(writer, "append", spy)
+    monkeypatch.setattr(writer.SplitWriter, "commit", spy)
     path = tmp_path / "gzip.h5"
     extract(
         data, "train", path, CFG, batch_size=5, augment=K, compression="gzip"

@@ -104,18 +104,18 @@ def test_resume_after_partial_write_matches_clean_run(data_root, tiny_config, tm
     clean = tmp_path / "clean.h5"
     extract(data_root, "train", clean, tiny_config, batch_size=4)
     path = tmp_path / "f.h5"
-    real_append, calls = writer.append, []
+    real_commit, calls = writer.SplitWriter.commit, []
 
-    def dying_append(*args, **kwargs):
+    def dying_commit(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # interrupted after one committed batch
-        return real_append(*args, **kwargs)
+        return real_commit(self, *args, **kwargs)
 
-    monkeypatch.setattr(writer, "append", dying_append)
+    monkeypatch.setattr(writer.SplitWriter, "commit", dying_commit)
     with pytest.raises(KeyboardInterrupt):
         extract(data_root, "train", path, tiny_config, batch_size=4)
-    monkeypatch.setattr(writer, "append", real_append)
+    monkeypatch.setattr(writer.SplitWriter, "commit", real_commit)
     assert FeatureStore(path).split_info("train")["committed_rows"] == 4
     with pytest.raises(StoreError, match="not complete"):
         FeatureStore(path).load("train")
@@ -179,8 +179,8 @@ def test_mixed_precision_is_close_and_fingerprinted(tiny_config):
 
 
 def test_decode_threads_do_not_change_rows(data_root, tiny_config, tmp_path):
-    a = extract(data_root, "train", tmp_path / "a.h5", tiny_config, workers=0, batch_size=5)
-    b = extract(data_root, "train", tmp_path / "b.h5", tiny_config, workers=3, batch_size=5)
+    a = extract(data_root, "train", tmp_path / "a.h5", tiny_config, decode_threads=0, batch_size=5)
+    b = extract(data_root, "train", tmp_path / "b.h5", tiny_config, decode_threads=3, batch_size=5)
     assert a.rows == b.rows == 12
     fa, fb = FeatureStore(tmp_path / "a.h5"), FeatureStore(tmp_path / "b.h5")
     assert fa.paths("train") == fb.paths("train")

@@ -126,19 +126,19 @@ def test_full_filesystem_before_and_during_a_run(small_fs, data_root, tiny_confi
     assert check_store(path) == [] and FeatureStore(path).load("validation")[0].shape[0] == 6
     filler.unlink()
     # now the disk fills up after the first committed batch
-    real_append = writer.append
+    real_commit = writer.SplitWriter.commit
     state = {"calls": 0}
 
-    def append_then_fill(*args, **kwargs):
+    def commit_then_fill(self, *args, **kwargs):
         state["calls"] += 1
-        real_append(*args, **kwargs)
+        real_commit(self, *args, **kwargs)
         if state["calls"] == 1:
             _fill(small_fs, 100_000)
 
-    monkeypatch.setattr(writer, "append", append_then_fill)
+    monkeypatch.setattr(writer.SplitWriter, "commit", commit_then_fill)
     with pytest.raises(StoreError, match="the 4 rows already committed are kept and it resumes"):
         extract(data_root, "train", path, tiny_config, batch_size=4)
-    monkeypatch.setattr(writer, "append", real_append)
+    monkeypatch.setattr(writer.SplitWriter, "commit", real_commit)
     assert FeatureStore(path).split_info("train")["committed_rows"] == 4
     assert check_store(path) == []
     (small_fs / "filler.bin").unlink()
@@ -215,7 +215,7 @@ def test_split_left_half_created_by_a_kill_is_started_again(tmp_path, data_root,
 
 AUG_WRITER = (
     "import sys, time; from featstore import extract, ExtractorConfig; import featstore.store.writer as w; "
-    "append = w.append; w.append = lambda *a, **k: (time.sleep(0.2), append(*a, **k))[1]; "  # every run outlasts a kill
+    "commit = w.SplitWriter.commit; w.SplitWriter.commit = lambda *a, **k: (time.sleep(0.2), commit(*a, **k))[1]; "  # every run outlasts a kill
     "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, augment=2)"
 )
 

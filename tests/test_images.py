@@ -164,16 +164,16 @@ def test_a_run_of_bad_files_is_committed_in_batches(tmp_path, tiny_config):
     for i in range(9):
         (root / "train" / "b" / f"zz_bad{i}.jpg").write_bytes(b"")
     calls = []
-    real = writer.append
+    real = writer.SplitWriter.commit
 
-    def spy(*args, **kwargs):
-        calls.append((len(args[5]), len(args[6])))  # rows, failures per commit
-        return real(*args, **kwargs)
+    def spy(self, features, labels, paths, failures, *args, **kwargs):
+        calls.append((len(paths), len(failures)))  # rows, failures per commit
+        return real(self, features, labels, paths, failures, *args, **kwargs)
 
     import pytest as _pytest
 
     mp = _pytest.MonkeyPatch()
-    mp.setattr(writer, "append", spy)
+    mp.setattr(writer.SplitWriter, "commit", spy)
     try:
         r = extract(root, "train", tmp_path / "f.h5", tiny_config, batch_size=4)
     finally:
@@ -339,7 +339,7 @@ def test_fifo_among_images_extract_completes_with_failure_record(tmp_path, tiny_
     fifo = root / "train" / "a" / "pipe.jpg"
     os.mkfifo(fifo)
     try:
-        r = _within(120, lambda: extract(root, "train", tmp_path / "f.h5", tiny_config, batch_size=2, workers=2))
+        r = _within(120, lambda: extract(root, "train", tmp_path / "f.h5", tiny_config, batch_size=2, decode_threads=2))
     finally:
         _unblock(fifo)
     assert (r.rows, r.failed) == (4, 1)
@@ -375,7 +375,7 @@ class _Boom(Exception):
 def test_any_decoder_exception_becomes_a_failure_record(odd_images, monkeypatch, exc):
     from PIL import ImageFile
 
-    from featstore.extraction.pipeline import iter_decoded
+    from featstore.images.decode import iter_decoded
 
     def broken_load(self):
         raise exc
@@ -383,12 +383,12 @@ def test_any_decoder_exception_becomes_a_failure_record(odd_images, monkeypatch,
     monkeypatch.setattr(ImageFile.ImageFile, "load", broken_load)
     with pytest.raises(ImageError, match="out of memory" if isinstance(exc, MemoryError) else type(exc).__name__):
         load_image(odd_images["gray.png"], 8)
-    rows = list(iter_decoded([str(odd_images["gray.png"]), str(odd_images["zero.jpg"])], 8, workers=2, ahead=2))
+    rows = list(iter_decoded([str(odd_images["gray.png"]), str(odd_images["zero.jpg"])], 8, threads=2, ahead=2))
     assert [(img is None, bool(reason)) for _, img, reason in rows] == [(True, True), (True, True)]
 
 
 def test_closing_decoder_with_a_stuck_worker_returns_promptly(monkeypatch):
-    extract_mod = importlib.import_module("featstore.extraction.pipeline")
+    extract_mod = importlib.import_module("featstore.images.decode")
 
     release = threading.Event()
     threading.Timer(
@@ -401,7 +401,7 @@ def test_closing_decoder_with_a_stuck_worker_returns_promptly(monkeypatch):
         return np.zeros((size, size, 3), np.uint8)
 
     monkeypatch.setattr(extract_mod, "load_image", fake_load)
-    gen = extract_mod.iter_decoded(["ok", "stuck"] + ["more"] * 20, 8, workers=2, ahead=8)
+    gen = extract_mod.iter_decoded(["ok", "stuck"] + ["more"] * 20, 8, threads=2, ahead=8)
     assert next(gen)[0] == "ok"
     t = time.monotonic()
     gen.close()
@@ -414,9 +414,9 @@ def test_ctrl_c_ends_a_run_with_a_stuck_decode_within_seconds(tmp_path):
     script = (
         "import importlib, signal, threading\n"
         "signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, even if this suite runs in the background (SIG_IGN)\n"
-        "ex = importlib.import_module('featstore.extraction.pipeline')\n"
+        "ex = importlib.import_module('featstore.images.decode')\n"
         "ex.load_image = lambda p, s: threading.Event().wait()  # a decode that never returns\n"
-        "gen = ex.iter_decoded(['a.jpg', 'b.jpg'], 8, workers=2, ahead=2)\n"
+        "gen = ex.iter_decoded(['a.jpg', 'b.jpg'], 8, threads=2, ahead=2)\n"
         "print('ready', flush=True)\n"
         "next(gen)\n"
     )

@@ -97,11 +97,11 @@ def test_streamed_sgd_on_a_class_sorted_store_matches_in_memory(sorted_store, tm
 
 
 def test_check_opens_the_file_per_block(sorted_store, monkeypatch):
-    from featstore.store import check
+    from featstore.store import check, locking
 
     opened = []
-    real = check.open_h5
-    monkeypatch.setattr(check, "open_h5", lambda *a, **k: (opened.append(1), real(*a, **k))[1])
+    real = locking.open_h5
+    monkeypatch.setattr(locking, "open_h5", lambda *a, **k: (opened.append(1), real(*a, **k))[1])
     monkeypatch.setattr(check, "BLOCK_CHUNKS", 2)
     assert check_store(sorted_store) == []
     assert len(opened) > 10  # the layout once, then one opening per 16 rows of each split
@@ -184,7 +184,8 @@ def test_a_second_writer_is_refused_with_the_first_ones_pid(data_root, tiny_conf
 def test_import_needs_no_posix_only_module():
     code = (
         "import sys; sys.modules['fcntl'] = None; import featstore, featstore.store.writer, featstore.cli; "
-        "import inspect; src = inspect.getsource(featstore.store.writer); assert 'statvfs' not in src and 'fcntl' not in src"
+        "import inspect, featstore.store.locking as l, featstore.store.space as s, featstore.store.writer as w; "
+        "src = ''.join(inspect.getsource(m) for m in (l, s, w)); assert 'statvfs' not in src and 'fcntl' not in src"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -290,13 +291,13 @@ def test_a_read_that_never_returns_becomes_a_failure_record(data_root, tiny_conf
     import importlib
     import threading
 
-    ex = importlib.import_module("featstore.extraction.pipeline")
+    ex = importlib.import_module("featstore.images.decode")
     real = ex.load_image
     monkeypatch.setattr(ex, "DECODE_TIMEOUT_S", 1.0)
     monkeypatch.setattr(
         ex, "load_image", lambda p, s: threading.Event().wait() if p.endswith("img_001.jpg") else real(p, s)
     )
-    r = extract(data_root, "train", tmp_path / "f.h5", tiny_config, workers=2)
+    r = extract(data_root, "train", tmp_path / "f.h5", tiny_config, decode_threads=2)
     assert r.failed == 2 and all("took over 1 s" in reason for _, reason in r.failures)  # cat/img_001 and dog/img_001
 
 

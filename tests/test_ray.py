@@ -5,6 +5,8 @@ The cluster tests are `slow` (Ray's start and one TensorFlow import per actor ta
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 from featstore import ConfigError, DataError, FeatureStore, extract
-from featstore.extraction.ray import KILL_HOOK, RayEngine, RayOptions
+from featstore.extraction.ray import Forward, RayEngine, RayOptions
 from featstore.store import writer
 
 from .test_cli import run, tiny
@@ -100,20 +102,26 @@ def test_ray_engine_equals_local_engine(ray_cluster, data_root, tiny_config, tmp
     assert run("check", tmp_path / "ray.h5").exit_code == 0
 
 
+def killed_once(marker: Path) -> type:
+    """An actor class that SIGKILLs itself on its second batch, once (the marker file says it happened)."""
+
+    class KilledOnce(Forward):  # defined here, so Ray ships the class itself (and the marker) to its workers
+        def __call__(self, batch: dict) -> dict:
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls >= 2 and not os.path.exists(marker):
+                Path(marker).write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)  # an actor dies mid-run: Ray must restart it and retry the batch
+            return super().__call__(batch)
+
+    return KilledOnce
+
+
 @pytest.mark.slow
-def test_killed_actor_is_retried_without_loss_or_duplicates(ray_cluster, data_root, tiny_config, tmp_path, monkeypatch):
+def test_killed_actor_is_retried_without_loss_or_duplicates(ray_cluster, data_root, tiny_config, tmp_path):
     marker = tmp_path / "killed"
-    monkeypatch.setenv(KILL_HOOK, str(marker))  # the first actor to reach its 2nd batch SIGKILLs itself
     extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=2)
-    r = extract(
-        data_root,
-        "train",
-        tmp_path / "ray.h5",
-        tiny_config,
-        batch_size=2,
-        engine="ray",
-        ray_options=RayOptions(workers=1),
-    )
+    with RayEngine(RayOptions(workers=1), actor=killed_once(marker)) as engine:
+        r = extract(data_root, "train", tmp_path / "ray.h5", tiny_config, batch_size=2, engine=engine)
     assert marker.exists(), "no actor was killed"
     assert r.rows == 12 and r.written == 12
     same_store(tmp_path / "local.h5", tmp_path / "ray.h5")
@@ -123,19 +131,19 @@ def test_killed_actor_is_retried_without_loss_or_duplicates(ray_cluster, data_ro
 @pytest.mark.slow
 def test_interrupted_driver_resumes_like_the_local_engine(ray_cluster, data_root, tiny_config, tmp_path, monkeypatch):
     extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=4)
-    real_append, calls = writer.append, []
+    real_commit, calls = writer.SplitWriter.commit, []
 
-    def dying_append(*args, **kwargs):
+    def dying_commit(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt  # the driver interrupted after one committed batch
-        return real_append(*args, **kwargs)
+        return real_commit(self, *args, **kwargs)
 
-    monkeypatch.setattr(writer, "append", dying_append)
+    monkeypatch.setattr(writer.SplitWriter, "commit", dying_commit)
     path = tmp_path / "ray.h5"
     with pytest.raises(KeyboardInterrupt):
         extract(data_root, "train", path, tiny_config, batch_size=4, engine="ray")
-    monkeypatch.setattr(writer, "append", real_append)
+    monkeypatch.setattr(writer.SplitWriter, "commit", real_commit)
     assert FeatureStore(path).split_info("train")["committed_rows"] == 4
     r = extract(data_root, "train", path, tiny_config, batch_size=4, engine="ray")
     assert r.resumed_from == 4 and r.written == 8

@@ -223,7 +223,7 @@ def extract(
             jit=jit,
             engine=engine,
             ray_options=ray_options,
-            workers=decode_threads if engine == "local" else None,
+            decode_threads=decode_threads if engine == "local" else None,
             augment=augment,
             augment_spec=augment_spec,
             augment_seed=augment_seed,

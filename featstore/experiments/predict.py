@@ -78,12 +78,7 @@ def rebuild_extractor(attrs: dict, weights: str | None = None, trust_model: bool
             f"{exc}\nThe run's features were made with {what} (file sha256 {attrs['weights_sha256'][:12] or '-'}); "
             f"pass --weights PATH to give that file."
         ) from exc
-    if ex.attrs["weights_digest"] != attrs["weights_digest"]:
-        raise WeightsError(
-            f"the weights available here ({ex.weights.description}, file sha256 {ex.attrs['weights_sha256'][:12] or '-'}) are not "
-            f"the ones the run was fitted on ({attrs['weights_description']}, file sha256 {attrs['weights_sha256'][:12] or '-'}); "
-            f"refusing to predict. Pass --weights PATH with the original file."
-        )
+    provenance.refuse_other_weights(ex.attrs, attrs)
     provenance.refuse_other_features(
         ex.attrs, attrs, "the run", "Predict with the featstore, libraries and weights the run was made with."
     )

@@ -1,17 +1,20 @@
 """The Ray Data engine: the same listing, extractor and writer as the local loop; only the forward pass runs elsewhere.
 
 The images still to do become a Ray dataset of ``(index, path)`` rows, one block per batch. ``map_batches`` hands the
-blocks to a fixed pool of actors; each actor builds the frozen backbone once (checking that its fingerprint is the
-driver's, so a worker with other weights cannot slip in), decodes its batch with featstore's own decoder
-(:func:`featstore.extraction.pipeline.iter_decoded`: same failure reasons, same timeouts) and returns the features. Ray Data keeps
-the output in input order (``preserve_order``); the driver checks every row's index and feeds the one writer
-(:mod:`featstore.store.writer`) through the same commit loop as the local engine: same batch commits, ``committed_rows``,
-resume. A killed actor is restarted by Ray and its batch retried (Ray Data's defaults for actor pools).
+blocks to a fixed pool of actors (:class:`Forward`, or the class given as ``actor``); each actor builds the frozen
+backbone once (checking that its fingerprint is the driver's, so a worker with other weights cannot slip in), decodes
+its batch with featstore's own decoder (:func:`featstore.images.decode.iter_decoded`: same failure reasons, same
+timeouts) and returns the features. Ray Data keeps the output in input order (``preserve_order``); the driver checks
+every row's index and feeds the one writer (:mod:`featstore.store.writer`) through the same loop as the local engine
+(:func:`featstore.extraction.loop.run_pass`): same batch commits, ``committed_rows``, resume. A killed actor is
+restarted by Ray and its batch retried (Ray Data's defaults for actor pools).
 
 >>> from featstore import ExtractorConfig, extract
 >>> from featstore.extraction.ray import RayOptions
 >>> extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"),
 ...         engine="ray", ray_options=RayOptions(workers=2))                      # doctest: +SKIP
+>>> extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"),
+...         engine=RayEngine(RayOptions(workers=2)))                              # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -29,14 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, DataError
+from featstore.images.decode import iter_decoded
 
 logger = logging.getLogger(__name__)
 
 EXTRA = 'pip install "featstore[ray]"'
 CONNECT_TIMEOUT_S = 5.0  # an address that does not answer a TCP connection within this is refused at once
-KILL_HOOK = (
-    "FEATSTORE_TEST_KILL_ACTOR"  # tests: the first actor to reach its second batch SIGKILLs itself (marker file path)
-)
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,30 @@ def _check_reachable(address: str) -> None:
 
 
 class RayEngine:
-    """Connects to (or starts) Ray, checks resources and data visibility, and streams features back in order."""
+    """Connects to (or starts) Ray, checks resources and data visibility, and streams features back in order.
 
-    def __init__(self, options: RayOptions | None = None):
+    ``actor`` is the class each actor of the pool is made of (default :class:`Forward`; it is built with Forward's
+    arguments and called with a batch of ``index``/``path`` rows). ``extract(engine=RayEngine(...))`` runs on it; the
+    caller then closes it (``close()``, or ``with RayEngine(...) as engine``).
+    """
+
+    name = "ray"
+    steady_state = True  # the first features wait for the actors to be built: start-up, not throughput
+
+    def __init__(self, options: RayOptions | None = None, *, actor: type | None = None):
         self.options = options or RayOptions()
         validate(self.options)
         self.ray = require_ray()
+        self.actor = actor or Forward
         self.started_ray = False  # this engine called ray.init (and shuts it down in close())
         self.cpus_per_worker = 1.0
+        self._bound: tuple | None = None
+
+    def __enter__(self) -> RayEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def start(self, root: Path, first_image: str | None) -> float:
         """Connect, check resources and that the workers see ``root``; returns the seconds it took."""
@@ -159,7 +175,22 @@ class RayEngine:
                 f"(a shared filesystem such as NFS mounted alike on every node)"
             )
 
-    def outcomes(
+    def bind(self, extractor, *, jit: bool = False, batch_size: int = 32) -> None:
+        """Run ``extractor``'s configuration on the actors in the next pass (they build and check it themselves)."""
+        self._bound = (extractor.config, jit, batch_size, [a["fingerprint"] for _, a in extractor.outputs])
+
+    def outcomes(self, files: list[str]) -> Iterator[tuple[list[np.ndarray] | None, str]]:
+        """(features per output or None, failure reason) for every file, in order."""
+        for _, feats, reason in self.stream(*self._bound, files, progress=False):
+            yield feats, reason
+
+    def forward(self, payloads: list[list[np.ndarray]], transform=None) -> list[np.ndarray]:
+        """One batch's features per output: the actors computed them already (a batch transform runs locally only)."""
+        if transform is not None:
+            raise ConfigError("augmented copies (--augment K) run on the local engine, not on Ray")
+        return [np.stack([p[k] for p in payloads]) for k in range(len(payloads[0]))]
+
+    def stream(
         self, config, jit: bool, batch_size: int, fingerprints: list[str], paths: list[str], progress: bool
     ) -> Iterator[tuple[int, list[np.ndarray] | None, str]]:
         """(offset into ``paths``, features per output or None, failure reason) for every image, in order."""
@@ -177,7 +208,7 @@ class RayEngine:
         ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
         o = self.options
         ds = ds.map_batches(
-            _Forward,
+            self.actor,
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=o.workers),
@@ -188,7 +219,6 @@ class RayEngine:
                 fingerprints,
                 o.decode_threads,
                 self.cpus_per_worker,
-                os.environ.get(KILL_HOOK),
             ),
             num_cpus=self.cpus_per_worker,
             num_gpus=o.gpus_per_worker or None,
@@ -214,19 +244,10 @@ class RayEngine:
         self.started_ray = False
 
 
-class _Forward:
+class Forward:
     """One Ray actor: the frozen backbone built once; each call decodes a batch of paths and returns their features."""
 
-    def __init__(
-        self,
-        config,
-        jit: bool,
-        batch_size: int,
-        fingerprints: list[str],
-        decode_threads: int,
-        cpus: float,
-        kill_marker: str | None,
-    ):
+    def __init__(self, config, jit: bool, batch_size: int, fingerprints: list[str], decode_threads: int, cpus: float):
         import tensorflow as tf
 
         from featstore.models.extractor import Extractor
@@ -244,17 +265,9 @@ class _Forward:
                 f"a Ray worker on {socket.gethostname()} built features with fingerprint {got[0][:12]}, the driver "
                 f"{fingerprints[0][:12]} (other weights or library versions there?); every worker must load the same weights"
             )
-        self.decode_threads, self.kill_marker, self.calls = decode_threads, kill_marker, 0
+        self.decode_threads = decode_threads
 
     def __call__(self, batch: dict) -> dict:
-        from featstore.extraction.pipeline import iter_decoded
-
-        self.calls += 1
-        if self.kill_marker and self.calls >= 2 and not os.path.exists(self.kill_marker):
-            Path(self.kill_marker).write_text(str(os.getpid()))
-            os.kill(
-                os.getpid(), signal.SIGKILL
-            )  # tests only: an actor dies mid-run, Ray must restart it and retry the batch
         paths = [os.fsdecode(bytes(p)) for p in batch["path"]]
         size = self.ex.config.image_size
         decoded = list(iter_decoded(paths, size, self.decode_threads, max(1, len(paths))))

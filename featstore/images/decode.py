@@ -2,7 +2,9 @@
 
 Only regular files are opened (never blocking: a FIFO named ``x.jpg`` is refused, not waited on); any
 exception a decoder raises becomes an :class:`ImageError` whose message is the reason recorded in the
-store; decodes running at the same time share a memory budget (:class:`DecodeBudget`).
+store; decodes running at the same time share a memory budget (:class:`DecodeBudget`). :func:`iter_decoded`
+decodes a list of files in threads, in order, for extraction (local and Ray), predict and fine-tuning alike. What
+the resize does is recorded in stores as ``featstore.provenance.RESIZE_ID`` / ``RESIZE_DESCRIPTION``.
 
 >>> load_image("data/train/cat/001.jpg", 224).shape   # doctest: +SKIP
 (224, 224, 3)
@@ -11,13 +13,15 @@ store; decodes running at the same time share a memory budget (:class:`DecodeBud
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
 import queue
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future
 from typing import BinaryIO
 
@@ -27,8 +31,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (0.25 GiB of RGBA)
-RESIZE = "PIL bilinear to a square, aspect ratio not kept; JPEG draft (DCT-scaled) decoding"  # recorded in stores
 DEFAULT_DECODE_BUDGET = 1 << 30  # bytes of decoded pixels all decode threads may hold together
+DECODE_TIMEOUT_S = (
+    120.0  # for one image in iter_decoded; a decode thread still stuck then is abandoned (it is a daemon)
+)
 _STRIP_PIXELS = 1 << 21  # 16/32-bit pixels rescaled at a time (16 MiB of float64)
 _KNOWN_ERRORS = (
     OSError,
@@ -266,3 +272,51 @@ class DaemonPool(Executor):
                 fut.set_result(fn(*args, **kwargs))
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
                 fut.set_exception(exc)
+
+
+def iter_decoded(
+    paths: Sequence[str], size: int, threads: int, ahead: int
+) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """Decode images in a pool of ``threads``, at most ``ahead`` in flight; yields (path, array or None, reason) in order.
+
+    ``threads=0`` decodes in the calling thread, between model calls (best when the model already uses every core).
+    The threads are daemons: on Ctrl-C, an error or an early ``close()`` the generator returns at once, queued
+    decodes are cancelled and one still running is abandoned, never waited for. Example::
+
+        for path, img, reason in iter_decoded(["a.jpg", "b.png"], 224, threads=4, ahead=64): ...
+    """
+    if threads == 0:
+        for p in paths:
+            try:
+                yield p, load_image(p, size), ""
+            except ImageError as exc:
+                yield p, None, str(exc)
+        return
+    pools = [DaemonPool(threads)]
+    pending: collections.deque = collections.deque()
+    it = iter(paths)
+    try:
+        pending.extend((p, pools[-1].submit(load_image, p, size)) for p in itertools.islice(it, ahead))
+        while pending:
+            p, fut = pending.popleft()
+            pending.extend((q, pools[-1].submit(load_image, q, size)) for q in itertools.islice(it, 1))
+            try:
+                img, reason = fut.result(timeout=DECODE_TIMEOUT_S), ""
+            except ImageError as exc:
+                img, reason = None, str(exc)
+            except (
+                concurrent.futures.TimeoutError
+            ):  # a file that blocks when read (/proc, a hung network mount): skipped
+                img, reason = (
+                    None,
+                    f"decoding took over {DECODE_TIMEOUT_S:.0f} s (a file that blocks when read?); skipped",
+                )
+                # the stuck thread keeps its worker: what has not started moves to fresh ones
+                pools.append(DaemonPool(threads))
+                pending = collections.deque(
+                    (q, pools[-1].submit(load_image, q, size) if f.cancel() else f) for q, f in pending
+                )
+            yield p, img, reason
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)

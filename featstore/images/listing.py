@@ -1,12 +1,10 @@
 """Find images in ``<root>/<split>/<class>/...`` folders: which files, under which label, and what changed.
 
-A class's images are the files under its class folder. Links are followed only where that cannot
-give an image a second label or walk a folder twice: a directory link to the split folder, the data
-root or a parent of them, into another class's folder, inside its own class folder, or to a folder
-already walked is not followed (``ImageListing.skipped_links`` says which and why; logged as warnings).
-Links to folders outside the split are followed. A file link into another class's folder is skipped
-too; one elsewhere is followed. Broken links are skipped and reported. Every file with an image
-extension is listed (a FIFO or socket too: ``load_image`` records it as "not a regular file").
+A class's images are the files under its class folder, walked by :mod:`featstore.images.walk`: links are
+followed only where that cannot give an image a second label or walk a folder twice (``ImageListing.skipped_links``
+says which were not, and why; logged as warnings), and a split folder that is, holds or lies inside another split's
+is refused. Every file with an image extension is listed (a FIFO or socket too: ``load_image`` records it as "not a
+regular file").
 
 Paths are ``str`` as ``os.fsdecode`` gives them: a non-UTF-8 name keeps its bytes as surrogates, and
 ``path_to_store`` / ``path_from_store`` turn it into the exact bytes and back.
@@ -21,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +28,22 @@ from featstore.errors import DataError
 from featstore.images.decode import (  # noqa: F401 - re-exported: images is the public face of the image side
     DECODE_BUDGET,
     MAX_PIXELS,
-    RESIZE,
     DecodeBudget,
     ImageError,
     load_image,
     printable,
 )
+from featstore.images.walk import (  # noqa: F401 - re-exported: IMAGE_EXTENSIONS, FoundImages, find_images
+    IMAGE_EXTENSIONS,
+    FolderWalk,
+    FoundImages,
+    Ident,
+    find_images,
+    inside,
+    lineage,
+)
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-_Ident = tuple[int, int]  # (st_dev, st_ino): one file or folder on disk, whichever path reaches it
 
 
 def path_to_store(p: str) -> bytes:
@@ -142,14 +144,6 @@ class ImageListing:
         )
 
 
-class FoundImages(NamedTuple):
-    """Image files under one folder (``find_images``)."""
-
-    files: list[Path]  # sorted
-    n_ignored: int  # files without an image extension
-    skipped_links: list[tuple[str, str]]  # (path, reason) of links not followed
-
-
 class DuplicateFile(NamedTuple):
     """One file on disk reached by several rows."""
 
@@ -176,7 +170,7 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
             f"splits found in {printable(str(root))}: {printable(', '.join(present)) or 'none'}"
         )
     _refuse_overlapping_split(root, split, split_dir)
-    walk = _Walk(_lineage(split_dir) | _lineage(root), base=root, split_dir=split_dir)
+    walk = FolderWalk(lineage(split_dir) | lineage(root), base=root, split_dir=split_dir)
     candidates = sorted(
         (e for e in os.scandir(split_dir) if not e.name.startswith(".") and e.is_dir()),
         key=lambda e: (e.is_symlink(), e.name),
@@ -191,7 +185,7 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     items: list[tuple[str, int]] = []
     sizes: list[int] = []
     mtimes: list[int] = []
-    by_file: dict[_Ident, list[tuple[str, int]]] = {}
+    by_file: dict[Ident, list[tuple[str, int]]] = {}
     for label, name in enumerate(class_names):
         for path, st in walk.files(str(split_dir / name), own=name):
             rel = str(Path(path).relative_to(root))
@@ -216,17 +210,6 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     return ImageListing(root, split, class_names, items, walk.ignored, walk.skipped, sizes, mtimes)
 
 
-def find_images(folder: str | os.PathLike) -> FoundImages:
-    """Image files under ``folder``, sorted; links as in ``discover`` (a link to the folder, a parent or a folder already walked is not followed).
-
-    >>> find_images("new_images").files[:1]   # doctest: +SKIP
-    [PosixPath('new_images/dog.jpg')]
-    """
-    walk = _Walk(_lineage(os.path.dirname(os.path.realpath(folder))), base=None)
-    files = [Path(p) for p, _ in walk.files(os.fspath(folder), own=None)]
-    return FoundImages(files, walk.ignored, walk.skipped)
-
-
 def duplicate_files(
     root: str | os.PathLike, rows: Iterable[tuple[str | bytes, int]], *, across_labels: bool = True
 ) -> list[DuplicateFile]:
@@ -238,7 +221,7 @@ def duplicate_files(
     >>> duplicate_files("data", [("train/a/x.png", 0), ("train/b/y.png", 1)])   # doctest: +SKIP
     [DuplicateFile(real_path='/data/train/a/x.png', rows=[('train/a/x.png', 0), ('train/b/y.png', 1)])]
     """
-    groups: dict[_Ident, list[tuple[str, int]]] = {}
+    groups: dict[Ident, list[tuple[str, int]]] = {}
     for path, label in rows:
         p = path_from_store(path)
         try:
@@ -250,7 +233,7 @@ def duplicate_files(
 
 
 def _collisions(
-    root: str | os.PathLike, groups: dict[_Ident, list[tuple[str, int]]], across_labels: bool
+    root: str | os.PathLike, groups: dict[Ident, list[tuple[str, int]]], across_labels: bool
 ) -> list[DuplicateFile]:
     """The groups of more than one row (of more than one label when ``across_labels``)."""
     return [
@@ -260,21 +243,6 @@ def _collisions(
     ]
 
 
-def _lineage(path: str | os.PathLike) -> set[_Ident]:
-    """Identities of ``path`` (resolved) and of every folder above it."""
-    p, out = os.path.realpath(path), set()
-    while True:
-        try:
-            st = os.stat(p)
-            out.add((st.st_dev, st.st_ino))
-        except OSError:
-            pass
-        parent = os.path.dirname(p)
-        if parent == p:
-            return out
-        p = parent
-
-
 def _refuse_overlapping_split(root: Path, split: str, split_dir: Path) -> None:
     """Refuse a split folder that is, holds, or lies inside another split folder (e.g. ``test -> validation``): a leak."""
     real = os.path.realpath(split_dir)
@@ -282,134 +250,9 @@ def _refuse_overlapping_split(root: Path, split: str, split_dir: Path) -> None:
         if other.name == split or other.name.startswith(".") or not other.is_dir():
             continue
         theirs = os.path.realpath(other)
-        if _inside(real, theirs) or _inside(theirs, real):
-            how = "is the same folder as" if real == theirs else "lies inside" if _inside(real, theirs) else "contains"
+        if inside(real, theirs) or inside(theirs, real):
+            how = "is the same folder as" if real == theirs else "lies inside" if inside(real, theirs) else "contains"
             raise DataError(
                 f"split folder {printable(str(split_dir))} {how} split folder {printable(str(other))} (through a link): "
                 f"the same images would be in two splits, which inflates test scores. Give each split a folder of its own."
             )
-
-
-def _inside(path: str, folder: str) -> bool:
-    """True when real path ``path`` is ``folder`` or below it."""
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-SIBLING_SPLIT = "points into another split of the data root (its images would be in two splits: a leak)"
-
-
-class _Walk:
-    """One listing's walk: what is off limits, which folders were walked, which links were skipped."""
-
-    def __init__(self, forbidden: set[_Ident], base: Path | None, split_dir: Path | None = None):
-        self.forbidden = forbidden  # the split folder, the data root and their parents
-        self.base = base  # skipped paths are reported relative to it
-        # links into the data root but outside this split would copy another split's images into this one
-        self.fence = (
-            (os.path.realpath(base), os.path.realpath(split_dir))
-            if base is not None and split_dir is not None
-            else None
-        )
-        self.classes: dict[str, str] = {}  # class name -> real path of its folder
-        self.class_ids: dict[_Ident, str] = {}  # identity of a class folder -> class name
-        self.seen: set[_Ident] = set()  # folders walked
-        self.skipped: list[tuple[str, str]] = []  # (path, reason)
-        self.ignored = 0  # files without an image extension
-
-    def skip(self, path: str, reason: str) -> None:
-        """Record and log a link (or folder) not followed."""
-        shown = str(Path(path).relative_to(self.base)) if self.base else path
-        self.skipped.append((shown, reason))
-        logger.warning("not following %s: %s", printable(shown), reason)
-
-    def add_class(self, name: str, path: str) -> None:
-        """Accept ``path`` as class ``name`` unless it is a link to the split, a parent, or another class."""
-        st, real = os.stat(path), os.path.realpath(path)
-        owner = next((n for n, c in self.classes.items() if _inside(real, c)), None)
-        if (st.st_dev, st.st_ino) in self.forbidden:
-            self.skip(path, "points to the split folder, the data root or a parent of them (not a class)")
-        elif self._other_split(real):
-            self.skip(path, SIBLING_SPLIT)
-        elif owner is not None:
-            self.skip(path, f"points into class '{printable(owner)}' (not a class of its own)")
-        else:
-            self.classes[name] = real
-            self.class_ids[(st.st_dev, st.st_ino)] = name
-
-    def files(self, folder: str, own: str | None) -> list[tuple[str, os.stat_result]]:
-        """Image files under ``folder`` (class ``own``'s folder, or any folder when None), sorted, each with its stat."""
-        found: list[tuple[str, os.stat_result]] = []
-        stack = [folder] if self._enter(folder, os.stat(folder), own) else []
-        while stack:
-            d = stack.pop()
-            try:
-                entries = sorted(os.scandir(d), key=lambda e: e.name)
-            except OSError as err:
-                raise DataError(
-                    f"cannot read folder {printable(str(err.filename))}: {err.strerror}; "
-                    "fix its permissions or move it out of the data root"
-                ) from None
-            subdirs = []
-            for e in entries:
-                if e.name.startswith("."):
-                    continue
-                link = e.is_symlink()
-                try:
-                    st = os.stat(e.path)  # follows links: the target's kind, size and mtime
-                except OSError:
-                    if link:
-                        self.skip(e.path, "broken link (its target is missing, or a loop of links)")
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    reason = self._dir_link_reason(e.path, own) if link else None
-                    if reason:
-                        self.skip(e.path, reason)
-                    elif self._enter(e.path, st, own):
-                        subdirs.append(e.path)
-                elif not e.name.lower().endswith(IMAGE_EXTENSIONS):
-                    self.ignored += 1
-                elif link and (reason := self._file_link_reason(e.path, own)):
-                    self.skip(e.path, reason)
-                else:
-                    found.append((e.path, st))
-            stack.extend(reversed(subdirs))
-        return sorted(found, key=lambda f: Path(f[0]))
-
-    def _enter(self, path: str, st: os.stat_result, own: str | None) -> bool:
-        """Whether to walk folder ``path``; records why not."""
-        ident = (st.st_dev, st.st_ino)
-        other = self.class_ids.get(ident)
-        if ident in self.forbidden:
-            self.skip(path, "points to the split folder, the data root or a parent of them")
-        elif other is not None and other != own:
-            self.skip(path, f"is class '{printable(other)}''s folder (its images would get a second label)")
-        elif ident in self.seen:
-            self.skip(path, "already walked (a loop, or a second way to the same folder)")
-        else:
-            self.seen.add(ident)
-            return True
-        return False
-
-    def _dir_link_reason(self, path: str, own: str | None) -> str | None:
-        """Why a directory link must not be followed, or None."""
-        real = os.path.realpath(path)
-        for name, folder in self.classes.items():
-            if _inside(real, folder):
-                return (
-                    "points inside its own class folder (walked there already)"
-                    if name == own
-                    else f"points into class '{printable(name)}' (its images would get a second label)"
-                )
-        return SIBLING_SPLIT if self._other_split(real) else None
-
-    def _file_link_reason(self, path: str, own: str | None) -> str | None:
-        """Why a file link must not be listed, or None."""
-        real = os.path.realpath(path)
-        other = next((n for n, folder in self.classes.items() if n != own and _inside(real, folder)), None)
-        if other is not None:
-            return f"points into class '{printable(other)}' (one file, two labels)"
-        return SIBLING_SPLIT if self._other_split(real) else None
-
-    def _other_split(self, real: str) -> bool:
-        """True when real path ``real`` lies in the data root but outside this split (another split's images)."""
-        return self.fence is not None and _inside(real, self.fence[0]) and not _inside(real, self.fence[1])

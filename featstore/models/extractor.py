@@ -12,10 +12,12 @@ through the same path (build -> cut at one or several layers -> preprocess -> fi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +34,6 @@ from featstore.models.backbones import (
 from featstore.models.saved import SavedModelSpec, is_model_path
 from featstore.models.weights import describe_weights_argument, load_base, weights_digest
 from featstore.provenance import validate_dtype
-from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,33 @@ JIT_PROBE_ROWS = 8  # rows of the check batch when the caller does not name its 
 JIT_CHECK_ROWS = 4  # rows of it also run through the uncompiled model and compared
 
 
-@dataclass(frozen=True)
+class _NotGiven:
+    """The default of ``layer``/``layers``: tells "not given" from an explicit None (``dataclasses.replace`` passes the cut)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_NOT_GIVEN: Any = _NotGiven()
+
+
+@dataclass(frozen=True, init=False)
 class ExtractorConfig:
-    """Everything that decides the features; its hash (with the weights' digest) is the fingerprint."""
+    """Everything that decides the features; its hash (with the weights' digest) is the fingerprint.
+
+    The cut is one field, ``cut_layers``: ``()`` is the backbone's default cut, one name a cut at that layer, several
+    names one pass that fills one extractor group per layer. The constructor takes it as ``layer="block4_pool"`` or
+    ``layers=("block3_pool", "block4_pool")`` (not both); ``config.layer`` is the one named layer (None for the default
+    cut or several), ``config.layers`` the several (``()`` otherwise). Example::
+
+        ExtractorConfig(layer="block4_pool") == ExtractorConfig(layers=("block4_pool",))   # True
+    """
 
     model: str = "vgg16"  # backbone registry name (featstore models), or the path of a saved .keras model
     image_size: int | None = None  # input side in pixels; None = the backbone's default (a saved model's own)
-    layer: str | None = (
-        None  # cut at this named layer; None = the conv base's last layer (saved model: before the last Dense)
-    )
+    cut_layers: tuple[
+        str, ...
+    ] = ()  # named layers to cut at, in order; () = the conv base's last layer (saved: before the last Dense)
     pooling: str = "none"  # none | avg | max (global pooling after the cut)
     dtype: str = "float32"  # float32 | float16 stored features
     weights: str = (
@@ -60,31 +79,85 @@ class ExtractorConfig:
     )
     seed: int = 0  # initialisation seed, used only with weights="none"
     mixed_precision: bool = False  # compute in float16 (GPU tensor cores); changes features slightly, so fingerprinted
-    layers: tuple[str, ...] = ()  # several cut layers in one pass; each becomes its own extractor group
     preprocess: str | None = None  # saved models: none | scale01 | imagenet-caffe | imagenet-torch | tf (default none)
     trust_model: bool = False  # allow a legacy .h5 full model (no safe_mode protection)
+
+    def __init__(
+        self,
+        model: str = "vgg16",
+        image_size: int | None = None,
+        layer: str | None = _NOT_GIVEN,
+        pooling: str = "none",
+        dtype: str = "float32",
+        weights: str = "imagenet",
+        seed: int = 0,
+        mixed_precision: bool = False,
+        layers: tuple[str, ...] = _NOT_GIVEN,
+        preprocess: str | None = None,
+        trust_model: bool = False,
+        *,
+        cut_layers: tuple[str, ...] = (),
+    ):
+        given_layer = layer is not _NOT_GIVEN and layer is not None
+        given_layers = layers is not _NOT_GIVEN and bool(layers)
+        if given_layer and given_layers:
+            raise ConfigError("give either layer or layers, not both")
+        if (
+            layer is not _NOT_GIVEN or layers is not _NOT_GIVEN
+        ):  # the caller names the cut (replace() passes only cut_layers)
+            cut_layers = (layer,) if given_layer else tuple(layers) if given_layers else ()
+        values = dict(
+            model=model,
+            image_size=image_size,
+            cut_layers=tuple(cut_layers),
+            pooling=pooling,
+            dtype=dtype,
+            weights=weights,
+            seed=seed,
+            mixed_precision=mixed_precision,
+            preprocess=preprocess,
+            trust_model=trust_model,
+        )
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
+
+    @property
+    def layer(self) -> str | None:
+        """The one layer cut at (None: the default cut, or several layers)."""
+        return self.cut_layers[0] if len(self.cut_layers) == 1 else None
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The layers of a multi-layer pass (``()`` for one cut)."""
+        return self.cut_layers if len(self.cut_layers) > 1 else ()
+
+    def per_layer(self) -> list[ExtractorConfig]:
+        """One configuration per cut layer (this one when it cuts once): each output's own."""
+        return [replace(self, cut_layers=(lyr,)) for lyr in self.cut_layers] if self.layers else [self]
+
+    def arguments(self) -> dict:
+        """The constructor arguments of a one-cut configuration, as :func:`featstore.provenance.config_fields` gives them."""
+        return {
+            "model": self.model,
+            "image_size": self.image_size,
+            "layer": self.layer,
+            "pooling": self.pooling,
+            "dtype": self.dtype,
+            "weights": self.weights,
+            "seed": self.seed,
+            "mixed_precision": self.mixed_precision,
+            "preprocess": self.preprocess,
+            "trust_model": self.trust_model,
+        }
+
+    def matches(self, attrs: dict) -> bool:
+        """Whether a store's extractor attributes record this (validated, one-cut) configuration; no model is built."""
+        return provenance.same_extractor(attrs, self.arguments())
 
     @classmethod
     def from_attrs(cls, attrs: dict, weights: str | None = None, model_file: str | None = None) -> ExtractorConfig:
         """The configuration a store's extractor attributes record (``weights``/``model_file`` override recorded files)."""
-        saved = bool(attrs.get("model_file"))
-        return cls(
-            model=model_file or attrs["model_file"] if saved else attrs["model"],
-            image_size=int(attrs["input_size"]),
-            layer=attrs["layer"],
-            pooling=attrs["pooling"],
-            dtype=attrs["dtype"],
-            weights="model" if saved else weights or attrs["weights"],
-            seed=int(attrs.get("seed", 0)),
-            mixed_precision=attrs.get("compute_dtype") == "mixed_float16",
-            preprocess=attrs["preprocess"] if saved else None,
-            trust_model=bool(attrs.get("trust_model", False)),
-        )
-
-    @property
-    def cut_layers(self) -> tuple[str | None, ...]:
-        """The layers to cut at, in order (None = the default cut)."""
-        return self.layers or (self.layer,)
+        return cls(**provenance.config_fields(attrs, weights, model_file))
 
     def backbone(self) -> BackboneSpec | SavedModelSpec:
         """The backbone this configuration names: a registry spec, or a saved model file inspected."""
@@ -94,12 +167,8 @@ class ExtractorConfig:
 
     def validated(self, spec: BackboneSpec | SavedModelSpec | None = None) -> ExtractorConfig:
         """Check every field before any work; fill the default image size; normalise paths."""
-        if self.layers and self.layer:
-            raise ConfigError("give either layer or layers, not both")
-        if len(set(self.layers)) != len(self.layers):
-            raise ConfigError(f"--layer lists a layer twice: {', '.join(self.layers)}")
-        layers = self.layers if len(self.layers) != 1 else ()
-        layer = self.layers[0] if len(self.layers) == 1 else self.layer
+        if len(set(self.cut_layers)) != len(self.cut_layers):
+            raise ConfigError(f"--layer lists a layer twice: {', '.join(self.cut_layers)}")
         spec = spec or self.backbone()
         size = self.image_size or spec.default_size
         validate_pooling(self.pooling)
@@ -111,13 +180,7 @@ class ExtractorConfig:
                     f"weights. Leave --weights out."
                 )
             return replace(
-                self,
-                model=str(spec.path),
-                image_size=size,
-                weights="model",
-                layer=layer,
-                layers=layers,
-                preprocess=spec.preprocess_mode,
+                self, model=str(spec.path), image_size=size, weights="model", preprocess=spec.preprocess_mode
             )
         validate_size(spec, size)
         if self.preprocess not in (None, spec.preprocess_mode):
@@ -125,14 +188,7 @@ class ExtractorConfig:
             raise ConfigError(
                 f"{spec.name} uses its own preprocessing ({spec.preprocess_mode}); --preprocess is for saved models"
             )
-        return replace(
-            self,
-            image_size=size,
-            weights=describe_weights_argument(self.weights),
-            layer=layer,
-            layers=layers,
-            preprocess=None,
-        )
+        return replace(self, image_size=size, weights=describe_weights_argument(self.weights), preprocess=None)
 
 
 class Extractor:
@@ -169,21 +225,21 @@ class Extractor:
         finally:
             keras.mixed_precision.set_global_policy(previous)
         default = spec.default_layer if isinstance(spec, SavedModelSpec) else None
-        if isinstance(spec, SavedModelSpec) and not any(c.cut_layers):
+        requested = c.cut_layers or (None,)  # None: the default cut
+        if isinstance(spec, SavedModelSpec) and not any(requested):
             logger.info(
                 "%s: cutting at %r, the layer before its last Dense layer (--layer to choose another)",
                 spec.path.name,
                 default,
             )
         self.base_layer_names = [lyr.name for lyr in base.layers]  # the whole backbone's, also those above the cut
-        cuts = cut_outputs(base, [lyr or default for lyr in c.cut_layers], c.pooling, self._shown_name())
+        cuts = cut_outputs(base, [lyr or default for lyr in requested], c.pooling, self._shown_name())
         inp = base.inputs[0]  # one image input (a Sequential model has no `input` until called; `inputs` always exists)
         self.model = keras.Model(
             inp, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore"
         )
         self.outputs = [
-            (name, self._attrs(name, requested, keras.Model(inp, t)))
-            for (name, t), requested in zip(cuts, c.cut_layers)
+            (name, self._attrs(name, asked, keras.Model(inp, t))) for (name, t), asked in zip(cuts, requested)
         ]
         self.attrs = self.outputs[0][1]
         self.feature_shape = tuple(self.attrs["feature_shape"])
@@ -199,45 +255,28 @@ class Extractor:
         return self.spec.path.name if isinstance(self.spec, SavedModelSpec) else self.spec.name
 
     def _attrs(self, layer: str, requested: str | None, cut) -> dict:
-        """The provenance of one output (cut at ``layer``), with its fingerprint."""
+        """The provenance of one output (cut at ``layer``), with its fingerprint (:func:`featstore.provenance.extractor_attrs`)."""
         import keras
         import PIL
         import tensorflow as tf
 
-        c, w = self.config, self.weights
-        attrs = {
+        backbone = {
             "model": self.spec.name,  # registry name, or keras-file:<sha256> for a saved model
-            "layer": layer,
-            "layer_requested": requested or "",  # "" = the default cut (not fingerprinted: "layer" holds the name)
-            "input_size": c.image_size,
             "input_channels": self.spec.channels_in,
-            "pooling": c.pooling,
-            "preprocess": self.spec.preprocess_mode,  # a stable id; the prose is in preprocess_description
+            "preprocess": self.spec.preprocess_mode,
             "preprocess_description": self.spec.preprocess_name,
-            "resize": provenance.RESIZE_ID,
-            "resize_description": provenance.RESIZE_DESCRIPTION,
-            "dtype": c.dtype,
-            "feature_shape": [int(d) for d in cut.output_shape[1:]],
-            "weights": w.argument,
-            "weights_source": w.source,
-            "weights_description": w.description,
-            "weights_file": w.path,
-            "weights_sha256": w.file_sha256,
-            "weights_digest": weights_digest(cut),
-            "seed": c.seed,
-            "compute_dtype": "mixed_float16" if c.mixed_precision else "float32",
-            "keras_version": keras.__version__,
-            "tensorflow_version": tf.__version__,
-            "pillow_version": PIL.__version__,
-            "featstore_version": __version__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if isinstance(self.spec, SavedModelSpec):
-            attrs.update(
+            backbone.update(
                 model_file=str(self.spec.path), model_sha256=self.spec.sha256, trust_model=self.spec.trust_model
             )
-        attrs["fingerprint"] = provenance.fingerprint(attrs)
-        return attrs
+        return provenance.extractor_attrs(
+            backbone,
+            {**self.config.arguments(), "layer": requested},
+            {"layer": layer, "feature_shape": cut.output_shape[1:], "weights_digest": weights_digest(cut)},
+            dataclasses.asdict(self.weights),
+            {"keras": keras.__version__, "tensorflow": tf.__version__, "pillow": PIL.__version__},
+        )
 
     def features(self, images: np.ndarray) -> list[np.ndarray]:
         """Features of a uint8 RGB batch ``(B, size, size, 3)`` for every output, in the configured dtype."""

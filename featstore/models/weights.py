@@ -20,6 +20,7 @@ import numpy as np
 
 from featstore.errors import WeightsError
 from featstore.models.backbones import BackboneSpec
+from featstore.provenance import sha256_file  # noqa: F401 (re-exported: runs, finetune and tests take it from here)
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +56,6 @@ def keras_cache_dir() -> Path:
     except ImportError:  # pragma: no cover - older Keras layouts
         home = os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras"))
     return Path(home) / "models"
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_digest(model) -> str:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featstore.errors import StoreError
+from featstore.errors import StoreError, renamed_argument
 from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, attrs_of, check_format_version, plain, validate_extractor
-from featstore.store.layout import validate_augmented, validate_split
-from featstore.store.reader import foreign_objects, hard_groups, open_h5, read_paths
+from featstore.store.augmented import copy_problems
+from featstore.store.layout import foreign_objects, hard_groups, read_paths, validate_augmented, validate_split
+from featstore.store.locking import StoreFile
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
@@ -40,11 +41,17 @@ class _Split:
     )
 
 
-def check_store(path: str | os.PathLike, *, locking=None) -> list[str]:
-    """Every problem found in the store, each with its fix; an empty list means the store is sound."""
+def check_store(store: str | os.PathLike | None = None, *, locking=None, path=None) -> list[str]:
+    """Every problem found in the store, each with its fix; an empty list means the store is sound.
+
+    ``store``: the .h5 file (``path=`` is its old name); ``locking``: this store's HDF5 locking (None: the process
+    setting).
+    """
+    file = StoreFile(renamed_argument("check_store", "path", "store", path, store), locking)
+    path = file.path
     problems: list[str] = []
     scans: list[_Split] = []
-    with open_h5(path, "r", locking=locking) as f:
+    with file.open("r") as f:
         for obj in foreign_objects(f):
             problems.append(
                 f"{obj} points outside the store; featstore never writes it and did not follow it: remove it "
@@ -62,7 +69,7 @@ def check_store(path: str | os.PathLike, *, locking=None) -> list[str]:
         for name in hard_groups(f):
             problems += _check_extractor(f[name], name, scans)
     for s in scans:
-        problems += _scan_split(path, s, locking)
+        problems += _scan_split(file, s)
     return problems
 
 
@@ -143,7 +150,7 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
     return out
 
 
-def _scan_split(path, s: _Split, locking) -> list[str]:
+def _scan_split(file: StoreFile, s: _Split) -> list[str]:
     """Content problems of one split (labels, NaN/inf, duplicated rows), reading one block per opening."""
     where = f"/{s.name}/{s.split}"
     bad_rows = bad_labels = 0
@@ -151,7 +158,7 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
     names: list[str] = []
     labels: list[np.ndarray] = []
     for i in range(0, s.rows, s.step):
-        with open_h5(path, "r", locking=locking) as f:
+        with file.open("r") as f:
             sg = f[s.name][s.split]
             j = min(i + s.step, s.rows)
             try:
@@ -175,10 +182,8 @@ def _scan_split(path, s: _Split, locking) -> list[str]:
     if bad_rows:
         out.append(f"{where}: {bad_rows} rows contain NaN or inf; check the images and weights, then {REDO}")
     if s.copies:  # every row must be copy k of the split's row of the same path, with its label, in order
-        from featstore.store.reader import FeatureStore
-
         try:
-            out += FeatureStore(path, locking=locking).copy_problems(s.split.rsplit("/", 1)[0], s.name)
+            out += copy_problems(file, s.name, s.split.rsplit("/", 1)[0])
         except StoreError as exc:
             out.append(str(exc))
         return out  # a copy's paths repeat the split's by design; the split itself is checked for links and duplicates

@@ -10,34 +10,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from pathlib import Path
 
 import h5py
 
 from featstore.provenance import AUGMENTED
-from featstore.store.layout import ROW_DATASETS, read_commit
-from featstore.store.reader import hard_groups, locking_default, open_h5
+from featstore.store.layout import ROW_DATASETS, hard_groups, read_commit
+from featstore.store.locking import StoreFile
+from featstore.store.space import ensure_space
 
 logger = logging.getLogger(__name__)
 
 
-def compact(path, locking=None) -> None:
+def compact(store: StoreFile | str | os.PathLike) -> None:
     """Rewrite the store into a fresh file holding only committed rows and records, then put it in place.
 
     A writer killed at any point (mid-batch, or while closing the file) can leave HDF5 metadata and free-space
     state past the end-of-allocation mark that was last flushed; the next writer's frees or allocations then
     fail with "len not positive after adjustment for EOA", sometimes only at a later write. A fresh file
-    written from the committed data has consistent metadata; it costs one copy of the store per resume.
-    """
-    path = Path(path)
-    from featstore.store.writer import ensure_space  # (writer imports this module)
+    written from the committed data has consistent metadata; it costs one copy of the store per resume. Example::
 
+        compact(StoreFile("features.h5"))
+    """
+    store = store if isinstance(store, StoreFile) else StoreFile(store)
+    path = store.path
     ensure_space(path, path.stat().st_size)
     tmp = path.with_name(f".{path.name}.compact.tmp")
-    locking = locking_default() if locking is None else locking
-    kwargs = {} if locking is None else {"locking": locking}
     try:
-        with open_h5(path, "r", locking=locking) as src, h5py.File(tmp, "w", **kwargs) as dst:
+        with store.open("r") as src, h5py.File(tmp, "w", **store.h5py_kwargs()) as dst:
             _copy_attrs(src, dst)
             for name in hard_groups(src):
                 g = dst.create_group(name)
@@ -68,16 +67,6 @@ def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> N
         sg.file.copy(sg["listing"], d, name="listing")
     if AUGMENTED in hard_groups(sg):
         _copy_split(sg[AUGMENTED], d, AUGMENTED, f"{where}/{AUGMENTED}")
-
-
-def hard_group(f: h5py.File, path: str) -> h5py.Group | None:
-    """The group at ``path`` ('a/b/c') if every step is a hard-linked group, else None (links are never followed)."""
-    g = f
-    for part in path.split("/"):
-        if part not in hard_groups(g):
-            return None
-        g = g[part]
-    return g
 
 
 def _copy_attrs(src, dst) -> None:

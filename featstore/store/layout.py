@@ -1,18 +1,25 @@
 """The store's HDF5 layout: a split's datasets and attributes, its commit, its augmented copies, checked cheaply.
 
 Every reader and the writer validate a split through here before trusting it (no feature is read): a damaged or
-crafted split is refused with what is wrong and the fix. What the features *are* (provenance, fingerprint) is
-:mod:`featstore.provenance`.
+crafted split is refused with what is wrong and the fix. Links are inspected here, never followed. Everything in this
+module works on an HDF5 object that is already open; opening the file is :mod:`featstore.store.locking`'s. What the
+features *are* (provenance, fingerprint) is :mod:`featstore.provenance`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError
-from featstore.provenance import MAX_AUGMENT_COPIES, plain
+from featstore.provenance import MAX_AUGMENT_COPIES, attrs_of, check_format_version, plain
+
+STR = h5py.string_dtype("utf-8")
+PATH_ERRORS = (
+    "surrogateescape"  # stored paths are the file system's bytes; names that are not UTF-8 round-trip losslessly
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +50,6 @@ def read_commit(sg, where: str) -> Commit:
             f"{where}: commit [{rows}, {failed}, {done}] is inconsistent (negative, or images_done != rows + failed): "
             f"the store is damaged. Re-extract this split with --overwrite."
         )
-    import h5py
-
     for key in ROW_DATASETS:  # hard-linked datasets only: a link is never followed here (validate_split names it)
         if (
             isinstance(sg.get(key, getlink=True), h5py.HardLink)
@@ -80,8 +85,6 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
     Raises StoreError with what is wrong and the fix. ``extractor`` (the extractor's attributes) adds the
     shape/dtype check against its recorded feature_shape and dtype.
     """
-    import h5py
-
     redo = "Re-extract this split with --overwrite (or into a new --store)."
     for key in SPLIT_DATASETS:
         obj = sg
@@ -144,8 +147,6 @@ AUGMENT_ATTRS = ("augment_copies", "augment_spec", "augment_seed", "source_rows"
 
 def validate_augmented(ag, where: str, extractor: dict | None, source: Commit) -> Commit:
     """Validate a split's augmented copies (layout as a split, plus ``copy`` and their attributes) against the plain split's commit."""
-    import h5py
-
     commit = validate_split(ag, where, extractor)
     redo = "Make them again: re-run the extract with --augment and --overwrite."
     missing = [k for k in AUGMENT_ATTRS if k not in ag.attrs]
@@ -208,8 +209,6 @@ LISTING = ("paths", "labels", "sizes", "mtimes_ns")  # /<split>/listing: every i
 
 def _validate_listing(sg, where: str, redo: str) -> None:
     """The split's recorded listing, if any, is a group of four hard-linked 1-D datasets of one length and the right kinds."""
-    import h5py
-
     link = sg.get("listing", getlink=True)
     if link is None:
         return
@@ -229,3 +228,106 @@ def validate_labels(y: np.ndarray, n_classes: int, where: str) -> None:
             f"{where}/labels hold values outside 0..{n_classes - 1} (found {int(y.min())}..{int(y.max())}): "
             f"the store is damaged. Re-extract this split with --overwrite."
         )
+
+
+def read_paths(ds, stop: int, start: int = 0) -> list[str]:
+    """Stored paths ``start:stop`` as str (names that are not UTF-8 come back as written, via surrogateescape)."""
+    return list(ds.asstr(errors=PATH_ERRORS)[start:stop]) if stop > start else []
+
+
+def hard_groups(g: h5py.Group) -> list[str]:
+    """Names of the sub-groups of ``g`` reached through hard links (links are not followed)."""
+    return sorted(k for k in g if isinstance(g.get(k, getlink=True), h5py.HardLink) and isinstance(g[k], h5py.Group))
+
+
+def hard_group(f: h5py.Group, path: str) -> h5py.Group | None:
+    """The group at ``path`` ('a/b/c') if every step is a hard-linked group, else None (links are never followed)."""
+    g = f
+    for part in path.split("/"):
+        if part not in hard_groups(g):
+            return None
+        g = g[part]
+    return g
+
+
+def foreign_objects(f: h5py.File) -> list[str]:
+    """Names of external/soft links, virtual datasets and externally stored datasets: ways to reach outside the file.
+
+    Links are inspected, never followed (a dangling or external link is reported, not opened).
+    """
+    found: list[str] = []
+
+    def visit(name, link):
+        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+            found.append(f"/{name} ({type(link).__name__})")
+        elif isinstance(link, h5py.HardLink):
+            obj = f.get(name)
+            if isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
+                found.append(f"/{name} ({'virtual dataset' if obj.is_virtual else 'external storage'})")
+
+    try:
+        f.visititems_links(visit)
+    except (
+        SystemError,
+        UnicodeDecodeError,
+    ) as exc:  # h5py cannot decode an object name: featstore never writes such names
+        raise StoreError(
+            f"{f.filename} holds an object whose name is not UTF-8 ({exc}); it was not written by featstore. "
+            f"Refusing to use it."
+        ) from None
+    return found
+
+
+def refuse_foreign(f: h5py.File, path, allow: bool = False) -> None:
+    """Raise unless the file is self-contained (or ``allow``): links out of a store could read or write other files."""
+    if allow:
+        return
+    found = foreign_objects(f)
+    if found:
+        raise StoreError(
+            f"store {path} holds objects that point outside it: {', '.join(found[:5])}. featstore never writes "
+            f"these; refusing to use it. If you made them on purpose, pass allow_external=True."
+        )
+
+
+def check_root(f: h5py.File, path) -> bool:
+    """Before a write: refuse a file with links out of it, an HDF5 file that is not a featstore store, or a store of a
+    format this featstore does not write. False for an empty HDF5 file (a store to start), True for a store."""
+    refuse_foreign(f, path)
+    if "format_version" not in f.attrs:
+        if len(f):
+            raise StoreError(
+                f"{path} is an HDF5 file without featstore's format_version: not a featstore store. "
+                f"Choose another --store (nothing was written)."
+            )
+        return False
+    check_format_version(f.attrs["format_version"], path)
+    return True
+
+
+def split_summary(sg: h5py.Group, commit: Commit) -> dict:
+    """A split's attributes plus its features' shape, dtype and chunk shape, and its commit spelled out."""
+    feats = sg["features"]
+    return {
+        **attrs_of(sg),
+        "committed_rows": commit.rows,
+        "n_failed": commit.failed,
+        "images_done": commit.images_done,
+        "shape": list(feats.shape),
+        "dtype": str(feats.dtype),
+        "chunks": list(feats.chunks or []),
+    }
+
+
+def stored_listing(sg: h5py.Group) -> list[tuple[str, int, int, int]]:
+    """The (path, label, size, mtime_ns) entries recorded when the split was started ([] for a split without them).
+
+    The listing's layout is checked by :func:`validate_split`, which every caller runs first.
+    """
+    if "listing" not in sg:
+        return []
+    lg = sg["listing"]
+    n = lg["paths"].shape[0]
+    return list(
+        zip(read_paths(lg["paths"], n), lg["labels"][:].tolist(), lg["sizes"][:].tolist(), lg["mtimes_ns"][:].tolist())
+    )

@@ -1,4 +1,4 @@
-"""The HDF5 feature store: layout, crash-safe appends, and read access.
+"""The HDF5 feature store: layout, and read access.
 
 Layout (``format_version`` 2)::
 
@@ -20,159 +20,39 @@ Writing is in :mod:`featstore.store.writer`; reads go through :class:`FeatureSto
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import h5py
 import numpy as np
 
-from featstore.errors import ConfigError, StoreBusyError, StoreError
-from featstore.provenance import (
-    AUGMENTED,
-    attrs_of,
-    check_format_version,
-    plain,
-    validate_extractor,
-)
-from featstore.store.layout import (
+from featstore.errors import ConfigError, StoreError, renamed_argument
+from featstore.provenance import AUGMENTED, check_format_version, plain
+from featstore.store.augmented import copy_problems
+from featstore.store.layout import (  # noqa: F401 (STR, hard_groups, read_paths, refuse_foreign, foreign_objects, split_summary: re-exported)
     AUGMENT_ATTRS,
+    STR,
     Commit,
-    validate_augmented,
+    foreign_objects,
+    hard_groups,
+    read_paths,
+    refuse_foreign,
+    split_summary,
+    stored_listing,
     validate_labels,
-    validate_split,
 )
+from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets the locking here, finetune opens here)
+    StoreFile,
+    lock_timeout,
+    locking_default,
+    open_h5,
+    set_locking,
+)
+from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
 from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
-
-STR = h5py.string_dtype("utf-8")
-PATH_ERRORS = (
-    "surrogateescape"  # stored paths are the file system's bytes; names that are not UTF-8 round-trip losslessly
-)
-
-
-_LOCKING: dict = {"default": None}  # None = HDF5's default (honours HDF5_USE_FILE_LOCKING)
-
-
-def set_locking(value: bool | None) -> None:
-    """Process-wide HDF5 file locking for featstore: False for filesystems without working locks (some NFS/Lustre).
-
-    Also turns off featstore's own ``<store>.lock`` writer lock, so two writers on one store are then
-    the user's responsibility.
-    """
-    _LOCKING["default"] = value
-
-
-def locking_default():
-    """The locking value set by :func:`set_locking` (None = HDF5's default)."""
-    return _LOCKING["default"]
-
-
-def lock_timeout() -> float:
-    """Seconds to wait for a store another process holds: ``FEATSTORE_LOCK_TIMEOUT`` (default 120), checked when used."""
-    text = os.environ.get("FEATSTORE_LOCK_TIMEOUT", "120")
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise ConfigError(
-            f"FEATSTORE_LOCK_TIMEOUT={text!r} is not a number of seconds; set it to e.g. 120, or unset it"
-        )
-    return value
-
-
-def read_paths(ds, stop: int, start: int = 0) -> list[str]:
-    """Stored paths ``start:stop`` as str (names that are not UTF-8 come back as written, via surrogateescape)."""
-    return list(ds.asstr(errors=PATH_ERRORS)[start:stop]) if stop > start else []
-
-
-def _is_lock_error(exc: OSError) -> bool:
-    text = str(exc).lower()
-    return (
-        "unable to lock" in text
-        or "resource temporarily unavailable" in text
-        or getattr(exc, "errno", None) == errno.EAGAIN
-    )
-
-
-@contextlib.contextmanager
-def open_h5(
-    path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: float | None = None
-) -> Iterator[h5py.File]:
-    """Open an HDF5 file, waiting up to ``timeout`` s (FEATSTORE_LOCK_TIMEOUT) while another process writes it."""
-    locking = locking_default() if locking is None else locking
-    kwargs = {} if locking is None else {"locking": locking}
-    timeout = lock_timeout() if timeout is None else timeout
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        try:
-            f = h5py.File(path, mode, **kwargs)
-            break
-        except FileNotFoundError:
-            raise StoreError(
-                f"store {path} does not exist; create it with `featstore extract ... --store {path}`"
-            ) from None
-        except OSError as exc:
-            if not _is_lock_error(exc):
-                raise StoreError(f"cannot open store {path}: {exc}") from exc
-            if time.monotonic() > deadline:
-                raise StoreBusyError(
-                    f"store {path} stayed locked by another process for {timeout:.0f} s; wait for it to finish "
-                    f"(or set FEATSTORE_LOCK_TIMEOUT). On a filesystem without working locks use locking=False "
-                    f"(HDF5_USE_FILE_LOCKING=FALSE)."
-                ) from exc
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-    try:
-        yield f
-    finally:
-        f.close()
-
-
-def foreign_objects(f: h5py.File) -> list[str]:
-    """Names of external/soft links, virtual datasets and externally stored datasets: ways to reach outside the file.
-
-    Links are inspected, never followed (a dangling or external link is reported, not opened).
-    """
-    found: list[str] = []
-
-    def visit(name, link):
-        if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-            found.append(f"/{name} ({type(link).__name__})")
-        elif isinstance(link, h5py.HardLink):
-            obj = f.get(name)
-            if isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
-                found.append(f"/{name} ({'virtual dataset' if obj.is_virtual else 'external storage'})")
-
-    try:
-        f.visititems_links(visit)
-    except (
-        SystemError,
-        UnicodeDecodeError,
-    ) as exc:  # h5py cannot decode an object name: featstore never writes such names
-        raise StoreError(
-            f"{f.filename} holds an object whose name is not UTF-8 ({exc}); it was not written by featstore. "
-            f"Refusing to use it."
-        ) from None
-    return found
-
-
-def refuse_foreign(f: h5py.File, path, allow: bool = False) -> None:
-    """Raise unless the file is self-contained (or ``allow``): links out of a store could read or write other files."""
-    if allow:
-        return
-    found = foreign_objects(f)
-    if found:
-        raise StoreError(
-            f"store {path} holds objects that point outside it: {', '.join(found[:5])}. featstore never writes "
-            f"these; refusing to use it. If you made them on purpose, pass allow_external=True."
-        )
 
 
 @contextlib.contextmanager
@@ -187,32 +67,12 @@ def _readable(path, name: str, split: str, start: int, stop: int) -> Iterator[No
         ) from exc
 
 
-def hard_groups(g: h5py.Group) -> list[str]:
-    """Names of the sub-groups of ``g`` reached through hard links (links are not followed)."""
-    return sorted(k for k in g if isinstance(g.get(k, getlink=True), h5py.HardLink) and isinstance(g[k], h5py.Group))
-
-
-def split_summary(sg: h5py.Group, commit: Commit) -> dict:
-    """A split's attributes plus its features' shape, dtype and chunk shape, and its commit spelled out."""
-    feats = sg["features"]
-    return {
-        **attrs_of(sg),
-        "committed_rows": commit.rows,
-        "n_failed": commit.failed,
-        "images_done": commit.images_done,
-        "shape": list(feats.shape),
-        "dtype": str(feats.dtype),
-        "chunks": list(feats.chunks or []),
-    }
-
-
-CACHE_PURPOSE = (
-    "finetune-cache"  # the `purpose` attribute of a group `featstore finetune` made to cache its frozen layers
-)
-
-
 class FeatureStore:
-    """Read access to a store file. Each call opens and closes the file, so writers are not blocked.
+    """Read access to a store file: the store object a reading command opens once.
+
+    The store's metadata (extractors, provenance, splits, their shapes and counts) is read once, in one opening, and
+    reused while the file is unchanged on disk (:meth:`refresh` reads it again on request). Data is read per call
+    and per block, each block in its own opening, so a writer appending another split is never held up for long.
 
     Every read validates what it touches (layout, attribute types, the commit record, label range) and
     raises :class:`StoreError` naming the problem and the fix for a damaged or crafted store.
@@ -223,31 +83,58 @@ class FeatureStore:
     >>> X, y = store.load("train")                   # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike, *, locking=None, allow_external: bool = False):
-        self.path = Path(path)
+    def __init__(
+        self,
+        store: str | os.PathLike | None = None,
+        *,
+        locking: bool | None = None,
+        allow_external: bool = False,
+        path: str | os.PathLike | None = None,
+    ):
+        """``store``: the .h5 file (``path=`` is its old name); ``locking``: this store's HDF5 locking (None: the
+        process setting); ``allow_external``: accept links out of the file."""
+        store = renamed_argument("FeatureStore", "path", "store", path, store)
+        if store is None:
+            raise TypeError("FeatureStore() needs the store file")
+        self.file = StoreFile(store, locking)
+        self.path = self.file.path
         self.locking = locking
+        self.allow_external = allow_external
         if not self.path.is_file():
             raise StoreError(
                 f"store {self.path} does not exist; create it with `featstore extract --store {self.path}`"
             )
         if not h5py.is_hdf5(self.path):
             raise StoreError(f"{self.path} is not an HDF5 file; pass the .h5 store written by `featstore extract`")
+        self._meta: StoreMetadata | None = None
+        self.refresh()
+
+    def _open(self):
+        return self.file.open("r")
+
+    def refresh(self) -> None:
+        """Read the store's metadata again (one opening): also done by itself when the file changed on disk."""
+        state = file_state(self.path)
         with self._open() as f:
-            refuse_foreign(f, self.path, allow_external)
+            refuse_foreign(f, self.path, self.allow_external)
             if "format_version" not in f.attrs:
                 raise StoreError(
                     f"{self.path} has no format_version attribute: it is not a featstore store (or it is damaged)"
                 )
             check_format_version(f.attrs["format_version"], self.path)
+            self._meta = StoreMetadata.read(f, self.path, state)
 
-    def _open(self):
-        return open_h5(self.path, "r", locking=self.locking)
+    @property
+    def meta(self) -> StoreMetadata:
+        """The store's metadata, read again first if the file changed since."""
+        if self._meta is None or file_state(self.path) != self._meta.state:
+            self.refresh()
+        return self._meta
 
     def extractors(self, caches: bool = True) -> list[str]:
         """Names of the extractor groups in the store (``caches=False``: without the frozen-layer caches ``finetune`` made)."""
-        with self._open() as f:
-            names = hard_groups(f)
-            return names if caches else [n for n in names if plain(f[n].attrs.get("purpose", "")) != CACHE_PURPOSE]
+        meta = self.meta
+        return list(meta.names) if caches else [n for n in meta.names if n not in meta.caches]
 
     def resolve(self, extractor: str | None = None) -> str:
         """``extractor`` if present; when None, the only one there, not counting finetune's caches (error listing them otherwise)."""
@@ -267,94 +154,31 @@ class FeatureStore:
             raise StoreError(f"store {self.path} has no extractor {extractor!r}; it has: {', '.join(names) or 'none'}")
         return extractor
 
-    def _extractor(self, f: h5py.File, name: str) -> tuple[h5py.Group, dict]:
-        """The extractor group and its validated provenance attributes."""
-        attrs = attrs_of(f[name])
-        validate_extractor(attrs, f"{self.path}:/{name}")
-        return f[name], attrs
-
-    def _split(self, f: h5py.File, name: str, split: str, augmented: bool = False) -> tuple[h5py.Group, Commit]:
-        """A validated split group and its commit (``augmented``: its augmented copies, checked against it)."""
-        g, attrs = self._extractor(f, name)
-        if split not in hard_groups(g):
-            raise StoreError(
-                f"extractor {name!r} in {self.path} has no split {split!r}; it has: {', '.join(hard_groups(g)) or 'none'}"
-            )
-        sg = g[split]
-        commit = validate_split(sg, f"{self.path}:/{name}/{split}", attrs)
-        if not augmented:
-            return sg, commit
-        if AUGMENTED not in hard_groups(sg):
-            raise StoreError(
-                f"split {split!r} of {name!r} in {self.path} has no augmented copies; make them with "
-                f"`featstore extract --split {split} --augment K` (same options as the split)"
-            )
-        return sg[AUGMENTED], validate_augmented(
-            sg[AUGMENTED], f"{self.path}:/{name}/{split}/{AUGMENTED}", attrs, commit
-        )
-
     def augmentation(self, split: str, extractor: str | None = None) -> dict | None:
         """The augmented copies of a split: their attributes (augment_copies, augment_spec, augment_seed, ...), rows, complete; None if none."""
         name = self.resolve(extractor)
-        with self._open() as f:
-            sg, _ = self._split(f, name, split)
-            if AUGMENTED not in hard_groups(sg):
-                return None
-            ag, commit = self._split(f, name, split, augmented=True)
-            return {
-                **{k: plain(ag.attrs[k]) for k in AUGMENT_ATTRS},
-                "rows": commit.rows,
-                "n_failed": commit.failed,
-                "complete": bool(plain(ag.attrs["complete"])),
-            }
+        if not self.meta.has_copies(name, split):
+            return None
+        info = self.meta.split(name, split, augmented=True)
+        return {
+            **{k: info[k] for k in AUGMENT_ATTRS},
+            "rows": info["committed_rows"],
+            "n_failed": info["n_failed"],
+            "complete": bool(info["complete"]),
+        }
 
     def copies(self, split: str, extractor: str | None = None) -> np.ndarray:
         """The copy index (1..K) of each row of a split's augmented copies (refused when their rows are not the split's)."""
         name = self.resolve(extractor)
         self.refuse_bad_copies(split, name)
         with self._open() as f:
-            ag, commit = self._split(f, name, split, augmented=True)
+            ag, commit = open_split(f, self.path, name, split, augmented=True)
             return ag["copy"][: commit.rows].astype(np.int64)
 
     def copy_problems(self, split: str, extractor: str | None = None, *, block: int = 1 << 16) -> list[str]:
         """What is wrong with the rows of a split's copies: each row must be copy k (1..K, copy-major) of a row of the split,
         with that row's path and label, in the split's order. Reads labels, paths and copy indexes in blocks, never features."""
-        name = self.resolve(extractor)
-        with self._open() as f:
-            sg, plain_commit = self._split(f, name, split)
-            ag, commit = self._split(f, name, split, augmented=True)
-            index = {p: i for i, p in enumerate(read_paths(sg["paths"], plain_commit.rows))}
-            y = sg["labels"][: plain_commit.rows]
-            k = int(plain(ag.attrs["augment_copies"]))
-        where, bad_copy, unknown, wrong_label, order = f"{self.path}:/{name}/{split}/{AUGMENTED}", 0, 0, 0, 0
-        last = (0, -1)
-        for i in range(0, commit.rows, block):
-            j = min(i + block, commit.rows)
-            with self._open() as f:
-                ag = f[name][split][AUGMENTED]
-                paths, labels, copy = read_paths(ag["paths"], j, i), ag["labels"][i:j], ag["copy"][i:j]
-            for p, lab, c in zip(paths, labels.tolist(), copy.tolist()):
-                src = index.get(p)
-                if not 1 <= c <= k:
-                    bad_copy += 1
-                elif src is None:
-                    unknown += 1
-                elif lab != int(y[src]):
-                    wrong_label += 1
-                elif (c, src) <= last:
-                    order += 1
-                else:
-                    last = (c, src)
-        out = []
-        if bad_copy:
-            out.append(f"{where}: {bad_copy} rows have a copy index outside 1..{k}")
-        if unknown:
-            out.append(f"{where}: {unknown} rows have a path that is not one of the split's rows")
-        if wrong_label:
-            out.append(f"{where}: {wrong_label} rows have another label than the split's row of the same image")
-        if order:
-            out.append(f"{where}: {order} rows are out of order (copy-major, in the split's row order) or repeated")
-        return [f"{p}; make the copies again with --augment and --overwrite" for p in out]
+        return copy_problems(self.file, self.resolve(extractor), split, block=block)
 
     def refuse_bad_copies(self, split: str, extractor: str | None = None) -> None:
         """Raise StoreError naming the first problem of :meth:`copy_problems`, so nothing trains on copies that are not the split's."""
@@ -364,30 +188,23 @@ class FeatureStore:
 
     def metadata(self, extractor: str | None = None) -> dict:
         """Provenance attributes of an extractor (model, layer, weights, fingerprint, ...)."""
-        name = self.resolve(extractor)
-        with self._open() as f:
-            return self._extractor(f, name)[1]
+        return self.meta.extractor(self.resolve(extractor))
 
     def splits(self, extractor: str | None = None) -> list[str]:
         """Split names under an extractor."""
-        name = self.resolve(extractor)
-        with self._open() as f:
-            return hard_groups(f[name])
+        return self.meta.split_names(self.resolve(extractor))
 
     def split_info(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> dict:
         """Attributes of one split (``augmented``: of its augmented copies) plus its feature shape and dtype."""
-        name = self.resolve(extractor)
-        with self._open() as f:
-            return split_summary(*self._split(f, name, split, augmented))
+        return self.meta.split(self.resolve(extractor), split, augmented)
 
     def class_names(self, extractor: str | None = None) -> list[str]:
         """Class names (label i is class_names[i]), identical for every split."""
         name = self.resolve(extractor)
-        with self._open() as f:
-            splits = hard_groups(f[name])
-            if not splits:
-                raise StoreError(f"extractor {name!r} in {self.path} has no split yet")
-            return plain(self._split(f, name, splits[0])[0].attrs["class_names"])
+        splits = self.meta.split_names(name)
+        if not splits:
+            raise StoreError(f"extractor {name!r} in {self.path} has no split yet")
+        return self.meta.split(name, splits[0])["class_names"]
 
     def _complete(self, sg: h5py.Group, commit: Commit, name: str, split: str) -> None:
         """Refuse reading a split that is not complete."""
@@ -413,31 +230,35 @@ class FeatureStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels of a split as in-memory arrays ``(X, y)``, read in blocks of whole chunks in row order.
 
-        The file is opened per block of ~64 chunks, so a writer appending another split is never held up for long.
-        ``augmented=True`` reads the split's augmented copies instead (``extract --augment K``).
+        The file is opened per block of ~64 chunks (the first block in the opening that checks the split), so a writer
+        appending another split is never held up for long. ``augmented=True`` reads the split's augmented copies
+        instead (``extract --augment K``).
         """
         name = self.resolve(extractor)
         key = f"{split}/{AUGMENTED}" if augmented else split
-        with self._open() as f:
-            sg, commit = self._split(f, name, split, augmented)
-            if not allow_incomplete:
-                self._complete(sg, commit, name, key)
-            n = commit.rows
-            X = np.empty((n, *sg["features"].shape[1:]), dtype=sg["features"].dtype)
-            step = (sg["features"].chunks or (1,))[0] * 64
-            y = self._labels(sg, n, f"{self.path}:/{name}/{key}")
-        for i in range(0, n, step):
+        i, n = 0, None
+        while n is None or i < n:
             with self._open() as f:
+                if n is None:
+                    sg, commit = open_split(f, self.path, name, split, augmented)
+                    if not allow_incomplete:
+                        self._complete(sg, commit, name, key)
+                    n = commit.rows
+                    X = np.empty((n, *sg["features"].shape[1:]), dtype=sg["features"].dtype)
+                    step = (sg["features"].chunks or (1,))[0] * 64
+                    y = self._labels(sg, n, f"{self.path}:/{name}/{key}")
                 part = np.s_[i : min(i + step, n)]
                 with _readable(self.path, name, key, i, min(i + step, n)):
-                    f[name][key]["features"].read_direct(X, part, part)
+                    if i < n:
+                        f[name][key]["features"].read_direct(X, part, part)
+            i += step
         return X, y
 
     def labels(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> np.ndarray:
         """Labels of a split or its augmented copies (cheap: no features are read)."""
         name = self.resolve(extractor)
         with self._open() as f:
-            sg, commit = self._split(f, name, split, augmented)
+            sg, commit = open_split(f, self.path, name, split, augmented)
             return self._labels(
                 sg, commit.rows, f"{self.path}:/{name}/{split}" + (f"/{AUGMENTED}" if augmented else "")
             )
@@ -521,22 +342,20 @@ class FeatureStore:
         """Image paths (relative to the split's source_root) in row order (``augmented``: of its copies)."""
         name = self.resolve(extractor)
         with self._open() as f:
-            sg, commit = self._split(f, name, split, augmented)
+            sg, commit = open_split(f, self.path, name, split, augmented)
             return read_paths(sg["paths"], commit.rows)
 
     def listing(self, split: str, extractor: str | None = None) -> list[tuple[str, int, int, int]]:
         """(path, label, size, mtime_ns) of every image listed when the split was started: tells whether the folder changed since."""
-        from featstore.store.writer import stored_listing
-
         name = self.resolve(extractor)
         with self._open() as f:
-            return stored_listing(self._split(f, name, split)[0])
+            return stored_listing(open_split(f, self.path, name, split)[0])
 
     def failures(self, split: str, extractor: str | None = None) -> list[tuple[str, str]]:
         """(path, reason) of each image that could not be read."""
         name = self.resolve(extractor)
         with self._open() as f:
-            sg, commit = self._split(f, name, split)
+            sg, commit = open_split(f, self.path, name, split)
             return list(
                 zip(
                     read_paths(sg["failed"]["paths"], commit.failed), read_paths(sg["failed"]["reasons"], commit.failed)
@@ -549,32 +368,4 @@ class FeatureStore:
         A damaged extractor or split is reported under ``"error"`` with the reason instead of failing the whole listing.
         """
         with self._open() as f:
-            out = {"path": str(self.path), "attrs": attrs_of(f), "extractors": {}}
-            for name in hard_groups(f):
-                entry: dict = {"attrs": attrs_of(f[name]), "splits": {}}
-                try:
-                    self._extractor(f, name)
-                except StoreError as exc:
-                    entry["error"] = str(exc)
-                for split in hard_groups(f[name]):
-                    try:
-                        sg, commit = self._split(f, name, split)
-                        entry["splits"][split] = {
-                            **split_summary(sg, commit),
-                            "class_counts": np.bincount(
-                                self._labels(sg, commit.rows, f"{self.path}:/{name}/{split}"),
-                                minlength=len(plain(sg.attrs["class_names"])),
-                            ).tolist(),
-                        }
-                    except StoreError as exc:
-                        entry["splits"][split] = {"error": str(exc)}
-                        continue
-                    if AUGMENTED in hard_groups(sg):
-                        try:
-                            entry["splits"][split]["augmented"] = split_summary(
-                                *self._split(f, name, split, augmented=True)
-                            )
-                        except StoreError as exc:
-                            entry["splits"][split]["augmented"] = {"error": str(exc)}
-                out["extractors"][name] = entry
-            return out
+            return describe(f, self.path)

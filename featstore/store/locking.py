@@ -1,0 +1,217 @@
+"""How a store file is opened and locked: one process-wide setting, one store object a command opens through.
+
+Two kinds of lock guard a store. HDF5's own file lock (h5py's ``locking=``) makes a reader wait while a writer has
+the file open and the other way round; featstore's ``<store>.lock`` (the ``filelock`` package) keeps a second
+*writer* out for a whole extraction. ``featstore --no-locking`` (:func:`set_locking` ``(False)``) turns both off for
+filesystems whose locks do not work (some NFS and Lustre mounts); ``HDF5_USE_FILE_LOCKING=FALSE`` does the same.
+
+A command opens its store once as a :class:`StoreFile`: the path with the locking resolved (the process setting, or
+the command's own ``locking=``), which every step of the command opens the file through. It never holds the HDF5
+file open between steps, so a fit can read one split while another process appends another.
+
+>>> store = StoreFile("features.h5")                 # doctest: +SKIP
+>>> with store.lock(), store.open("a") as f: ...     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+
+from featstore.errors import ConfigError, StoreBusyError, StoreError
+
+_SETTING: dict = {"locking": None}  # None = HDF5's default (honours HDF5_USE_FILE_LOCKING)
+
+
+def set_locking(value: bool | None) -> None:
+    """Process-wide file locking for featstore: False for filesystems without working locks (some NFS/Lustre).
+
+    Also turns off featstore's own ``<store>.lock`` writer lock, so two writers on one store are then
+    the user's responsibility.
+    """
+    _SETTING["locking"] = value
+
+
+def locking_default() -> bool | None:
+    """The locking value set by :func:`set_locking` (None = HDF5's default)."""
+    return _SETTING["locking"]
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for a store another process holds: ``FEATSTORE_LOCK_TIMEOUT`` (default 120), checked when used."""
+    text = os.environ.get("FEATSTORE_LOCK_TIMEOUT", "120")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(
+            f"FEATSTORE_LOCK_TIMEOUT={text!r} is not a number of seconds; set it to e.g. 120, or unset it"
+        )
+    return value
+
+
+def _is_lock_error(exc: OSError) -> bool:
+    text = str(exc).lower()
+    return (
+        "unable to lock" in text
+        or "resource temporarily unavailable" in text
+        or getattr(exc, "errno", None) == errno.EAGAIN
+    )
+
+
+@contextlib.contextmanager
+def open_h5(
+    path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: float | None = None
+) -> Iterator[h5py.File]:
+    """Open an HDF5 file, waiting up to ``timeout`` s (FEATSTORE_LOCK_TIMEOUT) while another process writes it.
+
+    ``locking`` None: the process setting (:func:`set_locking`).
+    """
+    locking = locking_default() if locking is None else locking
+    kwargs = {} if locking is None else {"locking": locking}
+    timeout = lock_timeout() if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            f = h5py.File(path, mode, **kwargs)
+            break
+        except FileNotFoundError:
+            raise StoreError(
+                f"store {path} does not exist; create it with `featstore extract ... --store {path}`"
+            ) from None
+        except OSError as exc:
+            if not _is_lock_error(exc):
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+            if time.monotonic() > deadline:
+                raise StoreBusyError(
+                    f"store {path} stayed locked by another process for {timeout:.0f} s; wait for it to finish "
+                    f"(or set FEATSTORE_LOCK_TIMEOUT). On a filesystem without working locks use locking=False "
+                    f"(HDF5_USE_FILE_LOCKING=FALSE)."
+                ) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+class StoreFile:
+    """One store as a command sees it: its path and its locking, resolved once; every opening goes through it.
+
+    ``locking`` None takes the process setting at construction (:func:`set_locking`); True/False override it for
+    this store only. Example::
+
+        store = StoreFile("features.h5")
+        with store.lock():                 # the writer's lock, for the whole command
+            with store.open("a") as f: ...  # one step of it
+    """
+
+    def __init__(self, path: str | os.PathLike, locking: bool | None = None):
+        self.path = Path(path)
+        self.locking = locking_default() if locking is None else locking
+
+    def __repr__(self) -> str:
+        return f"StoreFile({str(self.path)!r}, locking={self.locking!r})"
+
+    def exists(self) -> bool:
+        """Whether the file is there yet."""
+        return self.path.exists()
+
+    def open(self, mode: str = "r", *, timeout: float | None = None):
+        """The HDF5 file, open for one step (a context manager); waits while another process holds it."""
+        return open_h5(self.path, mode, locking=self.locking, timeout=timeout)
+
+    @contextlib.contextmanager
+    def read_if_exists(self) -> Iterator[h5py.File | None]:
+        """The file open for reading, or None when there is no store yet (a first extraction)."""
+        if not self.exists():
+            yield None
+            return
+        with self.open("r") as f:
+            yield f
+
+    def lock(self):
+        """The writer's lock, ``<store>.lock``, as a context manager (see :func:`writer_lock`)."""
+        return writer_lock(self.path, self.locking)
+
+    def h5py_kwargs(self) -> dict:
+        """Keyword arguments for an ``h5py.File`` of this store's kind (a temporary file beside it)."""
+        return {} if self.locking is None else {"locking": self.locking}
+
+
+@contextlib.contextmanager
+def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
+    """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file.
+
+    Uses the ``filelock`` package (flock on POSIX, msvcrt on Windows). The lock file holds the writer's pid and
+    is removed when the lock is released, also after a failure; a SIGKILLed writer leaves it behind, unlocked
+    and harmless (the next run takes it over).
+    """
+    from filelock import FileLock, Timeout
+
+    locking = locking_default() if locking is None else locking
+    if locking is False or os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
+        yield  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
+        return
+    lock_path = f"{path}.lock"
+    lock = FileLock(lock_path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise StoreBusyError(
+            f"another featstore process (pid {lock_holder(path) or 'unknown'}) is writing to {path}; wait for "
+            f"it to finish, or write to another --store"
+        ) from None
+    except OSError as exc:
+        raise StoreError(
+            f"cannot lock {lock_path} ({exc}); make the folder writable, or on a filesystem without working locks run "
+            f"`featstore --no-locking ...` (one writer per store is then up to you)"
+        ) from exc
+    pid_path = f"{lock_path}.pid"
+    try:
+        _write_pid(pid_path)
+        yield
+    finally:
+        fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+        with contextlib.suppress(OSError):
+            if not os.path.islink(pid_path):
+                os.unlink(pid_path)
+            if fd is not None and os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(
+                    lock_path
+                )  # still ours and still locked: a process that opens it now finds it gone and makes its own
+        lock.release()
+
+
+def _write_pid(pid_path: str) -> None:
+    """Record the writer's pid beside the lock; never through a link planted there (O_NOFOLLOW, a fresh file)."""
+    with contextlib.suppress(OSError):
+        if os.path.islink(pid_path) or (os.path.exists(pid_path) and not os.path.isfile(pid_path)):
+            return  # not ours: leave it; `info` then cannot name the writer, nothing else changes
+        fd = os.open(pid_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+
+
+def lock_holder(path: str | os.PathLike) -> int | None:
+    """Pid of the process writing the store now, from ``<store>.lock.pid`` (None when no live writer is recorded)."""
+    try:
+        pid = int(Path(f"{path}.lock.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)  # signal 0: is it alive?
+    except ProcessLookupError:
+        return None  # a killed writer's leftover
+    except (PermissionError, OSError):
+        pass  # alive but not ours (or not checkable here)
+    return pid

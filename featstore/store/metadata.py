@@ -1,0 +1,183 @@
+"""A store's metadata read in one opening: extractor names and provenance, splits and their summaries, validated.
+
+:class:`FeatureStore <featstore.store.reader.FeatureStore>` reads it once and answers every question that needs no
+data (which extractor, which splits, shapes, counts, class names, augmentation) from it, re-reading it only when the
+file changed on disk (another size, time or inode) or on ``refresh()``. Nothing here raises while reading: a damaged
+extractor or split keeps its error, raised when that part is asked for, exactly as a fresh read would raise it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from featstore.errors import StoreError
+from featstore.provenance import AUGMENTED, attrs_of, plain, validate_extractor
+from featstore.store.layout import (
+    Commit,
+    hard_groups,
+    split_summary,
+    validate_augmented,
+    validate_labels,
+    validate_split,
+)
+
+CACHE_PURPOSE = (
+    "finetune-cache"  # the `purpose` attribute of a group `featstore finetune` made to cache its frozen layers
+)
+
+
+def file_state(path) -> tuple | None:
+    """What tells that a file changed since it was read: inode, size, modification and change times (None: gone)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def extractor_attrs(f: h5py.File, path, name: str) -> tuple[h5py.Group, dict]:
+    """The extractor group and its validated provenance attributes."""
+    attrs = attrs_of(f[name])
+    validate_extractor(attrs, f"{path}:/{name}")
+    return f[name], attrs
+
+
+def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = False) -> tuple[h5py.Group, Commit]:
+    """A validated split group and its commit (``augmented``: its augmented copies, checked against it)."""
+    g, attrs = extractor_attrs(f, path, name)
+    if split not in hard_groups(g):
+        raise StoreError(
+            f"extractor {name!r} in {path} has no split {split!r}; it has: {', '.join(hard_groups(g)) or 'none'}"
+        )
+    sg = g[split]
+    commit = validate_split(sg, f"{path}:/{name}/{split}", attrs)
+    if not augmented:
+        return sg, commit
+    if AUGMENTED not in hard_groups(sg):
+        raise StoreError(
+            f"split {split!r} of {name!r} in {path} has no augmented copies; make them with "
+            f"`featstore extract --split {split} --augment K` (same options as the split)"
+        )
+    return sg[AUGMENTED], validate_augmented(sg[AUGMENTED], f"{path}:/{name}/{split}/{AUGMENTED}", attrs, commit)
+
+
+@dataclass
+class StoreMetadata:
+    """Everything about a store but its data, as read in one opening (errors kept, raised when asked)."""
+
+    path: object
+    state: tuple | None  # file_state() when it was read
+    names: list[str] = field(default_factory=list)  # extractor groups (hard links only)
+    caches: set = field(default_factory=set)  # those `featstore finetune` made to cache frozen layers
+    extractors: dict = field(default_factory=dict)  # name -> validated provenance attrs, or the exception reading them
+    splits: dict = field(default_factory=dict)  # name -> split names
+    parts: dict = field(
+        default_factory=dict
+    )  # (name, split, augmented) -> split summary or exception; no key: no copies
+
+    @classmethod
+    def read(cls, f: h5py.File, path, state: tuple | None) -> StoreMetadata:
+        """Read it from the open file ``f``."""
+        meta = cls(path, state, hard_groups(f))
+        for name in meta.names:
+            try:
+                if plain(f[name].attrs.get("purpose", "")) == CACHE_PURPOSE:
+                    meta.caches.add(name)
+            except Exception:  # noqa: BLE001 - an unreadable purpose is no cache mark
+                pass
+            try:
+                meta.splits[name] = hard_groups(f[name])
+                meta.extractors[name] = extractor_attrs(f, path, name)[1]
+            except Exception as exc:  # noqa: BLE001 - kept, raised when this extractor is used
+                meta.extractors[name] = exc
+                continue
+            for split in meta.splits[name]:
+                try:
+                    sg, commit = open_split(f, path, name, split)
+                    meta.parts[(name, split, False)] = split_summary(sg, commit)
+                    if AUGMENTED not in hard_groups(sg):
+                        continue
+                    meta.parts[(name, split, True)] = split_summary(*open_split(f, path, name, split, True))
+                except Exception as exc:  # noqa: BLE001 - kept, raised when this split is used
+                    meta.parts.setdefault((name, split, False), exc)
+                    meta.parts.setdefault((name, split, True), exc)
+        return meta
+
+    def extractor(self, name: str) -> dict:
+        """The validated provenance attributes of an extractor (a copy), or its error."""
+        value = self.extractors[name]
+        if isinstance(value, Exception):
+            raise value
+        return copy.deepcopy(value)
+
+    def split_names(self, name: str) -> list[str]:
+        """The splits of an extractor (its error if they could not be listed)."""
+        if name not in self.splits:
+            self.extractor(name)
+        return list(self.splits[name])
+
+    def has_copies(self, name: str, split: str) -> bool:
+        """Whether a (sound) split has a group of augmented copies."""
+        self.split(name, split)
+        return (name, split, True) in self.parts
+
+    def split(self, name: str, split: str, augmented: bool = False) -> dict:
+        """A split's summary (a copy; ``augmented``: of its copies), or the error reading it would raise."""
+        self.extractor(name)
+        if split not in self.splits[name]:
+            raise StoreError(
+                f"extractor {name!r} in {self.path} has no split {split!r}; it has: "
+                f"{', '.join(self.splits[name]) or 'none'}"
+            )
+        value = self.parts[(name, split, False)]
+        if isinstance(value, Exception):
+            raise value
+        if augmented:
+            if (name, split, True) not in self.parts:
+                raise StoreError(
+                    f"split {split!r} of {name!r} in {self.path} has no augmented copies; make them with "
+                    f"`featstore extract --split {split} --augment K` (same options as the split)"
+                )
+            value = self.parts[(name, split, True)]
+            if isinstance(value, Exception):
+                raise value
+        return copy.deepcopy(value)
+
+
+def describe(f: h5py.File, path) -> dict:
+    """The whole store as nested dicts: root attrs, each extractor's provenance, each split's summary and class counts.
+
+    A damaged extractor or split is reported under ``"error"`` with the reason instead of failing the whole listing.
+    """
+    out = {"path": str(path), "attrs": attrs_of(f), "extractors": {}}
+    for name in hard_groups(f):
+        entry: dict = {"attrs": attrs_of(f[name]), "splits": {}}
+        try:
+            extractor_attrs(f, path, name)
+        except StoreError as exc:
+            entry["error"] = str(exc)
+        for split in hard_groups(f[name]):
+            try:
+                sg, commit = open_split(f, path, name, split)
+                y = sg["labels"][: commit.rows].astype(np.int64)
+                n_classes = len(plain(sg.attrs["class_names"]))
+                validate_labels(y, n_classes, f"{path}:/{name}/{split}")
+                entry["splits"][split] = {
+                    **split_summary(sg, commit),
+                    "class_counts": np.bincount(y, minlength=n_classes).tolist(),
+                }
+            except StoreError as exc:
+                entry["splits"][split] = {"error": str(exc)}
+                continue
+            if AUGMENTED in hard_groups(sg):
+                try:
+                    entry["splits"][split]["augmented"] = split_summary(*open_split(f, path, name, split, True))
+                except StoreError as exc:
+                    entry["splits"][split]["augmented"] = {"error": str(exc)}
+        out["extractors"][name] = entry
+    return out

@@ -1,0 +1,50 @@
+"""Before a write: is there room on the store's filesystem, and can the store be written at all.
+
+Both checks refuse *before* any work, with both figures or the fix, so a run never fails half-way for a reason
+that was visible at its start (a full disk mid-write is worse than a refusal).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+
+from featstore.errors import StoreError
+from featstore.units import format_bytes
+
+SPACE_MARGIN = 1 << 20  # room kept for HDF5 metadata on top of the data itself
+
+
+def ensure_space(path, nbytes: int, committed: int = 0) -> None:
+    """Refuse to start a write that the store's filesystem has no room for (a full disk mid-write is worse)."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    free = shutil.disk_usage(folder).free
+    if free < nbytes + SPACE_MARGIN:
+        raise StoreError(
+            f"not enough disk space for {path}: the next write needs about {format_bytes(nbytes + SPACE_MARGIN)}, "
+            f"{format_bytes(free)} are free. Free some space or choose another --store, then re-run the same command"
+            + (f": the {committed} rows already committed are kept and it resumes." if committed else ".")
+        )
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, a store in a missing or read-only folder, or a file that is not HDF5."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise StoreError(
+            f"folder {parent} for store {path} does not exist; create it (mkdir -p {parent}) or choose another --store"
+        )
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise StoreError(
+                f"store {path} is read-only; make it writable (chmod u+w {path}) or choose another --store"
+            )
+        if not h5py.is_hdf5(path):
+            raise StoreError(f"{path} exists and is not an HDF5 file; choose another --store (nothing was written)")
+    elif not os.access(parent, os.W_OK):
+        raise StoreError(f"folder {parent} is read-only; cannot create store {path}. Choose a writable --store")
+    return path
