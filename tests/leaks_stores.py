@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.store.writer import append, finish, prepare_split, synthetic_attrs
+from featstore.store.locking import StoreFile
+from featstore.store.writer import SplitWriter, synthetic_attrs
 
 
 def write_split(
@@ -44,11 +45,12 @@ def write_split(
         "batch_size": batch,
         "compression": "none",
     }
-    prepare_split(store, name, split, synthetic_attrs(X.shape[1:], str(X.dtype), name), split_attrs, overwrite=True)
+    w = SplitWriter(StoreFile(store), [name], split)
+    w.prepare([synthetic_attrs(X.shape[1:], str(X.dtype), name)], split_attrs, overwrite=True)
     for i in range(0, len(y), batch):
         j = min(i + batch, len(y))
-        append(store, name, split, X[i:j], np.asarray(y[i:j], np.int32), list(paths[i:j]), [], j)
-    finish(store, name, split, 0.0)
+        w.commit([X[i:j]], np.asarray(y[i:j], np.int32), list(paths[i:j]), [], j)
+    w.finish(0.0)
 
 
 def blob(seed: int, size: int = 64) -> bytes:
