@@ -13,6 +13,7 @@ files of the recorded sha256, and zips of sane declared sizes (``featstore.safez
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -84,25 +85,40 @@ def verify_file(folder: Path, name: object, expected: object, what: str) -> Path
 
 def read_record_json(folder: Path) -> object:
     """The parsed ``run.json`` of a run folder: a real folder, a regular file, at most MAX_RECORD_BYTES (fstat, before reading)."""
-    if folder.is_symlink() or not folder.is_dir():
+    try:
+        is_folder = stat.S_ISDIR(os.lstat(folder).st_mode)  # a link to a folder is no run folder
+    except OSError:
+        is_folder = False
+    if not is_folder:
         raise BrokenRunError(
             f"{folder} is a link or not a folder; run folders must be real folders inside the runs folder. Remove it."
         )
-    path = regular_file(folder, RECORD, "run record")
-    try:
+    path = folder / RECORD
+    try:  # O_NOFOLLOW: a link is refused by the open itself; O_NONBLOCK: a FIFO cannot block it
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:  # swapped for a link or FIFO since the check, or unreadable
+    except FileNotFoundError:
+        raise BrokenRunError(
+            f"run record {path} is missing; the run folder is incomplete. Remove {folder} and fit again."
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            regular_file(folder, RECORD, "run record")  # raises: not a regular file
         raise BrokenRunError(f"run record {path} cannot be opened ({exc.strerror or exc}); remove {folder}") from None
-    with open(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BrokenRunError(f"run record {path} is not a regular file; refusing to read it. Remove {folder}.")
+            raise BrokenRunError(
+                f"run record {path} is not a regular file (a link, folder or device); refusing to read it. Remove {folder}."
+            )
         if st.st_size > MAX_RECORD_BYTES:
             raise BrokenRunError(
                 f"run record {path} is {format_bytes(st.st_size)}, more than the {format_bytes(MAX_RECORD_BYTES)} "
                 f"featstore ever writes; refusing to read it. Remove the folder {folder} or restore its run.json."
             )
-        data = fh.read(MAX_RECORD_BYTES + 1)
+        with open(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_RECORD_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > MAX_RECORD_BYTES:  # grew after the fstat
         raise BrokenRunError(f"run record {path} is larger than {format_bytes(MAX_RECORD_BYTES)}; remove {folder}")
     try:
