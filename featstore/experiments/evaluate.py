@@ -52,7 +52,7 @@ def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5",
         rec, folder, y, pred, proba = apply_run("logreg-1a2b3c", "test")
     """
     rec, folder = get_run(run_id, store, runs)
-    y, pred, proba = kind_of(rec).split_predictions(rec, folder, FeatureStore(store), split, ApplyOptions())
+    y, pred, proba = kind_of(rec).split_predictions(rec, folder, store, split, ApplyOptions())
     return rec, folder, y, pred, proba
 
 

@@ -14,6 +14,7 @@ False
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -66,8 +67,10 @@ class RunKind:
         """The run ready to give probabilities for decoded images (its extractor rebuilt when it needs one)."""
         raise NotImplementedError
 
-    def split_predictions(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
-        """``(labels, predictions, probabilities)`` of the run on a split of the store (refused on other features)."""
+    def split_predictions(
+        self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
+    ):
+        """``(labels, predictions, probabilities)`` of the run on a split of a store (refused on other features)."""
         raise NotImplementedError
 
     def check_warm_start(self, rec: RunRecord, fresh: bool) -> None:
@@ -133,7 +136,10 @@ class _FeaturesRun(RunKind):
     def verify(self, rec: RunRecord, folder: Path) -> None:
         artifacts.check_artifact(folder, rec["artifact"])
 
-    def split_predictions(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
+    def split_predictions(
+        self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
+    ):
+        fs = FeatureStore(store)
         if rec.extractor not in fs.extractors():
             raise StoreError(f"store {fs.path} has no extractor {rec.extractor!r} that run {rec.id} was fitted on")
         have = fs.metadata(rec.extractor)
@@ -242,7 +248,9 @@ class EnsembleKind(RunKind):
 
         return ImagesModel(max(m.size for m in models), proba)
 
-    def split_predictions(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
+    def split_predictions(
+        self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
+    ):
         raise ConfigError(
             f"{rec.id} is an ensemble; evaluate its members, or use its recorded metrics (`featstore runs show`)"
         )
