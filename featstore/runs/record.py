@@ -4,8 +4,8 @@
 or is about to be written into one: it checks the keys every reader relies on (and the keys its kind adds,
 declared by the kind in :mod:`featstore.runs.kinds`), their types, the names in it (run ids and split names
 become file names), the shapes of its metrics and the meaning the kind gives its own keys. A record that
-fails is a ``BrokenRunError`` naming the key and the fix. The JSON form is exactly the one featstore
-wrote before records were typed, so older featstore reads new runs and new featstore reads old ones.
+fails is a ``BrokenRunError`` naming the key and the fix. ``run.json`` holds the same keys and values as
+before records were typed, so older featstore reads new runs and new featstore reads old ones.
 
 A record reads as attributes (``rec.kind``, ``rec.metrics["test"].accuracy``) and, as before, as a read-only
 mapping of its JSON (``rec["metrics"]["test"]["accuracy"]``: each access gives a fresh copy, so changing it
