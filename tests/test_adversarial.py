@@ -2,12 +2,15 @@
 
 - ``RUN_FOLDER_CASES``: damaged or crafted run folders (the attacker rewrites run.json's sha256 values
   too). Each row damages one run (``victim``: a fit by classifier name, or "ensemble") of a copy of a
-  small runs folder; that run must be reported as broken with the message fragment (``featstore runs``,
-  ``get_run``, ``show``, ``evaluate``, ``ensemble``), or, with outcome "show", be listed but refused by
-  ``runs show``, or, with outcome "apply", be listed but refused by ``runs evaluate`` and ``predict`` when
-  its model meets the features; the other runs keep working and nothing is written outside the runs folder.
+  small runs folder; a damaged run.json (or a file it names that is missing or not a regular file) must be
+  reported as broken with the message fragment (``featstore runs``, ``get_run``, ``show``, ``evaluate``,
+  ``ensemble``); with outcome "used", damaged file contents (which the listing does not read) leave the run
+  listed, and every command that uses it refuses it with the fragment (``get_run``, ``show``, ``evaluate``,
+  ``ensemble``); with outcome "show", it is listed but refused by ``runs show``; with outcome "apply", listed
+  but refused by ``runs evaluate`` and ``predict`` when its model meets the features. The other runs keep
+  working and nothing is written outside the runs folder.
 - ``HOSTILE_ARTIFACT_CASES``: crafted skops models (the attacker rewrote run.json's sha256 too). Each is
-  refused by ``runs evaluate``, ``predict`` and ``featstore runs``, and nothing it holds is executed.
+  refused by ``runs evaluate``, ``predict`` and ``runs show``, and nothing it holds is executed.
 - ``CRAFTED_STORE_CASES``: damaged or crafted stores (id, damage(h5py.File), message fragment): info, check,
   fit and resume each give one clear message naming the problem; a refused resume leaves the file untouched.
 - ``HOSTILE_FOLDER_CASES`` (in ``tests/adversarial_images.py``): hostile image folders (links, FIFOs, odd
@@ -282,8 +285,9 @@ class Case(NamedTuple):
     id: str
     damage: Callable[[Path, dict], None]  # (run folder, its run.json) -> None
     expect: str  # regular expression found in the error and in `featstore runs`
-    outcome: str = "broken"  # "broken": listed as broken, unusable; "show": listed, but `runs show` refuses;
-    # "apply": listed, but `runs evaluate` and `predict` refuse once the model meets the features
+    outcome: str = "broken"  # "broken": listed as broken, unusable; "used": listed (the listing reads run.json only),
+    # unusable; "show": listed, but `runs show` refuses; "apply": listed, but `runs evaluate` and `predict` refuse once
+    # the model meets the features
     victim: str = "logreg"  # which run to damage: a fit by classifier (logreg, random_forest, svm), or ensemble
 
 
@@ -319,8 +323,9 @@ RUN_FOLDER_CASES = [
         "garbage_skops",
         _garbage,
         r"run artifact .*model.skops has sha256 \w+, the run recorded \w+: it was changed after the fit",
+        outcome="used",
     ),
-    Case("garbage_skops_with_its_sha256", _garbage_with_sha, "is not a readable skops file"),
+    Case("garbage_skops_with_its_sha256", _garbage_with_sha, "is not a readable skops file", outcome="used"),
     Case("skops_missing", lambda d, r: (d / "model.skops").unlink(), r"run artifact .*model.skops is missing"),
     Case("skops_is_a_link", _artifact_link, "is not a regular file"),
     Case(
@@ -337,12 +342,19 @@ RUN_FOLDER_CASES = [
         "predictions_edited",
         _edit_predictions,
         r"stored predictions .*predictions.npz has sha256 \w+, .* changed after the fit",
+        outcome="used",
     ),
-    Case("predictions_truncated", _truncate_predictions, "predictions.npz has sha256 .* changed after the fit"),
+    Case(
+        "predictions_truncated",
+        _truncate_predictions,
+        "predictions.npz has sha256 .* changed after the fit",
+        outcome="used",
+    ),
     Case(
         "predictions_truncated_with_sha256",
         lambda d, r: _truncate_predictions(d, r, fix_sha=True),
         "predictions.npz cannot be read",
+        outcome="used",
     ),
     Case(
         "predictions_checksum_missing",
@@ -375,54 +387,63 @@ RUN_FOLDER_CASES = [
         _skops_array("Tree", "nodes", _both_children(10**12)),
         "node 0 has children 1000000000000",
         victim="random_forest",
+        outcome="used",
     ),
     Case(
         "tree_children_loop",
         _skops_array("Tree", "nodes", _both_children(0)),
         "node 0 has children 0 and 0",
         victim="random_forest",
+        outcome="used",
     ),
     Case(
         "tree_feature_out_of_range",
         _skops_array("Tree", "nodes", _node("feature", 10**9)),
         "splits on feature 1000000000",
         victim="random_forest",
+        outcome="used",
     ),
     Case(
         "tree_threshold_nan",
         _skops_array("Tree", "nodes", _node("threshold", np.nan)),
         "threshold is not finite",
         victim="random_forest",
+        outcome="used",
     ),
     Case(
         "tree_node_count_past_its_nodes",
         _skops_json("Tree", "node_count", 10**6),
         "node_count 1000000 is not the length",
         victim="random_forest",
+        outcome="used",
     ),
     Case(
         "tree_values_of_another_shape",
         _skops_array("Tree", "values", lambda v: np.zeros((len(v), 1, 7))),
         r"values of shape \(\d+, 1, 7\)",
         victim="random_forest",
+        outcome="used",
     ),
     Case(
         "svc_dual_coef_too_small",
         _skops_array("SVC", "_dual_coef_", lambda a: a[:, :1].copy(), has="support_vectors_"),
         "array sizes disagree",
         victim="svm",
+        outcome="used",
     ),
     Case(
         "svc_intercept_empty",
         _skops_array("SVC", "_intercept_", lambda a: a[:0].copy(), has="support_vectors_"),
         "array sizes disagree",
         victim="svm",
+        outcome="used",
     ),
     Case(
         "svc_class_count_negative",
         _skops_array("SVC", "_n_support", lambda a: a * np.array([-1, 1, 2], dtype=a.dtype), has="support_vectors_"),
         "class counts",
         victim="svm",
+        outcome="used",
     ),
     Case(
         "svm_temperature_nan",
@@ -474,49 +495,60 @@ RUN_FOLDER_CASES = [
         outcome="apply",
     ),
     # zip bombs and crafted predictions.npz (zip_bombs.py, ensemble_preds.py; resealed)
-    Case("skops_schema_bomb", _skops_schema_bomb, "member 'schema.json' declares .* a zip bomb"),
+    Case("skops_schema_bomb", _skops_schema_bomb, "member 'schema.json' declares .* a zip bomb", outcome="used"),
     Case(
         "predictions_member_bomb",
         _predictions("test__proba", lambda a: _npy(np.zeros(((65 << 20) // 24, 3))), zipfile.ZIP_DEFLATED),
         "member 'test__proba.npy' declares .* a zip bomb",
+        outcome="used",
     ),
     Case(
         "predictions_bzip2",
         lambda d, r: _rewrite_zip(d / "predictions.npz", {}, zipfile.ZIP_BZIP2),
         "compressed with method 12",
+        outcome="used",
     ),
     Case(
         "predictions_header_lies_about_its_size",
         _predictions("test__proba", _npy_header_lies),
         r"declares shape \(15, 3\) .* not the",
+        outcome="used",
     ),
     Case(
         "predictions_wrong_columns",
         _predictions("validation__proba", lambda a: _npy(np.ones((len(a), 7)))),
         r"validation__proba.npy has shape \(15, 7\), expected \(15, 3\)",
+        outcome="used",
     ),
     Case(
         "predictions_strings",
         _predictions("validation__proba", lambda a: _npy(np.full(a.shape, "x"))),
         "holds <U1 values, expected floats",
+        outcome="used",
     ),
     Case(
         "predictions_nan",
         _predictions("validation__proba", lambda a: _npy(np.full_like(a, np.nan))),
         "NaN, inf or values outside",
+        outcome="used",
     ),
     Case(
         "predictions_row_count",
         _predictions("test__proba", lambda a: _npy(a[:5])),
         r"has shape \(5, 3\), expected \(15, 3\)",
+        outcome="used",
     ),
     Case(
         "predictions_labels_out_of_range",
         _predictions("test__labels", lambda a: _npy(np.full_like(a, 99))),
         "labels outside 0..2",
+        outcome="used",
     ),
     Case(
-        "predictions_labels_float", _predictions("test__labels", lambda a: _npy(a.astype(float))), "expected integers"
+        "predictions_labels_float",
+        _predictions("test__labels", lambda a: _npy(a.astype(float))),
+        "expected integers",
+        outcome="used",
     ),
     Case(
         "png_is_a_folder",
@@ -535,10 +567,13 @@ def test_crafted_run_folder(case: Case, runs: Runs, store):
     table = cli("runs", "--store", store, "--runs", runs.root)
     assert table.exit_code == 0, table.output
     assert runs.ids["knn"] in table.output and runs.ids["sgd"] in table.output
-    if case.outcome == "broken":
-        assert victim not in listed
-        assert "broken run folder" in table.output
-        assert re.search(case.expect, table.output.replace("\n", " ")), table.output
+    if case.outcome in ("broken", "used"):
+        if case.outcome == "broken":
+            assert victim not in listed
+            assert "broken run folder" in table.output
+            assert re.search(case.expect, table.output.replace("\n", " ")), table.output
+        else:  # the listing reads run.json only: the run is listed, and refused by every command that uses it
+            assert victim in listed and "broken" not in table.output, table.output
         with pytest.raises(StoreError, match=case.expect):
             get_run(victim, store, runs.root)
         if case.victim != "ensemble":
@@ -548,6 +583,7 @@ def test_crafted_run_folder(case: Case, runs: Runs, store):
                 ensemble([victim, runs.ids["knn"]], store=store, runs=runs.root)
         r = cli("runs", "show", victim, "--store", store, "--runs", runs.root)
         assert r.exit_code == 1 and "Traceback" not in r.output
+        assert re.search(case.expect, r.output.replace("\n", " ")), r.output
     elif case.outcome == "apply":
         assert victim in listed
         with pytest.raises(StoreError, match=case.expect):
@@ -623,9 +659,9 @@ def test_every_temporary_run_folder_holds_the_marker(runs: Runs, store, monkeypa
     monkeypatch.setattr(
         runwrite,
         "_write_contents",
-        lambda tmp, *a: (seen.append((tmp.name, (tmp / runwrite.TMP_MARKER).is_file())), real(tmp, *a)),
+        lambda tmp, *a: (seen.append((tmp.name, (tmp / runwrite.TMP_MARKER).is_file())), real(tmp, *a))[1],
     )
-    from featstore.experiments.fit import record_split
+    from featstore import record_split
 
     rec = fit(store, "logreg", test=None, runs=runs.root)
     record_split(rec["id"], "test", store, runs.root)  # add_split: a new version written aside, swapped in
@@ -663,7 +699,6 @@ def test_a_zip_member_that_unpacks_to_more_than_it_declares_is_refused(runs: Run
     import struct
     import tracemalloc
 
-    from featstore.experiments.fit import scan_runs_of
     from featstore.safezip import check_zip
 
     path = runs.folder("logreg") / "predictions.npz"
@@ -685,7 +720,8 @@ def test_a_zip_member_that_unpacks_to_more_than_it_declares_is_refused(runs: Run
         assert tracemalloc.get_traced_memory()[1] < 4 << 20  # measured in 1 MiB steps, never held whole
     finally:
         tracemalloc.stop()
-    assert "unpacks to more than the 100 bytes" in dict(scan_runs_of(store, runs.root).broken)[runs.ids["logreg"]]
+    with pytest.raises(StoreError, match="unpacks to more than the 100 bytes"):  # refused when the run is used
+        get_run(runs.ids["logreg"], store, runs.root)
 
 
 def test_runs_show_replaces_pngs_instead_of_writing_through_hard_links(runs: Runs, store):
@@ -787,7 +823,7 @@ def test_hostile_artifact_is_refused_and_nothing_runs(case: Hostile, path: str, 
         for args in (
             ["runs", "evaluate", runs.ids["logreg"]],
             ["predict", "--run", runs.ids["logreg"], images],
-            ["runs"],
+            ["runs", "show", runs.ids["logreg"]],
         ):
             r = cli(*args, "--store", store, "--runs", runs.root)
             assert "featstore never writes" in r.output and "Traceback" not in r.output, r.output

@@ -23,8 +23,8 @@ from featstore import (
 )
 from featstore.cli import app
 from featstore.experiments.finetune import FinetuneConfig, finetune, warm_start_model
-from featstore.experiments.fit import get_run
 from featstore.models.finetuned import preprocess_images
+from featstore.runs.folder import get_run
 
 from .conftest import write_images
 

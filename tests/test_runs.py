@@ -395,7 +395,7 @@ def test_predict_out_must_be_a_regular_file_and_write_errors_are_clear(store, tm
 
 
 def test_run_folders_and_pngs_get_the_usual_permissions(store, tmp_path):
-    from featstore.experiments.fit import show_run
+    from featstore import show_run
 
     old = os.umask(0o022)
     try:

@@ -35,8 +35,8 @@ def runs_list(ctx: typer.Context, store: StoreOpt = Path("features.h5"), runs: R
     ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
     if ctx.invoked_subcommand is not None:
         return
-    from featstore.experiments.fit import scan_runs_of
     from featstore.report.tables import runs_table
+    from featstore.runs.folder import scan_runs_of
 
     listing = scan_runs_of(store, runs)
     typer.echo(runs_table(listing.records, listing.broken))
@@ -51,7 +51,7 @@ def runs_show(
     runs: RunsOpt = None,
 ) -> None:
     """Metrics, per-class report and confusion matrix of a run; writes PNGs (confusion, dense curves) into its folder."""
-    from featstore.experiments.fit import show_run
+    from featstore.experiments.evaluate import show_run
     from featstore.report.tables import run_report
 
     store, runs = _group_defaults(ctx, store, runs)
@@ -70,7 +70,7 @@ def runs_compare(
     ctx: typer.Context,
 ) -> None:
     """Bar chart of validation and test accuracy of runs."""
-    from featstore.experiments.fit import compare_runs
+    from featstore.experiments.evaluate import compare_runs
 
     store, runs = _group_defaults(ctx, store, runs)
     typer.echo(f"wrote {compare_runs(run_ids, out, store, runs)}")
@@ -87,7 +87,7 @@ def runs_evaluate(
     ctx: typer.Context,
 ) -> None:
     """Apply a run to a split of the store (refused if the store's features are not the run's)."""
-    from featstore.experiments.fit import evaluate_run
+    from featstore.experiments.evaluate import evaluate_run
 
     store, runs = _group_defaults(ctx, store, runs)
     m = evaluate_run(run_id, split, store, runs)
@@ -105,7 +105,7 @@ def ensemble(
     runs: RunsOpt = None,
 ) -> None:
     """Average the runs' predicted probabilities (optionally weighted); evaluated and recorded like a run."""
-    from featstore.experiments.fit import ensemble as run_ensemble
+    from featstore.experiments.ensemble import ensemble as run_ensemble
     from featstore.report.tables import run_report
 
     typer.echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,12 +28,15 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, DataError, FeatstoreError, StoreError
-from featstore.experiments.fit import _digest_paths, _versions, get_run, metrics
+from featstore.errors import ConfigError, FeatstoreError, StoreError, choices_error
+from featstore.experiments.evaluate import metrics
 from featstore.images.augment import parse_augment
-from featstore.images.listing import discover, printable
-from featstore.models.finetuned import Built, FinetunedModel, build_model, head_weights, preprocess_images
-from featstore.runs.folder import ensure_writable, runs_root
+from featstore.images.listing import printable
+from featstore.models.finetuned import Built, FinetunedModel, build_model, preprocess_images
+from featstore.runs.apply import image_batches, rebuild_extractor, split_images, split_proba
+from featstore.runs.folder import ensure_writable, get_run, runs_root
+from featstore.runs.kinds import kind_of
+from featstore.runs.record import RunRecord, digest_paths, draft
 from featstore.runs.write import write_run
 from featstore.store.reader import FeatureStore
 
@@ -70,7 +72,7 @@ class FinetuneConfig:
         ):
             raise ConfigError(f"--lr must be a positive number (fine-tuning uses a low one, e.g. 1e-5); got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+            raise choices_error("optimizer", self.optimizer, OPTIMIZERS)
         for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0), ("seed", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -91,7 +93,7 @@ def finetune(
     trust_model: bool = False,
     workers: int = 2,
     verbose: int = 0,
-) -> dict:
+) -> RunRecord:
     """Fine-tune the backbone under a ``dense`` run's head from the image folders; record and return the new run.
 
     ``data`` is the data root holding ``train/`` and ``validation/`` (default: the one the store was
@@ -101,17 +103,7 @@ def finetune(
     """
     config = config.validated()
     rec, folder = get_run(run_id, store, runs)
-    if rec["kind"] != "fit":
-        raise ConfigError(
-            f"{rec['id']} is {'an' if rec['kind'] == 'ensemble' else 'a'} {rec['kind']} run; fine-tune from a fitted "
-            f"dense head (featstore fit --clf dense), or pass --from-scratch-head with a fitted run"
-        )
-    if rec["clf"] != "dense" and not config.from_scratch_head:
-        raise ConfigError(
-            f"{rec['id']} is a {rec['clf']} run: only a dense head can be warm-started (its Keras layers are phase A's "
-            f"head). Fit one with `featstore fit --clf dense`, or pass --from-scratch-head to train a new "
-            "Dense(256) head end to end on the same features"
-        )
+    kind_of(rec).check_warm_start(rec, config.from_scratch_head)  # a fitted dense head, or a fitted run and a new head
     root = runs_root(store, runs)
     ensure_writable(root)
     fs = FeatureStore(store)
@@ -119,9 +111,9 @@ def finetune(
     if name not in fs.extractors():
         raise StoreError(f"store {store} has no extractor {name!r} that run {rec['id']} was fitted on")
     provenance.refuse_other_features(
-        fs.metadata(name), rec["extractor_attrs"], f"run {rec['id']}", "Fine-tune from a run fitted on this store."
+        fs.metadata(name), rec["extractor_attrs"], f"run {rec.id}", "Fine-tune from a run fitted on this store."
     )
-    class_names = rec["class_names"]
+    class_names = list(rec.class_names)
     for split in ("train", "validation"):
         if split not in fs.splits(name) or not fs.split_info(split, name).get("complete"):
             raise StoreError(
@@ -132,7 +124,7 @@ def finetune(
     def root_of(split: str) -> Path:  # --data, else the folder each split was extracted from
         return Path(data) if data is not None else Path(fs.split_info(split, name)["source_root"])
 
-    sets = {s: _split_images(fs, name, s, root_of(s), class_names) for s in ("train", "validation")}
+    sets = {s: split_images(fs, name, s, root_of(s), class_names) for s in ("train", "validation")}
     built = warm_start_model(rec, folder, config, weights, trust_model)
     logger.info(
         "fine-tuning %s: %d layers train (%s ... %s), %d stay frozen; BatchNormalization in inference mode",
@@ -161,8 +153,8 @@ def finetune(
     model = FinetunedModel(built.model, rec["extractor_attrs"])
     evaluated, probas = {}, {}
     for split in [s for s in ("validation", "test") if s in fs.splits(name) and fs.split_info(s, name).get("complete")]:
-        images = sets.get(split) or _split_images(fs, name, split, root_of(split), class_names)
-        proba = _split_proba(images, rec["extractor_attrs"], workers, model.proba)
+        images = sets.get(split) or split_images(fs, name, split, root_of(split), class_names)
+        proba = split_proba(images, model.image_size, workers, model.proba)
         if not np.isfinite(proba).all():  # the weights became NaN/inf: a run recorded now would be listed as broken
             raise ConfigError(
                 f"fine-tuning diverged: the model gives NaN or inf on {split} (training loss per epoch "
@@ -170,47 +162,42 @@ def finetune(
                 f"uses about 1e-5; it was {config.lr:g}) and retry"
             )
         evaluated[split] = metrics(images.labels, proba.argmax(axis=1), class_names)
-        probas[split] = (proba, images.labels, _digest_paths(images.paths))
+        probas[split] = (proba, images.labels, digest_paths(images.paths))
     from featstore.models.weights import weights_digest
 
-    record = {
-        "id": f"finetune-{secrets.token_hex(3)}",
-        "kind": "finetune",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "store": str(fs.path.resolve()),
-        "extractor": name,
-        "fingerprint": rec["fingerprint"],
-        "extractor_attrs": rec["extractor_attrs"],
-        "class_names": class_names,
-        "clf": "finetune",
-        "params": asdict(config),
-        "from_run": rec["id"],
-        "unfreeze_from": config.unfreeze_from,
-        "trainable_layers": built.trainable,
-        "data_root": str(sets["train"].root.resolve()),
-        "cached_cut": cached.group if cached else "",
-        "cache_seconds": round(cache_seconds, 3),
-        "weights_digest": weights_digest(built.model),
-        "splits": {"train": len(sets["train"].labels), **{s: m["n"] for s, m in evaluated.items()}},
-        "metrics": evaluated,
-        "history": history,
-        "phase_a_history": {} if config.from_scratch_head else rec.get("history", {}),
-        "fit_seconds": round(fit_seconds, 3),
-        "epoch_seconds": epoch_seconds,
-        "seconds_per_epoch": float(
-            np.median(epoch_seconds[1:] or epoch_seconds)
-        ),  # the first epoch also traces the graph
-        "versions": _versions(),
-        "notes": [
+    record = draft(
+        "finetune",
+        "finetune",
+        store=str(fs.path.resolve()),
+        extractor=name,
+        fingerprint=rec.fingerprint,
+        extractor_attrs=rec["extractor_attrs"],
+        class_names=class_names,
+        params=asdict(config),
+        from_run=rec.id,
+        unfreeze_from=config.unfreeze_from,
+        trainable_layers=built.trainable,
+        data_root=str(sets["train"].root.resolve()),
+        cached_cut=cached.group if cached else "",
+        cache_seconds=round(cache_seconds, 3),
+        weights_digest=weights_digest(built.model),
+        splits={"train": len(sets["train"].labels), **{s: m["n"] for s, m in evaluated.items()}},
+        metrics=evaluated,
+        history=history,
+        phase_a_history={} if config.from_scratch_head else rec.get("history", {}),
+        fit_seconds=round(fit_seconds, 3),
+        epoch_seconds=epoch_seconds,
+        seconds_per_epoch=float(np.median(epoch_seconds[1:] or epoch_seconds)),  # the first epoch also traces the graph
+        notes=[
             "train accuracy is the training curve's (augmented, dropout on); validation and test "
             "were evaluated on the images after training"
         ],
-    }
+    )
     return write_run(root, record, model, probas)
 
 
 def warm_start_model(
-    rec: dict, folder: Path, config: FinetuneConfig, weights: str | None = None, trust_model: bool = False
+    rec: RunRecord, folder: Path, config: FinetuneConfig, weights: str | None = None, trust_model: bool = False
 ) -> Built:
     """The run's extractor rebuilt (its weights' digest checked) with the phase-A head on it, frozen below ``unfreeze_from``.
 
@@ -219,62 +206,11 @@ def warm_start_model(
         rec, folder = get_run("dense-1a2b3c")
         built = warm_start_model(rec, folder, FinetuneConfig("block5_conv1"))
     """
-    from featstore.experiments.predict import rebuild_extractor
-
-    head = _phase_a_head(rec, folder, config, len(rec["class_names"]))
-    extractor = rebuild_extractor(
-        rec["extractor_attrs"], weights, trust_model
-    )  # refuses weights other than the store's
-    return build_model(
-        extractor, head, len(rec["class_names"]), config.unfreeze_from, extractor.base_layer_names, config.seed
-    )
-
-
-@dataclass
-class SplitImages:
-    """The images of one store split, in store row order: what phase B trains or evaluates on."""
-
-    root: Path
-    paths: list[str]  # relative to root, as the store lists them
-    labels: np.ndarray
-
-
-def _split_images(fs: FeatureStore, name: str, split: str, root: Path, class_names: list[str]) -> SplitImages:
-    """The store's rows of ``split``, checked against the folder: same classes, same files (size and mtime) as extracted."""
-    listing = discover(root, split)
-    if listing.class_names != class_names:
-        raise DataError(
-            f"the class folders of {printable(str(root / split))} are {listing.class_names}, but the run was fitted on "
-            f"{class_names}; fine-tune with the data the store was extracted from (--data ROOT)"
-        )
-    change = listing.diff(fs.listing(split, name))
-    if change:
-        raise DataError(
-            f"the images of {printable(str(root / split))} changed since the store was extracted ({change.summary()}); "
-            f"re-run `featstore extract --split {split}` (and fit the dense head again) so phase B sees phase A's images"
-        )
-    return SplitImages(root, fs.paths(split, name), fs.labels(split, name))
-
-
-def _phase_a_head(rec: dict, folder: Path, config: FinetuneConfig, n_classes: int) -> dict:
-    """The head to start from: the dense run's layers and weights, or a fresh Dense(256) (``from_scratch_head``)."""
-    from featstore.runs.artifacts import load_estimator
-
-    if rec["clf"] != "dense":
-        return {"reduce": rec["params"].get("reduce", "flatten"), "units": 256, "dropout": 0.5, "weights": None}
-    pipe = load_estimator(folder, rec["artifact"])
-    dense = pipe.steps[-1][1]
-    if list(np.asarray(dense.classes_)) != list(range(n_classes)):
-        raise ConfigError(
-            f"{rec['id']} was fitted on classes {list(dense.classes_)} of {n_classes}: a head that never saw a class "
-            f"cannot be fine-tuned; fit the dense head on a train split with every class"
-        )
-    return {
-        "reduce": pipe.steps[0][1].reduce,
-        "units": dense.units,
-        "dropout": dense.dropout,
-        "weights": None if config.from_scratch_head else head_weights(dense),
-    }
+    head = kind_of(rec).phase_a_head(rec, folder, config.from_scratch_head)
+    # refuses weights other than the store's
+    extractor = rebuild_extractor(rec["extractor_attrs"], weights, trust_model)
+    n_classes = len(rec.class_names)
+    return build_model(extractor, head, n_classes, config.unfreeze_from, extractor.base_layer_names, config.seed)
 
 
 @dataclass
@@ -341,31 +277,6 @@ def _cached_cut(fs, name, layer, attrs, weights, trust_model, sets) -> Cached:
     return Cached(group, arrays)
 
 
-def _image_batches(images: SplitImages, attrs: dict, batch_size: int, order: np.ndarray | None, aug, workers: int):
-    """``(uint8 images or model input, labels)`` batches in ``order`` (row order when None); augmented when ``aug``."""
-    from featstore.extraction.pipeline import iter_decoded
-    from featstore.images.augment import augment_batch
-
-    order = np.arange(len(images.paths)) if order is None else order
-    size = int(attrs["input_size"])
-    full = [str(images.root / images.paths[i]) for i in order]
-    batch: list[np.ndarray] = []
-    for k, (path, img, reason) in enumerate(iter_decoded(full, size, workers, 4 * batch_size)):
-        if img is None:
-            raise DataError(
-                f"{printable(path)} was extracted into the store but cannot be read now ({reason}); restore it, or "
-                f"re-run `featstore extract` so the store and the folder agree"
-            )
-        batch.append(img)
-        if len(batch) == batch_size or k == len(full) - 1:
-            x, idx = np.stack(batch), order[k + 1 - len(batch) : k + 1]
-            batch = []
-            if aug is None:
-                yield x, images.labels[idx]
-            else:
-                yield preprocess_images(augment_batch(aug, x), attrs), images.labels[idx]
-
-
 def _train(
     built, cached: Cached | None, sets: dict, attrs: dict, config: FinetuneConfig, workers: int, verbose: int
 ) -> tuple[dict, list]:
@@ -373,9 +284,10 @@ def _train(
     import keras
     import tensorflow as tf
 
-    from featstore.images.augment import parse_augment
+    from featstore.images.augment import augment_batch
 
     keras.utils.set_random_seed(config.seed)
+    size = int(attrs["input_size"])
     n_classes = built.model.output_shape[-1]
     binary = n_classes == 1
     opt = {
@@ -414,8 +326,9 @@ def _train(
                 idx = order[i : i + config.batch_size]
                 yield X[idx].astype(np.float32), y[idx].astype(ytype)
             return
-        for x, y in _image_batches(sets["train"], attrs, config.batch_size, order, aug_model, workers):
-            yield (x if aug_model is not None else preprocess_images(x, attrs)), y.astype(ytype)
+        for x, y in image_batches(sets["train"], size, config.batch_size, order, workers):
+            x = augment_batch(aug_model, x) if aug_model is not None else x  # augmented, then preprocessed
+            yield preprocess_images(x, attrs), y.astype(ytype)
 
     def val_batches():
         if cached is not None:
@@ -423,7 +336,7 @@ def _train(
             for i in range(0, len(y), config.batch_size):
                 yield X[i : i + config.batch_size].astype(np.float32), y[i : i + config.batch_size].astype(ytype)
             return
-        for x, y in _image_batches(sets["validation"], attrs, config.batch_size, None, None, workers):
+        for x, y in image_batches(sets["validation"], size, config.batch_size, None, workers):
             yield preprocess_images(x, attrs), y.astype(ytype)
 
     shape = tuple(model.input_shape[1:])
@@ -470,30 +383,3 @@ def _epoch_log():
             logger.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, shown, self.seconds[-1])
 
     return EpochLog
-
-
-def apply_finetuned(rec: dict, folder: Path, fs: FeatureStore, split: str, workers: int = 2):
-    """``(labels, predictions, probabilities)`` of a finetune run on the images of a store split (store row order)."""
-    from featstore.runs.artifacts import checked_finetuned, load_finetuned
-
-    model = load_finetuned(folder, rec)
-    name = rec["extractor"]
-    info = fs.split_info(split, name)
-    if not info.get("complete"):
-        raise StoreError(
-            f"split {split!r} of {name!r} is not complete; finish it with `featstore extract --split {split}`"
-        )
-    images = _split_images(fs, name, split, Path(info["source_root"]), rec["class_names"])
-    # a crafted or damaged model.keras may give another number of classes, NaN or non-probabilities: refused, as predict does
-    proba = _split_proba(
-        images,
-        rec["extractor_attrs"],
-        workers,
-        lambda x: checked_finetuned(model, x, len(rec["class_names"]), rec["id"]),
-    )
-    return images.labels, proba.argmax(axis=1), proba
-
-
-def _split_proba(images: SplitImages, attrs: dict, workers: int, proba_of) -> np.ndarray:
-    """``proba_of(uint8 batch)`` over a split's images, in store row order, as one array."""
-    return np.concatenate([proba_of(x) for x, _ in _image_batches(images, attrs, 64, None, None, workers)])

@@ -1,9 +1,11 @@
-"""Fit classifiers on stored features, record every fit as a run, compare runs and build ensembles.
+"""Fit classifiers on stored features and record every fit as a run.
 
 Protocol: fit on ``train``; choose among several parameter settings by accuracy on ``validation`` (or by
 k-fold cross-validation on ``train`` when there is no validation split, and the run says so); evaluate
 on ``test`` once, for the chosen setting only. Runs live in ``<store>.runs/<run id>/`` beside the store
-(``run.json``, the fitted model, ``predictions.npz``), so fitting never blocks an extraction.
+(``run.json``, the fitted model, ``predictions.npz``), so fitting never blocks an extraction. A split larger
+than ``memory_budget`` is streamed from the store (``featstore.experiments.streaming``). Evaluating, showing and
+comparing runs is in ``featstore.experiments.evaluate``, ensembles in ``featstore.experiments.ensemble``.
 
 >>> run = fit("features.h5", "logreg", {"C": [0.1, 1.0]})   # doctest: +SKIP
 >>> run["metrics"]["validation"]["accuracy"]                 # doctest: +SKIP
@@ -12,62 +14,41 @@ on ``test`` once, for the chosen setting only. Runs live in ``<store>.runs/<run 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import os
-import secrets
 import time
-from pathlib import Path
 
 import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, StoreError
-from featstore.runs.artifacts import checked_predict, full_proba  # noqa: F401 (full_proba re-exported)
-from featstore.runs.folder import (
-    RunListing,
-    ensure_writable,
-    find_run,
-    load_predictions,
-    output_path,
-    runs_root,  # noqa: F401 (re-exported)
-    scan_runs,
+from featstore.experiments.evaluate import metrics
+from featstore.experiments.streaming import (
+    check_budget_holds_chunks,
+    format_bytes,
+    parse_bytes,
+    refuse_in_memory,
+    stream_fit,
+    stream_predict,
+    streams_by_partial_fit,
 )
-from featstore.runs.write import replace_file, write_run
+from featstore.runs.artifacts import full_proba
+from featstore.runs.folder import ensure_writable, runs_root
+from featstore.runs.record import RunRecord, digest_paths, draft
+from featstore.runs.write import write_run
 from featstore.store.reader import FeatureStore
-from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
 
 
-def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
-
-    labels = list(range(len(class_names)))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "per_class": {
-            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-            for i, c in enumerate(class_names)
-        },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
 def _fit_one(spec_name: str, params: dict, X, y, val):
-    """Fit one setting; the Keras head gets the validation split for early stopping."""
+    """Fit one setting; a head whose fit takes the validation split (the Keras head: early stopping) gets it."""
     from featstore.experiments.classifiers import build_classifier
-    from featstore.models.head import DenseHead
 
     est = build_classifier(spec_name, params)
     head = est.steps[-1][1]
     try:
-        if isinstance(head, DenseHead) and val is not None:
+        if _uses_validation(head) and val is not None:
             Xt = est[:-1].fit_transform(X, y)
             head.fit(Xt, y, validation_data=(est[:-1].transform(val[0]), val[1]))
         else:
@@ -82,9 +63,17 @@ def _score_one(spec_name, params, X, y, val):
     return float(np.mean(est.predict(val[0]) == val[1])), est
 
 
-def _digest_paths(paths: list[str]) -> str:
-    """sha256 of the paths, each as its file-system bytes (a non-UTF-8 name hashes as its own bytes)."""
-    return hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()
+_digest_paths = digest_paths  # its name before it moved to featstore.runs.record
+
+
+def _uses_validation(head) -> bool:
+    """Whether the classifier's fit early-stops on the validation split (it says so: ``fit_uses_validation``)."""
+    return bool(getattr(head, "fit_uses_validation", False))
+
+
+def _parallel_fits(head) -> bool:
+    """Whether several settings of the classifier may be fitted at once in worker processes (Keras heads say no)."""
+    return bool(getattr(head, "parallel_fits", True))
 
 
 def _usable(store: FeatureStore, name: str, split: str | None) -> bool:
@@ -110,7 +99,7 @@ def fit(
     runs: str | os.PathLike | None = None,
     memory_budget: int | str | None = None,
     augmented: bool = False,
-) -> dict:
+) -> RunRecord:
     """Fit ``clf`` on the store's features, pick parameters on validation, test once, and record a run.
 
     ``params`` maps parameter names to lists of typed values (several values = a search). With
@@ -122,11 +111,7 @@ def fit(
         run = fit("features.h5", "svm", {"kernel": ["linear", "rbf"]}, jobs=2)
         run = fit("features.h5", "logreg", augmented=True)
     """
-    from featstore.experiments.classifiers import (
-        candidates,
-        get_classifier,
-    )  # sklearn: imported only when fitting (keeps `featstore runs` fast)
-    from featstore.experiments.streaming import check_budget_holds_chunks, format_bytes, parse_bytes, refuse_in_memory
+    from featstore.experiments.classifiers import candidates, get_classifier  # sklearn: only when fitting
 
     spec = get_classifier(clf)
     given = params or {}
@@ -175,12 +160,18 @@ def fit(
             f"trained on {train!r} plus its {aug['copies']} augmented copies ({aug['spec']}, seed {aug['seed']}): "
             f"{aug['train_rows']} rows; validation and test are the plain splits"
         )
+    head = est.steps[-1][1]
     if big:
         extra["notes"].append(
             f"streamed from the store within {format_bytes(budget)}"
-            + (": sgd ran `epochs` partial_fit passes (max_iter is unused)" if clf == "sgd" else "")
+            + (
+                f": {clf} ran `epochs` partial_fit passes"
+                + (" (max_iter is unused)" if "max_iter" in full[best] else "")
+                if streams_by_partial_fit(est)
+                else ""
+            )
         )
-    if clf == "dense" and has_val:
+    if _uses_validation(head) and has_val:
         extra["notes"].append(
             f"the {validation!r} split also drove early stopping"
             + (" and the choice of setting" if len(full) > 1 else "")
@@ -265,9 +256,11 @@ def _fit_in_memory(
         selection["method"] = "single setting (nothing to select)"
         est, best = _fit_one(clf, full[0], X, y, val), 0
     elif val is not None:
+        from featstore.experiments.classifiers import build_classifier
+
         selection["method"] = f"accuracy on the {validation!r} split"
-        backend = "threading" if clf == "dense" else "loky"
-        scored = Parallel(n_jobs=1 if clf == "dense" else jobs, backend=backend)(
+        parallel = _parallel_fits(build_classifier(clf, full[0]).steps[-1][1])
+        scored = Parallel(n_jobs=jobs if parallel else 1, backend="loky" if parallel else "threading")(
             delayed(_score_one)(clf, p, X, y, val) for p in full
         )
         best = int(np.argmax([s for s, _ in scored]))
@@ -310,8 +303,6 @@ def _fit_streaming(
     augmented: bool = False,
 ):
     """Fit from blocks of the store within ``budget``; several settings are chosen on a streamed validation split."""
-    from featstore.experiments.streaming import stream_fit, stream_predict
-
     class_names = fs.class_names(name)
     _check_classes(fs.labels(train, name), train, class_names)
     selection: dict = {"metric": "accuracy", "candidates": [], "method": "single setting (nothing to select)"}
@@ -349,7 +340,7 @@ def _record(
     fit_seconds: float,
     runs,
     extra: dict,
-) -> dict:
+) -> RunRecord:
     """Evaluate the chosen model on each split (the test split last, once) and write the run folder atomically."""
     meta = fs.metadata(name)
     evaluated, probas, t_pred, n_pred = {}, {}, 0.0, 0
@@ -363,246 +354,27 @@ def _record(
         n_pred += len(y)
         evaluated[split] = metrics(y, pred, class_names)
         if i > 0:
-            probas[split] = (proba, y, _digest_paths(fs.paths(split, name)))
-    record = {
-        "id": f"{clf}-{secrets.token_hex(3)}",
-        "kind": "fit",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "store": str(fs.path.resolve()),
-        "extractor": name,
-        "fingerprint": meta["fingerprint"],
-        "extractor_attrs": meta,
-        "class_names": class_names,
-        "clf": clf,
-        "params": params,
-        "given": given,
-        "selection": selection,
-        "splits": {s: evaluated[s]["n"] for s in splits},
-        "metrics": evaluated,
-        "fit_seconds": round(fit_seconds, 4),
-        "predict_seconds_per_image": t_pred / max(n_pred, 1),
-        "versions": _versions(),
-        **extra,
-        "notes": extra.get("notes", [])
+            probas[split] = (proba, y, digest_paths(fs.paths(split, name)))
+    record = draft(
+        "fit",
+        clf,
+        store=str(fs.path.resolve()),
+        extractor=name,
+        fingerprint=meta["fingerprint"],
+        extractor_attrs=meta,
+        class_names=class_names,
+        params=params,
+        given=given,
+        selection=selection,
+        splits={s: evaluated[s]["n"] for s in splits},
+        metrics=evaluated,
+        fit_seconds=round(fit_seconds, 4),
+        predict_seconds_per_image=t_pred / max(n_pred, 1),
+        **{k: v for k, v in extra.items() if k != "notes"},
+        notes=extra.get("notes", [])
         + ([] if len(splits) == 3 else ["no complete validation or test split: not evaluated there"]),
-    }
+    )
     head = est.steps[-1][1]
     if hasattr(head, "history_"):
         record["history"] = head.history_
     return write_run(runs_root(fs.path, runs), record, est, probas)
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"featstore": __version__}
-    for dist in ("numpy", "scikit-learn", "h5py", "keras", "tensorflow", "skops"):
-        try:
-            out[dist] = version(dist)  # read from metadata: importing keras here would cost seconds
-        except PackageNotFoundError:  # pragma: no cover
-            out[dist] = None
-    return out
-
-
-def scan_runs_of(store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> RunListing:
-    """Every run folder of a store: usable records (oldest first) and broken folders with the reason each cannot be used."""
-    return scan_runs(runs_root(store, runs))
-
-
-def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> list[dict]:
-    """Every usable recorded run of a store, oldest first (broken run folders are logged as warnings and left out)."""
-    listing = scan_runs_of(store, runs)
-    for name, reason in listing.broken:
-        logger.warning("run folder %s is broken and not listed: %s", name, reason)
-    return listing.records
-
-
-def get_run(
-    run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
-) -> tuple[dict, Path]:
-    """A run's record and folder, by id or unique id prefix; a broken run folder raises the reason."""
-    return find_run(run_id, runs_root(store, runs))
-
-
-def ensemble(
-    run_ids: list[str],
-    weights: list[float] | None = None,
-    store: str | os.PathLike = "features.h5",
-    runs: str | os.PathLike | None = None,
-) -> dict:
-    """Average the members' predicted probabilities (optionally weighted) and record it as a run.
-
-    Members may come from different classifiers and different extractors of the same images. Example::
-
-        ensemble(["logreg-1a2b3c", "svm-4d5e6f"], weights=[1, 2])
-    """
-    if len(run_ids) < 2:
-        raise ConfigError("an ensemble needs at least two run ids")
-    weights = [1.0] * len(run_ids) if weights is None else [float(w) for w in weights]
-    if (
-        len(weights) != len(run_ids)
-        or not all(math.isfinite(w) and w >= 0 for w in weights)
-        or not 0 < sum(weights) < math.inf
-    ):
-        raise ConfigError(
-            f"give one non-negative weight per member ({len(run_ids)}), finite and not all zero; got {weights}"
-        )
-    root = runs_root(store, runs)
-    listing = scan_runs(root)
-    members = [find_run(r, root, listing=listing) for r in run_ids]
-    ensure_writable(root)
-    nested = [rec["id"] for rec, _ in members if rec["kind"] == "ensemble"]
-    if nested:
-        raise ConfigError(
-            f"{', '.join(nested)} are ensembles; build an ensemble from fitted runs (list their members instead)"
-        )
-    first = members[0][0]
-    for rec, _ in members[1:]:
-        if rec["class_names"] != first["class_names"]:
-            raise ConfigError(
-                f"runs {first['id']} and {rec['id']} have different classes: {first['class_names']} vs {rec['class_names']}"
-            )
-    preds = [load_predictions(folder, rec) for rec, folder in members]  # each checked against its recorded sha256
-    evaluated, probas = {}, {}
-    for split, info in first["predictions"].items():
-        if not all(split in rec["predictions"] for rec, _ in members):
-            continue
-        for rec, _ in members:
-            if rec["predictions"][split]["paths_sha256"] != info["paths_sha256"]:
-                raise ConfigError(
-                    f"runs {first['id']} and {rec['id']} were evaluated on different images of {split!r}; ensembles need the same images"
-                )
-        avg = sum(w * p[f"{split}__proba"] for w, p in zip(weights, preds)) / sum(weights)
-        y = preds[0][f"{split}__labels"]
-        evaluated[split] = metrics(y, avg.argmax(axis=1), first["class_names"])
-        probas[split] = (avg, y, info["paths_sha256"])
-    if not evaluated:
-        raise ConfigError("the members share no evaluated split (validation or test); nothing to ensemble")
-    # one extractor name per distinct (name, fingerprint) of the members, in member order: both fields list the same extractors
-    extractors = list(dict.fromkeys((rec["extractor"], rec["fingerprint"]) for rec, _ in members))
-    record = {
-        "id": f"ensemble-{secrets.token_hex(3)}",
-        "kind": "ensemble",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "store": first["store"],
-        "members": [rec["id"] for rec, _ in members],
-        "weights": weights,
-        "extractor": "+".join(n for n, _ in extractors),
-        "fingerprint": "+".join(f for _, f in extractors),
-        "class_names": first["class_names"],
-        "clf": "ensemble",
-        "params": {"weights": weights},
-        "metrics": evaluated,
-        "fit_seconds": 0.0,
-        "versions": _versions(),
-        "notes": [],
-    }
-    return write_run(root, record, None, probas)
-
-
-def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None):
-    """``(record, folder, labels, predictions, probabilities)`` of a fitted run applied to a split of the store.
-
-    Refused when the store's features are not the ones the run was fitted on (fingerprint, classes).
-    """
-    from featstore.runs.artifacts import load_estimator
-
-    rec, folder = get_run(run_id, store, runs)
-    if rec["kind"] == "ensemble":
-        raise ConfigError(
-            f"{run_id} is an ensemble; evaluate its members, or use its recorded metrics (`featstore runs show`)"
-        )
-    fs = FeatureStore(store)
-    if rec["extractor"] not in fs.extractors():
-        raise StoreError(f"store {store} has no extractor {rec['extractor']!r} that run {rec['id']} was fitted on")
-    have = fs.metadata(rec["extractor"])
-    provenance.refuse_other_features(have, rec["extractor_attrs"], f"run {rec['id']}", "Re-fit on this store.")
-    if fs.class_names(rec["extractor"]) != rec["class_names"]:
-        raise StoreError(
-            f"store classes {fs.class_names(rec['extractor'])} are not the run's {rec['class_names']}; refusing to evaluate"
-        )
-    if rec["kind"] == "finetune":  # its backbone changed: the store's rows name the images, the model sees the images
-        from featstore.experiments.finetune import apply_finetuned
-
-        return (rec, folder, *apply_finetuned(rec, folder, fs, split))
-    est = load_estimator(folder, rec["artifact"])
-    X, y = fs.load(split, rec["extractor"])
-    return (rec, folder, y, *checked_predict(est, X, len(rec["class_names"]), rec["id"]))
-
-
-def evaluate_run(
-    run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
-) -> dict:
-    """Apply a fitted run to a split of the store; refused when the store's fingerprint is not the run's."""
-    rec, _, y, pred, _ = apply_run(run_id, split, store, runs)
-    return metrics(y, pred, rec["class_names"])
-
-
-def record_split(
-    run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
-) -> dict:
-    """Evaluate a fitted run on one more split and add it to the run's record and stored predictions; returns the record.
-
-    Used to evaluate the test split once, after a choice made on validation (``featstore sweep``).
-    """
-    from featstore.runs.write import add_split
-
-    rec, folder, y, pred, proba = apply_run(run_id, split, store, runs)
-    if split in rec["metrics"]:
-        return rec
-    paths = _digest_paths(FeatureStore(store).paths(split, rec["extractor"]))
-    return add_split(
-        runs_root(store, runs), rec, folder, split, metrics(y, pred, rec["class_names"]), (proba, y, paths)
-    )
-
-
-def show_run(
-    run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
-) -> tuple[dict, list[Path]]:
-    """A run's record, after writing its PNGs into its folder: a confusion matrix per split, curves for the dense head."""
-    from featstore.plots import confusion_png, curves_png
-
-    rec, folder = get_run(run_id, store, runs)
-    # split names and the id were checked when the folder was read; output_path also refuses links and paths leaving the folder,
-    # and replace_file writes a new file and renames it into place (never through a hard link, a folder in the way is an error)
-    pngs = [
-        replace_file(
-            output_path(folder, f"confusion_{split}.png"),
-            lambda tmp, split=split, m=m: confusion_png(
-                m["confusion_matrix"], rec["class_names"], f"{rec['id']} on {split} (acc {m['accuracy']:.3f})", tmp
-            ),
-        )
-        for split, m in rec["metrics"].items()
-    ]
-    if rec["kind"] == "finetune" and rec.get(
-        "phase_a_history"
-    ):  # a fine-tuning: phase A (the dense run) then phase B on one figure
-        title = f"{rec['from_run']} (phase A) -> {rec['id']} (phase B, from {rec['unfreeze_from']})"
-        pngs.append(
-            replace_file(
-                output_path(folder, "curves.png"),
-                lambda tmp: curves_png(rec["phase_a_history"], title, tmp, then=rec.get("history", {})),
-            )
-        )
-    elif rec.get("history"):
-        pngs.append(
-            replace_file(output_path(folder, "curves.png"), lambda tmp: curves_png(rec["history"], rec["id"], tmp))
-        )
-    return rec, pngs
-
-
-def compare_runs(
-    run_ids: list[str] | None = None,
-    out: str | os.PathLike | None = None,
-    store: str | os.PathLike = "features.h5",
-    runs: str | os.PathLike | None = None,
-) -> Path:
-    """Bar chart of validation and test accuracy of the given runs (default: all); returns the PNG path."""
-    from featstore.plots import compare_png
-
-    recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
-    if not recs:
-        raise ConfigError("no runs to compare; fit some with `featstore fit`")
-    out = Path(out) if out else output_path(runs_root(store, runs), "compare.png")
-    scores = {s: [r["metrics"].get(s, {}).get("accuracy") for r in recs] for s in ("validation", "test")}
-    return replace_file(out, lambda tmp: compare_png([r["id"] for r in recs], scores, tmp))

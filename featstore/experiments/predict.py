@@ -1,10 +1,11 @@
-"""Predict new images with a run: rebuild the exact extractor from the run's provenance, then classify.
+"""Predict new images with a run of any kind: its kind loads it (a fitted classifier with its exact extractor rebuilt
+from the run's provenance, a fine-tuned model, an ensemble's members), then classifies each batch of images.
 
-The extractor is rebuilt from the recorded model, layer, input size, pooling, dtype and weights; the
-weights found on this machine must have the recorded digest (and the whole extractor the recorded
-fingerprint), otherwise prediction is refused. Permission to load a legacy ``.h5`` model file (which can
-run code) comes only from the caller (``trust_model=True``, ``predict --trust-model``), never from the
-run's record: ``run.json`` can be edited to name any file.
+The extractor is rebuilt from the recorded model, layer, input size, pooling, dtype and weights
+(``featstore.runs.apply.rebuild_extractor``); the weights found on this machine must have the recorded digest
+(and the whole extractor the recorded fingerprint), otherwise prediction is refused. Permission to load a legacy
+``.h5`` model file (which can run code) comes only from the caller (``trust_model=True``, ``predict
+--trust-model``), never from the run's record: ``run.json`` can be edited to name any file.
 
 >>> rows = predict("logreg-1a2b3c", ["some/images/"])   # doctest: +SKIP
 >>> rows[0]["label"], rows[0]["probability"]            # doctest: +SKIP
@@ -14,7 +15,6 @@ run's record: ``run.json`` can be edited to name any file.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import logging
 import os
 import stat
@@ -22,15 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore import provenance
-from featstore.errors import ConfigError, DataError, StoreError, WeightsError
-from featstore.images.listing import (
-    IMAGE_EXTENSIONS,
-    find_images,
-    load_image,
-    printable,
-)  # load_image: again at another size for mixed ensembles
-from featstore.runs.artifacts import checked_finetuned, checked_proba, load_estimator, load_finetuned
+from featstore.errors import ConfigError, DataError, StoreError
+from featstore.images.listing import IMAGE_EXTENSIONS, find_images, printable
+from featstore.runs.apply import ApplyOptions, ImageBatch, rebuild_extractor  # noqa: F401 (rebuild_extractor re-exported)
+from featstore.runs.folder import find_run, runs_root
+from featstore.runs.kinds import kind_of
+from featstore.runs.write import replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -57,32 +54,6 @@ def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
             f"no images in {printable(', '.join(map(str, inputs)))} (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
     return found
-
-
-def rebuild_extractor(attrs: dict, weights: str | None = None, trust_model: bool = False):
-    """The Extractor a store's provenance describes; refuses weights whose digest differs from the record.
-
-    ``trust_model`` (the caller's, never the record's ``trust_model``) allows a legacy ``.h5`` model file.
-    """
-    from featstore.extraction.pipeline import Extractor, ExtractorConfig
-
-    saved = bool(attrs.get("model_file"))  # a saved model: --weights PATH names the model file when it moved
-    try:
-        config = ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None)
-        ex = Extractor(
-            dataclasses.replace(config, trust_model=trust_model)
-        )  # a crafted run.json may say trust_model=true
-    except (WeightsError, ConfigError) as exc:
-        what = f"the model file {attrs['model_file']}" if saved else f"weights {attrs['weights']}"
-        raise type(exc)(
-            f"{exc}\nThe run's features were made with {what} (file sha256 {attrs['weights_sha256'][:12] or '-'}); "
-            f"pass --weights PATH to give that file."
-        ) from exc
-    provenance.refuse_other_weights(ex.attrs, attrs)
-    provenance.refuse_other_features(
-        ex.attrs, attrs, "the run", "Predict with the featstore, libraries and weights the run was made with."
-    )
-    return ex
 
 
 def _check_out(out: Path) -> None:
@@ -125,61 +96,32 @@ def predict(
 
         predict("logreg-1a2b3c", ["new_images/"], out="predictions.csv")
     """
-    from featstore.extraction.pipeline import iter_decoded
-    from featstore.runs.folder import find_run, runs_root, scan_runs
-    from featstore.runs.write import replace_file
+    from featstore.images.decode import iter_decoded
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size!r}")
     if out is not None:
         _check_out(Path(out))
     root = runs_root(store, runs)
-    listing = scan_runs(root)  # read and checked once: the run and, for an ensemble, its members
-    rec, folder = find_run(run_id, root, listing=listing)
-    members = (
-        [find_run(m, root, exact=True, listing=listing) for m in rec["members"]]
-        if rec["kind"] == "ensemble"
-        else [(rec, folder)]
-    )
-    member_weights = rec.get("weights") or [1.0]
-    for mrec, _ in members:
-        if mrec["kind"] == "ensemble":
-            raise DataError(f"run {rec['id']} has an ensemble as a member; predict with its fitted members instead")
-    # refused before any model is built or image read; a finetune run's model takes the images itself
-    models = [load_finetuned(f, m) if m["kind"] == "finetune" else load_estimator(f, m["artifact"]) for m, f in members]
-    extractors: dict[str, object] = {}
-    for mrec, _ in members:
-        if mrec["kind"] == "fit" and mrec["fingerprint"] not in extractors:
-            # --weights replaces a recorded weights *file* (moved or copied); named sources are always resolved as recorded
-            override = weights if mrec["extractor_attrs"].get("weights_source") in ("file", "model-file") else None
-            extractors[mrec["fingerprint"]] = rebuild_extractor(mrec["extractor_attrs"], override, trust_model)
+    rec, folder = find_run(run_id, root)  # verified; an ensemble's members are found (and verified) as it loads
+    options = ApplyOptions(lambda m: find_run(m, root, exact=True), weights, trust_model)
+    # refused before any image is read: the models loaded, a fitted run's extractor rebuilt (its weights' digest checked)
+    model = kind_of(rec).for_images(rec, folder, options)
     paths = collect_images(inputs)
-    class_names = rec["class_names"]
+    class_names = list(rec.class_names)
     rows: list[dict] = []
     batch: list[tuple[str, np.ndarray]] = []
-    sizes = {int(m["extractor_attrs"]["input_size"]) for m, _ in members}
 
     def flush():
         if not batch:
             return
-        proba = 0.0
-        for (mrec, _), model, w in zip(members, models, member_weights):
-            size = int(mrec["extractor_attrs"]["input_size"])
-            imgs = np.stack([img if img.shape[0] == size else load_image(p, size) for p, img in batch])
-            if mrec["kind"] == "finetune":
-                proba = proba + w * checked_finetuned(model, imgs, len(class_names), mrec["id"])
-            else:
-                proba = proba + w * checked_proba(
-                    model, extractors[mrec["fingerprint"]](imgs), len(class_names), mrec["id"]
-                )
-        proba = proba / sum(member_weights)
-        for (p, _), row in zip(batch, proba):
+        for (p, _), row in zip(batch, model.proba(ImageBatch(batch))):
             k = int(np.argmax(row))
             rows.append({"path": p, "label": class_names[k], "probability": float(row[k]), "error": ""})
         batch.clear()
 
     for p, img, reason in iter_decoded(
-        [str(p) for p in paths], max(sizes), 4 if workers is None else workers, 4 * batch_size
+        [str(p) for p in paths], model.size, 4 if workers is None else workers, 4 * batch_size
     ):
         if img is None:
             logger.warning("skipped %s: %s", printable(str(p)), reason)

@@ -1,9 +1,12 @@
 """Out-of-core fits: train and evaluate from the store block by block, within a memory budget.
 
-Used by ``fit(..., memory_budget=...)`` when a split is larger than the budget. ``sgd`` learns with
-``partial_fit`` (one pass to fit the scaler, then ``epochs`` passes in shuffled block order); ``dense``
-trains Keras on a ``tf.data`` stream of the same blocks. Classifiers that need every row in memory
-(kernel SVM, kNN, random forest, logistic regression) are refused with the streaming alternatives.
+Used by ``fit(..., memory_budget=...)`` when a split is larger than the budget, for the classifiers whose
+spec says they can learn from chunks (``needs_all_data=False``). The pipeline says how: each step between
+the reshape and the classifier learns from one pass of ``partial_fit`` (a scaler), then a classifier with
+``partial_fit`` (``sgd``) takes ``epochs`` passes in shuffled block order, and one with ``fit_stream`` (the
+Keras ``dense`` head) trains on a ``tf.data`` stream of the same blocks with early stopping on validation.
+Classifiers that need every row in memory (kernel SVM, kNN, random forest, logistic regression) are refused
+with the streaming alternatives.
 
 Sizes: :func:`parse_bytes` reads decimal (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB) units, and
 every byte size featstore prints goes through :func:`format_bytes`, which shows both families, so
@@ -56,6 +59,11 @@ def refuse_in_memory(clf: str, split: str, nbytes: int, budget: int) -> None:
     )
 
 
+def streams_by_partial_fit(est) -> bool:
+    """Whether a streamed fit of this pipeline's classifier is ``epochs`` passes of ``partial_fit`` (else ``fit_stream``)."""
+    return not hasattr(est.steps[-1][1], "fit_stream")
+
+
 def stream_fit(
     fs: FeatureStore,
     name: str,
@@ -75,37 +83,48 @@ def stream_fit(
     est = build_classifier(clf, params)
     block = budget // BLOCK_FRACTION
     n_classes = len(fs.class_names(name))
-    reshape = est.steps[0][1]
-    reshape.fit(next(fs.iter_batches(train, name, max_bytes=block))[0][:1])
-    if clf == "sgd":
-        scale, head = est.steps[1][1], est.steps[2][1]
+    reshape, middle, head = est.steps[0][1], [s for _, s in est.steps[1:-1]], est.steps[-1][1]
+    first = next(fs.iter_batches(train, name, max_bytes=block))[0][:1]
+    reshape.fit(first)
+    lacking = [type(s).__name__ for s in middle if not hasattr(s, "partial_fit")]
+    if lacking or not (hasattr(head, "partial_fit") or hasattr(head, "fit_stream")):
+        raise ConfigError(
+            f"{clf} with {params} cannot learn from blocks ({', '.join(lacking) or type(head).__name__} has no "
+            f"partial_fit); fit it without --memory-budget, or with a budget that holds the split"
+        )
+
+    def prepared(X, steps=middle):  # a block through the reshape and the fitted steps before the classifier
+        X = reshape.transform(X)
+        for step in steps:
+            X = step.transform(X)
+        return X
+
+    for i, step in enumerate(middle):  # each step learns from one pass over what the steps before it give
         for X, _ in train_blocks(fs, name, train, block, None, augmented):
-            scale.partial_fit(reshape.transform(X))
-        for epoch in range(params["epochs"]):
-            for X, y in train_blocks(fs, name, train, block, params["seed"] + epoch, augmented):
-                head.partial_fit(scale.transform(reshape.transform(X)), y, classes=np.arange(n_classes))
+            step.partial_fit(prepared(X, middle[:i]))
+    if streams_by_partial_fit(est):
+        for epoch in range(params.get("epochs", 1)):
+            for X, y in train_blocks(fs, name, train, block, params.get("seed", 0) + epoch, augmented):
+                head.partial_fit(prepared(X), y, classes=np.arange(n_classes))
         return est
-    head = est.steps[-1][1]
-    shape = fs.split_info(train, name)["shape"][1:]
-    n_features = int(shape[-1]) if reshape.reduce != "flatten" and len(shape) == 3 else int(np.prod(shape))
     lengths = fs.block_lengths(train, name, max_bytes=block) + (
         fs.block_lengths(train, name, max_bytes=block, augmented=True) if augmented else []
     )
     head.fit_stream(
-        lambda seed: _blocks(fs, name, train, block, reshape, seed, augmented),
+        lambda seed: _blocks(fs, name, train, block, prepared, seed, augmented),
         lengths,
-        n_features,
+        int(prepared(first).shape[1]),
         n_classes,
-        (lambda: _blocks(fs, name, validation, block, reshape, None)) if validation else None,
+        (lambda: _blocks(fs, name, validation, block, prepared, None)) if validation else None,
         fs.block_lengths(validation, name, max_bytes=block) if validation else None,
     )
     return est
 
 
-def _blocks(fs: FeatureStore, name: str, split: str, block: int, reshape, seed, augmented: bool = False):
-    """(X, y) blocks transformed to vectors; shuffled when seed is not None."""
+def _blocks(fs: FeatureStore, name: str, split: str, block: int, prepared, seed, augmented: bool = False):
+    """(X, y) blocks as the classifier takes them (``prepared``); shuffled when seed is not None."""
     for X, y in train_blocks(fs, name, split, block, seed, augmented):
-        yield reshape.transform(X), y
+        yield prepared(X), y
 
 
 def train_blocks(fs: FeatureStore, name: str, split: str, block: int, seed, augmented: bool = False):
@@ -127,7 +146,7 @@ def train_blocks(fs: FeatureStore, name: str, split: str, block: int, seed, augm
 
 def stream_predict(est, fs: FeatureStore, name: str, split: str, budget: int, n_classes: int):
     """Labels, predictions and full probabilities of a split, computed block by block."""
-    from featstore.experiments.fit import full_proba
+    from featstore.runs.artifacts import full_proba
 
     ys, preds, probas = [], [], []
     for X, y in fs.iter_batches(split, name, max_bytes=budget // BLOCK_FRACTION):

@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError
-from featstore.experiments.fit import ensemble as record_ensemble
-from featstore.experiments.fit import fit, get_run, record_split
+from featstore.experiments.ensemble import ensemble as record_ensemble
+from featstore.experiments.ensemble import greedy_ensemble
+from featstore.experiments.evaluate import record_split
+from featstore.experiments.fit import fit
 from featstore.runs.folder import load_predictions, runs_root
+from featstore.runs.record import RunRecord
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
-
-MAX_ENSEMBLE_STEPS = 25  # additions (with replacement) in the greedy ensemble selection
 
 
 def sweep(
@@ -102,60 +103,51 @@ def sweep(
         recs = Parallel(n_jobs=jobs, backend="threading")(delayed(one)(cell) for cell in cells)
     else:
         recs = [one(cell) for cell in cells]
-    val = np.array([r["metrics"][validation]["accuracy"] for r in recs])
+    val = np.array([r.accuracy(validation) for r in recs])
     best = int(np.argmax(val))
     winner = {
-        "id": recs[best]["id"],
-        "kind": "fit",
-        "extractor": recs[best]["extractor"],
-        "clf": recs[best]["clf"],
+        "id": recs[best].id,
+        "kind": recs[best].kind,
+        "extractor": recs[best].extractor,
+        "clf": recs[best].clf,
         "validation": float(val[best]),
     }
-    ens, chosen, to_test = None, [], {winner["id"]}
+    ens, chosen, to_test, ensemble_wins = None, [], {winner["id"]}, False
     if ensemble:
-        counts = greedy_ensemble(
-            [_val_proba(r, store, runs, validation) for r in recs], _val_labels(recs[0], store, runs, validation)
-        )
-        chosen = [(r["id"], k) for r, k in zip(recs, counts) if k]
+        stored = [_stored(r, store, runs, validation) for r in recs]
+        counts = greedy_ensemble([p for p, _ in stored], stored[0][1])
+        chosen = [(r.id, k) for r, k in zip(recs, counts) if k]
         if len(chosen) == 1:
             logger.info(
                 "greedy ensemble selection kept one run (%s): no average of runs beat it on validation", chosen[0][0]
             )
         else:
-            ens_val = _ensemble_accuracy(recs, counts, store, runs, validation)
-            if ens_val > winner["validation"]:  # the ensemble's test needs its members' test probabilities
+            avg = sum(k * p for (p, _), k in zip(stored, counts) if k) / sum(counts)
+            ens_val = float(np.mean(avg.argmax(axis=1) == stored[0][1]))
+            ensemble_wins = ens_val > winner["validation"]
+            if ensemble_wins:  # the ensemble's test needs its members' test probabilities
                 winner = {
                     "id": None,
                     "kind": "ensemble",
                     "validation": ens_val,
                     "clf": "ensemble",
-                    "extractor": "+".join(dict.fromkeys(r["extractor"] for r, k in zip(recs, counts) if k)),
+                    "extractor": "+".join(dict.fromkeys(r.extractor for r, k in zip(recs, counts) if k)),
                 }
                 to_test = {rid for rid, _ in chosen}
     if show_test:
-        to_test |= {r["id"] for r in recs}
+        to_test |= {r.id for r in recs}
+    tested_recs = {}
     for rid in sorted(to_test - {None}):  # test is read here, after the choice, once per run
-        record_split(rid, test, store, runs)
+        tested_recs[rid] = record_split(rid, test, store, runs)
     if len(chosen) > 1:
         ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs)
-        if winner["kind"] == "ensemble":
-            winner["id"] = ens["id"]
-    tested = {winner["id"]} | ({r["id"] for r in recs} if show_test else set())  # what the table shows test for
-    return _summary(
-        store,
-        runs,
-        png,
-        clfs,
-        names,
-        recs,
-        winner,
-        ens,
-        tested,
-        test,
-        validation,
-        search,
-        time.perf_counter() - started,
-    )
+        tested_recs[ens.id] = ens
+        if ensemble_wins:
+            winner["id"] = ens.id
+    tested = {winner["id"]} | ({r.id for r in recs} if show_test else set())  # what the table shows test for
+    test_of = {rid: tested_recs[rid].accuracy(test) for rid in tested}
+    seconds = time.perf_counter() - started
+    return _summary(store, runs, png, clfs, names, recs, winner, ens, test_of, test, validation, search, seconds)
 
 
 def _extractors(fs: FeatureStore, wanted: list[str] | None, train: str, validation: str) -> list[str]:
@@ -178,71 +170,24 @@ def _extractors(fs: FeatureStore, wanted: list[str] | None, train: str, validati
     return names
 
 
-def _val_proba(rec: dict, store, runs, split: str) -> np.ndarray:
-    """A run's stored probabilities on ``split``."""
-    _, folder = get_run(rec["id"], store, runs)
-    return load_predictions(folder, rec)[f"{split}__proba"]
+def _stored(rec: RunRecord, store, runs, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A run just fitted: its stored probabilities and labels on ``split`` (checked against the sha256 it recorded)."""
+    data = load_predictions(runs_root(store, runs) / rec.id, rec)
+    return data[f"{split}__proba"], data[f"{split}__labels"]
 
 
-def _val_labels(rec: dict, store, runs, split: str) -> np.ndarray:
-    """The labels stored with a run's predictions on ``split``."""
-    _, folder = get_run(rec["id"], store, runs)
-    return load_predictions(folder, rec)[f"{split}__labels"]
-
-
-def greedy_ensemble(probas: list[np.ndarray], y: np.ndarray, max_steps: int = MAX_ENSEMBLE_STEPS) -> list[int]:
-    """How many times each model enters a greedy forward ensemble selection with replacement (Caruana et al. 2004).
-
-    >>> y = np.array([0, 1, 1])
-    >>> a = np.array([[.9, .1], [.6, .4], [.4, .6]]); b = np.array([[.6, .4], [.2, .8], [.6, .4]])
-    >>> greedy_ensemble([a, b], y)
-    [1, 1]
-    """
-
-    def acc(p):
-        return float(np.mean(p.argmax(axis=1) == y))
-
-    counts = [0] * len(probas)
-    first = int(np.argmax([acc(p) for p in probas]))
-    counts[first], total, best = 1, probas[first].copy(), acc(probas[first])
-    for _ in range(max_steps):
-        n = sum(counts)
-        scores = [acc((total + p) / (n + 1)) for p in probas]
-        j = int(np.argmax(scores))
-        if scores[j] <= best:
-            break
-        counts[j] += 1
-        total += probas[j]
-        best = scores[j]
-    return counts
-
-
-def _ensemble_accuracy(recs: list[dict], counts: list[int], store, runs, split: str) -> float:
-    """Validation accuracy of the weighted average of the chosen runs' probabilities."""
-    y = _val_labels(recs[0], store, runs, split)
-    avg = sum(k * _val_proba(r, store, runs, split) for r, k in zip(recs, counts) if k) / sum(counts)
-    return float(np.mean(avg.argmax(axis=1) == y))
-
-
-def _summary(store, runs, png, clfs, names, recs, winner, ens, tested, test, validation, search, seconds) -> dict:
-    """Write sweep-<id>.json and the heat map into the runs folder; return the summary."""
+def _summary(store, runs, png, clfs, names, recs, winner, ens, test_of, test, validation, search, seconds) -> dict:
+    """Write sweep-<id>.json and the heat map into the runs folder; return the summary (``test_of``: run -> test accuracy)."""
     from featstore.plots import heatmap_png
 
     root = runs_root(store, runs)
     sid = f"sweep-{secrets.token_hex(3)}"
-    test_of = {}
-    for rid in tested:
-        rec = get_run(rid, store, runs)[0]
-        test_of[rid] = rec["metrics"][test]["accuracy"] if test in rec["metrics"] else None
     winner["test"] = test_of.get(winner["id"])
     grid = np.array(
-        [
-            [r["metrics"][validation]["accuracy"] for r in recs[i * len(clfs) : (i + 1) * len(clfs)]]
-            for i in range(len(names))
-        ]
+        [[r.accuracy(validation) for r in recs[i * len(clfs) : (i + 1) * len(clfs)]] for i in range(len(names))]
     )
     where = next(
-        ((i, j) for i in range(len(names)) for j in range(len(clfs)) if recs[i * len(clfs) + j]["id"] == winner["id"]),
+        ((i, j) for i in range(len(names)) for j in range(len(clfs)) if recs[i * len(clfs) + j].id == winner["id"]),
         None,
     )
     out = Path(png) if png else root / f"{sid}.png"
@@ -265,27 +210,27 @@ def _summary(store, runs, png, clfs, names, recs, winner, ens, tested, test, val
         "seconds": round(seconds, 2),
         "cells": [
             {
-                "extractor": r["extractor"],
-                "clf": r["clf"],
-                "run": r["id"],
+                "extractor": r.extractor,
+                "clf": r.clf,
+                "run": r.id,
                 "params": r["params"],
-                "validation": r["metrics"][validation]["accuracy"],
-                "test": test_of.get(r["id"]),
+                "validation": r.accuracy(validation),
+                "test": test_of.get(r.id),
             }
             for r in recs
         ],
         "ensemble": None
         if ens is None
         else {
-            "run": ens["id"],
-            "members": ens["members"],
-            "weights": ens["weights"],
-            "validation": ens["metrics"][validation]["accuracy"],
-            "test": ens["metrics"].get(test, {}).get("accuracy"),
+            "run": ens.id,
+            "members": list(ens.members),
+            "weights": list(ens.weights),
+            "validation": ens.accuracy(validation),
+            "test": ens.accuracy(test),
         },
         "winner": winner,
         "selection": f"accuracy on {validation!r}; {test!r} evaluated after the choice, for the winner only"
-        + (" (and every run: --show-test)" if len(tested) > 1 else ""),
+        + (" (and every run: --show-test)" if len(test_of) > 1 else ""),
         "png": str(out),
     }
     (root / f"{sid}.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError
+from featstore.models.head import HEAD_LAYERS, head_layers
 
 logger = logging.getLogger(__name__)
-
-HEAD_LAYERS = ("head_reduce", "head_dense", "head_dropout", "head_out")
 
 
 @dataclass
@@ -100,9 +99,10 @@ def build_model(
 ) -> Built:
     """Backbone cut + head as one model, layers before ``unfreeze_from`` and BatchNormalization frozen.
 
-    ``head`` holds ``reduce``, ``units``, ``dropout`` and, for a warm start, ``weights``: the phase-A
-    head's Dense kernels and biases (``[W1, b1, W2, b2]``); without them the head starts from a seeded
-    initialisation (``--from-scratch-head``).
+    ``head`` holds ``reduce``, ``units``, ``dropout`` and, for a warm start, ``weights``: the phase-A head's kernels
+    and biases by layer name (``DenseHead.layer_weights()``); without them the head starts from a seeded
+    initialisation (``--from-scratch-head``). The head's layers are ``featstore.models.head.head_layers``, the ones
+    the dense run trained.
     """
     import keras
 
@@ -113,19 +113,21 @@ def build_model(
     reduce = _reduce_layer(head["reduce"], len(extractor.feature_shape))
     if reduce is not None:
         x = reduce(x)
-    dense = keras.layers.Dense(head["units"], activation="relu", name="head_dense")
-    out_layer = keras.layers.Dense(n_out, activation="sigmoid" if n_out == 1 else "softmax", name="head_out")
-    x = out_layer(keras.layers.Dropout(head["dropout"], seed=seed, name="head_dropout")(dense(x)))
+    layers = head_layers(head["units"], head["dropout"], n_out, dropout_seed=seed)
+    for lyr in layers:
+        x = lyr(x)
     model = keras.Model(extractor.model.input, x, name=f"{extractor.model.name}_finetuned")
     if head.get("weights") is not None:
-        w1, b1, w2, b2 = head["weights"]
-        if w1.shape != tuple(dense.kernel.shape) or w2.shape != tuple(out_layer.kernel.shape):
+        dense, _, out = HEAD_LAYERS
+        have = {name: tuple(np.shape(ws[0])) for name, ws in head["weights"].items()}
+        want = {lyr.name: tuple(lyr.kernel.shape) for lyr in (layers[0], layers[2])}
+        if have != want:
             raise ConfigError(
-                f"the phase-A head has weights of shape {w1.shape}, {w2.shape}, but the cut gives "
-                f"{tuple(dense.kernel.shape)}, {tuple(out_layer.kernel.shape)}; it was fitted on other features"
+                f"the phase-A head has weights of shape {have.get(dense)}, {have.get(out)}, but the cut gives "
+                f"{want[dense]}, {want[out]}; it was fitted on other features"
             )
-        dense.set_weights([w1, b1])
-        out_layer.set_weights([w2, b2])
+        for lyr in (layers[0], layers[2]):
+            lyr.set_weights(head["weights"][lyr.name])
     trunk = trunk_layers(extractor)
     for i, lyr in enumerate(trunk):
         lyr.trainable = i >= start and not isinstance(lyr, keras.layers.BatchNormalization)
@@ -147,14 +149,6 @@ def _top_model(model, first) -> tuple[str | None, object | None]:
     except ValueError as exc:  # a skip connection crosses the cut: the layers above need more than that one tensor
         logger.debug("cannot cut the model before %s: %s", first.name, exc)
         return None, None
-
-
-def head_weights(dense_head) -> list[np.ndarray]:
-    """``[W1, b1, W2, b2]`` of a fitted ``DenseHead``'s two Dense layers."""
-    import keras
-
-    layers = [lyr for lyr in dense_head.model_.layers if isinstance(lyr, keras.layers.Dense)]
-    return [w for lyr in layers for w in lyr.get_weights()]
 
 
 def preprocess_images(images: np.ndarray, attrs: dict) -> np.ndarray:

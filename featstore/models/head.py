@@ -16,9 +16,33 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
+HEAD_LAYERS = ("head_dense", "head_dropout", "head_out")  # the head's layers, in order, by name
+
+
+def head_layers(units: int, dropout: float, n_out: int, dropout_seed: int | None = None) -> list:
+    """The Dense head's layers (named HEAD_LAYERS): ``Dense(units, relu) -> Dropout -> Dense(n_out, softmax)``, sigmoid
+    when ``n_out`` is 1. :class:`DenseHead` stacks them on feature vectors; a fine-tuned model on the backbone's cut
+    (``featstore.models.finetuned.build_model``), so the two are the same head and its weights move by layer name.
+
+    >>> [lyr.name for lyr in head_layers(8, 0.5, 1)]   # doctest: +SKIP
+    ['head_dense', 'head_dropout', 'head_out']
+    """
+    import keras
+
+    dense, drop, out = HEAD_LAYERS
+    return [
+        keras.layers.Dense(units, activation="relu", name=dense),
+        keras.layers.Dropout(dropout, seed=dropout_seed, name=drop),
+        keras.layers.Dense(n_out, activation="sigmoid" if n_out == 1 else "softmax", name=out),
+    ]
+
 
 class DenseHead(ClassifierMixin, BaseEstimator):
     """Keras MLP head with the scikit-learn estimator contract (``fit`` returns self, fitted attributes end in ``_``)."""
+
+    # How featstore's fit drives this head (read there instead of the classifier's name):
+    fit_uses_validation = True  # fit(X, y, validation_data=...) stops early on the validation split
+    parallel_fits = False  # Keras trains one model at a time: a search fits its settings one after the other
 
     def __init__(
         self,
@@ -42,14 +66,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         import keras
 
         keras.utils.set_random_seed(self.seed)
-        model = keras.Sequential(
-            [
-                keras.Input((n_features,)),
-                keras.layers.Dense(self.units, activation="relu"),
-                keras.layers.Dropout(self.dropout),
-                keras.layers.Dense(n_out, activation="sigmoid" if n_out == 1 else "softmax"),
-            ]
-        )
+        model = keras.Sequential([keras.Input((n_features,)), *head_layers(self.units, self.dropout, n_out)])
         loss = "binary_crossentropy" if n_out == 1 else "sparse_categorical_crossentropy"
         model.compile(optimizer=keras.optimizers.RMSprop(learning_rate=self.lr), loss=loss, metrics=["accuracy"])
         return model
@@ -156,6 +173,21 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """Most probable class."""
         proba = self.predict_proba(X)  # checks fitted state first
         return self.classes_[np.argmax(proba, axis=1)]
+
+    def layer_weights(self) -> dict[str, list[np.ndarray]]:
+        """The trained kernels and biases of the head's two Dense layers, by their names in HEAD_LAYERS.
+
+        Heads saved before the layers were named hold them as the first and the second Dense layer.
+        """
+        import keras
+
+        check_is_fitted(self, "model_")
+        dense = [lyr for lyr in self.model_.layers if isinstance(lyr, keras.layers.Dense)]
+        named = {lyr.name: lyr for lyr in dense}
+        first, _, last = HEAD_LAYERS
+        if not {first, last} <= set(named):
+            named = dict(zip((first, last), dense))
+        return {name: [np.asarray(w) for w in named[name].get_weights()] for name in (first, last)}
 
     def save(self, path) -> None:
         """Write the Keras model to ``path`` (``.keras``)."""

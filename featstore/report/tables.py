@@ -7,8 +7,9 @@ model  input  min  output (default size)  preprocessing
 from __future__ import annotations
 
 from featstore.models.backbones import get_backbone, list_backbones
+from featstore.runs.kinds import kind_of
+from featstore.runs.record import RunRecord
 from featstore.store.reader import FeatureStore
-from featstore.units import format_bytes
 
 PROVENANCE_KEYS = (
     "model",
@@ -152,45 +153,37 @@ def _augmented_line(a: dict, writer_pid) -> str:
     )
 
 
-def _acc(rec: dict, split: str) -> str:
-    m = rec.get("metrics", {}).get(split)
-    return f"{m['accuracy']:.4f}" if m else "-"
+def _acc(rec: RunRecord, split: str) -> str:
+    acc = rec.accuracy(split)
+    return "-" if acc is None else f"{acc:.4f}"
 
 
-def _fingerprints(rec: dict) -> str:
+def _fingerprints(rec: RunRecord) -> str:
     """First 12 hex digits of each fingerprint (an ensemble lists one per distinct member extractor, joined by '+')."""
-    return "+".join(f[:12] for f in rec["fingerprint"].split("+"))
+    return "+".join(f[:12] for f in rec.fingerprint.split("+"))
 
 
-def runs_table(runs: list[dict], broken: list[tuple[str, str]] = ()) -> str:
+def runs_table(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> str:
     """One line per run: id, classifier, chosen params, validation/test accuracy, seconds, extractor, fingerprint; then broken folders."""
     if not runs and not broken:
         return "no runs yet; fit one with `featstore fit --clf logreg`"
     rows = [["id", "clf", "params", "val_acc", "test_acc", "fit_s", "extractor", "fingerprint", "created"]]
     for r in runs:
-        chosen = set(r.get("given", {})) | {
-            k for c in r.get("selection", {}).get("candidates", []) for k in c["params"]
-        }
-        params = ",".join(
-            f"{k}={v}" for k, v in sorted(r.get("params", {}).items()) if k in chosen or r["kind"] == "ensemble"
+        augmented = r.get("augmented")
+        params = (kind_of(r).params_text(r) or "defaults") + (
+            f" +{augmented['copies']} aug copies" if augmented else ""
         )
-        if r["kind"] == "finetune":
-            p = r["params"]
-            params = f"from={r['from_run']},unfreeze={r['unfreeze_from']},lr={p['lr']:g}" + (
-                f",augment={p['augment']}" if p["augment"] else ""
-            )
-        params = (params or "defaults") + (f" +{r['augmented']['copies']} aug copies" if r.get("augmented") else "")
         rows.append(
             [
-                r["id"],
-                r["clf"],
+                r.id,
+                r.clf,
                 params,
                 _acc(r, "validation"),
                 _acc(r, "test"),
                 f"{r.get('fit_seconds', 0):.2f}",
-                r["extractor"],
+                r.extractor,
                 _fingerprints(r),
-                r["created_at"][:19],
+                r.created_at[:19],
             ]
         )
     lines = [_table(rows)] if runs else ["no usable runs"]
@@ -200,53 +193,27 @@ def runs_table(runs: list[dict], broken: list[tuple[str, str]] = ()) -> str:
     return "\n".join(lines)
 
 
-def run_report(rec: dict, pngs: list, per_class: bool = True) -> str:
+def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
     """A run's details: setup, selection, metrics per split with a per-class table, and the plots written."""
     lines = [
-        f"run {rec['id']} ({rec['kind']}), {rec['created_at']}",
-        f"  extractor {rec['extractor']} fingerprint {rec['fingerprint']}",
+        f"run {rec.id} ({rec.kind}), {rec.created_at}",
+        f"  extractor {rec.extractor} fingerprint {rec.fingerprint}",
         f"  store {rec.get('store', '-')}",
+        *kind_of(rec).describe(rec),
     ]
-    if rec["kind"] == "ensemble":
-        lines.append(f"  members {', '.join(rec['members'])} with weights {rec['weights']}")
-    elif rec["kind"] == "finetune":
-        p = rec["params"]
-        lines.append(
-            f"  phase B from {rec['from_run']} (phase A head{', not used: new head' if p['from_scratch_head'] else ''}): "
-            f"layers {rec['unfreeze_from']} and above train ({len(rec.get('trainable_layers', []))} with weights)"
-        )
-        lines.append(
-            f"  {p['optimizer']} lr {p['lr']:g}, batch {p['batch_size']}, {len(rec.get('history', {}).get('loss', []))} of at most "
-            f"{p['epochs']} epochs (early stopping on validation loss, patience {p['patience']}), augment {p['augment'] or 'none'}, seed {p['seed']}"
-        )
-        lines.append(
-            f"  {'frozen layers cached in the store as ' + rec['cached_cut'] if rec.get('cached_cut') else 'trained from the images'}; "
-            f"{rec.get('fit_seconds', 0):.1f} s ({rec.get('seconds_per_epoch', 0):.1f} s per epoch); new weights digest {rec.get('weights_digest', '-')[:12]}"
-        )
-    else:
-        lines.append(f"  clf {rec['clf']} params {rec['params']}")
-        sel = rec.get("selection", {})
-        lines.append(f"  selection: {sel.get('method')}")
-        for c in sel.get("candidates", []):
-            lines.append(f"    {c['params']}: {c['score']:.4f}")
-        streamed = f", streamed within {format_bytes(rec['memory_budget'])}" if rec.get("streamed") else ""
-        lines.append(
-            f"  fit {rec.get('fit_seconds', 0):.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image{streamed}"
-        )
-    for note in rec.get("notes", []):
-        lines.append(f"  note: {note}")
-    for split, m in rec["metrics"].items():
-        lines.append(f"  {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n {m['n']}")
+    lines += [f"  note: {note}" for note in rec.notes]
+    for split, m in rec.metrics.items():
+        lines.append(f"  {split}: accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, n {m.n}")
         rows = [["    class", "precision", "recall", "f1", "support"]]
         rows += [
             [f"    {c}", f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
-            for c, v in m["per_class"].items()
+            for c, v in m.per_class.items()
         ]
         if per_class:
             lines.append(_table(rows))
     lines += [f"  wrote {p}" for p in pngs]
     if not per_class:
-        lines.append(f"  details: featstore runs show {rec['id']}")
+        lines.append(f"  details: featstore runs show {rec.id}")
     return "\n".join(lines)
 
 

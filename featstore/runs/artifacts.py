@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.runs.folder import BrokenRunError, check_zip_file, regular_file, verify_file
+from featstore.runs.files import RECORD, BrokenRunError, check_zip_file, regular_file, verify_file
 from featstore.runs.modelcheck import ModelStateError, check_pipeline, check_skops_schema
 
 # Every type named in the skops files of featstore's classifiers. Obtained by fitting each registered
@@ -179,21 +179,35 @@ def _altered(folder: Path, path: Path, exc: Exception) -> BrokenRunError:
     )
 
 
+FORMATS = {  # artifact format -> the keys its record holds (all strings)
+    "skops": ("file", "sha256"),
+    "keras": ("file", "sha256", "meta_file", "meta_sha256"),
+    "keras-model": ("file", "sha256"),
+}
+
+
+def check_artifact_record(folder: Path, artifact: object) -> None:
+    """BrokenRunError unless ``artifact`` (from run.json) is a record featstore writes: a format and its string keys."""
+    keys = FORMATS.get(artifact.get("format")) if isinstance(artifact, dict) else None
+    if keys is None or any(not isinstance(artifact.get(k), str) for k in keys):
+        wanted = " or ".join(f"{f} with {'/'.join(k)}" for f, k in FORMATS.items())
+        raise BrokenRunError(
+            f"{folder / RECORD}: the artifact record {artifact!r} is not one featstore writes "
+            f"({wanted}); remove the folder {folder}"
+        )
+
+
+def artifact_files(folder: Path, artifact: dict) -> None:
+    """BrokenRunError unless the files an artifact record names are plain names of regular files (nothing is read)."""
+    regular_file(folder, artifact["file"], "run artifact")
+    if "meta_file" in FORMATS[artifact["format"]]:
+        regular_file(folder, artifact["meta_file"], "run artifact metadata")
+
+
 def check_artifact(folder: Path, artifact: dict) -> Path:
     """The model file of a run after checking its record, its sha256 (and its meta file's), its zip sizes and, for skops,
     its types and the arrays of its trees and SVCs (see ``modelcheck``)."""
-    formats = {
-        "skops": ("file", "sha256"),
-        "keras": ("file", "sha256", "meta_file", "meta_sha256"),
-        "keras-model": ("file", "sha256"),
-    }
-    keys = formats.get(artifact.get("format"))
-    if keys is None or any(not isinstance(artifact.get(k), str) for k in keys):
-        wanted = " or ".join(f"{f} with {'/'.join(k)}" for f, k in formats.items())
-        raise BrokenRunError(
-            f"{folder / 'run.json'}: the artifact record {artifact!r} is not one featstore writes "
-            f"({wanted}); remove the folder {folder}"
-        )
+    check_artifact_record(folder, artifact)
     path = verify_file(folder, artifact["file"], artifact["sha256"], "run artifact")
     check_zip_file(path, "run artifact", folder, f"{artifact['format']} file")
     if artifact["format"] == "keras":
@@ -210,14 +224,17 @@ def check_artifact(folder: Path, artifact: dict) -> Path:
     return path
 
 
-def load_estimator(folder: Path, artifact: dict):
-    """Load a run's fitted pipeline after checking its sha256 and (skops) that it holds only featstore's types."""
+def load_estimator(folder: Path, artifact: dict, verified: bool = False):
+    """Load a run's fitted pipeline after checking its sha256 and (skops) that it holds only featstore's types.
+
+    ``verified``: :func:`check_artifact` passed for this folder already (the file is only checked to be regular again).
+    """
     from sklearn.pipeline import Pipeline
 
     from featstore.models.head import DenseHead
     from featstore.models.reshape import FeatureReshape
 
-    path = check_artifact(folder, artifact)
+    path = regular_file(folder, artifact["file"], "run artifact") if verified else check_artifact(folder, artifact)
     if artifact["format"] == "keras-model":
         raise BrokenRunError(
             f"{folder / 'run.json'}: a fitted classifier's artifact must be skops or keras, not a whole "
@@ -256,15 +273,19 @@ def load_estimator(folder: Path, artifact: dict):
         ) from exc
 
 
-def load_finetuned(folder: Path, rec: dict):
-    """A fine-tuned run's model (``FinetunedModel``) after checking its sha256 and zip sizes; loaded with ``safe_mode=True``."""
+def load_finetuned(folder: Path, rec, verified: bool = False):
+    """A fine-tuned run's model (``FinetunedModel``) after checking its sha256 and zip sizes; loaded with ``safe_mode=True``.
+
+    ``verified``: :func:`check_artifact` passed for this folder already.
+    """
     from featstore.models.finetuned import FinetunedModel
 
-    if rec["artifact"].get("format") != "keras-model":
+    artifact = rec["artifact"]
+    if artifact.get("format") != "keras-model":
         raise BrokenRunError(
             f"{folder / 'run.json'}: a finetune run's model must be a keras-model artifact; remove the folder {folder}"
         )
-    path = check_artifact(folder, rec["artifact"])
+    path = regular_file(folder, artifact["file"], "run artifact") if verified else check_artifact(folder, artifact)
     try:
         model = FinetunedModel.load(path, rec["extractor_attrs"])
     except Exception as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild

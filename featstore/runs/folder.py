@@ -1,24 +1,23 @@
-"""Run folders on disk: names, reading and validating ``run.json`` and what it names, checksums, broken folders.
+"""Run folders: where they live, listing them (``run.json`` only), finding one and verifying it before it is used.
 
 A run folder ``<runs>/<id>/`` holds ``run.json``, the fitted model and ``predictions.npz``; ``run.json``
-records the sha256 of the other files. Everything read from a folder is treated as untrusted: ids and
-split names must be plain names, files must be regular files inside the folder with the recorded
-sha256, zips must declare sane sizes (``safezip``), stored predictions must have the recorded shapes and
-valid values, and a folder that fails any check is listed as broken (with the reason) instead of being used.
-Writing run folders (temporary folders, orphans, atomic replacement) is in ``runwrite``.
+records the sha256 of the other files. Listing runs (``featstore runs``, :func:`list_runs`) reads each
+``run.json`` (refused unread when larger than ``files.MAX_RECORD_BYTES``), validates it as a typed record
+(``featstore.runs.record``) and checks that the files it names are regular files, without reading them: its
+cost does not grow with the size of the models. A run that a command *uses* (:func:`find_run`, so
+:func:`get_run`, evaluate, predict, ensemble members, fine-tuning) is verified first: its model's sha256,
+zip sizes and types (``featstore.runs.artifacts``) and its stored predictions (shapes, values, sha256). A
+folder that fails is listed as broken with the reason, or refused when used, never half used. Writing run
+folders is in ``featstore.runs.write``.
 
->>> valid_name("logreg-1a2b3c"), valid_name("../x"), valid_name(".")
-(True, False, False)
+>>> runs_dir("data/features.h5").as_posix()
+'data/features.runs'
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import re
-import stat
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -27,84 +26,27 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError
-from featstore.provenance import MAX_IMAGE_SIZE
-from featstore.safezip import check_zip, read_npy
+from featstore.runs.files import (
+    PREDICTIONS,
+    BrokenRunError,
+    check_zip_file,
+    read_record_json,
+    regular_file,
+    verify_file,
+)
+from featstore.runs.kinds import kind_of, parse_record
+from featstore.runs.record import RunRecord
+from featstore.safezip import read_npy
 
 logger = logging.getLogger(__name__)
-
-RECORD = "run.json"
-PREDICTIONS = "predictions.npz"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # run ids and split names: no separators, not "." or ".."
-_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {  # run.json keys every reader relies on, by run kind
-    "any": {
-        "id": str,
-        "kind": str,
-        "created_at": str,
-        "extractor": str,
-        "fingerprint": str,
-        "class_names": list,
-        "clf": str,
-        "params": dict,
-        "metrics": dict,
-        "predictions": dict,
-        "predictions_sha256": str,
-    },
-    "fit": {"artifact": dict, "extractor_attrs": dict},
-    "ensemble": {"members": list, "weights": list},
-    "finetune": {"artifact": dict, "extractor_attrs": dict, "from_run": str, "unfreeze_from": str},
-}
-_FINETUNE_PARAMS = {
-    "lr": (int, float),
-    "optimizer": str,
-    "epochs": int,
-    "batch_size": int,
-    "patience": int,
-    "augment": str,
-    "seed": int,
-    "from_scratch_head": bool,
-}  # a finetune run's params, as listings and reports show them
-_METRIC_FIELDS = {
-    "n": int,
-    "accuracy": (int, float),
-    "macro_f1": (int, float),
-    "per_class": dict,
-    "confusion_matrix": list,
-}
-_PER_CLASS = ("precision", "recall", "f1", "support")
-_OPTIONAL = {
-    "store": str,
-    "given": dict,
-    "selection": dict,
-    "notes": list,
-    "history": dict,
-    "phase_a_history": dict,
-    "fit_seconds": (int, float),
-    "predict_seconds_per_image": (int, float),
-    "streamed": bool,
-    "memory_budget": (int, type(None)),
-    "augmented": dict,
-    "trainable_layers": list,
-    "cached_cut": str,
-    "weights_digest": str,
-    "seconds_per_epoch": (int, float),
-}  # checked when present
-
-
-class BrokenRunError(StoreError):
-    """A run folder that cannot be used (damaged, incomplete or crafted); the message names the file and the fix."""
 
 
 @dataclass
 class RunListing:
     """The runs of a runs folder: usable records (oldest first) and broken folders with their reasons."""
 
-    records: list[dict] = field(default_factory=list)  # validated run.json contents
+    records: list[RunRecord] = field(default_factory=list)  # validated run.json contents
     broken: list[tuple[str, str]] = field(default_factory=list)  # (folder name, why it cannot be used)
-
-
-def valid_name(name: object) -> bool:
-    """True for a plain name usable in a file name: letters, digits, ``._-``, not starting with a dot."""
-    return isinstance(name, str) and NAME.fullmatch(name) is not None
 
 
 def runs_dir(store: str | os.PathLike) -> Path:
@@ -115,58 +57,6 @@ def runs_dir(store: str | os.PathLike) -> Path:
 def runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
     """``runs`` if given, else the store's default runs folder."""
     return Path(runs) if runs else runs_dir(store)
-
-
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file."""
-    from featstore.models.weights import sha256_file
-
-    return sha256_file(path)
-
-
-def regular_file(folder: Path, name: object, what: str) -> Path:
-    """``folder/name`` after checking that ``name`` is a plain name and the file a regular file (not a link, FIFO or device)."""
-    if not valid_name(name):
-        raise BrokenRunError(
-            f"{folder / RECORD} names {what} {name!r}, which is not a plain file name; refusing to read it. "
-            f"Remove the run folder {folder}."
-        )
-    path = folder / name
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        raise BrokenRunError(
-            f"{what} {path} is missing; the run folder is incomplete. Remove {folder} and fit again."
-        ) from None
-    if not stat.S_ISREG(mode):
-        raise BrokenRunError(
-            f"{what} {path} is not a regular file (a link, folder or device); refusing to read it. Remove {folder}."
-        )
-    return path
-
-
-def verify_file(folder: Path, name: object, expected: object, what: str) -> Path:
-    """``folder/name`` after checking that it is a regular file whose sha256 is the recorded one."""
-    path = regular_file(folder, name, what)
-    got = sha256_of(path)
-    if got != expected:
-        raise BrokenRunError(
-            f"{what} {path} has sha256 {got[:12]}, the run recorded {str(expected)[:12]}: it was changed "
-            f"after the fit. Refusing to load it; fit the classifier again."
-        )
-    return path
-
-
-def output_path(folder: Path, name: str) -> Path:
-    """Where to write ``name`` inside ``folder``: a plain name, not through a link, resolved inside the folder."""
-    if not valid_name(name):
-        raise BrokenRunError(f"refusing to write {name!r} into {folder}: not a plain file name")
-    path = folder / name
-    if path.is_symlink() or path.resolve().parent != folder.resolve():
-        raise BrokenRunError(
-            f"{path} is a link or leads outside {folder}; refusing to write through it. Remove it and retry."
-        )
-    return path
 
 
 def ensure_writable(root: Path) -> None:
@@ -181,180 +71,104 @@ def ensure_writable(root: Path) -> None:
         ) from None
 
 
-def _type_name(t: type | tuple[type, ...]) -> str:
-    """``dict`` -> "dict", ``(int, float)`` -> "int or float"."""
-    return " or ".join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))
-
-
-def _check_fields(obj: dict, fields: dict, where: str, folder: Path) -> None:
-    """BrokenRunError unless ``obj`` has every key of ``fields`` with a value of its type."""
-    missing = [k for k in fields if k not in obj]
-    if missing:
-        raise BrokenRunError(
-            f"{where} lacks {', '.join(missing)} (damaged, or written by an older featstore); "
-            f"remove the folder {folder} and fit again"
-        )
-    wrong = [
-        f"{k} must be {_type_name(t)}"
-        for k, t in fields.items()
-        if not isinstance(obj[k], t) or (isinstance(obj[k], bool) and t is not bool)
-    ]
-    if wrong:
-        raise BrokenRunError(f"{where}: {', '.join(wrong)}; remove the folder {folder} or restore its run.json")
-
-
-def _check_record(rec: object, folder: Path) -> dict:
-    """The record, if it has every key readers rely on with the right types and only plain names; else BrokenRunError."""
-    where = folder / RECORD
-    if not isinstance(rec, dict):
-        raise BrokenRunError(f"{where} is not a JSON object; remove the folder {folder}")
-    if rec.get("kind") not in ("fit", "ensemble", "finetune"):
-        raise BrokenRunError(
-            f"{where}: kind {rec.get('kind')!r} is not fit, ensemble or finetune; remove the folder {folder}"
-        )
-    _check_fields(
-        rec,
-        {**_FIELDS["any"], **_FIELDS[rec["kind"]], **{k: t for k, t in _OPTIONAL.items() if k in rec}},
-        str(where),
-        folder,
-    )
-    if not valid_name(rec["id"]) or rec["id"] != folder.name:
-        raise BrokenRunError(
-            f"{where}: id {rec['id']!r} is not a valid run id or not its folder's name {folder.name!r}; "
-            f"remove the folder or restore its run.json"
-        )
-    if rec["kind"] == "finetune":
-        _check_fields(rec["params"], _FINETUNE_PARAMS, f"{where}: params of the fine-tuning", folder)
-    members = rec["members"] if rec["kind"] == "ensemble" else []
-    bad = [n for n in [*rec["metrics"], *rec["predictions"], *members] if not valid_name(n)]
-    if bad:
-        raise BrokenRunError(
-            f"{where} holds invalid split or run names {bad!r} (only letters, digits and ._- are allowed, "
-            f"not starting with a dot); remove the folder {folder}"
-        )
-    k = len(rec["class_names"])
-    for split, m in rec["metrics"].items():
-        _check_fields(m if isinstance(m, dict) else {}, _METRIC_FIELDS, f"{where}: metrics of {split!r}", folder)
-        cm, per_class = m["confusion_matrix"], m["per_class"].values()
-        if (
-            len(cm) != k
-            or not all(isinstance(r, list) and len(r) == k and all(isinstance(c, int) for c in r) for r in cm)
-            or not all(
-                isinstance(v, dict) and all(isinstance(v.get(x), (int, float)) for x in _PER_CLASS) for v in per_class
-            )
-        ):
-            raise BrokenRunError(
-                f"{where}: metrics of {split!r} need a {k}x{k} integer confusion matrix and per-class "
-                f"{', '.join(_PER_CLASS)}; remove the folder {folder}"
-            )
-    for key in ("history", "phase_a_history"):
-        if not all(
-            isinstance(v, list) and all(isinstance(x, (int, float)) for x in v) for v in rec.get(key, {}).values()
-        ):
-            raise BrokenRunError(f"{where}: {key} must map names to lists of numbers; remove the folder {folder}")
-    candidates = rec.get("selection", {}).get("candidates", [])
-    for c in candidates if isinstance(candidates, list) else [None]:
-        _check_fields(
-            c if isinstance(c, dict) else {},
-            {"params": dict, "score": (int, float)},
-            f"{where}: a selection candidate",
-            folder,
-        )
-    for split, p in rec["predictions"].items():
-        _check_fields(
-            p if isinstance(p, dict) else {},
-            {"paths_sha256": str, "n": int},
-            f"{where}: predictions of {split!r}",
-            folder,
-        )
-    if not all(isinstance(c, str) for c in rec["class_names"]):
-        raise BrokenRunError(f"{where}: class_names must be strings; remove the folder {folder}")
-    weights = rec["weights"] if members else []
-    if members and (
-        len(weights) != len(members)
-        or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)
-        or not all(math.isfinite(w) and w >= 0 for w in weights)
-        or not 0 < sum(weights) < math.inf
-    ):
-        raise BrokenRunError(
-            f"{where}: weights must be one finite non-negative number per member, not all zero; "
-            f"remove the folder {folder}"
-        )
-    if rec["kind"] != "ensemble" and rec["extractor_attrs"].get("fingerprint") != rec["fingerprint"]:
-        raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs; remove the folder {folder}")
-    size = rec["extractor_attrs"].get("input_size") if rec["kind"] != "ensemble" else None
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_IMAGE_SIZE):
-        raise BrokenRunError(
-            f"{where}: extractor_attrs.input_size {size!r} is not an image side featstore uses (0 to "
-            f"{MAX_IMAGE_SIZE}); predicting with it would decode images of any size. Remove the folder {folder}"
-        )
+def read_record(folder: Path) -> RunRecord:
+    """A run's validated record, with the files it names checked to be regular files (none is read); else BrokenRunError."""
+    rec = parse_record(read_record_json(folder), folder)
+    kind_of(rec).check_files(rec, folder)
+    regular_file(folder, PREDICTIONS, "stored predictions")
     return rec
 
 
-def read_run(folder: Path) -> dict:
-    """A run's validated record, after checking every file it names (sha256, and the model's types); else BrokenRunError."""
-    from featstore.runs.artifacts import check_artifact
-
-    if folder.is_symlink() or not folder.is_dir():
-        raise BrokenRunError(
-            f"{folder} is a link or not a folder; run folders must be real folders inside the runs folder. Remove it."
-        )
-    try:
-        rec = json.loads(regular_file(folder, RECORD, "run record").read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise BrokenRunError(
-            f"{folder / RECORD} is not valid JSON ({exc}); remove the folder {folder} or restore it"
-        ) from None
-    _check_record(rec, folder)
-    if rec["kind"] != "ensemble":
-        check_artifact(folder, rec["artifact"])
+def verify_run(rec: RunRecord, folder: Path) -> None:
+    """BrokenRunError unless the run's files are the ones it recorded: the model (sha256, zip, types) and the predictions."""
+    kind_of(rec).verify(rec, folder)
     load_predictions(folder, rec)  # small (probabilities of validation and test): read to prove it is whole
-    return rec
+
+
+def _run_folders(root: Path) -> list[str]:
+    """Names of the entries of ``root`` that are run folders (or links posing as one), sorted; hidden ones are not runs."""
+    try:
+        entries = list(os.scandir(root))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    # files such as compare.png and sweep-*.json are not runs; links are listed, and refused as broken
+    return sorted(e.name for e in entries if not e.name.startswith(".") and (e.is_symlink() or e.is_dir()))
 
 
 def scan_runs(root: Path) -> RunListing:
-    """Every run folder under ``root``: valid records sorted oldest first, and broken folders with their reasons."""
+    """Every run folder under ``root``: valid records sorted oldest first, and broken folders with their reasons.
+
+    Reads each ``run.json`` only (see the module docstring); a run's model and predictions are verified when it is used.
+    """
     out = RunListing()
-    if not root.is_dir():
-        return out
-    for d in sorted(root.iterdir()):
-        if d.name.startswith(".") or not (d.is_dir() or d.is_symlink()):  # files such as compare.png are not runs
-            continue
+    for name in _run_folders(root):
         try:
-            out.records.append(read_run(d))
+            out.records.append(read_record(root / name))
         except StoreError as exc:
-            out.broken.append((d.name, str(exc)))
-            logger.debug("run folder %s is broken: %s", d, exc)
-    out.records.sort(key=lambda r: (r["created_at"], r["id"]))
+            out.broken.append((name, str(exc)))
+            logger.debug("run folder %s is broken: %s", root / name, exc)
+    out.records.sort(key=lambda r: (r.created_at, r.id))
     return out
 
 
-def find_run(run_id: str, root: Path, exact: bool = False, listing: RunListing | None = None) -> tuple[dict, Path]:
-    """A run's record and folder, by id or (unless ``exact``) unique id prefix; a broken run raises its reason."""
-    listing = scan_runs(root) if listing is None else listing
-    names = [r["id"] for r in listing.records] + [name for name, _ in listing.broken]
+def find_run(
+    run_id: str, root: Path, exact: bool = False, listing: RunListing | None = None, verify: bool = True
+) -> tuple[RunRecord, Path]:
+    """A run's record and folder, by id or (unless ``exact``) unique id prefix, verified (unless ``verify=False``) for use.
+
+    Only that run's folder is read (the others only when the id matches none or several, to list them); a broken
+    run raises its reason. Example::
+
+        rec, folder = find_run("logreg-1a", runs_dir("features.h5"))
+    """
+    names = _run_folders(root) if listing is None else [r.id for r in listing.records] + [n for n, _ in listing.broken]
     found = [n for n in names if n == run_id] or ([] if exact else [n for n in names if n.startswith(run_id)])
     if len(found) != 1:
-        known = ", ".join(r["id"] for r in listing.records) or "none"
+        known = ", ".join(r.id for r in (scan_runs(root) if listing is None else listing).records) or "none"
         what = "no run" if not found else "several runs"
         raise ConfigError(f"{what} with id {run_id!r} in {root}; runs there: {known}")
-    broken = dict(listing.broken)
-    if found[0] in broken:
-        raise BrokenRunError(f"run {found[0]} is broken: {broken[found[0]]}")
-    return next(r for r in listing.records if r["id"] == found[0]), root / found[0]
-
-
-def check_zip_file(path: Path, what: str, folder: Path, kind: str) -> None:
-    """BrokenRunError unless ``path`` is a zip whose declared sizes are sane (``safezip.check_zip``: no zip bombs)."""
+    folder = root / found[0]
     try:
-        check_zip(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise BrokenRunError(
-            f"{what} {path} cannot be read: it is not a readable {kind} ({exc}); refusing to load it. "
-            f"Remove the folder {folder} and fit again."
-        ) from None
-    except ValueError as exc:
-        raise BrokenRunError(f"{what} {path} is refused: {exc}. Remove the folder {folder} and fit again.") from None
+        if listing is not None and found[0] in dict(listing.broken):
+            raise BrokenRunError(dict(listing.broken)[found[0]])
+        known_rec = {r.id: r for r in listing.records}.get(found[0]) if listing is not None else None
+        rec = known_rec or read_record(folder)
+        if verify:
+            verify_run(rec, folder)
+    except StoreError as exc:
+        raise BrokenRunError(f"run {found[0]} is broken: {exc}") from None
+    return rec, folder
+
+
+def get_run(
+    run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
+) -> tuple[RunRecord, Path]:
+    """A run's record and folder, by id or unique id prefix, verified for use; a broken run folder raises the reason.
+
+    Example::
+
+        rec, folder = get_run("logreg-1a2b3c", "features.h5")
+        rec["metrics"]["test"]["accuracy"], rec.metrics["test"].accuracy   # the JSON, or typed
+    """
+    return find_run(run_id, runs_root(store, runs))
+
+
+def scan_runs_of(store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> RunListing:
+    """Every run folder of a store: usable records (oldest first) and broken folders with the reason each cannot be used."""
+    return scan_runs(runs_root(store, runs))
+
+
+def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None) -> list[RunRecord]:
+    """Every usable recorded run of a store, oldest first (broken run folders are logged as warnings and left out).
+
+    Example::
+
+        [r["id"] for r in list_runs("features.h5")]
+    """
+    listing = scan_runs_of(store, runs)
+    for name, reason in listing.broken:
+        logger.warning("run folder %s is broken and not listed: %s", name, reason)
+    return listing.records
 
 
 def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:
@@ -390,12 +204,3 @@ def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:
             f"remove the folder {folder} and fit again"
         ) from None
     return out
-
-
-def _json_default(o):
-    """numpy scalars and arrays as plain JSON values."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -26,7 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.runs.folder import PREDICTIONS, RECORD, _json_default, load_predictions, sha256_of, valid_name
+from featstore.runs.artifacts import save_estimator
+from featstore.runs.files import PREDICTIONS, RECORD, json_default, sha256_of, valid_name
+from featstore.runs.folder import load_predictions
+from featstore.runs.kinds import parse_record
+from featstore.runs.record import RunRecord
 
 logger = logging.getLogger(__name__)
 
@@ -132,40 +136,49 @@ def _umask() -> int:
     return mask
 
 
-def _write_contents(tmp: Path, record: dict, probas: dict) -> None:
-    """predictions.npz and run.json (with the predictions' sha256) into a temporary run folder."""
+def _write_contents(tmp: Path, record: dict, probas: dict, folder: Path) -> RunRecord:
+    """predictions.npz and run.json (with the predictions' sha256) into a temporary run folder; the record, validated
+    as ``folder`` (its final place) will read it, before run.json is written."""
     np.savez(
         tmp / PREDICTIONS,
         **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
         **{f"{s}__labels": y for s, (_, y, _) in probas.items()},
     )
-    record["predictions"] = {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()}
-    record["predictions_sha256"] = sha256_of(tmp / PREDICTIONS)
-    (tmp / RECORD).write_text(json.dumps(record, indent=1, default=_json_default), encoding="utf-8")
+    record = {
+        **record,
+        "predictions": {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()},
+        "predictions_sha256": sha256_of(tmp / PREDICTIONS),
+    }
+    obj = json.loads(json.dumps(record, default=json_default))  # plain JSON values, as a reader will see them
+    rec = parse_record(obj, folder)  # the one validation path: a run featstore writes is one it can read
+    (tmp / RECORD).write_text(json.dumps(obj, indent=1), encoding="utf-8")
+    return rec
 
 
-def write_run(root: Path, record: dict, est, probas: dict) -> dict:
-    """Write into a hidden temporary folder, then rename: a run folder is complete or absent."""
-    from featstore.runs.artifacts import save_estimator
-
+def write_run(root: Path, record: dict, est, probas: dict) -> RunRecord:
+    """Write a new run (its JSON without predictions and artifact, e.g. from ``record.draft``, the fitted model or None,
+    and ``{split: (probabilities, labels, paths_sha256)}``) into a hidden temporary folder, then rename: a run folder
+    is complete or absent. Returns the validated record."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     clean_orphans(root)
     tmp = _make_temp(root, record["id"])
     try:
         if est is not None:
-            record["artifact"] = save_estimator(est, tmp)
-        _write_contents(tmp, record, probas)
+            record = {**record, "artifact": save_estimator(est, tmp)}
+        rec = _write_contents(tmp, record, probas, root / record["id"])
         os.replace(tmp, root / record["id"])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     (root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
     logger.info("recorded run %s in %s", record["id"], root)
-    return record
+    return rec
 
 
-def add_split(root: Path, record: dict, folder: Path, split: str, split_metrics: dict, prediction: tuple) -> dict:
+def add_split(
+    root: Path, record: RunRecord, folder: Path, split: str, split_metrics: dict, prediction: tuple
+) -> RunRecord:
     """A new version of a run folder with one more evaluated split: written aside, checked, then swapped in.
 
     ``prediction`` is ``(probabilities, labels, paths_sha256)``. The folder is briefly absent during the swap,
@@ -173,24 +186,20 @@ def add_split(root: Path, record: dict, folder: Path, split: str, split_metrics:
     cleaner removes, or restores when the old version is the only copy left).
     """
     old = load_predictions(folder, record)
-    record = {
-        **record,
-        "metrics": {**record["metrics"], split: split_metrics},
-        "splits": {**record.get("splits", {}), split: split_metrics["n"]},
-    }
+    stored = {s: info.paths_sha256 for s, info in record.predictions.items()}
+    record = record.to_json()
+    record["metrics"] = {**record["metrics"], split: split_metrics}
+    record["splits"] = {**record.get("splits", {}), split: split_metrics["n"]}
     clean_orphans(root)
     tmp = _make_temp(root, record["id"])
     aside = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")  # unique as tmp is
     try:
         shutil.copytree(folder, tmp, symlinks=True, dirs_exist_ok=True)
         _mark(tmp, record["id"], "new")  # in case the folder held a stale marker
-        probas = {
-            s: (old[f"{s}__proba"], old[f"{s}__labels"], info["paths_sha256"])
-            for s, info in record["predictions"].items()
-        }
+        probas = {s: (old[f"{s}__proba"], old[f"{s}__labels"], digest) for s, digest in stored.items()}
         probas[split] = prediction
-        _write_contents(tmp, record, probas)
-        load_predictions(tmp, record)  # the new predictions file reads back whole before it replaces the old one
+        rec = _write_contents(tmp, record, probas, folder)
+        load_predictions(tmp, rec)  # the new predictions file reads back whole before it replaces the old one
         _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
         os.replace(folder, aside)
         os.replace(tmp, folder)
@@ -203,4 +212,4 @@ def add_split(root: Path, record: dict, folder: Path, split: str, split_metrics:
     (folder / TMP_MARKER).unlink(missing_ok=True)
     shutil.rmtree(aside, ignore_errors=True)
     logger.info("added %s to run %s", split, record["id"])
-    return record
+    return rec

@@ -1,0 +1,145 @@
+"""What applying a run to images needs: the run's extractor rebuilt from its provenance, decoded batches, a split's images.
+
+The extractor is rebuilt from the recorded model, layer, input size, pooling, dtype and weights; the weights
+found on this machine must have the recorded digest (and the whole extractor the recorded fingerprint),
+otherwise the run is refused. Permission to load a legacy ``.h5`` model file (which can run code) comes only
+from the caller (``trust_model=True``), never from the run's record: ``run.json`` can be edited to name any file.
+A fine-tuned run takes the images themselves: :func:`split_images` gives a store split's images in store row
+order, checked against the folder (same classes, same files as extracted).
+
+>>> ApplyOptions().trust_model
+False
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featstore import provenance
+from featstore.errors import ConfigError, DataError, WeightsError
+from featstore.images.listing import discover, load_image, printable
+from featstore.store.reader import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+
+def rebuild_extractor(attrs: dict, weights: str | None = None, trust_model: bool = False):
+    """The Extractor a store's provenance describes; refuses weights whose digest differs from the record.
+
+    ``trust_model`` (the caller's, never the record's ``trust_model``) allows a legacy ``.h5`` model file. Example::
+
+        ex = rebuild_extractor(rec["extractor_attrs"], weights="my.weights.h5")
+    """
+    from featstore.models.extractor import Extractor, ExtractorConfig
+
+    saved = bool(attrs.get("model_file"))  # a saved model: --weights PATH names the model file when it moved
+    try:
+        config = ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None)
+        # the caller's trust_model, never the record's: a crafted run.json may say trust_model=true
+        ex = Extractor(dataclasses.replace(config, trust_model=trust_model))
+    except (WeightsError, ConfigError) as exc:
+        what = f"the model file {attrs['model_file']}" if saved else f"weights {attrs['weights']}"
+        raise type(exc)(
+            f"{exc}\nThe run's features were made with {what} (file sha256 {attrs['weights_sha256'][:12] or '-'}); "
+            f"pass --weights PATH to give that file."
+        ) from exc
+    provenance.refuse_other_weights(ex.attrs, attrs)
+    provenance.refuse_other_features(
+        ex.attrs, attrs, "the run", "Predict with the featstore, libraries and weights the run was made with."
+    )
+    return ex
+
+
+@dataclass
+class ApplyOptions:
+    """The caller's options for applying runs (one per command); runs of one extractor share it rebuilt once."""
+
+    find: Callable | None = None  # run id -> (record, folder), verified: an ensemble's members
+    weights: str | None = None  # --weights: replaces a recorded weights *file* (moved or copied)
+    trust_model: bool = False  # the caller's permission for a legacy .h5 model file, never the record's
+    workers: int = 2  # image decoding threads
+    _extractors: dict = field(default_factory=dict, repr=False)  # fingerprint -> Extractor
+
+    def extractor(self, attrs: dict):
+        """The extractor of ``attrs`` (rebuilt once per fingerprint); --weights replaces only a recorded weights file."""
+        fp = attrs["fingerprint"]
+        if fp not in self._extractors:
+            override = self.weights if attrs.get("weights_source") in ("file", "model-file") else None
+            self._extractors[fp] = rebuild_extractor(attrs, override, self.trust_model)
+        return self._extractors[fp]
+
+
+class ImageBatch:
+    """Decoded images of one batch at the largest side any model needs; another side is decoded again from the file."""
+
+    def __init__(self, items: list[tuple[str, np.ndarray]]):
+        self.items = items  # (path, image) pairs
+        self._at: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def at(self, size: int) -> np.ndarray:
+        """The batch as ``(B, size, size, 3)`` uint8."""
+        if size not in self._at:
+            self._at[size] = np.stack([img if img.shape[0] == size else load_image(p, size) for p, img in self.items])
+        return self._at[size]
+
+
+@dataclass
+class SplitImages:
+    """The images of one store split, in store row order: what a fine-tuned run trains or is evaluated on."""
+
+    root: Path
+    paths: list[str]  # relative to root, as the store lists them
+    labels: np.ndarray
+
+
+def split_images(fs: FeatureStore, name: str, split: str, root: Path, class_names: list[str]) -> SplitImages:
+    """The store's rows of ``split``, checked against the folder: same classes, same files (size and mtime) as extracted."""
+    listing = discover(root, split)
+    if listing.class_names != class_names:
+        raise DataError(
+            f"the class folders of {printable(str(root / split))} are {listing.class_names}, but the run was fitted on "
+            f"{class_names}; fine-tune with the data the store was extracted from (--data ROOT)"
+        )
+    change = listing.diff(fs.listing(split, name))
+    if change:
+        raise DataError(
+            f"the images of {printable(str(root / split))} changed since the store was extracted ({change.summary()}); "
+            f"re-run `featstore extract --split {split}` (and fit the dense head again) so phase B sees phase A's images"
+        )
+    return SplitImages(root, fs.paths(split, name), fs.labels(split, name))
+
+
+def image_batches(
+    images: SplitImages, size: int, batch_size: int, order: np.ndarray | None, workers: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``(uint8 images, labels)`` batches of ``size`` in ``order`` (row order when None); an unreadable image is a DataError."""
+    from featstore.images.decode import iter_decoded
+
+    order = np.arange(len(images.paths)) if order is None else order
+    full = [str(images.root / images.paths[i]) for i in order]
+    batch: list[np.ndarray] = []
+    for k, (path, img, reason) in enumerate(iter_decoded(full, size, workers, 4 * batch_size)):
+        if img is None:
+            raise DataError(
+                f"{printable(path)} was extracted into the store but cannot be read now ({reason}); restore it, or "
+                f"re-run `featstore extract` so the store and the folder agree"
+            )
+        batch.append(img)
+        if len(batch) == batch_size or k == len(full) - 1:
+            x, idx = np.stack(batch), order[k + 1 - len(batch) : k + 1]
+            batch = []
+            yield x, images.labels[idx]
+
+
+def split_proba(images: SplitImages, size: int, workers: int, proba_of) -> np.ndarray:
+    """``proba_of(uint8 batch)`` over a split's images, in store row order, as one array."""
+    return np.concatenate([proba_of(x) for x, _ in image_batches(images, size, 64, None, workers)])

@@ -1,0 +1,347 @@
+"""The kinds of run, in one registry: a fitted classifier, an ensemble, a fine-tuned model.
+
+A kind says what it adds to the run record (its keys, checked by ``RunRecord.from_json``), which files
+it names (checked to be regular files when runs are listed, verified by sha256 and content when the run
+is used), how it is loaded, how it gives probabilities for a split of the store (``runs evaluate``) and
+for images (``predict``), and how reports show it. Everything that depends on the kind of a run is here:
+the rest of featstore asks the run's kind (:func:`kind_of`), never compares kind or classifier names.
+
+>>> list_kinds()
+['fit', 'ensemble', 'finetune']
+>>> kind_of({"kind": "ensemble"}).member_of_ensembles
+False
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from featstore import provenance
+from featstore.errors import ConfigError, DataError, StoreError
+from featstore.provenance import MAX_IMAGE_SIZE
+from featstore.runs import artifacts
+from featstore.runs.apply import ApplyOptions, ImageBatch, split_images, split_proba
+from featstore.runs.files import RECORD, BrokenRunError
+from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names
+from featstore.store.reader import FeatureStore
+from featstore.units import format_bytes
+
+FINETUNE_PARAMS: dict[str, Types] = {  # a finetune run's params, as listings and reports show them
+    "lr": (int, float),
+    "optimizer": str,
+    "epochs": int,
+    "batch_size": int,
+    "patience": int,
+    "augment": str,
+    "seed": int,
+    "from_scratch_head": bool,
+}
+
+
+class RunKind:
+    """One kind of run (subclassed per kind, one instance each in the registry)."""
+
+    name = ""  # the record's "kind"
+    fields: Mapping[str, Types] = {}  # run.json keys this kind requires, with their types
+    article = "a"  # for messages: "a fit run", "an ensemble run"
+    member_of_ensembles = True  # an ensemble may average this kind's probabilities
+
+    def check_record(self, obj: dict, where: str, folder: Path) -> None:
+        """BrokenRunError unless the kind's own keys mean something it can use (called by ``RunRecord.from_json``)."""
+
+    def check_files(self, rec: RunRecord, folder: Path) -> None:
+        """BrokenRunError unless the files the record names are regular files (nothing is read: listings call it)."""
+
+    def verify(self, rec: RunRecord, folder: Path) -> None:
+        """BrokenRunError unless the run's model file has its recorded sha256 and content featstore writes."""
+
+    def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
+        """The run's model, loaded from its verified folder."""
+        raise NotImplementedError
+
+    def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
+        """The run ready to give probabilities for decoded images (its extractor rebuilt when it needs one)."""
+        raise NotImplementedError
+
+    def split_predictions(
+        self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
+    ):
+        """``(labels, predictions, probabilities)`` of the run on a split of a store (refused on other features)."""
+        raise NotImplementedError
+
+    def check_warm_start(self, rec: RunRecord, fresh: bool) -> None:
+        """ConfigError unless a fine-tuning can start from this run (with a ``fresh`` head, or from its own)."""
+        raise ConfigError(
+            f"{rec.id} is {self.article} {self.name} run; fine-tune from a fitted dense head (featstore fit --clf dense), "
+            f"or pass --from-scratch-head with a fitted run"
+        )
+
+    def phase_a_head(self, rec: RunRecord, folder: Path, fresh: bool) -> dict:
+        """The head a fine-tuning starts from (``featstore.models.finetuned.build_model``'s ``head``)."""
+        self.check_warm_start(rec, fresh)
+        raise NotImplementedError
+
+    def params_text(self, rec: RunRecord) -> str:
+        """The run's parameters as the runs table shows them (those given or searched, not every default)."""
+        chosen = set(rec.get("given", {})) | {
+            k for c in rec.get("selection", {}).get("candidates", []) for k in c["params"]
+        }
+        return ",".join(f"{k}={v}" for k, v in sorted(rec["params"].items()) if k in chosen)
+
+    def describe(self, rec: RunRecord) -> list[str]:
+        """Lines of ``featstore runs show`` between the header and the notes."""
+        return []
+
+    def curves(self, rec: RunRecord) -> tuple[dict, str, dict | None] | None:
+        """``(history, title, then)`` for curves.png, or None when the run has no training curves."""
+        return (rec["history"], rec.id, None) if rec.history else None
+
+
+class ImagesModel:
+    """A run applied to images: ``size`` is the largest image side it needs, ``proba(batch)`` its checked probabilities."""
+
+    def __init__(self, size: int, proba):
+        self.size = size
+        self.proba = proba  # ImageBatch -> (B, n_classes)
+
+
+def _check_features_record(obj: dict, where: str, folder: Path) -> None:
+    """What fit and finetune records share: an artifact record, provenance of the record's fingerprint, a sane input size."""
+    artifacts.check_artifact_record(folder, obj["artifact"])
+    if obj["extractor_attrs"].get("fingerprint") != obj["fingerprint"]:
+        raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs; remove the folder {folder}")
+    size = obj["extractor_attrs"].get("input_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_IMAGE_SIZE):
+        raise BrokenRunError(
+            f"{where}: extractor_attrs.input_size {size!r} is not an image side featstore uses (0 to "
+            f"{MAX_IMAGE_SIZE}); predicting with it would decode images of any size. Remove the folder {folder}"
+        )
+
+
+class _FeaturesRun(RunKind):
+    """A run with a model file made on one store group (fit, finetune)."""
+
+    fields = {"artifact": dict, "extractor_attrs": dict}
+
+    def check_record(self, obj: dict, where: str, folder: Path) -> None:
+        _check_features_record(obj, where, folder)
+
+    def check_files(self, rec: RunRecord, folder: Path) -> None:
+        artifacts.artifact_files(folder, rec["artifact"])
+
+    def verify(self, rec: RunRecord, folder: Path) -> None:
+        artifacts.check_artifact(folder, rec["artifact"])
+
+    def split_predictions(
+        self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
+    ):
+        fs = FeatureStore(store)
+        if rec.extractor not in fs.extractors():
+            raise StoreError(f"store {fs.path} has no extractor {rec.extractor!r} that run {rec.id} was fitted on")
+        have = fs.metadata(rec.extractor)
+        provenance.refuse_other_features(have, rec["extractor_attrs"], f"run {rec.id}", "Re-fit on this store.")
+        if fs.class_names(rec.extractor) != list(rec.class_names):
+            raise StoreError(
+                f"store classes {fs.class_names(rec.extractor)} are not the run's {list(rec.class_names)}; refusing to evaluate"
+            )
+        return self._on_split(rec, folder, fs, split, options)
+
+    def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
+        raise NotImplementedError
+
+
+class FitKind(_FeaturesRun):
+    """A classifier fitted on stored features (``featstore fit``): a scikit-learn pipeline (skops) or a Keras head."""
+
+    name = "fit"
+
+    def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
+        return artifacts.load_estimator(folder, rec["artifact"], verified=True)
+
+    def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
+        est, k, size = self.load(rec, folder, options), len(rec.class_names), int(rec.extractor_attrs["input_size"])
+        extractor = options.extractor(rec["extractor_attrs"])
+        return ImagesModel(size, lambda batch: artifacts.checked_proba(est, extractor(batch.at(size)), k, rec.id))
+
+    def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
+        est = self.load(rec, folder, options)
+        X, y = fs.load(split, rec.extractor)
+        return (y, *artifacts.checked_predict(est, X, len(rec.class_names), rec.id))
+
+    @staticmethod
+    def _keras_head(rec: RunRecord) -> bool:
+        """Whether the run's model is a Keras head (the dense classifier): the only one with layers to start from."""
+        return rec.artifact["format"] == "keras"
+
+    def check_warm_start(self, rec: RunRecord, fresh: bool) -> None:
+        if not self._keras_head(rec) and not fresh:
+            raise ConfigError(
+                f"{rec.id} is a {rec.clf} run: only a dense head can be warm-started (its Keras layers are phase A's "
+                f"head). Fit one with `featstore fit --clf dense`, or pass --from-scratch-head to train a new "
+                "Dense(256) head end to end on the same features"
+            )
+
+    def phase_a_head(self, rec: RunRecord, folder: Path, fresh: bool) -> dict:
+        self.check_warm_start(rec, fresh)
+        if not self._keras_head(rec):
+            return {"reduce": rec.params.get("reduce", "flatten"), "units": 256, "dropout": 0.5, "weights": None}
+        pipe = artifacts.load_estimator(folder, rec["artifact"])
+        head, n_classes = pipe.steps[-1][1], len(rec.class_names)
+        if list(np.asarray(head.classes_)) != list(range(n_classes)):
+            raise ConfigError(
+                f"{rec.id} was fitted on classes {list(head.classes_)} of {n_classes}: a head that never saw a class "
+                f"cannot be fine-tuned; fit the dense head on a train split with every class"
+            )
+        weights = None if fresh else head.layer_weights()
+        return {"reduce": pipe.steps[0][1].reduce, "units": head.units, "dropout": head.dropout, "weights": weights}
+
+    def describe(self, rec: RunRecord) -> list[str]:
+        sel = rec.get("selection", {})
+        lines = [f"  clf {rec.clf} params {rec['params']}", f"  selection: {sel.get('method')}"]
+        lines += [f"    {c['params']}: {c['score']:.4f}" for c in sel.get("candidates", [])]
+        streamed = f", streamed within {format_bytes(rec['memory_budget'])}" if rec.get("streamed") else ""
+        lines.append(
+            f"  fit {rec.get('fit_seconds', 0):.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image{streamed}"
+        )
+        return lines
+
+
+class EnsembleKind(RunKind):
+    """The weighted average of other runs' probabilities (``featstore ensemble``); it has no model file of its own."""
+
+    name = "ensemble"
+    article = "an"
+    fields = {"members": list, "weights": list}
+    member_of_ensembles = False
+
+    def check_record(self, obj: dict, where: str, folder: Path) -> None:
+        from featstore.runs.files import valid_name
+
+        bad = [n for n in obj["members"] if not valid_name(n)]
+        if bad:
+            raise_bad_names(bad, where, folder)
+        if not check_weights(obj["weights"], len(obj["members"])):
+            raise BrokenRunError(
+                f"{where}: weights must be one finite non-negative number per member, not all zero; "
+                f"remove the folder {folder}"
+            )
+
+    def members(self, rec: RunRecord, options: ApplyOptions) -> list[tuple[RunRecord, Path]]:
+        """The member runs (each verified), refused when one is itself an ensemble."""
+        found = [options.find(m) for m in rec.members]
+        if not all(kind_of(m).member_of_ensembles for m, _ in found):
+            raise DataError(f"run {rec.id} has an ensemble as a member; predict with its fitted members instead")
+        return found
+
+    def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
+        return [(m, kind_of(m).load(m, f, options)) for m, f in self.members(rec, options)]
+
+    def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
+        models = [kind_of(m).for_images(m, f, options) for m, f in self.members(rec, options)]
+
+        def proba(batch: ImageBatch) -> np.ndarray:
+            return sum(w * m.proba(batch) for m, w in zip(models, rec.weights)) / sum(rec.weights)
+
+        return ImagesModel(max(m.size for m in models), proba)
+
+    def split_predictions(
+        self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
+    ):
+        raise ConfigError(
+            f"{rec.id} is an ensemble; evaluate its members, or use its recorded metrics (`featstore runs show`)"
+        )
+
+    def params_text(self, rec: RunRecord) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(rec["params"].items()))
+
+    def describe(self, rec: RunRecord) -> list[str]:
+        return [f"  members {', '.join(rec.members)} with weights {list(rec.weights)}"]
+
+
+class FinetuneKind(_FeaturesRun):
+    """A backbone fine-tuned under a dense run's head (``featstore finetune``): a whole Keras model from images."""
+
+    name = "finetune"
+    fields = {"artifact": dict, "extractor_attrs": dict, "from_run": str, "unfreeze_from": str}
+
+    def check_record(self, obj: dict, where: str, folder: Path) -> None:
+        check_fields(obj["params"], FINETUNE_PARAMS, f"{where}: params of the fine-tuning", folder)
+        super().check_record(obj, where, folder)
+
+    def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
+        return artifacts.load_finetuned(folder, rec, verified=True)
+
+    def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
+        model, k = self.load(rec, folder, options), len(rec.class_names)
+        size = model.image_size
+        return ImagesModel(size, lambda batch: artifacts.checked_finetuned(model, batch.at(size), k, rec.id))
+
+    def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
+        """Its backbone changed: the store's rows name the images, the model sees the images (store row order)."""
+        model, k = self.load(rec, folder, options), len(rec.class_names)
+        info = fs.split_info(split, rec.extractor)
+        if not info.get("complete"):
+            raise StoreError(
+                f"split {split!r} of {rec.extractor!r} is not complete; finish it with `featstore extract --split {split}`"
+            )
+        images = split_images(fs, rec.extractor, split, Path(info["source_root"]), list(rec.class_names))
+        # a crafted or damaged model.keras may give another number of classes, NaN or non-probabilities: refused, as predict does
+        proba = split_proba(
+            images, model.image_size, options.workers, lambda x: artifacts.checked_finetuned(model, x, k, rec.id)
+        )
+        return images.labels, proba.argmax(axis=1), proba
+
+    def params_text(self, rec: RunRecord) -> str:
+        p = rec.params
+        return f"from={rec['from_run']},unfreeze={rec['unfreeze_from']},lr={p['lr']:g}" + (
+            f",augment={p['augment']}" if p["augment"] else ""
+        )
+
+    def describe(self, rec: RunRecord) -> list[str]:
+        p = rec.params
+        return [
+            f"  phase B from {rec['from_run']} (phase A head{', not used: new head' if p['from_scratch_head'] else ''}): "
+            f"layers {rec['unfreeze_from']} and above train ({len(rec.get('trainable_layers', []))} with weights)",
+            f"  {p['optimizer']} lr {p['lr']:g}, batch {p['batch_size']}, {len(rec.history.get('loss', ()))} of at most "
+            f"{p['epochs']} epochs (early stopping on validation loss, patience {p['patience']}), augment {p['augment'] or 'none'}, seed {p['seed']}",
+            f"  {'frozen layers cached in the store as ' + rec['cached_cut'] if rec.get('cached_cut') else 'trained from the images'}; "
+            f"{rec.get('fit_seconds', 0):.1f} s ({rec.get('seconds_per_epoch', 0):.1f} s per epoch); new weights digest {rec.get('weights_digest', '-')[:12]}",
+        ]
+
+    def curves(self, rec: RunRecord) -> tuple[dict, str, dict | None] | None:
+        if not rec.get("phase_a_history"):  # a fresh head: phase B's curves alone
+            return super().curves(rec)
+        title = f"{rec['from_run']} (phase A) -> {rec.id} (phase B, from {rec['unfreeze_from']})"
+        return rec["phase_a_history"], title, rec.get("history", {})
+
+
+_KINDS: dict[str, RunKind] = {k.name: k for k in (FitKind(), EnsembleKind(), FinetuneKind())}
+
+
+def list_kinds() -> list[str]:
+    """Names of the kinds of run."""
+    return list(_KINDS)
+
+
+def kind_of(rec: Mapping) -> RunKind:
+    """The kind of a record (a RunRecord, or a run.json object already checked by :func:`parse_record`)."""
+    return _KINDS[rec["kind"]]
+
+
+def parse_record(obj: object, folder: Path) -> RunRecord:
+    """The validated record of ``folder`` from its parsed run.json (``RunRecord.from_json`` with the record's kind)."""
+    where = folder / RECORD
+    if not isinstance(obj, dict):
+        raise BrokenRunError(f"{where} is not a JSON object; remove the folder {folder}")
+    name = obj.get("kind")
+    kind = _KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        names = list_kinds()
+        raise BrokenRunError(
+            f"{where}: kind {name!r} is not {', '.join(names[:-1])} or {names[-1]}; remove the folder {folder}"
+        )
+    return RunRecord.from_json(obj, folder, kind)
