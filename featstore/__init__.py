@@ -52,7 +52,7 @@ _PUBLIC = {  # public name -> the module that defines it
     "finetune": "experiments.finetune",
     "FeatureStore": "store.reader",
     "export": "store.export",
-    "quiet_tensorflow": "cli.quiet",
+    "quiet_tensorflow": "quiet",
 }
 __all__ = ["__version__", *sorted(_PUBLIC)]
 

@@ -10,7 +10,7 @@
    after a 256-component PCA; these defaults were chosen on the validation split of the 4,000-image run.
 4. Baselines on raw pixels, same images: logistic regression and an SVM (the dataset's README lists about 0.84
    and 0.90 for these trained on all 60,000); ``--no-baselines`` skips them (slow on the full dataset).
-5. Write ``results.md`` (the table the README quotes), the sweep's heat map and JSON into ``--out``.
+5. Write ``results.md`` (the table docs/results.md quotes), the sweep's heat map and JSON into ``--out``.
 
 The offline weights are ``hed-bsds500``: a VGG16 trunk trained for edge detection (not ImageNet; say so when
 quoting). Examples::
@@ -20,7 +20,7 @@ quoting). Examples::
     python pipelines/fashion_mnist.py --train 50000 --validation 10000 --test 10000 --image-size 48 \
         --layers block2_pool --clf svm --param svm:kernel=rbf --param svm:C=10 --param svm:power=0.5 \
         --param svm:l2=true --param svm:scale=false --param svm:pca=256 --param svm:calibration_folds=2 \
-        --no-baselines --out results/fmnist_full                   # the full dataset, as run for the README
+        --no-baselines --out results/fmnist_full                   # the full dataset, as run for docs/results.md
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from fmnist import DEBIAN_DIR, load, write_split  # noqa: E402
 
 # chosen on validation (4,000 / 1,000 at 64 px, block3_pool): square root + L2 norm lifted logreg from 0.904 to
-# 0.916 and, with a 256-component PCA, an RBF SVM to 0.919-0.924 (linear SVM 0.903); see README "Results on real data"
+# 0.916 and, with a 256-component PCA, an RBF SVM to 0.919-0.924 (linear SVM 0.903); see docs/results.md
 DEFAULT_PARAMS = [
     "logreg:power=0.5",
     "logreg:l2=true",

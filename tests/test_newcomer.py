@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from featstore.cli import app, quiet
+from featstore import quiet
+from featstore.cli import app
 from featstore.experiments.streaming import format_bytes, parse_bytes
 
 from .conftest import write_images

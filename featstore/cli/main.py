@@ -1,13 +1,14 @@
 """The ``featstore`` command's application object, global options and error handling; the commands are in sibling modules.
 
 Start-up: only ``extract``, ``predict``, ``models --layers`` and Keras-head fits import TensorFlow (the
-package imports lazily); its C++ start-up noise is hidden by :mod:`featstore.cli.quiet` unless ``--verbose``.
+package imports lazily); its C++ start-up noise is hidden by :mod:`featstore.quiet` unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -64,8 +65,10 @@ def main(
     )
     for noisy in ("tensorflow", "absl", "h5py", "PIL", "matplotlib", "ray"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from featstore.cli.quiet import set_quiet
+    from featstore.quiet import set_quiet
 
+    if verbose:
+        os.environ["FEATSTORE_VERBOSE"] = "1"  # worker processes (Ray actors) show TensorFlow's lines too
     set_quiet(not verbose)
 
 

@@ -248,6 +248,9 @@ class Forward:
     """One Ray actor: the frozen backbone built once; each call decodes a batch of paths and returns their features."""
 
     def __init__(self, config, jit: bool, batch_size: int, fingerprints: list[str], decode_threads: int, cpus: float):
+        from featstore.quiet import quiet_tensorflow
+
+        quiet_tensorflow()  # a worker process is not the CLI's: hide TensorFlow's start-up lines here too (FEATSTORE_VERBOSE=1 shows them)
         import tensorflow as tf
 
         from featstore.models.extractor import Extractor
