@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from featstore import ConfigError, FeatureStore, StoreError, build_classifier, probe
 from featstore.cli import app
-from featstore.experiments.probe_fits import COARSE, RowSpace, cap_ks, knn_predict, logistic
+from featstore.experiments.probe_fits import COARSE, RowSpace, Standardiser, cap_ks, knn_predict, logistic
 from featstore.report.protocols import probe_table
 from featstore.store import writer
 
@@ -107,6 +107,23 @@ def test_row_space_fit_equals_the_fit_on_all_values():
     reduced = logistic(0.01).fit(rs.coords(X), y).decision_function(rs.coords(Q))
     assert rs.active and rs.coords(X).shape[1] <= 40
     np.testing.assert_allclose(reduced, direct, atol=2e-3)
+
+
+def test_standardiser_is_standard_scaler_without_copies():
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(4)
+    X = np.maximum(rng.normal(3, 2, size=(50, 30)), 0).astype(np.float32)
+    X[:, 0], X[:, 1] = 0.0, 7.5  # a dead unit and a constant
+    Q = rng.normal(size=(10, 30)).astype(np.float32)
+    ref = StandardScaler().fit(X)
+    ours = Standardiser().fit(X, block=7)
+    np.testing.assert_allclose(ours.mean_, ref.mean_, rtol=1e-6)
+    np.testing.assert_allclose(ours.scale_, ref.scale_, rtol=1e-5)
+    expected = ref.transform(Q)
+    out = ours.transform(Q, block=3)
+    assert out is Q and out.dtype == np.float32  # in place
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [1, 3, 10, 25])

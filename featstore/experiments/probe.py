@@ -36,7 +36,17 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError
-from featstore.experiments.probe_fits import COARSE, FINE, RowSpace, c_path, cap_ks, full_proba, knn_predict, logistic
+from featstore.experiments.probe_fits import (
+    COARSE,
+    FINE,
+    RowSpace,
+    Standardiser,
+    c_path,
+    cap_ks,
+    full_proba,
+    knn_predict,
+    logistic,
+)
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import proportion_interval
 from featstore.store.reader import FeatureStore
@@ -157,13 +167,6 @@ def _vectors(fs: FeatureStore, name: str, split: str, reduce: str) -> tuple[np.n
     return X, y
 
 
-def _scaler(X: np.ndarray, keep: bool):
-    """A StandardScaler fitted on ``X`` (``keep=False``: transforming in place, the raw rows are not needed again)."""
-    from sklearn.preprocessing import StandardScaler
-
-    return StandardScaler(copy=keep).fit(X)
-
-
 def _interval(right: int, n: int) -> dict:
     return proportion_interval(right, n).to_dict()
 
@@ -176,8 +179,8 @@ def _probe_one(fs, name, refit, knn, ks, reduce, splits, max_iter) -> dict:
     Xr, y = _vectors(fs, name, train, reduce)
     Xvr, yv = _vectors(fs, name, validation, reduce)
     rows, dim = {train: len(y), validation: len(yv)}, int(Xr.shape[1])
-    sc = _scaler(Xr, keep=refit)
-    X, Xv = sc.transform(Xr), sc.transform(Xvr)
+    sc = Standardiser().fit(Xr)
+    X, Xv = (sc.transform(Xr.copy()), sc.transform(Xvr.copy())) if refit else (sc.transform(Xr), sc.transform(Xvr))
     basis = RowSpace(X)
     points, best, est = c_path(basis.coords(X), y, basis.coords(Xv), yv, n_classes, max_iter=max_iter)
     chosen = points[best]
@@ -210,7 +213,7 @@ def _probe_one(fs, name, refit, knn, ks, reduce, splits, max_iter) -> dict:
         del X, basis
         Xr, y = np.concatenate([Xr, Xvr]), np.concatenate([y, yv])
         del Xvr
-        sc = _scaler(Xr, keep=False)
+        sc = Standardiser().fit(Xr)
         X = sc.transform(Xr)
         basis = RowSpace(X)
         est = logistic(chosen.C, max_iter)

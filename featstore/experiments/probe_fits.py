@@ -22,7 +22,13 @@ import numpy as np
 
 COARSE = tuple(10.0**k for k in range(-6, 6))  # 1e-6 ... 1e5: one C per decade
 FINE = (-0.75, -0.5, -0.25, 0.25, 0.5, 0.75)  # steps, in decades, around the best coarse C
-_BLOCK_BYTES = 128 << 20  # float64 working memory of one block of a product
+_BLOCK_COLUMNS = 4096  # values per block of a Gram product (float32 products summed in float64)
+_BLOCK_BYTES = 64 << 20  # float64 temporaries of a block of rows (norms, standardisation)
+
+
+def _rows(X: np.ndarray) -> int:
+    """Rows per block so that a float64 copy of the block stays within _BLOCK_BYTES."""
+    return max(1, _BLOCK_BYTES // (8 * max(1, int(np.prod(X.shape[1:])))))
 
 
 def fine_grid(best: float, coarse: tuple[float, ...] = COARSE, steps: tuple[float, ...] = FINE) -> list[float]:
@@ -32,23 +38,24 @@ def fine_grid(best: float, coarse: tuple[float, ...] = COARSE, steps: tuple[floa
 
 
 def _products(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``A @ B.T`` in float64, a block of columns at a time (float32 inputs are never copied whole)."""
+    """``A @ B.T`` as float64: float32 products over blocks of columns, summed in float64 (single precision where the
+    vectors are, without a float64 copy of them, and without one long float32 sum)."""
     out = np.zeros((len(A), len(B)))
-    step = max(1, _BLOCK_BYTES // (8 * max(len(A) + len(B), 1)))
-    for s in range(0, A.shape[1], step):
-        out += A[:, s : s + step].astype(np.float64) @ B[:, s : s + step].astype(np.float64).T
+    for s in range(0, A.shape[1], _BLOCK_COLUMNS):
+        out += np.asarray(A[:, s : s + _BLOCK_COLUMNS] @ B[:, s : s + _BLOCK_COLUMNS].T, dtype=np.float64)
     return out
 
 
 class RowSpace:
     """Coordinates in the span of the training rows (when ``d > n``; otherwise the vectors as they are).
 
-    ``coords(X)`` of train are ``U S`` from the eigendecomposition of its Gram matrix ``X X^T = U S^2 U^T``; another
-    row ``o`` gets ``o X^T U S^-1``. Inner products (hence a linear model's scores and its L2 penalty) are those of
-    the original vectors; directions with a singular value below 1e-6 of the largest are dropped (numerically null).
+    A pivoted Cholesky factorisation of the Gram matrix, ``P^T X X^T P = L L^T`` (rank r, stopping where the
+    remaining variance is below 1e-7 of the largest row's squared norm, float32's resolution), gives train the
+    coordinates ``P L`` and another row ``o`` the coordinates ``L_r^-1 X_r o`` (``X_r``: the first r pivot rows).
+    Inner products, hence a linear model's scores and its L2 penalty, are those of the original vectors.
 
     >>> X = np.random.default_rng(0).normal(size=(5, 40)); rs = RowSpace(X)
-    >>> rs.active, rs.coords(X).shape, bool(np.allclose(rs.coords(X) @ rs.coords(X).T, X @ X.T))
+    >>> Z = rs.coords(X); rs.active, Z.shape, bool(np.allclose(Z @ Z.T, X @ X.T))
     (True, (5, 5), True)
     """
 
@@ -56,20 +63,31 @@ class RowSpace:
         self.active = X.shape[1] > X.shape[0]
         if not self.active:
             return
+        from scipy.linalg import lapack
+
+        G = _products(X, X)
+        tol = float(np.max(np.diag(G))) * 1e-7
+        c, piv, rank, info = lapack.dpstrf(G, lower=1, tol=tol)
+        if info < 0:
+            raise ValueError(f"pivoted Cholesky failed (LAPACK dpstrf info {info})")
+        self.rank = int(rank)
+        self._pivots = piv[: self.rank] - 1  # LAPACK counts from 1
+        self._L = np.tril(c)[:, : self.rank]  # rows in pivot order
+        self._order = piv - 1
         self._X = X
-        ev, U = np.linalg.eigh(_products(X, X))
-        keep = ev > max(float(ev[-1]), 0.0) * 1e-12
-        s = np.sqrt(ev[keep])
-        self._U, self._s = U[:, keep], s
-        self.rank = int(keep.sum())
 
     def coords(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` (train itself included) in the basis; unchanged when inactive."""
         if not self.active:
             return rows
         if rows is self._X:
-            return self._U * self._s
-        return _products(rows, self._X) @ (self._U / self._s)
+            Z = np.empty_like(self._L)
+            Z[self._order] = self._L
+            return Z
+        from scipy.linalg import solve_triangular
+
+        K = _products(rows, self._X)[:, self._pivots]  # all rows: no copy of the pivot rows of a large X
+        return solve_triangular(self._L[: self.rank], K.T, lower=True).T
 
 
 @dataclass(frozen=True)
@@ -175,9 +193,47 @@ def cap_ks(ks: tuple[int, ...] | list[int], n_ref: int) -> tuple[list[int], list
 
 
 def _unit(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32; zero rows stay zero, as scikit-learn's ``normalize``)."""
-    norms = np.linalg.norm(X.astype(np.float64, copy=False), axis=1, keepdims=True)
-    return (X / np.where(norms == 0, 1.0, norms)).astype(np.float32, copy=False)
+    """Rows scaled to unit L2 norm, as a new float32 array (zero rows stay zero, as scikit-learn's ``normalize``)."""
+    out, block = np.empty(X.shape, dtype=np.float32), _rows(X)
+    for s in range(0, len(X), block):
+        part = X[s : s + block].astype(np.float64)
+        norms = np.linalg.norm(part, axis=1, keepdims=True)
+        out[s : s + block] = part / np.where(norms == 0, 1.0, norms)
+    return out
+
+
+class Standardiser:
+    """Per-value mean 0 and sd 1, as scikit-learn's ``StandardScaler`` (population sd; a constant value keeps scale
+    1), with the statistics summed in float64 over blocks of rows and ``transform`` working in place: a float32
+    split of several GB is never copied (``StandardScaler.fit`` makes float64 temporaries of the whole split).
+
+    >>> X = np.array([[1.0, 5.0], [3.0, 5.0]], dtype=np.float32)
+    >>> Standardiser().fit(X).transform(X).tolist()
+    [[-1.0, 0.0], [1.0, 0.0]]
+    """
+
+    def fit(self, X: np.ndarray, block: int | None = None) -> Standardiser:
+        block = block or _rows(X)
+        total = np.zeros(X.shape[1])
+        for s in range(0, len(X), block):
+            total += X[s : s + block].sum(axis=0, dtype=np.float64)
+        self.mean_ = total / len(X)
+        squares = np.zeros(X.shape[1])
+        for s in range(0, len(X), block):
+            squares += ((X[s : s + block] - self.mean_) ** 2).sum(axis=0)
+        var = squares / len(X)
+        constant = var <= 10 * np.finfo(np.float64).eps * np.maximum(self.mean_**2, np.finfo(np.float64).tiny)
+        self.scale_ = np.where(constant | (var == 0), 1.0, np.sqrt(var))
+        return self
+
+    def transform(self, X: np.ndarray, block: int | None = None) -> np.ndarray:
+        """``X`` standardised in place (and returned)."""
+        block = block or _rows(X)
+        for s in range(0, len(X), block):
+            part = X[s : s + block]
+            part -= self.mean_.astype(X.dtype)
+            part /= self.scale_.astype(X.dtype)
+        return X
 
 
 def knn_predict(

@@ -46,8 +46,8 @@ def probe_png(summary: dict, path: str | Path) -> Path:
             ci = cell["test_ci"]
             labels.append(f"{c['extractor']}  {name.format(k=cell.get('k'))}")
             est.append(ci["estimate"])
-            lo.append(ci["estimate"] - ci["low"])
-            hi.append(ci["high"] - ci["estimate"])
+            lo.append(max(0.0, ci["estimate"] - ci["low"]))  # rounding can put a bound a hair past 0 or 1
+            hi.append(max(0.0, ci["high"] - ci["estimate"]))
     ys = np.arange(len(labels))[::-1]
     right.errorbar(est, ys, xerr=[lo, hi], fmt="o", capsize=3)
     right.set_yticks(ys, labels, fontsize=7)
@@ -73,8 +73,8 @@ def fewshot_png(summary: dict, path: str | Path) -> Path:
     for p in pts:
         ax.plot([p["shots"]] * len(p["trials"]), p["trials"], ".", color="grey", alpha=0.5)
     ax.fill_between(shots, mean - sd, mean + sd, alpha=0.2, label="± sd over trials")
-    lo = np.array([p["mean"] - p["mean_ci"]["low"] if p["mean_ci"] else 0.0 for p in pts])
-    hi = np.array([p["mean_ci"]["high"] - p["mean"] if p["mean_ci"] else 0.0 for p in pts])
+    lo = np.array([max(0.0, p["mean"] - p["mean_ci"]["low"]) if p["mean_ci"] else 0.0 for p in pts])
+    hi = np.array([max(0.0, p["mean_ci"]["high"] - p["mean"]) if p["mean_ci"] else 0.0 for p in pts])
     ax.errorbar(shots, mean, yerr=[lo, hi], fmt="-o", capsize=3, label="mean (95 % interval of the mean)")
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(int(s)) for s in shots])
