@@ -223,7 +223,7 @@ def header(args, items: list[str], draws: list[dict], seconds: float) -> str:
             + "), while the feature classifiers' settings are fixed (chosen by hand on the 4,000-image validation "
             "split) and the sweep chooses among layers, classifiers and the ensemble"
             if not args.no_baselines
-            else ""
+            else "; no raw-pixel baselines (--no-baselines)"
         )
         + f"; whole run {seconds / 60:.1f} min on this machine."
     )
