@@ -220,8 +220,13 @@ def header(args, items: list[str], draws: list[dict], seconds: float) -> str:
             + ", ".join(f"{c:g}" for c in PIXEL_GRID["logistic regression on raw pixels"])
             + "; RBF SVM: "
             + ", ".join(f"{c:g}" for c in PIXEL_GRID["SVM (RBF) on raw pixels"])
-            + "), while the feature classifiers' settings are fixed (chosen by hand on the 4,000-image validation "
-            "split) and the sweep chooses among layers, classifiers and the ensemble"
+            + "), while the feature classifiers' settings are fixed ("
+            + (
+                "the script's defaults, chosen by hand on the 4,000-image validation split"
+                if args.param is None
+                else "--param"
+            )
+            + ") and the sweep chooses among layers, classifiers and the ensemble"
             if not args.no_baselines
             else "; no raw-pixel baselines (--no-baselines)"
         )

@@ -32,7 +32,7 @@ def recipe():
 def _args(**kw):
     base = dict(
         train=100, validation=50, test=100, image_size=32, weights="hed-bsds500", layers="block3_pool", clf="logreg",
-        model="vgg16", no_baselines=False, seeds="0,1,2", seed=0, target=0.75, target_single=None,
+        model="vgg16", no_baselines=False, seeds="0,1,2", seed=0, target=0.75, target_single=None, param=None,
     )  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
