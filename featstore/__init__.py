@@ -48,6 +48,8 @@ _PUBLIC = {  # public name -> the module that defines it
     "show_run": "experiments.evaluate",
     "record_split": "experiments.evaluate",
     "sweep": "experiments.sweep",
+    "probe": "experiments.probe",
+    "fewshot": "experiments.fewshot",
     "FinetuneConfig": "experiments.finetune",
     "finetune": "experiments.finetune",
     "FeatureStore": "store.reader",

@@ -8,7 +8,9 @@
    (a) the same CNN architecture trained from scratch on the small set;
    (b) featstore: ``extract --model my_cnn.keras --layer flatten`` then ``fit --clf logreg`` on the cached features;
    (c) the lecture's way: the saved CNN's layers up to ``flatten`` frozen, a new Dense head trained on top, in Keras.
-3. Print min / max / mean test accuracy per option and write the Markdown table to ``--out``.
+3. Print, per option, test accuracy as mean ± sd over the trials with the 95 % interval of the mean (Student t),
+   min, max and each trial's figure, and write the Markdown table to ``--out``. ``--seeds 0,1,2`` names the trials'
+   seeds (``--trials N`` is seeds 0..N-1); each seed draws another small set of the target classes.
 
 Everything is seeded; the Fashion-MNIST IDX files come from Debian's ``dataset-fashion-mnist`` (or ``--idx-dir``).
 
@@ -33,6 +35,7 @@ featstore.quiet_tensorflow()  # TensorFlow's start-up lines hidden, as the feats
 
 import numpy as np  # noqa: E402
 from fmnist import CLASSES, DEBIAN_DIR, load, write_split  # noqa: E402
+from seeds import mean_ci_text, mean_sd_text, parse_seeds  # noqa: E402
 
 SOURCE, TARGET = list(range(5)), list(range(5, 10))
 
@@ -154,13 +157,17 @@ def main() -> None:
         default=200,
         help="official test images per target class (the same for every trial)",
     )
-    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--trials", type=int, default=5, help="seeded trials, seeds 0..N-1 (see --seeds)")
+    ap.add_argument(
+        "--seeds", default=None, help="the trials' seeds, comma-separated, e.g. 0,1,2 (instead of --trials)"
+    )
     ap.add_argument("--epochs", type=int, default=30, help="at most (early stopping on validation loss)")
     ap.add_argument("--out", type=Path, default=None, help="write the Markdown table here")
     ap.add_argument(
         "--work", type=Path, default=None, help="folder for the model, images and stores (default: a temporary one)"
     )
     args = ap.parse_args()
+    seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.trials))
     logging.basicConfig(level=logging.WARNING)
     started = time.time()
     train_x, train_y, test_x, test_y = load(args.idx_dir)
@@ -176,24 +183,26 @@ def main() -> None:
         cnn = train(small_cnn(5), train_x[src], train_y[src], train_x[src_val], train_y[src_val], args.epochs, seed=0)
         source_acc = accuracy(cnn, test_x[np.isin(test_y, SOURCE)], test_y[np.isin(test_y, SOURCE)])
         cnn.save(model_path)
-        results = [
-            trial(seed, model_path, train_x, train_y, test_x, test_y, test_idx, args, work)
-            for seed in range(args.trials)
-        ]
+        results = [trial(seed, model_path, train_x, train_y, test_x, test_y, test_idx, args, work) for seed in seeds]
     lines = [
         f"Transfer from five Fashion-MNIST classes to the other five ({time.strftime('%Y-%m-%d')}, "
         f"`python pipelines/transfer_own_model.py{' ' + ' '.join(_given(args)) if _given(args) else ''}`): "
         f"CNN trained on {args.source_per_class} images per source class (its test accuracy on the source classes: "
-        f"{source_acc:.3f}); {args.trials} seeded trials of {args.per_class} training + {args.per_class} validation images "
-        f"per target class; test on {args.test_per_class} official test images per target class. "
+        f"{source_acc:.3f}); {len(seeds)} seeded trials (seeds {', '.join(map(str, seeds))}) of {args.per_class} "
+        f"training + {args.per_class} validation images per target class; test on {args.test_per_class} official test "
+        f"images per target class, the same in every trial. (a) and (c) early-stop on the validation images; (b) fits "
+        f"logistic regression with its default C = 1 and does not use them (no search). "
         f"Run time {(time.time() - started) / 60:.1f} min on this machine.",
         "",
-        "| option | min | max | mean |",
-        "| --- | --- | --- | --- |",
+        "| option | test, mean ± sd | 95 % CI of the mean (t) | min | max | per trial |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for key, label in LABELS.items():
         accs = [r[key] for r in results]
-        lines.append(f"| {label} | {min(accs):.3f} | {max(accs):.3f} | {np.mean(accs):.3f} |")
+        lines.append(
+            f"| {label} | {mean_sd_text(accs, 3)} | {mean_ci_text(accs, 3)} | {min(accs):.3f} | {max(accs):.3f} | "
+            f"{', '.join(f'{a:.3f}' for a in accs)} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.out:
@@ -204,7 +213,10 @@ def main() -> None:
 def _given(args) -> list[str]:
     """The options given on the command line that differ from the defaults (to name the exact command)."""
     defaults = {"source_per_class": 2000, "per_class": 20, "test_per_class": 200, "trials": 5, "epochs": 30}
-    return [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in defaults.items() if getattr(args, k) != v]
+    given = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in defaults.items() if getattr(args, k) != v]
+    return [g for g in given if not (args.seeds and g.startswith("--trials"))] + (
+        [f"--seeds {args.seeds}"] if args.seeds else []
+    )
 
 
 if __name__ == "__main__":

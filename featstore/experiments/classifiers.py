@@ -240,10 +240,13 @@ def _svm(p):
 
 @register_classifier(
     "knn",
-    "k nearest neighbours on standardised features",
+    "k nearest neighbours on standardised features (Euclidean or cosine distance)",
     {
         "n_neighbors": Param(int, 5),
-        "weights": Param(str, "uniform", ("uniform", "distance")),
+        "weights": Param(str, "uniform", ("uniform", "distance"), "distance: each neighbour's vote weighs 1/distance"),
+        "metric": Param(
+            str, "euclidean", ("euclidean", "cosine"), "cosine: 1 - cosine similarity (brute-force search)"
+        ),
         "reduce": _REDUCE,
         **_VECTOR,
     },
@@ -252,7 +255,8 @@ def _svm(p):
 def _knn(p):
     from sklearn.neighbors import KNeighborsClassifier
 
-    return _pipe(p, KNeighborsClassifier(n_neighbors=p["n_neighbors"], weights=p["weights"]))
+    metric = {"metric": "cosine", "algorithm": "brute"} if p.get("metric") == "cosine" else {}  # euclidean: as before
+    return _pipe(p, KNeighborsClassifier(n_neighbors=p["n_neighbors"], weights=p["weights"], **metric))
 
 
 @register_classifier(

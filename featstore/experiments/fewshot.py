@@ -1,0 +1,235 @@
+"""``featstore fewshot``: test accuracy against the number of training images per class (the few-shot curve).
+
+For each trial (seeded by ``(seed, trial)``), every class's train rows are shuffled once and the first k of each
+class are taken for every k in ``shots``: the draws are stratified (exactly k per class) and nested (a trial's
+5-shot set holds its 2-shot set), so a curve's steps show the images added, not a new draw. The classifier is
+fitted with its default parameters (or those given, one value each: nothing is chosen here) and scored on the whole
+test split, read once. Per k: mean ± sd over the trials and the 95 % interval of the mean (Student t over the
+trials). Nothing is recorded as a run: the summary ``fewshot-<id>.json`` and its chart go into the runs folder.
+
+>>> s = fewshot("features.h5", "logreg", shots=(1, 5, 20), trials=5)    # doctest: +SKIP
+>>> [(p["shots"], round(p["mean"], 2)) for p in s["points"]]              # doctest: +SKIP
+[(1, 0.41), (5, 0.62), (20, 0.77)]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError, StoreError
+from featstore.runs.folder import ensure_writable, runs_root
+from featstore.stats import mean_sd, proportion_interval
+from featstore.store.reader import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+SHOTS = (1, 2, 5, 10, 20)
+
+
+def sample_shots(y: np.ndarray, shots: list[int], n_classes: int, seed: int, trial: int) -> dict[int, np.ndarray]:
+    """Row indices of k images per class for each k (nested, seeded by ``(seed, trial)``), in row order.
+
+    >>> y = np.repeat(np.arange(3), 4)
+    >>> s = sample_shots(y, [1, 2], 3, seed=0, trial=0)
+    >>> [len(s[k]) for k in (1, 2)], set(s[1]) <= set(s[2])
+    ([3, 6], True)
+    """
+    rng = np.random.default_rng([seed, trial])
+    order = [rng.permutation(np.flatnonzero(y == c)) for c in range(n_classes)]
+    return {k: np.sort(np.concatenate([o[:k] for o in order])) for k in shots}
+
+
+def mean_interval(values: list[float], level: float = 0.95) -> dict | None:
+    """The mean over trials with its Student-t interval (clipped to [0, 1]); None for fewer than two values.
+
+    >>> ci = mean_interval([0.5, 0.6, 0.7]); round(ci["low"], 3), round(ci["high"], 3)
+    (0.352, 0.848)
+    """
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
+
+    m, sd = mean_sd(values)
+    half = float(t.ppf(0.5 + level / 2, len(values) - 1)) * sd / math.sqrt(len(values))
+    return {
+        "estimate": m,
+        "low": max(0.0, m - half),
+        "high": min(1.0, m + half),
+        "level": level,
+        "method": f"Student t over {len(values)} trials",
+    }
+
+
+def _check_shots(shots, trials: int, y: np.ndarray, class_names: list[str], train: str) -> list[int]:
+    """Sorted distinct shots, each at most the smallest class's images (refused otherwise, naming the class)."""
+    if trials < 1:
+        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    shots = sorted({int(k) for k in shots})
+    if not shots or shots[0] < 1:
+        raise ConfigError(f"--shots are images per class, each at least 1; got {list(shots)}")
+    counts = np.bincount(y, minlength=len(class_names))
+    least = int(counts.min())
+    if shots[-1] > least:
+        over = [k for k in shots if k > least]
+        small = [repr(class_names[c]) for c in np.flatnonzero(counts == least)]
+        which = (
+            f"class {small[0]} (its smallest class)"
+            if len(small) == 1
+            else f"each of classes {', '.join(small[:3])}" + (f" and {len(small) - 3} more" if len(small) > 3 else "")
+        )
+        raise ConfigError(
+            f"--shots {','.join(map(str, over))}: {train!r} holds only {least} images of {which}, so at most "
+            f"{least} per class can be drawn; drop the larger shots or extract more training images"
+        )
+    return shots
+
+
+def _single_values(clf: str, params: dict | None) -> dict:
+    """``{"C": [10.0]}`` -> ``{"C": 10.0}``; several values of one name are refused (a few-shot curve chooses nothing)."""
+    out = {}
+    for key, values in (params or {}).items():
+        values = values if isinstance(values, (list, tuple)) else [values]
+        if len(values) != 1:
+            raise ConfigError(
+                f"--param {key} is given {len(values)} values; a few-shot curve fits one setting of {clf}. Choose it "
+                f"first (`featstore fit --clf {clf} --param {key}=...` on validation), then give that one value"
+            )
+        out[key] = values[0]
+    return out
+
+
+def _accuracy(clf: str, params: dict, X, y, val, Xt, yt) -> float:
+    """Fit one setting on ``X, y`` and score it on ``Xt, yt``; a head that early-stops on validation (the Keras head)
+    gets the validation split."""
+    from featstore.experiments.classifiers import build_classifier
+
+    est = build_classifier(clf, params)
+    head = est.steps[-1][1]
+    try:
+        if getattr(head, "fit_uses_validation", False) and val is not None:
+            Xf = est[:-1].fit_transform(X, y)
+            head.fit(Xf, y, validation_data=(est[:-1].transform(val[0]), val[1]))
+        else:
+            est.fit(X, y)
+        return float(np.mean(est.predict(Xt) == yt))
+    except ValueError as exc:  # e.g. more neighbours than rows, more calibration folds than images per class
+        raise ConfigError(
+            f"{clf} with {params or 'its defaults'} cannot be fitted on {len(y)} rows or predict with them ({exc}); give it parameters "
+            f"that fit a few rows (e.g. knn --param n_neighbors=1, svm --param calibration_folds=0) or larger --shots"
+        ) from exc
+
+
+def fewshot(
+    store: str | os.PathLike = "features.h5",
+    clf: str = "logreg",
+    params: dict | None = None,
+    *,
+    shots: tuple[int, ...] | list[int] = SHOTS,
+    trials: int = 5,
+    extractor: str | None = None,
+    seed: int = 0,
+    train: str = "train",
+    validation: str = "validation",
+    test: str = "test",
+    runs: str | os.PathLike | None = None,
+    png: str | os.PathLike | None = None,
+) -> dict:
+    """Fit ``clf`` on k images per class drawn from train, ``trials`` times per k; test accuracy mean ± sd per k.
+
+    ``params``: the classifier's parameters, one value each (``{"C": 10.0}`` or ``{"C": [10.0]}``). Example::
+
+        s = fewshot("features.h5", "logreg", shots=[1, 2, 5, 10, 20], trials=5)
+        for p in s["points"]:
+            print(p["shots"], p["mean"], p["sd"], p["mean_ci"])
+    """
+    from featstore.experiments.classifiers import get_classifier
+
+    given = _single_values(clf, params)
+    spec = get_classifier(clf)
+    full = spec.full_params(given)
+    fs = FeatureStore(store)
+    name = fs.resolve(extractor)
+    for split in (train, test):
+        if split not in fs.splits(name) or not fs.split_info(split, name)["complete"]:
+            raise StoreError(
+                f"extractor {name!r} has no complete {split!r} split (it has: {', '.join(fs.splits(name))}); extract "
+                f"it, or name another with --train/--test"
+            )
+    class_names = fs.class_names(name)
+    y = fs.labels(train, name)
+    shots = _check_shots(shots, trials, y, class_names, train)
+    root = runs_root(store, runs)
+    ensure_writable(root)
+    started = time.perf_counter()
+    X, y = fs.load(train, name)
+    notes = []
+    val = None
+    head = spec.builder(full).steps[-1][1]
+    if getattr(head, "fit_uses_validation", False) and validation in fs.splits(name):
+        val = fs.load(validation, name)
+        notes.append(
+            f"{clf} early-stops on all {len(val[1])} rows of {validation!r}: more labelled images than k per class"
+        )
+    Xt, yt = fs.load(test, name)  # read once; nothing is chosen on it
+    accs: dict[int, list[float]] = {k: [] for k in shots}
+    for trial in range(trials):
+        for k, idx in sample_shots(y, shots, len(class_names), seed, trial).items():
+            accs[k].append(_accuracy(clf, full, X[idx], y[idx], val, Xt, yt))
+    points = []
+    for k in shots:
+        m, sd = mean_sd(accs[k])
+        points.append(
+            {
+                "shots": k,
+                "rows": k * len(class_names),
+                "trials": accs[k],
+                "mean": m,
+                "sd": sd,
+                "mean_ci": mean_interval(accs[k]),
+            }
+        )
+    top = points[-1]
+    w = proportion_interval(round(top["mean"] * len(yt)), len(yt))
+    notes.append(
+        f"the intervals cover the draw of the training images; the {len(yt)} test rows are the same in every trial, "
+        f"and their own sampling error (the Wilson interval of {top['mean']:.3f} on {len(yt)} rows is "
+        f"[{w.low:.3f}, {w.high:.3f}]) comes on top"
+    )
+    if trials == 1:
+        notes.append("one trial: no sd and no interval; give --trials 5 or more")
+    summary = {
+        "id": f"fewshot-{secrets.token_hex(3)}",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "store": str(Path(store).resolve()),
+        "extractor": name,
+        "clf": clf,
+        "params": given,
+        "full_params": full,
+        "trials": trials,
+        "seed": seed,
+        "sampling": "stratified, nested across k, seeded by (seed, trial)",
+        "splits": {"train": train, "validation": validation if val is not None else None, "test": test},
+        "train_rows": len(y),
+        "test_rows": len(yt),
+        "points": points,
+        "notes": notes,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    from featstore.experiments.protocol_plots import fewshot_png
+
+    summary["png"] = str(fewshot_png(summary, Path(png) if png else root / f"{summary['id']}.png"))
+    (root / f"{summary['id']}.json").write_text(json.dumps(summary, indent=1, default=_plain), encoding="utf-8")
+    return summary
+
+
+def _plain(value):
+    """JSON for numpy scalars in parameters."""
+    return value.item() if hasattr(value, "item") else str(value)

@@ -1,0 +1,241 @@
+"""``featstore probe``: the standard linear probe and kNN probe of representation papers, on every extractor of a store.
+
+The protocol (as CLIP's and DINOv2's evaluations, with this preprocessing; papers differ there):
+
+- **Vectors**: each stored feature map flattened (``reduce="avg"``/``"max"``: pooled over space), then standardised
+  with train's per-value mean and standard deviation, as the ``logreg`` classifier does. No PCA, no power or L2
+  normalisation.
+- **Linear probe**: multinomial logistic regression (Newton-CG, L2) over a log-spaced grid of C: one value per
+  decade from 1e-6 to 1e5 (12), then six more a quarter, half and three quarters of a decade either side of the
+  best (15 to 18 fits), each warm-started from the previous. The best validation accuracy wins (ties: lower
+  validation log-loss, then smaller C).
+- **kNN probe**: cosine distance on the same vectors, votes weighted by 1/distance, k in {10, 20, 100, 200}
+  (capped at train's rows, with a note); the best validation accuracy wins (ties: smaller k).
+- ``refit=True`` refits the chosen C and k on train + validation (the standardisation too) before test; the
+  summary records it.
+- **Test** is read once per extractor, after both choices, and never changes one. Each accuracy carries its 95 %
+  Wilson interval.
+
+Nothing is recorded as a run: the summary ``probe-<id>.json`` and the chart ``probe-<id>.png`` go into the runs
+folder, as a sweep's do.
+
+>>> summary = probe("features.h5", refit=True)             # doctest: +SKIP
+>>> summary["cells"][0]["linear"]["C"], summary["cells"][0]["linear"]["test"]   # doctest: +SKIP
+(0.000316, 0.81)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError, StoreError
+from featstore.experiments.probe_fits import (
+    COARSE,
+    FINE,
+    RowSpace,
+    Standardiser,
+    c_path,
+    cap_ks,
+    full_proba,
+    knn_predict,
+    logistic,
+)
+from featstore.runs.folder import ensure_writable, runs_root
+from featstore.stats import proportion_interval
+from featstore.store.reader import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+KS = (10, 20, 100, 200)
+PREPROCESSING = (
+    "{reduce}, then standardised with the fitting rows' mean and sd per value (as logreg); no PCA, power or L2"
+)
+
+
+def probe(
+    store: str | os.PathLike = "features.h5",
+    extractors: list[str] | None = None,
+    *,
+    refit: bool = False,
+    knn: bool = True,
+    ks: tuple[int, ...] = KS,
+    reduce: str = "flatten",
+    train: str = "train",
+    validation: str = "validation",
+    test: str = "test",
+    runs: str | os.PathLike | None = None,
+    png: str | os.PathLike | None = None,
+    max_iter: int = 1000,
+) -> dict:
+    """Linear probe (C on a log grid) and kNN probe (cosine, 1/distance votes) on each extractor; returns the summary.
+
+    Each choice is made on ``validation``; ``test`` is read afterwards, once per extractor. Example::
+
+        s = probe("layers.h5", refit=True)
+        for cell in s["cells"]:
+            print(cell["extractor"], cell["linear"]["C"], cell["linear"]["test_ci"])
+    """
+    from featstore.models.reshape import REDUCTIONS
+
+    if reduce not in REDUCTIONS:
+        raise ConfigError(f"unknown reduce {reduce!r}; choose one of: {', '.join(REDUCTIONS)}")
+    if knn and (not ks or any(int(k) < 1 for k in ks)):
+        raise ConfigError(f"every k of the kNN probe must be at least 1, got {list(ks)}")
+    if len({train, validation, test}) < 3:
+        raise ConfigError(
+            f"train, validation and test must be three different splits; got {train}, {validation}, {test}"
+        )
+    fs = FeatureStore(store)
+    names = _extractors(fs, extractors, (train, validation, test))
+    root = runs_root(store, runs)
+    ensure_writable(root)
+    started = time.perf_counter()
+    cells = [_probe_one(fs, n, refit, knn, tuple(ks), reduce, (train, validation, test), max_iter) for n in names]
+    summary = {
+        "id": f"probe-{secrets.token_hex(3)}",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "store": str(Path(store).resolve()),
+        "extractors": names,
+        "protocol": {
+            "preprocessing": PREPROCESSING.format(reduce=_reduce_words(reduce)),
+            "reduce": reduce,
+            "linear": "multinomial logistic regression, L2, Newton-CG (tol 1e-4, warm-started along the grid), "
+            f"at most {max_iter} iterations per fit",
+            "grid": {"coarse": list(COARSE), "fine_steps_decades": list(FINE)},
+            "knn": {"ks": list(ks), "metric": "cosine", "weights": "distance (1/distance)"} if knn else None,
+            "selection": f"accuracy on {validation!r} (linear ties: lower log-loss, then smaller C; kNN ties: smaller k)",
+            "refit": f"chosen C and k refitted on {train!r} + {validation!r} before {test!r}"
+            if refit
+            else f"fitted on {train!r} only",
+            "test": f"{test!r} read once per extractor, after both choices; 95 % Wilson intervals",
+        },
+        "refit": refit,
+        "splits": {"train": train, "validation": validation, "test": test},
+        "cells": cells,
+        "best": _best(cells),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    from featstore.experiments.protocol_plots import probe_png
+
+    out = Path(png) if png else root / f"{summary['id']}.png"
+    summary["png"] = str(probe_png(summary, out))
+    (root / f"{summary['id']}.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary
+
+
+def _reduce_words(reduce: str) -> str:
+    return {"flatten": "flattened", "avg": "averaged over space", "max": "max-pooled over space"}[reduce]
+
+
+def _extractors(fs: FeatureStore, wanted: list[str] | None, splits: tuple[str, ...]) -> list[str]:
+    """Those named (or every extractor but finetune's caches), each with complete train, validation and test splits."""
+    names = [fs.resolve(n) for n in wanted] if wanted else fs.extractors(caches=False)
+    if not names:
+        raise StoreError(f"store {fs.path} holds no extractor yet; run `featstore extract` first")
+    for n in names:
+        have = fs.splits(n)
+        missing = [s for s in splits if s not in have or not fs.split_info(s, n)["complete"]]
+        if missing:
+            raise StoreError(
+                f"extractor {n!r} has no complete {', '.join(repr(s) for s in missing)} split (it has: "
+                f"{', '.join(have) or 'none'}); the probe fits on {splits[0]!r}, chooses on {splits[1]!r} and reports "
+                f"{splits[2]!r}. Extract the missing split, name the splits with --train/--validation/--test, or leave "
+                f"the extractor out with --extractor"
+            )
+    return list(dict.fromkeys(names))
+
+
+def _vectors(fs: FeatureStore, name: str, split: str, reduce: str) -> tuple[np.ndarray, np.ndarray]:
+    """A split's features as vectors (float32), refused when a value is NaN or infinite."""
+    from featstore.models.reshape import FeatureReshape
+
+    X, y = fs.load(split, name)
+    X = FeatureReshape(reduce).fit_transform(X).astype(np.float32, copy=False)
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise StoreError(
+            f"{int(bad.sum())} rows of {split!r} of {name!r} hold NaN or infinite values (first: row "
+            f"{int(np.flatnonzero(bad)[0])}); `featstore check` lists them. The probe refuses them as fit does"
+        )
+    return X, y
+
+
+def _interval(right: int, n: int) -> dict:
+    return proportion_interval(right, n).to_dict()
+
+
+def _probe_one(fs, name, refit, knn, ks, reduce, splits, max_iter) -> dict:
+    """Both probes on one extractor: choose on validation, (refit,) then read test once."""
+    train, validation, test = splits
+    t0 = time.perf_counter()
+    n_classes = len(fs.class_names(name))
+    Xr, y = _vectors(fs, name, train, reduce)
+    Xvr, yv = _vectors(fs, name, validation, reduce)
+    rows, dim = {train: len(y), validation: len(yv)}, int(Xr.shape[1])
+    sc = Standardiser().fit(Xr)
+    X, Xv = (sc.transform(Xr.copy()), sc.transform(Xvr.copy())) if refit else (sc.transform(Xr), sc.transform(Xvr))
+    basis = RowSpace(X)
+    points, best, est = c_path(basis.coords(X), y, basis.coords(Xv), yv, n_classes, max_iter=max_iter)
+    chosen = points[best]
+    linear = {
+        "C": chosen.C,
+        "validation": chosen.validation,
+        "validation_ci": _interval(round(chosen.validation * len(yv)), len(yv)),
+        "grid": [p.__dict__ for p in points],
+        "fits": len(points),
+        "row_space": {"used": basis.active, "rank": getattr(basis, "rank", None)},
+        "notes": [],
+    }
+    if not chosen.converged:
+        linear["notes"].append(f"the chosen C={chosen.C:g} stopped at {max_iter} iterations (not converged)")
+    kcell = None
+    if knn:
+        kk, notes = cap_ks(ks, len(y))
+        val_pred = knn_predict(X, y, Xv, kk, n_classes)
+        scores = {k: float(np.mean(val_pred[k] == yv)) for k in kk}
+        k = max(kk, key=lambda k: (scores[k], -k))
+        kcell = {
+            "k": k,
+            "ks": [{"k": k_, "validation": scores[k_]} for k_ in kk],
+            "validation": scores[k],
+            "validation_ci": _interval(int(np.sum(val_pred[k] == yv)), len(yv)),
+            "notes": notes,
+        }
+    del Xv
+    if refit:  # the chosen settings on train + validation, standardised afresh
+        del X, basis
+        Xr, y = np.concatenate([Xr, Xvr]), np.concatenate([y, yv])
+        del Xvr
+        sc = Standardiser().fit(Xr)
+        X = sc.transform(Xr)
+        basis = RowSpace(X)
+        est = logistic(chosen.C, max_iter)
+        est.fit(basis.coords(X), y)
+    Xt, yt = _vectors(fs, name, test, reduce)  # test: read here, once, after every choice
+    rows[test] = len(yt)
+    Xt = sc.transform(Xt)
+    proba = full_proba(est, basis.coords(Xt), n_classes)
+    right = int(np.sum(proba.argmax(axis=1) == yt))
+    linear.update(test=right / len(yt), test_ci=_interval(right, len(yt)), fit_rows=len(y))
+    if kcell is not None:
+        pred = knn_predict(X, y, Xt, [kcell["k"]], n_classes)[kcell["k"]]
+        right = int(np.sum(pred == yt))
+        kcell.update(test=right / len(yt), test_ci=_interval(right, len(yt)), reference_rows=len(y))
+    seconds = round(time.perf_counter() - t0, 2)
+    logger.info("probe %s: C=%g test %.4f (%.1f s)", name, chosen.C, linear["test"], seconds)
+    return {"extractor": name, "dim": dim, "rows": rows, "linear": linear, "knn": kcell, "seconds": seconds}
+
+
+def _best(cells: list[dict]) -> dict:
+    """The extractor and probe with the best validation accuracy (reported, not used for anything else)."""
+    options = [(c["linear"]["validation"], c["extractor"], "linear") for c in cells]
+    options += [(c["knn"]["validation"], c["extractor"], "knn") for c in cells if c["knn"]]
+    v, name, kind = max(options, key=lambda o: o[0])
+    return {"extractor": name, "probe": kind, "validation": v}
