@@ -125,6 +125,16 @@ class RayEngine:
 
     def start(self, root: Path, first_image: str | None) -> float:
         """Connect, check resources and that the workers see ``root``; returns the seconds it took."""
+        try:
+            return self._start(root, first_image)
+        except BaseException:
+            if self._quiet is not None:  # refused: Ray's lines and fd 2 are as they were, even if nobody closes us
+                self._quiet.close()
+                self._quiet = None
+            raise
+
+    def _start(self, root: Path, first_image: str | None) -> float:
+        """start() without the clean-up on failure."""
         t = time.monotonic()
         ray, o = self.ray, self.options
         quiet = self._quiet is None and os.environ.get("FEATSTORE_VERBOSE", "0") in ("", "0")
