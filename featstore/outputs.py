@@ -108,24 +108,45 @@ def write_text(path: str | os.PathLike, text: str, what: str = "output", encodin
     return write_atomic(path, _write, what)
 
 
-def _output_error(exc: OSError, path: Path, what: str) -> OutputError:
-    """One line for an OSError met while writing ``path``: what happened and what to do."""
+def probe_output(path: str | os.PathLike, what: str = "output") -> Path:
+    """:func:`check_output`, then make and remove an empty temporary file beside ``path``: a folder where no file can
+    be made (read-only, not yours, ``/proc``) is refused before any work too. Example::
+
+        out = probe_output("predictions.csv", "--out")
+    """
+    path = check_output(path, what)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _output_error(exc, path, what) from None
+    os.close(fd)
+    os.unlink(name)
+    return path
+
+
+def output_fix(exc: OSError, path: Path) -> str:
+    """What to do about an OSError met while writing ``path`` (the second half of an OutputError's line)."""
     code = exc.errno
     if code == errno.ENOSPC or code == errno.EDQUOT:
-        fix = "the disk is full; free some space or write to another folder"
-    elif code in (errno.EROFS,):
-        fix = f"the file system of {path.parent} is read-only; write to another folder"
-    elif code in (errno.EACCES, errno.EPERM):
-        fix = f"folder {path.parent} is not writable by you; write to another folder"
-    elif code == errno.ENOENT:
-        fix = f"folder {path.parent} does not exist (any more); create it or choose another path"
-    elif code == errno.ENOTDIR:
-        fix = f"{path.parent} is not a folder; choose another path"
-    elif code == errno.EISDIR:
-        fix = f"{path} is a folder; give a file name"
-    else:
-        fix = f"{exc.strerror or exc}; choose another path"
-    return OutputError(f"cannot write {what} {path}: {fix}. Nothing was written there.")
+        return "the disk is full; free some space or write to another folder"
+    if code in (errno.EROFS,):
+        return f"the file system of {path.parent} is read-only; write to another folder"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"folder {path.parent} is not writable by you; write to another folder"
+    if code == errno.ENOENT and path.parent.is_dir():
+        return f"no file can be made in {path.parent} ({exc.strerror}); write to another folder"
+    if code == errno.ENOENT:
+        return f"folder {path.parent} does not exist (any more); create it or choose another path"
+    if code == errno.ENOTDIR:
+        return f"{path.parent} is not a folder; choose another path"
+    if code == errno.EISDIR:
+        return f"{path} is a folder; give a file name"
+    return f"{exc.strerror or exc}; choose another path"
+
+
+def _output_error(exc: OSError, path: Path, what: str) -> OutputError:
+    """One line for an OSError met while writing ``path``: what happened and what to do."""
+    return OutputError(f"cannot write {what} {path}: {output_fix(exc, path)}. Nothing was written there.")
 
 
 def _umask() -> int:

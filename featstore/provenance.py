@@ -120,7 +120,7 @@ def refuse_other_extractor(old: dict, new: dict, path, name: str) -> None:
         raise StoreError(
             f"store {path} already holds an extractor named {name!r} with fingerprint {str(old.get('fingerprint'))[:12]}, "
             f"this run's is {new['fingerprint'][:12]} ({describe_diff(old, new)}). "
-            f"Use --name to store it under another name, or another --store."
+            f"Use --name (name= in Python) to store it under another name, or another --store."
         )
 
 
@@ -146,7 +146,17 @@ def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:
     if changed:
         raise StoreError(
             f"split {split!r} of {name!r} in {path} was started with another {', '.join(changed)}; resuming would "
-            f"mix two different runs. Re-run with the same options, or pass --overwrite to start it again"
+            f"mix two different runs. Re-run with the same options, or pass --overwrite (overwrite=True in Python) to start it "
+            f"again"
+        )
+    then, now = bool(plain(stored.get("jit", False))), bool(new.get("jit", False))  # stores before "jit": without
+    if then != now:
+        how = ("without --jit", "with --jit") if now else ("with --jit", "without --jit")
+        raise StoreError(
+            f"split {split!r} of {name!r} in {path} was started {how[0]} (jit={then}) and this run is {how[1]} "
+            f"(jit={now}): XLA-compiled features differ from uncompiled ones in the last digits, so the split would "
+            f"hold rows of both kinds. Resume it {how[0]} (the same command {'without' if now else 'with'} --jit; "
+            f"jit={then} in Python), or start it again {how[1]} by adding --overwrite (overwrite=True)"
         )
 
 
@@ -351,7 +361,7 @@ def refuse_changed_listing(recorded_digest, listing, stored: Callable[[], list],
     summary = listing.diff(stored()).summary()
     raise StoreError(
         f"the images of split {split!r} changed since {name!r}/{split} in {path} was extracted: {summary}. "
-        f"Re-extract it with --overwrite."
+        f"Re-extract it with --overwrite (overwrite=True in Python)."
     )
 
 
@@ -362,5 +372,5 @@ def refuse_other_weights(here: dict, recorded: dict, what: str = "the run", acti
             f"the weights available here ({here.get('weights_description')}, file sha256 "
             f"{str(here.get('weights_sha256') or '')[:12] or '-'}) are not the ones {what} was fitted on "
             f"({recorded.get('weights_description')}, file sha256 {str(recorded.get('weights_sha256') or '')[:12] or '-'}); "
-            f"refusing to {action}. Pass --weights PATH with the original file."
+            f"refusing to {action}. Pass --weights PATH (weights= in Python) with the original file."
         )

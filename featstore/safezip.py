@@ -1,4 +1,5 @@
-"""Bounded reading of the zip files in run folders (``predictions.npz``, ``model.skops``, ``model.keras``).
+"""Bounded reading of the zip files featstore opens: run folders' (``predictions.npz``, ``model.skops``, ``model.keras``)
+and a user's own ``--model PATH.keras`` (checked before Keras opens it).
 
 A run folder may be crafted, and a zip can declare members far larger than the file (a "zip bomb": 2 MB on
 disk, 2 GB unpacked). :func:`check_zip` reads only the central directory and refuses, before anything is
@@ -40,17 +41,18 @@ MAX_MEMBER = 4 << 30  # no member may declare more bytes than this
 _STEP = 1 << 20  # bytes decompressed per step when a deflated member is measured
 
 
-def check_zip(path: str | os.PathLike) -> None:
+def check_zip(path: str | os.PathLike, max_member: int | None = MAX_MEMBER) -> None:
     """ValueError naming the member and its sizes if the zip at ``path`` could unpack to far more than it holds.
 
+    ``max_member=None`` drops the absolute cap on one member (a user's large model file), keeping every ratio rule.
     ``zipfile.BadZipFile`` if it is not a zip at all.
     """
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
-        _check_members(fh, size)
+        _check_members(fh, size, max_member)
 
 
-def _check_members(fh, size: int) -> None:
+def _check_members(fh, size: int, max_member: int | None = MAX_MEMBER) -> None:
     """check_zip on an open file of ``size`` bytes."""
     with zipfile.ZipFile(fh) as z:
         infos = z.infolist()
@@ -60,9 +62,9 @@ def _check_members(fh, size: int) -> None:
                 f"member {i.filename!r} is encrypted or compressed with method {i.compress_type} "
                 f"(featstore writes stored or deflated members only)"
             )
-        if i.file_size > MAX_MEMBER:
+        if max_member is not None and i.file_size > max_member:
             raise ValueError(
-                f"member {i.filename!r} declares {i.file_size} bytes unpacked, over the limit of {MAX_MEMBER} "
+                f"member {i.filename!r} declares {i.file_size} bytes unpacked, over the limit of {max_member} "
                 f"(featstore.safezip.MAX_MEMBER)"
             )
         if i.file_size > SMALL and i.file_size > MAX_RATIO * i.compress_size:

@@ -24,7 +24,21 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def safe(text: object) -> str:
+    """``text`` for a terminal: each line's control characters, bidi overrides and undecodable bytes escaped
+    (:func:`featstore.outputs.terminal_safe`), line breaks kept. Names from a store or a folder go through here."""
+    from featstore.outputs import terminal_safe
+
+    return "\n".join(terminal_safe(line) for line in str(text).split("\n"))
+
+
+def echo(text: object = "", err: bool = False) -> None:
+    """``typer.echo`` of :func:`safe` text."""
+    typer.echo(safe(text), err=err)
 
 
 def _errors(fn):
@@ -35,10 +49,26 @@ def _errors(fn):
         try:
             return fn(*args, **kwargs)
         except FeatstoreError as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {safe(exc)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+class _SafeFormatter(logging.Formatter):
+    """Log lines through :func:`safe`: a file name in a message cannot send escape sequences to the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe(super().format(record))
+
+
+def _version(value: bool) -> None:
+    """--version: print the version and stop."""
+    if value:
+        from featstore.version import __version__
+
+        typer.echo(f"featstore {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -53,16 +83,18 @@ def main(
             help="HDF5 file locking; --no-locking for filesystems without working locks (NFS, Lustre). Default: HDF5's (honours HDF5_USE_FILE_LOCKING).",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print featstore's version and exit."),
+    ] = False,
 ) -> None:
     """featstore: transfer learning on cached CNN features."""
     from featstore.store.reader import set_locking
 
     set_locking(locking)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_SafeFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     for noisy in ("tensorflow", "absl", "h5py", "PIL", "matplotlib", "ray"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from featstore.quiet import set_quiet

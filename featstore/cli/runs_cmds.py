@@ -219,17 +219,18 @@ def predict(
     runs: RunsOpt = None,
 ) -> None:
     """Class and probability for new images, with the run's exact extractor and classifier."""
+    from featstore.cli.main import safe
     from featstore.experiments.predict import predict as run_predict
 
     rows = run_predict(
         run, inputs, store=store, runs=runs, out=out, weights=weights, batch_size=batch_size, trust_model=trust_model
     )
     if out is not None:
-        typer.echo(f"wrote {len(rows)} predictions to {out}")
+        typer.echo(safe(f"wrote {len(rows)} predictions to {out}"))
         return
-    for r in rows:
+    for r in rows:  # names escaped: a file or class name cannot send escape sequences to the terminal
         typer.echo(
-            f"{r['path']}\t{r['label']}\t{r['probability']:.4f}"
+            f"{safe(r['path'])}\t{safe(r['label'])}\t{r['probability']:.4f}"
             if not r["error"]
-            else f"{r['path']}\tFAILED\t{r['error']}"
+            else f"{safe(r['path'])}\tFAILED\t{safe(r['error'])}"
         )

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +37,17 @@ def models(
     from featstore.report import tables as report
 
     if name is None:
-        typer.echo(report.models_table())
+        echo(report.models_table())
         return
     if is_model_path(name):
-        typer.echo(report.layers_table(name, image_size, trust_model))
+        echo(report.layers_table(name, image_size, trust_model))
         return
     get_backbone(name)
     if not layers:
-        typer.echo(report.models_table().splitlines()[0])
-        typer.echo(next(line for line in report.models_table().splitlines()[1:] if line.split()[0] == name))
+        echo(report.models_table().splitlines()[0])
+        echo(next(line for line in report.models_table().splitlines()[1:] if line.split()[0] == name))
         return
-    typer.echo(report.layers_table(name, image_size))
+    echo(report.layers_table(name, image_size))
 
 
 @app.command()
@@ -248,22 +248,31 @@ def extract(
     )
     if r.skipped:
         done = a is None or a.skipped
-        typer.echo(
+        echo(
             f"{where} {'is' if done else 'was'} already complete ({r.rows} rows, {r.failed} failed){copies}"
             + ("; nothing to do. Use --overwrite to redo it." if done else "")
         )
         return
     resumed = f", resumed after {r.resumed_from} images" if r.resumed_from else ""
-    if r.engine == "ray":
-        typer.echo(f"Ray start-up (connect, checks, actors built, first batch): {r.startup_seconds:.1f} s")
-    typer.echo(
-        f"wrote {r.written} rows of {r.feature_shape} to {where} in {r.seconds:.1f} s ({r.images_per_second:.1f} img/s{resumed}); "
-        f"{r.rows} rows in the split, {r.failed} failed"
+    ray = (
+        f"; Ray start-up {_secs(r.startup_seconds)} of it: connect, checks, actors built, first batch"
+        if r.engine == "ray"
+        else ""
+    )
+    echo(
+        f"wrote {r.written} rows of {r.feature_shape} to {where} in {_secs(r.seconds)}: start-up "
+        f"{_secs(r.setup_seconds)} (listing, checks, model built{ray}), then {r.images_per_second:.1f} img/s over "
+        f"{_secs(r.rate_seconds)} (decode, model, write){resumed}; {r.rows} rows in the split, {r.failed} failed"
         + (f", {r.ignored} non-image files ignored" if r.ignored else "")
         + copies
     )
     for path, reason in r.failures:
-        typer.echo(f"  failed: {path}: {reason}")
+        echo(f"  failed: {path}: {reason}")
+
+
+def _secs(s: float) -> str:
+    """Seconds for a message: one decimal, or "<0.1 s"."""
+    return f"{s:.1f} s" if s >= 0.05 else "<0.1 s"
 
 
 @app.command()
@@ -272,7 +281,7 @@ def info(store: Annotated[Path, typer.Argument(help="HDF5 store file.")] = Path(
     """Show a store: extractors with provenance, splits with shapes, classes, counts and failures."""
     from featstore.report.tables import store_tree
 
-    typer.echo(store_tree(str(store)))
+    echo(store_tree(str(store)))
 
 
 @app.command()
@@ -285,9 +294,9 @@ def check(store: Annotated[Path, typer.Argument(help="HDF5 store file.")] = Path
     FeatureStore(store, allow_external=True)  # exists and is HDF5; links are reported below, not refused
     problems = check_store(store)
     if not problems:
-        typer.echo(f"{store}: OK")
+        echo(f"{store}: OK")
         return
     for p in problems:
-        typer.echo(f"problem: {p}")
-    typer.echo(f"{store}: {len(problems)} problem(s)")
+        echo(f"problem: {p}")
+    echo(f"{store}: {len(problems)} problem(s)")
     raise typer.Exit(1)

@@ -28,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, FeatstoreError, StoreError, choices_error
+from featstore.errors import ConfigError, StoreError, choices_error
 from featstore.experiments.evaluate import metrics
+from featstore.experiments.finetune_cache import cache_note, cached_cut
+from featstore.experiments.finetune_train import train
 from featstore.images.augment import parse_augment
-from featstore.images.listing import printable
-from featstore.models.finetuned import Built, FinetunedModel, build_model, preprocess_images
-from featstore.runs.apply import image_batches, rebuild_extractor, split_images, split_proba
+from featstore.models.finetuned import Built, FinetunedModel, build_model
+from featstore.runs.apply import rebuild_extractor, split_images, split_proba
 from featstore.runs.folder import ensure_writable, get_run, runs_root
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, digest_paths, draft
@@ -134,9 +135,9 @@ def finetune(
         built.trainable[-1],
         len(built.frozen),
     )
-    cached, t_cache = None, time.perf_counter()
+    cached, t_cache, size_before = None, time.perf_counter(), _size(fs.path)
     if config.cache and not config.augment and built.top is not None:
-        cached = _cached_cut(fs, name, built.cut_input, rec["extractor_attrs"], weights, trust_model, sets)
+        cached = cached_cut(fs, name, built.cut_input, rec["extractor_attrs"], weights, trust_model, sets)
     elif config.augment:
         logger.info(
             "augmentation on (%s): training from the images, the frozen layers are computed every epoch", config.augment
@@ -148,10 +149,12 @@ def finetune(
         )
     cache_seconds = time.perf_counter() - t_cache if cached else 0.0
     started = time.perf_counter()
-    history, epoch_seconds = _train(built, cached, sets, rec["extractor_attrs"], config, workers, verbose)
+    trained = train(built, cached, sets, rec["extractor_attrs"], config, workers, verbose)
+    history, epoch_seconds = trained.history, trained.epoch_seconds
     fit_seconds = time.perf_counter() - started
     model = FinetunedModel(built.model, rec["extractor_attrs"])
     evaluated, probas = {}, {}
+    grew = (size_before, _size(fs.path))
     for split in [s for s in ("validation", "test") if s in fs.splits(name) and fs.split_info(s, name).get("complete")]:
         images = sets.get(split) or split_images(fs, name, split, root_of(split), class_names)
         proba = split_proba(images, model.image_size, workers, model.proba)
@@ -188,12 +191,41 @@ def finetune(
         fit_seconds=round(fit_seconds, 3),
         epoch_seconds=epoch_seconds,
         seconds_per_epoch=float(np.median(epoch_seconds[1:] or epoch_seconds)),  # the first epoch also traces the graph
-        notes=[
-            "train accuracy is the training curve's (augmented, dropout on); validation and test "
-            "were evaluated on the images after training"
-        ],
+        phase_a_val_loss=trained.baseline["val_loss"],
+        phase_a_val_accuracy=trained.baseline["val_accuracy"],
+        restored_epoch=trained.restored_epoch,
+        notes=_notes(built, config, trained, cached and cache_note(fs, cached, config.unfreeze_from, grew)),
     )
     return write_run(root, record, model, probas)
+
+
+def _notes(built, config: FinetuneConfig, trained, cache: str | None) -> list[str]:
+    """What a reader of the run must know: how its scores were measured, which weights it kept, its cache."""
+    import keras
+
+    dropout = any(isinstance(lyr, keras.layers.Dropout) and lyr.rate > 0 for lyr in built.model.layers)
+    how = [f"augmented: {config.augment}"] * bool(config.augment) + ["dropout on"] * dropout
+    kept = (
+        f"no epoch beat phase A's validation loss {trained.baseline['val_loss']:.4f}: the model keeps phase A's "
+        f"weights (restored_epoch 0)"
+        if trained.restored_epoch == 0
+        else f"early stopping kept epoch {trained.restored_epoch}'s weights (the best validation loss, below phase "
+        f"A's {trained.baseline['val_loss']:.4f})"
+    )
+    return [
+        f"train accuracy is the training curve's{' (' + ', '.join(how) + ')' if how else ''}; validation and test were "
+        f"evaluated on the images after training",
+        f"{kept}; the validation split chose it, so its score is optimistic; judge by test",
+        *([cache] if cache else []),
+    ]
+
+
+def _size(path: Path) -> int:
+    """A file's size in bytes (0 if missing)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def warm_start_model(
@@ -211,175 +243,3 @@ def warm_start_model(
     extractor = rebuild_extractor(rec["extractor_attrs"], weights, trust_model)
     n_classes = len(rec.class_names)
     return build_model(extractor, head, n_classes, config.unfreeze_from, extractor.base_layer_names, config.seed)
-
-
-@dataclass
-class Cached:
-    """The frozen layers' output, computed once: the store group and its train/validation arrays."""
-
-    group: str
-    arrays: dict  # split -> (X, y)
-
-
-def _cached_cut(fs, name, layer, attrs, weights, trust_model, sets) -> Cached:
-    """Extract (or reuse) the group cut at ``layer`` for train and validation; its rows must be the run's rows."""
-    from featstore.extraction.pipeline import extract
-    from featstore.models.extractor import ExtractorConfig
-
-    group = f"{name.split('@')[0]}@{layer}"
-    cfg = replace(
-        ExtractorConfig.from_attrs(
-            attrs, None if attrs.get("model_file") else weights, model_file=weights if attrs.get("model_file") else None
-        ),
-        layer=layer,
-        layers=(),
-        pooling="none",
-        dtype="float32",
-        trust_model=trust_model,
-    )
-    logger.info(
-        "the layers below %s are frozen: their output is cached in the store as %r (computed once, reused by later "
-        "fine-tunings), and phase B trains only the layers above on it",
-        layer,
-        group,
-    )
-    arrays, made = {}, group not in fs.extractors()
-    for split, images in sets.items():
-        try:
-            extract(images.root, split, fs.path, cfg, name=group)
-        except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
-            raise type(exc)(
-                f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; pass "
-                f"--no-cache to train from the images instead, or fine-tune on a copy of the store without that group)"
-            ) from None
-        cut_paths = fs.paths(split, group)
-        if cut_paths != images.paths:
-            lacking = sorted(set(images.paths) - set(cut_paths))
-            why = (
-                f"it lacks {len(lacking)} of them (e.g. {printable(lacking[0])}), which cannot be read now: restore them, or "
-                f"re-run `featstore extract` so the store and the folder agree"
-                if lacking
-                else "the folder changed between the two extractions?"
-            )
-            raise StoreError(
-                f"the cached group {group!r} holds other images of {split!r} than {name!r} ({why}); re-extract both, "
-                f"or pass --no-cache"
-            )
-        arrays[split] = fs.load(split, group)
-    if (
-        made
-    ):  # a group of our own making: marked, so commands that pick the store's only extractor still find the user's
-        from featstore.store.reader import CACHE_PURPOSE, open_h5
-        from featstore.store.writer import writer_lock
-
-        with writer_lock(fs.path), open_h5(fs.path, "a") as f:
-            f[group].attrs["purpose"] = CACHE_PURPOSE
-    return Cached(group, arrays)
-
-
-def _train(
-    built, cached: Cached | None, sets: dict, attrs: dict, config: FinetuneConfig, workers: int, verbose: int
-) -> tuple[dict, list]:
-    """Compile and fit (on the cached cut or from images); returns the per-epoch history and seconds."""
-    import keras
-    import tensorflow as tf
-
-    from featstore.images.augment import augment_batch
-
-    keras.utils.set_random_seed(config.seed)
-    size = int(attrs["input_size"])
-    n_classes = built.model.output_shape[-1]
-    binary = n_classes == 1
-    opt = {
-        "rmsprop": keras.optimizers.RMSprop,
-        "adam": keras.optimizers.Adam,
-        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.9),
-    }[config.optimizer](learning_rate=config.lr)
-    model = built.model if cached is None else built.top
-    model.compile(
-        optimizer=opt, loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy", metrics=["accuracy"]
-    )
-    aug = parse_augment(config.augment)
-    aug_model = aug.model(config.seed, int(attrs["input_size"]), int(attrs.get("input_channels", 3))) if aug else None
-    n = len(sets["train"].labels)
-    epoch = iter(range(10**9))
-    ytype = np.float32 if binary else np.int64
-
-    failed: list[
-        Exception
-    ] = []  # an error inside a generator reaches fit() as a tf UnknownError: kept to re-raise as itself
-
-    def keep(gen):
-        try:
-            yield from gen
-        except FeatstoreError as exc:
-            failed.append(exc)
-            raise
-
-    def train_batches():
-        order = np.random.default_rng(config.seed + next(epoch)).permutation(
-            n
-        )  # a new seeded order each epoch, same for both paths
-        if cached is not None:
-            X, y = cached.arrays["train"]
-            for i in range(0, n, config.batch_size):
-                idx = order[i : i + config.batch_size]
-                yield X[idx].astype(np.float32), y[idx].astype(ytype)
-            return
-        for x, y in image_batches(sets["train"], size, config.batch_size, order, workers):
-            x = augment_batch(aug_model, x) if aug_model is not None else x  # augmented, then preprocessed
-            yield preprocess_images(x, attrs), y.astype(ytype)
-
-    def val_batches():
-        if cached is not None:
-            X, y = cached.arrays["validation"]
-            for i in range(0, len(y), config.batch_size):
-                yield X[i : i + config.batch_size].astype(np.float32), y[i : i + config.batch_size].astype(ytype)
-            return
-        for x, y in image_batches(sets["validation"], size, config.batch_size, None, workers):
-            yield preprocess_images(x, attrs), y.astype(ytype)
-
-    shape = tuple(model.input_shape[1:])
-    sig = (tf.TensorSpec((None, *shape), tf.float32), tf.TensorSpec((None,), tf.float32 if binary else tf.int64))
-    steps = -(-n // config.batch_size)
-    val_steps = -(-len(sets["validation"].labels) // config.batch_size)
-    train = tf.data.Dataset.from_generator(lambda: keep(train_batches()), output_signature=sig).repeat()
-    val = tf.data.Dataset.from_generator(lambda: keep(val_batches()), output_signature=sig).repeat()
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    log = _epoch_log()(config.epochs)
-    try:
-        hist = model.fit(
-            train,
-            epochs=config.epochs,
-            steps_per_epoch=steps,
-            validation_data=val,
-            validation_steps=val_steps,
-            callbacks=[stop, log],
-            verbose=verbose,
-            shuffle=False,
-        )
-    except Exception:
-        if failed:  # e.g. an image that cannot be read now: its own message, not TensorFlow's wrapper
-            raise failed[0] from None
-        raise
-    return {k: [float(v) for v in vals] for k, vals in hist.history.items()}, log.seconds
-
-
-def _epoch_log():
-    """A Keras callback class that logs one line per epoch (the CLI's progress)."""
-    import keras
-
-    class EpochLog(keras.callbacks.Callback):
-        def __init__(self, epochs: int):
-            super().__init__()
-            self.epochs, self.t, self.seconds = epochs, time.perf_counter(), []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.seconds.append(round(time.perf_counter() - self.t, 3))
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items())
-            logger.info("epoch %d/%d: %s (%.1f s)", epoch + 1, self.epochs, shown, self.seconds[-1])
-
-    return EpochLog

@@ -14,7 +14,6 @@ The extractor is rebuilt from the recorded model, layer, input size, pooling, dt
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import stat
@@ -22,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, DataError, StoreError
+from featstore.errors import ConfigError, DataError, OutputError, StoreError
 from featstore.images.listing import IMAGE_EXTENSIONS, find_images, printable
+from featstore.outputs import csv_cell, output_fix, probe_output, write_atomic
 from featstore.runs.apply import ApplyOptions, ImageBatch, rebuild_extractor  # noqa: F401 (rebuild_extractor re-exported)
 from featstore.runs.folder import find_run, runs_root
 from featstore.runs.kinds import kind_of
-from featstore.runs.write import replace_file
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +73,10 @@ def _check_out(out: Path) -> None:
         raise ConfigError(
             f"--out {out} cannot be written (folder {folder} or the file is read-only); choose another path"
         )
+    try:
+        probe_output(out, "--out")  # a link at the name is never written through; a folder that takes no file
+    except OutputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def predict(
@@ -90,7 +93,9 @@ def predict(
 ) -> list[dict]:
     """Class and probability per image for a fit, finetune or ensemble run; unreadable images get a row with their reason.
 
-    Writes a CSV (path, label, probability, error) when ``out`` is given (a new file renamed onto ``out``).
+    Writes a CSV (path, label, probability, error) when ``out`` is given (a new file renamed onto ``out``, by
+    :func:`featstore.outputs.write_atomic`); text cells that a spreadsheet would evaluate (``= + - @``, tab, CR at the
+    start) get a leading ``'`` (:func:`featstore.outputs.csv_cell`).
     ``trust_model`` allows a run whose features came from a legacy ``.h5`` model file, which can run code when
     loaded: give it only for a model file you made yourself. Example::
 
@@ -135,18 +140,21 @@ def predict(
     rows.sort(key=lambda r: order[r["path"]])  # failures were listed as met, images as their batch finished
     if out is not None:
         try:
-            replace_file(Path(out), lambda tmp: _write_csv(tmp, rows))
-        except OSError as exc:
+            write_atomic(out, lambda tmp: _write_csv(tmp, rows), "--out")
+        except OutputError as exc:
+            cause = exc.__context__ if isinstance(exc.__context__, OSError) else exc
             raise StoreError(
-                f"could not write --out {out} ({exc.strerror or exc}); the predictions were made but not saved: "
-                f"free space or choose another path"
+                f"could not write --out {out} ({cause.strerror or cause}): {output_fix(cause, Path(out))}. Nothing was "
+                f"written there; the predictions were made but not saved: run predict again"
             ) from None
     return rows
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    """The predictions CSV; non-UTF-8 names are written as their own bytes."""
+    """The predictions CSV: path, label and error through ``csv_cell`` (a spreadsheet shows them, never evaluates
+    them); non-UTF-8 names are written as their own bytes."""
     with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "label", "probability", "error"])
-        writer.writeheader()
-        writer.writerows(rows)
+        fh.write("path,label,probability,error\r\n")
+        for r in rows:
+            cells = (csv_cell(str(r["path"])), csv_cell(r["label"]), repr(r["probability"]), csv_cell(r["error"]))
+            fh.write(",".join(cells) + "\r\n")

@@ -82,10 +82,17 @@ def batch_seed(seed: int, first: int) -> int:
 
 
 def copies_attrs(
-    req: CopiesRequest, split: str, plain_attrs: dict, source_rows: int, batch_size: int, compression: str
+    req: CopiesRequest,
+    split: str,
+    plain_attrs: dict,
+    source_rows: int,
+    batch_size: int,
+    compression: str,
+    jit: bool = False,
 ) -> dict:
     """The copies' split attributes: the plain split's classes, root and images, this run's write options, the augmentation."""
     return {
+        "jit": bool(jit),  # a resume with the other setting is refused (provenance.refuse_resume)
         "class_names": plain_attrs["class_names"],
         "source_root": plain_attrs["source_root"],
         "n_images": req.copies * source_rows,

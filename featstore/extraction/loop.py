@@ -92,6 +92,7 @@ class PassResult:
     failures: list = field(default_factory=list)  # (path, reason) recorded by this pass
     images_per_second: float = 0.0  # throughput of the decode-model-write loop
     first_wait: float = 0.0  # steady-state engines: seconds until the first image arrived (start-up, not throughput)
+    rate_seconds: float = 0.0  # the seconds images_per_second was measured over (the rest of a run is start-up)
 
 
 def run_pass(
@@ -112,8 +113,12 @@ def run_pass(
     index: list[int] = []
     failed: list[tuple[str, str]] = []
 
+    batches = iter(range(1, 1 << 62))
+
     def commit() -> None:
         feats = engine.forward(payloads, rows.transform(index[0])) if payloads else None
+        if feats is not None:
+            warn_nonfinite(feats, writer.names, writer.key, rows.paths(index), next(batches), (index[0], index[-1]))
         writer.commit(feats, rows.labels(index), rows.paths(index), failed, done, rows.extra(index))
         out.written += len(index)
         out.failures.extend(failed)
@@ -141,8 +146,31 @@ def run_pass(
         if hasattr(outcomes, "close"):
             outcomes.close()  # decode threads shut down, Ray's stream stopped, now (not when collected)
     if not engine.steady_state or first_done is None or done <= first_done:
-        out.images_per_second = (done - start) / max(time.perf_counter() - loop_start, 1e-9)
+        out.rate_seconds = max(time.perf_counter() - loop_start, 1e-9)
+        out.images_per_second = (done - start) / out.rate_seconds
     else:  # steady state, after the first image arrived (actors built); the wait for it is start-up
         out.first_wait = first_at - loop_start
-        out.images_per_second = (done - first_done) / max(time.perf_counter() - first_at, 1e-9)
+        out.rate_seconds = max(time.perf_counter() - first_at, 1e-9)
+        out.images_per_second = (done - first_done) / out.rate_seconds
     return out
+
+
+def warn_nonfinite(
+    feats: list[np.ndarray], names: list[str], key: str, paths: list[str], batch: int, span: tuple[int, int]
+) -> None:
+    """Log a warning for each output of one batch that holds rows with NaN or inf (they are stored as they are)."""
+    for name, f in zip(names, feats):
+        bad = ~np.isfinite(f.reshape(len(f), -1)).all(axis=1)
+        if bad.any():
+            logger.warning(
+                "batch %d (images %d-%d) of %s (%s) holds %d rows with NaN or inf features (e.g. %s); they are stored, "
+                "but fit and leaks will refuse them. Check the images and the model's weights (an own model may "
+                "overflow on a white image).",
+                batch,
+                span[0] + 1,
+                span[1] + 1,
+                key,
+                name,
+                int(bad.sum()),
+                printable(paths[int(np.argmax(bad))]),
+            )

@@ -39,7 +39,7 @@ from featstore.store.layout import check_root
 from featstore.store.locking import StoreFile
 from featstore.store.space import check_writable, ensure_space
 from featstore.store.survey import Survey, committed_rows, copies_done, split_done, survey
-from featstore.store.writer import CHUNK_BYTES, COMPRESSIONS, SplitWriter
+from featstore.store.writer import CHUNK_BYTES, COMPRESSIONS, SplitWriter, refuse_huge_rows
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,8 @@ class ExtractResult:
     failures: list = field(default_factory=list)  # (path, reason) recorded by this run
     ignored: int = 0  # files without an image extension in the class folders
     images_per_second: float = 0.0  # throughput of the decode-model-write loop (model building excluded)
+    rate_seconds: float = 0.0  # the seconds images_per_second was measured over
+    setup_seconds: float = 0.0  # the seconds before them: listing, checks, model built (Ray: connect, actors built)
     extractors: list = field(default_factory=list)  # every extractor group written (one per layer with several layers)
     jit_max_abs_diff: float | None = (
         None  # --jit: max abs difference of the compiled to the uncompiled model at start-up
@@ -96,6 +98,7 @@ def extract(
     augment_seed: int = 0,
     workers: int | None = None,
     store_path: str | os.PathLike | None = None,
+    purpose: str = "",
 ) -> ExtractResult:
     """Extract features of ``data/split/<class>/*`` into the HDF5 file ``store`` under ``/<name>/<split>``.
 
@@ -109,8 +112,10 @@ def extract(
     beyond ``extractor.JIT_TOLERANCE``). ``engine="ray"`` runs decoding and the forward pass on a Ray Data actor pool
     (``ray_options``, a :class:`featstore.extraction.ray.RayOptions`; or pass an engine object, e.g.
     ``RayEngine(options)``, which the caller closes); rows, order, failure records and commits are the local engine's.
-    ``locking`` overrides the process's HDF5 locking for this store. ``workers=`` and ``store_path=`` are the old names
-    of ``decode_threads=`` and ``store=``. Example::
+    ``locking`` overrides the process's HDF5 locking for this store. ``purpose`` is recorded as the ``purpose``
+    attribute of an extractor group this call creates, in the same step (``finetune`` marks its frozen-layer caches
+    ``finetune-cache``, which commands that pick the store's only extractor pass over). ``workers=`` and
+    ``store_path=`` are the old names of ``decode_threads=`` and ``store=``. Example::
 
         extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"))
         extract("data/fashion_mnist", "train", "features.h5", ExtractorConfig(weights="hed-bsds500"), augment=5)
@@ -147,7 +152,7 @@ def extract(
         result = ExtractResult(
             str(file.path), names[0], split, ignored=listing.n_ignored, extractors=names, engine=runner.name
         )
-        how = PassOptions(batch_size, overwrite, progress, compression, jit)
+        how = PassOptions(batch_size, overwrite, progress, compression, jit, purpose)
         job = _Extraction(file, listing, config, spec, names, runner, how)
         with file.lock():  # one writer per store, for the whole command
             job.write_split(result, started)
@@ -190,6 +195,7 @@ class PassOptions:
     progress: bool = False  # a tqdm bar
     compression: str = "none"  # none | lzf | gzip
     jit: bool = False  # XLA-compiled forward pass
+    purpose: str = ""  # the `purpose` attribute of a group this call creates ("" = none)
 
 
 class _Extraction:
@@ -251,8 +257,9 @@ class _Extraction:
             wrote = self._pass(writer, found, extractor, split_attrs, ListingRows(listing), how.overwrite, listing)
             if wrote is not None:
                 result.resumed_from, result.written, result.failures = writer.start, wrote.written, wrote.failures
-                result.images_per_second = wrote.images_per_second
+                result.images_per_second, result.rate_seconds = wrote.images_per_second, wrote.rate_seconds
                 result.startup_seconds += wrote.first_wait
+                result.setup_seconds = max(0.0, time.monotonic() - started - wrote.rate_seconds)
             summary = writer.finish(time.monotonic() - started, report=self.names[0])
         result.rows, result.failed = int(summary["committed_rows"]), int(summary["n_failed"])
         result.feature_shape = tuple(summary["shape"][1:])
@@ -265,7 +272,9 @@ class _Extraction:
         key = f"{split}/{AUGMENTED}"
         with self.file.open("r") as f:  # one opening: the split's rows and every check before any work
             rel, labels, plain_attrs = committed_rows(f, path, self.names[0], split)
-            want = augcopies.copies_attrs(req, split, plain_attrs, len(rel), self.how.batch_size, self.how.compression)
+            want = augcopies.copies_attrs(
+                req, split, plain_attrs, len(rel), self.how.batch_size, self.how.compression, self.how.jit
+            )
             found = survey(f, path, self.names, key, lambda f, n: copies_done(f, path, n, split, want))
         total = req.copies * len(rel)
         if not found.todo:
@@ -298,11 +307,14 @@ class _Extraction:
             sum(int(np.prod(a["feature_shape"])) for _, a in extractor.outputs)
             * np.dtype(extractor.config.dtype).itemsize
         )
+        for name, (_, a) in zip(writer.names, extractor.outputs):
+            refuse_huge_rows(a["feature_shape"], a["dtype"], name)  # before anything is written
         if found.interrupted:
             writer.compact()  # resume from a clean copy: a killed writer's file state is never written on
         need = (rows.total - found.done) * row_bytes + CHUNK_BYTES
         ensure_space(self.file.path, need, found.done)  # before anything is replaced
-        writer.prepare([a for _, a in extractor.outputs], split_attrs, overwrite, listing)
+        marks = {"purpose": self.how.purpose} if self.how.purpose else {}  # written with a group, in its creation
+        writer.prepare([{**a, **marks} for _, a in extractor.outputs], split_attrs, overwrite, listing)
         if writer.start >= rows.total:
             return None
         self.engine.bind(extractor, jit=self.how.jit, batch_size=self.how.batch_size)

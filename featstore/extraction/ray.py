@@ -22,7 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,6 +115,7 @@ class RayEngine:
         self.started_ray = False  # this engine called ray.init (and shuts it down in close())
         self.cpus_per_worker = 1.0
         self._bound: tuple | None = None
+        self._quiet: _RayNoise | None = None  # Ray's informational lines hidden while this engine runs
 
     def __enter__(self) -> RayEngine:
         return self
@@ -121,8 +125,21 @@ class RayEngine:
 
     def start(self, root: Path, first_image: str | None) -> float:
         """Connect, check resources and that the workers see ``root``; returns the seconds it took."""
+        try:
+            return self._start(root, first_image)
+        except BaseException:
+            if self._quiet is not None:  # refused: Ray's lines and fd 2 are as they were, even if nobody closes us
+                self._quiet.close()
+                self._quiet = None
+            raise
+
+    def _start(self, root: Path, first_image: str | None) -> float:
+        """start() without the clean-up on failure."""
         t = time.monotonic()
         ray, o = self.ray, self.options
+        quiet = self._quiet is None and os.environ.get("FEATSTORE_VERBOSE", "0") in ("", "0")
+        if quiet:
+            self._quiet = _RayNoise()  # its log filters before ray.init, which logs
         if not ray.is_initialized():
             if o.address:
                 _check_reachable(o.address)
@@ -139,6 +156,8 @@ class RayEngine:
             self.started_ray = True
         elif o.address:
             logger.info("Ray is already initialised in this process; --address %s is not used", o.address)
+        if quiet:
+            self._quiet.filter_fd2()  # after ray.init: the processes it started do not inherit the pipe
         self._check_resources()
         self._check_data_visible(root, first_image)
         return time.monotonic() - t
@@ -242,6 +261,85 @@ class RayEngine:
         if self.started_ray and self.ray.is_initialized():
             self.ray.shutdown()
         self.started_ray = False
+        if self._quiet is not None:
+            self._quiet.close()
+            self._quiet = None
+
+
+# Ray's lines that say nothing a featstore user can act on (featstore hides progress bars on purpose; the actors'
+# constructor arguments are a few small values; a local Ray's token is featstore's own). Real errors pass.
+_RAY_LOG_NOISE = {
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray cluster",),
+    "ray.data._internal.progress": ("Progress bars disabled", "Progress bars for operators disabled"),
+}
+_RAY_FD_NOISE = re.compile(
+    rb"^\[[^]]* E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments"
+)
+
+
+class _DropLines(logging.Filter):
+    """Drop log records whose message starts with one of ``starts``."""
+
+    def __init__(self, starts: tuple[str, ...]):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+class _RayNoise:
+    """While a Ray engine runs: Ray's informational log lines dropped, and file descriptor 2 passed through a thread
+    that drops only the core worker's line about actor constructor arguments (it is written by C++, not logged)."""
+
+    def __init__(self):
+        self.filters = [(logging.getLogger(n), _DropLines(starts)) for n, starts in _RAY_LOG_NOISE.items()]
+        for lg, f in self.filters:
+            lg.addFilter(f)
+        self.saved = self.thread = None
+
+    def filter_fd2(self) -> None:
+        """Pass fd 2 through the line filter from now on (nothing is done where fd 2 cannot be duplicated)."""
+        if self.saved is not None:
+            return
+        try:
+            sys.stderr.flush()
+            self.saved, out = os.dup(2), os.dup(2)
+            read, write = os.pipe()
+            os.dup2(write, 2)
+            os.close(write)
+        except (OSError, ValueError, AttributeError):  # no fd 2 (a notebook): log filters only
+            self.saved = None
+            return
+        self.thread = threading.Thread(target=self._pass, args=(read, out), daemon=True, name="featstore-stderr")
+        self.thread.start()
+
+    @staticmethod
+    def _pass(read: int, out: int) -> None:
+        """Copy lines from ``read`` to ``out`` (this thread's own copy of the old fd 2), dropping the noise."""
+        try:
+            with os.fdopen(read, "rb") as fh:
+                for line in iter(fh.readline, b""):
+                    if not _RAY_FD_NOISE.match(line):
+                        os.write(out, line)
+        finally:
+            os.close(out)
+
+    def close(self) -> None:
+        """Put fd 2 and the loggers back; lines still in the pipe are written first."""
+        for lg, f in self.filters:
+            lg.removeFilter(f)
+        if self.saved is None:
+            return
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(self.saved, 2)  # the pipe's last writer closes: the thread drains it and ends
+        os.close(self.saved)
+        self.saved = None
+        if self.thread is not None:
+            self.thread.join(5)
 
 
 class Forward:

@@ -28,6 +28,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from featstore.outputs import terminal_safe
+
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (0.25 GiB of RGBA)
@@ -55,15 +57,14 @@ class ImageError(Exception):
 
 
 def printable(text: str) -> str:
-    r"""``text`` with undecodable file-name bytes shown as ``\xff`` escapes: safe to log and to store as UTF-8.
+    r"""``text`` with undecodable file-name bytes, control characters (escape sequences, line breaks) and bidi
+    overrides shown as ``\x..`` escapes: safe to log, print to a terminal and store as UTF-8
+    (:func:`featstore.outputs.terminal_safe`).
 
-    >>> printable("train/cat/bad\udcff.png")
-    'train/cat/bad\\xff.png'
+    >>> printable("train/cat/bad\udcff.png"), printable("a\x1b]0;title\x07.png")
+    ('train/cat/bad\\xff.png', 'a\\x1b]0;title\\x07.png')
     """
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that did not come from os.fsdecode
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return terminal_safe(text)
 
 
 class DecodeBudget:

@@ -17,6 +17,7 @@ Paths are ``str`` as ``os.fsdecode`` gives them: a non-UTF-8 name keeps its byte
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from collections.abc import Iterable
@@ -39,6 +40,7 @@ from featstore.images.walk import (  # noqa: F401 - re-exported: IMAGE_EXTENSION
     FoundImages,
     Ident,
     find_images,
+    ignored_summary,
     inside,
     lineage,
 )
@@ -165,6 +167,16 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     split_dir = root / split
     if not split_dir.is_dir():
         present = sorted(p.name for p in root.iterdir() if p.is_dir())
+        if _holds_images(root, present):
+            raise DataError(
+                f"split folder {printable(str(split_dir))} does not exist, and {printable(str(root))} looks like one "
+                f"split itself: its folders {printable(', '.join(present[:5]))}{', ...' if len(present) > 5 else ''} "
+                f"hold images, as class folders do. --data (data= in Python) names the folder above the splits: pass "
+                f"--data {printable(str(root.parent))} if this is its {root.name!r} split, or lay the images out as "
+                f"<data>/{split}/<class>/<images>. To carve validation and test splits out of one folder, move a share "
+                f"of each class's files into <data>/validation/<class>/ and <data>/test/<class>/ (pipelines/"
+                f"cats_vs_dogs.py carves seeded splits)"
+            )
         raise DataError(
             f"split folder {printable(str(split_dir))} does not exist; "
             f"splits found in {printable(str(root))}: {printable(', '.join(present)) or 'none'}"
@@ -186,8 +198,12 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     sizes: list[int] = []
     mtimes: list[int] = []
     by_file: dict[Ident, list[tuple[str, int]]] = {}
+    empty: list[str] = []
     for label, name in enumerate(class_names):
-        for path, st in walk.files(str(split_dir / name), own=name):
+        found = walk.files(str(split_dir / name), own=name)
+        if not found:
+            empty.append(name)
+        for path, st in found:
             rel = str(Path(path).relative_to(root))
             items.append((rel, label))
             sizes.append(st.st_size)
@@ -198,8 +214,16 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
             f"no images under {printable(str(split_dir))}/<class>/ "
             f"(looked for {', '.join(IMAGE_EXTENSIONS)}; {walk.ignored} other files ignored)"
         )
+    if empty:
+        shown = ", ".join(printable(str(split_dir / n)) for n in empty[:5]) + (", ..." if len(empty) > 5 else "")
+        raise DataError(
+            f"{len(empty)} class folder(s) of {printable(str(split_dir))} hold no images: {shown} (looked for "
+            f"{', '.join(IMAGE_EXTENSIONS)}; links not followed are logged above). A class without images would be "
+            f"stored as a class of 0 rows, which no classifier can learn and every metric would count. Put images "
+            f"in it, or move the folder out of every split"
+        )
     if walk.ignored:
-        logger.info("%s: ignored %d files without an image extension", printable(str(split_dir)), walk.ignored)
+        logger.info("%s: %s", printable(str(split_dir)), ignored_summary(walk.ignored_suffixes))
     for dup in _collisions(root, by_file, across_labels=True):
         logger.warning(
             "%s is one file under %d labels: %s",
@@ -208,6 +232,19 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
             ", ".join(printable(p) for p, _ in dup.rows),
         )
     return ImageListing(root, split, class_names, items, walk.ignored, walk.skipped, sizes, mtimes)
+
+
+def _holds_images(root: Path, folders: list[str], look: int = 200) -> bool:
+    """Whether one of ``root``'s ``folders`` holds an image file directly (a class folder, not a split): a bounded look."""
+    for name in folders:
+        try:
+            with os.scandir(root / name) as entries:
+                for e in itertools.islice(entries, look):
+                    if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 def duplicate_files(

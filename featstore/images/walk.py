@@ -13,6 +13,7 @@ followed. Broken links are skipped and reported. Every file with an image extens
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import stat
@@ -24,7 +25,7 @@ from featstore.images.decode import printable
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Ident = tuple[int, int]  # (st_dev, st_ino): one file or folder on disk, whichever path reaches it
 SIBLING_SPLIT = "points into another split of the data root (its images would be in two splits: a leak)"
 
@@ -46,6 +47,20 @@ def find_images(folder: str | os.PathLike) -> FoundImages:
     walk = FolderWalk(lineage(os.path.dirname(os.path.realpath(folder))), base=None)
     files = [Path(p) for p, _ in walk.files(os.fspath(folder), own=None)]
     return FoundImages(files, walk.ignored, walk.skipped)
+
+
+def ignored_summary(suffixes: collections.Counter) -> str:
+    """What was ignored, by suffix, and what is read: for a log line.
+
+    >>> ignored_summary(collections.Counter({".txt": 2, "": 1}))
+    'ignored 3 files that are not images by their extension (.txt x2, no extension x1); featstore reads .jpg, .jpeg, .png, .bmp, .gif, .webp, .tif, .tiff'
+    """
+    kinds = ", ".join(f"{s or 'no extension'} x{n}" for s, n in suffixes.most_common(5))
+    more = ", ..." if len(suffixes) > 5 else ""
+    return (
+        f"ignored {sum(suffixes.values())} files that are not images by their extension ({printable(kinds)}{more}); "
+        f"featstore reads {', '.join(IMAGE_EXTENSIONS)}"
+    )
 
 
 def lineage(path: str | os.PathLike) -> set[Ident]:
@@ -85,6 +100,7 @@ class FolderWalk:
         self.seen: set[Ident] = set()  # folders walked
         self.skipped: list[tuple[str, str]] = []  # (path, reason)
         self.ignored = 0  # files without an image extension
+        self.ignored_suffixes: collections.Counter = collections.Counter()  # their suffixes ("" for none)
 
     def skip(self, path: str, reason: str) -> None:
         """Record and log a link (or folder) not followed."""
@@ -138,6 +154,7 @@ class FolderWalk:
                         subdirs.append(e.path)
                 elif not e.name.lower().endswith(IMAGE_EXTENSIONS):
                     self.ignored += 1
+                    self.ignored_suffixes[os.path.splitext(e.name)[1].lower()] += 1
                 elif link and (reason := self._file_link_reason(e.path, own)):
                     self.skip(e.path, reason)
                 else:

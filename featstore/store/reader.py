@@ -147,9 +147,22 @@ class FeatureStore:
                 return own[0]
             if not names:
                 raise StoreError(f"store {self.path} holds no extractor yet; run `featstore extract` first")
-            raise StoreError(
-                f"store {self.path} holds several extractors ({', '.join(names)}); choose one with --extractor"
+            caches = [n for n in names if n not in own]
+            text = (
+                f"store {self.path} holds several extractors ({', '.join(own)}); choose one with --extractor "
+                f"(extractor= in Python)"
             )
+            if caches:
+                text += f"; {', '.join(caches)}: fine-tuning caches, not counted"
+            suspects = [n for n in own if "@" in n and n.split("@")[0] in own]  # e.g. vgg16 and vgg16@block4_pool
+            if suspects:
+                text += (
+                    f". If you did not extract {suspects[0]!r}, it is the frozen-layer cache of a fine-tuning that an "
+                    f'older featstore left unmarked when it was killed: delete it (python -c "import h5py; del '
+                    f"h5py.File({str(self.path)!r}, 'a')[{suspects[0]!r}]\"), and the next `featstore finetune` makes "
+                    f"it again, marked"
+                )
+            raise StoreError(text)
         if extractor not in names:
             raise StoreError(f"store {self.path} has no extractor {extractor!r}; it has: {', '.join(names) or 'none'}")
         return extractor

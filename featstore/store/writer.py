@@ -54,6 +54,7 @@ from featstore.version import __version__
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+MAX_CHUNK_BYTES = (1 << 32) - 1  # HDF5 refuses a chunk of 4 GiB or more ("chunk size must be < 4GB")
 COMPRESSIONS = ("none", "lzf", "gzip")
 
 
@@ -61,6 +62,31 @@ def chunk_rows(feature_shape: Sequence[int], dtype: str) -> int:
     """Rows per chunk so that one chunk holds about 1 MiB."""
     row_bytes = int(np.prod(feature_shape)) * np.dtype(dtype).itemsize
     return max(1, CHUNK_BYTES // max(row_bytes, 1))
+
+
+def feature_chunk_rows(feature_shape: Sequence[int], dtype: str, batch_size: int, compressed: bool) -> int:
+    """Rows per chunk of a split's features: ~1 MiB uncompressed; compressed, one batch (each chunk written once), or
+    the largest divisor of the batch whose chunk stays under HDF5's 4 GiB (still written once: commits stay aligned).
+
+    >>> feature_chunk_rows((1024, 1024, 64), "float32", 32, compressed=True)   # 256 MiB rows: 8 per chunk, not 32
+    8
+    """
+    refuse_huge_rows(feature_shape, dtype)
+    if not compressed:
+        return chunk_rows(feature_shape, dtype)
+    fits = MAX_CHUNK_BYTES // (int(np.prod(feature_shape)) * np.dtype(dtype).itemsize)
+    return next(d for d in range(min(batch_size, fits), 0, -1) if batch_size % d == 0)
+
+
+def refuse_huge_rows(feature_shape: Sequence[int], dtype: str, name: str = "") -> None:
+    """Refuse, before anything is written, features whose one row cannot fit in one HDF5 chunk (4 GiB)."""
+    row_bytes = int(np.prod(feature_shape)) * np.dtype(dtype).itemsize
+    if row_bytes > MAX_CHUNK_BYTES:
+        raise StoreError(
+            f"one row of {name or 'these'} features is {tuple(feature_shape)} {dtype}, {row_bytes / 2**30:.1f} GiB: "
+            f"more than one HDF5 chunk can hold (4 GiB), so it cannot be stored. Cut at a later --layer, add "
+            f"--pooling avg, or use a smaller --image-size or --dtype float16"
+        )
 
 
 class SplitWriter:
@@ -201,7 +227,7 @@ def _prepare_group(f, path, name, split, attrs, split_attrs, overwrite, listing,
         if commit.images_done != int(plain(sg.attrs["n_images"])):
             raise StoreError(
                 f"{where} is marked complete with {commit.images_done} of {plain(sg.attrs['n_images'])} "
-                f"images done: the store is damaged. Re-extract it with --overwrite."
+                f"images done: the store is damaged. Re-extract it with --overwrite (overwrite=True in Python)."
             )
         return None
     refuse_resume(attrs_of(sg), split_attrs, split, name, path)
@@ -214,11 +240,21 @@ def _create_split(
 ) -> None:
     """The split's empty datasets, its listing and attributes (commit zero, not complete)."""
     shape = tuple(attrs["feature_shape"])
-    sg = grp.create_group(split)
     comp = None if split_attrs["compression"] == "none" else split_attrs["compression"]
-    # Compressed chunks are written once each: one chunk per committed batch (a rewritten compressed chunk leaves its old
-    # space behind, and a resume would have to free chunks a killed writer allocated). Uncompressed: ~1 MiB chunks.
-    rows = int(split_attrs["batch_size"]) if comp else chunk_rows(shape, attrs["dtype"])
+    # Compressed chunks are written once each: one chunk per committed batch, or a divisor of it when a batch would not
+    # fit in one chunk (a rewritten compressed chunk leaves its old space behind, and a resume would have to free chunks
+    # a killed writer allocated). Uncompressed: ~1 MiB chunks.
+    rows = feature_chunk_rows(shape, attrs["dtype"], int(split_attrs["batch_size"]), comp is not None)
+    sg = grp.create_group(split)
+    try:
+        _create_datasets(sg, shape, rows, comp, attrs, split_attrs, listing, extra)
+    except BaseException:
+        del grp[split]  # no half-made split (check would report it as damaged)
+        raise
+
+
+def _create_datasets(sg, shape, rows, comp, attrs, split_attrs, listing, extra) -> None:
+    """The datasets, listing and attributes of a new split group."""
     sg.create_dataset(
         "features",
         shape=(0, *shape),

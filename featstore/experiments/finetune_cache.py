@@ -1,0 +1,159 @@
+"""The cached cut of a fine-tuning: the frozen layers' output, extracted once into the store and reused.
+
+Without augmentation the layers below ``--unfreeze-from`` give the same output every epoch, so ``featstore finetune``
+extracts it into the store as the group ``<model>@<layer below>`` (a normal extractor group: resumable, checked,
+reused by later fine-tunings) and trains only the layers above on it. The group is marked ``purpose=finetune-cache``
+in the same step that creates it, so a fine-tuning killed at any later moment leaves a marked group, which commands
+that pick the store's only extractor (``fit``, ``export``, ``sweep``) pass over. A group an older featstore's
+interrupted fine-tuning left unmarked is marked when a fine-tuning resumes it.
+
+>>> extract_command(ExtractorConfig("vgg16", 150, "block5_conv2", weights="imagenet"), "data", "train",
+...                 "features.h5", "vgg16@block5_conv2")                                   # doctest: +SKIP
+'featstore extract --data data --split train --store features.h5 --name vgg16@block5_conv2 --model vgg16 ...'
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from featstore.errors import StoreError
+from featstore.images.listing import printable
+from featstore.units import format_bytes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Cached:
+    """The frozen layers' output, computed once: the store group and its train/validation arrays."""
+
+    group: str
+    arrays: dict  # split -> (X, y)
+    made: bool = False  # this fine-tuning created or completed the group (the store grew)
+
+
+def cached_cut(fs, name: str, layer: str, attrs: dict, weights, trust_model: bool, sets: dict) -> Cached:
+    """Extract (or reuse) the group cut at ``layer`` for train and validation; its rows must be the run's rows."""
+    from featstore.extraction.pipeline import extract
+    from featstore.models.extractor import ExtractorConfig
+    from featstore.store.reader import CACHE_PURPOSE
+
+    group = f"{name.split('@')[0]}@{layer}"
+    cfg = replace(
+        ExtractorConfig.from_attrs(
+            attrs, None if attrs.get("model_file") else weights, model_file=weights if attrs.get("model_file") else None
+        ),
+        layer=layer,
+        layers=(),
+        pooling="none",
+        dtype="float32",
+        trust_model=trust_model,
+    )
+    logger.info(
+        "the layers below %s are frozen: their output is cached in the store as %r (computed once, reused by later "
+        "fine-tunings), and phase B trains only the layers above on it",
+        layer,
+        group,
+    )
+    arrays, made, resumed, wrote = {}, group not in fs.extractors(), False, False
+    for split, images in sets.items():
+        _refuse_stale(fs, name, group, split, cfg, images.root)
+        resumed = resumed or _partial(fs, group, split)
+        try:
+            r = extract(images.root, split, fs.path, cfg, name=group, purpose=CACHE_PURPOSE)
+        except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
+            raise type(exc)(
+                f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; pass "
+                f"--no-cache (cache=False in Python) to train from the images instead, or fine-tune on a copy of the "
+                f"store without that group)"
+            ) from None
+        wrote = wrote or r.written > 0
+        cut_paths = fs.paths(split, group)
+        if cut_paths != images.paths:
+            lacking = sorted(set(images.paths) - set(cut_paths))
+            why = (
+                f"it lacks {len(lacking)} of them (e.g. {printable(lacking[0])}), which cannot be read now: restore them, or "
+                f"re-run `featstore extract` so the store and the folder agree"
+                if lacking
+                else "the folder changed between the two extractions?"
+            )
+            raise StoreError(
+                f"the cached group {group!r} holds other images of {split!r} than {name!r} ({why}); re-extract both, "
+                f"or pass --no-cache (cache=False in Python)"
+            )
+        arrays[split] = fs.load(split, group)
+    if (made or resumed) and group in fs.extractors(caches=False):
+        # made: marked when created; resumed and still unmarked: an older featstore's killed fine-tuning left it
+        from featstore.store.reader import open_h5
+        from featstore.store.writer import writer_lock
+
+        with writer_lock(fs.path), open_h5(fs.path, "a") as f:
+            f[group].attrs["purpose"] = CACHE_PURPOSE
+    return Cached(group, arrays, made or wrote)
+
+
+def _partial(fs, group: str, split: str) -> bool:
+    """Whether ``group`` holds ``split`` unfinished (a killed extraction's leftover)."""
+    if group not in fs.extractors() or split not in fs.splits(group):
+        return False
+    try:
+        return not fs.split_info(split, group).get("complete")
+    except StoreError:  # killed while creating the split: the extraction starts it again
+        return True
+
+
+def _refuse_stale(fs, name: str, group: str, split: str, cfg, root: Path) -> None:
+    """Refuse a cache split made from other images than the run's group holds now, naming the command that re-makes it."""
+    if group not in fs.extractors() or split not in fs.splits(group):
+        return
+    try:
+        mine = fs.split_info(split, group).get("listing_sha256")
+    except StoreError:  # damaged or killed while being created: the extraction says what to do
+        return
+    if mine == fs.split_info(split, name).get("listing_sha256"):
+        return
+    raise StoreError(
+        f"the cached frozen layers {group!r} in {fs.path} were extracted from other images of {split!r} than "
+        f"{name!r} holds now (the folder changed, and {name!r} was extracted again since). A fine-tuning never "
+        f"replaces its cache by itself: re-extract it with\n  {extract_command(cfg, root, split, fs.path, group)}\n"
+        f"(and the same with --split validation if that split changed too), then fine-tune again; or pass --no-cache "
+        f"(cache=False in Python) to train from the images"
+    )
+
+
+def extract_command(cfg, root, split: str, store, group: str) -> str:
+    """The ``featstore extract`` command line that (re-)makes ``group``'s ``split`` with configuration ``cfg``."""
+    q = shlex.quote
+    saved = cfg.weights == "model"
+    parts = [
+        f"featstore extract --data {q(str(root))} --split {q(split)} --store {q(str(store))} --name {q(group)}",
+        f"--model {q(str(cfg.model))} --layer {q(str(cfg.layer))} --image-size {cfg.image_size}",
+    ]
+    if not saved:
+        parts.append(f"--weights {q(str(cfg.weights))}" + (f" --seed {cfg.seed}" if cfg.weights == "none" else ""))
+    elif cfg.preprocess not in (None, "none"):
+        parts.append(f"--preprocess {q(cfg.preprocess)}")
+    parts += ["--mixed-precision"] * bool(cfg.mixed_precision) + ["--trust-model"] * bool(cfg.trust_model)
+    return " ".join([*parts, "--overwrite"])
+
+
+def cache_note(fs, cached: Cached, unfreeze_from: str, grew: tuple[int, int]) -> str:
+    """The run's note about its cache: where it is, what it takes, how the store grew, how to remove it."""
+    size = sum(fs.nbytes(s, cached.group) for s in fs.splits(cached.group))
+    before, after = grew
+    growth = (
+        f"; {fs.path.name} grew from {format_bytes(before)} to {format_bytes(after)} in this run"
+        if after > before
+        else ""
+    )
+    store, group = shlex.quote(str(fs.path)), cached.group
+    return (
+        f"the frozen layers below {unfreeze_from} are cached in the store as the group {group!r} "
+        f"({format_bytes(size)} of features{growth}): later fine-tunings from that layer reuse it, and fit, export "
+        f"and sweep pass over it. To remove it: python -c \"import h5py; del h5py.File({str(fs.path)!r}, 'a')"
+        f'[{group!r}]", then h5repack {store} smaller.h5 (HDF5 does not give freed space back); or fine-tune with '
+        f"--no-cache"
+    )
