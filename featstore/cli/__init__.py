@@ -7,6 +7,7 @@ registers its commands on it when imported, in the order ``--help`` lists them.
 from featstore.cli import store_cmds  # noqa: F401, I001  (registers the commands, in this order)
 from featstore.cli import fit_cmds  # noqa: F401, I001
 from featstore.cli import runs_cmds  # noqa: F401, I001
+from featstore.cli import report_cmds  # noqa: F401, I001
 from featstore.cli.main import app
 
 __all__ = ["app"]
