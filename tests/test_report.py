@@ -225,3 +225,11 @@ def test_cli_prints_the_index_and_refuses_an_unknown_map_method(own, tmp_path):
 
 def test_the_hostile_file_is_really_in_the_store(made):
     assert (made.parent / "data" / "test" / "cat" / HOSTILE).is_file()
+
+
+def test_no_leaks_searches_nothing(own, tmp_path):
+    out = build_report(own, out=tmp_path / "site", map_method="pca", leaks=False).index.parent
+    assert "not shown (--no-leaks)" in (out / "leaks.html").read_text()
+    assert not list(cache_dir(own).glob("leaks-*.json"))
+    build_report(own, out=tmp_path / "site", map_method="pca")
+    assert len(list(cache_dir(own).glob("leaks-*.json"))) == 1  # found once, then kept

@@ -32,7 +32,7 @@ from featstore.report.site import charts
 from featstore.report.site.mapview import map_view
 from featstore.report.site.render import figure_json, original, render, write_assets
 from featstore.report.site.runpages import run_view
-from featstore.report.site.storeview import leak_view, overview
+from featstore.report.site.storeview import LeakView, leak_view, overview
 from featstore.report.site.thumbs import ThumbCache
 from featstore.runs.folder import runs_root, scan_runs_of
 from featstore.store.reader import FeatureStore
@@ -171,10 +171,10 @@ def build_report(
         took = "cached" if proj.cached else f"{proj.seconds:.1f} s"
         result.maps.append(f"{name}: {proj.describe()} ({took})")
     lines = {e["name"]: e["leaks"] for e in store_info["extractors"]}
-    leak_views = [leak_view(fs, n, cache if leaks else None, lines[n]) for n in fs.extractors(caches=False)]
-    if not leaks:
-        for v in leak_views:
-            v.pairs, v.note = [], "not shown (--no-leaks)"
+    leak_views = [
+        leak_view(fs, n, cache, lines[n]) if leaks else LeakView(n, lines[n], note="not shown (--no-leaks)")
+        for n in fs.extractors(caches=False)
+    ]
     written = _thumbnails(out, thumbs, views, maps, leak_views)
     result.thumbs_made, result.thumbs_reused = thumbs.made, thumbs.reused
     written |= {str(p.relative_to(out)) for p in write_assets(_folder(out, "assets"))}
