@@ -32,7 +32,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, DataError, StoreError
 from featstore.experiments.leaks.search import normalised, scan
-from featstore.experiments.similar_index import load_index, read_rows
+from featstore.experiments.similar_index import load_index, read_names, read_rows
 from featstore.outputs import terminal_safe
 from featstore.store.reader import FeatureStore
 
@@ -106,7 +106,8 @@ def locate(fs: FeatureStore, name: str, query: str | os.PathLike) -> tuple[str, 
     ``source_root`` (compared after resolving links); None when no split of the group holds it."""
     text = os.fspath(query)
     real = os.path.realpath(text) if os.path.lexists(text) else None
-    for split in fs.splits(name):
+    hints = {text.split("/")[0], *Path(text).parts[-3:-2]}  # <split>/<class>/<file>: that split is read first
+    for split in sorted(fs.splits(name), key=lambda s: s not in hints):
         try:
             paths = fs.paths(split, name)
             root = str(fs.split_info(split, name).get("source_root") or "")
@@ -245,15 +246,15 @@ def similar(
         budget = max(int(max_bytes) // 4, 1 << 20)
         sims, rows, n = exact_search(fs, name, split, q, k, exclude, budget)
         method = "exact"
-    names, paths = fs.class_names(name), fs.paths(split, name)
-    labels = fs.labels(split, name)
+    names = fs.class_names(name)
+    paths, labels = read_names(fs, name, split, rows)
     found = [
-        Neighbour(i + 1, paths[r], names[int(labels[r])], float(min(round(float(s), 6), 1.0)), int(r))
-        for i, (s, r) in enumerate(zip(sims, rows))
+        Neighbour(i + 1, p, names[int(c)], float(min(round(float(s), 6), 1.0)), int(r))
+        for i, (s, r, p, c) in enumerate(zip(sims, rows, paths, labels))
     ]
     q_label = None
     if where is not None:
-        q_label = names[int(fs.labels(where[0], name)[where[1]])]
+        q_label = names[int(read_names(fs, name, where[0], np.array([where[1]]))[1][0])]
     result = SimilarResult(
         os.fspath(query),
         "stored" if where else "new",
