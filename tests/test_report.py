@@ -6,6 +6,7 @@ real images, runs and a leak check, no TensorFlow.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -203,6 +204,9 @@ def test_the_map_samples_in_proportion_records_its_sample_and_is_cached(own, tmp
     assert all(np.array_equal(again.sample[s], first.sample[s]) for s in first.sample)
     with pytest.raises(ConfigError, match="choose from"):
         project(own, method="mds")
+    if importlib.util.find_spec("umap") is None:
+        with pytest.raises(ConfigError, match="umap-learn"):
+            project(own, method="umap")
     out = build_report(own, out=tmp_path / "site", map_rows=20, map_method="tsne").index.parent
     sample = json.loads((out / "maps" / "synthetic.sample.json").read_text())
     assert sum(map(len, sample["sample"].values())) == 20 and sample["method"] == "t-SNE" and sample["seed"] == 0
