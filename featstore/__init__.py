@@ -55,6 +55,9 @@ _PUBLIC = {  # public name -> the module that defines it
     "FeatureStore": "store.reader",
     "export": "store.export",
     "quiet_tensorflow": "quiet",
+    "build_report": "report.site.build",
+    "similar": "experiments.similar",
+    "build_similarity_index": "experiments.similar_index",
 }
 __all__ = ["__version__", *sorted(_PUBLIC)]
 

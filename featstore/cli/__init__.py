@@ -8,6 +8,7 @@ from featstore.cli import store_cmds  # noqa: F401, I001  (registers the command
 from featstore.cli import fit_cmds  # noqa: F401, I001
 from featstore.cli import runs_cmds  # noqa: F401, I001
 from featstore.cli import probe_cmds  # noqa: F401, I001
+from featstore.cli import report_cmds  # noqa: F401, I001
 from featstore.cli.main import app
 
 __all__ = ["app"]

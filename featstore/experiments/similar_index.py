@@ -1,0 +1,284 @@
+"""The similarity index of one split: its rows, centred and reduced once, so ``featstore similar`` answers at once.
+
+``build_similarity_index`` streams the split three times (its mean; a seeded sample of rows to fit a PCA; every row centred,
+L2-normalised, projected to ``dims`` components and normalised again) and writes, beside the store::
+
+    <store>.index/<extractor>/<split>/
+        vectors.npy   (N, dims) float32: the reduced rows, read as a memory map
+        model.npz     mean (D,), components (dims, D), pca_mean (D,): how a query is reduced
+        index.json    what it was built from: fingerprint, the split's commit (rows, listing, finish time), dims,
+                      sample, seed, the files' sizes; written last, so a half-built index has none
+
+A search is one matrix-vector product over ``vectors.npy`` for candidates (``10 k``, at least 100), re-ranked with
+their exact centred cosine read from the store, so the similarities shown are the exact search's. An index whose
+fingerprint or commit differs from the store's is refused with both sides shown (rebuild it, or search exactly).
+
+>>> info = build_similarity_index("features.h5", split="train")        # doctest: +SKIP
+>>> info["rows"], info["dims"]                              # doctest: +SKIP
+(300, 256)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError, StoreError
+from featstore.experiments.leaks.find import COMMIT_KEYS
+from featstore.experiments.leaks.search import normalised, query_blocks, scan
+from featstore.outputs import terminal_safe, write_atomic, write_text
+from featstore.store.layout import PATH_ERRORS, validate_labels
+from featstore.store.reader import FeatureStore
+from featstore.version import __version__
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+DEFAULT_DIMS = 256
+DEFAULT_SAMPLE = 20_000  # rows the PCA is fitted on
+MAX_META_BYTES = 1 << 20
+_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=,-]{0,120}")
+
+
+def index_dir(store: str | os.PathLike, extractor: str, split: str) -> Path:
+    """``features.h5`` -> ``features.h5.index/<extractor>/<split>/`` (names that are not plain are hashed)."""
+    return Path(f"{os.fspath(store)}.index") / _safe(extractor) / _safe(split)
+
+
+def _safe(name: str) -> str:
+    """A name as one folder name: itself when plain, else a digest of it."""
+    import hashlib
+
+    if _SAFE.fullmatch(name) and name not in (".", ".."):
+        return name
+    return "h-" + hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+
+
+def read_rows(fs: FeatureStore, name: str, split: str, rows: np.ndarray) -> np.ndarray:
+    """The flattened float32 features of some rows of a split (any order; each chunk read once), in ``rows`` order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = int(fs.split_info(split, name)["committed_rows"])
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise StoreError(f"rows outside 0..{n - 1} of {split!r} requested")
+    uniq, back = np.unique(rows, return_inverse=True)
+    with fs.file.open("r") as f:
+        X = f[name][split]["features"][uniq] if len(uniq) else np.zeros((0, 1), np.float32)
+    X = np.asarray(X, dtype=np.float32).reshape(len(uniq), -1)
+    return X[back]
+
+
+def read_names(fs: FeatureStore, name: str, split: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """``(paths, labels)`` of some rows of a split (read by row: naming 12 neighbours needs not every path)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    info = fs.split_info(split, name)
+    if len(rows) and (rows.min() < 0 or rows.max() >= int(info["committed_rows"])):
+        raise StoreError(f"rows outside the committed rows of {split!r} requested")
+    uniq, back = np.unique(rows, return_inverse=True)
+    if not len(uniq):
+        return [], np.zeros(0, np.int64)
+    with fs.file.open("r") as f:
+        sg = f[name][split]
+        paths = list(sg["paths"].asstr(errors=PATH_ERRORS)[uniq])
+        labels = np.asarray(sg["labels"][uniq], dtype=np.int64)
+    validate_labels(labels, len(info["class_names"]), f"{fs.path}:/{name}/{split}")
+    return [paths[i] for i in back], labels[back]
+
+
+def _commit(fs: FeatureStore, name: str, split: str) -> dict:
+    """What identifies the split's rows now."""
+    info = fs.split_info(split, name)
+    return {k: info.get(k) for k in COMMIT_KEYS}
+
+
+@dataclass
+class Index:
+    """A loaded index (see the module docstring)."""
+
+    folder: Path
+    meta: dict
+    vectors: np.ndarray  # (N, dims) float32, memory-mapped
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (dims, D), or (0, D) when the rows were not reduced
+    pca_mean: np.ndarray  # (D,)
+
+    @property
+    def rows(self) -> int:
+        return len(self.vectors)
+
+    def reduce(self, X: np.ndarray) -> np.ndarray:
+        """Centred, normalised rows in the index's space (unit length)."""
+        v = normalised(X, self.mean)
+        if len(self.components):
+            v = (v - self.pca_mean) @ self.components.T
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+
+    def search(self, fs: FeatureStore, q: np.ndarray, k: int, exclude: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """``(similarities, rows)`` of the k nearest rows: candidates from the index, exact centred cosine from the store."""
+        approx = self.vectors @ self.reduce(q[None])[0]
+        if exclude is not None and 0 <= exclude < len(approx):
+            approx[exclude] = -np.inf
+        m = min(len(approx), max(10 * k, 100))
+        cand = np.argpartition(-approx, m - 1)[:m] if m < len(approx) else np.arange(len(approx))
+        cand = cand[np.isfinite(approx[cand])]
+        X = read_rows(fs, self.meta["extractor"], self.meta["split"], cand)
+        exact = normalised(X, self.mean) @ normalised(q[None], self.mean)[0]
+        order = np.lexsort((cand, -exact))[:k]
+        return exact[order], cand[order]
+
+
+def build_similarity_index(
+    store: str | os.PathLike | FeatureStore = "features.h5",
+    extractor: str | None = None,
+    split: str = "train",
+    *,
+    dims: int = DEFAULT_DIMS,
+    sample: int = DEFAULT_SAMPLE,
+    seed: int = 0,
+    max_bytes: int = 256 << 20,
+) -> dict:
+    """Build (or rebuild) the similarity index of one split of an extractor; returns what ``index.json`` records.
+
+    Example::
+
+        build_similarity_index("features.h5", split="train", dims=256)
+    """
+    from sklearn.decomposition import PCA
+
+    start = time.monotonic()
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 2:
+        raise ConfigError(f"dims must be a whole number of at least 2, not {dims!r}")
+    fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    name = fs.resolve(extractor)
+    budget = max(int(max_bytes) // 4, 1 << 20)
+    commit = _commit(fs, name, split)
+    centre = scan(fs, name, [], split, budget)  # refuses NaN/inf rows and splits of under 2 rows
+    n, d = centre.rows, int(centre.mean.size)
+    pca = None
+    if d > dims and n > dims:
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(n, size=min(sample, n), replace=False))
+        S = np.concatenate([normalised(X, centre.mean) for _, X in query_blocks(fs, name, split, budget, pick)])
+        pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(S)
+        del S
+    folder = index_dir(fs.path, name, split)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path = folder / "index.json"
+    if meta_path.exists():
+        meta_path.unlink()  # an index being rebuilt is no index until its new record is written
+    components = pca.components_.astype(np.float32) if pca is not None else np.zeros((0, d), np.float32)
+    pca_mean = pca.mean_.astype(np.float32) if pca is not None else np.zeros(d, np.float32)
+    index = Index(folder, {}, np.zeros((0, 1), np.float32), centre.mean, components, pca_mean)
+    width = len(components) if len(components) else d
+
+    def fill(tmp: Path) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, width))
+        off = 0
+        for X, _ in fs.iter_batches(split, name, max_bytes=budget):
+            out[off : off + len(X)] = index.reduce(X)
+            off += len(X)
+        out.flush()
+        del out
+
+    write_atomic(folder / "vectors.npy", fill, "similarity index")
+
+    def model(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, mean=centre.mean, components=components, pca_mean=pca_mean)
+
+    write_atomic(folder / "model.npz", model, "similarity index")
+    meta = {
+        "format": FORMAT,
+        "extractor": name,
+        "split": split,
+        "fingerprint": fs.metadata(name).get("fingerprint"),
+        "commit": commit,
+        "rows": n,
+        "feature_dims": d,
+        "dims": width,
+        "reduced": pca is not None,
+        "explained_variance": float(pca.explained_variance_ratio_.sum()) if pca is not None else 1.0,
+        "sample": int(min(sample, n)) if pca is not None else 0,
+        "seed": seed,
+        "files": {f: (folder / f).stat().st_size for f in ("vectors.npy", "model.npz")},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "featstore_version": __version__,
+        "seconds": round(time.monotonic() - start, 3),
+    }
+    write_text(meta_path, json.dumps(meta, indent=1, default=str), "similarity index")
+    logger.debug("similarity index of %s/%s: %d rows x %d dims in %.1f s", name, split, n, width, meta["seconds"])
+    return meta
+
+
+def _read_meta(path: Path) -> dict:
+    """index.json, bounded; StoreError when it is not an index record."""
+    try:
+        if path.stat().st_size > MAX_META_BYTES:
+            raise ValueError("too large")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError("not an index record of this featstore")
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"similarity index {terminal_safe(str(path))} cannot be used ({exc}); rebuild it with "
+            f"`featstore similar --build-index`"
+        ) from None
+    return meta
+
+
+def load_index(fs: FeatureStore, name: str, split: str, required: bool = False) -> Index | None:
+    """The split's index, checked against the store now; None when there is none (``required``: ConfigError).
+
+    Refused (ConfigError, both sides shown) when it was built from other features or other rows.
+    """
+    folder = index_dir(fs.path, name, split)
+    meta_path = folder / "index.json"
+    rebuild = f"rebuild it with `featstore similar --build-index --split {split}`, or search with --exact"
+    if not meta_path.is_file():
+        if required:
+            raise ConfigError(
+                f"no similarity index for {terminal_safe(name)}/{split}; build it with "
+                f"`featstore similar --build-index --split {split}`"
+            )
+        return None
+    meta = _read_meta(meta_path)
+    fp = fs.metadata(name).get("fingerprint")
+    if meta.get("fingerprint") != fp or meta.get("extractor") != name or meta.get("split") != split:
+        raise ConfigError(
+            f"the similarity index {terminal_safe(str(folder))} is stale: built from fingerprint "
+            f"{str(meta.get('fingerprint'))[:12]}, the store's {terminal_safe(name)} has {str(fp)[:12]}; {rebuild}"
+        )
+    now = _commit(fs, name, split)
+    if meta.get("commit") != now:
+        diff = ", ".join(
+            f"{k} {meta.get('commit', {}).get(k)!r} -> {now.get(k)!r}"
+            for k in now
+            if meta.get("commit", {}).get(k) != now.get(k)
+        )
+        raise ConfigError(
+            f"the similarity index {terminal_safe(str(folder))} is stale: split {split!r} changed since it was "
+            f"built ({diff}); {rebuild}"
+        )
+    try:
+        vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        with np.load(folder / "model.npz", allow_pickle=False) as z:
+            mean, components, pca_mean = (np.asarray(z[k], np.float32) for k in ("mean", "components", "pca_mean"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise StoreError(f"similarity index {terminal_safe(str(folder))} cannot be read ({exc}); {rebuild}") from None
+    d, rows, width = int(meta.get("feature_dims", -1)), int(meta.get("rows", -1)), int(meta.get("dims", -1))
+    if (
+        vectors.dtype != np.float32
+        or vectors.shape != (rows, width)
+        or rows != int(now["committed_rows"])
+        or mean.shape != (d,)
+        or pca_mean.shape != (d,)
+        or components.shape not in ((width, d), (0, d))
+    ):
+        raise StoreError(f"similarity index {terminal_safe(str(folder))} does not fit together; {rebuild}")
+    return Index(folder, meta, vectors, mean, components, pca_mean)

@@ -1,0 +1,290 @@
+"""``featstore report``: the static site of a store and its runs, written into one folder that opens from disk.
+
+Layout of the folder (``--out``, default ``<store stem>.report/`` beside the store)::
+
+    index.html                 the store (provenance, splits, counts, failures, leaks) and every run, sortable
+    runs/<id>.html             a run: metrics, per-class figures, the confusion grid, curves, members
+    galleries/<id>/<split>-<true>-<predicted>.html, <split>-mistakes.html
+    maps/<extractor>.html      the embedding map
+    leaks.html                 near-duplicate pairs side by side
+    assets/                    site.css, site.js, plotly.min.js, placeholder.svg
+    thumbs/<key>.png           the thumbnails the pages show (copied from the cache beside the store)
+    .featstore-report.json     the files this report wrote (the next report removes those it no longer writes)
+
+A folder that holds files but no ``.featstore-report.json`` is refused (it is not a report: nothing there is
+overwritten). Caches beside the store (``<store>.cache/``): thumbnails, map layouts, leak pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from featstore.errors import ConfigError, FeatstoreError, OutputError
+from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
+from featstore.outputs import check_output, write_text
+from featstore.report.site import charts
+from featstore.report.site.mapview import map_view
+from featstore.report.site.render import figure_json, original, render, write_assets
+from featstore.report.site.runpages import run_view
+from featstore.report.site.storeview import LeakView, leak_view, overview
+from featstore.report.site.thumbs import ThumbCache
+from featstore.runs.folder import runs_root, scan_runs_of
+from featstore.store.reader import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = ".featstore-report.json"
+PLACEHOLDER = "assets/placeholder.svg"
+DEFAULT_GALLERY = 60  # images per confusion cell (mistakes pages: four times as many)
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` wrote."""
+
+    index: Path  # the site's index.html
+    pages: int  # HTML pages written
+    thumbs_made: int  # thumbnails decoded this time
+    thumbs_reused: int  # thumbnails found in the cache
+    maps: list[str] = field(default_factory=list)  # one line per map: method, sample, seconds (cached or not)
+    notes: list[str] = field(default_factory=list)  # what could not be shown, and why
+    seconds: float = 0.0
+
+
+def default_out(store: str | os.PathLike) -> Path:
+    """``features.h5`` -> ``features.report/`` (beside ``features.runs/``)."""
+    return Path(store).with_suffix(".report")
+
+
+def cache_dir(store: str | os.PathLike) -> Path:
+    """``features.h5`` -> ``features.h5.cache/``: thumbnails, map layouts, leak pairs."""
+    return Path(f"{os.fspath(store)}.cache")
+
+
+def _folder(root: Path, *parts: str) -> Path:
+    """A folder inside the site, created; refuses a link on the way (nothing is written through one)."""
+    path = root
+    for part in parts:
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            path.mkdir()
+            continue
+        if not stat.S_ISDIR(mode):
+            raise OutputError(f"{path} is a link or a file, not a folder; featstore report writes only into folders")
+    return path
+
+
+def _prepare(out: Path) -> set[str]:
+    """Check the output folder (new, empty, or an earlier report); the files the earlier report wrote."""
+    if out.is_symlink():
+        raise OutputError(f"--out {out} is a symbolic link; featstore never writes through a link")
+    if not out.exists():
+        check_output(out, "--out")  # its parent must exist
+        out.mkdir()
+        return set()
+    if not out.is_dir():
+        raise OutputError(f"--out {out} is not a folder; give a new or empty folder")
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        if any(out.iterdir()):
+            raise ConfigError(
+                f"--out {out} holds files that featstore report did not write; give a new or empty folder "
+                f"(a report folder keeps a {MANIFEST})"
+            )
+        return set()
+    try:
+        listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+        return {f for f in listed if isinstance(f, str)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _clean(out: Path, old: set[str], new: set[str]) -> None:
+    """Remove the files an earlier report wrote that this one did not (regular files inside the site only)."""
+    root = out.resolve()
+    for rel in sorted(old - new):
+        path = out / rel
+        try:
+            if path.resolve().parent.is_relative_to(root) and stat.S_ISREG(os.lstat(path).st_mode):
+                path.unlink()
+        except (OSError, ValueError):
+            continue
+
+
+def build_report(
+    store: str | os.PathLike = "features.h5",
+    runs: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    map_rows: int = DEFAULT_MAX_ROWS,
+    map_method: str = "auto",
+    gallery: int = DEFAULT_GALLERY,
+    leaks: bool = True,
+    seed: int = 0,
+    jobs: int = 1,
+) -> ReportResult:
+    """Write the report site of a store and its runs; returns where its index is and what it did.
+
+    ``map_rows``: rows sampled for each extractor's map; ``gallery``: images shown per confusion cell; ``leaks``:
+    show the last leak check's pairs (found again once, then cached). Example::
+
+        result = build_report("features.h5")
+        print(result.index)        # features.report/index.html
+    """
+    start = time.monotonic()
+    if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 1:
+        raise ConfigError(f"gallery must be a number of images of at least 1, not {gallery!r}")
+    if isinstance(map_rows, bool) or not isinstance(map_rows, int) or map_rows < 2:
+        raise ConfigError(f"map_rows must be a number of rows of at least 2, not {map_rows!r}")
+    map_method = choose_method(map_method)  # an unknown name is refused before any work
+    fs = FeatureStore(store)
+    out = Path(out) if out is not None else default_out(store)
+    old = _prepare(out)
+    # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
+    write_text(out / MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
+    cache = cache_dir(store)
+    thumbs = ThumbCache(cache / "thumbs")
+    result = ReportResult(out / "index.html", 0, 0, 0)
+    store_info = overview(fs)
+    listing = scan_runs_of(store, runs)
+    result.notes += [f"run folder {n} is broken and not shown: {why}" for n, why in listing.broken]
+    paths = _Paths(fs)
+    pages = {r.id: f"runs/{r.id}.html" for r in listing.records}
+    views = [run_view(r, runs_root(store, runs) / r.id, paths.of, gallery, pages) for r in listing.records]
+    maps = []
+    for name in fs.extractors(caches=False):
+        try:
+            proj = project(fs, name, max_rows=map_rows, method=map_method, seed=seed, cache=cache / "maps", jobs=jobs)
+        except FeatstoreError as exc:
+            result.notes.append(f"no map of {name}: {exc}")
+            continue
+        classes = fs.class_names(name)
+        maps.append(map_view(proj, classes, paths.of, paths.labels, views))
+        took = "cached" if proj.cached else f"{proj.seconds:.1f} s"
+        result.maps.append(f"{name}: {proj.describe()} ({took})")
+    lines = {e["name"]: e["leaks"] for e in store_info["extractors"]}
+    leak_views = [
+        leak_view(fs, n, cache, lines[n]) if leaks else LeakView(n, lines[n], note="not shown (--no-leaks)")
+        for n in fs.extractors(caches=False)
+    ]
+    written = _thumbnails(out, thumbs, views, maps, leak_views)
+    result.thumbs_made, result.thumbs_reused = thumbs.made, thumbs.reused
+    written |= {str(p.relative_to(out)) for p in write_assets(_folder(out, "assets"))}
+    common = {"store": store_info, "maps": maps, "generated": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    index = render(
+        "index.html.j2",
+        out / "index.html",
+        root="",
+        runs=views,
+        broken=listing.broken,
+        compare=_compare(views),
+        **common,
+    )
+    pages_written = [index]
+    for v in views:
+        pages_written.append(
+            render("run.html.j2", _folder(out, "runs") / f"{v.rec.id}.html", root="../", run=v, **common)
+        )
+        folder = _folder(out, "galleries", v.rec.id)
+        for g in v.galleries:
+            pages_written.append(
+                render("gallery.html.j2", folder / Path(g.page).name, root="../../", g=g, run=v, **common)
+            )
+    for m in maps:
+        folder = _folder(out, "maps")
+        written.add(str(_sample_file(m, folder).relative_to(out)))
+        pages_written.append(render("map.html.j2", folder / Path(m.page).name, root="../", m=m, **common))
+    pages_written.append(render("leaks.html.j2", out / "leaks.html", root="", leaks=leak_views, **common))
+    written |= {str(p.relative_to(out)) for p in pages_written}
+    _clean(out, old, written)
+    write_text(out / MANIFEST, json.dumps({"files": sorted(written), "complete": True}, indent=0), "report manifest")
+    result.pages, result.seconds = len(pages_written), time.monotonic() - start
+    return result
+
+
+def _compare(views) -> object:
+    """The runs' accuracy chart (validation and test, intervals where recorded), or None without runs."""
+    if not views:
+        return None
+    splits = [s for s in ("validation", "test") if any(v.accuracy(s)[0] is not None for v in views)]
+    scores = {s: [v.accuracy(s)[0] for v in views] for s in splits}
+    intervals = {s: [v.accuracy(s)[1] for v in views] for s in splits}
+    return figure_json(charts.compare_figure([v.rec.id for v in views], scores, intervals))
+
+
+def _sample_file(m, folder: Path) -> Path:
+    """The map's sample, recorded beside its page: extractor, fingerprint, method, settings, seed, rows per split."""
+    p = m.projection
+    record = {
+        "extractor": p.extractor,
+        "fingerprint": p.fingerprint,
+        "method": p.method,
+        "settings": p.settings,
+        "seed": p.seed,
+        "rows": p.rows,
+        "sample": {s: r.tolist() for s, r in p.sample.items()},
+    }
+    path = folder / (Path(m.page).stem + ".sample.json")
+    m.sample_file = f"maps/{path.name}"
+    return write_text(path, json.dumps(record), "map sample")
+
+
+class _Paths:
+    """Paths, source roots and labels of the store's splits, each read once."""
+
+    def __init__(self, fs: FeatureStore):
+        self.fs = fs
+        self._paths: dict = {}
+        self._labels: dict = {}
+
+    def of(self, group: str, split: str) -> tuple[list[str], str] | None:
+        """``(paths, source_root)`` of a split, or None when the store has no such sound split."""
+        if (group, split) not in self._paths:
+            try:
+                root = str(self.fs.split_info(split, group).get("source_root") or "")
+                self._paths[(group, split)] = (self.fs.paths(split, group), root)
+            except FeatstoreError:
+                self._paths[(group, split)] = None
+        return self._paths[(group, split)]
+
+    def labels(self, group: str, split: str):
+        if (group, split) not in self._labels:
+            self._labels[(group, split)] = self.fs.labels(split, group)
+        return self._labels[(group, split)]
+
+
+def _thumbnails(out: Path, thumbs: ThumbCache, views, maps, leak_views) -> set[str]:
+    """Make (or reuse) every thumbnail the pages show, copy them into ``thumbs/``; set each item's URL and reason."""
+    items = [i for v in views for g in v.galleries for i in g.items] + [p for m in maps for p in m.points]
+    sources = [i.source for i in items]
+    for v in leak_views:
+        sources += [s for p in v.pairs for s in (p.query_source, p.reference_source)]
+    found = thumbs.make(sources)
+    folder = _folder(out, "thumbs")
+    written: set[str] = set()
+
+    def url(source: str) -> tuple[str | None, str]:
+        t = found[source]
+        name = thumbs.export(t, folder)
+        if name is None:
+            return None, t.reason
+        written.add(f"thumbs/{name}")
+        return f"thumbs/{name}", ""
+
+    for i in items:
+        i.thumb, i.reason = url(i.source)
+    for v in leak_views:
+        for p in v.pairs:
+            p.query_thumb, p.query_reason = url(p.query_source)
+            p.reference_thumb, p.reference_reason = url(p.reference_source)
+    for m in maps:
+        m.data = [[p.thumb or PLACEHOLDER, p.path, p.label, p.split, original(p.source), p.reason] for p in m.points]
+    return written

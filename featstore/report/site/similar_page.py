@@ -1,0 +1,48 @@
+"""``featstore similar --html``: the query and its neighbours as one HTML file that stands alone.
+
+The thumbnails come from the store's thumbnail cache and are embedded as ``data:`` URIs, so the file can be moved
+or mailed; names are escaped by the template (autoescape). Each image links to its file (``file://``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from featstore.experiments.similar import SimilarResult
+from featstore.report.site.build import cache_dir
+from featstore.report.site.render import render, static_text
+from featstore.report.site.thumbs import ThumbCache
+
+
+def similar_html(result: SimilarResult, out: str | os.PathLike, store: str | os.PathLike) -> Path:
+    """Write the gallery of a :func:`~featstore.experiments.similar.similar` result to ``out``; returns it.
+
+    Example::
+
+        similar_html(similar("test/bag/test_00017.png", "features.h5"), "bag.html", "features.h5")
+    """
+    root = result.source_root
+    if result.query_kind == "stored":
+        query_source = os.path.join(root, result.query) if root and not os.path.isabs(result.query) else result.query
+        if not os.path.isfile(query_source):
+            query_source = os.path.abspath(result.query)
+    else:
+        query_source = os.path.abspath(result.query)
+    sources = [query_source] + [os.path.join(root, n.path) if root else n.path for n in result.neighbours]
+    cache = ThumbCache(cache_dir(store) / "thumbs")
+    thumbs = cache.make(sources)
+    pictures = [
+        (cache.data_uri(thumbs[s]), thumbs[s].reason, os.path.abspath(s) if os.path.isabs(s) else None) for s in sources
+    ]
+    return render(
+        "similar.html.j2",
+        Path(out),
+        r=result,
+        query=pictures[0],
+        neighbours=list(zip(result.neighbours, pictures[1:])),
+        css=static_text("site.css"),
+        placeholder=static_text("placeholder.svg"),
+        generated=time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    )

@@ -1,0 +1,154 @@
+"""Thumbnails of stored images, made once from the source files and cached beside the store.
+
+A thumbnail is the image as the model saw it (square, :func:`featstore.images.decode.load_image`: regular files only,
+bounded decoding) at ``side`` pixels, saved as PNG under ``<store>.cache/thumbs/<ab>/<key>.png``. Its key is a digest
+of the file's absolute path, size and modification time and of the side, so a changed image gets a new thumbnail and
+an unchanged one is never decoded again. An image that cannot be read gets no thumbnail: its reason is cached as
+``<key>.txt`` (for a file that exists) and the pages show a placeholder with it.
+
+>>> cache = ThumbCache(Path("features.h5.cache/thumbs"))      # doctest: +SKIP
+>>> cache.make(["/data/test/bag/1.png"])["/data/test/bag/1.png"].reason   # doctest: +SKIP
+''
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from featstore.errors import OutputError
+from featstore.outputs import terminal_safe, write_atomic, write_text
+
+logger = logging.getLogger(__name__)
+
+SIDE = 96  # pixels
+VERSION = 1  # bump when thumbnails are made differently
+MAX_REASON = 300  # characters of a cached failure reason
+
+
+@dataclass(frozen=True)
+class Thumb:
+    """An image's thumbnail, or why there is none."""
+
+    source: str  # the image file (absolute)
+    key: str | None  # the cached file's stem; None when the image has no thumbnail
+    reason: str = ""  # why there is none ("" when there is one)
+
+
+def _key(source: str, side: int) -> str | None:
+    """The cache key of a file as it is now (None when it cannot be stat'ed)."""
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
+    what = b"\0".join(
+        [os.fsencode(source), str(st.st_size).encode(), str(st.st_mtime_ns).encode(), b"%d/%d" % (side, VERSION)]
+    )
+    return hashlib.sha256(what).hexdigest()[:32]
+
+
+class ThumbCache:
+    """The thumbnails of one store (see the module docstring); ``workers`` decoding threads."""
+
+    def __init__(self, folder: Path, side: int = SIDE, workers: int = 2):
+        self.folder = Path(folder)
+        self.side = side
+        self.workers = workers
+        self.made = 0  # decoded in this process
+        self.reused = 0  # found in the cache
+        self._known: dict[str, Thumb] = {}
+
+    def path(self, key: str) -> Path:
+        """The cached PNG of a key."""
+        return self.folder / key[:2] / f"{key}.png"
+
+    def make(self, sources: list[str]) -> dict[str, Thumb]:
+        """The thumbnail of each source file, decoding (in threads) only those not cached yet."""
+        from featstore.images.decode import iter_decoded
+
+        todo: dict[str, str] = {}
+        for src in dict.fromkeys(sources):
+            if src in self._known:
+                continue
+            key = _key(src, self.side)
+            if key is None:
+                self._known[src] = Thumb(src, None, "not found" if not os.path.lexists(src) else "cannot be read")
+            elif _regular(self.path(key)):
+                self._known[src], self.reused = Thumb(src, key), self.reused + 1
+            elif _regular(failed := self.path(key).with_suffix(".txt")):
+                self._known[src] = Thumb(src, None, _read_reason(failed))
+            else:
+                todo[src] = key
+        if todo:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for src, img, reason in iter_decoded(list(todo), self.side, self.workers, 64):
+                self._known[src] = self._save(src, todo[src], img, reason)
+        return {s: self._known[s] for s in sources}
+
+    def _save(self, src: str, key: str, img, reason: str) -> Thumb:
+        """Cache one decoded image (or its failure); a cache that cannot be written is logged, the pages still work."""
+        from PIL import Image
+
+        target = self.path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if img is None:
+                write_text(target.with_suffix(".txt"), reason[:MAX_REASON], "thumbnail cache")
+                return Thumb(src, None, reason)
+            buf = io.BytesIO()
+            gray = bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
+            picture = Image.fromarray(img[..., 0] if gray else img)  # a grayscale image as one channel: 3x smaller
+            picture.save(buf, format="PNG", compress_level=1)  # 5x faster than the default level, a little larger
+            write_atomic(target, lambda tmp: tmp.write_bytes(buf.getvalue()), "thumbnail cache")
+        except (OSError, OutputError) as exc:
+            logger.warning("thumbnail of %s not cached: %s", terminal_safe(src), exc)
+            return Thumb(src, None, reason or "the thumbnail cache cannot be written")
+        self.made += 1
+        return Thumb(src, key, reason)
+
+    def export(self, thumb: Thumb, folder: Path) -> str | None:
+        """Put a thumbnail into a site's ``folder`` (once): a hard link to the cached file where the file system
+        allows it (cached files are replaced, never changed in place), else a copy. Its file name there, or None."""
+        if thumb.key is None:
+            return None
+        name = f"{thumb.key}.png"
+        target = folder / name
+        if _regular(target):
+            return name
+        try:
+            os.link(self.path(thumb.key), target)  # refuses an existing name (a planted link included)
+        except OSError:
+            write_atomic(target, lambda tmp: shutil.copyfile(self.path(thumb.key), tmp), "report thumbnail")
+        return name
+
+    def data_uri(self, thumb: Thumb) -> str | None:
+        """The thumbnail as a ``data:`` URI (a page that must stand alone), or None."""
+        import base64
+
+        if thumb.key is None:
+            return None
+        return "data:image/png;base64," + base64.b64encode(self.path(thumb.key).read_bytes()).decode("ascii")
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, not a link (a link planted in the cache is never followed into a site)."""
+    import stat
+
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _read_reason(path: Path) -> str:
+    """A cached failure reason (bounded)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(MAX_REASON) or "cannot be read"
+    except OSError:
+        return "cannot be read"
