@@ -17,6 +17,16 @@ from featstore import ExtractorConfig, extract  # noqa: E402
 
 SIZE = 32
 
+# Under pytest-xdist (`pytest -n 2`; pyproject's addopts say --dist loadfile --no-loadscope-reorder) each file runs whole
+# on one worker, files in collection order. The README's blocks are one chain of ~520 CPU-s (about half the suite) that
+# cannot be split, so its file starts first: started last, it would finish minutes after everything else.
+RUN_FIRST = ("test_readme.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """RUN_FIRST's files first; every other test keeps its place (a stable sort, so no module is split)."""
+    items.sort(key=lambda item: item.path.name not in RUN_FIRST)
+
 
 def write_images(root: Path, split: str, classes: dict[str, int], seed: int = 0, size: int = 40) -> list[Path]:
     """Write ``classes[name]`` random RGB images per class under root/split/name/, alternating PNG and JPEG."""

@@ -17,8 +17,6 @@ from featstore.store import writer
 
 from .test_cli import run, tiny
 
-pytestmark = pytest.mark.xdist_group("ray")  # under pytest-xdist: one worker, one local Ray cluster at a time
-
 
 def same_store(a: Path, b: Path, split: str = "train", extractor: str | None = None) -> None:
     """Features, labels, paths and failure records identical."""

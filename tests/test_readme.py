@@ -28,8 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^```(\w*)\s*$")
 MARK = re.compile(r"^<!--\s*readme-test:\s*(skip|output of the block above)\s*(.*?)\s*-->\s*$")
 NUMBER = re.compile(r"\d+\.\d+")
-# under pytest-xdist (--dist loadgroup): the blocks build on each other, so they run on one worker, in order
-pytestmark = pytest.mark.xdist_group("readme")
 
 
 def readme_blocks(text: str) -> list[dict]:
