@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -15,6 +16,16 @@ from PIL import Image  # noqa: E402
 from featstore import ExtractorConfig, extract  # noqa: E402
 
 SIZE = 32
+
+# Under pytest-xdist (`pytest -n 2`; pyproject's addopts say --dist loadfile --no-loadscope-reorder) each file runs whole
+# on one worker, files in collection order. The README's and docs' blocks are one chain (about half the suite) that
+# cannot be split, so its file starts first: started last, it would finish minutes after everything else.
+RUN_FIRST = ("test_docs.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """RUN_FIRST's files first; every other test keeps its place (a stable sort, so no module is split)."""
+    items.sort(key=lambda item: item.path.name not in RUN_FIRST)
 
 
 def write_images(root: Path, split: str, classes: dict[str, int], seed: int = 0, size: int = 40) -> list[Path]:
@@ -33,20 +44,47 @@ def write_images(root: Path, split: str, classes: dict[str, int], seed: int = 0,
     return out
 
 
-@pytest.fixture
-def data_root(tmp_path: Path) -> Path:
-    """train (6 per class), validation (3) and test (3), classes cat and dog."""
-    root = tmp_path / "data"
+def write_data_root(root: Path) -> Path:
+    """train (6 per class), validation (3) and test (3), classes cat and dog, under ``root``."""
     write_images(root, "train", {"cat": 6, "dog": 6}, seed=1)
     write_images(root, "validation", {"cat": 3, "dog": 3}, seed=2)
     write_images(root, "test", {"cat": 3, "dog": 3}, seed=3)
     return root
 
 
+# VGG16 on 32x32 input with seeded random weights: (1, 1, 512) features, fast on a CPU.
+TINY_CONFIG = ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7)
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """train (6 per class), validation (3) and test (3), classes cat and dog."""
+    return write_data_root(tmp_path / "data")
+
+
 @pytest.fixture
 def tiny_config() -> ExtractorConfig:
     """VGG16 on 32x32 input with seeded random weights: (1, 1, 512) features, fast on a CPU."""
-    return ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7)
+    return TINY_CONFIG
+
+
+@pytest.fixture(scope="session")
+def _tiny_train_src(tmp_path_factory) -> Path:
+    """data_root's images and a store of their train split extracted with tiny_config; made once, copied by tiny_train."""
+    root = tmp_path_factory.mktemp("tiny_train")
+    extract(write_data_root(root / "data"), "train", root / "f.h5", TINY_CONFIG)
+    return root
+
+
+@pytest.fixture
+def tiny_train(_tiny_train_src: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """``(data_root, store)`` as ``extract(data_root, "train", tmp_path / "f.h5", tiny_config)`` leaves them: a private
+    copy of one session-wide extraction (file times kept, so a resume sees the same listing); safe to damage.
+
+    The store's ``source_root`` names the session's folder, not the copy (a store-level test never follows it)."""
+    data = shutil.copytree(_tiny_train_src / "data", tmp_path / "data")
+    path = shutil.copy2(_tiny_train_src / "f.h5", tmp_path / "f.h5")
+    return Path(data), Path(path)
 
 
 @pytest.fixture(scope="session")

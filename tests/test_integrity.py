@@ -20,9 +20,8 @@ def _fp(attrs: dict) -> str:
     return provenance.fingerprint(attrs)
 
 
-def test_fingerprint_ignores_prose_and_versions_but_not_numbers(data_root, tiny_config, tmp_path):
-    extract(data_root, "train", tmp_path / "f.h5", tiny_config)
-    a = FeatureStore(tmp_path / "f.h5").metadata()
+def test_fingerprint_ignores_prose_and_versions_but_not_numbers(tiny_train):
+    a = FeatureStore(tiny_train[1]).metadata()
     assert a["preprocess"] == "imagenet-caffe" and a["resize"] == provenance.RESIZE_ID and a["pillow_version"]
     same = dict(
         a,
@@ -108,9 +107,8 @@ def test_check_opens_the_file_per_block(sorted_store, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["external-link", "soft-link", "dangling-link", "virtual", "external-storage"])
-def test_check_reports_objects_pointing_outside_without_following_them(data_root, tiny_config, tmp_path, kind):
-    path = tmp_path / "s.h5"
-    extract(data_root, "train", path, tiny_config)
+def test_check_reports_objects_pointing_outside_without_following_them(tiny_train, tmp_path, kind):
+    path = tiny_train[1]
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as o:
         o["x"] = np.full((12, 1, 1, 512), np.nan, np.float32)
@@ -191,9 +189,8 @@ def test_import_needs_no_posix_only_module():
     assert res.returncode == 0, res.stderr[-2000:]
 
 
-def test_stores_of_an_older_format_are_refused_with_what_to_do(data_root, tiny_config, tmp_path):
-    path = tmp_path / "old.h5"
-    extract(data_root, "train", path, tiny_config)
+def test_stores_of_an_older_format_are_refused_with_what_to_do(tiny_train, tiny_config):
+    data_root, path = tiny_train
     with h5py.File(path, "a") as f:
         f.attrs["format_version"] = 1
     for fn in (lambda: FeatureStore(path), lambda: extract(data_root, "train", path, tiny_config, overwrite=True)):
@@ -214,9 +211,8 @@ def test_compressed_store_is_not_larger_than_uncompressed(tmp_path):
     assert sizes["gzip"] < sizes["none"] and sizes["lzf"] < sizes["none"], sizes
 
 
-def test_complete_split_with_changed_images_is_refused_with_a_summary(data_root, tiny_config, tmp_path):
-    path = tmp_path / "f.h5"
-    extract(data_root, "train", path, tiny_config)
+def test_complete_split_with_changed_images_is_refused_with_a_summary(tiny_train, tiny_config):
+    data_root, path = tiny_train
     write_images(data_root, "train", {"cat": 8}, seed=9)  # two added, and the first six rewritten (other bytes)
     (data_root / "train" / "dog" / "img_000.png").unlink()
     with pytest.raises(StoreError, match=r"changed since .*2 added, 1 removed, 6 changed.*--overwrite"):
@@ -245,9 +241,8 @@ def test_a_split_folder_linked_to_another_split_is_refused(data_root, tiny_confi
 
 
 @pytest.mark.parametrize("where", ["vgg16/train/failed", "vgg16"])
-def test_external_links_on_the_way_are_not_opened(data_root, tiny_config, tmp_path, where):
-    path = tmp_path / "s.h5"
-    extract(data_root, "train", path, tiny_config)
+def test_external_links_on_the_way_are_not_opened(tiny_train, tiny_config, tmp_path, where):
+    data_root, path = tiny_train
     fifo = tmp_path / "other.h5"
     os.mkfifo(fifo)  # opening it would hang: the test finishing proves it was never opened
     with h5py.File(path, "a") as f:
@@ -271,9 +266,8 @@ def test_a_damaged_compressed_chunk_is_reported_not_a_traceback(data_root, tiny_
     assert any("cannot be read: the file is damaged" in p for p in check_store(path))
 
 
-def test_object_names_that_are_not_utf8_are_refused(data_root, tiny_config, tmp_path):
-    path = tmp_path / "s.h5"
-    extract(data_root, "train", path, tiny_config)
+def test_object_names_that_are_not_utf8_are_refused(tiny_train):
+    path = tiny_train[1]
     with h5py.File(path, "a") as f:
         f.create_group(b"bad\xff")
     with pytest.raises(StoreError, match="not UTF-8"):
