@@ -230,7 +230,13 @@ def reliability_png(bins: list[dict], title: str, path: Path) -> Path:
         alpha=0.7,
         label="share right",
     )
-    ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], "o", color="C3", label="mean confidence")
+    ax.plot(
+        [b["confidence"] for b in full],
+        [b["accuracy"] for b in full],
+        "o",
+        color="C3",
+        label="(mean confidence, share right)",
+    )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share predicted right")

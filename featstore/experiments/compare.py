@@ -26,7 +26,7 @@ from featstore.outputs import check_output, write_atomic
 from featstore.runs.files import output_path
 from featstore.runs.folder import calibrated_predictions, get_run, list_runs, runs_root
 from featstore.runs.record import RunRecord
-from featstore.stats.figures import completed
+from featstore.stats.figures import HEADLINE, completed
 from featstore.stats.paired import PairedComparison, compare_predictions
 
 
@@ -69,8 +69,7 @@ class PairComparison:
 
 def _brief(m: dict) -> dict:
     """A split's headline figures (the reliability bins and per-class tables are in the runs' records)."""
-    keys = ("n", "accuracy", "accuracy_ci", "balanced_accuracy", "macro_f1", "log_loss", "log_loss_ci", "ece", "top5")
-    return {k: m[k] for k in keys if k in m}
+    return {k: m[k] for k in HEADLINE if k in m}
 
 
 def mismatch(a: RunRecord, b: RunRecord, split: str, stored_a: dict, stored_b: dict) -> str | None:

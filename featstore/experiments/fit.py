@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,21 +29,20 @@ from featstore.experiments.evaluate import metrics, run_metrics  # noqa: F401 (m
 from featstore.experiments.protocol import Splits, check_distinct, resolve_splits
 from featstore.experiments.selection import (
     CV_SEED,
-    OutOfFold,
+    Fitted,
+    check_classes,
     cross_validate,
     describe_given,
     fit_one,
     out_of_fold,
-    score_one,
     source_groups,
 )
 from featstore.experiments.streaming import (
     check_budget_holds_chunks,
+    fit_streaming,
     format_bytes,
     parse_bytes,
     refuse_in_memory,
-    stream_fit,
-    stream_predict,
     streams_by_partial_fit,
 )
 from featstore.runs.artifacts import full_proba
@@ -57,19 +54,16 @@ from featstore.store.reader import FeatureStore
 logger = logging.getLogger(__name__)
 
 _digest_paths = digest_paths  # its name before it moved to featstore.runs.record
-_fit_one, _score_one = fit_one, score_one  # their names before they moved to featstore.experiments.selection
+_fit_one = fit_one  # its name before it moved to featstore.experiments.selection
+
+
+def _score_one(spec_name, params, X, y, val, groups=None):
+    """``(validation accuracy, fitted model)`` of one setting."""
+    est = _fit_one(spec_name, params, X, y, val, groups)
+    return float(np.mean(est.predict(val[0]) == val[1])), est
+
+
 OOF = ".oof"  # a run without a validation split records train's out-of-fold figures as split "<train>.oof"
-
-
-@dataclass
-class Fitted:
-    """The chosen model and how it was chosen."""
-
-    est: object  # the fitted pipeline
-    best: int  # index of the chosen setting
-    selection: dict  # the record's "selection"
-    predict_split: Callable  # split -> (labels, predictions, raw probabilities); test is read here, once
-    oof: OutOfFold | None = None  # train's out-of-fold probabilities (no validation split, in memory)
 
 
 def _uses_validation(head) -> bool:
@@ -136,7 +130,7 @@ def fit(
         check_budget_holds_chunks(fs, name, used, budget, memory_budget, augmented=aug is not None)
     t0 = time.perf_counter()
     if big:
-        fitted = _fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None)
+        fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None)
     else:
         fitted = _fit_in_memory(fs, name, clf, full, settings, given, splits, jobs, aug is not None)
     fit_seconds = time.perf_counter() - t0
@@ -194,15 +188,6 @@ def _augmentation(fs: FeatureStore, name: str, train: str) -> dict:
     }
 
 
-def _check_classes(y: np.ndarray, split: str, class_names: list[str]) -> None:
-    present = np.unique(y)
-    if len(present) < 2:
-        raise StoreError(
-            f"split {split!r} has only one class ({class_names[present[0]] if len(present) else 'none'}); "
-            f"a classifier needs at least two class folders with images"
-        )
-
-
 def _fit_in_memory(
     fs: FeatureStore,
     name: str,
@@ -227,7 +212,7 @@ def _fit_in_memory(
     train, validation = splits.train, splits.validation
     class_names = fs.class_names(name)
     plain = X, y = fs.load(train, name)
-    _check_classes(y, train, class_names)
+    check_classes(y, train, class_names)
     groups = None
     if augmented:
         Xa, ya = fs.load(train, name, augmented=True)
@@ -268,42 +253,6 @@ def _fit_in_memory(
         return ys, est.predict(Xs), full_proba(est, Xs, k)
 
     return Fitted(est, best, selection, predict_split, oof)
-
-
-def _fit_streaming(
-    fs: FeatureStore,
-    name: str,
-    clf: str,
-    full: list[dict],
-    settings: list[dict],
-    given: dict,
-    splits: Splits,
-    budget: int,
-    augmented: bool = False,
-) -> Fitted:
-    """Fit from blocks of the store within ``budget``; several settings are chosen on a streamed validation split."""
-    train, validation = splits.train, splits.validation
-    class_names = fs.class_names(name)
-    _check_classes(fs.labels(train, name), train, class_names)
-    selection: dict = {"metric": "accuracy", "candidates": [], "method": describe_given(given)}
-    if len(full) > 1 and validation is None:
-        raise ConfigError(
-            "a parameter search with --memory-budget needs a validation split (k-fold CV would reread train k times)"
-        )
-    fitted = []
-    for p in full:
-        est = stream_fit(fs, name, clf, p, train, validation, budget, augmented)
-        if len(full) > 1:
-            yv, pv, _ = stream_predict(est, fs, name, validation, budget, len(class_names))
-            fitted.append((float(np.mean(pv == yv)), est))
-        else:
-            fitted.append((0.0, est))
-    best = int(np.argmax([s for s, _ in fitted]))
-    if len(full) > 1:
-        selection["method"] = f"accuracy on the {validation!r} split (streamed)"
-        selection["candidates"] = [{"params": s, "score": sc} for s, (sc, _) in zip(settings, fitted)]
-    est = fitted[best][1]
-    return Fitted(est, best, selection, lambda split: stream_predict(est, fs, name, split, budget, len(class_names)))
 
 
 def _record(
@@ -381,12 +330,19 @@ def _calibration(splits: Splits, fitted: Fitted, raw: dict, notes: list[str]) ->
     if splits.validation:
         y, _, proba = raw[splits.validation]
         cal = calibrate_on_validation(proba, y)
+    elif fitted.oof is not None:
+        y = raw[splits.train][0]
+        cal = calibrate_on_out_of_fold(fitted.oof.proba, y, fitted.oof.folds, CV_SEED, fitted.oof.grouped)
+    else:
+        return not_calibrated(f"streamed without a validation split ({splits.validation_missing})")
+    if cal["at_bound"] and cal["T"] < 1:  # every held-out row right: the likelihood grows without limit as T -> 0
+        return not_calibrated(
+            f"the temperature fitted on {cal['fitted_on']} sharpens without limit (its {cal['n']} rows were all, or "
+            f"almost all, right with high confidence); the model's own probabilities are kept"
+        )
+    if splits.validation:
         notes.append(
             f"probabilities calibrated on {splits.validation!r} (temperature {cal['T']:.3g}): its log-loss and ECE "
             f"are optimistic; judge calibration by test"
         )
-        return cal
-    if fitted.oof is not None:
-        y = raw[splits.train][0]
-        return calibrate_on_out_of_fold(fitted.oof.proba, y, fitted.oof.folds, CV_SEED, fitted.oof.grouped)
-    return not_calibrated(f"streamed without a validation split ({splits.validation_missing})")
+    return cal

@@ -12,6 +12,7 @@ out-of-fold accuracy wins, and its out-of-fold probabilities calibrate the run w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,17 @@ class OutOfFold:
     proba: np.ndarray  # (n_plain, n_classes), the model's own (uncalibrated) probabilities
     folds: int  # how many folds
     grouped: bool  # copies of one image kept in one fold
+
+
+@dataclass
+class Fitted:
+    """The chosen model and how it was chosen."""
+
+    est: object  # the fitted pipeline
+    best: int  # index of the chosen setting
+    selection: dict  # the record's "selection"
+    predict_split: Callable  # split -> (labels, predictions, raw probabilities); test is read here, once
+    oof: OutOfFold | None = None  # train's out-of-fold probabilities (no validation split, in memory)
 
 
 def fit_one(spec_name: str, params: dict, X, y, val, groups=None):
@@ -53,10 +65,14 @@ def fit_one(spec_name: str, params: dict, X, y, val, groups=None):
     return est
 
 
-def score_one(spec_name, params, X, y, val, groups=None):
-    """``(validation accuracy, fitted model)`` of one setting."""
-    est = fit_one(spec_name, params, X, y, val, groups)
-    return float(np.mean(est.predict(val[0]) == val[1])), est
+def check_classes(y: np.ndarray, split: str, class_names: list[str]) -> None:
+    """StoreError unless ``y`` holds at least two classes."""
+    present = np.unique(y)
+    if len(present) < 2:
+        raise StoreError(
+            f"split {split!r} has only one class ({class_names[present[0]] if len(present) else 'none'}); "
+            f"a classifier needs at least two class folders with images"
+        )
 
 
 def folds_of(y: np.ndarray, groups, train: str = "train") -> tuple[list, int]:

@@ -299,6 +299,9 @@ def _summary(store, runs, png, clfs, names, recs, winner, ens, versus, note, tes
         return rec.accuracy(split), list(wilson_of(rec.metrics[split]))
 
     winner["test"], winner["test_ci"] = figures(test_of.get(winner["id"]), test)
+    if ens is not None and winner["id"] == ens.id and versus:  # is the ensemble's gain over the best single run real?
+        split = test if test in versus else score
+        winner["vs_best_single"] = {"split": split, "run": versus[split]["name_b"], "verdict": versus[split]["verdict"]}
     winner["validation_ci"] = figures(next((r for r in [*recs, ens] if r and r.id == winner["id"]), None), score)[1]
     k = len(clfs)
     grid = np.array([[r.accuracy(score) for r in recs[i * k : (i + 1) * k]] for i in range(len(names))])

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from featstore.report.text import _table
 from featstore.runs.kinds import kind_of
-from featstore.runs.record import RunRecord
+from featstore.runs.record import RunRecord, thaw
+from featstore.stats.figures import HEADLINE
 
 
 def _acc(rec: RunRecord, split: str, digits: int = 4) -> str:
@@ -96,7 +97,7 @@ def split_lines(split: str, m) -> list[str]:
     before = m.figure("before_calibration")
     raw = f" (before calibration: log-loss {before['log_loss']:.3f}, ECE {before['ece']:.3f})" if before else ""
     return [
-        f"  {split} (n {m.n}): accuracy {m.accuracy:.4f} [{lo:.3f}, {hi:.3f}], balanced "
+        f"  {split}: accuracy {m.accuracy:.4f} [{lo:.3f}, {hi:.3f}] (n {m.n}), balanced "
         f"{_ci(m, 'balanced_accuracy')}, macro-F1 {_ci(m, 'macro_f1', value=m.macro_f1)}{top5}",
         f"    log-loss {_ci(m, 'log_loss')}, ECE {_ci(m, 'ece')}{raw}",
     ]
@@ -128,14 +129,11 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
     return "\n".join(lines)
 
 
-HEADLINE = ("n", "accuracy", "accuracy_ci", "balanced_accuracy", "macro_f1", "log_loss", "ece", "top5")
-
-
 def _headline(m) -> dict:
     """A split's headline figures as JSON (the accuracy interval computed from n for a run recorded before it)."""
     lo, hi = m.accuracy_interval()
     out = {"n": m.n, "accuracy": m.accuracy, "accuracy_ci": m.figure("accuracy_ci") or {"low": lo, "high": hi}}
-    return {**out, "macro_f1": m.macro_f1, **{k: m.figure(k) for k in HEADLINE if m.figure(k) is not None}}
+    return thaw({**out, "macro_f1": m.macro_f1, **{k: m.figure(k) for k in HEADLINE if m.figure(k) is not None}})
 
 
 def runs_json(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> dict:
@@ -238,9 +236,11 @@ def sweep_table(summary: dict) -> str:
     elif summary.get("ensemble_note"):
         lines.append(f"no ensemble: {summary['ensemble_note']}")
     test = f", test {win['test']:.4f}{_range(win.get('test_ci'))}" if win["test"] is not None else ""
+    versus = win.get("vs_best_single")
+    gain = f"; its gain over {versus['run']} on {versus['split']} is {versus['verdict']}" if versus else ""
     lines.append(
         f"chosen on {on}: {win['id']} ({win['clf']} on {win['extractor']}): {win['validation']:.4f}"
-        f"{_range(win.get('validation_ci'))}{test}"
+        f"{_range(win.get('validation_ci'))}{test}{gain}"
     )
     lines.append(f"selection: {summary['selection']}; heat map {summary['png']}")
     return "\n".join(lines)

@@ -137,6 +137,22 @@ def probability_figures(
     return out
 
 
+HEADLINE = (  # a split's figures as JSON outputs show them (the reliability bins and per-class tables are in run.json)
+    "n",
+    "accuracy",
+    "accuracy_ci",
+    "balanced_accuracy",
+    "balanced_accuracy_ci",
+    "macro_f1",
+    "macro_f1_ci",
+    "top5",
+    "top5_ci",
+    "log_loss",
+    "log_loss_ci",
+    "ece",
+    "ece_ci",
+    "before_calibration",
+)
 PROBABILITY_KEYS = ("log_loss", "log_loss_ci", "ece", "ece_ci", "reliability", "top5", "top5_ci")
 CONFUSION_KEYS = ("accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1_ci")
 
