@@ -75,25 +75,31 @@ def _brief(m: dict) -> dict:
 def mismatch(a: RunRecord, b: RunRecord, split: str, stored_a: dict, stored_b: dict) -> str | None:
     """Why runs ``a`` and ``b`` were not evaluated on the same rows of ``split`` (None when they were)."""
     pa, pb = a.predictions[split], b.predictions[split]
+    la, lb = _listing(pa.listing_sha256), _listing(pb.listing_sha256)
     if pa.paths_sha256 != pb.paths_sha256 or pa.n != pb.n:
         return (
             f"{split!r}: {a.id} was evaluated on {pa.n} images (paths digest {pa.paths_sha256[:12]}), {b.id} on "
             f"{pb.n} (paths digest {pb.paths_sha256[:12]}): other images, or another order"
         )
-    if pa.listing_sha256 and pb.listing_sha256 and pa.listing_sha256 != pb.listing_sha256:
+    if la and lb and la != lb:
         return (
-            f"{split!r}: the same file names but other image files (listing digests {pa.listing_sha256[:12]} and "
-            f"{pb.listing_sha256[:12]}: sizes or times differ), e.g. two datasets laid out alike"
+            f"{split!r}: the same file names but other image files (listing digests {la[:12]} and {lb[:12]}: sizes "
+            f"or times differ), e.g. two datasets laid out alike"
         )
     if not np.array_equal(stored_a[f"{split}__labels"], stored_b[f"{split}__labels"]):
         return f"{split!r}: the same file names with other labels"
-    if not (pa.listing_sha256 and pb.listing_sha256) and a.get("store") != b.get("store"):
+    if not (la and lb) and a.get("store") != b.get("store"):
         return (
             f"{split!r}: the runs come from different stores ({a.get('store', '-')} and {b.get('store', '-')}) and "
-            f"{a.id if not pa.listing_sha256 else b.id} does not record which image files it saw (made by an older "
-            f"featstore)"
+            f"{a.id if not la else b.id} does not record which image files it saw (made by an older featstore, or on "
+            f"features imported without images)"
         )
     return None
+
+
+def _listing(digest: str | None) -> str | None:
+    """A split's image listing digest, or None when it names no image files (features written from arrays)."""
+    return None if not digest or digest.startswith("arrays:") else digest
 
 
 def compare_pair(
