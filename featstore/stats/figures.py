@@ -5,7 +5,10 @@ compare`` and ``sweep`` print).
   get them too: the accuracy with its Wilson interval, balanced accuracy and macro-F1 with percentile bootstrap
   intervals (rows resampled; drawn as one multinomial draw over the matrix's cells, the same distribution);
 - :func:`probability_figures`, from the probabilities: log-loss, the top-label ECE with its reliability bins and,
-  with at least 6 classes, top-5 accuracy, each with a percentile bootstrap interval (rows resampled).
+  with at least 6 classes, top-5 accuracy, each with a percentile bootstrap interval (rows resampled). The ECE is a
+  sum of absolute gaps, so every resample's noise inflates it and its plain percentile interval can lie above the
+  estimate itself: its interval is the percentile interval moved back by the bootstrap's bias (mean of the
+  resamples minus the estimate), never below 0.
 
 Macro-F1 is averaged over *every* class of the store, a class with no row and no prediction counting 0 (the
 figure runs have always recorded, scikit-learn's ``f1_score(labels=all, average="macro", zero_division=0)``);
@@ -38,6 +41,16 @@ def _method(n_boot: int, seed: int) -> str:
 def _interval(estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float) -> dict:
     lo, hi = percentile_bounds(draws, level)
     return Interval(float(estimate), lo, hi, level, _method(n_boot, seed)).to_dict()
+
+
+def _shifted_interval(estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float) -> dict:
+    """The percentile interval of ``draws`` moved by the bootstrap's own bias (mean of the draws minus the estimate),
+    never below 0: for the ECE, a sum of absolute gaps that every resample's extra noise inflates, whose plain
+    percentile interval can lie wholly above the estimate."""
+    bias = float(np.mean(draws)) - float(estimate)
+    lo, hi = percentile_bounds(draws - bias, level)
+    method = f"percentile bootstrap moved by its bias {bias:+.3g} (B={n_boot}, seed {seed})"
+    return Interval(float(estimate), max(0.0, lo), max(0.0, hi), level, method).to_dict()
 
 
 def _balanced(tp: np.ndarray, true_n: np.ndarray) -> np.ndarray:
@@ -128,7 +141,7 @@ def probability_figures(
         "log_loss": float(loss.mean()),
         "log_loss_ci": _interval(loss.mean(), ll_b, n_boot, seed, level),
         "ece": rel.ece,
-        "ece_ci": _interval(rel.ece, ece_b, n_boot, seed, level),
+        "ece_ci": _shifted_interval(rel.ece, ece_b, n_boot, seed, level),
         "reliability": rel.to_dict()["bins"],
     }
     if top is not None:
