@@ -370,6 +370,10 @@ def test_sweep_ensemble_over_extractors_of_other_rows_is_refused_before_any_fit(
     with pytest.raises(ConfigError, match=r"--ensemble averages runs row by row.*a \(60 rows\) vs b \(48 rows\)"):
         sweep(path, ["logreg"], ensemble=True, runs=tmp_path / "runs")
     assert list_runs(path, tmp_path / "runs") == []  # refused before any fit was recorded
+    for png, said in (("map.txt", "--png .*map.txt: the chart is a PNG"), ("nodir/m.png", "nodir does not exist")):
+        with pytest.raises(OutputError, match=said):
+            sweep(path, ["logreg"], runs=tmp_path / "runs", png=tmp_path / png)
+    assert list_runs(path, tmp_path / "runs") == []
     assert len(sweep(path, ["logreg"], runs=tmp_path / "runs")["cells"]) == 2  # without --ensemble: fine
 
 

@@ -154,13 +154,13 @@ def _bare(y: np.ndarray, proba: np.ndarray) -> dict:
     return {"n": len(y), "accuracy": float(np.mean(pred == y)), "confusion_matrix": cm.tolist()}
 
 
-def check_chart_name(out: str | os.PathLike) -> Path:
-    """``--out`` of the chart, refused before any work unless it can take a PNG: a name ending in .png (or with no
+def check_chart_name(out: str | os.PathLike, what: str = "--out") -> Path:
+    """The name of a chart, refused before any work unless it can take a PNG: a name ending in .png (or with no
     suffix: the PNG is written at exactly that name) in a folder that exists, not a link, FIFO or folder."""
     out = Path(out)
     if out.suffix and out.suffix.lower() != ".png":
-        raise OutputError(f"--out {out}: the chart is a PNG; give a name ending in .png")
-    return check_output(out, "--out")
+        raise OutputError(f"{what} {out}: the chart is a PNG; give a name ending in .png")
+    return check_output(out, what)
 
 
 def compare_runs(

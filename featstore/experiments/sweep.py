@@ -87,7 +87,7 @@ def sweep(
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     check_distinct(train, validation, test)
     if png is not None:
-        check_chart_name(png)  # a heat map that cannot be written is refused before any fit
+        check_chart_name(png, "--png")  # a heat map that cannot be written is refused before any fit
     fs = FeatureStore(store)
     names, val = _extractors(fs, extractors, train, validation)
     score = val or f"{train}{OOF}"
