@@ -1,4 +1,6 @@
-"""PNG plots of runs: confusion matrix, the dense head's training curves, and a comparison bar chart."""
+"""PNG plots of runs: confusion matrix, reliability diagram, the dense head's training curves, a comparison bar chart
+with 95 % intervals, and the sweep's heat map. Every figure is saved as PNG whatever the file's name says (the
+callers write a temporary file and rename it: ``featstore.outputs.write_atomic``)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, p
             )
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -92,7 +94,7 @@ def curves_png(
     if boundary is not None:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path
 
@@ -102,8 +104,14 @@ def _wide_positive(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) > 5
 
 
-def compare_png(labels: list[str], scores: dict[str, list[float | None]], path: Path) -> Path:
-    """Grouped bars, one group per run and one bar per split's accuracy, each labelled with its value.
+def compare_png(
+    labels: list[str],
+    scores: dict[str, list[float | None]],
+    path: Path,
+    intervals: dict[str, list[tuple[float, float] | None]] | None = None,
+) -> Path:
+    """Grouped bars, one group per run and one bar per split's accuracy, each labelled with its value; ``intervals``
+    (per split, one (low, high) per run) are drawn as error bars: the 95 % Wilson interval of each accuracy.
 
     The legend sits outside the axes (right), run labels are rotated, and the figure widens with the
     number of runs; a missing score is shown as "n/a" instead of a bar.
@@ -117,7 +125,15 @@ def compare_png(labels: list[str], scores: dict[str, list[float | None]], path: 
     x = np.arange(n)
     small = 7 if n > 8 else 8
     for i, (split, vals) in enumerate(scores.items()):
-        bars = ax.bar(x + i * width, [v if v is not None else 0 for v in vals], width, label=split)
+        heights = [v if v is not None else 0 for v in vals]
+        ivs = (intervals or {}).get(split) or [None] * n
+        err = np.array(
+            [
+                [h - iv[0], iv[1] - h] if iv is not None and v is not None else [0, 0]
+                for h, v, iv in zip(heights, vals, ivs)
+            ]
+        ).T
+        bars = ax.bar(x + i * width, heights, width, label=split, yerr=err if err.any() else None, capsize=3)
         ax.bar_label(
             bars,
             labels=[f"{v:.2f}" if v is not None else "n/a" for v in vals],
@@ -132,26 +148,35 @@ def compare_png(labels: list[str], scores: dict[str, list[float | None]], path: 
         ha="right" if n > 3 else "center",
         fontsize=small,
     )
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (bars: 95 % interval)" if intervals else "accuracy")
     ax.set_ylim(0, 1.12)  # headroom for the value labels above a bar at 1.0
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="split", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")
     plt.close(fig)
     return path
 
 
 def heatmap_png(
-    rows: list[str], cols: list[str], values: np.ndarray, title: str, path: Path, mark: tuple[int, int] | None = None
+    rows: list[str],
+    cols: list[str],
+    values: np.ndarray,
+    title: str,
+    path: Path,
+    mark: tuple[int, int] | None = None,
+    intervals: np.ndarray | None = None,
+    label: str = "validation accuracy",
 ) -> Path:
-    """A rows x cols grid of accuracies, each cell labelled with its value; ``mark`` outlines the chosen cell.
+    """A rows x cols grid of accuracies, each cell labelled with its value (and, with ``intervals`` of shape
+    (rows, cols, 2), its 95 % interval below it); ``mark`` outlines the chosen cell.
 
     >>> heatmap_png(["vgg16@block4_pool"], ["logreg", "svm"], np.array([[0.8, 0.7]]), "sweep", Path("s.png"))  # doctest: +SKIP
     """
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(cols) + 3.5), max(2.5, 0.55 * len(rows) + 1.8)))
+    tall = 0.8 if intervals is not None else 0.55  # room for the interval under each value
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * len(cols) + 3.5), max(2.5, tall * len(rows) + 1.8)))
     top = float(np.nanmax(values))
     low = min(
         float(np.nanmin(values)), top - 0.05
@@ -160,13 +185,16 @@ def heatmap_png(
     mid = (low + top) / 2
     for i in range(len(rows)):
         for j in range(len(cols)):
+            text = f"{values[i, j]:.3f}"
+            if intervals is not None and np.isfinite(intervals[i, j]).all():
+                text += f"\n[{intervals[i, j, 0]:.2f}, {intervals[i, j, 1]:.2f}]"
             ax.text(
                 j,
                 i,
-                f"{values[i, j]:.3f}",
+                text,
                 ha="center",
                 va="center",
-                fontsize=9,
+                fontsize=8 if intervals is not None else 9,
                 color="black" if values[i, j] > mid else "white",
             )
     if mark is not None:
@@ -175,8 +203,50 @@ def heatmap_png(
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_xlabel("classifier")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="validation accuracy")
+    fig.colorbar(im, ax=ax, label=label)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def reliability_png(bins: list[dict], title: str, path: Path) -> Path:
+    """A reliability diagram: per bin of top-class confidence, the share predicted right against the mean confidence
+    (the diagonal is perfect calibration), with the number of rows of each bin below.
+
+    >>> reliability_png([{"low": 0.0, "high": 0.5, "count": 3, "confidence": 0.4, "accuracy": 0.33}], "run", Path("r.png"))  # doctest: +SKIP
+    """
+    plt = pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = [b for b in bins if b.get("count")]
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    widths = [b["high"] - b["low"] for b in bins]
+    ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfectly calibrated")
+    ax.bar(
+        [(b["low"] + b["high"]) / 2 for b in full],
+        [b["accuracy"] for b in full],
+        [b["high"] - b["low"] for b in full],
+        edgecolor="black",
+        alpha=0.7,
+        label="share right",
+    )
+    ax.plot(
+        [b["confidence"] for b in full],
+        [b["accuracy"] for b in full],
+        "o",
+        color="C3",
+        label="(mean confidence, share right)",
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share predicted right")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    hist.bar(centres, [b.get("count", 0) for b in bins], widths, color="grey", edgecolor="black")
+    hist.set_xlabel("confidence of the predicted class")
+    hist.set_ylabel("rows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
     return path

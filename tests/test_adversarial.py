@@ -381,6 +381,42 @@ RUN_FOLDER_CASES = [
         "weights must be one finite",
         victim="ensemble",
     ),
+    # records that passed validation and crashed later (predict: "max() arg is an empty sequence", KeyError 'model')
+    Case(
+        "ensemble_without_members",
+        lambda d, r: _rewrite(d, r, members=[], weights=[]),
+        "an ensemble has at least two members, this one 0",
+        victim="ensemble",
+    ),
+    Case(
+        "extractor_attrs_only_the_fingerprint",
+        lambda d, r: _rewrite(d, r, extractor_attrs={"fingerprint": r["fingerprint"]}),
+        "extractor_attrs .* lacks model, layer, input_size, pooling, dtype, weights, feature_shape",
+    ),
+    Case(
+        "calibration_temperature_negative",
+        lambda d, r: _rewrite(d, r, calibration={"method": "temperature", "T": -1.0, "input": "probabilities"}),
+        "calibration is not usable: a temperature calibration needs a finite positive T",
+    ),
+    Case(
+        "calibration_unknown_method",
+        lambda d, r: _rewrite(d, r, calibration={"method": "isotonic"}),
+        "calibration is not usable: its method must be one of temperature, none",
+    ),
+    Case(
+        "interval_of_strings",
+        lambda d, r: _rewrite(
+            d, r, metrics={**r["metrics"], "test": {**r["metrics"]["test"], "accuracy_ci": {"low": "a", "high": "b"}}}
+        ),
+        "accuracy_ci must be finite numbers",
+    ),
+    Case(
+        "reliability_bins_crafted",
+        lambda d, r: _rewrite(
+            d, r, metrics={**r["metrics"], "test": {**r["metrics"]["test"], "reliability": [{"low": 0, "high": 9}]}}
+        ),
+        "reliability must be finite numbers",
+    ),
     # crafted models of allowed types whose arrays would make compiled code crash or hang (rf_tree_nodes.py, resealed)
     Case(
         "tree_children_out_of_bounds",

@@ -200,18 +200,18 @@ def test_fit_trains_on_the_copies_and_never_scores_on_them(aug_store, tmp_path, 
     fs = FeatureStore(path)
     n, nv, nt = (len(fs.labels(s)) for s in ("train", "validation", "test"))
     fitted, scored, loads = [], [], []
-    real_fit_one, real_metrics, real_load = runs_mod._fit_one, runs_mod.metrics, FeatureStore.load
+    real_fit_one, real_metrics, real_load = runs_mod._fit_one, runs_mod.run_metrics, FeatureStore.load
 
-    def spy_fit_one(clf, params, X, y, val):
+    def spy_fit_one(clf, params, X, y, val, *rest):
         fitted.append((len(X), None if val is None else len(val[0])))
-        return real_fit_one(clf, params, X, y, val)
+        return real_fit_one(clf, params, X, y, val, *rest)
 
     def spy_load(self, split="train", extractor=None, **kw):
         loads.append((split, kw.get("augmented", False)))
         return real_load(self, split, extractor, **kw)
 
     monkeypatch.setattr(runs_mod, "_fit_one", spy_fit_one)
-    monkeypatch.setattr(runs_mod, "metrics", lambda y, p, c: scored.append(len(y)) or real_metrics(y, p, c))
+    monkeypatch.setattr(runs_mod, "run_metrics", lambda y, *a: scored.append(len(y)) or real_metrics(y, *a))
     monkeypatch.setattr(FeatureStore, "load", spy_load)
     rec = fit(path, "logreg", {"C": [0.1, 1.0]}, runs=tmp_path, augmented=True)
     assert (
@@ -249,13 +249,11 @@ def test_fit_refusals(aug_store, tmp_path):
     extract(
         data, "train", bare, CFG, batch_size=BATCH, augment=1
     )  # the plain split is kept, only the copies are computed
-    with pytest.raises(
-        ConfigError, match="k-fold cross-validation on train would put copies of one image on both sides"
-    ):
-        fit(bare, "logreg", {"C": [0.1, 1.0]}, runs=tmp_path / "r", augmented=True)
-    rec = fit(
-        bare, "logreg", runs=tmp_path / "r", augmented=True
-    )  # one setting, no validation: nothing to choose, allowed
+    # no validation: the search cross-validates on train with an image and its copies in one fold
+    rec = fit(bare, "logreg", {"C": [0.1, 1.0]}, runs=tmp_path / "r", augmented=True)
+    assert "copies of one image kept in one fold" in rec["selection"]["method"]
+    assert "copies of one image kept in one fold" in rec.calibration["fitted_on"] or rec.calibration["method"] == "none"
+    rec = fit(bare, "logreg", runs=tmp_path / "r", augmented=True)  # one setting: calibrated out of fold, grouped
     assert rec["augmented"]["train_rows"] == 24
 
 

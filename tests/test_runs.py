@@ -29,6 +29,7 @@ from featstore.experiments.classifiers import build_classifier
 from featstore.experiments.predict import rebuild_extractor
 from featstore.runs.folder import load_predictions
 from featstore.runs.write import write_run
+from featstore.store.writer import synthetic_attrs
 
 from .conftest import write_images
 
@@ -64,9 +65,9 @@ def test_test_split_never_used_for_selection(store, tmp_path, monkeypatch):
         loads.append((split, len(scored)))
         return real_load(self, split, extractor, **kw)
 
-    def spy_score(name, params, X, y, val):
+    def spy_score(name, params, X, y, val, *rest):
         scored.append(params)
-        return real_score(name, params, X, y, val)
+        return real_score(name, params, X, y, val, *rest)
 
     monkeypatch.setattr(FeatureStore, "load", spy_load)
     monkeypatch.setattr(runs_mod, "_score_one", spy_score)
@@ -151,7 +152,7 @@ def test_ensemble_math_by_hand(tmp_path):
             "class_names": ["x", "z"],
             "metrics": {},
             "params": {},
-            "extractor_attrs": {"fingerprint": fp},
+            "extractor_attrs": {**synthetic_attrs((2,)), "fingerprint": fp},  # what rebuilding an extractor reads
         }
         write_run(tmp_path, {**base, "id": run_id, "clf": clf, "fingerprint": fp}, est, probas)
 

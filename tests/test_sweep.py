@@ -107,15 +107,47 @@ def test_greedy_ensemble_adds_only_what_improves_validation():
     y = np.array([0, 0, 1, 1])
     good = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.1, 0.9]])  # 3/4
     other = np.array([[0.6, 0.4], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])  # 3/4, wrong elsewhere
-    assert greedy_ensemble([good, other], y) == [1, 1]  # together 4/4
-    assert greedy_ensemble([good, good.copy()], y) == [1, 0]  # a copy adds nothing
+    assert greedy_ensemble([good, other], y, metric="accuracy") == [1, 1]  # together 4/4
+    assert greedy_ensemble([good, good.copy()], y, metric="accuracy") == [1, 0]  # a copy adds nothing
+    # the default hill-climbs on log-loss, from the best single (lowest log-loss) run, with replacement
+    assert greedy_ensemble([good, good.copy()], y) == [1, 0]  # a copy lowers nothing
+    assert greedy_ensemble([good, other], y) == [1, 0]  # other's confident mistakes raise the log-loss: left out
+    sure = np.array([[0.99, 0.01], [0.5, 0.5], [0.5, 0.5], [0.01, 0.99]])  # sure where the other is unsure
+    unsure = np.array([[0.5, 0.5], [0.9, 0.1], [0.1, 0.9], [0.5, 0.5]])
+    assert greedy_ensemble([sure, unsure], y) == [2, 1]  # with replacement: (2 sure + unsure) / 3 is lowest
+    assert greedy_ensemble([sure * 0 + [[0.9, 0.1], [0.5, 0.5], [0.5, 0.5], [0.1, 0.9]], unsure], y) == [1, 1]
+    with pytest.raises(ValueError, match="choose one of: log_loss, accuracy"):
+        greedy_ensemble([good], y, metric="f1")
 
 
-def test_sweep_refuses_extractors_without_validation(tmp_path):
+def test_sweep_without_validation_cross_validates_on_train(tmp_path):
+    """No validation split: every run is scored out of fold on train, the ensemble is selected on those predictions."""
     path = tmp_path / "f.h5"
-    writer.write_arrays(path, "s", "train", np.zeros((4, 2), np.float32), np.array([0, 1, 0, 1]), ["a", "b"])
-    with pytest.raises(StoreError, match="extractors s have no complete 'train' and 'validation'.*cross-validation"):
-        sweep(path, ["logreg"], runs=tmp_path / "runs")
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.arange(3), 20).astype(np.int32)
+    for name, noise in (("good", 1.0), ("weak", 3.0)):
+        X = rng.normal(0, 1, (3, 8)).astype(np.float32)[y] * 2 + rng.normal(0, noise, (60, 8)).astype(np.float32)
+        writer.write_arrays(path, name, "train", X, y, ["a", "b", "c"], attrs=writer.synthetic_attrs((8,), model=name))
+    s = sweep(path, ["logreg", "knn"], ensemble=True, runs=tmp_path / "runs")
+    assert s["chosen_on"] == "train.oof" and "cross-validation on train" in s["selection"]
+    for c in s["cells"]:
+        rec = get_run(c["run"], path, tmp_path / "runs")[0]
+        assert rec.accuracy("train.oof") == c["validation"] and "validation" not in rec.metrics
+        assert (
+            "5-fold stratified cross-validation on 'train'" in rec["selection"]["method"]
+            or len(rec["selection"]["candidates"]) == 0
+        )
+        assert rec.calibration["fitted_on"].startswith("out-of-fold on train (5 folds")
+        assert "not evaluated on 'test': the store has no 'test' split" in rec.notes
+        assert c["test"] is None
+    assert s["ensemble"] is not None or s["ensemble_note"]  # built on out-of-fold predictions, or it says why not
+    if s["ensemble"]:
+        assert "train.oof" in s["ensemble"]["vs_best_single"]
+    with pytest.raises(StoreError, match="needs a complete 'train' split; empty: no 'train' split"):
+        writer.write_arrays(
+            path, "empty", "test", np.zeros((4, 8), np.float32), np.array([0, 1, 2, 0]), ["a", "b", "c"]
+        )
+        sweep(path, ["logreg"], runs=tmp_path / "runs", extractors=["weak", "empty"])
 
 
 def test_sweep_cli(two_extractor_store, tmp_path):

@@ -14,6 +14,24 @@ from featstore.errors import FeatstoreError
 logger = logging.getLogger(__name__)
 
 
+def _interruptible(runs_folder: Path, command: str, work):
+    """``work()``, and on Ctrl-C one line saying what was recorded before the interrupt and what to re-run; exit 130."""
+    from featstore.runs.folder import scan_runs
+
+    before = {r.id for r in scan_runs(runs_folder).records}
+    try:
+        return work()
+    except KeyboardInterrupt:
+        made = sorted({r.id for r in scan_runs(runs_folder).records} - before)
+        done = (
+            f"run{'s' if len(made) > 1 else ''} {', '.join(made)} recorded in {runs_folder} before it"
+            if made
+            else "nothing was recorded (no run folder was written)"
+        )
+        typer.secho(f"interrupted: {done}; re-run the same `featstore {command}` to do it again", err=True)
+        raise typer.Exit(130) from None
+
+
 @app.command()
 @_errors
 def fit(
@@ -31,9 +49,14 @@ def fit(
     jobs: Annotated[int, typer.Option(help="Parallel fits during a search (joblib).")] = 1,
     train: Annotated[str, typer.Option(help="Split to fit on.")] = "train",
     validation: Annotated[
-        str, typer.Option(help="Split to choose parameters on (k-fold CV on train if absent).")
+        str,
+        typer.Option(
+            help="Split to choose parameters on and calibrate probabilities on; `none`, or no split named validation in the store: cross-validation on train. A named split the store lacks is an error."
+        ),
     ] = "validation",
-    test: Annotated[str, typer.Option(help="Split evaluated once, for the chosen setting.")] = "test",
+    test: Annotated[
+        str, typer.Option(help="Split evaluated once, for the chosen setting (`none`: no test split).")
+    ] = "test",
     runs: RunsOpt = None,
     memory_budget: Annotated[
         Optional[str],
@@ -53,21 +76,26 @@ def fit(
     from featstore.experiments.classifiers import get_classifier, parse_params
     from featstore.experiments.fit import fit as run_fit
     from featstore.report.tables import run_report
+    from featstore.runs.folder import runs_root
 
     items = list(param or []) + ([f"epochs={epochs}"] if epochs is not None else [])
-    rec = run_fit(
-        store,
-        clf,
-        parse_params(get_classifier(clf), items),
-        extractor=extractor,
-        search=search,
-        jobs=jobs,
-        train=train,
-        validation=validation,
-        test=test,
-        runs=runs,
-        memory_budget=memory_budget,
-        augmented=augmented,
+    rec = _interruptible(
+        runs_root(store, runs),
+        "fit",
+        lambda: run_fit(
+            store,
+            clf,
+            parse_params(get_classifier(clf), items),
+            extractor=extractor,
+            search=search,
+            jobs=jobs,
+            train=train,
+            validation=validation,
+            test=test,
+            runs=runs,
+            memory_budget=memory_budget,
+            augmented=augmented,
+        ),
     )
     typer.echo(run_report(rec, [], per_class=False))
 
@@ -112,8 +140,13 @@ def sweep(
     png: Annotated[Optional[Path], typer.Option(help="Heat map to write (default: <runs>/sweep-<id>.png).")] = None,
     store: StoreOpt = Path("features.h5"),
     train: Annotated[str, typer.Option(help="Split to fit on.")] = "train",
-    validation: Annotated[str, typer.Option(help="Split every choice is made on.")] = "validation",
-    test: Annotated[str, typer.Option(help="Split evaluated once, after the choice.")] = "test",
+    validation: Annotated[
+        str,
+        typer.Option(
+            help="Split every choice is made on; `none`, or no extractor with a split of this name: cross-validation on train."
+        ),
+    ] = "validation",
+    test: Annotated[str, typer.Option(help="Split evaluated once, after the choice (`none`: no test split).")] = "test",
     runs: RunsOpt = None,
     augmented: Annotated[
         bool,
@@ -122,29 +155,40 @@ def sweep(
             help="Fit every run on train plus its cached augmented copies (`featstore extract --augment K`).",
         ),
     ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of the table.")] = False,
 ) -> None:
-    """Fit every classifier on every extractor, choose the best on validation, then evaluate test once for it."""
+    """Fit every classifier on every extractor, choose the best on validation (or by cross-validation on train), then evaluate test once for it; every accuracy with its 95 % interval, and the ensemble against the best single run in words."""
     from featstore.experiments.classifiers import parse_clf_params
     from featstore.experiments.sweep import sweep as run_sweep
     from featstore.report.tables import sweep_table
+    from featstore.runs.folder import runs_root
 
     clfs = [c.strip() for c in clf.split(",") if c.strip()]
-    summary = run_sweep(
-        store,
-        clfs,
-        extractors=[e.strip() for e in extractor.split(",")] if extractor else None,
-        params=parse_clf_params(clfs, list(param or [])),
-        search=search,
-        jobs=jobs,
-        ensemble=ensemble,
-        show_test=show_test,
-        train=train,
-        validation=validation,
-        test=test,
-        runs=runs,
-        png=png,
-        augmented=augmented,
+    summary = _interruptible(
+        runs_root(store, runs),
+        "sweep",
+        lambda: run_sweep(
+            store,
+            clfs,
+            extractors=[e.strip() for e in extractor.split(",")] if extractor else None,
+            params=parse_clf_params(clfs, list(param or [])),
+            search=search,
+            jobs=jobs,
+            ensemble=ensemble,
+            show_test=show_test,
+            train=train,
+            validation=validation,
+            test=test,
+            runs=runs,
+            png=png,
+            augmented=augmented,
+        ),
     )
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(summary, indent=1))
+        return
     typer.echo(sweep_table(summary))
 
 

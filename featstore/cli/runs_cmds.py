@@ -28,17 +28,32 @@ runs_app = typer.Typer(help="List, show, compare and evaluate recorded runs.", n
 app.add_typer(runs_app, name="runs")
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def _echo_json(obj) -> None:
+    """One JSON document on stdout."""
+    import json
+
+    typer.echo(json.dumps(obj, indent=1))
+
+
 @runs_app.callback(invoke_without_command=True)
 @_errors
-def runs_list(ctx: typer.Context, store: StoreOpt = Path("features.h5"), runs: RunsOpt = None) -> None:
-    """Table of every run: classifier, parameters, validation/test accuracy, seconds, fingerprint; broken run folders with the reason."""
+def runs_list(
+    ctx: typer.Context, store: StoreOpt = Path("features.h5"), runs: RunsOpt = None, json_out: JsonOpt = False
+) -> None:
+    """Table of every run: classifier, parameters, validation/test accuracy with 95 % intervals, seconds, fingerprint; broken run folders with the reason."""
     ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
     if ctx.invoked_subcommand is not None:
         return
-    from featstore.report.tables import runs_table
+    from featstore.report.tables import runs_json, runs_table
     from featstore.runs.folder import scan_runs_of
 
     listing = scan_runs_of(store, runs)
+    if json_out:
+        _echo_json(runs_json(listing.records, listing.broken))
+        return
     typer.echo(runs_table(listing.records, listing.broken))
 
 
@@ -49,13 +64,17 @@ def runs_show(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix).")],
     store: SubStoreOpt = None,
     runs: RunsOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Metrics, per-class report and confusion matrix of a run; writes PNGs (confusion, dense curves) into its folder."""
+    """Every figure of a run with its 95 % interval, its calibration, the per-class report; writes PNGs (confusion matrix and reliability diagram per split, training curves) into its folder."""
     from featstore.experiments.evaluate import show_run
     from featstore.report.tables import run_report
 
     store, runs = _group_defaults(ctx, store, runs)
     rec, pngs = show_run(run_id, store, runs)
+    if json_out:
+        _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs]})
+        return
     typer.echo(run_report(rec, pngs))
 
 
@@ -63,17 +82,31 @@ def runs_show(
 @_errors
 def runs_compare(
     run_ids: Annotated[Optional[list[str]], typer.Argument(help="Runs to compare (default: all).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: <runs>/compare.png).")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="PNG chart to write (default: <runs>/compare.png); a name ending in .png.")
+    ] = None,
     store: SubStoreOpt = None,
     runs: RunsOpt = None,
+    json_out: JsonOpt = False,
     *,
     ctx: typer.Context,
 ) -> None:
-    """Bar chart of validation and test accuracy of runs."""
-    from featstore.experiments.evaluate import compare_runs
+    """Two runs: a paired test on the same rows of each split (exact McNemar, paired bootstrap) that says whether the difference is larger than chance. Any number of runs: their validation and test accuracy with 95 % intervals, and a bar chart."""
+    from featstore.experiments.compare import check_chart_name, compare_pair, compare_runs
+    from featstore.report.tables import accuracy_json, accuracy_lines, pair_report
+    from featstore.runs.folder import get_run, list_runs
 
     store, runs = _group_defaults(ctx, store, runs)
-    typer.echo(f"wrote {compare_runs(run_ids, out, store, runs)}")
+    if out is not None:
+        check_chart_name(out)  # before any work: a missing folder, a link, a FIFO, a name that is not .png
+    pair = compare_pair(*run_ids, store, runs) if run_ids and len(run_ids) == 2 else None
+    recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
+    path = compare_runs(run_ids, out, store, runs)
+    if json_out:
+        _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": str(path)})
+        return
+    typer.echo(pair_report(pair) if pair else accuracy_lines(recs))
+    typer.echo(f"wrote {path}")
 
 
 @runs_app.command("evaluate")
@@ -83,15 +116,20 @@ def runs_evaluate(
     split: Annotated[str, typer.Option(help="Split of the store to evaluate on.")] = "test",
     store: SubStoreOpt = None,
     runs: RunsOpt = None,
+    json_out: JsonOpt = False,
     *,
     ctx: typer.Context,
 ) -> None:
-    """Apply a run to a split of the store (refused if the store's features are not the run's)."""
-    from featstore.experiments.evaluate import evaluate_run
+    """Apply a run to a split of the store (refused if the store's features are not the run's) and record the figures in the run when it has none for that split (it says so, or why not)."""
+    from featstore.experiments.evaluate import evaluate_and_record
+    from featstore.report.tables import evaluated_lines
 
     store, runs = _group_defaults(ctx, store, runs)
-    m = evaluate_run(run_id, split, store, runs)
-    typer.echo(f"{run_id} on {split}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, n {m['n']}")
+    rec, m, said = evaluate_and_record(run_id, split, store, runs)
+    if json_out:
+        _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said})
+        return
+    typer.echo(evaluated_lines(rec.id, split, m, said))
 
 
 @app.command()

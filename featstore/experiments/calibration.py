@@ -22,7 +22,7 @@ import logging
 import numpy as np
 
 from featstore.errors import ConfigError
-from featstore.stats.calibration import fit_temperature
+from featstore.stats.calibration import fit_temperature, identity_calibration
 from featstore.stats.folds import stratified_group_folds
 
 logger = logging.getLogger(__name__)
@@ -74,5 +74,15 @@ def calibrate_on_validation(proba, y) -> dict:
 def calibrate_out_of_fold(estimator, X, y, n_classes: int, groups=None, n_folds: int = 5, seed: int = 0) -> dict:
     """The temperature record fitted on out-of-fold probabilities of train (see :func:`out_of_fold_proba`)."""
     proba, n = out_of_fold_proba(estimator, X, y, n_classes, groups, n_folds, seed)
-    kept = ", copies of one image kept in one fold" if groups is not None else ""
-    return {**fit_temperature(proba, y), "fitted_on": f"out-of-fold on train ({n} folds, seed {seed}{kept})"}
+    return calibrate_on_out_of_fold(proba, y, n, seed, groups is not None)
+
+
+def calibrate_on_out_of_fold(proba, y, folds: int, seed: int, grouped: bool, train: str = "train") -> dict:
+    """The temperature record fitted on out-of-fold probabilities of ``train``'s rows, ``fitted_on`` saying how."""
+    kept = ", copies of one image kept in one fold" if grouped else ""
+    return {**fit_temperature(proba, y), "fitted_on": f"out-of-fold on {train} ({folds} folds, seed {seed}{kept})"}
+
+
+def not_calibrated(why: str) -> dict:
+    """The record of a run whose probabilities are used as its model gives them, ``fitted_on`` saying why."""
+    return {**identity_calibration(), "fitted_on": f"not calibrated: {why}"}

@@ -19,17 +19,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from featstore.errors import ConfigError, choices_error
+from featstore.experiments.params import _NUMBER_OR, Param, check_value
 from featstore.models.reshape import REDUCTIONS, FeatureReshape
-
-
-@dataclass(frozen=True)
-class Param:
-    """One user-settable parameter of a classifier."""
-
-    type: type  # int, float, str or bool; --param values are converted to it
-    default: object  # value when not given
-    choices: tuple = ()  # allowed values for a str parameter (empty = any)
-    help: str = ""  # one line for `featstore fit --help-clf`
 
 
 @dataclass(frozen=True)
@@ -44,11 +35,23 @@ class ClassifierSpec:
     needs_all_data: bool = True  # False for classifiers that can learn from chunks (partial_fit)
 
     def full_params(self, given: dict) -> dict:
-        """Defaults overlaid with ``given`` (already typed); unknown names list the valid ones."""
-        for key in given:
-            if key not in self.params:
-                raise ConfigError(f"unknown parameter {key!r} for {self.name}; valid: {', '.join(self.params)}")
+        """Defaults overlaid with ``given`` (already typed); unknown names list the valid ones, values out of range
+        (``C=inf``, ``max_iter=0``) say the valid range."""
+        for key, value in given.items():
+            self.check_value(key, value)
         return {**{k: p.default for k, p in self.params.items()}, **given}
+
+    def check_values(self, given: dict[str, list]) -> None:
+        """Every value of a search (``{"C": [0.1, 1.0]}``) checked before any work (see :meth:`full_params`)."""
+        for key, values in given.items():
+            for value in values:
+                self.check_value(key, value)
+
+    def check_value(self, key: str, value) -> None:
+        """ConfigError unless ``key`` is a parameter and ``value`` a valid value of it, naming the valid range."""
+        if key not in self.params:
+            raise ConfigError(f"unknown parameter {key!r} for {self.name}; valid: {', '.join(self.params)}")
+        check_value(self.name, key, self.params[key], value)
 
 
 _REGISTRY: dict[str, ClassifierSpec] = {}
@@ -112,6 +115,7 @@ def convert_value(spec: ClassifierSpec, key: str, text: str):
         ) from None
     if p.choices and value not in p.choices:
         raise ConfigError(f"parameter {key}={value!r} for {spec.name}: choose one of: {', '.join(map(str, p.choices))}")
+    spec.check_value(key, value)
     return value
 
 
@@ -155,18 +159,30 @@ def candidates(spec: ClassifierSpec, given: dict[str, list], search: bool) -> li
 
 
 # ---------------------------------------------------------------- the classifiers
-_NUMBER_OR = {"gamma": ("scale", "auto"), "max_features": ("sqrt", "log2")}  # str parameters that may also be numbers
 _REDUCE = Param(str, "flatten", REDUCTIONS, "how stored features become a vector: flatten, avg or max over space")
-_SEED = Param(int, 0, (), "random seed")
+_SEED = Param(int, 0, (), "random seed", low=0, high=2**32 - 1)
+_POSITIVE = {"low": 0.0, "open_low": True}  # a finite number > 0
+_COUNT = {"low": 1}  # an integer >= 1
 _VECTOR = {  # how the vector is prepared, for the classifiers that take it (logreg, svm, knn)
     "power": Param(
-        float, 1.0, (), "power normalisation: each value x becomes sign(x)|x|^power; 0.5 = square root, 1 = off"
+        float,
+        1.0,
+        (),
+        "power normalisation: each value x becomes sign(x)|x|^power; 0.5 = square root, 1 = off",
+        **_POSITIVE,
     ),
     "l2": Param(bool, False, (), "scale each feature vector to unit L2 norm (after power)"),
     "scale": Param(
         bool, True, (), "standardise each feature to mean 0, variance 1 (false: keep an L2-normalised geometry)"
     ),
-    "pca": Param(int, 0, (), "project onto this many principal components of train (randomized PCA; 0 = off)"),
+    "pca": Param(
+        int,
+        0,
+        (),
+        "project onto this many principal components of train (randomized PCA; 0 = off)",
+        low=0,
+        range_help="0 (off) or a number of components",
+    ),
 }
 
 
@@ -187,8 +203,8 @@ def _pipe(params: dict, clf, scale: bool = True) -> Pipeline:
     "logreg",
     "multinomial logistic regression on standardised features",
     {
-        "C": Param(float, 1.0, (), "inverse L2 strength"),
-        "max_iter": Param(int, 2000),
+        "C": Param(float, 1.0, (), "inverse L2 strength", **_POSITIVE),
+        "max_iter": Param(int, 2000, **_COUNT),
         "solver": Param(
             str, "newton-cg", ("newton-cg", "lbfgs"), "newton-cg: ~3x faster than lbfgs on wide CNN features"
         ),
@@ -207,7 +223,7 @@ def _logreg(p):
     "svm",
     "support vector machine (linear or RBF kernel): predicts as scikit-learn's SVC; probabilities a softmax of its decision values with a temperature fitted out of fold",
     {
-        "C": Param(float, 1.0),
+        "C": Param(float, 1.0, **_POSITIVE),
         "kernel": Param(str, "linear", ("linear", "rbf")),
         "gamma": Param(str, "scale", (), "scale, auto or a positive number"),
         "calibration_folds": Param(
@@ -215,6 +231,8 @@ def _logreg(p):
             3,
             (),
             "folds of the out-of-fold fit of the probabilities' temperature (0: T = 1); changes no prediction",
+            low=0,
+            range_help="0 (no temperature fit, T = 1) or a number of folds of at least 2",
         ),
         "reduce": _REDUCE,
         **_VECTOR,
@@ -263,8 +281,8 @@ def _knn(p):
     "random_forest",
     "random forest on raw features",
     {
-        "n_estimators": Param(int, 300),
-        "max_depth": Param(int, 0, (), "0 = unlimited"),
+        "n_estimators": Param(int, 300, **_COUNT),
+        "max_depth": Param(int, 0, (), "0 = unlimited", low=0),
         "max_features": Param(str, "sqrt", (), "sqrt, log2 or a fraction of the features"),
         "reduce": _REDUCE,
         "seed": _SEED,
@@ -291,10 +309,10 @@ def _forest(p):
     "sgd",
     "linear model trained by SGD (log loss); learns from chunks with partial_fit",
     {
-        "alpha": Param(float, 1e-4),
+        "alpha": Param(float, 1e-4, **_POSITIVE),
         "loss": Param(str, "log_loss", ("log_loss", "modified_huber")),
-        "max_iter": Param(int, 1000),
-        "epochs": Param(int, 5, (), "passes over the data when streaming (--memory-budget)"),
+        "max_iter": Param(int, 1000, **_COUNT),
+        "epochs": Param(int, 5, (), "passes over the data when streaming (--memory-budget)", **_COUNT),
         "reduce": _REDUCE,
         "seed": _SEED,
     },
@@ -313,12 +331,12 @@ def _sgd(p):
     "dense",
     "small Keras network on the features: Flatten, Dense(units, relu), Dropout, Dense(softmax|sigmoid); RMSprop, early stopping",
     {
-        "units": Param(int, 256),
-        "dropout": Param(float, 0.5),
-        "lr": Param(float, 2e-5, (), "RMSprop learning rate"),
-        "epochs": Param(int, 30),
-        "batch_size": Param(int, 20),
-        "patience": Param(int, 5, (), "early-stopping patience (epochs)"),
+        "units": Param(int, 256, **_COUNT),
+        "dropout": Param(float, 0.5, low=0.0, high=1.0, open_high=True),
+        "lr": Param(float, 2e-5, (), "RMSprop learning rate", **_POSITIVE),
+        "epochs": Param(int, 30, **_COUNT),
+        "batch_size": Param(int, 20, **_COUNT),
+        "patience": Param(int, 5, (), "early-stopping patience (epochs)", low=0),
         "reduce": _REDUCE,
         "seed": _SEED,
     },

@@ -1,8 +1,10 @@
-"""Recorded runs applied and shown: metrics, evaluating a run on a split of the store, showing and comparing runs.
+"""Recorded runs applied and shown: the figures of a split, evaluating a run on a split of the store (and recording
+it), showing a run. Comparing runs is in ``featstore.experiments.compare``.
 
 Every kind of run is evaluated the same way: the run is found and verified (``featstore.runs.folder``), and its
 kind (``featstore.runs.kinds``) gives its labels, predictions and probabilities on the split, refused when the
-store's features are not the ones the run was made on (fingerprint, classes).
+store's features are not the ones the run was made on (fingerprint, classes); the run's calibration turns the
+model's probabilities into the run's.
 
 >>> metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), ["cat", "dog"])["accuracy"]   # doctest: +ELLIPSIS
 0.666...
@@ -15,23 +17,35 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError
+from featstore.errors import OutputError, StoreError
+from featstore.experiments.compare import compare_runs  # noqa: F401 (featstore.compare_runs: its public home)
+from featstore.outputs import write_atomic
 from featstore.runs.apply import ApplyOptions
 from featstore.runs.files import output_path
-from featstore.runs.folder import get_run, list_runs, runs_root
-from featstore.runs.kinds import kind_of
-from featstore.runs.record import RunRecord, digest_paths
-from featstore.runs.write import add_split, replace_file
+from featstore.runs.folder import calibrated_predictions, get_run, runs_root
+from featstore.runs.kinds import calibrated, kind_of, parse_record
+from featstore.runs.record import RunRecord, digest_paths, thaw
+from featstore.runs.write import add_split
+from featstore.stats.calibration import apply_calibration
+from featstore.stats.figures import completed
+from featstore.stats.intervals import proportion_interval
+from featstore.stats.metrics import expected_calibration_error, log_loss
 from featstore.store.reader import FeatureStore
 
 
-def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+def metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], proba: np.ndarray | None = None, raw=None
+) -> dict:
+    """Every figure a run records for one split, each with its 95 % interval: accuracy (Wilson), balanced accuracy and
+    macro-F1 (bootstrap), per-class precision/recall/F1/support and the confusion matrix; with ``proba`` (the run's
+    calibrated probabilities) log-loss, ECE with its reliability bins and top-5 (with at least 6 classes), each with
+    a bootstrap interval (``featstore.stats.figures``). ``raw``: the probabilities before calibration, whose
+    log-loss and ECE are kept as ``before_calibration``."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
+    out = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
@@ -41,10 +55,32 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> d
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+    out = completed(out, y_true, proba)
+    if raw is not None and len(y_true):
+        out["before_calibration"] = {
+            "log_loss": log_loss(y_true, raw),
+            "ece": expected_calibration_error(y_true, raw),
+        }
+    return out
 
 
-def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None):
-    """``(record, folder, labels, predictions, probabilities)`` of a run applied to a split of the store.
+def run_metrics(y, pred, class_names: list[str], raw: np.ndarray, calibration) -> dict:
+    """A split's figures as a run records them: from its calibrated probabilities, and (when a temperature was
+    fitted) the log-loss and ECE of the model's own probabilities as ``before_calibration``."""
+    if calibration["method"] == "none":
+        return metrics(y, pred, class_names, raw)
+    return metrics(y, pred, class_names, apply_calibration(thaw(calibration), raw), raw=raw)
+
+
+def apply_run(
+    run_id: str,
+    split: str,
+    store: str | os.PathLike = "features.h5",
+    runs: str | os.PathLike | None = None,
+    raw: bool = False,
+):
+    """``(record, folder, labels, predictions, probabilities)`` of a run applied to a split of the store; the
+    probabilities are the run's calibrated ones (``raw=True``: the model's own, as predictions.npz keeps them).
 
     Refused when the store's features are not the ones the run was fitted on (fingerprint, classes), and for an
     ensemble (its members are evaluated instead). Example::
@@ -53,20 +89,21 @@ def apply_run(run_id: str, split: str, store: str | os.PathLike = "features.h5",
     """
     rec, folder = get_run(run_id, store, runs)
     y, pred, proba = kind_of(rec).split_predictions(rec, folder, store, split, ApplyOptions())
-    return rec, folder, y, pred, proba
+    return rec, folder, y, pred, (proba if raw else calibrated(rec, proba))
 
 
 def evaluate_run(
     run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
 ) -> dict:
-    """Apply a run to a split of the store; refused when the store's fingerprint is not the run's.
+    """Apply a run to a split of the store and return its figures (as ``run.json`` records them); refused when the
+    store's fingerprint is not the run's. Nothing is written (``featstore runs evaluate`` records them).
 
     Example::
 
-        evaluate_run("logreg-1a2b3c", "test")["accuracy"]
+        evaluate_run("logreg-1a2b3c", "test")["accuracy_ci"]
     """
-    rec, _, y, pred, _ = apply_run(run_id, split, store, runs)
-    return metrics(y, pred, list(rec.class_names))
+    rec, _, y, pred, raw = apply_run(run_id, split, store, runs, raw=True)
+    return run_metrics(y, pred, list(rec.class_names), raw, rec.calibration)
 
 
 def record_split(
@@ -78,66 +115,117 @@ def record_split(
 
         record_split("logreg-1a2b3c", "test")
     """
-    rec, folder, y, pred, proba = apply_run(run_id, split, store, runs)
+    return evaluate_and_record(run_id, split, store, runs)[0]
+
+
+def evaluate_and_record(
+    run_id: str, split: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
+) -> tuple[RunRecord, dict, str]:
+    """``(record, figures, what happened)``: a run evaluated on a split of the store, its figures added to the run
+    when it has none for that split (``featstore runs evaluate``), or why they were not (already recorded on the
+    same images, recorded on other images, the runs folder cannot be written). Example::
+
+        rec, m, said = evaluate_and_record("logreg-1a2b3c", "validation")
+    """
+    rec, folder, y, pred, raw = apply_run(run_id, split, store, runs, raw=True)
+    m = run_metrics(y, pred, list(rec.class_names), raw, rec.calibration)
+    fs = FeatureStore(store)
+    paths, listing = digest_paths(fs.paths(split, rec.extractor)), fs.split_info(split, rec.extractor)
+    listing = str(listing.get("listing_sha256", ""))
     if split in rec.metrics:
-        return rec
-    paths = digest_paths(FeatureStore(store).paths(split, rec.extractor))
-    return add_split(
-        runs_root(store, runs), rec, folder, split, metrics(y, pred, list(rec.class_names)), (proba, y, paths)
-    )
+        stored = rec.predictions.get(split)
+        same = stored.paths_sha256 == paths and stored.listing_sha256 in (None, listing) if stored else None
+        if same is False:
+            return (
+                rec,
+                m,
+                (
+                    f"not recorded: run {rec.id} already holds {split!r} evaluated on other images "
+                    f"(recorded {stored.n} rows, here {len(y)} of {fs.path})"
+                ),
+            )
+        return rec, m, f"already recorded in run {rec.id}" + (" (the same images)" if same else "")
+    try:
+        rec = add_split(runs_root(store, runs), rec, folder, split, m, (raw, y, paths, listing))
+    except (OutputError, StoreError) as exc:
+        return rec, m, f"not recorded: {exc}"
+    return rec, rec["metrics"][split], f"recorded in run {rec.id}"
+
+
+def figures_of(rec: RunRecord, folder: Path) -> tuple[RunRecord, list[str]]:
+    """The record with every split's figures, those it lacks (a run recorded before featstore recorded them)
+    computed from its confusion matrices and stored predictions; and the splits computed so (nothing is written)."""
+    stored = calibrated_predictions(folder, rec) if rec.predictions else {}
+    obj, now = rec.to_json(), []
+    for split, m in obj["metrics"].items():
+        proba, y = stored.get(f"{split}__proba"), stored.get(f"{split}__labels")
+        full = completed(m, y, proba)
+        if full != m:
+            obj["metrics"][split], now = full, [*now, split]
+    if not now:
+        return rec, now
+    obj["notes"] = [*obj.get("notes", []), f"figures of {', '.join(now)} computed now from the stored predictions"]
+    return parse_record(obj, folder), now
+
+
+def _png(folder: Path, name: str, draw) -> Path:
+    """A PNG written into a run's folder: a plain name, never through a link or out of the folder, replaced whole."""
+    path = output_path(folder, name)
+    if path.is_dir():
+        raise StoreError(f"cannot write {path}: a folder of that name is in the way; remove it or choose another name")
+    return write_atomic(path, draw, "PNG")
 
 
 def show_run(
     run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
 ) -> tuple[RunRecord, list[Path]]:
-    """A run's record, after writing its PNGs into its folder: a confusion matrix per split, and training curves.
+    """A run's record (with the figures an older run lacks computed from its stored predictions), after writing its
+    PNGs into its folder: per split a confusion matrix and a reliability diagram, and training curves.
 
     Example::
 
         rec, pngs = show_run("dense-1a2b3c")
     """
-    from featstore.plots import confusion_png, curves_png
+    from featstore.plots import confusion_png, curves_png, reliability_png
 
     rec, folder = get_run(run_id, store, runs)
+    rec, _ = figures_of(rec, folder)
     names = list(rec.class_names)
-    # split names and the id were checked when the folder was read; output_path also refuses links and paths leaving the folder,
-    # and replace_file writes a new file and renames it into place (never through a hard link, a folder in the way is an error)
-    pngs = [
-        replace_file(
-            output_path(folder, f"confusion_{split}.png"),
-            lambda tmp, split=split, m=m: confusion_png(
-                m.confusion_matrix, names, f"{rec.id} on {split} (acc {m.accuracy:.3f})", tmp
-            ),
+    pngs = []
+    for split, m in rec.metrics.items():
+        title = f"{rec.id} on {split} (acc {accuracy_text(m)})"
+        pngs.append(
+            _png(
+                folder,
+                f"confusion_{split}.png",
+                lambda t, m=m, title=title: confusion_png(m.confusion_matrix, names, title, t),
+            )
         )
-        for split, m in rec.metrics.items()
-    ]
+        bins = m.figure("reliability")
+        if bins:
+            cal = rec.calibration
+            what = f"calibrated (T = {cal['T']:.3g})" if cal["method"] == "temperature" else "not calibrated"
+            pngs.append(
+                _png(
+                    folder,
+                    f"reliability_{split}.png",
+                    lambda t, m=m, split=split, what=what: reliability_png(
+                        m.figure("reliability"), f"{rec.id} on {split}: {what}, ECE {m.figure('ece'):.3f}", t
+                    ),
+                )
+            )
     curves = kind_of(rec).curves(rec)
     if curves is not None:
         history, title, then = curves
         extra = {} if then is None else {"then": then}
-        pngs.append(
-            replace_file(output_path(folder, "curves.png"), lambda tmp: curves_png(history, title, tmp, **extra))
-        )
+        pngs.append(_png(folder, "curves.png", lambda t: curves_png(history, title, t, **extra)))
     return rec, pngs
 
 
-def compare_runs(
-    run_ids: list[str] | None = None,
-    out: str | os.PathLike | None = None,
-    store: str | os.PathLike = "features.h5",
-    runs: str | os.PathLike | None = None,
-) -> Path:
-    """Bar chart of validation and test accuracy of the given runs (default: all); returns the PNG path.
-
-    Example::
-
-        compare_runs(["logreg-1a2b3c", "svm-4d5e6f"], out="compare.png")
-    """
-    from featstore.plots import compare_png
-
-    recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
-    if not recs:
-        raise ConfigError("no runs to compare; fit some with `featstore fit`")
-    out = Path(out) if out else output_path(runs_root(store, runs), "compare.png")
-    scores = {s: [r.accuracy(s) for r in recs] for s in ("validation", "test")}
-    return replace_file(out, lambda tmp: compare_png([r.id for r in recs], scores, tmp))
+def accuracy_text(m) -> str:
+    """ "0.810 [0.722, 0.874]": an accuracy with its 95 % Wilson interval (from the record, or computed from n)."""
+    ci = m.figure("accuracy_ci") if hasattr(m, "figure") else m.get("accuracy_ci")
+    acc, n = (m.accuracy, m.n) if hasattr(m, "figure") else (m["accuracy"], m["n"])
+    if ci is None:
+        ci = proportion_interval(round(acc * n), n).to_dict()
+    return f"{acc:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"

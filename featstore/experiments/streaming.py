@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from featstore.errors import ConfigError
+from featstore.experiments.protocol import Splits
+from featstore.experiments.selection import Fitted, check_classes, describe_given
 from featstore.store.reader import FeatureStore
 from featstore.units import format_bytes, parse_bytes  # noqa: F401 (re-exported)
 
@@ -154,3 +156,39 @@ def stream_predict(est, fs: FeatureStore, name: str, split: str, budget: int, n_
         preds.append(est.predict(X))
         probas.append(full_proba(est, X, n_classes))
     return np.concatenate(ys), np.concatenate(preds), np.concatenate(probas)
+
+
+def fit_streaming(
+    fs: FeatureStore,
+    name: str,
+    clf: str,
+    full: list[dict],
+    settings: list[dict],
+    given: dict,
+    splits: Splits,
+    budget: int,
+    augmented: bool = False,
+) -> Fitted:
+    """Fit from blocks of the store within ``budget``; several settings are chosen on a streamed validation split."""
+    train, validation = splits.train, splits.validation
+    class_names = fs.class_names(name)
+    check_classes(fs.labels(train, name), train, class_names)
+    selection: dict = {"metric": "accuracy", "candidates": [], "method": describe_given(given)}
+    if len(full) > 1 and validation is None:
+        raise ConfigError(
+            "a parameter search with --memory-budget needs a validation split (k-fold CV would reread train k times)"
+        )
+    fitted = []
+    for p in full:
+        est = stream_fit(fs, name, clf, p, train, validation, budget, augmented)
+        if len(full) > 1:
+            yv, pv, _ = stream_predict(est, fs, name, validation, budget, len(class_names))
+            fitted.append((float(np.mean(pv == yv)), est))
+        else:
+            fitted.append((0.0, est))
+    best = int(np.argmax([s for s, _ in fitted]))
+    if len(full) > 1:
+        selection["method"] = f"accuracy on the {validation!r} split (streamed)"
+        selection["candidates"] = [{"params": s, "score": sc} for s, (sc, _) in zip(settings, fitted)]
+    est = fitted[best][1]
+    return Fitted(est, best, selection, lambda split: stream_predict(est, fs, name, split, budget, len(class_names)))

@@ -1,11 +1,16 @@
 """``featstore sweep``: every extractor x classifier, chosen strictly on validation, test read once for the choice.
 
-Every fit is recorded as a run (fitted on train, scored on validation; test is *not* read while fitting).
-The winner is the best validation accuracy; with ``ensemble=True`` a greedy ensemble selection (Caruana et al.
-2004: start from the best run, repeatedly add, with replacement, the run whose averaged probabilities raise
-validation accuracy most; stop when nothing helps) competes too and is recorded as an ensemble run. Only
-then is the test split evaluated: for the winner (its members, for an ensemble), or for every run with
-``show_test=True``. A summary (``sweep-<id>.json``) and a heat map (``sweep-<id>.png``) go into the runs folder.
+Every fit is recorded as a run (fitted on train, scored on validation; test is *not* read while fitting). Without
+a validation split (in every extractor, or ``--validation none``) each run is scored by cross-validation on train
+instead: its out-of-fold predictions (copies of one image in one fold), recorded as the run's ``train.oof`` split.
+The winner is the best accuracy on that split; with ``ensemble=True`` a greedy ensemble selection (Caruana et al.
+2004, on the runs' calibrated probabilities: start from the best single run, repeatedly add, with replacement, the
+run that lowers the log-loss of the average most; stop when nothing lowers it) competes too and is recorded as an
+ensemble run, or the summary says why none was built. Only then is the test split evaluated: for the winner (and,
+when an ensemble was built, its members and the best single run, so that the two can be compared on test), or for
+every run with ``show_test=True``. The ensemble is compared with the best single run on the same rows (exact
+McNemar test and paired bootstrap): the summary says when its gain is within noise. A summary
+(``sweep-<id>.json``) and a heat map (``sweep-<id>.png``) go into the runs folder.
 
 >>> result = sweep("features.h5", ["logreg", "svm"], ensemble=True)   # doctest: +SKIP
 >>> result["winner"]["id"], result["winner"]["test"]                  # doctest: +SKIP
@@ -23,13 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError
+from featstore.experiments.compare import check_chart_name, compare_pair, wilson_of
 from featstore.experiments.ensemble import ensemble as record_ensemble
 from featstore.experiments.ensemble import greedy_ensemble
 from featstore.experiments.evaluate import record_split
-from featstore.experiments.fit import fit
-from featstore.runs.folder import load_predictions, runs_root
-from featstore.runs.record import RunRecord
+from featstore.experiments.fit import OOF, fit
+from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, no_split
+from featstore.outputs import write_atomic, write_text
+from featstore.runs.folder import calibrated_predictions, runs_root
+from featstore.runs.record import RunRecord, digest_paths
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -46,13 +54,14 @@ def sweep(
     ensemble: bool = False,
     show_test: bool = False,
     train: str = "train",
-    validation: str = "validation",
-    test: str = "test",
+    validation: str | None = "validation",
+    test: str | None = "test",
     runs: str | os.PathLike | None = None,
     png: str | os.PathLike | None = None,
     augmented: bool = False,
 ) -> dict:
-    """Fit each classifier on each extractor, choose on validation, evaluate test once for the choice; returns the summary.
+    """Fit each classifier on each extractor, choose on validation (or by cross-validation on train), evaluate test
+    once for the choice; returns the summary.
 
     ``params`` maps a classifier name to its parameter lists, as ``fit`` takes them (several values: the
     best on validation is kept, per extractor). Example::
@@ -69,17 +78,25 @@ def sweep(
         raise ConfigError("give at least one classifier, e.g. --clf logreg,svm")
     params = params or {}
     for c in clfs:
-        get_classifier(c).full_params(
-            {k: v[0] for k, v in params.get(c, {}).items()}
-        )  # unknown names fail before any work
+        get_classifier(c).check_values(params.get(c, {}))  # unknown names and bad values fail before any work
     if set(params) - set(clfs):
         raise ConfigError(
             f"parameters given for {', '.join(sorted(set(params) - set(clfs)))}, which is not swept; swept: {', '.join(clfs)}"
         )
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
-    names = _extractors(FeatureStore(store), extractors, train, validation)
+    check_distinct(train, validation, test)
+    if png is not None:
+        check_chart_name(png, "--png")  # a heat map that cannot be written is refused before any fit
+    fs = FeatureStore(store)
+    names, val = _extractors(fs, extractors, train, validation)
+    score = val or f"{train}{OOF}"
+    tst, no_test = _test_split(fs, names, test)
+    if ensemble:
+        _refuse_other_rows(fs, names, val or train, train)  # before any fit is recorded
     cells = [(n, c) for n in names for c in clfs]
+    later = "a sweep evaluates test after its choice, for the chosen runs only (every run with --show-test)"
+    later = later if tst else no_test
     started = time.perf_counter()
 
     def one(cell):
@@ -91,8 +108,9 @@ def sweep(
             extractor=n,
             search=search,
             train=train,
-            validation=validation,
-            test=None,
+            validation=val or NONE,
+            test=NONE if no_split(test) else test,
+            test_later=later,
             runs=runs,
             augmented=augmented,
         )
@@ -103,103 +121,194 @@ def sweep(
         recs = Parallel(n_jobs=jobs, backend="threading")(delayed(one)(cell) for cell in cells)
     else:
         recs = [one(cell) for cell in cells]
-    val = np.array([r.accuracy(validation) for r in recs])
-    best = int(np.argmax(val))
+    scores = np.array([r.accuracy(score) for r in recs])
+    best = int(np.argmax(scores))
     winner = {
         "id": recs[best].id,
         "kind": recs[best].kind,
         "extractor": recs[best].extractor,
         "clf": recs[best].clf,
-        "validation": float(val[best]),
+        "validation": float(scores[best]),
     }
-    ens, chosen, to_test, ensemble_wins = None, [], {winner["id"]}, False
+    chosen, note, ensemble_wins = [], "", False
     if ensemble:
-        stored = [_stored(r, store, runs, validation) for r in recs]
-        counts = greedy_ensemble([p for p, _ in stored], stored[0][1])
-        chosen = [(r.id, k) for r, k in zip(recs, counts) if k]
-        if len(chosen) == 1:
-            logger.info(
-                "greedy ensemble selection kept one run (%s): no average of runs beat it on validation", chosen[0][0]
-            )
-        else:
-            avg = sum(k * p for (p, _), k in zip(stored, counts) if k) / sum(counts)
-            ens_val = float(np.mean(avg.argmax(axis=1) == stored[0][1]))
-            ensemble_wins = ens_val > winner["validation"]
-            if ensemble_wins:  # the ensemble's test needs its members' test probabilities
-                winner = {
-                    "id": None,
-                    "kind": "ensemble",
-                    "validation": ens_val,
-                    "clf": "ensemble",
-                    "extractor": "+".join(dict.fromkeys(r.extractor for r, k in zip(recs, counts) if k)),
-                }
-                to_test = {rid for rid, _ in chosen}
-    if show_test:
-        to_test |= {r.id for r in recs}
-    tested_recs = {}
-    for rid in sorted(to_test - {None}):  # test is read here, after the choice, once per run
-        tested_recs[rid] = record_split(rid, test, store, runs)
+        chosen, note, ens_score = _select(recs, store, runs, score)
+        ensemble_wins = ens_score is not None and ens_score > winner["validation"]
+        if ensemble_wins:
+            winner = {
+                "id": None,
+                "kind": "ensemble",
+                "validation": ens_score,
+                "clf": "ensemble",
+                "extractor": "+".join(dict.fromkeys(r.extractor for r in recs if r.id in dict(chosen))),
+            }
+    to_test = (
+        set()
+        if not tst
+        else {recs[best].id} | {rid for rid, _ in chosen} | ({r.id for r in recs} if show_test else set())
+    )
+    tested = {}
+    for rid in sorted(to_test):  # test is read here, after the choice, once per run
+        tested[rid] = record_split(rid, tst, store, runs)
+    ens, versus = None, {}
     if len(chosen) > 1:
         ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs)
-        tested_recs[ens.id] = ens
+        tested[ens.id] = ens
+        versus = _versus(ens, recs[best], store, runs, score)
         if ensemble_wins:
             winner["id"] = ens.id
-    tested = {winner["id"]} | ({r.id for r in recs} if show_test else set())  # what the table shows test for
-    test_of = {rid: tested_recs[rid].accuracy(test) for rid in tested}
+    shown = {winner["id"]} | ({r.id for r in recs} if show_test else set())  # what the table shows test for
+    test_of = {rid: tested[rid] for rid in shown if rid in tested}
     seconds = time.perf_counter() - started
-    return _summary(store, runs, png, clfs, names, recs, winner, ens, test_of, test, validation, search, seconds)
+    return _summary(
+        store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, tst, score, search, seconds
+    )
 
 
-def _extractors(fs: FeatureStore, wanted: list[str] | None, train: str, validation: str) -> list[str]:
-    """The extractors to sweep: those named (or all), each with complete train and validation splits."""
+def _extractors(
+    fs: FeatureStore, wanted: list[str] | None, train: str, validation: str | None
+) -> tuple[list, str | None]:
+    """``(extractors to sweep, the validation split or None)``: those named (or all), each with a complete train
+    split; validation is used when every one has it complete, else (none has it, or ``--validation none``) each is
+    cross-validated on train. Anything else is refused, naming each extractor's missing or incomplete split."""
     names = (
         [fs.resolve(n) for n in wanted] if wanted else fs.extractors(caches=False)
     )  # finetune's caches only when named
     if not names:
         raise StoreError(f"store {fs.path} holds no extractor yet; run `featstore extract` first")
-    lacking = [
-        n for n in names if not all(s in fs.splits(n) and fs.split_info(s, n)["complete"] for s in (train, validation))
-    ]
-    if lacking:
-        raise StoreError(
-            f"extractors {', '.join(lacking)} have no complete {train!r} and {validation!r} splits; a sweep chooses on "
-            f"validation. Extract it (`featstore extract --split {validation} ...`), leave them out with --extractor, or "
-            f"fit them one by one with `featstore fit`, which chooses by cross-validation on {train!r} when there is no "
-            f"validation split."
+    problems = [f"{n}: {why}" for n in names if (why := _incomplete(fs, n, train))]
+    if problems:
+        raise StoreError(f"every swept extractor needs a complete {train!r} split; {'; '.join(problems)}")
+    if no_split(validation):
+        return names, None
+    have = [n for n in names if not _incomplete(fs, n, validation)]
+    if len(have) == len(names):
+        return names, validation
+    lacking = {n: _incomplete(fs, n, validation) for n in names if n not in have}
+    if validation != DEFAULTS["validation"] and all(validation not in fs.splits(n) for n in lacking):
+        raise ConfigError(
+            f"--validation {validation!r}: {', '.join(lacking)} have no such split (splits there: "
+            f"{', '.join(sorted({s for n in lacking for s in fs.splits(n)}))}); name one, or --validation {NONE} to "
+            f"cross-validate every extractor on {train!r}"
         )
-    return names
+    if not have and all(validation not in fs.splits(n) for n in lacking):
+        return names, None  # no extractor has the default validation split: cross-validate every one on train
+    raise StoreError(
+        f"a sweep chooses every extractor on one protocol, but {', '.join(have) or 'none'} have a complete "
+        f"{validation!r} split and these do not: {'; '.join(f'{n}: {w}' for n, w in lacking.items())}. Finish or "
+        f"extract it for them, leave them out with --extractor, or pass --validation {NONE} to cross-validate every "
+        f"extractor on {train!r}"
+    )
+
+
+def _incomplete(fs: FeatureStore, name: str, split: str) -> str:
+    """Why ``split`` of extractor ``name`` cannot be used ("" when it is complete), with the command that fixes it."""
+    if split not in fs.splits(name):
+        return f"no {split!r} split (`featstore extract --split {split}` makes it)"
+    info = fs.split_info(split, name)
+    if info.get("complete"):
+        return ""
+    return (
+        f"{split!r} is not complete ({info.get('committed_rows')} of {info.get('n_images')} images; resume it with the "
+        f"same `featstore extract --split {split}`)"
+    )
+
+
+def _test_split(fs: FeatureStore, names: list[str], test: str | None) -> tuple[str | None, str]:
+    """``(the test split evaluated after the choice, or None; why none)``: None for ``--test none``, or when an
+    extractor has no complete test split (named on purpose and missing everywhere: an error)."""
+    if no_split(test):
+        return None, ""
+    missing = [n for n in names if test not in fs.splits(n)]
+    if missing and test != DEFAULTS["test"]:
+        raise ConfigError(
+            f"--test {test!r}: {', '.join(missing)} have no such split (splits there: "
+            f"{', '.join(sorted({s for n in missing for s in fs.splits(n)}))}); name one, or --test {NONE}"
+        )
+    if len(missing) == len(names):
+        return None, f"the store has no {test!r} split"
+    lacking = {n: why for n in names if (why := _incomplete(fs, n, test))}
+    if lacking:
+        why = f"not every swept extractor has a complete {test!r} split ({'; '.join(f'{n}: {w}' for n, w in lacking.items())})"
+        logger.warning("%s: the sweep evaluates no test split", why)
+        return None, why
+    return test, ""
+
+
+def _refuse_other_rows(fs: FeatureStore, names: list[str], split: str, train: str) -> None:
+    """ConfigError unless every extractor's ``split`` holds the same images (the ensemble averages them row by row)."""
+    seen = {}
+    for n in names:
+        info = fs.split_info(split, n)
+        key = (digest_paths(fs.paths(split, n)), str(info.get("listing_sha256", "")))
+        seen.setdefault(key, []).append(f"{n} ({info.get('committed_rows')} rows)")
+    if len(seen) > 1:
+        groups = " vs ".join(", ".join(g) for g in seen.values())
+        raise ConfigError(
+            f"--ensemble averages runs row by row, but the {split!r} splits of the extractors hold different images: "
+            f"{groups}. Sweep them without --ensemble, or extract {split!r} of every extractor from the same images"
+            + (f" (the ensemble is selected on {train!r}'s out-of-fold predictions)" if split == train else "")
+        )
+
+
+def _select(recs: list[RunRecord], store, runs, score: str) -> tuple[list[tuple[str, int]], str, float | None]:
+    """``(chosen (run, count), why none was built, the ensemble's accuracy on ``score``)`` of the greedy selection."""
+    if len(recs) < 2:
+        return [], "one run only: nothing to ensemble", None
+    stored = [_stored(r, store, runs, score) for r in recs]
+    counts = greedy_ensemble([p for p, _ in stored], stored[0][1])
+    chosen = [(r.id, k) for r, k in zip(recs, counts) if k]
+    if len(chosen) == 1:
+        note = (
+            f"greedy selection kept {chosen[0][0]} alone: adding any other run did not lower the log-loss of the "
+            f"averaged calibrated probabilities on {score!r}"
+        )
+        logger.info("%s", note)
+        return [], note, None
+    avg = sum(k * p for (p, _), k in zip(stored, counts) if k) / sum(counts)
+    return chosen, "", float(np.mean(avg.argmax(axis=1) == stored[0][1]))
 
 
 def _stored(rec: RunRecord, store, runs, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A run just fitted: its stored probabilities and labels on ``split`` (checked against the sha256 it recorded)."""
-    data = load_predictions(runs_root(store, runs) / rec.id, rec)
+    """A run just fitted: its calibrated probabilities and labels on ``split`` (checked against its recorded sha256)."""
+    data = calibrated_predictions(runs_root(store, runs) / rec.id, rec)
     return data[f"{split}__proba"], data[f"{split}__labels"]
 
 
-def _summary(store, runs, png, clfs, names, recs, winner, ens, test_of, test, validation, search, seconds) -> dict:
-    """Write sweep-<id>.json and the heat map into the runs folder; return the summary (``test_of``: run -> test accuracy)."""
+def _versus(ens: RunRecord, best: RunRecord, store, runs, score: str) -> dict:
+    """The ensemble against the best single run, per split both were evaluated on: ``PairedComparison.to_dict()``,
+    and whether the split chose the ensemble (its gain there is optimistic)."""
+    pair = compare_pair(ens.id, best.id, store, runs)
+    return {
+        s: {**c.comparison.to_dict(), "selected_on": s == score}
+        for s, c in pair.splits.items()
+        if s == score or not s.endswith(OOF)
+    }
+
+
+def _summary(store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, test, score, search, seconds):
+    """Write sweep-<id>.json and the heat map into the runs folder; return the summary (``test_of``: run -> record)."""
     from featstore.plots import heatmap_png
 
     root = runs_root(store, runs)
     sid = f"sweep-{secrets.token_hex(3)}"
-    winner["test"] = test_of.get(winner["id"])
-    grid = np.array(
-        [[r.accuracy(validation) for r in recs[i * len(clfs) : (i + 1) * len(clfs)]] for i in range(len(names))]
-    )
-    where = next(
-        ((i, j) for i in range(len(names)) for j in range(len(clfs)) if recs[i * len(clfs) + j].id == winner["id"]),
-        None,
-    )
+
+    def figures(rec: RunRecord, split: str | None) -> tuple[float | None, list | None]:
+        if rec is None or split is None or split not in rec.metrics:
+            return None, None
+        return rec.accuracy(split), list(wilson_of(rec.metrics[split]))
+
+    winner["test"], winner["test_ci"] = figures(test_of.get(winner["id"]), test)
+    if ens is not None and winner["id"] == ens.id and versus:  # is the ensemble's gain over the best single run real?
+        split = test if test in versus else score
+        winner["vs_best_single"] = {"split": split, "run": versus[split]["name_b"], "verdict": versus[split]["verdict"]}
+    winner["validation_ci"] = figures(next((r for r in [*recs, ens] if r and r.id == winner["id"]), None), score)[1]
+    k = len(clfs)
+    grid = np.array([[r.accuracy(score) for r in recs[i * k : (i + 1) * k]] for i in range(len(names))])
+    cis = np.array([[wilson_of(r.metrics[score]) for r in recs[i * k : (i + 1) * k]] for i in range(len(names))])
+    where = next(((i, j) for i in range(len(names)) for j in range(k) if recs[i * k + j].id == winner["id"]), None)
     out = Path(png) if png else root / f"{sid}.png"
-    heatmap_png(
-        names,
-        clfs,
-        grid,
-        f"{sid}: validation accuracy (winner {winner['id']}"
-        + (f", test {winner['test']:.3f})" if winner["test"] is not None else ")"),
-        out,
-        where,
-    )
+    on = "validation" if not score.endswith(OOF) else "out-of-fold"
     summary = {
         "id": sid,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -207,6 +316,7 @@ def _summary(store, runs, png, clfs, names, recs, winner, ens, test_of, test, va
         "classifiers": clfs,
         "extractors": names,
         "search": search,
+        "chosen_on": score,
         "seconds": round(seconds, 2),
         "cells": [
             {
@@ -214,8 +324,10 @@ def _summary(store, runs, png, clfs, names, recs, winner, ens, test_of, test, va
                 "clf": r.clf,
                 "run": r.id,
                 "params": r["params"],
-                "validation": r.accuracy(validation),
-                "test": test_of.get(r.id),
+                "validation": r.accuracy(score),
+                "validation_ci": figures(r, score)[1],
+                "test": figures(test_of.get(r.id), test)[0],
+                "test_ci": figures(test_of.get(r.id), test)[1],
             }
             for r in recs
         ],
@@ -225,13 +337,26 @@ def _summary(store, runs, png, clfs, names, recs, winner, ens, test_of, test, va
             "run": ens.id,
             "members": list(ens.members),
             "weights": list(ens.weights),
-            "validation": ens.accuracy(validation),
-            "test": ens.accuracy(test),
+            "validation": ens.accuracy(score),
+            "validation_ci": figures(ens, score)[1],
+            "test": ens.accuracy(test) if test else None,
+            "test_ci": figures(ens, test)[1],
+            "vs_best_single": versus,
         },
+        "ensemble_note": note,
         "winner": winner,
-        "selection": f"accuracy on {validation!r}; {test!r} evaluated after the choice, for the winner only"
+        "selection": f"accuracy on {score!r}"
+        + (" (cross-validation on train: no validation split)" if score.endswith(OOF) else "")
+        + (f"; {test!r} evaluated after the choice, for the chosen runs only" if test else "; no test split evaluated")
         + (" (and every run: --show-test)" if len(test_of) > 1 else ""),
         "png": str(out),
     }
-    (root / f"{sid}.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    title = f"{sid}: {on} accuracy [95 % interval] (winner {winner['id']}" + (
+        f", test {winner['test']:.3f})" if winner["test"] is not None else ")"
+    )
+    write_text(root / f"{sid}.json", json.dumps(summary, indent=1), "sweep summary")
+    try:
+        write_atomic(out, lambda tmp: heatmap_png(names, clfs, grid, title, tmp, where, cis, f"{on} accuracy"), "--png")
+    except OutputError as exc:
+        raise OutputError(f"{exc} The sweep's runs and its summary {root / f'{sid}.json'} are recorded") from None
     return summary

@@ -1,4 +1,4 @@
-"""Plain-text reports for the CLI: the backbone table and the store tree.
+"""Plain-text reports for the CLI: the backbone table, the store tree, the classifiers (runs: ``report.runs``).
 
 >>> print(models_table().splitlines()[0])  # doctest: +NORMALIZE_WHITESPACE
 model  input  min  output (default size)  preprocessing
@@ -7,8 +7,19 @@ model  input  min  output (default size)  preprocessing
 from __future__ import annotations
 
 from featstore.models.backbones import get_backbone, list_backbones
-from featstore.runs.kinds import kind_of
-from featstore.runs.record import RunRecord
+from featstore.report.runs import (  # noqa: F401 (the run reports: their old home)
+    accuracy_json,
+    accuracy_lines,
+    calibration_line,
+    evaluated_lines,
+    pair_report,
+    run_report,
+    runs_json,
+    runs_table,
+    split_lines,
+    sweep_table,
+)
+from featstore.report.text import _table
 from featstore.store.reader import FeatureStore
 
 PROVENANCE_KEYS = (
@@ -34,11 +45,6 @@ PROVENANCE_KEYS = (
     "created_at",
     "fingerprint",
 )
-
-
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
 def models_table() -> str:
@@ -153,70 +159,6 @@ def _augmented_line(a: dict, writer_pid) -> str:
     )
 
 
-def _acc(rec: RunRecord, split: str) -> str:
-    acc = rec.accuracy(split)
-    return "-" if acc is None else f"{acc:.4f}"
-
-
-def _fingerprints(rec: RunRecord) -> str:
-    """First 12 hex digits of each fingerprint (an ensemble lists one per distinct member extractor, joined by '+')."""
-    return "+".join(f[:12] for f in rec.fingerprint.split("+"))
-
-
-def runs_table(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> str:
-    """One line per run: id, classifier, chosen params, validation/test accuracy, seconds, extractor, fingerprint; then broken folders."""
-    if not runs and not broken:
-        return "no runs yet; fit one with `featstore fit --clf logreg`"
-    rows = [["id", "clf", "params", "val_acc", "test_acc", "fit_s", "extractor", "fingerprint", "created"]]
-    for r in runs:
-        augmented = r.get("augmented")
-        params = (kind_of(r).params_text(r) or "defaults") + (
-            f" +{augmented['copies']} aug copies" if augmented else ""
-        )
-        rows.append(
-            [
-                r.id,
-                r.clf,
-                params,
-                _acc(r, "validation"),
-                _acc(r, "test"),
-                f"{r.get('fit_seconds', 0):.2f}",
-                r.extractor,
-                _fingerprints(r),
-                r.created_at[:19],
-            ]
-        )
-    lines = [_table(rows)] if runs else ["no usable runs"]
-    if broken:
-        lines.append(f"{len(broken)} broken run folder(s), not used:")
-        lines += [f"  {name}: {reason}" for name, reason in broken]
-    return "\n".join(lines)
-
-
-def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
-    """A run's details: setup, selection, metrics per split with a per-class table, and the plots written."""
-    lines = [
-        f"run {rec.id} ({rec.kind}), {rec.created_at}",
-        f"  extractor {rec.extractor} fingerprint {rec.fingerprint}",
-        f"  store {rec.get('store', '-')}",
-        *kind_of(rec).describe(rec),
-    ]
-    lines += [f"  note: {note}" for note in rec.notes]
-    for split, m in rec.metrics.items():
-        lines.append(f"  {split}: accuracy {m.accuracy:.4f}, macro-F1 {m.macro_f1:.4f}, n {m.n}")
-        rows = [["    class", "precision", "recall", "f1", "support"]]
-        rows += [
-            [f"    {c}", f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
-            for c, v in m.per_class.items()
-        ]
-        if per_class:
-            lines.append(_table(rows))
-    lines += [f"  wrote {p}" for p in pngs]
-    if not per_class:
-        lines.append(f"  details: featstore runs show {rec.id}")
-    return "\n".join(lines)
-
-
 def classifiers_table() -> str:
     """One block per registered classifier: description, parameters with defaults, default search grid."""
     from featstore.experiments.classifiers import get_classifier, list_classifiers
@@ -233,36 +175,4 @@ def classifiers_table() -> str:
             )
         )
         lines.append("    search grid: " + (", ".join(f"{k}={v}" for k, v in spec.grid.items()) or "none"))
-    return "\n".join(lines)
-
-
-def sweep_table(summary: dict) -> str:
-    """A sweep as a grid: extractors down, classifiers across, validation accuracy (test where evaluated); the winner marked."""
-    clfs, cells = summary["classifiers"], {(c["extractor"], c["clf"]): c for c in summary["cells"]}
-    win = summary["winner"]
-
-    def cell(c: dict) -> str:
-        text = f"{c['validation']:.4f}" + (f" / {c['test']:.4f}" if c["test"] is not None else "")
-        return text + (" *" if c["run"] == win["id"] else "")
-
-    rows = [["extractor \\ classifier"] + clfs]
-    rows += [[name] + [cell(cells[(name, c)]) for c in clfs] for name in summary["extractors"]]
-    lines = [
-        f"{summary['id']}: validation accuracy"
-        + (" / test accuracy" if any(c["test"] is not None for c in summary["cells"]) else "")
-        + f" ({len(summary['cells'])} fits in {summary['seconds']:.1f} s; * = chosen)",
-        _table(rows),
-    ]
-    if summary["ensemble"]:
-        e = summary["ensemble"]
-        lines.append(
-            f"ensemble {e['run']}: validation {e['validation']:.4f}"
-            + (f", test {e['test']:.4f}" if e["test"] is not None else "")
-            + f"; members {', '.join(f'{m} x{w:g}' for m, w in zip(e['members'], e['weights']))}"
-        )
-    test = f", test {win['test']:.4f}" if win["test"] is not None else ""
-    lines.append(
-        f"chosen on validation: {win['id']} ({win['clf']} on {win['extractor']}): validation {win['validation']:.4f}{test}"
-    )
-    lines.append(f"selection: {summary['selection']}; heat map {summary['png']}")
     return "\n".join(lines)

@@ -34,7 +34,7 @@ from featstore.runs.files import (
     regular_file,
     verify_file,
 )
-from featstore.runs.kinds import kind_of, parse_record
+from featstore.runs.kinds import calibrated, kind_of, parse_record
 from featstore.runs.record import RunRecord
 from featstore.safezip import read_npy
 
@@ -123,6 +123,13 @@ def find_run(
     """
     names = _run_folders(root) if listing is None else [r.id for r in listing.records] + [n for n, _ in listing.broken]
     found = [n for n in names if n == run_id] or ([] if exact else [n for n in names if n.startswith(run_id)])
+    if not found and listing is None and not root.is_dir():
+        raise ConfigError(
+            f"no run with id {run_id!r}: the runs folder {root} does not exist"
+            + (f" (here: {Path.cwd()})" if not root.is_absolute() else "")
+            + ". Runs live beside their store (--store S.h5 reads S.runs); name the store with --store, or the runs "
+            "folder with --runs DIR"
+        )
     if len(found) != 1:
         known = ", ".join(r.id for r in (scan_runs(root) if listing is None else listing).records) or "none"
         what = "no run" if not found else "several runs"
@@ -169,6 +176,13 @@ def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike 
     for name, reason in listing.broken:
         logger.warning("run folder %s is broken and not listed: %s", name, reason)
     return listing.records
+
+
+def calibrated_predictions(folder: Path, rec: RunRecord) -> dict[str, np.ndarray]:
+    """:func:`load_predictions` with the run's calibration applied to every split's probabilities (what the run gives:
+    predictions.npz keeps the model's raw ones, so a new calibration never rewrites them)."""
+    out = load_predictions(folder, rec)
+    return {key: calibrated(rec, v) if key.endswith("__proba") else v for key, v in out.items()}
 
 
 def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:

@@ -26,10 +26,21 @@ from featstore.provenance import MAX_IMAGE_SIZE
 from featstore.runs import artifacts
 from featstore.runs.apply import ApplyOptions, ImageBatch, split_images, split_proba
 from featstore.runs.files import RECORD, BrokenRunError
-from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names
+from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names, thaw
+from featstore.stats.calibration import apply_calibration
 from featstore.store.reader import FeatureStore
 from featstore.units import format_bytes
 
+APPLY_ATTRS: dict[str, Types] = {  # extractor_attrs keys that rebuilding the extractor (predict) and evaluating read
+    "model": str,
+    "layer": str,
+    "input_size": int,
+    "pooling": str,
+    "dtype": str,
+    "weights": str,
+    "feature_shape": list,
+    "fingerprint": str,
+}
 FINETUNE_PARAMS: dict[str, Types] = {  # a finetune run's params, as listings and reports show them
     "lr": (int, float),
     "optimizer": str,
@@ -70,7 +81,8 @@ class RunKind:
     def split_predictions(
         self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
     ):
-        """``(labels, predictions, probabilities)`` of the run on a split of a store (refused on other features)."""
+        """``(labels, predictions, probabilities)`` of the run on a split of a store (refused on other features); the
+        probabilities are the model's own, as predictions.npz keeps them: :func:`calibrated` gives the run's."""
         raise NotImplementedError
 
     def check_warm_start(self, rec: RunRecord, fresh: bool) -> None:
@@ -101,6 +113,15 @@ class RunKind:
         return (rec["history"], rec.id, None) if rec.history else None
 
 
+def calibrated(rec: RunRecord, proba: np.ndarray) -> np.ndarray:
+    """The run's probabilities as it gives them (its recorded calibration applied to its model's raw ones; see
+    ``featstore.stats.calibration``): what evaluate, predict and ensembles use. It never changes the predicted class."""
+    cal = rec.calibration
+    if cal["method"] == "none" and cal.get("input", "probabilities") == "probabilities":
+        return proba
+    return apply_calibration(thaw(cal), proba)
+
+
 class ImagesModel:
     """A run applied to images: ``size`` is the largest image side it needs, ``proba(batch)`` its checked probabilities."""
 
@@ -112,6 +133,7 @@ class ImagesModel:
 def _check_features_record(obj: dict, where: str, folder: Path) -> None:
     """What fit and finetune records share: an artifact record, provenance of the record's fingerprint, a sane input size."""
     artifacts.check_artifact_record(folder, obj["artifact"])
+    check_fields(obj["extractor_attrs"], APPLY_ATTRS, f"{where}: extractor_attrs (the features' provenance)", folder)
     if obj["extractor_attrs"].get("fingerprint") != obj["fingerprint"]:
         raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs; remove the folder {folder}")
     size = obj["extractor_attrs"].get("input_size")
@@ -165,7 +187,9 @@ class FitKind(_FeaturesRun):
     def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
         est, k, size = self.load(rec, folder, options), len(rec.class_names), int(rec.extractor_attrs["input_size"])
         extractor = options.extractor(rec["extractor_attrs"])
-        return ImagesModel(size, lambda batch: artifacts.checked_proba(est, extractor(batch.at(size)), k, rec.id))
+        return ImagesModel(
+            size, lambda batch: calibrated(rec, artifacts.checked_proba(est, extractor(batch.at(size)), k, rec.id))
+        )
 
     def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
         est = self.load(rec, folder, options)
@@ -224,6 +248,11 @@ class EnsembleKind(RunKind):
         bad = [n for n in obj["members"] if not valid_name(n)]
         if bad:
             raise_bad_names(bad, where, folder)
+        if len(obj["members"]) < 2:
+            raise BrokenRunError(
+                f"{where}: an ensemble has at least two members, this one {len(obj['members'])}; "
+                f"remove the folder {folder}"
+            )
         if not check_weights(obj["weights"], len(obj["members"])):
             raise BrokenRunError(
                 f"{where}: weights must be one finite non-negative number per member, not all zero; "
@@ -243,8 +272,8 @@ class EnsembleKind(RunKind):
     def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
         models = [kind_of(m).for_images(m, f, options) for m, f in self.members(rec, options)]
 
-        def proba(batch: ImageBatch) -> np.ndarray:
-            return sum(w * m.proba(batch) for m, w in zip(models, rec.weights)) / sum(rec.weights)
+        def proba(batch: ImageBatch) -> np.ndarray:  # the members' calibrated probabilities, averaged
+            return calibrated(rec, sum(w * m.proba(batch) for m, w in zip(models, rec.weights)) / sum(rec.weights))
 
         return ImagesModel(max(m.size for m in models), proba)
 
@@ -278,7 +307,9 @@ class FinetuneKind(_FeaturesRun):
     def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
         model, k = self.load(rec, folder, options), len(rec.class_names)
         size = model.image_size
-        return ImagesModel(size, lambda batch: artifacts.checked_finetuned(model, batch.at(size), k, rec.id))
+        return ImagesModel(
+            size, lambda batch: calibrated(rec, artifacts.checked_finetuned(model, batch.at(size), k, rec.id))
+        )
 
     def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
         """Its backbone changed: the store's rows name the images, the model sees the images (store row order)."""

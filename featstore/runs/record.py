@@ -18,8 +18,6 @@ changes nothing).
 from __future__ import annotations
 
 import hashlib
-import itertools
-import math
 import os
 import secrets
 import time
@@ -31,9 +29,17 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from featstore.runs.files import RECORD, BrokenRunError, valid_name
+from featstore.runs.schema import (  # noqa: F401 (check_weights, raise_bad_names: re-exported)
+    _NUMBERS,
+    Types,
+    check_calibration,
+    check_fields,
+    check_metrics,
+    check_weights,
+    raise_bad_names,
+)
 from featstore.version import __version__
 
-Types = type | tuple[type, ...]
 COMMON: dict[str, Types] = {  # run.json keys every reader relies on, whatever the kind
     "id": str,
     "kind": str,
@@ -63,15 +69,9 @@ OPTIONAL: dict[str, Types] = {  # checked when present
     "cached_cut": str,
     "weights_digest": str,
     "seconds_per_epoch": (int, float),
+    "calibration": dict,
 }
-METRIC_FIELDS: dict[str, Types] = {
-    "n": int,
-    "accuracy": (int, float),
-    "macro_f1": (int, float),
-    "per_class": dict,
-    "confusion_matrix": list,
-}
-PER_CLASS = ("precision", "recall", "f1", "support")
+_SPLIT_FIELDS = ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix")  # SplitMetrics' own fields
 VERSIONED = ("numpy", "scikit-learn", "h5py", "keras", "tensorflow", "skops")  # library versions a run records
 
 
@@ -94,6 +94,22 @@ class SplitMetrics:
     macro_f1: float
     per_class: Mapping[str, Mapping[str, float]]  # class -> precision, recall, f1, support
     confusion_matrix: tuple[tuple[int, ...], ...]  # rows: true class, columns: predicted class
+    figures: Mapping[str, Any] = field(default_factory=dict)  # what runs recorded since: intervals, log-loss, ECE, ...
+
+    def figure(self, name: str) -> Any:
+        """A recorded figure (``"accuracy_ci"``, ``"log_loss"``, ``"reliability"``, ...), or None for a run recorded
+        before it existed (``featstore.stats.figures.completed`` computes what can be computed)."""
+        return self.figures.get(name)
+
+    def accuracy_interval(self) -> tuple[float, float]:
+        """The accuracy's 95 % interval: the recorded one, or (a run recorded before intervals) the Wilson interval
+        of its ``n`` and accuracy."""
+        ci = self.figures.get("accuracy_ci")
+        if ci is None:
+            from featstore.stats.intervals import wilson_interval
+
+            return wilson_interval(round(self.accuracy * self.n), self.n)
+        return ci["low"], ci["high"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,7 @@ class StoredSplit:
 
     paths_sha256: str  # digest_paths of the split's images: ensembles average only runs of the same images
     n: int  # rows of probabilities and labels
+    listing_sha256: str | None = None  # the split's image listing digest (paths, sizes, times): which images
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -141,7 +158,7 @@ class RunRecord(Mapping[str, Any]):
             raise_bad_names(bad, where, folder)
         k = len(obj["class_names"])
         for split, m in obj["metrics"].items():
-            _check_metrics(m, k, f"{where}: metrics of {split!r}", folder)
+            check_metrics(m, k, f"{where}: metrics of {split!r}", folder)
         for key in ("history", "phase_a_history"):
             if not all(isinstance(v, list) and set(map(type, v)) <= _NUMBERS for v in obj.get(key, {}).values()):
                 raise BrokenRunError(f"{where}: {key} must map names to lists of numbers; remove the folder {folder}")
@@ -156,10 +173,12 @@ class RunRecord(Mapping[str, Any]):
         for split, p in obj["predictions"].items():
             check_fields(
                 p if isinstance(p, dict) else {},
-                {"paths_sha256": str, "n": int},
+                {"paths_sha256": str, "n": int, **({"listing_sha256": str} if "listing_sha256" in p else {})},
                 f"{where}: predictions of {split!r}",
                 folder,
             )
+        if "calibration" in obj:
+            check_calibration(obj["calibration"], where, folder)
         if not set(map(type, obj["class_names"])) <= {str}:
             raise BrokenRunError(f"{where}: class_names must be strings; remove the folder {folder}")
         kind.check_record(obj, where, folder)
@@ -183,7 +202,12 @@ class RunRecord(Mapping[str, Any]):
         return MappingProxyType(
             {
                 s: SplitMetrics(
-                    m["n"], m["accuracy"], m["macro_f1"], freeze(m["per_class"]), freeze(m["confusion_matrix"])
+                    m["n"],
+                    m["accuracy"],
+                    m["macro_f1"],
+                    freeze(m["per_class"]),
+                    freeze(m["confusion_matrix"]),
+                    freeze({k: v for k, v in m.items() if k not in _SPLIT_FIELDS}),
                 )
                 for s, m in self._json["metrics"].items()
             }
@@ -193,7 +217,10 @@ class RunRecord(Mapping[str, Any]):
     def predictions(self) -> Mapping[str, StoredSplit]:
         """Split -> what predictions.npz holds for it."""
         return MappingProxyType(
-            {s: StoredSplit(p["paths_sha256"], p["n"]) for s, p in self._json["predictions"].items()}
+            {
+                s: StoredSplit(p["paths_sha256"], p["n"], p.get("listing_sha256"))
+                for s, p in self._json["predictions"].items()
+            }
         )
 
     @cached_property
@@ -222,6 +249,12 @@ class RunRecord(Mapping[str, Any]):
         return freeze(self._json.get("history", {}))
 
     @cached_property
+    def calibration(self) -> Mapping[str, Any]:
+        """How the run's probabilities are calibrated (``featstore.stats.calibration``): a temperature, or none (a run
+        recorded before calibration existed, an ensemble of calibrated members)."""
+        return freeze(self._json.get("calibration", {"method": "none", "input": "probabilities"}))
+
+    @cached_property
     def notes(self) -> tuple[str, ...]:
         return tuple(self._json.get("notes", ()))
 
@@ -248,70 +281,6 @@ class RunRecord(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"RunRecord(id={self.id!r}, kind={self.kind!r}, clf={self.clf!r}, extractor={self.extractor!r})"
-
-
-_NUMBERS = {int, float}  # JSON numbers, as json.loads types them (never bool)
-
-
-def _number(x: object) -> bool:
-    """An int or float that is not a bool."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _type_name(t: Types) -> str:
-    """``dict`` -> "dict", ``(int, float)`` -> "int or float"."""
-    return " or ".join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))
-
-
-def check_fields(obj: dict, fields: Mapping[str, Types], where: str, folder: Path) -> None:
-    """BrokenRunError unless ``obj`` has every key of ``fields`` with a value of its type (a bool is no number)."""
-    missing = [k for k in fields if k not in obj]
-    if missing:
-        raise BrokenRunError(
-            f"{where} lacks {', '.join(missing)} (damaged, or written by an older featstore); "
-            f"remove the folder {folder} and fit again"
-        )
-    wrong = [
-        f"{k} must be {_type_name(t)}"
-        for k, t in fields.items()
-        if not isinstance(obj[k], t) or (isinstance(obj[k], bool) and t is not bool)
-    ]
-    if wrong:
-        raise BrokenRunError(f"{where}: {', '.join(wrong)}; remove the folder {folder} or restore its run.json")
-
-
-def raise_bad_names(bad: list, where: str, folder: Path) -> None:
-    """The BrokenRunError for split or run names that could not be file names."""
-    raise BrokenRunError(
-        f"{where} holds invalid split or run names {bad!r} (only letters, digits and ._- are allowed, "
-        f"not starting with a dot); remove the folder {folder}"
-    )
-
-
-def _check_metrics(m: object, k: int, where: str, folder: Path) -> None:
-    """BrokenRunError unless ``m`` is one split's metrics of ``k`` classes."""
-    check_fields(m if isinstance(m, dict) else {}, METRIC_FIELDS, where, folder)
-    cm, per_class = m["confusion_matrix"], m["per_class"].values()
-    if (
-        len(cm) != k
-        or not all(type(r) is list and len(r) == k for r in cm)
-        or not set(map(type, itertools.chain.from_iterable(cm))) <= {int}
-        or not all(isinstance(v, dict) and set(map(type, map(v.get, PER_CLASS))) <= _NUMBERS for v in per_class)
-    ):
-        raise BrokenRunError(
-            f"{where} need a {k}x{k} integer confusion matrix and per-class "
-            f"{', '.join(PER_CLASS)}; remove the folder {folder}"
-        )
-
-
-def check_weights(weights: object, n: int) -> bool:
-    """Whether ``weights`` are ``n`` finite non-negative numbers, not all zero (an ensemble's)."""
-    return (
-        isinstance(weights, (list, tuple))
-        and len(weights) == n
-        and all(_number(w) and math.isfinite(w) and w >= 0 for w in weights)
-        and 0 < sum(weights) < math.inf
-    )
 
 
 def freeze(value: Any) -> Any:

@@ -12,6 +12,7 @@ and renamed onto the name, never written through an existing file or link.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -25,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import StoreError
+from featstore.errors import OutputError, StoreError
 from featstore.runs.artifacts import save_estimator
 from featstore.runs.files import PREDICTIONS, RECORD, json_default, sha256_of, valid_name
 from featstore.runs.folder import load_predictions
 from featstore.runs.kinds import parse_record
 from featstore.runs.record import RunRecord
+from featstore.stats.calibration import apply_calibration
+from featstore.stats.figures import completed
 
 logger = logging.getLogger(__name__)
 
@@ -136,17 +139,35 @@ def _umask() -> int:
     return mask
 
 
+def _stored(split: tuple) -> dict:
+    """predictions.json's entry of one split from ``(probabilities, labels, paths_sha256[, listing_sha256])``."""
+    y, digest, listing = split[1], split[2], (split[3] if len(split) > 3 else None)
+    return {"paths_sha256": digest, "n": int(len(y)), **({"listing_sha256": listing} if listing else {})}
+
+
+def _with_figures(record: dict, probas: dict) -> dict:
+    """Every evaluated split's metrics with the figures it lacks (``featstore.stats.figures.completed``): intervals
+    from its confusion matrix, log-loss, ECE and top-5 from its stored probabilities, calibrated as the record says."""
+    cal = record.get("calibration")
+    metrics = {}
+    for split, m in record.get("metrics", {}).items():
+        stored = probas.get(split)
+        proba = None if stored is None else (stored[0] if cal is None else apply_calibration(cal, stored[0]))
+        metrics[split] = completed(m, None if stored is None else stored[1], proba)
+    return {**record, "metrics": metrics}
+
+
 def _write_contents(tmp: Path, record: dict, probas: dict, folder: Path) -> RunRecord:
     """predictions.npz and run.json (with the predictions' sha256) into a temporary run folder; the record, validated
     as ``folder`` (its final place) will read it, before run.json is written."""
     np.savez(
         tmp / PREDICTIONS,
-        **{f"{s}__proba": p for s, (p, _, _) in probas.items()},
-        **{f"{s}__labels": y for s, (_, y, _) in probas.items()},
+        **{f"{s}__proba": p[0] for s, p in probas.items()},
+        **{f"{s}__labels": p[1] for s, p in probas.items()},
     )
     record = {
-        **record,
-        "predictions": {s: {"paths_sha256": d, "n": int(len(y))} for s, (_, y, d) in probas.items()},
+        **_with_figures(record, probas),
+        "predictions": {s: _stored(p) for s, p in probas.items()},
         "predictions_sha256": sha256_of(tmp / PREDICTIONS),
     }
     obj = json.loads(json.dumps(record, default=json_default))  # plain JSON values, as a reader will see them
@@ -155,19 +176,41 @@ def _write_contents(tmp: Path, record: dict, probas: dict, folder: Path) -> RunR
     return rec
 
 
+def not_written(exc: OSError, root: Path, run_id: str) -> OutputError:
+    """One line for an OSError met while writing a run folder: why, what to do, and that nothing was recorded."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk is full; free some space or pass --runs DIR on another disk"
+    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = f"{root} is not writable ({exc.strerror}); pass --runs DIR with a writable folder"
+    else:
+        why = f"{exc.strerror or exc}; pass --runs DIR with a writable folder"
+    return OutputError(
+        f"could not write run {run_id} into {root}: {why}. Nothing was recorded (no partial folder is left)"
+    )
+
+
 def write_run(root: Path, record: dict, est, probas: dict) -> RunRecord:
     """Write a new run (its JSON without predictions and artifact, e.g. from ``record.draft``, the fitted model or None,
-    and ``{split: (probabilities, labels, paths_sha256)}``) into a hidden temporary folder, then rename: a run folder
-    is complete or absent. Returns the validated record."""
+    and ``{split: (probabilities, labels, paths_sha256[, listing_sha256])}``) into a hidden temporary folder, then
+    rename: a run folder is complete or absent. Returns the validated record; an OSError (a full disk, a read-only
+    folder) is an OutputError saying that nothing was recorded."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    clean_orphans(root)
-    tmp = _make_temp(root, record["id"])
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        clean_orphans(root)
+        tmp = _make_temp(root, record["id"])
+    except OSError as exc:
+        raise not_written(exc, root, record["id"]) from None
     try:
         if est is not None:
             record = {**record, "artifact": save_estimator(est, tmp)}
         rec = _write_contents(tmp, record, probas, root / record["id"])
         os.replace(tmp, root / record["id"])
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OutputError):
+            raise
+        raise not_written(exc, root, record["id"]) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -186,28 +229,35 @@ def add_split(
     cleaner removes, or restores when the old version is the only copy left).
     """
     old = load_predictions(folder, record)
-    stored = {s: info.paths_sha256 for s, info in record.predictions.items()}
+    stored = {s: (info.paths_sha256, info.listing_sha256) for s, info in record.predictions.items()}
     record = record.to_json()
     record["metrics"] = {**record["metrics"], split: split_metrics}
     record["splits"] = {**record.get("splits", {}), split: split_metrics["n"]}
-    clean_orphans(root)
-    tmp = _make_temp(root, record["id"])
+    stale = f"not evaluated on {split!r}"  # fit's note about this split no longer holds
+    record["notes"] = [n for n in record.get("notes", []) if not n.startswith(stale)]
+    try:
+        clean_orphans(root)
+        tmp = _make_temp(root, record["id"])
+    except OSError as exc:
+        raise not_written(exc, root, record["id"]) from None
     aside = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")  # unique as tmp is
     try:
         shutil.copytree(folder, tmp, symlinks=True, dirs_exist_ok=True)
         _mark(tmp, record["id"], "new")  # in case the folder held a stale marker
-        probas = {s: (old[f"{s}__proba"], old[f"{s}__labels"], digest) for s, digest in stored.items()}
+        probas = {s: (old[f"{s}__proba"], old[f"{s}__labels"], *digests) for s, digests in stored.items()}
         probas[split] = prediction
         rec = _write_contents(tmp, record, probas, folder)
         load_predictions(tmp, rec)  # the new predictions file reads back whole before it replaces the old one
         _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
         os.replace(folder, aside)
         os.replace(tmp, folder)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.lexists(folder) and aside.is_dir():
             os.replace(aside, folder)  # the second rename failed: put the old version back
         (folder / TMP_MARKER).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise not_written(exc, root, record["id"]) from None
         raise
     (folder / TMP_MARKER).unlink(missing_ok=True)
     shutil.rmtree(aside, ignore_errors=True)

@@ -45,7 +45,9 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 or n successes the interval ends exactly on the bound (rounding would leave it a hair inside)
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    return lo, 1.0 if successes == n else min(1.0, centre + half)
 
 
 def proportion_interval(successes: int, n: int, level: float = 0.95) -> Interval:

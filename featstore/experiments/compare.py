@@ -1,0 +1,193 @@
+"""Runs compared: two runs on the same rows with a paired test, and a chart of several runs' accuracies.
+
+:func:`compare_pair` puts two runs side by side on every split both were evaluated on, from their stored (and
+calibrated) probabilities: each run's accuracy with its Wilson interval, log-loss and ECE, and whether the
+difference is larger than chance (exact McNemar test and paired bootstrap, ``featstore.stats.paired``). Only rows
+that are the same images in both runs are compared: the same split, the same image paths in the same order, the
+same labels and, where both runs recorded it, the same image listing (sizes and times: two datasets laid out alike
+are not the same images). A pair that fails is refused, naming the split and what differs. The runs may use
+different extractors of the same images.
+
+>>> c = compare_pair("logreg-1a2b3c", "svm-4d5e6f")       # doctest: +SKIP
+>>> print(c.splits["test"].comparison.sentence())          # doctest: +SKIP
+logreg-1a2b3c beats svm-4d5e6f by 2.0 points (95 % CI -4.0 to 8.0; McNemar p = 0.63 on 18 discordant rows of 100): within noise
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError, OutputError
+from featstore.outputs import check_output, write_atomic
+from featstore.runs.files import output_path
+from featstore.runs.folder import calibrated_predictions, get_run, list_runs, runs_root
+from featstore.runs.record import RunRecord
+from featstore.stats.figures import HEADLINE, completed
+from featstore.stats.paired import PairedComparison, compare_predictions
+
+
+@dataclass(frozen=True)
+class SplitComparison:
+    """Two runs on the same rows of one split."""
+
+    split: str
+    n: int  # rows compared
+    figures: tuple[dict, dict]  # each run's figures on the split (accuracy_ci, log_loss, ece, ...)
+    comparison: PairedComparison  # A against B: McNemar and the paired bootstrap of the accuracy difference
+
+
+@dataclass(frozen=True)
+class PairComparison:
+    """Two runs compared on every split both were evaluated on."""
+
+    a: RunRecord
+    b: RunRecord
+    splits: dict[str, SplitComparison]  # split -> comparison, in the order A recorded them
+    only: dict[str, str]  # split evaluated by one run only -> which ("only A", with the command that adds it)
+
+    def to_dict(self) -> dict:
+        """JSON-able: the runs, and per split both runs' figures and ``PairedComparison.to_dict()``."""
+        return {
+            "a": self.a.id,
+            "b": self.b.id,
+            "splits": {
+                s: {
+                    "n": c.n,
+                    self.a.id: _brief(c.figures[0]),
+                    self.b.id: _brief(c.figures[1]),
+                    "comparison": c.comparison.to_dict(),
+                }
+                for s, c in self.splits.items()
+            },
+            "not_compared": self.only,
+        }
+
+
+def _brief(m: dict) -> dict:
+    """A split's headline figures (the reliability bins and per-class tables are in the runs' records)."""
+    return {k: m[k] for k in HEADLINE if k in m}
+
+
+def mismatch(a: RunRecord, b: RunRecord, split: str, stored_a: dict, stored_b: dict) -> str | None:
+    """Why runs ``a`` and ``b`` were not evaluated on the same rows of ``split`` (None when they were)."""
+    pa, pb = a.predictions[split], b.predictions[split]
+    la, lb = _listing(pa.listing_sha256), _listing(pb.listing_sha256)
+    if pa.paths_sha256 != pb.paths_sha256 or pa.n != pb.n:
+        return (
+            f"{split!r}: {a.id} was evaluated on {pa.n} images (paths digest {pa.paths_sha256[:12]}), {b.id} on "
+            f"{pb.n} (paths digest {pb.paths_sha256[:12]}): other images, or another order"
+        )
+    if la and lb and la != lb:
+        return (
+            f"{split!r}: the same file names but other image files (listing digests {la[:12]} and {lb[:12]}: sizes "
+            f"or times differ), e.g. two datasets laid out alike"
+        )
+    if not np.array_equal(stored_a[f"{split}__labels"], stored_b[f"{split}__labels"]):
+        return f"{split!r}: the same file names with other labels"
+    if not (la and lb) and a.get("store") != b.get("store"):
+        return (
+            f"{split!r}: the runs come from different stores ({a.get('store', '-')} and {b.get('store', '-')}) and "
+            f"{a.id if not la else b.id} does not record which image files it saw (made by an older featstore, or on "
+            f"features imported without images)"
+        )
+    return None
+
+
+def _listing(digest: str | None) -> str | None:
+    """A split's image listing digest, or None when it names no image files (features written from arrays)."""
+    return None if not digest or digest.startswith("arrays:") else digest
+
+
+def compare_pair(
+    run_a: str, run_b: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
+) -> PairComparison:
+    """Two runs on every split both were evaluated on, on the same rows, with a paired test (see the module
+    docstring); a ConfigError naming the split and what differs when their rows are not the same. Example::
+
+        for split, c in compare_pair("logreg", "svm").splits.items():
+            print(split, c.comparison.sentence())
+    """
+    a, fa = get_run(run_a, store, runs)
+    b, fb = get_run(run_b, store, runs)
+    if a.class_names != b.class_names:
+        raise ConfigError(
+            f"runs {a.id} and {b.id} have different classes: {list(a.class_names)} vs {list(b.class_names)}"
+        )
+    sa, sb = calibrated_predictions(fa, a), calibrated_predictions(fb, b)
+    common = [s for s in a.predictions if s in b.predictions]
+    only = {s: f"only {a.id}" for s in a.predictions if s not in b.predictions}
+    only |= {s: f"only {b.id}" for s in b.predictions if s not in a.predictions}
+    problems = [p for s in common if (p := mismatch(a, b, s, sa, sb))]
+    if problems:
+        raise ConfigError(
+            f"runs {a.id} and {b.id} were not evaluated on the same rows, so a paired test would compare other "
+            f"images: {'; '.join(problems)}. Compare runs made on the same images (same store, same split)"
+        )
+    if not common:
+        raise ConfigError(
+            f"runs {a.id} and {b.id} share no evaluated split ({a.id}: {', '.join(a.predictions) or 'none'}; "
+            f"{b.id}: {', '.join(b.predictions) or 'none'}); add one with `featstore runs evaluate RUN --split SPLIT`"
+        )
+    out = {}
+    for s in common:
+        y = sa[f"{s}__labels"]
+        pa, pb = sa[f"{s}__proba"], sb[f"{s}__proba"]
+        figs = tuple(
+            completed(rec["metrics"][s], y, p) if s in rec.metrics else completed(_bare(y, p), y, p)
+            for rec, p in ((a, pa), (b, pb))
+        )
+        cmp = compare_predictions(y, pa.argmax(axis=1), pb.argmax(axis=1), a.id, b.id)
+        out[s] = SplitComparison(s, len(y), figs, cmp)
+    return PairComparison(a, b, out, only)
+
+
+def _bare(y: np.ndarray, proba: np.ndarray) -> dict:
+    """The least a split's figures need (a stored split without recorded metrics): n, accuracy, confusion matrix."""
+    k = proba.shape[1]
+    pred = proba.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y, pred), 1)
+    return {"n": len(y), "accuracy": float(np.mean(pred == y)), "confusion_matrix": cm.tolist()}
+
+
+def check_chart_name(out: str | os.PathLike, what: str = "--out") -> Path:
+    """The name of a chart, refused before any work unless it can take a PNG: a name ending in .png (or with no
+    suffix: the PNG is written at exactly that name) in a folder that exists, not a link, FIFO or folder."""
+    out = Path(out)
+    if out.suffix and out.suffix.lower() != ".png":
+        raise OutputError(f"{what} {out}: the chart is a PNG; give a name ending in .png")
+    return check_output(out, what)
+
+
+def compare_runs(
+    run_ids: list[str] | None = None,
+    out: str | os.PathLike | None = None,
+    store: str | os.PathLike = "features.h5",
+    runs: str | os.PathLike | None = None,
+) -> Path:
+    """Bar chart of validation and test accuracy of the given runs (default: all), each with its 95 % interval;
+    returns the PNG path (written whole, or not at all: one OutputError line for a missing folder or a full disk).
+
+    Example::
+
+        compare_runs(["logreg-1a2b3c", "svm-4d5e6f"], out="compare.png")
+    """
+    from featstore.plots import compare_png
+
+    path = check_chart_name(out) if out else output_path(runs_root(store, runs), "compare.png")
+    recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
+    if not recs:
+        raise ConfigError("no runs to compare; fit some with `featstore fit`")
+    splits = ("validation", "test")
+    scores = {s: [r.accuracy(s) for r in recs] for s in splits}
+    intervals = {s: [wilson_of(r.metrics[s]) if s in r.metrics else None for r in recs] for s in splits}
+    return write_atomic(path, lambda tmp: compare_png([r.id for r in recs], scores, tmp, intervals), "--out")
+
+
+def wilson_of(m) -> tuple[float, float]:
+    """A recorded split's accuracy interval (``SplitMetrics.accuracy_interval``)."""
+    return m.accuracy_interval()

@@ -1,0 +1,81 @@
+"""A classifier's parameters: their type, default, choices and valid range, and the check of one value.
+
+Every number a classifier takes is finite and in its range (``C > 0``, ``max_iter >= 1``, ``dropout`` in [0, 1)):
+``C=inf`` or ``max_iter=0`` is refused before any data is read, with the valid range.
+
+>>> Param(float, 1.0, low=0.0, open_low=True).range_text()
+'a finite number > 0'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from featstore.errors import ConfigError
+
+_NUMBER_OR = {"gamma": ("scale", "auto"), "max_features": ("sqrt", "log2")}  # str parameters that may also be numbers
+_NUMBER_OR_RANGE = {"gamma": (0.0, math.inf, True), "max_features": (0.0, 1.0, False)}  # (low, high, open high)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One user-settable parameter of a classifier."""
+
+    type: type  # int, float, str or bool; --param values are converted to it
+    default: object  # value when not given
+    choices: tuple = ()  # allowed values for a str parameter (empty = any)
+    help: str = ""  # one line for `featstore fit --help-clf`
+    low: float | None = None  # smallest valid number (None: no bound); a number is always finite
+    high: float | None = None  # largest valid number
+    open_low: bool = False  # the number must be above ``low``, not equal to it
+    open_high: bool = False  # the number must be below ``high``
+    range_help: str = ""  # the valid range in words, when the bounds alone do not say it
+
+    def range_text(self) -> str:
+        """The valid range in words: "a finite number > 0", "an integer >= 1", "a number in [0, 1)"."""
+        if self.range_help:
+            return self.range_help
+        what = "an integer" if self.type is int else "a finite number"
+        low, high = _num(self.low), _num(self.high)
+        if self.low is not None and self.high is not None:
+            return f"{what} in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+        if self.low is not None:
+            return f"{what} {'>' if self.open_low else '>='} {low}"
+        if self.high is not None:
+            return f"{what} {'<' if self.open_high else '<='} {high}"
+        return what
+
+    def in_range(self, value) -> bool:
+        """Whether a number lies in the valid range (and is finite)."""
+        v = float(value)
+        return (
+            math.isfinite(v)
+            and (self.low is None or (v > self.low if self.open_low else v >= self.low))
+            and (self.high is None or (v < self.high if self.open_high else v <= self.high))
+        )
+
+
+def _num(x: float | None) -> str:
+    """A bound as printed: 0, 1, 4294967295, 1e-05."""
+    if x is None:
+        return ""
+    return str(int(x)) if math.isfinite(x) and float(x).is_integer() else f"{x:g}"
+
+
+def check_value(clf: str, key: str, p: Param, value) -> None:
+    """ConfigError unless ``value`` is a valid value of parameter ``key`` (``p``) of classifier ``clf``."""
+    if isinstance(value, str) and key in _NUMBER_OR and value not in _NUMBER_OR[key]:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        low, high, open_high = _NUMBER_OR_RANGE[key]
+        if not (math.isfinite(number) and low < number and (number < high if open_high else number <= high)):
+            raise ConfigError(
+                f"parameter {key}={value!r} for {clf} is out of range: {key} is "
+                f"{' or '.join(_NUMBER_OR[key])}, or a number in ({_num(low)}, {_num(high)}{')' if open_high else ']'}"
+            )
+    if p.type in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
+        if not p.in_range(value):
+            raise ConfigError(f"parameter {key}={value!r} for {clf} is out of range: {key} must be {p.range_text()}")

@@ -1,0 +1,112 @@
+"""Which splits a fit uses, said exactly: a named split that does not exist is an error, a missing one is a note.
+
+``--validation`` and ``--test`` default to the splits named ``validation`` and ``test``; when the store has no split
+of that default name the fit goes on without it (settings chosen and probabilities calibrated by cross-validation
+on train; no test figures) and the run's notes name the split that is missing. A split named on purpose that the
+store lacks (``--validation val``) is an error that lists the splits there, never a silent change of protocol;
+``none`` asks for no such split.
+
+>>> no_split(None), no_split("none"), no_split("validation")
+(True, True, False)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from featstore.errors import ConfigError, StoreError
+from featstore.store.reader import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {"validation": "validation", "test": "test"}  # the names a store may lack without an error
+NONE = "none"  # --validation none, --test none: no such split
+
+
+def no_split(name: str | None) -> bool:
+    """Whether a split option asks for no split (None, "none" or "")."""
+    return name is None or name.strip().lower() in (NONE, "")
+
+
+def check_distinct(train: str, validation: str | None, test: str | None) -> None:
+    """ConfigError unless the splits asked for are different splits."""
+    named = [s for s in (train, validation, test) if not no_split(s)]
+    if len(set(named)) < len(named):
+        raise ConfigError(
+            f"--train, --validation and --test must be three different splits; got {train!r}, {validation!r}, {test!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The splits one fit uses, and why any asked for is not used."""
+
+    train: str  # fitted on
+    validation: str | None  # complete, chooses settings and calibrates; None: cross-validation on train
+    test: str | None  # complete, evaluated once after the choice; None: not evaluated
+    notes: tuple[str, ...] = field(default=())  # one per split asked for and not used, naming it and why
+    validation_missing: str = ""  # why there is no validation split, for the selection's words ("" when there is one)
+
+    @property
+    def used(self) -> list[str]:
+        """The store splits read, in the order they are read (test last)."""
+        return [self.train] + [s for s in (self.validation, self.test) if s]
+
+
+def resolve_splits(
+    fs: FeatureStore, name: str, train: str, validation: str | None, test: str | None, *, test_later: str = ""
+) -> Splits:
+    """The splits of extractor ``name`` a fit uses (see the module docstring).
+
+    ``test_later``: why test is not read now (``sweep`` evaluates it after its choice); the note says so and is
+    dropped when test is recorded. Example::
+
+        resolve_splits(FeatureStore("features.h5"), "vgg16", "train", "validation", "test")
+    """
+    present = fs.splits(name)
+    if train not in present:
+        raise StoreError(
+            f"extractor {name!r} in {fs.path} has no {train!r} split; run `featstore extract --split {train}` first"
+        )
+    notes: list[str] = []
+    val, why_no_val = _one(fs, name, validation, "validation", present, train, notes)
+    if test_later:
+        tst = None
+        notes.append(f"not evaluated on {test!r}: {test_later}")
+    else:
+        tst, _ = _one(fs, name, test, "test", present, train, notes)
+    return Splits(train, val, tst, tuple(notes), why_no_val)
+
+
+def _one(
+    fs: FeatureStore, name: str, split: str | None, role: str, present: list[str], train: str, notes: list[str]
+) -> tuple[str | None, str]:
+    """``(split or None, why not)`` for the validation or test option; a note is added for a split not used."""
+    if no_split(split):
+        return None, f"--{role} {NONE}"
+    if split not in present:
+        if split != DEFAULTS[role]:
+            fix = (
+                f"or --validation {NONE} to choose by cross-validation on {train!r}"
+                if role == "validation"
+                else f"or --test {NONE} to evaluate no test split"
+            )
+            raise ConfigError(
+                f"--{role} {split!r}: extractor {name!r} in {fs.path} has no such split; splits there: "
+                f"{', '.join(present)}. Name one of them, {fix}"
+            )
+        why = f"the store has no {split!r} split"
+        if role == "test":
+            notes.append(f"not evaluated on {split!r}: {why}")
+        return None, why
+    info = fs.split_info(split, name)
+    if not info.get("complete"):
+        why = (
+            f"{split!r} is not complete ({info.get('committed_rows')} of {info.get('n_images')} images); finish it "
+            f"with the same `featstore extract --split {split}`"
+        )
+        logger.warning("split %r of %r is not complete; it is not used", split, name)
+        notes.append(f"not evaluated on {split!r}: {why}" if role == "test" else f"not used: {why}")
+        return None, why
+    return split, ""

@@ -1,0 +1,145 @@
+"""Choosing a classifier's setting: on a validation split, or by cross-validation on train that keeps the copies of
+one image together; the out-of-fold probabilities of the choice are kept for its calibration.
+
+Cross-validation deals whole groups to folds (``featstore.stats.folds.stratified_group_folds``): the rows of one
+source image (the image and its augmented copies) are all in one fold, so a fold never scores a row whose copy
+it was trained on. Each fold's model predicts its held-out *plain* rows (never a copy); the setting with the best
+out-of-fold accuracy wins, and its out-of-fold probabilities calibrate the run when there is no validation split.
+
+>>> folds_of(np.array([0, 0, 1, 1]), None)[1]
+2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from featstore.errors import ConfigError, StoreError
+from featstore.experiments.calibration import _accepts_groups as takes_groups
+from featstore.stats.folds import stratified_group_folds
+
+CV_FOLDS = 5  # folds of the cross-validation on train (fewer when a class has fewer images)
+CV_SEED = 0  # its seed
+
+
+@dataclass
+class OutOfFold:
+    """Out-of-fold probabilities of train's plain rows, each from a model that saw no copy of its image."""
+
+    proba: np.ndarray  # (n_plain, n_classes), the model's own (uncalibrated) probabilities
+    folds: int  # how many folds
+    grouped: bool  # copies of one image kept in one fold
+
+
+@dataclass
+class Fitted:
+    """The chosen model and how it was chosen."""
+
+    est: object  # the fitted pipeline
+    best: int  # index of the chosen setting
+    selection: dict  # the record's "selection"
+    predict_split: Callable  # split -> (labels, predictions, raw probabilities); test is read here, once
+    oof: OutOfFold | None = None  # train's out-of-fold probabilities (no validation split, in memory)
+
+
+def fit_one(spec_name: str, params: dict, X, y, val, groups=None):
+    """Fit one setting; a head whose fit takes the validation split (the Keras head: early stopping) gets it, one
+    whose fit takes groups (the svm's calibration folds) gets them."""
+    from featstore.experiments.classifiers import build_classifier
+
+    est = build_classifier(spec_name, params)
+    head = est.steps[-1][1]
+    try:
+        if getattr(head, "fit_uses_validation", False) and val is not None:
+            Xt = est[:-1].fit_transform(X, y)
+            head.fit(Xt, y, validation_data=(est[:-1].transform(val[0]), val[1]))
+        elif groups is not None and takes_groups(est):
+            est.fit(X, y, **{f"{est.steps[-1][0]}__groups": groups})
+        else:
+            est.fit(X, y)
+    except ValueError as exc:  # e.g. n_neighbors > rows, more calibration folds than images of a class
+        raise ConfigError(f"{spec_name} with {params} cannot be fitted on these {len(y)} rows: {exc}") from exc
+    return est
+
+
+def check_classes(y: np.ndarray, split: str, class_names: list[str]) -> None:
+    """StoreError unless ``y`` holds at least two classes."""
+    present = np.unique(y)
+    if len(present) < 2:
+        raise StoreError(
+            f"split {split!r} has only one class ({class_names[present[0]] if len(present) else 'none'}); "
+            f"a classifier needs at least two class folders with images"
+        )
+
+
+def folds_of(y: np.ndarray, groups, train: str = "train") -> tuple[list, int]:
+    """The cross-validation folds of train's rows (groups kept whole); a StoreError when a class has too few images."""
+    folds, n = stratified_group_folds(y, groups, CV_FOLDS, CV_SEED)
+    if not folds:
+        raise StoreError(
+            f"no validation split and too few images per class in {train!r} for cross-validation (every class needs "
+            f"at least 2 images); extract a validation split"
+        )
+    return folds, n
+
+
+def _fold_proba(spec_name, params, X, y, fit_rows, held, n_classes, groups):
+    """Probabilities of the ``held`` rows from a model fitted on ``fit_rows`` (one column per store class)."""
+    from featstore.runs.artifacts import full_proba
+
+    est = fit_one(spec_name, params, X[fit_rows], y[fit_rows], None, None if groups is None else groups[fit_rows])
+    try:
+        return full_proba(est, X[held], n_classes)
+    except ValueError as exc:
+        raise ConfigError(f"{spec_name} with {params} cannot predict a cross-validation fold: {exc}") from exc
+
+
+def cross_validate(
+    spec_name: str, full: list[dict], X, y, n_plain: int, n_classes: int, groups, jobs: int, parallel: bool, train: str
+) -> tuple[list[float], list[OutOfFold]]:
+    """Out-of-fold accuracy on train's plain rows and out-of-fold probabilities, for every setting in ``full``.
+
+    Rows ``n_plain`` and after are augmented copies: trained on in the folds of other images, never scored.
+    ``groups`` gives each row its source image (None: each row its own).
+    """
+    from joblib import Parallel, delayed
+
+    folds, n = folds_of(y, groups, train)
+    jobs_list = [(i, fit_rows, held[held < n_plain]) for i in range(len(full)) for fit_rows, held in folds]
+    probas = Parallel(n_jobs=jobs if parallel else 1, backend="loky" if parallel else "threading")(
+        delayed(_fold_proba)(spec_name, full[i], X, y, fit_rows, held, n_classes, groups)
+        for i, fit_rows, held in jobs_list
+    )
+    out = [np.zeros((n_plain, n_classes)) for _ in full]
+    for (i, _, held), p in zip(jobs_list, probas):
+        out[i][held] = p
+    scores = [float(np.mean(p.argmax(axis=1) == y[:n_plain])) for p in out]
+    return scores, [OutOfFold(p, n, groups is not None) for p in out]
+
+
+def out_of_fold(spec_name: str, params: dict, X, y, n_plain: int, n_classes: int, groups, train: str) -> OutOfFold:
+    """Out-of-fold probabilities of one setting (for its calibration when there is no validation split)."""
+    return cross_validate(spec_name, [params], X, y, n_plain, n_classes, groups, 1, False, train)[1][0]
+
+
+def source_groups(paths: list[str], copy_paths: list[str]) -> np.ndarray:
+    """The source image of each row of a split followed by its augmented copies: row i for the split's row i, and
+    for a copy the row of the image it was made from (copies carry their image's path)."""
+    index = {p: i for i, p in enumerate(paths)}
+    missing = [p for p in copy_paths if p not in index]
+    if missing:
+        raise StoreError(
+            f"{len(missing)} augmented copies name images that are not rows of the split (e.g. {missing[0]!r}); "
+            f"run `featstore check` and re-make the copies"
+        )
+    return np.concatenate([np.arange(len(paths)), np.array([index[p] for p in copy_paths], dtype=np.intp)])
+
+
+def describe_given(given: dict[str, list]) -> str:
+    """The words a run records for a setting given by hand: "given by hand: C=10, kernel=rbf", or the defaults."""
+    if not given:
+        return "the classifier's defaults (nothing to select)"
+    return "given by hand: " + ", ".join(f"{k}={v[0]}" for k, v in sorted(given.items()))

@@ -1,0 +1,246 @@
+"""Plain-text and JSON reports of runs: the runs table, one run's figures with their 95 % intervals, two runs
+compared on the same rows, ``runs evaluate``, and a sweep's grid.
+
+Every accuracy is shown with its 95 % interval (Wilson; a run recorded before intervals gets the one its ``n`` and
+accuracy give); the other figures with the bootstrap intervals the run recorded, or "-" when it has none.
+"""
+
+from __future__ import annotations
+
+from featstore.report.text import _table
+from featstore.runs.kinds import kind_of
+from featstore.runs.record import RunRecord, thaw
+from featstore.stats.figures import HEADLINE
+
+
+def _acc(rec: RunRecord, split: str, digits: int = 4) -> str:
+    """A split's accuracy with its 95 % interval, "0.8100 [0.72, 0.87]"; "-" when the run was not evaluated there."""
+    m = rec.metrics.get(split)
+    if m is None:
+        return "-"
+    lo, hi = m.accuracy_interval()
+    return f"{m.accuracy:.{digits}f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _val(rec: RunRecord) -> str:
+    """The validation column: validation accuracy, or (no validation split) the out-of-fold accuracy on train, marked."""
+    if "validation" in rec.metrics:
+        return _acc(rec, "validation")
+    oof = next((s for s in rec.metrics if s.endswith(".oof")), None)
+    return f"{_acc(rec, oof)} cv" if oof else "-"
+
+
+def _fingerprints(rec: RunRecord) -> str:
+    """First 12 hex digits of each fingerprint (an ensemble lists one per distinct member extractor, joined by '+')."""
+    return "+".join(f[:12] for f in rec.fingerprint.split("+"))
+
+
+def runs_table(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> str:
+    """One line per run: id, classifier, chosen params, validation/test accuracy with their 95 % intervals, seconds,
+    extractor, fingerprint; then broken folders. "cv": out-of-fold accuracy on train (the run had no validation)."""
+    if not runs and not broken:
+        return "no runs yet; fit one with `featstore fit --clf logreg`"
+    rows = [
+        ["id", "clf", "params", "val_acc [95% CI]", "test_acc [95% CI]", "fit_s", "extractor", "fingerprint", "created"]
+    ]
+    for r in runs:
+        augmented = r.get("augmented")
+        params = (kind_of(r).params_text(r) or "defaults") + (
+            f" +{augmented['copies']} aug copies" if augmented else ""
+        )
+        rows.append(
+            [
+                r.id,
+                r.clf,
+                params,
+                _val(r),
+                _acc(r, "test"),
+                f"{r.get('fit_seconds', 0):.2f}",
+                r.extractor,
+                _fingerprints(r),
+                r.created_at[:19],
+            ]
+        )
+    lines = [_table(rows)] if runs else ["no usable runs"]
+    if broken:
+        lines.append(f"{len(broken)} broken run folder(s), not used:")
+        lines += [f"  {name}: {reason}" for name, reason in broken]
+    return "\n".join(lines)
+
+
+def _ci(m, name: str, digits: int = 3, value: float | None = None) -> str:
+    """A recorded figure with its interval, "0.612 [0.500, 0.751]"; "-" for a run recorded before it existed."""
+    value, ci = m.figure(name) if value is None else value, m.figure(f"{name}_ci")
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" + (f" [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]" if ci else "")
+
+
+def calibration_line(rec: RunRecord) -> str:
+    """How the run's probabilities are calibrated, in words."""
+    cal = rec.calibration
+    where = cal.get("fitted_on", "")
+    if cal["method"] == "temperature":
+        nll = f"; NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}" if "nll_after" in cal else ""
+        rows = f" ({cal['n']} rows{nll})" if "n" in cal else ""
+        bound = "; on its bound: the held-out rows were (almost) all right" if cal.get("at_bound") else ""
+        return f"calibration: temperature {cal['T']:.3g} fitted on {where or 'held-out rows'}{rows}{bound}"
+    return (
+        f"calibration: none ({where.removeprefix('not calibrated: ') or 'recorded before featstore calibrated runs'})"
+    )
+
+
+def split_lines(split: str, m) -> list[str]:
+    """A split's figures, each with its 95 % interval (two lines)."""
+    lo, hi = m.accuracy_interval()
+    top5 = f", top-5 {_ci(m, 'top5')}" if m.figure("top5") is not None else ""
+    before = m.figure("before_calibration")
+    raw = f" (before calibration: log-loss {before['log_loss']:.3f}, ECE {before['ece']:.3f})" if before else ""
+    return [
+        f"  {split}: accuracy {m.accuracy:.4f} [{lo:.3f}, {hi:.3f}] (n {m.n}), balanced "
+        f"{_ci(m, 'balanced_accuracy')}, macro-F1 {_ci(m, 'macro_f1', value=m.macro_f1)}{top5}",
+        f"    log-loss {_ci(m, 'log_loss')}, ECE {_ci(m, 'ece')}{raw}",
+    ]
+
+
+def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
+    """A run's details: setup, selection, calibration, every split's figures with 95 % intervals, a per-class table,
+    and the plots written."""
+    lines = [
+        f"run {rec.id} ({rec.kind}), {rec.created_at}",
+        f"  extractor {rec.extractor} fingerprint {rec.fingerprint}",
+        f"  store {rec.get('store', '-')}",
+        *kind_of(rec).describe(rec),
+        f"  {calibration_line(rec)}",
+    ]
+    lines += [f"  note: {note}" for note in rec.notes]
+    for split, m in rec.metrics.items():
+        lines += split_lines(split, m)
+        rows = [["    class", "precision", "recall", "f1", "support"]]
+        rows += [
+            [f"    {c}", f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
+            for c, v in m.per_class.items()
+        ]
+        if per_class:
+            lines.append(_table(rows))
+    lines += [f"  wrote {p}" for p in pngs]
+    if not per_class:
+        lines.append(f"  details: featstore runs show {rec.id}")
+    return "\n".join(lines)
+
+
+def _headline(m) -> dict:
+    """A split's headline figures as JSON (the accuracy interval computed from n for a run recorded before it)."""
+    lo, hi = m.accuracy_interval()
+    out = {"n": m.n, "accuracy": m.accuracy, "accuracy_ci": m.figure("accuracy_ci") or {"low": lo, "high": hi}}
+    return thaw({**out, "macro_f1": m.macro_f1, **{k: m.figure(k) for k in HEADLINE if m.figure(k) is not None}})
+
+
+def runs_json(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> dict:
+    """The runs table as JSON: per run its id, kind, classifier, parameters, extractor and each split's headline
+    figures with their intervals; broken folders with the reason."""
+    return {
+        "runs": [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "clf": r.clf,
+                "params": r["params"],
+                "extractor": r.extractor,
+                "fingerprint": r.fingerprint,
+                "created_at": r.created_at,
+                "metrics": {s: _headline(m) for s, m in r.metrics.items()},
+            }
+            for r in runs
+        ],
+        "broken": [{"folder": name, "reason": reason} for name, reason in broken],
+    }
+
+
+def accuracy_json(runs: list[RunRecord]) -> list[dict]:
+    """Each run's validation and test headline figures (``runs compare --json``)."""
+    return [
+        {"id": r.id, **{s: _headline(r.metrics[s]) for s in ("validation", "test") if s in r.metrics}} for r in runs
+    ]
+
+
+def accuracy_lines(runs: list[RunRecord]) -> str:
+    """One line per run: validation and test accuracy with their 95 % intervals (``runs compare`` of several runs)."""
+    width = max(len(r.id) for r in runs)
+    return "\n".join(f"{r.id.ljust(width)}  validation {_acc(r, 'validation')}  test {_acc(r, 'test')}" for r in runs)
+
+
+def evaluated_lines(run_id: str, split: str, m: dict, said: str) -> str:
+    """``runs evaluate``: the split's figures with intervals, and whether they were recorded in the run."""
+    from featstore.runs.record import SplitMetrics
+
+    fields = ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix")
+    sm = SplitMetrics(*(m[k] for k in fields), {k: v for k, v in m.items() if k not in fields})
+    head, rest = split_lines(split, sm)
+    return f"{run_id} on {head.strip()}\n{rest}\n{said}"
+
+
+def pair_report(pair) -> str:
+    """Two runs on the same rows (``featstore.experiments.compare.PairComparison``): per split each run's accuracy
+    with its interval, log-loss and ECE, and in words whether the difference is larger than chance."""
+    width = max(len(pair.a.id), len(pair.b.id))
+    lines = [f"{pair.a.id} vs {pair.b.id}, on the same rows of each split"]
+    for split, c in pair.splits.items():
+        lines.append(f"{split} ({c.n} rows):")
+        for rid, f in zip((pair.a.id, pair.b.id), c.figures):
+            ci = f.get("accuracy_ci") or {}
+            lines.append(
+                f"  {rid.ljust(width)}  accuracy {f['accuracy']:.4f} [{ci.get('low', 0):.3f}, {ci.get('high', 1):.3f}]"
+                f"  log-loss {f.get('log_loss', float('nan')):.3f}  ECE {f.get('ece', float('nan')):.3f}"
+            )
+        lines.append(f"  {c.comparison.sentence()}")
+    lines += [f"not compared: {s} ({who} was evaluated there)" for s, who in pair.only.items()]
+    return "\n".join(lines)
+
+
+def _range(ci) -> str:
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+
+
+def sweep_table(summary: dict) -> str:
+    """A sweep as a grid: extractors down, classifiers across, the accuracy it chose on (validation, or out-of-fold on
+    train) and test where evaluated, each with its 95 % interval; the winner marked; the ensemble against the best
+    single run in words (or why no ensemble was built)."""
+    clfs, cells = summary["classifiers"], {(c["extractor"], c["clf"]): c for c in summary["cells"]}
+    win = summary["winner"]
+    on = "validation" if not summary.get("chosen_on", "validation").endswith(".oof") else "out-of-fold (train)"
+
+    def cell(c: dict) -> str:
+        text = f"{c['validation']:.4f}{_range(c.get('validation_ci'))}"
+        text += f" / {c['test']:.4f}{_range(c.get('test_ci'))}" if c["test"] is not None else ""
+        return text + (" *" if c["run"] == win["id"] else "")
+
+    rows = [["extractor \\ classifier"] + clfs]
+    rows += [[name] + [cell(cells[(name, c)]) for c in clfs] for name in summary["extractors"]]
+    lines = [
+        f"{summary['id']}: {on} accuracy [95 % interval]"
+        + (" / test accuracy" if any(c["test"] is not None for c in summary["cells"]) else "")
+        + f" ({len(summary['cells'])} fits in {summary['seconds']:.1f} s; * = chosen)",
+        _table(rows),
+    ]
+    e = summary["ensemble"]
+    if e:
+        lines.append(
+            f"ensemble {e['run']}: {on} {e['validation']:.4f}{_range(e.get('validation_ci'))}"
+            + (f", test {e['test']:.4f}{_range(e.get('test_ci'))}" if e["test"] is not None else "")
+            + f"; members {', '.join(f'{m} x{w:g}' for m, w in zip(e['members'], e['weights']))}"
+        )
+        for split, v in e.get("vs_best_single", {}).items():
+            optimistic = " (the ensemble was selected on these rows: optimistic)" if v.get("selected_on") else ""
+            lines.append(f"  {split}: {v['sentence']}{optimistic}")
+    elif summary.get("ensemble_note"):
+        lines.append(f"no ensemble: {summary['ensemble_note']}")
+    test = f", test {win['test']:.4f}{_range(win.get('test_ci'))}" if win["test"] is not None else ""
+    versus = win.get("vs_best_single")
+    gain = f"; its gain over {versus['run']} on {versus['split']} is {versus['verdict']}" if versus else ""
+    lines.append(
+        f"chosen on {on}: {win['id']} ({win['clf']} on {win['extractor']}): {win['validation']:.4f}"
+        f"{_range(win.get('validation_ci'))}{test}{gain}"
+    )
+    lines.append(f"selection: {summary['selection']}; heat map {summary['png']}")
+    return "\n".join(lines)

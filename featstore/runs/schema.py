@@ -1,0 +1,159 @@
+"""What the values of a ``run.json`` must be: the checks :meth:`featstore.runs.record.RunRecord.from_json` runs.
+
+Every check raises a ``BrokenRunError`` naming the key and the fix. Keys added over time (the intervals, log-loss,
+ECE and reliability bins of a split, the calibration, a split's image listing digest) are optional: a run recorded
+before them reads as before, and a run that has them must have them right, so that nothing that reads them later
+meets a value it cannot use.
+
+>>> check_weights([1.0, 2.0], 2), check_weights([float("nan"), 1.0], 2)
+(True, False)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from featstore.runs.files import BrokenRunError
+from featstore.stats.calibration import INPUTS as CALIBRATION_INPUTS
+from featstore.stats.calibration import METHODS as CALIBRATION_METHODS
+
+Types = type | tuple[type, ...]
+METRIC_FIELDS: dict[str, Types] = {
+    "n": int,
+    "accuracy": (int, float),
+    "macro_f1": (int, float),
+    "per_class": dict,
+    "confusion_matrix": list,
+}
+METRIC_NUMBERS = ("balanced_accuracy", "log_loss", "ece", "top5")  # optional: finite numbers
+METRIC_INTERVALS = (  # optional: {estimate, low, high, level, method}
+    "accuracy_ci",
+    "balanced_accuracy_ci",
+    "macro_f1_ci",
+    "log_loss_ci",
+    "ece_ci",
+    "top5_ci",
+)
+PER_CLASS = ("precision", "recall", "f1", "support")
+_NUMBERS = {int, float}  # JSON numbers, as json.loads types them (never bool)
+
+
+def number(x: object) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def finite(x: object) -> bool:
+    """A finite JSON number."""
+    return number(x) and math.isfinite(x)
+
+
+def _type_name(t: Types) -> str:
+    """``dict`` -> "dict", ``(int, float)`` -> "int or float"."""
+    return " or ".join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))
+
+
+def check_fields(obj: dict, fields: Mapping[str, Types], where: str, folder: Path) -> None:
+    """BrokenRunError unless ``obj`` has every key of ``fields`` with a value of its type (a bool is no number)."""
+    missing = [k for k in fields if k not in obj]
+    if missing:
+        raise BrokenRunError(
+            f"{where} lacks {', '.join(missing)} (damaged, or written by an older featstore); "
+            f"remove the folder {folder} and fit again"
+        )
+    wrong = [
+        f"{k} must be {_type_name(t)}"
+        for k, t in fields.items()
+        if not isinstance(obj[k], t) or (isinstance(obj[k], bool) and t is not bool)
+    ]
+    if wrong:
+        raise BrokenRunError(f"{where}: {', '.join(wrong)}; remove the folder {folder} or restore its run.json")
+
+
+def raise_bad_names(bad: list, where: str, folder: Path) -> None:
+    """The BrokenRunError for split or run names that could not be file names."""
+    raise BrokenRunError(
+        f"{where} holds invalid split or run names {bad!r} (only letters, digits and ._- are allowed, "
+        f"not starting with a dot); remove the folder {folder}"
+    )
+
+
+def check_metrics(m: object, k: int, where: str, folder: Path) -> None:
+    """BrokenRunError unless ``m`` is one split's metrics of ``k`` classes (and its optional figures are usable)."""
+    check_fields(m if isinstance(m, dict) else {}, METRIC_FIELDS, where, folder)
+    cm, per_class = m["confusion_matrix"], m["per_class"].values()
+    if (
+        len(cm) != k
+        or not all(type(r) is list and len(r) == k for r in cm)
+        or not set(map(type, itertools.chain.from_iterable(cm))) <= {int}
+        or not all(isinstance(v, dict) and set(map(type, map(v.get, PER_CLASS))) <= _NUMBERS for v in per_class)
+    ):
+        raise BrokenRunError(
+            f"{where} need a {k}x{k} integer confusion matrix and per-class "
+            f"{', '.join(PER_CLASS)}; remove the folder {folder}"
+        )
+    bad = [key for key in METRIC_NUMBERS if key in m and not finite(m[key])]
+    bad += [key for key in METRIC_INTERVALS if key in m and not _interval(m[key])]
+    if "reliability" in m and not _bins(m["reliability"]):
+        bad.append("reliability")
+    before = m.get("before_calibration", {})
+    if not isinstance(before, dict) or not all(finite(v) for v in before.values()):
+        bad.append("before_calibration")
+    if bad:
+        raise BrokenRunError(
+            f"{where}: {', '.join(bad)} must be finite numbers (an interval: estimate, low, high and level; "
+            f"reliability: bins of low, high, count, confidence, accuracy); remove the folder {folder} or restore "
+            f"its run.json"
+        )
+
+
+def _interval(v: object) -> bool:
+    """An interval as recorded: finite estimate, low, high, and a level in (0, 1)."""
+    return (
+        isinstance(v, dict)
+        and all(finite(v.get(key)) for key in ("estimate", "low", "high", "level"))
+        and 0 < v["level"] < 1
+        and v["low"] <= v["high"]
+        and isinstance(v.get("method", ""), str)
+    )
+
+
+def _bins(bins: object) -> bool:
+    """Reliability bins as recorded: edges in [0, 1], a count, and a confidence and accuracy (None when empty)."""
+    return isinstance(bins, list) and all(
+        isinstance(b, dict)
+        and all(finite(b.get(key)) and 0 <= b[key] <= 1 for key in ("low", "high"))
+        and isinstance(b.get("count"), int)
+        and not isinstance(b["count"], bool)
+        and b["count"] >= 0
+        and all(b.get(key) is None or (finite(b[key]) and 0 <= b[key] <= 1) for key in ("confidence", "accuracy"))
+        for b in bins
+    )
+
+
+def check_calibration(cal: object, where: str, folder: Path) -> None:
+    """BrokenRunError unless ``cal`` is a calibration featstore can apply (a method it knows, a finite positive T)."""
+    problem = None
+    if not isinstance(cal, dict) or cal.get("method") not in CALIBRATION_METHODS:
+        problem = f"its method must be one of {', '.join(CALIBRATION_METHODS)}"
+    elif cal.get("input", "probabilities") not in CALIBRATION_INPUTS:
+        problem = f"its input must be one of {', '.join(CALIBRATION_INPUTS)}"
+    elif cal["method"] == "temperature" and not (finite(cal.get("T")) and cal["T"] > 0):
+        problem = "a temperature calibration needs a finite positive T"
+    elif cal.get("floor") is not None and not (finite(cal["floor"]) and 0 < cal["floor"] < 1):
+        problem = "its probability floor must lie in (0, 1)"
+    if problem:
+        raise BrokenRunError(f"{where}: calibration is not usable: {problem}; remove the folder {folder}")
+
+
+def check_weights(weights: object, n: int) -> bool:
+    """Whether ``weights`` are ``n`` finite non-negative numbers, not all zero (an ensemble's)."""
+    return (
+        isinstance(weights, (list, tuple))
+        and len(weights) == n
+        and all(number(w) and math.isfinite(w) and w >= 0 for w in weights)
+        and 0 < sum(weights) < math.inf
+    )

@@ -1,0 +1,185 @@
+"""Every figure a run records for one split, each with its 95 % interval (what ``runs``, ``runs show``, ``runs
+compare`` and ``sweep`` print).
+
+- :func:`confusion_figures`, from the confusion matrix alone, so that runs recorded before these figures existed
+  get them too: the accuracy with its Wilson interval, balanced accuracy and macro-F1 with percentile bootstrap
+  intervals (rows resampled; drawn as one multinomial draw over the matrix's cells, the same distribution);
+- :func:`probability_figures`, from the probabilities: log-loss, the top-label ECE with its reliability bins and,
+  with at least 6 classes, top-5 accuracy, each with a percentile bootstrap interval (rows resampled). The ECE is a
+  sum of absolute gaps, so every resample's noise inflates it and its plain percentile interval can lie above the
+  estimate itself: its interval is the percentile interval moved back by the bootstrap's bias (mean of the
+  resamples minus the estimate), never below 0.
+
+Macro-F1 is averaged over *every* class of the store, a class with no row and no prediction counting 0 (the
+figure runs have always recorded, scikit-learn's ``f1_score(labels=all, average="macro", zero_division=0)``);
+balanced accuracy is the mean recall over the classes present (scikit-learn's ``balanced_accuracy_score``).
+Bootstraps are seeded, so the same predictions always give the same intervals.
+
+>>> f = confusion_figures([[8, 2], [1, 9]])
+>>> f["accuracy_ci"]["method"], round(f["accuracy_ci"]["low"], 3), f["balanced_accuracy"]
+('wilson', 0.64, 0.85)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from featstore.stats.intervals import Interval, percentile_bounds, proportion_interval
+from featstore.stats.metrics import _labels_proba, reliability
+
+N_BOOT = 2000  # bootstrap resamples of every recorded interval
+SEED = 0  # their seed: the same predictions give the same intervals
+N_BINS = 15  # reliability bins (equal width over [0, 1])
+TOP_K = 5  # top-k accuracy is recorded with at least TOP_K + 1 classes
+_CELLS_PER_CHUNK = 4_000_000  # resampled rows held at once by the row bootstrap (about 100 MB of work arrays)
+
+
+def _method(n_boot: int, seed: int) -> str:
+    return f"percentile bootstrap (B={n_boot}, seed {seed})"
+
+
+def _interval(estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float) -> dict:
+    lo, hi = percentile_bounds(draws, level)
+    return Interval(float(estimate), lo, hi, level, _method(n_boot, seed)).to_dict()
+
+
+def _shifted_interval(estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float) -> dict:
+    """The percentile interval of ``draws`` moved by the bootstrap's own bias (mean of the draws minus the estimate),
+    never below 0: for the ECE, a sum of absolute gaps that every resample's extra noise inflates, whose plain
+    percentile interval can lie wholly above the estimate."""
+    bias = float(np.mean(draws)) - float(estimate)
+    lo, hi = percentile_bounds(draws - bias, level)
+    method = f"percentile bootstrap moved by its bias {bias:+.3g} (B={n_boot}, seed {seed})"
+    return Interval(float(estimate), max(0.0, lo), max(0.0, hi), level, method).to_dict()
+
+
+def _balanced(tp: np.ndarray, true_n: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes with rows, along the last axis."""
+    present = true_n > 0
+    recall = np.divide(tp, true_n, out=np.zeros(tp.shape), where=present)
+    return recall.sum(axis=-1) / present.sum(axis=-1)
+
+
+def _macro_f1(tp: np.ndarray, true_n: np.ndarray, pred_n: np.ndarray) -> np.ndarray:
+    """Mean F1 over every class (0 for a class with neither rows nor predictions), along the last axis."""
+    den = true_n + pred_n
+    return np.divide(2 * tp, den, out=np.zeros(tp.shape), where=den > 0).mean(axis=-1)
+
+
+def confusion_figures(cm, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95) -> dict:
+    """Accuracy with its Wilson interval, balanced accuracy and macro-F1 with bootstrap intervals, from a K x K
+    confusion matrix (rows: true class, columns: predicted class).
+
+    Keys: ``accuracy_ci``, ``balanced_accuracy``, ``balanced_accuracy_ci``, ``macro_f1_ci`` (each interval a dict:
+    estimate, low, high, level, method).
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or (cm < 0).any():
+        raise ValueError(f"a confusion matrix is a square array of counts, got shape {cm.shape}")
+    k, n = cm.shape[0], int(cm.sum())
+    if n == 0:
+        raise ValueError("a confusion matrix of no rows has no figures")
+    cells = np.flatnonzero(cm)
+    true_of, pred_of = np.divmod(cells, k)
+    counts = cm.ravel()[cells]
+    draws = np.random.default_rng(seed).multinomial(n, counts / n, size=n_boot)  # (B, cells): rows resampled
+
+    def per_class(of: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+        w = draws if keep is None else draws * keep
+        flat = (np.arange(n_boot)[:, None] * k + of[None, :]).ravel()
+        return np.bincount(flat, weights=w.ravel(), minlength=n_boot * k).reshape(n_boot, k)
+
+    tp_b, true_b, pred_b = per_class(true_of, true_of == pred_of), per_class(true_of), per_class(pred_of)
+    tp, true_n, pred_n = np.diag(cm).astype(float), cm.sum(axis=1).astype(float), cm.sum(axis=0).astype(float)
+    return {
+        "accuracy_ci": proportion_interval(int(np.trace(cm)), n, level).to_dict(),
+        "balanced_accuracy": float(_balanced(tp, true_n)),
+        "balanced_accuracy_ci": _interval(_balanced(tp, true_n), _balanced(tp_b, true_b), n_boot, seed, level),
+        "macro_f1_ci": _interval(_macro_f1(tp, true_n, pred_n), _macro_f1(tp_b, true_b, pred_b), n_boot, seed, level),
+    }
+
+
+def probability_figures(
+    y, proba, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95, n_bins: int = N_BINS
+) -> dict:
+    """Log-loss, ECE (with its reliability bins) and, with at least 6 classes, top-5 accuracy, each with a bootstrap
+    interval. ``proba``: ``(N, K)`` probabilities (the calibrated ones, for a run that is calibrated).
+
+    Keys: ``log_loss``, ``log_loss_ci``, ``ece``, ``ece_ci``, ``reliability`` (the bins: low, high, count,
+    confidence, accuracy; None where a bin is empty) and ``top5``, ``top5_ci``.
+
+    >>> f = probability_figures([0, 1, 1], [[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], n_boot=200)
+    >>> round(f["log_loss"], 4), "top5" in f
+    (0.4987, False)
+    """
+    y, proba = _labels_proba(y, proba)
+    n, k = proba.shape
+    eps = np.finfo(np.float64).eps
+    loss = -np.log(np.clip(proba[np.arange(n), y], eps, 1 - eps))
+    rel = reliability(y, proba, n_bins)
+    conf = proba.max(axis=1)
+    gap = (proba.argmax(axis=1) == y) - conf  # a bin's |sum of gaps| / N is its share of the ECE
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    top = None
+    if k > TOP_K:
+        true = proba[np.arange(n), y][:, None]
+        top = np.clip((TOP_K - (proba > true).sum(axis=1)) / (proba == true).sum(axis=1), 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    ll_b, ece_b, top_b = np.empty(n_boot), np.empty(n_boot), np.empty(n_boot)
+    step = max(1, min(n_boot, _CELLS_PER_CHUNK // n))
+    for start in range(0, n_boot, step):
+        c = min(step, n_boot - start)
+        idx = rng.integers(0, n, size=(c, n))
+        ll_b[start : start + c] = loss[idx].mean(axis=1)
+        flat = (np.arange(c)[:, None] * n_bins + bins[idx]).ravel()
+        sums = np.bincount(flat, weights=gap[idx].ravel(), minlength=c * n_bins).reshape(c, n_bins)
+        ece_b[start : start + c] = np.abs(sums).sum(axis=1) / n
+        if top is not None:
+            top_b[start : start + c] = top[idx].mean(axis=1)
+    out = {
+        "log_loss": float(loss.mean()),
+        "log_loss_ci": _interval(loss.mean(), ll_b, n_boot, seed, level),
+        "ece": rel.ece,
+        "ece_ci": _shifted_interval(rel.ece, ece_b, n_boot, seed, level),
+        "reliability": rel.to_dict()["bins"],
+    }
+    if top is not None:
+        out["top5"] = float(top.mean())
+        out["top5_ci"] = _interval(top.mean(), top_b, n_boot, seed, level)
+    return out
+
+
+HEADLINE = (  # a split's figures as JSON outputs show them (the reliability bins and per-class tables are in run.json)
+    "n",
+    "accuracy",
+    "accuracy_ci",
+    "balanced_accuracy",
+    "balanced_accuracy_ci",
+    "macro_f1",
+    "macro_f1_ci",
+    "top5",
+    "top5_ci",
+    "log_loss",
+    "log_loss_ci",
+    "ece",
+    "ece_ci",
+    "before_calibration",
+)
+PROBABILITY_KEYS = ("log_loss", "log_loss_ci", "ece", "ece_ci", "reliability", "top5", "top5_ci")
+CONFUSION_KEYS = ("accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1_ci")
+
+
+def completed(m: dict, y=None, proba=None) -> dict:
+    """A split's recorded metrics with the figures it lacks added: from its confusion matrix, and from ``proba``
+    (with labels ``y``) when given and it has none; what is there already is kept as it is.
+
+    >>> sorted(completed({"n": 2, "accuracy": 0.5, "confusion_matrix": [[1, 0], [1, 0]]}))[:3]
+    ['accuracy', 'accuracy_ci', 'balanced_accuracy']
+    """
+    out = dict(m)
+    if any(key not in out for key in CONFUSION_KEYS) and int(np.sum(out["confusion_matrix"])) > 0:
+        out = {**confusion_figures(out["confusion_matrix"]), **out}
+    if proba is not None and "log_loss" not in out and len(proba):
+        out = {**probability_figures(y, proba), **out}
+    return out
