@@ -49,13 +49,18 @@ def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, p
 
 
 def curves_png(
-    history: dict[str, list[float]], title: str, path: Path, then: dict[str, list[float]] | None = None
+    history: dict[str, list[float]],
+    title: str,
+    path: Path,
+    then: dict[str, list[float]] | None = None,
+    kept: int | None = None,
 ) -> Path:
     """Training and validation accuracy and loss per epoch, side by side.
 
     The loss axis is logarithmic (and says so) when the losses span more than a factor of 5, so a large
     first-epoch loss does not flatten the rest of the curve. ``then``: a second phase's history (fine-tuning after
-    the phase-A head), drawn after the first with a line marking where it starts.
+    the phase-A head), drawn after the first with a line marking where it starts. ``kept``: the epoch (1-based, on
+    the drawn axis) whose weights the model ends with (early stopping's restored epoch), marked with a dotted line.
 
     >>> curves_png({"loss": [28.0, 0.9, 0.5], "accuracy": [0.3, 0.7, 0.8]}, "run", Path("curves.png"))  # doctest: +SKIP
     """
@@ -72,6 +77,8 @@ def curves_png(
             ax.axvline(
                 boundary + 0.5, color="grey", linestyle="--", linewidth=1, label="phase A | phase B (fine-tuning)"
             )
+        if kept is not None:
+            ax.axvline(kept, color="tab:green", linestyle=":", linewidth=1.5, label=f"weights kept (epoch {kept})")
         series = {
             f"training {metric}": history.get(metric, []),
             f"validation {metric}": history.get(f"val_{metric}", []),

@@ -229,3 +229,33 @@ def test_plots_are_written(tmp_path):
         [f"run-{i}" for i in range(20)], {"validation": [0.5] * 20, "test": [0.6] * 19 + [None]}, tmp_path / "cmp.png"
     )
     assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "cmp.png").stat().st_size > 1000
+
+
+def test_curves_mark_the_epoch_whose_weights_a_finetuned_run_kept(tmp_path, monkeypatch):
+    from featstore import plots
+    from featstore.runs.kinds import FinetuneKind
+
+    kind = FinetuneKind()
+    phase_a = {"loss": [1.0, 0.8, 0.7, 0.6, 0.65]}
+    assert kind.kept_epoch({"phase_a_history": phase_a, "restored_epoch": 2}) == 7  # phase B's epoch 2, after 5
+    assert kind.kept_epoch({"phase_a_history": phase_a, "restored_epoch": 0}) == 5  # phase A's weights kept
+    assert kind.kept_epoch({"phase_a_history": {}, "restored_epoch": 3}) == 3  # a fresh head: phase B alone
+    assert kind.kept_epoch({"phase_a_history": phase_a}) is None  # recorded before restored_epoch existed
+
+    lines = []
+    real = plots.pyplot
+
+    def spy():
+        plt = real()
+        original = plt.Axes.axvline
+
+        def axvline(self, x=0, *args, **kwargs):
+            lines.append((x, kwargs.get("label")))
+            return original(self, x, *args, **kwargs)
+
+        monkeypatch.setattr(plt.Axes, "axvline", axvline)
+        return plt
+
+    monkeypatch.setattr(plots, "pyplot", spy)
+    plots.curves_png(phase_a, "r", tmp_path / "c.png", then={"loss": [0.5, 0.4, 0.45]}, kept=7)
+    assert (7, "weights kept (epoch 7)") in lines and (5.5, "phase A | phase B (fine-tuning)") in lines

@@ -217,7 +217,7 @@ def show_run(
     curves = kind_of(rec).curves(rec)
     if curves is not None:
         history, title, then = curves
-        extra = {} if then is None else {"then": then}
+        extra = {"kept": kind_of(rec).kept_epoch(rec)} | ({} if then is None else {"then": then})
         pngs.append(_png(folder, "curves.png", lambda t: curves_png(history, title, t, **extra)))
     return rec, pngs
 

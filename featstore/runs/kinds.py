@@ -112,6 +112,10 @@ class RunKind:
         """``(history, title, then)`` for curves.png, or None when the run has no training curves."""
         return (rec["history"], rec.id, None) if rec.history else None
 
+    def kept_epoch(self, rec: RunRecord) -> int | None:
+        """The epoch (1-based, on the curves' axis) whose weights the model ends with, when the run records it."""
+        return None
+
 
 def calibrated(rec: RunRecord, proba: np.ndarray) -> np.ndarray:
     """The run's probabilities as it gives them (its recorded calibration applied to its model's raw ones; see
@@ -348,6 +352,14 @@ class FinetuneKind(_FeaturesRun):
             return super().curves(rec)
         title = f"{rec['from_run']} (phase A) -> {rec.id} (phase B, from {rec['unfreeze_from']})"
         return rec["phase_a_history"], title, rec.get("history", {})
+
+    def kept_epoch(self, rec: RunRecord) -> int | None:
+        """Phase B's restored epoch after phase A's epochs; 0 (no epoch beat phase A) marks phase A's last epoch."""
+        restored = rec.get("restored_epoch")
+        if not isinstance(restored, int) or restored < 0:
+            return None  # a run recorded before restored_epoch existed
+        before = len(rec.get("phase_a_history", {}).get("loss", ())) if rec.get("phase_a_history") else 0
+        return before + restored if before + restored > 0 else None
 
 
 _KINDS: dict[str, RunKind] = {k.name: k for k in (FitKind(), EnsembleKind(), FinetuneKind())}
