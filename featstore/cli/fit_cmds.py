@@ -351,4 +351,8 @@ def export_split(
     from featstore.store.export import export as run_export
 
     r = run_export(store, split, out, extractor=extractor, format=fmt, features=features, augmented=augmented)
-    typer.echo(f"wrote {r.rows} rows of {r.n_features} values ({r.features}) to {r.path} ({r.format})")
+    from featstore.outputs import terminal_safe
+
+    typer.echo(
+        f"wrote {r.rows} rows of {r.n_features} values ({r.features}) to {terminal_safe(str(r.path))} ({r.format})"
+    )

@@ -72,7 +72,10 @@ def probe(
     )
     typer.echo(json.dumps(summary, indent=1) if as_json else probe_table(summary))
     if not as_json:
-        typer.echo(f"wrote {summary['png']} and {Path(summary['png']).with_name(summary['id'] + '.json')}")
+        from featstore.outputs import terminal_safe
+
+        json_path = Path(summary["png"]).with_name(summary["id"] + ".json")
+        typer.echo(f"wrote {terminal_safe(str(summary['png']))} and {terminal_safe(str(json_path))}")
 
 
 @app.command()
@@ -115,4 +118,6 @@ def fewshot(
     )
     typer.echo(json.dumps(summary, indent=1) if as_json else fewshot_table(summary))
     if not as_json:
-        typer.echo(f"wrote {summary['png']}")
+        from featstore.outputs import terminal_safe
+
+        typer.echo(f"wrote {terminal_safe(str(summary['png']))}")

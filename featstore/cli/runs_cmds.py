@@ -106,7 +106,9 @@ def runs_compare(
         _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": str(path)})
         return
     typer.echo(pair_report(pair) if pair else accuracy_lines(recs))
-    typer.echo(f"wrote {path}")
+    from featstore.outputs import terminal_safe
+
+    typer.echo(f"wrote {terminal_safe(str(path))}")
 
 
 @runs_app.command("evaluate")
