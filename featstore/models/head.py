@@ -162,7 +162,9 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=np.float32, reset=False)
         out = np.concatenate(
-            [np.asarray(self.model_.predict_on_batch(X[i : i + 1024])) for i in range(0, len(X), 1024)]
+            # the model called eagerly: predict_on_batch traces a tf.function per new batch shape and model, and
+            # TensorFlow then warns about "retracing" when a script fits and scores several heads
+            [np.asarray(self.model_(X[i : i + 1024], training=False)) for i in range(0, len(X), 1024)]
             or [np.zeros((0, self.model_.output_shape[-1]), np.float32)]
         )
         if out.shape[1] == 1:
