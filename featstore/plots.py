@@ -132,7 +132,7 @@ def compare_png(
                 [h - iv[0], iv[1] - h] if iv is not None and v is not None else [0, 0]
                 for h, v, iv in zip(heights, vals, ivs)
             ]
-        ).T
+        ).T.clip(min=0)  # an interval that misses its bar (a hand-edited run.json) draws no negative error bar
         bars = ax.bar(x + i * width, heights, width, label=split, yerr=err if err.any() else None, capsize=3)
         ax.bar_label(
             bars,

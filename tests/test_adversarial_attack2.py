@@ -1,0 +1,123 @@
+"""An independent attack on the newest surfaces (runs compare/show/evaluate, ensembles, report, similar, outputs):
+one test per problem found, each failing before its fix. Run folders here are copies of two runs fitted once on a
+small synthetic store, then edited as an attacker (or a damaged disk) would edit them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import traceback
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from featstore import fit
+from featstore.cli import app
+from featstore.store import writer
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def no_traceback(result) -> str:
+    """The output of a CLI call that ended by itself or with one line (never an uncaught exception)."""
+    exc = result.exception
+    if exc is not None and not isinstance(exc, SystemExit):
+        raise AssertionError("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A synthetic store of 3 classes (noisy, so runs differ) and a logreg and a knn run; returns (store, runs)."""
+    root = tmp_path_factory.mktemp("attack2")
+    store = root / "s.h5"
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (3, 8)).astype(np.float32)
+    for split, n in (("train", 60), ("validation", 30), ("test", 30)):
+        y = np.repeat(np.arange(3), n // 3).astype(np.int32)
+        X = centers[y] + np.random.default_rng(zlib.crc32(split.encode())).normal(0, 1.5, (n, 8))
+        writer.write_arrays(store, "s", split, X.astype(np.float32), y, ["a", "b", "c"])
+    runs = root / "runs"
+    a = fit(store, "logreg", runs=runs)["id"]
+    b = fit(store, "knn", runs=runs)["id"]
+    return store, runs, a, b
+
+
+@pytest.fixture
+def runs_copy(two_runs, tmp_path):
+    """A private copy of the two runs: (store, runs folder, logreg id, knn id)."""
+    store, runs, a, b = two_runs
+    return store, Path(shutil.copytree(runs, tmp_path / "runs")), a, b
+
+
+def edit_record(folder: Path, change) -> None:
+    p = folder / "run.json"
+    obj = json.loads(p.read_text())
+    change(obj)
+    p.write_text(json.dumps(obj))
+
+
+# ------------------------------------------------------------------ crafted run.json: calibration and metrics
+@pytest.mark.parametrize("t", [5e-324, 1e-310])
+def test_temperature_that_gives_nan_probabilities_is_refused(runs_copy, t):
+    """A finite positive T so small that logits / T overflow gave NaN probabilities: `runs compare` then declared a
+    66-point win between two runs of equal accuracy (argmax of NaN is 0), and evaluate/ensemble raised a traceback."""
+    store, runs, a, b = runs_copy
+    edit_record(runs / a, lambda o: o.update(calibration={"method": "temperature", "T": t, "input": "probabilities"}))
+    for args in (
+        ("runs", "compare", a, b),
+        ("runs", "evaluate", a, "--split", "test"),
+        ("ensemble", a, b),
+        ("runs", "show", a),
+    ):
+        r = cli(*args[:1], "--store", store, "--runs", runs, *args[1:]) if args[0] == "ensemble" else None
+        r = r or cli("runs", "--store", store, "--runs", runs, *args[1:])
+        out = no_traceback(r)
+        assert r.exit_code == 1, (args, out)
+        assert "calibration" in out and "run.json" in out and a in out, (args, out)
+    listing = no_traceback(cli("runs", "--store", store, "--runs", runs))
+    assert "broken" in listing and a in listing.split("broken")[1]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"accuracy": 5.0},
+        {"accuracy": float("nan")},
+        {"accuracy": -0.5},
+        {"macro_f1": float("inf")},
+        {"n": -3},
+    ],
+    ids=["accuracy-5", "accuracy-nan", "accuracy-negative", "macro_f1-inf", "n-negative"],
+)
+def test_headline_metrics_out_of_range_make_the_run_broken(runs_copy, change):
+    """accuracy, macro_f1 and n were only type-checked: NaN was listed as 'nan', and an accuracy of 5 made `runs
+    compare` end in matplotlib's traceback ('yerr' must not contain negative values)."""
+    store, runs, a, b = runs_copy
+    edit_record(runs / a, lambda o: o["metrics"]["test"].update(change))
+    listing = no_traceback(cli("runs", "--store", store, "--runs", runs))
+    assert "broken" in listing and "metrics" in listing, listing
+    r = cli("runs", "--store", store, "--runs", runs, "compare", a, b)
+    assert r.exit_code == 1 and "run.json" in no_traceback(r)
+
+
+def test_compare_chart_with_an_interval_that_misses_its_accuracy(runs_copy):
+    """A recorded accuracy interval that does not contain the accuracy (hand-edited, or another estimator's) gave
+    negative error bars, and `runs compare` died in matplotlib; the chart now draws the bar and clips the bar's
+    error at zero."""
+    store, runs, a, b = runs_copy
+
+    def change(o):
+        acc = o["metrics"]["test"]["accuracy"]
+        o["metrics"]["test"]["accuracy_ci"] = {"estimate": acc, "low": 0.0, "high": acc / 2, "level": 0.95}
+
+    edit_record(runs / a, change)
+    r = cli("runs", "--store", store, "--runs", runs, "compare", a, b, "--out", runs / "c.png")
+    assert r.exit_code == 0, no_traceback(r)
+    assert (runs / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
