@@ -121,3 +121,65 @@ def test_compare_chart_with_an_interval_that_misses_its_accuracy(runs_copy):
     r = cli("runs", "--store", store, "--runs", runs, "compare", a, b, "--out", runs / "c.png")
     assert r.exit_code == 0, no_traceback(r)
     assert (runs / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ crafted folders beside the store
+def _index_folder(store: Path) -> Path:
+    r = cli("similar", "--store", store, "--split", "train", "--build-index", "-k", "2", "train/0")
+    assert r.exit_code == 0 or "neither" in r.output, no_traceback(r)
+    (folder,) = [p.parent for p in Path(f"{store}.index").rglob("index.json")]
+    return folder
+
+
+@pytest.fixture
+def store_copy(two_runs, tmp_path):
+    store = Path(shutil.copy2(two_runs[0], tmp_path / "s.h5"))
+    return store
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda m: m.update(feature_dims="abc"),
+        lambda m: m.update(rows=None),
+        lambda m: m.update(dims=[1]),
+        lambda m: m.update(commit=[1]),
+        lambda m: m.update(feature_dims=10**12, dims=10**12),
+    ],
+    ids=["dims-string", "rows-null", "dims-list", "commit-list", "dims-huge"],
+)
+def test_crafted_similarity_index_json_is_one_line(store_copy, change):
+    """index.json's sizes were passed to int() outside the try and its commit was assumed a dict: `similar` ended in
+    ValueError, TypeError or AttributeError tracebacks."""
+    folder = _index_folder(store_copy)
+    meta = json.loads((folder / "index.json").read_text())
+    change(meta)
+    (folder / "index.json").write_text(json.dumps(meta))
+    r = cli("similar", "--store", store_copy, "--split", "train", "--index", "-k", "2", "train/0")
+    out = no_traceback(r)
+    assert r.exit_code == 1 and "--build-index" in out, out
+
+
+def test_similarity_index_model_zip_bomb_is_refused_unread(store_copy):
+    """model.npz was read with np.load: a member declaring 12 GB of float32 (a few MB of deflated zeros) was
+    allocated and unpacked before any check. It is now checked like a run folder's zips before anything is unpacked."""
+    import io
+    import zipfile
+
+    folder = _index_folder(store_copy)
+    with np.load(folder / "model.npz") as z:
+        keep = {k: z[k] for k in ("components", "pca_mean")}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (3_000_000_000,)})
+    with zipfile.ZipFile(folder / "model.npz", "w", zipfile.ZIP_DEFLATED) as z:
+        for k, v in keep.items():
+            b = io.BytesIO()
+            np.save(b, v)
+            z.writestr(f"{k}.npy", b.getvalue())
+        with z.open("mean.npy", "w", force_zip64=True) as fh:
+            fh.write(header.getvalue())
+            for _ in range(8):
+                fh.write(b"\0" * (1 << 24))  # 128 MiB of zeros in about 130 KB
+    r = cli("similar", "--store", store_copy, "--split", "train", "--index", "-k", "2", "train/0")
+    out = no_traceback(r)
+    assert r.exit_code == 1 and "model.npz" in out and "--build-index" in out, out
