@@ -183,3 +183,24 @@ def test_similarity_index_model_zip_bomb_is_refused_unread(store_copy):
     r = cli("similar", "--store", store_copy, "--split", "train", "--index", "-k", "2", "train/0")
     out = no_traceback(r)
     assert r.exit_code == 1 and "model.npz" in out and "--build-index" in out, out
+
+
+def test_crafted_map_cache_rows_are_not_used(store_copy):
+    """The report's cached map layout (features.h5.cache/maps/*.npz) was trusted for its sampled rows: a row index
+    past the split's end ended `featstore report` in IndexError. A layout is reused only for exactly the rows
+    sampled now."""
+    from featstore.experiments.projection import project
+
+    cache = Path(f"{store_copy}.cache") / "maps"
+    first = project(store_copy, max_rows=50, method="pca", cache=cache)
+    (path,) = cache.glob("*.npz")
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["rows_0"] = arrays["rows_0"].copy()
+    arrays["rows_0"][0] = 10**9
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+    again = project(store_copy, max_rows=50, method="pca", cache=cache)
+    assert not again.cached and all(np.array_equal(again.sample[s], first.sample[s]) for s in first.sample)
+    r = cli("report", "--store", store_copy, "--no-leaks", "--map-method", "pca", "--out", store_copy.parent / "site")
+    assert r.exit_code == 0, no_traceback(r)
