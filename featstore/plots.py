@@ -21,8 +21,11 @@ def pyplot():
 
 def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, path: Path) -> Path:
     """Confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+    from featstore.outputs import terminal_safe
+
     plt = pyplot()
     m = np.asarray(matrix)
+    class_names = [terminal_safe(c) for c in class_names]  # a name's control characters drawn as \x.., never as glyphs
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k))
     ax.imshow(m, cmap="Blues")
@@ -174,6 +177,9 @@ def heatmap_png(
 
     >>> heatmap_png(["vgg16@block4_pool"], ["logreg", "svm"], np.array([[0.8, 0.7]]), "sweep", Path("s.png"))  # doctest: +SKIP
     """
+    from featstore.outputs import terminal_safe
+
+    rows = [terminal_safe(r) for r in rows]  # extractor names from a store: control characters drawn as \x..
     plt = pyplot()
     tall = 0.8 if intervals is not None else 0.55  # room for the interval under each value
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * len(cols) + 3.5), max(2.5, tall * len(rows) + 1.8)))

@@ -204,3 +204,31 @@ def test_crafted_map_cache_rows_are_not_used(store_copy):
     assert not again.cached and all(np.array_equal(again.sample[s], first.sample[s]) for s in first.sample)
     r = cli("report", "--store", store_copy, "--no-leaks", "--map-method", "pca", "--out", store_copy.parent / "site")
     assert r.exit_code == 0, no_traceback(r)
+
+
+# ------------------------------------------------------------------ names from files printed to a terminal
+HOSTILE = ["\x1b]0;owned\x07cat", "d\u202eog", "fox\x1b[2J"]  # a title escape, a bidi override, a clear-screen
+
+
+def test_run_reports_escape_class_and_extractor_names(tmp_path):
+    """`info` escaped class names, but the run reports printed them raw: `fit`, `runs show`, `runs evaluate`, `runs
+    compare`, `runs` and `sweep` sent a store's escape sequences and bidi overrides to the terminal."""
+    store = tmp_path / "s.h5"
+    rng = np.random.default_rng(1)
+    name = "x\x1b[31m"
+    for split, n in (("train", 30), ("validation", 15), ("test", 15)):
+        y = np.repeat(np.arange(3), n // 3).astype(np.int32)
+        writer.write_arrays(store, name, split, (rng.normal(0, 1, (n, 4)) + y[:, None]).astype(np.float32), y, HOSTILE)
+    runs = tmp_path / "runs"
+    outputs = [cli("fit", "--store", store, "--runs", runs, "--clf", "knn")]
+    rid = json.loads(no_traceback(cli("runs", "--store", store, "--runs", runs, "--json")))["runs"][0]["id"]
+    outputs += [
+        cli("runs", "--store", store, "--runs", runs),
+        cli("runs", "--store", store, "--runs", runs, "show", rid),
+        cli("runs", "--store", store, "--runs", runs, "evaluate", rid, "--split", "train"),
+        cli("sweep", "--store", store, "--runs", runs, "--clf", "knn", "--png", tmp_path / "s.png"),
+    ]
+    for r in outputs:
+        out = no_traceback(r)
+        assert r.exit_code == 0, out
+        assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, out
