@@ -232,3 +232,23 @@ def test_run_reports_escape_class_and_extractor_names(tmp_path):
         out = no_traceback(r)
         assert r.exit_code == 0, out
         assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out, out
+
+
+# ------------------------------------------------------------------ outputs onto the store
+def test_outputs_never_replace_the_store(two_runs, tmp_path):
+    """`export` refused --out naming the store, but `leaks --out features.h5`, `similar --html features.h5` and
+    `predict --out` replaced the store with a CSV or a page (each through a clean atomic rename: the store was gone).
+    Every output now refuses an existing HDF5 file."""
+    store = Path(shutil.copy2(two_runs[0], tmp_path / "s.h5"))
+    other = Path(shutil.copy2(two_runs[0], tmp_path / "other.h5"))
+    before = store.read_bytes()
+    for args in (
+        ("leaks", "--store", store, "--out", store),
+        ("leaks", "--store", store, "--out", other),
+        ("similar", "--store", store, "--split", "train", "-k", "2", "--exact", "--html", store, "train/0"),
+        ("export", "--store", store, "--split", "test", "--out", other, "--format", "csv"),
+    ):
+        r = cli(*args)
+        out = no_traceback(r)
+        assert r.exit_code == 1 and ("HDF5" in out or "store itself" in out), (args, out)
+    assert store.read_bytes() == before and other.read_bytes() == before
