@@ -35,7 +35,8 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """Refuse, before any work, a name that cannot take a whole new file; returns it as a Path.
 
     Refused: a FIFO, device or socket (``/dev/full``, a named pipe), a symbolic link (even a dangling one), a
-    folder, a parent that is missing or is not a folder. Example::
+    folder, an existing HDF5 file (a store: ``leaks --out features.h5`` would have replaced it), a parent that is
+    missing or is not a folder. Example::
 
         out = check_output("predictions.csv", "--out")
     """
@@ -59,6 +60,11 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
                 f"{what} {path} is not a regular file (a pipe, device or socket); "
                 f"featstore writes only regular files. Choose another path"
             )
+        if _is_hdf5(path):
+            raise OutputError(
+                f"{what} {path} is an HDF5 file (a feature store?); featstore never replaces one with an output. "
+                f"Choose another name, or remove it first if it is not needed"
+            )
     parent = path.parent
     if not parent.exists():
         raise OutputError(
@@ -67,6 +73,22 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     if not parent.is_dir():
         raise OutputError(f"cannot write {what} {path}: {parent} is not a folder; choose another path")
     return path
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path: Path) -> bool:
+    """Whether the regular file ``path`` starts with HDF5's signature (at 0, or after a user block of 512 ... 8192)."""
+    try:
+        with open(path, "rb") as fh:
+            for offset in (0, 512, 1024, 2048, 4096, 8192):
+                fh.seek(offset)
+                if fh.read(8) == _HDF5_SIGNATURE:
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "output") -> Path:

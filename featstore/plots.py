@@ -21,8 +21,11 @@ def pyplot():
 
 def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, path: Path) -> Path:
     """Confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+    from featstore.outputs import terminal_safe
+
     plt = pyplot()
     m = np.asarray(matrix)
+    class_names = [terminal_safe(c) for c in class_names]  # a name's control characters drawn as \x.., never as glyphs
     k = len(class_names)
     fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k))
     ax.imshow(m, cmap="Blues")
@@ -139,7 +142,7 @@ def compare_png(
                 [h - iv[0], iv[1] - h] if iv is not None and v is not None else [0, 0]
                 for h, v, iv in zip(heights, vals, ivs)
             ]
-        ).T
+        ).T.clip(min=0)  # an interval that misses its bar (a hand-edited run.json) draws no negative error bar
         bars = ax.bar(x + i * width, heights, width, label=split, yerr=err if err.any() else None, capsize=3)
         ax.bar_label(
             bars,
@@ -181,6 +184,9 @@ def heatmap_png(
 
     >>> heatmap_png(["vgg16@block4_pool"], ["logreg", "svm"], np.array([[0.8, 0.7]]), "sweep", Path("s.png"))  # doctest: +SKIP
     """
+    from featstore.outputs import terminal_safe
+
+    rows = [terminal_safe(r) for r in rows]  # extractor names from a store: control characters drawn as \x..
     plt = pyplot()
     tall = 0.8 if intervals is not None else 0.55  # room for the interval under each value
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * len(cols) + 3.5), max(2.5, tall * len(rows) + 1.8)))

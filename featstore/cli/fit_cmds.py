@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo  # noqa: F401
 from featstore.errors import FeatstoreError
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def fit(
             augmented=augmented,
         ),
     )
-    typer.echo(run_report(rec, [], per_class=False))
+    echo(run_report(rec, [], per_class=False))
 
 
 @app.command()
@@ -189,7 +189,7 @@ def sweep(
 
         typer.echo(json.dumps(summary, indent=1))
         return
-    typer.echo(sweep_table(summary))
+    echo(sweep_table(summary))
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def runs_list(
     if json_out:
         _echo_json(runs_json(listing.records, listing.broken))
         return
-    typer.echo(runs_table(listing.records, listing.broken))
+    echo(runs_table(listing.records, listing.broken))
 
 
 @runs_app.command("show")
@@ -75,7 +75,7 @@ def runs_show(
     if json_out:
         _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs]})
         return
-    typer.echo(run_report(rec, pngs))
+    echo(run_report(rec, pngs))
 
 
 @runs_app.command("compare")
@@ -105,7 +105,7 @@ def runs_compare(
     if json_out:
         _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": str(path)})
         return
-    typer.echo(pair_report(pair) if pair else accuracy_lines(recs))
+    echo(pair_report(pair) if pair else accuracy_lines(recs))
     from featstore.outputs import terminal_safe
 
     typer.echo(f"wrote {terminal_safe(str(path))}")
@@ -131,7 +131,7 @@ def runs_evaluate(
     if json_out:
         _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said})
         return
-    typer.echo(evaluated_lines(rec.id, split, m, said))
+    echo(evaluated_lines(rec.id, split, m, said))
 
 
 @app.command()
@@ -148,7 +148,7 @@ def ensemble(
     from featstore.experiments.ensemble import ensemble as run_ensemble
     from featstore.report.tables import run_report
 
-    typer.echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
+    echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
 
 
 @app.command()
@@ -232,7 +232,7 @@ def finetune(
     rec = run_finetune(
         run, config, data=data, store=store, runs=runs, weights=weights, trust_model=trust_model, workers=workers
     )
-    typer.echo(run_report(rec, [], per_class=False))
+    echo(run_report(rec, [], per_class=False))
 
 
 @app.command()

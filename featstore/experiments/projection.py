@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from featstore.errors import ConfigError, StoreError
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.search import query_blocks
 from featstore.outputs import write_atomic
+from featstore.safezip import check_zip
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -181,12 +183,12 @@ def project(
     rows = {s: int(fs.split_info(s, name)["committed_rows"]) for s in chosen}
     how = choose_method(method)
     key = _key(fs, name, chosen, max_rows, how, seed)
-    hit = _cached(cache, name, key, chosen) if cache else None
+    sample = sample_rows(rows, max_rows, seed)
+    hit = _cached(cache, name, key, sample) if cache else None
     if hit is not None:
-        shown, settings, seed_, seconds, xy, sample = hit
+        shown, settings, seed_, seconds, xy = hit
         fp = fs.metadata(name).get("fingerprint")
         return Projection(name, fp, shown, settings, seed_, rows, sample, xy, seconds, cached=True)
-    sample = sample_rows(rows, max_rows, seed)
     parts = []
     for s in chosen:
         if len(sample[s]):
@@ -222,18 +224,24 @@ def _cache_file(cache: str | os.PathLike, name: str, key: str) -> Path:
     return Path(cache) / f"map-{hashlib.sha256(os.fsencode(name)).hexdigest()[:12]}-{key}.npz"
 
 
-def _cached(cache, name: str, key: str, splits: list[str]):
-    """``(method, settings, seed, seconds, xy, sample)`` of a cached layout, or None (a damaged file is ignored)."""
+def _cached(cache, name: str, key: str, sample: dict[str, np.ndarray]):
+    """``(method, settings, seed, seconds, xy)`` of a cached layout of exactly the rows ``sample``, or None (a damaged
+    or crafted file is ignored: read bounded, its rows must be the ones sampled now, its points finite)."""
     path = _cache_file(cache, name, key)
+    splits = list(sample)
     try:
+        check_zip(path)  # before anything is unpacked: no zip bombs
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            sample = {s: np.asarray(z[f"rows_{i}"], np.int64) for i, s in enumerate(splits)}
+            same = all(np.array_equal(z[f"rows_{i}"], sample[s]) for i, s in enumerate(splits))
             xy = np.asarray(z["xy"], np.float32)
-        if xy.shape != (sum(len(r) for r in sample.values()), 2) or meta["splits"] != splits:
+        n = sum(len(r) for r in sample.values())
+        if not same or xy.shape != (n, 2) or not np.isfinite(xy).all() or meta["splits"] != splits:
             return None
-        return meta["method"], meta["settings"], int(meta["seed"]), float(meta["seconds"]), xy, sample
-    except (OSError, ValueError, KeyError, TypeError):
+        if not (isinstance(meta["method"], str) and isinstance(meta["settings"], dict)):
+            return None
+        return meta["method"], meta["settings"], int(meta["seed"]), float(meta["seconds"]), xy
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
         return None
 
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from featstore.errors import ConfigError, StoreError
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.search import normalised, query_blocks, scan
 from featstore.outputs import terminal_safe, write_atomic, write_text
+from featstore.safezip import check_zip, read_npy
 from featstore.store.layout import PATH_ERRORS, validate_labels
 from featstore.store.reader import FeatureStore
 from featstore.version import __version__
@@ -256,22 +259,30 @@ def load_index(fs: FeatureStore, name: str, split: str, required: bool = False) 
         )
     now = _commit(fs, name, split)
     if meta.get("commit") != now:
-        diff = ", ".join(
-            f"{k} {meta.get('commit', {}).get(k)!r} -> {now.get(k)!r}"
-            for k in now
-            if meta.get("commit", {}).get(k) != now.get(k)
-        )
+        was = meta.get("commit") if isinstance(meta.get("commit"), dict) else {}
+        diff = ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in now if was.get(k) != now.get(k))
         raise ConfigError(
             f"the similarity index {terminal_safe(str(folder))} is stale: split {split!r} changed since it was "
             f"built ({diff}); {rebuild}"
         )
+    d, rows, width = (meta.get(k) for k in ("feature_dims", "rows", "dims"))
+    shape = fs.split_info(split, name).get("shape") or [0]
+    if not all(type(v) is int and v >= 0 for v in (d, rows, width)) or d != math.prod(shape[1:]) or width > d:
+        raise StoreError(
+            f"similarity index {terminal_safe(str(folder))}: index.json's sizes are not the split's; {rebuild}"
+        )
+    part = folder / "vectors.npy"
     try:
-        vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
-        with np.load(folder / "model.npz", allow_pickle=False) as z:
-            mean, components, pca_mean = (np.asarray(z[k], np.float32) for k in ("mean", "components", "pca_mean"))
-    except (OSError, ValueError, KeyError) as exc:
-        raise StoreError(f"similarity index {terminal_safe(str(folder))} cannot be read ({exc}); {rebuild}") from None
-    d, rows, width = int(meta.get("feature_dims", -1)), int(meta.get("rows", -1)), int(meta.get("dims", -1))
+        vectors = np.load(part, mmap_mode="r", allow_pickle=False)
+        part = folder / "model.npz"
+        check_zip(part)  # a crafted model.npz is refused before it is unpacked (no zip bombs)
+        with open(folder / "model.npz", "rb") as fh, zipfile.ZipFile(fh) as z:
+            mean, pca_mean = (read_npy(z, f"{k}.npy", "f", (d,)).astype(np.float32) for k in ("mean", "pca_mean"))
+            components = read_npy(z, "components.npy", "f", (None, d)).astype(np.float32)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise StoreError(
+            f"similarity index file {terminal_safe(str(part))} cannot be read ({exc}); {rebuild}"
+        ) from None
     if (
         vectors.dtype != np.float32
         or vectors.shape != (rows, width)

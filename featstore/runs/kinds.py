@@ -123,7 +123,13 @@ def calibrated(rec: RunRecord, proba: np.ndarray) -> np.ndarray:
     cal = rec.calibration
     if cal["method"] == "none" and cal.get("input", "probabilities") == "probabilities":
         return proba
-    return apply_calibration(thaw(cal), proba)
+    out = apply_calibration(thaw(cal), proba)
+    if not np.isfinite(out).all():  # logits so large that logits / T overflow: never a NaN probability downstream
+        raise BrokenRunError(
+            f"run {rec.id}: its calibration (T = {cal.get('T')!r} in its {RECORD}) gives NaN or infinite "
+            f"probabilities; remove the run folder or restore its {RECORD}"
+        )
+    return out
 
 
 class ImagesModel:

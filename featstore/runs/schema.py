@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from featstore.runs.files import BrokenRunError
+from featstore.stats.calibration import FLOOR as CALIBRATION_FLOOR
 from featstore.stats.calibration import INPUTS as CALIBRATION_INPUTS
 from featstore.stats.calibration import METHODS as CALIBRATION_METHODS
 
@@ -95,7 +96,9 @@ def check_metrics(m: object, k: int, where: str, folder: Path) -> None:
             f"{where} need a {k}x{k} integer confusion matrix and per-class "
             f"{', '.join(PER_CLASS)}; remove the folder {folder}"
         )
-    bad = [key for key in METRIC_NUMBERS if key in m and not finite(m[key])]
+    bad = [key for key in ("accuracy", "macro_f1") if not (finite(m[key]) and 0 <= m[key] <= 1)]
+    bad += ["n"] if m["n"] < 0 or any(v < 0 for v in itertools.chain.from_iterable(cm)) else []
+    bad += [key for key in METRIC_NUMBERS if key in m and not finite(m[key])]
     bad += [key for key in METRIC_INTERVALS if key in m and not _interval(m[key])]
     if "reliability" in m and not _bins(m["reliability"]):
         bad.append("reliability")
@@ -104,7 +107,8 @@ def check_metrics(m: object, k: int, where: str, folder: Path) -> None:
         bad.append("before_calibration")
     if bad:
         raise BrokenRunError(
-            f"{where}: {', '.join(bad)} must be finite numbers (an interval: estimate, low, high and level; "
+            f"{where}: {', '.join(bad)} must be finite numbers (accuracy and macro_f1 in [0, 1], counts not "
+            f"negative; an interval: estimate, low, high and level; "
             f"reliability: bins of low, high, count, confidence, accuracy); remove the folder {folder} or restore "
             f"its run.json"
         )
@@ -145,8 +149,17 @@ def check_calibration(cal: object, where: str, folder: Path) -> None:
         problem = "a temperature calibration needs a finite positive T"
     elif cal.get("floor") is not None and not (finite(cal["floor"]) and 0 < cal["floor"] < 1):
         problem = "its probability floor must lie in (0, 1)"
+    elif cal["method"] == "temperature" and not _usable_temperature(cal):
+        problem = f"T = {cal['T']!r} is so small that logits / T overflow (NaN probabilities)"
     if problem:
         raise BrokenRunError(f"{where}: calibration is not usable: {problem}; remove the folder {folder}")
+
+
+def _usable_temperature(cal: dict) -> bool:
+    """Whether dividing the logits by ``T`` stays finite: ``1 / T`` does, and so does the floored log-probability's."""
+    t, floor = cal["T"], cal.get("floor") or CALIBRATION_FLOOR
+    low = math.log(floor) if cal.get("input", "probabilities") == "probabilities" else 1.0
+    return math.isfinite(1.0 / t) and math.isfinite(low / t)
 
 
 def check_weights(weights: object, n: int) -> bool:

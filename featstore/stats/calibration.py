@@ -162,7 +162,8 @@ def apply_calibration(record: dict, values) -> np.ndarray:
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
         raise ConfigError(f"a temperature calibration needs a finite positive 'T', got {t!r}")
     floor = record.get("floor") or FLOOR
-    return softmax(as_logits(values, input, floor) / t)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow gives NaN rows, which callers check and refuse
+        return softmax(as_logits(values, input, floor) / t)
 
 
 def _rows(values) -> np.ndarray:
