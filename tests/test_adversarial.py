@@ -521,7 +521,7 @@ RUN_FOLDER_CASES = [
     Case(
         "logreg_coefficients_nan",
         _skops_array("LogisticRegression", "coef_", lambda a: np.full_like(a, np.nan)),
-        "gives NaN, inf or probabilities outside",
+        "gives NaN, inf, probabilities outside",
         outcome="apply",
     ),
     Case(
@@ -566,6 +566,12 @@ RUN_FOLDER_CASES = [
         "predictions_nan",
         _predictions("validation__proba", lambda a: _npy(np.full_like(a, np.nan))),
         "NaN, inf or values outside",
+        outcome="used",
+    ),
+    Case(
+        "predictions_rows_not_summing_to_one",  # zeros: a paired test would find a "difference", log-loss 0.000
+        _predictions("test__proba", lambda a: _npy(np.zeros_like(a))),
+        "rows that do not sum to 1",
         outcome="used",
     ),
     Case(

@@ -383,9 +383,9 @@ FINETUNE_RUN_CASES = [
         "model_gives_nan",
         _swap_model(_tiny(1, nan=True, activation="sigmoid")),
         "apply",
-        "NaN, inf or probabilities outside",
+        "NaN, inf, probabilities outside",
     ),
-    ("model_gives_logits", _swap_model(_tiny(1, activation="linear")), "apply", "NaN, inf or probabilities outside"),
+    ("model_gives_logits", _swap_model(_tiny(1, activation="linear")), "apply", "NaN, inf, probabilities outside"),
 ]
 
 

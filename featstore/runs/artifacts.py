@@ -338,9 +338,12 @@ def _applying(run_id: str):
 
 
 def _probabilities(proba: np.ndarray, rows: int, n_classes: int) -> bool:
-    """Whether ``proba`` is ``(rows, n_classes)`` of finite values in [0, 1] (to rounding)."""
+    """Whether ``proba`` is ``(rows, n_classes)`` of finite values in [0, 1] whose rows sum to 1 (to rounding)."""
     return proba.shape == (rows, n_classes) and bool(
-        np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()
+        np.isfinite(proba).all()
+        and (proba >= -1e-6).all()
+        and (proba <= 1 + 1e-6).all()
+        and (np.abs(proba.sum(axis=1) - 1.0) <= 1e-3).all()
     )
 
 
@@ -357,7 +360,7 @@ def checked_proba(est, X: np.ndarray, n_classes: int, run_id: str) -> np.ndarray
         proba = full_proba(est, X, n_classes)
     if not _probabilities(proba, len(X), n_classes):
         raise BrokenRunError(
-            f"the model in run {run_id} gives NaN, inf or probabilities outside [0, 1] on these features; "
+            f"the model in run {run_id} gives NaN, inf, probabilities outside [0, 1] or rows that do not sum to 1 on these features; "
             f"its state was altered or damaged. Fit the classifier again."
         )
     return proba
@@ -369,7 +372,7 @@ def checked_finetuned(model, images: np.ndarray, n_classes: int, run_id: str) ->
         proba = model.proba(images)
     if not _probabilities(proba, len(images), n_classes):
         raise BrokenRunError(
-            f"the model in run {run_id} gives {proba.shape} outputs, NaN, inf or probabilities outside [0, 1] for "
+            f"the model in run {run_id} gives {proba.shape} outputs, NaN, inf, probabilities outside [0, 1] or rows that do not sum to 1 for "
             f"{len(images)} images of {n_classes} classes; it was altered or damaged. Fine-tune again."
         )
     return proba

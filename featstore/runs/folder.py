@@ -187,7 +187,7 @@ def calibrated_predictions(folder: Path, rec: RunRecord) -> dict[str, np.ndarray
 
 def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:
     """A run's stored validation/test probabilities and labels, after checking the file's recorded sha256, its zip sizes,
-    and that each split has ``n`` rows (the recorded count) of probabilities in [0, 1], one column per class, and labels
+    and that each split has ``n`` rows (the recorded count) of probabilities in [0, 1] summing to 1, one column per class, and labels
     of those classes."""
     path = verify_file(folder, PREDICTIONS, rec["predictions_sha256"], "stored predictions")
     check_zip_file(path, "stored predictions", folder, "npz file")
@@ -209,6 +209,8 @@ def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:
                 labels = read_npy(z, f"{split}__labels.npy", "iu", (info["n"],))
                 if not (np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()):
                     raise ValueError(f"{split}__proba holds NaN, inf or values outside [0, 1]")
+                if proba.size and not (np.abs(proba.sum(axis=1, dtype=np.float64) - 1.0) <= 1e-3).all():
+                    raise ValueError(f"{split}__proba holds rows that do not sum to 1 (not probabilities)")
                 if labels.size and (labels.min() < 0 or labels.max() >= k):
                     raise ValueError(f"{split}__labels holds labels outside 0..{k - 1}")
                 out[f"{split}__proba"], out[f"{split}__labels"] = proba, labels
