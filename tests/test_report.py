@@ -242,3 +242,19 @@ def test_no_leaks_searches_nothing(own, tmp_path):
     assert not list(cache_dir(own).glob("leaks-*.json"))
     build_report(own, out=tmp_path / "site", map_method="pca")
     assert len(list(cache_dir(own).glob("leaks-*.json"))) == 1  # found once, then kept
+
+
+def test_a_report_inside_the_runs_folder_is_refused_and_a_huge_manifest_is_not_read(own, tmp_path):
+    from featstore.report.site.build import MANIFEST, MANIFEST_MAX_BYTES
+
+    inside = own.with_suffix(".runs") / "site"
+    with pytest.raises(ConfigError, match="inside the runs folder"):
+        build_report(own, out=inside, map_method="pca")
+    assert not inside.exists()  # `featstore runs` would list it as a broken run, and its advice would delete it
+    out = tmp_path / "site"
+    out.mkdir()
+    keep = out / "keep.txt"
+    keep.write_text("not the report's")
+    (out / MANIFEST).write_text(json.dumps({"files": ["keep.txt"], "pad": "x" * MANIFEST_MAX_BYTES}))
+    build_report(own, out=out, map_method="pca")
+    assert keep.read_text() == "not the report's"  # a planted manifest over the limit is not read: nothing removed

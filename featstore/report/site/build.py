@@ -27,7 +27,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, FeatstoreError, OutputError
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
-from featstore.outputs import check_output, write_text
+from featstore.outputs import check_output, terminal_safe, write_text
 from featstore.report.site import charts
 from featstore.report.site.mapview import map_view
 from featstore.report.site.render import figure_json, original, render, write_assets
@@ -40,6 +40,7 @@ from featstore.store.reader import FeatureStore
 logger = logging.getLogger(__name__)
 
 MANIFEST = ".featstore-report.json"
+MANIFEST_MAX_BYTES = 64 << 20  # the files of an earlier report; far more than any report lists
 PLACEHOLDER = "assets/placeholder.svg"
 DEFAULT_GALLERY = 60  # images per confusion cell (mistakes pages: four times as many)
 
@@ -101,6 +102,8 @@ def _prepare(out: Path) -> set[str]:
             )
         return set()
     try:
+        if manifest.stat().st_size > MANIFEST_MAX_BYTES:  # a planted one: read nothing, clean nothing
+            return set()
         listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
         return {f for f in listed if isinstance(f, str)}
     except (OSError, ValueError, KeyError, TypeError):
@@ -147,6 +150,12 @@ def build_report(
     map_method = choose_method(map_method)  # an unknown name is refused before any work
     fs = FeatureStore(store)
     out = Path(out) if out is not None else default_out(store)
+    runs_folder = runs_root(store, runs).resolve()
+    if out.resolve() == runs_folder or out.resolve().is_relative_to(runs_folder):
+        raise ConfigError(
+            f"--out {terminal_safe(str(out))} is inside the runs folder {terminal_safe(str(runs_folder))}, where "
+            f"every folder is a run; give a folder outside it (default: {terminal_safe(str(default_out(store)))})"
+        )
     old = _prepare(out)
     # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
     write_text(out / MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
