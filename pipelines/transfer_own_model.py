@@ -203,11 +203,39 @@ def main() -> None:
             f"| {label} | {mean_sd_text(accs, 3)} | {mean_ci_text(accs, 3)} | {min(accs):.3f} | {max(accs):.3f} | "
             f"{', '.join(f'{a:.3f}' for a in accs)} |"
         )
+    lines += ["", *paired_lines(results, seeds)]
     table = "\n".join(lines)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n", encoding="utf-8")
+
+
+def paired_lines(results: list[dict], seeds: list[int]) -> list[str]:
+    """Each pair of options compared trial by trial (the same small set and test images in a trial): the mean
+    difference ± sd, its 95 % t interval and the paired t-test's p; "larger than chance" only when the interval
+    leaves out 0."""
+    from scipy import stats
+
+    keys = list(LABELS)
+    out = [
+        f"Paired over the {len(seeds)} trials (each trial: the same small set and test images for every option):",
+        "",
+        "| comparison | difference, mean ± sd | 95 % CI (t) | paired t-test p | verdict |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for a, b in ((keys[1], keys[0]), (keys[2], keys[0]), (keys[2], keys[1])):
+        diff = np.array([r[a] - r[b] for r in results])
+        if len(diff) < 2:
+            continue
+        mean, sd = float(diff.mean()), float(diff.std(ddof=1))
+        half = float(stats.t.ppf(0.975, len(diff) - 1) * sd / np.sqrt(len(diff))) if sd > 0 else 0.0
+        p = float(stats.ttest_rel([r[a] for r in results], [r[b] for r in results]).pvalue) if sd > 0 else 1.0
+        verdict = "larger than chance" if mean - half > 0 or mean + half < 0 else "within noise"
+        out.append(
+            f"| ({a}) − ({b}) | {mean:+.3f} ± {sd:.3f} | [{mean - half:+.3f}, {mean + half:+.3f}] | {p:.3f} | {verdict} |"
+        )
+    return out
 
 
 def _given(args) -> list[str]:

@@ -105,3 +105,24 @@ def test_fashion_mnist_pipeline_with_seeds_on_a_tiny_subset(tmp_path):
     assert data[0] != data[1]  # each seed a different carve
     saved = json.loads((out / "results.json").read_text())
     assert [d["seed"] for d in saved["draws"]] == [0, 1] and "--seeds 0,1" in saved["command"]
+
+
+def test_transfer_recipe_compares_options_trial_by_trial():
+    sys.path.insert(0, str(ROOT / "pipelines"))
+    try:
+        import transfer_own_model
+    finally:
+        sys.path.remove(str(ROOT / "pipelines"))
+    # (b) is ahead of (a) by 0.02 in every trial: larger than chance; (c) - (a) moves around 0: within noise
+    results = [
+        {"a": a, "b": a + 0.02 + e, "c": a + d}
+        for a, e, d in [(0.85, 0.001, 0.03), (0.9, -0.001, -0.03), (0.88, 0.0, 0.01)]
+    ]
+    lines = transfer_own_model.paired_lines(results, [0, 1, 2])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| (")}
+    assert "+0.020 ± 0.001" in rows["(b) − (a)"] and rows["(b) − (a)"].endswith("| larger than chance |")
+    assert rows["(c) − (a)"].endswith("| within noise |")
+    from scipy import stats
+
+    p = stats.ttest_rel([r["c"] for r in results], [r["a"] for r in results]).pvalue
+    assert f"| {p:.3f} |" in rows["(c) − (a)"]
