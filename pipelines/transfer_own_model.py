@@ -75,7 +75,11 @@ def train(model, x, y, xv, yv, epochs: int, seed: int):
 
 
 def accuracy(model, x, y) -> float:
-    return float(np.mean(model.predict(x[..., None], verbose=0, batch_size=256).argmax(axis=1) == y))
+    """Test accuracy; the model is called eagerly in blocks (model.predict traces a function per new model, and
+    TensorFlow warns about retracing after a few trials)."""
+    x = x[..., None].astype("float32")
+    proba = np.concatenate([np.asarray(model(x[i : i + 256], training=False)) for i in range(0, len(x), 256)])
+    return float(np.mean(proba.argmax(axis=1) == y))
 
 
 def pick(labels: np.ndarray, classes: list[int], n: int, rng, exclude: set | None = None) -> np.ndarray:
