@@ -11,87 +11,184 @@ import h5py
 import numpy as np
 import pytest
 
-from featstore import ExtractorConfig, FeatureStore, StoreError, extract
+from featstore import ExtractorConfig, FeatstoreError, FeatureStore, StoreError, extract
 from featstore.store import writer
 from featstore.store.check import check_store
+from featstore.store.locking import StoreFile
 
 from .conftest import write_images
+from .kill_writer import NAMES as SYNTHETIC_NAMES
+from .kill_writer import main as write_synthetic
 
 CFG = dict(model="vgg16", image_size=32, weights="none", seed=5)
 WRITER = (
     "import sys; from featstore import extract, ExtractorConfig; "
-    "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, compression=sys.argv[4])"
+    "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, compression='gzip', "
+    "augment=1)"
 )
+SYNTHETIC = Path(__file__).with_name("kill_writer.py")  # the store's write path and loop without TensorFlow
 
 
-def _committed(path: Path) -> int:
+def _commits(path: Path) -> dict[str, int]:
+    """Committed rows of every split key of every group (``{}`` while there is no store, or the writer holds it)."""
     try:
-        return int(FeatureStore(path).split_info("train")["committed_rows"])
-    except StoreError:
-        return -1
+        with StoreFile(path).open("r", timeout=0) as f:  # never wait for the writer: a busy store is no news
+            return {
+                f"{name}/{key}": int(f[name][key].attrs["commit"][0])
+                for name in f
+                for key in ("train", "train/augmented")
+                if key in f[name] and "commit" in f[name][key].attrs
+            }
+    except (OSError, FeatstoreError):
+        return {}
 
 
-def _same(a: Path, b: Path) -> bool:
-    x, y = FeatureStore(a), FeatureStore(b)
-    xa, ya = x.load("train")
-    xb, yb = y.load("train")
-    return (
-        np.array_equal(xa, xb)
-        and np.array_equal(ya, yb)
-        and x.paths("train") == y.paths("train")
-        and x.failures("train") == y.failures("train")
-        and xa.tobytes() == xb.tobytes()
-    )
+def _after_kill(path: Path, last: dict[str, int]) -> dict[str, int]:
+    """The checks after every kill: the store opens with at most an uncommitted tail, no committed count went down."""
+    if path.exists():
+        problems = check_store(path)
+        assert all("uncommitted rows" in p for p in problems), problems
+    now = _commits(path)
+    assert all(now.get(k, -1) >= n for k, n in last.items()), f"committed rows went backwards: {last} -> {now}"
+    return now
+
+
+def _kill_loop(cmd: list[str], path: Path, tmp_path: Path, kills: int, wait) -> tuple[int, int]:
+    """Start ``cmd`` again and again, SIGKILL it ``kills`` times when ``wait(proc, k)`` returns, then let one run finish;
+    (kills, resumes). After every kill the store opens with at most an uncommitted tail and no committed count went
+    down. A run that finishes before it could be killed starts the store again, so the loop really kills ``kills`` times.
+    """
+    done = resumes = 0
+    last: dict[str, int] = {}
+    for attempt in range(4 * kills):
+        log = tmp_path / f"run{attempt}.log"
+        resumes += path.exists()
+        with open(log, "w") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+        if done < kills:
+            wait(proc, done)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.communicate()
+                done += 1
+                last = _after_kill(path, last)
+                continue
+        proc.communicate(timeout=300)
+        assert proc.returncode == 0, log.read_text()
+        if done >= kills:
+            return done, resumes
+        path.unlink()  # finished before it could be killed
+        last, resumes = {}, 0
+    raise AssertionError(f"only {done} of {kills} kills landed in {4 * kills} runs")
+
+
+class _InBatches:
+    """When to kill the synthetic writer, from the lines it prints ("start" after its imports, "batch" before each
+    batch's commit): 0-50 ms after the ``batches`` (low, high)-th batch of the run (low >= 2: after at least one new
+    commit). A commit takes a few ms, so a kill lands inside one or some batches later; landing a few batches later
+    matters: with 0-15 ms, the gzip variants missed the EOA failure of a writer without compaction and with rewritten
+    chunks. Every third kill is early instead, at a random moment between "start" and the first batch as long as the
+    last run took for them (listing, survey, the compaction a resume starts with, prepare, the first decodes)."""
+
+    def __init__(self, seed: int, batches: tuple[int, int] = (2, 5)):
+        self.rng, self.gap, self.batches = np.random.default_rng(seed), 0.1, batches
+
+    def __call__(self, proc: subprocess.Popen, k: int) -> None:
+        if proc.stdout.readline() != "start\n":
+            return  # ended
+        started = time.monotonic()
+        if k % 3 == 2:
+            time.sleep(float(self.rng.uniform(0.0, self.gap)))
+            return
+        for i in range(int(self.rng.integers(self.batches[0], self.batches[1] + 1))):
+            if not proc.stdout.readline():
+                return  # finished
+            if i == 0:
+                self.gap = time.monotonic() - started
+        time.sleep(float(self.rng.uniform(0.0, 0.05)))
+
+
+def _after_commit(path: Path, keys: list[str], seed: int):
+    """When to kill an extraction: kill k 0-80 ms after the run committed something new to ``keys[k]`` (polled)."""
+    rng = np.random.default_rng(seed)
+
+    def wait(proc: subprocess.Popen, k: int) -> None:
+        start = _commits(path).get(keys[k], 0)
+        while proc.poll() is None and _commits(path).get(keys[k], 0) <= start:
+            time.sleep(0.01)
+        time.sleep(float(rng.uniform(0.0, 0.08)))
+
+    return wait
+
+
+def _compare(clean: Path, path: Path, names: list[str], copies: bool) -> tuple[int, int, bool]:
+    """(rows lost, rows duplicated, bit-identical) of the killed store against the clean one, every group and key.
+
+    A row is its stored path (and, for the copies, its copy index): lost when the clean store has it and the killed one
+    does not, duplicated when the killed one holds it more than once.
+    """
+    a, b = FeatureStore(clean), FeatureStore(path)
+    identical, lost, duplicated = True, 0, 0
+    for name in names:
+        for aug in (False, True) if copies else (False,):
+            (xa, ya), (xb, yb) = a.load("train", name, augmented=aug), b.load("train", name, augmented=aug)
+            pa, pb = a.paths("train", name, augmented=aug), b.paths("train", name, augmented=aug)
+            if aug:
+                pa = list(zip(a.copies("train", name).tolist(), pa))
+                pb = list(zip(b.copies("train", name).tolist(), pb))
+            lost += len(set(pa) - set(pb))
+            duplicated += len(pb) - len(set(pb))
+            identical &= xa.dtype == xb.dtype and xa.tobytes() == xb.tobytes() and np.array_equal(ya, yb) and pa == pb
+        identical &= a.failures("train", name) == b.failures("train", name)
+    return lost, duplicated, bool(identical)
+
+
+@pytest.mark.parametrize(
+    ("compression", "copies"),
+    [("none", 0), ("gzip", 0), ("none", 2), ("gzip", 2)],
+    ids=["none", "gzip", "copies", "copies-gzip"],
+)
+def test_sigkill_synthetic_writer_at_random_points_then_resume_is_bit_identical(tmp_path, capsys, compression, copies):
+    """10 kills of the store's real write path (survey, compaction on resume, prepare, the one loop on the local engine,
+    a commit per batch, finish) on synthetic features of two groups, without TensorFlow; every third kill early."""
+    data = tmp_path / "data"
+    write_images(data, "train", {"a": 40, "b": 40, "c": 40}, seed=11, size=16)
+    (data / "train" / "c" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")  # a failure record must survive too
+    clean, path = tmp_path / "clean.h5", tmp_path / "killed.h5"
+    write_synthetic(str(data), str(clean), compression, copies)
+    cmd = [sys.executable, str(SYNTHETIC), str(data), str(path), compression, str(copies)]
+    # 61 commits of the split (+ 120 of the copies): kills spread over the split, or over both passes
+    kills, resumes = _kill_loop(cmd, path, tmp_path, 10, _InBatches(2026, (2, 28) if copies else (2, 5)))
+    lost, duplicated, identical = _compare(clean, path, SYNTHETIC_NAMES, copies > 0)
+    with capsys.disabled():
+        print(
+            f"\nfault test (synthetic, {compression}, copies {copies}): kills performed {kills}, resumes succeeded "
+            f"{resumes}, stores bit-identical {100 if identical else 0}%, rows lost {lost}, rows duplicated {duplicated} "
+            f"(of {FeatureStore(clean).split_info('train', SYNTHETIC_NAMES[0])['committed_rows']})"
+        )
+    assert kills == 10 and identical and lost == 0 and duplicated == 0
+    assert check_store(path) == []
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compression", ["none", "gzip"])
-def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, capsys, compression):
+def test_sigkill_extract_then_resume_is_bit_identical(tmp_path, capsys):
+    """The whole path once, with TensorFlow: `extract` (gzip, one augmented copy) SIGKILLed twice in the split and once
+    in the copies, each after a new commit, resumed each time to a store bit-identical to a clean one."""
     data = tmp_path / "data"
-    write_images(data, "train", {"a": 30, "b": 30, "c": 30}, seed=11)
-    (data / "train" / "c" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")  # a failure record must survive too
-    clean = tmp_path / "clean.h5"
-    extract(data, "train", clean, ExtractorConfig(**CFG), batch_size=2, compression=compression)
-    path = tmp_path / "killed.h5"
-    rng = np.random.default_rng(2026)
-    kills = resumes = 0
-    last = -1
-    for attempt in range(40):
-        log = tmp_path / f"run{attempt}.log"
-        with open(log, "w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", WRITER, str(data), str(path), repr(CFG), compression], stderr=err
-            )
-        resumes += attempt > 0
-        if kills < 10:
-            start = _committed(path)
-            while proc.poll() is None and _committed(path) <= max(start, 0):
-                time.sleep(0.01)  # wait until this run has committed something new, so every kill lands mid-extraction
-            time.sleep(float(rng.uniform(0.0, 0.08)))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                problems = check_store(path)
-                assert all("uncommitted rows" in p for p in problems), problems  # openable, at most an uncommitted tail
-                assert _committed(path) >= last, "committed rows went backwards"
-                last = _committed(path)
-                continue
-        assert proc.wait(timeout=300) == 0, log.read_text()
-        if kills >= 10:
-            break
-        path.unlink()  # finished before it could be killed: start again so the test really kills 10 times
-        last = -1
-    n = FeatureStore(clean).split_info("train")["committed_rows"]
-    got = FeatureStore(path).paths("train")
-    lost, duplicated = len(set(FeatureStore(clean).paths("train")) - set(got)), len(got) - len(set(got))
-    identical = _same(clean, path)
+    write_images(data, "train", {"a": 10, "b": 10, "c": 10}, seed=11)
+    (data / "train" / "c" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    clean, path = tmp_path / "clean.h5", tmp_path / "killed.h5"
+    extract(data, "train", clean, ExtractorConfig(**CFG), batch_size=2, compression="gzip", augment=1)
+    cmd = [sys.executable, "-c", WRITER, str(data), str(path), repr(CFG)]
+    keys = ["vgg16/train", "vgg16/train", "vgg16/train/augmented"]
+    kills, resumes = _kill_loop(cmd, path, tmp_path, 3, _after_commit(path, keys, seed=2026))
+    lost, duplicated, identical = _compare(clean, path, ["vgg16"], copies=True)
     with capsys.disabled():
         print(
-            f"\nfault test ({compression}): kills performed {kills}, resumes succeeded {resumes}, stores bit-identical {100 if identical else 0}%, "
-            f"rows lost {lost}, rows duplicated {duplicated} (of {n})"
+            f"\nfault test (extract, gzip, copies 1): kills performed {kills}, resumes succeeded {resumes}, stores "
+            f"bit-identical {100 if identical else 0}%, rows lost {lost}, rows duplicated {duplicated}"
         )
-    assert kills >= 10 and identical and lost == 0 and duplicated == 0
+    assert kills == 3 and identical and lost == 0 and duplicated == 0
     assert check_store(path) == []
 
 
@@ -211,66 +308,3 @@ def test_split_left_half_created_by_a_kill_is_started_again(tmp_path, data_root,
         f["vgg16"].create_group("train").create_dataset("features", shape=(0, 1, 1, 512), maxshape=(None, 1, 1, 512))
     r = extract(data_root, "train", path, tiny_config)
     assert r.rows == 12 and check_store(path) == []
-
-
-AUG_WRITER = (
-    "import sys, time; from featstore import extract, ExtractorConfig; import featstore.store.writer as w; "
-    "commit = w.SplitWriter.commit; w.SplitWriter.commit = lambda *a, **k: (time.sleep(0.2), commit(*a, **k))[1]; "  # every run outlasts a kill
-    "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, augment=2)"
-)
-
-
-def _copies_committed(path: Path) -> int:
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            return int(f["vgg16/train/augmented"].attrs["commit"][0])
-    except (OSError, KeyError):
-        return -1
-
-
-@pytest.mark.slow
-def test_sigkill_while_making_augmented_copies_then_resume_is_bit_identical(tmp_path):
-    """Kills mid-copies (after a new commit), and early ones (model start, compaction on resume, split done, copies not started)."""
-    data = tmp_path / "data"
-    write_images(data, "train", {"a": 8, "b": 8, "c": 8}, seed=11)
-    (data / "train" / "c" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")  # recorded once, in the split's failed
-    cfg = dict(CFG, pooling="avg", layer="block1_pool")
-    clean, path = tmp_path / "clean.h5", tmp_path / "killed.h5"
-    extract(data, "train", clean, ExtractorConfig(**cfg), batch_size=2, augment=2)
-    rng = np.random.default_rng(7)
-    kills, last = 0, -1
-    for attempt in range(30):
-        log = tmp_path / f"run{attempt}.log"
-        with open(log, "w") as err:
-            proc = subprocess.Popen([sys.executable, "-c", AUG_WRITER, str(data), str(path), repr(cfg)], stderr=err)
-        if kills < 6:
-            if kills % 2:
-                start = _copies_committed(path)
-                while proc.poll() is None and _copies_committed(path) <= max(start, 0):
-                    time.sleep(0.005)
-                time.sleep(float(rng.uniform(0.0, 0.08)))
-            else:  # early: model start-up, compaction on resume, or the split's last batches; never the whole run (48 commits of 0.2 s)
-                time.sleep(float(rng.uniform(0.5, 3.0)))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                if path.exists():
-                    problems = check_store(path)
-                    assert all("uncommitted rows" in p for p in problems), problems
-                assert _copies_committed(path) >= last, "committed copy rows went backwards"
-                last = _copies_committed(path)
-                continue
-        assert proc.wait(timeout=300) == 0, log.read_text()
-        if kills >= 6:
-            break
-    a, b = FeatureStore(clean), FeatureStore(path)
-    for aug in (False, True):
-        (xa, ya), (xb, yb) = a.load("train", augmented=aug), b.load("train", augmented=aug)
-        assert (
-            xa.tobytes() == xb.tobytes()
-            and np.array_equal(ya, yb)
-            and a.paths("train", augmented=aug) == b.paths("train", augmented=aug)
-        )
-    assert a.failures("train") == b.failures("train") and np.array_equal(a.copies("train"), b.copies("train"))
-    assert kills >= 6 and check_store(path) == []
