@@ -259,3 +259,14 @@ def test_curves_mark_the_epoch_whose_weights_a_finetuned_run_kept(tmp_path, monk
     monkeypatch.setattr(plots, "pyplot", spy)
     plots.curves_png(phase_a, "r", tmp_path / "c.png", then={"loss": [0.5, 0.4, 0.45]}, kept=7)
     assert (7, "weights kept (epoch 7)") in lines and (5.5, "phase A | phase B (fine-tuning)") in lines
+
+
+def test_report_curves_mark_the_kept_epoch_too():
+    from featstore.report.site import charts
+
+    phase_a = {"loss": [1.0, 0.8, 0.7], "val_loss": [1.1, 0.9, 0.95], "accuracy": [0.5, 0.6, 0.7]}
+    phase_b = {"loss": [0.5, 0.4], "val_loss": [0.8, 0.85], "accuracy": [0.8, 0.85]}
+    fig = charts.curves_figure(phase_a, phase_b, kept=4)
+    assert sorted(s.x0 for s in fig.layout.shapes) == [3.5, 3.5, 4, 4]  # the phase boundary and the kept epoch, twice
+    assert "weights kept (epoch 4)" in [a.text for a in fig.layout.annotations]
+    assert not [s for s in charts.curves_figure(phase_a).layout.shapes]  # nothing marked when nothing is known

@@ -56,8 +56,9 @@ def compare_figure(ids: Sequence[str], scores: dict[str, list], intervals: dict[
     return fig
 
 
-def curves_figure(history: dict, then: dict | None = None):
-    """Accuracy and loss per epoch (training and validation); ``then``: a second phase, after a dashed line."""
+def curves_figure(history: dict, then: dict | None = None, kept: int | None = None):
+    """Accuracy and loss per epoch (training and validation); ``then``: a second phase, after a dashed line;
+    ``kept``: the epoch whose weights the model ends with (early stopping's restored epoch), a dotted green line."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -83,6 +84,12 @@ def curves_figure(history: dict, then: dict | None = None):
                 )
         if boundary is not None:
             fig.add_vline(x=boundary + 0.5, line_dash="dash", line_color="grey", row=1, col=col)
+        if kept is not None:
+            fig.add_vline(x=kept, line_dash="dot", line_color="green", row=1, col=col)
+            if col == 1:
+                fig.add_annotation(
+                    x=kept, y=1, yref="y domain", text=f"weights kept (epoch {kept})", showarrow=False, row=1, col=col
+                )
         values = [v for k in (metric, f"val_{metric}") for v in history.get(k, [])]
         if metric == "loss" and values and min(values) > 0 and max(values) / min(values) > 5:
             fig.update_yaxes(type="log", title_text="loss (log scale)", row=1, col=col)  # a large first loss

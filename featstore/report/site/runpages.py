@@ -282,7 +282,7 @@ def run_view(
     curves = kind.curves(rec)
     if curves is not None:
         history, _title, then = curves
-        view.curves = figure_json(charts.curves_figure(history, then))
+        view.curves = figure_json(charts.curves_figure(history, then, kind.kept_epoch(rec)))
     bins = {s: b for s in rec["metrics"] if (b := reliability_bins(rec["metrics"][s])) is not None}
     if bins:
         view.reliability = figure_json(charts.reliability_figure(bins))
