@@ -1,0 +1,55 @@
+"""A third, independent attack (files others open, output paths, bounded inputs, silently wrong data, tracebacks):
+one test per problem found, each failing before its fix. Stores are synthetic (``writer.write_arrays``) or a few
+tiny PNGs extracted with VGG16's random weights at 32 px.
+"""
+
+from __future__ import annotations
+
+import traceback
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from featstore.cli import app
+from featstore.store import writer
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def no_traceback(result) -> str:
+    """The output of a CLI call that ended by itself or with one line (never an uncaught exception)."""
+    exc = result.exception
+    if exc is not None and not isinstance(exc, SystemExit):
+        raise AssertionError("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    return result.output
+
+
+def synthetic_store(path: Path, splits=("train", "validation", "test"), classes=("a", "b", "c")) -> Path:
+    """Three noisy classes of 8 values per row in ``splits`` (names as the store allows them)."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (len(classes), 8)).astype(np.float32)
+    for split, n in zip(splits, (30, 15, 15)):
+        y = np.repeat(np.arange(len(classes)), n // len(classes)).astype(np.int32)
+        X = centers[y] + np.random.default_rng(zlib.crc32(split.encode())).normal(0, 1.5, (len(y), 8))
+        writer.write_arrays(path, "s", split, X.astype(np.float32), y, list(classes))
+    return path
+
+
+# ------------------------------------------------------------------ split names the store allows, runs must too
+@pytest.mark.parametrize("test_split", ["test+ood", "ood@2024", "a=b", "x,y"])
+def test_fit_records_a_run_on_any_split_name_the_store_allows(tmp_path, test_split):
+    """extract accepts split names with + @ = , (provenance.validate_name), but run.json accepted only ._-: `fit
+    --test test+ood` fitted, then refused its own record ("remove the folder", a folder that was never written), so
+    the fit was lost and no run on such a split could ever be recorded."""
+    store = synthetic_store(tmp_path / "s.h5", splits=("train", "validation", test_split))
+    runs = tmp_path / "runs"
+    out = no_traceback(cli("fit", "--store", store, "--runs", runs, "--test", test_split))
+    assert "error" not in out, out
+    (run,) = [p.name for p in runs.iterdir()]
+    shown = no_traceback(cli("runs", "--store", store, "--runs", runs, "show", run))
+    assert test_split in shown and "broken" not in shown.lower(), shown
