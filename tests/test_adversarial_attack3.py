@@ -5,6 +5,7 @@ tiny PNGs extracted with VGG16's random weights at 32 px.
 
 from __future__ import annotations
 
+import os
 import traceback
 import zlib
 from pathlib import Path
@@ -53,3 +54,30 @@ def test_fit_records_a_run_on_any_split_name_the_store_allows(tmp_path, test_spl
     (run,) = [p.name for p in runs.iterdir()]
     shown = no_traceback(cli("runs", "--store", store, "--runs", runs, "show", run))
     assert test_split in shown and "broken" not in shown.lower(), shown
+
+
+def tiny_pngs(root: Path, layout: dict) -> Path:
+    """``root/<split>/<class>/<name>`` PNGs of 8 x 8 random pixels; keys may be bytes (names that are not UTF-8)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, classes in layout.items():
+        for cls, names in classes.items():
+            folder = os.path.join(os.fsencode(root), os.fsencode(split), os.fsencode(cls))
+            os.makedirs(folder, exist_ok=True)
+            for name in names:
+                pixels = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, os.fsencode(name)), format="PNG")
+    return root
+
+
+# ------------------------------------------------------------------ class folder names that are not UTF-8
+def test_class_folder_name_that_is_not_utf8_is_one_line(tmp_path):
+    """A class folder named with the byte 0xff (file names may be any bytes) made extract end in h5py's
+    UnicodeEncodeError traceback when it wrote the class names."""
+    data = tiny_pngs(tmp_path / "data", {"train": {b"bad\xff": ["a.png"], "good": ["b.png"]}})
+    out = no_traceback(
+        cli("extract", "--data", data, "--split", "train", "--model", "vgg16", "--weights", "none",
+            "--image-size", "32", "--store", tmp_path / "f.h5")
+    )  # fmt: skip
+    assert "error:" in out and "bad\\xff" in out and "UTF-8" in out, out
