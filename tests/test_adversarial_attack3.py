@@ -81,3 +81,34 @@ def test_class_folder_name_that_is_not_utf8_is_one_line(tmp_path):
             "--image-size", "32", "--store", tmp_path / "f.h5")
     )  # fmt: skip
     assert "error:" in out and "bad\\xff" in out and "UTF-8" in out, out
+
+
+# ------------------------------------------------------------------ names from a crafted store in probe and fewshot
+HOSTILE = "e\x1b]0;pwn\x07\u202ex"  # an OSC title sequence, a bell and a bidi override in an extractor name
+
+
+def hostile_store(tmp_path: Path) -> Path:
+    """The synthetic store with its extractor group renamed to ``HOSTILE`` (HDF5 allows any name without '/')."""
+    import h5py
+
+    store = synthetic_store(tmp_path / "s.h5")
+    with h5py.File(store, "a") as f:
+        f.move("s", HOSTILE)
+    return store
+
+
+@pytest.mark.parametrize(
+    "args", [("probe", "--no-knn"), ("fewshot", "--shots", "1", "--trials", "1")], ids=["probe", "fewshot"]
+)
+def test_probe_and_fewshot_escape_extractor_names(tmp_path, args):
+    """probe's and fewshot's tables printed a crafted store's extractor name raw (escape sequences reached the
+    terminal), and their charts' labels too (matplotlib warned with the raw name: 'Glyph 27 missing')."""
+    import warnings
+
+    store = hostile_store(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a label with control characters makes matplotlib warn about glyphs
+        out = no_traceback(cli(*args, "--store", store, "--runs", tmp_path / "runs"))
+    assert "wrote" in out, out
+    assert not any(c in out for c in "\x1b\x07\u202e"), ascii(out)
+    assert "\\x07" in out, out
