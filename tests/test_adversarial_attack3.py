@@ -112,3 +112,52 @@ def test_probe_and_fewshot_escape_extractor_names(tmp_path, args):
     assert "wrote" in out, out
     assert not any(c in out for c in "\x1b\x07\u202e"), ascii(out)
     assert "\\x07" in out, out
+
+
+# ------------------------------------------------------------------ odd option values: one line, never a traceback
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory):
+    """Three 3-class splits of 8-value rows, and one logreg run: (store, runs, run id)."""
+    from featstore import fit
+
+    root = tmp_path_factory.mktemp("attack3")
+    store = synthetic_store(root / "s.h5")
+    runs = root / "runs"
+    return store, runs, fit(store, "logreg", runs=runs)["id"]
+
+
+@pytest.mark.parametrize("value", ["-1", "99999999999999999999"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("fewshot", "--shots", "1", "--trials", "1", "--seed"),
+        ("report", "--map-rows", "10", "--seed"),
+        ("extract", "--data", "{data}", "--split", "train", "--weights", "none", "--image-size", "32", "--seed"),
+    ],
+    ids=["fewshot", "report", "extract"],
+)
+def test_seed_out_of_range_is_one_line(tiny_store, tmp_path, command, value):
+    """--seed -1 (and a 20-digit seed) reached numpy's seeding or scikit-learn's PCA(random_state=) as a traceback."""
+    store, runs, _ = tiny_store
+    data = tiny_pngs(tmp_path / "data", {"train": {"a": ["1.png"], "b": ["2.png"]}})
+    args = [a.format(data=data) for a in command]
+    where = ["--store", tmp_path / "e.h5"] if command[0] == "extract" else ["--store", store, "--runs", runs]
+    if command[0] == "report":
+        where += ["--out", tmp_path / "site"]
+    out = no_traceback(cli(*args, value, *where))
+    assert "--seed" in out and "0 to 4294967295" in out, out
+
+
+@pytest.mark.parametrize("command", ["extract", "predict"])
+def test_batch_size_too_large_is_one_line(tiny_store, tmp_path, command):
+    """A 20-digit --batch-size reached h5py as an object-dtype attribute (extract) or itertools.islice (predict)."""
+    store, runs, run = tiny_store
+    data = tiny_pngs(tmp_path / "data", {"train": {"a": ["1.png"], "b": ["2.png"]}})
+    huge = "99999999999999999999"
+    if command == "extract":
+        args = ("extract", "--data", data, "--split", "train", "--weights", "none", "--image-size", "32",
+                "--store", tmp_path / "e.h5", "--batch-size", huge)  # fmt: skip
+    else:
+        args = ("predict", "--store", store, "--runs", runs, "--run", run, data / "train", "--batch-size", huge)
+    out = no_traceback(cli(*args))
+    assert "--batch-size must be at most" in out, out

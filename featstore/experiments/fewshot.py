@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, StoreError, check_seed
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
 from featstore.store.reader import FeatureStore
@@ -166,6 +166,7 @@ def fewshot(
     class_names = fs.class_names(name)
     y = fs.labels(train, name)
     shots = _check_shots(shots, trials, y, class_names, train)
+    check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
     root = runs_root(store, runs)
     ensure_writable(root)
     started = time.perf_counter()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, choices_error, renamed_argument
+from featstore.errors import MAX_BATCH, ConfigError, choices_error, renamed_argument
 from featstore.extraction import copies as augcopies
 from featstore.extraction.local import LocalEngine
 from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run_pass
@@ -127,6 +127,8 @@ def extract(
     store = renamed_argument("extract", "store_path", "store", store_path, store, default="features.h5")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size > MAX_BATCH:  # a 20-digit one reached h5py as an object attribute (a traceback)
+        raise ConfigError(f"--batch-size must be at most {MAX_BATCH}, got {batch_size}")
     if compression not in COMPRESSIONS:
         raise choices_error("compression", compression, COMPRESSIONS)
     provenance.validate_name("split", split)
