@@ -161,3 +161,59 @@ def test_batch_size_too_large_is_one_line(tiny_store, tmp_path, command):
         args = ("predict", "--store", store, "--runs", runs, "--run", run, data / "train", "--batch-size", huge)
     out = no_traceback(cli(*args))
     assert "--batch-size must be at most" in out, out
+
+
+# ------------------------------------------------------------------ probe --png and fewshot --png
+PROTOCOLS = {"probe": ("probe", "--no-knn"), "fewshot": ("fewshot", "--shots", "1", "--trials", "1")}
+
+
+def _bad_png_targets(tmp_path: Path, store: Path) -> dict:
+    """Names no chart may be written at: (path, what the refusal says)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "link.png").symlink_to(victim)
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "created-through-the-link.png")
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "dir.png").mkdir()
+    store_copy = tmp_path / "store.png"
+    store_copy.write_bytes(store.read_bytes())
+    return {
+        "link": (tmp_path / "link.png", "symbolic link"),
+        "dangling": (tmp_path / "dangling.png", "symbolic link"),
+        "fifo": (tmp_path / "fifo.png", "not a regular file"),
+        "folder": (tmp_path / "dir.png", "is a folder"),
+        "missing": (tmp_path / "missing" / "x.png", "does not exist"),
+        "device": (Path("/dev/full"), "not a regular file"),
+        "store": (store_copy, "HDF5 file"),
+    }
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize("target", ["link", "dangling", "fifo", "folder", "missing", "device", "store"])
+def test_protocol_charts_refuse_what_outputs_refuse(tiny_store, tmp_path, protocol, target):
+    """probe --png and fewshot --png were written with matplotlib's savefig straight at the name: through a symbolic
+    link (a file it pointed at was overwritten with a PNG), over a feature store, to /dev/full ("wrote /dev/full"),
+    and a FIFO, folder or missing folder ended in a traceback after every fit."""
+    store, _, _ = tiny_store
+    path, said = _bad_png_targets(tmp_path, store)[target]
+    before = store.read_bytes()
+    out = no_traceback(cli(*PROTOCOLS[protocol], "--store", store, "--runs", tmp_path / "runs", "--png", path))
+    assert said in out and "wrote" not in out, out
+    assert (tmp_path / "victim.txt").read_text() == "keep me"
+    assert not (tmp_path / "created-through-the-link.png").exists()
+    assert (tmp_path / "store.png").read_bytes() == before
+    assert not list(tmp_path.glob("runs/*")), "refused before any work: nothing in the runs folder"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_protocol_summary_named_where_it_was_written(tiny_store, tmp_path, protocol):
+    """probe printed 'wrote <png> and <png's folder>/probe-<id>.json', but the JSON went into the runs folder: with
+    --png elsewhere it named a file that does not exist."""
+    store, _, _ = tiny_store
+    (tmp_path / "charts").mkdir()
+    out = no_traceback(
+        cli(*PROTOCOLS[protocol], "--store", store, "--runs", tmp_path / "runs", "--png", tmp_path / "charts" / "c.png")
+    )
+    assert (tmp_path / "charts" / "c.png").read_bytes()[:4] == b"\x89PNG"
+    (summary,) = (tmp_path / "runs").glob("*.json")
+    assert str(summary) in out, out

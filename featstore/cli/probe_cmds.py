@@ -74,8 +74,7 @@ def probe(
     if not as_json:
         from featstore.outputs import terminal_safe
 
-        json_path = Path(summary["png"]).with_name(summary["id"] + ".json")
-        typer.echo(f"wrote {terminal_safe(str(summary['png']))} and {terminal_safe(str(json_path))}")
+        typer.echo(f"wrote {terminal_safe(summary['png'])} and {terminal_safe(summary['json'])}")
 
 
 @app.command()
@@ -120,4 +119,4 @@ def fewshot(
     if not as_json:
         from featstore.outputs import terminal_safe
 
-        typer.echo(f"wrote {terminal_safe(str(summary['png']))}")
+        typer.echo(f"wrote {terminal_safe(summary['png'])} and {terminal_safe(summary['json'])}")

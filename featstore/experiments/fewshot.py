@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError, check_seed
+from featstore.experiments.compare import check_chart_name
+from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
 from featstore.store.reader import FeatureStore
@@ -155,6 +157,8 @@ def fewshot(
     given = _single_values(clf, params)
     spec = get_classifier(clf)
     full = spec.full_params(given)
+    if png is not None:
+        check_chart_name(png, "--png")  # a chart that cannot be written is refused before any fit
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
     for split in (train, test):
@@ -226,8 +230,10 @@ def fewshot(
     }
     from featstore.experiments.protocol_plots import fewshot_png
 
-    summary["png"] = str(fewshot_png(summary, Path(png) if png else root / f"{summary['id']}.png"))
-    (root / f"{summary['id']}.json").write_text(json.dumps(summary, indent=1, default=_plain), encoding="utf-8")
+    out = Path(png) if png else root / f"{summary['id']}.png"
+    summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
+    write_text(summary["json"], json.dumps(summary, indent=1, default=_plain), "fewshot summary")
+    write_atomic(out, lambda tmp: fewshot_png(summary, tmp), "--png")
     return summary
 
 
