@@ -217,3 +217,13 @@ def test_protocol_summary_named_where_it_was_written(tiny_store, tmp_path, proto
     assert (tmp_path / "charts" / "c.png").read_bytes()[:4] == b"\x89PNG"
     (summary,) = (tmp_path / "runs").glob("*.json")
     assert str(summary) in out, out
+
+
+# ------------------------------------------------------------------ predict with a run of imported features
+def test_predict_with_a_run_of_arrays_is_one_line(tiny_store, tmp_path):
+    """A run fitted on features written with write_arrays (no backbone) made predict raise KeyError 'weights_sha256'
+    while it phrased its error about the unknown model 'synthetic'."""
+    store, runs, run = tiny_store
+    data = tiny_pngs(tmp_path / "data", {"new": {"a": ["1.png"]}})
+    out = no_traceback(cli("predict", "--store", store, "--runs", runs, "--run", run, data / "new"))
+    assert "error:" in out and "not made from images" in out, out
