@@ -227,3 +227,21 @@ def test_predict_with_a_run_of_arrays_is_one_line(tiny_store, tmp_path):
     data = tiny_pngs(tmp_path / "data", {"new": {"a": ["1.png"]}})
     out = no_traceback(cli("predict", "--store", store, "--runs", runs, "--run", run, data / "new"))
     assert "error:" in out and "not made from images" in out, out
+
+
+# ------------------------------------------------------------------ sweep: a test split that could not be recorded
+def test_sweep_says_when_the_test_of_its_choice_was_not_recorded(tiny_store, tmp_path, monkeypatch):
+    """sweep read test for its choice through evaluate_and_record and dropped the 'not recorded: ...' it returned: a
+    run folder that could not take the test split (full disk, read-only) gave a summary that said test was evaluated
+    after the choice and showed no test figure, without a word."""
+    from featstore.errors import OutputError
+    from featstore.experiments import evaluate
+
+    store, _, _ = tiny_store
+
+    def full_disk(*args, **kwargs):
+        raise OutputError("cannot write run.json: the disk is full; free some space or write to another folder")
+
+    monkeypatch.setattr(evaluate, "add_split", full_disk)
+    out = no_traceback(cli("sweep", "--store", store, "--runs", tmp_path / "runs", "--clf", "logreg"))
+    assert "the disk is full" in out and "runs evaluate" in out, out
