@@ -245,3 +245,32 @@ def test_sweep_says_when_the_test_of_its_choice_was_not_recorded(tiny_store, tmp
     monkeypatch.setattr(evaluate, "add_split", full_disk)
     out = no_traceback(cli("sweep", "--store", store, "--runs", tmp_path / "runs", "--clf", "logreg"))
     assert "the disk is full" in out and "runs evaluate" in out, out
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path):
+    """A 1 MiB tmpfs left with 8 KiB free (root only; skipped elsewhere)."""
+    import subprocess
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    (mnt / "fill").write_bytes(b"\0" * ((1 << 20) - (8 << 10)))
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_protocol_table_survives_a_full_disk(tiny_store, tmp_path, full_tmpfs, protocol):
+    """A chart that could not be written at the end (disk full) lost the whole computed table: probe and fewshot
+    print it first, then one line saying what was not saved; nothing is left half-written under the name."""
+    store, _, _ = tiny_store
+    png = full_tmpfs / "chart.png"
+    result = CliRunner().invoke(
+        app, [str(a) for a in (*PROTOCOLS[protocol], "--store", store, "--runs", tmp_path / "runs", "--png", png)]
+    )
+    out = no_traceback(result)
+    assert result.exit_code == 1 and "| test" in out.replace("test accuracy", "| test"), out
+    assert "disk is full" in out and "not saved" in out, out
+    assert sorted(p.name for p in full_tmpfs.iterdir()) == ["fill"]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError, check_seed
+from featstore.errors import ConfigError, OutputError, StoreError, check_seed
 from featstore.experiments.compare import check_chart_name
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import ensure_writable, runs_root
@@ -232,8 +232,11 @@ def fewshot(
 
     out = Path(png) if png else root / f"{summary['id']}.png"
     summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
-    write_text(summary["json"], json.dumps(summary, indent=1, default=_plain), "fewshot summary")
-    write_atomic(out, lambda tmp: fewshot_png(summary, tmp), "--png")
+    try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
+        write_text(summary["json"], json.dumps(summary, indent=1, default=_plain), "fewshot summary")
+        write_atomic(out, lambda tmp: fewshot_png(summary, tmp), "--png")
+    except OutputError as exc:
+        summary["not_saved"] = str(exc)
     return summary
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.experiments.compare import check_chart_name
 from featstore.experiments.probe_fits import (
     COARSE,
@@ -130,8 +130,11 @@ def probe(
 
     out = Path(png) if png else root / f"{summary['id']}.png"
     summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
-    write_text(summary["json"], json.dumps(summary, indent=1), "probe summary")
-    write_atomic(out, lambda tmp: probe_png(summary, tmp), "--png")
+    try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
+        write_text(summary["json"], json.dumps(summary, indent=1), "probe summary")
+        write_atomic(out, lambda tmp: probe_png(summary, tmp), "--png")
+    except OutputError as exc:
+        summary["not_saved"] = str(exc)
     return summary
 
 
