@@ -274,3 +274,17 @@ def test_protocol_table_survives_a_full_disk(tiny_store, tmp_path, full_tmpfs, p
     assert result.exit_code == 1 and "| test" in out.replace("test accuracy", "| test"), out
     assert "disk is full" in out and "not saved" in out, out
     assert sorted(p.name for p in full_tmpfs.iterdir()) == ["fill"]
+
+
+# ------------------------------------------------------------------ runs of two stores in one folder
+def test_runs_listing_says_when_runs_come_from_several_stores(tmp_path):
+    """Two stores with the same extractor fingerprint, fitted into one --runs folder: `runs` listed both runs in one
+    table of accuracies on different images, without a word (compare and ensemble refuse such pairs)."""
+    from featstore import fit
+
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        fit(synthetic_store(tmp_path / name / "s.h5", classes=("x", "y", "z")), "logreg", runs=runs)
+    out = no_traceback(cli("runs", "--store", tmp_path / "a" / "s.h5", "--runs", runs))
+    assert "2 stores" in out and str(tmp_path / "b" / "s.h5") in out, out
