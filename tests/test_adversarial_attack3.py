@@ -288,3 +288,16 @@ def test_runs_listing_says_when_runs_come_from_several_stores(tmp_path):
         fit(synthetic_store(tmp_path / name / "s.h5", classes=("x", "y", "z")), "logreg", runs=runs)
     out = no_traceback(cli("runs", "--store", tmp_path / "a" / "s.h5", "--runs", runs))
     assert "2 stores" in out and str(tmp_path / "b" / "s.h5") in out, out
+
+
+# ------------------------------------------------------------------ a store that exists but is no file
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_store_that_is_not_a_regular_file_is_named_so(tmp_path, kind):
+    """info/check/fit on a FIFO, a folder or /dev/null said 'store ... does not exist; create it with featstore
+    extract', sending the user to extract over a path that exists."""
+    store = {"fifo": tmp_path / "s.h5", "folder": tmp_path, "device": Path("/dev/null")}[kind]
+    if kind == "fifo":
+        os.mkfifo(store)
+    for args in (("info", store), ("check", store), ("fit", "--store", store, "--runs", tmp_path / "runs")):
+        out = no_traceback(cli(*args))
+        assert "not a regular file" in out and "does not exist" not in out, out
