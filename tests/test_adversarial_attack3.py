@@ -301,3 +301,23 @@ def test_store_that_is_not_a_regular_file_is_named_so(tmp_path, kind):
     for args in (("info", store), ("check", store), ("fit", "--store", store, "--runs", tmp_path / "runs")):
         out = no_traceback(cli(*args))
         assert "not a regular file" in out and "does not exist" not in out, out
+
+
+# ------------------------------------------------------------------ decoding threads
+@pytest.mark.parametrize("threads", [-1, 10**6, 99999999999999999999])
+def test_decode_thread_count_is_bounded(monkeypatch, threads):
+    """finetune --workers 99999999999999999999 started threads until the kernel killed the process (24 GB); a negative
+    count made a pool with no thread, whose decodes never ran. Threads are refused before any is started."""
+    import threading
+
+    from featstore.errors import ConfigError
+    from featstore.images import decode
+
+    def no_thread(*args, **kwargs):
+        raise AssertionError("a thread was started before the count was checked")
+
+    monkeypatch.setattr(threading, "Thread", no_thread)
+    with pytest.raises(ConfigError, match="decoding threads"):
+        decode.DaemonPool(threads)
+    with pytest.raises(ConfigError, match="decoding threads"):
+        list(decode.iter_decoded(["x.png"], 32, threads, 4))
