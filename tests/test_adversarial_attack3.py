@@ -321,3 +321,14 @@ def test_decode_thread_count_is_bounded(monkeypatch, threads):
         decode.DaemonPool(threads)
     with pytest.raises(ConfigError, match="decoding threads"):
         list(decode.iter_decoded(["x.png"], 32, threads, 4))
+
+
+def test_extract_refuses_decode_threads_before_making_the_split(tmp_path):
+    """extract --decode-threads 99999999999999999999 was refused only once the split existed: an INCOMPLETE split
+    was left in a new store for a command that never started."""
+    data = tiny_pngs(tmp_path / "data", {"train": {"a": ["1.png"], "b": ["2.png"]}})
+    out = no_traceback(
+        cli("extract", "--data", data, "--split", "train", "--weights", "none", "--image-size", "32",
+            "--store", tmp_path / "e.h5", "--decode-threads", "99999999999999999999")
+    )  # fmt: skip
+    assert "decoding threads" in out and not (tmp_path / "e.h5").exists(), out
