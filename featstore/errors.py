@@ -46,6 +46,21 @@ def choices_error(kind: str, value: object, valid: Iterable[str]) -> ConfigError
     return ConfigError(f"unknown {kind} {value!r}; choose one of: {', '.join(valid)}")
 
 
+MAX_BATCH = 2**31 - 1  # --batch-size: stored as an HDF5 integer attribute, and a count itertools accepts
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and scikit-learn's random_state take 32 bits
+
+
+def check_seed(value: object, option: str = "--seed") -> int:
+    """``value`` as a seed numpy and scikit-learn accept (0 ... 2**32 - 1), else a ConfigError naming ``option``.
+
+    >>> check_seed(7)
+    7
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__") or not 0 <= value.__index__() <= MAX_SEED:
+        raise ConfigError(f"{option} {value!r}: give an integer from 0 to {MAX_SEED}")
+    return value.__index__()
+
+
 def renamed_argument(where: str, old: str, new: str, old_value, new_value, default=None):
     """The value of a renamed keyword argument: ``new_value``, or the old keyword's with a DeprecationWarning
     (a ConfigError when both are given).

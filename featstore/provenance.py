@@ -189,9 +189,14 @@ def validate_dtype(dtype: str) -> None:
         raise choices_error("dtype", dtype, DTYPES)
 
 
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` is a split/extractor name a store accepts (what :func:`validate_name` lets through)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None and len(name) <= 200
+
+
 def validate_name(kind: str, name: str) -> str:
     """Refuse split/extractor names that are not one plain HDF5 group name (no '/', no leading dot, no '.' or '..')."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > 200:
+    if not is_plain_name(name):
         raise ConfigError(
             f"{kind} name {name!r} is not allowed: use letters, digits and _ - @ + = , . (not first), "
             f"without '/', e.g. {'train' if kind == 'split' else 'vgg16_block4'}"

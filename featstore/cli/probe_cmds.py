@@ -10,9 +10,15 @@ from typing import Annotated, Optional
 import typer
 
 from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, OutputError
 
 logger = logging.getLogger(__name__)
+
+
+def _refuse_unsaved(summary: dict) -> None:
+    """One error line (exit 1) when the summary or chart could not be written; the figures were printed above."""
+    if summary.get("not_saved"):
+        raise OutputError(f"{summary['not_saved']} The figures above were computed but not saved.")
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -71,11 +77,11 @@ def probe(
         png=png,
     )
     typer.echo(json.dumps(summary, indent=1) if as_json else probe_table(summary))
+    _refuse_unsaved(summary)
     if not as_json:
         from featstore.outputs import terminal_safe
 
-        json_path = Path(summary["png"]).with_name(summary["id"] + ".json")
-        typer.echo(f"wrote {terminal_safe(str(summary['png']))} and {terminal_safe(str(json_path))}")
+        typer.echo(f"wrote {terminal_safe(summary['png'])} and {terminal_safe(summary['json'])}")
 
 
 @app.command()
@@ -117,7 +123,8 @@ def fewshot(
         png=png,
     )
     typer.echo(json.dumps(summary, indent=1) if as_json else fewshot_table(summary))
+    _refuse_unsaved(summary)
     if not as_json:
         from featstore.outputs import terminal_safe
 
-        typer.echo(f"wrote {terminal_safe(str(summary['png']))}")
+        typer.echo(f"wrote {terminal_safe(summary['png'])} and {terminal_safe(summary['json'])}")

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError, check_seed
+from featstore.experiments.compare import check_chart_name
+from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
 from featstore.store.reader import FeatureStore
@@ -155,6 +157,8 @@ def fewshot(
     given = _single_values(clf, params)
     spec = get_classifier(clf)
     full = spec.full_params(given)
+    if png is not None:
+        check_chart_name(png, "--png")  # a chart that cannot be written is refused before any fit
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
     for split in (train, test):
@@ -166,6 +170,7 @@ def fewshot(
     class_names = fs.class_names(name)
     y = fs.labels(train, name)
     shots = _check_shots(shots, trials, y, class_names, train)
+    check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
     root = runs_root(store, runs)
     ensure_writable(root)
     started = time.perf_counter()
@@ -225,8 +230,13 @@ def fewshot(
     }
     from featstore.experiments.protocol_plots import fewshot_png
 
-    summary["png"] = str(fewshot_png(summary, Path(png) if png else root / f"{summary['id']}.png"))
-    (root / f"{summary['id']}.json").write_text(json.dumps(summary, indent=1, default=_plain), encoding="utf-8")
+    out = Path(png) if png else root / f"{summary['id']}.png"
+    summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
+    try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
+        write_text(summary["json"], json.dumps(summary, indent=1, default=_plain), "fewshot summary")
+        write_atomic(out, lambda tmp: fewshot_png(summary, tmp), "--png")
+    except OutputError as exc:
+        summary["not_saved"] = str(exc)
     return summary
 
 

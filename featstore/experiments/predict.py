@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, DataError, OutputError, StoreError
+from featstore.errors import MAX_BATCH, ConfigError, DataError, OutputError, StoreError
 from featstore.images.listing import IMAGE_EXTENSIONS, find_images, printable
 from featstore.outputs import csv_cell, output_fix, probe_output, write_atomic
 from featstore.runs.apply import ApplyOptions, ImageBatch, rebuild_extractor  # noqa: F401 (rebuild_extractor re-exported)
@@ -105,6 +105,8 @@ def predict(
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size!r}")
+    if batch_size > MAX_BATCH:  # a 20-digit one reached itertools.islice (a traceback)
+        raise ConfigError(f"--batch-size must be at most {MAX_BATCH}, got {batch_size}")
     if out is not None:
         _check_out(Path(out))
     root = runs_root(store, runs)

@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError
+from featstore.experiments.compare import check_chart_name
 from featstore.experiments.probe_fits import (
     COARSE,
     FINE,
@@ -47,6 +48,7 @@ from featstore.experiments.probe_fits import (
     knn_predict,
     logistic,
 )
+from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import proportion_interval
 from featstore.store.reader import FeatureStore
@@ -92,6 +94,8 @@ def probe(
         raise ConfigError(
             f"train, validation and test must be three different splits; got {train}, {validation}, {test}"
         )
+    if png is not None:
+        check_chart_name(png, "--png")  # a chart that cannot be written is refused before any fit
     fs = FeatureStore(store)
     names = _extractors(fs, extractors, (train, validation, test))
     root = runs_root(store, runs)
@@ -125,8 +129,12 @@ def probe(
     from featstore.experiments.protocol_plots import probe_png
 
     out = Path(png) if png else root / f"{summary['id']}.png"
-    summary["png"] = str(probe_png(summary, out))
-    (root / f"{summary['id']}.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
+    try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
+        write_text(summary["json"], json.dumps(summary, indent=1), "probe summary")
+        write_atomic(out, lambda tmp: probe_png(summary, tmp), "--png")
+    except OutputError as exc:
+        summary["not_saved"] = str(exc)
     return summary
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.outputs import terminal_safe
 from featstore.plots import pyplot
 
 
@@ -22,7 +23,11 @@ def probe_png(summary: dict, path: str | Path) -> Path:
     for c in cells:
         pts = sorted(c["linear"]["grid"], key=lambda p: p["C"])
         (line,) = left.plot(
-            [p["C"] for p in pts], [p["validation"] for p in pts], "-o", markersize=3, label=c["extractor"]
+            [p["C"] for p in pts],
+            [p["validation"] for p in pts],
+            "-o",
+            markersize=3,
+            label=terminal_safe(c["extractor"]),
         )
         left.plot(
             [c["linear"]["C"]],
@@ -44,7 +49,7 @@ def probe_png(summary: dict, path: str | Path) -> Path:
             if cell is None:
                 continue
             ci = cell["test_ci"]
-            labels.append(f"{c['extractor']}  {name.format(k=cell.get('k'))}")
+            labels.append(f"{terminal_safe(c['extractor'])}  {name.format(k=cell.get('k'))}")
             est.append(ci["estimate"])
             lo.append(max(0.0, ci["estimate"] - ci["low"]))  # rounding can put a bound a hair past 0 or 1
             hi.append(max(0.0, ci["high"] - ci["estimate"]))
@@ -56,7 +61,7 @@ def probe_png(summary: dict, path: str | Path) -> Path:
     right.set_title(f"{summary['id']}: test, read once after the choice ({refit})", fontsize=9)
     right.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")  # path: a temporary name
     plt.close(fig)
     return Path(path)
 
@@ -81,12 +86,12 @@ def fewshot_png(summary: dict, path: str | Path) -> Path:
     ax.set_xlabel("training images per class (k)")
     ax.set_ylabel(f"accuracy on {summary['splits']['test']!r}")
     ax.set_title(
-        f"{summary['id']}: {summary['clf']} on {summary['extractor']}, {summary['trials']} trials (seed {summary['seed']})",
+        f"{summary['id']}: {summary['clf']} on {terminal_safe(summary['extractor'])}, {summary['trials']} trials (seed {summary['seed']})",
         fontsize=9,
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")  # path: a temporary name
     plt.close(fig)
     return Path(path)

@@ -32,7 +32,7 @@ from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.experiments.compare import check_chart_name, compare_pair, wilson_of
 from featstore.experiments.ensemble import ensemble as record_ensemble
 from featstore.experiments.ensemble import greedy_ensemble
-from featstore.experiments.evaluate import record_split
+from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.fit import OOF, fit
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, no_split
 from featstore.outputs import write_atomic, write_text
@@ -149,7 +149,12 @@ def sweep(
     )
     tested = {}
     for rid in sorted(to_test):  # test is read here, after the choice, once per run
-        tested[rid] = record_split(rid, tst, store, runs)
+        tested[rid], _, said = evaluate_and_record(rid, tst, store, runs)
+        if said.startswith("not recorded"):  # e.g. a full disk: say so rather than show no test figure
+            raise StoreError(
+                f"sweep: {tst!r} of the chosen run {rid} {said}. The sweep's runs are recorded: once that is fixed, "
+                f"`featstore runs evaluate {rid} --split {tst}` adds it"
+            )
     ens, versus = None, {}
     if len(chosen) > 1:
         ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs)

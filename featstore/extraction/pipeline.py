@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, choices_error, renamed_argument
+from featstore.errors import MAX_BATCH, ConfigError, choices_error, renamed_argument
 from featstore.extraction import copies as augcopies
 from featstore.extraction.local import LocalEngine
 from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run_pass
-from featstore.images.decode import iter_decoded  # noqa: F401 (re-exported: predict and finetune decode with it)
+from featstore.images.decode import check_threads, iter_decoded  # noqa: F401 (iter_decoded re-exported: predict, finetune)
 from featstore.images.listing import discover
 from featstore.models.extractor import Extractor, ExtractorConfig, default_store_name, require_jit_backend  # noqa: F401 (re-exported: the public API names them here)
 from featstore.provenance import AUGMENTED
@@ -127,6 +127,10 @@ def extract(
     store = renamed_argument("extract", "store_path", "store", store_path, store, default="features.h5")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size > MAX_BATCH:  # a 20-digit one reached h5py as an object attribute (a traceback)
+        raise ConfigError(f"--batch-size must be at most {MAX_BATCH}, got {batch_size}")
+    if decode_threads is not None:
+        check_threads(decode_threads)  # before the split is made: a refusal later left an INCOMPLETE split
     if compression not in COMPRESSIONS:
         raise choices_error("compression", compression, COMPRESSIONS)
     provenance.validate_name("split", split)

@@ -28,11 +28,13 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from featstore.errors import ConfigError
 from featstore.outputs import terminal_safe
 
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (0.25 GiB of RGBA)
+MAX_DECODE_THREADS = 256  # more only wait on the decode budget; a 20-digit count started threads until killed (OOM)
 DEFAULT_DECODE_BUDGET = 1 << 30  # bytes of decoded pixels all decode threads may hold together
 DECODE_TIMEOUT_S = (
     120.0  # for one image in iter_decoded; a decode thread still stuck then is abandoned (it is a daemon)
@@ -241,6 +243,7 @@ class DaemonPool(Executor):
     """
 
     def __init__(self, workers: int, name: str = "featstore-decode"):
+        check_threads(workers, low=1)
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
         for t in self._threads:
@@ -286,6 +289,22 @@ def iter_decoded(
 
         for path, img, reason in iter_decoded(["a.jpg", "b.png"], 224, threads=4, ahead=64): ...
     """
+    check_threads(threads)  # here, not at the first next(): refused before the caller's own work too
+    return _iter_decoded(paths, size, threads, ahead)
+
+
+def check_threads(threads: int, low: int = 0) -> None:
+    """ConfigError unless ``threads`` is a count of decoding threads from ``low`` to :data:`MAX_DECODE_THREADS`."""
+    if isinstance(threads, bool) or not hasattr(threads, "__index__") or not low <= int(threads) <= MAX_DECODE_THREADS:
+        raise ConfigError(
+            f"decoding threads (--workers, --decode-threads) must be from {low} to {MAX_DECODE_THREADS}, got {threads!r}"
+        )
+
+
+def _iter_decoded(
+    paths: Sequence[str], size: int, threads: int, ahead: int
+) -> Iterator[tuple[str, np.ndarray | None, str]]:
+    """:func:`iter_decoded` after its check."""
     if threads == 0:
         for p in paths:
             try:

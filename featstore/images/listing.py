@@ -190,6 +190,12 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     for e in candidates:
         walk.add_class(e.name, e.path)
     class_names = sorted(walk.classes)
+    undecodable = [n for n in class_names if n != n.encode("utf-8", "surrogateescape").decode("utf-8", "replace")]
+    if undecodable:  # class names are text everywhere (the store's attribute, CSV, reports): no bytes to keep
+        raise DataError(
+            f"class folder(s) of {printable(str(split_dir))} named with bytes that are not UTF-8: "
+            f"{', '.join(printable(n) for n in undecodable[:5])}; a class name must be text. Rename the folder(s)"
+        )
     if not class_names:
         raise DataError(
             f"{printable(str(split_dir))} has no class folders; put images in {printable(str(split_dir))}/<class name>/"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, check_seed
 from featstore.models.backbones import (
     BackboneSpec,
     cut_outputs,
@@ -169,6 +169,7 @@ class ExtractorConfig:
         """Check every field before any work; fill the default image size; normalise paths."""
         if len(set(self.cut_layers)) != len(self.cut_layers):
             raise ConfigError(f"--layer lists a layer twice: {', '.join(self.cut_layers)}")
+        check_seed(self.seed)  # -1 reached numpy's seeding as a traceback
         spec = spec or self.backbone()
         size = self.image_size or spec.default_size
         validate_pooling(self.pooling)

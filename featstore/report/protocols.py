@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from featstore.outputs import terminal_safe
+
 
 def interval(ci: dict | None, digits: int = 3) -> str:
     """``estimate [low, high]`` of an interval record (``-`` when there is none)."""
@@ -27,6 +29,7 @@ def probe_table(summary: dict) -> str:
     ]
     notes = []
     for c in summary["cells"]:
+        c = {**c, "extractor": terminal_safe(c["extractor"])}  # a crafted store's group name: no escape sequences
         lin = c["linear"]
         lines.append(
             f"| {c['extractor']} | linear (logistic regression, {lin['fits']} Cs) | C={lin['C']:.3g} | "
@@ -41,7 +44,7 @@ def probe_table(summary: dict) -> str:
             )
             notes += [f"{c['extractor']}: {n}" for n in k["notes"]]
     b = summary["best"]
-    lines += ["", f"best on validation: {b['extractor']}, {b['probe']} probe ({b['validation']:.3f})"]
+    lines += ["", f"best on validation: {terminal_safe(b['extractor'])}, {b['probe']} probe ({b['validation']:.3f})"]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 
@@ -50,7 +53,7 @@ def fewshot_table(summary: dict) -> str:
     """The few-shot curve as a Markdown table: per k, mean ± sd of test accuracy over the trials, the mean's 95 %
     interval (Student t over the trials), and the range."""
     lines = [
-        f"{summary['id']}: {summary['clf']} {summary['params'] or '(default parameters)'} on {summary['extractor']}, "
+        f"{summary['id']}: {summary['clf']} {summary['params'] or '(default parameters)'} on {terminal_safe(summary['extractor'])}, "
         f"k images per class drawn from {summary['splits']['train']!r} ({summary['trials']} trials, seed "
         f"{summary['seed']}; {summary['sampling']}), accuracy on all {summary['test_rows']} rows of "
         f"{summary['splits']['test']!r} ({summary['seconds']:.1f} s)",

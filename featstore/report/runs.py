@@ -7,6 +7,8 @@ accuracy give); the other figures with the bootstrap intervals the run recorded,
 
 from __future__ import annotations
 
+from collections import Counter
+
 from featstore.report.text import _table
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, thaw
@@ -62,6 +64,13 @@ def runs_table(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> str
             ]
         )
     lines = [_table(rows)] if runs else ["no usable runs"]
+    stores = Counter(str(r.get("store")) for r in runs if r.get("store"))
+    if len(stores) > 1:  # one --runs folder shared by several stores: the figures are on other images
+        shown = ", ".join(f"{s}: {n}" for s, n in stores.most_common(5))  # escaped where printed (cli.echo)
+        lines.append(
+            f"note: these runs come from {len(stores)} stores ({shown}{', ...' if len(stores) > 5 else ''}); runs of "
+            f"different stores were scored on different images (`runs compare` and `ensemble` refuse such pairs)"
+        )
     if broken:
         lines.append(f"{len(broken)} broken run folder(s), not used:")
         lines += [f"  {name}: {reason}" for name, reason in broken]

@@ -38,15 +38,21 @@ def rebuild_extractor(attrs: dict, weights: str | None = None, trust_model: bool
     """
     from featstore.models.extractor import Extractor, ExtractorConfig
 
+    if not attrs.get("model_file") and int(attrs.get("input_size") or 0) <= 0:  # write_arrays: no backbone to rebuild
+        raise ConfigError(
+            f"the run's features were not made from images by a model featstore can rebuild (model "
+            f"{printable(str(attrs.get('model')))!r}, input size {attrs.get('input_size')}); apply it to stored features "
+            f"(`featstore runs evaluate`) instead"
+        )
     saved = bool(attrs.get("model_file"))  # a saved model: --weights PATH names the model file when it moved
     try:
         config = ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None)
         # the caller's trust_model, never the record's: a crafted run.json may say trust_model=true
         ex = Extractor(dataclasses.replace(config, trust_model=trust_model))
     except (WeightsError, ConfigError) as exc:
-        what = f"the model file {attrs['model_file']}" if saved else f"weights {attrs['weights']}"
+        what = f"the model file {attrs['model_file']}" if saved else f"weights {attrs.get('weights')}"
         raise type(exc)(
-            f"{exc}\nThe run's features were made with {what} (file sha256 {attrs['weights_sha256'][:12] or '-'}); "
+            f"{exc}\nThe run's features were made with {what} (file sha256 {str(attrs.get('weights_sha256') or '-')[:12]}); "
             f"pass --weights PATH to give that file."
         ) from exc
     provenance.refuse_other_weights(ex.attrs, attrs)

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from featstore.provenance import is_plain_name
 from featstore.runs.files import RECORD, BrokenRunError, valid_name
 from featstore.runs.schema import (  # noqa: F401 (check_weights, raise_bad_names: re-exported)
     _NUMBERS,
@@ -153,7 +154,8 @@ class RunRecord(Mapping[str, Any]):
                 f"{where}: id {obj['id']!r} is not a valid run id or not its folder's name {folder.name!r}; "
                 f"remove the folder or restore its run.json"
             )
-        bad = [n for n in [*obj["metrics"], *obj["predictions"]] if not valid_name(n)]
+        # split names, as a store allows them
+        bad = [n for n in [*obj["metrics"], *obj["predictions"]] if not is_plain_name(n)]
         if bad:
             raise_bad_names(bad, where, folder)
         k = len(obj["class_names"])

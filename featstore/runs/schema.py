@@ -77,8 +77,8 @@ def check_fields(obj: dict, fields: Mapping[str, Types], where: str, folder: Pat
 def raise_bad_names(bad: list, where: str, folder: Path) -> None:
     """The BrokenRunError for split or run names that could not be file names."""
     raise BrokenRunError(
-        f"{where} holds invalid split or run names {bad!r} (only letters, digits and ._- are allowed, "
-        f"not starting with a dot); remove the folder {folder}"
+        f"{where} holds invalid split or run names {bad!r} (a split name is letters, digits and _ - @ + = , . "
+        f"not first, a run id letters, digits and ._-); remove the folder {folder}"
     )
 
 

@@ -100,6 +100,11 @@ class FeatureStore:
         self.path = self.file.path
         self.locking = locking
         self.allow_external = allow_external
+        if self.path.exists() and not self.path.is_file():  # a FIFO, folder or device: it exists, extract won't help
+            raise StoreError(
+                f"store {self.path} is not a regular file (a folder, FIFO or device); pass the .h5 store written by "
+                f"`featstore extract`"
+            )
         if not self.path.is_file():
             raise StoreError(
                 f"store {self.path} does not exist; create it with `featstore extract --store {self.path}`"

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from featstore.errors import ConfigError, FeatstoreError, OutputError
+from featstore.errors import ConfigError, FeatstoreError, OutputError, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
 from featstore.outputs import check_output, terminal_safe, write_text
 from featstore.report.site import charts
@@ -147,6 +147,7 @@ def build_report(
         raise ConfigError(f"gallery must be a number of images of at least 1, not {gallery!r}")
     if isinstance(map_rows, bool) or not isinstance(map_rows, int) or map_rows < 2:
         raise ConfigError(f"map_rows must be a number of rows of at least 2, not {map_rows!r}")
+    check_seed(seed)  # a negative or 33-bit seed reached scikit-learn's PCA as a traceback
     map_method = choose_method(map_method)  # an unknown name is refused before any work
     fs = FeatureStore(store)
     out = Path(out) if out is not None else default_out(store)
