@@ -332,3 +332,19 @@ def test_extract_refuses_decode_threads_before_making_the_split(tmp_path):
             "--store", tmp_path / "e.h5", "--decode-threads", "99999999999999999999")
     )  # fmt: skip
     assert "decoding threads" in out and not (tmp_path / "e.h5").exists(), out
+
+
+@pytest.mark.parametrize(
+    "command, expect",
+    [
+        (("fewshot", "--shots", "1", "--trials", "99999999999999999999"), "--trials must be from 1 to 10,000"),
+        (("fit", "--clf", "random_forest", "--param", "n_estimators=99999999999999999999"), "in [1, 1000000]"),
+        (("fit", "--clf", "sgd", "--param", "epochs=10000001"), "in [1, 1000000]"),
+    ],
+    ids=["fewshot-trials", "forest-trees", "sgd-epochs"],
+)
+def test_counts_have_an_upper_bound(tiny_store, command, expect):
+    """A 20-digit --trials or n_estimators ran until the machine killed it, memory growing, with no output."""
+    store, runs, _ = tiny_store
+    out = no_traceback(cli(*command, "--store", store, "--runs", runs))
+    assert expect in out, out

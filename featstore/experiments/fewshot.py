@@ -70,10 +70,13 @@ def mean_interval(values: list[float], level: float = 0.95) -> dict | None:
     }
 
 
+MAX_TRIALS = 10_000  # far beyond what an interval needs; a 20-digit count would run until killed
+
+
 def _check_shots(shots, trials: int, y: np.ndarray, class_names: list[str], train: str) -> list[int]:
     """Sorted distinct shots, each at most the smallest class's images (refused otherwise, naming the class)."""
-    if trials < 1:
-        raise ConfigError(f"--trials must be at least 1, got {trials}")
+    if trials < 1 or trials > MAX_TRIALS:
+        raise ConfigError(f"--trials must be from 1 to {MAX_TRIALS:,}, got {trials}")
     shots = sorted({int(k) for k in shots})
     if not shots or shots[0] < 1:
         raise ConfigError(f"--shots are images per class, each at least 1; got {list(shots)}")
