@@ -26,6 +26,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, OutputError, StoreError, check_seed
 from featstore.experiments.compare import check_chart_name
+from featstore.experiments.protocol import check_distinct
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
@@ -162,6 +163,7 @@ def fewshot(
     full = spec.full_params(given)
     if png is not None:
         check_chart_name(png, "--png")  # a chart that cannot be written is refused before any fit
+    check_distinct(train, None, test)  # k images drawn from test and scored on test: an optimistic curve
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
     for split in (train, test):
@@ -182,6 +184,7 @@ def fewshot(
     val = None
     head = spec.builder(full).steps[-1][1]
     if getattr(head, "fit_uses_validation", False) and validation in fs.splits(name):
+        check_distinct(train, validation, test)  # early stopping on test would choose on test
         val = fs.load(validation, name)
         notes.append(
             f"{clf} early-stops on all {len(val[1])} rows of {validation!r}: more labelled images than k per class"
