@@ -33,6 +33,7 @@ from featstore.experiments.evaluate import metrics
 from featstore.experiments.finetune_cache import cache_note, cached_cut
 from featstore.experiments.finetune_train import train
 from featstore.images.augment import parse_augment
+from featstore.images.decode import check_threads
 from featstore.models.finetuned import Built, FinetunedModel, build_model
 from featstore.runs.apply import rebuild_extractor, split_images, split_proba
 from featstore.runs.folder import ensure_writable, get_run, runs_root
@@ -103,6 +104,7 @@ def finetune(
         finetune("dense-1a2b3c", FinetuneConfig("block4_conv1", augment="flip,rotate=0.1,zoom=0.2"))
     """
     config = config.validated()
+    check_threads(workers)  # here, not when validation is decoded after every epoch was trained
     rec, folder = get_run(run_id, store, runs)
     kind_of(rec).check_warm_start(rec, config.from_scratch_head)  # a fitted dense head, or a fitted run and a new head
     root = runs_root(store, runs)
