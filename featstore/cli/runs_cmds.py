@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo  # noqa: F401
+from featstore.errors import OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +72,14 @@ def runs_show(
     from featstore.report.tables import run_report
 
     store, runs = _group_defaults(ctx, store, runs)
-    rec, pngs = show_run(run_id, store, runs)
+    unsaved: list[str] = []  # a read-only runs folder or a full disk: the figures are shown, then one line
+    rec, pngs = show_run(run_id, store, runs, unsaved=unsaved)
     if json_out:
         _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs]})
-        return
-    echo(run_report(rec, pngs))
+    else:
+        echo(run_report(rec, pngs))
+    if unsaved:
+        raise OutputError(f"{unsaved[0]} The figures above are the run's; its PNGs were not written.")
 
 
 @runs_app.command("compare")
@@ -101,14 +105,20 @@ def runs_compare(
         check_chart_name(out)  # before any work: a missing folder, a link, a FIFO, a name that is not .png
     pair = compare_pair(*run_ids, store, runs) if run_ids and len(run_ids) == 2 else None
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
-    path = compare_runs(run_ids, out, store, runs)
+    try:
+        path, unsaved = compare_runs(run_ids, out, store, runs), None
+    except OutputError as exc:  # a read-only runs folder or a full disk: the comparison is printed, then one line
+        path, unsaved = None, exc
     if json_out:
-        _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": str(path)})
-        return
-    echo(pair_report(pair) if pair else accuracy_lines(recs))
-    from featstore.outputs import terminal_safe
+        _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path)})
+    else:
+        echo(pair_report(pair) if pair else accuracy_lines(recs))
+    if unsaved is not None:
+        raise OutputError(f"{unsaved} The comparison above was computed; its chart was not saved.")
+    if not json_out:
+        from featstore.outputs import terminal_safe
 
-    typer.echo(f"wrote {terminal_safe(str(path))}")
+        typer.echo(f"wrote {terminal_safe(str(path))}")
 
 
 @runs_app.command("evaluate")

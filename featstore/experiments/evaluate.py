@@ -177,21 +177,39 @@ def _png(folder: Path, name: str, draw) -> Path:
 
 
 def show_run(
-    run_id: str, store: str | os.PathLike = "features.h5", runs: str | os.PathLike | None = None
+    run_id: str,
+    store: str | os.PathLike = "features.h5",
+    runs: str | os.PathLike | None = None,
+    *,
+    unsaved: list[str] | None = None,
 ) -> tuple[RunRecord, list[Path]]:
     """A run's record (with the figures an older run lacks computed from its stored predictions), after writing its
-    PNGs into its folder: per split a confusion matrix and a reliability diagram, and training curves.
+    PNGs into its folder: per split a confusion matrix and a reliability diagram, and training curves. With
+    ``unsaved`` (a list), a PNG that cannot be written (a read-only runs folder, a full disk) adds its error there and
+    the rest are not tried, instead of raising: the record is still returned.
 
     Example::
 
         rec, pngs = show_run("dense-1a2b3c")
     """
-    from featstore.plots import confusion_png, curves_png, reliability_png
 
     rec, folder = get_run(run_id, store, runs)
     rec, _ = figures_of(rec, folder)
     names = list(rec.class_names)
-    pngs = []
+    pngs: list[Path] = []
+    try:
+        _show_pngs(rec, folder, names, pngs)
+    except OutputError as exc:
+        if unsaved is None:
+            raise
+        unsaved.append(str(exc))
+    return rec, pngs
+
+
+def _show_pngs(rec: RunRecord, folder: Path, names: list[str], pngs: list[Path]) -> None:
+    """:func:`show_run`'s PNGs, each appended to ``pngs`` once written."""
+    from featstore.plots import confusion_png, curves_png, reliability_png
+
     for split, m in rec.metrics.items():
         title = f"{rec.id} on {split} (acc {accuracy_text(m)})"
         pngs.append(
@@ -219,7 +237,6 @@ def show_run(
         history, title, then = curves
         extra = {"kept": kind_of(rec).kept_epoch(rec)} | ({} if then is None else {"then": then})
         pngs.append(_png(folder, "curves.png", lambda t: curves_png(history, title, t, **extra)))
-    return rec, pngs
 
 
 def accuracy_text(m) -> str:
