@@ -89,3 +89,14 @@ def test_runs_compare_prints_the_test_when_its_chart_cannot_be_written(read_only
     assert "McNemar" in out, out
     assert result.exit_code == 1 and "read-only" in out and "not saved" in out, out
     assert not (runs / "compare.png").exists()
+
+
+# ------------------------------------------------------------------ an ensemble of one run twice
+def test_an_ensemble_of_one_run_named_twice_is_refused(tiny_store):
+    """`ensemble knn knn` recorded the single run as an 'ensemble' that listed as a distinct run."""
+    store, runs, (logreg, knn) = tiny_store
+    before = sorted(p.name for p in runs.iterdir())
+    result = cli("ensemble", knn, knn[:-1], logreg, "--store", store, "--runs", runs)  # an id and its own prefix
+    out = no_traceback(result)
+    assert result.exit_code == 1 and f"{knn} named more than once" in out, out
+    assert sorted(p.name for p in runs.iterdir()) == before  # nothing recorded

@@ -55,6 +55,12 @@ def ensemble(
         )
     root = runs_root(store, runs)
     members = [find_run(r, root) for r in run_ids]  # each verified: its model and its stored predictions
+    twice = sorted({rec.id for rec, _ in members if [m.id for m, _ in members].count(rec.id) > 1})
+    if twice:
+        raise ConfigError(
+            f"{', '.join(twice)} named more than once; an ensemble's members are distinct runs (give a run more "
+            f"say with --weight)"
+        )
     ensure_writable(root)
     nested = [rec.id for rec, _ in members if not kind_of(rec).member_of_ensembles]
     if nested:
