@@ -381,7 +381,7 @@ def test_sweep_ensemble_over_extractors_of_other_rows_is_refused_before_any_fit(
 def test_classifier_parameters_out_of_range_are_refused_with_the_range(store, tmp_path):
     for param, said in (
         ("C=inf", "C must be a finite number > 0"),
-        ("max_iter=0", "max_iter must be an integer >= 1"),
+        ("max_iter=0", "max_iter must be an integer in [1, 1000000]"),
         ("C=nan", "C must be a finite number > 0"),
         ("C=-1", "C must be a finite number > 0"),
     ):
