@@ -6,7 +6,6 @@ tiny PNGs extracted with VGG16's random weights at 32 px.
 from __future__ import annotations
 
 import os
-import traceback
 import zlib
 from pathlib import Path
 
@@ -16,18 +15,7 @@ from typer.testing import CliRunner
 
 from featstore.cli import app
 from featstore.store import writer
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def no_traceback(result) -> str:
-    """The output of a CLI call that ended by itself or with one line (never an uncaught exception)."""
-    exc = result.exception
-    if exc is not None and not isinstance(exc, SystemExit):
-        raise AssertionError("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-    return result.output
+from tests.test_adversarial_attack2 import cli, no_traceback
 
 
 def synthetic_store(path: Path, splits=("train", "validation", "test"), classes=("a", "b", "c")) -> Path:
