@@ -100,12 +100,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
         write_atomic("runs.csv", lambda tmp: tmp.write_text("id,acc\\n"), "--out")
     """
     path = check_output(path, what)
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise _output_error(exc, path, what) from None
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _temp_beside(path, what)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group
         write(tmp)
@@ -137,13 +132,18 @@ def probe_output(path: str | os.PathLike, what: str = "output") -> Path:
         out = probe_output("predictions.csv", "--out")
     """
     path = check_output(path, what)
+    _temp_beside(path, what).unlink()
+    return path
+
+
+def _temp_beside(path: Path, what: str) -> Path:
+    """A new empty temporary file in ``path``'s folder (hidden, named after it); an OSError as one OutputError."""
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _output_error(exc, path, what) from None
     os.close(fd)
-    os.unlink(name)
-    return path
+    return Path(name)
 
 
 def output_fix(exc: OSError, path: Path) -> str:

@@ -15,10 +15,16 @@ from featstore.errors import ConfigError, OutputError
 logger = logging.getLogger(__name__)
 
 
-def _refuse_unsaved(summary: dict) -> None:
-    """One error line (exit 1) when the summary or chart could not be written; the figures were printed above."""
+def _print_summary(summary: dict, as_json: bool, table) -> None:
+    """The protocol's table (or its JSON), then the files written; one error line (exit 1) when the summary or chart
+    could not be written, after the figures."""
+    typer.echo(json.dumps(summary, indent=1) if as_json else table(summary))
     if summary.get("not_saved"):
         raise OutputError(f"{summary['not_saved']} The figures above were computed but not saved.")
+    if not as_json:
+        from featstore.outputs import terminal_safe
+
+        typer.echo(f"wrote {terminal_safe(summary['png'])} and {terminal_safe(summary['json'])}")
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -76,12 +82,7 @@ def probe(
         runs=runs,
         png=png,
     )
-    typer.echo(json.dumps(summary, indent=1) if as_json else probe_table(summary))
-    _refuse_unsaved(summary)
-    if not as_json:
-        from featstore.outputs import terminal_safe
-
-        typer.echo(f"wrote {terminal_safe(summary['png'])} and {terminal_safe(summary['json'])}")
+    _print_summary(summary, as_json, probe_table)
 
 
 @app.command()
@@ -122,9 +123,4 @@ def fewshot(
         runs=runs,
         png=png,
     )
-    typer.echo(json.dumps(summary, indent=1) if as_json else fewshot_table(summary))
-    _refuse_unsaved(summary)
-    if not as_json:
-        from featstore.outputs import terminal_safe
-
-        typer.echo(f"wrote {terminal_safe(summary['png'])} and {terminal_safe(summary['json'])}")
+    _print_summary(summary, as_json, fewshot_table)
