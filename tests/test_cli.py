@@ -63,6 +63,29 @@ def test_extract_then_info(data_root, tmp_path):
     assert FeatureStore(store).splits() == ["train", "validation"]
 
 
+def test_several_splits_in_one_command_equal_one_command_each(data_root, tmp_path):
+    """--split repeated: the splits in order, one line each, rows bit-identical to one command per split; a bad name
+    or --augment with several splits is refused before any split is written."""
+    import numpy as np
+
+    one, many = tmp_path / "one.h5", tmp_path / "many.h5"
+    for split in ("train", "validation"):
+        assert tiny(data_root, one, "--split", split).exit_code == 0
+    r = tiny(data_root, many, "--split", "train", "--split", "validation", "--split", "train")
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("wrote ")]
+    assert len(lines) == 2 and "/vgg16/train" in lines[0] and "/vgg16/validation" in lines[1], r.output
+    a, b = FeatureStore(one), FeatureStore(many)
+    assert b.splits() == ["train", "validation"]
+    for split in ("train", "validation"):
+        assert np.array_equal(a.load(split)[0], b.load(split)[0])
+    refused = tmp_path / "refused.h5"
+    r = tiny(data_root, refused, "--split", "train", "--split", "../test")
+    assert r.exit_code != 0 and "split name '../test' is not allowed" in r.output and not refused.exists(), r.output
+    r = tiny(data_root, refused, "--split", "train", "--split", "validation", "--augment", "2")
+    assert r.exit_code != 0 and "one training split" in r.output and not refused.exists(), r.output
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -54,8 +54,11 @@ def models(
 @_errors
 def extract(
     split: Annotated[
-        str, typer.Option(help="Split folder under --data to extract (train, validation, test, ...).")
-    ] = "train",
+        list[str],
+        typer.Option(
+            help="Split folder under --data to extract (train, validation, test, ...). Repeat it to extract several in one command, one after the other, with one TensorFlow start-up: --split train --split validation --split test."
+        ),
+    ] = ["train"],  # noqa: B006 (typer's default for a repeated option; never mutated)
     data: Annotated[
         Path, typer.Option(help="Data root: one folder per split, each with one folder of images per class.")
     ] = Path("data"),
@@ -174,9 +177,12 @@ def extract(
 
     An interrupted run (Ctrl-C, kill, crash) resumes from its last committed batch when re-run with the same options.
     With --augment K it also caches K seeded augmented copies of the split (after the split itself), resumable the same way.
+    Several --split options are extracted in the order given, each as its own command would; a failure stops there.
     """
+    from featstore.errors import ConfigError
     from featstore.extraction.pipeline import ExtractorConfig
     from featstore.extraction.pipeline import extract as run_extract
+    from featstore.provenance import validate_name
 
     ray_options = None
     if (
@@ -209,28 +215,42 @@ def extract(
         preprocess=preprocess,
         trust_model=trust_model,
     )
-    try:
-        r = run_extract(
-            data,
-            split,
-            store,
-            config,
-            name=name,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            progress=progress,
-            compression=compression,
-            jit=jit,
-            engine=engine,
-            ray_options=ray_options,
-            decode_threads=decode_threads if engine == "local" else None,
-            augment=augment,
-            augment_spec=augment_spec,
-            augment_seed=augment_seed,
+    splits = list(dict.fromkeys(split))  # a split named twice is extracted once
+    if augment is not None and len(splits) > 1:
+        raise ConfigError(
+            f"--augment K makes copies of one training split, and {len(splits)} splits were given "
+            f"({', '.join(splits)}): extract the others in a command of their own, without --augment"
         )
-    except KeyboardInterrupt:
-        typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
-        raise typer.Exit(130) from None
+    for name_ in splits:
+        validate_name("split", name_)  # every name checked before the first split is written
+    for one in splits:
+        try:
+            r = run_extract(
+                data,
+                one,
+                store,
+                config,
+                name=name,
+                batch_size=batch_size,
+                overwrite=overwrite,
+                progress=progress,
+                compression=compression,
+                jit=jit,
+                engine=engine,
+                ray_options=ray_options,
+                decode_threads=decode_threads if engine == "local" else None,
+                augment=augment,
+                augment_spec=augment_spec,
+                augment_seed=augment_seed,
+            )
+        except KeyboardInterrupt:
+            typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
+            raise typer.Exit(130) from None
+        _print_extracted(r, augment)
+
+
+def _print_extracted(r, augment: int | None) -> None:
+    """What one split's extraction did, in one line (and one line per failed image)."""
     where = f"{r.store}:/{r.extractor}/{r.split}" + (
         f" (and {', '.join(r.extractors[1:])})" if len(r.extractors) > 1 else ""
     )
