@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError, check_jobs
 from featstore.experiments.compare import check_chart_name, compare_pair, wilson_of
 from featstore.experiments.ensemble import ensemble as record_ensemble
 from featstore.experiments.ensemble import greedy_ensemble
@@ -83,8 +83,7 @@ def sweep(
         raise ConfigError(
             f"parameters given for {', '.join(sorted(set(params) - set(clfs)))}, which is not swept; swept: {', '.join(clfs)}"
         )
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    check_jobs(jobs)  # a 20-digit count made a thread pool of that many threads
     check_distinct(train, validation, test)
     if png is not None:
         check_chart_name(png, "--png")  # a heat map that cannot be written is refused before any fit
