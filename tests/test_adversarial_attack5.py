@@ -39,3 +39,42 @@ def test_jobs_is_a_bounded_count(tiny_store, tmp_path, monkeypatch, command, job
     out = no_traceback(cli(*command, "--jobs", jobs, "--store", store, "--runs", runs))
     assert "--jobs" in out and "from 1 to 256" in out, out
     assert not runs.exists() or not any(runs.iterdir()), "refused before any fit"
+
+
+# ------------------------------------------------------------------ a compressed chunk that unpacks to far more than its rows
+def _gzip_bomb_features(store, rows_per_chunk: int) -> None:
+    """Train's features rewritten as one gzip chunk of ``rows_per_chunk`` rows (its rows, then zeros), compressed as it
+    is written so the test never holds the chunk: a few hundred KB on disk."""
+    import zlib
+
+    import h5py
+
+    with h5py.File(store, "a") as f:
+        sg = f["s/train"]
+        X = sg["features"][()]
+        del sg["features"]
+        ds = sg.create_dataset(
+            "features", shape=X.shape, maxshape=(None, X.shape[1]), chunks=(rows_per_chunk, X.shape[1]),
+            dtype="float32", compression="gzip",
+        )  # fmt: skip
+        z = zlib.compressobj(6)
+        packed = [z.compress(X.tobytes())]
+        zeros = bytes(1 << 20)
+        left = rows_per_chunk * X.shape[1] * 4 - X.nbytes
+        while left > 0:
+            packed.append(z.compress(zeros[: min(left, len(zeros))]))
+            left -= len(zeros)
+        packed.append(z.flush())
+        ds.id.write_direct_chunk((0, 0), b"".join(packed))
+
+
+def test_a_compressed_chunk_is_not_unpacked_beyond_its_rows(tmp_path):
+    """A crafted store of 30 train rows whose features are one gzip chunk of 2**24 rows (512 MiB of zeros, 500 KB on
+    disk): `check` and `fit` unpacked the whole chunk to read 30 rows (1 GiB resident for a 1 GiB chunk; up to 4 GiB
+    per dataset at HDF5's limit), with no word. Now every reader refuses it, naming the dataset and the fix."""
+    store = synthetic_store(tmp_path / "s.h5")
+    _gzip_bomb_features(store, 1 << 24)
+    for command in (("check", store), ("fit", "--store", store, "--runs", tmp_path / "runs")):
+        out = no_traceback(cli(*command))
+        assert "train/features: one compressed chunk unpacks to 512 MiB for 30 committed rows" in out, out
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
