@@ -78,3 +78,40 @@ def test_a_compressed_chunk_is_not_unpacked_beyond_its_rows(tmp_path):
         out = no_traceback(cli(*command))
         assert "train/features: one compressed chunk unpacks to 512 MiB for 30 committed rows" in out, out
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+# ------------------------------------------------------------------ a split that holds no rows (every image failed)
+@pytest.fixture
+def empty_test(tmp_path):
+    """The synthetic store with a complete test split of no rows (as an extract where every image failed leaves)."""
+    import numpy as np
+
+    from featstore.store import writer
+
+    store = synthetic_store(tmp_path / "s.h5", splits=("train", "validation"))
+    writer.write_arrays(store, "s", "test", np.zeros((0, 8), np.float32), np.zeros(0, np.int32), ["a", "b", "c"])
+    return store
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("fit",), ("sweep", "--clf", "logreg,knn"), ("probe",), ("fewshot", "--shots", "1"), ("fit", "--test", "none", "--validation", "test")],
+    ids=["fit", "sweep", "probe", "fewshot", "fit-validation"],
+)  # fmt: skip
+def test_a_split_without_rows_is_named_before_any_fit(empty_test, tmp_path, command):
+    """A complete split of no rows (every image of it failed to decode): `probe` ended in scikit-learn's traceback;
+    `fit` fitted, then said the classifier's settings 'cannot predict'; `sweep` fitted and recorded every run, then
+    said the chosen model 'was altered or damaged after the fit. Fit the classifier again'; fewshot advised other
+    parameters or more shots. None named the empty split."""
+    runs = tmp_path / "runs"
+    out = no_traceback(cli(*command, "--store", empty_test, "--runs", runs))
+    assert "'test' of 's'" in out and "holds no rows" in out, out
+    assert not runs.exists() or not any(runs.iterdir()), "refused before any fit"
+
+
+def test_runs_evaluate_names_a_split_without_rows(tiny_store, empty_test):
+    """`runs evaluate RUN --split test` on a split of no rows said the run's model 'was altered or damaged after the
+    fit. Fit the classifier again', which cannot help."""
+    _, runs, ids = tiny_store
+    out = no_traceback(cli("runs", "--store", empty_test, "--runs", runs, "evaluate", ids[0], "--split", "test"))
+    assert "holds no rows" in out and "altered" not in out, out

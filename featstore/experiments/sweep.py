@@ -34,7 +34,7 @@ from featstore.experiments.ensemble import ensemble as record_ensemble
 from featstore.experiments.ensemble import greedy_ensemble
 from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.fit import OOF, fit
-from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, no_split
+from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -236,6 +236,8 @@ def _test_split(fs: FeatureStore, names: list[str], test: str | None) -> tuple[s
         why = f"not every swept extractor has a complete {test!r} split ({'; '.join(f'{n}: {w}' for n, w in lacking.items())})"
         logger.warning("%s: the sweep evaluates no test split", why)
         return None, why
+    for n in names:
+        check_has_rows(fs, n, test, "--test")  # before any fit: the choice's test was refused after every fit
     return test, ""
 
 
