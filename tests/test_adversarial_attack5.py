@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_adversarial_attack3 import synthetic_store
+from tests.test_adversarial_attack3 import synthetic_store, tiny_pngs
 from tests.test_adversarial_attack4 import cli, no_traceback
 
 
@@ -115,3 +115,16 @@ def test_runs_evaluate_names_a_split_without_rows(tiny_store, empty_test):
     _, runs, ids = tiny_store
     out = no_traceback(cli("runs", "--store", empty_test, "--runs", runs, "evaluate", ids[0], "--split", "test"))
     assert "holds no rows" in out and "altered" not in out, out
+
+
+# ------------------------------------------------------------------ --image-size 0 is not "the default"
+def test_image_size_zero_is_refused_not_replaced_by_the_default(tmp_path):
+    """`extract --image-size 0` extracted at VGG16's default 150 px without a word (0 was read as "not given"): 40 s
+    of work into a store whose input size is not the one asked for. -1 was refused; 0 is now too. No TensorFlow."""
+    tiny_pngs(tmp_path / "data", {"train": {"a": ["0.png"], "b": ["0.png"]}})
+    out = no_traceback(
+        cli("extract", "--data", tmp_path / "data", "--split", "train", "--store", tmp_path / "s.h5", "--weights", "none",
+            "--image-size", "0")
+    )  # fmt: skip
+    assert "--image-size 0 is too small for vgg16" in out, out
+    assert not (tmp_path / "s.h5").exists()
