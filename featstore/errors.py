@@ -48,6 +48,7 @@ def choices_error(kind: str, value: object, valid: Iterable[str]) -> ConfigError
 
 MAX_BATCH = 2**31 - 1  # --batch-size: stored as an HDF5 integer attribute, and a count itertools accepts
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding and scikit-learn's random_state take 32 bits
+MAX_JOBS = 256  # --jobs: loky starts every worker process up front, so 100000 exhausted the machine's memory
 
 
 def check_seed(value: object, option: str = "--seed") -> int:
@@ -58,6 +59,17 @@ def check_seed(value: object, option: str = "--seed") -> int:
     """
     if isinstance(value, bool) or not hasattr(value, "__index__") or not 0 <= value.__index__() <= MAX_SEED:
         raise ConfigError(f"{option} {value!r}: give an integer from 0 to {MAX_SEED}")
+    return value.__index__()
+
+
+def check_jobs(value: object, option: str = "--jobs") -> int:
+    """``value`` as a count of parallel fits (1 ... :data:`MAX_JOBS`), else a ConfigError naming ``option``.
+
+    >>> check_jobs(2)
+    2
+    """
+    if isinstance(value, bool) or not hasattr(value, "__index__") or not 1 <= value.__index__() <= MAX_JOBS:
+        raise ConfigError(f"{option} {value!r}: give a number of parallel fits from 1 to {MAX_JOBS}")
     return value.__index__()
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from featstore.errors import OutputError, StoreError
 from featstore.experiments.compare import compare_runs  # noqa: F401 (featstore.compare_runs: its public home)
+from featstore.experiments.protocol import check_has_rows
 from featstore.outputs import write_atomic
 from featstore.runs.apply import ApplyOptions
 from featstore.runs.files import output_path
@@ -88,6 +89,9 @@ def apply_run(
         rec, folder, y, pred, proba = apply_run("logreg-1a2b3c", "test")
     """
     rec, folder = get_run(run_id, store, runs)
+    fs = FeatureStore(store)
+    if rec.extractor in fs.extractors():  # an empty split was blamed on an altered model
+        check_has_rows(fs, rec.extractor, split, "--split")
     y, pred, proba = kind_of(rec).split_predictions(rec, folder, store, split, ApplyOptions())
     return rec, folder, y, pred, (proba if raw else calibrated(rec, proba))
 

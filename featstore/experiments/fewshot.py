@@ -26,7 +26,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, OutputError, StoreError, check_seed
 from featstore.experiments.compare import check_chart_name
-from featstore.experiments.protocol import check_distinct
+from featstore.experiments.protocol import check_distinct, check_has_rows
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
@@ -172,6 +172,7 @@ def fewshot(
                 f"extractor {name!r} has no complete {split!r} split (it has: {', '.join(fs.splits(name))}); extract "
                 f"it, or name another with --train/--test"
             )
+        check_has_rows(fs, name, split, "--train" if split == train else "--test")
     class_names = fs.class_names(name)
     y = fs.labels(train, name)
     shots = _check_shots(shots, trials, y, class_names, train)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, OutputError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError, check_jobs
 from featstore.experiments.calibration import calibrate_on_out_of_fold, calibrate_on_validation, not_calibrated
 from featstore.experiments.evaluate import metrics, run_metrics  # noqa: F401 (metrics: its old home)
 from featstore.experiments.protocol import Splits, check_distinct, resolve_splits
@@ -109,6 +109,7 @@ def fit(
     spec = get_classifier(clf)
     given = params or {}
     spec.check_values(given)  # unknown names and values out of range fail before any data is read
+    check_jobs(jobs)  # 0 reached joblib as a traceback; 100000 started 100,000 loky processes at once
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     if budget is not None and budget <= 0:
         raise ConfigError(f"--memory-budget must be positive, got {memory_budget!r}")

@@ -48,6 +48,7 @@ from featstore.experiments.probe_fits import (
     knn_predict,
     logistic,
 )
+from featstore.experiments.protocol import check_has_rows
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import proportion_interval
@@ -157,6 +158,8 @@ def _extractors(fs: FeatureStore, wanted: list[str] | None, splits: tuple[str, .
                 f"{splits[2]!r}. Extract the missing split, name the splits with --train/--validation/--test, or leave "
                 f"the extractor out with --extractor"
             )
+        for split, option in zip(splits, ("--train", "--validation", "--test")):
+            check_has_rows(fs, n, split, option)
     return list(dict.fromkeys(names))
 
 

@@ -29,6 +29,20 @@ def no_split(name: str | None) -> bool:
     return name is None or name.strip().lower() in (NONE, "")
 
 
+def check_has_rows(fs: FeatureStore, name: str, split: str, option: str) -> None:
+    """StoreError when ``split`` of ``name`` is complete and holds no rows (every image failed): nothing can be
+    fitted on it or scored on it, and the classifier's own error blamed its parameters or an altered model."""
+    if split not in fs.splits(name):
+        return
+    info = fs.split_info(split, name)
+    if info.get("complete") and not int(info.get("committed_rows") or 0):
+        raise StoreError(
+            f"{option} {split!r}: split {split!r} of {name!r} in {fs.path} holds no rows (all "
+            f"{int(info.get('n_failed') or 0)} of its images failed; `featstore info` lists why), so nothing can be "
+            f"fitted or scored on it. Re-extract it from readable images, or name another split with {option}"
+        )
+
+
 def check_distinct(train: str, validation: str | None, test: str | None) -> None:
     """ConfigError unless the splits asked for are different splits."""
     named = [s for s in (train, validation, test) if not no_split(s)]
@@ -69,6 +83,7 @@ def resolve_splits(
         raise StoreError(
             f"extractor {name!r} in {fs.path} has no {train!r} split; run `featstore extract --split {train}` first"
         )
+    check_has_rows(fs, name, train, "--train")
     notes: list[str] = []
     val, why_no_val = _one(fs, name, validation, "validation", present, train, notes)
     if test_later:
@@ -109,4 +124,5 @@ def _one(
         logger.warning("split %r of %r is not complete; it is not used", split, name)
         notes.append(f"not evaluated on {split!r}: {why}" if role == "test" else f"not used: {why}")
         return None, why
+    check_has_rows(fs, name, split, f"--{role}")
     return split, ""

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError, check_jobs
 from featstore.experiments.compare import check_chart_name, compare_pair, wilson_of
 from featstore.experiments.ensemble import ensemble as record_ensemble
 from featstore.experiments.ensemble import greedy_ensemble
 from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.fit import OOF, fit
-from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, no_split
+from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -83,8 +83,7 @@ def sweep(
         raise ConfigError(
             f"parameters given for {', '.join(sorted(set(params) - set(clfs)))}, which is not swept; swept: {', '.join(clfs)}"
         )
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    check_jobs(jobs)  # a 20-digit count made a thread pool of that many threads
     check_distinct(train, validation, test)
     if png is not None:
         check_chart_name(png, "--png")  # a heat map that cannot be written is refused before any fit
@@ -237,6 +236,8 @@ def _test_split(fs: FeatureStore, names: list[str], test: str | None) -> tuple[s
         why = f"not every swept extractor has a complete {test!r} split ({'; '.join(f'{n}: {w}' for n, w in lacking.items())})"
         logger.warning("%s: the sweep evaluates no test split", why)
         return None, why
+    for n in names:
+        check_has_rows(fs, n, test, "--test")  # before any fit: the choice's test was refused after every fit
     return test, ""
 
 

@@ -171,7 +171,7 @@ class ExtractorConfig:
             raise ConfigError(f"--layer lists a layer twice: {', '.join(self.cut_layers)}")
         check_seed(self.seed)  # -1 reached numpy's seeding as a traceback
         spec = spec or self.backbone()
-        size = self.image_size or spec.default_size
+        size = spec.default_size if self.image_size is None else self.image_size  # 0 is refused, not the default
         validate_pooling(self.pooling)
         validate_dtype(self.dtype)
         if isinstance(spec, SavedModelSpec):

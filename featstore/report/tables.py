@@ -80,8 +80,9 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
         from featstore.models.backbones import validate_size
 
         spec = get_backbone(model)
-        validate_size(spec, image_size or spec.default_size)
-        base = spec.build(image_size or spec.default_size, None)
+        size = spec.default_size if image_size is None else image_size  # --image-size 0 is refused, not the default
+        validate_size(spec, size)
+        base = spec.build(size, None)
     rows = [["layer", "output shape", ""]]
     rows += [
         [lyr.name, str(tuple(lyr.output.shape[1:])), "default cut" if lyr.name == default else ""]

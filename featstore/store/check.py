@@ -18,7 +18,14 @@ import numpy as np
 from featstore.errors import StoreError, renamed_argument
 from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, attrs_of, check_format_version, plain, validate_extractor
 from featstore.store.augmented import copy_problems
-from featstore.store.layout import foreign_objects, hard_groups, read_paths, validate_augmented, validate_split
+from featstore.store.layout import (
+    check_chunks,
+    foreign_objects,
+    hard_groups,
+    read_paths,
+    validate_augmented,
+    validate_split,
+)
 from featstore.store.locking import StoreFile
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
@@ -87,6 +94,7 @@ def _check_extractor(g, name: str, scans: list[_Split]) -> list[str]:
         where = f"/{name}/{split}"
         try:
             commit = validate_split(sg, where, a)
+            check_chunks(sg, commit, where)
         except StoreError as exc:
             out.append(str(exc))
             continue
@@ -127,6 +135,7 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
     where = f"/{name}/{key}"
     try:
         commit = validate_augmented(ag, where, a, source)
+        check_chunks(ag, commit, where)
     except StoreError as exc:
         return [str(exc)]
     out = []

@@ -142,6 +142,29 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
     return read_commit(sg, where)
 
 
+MAX_PACKED_CHUNK = 64 << 20  # bytes: a compressed chunk is unpacked whole to read any of its rows
+
+
+def check_chunks(sg, commit: Commit, where: str) -> None:
+    """Refuse a compressed row dataset whose one chunk unpacks to more than 64 MiB and more than its committed rows take:
+    a crafted store of a few MB (a gzip chunk of zeros) would otherwise make every reader allocate up to 4 GiB per
+    dataset. Call it before reading rows (the writer does not: it resumes the splits it made).
+    """
+    for key in (*ROW_DATASETS, "failed/paths", "failed/reasons"):
+        ds = sg.get(key)
+        if not isinstance(ds, h5py.Dataset) or ds.chunks is None or ds.id.get_create_plist().get_nfilters() == 0:
+            continue
+        row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+        chunk = int(np.prod(ds.chunks, dtype=np.int64)) * ds.dtype.itemsize
+        rows = commit.failed if key.startswith("failed/") else commit.rows
+        if rows and chunk > max(MAX_PACKED_CHUNK, rows * row_bytes):
+            raise StoreError(
+                f"{where}/{key}: one compressed chunk unpacks to {chunk / 2**20:,.0f} MiB for {rows} committed rows "
+                f"({rows * row_bytes / 2**20:,.1f} MiB): reading it would allocate all of it (a damaged or crafted "
+                f"store). Re-extract this split with --overwrite (and a --batch-size whose batch is smaller)."
+            )
+
+
 AUGMENT_ATTRS = ("augment_copies", "augment_spec", "augment_seed", "source_rows", "source_split")
 
 

@@ -19,6 +19,7 @@ from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED, attrs_of, plain, validate_extractor
 from featstore.store.layout import (
     Commit,
+    check_chunks,
     hard_groups,
     split_summary,
     validate_augmented,
@@ -56,6 +57,7 @@ def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = Fals
         )
     sg = g[split]
     commit = validate_split(sg, f"{path}:/{name}/{split}", attrs)
+    check_chunks(sg, commit, f"{path}:/{name}/{split}")
     if not augmented:
         return sg, commit
     if AUGMENTED not in hard_groups(sg):
@@ -63,7 +65,10 @@ def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = Fals
             f"split {split!r} of {name!r} in {path} has no augmented copies; make them with "
             f"`featstore extract --split {split} --augment K` (same options as the split)"
         )
-    return sg[AUGMENTED], validate_augmented(sg[AUGMENTED], f"{path}:/{name}/{split}/{AUGMENTED}", attrs, commit)
+    where = f"{path}:/{name}/{split}/{AUGMENTED}"
+    copies = validate_augmented(sg[AUGMENTED], where, attrs, commit)
+    check_chunks(sg[AUGMENTED], copies, where)
+    return sg[AUGMENTED], copies
 
 
 @dataclass
