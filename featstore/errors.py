@@ -63,13 +63,14 @@ def check_seed(value: object, option: str = "--seed") -> int:
 
 
 def check_jobs(value: object, option: str = "--jobs") -> int:
-    """``value`` as a count of parallel fits (1 ... :data:`MAX_JOBS`), else a ConfigError naming ``option``.
+    """``value`` as a count of parallel jobs (fits, or the report's layout threads; 1 ... :data:`MAX_JOBS`), else a
+    ConfigError naming ``option``.
 
     >>> check_jobs(2)
     2
     """
     if isinstance(value, bool) or not hasattr(value, "__index__") or not 1 <= value.__index__() <= MAX_JOBS:
-        raise ConfigError(f"{option} {value!r}: give a number of parallel fits from 1 to {MAX_JOBS}")
+        raise ConfigError(f"{option} {value!r}: give a number of parallel jobs from 1 to {MAX_JOBS}")
     return value.__index__()
 
 

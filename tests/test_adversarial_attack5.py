@@ -128,3 +128,29 @@ def test_image_size_zero_is_refused_not_replaced_by_the_default(tmp_path):
     )  # fmt: skip
     assert "--image-size 0 is too small for vgg16" in out, out
     assert not (tmp_path / "s.h5").exists()
+
+
+# ------------------------------------------------------------------ what the fifth attack observed, fixed by the lead
+def test_report_jobs_is_a_bounded_count(tiny_store, tmp_path):
+    """`report --jobs 0` (or a negative count) was taken without a word."""
+    store, runs, _ = tiny_store
+    for jobs in ("0", "-3", "100000"):
+        out = no_traceback(cli("report", "--store", store, "--runs", runs, "--out", tmp_path / "site", "--jobs", jobs))
+        assert "--jobs" in out and "from 1 to 256" in out, out
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_planted_oversized_cached_thumbnail_is_not_read_whole(tmp_path, caplog):
+    """`similar --html` inlines cached thumbnails as data: URIs and read a cached file whole, whatever its size: a
+    file planted in the store's cache folder was read into memory (and into the page) without a bound."""
+    from featstore.report.site.thumbs import MAX_THUMB_BYTES, Thumb, ThumbCache
+
+    cache = ThumbCache(tmp_path / "thumbs")
+    key = "ab" + "0" * 30
+    cache.path(key).parent.mkdir(parents=True)
+    with open(cache.path(key), "wb") as fh:
+        fh.truncate(MAX_THUMB_BYTES + 10)  # sparse: no real gigabytes needed to show the bound
+    assert cache.data_uri(Thumb("x.png", key)) is None
+    assert "not shown" in caplog.text
+    cache.path(key).write_bytes(b"\x89PNG small")
+    assert cache.data_uri(Thumb("x.png", key)).startswith("data:image/png;base64,")

@@ -319,3 +319,20 @@ def test_group_folds_shrink_to_the_smallest_class():
         stratified_group_folds(y, np.arange(3))
     with pytest.raises(ValueError, match="at least 2"):
         stratified_group_folds(y, None, 1)
+
+
+def test_too_few_rows_get_the_whole_range_not_a_point_interval():
+    """One test row gave "balanced 0.000 [0.000, 0.000]" (every bootstrap resample is that row): an interval that
+    reads as certainty. Under MIN_BOOT_ROWS rows the interval is the figure's whole range, and says why."""
+    from featstore.stats.figures import MIN_BOOT_ROWS, confusion_figures, probability_figures
+
+    one = confusion_figures([[0, 1], [0, 0]])
+    for key in ("balanced_accuracy_ci", "macro_f1_ci"):
+        assert (one[key]["low"], one[key]["high"]) == (0.0, 1.0), one[key]
+        assert "too few for a bootstrap" in one[key]["method"]
+    p = probability_figures([0, 1, 1], [[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], n_boot=50)
+    assert p["log_loss_ci"]["low"] == 0.0 and p["log_loss_ci"]["high"] > 36 and p["ece_ci"]["high"] == 1.0
+    n = MIN_BOOT_ROWS  # from this many rows on, a real bootstrap
+    enough = confusion_figures([[n // 2 - 1, 1], [1, n - n // 2 - 1]])
+    assert enough["balanced_accuracy_ci"]["method"].startswith("percentile bootstrap")
+    assert 0.0 < enough["balanced_accuracy_ci"]["low"] < enough["balanced_accuracy_ci"]["high"] <= 1.0

@@ -10,13 +10,18 @@ compare`` and ``sweep`` print).
   estimate itself: its interval is the percentile interval moved back by the bootstrap's bias (mean of the
   resamples minus the estimate), never below 0.
 
+On fewer than :data:`MIN_BOOT_ROWS` rows no bootstrap is drawn: a bootstrap of one row is a single point ("balanced
+accuracy 0.000 [0.000, 0.000]" read as certainty), so such an interval is the figure's whole range ([0, 1], or
+[0, 36.04] nats for the log-loss, whose probabilities are clipped at float64's epsilon) and its method says why.
+The accuracy's Wilson interval needs no such floor.
+
 Macro-F1 is averaged over *every* class of the store, a class with no row and no prediction counting 0 (the
 figure runs have always recorded, scikit-learn's ``f1_score(labels=all, average="macro", zero_division=0)``);
 balanced accuracy is the mean recall over the classes present (scikit-learn's ``balanced_accuracy_score``).
 Bootstraps are seeded, so the same predictions always give the same intervals.
 
 >>> f = confusion_figures([[8, 2], [1, 9]])
->>> f["accuracy_ci"]["method"], round(f["accuracy_ci"]["low"], 3), f["balanced_accuracy"]
+>>> f["accuracy_ci"]["method"], round(f["accuracy_ci"]["low"], 3), round(f["balanced_accuracy"], 4)
 ('wilson', 0.64, 0.85)
 """
 
@@ -31,6 +36,7 @@ N_BOOT = 2000  # bootstrap resamples of every recorded interval
 SEED = 0  # their seed: the same predictions give the same intervals
 N_BINS = 15  # reliability bins (equal width over [0, 1])
 TOP_K = 5  # top-k accuracy is recorded with at least TOP_K + 1 classes
+MIN_BOOT_ROWS = 20  # below this many rows a percentile bootstrap is far too narrow (one row: a single point)
 _CELLS_PER_CHUNK = 4_000_000  # resampled rows held at once by the row bootstrap (about 100 MB of work arrays)
 
 
@@ -38,15 +44,28 @@ def _method(n_boot: int, seed: int) -> str:
     return f"percentile bootstrap (B={n_boot}, seed {seed})"
 
 
-def _interval(estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float) -> dict:
+def _interval(
+    estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float, n: int, whole=(0.0, 1.0)
+) -> dict:
+    """The percentile interval of ``draws``; on fewer than :data:`MIN_BOOT_ROWS` rows the figure's ``whole`` range
+    instead, saying so (a bootstrap of one row is a single point, which would read as certainty)."""
+    if n < MIN_BOOT_ROWS:
+        return _too_few(estimate, n, level, whole)
     lo, hi = percentile_bounds(draws, level)
     return Interval(float(estimate), lo, hi, level, _method(n_boot, seed)).to_dict()
 
 
-def _shifted_interval(estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float) -> dict:
+def _too_few(estimate: float, n: int, level: float, whole) -> dict:
+    method = f"none: {n} rows, under {MIN_BOOT_ROWS}, are too few for a bootstrap; the figure's whole range"
+    return Interval(float(estimate), float(whole[0]), float(whole[1]), level, method).to_dict()
+
+
+def _shifted_interval(estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float, n: int) -> dict:
     """The percentile interval of ``draws`` moved by the bootstrap's own bias (mean of the draws minus the estimate),
     never below 0: for the ECE, a sum of absolute gaps that every resample's extra noise inflates, whose plain
-    percentile interval can lie wholly above the estimate."""
+    percentile interval can lie wholly above the estimate. On too few rows, [0, 1] (see :func:`_interval`)."""
+    if n < MIN_BOOT_ROWS:
+        return _too_few(estimate, n, level, (0.0, 1.0))
     bias = float(np.mean(draws)) - float(estimate)
     lo, hi = percentile_bounds(draws - bias, level)
     method = f"percentile bootstrap moved by its bias {bias:+.3g} (B={n_boot}, seed {seed})"
@@ -94,8 +113,10 @@ def confusion_figures(cm, n_boot: int = N_BOOT, seed: int = SEED, level: float =
     return {
         "accuracy_ci": proportion_interval(int(np.trace(cm)), n, level).to_dict(),
         "balanced_accuracy": float(_balanced(tp, true_n)),
-        "balanced_accuracy_ci": _interval(_balanced(tp, true_n), _balanced(tp_b, true_b), n_boot, seed, level),
-        "macro_f1_ci": _interval(_macro_f1(tp, true_n, pred_n), _macro_f1(tp_b, true_b, pred_b), n_boot, seed, level),
+        "balanced_accuracy_ci": _interval(_balanced(tp, true_n), _balanced(tp_b, true_b), n_boot, seed, level, n),
+        "macro_f1_ci": _interval(
+            _macro_f1(tp, true_n, pred_n), _macro_f1(tp_b, true_b, pred_b), n_boot, seed, level, n
+        ),
     }
 
 
@@ -139,14 +160,14 @@ def probability_figures(
             top_b[start : start + c] = top[idx].mean(axis=1)
     out = {
         "log_loss": float(loss.mean()),
-        "log_loss_ci": _interval(loss.mean(), ll_b, n_boot, seed, level),
+        "log_loss_ci": _interval(loss.mean(), ll_b, n_boot, seed, level, n, (0.0, float(-np.log(eps)))),
         "ece": rel.ece,
-        "ece_ci": _shifted_interval(rel.ece, ece_b, n_boot, seed, level),
+        "ece_ci": _shifted_interval(rel.ece, ece_b, n_boot, seed, level, n),
         "reliability": rel.to_dict()["bins"],
     }
     if top is not None:
         out["top5"] = float(top.mean())
-        out["top5_ci"] = _interval(top.mean(), top_b, n_boot, seed, level)
+        out["top5_ci"] = _interval(top.mean(), top_b, n_boot, seed, level, n)
     return out
 
 

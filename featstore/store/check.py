@@ -3,8 +3,7 @@
 Links, virtual datasets and externally stored datasets are reported, never followed or read. The file is
 opened once for the layout and then per block of rows, so a writer appending another split is not held up.
 
->>> problems = check_store("features.h5")   # doctest: +SKIP
->>> problems
+>>> check_store("features.h5")   # doctest: +SKIP
 []
 """
 

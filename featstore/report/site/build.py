@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from featstore.errors import ConfigError, FeatstoreError, OutputError, check_seed
+from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
 from featstore.outputs import check_output, terminal_safe, write_text
 from featstore.report.site import charts
@@ -148,6 +148,7 @@ def build_report(
     if isinstance(map_rows, bool) or not isinstance(map_rows, int) or map_rows < 2:
         raise ConfigError(f"map_rows must be a number of rows of at least 2, not {map_rows!r}")
     check_seed(seed)  # a negative or 33-bit seed reached scikit-learn's PCA as a traceback
+    check_jobs(jobs)  # 0 or a negative count was taken without a word
     map_method = choose_method(map_method)  # an unknown name is refused before any work
     fs = FeatureStore(store)
     out = Path(out) if out is not None else default_out(store)

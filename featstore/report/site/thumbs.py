@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 SIDE = 96  # pixels
 VERSION = 1  # bump when thumbnails are made differently
 MAX_REASON = 300  # characters of a cached failure reason
+MAX_THUMB_BYTES = 1 << 20  # a cached thumbnail (96 px PNG, a few KB) is never larger; a bigger file was planted
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,17 @@ class ThumbCache:
 
         if thumb.key is None:
             return None
-        return "data:image/png;base64," + base64.b64encode(self.path(thumb.key).read_bytes()).decode("ascii")
+        path = self.path(thumb.key)
+        data = b""
+        if _regular(path):
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_THUMB_BYTES + 1)  # bounded: the cache folder is not trusted to hold what we wrote
+        if not data or len(data) > MAX_THUMB_BYTES:
+            logger.warning(
+                "cached thumbnail %s is not a regular file of at most %d bytes; not shown", path, MAX_THUMB_BYTES
+            )
+            return None
+        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _regular(path: Path) -> bool:
