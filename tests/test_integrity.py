@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featstore import ConfigError, ExtractorConfig, FeatureStore, StoreError, extract, fit, list_backbones, provenance
+from featstore import ConfigError, ExtractorConfig, FeatureStore, StoreError, extract, fit, provenance
 from featstore.store import writer
 from featstore.store.check import check_store
 
@@ -43,13 +43,7 @@ def test_fingerprint_ignores_prose_and_versions_but_not_numbers(tiny_train):
         assert _fp(dict(a, **{key: value})) != a["fingerprint"], key
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model", list_backbones())
-def test_every_backbone_built_twice_in_one_process_has_one_fingerprint(model):
-    from featstore import Extractor, get_backbone
-
-    cfg = ExtractorConfig(model=model, image_size=get_backbone(model).min_size, weights="none", seed=1)
-    assert Extractor(cfg).attrs["fingerprint"] == Extractor(cfg).attrs["fingerprint"]
+# every backbone built twice in one process has one fingerprint: tests/test_backbones.py, with its forward pass
 
 
 def test_train_then_validation_in_one_process_for_a_keras_numbered_model(data_root, tmp_path):
