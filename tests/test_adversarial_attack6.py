@@ -42,3 +42,35 @@ def test_rows_with_nan_or_inf_are_named_before_any_fit(tmp_path, split):
         assert result.exit_code == 1 and expect in out and "--overwrite" in out, (command, out)
         assert "altered" not in out and "cannot be fitted" not in out, out
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+# ------------------------------------------------------------------ several --split: a later split that cannot be extracted
+@pytest.mark.parametrize(
+    "layout, splits, expect",
+    [
+        ({"train": {"a": ["1.png"], "b": ["2.png"]}}, ("train", "valdation"), "split folder"),
+        (
+            {"train": {"a": ["1.png"], "b": ["2.png"]}, "test": {"a": ["3.png"]}},
+            ("train", "test"),
+            "classes of split 'test' differ from split 'train'",
+        ),
+    ],
+)
+def test_several_splits_are_listed_before_the_first_is_extracted(tmp_path, monkeypatch, layout, splits, expect):
+    """`extract --split train --split valdation` (a typo), or a last split lacking a class folder, extracted the whole
+    of train (hours on a real dataset) and only then refused the next split; the names were checked first, the
+    folders were not. Now every split is listed, and their classes compared, before any split is written."""
+    from featstore.extraction import pipeline
+    from tests.test_adversarial_attack3 import tiny_pngs
+
+    def no_extract(*args, **kwargs):
+        raise AssertionError("a split was extracted")
+
+    monkeypatch.setattr(pipeline, "extract", no_extract)
+    data = tiny_pngs(tmp_path / "data", layout)
+    store = tmp_path / "f.h5"
+    args = [a for s in splits for a in ("--split", s)]
+    result = cli("extract", "--data", data, *args, "--weights", "none", "--image-size", "32", "--store", store)
+    out = no_traceback(result)
+    assert result.exit_code == 1 and expect in out, out
+    assert not store.exists()
