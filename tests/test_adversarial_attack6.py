@@ -74,3 +74,33 @@ def test_several_splits_are_listed_before_the_first_is_extracted(tmp_path, monke
     out = no_traceback(result)
     assert result.exit_code == 1 and expect in out, out
     assert not store.exists()
+
+
+# ------------------------------------------------------------------ planted files beside the store, nested JSON
+NESTED = "[" * 100_000 + "]" * 100_000  # 200 KB, far under every size bound; json.loads raises RecursionError
+
+
+def test_nested_json_in_a_planted_cache_index_or_manifest_is_one_line(tmp_path):
+    """run.json and the leaks record catch a nested `[[[[...` (RecursionError), but three other readers did not:
+    a planted `<report>/.featstore-report.json` and a planted map cache (`<store>.cache/maps/*.npz` whose meta is such a
+    string) ended `report` in a RecursionError traceback, and a planted `<store>.index/.../index.json` ended `similar`
+    in one. Now the manifest and the map are ignored as damaged (as a too-large one is), and the index is named with
+    the command that rebuilds it."""
+    store = synthetic_store(tmp_path / "s.h5")
+    runs = tmp_path / "runs"
+    fit(store, "logreg", runs=runs)
+    report = ("report", "--store", store, "--runs", runs)
+    assert cli(*report).exit_code == 0
+    (tmp_path / "s.report" / ".featstore-report.json").write_text(NESTED)
+    maps = sorted((tmp_path / "s.h5.cache" / "maps").glob("*.npz"))
+    assert maps
+    for m in maps:
+        np.savez(m, meta=np.array(NESTED))
+    result = cli(*report)
+    assert result.exit_code == 0 and "index.html" in no_traceback(result), result.output
+    assert cli("similar", "test/0", "--store", store, "--build-index").exit_code == 0
+    (index,) = (tmp_path / "s.h5.index").rglob("index.json")
+    index.write_text(NESTED)
+    result = cli("similar", "test/0", "--store", store)
+    out = no_traceback(result)
+    assert result.exit_code == 1 and "cannot be used" in out and "--build-index" in out, out

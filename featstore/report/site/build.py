@@ -106,7 +106,7 @@ def _prepare(out: Path) -> set[str]:
             return set()
         listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
         return {f for f in listed if isinstance(f, str)}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: a nested [[[[...
         return set()
 
 
