@@ -104,3 +104,24 @@ def test_nested_json_in_a_planted_cache_index_or_manifest_is_one_line(tmp_path):
     result = cli("similar", "test/0", "--store", store)
     out = no_traceback(result)
     assert result.exit_code == 1 and "cannot be used" in out and "--build-index" in out, out
+
+
+# ------------------------------------------------------------------ report --out ., with a planted manifest
+def test_report_never_deletes_the_store_or_runs_a_planted_manifest_lists(tmp_path, monkeypatch):
+    """`report` removes the files its earlier report listed in `<out>/.featstore-report.json` and did not write again.
+    A planted manifest in a project folder listing `features.h5` and a run's files made `featstore report --out .`
+    (the folder holding the store) delete the store and the run's record: every feature extracted, lost. Now no HDF5
+    file, nothing of the store, its runs or its cache is removed, whatever a manifest lists."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    store = synthetic_store(tmp_path / "features.h5")
+    run = fit(store, "logreg")["id"]
+    other = synthetic_store(tmp_path / "other.h5")
+    listed = ["features.h5", "other.h5", f"features.runs/{run}/run.json", f"features.runs/{run}/model.skops"]
+    (tmp_path / ".featstore-report.json").write_text(json.dumps({"files": listed}))
+    result = cli("report", "--out", ".")
+    no_traceback(result)
+    assert store.is_file() and other.is_file()
+    assert (tmp_path / "features.runs" / run / "run.json").is_file()
+    assert "error" not in no_traceback(cli("runs", "show", run)).lower()
