@@ -223,6 +223,8 @@ def extract(
         )
     for name_ in splits:
         validate_name("split", name_)  # every name checked before the first split is written
+    if len(splits) > 1:  # a missing folder or class in a later split was found only after the earlier ones' whole pass
+        _refuse_unlike_splits(data, splits)
     for one in splits:
         try:
             r = run_extract(
@@ -247,6 +249,21 @@ def extract(
             typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
             raise typer.Exit(130) from None
         _print_extracted(r, augment)
+
+
+def _refuse_unlike_splits(data: Path, splits: list[str]) -> None:
+    """DataError, before any split is written, when a split folder cannot be listed or holds other class folders."""
+    from featstore.errors import DataError
+    from featstore.images.listing import discover
+
+    classes = {one: discover(data, one).class_names for one in splits}
+    first, *rest = splits
+    for other in rest:
+        if classes[other] != classes[first]:
+            raise DataError(
+                f"classes of split {other!r} differ from split {first!r} in {data}: {other} has {classes[other]}, "
+                f"{first} has {classes[first]}. Every split must have the same class folders; nothing was extracted"
+            )
 
 
 def _print_extracted(r, augment: int | None) -> None:

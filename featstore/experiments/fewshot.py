@@ -191,6 +191,9 @@ def fewshot(
             f"{clf} early-stops on all {len(val[1])} rows of {validation!r}: more labelled images than k per class"
         )
     Xt, yt = fs.load(test, name)  # read once; nothing is chosen on it
+    for split, arrays in ((train, (X, y)), (validation, val), (test, (Xt, yt))):
+        if arrays is not None:
+            fs.refuse_nonfinite(split, name, arrays[0])
     accs: dict[int, list[float]] = {k: [] for k in shots}
     for trial in range(trials):
         for k, idx in sample_shots(y, shots, len(class_names), seed, trial).items():

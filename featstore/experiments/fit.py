@@ -129,6 +129,10 @@ def fit(
         refuse_in_memory(clf, train, sizes[0], budget)
     if big:
         check_budget_holds_chunks(fs, name, used, budget, memory_budget, augmented=aug is not None)
+    for s in used:  # NaN/inf rows (extract stores them): refused before any fit, test included, not after it
+        fs.refuse_nonfinite(s, name)
+    if aug:
+        fs.refuse_nonfinite(train, name, augmented=True)
     t0 = time.perf_counter()
     if big:
         fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None)

@@ -241,7 +241,7 @@ def _cached(cache, name: str, key: str, sample: dict[str, np.ndarray]):
         if not (isinstance(meta["method"], str) and isinstance(meta["settings"], dict)):
             return None
         return meta["method"], meta["settings"], int(meta["seed"]), float(meta["seconds"]), xy
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, RecursionError):
         return None
 
 

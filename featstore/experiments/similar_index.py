@@ -227,7 +227,7 @@ def _read_meta(path: Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError("not an index record of this featstore")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: a nested [[[[...
         raise StoreError(
             f"similarity index {terminal_safe(str(path))} cannot be used ({exc}); rebuild it with "
             f"`featstore similar --build-index`"

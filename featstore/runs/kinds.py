@@ -204,6 +204,7 @@ class FitKind(_FeaturesRun):
     def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
         est = self.load(rec, folder, options)
         X, y = fs.load(split, rec.extractor)
+        fs.refuse_nonfinite(split, rec.extractor, X)  # not the model: the predict check would call it altered
         return (y, *artifacts.checked_predict(est, X, len(rec.class_names), rec.id))
 
     @staticmethod

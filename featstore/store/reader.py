@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError, renamed_argument
+from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED, check_format_version, plain
 from featstore.store.augmented import copy_problems
 from featstore.store.layout import (  # noqa: F401 (STR, hard_groups, read_paths, refuse_foreign, foreign_objects, split_summary: re-exported)
@@ -203,6 +204,29 @@ class FeatureStore:
         problems = self.copy_problems(split, extractor)
         if problems:
             raise StoreError(" ".join(problems))
+
+    def refuse_nonfinite(
+        self, split: str, extractor: str | None = None, X: np.ndarray | None = None, *, augmented: bool = False
+    ) -> None:
+        """Raise StoreError naming the split's rows with NaN or inf features (extract stores them, with a warning) and
+        the fix; ``X``: the split's features already in memory, else read in blocks. A classifier's own error blamed
+        its settings, or called a sound run's model altered."""
+        name = self.resolve(extractor)
+        blocks = [X] if X is not None else (b for b, _ in self.iter_batches(split, name, augmented=augmented))
+        bad, start = [], 0
+        for block in blocks:
+            rows = np.asarray(block).reshape(len(block), -1)
+            bad += (np.flatnonzero(~np.isfinite(rows).all(axis=1)) + start).tolist()
+            start += len(block)
+        if bad:
+            paths = self.paths(split, name, augmented=augmented)
+            key = f"{split}/{AUGMENTED}" if augmented else split
+            raise StoreError(
+                f"{self.path}:/{name}/{key} holds {len(bad)} row(s) with NaN or inf features (e.g. "
+                f"{terminal_safe(paths[bad[0]])}); nothing can be fitted or scored on them. Check those images and the "
+                f"model's weights, then re-extract the split with `featstore extract --split {split} --overwrite` "
+                f"(`featstore check` counts such rows)"
+            )
 
     def metadata(self, extractor: str | None = None) -> dict:
         """Provenance attributes of an extractor (model, layer, weights, fingerprint, ...)."""

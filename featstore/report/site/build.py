@@ -106,17 +106,22 @@ def _prepare(out: Path) -> set[str]:
             return set()
         listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
         return {f for f in listed if isinstance(f, str)}
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: a nested [[[[...
         return set()
 
 
-def _clean(out: Path, old: set[str], new: set[str]) -> None:
-    """Remove the files an earlier report wrote that this one did not (regular files inside the site only)."""
+def _clean(out: Path, old: set[str], new: set[str], keep: tuple[Path, ...]) -> None:
+    """Remove the files an earlier report wrote that this one did not (regular files inside the site only; never an
+    HDF5 file nor anything under ``keep``: a planted manifest listed the store of `report --out .`, which was deleted)."""
     root = out.resolve()
     for rel in sorted(old - new):
         path = out / rel
         try:
-            if path.resolve().parent.is_relative_to(root) and stat.S_ISREG(os.lstat(path).st_mode):
+            target = path.resolve()
+            if any(target == k or target.is_relative_to(k) for k in keep):
+                continue
+            if target.parent.is_relative_to(root) and stat.S_ISREG(os.lstat(path).st_mode):
+                check_output(path, "report file")  # OutputError for an HDF5 file (a store)
                 path.unlink()
         except (OSError, ValueError):
             continue
@@ -215,7 +220,7 @@ def build_report(
         pages_written.append(render("map.html.j2", folder / Path(m.page).name, root="../", m=m, **common))
     pages_written.append(render("leaks.html.j2", out / "leaks.html", root="", leaks=leak_views, **common))
     written |= {str(p.relative_to(out)) for p in pages_written}
-    _clean(out, old, written)
+    _clean(out, old, written, (Path(store).resolve(), runs_folder, cache.resolve()))
     write_text(out / MANIFEST, json.dumps({"files": sorted(written), "complete": True}, indent=0), "report manifest")
     result.pages, result.seconds = len(pages_written), time.monotonic() - start
     return result
