@@ -25,6 +25,7 @@ from featstore.experiments.streaming import parse_bytes
 from featstore.store import writer
 
 SHAPE = (4, 4, 512)
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def make_store(path: Path, rows: dict[str, int], seed: int = 0) -> None:
@@ -37,17 +38,29 @@ def make_store(path: Path, rows: dict[str, int], seed: int = 0) -> None:
         writer.write_arrays(path, "synthetic", split, X, y, [f"c{i}" for i in range(10)])
 
 
+def peak_mb() -> float:
+    """This process's peak RSS in MB: VmHWM, which starts again at exec (ru_maxrss keeps the forking parent's peak)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_rss(code: str, *args: str) -> tuple[float, dict]:
     """Run ``code`` in a fresh interpreter; its peak RSS in MB and the JSON it printed last."""
-    wrapped = (
-        code
-        + "\nimport resource, json; print(json.dumps({'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **out}))"
-    )
+    wrapped = code + "\nimport json; print(json.dumps({'rss': __import__('out_of_core').peak_mb(), **out}))"
     res = subprocess.run(
         [sys.executable, "-c", wrapped, *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]),
+        },
     )
     if res.returncode != 0:
         raise SystemExit(res.stderr[-3000:])

@@ -343,6 +343,14 @@ def export_split(
             help="Export the split's augmented copies (`extract --augment K`) instead, with their copy index (1..K) as a `copy` array/column.",
         ),
     ] = False,
+    rows_per_file: Annotated[
+        Optional[int],
+        typer.Option(
+            "--rows-per-file",
+            help="Parquet shards: --out becomes a folder of part-00000.parquet, ... of at most this many rows each "
+            "(what Ray Data, Spark, DuckDB and pyarrow datasets read in parallel).",
+        ),
+    ] = None,
 ) -> None:
     """Write a split's features, labels, class names and image paths to .npz, Parquet or CSV, in blocks.
 
@@ -350,7 +358,16 @@ def export_split(
     """
     from featstore.store.export import export as run_export
 
-    r = run_export(store, split, out, extractor=extractor, format=fmt, features=features, augmented=augmented)
+    r = run_export(
+        store,
+        split,
+        out,
+        extractor=extractor,
+        format=fmt,
+        features=features,
+        augmented=augmented,
+        rows_per_file=rows_per_file,
+    )
     from featstore.outputs import terminal_safe
 
     typer.echo(

@@ -48,7 +48,9 @@ import io
 import json
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError, choices_error
-from featstore.outputs import csv_cell, probe_output, write_atomic
+from featstore.outputs import csv_cell, output_fix, probe_output, write_atomic
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ def export(
     features: str = "flat",
     max_bytes: int = DEFAULT_MAX_BYTES,
     augmented: bool = False,
+    rows_per_file: int | None = None,
 ) -> ExportResult:
     """Write one split's features, labels, class names and paths to ``out``, block by block.
 
@@ -96,15 +99,19 @@ def export(
     (every value) or ``avg``/``max`` (global pooling over space of (N, h, w, c) features; features
     already pooled at extraction are written as they are). ``max_bytes`` bounds the features read per
     block (raised to one chunk if smaller). ``augmented=True`` writes the split's augmented copies instead, with
-    their copy index (1..K) as one more array or column ``copy``. Example::
+    their copy index (1..K) as one more array or column ``copy``. ``rows_per_file`` (Parquet only) makes ``out`` a
+    folder of shards ``part-00000.parquet``, ... of at most that many rows each, which pyarrow datasets, Ray Data,
+    Spark and DuckDB read as one table. Example::
 
         export("features.h5", "train", "train.parquet", features="avg")
+        export("features.h5", "train", "train_shards", format="parquet", rows_per_file=100_000)
         X = np.load(export("features.h5", "test", "test.npz").path)["features"]
     """
     out = Path(out)
-    fmt = _format(out, format)
+    fmt = _format(out, format if format is not None or rows_per_file is None else "parquet")
     if features not in REDUCTIONS:
         raise choices_error("--features", features, REDUCTIONS)
+    _check_rows_per_file(rows_per_file, fmt)
     writer = _WRITERS[fmt]
     if fmt == "parquet":
         _pyarrow()  # fail before reading anything
@@ -112,15 +119,16 @@ def export(
     name = fs.resolve(extractor)
     if out.resolve() == fs.path.resolve():
         raise ConfigError(f"--out {out} is the store itself; choose another file name")
-    if out.is_dir():
+    if rows_per_file is not None:
+        refuse_shard_folder(out)
+    elif out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name inside it, e.g. {out / f'{split}.{fmt}'}")
-    if os.path.lexists(out) and not (out.exists() and stat.S_ISREG(out.stat().st_mode)):
+    if rows_per_file is None and os.path.lexists(out) and not (out.exists() and stat.S_ISREG(out.stat().st_mode)):
         raise ConfigError(
             f"--out {out} exists and is not a regular file (a folder, FIFO, device or dangling link); choose another file name"
         )
-    probe_output(
-        out, "--out"
-    )  # a link, a missing or non-folder parent, a folder no file can be made in: before any work
+    if rows_per_file is None:
+        probe_output(out, "--out")  # a link, a missing or non-folder parent, a folder no file can be made in: first
     info = fs.split_info(split, name, augmented=augmented)  # StoreError naming the splits there (or the missing copies)
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
     if features != "flat" and len(shape) != 3:
@@ -158,7 +166,10 @@ def export(
             )
             start += len(y)
 
-    write_atomic(out, lambda tmp: writer(tmp, blocks(), n, d, meta, labels, paths, copy), "--out")
+    if rows_per_file is not None:
+        write_shards(out, lambda tmp: _write_shards(tmp, blocks(), rows_per_file, d, meta, copy is not None))
+    else:
+        write_atomic(out, lambda tmp: writer(tmp, blocks(), n, d, meta, labels, paths, copy), "--out")
     logger.debug("exported %d rows x %d values of %s/%s to %s (%s)", n, d, name, split, out, fmt)
     return ExportResult(out, fmt, n, d, features)
 
@@ -225,35 +236,117 @@ def _write_parquet(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths,
     """One row group per block; features as a fixed-size list column (copies: a ``copy`` column after ``class``), then
     ``path_bytes``: the exact file-system bytes of each path (``path`` escapes what is not UTF-8)."""
     pa, pq = _pyarrow()
-    extra = [] if copy is None else [("copy", pa.int64())]
-    schema = pa.schema(
+    schema = _parquet_schema(d, meta, copy is not None)
+    names = [_utf8(c) for c in meta["class_names"]]
+    with _arrow_errors(), pq.ParquetWriter(tmp, schema) as writer:
+        for block in blocks:
+            writer.write_table(_parquet_table(schema, names, *block))
+
+
+def _parquet_schema(d: int, meta: dict, copies: bool):
+    """The Parquet schema of an export: every file and every shard has this one (class names etc. in its metadata)."""
+    pa, _ = _pyarrow()
+    return pa.schema(
         [
             ("path", pa.string()),
             ("label", pa.int64()),
             ("class", pa.string()),
-            *extra,
+            *([("copy", pa.int64())] if copies else []),
             ("features", pa.list_(pa.float32(), d)),
             ("path_bytes", pa.binary()),
         ],
         metadata={"featstore": json.dumps(meta)},
     )
+
+
+def _parquet_table(schema, names: list[str], X: np.ndarray, y: np.ndarray, p: list[str], c: np.ndarray | None):
+    """One block of rows as an Arrow table of ``schema``."""
+    pa, _ = _pyarrow()
+    d = schema.field("features").type.list_size
+    return pa.table(
+        [
+            pa.array([_utf8(x) for x in p], pa.string()),
+            pa.array(y, pa.int64()),
+            pa.array([names[i] for i in y], pa.string()),
+            *([] if c is None else [pa.array(c, pa.int64())]),
+            pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), d),
+            pa.array([os.fsencode(x) for x in p], pa.binary()),
+        ],
+        schema=schema,
+    )
+
+
+def _write_shards(folder: Path, blocks, rows_per_file: int, d: int, meta: dict, copies: bool) -> None:
+    """``part-00000.parquet``, ... into ``folder``: each at most ``rows_per_file`` rows, row groups of at most one block."""
+    _, pq = _pyarrow()
+    schema = _parquet_schema(d, meta, copies)
     names = [_utf8(c) for c in meta["class_names"]]
-    with _arrow_errors(), pq.ParquetWriter(tmp, schema) as writer:
-        for X, y, p, c in blocks:
-            feats = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1), pa.float32()), d)
-            writer.write_table(
-                pa.table(
-                    [
-                        pa.array([_utf8(x) for x in p], pa.string()),
-                        pa.array(y, pa.int64()),
-                        pa.array([names[i] for i in y], pa.string()),
-                        *([] if c is None else [pa.array(c, pa.int64())]),
-                        feats,
-                        pa.array([os.fsencode(x) for x in p], pa.binary()),
-                    ],
-                    schema=schema,
-                )
+    part, room, writer = 0, 0, None
+    with _arrow_errors():
+        try:
+            for X, y, p, c in blocks:
+                start = 0
+                while start < len(y):
+                    if room == 0:
+                        if writer is not None:
+                            writer.close()
+                        writer = pq.ParquetWriter(folder / f"part-{part:05d}.parquet", schema)
+                        part, room = part + 1, rows_per_file
+                    take = min(room, len(y) - start)
+                    end = start + take
+                    block = (X[start:end], y[start:end], p[start:end], None if c is None else c[start:end])
+                    writer.write_table(_parquet_table(schema, names, *block))
+                    start, room = end, room - take
+        finally:
+            if writer is not None:
+                writer.close()
+    if part == 0:  # an empty split: one empty shard, so that readers still find the schema
+        pq.ParquetWriter(folder / "part-00000.parquet", schema).close()
+
+
+def refuse_shard_folder(out: Path) -> None:
+    """Refuse an ``out`` for shards that is a link, a file, or a folder holding anything but an earlier export's shards."""
+    if out.is_symlink() or (os.path.lexists(out) and not out.is_dir()):
+        raise ConfigError(f"--out {out} exists and is not a folder; with --rows-per-file it names the folder of shards")
+    if out.is_dir():
+        other = [e.name for e in os.scandir(out) if not (e.name.startswith("part-") and e.name.endswith(".parquet"))]
+        if other:
+            raise ConfigError(
+                f"--out {out} is a folder holding other files than shards ({', '.join(sorted(other)[:3])}); with "
+                f"--rows-per-file it must be a new folder or an earlier export's; choose another name"
             )
+    probe_output(out.parent / f"{out.name}.shards", "--out")  # its parent exists and takes new files
+
+
+def write_shards(out: Path, write: Callable[[Path], object]) -> None:
+    """``write(folder)`` into a hidden folder beside ``out``, renamed onto ``out`` when whole (an earlier export's
+    shards are replaced only then); on any failure the hidden folder is removed and ``out`` is left as it was."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = None
+    try:
+        write(tmp)
+        if out.is_dir():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "shards")
+        os.replace(tmp, out)
+    except OSError as exc:
+        if old is not None and not out.exists():
+            os.replace(old / "shards", out)  # put the earlier export back
+        raise OutputError(f"cannot write --out {out}: {output_fix(exc, out)}. Nothing was written there.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_rows_per_file(rows_per_file: int | None, fmt: str) -> None:
+    """``rows_per_file`` is a positive whole number, and shards are Parquet files."""
+    if rows_per_file is None:
+        return
+    if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int) or rows_per_file < 1:
+        raise ConfigError(f"--rows-per-file must be a whole number of at least 1, not {rows_per_file!r}")
+    if fmt != "parquet":
+        raise ConfigError(f"--rows-per-file writes Parquet shards; --format {fmt} writes one file: drop one of them")
 
 
 def _utf8(text: str) -> str:

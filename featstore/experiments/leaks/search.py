@@ -172,10 +172,20 @@ def _held_out(a: np.ndarray, t: np.ndarray, n: int) -> np.ndarray:
     na2 = np.einsum("ij,ij->i", a, a)[:, None]
     nt2 = np.einsum("ij,ij->i", t, t)[None, :]
     G = a @ t.T
-    den = np.sqrt(na2) * np.sqrt(np.maximum(nt2 + 2 * c * G + c * c * na2, 0))
-    S = np.zeros_like(G)  # a row equal to the mean of the others (two-row split): similarity 0, not 0/0
-    np.divide(G + c * na2, den, out=S, where=den > 1e-6 * np.sqrt(na2 * nt2))
-    return np.clip(S, -1, 1, out=S)
+    # In place, two tile-sized arrays in all: the elementwise passes cost as much as the product itself otherwise.
+    den = np.multiply(G, 2 * c)
+    den += nt2
+    den += c * c * na2
+    np.maximum(den, 0, out=den)
+    np.sqrt(den, out=den)
+    den *= np.sqrt(na2)
+    tiny = den <= 1e-6 * np.sqrt(na2) * np.sqrt(
+        nt2
+    )  # a row equal to the mean of the others (two-row split): 0, not 0/0
+    G += c * na2
+    np.divide(G, den, out=G, where=~tiny)
+    G[tiny] = 0
+    return np.clip(G, -1, 1, out=G)
 
 
 def rounded(sims: np.ndarray) -> np.ndarray:

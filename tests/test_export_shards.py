@@ -1,0 +1,109 @@
+"""featstore export --rows-per-file: Parquet shards that pyarrow datasets and Ray Data read back as the split."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from featstore import ConfigError, FeatureStore, export
+from featstore.cli import app
+from featstore.store import writer
+
+pytest.importorskip("pyarrow")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """1,000 rows of (2, 2, 8) float16 in 128-row chunks, 5 classes: blocks of 128 rows cross the shard boundaries."""
+    path = tmp_path_factory.mktemp("shards") / "features.h5"
+    rng = np.random.default_rng(0)
+    X = rng.random((1000, 2, 2, 8)).astype(np.float16)
+    y = np.arange(1000) % 5
+    mp = pytest.MonkeyPatch()
+    mp.setattr(writer, "CHUNK_BYTES", 128 * 64)
+    try:
+        writer.write_arrays(path, "synthetic", "train", X, y, [f"c{i}" for i in range(5)], batch_size=128)
+    finally:
+        mp.undo()
+    return path
+
+
+def read_dataset(folder):
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(folder, format="parquet").to_table()
+    order = np.argsort([int(p.split("/")[1]) for p in table["path"].to_pylist()])  # paths are train/<row>
+    X = np.stack(table["features"].to_numpy(zero_copy_only=False))[order]
+    return X, np.asarray(table["label"])[order], table.schema
+
+
+def test_shards_hold_every_row_once_in_files_of_at_most_n_rows(store, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "train_shards"
+    r = export(store, "train", out, rows_per_file=300, max_bytes=1)  # one 128-row chunk per block
+    parts = sorted(out.iterdir())
+    assert [p.name for p in parts] == [f"part-{i:05d}.parquet" for i in range(4)]
+    assert [pq.ParquetFile(p).metadata.num_rows for p in parts] == [300, 300, 300, 100]
+    assert r.rows == 1000 and r.format == "parquet"
+    X, y, schema = read_dataset(out)
+    X0, y0 = FeatureStore(store).load("train")
+    np.testing.assert_array_equal(X, X0.reshape(1000, -1).astype(np.float32))
+    np.testing.assert_array_equal(y, y0)
+    assert b"featstore" in schema.metadata
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_a_new_export_replaces_an_earlier_one_whole(store, tmp_path):
+    out = tmp_path / "s"
+    export(store, "train", out, rows_per_file=100)
+    assert len(list(out.iterdir())) == 10
+    export(store, "train", out, rows_per_file=600, features="avg")
+    assert len(list(out.iterdir())) == 2
+    X, _, _ = read_dataset(out)
+    assert X.shape == (1000, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rows_per_file": 0}, "at least 1"),
+        ({"rows_per_file": 10, "format": "csv"}, "writes Parquet shards"),
+    ],
+)
+def test_bad_requests_are_refused(store, tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        export(store, "train", tmp_path / "out", **kwargs)
+
+
+def test_a_folder_of_other_files_is_never_replaced(store, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="other files than shards"):
+        export(store, "train", out, rows_per_file=100)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_rows_per_file(store, tmp_path):
+    out = tmp_path / "cli_shards"
+    res = CliRunner().invoke(
+        app, ["export", "--store", str(store), "--split", "train", "--out", str(out), "--rows-per-file", "400"]
+    )
+    assert res.exit_code == 0, res.output
+    assert len(list(out.glob("part-*.parquet"))) == 3
+    assert "1000 rows" in res.output
+
+
+@pytest.mark.slow
+def test_ray_data_reads_the_shards(store, tmp_path):
+    ray = pytest.importorskip("ray")
+    out = tmp_path / "ray_shards"
+    export(store, "train", out, rows_per_file=250)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        ds = ray.data.read_parquet(str(out))
+        assert ds.count() == 1000
+        labels = np.sort(np.concatenate([b["label"] for b in ds.iter_batches(batch_format="numpy")]))
+    finally:
+        ray.shutdown()
+    np.testing.assert_array_equal(labels, np.sort(np.arange(1000) % 5))
