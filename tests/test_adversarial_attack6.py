@@ -119,9 +119,24 @@ def test_report_never_deletes_the_store_or_runs_a_planted_manifest_lists(tmp_pat
     run = fit(store, "logreg")["id"]
     other = synthetic_store(tmp_path / "other.h5")
     listed = ["features.h5", "other.h5", f"features.runs/{run}/run.json", f"features.runs/{run}/model.skops"]
+    (tmp_path / "notes.txt").write_text("mine")  # the lead's follow-up: only names the report's layout can hold go
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "old-run.html").write_text("<p>a page an earlier report wrote</p>")
+    listed += ["notes.txt", "runs/old-run.html"]
     (tmp_path / ".featstore-report.json").write_text(json.dumps({"files": listed}))
     result = cli("report", "--out", ".")
     no_traceback(result)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "runs" / "old-run.html").exists(), "a page of the report's own layout is still cleaned"
     assert store.is_file() and other.is_file()
     assert (tmp_path / "features.runs" / run / "run.json").is_file()
     assert "error" not in no_traceback(cli("runs", "show", run)).lower()
+
+
+def test_a_nested_json_node_in_a_saved_model_is_a_model_state_error():
+    """The sixth attack's last lead: a JSON leaf of a model's schema (a tree's sizes) parsed without catching
+    RecursionError, so a planted `[[[[...` node would surface as a traceback instead of "the model is damaged"."""
+    from featstore.runs.modelcheck import ModelStateError, _value
+
+    with pytest.raises(ModelStateError, match="cannot be read"):
+        _value(None, {"__loader__": "JsonNode", "__class__": "int", "content": "[" * 100_000 + "]" * 100_000})

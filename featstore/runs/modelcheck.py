@@ -187,7 +187,10 @@ def _walk(schema):
 def _value(z: zipfile.ZipFile, node: dict, kinds: str = "biufV"):
     """A schema leaf's value: JSON content, or a .npy member read with its header checked."""
     if node.get("__loader__") == "JsonNode":
-        return json.loads(node["content"])
+        try:
+            return json.loads(node["content"])
+        except (TypeError, ValueError, RecursionError):  # RecursionError: a planted [[[[... thousands deep
+            raise ModelStateError(f"a {node.get('__class__')} value whose JSON content cannot be read") from None
     if node.get("__loader__") == "NdArrayNode" and node.get("type") == "numpy":
         return read_npy(z, node["file"], kinds)
     raise ModelStateError(

@@ -110,11 +110,29 @@ def _prepare(out: Path) -> set[str]:
         return set()
 
 
+SITE_FOLDERS = ("runs", "galleries", "maps", "assets", "thumbs")  # where a report writes (see the layout above)
+SITE_TOP = ("index.html", "leaks.html")
+SITE_SUFFIXES = (".html", ".png", ".svg", ".css", ".js", ".json")
+
+
+def _site_file(rel: str) -> bool:
+    """Whether ``rel`` (relative to the site) is a name the report's own layout can hold: only those are cleaned."""
+    parts = Path(rel).parts
+    if not parts or ".." in parts or Path(rel).is_absolute():
+        return False
+    if len(parts) == 1:
+        return rel in SITE_TOP
+    return parts[0] in SITE_FOLDERS and Path(rel).suffix in SITE_SUFFIXES
+
+
 def _clean(out: Path, old: set[str], new: set[str], keep: tuple[Path, ...]) -> None:
-    """Remove the files an earlier report wrote that this one did not (regular files inside the site only; never an
-    HDF5 file nor anything under ``keep``: a planted manifest listed the store of `report --out .`, which was deleted)."""
+    """Remove the files an earlier report wrote that this one did not: regular files inside the site whose names its
+    layout can hold (a manifest planted in a project folder listed ``notes.txt``, the store of `report --out .` and a
+    run's files, and all were deleted); never an HDF5 file nor anything under ``keep``."""
     root = out.resolve()
     for rel in sorted(old - new):
+        if not _site_file(rel):
+            continue
         path = out / rel
         try:
             target = path.resolve()
