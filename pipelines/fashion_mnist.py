@@ -290,9 +290,10 @@ def seeds_table(args, items, draws: list[dict], started: float) -> str:
             f"| {label} | per seed: {'; '.join(d[key]['what'] for d in draws)} | {mean_sd_text(v)} | "
             f"{mean_sd_text(t)} | {mean_ci_text(t)} | {', '.join(f'{x:.4f}' for x in t)} |"
         )
+    shared = draws[0]["n_test"] if args.test >= 10000 else None  # the whole official test set in every draw
     verdicts = [
-        judge("(chosen on validation)", args.target, [d["winner"]["test"] for d in draws]),
-        judge("(best single run)", args.target_single, [d["single"]["test"] for d in draws]),
+        judge("(chosen on validation)", args.target, [d["winner"]["test"] for d in draws], shared),
+        judge("(best single run)", args.target_single, [d["single"]["test"] for d in draws], shared),
     ]
     return "\n".join(lines + [""] + [f"not in every draw: {m}" for m in missing] + [v for v in verdicts if v])
 

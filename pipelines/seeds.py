@@ -6,7 +6,7 @@ of the mean (Student t over the seeds), or one draw's accuracy with its Wilson i
 >>> mean_sd_text([0.88, 0.90, 0.89])
 '0.8900 ± 0.0100'
 >>> wilson_text(0.9, 1000)
-'0.9000 [0.8798, 0.9170]'
+'0.9000 [0.8798, 0.9171]'
 """
 
 from __future__ import annotations
@@ -44,8 +44,14 @@ def wilson_text(accuracy: float, n: int, digits: int = 4) -> str:
     return f"{accuracy:.{digits}f} [{iv.low:.{digits}f}, {iv.high:.{digits}f}]"
 
 
-def judge(name: str, target: float | None, values: list[float]) -> str | None:
-    """A sentence judging a target on the mean over seeds (None without a target)."""
+def judge(name: str, target: float | None, values: list[float], shared_test: int | None = None) -> str | None:
+    """A sentence judging a target on the mean over seeds (None without a target). ``shared_test``: the number of
+    test images when every seed scores the same ones; the interval over seeds then measures the training carve only,
+    so the test set's own 95 % interval (Wilson, at the mean) is judged too.
+
+    >>> judge("(x)", 0.93, [0.9321, 0.9311, 0.9313], shared_test=10000).split("; ")[-1]
+    'but every seed scores the same 10000 test images, whose own 95 % interval at the mean, [0.9264, 0.9363], contains it: the test set cannot tell'
+    """
     if target is None:
         return None
     m, sd = mean_sd(values)
@@ -60,6 +66,13 @@ def judge(name: str, target: float | None, values: list[float]) -> str | None:
             if ci["high"] < target
             else "; the 95 % interval of the mean contains it, so the seeds cannot tell"
         )
+    if shared_test and len(values) > 1:
+        iv = proportion_interval(round(m * shared_test), shared_test)
+        if iv.low <= target <= iv.high:
+            where += (
+                f"; but every seed scores the same {shared_test} test images, whose own 95 % interval at the mean, "
+                f"[{iv.low:.4f}, {iv.high:.4f}], contains it: the test set cannot tell"
+            )
     per = ", ".join(f"{v:.4f}" for v in values)
     return (
         f"target {name} ≥ {target:g}: {verdict} on the mean ({m:.4f} ± {sd:.4f} over {len(values)} seeds: {per}){where}"

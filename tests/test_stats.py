@@ -336,3 +336,26 @@ def test_too_few_rows_get_the_whole_range_not_a_point_interval():
     enough = confusion_figures([[n // 2 - 1, 1], [1, n - n // 2 - 1]])
     assert enough["balanced_accuracy_ci"]["method"].startswith("percentile bootstrap")
     assert 0.0 < enough["balanced_accuracy_ci"]["low"] < enough["balanced_accuracy_ci"]["high"] <= 1.0
+
+
+def test_pipelines_seeds_examples_and_a_shared_test_set_is_judged_too():
+    """pipelines/seeds.py's docstring examples run (pipelines/ is outside the package's doctests); a target judged
+    over seeds that all score the same test images also faces that test set's own interval: the full-dataset run's
+    t interval over seeds was all above 0.93 while each draw's Wilson interval contained it."""
+    import doctest
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pipelines"))
+    try:
+        seeds = importlib.import_module("seeds")
+    finally:
+        sys.path.pop(0)
+    assert doctest.testmod(seeds).failed == 0
+    shared = seeds.judge("(x)", 0.93, [0.9321, 0.9311, 0.9313], shared_test=10000)
+    assert "whole 95 % interval of the mean is above it" in shared and "the test set cannot tell" in shared
+    own = seeds.judge("(x)", 0.93, [0.9321, 0.9311, 0.9313])  # each seed its own test images: no such clause
+    assert "test set cannot tell" not in own
+    clear = seeds.judge("(x)", 0.90, [0.9321, 0.9311, 0.9313], shared_test=10000)
+    assert "test set cannot tell" not in clear
