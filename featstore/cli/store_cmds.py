@@ -56,7 +56,8 @@ def extract(
     split: Annotated[
         list[str],
         typer.Option(
-            help="Split folder under --data to extract (train, validation, test, ...). Repeat it to extract several in one command, one after the other, with one TensorFlow start-up: --split train --split validation --split test."
+            metavar="NAME",
+            help="Split folder under --data to extract (train, validation, test, ...). Repeat it to extract several in one command, one after the other, with one TensorFlow start-up: --split train --split validation --split test.",
         ),
     ] = ["train"],  # noqa: B006 (typer's default for a repeated option; never mutated)
     data: Annotated[
