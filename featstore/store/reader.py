@@ -367,8 +367,12 @@ class FeatureStore:
             group = units[b : b + per_block]
             with self._open() as f, _readable(self.path, name, key, group[0][0], group[-1][1]):
                 sg = f[name][key]
-                X = np.concatenate([sg["features"][s:e] for s, e in group])
-                y = np.concatenate([sg["labels"][s:e] for s, e in group]).astype(np.int64)
+                if shuffle:
+                    X = np.concatenate([sg["features"][s:e] for s, e in group])
+                    y = np.concatenate([sg["labels"][s:e] for s, e in group]).astype(np.int64)
+                else:  # the chunks are consecutive: one read, no copy to join them
+                    X = sg["features"][group[0][0] : group[-1][1]]
+                    y = sg["labels"][group[0][0] : group[-1][1]].astype(np.int64)
                 validate_labels(y, len(plain(sg.attrs["class_names"])), where)
             if shuffle:
                 order = rng.permutation(len(y))
