@@ -189,6 +189,9 @@ for s, pick in sample_rows(rows, int(sys.argv[2]), 0).items():
 out = {"seconds": time.perf_counter() - t}"""
 
 
+PARTS = ("store", "runs", "resume", "fits", "maps-fit", "dense", "leaks", "similar", "index", "export", "map")
+
+
 class Table:
     """Figures printed as they come: value, limit, ratio, target, verdict."""
 
@@ -256,11 +259,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1, help="epochs of the streamed fits")
     ap.add_argument("--budget", default=None, help="--memory-budget of the fits (default 512MB x rows / 10⁶)")
     ap.add_argument("--model-mb", type=int, default=10, help="model.keras size of each fine-tuned run")
-    ap.add_argument(
-        "--skip", default="", help="comma-separated parts to leave out: fits,maps-fit,dense,leaks,index,map"
-    )
+    ap.add_argument("--skip", default="", help=f"comma-separated parts to leave out: {','.join(PARTS)}")
+    ap.add_argument("--only", default="", help=f"comma-separated parts to run, all others skipped: {','.join(PARTS)}")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if args.only:
+        skip |= set(PARTS) - set(args.only.split(","))
     base = args.dir or (
         Path("/work/bench_cache") if Path("/work/bench_cache").is_dir() else Path(tempfile.gettempdir())
     )
@@ -289,6 +293,45 @@ def main() -> None:
     t = Table()
     total_pooled = sum(int(fs.split_info(s)["committed_rows"]) for s in fs.splits()) * 1024
 
+    if "store" not in skip:
+        store_figures(t, rr, pooled, total_pooled, n_train)
+    if "runs" not in skip:
+        runs_figures(t, rr, paths)
+    if "resume" not in skip:
+        resume_figures(t, rr, paths, args.rows)
+    if "fits" not in skip:
+        fit_figures(t, args, skip, folder, pooled, maps)
+    print(f"leaks and similar on pooled train ({n_train} x 512; leaks queries: the {n_query}-row 'query' split)")
+    if "leaks" in skip:
+        t.not_built("leaks", "skipped (--skip)")
+    else:
+        leaks_figures(t, pooled, n_query, n_train)
+    if "similar" not in skip:
+        (s, _, _), (ex, exrss, _) = median_runs(
+            rr, (SEQ, [pooled, "pooled/train"]), (SIMILAR, ["query/5", pooled, "exact"])
+        )
+        t.row(
+            "similar, exact (1 stored query)", ex, "seq read", s, 1.5, "two passes (the mean, then the products)", exrss
+        )
+    if "index" in skip:
+        t.not_built("similarity index", "skipped (--skip)")
+    else:
+        ((s, _, _),) = median_runs(1, (SEQ, [pooled, "pooled/train"]))
+        index_figures(t, pooled, s, rr)
+    if "export" not in skip:
+        export_figures(t, folder, pooled)
+    print("report: the embedding map (5,000 sampled rows)")
+    if "map" in skip:
+        t.not_built("embedding map", "skipped (--skip)")
+    else:
+        (sr, _, _), (mp, mrss, mo) = median_runs(1, (SAMPLE_READ, [pooled, 5000]), (MAP, [pooled, 5000]))
+        t.row(f"projection ({mo['method']})", mp, "sample read", sr, None, rss=mrss)
+    print("\nfigures that miss their target:" if t.missed else "\nevery figure meets its target")
+    for m in t.missed:
+        print("  - " + m)
+
+
+def store_figures(t: Table, rr: int, pooled: Path, total_pooled: int, n_train: int) -> None:
     print("store commands (pooled.h5; limit: a sequential h5py read of its train features)")
     (seq, _, _), (info, irss, _), (chk, crss, cout) = median_runs(
         rr, (SEQ, [pooled, "pooled/train"]), (CLI, ["info", pooled]), (CLI, ["check", pooled])
@@ -306,6 +349,8 @@ def main() -> None:
         note=f"  exit {cout['exit']}",
     )
 
+
+def runs_figures(t: Table, rr: int, paths: dict) -> None:
     print("runs (1,000 runs, 50 fine-tuned; limit: os.scandir + json.load of every run.json)")
     from runs_listing import bare
 
@@ -323,10 +368,11 @@ def main() -> None:
     assert len(list_runs(rs, rl)) == 1000 and bare(rl) == 1000
     t.row("featstore runs (in-process CLI)", cli, "bare json", b, None, "validating every record", rrss, max_s=1)
 
-    print(f"resume of an interrupted {args.rows}-image split (half committed)")
-    (floor, _, _), (res, rsss, ro) = median_runs(
-        rr, (LISTING_FLOOR, [resume, args.rows]), (RESUME, [resume, args.rows])
-    )
+
+def resume_figures(t: Table, rr: int, paths: dict, rows: int) -> None:
+    resume = paths["resume.h5"]
+    print(f"resume of an interrupted {rows}-image split (half committed)")
+    (floor, _, _), (res, rsss, ro) = median_runs(rr, (LISTING_FLOOR, [resume, rows]), (RESUME, [resume, rows]))
     ((seq_r, _, _),) = median_runs(1, (SEQ, [resume, "pooled/train"]))
     t.row(
         "resume decision (checks+compact+prepare)",
@@ -353,6 +399,8 @@ def main() -> None:
     (walk, _, wo), (disc, drss, do) = median_runs(rr, (WALK, [paths["files"]]), (DISCOVER, [paths["files"]]))
     t.row(f"discover ({do['n']} real files)", disc, "scandir+stat", walk, 2.0, "per-file work in Python", drss)
 
+
+def fit_figures(t: Table, args, skip: set, folder: Path, pooled: Path, maps: Path) -> None:
     budget = args.budget or f"{max(16, 512 * args.rows // 1_000_000)}MB"  # the split stays larger than the budget
     print(f"fits out of core (--memory-budget {budget}; limit: one sequential read of train; time per epoch)")
     runs_tmp = Path(tempfile.mkdtemp(prefix="million-runs-", dir=folder))
@@ -386,32 +434,24 @@ def main() -> None:
                 f"fit {clf} on {store_name}: peak RSS {rss - base_rss:.0f} MB over imports > budget {budget}"
             )
 
-    print(f"leaks and similar on pooled train ({n_train} x 512; leaks queries: the {n_query}-row 'query' split)")
-    if "leaks" in skip:
-        t.not_built("leaks", "skipped (--skip)")
-    else:
-        ((g, _, go),) = median_runs(1, (GEMM, [4096, 65536, 512]))
-        rss, lo = peak_rss(LEAKS, str(pooled))
-        flops = 2 * (n_query + min(2000, n_train)) * n_train * 512  # queries + the calibration's sample vs train
-        t.row(
-            "leaks (exact, blocked)",
-            lo["seconds"],
-            "numpy gemm",
-            flops / (go["gflops"] * 1e9),
-            2.0,
-            "float16->float32 conversion and normalising every train block per query block",
-            rss,
-            note=f"  (gemm {go['gflops']:.0f} GFLOP/s)",
-        )
-    (s, _, _), (ex, exrss, _) = median_runs(
-        rr, (SEQ, [pooled, "pooled/train"]), (SIMILAR, ["query/5", pooled, "exact"])
-    )
-    t.row("similar, exact (1 stored query)", ex, "seq read", s, 1.5, "two passes (the mean, then the products)", exrss)
-    if "index" in skip:
-        t.not_built("similarity index", "skipped (--skip)")
-    else:
-        index_figures(t, pooled, s, rr)
 
+def leaks_figures(t: Table, pooled: Path, n_query: int, n_train: int) -> None:
+    ((g, _, go),) = median_runs(1, (GEMM, [4096, 65536, 512]))
+    rss, lo = peak_rss(LEAKS, str(pooled))
+    flops = 2 * (n_query + min(2000, n_train)) * n_train * 512  # queries + the calibration's sample vs train
+    t.row(
+        "leaks (exact, blocked)",
+        lo["seconds"],
+        "numpy gemm",
+        flops / (go["gflops"] * 1e9),
+        2.0,
+        "float16->float32 conversion and normalising every train block per query block",
+        rss,
+        note=f"  (gemm {go['gflops']:.0f} GFLOP/s)",
+    )
+
+
+def export_figures(t: Table, folder: Path, pooled: Path) -> None:
     print("export (pooled test split to Parquet; limit: a sequential read of it)")
     out_pq = folder / "test.parquet"
     ((s, _, _),) = median_runs(1, (SEQ, [pooled, "pooled/test"]))
@@ -443,16 +483,6 @@ def main() -> None:
     if "rows_per_file" not in inspect.signature(export).parameters:
         t.not_built("export --rows-per-file (Parquet shards)", "no option yet")
     out_pq.unlink()
-
-    print("report: the embedding map (5,000 sampled rows)")
-    if "map" in skip:
-        t.not_built("embedding map", "skipped (--skip)")
-    else:
-        (sr, _, _), (mp, mrss, mo) = median_runs(1, (SAMPLE_READ, [pooled, 5000]), (MAP, [pooled, 5000]))
-        t.row(f"projection ({mo['method']})", mp, "sample read", sr, None, rss=mrss)
-    print("\nfigures that miss their target:" if t.missed else "\nevery figure meets its target")
-    for m in t.missed:
-        print("  - " + m)
 
 
 if __name__ == "__main__":

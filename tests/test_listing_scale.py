@@ -55,3 +55,24 @@ def test_diff_reads_stored_bytes_and_numpy_numbers():
         ["train/c1/bad\udcff.png"],
     )
     assert lst.diff([]).added[:1] == [lst.items[0][0]]
+
+
+def test_vectorised_diff_agrees_with_the_row_by_row_one():
+    lst = listing(5000)
+    stored = [(path_to_store(p), lab, s, m) for p, lab, s, m in lst.entries()]
+    rng = np.random.default_rng(0)
+    for k in rng.choice(len(stored), 40, replace=False):
+        stored[k] = (stored[k][0], stored[k][1], stored[k][2] + 1, stored[k][3])  # changed size
+    stored = stored[:100] + stored[130:] + [(f"train/c3/old_{i}.jpg".encode(), 3, 1, 2) for i in range(20)]
+    stored.reverse()  # another order: rows are matched by path, not position
+    d = lst.diff(stored)
+    ref = lst._diff_dicts([os.fsdecode(p) for p, *_ in stored], np.array([r[1:] for r in stored]).T)
+    assert (d.added, d.removed, d.changed) == (ref.added, ref.removed, ref.changed)
+    assert len(d.added) == 30 and len(d.removed) == 20 and 30 <= len(d.changed) <= 40
+    same = lst.diff([(p, lab, s, m) for p, lab, s, m in lst.entries()])  # same paths, same order: the short path
+    assert not same
+    twice = stored + stored[:1]  # a repeated stored path: the dictionaries' answer
+    d2 = lst.diff(twice)
+    assert (d2.added, d2.removed, d2.changed) == (d.added, d.removed, d.changed)
+    empty = ImageListing(Path("/d"), "train", ["a"], [], 0, [], [], [])
+    assert empty.diff(stored).removed[:1] == [os.fsdecode(stored[0][0])] and not empty.diff([])

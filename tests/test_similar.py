@@ -132,3 +132,19 @@ def test_a_new_image_is_extracted_through_the_stores_own_extractor(store, tmp_pa
     got = similar(copy, path, k=3)
     assert got.query_kind == "new" and got.neighbours[0].path == rel
     assert got.neighbours[0].similarity > 0.999
+
+
+def test_float16_lookup_is_numpys_cast_and_exact_search_matches_normalised():
+    """The faster float16 conversion and the centred-in-place products give what normalised() gave."""
+    from featstore.experiments.leaks.search import _rows, normalised
+
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(256, 256)
+    got, want = _rows(every), every.astype(np.float32)
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(got[~np.isnan(got)], want[~np.isnan(want)])
+    rng = np.random.default_rng(0)
+    X = np.maximum(rng.standard_normal((500, 64)), 0).astype(np.float16)
+    mean, q = _rows(X).mean(axis=0), _rows(X[:1])[0]
+    qn = normalised(q[None], mean)[0]
+    R = _rows(X) - mean
+    fast = (R @ qn) / np.linalg.norm(R, axis=1)
+    assert np.allclose(fast, normalised(X, mean) @ qn, atol=1e-6)

@@ -129,10 +129,12 @@ def fit(
         refuse_in_memory(clf, train, sizes[0], budget)
     if big:
         check_budget_holds_chunks(fs, name, used, budget, memory_budget, augmented=aug is not None)
-    for s in used:  # NaN/inf rows (extract stores them): refused before any fit, test included, not after it
-        fs.refuse_nonfinite(s, name)
-    if aug:
-        fs.refuse_nonfinite(train, name, augmented=True)
+    # NaN/inf rows (extract stores them) are refused before any fit, test included, not after it: in memory on the
+    # arrays the fit loads (test among them); streamed, train is checked in the fit's first pass over it (before the
+    # classifier's first update) and the evaluation splits in one pass each here
+    if big:
+        for s in used[1:]:
+            fs.refuse_nonfinite(s, name)
     t0 = time.perf_counter()
     if big:
         fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None)
@@ -217,14 +219,20 @@ def _fit_in_memory(
     train, validation = splits.train, splits.validation
     class_names = fs.class_names(name)
     plain = X, y = fs.load(train, name)
+    loaded = {train: plain}  # every split the run evaluates, read once, and checked for NaN/inf before any fit
+    for s in splits.used[1:]:
+        loaded[s] = fs.load(s, name)
+    for s, (Xs, _) in loaded.items():
+        fs.refuse_nonfinite(s, name, Xs)
     check_classes(y, train, class_names)
     groups = None
     if augmented:
         Xa, ya = fs.load(train, name, augmented=True)
+        fs.refuse_nonfinite(train, name, Xa, augmented=True)
         groups = source_groups(fs.paths(train, name), fs.paths(train, name, augmented=True))
         X, y = np.concatenate([X, Xa]), np.concatenate([y, ya])
     n_plain, k = len(plain[1]), len(class_names)
-    val = fs.load(validation, name) if validation else None
+    val = loaded[validation] if validation else None
     selection: dict = {"metric": "accuracy", "candidates": []}
     oof = None
     parallel = _parallel_fits(build_classifier(clf, full[0]).steps[-1][1])
@@ -251,10 +259,9 @@ def _fit_in_memory(
         )
         selection["candidates"] = [{"params": s, "score": sc} for s, sc in zip(settings, scores)]
         est = _fit_one(clf, full[best], X, y, None, groups)
-    loaded = {train: plain, validation: val}
 
     def predict_split(split: str):
-        Xs, ys = loaded[split] if split in loaded else fs.load(split, name)  # the test split is read here, once
+        Xs, ys = loaded[split] if split in loaded else fs.load(split, name)
         return ys, est.predict(Xs), full_proba(est, Xs, k)
 
     return Fitted(est, best, selection, predict_split, oof)

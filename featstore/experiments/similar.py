@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from featstore.errors import ConfigError, DataError, StoreError
-from featstore.experiments.leaks.search import normalised, scan
+from featstore.experiments.leaks.search import _rows, normalised, scan
 from featstore.experiments.similar_index import load_index, read_names, read_rows
 from featstore.outputs import terminal_safe
 from featstore.store.reader import FeatureStore
@@ -190,9 +190,23 @@ def exact_search(
     """``(similarities, rows, n)``: the k rows of ``split`` nearest to ``q``, streamed (mean first, then products)."""
     centre = scan(fs, name, [], split, budget)  # the mean; refuses NaN or inf rows
     qn = normalised(q[None], centre.mean)[0]
+    # |x - mean|² cannot overflow float32 below this magnitude: then each block is centred in place and divided by
+    # its row norms after the product (3 passes over a block, not normalised()'s 8); above it (and for rows whose
+    # squares may underflow) normalised() rescales first
+    safe = centre.scale * 2 * np.sqrt(q.size) < np.sqrt(np.finfo(np.float32).max) / 4
     best_s, best_r, off = np.zeros(0, np.float32), np.zeros(0, np.int64), 0
     for X, _ in fs.iter_batches(split, name, max_bytes=budget):
-        s = normalised(X, centre.mean) @ qn
+        if safe:
+            R = _rows(X)
+            R = R.copy() if np.shares_memory(R, X) else R  # centred in place below; X is read again for small rows
+            R -= centre.mean
+            norms = np.sqrt(np.einsum("ij,ij->i", R, R))
+            s = (R @ qn) / np.maximum(norms, np.finfo(np.float32).tiny)
+            small = np.flatnonzero(norms < 1e-15)  # squares that may have underflowed: rescaled as before
+            if len(small):
+                s[small] = normalised(X[small], centre.mean) @ qn
+        else:
+            s = normalised(X, centre.mean) @ qn
         rows = np.arange(off, off + len(s))
         if exclude is not None and off <= exclude < off + len(s):
             s[exclude - off] = -np.inf

@@ -101,7 +101,14 @@ def stream_fit(
             X = step.transform(X)
         return X
 
-    for i, step in enumerate(middle):  # each step learns from one pass over what the steps before it give
+    checks = [fs.nonfinite_rows(train, name, augmented=a) for a in (False, True)[: 1 + augmented]]
+    for check in checks:  # the first pass over train (the first step's, else one of its own) also finds NaN/inf rows
+        for X, _ in fs.iter_batches(train, name, max_bytes=block, augmented=check.augmented):
+            if check.block(X) and middle:
+                middle[0].partial_fit(prepared(X, []))
+    for check in checks:
+        check.refuse()
+    for i, step in enumerate(middle[1:], 1):  # each step learns from one pass over what the steps before it give
         for X, _ in train_blocks(fs, name, train, block, None, augmented):
             step.partial_fit(prepared(X, middle[:i]))
     if streams_by_partial_fit(est):

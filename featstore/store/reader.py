@@ -211,22 +211,17 @@ class FeatureStore:
         """Raise StoreError naming the split's rows with NaN or inf features (extract stores them, with a warning) and
         the fix; ``X``: the split's features already in memory, else read in blocks. A classifier's own error blamed
         its settings, or called a sound run's model altered."""
-        name = self.resolve(extractor)
-        blocks = [X] if X is not None else (b for b, _ in self.iter_batches(split, name, augmented=augmented))
-        bad, start = [], 0
-        for block in blocks:
-            rows = np.asarray(block).reshape(len(block), -1)
-            bad += (np.flatnonzero(~np.isfinite(rows).all(axis=1)) + start).tolist()
-            start += len(block)
-        if bad:
-            paths = self.paths(split, name, augmented=augmented)
-            key = f"{split}/{AUGMENTED}" if augmented else split
-            raise StoreError(
-                f"{self.path}:/{name}/{key} holds {len(bad)} row(s) with NaN or inf features (e.g. "
-                f"{terminal_safe(paths[bad[0]])}); nothing can be fitted or scored on them. Check those images and the "
-                f"model's weights, then re-extract the split with `featstore extract --split {split} --overwrite` "
-                f"(`featstore check` counts such rows)"
-            )
+        check = self.nonfinite_rows(split, extractor, augmented=augmented)
+        for block in (
+            [X] if X is not None else (b for b, _ in self.iter_batches(split, check.name, augmented=augmented))
+        ):
+            check.block(block)
+        check.refuse()
+
+    def nonfinite_rows(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> NonfiniteRows:
+        """A counter of NaN/inf rows fed the split's blocks in order by a pass that reads them anyway (a streamed fit's
+        first pass); its ``refuse()`` raises what :meth:`refuse_nonfinite` raises."""
+        return NonfiniteRows(self, split, self.resolve(extractor), augmented)
 
     def metadata(self, extractor: str | None = None) -> dict:
         """Provenance attributes of an extractor (model, layer, weights, fingerprint, ...)."""
@@ -372,8 +367,12 @@ class FeatureStore:
             group = units[b : b + per_block]
             with self._open() as f, _readable(self.path, name, key, group[0][0], group[-1][1]):
                 sg = f[name][key]
-                X = np.concatenate([sg["features"][s:e] for s, e in group])
-                y = np.concatenate([sg["labels"][s:e] for s, e in group]).astype(np.int64)
+                if shuffle:
+                    X = np.concatenate([sg["features"][s:e] for s, e in group])
+                    y = np.concatenate([sg["labels"][s:e] for s, e in group]).astype(np.int64)
+                else:  # the chunks are consecutive: one read, no copy to join them
+                    X = sg["features"][group[0][0] : group[-1][1]]
+                    y = sg["labels"][group[0][0] : group[-1][1]].astype(np.int64)
                 validate_labels(y, len(plain(sg.attrs["class_names"])), where)
             if shuffle:
                 order = rng.permutation(len(y))
@@ -411,3 +410,34 @@ class FeatureStore:
         """
         with self._open() as f:
             return describe(f, self.path)
+
+
+class NonfiniteRows:
+    """The rows with NaN or inf features of one split, found block by block (see ``FeatureStore.nonfinite_rows``)."""
+
+    def __init__(self, fs: FeatureStore, split: str, name: str, augmented: bool):
+        self.fs, self.split, self.name, self.augmented = fs, split, name, augmented
+        self.bad: list[int] = []
+        self.start = 0
+
+    def block(self, X: np.ndarray) -> bool:
+        """Count the next block's bad rows; True when it has none."""
+        rows = np.asarray(X).reshape(len(X), -1)
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        self.bad += (bad + self.start).tolist()
+        self.start += len(X)
+        return not len(bad)
+
+    def refuse(self) -> None:
+        """Raise StoreError naming the first bad row and the fix, if any was found."""
+        if not self.bad:
+            return
+        split, name, augmented = self.split, self.name, self.augmented
+        paths = self.fs.paths(split, name, augmented=augmented)
+        key = f"{split}/{AUGMENTED}" if augmented else split
+        raise StoreError(
+            f"{self.fs.path}:/{name}/{key} holds {len(self.bad)} row(s) with NaN or inf features (e.g. "
+            f"{terminal_safe(paths[self.bad[0]])}); nothing can be fitted or scored on them. Check those images and the "
+            f"model's weights, then re-extract the split with `featstore extract --split {split} --overwrite` "
+            f"(`featstore check` counts such rows)"
+        )

@@ -27,8 +27,15 @@ class Centre(NamedTuple):
     scale: float  # 2**k >= 2 * max |value| of the reference: centred rows divided by it cannot overflow when squared
 
 
+# every float16 value as float32, looked up by its bits: exact, and about twice as fast as numpy's cast of stored
+# features (half of a ReLU layer's values are zeros, which the cast takes slowly)
+_FLOAT16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
 def _rows(X: np.ndarray) -> np.ndarray:
-    """Feature blocks as float32 rows (flattened)."""
+    """Feature blocks as float32 rows (flattened; a new array for float16, which is always converted)."""
+    if isinstance(X, np.ndarray) and X.dtype == np.float16:
+        return _FLOAT16[X.reshape(len(X), -1).view(np.uint16)]
     return np.asarray(X, dtype=np.float32).reshape(len(X), -1)
 
 
@@ -47,13 +54,16 @@ def scan(fs: FeatureStore, name: str, splits: Sequence[str], reference: str, bud
         rows, off = [], 0
         for X, _ in fs.iter_batches(split, name, max_bytes=budget):
             R = _rows(X)
-            rows += (_bad_rows(R) + off).tolist()
-            off += len(R)
-            if split == reference:
+            if split == reference:  # NaN and inf reach the float64 column sums: rows are looked for only then
                 part = R.sum(axis=0, dtype=np.float64)
+                if not np.isfinite(part).all():
+                    rows += (_bad_rows(R) + off).tolist()
                 total = part if total is None else total + part
-                top = max(top, float(np.abs(R).max(initial=0.0)))
-                n = off
+                top = max(top, float(R.max(initial=0.0)), -float(R.min(initial=0.0)))
+                n = off + len(R)
+            else:
+                rows += (_bad_rows(R) + off).tolist()
+            off += len(R)
         if rows:
             bad[split] = rows
     if bad:
