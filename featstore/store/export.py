@@ -48,6 +48,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -309,13 +310,25 @@ def refuse_shard_folder(out: Path) -> None:
     if out.is_symlink() or (os.path.lexists(out) and not out.is_dir()):
         raise ConfigError(f"--out {out} exists and is not a folder; with --rows-per-file it names the folder of shards")
     if out.is_dir():
-        other = [e.name for e in os.scandir(out) if not (e.name.startswith("part-") and e.name.endswith(".parquet"))]
+        other = [e.name for e in os.scandir(out) if not _is_shard(e)]
         if other:
             raise ConfigError(
                 f"--out {out} is a folder holding other files than shards ({', '.join(sorted(other)[:3])}); with "
                 f"--rows-per-file it must be a new folder or an earlier export's; choose another name"
             )
     probe_output(out.parent / f"{out.name}.shards", "--out")  # its parent exists and takes new files
+
+
+def _is_shard(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is one of featstore's shards: a regular file ``part-NNNNN.parquet`` whose schema carries
+    featstore's metadata (a pyarrow dataset's ``part-0.parquet``, a folder or a link so named is someone else's)."""
+    if not (re.fullmatch(r"part-\d{5}\.parquet", entry.name) and entry.is_file(follow_symlinks=False)):
+        return False
+    pa, pq = _pyarrow()
+    try:
+        return b"featstore" in (pq.read_schema(entry.path).metadata or {})
+    except (OSError, ValueError, pa.ArrowException):  # not Parquet, damaged, unreadable: not ours
+        return False
 
 
 def write_shards(out: Path, write: Callable[[Path], object]) -> None:
