@@ -4,11 +4,13 @@ crafted run folders, and ``export --rows-per-file`` output folders. Each test fa
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
 from featstore import ConfigError, export
-from tests.test_adversarial_attack3 import synthetic_store
+from tests.test_adversarial_attack3 import no_traceback, synthetic_store, tiny_pngs
+from tests.test_adversarial_attack4 import cli
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +42,36 @@ def test_shards_never_replace_a_folder_that_is_not_an_earlier_export(store, tmp_
     export(store, "train", tmp_path / "ours", rows_per_file=10)
     export(store, "train", tmp_path / "ours", rows_per_file=20)  # an earlier export's shards are still replaced
     assert sorted(os.listdir(tmp_path / "ours")) == ["part-00000.parquet", "part-00001.parquet"]
+
+
+# ------------------------------------------------------------------ predict --out naming one of its own inputs
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """A run fitted on vgg16 (random weights, 32 px) features of tiny PNGs: one predict can apply to images."""
+    root = tmp_path_factory.mktemp("a7img")
+    names = {c: [f"{c}{i}.png" for i in range(6)] for c in ("a", "b")}
+    data = tiny_pngs(root / "data", {"train": names, "validation": names, "test": names})
+    store = root / "f.h5"
+    no_traceback(
+        cli("extract", "--data", data, "--split", "train", "--split", "validation", "--split", "test",
+            "--model", "vgg16", "--weights", "none", "--image-size", "32", "--store", store, "--no-progress")
+    )  # fmt: skip
+    no_traceback(cli("fit", "--store", store))
+    (run,) = os.listdir(root / "f.runs")
+    return store, run, data
+
+
+def test_predict_out_never_replaces_an_image_it_predicts(image_run, tmp_path):
+    """``predict --run R photos/ --out photos/cat.png`` (a slip of the shell's completion) predicted, then replaced
+    the image cat.png with the CSV: an input lost, reported as "wrote 2 predictions"."""
+    store, run, data = image_run
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat.png", "dog.png"):
+        shutil.copy(data / "test" / "a" / "a0.png", photos / name)
+    before = (photos / "cat.png").read_bytes()
+    out = no_traceback(cli("predict", "--store", store, "--run", run, photos, "--out", photos / "cat.png"))
+    assert "error:" in out and "one of the images to predict" in out, out
+    assert (photos / "cat.png").read_bytes() == before
+    out = no_traceback(cli("predict", "--store", store, "--run", run, photos, "--out", tmp_path / "p.csv"))
+    assert "wrote 2 predictions" in out, out

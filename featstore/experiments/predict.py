@@ -79,6 +79,24 @@ def _check_out(out: Path) -> None:
         raise ConfigError(str(exc)) from None
 
 
+def _refuse_an_input(out: Path, paths) -> None:
+    """Refuse an --out that is one of the images to predict: the CSV would replace that image."""
+    try:
+        st = os.stat(out)
+    except OSError:
+        return  # nothing there (yet): no image to lose
+    for p in paths:
+        try:
+            same = os.path.samestat(st, os.stat(p))
+        except OSError:
+            continue
+        if same:
+            raise ConfigError(
+                f"--out {out} is one of the images to predict ({printable(str(p))}); the CSV would replace it. "
+                f"Give a new file name, e.g. predictions.csv"
+            )
+
+
 def predict(
     run_id: str,
     inputs: list[str | os.PathLike],
@@ -115,6 +133,8 @@ def predict(
     # refused before any image is read: the models loaded, a fitted run's extractor rebuilt (its weights' digest checked)
     model = kind_of(rec).for_images(rec, folder, options)
     paths = collect_images(inputs)
+    if out is not None:
+        _refuse_an_input(Path(out), paths)
     class_names = list(rec.class_names)
     rows: list[dict] = []
     batch: list[tuple[str, np.ndarray]] = []
