@@ -44,7 +44,7 @@ def test_shards_never_replace_a_folder_that_is_not_an_earlier_export(store, tmp_
     assert sorted(os.listdir(tmp_path / "ours")) == ["part-00000.parquet", "part-00001.parquet"]
 
 
-# ------------------------------------------------------------------ predict --out naming one of its own inputs
+# ------------------------------------------------------------------ a table's --out naming one of the images
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
     """A run fitted on vgg16 (random weights, 32 px) features of tiny PNGs: one predict can apply to images."""
@@ -61,9 +61,10 @@ def image_run(tmp_path_factory):
     return store, run, data
 
 
-def test_predict_out_never_replaces_an_image_it_predicts(image_run, tmp_path):
+def test_a_table_never_replaces_an_image(image_run, tmp_path):
     """``predict --run R photos/ --out photos/cat.png`` (a slip of the shell's completion) predicted, then replaced
-    the image cat.png with the CSV: an input lost, reported as "wrote 2 predictions"."""
+    the image cat.png with the CSV: an input lost, reported as "wrote 2 predictions". ``leaks --out`` and ``export
+    --out`` naming one of the dataset's images replaced it with their table too."""
     store, run, data = image_run
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -71,7 +72,12 @@ def test_predict_out_never_replaces_an_image_it_predicts(image_run, tmp_path):
         shutil.copy(data / "test" / "a" / "a0.png", photos / name)
     before = (photos / "cat.png").read_bytes()
     out = no_traceback(cli("predict", "--store", store, "--run", run, photos, "--out", photos / "cat.png"))
-    assert "error:" in out and "one of the images to predict" in out, out
-    assert (photos / "cat.png").read_bytes() == before
+    assert "error:" in out and "is an image (PNG)" in out, out
+    image = data / "test" / "b" / "b1.png"
+    kept = image.read_bytes()
+    for args in (("leaks", "--store", store), ("export", "--store", store, "--split", "test", "--format", "csv")):
+        out = no_traceback(cli(*args, "--out", image))
+        assert "error:" in out and "is an image (PNG)" in out, out
+    assert (photos / "cat.png").read_bytes() == before and image.read_bytes() == kept
     out = no_traceback(cli("predict", "--store", store, "--run", run, photos, "--out", tmp_path / "p.csv"))
     assert "wrote 2 predictions" in out, out

@@ -23,7 +23,7 @@ import numpy as np
 
 from featstore.errors import MAX_BATCH, ConfigError, DataError, OutputError, StoreError
 from featstore.images.listing import IMAGE_EXTENSIONS, find_images, printable
-from featstore.outputs import csv_cell, output_fix, probe_output, write_atomic
+from featstore.outputs import csv_cell, output_fix, probe_output, refuse_image, write_atomic
 from featstore.runs.apply import ApplyOptions, ImageBatch, rebuild_extractor  # noqa: F401 (rebuild_extractor re-exported)
 from featstore.runs.folder import find_run, runs_root
 from featstore.runs.kinds import kind_of
@@ -75,26 +75,9 @@ def _check_out(out: Path) -> None:
         )
     try:
         probe_output(out, "--out")  # a link at the name is never written through; a folder that takes no file
+        refuse_image(out, "--out")  # one of the images to predict, say
     except OutputError as exc:
         raise ConfigError(str(exc)) from None
-
-
-def _refuse_an_input(out: Path, paths) -> None:
-    """Refuse an --out that is one of the images to predict: the CSV would replace that image."""
-    try:
-        st = os.stat(out)
-    except OSError:
-        return  # nothing there (yet): no image to lose
-    for p in paths:
-        try:
-            same = os.path.samestat(st, os.stat(p))
-        except OSError:
-            continue
-        if same:
-            raise ConfigError(
-                f"--out {out} is one of the images to predict ({printable(str(p))}); the CSV would replace it. "
-                f"Give a new file name, e.g. predictions.csv"
-            )
 
 
 def predict(
@@ -133,8 +116,6 @@ def predict(
     # refused before any image is read: the models loaded, a fitted run's extractor rebuilt (its weights' digest checked)
     model = kind_of(rec).for_images(rec, folder, options)
     paths = collect_images(inputs)
-    if out is not None:
-        _refuse_an_input(Path(out), paths)
     class_names = list(rec.class_names)
     rows: list[dict] = []
     batch: list[tuple[str, np.ndarray]] = []

@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError, choices_error
-from featstore.outputs import csv_cell, output_fix, probe_output, write_atomic
+from featstore.outputs import csv_cell, output_fix, probe_output, refuse_image, write_atomic
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ def export(
         )
     if rows_per_file is None:
         probe_output(out, "--out")  # a link, a missing or non-folder parent, a folder no file can be made in: first
+        refuse_image(out, "--out")  # an image of the dataset, say
     info = fs.split_info(split, name, augmented=augmented)  # StoreError naming the splits there (or the missing copies)
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
     if features != "flat" and len(shape) != 3:
