@@ -81,3 +81,26 @@ def test_a_table_never_replaces_an_image(image_run, tmp_path):
     assert (photos / "cat.png").read_bytes() == before and image.read_bytes() == kept
     out = no_traceback(cli("predict", "--store", store, "--run", run, photos, "--out", tmp_path / "p.csv"))
     assert "wrote 2 predictions" in out, out
+
+
+# ------------------------------------------------------------------ finetune and a changed test folder
+def test_finetune_refuses_a_changed_test_folder_before_training(image_run, tmp_path, monkeypatch):
+    """The test split's images were checked against the store only after every epoch had trained: one changed test
+    image ended a fine-tuning (hours on a GPU) in "the images of data/test changed", nothing recorded."""
+    from featstore.errors import DataError
+    from featstore.experiments import finetune as ft
+
+    store, _, data = image_run
+    no_traceback(cli("fit", "--store", store, "--clf", "dense", "--param", "epochs=1"))
+    (dense,) = [r for r in os.listdir(store.parent / "f.runs") if r.startswith("dense-")]
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)  # copy2: sizes and times kept, so train and validation still match the store
+    with open(copy / "test" / "a" / "a0.png", "ab") as fh:
+        fh.write(b"changed")
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before the test folder was checked")
+
+    monkeypatch.setattr(ft, "train", trained)
+    with pytest.raises(DataError, match="images of .*test changed"):
+        ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1"), data=copy, store=store)
