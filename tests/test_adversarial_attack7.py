@@ -84,6 +84,16 @@ def test_a_table_never_replaces_an_image(image_run, tmp_path):
 
 
 # ------------------------------------------------------------------ finetune and a changed test folder
+def dense_run(store) -> str:
+    """The store's dense run (phase A of a fine-tuning), fitted once."""
+    runs = store.parent / "f.runs"
+    dense = [r for r in os.listdir(runs) if r.startswith("dense-")]
+    if not dense:
+        no_traceback(cli("fit", "--store", store, "--clf", "dense", "--param", "epochs=1"))
+        dense = [r for r in os.listdir(runs) if r.startswith("dense-")]
+    return dense[0]
+
+
 def test_finetune_refuses_a_changed_test_folder_before_training(image_run, tmp_path, monkeypatch):
     """The test split's images were checked against the store only after every epoch had trained: one changed test
     image ended a fine-tuning (hours on a GPU) in "the images of data/test changed", nothing recorded."""
@@ -91,8 +101,7 @@ def test_finetune_refuses_a_changed_test_folder_before_training(image_run, tmp_p
     from featstore.experiments import finetune as ft
 
     store, _, data = image_run
-    no_traceback(cli("fit", "--store", store, "--clf", "dense", "--param", "epochs=1"))
-    (dense,) = [r for r in os.listdir(store.parent / "f.runs") if r.startswith("dense-")]
+    dense = dense_run(store)
     copy = tmp_path / "data"
     shutil.copytree(data, copy)  # copy2: sizes and times kept, so train and validation still match the store
     with open(copy / "test" / "a" / "a0.png", "ab") as fh:
@@ -104,3 +113,21 @@ def test_finetune_refuses_a_changed_test_folder_before_training(image_run, tmp_p
     monkeypatch.setattr(ft, "train", trained)
     with pytest.raises(DataError, match="images of .*test changed"):
         ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1"), data=copy, store=store)
+
+
+def test_a_finetune_run_records_which_image_files_it_saw(image_run):
+    """A fine-tuning checks its folders against the store's listing, but recorded no listing digest: compare and
+    ensemble then refused it beside a run of another store with the same images, saying it was "made by an older
+    featstore, or on features imported without images"."""
+    import json
+
+    from featstore.experiments import finetune as ft
+
+    store, _, _ = image_run
+    dense = dense_run(store)
+    rec = ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1", epochs=1), store=store)
+    runs = store.parent / "f.runs"
+    phase_a = json.loads((runs / dense / "run.json").read_text())["predictions"]
+    tuned = json.loads((runs / rec.id / "run.json").read_text())["predictions"]
+    for split in ("validation", "test"):
+        assert tuned[split].get("listing_sha256") == phase_a[split]["listing_sha256"], (split, tuned[split])
