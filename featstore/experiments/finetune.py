@@ -169,7 +169,9 @@ def finetune(
                 f"uses about 1e-5; it was {config.lr:g}) and retry"
             )
         evaluated[split] = metrics(images.labels, proba.argmax(axis=1), class_names)
-        listing = str(fs.split_info(split, name).get("listing_sha256", ""))  # split_images checked the folder against it
+        listing = str(
+            fs.split_info(split, name).get("listing_sha256", "")
+        )  # split_images checked the folder against it
         probas[split] = (proba, images.labels, digest_paths(images.paths), listing)
     from featstore.models.weights import weights_digest
 
