@@ -44,6 +44,16 @@ def test_shards_never_replace_a_folder_that_is_not_an_earlier_export(store, tmp_
     assert sorted(os.listdir(tmp_path / "ours")) == ["part-00000.parquet", "part-00001.parquet"]
 
 
+def test_a_shard_folder_that_cannot_be_made_is_named_as_given(store, tmp_path):
+    """``export --rows-per-file --out afile/sub`` said "cannot write --out afile/sub.shards": a name the user never
+    gave (the probe's)."""
+    pytest.importorskip("pyarrow")
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile" / "sub", tmp_path / "missing" / "sub"):
+        text = no_traceback(cli("export", "--store", store, "--split", "train", "--out", out, "--rows-per-file", "5"))
+        assert f"--out {out}:" in text and ".shards" not in text, text
+
+
 # ------------------------------------------------------------------ a table's --out naming one of the images
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):

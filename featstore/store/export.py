@@ -317,7 +317,11 @@ def refuse_shard_folder(out: Path) -> None:
                 f"--out {out} is a folder holding other files than shards ({', '.join(sorted(other)[:3])}); with "
                 f"--rows-per-file it must be a new folder or an earlier export's; choose another name"
             )
-    probe_output(out.parent / f"{out.name}.shards", "--out")  # its parent exists and takes new files
+    probe = out.parent / f"{out.name}.shards"
+    try:
+        probe_output(probe, "--out")  # its parent exists and takes new files
+    except OutputError as exc:  # named as given: the probe's name is featstore's, not the user's
+        raise OutputError(str(exc).replace(str(probe), str(out))) from None
 
 
 def _is_shard(entry: os.DirEntry) -> bool:
