@@ -44,6 +44,27 @@ def test_shards_never_replace_a_folder_that_is_not_an_earlier_export(store, tmp_
     assert sorted(os.listdir(tmp_path / "ours")) == ["part-00000.parquet", "part-00001.parquet"]
 
 
+def test_files_put_in_the_shard_folder_during_an_export_are_never_deleted(store, tmp_path, monkeypatch):
+    """The folder was checked once, before the export: a file saved into it (or a link put there) while the shards
+    were written was deleted with the earlier export's shards when the new ones replaced them."""
+    pytest.importorskip("pyarrow")
+    from featstore.store import export as ex
+
+    out = tmp_path / "shards"
+    export(store, "train", out, rows_per_file=10)
+    write = ex._write_shards
+
+    def meanwhile(folder, *args):
+        write(folder, *args)
+        (out / "notes.txt").write_text("keep me")
+
+    monkeypatch.setattr(ex, "_write_shards", meanwhile)
+    with pytest.raises(ConfigError, match="other files than shards"):
+        export(store, "train", out, rows_per_file=20)
+    assert (out / "notes.txt").read_text() == "keep me" and len(os.listdir(out)) == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
 def test_a_shard_folder_that_cannot_be_made_is_named_as_given(store, tmp_path):
     """``export --rows-per-file --out afile/sub`` said "cannot write --out afile/sub.shards": a name the user never
     gave (the probe's)."""

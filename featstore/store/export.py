@@ -343,6 +343,7 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
     old = None
     try:
         write(tmp)
+        refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
         if out.is_dir():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / "shards")
