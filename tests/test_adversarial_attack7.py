@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from featstore import ConfigError, export
@@ -162,3 +163,30 @@ def test_a_finetune_run_records_which_image_files_it_saw(image_run):
     tuned = json.loads((runs / rec.id / "run.json").read_text())["predictions"]
     for split in ("validation", "test"):
         assert tuned[split].get("listing_sha256") == phase_a[split]["listing_sha256"], (split, tuned[split])
+
+
+def test_a_cached_cut_with_nan_rows_is_refused_before_training(image_run, tmp_path, monkeypatch):
+    """A row of NaN in the cached frozen layers (a killed or overflowing extraction, a damaged store) trained every
+    epoch, then ended in "fine-tuning diverged ... Lower --lr": the wrong cause and the wrong fix."""
+    import h5py
+
+    from featstore.errors import StoreError
+    from featstore.experiments import finetune as ft
+
+    src, _, _ = image_run
+    dense = dense_run(src)
+    store = tmp_path / "f.h5"
+    shutil.copy(src, store)
+    shutil.copytree(src.parent / "f.runs", tmp_path / "f.runs")
+    ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1", epochs=1), store=store)  # makes the cache
+    with h5py.File(store, "a") as f:
+        f["vgg16@block4_pool/train/features"][3, 0, 0, 0] = np.nan
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained on NaN features")
+
+    monkeypatch.setattr(ft, "train", trained)
+    with pytest.raises(
+        StoreError, match=r"(?s)vgg16@block4_pool/train holds 1 row.*--name vgg16@block4_pool.*--no-cache"
+    ):
+        ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1", epochs=1), store=store)
