@@ -91,6 +91,38 @@ def _is_hdf5(path: Path) -> bool:
     return False
 
 
+_IMAGE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def refuse_image(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse a CSV/npz/Parquet output whose name holds an image (PNG, JPEG, GIF, BMP, TIFF, WebP): a slip that
+    names one of the dataset's images (``predict photos/ --out photos/cat.png``) would have replaced it. Example::
+
+        refuse_image("predictions.csv", "--out")
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return  # nothing there (or not readable): check_output says what is wrong with it
+    kind = next((k for sig, k in _IMAGE_SIGNATURES.items() if head.startswith(sig)), None)
+    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WebP"
+    if kind is not None:
+        raise OutputError(
+            f"{what} {path} is an image ({kind}); featstore never replaces an image with a table. "
+            f"Give a new file name, e.g. predictions.csv"
+        )
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "output") -> Path:
     """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``; returns ``path``.
 

@@ -128,6 +128,9 @@ def finetune(
         return Path(data) if data is not None else Path(fs.split_info(split, name)["source_root"])
 
     sets = {s: split_images(fs, name, s, root_of(s), class_names) for s in ("train", "validation")}
+    scored = [s for s in ("validation", "test") if s in fs.splits(name) and fs.split_info(s, name).get("complete")]
+    # checked before training, not after every epoch: a changed test folder is refused while nothing is lost
+    scored_images = {s: sets.get(s) or split_images(fs, name, s, root_of(s), class_names) for s in scored}
     built = warm_start_model(rec, folder, config, weights, trust_model)
     logger.info(
         "fine-tuning %s: %d layers train (%s ... %s), %d stay frozen; BatchNormalization in inference mode",
@@ -157,8 +160,7 @@ def finetune(
     model = FinetunedModel(built.model, rec["extractor_attrs"])
     evaluated, probas = {}, {}
     grew = (size_before, _size(fs.path))
-    for split in [s for s in ("validation", "test") if s in fs.splits(name) and fs.split_info(s, name).get("complete")]:
-        images = sets.get(split) or split_images(fs, name, split, root_of(split), class_names)
+    for split, images in scored_images.items():
         proba = split_proba(images, model.image_size, workers, model.proba)
         if not np.isfinite(proba).all():  # the weights became NaN/inf: a run recorded now would be listed as broken
             raise ConfigError(
@@ -167,7 +169,10 @@ def finetune(
                 f"uses about 1e-5; it was {config.lr:g}) and retry"
             )
         evaluated[split] = metrics(images.labels, proba.argmax(axis=1), class_names)
-        probas[split] = (proba, images.labels, digest_paths(images.paths))
+        listing = str(
+            fs.split_info(split, name).get("listing_sha256", "")
+        )  # split_images checked the folder against it
+        probas[split] = (proba, images.labels, digest_paths(images.paths), listing)
     from featstore.models.weights import weights_digest
 
     record = draft(

@@ -85,6 +85,13 @@ def cached_cut(fs, name: str, layer: str, attrs: dict, weights, trust_model: boo
                 f"or pass --no-cache (cache=False in Python)"
             )
         arrays[split] = fs.load(split, group)
+        try:  # before training: a NaN row made every epoch train, then "diverged: lower --lr"
+            fs.refuse_nonfinite(split, group, arrays[split][0])
+        except StoreError as exc:
+            raise StoreError(
+                f"{exc}\n(the cached frozen layers of the fine-tuning: re-extract them with\n  "
+                f"{extract_command(cfg, images.root, split, fs.path, group)}\nor pass --no-cache to train from the images)"
+            ) from None
     if (made or resumed) and group in fs.extractors(caches=False):
         # made: marked when created; resumed and still unmarked: an older featstore's killed fine-tuning left it
         from featstore.store.reader import open_h5

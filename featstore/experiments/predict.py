@@ -23,7 +23,7 @@ import numpy as np
 
 from featstore.errors import MAX_BATCH, ConfigError, DataError, OutputError, StoreError
 from featstore.images.listing import IMAGE_EXTENSIONS, find_images, printable
-from featstore.outputs import csv_cell, output_fix, probe_output, write_atomic
+from featstore.outputs import csv_cell, output_fix, probe_output, refuse_image, write_atomic
 from featstore.runs.apply import ApplyOptions, ImageBatch, rebuild_extractor  # noqa: F401 (rebuild_extractor re-exported)
 from featstore.runs.folder import find_run, runs_root
 from featstore.runs.kinds import kind_of
@@ -75,6 +75,7 @@ def _check_out(out: Path) -> None:
         )
     try:
         probe_output(out, "--out")  # a link at the name is never written through; a folder that takes no file
+        refuse_image(out, "--out")  # one of the images to predict, say
     except OutputError as exc:
         raise ConfigError(str(exc)) from None
 

@@ -48,6 +48,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -59,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError, choices_error
-from featstore.outputs import csv_cell, output_fix, probe_output, write_atomic
+from featstore.outputs import csv_cell, output_fix, probe_output, refuse_image, write_atomic
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def export(
         )
     if rows_per_file is None:
         probe_output(out, "--out")  # a link, a missing or non-folder parent, a folder no file can be made in: first
+        refuse_image(out, "--out")  # an image of the dataset, say
     info = fs.split_info(split, name, augmented=augmented)  # StoreError naming the splits there (or the missing copies)
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
     if features != "flat" and len(shape) != 3:
@@ -309,13 +311,29 @@ def refuse_shard_folder(out: Path) -> None:
     if out.is_symlink() or (os.path.lexists(out) and not out.is_dir()):
         raise ConfigError(f"--out {out} exists and is not a folder; with --rows-per-file it names the folder of shards")
     if out.is_dir():
-        other = [e.name for e in os.scandir(out) if not (e.name.startswith("part-") and e.name.endswith(".parquet"))]
+        other = [e.name for e in os.scandir(out) if not _is_shard(e)]
         if other:
             raise ConfigError(
                 f"--out {out} is a folder holding other files than shards ({', '.join(sorted(other)[:3])}); with "
                 f"--rows-per-file it must be a new folder or an earlier export's; choose another name"
             )
-    probe_output(out.parent / f"{out.name}.shards", "--out")  # its parent exists and takes new files
+    probe = out.parent / f"{out.name}.shards"
+    try:
+        probe_output(probe, "--out")  # its parent exists and takes new files
+    except OutputError as exc:  # named as given: the probe's name is featstore's, not the user's
+        raise OutputError(str(exc).replace(str(probe), str(out))) from None
+
+
+def _is_shard(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is one of featstore's shards: a regular file ``part-NNNNN.parquet`` whose schema carries
+    featstore's metadata (a pyarrow dataset's ``part-0.parquet``, a folder or a link so named is someone else's)."""
+    if not (re.fullmatch(r"part-\d{5}\.parquet", entry.name) and entry.is_file(follow_symlinks=False)):
+        return False
+    pa, pq = _pyarrow()
+    try:
+        return b"featstore" in (pq.read_schema(entry.path).metadata or {})
+    except (OSError, ValueError, pa.ArrowException):  # not Parquet, damaged, unreadable: not ours
+        return False
 
 
 def write_shards(out: Path, write: Callable[[Path], object]) -> None:
@@ -325,6 +343,7 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
     old = None
     try:
         write(tmp)
+        refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
         if out.is_dir():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
             os.replace(out, old / "shards")
