@@ -190,3 +190,14 @@ def test_a_cached_cut_with_nan_rows_is_refused_before_training(image_run, tmp_pa
         StoreError, match=r"(?s)vgg16@block4_pool/train holds 1 row.*--name vgg16@block4_pool.*--no-cache"
     ):
         ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1", epochs=1), store=store)
+
+
+def test_an_image_named_directly_and_inside_a_named_folder_is_predicted_once(tmp_path):
+    """The seventh attack's note: `predict photos/ photos/a.png` listed a.png twice (two rows for one file)."""
+    from featstore.experiments.predict import collect_images
+
+    (tmp_path / "photos").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "photos" / name).write_bytes(b"\x89PNG")
+    found = collect_images([tmp_path / "photos", tmp_path / "photos" / "a.png", tmp_path / "photos" / ".." / "photos"])
+    assert sorted(p.name for p in found) == ["a.png", "b.png"]

@@ -52,7 +52,14 @@ def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
         raise DataError(
             f"no images in {printable(', '.join(map(str, inputs)))} (looked for {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return found
+    seen: set[str] = set()  # a file named directly and found in a folder too is predicted once, under its first name
+    unique = []
+    for path in found:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
 
 
 def _check_out(out: Path) -> None:
