@@ -274,10 +274,28 @@ def test_streamed_fit_reads_the_copies_too(tmp_path, monkeypatch):
             yield X, y
         seen.append(rows)
 
+    from featstore.store.reader import FeatureStore
+
+    first_pass, real_counter = [], FeatureStore.nonfinite_rows
+
+    def spy_counter(self, *args, **kw):  # the first pass (the scaler's) also counts NaN/inf rows: count what it sees
+        counter = real_counter(self, *args, **kw)
+        real_block = counter.block
+
+        def block(X):
+            if counter.split == "train":  # validation is checked in a pass of its own
+                first_pass.append(len(X))
+            return real_block(X)
+
+        counter.block = block
+        return counter
+
     monkeypatch.setattr(streaming, "train_blocks", spy)
+    monkeypatch.setattr(FeatureStore, "nonfinite_rows", spy_counter)
     rec = fit(path, "sgd", {"epochs": [2]}, memory_budget="20KB", runs=tmp_path / "r", augmented=True)
     assert rec["streamed"] and rec["augmented"]["train_rows"] == 36
-    assert seen == [36, 36, 36]  # the scaler's pass and two epochs, each over train + both copies
+    assert seen == [36, 36]  # two epochs, each over train + both copies
+    assert sum(first_pass) == 36  # and the scaler's first pass over train + both copies, before any epoch
     assert rec["splits"]["validation"] == 6
 
 

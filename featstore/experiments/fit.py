@@ -219,11 +219,14 @@ def _fit_in_memory(
     train, validation = splits.train, splits.validation
     class_names = fs.class_names(name)
     plain = X, y = fs.load(train, name)
-    loaded = {train: plain}  # every split the run evaluates, read once, and checked for NaN/inf before any fit
-    for s in splits.used[1:]:
-        loaded[s] = fs.load(s, name)
+    loaded = {train: plain}  # train and validation, read once and checked for NaN/inf in memory before any fit
+    if validation:
+        loaded[validation] = fs.load(validation, name)
     for s, (Xs, _) in loaded.items():
         fs.refuse_nonfinite(s, name, Xs)
+    for s in splits.used[1:]:  # test: checked in one streamed pass now, loaded only after the choice is made
+        if s not in loaded:
+            fs.refuse_nonfinite(s, name)
     check_classes(y, train, class_names)
     groups = None
     if augmented:
@@ -261,7 +264,7 @@ def _fit_in_memory(
         est = _fit_one(clf, full[best], X, y, None, groups)
 
     def predict_split(split: str):
-        Xs, ys = loaded[split] if split in loaded else fs.load(split, name)
+        Xs, ys = loaded[split] if split in loaded else fs.load(split, name)  # the test split is read here, once
         return ys, est.predict(Xs), full_proba(est, Xs, k)
 
     return Fitted(est, best, selection, predict_split, oof)
