@@ -63,6 +63,27 @@ def test_a_new_export_replaces_an_earlier_one_whole(store, tmp_path):
     assert X.shape == (1000, 8)
 
 
+def test_what_a_killed_export_left_is_put_back_or_named(store, tmp_path, caplog):
+    """A kill between write_shards' two renames left the earlier export only in `.<out>.*.old/shards` (the seventh
+    attack): the next export puts it back first; a half-written `.<out>.*.tmp` is named with how to remove it."""
+    out = tmp_path / "s"
+    export(store, "train", out, rows_per_file=100)
+    aside = tmp_path / ".s.abc.old"
+    aside.mkdir()
+    out.rename(aside / "shards")  # the state a kill between the renames leaves
+    (tmp_path / ".s.def.tmp").mkdir()  # and a killed export's half-written folder
+    with pytest.raises(ConfigError):
+        export(store, "train", out, rows_per_file=0)  # refused before writing: nothing recovered yet
+    assert not out.exists()
+    from featstore.store.export import _recover_shards
+
+    _recover_shards(out)
+    assert len(list(out.iterdir())) == 10 and not aside.exists(), "the earlier export is back"
+    assert ".s.def.tmp" in caplog.text and "rm -r" in caplog.text
+    export(store, "train", out, rows_per_file=600)
+    assert len(list(out.iterdir())) == 2
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

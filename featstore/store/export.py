@@ -44,11 +44,13 @@ ExportResult(path=PosixPath('train.npz'), format='npz', rows=300, n_features=512
 from __future__ import annotations
 
 import errno
+import glob
 import io
 import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import stat
 import tempfile
@@ -60,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError, choices_error
-from featstore.outputs import csv_cell, output_fix, probe_output, refuse_image, write_atomic
+from featstore.outputs import csv_cell, output_fix, probe_output, refuse_image, terminal_safe, write_atomic
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -339,6 +341,7 @@ def _is_shard(entry: os.DirEntry) -> bool:
 def write_shards(out: Path, write: Callable[[Path], object]) -> None:
     """``write(folder)`` into a hidden folder beside ``out``, renamed onto ``out`` when whole (an earlier export's
     shards are replaced only then); on any failure the hidden folder is removed and ``out`` is left as it was."""
+    _recover_shards(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = None
     try:
@@ -356,6 +359,26 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_shards(out: Path) -> None:
+    """After a killed export: an earlier export moved aside (``.<out>.*.old/shards``) while ``out`` is missing is put
+    back; a half-written ``.<out>.*.tmp`` folder is named, with how to remove it (it may be another export's, running)."""
+    if not os.path.lexists(out):
+        aside = sorted(out.parent.glob(f".{glob.escape(out.name)}.*.old/shards"))
+        if len(aside) == 1 and aside[0].is_dir() and not aside[0].is_symlink():
+            os.replace(aside[0], out)
+            shutil.rmtree(aside[0].parent, ignore_errors=True)
+            logger.warning(
+                "%s: the earlier export, moved aside by a killed export, was put back", terminal_safe(str(out))
+            )
+    for left in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.tmp")):
+        logger.warning(
+            "%s is what a killed export of %s left (hidden, never read); remove it with: rm -r %s",
+            terminal_safe(str(left)),
+            terminal_safe(str(out)),
+            shlex.quote(str(left)),
+        )
 
 
 def _check_rows_per_file(rows_per_file: int | None, fmt: str) -> None:
