@@ -19,31 +19,45 @@ def pyplot():
     return plt
 
 
-def confusion_png(matrix: list[list[int]], class_names: list[str], title: str, path: Path) -> Path:
-    """Confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+ANNOTATED_CLASSES = 30  # counts drawn in the cells up to this many classes
+NAMED_CLASSES = 60  # class names on the axes up to this many classes
+MAX_SIDE = 14.0  # inches (1,400 px at 100 dpi): a 1,000-class matrix drawn cell by cell was a 60,000-px image
+
+
+def confusion_png(matrix, class_names: list[str], title: str, path: Path) -> Path:
+    """Confusion matrix (rows: true class, columns: predicted): with counts in the cells up to
+    :data:`ANNOTATED_CLASSES` classes, class names on the axes up to :data:`NAMED_CLASSES`, and at most
+    :data:`MAX_SIDE` inches a side whatever the number of classes (the counts are in run.json)."""
     from featstore.outputs import terminal_safe
 
     plt = pyplot()
     m = np.asarray(matrix)
     class_names = [terminal_safe(c) for c in class_names]  # a name's control characters drawn as \x.., never as glyphs
     k = len(class_names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * k, 1.0 + 0.6 * k))
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(k), class_names, rotation=60, ha="right")
-    ax.set_yticks(range(k), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(k):
-        for j in range(k):
-            ax.text(
-                j,
-                i,
-                str(m[i, j]),
-                ha="center",
-                va="center",
-                color="white" if m[i, j] > m.max() / 2 else "black",
-                fontsize=8,
-            )
+    side = min(1.0 + 0.6 * k, MAX_SIDE)
+    fig, ax = plt.subplots(figsize=(side + 0.2, side))
+    ax.imshow(m, cmap="Blues", interpolation="nearest")
+    if k <= NAMED_CLASSES:
+        small = {} if k <= ANNOTATED_CLASSES else {"fontsize": 6}
+        ax.set_xticks(range(k), class_names, rotation=60, ha="right", **small)
+        ax.set_yticks(range(k), class_names, **small)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+    else:
+        ax.set_xlabel(f"predicted ({k} classes in label order; the counts are in run.json)")
+        ax.set_ylabel("true")
+    if k <= ANNOTATED_CLASSES:
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    str(m[i, j]),
+                    ha="center",
+                    va="center",
+                    color="white" if m[i, j] > m.max() / 2 else "black",
+                    fontsize=8,
+                )
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png")

@@ -406,3 +406,46 @@ def test_run_folders_and_pngs_get_the_usual_permissions(store, tmp_path):
         os.umask(old)
     assert (tmp_path / rec["id"]).stat().st_mode & 0o777 == 0o755  # not the 0700 of a temporary folder
     assert {p.stat().st_mode & 0o777 for p in pngs} == {0o644}
+
+
+def test_a_many_class_run_keeps_its_confusion_matrices_as_non_zero_cells(tmp_path):
+    """issue 21: a 1,000-class run.json held three dense K x K matrices (24 MB of JSON, read again by every
+    `featstore runs`); over DENSE_CLASSES classes only the non-zero cells are kept, and every reader gets the same
+    counts back; a crafted cell list is refused like a crafted dense matrix."""
+    from typer.testing import CliRunner
+
+    from featstore.cli import app
+    from featstore.runs.folder import find_run
+    from featstore.runs.kinds import parse_record
+    from featstore.stats.figures import DENSE_CLASSES, dense_confusion
+    from featstore.store.writer import write_arrays
+
+    k, rng = DENSE_CLASSES + 20, np.random.default_rng(0)
+    store, names = tmp_path / "many.h5", [f"c{i}" for i in range(k)]
+    for split, per in (("train", 3), ("validation", 1), ("test", 1)):
+        y = np.repeat(np.arange(k), per).astype(np.int32)
+        X = (np.eye(k, 16, dtype=np.float32)[y % 16] * 3 + y[:, None] / k + rng.normal(0, 0.3, (len(y), 16)))
+        write_arrays(store, "synthetic", split, X.astype(np.float32), y, names)
+    rec = fit(store, "knn", {"n_neighbors": [1]}, runs=tmp_path / "runs")
+    _, folder = find_run(rec["id"], tmp_path / "runs")
+    raw = json.loads((folder / "run.json").read_text())
+    cm = raw["metrics"]["test"]["confusion_matrix"]
+    assert set(cm) == {"shape", "cells"} and cm["shape"] == [k, k] and len(cm["cells"]) <= k
+    assert all(c[2] > 0 for c in cm["cells"])
+    dense = rec.metrics["test"].confusion_matrix
+    assert dense.shape == (k, k) and dense.sum() == k and np.array_equal(dense, dense_confusion(cm))
+    assert np.trace(dense) / k == pytest.approx(rec.metrics["test"].accuracy)
+    r = CliRunner().invoke(app, ["runs", "show", rec["id"], "--runs", str(tmp_path / "runs"), "--store", str(store)])
+    assert r.exit_code == 0, r.output
+    from PIL import Image
+
+    pngs = list(folder.glob("confusion*.png"))
+    assert pngs
+    for png in pngs:  # a 120-class matrix drawn cell by cell was 7,300 px a side and took 40 s
+        with Image.open(png) as im:
+            assert max(im.size) <= 1500, im.size
+    for bad in ([[0, 0, 1], [0, 0, 1]], [[k, 0, 1]], [[0, 0, -1]], [[0, 0, 1.5]]):
+        broken = json.loads(json.dumps(raw))
+        broken["metrics"]["test"]["confusion_matrix"] = {"shape": [k, k], "cells": bad}
+        with pytest.raises(Exception, match=f"{k}x{k} integer confusion matrix|finite numbers"):
+            parse_record(broken, folder)

@@ -26,9 +26,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from featstore.provenance import is_plain_name
+
+if TYPE_CHECKING:
+    import numpy as np
 from featstore.runs.files import RECORD, BrokenRunError, valid_name
 from featstore.runs.schema import (  # noqa: F401 (check_weights, raise_bad_names: re-exported)
     _NUMBERS,
@@ -94,8 +97,18 @@ class SplitMetrics:
     accuracy: float
     macro_f1: float
     per_class: Mapping[str, Mapping[str, float]]  # class -> precision, recall, f1, support
-    confusion_matrix: tuple[tuple[int, ...], ...]  # rows: true class, columns: predicted class
+    confusion: Any  # as run.json keeps it: rows of counts, or a large one's non-zero cells (see confusion_matrix)
     figures: Mapping[str, Any] = field(default_factory=dict)  # what runs recorded since: intervals, log-loss, ECE, ...
+
+    @property
+    def confusion_matrix(self) -> np.ndarray:
+        """The K x K counts (rows: true class, columns: predicted class), made when asked: a listing never pays for
+        a 1,000-class matrix."""
+        from featstore.stats.figures import dense_confusion
+
+        cm = dense_confusion(self.confusion)
+        cm.setflags(write=False)
+        return cm
 
     def figure(self, name: str) -> Any:
         """A recorded figure (``"accuracy_ci"``, ``"log_loss"``, ``"reliability"``, ...), or None for a run recorded

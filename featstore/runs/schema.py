@@ -27,7 +27,7 @@ METRIC_FIELDS: dict[str, Types] = {
     "accuracy": (int, float),
     "macro_f1": (int, float),
     "per_class": dict,
-    "confusion_matrix": list,
+    "confusion_matrix": (list, dict),  # rows of counts, or a large matrix's non-zero cells (stats.figures)
 }
 METRIC_NUMBERS = ("balanced_accuracy", "log_loss", "ece", "top5")  # optional: finite numbers
 METRIC_INTERVALS = (  # optional: {estimate, low, high, level, method}
@@ -87,22 +87,38 @@ def raise_bad_names(bad: list, where: str, folder: Path) -> None:
     )
 
 
+def _confusion_counts(cm: object, k: int) -> list[int] | None:
+    """The counts of a ``k``-class confusion matrix as run.json keeps it (``k`` rows of ``k`` integers, or
+    ``{"shape": [k, k], "cells": [[true, predicted, count], ...]}`` with each cell once), None when it is not one."""
+    if isinstance(cm, dict):
+        cells = cm.get("cells")
+        if set(cm) != {"shape", "cells"} or cm["shape"] != [k, k] or type(cells) is not list or len(cells) > k * k:
+            return None
+        if not all(type(c) is list and len(c) == 3 and set(map(type, c)) <= {int} for c in cells):
+            return None
+        if not all(0 <= c[0] < k and 0 <= c[1] < k for c in cells) or len({(c[0], c[1]) for c in cells}) != len(cells):
+            return None
+        return [c[2] for c in cells]
+    if type(cm) is not list or len(cm) != k or not all(type(r) is list and len(r) == k for r in cm):
+        return None
+    counts = list(itertools.chain.from_iterable(cm))
+    return counts if set(map(type, counts)) <= {int} else None
+
+
 def check_metrics(m: object, k: int, where: str, folder: Path) -> None:
     """BrokenRunError unless ``m`` is one split's metrics of ``k`` classes (and its optional figures are usable)."""
     check_fields(m if isinstance(m, dict) else {}, METRIC_FIELDS, where, folder)
     cm, per_class = m["confusion_matrix"], m["per_class"].values()
-    if (
-        len(cm) != k
-        or not all(type(r) is list and len(r) == k for r in cm)
-        or not set(map(type, itertools.chain.from_iterable(cm))) <= {int}
-        or not all(isinstance(v, dict) and set(map(type, map(v.get, PER_CLASS))) <= _NUMBERS for v in per_class)
+    counts = _confusion_counts(cm, k)
+    if counts is None or not all(
+        isinstance(v, dict) and set(map(type, map(v.get, PER_CLASS))) <= _NUMBERS for v in per_class
     ):
         raise BrokenRunError(
             f"{where} need a {k}x{k} integer confusion matrix and per-class "
             f"{', '.join(PER_CLASS)}; remove the folder {folder}"
         )
     bad = [key for key in ("accuracy", "macro_f1") if not (finite(m[key]) and 0 <= m[key] <= 1)]
-    bad += ["n"] if m["n"] < 0 or any(v < 0 for v in itertools.chain.from_iterable(cm)) else []
+    bad += ["n"] if m["n"] < 0 or any(v < 0 for v in counts) else []
     bad += [key for key in METRIC_NUMBERS if key in m and not finite(m[key])]
     bad += [key for key in METRIC_INTERVALS if key in m and not _interval(m[key])]
     if "reliability" in m and not _bins(m["reliability"]):

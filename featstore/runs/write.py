@@ -33,7 +33,7 @@ from featstore.runs.folder import load_predictions
 from featstore.runs.kinds import parse_record
 from featstore.runs.record import RunRecord
 from featstore.stats.calibration import apply_calibration
-from featstore.stats.figures import completed
+from featstore.stats.figures import completed, packed_confusion
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,8 @@ def _write_contents(tmp: Path, record: dict, probas: dict, folder: Path) -> RunR
         "predictions_sha256": sha256_of(tmp / PREDICTIONS),
     }
     obj = json.loads(json.dumps(record, default=json_default))  # plain JSON values, as a reader will see them
+    for m in obj.get("metrics", {}).values():  # a many-class confusion matrix as its non-zero cells
+        m["confusion_matrix"] = packed_confusion(m["confusion_matrix"])
     rec = parse_record(obj, folder)  # the one validation path: a run featstore writes is one it can read
     (tmp / RECORD).write_text(json.dumps(obj, indent=1), encoding="utf-8")
     return rec

@@ -191,6 +191,37 @@ PROBABILITY_KEYS = ("log_loss", "log_loss_ci", "ece", "ece_ci", "reliability", "
 CONFUSION_KEYS = ("accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1_ci")
 
 
+DENSE_CLASSES = 100  # run.json keeps a confusion matrix of up to this many classes as rows of counts
+
+
+def packed_confusion(cm) -> list | dict:
+    """A confusion matrix as run.json keeps it: up to :data:`DENSE_CLASSES` classes its rows of counts; beyond, only
+    its non-zero cells, ``{"shape": [K, K], "cells": [[true, predicted, count], ...]}`` (a 1,000-class matrix is a
+    million counts, 8 MB of JSON per split, nearly all zeros, read again by every `featstore runs`).
+
+    >>> packed_confusion([[3, 0], [1, 2]])
+    [[3, 0], [1, 2]]
+    >>> dense_confusion({"shape": [2, 2], "cells": [[0, 0, 3], [1, 0, 1], [1, 1, 2]]}).tolist()
+    [[3, 0], [1, 2]]
+    """
+    cm = dense_confusion(cm)
+    if cm.shape[0] <= DENSE_CLASSES:
+        return cm.tolist()
+    true, pred = np.nonzero(cm)
+    return {"shape": list(cm.shape), "cells": np.stack([true, pred, cm[true, pred]], axis=1).tolist()}
+
+
+def dense_confusion(value) -> np.ndarray:
+    """The K x K counts of a confusion matrix as run.json keeps it (rows, or the non-zero cells of a large one)."""
+    if isinstance(value, dict) or (hasattr(value, "keys") and "cells" in value):
+        k = int(value["shape"][0])
+        cm = np.zeros((k, k), dtype=np.int64)
+        cells = np.asarray(value["cells"], dtype=np.int64).reshape(-1, 3)
+        np.add.at(cm, (cells[:, 0], cells[:, 1]), cells[:, 2])
+        return cm
+    return np.asarray(value, dtype=np.int64)
+
+
 def completed(m: dict, y=None, proba=None) -> dict:
     """A split's recorded metrics with the figures it lacks added: from its confusion matrix, and from ``proba``
     (with labels ``y``) when given and it has none; what is there already is kept as it is.
@@ -199,8 +230,10 @@ def completed(m: dict, y=None, proba=None) -> dict:
     ['accuracy', 'accuracy_ci', 'balanced_accuracy']
     """
     out = dict(m)
-    if any(key not in out for key in CONFUSION_KEYS) and int(np.sum(out["confusion_matrix"])) > 0:
-        out = {**confusion_figures(out["confusion_matrix"]), **out}
+    if any(key not in out for key in CONFUSION_KEYS):
+        cm = dense_confusion(out["confusion_matrix"])
+        if int(cm.sum()) > 0:
+            out = {**confusion_figures(cm), **out}
     if proba is not None and "log_loss" not in out and len(proba):
         out = {**probability_figures(y, proba), **out}
     return out

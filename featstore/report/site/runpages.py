@@ -23,6 +23,7 @@ from featstore.report.site.render import figure_json
 from featstore.runs.folder import load_predictions
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, digest_paths
+from featstore.stats.figures import dense_confusion
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def split_view(rec: RunRecord, split: str, preds: dict | None, paths_of: PathsOf
     view = SplitView(
         split, m["n"], m.get("accuracy"), interval_of(m), m.get("macro_f1"), extras_of(m), per_class, [], None
     )
-    cm = np.asarray(m["confusion_matrix"], dtype=np.int64)
+    cm = dense_confusion(m["confusion_matrix"])
     if preds is None or f"{split}__proba" not in preds:
         view.note = (
             "no stored predictions for this split (runs store validation and test): the grid is the recorded one"
