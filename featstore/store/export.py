@@ -385,9 +385,10 @@ def _recover_shards(out: Path) -> None:
 
 
 def _own(folder: Path, out: Path, kind: str) -> bool:
-    """Whether ``folder`` is a hidden folder ``write_shards`` made for ``out`` (``.<out>.XXXXXXXX.<kind>``, mkdtemp's
-    8 characters): the glob ``.<out>.*`` also matches another export's, ``.<out>.b.XXXXXXXX.old`` of ``<out>.b``."""
-    return re.fullmatch(re.escape(f".{out.name}.") + rf"[a-z0-9_]{{8}}\.{kind}", folder.name) is not None
+    """Whether ``folder`` is a hidden folder ``write_shards`` made for ``out`` (``.<out>.XXXXXXXX.<kind>``: mkdtemp's
+    random part has no dot): the glob ``.<out>.*`` also matches another export's, ``.<out>.b.XXXXXXXX.old`` of
+    ``<out>.b``."""
+    return re.fullmatch(re.escape(f".{out.name}.") + rf"[^.]+\.{kind}", folder.name) is not None
 
 
 def _check_rows_per_file(rows_per_file: int | None, fmt: str) -> None:
