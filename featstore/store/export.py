@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError, choices_error
-from featstore.outputs import csv_cell, output_fix, probe_output, refuse_image, terminal_safe, write_atomic
+from featstore.outputs import _umask, csv_cell, output_fix, probe_output, refuse_image, terminal_safe, write_atomic
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -345,6 +345,7 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = None
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # the folder it becomes: mkdtemp's 0700 would hide the shards from the group
         write(tmp)
         refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
         if out.is_dir():
@@ -365,20 +366,29 @@ def _recover_shards(out: Path) -> None:
     """After a killed export: an earlier export moved aside (``.<out>.*.old/shards``) while ``out`` is missing is put
     back; a half-written ``.<out>.*.tmp`` folder is named, with how to remove it (it may be another export's, running)."""
     if not os.path.lexists(out):
-        aside = sorted(out.parent.glob(f".{glob.escape(out.name)}.*.old/shards"))
+        aside = [
+            p for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.old/shards")) if _own(p.parent, out, "old")
+        ]
         if len(aside) == 1 and aside[0].is_dir() and not aside[0].is_symlink():
             os.replace(aside[0], out)
             shutil.rmtree(aside[0].parent, ignore_errors=True)
             logger.warning(
                 "%s: the earlier export, moved aside by a killed export, was put back", terminal_safe(str(out))
             )
-    for left in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.tmp")):
+    for left in [p for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.tmp")) if _own(p, out, "tmp")]:
         logger.warning(
             "%s is what a killed export of %s left (hidden, never read); remove it with: rm -r %s",
             terminal_safe(str(left)),
             terminal_safe(str(out)),
             shlex.quote(str(left)),
         )
+
+
+def _own(folder: Path, out: Path, kind: str) -> bool:
+    """Whether ``folder`` is a hidden folder ``write_shards`` made for ``out`` (``.<out>.XXXXXXXX.<kind>``: mkdtemp's
+    random part has no dot): the glob ``.<out>.*`` also matches another export's, ``.<out>.b.XXXXXXXX.old`` of
+    ``<out>.b``."""
+    return re.fullmatch(re.escape(f".{out.name}.") + rf"[^.]+\.{kind}", folder.name) is not None
 
 
 def _check_rows_per_file(rows_per_file: int | None, fmt: str) -> None:

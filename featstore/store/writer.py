@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import h5py
 import numpy as np
 
-from featstore.errors import StoreError
+from featstore.errors import ConfigError, StoreError
 from featstore.images.listing import path_to_store
 from featstore.provenance import (
     FORMAT_VERSION,
@@ -364,6 +364,11 @@ def write_arrays(
 
         write_arrays("bench.h5", "synthetic", "train", X, y, ["a", "b"])
     """
+    if np.dtype(getattr(X, "dtype", None)) not in (np.float16, np.float32):  # every reader refuses others as damage
+        raise ConfigError(
+            f"write_arrays stores float32 or float16 features, not {getattr(X, 'dtype', type(X).__name__)}: pass "
+            f"X.astype(np.float32)"
+        )
     store = path if isinstance(path, StoreFile) else StoreFile(path, locking)
     attrs = attrs or synthetic_attrs(X.shape[1:], str(X.dtype))
     split_attrs = {
