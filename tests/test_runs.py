@@ -424,7 +424,7 @@ def test_a_many_class_run_keeps_its_confusion_matrices_as_non_zero_cells(tmp_pat
     store, names = tmp_path / "many.h5", [f"c{i}" for i in range(k)]
     for split, per in (("train", 3), ("validation", 1), ("test", 1)):
         y = np.repeat(np.arange(k), per).astype(np.int32)
-        X = (np.eye(k, 16, dtype=np.float32)[y % 16] * 3 + y[:, None] / k + rng.normal(0, 0.3, (len(y), 16)))
+        X = np.eye(k, 16, dtype=np.float32)[y % 16] * 3 + y[:, None] / k + rng.normal(0, 0.3, (len(y), 16))
         write_arrays(store, "synthetic", split, X.astype(np.float32), y, names)
     rec = fit(store, "knn", {"n_neighbors": [1]}, runs=tmp_path / "runs")
     _, folder = find_run(rec["id"], tmp_path / "runs")
