@@ -101,22 +101,26 @@ def confusion_figures(cm, n_boot: int = N_BOOT, seed: int = SEED, level: float =
     cells = np.flatnonzero(cm)
     true_of, pred_of = np.divmod(cells, k)
     counts = cm.ravel()[cells]
-    draws = np.random.default_rng(seed).multinomial(n, counts / n, size=n_boot)  # (B, cells): rows resampled
+    rng, p = np.random.default_rng(seed), counts / n
+    bal_b, f1_b = np.empty(n_boot), np.empty(n_boot)
+    step = max(1, min(n_boot, _CELLS_PER_CHUNK // max(len(cells), k)))  # resamples at once: bounded work arrays
+    for start in range(0, n_boot, step):  # the same draws as one call of n_boot (one generator, in order)
+        c = min(step, n_boot - start)
+        draws = rng.multinomial(n, p, size=c)  # (c, cells): rows resampled
 
-    def per_class(of: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
-        w = draws if keep is None else draws * keep
-        flat = (np.arange(n_boot)[:, None] * k + of[None, :]).ravel()
-        return np.bincount(flat, weights=w.ravel(), minlength=n_boot * k).reshape(n_boot, k)
+        def per_class(of: np.ndarray, keep: np.ndarray | None = None, draws=draws, c=c) -> np.ndarray:
+            w = draws if keep is None else draws * keep
+            flat = (np.arange(c)[:, None] * k + of[None, :]).ravel()
+            return np.bincount(flat, weights=w.ravel(), minlength=c * k).reshape(c, k)
 
-    tp_b, true_b, pred_b = per_class(true_of, true_of == pred_of), per_class(true_of), per_class(pred_of)
+        tp_b, true_b, pred_b = per_class(true_of, true_of == pred_of), per_class(true_of), per_class(pred_of)
+        bal_b[start : start + c], f1_b[start : start + c] = _balanced(tp_b, true_b), _macro_f1(tp_b, true_b, pred_b)
     tp, true_n, pred_n = np.diag(cm).astype(float), cm.sum(axis=1).astype(float), cm.sum(axis=0).astype(float)
     return {
         "accuracy_ci": proportion_interval(int(np.trace(cm)), n, level).to_dict(),
         "balanced_accuracy": float(_balanced(tp, true_n)),
-        "balanced_accuracy_ci": _interval(_balanced(tp, true_n), _balanced(tp_b, true_b), n_boot, seed, level, n),
-        "macro_f1_ci": _interval(
-            _macro_f1(tp, true_n, pred_n), _macro_f1(tp_b, true_b, pred_b), n_boot, seed, level, n
-        ),
+        "balanced_accuracy_ci": _interval(_balanced(tp, true_n), bal_b, n_boot, seed, level, n),
+        "macro_f1_ci": _interval(_macro_f1(tp, true_n, pred_n), f1_b, n_boot, seed, level, n),
     }
 
 
