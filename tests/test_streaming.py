@@ -61,3 +61,46 @@ def test_in_memory_classifiers_refuse_over_budget(chunky_store, tmp_path):
 
 def test_parse_bytes():
     assert parse_bytes("512MB") == 512 * 10**6 and parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("100") == 100
+
+
+def test_figures_from_blocks_equal_the_whole_splits():
+    """A streamed fit scores its train split block by block, keeping O(N) numbers per row (issue 21: 10⁶ rows of
+    1,000 classes held 8 GB of probabilities, several times over); every figure must be the one the whole split gives,
+    calibrated or not, top-5 (8 classes) and the bootstrap intervals included."""
+    from featstore.experiments.evaluate import run_metrics, run_metrics_blocks
+
+    rng = np.random.default_rng(3)
+    k, n = 8, 97
+    proba = rng.dirichlet(np.ones(k) * 0.3, size=n)
+    y = rng.integers(0, k, n)
+    pred = proba.argmax(axis=1)
+    names = [f"c{i}" for i in range(k)]
+    for cal in ({"method": "none"}, {"method": "temperature", "T": 1.7, "input": "probabilities", "floor": 1e-4}):
+        whole = run_metrics(y, pred, names, proba, cal)
+        cuts = [0, 10, 11, 60, n]
+        blocks = [(y[a:b], pred[a:b], proba[a:b]) for a, b in zip(cuts, cuts[1:])]
+        yb, pb, from_blocks = run_metrics_blocks(iter(blocks), names, cal)
+        np.testing.assert_array_equal(yb, y)
+        np.testing.assert_array_equal(pb, pred)
+        assert from_blocks == whole
+        assert "top5_ci" in whole and ("before_calibration" in whole) == (cal["method"] != "none")
+
+
+def test_streamed_fit_never_holds_the_train_splits_probabilities(chunky_store, tmp_path, monkeypatch):
+    """The train split is scored from blocks (never through stream_predict, which concatenates a split's (N, K)
+    probabilities); its recorded figures are the ones the saved run gives when applied to train afterwards."""
+    from featstore import evaluate_run
+    from featstore.experiments import streaming
+
+    whole_splits = []
+    real = streaming.stream_predict
+    monkeypatch.setattr(
+        streaming,
+        "stream_predict",
+        lambda est, fs, name, split, *a: whole_splits.append(split) or real(est, fs, name, split, *a),
+    )
+    rec = fit(chunky_store, "sgd", {"epochs": [5]}, memory_budget="32KB", runs=tmp_path)
+    assert rec["streamed"] and "train" not in whole_splits and "test" in whole_splits
+    again = evaluate_run(rec["id"], "train", chunky_store, tmp_path)
+    for key in ("n", "accuracy", "accuracy_ci", "log_loss", "log_loss_ci", "ece", "ece_ci", "macro_f1_ci"):
+        assert rec["metrics"]["train"][key] == again[key], key

@@ -25,7 +25,7 @@ import numpy as np
 from featstore import provenance
 from featstore.errors import ConfigError, OutputError, StoreError, check_jobs
 from featstore.experiments.calibration import calibrate_on_out_of_fold, calibrate_on_validation, not_calibrated
-from featstore.experiments.evaluate import metrics, run_metrics  # noqa: F401 (metrics: its old home)
+from featstore.experiments.evaluate import metrics, run_metrics, run_metrics_blocks  # noqa: F401 (metrics: its old home)
 from featstore.experiments.protocol import Splits, check_distinct, resolve_splits
 from featstore.experiments.selection import (
     CV_SEED,
@@ -286,7 +286,11 @@ def _record(
     """Calibrate, evaluate the chosen model on each split (the test split last, once) and write the run folder."""
     meta = fs.metadata(name)
     raw, t_pred, n_pred = {}, 0.0, 0
+    # a streamed fit's train split is scored from its blocks once the calibration is known (after the other splits)
+    from_blocks = splits.train if fitted.predict_blocks is not None else None
     for split in splits.used:
+        if split == from_blocks:
+            continue
         t = time.perf_counter()
         try:
             raw[split] = fitted.predict_split(split)
@@ -296,13 +300,22 @@ def _record(
         n_pred += len(raw[split][0])
     notes = extra.pop("notes")
     cal = _calibration(splits, fitted, raw, notes)
-    evaluated, probas = {}, {}
-    for i, (split, (y, pred, proba)) in enumerate(raw.items()):
+    evaluated, probas, train_y = {}, {}, None
+    if from_blocks:
+        t = time.perf_counter()
+        _, _, evaluated[from_blocks] = run_metrics_blocks(fitted.predict_blocks(from_blocks), class_names, cal)
+        t_pred += time.perf_counter() - t
+        n_pred += evaluated[from_blocks]["n"]
+    for split in list(raw):
+        y, pred, proba = raw.pop(split)  # dropped once scored: one split's probabilities held at a time
         evaluated[split] = run_metrics(y, pred, class_names, proba, cal)
-        if i > 0:
+        if split != splits.train:
             probas[split] = (proba, y, *_identity(fs, name, split))
+        else:
+            train_y = y
+        del proba
     if fitted.oof is not None:  # train's out-of-fold figures: what a sweep without validation chooses on
-        y = raw[splits.train][0]
+        y = train_y
         oof_split = f"{splits.train}{OOF}"
         evaluated[oof_split] = run_metrics(y, fitted.oof.proba.argmax(axis=1), class_names, fitted.oof.proba, cal)
         probas[oof_split] = (fitted.oof.proba, y, *_identity(fs, name, splits.train))

@@ -43,6 +43,9 @@ class Fitted:
     selection: dict  # the record's "selection"
     predict_split: Callable  # split -> (labels, predictions, raw probabilities); test is read here, once
     oof: OutOfFold | None = None  # train's out-of-fold probabilities (no validation split, in memory)
+    # split -> iterator of (labels, predictions, raw probabilities) blocks: a streamed fit's train split is scored
+    # from these, never holding its (N, K) probabilities (None: predict_split for every split)
+    predict_blocks: Callable | None = None
 
 
 def fit_one(spec_name: str, params: dict, X, y, val, groups=None):

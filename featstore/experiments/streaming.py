@@ -153,15 +153,17 @@ def train_blocks(fs: FeatureStore, name: str, split: str, block: int, seed, augm
         yield next(sources[i])
 
 
-def stream_predict(est, fs: FeatureStore, name: str, split: str, budget: int, n_classes: int):
-    """Labels, predictions and full probabilities of a split, computed block by block."""
+def predict_blocks(est, fs: FeatureStore, name: str, split: str, budget: int, n_classes: int):
+    """``(labels, predictions, full probabilities)`` of a split, block by block."""
     from featstore.runs.artifacts import full_proba
 
-    ys, preds, probas = [], [], []
     for X, y in fs.iter_batches(split, name, max_bytes=budget // BLOCK_FRACTION):
-        ys.append(y)
-        preds.append(est.predict(X))
-        probas.append(full_proba(est, X, n_classes))
+        yield y, est.predict(X), full_proba(est, X, n_classes)
+
+
+def stream_predict(est, fs: FeatureStore, name: str, split: str, budget: int, n_classes: int):
+    """Labels, predictions and full probabilities of a split, computed block by block."""
+    ys, preds, probas = zip(*predict_blocks(est, fs, name, split, budget, n_classes))
     return np.concatenate(ys), np.concatenate(preds), np.concatenate(probas)
 
 
@@ -198,4 +200,11 @@ def fit_streaming(
         selection["method"] = f"accuracy on the {validation!r} split (streamed)"
         selection["candidates"] = [{"params": s, "score": sc} for s, (sc, _) in zip(settings, fitted)]
     est = fitted[best][1]
-    return Fitted(est, best, selection, lambda split: stream_predict(est, fs, name, split, budget, len(class_names)))
+    k = len(class_names)
+    return Fitted(
+        est,
+        best,
+        selection,
+        lambda split: stream_predict(est, fs, name, split, budget, k),
+        predict_blocks=lambda split: predict_blocks(est, fs, name, split, budget, k),
+    )

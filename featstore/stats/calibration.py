@@ -38,10 +38,11 @@ BOUNDS = (1e-2, 1e2)  # the temperatures searched
 
 def softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise softmax, stable for large logits (``-inf`` gives 0)."""
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    z = np.array(z, dtype=np.float64)  # one copy, worked on in place (three (N, K) temporaries before)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 def as_logits(values, input: str, floor: float = FLOOR) -> np.ndarray:

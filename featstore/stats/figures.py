@@ -27,10 +27,12 @@ Bootstraps are seeded, so the same predictions always give the same intervals.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from featstore.stats.intervals import Interval, percentile_bounds, proportion_interval
-from featstore.stats.metrics import _labels_proba, reliability
+from featstore.stats.metrics import _labels_proba, reliability_of
 
 N_BOOT = 2000  # bootstrap resamples of every recorded interval
 SEED = 0  # their seed: the same predictions give the same intervals
@@ -124,11 +126,54 @@ def confusion_figures(cm, n_boot: int = N_BOOT, seed: int = SEED, level: float =
     }
 
 
+@dataclass(frozen=True)
+class RowFigures:
+    """What the probability figures need of each row: O(N) numbers instead of the (N, K) probabilities, so that a
+    split of a million rows and a thousand classes (8 GB of probabilities) can be scored block by block.
+
+    >>> rows = RowFigures.join([RowFigures.of([0], [[0.8, 0.2]]), RowFigures.of([1], [[0.6, 0.4]])])
+    >>> len(rows), rows.right.tolist()
+    (2, [True, False])
+    """
+
+    loss: np.ndarray  # -log of the true class's probability, clipped to [eps, 1 - eps] (float64's eps)
+    conf: np.ndarray  # the highest probability (the predicted class's)
+    right: np.ndarray  # bool: the highest probability is the true class's (the first of tied columns)
+    top: np.ndarray | None  # the row's share of a top-5 hit (ties shared); None with TOP_K classes or fewer
+
+    @classmethod
+    def of(cls, y, proba) -> RowFigures:
+        """The per-row figures of labels ``y`` and ``(N, K)`` probabilities ``proba``."""
+        y, proba = _labels_proba(y, proba)
+        n, k = proba.shape
+        eps = np.finfo(np.float64).eps
+        true = proba[np.arange(n), y]
+        top = None
+        if k > TOP_K:
+            top = np.clip((TOP_K - (proba > true[:, None]).sum(axis=1)) / (proba == true[:, None]).sum(axis=1), 0, 1)
+        return cls(-np.log(np.clip(true, eps, 1 - eps)), proba.max(axis=1), proba.argmax(axis=1) == y, top)
+
+    @classmethod
+    def join(cls, parts: list[RowFigures]) -> RowFigures:
+        """The rows of ``parts``, in order (blocks of one split)."""
+        if not parts:
+            raise ValueError("a metric needs at least one row")
+        tops = [p.top for p in parts]
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("loss", "conf", "right")),
+            None if any(t is None for t in tops) else np.concatenate(tops),
+        )
+
+    def __len__(self) -> int:
+        return len(self.loss)
+
+
 def probability_figures(
     y, proba, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95, n_bins: int = N_BINS
 ) -> dict:
     """Log-loss, ECE (with its reliability bins) and, with at least 6 classes, top-5 accuracy, each with a bootstrap
-    interval. ``proba``: ``(N, K)`` probabilities (the calibrated ones, for a run that is calibrated).
+    interval. ``proba``: ``(N, K)`` probabilities (the calibrated ones, for a run that is calibrated), or their
+    :class:`RowFigures` (``y`` is then not read).
 
     Keys: ``log_loss``, ``log_loss_ci``, ``ece``, ``ece_ci``, ``reliability`` (the bins: low, high, count,
     confidence, accuracy; None where a bin is empty) and ``top5``, ``top5_ci``.
@@ -137,19 +182,13 @@ def probability_figures(
     >>> round(f["log_loss"], 4), "top5" in f
     (0.4987, False)
     """
-    y, proba = _labels_proba(y, proba)
-    n, k = proba.shape
+    rows = proba if isinstance(proba, RowFigures) else RowFigures.of(y, proba)
+    n, loss, conf, top = len(rows), rows.loss, rows.conf, rows.top
     eps = np.finfo(np.float64).eps
-    loss = -np.log(np.clip(proba[np.arange(n), y], eps, 1 - eps))
-    rel = reliability(y, proba, n_bins)
-    conf = proba.max(axis=1)
-    gap = (proba.argmax(axis=1) == y) - conf  # a bin's |sum of gaps| / N is its share of the ECE
+    rel = reliability_of(conf, rows.right, n_bins)
+    gap = rows.right - conf  # a bin's |sum of gaps| / N is its share of the ECE
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
-    top = None
-    if k > TOP_K:
-        true = proba[np.arange(n), y][:, None]
-        top = np.clip((TOP_K - (proba > true).sum(axis=1)) / (proba == true).sum(axis=1), 0.0, 1.0)
     rng = np.random.default_rng(seed)
     ll_b, ece_b, top_b = np.empty(n_boot), np.empty(n_boot), np.empty(n_boot)
     step = max(1, min(n_boot, _CELLS_PER_CHUNK // n))

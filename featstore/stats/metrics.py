@@ -125,10 +125,13 @@ def reliability(y, proba, n_bins: int = 15) -> Reliability:
     (0.275, [0, 0, 1, 1, 2])
     """
     y, proba = _labels_proba(y, proba)
+    return reliability_of(proba.max(axis=1), proba.argmax(axis=1) == y, n_bins)
+
+
+def reliability_of(conf: np.ndarray, right: np.ndarray, n_bins: int = 15) -> Reliability:
+    """:func:`reliability` from each row's top probability ``conf`` and whether its prediction was ``right``."""
     if n_bins < 1:
         raise ValueError(f"n_bins must be at least 1, got {n_bins}")
-    conf = proba.max(axis=1)
-    right = proba.argmax(axis=1) == y
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)  # bin m holds (edge m, edge m+1]
     bins, ece = [], 0.0
@@ -137,7 +140,7 @@ def reliability(y, proba, n_bins: int = 15) -> Reliability:
         count = int(rows.sum())
         if count:
             c, a = float(conf[rows].mean()), float(right[rows].mean())
-            ece += count / len(y) * abs(a - c)
+            ece += count / len(conf) * abs(a - c)
         else:
             c = a = math.nan
         bins.append(ReliabilityBin(float(edges[m]), float(edges[m + 1]), count, c, a))
