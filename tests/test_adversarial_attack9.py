@@ -1,0 +1,74 @@
+"""Ninth attack (issue #19, "outputs safe, inputs bounded"): outputs named inside run folders, runs folders and image
+folders, crafted run.json confusion matrices, ``extract --split`` names, the listing digest. Each test failed before
+its fix. Stores are synthetic (``writer.write_arrays``), so no test imports TensorFlow unless it says so.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from featstore import fit
+from tests.test_adversarial_attack3 import synthetic_store, tiny_pngs
+from tests.test_adversarial_attack4 import cli, no_traceback
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory):
+    """A synthetic store and one logreg run in its default runs folder: (store, runs, run id)."""
+    root = tmp_path_factory.mktemp("a9")
+    store = synthetic_store(root / "f.h5")
+    return store, root / "f.runs", fit(store, "logreg")["id"]
+
+
+# ------------------------------------------------------------------ outputs named inside a run folder
+def test_an_output_never_replaces_a_file_of_a_run(one_run):
+    """``predict --out f.runs/<id>/run.json`` (and ``export --out f.runs/<id>/predictions.npz``, ``leaks --out``)
+    replaced the run's own files with a table: the run was listed as broken afterwards, its record lost."""
+    store, runs, rid = one_run
+    record = runs / rid / "run.json"
+    before = record.read_bytes(), (runs / rid / "predictions.npz").read_bytes()
+    for command in (
+        ("predict", "--run", rid, "--store", store, "--out", record, store),
+        ("export", "--store", store, "--split", "train", "--out", runs / rid / "predictions.npz"),
+        ("leaks", "--store", store, "--out", record),
+    ):
+        out = no_traceback(cli(*command))
+        assert "run folder" in out and str(runs / rid) in out, (command, out)
+    assert (record.read_bytes(), (runs / rid / "predictions.npz").read_bytes()) == before
+    assert no_traceback(cli("runs", "--store", store)).count("broken") == 0
+
+
+def test_export_shards_are_never_written_into_a_runs_folder(one_run):
+    """``export --rows-per-file 10 --out f.runs/shards`` made a shard folder inside the runs folder: ``featstore runs``
+    then listed it as a broken run ("no run.json") and every later command warned about it."""
+    pytest.importorskip("pyarrow")
+    store, runs, _ = one_run
+    out = no_traceback(cli("export", "--store", store, "--split", "train", "--rows-per-file", "10",
+                           "--out", runs / "shards"))  # fmt: skip
+    assert "runs folder" in out and not (runs / "shards").exists(), out
+
+
+# ------------------------------------------------------------------ a chart onto an image of the dataset
+@pytest.mark.parametrize("option", ["compare", "leaks", "probe"])
+def test_a_chart_never_replaces_an_image_that_featstore_did_not_draw(one_run, tmp_path, option):
+    """``runs compare --out data/train/a/x.png`` (``leaks --png``, ``probe --png``, ``sweep --png``, ``fewshot
+    --png``) replaced one of the dataset's images with a chart without a word: the next extract trained on it."""
+    store, runs, rid = one_run
+    data = tiny_pngs(tmp_path / "data", {"train": {"a": ["x.png"]}})
+    image = data / "train" / "a" / "x.png"
+    before = image.read_bytes()
+    command = {
+        "compare": ("runs", "--store", store, "compare", "--out", image),
+        "leaks": ("leaks", "--store", store, "--png", image),
+        "probe": ("probe", "--store", store, "--runs", tmp_path / "r", "--png", image),
+    }[option]
+    out = no_traceback(cli(*command))
+    assert "image" in out and "not drawn by featstore" in out, out
+    assert image.read_bytes() == before
+    # a chart featstore drew is still replaced
+    chart = tmp_path / "chart.png"
+    no_traceback(cli("runs", "--store", store, "compare", "--out", chart))
+    again = no_traceback(cli(*command[:-1], chart))
+    assert "not drawn by featstore" not in again, again
