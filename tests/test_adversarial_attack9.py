@@ -72,3 +72,23 @@ def test_a_chart_never_replaces_an_image_that_featstore_did_not_draw(one_run, tm
     no_traceback(cli("runs", "--store", store, "compare", "--out", chart))
     again = no_traceback(cli(*command[:-1], chart))
     assert "not drawn by featstore" not in again, again
+
+
+# ------------------------------------------------------------------ a changed listing digest with no changed file
+def test_a_listing_digest_that_differs_with_no_changed_file_says_why():
+    """When a split's recorded listing digest differed from today's but ``diff`` found no added, removed or changed
+    file (the same files listed in another order, or a damaged record), the refusal read "the images of split
+    'train' changed since ...: 0 added, 0 removed, 0 changed. Re-extract it with --overwrite", naming no cause."""
+    from pathlib import Path
+
+    from featstore.errors import StoreError
+    from featstore.images.listing import ImageListing
+    from featstore.provenance import refuse_changed_listing
+
+    listing = ImageListing(Path("data"), "train", ["a", "b"], [("train/a/1.png", 0), ("train/b/2.png", 1)],
+                           sizes=[10, 20], mtimes_ns=[1, 2])  # fmt: skip
+    same = listing.entries()
+    for stored, cause in ((same, "damaged"), (same[::-1], "another order")):
+        with pytest.raises(StoreError) as err:
+            refuse_changed_listing("0" * 64, listing, lambda s=stored: s, "train", "x", "f.h5")
+        assert "0 added, 0 removed, 0 changed" not in str(err.value) and cause in str(err.value), str(err.value)
