@@ -92,3 +92,22 @@ def test_a_listing_digest_that_differs_with_no_changed_file_says_why():
         with pytest.raises(StoreError) as err:
             refuse_changed_listing("0" * 64, listing, lambda s=stored: s, "train", "x", "f.h5")
         assert "0 added, 0 removed, 0 changed" not in str(err.value) and cause in str(err.value), str(err.value)
+
+
+# ------------------------------------------------------------------ runs evaluate across stores made from arrays
+def test_runs_evaluate_never_calls_another_arrays_store_the_same_images(one_run, tmp_path):
+    """Two stores written by ``write_arrays`` (their listing digest is only ``arrays:<rows>``, their paths are row
+    numbers) sharing one runs folder: ``runs evaluate <run> --store other.h5`` said "already recorded in run ... (the
+    same images)" although the other store's rows are other features (another accuracy was printed above it)."""
+    import numpy as np
+
+    from featstore.store import writer
+
+    store, runs, rid = one_run
+    other = tmp_path / "other.h5"
+    rng = np.random.default_rng(7)
+    for split in ("train", "validation", "test"):
+        y = np.repeat(np.arange(3), 5).astype(np.int32)
+        writer.write_arrays(other, "s", split, rng.normal(0, 1, (15, 8)).astype(np.float32), y, ["a", "b", "c"])
+    out = no_traceback(cli("runs", "--store", other, "--runs", runs, "evaluate", rid, "--split", "test"))
+    assert "the same images" not in out and "not recorded" in out and "another store" in out, out

@@ -139,6 +139,15 @@ def evaluate_and_record(
     if split in rec.metrics:
         stored = rec.predictions.get(split)
         same = stored.paths_sha256 == paths and stored.listing_sha256 in (None, listing) if stored else None
+        if same and listing.startswith("arrays:") and rec.get("store") != str(fs.path.resolve()):
+            return (
+                rec,
+                m,
+                (  # rows written from arrays name no image files: only the run's own store is known the same
+                    f"not recorded: run {rec.id} already holds {split!r} of its own store; {fs.path} is another store "
+                    f"written from arrays (no image files to compare)"
+                ),
+            )
         if same is False:
             return (
                 rec,
