@@ -142,3 +142,36 @@ def test_a_planted_leak_pairs_cache_cannot_make_report_show_any_file(tmp_path):
     view = leak_view(FeatureStore(store), "s", cache, "")
     shown = {p for pair in view.pairs for p in (pair.query_source, pair.reference_source)}
     assert shown == {p for pair in honest.pairs for p in (pair.query_source, pair.reference_source)}, shown
+
+
+# ------------------------------------------------------------------ report of a run with many classes
+def test_report_draws_no_grid_of_a_run_with_too_many_classes(tmp_path):
+    """``report`` built the dense K x K confusion matrix of every run whatever K: a run.json of 30,000 class names
+    with one sparse cell (a few hundred KB, accepted by ``featstore runs``) asked for a 6.7 GiB matrix (a MemoryError
+    traceback under a 4 GiB limit, else 900 million table cells); the grid and cell galleries are now drawn up to
+    1,000 classes, and the page says why there is none."""
+    import resource
+    import subprocess
+    import sys
+
+    store = synthetic_store(tmp_path / "f.h5")
+    rid = fit(store, "logreg")["id"]
+    record = tmp_path / "f.runs" / rid / "run.json"
+    rec = json.loads(record.read_text())
+    k = 30_000
+    rec["class_names"] = [f"c{i}" for i in range(k)]
+    for m in rec["metrics"].values():
+        m["confusion_matrix"] = {"shape": [k, k], "cells": [[0, 0, m["n"]]]}
+    record.write_text(json.dumps(rec))
+    assert rid in no_traceback(cli("runs", "--store", store))  # listed: the record itself is valid
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "featstore.cli", "report", "--store", str(store), "--map-method", "pca",
+         "--map-rows", "20"], capture_output=True, text=True, preexec_fn=limit, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    page = (tmp_path / "f.report" / "runs" / f"{rid}.html").read_text()
+    assert "30000 classes is not drawn" in page
