@@ -175,3 +175,28 @@ def test_report_draws_no_grid_of_a_run_with_too_many_classes(tmp_path):
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
     page = (tmp_path / "f.report" / "runs" / f"{rid}.html").read_text()
     assert "30000 classes is not drawn" in page
+
+
+# ------------------------------------------------------------------ crafted confusion-matrix counts in run.json
+@pytest.mark.parametrize("count", [10**20, -5, 7])
+@pytest.mark.parametrize("packed", [False, True])
+def test_confusion_counts_out_of_range_or_not_summing_to_n_mark_the_run_broken(tmp_path, count, packed):
+    """run.json's confusion-matrix counts were only checked to be integers not negative: a count of 10**20 made
+    ``runs show`` and ``report`` end in numpy's OverflowError traceback (the listing called the run fine), a count
+    that no longer summed to the split's ``n`` gave figures of other rows, and a negative count was blamed on "n"."""
+    store = synthetic_store(tmp_path / "f.h5")
+    rid = fit(store, "logreg")["id"]
+    record = tmp_path / "f.runs" / rid / "run.json"
+    rec = json.loads(record.read_text())
+    m = rec["metrics"]["test"]
+    for key in ("accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1_ci"):
+        m.pop(key)  # figures that `runs show` then computes from the matrix
+    m["confusion_matrix"][0][0] = count if count != 7 else m["confusion_matrix"][0][0] + count
+    if packed:
+        k = len(m["confusion_matrix"])
+        cells = [[i, j, c] for i, row in enumerate(m["confusion_matrix"]) for j, c in enumerate(row) if c]
+        m["confusion_matrix"] = {"shape": [k, k], "cells": cells}
+    record.write_text(json.dumps(rec))
+    for command in (("runs", "--store", store), ("runs", "--store", store, "show", rid)):
+        out = no_traceback(cli(*command))
+        assert "confusion_matrix" in out and "summing to n" in out, out
