@@ -200,3 +200,15 @@ def test_confusion_counts_out_of_range_or_not_summing_to_n_mark_the_run_broken(t
     for command in (("runs", "--store", store), ("runs", "--store", store, "show", rid)):
         out = no_traceback(cli(*command))
         assert "confusion_matrix" in out and "summing to n" in out, out
+
+
+def test_report_never_makes_its_site_inside_another_stores_runs_folder(one_run, tmp_path):
+    """``report --out`` inside the store's own runs folder was refused, but not inside another store's (or a
+    ``--runs`` folder the command was not given): ``featstore runs`` of that store then listed the site as a broken
+    run ("run.json is missing ... Remove it and fit again")."""
+    store, runs, _ = one_run
+    mine = synthetic_store(tmp_path / "mine.h5")
+    out = no_traceback(
+        cli("report", "--store", mine, "--out", runs / "site", "--map-method", "pca", "--map-rows", "20")
+    )
+    assert "runs folder" in out and not (runs / "site").exists(), out
