@@ -118,8 +118,8 @@ def refuse_image(path: str | os.PathLike, what: str = "output") -> None:
         kind = "WebP"
     if kind is not None:
         raise OutputError(
-            f"{what} {path} is an image ({kind}); featstore never replaces an image with a table. "
-            f"Give a new file name, e.g. predictions.csv"
+            f"{what} {path} is an image ({kind}); featstore never replaces an image with its output. "
+            f"Give a new file name"
         )
 
 

@@ -212,3 +212,24 @@ def test_report_never_makes_its_site_inside_another_stores_runs_folder(one_run, 
         cli("report", "--store", mine, "--out", runs / "site", "--map-method", "pca", "--map-rows", "20")
     )
     assert "runs folder" in out and not (runs / "site").exists(), out
+
+
+# ------------------------------------------------------------------ similar --html onto an image or a run's record
+def test_similar_html_never_replaces_an_image_or_a_runs_record(one_run, tmp_path):
+    """``similar --html`` was checked only for links, FIFOs, folders and stores: ``--html data/train/a/x.png``
+    replaced one of the dataset's images with a web page, ``--html f.runs/<id>/run.json`` the run's record."""
+    import numpy as np
+
+    from tests.leaks_stores import blob, write_split
+
+    _, runs, rid = one_run
+    store = tmp_path / "s.h5"
+    X = np.random.default_rng(0).normal(0, 1, (6, 4)).astype(np.float32)
+    write_split(store, "s", "train", X, np.array([0, 1] * 3), [f"train/{i}.png" for i in range(6)], tmp_path / "d",
+                [blob(i) for i in range(6)])  # fmt: skip
+    image = tiny_pngs(tmp_path / "data", {"train": {"a": ["x.png"]}}) / "train" / "a" / "x.png"
+    for target in (image, runs / rid / "run.json"):
+        before = target.read_bytes()
+        out = no_traceback(cli("similar", "train/0.png", "--store", store, "-k", "2", "--html", target))
+        assert "--html" in out and ("image" in out or "run folder" in out), out
+        assert target.read_bytes() == before
