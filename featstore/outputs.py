@@ -145,7 +145,7 @@ def refuse_foreign_image(path: str | os.PathLike, what: str = "--png") -> None:
     except OutputError:
         raise OutputError(
             f"{what} {path} is an image not drawn by featstore; featstore never replaces it with a chart. "
-            f"Give a new file name, e.g. chart.png"
+            f"Give a new file name, e.g. chart.png, or remove it first if it is a chart from an older featstore"
         ) from None
 
 
