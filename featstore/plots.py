@@ -23,6 +23,7 @@ def pyplot():
 
 ANNOTATED_CLASSES = 30  # counts drawn in the cells up to this many classes
 NAMED_CLASSES = 60  # class names on the axes up to this many classes
+DRAWN_CLASSES = 2000  # no confusion matrix is drawn beyond: 1,400 px cannot show its cells, its dense counts grow as K²
 MAX_SIDE = 14.0  # inches (1,400 px at 100 dpi): a 1,000-class matrix drawn cell by cell was a 60,000-px image
 
 

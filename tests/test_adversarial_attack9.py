@@ -233,3 +233,51 @@ def test_similar_html_never_replaces_an_image_or_a_runs_record(one_run, tmp_path
         out = no_traceback(cli("similar", "train/0.png", "--store", store, "-k", "2", "--html", target))
         assert "--html" in out and ("image" in out or "run folder" in out), out
         assert target.read_bytes() == before
+
+
+# ------------------------------------------------------------------ runs show of a run with many classes
+def _limited(*args: str):
+    """A featstore command in a process of at most 4 GiB of address space: (returncode, stderr)."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    done = subprocess.run([sys.executable, "-m", "featstore.cli", *map(str, args)], capture_output=True, text=True,
+                          preexec_fn=limit, timeout=300)  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_runs_show_never_makes_a_dense_matrix_of_many_classes(tmp_path):
+    """``runs show`` made each split's K x K matrix dense, to compute the figures a run lacks and to draw it: a run of
+    30,000 classes (here crafted: one-row-per-class predictions, a packed matrix, run.json's sha256 rewritten) ended in
+    a MemoryError traceback asking for 6.7 GiB. Figures now come from the non-zero cells, and no matrix is drawn
+    beyond 2,000 classes."""
+    import hashlib
+
+    import numpy as np
+
+    store = synthetic_store(tmp_path / "f.h5")
+    rid = fit(store, "logreg")["id"]
+    folder = tmp_path / "f.runs" / rid
+    rec = json.loads((folder / "run.json").read_text())
+    k = 30_000
+    rec["class_names"] = [f"c{i}" for i in range(k)]
+    for m in rec["metrics"].values():
+        m["confusion_matrix"] = {"shape": [k, k], "cells": [[0, 0, m["n"]]]}
+        for key in ("accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci", "macro_f1_ci"):
+            m.pop(key)
+    arrays = {}
+    for split, info in rec["predictions"].items():
+        proba = np.zeros((info["n"], k), np.float32)
+        proba[:, 0] = 1
+        arrays[f"{split}__proba"], arrays[f"{split}__labels"] = proba, np.zeros(info["n"], np.int64)
+    np.savez(folder / "predictions.npz", **arrays)
+    rec["predictions_sha256"] = hashlib.sha256((folder / "predictions.npz").read_bytes()).hexdigest()
+    (folder / "run.json").write_text(json.dumps(rec))
+    code, out = _limited("runs", "--store", store, "show", rid, "--json")
+    assert code == 0 and "Traceback" not in out, out[-2000:]
+    shown = json.loads(out[out.index("{") :])
+    assert shown["metrics"]["test"]["balanced_accuracy"] == 1.0 and not any("confusion_" in p for p in shown["pngs"])

@@ -221,17 +221,18 @@ def show_run(
 
 def _show_pngs(rec: RunRecord, folder: Path, names: list[str], pngs: list[Path]) -> None:
     """:func:`show_run`'s PNGs, each appended to ``pngs`` once written."""
-    from featstore.plots import confusion_png, curves_png, reliability_png
+    from featstore.plots import DRAWN_CLASSES, confusion_png, curves_png, reliability_png
 
     for split, m in rec.metrics.items():
         title = f"{rec.id} on {split} (acc {accuracy_text(m)})"
-        pngs.append(
-            _png(
-                folder,
-                f"confusion_{split}.png",
-                lambda t, m=m, title=title: confusion_png(m.confusion_matrix, names, title, t),
+        if len(names) <= DRAWN_CLASSES:  # beyond, a K x K picture of sub-pixel cells (30,000 classes: 7 GB of counts)
+            pngs.append(
+                _png(
+                    folder,
+                    f"confusion_{split}.png",
+                    lambda t, m=m, title=title: confusion_png(m.confusion_matrix, names, title, t),
+                )
             )
-        )
         bins = m.figure("reliability")
         if bins:
             cal = rec.calibration
