@@ -118,9 +118,90 @@ def refuse_image(path: str | os.PathLike, what: str = "output") -> None:
         kind = "WebP"
     if kind is not None:
         raise OutputError(
-            f"{what} {path} is an image ({kind}); featstore never replaces an image with a table. "
-            f"Give a new file name, e.g. predictions.csv"
+            f"{what} {path} is an image ({kind}); featstore never replaces an image with its output. "
+            f"Give a new file name"
         )
+
+
+CHART_METADATA = {"Software": "featstore"}  # stamped into every chart featstore draws (savefig's metadata)
+
+
+def refuse_foreign_image(path: str | os.PathLike, what: str = "--png") -> None:
+    """Refuse a chart name holding an image featstore did not draw (a PNG without :data:`CHART_METADATA`'s stamp, or a
+    JPEG, GIF, ...): ``runs compare --out data/train/cat/1.png`` would have replaced one of the dataset's images with a
+    chart. A chart featstore drew is replaced as before. Example::
+
+        refuse_foreign_image("compare.png", "--out")
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if head.startswith(b"\x89PNG\r\n\x1a\n") and _stamped(fh):
+                return
+    except OSError:
+        return  # nothing there (or not readable): check_output says what is wrong with it
+    try:
+        refuse_image(path, what)
+    except OutputError:
+        raise OutputError(
+            f"{what} {path} is an image not drawn by featstore; featstore never replaces it with a chart. "
+            f"Give a new file name, e.g. chart.png, or remove it first if it is a chart from an older featstore"
+        ) from None
+
+
+def _stamped(fh) -> bool:
+    """Whether the PNG open in ``fh`` has a ``tEXt`` chunk ``Software`` = featstore before its
+    image data (at most 16 chunks of at most 1 MiB each are looked at)."""
+    fh.seek(8)
+    for _ in range(16):
+        header = fh.read(8)
+        if len(header) < 8 or header[4:] == b"IDAT":
+            return False
+        size = int.from_bytes(header[:4], "big")
+        if header[4:] == b"tEXt" and size <= 1 << 20:
+            key, _, value = fh.read(size).partition(b"\0")
+            if key == b"Software" and value.startswith(CHART_METADATA["Software"].encode()):
+                return True
+            fh.seek(4, os.SEEK_CUR)
+        else:
+            fh.seek(size + 4, os.SEEK_CUR)
+    return False
+
+
+def refuse_run_files(path: str | os.PathLike, what: str = "--out", folder: bool = False) -> None:
+    """Refuse an output named inside a run folder (one holding ``run.json``: ``predict --out f.runs/<id>/run.json``
+    would have replaced the run's record) and, for an output that is a folder (``folder=True``), one directly inside
+    a runs folder (named ``*.runs`` or holding run folders), which ``featstore runs`` would list as a broken run.
+    Example::
+
+        refuse_run_files("predictions.csv", "--out")
+    """
+    path = Path(path)
+    parent = path.parent
+    if os.path.lexists(parent / "run.json"):
+        raise OutputError(
+            f"{what} {path} is inside the run folder {parent}; featstore never writes an output among a run's files. "
+            f"Choose a path outside it"
+        )
+    if folder and (parent.suffix == ".runs" or _holds_runs(parent)):
+        raise OutputError(
+            f"{what} {path} would be a folder inside the runs folder {parent}, where `featstore runs` would take it "
+            f"for a broken run; choose a path outside it"
+        )
+
+
+def _holds_runs(folder: Path, at_most: int = 10_000) -> bool:
+    """Whether one of the first ``at_most`` entries of ``folder`` is a run folder (holds ``run.json``)."""
+    try:
+        with os.scandir(folder) as entries:
+            for i, entry in enumerate(entries):
+                if i >= at_most:
+                    return False
+                if entry.is_dir(follow_symlinks=False) and os.path.lexists(os.path.join(entry.path, "run.json")):
+                    return True
+    except OSError:
+        return False
+    return False
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "output") -> Path:
@@ -157,13 +238,15 @@ def write_text(path: str | os.PathLike, text: str, what: str = "output", encodin
     return write_atomic(path, _write, what)
 
 
-def probe_output(path: str | os.PathLike, what: str = "output") -> Path:
-    """:func:`check_output`, then make and remove an empty temporary file beside ``path``: a folder where no file can
-    be made (read-only, not yours, ``/proc``) is refused before any work too. Example::
+def probe_output(path: str | os.PathLike, what: str = "output", folder: bool = False) -> Path:
+    """:func:`check_output` and :func:`refuse_run_files` (``folder``: ``path`` names a folder to make), then make and
+    remove an empty temporary file beside ``path``: a folder where no file can be made (read-only, not yours,
+    ``/proc``) is refused before any work too. Example::
 
         out = probe_output("predictions.csv", "--out")
     """
     path = check_output(path, what)
+    refuse_run_files(path, what, folder)
     _temp_beside(path, what).unlink()
     return path
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.outputs import CHART_METADATA
+
 
 def pyplot():
     """matplotlib.pyplot with the Agg backend (no display needed), imported on first use."""
@@ -21,6 +23,7 @@ def pyplot():
 
 ANNOTATED_CLASSES = 30  # counts drawn in the cells up to this many classes
 NAMED_CLASSES = 60  # class names on the axes up to this many classes
+DRAWN_CLASSES = 2000  # no confusion matrix is drawn beyond: 1,400 px cannot show its cells, its dense counts grow as K²
 MAX_SIDE = 14.0  # inches (1,400 px at 100 dpi): a 1,000-class matrix drawn cell by cell was a 60,000-px image
 
 
@@ -60,7 +63,7 @@ def confusion_png(matrix, class_names: list[str], title: str, path: Path) -> Pat
                 )
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
+    fig.savefig(path, dpi=100, format="png", metadata=CHART_METADATA)
     plt.close(fig)
     return path
 
@@ -118,7 +121,7 @@ def curves_png(
     if boundary is not None:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
+    fig.savefig(path, dpi=100, format="png", metadata=CHART_METADATA)
     plt.close(fig)
     return path
 
@@ -178,7 +181,7 @@ def compare_png(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="split", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png", metadata=CHART_METADATA)
     plt.close(fig)
     return path
 
@@ -232,7 +235,7 @@ def heatmap_png(
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label=label)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png", metadata=CHART_METADATA)
     plt.close(fig)
     return path
 
@@ -274,6 +277,6 @@ def reliability_png(bins: list[dict], title: str, path: Path) -> Path:
     hist.set_xlabel("confidence of the predicted class")
     hist.set_ylabel("rows")
     fig.tight_layout()
-    fig.savefig(path, dpi=100, format="png")
+    fig.savefig(path, dpi=100, format="png", metadata=CHART_METADATA)
     plt.close(fig)
     return path

@@ -363,7 +363,10 @@ def refuse_changed_listing(recorded_digest, listing, stored: Callable[[], list],
     """
     if plain(recorded_digest) == listing.digest():
         return
-    summary = listing.diff(stored()).summary()
+    change = listing.diff(stored())
+    summary = change.summary()
+    if not (change or change.reordered):
+        summary += " (the recorded digest does not match the recorded list of files: the store's record is damaged)"
     raise StoreError(
         f"the images of split {split!r} changed since {name!r}/{split} in {path} was extracted: {summary}. "
         f"Re-extract it with --overwrite (overwrite=True in Python)."

@@ -237,7 +237,7 @@ def leaks(
 
     from featstore.errors import OutputError
     from featstore.experiments.leaks import find_leaks, leaks_csv, leaks_png, record_path, write_record
-    from featstore.outputs import check_output, refuse_image, terminal_safe
+    from featstore.outputs import check_output, refuse_foreign_image, refuse_image, refuse_run_files, terminal_safe
 
     def safe(p: object) -> str:
         return terminal_safe(str(p))
@@ -249,8 +249,11 @@ def leaks(
     for path, what in ((out, "--out"), (png, "--png")):
         if path is not None:  # before the search: a FIFO, link, folder, missing or read-only folder is one line now
             check_output(path, what)
+            refuse_run_files(path, what)  # nor a run's record
             if what == "--out":
                 refuse_image(path, what)  # a CSV never replaces one of the dataset's images
+            else:
+                refuse_foreign_image(path, what)  # nor a chart
             if not os.access(path.parent, os.W_OK):
                 raise FeatstoreError(
                     f"cannot write {what} {safe(path)}: folder {safe(path.parent)} is not writable (read-only or not "

@@ -96,10 +96,12 @@ def similar(
     through the store's exact extractor, as `predict` does.
     """
     from featstore.experiments.similar import similar as find_similar
-    from featstore.outputs import check_output, terminal_safe
+    from featstore.outputs import check_output, refuse_image, refuse_run_files, terminal_safe
 
     if html is not None:
         check_output(html, "--html")
+        refuse_image(html, "--html")  # one of the dataset's images, say
+        refuse_run_files(html, "--html")  # a run's record
     if build_index:
         from featstore.experiments.similar_index import build_similarity_index as build
 

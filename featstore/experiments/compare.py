@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError
-from featstore.outputs import check_output, write_atomic
+from featstore.outputs import check_output, refuse_foreign_image, write_atomic
 from featstore.runs.files import output_path
 from featstore.runs.folder import calibrated_predictions, get_run, list_runs, runs_root
 from featstore.runs.record import RunRecord
@@ -156,11 +156,14 @@ def _bare(y: np.ndarray, proba: np.ndarray) -> dict:
 
 def check_chart_name(out: str | os.PathLike, what: str = "--out") -> Path:
     """The name of a chart, refused before any work unless it can take a PNG: a name ending in .png (or with no
-    suffix: the PNG is written at exactly that name) in a folder that exists, not a link, FIFO or folder."""
+    suffix: the PNG is written at exactly that name) in a folder that exists, not a link, FIFO or folder, nor an image
+    that featstore did not draw (one of the dataset's, say)."""
     out = Path(out)
     if out.suffix and out.suffix.lower() != ".png":
         raise OutputError(f"{what} {out}: the chart is a PNG; give a name ending in .png")
-    return check_output(out, what)
+    check_output(out, what)
+    refuse_foreign_image(out, what)
+    return out
 
 
 def compare_runs(

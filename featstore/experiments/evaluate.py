@@ -158,6 +158,15 @@ def evaluate_and_record(
     if split in rec.metrics:
         stored = rec.predictions.get(split)
         same = stored.paths_sha256 == paths and stored.listing_sha256 in (None, listing) if stored else None
+        if same and listing.startswith("arrays:") and rec.get("store") != str(fs.path.resolve()):
+            return (
+                rec,
+                m,
+                (  # rows written from arrays name no image files: only the run's own store is known the same
+                    f"not recorded: run {rec.id} already holds {split!r} of its own store; {fs.path} is another store "
+                    f"written from arrays (no image files to compare)"
+                ),
+            )
         if same is False:
             return (
                 rec,
@@ -231,17 +240,18 @@ def show_run(
 
 def _show_pngs(rec: RunRecord, folder: Path, names: list[str], pngs: list[Path]) -> None:
     """:func:`show_run`'s PNGs, each appended to ``pngs`` once written."""
-    from featstore.plots import confusion_png, curves_png, reliability_png
+    from featstore.plots import DRAWN_CLASSES, confusion_png, curves_png, reliability_png
 
     for split, m in rec.metrics.items():
         title = f"{rec.id} on {split} (acc {accuracy_text(m)})"
-        pngs.append(
-            _png(
-                folder,
-                f"confusion_{split}.png",
-                lambda t, m=m, title=title: confusion_png(m.confusion_matrix, names, title, t),
+        if len(names) <= DRAWN_CLASSES:  # beyond, a K x K picture of sub-pixel cells (30,000 classes: 7 GB of counts)
+            pngs.append(
+                _png(
+                    folder,
+                    f"confusion_{split}.png",
+                    lambda t, m=m, title=title: confusion_png(m.confusion_matrix, names, title, t),
+                )
             )
-        )
         bins = m.figure("reliability")
         if bins:
             cal = rec.calibration

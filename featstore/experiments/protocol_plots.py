@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.outputs import terminal_safe
+from featstore.outputs import CHART_METADATA, terminal_safe
 from featstore.plots import pyplot
 
 
@@ -61,7 +61,7 @@ def probe_png(summary: dict, path: str | Path) -> Path:
     right.set_title(f"{summary['id']}: test, read once after the choice ({refit})", fontsize=9)
     right.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")  # path: a temporary name
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png", metadata=CHART_METADATA)  # path: a temporary name
     plt.close(fig)
     return Path(path)
 
@@ -92,6 +92,6 @@ def fewshot_png(summary: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")  # path: a temporary name
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png", metadata=CHART_METADATA)  # path: a temporary name
     plt.close(fig)
     return Path(path)

@@ -88,6 +88,7 @@ class ListingDiff:
     added: list[str]  # listed now, not recorded
     removed: list[str]  # recorded, not listed now
     changed: list[str]  # in both, with another label, size or mtime
+    reordered: bool = False  # none of these, but the same files listed in another order
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed)
@@ -99,10 +100,10 @@ class ListingDiff:
         '1 added, 0 removed, 1 changed (first: a/x.png, b/y.jpg)'
         """
         names = self.added + self.removed + self.changed
+        if not names:
+            return "the same files, listed in another order" if self.reordered else "no file added, removed or changed"
         shown = ", ".join(printable(p) for p in names[:first]) + (", ..." if len(names) > first else "")
-        return f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} changed" + (
-            f" (first: {shown})" if names else ""
-        )
+        return f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} changed (first: {shown})"
 
 
 @dataclass(frozen=True)
@@ -182,10 +183,12 @@ class ImageListing:
         gone = np.ones(len(old_paths), bool)
         gone[j] = False
         changed = i[(new_nums[:, i] != old_nums[:, j]).any(axis=0)]
-        return ListingDiff(
-            added=[new_paths[k] for k in np.flatnonzero(~found)],
-            removed=[old_paths[k] for k in np.flatnonzero(gone)],
-            changed=[new_paths[k] for k in changed],
+        return _or_reordered(
+            ListingDiff(
+                added=[new_paths[k] for k in np.flatnonzero(~found)],
+                removed=[old_paths[k] for k in np.flatnonzero(gone)],
+                changed=[new_paths[k] for k in changed],
+            )
         )
 
     def _diff_dicts(self, old_paths: list[str], old_nums: np.ndarray) -> ListingDiff:
@@ -193,11 +196,18 @@ class ImageListing:
         old = dict(zip(old_paths, zip(*old_nums.tolist())))
         paths, labels = zip(*self.items) if self.items else ((), ())
         new = dict(zip(paths, zip(labels, self.sizes, self.mtimes_ns)))
-        return ListingDiff(
-            added=[p for p in new if p not in old],
-            removed=[p for p in old if p not in new],
-            changed=[p for p, v in new.items() if p in old and old[p] != v],
+        return _or_reordered(
+            ListingDiff(
+                added=[p for p in new if p not in old],
+                removed=[p for p in old if p not in new],
+                changed=[p for p, v in new.items() if p in old and old[p] != v],
+            )
         )
+
+
+def _or_reordered(d: ListingDiff) -> ListingDiff:
+    """``d``, or (nothing added, removed or changed, though the paths differ in order) the same files reordered."""
+    return d if d else ListingDiff([], [], [], reordered=True)
 
 
 def _byte_len(path: str) -> int:

@@ -87,6 +87,9 @@ def raise_bad_names(bad: list, where: str, folder: Path) -> None:
     )
 
 
+MAX_COUNT = 1 << 53  # rows a split may count: JSON's exact integers (10**20 overflowed numpy's int64 in `runs show`)
+
+
 def _confusion_counts(cm: object, k: int) -> list[int] | None:
     """The counts of a ``k``-class confusion matrix as run.json keeps it (``k`` rows of ``k`` integers, or
     ``{"shape": [k, k], "cells": [[true, predicted, count], ...]}`` with each cell once), None when it is not one."""
@@ -118,7 +121,9 @@ def check_metrics(m: object, k: int, where: str, folder: Path) -> None:
             f"{', '.join(PER_CLASS)}; remove the folder {folder}"
         )
     bad = [key for key in ("accuracy", "macro_f1") if not (finite(m[key]) and 0 <= m[key] <= 1)]
-    bad += ["n"] if m["n"] < 0 or any(v < 0 for v in counts) else []
+    bad += ["n"] if not 0 <= m["n"] < MAX_COUNT else []
+    if any(not 0 <= v < MAX_COUNT for v in counts) or sum(counts) != m["n"]:
+        bad.append("confusion_matrix")
     bad += [key for key in METRIC_NUMBERS if key in m and not finite(m[key])]
     bad += [key for key in METRIC_INTERVALS if key in m and not _interval(m[key])]
     if "reliability" in m and not _bins(m["reliability"]):
@@ -128,8 +133,8 @@ def check_metrics(m: object, k: int, where: str, folder: Path) -> None:
         bad.append("before_calibration")
     if bad:
         raise BrokenRunError(
-            f"{where}: {', '.join(bad)} must be finite numbers (accuracy and macro_f1 in [0, 1], counts not "
-            f"negative; an interval: estimate, low, high and level; "
+            f"{where}: {', '.join(bad)} must be finite numbers (accuracy and macro_f1 in [0, 1]; n and the "
+            f"confusion matrix's counts from 0 to 2**53, the counts summing to n; an interval: estimate, low, high and level; "
             f"reliability: bins of low, high, count, confidence, accuracy); remove the folder {folder} or restore "
             f"its run.json"
         )

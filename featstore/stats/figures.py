@@ -94,18 +94,13 @@ def confusion_figures(cm, n_boot: int = N_BOOT, seed: int = SEED, level: float =
     Keys: ``accuracy_ci``, ``balanced_accuracy``, ``balanced_accuracy_ci``, ``macro_f1_ci`` (each interval a dict:
     estimate, low, high, level, method).
     """
-    cm = np.asarray(cm, dtype=np.int64)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or (cm < 0).any():
-        raise ValueError(f"a confusion matrix is a square array of counts, got shape {cm.shape}")
-    k, n = cm.shape[0], int(cm.sum())
+    k, true_of, pred_of, counts = confusion_cells(cm)
+    n = int(counts.sum())
     if n == 0:
         raise ValueError("a confusion matrix of no rows has no figures")
-    cells = np.flatnonzero(cm)
-    true_of, pred_of = np.divmod(cells, k)
-    counts = cm.ravel()[cells]
     rng, p = np.random.default_rng(seed), counts / n
     bal_b, f1_b = np.empty(n_boot), np.empty(n_boot)
-    step = max(1, min(n_boot, _CELLS_PER_CHUNK // max(len(cells), k)))  # resamples at once: bounded work arrays
+    step = max(1, min(n_boot, _CELLS_PER_CHUNK // max(len(counts), k)))  # resamples at once: bounded work arrays
     for start in range(0, n_boot, step):  # the same draws as one call of n_boot (one generator, in order)
         c = min(step, n_boot - start)
         draws = rng.multinomial(n, p, size=c)  # (c, cells): rows resampled
@@ -117,9 +112,14 @@ def confusion_figures(cm, n_boot: int = N_BOOT, seed: int = SEED, level: float =
 
         tp_b, true_b, pred_b = per_class(true_of, true_of == pred_of), per_class(true_of), per_class(pred_of)
         bal_b[start : start + c], f1_b[start : start + c] = _balanced(tp_b, true_b), _macro_f1(tp_b, true_b, pred_b)
-    tp, true_n, pred_n = np.diag(cm).astype(float), cm.sum(axis=1).astype(float), cm.sum(axis=0).astype(float)
+    diag = true_of == pred_of
+    tp = np.bincount(true_of[diag], weights=counts[diag], minlength=k)
+    true_n, pred_n = (
+        np.bincount(true_of, weights=counts, minlength=k),
+        np.bincount(pred_of, weights=counts, minlength=k),
+    )
     return {
-        "accuracy_ci": proportion_interval(int(np.trace(cm)), n, level).to_dict(),
+        "accuracy_ci": proportion_interval(int(counts[diag].sum()), n, level).to_dict(),
         "balanced_accuracy": float(_balanced(tp, true_n)),
         "balanced_accuracy_ci": _interval(_balanced(tp, true_n), bal_b, n_boot, seed, level, n),
         "macro_f1_ci": _interval(_macro_f1(tp, true_n, pred_n), f1_b, n_boot, seed, level, n),
@@ -254,6 +254,34 @@ def packed_confusion(cm) -> list | dict:
     return {"shape": list(cm.shape), "cells": np.stack([true, pred, cm[true, pred]], axis=1).tolist()}
 
 
+def confusion_cells(value) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """``(K, true, predicted, count)`` of the non-zero cells of a confusion matrix (rows of counts, or run.json's
+    packed cells), in row-major order, never made dense: a K x K matrix of 30,000 classes is 7 GB.
+
+    >>> confusion_cells({"shape": [2, 2], "cells": [[1, 0, 1], [0, 0, 3]]})[1:]
+    (array([0, 1]), array([0, 0]), array([3, 1]))
+    """
+    if isinstance(value, dict) or (hasattr(value, "keys") and "cells" in value):
+        k = int(value["shape"][0])
+        cells = np.asarray(value["cells"], dtype=np.int64).reshape(-1, 3)
+        flat, counts = cells[:, 0] * k + cells[:, 1], cells[:, 2]
+        if len(cells) and (cells.min() < 0 or cells[:, :2].max() >= k):
+            raise ValueError(
+                f"the cells of a {k}-class confusion matrix are [true, predicted, count] within 0..{k - 1}"
+            )
+        flat, at = np.unique(flat, return_inverse=True)  # a cell listed twice counts once with both counts
+        counts = np.bincount(at.ravel(), weights=counts, minlength=len(flat)).astype(np.int64)
+    else:
+        cm = np.asarray(value, dtype=np.int64)
+        if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or (cm < 0).any():
+            raise ValueError(f"a confusion matrix is a square array of counts, got shape {cm.shape}")
+        k, flat = cm.shape[0], np.flatnonzero(cm)
+        counts = cm.ravel()[flat]
+    keep = counts != 0
+    true_of, pred_of = np.divmod(flat[keep], k)
+    return k, true_of, pred_of, counts[keep]
+
+
 def dense_confusion(value) -> np.ndarray:
     """The K x K counts of a confusion matrix as run.json keeps it (rows, or the non-zero cells of a large one)."""
     if isinstance(value, dict) or (hasattr(value, "keys") and "cells" in value):
@@ -274,8 +302,8 @@ def completed(m: dict, y=None, proba=None) -> dict:
     """
     out = dict(m)
     if any(key not in out for key in CONFUSION_KEYS):
-        cm = dense_confusion(out["confusion_matrix"])
-        if int(cm.sum()) > 0:
+        cm = out["confusion_matrix"]
+        if int(confusion_cells(cm)[3].sum()) > 0:
             out = {**confusion_figures(cm), **out}
     if proba is not None and "log_loss" not in out and len(proba):
         out = {**probability_figures(y, proba), **out}

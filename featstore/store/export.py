@@ -321,7 +321,7 @@ def refuse_shard_folder(out: Path) -> None:
             )
     probe = out.parent / f"{out.name}.shards"
     try:
-        probe_output(probe, "--out")  # its parent exists and takes new files
+        probe_output(probe, "--out", folder=True)  # its parent exists, takes new files and is no runs folder
     except OutputError as exc:  # named as given: the probe's name is featstore's, not the user's
         raise OutputError(str(exc).replace(str(probe), str(out))) from None
 

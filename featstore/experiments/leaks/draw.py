@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.experiments.leaks.result import LeakPair, LeakReport
-from featstore.outputs import csv_cell, terminal_safe, write_atomic, write_text
+from featstore.outputs import CHART_METADATA, csv_cell, terminal_safe, write_atomic, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def leaks_png(report: LeakReport, out: str | os.PathLike, top: int = 10, what: s
                 **plain,
             )
             fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # leave the suptitle its own strip
-            path = write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100), what)
+            path = write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100, metadata=CHART_METADATA), what)
     finally:
         plt.close(fig)
     for m in missing:

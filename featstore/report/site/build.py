@@ -27,7 +27,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
-from featstore.outputs import check_output, terminal_safe, write_text
+from featstore.outputs import check_output, refuse_run_files, terminal_safe, write_text
 from featstore.report.site import charts
 from featstore.report.site.mapview import map_view
 from featstore.report.site.render import figure_json, original, render, write_assets
@@ -181,6 +181,8 @@ def build_report(
             f"--out {terminal_safe(str(out))} is inside the runs folder {terminal_safe(str(runs_folder))}, where "
             f"every folder is a run; give a folder outside it (default: {terminal_safe(str(default_out(store)))})"
         )
+    if not out.exists():
+        refuse_run_files(out, "--out", folder=True)  # nor another store's runs folder, nor a run's folder
     old = _prepare(out)
     # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
     write_text(out / MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")

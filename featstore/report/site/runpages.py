@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ KNOWN = {
     "accuracy_interval",
     "accuracy_ci",
 }
+MAX_GRID_CLASSES = 1000  # a run of more classes gets no grid: K² cells (a crafted run.json of 30,000 asked for 7 GB)
 INTERVAL_KEYS = ("accuracy_interval", "accuracy_ci")
 
 
@@ -183,42 +184,44 @@ def _shade(count: int, top: int) -> int:
 
 
 def split_view(rec: RunRecord, split: str, preds: dict | None, paths_of: PathsOf, limit: int) -> SplitView:
-    """One split of a run: recorded figures, the grid (linked to galleries where the rows can be matched)."""
+    """One split of a run: recorded figures, the grid (linked to galleries where the rows can be matched); over
+    :data:`MAX_GRID_CLASSES` classes no grid nor cell galleries (K² cells), the mistakes' gallery only."""
     m, names = rec["metrics"][split], list(rec.class_names)
     per_class = [{"name": c, **m["per_class"].get(c, {})} for c in names]
     view = SplitView(
         split, m["n"], m.get("accuracy"), interval_of(m), m.get("macro_f1"), extras_of(m), per_class, [], None
     )
-    cm = dense_confusion(m["confusion_matrix"])
+    big = len(names) > MAX_GRID_CLASSES
+    cm = None if big else dense_confusion(m["confusion_matrix"])
+    unshown = f"the confusion matrix of {len(names)} classes is not drawn (over {MAX_GRID_CLASSES}); "
     if preds is None or f"{split}__proba" not in preds:
-        view.note = (
+        view.note = (unshown if big else "") + (
             "no stored predictions for this split (runs store validation and test): the grid is the recorded one"
         )
-        view.matrix = _grid(cm, None)
+        view.matrix = [] if big else _grid(cm, None)
         return view
     rows = match_rows(rec, split, paths_of)
     if isinstance(rows, str):
-        view.note = rows
-        view.matrix = _grid(cm, None)
+        view.note = (unshown if big else "") + rows
+        view.matrix = [] if big else _grid(cm, None)
         return view
     paths, root = rows
     proba, y = preds[f"{split}__proba"], preds[f"{split}__labels"]
     pred = proba.argmax(axis=1)
     conf, p_true = proba.max(axis=1), proba[np.arange(len(y)), y]
-    mine = np.zeros_like(cm)
-    np.add.at(mine, (y, pred), 1)
-    if not np.array_equal(mine, cm):
-        view.note = (
-            f"the grid counts each image under its most probable class in the stored probabilities; the run's "
-            f"recorded matrix differs on {int(np.abs(mine - cm).sum()) // 2} image(s)"
-        )
     base = f"galleries/{rec.id}/{split}"
     galleries: dict[tuple[int, int], Gallery] = {}
-    for i in range(len(names)):
-        for j in range(len(names)):
-            idx = np.flatnonzero((y == i) & (pred == j))
-            if not len(idx):
-                continue
+    if big:
+        view.note = unshown + "see every mistake"
+    else:
+        mine = np.zeros_like(cm)
+        np.add.at(mine, (y, pred), 1)
+        if not np.array_equal(mine, cm):
+            view.note = (
+                f"the grid counts each image under its most probable class in the stored probabilities; the run's "
+                f"recorded matrix differs on {int(np.abs(mine - cm).sum()) // 2} image(s)"
+            )
+        for i, j, idx in _cells(y, pred, len(names)):  # the non-empty cells only: K² passes over the rows took minutes
             right = i == j
             idx = idx[np.lexsort((idx, conf[idx] if right else -conf[idx]))]
             title = f"{names[i]} predicted as {names[j]}" if not right else f"{names[i]}, predicted right"
@@ -230,9 +233,20 @@ def split_view(rec: RunRecord, split: str, preds: dict | None, paths_of: PathsOf
     wrong = wrong[np.lexsort((wrong, -conf[wrong]))]
     view.mistakes = Gallery(f"{base}-mistakes.html", "every mistake", rec.id, split, "most confident first", len(wrong))
     view.mistakes.items = [_item(paths, root, names, y, pred, conf, p_true, r) for r in wrong[: 4 * limit]]
-    view.matrix = _grid(mine, galleries)
+    view.matrix = [] if big else _grid(mine, galleries)
     view.galleries = [*galleries.values(), view.mistakes]
     return view
+
+
+def _cells(y: np.ndarray, pred: np.ndarray, k: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(true, predicted, rows)`` of every non-empty cell of the confusion matrix, row-major, rows ascending."""
+    cell = y.astype(np.int64) * k + pred
+    order = np.argsort(cell, kind="stable")
+    cell = cell[order]
+    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]]) if len(cell) else np.array([], int)
+    for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(cell)]):
+        i, j = divmod(int(cell[start]), k)
+        yield i, j, order[start:end]
 
 
 def _item(paths, root, names, y, pred, conf, p_true, r) -> Item:

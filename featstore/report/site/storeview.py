@@ -154,6 +154,9 @@ def leak_view(fs: FeatureStore, name: str, cache: Path | None, line: str) -> Lea
     key = hashlib.sha256(json.dumps([name, entry], sort_keys=True, default=str).encode()).hexdigest()[:24]
     file = cache / f"leaks-{key}.json" if cache else None
     found = _read_cache(file) if file else None
+    if found is not None and not _of_store(found, fs, name, entry["reference"], list(entry["counts"])):
+        logger.warning("cached leak pairs %s name files that are not the store's; finding them again", file)
+        found = None
     if found is None:
         try:
             report = find_leaks(
@@ -190,6 +193,21 @@ def leak_view(fs: FeatureStore, name: str, cache: Path | None, line: str) -> Lea
             )
         )
     return view
+
+
+def _of_store(found: dict, fs: FeatureStore, name: str, reference: str, queries: list[str]) -> bool:
+    """Whether cached pairs name only the store's files: each split's recorded folder, each path one of the split's
+    stored paths (a planted cache could otherwise make the report show any image on the machine)."""
+    try:
+        splits = {s: set(fs.paths(s, name)) for s in (reference, *queries)}
+        roots = {s: str(fs.split_info(s, name).get("source_root", "")) for s in splits}
+    except FeatstoreError:
+        return False
+    return found["roots"] == roots and all(
+        p[0] in splits and p[1] in splits[p[0]] and p[2] in splits[reference]
+        for key in ("pairs", "near")
+        for p in found[key]
+    )
 
 
 def _join(root: str, path: str) -> str:
