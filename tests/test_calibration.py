@@ -145,3 +145,22 @@ def test_calibrate_out_of_fold_and_on_validation_record_where():
     assert val["fitted_on"] == "validation" and val["T"] < 1  # always right: sharper
     with pytest.raises(ConfigError, match=r"at least 2 images of every class; per class there are \[1, 2\]"):
         calibrate_out_of_fold(svm, X[:4], np.array([0, 1, 1, 1]), 2, groups=np.array([0, 1, 1, 2]))
+
+
+def test_applying_a_temperature_leaves_the_callers_arrays_as_they_were():
+    """apply_calibration and softmax work in place on their own copies (issue 21: three (N, K) temporaries each at
+    1,000 classes); the logits or probabilities a caller passes must come back unchanged."""
+    from featstore.stats.calibration import apply_calibration, softmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(7, 4))
+    proba = softmax(logits)
+    before_l, before_p = logits.copy(), proba.copy()
+    for values, input in ((logits, "logits"), (proba, "probabilities")):
+        out = apply_calibration({"method": "temperature", "T": 2.0, "input": input, "floor": 1e-4}, values)
+        np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(logits, before_l)
+    np.testing.assert_array_equal(proba, before_p)
+    np.testing.assert_allclose(
+        apply_calibration({"method": "temperature", "T": 2.0, "input": "logits"}, logits), softmax(logits / 2)
+    )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, StoreError
 from featstore.experiments.protocol import Splits
 from featstore.experiments.selection import Fitted, check_classes, describe_given
 from featstore.store.reader import FeatureStore
@@ -163,8 +163,18 @@ def predict_blocks(est, fs: FeatureStore, name: str, split: str, budget: int, n_
 
 def stream_predict(est, fs: FeatureStore, name: str, split: str, budget: int, n_classes: int):
     """Labels, predictions and full probabilities of a split, computed block by block."""
-    ys, preds, probas = zip(*predict_blocks(est, fs, name, split, budget, n_classes))
-    return np.concatenate(ys), np.concatenate(preds), np.concatenate(probas)
+    ys, preds, probas, at = [], [], None, 0
+    for y, pred, proba in predict_blocks(est, fs, name, split, budget, n_classes):
+        if probas is None:  # filled in place: the blocks and their concatenation are never held together
+            probas = np.empty((fs.split_info(split, name)["committed_rows"], n_classes), dtype=proba.dtype)
+        probas[at : at + len(y)] = proba
+        ys.append(y)
+        preds.append(pred)
+        at += len(y)
+    if probas is None or at != len(probas):
+        expected = 0 if probas is None else len(probas)
+        raise StoreError(f"split {split!r} of {name!r} gave {at} rows while predicting; its record says {expected}")
+    return np.concatenate(ys), np.concatenate(preds), probas
 
 
 def fit_streaming(

@@ -34,11 +34,16 @@ METHODS = ("temperature", "none")  # what a calibration record's "method" may be
 INPUTS = ("logits", "probabilities")  # what the model gives
 FLOOR = 1e-4  # the highest floor for exact zeros (k-NN and forests give them): below every vote share of 1/10,000
 BOUNDS = (1e-2, 1e2)  # the temperatures searched
+_NLL_CELLS = 1_000_000  # (rows x classes) cells of the log-likelihood's work arrays at a time (8 MB each)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
     """Row-wise softmax, stable for large logits (``-inf`` gives 0)."""
-    z = np.array(z, dtype=np.float64)  # one copy, worked on in place (three (N, K) temporaries before)
+    return _softmax_in_place(np.array(z, dtype=np.float64))  # one copy (three (N, K) temporaries before)
+
+
+def _softmax_in_place(z: np.ndarray) -> np.ndarray:
+    """:func:`softmax` of a float64 array, overwriting it."""
     z -= z.max(axis=1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=1, keepdims=True)
@@ -60,7 +65,8 @@ def as_logits(values, input: str, floor: float = FLOOR) -> np.ndarray:
             raise ValueError("probabilities must be finite and non-negative")
         if not 0 < floor < 1:
             raise ValueError(f"the probability floor lies in (0, 1), got {floor}")
-        return np.log(np.maximum(v, floor))
+        z = np.maximum(v, floor)
+        return np.log(z, out=z)
     if not np.isfinite(v).all():
         raise ValueError("logits must be finite")
     return v
@@ -68,10 +74,14 @@ def as_logits(values, input: str, floor: float = FLOOR) -> np.ndarray:
 
 def _nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
     """Mean negative log-likelihood of ``y`` under ``softmax(z / t)`` (exact, via log-sum-exp)."""
-    s = z / t
-    m = s.max(axis=1)
-    lse = m + np.log(np.exp(s - m[:, None]).sum(axis=1))
-    return float(np.mean(lse - s[np.arange(len(y)), y]))
+    per_row = np.empty(len(y))
+    step = max(1, _NLL_CELLS // max(z.shape[1], 1))  # rows at a time: a few (rows, K) temporaries, not (N, K) ones
+    for a in range(0, len(y), step):
+        s = z[a : a + step] / t
+        m = s.max(axis=1)
+        lse = m + np.log(np.exp(s - m[:, None]).sum(axis=1))
+        per_row[a : a + step] = lse - s[np.arange(len(s)), y[a : a + step]]
+    return float(np.mean(per_row))
 
 
 def fit_temperature(
@@ -164,7 +174,9 @@ def apply_calibration(record: dict, values) -> np.ndarray:
         raise ConfigError(f"a temperature calibration needs a finite positive 'T', got {t!r}")
     floor = record.get("floor") or FLOOR
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow gives NaN rows, which callers check and refuse
-        return softmax(as_logits(values, input, floor) / t)
+        z = as_logits(values, input, floor)
+        fresh = not np.may_share_memory(z, values)  # the caller's logits stay as they were
+        return _softmax_in_place(np.divide(z, t, out=z) if fresh else z / t)
 
 
 def _rows(values) -> np.ndarray:
