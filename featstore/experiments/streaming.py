@@ -29,6 +29,7 @@ from featstore.store.reader import FeatureStore
 from featstore.units import format_bytes, parse_bytes  # noqa: F401 (re-exported)
 
 BLOCK_FRACTION = 4  # a block of features is budget/4: room for its float32 copy, the scaled copy and the model
+PROBA_COPIES = 3  # (rows, K) arrays held at once while a block is predicted and scored (model's, padded, calibrated)
 
 
 def check_budget_holds_chunks(
@@ -157,7 +158,13 @@ def predict_blocks(est, fs: FeatureStore, name: str, split: str, budget: int, n_
     """``(labels, predictions, full probabilities)`` of a split, block by block."""
     from featstore.runs.artifacts import full_proba
 
-    for X, y in fs.iter_batches(split, name, max_bytes=budget // BLOCK_FRACTION):
+    info = fs.split_info(split, name)
+    row = int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+    chunk = int(info["chunks"][0]) * row if info.get("chunks") else row
+    # a block's probabilities (K float64 a row, about three copies while scored) share the budget with its features:
+    # at 1,000 classes they are 40 times a pooled float16 row
+    share = row / (row + PROBA_COPIES * 8 * n_classes)
+    for X, y in fs.iter_batches(split, name, max_bytes=max(chunk, int(budget // BLOCK_FRACTION * share))):
         yield y, est.predict(X), full_proba(est, X, n_classes)
 
 

@@ -320,6 +320,8 @@ def full_proba(est, X: np.ndarray, n_classes: int) -> np.ndarray:
         raise ValueError(
             f"the model's classes {classes.tolist()!r} are not distinct labels of the {n_classes} store classes"
         )
+    if len(classes) == n_classes and (classes == np.arange(n_classes)).all():  # every class, in order: no copy
+        return np.asarray(proba, dtype=np.float64)
     out = np.zeros((len(X), n_classes), dtype=np.float64)
     out[:, classes] = proba
     return out
