@@ -437,6 +437,9 @@ def test_a_fit_run_with_a_phase_a_history_still_shows(ft, tmp_path):
         ({"unfreeze_from": "block5_conv3", "lr": float("nan")}, "--lr must be a positive number"),
         ({"unfreeze_from": "block5_conv3", "augment": "rotate=nan"}, "give a number above 0"),
         ({"unfreeze_from": "block5_conv3", "augment": "zoom=1e309"}, "give a number above 0"),
+        ({"unfreeze_from": "block5_conv3", "memory_budget": "lots"}, "--memory-budget 'lots' is not a size"),
+        ({"unfreeze_from": "block5_conv3", "memory_budget": 0}, "--memory-budget must be a size"),
+        ({"unfreeze_from": "block5_conv3", "memory_budget": True}, "--memory-budget must be a size"),
     ],
 )
 def test_odd_option_values_are_refused_before_any_work(ft, kwargs, needle):
@@ -500,3 +503,49 @@ def test_a_group_in_the_way_of_the_cached_cut_offers_no_cache(ft, tmp_path):
     )
     with pytest.raises(StoreError, match=r"(?s)already holds an extractor named 'vgg16@block5_conv1'.*pass --no-cache"):
         finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=store)
+
+
+def test_rebatch_gives_full_batches_across_blocks():
+    from featstore.experiments.finetune_cache import rebatch
+
+    blocks = [(np.arange(a, b), np.arange(a, b)) for a, b in ((0, 3), (3, 4), (4, 11), (11, 13))]
+    out = list(rebatch(iter(blocks), 4))
+    assert [len(y) for _, y in out] == [4, 4, 4, 1]
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in out]), np.arange(13))
+
+
+def test_cached_cut_over_the_memory_budget_is_streamed_not_loaded(ft, tmp_path, monkeypatch):
+    """Issue 21: the cached path loaded the cut's train and validation arrays whole (a 10⁶-image cut does not fit in
+    memory). Over --memory-budget they are streamed in shuffled blocks of whole chunks; within it, loaded as before
+    (the image path's order, the same history)."""
+    import shutil
+
+    from featstore.store import writer
+
+    store = tmp_path / "f.h5"
+    shutil.copy(ft["store"], store)
+    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 8192)  # the cut (2, 2, 512) float32 is 8 KiB a row: one row a chunk
+    loaded = []
+    real_load = FeatureStore.load
+    monkeypatch.setattr(
+        FeatureStore,
+        "load",
+        lambda self, split, ext=None, **kw: loaded.append((split, ext)) or real_load(self, split, ext, **kw),
+    )
+    cfg = FinetuneConfig("block5_conv2", epochs=2, batch_size=3, lr=1e-3, memory_budget="40KB")
+    streamed = finetune(ft["dense"], cfg, store=store)
+    group = streamed["cached_cut"]
+    assert group == "vgg16@block5_conv1" and streamed["streamed"] and streamed["memory_budget"] == 40_000
+    assert not [s for s, ext in loaded if ext == group]  # neither train nor validation of the cut loaded whole
+    assert len(streamed["history"]["loss"]) >= 1 and np.isfinite(streamed["history"]["loss"]).all()
+    within = finetune(
+        ft["dense"], FinetuneConfig("block5_conv2", epochs=2, batch_size=3, lr=1e-3, memory_budget="1GB"), store=store
+    )
+    plain = finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=2, batch_size=3, lr=1e-3), store=store)
+    assert within["streamed"] is False and (group and [s for s, ext in loaded if ext == group])
+    assert within["history"]["loss"] == plain["history"]["loss"]
+    with pytest.raises(ConfigError, match=r"--memory-budget 8 kB \(7.81 KiB\) is too small"):
+        finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=3, memory_budget="8KB"), store=store)
+    res = CliRunner().invoke(app, ["runs", "show", streamed["id"], "--store", str(store)])
+    assert res.exit_code == 0 and "streamed within 40 kB" in res.output, res.output

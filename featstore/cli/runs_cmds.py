@@ -218,6 +218,12 @@ def finetune(
             help="Allow a legacy .h5 model file, which can run code stored in it; only for a file you made yourself.",
         ),
     ] = False,
+    memory_budget: Annotated[
+        Optional[str],
+        typer.Option(
+            help="e.g. 512MB: a cached split larger than this is streamed from the store in shuffled blocks instead of loaded (the training order is then not the image path's)."
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Image decoding threads.")] = 2,
     store: StoreOpt = Path("features.h5"),
     runs: RunsOpt = None,
@@ -238,6 +244,7 @@ def finetune(
         seed=seed,
         from_scratch_head=from_scratch_head,
         cache=cache,
+        memory_budget=memory_budget,
     )
     rec = run_finetune(
         run, config, data=data, store=store, runs=runs, weights=weights, trust_model=trust_model, workers=workers

@@ -41,6 +41,7 @@ from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, digest_paths, draft
 from featstore.runs.write import write_run
 from featstore.store.reader import FeatureStore
+from featstore.units import parse_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class FinetuneConfig:
     seed: int = 0  # shuffling, augmentation, dropout and (--from-scratch-head) the head's initial weights
     from_scratch_head: bool = False  # train a new head end to end instead of starting from the phase-A head
     cache: bool = True  # without augmentation, compute the frozen layers once into the store
+    # bytes (or "512MB"): a cached split larger than this is streamed from the store in shuffled blocks instead of
+    # loaded (its training order is then not the image path's); None: loaded whole
+    memory_budget: int | str | None = None
 
     def validated(self) -> FinetuneConfig:
         """Check every field before any work; canonical augmentation spec."""
@@ -81,7 +85,12 @@ class FinetuneConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer of at least {low}; got {value!r}")
         if self.seed > 2**31 - 1:  # Keras seeds take 32 bits; the augmentation layers use seed + i
             raise ConfigError(f"--seed must be at most {2**31 - 1}; got {self.seed}")
-        return replace(self, augment=parse_augment(self.augment).spec)
+        budget = self.memory_budget
+        if budget is not None:
+            budget = None if isinstance(budget, bool) else parse_bytes(budget)
+            if budget is None or budget < 1:
+                raise ConfigError(f"--memory-budget must be a size such as 512MB; got {self.memory_budget!r}")
+        return replace(self, augment=parse_augment(self.augment).spec, memory_budget=budget)
 
 
 def finetune(
@@ -142,7 +151,9 @@ def finetune(
     )
     cached, t_cache, size_before = None, time.perf_counter(), _size(fs.path)
     if config.cache and not config.augment and built.top is not None:
-        cached = cached_cut(fs, name, built.cut_input, rec["extractor_attrs"], weights, trust_model, sets)
+        cached = cached_cut(
+            fs, name, built.cut_input, rec["extractor_attrs"], weights, trust_model, sets, config.memory_budget
+        )
     elif config.augment:
         logger.info(
             "augmentation on (%s): training from the images, the frozen layers are computed every epoch", config.augment
@@ -189,6 +200,8 @@ def finetune(
         trainable_layers=built.trainable,
         data_root=str(sets["train"].root.resolve()),
         cached_cut=cached.group if cached else "",
+        streamed=bool(cached and len(cached.arrays) < len(sets)),  # a cached split over --memory-budget: streamed
+        memory_budget=config.memory_budget,
         cache_seconds=round(cache_seconds, 3),
         weights_digest=weights_digest(built.model),
         splits={"train": len(sets["train"].labels), **{s: m["n"] for s, m in evaluated.items()}},

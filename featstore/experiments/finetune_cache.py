@@ -19,7 +19,10 @@ import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from featstore.errors import StoreError
+from featstore.experiments.streaming import BLOCK_FRACTION, check_budget_holds_chunks
 from featstore.images.listing import printable
 from featstore.units import format_bytes
 
@@ -28,15 +31,65 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Cached:
-    """The frozen layers' output, computed once: the store group and its train/validation arrays."""
+    """The frozen layers' output, computed once: the store group, and its train/validation arrays where they fit."""
 
     group: str
-    arrays: dict  # split -> (X, y)
+    arrays: dict  # split -> (X, y), for the splits loaded whole; the others are streamed from the store
     made: bool = False  # this fine-tuning created or completed the group (the store grew)
+    fs: object = None  # the FeatureStore the streamed splits are read from
+    budget: int | None = None  # --memory-budget in bytes: a split larger than this is streamed
+
+    def batches(self, split: str, batch_size: int, order: np.ndarray | None = None, seed: int = 0):
+        """Mini-batches ``(X float32, y)`` of a cached split, every one ``batch_size`` rows but the last. Loaded: rows
+        in ``order`` (the image path's seeded permutation; None: stored order). Streamed: blocks of whole chunks within
+        a quarter of the budget, in a seeded random order with their rows shuffled when ``order`` is given (reading
+        single rows at random from HDF5 is very slow), so that order is not the image path's."""
+        if split in self.arrays:
+            X, y = self.arrays[split]
+            rows = np.arange(len(y)) if order is None else order
+            for i in range(0, len(y), batch_size):
+                idx = rows[i : i + batch_size]
+                yield X[idx].astype(np.float32), y[idx]
+            return
+        blocks = self.fs.iter_batches(
+            split, self.group, max_bytes=self.budget // BLOCK_FRACTION, shuffle=order is not None, seed=seed
+        )
+        for X, y in rebatch(blocks, batch_size):
+            yield X.astype(np.float32, copy=False), y
 
 
-def cached_cut(fs, name: str, layer: str, attrs: dict, weights, trust_model: bool, sets: dict) -> Cached:
-    """Extract (or reuse) the group cut at ``layer`` for train and validation; its rows must be the run's rows."""
+def rebatch(blocks, batch_size: int):
+    """``(X, y)`` blocks of any lengths cut into batches of ``batch_size`` rows (the last may be shorter), so that an
+    epoch has as many steps streamed as loaded.
+
+    >>> [len(y) for _, y in rebatch(((np.zeros(n), np.zeros(n)) for n in (3, 2, 4)), 4)]
+    [4, 4, 1]
+    """
+    pending, have = [], 0
+    for X, y in blocks:
+        i = 0
+        if have:
+            take = min(batch_size - have, len(y))
+            pending.append((X[:take], y[:take]))
+            have, i = have + take, take
+            if have == batch_size:
+                yield np.concatenate([p[0] for p in pending]), np.concatenate([p[1] for p in pending])
+                pending, have = [], 0
+        while i + batch_size <= len(y):
+            yield X[i : i + batch_size], y[i : i + batch_size]
+            i += batch_size
+        if i < len(y):
+            pending.append((X[i:], y[i:]))
+            have += len(y) - i
+    if have:
+        yield np.concatenate([p[0] for p in pending]), np.concatenate([p[1] for p in pending])
+
+
+def cached_cut(
+    fs, name: str, layer: str, attrs: dict, weights, trust_model: bool, sets: dict, budget: int | None = None
+) -> Cached:
+    """Extract (or reuse) the group cut at ``layer`` for train and validation; its rows must be the run's rows. A split
+    over ``budget`` bytes is checked in blocks and left in the store, to be streamed (:meth:`Cached.batches`)."""
     from featstore.extraction.pipeline import extract
     from featstore.models.extractor import ExtractorConfig
     from featstore.store.reader import CACHE_PURPOSE
@@ -84,9 +137,21 @@ def cached_cut(fs, name: str, layer: str, attrs: dict, weights, trust_model: boo
                 f"the cached group {group!r} holds other images of {split!r} than {name!r} ({why}); re-extract both, "
                 f"or pass --no-cache (cache=False in Python)"
             )
-        arrays[split] = fs.load(split, group)
+        info = fs.split_info(split, group)
+        nbytes = int(info["committed_rows"]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+        if budget is not None and nbytes > budget:
+            check_budget_holds_chunks(fs, group, [split], budget, format_bytes(budget))
+            logger.info(
+                "the cached %s split takes %s, over --memory-budget %s: streamed from the store in shuffled blocks "
+                "(its training order is then not the image path's)",
+                split,
+                format_bytes(nbytes),
+                format_bytes(budget),
+            )
+        else:
+            arrays[split] = fs.load(split, group)
         try:  # before training: a NaN row made every epoch train, then "diverged: lower --lr"
-            fs.refuse_nonfinite(split, group, arrays[split][0])
+            fs.refuse_nonfinite(split, group, arrays[split][0] if split in arrays else None)
         except StoreError as exc:
             raise StoreError(
                 f"{exc}\n(the cached frozen layers of the fine-tuning: re-extract them with\n  "
@@ -99,7 +164,7 @@ def cached_cut(fs, name: str, layer: str, attrs: dict, weights, trust_model: boo
 
         with writer_lock(fs.path), open_h5(fs.path, "a") as f:
             f[group].attrs["purpose"] = CACHE_PURPOSE
-    return Cached(group, arrays, made or wrote)
+    return Cached(group, arrays, made or wrote, fs=fs, budget=budget)
 
 
 def _partial(fs, group: str, split: str) -> bool:

@@ -74,14 +74,13 @@ def train(built, cached, sets: dict, attrs: dict, config, workers: int, verbose:
             raise
 
     def train_batches():
-        order = np.random.default_rng(config.seed + next(epoch)).permutation(
+        epoch_no = next(epoch)
+        order = np.random.default_rng(config.seed + epoch_no).permutation(
             n
         )  # a new seeded order each epoch, same for both paths
         if cached is not None:
-            X, y = cached.arrays["train"]
-            for i in range(0, n, config.batch_size):
-                idx = order[i : i + config.batch_size]
-                yield X[idx].astype(np.float32), y[idx].astype(ytype)
+            for X, y in cached.batches("train", config.batch_size, order, seed=config.seed + epoch_no):
+                yield X, y.astype(ytype)
             return
         for x, y in image_batches(sets["train"], size, config.batch_size, order, workers):
             x = augment_batch(aug_model, x) if aug_model is not None else x  # augmented, then preprocessed
@@ -89,9 +88,8 @@ def train(built, cached, sets: dict, attrs: dict, config, workers: int, verbose:
 
     def val_batches():
         if cached is not None:
-            X, y = cached.arrays["validation"]
-            for i in range(0, len(y), config.batch_size):
-                yield X[i : i + config.batch_size].astype(np.float32), y[i : i + config.batch_size].astype(ytype)
+            for X, y in cached.batches("validation", config.batch_size):
+                yield X, y.astype(ytype)
             return
         for x, y in image_batches(sets["validation"], size, config.batch_size, None, workers):
             yield preprocess_images(x, attrs), y.astype(ytype)

@@ -350,7 +350,8 @@ class FinetuneKind(_FeaturesRun):
             f"layers {rec['unfreeze_from']} and above train ({len(rec.get('trainable_layers', []))} with weights)",
             f"  {p['optimizer']} lr {p['lr']:g}, batch {p['batch_size']}, {len(rec.history.get('loss', ()))} of at most "
             f"{p['epochs']} epochs (early stopping on validation loss, patience {p['patience']}), augment {p['augment'] or 'none'}, seed {p['seed']}",
-            f"  {'frozen layers cached in the store as ' + rec['cached_cut'] if rec.get('cached_cut') else 'trained from the images'}; "
+            f"  {'frozen layers cached in the store as ' + rec['cached_cut'] if rec.get('cached_cut') else 'trained from the images'}"
+            f"{' (streamed within ' + format_bytes(rec['memory_budget']) + ')' if rec.get('streamed') else ''}; "
             f"{rec.get('fit_seconds', 0):.1f} s ({rec.get('seconds_per_epoch', 0):.1f} s per epoch); new weights digest {rec.get('weights_digest', '-')[:12]}",
         ]
 
