@@ -204,6 +204,12 @@ def _holds_runs(folder: Path, at_most: int = 10_000) -> bool:
     return False
 
 
+def cache_dir(store: str | os.PathLike) -> Path:
+    """``features.h5`` -> ``features.h5.cache/``: what featstore caches beside a store (thumbnails, map layouts, leak
+    pairs, exported ONNX models), each kind in a subfolder."""
+    return Path(f"{os.fspath(store)}.cache")
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "output") -> Path:
     """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``; returns ``path``.
 

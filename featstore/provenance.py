@@ -158,6 +158,14 @@ def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:
             f"hold rows of both kinds. Resume it {how[0]} (the same command {'without' if now else 'with'} --jit; "
             f"jit={then} in Python), or start it again {how[1]} by adding --overwrite (overwrite=True)"
         )
+    then, now = str(plain(stored.get("runtime", "keras"))), str(new.get("runtime", "keras"))  # before it: keras
+    if then != now:
+        raise StoreError(
+            f"split {split!r} of {name!r} in {path} was started with --runtime {then} and this run is with --runtime "
+            f"{now}: the two runtimes' features differ in the last digits, so the split would hold rows of both kinds. "
+            f"Resume it with --runtime {then} (runtime={then!r} in Python), or start it again with --runtime {now} by "
+            f"adding --overwrite (overwrite=True)"
+        )
 
 
 def refuse_other_augmentation(stored: dict, new: dict, split: str, name: str, path) -> None:

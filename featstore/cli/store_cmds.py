@@ -123,6 +123,12 @@ def extract(
             help="Compile the forward pass with XLA (TensorFlow backend). Checked against the uncompiled model at start-up (--verbose prints the max abs difference) and refused beyond a tolerance; not fingerprinted.",
         ),
     ] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="What runs the forward pass: keras, or onnx (ONNX Runtime on the CPU; needs the onnx extra). onnx exports the cut once to <store>.cache/onnx/ and checks it against Keras at start-up (refused beyond a tolerance, naming --runtime keras); recorded per split, not fingerprinted."
+        ),
+    ] = "keras",
     engine: Annotated[
         str,
         typer.Option(
@@ -215,6 +221,7 @@ def extract(
         mixed_precision=mixed_precision,
         preprocess=preprocess,
         trust_model=trust_model,
+        runtime=runtime,
     )
     splits = list(dict.fromkeys(split))  # a split named twice is extracted once
     if augment is not None and len(splits) > 1:
@@ -296,11 +303,11 @@ def _print_extracted(r, augment: int | None) -> None:
         f"; Ray start-up {_secs(r.startup_seconds)} of it: connect, checks, actors built, first batch"
         if r.engine == "ray"
         else ""
-    )
+    ) + (", ONNX model exported or loaded and checked" if r.runtime == "onnx" else "")
     echo(
         f"wrote {r.written} rows of {r.feature_shape} to {where} in {_secs(r.seconds)}: start-up "
         f"{_secs(r.setup_seconds)} (listing, checks, model built{ray}), then {r.images_per_second:.1f} img/s over "
-        f"{_secs(r.rate_seconds)} (decode, model, write){resumed}; {r.rows} rows in the split, {r.failed} failed"
+        f"{_secs(r.rate_seconds)} (decode, {'ONNX Runtime ' if r.runtime == 'onnx' else ''}model, write){resumed}; {r.rows} rows in the split, {r.failed} failed"
         + (f", {r.ignored} non-image files ignored" if r.ignored else "")
         + copies
     )

@@ -34,6 +34,8 @@ from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run
 from featstore.images.decode import check_threads, iter_decoded  # noqa: F401 (iter_decoded re-exported: predict, finetune)
 from featstore.images.listing import discover
 from featstore.models.extractor import Extractor, ExtractorConfig, default_store_name, require_jit_backend  # noqa: F401 (re-exported: the public API names them here)
+from featstore.models.onnx_runtime import CACHE_FOLDER, check_runtime
+from featstore.outputs import cache_dir
 from featstore.provenance import AUGMENTED
 from featstore.store.layout import check_root
 from featstore.store.locking import StoreFile
@@ -75,6 +77,8 @@ class ExtractResult:
         0.0  # Ray: connecting, checks, and the wait for the first features (actors built); local: 0
     )
     augmented: object = None  # augcopies.CopiesResult when copies were asked for (--augment K), else None
+    runtime: str = "keras"  # what ran the forward pass (config.runtime)
+    runtime_max_abs_diff: float | None = None  # --runtime onnx: max abs difference to Keras at start-up
 
 
 def extract(
@@ -145,6 +149,12 @@ def extract(
         if jit:
             require_jit_backend()
         config = config or ExtractorConfig()
+        check_runtime(config.runtime, config.mixed_precision, jit)
+        if config.runtime != "keras" and runner.name != "local":
+            raise ConfigError(
+                f"--runtime {config.runtime} runs on the local engine for now; leave out --engine ray, or use "
+                f"--runtime keras"
+            )
         spec = config.backbone()
         config = config.validated(spec)
         base = name or default_store_name(config)
@@ -154,7 +164,13 @@ def extract(
         listing = discover(data, split)
         file = StoreFile(check_writable(store), locking)
         result = ExtractResult(
-            str(file.path), names[0], split, ignored=listing.n_ignored, extractors=names, engine=runner.name
+            str(file.path),
+            names[0],
+            split,
+            ignored=listing.n_ignored,
+            extractors=names,
+            engine=runner.name,
+            runtime=config.runtime,
         )
         how = PassOptions(batch_size, overwrite, progress, compression, jit, purpose)
         job = _Extraction(file, listing, config, spec, names, runner, how)
@@ -217,7 +233,10 @@ class _Extraction:
             c = self.config
             if c.layers:
                 c = replace(c, cut_layers=tuple(self.configs[n].layer for n in names))
-            self.built[tuple(names)] = Extractor(c, self.spec, jit=jit, jit_batch=self.how.batch_size)
+            cache = cache_dir(self.file.path) / CACHE_FOLDER
+            self.built[tuple(names)] = Extractor(
+                c, self.spec, jit=jit, jit_batch=self.how.batch_size, runtime_cache=cache
+            )
         return self.built[tuple(names)]
 
     def write_split(self, result: ExtractResult, started: float) -> None:
@@ -246,6 +265,7 @@ class _Extraction:
             # Ray: the actors compile (--jit), the driver only describes
             extractor = self.extractor(found.todo, jit=how.jit and local)
             result.fingerprint, result.jit_max_abs_diff = extractor.attrs["fingerprint"], extractor.jit_max_abs_diff
+            result.runtime_max_abs_diff = extractor.runtime_max_abs_diff
             split_attrs = {
                 "class_names": listing.class_names,
                 "source_root": str(listing.root.resolve()),
@@ -255,6 +275,7 @@ class _Extraction:
                 "batch_size": how.batch_size,
                 "compression": how.compression,
                 "jit": bool(how.jit),
+                "runtime": self.config.runtime,  # checked against Keras at start-up: recorded, not fingerprinted
                 "engine": self.engine.name,
             }  # how the run that started it computed
             writer = SplitWriter(self.file, found.todo, split)
@@ -279,6 +300,7 @@ class _Extraction:
             want = augcopies.copies_attrs(
                 req, split, plain_attrs, len(rel), self.how.batch_size, self.how.compression, self.how.jit
             )
+            want["runtime"] = self.config.runtime  # a resume with another runtime is refused, as for the split
             found = survey(f, path, self.names, key, lambda f, n: copies_done(f, path, n, split, want))
         total = req.copies * len(rel)
         if not found.todo:

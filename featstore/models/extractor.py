@@ -23,6 +23,8 @@ import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, check_seed
+from featstore.models import onnx_runtime
+from featstore.models.agreement import largest_difference, seeded_images
 from featstore.models.backbones import (
     BackboneSpec,
     cut_outputs,
@@ -81,6 +83,7 @@ class ExtractorConfig:
     mixed_precision: bool = False  # compute in float16 (GPU tensor cores); changes features slightly, so fingerprinted
     preprocess: str | None = None  # saved models: none | scale01 | imagenet-caffe | imagenet-torch | tf (default none)
     trust_model: bool = False  # allow a legacy .h5 full model (no safe_mode protection)
+    runtime: str = "keras"  # keras | onnx: what runs the forward pass; checked against Keras, so not fingerprinted
 
     def __init__(
         self,
@@ -97,6 +100,7 @@ class ExtractorConfig:
         trust_model: bool = False,
         *,
         cut_layers: tuple[str, ...] = (),
+        runtime: str = "keras",
     ):
         given_layer = layer is not _NOT_GIVEN and layer is not None
         given_layers = layers is not _NOT_GIVEN and bool(layers)
@@ -117,6 +121,7 @@ class ExtractorConfig:
             mixed_precision=mixed_precision,
             preprocess=preprocess,
             trust_model=trust_model,
+            runtime=runtime,
         )
         for key, value in values.items():
             object.__setattr__(self, key, value)
@@ -174,6 +179,7 @@ class ExtractorConfig:
         size = spec.default_size if self.image_size is None else self.image_size  # 0 is refused, not the default
         validate_pooling(self.pooling)
         validate_dtype(self.dtype)
+        onnx_runtime.check_runtime(self.runtime, self.mixed_precision)
         if isinstance(spec, SavedModelSpec):
             if self.weights not in ("imagenet", "model"):
                 raise ConfigError(
@@ -205,10 +211,14 @@ class Extractor:
         *,
         jit: bool = False,
         jit_batch: int = JIT_PROBE_ROWS,
+        runtime_cache: Path | None = None,
     ):
-        """``jit=True`` compiles the forward pass with XLA for batches of ``jit_batch`` rows and checks it (see ``check_jit``)."""
+        """``jit=True`` compiles the forward pass with XLA for batches of ``jit_batch`` rows and checks it (see ``check_jit``).
+        ``config.runtime="onnx"`` runs it with ONNX Runtime, exported once into the folder ``runtime_cache`` and checked
+        (:mod:`featstore.models.onnx_runtime`)."""
         if jit:
             require_jit_backend()
+        onnx_runtime.check_runtime(config.runtime, config.mixed_precision, jit)
         spec = spec or config.backbone()  # a caller that already resolved it passes it: a saved model is not read again
         self.config = config.validated(spec)
         self.spec = spec
@@ -250,6 +260,9 @@ class Extractor:
             compiled = _forward_fn(self.model, c.image_size, spec.channels_in, jit=True)
             self.jit_max_abs_diff = check_jit(self._prepare, self._forward, compiled, c, jit_batch, self._shown_name())
             self._forward = compiled
+        self.runtime_max_abs_diff = None  # --runtime onnx: the start-up check's result
+        if self.config.runtime == "onnx":
+            self._forward, self.runtime_max_abs_diff = onnx_runtime.start(self, runtime_cache)
 
     def _shown_name(self) -> str:
         """The model as messages name it."""
@@ -323,10 +336,7 @@ def check_jit(prepare, reference, compiled, config: ExtractorConfig, rows: int, 
     """
     import tensorflow as tf
 
-    images = np.random.default_rng(0).integers(
-        0, 256, (max(rows, 1), config.image_size, config.image_size, 3), dtype=np.uint8
-    )
-    x = prepare(images)
+    x = prepare(seeded_images(rows, config.image_size))
     t = time.perf_counter()
     try:
         got = compiled(x)
@@ -337,12 +347,8 @@ def check_jit(prepare, reference, compiled, config: ExtractorConfig, rows: int, 
     seconds = time.perf_counter() - t
     k = min(JIT_CHECK_ROWS, len(x))
     want = reference(x[:k])
-    got, want = (o if isinstance(o, list) else [o] for o in (got, want))
     compute = "mixed_float16" if config.mixed_precision else "float32"
-    worst, scale = 0.0, 0.0
-    for g, w in zip(got, want):
-        worst = max(worst, float(np.max(np.abs(g[:k].astype(np.float64) - w.astype(np.float64)), initial=0.0)))
-        scale = max(scale, float(np.max(np.abs(w), initial=0.0)))
+    worst, scale = largest_difference(got, want)
     limit = JIT_TOLERANCE[compute] * max(scale, 1e-6)
     logger.debug(
         "--jit: XLA compiled %s for batches of %d in %.1f s; max abs difference to the uncompiled model %.3g "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
-from featstore.outputs import check_output, refuse_run_files, terminal_safe, write_text
+from featstore.outputs import cache_dir, check_output, refuse_run_files, terminal_safe, write_text  # noqa: F401 (cache_dir: similar_page)
 from featstore.report.site import charts
 from featstore.report.site.mapview import map_view
 from featstore.report.site.render import figure_json, original, render, write_assets
@@ -61,11 +61,6 @@ class ReportResult:
 def default_out(store: str | os.PathLike) -> Path:
     """``features.h5`` -> ``features.report/`` (beside ``features.runs/``)."""
     return Path(store).with_suffix(".report")
-
-
-def cache_dir(store: str | os.PathLike) -> Path:
-    """``features.h5`` -> ``features.h5.cache/``: thumbnails, map layouts, leak pairs."""
-    return Path(f"{os.fspath(store)}.cache")
 
 
 def _folder(root: Path, *parts: str) -> Path:

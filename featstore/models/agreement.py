@@ -1,0 +1,37 @@
+"""Two ways of running the same cut compared on one seeded batch: the start-up check of ``--jit`` and ``--runtime``.
+
+Both compare a candidate forward pass with the plain Keras one on the same random images and accept it when the
+largest absolute difference is within a fraction of the largest absolute feature (the scale of random-weight features
+ranges from 1e-12 to 1e3, so an absolute tolerance would be meaningless).
+
+>>> got, want = [np.ones((2, 3), np.float32)], [np.ones((2, 3), np.float32) * 1.5]
+>>> largest_difference(got, want)
+(0.5, 1.5)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def seeded_images(rows: int, size: int) -> np.ndarray:
+    """``rows`` uint8 RGB images of ``size`` pixels, the same on every call (seed 0): the check batch."""
+    return np.random.default_rng(0).integers(0, 256, (max(rows, 1), size, size, 3), dtype=np.uint8)
+
+
+def as_list(out) -> list[np.ndarray]:
+    """A forward pass's result (one array, or a list with one per output) as a list."""
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def largest_difference(got, want) -> tuple[float, float]:
+    """``(max |got - want|, max |want|)`` over every output (float64); ``got``'s rows beyond ``want``'s are ignored."""
+    worst, scale = 0.0, 0.0
+    for g, w in zip(as_list(got), as_list(want)):
+        g, w = np.asarray(g), np.asarray(w)
+        if g.shape[1:] != w.shape[1:]:
+            return float("inf"), float(np.max(np.abs(w), initial=0.0))
+        diff = np.abs(g[: len(w)].astype(np.float64) - w.astype(np.float64))
+        worst = max(worst, float(np.max(diff, initial=0.0)))
+        scale = max(scale, float(np.max(np.abs(w), initial=0.0)))
+    return worst, scale

@@ -1,0 +1,270 @@
+"""``--runtime onnx``: the frozen cut exported once to ONNX (tf2onnx, through Keras's ``model.export``), cached beside
+the store, and run by ONNX Runtime's CPU provider; checked against Keras at start-up.
+
+The cut (backbone, layer(s), pooling; preprocessing stays in numpy as for Keras) is exported to
+``<store>.cache/onnx/<key>.onnx``, where the key is a digest of the outputs' fingerprints and the exporter's versions,
+written to a temporary file and renamed into place. Before any row is written a seeded batch goes through both
+runtimes and the largest difference must be within :data:`ONNX_TOLERANCE` of the largest feature; so the features are
+the ones the fingerprint describes, and the runtime is recorded per split (a resume with another one is refused) but
+not fingerprinted. Where the export or the check fails the run stops, naming the reason and ``--runtime keras``.
+
+>>> ex = Extractor(ExtractorConfig(model="mobilenet_v2", weights="none", image_size=32, runtime="onnx"),
+...                runtime_cache=Path("features.h5.cache/onnx"))                             # doctest: +SKIP
+>>> ex.runtime_max_abs_diff                                                                # doctest: +SKIP
+3.0e-18
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError, choices_error
+from featstore.models.agreement import as_list, largest_difference, seeded_images
+from featstore.outputs import write_atomic
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES = ("keras", "onnx")  # what runs the frozen forward pass; the features are the same within the tolerance
+# ONNX Runtime reorders float32 sums as XLA does (measured: 1e-6 to 4e-6 of the largest feature on five backbones); the
+# same fraction as --jit's float32 tolerance. Over it the run is refused.
+ONNX_TOLERANCE = 1e-4
+ONNX_CHECK_ROWS = 4  # rows of the seeded check batch
+MAX_ONNX_BYTES = 2**31  # protobuf's own limit for one .onnx file: a larger cached file is not one we wrote
+CACHE_FOLDER = "onnx"  # under <store>.cache/
+THREADS_ENV = "FEATSTORE_ONNX_THREADS"  # overrides the intra-op threads (default: one per core; see docs/extraction.md)
+FIX = "Run with --runtime keras"
+
+
+def check_runtime(runtime: str, mixed_precision: bool = False, jit: bool = False) -> None:
+    """Refuse, before any work, a runtime that is not one of :data:`RUNTIMES`, one that cannot run this configuration,
+    or ``onnx`` without its packages. Example::
+
+        check_runtime("onnx")          # ConfigError naming pip install "featstore[onnx]" when onnxruntime is missing
+    """
+    if runtime not in RUNTIMES:
+        raise choices_error("runtime", runtime, RUNTIMES)
+    if runtime == "keras":
+        return
+    if mixed_precision:
+        raise ConfigError("--runtime onnx computes in float32; leave out --mixed-precision, or use --runtime keras")
+    if jit:
+        raise ConfigError("--jit compiles the Keras forward pass; --runtime onnx runs another one. Give one of them")
+    missing = [m for m in ("onnxruntime", "tf2onnx", "onnx") if not _importable(m)]
+    if missing:
+        raise ConfigError(
+            f'--runtime onnx needs {", ".join(missing)}, which is not installed: pip install "featstore[onnx]". {FIX}'
+        )
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` can be found without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def default_threads() -> int:
+    """ONNX Runtime's intra-op threads: ``FEATSTORE_ONNX_THREADS``, else one per core."""
+    value = os.environ.get(THREADS_ENV, "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ConfigError(f"{THREADS_ENV} must be a whole number of threads, at least 1; got {value!r}")
+        return int(value)
+    return os.cpu_count() or 1
+
+
+def exporter_version() -> str:
+    """The versions that decide the exported file (part of the cache key)."""
+    import keras
+    import onnx
+    import tf2onnx
+
+    return f"keras {keras.__version__}, tf2onnx {tf2onnx.__version__}, onnx {onnx.__version__}"
+
+
+def cache_key(fingerprints: list[str]) -> str:
+    """The cached file's name: a digest of the outputs' fingerprints (in order) and the exporter's versions."""
+    blob = json.dumps({"fingerprints": list(fingerprints), "exporter": exporter_version()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class OnnxForward:
+    """An ONNX file run by ONNX Runtime's CPU provider: float32 batch -> one array, or a list with one per output."""
+
+    def __init__(self, data: bytes, n_outputs: int, threads: int | None = None, where: str = "the exported model"):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.inter_op_num_threads = 1  # the graph is a chain: one op at a time, each on every intra-op thread
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads yield to decoding
+        opts.log_severity_level = 3  # errors only: its warnings would reach the user's terminal
+        self.threads = opts.intra_op_num_threads
+        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        inputs = self.session.get_inputs()
+        outputs = self.session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != n_outputs:
+            extra = ", ".join(i.name for i in inputs[1:]) or "none"
+            raise ConfigError(
+                f"--runtime onnx: {where} has {len(inputs)} input(s) and {len(outputs)} output(s), not 1 and "
+                f"{n_outputs} (constants exported as graph inputs: {extra}); ONNX Runtime cannot run it as this "
+                f"cut. {FIX}"
+            )
+        self.input_name, self.single = inputs[0].name, n_outputs == 1
+
+    def __call__(self, x: np.ndarray):
+        """Features of one preprocessed float32 batch, in the form the Keras forward pass returns them."""
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return out[0] if self.single else out
+
+
+def export_cut(model, size: int, channels: int, path: Path, shown: str, check: Callable[[Path], object]) -> float:
+    """Export the Keras cut ``model`` to ONNX in a temporary file, run ``check(tmp)`` on it, and only then rename it to
+    ``path``; the seconds it took. A failed export is a ConfigError naming the reason and ``--runtime keras``; a failed
+    check leaves nothing at ``path``."""
+    import tensorflow as tf
+
+    started = time.perf_counter()
+
+    def write(tmp: Path) -> None:
+        quiet = logging.getLogger("tf2onnx")  # its INFO lines (each optimizer pass) would reach the CLI's output
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)
+        try:
+            with warnings.catch_warnings():  # Keras's numpy-2 patch of tf2onnx reads np.object (a FutureWarning)
+                warnings.filterwarnings("ignore", message=".*np.object.*", category=FutureWarning)
+                model.export(
+                    str(tmp),
+                    format="onnx",
+                    verbose=False,
+                    input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
+                )
+        except Exception as exc:  # tf2onnx raises whatever its converters raise; each one is the same refusal
+            raise ConfigError(
+                f"--runtime onnx: {shown} could not be exported to ONNX ({_first_line(exc)}). {FIX}"
+            ) from exc
+        finally:
+            quiet.setLevel(level)
+        check(tmp)
+
+    write_atomic(path, write, "the ONNX cache")
+    return time.perf_counter() - started
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's first line (at most 300 characters), or its type's name when it has no message."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def read_cached(path: Path) -> bytes | None:
+    """A cached ONNX file's bytes (None when there is none). A link, FIFO, device or folder at its name is refused,
+    never followed or opened for a blocking read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise ConfigError(
+                f"--runtime onnx: the cached model {path} is a symbolic link, which featstore does not follow; remove "
+                f"it (it is exported again)"
+            ) from None
+        raise ConfigError(f"--runtime onnx: cannot read the cached model {path} ({exc.strerror}); remove it") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ONNX_BYTES:
+            what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"{st.st_size} bytes, over the limit"
+            raise ConfigError(f"--runtime onnx: the cached model {path} is {what}; remove it (it is exported again)")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[OnnxForward, float]:
+    """The ONNX forward pass of ``extractor``'s cut, from the cache or exported now, checked against its Keras pass;
+    ``(forward, max abs difference)``. ``cache`` None: exported into a temporary folder, not kept. A cached file that
+    ONNX Runtime cannot load, or whose features are not the cut's, is exported again (with a warning)."""
+    if cache is None:
+        with tempfile.TemporaryDirectory(prefix="featstore-onnx-") as tmp:
+            return _export_checked(extractor, Path(tmp) / "cut.onnx", threads)
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{cache_key([a['fingerprint'] for _, a in extractor.outputs])}.onnx"
+    data = read_cached(path)
+    if data is None:
+        return _export_checked(extractor, path, threads)
+    try:
+        return _open_checked(extractor, data, threads)
+    except ConfigError as exc:
+        logger.warning("--runtime onnx: the cached %s is exported again: %s", path, exc)
+        return _export_checked(extractor, path, threads)
+
+
+def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxForward, float]:
+    """Export the cut to ``path``, renamed into place only once it loads and agrees with Keras."""
+    result: list = []
+    shown, c = extractor._shown_name(), extractor.config
+    seconds = export_cut(
+        extractor.model,
+        c.image_size,
+        extractor.spec.channels_in,
+        path,
+        shown,
+        lambda tmp: result.append(_open_checked(extractor, Path(tmp).read_bytes(), threads)),
+    )
+    logger.info("--runtime onnx: exported %s to %s in %.1f s (checked against Keras)", shown, path, seconds)
+    return result[0]
+
+
+def _open_checked(extractor, data: bytes, threads: int | None) -> tuple[OnnxForward, float]:
+    """Load ONNX bytes into ONNX Runtime and check them against the Keras pass; ConfigError when either fails."""
+    shown = extractor._shown_name()
+    try:
+        forward = OnnxForward(data, len(extractor.outputs), threads, where=f"{shown} exported to ONNX")
+    except ConfigError:
+        raise
+    except Exception as exc:  # onnxruntime's InvalidGraph, InvalidProtobuf, Fail, ...: one line, the first of its own
+        raise ConfigError(
+            f"--runtime onnx: ONNX Runtime cannot run {shown} as exported ({_first_line(exc)}). {FIX}"
+        ) from exc
+    worst = check_agreement(extractor._prepare, extractor._forward, forward, extractor.config.image_size, shown)
+    return forward, worst
+
+
+def check_agreement(prepare, reference, candidate, size: int, shown: str) -> float:
+    """Run :data:`ONNX_CHECK_ROWS` seeded images through both forward passes; the max abs difference, or ConfigError
+    when it is over :data:`ONNX_TOLERANCE` of the largest feature (or the outputs' shapes differ)."""
+    x = prepare(seeded_images(ONNX_CHECK_ROWS, size))
+    try:
+        got = candidate(x)
+    except Exception as exc:  # an op ONNX Runtime accepts at load but cannot run on these shapes
+        raise ConfigError(f"--runtime onnx: ONNX Runtime failed to run {shown} ({_first_line(exc)}). {FIX}") from exc
+    worst, scale = largest_difference(got, reference(x))
+    limit = ONNX_TOLERANCE * max(scale, 1e-30)
+    logger.debug(
+        "--runtime onnx: %s max abs difference to Keras %.3g (largest feature %.3g, tolerance %.3g, %d output(s))",
+        shown,
+        worst,
+        scale,
+        limit,
+        len(as_list(got)),
+    )
+    if not worst <= limit:
+        raise ConfigError(
+            f"--runtime onnx: ONNX Runtime's {shown} differs from Keras's by up to {worst:.3g} (largest feature "
+            f"{scale:.3g}; tolerance {ONNX_TOLERANCE:g} of it, {limit:.3g}); refusing to write features that would "
+            f"not match the fingerprint. {FIX}"
+        )
+    return worst
