@@ -226,3 +226,24 @@ def test_the_thread_setting_is_checked(monkeypatch):
     monkeypatch.setenv(onnx_runtime.THREADS_ENV, "0")
     with pytest.raises(ConfigError, match="FEATSTORE_ONNX_THREADS must be a whole number of threads, at least 1"):
         onnx_runtime.default_threads()
+
+
+def test_several_layers_pooled_and_stored_as_float16_in_one_pass(made, tmp_path):
+    config = replace(TINY_CONFIG, layers=("block3_pool", "block5_pool"), pooling="avg", dtype="float16")
+    plain = extract(made["data"], "validation", tmp_path / "k.h5", config)
+    r = extract(made["data"], "validation", tmp_path / "o.h5", replace(config, runtime="onnx"))
+    assert r.extractors == plain.extractors == ["vgg16@block3_pool", "vgg16@block5_pool"]
+    for name in r.extractors:
+        a, b = FeatureStore(tmp_path / "k.h5"), FeatureStore(tmp_path / "o.h5")
+        xa, xb = a.load("validation", name)[0], b.load("validation", name)[0]
+        assert xb.dtype == np.float16 and xa.shape == xb.shape
+        assert a.metadata(name)["fingerprint"] == b.metadata(name)["fingerprint"]
+        assert np.abs(xa.astype(np.float32) - xb).max() <= 1e-3 * np.abs(xa).max()  # float16's own rounding
+
+
+def test_the_ray_engine_is_refused_with_onnx_for_now(made, tmp_path):
+    class Remote:
+        name = "ray"
+
+    with pytest.raises(ConfigError, match="--runtime onnx runs on the local engine for now; leave out --engine ray"):
+        extract(made["data"], "train", tmp_path / "f.h5", ONNX, engine=Remote())

@@ -43,6 +43,9 @@ ONNX_CHECK_ROWS = 4  # rows of the seeded check batch
 MAX_ONNX_BYTES = 2**31  # protobuf's own limit for one .onnx file: a larger cached file is not one we wrote
 CACHE_FOLDER = "onnx"  # under <store>.cache/
 THREADS_ENV = "FEATSTORE_ONNX_THREADS"  # overrides the intra-op threads (default: one per core; see docs/extraction.md)
+# ONNX Runtime's idle intra-op threads spin by default, taking the cores the decode threads need between batches:
+# "0" lets them sleep (measured in docs/extraction.md, "Runtimes").
+SPINNING = "0"
 FIX = "Run with --runtime keras"
 
 
@@ -109,7 +112,7 @@ class OnnxForward:
         opts.intra_op_num_threads = threads or default_threads()
         opts.inter_op_num_threads = 1  # the graph is a chain: one op at a time, each on every intra-op thread
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads yield to decoding
+        opts.add_session_config_entry("session.intra_op.allow_spinning", SPINNING)
         opts.log_severity_level = 3  # errors only: its warnings would reach the user's terminal
         self.threads = opts.intra_op_num_threads
         self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
