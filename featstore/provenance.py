@@ -103,7 +103,10 @@ def fingerprint(attrs: dict) -> str:
 
 
 def describe_diff(
-    a: dict, b: dict, keys=(*FINGERPRINT_FIELDS, *OPTIONAL_FINGERPRINT_FIELDS), sides: tuple[str, str] = ("store has", "this run has")
+    a: dict,
+    b: dict,
+    keys=(*FINGERPRINT_FIELDS, *OPTIONAL_FINGERPRINT_FIELDS),
+    sides: tuple[str, str] = ("store has", "this run has"),
 ) -> str:
     """'key: store has X, this run has Y; ...' for the keys whose values differ."""
     return "; ".join(

@@ -73,7 +73,9 @@ class ExtractorConfig:
     cut_layers: tuple[
         str, ...
     ] = ()  # named layers to cut at, in order; () = the conv base's last layer (saved: before the last Dense)
-    pooling: str = "none"  # none | avg | max (global pooling after a CNN's cut); transformers: cls | mean | cls+mean | none
+    pooling: str = (
+        "none"  # none | avg | max (global pooling after a CNN's cut); transformers: cls | mean | cls+mean | none
+    )
     dtype: str = "float32"  # float32 | float16 stored features
     weights: str = (
         "imagenet"  # imagenet | none | hed-bsds500 | path to a Keras weights file (a saved model carries its own)

@@ -89,9 +89,7 @@ def fetch_preset(preset: str) -> tuple[Path, str]:
     builtin = preset_utils.BUILTIN_PRESETS.get(preset)
     handle = builtin["kaggle_handle"] if builtin else preset
     if not builtin and "://" not in preset:
-        names = [
-            n for n, p in preset_utils.BUILTIN_PRESETS.items() if p["metadata"].get("path") in _family_paths()
-        ]
+        names = [n for n, p in preset_utils.BUILTIN_PRESETS.items() if p["metadata"].get("path") in _family_paths()]
         raise choices_error("KerasHub preset", preset, sorted(names))
     paths = []
     try:
@@ -248,8 +246,10 @@ class HubSpec:
 
     def layer_names(self) -> list[str]:
         """The outputs --layer can name, in order."""
-        return [f"block{i}" for i in range(1, self.num_layers + 1)] + [TOKENS] + (
-            [EMBEDDING] if self.family.has_embedding else []
+        return (
+            [f"block{i}" for i in range(1, self.num_layers + 1)]
+            + [TOKENS]
+            + ([EMBEDDING] if self.family.has_embedding else [])
         )
 
     def prefix_tokens(self) -> int:
@@ -303,7 +303,9 @@ class HubSpec:
         backbone = keras_hub.models.Backbone.from_preset(str(self.folder), **kwargs)
         if sha256_file(self.folder / WEIGHTS_FILE) != self.weights_sha256:
             raise WeightsError(f"{self.folder / WEIGHTS_FILE} changed while it was being loaded; run again")
-        what = f"KerasHub preset {self.handle}" if self.preset.startswith(HUB_PREFIX) else f"preset folder {self.preset}"
+        what = (
+            f"KerasHub preset {self.handle}" if self.preset.startswith(HUB_PREFIX) else f"preset folder {self.preset}"
+        )
         return token_model(backbone, self.class_name, size), LoadedWeights(
             "model", "keras-hub-preset", what, str(self.folder / WEIGHTS_FILE), self.weights_sha256
         )

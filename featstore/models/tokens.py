@@ -44,6 +44,7 @@ class Family:
     has_embedding: bool  # whether the backbone has a projected image embedding
     resizable: bool  # position embeddings interpolate to another input side (from_preset(image_shape=...))
     block_names: Callable[[dict], list[str]]  # vision config -> the Keras names of its blocks, in order
+    examples: tuple[str, ...] = ()  # some of KerasHub's built-in preset names (checked against keras_hub by the tests)
 
 
 def _same(config: dict) -> dict:
@@ -66,7 +67,8 @@ FAMILIES = {
             True,
             False,
             True,
-            lambda c: [f"{c['name']}_encoder/layers_{i}" for i in range(c["num_layers"])],
+            lambda c: [f"layers_{i}" for i in range(c["num_layers"])],
+            ("dinov2_small", "dinov2_base", "dinov2_large", "dinov2_giant", "dinov2_with_registers_small"),
         ),
         Family(
             "vit",
@@ -78,6 +80,7 @@ FAMILIES = {
             False,
             False,
             lambda c: [f"transformer_block_{i + 1}" for i in range(c["num_layers"])],
+            ("vit_base_patch16_224_imagenet", "vit_large_patch16_224_imagenet", "vit_base_patch16_224_imagenet21k"),
         ),
         Family(
             "clip",
@@ -89,6 +92,7 @@ FAMILIES = {
             True,
             False,
             lambda c: [f"encoder_block_{i}" for i in range(c["num_layers"])],
+            ("clip_vit_base_patch16", "clip_vit_large_patch14", "clip_vit_b_32_laion2b_s34b_b79k"),
         ),
         Family(
             "siglip",
@@ -100,6 +104,7 @@ FAMILIES = {
             True,
             False,
             lambda c: [f"encoder_block_{i}" for i in range(c["num_layers"])],
+            ("siglip_base_patch16_224", "siglip2_base_patch16_224", "siglip_so400m_patch14_384"),
         ),
     )
 }
@@ -115,7 +120,12 @@ def _parts(backbone, class_name: str) -> tuple[list, list, object, list]:
     vision = backbone.vision_encoder
     if class_name == "CLIPBackbone":
         stem = [vision.embedding, vision.pre_layer_norm]
-        return stem, list(vision.encoder_layers), vision.layer_norm, [backbone.vision_pooler, backbone.vision_projection]
+        return (
+            stem,
+            list(vision.encoder_layers),
+            vision.layer_norm,
+            [backbone.vision_pooler, backbone.vision_projection],
+        )
     return [vision.embedding], list(vision.encoder_layers), vision.post_layer_norm, [vision.head]  # SigLIP
 
 
