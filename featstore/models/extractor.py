@@ -180,7 +180,9 @@ class ExtractorConfig:
         validate_dtype(self.dtype)
         if isinstance(spec, (SavedModelSpec, HubSpec)) and self.weights not in ("imagenet", "model"):
             raise ConfigError(
-                f"--weights {self.weights} does not apply to {_shown(spec)}: it carries its own weights. Leave --weights out."
+                f"--weights {self.weights} does not apply to a "
+                f"{'KerasHub preset' if isinstance(spec, HubSpec) else 'saved model'}: {_shown(spec)} carries its own "
+                f"weights. Leave --weights out."
             )
         if isinstance(spec, HubSpec):
             spec.validate(size, self.cut_layers, self.pooling)
