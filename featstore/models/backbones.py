@@ -76,6 +76,7 @@ class BackboneSpec:
         return (side, side, self.channels)
 
     channels_in: int = 3  # image channels the model takes
+    output_layer: str | None = None  # a stable name for the base's last layer where Keras numbers it per build
 
     @property
     def preprocess_name(self) -> str:
@@ -91,7 +92,10 @@ class BackboneSpec:
         import keras
 
         builder = getattr(keras.applications, self.app)
-        return builder(include_top=False, weights=weights, input_shape=(size, size, 3))
+        base = builder(include_top=False, weights=weights, input_shape=(size, size, 3))
+        if self.output_layer:  # ConvNeXt ends in an unnamed LayerNormalization: "layer_normalization_<n>" per build
+            base.layers[-1].name = self.output_layer
+        return base
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -219,7 +223,11 @@ def _mobilenet_v2_file(s: int) -> str:
 
 
 def _notop(prefix: str) -> Callable[[int], str]:
-    return lambda s: f"{prefix}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    return _named(f"{prefix}_weights_tf_dim_ordering_tf_kernels_notop.h5")
+
+
+def _named(file_name: str) -> Callable[[int], str]:
+    return lambda s: file_name  # one weights file whatever the input side
 
 
 for _spec in (
@@ -243,7 +251,48 @@ for _spec in (
         32,
         1280,
         _ceil32,
-        lambda s: "efficientnetb0_notop.h5",
+        _named("efficientnetb0_notop.h5"),
+    ),
+    # the newer CNNs: ConvNeXt and EfficientNetV2 normalise inside the model (their preprocess_input is the identity,
+    # they take 0..255); ResNet-V2 takes Inception-style [-1, 1] input
+    *(
+        BackboneSpec(
+            f"convnext_{v}",
+            f"ConvNeXt{v.title()}",
+            "convnext",
+            "none",
+            224,
+            32,
+            ch,
+            _floor32,
+            _named(f"convnext_{v}_notop.h5"),
+            output_layer=f"convnext_{v}_head_layernorm",
+        )
+        for v, ch in (("tiny", 768), ("small", 768), ("base", 1024))
+    ),
+    *(
+        BackboneSpec(
+            f"efficientnet_v2_{v}",
+            f"EfficientNetV2{v.upper()}",
+            "efficientnet_v2",
+            "none",
+            size,
+            32,
+            ch,
+            _ceil32,
+            _named(f"efficientnetv2-{v}_notop.h5"),
+        )
+        for v, size, ch in (
+            ("b0", 224, 1280),
+            ("b1", 240, 1280),
+            ("b2", 260, 1408),
+            ("b3", 300, 1536),
+            ("s", 384, 1280),
+        )
+    ),
+    *(
+        BackboneSpec(f"resnet{d}_v2", f"ResNet{d}V2", "resnet_v2", "tf", 224, 32, 2048, _ceil32, _notop(f"resnet{d}v2"))
+        for d in (50, 101, 152)
     ),
 ):
     register_backbone(_spec)
