@@ -185,7 +185,7 @@ class ExtractorConfig:
                 f"weights. Leave --weights out."
             )
         if isinstance(spec, HubSpec):
-            spec.validate(size, self.cut_layers, self.pooling)
+            spec.validate(size, self.cut_layers, self.pooling, self.preprocess)
             return replace(self, model=spec.preset, image_size=size, weights="model", preprocess=None)
         validate_pooling(self.pooling)
         if isinstance(spec, SavedModelSpec):

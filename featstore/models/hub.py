@@ -107,6 +107,8 @@ def fetch_preset(preset: str) -> tuple[Path, str]:
             f"backbone.save_to_preset(PATH) and converter.save_to_preset(PATH) write them)."
         ) from exc
     folder = paths[0].parent
+    if folder.name.isdigit() and handle.startswith("kaggle://") and len(handle.split("/")) == 6:
+        handle = f"{handle}/{folder.name}"  # kagglehub's cache folder is the version it resolved: recorded with it
     if any(p.parent != folder for p in paths):
         raise WeightsError(f"KerasHub preset {preset}: its files are not in one folder ({', '.join(map(str, paths))})")
     try:
@@ -264,8 +266,13 @@ class HubSpec:
             return (size // self.patch_size, size // self.patch_size, self.hidden_dim)
         return (2 * self.hidden_dim,) if pooling == "cls+mean" else (self.hidden_dim,)
 
-    def validate(self, size: int, layers: tuple[str, ...], pooling: str) -> None:
-        """Refuse an input side, layer or pooling this preset cannot give, before it is built."""
+    def validate(self, size: int, layers: tuple[str, ...], pooling: str, preprocess: str | None = None) -> None:
+        """Refuse an input side, layer, pooling or --preprocess this preset cannot take, before it is built."""
+        if preprocess not in (None, HUB_PREPROCESS):
+            raise ConfigError(
+                f"{self.shown} uses its preset's image converter ({self.preprocess_name}); --preprocess is for saved "
+                f"models: leave it out"
+            )
         if pooling not in self.poolings:
             raise choices_error(f"pooling for {self.shown} (a transformer)", pooling, self.poolings)
         if size % self.patch_size or not self.min_size <= size <= MAX_IMAGE_SIZE:

@@ -43,7 +43,9 @@ class Family:
     has_cls: bool  # whether token 0 is a class token
     has_embedding: bool  # whether the backbone has a projected image embedding
     resizable: bool  # position embeddings interpolate to another input side (from_preset(image_shape=...))
-    block_names: Callable[[dict], list[str]]  # vision config -> the Keras names of its blocks, in order
+    block_names: Callable[
+        [dict], list[str]
+    ]  # vision config -> the Keras names of its blocks (--unfreeze-from), in order
     examples: tuple[str, ...] = ()  # some of KerasHub's built-in preset names (checked against keras_hub by the tests)
 
 
@@ -91,7 +93,7 @@ FAMILIES = {
             True,
             True,
             False,
-            lambda c: [f"encoder_block_{i}" for i in range(c["num_layers"])],
+            lambda c: [f"{c['name']}_encoder_block_{i}" for i in range(c["num_layers"])],
             ("clip_vit_base_patch16", "clip_vit_large_patch14", "clip_vit_b_32_laion2b_s34b_b79k"),
         ),
         Family(
@@ -103,7 +105,7 @@ FAMILIES = {
             False,
             True,
             False,
-            lambda c: [f"encoder_block_{i}" for i in range(c["num_layers"])],
+            lambda c: [f"{c['name']}_encoder_block_{i}" for i in range(c["num_layers"])],
             ("siglip_base_patch16_224", "siglip2_base_patch16_224", "siglip_so400m_patch14_384"),
         ),
     )

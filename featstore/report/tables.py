@@ -98,10 +98,10 @@ def hub_table(model: str, layers: bool = False, image_size: int | None = None) -
         rows.append([spec.shown, f"{size}x{size}", str(spec.patch_size), shapes, spec.preprocess_name])
         return _table(rows)
     blocks = spec.family.block_names(spec.family.vision(_preset_config(spec)))
-    rows = [["layer", "tokens (--pooling none)", "KerasHub", ""]]
+    rows = [["layer", "tokens (--pooling none)", "Keras layer (--unfreeze-from)", ""]]
     for i, name in enumerate(spec.layer_names()):
         shape = spec.output_shape(size, name, "none")
-        what = blocks[i] if i < len(blocks) else "final norm" if name == "tokens" else "projection"
+        what = blocks[i] if i < len(blocks) else "(final norm)" if name == "tokens" else "(projection)"
         rows.append([name, str(shape), what, "default cut" if name == spec.default_layer else ""])
     return _table(rows)
 
