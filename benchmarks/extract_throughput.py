@@ -9,11 +9,16 @@ and batch size, it prints:
    target ≥ 1.0 for vgg16, ≥ 1.3 for mobilenet_v2;
 3. peak RSS of a fresh extraction process at N and at 4N images; target growth < 100 MB.
 
+`--models vit_s16` measures a ViT-S/16-sized KerasHub ViT (12 blocks, 384 channels, 6 heads, MLP 1536, patch 16) at
+224 px with random weights, saved once as a preset folder in the cache and extracted as `--model PATH/ --pooling cls`
+(needs `pip install 'featstore[hub]'`); target extract / model-only ≥ 0.95.
+
 Each throughput is the median over --repeats runs; model building is excluded from all three (it is a
 fixed start-up cost, printed separately). Weights are random (`--weights none`): they do not change speed.
 
     python benchmarks/extract_throughput.py                        # vgg16@150 and mobilenet_v2@128
     python benchmarks/extract_throughput.py --models vgg16 --n 64 --repeats 3
+    python benchmarks/extract_throughput.py --models vit_s16 --n 64 --repeats 3
 """
 
 from __future__ import annotations
@@ -30,8 +35,36 @@ from pathlib import Path
 
 import numpy as np
 
-SIZES = {"vgg16": 150, "mobilenet_v2": 128}
-TARGETS = {"vgg16": (0.95, 1.0), "mobilenet_v2": (0.85, 1.3)}
+HERE = str(Path(__file__).resolve().parent)
+SIZES = {"vgg16": 150, "mobilenet_v2": 128, "vit_s16": 224}
+TARGETS = {"vgg16": (0.95, 1.0), "mobilenet_v2": (0.85, 1.3), "vit_s16": (0.95, 1.0)}
+HUB_MODELS = ("vit_s16",)  # KerasHub presets made here with random weights (--weights does not apply to them)
+
+
+def hub_preset(cache: Path, name: str) -> Path:
+    """A ViT-S/16-sized KerasHub ViT with seeded random weights and an ImageNet-style converter, saved once."""
+    folder = cache / f"preset_{name}"
+    if (folder / "config.json").is_file():
+        return folder
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(224, 224, 3), patch_size=16, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536
+    )
+    backbone.save_to_preset(str(folder))
+    keras_hub.layers.ViTImageConverter(image_size=(224, 224), scale=1 / 127.5, offset=-1.0).save_to_preset(str(folder))
+    return folder
+
+
+def extractor_config(model: str, size: int):
+    """The configuration measured: random weights for a Keras application, the preset's own for a KerasHub one."""
+    from featstore import ExtractorConfig
+
+    if Path(model).is_dir():
+        return ExtractorConfig(model=model, image_size=size, pooling="cls")
+    return ExtractorConfig(model=model, image_size=size, weights="none")
 
 
 def make_images(root: Path, n: int) -> Path:
@@ -56,16 +89,10 @@ def make_images(root: Path, n: int) -> Path:
 
 def featstore_run(data: Path, model: str, size: int, batch: int, n: int) -> float:
     """img/s of featstore's extraction loop (model already built)."""
-    from featstore import ExtractorConfig, extract
+    from featstore import extract
 
     with tempfile.TemporaryDirectory() as tmp:
-        r = extract(
-            data,
-            "train",
-            Path(tmp) / "f.h5",
-            ExtractorConfig(model=model, image_size=size, weights="none"),
-            batch_size=batch,
-        )
+        r = extract(data, "train", Path(tmp) / "f.h5", extractor_config(model, size), batch_size=batch)
         assert r.rows >= n
         return r.images_per_second
 
@@ -100,7 +127,9 @@ def lectures_loop(files: list[Path], ex, size: int, batch: int) -> float:
 
 SAMPLER = """
 import sys, threading, time
-from featstore import extract, ExtractorConfig
+from featstore import extract
+sys.path.insert(0, sys.argv[6])
+from extract_throughput import extractor_config
 peak, done = [0], threading.Event()
 def sample():  # RSS sampled every 20 ms during the extraction (the process's own peak is set by TensorFlow's import)
     while not done.is_set():
@@ -108,7 +137,7 @@ def sample():  # RSS sampled every 20 ms during the extraction (the process's ow
             peak[0] = max(peak[0], int(fh.read().split()[1]) * 4096)
         time.sleep(0.02)
 threading.Thread(target=sample, daemon=True).start()
-extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(model=sys.argv[3], image_size=int(sys.argv[4]), weights='none'), batch_size=int(sys.argv[5]))
+extract(sys.argv[1], 'train', sys.argv[2], extractor_config(sys.argv[3], int(sys.argv[4])), batch_size=int(sys.argv[5]))
 done.set(); print(peak[0] / 2**20)
 """
 
@@ -118,7 +147,7 @@ def peak_rss(data: Path, model: str, size: int, batch: int) -> float:
     code = SAMPLER
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
-            [sys.executable, "-c", code, str(data), str(Path(tmp) / "f.h5"), model, str(size), str(batch)],
+            [sys.executable, "-c", code, str(data), str(Path(tmp) / "f.h5"), model, str(size), str(batch), HERE],
             capture_output=True,
             text=True,
             check=True,
@@ -146,17 +175,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "featstore_bench_jpegs")
     args = ap.parse_args()
-    from featstore import Extractor, ExtractorConfig, load_image
+    from featstore import Extractor, load_image
 
     full = make_images(args.cache, 4 * args.n)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         small, large = subset(full, Path(tmp) / "n", args.n), subset(full, Path(tmp) / "4n", 4 * args.n)
         files = sorted((small / "train").glob("*/*.jpg"))
-        for model in args.models:
-            size = SIZES.get(model, 150)
+        for name in args.models:
+            size = SIZES.get(name, 150)
+            model = str(hub_preset(args.cache, name)) if name in HUB_MODELS else name
             t = time.perf_counter()
-            ex = Extractor(ExtractorConfig(model=model, image_size=size, weights="none"))
+            ex = Extractor(extractor_config(model, size))
             build_s = time.perf_counter() - t
             imgs = np.stack([load_image(p, size) for p in files])
             ex(imgs[: args.batch_size])  # warm-up: first call traces the graph
@@ -179,9 +209,9 @@ def main() -> None:
                 r["featstore_img_s"] / r["model_only_img_s"],
                 r["featstore_img_s"] / r["lectures_img_s"],
             )
-            results[model] = r
-            tm, tl = TARGETS.get(model, (0.95, 1.0))
-            print(f"{model}@{size}, batch {args.batch_size}, {args.n} JPEGs 500x375, median of {args.repeats}:")
+            results[name] = r
+            tm, tl = TARGETS.get(name, (0.95, 1.0))
+            print(f"{name}@{size}, batch {args.batch_size}, {args.n} JPEGs 500x375, median of {args.repeats}:")
             print(
                 f"  featstore extract {r['featstore_img_s']:.1f} img/s | model only {r['model_only_img_s']:.1f} img/s | "
                 f"lectures loop {r['lectures_img_s']:.1f} img/s | model build {build_s:.1f} s (excluded)"

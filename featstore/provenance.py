@@ -45,6 +45,12 @@ FINGERPRINT_FIELDS = (
     "feature_shape",
     "weights_digest",
 )
+# Fingerprinted only where a store records them (older stores, and backbones without them, keep their fingerprints):
+# a KerasHub preset's preprocessing is its converter's numbers, under the one id "keras-hub-converter".
+OPTIONAL_FINGERPRINT_FIELDS = ("preprocess_scale", "preprocess_offset")
+# What a store records about a model file or KerasHub preset besides the common attributes (extractor_attrs keeps them).
+MODEL_SOURCE_KEYS = ("model_file", "model_sha256", "trust_model", "hub_preset", "hub_handle", "hub_class")
+MODEL_SOURCE_KEYS += OPTIONAL_FINGERPRINT_FIELDS
 # Resize/decode identifier (bump the suffix whenever decoding or resizing changes the pixels) and its description, the
 # one place both live: featstore.images.decode does what they say, every extractor group records them.
 RESIZE_ID = "pil-bilinear-square-jpegdraft/1"
@@ -92,11 +98,15 @@ def attrs_of(obj) -> dict:
 def fingerprint(attrs: dict) -> str:
     """sha256 over the FINGERPRINT_FIELDS of an extractor's attributes (stable ids and numbers only)."""
     ident = {k: plain(attrs.get(k)) for k in FINGERPRINT_FIELDS}
+    ident.update({k: plain(attrs[k]) for k in OPTIONAL_FINGERPRINT_FIELDS if k in attrs})
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
 def describe_diff(
-    a: dict, b: dict, keys=FINGERPRINT_FIELDS, sides: tuple[str, str] = ("store has", "this run has")
+    a: dict,
+    b: dict,
+    keys=(*FINGERPRINT_FIELDS, *OPTIONAL_FINGERPRINT_FIELDS),
+    sides: tuple[str, str] = ("store has", "this run has"),
 ) -> str:
     """'key: store has X, this run has Y; ...' for the keys whose values differ."""
     return "; ".join(
@@ -240,7 +250,8 @@ EXTRACTOR_REQUIRED = (*FINGERPRINT_FIELDS, "fingerprint", "weights")
 
 def validate_extractor(attrs: dict, where: str) -> None:
     """Refuse an extractor group whose provenance attributes are missing or do not hash to its fingerprint."""
-    missing = [k for k in EXTRACTOR_REQUIRED if k not in attrs]
+    needed = EXTRACTOR_REQUIRED + (OPTIONAL_FINGERPRINT_FIELDS if attrs.get("hub_preset") else ())
+    missing = [k for k in needed if k not in attrs]
     if missing:
         raise StoreError(
             f"{where}: provenance attributes missing: {', '.join(missing)}; the store is damaged or not written by "
@@ -286,12 +297,13 @@ def extractor_attrs(backbone: dict, config: dict, output: dict, weights: dict, v
     """The attributes of one extractor group (one cut layer), fingerprint included: what the store records.
 
     ``backbone``: model (registry name, or keras-file:<sha256>), input_channels, preprocess (a stable id),
-    preprocess_description, and for a saved model model_file, model_sha256, trust_model. ``config``: the
+    preprocess_description, and for a saved model model_file, model_sha256, trust_model (for a KerasHub preset
+    hub_preset, hub_handle, hub_class, preprocess_scale, preprocess_offset: :data:`MODEL_SOURCE_KEYS`). ``config``: the
     configuration's arguments (:meth:`~featstore.models.extractor.ExtractorConfig.arguments`). ``output``: layer (the
     cut's name), feature_shape, weights_digest. ``weights``: argument, source, description, path, file_sha256.
     ``versions``: keras, tensorflow, pillow.
     """
-    saved = {k: backbone[k] for k in ("model_file", "model_sha256", "trust_model") if k in backbone}
+    saved = {k: backbone[k] for k in MODEL_SOURCE_KEYS if k in backbone}
     attrs = {
         "model": backbone["model"],
         "layer": output["layer"],
@@ -327,11 +339,12 @@ def extractor_attrs(backbone: dict, config: dict, output: dict, weights: dict, v
 def config_fields(attrs: dict, weights: str | None = None, model_file: str | None = None) -> dict:
     """The configuration (ExtractorConfig's arguments) a store's extractor attributes record.
 
-    ``weights`` replaces a recorded weights source, ``model_file`` a saved model's recorded file (moved or copied).
+    ``weights`` replaces a recorded weights source, ``model_file`` a saved model's recorded file or a KerasHub preset
+    (moved or copied: a local preset folder for a named preset).
     """
-    saved = bool(attrs.get("model_file"))
+    saved = bool(attrs.get("model_file") or attrs.get("hub_preset"))
     return {
-        "model": model_file or attrs["model_file"] if saved else attrs["model"],
+        "model": model_file or attrs.get("model_file") or attrs["hub_preset"] if saved else attrs["model"],
         "image_size": int(attrs["input_size"]),
         "layer": attrs["layer"],
         "pooling": attrs["pooling"],
@@ -339,7 +352,7 @@ def config_fields(attrs: dict, weights: str | None = None, model_file: str | Non
         "weights": "model" if saved else weights or attrs["weights"],
         "seed": int(attrs.get("seed", 0)),
         "mixed_precision": attrs.get("compute_dtype") == "mixed_float16",
-        "preprocess": attrs["preprocess"] if saved else None,
+        "preprocess": attrs["preprocess"] if attrs.get("model_file") else None,
         "trust_model": bool(attrs.get("trust_model", False)),
     }
 
@@ -356,6 +369,11 @@ def same_extractor(attrs: dict, wanted: dict) -> bool:
         not Path(wanted["model"]).is_file() or sha256_file(wanted["model"]) != attrs["model_sha256"]
     ):
         return False  # the model file changed: the full check says how
+    folder = Path(str(wanted["model"]))
+    if attrs.get("hub_preset") and folder.is_dir():
+        weights = folder / "model.weights.h5"
+        if not weights.is_file() or sha256_file(weights) != attrs.get("weights_sha256"):
+            return False  # the preset folder's weights changed: the full check says how
     if wanted["layer"] is None and not attrs.get("layer_requested"):
         recorded["layer"] = None  # the default cut, recorded by its name
     if wanted["weights"] != "none":

@@ -19,7 +19,7 @@ def models(
     name: Annotated[
         Optional[str],
         typer.Argument(
-            help="A backbone name, or the path of a saved Keras model (.keras), to show its layers (with --layers)."
+            help="A backbone name, the path of a saved Keras model (.keras), hub:<preset> or a KerasHub preset folder, to show its row (its layers with --layers)."
         ),
     ] = None,
     layers: Annotated[
@@ -33,11 +33,15 @@ def models(
 ) -> None:
     """List the backbones: default input size, minimum size, output shape and preprocessing; or one model's layers."""
     from featstore.models.backbones import get_backbone
+    from featstore.models.hub import is_hub_model
     from featstore.models.saved import is_model_path
     from featstore.report import tables as report
 
     if name is None:
         echo(report.models_table())
+        return
+    if is_hub_model(name):
+        echo(report.hub_table(name, layers, image_size))
         return
     if is_model_path(name):
         echo(report.layers_table(name, image_size, trust_model))
@@ -65,7 +69,10 @@ def extract(
     ] = Path("data"),
     store: Annotated[Path, typer.Option(help="HDF5 store file to write (created if missing).")] = Path("features.h5"),
     model: Annotated[
-        str, typer.Option(help="Backbone from `featstore models`, or the path of your own saved Keras model (.keras).")
+        str,
+        typer.Option(
+            help="Backbone from `featstore models`, the path of your own saved Keras model (.keras), hub:<preset> (KerasHub: DINOv2, ViT, CLIP, SigLIP) or a local KerasHub preset folder."
+        ),
     ] = "vgg16",
     weights: Annotated[
         str,
@@ -95,7 +102,12 @@ def extract(
             help="Allow a legacy .h5 full model, which can run code stored in it (.keras files are loaded safely without this).",
         ),
     ] = False,
-    pooling: Annotated[str, typer.Option(help="Global pooling after the cut: none, avg or max.")] = "none",
+    pooling: Annotated[
+        str,
+        typer.Option(
+            help="After the cut: none, avg or max (global pooling of a CNN's map); for a transformer (KerasHub) cls, mean (of the patch tokens), cls+mean, or none (the patch grid (h, w, c))."
+        ),
+    ] = "none",
     dtype: Annotated[str, typer.Option(help="Stored feature type: float32 or float16 (half the bytes).")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Images per model call and per committed write.")] = 32,
     name: Annotated[

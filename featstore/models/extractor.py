@@ -33,6 +33,7 @@ from featstore.models.backbones import (
     validate_preprocess,
     validate_size,
 )
+from featstore.models.hub import HubSpec, is_hub_model, store_name
 from featstore.models.saved import SavedModelSpec, is_model_path
 from featstore.models.weights import describe_weights_argument, load_base, weights_digest
 from featstore.provenance import validate_dtype
@@ -69,12 +70,14 @@ class ExtractorConfig:
         ExtractorConfig(layer="block4_pool") == ExtractorConfig(layers=("block4_pool",))   # True
     """
 
-    model: str = "vgg16"  # backbone registry name (featstore models), or the path of a saved .keras model
+    model: str = "vgg16"  # backbone registry name (featstore models), a saved .keras model's path, hub:<preset> or a preset folder
     image_size: int | None = None  # input side in pixels; None = the backbone's default (a saved model's own)
     cut_layers: tuple[
         str, ...
     ] = ()  # named layers to cut at, in order; () = the conv base's last layer (saved: before the last Dense)
-    pooling: str = "none"  # none | avg | max (global pooling after the cut)
+    pooling: str = (
+        "none"  # none | avg | max (global pooling after a CNN's cut); transformers: cls | mean | cls+mean | none
+    )
     dtype: str = "float32"  # float32 | float16 stored features
     weights: str = (
         "imagenet"  # imagenet | none | hed-bsds500 | path to a Keras weights file (a saved model carries its own)
@@ -164,28 +167,34 @@ class ExtractorConfig:
         """The configuration a store's extractor attributes record (``weights``/``model_file`` override recorded files)."""
         return cls(**provenance.config_fields(attrs, weights, model_file))
 
-    def backbone(self) -> BackboneSpec | SavedModelSpec:
-        """The backbone this configuration names: a registry spec, or a saved model file inspected."""
+    def backbone(self) -> BackboneSpec | SavedModelSpec | HubSpec:
+        """The backbone this configuration names: a registry spec, a saved model file inspected, or a KerasHub preset."""
+        if is_hub_model(self.model):
+            return HubSpec.from_model(self.model)
         if is_model_path(self.model):
             return SavedModelSpec.from_path(self.model, self.preprocess, self.trust_model)
         return get_backbone(self.model)
 
-    def validated(self, spec: BackboneSpec | SavedModelSpec | None = None) -> ExtractorConfig:
+    def validated(self, spec: BackboneSpec | SavedModelSpec | HubSpec | None = None) -> ExtractorConfig:
         """Check every field before any work; fill the default image size; normalise paths."""
         if len(set(self.cut_layers)) != len(self.cut_layers):
             raise ConfigError(f"--layer lists a layer twice: {', '.join(self.cut_layers)}")
         check_seed(self.seed)  # -1 reached numpy's seeding as a traceback
         spec = spec or self.backbone()
         size = spec.default_size if self.image_size is None else self.image_size  # 0 is refused, not the default
-        validate_pooling(self.pooling)
         validate_dtype(self.dtype)
         onnx_runtime.check_runtime(self.runtime, self.mixed_precision)
+        if isinstance(spec, (SavedModelSpec, HubSpec)) and self.weights not in ("imagenet", "model"):
+            raise ConfigError(
+                f"--weights {self.weights} does not apply to a "
+                f"{'KerasHub preset' if isinstance(spec, HubSpec) else 'saved model'}: {_shown(spec)} carries its own "
+                f"weights. Leave --weights out."
+            )
+        if isinstance(spec, HubSpec):
+            spec.validate(size, self.cut_layers, self.pooling, self.preprocess)
+            return replace(self, model=spec.preset, image_size=size, weights="model", preprocess=None)
+        validate_pooling(self.pooling)
         if isinstance(spec, SavedModelSpec):
-            if self.weights not in ("imagenet", "model"):
-                raise ConfigError(
-                    f"--weights {self.weights} does not apply to a saved model: {spec.path.name} carries its own "
-                    f"weights. Leave --weights out."
-                )
             return replace(
                 self, model=str(spec.path), image_size=size, weights="model", preprocess=spec.preprocess_mode
             )
@@ -207,7 +216,7 @@ class Extractor:
     def __init__(
         self,
         config: ExtractorConfig,
-        spec: BackboneSpec | SavedModelSpec | None = None,
+        spec: BackboneSpec | SavedModelSpec | HubSpec | None = None,
         *,
         jit: bool = False,
         jit_batch: int = JIT_PROBE_ROWS,
@@ -230,12 +239,12 @@ class Extractor:
         try:
             base, self.weights = (
                 spec.build(c.image_size)
-                if isinstance(spec, SavedModelSpec)
+                if isinstance(spec, (SavedModelSpec, HubSpec))
                 else load_base(spec, c.image_size, c.weights, c.seed)
             )
         finally:
             keras.mixed_precision.set_global_policy(previous)
-        default = spec.default_layer if isinstance(spec, SavedModelSpec) else None
+        default = spec.default_layer if isinstance(spec, (SavedModelSpec, HubSpec)) else None
         requested = c.cut_layers or (None,)  # None: the default cut
         if isinstance(spec, SavedModelSpec) and not any(requested):
             logger.info(
@@ -244,7 +253,8 @@ class Extractor:
                 default,
             )
         self.base_layer_names = [lyr.name for lyr in base.layers]  # the whole backbone's, also those above the cut
-        cuts = cut_outputs(base, [lyr or default for lyr in requested], c.pooling, self._shown_name())
+        cut = spec.cut_outputs if isinstance(spec, HubSpec) else cut_outputs
+        cuts = cut(base, [lyr or default for lyr in requested], c.pooling, self._shown_name())
         inp = base.inputs[0]  # one image input (a Sequential model has no `input` until called; `inputs` always exists)
         self.model = keras.Model(
             inp, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore"
@@ -266,7 +276,7 @@ class Extractor:
 
     def _shown_name(self) -> str:
         """The model as messages name it."""
-        return self.spec.path.name if isinstance(self.spec, SavedModelSpec) else self.spec.name
+        return _shown(self.spec)
 
     def _attrs(self, layer: str, requested: str | None, cut) -> dict:
         """The provenance of one output (cut at ``layer``), with its fingerprint (:func:`featstore.provenance.extractor_attrs`)."""
@@ -284,6 +294,8 @@ class Extractor:
             backbone.update(
                 model_file=str(self.spec.path), model_sha256=self.spec.sha256, trust_model=self.spec.trust_model
             )
+        if isinstance(self.spec, HubSpec):
+            backbone.update(self.spec.attrs())
         return provenance.extractor_attrs(
             backbone,
             {**self.config.arguments(), "layer": requested},
@@ -305,6 +317,13 @@ class Extractor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Features of a uint8 RGB batch for the (first) output."""
         return self.features(images)[0]
+
+
+def _shown(spec: BackboneSpec | SavedModelSpec | HubSpec) -> str:
+    """A backbone as messages name it: the registry name, the saved model's file name, or the preset."""
+    if isinstance(spec, SavedModelSpec):
+        return spec.path.name
+    return spec.shown if isinstance(spec, HubSpec) else spec.name
 
 
 def to_gray(images: np.ndarray) -> np.ndarray:
@@ -393,5 +412,7 @@ def _forward_fn(model, size: int, channels: int, jit: bool = False):
 
 
 def default_store_name(config: ExtractorConfig) -> str:
-    """The extractor group name when --name is not given: the model's name, or the saved model file's stem."""
+    """The extractor group name when --name is not given: the model's name, the saved model file's stem, the preset's."""
+    if is_hub_model(config.model):
+        return store_name(config.model)
     return Path(config.model).stem if is_model_path(config.model) else config.model

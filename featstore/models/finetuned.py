@@ -86,7 +86,8 @@ def check_unfreeze_from(extractor, name: str, all_layers: list[str]) -> int:
             f"--unfreeze-from {name!r} is not a layer of {extractor.attrs['model']}"
             + (f" (did you mean {', '.join(near)}?)" if near else "")
             + f"; {valid}. `featstore models "
-            f"{extractor.attrs.get('model_file') or extractor.attrs['model']} --layers` lists every layer"
+            f"{extractor.attrs.get('model_file') or extractor.attrs.get('hub_preset') or extractor.attrs['model']} --layers` "
+            f"lists every layer"
         )
     i = names.index(name)
     if not any(lyr.weights for lyr in layers[i:]):
@@ -149,7 +150,8 @@ def build_model(
         lyr.trainable = i >= start and not isinstance(lyr, keras.layers.BatchNormalization)
     trainable = [lyr.name for lyr in model.layers if lyr.trainable and lyr.weights]
     frozen = [lyr.name for lyr in model.layers if not lyr.trainable and lyr.weights]
-    cut_input, top = _top_model(model, trunk[start])
+    # a KerasHub token model's cuts are pooled tokens, not what its blocks take: nothing below the cut is cached
+    cut_input, top = (None, None) if extractor.attrs.get("hub_preset") else _top_model(model, trunk[start])
     return Built(model, trainable, frozen, cut_input, top)
 
 
@@ -173,6 +175,9 @@ def preprocess_images(images: np.ndarray, attrs: dict) -> np.ndarray:
     from featstore.models.extractor import to_gray
 
     x = images.astype(np.float32) if int(attrs.get("input_channels", 3)) == 3 else to_gray(images)
+    if attrs.get("hub_preset"):  # a KerasHub preset's converter: its recorded numbers
+        scale, offset = (np.asarray(attrs[k], np.float32) for k in ("preprocess_scale", "preprocess_offset"))
+        return np.asarray(x * scale + offset, dtype=np.float32)
     return np.asarray(preprocess(x, attrs["preprocess"]), dtype=np.float32)
 
 
@@ -192,8 +197,15 @@ class FinetunedModel:
 
     @classmethod
     def load(cls, path: Path, attrs: dict) -> FinetunedModel:
-        """Load with ``safe_mode=True`` (no Lambda layers, no code)."""
+        """Load with ``safe_mode=True`` (no Lambda layers, no code); a KerasHub backbone's layers are registered first."""
         import keras
+
+        if attrs.get("hub_preset"):
+            from featstore.models.hub import _requires_keras_hub
+            from featstore.models.tokens import register
+
+            _requires_keras_hub()
+            register()
 
         return cls(keras.saving.load_model(path, safe_mode=True, compile=False), attrs)
 

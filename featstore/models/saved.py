@@ -36,7 +36,7 @@ def load_model_file(path: Path, trust_model: bool = False):
     if not path.is_file():
         raise ConfigError(
             f"model file {path} does not exist; pass a model saved with model.save('my_cnn.keras') "
-            f"or a registered backbone name (`featstore models`)"
+            f"or a registered backbone name (`featstore models`), hub:<preset> or a KerasHub preset folder"
         )
     legacy = path.suffix.lower() in (".h5", ".hdf5")
     if not legacy:

@@ -61,7 +61,56 @@ def models_table() -> str:
                 f"{s.module}.preprocess_input ({s.preprocess_mode})",
             ]
         )
+    return _table(rows) + "\n\n" + hub_families_table()
+
+
+def hub_families_table() -> str:
+    """The KerasHub families ``--model hub:<preset>`` (or a preset folder) takes: class, example presets, input, outputs.
+
+    Reads nothing from KerasHub (no Keras import): ``featstore models hub:<preset>`` gives one preset's numbers.
+    """
+    from featstore.models.tokens import FAMILIES
+
+    rows = [["KerasHub family", "class", "input", "outputs (--layer) and shapes (--pooling)", "presets, e.g."]]
+    for f in FAMILIES.values():
+        pools = "cls|mean (C,), cls+mean (2C,)" if f.has_cls else "mean (C,)"
+        outputs = f"blockK|tokens: none (S/p, S/p, C), {pools}" + ("; embedding (E,)" if f.has_embedding else "")
+        size = "preset's S; any multiple of p" if f.resizable else "preset's S only"
+        rows.append([f.family, f.class_name, size, outputs, ", ".join(f"hub:{e}" for e in f.examples[:2])])
+    return (
+        _table(rows)
+        + "\nKerasHub presets: pip install 'featstore[hub]'; --model hub:<preset> or --model PATH/ (a local "
+        "preset folder); `featstore models hub:<preset> --layers` reads one preset's sizes (S, p, C, E)."
+    )
+
+
+def hub_table(model: str, layers: bool = False, image_size: int | None = None) -> str:
+    """One KerasHub preset (named or a folder): its input, outputs and preprocessing; with ``layers``, every output
+    --layer can name with its shape and the KerasHub block it is (nothing is built: the preset's config says it all)."""
+    from featstore.models.hub import HubSpec
+
+    spec = HubSpec.from_model(model)
+    size = spec.default_size if image_size is None else image_size
+    spec.validate(size, (), "none")
+    if not layers:
+        shapes = ", ".join(f"{p} {spec.output_shape(size, 'tokens', p)}" for p in spec.poolings)
+        rows = [["model", "input", "patch", "tokens (--pooling)", "preprocessing"]]
+        rows.append([spec.shown, f"{size}x{size}", str(spec.patch_size), shapes, spec.preprocess_name])
+        return _table(rows)
+    blocks = spec.family.block_names(spec.family.vision(_preset_config(spec)))
+    rows = [["layer", "tokens (--pooling none)", "Keras layer (--unfreeze-from)", ""]]
+    for i, name in enumerate(spec.layer_names()):
+        shape = spec.output_shape(size, name, "none")
+        what = blocks[i] if i < len(blocks) else "(final norm)" if name == "tokens" else "(projection)"
+        rows.append([name, str(shape), what, "default cut" if name == spec.default_layer else ""])
     return _table(rows)
+
+
+def _preset_config(spec) -> dict:
+    """A preset's config.json as a dict."""
+    import json
+
+    return json.loads((spec.folder / "config.json").read_text("utf-8"))["config"]
 
 
 def layers_table(model: str, image_size: int | None = None, trust_model: bool = False) -> str:

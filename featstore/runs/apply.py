@@ -44,16 +44,24 @@ def rebuild_extractor(attrs: dict, weights: str | None = None, trust_model: bool
             f"{printable(str(attrs.get('model')))!r}, input size {attrs.get('input_size')}); apply it to stored features "
             f"(`featstore runs evaluate`) instead"
         )
-    saved = bool(attrs.get("model_file"))  # a saved model: --weights PATH names the model file when it moved
+    # a saved model or KerasHub preset: --weights PATH names the model file (or a local preset folder) when it moved
+    saved = bool(attrs.get("model_file") or attrs.get("hub_preset"))
     try:
         config = ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None)
         # the caller's trust_model, never the record's: a crafted run.json may say trust_model=true
         ex = Extractor(dataclasses.replace(config, trust_model=trust_model))
     except (WeightsError, ConfigError) as exc:
-        what = f"the model file {attrs['model_file']}" if saved else f"weights {attrs.get('weights')}"
+        what = (
+            f"the model file {attrs['model_file']}"
+            if attrs.get("model_file")
+            else f"the KerasHub preset {attrs['hub_preset']}"
+            if saved
+            else f"weights {attrs.get('weights')}"
+        )
+        give = "a local copy of that preset folder" if attrs.get("hub_preset") else "that file"
         raise type(exc)(
             f"{exc}\nThe run's features were made with {what} (file sha256 {str(attrs.get('weights_sha256') or '-')[:12]}); "
-            f"pass --weights PATH to give that file."
+            f"pass --weights PATH to give {give}."
         ) from exc
     provenance.refuse_other_weights(ex.attrs, attrs)
     provenance.refuse_other_features(
@@ -76,7 +84,9 @@ class ApplyOptions:
         """The extractor of ``attrs`` (rebuilt once per fingerprint); --weights replaces only a recorded weights file."""
         fp = attrs["fingerprint"]
         if fp not in self._extractors:
-            override = self.weights if attrs.get("weights_source") in ("file", "model-file") else None
+            override = (
+                self.weights if attrs.get("weights_source") in ("file", "model-file", "keras-hub-preset") else None
+            )
             self._extractors[fp] = rebuild_extractor(attrs, override, self.trust_model)
         return self._extractors[fp]
 

@@ -1,0 +1,341 @@
+"""KerasHub presets as backbones: ``--model hub:<preset>`` (a built-in name, ``kaggle://`` or ``hf://`` handle) or
+``--model PATH/`` (a local preset folder: what ``save_to_preset`` writes, or a downloaded preset unpacked).
+
+A named preset goes through KerasHub's own download and cache (kagglehub: ``$KAGGLEHUB_CACHE``, default
+``~/.cache/kagglehub``; Hugging Face: ``$HF_HOME``); offline and not cached, it fails with one error naming the two ways
+out. Either way the preset becomes a local folder, read the same way: ``config.json`` (the backbone class and its
+numbers), ``model.weights.h5`` (sha256 recorded), ``image_converter.json`` (the preprocessing: per-channel ``scale`` and
+``offset``, recorded as numbers and fingerprinted) and ``metadata.json``. Supported backbone classes:
+:data:`featstore.models.tokens.FAMILIES` (DINOv2, ViT, CLIP, SigLIP). ``keras-hub`` is imported only when a preset is
+built (``pip install 'featstore[hub]'``).
+
+>>> is_hub_model("hub:dinov2_small"), is_hub_model("vgg16")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError, WeightsError, choices_error
+from featstore.models.tokens import EMBEDDING, FAMILIES, TOKEN_POOLINGS, TOKENS, token_model, token_pool_layer
+from featstore.models.weights import LoadedWeights
+from featstore.provenance import MAX_IMAGE_SIZE, sha256_file
+
+logger = logging.getLogger(__name__)
+
+HUB_PREFIX = "hub:"
+HUB_PREPROCESS = "keras-hub-converter"  # preprocess id; the numbers are preprocess_scale / preprocess_offset
+WEIGHTS_FILE = "model.weights.h5"
+PRESET_FILES = ("config.json", WEIGHTS_FILE, "image_converter.json")  # needed; metadata.json is read when present
+_UNSTABLE_KEYS = ("image_shape", "name", "dtype", "trainable")  # config keys that do not decide the architecture
+
+
+def is_hub_model(model: str) -> bool:
+    """Whether ``--model`` names a KerasHub preset: ``hub:<preset>`` or a folder (a preset folder has config.json)."""
+    return str(model).startswith(HUB_PREFIX) or Path(str(model)).expanduser().is_dir()
+
+
+def normalise(model: str) -> str:
+    """``hub:<name or handle>`` as given, or a local folder as an absolute path (also when written ``hub:PATH``)."""
+    rest = str(model).removeprefix(HUB_PREFIX)
+    if Path(rest).expanduser().is_dir():
+        return str(Path(rest).expanduser().resolve())
+    if not str(model).startswith(HUB_PREFIX):
+        raise ConfigError(f"{model} is not a folder; a KerasHub preset is hub:<preset> or a preset folder")
+    return str(model)
+
+
+def store_name(model: str) -> str:
+    """The extractor group name a preset gets without --name: the preset's or folder's last name (no version)."""
+    parts = [p for p in re.split(r"[/:]+", str(model).removeprefix(HUB_PREFIX)) if p and not p.isdigit()]
+    name = re.sub(r"[^A-Za-z0-9_@+=,.-]", "_", parts[-1] if parts else "hub").lstrip(".")
+    return name or "hub"
+
+
+def _requires_keras_hub():
+    """Import keras_hub, or say how to install it."""
+    try:
+        import keras_hub
+    except ImportError as exc:
+        raise ConfigError(
+            f"KerasHub presets need the keras-hub package ({exc}): pip install 'featstore[hub]' (or pip install keras-hub)"
+        ) from None
+    return keras_hub
+
+
+def _cache_hint(handle: str) -> str:
+    """Where KerasHub's downloads of ``handle`` are cached."""
+    if handle.startswith("hf://"):
+        home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        return f"the Hugging Face cache ($HF_HOME, here {home}; files under hub/models--...)"
+    cache = os.environ.get("KAGGLEHUB_CACHE", "~/.cache/kagglehub")
+    return f"kagglehub's cache ($KAGGLEHUB_CACHE, here {cache}; files under models/{handle.removeprefix('kaggle://')})"
+
+
+def fetch_preset(preset: str) -> tuple[Path, str]:
+    """The local folder of a named preset (downloaded through KerasHub's cache) and its handle (with its version)."""
+    _requires_keras_hub()
+    from keras_hub.src.utils import preset_utils
+
+    builtin = preset_utils.BUILTIN_PRESETS.get(preset)
+    handle = builtin["kaggle_handle"] if builtin else preset
+    if not builtin and "://" not in preset:
+        names = [n for n, p in preset_utils.BUILTIN_PRESETS.items() if p["metadata"].get("path") in _family_paths()]
+        raise choices_error("KerasHub preset", preset, sorted(names))
+    paths = []
+    try:
+        for name in PRESET_FILES:
+            paths.append(Path(preset_utils.get_file(preset, name)))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"KerasHub preset {preset} has no {name}; featstore needs {', '.join(PRESET_FILES)}") from exc
+    except Exception as exc:  # requests' ConnectionError, kagglehub's and huggingface_hub's errors: all mean "not here"
+        raise WeightsError(
+            f"KerasHub preset {preset} ({handle}) could not be loaded: {type(exc).__name__}: {str(exc)[:300]}\n"
+            f"Two ways out:\n"
+            f"  1. put the preset in {_cache_hint(handle)} (run keras_hub.models.Backbone.from_preset({preset!r}) on a "
+            f"machine that can download it and copy that folder), or\n"
+            f"  2. pass a local preset folder: --model PATH/ (config.json, model.weights.h5, image_converter.json, as "
+            f"backbone.save_to_preset(PATH) and converter.save_to_preset(PATH) write them)."
+        ) from exc
+    folder = paths[0].parent
+    if folder.name.isdigit() and handle.startswith("kaggle://") and len(handle.split("/")) == 6:
+        handle = f"{handle}/{folder.name}"  # kagglehub's cache folder is the version it resolved: recorded with it
+    if any(p.parent != folder for p in paths):
+        raise WeightsError(f"KerasHub preset {preset}: its files are not in one folder ({', '.join(map(str, paths))})")
+    try:
+        preset_utils.get_file(preset, "metadata.json")
+    except Exception:  # noqa: BLE001 - optional: older presets have none
+        logger.debug("preset %s has no metadata.json", preset)
+    return folder, handle
+
+
+def _family_paths() -> set[str]:
+    """The 'path' metadata of built-in presets of the supported families."""
+    return {f.family for f in FAMILIES.values()}
+
+
+def _read_json(path: Path) -> dict:
+    """A preset's JSON file, or a ConfigError naming it."""
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path.parent} is not a complete KerasHub preset folder: {path.name} is missing (a preset folder holds "
+            f"{', '.join(PRESET_FILES)}; the image converter is saved with converter.save_to_preset(folder))"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read as JSON: {exc}") from None
+
+
+def _stable(config):
+    """The config without the keys that do not decide the architecture (input side, names, dtype)."""
+    if isinstance(config, dict):
+        return {k: _stable(v) for k, v in sorted(config.items()) if k not in _UNSTABLE_KEYS}
+    return [_stable(v) for v in config] if isinstance(config, list) else config
+
+
+def _channels(value, default: float) -> tuple[float, float, float]:
+    """A converter's scale or offset (None, a number, or one per channel) as three floats."""
+    if value is None:
+        return (default,) * 3
+    values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value] * 3)]
+    if len(values) != 3:
+        raise ConfigError(f"the preset's image converter has {len(values)} channel values; featstore feeds RGB (3)")
+    return tuple(values)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """A KerasHub preset seen as a backbone: what the extractor needs to build, cut, preprocess and record it."""
+
+    preset: str  # as given, normalised: hub:<name or handle>, or the folder's absolute path
+    folder: Path  # the local preset folder (a cache folder for a named preset)
+    handle: str  # the download handle with its version (kaggle://.../1), or the folder
+    class_name: str  # KerasHub backbone class, e.g. DINOV2Backbone
+    config_sha256: str  # sha256 of the architecture's config (input side, names and dtype left out)
+    weights_sha256: str  # sha256 of model.weights.h5
+    default_size: int  # the preset's input side
+    patch_size: int
+    hidden_dim: int  # channels of the tokens
+    num_layers: int  # transformer blocks
+    embedding_dim: int  # channels of the projected embedding (0: none)
+    scale: tuple[float, float, float]  # the image converter's per-channel scale (applied to 0..255 pixels)
+    offset: tuple[float, float, float]  # and offset, after the scale
+    converter: str  # the converter's class and resize settings, for humans (featstore's own resize replaces them)
+    channels_in: int = 3
+
+    @classmethod
+    def from_model(cls, model: str) -> HubSpec:
+        """Resolve ``hub:<preset>`` (download or cache) or a preset folder, and read its files; no model is built."""
+        preset = normalise(model)
+        if preset.startswith(HUB_PREFIX):
+            folder, handle = fetch_preset(preset.removeprefix(HUB_PREFIX))
+        else:
+            folder, handle = Path(preset), preset
+        config = _read_json(folder / "config.json")
+        name = config.get("class_name")
+        if name not in FAMILIES:
+            raise choices_error(f"KerasHub backbone class of {preset}", str(name), list(FAMILIES))
+        if not (folder / WEIGHTS_FILE).is_file():
+            raise ConfigError(f"{folder} has no {WEIGHTS_FILE} (sharded presets are not supported yet)")
+        family = FAMILIES[name]
+        vision = family.vision(config["config"])
+        conv = _read_json(folder / "image_converter.json").get("config", {})
+        patch = vision["patch_size"]
+        return cls(
+            preset,
+            folder,
+            handle,
+            name,
+            hashlib.sha256(json.dumps(_stable(config), sort_keys=True).encode()).hexdigest(),
+            sha256_file(folder / WEIGHTS_FILE),
+            int(vision["image_shape"][0]),
+            int(patch[0] if isinstance(patch, (list, tuple)) else patch),
+            int(vision["hidden_dim"]),
+            int(vision["num_layers"]),
+            int(config["config"].get("projection_dim", vision["hidden_dim"]) if family.has_embedding else 0),
+            _channels(conv.get("scale"), 1.0),
+            _channels(conv.get("offset"), 0.0),
+            f"{_read_json(folder / 'image_converter.json').get('class_name')} (its resize: "
+            f"{conv.get('interpolation', 'bilinear')}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')})",
+        )
+
+    @property
+    def family(self):
+        """The :class:`~featstore.models.tokens.Family` of this preset."""
+        return FAMILIES[self.class_name]
+
+    @property
+    def name(self) -> str:
+        """The model id recorded and fingerprinted: the class and its architecture, not where it was read from."""
+        return f"keras-hub:{self.class_name}:{self.config_sha256}"
+
+    @property
+    def shown(self) -> str:
+        """The preset as messages name it."""
+        return self.preset if self.preset.startswith(HUB_PREFIX) else Path(self.preset).name + "/"
+
+    @property
+    def min_size(self) -> int:
+        return self.patch_size if self.family.resizable else self.default_size
+
+    @property
+    def preprocess_mode(self) -> str:
+        return HUB_PREPROCESS
+
+    @property
+    def preprocess_name(self) -> str:
+        s, o = (", ".join(f"{v:.6g}" for v in t) for t in (self.scale, self.offset))
+        return f"{HUB_PREPROCESS}: pixels (0..255) x scale ({s}) + offset ({o}) per channel, from {self.converter}"
+
+    @property
+    def default_layer(self) -> str:
+        return TOKENS
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        """The --pooling values this preset takes (SigLIP has no class token)."""
+        return TOKEN_POOLINGS if self.family.has_cls else tuple(p for p in TOKEN_POOLINGS if "cls" not in p)
+
+    def layer_names(self) -> list[str]:
+        """The outputs --layer can name, in order."""
+        return (
+            [f"block{i}" for i in range(1, self.num_layers + 1)]
+            + [TOKENS]
+            + ([EMBEDDING] if self.family.has_embedding else [])
+        )
+
+    def prefix_tokens(self) -> int:
+        """Tokens before the patches (the class token and any register tokens)."""
+        return self.family.prefix_tokens(self.family.vision(_read_json(self.folder / "config.json")["config"]))
+
+    def output_shape(self, size: int, layer: str, pooling: str) -> tuple[int, ...]:
+        """One image's features at ``layer`` with ``pooling``."""
+        if layer == EMBEDDING:
+            return (self.embedding_dim,)
+        if pooling == "none":
+            return (size // self.patch_size, size // self.patch_size, self.hidden_dim)
+        return (2 * self.hidden_dim,) if pooling == "cls+mean" else (self.hidden_dim,)
+
+    def validate(self, size: int, layers: tuple[str, ...], pooling: str, preprocess: str | None = None) -> None:
+        """Refuse an input side, layer, pooling or --preprocess this preset cannot take, before it is built."""
+        if preprocess not in (None, HUB_PREPROCESS):
+            raise ConfigError(
+                f"{self.shown} uses its preset's image converter ({self.preprocess_name}); --preprocess is for saved "
+                f"models: leave it out"
+            )
+        if pooling not in self.poolings:
+            raise choices_error(f"pooling for {self.shown} (a transformer)", pooling, self.poolings)
+        if size % self.patch_size or not self.min_size <= size <= MAX_IMAGE_SIZE:
+            fixed = "" if self.family.resizable else f"; {self.class_name} takes only its preset's {self.default_size}"
+            raise ConfigError(
+                f"--image-size {size} does not fit {self.shown}: it needs a multiple of its patch size "
+                f"{self.patch_size} (default {self.default_size}{fixed})"
+            )
+        if size != self.default_size and not self.family.resizable:
+            raise ConfigError(
+                f"--image-size {size} does not fit {self.shown}: {self.class_name} takes only its preset's "
+                f"{self.default_size}x{self.default_size} (leave --image-size out)"
+            )
+        for layer in layers:
+            if layer not in self.layer_names():
+                raise choices_error(f"layer of {self.shown}", layer, self.layer_names())
+            if layer == EMBEDDING and pooling != "none":
+                raise ConfigError(
+                    f"--layer embedding is already one vector per image; extract it with --pooling none (in its own "
+                    f"pass when other layers need --pooling {pooling})"
+                )
+
+    def preprocess(self, batch):
+        """The preset's converter on a 0..255 batch already at the input side: ``x * scale + offset`` per channel."""
+        return batch * np.asarray(self.scale, np.float32) + np.asarray(self.offset, np.float32)
+
+    def build(self, size: int, weights: str | None = None, seed: int = 0):
+        """The token model (:func:`~featstore.models.tokens.token_model`) and where its weights came from."""
+        keras_hub = _requires_keras_hub()
+        import keras
+
+        kwargs = {"dtype": keras.mixed_precision.global_policy().name}
+        if size != self.default_size:
+            kwargs["image_shape"] = (size, size, 3)
+        backbone = keras_hub.models.Backbone.from_preset(str(self.folder), **kwargs)
+        if sha256_file(self.folder / WEIGHTS_FILE) != self.weights_sha256:
+            raise WeightsError(f"{self.folder / WEIGHTS_FILE} changed while it was being loaded; run again")
+        what = (
+            f"KerasHub preset {self.handle}" if self.preset.startswith(HUB_PREFIX) else f"preset folder {self.preset}"
+        )
+        return token_model(backbone, self.class_name, size), LoadedWeights(
+            "model", "keras-hub-preset", what, str(self.folder / WEIGHTS_FILE), self.weights_sha256
+        )
+
+    def cut_outputs(self, base, layers: list[str | None], pooling: str, model_name: str) -> list[tuple[str, object]]:
+        """``(layer, features)`` for each requested output of the token model, pooled as ``pooling`` says."""
+        prefix = self.prefix_tokens()
+        side = int(base.inputs[0].shape[1]) // self.patch_size
+        out = []
+        for layer in layers:
+            layer = layer or TOKENS
+            t = base.output[layer]
+            if layer != EMBEDDING:
+                t = token_pool_layer(pooling, prefix, side, f"featstore_{pooling.replace('+', '_')}_{layer}")(t)
+            out.append((layer, t))
+        return out
+
+    def attrs(self) -> dict:
+        """What a store records about the preset besides the common provenance (not fingerprinted but the numbers)."""
+        return {
+            "hub_preset": self.preset,
+            "hub_handle": self.handle,
+            "hub_class": self.class_name,
+            "preprocess_scale": list(self.scale),
+            "preprocess_offset": list(self.offset),
+        }
