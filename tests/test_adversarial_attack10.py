@@ -10,7 +10,7 @@ import json
 import pytest
 
 from featstore import fit
-from tests.test_adversarial_attack3 import synthetic_store
+from tests.test_adversarial_attack3 import synthetic_store, tiny_pngs
 from tests.test_adversarial_attack4 import cli, no_traceback
 
 
@@ -122,3 +122,44 @@ def test_a_many_class_store_fits_ensembles_and_compares(tmp_path):
     assert "error" not in no_traceback(cli("ensemble", a, b, "--store", store))
     assert "error" not in no_traceback(cli("runs", "--store", store, "compare", a, b))
     assert "broken" not in no_traceback(cli("runs", "--store", store))
+
+
+# ------------------------------------------------------------------ a chart named inside an image folder
+@pytest.mark.parametrize("option", ["compare", "leaks", "probe"])
+def test_a_new_chart_is_never_written_into_an_image_folder_of_the_store(tmp_path, option):
+    """A chart under a new name inside an image folder the store was extracted from (``runs compare --out
+    data/train/a/chart.png``, ``leaks --png``, ``probe --png``, ``sweep --png``, ``fewshot --png``) was written there
+    without a word: the next extract of that split (a resume, ``--overwrite``, ``--augment``) took it for an image of
+    class a. Attack 9 only refused replacing an existing image."""
+    import h5py
+
+    data = tiny_pngs(tmp_path / "data", {"train": {"a": ["x.png"]}})
+    store = synthetic_store(tmp_path / "f.h5")
+    with h5py.File(store, "a") as f:  # as extract records it: the data folder the split's paths are relative to
+        f["s"]["train"].attrs["source_root"] = str(data.resolve())
+    fit(store, "logreg")
+    chart = data / "train" / "a" / "chart.png"
+    command = {
+        "compare": ("runs", "--store", store, "compare", "--out", chart),
+        "leaks": ("leaks", "--store", store, "--png", chart),
+        "probe": ("probe", "--store", store, "--runs", tmp_path / "r", "--png", chart),
+    }[option]
+    out = no_traceback(cli(*command))
+    assert "image folder" in out and "'train'" in out, out
+    assert not chart.exists()
+    beside = tmp_path / "chart.png"  # outside the dataset: written as before
+    assert "image folder" not in no_traceback(cli(*command[:-1], beside))
+
+
+def test_a_report_site_is_never_made_inside_an_image_folder(tmp_path):
+    """``report --out data/train/site`` made the site's folder of PNG thumbnails and charts inside the split folder:
+    the next extract listed ``site`` as a new class of the dataset (its thumbnails as its images)."""
+    import h5py
+
+    data = tiny_pngs(tmp_path / "data", {"train": {"a": ["x.png"]}})
+    store = synthetic_store(tmp_path / "f.h5")
+    with h5py.File(store, "a") as f:
+        f["s"]["train"].attrs["source_root"] = str(data.resolve())
+    out = no_traceback(cli("report", "--store", store, "--out", data / "train" / "site"))
+    assert "image folder" in out and "'train'" in out, out
+    assert not (data / "train" / "site").exists()

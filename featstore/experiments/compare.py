@@ -152,16 +152,43 @@ def _bare(y: np.ndarray, proba: np.ndarray) -> dict:
     return {"n": len(y), "accuracy": float(np.mean(pred == y)), "confusion_matrix": cm}
 
 
-def check_chart_name(out: str | os.PathLike, what: str = "--out") -> Path:
+def check_chart_name(out: str | os.PathLike, what: str = "--out", store: str | os.PathLike | None = None) -> Path:
     """The name of a chart, refused before any work unless it can take a PNG: a name ending in .png (or with no
     suffix: the PNG is written at exactly that name) in a folder that exists, not a link, FIFO or folder, nor an image
-    that featstore did not draw (one of the dataset's, say)."""
+    that featstore did not draw (one of the dataset's, say), nor inside an image folder of ``store``."""
     out = Path(out)
     if out.suffix and out.suffix.lower() != ".png":
         raise OutputError(f"{what} {out}: the chart is a PNG; give a name ending in .png")
     check_output(out, what)
     refuse_foreign_image(out, what)
+    if store is not None:
+        refuse_in_image_folders(out, store, what)
     return out
+
+
+def refuse_in_image_folders(out: str | os.PathLike, store: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse a picture named inside a folder a split of ``store`` was extracted from (``<source_root>/<split>``): the
+    next extract of that split (a resume, --overwrite, --augment) would list it as an image of the dataset."""
+    from featstore.errors import FeatstoreError
+    from featstore.store.reader import FeatureStore
+
+    try:
+        fs = FeatureStore(store)
+        where = Path(out).parent.resolve()
+        for name in fs.extractors():
+            for split in fs.splits(name):
+                root = fs.split_info(split, name).get("source_root")
+                folder = Path(str(root)) / split if root else None
+                if folder is not None and (where == folder or folder in where.parents):
+                    raise OutputError(
+                        f"{what} {out} is inside {folder}, the image folder of split {split!r} of {fs.path}: the next "
+                        f"`featstore extract` of it would take its pictures for images of the dataset. Write it "
+                        f"outside the dataset, e.g. beside the store in {fs.path.parent}"
+                    )
+    except OutputError:
+        raise
+    except (FeatstoreError, OSError):
+        return  # no store, or a damaged one: the command itself says so
 
 
 def compare_runs(
@@ -179,7 +206,7 @@ def compare_runs(
     """
     from featstore.plots import compare_png
 
-    path = check_chart_name(out) if out else output_path(runs_root(store, runs), "compare.png")
+    path = check_chart_name(out, store=store) if out else output_path(runs_root(store, runs), "compare.png")
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     if not recs:
         raise ConfigError("no runs to compare; fit some with `featstore fit`")

@@ -162,7 +162,7 @@ def fewshot(
     spec = get_classifier(clf)
     full = spec.full_params(given)
     if png is not None:
-        check_chart_name(png, "--png")  # a chart that cannot be written is refused before any fit
+        check_chart_name(png, "--png", store)  # a chart that cannot be written is refused before any fit
     check_distinct(train, None, test)  # k images drawn from test and scored on test: an optimistic curve
     fs = FeatureStore(store)
     name = fs.resolve(extractor)

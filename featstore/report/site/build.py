@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
+from featstore.experiments.compare import refuse_in_image_folders
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
 from featstore.outputs import check_output, refuse_run_files, terminal_safe, write_text
 from featstore.report.site import charts
@@ -183,6 +184,7 @@ def build_report(
         )
     if not out.exists():
         refuse_run_files(out, "--out", folder=True)  # nor another store's runs folder, nor a run's folder
+    refuse_in_image_folders(out / "index.html", store, "--out")  # its thumbnails would be extracted as images
     old = _prepare(out)
     # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
     write_text(out / MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
