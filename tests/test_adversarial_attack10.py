@@ -163,3 +163,59 @@ def test_a_report_site_is_never_made_inside_an_image_folder(tmp_path):
     out = no_traceback(cli("report", "--store", store, "--out", data / "train" / "site"))
     assert "image folder" in out and "'train'" in out, out
     assert not (data / "train" / "site").exists()
+
+
+# ------------------------------------------------------------------ --memory-budget: the NaN/inf check's blocks
+def test_the_nonfinite_check_of_a_streamed_fit_reads_within_the_budget(tmp_path, monkeypatch):
+    """A streamed fit (``fit --memory-budget``, and ``finetune --memory-budget``'s streamed cache) checked the
+    validation and test splits (the cache's streamed splits) for NaN/inf rows in blocks of the default 64 MiB, not a
+    quarter of the budget: with ``--memory-budget 256MB`` the check alone held 64 MiB of features and a 16 MiB mask
+    per block, with 8 kB it read the whole split at once."""
+    import numpy as np
+
+    from featstore import FeatureStore
+    from featstore.store import writer
+
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 256)  # 8 rows of 8 float32 a chunk
+    store = tmp_path / "f.h5"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 240), ("validation", 160), ("test", 160)):
+        y = (np.arange(n) % 3).astype(np.int32)
+        writer.write_arrays(
+            store, "s", split, (rng.normal(0, 1, (n, 8)) + y[:, None]).astype(np.float32), y, list("abc")
+        )
+    asked = []
+    real = FeatureStore.iter_batches
+    monkeypatch.setattr(
+        FeatureStore, "iter_batches", lambda self, *a, **kw: asked.append(kw.get("max_bytes")) or real(self, *a, **kw)
+    )
+    budget = 4096  # under every split's 5,120 bytes and more
+    rec = fit(store, "sgd", memory_budget=budget, runs=tmp_path / "runs")
+    assert rec["streamed"] and asked
+    assert all(m is not None and m <= budget for m in asked), sorted(set(asked), key=str)
+
+
+def test_the_nonfinite_check_of_a_streamed_finetune_cache_reads_within_the_budget(tmp_path, monkeypatch):
+    """The same for ``finetune --memory-budget``: the streamed cache's NaN/inf check read 64 MiB blocks (imports
+    TensorFlow: VGG16 at 32 px with random weights, 8/4 images)."""
+    pytest.importorskip("tensorflow")
+    from featstore import ExtractorConfig, FeatureStore, extract
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+    from featstore.store import writer
+    from tests.conftest import write_images
+
+    data, store = tmp_path / "data", tmp_path / "f.h5"
+    for split, n, seed in (("train", 4, 1), ("validation", 2, 2), ("test", 2, 3)):
+        write_images(data, split, {"cat": n, "dog": n}, seed=seed)
+    for split in ("train", "validation", "test"):
+        extract(data, split, store, ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=7))
+    dense = fit(store, "dense", {"epochs": [1], "units": [8]})["id"]
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 8192)  # the cut (2, 2, 512) float32 is 8 KiB a row: one row a chunk
+    asked = []
+    real = FeatureStore.iter_batches
+    monkeypatch.setattr(
+        FeatureStore, "iter_batches", lambda self, *a, **kw: asked.append(kw.get("max_bytes")) or real(self, *a, **kw)
+    )
+    cfg = FinetuneConfig("block5_conv2", epochs=1, batch_size=3, lr=1e-3, memory_budget="40KB")
+    assert finetune(dense, cfg, store=store)["streamed"] and asked
+    assert all(m is not None and m <= 40_000 for m in asked), sorted(set(asked), key=str)

@@ -38,6 +38,7 @@ from featstore.experiments.selection import (
     source_groups,
 )
 from featstore.experiments.streaming import (
+    BLOCK_FRACTION,
     check_budget_holds_chunks,
     fit_streaming,
     format_bytes,
@@ -134,7 +135,7 @@ def fit(
     # classifier's first update) and the evaluation splits in one pass each here
     if big:
         for s in used[1:]:
-            fs.refuse_nonfinite(s, name)
+            fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION)  # within the budget, as the fit reads
     t0 = time.perf_counter()
     if big:
         fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None)

@@ -206,15 +206,20 @@ class FeatureStore:
             raise StoreError(" ".join(problems))
 
     def refuse_nonfinite(
-        self, split: str, extractor: str | None = None, X: np.ndarray | None = None, *, augmented: bool = False
+        self,
+        split: str,
+        extractor: str | None = None,
+        X: np.ndarray | None = None,
+        *,
+        augmented: bool = False,
+        max_bytes: int = 64 << 20,
     ) -> None:
         """Raise StoreError naming the split's rows with NaN or inf features (extract stores them, with a warning) and
-        the fix; ``X``: the split's features already in memory, else read in blocks. A classifier's own error blamed
-        its settings, or called a sound run's model altered."""
+        the fix; ``X``: the split's features already in memory, else read in blocks of ``max_bytes`` (a streamed fit:
+        its budget's block). A classifier's own error blamed its settings, or called a sound run's model altered."""
         check = self.nonfinite_rows(split, extractor, augmented=augmented)
-        for block in (
-            [X] if X is not None else (b for b, _ in self.iter_batches(split, check.name, augmented=augmented))
-        ):
+        blocks = self.iter_batches(split, check.name, augmented=augmented, max_bytes=max_bytes) if X is None else None
+        for block in [X] if X is not None else (b for b, _ in blocks):
             check.block(block)
         check.refuse()
 
