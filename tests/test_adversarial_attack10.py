@@ -219,3 +219,43 @@ def test_the_nonfinite_check_of_a_streamed_finetune_cache_reads_within_the_budge
     cfg = FinetuneConfig("block5_conv2", epochs=1, batch_size=3, lr=1e-3, memory_budget="40KB")
     assert finetune(dense, cfg, store=store)["streamed"] and asked
     assert all(m is not None and m <= 40_000 for m in asked), sorted(set(asked), key=str)
+
+
+# ------------------------------------------------------------------ a split replaced while it is read block by block
+@pytest.mark.parametrize("rows", [64, 40], ids=["same-count", "fewer"])
+@pytest.mark.parametrize("reader", ["iter_batches", "load"])
+def test_a_split_replaced_while_read_in_blocks_is_refused_not_mixed(tmp_path, monkeypatch, rows, reader):
+    """The store is opened once per block (so writers are not held up), but nothing checked that the split was still
+    the one the first block came from: a split re-extracted with ``--overwrite`` by another process while a streamed
+    fit, ``finetune --memory-budget`` or a predict read it gave 16 old rows then the new ones (64 rows: a silent mix;
+    40: 40 rows of two versions, which ``stream_predict`` accepted as the split), and a run recorded figures of both."""
+    import numpy as np
+
+    from featstore import FeatureStore
+    from featstore.errors import StoreError
+    from featstore.store import writer
+
+    store = tmp_path / "f.h5"
+    n = 128 if reader == "load" else 64  # load reads blocks of 64 chunks: 1-row chunks make two
+    monkeypatch.setattr(writer, "CHUNK_BYTES", 32 if reader == "load" else 256)  # rows of 8 float32: 1 or 8 a chunk
+    y = (np.arange(n) % 2).astype(np.int32)
+    writer.write_arrays(store, "s", "test", np.zeros((n, 8), np.float32), y, ["a", "b"])
+    fs = FeatureStore(store)
+
+    def replace():  # another process's `extract --overwrite` of the split, between two openings
+        writer.write_arrays(store, "s", "test", np.ones((rows, 8), np.float32), y[:rows], ["a", "b"])
+
+    if reader == "load":
+        real, opened = FeatureStore._open, []
+        monkeypatch.setattr(
+            FeatureStore, "_open", lambda self: opened.append(1) or (len(opened) == 2 and replace()) or real(self)
+        )
+        with pytest.raises(StoreError, match="replaced while"):
+            fs.load("test", "s")
+        return
+    blocks = fs.iter_batches("test", "s", max_bytes=512)
+    first, _ = next(blocks)
+    assert (first == 0).all()
+    replace()
+    with pytest.raises(StoreError, match="replaced while"):
+        list(blocks)

@@ -39,6 +39,7 @@ from featstore.store.layout import (  # noqa: F401 (STR, hard_groups, read_paths
     hard_groups,
     read_paths,
     refuse_foreign,
+    same_split,
     split_summary,
     stored_listing,
     validate_labels,
@@ -278,7 +279,7 @@ class FeatureStore:
         """
         name = self.resolve(extractor)
         key = f"{split}/{AUGMENTED}" if augmented else split
-        i, n = 0, None
+        i, n, seen = 0, None, None
         while n is None or i < n:
             with self._open() as f:
                 if n is None:
@@ -289,6 +290,7 @@ class FeatureStore:
                     X = np.empty((n, *sg["features"].shape[1:]), dtype=sg["features"].dtype)
                     step = (sg["features"].chunks or (1,))[0] * 64
                     y = self._labels(sg, n, f"{self.path}:/{name}/{key}")
+                seen = same_split(f, f"{name}/{key}", seen, f"{self.path}:/{name}/{key}")
                 part = np.s_[i : min(i + step, n)]
                 with _readable(self.path, name, key, i, min(i + step, n)):
                     if i < n:
@@ -366,11 +368,11 @@ class FeatureStore:
             units = [full[i] for i in order] + [
                 u for u in units if u[1] - u[0] != chunk
             ]  # a short last chunk stays last
-        per_block = rows // chunk
-        where = f"{self.path}:/{name}/{key}"
+        per_block, where, seen = rows // chunk, f"{self.path}:/{name}/{key}", None
         for b in range(0, len(units), per_block):
             group = units[b : b + per_block]
             with self._open() as f, _readable(self.path, name, key, group[0][0], group[-1][1]):
+                seen = same_split(f, f"{name}/{key}", seen, where)
                 sg = f[name][key]
                 if shuffle:
                     X = np.concatenate([sg["features"][s:e] for s, e in group])
