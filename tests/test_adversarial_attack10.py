@@ -259,3 +259,29 @@ def test_a_split_replaced_while_read_in_blocks_is_refused_not_mixed(tmp_path, mo
     replace()
     with pytest.raises(StoreError, match="replaced while"):
         list(blocks)
+
+
+def test_stream_predict_never_overruns_the_rows_it_allocated(tmp_path, monkeypatch):
+    """``stream_predict`` allocated its (N, K) array from ``split_info(...)["committed_rows"]`` read again after the
+    first block: when that count was smaller than the rows the blocks gave (the split changed in between, or the
+    record lies), filling it ended in numpy's "could not broadcast" ValueError traceback instead of one line."""
+    from featstore import FeatureStore
+    from featstore.errors import StoreError
+    from featstore.experiments.classifiers import build_classifier
+    from featstore.experiments.streaming import stream_predict
+
+    store = synthetic_store(tmp_path / "f.h5")
+    fs = FeatureStore(store)
+    X, y = fs.load("train", "s")
+    est = build_classifier("sgd", {}).fit(X, y)
+    real, calls = FeatureStore.split_info, []
+
+    def lying(self, *a, **kw):
+        info = dict(real(self, *a, **kw))
+        calls.append(1)
+        info["committed_rows"] = int(info["committed_rows"]) - 5 * (len(calls) == 3)  # smaller once, as the read goes
+        return info
+
+    monkeypatch.setattr(FeatureStore, "split_info", lying)
+    with pytest.raises(StoreError, match="while predicting"):
+        stream_predict(est, fs, "s", "test", 10**6, 3)  # the store's 15 test rows come in one block
