@@ -285,3 +285,24 @@ def test_stream_predict_never_overruns_the_rows_it_allocated(tmp_path, monkeypat
     monkeypatch.setattr(FeatureStore, "split_info", lying)
     with pytest.raises(StoreError, match="while predicting"):
         stream_predict(est, fs, "s", "test", 10**6, 3)  # the store's 15 test rows come in one block
+
+
+# ------------------------------------------------------------------ --memory-budget: a size past float's range
+@pytest.mark.parametrize("command", ["fit", "finetune"])
+def test_a_memory_budget_past_floats_range_is_one_line(one_run, command):
+    """``--memory-budget 1000...000TB`` (400 zeros: a float's inf) ended in "OverflowError: cannot convert float
+    infinity to integer" (``fit``; ``finetune`` the same while checking its options), a traceback."""
+    from featstore.errors import ConfigError
+    from featstore.units import parse_bytes
+
+    huge = "1" + "0" * 400 + "TB"
+    with pytest.raises(ConfigError, match="--memory-budget"):
+        parse_bytes(huge)
+    store, _, rid = one_run
+    args = (
+        ("fit", "--store", store)
+        if command == "fit"
+        else ("finetune", "--run", rid, "--unfreeze-from", "x", "--store", store)
+    )
+    out = no_traceback(cli(*args, "--memory-budget", huge))
+    assert "--memory-budget" in out and "error" in out.lower(), out
