@@ -306,3 +306,18 @@ def test_a_memory_budget_past_floats_range_is_one_line(one_run, command):
     )
     out = no_traceback(cli(*args, "--memory-budget", huge))
     assert "--memory-budget" in out and "error" in out.lower(), out
+
+
+# ------------------------------------------------------------------ a store made inside the image folder it reads
+@pytest.mark.parametrize("where", ["train/f.h5", "train/a/f.h5"])
+def test_a_store_is_never_made_inside_the_image_folder_it_reads(tmp_path, where):
+    """``extract --data data --split train --store data/train/f.h5`` made the store there, so its runs folder
+    ``data/train/f.runs`` (with the charts ``runs show`` draws) was listed by the next extract of train as a class
+    "f.runs" of four chart "images" (8 rows of 3 classes instead of 4 of 2), and a report's thumbnails the same."""
+    from featstore import ConfigError, ExtractorConfig, extract
+
+    data = tiny_pngs(tmp_path / "data", {"train": {"a": ["1.png", "2.png"], "b": ["3.png"]}})
+    store = data / where
+    with pytest.raises(ConfigError, match="inside the image folder"):
+        extract(data, "train", store, ExtractorConfig(model="vgg16", image_size=32, weights="none"))
+    assert not store.exists()
