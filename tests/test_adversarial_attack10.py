@@ -321,3 +321,22 @@ def test_a_store_is_never_made_inside_the_image_folder_it_reads(tmp_path, where)
     with pytest.raises(ConfigError, match="inside the image folder"):
         extract(data, "train", store, ExtractorConfig(model="vgg16", image_size=32, weights="none"))
     assert not store.exists()
+
+
+def test_a_runs_folder_is_never_made_inside_an_image_folder_of_the_store(tmp_path):
+    """``fit --runs data/train/runs`` (ensemble, finetune, probe, fewshot the same) made the runs folder inside the
+    split's image folder: the next extract of train listed ``runs`` as a class, the charts ``runs show`` draws into
+    each run folder as its images."""
+    import h5py
+
+    from featstore.errors import OutputError
+
+    data = tiny_pngs(tmp_path / "data", {"train": {"a": ["x.png"]}})
+    store = synthetic_store(tmp_path / "f.h5")
+    with h5py.File(store, "a") as f:
+        f["s"]["train"].attrs["source_root"] = str(data.resolve())
+    with pytest.raises(OutputError, match="image folder of split 'train'"):
+        fit(store, "logreg", runs=data / "train" / "runs")
+    assert not (data / "train" / "runs").exists()
+    out = no_traceback(cli("fit", "--store", store, "--runs", data / "train" / "a" / "runs"))
+    assert "image folder" in out and not (data / "train" / "a" / "runs").exists(), out

@@ -236,9 +236,9 @@ def leaks(
     import os
 
     from featstore.errors import OutputError
-    from featstore.experiments.compare import refuse_in_image_folders
     from featstore.experiments.leaks import find_leaks, leaks_csv, leaks_png, record_path, write_record
     from featstore.outputs import check_output, refuse_foreign_image, refuse_image, refuse_run_files, terminal_safe
+    from featstore.store.folders import refuse_in_image_folders
 
     def safe(p: object) -> str:
         return terminal_safe(str(p))

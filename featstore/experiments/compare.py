@@ -28,6 +28,7 @@ from featstore.runs.folder import calibrated_predictions, get_run, list_runs, ru
 from featstore.runs.record import RunRecord
 from featstore.stats.figures import HEADLINE, completed, confusion_of
 from featstore.stats.paired import PairedComparison, compare_predictions
+from featstore.store.folders import refuse_in_image_folders
 
 
 @dataclass(frozen=True)
@@ -164,31 +165,6 @@ def check_chart_name(out: str | os.PathLike, what: str = "--out", store: str | o
     if store is not None:
         refuse_in_image_folders(out, store, what)
     return out
-
-
-def refuse_in_image_folders(out: str | os.PathLike, store: str | os.PathLike, what: str = "--out") -> None:
-    """Refuse a picture named inside a folder a split of ``store`` was extracted from (``<source_root>/<split>``): the
-    next extract of that split (a resume, --overwrite, --augment) would list it as an image of the dataset."""
-    from featstore.errors import FeatstoreError
-    from featstore.store.reader import FeatureStore
-
-    try:
-        fs = FeatureStore(store)
-        where = Path(out).parent.resolve()
-        for name in fs.extractors():
-            for split in fs.splits(name):
-                root = fs.split_info(split, name).get("source_root")
-                folder = Path(str(root)) / split if root else None
-                if folder is not None and (where == folder or folder in where.parents):
-                    raise OutputError(
-                        f"{what} {out} is inside {folder}, the image folder of split {split!r} of {fs.path}: the next "
-                        f"`featstore extract` of it would take its pictures for images of the dataset. Write it "
-                        f"outside the dataset, e.g. beside the store in {fs.path.parent}"
-                    )
-    except OutputError:
-        raise
-    except (FeatstoreError, OSError):
-        return  # no store, or a damaged one: the command itself says so
 
 
 def compare_runs(

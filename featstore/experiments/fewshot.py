@@ -178,7 +178,7 @@ def fewshot(
     shots = _check_shots(shots, trials, y, class_names, train)
     check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
     root = runs_root(store, runs)
-    ensure_writable(root)
+    ensure_writable(root, store)
     started = time.perf_counter()
     X, y = fs.load(train, name)
     notes = []

@@ -117,7 +117,7 @@ def fit(
     check_distinct(train, validation, test)
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
-    ensure_writable(runs_root(store, runs))  # a read-only runs folder fails now, not after the fit
+    ensure_writable(runs_root(store, runs), store)  # a read-only runs folder fails now, not after the fit
     splits = resolve_splits(fs, name, train, validation, test, test_later=test_later)
     class_names = fs.class_names(name)
     settings = candidates(spec, given, search)

@@ -100,7 +100,7 @@ def probe(
     fs = FeatureStore(store)
     names = _extractors(fs, extractors, (train, validation, test))
     root = runs_root(store, runs)
-    ensure_writable(root)
+    ensure_writable(root, store)
     started = time.perf_counter()
     cells = [_probe_one(fs, n, refit, knn, tuple(ks), reduce, (train, validation, test), max_iter) for n in names]
     summary = {

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
-from featstore.experiments.compare import refuse_in_image_folders
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
 from featstore.outputs import check_output, refuse_run_files, terminal_safe, write_text
 from featstore.report.site import charts
@@ -36,6 +35,7 @@ from featstore.report.site.runpages import run_view
 from featstore.report.site.storeview import LeakView, leak_view, overview
 from featstore.report.site.thumbs import ThumbCache
 from featstore.runs.folder import runs_root, scan_runs_of
+from featstore.store.folders import refuse_in_image_folders
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
