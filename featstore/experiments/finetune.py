@@ -117,7 +117,7 @@ def finetune(
     rec, folder = get_run(run_id, store, runs)
     kind_of(rec).check_warm_start(rec, config.from_scratch_head)  # a fitted dense head, or a fitted run and a new head
     root = runs_root(store, runs)
-    ensure_writable(root)
+    ensure_writable(root, store)
     fs = FeatureStore(store)
     name = rec["extractor"]
     if name not in fs.extractors():
