@@ -163,6 +163,12 @@ def finetune(
             "the model cannot be cut below %s (a skip connection crosses it): training from the images",
             config.unfreeze_from,
         )
+    if config.memory_budget is not None and cached is None:  # recorded but meaningless: say so before training
+        raise ConfigError(
+            "--memory-budget bounds the cached cut of the frozen layers, and this fine-tuning trains from the images "
+            f"({'--augment' if config.augment else '--no-cache' if not config.cache else 'the model cannot be cut'}), "
+            "which are read batch by batch and never held whole: leave --memory-budget out"
+        )
     cache_seconds = time.perf_counter() - t_cache if cached else 0.0
     started = time.perf_counter()
     trained = train(built, cached, sets, rec["extractor_attrs"], config, workers, verbose)
