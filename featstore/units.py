@@ -42,7 +42,10 @@ def parse_bytes(text: str | int, option: str = "--memory-budget") -> int:
             f"{option} {text!r} is not a size; write e.g. 512MB, 2GB or 1.5GiB "
             f"(kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers of 1024)"
         )
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not size < 2**63:  # 400 digits are a float's inf: int() of it was an OverflowError traceback
+        raise ConfigError(f"{option} {text!r} is larger than any memory or disk (at most 8 EiB, 2**63 bytes)")
+    return int(size)
 
 
 def format_bytes(n: int) -> str:

@@ -549,3 +549,13 @@ def test_cached_cut_over_the_memory_budget_is_streamed_not_loaded(ft, tmp_path, 
         finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=3, memory_budget="8KB"), store=store)
     res = CliRunner().invoke(app, ["runs", "show", streamed["id"], "--store", str(store)])
     assert res.exit_code == 0 and "streamed within 40 kB" in res.output, res.output
+
+
+def test_memory_budget_without_a_cached_cut_is_refused_not_ignored(ft):
+    """With --no-cache or --augment the images are read batch by batch: a --memory-budget was recorded and did
+    nothing (attack 10's note); it is refused before training."""
+    for extra in ({"cache": False}, {"augment": "flip"}):
+        with pytest.raises(ConfigError, match="leave --memory-budget out"):
+            finetune(
+                ft["dense"], FinetuneConfig("block5_conv3", epochs=1, memory_budget="1GB", **extra), store=ft["store"]
+            )

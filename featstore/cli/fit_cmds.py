@@ -238,6 +238,7 @@ def leaks(
     from featstore.errors import OutputError
     from featstore.experiments.leaks import find_leaks, leaks_csv, leaks_png, record_path, write_record
     from featstore.outputs import check_output, refuse_foreign_image, refuse_image, refuse_run_files, terminal_safe
+    from featstore.store.folders import refuse_in_image_folders
 
     def safe(p: object) -> str:
         return terminal_safe(str(p))
@@ -254,6 +255,7 @@ def leaks(
                 refuse_image(path, what)  # a CSV never replaces one of the dataset's images
             else:
                 refuse_foreign_image(path, what)  # nor a chart
+                refuse_in_image_folders(path, store, what)  # nor a new one that the next extract would train on
             if not os.access(path.parent, os.W_OK):
                 raise FeatstoreError(
                     f"cannot write {what} {safe(path)}: folder {safe(path.parent)} is not writable (read-only or not "

@@ -102,7 +102,7 @@ def runs_compare(
 
     store, runs = _group_defaults(ctx, store, runs)
     if out is not None:
-        check_chart_name(out)  # before any work: a missing folder, a link, a FIFO, a name that is not .png
+        check_chart_name(out, store=store)  # before any work: a missing folder, a link, a FIFO, a name that is not .png
     pair = compare_pair(*run_ids, store, runs) if run_ids and len(run_ids) == 2 else None
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     try:

@@ -26,8 +26,9 @@ from featstore.outputs import check_output, refuse_foreign_image, write_atomic
 from featstore.runs.files import output_path
 from featstore.runs.folder import calibrated_predictions, get_run, list_runs, runs_root
 from featstore.runs.record import RunRecord
-from featstore.stats.figures import HEADLINE, completed
+from featstore.stats.figures import HEADLINE, completed, confusion_of
 from featstore.stats.paired import PairedComparison, compare_predictions
+from featstore.store.folders import refuse_in_image_folders
 
 
 @dataclass(frozen=True)
@@ -147,22 +148,22 @@ def compare_pair(
 
 def _bare(y: np.ndarray, proba: np.ndarray) -> dict:
     """The least a split's figures need (a stored split without recorded metrics): n, accuracy, confusion matrix."""
-    k = proba.shape[1]
     pred = proba.argmax(axis=1)
-    cm = np.zeros((k, k), dtype=int)
-    np.add.at(cm, (y, pred), 1)
-    return {"n": len(y), "accuracy": float(np.mean(pred == y)), "confusion_matrix": cm.tolist()}
+    cm = confusion_of(y, pred, proba.shape[1])  # its non-zero cells: 30,000 classes never make a dense 7 GB matrix
+    return {"n": len(y), "accuracy": float(np.mean(pred == y)), "confusion_matrix": cm}
 
 
-def check_chart_name(out: str | os.PathLike, what: str = "--out") -> Path:
+def check_chart_name(out: str | os.PathLike, what: str = "--out", store: str | os.PathLike | None = None) -> Path:
     """The name of a chart, refused before any work unless it can take a PNG: a name ending in .png (or with no
     suffix: the PNG is written at exactly that name) in a folder that exists, not a link, FIFO or folder, nor an image
-    that featstore did not draw (one of the dataset's, say)."""
+    that featstore did not draw (one of the dataset's, say), nor inside an image folder of ``store``."""
     out = Path(out)
     if out.suffix and out.suffix.lower() != ".png":
         raise OutputError(f"{what} {out}: the chart is a PNG; give a name ending in .png")
     check_output(out, what)
     refuse_foreign_image(out, what)
+    if store is not None:
+        refuse_in_image_folders(out, store, what)
     return out
 
 
@@ -181,7 +182,7 @@ def compare_runs(
     """
     from featstore.plots import compare_png
 
-    path = check_chart_name(out) if out else output_path(runs_root(store, runs), "compare.png")
+    path = check_chart_name(out, store=store) if out else output_path(runs_root(store, runs), "compare.png")
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     if not recs:
         raise ConfigError("no runs to compare; fit some with `featstore fit`")

@@ -61,7 +61,7 @@ def ensemble(
             f"{', '.join(twice)} named more than once; an ensemble's members are distinct runs (give a run more "
             f"say with --weight)"
         )
-    ensure_writable(root)
+    ensure_writable(root, store)
     nested = [rec.id for rec, _ in members if not kind_of(rec).member_of_ensembles]
     if nested:
         raise ConfigError(

@@ -28,7 +28,7 @@ from featstore.runs.kinds import calibrated, kind_of, parse_record
 from featstore.runs.record import RunRecord, digest_paths, thaw
 from featstore.runs.write import add_split
 from featstore.stats.calibration import apply_calibration
-from featstore.stats.figures import RowFigures, completed
+from featstore.stats.figures import RowFigures, completed, confusion_of
 from featstore.stats.intervals import proportion_interval
 from featstore.stats.metrics import expected_calibration_error, log_loss, reliability_of
 from featstore.store.reader import FeatureStore
@@ -42,7 +42,7 @@ def metrics(
     calibrated probabilities) log-loss, ECE with its reliability bins and top-5 (with at least 6 classes), each with
     a bootstrap interval (``featstore.stats.figures``). ``raw``: the probabilities before calibration, whose
     log-loss and ECE are kept as ``before_calibration``."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
@@ -54,7 +54,7 @@ def metrics(
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, c in enumerate(class_names)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix": confusion_of(y_true, y_pred, len(labels)),  # packed beyond 100 classes, never dense
     }
     out = completed(out, y_true, proba)
     if raw is not None and len(y_true):

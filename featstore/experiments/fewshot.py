@@ -162,7 +162,7 @@ def fewshot(
     spec = get_classifier(clf)
     full = spec.full_params(given)
     if png is not None:
-        check_chart_name(png, "--png")  # a chart that cannot be written is refused before any fit
+        check_chart_name(png, "--png", store)  # a chart that cannot be written is refused before any fit
     check_distinct(train, None, test)  # k images drawn from test and scored on test: an optimistic curve
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
@@ -178,7 +178,7 @@ def fewshot(
     shots = _check_shots(shots, trials, y, class_names, train)
     check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
     root = runs_root(store, runs)
-    ensure_writable(root)
+    ensure_writable(root, store)
     started = time.perf_counter()
     X, y = fs.load(train, name)
     notes = []

@@ -117,7 +117,7 @@ def finetune(
     rec, folder = get_run(run_id, store, runs)
     kind_of(rec).check_warm_start(rec, config.from_scratch_head)  # a fitted dense head, or a fitted run and a new head
     root = runs_root(store, runs)
-    ensure_writable(root)
+    ensure_writable(root, store)
     fs = FeatureStore(store)
     name = rec["extractor"]
     if name not in fs.extractors():
@@ -162,6 +162,12 @@ def finetune(
         logger.info(
             "the model cannot be cut below %s (a skip connection crosses it): training from the images",
             config.unfreeze_from,
+        )
+    if config.memory_budget is not None and cached is None:  # recorded but meaningless: say so before training
+        raise ConfigError(
+            "--memory-budget bounds the cached cut of the frozen layers, and this fine-tuning trains from the images "
+            f"({'--augment' if config.augment else '--no-cache' if not config.cache else 'the model cannot be cut'}), "
+            "which are read batch by batch and never held whole: leave --memory-budget out"
         )
     cache_seconds = time.perf_counter() - t_cache if cached else 0.0
     started = time.perf_counter()

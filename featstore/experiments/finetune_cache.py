@@ -151,7 +151,8 @@ def cached_cut(
         else:
             arrays[split] = fs.load(split, group)
         try:  # before training: a NaN row made every epoch train, then "diverged: lower --lr"
-            fs.refuse_nonfinite(split, group, arrays[split][0] if split in arrays else None)
+            streamed = {"max_bytes": budget // BLOCK_FRACTION} if split not in arrays else {}  # within the budget
+            fs.refuse_nonfinite(split, group, arrays[split][0] if split in arrays else None, **streamed)
         except StoreError as exc:
             raise StoreError(
                 f"{exc}\n(the cached frozen layers of the fine-tuning: re-extract them with\n  "

@@ -38,6 +38,7 @@ from featstore.experiments.selection import (
     source_groups,
 )
 from featstore.experiments.streaming import (
+    BLOCK_FRACTION,
     check_budget_holds_chunks,
     fit_streaming,
     format_bytes,
@@ -116,7 +117,7 @@ def fit(
     check_distinct(train, validation, test)
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
-    ensure_writable(runs_root(store, runs))  # a read-only runs folder fails now, not after the fit
+    ensure_writable(runs_root(store, runs), store)  # a read-only runs folder fails now, not after the fit
     splits = resolve_splits(fs, name, train, validation, test, test_later=test_later)
     class_names = fs.class_names(name)
     settings = candidates(spec, given, search)
@@ -134,7 +135,7 @@ def fit(
     # classifier's first update) and the evaluation splits in one pass each here
     if big:
         for s in used[1:]:
-            fs.refuse_nonfinite(s, name)
+            fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION)  # within the budget, as the fit reads
     t0 = time.perf_counter()
     if big:
         fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None)

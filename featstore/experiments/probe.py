@@ -96,11 +96,11 @@ def probe(
             f"train, validation and test must be three different splits; got {train}, {validation}, {test}"
         )
     if png is not None:
-        check_chart_name(png, "--png")  # a chart that cannot be written is refused before any fit
+        check_chart_name(png, "--png", store)  # a chart that cannot be written is refused before any fit
     fs = FeatureStore(store)
     names = _extractors(fs, extractors, (train, validation, test))
     root = runs_root(store, runs)
-    ensure_writable(root)
+    ensure_writable(root, store)
     started = time.perf_counter()
     cells = [_probe_one(fs, n, refit, knn, tuple(ks), reduce, (train, validation, test), max_iter) for n in names]
     summary = {

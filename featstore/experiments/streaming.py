@@ -170,10 +170,16 @@ def predict_blocks(est, fs: FeatureStore, name: str, split: str, budget: int, n_
 
 def stream_predict(est, fs: FeatureStore, name: str, split: str, budget: int, n_classes: int):
     """Labels, predictions and full probabilities of a split, computed block by block."""
+    n = int(fs.split_info(split, name)["committed_rows"])  # read before the blocks, as they read it
     ys, preds, probas, at = [], [], None, 0
     for y, pred, proba in predict_blocks(est, fs, name, split, budget, n_classes):
+        if at + len(y) > n:  # the split changed meanwhile: never numpy's broadcast error
+            raise StoreError(
+                f"split {split!r} of {name!r} gave more than the {n} rows its record says while predicting (it "
+                f"changed meanwhile?); run the command again"
+            )
         if probas is None:  # filled in place: the blocks and their concatenation are never held together
-            probas = np.empty((fs.split_info(split, name)["committed_rows"], n_classes), dtype=proba.dtype)
+            probas = np.empty((n, n_classes), dtype=proba.dtype)
         probas[at : at + len(y)] = proba
         ys.append(y)
         preds.append(pred)

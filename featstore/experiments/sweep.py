@@ -86,7 +86,7 @@ def sweep(
     check_jobs(jobs)  # a 20-digit count made a thread pool of that many threads
     check_distinct(train, validation, test)
     if png is not None:
-        check_chart_name(png, "--png")  # a heat map that cannot be written is refused before any fit
+        check_chart_name(png, "--png", store)  # a heat map that cannot be written is refused before any fit
     fs = FeatureStore(store)
     names, val = _extractors(fs, extractors, train, validation)
     score = val or f"{train}{OOF}"

@@ -162,6 +162,7 @@ def extract(
         for n in names:
             provenance.validate_name("extractor", n)
         listing = discover(data, split)
+        _refuse_store_inside(store, Path(listing.root) / split)
         file = StoreFile(check_writable(store), locking)
         result = ExtractResult(
             str(file.path),
@@ -183,6 +184,18 @@ def extract(
             runner.close()
     result.seconds = time.monotonic() - started
     return result
+
+
+def _refuse_store_inside(store, split_dir: Path) -> None:
+    """Refuse a store inside the image folder it reads: its runs folder (with the charts `runs show` draws), report and
+    caches beside it would be listed by the next extract of the split as a class of images."""
+    folder = split_dir.resolve()
+    if folder in Path(store).resolve().parents:
+        raise ConfigError(
+            f"--store {store} is inside the image folder {split_dir} it reads: its runs folder, charts and report would "
+            f"become images of the dataset at the next extract. Put the store outside the dataset, e.g. "
+            f"{split_dir.parent.parent / Path(store).name}"
+        )
 
 
 def _engine(engine, ray_options, decode_threads: int | None) -> tuple[Engine, bool]:

@@ -37,6 +37,7 @@ from featstore.runs.files import (
 from featstore.runs.kinds import calibrated, kind_of, parse_record
 from featstore.runs.record import RunRecord
 from featstore.safezip import read_npy
+from featstore.store.folders import refuse_in_image_folders
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,11 @@ def runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
     return Path(runs) if runs else runs_dir(store)
 
 
-def ensure_writable(root: Path) -> None:
-    """Create the runs folder if needed and prove a run can be written there (checked before any fitting)."""
+def ensure_writable(root: Path, store: str | os.PathLike | None = None) -> None:
+    """Create the runs folder if needed and prove a run can be written there (checked before any fitting); never inside
+    an image folder of ``store`` (the charts of its runs would be extracted as images)."""
+    if store is not None:
+        refuse_in_image_folders(Path(root) / "run", store, "--runs")
     try:
         root.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=root))

@@ -36,6 +36,7 @@ from featstore.runs.files import RECORD, BrokenRunError, valid_name
 from featstore.runs.schema import (  # noqa: F401 (check_weights, raise_bad_names: re-exported)
     _NUMBERS,
     Types,
+    check_budget,
     check_calibration,
     check_fields,
     check_metrics,
@@ -194,6 +195,7 @@ class RunRecord(Mapping[str, Any]):
             )
         if "calibration" in obj:
             check_calibration(obj["calibration"], where, folder)
+        check_budget(obj, where, folder)
         if not set(map(type, obj["class_names"])) <= {str}:
             raise BrokenRunError(f"{where}: class_names must be strings; remove the folder {folder}")
         kind.check_record(obj, where, folder)

@@ -169,6 +169,17 @@ def _bins(bins: object) -> bool:
     return True
 
 
+def check_budget(obj: dict, where: str, folder: Path) -> None:
+    """BrokenRunError unless ``memory_budget`` is null or 1 byte to 2**63 (what ``--memory-budget`` gives), and a
+    ``streamed`` run names it (``runs show`` prints "streamed within <budget>")."""
+    budget = obj.get("memory_budget")
+    if (budget is not None and not 1 <= budget < 1 << 63) or (obj.get("streamed") and budget is None):
+        raise BrokenRunError(
+            f"{where}: memory_budget {budget!r} is not a size (1 byte to 2**63, and a streamed run has one); remove "
+            f"the folder {folder} or restore its run.json"
+        )
+
+
 def check_calibration(cal: object, where: str, folder: Path) -> None:
     """BrokenRunError unless ``cal`` is a calibration featstore can apply (a method it knows, a finite positive T)."""
     problem = None

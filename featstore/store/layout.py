@@ -22,6 +22,22 @@ PATH_ERRORS = (
 )
 
 
+def same_split(f: h5py.File, key: str, seen: tuple | None, where: str) -> tuple:
+    """The version of the split at ``key`` (its id, start and finish times, commit), refused when it is not ``seen``,
+    the one an earlier block of the same read came from: a reader opens the file per block, and a split replaced
+    meanwhile (``extract --overwrite`` in another process) gave half old, half new rows without a word."""
+    sg = f.get(key, getlink=True)
+    sg = f[key] if isinstance(sg, h5py.HardLink) and isinstance(f[key], h5py.Group) else None
+    names = ("split_id", "started_at", "finished_at", "commit")
+    version = ("gone",) if sg is None else tuple(str(plain(sg.attrs.get(k))) for k in names)
+    if seen is not None and version != seen:
+        raise StoreError(
+            f"{where} was replaced while it was being read (re-extracted by another process?): its rows would mix two "
+            f"versions of the split. Run the command again once that extraction has finished"
+        )
+    return version
+
+
 @dataclass(frozen=True)
 class Commit:
     """A split's committed state: its one ``commit`` attribute, validated against the datasets."""

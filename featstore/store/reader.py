@@ -39,6 +39,7 @@ from featstore.store.layout import (  # noqa: F401 (STR, hard_groups, read_paths
     hard_groups,
     read_paths,
     refuse_foreign,
+    same_split,
     split_summary,
     stored_listing,
     validate_labels,
@@ -206,15 +207,20 @@ class FeatureStore:
             raise StoreError(" ".join(problems))
 
     def refuse_nonfinite(
-        self, split: str, extractor: str | None = None, X: np.ndarray | None = None, *, augmented: bool = False
+        self,
+        split: str,
+        extractor: str | None = None,
+        X: np.ndarray | None = None,
+        *,
+        augmented: bool = False,
+        max_bytes: int = 64 << 20,
     ) -> None:
         """Raise StoreError naming the split's rows with NaN or inf features (extract stores them, with a warning) and
-        the fix; ``X``: the split's features already in memory, else read in blocks. A classifier's own error blamed
-        its settings, or called a sound run's model altered."""
+        the fix; ``X``: the split's features already in memory, else read in blocks of ``max_bytes`` (a streamed fit:
+        its budget's block). A classifier's own error blamed its settings, or called a sound run's model altered."""
         check = self.nonfinite_rows(split, extractor, augmented=augmented)
-        for block in (
-            [X] if X is not None else (b for b, _ in self.iter_batches(split, check.name, augmented=augmented))
-        ):
+        blocks = self.iter_batches(split, check.name, augmented=augmented, max_bytes=max_bytes) if X is None else None
+        for block in [X] if X is not None else (b for b, _ in blocks):
             check.block(block)
         check.refuse()
 
@@ -273,7 +279,7 @@ class FeatureStore:
         """
         name = self.resolve(extractor)
         key = f"{split}/{AUGMENTED}" if augmented else split
-        i, n = 0, None
+        i, n, seen = 0, None, None
         while n is None or i < n:
             with self._open() as f:
                 if n is None:
@@ -284,6 +290,7 @@ class FeatureStore:
                     X = np.empty((n, *sg["features"].shape[1:]), dtype=sg["features"].dtype)
                     step = (sg["features"].chunks or (1,))[0] * 64
                     y = self._labels(sg, n, f"{self.path}:/{name}/{key}")
+                seen = same_split(f, f"{name}/{key}", seen, f"{self.path}:/{name}/{key}")
                 part = np.s_[i : min(i + step, n)]
                 with _readable(self.path, name, key, i, min(i + step, n)):
                     if i < n:
@@ -361,11 +368,11 @@ class FeatureStore:
             units = [full[i] for i in order] + [
                 u for u in units if u[1] - u[0] != chunk
             ]  # a short last chunk stays last
-        per_block = rows // chunk
-        where = f"{self.path}:/{name}/{key}"
+        per_block, where, seen = rows // chunk, f"{self.path}:/{name}/{key}", None
         for b in range(0, len(units), per_block):
             group = units[b : b + per_block]
             with self._open() as f, _readable(self.path, name, key, group[0][0], group[-1][1]):
+                seen = same_split(f, f"{name}/{key}", seen, where)
                 sg = f[name][key]
                 if shuffle:
                     X = np.concatenate([sg["features"][s:e] for s, e in group])

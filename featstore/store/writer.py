@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 
@@ -281,6 +282,7 @@ def _create_datasets(sg, shape, rows, comp, attrs, split_attrs, listing, extra) 
     sg.attrs["commit"] = np.zeros(3, dtype=np.int64)  # committed_rows, n_failed, images_done
     sg.attrs["complete"] = False
     sg.attrs["started_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    sg.attrs["split_id"] = secrets.token_hex(8)  # each (re)start a new one: a reader notices a split replaced meanwhile
 
 
 def _is_str_list(value) -> bool:

@@ -35,6 +35,7 @@ from featstore.report.site.runpages import run_view
 from featstore.report.site.storeview import LeakView, leak_view, overview
 from featstore.report.site.thumbs import ThumbCache
 from featstore.runs.folder import runs_root, scan_runs_of
+from featstore.store.folders import refuse_in_image_folders
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ def build_report(
         )
     if not out.exists():
         refuse_run_files(out, "--out", folder=True)  # nor another store's runs folder, nor a run's folder
+    refuse_in_image_folders(out / "index.html", store, "--out")  # its thumbnails would be extracted as images
     old = _prepare(out)
     # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
     write_text(out / MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
