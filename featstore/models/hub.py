@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,11 @@ HUB_PREPROCESS = "keras-hub-converter"  # preprocess id; the numbers are preproc
 WEIGHTS_FILE = "model.weights.h5"
 PRESET_FILES = ("config.json", WEIGHTS_FILE, "image_converter.json")  # needed; metadata.json is read when present
 _UNSTABLE_KEYS = ("image_shape", "name", "dtype", "trainable")  # config keys that do not decide the architecture
+MAX_PRESET_JSON_BYTES = 1 << 20  # config.json, image_converter.json: a few KiB for the largest supported presets
+MAX_LAYERS = 1024  # transformer blocks (the largest supported presets have 40)
+MAX_DIM = 1 << 16  # channels (hidden_dim, projection_dim; the largest supported presets have 1536)
+MAX_CONVERTER_VALUE = 1e6  # |scale|, |offset| (real converters: about 1/255 and -2..2)
+HUB_SCHEMES = ("kaggle", "hf")  # the handles hub: takes besides built-in names
 
 
 def is_hub_model(model: str) -> bool:
@@ -124,16 +130,31 @@ def _family_paths() -> set[str]:
 
 
 def _read_json(path: Path) -> dict:
-    """A preset's JSON file, or a ConfigError naming it."""
+    """A preset's JSON file (a regular file of at most :data:`MAX_PRESET_JSON_BYTES` holding an object), or a
+    ConfigError naming it. Opened without blocking: a FIFO in its place is refused, not waited on."""
     try:
-        return json.loads(path.read_text("utf-8"))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise ConfigError(
             f"{path.parent} is not a complete KerasHub preset folder: {path.name} is missing (a preset folder holds "
             f"{', '.join(PRESET_FILES)}; the image converter is saved with converter.save_to_preset(folder))"
         ) from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise ConfigError(f"{path} cannot be read as JSON: {exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PRESET_JSON_BYTES:
+            raise ConfigError(
+                f"{path} is not a regular file of at most {MAX_PRESET_JSON_BYTES >> 20} MiB (a preset's JSON files are "
+                f"a few KiB); refusing to read it"
+            )
+        try:
+            value = json.loads(fh.read(MAX_PRESET_JSON_BYTES + 1).decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ConfigError(f"{path} cannot be read as JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path} holds a JSON {type(value).__name__}, not the object a KerasHub preset writes")
+    return value
 
 
 def _stable(config):
@@ -143,14 +164,44 @@ def _stable(config):
     return [_stable(v) for v in config] if isinstance(config, list) else config
 
 
-def _channels(value, default: float) -> tuple[float, float, float]:
-    """A converter's scale or offset (None, a number, or one per channel) as three floats."""
+def _channels(value, default: float, what: str, where: Path) -> tuple[float, float, float]:
+    """A converter's scale or offset (None, a number, or one per channel) as three finite floats."""
     if value is None:
         return (default,) * 3
-    values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value] * 3)]
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * 3
     if len(values) != 3:
         raise ConfigError(f"the preset's image converter has {len(values)} channel values; featstore feeds RGB (3)")
-    return tuple(values)  # type: ignore[return-value]
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_CONVERTER_VALUE for v in values
+    ):  # NaN fails the comparison too
+        raise ConfigError(
+            f"{where}: {what} is {repr(value)[:100]}, expected a number or one per channel, finite and at most "
+            f"{MAX_CONVERTER_VALUE:g} in size; the preset's image converter is damaged"
+        )
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def _whole(value, what: str, where: Path, most: int) -> int:
+    """A positive whole number of at most ``most`` from a preset's config, or a ConfigError naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most:
+        raise ConfigError(
+            f"{where}: {what} is {repr(value)[:100]}, expected a whole number from 1 to {most}; the preset's config is "
+            f"damaged or not one KerasHub writes"
+        )
+    return value
+
+
+def _square(value, what: str, where: Path, most: int, length: int) -> int:
+    """The side of a square given as a number or as ``length`` numbers (the first two equal), checked."""
+    if not isinstance(value, (list, tuple)):
+        return _whole(value, what, where, most)
+    sides = [_whole(v, what, where, most) for v in value[:2]]
+    if len(value) != length or len(sides) != 2 or sides[0] != sides[1]:
+        raise ConfigError(
+            f"{where}: {what} is {repr(value)[:100]}, expected {length} whole numbers with the first two equal "
+            f"(featstore feeds square images)"
+        )
+    return sides[0]
 
 
 @dataclass(frozen=True)
@@ -183,14 +234,34 @@ class HubSpec:
             folder, handle = Path(preset), preset
         config = _read_json(folder / "config.json")
         name = config.get("class_name")
-        if name not in FAMILIES:
-            raise choices_error(f"KerasHub backbone class of {preset}", str(name), list(FAMILIES))
+        if not isinstance(name, str) or name not in FAMILIES:
+            raise choices_error(f"KerasHub backbone class of {preset}", str(name)[:100], list(FAMILIES))
+        registered = str(config.get("registered_name"))
+        if registered.rpartition(">")[2] != name:  # KerasHub builds what registered_name says, not class_name
+            raise ConfigError(
+                f"{folder / 'config.json'}: class_name {name} but registered_name {registered[:100]}; KerasHub would "
+                f"build the latter. The preset's config is damaged or crafted"
+            )
         if not (folder / WEIGHTS_FILE).is_file():
             raise ConfigError(f"{folder} has no {WEIGHTS_FILE} (sharded presets are not supported yet)")
         family = FAMILIES[name]
-        vision = family.vision(config["config"])
-        conv = _read_json(folder / "image_converter.json").get("config", {})
-        patch = vision["patch_size"]
+        where = folder / "config.json"
+        try:
+            vision = family.vision(config["config"])
+            family.block_names(vision)
+            numbers = {k: vision[k] for k in ("patch_size", "image_shape", "hidden_dim", "num_layers")}
+            projection = config["config"].get("projection_dim", numbers["hidden_dim"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ConfigError(
+                f"{where}: {type(exc).__name__} {str(exc)[:100]} reading the {name} config; it is damaged or not one "
+                f"KerasHub writes"
+            ) from None
+        if not 0 <= family.prefix_tokens(vision) <= MAX_LAYERS:
+            raise ConfigError(f"{where}: num_register_tokens is {vision.get('num_register_tokens')!s:.100}; damaged")
+        converter = _read_json(folder / "image_converter.json")
+        conv = converter.get("config", {})
+        if not isinstance(conv, dict):
+            raise ConfigError(f"{folder / 'image_converter.json'}: its config is not an object; the file is damaged")
         return cls(
             preset,
             folder,
@@ -198,15 +269,15 @@ class HubSpec:
             name,
             hashlib.sha256(json.dumps(_stable(config), sort_keys=True).encode()).hexdigest(),
             sha256_file(folder / WEIGHTS_FILE),
-            int(vision["image_shape"][0]),
-            int(patch[0] if isinstance(patch, (list, tuple)) else patch),
-            int(vision["hidden_dim"]),
-            int(vision["num_layers"]),
-            int(config["config"].get("projection_dim", vision["hidden_dim"]) if family.has_embedding else 0),
-            _channels(conv.get("scale"), 1.0),
-            _channels(conv.get("offset"), 0.0),
-            f"{_read_json(folder / 'image_converter.json').get('class_name')} (its resize: "
-            f"{conv.get('interpolation', 'bilinear')}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')})",
+            _square(numbers["image_shape"], "image_shape", where, MAX_IMAGE_SIZE, 3),
+            _square(numbers["patch_size"], "patch_size", where, MAX_IMAGE_SIZE, 2),
+            _whole(numbers["hidden_dim"], "hidden_dim", where, MAX_DIM),
+            _whole(numbers["num_layers"], "num_layers", where, MAX_LAYERS),
+            _whole(projection, "projection_dim", where, MAX_DIM) if family.has_embedding else 0,
+            _channels(conv.get("scale"), 1.0, "scale", folder / "image_converter.json"),
+            _channels(conv.get("offset"), 0.0, "offset", folder / "image_converter.json"),
+            f"{str(converter.get('class_name'))[:100]} (its resize: "
+            f"{str(conv.get('interpolation', 'bilinear'))[:40]}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')!s:.10})",
         )
 
     @property
@@ -307,7 +378,14 @@ class HubSpec:
         kwargs = {"dtype": keras.mixed_precision.global_policy().name}
         if size != self.default_size:
             kwargs["image_shape"] = (size, size, 3)
-        backbone = keras_hub.models.Backbone.from_preset(str(self.folder), **kwargs)
+        try:
+            backbone = keras_hub.models.Backbone.from_preset(str(self.folder), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - KerasHub and Keras raise ValueError, TypeError, OSError, h5py's...
+            raise ConfigError(
+                f"KerasHub could not build {self.shown} from {self.folder}: {type(exc).__name__}: {str(exc)[:300]} "
+                f"(a preset folder is what backbone.save_to_preset writes; Lambda layers and unregistered classes are "
+                f"refused)"
+            ) from None
         if sha256_file(self.folder / WEIGHTS_FILE) != self.weights_sha256:
             raise WeightsError(f"{self.folder / WEIGHTS_FILE} changed while it was being loaded; run again")
         what = (

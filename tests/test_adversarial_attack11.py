@@ -1,0 +1,177 @@
+"""Eleventh attack (issue #19, "inputs bounded, one clear message"): KerasHub preset folders and ``hub:<preset>`` names.
+Crafted ``config.json`` and ``image_converter.json`` (not objects, mistyped or missing numbers, a zero patch, a FIFO in a
+file's place, NaN scales, a registered_name naming another class, a Lambda layer), truncated weights and handles of
+other URL schemes. Each test failed before its fix. Presets are tiny random-weight ViT and CLIP towers saved as
+tests/test_hub.py saves them; only the tests that build a model import TensorFlow's graph code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from featstore import ConfigError, ExtractorConfig
+from featstore.models.extractor import Extractor
+from tests.test_adversarial_attack4 import cli, no_traceback
+
+keras_hub = pytest.importorskip("keras_hub")
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    """A tiny ViT and CLIP, each saved as a preset folder: {family: folder}."""
+    import keras
+
+    from tests.test_hub import _clip, _vit
+
+    root = tmp_path_factory.mktemp("a11")
+    out = {}
+    for name, build in (("vit", _vit), ("clip", _clip)):
+        keras.utils.set_random_seed(3)
+        backbone, converter = build(32)
+        backbone.save_to_preset(root / name)
+        converter.save_to_preset(root / name)
+        out[name] = root / name
+    return out
+
+
+def crafted(presets, tmp_path, family="vit", config=None, converter=None, name="crafted"):
+    """A copy of a preset folder with ``config(dict)`` / ``converter(dict)`` applied to its JSON files."""
+    folder = tmp_path / name
+    shutil.copytree(presets[family], folder)
+    for file, edit in (("config.json", config), ("image_converter.json", converter)):
+        if edit:
+            data = json.loads((folder / file).read_text())
+            data = edit(data) if edit(data) is not None else data
+            (folder / file).write_text(json.dumps(data))
+    return folder
+
+
+def _set(key, value, where="config"):
+    def edit(data):
+        data[where][key] = value
+
+    return edit
+
+
+def _without(key):
+    def edit(data):
+        data["config"].pop(key, None)
+
+    return edit
+
+
+# ------------------------------------------------------------------ a crafted config.json
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (lambda c: [1, 2], "holds a JSON list"),
+        (lambda c: {**c, "config": [1]}, "reading the ViTBackbone config"),
+        (lambda c: {**c, "class_name": ["ViTBackbone"]}, "choose one of"),
+        (_set("patch_size", 0), "patch_size is 0"),
+        (_set("patch_size", -8), "patch_size is -8"),
+        (_set("patch_size", "8"), "patch_size is '8'"),
+        (_set("patch_size", []), "patch_size is []"),
+        (_without("image_shape"), "KeyError 'image_shape'"),
+        (_set("image_shape", None), "image_shape is None"),
+        (_without("hidden_dim"), "KeyError 'hidden_dim'"),
+        (_set("hidden_dim", "x"), "hidden_dim is 'x'"),
+        (_set("num_layers", -3), "num_layers is -3"),
+        (_set("num_layers", 10**7), "num_layers is 10000000"),
+    ],
+)
+def test_a_crafted_config_json_is_refused_with_one_message(presets, tmp_path, edit, needle):
+    """A config.json that was not an object, or whose patch_size, image_shape, hidden_dim or num_layers were missing or
+    mistyped, raised AttributeError, KeyError, TypeError, IndexError, ValueError or ZeroDivisionError (patch 0) from
+    ``HubSpec.from_model``: a traceback from ``featstore models PATH/`` and ``extract``. A negative patch or string
+    numbers were accepted until KerasHub failed at build time; num_layers 10**7 was accepted and ``--layers`` listed
+    ten million blocks (10**12: memory ran out)."""
+    folder = crafted(presets, tmp_path, config=edit)
+    with pytest.raises(ConfigError) as err:
+        ExtractorConfig(model=str(folder)).validated()
+    assert needle in str(err.value), str(err.value)
+    out = no_traceback(cli("models", f"{folder}/", "--layers"))
+    assert needle in out, out
+
+
+def test_a_fifo_in_place_of_config_json_is_refused_not_waited_on(presets, tmp_path):
+    """A FIFO named config.json (or image_converter.json) made ``read_text`` block forever: ``featstore models PATH/``
+    and ``extract`` hung without a word; a huge file was read whole."""
+    folder = crafted(presets, tmp_path)
+    (folder / "config.json").unlink()
+    os.mkfifo(folder / "config.json")
+    with pytest.raises(ConfigError, match="not a regular file of at most 1 MiB"):
+        ExtractorConfig(model=str(folder)).validated()
+    big = crafted(presets, tmp_path, name="big")
+    with open(big / "image_converter.json", "a") as fh:
+        fh.write(" " * (1 << 20))
+    with pytest.raises(ConfigError, match="not a regular file of at most 1 MiB"):
+        ExtractorConfig(model=str(big)).validated()
+
+
+# ------------------------------------------------------------------ a crafted image_converter.json
+@pytest.mark.parametrize(
+    "edit,needle",
+    [
+        (_set("scale", float("nan")), "scale is nan"),
+        (_set("scale", float("inf")), "scale is inf"),
+        (_set("offset", [0.0, 1e300, 0.0]), "offset is [0.0, 1e+300, 0.0]"),
+        (_set("scale", "abc"), "scale is 'abc'"),
+        (_set("scale", {"a": 1}), "scale is {'a': 1}"),
+        (_set("scale", 10**400), "scale is 1000"),
+        (lambda c: {**c, "config": [1]}, "its config is not an object"),
+        (lambda c: [1], "holds a JSON list"),
+    ],
+)
+def test_a_crafted_image_converter_is_refused(presets, tmp_path, edit, needle):
+    """A NaN, infinite or huge scale or offset was accepted: every stored feature was NaN, with a fingerprint and no
+    word. A string, a dict or a 400-digit integer raised ValueError/TypeError/OverflowError; a converter that was not
+    an object, AttributeError: each a traceback."""
+    folder = crafted(presets, tmp_path, converter=edit)
+    with pytest.raises(ConfigError) as err:
+        ExtractorConfig(model=str(folder)).validated()
+    assert needle in str(err.value), str(err.value)
+
+
+# ------------------------------------------------------------------ what KerasHub builds is what featstore records
+def test_a_registered_name_naming_another_class_is_refused(presets, tmp_path):
+    """featstore read ``class_name`` (ViTBackbone: recorded, fingerprinted, cut as a ViT) while KerasHub builds what
+    ``registered_name`` names: a DINOv2 or a plain Functional model was built and failed inside KerasHub with a
+    TypeError/ValueError traceback (a class cut the same way would have been recorded under the other's name)."""
+    for registered in ("keras_hub>DINOV2Backbone", "Functional"):
+        folder = crafted(presets, tmp_path, config=lambda c, r=registered: {**c, "registered_name": r}, name=registered)
+        with pytest.raises(ConfigError, match=f"registered_name {registered}; KerasHub would build the latter"):
+            ExtractorConfig(model=str(folder)).validated()
+
+
+def test_a_lambda_layer_in_a_preset_is_refused_with_one_message(presets, tmp_path):
+    """A CLIP preset whose vision encoder is a Functional model with a Python-lambda Lambda layer: Keras's safe mode
+    refused it (no code ran) but the ValueError came out of ``Extractor`` as a traceback; truncated weights did the
+    same with an OSError from h5py."""
+    import keras
+
+    marker = str(tmp_path / "ran")
+    inp = keras.Input((32, 32, 3))
+    model = keras.Model(inp, keras.layers.Lambda(lambda x: (open(marker, "w").close(), x)[1])(inp))
+    evil = keras.saving.serialize_keras_object(model)
+    os.remove(marker)  # building the model ran the lambda once, here: loading it must not
+
+    def swap(c):
+        vision = c["config"]["vision_encoder"]["config"]
+        evil["config"].update({k: vision[k] for k in ("patch_size", "hidden_dim", "num_layers", "image_shape")})
+        c["config"]["vision_encoder"] = evil
+
+    folder = crafted(presets, tmp_path, family="clip", config=swap)
+    with pytest.raises(ConfigError, match="KerasHub could not build crafted/.*Lambda"):
+        Extractor(ExtractorConfig(model=str(folder)))
+    assert not os.path.exists(marker)
+    truncated = crafted(presets, tmp_path, name="truncated")
+    with open(truncated / "model.weights.h5", "r+b") as fh:
+        fh.truncate(1000)
+    with pytest.raises(ConfigError, match="KerasHub could not build truncated/.*truncated file"):
+        Extractor(ExtractorConfig(model=str(truncated)))
+    assert np.isfinite(Extractor(ExtractorConfig(model=str(presets["vit"])))(np.zeros((1, 32, 32, 3), np.uint8))).all()
