@@ -175,3 +175,13 @@ def test_a_lambda_layer_in_a_preset_is_refused_with_one_message(presets, tmp_pat
     with pytest.raises(ConfigError, match="KerasHub could not build truncated/.*truncated file"):
         Extractor(ExtractorConfig(model=str(truncated)))
     assert np.isfinite(Extractor(ExtractorConfig(model=str(presets["vit"])))(np.zeros((1, 32, 32, 3), np.uint8))).all()
+
+
+# ------------------------------------------------------------------ hub: names of other URL schemes
+@pytest.mark.parametrize("name", ["file:///etc", "http://127.0.0.1:9/x", "gs://bucket/preset", "s3://b/p"])
+def test_hub_names_of_other_schemes_are_refused(name):
+    """``hub:file:///folder`` was copied through TensorFlow's file systems into Keras's cache and loaded (``gs://``,
+    ``s3://`` would be fetched the same way); ``hub:http://...`` failed with advice to put it in kagglehub's cache
+    "under models/http://...". The docs name built-in names, kaggle:// and hf:// only."""
+    with pytest.raises(ConfigError, match="hub: takes a built-in preset name, kaggle://"):
+        ExtractorConfig(model=f"hub:{name}").validated()

@@ -94,7 +94,13 @@ def fetch_preset(preset: str) -> tuple[Path, str]:
 
     builtin = preset_utils.BUILTIN_PRESETS.get(preset)
     handle = builtin["kaggle_handle"] if builtin else preset
-    if not builtin and "://" not in preset:
+    scheme = preset.partition("://")[0].lower() if "://" in preset else None
+    if scheme is not None and scheme not in HUB_SCHEMES:  # file://, gs://, http://... reach TensorFlow's file systems
+        raise ConfigError(
+            f"hub:{preset}: hub: takes a built-in preset name, kaggle://<owner>/<model>/keras/<variant>[/<version>] "
+            f"or hf://<owner>/<model>; for a preset folder on disk pass --model PATH/"
+        )
+    if not builtin and scheme is None:
         names = [n for n, p in preset_utils.BUILTIN_PRESETS.items() if p["metadata"].get("path") in _family_paths()]
         raise choices_error("KerasHub preset", preset, sorted(names))
     paths = []
