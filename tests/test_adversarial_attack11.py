@@ -185,3 +185,21 @@ def test_hub_names_of_other_schemes_are_refused(name):
     "under models/http://...". The docs name built-in names, kaggle:// and hf:// only."""
     with pytest.raises(ConfigError, match="hub: takes a built-in preset name, kaggle://"):
         ExtractorConfig(model=f"hub:{name}").validated()
+
+
+# ------------------------------------------------------------------ --weights for a run made with a preset
+def test_weights_naming_a_file_for_a_preset_run_is_refused_not_loaded_as_a_model(presets):
+    """``predict --weights PRESET/model.weights.h5`` for a run made with a preset folder read the file as a saved
+    model: refused as "a legacy .h5 model ... pass --trust-model if you made the file yourself", and with
+    --trust-model a legacy .h5 *model* (code and all) would be loaded in the preset's place. --weights for a preset run
+    names a local copy of the preset folder."""
+    from featstore.runs.apply import rebuild_extractor
+
+    attrs = Extractor(ExtractorConfig(model=str(presets["vit"]), pooling="cls")).attrs
+    for trust in (False, True):
+        with pytest.raises(ConfigError) as err:
+            rebuild_extractor(attrs, weights=str(presets["vit"] / "model.weights.h5"), trust_model=trust)
+        msg = str(err.value)
+        assert "names a local copy of that preset folder" in msg and "not a file" in msg, msg
+        assert "legacy" not in msg and "not a Keras model" not in msg, msg  # never read as a saved model
+    assert rebuild_extractor(attrs, weights=str(presets["vit"])).attrs["fingerprint"] == attrs["fingerprint"]
