@@ -203,3 +203,22 @@ def test_weights_naming_a_file_for_a_preset_run_is_refused_not_loaded_as_a_model
         assert "names a local copy of that preset folder" in msg and "not a file" in msg, msg
         assert "legacy" not in msg and "not a Keras model" not in msg, msg  # never read as a saved model
     assert rebuild_extractor(attrs, weights=str(presets["vit"])).attrs["fingerprint"] == attrs["fingerprint"]
+
+
+# ------------------------------------------------------------------ a fine-tuned ViT preset loads back
+def test_a_finetuned_vit_preset_can_be_applied(presets, tmp_path):
+    """``featstore finetune`` of a run made with a ViT preset wrote its model.keras, but every later ``predict`` failed:
+    "run artifact ... cannot be loaded by this Keras (Unrecognized keyword arguments passed to
+    ViTPatchingAndEmbedding: num_patches, num_positions); fine-tune again", and fine-tuning again wrote the same
+    unloadable file (KerasHub's ViT layers write config keys their __init__ refuses; ViTEncoderBlock: key_dim)."""
+    from featstore import extract, fit, predict
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+    from tests.conftest import write_images
+
+    data, store = tmp_path / "data", tmp_path / "f.h5"
+    for split, n, seed in (("train", 4, 1), ("validation", 2, 2), ("test", 2, 3)):
+        write_images(data, split, {"cat": n, "dog": n}, seed=seed, size=40)
+        extract(data, split, store, ExtractorConfig(model=str(presets["vit"]), pooling="cls"), batch_size=4)
+    run = fit(store, "dense", {"epochs": [1], "units": [4]})
+    tuned = finetune(run["id"], FinetuneConfig("transformer_block_2", epochs=1, batch_size=4), store=store)
+    assert len(predict(tuned["id"], [data / "test"], store=store)) == 4
