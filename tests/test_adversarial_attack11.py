@@ -222,3 +222,24 @@ def test_a_finetuned_vit_preset_can_be_applied(presets, tmp_path):
     run = fit(store, "dense", {"epochs": [1], "units": [4]})
     tuned = finetune(run["id"], FinetuneConfig("transformer_block_2", epochs=1, batch_size=4), store=store)
     assert len(predict(tuned["id"], [data / "test"], store=store)) == 4
+
+
+def test_edited_preprocessing_numbers_in_a_preset_runs_record_are_refused(presets, tmp_path):
+    """A fine-tuned preset is fed by ``extractor_attrs.preprocess_scale``/``offset`` of its run.json, which were
+    fingerprinted but never checked against the fingerprint: scale 1e30 gave four confident, identical predictions
+    with rc 0 (the features' fingerprint, compared only as a string, still matched)."""
+    from featstore import extract, fit
+    from featstore.runs.files import BrokenRunError
+    from featstore.runs.kinds import _check_features_record
+    from tests.conftest import write_images
+
+    write_images(tmp_path / "data", "train", {"cat": 3, "dog": 3}, seed=1, size=40)
+    store = tmp_path / "f.h5"
+    extract(tmp_path / "data", "train", store, ExtractorConfig(model=str(presets["vit"]), pooling="cls"))
+    run = fit(store, "logreg")
+    folder = tmp_path / "f.runs" / run["id"]
+    rec = json.loads((folder / "run.json").read_text())
+    _check_features_record(rec, "run.json", folder)  # as written: accepted
+    rec["extractor_attrs"]["preprocess_scale"] = [1e30] * 3
+    with pytest.raises(BrokenRunError, match="do not hash to the fingerprint"):
+        _check_features_record(rec, "run.json", folder)
