@@ -113,6 +113,17 @@ def test_a_fifo_in_place_of_config_json_is_refused_not_waited_on(presets, tmp_pa
         ExtractorConfig(model=str(big)).validated()
 
 
+def test_a_deeply_nested_config_json_is_refused(presets, tmp_path):
+    """An extra key nesting lists 700 deep (well under 1 MiB, and json.loads read it) made the architecture digest's
+    recursion overflow: RecursionError, a traceback."""
+    deep = "[" * 700 + "]" * 700
+    folder = crafted(presets, tmp_path)
+    text = (folder / "config.json").read_text().replace('"num_heads": 2', f'"junk": {deep}, "num_heads": 2')
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match="nests deeper than 32 levels"):
+        ExtractorConfig(model=str(folder)).validated()
+
+
 # ------------------------------------------------------------------ a crafted image_converter.json
 @pytest.mark.parametrize(
     "edit,needle",

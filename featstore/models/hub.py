@@ -42,6 +42,7 @@ MAX_PRESET_JSON_BYTES = 1 << 20  # config.json, image_converter.json: a few KiB 
 MAX_LAYERS = 1024  # transformer blocks (the largest supported presets have 40)
 MAX_DIM = 1 << 16  # channels (hidden_dim, projection_dim; the largest supported presets have 1536)
 MAX_CONVERTER_VALUE = 1e6  # |scale|, |offset| (real converters: about 1/255 and -2..2)
+MAX_JSON_DEPTH = 32  # nesting of a preset's JSON (CLIP's config: 5 levels); deeper overflowed Python's stack later
 HUB_SCHEMES = ("kaggle", "hf")  # the handles hub: takes besides built-in names
 
 
@@ -160,7 +161,21 @@ def _read_json(path: Path) -> dict:
             raise ConfigError(f"{path} cannot be read as JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ConfigError(f"{path} holds a JSON {type(value).__name__}, not the object a KerasHub preset writes")
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ConfigError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels; a KerasHub preset's JSON has a few")
     return value
+
+
+def _depth(value) -> int:
+    """How deep lists and objects nest in a JSON value (without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= MAX_JSON_DEPTH:
+                stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _stable(config):
