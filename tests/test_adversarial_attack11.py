@@ -254,3 +254,21 @@ def test_edited_preprocessing_numbers_in_a_preset_runs_record_are_refused(preset
     rec["extractor_attrs"]["preprocess_scale"] = [1e30] * 3
     with pytest.raises(BrokenRunError, match="do not hash to the fingerprint"):
         _check_features_record(rec, "run.json", folder)
+
+
+def test_a_clip_backbone_around_another_familys_vision_tower_is_refused(tmp_path):
+    """A CLIPBackbone saved around a SigLIP vision encoder (KerasHub builds and saves it; its class_name and
+    registered_name say CLIPBackbone) built, then featstore's unrolling raised AttributeError ('SigLIPVisionEncoder'
+    object has no attribute 'pre_layer_norm'): a traceback."""
+    vision = keras_hub.models.SigLIPVisionEncoder(
+        patch_size=8, hidden_dim=32, num_layers=2, num_heads=2, intermediate_dim=64, image_shape=(32, 32, 3)
+    )
+    text = keras_hub.models.CLIPTextEncoder(
+        vocabulary_size=50, embedding_dim=32, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64,
+        max_sequence_length=8,
+    )  # fmt: skip
+    folder = tmp_path / "mixed"
+    keras_hub.models.CLIPBackbone(vision, text, projection_dim=16).save_to_preset(folder)
+    keras_hub.layers.CLIPImageConverter(image_size=(32, 32)).save_to_preset(folder)
+    with pytest.raises(ConfigError, match="not those of the CLIPBackbone featstore unrolls"):
+        Extractor(ExtractorConfig(model=str(folder)))

@@ -412,7 +412,14 @@ class HubSpec:
         what = (
             f"KerasHub preset {self.handle}" if self.preset.startswith(HUB_PREFIX) else f"preset folder {self.preset}"
         )
-        return token_model(backbone, self.class_name, size), LoadedWeights(
+        try:
+            model = token_model(backbone, self.class_name, size)
+        except (AttributeError, TypeError, ValueError) as exc:  # e.g. a CLIPBackbone saved around a SigLIP vision tower
+            raise ConfigError(
+                f"{self.shown} is a {type(backbone).__name__} whose parts are not those of the {self.class_name} "
+                f"featstore unrolls ({type(exc).__name__}: {str(exc)[:200]}); it cannot be cut into blocks"
+            ) from None
+        return model, LoadedWeights(
             "model", "keras-hub-preset", what, str(self.folder / WEIGHTS_FILE), self.weights_sha256
         )
 
