@@ -272,3 +272,14 @@ def test_a_clip_backbone_around_another_familys_vision_tower_is_refused(tmp_path
     keras_hub.layers.CLIPImageConverter(image_size=(32, 32)).save_to_preset(folder)
     with pytest.raises(ConfigError, match="not those of the CLIPBackbone featstore unrolls"):
         Extractor(ExtractorConfig(model=str(folder)))
+
+
+@pytest.mark.parametrize("model", ["", "hub:"])
+def test_an_empty_model_name_is_not_the_current_folder(presets, monkeypatch, model):
+    """``--model ""`` (an unset ``$MODEL``) and ``--model hub:`` were the current folder (``Path("")`` is ``.``): run
+    inside a preset folder, ``extract`` used that preset without a word; elsewhere the error named the current folder
+    as an incomplete preset."""
+    monkeypatch.chdir(presets["vit"])
+    with pytest.raises(ConfigError) as err:
+        ExtractorConfig(model=model).validated()
+    assert str(presets["vit"]) not in str(err.value), err.value

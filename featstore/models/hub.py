@@ -48,12 +48,15 @@ HUB_SCHEMES = ("kaggle", "hf")  # the handles hub: takes besides built-in names
 
 def is_hub_model(model: str) -> bool:
     """Whether ``--model`` names a KerasHub preset: ``hub:<preset>`` or a folder (a preset folder has config.json)."""
-    return str(model).startswith(HUB_PREFIX) or Path(str(model)).expanduser().is_dir()
+    # "" is not the current folder: an unset shell variable (--model "$MODEL") must not pick up a preset there
+    return str(model).startswith(HUB_PREFIX) or (str(model).strip() != "" and Path(str(model)).expanduser().is_dir())
 
 
 def normalise(model: str) -> str:
     """``hub:<name or handle>`` as given, or a local folder as an absolute path (also when written ``hub:PATH``)."""
     rest = str(model).removeprefix(HUB_PREFIX)
+    if not rest.strip():
+        raise ConfigError(f"{model!r} names no preset: hub:<name>, hub:kaggle://..., hub:hf://... or a preset folder")
     if Path(rest).expanduser().is_dir():
         return str(Path(rest).expanduser().resolve())
     if not str(model).startswith(HUB_PREFIX):
