@@ -283,3 +283,26 @@ def test_an_empty_model_name_is_not_the_current_folder(presets, monkeypatch, mod
     with pytest.raises(ConfigError) as err:
         ExtractorConfig(model=model).validated()
     assert str(presets["vit"]) not in str(err.value), err.value
+
+
+# ------------------------------------------------------------------ a named preset of another family
+def test_a_named_preset_of_another_family_is_refused_before_its_weights_are_fetched(presets, monkeypatch, tmp_path):
+    """``hub:gemma2_27b_en`` (a built-in preset, but no vision backbone) and a ``kaggle://`` handle of a BertBackbone
+    fetched config.json, then model.weights.h5 (tens of GB for the large ones), then image_converter.json, and only
+    then read the class and refused it."""
+    from keras_hub.src.utils import preset_utils
+
+    bert = crafted(presets, tmp_path, config=lambda c: {**c, "class_name": "BertBackbone"})
+    fetched = []
+
+    def cache(preset, path):
+        fetched.append(path)
+        return str(bert / path)
+
+    monkeypatch.setattr(preset_utils, "get_file", cache)
+    with pytest.raises(ConfigError, match="choose one of: clip_vit"):
+        ExtractorConfig(model="hub:gemma2_2b_en").validated()
+    assert fetched == []
+    with pytest.raises(ConfigError, match="BertBackbone"):
+        ExtractorConfig(model="hub:kaggle://someone/bert/keras/bert_tiny/1").validated()
+    assert fetched == ["config.json"]

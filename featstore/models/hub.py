@@ -20,13 +20,22 @@ import json
 import logging
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from featstore.errors import ConfigError, WeightsError, choices_error
+from featstore.models.preset_json import (
+    MAX_DIM,
+    MAX_LAYERS,
+    PRESET_FILES,
+    WEIGHTS_FILE,
+    channels,
+    read_json,
+    square_side,
+    whole_number,
+)
 from featstore.models.tokens import EMBEDDING, FAMILIES, TOKEN_POOLINGS, TOKENS, token_model, token_pool_layer
 from featstore.models.weights import LoadedWeights
 from featstore.provenance import MAX_IMAGE_SIZE, sha256_file
@@ -35,14 +44,7 @@ logger = logging.getLogger(__name__)
 
 HUB_PREFIX = "hub:"
 HUB_PREPROCESS = "keras-hub-converter"  # preprocess id; the numbers are preprocess_scale / preprocess_offset
-WEIGHTS_FILE = "model.weights.h5"
-PRESET_FILES = ("config.json", WEIGHTS_FILE, "image_converter.json")  # needed; metadata.json is read when present
 _UNSTABLE_KEYS = ("image_shape", "name", "dtype", "trainable")  # config keys that do not decide the architecture
-MAX_PRESET_JSON_BYTES = 1 << 20  # config.json, image_converter.json: a few KiB for the largest supported presets
-MAX_LAYERS = 1024  # transformer blocks (the largest supported presets have 40)
-MAX_DIM = 1 << 16  # channels (hidden_dim, projection_dim; the largest supported presets have 1536)
-MAX_CONVERTER_VALUE = 1e6  # |scale|, |offset| (real converters: about 1/255 and -2..2)
-MAX_JSON_DEPTH = 32  # nesting of a preset's JSON (CLIP's config: 5 levels); deeper overflowed Python's stack later
 HUB_SCHEMES = ("kaggle", "hf")  # the handles hub: takes besides built-in names
 
 
@@ -104,13 +106,22 @@ def fetch_preset(preset: str) -> tuple[Path, str]:
             f"hub:{preset}: hub: takes a built-in preset name, kaggle://<owner>/<model>/keras/<variant>[/<version>] "
             f"or hf://<owner>/<model>; for a preset folder on disk pass --model PATH/"
         )
-    if not builtin and scheme is None:
+    if (not builtin and scheme is None) or (builtin and builtin["metadata"].get("path") not in _family_paths()):
+        # a built-in preset of another family (hub:gemma2_27b_en) was downloaded, weights and all, before it was refused
         names = [n for n, p in preset_utils.BUILTIN_PRESETS.items() if p["metadata"].get("path") in _family_paths()]
-        raise choices_error("KerasHub preset", preset, sorted(names))
+        raise choices_error("KerasHub preset (DINOv2, ViT, CLIP, SigLIP)", preset, sorted(names))
     paths = []
     try:
         for name in PRESET_FILES:
             paths.append(Path(preset_utils.get_file(preset, name)))
+            if name == "config.json":  # its class is checked before the weights are downloaded
+                config = read_json(paths[0])
+                if not isinstance(config.get("class_name"), str) or config["class_name"] not in FAMILIES:
+                    raise choices_error(
+                        f"KerasHub backbone class of {preset}", str(config.get("class_name"))[:100], list(FAMILIES)
+                    )
+    except ConfigError:
+        raise
     except FileNotFoundError as exc:
         raise ConfigError(f"KerasHub preset {preset} has no {name}; featstore needs {', '.join(PRESET_FILES)}") from exc
     except Exception as exc:  # requests' ConnectionError, kagglehub's and huggingface_hub's errors: all mean "not here"
@@ -139,93 +150,11 @@ def _family_paths() -> set[str]:
     return {f.family for f in FAMILIES.values()}
 
 
-def _read_json(path: Path) -> dict:
-    """A preset's JSON file (a regular file of at most :data:`MAX_PRESET_JSON_BYTES` holding an object), or a
-    ConfigError naming it. Opened without blocking: a FIFO in its place is refused, not waited on."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path.parent} is not a complete KerasHub preset folder: {path.name} is missing (a preset folder holds "
-            f"{', '.join(PRESET_FILES)}; the image converter is saved with converter.save_to_preset(folder))"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"{path} cannot be read as JSON: {exc}") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PRESET_JSON_BYTES:
-            raise ConfigError(
-                f"{path} is not a regular file of at most {MAX_PRESET_JSON_BYTES >> 20} MiB (a preset's JSON files are "
-                f"a few KiB); refusing to read it"
-            )
-        try:
-            value = json.loads(fh.read(MAX_PRESET_JSON_BYTES + 1).decode("utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:
-            raise ConfigError(f"{path} cannot be read as JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{path} holds a JSON {type(value).__name__}, not the object a KerasHub preset writes")
-    if _depth(value) > MAX_JSON_DEPTH:
-        raise ConfigError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels; a KerasHub preset's JSON has a few")
-    return value
-
-
-def _depth(value) -> int:
-    """How deep lists and objects nest in a JSON value (without recursion)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, level)
-            if level <= MAX_JSON_DEPTH:
-                stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
-    return deepest
-
-
 def _stable(config):
     """The config without the keys that do not decide the architecture (input side, names, dtype)."""
     if isinstance(config, dict):
         return {k: _stable(v) for k, v in sorted(config.items()) if k not in _UNSTABLE_KEYS}
     return [_stable(v) for v in config] if isinstance(config, list) else config
-
-
-def _channels(value, default: float, what: str, where: Path) -> tuple[float, float, float]:
-    """A converter's scale or offset (None, a number, or one per channel) as three finite floats."""
-    if value is None:
-        return (default,) * 3
-    values = list(value) if isinstance(value, (list, tuple)) else [value] * 3
-    if len(values) != 3:
-        raise ConfigError(f"the preset's image converter has {len(values)} channel values; featstore feeds RGB (3)")
-    if not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= MAX_CONVERTER_VALUE for v in values
-    ):  # NaN fails the comparison too
-        raise ConfigError(
-            f"{where}: {what} is {repr(value)[:100]}, expected a number or one per channel, finite and at most "
-            f"{MAX_CONVERTER_VALUE:g} in size; the preset's image converter is damaged"
-        )
-    return tuple(float(v) for v in values)  # type: ignore[return-value]
-
-
-def _whole(value, what: str, where: Path, most: int) -> int:
-    """A positive whole number of at most ``most`` from a preset's config, or a ConfigError naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most:
-        raise ConfigError(
-            f"{where}: {what} is {repr(value)[:100]}, expected a whole number from 1 to {most}; the preset's config is "
-            f"damaged or not one KerasHub writes"
-        )
-    return value
-
-
-def _square(value, what: str, where: Path, most: int, length: int) -> int:
-    """The side of a square given as a number or as ``length`` numbers (the first two equal), checked."""
-    if not isinstance(value, (list, tuple)):
-        return _whole(value, what, where, most)
-    sides = [_whole(v, what, where, most) for v in value[:2]]
-    if len(value) != length or len(sides) != 2 or sides[0] != sides[1]:
-        raise ConfigError(
-            f"{where}: {what} is {repr(value)[:100]}, expected {length} whole numbers with the first two equal "
-            f"(featstore feeds square images)"
-        )
-    return sides[0]
 
 
 @dataclass(frozen=True)
@@ -256,7 +185,7 @@ class HubSpec:
             folder, handle = fetch_preset(preset.removeprefix(HUB_PREFIX))
         else:
             folder, handle = Path(preset), preset
-        config = _read_json(folder / "config.json")
+        config = read_json(folder / "config.json")
         name = config.get("class_name")
         if not isinstance(name, str) or name not in FAMILIES:
             raise choices_error(f"KerasHub backbone class of {preset}", str(name)[:100], list(FAMILIES))
@@ -282,7 +211,7 @@ class HubSpec:
             ) from None
         if not 0 <= family.prefix_tokens(vision) <= MAX_LAYERS:
             raise ConfigError(f"{where}: num_register_tokens is {vision.get('num_register_tokens')!s:.100}; damaged")
-        converter = _read_json(folder / "image_converter.json")
+        converter = read_json(folder / "image_converter.json")
         conv = converter.get("config", {})
         if not isinstance(conv, dict):
             raise ConfigError(f"{folder / 'image_converter.json'}: its config is not an object; the file is damaged")
@@ -293,13 +222,13 @@ class HubSpec:
             name,
             hashlib.sha256(json.dumps(_stable(config), sort_keys=True).encode()).hexdigest(),
             sha256_file(folder / WEIGHTS_FILE),
-            _square(numbers["image_shape"], "image_shape", where, MAX_IMAGE_SIZE, 3),
-            _square(numbers["patch_size"], "patch_size", where, MAX_IMAGE_SIZE, 2),
-            _whole(numbers["hidden_dim"], "hidden_dim", where, MAX_DIM),
-            _whole(numbers["num_layers"], "num_layers", where, MAX_LAYERS),
-            _whole(projection, "projection_dim", where, MAX_DIM) if family.has_embedding else 0,
-            _channels(conv.get("scale"), 1.0, "scale", folder / "image_converter.json"),
-            _channels(conv.get("offset"), 0.0, "offset", folder / "image_converter.json"),
+            square_side(numbers["image_shape"], "image_shape", where, MAX_IMAGE_SIZE, 3),
+            square_side(numbers["patch_size"], "patch_size", where, MAX_IMAGE_SIZE, 2),
+            whole_number(numbers["hidden_dim"], "hidden_dim", where, MAX_DIM),
+            whole_number(numbers["num_layers"], "num_layers", where, MAX_LAYERS),
+            whole_number(projection, "projection_dim", where, MAX_DIM) if family.has_embedding else 0,
+            channels(conv.get("scale"), 1.0, "scale", folder / "image_converter.json"),
+            channels(conv.get("offset"), 0.0, "offset", folder / "image_converter.json"),
             f"{str(converter.get('class_name'))[:100]} (its resize: "
             f"{str(conv.get('interpolation', 'bilinear'))[:40]}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')!s:.10})",
         )
@@ -351,7 +280,7 @@ class HubSpec:
 
     def prefix_tokens(self) -> int:
         """Tokens before the patches (the class token and any register tokens)."""
-        return self.family.prefix_tokens(self.family.vision(_read_json(self.folder / "config.json")["config"]))
+        return self.family.prefix_tokens(self.family.vision(read_json(self.folder / "config.json")["config"]))
 
     def output_shape(self, size: int, layer: str, pooling: str) -> tuple[int, ...]:
         """One image's features at ``layer`` with ``pooling``."""
