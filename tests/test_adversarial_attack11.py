@@ -306,3 +306,19 @@ def test_a_named_preset_of_another_family_is_refused_before_its_weights_are_fetc
     with pytest.raises(ConfigError, match="BertBackbone"):
         ExtractorConfig(model="hub:kaggle://someone/bert/keras/bert_tiny/1").validated()
     assert fetched == ["config.json"]
+
+
+def test_cls_pooling_of_a_vit_without_a_class_token_is_refused(tmp_path):
+    """A ViT saved with ``use_class_token=False`` (KerasHub builds it) has no class token, but --pooling cls was
+    accepted for every ViT: the stored "cls" features were the first patch token, without a word."""
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64,
+        use_class_token=False,
+    )  # fmt: skip
+    folder = tmp_path / "vit_no_cls"
+    backbone.save_to_preset(folder)
+    keras_hub.layers.ViTImageConverter(image_size=(32, 32)).save_to_preset(folder)
+    for pooling in ("cls", "cls+mean"):
+        with pytest.raises(ConfigError, match="choose one of: mean, none"):
+            ExtractorConfig(model=str(folder), pooling=pooling).validated()
+    assert ExtractorConfig(model=str(folder), pooling="mean").validated().pooling == "mean"

@@ -267,8 +267,10 @@ class HubSpec:
 
     @property
     def poolings(self) -> tuple[str, ...]:
-        """The --pooling values this preset takes (SigLIP has no class token)."""
-        return TOKEN_POOLINGS if self.family.has_cls else tuple(p for p in TOKEN_POOLINGS if "cls" not in p)
+        """The --pooling values this preset takes (SigLIP, and a ViT saved with use_class_token=False, have no class
+        token: token 0 is a patch)."""
+        cls = self.family.has_cls and self.prefix_tokens() > 0
+        return TOKEN_POOLINGS if cls else tuple(p for p in TOKEN_POOLINGS if "cls" not in p)
 
     def layer_names(self) -> list[str]:
         """The outputs --layer can name, in order."""
