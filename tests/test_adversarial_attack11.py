@@ -322,3 +322,19 @@ def test_cls_pooling_of_a_vit_without_a_class_token_is_refused(tmp_path):
         with pytest.raises(ConfigError, match="choose one of: mean, none"):
             ExtractorConfig(model=str(folder), pooling=pooling).validated()
     assert ExtractorConfig(model=str(folder), pooling="mean").validated().pooling == "mean"
+
+
+def test_a_huge_weights_file_is_refused_before_it_is_hashed(presets, tmp_path, monkeypatch):
+    """A sparse 65 GiB model.weights.h5 (no disk used) was hashed in full before anything was checked (and then
+    handed to KerasHub): minutes to hours of reading zeros, with no message."""
+    import featstore.models.hub as hub
+
+    folder = crafted(presets, tmp_path)
+    os.truncate(folder / "model.weights.h5", 65 << 30)
+
+    def no_hash(path):
+        raise AssertionError(f"hashed {path}")
+
+    monkeypatch.setattr(hub, "sha256_file", no_hash)
+    with pytest.raises(ConfigError, match="larger than 64 GiB"):
+        ExtractorConfig(model=str(folder)).validated()

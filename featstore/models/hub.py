@@ -29,6 +29,7 @@ from featstore.errors import ConfigError, WeightsError, choices_error
 from featstore.models.preset_json import (
     MAX_DIM,
     MAX_LAYERS,
+    MAX_WEIGHTS_BYTES,
     PRESET_FILES,
     WEIGHTS_FILE,
     channels,
@@ -197,6 +198,11 @@ class HubSpec:
             )
         if not (folder / WEIGHTS_FILE).is_file():
             raise ConfigError(f"{folder} has no {WEIGHTS_FILE} (sharded presets are not supported yet)")
+        if (folder / WEIGHTS_FILE).stat().st_size > MAX_WEIGHTS_BYTES:  # hashed, then loaded: a sparse 1 TB file hung
+            raise ConfigError(
+                f"{folder / WEIGHTS_FILE} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB; the largest supported presets "
+                f"are a few GiB"
+            )
         family = FAMILIES[name]
         where = folder / "config.json"
         try:

@@ -18,6 +18,7 @@ from featstore.errors import ConfigError
 
 WEIGHTS_FILE = "model.weights.h5"
 PRESET_FILES = ("config.json", WEIGHTS_FILE, "image_converter.json")  # needed; metadata.json is read when present
+MAX_WEIGHTS_BYTES = 64 << 30  # model.weights.h5 (dinov2_giant: 4.5 GB in float32)
 MAX_PRESET_JSON_BYTES = 1 << 20  # config.json, image_converter.json: a few KiB for the largest supported presets
 MAX_LAYERS = 1024  # transformer blocks (the largest supported presets have 40)
 MAX_DIM = 1 << 16  # channels (hidden_dim, projection_dim; the largest supported presets have 1536)
