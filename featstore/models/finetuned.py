@@ -200,14 +200,16 @@ class FinetunedModel:
         """Load with ``safe_mode=True`` (no Lambda layers, no code); a KerasHub backbone's layers are registered first."""
         import keras
 
+        objects = {}
         if attrs.get("hub_preset"):
             from featstore.models.hub import _requires_keras_hub
-            from featstore.models.tokens import register
+            from featstore.models.tokens import custom_objects, register
 
             _requires_keras_hub()
             register()
+            objects = custom_objects()
 
-        return cls(keras.saving.load_model(path, safe_mode=True, compile=False), attrs)
+        return cls(keras.saving.load_model(path, safe_mode=True, compile=False, custom_objects=objects), attrs)
 
     def proba(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Class probabilities of a uint8 batch at ``image_size`` (inference: augmentation and dropout off)."""

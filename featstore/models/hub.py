@@ -26,6 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, WeightsError, choices_error
+from featstore.models.preset_json import (
+    MAX_DIM,
+    MAX_LAYERS,
+    MAX_WEIGHTS_BYTES,
+    PRESET_FILES,
+    WEIGHTS_FILE,
+    channels,
+    read_json,
+    square_side,
+    whole_number,
+)
 from featstore.models.tokens import EMBEDDING, FAMILIES, TOKEN_POOLINGS, TOKENS, token_model, token_pool_layer
 from featstore.models.weights import LoadedWeights
 from featstore.provenance import MAX_IMAGE_SIZE, sha256_file
@@ -34,19 +45,21 @@ logger = logging.getLogger(__name__)
 
 HUB_PREFIX = "hub:"
 HUB_PREPROCESS = "keras-hub-converter"  # preprocess id; the numbers are preprocess_scale / preprocess_offset
-WEIGHTS_FILE = "model.weights.h5"
-PRESET_FILES = ("config.json", WEIGHTS_FILE, "image_converter.json")  # needed; metadata.json is read when present
 _UNSTABLE_KEYS = ("image_shape", "name", "dtype", "trainable")  # config keys that do not decide the architecture
+HUB_SCHEMES = ("kaggle", "hf")  # the handles hub: takes besides built-in names
 
 
 def is_hub_model(model: str) -> bool:
     """Whether ``--model`` names a KerasHub preset: ``hub:<preset>`` or a folder (a preset folder has config.json)."""
-    return str(model).startswith(HUB_PREFIX) or Path(str(model)).expanduser().is_dir()
+    # "" is not the current folder: an unset shell variable (--model "$MODEL") must not pick up a preset there
+    return str(model).startswith(HUB_PREFIX) or (str(model).strip() != "" and Path(str(model)).expanduser().is_dir())
 
 
 def normalise(model: str) -> str:
     """``hub:<name or handle>`` as given, or a local folder as an absolute path (also when written ``hub:PATH``)."""
     rest = str(model).removeprefix(HUB_PREFIX)
+    if not rest.strip():
+        raise ConfigError(f"{model!r} names no preset: hub:<name>, hub:kaggle://..., hub:hf://... or a preset folder")
     if Path(rest).expanduser().is_dir():
         return str(Path(rest).expanduser().resolve())
     if not str(model).startswith(HUB_PREFIX):
@@ -88,13 +101,28 @@ def fetch_preset(preset: str) -> tuple[Path, str]:
 
     builtin = preset_utils.BUILTIN_PRESETS.get(preset)
     handle = builtin["kaggle_handle"] if builtin else preset
-    if not builtin and "://" not in preset:
+    scheme = preset.partition("://")[0].lower() if "://" in preset else None
+    if scheme is not None and scheme not in HUB_SCHEMES:  # file://, gs://, http://... reach TensorFlow's file systems
+        raise ConfigError(
+            f"hub:{preset}: hub: takes a built-in preset name, kaggle://<owner>/<model>/keras/<variant>[/<version>] "
+            f"or hf://<owner>/<model>; for a preset folder on disk pass --model PATH/"
+        )
+    if (not builtin and scheme is None) or (builtin and builtin["metadata"].get("path") not in _family_paths()):
+        # a built-in preset of another family (hub:gemma2_27b_en) was downloaded, weights and all, before it was refused
         names = [n for n, p in preset_utils.BUILTIN_PRESETS.items() if p["metadata"].get("path") in _family_paths()]
-        raise choices_error("KerasHub preset", preset, sorted(names))
+        raise choices_error("KerasHub preset (DINOv2, ViT, CLIP, SigLIP)", preset, sorted(names))
     paths = []
     try:
         for name in PRESET_FILES:
             paths.append(Path(preset_utils.get_file(preset, name)))
+            if name == "config.json":  # its class is checked before the weights are downloaded
+                config = read_json(paths[0])
+                if not isinstance(config.get("class_name"), str) or config["class_name"] not in FAMILIES:
+                    raise choices_error(
+                        f"KerasHub backbone class of {preset}", str(config.get("class_name"))[:100], list(FAMILIES)
+                    )
+    except ConfigError:
+        raise
     except FileNotFoundError as exc:
         raise ConfigError(f"KerasHub preset {preset} has no {name}; featstore needs {', '.join(PRESET_FILES)}") from exc
     except Exception as exc:  # requests' ConnectionError, kagglehub's and huggingface_hub's errors: all mean "not here"
@@ -123,34 +151,11 @@ def _family_paths() -> set[str]:
     return {f.family for f in FAMILIES.values()}
 
 
-def _read_json(path: Path) -> dict:
-    """A preset's JSON file, or a ConfigError naming it."""
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path.parent} is not a complete KerasHub preset folder: {path.name} is missing (a preset folder holds "
-            f"{', '.join(PRESET_FILES)}; the image converter is saved with converter.save_to_preset(folder))"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} cannot be read as JSON: {exc}") from None
-
-
 def _stable(config):
     """The config without the keys that do not decide the architecture (input side, names, dtype)."""
     if isinstance(config, dict):
         return {k: _stable(v) for k, v in sorted(config.items()) if k not in _UNSTABLE_KEYS}
     return [_stable(v) for v in config] if isinstance(config, list) else config
-
-
-def _channels(value, default: float) -> tuple[float, float, float]:
-    """A converter's scale or offset (None, a number, or one per channel) as three floats."""
-    if value is None:
-        return (default,) * 3
-    values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value] * 3)]
-    if len(values) != 3:
-        raise ConfigError(f"the preset's image converter has {len(values)} channel values; featstore feeds RGB (3)")
-    return tuple(values)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -181,16 +186,41 @@ class HubSpec:
             folder, handle = fetch_preset(preset.removeprefix(HUB_PREFIX))
         else:
             folder, handle = Path(preset), preset
-        config = _read_json(folder / "config.json")
+        config = read_json(folder / "config.json")
         name = config.get("class_name")
-        if name not in FAMILIES:
-            raise choices_error(f"KerasHub backbone class of {preset}", str(name), list(FAMILIES))
+        if not isinstance(name, str) or name not in FAMILIES:
+            raise choices_error(f"KerasHub backbone class of {preset}", str(name)[:100], list(FAMILIES))
+        registered = str(config.get("registered_name"))
+        if registered.rpartition(">")[2] != name:  # KerasHub builds what registered_name says, not class_name
+            raise ConfigError(
+                f"{folder / 'config.json'}: class_name {name} but registered_name {registered[:100]}; KerasHub would "
+                f"build the latter. The preset's config is damaged or crafted"
+            )
         if not (folder / WEIGHTS_FILE).is_file():
             raise ConfigError(f"{folder} has no {WEIGHTS_FILE} (sharded presets are not supported yet)")
+        if (folder / WEIGHTS_FILE).stat().st_size > MAX_WEIGHTS_BYTES:  # hashed, then loaded: a sparse 1 TB file hung
+            raise ConfigError(
+                f"{folder / WEIGHTS_FILE} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB; the largest supported presets "
+                f"are a few GiB"
+            )
         family = FAMILIES[name]
-        vision = family.vision(config["config"])
-        conv = _read_json(folder / "image_converter.json").get("config", {})
-        patch = vision["patch_size"]
+        where = folder / "config.json"
+        try:
+            vision = family.vision(config["config"])
+            family.block_names(vision)
+            numbers = {k: vision[k] for k in ("patch_size", "image_shape", "hidden_dim", "num_layers")}
+            projection = config["config"].get("projection_dim", numbers["hidden_dim"])
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ConfigError(
+                f"{where}: {type(exc).__name__} {str(exc)[:100]} reading the {name} config; it is damaged or not one "
+                f"KerasHub writes"
+            ) from None
+        if not 0 <= family.prefix_tokens(vision) <= MAX_LAYERS:
+            raise ConfigError(f"{where}: num_register_tokens is {vision.get('num_register_tokens')!s:.100}; damaged")
+        converter = read_json(folder / "image_converter.json")
+        conv = converter.get("config", {})
+        if not isinstance(conv, dict):
+            raise ConfigError(f"{folder / 'image_converter.json'}: its config is not an object; the file is damaged")
         return cls(
             preset,
             folder,
@@ -198,15 +228,15 @@ class HubSpec:
             name,
             hashlib.sha256(json.dumps(_stable(config), sort_keys=True).encode()).hexdigest(),
             sha256_file(folder / WEIGHTS_FILE),
-            int(vision["image_shape"][0]),
-            int(patch[0] if isinstance(patch, (list, tuple)) else patch),
-            int(vision["hidden_dim"]),
-            int(vision["num_layers"]),
-            int(config["config"].get("projection_dim", vision["hidden_dim"]) if family.has_embedding else 0),
-            _channels(conv.get("scale"), 1.0),
-            _channels(conv.get("offset"), 0.0),
-            f"{_read_json(folder / 'image_converter.json').get('class_name')} (its resize: "
-            f"{conv.get('interpolation', 'bilinear')}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')})",
+            square_side(numbers["image_shape"], "image_shape", where, MAX_IMAGE_SIZE, 3),
+            square_side(numbers["patch_size"], "patch_size", where, MAX_IMAGE_SIZE, 2),
+            whole_number(numbers["hidden_dim"], "hidden_dim", where, MAX_DIM),
+            whole_number(numbers["num_layers"], "num_layers", where, MAX_LAYERS),
+            whole_number(projection, "projection_dim", where, MAX_DIM) if family.has_embedding else 0,
+            channels(conv.get("scale"), 1.0, "scale", folder / "image_converter.json"),
+            channels(conv.get("offset"), 0.0, "offset", folder / "image_converter.json"),
+            f"{str(converter.get('class_name'))[:100]} (its resize: "
+            f"{str(conv.get('interpolation', 'bilinear'))[:40]}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')!s:.10})",
         )
 
     @property
@@ -243,8 +273,10 @@ class HubSpec:
 
     @property
     def poolings(self) -> tuple[str, ...]:
-        """The --pooling values this preset takes (SigLIP has no class token)."""
-        return TOKEN_POOLINGS if self.family.has_cls else tuple(p for p in TOKEN_POOLINGS if "cls" not in p)
+        """The --pooling values this preset takes (SigLIP, and a ViT saved with use_class_token=False, have no class
+        token: token 0 is a patch)."""
+        cls = self.family.has_cls and self.prefix_tokens() > 0
+        return TOKEN_POOLINGS if cls else tuple(p for p in TOKEN_POOLINGS if "cls" not in p)
 
     def layer_names(self) -> list[str]:
         """The outputs --layer can name, in order."""
@@ -256,7 +288,7 @@ class HubSpec:
 
     def prefix_tokens(self) -> int:
         """Tokens before the patches (the class token and any register tokens)."""
-        return self.family.prefix_tokens(self.family.vision(_read_json(self.folder / "config.json")["config"]))
+        return self.family.prefix_tokens(self.family.vision(read_json(self.folder / "config.json")["config"]))
 
     def output_shape(self, size: int, layer: str, pooling: str) -> tuple[int, ...]:
         """One image's features at ``layer`` with ``pooling``."""
@@ -307,13 +339,27 @@ class HubSpec:
         kwargs = {"dtype": keras.mixed_precision.global_policy().name}
         if size != self.default_size:
             kwargs["image_shape"] = (size, size, 3)
-        backbone = keras_hub.models.Backbone.from_preset(str(self.folder), **kwargs)
+        try:
+            backbone = keras_hub.models.Backbone.from_preset(str(self.folder), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - KerasHub and Keras raise ValueError, TypeError, OSError, h5py's...
+            raise ConfigError(
+                f"KerasHub could not build {self.shown} from {self.folder}: {type(exc).__name__}: {str(exc)[:300]} "
+                f"(a preset folder is what backbone.save_to_preset writes; Lambda layers and unregistered classes are "
+                f"refused)"
+            ) from None
         if sha256_file(self.folder / WEIGHTS_FILE) != self.weights_sha256:
             raise WeightsError(f"{self.folder / WEIGHTS_FILE} changed while it was being loaded; run again")
         what = (
             f"KerasHub preset {self.handle}" if self.preset.startswith(HUB_PREFIX) else f"preset folder {self.preset}"
         )
-        return token_model(backbone, self.class_name, size), LoadedWeights(
+        try:
+            model = token_model(backbone, self.class_name, size)
+        except (AttributeError, TypeError, ValueError) as exc:  # e.g. a CLIPBackbone saved around a SigLIP vision tower
+            raise ConfigError(
+                f"{self.shown} is a {type(backbone).__name__} whose parts are not those of the {self.class_name} "
+                f"featstore unrolls ({type(exc).__name__}: {str(exc)[:200]}); it cannot be cut into blocks"
+            ) from None
+        return model, LoadedWeights(
             "model", "keras-hub-preset", what, str(self.folder / WEIGHTS_FILE), self.weights_sha256
         )
 

@@ -207,3 +207,24 @@ def _token_pool_class():
 def register() -> None:
     """Make TokenPool known to Keras before loading a saved model that holds it."""
     _token_pool_class()
+
+
+def custom_objects() -> dict:
+    """Classes a saved token model needs besides the registered ones, by the name its config gives them.
+
+    KerasHub's ViT layers write values their ``__init__`` refuses into their configs (``ViTPatchingAndEmbedding``:
+    ``num_patches``, ``num_positions``; ``ViTEncoderBlock``: ``key_dim``), so a fine-tuned ViT could not be loaded back
+    ("Unrecognized keyword arguments"): each is loaded without them (they follow from the other values).
+    """
+    from keras_hub.src.models.vit import vit_layers
+
+    def loadable(base, derived: tuple[str, ...]):
+        class Loadable(base):
+            @classmethod
+            def from_config(cls, config):
+                return base.from_config({k: v for k, v in config.items() if k not in derived})
+
+        return Loadable
+
+    derived = {"ViTPatchingAndEmbedding": ("num_patches", "num_positions"), "ViTEncoderBlock": ("key_dim",)}
+    return {name: loadable(getattr(vit_layers, name), keys) for name, keys in derived.items()}

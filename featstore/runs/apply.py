@@ -46,6 +46,18 @@ def rebuild_extractor(attrs: dict, weights: str | None = None, trust_model: bool
         )
     # a saved model or KerasHub preset: --weights PATH names the model file (or a local preset folder) when it moved
     saved = bool(attrs.get("model_file") or attrs.get("hub_preset"))
+    if (
+        attrs.get("hub_preset")
+        and weights
+        and not (str(weights).startswith("hub:") or Path(weights).expanduser().is_dir())
+    ):
+        # a file here was read as a saved model: a preset's model.weights.h5 was refused as a legacy .h5 "model" with
+        # advice to pass --trust-model (which would load a legacy .h5 model, code and all)
+        raise ConfigError(
+            f"--weights {weights}: the run's features were made with the KerasHub preset {attrs['hub_preset']}; "
+            f"--weights names a local copy of that preset folder (config.json, model.weights.h5, "
+            f"image_converter.json), not a file"
+        )
     try:
         config = ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None)
         # the caller's trust_model, never the record's: a crafted run.json may say trust_model=true

@@ -152,6 +152,12 @@ def _check_features_record(obj: dict, where: str, folder: Path) -> None:
             f"{where}: extractor_attrs.input_size {size!r} is not an image side featstore uses (0 to "
             f"{MAX_IMAGE_SIZE}); predicting with it would decode images of any size. Remove the folder {folder}"
         )
+    attrs = obj["extractor_attrs"]
+    if attrs.get("hub_preset") and provenance.fingerprint(attrs) != obj["fingerprint"]:
+        raise BrokenRunError(  # a fine-tuned preset is fed by the recorded preprocess_scale/offset, nothing else
+            f"{where}: extractor_attrs do not hash to the fingerprint (edited after the fit? its preprocessing numbers "
+            f"would feed the model silently); remove the folder {folder}"
+        )
 
 
 class _FeaturesRun(RunKind):
