@@ -115,3 +115,21 @@ def make_store(root: Path, per_class: tuple[int, int, int]) -> Path:
 def store(tmp_path_factory):
     """10/5/5 images per class of 3 classes, extracted once per session."""
     return make_store(tmp_path_factory.mktemp("runs"), (10, 5, 5))
+
+
+def interrupt_after_one_batch(monkeypatch: pytest.MonkeyPatch, *args, **kwargs) -> None:
+    """``extract(*args, **kwargs)`` stopped (as by SIGKILL) after its first committed batch: a split left to resume."""
+    from featstore.store import writer
+
+    real, calls = writer.SplitWriter.commit, []
+
+    def killed(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(writer.SplitWriter, "commit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        extract(*args, **kwargs)
+    monkeypatch.undo()

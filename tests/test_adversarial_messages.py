@@ -36,7 +36,7 @@ from featstore.experiments.finetune import FinetuneConfig, finetune
 from featstore.images.listing import discover
 from featstore.store import writer
 
-from .conftest import write_images
+from .conftest import interrupt_after_one_batch, write_images
 
 SIZE = 32
 CACHE = "vgg16@block4_pool"  # the cached cut of a fine-tuning from block5_conv1 of a store cut at block5_pool
@@ -173,19 +173,8 @@ def test_finetune_says_what_its_cache_costs_and_how_to_remove_it(ft):
 
 # ------------------------------------------------------------------ extraction: --jit, inf/NaN, images/s, folders
 def test_a_resume_with_jit_of_a_split_started_without_is_refused_both_sides_shown(data_root, tiny_config, tmp_path, monkeypatch):  # fmt: skip
-    store, real = tmp_path / "f.h5", writer.SplitWriter.commit
-    calls = []
-
-    def killed(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as SIGKILL after one committed batch
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(writer.SplitWriter, "commit", killed)
-    with pytest.raises(KeyboardInterrupt):
-        extract(data_root, "train", store, tiny_config, batch_size=4)
-    monkeypatch.undo()
+    store = tmp_path / "f.h5"
+    interrupt_after_one_batch(monkeypatch, data_root, "train", store, tiny_config, batch_size=4)
     with pytest.raises(StoreError) as err:
         extract(data_root, "train", store, tiny_config, batch_size=4, jit=True)
     msg = str(err.value)

@@ -19,9 +19,8 @@ pytest.importorskip("tf2onnx")
 from featstore import ConfigError, FeatureStore, StoreError, extract  # noqa: E402
 from featstore.models import onnx_runtime  # noqa: E402
 from featstore.models.extractor import Extractor  # noqa: E402
-from featstore.store import writer  # noqa: E402
 
-from .conftest import TINY_CONFIG, write_data_root  # noqa: E402
+from .conftest import TINY_CONFIG, interrupt_after_one_batch, write_data_root  # noqa: E402
 from .test_cli import run  # noqa: E402
 
 ONNX = replace(TINY_CONFIG, runtime="onnx")
@@ -137,19 +136,8 @@ def test_a_graph_with_constants_as_inputs_is_refused(made):
 
 
 def test_a_resume_with_another_runtime_is_refused_both_sides_shown(made, tmp_path, monkeypatch):
-    store, real = with_cache(made, tmp_path), writer.SplitWriter.commit
-    calls = []
-
-    def killed(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # as SIGKILL after one committed batch
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(writer.SplitWriter, "commit", killed)
-    with pytest.raises(KeyboardInterrupt):
-        extract(made["data"], "train", store, TINY_CONFIG, batch_size=4)
-    monkeypatch.undo()
+    store = with_cache(made, tmp_path)
+    interrupt_after_one_batch(monkeypatch, made["data"], "train", store, TINY_CONFIG, batch_size=4)
     with pytest.raises(StoreError) as err:
         extract(made["data"], "train", store, ONNX, batch_size=4)
     msg = str(err.value)
