@@ -137,8 +137,7 @@ def cached_cut(
                 f"the cached group {group!r} holds other images of {split!r} than {name!r} ({why}); re-extract both, "
                 f"or pass --no-cache (cache=False in Python)"
             )
-        info = fs.split_info(split, group)
-        nbytes = int(info["committed_rows"]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+        nbytes = fs.nbytes(split, group)
         if budget is not None and nbytes > budget:
             check_budget_holds_chunks(fs, group, [split], budget, format_bytes(budget))
             logger.info(
