@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 
@@ -11,7 +12,12 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import typer.testing  # noqa: E402
 from PIL import Image  # noqa: E402
+
+# typer's CliRunner turns the Typer app into a click command on every invoke (22 ms: it reads every command's
+# signature and type hints); the suite invokes the CLI over a thousand times, so the command is built once per app.
+typer.testing._get_command = functools.cache(typer.testing._get_command)
 
 from featstore import ExtractorConfig, extract  # noqa: E402
 
