@@ -276,7 +276,8 @@ def reliability_png(bins: list[dict], title: str, path: Path) -> Path:
     hist.bar(centres, [b.get("count", 0) for b in bins], widths, color="grey", edgecolor="black")
     hist.set_xlabel("confidence of the predicted class")
     hist.set_ylabel("rows")
-    fig.tight_layout()
+    # fixed margins: its labels are fixed text, and tight_layout's extra draw was a third of this chart's time
+    fig.subplots_adjust(left=0.13, right=0.95, top=0.94, bottom=0.09, hspace=0.06)
     fig.savefig(path, dpi=100, format="png", metadata=CHART_METADATA)
     plt.close(fig)
     return path
