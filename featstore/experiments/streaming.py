@@ -25,7 +25,7 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments.protocol import Splits
 from featstore.experiments.selection import Fitted, check_classes, describe_given
-from featstore.store.reader import FeatureStore
+from featstore.store.reader import FeatureStore, chunk_rows, row_bytes
 from featstore.units import format_bytes, parse_bytes  # noqa: F401 (re-exported)
 
 BLOCK_FRACTION = 4  # a block of features is budget/4: room for its float32 copy, the scaled copy and the model
@@ -42,7 +42,7 @@ def check_budget_holds_chunks(
     """
     for split, aug in [(s, False) for s in splits] + ([(splits[0], True)] if augmented else []):
         info = fs.split_info(split, name, augmented=aug)
-        chunk_bytes = int(info["chunks"][0]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+        chunk_bytes = chunk_rows(info) * row_bytes(info)
         if budget // BLOCK_FRACTION < chunk_bytes:
             raise ConfigError(
                 f"--memory-budget {given} is too small: streaming reads blocks of a quarter of the budget and one "
@@ -159,8 +159,8 @@ def predict_blocks(est, fs: FeatureStore, name: str, split: str, budget: int, n_
     from featstore.runs.artifacts import full_proba
 
     info = fs.split_info(split, name)
-    row = int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
-    chunk = int(info["chunks"][0]) * row if info.get("chunks") else row
+    row = row_bytes(info)
+    chunk = chunk_rows(info) * row
     # a block's probabilities (K float64 a row, about three copies while scored) share the budget with its features:
     # at 1,000 classes they are 40 times a pooled float16 row
     share = row / (row + PROBA_COPIES * 8 * n_classes)

@@ -69,6 +69,16 @@ def _readable(path, name: str, split: str, start: int, stop: int) -> Iterator[No
         ) from exc
 
 
+def row_bytes(info: dict) -> int:
+    """Bytes one stored row of a split takes in memory, from its :meth:`FeatureStore.split_info`."""
+    return int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+
+
+def chunk_rows(info: dict) -> int:
+    """Rows per HDF5 chunk of a split (1 where the split is not chunked), from its :meth:`FeatureStore.split_info`."""
+    return int(info["chunks"][0]) if info.get("chunks") else 1
+
+
 class FeatureStore:
     """Read access to a store file: the store object a reading command opens once.
 
@@ -310,7 +320,7 @@ class FeatureStore:
     def nbytes(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> int:
         """Bytes the committed features of a split (or its augmented copies) take in memory."""
         info = self.split_info(split, extractor, augmented=augmented)
-        return int(info["committed_rows"]) * int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+        return int(info["committed_rows"]) * row_bytes(info)
 
     def _block_rows(self, split: str, name: str, max_bytes: int, augmented: bool = False) -> tuple[int, int, int]:
         """(rows in the split, rows per block of whole chunks within max_bytes, rows per chunk); errors if one chunk does not fit."""
@@ -319,13 +329,12 @@ class FeatureStore:
             raise StoreError(
                 f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`"
             )
-        row_bytes = int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
-        chunk = int(info["chunks"][0]) if info.get("chunks") else 1
-        rows = (max_bytes // max(row_bytes, 1)) // chunk * chunk
+        row, chunk = row_bytes(info), chunk_rows(info)
+        rows = (max_bytes // max(row, 1)) // chunk * chunk
         if rows < 1:
             raise ConfigError(
                 f"a memory budget of {format_bytes(max_bytes)} cannot hold one chunk of {split!r} "
-                f"({chunk} rows of {format_bytes(row_bytes)}); raise it to at least {format_bytes(chunk * row_bytes)}"
+                f"({chunk} rows of {format_bytes(row)}); raise it to at least {format_bytes(chunk * row)}"
             )
         return int(info["committed_rows"]), rows, chunk
 

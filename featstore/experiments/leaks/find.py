@@ -27,7 +27,7 @@ from featstore.experiments.leaks.result import (
 from featstore.experiments.leaks.search import nearest, query_blocks, rounded, scan
 from featstore.experiments.leaks.threshold import calibrate, check_settings
 from featstore.outputs import terminal_safe
-from featstore.store.reader import FeatureStore
+from featstore.store.reader import FeatureStore, chunk_rows, row_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -188,8 +188,7 @@ def _budget(fs: FeatureStore, name: str, splits: list[str], max_bytes: int) -> i
             raise StoreError(
                 f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`"
             )
-        row = int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
-        need = max(need, row * int((info.get("chunks") or [1])[0]))
+        need = max(need, row_bytes(info) * chunk_rows(info))
     if max_bytes // 8 < need:
         raise ConfigError(
             f"max_bytes {max_bytes} is too small: a block must hold one chunk ({need} bytes) and may use an eighth "
