@@ -402,7 +402,11 @@ def _forward_fn(model, size: int, channels: int, jit: bool = False):
         input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
         jit_compile=jit or None,
     )
-    fn.get_concrete_function()  # trace now (no forward pass): every batch size then reuses this one graph
+    fn.get_concrete_function()  # trace now: every batch size then reuses this one graph
+    if not jit:  # (XLA compiles per batch shape: a one-image call would compile a shape no batch has)
+        # TensorFlow optimises the traced graph on its first call (Grappler: ~0.5-2 s for a 12-block ViT on a CPU),
+        # so one blank image goes through it now, in the build (start-up), not in the first batch of the loop
+        fn(tf.zeros((1, size, size, channels), tf.float32))
 
     def run(x):
         out = fn(tf.convert_to_tensor(x, tf.float32))
