@@ -272,6 +272,12 @@ def predict(
             help="Allow the run's extractor to load a legacy .h5 model file, which can run code stored in it. Never taken from the run's record: give it only for a model file you made yourself.",
         ),
     ] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="What runs the run's frozen extractor: keras, or onnx (ONNX Runtime on the CPU; needs the onnx extra). onnx loads the cut that extract --runtime onnx left in <store>.cache/onnx/ (or exports it there) after the weights are checked with Keras, and checks it against Keras. Not for fine-tuned runs."
+        ),
+    ] = "keras",
     store: StoreOpt = Path("features.h5"),
     runs: RunsOpt = None,
 ) -> None:
@@ -280,7 +286,15 @@ def predict(
     from featstore.experiments.predict import predict as run_predict
 
     rows = run_predict(
-        run, inputs, store=store, runs=runs, out=out, weights=weights, batch_size=batch_size, trust_model=trust_model
+        run,
+        inputs,
+        store=store,
+        runs=runs,
+        out=out,
+        weights=weights,
+        batch_size=batch_size,
+        trust_model=trust_model,
+        runtime=runtime,
     )
     if out is not None:
         typer.echo(safe(f"wrote {len(rows)} predictions to {out}"))

@@ -23,7 +23,7 @@ import numpy as np
 
 from featstore.errors import MAX_BATCH, ConfigError, DataError, OutputError, StoreError
 from featstore.images.listing import IMAGE_EXTENSIONS, find_images, printable
-from featstore.outputs import csv_cell, output_fix, probe_output, refuse_image, write_atomic
+from featstore.outputs import cache_dir, csv_cell, output_fix, probe_output, refuse_image, write_atomic
 from featstore.runs.apply import ApplyOptions, ImageBatch, rebuild_extractor  # noqa: F401 (rebuild_extractor re-exported)
 from featstore.runs.folder import find_run, runs_root
 from featstore.runs.kinds import kind_of
@@ -98,6 +98,7 @@ def predict(
     batch_size: int = 32,
     workers: int | None = None,
     trust_model: bool = False,
+    runtime: str = "keras",
 ) -> list[dict]:
     """Class and probability per image for a fit, finetune or ensemble run; unreadable images get a row with their reason.
 
@@ -105,21 +106,32 @@ def predict(
     :func:`featstore.outputs.write_atomic`); text cells that a spreadsheet would evaluate (``= + - @``, tab, CR at the
     start) get a leading ``'`` (:func:`featstore.outputs.csv_cell`).
     ``trust_model`` allows a run whose features came from a legacy ``.h5`` model file, which can run code when
-    loaded: give it only for a model file you made yourself. Example::
+    loaded: give it only for a model file you made yourself. ``runtime="onnx"`` runs the rebuilt extractor (of a fit
+    or of an ensemble's members; not a fine-tuned model) with ONNX Runtime, as ``extract --runtime onnx`` does: its
+    weights and fingerprint are checked with Keras first, then the cut is loaded from ``<store>.cache/onnx/`` (where
+    ``extract --runtime onnx`` left it) or exported there, and checked against Keras. Example::
 
         predict("logreg-1a2b3c", ["new_images/"], out="predictions.csv")
     """
     from featstore.images.decode import iter_decoded
+    from featstore.models.onnx_runtime import CACHE_FOLDER, check_runtime
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size!r}")
     if batch_size > MAX_BATCH:  # a 20-digit one reached itertools.islice (a traceback)
         raise ConfigError(f"--batch-size must be at most {MAX_BATCH}, got {batch_size}")
+    check_runtime(runtime)  # a runtime that is not one, or onnx without its packages: refused before any work
     if out is not None:
         _check_out(Path(out))
     root = runs_root(store, runs)
     rec, folder = find_run(run_id, root)  # verified; an ensemble's members are found (and verified) as it loads
-    options = ApplyOptions(lambda m: find_run(m, root, exact=True), weights, trust_model)
+    options = ApplyOptions(
+        lambda m: find_run(m, root, exact=True),
+        weights,
+        trust_model,
+        runtime=runtime,
+        runtime_cache=cache_dir(store) / CACHE_FOLDER,
+    )
     # refused before any image is read: the models loaded, a fitted run's extractor rebuilt (its weights' digest checked)
     model = kind_of(rec).for_images(rec, folder, options)
     paths = collect_images(inputs)

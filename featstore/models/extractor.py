@@ -270,9 +270,21 @@ class Extractor:
             compiled = _forward_fn(self.model, c.image_size, spec.channels_in, jit=True)
             self.jit_max_abs_diff = check_jit(self._prepare, self._forward, compiled, c, jit_batch, self._shown_name())
             self._forward = compiled
+        self._keras_forward = self._forward
         self.runtime_max_abs_diff = None  # --runtime onnx: the start-up check's result
         if self.config.runtime == "onnx":
-            self._forward, self.runtime_max_abs_diff = onnx_runtime.start(self, runtime_cache)
+            self.use_runtime("onnx", runtime_cache)
+
+    def use_runtime(self, runtime: str, cache: Path | None = None) -> None:
+        """Run the forward pass with ``runtime`` from now on: ``onnx`` exports the cut into the folder ``cache`` (or
+        loads it from there) and checks it against this Keras pass, as ``config.runtime="onnx"`` does at build; a run's
+        extractor is rebuilt with Keras first, so its weights and fingerprint are checked before anything is exported."""
+        onnx_runtime.check_runtime(runtime, self.config.mixed_precision, self.jit)
+        if runtime == "onnx":
+            self._forward, self.runtime_max_abs_diff = onnx_runtime.start(self, cache)
+        else:
+            self._forward, self.runtime_max_abs_diff = self._keras_forward, None
+        self.config = dataclasses.replace(self.config, runtime=runtime)
 
     def _shown_name(self) -> str:
         """The model as messages name it."""

@@ -29,10 +29,18 @@ from featstore.store.reader import FeatureStore
 logger = logging.getLogger(__name__)
 
 
-def rebuild_extractor(attrs: dict, weights: str | None = None, trust_model: bool = False):
+def rebuild_extractor(
+    attrs: dict,
+    weights: str | None = None,
+    trust_model: bool = False,
+    runtime: str = "keras",
+    runtime_cache: Path | None = None,
+):
     """The Extractor a store's provenance describes; refuses weights whose digest differs from the record.
 
-    ``trust_model`` (the caller's, never the record's ``trust_model``) allows a legacy ``.h5`` model file. Example::
+    ``trust_model`` (the caller's, never the record's ``trust_model``) allows a legacy ``.h5`` model file.
+    ``runtime="onnx"``: once the rebuilt Keras extractor passed those checks, its cut runs with ONNX Runtime (exported
+    into, or loaded from, the folder ``runtime_cache`` and checked against Keras). Example::
 
         ex = rebuild_extractor(rec["extractor_attrs"], weights="my.weights.h5")
     """
@@ -79,6 +87,8 @@ def rebuild_extractor(attrs: dict, weights: str | None = None, trust_model: bool
     provenance.refuse_other_features(
         ex.attrs, attrs, "the run", "Predict with the featstore, libraries and weights the run was made with."
     )
+    if runtime != "keras":
+        ex.use_runtime(runtime, runtime_cache)
     return ex
 
 
@@ -90,6 +100,8 @@ class ApplyOptions:
     weights: str | None = None  # --weights: replaces a recorded weights *file* (moved or copied)
     trust_model: bool = False  # the caller's permission for a legacy .h5 model file, never the record's
     workers: int = 2  # image decoding threads
+    runtime: str = "keras"  # --runtime: what runs a rebuilt extractor's forward pass (onnx: ONNX Runtime, checked)
+    runtime_cache: Path | None = None  # where --runtime onnx keeps its exported cuts (<store>.cache/onnx)
     _extractors: dict = field(default_factory=dict, repr=False)  # fingerprint -> Extractor
 
     def extractor(self, attrs: dict):
@@ -99,7 +111,9 @@ class ApplyOptions:
             override = (
                 self.weights if attrs.get("weights_source") in ("file", "model-file", "keras-hub-preset") else None
             )
-            self._extractors[fp] = rebuild_extractor(attrs, override, self.trust_model)
+            self._extractors[fp] = rebuild_extractor(
+                attrs, override, self.trust_model, self.runtime, self.runtime_cache
+            )
         return self._extractors[fp]
 
 

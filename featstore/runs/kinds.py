@@ -322,6 +322,11 @@ class FinetuneKind(_FeaturesRun):
         return artifacts.load_finetuned(folder, rec, verified=True)
 
     def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
+        if options.runtime != "keras":
+            raise ConfigError(
+                f"--runtime {options.runtime} runs a frozen extractor; {rec.id} is a fine-tuned model, which runs with "
+                f"Keras: leave out --runtime (or give --runtime keras)"
+            )
         model, k = self.load(rec, folder, options), len(rec.class_names)
         size = model.image_size
         return ImagesModel(
