@@ -33,6 +33,7 @@ from featstore.models.preset_json import (
     PRESET_FILES,
     WEIGHTS_FILE,
     channels,
+    check_sizes,
     read_json,
     square_side,
     whole_number,
@@ -217,11 +218,21 @@ class HubSpec:
             ) from None
         if not 0 <= family.prefix_tokens(vision) <= MAX_LAYERS:
             raise ConfigError(f"{where}: num_register_tokens is {vision.get('num_register_tokens')!s:.100}; damaged")
+        encoders = sorted({c for f in FAMILIES.values() for _, c in f.encoders})
+        for key, expected in family.encoders:  # KerasHub builds whatever class a nested config names
+            nested = config["config"].get(key)
+            named = str(nested.get("registered_name")) if isinstance(nested, dict) else repr(nested)
+            if named.removeprefix("keras_hub>") not in encoders or nested.get("class_name") != named.partition(">")[2]:
+                # a Functional model there is built layer by layer from its own numbers (Dense(10**12) allocates)
+                raise ConfigError(
+                    f"{where}: its {key} is {named[:100]}, not a KerasHub encoder ({', '.join(encoders)}; a {name} "
+                    f"holds a {expected}); the preset's config is damaged or crafted"
+                )
         converter = read_json(folder / "image_converter.json")
         conv = converter.get("config", {})
         if not isinstance(conv, dict):
             raise ConfigError(f"{folder / 'image_converter.json'}: its config is not an object; the file is damaged")
-        return cls(
+        spec = cls(
             preset,
             folder,
             handle,
@@ -238,6 +249,9 @@ class HubSpec:
             f"{str(converter.get('class_name'))[:100]} (its resize: "
             f"{str(conv.get('interpolation', 'bilinear'))[:40]}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')!s:.10})",
         )
+        # before anything is built: sizes within bounds, and no more parameters than the weights file holds
+        check_sizes(config["config"], where, folder / WEIGHTS_FILE, MAX_IMAGE_SIZE, spec.shown)
+        return spec
 
     @property
     def family(self):
