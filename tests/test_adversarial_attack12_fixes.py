@@ -10,6 +10,7 @@ towers; the fine-tuning is VGG16 at 32 pixels with random weights.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import h5py
@@ -138,3 +139,128 @@ def test_honest_presets_build_more_than_their_bound(presets):
         config = json.loads((folder / "config.json").read_text())["config"]
         bound, _ = implied_parameters(config, folder / "config.json", 4096)
         assert 0 < bound <= parameters == held_parameters(folder / "model.weights.h5", family), family
+
+
+# ================================================================== 2. a record never makes featstore download
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every download route KerasHub has, replaced by one that records the call and fails: the list of fetches."""
+    pytest.importorskip("keras_hub")
+    from keras_hub.src.utils import preset_utils
+
+    fetched = []
+
+    local = preset_utils.get_file
+
+    def fetch(preset, path):
+        if os.path.isdir(preset):
+            return local(preset, path)  # a preset folder on disk: KerasHub reads it there
+        fetched.append((preset, path))
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.setattr(preset_utils, "get_file", fetch)
+    return fetched
+
+
+@pytest.fixture(scope="module")
+def preset_run(presets, tmp_path_factory):
+    """A store extracted with the ViT preset folder and a logreg run on it: (root, store, run id, images)."""
+    from featstore import extract, fit
+    from tests.conftest import write_images
+
+    root = tmp_path_factory.mktemp("a12run")
+    images = write_images(root / "data", "train", {"cat": 3, "dog": 3}, seed=1, size=40)
+    store = root / "f.h5"
+    extract(root / "data", "train", store, ExtractorConfig(model=str(presets["vit"][0]), pooling="cls"))
+    return root, store, fit(store, "logreg")["id"], images
+
+
+def _copy_run(preset_run, tmp_path):
+    root, store, rid, images = preset_run
+    shutil.copy(store, tmp_path / "f.h5")
+    shutil.copytree(root / "f.runs", tmp_path / "f.runs")
+    return tmp_path / "f.h5", tmp_path / "f.runs" / rid, rid, images
+
+
+@pytest.mark.parametrize(
+    "named", ["hub:hf://someone/not_asked_for", "hub:kaggle://someone/model/keras/variant", "hub:dinov2_small"]
+)
+def test_a_preset_named_by_a_run_record_is_never_downloaded(preset_run, tmp_path, no_network, monkeypatch, named):
+    """An edited ``extractor_attrs.hub_preset`` in run.json (not fingerprinted: the record stayed valid) made
+    ``predict`` ask KerasHub for it: hf://, kaggle:// or a built-in name were downloaded (here: the fetch was
+    attempted) before the weights' digest and the fingerprint could refuse it. Now a record's named preset is read
+    from KerasHub's caches only, and one line names --weights hub:<preset> for a download the command line asks."""
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kaggle"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    store, folder, rid, images = _copy_run(preset_run, tmp_path)
+    rec = json.loads((folder / "run.json").read_text())
+    rec["extractor_attrs"].update(hub_preset=named, hub_handle="hf://someone/else")
+    (folder / "run.json").write_text(json.dumps(rec))
+    out = no_traceback(cli("predict", "--run", rid, "--store", store, images[0]))
+    line = one_line(out)
+    assert "comes from a record" in line and f"Pass --weights {named} to download it" in line, line
+    assert no_network == []
+
+
+def test_a_preset_named_by_a_stores_attributes_is_never_downloaded(preset_run, tmp_path, no_network, monkeypatch):
+    """The same through the store: ``similar NEW_IMAGE`` rebuilds the extractor from the store's attributes, and an
+    edited ``hub_preset`` attribute there (not fingerprinted) was fetched."""
+    from featstore.experiments.similar import similar
+
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kaggle"))
+    store, _, _, images = _copy_run(preset_run, tmp_path)
+    with h5py.File(store, "a") as f:
+        (name,) = [k for k in f if isinstance(f[k], h5py.Group)]
+        f[name].attrs["hub_preset"] = "hub:hf://someone/not_asked_for"
+    outside = tmp_path / "query.png"
+    shutil.copy(images[0], outside)
+    with pytest.raises(ConfigError, match="comes from a record .* Pass --weights hub:hf://someone/not_asked_for"):
+        similar(outside, store)
+    assert no_network == []
+
+
+def test_a_cached_preset_named_by_a_record_still_works_offline(presets, tmp_path, monkeypatch):
+    """Honest records keep working: a run made with ``hub:kaggle://o/m/keras/v`` (KerasHub's download, here served
+    from a kagglehub cache) predicts from that cache with every download route failing, taking the newest version
+    cached in full; ``--weights hub:<preset>`` on the command line may still download."""
+    from kagglehub.cache import Cache
+    from kagglehub.handle import parse_model_handle
+    from keras_hub.src.utils import preset_utils
+
+    from featstore import extract, fit, predict
+    from featstore.models.preset_json import PRESET_FILES
+    from tests.conftest import write_images
+
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kaggle"))
+    handle = parse_model_handle("o/m/keras/v/3")
+    cached = tmp_path / "kaggle" / "models" / "o" / "m" / "keras" / "v" / "3"
+    shutil.copytree(presets["vit"][0], cached)
+    for name in PRESET_FILES:
+        Cache().mark_as_complete(handle, name)
+    (cached.parent / "2").mkdir()  # an older version, not complete: passed over
+    served, local = [], preset_utils.get_file
+
+    def serve(preset, path):  # what KerasHub's download does once the files are cached
+        if os.path.isdir(preset):
+            return local(preset, path)  # building from the resolved folder
+        served.append(path)
+        return str(cached / path)
+
+    monkeypatch.setattr(preset_utils, "get_file", serve)
+    images = write_images(tmp_path / "data", "train", {"cat": 3, "dog": 3}, seed=1, size=40)
+    store = tmp_path / "f.h5"
+    extract(tmp_path / "data", "train", store, ExtractorConfig(model="hub:kaggle://o/m/keras/v", pooling="cls"))
+    run = fit(store, "logreg")
+    assert run["extractor_attrs"]["hub_handle"] == "kaggle://o/m/keras/v/3"
+    served.clear()
+
+    def offline(preset, path):
+        if os.path.isdir(preset):
+            return local(preset, path)
+        raise AssertionError(f"fetched {preset} {path}")
+
+    monkeypatch.setattr(preset_utils, "get_file", offline)
+    assert len(predict(run["id"], images[:2], store=store)) == 2
+    monkeypatch.setattr(preset_utils, "get_file", serve)
+    assert len(predict(run["id"], images[:2], store=store, weights="hub:kaggle://o/m/keras/v")) == 2
+    assert "model.weights.h5" in served  # asked for on the command line: KerasHub's own route
