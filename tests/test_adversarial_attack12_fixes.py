@@ -264,3 +264,88 @@ def test_a_cached_preset_named_by_a_record_still_works_offline(presets, tmp_path
     monkeypatch.setattr(preset_utils, "get_file", serve)
     assert len(predict(run["id"], images[:2], store=store, weights="hub:kaggle://o/m/keras/v")) == 2
     assert "model.weights.h5" in served  # asked for on the command line: KerasHub's own route
+
+
+# ================================================================== 3, 5. fine-tuning: the record and the cache
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """VGG16 at 32 pixels (random weights), 4/2/2 images per class, a dense run, and a fine-tuning of it that cached
+    its frozen layers: (root, store, dense id, finetune id, test images)."""
+    from featstore import extract, fit
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+    from tests.conftest import write_images
+
+    root = tmp_path_factory.mktemp("a12ft")
+    for split, n, seed in (("train", 4, 1), ("validation", 2, 2), ("test", 2, 3)):
+        write_images(root / "data", split, {"cat": n, "dog": n}, seed=seed, size=40)
+    store = root / "f.h5"
+    cfg = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=7)
+    for split in ("train", "validation", "test"):
+        extract(root / "data", split, store, cfg)
+    dense = fit(store, "dense", {"epochs": [1], "units": [4]})
+    ft = finetune(dense["id"], FinetuneConfig("block5_conv3", epochs=1, batch_size=4), store=store)
+    assert ft["cached_cut"]
+    return root, store, dense["id"], ft["id"], sorted((root / "data" / "test").rglob("*.*"))
+
+
+def _copy_tuned(tuned, tmp_path):
+    """A copy of the store and its runs (the images stay where the store records them)."""
+    root, store, *_ = tuned
+    shutil.copy(store, tmp_path / "f.h5")
+    shutil.copytree(root / "f.runs", tmp_path / "f.runs")
+    return tmp_path / "f.h5"
+
+
+def _edit_attrs(store, rid, **changes):
+    p = store.parent / "f.runs" / rid / "run.json"
+    rec = json.loads(p.read_text())
+    rec["extractor_attrs"].update(changes)  # the fingerprint (and the record's own) left as they were
+    p.write_text(json.dumps(rec))
+
+
+def test_a_finetune_runs_edited_preprocessing_under_its_fingerprint_is_refused(tuned, tmp_path):
+    """A fine-tuned model is fed by ``extractor_attrs.preprocess`` of its run.json; for a base that is not a preset it
+    was never checked against the fingerprint (only the fingerprint strings were compared): ``preprocess`` edited from
+    imagenet-caffe to none gave predictions with rc 0 from images the model never saw that way."""
+    from featstore import predict
+    from featstore.runs.files import BrokenRunError
+
+    _, _, _, ft, images = tuned
+    store = _copy_tuned(tuned, tmp_path)
+    assert len(predict(ft, images[:2], store=store)) == 2  # as written: accepted
+    _edit_attrs(store, ft, preprocess="none")
+    with pytest.raises(BrokenRunError, match="extractor_attrs do not hash to the fingerprint"):
+        predict(ft, images[:2], store=store)
+
+
+def test_finetune_refuses_a_phase_a_record_edited_under_its_fingerprint(tuned, tmp_path):
+    """``finetune`` compared the dense run's fingerprint with the store's as strings; the extractor is rebuilt from the
+    registry (a VGG16's ``preprocess`` is not read to rebuild it), so a run.json whose ``preprocess`` was edited to
+    none passed, phase B trained on images prepared another way than phase A's features, and the new run recorded the
+    edited provenance under the old fingerprint. Now both sides must hash to their fingerprints; nothing is written."""
+    from featstore import StoreError
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+
+    _, _, dense, _, _ = tuned
+    store = _copy_tuned(tuned, tmp_path)
+    _edit_attrs(store, dense, preprocess="none")
+    before = sorted(p.name for p in (tmp_path / "f.runs").iterdir())
+    with pytest.raises(StoreError, match=f"that run {dense} was made on does not hash to its fingerprint"):
+        finetune(dense, FinetuneConfig("block5_conv3", epochs=1, batch_size=4), store=store)
+    assert sorted(p.name for p in (tmp_path / "f.runs").iterdir()) == before
+
+
+def test_the_structured_comparison_does_not_fail_on_formatting(tuned):
+    """The other half of the structured comparison: the store's attributes (numpy arrays and integers from HDF5) and
+    the run's JSON copy of them compare equal field by field, so an honest record is never refused for how its
+    numbers were written."""
+    from featstore import FeatureStore
+    from featstore.provenance import attrs_of, same_features
+    from featstore.runs.folder import get_run
+
+    _, store, dense, _, _ = tuned
+    rec, _ = get_run(dense, store)
+    with h5py.File(store, "r") as f:
+        raw = attrs_of(f[rec["extractor"]])
+    assert same_features(raw, json.loads(json.dumps(rec["extractor_attrs"])))
+    assert same_features(FeatureStore(store).metadata(rec["extractor"]), rec["extractor_attrs"])
