@@ -349,3 +349,26 @@ def test_the_structured_comparison_does_not_fail_on_formatting(tuned):
         raw = attrs_of(f[rec["extractor"]])
     assert same_features(raw, json.loads(json.dumps(rec["extractor_attrs"])))
     assert same_features(FeatureStore(store).metadata(rec["extractor"]), rec["extractor_attrs"])
+
+
+def test_a_finetune_cache_with_other_labels_is_refused(tuned, tmp_path):
+    """The fine-tuning cache (the group ``<model>@<layer below>``) was reused with its own labels, trusted: labels
+    flipped in it (paths and listing unchanged) trained phase B on the wrong classes without a word. Now its labels and
+    classes must be the run's group's, row for row; the refusal names the command that re-makes the cache."""
+    from featstore import StoreError
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+    from featstore.runs.folder import get_run
+
+    root, _, dense, ft, _ = tuned
+    store = _copy_tuned(tuned, tmp_path)
+    group = get_run(ft, store)[0]["cached_cut"]
+    with h5py.File(store, "a") as f:
+        labels = f[group]["train"]["labels"]
+        labels[...] = 1 - labels[...]
+    before = sorted(p.name for p in (tmp_path / "f.runs").iterdir())
+    with pytest.raises(StoreError) as err:
+        finetune(dense, FinetuneConfig("block5_conv3", epochs=1, batch_size=4), store=store)
+    msg = str(err.value)
+    assert f"the cached frozen layers {group!r}" in msg and "8 of its 8 labels differ" in msg, msg
+    assert f"featstore extract --data {root / 'data'} --split train" in msg and "--no-cache" in msg, msg
+    assert sorted(p.name for p in (tmp_path / "f.runs").iterdir()) == before
