@@ -14,6 +14,7 @@ import os
 import shutil
 
 import h5py
+import numpy as np
 import pytest
 
 from featstore import ConfigError, ExtractorConfig
@@ -372,3 +373,73 @@ def test_a_finetune_cache_with_other_labels_is_refused(tuned, tmp_path):
     assert f"the cached frozen layers {group!r}" in msg and "8 of its 8 labels differ" in msg, msg
     assert f"featstore extract --data {root / 'data'} --split train" in msg and "--no-cache" in msg, msg
     assert sorted(p.name for p in (tmp_path / "f.runs").iterdir()) == before
+
+
+# ================================================================== 4. the default <store>.leaks.png
+@pytest.fixture
+def leaky(tmp_path):
+    """A 40-row train and 10-row test store kept *inside* train's image folder (data/train/f.h5), as a store moved
+    there would be."""
+    from tests.leaks_stores import blob, write_split
+
+    rng = np.random.default_rng(0)
+    X, Q = rng.gamma(1.0, size=(40, 16)).astype(np.float32), rng.gamma(1.0, size=(10, 16)).astype(np.float32)
+    Q[1] = X[3]
+    data = tmp_path / "data"
+    store = data / "train" / "f.h5"
+    os.makedirs(store.parent)
+    write_split(store, "s", "train", X, np.zeros(40), [f"train/{i}.png" for i in range(40)], data,
+                [blob(i) for i in range(40)])  # fmt: skip
+    write_split(store, "s", "test", Q, np.zeros(10), [f"test/{i}.png" for i in range(10)], data,
+                [blob(100 + i) for i in range(10)])  # fmt: skip
+    return store
+
+
+def test_the_default_leaks_png_is_not_written_inside_an_image_folder(leaky):
+    """``--png data/train/x.png`` is refused (the next extract would take the chart for an image), but the default
+    ``<store>.leaks.png`` got no such check: with the store in train's image folder, the chart landed among the
+    images. Now it is skipped with a note (the results are printed, exit 0)."""
+    out = no_traceback(cli("leaks", "--store", leaky, "--threshold", "0.999"))
+    assert "test: 1 of 10 rows have a near-duplicate" in out, out
+    assert f"note: PNG {leaky}.leaks.png is inside {leaky.parent}, the image folder of split 'train'" in out, out
+    assert not os.path.lexists(f"{leaky}.leaks.png")
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n my own picture", b"notes I keep here"])
+def test_the_default_leaks_png_never_replaces_a_file_featstore_did_not_draw(tmp_path, content):
+    """A file of the user's at ``<store>.leaks.png`` (a picture, or anything else) was replaced by the chart without a
+    word; ``--png`` of the same name refuses an image. Now the default name is only ever a chart featstore drew."""
+    from tests.leaks_stores import blob, write_split
+
+    store = tmp_path / "f.h5"
+    X = np.random.default_rng(0).gamma(1.0, size=(20, 8)).astype(np.float32)
+    write_split(store, "s", "train", X, np.zeros(20), [f"{i}.png" for i in range(20)], tmp_path / "d",
+                [blob(i) for i in range(20)])  # fmt: skip
+    write_split(store, "s", "test", X[:5], np.zeros(5), [f"{i}.png" for i in range(5)])
+    mine = tmp_path / "f.h5.leaks.png"
+    mine.write_bytes(content)
+    out = no_traceback(cli("leaks", "--store", store))
+    assert f"note: PNG {mine} already exists and was not drawn by featstore" in out, out
+    assert mine.read_bytes() == content
+    mine.unlink()
+    no_traceback(cli("leaks", "--store", store))  # featstore's own chart is written, and replaced the next time
+    out = no_traceback(cli("leaks", "--store", store))
+    assert f"wrote {mine}" in out and "note: PNG" not in out, out
+
+
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_the_default_leaks_png_is_never_written_through_a_link_or_fifo(tmp_path, kind):
+    """Already handled (write_atomic checks every name): a link or FIFO at ``<store>.leaks.png`` is left alone, the
+    command neither follows nor blocks on it, and says so in a note."""
+    from tests.leaks_stores import write_split
+
+    store = tmp_path / "f.h5"
+    X = np.random.default_rng(0).gamma(1.0, size=(20, 8)).astype(np.float32)
+    write_split(store, "s", "train", X, np.zeros(20), [f"{i}.png" for i in range(20)])
+    write_split(store, "s", "test", X[:5], np.zeros(5), [f"{i}.png" for i in range(5)])
+    victim, name = tmp_path / "victim.txt", tmp_path / "f.h5.leaks.png"
+    victim.write_text("precious")
+    os.symlink(victim, name) if kind == "link" else os.mkfifo(name)
+    out = no_traceback(cli("leaks", "--store", store))
+    assert f"note: PNG {name} is" in out, out
+    assert victim.read_text() == "precious" and (os.path.islink(name) if kind == "link" else not name.is_file())
