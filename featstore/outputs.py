@@ -149,6 +149,27 @@ def refuse_foreign_image(path: str | os.PathLike, what: str = "--png") -> None:
         ) from None
 
 
+def refuse_unstamped(path: str | os.PathLike, what: str = "PNG") -> None:
+    """Refuse a default chart name (one featstore chose, e.g. ``<store>.leaks.png``) that holds any file featstore did
+    not draw: a user's own file there is never replaced without being named. Nothing there, or a chart featstore drew
+    (:data:`CHART_METADATA`'s stamp), passes. Example::
+
+        refuse_unstamped("features.h5.leaks.png")
+    """
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) == b"\x89PNG\r\n\x1a\n" and _stamped(fh):
+                return
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # not readable (a folder, a FIFO opened elsewhere): check_output says what is wrong with it
+    raise OutputError(
+        f"{what} {path} already exists and was not drawn by featstore; featstore never replaces it with a chart at a "
+        f"name it chose. Move that file away, or name the chart yourself"
+    )
+
+
 def _stamped(fh) -> bool:
     """Whether the PNG open in ``fh`` has a ``tEXt`` chunk ``Software`` = featstore before its
     image data (at most 16 chunks of at most 1 MiB each are looked at)."""

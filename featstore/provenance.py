@@ -134,14 +134,37 @@ def refuse_other_extractor(old: dict, new: dict, path, name: str) -> None:
         )
 
 
+def same_features(a: dict, b: dict) -> bool:
+    """Whether two provenance records (a store's attributes, a run's ``extractor_attrs``, a rebuilt extractor's)
+    describe the same features: their fields hash to the same fingerprint, and each one's recorded ``fingerprint`` is
+    that hash. Fields are compared as plain values (an HDF5 attribute and its JSON copy are equal), never the
+    fingerprint strings alone, so a record whose fields were edited under a copied fingerprint does not pass.
+
+    >>> a = {k: 1 for k in FINGERPRINT_FIELDS}
+    >>> same_features(dict(a, fingerprint=fingerprint(a)), dict(a, fingerprint=fingerprint(a), dtype=2))
+    False
+    """
+    fa, fb = fingerprint(a), fingerprint(b)
+    return fa == fb and plain(a.get("fingerprint")) == fa and plain(b.get("fingerprint")) == fb
+
+
 def refuse_other_features(have: dict, recorded: dict, what: str, fix: str) -> None:
-    """Refuse applying something fitted on features of fingerprint ``recorded`` to features ``have``, showing both sides."""
-    if have.get("fingerprint") != recorded.get("fingerprint"):
-        raise StoreError(
-            f"features here have fingerprint {str(have.get('fingerprint'))[:12]}, {what} was made on "
-            f"{str(recorded.get('fingerprint'))[:12]} ({describe_diff(have, recorded, sides=('here', what))}); "
-            f"refusing to mix them. {fix}"
-        )
+    """Refuse applying something fitted on features of fingerprint ``recorded`` to features ``have``, showing both sides
+    (:func:`same_features`: a side whose fields do not hash to its fingerprint is named)."""
+    if same_features(have, recorded):
+        return
+    for side, attrs in (("here", have), (what, recorded)):
+        if fingerprint(attrs) != plain(attrs.get("fingerprint")):
+            raise StoreError(
+                f"the provenance of the features {'here' if side == 'here' else 'that ' + what + ' was made on'} does "
+                f"not hash to its fingerprint {str(attrs.get('fingerprint'))[:12]} (edited after it was written?); "
+                f"refusing to mix them. {fix}"
+            )
+    raise StoreError(
+        f"features here have fingerprint {str(have.get('fingerprint'))[:12]}, {what} was made on "
+        f"{str(recorded.get('fingerprint'))[:12]} ({describe_diff(have, recorded, sides=('here', what))}); "
+        f"refusing to mix them. {fix}"
+    )
 
 
 def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:

@@ -237,7 +237,14 @@ def leaks(
 
     from featstore.errors import OutputError
     from featstore.experiments.leaks import find_leaks, leaks_csv, leaks_png, record_path, write_record
-    from featstore.outputs import check_output, refuse_foreign_image, refuse_image, refuse_run_files, terminal_safe
+    from featstore.outputs import (
+        check_output,
+        refuse_foreign_image,
+        refuse_image,
+        refuse_run_files,
+        refuse_unstamped,
+        terminal_safe,
+    )
     from featstore.store.folders import refuse_in_image_folders
 
     def safe(p: object) -> str:
@@ -296,6 +303,11 @@ def leaks(
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             failed = True
     try:
+        if png is None:  # the default name gets the checks --png gets, and never replaces a file featstore did not draw
+            default = check_output(Path(f"{store}.leaks.png"), "PNG")  # a FIFO, link, folder, store
+            refuse_run_files(default, "PNG")
+            refuse_in_image_folders(default, store, "PNG")  # a store kept among the images: the next extract's image
+            refuse_unstamped(default, "PNG")
         path, missing = leaks_png(r, png or Path(f"{store}.leaks.png"), top=top, what="--png" if png else "PNG")
         typer.echo(
             f"wrote {safe(path)}" + (f"; {len(missing)} image(s) not found, drawn as placeholders:" if missing else "")

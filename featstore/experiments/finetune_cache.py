@@ -137,6 +137,7 @@ def cached_cut(
                 f"the cached group {group!r} holds other images of {split!r} than {name!r} ({why}); re-extract both, "
                 f"or pass --no-cache (cache=False in Python)"
             )
+        _refuse_other_labels(fs, name, group, split, images.labels, cfg, images.root)
         nbytes = fs.nbytes(split, group)
         if budget is not None and nbytes > budget:
             check_budget_holds_chunks(fs, group, [split], budget, format_bytes(budget))
@@ -165,6 +166,30 @@ def cached_cut(
         with writer_lock(fs.path), open_h5(fs.path, "a") as f:
             f[group].attrs["purpose"] = CACHE_PURPOSE
     return Cached(group, arrays, made or wrote, fs=fs, budget=budget)
+
+
+def _refuse_other_labels(fs, name: str, group: str, split: str, labels: np.ndarray, cfg, root: Path) -> None:
+    """Refuse a cached group whose labels (or classes) of ``split`` are not the run's group's, row for row: training on
+    it would teach other labels than the run's (the cache's labels were trusted when it was reused)."""
+    mine, theirs = fs.split_info(split, group).get("class_names"), fs.split_info(split, name).get("class_names")
+    cached = fs.labels(split, group)
+    if mine == theirs and cached.shape == labels.shape and np.array_equal(cached, labels):
+        return
+    differ = np.flatnonzero(cached != labels) if cached.shape == labels.shape else np.arange(len(labels))
+    what = (
+        f"its classes are {mine}, {name!r}'s {theirs}"
+        if mine != theirs
+        else f"{len(differ)} of its {len(labels)} labels differ from {name!r}'s (first at "
+        f"{printable(fs.paths(split, group)[differ[0]])})"
+        if len(differ)
+        else f"it has {len(cached)} labels, {name!r} {len(labels)}"
+    )
+    raise StoreError(
+        f"the cached frozen layers {group!r} in {fs.path} do not have the labels of {split!r} that {name!r} has ({what}): "
+        f"the cache was altered or damaged, and a fine-tuning never trains on other labels than its run's. Re-extract "
+        f"it with\n  {extract_command(cfg, root, split, fs.path, group)}\nor pass --no-cache (cache=False in Python) to "
+        f"train from the images"
+    )
 
 
 def _partial(fs, group: str, split: str) -> bool:

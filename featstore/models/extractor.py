@@ -87,6 +87,9 @@ class ExtractorConfig:
     preprocess: str | None = None  # saved models: none | scale01 | imagenet-caffe | imagenet-torch | tf (default none)
     trust_model: bool = False  # allow a legacy .h5 full model (no safe_mode protection)
     runtime: str = "keras"  # keras | onnx: what runs the forward pass; checked against Keras, so not fingerprinted
+    # whether a named KerasHub preset (hub:<name>) may be downloaded: False when the configuration comes from a store's
+    # or run's record (from_attrs), so that a record never makes featstore fetch what the command line did not name
+    download: bool = True
 
     def __init__(
         self,
@@ -104,6 +107,7 @@ class ExtractorConfig:
         *,
         cut_layers: tuple[str, ...] = (),
         runtime: str = "keras",
+        download: bool = True,
     ):
         given_layer = layer is not _NOT_GIVEN and layer is not None
         given_layers = layers is not _NOT_GIVEN and bool(layers)
@@ -125,6 +129,7 @@ class ExtractorConfig:
             preprocess=preprocess,
             trust_model=trust_model,
             runtime=runtime,
+            download=download,
         )
         for key, value in values.items():
             object.__setattr__(self, key, value)
@@ -164,13 +169,17 @@ class ExtractorConfig:
 
     @classmethod
     def from_attrs(cls, attrs: dict, weights: str | None = None, model_file: str | None = None) -> ExtractorConfig:
-        """The configuration a store's extractor attributes record (``weights``/``model_file`` override recorded files)."""
-        return cls(**provenance.config_fields(attrs, weights, model_file))
+        """The configuration a store's extractor attributes record (``weights``/``model_file`` override recorded files).
+
+        A named KerasHub preset is then taken only from KerasHub's local caches (``download=False``): a record, which
+        anyone can edit, never makes featstore download anything. ``model_file`` (the caller's ``--weights``, e.g.
+        ``hub:dinov2_small``) may be downloaded."""
+        return cls(**provenance.config_fields(attrs, weights, model_file), download=model_file is not None)
 
     def backbone(self) -> BackboneSpec | SavedModelSpec | HubSpec:
         """The backbone this configuration names: a registry spec, a saved model file inspected, or a KerasHub preset."""
         if is_hub_model(self.model):
-            return HubSpec.from_model(self.model)
+            return HubSpec.from_model(self.model, download=self.download)
         if is_model_path(self.model):
             return SavedModelSpec.from_path(self.model, self.preprocess, self.trust_model)
         return get_backbone(self.model)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, WeightsError, choices_error
+from featstore.models.hub_fetch import HUB_SCHEMES, NotDownloaded, _requires_keras_hub, fetch_preset  # noqa: F401
 from featstore.models.preset_json import (
     MAX_DIM,
     MAX_LAYERS,
     MAX_WEIGHTS_BYTES,
-    PRESET_FILES,
     WEIGHTS_FILE,
     channels,
+    check_sizes,
     read_json,
     square_side,
     whole_number,
@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 HUB_PREFIX = "hub:"
 HUB_PREPROCESS = "keras-hub-converter"  # preprocess id; the numbers are preprocess_scale / preprocess_offset
 _UNSTABLE_KEYS = ("image_shape", "name", "dtype", "trainable")  # config keys that do not decide the architecture
-HUB_SCHEMES = ("kaggle", "hf")  # the handles hub: takes besides built-in names
 
 
 def is_hub_model(model: str) -> bool:
@@ -72,83 +71,6 @@ def store_name(model: str) -> str:
     parts = [p for p in re.split(r"[/:]+", str(model).removeprefix(HUB_PREFIX)) if p and not p.isdigit()]
     name = re.sub(r"[^A-Za-z0-9_@+=,.-]", "_", parts[-1] if parts else "hub").lstrip(".")
     return name or "hub"
-
-
-def _requires_keras_hub():
-    """Import keras_hub, or say how to install it."""
-    try:
-        import keras_hub
-    except ImportError as exc:
-        raise ConfigError(
-            f"KerasHub presets need the keras-hub package ({exc}): pip install 'featstore[hub]' (or pip install keras-hub)"
-        ) from None
-    return keras_hub
-
-
-def _cache_hint(handle: str) -> str:
-    """Where KerasHub's downloads of ``handle`` are cached."""
-    if handle.startswith("hf://"):
-        home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-        return f"the Hugging Face cache ($HF_HOME, here {home}; files under hub/models--...)"
-    cache = os.environ.get("KAGGLEHUB_CACHE", "~/.cache/kagglehub")
-    return f"kagglehub's cache ($KAGGLEHUB_CACHE, here {cache}; files under models/{handle.removeprefix('kaggle://')})"
-
-
-def fetch_preset(preset: str) -> tuple[Path, str]:
-    """The local folder of a named preset (downloaded through KerasHub's cache) and its handle (with its version)."""
-    _requires_keras_hub()
-    from keras_hub.src.utils import preset_utils
-
-    builtin = preset_utils.BUILTIN_PRESETS.get(preset)
-    handle = builtin["kaggle_handle"] if builtin else preset
-    scheme = preset.partition("://")[0].lower() if "://" in preset else None
-    if scheme is not None and scheme not in HUB_SCHEMES:  # file://, gs://, http://... reach TensorFlow's file systems
-        raise ConfigError(
-            f"hub:{preset}: hub: takes a built-in preset name, kaggle://<owner>/<model>/keras/<variant>[/<version>] "
-            f"or hf://<owner>/<model>; for a preset folder on disk pass --model PATH/"
-        )
-    if (not builtin and scheme is None) or (builtin and builtin["metadata"].get("path") not in _family_paths()):
-        # a built-in preset of another family (hub:gemma2_27b_en) was downloaded, weights and all, before it was refused
-        names = [n for n, p in preset_utils.BUILTIN_PRESETS.items() if p["metadata"].get("path") in _family_paths()]
-        raise choices_error("KerasHub preset (DINOv2, ViT, CLIP, SigLIP)", preset, sorted(names))
-    paths = []
-    try:
-        for name in PRESET_FILES:
-            paths.append(Path(preset_utils.get_file(preset, name)))
-            if name == "config.json":  # its class is checked before the weights are downloaded
-                config = read_json(paths[0])
-                if not isinstance(config.get("class_name"), str) or config["class_name"] not in FAMILIES:
-                    raise choices_error(
-                        f"KerasHub backbone class of {preset}", str(config.get("class_name"))[:100], list(FAMILIES)
-                    )
-    except ConfigError:
-        raise
-    except FileNotFoundError as exc:
-        raise ConfigError(f"KerasHub preset {preset} has no {name}; featstore needs {', '.join(PRESET_FILES)}") from exc
-    except Exception as exc:  # requests' ConnectionError, kagglehub's and huggingface_hub's errors: all mean "not here"
-        raise WeightsError(
-            f"KerasHub preset {preset} ({handle}) could not be loaded: {type(exc).__name__}: {str(exc)[:300]}\n"
-            f"Two ways out:\n"
-            f"  1. put the preset in {_cache_hint(handle)} (run keras_hub.models.Backbone.from_preset({preset!r}) on a "
-            f"machine that can download it and copy that folder), or\n"
-            f"  2. pass a local preset folder: --model PATH/ (config.json, model.weights.h5, image_converter.json, as "
-            f"backbone.save_to_preset(PATH) and converter.save_to_preset(PATH) write them)."
-        ) from exc
-    folder = paths[0].parent
-    if folder.name.isdigit() and handle.startswith("kaggle://") and len(handle.split("/")) == 6:
-        handle = f"{handle}/{folder.name}"  # kagglehub's cache folder is the version it resolved: recorded with it
-    if any(p.parent != folder for p in paths):
-        raise WeightsError(f"KerasHub preset {preset}: its files are not in one folder ({', '.join(map(str, paths))})")
-    try:
-        preset_utils.get_file(preset, "metadata.json")
-    except Exception:  # noqa: BLE001 - optional: older presets have none
-        logger.debug("preset %s has no metadata.json", preset)
-    return folder, handle
-
-
-def _family_paths() -> set[str]:
-    """The 'path' metadata of built-in presets of the supported families."""
-    return {f.family for f in FAMILIES.values()}
 
 
 def _stable(config):
@@ -179,11 +101,12 @@ class HubSpec:
     channels_in: int = 3
 
     @classmethod
-    def from_model(cls, model: str) -> HubSpec:
-        """Resolve ``hub:<preset>`` (download or cache) or a preset folder, and read its files; no model is built."""
+    def from_model(cls, model: str, download: bool = True) -> HubSpec:
+        """Resolve ``hub:<preset>`` (download or cache; only the cache with ``download=False``) or a preset folder, and
+        read its files; no model is built."""
         preset = normalise(model)
         if preset.startswith(HUB_PREFIX):
-            folder, handle = fetch_preset(preset.removeprefix(HUB_PREFIX))
+            folder, handle = fetch_preset(preset.removeprefix(HUB_PREFIX), download)
         else:
             folder, handle = Path(preset), preset
         config = read_json(folder / "config.json")
@@ -217,11 +140,21 @@ class HubSpec:
             ) from None
         if not 0 <= family.prefix_tokens(vision) <= MAX_LAYERS:
             raise ConfigError(f"{where}: num_register_tokens is {vision.get('num_register_tokens')!s:.100}; damaged")
+        encoders = sorted({c for f in FAMILIES.values() for _, c in f.encoders})
+        for key, expected in family.encoders:  # KerasHub builds whatever class a nested config names
+            nested = config["config"].get(key)
+            named = str(nested.get("registered_name")) if isinstance(nested, dict) else repr(nested)
+            if named.removeprefix("keras_hub>") not in encoders or nested.get("class_name") != named.partition(">")[2]:
+                # a Functional model there is built layer by layer from its own numbers (Dense(10**12) allocates)
+                raise ConfigError(
+                    f"{where}: its {key} is {named[:100]}, not a KerasHub encoder ({', '.join(encoders)}; a {name} "
+                    f"holds a {expected}); the preset's config is damaged or crafted"
+                )
         converter = read_json(folder / "image_converter.json")
         conv = converter.get("config", {})
         if not isinstance(conv, dict):
             raise ConfigError(f"{folder / 'image_converter.json'}: its config is not an object; the file is damaged")
-        return cls(
+        spec = cls(
             preset,
             folder,
             handle,
@@ -238,6 +171,9 @@ class HubSpec:
             f"{str(converter.get('class_name'))[:100]} (its resize: "
             f"{str(conv.get('interpolation', 'bilinear'))[:40]}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')!s:.10})",
         )
+        # before anything is built: sizes within bounds, and no more parameters than the weights file holds
+        check_sizes(config["config"], where, folder / WEIGHTS_FILE, MAX_IMAGE_SIZE, spec.shown)
+        return spec
 
     @property
     def family(self):

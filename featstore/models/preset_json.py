@@ -24,6 +24,23 @@ MAX_LAYERS = 1024  # transformer blocks (the largest supported presets have 40)
 MAX_DIM = 1 << 16  # channels (hidden_dim, projection_dim; the largest supported presets have 1536)
 MAX_CONVERTER_VALUE = 1e6  # |scale|, |offset| (real converters: about 1/255 and -2..2)
 MAX_JSON_DEPTH = 32  # nesting of a preset's JSON (CLIP's config: 5 levels); deeper overflowed Python's stack later
+MAX_FFN = 4 * MAX_DIM  # intermediate_dim, mlp_dim (the largest supported presets have 6144)
+MAX_VOCABULARY = 1 << 22  # a text tower's vocabulary_size (CLIP: 49,408; SigLIP: 256,000)
+MAX_SEQUENCE = 1 << 16  # a text tower's max_sequence_length (CLIP: 77; SigLIP: 64)
+MAX_TOKENS = 1 << 14  # patches of the preset's own input side (the largest supported presets: 37 x 37 = 1369)
+MAX_WEIGHT_OBJECTS = 1 << 16  # groups and arrays in model.weights.h5 (the largest supported presets: about 1,000)
+# The sizes of a (vision or text) tower's config that KerasHub allocates from, with their bounds.
+SIZES = {
+    "hidden_dim": MAX_DIM,
+    "embedding_dim": MAX_DIM,
+    "projection_dim": MAX_DIM,
+    "intermediate_dim": MAX_FFN,
+    "mlp_dim": MAX_FFN,
+    "num_layers": MAX_LAYERS,
+    "num_heads": MAX_DIM,
+    "vocabulary_size": MAX_VOCABULARY,
+    "max_sequence_length": MAX_SEQUENCE,
+}
 
 
 def read_json(path: Path) -> dict:
@@ -106,3 +123,122 @@ def square_side(value, what: str, where: Path, most: int, length: int) -> int:
             f"(featstore feeds square images)"
         )
     return sides[0]
+
+
+def check_sizes(config: dict, where: Path, weights: Path, max_side: int, shown: str) -> None:
+    """Refuse, before KerasHub builds anything, a backbone config (``config.json``'s ``config``) whose sizes would
+    allocate more than its weights file holds: each size a whole number within its bound (:data:`SIZES`), at most
+    ``num_heads = hidden_dim``, at most :data:`MAX_TOKENS` patches at the preset's own input side, and a lower bound
+    of the parameters the sizes build (:func:`implied_parameters`) at most what ``weights`` holds
+    (:func:`held_parameters`). A config edited to ``intermediate_dim`` 10**9 was built first, and memory ran out.
+    ``shown`` names the preset in messages."""
+    bound, fields = implied_parameters(config, where, max_side)
+    held = held_parameters(weights, shown)
+    if bound > held:
+        raise ConfigError(
+            f"{where}: its sizes ({fields}) build at least {bound:,} parameters, but {weights.name} holds {held:,}: "
+            f"the config was edited or belongs to other weights. Restore the preset's config.json (or save the preset "
+            f"again with backbone.save_to_preset)"
+        )
+
+
+def _towers(config: dict) -> list[dict]:
+    """The objects of a config that hold sizes (the backbone's, or each nested encoder's), found without recursion."""
+    found, stack = [], [config]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if any(k in item for k in SIZES):
+                found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def implied_parameters(config: dict, where: Path, max_side: int) -> tuple[int, str]:
+    """A lower bound of the parameters KerasHub builds from a backbone config, and the sizes of its largest term.
+
+    Every size that allocates is in a term it multiplies: per transformer block at least half the attention kernels
+    (``2 hidden_dim x num_heads x (hidden_dim // num_heads)``) and half the MLP (``hidden_dim x intermediate_dim / 2``;
+    SwiGLU's too), the patch embedding (``patch_size^2 x 3 x hidden_dim``), one position embedding per patch of
+    ``position_embedding_shape`` (else ``image_shape``), the token and position embeddings of a text tower
+    (``vocabulary_size``, ``max_sequence_length`` x ``embedding_dim``) and each projection (``projection_dim x
+    hidden_dim``). DINOv2, ViT, CLIP and SigLIP each build more than this, never less.
+    """
+    terms: list[tuple[int, str]] = []
+    towers = _towers(config)
+    sizes = [
+        {k: whole_number(t[k], k, where, most) for k, most in SIZES.items() if t.get(k) is not None} for t in towers
+    ]
+    widest = max((n.get("hidden_dim", 0) for n in sizes), default=0)
+    for tower, n in zip(towers, sizes):
+        h, layers, heads = n.get("hidden_dim", 0), n.get("num_layers", 0), n.get("num_heads", 1)
+        mlp = n.get("intermediate_dim") or n.get("mlp_dim") or 0
+        if h and heads > h:
+            raise ConfigError(
+                f"{where}: num_heads is {heads}, more than hidden_dim {h} (each head has hidden_dim // num_heads "
+                f"channels); the preset's config is damaged or not one KerasHub writes"
+            )
+        which = "intermediate_dim" if n.get("intermediate_dim") else "mlp_dim"
+        terms.append(
+            (
+                layers * (2 * h * heads * (h // heads) + h * mlp // 2),
+                f"num_layers {layers}, hidden_dim {h}, {which} {mlp}",
+            )
+        )
+        width = n.get("embedding_dim") or h
+        terms.append(
+            (n.get("vocabulary_size", 0) * width, f"vocabulary_size {n.get('vocabulary_size')}, width {width}")
+        )
+        terms.append((n.get("max_sequence_length", 0) * width, f"max_sequence_length {n.get('max_sequence_length')}"))
+        terms.append((n.get("projection_dim", 0) * (h or widest), f"projection_dim {n.get('projection_dim')}"))
+        if tower.get("patch_size") is not None:
+            patch = square_side(tower["patch_size"], "patch_size", where, max_side, 2)
+            terms.append((patch * patch * 3 * h, f"patch_size {patch}, hidden_dim {h}"))
+            side = square_side(tower["image_shape"], "image_shape", where, max_side, 3) if "image_shape" in tower else 0
+            if (side // patch) ** 2 > MAX_TOKENS:  # attention takes memory in their square, parameters or not
+                raise ConfigError(
+                    f"{where}: image_shape {side} with patch_size {patch} makes {(side // patch) ** 2:,} patches per "
+                    f"image, over {MAX_TOKENS:,} (the largest supported presets have 1,369): the preset's config is "
+                    f"damaged or crafted; restore it"
+                )
+            key = "position_embedding_shape" if tower.get("position_embedding_shape") is not None else "image_shape"
+            if tower.get(key) is not None:
+                side = square_side(tower[key], key, where, max_side, 3)
+                terms.append(((side // patch) ** 2 * h, f"{key} {side}, patch_size {patch}, hidden_dim {h}"))
+    bound = sum(t for t, _ in terms)
+    return bound, max(terms, default=(0, "none"))[1]
+
+
+def held_parameters(path: Path, shown: str) -> int:
+    """The numbers a Keras weights file really holds: each array's elements, at most what its stored bytes take (an
+    array declared huge but never written holds nothing); a ConfigError naming the preset ``shown`` and the file when
+    it is not one HDF5 file of at most :data:`MAX_WEIGHT_OBJECTS` groups and arrays."""
+    import h5py
+
+    total, seen = 0, 0
+
+    def visit(_name, obj):
+        nonlocal total, seen
+        seen += 1
+        if seen > MAX_WEIGHT_OBJECTS:
+            return True  # stops the visit
+        if isinstance(obj, h5py.Dataset) and obj.dtype.itemsize:
+            total += min(int(obj.size or 0), obj.id.get_storage_size() // obj.dtype.itemsize)
+        return None
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError, RuntimeError for a bad file
+        raise ConfigError(
+            f"KerasHub could not build {shown} from {path.parent}: its {path.name} cannot be read as a Keras weights "
+            f"file ({type(exc).__name__}: {str(exc)[:200]}); the preset is damaged: download or save it again"
+        ) from None
+    if seen > MAX_WEIGHT_OBJECTS:
+        raise ConfigError(
+            f"{path} holds more than {MAX_WEIGHT_OBJECTS:,} groups and arrays (the largest supported presets have about "
+            f"1,000); refusing to read it"
+        )
+    return total

@@ -47,6 +47,9 @@ class Family:
         [dict], list[str]
     ]  # vision config -> the Keras names of its blocks (--unfreeze-from), in order
     examples: tuple[str, ...] = ()  # some of KerasHub's built-in preset names (checked against keras_hub by the tests)
+    # (config key, KerasHub class) of each nested model the backbone's config holds (CLIP's and SigLIP's two towers):
+    # KerasHub deserialises whatever class a nested config names, so any other (a Functional model) is refused
+    encoders: tuple[tuple[str, str], ...] = ()
 
 
 def _same(config: dict) -> dict:
@@ -95,6 +98,7 @@ FAMILIES = {
             False,
             lambda c: [f"{c['name']}_encoder_block_{i}" for i in range(c["num_layers"])],
             ("clip_vit_base_patch16", "clip_vit_large_patch14", "clip_vit_b_32_laion2b_s34b_b79k"),
+            (("vision_encoder", "CLIPVisionEncoder"), ("text_encoder", "CLIPTextEncoder")),
         ),
         Family(
             "siglip",
@@ -107,6 +111,7 @@ FAMILIES = {
             False,
             lambda c: [f"{c['name']}_encoder_block_{i}" for i in range(c["num_layers"])],
             ("siglip_base_patch16_224", "siglip2_base_patch16_224", "siglip_so400m_patch14_384"),
+            (("vision_encoder", "SigLIPVisionEncoder"), ("text_encoder", "SigLIPTextEncoder")),
         ),
     )
 }

@@ -45,6 +45,7 @@ def rebuild_extractor(
         ex = rebuild_extractor(rec["extractor_attrs"], weights="my.weights.h5")
     """
     from featstore.models.extractor import Extractor, ExtractorConfig
+    from featstore.models.hub_fetch import NotDownloaded
 
     if not attrs.get("model_file") and int(attrs.get("input_size") or 0) <= 0:  # write_arrays: no backbone to rebuild
         raise ConfigError(
@@ -70,6 +71,8 @@ def rebuild_extractor(
         config = ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None)
         # the caller's trust_model, never the record's: a crafted run.json may say trust_model=true
         ex = Extractor(dataclasses.replace(config, trust_model=trust_model))
+    except NotDownloaded:
+        raise  # already names --weights hub:<preset> and --weights PATH/
     except (WeightsError, ConfigError) as exc:
         what = (
             f"the model file {attrs['model_file']}"

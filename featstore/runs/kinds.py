@@ -153,10 +153,13 @@ def _check_features_record(obj: dict, where: str, folder: Path) -> None:
             f"{MAX_IMAGE_SIZE}); predicting with it would decode images of any size. Remove the folder {folder}"
         )
     attrs = obj["extractor_attrs"]
-    if attrs.get("hub_preset") and provenance.fingerprint(attrs) != obj["fingerprint"]:
-        raise BrokenRunError(  # a fine-tuned preset is fed by the recorded preprocess_scale/offset, nothing else
-            f"{where}: extractor_attrs do not hash to the fingerprint (edited after the fit? its preprocessing numbers "
-            f"would feed the model silently); remove the folder {folder}"
+    fed = obj.get("kind") == "finetune" or attrs.get("hub_preset")  # a model fed by the recorded preprocessing
+    if fed and provenance.fingerprint(attrs) != obj["fingerprint"]:
+        # a fine-tuned model is fed by the recorded preprocess (a preset's: preprocess_scale/offset), and the run's
+        # fingerprint was compared with the store's as a string: an edited field under a copied fingerprint fed silently
+        raise BrokenRunError(
+            f"{where}: extractor_attrs do not hash to the fingerprint (edited after the fit? its preprocessing would "
+            f"feed the model silently); remove the folder {folder}"
         )
 
 
