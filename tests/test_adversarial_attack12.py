@@ -98,3 +98,29 @@ def test_a_file_in_place_of_the_onnx_cache_folder_is_one_message(extractor, tmp_
     with pytest.raises(OutputError, match=f"{where} is not a folder; move it away"):
         onnx_runtime.start(extractor, tmp_path / "f.h5.cache" / "onnx")
     assert (tmp_path / where).read_text() == "not a folder"
+
+
+# ============================================================ 4. predict with no store wrote the cut beside it
+def test_predict_with_the_onnx_runtime_writes_no_cache_beside_a_store_that_is_not_there(store, tmp_path, monkeypatch):
+    """``predict --runtime onnx --store data/test/cat/x.h5 --runs RUNS`` (a store that is not there) exported the cut
+    into ``data/test/cat/x.h5.cache/onnx/``: a 58 MB file inside the images it predicted on. With no store there is no
+    cut extract left; it is exported into a temporary folder, not kept."""
+    from featstore import fit, predict
+    from featstore.outputs import cache_dir
+
+    runs = tmp_path / "runs"
+    rec = fit(store, "logreg", {}, runs=runs)
+    images = store.parent / "data" / "test"
+    seen = []
+
+    def fake_start(ex, cache, threads=None):  # the cache folder it was given; the Keras pass stands in for ONNX's
+        seen.append(cache)
+        return ex._keras_forward, 0.0
+
+    monkeypatch.setattr(onnx_runtime, "start", fake_start)
+    missing = tmp_path / "nowhere.h5"
+    rows = predict(rec["id"], [images], store=missing, runs=runs, runtime="onnx")
+    assert len(rows) == 15 and seen == [None]
+    assert not (tmp_path / "nowhere.h5.cache").exists()
+    predict(rec["id"], [images], store=store, runs=runs, runtime="onnx")  # honest input: the store's own cache
+    assert seen[-1] == cache_dir(store) / "onnx"
