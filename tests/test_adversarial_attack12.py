@@ -124,3 +124,34 @@ def test_predict_with_the_onnx_runtime_writes_no_cache_beside_a_store_that_is_no
     assert not (tmp_path / "nowhere.h5.cache").exists()
     predict(rec["id"], [images], store=store, runs=runs, runtime="onnx")  # honest input: the store's own cache
     assert seen[-1] == cache_dir(store) / "onnx"
+
+
+# ============================================================ 5. a weights file declaring arrays it does not store
+def test_a_weights_file_declaring_arrays_it_does_not_store_is_refused_before_keras_reads_it(
+    vgg16_weights_file, tmp_path
+):
+    """An HDF5 array declared huge but never written takes no bytes on disk and reads as its fill value: a 58 MB
+    VGG16 ``--weights`` file whose first kernel declared 500M floats took 8 GB of memory before Keras said the shape
+    did not fit (1.5G floats ran a 23 GB machine out of memory). A preset folder's ``model.weights.h5`` was counted by
+    what it stores but then loaded the same way. Both are refused before Keras reads them."""
+    import shutil
+
+    import h5py
+
+    from featstore import ExtractorConfig
+    from featstore.errors import WeightsError
+    from featstore.models.extractor import Extractor
+    from featstore.models.preset_json import check_sizes
+
+    path = shutil.copy(vgg16_weights_file, tmp_path / "crafted.weights.h5")
+    with h5py.File(path, "a") as f:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        kernel = next(n for n in names if n.endswith("vars/0"))  # block1_conv1's kernel
+        del f[kernel]
+        f.create_dataset(kernel, shape=(50_000_000,), dtype="float32")  # 200 MB declared, nothing stored
+    with pytest.raises(WeightsError, match="declare 200,000,000 bytes more than the file stores"):
+        Extractor(ExtractorConfig(model="vgg16", image_size=32, weights=str(path)))
+    with pytest.raises(ConfigError, match="more than the file stores"):  # a preset's sizes within what it holds
+        check_sizes({"hidden_dim": 8, "num_layers": 1}, tmp_path / "config.json", path, 512, "a preset")
+    Extractor(ExtractorConfig(model="vgg16", image_size=32, weights=str(vgg16_weights_file)))  # honest: unchanged
