@@ -130,7 +130,9 @@ def predict(
         weights,
         trust_model,
         runtime=runtime,
-        runtime_cache=cache_dir(store) / CACHE_FOLDER,
+        # no store file (--runs given): nothing extract left to load; a cut exported beside a store that is not there
+        # (--store data/test/x.h5) was a 58 MB file inside the images predicted on. It is exported to a temporary folder
+        runtime_cache=cache_dir(store) / CACHE_FOLDER if Path(store).is_file() else None,
     )
     # refused before any image is read: the models loaded, a fitted run's extractor rebuilt (its weights' digest checked)
     model = kind_of(rec).for_images(rec, folder, options)

@@ -25,13 +25,24 @@ def as_list(out) -> list[np.ndarray]:
 
 
 def largest_difference(got, want) -> tuple[float, float]:
-    """``(max |got - want|, max |want|)`` over every output (float64); ``got``'s rows beyond ``want``'s are ignored."""
+    """``(max |got - want|, max |want|)`` over every output (float64); ``got``'s rows beyond ``want``'s are ignored.
+
+    Another number of outputs, fewer rows or another row shape, or a NaN where ``want`` has a number, is an infinite
+    difference: ``max(0.0, nan)`` is 0.0, so an all-NaN candidate (a planted ONNX cut) passed every check."""
+    got, want = as_list(got), as_list(want)
     worst, scale = 0.0, 0.0
-    for g, w in zip(as_list(got), as_list(want)):
+    if len(got) != len(want):
+        worst = float("inf")
+    for g, w in zip(got, want):
         g, w = np.asarray(g), np.asarray(w)
-        if g.shape[1:] != w.shape[1:]:
-            return float("inf"), float(np.max(np.abs(w), initial=0.0))
-        diff = np.abs(g[: len(w)].astype(np.float64) - w.astype(np.float64))
-        worst = max(worst, float(np.max(diff, initial=0.0)))
-        scale = max(scale, float(np.max(np.abs(w), initial=0.0)))
+        w64 = np.asarray(w, np.float64)
+        scale = max(scale, float(np.max(np.abs(w64[~np.isnan(w64)]), initial=0.0)))
+        if g.shape[1:] != w.shape[1:] or len(g) < len(w):
+            worst = float("inf")
+            continue
+        g, w = g[: len(w)].astype(np.float64), w64
+        with np.errstate(invalid="ignore"):  # inf - inf
+            diff = np.where(np.isnan(g) & np.isnan(w), 0.0, np.abs(g - w))  # NaN in both: the same (Keras's own NaN)
+        d = float(np.max(diff, initial=0.0))
+        worst = float("inf") if np.isnan(d) else max(worst, d)
     return worst, scale

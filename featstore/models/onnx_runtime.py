@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, choices_error
+from featstore.errors import ConfigError, OutputError, choices_error
 from featstore.models.agreement import as_list, largest_difference, seeded_images
 from featstore.outputs import write_atomic
 
@@ -125,11 +125,22 @@ class OnnxForward:
                 f"{n_outputs} (constants exported as graph inputs: {extra}); ONNX Runtime cannot run it as this "
                 f"cut. {FIX}"
             )
-        self.input_name, self.single = inputs[0].name, n_outputs == 1
+        self.input_name, self.single, self.where = inputs[0].name, n_outputs == 1, where
 
     def __call__(self, x: np.ndarray):
-        """Features of one preprocessed float32 batch, in the form the Keras forward pass returns them."""
+        """Features of one preprocessed float32 batch, in the form the Keras forward pass returns them.
+
+        An output without one row per image is a ConfigError: a cut that passed the start-up check's batch of
+        :data:`ONNX_CHECK_ROWS` may still return other rows for another batch size (a planted file), and h5py's
+        broadcast error stopped the extract half-way with a traceback."""
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        for o in out:
+            if np.ndim(o) == 0 or len(o) != len(x):
+                rows = "no rows" if np.ndim(o) == 0 else f"{len(o)} rows"
+                raise ConfigError(
+                    f"--runtime onnx: {self.where} returned {rows} for a batch of {len(x)} images; it is not the "
+                    f"cut it is named after. Remove it (it is exported again), or {FIX.lower()}"
+                )
         return out[0] if self.single else out
 
 
@@ -203,16 +214,29 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
     if cache is None:
         with tempfile.TemporaryDirectory(prefix="featstore-onnx-") as tmp:
             return _export_checked(extractor, Path(tmp) / "cut.onnx", threads)
-    cache.mkdir(parents=True, exist_ok=True)
+    _make_folder(cache)
     path = cache / f"{cache_key([a['fingerprint'] for _, a in extractor.outputs])}.onnx"
     data = read_cached(path)
     if data is None:
         return _export_checked(extractor, path, threads)
     try:
-        return _open_checked(extractor, data, threads)
+        return _open_checked(extractor, data, threads, where=f"the cached model {path}")
     except ConfigError as exc:
         logger.warning("--runtime onnx: the cached %s is exported again: %s", path, exc)
         return _export_checked(extractor, path, threads)
+
+
+def _make_folder(cache: Path) -> None:
+    """Make the cache folder (and ``<store>.cache``); a file, FIFO or dangling link in their place, or a folder that
+    cannot be made, is one OutputError naming it (``mkdir(exist_ok=True)`` raised FileExistsError: a traceback)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = next((p for p in (cache.parent, cache) if os.path.lexists(p) and not p.is_dir()), None)
+        why = f"{what} is not a folder; move it away" if what is not None else f"{exc.strerror or exc}"
+        raise OutputError(
+            f"--runtime onnx: cannot make the ONNX cache folder {cache}: {why}, or {FIX.lower()}"
+        ) from None
 
 
 def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxForward, float]:
@@ -231,11 +255,12 @@ def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxFor
     return result[0]
 
 
-def _open_checked(extractor, data: bytes, threads: int | None) -> tuple[OnnxForward, float]:
-    """Load ONNX bytes into ONNX Runtime and check them against the Keras pass; ConfigError when either fails."""
+def _open_checked(extractor, data: bytes, threads: int | None, where: str | None = None) -> tuple[OnnxForward, float]:
+    """Load ONNX bytes into ONNX Runtime and check them against the Keras pass; ConfigError when either fails.
+    ``where``: how messages name the file (default: the cut exported to ONNX)."""
     shown = extractor._shown_name()
     try:
-        forward = OnnxForward(data, len(extractor.outputs), threads, where=f"{shown} exported to ONNX")
+        forward = OnnxForward(data, len(extractor.outputs), threads, where=where or f"{shown} exported to ONNX")
     except ConfigError:
         raise
     except Exception as exc:  # onnxruntime's InvalidGraph, InvalidProtobuf, Fail, ...: one line, the first of its own
@@ -252,6 +277,8 @@ def check_agreement(prepare, reference, candidate, size: int, shown: str) -> flo
     x = prepare(seeded_images(ONNX_CHECK_ROWS, size))
     try:
         got = candidate(x)
+    except ConfigError:
+        raise
     except Exception as exc:  # an op ONNX Runtime accepts at load but cannot run on these shapes
         raise ConfigError(f"--runtime onnx: ONNX Runtime failed to run {shown} ({_first_line(exc)}). {FIX}") from exc
     worst, scale = largest_difference(got, reference(x))

@@ -29,6 +29,9 @@ MAX_VOCABULARY = 1 << 22  # a text tower's vocabulary_size (CLIP: 49,408; SigLIP
 MAX_SEQUENCE = 1 << 16  # a text tower's max_sequence_length (CLIP: 77; SigLIP: 64)
 MAX_TOKENS = 1 << 14  # patches of the preset's own input side (the largest supported presets: 37 x 37 = 1369)
 MAX_WEIGHT_OBJECTS = 1 << 16  # groups and arrays in model.weights.h5 (the largest supported presets: about 1,000)
+# Bytes a weights file's arrays declare beyond what they store (Keras writes them uncompressed: none). An array declared
+# huge but never written reads as its fill value: a 58 MB VGG16 file declaring 2 GB took 8 GB before Keras said no.
+MAX_UNSTORED_BYTES = 64 << 20
 # The sizes of a (vision or text) tower's config that KerasHub allocates from, with their bounds.
 SIZES = {
     "hidden_dim": MAX_DIM,
@@ -140,6 +143,9 @@ def check_sizes(config: dict, where: Path, weights: Path, max_side: int, shown: 
             f"the config was edited or belongs to other weights. Restore the preset's config.json (or save the preset "
             f"again with backbone.save_to_preset)"
         )
+    problem = check_weights_file(weights)  # arrays declared huge but never written: Keras would read them in full
+    if problem:
+        raise ConfigError(problem)
 
 
 def _towers(config: dict) -> list[dict]:
@@ -215,30 +221,67 @@ def held_parameters(path: Path, shown: str) -> int:
     """The numbers a Keras weights file really holds: each array's elements, at most what its stored bytes take (an
     array declared huge but never written holds nothing); a ConfigError naming the preset ``shown`` and the file when
     it is not one HDF5 file of at most :data:`MAX_WEIGHT_OBJECTS` groups and arrays."""
-    import h5py
-
-    total, seen = 0, 0
-
-    def visit(_name, obj):
-        nonlocal total, seen
-        seen += 1
-        if seen > MAX_WEIGHT_OBJECTS:
-            return True  # stops the visit
-        if isinstance(obj, h5py.Dataset) and obj.dtype.itemsize:
-            total += min(int(obj.size or 0), obj.id.get_storage_size() // obj.dtype.itemsize)
-        return None
 
     try:
-        with h5py.File(path, "r") as f:
-            f.visititems(visit)
+        total, seen, _unstored = _walk_weights(path)
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError, RuntimeError for a bad file
         raise ConfigError(
             f"KerasHub could not build {shown} from {path.parent}: its {path.name} cannot be read as a Keras weights "
             f"file ({type(exc).__name__}: {str(exc)[:200]}); the preset is damaged: download or save it again"
         ) from None
+    problem = _weights_problem(path, seen, 0)
+    if problem:
+        raise ConfigError(problem)
+    return total
+
+
+def _walk_weights(path: Path) -> tuple[int, int, int]:
+    """``(elements stored, objects seen, bytes declared but not stored)`` of an HDF5 weights file; the walk stops after
+    :data:`MAX_WEIGHT_OBJECTS` objects."""
+    import h5py
+
+    total, seen, unstored = 0, 0, 0
+
+    def visit(_name, obj):
+        nonlocal total, seen, unstored
+        seen += 1
+        if seen > MAX_WEIGHT_OBJECTS:
+            return True  # stops the visit
+        if isinstance(obj, h5py.Dataset) and obj.dtype.itemsize:
+            stored = obj.id.get_storage_size()
+            total += min(int(obj.size or 0), stored // obj.dtype.itemsize)
+            unstored += max(0, int(obj.size or 0) * obj.dtype.itemsize - stored)
+        return None
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return total, seen, unstored
+
+
+def _weights_problem(path: Path, seen: int, unstored: int) -> str | None:
+    """Why a weights file must not be loaded (too many objects, arrays declaring more than they store), or None."""
     if seen > MAX_WEIGHT_OBJECTS:
-        raise ConfigError(
+        return (
             f"{path} holds more than {MAX_WEIGHT_OBJECTS:,} groups and arrays (the largest supported presets have about "
             f"1,000); refusing to read it"
         )
-    return total
+    if unstored > MAX_UNSTORED_BYTES:
+        return (
+            f"{path}: its arrays declare {unstored:,} bytes more than the file stores (arrays never written, or "
+            f"compressed; Keras writes every weight in full), over {MAX_UNSTORED_BYTES >> 20} MiB: reading them would "
+            f"allocate memory the file does not hold. The file is damaged or crafted; save the weights again"
+        )
+    return None
+
+
+def check_weights_file(path: Path) -> str | None:
+    """Why the HDF5 weights file ``path`` must not be given to Keras's ``load_weights`` (see :func:`_weights_problem`),
+    or None; a file h5py cannot walk is left to Keras's own message. Example::
+
+        problem = check_weights_file(Path("my.weights.h5"))
+    """
+    try:
+        _total, seen, unstored = _walk_weights(path)
+    except Exception:  # noqa: BLE001 - not HDF5, or damaged: load_weights says what it says about it
+        return None
+    return _weights_problem(path, seen, unstored)

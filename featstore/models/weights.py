@@ -155,6 +155,11 @@ def _load_file(spec: BackboneSpec, size: int, path: Path):
             f"weights file {path} does not exist. --weights takes imagenet, none, hed-bsds500 or the path "
             f"of a Keras weights file (.weights.h5 or legacy .h5) saved from keras.applications.{spec.app}(include_top=False)."
         )
+    from featstore.models.preset_json import check_weights_file
+
+    problem = check_weights_file(path)  # before Keras reads an array declared huge but never written
+    if problem:
+        raise WeightsError(f"weights file {problem}")
     base = spec.build(size, None)
     try:
         base.load_weights(str(path))
