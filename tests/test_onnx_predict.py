@@ -15,7 +15,7 @@ pytest.importorskip("tf2onnx")
 from featstore import ConfigError, ensemble, extract, fit, predict  # noqa: E402
 from featstore.models import onnx_runtime  # noqa: E402
 from featstore.runs.apply import ApplyOptions  # noqa: E402
-from featstore.runs.kinds import FinetuneKind  # noqa: E402
+from featstore.runs.kinds import EnsembleKind, FinetuneKind  # noqa: E402
 
 from .conftest import TINY_CONFIG, write_data_root  # noqa: E402
 from .test_cli import run  # noqa: E402
@@ -85,3 +85,29 @@ def test_a_fine_tuned_run_is_refused_with_the_onnx_runtime():
     rec = SimpleNamespace(id="finetune-abc123")
     with pytest.raises(ConfigError, match="finetune-abc123 is a fine-tuned model.*leave out --runtime"):
         FinetuneKind().for_images(rec, None, ApplyOptions(runtime="onnx"))
+
+
+class _Rec(dict):
+    """A record stand-in: run.json keys as items and as attributes."""
+
+    __getattr__ = dict.__getitem__
+
+
+def test_an_ensemble_with_a_fine_tuned_member_is_refused_before_any_member_is_built(calls):
+    """The fitted member comes first, but nothing is built or exported for it: every member is checked first."""
+    fitted, tuned = _Rec(kind="fit", id="logreg-a"), _Rec(kind="finetune", id="finetune-b")
+    ens = _Rec(kind="ensemble", id="ensemble-c", members=["logreg-a", "finetune-b"])
+    found = {"logreg-a": (fitted, None), "finetune-b": (tuned, None)}
+    with pytest.raises(ConfigError, match="finetune-b is a fine-tuned model"):
+        EnsembleKind().for_images(ens, None, ApplyOptions(found.get, runtime="onnx"))
+    assert calls == {"start": [], "export": []}
+
+
+def test_a_run_of_mixed_precision_features_says_so_not_to_leave_out_an_option_predict_has_not(calls):
+    from featstore.models.extractor import Extractor
+    from featstore.runs.apply import rebuild_extractor
+
+    attrs = Extractor(replace(TINY_CONFIG, mixed_precision=True)).attrs
+    with pytest.raises(ConfigError, match="computed in mixed float16 .*leave out --runtime") as info:
+        rebuild_extractor(attrs, runtime="onnx")
+    assert "--mixed-precision:" not in str(info.value) and calls["start"] == []

@@ -78,6 +78,9 @@ class RunKind:
         """The run ready to give probabilities for decoded images (its extractor rebuilt when it needs one)."""
         raise NotImplementedError
 
+    def check_runtime(self, rec: RunRecord, options: ApplyOptions) -> None:
+        """ConfigError, before anything is built, when ``options.runtime`` cannot run this run on images."""
+
     def split_predictions(
         self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
     ):
@@ -289,7 +292,12 @@ class EnsembleKind(RunKind):
     def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
         return [(m, kind_of(m).load(m, f, options)) for m, f in self.members(rec, options)]
 
+    def check_runtime(self, rec: RunRecord, options: ApplyOptions) -> None:
+        for m, _ in self.members(rec, options):
+            kind_of(m).check_runtime(m, options)
+
     def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
+        self.check_runtime(rec, options)  # every member, before any is built (or any ONNX cut exported)
         models = [kind_of(m).for_images(m, f, options) for m, f in self.members(rec, options)]
 
         def proba(batch: ImageBatch) -> np.ndarray:  # the members' calibrated probabilities, averaged
@@ -324,12 +332,15 @@ class FinetuneKind(_FeaturesRun):
     def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
         return artifacts.load_finetuned(folder, rec, verified=True)
 
-    def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
+    def check_runtime(self, rec: RunRecord, options: ApplyOptions) -> None:
         if options.runtime != "keras":
             raise ConfigError(
                 f"--runtime {options.runtime} runs a frozen extractor; {rec.id} is a fine-tuned model, which runs with "
                 f"Keras: leave out --runtime (or give --runtime keras)"
             )
+
+    def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
+        self.check_runtime(rec, options)
         model, k = self.load(rec, folder, options), len(rec.class_names)
         size = model.image_size
         return ImagesModel(
