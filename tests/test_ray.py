@@ -15,8 +15,8 @@ import pytest
 
 from featstore import ConfigError, DataError, FeatureStore, extract
 from featstore.extraction.ray import Forward, RayEngine, RayOptions
-from featstore.store import writer
 
+from .conftest import TINY_CONFIG, interrupt_after_one_batch, write_data_root
 from .test_cli import run, tiny
 
 
@@ -116,38 +116,40 @@ def killed_once(marker: Path) -> type:
     return KilledOnce
 
 
-@pytest.mark.slow
-def test_killed_actor_is_retried_without_loss_or_duplicates(ray_cluster, data_root, tiny_config, tmp_path):
-    marker = tmp_path / "killed"
-    extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=2)
+@pytest.fixture(scope="module")
+def faults(ray_cluster, tmp_path_factory) -> dict:
+    """A Ray run of the train split interrupted in the driver after its first committed batch (4 rows), then resumed on
+    a one-actor pool whose actor SIGKILLs itself on its second batch; and the local engine's store of the same images.
+
+    The two fault tests below read these runs: each Ray run starts a pool of actors (a worker process, TensorFlow's
+    import and the model build: seconds on a CPU), so the kill happens in the resume instead of in a third run. The
+    resume has two batches for one actor, so the kill happens and Ray must restart that actor and retry its batch."""
+    root = tmp_path_factory.mktemp("faults")
+    data, path, marker = write_data_root(root / "data"), root / "ray.h5", root / "killed"
+    extract(data, "train", root / "local.h5", TINY_CONFIG, batch_size=4)
+    with pytest.MonkeyPatch.context() as mp:
+        interrupt_after_one_batch(mp, data, "train", path, TINY_CONFIG, batch_size=4, engine="ray")
+    committed = FeatureStore(path).split_info("train")["committed_rows"]
     with RayEngine(RayOptions(workers=1), actor=killed_once(marker)) as engine:
-        r = extract(data_root, "train", tmp_path / "ray.h5", tiny_config, batch_size=2, engine=engine)
-    assert marker.exists(), "no actor was killed"
-    assert r.rows == 12 and r.written == 12
-    same_store(tmp_path / "local.h5", tmp_path / "ray.h5")
-    assert len(set(FeatureStore(tmp_path / "ray.h5").paths("train"))) == 12
+        resumed = extract(data, "train", path, TINY_CONFIG, batch_size=4, engine=engine)
+    return {"local": root / "local.h5", "ray": path, "marker": marker, "committed": committed, "resumed": resumed}
 
 
 @pytest.mark.slow
-def test_interrupted_driver_resumes_like_the_local_engine(ray_cluster, data_root, tiny_config, tmp_path, monkeypatch):
-    extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=4)
-    real_commit, calls = writer.SplitWriter.commit, []
+def test_killed_actor_is_retried_without_loss_or_duplicates(faults):
+    r = faults["resumed"]
+    assert faults["marker"].exists(), "no actor was killed"
+    assert r.rows == 12 and r.resumed_from + r.written == 12
+    same_store(faults["local"], faults["ray"])
+    assert len(set(FeatureStore(faults["ray"]).paths("train"))) == 12
 
-    def dying_commit(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the driver interrupted after one committed batch
-        return real_commit(self, *args, **kwargs)
 
-    monkeypatch.setattr(writer.SplitWriter, "commit", dying_commit)
-    path = tmp_path / "ray.h5"
-    with pytest.raises(KeyboardInterrupt):
-        extract(data_root, "train", path, tiny_config, batch_size=4, engine="ray")
-    monkeypatch.setattr(writer.SplitWriter, "commit", real_commit)
-    assert FeatureStore(path).split_info("train")["committed_rows"] == 4
-    r = extract(data_root, "train", path, tiny_config, batch_size=4, engine="ray")
+@pytest.mark.slow
+def test_interrupted_driver_resumes_like_the_local_engine(faults):
+    assert faults["committed"] == 4
+    r = faults["resumed"]
     assert r.resumed_from == 4 and r.written == 8
-    same_store(tmp_path / "local.h5", path)
+    same_store(faults["local"], faults["ray"])
 
 
 @pytest.mark.slow
