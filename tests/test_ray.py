@@ -1,6 +1,7 @@
 """--engine ray: a local Ray cluster started by the test gives the local engine's store exactly; faults and bad input.
 
 The cluster tests are `slow` (Ray's start and one TensorFlow import per actor take seconds); the option checks are not.
+One local cluster serves the whole module, also for Ray Data reading `featstore export`'s Parquet shards.
 """
 
 from __future__ import annotations
@@ -168,6 +169,28 @@ def test_cluster_checks_before_the_run(ray_cluster, data_root, tiny_config, tmp_
     assert not (tmp_path / "f.h5").exists()
     with pytest.raises(DataError, match=r"a Ray worker on .* cannot read .*elsewhere.*shared filesystem"):
         RayEngine().start(tmp_path / "elsewhere", None)  # a data root only the driver sees
+
+
+@pytest.mark.slow
+def test_ray_data_reads_the_exported_shards(ray_cluster, tmp_path):
+    """featstore export --rows-per-file's Parquet shards (tests/test_export_shards.py) read by Ray Data as the split:
+    here, on this module's cluster, rather than on a second Ray started for that file alone."""
+    pytest.importorskip("pyarrow")
+    import ray.data
+
+    from featstore import export
+    from featstore.store import writer
+
+    store, out = tmp_path / "features.h5", tmp_path / "ray_shards"
+    X = np.random.default_rng(0).random((1000, 2, 2, 8)).astype(np.float16)
+    writer.write_arrays(
+        store, "synthetic", "train", X, np.arange(1000) % 5, [f"c{i}" for i in range(5)], batch_size=128
+    )
+    export(store, "train", out, rows_per_file=250)
+    ds = ray.data.read_parquet(str(out))
+    assert ds.count() == 1000
+    labels = np.sort(np.concatenate([b["label"] for b in ds.iter_batches(batch_format="numpy")]))
+    np.testing.assert_array_equal(labels, np.sort(np.arange(1000) % 5))
 
 
 def test_decode_threads_option_does_not_change_rows(data_root, tmp_path):
