@@ -1,6 +1,7 @@
 """--engine ray: a local Ray cluster started by the test gives the local engine's store exactly; faults and bad input.
 
 The cluster tests are `slow` (Ray's start and one TensorFlow import per actor take seconds); the option checks are not.
+One local cluster serves the whole module, also for Ray Data reading `featstore export`'s Parquet shards.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pytest
 
 from featstore import ConfigError, DataError, FeatureStore, extract
 from featstore.extraction.ray import Forward, RayEngine, RayOptions
-from featstore.store import writer
 
+from .conftest import TINY_CONFIG, interrupt_after_one_batch, write_data_root
 from .test_cli import run, tiny
 
 
@@ -116,38 +117,40 @@ def killed_once(marker: Path) -> type:
     return KilledOnce
 
 
-@pytest.mark.slow
-def test_killed_actor_is_retried_without_loss_or_duplicates(ray_cluster, data_root, tiny_config, tmp_path):
-    marker = tmp_path / "killed"
-    extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=2)
+@pytest.fixture(scope="module")
+def faults(ray_cluster, tmp_path_factory) -> dict:
+    """A Ray run of the train split interrupted in the driver after its first committed batch (4 rows), then resumed on
+    a one-actor pool whose actor SIGKILLs itself on its second batch; and the local engine's store of the same images.
+
+    The two fault tests below read these runs: each Ray run starts a pool of actors (a worker process, TensorFlow's
+    import and the model build: seconds on a CPU), so the kill happens in the resume instead of in a third run. The
+    resume has two batches for one actor, so the kill happens and Ray must restart that actor and retry its batch."""
+    root = tmp_path_factory.mktemp("faults")
+    data, path, marker = write_data_root(root / "data"), root / "ray.h5", root / "killed"
+    extract(data, "train", root / "local.h5", TINY_CONFIG, batch_size=4)
+    with pytest.MonkeyPatch.context() as mp:
+        interrupt_after_one_batch(mp, data, "train", path, TINY_CONFIG, batch_size=4, engine="ray")
+    committed = FeatureStore(path).split_info("train")["committed_rows"]
     with RayEngine(RayOptions(workers=1), actor=killed_once(marker)) as engine:
-        r = extract(data_root, "train", tmp_path / "ray.h5", tiny_config, batch_size=2, engine=engine)
-    assert marker.exists(), "no actor was killed"
-    assert r.rows == 12 and r.written == 12
-    same_store(tmp_path / "local.h5", tmp_path / "ray.h5")
-    assert len(set(FeatureStore(tmp_path / "ray.h5").paths("train"))) == 12
+        resumed = extract(data, "train", path, TINY_CONFIG, batch_size=4, engine=engine)
+    return {"local": root / "local.h5", "ray": path, "marker": marker, "committed": committed, "resumed": resumed}
 
 
 @pytest.mark.slow
-def test_interrupted_driver_resumes_like_the_local_engine(ray_cluster, data_root, tiny_config, tmp_path, monkeypatch):
-    extract(data_root, "train", tmp_path / "local.h5", tiny_config, batch_size=4)
-    real_commit, calls = writer.SplitWriter.commit, []
+def test_killed_actor_is_retried_without_loss_or_duplicates(faults):
+    r = faults["resumed"]
+    assert faults["marker"].exists(), "no actor was killed"
+    assert r.rows == 12 and r.resumed_from + r.written == 12
+    same_store(faults["local"], faults["ray"])
+    assert len(set(FeatureStore(faults["ray"]).paths("train"))) == 12
 
-    def dying_commit(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # the driver interrupted after one committed batch
-        return real_commit(self, *args, **kwargs)
 
-    monkeypatch.setattr(writer.SplitWriter, "commit", dying_commit)
-    path = tmp_path / "ray.h5"
-    with pytest.raises(KeyboardInterrupt):
-        extract(data_root, "train", path, tiny_config, batch_size=4, engine="ray")
-    monkeypatch.setattr(writer.SplitWriter, "commit", real_commit)
-    assert FeatureStore(path).split_info("train")["committed_rows"] == 4
-    r = extract(data_root, "train", path, tiny_config, batch_size=4, engine="ray")
+@pytest.mark.slow
+def test_interrupted_driver_resumes_like_the_local_engine(faults):
+    assert faults["committed"] == 4
+    r = faults["resumed"]
     assert r.resumed_from == 4 and r.written == 8
-    same_store(tmp_path / "local.h5", path)
+    same_store(faults["local"], faults["ray"])
 
 
 @pytest.mark.slow
@@ -166,6 +169,28 @@ def test_cluster_checks_before_the_run(ray_cluster, data_root, tiny_config, tmp_
     assert not (tmp_path / "f.h5").exists()
     with pytest.raises(DataError, match=r"a Ray worker on .* cannot read .*elsewhere.*shared filesystem"):
         RayEngine().start(tmp_path / "elsewhere", None)  # a data root only the driver sees
+
+
+@pytest.mark.slow
+def test_ray_data_reads_the_exported_shards(ray_cluster, tmp_path):
+    """featstore export --rows-per-file's Parquet shards (tests/test_export_shards.py) read by Ray Data as the split:
+    here, on this module's cluster, rather than on a second Ray started for that file alone."""
+    pytest.importorskip("pyarrow")
+    import ray.data
+
+    from featstore import export
+    from featstore.store import writer
+
+    store, out = tmp_path / "features.h5", tmp_path / "ray_shards"
+    X = np.random.default_rng(0).random((1000, 2, 2, 8)).astype(np.float16)
+    writer.write_arrays(
+        store, "synthetic", "train", X, np.arange(1000) % 5, [f"c{i}" for i in range(5)], batch_size=128
+    )
+    export(store, "train", out, rows_per_file=250)
+    ds = ray.data.read_parquet(str(out))
+    assert ds.count() == 1000
+    labels = np.sort(np.concatenate([b["label"] for b in ds.iter_batches(batch_format="numpy")]))
+    np.testing.assert_array_equal(labels, np.sort(np.arange(1000) % 5))
 
 
 def test_decode_threads_option_does_not_change_rows(data_root, tmp_path):
