@@ -295,6 +295,14 @@ def ft_run(ft):
     return finetune(ft["dense"], FinetuneConfig("block5_conv3", epochs=1, batch_size=8), store=ft["store"])["id"]
 
 
+def _runs_with(ft, dest, *run_ids):
+    """``dest``: a runs folder holding copies of only these run folders of ft's store. A copy of the whole folder took
+    seconds per test: it holds every fine-tuning the module recorded, each a ~57 MB model.keras."""
+    for run_id in run_ids:
+        shutil.copytree(ft["store"].with_suffix(".runs") / run_id, dest / run_id)
+    return dest
+
+
 def _edit(folder, **changes):
     rec = json.loads((folder / "run.json").read_text())
     rec.update(changes)
@@ -393,8 +401,7 @@ FINETUNE_RUN_CASES = [
 def test_crafted_finetune_run_folder(ft, ft_run, tmp_path, case_id, damage, outcome, needle):
     from featstore import StoreError
 
-    runs = tmp_path / "runs"
-    shutil.copytree(ft["store"].with_suffix(".runs"), runs)
+    runs = _runs_with(ft, tmp_path / "runs", ft["dense"], ft_run)  # the fine-tuning and its phase A
     rec = json.loads((runs / ft_run / "run.json").read_text())
     damage(runs / ft_run, rec)
     table = CliRunner().invoke(app, ["runs", "--store", str(ft["store"]), "--runs", str(runs)])
@@ -416,8 +423,7 @@ def test_crafted_finetune_run_folder(ft, ft_run, tmp_path, case_id, damage, outc
 
 
 def test_a_fit_run_with_a_phase_a_history_still_shows(ft, tmp_path):
-    runs = tmp_path / "runs"
-    shutil.copytree(ft["store"].with_suffix(".runs"), runs)
+    runs = _runs_with(ft, tmp_path / "runs", ft["logreg"])
     rec = json.loads((runs / ft["logreg"] / "run.json").read_text())
     _edit(runs / ft["logreg"], phase_a_history={"loss": [1.0, 0.5]})
     res = CliRunner().invoke(app, ["runs", "show", ft["logreg"], "--store", str(ft["store"]), "--runs", str(runs)])
@@ -481,7 +487,7 @@ def test_an_image_unreadable_now_is_named_not_a_tensorflow_error(ft, tmp_path):
 def test_an_image_unreadable_now_is_named_when_caching(ft, tmp_path):
     store = tmp_path / "f.h5"
     shutil.copy(ft["store"], store)
-    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    _runs_with(ft, store.with_suffix(".runs"), ft["dense"])
     other = _unreadable_copy(ft, tmp_path)
     with pytest.raises(Exception, match=r"lacks 1 of them \(e.g. train/cat/img_000.png\), which cannot be read now"):
         # a cut no other test caches: a complete cached group would never read the image again (and need not)
@@ -493,7 +499,7 @@ def test_a_group_in_the_way_of_the_cached_cut_offers_no_cache(ft, tmp_path):
 
     store = tmp_path / "f.h5"
     shutil.copy(ft["store"], store)
-    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    _runs_with(ft, store.with_suffix(".runs"), ft["dense"])
     extract(
         ft["data"],
         "train",
@@ -524,7 +530,7 @@ def test_cached_cut_over_the_memory_budget_is_streamed_not_loaded(ft, tmp_path, 
 
     store = tmp_path / "f.h5"
     shutil.copy(ft["store"], store)
-    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    _runs_with(ft, store.with_suffix(".runs"), ft["dense"])
     monkeypatch.setattr(writer, "CHUNK_BYTES", 8192)  # the cut (2, 2, 512) float32 is 8 KiB a row: one row a chunk
     loaded = []
     real_load = FeatureStore.load
