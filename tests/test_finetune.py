@@ -2,6 +2,7 @@
 the cached cut trains like the images do, seeds repeat, runs work like feature runs, and bad input is refused clearly."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -84,18 +85,43 @@ def test_warm_start_gives_the_phase_a_heads_outputs_and_loss_on_the_first_batch(
     )
 
 
+# the options of test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat's fine-tunings
+FROZEN = {"epochs": 2, "batch_size": 4, "lr": 1e-3, "augment": "flip,rotate=0.1", "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def cli_tuned(ft):
+    """``featstore finetune`` of ft's dense run from block5_conv2 with FROZEN's options (augmented, from the images):
+    the CLI's result and the run it recorded, trained once for several tests. test_cli_finetune_trains_and_records_a_run
+    checks the result; the seeds test trains the same options through the API and needs the same weights; the tests of
+    evaluate/predict/ensemble/show and of crafted run folders (on copies) use it as their fine-tuning run."""
+    runs = ft["store"].with_suffix(".runs")
+    before = set(os.listdir(runs))
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in FROZEN.items()]
+    res = CliRunner().invoke(
+        app,
+        ["finetune", "--run", ft["dense"], "--unfreeze-from", "block5_conv2", *options, "--store", str(ft["store"])],
+    )
+    new = sorted(set(os.listdir(runs)) - before)
+    assert res.exit_code == 0 and len(new) == 1, (new, res.output)
+    return res, new[0]
+
+
+def test_cli_finetune_trains_and_records_a_run(cli_tuned):
+    res, run_id = cli_tuned
+    assert res.exit_code == 0, res.output
+    assert "run finetune-" in res.output and "validation: accuracy" in res.output
+    assert f"run {run_id}" in res.output and run_id.startswith("finetune-")
+
+
 @pytest.mark.slow
-def test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat(ft):
+def test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat(ft, cli_tuned):
     from featstore.experiments.predict import rebuild_extractor
 
-    cfg = FinetuneConfig("block5_conv2", epochs=2, batch_size=4, lr=1e-3, augment="flip,rotate=0.1", seed=5)
-    a = finetune(ft["dense"], cfg, store=ft["store"])
-    b = finetune(ft["dense"], cfg, store=ft["store"])
-    c = finetune(
-        ft["dense"],
-        FinetuneConfig("block5_conv2", epochs=2, batch_size=4, lr=1e-3, augment="flip,rotate=0.1", seed=6),
-        store=ft["store"],
-    )
+    a, _ = get_run(cli_tuned[1], ft["store"])  # the CLI's fine-tuning with these options: trained once for the module
+    b = finetune(ft["dense"], FinetuneConfig("block5_conv2", **FROZEN), store=ft["store"])
+    c = finetune(ft["dense"], FinetuneConfig("block5_conv2", **{**FROZEN, "seed": 6}), store=ft["store"])
+    assert a["params"] == b["params"] != c["params"]  # the same options through the CLI and the API
     assert a["weights_digest"] == b["weights_digest"] != c["weights_digest"]
     assert a["trainable_layers"] == ["block5_conv2", "block5_conv3", "head_dense", "head_out"]
     assert a["cached_cut"] == "" and a["params"]["augment"] == "flip=horizontal,rotate=0.1"
@@ -136,8 +162,8 @@ def test_cached_cut_trains_like_the_images_and_is_reused(ft, caplog):
 
 
 @pytest.mark.slow
-def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, tmp_path):
-    run = finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=1, batch_size=4), store=ft["store"])
+def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, ft_run):
+    run, _ = get_run(ft_run, ft["store"])  # the CLI's fine-tuning (cli_tuned): one run less to train
     assert run["kind"] == "finetune" and run["from_run"] == ft["dense"]
     assert evaluate_run(run["id"], "test", ft["store"]) == run["metrics"]["test"]
     rows = predict(run["id"], [ft["data"] / "test"], store=ft["store"])
@@ -148,28 +174,7 @@ def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, 
     assert res.exit_code == 0, res.output
     assert f"phase B from {ft['dense']}" in res.output and "curves.png" in res.output
     listed = CliRunner().invoke(app, ["runs", "--store", str(ft["store"])])
-    assert f"from={ft['dense']},unfreeze=block5_conv1" in listed.output
-
-
-def test_cli_finetune_trains_and_records_a_run(ft):
-    res = CliRunner().invoke(
-        app,
-        [
-            "finetune",
-            "--run",
-            ft["dense"],
-            "--unfreeze-from",
-            "block5_conv3",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--store",
-            str(ft["store"]),
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    assert "run finetune-" in res.output and "validation: accuracy" in res.output
+    assert f"from={ft['dense']},unfreeze=block5_conv2" in listed.output
 
 
 @pytest.mark.parametrize(
@@ -290,9 +295,9 @@ def test_batchnorm_statistics_stay_unchanged_and_layers_above_it_train(tmp_path)
 
 # ------------------------------------------------------------------ crafted finetune run folders (attacker rewrites sha256 values too)
 @pytest.fixture(scope="module")
-def ft_run(ft):
-    """One fine-tuning of ft's dense run (1 epoch), to damage copies of."""
-    return finetune(ft["dense"], FinetuneConfig("block5_conv3", epochs=1, batch_size=8), store=ft["store"])["id"]
+def ft_run(cli_tuned):
+    """One fine-tuning of ft's dense run (the CLI's, see cli_tuned), to damage copies of."""
+    return cli_tuned[1]
 
 
 def _runs_with(ft, dest, *run_ids):
