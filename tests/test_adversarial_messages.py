@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import socket
+import threading
 import time
 
 import h5py
@@ -259,16 +260,21 @@ def test_offline_imagenet_fails_fast(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(weights, "PROBE_TIMEOUT_S", 0.5)
 
-    def hang(*args, **kwargs):  # a resolver that hangs, then times out
-        time.sleep(10)
+    released = threading.Event()
+
+    def hang(*args, **kwargs):  # a resolver that hangs (until the test ends: the probe's thread then exits), times out
+        released.wait(10)
         raise TimeoutError("timed out")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     monkeypatch.setattr(BackboneSpec, "build", lambda *a, **k: pytest.fail("Keras was asked to download"))
     t = time.monotonic()
-    with pytest.raises(WeightsError) as err:
-        weights.load_base(get_backbone("vgg16"), 32, "imagenet")
-    assert time.monotonic() - t < 5
+    try:
+        with pytest.raises(WeightsError) as err:
+            weights.load_base(get_backbone("vgg16"), 32, "imagenet")
+        assert time.monotonic() - t < 5
+    finally:
+        released.set()
     assert "storage.googleapis.com did not answer within 0.5 s: no network?" in str(err.value)
     assert "--weights PATH" in str(err.value) and "--weights hed-bsds500" in str(err.value)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # through a proxy: nothing is probed, Keras downloads
