@@ -126,6 +126,17 @@ def dense_run(store) -> str:
     return dense[0]
 
 
+@pytest.fixture(scope="module")
+def finetuned(image_run):
+    """``(dense run id, record)``: one fine-tuning from block5_conv1 (1 epoch) of image_run's dense run, which also
+    cached its frozen layers (vgg16@block4_pool) in the store."""
+    from featstore.experiments import finetune as ft
+
+    store, _, _ = image_run
+    dense = dense_run(store)
+    return dense, ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1", epochs=1), store=store)
+
+
 def test_finetune_refuses_a_changed_test_folder_before_training(image_run, tmp_path, monkeypatch):
     """The test split's images were checked against the store only after every epoch had trained: one changed test
     image ended a fine-tuning (hours on a GPU) in "the images of data/test changed", nothing recorded."""
@@ -147,17 +158,14 @@ def test_finetune_refuses_a_changed_test_folder_before_training(image_run, tmp_p
         ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1"), data=copy, store=store)
 
 
-def test_a_finetune_run_records_which_image_files_it_saw(image_run):
+def test_a_finetune_run_records_which_image_files_it_saw(image_run, finetuned):
     """A fine-tuning checks its folders against the store's listing, but recorded no listing digest: compare and
     ensemble then refused it beside a run of another store with the same images, saying it was "made by an older
     featstore, or on features imported without images"."""
     import json
 
-    from featstore.experiments import finetune as ft
-
     store, _, _ = image_run
-    dense = dense_run(store)
-    rec = ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1", epochs=1), store=store)
+    dense, rec = finetuned
     runs = store.parent / "f.runs"
     phase_a = json.loads((runs / dense / "run.json").read_text())["predictions"]
     tuned = json.loads((runs / rec.id / "run.json").read_text())["predictions"]
@@ -165,7 +173,7 @@ def test_a_finetune_run_records_which_image_files_it_saw(image_run):
         assert tuned[split].get("listing_sha256") == phase_a[split]["listing_sha256"], (split, tuned[split])
 
 
-def test_a_cached_cut_with_nan_rows_is_refused_before_training(image_run, tmp_path, monkeypatch):
+def test_a_cached_cut_with_nan_rows_is_refused_before_training(image_run, finetuned, tmp_path, monkeypatch):
     """A row of NaN in the cached frozen layers (a killed or overflowing extraction, a damaged store) trained every
     epoch, then ended in "fine-tuning diverged ... Lower --lr": the wrong cause and the wrong fix."""
     import h5py
@@ -174,11 +182,10 @@ def test_a_cached_cut_with_nan_rows_is_refused_before_training(image_run, tmp_pa
     from featstore.experiments import finetune as ft
 
     src, _, _ = image_run
-    dense = dense_run(src)
+    dense, _ = finetuned  # its fine-tuning made the cache in src
     store = tmp_path / "f.h5"
     shutil.copy(src, store)
-    shutil.copytree(src.parent / "f.runs", tmp_path / "f.runs")
-    ft.finetune(dense, ft.FinetuneConfig(unfreeze_from="block5_conv1", epochs=1), store=store)  # makes the cache
+    shutil.copytree(src.parent / "f.runs" / dense, tmp_path / "f.runs" / dense)  # the phase A run it needs
     with h5py.File(store, "a") as f:
         f["vgg16@block4_pool/train/features"][3, 0, 0, 0] = np.nan
 

@@ -10,6 +10,7 @@ import os
 import shlex
 import shutil
 import socket
+import threading
 import time
 
 import h5py
@@ -69,6 +70,34 @@ def ft(ft_src, tmp_path):
     return {**ft_src, "root": tmp_path / "c", "data": tmp_path / "c" / "data", "store": tmp_path / "c" / "f.h5"}
 
 
+@pytest.fixture(scope="module")
+def cached_src(ft_src, tmp_path_factory):
+    """A copy of ft_src after ``featstore finetune`` from block5_conv1 (3 epochs at --lr 1e-3, --patience 3) cached
+    CACHE in its store, trained once for several tests: the CLI's result and the store's sizes around it
+    (test_finetune_says_what_its_cache_costs_and_how_to_remove_it checks them), the run it recorded
+    (test_phase_b_ends_on_its_best_epoch_only_when_it_beats_phase_a checks it), and a store whose cache the tests that
+    need one start from, instead of each computing it by a fine-tuning."""
+    root = tmp_path_factory.mktemp("ft_msgs_cached") / "c"
+    shutil.copytree(ft_src["root"], root, symlinks=True)
+    store = root / "f.h5"
+    before = store.stat().st_size
+    r = run("finetune", "--run", ft_src["dense"], "--unfreeze-from", "block5_conv1", "--epochs", "3", "--batch-size", "4",
+            "--lr", "1e-3", "--patience", "3", "--store", store)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (made,) = [p.name for p in (root / "f.runs").iterdir() if p.name.startswith("finetune-")]
+    cli = {"result": r, "size_before": before, "size_after": store.stat().st_size, "run": made}
+    return {**ft_src, "root": root, "data": root / "data", "store": store, "cli": cli}
+
+
+@pytest.fixture
+def ft_cached(cached_src, tmp_path):
+    """A private copy of cached_src (its store holds CACHE, complete and marked), safe to change; its runs folder
+    without the fine-tuning that made the cache (a 57 MB model no test here reads)."""
+    shutil.copytree(cached_src["root"], tmp_path / "c", symlinks=True, ignore=shutil.ignore_patterns("finetune-*"))
+    c = tmp_path / "c"
+    return {**cached_src, "root": c, "data": c / "data", "store": c / "f.h5"}
+
+
 def _config(**kw) -> FinetuneConfig:
     return FinetuneConfig("block5_conv1", **{"epochs": 1, "batch_size": 4, **kw})
 
@@ -94,8 +123,8 @@ def test_a_finetune_killed_while_caching_leaves_a_marked_cache(ft, monkeypatch):
     assert rec["cached_cut"] == CACHE and FeatureStore(ft["store"]).extractors(caches=False) == ["vgg16"]
 
 
-def test_an_unmarked_leftover_is_named_and_marked_when_a_finetune_resumes_it(ft):
-    finetune(ft["dense"], _config(), store=ft["store"])
+def test_an_unmarked_leftover_is_named_and_marked_when_a_finetune_resumes_it(ft_cached):
+    ft = ft_cached  # a fine-tuning's complete cache, then made into an older featstore's leftover
     with h5py.File(ft["store"], "a") as f:  # as an older featstore's fine-tuning, killed mid-way, left it
         del f[CACHE].attrs["purpose"]
         sg = f[CACHE]["train"]
@@ -110,8 +139,8 @@ def test_an_unmarked_leftover_is_named_and_marked_when_a_finetune_resumes_it(ft)
     assert FeatureStore(ft["store"]).resolve() == "vgg16"
 
 
-def test_a_stale_cache_names_the_extract_command_that_works(ft):
-    finetune(ft["dense"], _config(), store=ft["store"])
+def test_a_stale_cache_names_the_extract_command_that_works(ft_cached):
+    ft = ft_cached  # the cache of a fine-tuning, then the train split grows
     src = ft["data"] / "train" / "cat" / "img_000.png"
     shutil.copy(src, src.with_name("img_new.png"))  # one more train image, then the store's group re-extracted
     extract(ft["data"], "train", ft["store"], ExtractorConfig("vgg16", SIZE, weights="none", seed=7), overwrite=True)
@@ -138,7 +167,8 @@ def test_unfreeze_from_the_input_layer_is_called_below_the_cut(ft_src, name):
         finetune(ft_src["dense"], FinetuneConfig(name), store=ft_src["store"])
 
 
-def test_phase_b_that_beats_nothing_keeps_phase_a_and_says_so(ft):
+def test_phase_b_that_beats_nothing_keeps_phase_a_and_says_so(ft_cached):
+    ft = ft_cached  # trains on the cut cached already (as a second fine-tuning would)
     rec = finetune(ft["dense"], _config(lr=1e-30, epochs=2), store=ft["store"])  # updates below float32's resolution
     assert rec["restored_epoch"] == 0 and rec["history"]["val_loss"][0] >= rec["phase_a_val_loss"]
     assert any("no epoch beat phase A's validation loss" in n and "keeps phase A's weights" in n for n in rec["notes"])
@@ -148,8 +178,9 @@ def test_phase_b_that_beats_nothing_keeps_phase_a_and_says_so(ft):
         assert rec["metrics"][split]["accuracy"] == dense["metrics"][split]["accuracy"]
 
 
-def test_phase_b_ends_on_its_best_epoch_only_when_it_beats_phase_a(ft):
-    rec = finetune(ft["dense"], _config(lr=1e-3, epochs=3, patience=3), store=ft["store"])
+def test_phase_b_ends_on_its_best_epoch_only_when_it_beats_phase_a(cached_src):
+    rec, _ = get_run(cached_src["cli"]["run"], cached_src["store"])  # block5_conv1, --lr 1e-3, 3 epochs, patience 3
+    assert (rec["params"]["lr"], rec["params"]["epochs"], rec["params"]["patience"]) == (1e-3, 3, 3)
     losses, base = rec["history"]["val_loss"], rec["phase_a_val_loss"]
     if rec["restored_epoch"]:
         assert losses[rec["restored_epoch"] - 1] == min(losses) < base
@@ -157,12 +188,11 @@ def test_phase_b_ends_on_its_best_epoch_only_when_it_beats_phase_a(ft):
         assert min(losses) >= base
 
 
-def test_finetune_says_what_its_cache_costs_and_how_to_remove_it(ft):
-    before = ft["store"].stat().st_size
-    r = run("finetune", "--run", ft["dense"], "--unfreeze-from", "block5_conv1", "--epochs", "1", "--batch-size", "4",
-            "--store", ft["store"])  # fmt: skip
+def test_finetune_says_what_its_cache_costs_and_how_to_remove_it(cached_src, ft_cached):
+    ft, cli = ft_cached, cached_src["cli"]  # cli: the store's first fine-tuning, which made the cache
+    r = cli["result"]
     assert r.exit_code == 0, r.output
-    assert ft["store"].stat().st_size > before
+    assert cli["size_after"] > cli["size_before"]
     assert f"cached in the store as the group '{CACHE}'" in r.output and "grew from" in r.output
     assert "h5repack" in r.output and "--no-cache" in r.output
     assert "train accuracy is the training curve's (dropout on)" in r.output and "augmented" not in r.output
@@ -259,16 +289,21 @@ def test_offline_imagenet_fails_fast(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(weights, "PROBE_TIMEOUT_S", 0.5)
 
-    def hang(*args, **kwargs):  # a resolver that hangs, then times out
-        time.sleep(10)
+    released = threading.Event()
+
+    def hang(*args, **kwargs):  # a resolver that hangs (until the test ends: the probe's thread then exits), times out
+        released.wait(10)
         raise TimeoutError("timed out")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     monkeypatch.setattr(BackboneSpec, "build", lambda *a, **k: pytest.fail("Keras was asked to download"))
     t = time.monotonic()
-    with pytest.raises(WeightsError) as err:
-        weights.load_base(get_backbone("vgg16"), 32, "imagenet")
-    assert time.monotonic() - t < 5
+    try:
+        with pytest.raises(WeightsError) as err:
+            weights.load_base(get_backbone("vgg16"), 32, "imagenet")
+        assert time.monotonic() - t < 5
+    finally:
+        released.set()
     assert "storage.googleapis.com did not answer within 0.5 s: no network?" in str(err.value)
     assert "--weights PATH" in str(err.value) and "--weights hed-bsds500" in str(err.value)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # through a proxy: nothing is probed, Keras downloads

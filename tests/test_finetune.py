@@ -2,6 +2,7 @@
 the cached cut trains like the images do, seeds repeat, runs work like feature runs, and bad input is refused clearly."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -84,18 +85,43 @@ def test_warm_start_gives_the_phase_a_heads_outputs_and_loss_on_the_first_batch(
     )
 
 
+# the options of test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat's fine-tunings
+FROZEN = {"epochs": 2, "batch_size": 4, "lr": 1e-3, "augment": "flip,rotate=0.1", "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def cli_tuned(ft):
+    """``featstore finetune`` of ft's dense run from block5_conv2 with FROZEN's options (augmented, from the images):
+    the CLI's result and the run it recorded, trained once for several tests. test_cli_finetune_trains_and_records_a_run
+    checks the result; the seeds test trains the same options through the API and needs the same weights; the tests of
+    evaluate/predict/ensemble/show and of crafted run folders (on copies) use it as their fine-tuning run."""
+    runs = ft["store"].with_suffix(".runs")
+    before = set(os.listdir(runs))
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in FROZEN.items()]
+    res = CliRunner().invoke(
+        app,
+        ["finetune", "--run", ft["dense"], "--unfreeze-from", "block5_conv2", *options, "--store", str(ft["store"])],
+    )
+    new = sorted(set(os.listdir(runs)) - before)
+    assert res.exit_code == 0 and len(new) == 1, (new, res.output)
+    return res, new[0]
+
+
+def test_cli_finetune_trains_and_records_a_run(cli_tuned):
+    res, run_id = cli_tuned
+    assert res.exit_code == 0, res.output
+    assert "run finetune-" in res.output and "validation: accuracy" in res.output
+    assert f"run {run_id}" in res.output and run_id.startswith("finetune-")
+
+
 @pytest.mark.slow
-def test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat(ft):
+def test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat(ft, cli_tuned):
     from featstore.experiments.predict import rebuild_extractor
 
-    cfg = FinetuneConfig("block5_conv2", epochs=2, batch_size=4, lr=1e-3, augment="flip,rotate=0.1", seed=5)
-    a = finetune(ft["dense"], cfg, store=ft["store"])
-    b = finetune(ft["dense"], cfg, store=ft["store"])
-    c = finetune(
-        ft["dense"],
-        FinetuneConfig("block5_conv2", epochs=2, batch_size=4, lr=1e-3, augment="flip,rotate=0.1", seed=6),
-        store=ft["store"],
-    )
+    a, _ = get_run(cli_tuned[1], ft["store"])  # the CLI's fine-tuning with these options: trained once for the module
+    b = finetune(ft["dense"], FinetuneConfig("block5_conv2", **FROZEN), store=ft["store"])
+    c = finetune(ft["dense"], FinetuneConfig("block5_conv2", **{**FROZEN, "seed": 6}), store=ft["store"])
+    assert a["params"] == b["params"] != c["params"]  # the same options through the CLI and the API
     assert a["weights_digest"] == b["weights_digest"] != c["weights_digest"]
     assert a["trainable_layers"] == ["block5_conv2", "block5_conv3", "head_dense", "head_out"]
     assert a["cached_cut"] == "" and a["params"]["augment"] == "flip=horizontal,rotate=0.1"
@@ -136,8 +162,8 @@ def test_cached_cut_trains_like_the_images_and_is_reused(ft, caplog):
 
 
 @pytest.mark.slow
-def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, tmp_path):
-    run = finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=1, batch_size=4), store=ft["store"])
+def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, ft_run):
+    run, _ = get_run(ft_run, ft["store"])  # the CLI's fine-tuning (cli_tuned): one run less to train
     assert run["kind"] == "finetune" and run["from_run"] == ft["dense"]
     assert evaluate_run(run["id"], "test", ft["store"]) == run["metrics"]["test"]
     rows = predict(run["id"], [ft["data"] / "test"], store=ft["store"])
@@ -148,28 +174,7 @@ def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, 
     assert res.exit_code == 0, res.output
     assert f"phase B from {ft['dense']}" in res.output and "curves.png" in res.output
     listed = CliRunner().invoke(app, ["runs", "--store", str(ft["store"])])
-    assert f"from={ft['dense']},unfreeze=block5_conv1" in listed.output
-
-
-def test_cli_finetune_trains_and_records_a_run(ft):
-    res = CliRunner().invoke(
-        app,
-        [
-            "finetune",
-            "--run",
-            ft["dense"],
-            "--unfreeze-from",
-            "block5_conv3",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--store",
-            str(ft["store"]),
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    assert "run finetune-" in res.output and "validation: accuracy" in res.output
+    assert f"from={ft['dense']},unfreeze=block5_conv2" in listed.output
 
 
 @pytest.mark.parametrize(
@@ -290,9 +295,17 @@ def test_batchnorm_statistics_stay_unchanged_and_layers_above_it_train(tmp_path)
 
 # ------------------------------------------------------------------ crafted finetune run folders (attacker rewrites sha256 values too)
 @pytest.fixture(scope="module")
-def ft_run(ft):
-    """One fine-tuning of ft's dense run (1 epoch), to damage copies of."""
-    return finetune(ft["dense"], FinetuneConfig("block5_conv3", epochs=1, batch_size=8), store=ft["store"])["id"]
+def ft_run(cli_tuned):
+    """One fine-tuning of ft's dense run (the CLI's, see cli_tuned), to damage copies of."""
+    return cli_tuned[1]
+
+
+def _runs_with(ft, dest, *run_ids):
+    """``dest``: a runs folder holding copies of only these run folders of ft's store. A copy of the whole folder took
+    seconds per test: it holds every fine-tuning the module recorded, each a ~57 MB model.keras."""
+    for run_id in run_ids:
+        shutil.copytree(ft["store"].with_suffix(".runs") / run_id, dest / run_id)
+    return dest
 
 
 def _edit(folder, **changes):
@@ -393,8 +406,7 @@ FINETUNE_RUN_CASES = [
 def test_crafted_finetune_run_folder(ft, ft_run, tmp_path, case_id, damage, outcome, needle):
     from featstore import StoreError
 
-    runs = tmp_path / "runs"
-    shutil.copytree(ft["store"].with_suffix(".runs"), runs)
+    runs = _runs_with(ft, tmp_path / "runs", ft["dense"], ft_run)  # the fine-tuning and its phase A
     rec = json.loads((runs / ft_run / "run.json").read_text())
     damage(runs / ft_run, rec)
     table = CliRunner().invoke(app, ["runs", "--store", str(ft["store"]), "--runs", str(runs)])
@@ -416,8 +428,7 @@ def test_crafted_finetune_run_folder(ft, ft_run, tmp_path, case_id, damage, outc
 
 
 def test_a_fit_run_with_a_phase_a_history_still_shows(ft, tmp_path):
-    runs = tmp_path / "runs"
-    shutil.copytree(ft["store"].with_suffix(".runs"), runs)
+    runs = _runs_with(ft, tmp_path / "runs", ft["logreg"])
     rec = json.loads((runs / ft["logreg"] / "run.json").read_text())
     _edit(runs / ft["logreg"], phase_a_history={"loss": [1.0, 0.5]})
     res = CliRunner().invoke(app, ["runs", "show", ft["logreg"], "--store", str(ft["store"]), "--runs", str(runs)])
@@ -481,7 +492,7 @@ def test_an_image_unreadable_now_is_named_not_a_tensorflow_error(ft, tmp_path):
 def test_an_image_unreadable_now_is_named_when_caching(ft, tmp_path):
     store = tmp_path / "f.h5"
     shutil.copy(ft["store"], store)
-    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    _runs_with(ft, store.with_suffix(".runs"), ft["dense"])
     other = _unreadable_copy(ft, tmp_path)
     with pytest.raises(Exception, match=r"lacks 1 of them \(e.g. train/cat/img_000.png\), which cannot be read now"):
         # a cut no other test caches: a complete cached group would never read the image again (and need not)
@@ -493,7 +504,7 @@ def test_a_group_in_the_way_of_the_cached_cut_offers_no_cache(ft, tmp_path):
 
     store = tmp_path / "f.h5"
     shutil.copy(ft["store"], store)
-    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    _runs_with(ft, store.with_suffix(".runs"), ft["dense"])
     extract(
         ft["data"],
         "train",
@@ -524,7 +535,7 @@ def test_cached_cut_over_the_memory_budget_is_streamed_not_loaded(ft, tmp_path, 
 
     store = tmp_path / "f.h5"
     shutil.copy(ft["store"], store)
-    shutil.copytree(ft["store"].with_suffix(".runs"), store.with_suffix(".runs"))
+    _runs_with(ft, store.with_suffix(".runs"), ft["dense"])
     monkeypatch.setattr(writer, "CHUNK_BYTES", 8192)  # the cut (2, 2, 512) float32 is 8 KiB a row: one row a chunk
     loaded = []
     real_load = FeatureStore.load
