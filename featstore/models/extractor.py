@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ class ExtractorConfig:
     runtime: str = "keras"  # keras | onnx: what runs the forward pass; checked against Keras, so not fingerprinted
     # whether a named KerasHub preset (hub:<name>) may be downloaded: False when the configuration comes from a store's
     # or run's record (from_attrs), so that a record never makes featstore fetch what the command line did not name
-    download: bool = True
+    download: bool = field(default=True, compare=False)  # a permission, not a property of the features
 
     def __init__(
         self,

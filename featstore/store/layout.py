@@ -370,3 +370,13 @@ def stored_listing(sg: h5py.Group) -> list[tuple[str, int, int, int]]:
     return list(
         zip(read_paths(lg["paths"], n), lg["labels"][:].tolist(), lg["sizes"][:].tolist(), lg["mtimes_ns"][:].tolist())
     )
+
+
+def row_bytes(info: dict) -> int:
+    """Bytes one stored row of a split takes in memory, from its :meth:`featstore.store.reader.FeatureStore.split_info`."""
+    return int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+
+
+def chunk_rows(info: dict) -> int:
+    """Rows per HDF5 chunk of a split (1 where the split is not chunked), from its :meth:`featstore.store.reader.FeatureStore.split_info`."""
+    return int(info["chunks"][0]) if info.get("chunks") else 1

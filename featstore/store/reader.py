@@ -12,7 +12,6 @@ Layout (``format_version`` 2)::
               /listing paths, labels, sizes, mtimes_ns of every image found when the split was started
 
 Writing is in :mod:`featstore.store.writer`; reads go through :class:`FeatureStore`.
-
 >>> store = FeatureStore("features.h5")           # doctest: +SKIP
 >>> X, y = store.load("train")                    # doctest: +SKIP
 """
@@ -35,10 +34,12 @@ from featstore.store.layout import (  # noqa: F401 (STR, hard_groups, read_paths
     AUGMENT_ATTRS,
     STR,
     Commit,
+    chunk_rows,
     foreign_objects,
     hard_groups,
     read_paths,
     refuse_foreign,
+    row_bytes,
     same_split,
     split_summary,
     stored_listing,
@@ -67,16 +68,6 @@ def _readable(path, name: str, split: str, start: int, stop: int) -> Iterator[No
             f"{path}:/{name}/{split}: features of rows {start}..{stop - 1} cannot be read ({exc}): the file is damaged "
             f"(disk or copy error). `featstore check` lists every damaged block; re-extract this split with --overwrite."
         ) from exc
-
-
-def row_bytes(info: dict) -> int:
-    """Bytes one stored row of a split takes in memory, from its :meth:`FeatureStore.split_info`."""
-    return int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
-
-
-def chunk_rows(info: dict) -> int:
-    """Rows per HDF5 chunk of a split (1 where the split is not chunked), from its :meth:`FeatureStore.split_info`."""
-    return int(info["chunks"][0]) if info.get("chunks") else 1
 
 
 class FeatureStore:

@@ -27,7 +27,8 @@ from featstore.experiments.leaks.result import (
 from featstore.experiments.leaks.search import nearest, query_blocks, rounded, scan
 from featstore.experiments.leaks.threshold import calibrate, check_settings
 from featstore.outputs import terminal_safe
-from featstore.store.reader import FeatureStore, chunk_rows, row_bytes
+from featstore.store.layout import chunk_rows, row_bytes
+from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
 
