@@ -126,13 +126,12 @@ def test_frozen_layers_keep_their_weights_unfrozen_ones_change_and_seeds_repeat(
     assert a["trainable_layers"] == ["block5_conv2", "block5_conv3", "head_dense", "head_out"]
     assert a["cached_cut"] == "" and a["params"]["augment"] == "flip=horizontal,rotate=0.1"
     before = _weights(rebuild_extractor(a["extractor_attrs"]).model)
-    after = _weights(_saved(a, ft["store"]))
+    saved = _saved(a, ft["store"])
+    after = _weights(saved)
     for name, ws in before.items():
         same = all(np.array_equal(w0, w1) for w0, w1 in zip(ws, after[name]))
         assert same == (name not in ("block5_conv2", "block5_conv3")), name
-    assert not any(
-        "random" in lyr.name.lower() or "augment" in lyr.name for lyr in _saved(a, ft["store"]).layers
-    )  # none at inference
+    assert not any("random" in lyr.name.lower() or "augment" in lyr.name for lyr in saved.layers)  # none at inference
 
 
 @pytest.mark.slow
