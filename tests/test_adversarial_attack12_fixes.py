@@ -33,19 +33,10 @@ def one_line(out: str) -> str:
 def presets(tmp_path_factory):
     """The four families, tiny, each saved as a preset folder: {family: (folder, parameters)}."""
     pytest.importorskip("keras_hub")
-    import keras
+    from tests.test_hub import save_presets
 
-    from tests.test_hub import FAMILIES
-
-    root = tmp_path_factory.mktemp("a12")
-    out = {}
-    for name, (build, size, _, _) in FAMILIES.items():
-        keras.utils.set_random_seed(3)
-        backbone, converter = build(size)
-        backbone.save_to_preset(root / name)
-        converter.save_to_preset(root / name)
-        out[name] = (root / name, backbone.count_params())
-    return out
+    saved = save_presets(tmp_path_factory.mktemp("a12"))
+    return {name: (folder, backbone.count_params()) for name, (folder, backbone) in saved.items()}
 
 
 def crafted(presets, tmp_path, family, edit, name="crafted"):

@@ -65,12 +65,10 @@ def _siglip(size):
 FAMILIES = {"dinov2": (_dinov2, 42, 3, 0), "vit": (_vit, 32, 1, 0), "clip": (_clip, 32, 1, 16), "siglip": (_siglip, 32, 0, 32)}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def presets(tmp_path_factory):
-    """Each family built once with seeded random weights and saved as a preset folder; the backbones kept to compare."""
+def save_presets(root):
+    """Each family built with seeded random weights and saved as a preset folder under root: {family: (folder, backbone)}."""
     import keras
 
-    root = tmp_path_factory.mktemp("presets")
     out = {}
     for name, (build, size, _, _) in FAMILIES.items():
         keras.utils.set_random_seed(3)
@@ -79,6 +77,12 @@ def presets(tmp_path_factory):
         converter.save_to_preset(root / name)
         out[name] = (root / name, backbone)
     return out
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    """Each family built once with seeded random weights and saved as a preset folder; the backbones kept to compare."""
+    return save_presets(tmp_path_factory.mktemp("presets"))
 
 
 @pytest.fixture(scope="module")
