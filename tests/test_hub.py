@@ -14,7 +14,7 @@ from featstore import ConfigError, ExtractorConfig, FeatureStore, WeightsError, 
 from featstore.cli import app
 from featstore.models.extractor import Extractor
 
-from .conftest import write_images
+from .conftest import interrupt_after_one_batch, write_images
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -169,24 +169,14 @@ def data(tmp_path_factory):
 
 def test_cli_extract_resumes_then_predict_and_finetune_rebuild_it(presets, data, tmp_path, monkeypatch):
     from featstore.experiments.finetune import FinetuneConfig, finetune
-    from featstore.store import writer
 
     folder = tmp_path / "my_dinov2"
     shutil.copytree(presets["dinov2"][0], folder)
     store, runner = tmp_path / "f.h5", CliRunner()
     args = ["extract", "--data", str(data), "--store", str(store), "--model", f"{folder}/", "--pooling", "cls"]
-    real, calls = writer.SplitWriter.commit, []
-
-    def dying_commit(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(writer.SplitWriter, "commit", dying_commit)
-    with pytest.raises(KeyboardInterrupt):
-        extract(data, "train", store, ExtractorConfig(model=str(folder), pooling="cls"), batch_size=4)
-    monkeypatch.setattr(writer.SplitWriter, "commit", real)
+    interrupt_after_one_batch(
+        monkeypatch, data, "train", store, ExtractorConfig(model=str(folder), pooling="cls"), batch_size=4
+    )
     res = runner.invoke(app, [*args, "--split", "train", "--batch-size", "4"])
     assert res.exit_code == 0, res.output
     assert "resumed after 4 images" in res.output, res.output

@@ -250,19 +250,31 @@ def leaks(
     def safe(p: object) -> str:
         return terminal_safe(str(p))
 
+    def check_png(path: Path, what: str, chosen: bool = False) -> Path:
+        """The chart's checks, for --png and for the name featstore chose (``chosen``: <store>.leaks.png, which also
+        never replaces a file featstore did not draw): no FIFO, link, folder or store; no run's file; no image of the
+        dataset, nor a new file among its images that the next extract would train on."""
+        check_output(path, what)
+        refuse_run_files(path, what)
+        if not chosen:
+            refuse_foreign_image(path, what)
+        refuse_in_image_folders(path, store, what)
+        if chosen:
+            refuse_unstamped(path, what)
+        return path
+
     if top < 1:
         raise FeatstoreError(f"--top must be at least 1, not {top}")
     if png is not None and png.suffix and png.suffix.lower() != ".png":
         raise FeatstoreError(f"--png {safe(png)}: the picture is a PNG; give a name ending in .png")
     for path, what in ((out, "--out"), (png, "--png")):
         if path is not None:  # before the search: a FIFO, link, folder, missing or read-only folder is one line now
-            check_output(path, what)
-            refuse_run_files(path, what)  # nor a run's record
             if what == "--out":
+                check_output(path, what)
+                refuse_run_files(path, what)  # nor a run's record
                 refuse_image(path, what)  # a CSV never replaces one of the dataset's images
             else:
-                refuse_foreign_image(path, what)  # nor a chart
-                refuse_in_image_folders(path, store, what)  # nor a new one that the next extract would train on
+                check_png(path, what)
             if not os.access(path.parent, os.W_OK):
                 raise FeatstoreError(
                     f"cannot write {what} {safe(path)}: folder {safe(path.parent)} is not writable (read-only or not "
@@ -303,12 +315,8 @@ def leaks(
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             failed = True
     try:
-        if png is None:  # the default name gets the checks --png gets, and never replaces a file featstore did not draw
-            default = check_output(Path(f"{store}.leaks.png"), "PNG")  # a FIFO, link, folder, store
-            refuse_run_files(default, "PNG")
-            refuse_in_image_folders(default, store, "PNG")  # a store kept among the images: the next extract's image
-            refuse_unstamped(default, "PNG")
-        path, missing = leaks_png(r, png or Path(f"{store}.leaks.png"), top=top, what="--png" if png else "PNG")
+        chart = png or check_png(Path(f"{store}.leaks.png"), "PNG", chosen=True)  # --png was checked before the search
+        path, missing = leaks_png(r, chart, top=top, what="--png" if png else "PNG")
         typer.echo(
             f"wrote {safe(path)}" + (f"; {len(missing)} image(s) not found, drawn as placeholders:" if missing else "")
         )

@@ -90,12 +90,12 @@ def rebuild_extractor(
     provenance.refuse_other_features(
         ex.attrs, attrs, "the run", "Predict with the featstore, libraries and weights the run was made with."
     )
-    if runtime != "keras" and ex.config.mixed_precision:
-        raise ConfigError(
-            f"--runtime {runtime} computes in float32, and the run's features were computed in mixed float16 "
-            f"(extract --mixed-precision): leave out --runtime (or give --runtime keras)"
-        )
     if runtime != "keras":
+        if ex.config.mixed_precision:  # use_runtime's message would name --mixed-precision, which predict has not
+            raise ConfigError(
+                f"--runtime {runtime} computes in float32, and the run's features were computed in mixed float16 "
+                f"(extract --mixed-precision): leave out --runtime (or give --runtime keras)"
+            )
         ex.use_runtime(runtime, runtime_cache)
     return ex
 

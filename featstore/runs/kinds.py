@@ -293,12 +293,17 @@ class EnsembleKind(RunKind):
         return [(m, kind_of(m).load(m, f, options)) for m, f in self.members(rec, options)]
 
     def check_runtime(self, rec: RunRecord, options: ApplyOptions) -> None:
-        for m, _ in self.members(rec, options):
+        self._check_members_runtime(self.members(rec, options), options)
+
+    @staticmethod
+    def _check_members_runtime(members: list[tuple[RunRecord, Path]], options: ApplyOptions) -> None:
+        for m, _ in members:
             kind_of(m).check_runtime(m, options)
 
     def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
-        self.check_runtime(rec, options)  # every member, before any is built (or any ONNX cut exported)
-        models = [kind_of(m).for_images(m, f, options) for m, f in self.members(rec, options)]
+        members = self.members(rec, options)  # found and verified once
+        self._check_members_runtime(members, options)  # every member, before any is built (or any ONNX cut exported)
+        models = [kind_of(m).for_images(m, f, options) for m, f in members]
 
         def proba(batch: ImageBatch) -> np.ndarray:  # the members' calibrated probabilities, averaged
             return calibrated(rec, sum(w * m.proba(batch) for m, w in zip(models, rec.weights)) / sum(rec.weights))
