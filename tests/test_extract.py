@@ -185,3 +185,30 @@ def test_decode_threads_do_not_change_rows(data_root, tiny_config, tmp_path):
     fa, fb = FeatureStore(tmp_path / "a.h5"), FeatureStore(tmp_path / "b.h5")
     assert fa.paths("train") == fb.paths("train")
     np.testing.assert_array_equal(fa.load("train")[0], fb.load("train")[0])
+
+
+def test_the_forward_pass_is_traced_at_the_start_of_a_loop_not_when_an_extractor_is_only_described(
+    data_root, tiny_config, tmp_path, monkeypatch
+):
+    """An extractor built for its fingerprint only (a Ray driver, a run's check) never traces its model; an extract
+    traces it once, when the engine binds it (start-up), before the first batch; no batch traces it again."""
+    from featstore import Extractor
+    from featstore.models import extractor as extractor_module
+
+    traced = []
+    real = extractor_module._forward_fn
+    monkeypatch.setattr(
+        extractor_module, "_forward_fn", lambda *a, **k: traced.append(k.get("jit", False)) or real(*a, **k)
+    )
+    Extractor(tiny_config)
+    assert traced == []
+    seen = []
+    real_bind = extractor_module.Extractor.features
+
+    def features(self, images):
+        seen.append(len(traced))  # traces done before this batch ran
+        return real_bind(self, images)
+
+    monkeypatch.setattr(extractor_module.Extractor, "features", features)
+    extract(data_root, "train", tmp_path / "f.h5", tiny_config, batch_size=4)
+    assert traced == [False] and seen and set(seen) == {1}

@@ -37,6 +37,7 @@ class LocalEngine:
     def bind(self, extractor, *, jit: bool = False, batch_size: int = 32) -> None:
         """Run ``extractor`` in the next pass (built by the caller, compiled or not)."""
         self.extractor, self.ahead = extractor, 4 * batch_size
+        extractor.warm_up()  # the trace and TensorFlow's first-call optimisation at start-up, not in the first batch
 
     def outcomes(self, files: list[str]) -> Iterator[tuple[np.ndarray | None, str]]:
         """(decoded image or None, failure reason) for every file, in order."""

@@ -366,6 +366,7 @@ class Forward:
                 f"a Ray worker on {socket.gethostname()} built features with fingerprint {got[0][:12]}, the driver "
                 f"{fingerprints[0][:12]} (other weights or library versions there?); every worker must load the same weights"
             )
+        self.ex.warm_up()  # traced in the actor's start-up, not in its first batch
         self.decode_threads = decode_threads
 
     def __call__(self, batch: dict) -> dict:

@@ -273,7 +273,9 @@ class Extractor:
         ]
         self.attrs = self.outputs[0][1]
         self.feature_shape = tuple(self.attrs["feature_shape"])
-        self._forward = _forward_fn(self.model, c.image_size, spec.channels_in)  # traced once, at start-up
+        # traced on its first use or by warm_up(): an extractor built only for its fingerprint (a Ray driver, a run's
+        # check) never pays for the trace
+        self._forward = _Lazy(lambda: _forward_fn(self.model, c.image_size, spec.channels_in))
         self.jit, self.jit_max_abs_diff = jit, None  # the XLA check's result (None without --jit)
         if jit:
             compiled = _forward_fn(self.model, c.image_size, spec.channels_in, jit=True)
@@ -283,6 +285,12 @@ class Extractor:
         self.runtime_max_abs_diff = None  # --runtime onnx: the start-up check's result
         if self.config.runtime == "onnx":
             self.use_runtime("onnx", runtime_cache)
+
+    def warm_up(self) -> None:
+        """Trace the forward pass and run it once now (start-up), so the first batch of a loop is not the one that pays
+        for TensorFlow's tracing and first-call graph optimisation."""
+        if isinstance(self._forward, _Lazy):
+            self._forward.build()
 
     def use_runtime(self, runtime: str, cache: Path | None = None) -> None:
         """Run the forward pass with ``runtime`` from now on: ``onnx`` exports the cut into the folder ``cache`` (or
@@ -407,6 +415,21 @@ def check_jit(prepare, reference, compiled, config: ExtractorConfig, rows: int, 
             f"would not match the fingerprint. Run without --jit"
         )
     return worst
+
+
+class _Lazy:
+    """A forward function made by ``make`` on its first call (or :meth:`build`)."""
+
+    def __init__(self, make):
+        self._make, self._fn = make, None
+
+    def build(self):
+        if self._fn is None:
+            self._fn = self._make()
+        return self._fn
+
+    def __call__(self, x):
+        return self.build()(x)
 
 
 def _forward_fn(model, size: int, channels: int, jit: bool = False):
