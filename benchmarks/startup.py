@@ -6,7 +6,7 @@ Measured side by side, ``--repeats`` times in turn, each a fresh process (median
   image size, loads one image, applies ``preprocess_input`` and calls ``model.predict`` on it;
 - ``extract``: ``featstore extract --weights none`` of a split holding that one image (a new store each time);
 - ``extract, instrumented``: the same command in a driver that times its phases (TensorFlow/Keras import,
-  model build, the weights digest, the warm-up call that traces the model, the call on the image);
+  model build, the weights digest, the trace and its warm-up call, the call on the image);
 - ``runs`` and ``info``: ``featstore runs`` (one recorded run) and ``featstore info`` of a small store.
 
 It prints the ratio extract/bare (target <= 1.05), the times of runs and info (target < 1 s), where the
@@ -68,16 +68,16 @@ def timed(name, fn):
 
 mod.load_base = timed("build model", mod.load_base)
 mod.weights_digest = timed("weights digest", mod.weights_digest)
-forward_fn = mod._forward_fn
+# where the forward pass is traced: featstore.models.forward.trace now, extractor._forward_fn in older checkouts
+fwd = importlib.import_module("featstore.models.forward") if not hasattr(mod, "_forward_fn") else mod
+fn_name = "trace" if fwd is not mod else "_forward_fn"
+forward_fn = getattr(fwd, fn_name)
 
-def traced(model, size, channels):
-    f, calls = forward_fn(model, size, channels), []
-    def call(x):
-        calls.append(1)
-        return timed("warm-up call (trace + run)" if len(calls) == 1 else "forward on the image", f)(x)
-    return call
+def traced(*a, **k):
+    f = timed("trace + warm-up call", forward_fn)(*a, **k)
+    return timed("forward on the image", f)  # (in older checkouts the first call also traced)
 
-mod._forward_fn = traced
+setattr(fwd, fn_name, traced)
 try:
     app(sys.argv[1:])
 except SystemExit:

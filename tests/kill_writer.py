@@ -84,7 +84,10 @@ def main(data: str, store: str, compression: str, copies: int) -> None:
     listing = discover(data, SPLIT)
     file = StoreFile(store)
     engine = LocalEngine(decode_threads=2)
-    engine.bind(SimpleNamespace(config=SimpleNamespace(image_size=SIZE), features=features), batch_size=BATCH)
+    engine.bind(
+        SimpleNamespace(config=SimpleNamespace(image_size=SIZE), features=features, warm_up=lambda: None),
+        batch_size=BATCH,
+    )
     split_attrs = {
         "class_names": listing.class_names,
         "source_root": str(listing.root.resolve()),

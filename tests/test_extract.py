@@ -194,12 +194,11 @@ def test_the_forward_pass_is_traced_at_the_start_of_a_loop_not_when_an_extractor
     traces it once, when the engine binds it (start-up), before the first batch; no batch traces it again."""
     from featstore import Extractor
     from featstore.models import extractor as extractor_module
+    from featstore.models import forward
 
     traced = []
-    real = extractor_module._forward_fn
-    monkeypatch.setattr(
-        extractor_module, "_forward_fn", lambda *a, **k: traced.append(k.get("jit", False)) or real(*a, **k)
-    )
+    real = forward.trace
+    monkeypatch.setattr(forward, "trace", lambda *a, **k: traced.append(k.get("jit", False)) or real(*a, **k))
     Extractor(tiny_config)
     assert traced == []
     seen = []

@@ -33,7 +33,8 @@ from featstore.extraction.local import LocalEngine
 from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run_pass
 from featstore.images.decode import check_threads, iter_decoded  # noqa: F401 (iter_decoded re-exported: predict, finetune)
 from featstore.images.listing import discover
-from featstore.models.extractor import Extractor, ExtractorConfig, default_store_name, require_jit_backend  # noqa: F401 (re-exported: the public API names them here)
+from featstore.models.extractor import Extractor, ExtractorConfig, default_store_name  # noqa: F401 (re-exported: the public API names them here)
+from featstore.models.forward import require_jit_backend
 from featstore.models.onnx_runtime import CACHE_FOLDER, check_runtime
 from featstore.outputs import cache_dir
 from featstore.provenance import AUGMENTED
@@ -113,7 +114,7 @@ def extract(
     between model calls). ``augment=K`` also caches K augmented copies of the split (``augment_spec``, default
     ``flip,rotate=0.1,zoom=0.2``, seeded by ``augment_seed``; see :mod:`featstore.extraction.copies`), on the local
     engine. ``jit=True`` compiles the forward pass with XLA, after checking it against the uncompiled model (refused
-    beyond ``extractor.JIT_TOLERANCE``). ``engine="ray"`` runs decoding and the forward pass on a Ray Data actor pool
+    beyond ``forward.JIT_TOLERANCE``). ``engine="ray"`` runs decoding and the forward pass on a Ray Data actor pool
     (``ray_options``, a :class:`featstore.extraction.ray.RayOptions`; or pass an engine object, e.g.
     ``RayEngine(options)``, which the caller closes); rows, order, failure records and commits are the local engine's.
     ``locking`` overrides the process's HDF5 locking for this store. ``purpose`` is recorded as the ``purpose``

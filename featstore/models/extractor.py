@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, check_seed
-from featstore.models import onnx_runtime
-from featstore.models.agreement import largest_difference, seeded_images
+from featstore.models import forward, onnx_runtime
 from featstore.models.backbones import (
     BackboneSpec,
     cut_outputs,
@@ -39,13 +37,6 @@ from featstore.models.weights import describe_weights_argument, load_base, weigh
 from featstore.provenance import validate_dtype
 
 logger = logging.getLogger(__name__)
-
-# --jit: the compiled forward pass may differ from the uncompiled one by at most this fraction of the largest |feature| of
-# the check batch (float32: reassociated sums differ by ~1e-6 of it; float16 arithmetic by ~1e-3). Within it the features
-# are the fingerprint's features, so --jit is not fingerprinted; over it, --jit is refused.
-JIT_TOLERANCE = {"float32": 1e-4, "mixed_float16": 1e-2}
-JIT_PROBE_ROWS = 8  # rows of the check batch when the caller does not name its batch size
-JIT_CHECK_ROWS = 4  # rows of it also run through the uncompiled model and compared
 
 
 class _NotGiven:
@@ -228,14 +219,14 @@ class Extractor:
         spec: BackboneSpec | SavedModelSpec | HubSpec | None = None,
         *,
         jit: bool = False,
-        jit_batch: int = JIT_PROBE_ROWS,
+        jit_batch: int = forward.JIT_PROBE_ROWS,
         runtime_cache: Path | None = None,
     ):
-        """``jit=True`` compiles the forward pass with XLA for batches of ``jit_batch`` rows and checks it (see ``check_jit``).
+        """``jit=True`` compiles the forward pass with XLA for batches of ``jit_batch`` rows and checks it (see :func:`featstore.models.forward.check_jit`).
         ``config.runtime="onnx"`` runs it with ONNX Runtime, exported once into the folder ``runtime_cache`` and checked
         (:mod:`featstore.models.onnx_runtime`)."""
         if jit:
-            require_jit_backend()
+            forward.require_jit_backend()
         onnx_runtime.check_runtime(config.runtime, config.mixed_precision, jit)
         spec = spec or config.backbone()  # a caller that already resolved it passes it: a saved model is not read again
         self.config = config.validated(spec)
@@ -275,11 +266,13 @@ class Extractor:
         self.feature_shape = tuple(self.attrs["feature_shape"])
         # traced on its first use or by warm_up(): an extractor built only for its fingerprint (a Ray driver, a run's
         # check) never pays for the trace
-        self._forward = _Lazy(lambda: _forward_fn(self.model, c.image_size, spec.channels_in))
+        self._forward = forward.Lazy(lambda: forward.trace(self.model, c.image_size, spec.channels_in))
         self.jit, self.jit_max_abs_diff = jit, None  # the XLA check's result (None without --jit)
         if jit:
-            compiled = _forward_fn(self.model, c.image_size, spec.channels_in, jit=True)
-            self.jit_max_abs_diff = check_jit(self._prepare, self._forward, compiled, c, jit_batch, self._shown_name())
+            compiled = forward.trace(self.model, c.image_size, spec.channels_in, jit=True)
+            self.jit_max_abs_diff = forward.check_jit(
+                self._prepare, self._forward, compiled, c, jit_batch, self._shown_name()
+            )
             self._forward = compiled
         self._keras_forward = self._forward
         self.runtime_max_abs_diff = None  # --runtime onnx: the start-up check's result
@@ -289,7 +282,7 @@ class Extractor:
     def warm_up(self) -> None:
         """Trace the forward pass and run it once now (start-up), so the first batch of a loop is not the one that pays
         for TensorFlow's tracing and first-call graph optimisation."""
-        if isinstance(self._forward, _Lazy):
+        if isinstance(self._forward, forward.Lazy):
             self._forward.build()
 
     def use_runtime(self, runtime: str, cache: Path | None = None) -> None:
@@ -360,103 +353,6 @@ def to_gray(images: np.ndarray) -> np.ndarray:
     rgb = images.astype(np.uint32)
     luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
     return luma[..., None].astype(np.float32)
-
-
-def _backend() -> str:
-    """Keras's backend name."""
-    import keras
-
-    return keras.backend.backend()
-
-
-def require_jit_backend() -> None:
-    """Refuse --jit where featstore cannot compile the forward pass with XLA (a Keras backend other than TensorFlow)."""
-    if _backend() != "tensorflow":
-        raise ConfigError(
-            f"--jit compiles the forward pass with TensorFlow's XLA, but Keras runs on the {_backend()!r} backend; "
-            f"run without --jit, or set KERAS_BACKEND=tensorflow"
-        )
-
-
-def check_jit(prepare, reference, compiled, config: ExtractorConfig, rows: int, shown: str) -> float:
-    """Run the compiled forward pass on ``rows`` seeded random images (compiling it for that batch shape) and compare its
-    first rows with the uncompiled pass; the max abs difference, or ConfigError when it is over :data:`JIT_TOLERANCE`.
-    """
-    import tensorflow as tf
-
-    x = prepare(seeded_images(rows, config.image_size))
-    t = time.perf_counter()
-    try:
-        got = compiled(x)
-    except (tf.errors.OpError, ValueError, TypeError) as exc:  # a layer XLA cannot compile, or a TensorFlow without XLA
-        raise ConfigError(
-            f"--jit: XLA could not compile {shown}: {str(exc).splitlines()[0]}. Run without --jit"
-        ) from exc
-    seconds = time.perf_counter() - t
-    k = min(JIT_CHECK_ROWS, len(x))
-    want = reference(x[:k])
-    compute = "mixed_float16" if config.mixed_precision else "float32"
-    worst, scale = largest_difference(got, want)
-    limit = JIT_TOLERANCE[compute] * max(scale, 1e-6)
-    logger.debug(
-        "--jit: XLA compiled %s for batches of %d in %.1f s; max abs difference to the uncompiled model %.3g "
-        "(largest feature %.3g, tolerance %.3g)",
-        shown,
-        len(x),
-        seconds,
-        worst,
-        scale,
-        limit,
-    )
-    if not worst <= limit:
-        raise ConfigError(
-            f"--jit: the XLA-compiled {shown} differs from the uncompiled model by up to {worst:.3g} (largest feature "
-            f"{scale:.3g}; tolerance {JIT_TOLERANCE[compute]:g} of it, {limit:.3g}); refusing to write features that "
-            f"would not match the fingerprint. Run without --jit"
-        )
-    return worst
-
-
-class _Lazy:
-    """A forward function made by ``make`` on its first call (or :meth:`build`)."""
-
-    def __init__(self, make):
-        self._make, self._fn = make, None
-
-    def build(self):
-        if self._fn is None:
-            self._fn = self._make()
-        return self._fn
-
-    def __call__(self, x):
-        return self.build()(x)
-
-
-def _forward_fn(model, size: int, channels: int, jit: bool = False):
-    """The model as one traced function for any batch size (no `predict`-in-a-loop leak, no retracing per shape).
-
-    ``jit=True``: XLA-compiled (``jit_compile=True``); XLA compiles once per batch shape, on its first call.
-    """
-    if _backend() != "tensorflow":
-        return model.predict_on_batch
-    import tensorflow as tf
-
-    fn = tf.function(
-        lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
-        jit_compile=jit or None,
-    )
-    fn.get_concrete_function()  # trace now: every batch size then reuses this one graph
-    if not jit:  # (XLA compiles per batch shape: a one-image call would compile a shape no batch has)
-        # TensorFlow optimises the traced graph on its first call (Grappler: ~0.5-2 s for a 12-block ViT on a CPU),
-        # so one blank image goes through it now, in the build (start-up), not in the first batch of the loop
-        fn(tf.zeros((1, size, size, channels), tf.float32))
-
-    def run(x):
-        out = fn(tf.convert_to_tensor(x, tf.float32))
-        return [o.numpy() for o in out] if isinstance(out, (list, tuple)) else out.numpy()
-
-    return run
 
 
 def default_store_name(config: ExtractorConfig) -> str:
