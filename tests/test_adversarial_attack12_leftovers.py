@@ -1,0 +1,111 @@
+"""What attack 12 (issue #19) left open, each fixed with a test that failed before its fix: a symlinked
+``<store>.cache`` (or a folder in it) was written through; KerasHub read a preset's ``config.json`` again after
+featstore's bounded read; NaN features from the extractor made ``predict`` blame the fit; a fit run's provenance could
+be edited under its fingerprint (and an ensemble's fingerprint at will); a damaged ``<store>.leaks.json`` was replaced.
+Synthetic stores and tiny models throughout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featstore.errors import OutputError
+from tests.test_adversarial_attack2 import cli, no_traceback
+from tests.test_adversarial_attack3 import synthetic_store
+
+
+def _elsewhere(tmp_path: Path) -> Path:
+    """An empty folder a planted link points to."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    return target
+
+
+def _leaks_store(tmp_path: Path) -> Path:
+    """A synthetic store of train and test (8 + 2 rows, with their image files) and its leaks record."""
+    from featstore import find_leaks
+    from tests.leaks_stores import blob, write_split
+
+    store, data = tmp_path / "f.h5", tmp_path / "data"
+    X = np.random.default_rng(0).normal(0, 1, (8, 4)).astype(np.float32)
+    y = np.array([0, 1] * 4)
+    write_split(store, "s", "train", X, y, [f"train/{i}.png" for i in range(8)], data, [blob(i) for i in range(8)])
+    write_split(store, "s", "test", X[:2], y[:2], ["test/0.png", "test/1.png"], data, [blob(0), blob(1)])
+    find_leaks(store, threshold=0.99)
+    return store
+
+
+# ============================================================ 1. a linked <store>.cache: refused, never written through
+def _thumbs(store: Path, cache: Path) -> None:
+    from featstore.report.site.thumbs import ThumbCache
+
+    image = store.parent / "a.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(image)
+    ThumbCache(cache / "thumbs").make([str(image)])
+
+
+def _maps(store: Path, cache: Path) -> None:
+    from featstore.experiments.projection import project
+
+    project(store, max_rows=20, method="pca", cache=cache / "maps")
+
+
+def _leak_pairs(store: Path, cache: Path) -> None:
+    from featstore import FeatureStore
+    from featstore.report.site.storeview import leak_view
+
+    leak_view(FeatureStore(store), "s", cache, "")
+
+
+def _onnx(store: Path, cache: Path) -> None:
+    from featstore.models import onnx_runtime
+
+    onnx_runtime._make_folder(cache / onnx_runtime.CACHE_FOLDER)
+
+
+@pytest.mark.parametrize("use", [_thumbs, _maps, _leak_pairs, _onnx], ids=lambda f: f.__name__.strip("_"))
+def test_no_cache_is_written_through_a_linked_store_cache(tmp_path, use):
+    """``<store>.cache`` a link to another folder: thumbnails, map layouts, leak pairs and ONNX cuts were made in that
+    folder (``mkdir(parents=True, exist_ok=True)`` follows a link, and the writer checked only the final name). Each
+    cache now refuses it with one message naming the link and the fix; nothing is written where it points."""
+    store = _leaks_store(tmp_path)
+    target = _elsewhere(tmp_path)
+    cache = tmp_path / "f.h5.cache"
+    cache.symlink_to(target)
+    with pytest.raises(OutputError, match=f"{cache} is a symbolic link; .*Remove the link .*or choose another --store"):
+        use(store, cache)
+    assert not list(target.iterdir())
+
+
+def test_a_linked_thumbnail_bucket_is_refused(tmp_path):
+    """A link one level down, at ``<store>.cache/thumbs/<ab>/`` (the key is a digest anyone can compute), took the
+    thumbnail too."""
+    from featstore.report.site.thumbs import SIDE, ThumbCache, _key
+
+    target, cache = _elsewhere(tmp_path), tmp_path / "f.h5.cache"
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(image)
+    (cache / "thumbs").mkdir(parents=True)
+    bucket = cache / "thumbs" / _key(str(image), SIDE)[:2]
+    bucket.symlink_to(target)
+    with pytest.raises(OutputError, match=f"{bucket} is a symbolic link"):
+        ThumbCache(cache / "thumbs").make([str(image)])
+    assert not list(target.iterdir())
+
+
+@pytest.mark.parametrize("where", ["f.h5.cache", "f.h5.cache/maps", "f.h5.cache/thumbs"])
+def test_report_refuses_a_linked_cache_folder_before_any_work(tmp_path, where):
+    store = synthetic_store(tmp_path / "f.h5")
+    target = _elsewhere(tmp_path)
+    (tmp_path / "f.h5.cache").mkdir(exist_ok=where != "f.h5.cache")
+    if where == "f.h5.cache":
+        (tmp_path / where).rmdir()
+    (tmp_path / where).symlink_to(target)
+    r = cli("report", "--store", store, "--map-method", "pca")
+    out = no_traceback(r)
+    assert r.exit_code == 1 and f"{tmp_path / where} is a symbolic link" in out, out
+    assert not list(target.iterdir()) and not (tmp_path / "f.report").exists()
