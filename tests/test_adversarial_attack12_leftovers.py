@@ -7,6 +7,7 @@ Synthetic stores and tiny models throughout.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,37 @@ def test_report_refuses_a_linked_cache_folder_before_any_work(tmp_path, where):
     out = no_traceback(r)
     assert r.exit_code == 1 and f"{tmp_path / where} is a symbolic link" in out, out
     assert not list(target.iterdir()) and not (tmp_path / "f.report").exists()
+
+
+# ============================================================ 2. KerasHub read config.json again
+def test_keras_hub_builds_the_config_featstore_read_and_checked(tmp_path, monkeypatch):
+    """featstore read ``config.json`` with bounds and checked its sizes, then ``Backbone.from_preset(folder)`` read the
+    file again, whole: one swapped in between (here over the 1 MiB bound, and with another ``num_layers``) was what
+    KerasHub built. KerasHub now loads a private snapshot of the checked config (the weights hashed again after)."""
+    keras_hub = pytest.importorskip("keras_hub")
+    from featstore.errors import WeightsError
+    from featstore.models.hub import HubSpec
+    from featstore.models.preset_json import MAX_PRESET_JSON_BYTES
+    from tests.test_hub import save_presets
+
+    folder, backbone = save_presets(tmp_path, ("vit",))["vit"]
+    spec = HubSpec.from_model(str(folder))
+    swapped = json.loads((folder / "config.json").read_text())
+    swapped["config"]["num_layers"] = 1
+    (folder / "config.json").write_text(json.dumps(swapped) + " " * MAX_PRESET_JSON_BYTES)
+    model, _ = spec.build(spec.default_size)
+    assert sorted(model.output) == ["block1", "block2", "tokens"] and spec.prefix_tokens() == 1
+    x = np.random.default_rng(0).normal(0, 1, (1, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(model(x)["tokens"]), np.asarray(backbone(x)), atol=1e-5)
+
+    real = keras_hub.models.Backbone.from_preset
+
+    def changing(preset, **kwargs):  # the weights file changed in place while KerasHub loaded it
+        built = real(preset, **kwargs)
+        with open(folder / "model.weights.h5", "ab") as fh:
+            fh.write(b"\0")
+        return built
+
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", changing)
+    with pytest.raises(WeightsError, match="model.weights.h5 changed while it was being loaded"):
+        spec.build(spec.default_size)  # the weights are still hashed again after loading
