@@ -144,3 +144,38 @@ def test_keras_hub_builds_the_config_featstore_read_and_checked(tmp_path, monkey
     monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", changing)
     with pytest.raises(WeightsError, match="model.weights.h5 changed while it was being loaded"):
         spec.build(spec.default_size)  # the weights are still hashed again after loading
+
+
+# ============================================================ 3. NaN features on new images: "fit again"
+def test_predict_names_the_images_whose_features_are_not_finite(store, tmp_path, monkeypatch):
+    """An extractor giving NaN features for one new image (a model overflowing on it) ended ``predict`` with "the
+    model in run ... its state was altered or damaged. Fit the classifier again": the fit was blamed and no image got a
+    prediction. That image now gets a row naming the extractor as the cause; the others are predicted."""
+    from featstore import fit, predict
+    from featstore.runs import apply
+    from tests.conftest import write_images
+
+    runs = tmp_path / "runs"
+    rid = fit(store, "logreg", runs=runs)["id"]
+    images = tmp_path / "new"
+    write_images(images, "x", {"a": 2})
+    white = images / "white.png"
+    Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(white)
+    real = apply.rebuild_extractor
+
+    def overflowing(*args, **kwargs):  # NaN for an all-white image, as a model that overflows on it gives
+        ex = real(*args, **kwargs)
+
+        def features(x):
+            out = np.array(ex(x), dtype=np.float32)
+            out[(x == 255).reshape(len(x), -1).all(axis=1)] = np.nan
+            return out
+
+        return features
+
+    monkeypatch.setattr(apply, "rebuild_extractor", overflowing)
+    rows = {Path(r["path"]).name: r for r in predict(rid, [images], store=store, runs=runs)}
+    assert len(rows) == 3 and rows["white.png"]["label"] == "", rows
+    why = rows["white.png"]["error"]
+    assert "gave NaN or infinite features for this image" in why and "not of the fitted classifier" in why, why
+    assert all(r["label"] and not r["error"] for n, r in rows.items() if n != "white.png"), rows

@@ -209,9 +209,15 @@ class FitKind(_FeaturesRun):
     def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
         est, k, size = self.load(rec, folder, options), len(rec.class_names), int(rec.extractor_attrs["input_size"])
         extractor = options.extractor(rec["extractor_attrs"])
-        return ImagesModel(
-            size, lambda batch: calibrated(rec, artifacts.checked_proba(est, extractor(batch.at(size)), k, rec.id))
-        )
+
+        def proba(batch: ImageBatch) -> np.ndarray:  # rows of non-finite features: failed (named), never classified
+            X = extractor(batch.at(size))
+            out, ok = np.full((len(X), k), 1.0 / k), batch.finite(X, rec.extractor)
+            if ok.any():
+                out[ok] = calibrated(rec, artifacts.checked_proba(est, X[ok], k, rec.id))
+            return out
+
+        return ImagesModel(size, proba)
 
     def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
         est = self.load(rec, folder, options)
