@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from featstore.errors import OutputError
+from featstore.runs.files import BrokenRunError
 from tests.test_adversarial_attack2 import cli, no_traceback
 from tests.test_adversarial_attack3 import synthetic_store
 
@@ -179,3 +180,41 @@ def test_predict_names_the_images_whose_features_are_not_finite(store, tmp_path,
     why = rows["white.png"]["error"]
     assert "gave NaN or infinite features for this image" in why and "not of the fitted classifier" in why, why
     assert all(r["label"] and not r["error"] for n, r in rows.items() if n != "white.png"), rows
+
+
+# ============================================================ 4. fit and ensemble records not re-hashed
+@pytest.mark.parametrize("edit", ["field", "fingerprint"])
+def test_a_fit_record_edited_under_its_fingerprint_is_refused_naming_run_json(tmp_path, edit):
+    """Only finetune runs (and presets') had their ``extractor_attrs`` hashed against the fingerprint when read; a fit
+    run's could be edited (a field, or both fingerprints replaced) and was listed, shown, ensembled and reported."""
+    from featstore import fit, get_run
+    from featstore.runs.folder import scan_runs_of
+
+    store, runs = synthetic_store(tmp_path / "f.h5"), tmp_path / "runs"
+    rid = fit(store, "logreg", runs=runs)["id"]
+    record = runs / rid / "run.json"
+    rec = json.loads(record.read_text())
+    if edit == "field":
+        rec["extractor_attrs"]["pooling"] = "avg"
+    else:
+        rec["fingerprint"] = rec["extractor_attrs"]["fingerprint"] = "0" * 64
+    record.write_text(json.dumps(rec))
+    with pytest.raises(BrokenRunError, match=f"{record}: extractor_attrs do not hash to the fingerprint"):
+        get_run(rid, store, runs)
+    assert [name for name, _ in scan_runs_of(store, runs).broken] == [rid]
+
+
+def test_an_ensemble_whose_fingerprint_is_not_its_members_is_refused(tmp_path):
+    """An ensemble's ``extractor`` and ``fingerprint`` (its members', joined) were never compared with its members:
+    edited, ``predict`` went on to other errors and reports showed them."""
+    from featstore import ensemble, fit, predict
+
+    store, runs = synthetic_store(tmp_path / "f.h5"), tmp_path / "runs"
+    members = [fit(store, clf, runs=runs)["id"] for clf in ("logreg", "knn")]
+    ens = ensemble(members, store=store, runs=runs)
+    record = runs / ens["id"] / "run.json"
+    rec = json.loads(record.read_text())
+    rec["fingerprint"] = "0" * 64
+    record.write_text(json.dumps(rec))
+    with pytest.raises(BrokenRunError, match=f"{record}: its extractor and fingerprint are not its members'"):
+        predict(ens["id"], [tmp_path], store=store, runs=runs)
