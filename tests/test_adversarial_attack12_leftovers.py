@@ -218,3 +218,24 @@ def test_an_ensemble_whose_fingerprint_is_not_its_members_is_refused(tmp_path):
     record.write_text(json.dumps(rec))
     with pytest.raises(BrokenRunError, match=f"{record}: its extractor and fingerprint are not its members'"):
         predict(ens["id"], [tmp_path], store=store, runs=runs)
+
+
+# ============================================================ 5. a damaged leaks record replaced
+def test_a_damaged_leaks_record_is_kept_aside_not_lost(tmp_path, caplog):
+    """``leaks`` replaced a ``<store>.leaks.json`` it could not read with a warning: a record edited by hand (a
+    stray comma) lost every extractor's counts. It is now kept as ``<store>.leaks.json.damaged`` (``.damaged.1``
+    next), named in the warning, and a new record is written."""
+    from featstore import find_leaks
+    from featstore.experiments.leaks import read_record, record_path
+
+    store = _leaks_store(tmp_path)
+    path = record_path(store)
+    first = path.read_text().replace("{", "{,", 1)
+    path.write_text(first)
+    find_leaks(store, threshold=0.99)
+    assert f"kept it as {path}.damaged; wrote a new record" in caplog.text, caplog.text
+    assert Path(f"{path}.damaged").read_text() == first and "s" in read_record(path)["extractors"]
+    path.write_text("[]")
+    assert cli("leaks", "--store", store, "--threshold", "0.99").exit_code == 0
+    assert Path(f"{path}.damaged").read_text() == first and Path(f"{path}.damaged.1").read_text() == "[]"
+    assert "s" in read_record(path)["extractors"]
