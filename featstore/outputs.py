@@ -231,6 +231,43 @@ def cache_dir(store: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(store)}.cache")
 
 
+def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder") -> Path:
+    """``root/parts...`` made where missing, each level a real folder; returns it. ``root`` is the cache beside a store
+    (:func:`cache_dir`), whose parent must exist. A symbolic link at any level is refused, never written through nor
+    read from (a link planted at ``features.h5.cache`` sent thumbnails, map layouts and ONNX models wherever it
+    pointed), and so is a file, FIFO or anything else in a folder's place: one OutputError naming it and the fix.
+    Example::
+
+        maps = cache_folder(cache_dir("features.h5"), "maps")
+    """
+    level = Path(root)
+    for name in ("", *parts):
+        level = level / name if name else level
+        try:
+            st = os.lstat(level)
+        except FileNotFoundError:
+            try:
+                os.mkdir(level)
+            except FileExistsError:
+                pass  # made meanwhile: checked below
+            except OSError as exc:
+                raise OutputError(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
+            st = os.lstat(level)
+        except OSError as exc:
+            raise OutputError(f"cannot use the {what} {level}: {output_fix(exc, level)}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise OutputError(
+                f"the {what} {level} is a symbolic link; featstore never writes its caches through a link. Remove the "
+                f"link (the cache is made again), or choose another --store"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise OutputError(
+                f"the {what} {level} is not a folder; move it away (featstore keeps its caches there), or "
+                f"choose another --store"
+            )
+    return level
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "output") -> Path:
     """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``; returns ``path``.
 

@@ -322,7 +322,7 @@ def test_finetune_refuses_a_phase_a_record_edited_under_its_fingerprint(tuned, t
     store = _copy_tuned(tuned, tmp_path)
     _edit_attrs(store, dense, preprocess="none")
     before = sorted(p.name for p in (tmp_path / "f.runs").iterdir())
-    with pytest.raises(StoreError, match=f"that run {dense} was made on does not hash to its fingerprint"):
+    with pytest.raises(StoreError, match=f"run {dense} is broken: .*extractor_attrs do not hash to the fingerprint"):
         finetune(dense, FinetuneConfig("block5_conv3", epochs=1, batch_size=4), store=store)
     assert sorted(p.name for p in (tmp_path / "f.runs").iterdir()) == before
 

@@ -65,12 +65,14 @@ def _siglip(size):
 FAMILIES = {"dinov2": (_dinov2, 42, 3, 0), "vit": (_vit, 32, 1, 0), "clip": (_clip, 32, 1, 16), "siglip": (_siglip, 32, 0, 32)}  # fmt: skip
 
 
-def save_presets(root):
-    """Each family built with seeded random weights and saved as a preset folder under root: {family: (folder, backbone)}."""
+def save_presets(root, families=tuple(FAMILIES)):
+    """Each family (of ``families``) built with seeded random weights and saved as a preset folder under root:
+    {family: (folder, backbone)}."""
     import keras
 
     out = {}
-    for name, (build, size, _, _) in FAMILIES.items():
+    for name in families:
+        build, size, _, _ = FAMILIES[name]
         keras.utils.set_random_seed(3)
         backbone, converter = build(size)
         backbone.save_to_preset(root / name)

@@ -242,7 +242,8 @@ def test_stale_and_damaged_records(leaky, tmp_path):
     record_path(store).write_text("{not json")
     r = run("info", store)
     assert r.exit_code == 0 and f"leaks: record {record_path(store)} is damaged: it is not JSON" in r.output
-    find_leaks(store, threshold=0.9)  # an unreadable record is replaced
+    find_leaks(store, threshold=0.9)  # an unreadable record is kept aside (<record>.damaged), a new one written
+    assert Path(f"{record_path(store)}.damaged").read_text() == "{not json"
     entry = FeatureStore(store).info()["extractors"]["vgg16"]
     assert leaks_line(store, "vgg16", entry).startswith("leaks: 3 test / 0 validation")
 

@@ -143,7 +143,8 @@ def test_ensemble_math_by_hand(tmp_path):
         np.arange(8.0).reshape(4, 2), [0, 1, 0, 1]
     )  # any fitted model: members need one
 
-    def member(run_id, clf, fp, probas):
+    def member(run_id, clf, model, probas):
+        attrs = synthetic_attrs((2,), model=model)  # what rebuilding an extractor reads; it hashes to its fingerprint
         base = {
             "kind": "fit",
             "created_at": "2026-01-01T00:00:00",
@@ -152,12 +153,13 @@ def test_ensemble_math_by_hand(tmp_path):
             "class_names": ["x", "z"],
             "metrics": {},
             "params": {},
-            "extractor_attrs": {**synthetic_attrs((2,)), "fingerprint": fp},  # what rebuilding an extractor reads
+            "extractor_attrs": attrs,
         }
-        write_run(tmp_path, {**base, "id": run_id, "clf": clf, "fingerprint": fp}, est, probas)
+        write_run(tmp_path, {**base, "id": run_id, "clf": clf, "fingerprint": attrs["fingerprint"]}, est, probas)
+        return attrs["fingerprint"]
 
-    member("a", "logreg", "f" * 64, {"test": (a, y, "paths")})
-    member("b", "svm", "g" * 64, {"test": (b, y, "paths")})
+    fa = member("a", "logreg", "f", {"test": (a, y, "paths")})
+    fb = member("b", "svm", "g", {"test": (b, y, "paths")})
     rec = ensemble(["a", "b"], weights=[1, 3], runs=tmp_path)
     # (a + 3b) / 4 = [[0.375, 0.625], [0.325, 0.675], [0.8, 0.2]] -> predicts [1, 1, 0]: 2 of 3 right
     expected = np.array([[0.375, 0.625], [0.325, 0.675], [0.8, 0.2]])
@@ -165,10 +167,8 @@ def test_ensemble_math_by_hand(tmp_path):
     assert rec["metrics"]["test"]["accuracy"] == pytest.approx(2 / 3)
     assert rec["metrics"]["test"]["confusion_matrix"] == [[1, 1], [0, 1]]
     assert rec["members"] == ["a", "b"] and rec["weights"] == [1.0, 3.0]
-    assert (
-        rec["extractor"] == "e+e" and rec["fingerprint"] == "f" * 64 + "+" + "g" * 64
-    )  # one name per distinct fingerprint
-    member("c", "knn", "h" * 64, {"test": (b, y, "other-images")})
+    assert rec["extractor"] == "e+e" and rec["fingerprint"] == f"{fa}+{fb}"  # one name per distinct fingerprint
+    member("c", "knn", "h", {"test": (b, y, "other-images")})
     with pytest.raises(ConfigError, match="different images"):
         ensemble(["a", "c"], runs=tmp_path)
     with pytest.raises(ConfigError, match="one non-negative weight per member"):

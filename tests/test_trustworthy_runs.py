@@ -147,11 +147,11 @@ def _pair(tmp_path: Path, wrong_b: int, n: int = 200, **extra_b):
         "created_at": "2026-01-01T00:00:00",
         "store": "s",
         "extractor": "e",
-        "fingerprint": "f" * 64,
+        "fingerprint": synthetic_attrs((2,))["fingerprint"],
         "class_names": ["x", "z"],
         "metrics": {},
         "params": {},
-        "extractor_attrs": {**synthetic_attrs((2,)), "fingerprint": "f" * 64},
+        "extractor_attrs": synthetic_attrs((2,)),  # hashes to the fingerprint, as a fit records it
     }
 
     def proba(wrong):

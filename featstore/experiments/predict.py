@@ -100,7 +100,8 @@ def predict(
     trust_model: bool = False,
     runtime: str = "keras",
 ) -> list[dict]:
-    """Class and probability per image for a fit, finetune or ensemble run; unreadable images get a row with their reason.
+    """Class and probability per image for a fit, finetune or ensemble run; unreadable images, and images whose
+    features come out NaN or infinite (the extractor's fault, not the fit's), get a row with their reason.
 
     Writes a CSV (path, label, probability, error) when ``out`` is given (a new file renamed onto ``out``, by
     :func:`featstore.outputs.write_atomic`); text cells that a spreadsheet would evaluate (``= + - @``, tab, CR at the
@@ -144,7 +145,12 @@ def predict(
     def flush():
         if not batch:
             return
-        for (p, _), row in zip(batch, model.proba(ImageBatch(batch))):
+        images = ImageBatch(batch)
+        for i, ((p, _), row) in enumerate(zip(batch, model.proba(images))):
+            if i in images.failed:  # the extractor gave NaN or inf features: the image is named, with the cause
+                logger.warning("no prediction for %s: %s", printable(str(p)), images.failed[i])
+                rows.append({"path": p, "label": "", "probability": float("nan"), "error": images.failed[i]})
+                continue
             k = int(np.argmax(row))
             rows.append({"path": p, "label": class_names[k], "probability": float(row[k]), "error": ""})
         batch.clear()

@@ -30,7 +30,7 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.search import query_blocks
-from featstore.outputs import write_atomic
+from featstore.outputs import cache_folder, write_atomic
 from featstore.safezip import check_zip
 from featstore.store.reader import FeatureStore
 
@@ -166,7 +166,8 @@ def project(
 ) -> Projection:
     """A 2-D layout of at most ``max_rows`` sampled rows of the extractor's complete splits (see the module docstring).
 
-    ``cache``: a folder where layouts are kept and reused (None: none). ``jobs``: threads for the layout (BLAS,
+    ``cache``: a folder where layouts are kept and reused (None: none); made where missing, refused when it or its
+    parent is a link (:func:`featstore.outputs.cache_folder`). ``jobs``: threads for the layout (BLAS,
     OpenMP); on a shared or busy machine more threads than free cores made t-SNE 20 times slower, so 1 by default.
     Example::
 
@@ -184,6 +185,8 @@ def project(
     how = choose_method(method)
     key = _key(fs, name, chosen, max_rows, how, seed)
     sample = sample_rows(rows, max_rows, seed)
+    if cache:  # a link is refused before anything is read from it or written through it
+        cache = cache_folder(Path(cache).parent, Path(cache).name, what="map cache")
     hit = _cached(cache, name, key, sample) if cache else None
     if hit is not None:
         shown, settings, seed_, seconds, xy = hit
@@ -263,7 +266,6 @@ def _store(cache, name: str, key: str, proj: Projection) -> None:
             np.savez(fh, meta=np.array(json.dumps(meta)), xy=proj.xy, **arrays)
 
     try:
-        Path(cache).mkdir(parents=True, exist_ok=True)
         write_atomic(_cache_file(cache, name, key), write, "map cache")
     except (OSError, OutputError) as exc:
         logger.warning("the map's layout is not cached: %s", exc)

@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +101,7 @@ class HubSpec:
     offset: tuple[float, float, float]  # and offset, after the scale
     converter: str  # the converter's class and resize settings, for humans (featstore's own resize replaces them)
     channels_in: int = 3
+    config_text: str = field(default="{}", repr=False, compare=False)  # config.json as read and checked: what is built
 
     @classmethod
     def from_model(cls, model: str, download: bool = True) -> HubSpec:
@@ -170,6 +173,7 @@ class HubSpec:
             channels(conv.get("offset"), 0.0, "offset", folder / "image_converter.json"),
             f"{str(converter.get('class_name'))[:100]} (its resize: "
             f"{str(conv.get('interpolation', 'bilinear'))[:40]}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')!s:.10})",
+            config_text=json.dumps(config),
         )
         # before anything is built: sizes within bounds, and no more parameters than the weights file holds
         check_sizes(config["config"], where, folder / WEIGHTS_FILE, MAX_IMAGE_SIZE, spec.shown)
@@ -224,7 +228,7 @@ class HubSpec:
 
     def prefix_tokens(self) -> int:
         """Tokens before the patches (the class token and any register tokens)."""
-        return self.family.prefix_tokens(self.family.vision(read_json(self.folder / "config.json")["config"]))
+        return self.family.prefix_tokens(self.family.vision(json.loads(self.config_text)["config"]))
 
     def output_shape(self, size: int, layer: str, pooling: str) -> tuple[int, ...]:
         """One image's features at ``layer`` with ``pooling``."""
@@ -275,16 +279,21 @@ class HubSpec:
         kwargs = {"dtype": keras.mixed_precision.global_policy().name}
         if size != self.default_size:
             kwargs["image_shape"] = (size, size, 3)
-        try:
-            backbone = keras_hub.models.Backbone.from_preset(str(self.folder), **kwargs)
-        except Exception as exc:  # noqa: BLE001 - KerasHub and Keras raise ValueError, TypeError, OSError, h5py's...
-            raise ConfigError(
-                f"KerasHub could not build {self.shown} from {self.folder}: {type(exc).__name__}: {str(exc)[:300]} "
-                f"(a preset folder is what backbone.save_to_preset writes; Lambda layers and unregistered classes are "
-                f"refused)"
-            ) from None
-        if sha256_file(self.folder / WEIGHTS_FILE) != self.weights_sha256:
-            raise WeightsError(f"{self.folder / WEIGHTS_FILE} changed while it was being loaded; run again")
+        # KerasHub reads the preset folder again: it is given a private snapshot holding the config.json featstore read
+        # and checked, and the weights file (a hard link where the file system allows it), so a config.json swapped in
+        # meanwhile is never read; the weights are hashed again after loading
+        with tempfile.TemporaryDirectory(prefix="featstore-preset-") as tmp:
+            snapshot = self._snapshot(Path(tmp))
+            try:
+                backbone = keras_hub.models.Backbone.from_preset(str(snapshot), **kwargs)
+            except Exception as exc:  # noqa: BLE001 - KerasHub and Keras raise ValueError, TypeError, OSError, h5py's...
+                raise ConfigError(
+                    f"KerasHub could not build {self.shown} from {self.folder}: {type(exc).__name__}: "
+                    f"{str(exc)[:300].replace(str(snapshot), str(self.folder))} (a preset folder is what "
+                    f"backbone.save_to_preset writes; Lambda layers and unregistered classes are refused)"
+                ) from None
+            if sha256_file(snapshot / WEIGHTS_FILE) != self.weights_sha256:
+                raise WeightsError(f"{self.folder / WEIGHTS_FILE} changed while it was being loaded; run again")
         what = (
             f"KerasHub preset {self.handle}" if self.preset.startswith(HUB_PREFIX) else f"preset folder {self.preset}"
         )
@@ -298,6 +307,16 @@ class HubSpec:
         return model, LoadedWeights(
             "model", "keras-hub-preset", what, str(self.folder / WEIGHTS_FILE), self.weights_sha256
         )
+
+    def _snapshot(self, tmp: Path) -> Path:
+        """``tmp`` made a preset folder of the checked ``config.json`` and a link to the weights file; returns it."""
+        (tmp / "config.json").write_text(self.config_text, encoding="utf-8")
+        weights = (self.folder / WEIGHTS_FILE).resolve()
+        try:
+            os.link(weights, tmp / WEIGHTS_FILE)  # the file as it is now, whatever is renamed onto its name later
+        except OSError:  # another file system, or a file that is not the user's: read through its name
+            os.symlink(weights, tmp / WEIGHTS_FILE)
+        return tmp
 
     def cut_outputs(self, base, layers: list[str | None], pooling: str, model_name: str) -> list[tuple[str, object]]:
         """``(layer, features)`` for each requested output of the token model, pooled as ``pooling`` says."""

@@ -227,16 +227,14 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
 
 
 def _make_folder(cache: Path) -> None:
-    """Make the cache folder (and ``<store>.cache``); a file, FIFO or dangling link in their place, or a folder that
-    cannot be made, is one OutputError naming it (``mkdir(exist_ok=True)`` raised FileExistsError: a traceback)."""
+    """Make the cache folder (and ``<store>.cache``) with :func:`featstore.outputs.cache_folder`: a link, file or FIFO
+    in their place, or a folder that cannot be made, is one OutputError naming it."""
+    from featstore.outputs import cache_folder
+
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        what = next((p for p in (cache.parent, cache) if os.path.lexists(p) and not p.is_dir()), None)
-        why = f"{what} is not a folder; move it away" if what is not None else f"{exc.strerror or exc}"
-        raise OutputError(
-            f"--runtime onnx: cannot make the ONNX cache folder {cache}: {why}, or {FIX.lower()}"
-        ) from None
+        cache_folder(cache.parent, cache.name, what="ONNX cache folder")
+    except OutputError as exc:
+        raise OutputError(f"--runtime onnx: {exc}; or {FIX.lower()}") from None
 
 
 def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxForward, float]:

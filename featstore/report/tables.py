@@ -107,10 +107,10 @@ def hub_table(model: str, layers: bool = False, image_size: int | None = None) -
 
 
 def _preset_config(spec) -> dict:
-    """A preset's config.json as a dict."""
+    """A preset's config.json as a dict: as it was read (bounded) and checked, never the file again."""
     import json
 
-    return json.loads((spec.folder / "config.json").read_text("utf-8"))["config"]
+    return json.loads(spec.config_text)["config"]
 
 
 def layers_table(model: str, image_size: int | None = None, trust_model: bool = False) -> str:

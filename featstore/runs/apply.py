@@ -130,6 +130,7 @@ class ImageBatch:
 
     def __init__(self, items: list[tuple[str, np.ndarray]]):
         self.items = items  # (path, image) pairs
+        self.failed: dict[int, str] = {}  # row -> why it has no prediction (its features are not finite)
         self._at: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -140,6 +141,19 @@ class ImageBatch:
         if size not in self._at:
             self._at[size] = np.stack([img if img.shape[0] == size else load_image(p, size) for p, img in self.items])
         return self._at[size]
+
+    def finite(self, features: np.ndarray, extractor: str) -> np.ndarray:
+        """Which rows of ``features`` are all finite; the others are marked failed, the extractor named as the cause
+        (a model that overflows on an image, or damaged weights), not the fitted classifier."""
+        ok = np.isfinite(np.asarray(features).reshape(len(features), -1)).all(axis=1)
+        for i in np.flatnonzero(~ok):
+            self.failed.setdefault(
+                int(i),
+                f"the extractor {printable(extractor)} gave NaN or infinite features for this image (a problem of the "
+                f"model or its weights, e.g. an overflow on this image; not of the fitted classifier): check the image "
+                f"and the model's weights",
+            )
+        return ok
 
 
 @dataclass

@@ -25,7 +25,7 @@ from featstore.errors import ConfigError, DataError, StoreError
 from featstore.provenance import MAX_IMAGE_SIZE
 from featstore.runs import artifacts
 from featstore.runs.apply import ApplyOptions, ImageBatch, split_images, split_proba
-from featstore.runs.files import RECORD, BrokenRunError
+from featstore.runs.files import RECORD, BrokenRunError, read_record_json
 from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names, thaw
 from featstore.stats.calibration import apply_calibration
 from featstore.store.reader import FeatureStore
@@ -155,14 +155,12 @@ def _check_features_record(obj: dict, where: str, folder: Path) -> None:
             f"{where}: extractor_attrs.input_size {size!r} is not an image side featstore uses (0 to "
             f"{MAX_IMAGE_SIZE}); predicting with it would decode images of any size. Remove the folder {folder}"
         )
-    attrs = obj["extractor_attrs"]
-    fed = obj.get("kind") == "finetune" or attrs.get("hub_preset")  # a model fed by the recorded preprocessing
-    if fed and provenance.fingerprint(attrs) != obj["fingerprint"]:
-        # a fine-tuned model is fed by the recorded preprocess (a preset's: preprocess_scale/offset), and the run's
-        # fingerprint was compared with the store's as a string: an edited field under a copied fingerprint fed silently
+    if provenance.fingerprint(obj["extractor_attrs"]) != obj["fingerprint"]:
+        # a fine-tuned model is fed by the recorded preprocess, a fit's extractor is rebuilt from the record, ensembles
+        # and reports group runs by fingerprint: a field edited under a copied fingerprint was used silently
         raise BrokenRunError(
-            f"{where}: extractor_attrs do not hash to the fingerprint (edited after the fit? its preprocessing would "
-            f"feed the model silently); remove the folder {folder}"
+            f"{where}: extractor_attrs do not hash to the fingerprint (edited after the run was made? the run would be "
+            f"applied to features it does not describe); restore that {RECORD}, or remove the folder {folder}"
         )
 
 
@@ -209,9 +207,15 @@ class FitKind(_FeaturesRun):
     def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
         est, k, size = self.load(rec, folder, options), len(rec.class_names), int(rec.extractor_attrs["input_size"])
         extractor = options.extractor(rec["extractor_attrs"])
-        return ImagesModel(
-            size, lambda batch: calibrated(rec, artifacts.checked_proba(est, extractor(batch.at(size)), k, rec.id))
-        )
+
+        def proba(batch: ImageBatch) -> np.ndarray:  # rows of non-finite features: failed (named), never classified
+            X = extractor(batch.at(size))
+            out, ok = np.full((len(X), k), 1.0 / k), batch.finite(X, rec.extractor)
+            if ok.any():
+                out[ok] = calibrated(rec, artifacts.checked_proba(est, X[ok], k, rec.id))
+            return out
+
+        return ImagesModel(size, proba)
 
     def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
         est = self.load(rec, folder, options)
@@ -288,6 +292,20 @@ class EnsembleKind(RunKind):
         if not all(kind_of(m).member_of_ensembles for m, _ in found):
             raise DataError(f"run {rec.id} has an ensemble as a member; predict with its fitted members instead")
         return found
+
+    def verify(self, rec: RunRecord, folder: Path) -> None:
+        """BrokenRunError unless its extractor and fingerprint are its members' as ``ensemble`` records them (each
+        member's record hashed to its own); a member that cannot be read is left to the command that uses it."""
+        try:
+            members = [parse_record(read_record_json(folder.parent / m), folder.parent / m) for m in rec.members]
+        except StoreError:
+            return
+        extractors = list(dict.fromkeys((m.extractor, m.fingerprint) for m in members))
+        if ("+".join(n for n, _ in extractors), "+".join(f for _, f in extractors)) != (rec.extractor, rec.fingerprint):
+            raise BrokenRunError(
+                f"{folder / RECORD}: its extractor and fingerprint are not its members' (edited after it was made?); "
+                f"restore that {RECORD}, or build the ensemble again (featstore ensemble)"
+            )
 
     def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
         return [(m, kind_of(m).load(m, f, options)) for m, f in self.members(rec, options)]

@@ -18,6 +18,7 @@ import stat
 import time
 from pathlib import Path
 
+from featstore.errors import OutputError
 from featstore.experiments.leaks.result import LeakReport, record_path
 from featstore.outputs import terminal_safe, write_text
 
@@ -145,15 +146,19 @@ def check_entry(rec: object) -> dict:
 def write_record(report: LeakReport) -> Path:
     """Add this extractor's result to ``<store>.leaks.json`` (temporary file + rename); returns its path.
 
-    A record that cannot be read is replaced (logged). Raises :class:`~featstore.errors.OutputError` (one line:
-    where and what to do) when the file cannot be written, e.g. in a read-only store folder.
+    A regular file there that is not a record featstore can read (damaged, edited, over the limits) is never lost: it
+    is kept aside as ``<store>.leaks.json.damaged`` (``.damaged.1``, ... when taken), logged with its new name, and a
+    new record is written. Raises :class:`~featstore.errors.OutputError` (one line: where and what to do) when the file
+    cannot be written, e.g. in a read-only store folder, or the bad record cannot be kept aside.
     """
     path = record_path(report.store)
     try:
         data = read_record(path) or {"format": FORMAT, "extractors": {}}
     except BadRecord as exc:
-        logger.warning("replacing %s: it %s", terminal_safe(str(path)), exc)
+        aside, why = _set_aside(path, str(exc)), exc
         data = {"format": FORMAT, "extractors": {}}
+    else:
+        aside = why = None
     data["format"] = FORMAT
     data["extractors"][report.extractor] = {
         "fingerprint": report.fingerprint,
@@ -170,7 +175,42 @@ def write_record(report: LeakReport) -> Path:
     text = json.dumps(data, indent=1, default=str, allow_nan=False) if _finite(data) else None
     if text is None:  # a NaN median (an empty split): recorded as null
         text = json.dumps(_nulls(data), indent=1, default=str, allow_nan=False)
-    return write_text(path, text, "leaks record")
+    write_text(path, text, "leaks record")
+    if aside is not None:
+        logger.warning(
+            "%s %s: kept it as %s; wrote a new record", terminal_safe(str(path)), why, terminal_safe(str(aside))
+        )
+    return path
+
+
+MAX_ASIDE = 100  # <record>.damaged, .damaged.1, ... tried before refusing
+
+
+def _set_aside(path: Path, why: str) -> Path | None:
+    """Rename the regular file ``path`` to the first free ``<path>.damaged[.N]`` (never replacing a file there); its new
+    name, or None when ``path`` is not a regular file (a link, FIFO or folder: refused by the writer). OutputError when
+    it cannot be kept aside: nothing is replaced then."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    problem = f"{MAX_ASIDE} damaged copies are there already"
+    for n in range(MAX_ASIDE):
+        aside = path.with_name(f"{path.name}.damaged" + (f".{n}" if n else ""))
+        try:
+            os.link(path, aside, follow_symlinks=False)  # fails on a taken name: an older damaged record stays
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+            break
+        os.unlink(path)
+        return aside
+    raise OutputError(
+        f"leaks record {terminal_safe(str(path))} {why}, and it cannot be kept aside ({problem}); featstore never "
+        f"replaces a record it cannot read. Move it away, then run featstore leaks again"
+    )
 
 
 def _finite(x: object) -> bool:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
-from featstore.outputs import cache_dir, check_output, refuse_run_files, terminal_safe, write_text  # noqa: F401 (cache_dir: similar_page)
+from featstore.outputs import cache_dir, cache_folder, check_output, refuse_run_files, terminal_safe, write_text  # noqa: F401 (cache_dir: similar_page)
 from featstore.report.site import charts
 from featstore.report.site.mapview import map_view
 from featstore.report.site.render import figure_json, original, render, write_assets
@@ -180,10 +180,12 @@ def build_report(
     if not out.exists():
         refuse_run_files(out, "--out", folder=True)  # nor another store's runs folder, nor a run's folder
     refuse_in_image_folders(out / "index.html", store, "--out")  # its thumbnails would be extracted as images
+    cache = cache_folder(cache_dir(store))  # a link there (or at thumbs/, maps/) is refused before any work
+    for sub in ("thumbs", "maps"):
+        cache_folder(cache, sub)
     old = _prepare(out)
     # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
     write_text(out / MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
-    cache = cache_dir(store)
     thumbs = ThumbCache(cache / "thumbs")
     result = ReportResult(out / "index.html", 0, 0, 0)
     store_info = overview(fs)

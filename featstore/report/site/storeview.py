@@ -20,7 +20,7 @@ from featstore.errors import FeatstoreError, OutputError
 from featstore.experiments.leaks import BadRecord, find_leaks, leaks_line, read_record, record_path
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.record import check_entry
-from featstore.outputs import write_text
+from featstore.outputs import cache_folder, write_text
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def leak_view(fs: FeatureStore, name: str, cache: Path | None, line: str) -> Lea
         return view
     view.reference, view.threshold = entry["reference"], float(entry["threshold"])
     key = hashlib.sha256(json.dumps([name, entry], sort_keys=True, default=str).encode()).hexdigest()[:24]
-    file = cache / f"leaks-{key}.json" if cache else None
+    file = cache_folder(cache, what="report cache") / f"leaks-{key}.json" if cache else None  # never through a link
     found = _read_cache(file) if file else None
     if found is not None and not _of_store(found, fs, name, entry["reference"], list(entry["counts"])):
         logger.warning("cached leak pairs %s name files that are not the store's; finding them again", file)
@@ -172,7 +172,6 @@ def leak_view(fs: FeatureStore, name: str, cache: Path | None, line: str) -> Lea
         }
         if file:
             try:
-                file.parent.mkdir(parents=True, exist_ok=True)
                 write_text(file, json.dumps(found), "report cache")
             except (OSError, OutputError) as exc:
                 logger.warning("leak pairs not cached: %s", exc)

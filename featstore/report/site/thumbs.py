@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from featstore.errors import OutputError
-from featstore.outputs import terminal_safe, write_atomic, write_text
+from featstore.outputs import cache_folder, terminal_safe, write_atomic, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +73,14 @@ class ThumbCache:
         from featstore.images.decode import iter_decoded
 
         todo: dict[str, str] = {}
+        buckets: set[str] = set()  # <ab>/ folders checked: a link there is refused, never read or written through
         for src in dict.fromkeys(sources):
             if src in self._known:
                 continue
             key = _key(src, self.side)
+            if key is not None and key[:2] not in buckets:
+                cache_folder(self.folder.parent, self.folder.name, key[:2], what="thumbnail cache")
+                buckets.add(key[:2])
             if key is None:
                 self._known[src] = Thumb(src, None, "not found" if not os.path.lexists(src) else "cannot be read")
             elif _regular(self.path(key)):
@@ -86,7 +90,6 @@ class ThumbCache:
             else:
                 todo[src] = key
         if todo:
-            self.folder.mkdir(parents=True, exist_ok=True)
             for src, img, reason in iter_decoded(list(todo), self.side, self.workers, 64):
                 self._known[src] = self._save(src, todo[src], img, reason)
         return {s: self._known[s] for s in sources}
@@ -97,7 +100,6 @@ class ThumbCache:
 
         target = self.path(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
             if img is None:
                 write_text(target.with_suffix(".txt"), reason[:MAX_REASON], "thumbnail cache")
                 return Thumb(src, None, reason)
