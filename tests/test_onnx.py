@@ -184,20 +184,19 @@ def test_a_fifo_cache_file_is_refused_without_blocking(made, tmp_path):
         extract(made["data"], "validation", store, ONNX)
 
 
-@pytest.mark.parametrize("recorded", [False, True], ids=["changed", "recorded-but-unloadable"])
-def test_a_corrupt_cache_file_is_exported_again_with_a_warning(made, tmp_path, counted, caplog, recorded):
+def test_a_recorded_cache_file_onnx_runtime_cannot_load_is_exported_again_with_a_warning(
+    made, tmp_path, counted, caplog
+):
+    """Its record says featstore wrote these bytes (another onnxruntime cannot load them, say); a file changed behind
+    its record is the planted cases' below."""
     store = with_cache(made, tmp_path)
     (cached,) = cached_files(store)
     cached.write_bytes(b"not an onnx model")
-    if recorded:  # its record says featstore wrote these bytes (another onnxruntime cannot load them, say)
-        record(cached, hashlib.sha256(b"not an onnx model").hexdigest())
+    record(cached, hashlib.sha256(b"not an onnx model").hexdigest())
     with caplog.at_level(logging.WARNING, logger="featstore.models.onnx_runtime"):
         r = extract(made["data"], "validation", store, ONNX)
     assert r.rows == 6 and counted == [1] and cached.stat().st_size > 1000
-    why = (
-        "--runtime onnx: ONNX Runtime cannot run vgg16" if recorded else "its sha256 is not the one featstore recorded"
-    )
-    assert any(f"is exported again: {why}" in m for m in caplog.messages)
+    assert any("is exported again: --runtime onnx: ONNX Runtime cannot run vgg16" in m for m in caplog.messages)
     assert onnx_runtime.unrecorded(cached, cached.read_bytes()) is None  # the new export is recorded
 
 
@@ -243,14 +242,6 @@ def test_several_layers_pooled_and_stored_as_float16_in_one_pass(made, tmp_path)
         assert xb.dtype == np.float16 and xa.shape == xb.shape
         assert a.metadata(name)["fingerprint"] == b.metadata(name)["fingerprint"]
         assert np.abs(xa.astype(np.float32) - xb).max() <= 1e-3 * np.abs(xa).max()  # float16's own rounding
-
-
-def test_the_ray_engine_is_refused_with_onnx_for_now(made, tmp_path):
-    class Remote:
-        name = "ray"
-
-    with pytest.raises(ConfigError, match="--runtime onnx runs on the local engine for now; leave out --engine ray"):
-        extract(made["data"], "train", tmp_path / "f.h5", ONNX, engine=Remote())
 
 
 # ---- the cache holds only what featstore wrote: a file that agrees on the 4 check images is not enough ----
@@ -337,3 +328,27 @@ def test_a_planted_cut_that_passes_the_check_is_exported_again(made, tmp_path, c
     xa, xb = FeatureStore(made["root"] / "keras.h5").load("train")[0], FeatureStore(store).load("train")[0]
     assert np.abs(xa - xb).max() <= onnx_runtime.ONNX_TOLERANCE * np.abs(xa).max()
     assert cached.read_bytes() != planted and onnx_runtime.unrecorded(cached, cached.read_bytes()) is None
+
+
+def test_a_ray_actor_runs_the_drivers_file_verified_by_its_digest_and_never_exports(
+    made, tmp_path, counted, monkeypatch
+):
+    from featstore.extraction.ray import Forward
+
+    monkeypatch.setenv("FEATSTORE_VERBOSE", "1")  # Forward hides TensorFlow's lines in its own process; not here
+    (cached,) = cached_files(made["root"] / "onnx.h5")
+    driver = Extractor(ONNX, runtime_cache=cached.parent)
+    assert driver.runtime_file == (str(cached), hashlib.sha256(cached.read_bytes()).hexdigest()) and counted == []
+    fingerprints = [a["fingerprint"] for _, a in driver.outputs]
+    actor = Forward(driver.config, False, 4, fingerprints, 0, 1, driver.runtime_file)
+    assert counted == [] and actor.ex.runtime_file == driver.runtime_file and actor.ex.config.runtime == "onnx"
+    assert 0 <= actor.ex.runtime_max_abs_diff <= onnx_runtime.ONNX_TOLERANCE
+    with pytest.raises(
+        ConfigError, match=r"read the driver's ONNX file .* not the 0000000000000000 the driver checked"
+    ):
+        onnx_runtime.load_exported(driver, str(cached), "0" * 64)  # what Forward runs (no Keras build per case)
+    with pytest.raises(ConfigError, match=r"cannot find the driver's ONNX file .*nowhere\.onnx; the store's folder"):
+        onnx_runtime.load_exported(driver, str(tmp_path / "nowhere.onnx"), "0" * 64)
+    with pytest.raises(ConfigError, match="on Ray needs the driver's checked file; none was given"):
+        Forward(driver.config, False, 4, fingerprints, 0, 1)
+    assert counted == []
