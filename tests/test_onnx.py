@@ -5,6 +5,8 @@ takes a fraction of a second, not several (the tests that export again on purpos
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -59,8 +61,10 @@ def with_cache(made: dict, tmp_path: Path) -> Path:
 
 
 def cached_files(store: Path) -> list[Path]:
-    """The exported files in a store's cache."""
-    return sorted((Path(f"{store}.cache") / onnx_runtime.CACHE_FOLDER).iterdir())
+    """The exported files in a store's cache (each with its record, ``<key>.json``, beside it)."""
+    files = sorted((Path(f"{store}.cache") / onnx_runtime.CACHE_FOLDER).iterdir())
+    assert sorted(f.stem for f in files if f.suffix == ".json") == sorted(f.stem for f in files if f.suffix != ".json")
+    return [f for f in files if f.suffix != ".json"]
 
 
 def test_onnx_features_equal_keras_within_tolerance_same_rows_same_fingerprint(made):
@@ -180,14 +184,20 @@ def test_a_fifo_cache_file_is_refused_without_blocking(made, tmp_path):
         extract(made["data"], "validation", store, ONNX)
 
 
-def test_a_corrupt_cache_file_is_exported_again_with_a_warning(made, tmp_path, counted, caplog):
+def test_a_recorded_cache_file_onnx_runtime_cannot_load_is_exported_again_with_a_warning(
+    made, tmp_path, counted, caplog
+):
+    """Its record says featstore wrote these bytes (another onnxruntime cannot load them, say); a file changed behind
+    its record is the planted cases' below."""
     store = with_cache(made, tmp_path)
     (cached,) = cached_files(store)
     cached.write_bytes(b"not an onnx model")
+    record(cached, hashlib.sha256(b"not an onnx model").hexdigest())
     with caplog.at_level(logging.WARNING, logger="featstore.models.onnx_runtime"):
         r = extract(made["data"], "validation", store, ONNX)
     assert r.rows == 6 and counted == [1] and cached.stat().st_size > 1000
     assert any("is exported again: --runtime onnx: ONNX Runtime cannot run vgg16" in m for m in caplog.messages)
+    assert onnx_runtime.unrecorded(cached, cached.read_bytes()) is None  # the new export is recorded
 
 
 @pytest.mark.parametrize(
@@ -234,9 +244,111 @@ def test_several_layers_pooled_and_stored_as_float16_in_one_pass(made, tmp_path)
         assert np.abs(xa.astype(np.float32) - xb).max() <= 1e-3 * np.abs(xa).max()  # float16's own rounding
 
 
-def test_the_ray_engine_is_refused_with_onnx_for_now(made, tmp_path):
-    class Remote:
-        name = "ray"
+# ---- the cache holds only what featstore wrote: a file that agrees on the 4 check images is not enough ----
 
-    with pytest.raises(ConfigError, match="--runtime onnx runs on the local engine for now; leave out --engine ray"):
-        extract(made["data"], "train", tmp_path / "f.h5", ONNX, engine=Remote())
+
+def record(cached: Path, sha256: str) -> None:
+    """Rewrite ``cached``'s record (``<key>.json``) to say featstore wrote bytes of digest ``sha256``."""
+    rec = json.loads(onnx_runtime.record_path(cached).read_text())
+    onnx_runtime.record_path(cached).write_text(json.dumps({**rec, "sha256": sha256}))
+
+
+def perturbed_off_the_check_batch(data: bytes, lo: float, hi: float) -> bytes:
+    """The exported cut plus ``relu(lo - m) + relu(m - hi)`` on every feature, where ``m`` is the image's mean input:
+    the same features for images whose mean lies in ``[lo, hi]`` (the 4 seeded check images), others elsewhere."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_from_string(data)
+    g = model.graph
+    out = g.output[0].name
+    for node in g.node:  # the real cut now ends at "real"; the planted tail writes the graph's output
+        node.output[:] = ["real" if o == out else o for o in node.output]
+        node.input[:] = ["real" if i == out else i for i in node.input]
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    consts = {"lo": lo, "hi": hi}
+    if opset >= 18:  # ReduceMean's axes became an input
+        mean = helper.make_node("ReduceMean", [g.input[0].name, "axes"], ["m"], keepdims=1)
+        g.initializer.append(numpy_helper.from_array(np.array([1, 2, 3], np.int64), "axes"))
+    else:
+        mean = helper.make_node("ReduceMean", [g.input[0].name], ["m"], axes=[1, 2, 3], keepdims=1)
+    g.initializer.extend(numpy_helper.from_array(np.array(v, np.float32), k) for k, v in consts.items())
+    g.node.extend(
+        [
+            mean,
+            helper.make_node("Sub", ["lo", "m"], ["below"]),
+            helper.make_node("Sub", ["m", "hi"], ["above"]),
+            helper.make_node("Relu", ["below"], ["below_r"]),
+            helper.make_node("Relu", ["above"], ["above_r"]),
+            helper.make_node("Add", ["below_r", "above_r"], ["off"]),
+            helper.make_node("Add", ["real", "off"], [out]),
+        ]
+    )
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def planted(made) -> bytes:
+    """A cut that passes the start-up check and gives other features on the dataset's images (checked here)."""
+    (cached,) = cached_files(made["root"] / "onnx.h5")
+    keras_pass = Extractor(CUT)
+    check = keras_pass._prepare(onnx_runtime.seeded_images(onnx_runtime.ONNX_CHECK_ROWS, 32)).mean(axis=(1, 2, 3))
+    # (widened a little: ONNX Runtime's ReduceMean sums in another order than numpy)
+    data = perturbed_off_the_check_batch(cached.read_bytes(), float(check.min()) - 1e-3, float(check.max()) + 1e-3)
+    session = onnx_runtime.OnnxForward(data, 1)
+    onnx_runtime.check_agreement(keras_pass._prepare, keras_pass._forward, session, 32, "vgg16")  # passes: no error
+    from featstore import load_image
+
+    images = np.stack([load_image(p, 32) for p in sorted((made["data"] / "train").glob("*/*"))])
+    x = keras_pass._prepare(images)
+    assert np.abs(session(x) - keras_pass._forward(x)).min() > 1  # every feature of every image is off
+    return data
+
+
+@pytest.mark.parametrize("how", ["replaced", "unrecorded", "linked-record"])
+def test_a_planted_cut_that_passes_the_check_is_exported_again(made, tmp_path, counted, caplog, planted, how):
+    store = with_cache(made, tmp_path)
+    (cached,) = cached_files(store)
+    cached.write_bytes(planted)  # "replaced": the record still names the bytes featstore wrote
+    if how == "unrecorded":
+        onnx_runtime.record_path(cached).unlink()
+    if how == "linked-record":  # a record featstore did not write, at least not there
+        onnx_runtime.record_path(cached).unlink()
+        (tmp_path / "rec.json").write_text("{}")
+        onnx_runtime.record_path(cached).symlink_to(tmp_path / "rec.json")
+        with pytest.raises(ConfigError, match=r"\.json is a symbolic link, which featstore does not follow"):
+            extract(made["data"], "validation", store, ONNX)
+        return
+    with caplog.at_level(logging.WARNING, logger="featstore.models.onnx_runtime"):
+        r = extract(made["data"], "train", store, ONNX)
+    assert counted == [1] and r.rows == 12
+    why = "its sha256 is not the one featstore recorded" if how == "replaced" else "no record"
+    assert any(f"is exported again: {why}" in m for m in caplog.messages), caplog.messages
+    xa, xb = FeatureStore(made["root"] / "keras.h5").load("train")[0], FeatureStore(store).load("train")[0]
+    assert np.abs(xa - xb).max() <= onnx_runtime.ONNX_TOLERANCE * np.abs(xa).max()
+    assert cached.read_bytes() != planted and onnx_runtime.unrecorded(cached, cached.read_bytes()) is None
+
+
+def test_a_ray_actor_runs_the_drivers_file_verified_by_its_digest_and_never_exports(
+    made, tmp_path, counted, monkeypatch
+):
+    from featstore.extraction.ray import Forward
+
+    monkeypatch.setenv("FEATSTORE_VERBOSE", "1")  # Forward hides TensorFlow's lines in its own process; not here
+    (cached,) = cached_files(made["root"] / "onnx.h5")
+    driver = Extractor(ONNX, runtime_cache=cached.parent)
+    assert driver.runtime_file == (str(cached), hashlib.sha256(cached.read_bytes()).hexdigest()) and counted == []
+    fingerprints = [a["fingerprint"] for _, a in driver.outputs]
+    actor = Forward(driver.config, False, 4, fingerprints, 0, 1, driver.runtime_file)
+    assert counted == [] and actor.ex.runtime_file == driver.runtime_file and actor.ex.config.runtime == "onnx"
+    assert 0 <= actor.ex.runtime_max_abs_diff <= onnx_runtime.ONNX_TOLERANCE
+    with pytest.raises(
+        ConfigError, match=r"read the driver's ONNX file .* not the 0000000000000000 the driver checked"
+    ):
+        onnx_runtime.load_exported(driver, str(cached), "0" * 64)  # what Forward runs (no Keras build per case)
+    with pytest.raises(ConfigError, match=r"cannot find the driver's ONNX file .*nowhere\.onnx; the store's folder"):
+        onnx_runtime.load_exported(driver, str(tmp_path / "nowhere.onnx"), "0" * 64)
+    with pytest.raises(ConfigError, match="on Ray needs the driver's checked file; none was given"):
+        Forward(driver.config, False, 4, fingerprints, 0, 1)
+    assert counted == []

@@ -138,7 +138,7 @@ def extract(
     runtime: Annotated[
         str,
         typer.Option(
-            help="What runs the forward pass: keras, or onnx (ONNX Runtime on the CPU; needs the onnx extra). onnx exports the cut once to <store>.cache/onnx/ and checks it against Keras at start-up (refused beyond a tolerance, naming --runtime keras); recorded per split, not fingerprinted."
+            help="What runs the forward pass: keras, or onnx (ONNX Runtime on the CPU; needs the onnx extra). onnx exports the cut once to <store>.cache/onnx/ and checks it against Keras at start-up (refused beyond a tolerance, naming --runtime keras); recorded per split, not fingerprinted. With --engine ray each worker loads that file (verified by its sha256) and checks it too."
         ),
     ] = "keras",
     engine: Annotated[

@@ -150,12 +150,7 @@ def extract(
         if jit:
             require_jit_backend()
         config = config or ExtractorConfig()
-        check_runtime(config.runtime, config.mixed_precision, jit)
-        if config.runtime != "keras" and runner.name != "local":
-            raise ConfigError(
-                f"--runtime {config.runtime} runs on the local engine for now; leave out --engine ray, or use "
-                f"--runtime keras"
-            )
+        check_runtime(config.runtime, config.mixed_precision, jit)  # Ray: the driver exports, each actor loads its file
         spec = config.backbone()
         config = config.validated(spec)
         base = name or default_store_name(config)

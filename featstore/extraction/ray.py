@@ -28,13 +28,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from featstore.errors import ConfigError, DataError
 from featstore.images.decode import iter_decoded
+from featstore.models.onnx_runtime import default_threads
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +196,20 @@ class RayEngine:
             )
 
     def bind(self, extractor, *, jit: bool = False, batch_size: int = 32) -> None:
-        """Run ``extractor``'s configuration on the actors in the next pass (they build and check it themselves)."""
-        self._bound = (extractor.config, jit, batch_size, [a["fingerprint"] for _, a in extractor.outputs])
+        """Run ``extractor``'s configuration on the actors in the next pass (they build and check it themselves; with
+        ``--runtime onnx`` each loads the ONNX file the driver exported and checked, verified by its digest)."""
+        runtime_file = getattr(extractor, "runtime_file", None)
+        if extractor.config.runtime != "keras" and runtime_file is None:
+            raise ConfigError(f"--runtime {extractor.config.runtime} on Ray runs the driver's cached file; it has none")
+        fingerprints = [a["fingerprint"] for _, a in extractor.outputs]
+        self._bound = (extractor.config, jit, batch_size, fingerprints, runtime_file)
 
     def outcomes(self, files: list[str]) -> Iterator[tuple[list[np.ndarray] | None, str]]:
         """(features per output or None, failure reason) for every file, in order."""
-        for _, feats, reason in self.stream(*self._bound, files, progress=False):
+        config, jit, batch_size, fingerprints, runtime_file = self._bound
+        for _, feats, reason in self.stream(
+            config, jit, batch_size, fingerprints, files, progress=False, runtime_file=runtime_file
+        ):
             yield feats, reason
 
     def forward(self, payloads: list[list[np.ndarray]], transform=None) -> list[np.ndarray]:
@@ -210,9 +219,17 @@ class RayEngine:
         return [np.stack([p[k] for p in payloads]) for k in range(len(payloads[0]))]
 
     def stream(
-        self, config, jit: bool, batch_size: int, fingerprints: list[str], paths: list[str], progress: bool
+        self,
+        config,
+        jit: bool,
+        batch_size: int,
+        fingerprints: list[str],
+        paths: list[str],
+        progress: bool,
+        runtime_file: tuple[str, str] | None = None,
     ) -> Iterator[tuple[int, list[np.ndarray] | None, str]]:
-        """(offset into ``paths``, features per output or None, failure reason) for every image, in order."""
+        """(offset into ``paths``, features per output or None, failure reason) for every image, in order;
+        ``runtime_file``: ``(path, sha256)`` of the driver's checked ONNX file (``--runtime onnx``)."""
         ray = self.ray
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = (
@@ -238,12 +255,14 @@ class RayEngine:
                 fingerprints,
                 o.decode_threads,
                 self.cpus_per_worker,
+                runtime_file,
             ),
             num_cpus=self.cpus_per_worker,
             num_gpus=o.gpus_per_worker or None,
         )
         expected = 0
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+        batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+        for batch in worker_errors(ray, batches):
             outputs = sorted((k for k in batch if k.startswith("f")), key=lambda k: int(k[1:]))
             for j, index in enumerate(batch["index"].tolist()):
                 if index != expected:  # never reorder or drop silently: the row order is the store's contract
@@ -342,10 +361,40 @@ class _RayNoise:
             self.thread.join(5)
 
 
-class Forward:
-    """One Ray actor: the frozen backbone built once; each call decodes a batch of paths and returns their features."""
+# the last line of a worker's traceback when an actor's constructor refused (fingerprint, the driver's ONNX file)
+_WORKER_ERROR = re.compile(r"^featstore\.errors\.(ConfigError|DataError): (.+)$", re.MULTILINE)
 
-    def __init__(self, config, jit: bool, batch_size: int, fingerprints: list[str], decode_threads: int, cpus: float):
+
+def worker_errors(ray, batches: Iterator) -> Iterator:
+    """``batches``; a featstore error that an actor's constructor raised (another fingerprint, the driver's ONNX file
+    missing or changed) is raised here as that one-line error, not as Ray's ActorDiedError with the worker's traceback."""
+    try:
+        yield from batches
+    except ray.exceptions.RayActorError as exc:
+        found = _WORKER_ERROR.findall(str(exc))
+        if not found:
+            raise
+        kind, message = found[-1]
+        raise (DataError if kind == "DataError" else ConfigError)(message) from exc
+
+
+class Forward:
+    """One Ray actor: the frozen backbone built once; each call decodes a batch of paths and returns their features.
+
+    With ``config.runtime="onnx"`` it builds the Keras cut too (its fingerprint checked as always), then loads the ONNX
+    file the driver exported and checked (``runtime_file``: path and sha256, verified here) and checks it against its
+    own Keras pass on the 4 seeded images; it never exports."""
+
+    def __init__(
+        self,
+        config,
+        jit: bool,
+        batch_size: int,
+        fingerprints: list[str],
+        decode_threads: int,
+        cpus: float,
+        runtime_file: tuple[str, str] | None = None,
+    ):
         from featstore.quiet import quiet_tensorflow
 
         quiet_tensorflow()  # a worker process is not the CLI's: hide TensorFlow's start-up lines here too (FEATSTORE_VERBOSE=1 shows them)
@@ -359,13 +408,17 @@ class Forward:
             tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
         except RuntimeError:
             pass  # TensorFlow already initialised in this worker process (a restarted actor may reuse one)
-        self.ex = Extractor(config, jit=jit, jit_batch=batch_size)
+        self.ex = Extractor(replace(config, runtime="keras"), jit=jit, jit_batch=batch_size)
         got = [a["fingerprint"] for _, a in self.ex.outputs]
         if got != fingerprints:
             raise ConfigError(
                 f"a Ray worker on {socket.gethostname()} built features with fingerprint {got[0][:12]}, the driver "
                 f"{fingerprints[0][:12]} (other weights or library versions there?); every worker must load the same weights"
             )
+        if config.runtime != "keras":
+            if runtime_file is None:
+                raise ConfigError(f"--runtime {config.runtime} on Ray needs the driver's checked file; none was given")
+            self.ex.use_runtime(config.runtime, exported=tuple(runtime_file), threads=default_threads(threads))
         self.ex.warm_up()  # traced in the actor's start-up, not in its first batch
         self.decode_threads = decode_threads
 

@@ -275,7 +275,7 @@ class Extractor:
             )
             self._forward = compiled
         self._keras_forward = self._forward
-        self.runtime_max_abs_diff = None  # --runtime onnx: the start-up check's result
+        self.runtime_max_abs_diff = self.runtime_file = None  # --runtime onnx: the check's result, the file
         if self.config.runtime == "onnx":
             self.use_runtime("onnx", runtime_cache)
 
@@ -285,16 +285,20 @@ class Extractor:
         if isinstance(self._forward, forward.Lazy):
             self._forward.build()
 
-    def use_runtime(self, runtime: str, cache: Path | None = None) -> None:
+    def use_runtime(self, runtime: str, cache: Path | None = None, *, exported=None, threads=None) -> None:
         """Run the forward pass with ``runtime`` from now on: ``onnx`` exports the cut into the folder ``cache`` (or
         loads it from there) and checks it against this Keras pass, as ``config.runtime="onnx"`` does at build; a run's
-        extractor is rebuilt with Keras first, so its weights and fingerprint are checked before anything is exported."""
+        extractor is rebuilt with Keras first, so its weights and fingerprint are checked before anything is exported.
+        ``exported=(path, sha256)``: another process's checked file (a Ray actor's driver's), verified, never exported."""
         onnx_runtime.check_runtime(runtime, self.config.mixed_precision, self.jit)
-        if runtime == "onnx":
+        if runtime == "onnx" and exported is not None:
+            self._forward, self.runtime_max_abs_diff = onnx_runtime.load_exported(self, *exported, threads)
+        elif runtime == "onnx":
             self._forward, self.runtime_max_abs_diff = onnx_runtime.start(self, cache)
         else:
             self._forward, self.runtime_max_abs_diff = self._keras_forward, None
         self.config = dataclasses.replace(self.config, runtime=runtime)
+        self.runtime_file = getattr(self._forward, "file", None)  # (path, sha256) of the cached ONNX file it runs
 
     def _shown_name(self) -> str:
         """The model as messages name it."""

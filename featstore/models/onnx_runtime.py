@@ -3,10 +3,14 @@ the store, and run by ONNX Runtime's CPU provider; checked against Keras at star
 
 The cut (backbone, layer(s), pooling; preprocessing stays in numpy as for Keras) is exported to
 ``<store>.cache/onnx/<key>.onnx``, where the key is a digest of the outputs' fingerprints and the exporter's versions,
-written to a temporary file and renamed into place. Before any row is written a seeded batch goes through both
-runtimes and the largest difference must be within :data:`ONNX_TOLERANCE` of the largest feature; so the features are
-the ones the fingerprint describes, and the runtime is recorded per split (a resume with another one is refused) but
-not fingerprinted. Where the export or the check fails the run stops, naming the reason and ``--runtime keras``.
+written to a temporary file and renamed into place; ``<key>.json`` beside it records the sha256 of the bytes featstore
+wrote and checked, and a cached file is loaded only when its bytes have that digest (one planted or changed alone is
+exported again, with a warning: the 4-image check below cannot tell a cut from one that differs only on other images).
+A Ray actor loads the driver's checked file by path and digest (:func:`load_exported`), never exporting. Before any
+row is written a seeded batch goes through both runtimes and the largest difference must be within
+:data:`ONNX_TOLERANCE` of the largest feature; so the features are the ones the fingerprint describes, and the runtime
+is recorded per split (a resume with another one is refused) but not fingerprinted. Where the export or the check
+fails the run stops, naming the reason and ``--runtime keras``.
 
 >>> ex = Extractor(ExtractorConfig(model="mobilenet_v2", weights="none", image_size=32, runtime="onnx"),
 ...                runtime_cache=Path("features.h5.cache/onnx"))                             # doctest: +SKIP
@@ -20,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import stat
 import tempfile
 import time
@@ -31,7 +36,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, OutputError, choices_error
 from featstore.models.agreement import as_list, largest_difference, seeded_images
-from featstore.outputs import write_atomic
+from featstore.outputs import write_atomic, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ RUNTIMES = ("keras", "onnx")  # what runs the frozen forward pass; the features 
 ONNX_TOLERANCE = 1e-4
 ONNX_CHECK_ROWS = 4  # rows of the seeded check batch
 MAX_ONNX_BYTES = 2**31  # protobuf's own limit for one .onnx file: a larger cached file is not one we wrote
+MAX_RECORD_BYTES = 64 * 1024  # <key>.json, the record of what featstore wrote: a few hundred bytes
+WRITTEN_BY = "featstore"  # the record's stamp
 CACHE_FOLDER = "onnx"  # under <store>.cache/
 THREADS_ENV = "FEATSTORE_ONNX_THREADS"  # overrides the intra-op threads (default: one per core; see docs/extraction.md)
 # ONNX Runtime's idle intra-op threads spin by default, taking the cores the decode threads need between batches:
@@ -77,14 +84,15 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def default_threads() -> int:
-    """ONNX Runtime's intra-op threads: ``FEATSTORE_ONNX_THREADS``, else one per core."""
+def default_threads(cores: int | None = None) -> int:
+    """ONNX Runtime's intra-op threads: ``FEATSTORE_ONNX_THREADS``, else ``cores`` (a Ray actor's share), else one per
+    core."""
     value = os.environ.get(THREADS_ENV, "")
     if value:
         if not value.isdigit() or int(value) < 1:
             raise ConfigError(f"{THREADS_ENV} must be a whole number of threads, at least 1; got {value!r}")
         return int(value)
-    return os.cpu_count() or 1
+    return cores or os.cpu_count() or 1
 
 
 def exporter_version() -> str:
@@ -105,8 +113,19 @@ def cache_key(fingerprints: list[str]) -> str:
 class OnnxForward:
     """An ONNX file run by ONNX Runtime's CPU provider: float32 batch -> one array, or a list with one per output."""
 
-    def __init__(self, data: bytes, n_outputs: int, threads: int | None = None, where: str = "the exported model"):
+    def __init__(
+        self,
+        data: bytes,
+        n_outputs: int,
+        threads: int | None = None,
+        where: str = "the exported model",
+        path: Path | None = None,
+    ):
         import onnxruntime as ort
+
+        # the digest of the bytes this session runs (and the start-up check checked)
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.path = path  # the cached file they were read from (None: a temporary export, not kept)
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or default_threads()
@@ -126,6 +145,11 @@ class OnnxForward:
                 f"cut. {FIX}"
             )
         self.input_name, self.single, self.where = inputs[0].name, n_outputs == 1, where
+
+    @property
+    def file(self) -> tuple[str, str] | None:
+        """``(path, sha256)`` of the cached file this session runs, for another process to load (None: not kept)."""
+        return None if self.path is None else (os.path.abspath(self.path), self.sha256)  # workers' folders differ
 
     def __call__(self, x: np.ndarray):
         """Features of one preprocessed float32 batch, in the form the Keras forward pass returns them.
@@ -182,9 +206,9 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def read_cached(path: Path) -> bytes | None:
-    """A cached ONNX file's bytes (None when there is none). A link, FIFO, device or folder at its name is refused,
-    never followed or opened for a blocking read."""
+def read_cached(path: Path, limit: int = MAX_ONNX_BYTES) -> bytes | None:
+    """A cached ONNX file's (or its record's) bytes, None when there is none. A link, FIFO, device or folder at its
+    name, or more than ``limit`` bytes, is refused, never followed or opened for a blocking read."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -198,7 +222,7 @@ def read_cached(path: Path) -> bytes | None:
         raise ConfigError(f"--runtime onnx: cannot read the cached model {path} ({exc.strerror}); remove it") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ONNX_BYTES:
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"{st.st_size} bytes, over the limit"
             raise ConfigError(f"--runtime onnx: the cached model {path} is {what}; remove it (it is exported again)")
         with os.fdopen(fd, "rb", closefd=False) as fh:
@@ -209,21 +233,75 @@ def read_cached(path: Path) -> bytes | None:
 
 def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[OnnxForward, float]:
     """The ONNX forward pass of ``extractor``'s cut, from the cache or exported now, checked against its Keras pass;
-    ``(forward, max abs difference)``. ``cache`` None: exported into a temporary folder, not kept. A cached file that
-    ONNX Runtime cannot load, or whose features are not the cut's, is exported again (with a warning)."""
+    ``(forward, max abs difference)``. ``cache`` None: exported into a temporary folder, not kept. A cached file whose
+    bytes are not the ones featstore recorded writing there (:func:`unrecorded`), that ONNX Runtime cannot load, or
+    whose features are not the cut's, is exported again (with a warning)."""
     if cache is None:
         with tempfile.TemporaryDirectory(prefix="featstore-onnx-") as tmp:
-            return _export_checked(extractor, Path(tmp) / "cut.onnx", threads)
+            forward, worst = _export_checked(extractor, Path(tmp) / "cut.onnx", threads)
+            forward.path = None  # removed with the folder
+            return forward, worst
     _make_folder(cache)
     path = cache / f"{cache_key([a['fingerprint'] for _, a in extractor.outputs])}.onnx"
     data = read_cached(path)
     if data is None:
         return _export_checked(extractor, path, threads)
+    why = unrecorded(path, data)
+    if why is None:
+        try:
+            return _open_checked(extractor, data, threads, where=f"the cached model {path}", path=path)
+        except ConfigError as exc:
+            why = str(exc)
+    logger.warning("--runtime onnx: the cached %s is exported again: %s", path, why)
+    return _export_checked(extractor, path, threads)
+
+
+def record_path(path: Path) -> Path:
+    """``<key>.onnx`` -> ``<key>.json``: the record of the bytes featstore wrote there."""
+    return path.with_suffix(".json")
+
+
+def unrecorded(path: Path, data: bytes) -> str | None:
+    """Why ``data``, read from the cached ``path``, is not what featstore recorded writing there; None when it is.
+
+    The start-up check runs 4 seeded images: a file that agrees with Keras on them and differs on others passes it.
+    So a cached file is trusted only when its sha256 is the one in its record (written after the export passed)."""
+    record = record_path(path)
+    raw = read_cached(record, MAX_RECORD_BYTES)  # a link, FIFO or oversized record: refused, naming it
+    if raw is None:
+        return f"no record {record.name} of the file featstore wrote there"
     try:
-        return _open_checked(extractor, data, threads, where=f"the cached model {path}")
-    except ConfigError as exc:
-        logger.warning("--runtime onnx: the cached %s is exported again: %s", path, exc)
-        return _export_checked(extractor, path, threads)
+        rec = json.loads(raw)
+    except (ValueError, RecursionError):
+        rec = None
+    if not isinstance(rec, dict) or rec.get("written_by") != WRITTEN_BY or rec.get("file") != path.name:
+        return f"{record.name} is not featstore's record of {path.name}"
+    if rec.get("sha256") != hashlib.sha256(data).hexdigest():
+        return f"its sha256 is not the one featstore recorded in {record.name} (changed or replaced since)"
+    return None
+
+
+def load_exported(extractor, path: str, sha256: str, threads: int | None = None) -> tuple[OnnxForward, float]:
+    """The ONNX file another process exported and checked (for a Ray actor: the driver's cached file), loaded from
+    ``path`` only when its bytes have the digest ``sha256`` that process checked, then checked against ``extractor``'s
+    own Keras pass; ``(forward, max abs difference)``. Never exports. Example::
+
+        load_exported(extractor, "features.h5.cache/onnx/0f3c.onnx", driver_sha256)   # ConfigError if it changed
+    """
+    who, where = f"the worker on {socket.gethostname()}", f"the driver's ONNX file {path}"
+    data = read_cached(Path(path))
+    if data is None:
+        raise ConfigError(
+            f"--runtime onnx: {who} cannot find {where}; the store's folder must be at the same path on every node, "
+            f"as the images are. {FIX}"
+        )
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise ConfigError(
+            f"--runtime onnx: {who} read {where} with sha256 {got[:16]}, not the {sha256[:16]} the driver checked (it "
+            f"changed since); run again, or {FIX.lower()}"
+        )
+    return _open_checked(extractor, data, threads, where=where, path=Path(path))
 
 
 def _make_folder(cache: Path) -> None:
@@ -238,7 +316,8 @@ def _make_folder(cache: Path) -> None:
 
 
 def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxForward, float]:
-    """Export the cut to ``path``, renamed into place only once it loads and agrees with Keras."""
+    """Export the cut to ``path``, renamed into place only once it loads and agrees with Keras; then record its sha256
+    beside it (:func:`unrecorded`)."""
     result: list = []
     shown, c = extractor._shown_name(), extractor.config
     seconds = export_cut(
@@ -247,18 +326,30 @@ def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxFor
         extractor.spec.channels_in,
         path,
         shown,
-        lambda tmp: result.append(_open_checked(extractor, Path(tmp).read_bytes(), threads)),
+        lambda tmp: result.append(_open_checked(extractor, Path(tmp).read_bytes(), threads, path=path)),
     )
+    record = {
+        "written_by": WRITTEN_BY,
+        "file": path.name,
+        "sha256": result[0][0].sha256,
+        "exporter": exporter_version(),
+    }
+    write_text(record_path(path), json.dumps(record, indent=1) + "\n", "the ONNX cache's record")
     logger.info("--runtime onnx: exported %s to %s in %.1f s (checked against Keras)", shown, path, seconds)
     return result[0]
 
 
-def _open_checked(extractor, data: bytes, threads: int | None, where: str | None = None) -> tuple[OnnxForward, float]:
+def _open_checked(
+    extractor, data: bytes, threads: int | None, where: str | None = None, path: Path | None = None
+) -> tuple[OnnxForward, float]:
     """Load ONNX bytes into ONNX Runtime and check them against the Keras pass; ConfigError when either fails.
-    ``where``: how messages name the file (default: the cut exported to ONNX)."""
+    ``where``: how messages name the file (default: the cut exported to ONNX); ``path``: the file they are (or will
+    be)."""
     shown = extractor._shown_name()
     try:
-        forward = OnnxForward(data, len(extractor.outputs), threads, where=where or f"{shown} exported to ONNX")
+        forward = OnnxForward(
+            data, len(extractor.outputs), threads, where=where or f"{shown} exported to ONNX", path=path
+        )
     except ConfigError:
         raise
     except Exception as exc:  # onnxruntime's InvalidGraph, InvalidProtobuf, Fail, ...: one line, the first of its own
