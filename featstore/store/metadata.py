@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from featstore.errors import StoreError
+from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED, attrs_of, plain, validate_extractor
 from featstore.store.layout import (
     Commit,
@@ -58,6 +59,7 @@ def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = Fals
     sg = g[split]
     commit = validate_split(sg, f"{path}:/{name}/{split}", attrs)
     check_chunks(sg, commit, f"{path}:/{name}/{split}")
+    _same_classes(g, split, f"{path}:/{name}")
     if not augmented:
         return sg, commit
     if AUGMENTED not in hard_groups(sg):
@@ -69,6 +71,22 @@ def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = Fals
     copies = validate_augmented(sg[AUGMENTED], where, attrs, commit)
     check_chunks(sg[AUGMENTED], copies, where)
     return sg[AUGMENTED], copies
+
+
+def _same_classes(g: h5py.Group, split: str, where: str) -> None:
+    """Refuse a split whose class list differs from another split's: label i would be one class in train and another
+    in test, and every accuracy computed across them silently wrong (extract never writes such a store)."""
+    mine = plain(g[split].attrs["class_names"])
+    for other in hard_groups(g):
+        theirs = plain(g[other].attrs.get("class_names", [])) if other != split else mine
+        sound = isinstance(theirs, list) and "" not in theirs and len(set(map(repr, theirs))) == len(theirs)
+        if sound and theirs != mine and "commit" in g[other].attrs:  # an unsound list is named on its own split
+            shown = [terminal_safe(repr(v if len(v) <= 8 else [*v[:8], "..."])) for v in (mine, theirs)]
+            raise StoreError(
+                f"{where}: splits {split!r} and {other!r} record different class lists ({shown[0]} and {shown[1]}), "
+                f"so a label would name one class in one split and another in the other; `featstore check` names "
+                f"them. Re-extract the odd split with --overwrite from the same class folders (or into a new --store)"
+            )
 
 
 @dataclass
