@@ -1,0 +1,140 @@
+"""Thirteenth attack (issue #19, "every file featstore writes is safe to open, every input it reads is bounded"): the
+store's compaction (every resume rewrites the store), ... Each test failed before its fix. Stores are synthetic
+(``writer.write_arrays``): no test here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+
+import pytest
+
+from featstore.errors import StoreError
+from featstore.store.compact import compact
+from tests.test_adversarial_attack3 import synthetic_store
+from tests.test_adversarial_attack4 import cli, no_traceback
+
+
+@pytest.fixture(scope="module")
+def store_src(tmp_path_factory):
+    """A synthetic 3-split store (read-only source: copy before changing it)."""
+    return synthetic_store(tmp_path_factory.mktemp("a13") / "f.h5")
+
+
+@pytest.fixture
+def store(store_src, tmp_path):
+    """A private copy of ``store_src``."""
+    return shutil.copy(store_src, tmp_path / "f.h5")
+
+
+# ------------------------------------------------------------------ compaction: the rewrite every resume starts with
+def test_compaction_never_writes_through_a_link_at_its_temporary_name(store, tmp_path):
+    """Compaction wrote its copy to the fixed name ``.<store>.compact.tmp`` with h5py's "w" (open with O_TRUNC, links
+    followed): a link planted there (or left by anything) had its target overwritten by the store, and the link was
+    then renamed onto the store, so the store became a link to that file. The leftover name is now removed and the copy
+    created with O_EXCL."""
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious")
+    os.symlink(victim, tmp_path / ".f.h5.compact.tmp")
+    compact(store)
+    assert victim.read_text() == "precious"
+    assert not os.path.islink(store) and no_traceback(cli("check", store)).strip().endswith("OK")
+
+
+def test_compaction_of_a_linked_store_rewrites_the_store_not_the_link(store, tmp_path):
+    """``--store link.h5`` (a link to the real store, e.g. on a data disk): compaction renamed its copy onto the link,
+    so the link became a separate file and the real store kept the killed run's uncommitted tail; every later write
+    went to the copy beside the link."""
+    link = tmp_path / "link.h5"
+    os.symlink(store, link)
+    compact(link)
+    assert os.path.islink(link) and os.path.realpath(link) == os.path.realpath(store)
+    assert not os.path.exists(tmp_path / ".link.h5.compact.tmp")
+
+
+def test_compaction_keeps_the_stores_permissions(store):
+    """A store kept private (chmod 600) became readable by everyone (0644, h5py's default under the umask) after the
+    first resume rewrote it."""
+    os.chmod(store, 0o600)
+    compact(store)
+    assert stat.S_IMODE(os.stat(store).st_mode) == 0o600
+
+
+def test_a_fifo_at_compactions_temporary_name_is_one_message(store, tmp_path):
+    """A FIFO (or folder) at ``.<store>.compact.tmp`` ended the resume in h5py's "Illegal seek" OSError traceback."""
+    os.mkfifo(tmp_path / ".f.h5.compact.tmp")
+    with pytest.raises(StoreError, match="compact.tmp.*remove it"):
+        compact(store)
+
+
+# ------------------------------------------------------------------ class lists: one meaning per label
+def _set_classes(store, split: str, names: list[str]) -> None:
+    import h5py
+    import numpy as np
+
+    with h5py.File(store, "a") as f:
+        f[f"s/{split}"].attrs["class_names"] = np.array(names, dtype=h5py.string_dtype())
+
+
+@pytest.mark.parametrize("command", ["fit", "leaks", "export"])
+def test_splits_with_different_class_lists_are_refused_not_fitted(store, tmp_path, command):
+    """``featstore check`` named a test split whose class list was train's reversed (label 0 = "c" there, "a" in
+    train), but fit, probe, sweep, leaks and export read it: fit recorded a run whose test accuracy compared labels
+    of different classes (silently wrong), leaks called pairs of different classes "same label"."""
+    _set_classes(store, "test", ["c", "b", "a"])
+    args = {"fit": ["fit", "--store", store, "--runs", tmp_path / "runs"], "leaks": ["leaks", "--store", store]}
+    args["export"] = ["export", "--store", store, "--split", "test", "--out", tmp_path / "x.npz"]
+    out = no_traceback(cli(*args[command]))
+    assert "error:" in out and "different class lists" in out and "'test'" in out, out
+    assert not list(tmp_path.glob("runs/*/run.json")) and not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.parametrize("names,words", [(["a", "a", "c"], "repeat ['a']"), (["", "b", "c"], "empty name")])
+def test_a_class_list_naming_two_classes_alike_is_refused(store, tmp_path, names, words):
+    """A split whose class_names repeat a name (or hold an empty one) was fitted and predicted: two classes printed,
+    recorded and exported under one name. Every split's list is edited alike, so only the names are wrong."""
+    from featstore.errors import ConfigError
+    from featstore.store.writer import write_arrays
+
+    for split in ("train", "validation", "test"):
+        _set_classes(store, split, names)
+    out = no_traceback(cli("fit", "--store", store, "--runs", tmp_path / "runs"))
+    assert "error:" in out and words in out, out
+    import numpy as np
+
+    with pytest.raises(ConfigError, match="distinct, non-empty class names"):
+        write_arrays(tmp_path / "w.h5", "s", "train", np.zeros((2, 2), np.float32), np.array([0, 1]), names[:2])
+
+
+# ------------------------------------------------------------------ <store>.lock.pid: read by info, never waited on
+@pytest.mark.parametrize("kind", ["fifo", "huge"])
+def test_info_never_waits_on_or_reads_whole_a_planted_writer_pid_file(store, tmp_path, kind):
+    """``featstore info`` names a live writer from ``<store>.lock.pid``, read with ``read_text()``: a FIFO there made
+    ``info`` wait forever (and a busy store's "another featstore process" error too), and a sparse 8 GiB file was read
+    whole (MemoryError traceback under a 4 GiB limit). It is now at most 64 bytes of a regular file, else no writer."""
+    import threading
+    import tracemalloc
+
+    from featstore.store.locking import lock_holder
+
+    pid = tmp_path / "f.h5.lock.pid"
+    if kind == "fifo":
+        os.mkfifo(pid)
+    else:
+        with open(pid, "wb") as fh:
+            fh.truncate(256 << 20)  # sparse: no disk used
+    found = []
+    tracemalloc.start()
+    reader = threading.Thread(target=lambda: found.append(lock_holder(store)), daemon=True)
+    reader.start()
+    reader.join(5)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    if reader.is_alive():
+        with open(pid, "w"):  # let the waiting reader go
+            pass
+        pytest.fail(f"lock_holder waited on the FIFO at {pid}")
+    assert found == [None] and peak < 1 << 20, (found, peak)
+    assert "classes (3)" in no_traceback(cli("info", store))
