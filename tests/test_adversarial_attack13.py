@@ -138,3 +138,44 @@ def test_info_never_waits_on_or_reads_whole_a_planted_writer_pid_file(store, tmp
         pytest.fail(f"lock_holder waited on the FIFO at {pid}")
     assert found == [None] and peak < 1 << 20, (found, peak)
     assert "classes (3)" in no_traceback(cli("info", store))
+
+
+# ------------------------------------------------------------------ the similarity index: never waited on
+def _without_waiting(fn, fifo, seconds: float = 5.0):
+    """fn()'s result or exception, run in a thread; fails the test (releasing the reader) if it waits on ``fifo``."""
+    import threading
+
+    got = []
+
+    def run():
+        try:
+            got.append(fn())
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            got.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        with open(fifo, "wb"):  # a writer at last: the blocked open returns
+            pass
+        t.join(seconds)
+        pytest.fail(f"waited on the FIFO {fifo}")
+    return got[0]
+
+
+@pytest.mark.parametrize("name", ["vectors.npy", "model.npz"])
+def test_a_fifo_in_the_similarity_index_is_one_message_not_a_wait(store, name):
+    """``featstore similar QUERY`` opens ``<store>.index/<extractor>/<split>/vectors.npy`` and ``model.npz`` as found:
+    a FIFO at either name made it wait forever (index.json, checked with is_file, was fine)."""
+    from featstore import FeatureStore
+    from featstore.experiments.similar_index import build_similarity_index, index_dir, load_index
+
+    build_similarity_index(store, split="train", dims=4)
+    part = index_dir(store, "s", "train") / name
+    part.unlink()
+    os.mkfifo(part)
+    got = _without_waiting(lambda: load_index(FeatureStore(store), "s", "train"), part)
+    assert isinstance(got, StoreError) and f"{name} is not a regular file" in str(got), got
+    out = no_traceback(cli("similar", "--store", store, "train/0"))
+    assert "error:" in out and "--build-index" in out, out

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import stat
 import time
 import zipfile
 from dataclasses import dataclass
@@ -219,6 +220,14 @@ def build_similarity_index(
     return meta
 
 
+def _regular(path: Path) -> Path:
+    """``path`` if it is a regular file (not a link): a FIFO at ``vectors.npy`` or ``model.npz`` made ``similar`` wait
+    forever for a writer, and a link there could point anywhere (build_similarity_index writes regular files only)."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise OSError(f"{path.name} is not a regular file (a link, pipe or device)")
+    return path
+
+
 def _read_meta(path: Path) -> dict:
     """index.json, bounded; StoreError when it is not an index record."""
     try:
@@ -273,9 +282,9 @@ def load_index(fs: FeatureStore, name: str, split: str, required: bool = False) 
         )
     part = folder / "vectors.npy"
     try:
-        vectors = np.load(part, mmap_mode="r", allow_pickle=False)
+        vectors = np.load(_regular(part), mmap_mode="r", allow_pickle=False)
         part = folder / "model.npz"
-        check_zip(part)  # a crafted model.npz is refused before it is unpacked (no zip bombs)
+        check_zip(_regular(part))  # a crafted model.npz is refused before it is unpacked (no zip bombs)
         with open(folder / "model.npz", "rb") as fh, zipfile.ZipFile(fh) as z:
             mean, pca_mean = (read_npy(z, f"{k}.npy", "f", (d,)).astype(np.float32) for k in ("mean", "pca_mean"))
             components = read_npy(z, "components.npy", "f", (None, d)).astype(np.float32)
