@@ -179,3 +179,21 @@ def test_a_fifo_in_the_similarity_index_is_one_message_not_a_wait(store, name):
     assert isinstance(got, StoreError) and f"{name} is not a regular file" in str(got), got
     out = no_traceback(cli("similar", "--store", store, "train/0"))
     assert "error:" in out and "--build-index" in out, out
+
+
+def test_a_fifo_at_a_cached_map_layout_is_ignored_not_waited_on(store, tmp_path):
+    """``report`` caches each map's layout as ``<store>.cache/maps/map-*.npz`` and opened it with ``safezip.check_zip``
+    (``open(path, "rb")``): a FIFO there made every later ``report`` wait forever. check_zip now opens without
+    blocking and refuses anything but a regular file, so the layout is computed again (and every other zip featstore
+    checks, run folders' included, gets the same guard)."""
+    from featstore.safezip import check_zip
+
+    site = tmp_path / "site"
+    assert "error" not in no_traceback(cli("report", "--store", store, "--out", site))
+    (cached,) = (tmp_path / "f.h5.cache" / "maps").glob("map-*.npz")
+    cached.unlink()
+    os.mkfifo(cached)
+    got = _without_waiting(lambda: check_zip(cached), cached)
+    assert isinstance(got, ValueError) and "not a regular file" in str(got), got
+    out = no_traceback(cli("report", "--store", store, "--out", site))
+    assert "error" not in out and (site / "index.html").is_file(), out
