@@ -197,3 +197,16 @@ def test_a_fifo_at_a_cached_map_layout_is_ignored_not_waited_on(store, tmp_path)
     assert isinstance(got, ValueError) and "not a regular file" in str(got), got
     out = no_traceback(cli("report", "--store", store, "--out", site))
     assert "error" not in out and (site / "index.html").is_file(), out
+
+
+# ------------------------------------------------------------------ a fit that diverged
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::sklearn.exceptions.ConvergenceWarning")  # as a user
+def test_a_fit_that_diverges_is_one_message_not_a_traceback(store_src, tmp_path):
+    """``fit --clf logreg --param C=1e-300`` (C is only required to be finite and positive) and ``--clf dense --param
+    lr=1e30`` fitted a model whose probabilities are NaN for every row, then ended in the calibration's "ValueError:
+    probabilities must be finite and non-negative" traceback; sweep the same. Now one line naming the setting."""
+    runs = tmp_path / "runs"
+    args = ["--clf", "logreg", "--param", "C=1e-300", "--param", "max_iter=5"]
+    out = no_traceback(cli("fit", "--store", store_src, "--runs", runs, *args))
+    assert "error:" in out and "diverged" in out and "'C': 1e-300" in out, out
+    assert not list(runs.glob("*/run.json"))
