@@ -210,3 +210,13 @@ def test_a_fit_that_diverges_is_one_message_not_a_traceback(store_src, tmp_path)
     out = no_traceback(cli("fit", "--store", store_src, "--runs", runs, *args))
     assert "error:" in out and "diverged" in out and "'C': 1e-300" in out, out
     assert not list(runs.glob("*/run.json"))
+
+
+# ------------------------------------------------------------------ names reach the terminal escaped
+def test_report_prints_its_index_path_escaped(store, tmp_path):
+    """``report`` printed the path of its index as given: a store (or --out) named with an OSC sequence (a store
+    someone sent, ``s\\x1b]0;title\\x07.h5``) set the terminal's title; every other command's paths were escaped."""
+    hostile = tmp_path / "s\x1b]0;pwned\x07.h5"
+    os.rename(store, hostile)
+    out = no_traceback(cli("report", "--store", hostile))
+    assert "\x1b" not in out and "index.html" in out and "\\x1b" in out, out
