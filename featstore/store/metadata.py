@@ -52,7 +52,7 @@ def extractor_attrs(f: h5py.File, path, name: str) -> tuple[h5py.Group, dict]:
 def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = False) -> tuple[h5py.Group, Commit]:
     """A validated split group and its commit (``augmented``: its augmented copies, checked against it)."""
     g, attrs = extractor_attrs(f, path, name)
-    if split not in hard_groups(g):
+    if not _hard_group(g, split):  # not `in hard_groups(g)`: that lists every split, once per split opened
         raise StoreError(
             f"extractor {name!r} in {path} has no split {split!r}; it has: {', '.join(hard_groups(g)) or 'none'}"
         )
@@ -73,20 +73,30 @@ def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = Fals
     return sg[AUGMENTED], copies
 
 
+def _hard_group(g: h5py.Group, name: str) -> bool:
+    """Whether ``g[name]`` is a group reached through a hard link (as :func:`hard_groups` lists them)."""
+    return isinstance(g.get(name, getlink=True), h5py.HardLink) and isinstance(g[name], h5py.Group)
+
+
 def _same_classes(g: h5py.Group, split: str, where: str) -> None:
-    """Refuse a split whose class list differs from another split's: label i would be one class in train and another
-    in test, and every accuracy computed across them silently wrong (extract never writes such a store)."""
+    """Refuse a split whose class list differs from the first other complete split's: label i would be one class in
+    train and another in test, and every accuracy computed across them silently wrong (extract never writes such a
+    store). One comparison per split (all equal the first, so all are equal): a store of many splits stays linear."""
     mine = plain(g[split].attrs["class_names"])
-    for other in hard_groups(g):
-        theirs = plain(g[other].attrs.get("class_names", [])) if other != split else mine
-        sound = isinstance(theirs, list) and "" not in theirs and len(set(map(repr, theirs))) == len(theirs)
-        if sound and theirs != mine and "commit" in g[other].attrs:  # an unsound list is named on its own split
+    for other in g:  # name order
+        if other == split or not _hard_group(g, other) or "commit" not in g[other].attrs:
+            continue
+        theirs = plain(g[other].attrs.get("class_names", []))
+        if not isinstance(theirs, list) or "" in theirs or len(set(map(repr, theirs))) != len(theirs):
+            continue  # an unsound list is named on its own split
+        if theirs != mine:
             shown = [terminal_safe(repr(v if len(v) <= 8 else [*v[:8], "..."])) for v in (mine, theirs)]
             raise StoreError(
                 f"{where}: splits {split!r} and {other!r} record different class lists ({shown[0]} and {shown[1]}), "
                 f"so a label would name one class in one split and another in the other; `featstore check` names "
                 f"them. Re-extract the odd split with --overwrite from the same class folders (or into a new --store)"
             )
+        return
 
 
 @dataclass
