@@ -253,3 +253,23 @@ def test_a_store_of_many_splits_is_described_in_linear_work(store, monkeypatch):
     info = FeatureStore(store).info()
     assert len(info["extractors"]["s"]["splits"]) == n + 3
     assert looked[0] < 20 * n, f"{looked[0]} group look-ups for {n + 3} splits"
+
+
+# ------------------------------------------------------------------ outputs keep the permissions of what they replace
+def test_an_output_replaced_keeps_its_permissions(store, tmp_path):
+    """Every output is written to a temporary file and renamed onto its name, with the umask's mode: an export (or
+    predictions, a chart) that its owner had made private (chmod 600) became readable by everyone (0644) at the next
+    run that replaced it. A new file still gets the umask's mode."""
+    out = tmp_path / "train.csv"
+    args = ["export", "--store", store, "--split", "train", "--out", out]
+    assert "error" not in no_traceback(cli(*args))
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o666 & ~_umask()
+    os.chmod(out, 0o600)
+    assert "error" not in no_traceback(cli(*args))
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
