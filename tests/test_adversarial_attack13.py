@@ -273,3 +273,18 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_store_named_through_a_link_has_one_writer_lock(store, tmp_path):
+    """The writer's lock was ``<name given>.lock``: ``extract --store link.h5`` (a link to the store) and ``extract
+    --store f.h5`` each took a lock of their own, so two writers could append to one store at once (and ``info`` on
+    one name did not see the writer of the other). The lock is now beside the store the link points to."""
+    from featstore.errors import StoreBusyError
+    from featstore.store.locking import lock_holder, writer_lock
+
+    link = tmp_path / "link.h5"
+    os.symlink(store, link)
+    with writer_lock(link):
+        assert lock_holder(store) == os.getpid()
+        with pytest.raises(StoreBusyError, match=f"pid {os.getpid()}"), writer_lock(store):
+            pass

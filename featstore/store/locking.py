@@ -163,7 +163,7 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
     if locking is False or os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
         yield  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
         return
-    lock_path = f"{path}.lock"
+    lock_path = _lock_name(path)
     lock = FileLock(lock_path, timeout=0)
     try:
         lock.acquire()
@@ -193,6 +193,12 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
         lock.release()
 
 
+def _lock_name(path: str | os.PathLike) -> str:
+    """``<store>.lock`` beside the store itself: a store reached through a symbolic link has one lock, whichever name
+    a writer gives (``--store link.h5`` and ``--store real.h5`` both took a lock of their own and wrote together)."""
+    return f"{os.path.realpath(path)}.lock"
+
+
 def _write_pid(pid_path: str) -> None:
     """Record the writer's pid beside the lock; never through a link planted there (O_NOFOLLOW, a fresh file)."""
     with contextlib.suppress(OSError):
@@ -206,7 +212,7 @@ def _write_pid(pid_path: str) -> None:
 def lock_holder(path: str | os.PathLike) -> int | None:
     """Pid of the process writing the store now, from ``<store>.lock.pid`` (None when no live writer is recorded)."""
     try:
-        pid = int(_read_small(f"{path}.lock.pid").strip())
+        pid = int(_read_small(f"{_lock_name(path)}.pid").strip())
     except (OSError, ValueError):
         return None
     try:
