@@ -288,3 +288,15 @@ def test_a_store_named_through_a_link_has_one_writer_lock(store, tmp_path):
         assert lock_holder(store) == os.getpid()
         with pytest.raises(StoreBusyError, match=f"pid {os.getpid()}"), writer_lock(store):
             pass
+
+
+@pytest.mark.parametrize("where", ["f.h5.index", "f.h5.index/s/train"])
+def test_a_file_in_the_way_of_the_similarity_index_is_one_line(store, tmp_path, where):
+    """``similar --build-index`` with a file at ``<store>.index`` (or at its split's folder) ended in a
+    NotADirectoryError / FileExistsError traceback from ``mkdir``."""
+    blocker = tmp_path / where
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("not a folder")
+    out = no_traceback(cli("similar", "--store", store, "--build-index", "train/0"))
+    assert "error: cannot make the similarity index folder" in out and "in its way" in out, out
+    assert blocker.read_text() == "not a folder"

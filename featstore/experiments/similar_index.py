@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.search import normalised, query_blocks, scan
 from featstore.outputs import terminal_safe, write_atomic, write_text
@@ -172,7 +172,13 @@ def build_similarity_index(
         pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(S)
         del S
     folder = index_dir(fs.path, name, split)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder of the index goes: was a NotADirectoryError traceback
+        raise OutputError(
+            f"cannot make the similarity index folder {terminal_safe(str(folder))} ({exc.strerror}): a file or link is "
+            f"in its way, or the folder is not writable; remove what is in the way (the index is safe to delete)"
+        ) from None
     meta_path = folder / "index.json"
     if meta_path.exists():
         meta_path.unlink()  # an index being rebuilt is no index until its new record is written
