@@ -1,6 +1,9 @@
 """Thirteenth attack (issue #19, "every file featstore writes is safe to open, every input it reads is bounded"): the
-store's compaction (every resume rewrites the store), ... Each test failed before its fix. Stores are synthetic
-(``writer.write_arrays``): no test here imports TensorFlow.
+store's compaction (every resume rewrites the store) and writer lock with linked stores, class lists that differ
+between splits, side files opened as found (``<store>.lock.pid``, the similarity index, cached map layouts: a FIFO
+made commands wait forever), a fit that diverged, a store of many splits, names printed raw by ``report``, and
+outputs that lost their permissions. Each test failed before its fix. Stores are synthetic (``writer.write_arrays``):
+no test here imports TensorFlow.
 """
 
 from __future__ import annotations
