@@ -207,12 +207,16 @@ def test_a_fifo_at_a_cached_map_layout_is_ignored_not_waited_on(store, tmp_path)
 def test_a_fit_that_diverges_is_one_message_not_a_traceback(store_src, tmp_path):
     """``fit --clf logreg --param C=1e-300`` (C is only required to be finite and positive) and ``--clf dense --param
     lr=1e30`` fitted a model whose probabilities are NaN for every row, then ended in the calibration's "ValueError:
-    probabilities must be finite and non-negative" traceback; sweep the same. Now one line naming the setting."""
+    probabilities must be finite and non-negative" traceback; sweep the same, and fewshot printed a curve of chance
+    accuracy without a word. Now one line naming the setting."""
     runs = tmp_path / "runs"
     args = ["--clf", "logreg", "--param", "C=1e-300", "--param", "max_iter=5"]
     out = no_traceback(cli("fit", "--store", store_src, "--runs", runs, *args))
     assert "error:" in out and "diverged" in out and "'C': 1e-300" in out, out
     assert not list(runs.glob("*/run.json"))
+    few = ["fewshot", "--store", store_src, "--runs", runs, *args, "--shots", "2", "--trials", "1"]
+    out = no_traceback(cli(*few))  # it printed a curve of chance accuracy, the model's NaN probabilities unsaid
+    assert "error:" in out and "diverged" in out and "cannot be fitted" not in out, out
 
 
 # ------------------------------------------------------------------ names reach the terminal escaped
