@@ -279,7 +279,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
     path = check_output(path, what)
     tmp = _temp_beside(path, what)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group
+        os.chmod(tmp, _mode_for(path))  # mkstemp's 0600 would hide the file from the group
         write(tmp)
         check_output(path, what)  # nothing appeared at the name while writing (a link planted meanwhile)
         os.replace(tmp, path)
@@ -290,6 +290,16 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of the file replacing ``path``: those of the file there now (a CSV kept private with chmod 600
+    stayed private only until the next run replaced it with 0644), else the umask's for a new file."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    return stat.S_IMODE(st.st_mode) & 0o777 if st is not None and stat.S_ISREG(st.st_mode) else 0o666 & ~_umask()
 
 
 def write_text(path: str | os.PathLike, text: str, what: str = "output", encoding: str = "utf-8") -> Path:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -47,9 +48,13 @@ def check_zip(path: str | os.PathLike, max_member: int | None = MAX_MEMBER) -> N
     ``max_member=None`` drops the absolute cap on one member (a user's large model file), keeping every ratio rule.
     ``zipfile.BadZipFile`` if it is not a zip at all.
     """
-    size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        _check_members(fh, size, max_member)
+    # O_NONBLOCK: a FIFO at a cached zip's name (a report's map layout, a similarity index) made every opener wait
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{os.fspath(path)} is not a regular file (a pipe, device or folder); a zip is a file")
+        _check_members(fh, st.st_size, max_member)
 
 
 def _check_members(fh, size: int, max_member: int | None = MAX_MEMBER) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, safe
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def report(
         result.thumbs_reused,
         result.seconds,
     )
-    typer.echo(result.index)
+    typer.echo(safe(result.index))  # the store or --out name may hold escape sequences (a store someone sent)
 
 
 @app.command()

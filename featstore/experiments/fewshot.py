@@ -116,6 +116,7 @@ def _accuracy(clf: str, params: dict, X, y, val, Xt, yt) -> float:
     """Fit one setting on ``X, y`` and score it on ``Xt, yt``; a head that early-stops on validation (the Keras head)
     gets the validation split."""
     from featstore.experiments.classifiers import build_classifier
+    from featstore.experiments.selection import refuse_diverged
 
     est = build_classifier(clf, params)
     head = est.steps[-1][1]
@@ -125,7 +126,10 @@ def _accuracy(clf: str, params: dict, X, y, val, Xt, yt) -> float:
             head.fit(Xf, y, validation_data=(est[:-1].transform(val[0]), val[1]))
         else:
             est.fit(X, y)
+        refuse_diverged(est, X, clf, params)  # a diverged fit scored chance accuracy without a word
         return float(np.mean(est.predict(Xt) == yt))
+    except ConfigError:
+        raise  # said whole already (a ValueError too)
     except ValueError as exc:  # e.g. more neighbours than rows, more calibration folds than images per class
         raise ConfigError(
             f"{clf} with {params or 'its defaults'} cannot be fitted on {len(y)} rows or predict with them ({exc}); give it parameters "

@@ -65,7 +65,23 @@ def fit_one(spec_name: str, params: dict, X, y, val, groups=None):
             est.fit(X, y)
     except ValueError as exc:  # e.g. n_neighbors > rows, more calibration folds than images of a class
         raise ConfigError(f"{spec_name} with {params} cannot be fitted on these {len(y)} rows: {exc}") from exc
+    refuse_diverged(est, X, spec_name, params)
     return est
+
+
+def refuse_diverged(est, X, spec_name: str, params: dict) -> None:
+    """A fit that diverged (``logreg C=1e-300``, ``dense lr=1e30``) gives NaN probabilities for every row: it was
+    recorded as far as the calibration, which ended in "ValueError: probabilities must be finite". A few rows tell."""
+    if not isinstance(X, np.ndarray) or not len(X) or not hasattr(est, "predict_proba"):
+        return
+    with np.errstate(all="ignore"):
+        proba = np.asarray(est.predict_proba(X[:8]), dtype=np.float64)
+    if not np.isfinite(proba).all():
+        raise ConfigError(
+            f"{spec_name} with {params} diverged: its fitted model gives NaN or infinite probabilities on the "
+            f"training rows (a regularisation or learning rate far outside its useful range); fit with other --param "
+            f"values (`featstore classifiers` shows the defaults)"
+        )
 
 
 def check_classes(y: np.ndarray, split: str, class_names: list[str]) -> None:

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import stat
 import time
 import zipfile
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.search import normalised, query_blocks, scan
 from featstore.outputs import terminal_safe, write_atomic, write_text
@@ -171,7 +172,13 @@ def build_similarity_index(
         pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(S)
         del S
     folder = index_dir(fs.path, name, split)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder of the index goes: was a NotADirectoryError traceback
+        raise OutputError(
+            f"cannot make the similarity index folder {terminal_safe(str(folder))} ({exc.strerror}): a file or link is "
+            f"in its way, or the folder is not writable; remove what is in the way (the index is safe to delete)"
+        ) from None
     meta_path = folder / "index.json"
     if meta_path.exists():
         meta_path.unlink()  # an index being rebuilt is no index until its new record is written
@@ -217,6 +224,14 @@ def build_similarity_index(
     write_text(meta_path, json.dumps(meta, indent=1, default=str), "similarity index")
     logger.debug("similarity index of %s/%s: %d rows x %d dims in %.1f s", name, split, n, width, meta["seconds"])
     return meta
+
+
+def _regular(path: Path) -> Path:
+    """``path`` if it is a regular file (not a link): a FIFO at ``vectors.npy`` or ``model.npz`` made ``similar`` wait
+    forever for a writer, and a link there could point anywhere (build_similarity_index writes regular files only)."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise OSError(f"{path.name} is not a regular file (a link, pipe or device)")
+    return path
 
 
 def _read_meta(path: Path) -> dict:
@@ -273,9 +288,9 @@ def load_index(fs: FeatureStore, name: str, split: str, required: bool = False) 
         )
     part = folder / "vectors.npy"
     try:
-        vectors = np.load(part, mmap_mode="r", allow_pickle=False)
+        vectors = np.load(_regular(part), mmap_mode="r", allow_pickle=False)
         part = folder / "model.npz"
-        check_zip(part)  # a crafted model.npz is refused before it is unpacked (no zip bombs)
+        check_zip(_regular(part))  # a crafted model.npz is refused before it is unpacked (no zip bombs)
         with open(folder / "model.npz", "rb") as fh, zipfile.ZipFile(fh) as z:
             mean, pca_mean = (read_npy(z, f"{k}.npy", "f", (d,)).astype(np.float32) for k in ("mean", "pca_mean"))
             components = read_npy(z, "components.npy", "f", (None, d)).astype(np.float32)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
+from pathlib import Path
 
 import h5py
 
+from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED
 from featstore.store.layout import ROW_DATASETS, hard_groups, read_commit
 from featstore.store.locking import StoreFile
@@ -32,11 +35,14 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
         compact(StoreFile("features.h5"))
     """
     store = store if isinstance(store, StoreFile) else StoreFile(store)
-    path = store.path
+    # A store reached through a symbolic link is rewritten where the link points: replacing the link itself would
+    # leave the real store behind with its uncommitted tail and every later write in a copy beside the link.
+    path = Path(os.path.realpath(store.path))
+    mode = stat.S_IMODE(path.stat().st_mode)
     ensure_space(path, path.stat().st_size)
-    tmp = path.with_name(f".{path.name}.compact.tmp")
+    tmp = _fresh_temporary(path)
     try:
-        with store.open("r") as src, h5py.File(tmp, "w", **store.h5py_kwargs()) as dst:
+        with store.open("r") as src, h5py.File(tmp, "w-", **store.h5py_kwargs()) as dst:
             _copy_attrs(src, dst)
             for name in hard_groups(src):
                 g = dst.create_group(name)
@@ -44,12 +50,30 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
                 for split in hard_groups(src[name]):
                     _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
             dst.flush()
+        os.chmod(tmp, mode)  # the store's own permissions (a private chmod 600 store stays private)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     logger.info("rewrote %s without the uncommitted tail an interrupted run left", path)
+
+
+def _fresh_temporary(path: Path) -> Path:
+    """The compaction's temporary name beside ``path``, free: a leftover of a killed compaction (a file) or a link
+    planted there is removed (never written through: the copy is then created with O_EXCL); anything else is refused."""
+    tmp = path.with_name(f".{path.name}.compact.tmp")
+    try:
+        st = os.lstat(tmp)
+    except FileNotFoundError:
+        return tmp
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        raise StoreError(
+            f"{tmp} (where featstore rewrites store {path} after an interrupted run) is not a file featstore made "
+            f"(a folder, pipe or device); remove it, then re-run the same command"
+        )
+    os.unlink(tmp)
+    return tmp
 
 
 def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> None:

@@ -143,6 +143,12 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
     classes = plain(sg.attrs["class_names"])
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise StoreError(f"{where}: class_names is {classes!r}, expected a list of names. {redo}")
+    repeated = sorted({c for c in classes if classes.count(c) > 1}) if len(set(classes)) < len(classes) else []
+    if repeated or "" in classes:  # labels of two classes would read as one name: predictions and figures mislabelled
+        raise StoreError(
+            f"{where}: class_names {'repeat ' + repr(repeated) if repeated else 'hold an empty name'}; every class "
+            f"needs its own name. {redo}"
+        )
     try:
         n_images = int(plain(sg.attrs["n_images"]))
     except (TypeError, ValueError, OverflowError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,7 +163,7 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
     if locking is False or os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
         yield  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
         return
-    lock_path = f"{path}.lock"
+    lock_path = _lock_name(path)
     lock = FileLock(lock_path, timeout=0)
     try:
         lock.acquire()
@@ -192,6 +193,12 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
         lock.release()
 
 
+def _lock_name(path: str | os.PathLike) -> str:
+    """``<store>.lock`` beside the store itself: a store reached through a symbolic link has one lock, whichever name
+    a writer gives (``--store link.h5`` and ``--store real.h5`` both took a lock of their own and wrote together)."""
+    return f"{os.path.realpath(path)}.lock"
+
+
 def _write_pid(pid_path: str) -> None:
     """Record the writer's pid beside the lock; never through a link planted there (O_NOFOLLOW, a fresh file)."""
     with contextlib.suppress(OSError):
@@ -205,7 +212,7 @@ def _write_pid(pid_path: str) -> None:
 def lock_holder(path: str | os.PathLike) -> int | None:
     """Pid of the process writing the store now, from ``<store>.lock.pid`` (None when no live writer is recorded)."""
     try:
-        pid = int(Path(f"{path}.lock.pid").read_text().strip())
+        pid = int(_read_small(f"{_lock_name(path)}.pid").strip())
     except (OSError, ValueError):
         return None
     try:
@@ -215,3 +222,14 @@ def lock_holder(path: str | os.PathLike) -> int | None:
     except (PermissionError, OSError):
         pass  # alive but not ours (or not checkable here)
     return pid
+
+
+def _read_small(path: str, limit: int = 64) -> bytes:
+    """At most ``limit`` bytes of the regular file ``path``: a FIFO there (``info`` waited forever for a writer), a
+    device, a link or a huge file (read whole: a MemoryError traceback) raises OSError instead."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            raise OSError(f"{path} is not a writer's pid file")
+        return fh.read(limit)

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from featstore.errors import StoreError
+from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED, attrs_of, plain, validate_extractor
 from featstore.store.layout import (
     Commit,
@@ -51,13 +52,14 @@ def extractor_attrs(f: h5py.File, path, name: str) -> tuple[h5py.Group, dict]:
 def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = False) -> tuple[h5py.Group, Commit]:
     """A validated split group and its commit (``augmented``: its augmented copies, checked against it)."""
     g, attrs = extractor_attrs(f, path, name)
-    if split not in hard_groups(g):
+    if not _hard_group(g, split):  # not `in hard_groups(g)`: that lists every split, once per split opened
         raise StoreError(
             f"extractor {name!r} in {path} has no split {split!r}; it has: {', '.join(hard_groups(g)) or 'none'}"
         )
     sg = g[split]
     commit = validate_split(sg, f"{path}:/{name}/{split}", attrs)
     check_chunks(sg, commit, f"{path}:/{name}/{split}")
+    _same_classes(g, split, f"{path}:/{name}")
     if not augmented:
         return sg, commit
     if AUGMENTED not in hard_groups(sg):
@@ -69,6 +71,32 @@ def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = Fals
     copies = validate_augmented(sg[AUGMENTED], where, attrs, commit)
     check_chunks(sg[AUGMENTED], copies, where)
     return sg[AUGMENTED], copies
+
+
+def _hard_group(g: h5py.Group, name: str) -> bool:
+    """Whether ``g[name]`` is a group reached through a hard link (as :func:`hard_groups` lists them)."""
+    return isinstance(g.get(name, getlink=True), h5py.HardLink) and isinstance(g[name], h5py.Group)
+
+
+def _same_classes(g: h5py.Group, split: str, where: str) -> None:
+    """Refuse a split whose class list differs from the first other complete split's: label i would be one class in
+    train and another in test, and every accuracy computed across them silently wrong (extract never writes such a
+    store). One comparison per split (all equal the first, so all are equal): a store of many splits stays linear."""
+    mine = plain(g[split].attrs["class_names"])
+    for other in g:  # name order
+        if other == split or not _hard_group(g, other) or "commit" not in g[other].attrs:
+            continue
+        theirs = plain(g[other].attrs.get("class_names", []))
+        if not isinstance(theirs, list) or "" in theirs or len(set(map(repr, theirs))) != len(theirs):
+            continue  # an unsound list is named on its own split
+        if theirs != mine:
+            shown = [terminal_safe(repr(v if len(v) <= 8 else [*v[:8], "..."])) for v in (mine, theirs)]
+            raise StoreError(
+                f"{where}: splits {split!r} and {other!r} record different class lists ({shown[0]} and {shown[1]}), "
+                f"so a label would name one class in one split and another in the other; `featstore check` names "
+                f"them. Re-extract the odd split with --overwrite from the same class folders (or into a new --store)"
+            )
+        return
 
 
 @dataclass

@@ -371,6 +371,8 @@ def write_arrays(
             f"write_arrays stores float32 or float16 features, not {getattr(X, 'dtype', type(X).__name__)}: pass "
             f"X.astype(np.float32)"
         )
+    if "" in class_names or len(set(class_names)) < len(class_names):  # every reader refuses the split as damaged
+        raise ConfigError(f"write_arrays needs distinct, non-empty class names, not {list(class_names)!r}")
     store = path if isinstance(path, StoreFile) else StoreFile(path, locking)
     attrs = attrs or synthetic_attrs(X.shape[1:], str(X.dtype))
     split_attrs = {
