@@ -47,6 +47,7 @@ ONNX_TOLERANCE = 1e-4
 ONNX_CHECK_ROWS = 4  # rows of the seeded check batch
 MAX_ONNX_BYTES = 2**31  # protobuf's own limit for one .onnx file: a larger cached file is not one we wrote
 MAX_RECORD_BYTES = 64 * 1024  # <key>.json, the record of what featstore wrote: a few hundred bytes
+RECORD_SHOWN = "the ONNX cache's record"  # how messages name it
 WRITTEN_BY = "featstore"  # the record's stamp
 CACHE_FOLDER = "onnx"  # under <store>.cache/
 THREADS_ENV = "FEATSTORE_ONNX_THREADS"  # overrides the intra-op threads (default: one per core; see docs/extraction.md)
@@ -206,9 +207,9 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def read_cached(path: Path, limit: int = MAX_ONNX_BYTES) -> bytes | None:
-    """A cached ONNX file's (or its record's) bytes, None when there is none. A link, FIFO, device or folder at its
-    name, or more than ``limit`` bytes, is refused, never followed or opened for a blocking read."""
+def read_cached(path: Path, limit: int = MAX_ONNX_BYTES, what: str = "the cached model") -> bytes | None:
+    """A cached ONNX file's (or its record's: ``what``) bytes, None when there is none. A link, FIFO, device or folder
+    at its name, or more than ``limit`` bytes, is refused, never followed or opened for a blocking read."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -216,15 +217,15 @@ def read_cached(path: Path, limit: int = MAX_ONNX_BYTES) -> bytes | None:
     except OSError as exc:
         if os.path.islink(path):
             raise ConfigError(
-                f"--runtime onnx: the cached model {path} is a symbolic link, which featstore does not follow; remove "
+                f"--runtime onnx: {what} {path} is a symbolic link, which featstore does not follow; remove "
                 f"it (it is exported again)"
             ) from None
-        raise ConfigError(f"--runtime onnx: cannot read the cached model {path} ({exc.strerror}); remove it") from None
+        raise ConfigError(f"--runtime onnx: cannot read {what} {path} ({exc.strerror}); remove it") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"{st.st_size} bytes, over the limit"
-            raise ConfigError(f"--runtime onnx: the cached model {path} is {what}; remove it (it is exported again)")
+            why = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"{st.st_size} bytes, over the limit"
+            raise ConfigError(f"--runtime onnx: {what} {path} is {why}; remove it (it is exported again)")
         with os.fdopen(fd, "rb", closefd=False) as fh:
             return fh.read()
     finally:
@@ -245,6 +246,9 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
     path = cache / f"{cache_key([a['fingerprint'] for _, a in extractor.outputs])}.onnx"
     data = read_cached(path)
     if data is None:
+        # a link, FIFO or folder at the record's name: refused now, not after the export's seconds ("give a file name
+        # inside it" named a file in that folder, and the fresh export was left unrecorded)
+        read_cached(record_path(path), MAX_RECORD_BYTES, RECORD_SHOWN)
         return _export_checked(extractor, path, threads)
     why = unrecorded(path, data)
     if why is None:
@@ -267,7 +271,7 @@ def unrecorded(path: Path, data: bytes) -> str | None:
     The start-up check runs 4 seeded images: a file that agrees with Keras on them and differs on others passes it.
     So a cached file is trusted only when its sha256 is the one in its record (written after the export passed)."""
     record = record_path(path)
-    raw = read_cached(record, MAX_RECORD_BYTES)  # a link, FIFO or oversized record: refused, naming it
+    raw = read_cached(record, MAX_RECORD_BYTES, RECORD_SHOWN)  # a link, FIFO or oversized record: refused, naming it
     if raw is None:
         return f"no record {record.name} of the file featstore wrote there"
     try:
@@ -334,7 +338,7 @@ def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxFor
         "sha256": result[0][0].sha256,
         "exporter": exporter_version(),
     }
-    write_text(record_path(path), json.dumps(record, indent=1) + "\n", "the ONNX cache's record")
+    write_text(record_path(path), json.dumps(record, indent=1) + "\n", RECORD_SHOWN)
     logger.info("--runtime onnx: exported %s to %s in %.1f s (checked against Keras)", shown, path, seconds)
     return result[0]
 

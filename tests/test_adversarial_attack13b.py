@@ -1,0 +1,156 @@
+"""Attack 13b (issue #19, #23) on what the morning of the ONNX cache digest, ``--engine ray --runtime onnx``, the
+cache-folder helper, KerasHub's preset snapshot and the leaks set-aside brought. Each test failed before its fix:
+
+- a Ray actor refusing with a featstore error other than ConfigError/DataError (the weights: WeightsError) reached the
+  driver as Ray's ActorDiedError holding the worker's whole traceback;
+- KerasHub's snapshot fell back to a symbolic link to the weights' *name* when no hard link could be made (another file
+  system, protected hard links): a file swapped in for the load and swapped back before the re-hash was loaded and
+  passed the check;
+- a folder (or FIFO, link) at an ONNX cut's record name ``<key>.json`` was found only after the export, with "give a
+  file name inside it, e.g. .../<key>.json/out", the fresh export left unrecorded;
+- a damaged ``<store>.leaks.json`` was moved to ``.damaged`` and, when the new record could not be written, the error
+  did not say where the old one went.
+
+Synthetic stores and tiny models (32 px random-weight VGG16 cut at block2_pool; a 2-layer ViT preset)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from featstore.errors import ConfigError, OutputError
+
+from .conftest import TINY_CONFIG
+
+
+# ============================================================ 1. a Ray actor's WeightsError: one line, not a traceback
+def test_an_actor_refusing_its_weights_is_one_line_at_the_driver():
+    ray = pytest.importorskip("ray")
+    import traceback
+
+    from featstore.errors import StoreError, WeightsError
+    from featstore.extraction.ray import worker_errors
+
+    def died(error: Exception):
+        try:
+            raise error
+        except Exception as exc:
+            return ray.exceptions.ActorDiedError(ray.exceptions.RayTaskError("__init__", traceback.format_exc(), exc))
+
+    def batches(error: Exception):
+        raise error
+        yield
+
+    for kind in (WeightsError, StoreError, OutputError):
+        message = f"weights file /w/vgg16.h5 on the worker has sha256 0123, not the driver's 4567 ({kind.__name__})"
+        with pytest.raises(kind) as err:
+            list(worker_errors(ray, batches(died(kind(message)))))
+        assert str(err.value) == message
+
+
+# ============================================================ 2. KerasHub's snapshot through a symbolic link
+def test_a_weights_file_swapped_for_the_load_is_refused_when_no_hard_link_can_be_made(tmp_path, monkeypatch):
+    keras_hub = pytest.importorskip("keras_hub")
+    import h5py
+
+    from featstore.errors import WeightsError
+    from featstore.models import hub
+    from featstore.models.hub import HubSpec
+    from tests.test_hub import save_presets
+
+    folder, backbone = save_presets(tmp_path, ("vit",))["vit"]
+    spec = HubSpec.from_model(str(folder))
+    weights = folder / hub.WEIGHTS_FILE
+    other = tmp_path / "other.weights.h5"  # the same layout, other numbers
+    other.write_bytes(weights.read_bytes())
+    with h5py.File(other, "r+") as f:
+        names: list[str] = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and o.size > 1 else None)
+        f[names[0]][...] = np.asarray(f[names[0]]) + 1.0
+
+    def no_hard_link(*a, **k):  # TMPDIR on another file system than the preset (tmpfs /tmp): EXDEV
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(hub.os, "link", no_hard_link)
+    real, loaded = keras_hub.models.Backbone.from_preset, []
+
+    def swapped_for_the_load(preset, **kwargs):
+        os.rename(weights, tmp_path / "kept.h5")
+        shutil.copyfile(other, weights)
+        try:
+            built = real(preset, **kwargs)
+            loaded.append(built)
+        finally:
+            os.replace(tmp_path / "kept.h5", weights)  # back before featstore hashes the name again
+        return built
+
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", swapped_for_the_load)
+    x = np.random.default_rng(0).normal(0, 1, (1, 32, 32, 3)).astype(np.float32)
+    try:
+        model, _ = spec.build(spec.default_size)
+    except WeightsError as exc:  # refused: also right
+        assert "model.weights.h5 changed while it was being loaded" in str(exc)
+    else:  # built: from the weights featstore hashed, not the swapped-in file
+        np.testing.assert_allclose(np.asarray(model(x)["tokens"]), np.asarray(backbone(x)), atol=1e-5)
+    assert loaded
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", real)
+    model, _ = spec.build(spec.default_size)  # unchanged weights, still no hard link: built, the same model
+    np.testing.assert_allclose(np.asarray(model(x)["tokens"]), np.asarray(backbone(x)), atol=1e-5)
+
+
+# ============================================================ 3. something at the ONNX record's name
+CUT = replace(TINY_CONFIG, layer="block2_pool")
+
+
+@pytest.mark.parametrize("what", ["folder", "fifo", "link"])
+def test_a_non_file_at_the_onnx_record_name_is_refused_before_exporting(tmp_path, monkeypatch, what):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    from featstore.models import onnx_runtime
+    from featstore.models.extractor import Extractor
+
+    exports, real = [], onnx_runtime.export_cut
+    monkeypatch.setattr(onnx_runtime, "export_cut", lambda *a, **k: exports.append(1) or real(*a, **k))
+    keras = Extractor(CUT)
+    cache = tmp_path / "f.h5.cache" / onnx_runtime.CACHE_FOLDER
+    cache.mkdir(parents=True)
+    record = cache / f"{onnx_runtime.cache_key([a['fingerprint'] for _, a in keras.outputs])}.json"
+    if what == "folder":
+        record.mkdir()
+    elif what == "fifo":
+        os.mkfifo(record)
+    else:
+        record.symlink_to(tmp_path / "nowhere.json")
+    with pytest.raises(ConfigError) as err:
+        keras.use_runtime("onnx", cache)
+    assert f"the ONNX cache's record {record} is" in str(err.value) and "remove it" in str(err.value), err.value
+    assert "give a file name inside it" not in str(err.value)
+    assert exports == []  # refused before the export's seconds were spent
+
+
+# ============================================================ 4. the .damaged set-aside named when writing fails
+def test_a_damaged_leaks_record_kept_aside_is_named_when_the_new_one_cannot_be_written(tmp_path, monkeypatch):
+    from featstore.experiments.leaks import record as leaks_record
+    from featstore.experiments.leaks.result import record_path
+
+    class Report:  # what write_record reads of a LeakReport
+        store, extractor, fingerprint, threshold, reference = tmp_path / "f.h5", "e", "f" * 64, 0.9, "train"
+        counts, rows, commits, same_bytes, median = {"test": 0}, {"test": 2}, {"test": {}}, {}, 0.5
+        calibration = type("Cal", (), {"as_dict": staticmethod(lambda: {"method": "given"})})
+
+    path = record_path(Report.store)
+    path.write_text("{not json")
+
+    def full(*a, **k):
+        raise OutputError(f"cannot write leaks record {path}: the disk is full; free some space. Nothing was written")
+
+    monkeypatch.setattr(leaks_record, "write_text", full)
+    with pytest.raises(OutputError) as err:
+        leaks_record.write_record(Report())
+    aside = path.with_name(path.name + ".damaged")
+    assert aside.read_text() == "{not json" and not path.exists()
+    assert str(aside) in str(err.value), err.value  # the user learns where the old record went
