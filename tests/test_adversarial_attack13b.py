@@ -15,6 +15,7 @@ Synthetic stores and tiny models (32 px random-weight VGG16 cut at block2_pool; 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 from featstore.errors import ConfigError, OutputError
+from featstore.runs.files import BrokenRunError
 
 from .conftest import TINY_CONFIG
 
@@ -154,3 +156,27 @@ def test_a_damaged_leaks_record_kept_aside_is_named_when_the_new_one_cannot_be_w
     aside = path.with_name(path.name + ".damaged")
     assert aside.read_text() == "{not json" and not path.exists()
     assert str(aside) in str(err.value), err.value  # the user learns where the old record went
+
+
+# ============================================================ 5. an ensemble record naming one member many times
+def test_an_ensemble_record_naming_a_member_twice_is_broken_before_any_member_is_read(tmp_path, monkeypatch):
+    """``featstore ensemble`` refuses a run named twice, but a ``run.json`` saying so was accepted: each use read and
+    verified that member once per mention (50,000 mentions fit in a run.json of under 1 MB; the ensemble check added
+    this morning reads each member's run.json again)."""
+    from featstore import ensemble, fit, get_run
+    from featstore.runs import kinds
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    store, runs = synthetic_store(tmp_path / "f.h5"), tmp_path / "runs"
+    members = [fit(store, clf, runs=runs)["id"] for clf in ("logreg", "knn")]
+    ens = ensemble(members, store=store, runs=runs)
+    record = runs / ens["id"] / "run.json"
+    rec = json.loads(record.read_text())
+    rec["members"], rec["weights"] = [members[0]] * 2000 + [members[1]], [1.0] * 2001
+    record.write_text(json.dumps(rec))
+    reads = []
+    real = kinds.read_record_json
+    monkeypatch.setattr(kinds, "read_record_json", lambda *a: reads.append(1) or real(*a))
+    with pytest.raises(BrokenRunError, match=rf"{record}: .*{members[0]}.* more than once"):
+        get_run(ens["id"], store, runs)
+    assert len(reads) < 10

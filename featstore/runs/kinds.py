@@ -15,6 +15,7 @@ False
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -275,10 +276,11 @@ class EnsembleKind(RunKind):
         bad = [n for n in obj["members"] if not valid_name(n)]
         if bad:
             raise_bad_names(bad, where, folder)
-        if len(obj["members"]) < 2:
+        twice = sorted(m for m, c in Counter(obj["members"]).items() if c > 1)  # each use read each mention
+        if len(obj["members"]) < 2 or twice:
             raise BrokenRunError(
-                f"{where}: an ensemble has at least two members, this one {len(obj['members'])}; "
-                f"remove the folder {folder}"
+                f"{where}: an ensemble has at least two members, this one {len(obj['members'])}"
+                f"{'; ' + ', '.join(twice[:3]) + ' named more than once' if twice else ''}; remove the folder {folder}"
             )
         if not check_weights(obj["weights"], len(obj["members"])):
             raise BrokenRunError(
