@@ -55,16 +55,26 @@ def test_an_actor_refusing_its_weights_is_one_line_at_the_driver():
 
 
 # ============================================================ 2. KerasHub's snapshot through a symbolic link
-def test_a_weights_file_swapped_for_the_load_is_refused_when_no_hard_link_can_be_made(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def vit_preset(tmp_path_factory):
+    """A 2-layer ViT preset folder (seeded random weights) and its backbone, saved once for the module."""
+    pytest.importorskip("keras_hub")
+    from tests.test_hub import save_presets
+
+    return save_presets(tmp_path_factory.mktemp("presets"), ("vit",))["vit"]
+
+
+def test_a_weights_file_swapped_for_the_load_is_refused_when_no_hard_link_can_be_made(
+    tmp_path, monkeypatch, vit_preset
+):
     keras_hub = pytest.importorskip("keras_hub")
     import h5py
 
     from featstore.errors import WeightsError
     from featstore.models import hub
     from featstore.models.hub import HubSpec
-    from tests.test_hub import save_presets
 
-    folder, backbone = save_presets(tmp_path, ("vit",))["vit"]
+    folder, backbone = shutil.copytree(vit_preset[0], tmp_path / "vit"), vit_preset[1]
     spec = HubSpec.from_model(str(folder))
     weights = folder / hub.WEIGHTS_FILE
     other = tmp_path / "other.weights.h5"  # the same layout, other numbers
@@ -102,6 +112,35 @@ def test_a_weights_file_swapped_for_the_load_is_refused_when_no_hard_link_can_be
     monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", real)
     model, _ = spec.build(spec.default_size)  # unchanged weights, still no hard link: built, the same model
     np.testing.assert_allclose(np.asarray(model(x)["tokens"]), np.asarray(backbone(x)), atol=1e-5)
+
+
+def test_a_weights_file_replaced_by_a_fifo_before_the_build_is_refused_not_opened(tmp_path, vit_preset):
+    pytest.importorskip("keras_hub")
+    import threading
+
+    from featstore.errors import WeightsError
+    from featstore.models import hub
+    from featstore.models.hub import HubSpec
+
+    folder = shutil.copytree(vit_preset[0], tmp_path / "vit")
+    spec = HubSpec.from_model(str(folder))
+    weights = folder / hub.WEIGHTS_FILE
+    weights.unlink()
+    os.mkfifo(weights)
+
+    def writer():  # opening a FIFO blocks until the other end opens: a reader that opened it gets EOF at once
+        with open(weights, "wb"):
+            pass
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(WeightsError, match="model.weights.h5 is no longer a regular file; run again"):
+            spec.build(spec.default_size)
+    finally:
+        fd = os.open(weights, os.O_RDONLY | os.O_NONBLOCK)  # releases the writer when nothing opened the FIFO
+        thread.join(5)
+        os.close(fd)
 
 
 # ============================================================ 3. something at the ONNX record's name

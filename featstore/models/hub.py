@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,11 +320,16 @@ class HubSpec:
         weights = (self.folder / WEIGHTS_FILE).resolve()
         try:
             os.link(weights, tmp / WEIGHTS_FILE)
-            return tmp
         except OSError:
             pass
-        fd = os.open(weights, os.O_RDONLY)
+        else:
+            if not stat.S_ISREG(os.lstat(tmp / WEIGHTS_FILE).st_mode):  # a FIFO swapped in: h5py would block on it
+                raise WeightsError(f"{self.folder / WEIGHTS_FILE} is no longer a regular file; run again")
+            return tmp
+        fd = os.open(weights, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         held.callback(os.close, fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WeightsError(f"{self.folder / WEIGHTS_FILE} is no longer a regular file; run again")
         if os.path.isdir("/proc/self/fd"):
             os.symlink(f"/proc/self/fd/{fd}", tmp / WEIGHTS_FILE)  # opens that inode again, not the name
         else:
