@@ -219,3 +219,41 @@ def test_an_ensemble_record_naming_a_member_twice_is_broken_before_any_member_is
     with pytest.raises(BrokenRunError, match=rf"{record}: .*{members[0]}.* more than once"):
         get_run(ens["id"], store, runs)
     assert len(reads) < 10
+
+
+# ============================================================ 6. finite features too large for the fitted model
+@pytest.mark.parametrize("clf", ["logreg", "svm"])
+def test_predict_names_the_image_whose_finite_features_overflow_the_model(store, tmp_path, monkeypatch, clf):
+    """This morning's fix names an image whose features are NaN or inf; one whose features are finite but huge (3e38,
+    a float32 near its limit, as an overflowing backbone gives) still overflowed the run's scaler to inf, and the whole
+    batch ended with "the model in run ... does not fit these features ... Fit the classifier again". That image now
+    gets a row naming the extractor; the others are predicted."""
+    from PIL import Image
+
+    from featstore import fit, predict
+    from featstore.runs import apply
+    from tests.conftest import write_images
+
+    runs = tmp_path / "runs"
+    rid = fit(store, clf, runs=runs)["id"]
+    images = tmp_path / "new"
+    write_images(images, "x", {"a": 2})
+    Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(images / "white.png")
+    real = apply.rebuild_extractor
+
+    def overflowing(*args, **kwargs):  # 3e38 (finite) for an all-white image
+        ex = real(*args, **kwargs)
+
+        def features(x):
+            out = np.array(ex(x), dtype=np.float32)
+            out[(x == 255).reshape(len(x), -1).all(axis=1)] = 3e38
+            return out
+
+        return features
+
+    monkeypatch.setattr(apply, "rebuild_extractor", overflowing)
+    rows = {os.path.basename(r["path"]): r for r in predict(rid, [images], store=store, runs=runs)}
+    assert len(rows) == 3 and rows["white.png"]["label"] == "", rows
+    why = rows["white.png"]["error"]
+    assert "gave features this run's model cannot use for this image (largest |feature| 3e+38" in why, why
+    assert all(r["label"] and not r["error"] for n, r in rows.items() if n != "white.png"), rows

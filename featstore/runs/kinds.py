@@ -209,12 +209,9 @@ class FitKind(_FeaturesRun):
         est, k, size = self.load(rec, folder, options), len(rec.class_names), int(rec.extractor_attrs["input_size"])
         extractor = options.extractor(rec["extractor_attrs"])
 
-        def proba(batch: ImageBatch) -> np.ndarray:  # rows of non-finite features: failed (named), never classified
-            X = extractor(batch.at(size))
-            out, ok = np.full((len(X), k), 1.0 / k), batch.finite(X, rec.extractor)
-            if ok.any():
-                out[ok] = calibrated(rec, artifacts.checked_proba(est, X[ok], k, rec.id))
-            return out
+        def proba(batch: ImageBatch) -> np.ndarray:  # rows of features it cannot use: failed (named), not the fit
+            fitted = lambda X: calibrated(rec, artifacts.checked_proba(est, X, k, rec.id))  # noqa: E731
+            return batch.classified(extractor(batch.at(size)), rec.extractor, fitted, k)
 
         return ImagesModel(size, proba)
 
