@@ -47,8 +47,12 @@ def test_an_actor_refusing_its_weights_is_one_line_at_the_driver():
         raise error
         yield
 
-    for kind in (WeightsError, StoreError, OutputError):
+    for kind in (WeightsError, StoreError, OutputError, ConfigError):
         message = f"weights file /w/vgg16.h5 on the worker has sha256 0123, not the driver's 4567 ({kind.__name__})"
+        if kind is ConfigError:  # a store folder whose name holds a line break: the whole message, not its first line
+            message = (
+                "--runtime onnx: the worker cannot find the driver's ONNX file /data/a\nb/f.h5.cache/onnx/k.onnx; run"
+            )
         with pytest.raises(kind) as err:
             list(worker_errors(ray, batches(died(kind(message)))))
         assert str(err.value) == message

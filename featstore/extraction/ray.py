@@ -363,8 +363,9 @@ class _RayNoise:
 
 
 # the last line of a worker's traceback when an actor's constructor refused (fingerprint, the driver's ONNX file, the
-# weights: any featstore error, each raised at the driver as its own class)
-_WORKER_ERROR = re.compile(r"^featstore\.errors\.(\w+Error): (.+)$", re.MULTILINE)
+# weights: any featstore error, each raised at the driver as its own class); its message runs to the end, line breaks
+# and all (a store folder's name may hold one)
+_WORKER_ERROR = re.compile(r"^featstore\.errors\.(\w+Error): ", re.MULTILINE)
 
 
 def worker_errors(ray, batches: Iterator) -> Iterator:
@@ -373,10 +374,11 @@ def worker_errors(ray, batches: Iterator) -> Iterator:
     try:
         yield from batches
     except ray.exceptions.RayActorError as exc:
-        found = _WORKER_ERROR.findall(str(exc))
+        text = str(exc)
+        found = list(_WORKER_ERROR.finditer(text))
         if not found:
             raise
-        kind, message = found[-1]
+        kind, message = found[-1].group(1), text[found[-1].end() :].rstrip()
         cls = getattr(errors, kind, None)
         if not (isinstance(cls, type) and issubclass(cls, errors.FeatstoreError)):
             cls = ConfigError
