@@ -261,3 +261,26 @@ def test_predict_names_the_image_whose_finite_features_overflow_the_model(store,
     why = rows["white.png"]["error"]
     assert "gave features this run's model cannot use for this image (largest |feature| 3e+38" in why, why
     assert all(r["label"] and not r["error"] for n, r in rows.items() if n != "white.png"), rows
+
+
+# ============================================================ 7. a planted huge "thumbnail" in the cache
+def test_a_cached_thumbnail_over_its_bound_is_made_again_never_put_into_a_site(tmp_path):
+    """The thumbnail cache read a cached file's bytes with a bound for ``similar --html`` only: the report hard-linked
+    (or, across file systems, copied) whatever regular file had the thumbnail's name into its site, a planted
+    multi-gigabyte file included. A cached file over the bound is now made again."""
+    from PIL import Image
+
+    from featstore.report.site import thumbs
+
+    src = tmp_path / "img.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(src)
+    cache = thumbs.ThumbCache(tmp_path / "f.h5.cache" / "thumbs")
+    key = cache.make([str(src)])[str(src)].key
+    with open(cache.path(key), "r+b") as fh:  # 64 MiB, sparse
+        fh.truncate(64 << 20)
+    again = thumbs.ThumbCache(tmp_path / "f.h5.cache" / "thumbs")
+    thumb = again.make([str(src)])[str(src)]
+    site = tmp_path / "site"
+    site.mkdir()
+    name = again.export(thumb, site)
+    assert (site / name).stat().st_size <= thumbs.MAX_THUMB_BYTES and again.made == 1
