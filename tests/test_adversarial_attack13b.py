@@ -9,7 +9,11 @@ cache-folder helper, KerasHub's preset snapshot and the leaks set-aside brought.
 - a folder (or FIFO, link) at an ONNX cut's record name ``<key>.json`` was found only after the export, with "give a
   file name inside it, e.g. .../<key>.json/out", the fresh export left unrecorded;
 - a damaged ``<store>.leaks.json`` was moved to ``.damaged`` and, when the new record could not be written, the error
-  did not say where the old one went.
+  did not say where the old one went;
+- an ensemble ``run.json`` naming one member thousands of times made each use read and verify it once per mention;
+- a preset's weights replaced by a FIFO after hashing reached h5py; a worker's error message was cut at a line break;
+- finite features too large for a fit's model (3e38) made ``predict`` blame the fit for the whole batch;
+- a planted huge file under a thumbnail's name went into the report site whole.
 
 Synthetic stores and tiny models (32 px random-weight VGG16 cut at block2_pool; a 2-layer ViT preset)."""
 
@@ -68,8 +72,9 @@ def vit_preset(tmp_path_factory):
     return save_presets(tmp_path_factory.mktemp("presets"), ("vit",))["vit"]
 
 
+@pytest.mark.parametrize("held", ["proc-fd", "copy"])  # Linux's /proc/self/fd, else (macOS) a copy
 def test_a_weights_file_swapped_for_the_load_is_refused_when_no_hard_link_can_be_made(
-    tmp_path, monkeypatch, vit_preset
+    tmp_path, monkeypatch, vit_preset, held
 ):
     keras_hub = pytest.importorskip("keras_hub")
     import h5py
@@ -92,6 +97,9 @@ def test_a_weights_file_swapped_for_the_load_is_refused_when_no_hard_link_can_be
         raise OSError(18, "Invalid cross-device link")
 
     monkeypatch.setattr(hub.os, "link", no_hard_link)
+    if held == "copy":
+        isdir = os.path.isdir
+        monkeypatch.setattr(hub.os.path, "isdir", lambda p: False if p == "/proc/self/fd" else isdir(p))
     real, loaded = keras_hub.models.Backbone.from_preset, []
 
     def swapped_for_the_load(preset, **kwargs):
