@@ -271,6 +271,33 @@ def test_predict_names_the_image_whose_finite_features_overflow_the_model(store,
     assert all(r["label"] and not r["error"] for n, r in rows.items() if n != "white.png"), rows
 
 
+def test_a_model_refusing_features_of_a_usual_size_is_still_the_runs_fault(store, tmp_path, monkeypatch):
+    """The other side of the overflow rule: a model that refuses one image's ordinary features (damaged, crafted) is
+    not excused by the extractor; predict ends with the run's own message, as before."""
+    from PIL import Image
+
+    from featstore import fit, predict
+    from featstore.runs import artifacts
+    from tests.conftest import write_images
+
+    runs = tmp_path / "runs"
+    rid = fit(store, "logreg", runs=runs)["id"]
+    images = tmp_path / "new"
+    write_images(images, "x", {"a": 2})
+    Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(images / "white.png")
+    real, seen = artifacts.checked_proba, []
+
+    def damaged_on_one_row(est, X, k, run_id):  # refuses the first row it is given alone after the batch
+        seen.append(len(X))
+        if len(seen) in (1, 2):
+            raise BrokenRunError(f"the model in run {run_id} gives NaN ...; it was altered. Fit the classifier again.")
+        return real(est, X, k, run_id)
+
+    monkeypatch.setattr(artifacts, "checked_proba", damaged_on_one_row)
+    with pytest.raises(BrokenRunError, match="Fit the classifier again"):
+        predict(rid, [images], store=store, runs=runs)
+
+
 # ============================================================ 7. a planted huge "thumbnail" in the cache
 def test_a_cached_thumbnail_over_its_bound_is_made_again_never_put_into_a_site(tmp_path):
     """The thumbnail cache read a cached file's bytes with a bound for ``similar --html`` only: the report hard-linked

@@ -160,7 +160,8 @@ class ImageBatch:
         """``proba`` (a fitted model's, refusing with BrokenRunError) of the rows of ``features`` that :meth:`finite`
         keeps; a failed row gets ``1/k`` per class. Finite features can still be too large for the model's arithmetic
         (``3e38`` overflows a scaler to inf), and the batch's refusal blamed the fit for every image: when the model
-        works on the other rows (or, alone, on a zero row) the rows it refuses are marked failed, the extractor named.
+        works on the other rows (or, alone, on a zero row) the rows it refuses whose features are over
+        :data:`LARGE_FEATURE` are marked failed, the extractor named; any other refusal is the fit's (BrokenRunError).
         """
         out, rows = np.full((len(features), k), 1.0 / k), np.flatnonzero(self.finite(features, extractor))
         try:
@@ -169,8 +170,10 @@ class ImageBatch:
             return out
         except BrokenRunError:
             alone = {int(i): _or_none(proba, features[i : i + 1]) for i in rows}
-            if all(p is None for p in alone.values()) and _or_none(proba, np.zeros_like(features[:1])) is None:
-                raise  # the model itself (or every image): the fit's message stands
+            huge = {i for i, p in alone.items() if p is None and np.abs(features[i]).max() > LARGE_FEATURE}
+            refused = sum(p is None for p in alone.values())
+            if refused > len(huge) or (refused == len(alone) and _or_none(proba, np.zeros_like(features[:1])) is None):
+                raise  # features of a usual size refused, or the model refuses even zeros: the fit's message stands
         for i, p in alone.items():
             if p is not None:
                 out[i] = p[0]
@@ -182,6 +185,11 @@ class ImageBatch:
                 f"the fitted classifier works on other features): check the image and the model's weights",
             )
         return out
+
+
+# a feature this large is no backbone's usual output (an overflow); only such rows are the extractor's fault when the
+# fit's model refuses them (a float32 scaler overflows near 3e38; a model refusing smaller features is damaged)
+LARGE_FEATURE = 1e15
 
 
 def _or_none(proba: Callable, X: np.ndarray) -> np.ndarray | None:
