@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,3 +320,66 @@ def test_a_cached_thumbnail_over_its_bound_is_made_again_never_put_into_a_site(t
     site.mkdir()
     name = again.export(thumb, site)
     assert (site / name).stat().st_size <= thumbs.MAX_THUMB_BYTES and again.made == 1
+
+
+# ============================================================ 8. a store in a folder where no cache can be made
+def test_a_report_of_a_store_whose_folder_takes_no_cache_is_made_with_a_note(tmp_path, monkeypatch):
+    """``report`` now makes ``<store>.cache`` (and refuses a link there) before any work; in a folder the user cannot
+    write (a shared, read-only dataset) that ended the report with "cannot make the cache folder ...: write to another
+    folder", which no option allows (the cache's place follows the store). The report is now made with its caches in a
+    temporary folder, removed after, and a note saying so; a link there is still refused."""
+    from featstore.outputs import cache_dir
+    from featstore.report.site.build import build_report
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    (tmp_path / "ro").mkdir()
+    store = synthetic_store(tmp_path / "ro" / "f.h5")
+    mkdir = os.mkdir
+
+    def read_only(path, *a, **k):  # (the suite runs as root, for whom chmod 555 does not stop mkdir)
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    result = build_report(store, out=tmp_path / "site", map_method="pca")
+    assert (tmp_path / "site" / "index.html").is_file() and not cache_dir(store).exists()
+    assert any("caches are not kept" in n and "cannot make" in n for n in result.notes), result.notes
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"featstore-report-{os.getpid()}-*"))
+
+
+def test_similar_html_of_a_store_whose_folder_takes_no_cache_is_written(tmp_path, monkeypatch):
+    """``similar --html`` on the same store: "cannot make the thumbnail cache"; its thumbnails now go through a
+    temporary cache, removed after the page is written (they are inlined into it)."""
+    import io
+
+    from PIL import Image
+
+    from tests.leaks_stores import write_split
+    from tests.test_adversarial_attack2 import cli, no_traceback
+
+    def png(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    (tmp_path / "ro").mkdir()
+    store = tmp_path / "ro" / "f.h5"
+    X = np.random.default_rng(0).normal(0, 1, (6, 4)).astype(np.float32)
+    names = [f"train/{i}.png" for i in range(6)]
+    write_split(
+        store, "s", "train", X, np.array([0, 1] * 3), names, tmp_path / "ro" / "data", [png(i) for i in range(6)]
+    )
+    mkdir = os.mkdir
+
+    def read_only(path, *a, **k):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    page = tmp_path / "similar.html"
+    r = cli("similar", "--store", store, "--split", "train", "-k", "2", "--exact", "--html", page, "train/0.png")
+    out = no_traceback(r)
+    assert r.exit_code == 0 and page.read_text().count("data:image/png;base64,") >= 3, out
+    assert not Path(f"{store}.cache").exists()
