@@ -186,6 +186,39 @@ def test_a_non_file_at_the_onnx_record_name_is_refused_before_exporting(tmp_path
     assert exports == []  # refused before the export's seconds were spent
 
 
+def test_predict_runtime_onnx_on_a_store_whose_folder_takes_no_cache_exports_for_the_process(
+    tmp_path, monkeypatch, caplog
+):
+    """``predict --runtime onnx`` only reads the store; in a read-only folder ``<store>.cache/onnx`` cannot be made and
+    it stopped with "cannot make the ONNX cache folder ...; or run with --runtime keras". The cut is now exported into a
+    temporary folder for this process (checked as always), with a warning; a link there is still refused."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    import logging
+
+    from featstore.models import onnx_runtime
+    from featstore.models.extractor import Extractor
+
+    (tmp_path / "ro").mkdir()
+    mkdir = os.mkdir
+
+    def read_only(path, *a, **k):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    with caplog.at_level(logging.WARNING, logger="featstore.models.onnx_runtime"):
+        ex = Extractor(replace(CUT, runtime="onnx"), runtime_cache=tmp_path / "ro" / "f.h5.cache" / "onnx")
+    assert ex.config.runtime == "onnx" and ex.runtime_file is None and 0 <= ex.runtime_max_abs_diff
+    assert "the exported cut is not kept (cannot make the ONNX cache folder" in caplog.text, caplog.text
+    assert not (tmp_path / "ro" / "f.h5.cache").exists()
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    (tmp_path / "ro" / "f.h5.cache").symlink_to(tmp_path)
+    with pytest.raises(OutputError, match="is a symbolic link"):
+        onnx_runtime.start(ex, tmp_path / "ro" / "f.h5.cache" / "onnx")
+
+
 # ============================================================ 4. the .damaged set-aside named when writing fails
 def test_a_damaged_leaks_record_kept_aside_is_named_when_the_new_one_cannot_be_written(tmp_path, monkeypatch):
     from featstore.experiments.leaks import record as leaks_record

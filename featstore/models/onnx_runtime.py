@@ -237,12 +237,13 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
     ``(forward, max abs difference)``. ``cache`` None: exported into a temporary folder, not kept. A cached file whose
     bytes are not the ones featstore recorded writing there (:func:`unrecorded`), that ONNX Runtime cannot load, or
     whose features are not the cut's, is exported again (with a warning)."""
+    if cache is not None and not _make_folder(cache):
+        cache = None  # (warned) a store in a read-only folder: exported for this process only
     if cache is None:
         with tempfile.TemporaryDirectory(prefix="featstore-onnx-") as tmp:
             forward, worst = _export_checked(extractor, Path(tmp) / "cut.onnx", threads)
             forward.path = None  # removed with the folder
             return forward, worst
-    _make_folder(cache)
     path = cache / f"{cache_key([a['fingerprint'] for _, a in extractor.outputs])}.onnx"
     data = read_cached(path)
     if data is None:
@@ -308,15 +309,20 @@ def load_exported(extractor, path: str, sha256: str, threads: int | None = None)
     return _open_checked(extractor, data, threads, where=where, path=Path(path))
 
 
-def _make_folder(cache: Path) -> None:
+def _make_folder(cache: Path) -> bool:
     """Make the cache folder (and ``<store>.cache``) with :func:`featstore.outputs.cache_folder`: a link, file or FIFO
-    in their place, or a folder that cannot be made, is one OutputError naming it."""
-    from featstore.outputs import cache_folder
+    in their place is one OutputError naming it; a folder that cannot be made (a store in a read-only folder, which
+    ``predict`` only reads) is a warning and False: the cut is exported for this process only."""
+    from featstore.outputs import CacheNotMade, cache_folder
 
     try:
         cache_folder(cache.parent, cache.name, what="ONNX cache folder")
+    except CacheNotMade as exc:
+        logger.warning("--runtime onnx: the exported cut is not kept (%s); it is exported again next time", exc)
+        return False
     except OutputError as exc:
         raise OutputError(f"--runtime onnx: {exc}; or {FIX.lower()}") from None
+    return True
 
 
 def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxForward, float]:
