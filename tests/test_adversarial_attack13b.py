@@ -13,7 +13,9 @@ cache-folder helper, KerasHub's preset snapshot and the leaks set-aside brought.
 - an ensemble ``run.json`` naming one member thousands of times made each use read and verify it once per mention;
 - a preset's weights replaced by a FIFO after hashing reached h5py; a worker's error message was cut at a line break;
 - finite features too large for a fit's model (3e38) made ``predict`` blame the fit for the whole batch;
-- a planted huge file under a thumbnail's name went into the report site whole.
+- a planted huge file under a thumbnail's name went into the report site whole;
+- a store in a read-only folder: ``report``, ``similar --html`` and ``predict --runtime onnx`` stopped with "cannot make
+  the cache folder" (no option moves it); they now use a temporary cache, with a note.
 
 Synthetic stores and tiny models (32 px random-weight VGG16 cut at block2_pool; a 2-layer ViT preset)."""
 
