@@ -231,6 +231,10 @@ def cache_dir(store: str | os.PathLike) -> Path:
     return Path(f"{os.fspath(store)}.cache")
 
 
+class CacheNotMade(OutputError):
+    """A cache folder that cannot be made (no link or file in its way): a read-only folder, a full disk."""
+
+
 def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder") -> Path:
     """``root/parts...`` made where missing, each level a real folder; returns it. ``root`` is the cache beside a store
     (:func:`cache_dir`), whose parent must exist. A symbolic link at any level is refused, never written through nor
@@ -251,7 +255,7 @@ def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder
             except FileExistsError:
                 pass  # made meanwhile: checked below
             except OSError as exc:
-                raise OutputError(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
+                raise CacheNotMade(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
             st = os.lstat(level)
         except OSError as exc:
             raise OutputError(f"cannot use the {what} {level}: {output_fix(exc, level)}") from None

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore import errors
 from featstore.errors import ConfigError, DataError
 from featstore.images.decode import iter_decoded
 from featstore.models.onnx_runtime import default_threads
@@ -361,21 +362,27 @@ class _RayNoise:
             self.thread.join(5)
 
 
-# the last line of a worker's traceback when an actor's constructor refused (fingerprint, the driver's ONNX file)
-_WORKER_ERROR = re.compile(r"^featstore\.errors\.(ConfigError|DataError): (.+)$", re.MULTILINE)
+# the last line of a worker's traceback when an actor's constructor refused (fingerprint, the driver's ONNX file, the
+# weights: any featstore error, each raised at the driver as its own class); its message runs to the end, line breaks
+# and all (a store folder's name may hold one)
+_WORKER_ERROR = re.compile(r"^featstore\.errors\.(\w+Error): ", re.MULTILINE)
 
 
 def worker_errors(ray, batches: Iterator) -> Iterator:
     """``batches``; a featstore error that an actor's constructor raised (another fingerprint, the driver's ONNX file
-    missing or changed) is raised here as that one-line error, not as Ray's ActorDiedError with the worker's traceback."""
+    missing or changed, its weights) is raised here as that one-line error, not as Ray's ActorDiedError with the worker's traceback."""
     try:
         yield from batches
     except ray.exceptions.RayActorError as exc:
-        found = _WORKER_ERROR.findall(str(exc))
+        text = str(exc)
+        found = list(_WORKER_ERROR.finditer(text))
         if not found:
             raise
-        kind, message = found[-1]
-        raise (DataError if kind == "DataError" else ConfigError)(message) from exc
+        kind, message = found[-1].group(1), text[found[-1].end() :].rstrip()
+        cls = getattr(errors, kind, None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.FeatstoreError)):
+            cls = ConfigError
+        raise cls(message) from exc
 
 
 class Forward:

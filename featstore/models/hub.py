@@ -15,11 +15,14 @@ built (``pip install 'featstore[hub]'``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,10 +283,10 @@ class HubSpec:
         if size != self.default_size:
             kwargs["image_shape"] = (size, size, 3)
         # KerasHub reads the preset folder again: it is given a private snapshot holding the config.json featstore read
-        # and checked, and the weights file (a hard link where the file system allows it), so a config.json swapped in
-        # meanwhile is never read; the weights are hashed again after loading
-        with tempfile.TemporaryDirectory(prefix="featstore-preset-") as tmp:
-            snapshot = self._snapshot(Path(tmp))
+        # and checked, and the weights file as it is now (see _snapshot), so a config.json or weights file swapped in
+        # meanwhile is never read; the weights KerasHub loaded are hashed again after loading
+        with tempfile.TemporaryDirectory(prefix="featstore-preset-") as tmp, contextlib.ExitStack() as held:
+            snapshot = self._snapshot(Path(tmp), held)
             try:
                 backbone = keras_hub.models.Backbone.from_preset(str(snapshot), **kwargs)
             except Exception as exc:  # noqa: BLE001 - KerasHub and Keras raise ValueError, TypeError, OSError, h5py's...
@@ -308,14 +311,30 @@ class HubSpec:
             "model", "keras-hub-preset", what, str(self.folder / WEIGHTS_FILE), self.weights_sha256
         )
 
-    def _snapshot(self, tmp: Path) -> Path:
-        """``tmp`` made a preset folder of the checked ``config.json`` and a link to the weights file; returns it."""
+    def _snapshot(self, tmp: Path, held: contextlib.ExitStack) -> Path:
+        """``tmp`` made a preset folder of the checked ``config.json`` and the weights file as it is now, whatever is
+        renamed onto its name later: a hard link; where none can be made (``tmp`` on another file system, a file that
+        is not the user's), a link to the file held open in ``held`` (``/proc/self/fd``), else a copy. A symbolic link
+        to the weights' name let a file swapped in for the load, and back before the hash, pass. Returns ``tmp``."""
         (tmp / "config.json").write_text(self.config_text, encoding="utf-8")
         weights = (self.folder / WEIGHTS_FILE).resolve()
         try:
-            os.link(weights, tmp / WEIGHTS_FILE)  # the file as it is now, whatever is renamed onto its name later
-        except OSError:  # another file system, or a file that is not the user's: read through its name
-            os.symlink(weights, tmp / WEIGHTS_FILE)
+            os.link(weights, tmp / WEIGHTS_FILE)
+        except OSError:
+            pass
+        else:
+            if not stat.S_ISREG(os.lstat(tmp / WEIGHTS_FILE).st_mode):  # a FIFO swapped in: h5py would block on it
+                raise WeightsError(f"{self.folder / WEIGHTS_FILE} is no longer a regular file; run again")
+            return tmp
+        fd = os.open(weights, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        held.callback(os.close, fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise WeightsError(f"{self.folder / WEIGHTS_FILE} is no longer a regular file; run again")
+        if os.path.isdir("/proc/self/fd"):
+            os.symlink(f"/proc/self/fd/{fd}", tmp / WEIGHTS_FILE)  # opens that inode again, not the name
+        else:
+            with os.fdopen(os.dup(fd), "rb") as src, open(tmp / WEIGHTS_FILE, "wb") as dst:
+                shutil.copyfileobj(src, dst)
         return tmp
 
     def cut_outputs(self, base, layers: list[str | None], pooling: str, model_name: str) -> list[tuple[str, object]]:

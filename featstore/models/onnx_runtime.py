@@ -47,6 +47,7 @@ ONNX_TOLERANCE = 1e-4
 ONNX_CHECK_ROWS = 4  # rows of the seeded check batch
 MAX_ONNX_BYTES = 2**31  # protobuf's own limit for one .onnx file: a larger cached file is not one we wrote
 MAX_RECORD_BYTES = 64 * 1024  # <key>.json, the record of what featstore wrote: a few hundred bytes
+RECORD_SHOWN = "the ONNX cache's record"  # how messages name it
 WRITTEN_BY = "featstore"  # the record's stamp
 CACHE_FOLDER = "onnx"  # under <store>.cache/
 THREADS_ENV = "FEATSTORE_ONNX_THREADS"  # overrides the intra-op threads (default: one per core; see docs/extraction.md)
@@ -206,9 +207,9 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def read_cached(path: Path, limit: int = MAX_ONNX_BYTES) -> bytes | None:
-    """A cached ONNX file's (or its record's) bytes, None when there is none. A link, FIFO, device or folder at its
-    name, or more than ``limit`` bytes, is refused, never followed or opened for a blocking read."""
+def read_cached(path: Path, limit: int = MAX_ONNX_BYTES, what: str = "the cached model") -> bytes | None:
+    """A cached ONNX file's (or its record's: ``what``) bytes, None when there is none. A link, FIFO, device or folder
+    at its name, or more than ``limit`` bytes, is refused, never followed or opened for a blocking read."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -216,15 +217,15 @@ def read_cached(path: Path, limit: int = MAX_ONNX_BYTES) -> bytes | None:
     except OSError as exc:
         if os.path.islink(path):
             raise ConfigError(
-                f"--runtime onnx: the cached model {path} is a symbolic link, which featstore does not follow; remove "
+                f"--runtime onnx: {what} {path} is a symbolic link, which featstore does not follow; remove "
                 f"it (it is exported again)"
             ) from None
-        raise ConfigError(f"--runtime onnx: cannot read the cached model {path} ({exc.strerror}); remove it") from None
+        raise ConfigError(f"--runtime onnx: cannot read {what} {path} ({exc.strerror}); remove it") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"{st.st_size} bytes, over the limit"
-            raise ConfigError(f"--runtime onnx: the cached model {path} is {what}; remove it (it is exported again)")
+            why = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"{st.st_size} bytes, over the limit"
+            raise ConfigError(f"--runtime onnx: {what} {path} is {why}; remove it (it is exported again)")
         with os.fdopen(fd, "rb", closefd=False) as fh:
             return fh.read()
     finally:
@@ -236,15 +237,19 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
     ``(forward, max abs difference)``. ``cache`` None: exported into a temporary folder, not kept. A cached file whose
     bytes are not the ones featstore recorded writing there (:func:`unrecorded`), that ONNX Runtime cannot load, or
     whose features are not the cut's, is exported again (with a warning)."""
+    if cache is not None and not _make_folder(cache):
+        cache = None  # (warned) a store in a read-only folder: exported for this process only
     if cache is None:
         with tempfile.TemporaryDirectory(prefix="featstore-onnx-") as tmp:
             forward, worst = _export_checked(extractor, Path(tmp) / "cut.onnx", threads)
             forward.path = None  # removed with the folder
             return forward, worst
-    _make_folder(cache)
     path = cache / f"{cache_key([a['fingerprint'] for _, a in extractor.outputs])}.onnx"
     data = read_cached(path)
     if data is None:
+        # a link, FIFO or folder at the record's name: refused now, not after the export's seconds ("give a file name
+        # inside it" named a file in that folder, and the fresh export was left unrecorded)
+        read_cached(record_path(path), MAX_RECORD_BYTES, RECORD_SHOWN)
         return _export_checked(extractor, path, threads)
     why = unrecorded(path, data)
     if why is None:
@@ -267,7 +272,7 @@ def unrecorded(path: Path, data: bytes) -> str | None:
     The start-up check runs 4 seeded images: a file that agrees with Keras on them and differs on others passes it.
     So a cached file is trusted only when its sha256 is the one in its record (written after the export passed)."""
     record = record_path(path)
-    raw = read_cached(record, MAX_RECORD_BYTES)  # a link, FIFO or oversized record: refused, naming it
+    raw = read_cached(record, MAX_RECORD_BYTES, RECORD_SHOWN)  # a link, FIFO or oversized record: refused, naming it
     if raw is None:
         return f"no record {record.name} of the file featstore wrote there"
     try:
@@ -304,15 +309,20 @@ def load_exported(extractor, path: str, sha256: str, threads: int | None = None)
     return _open_checked(extractor, data, threads, where=where, path=Path(path))
 
 
-def _make_folder(cache: Path) -> None:
+def _make_folder(cache: Path) -> bool:
     """Make the cache folder (and ``<store>.cache``) with :func:`featstore.outputs.cache_folder`: a link, file or FIFO
-    in their place, or a folder that cannot be made, is one OutputError naming it."""
-    from featstore.outputs import cache_folder
+    in their place is one OutputError naming it; a folder that cannot be made (a store in a read-only folder, which
+    ``predict`` only reads) is a warning and False: the cut is exported for this process only."""
+    from featstore.outputs import CacheNotMade, cache_folder
 
     try:
         cache_folder(cache.parent, cache.name, what="ONNX cache folder")
+    except CacheNotMade as exc:
+        logger.warning("--runtime onnx: the exported cut is not kept (%s); it is exported again next time", exc)
+        return False
     except OutputError as exc:
         raise OutputError(f"--runtime onnx: {exc}; or {FIX.lower()}") from None
+    return True
 
 
 def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxForward, float]:
@@ -334,7 +344,7 @@ def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxFor
         "sha256": result[0][0].sha256,
         "exporter": exporter_version(),
     }
-    write_text(record_path(path), json.dumps(record, indent=1) + "\n", "the ONNX cache's record")
+    write_text(record_path(path), json.dumps(record, indent=1) + "\n", RECORD_SHOWN)
     logger.info("--runtime onnx: exported %s to %s in %.1f s (checked against Keras)", shown, path, seconds)
     return result[0]
 

@@ -24,6 +24,7 @@ import numpy as np
 from featstore import provenance
 from featstore.errors import ConfigError, DataError, WeightsError
 from featstore.images.listing import discover, load_image, printable
+from featstore.runs.files import BrokenRunError
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,50 @@ class ImageBatch:
                 f"and the model's weights",
             )
         return ok
+
+    def classified(self, features: np.ndarray, extractor: str, proba: Callable, k: int) -> np.ndarray:
+        """``proba`` (a fitted model's, refusing with BrokenRunError) of the rows of ``features`` that :meth:`finite`
+        keeps; a failed row gets ``1/k`` per class. Finite features can still be too large for the model's arithmetic
+        (``3e38`` overflows a scaler to inf), and the batch's refusal blamed the fit for every image: when the model
+        works on the other rows (or, alone, on a zero row) the rows it refuses whose features are over
+        :data:`LARGE_FEATURE` are marked failed, the extractor named; any other refusal is the fit's (BrokenRunError).
+        """
+        out, rows = np.full((len(features), k), 1.0 / k), np.flatnonzero(self.finite(features, extractor))
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, not printed as a warning
+                out[rows] = proba(features[rows]) if len(rows) else out[rows]
+            return out
+        except BrokenRunError:
+            alone = {int(i): _or_none(proba, features[i : i + 1]) for i in rows}
+            huge = {i for i, p in alone.items() if p is None and np.abs(features[i]).max() > LARGE_FEATURE}
+            refused = sum(p is None for p in alone.values())
+            if refused > len(huge) or (refused == len(alone) and _or_none(proba, np.zeros_like(features[:1])) is None):
+                raise  # features of a usual size refused, or the model refuses even zeros: the fit's message stands
+        for i, p in alone.items():
+            if p is not None:
+                out[i] = p[0]
+                continue
+            self.failed.setdefault(
+                i,
+                f"the extractor {printable(extractor)} gave features this run's model cannot use for this image "
+                f"(largest |feature| {float(np.abs(features[i]).max()):.3g}: an overflow in the model or its weights; "
+                f"the fitted classifier works on other features): check the image and the model's weights",
+            )
+        return out
+
+
+# a feature this large is no backbone's usual output (an overflow); only such rows are the extractor's fault when the
+# fit's model refuses them (a float32 scaler overflows near 3e38; a model refusing smaller features is damaged)
+LARGE_FEATURE = 1e15
+
+
+def _or_none(proba: Callable, X: np.ndarray) -> np.ndarray | None:
+    """``proba(X)``, or None when the model refuses those features (BrokenRunError)."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return proba(X)
+    except BrokenRunError:
+        return None
 
 
 @dataclass

@@ -15,6 +15,7 @@ False
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -208,12 +209,9 @@ class FitKind(_FeaturesRun):
         est, k, size = self.load(rec, folder, options), len(rec.class_names), int(rec.extractor_attrs["input_size"])
         extractor = options.extractor(rec["extractor_attrs"])
 
-        def proba(batch: ImageBatch) -> np.ndarray:  # rows of non-finite features: failed (named), never classified
-            X = extractor(batch.at(size))
-            out, ok = np.full((len(X), k), 1.0 / k), batch.finite(X, rec.extractor)
-            if ok.any():
-                out[ok] = calibrated(rec, artifacts.checked_proba(est, X[ok], k, rec.id))
-            return out
+        def proba(batch: ImageBatch) -> np.ndarray:  # rows of features it cannot use: failed (named), not the fit
+            fitted = lambda X: calibrated(rec, artifacts.checked_proba(est, X, k, rec.id))  # noqa: E731
+            return batch.classified(extractor(batch.at(size)), rec.extractor, fitted, k)
 
         return ImagesModel(size, proba)
 
@@ -275,10 +273,11 @@ class EnsembleKind(RunKind):
         bad = [n for n in obj["members"] if not valid_name(n)]
         if bad:
             raise_bad_names(bad, where, folder)
-        if len(obj["members"]) < 2:
+        twice = sorted(m for m, c in Counter(obj["members"]).items() if c > 1)  # each use read each mention
+        if len(obj["members"]) < 2 or twice:
             raise BrokenRunError(
-                f"{where}: an ensemble has at least two members, this one {len(obj['members'])}; "
-                f"remove the folder {folder}"
+                f"{where}: an ensemble has at least two members, this one {len(obj['members'])}"
+                f"{'; ' + ', '.join(twice[:3]) + ' named more than once' if twice else ''}; remove the folder {folder}"
             )
         if not check_weights(obj["weights"], len(obj["members"])):
             raise BrokenRunError(

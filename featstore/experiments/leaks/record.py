@@ -175,7 +175,12 @@ def write_record(report: LeakReport) -> Path:
     text = json.dumps(data, indent=1, default=str, allow_nan=False) if _finite(data) else None
     if text is None:  # a NaN median (an empty split): recorded as null
         text = json.dumps(_nulls(data), indent=1, default=str, allow_nan=False)
-    write_text(path, text, "leaks record")
+    try:
+        write_text(path, text, "leaks record")
+    except OutputError as exc:  # the old record is kept aside already: say where, or the user thinks it lost
+        if aside is None:
+            raise
+        raise OutputError(f"{exc} The record that was there {why}; it is kept as {terminal_safe(str(aside))}") from None
     if aside is not None:
         logger.warning(
             "%s %s: kept it as %s; wrote a new record", terminal_safe(str(path)), why, terminal_safe(str(aside))

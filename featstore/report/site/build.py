@@ -17,17 +17,28 @@ overwritten). Caches beside the store (``<store>.cache/``): thumbnails, map layo
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
-from featstore.outputs import cache_dir, cache_folder, check_output, refuse_run_files, terminal_safe, write_text  # noqa: F401 (cache_dir: similar_page)
+from featstore.outputs import (
+    CacheNotMade,
+    cache_dir,
+    cache_folder,
+    check_output,
+    refuse_run_files,
+    terminal_safe,
+    write_text,
+)  # noqa: F401 (cache_dir: similar_page)
 from featstore.report.site import charts
 from featstore.report.site.mapview import map_view
 from featstore.report.site.render import figure_json, original, render, write_assets
@@ -180,14 +191,12 @@ def build_report(
     if not out.exists():
         refuse_run_files(out, "--out", folder=True)  # nor another store's runs folder, nor a run's folder
     refuse_in_image_folders(out / "index.html", store, "--out")  # its thumbnails would be extracted as images
-    cache = cache_folder(cache_dir(store))  # a link there (or at thumbs/, maps/) is refused before any work
-    for sub in ("thumbs", "maps"):
-        cache_folder(cache, sub)
+    cache, not_kept = _caches(store)  # a link there (or at thumbs/, maps/) is refused before any work
     old = _prepare(out)
     # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
     write_text(out / MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
     thumbs = ThumbCache(cache / "thumbs")
-    result = ReportResult(out / "index.html", 0, 0, 0)
+    result = ReportResult(out / "index.html", 0, 0, 0, notes=[not_kept] if not_kept else [])
     store_info = overview(fs)
     listing = scan_runs_of(store, runs)
     result.notes += [f"run folder {n} is broken and not shown: {why}" for n, why in listing.broken]
@@ -242,7 +251,29 @@ def build_report(
     _clean(out, old, written, (Path(store).resolve(), runs_folder, cache.resolve()))
     write_text(out / MANIFEST, json.dumps({"files": sorted(written), "complete": True}, indent=0), "report manifest")
     result.pages, result.seconds = len(pages_written), time.monotonic() - start
+    if not_kept:
+        shutil.rmtree(cache, ignore_errors=True)
     return result
+
+
+def _caches(store) -> tuple[Path, str]:
+    """``<store>.cache`` with its ``thumbs/`` and ``maps/`` (a link or file in the way: OutputError), and ""; where no
+    folder can be made there (a store in a folder the user cannot write: the cache's place follows the store, no option
+    moves it), a temporary folder for this report (removed after it, or at exit) and a note saying so."""
+    try:
+        cache = cache_folder(cache_dir(store))
+        for sub in ("thumbs", "maps"):
+            cache_folder(cache, sub)
+        return cache, ""
+    except CacheNotMade as exc:
+        tmp = Path(tempfile.mkdtemp(prefix=f"featstore-report-{os.getpid()}-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        for sub in ("thumbs", "maps"):
+            (tmp / sub).mkdir()
+        return (
+            tmp,
+            f"the report's caches are not kept beside the store ({exc}); thumbnails and maps are made again each time",
+        )
 
 
 def _compare(views) -> object:

@@ -6,14 +6,19 @@ or mailed; names are escaped by the template (autoescape). Each image links to i
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
 from featstore.experiments.similar import SimilarResult
+from featstore.outputs import CacheNotMade
 from featstore.report.site.build import cache_dir
 from featstore.report.site.render import render, static_text
 from featstore.report.site.thumbs import ThumbCache
+
+logger = logging.getLogger(__name__)
 
 
 def similar_html(result: SimilarResult, out: str | os.PathLike, store: str | os.PathLike) -> Path:
@@ -31,11 +36,18 @@ def similar_html(result: SimilarResult, out: str | os.PathLike, store: str | os.
     else:
         query_source = os.path.abspath(result.query)
     sources = [query_source] + [os.path.join(root, n.path) if root else n.path for n in result.neighbours]
-    cache = ThumbCache(cache_dir(store) / "thumbs")
-    thumbs = cache.make(sources)
-    pictures = [
-        (cache.data_uri(thumbs[s]), thumbs[s].reason, os.path.abspath(s) if os.path.isabs(s) else None) for s in sources
-    ]
+    with tempfile.TemporaryDirectory(prefix="featstore-similar-") as tmp:
+        cache = ThumbCache(cache_dir(store) / "thumbs")
+        try:
+            thumbs = cache.make(sources)
+        except CacheNotMade as exc:  # a store in a folder the user cannot write: the page inlines them anyway
+            logger.warning("thumbnails are not cached beside the store (%s); made for this page only", exc)
+            cache = ThumbCache(Path(tmp) / "thumbs")
+            thumbs = cache.make(sources)
+        pictures = [
+            (cache.data_uri(thumbs[s]), thumbs[s].reason, os.path.abspath(s) if os.path.isabs(s) else None)
+            for s in sources
+        ]
     return render(
         "similar.html.j2",
         Path(out),

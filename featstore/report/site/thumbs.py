@@ -83,7 +83,7 @@ class ThumbCache:
                 buckets.add(key[:2])
             if key is None:
                 self._known[src] = Thumb(src, None, "not found" if not os.path.lexists(src) else "cannot be read")
-            elif _regular(self.path(key)):
+            elif _regular(self.path(key), MAX_THUMB_BYTES):  # a bigger file was planted: made again, never linked
                 self._known[src], self.reused = Thumb(src, key), self.reused + 1
             elif _regular(failed := self.path(key).with_suffix(".txt")):
                 self._known[src] = Thumb(src, None, _read_reason(failed))
@@ -148,14 +148,16 @@ class ThumbCache:
         return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _regular(path: Path) -> bool:
-    """A regular file, not a link (a link planted in the cache is never followed into a site)."""
+def _regular(path: Path, at_most: int | None = None) -> bool:
+    """A regular file, not a link (a link planted in the cache is never followed into a site), of at most ``at_most``
+    bytes when given."""
     import stat
 
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        st = os.lstat(path)
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and (at_most is None or st.st_size <= at_most)
 
 
 def _read_reason(path: Path) -> str:
