@@ -63,9 +63,9 @@ def fit_one(spec_name: str, params: dict, X, y, val, groups=None):
             est.fit(X, y, **{f"{est.steps[-1][0]}__groups": groups})
         else:
             est.fit(X, y)
+        refuse_diverged(est, X, spec_name, params)  # (knn's n_neighbors > rows raises only here, at predict)
     except ValueError as exc:  # e.g. n_neighbors > rows, more calibration folds than images of a class
         raise ConfigError(f"{spec_name} with {params} cannot be fitted on these {len(y)} rows: {exc}") from exc
-    refuse_diverged(est, X, spec_name, params)
     return est
 
 
