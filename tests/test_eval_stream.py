@@ -191,3 +191,37 @@ def test_a_run_written_by_np_savez_takes_a_new_split(small_store, tmp_path):
     np.testing.assert_array_equal(now["validation__proba"], old["validation__proba"])
     np.testing.assert_array_equal(now["validation__labels"], old["validation__labels"])
     assert now["test__proba"].shape == (SMALL["test"], 12) and new["metrics"]["test"]["n"] == SMALL["test"]
+
+
+def test_a_long_evaluation_is_not_taken_for_an_orphan(small_store, tmp_path, monkeypatch):
+    """Train is scored without a write to the draft folder; a fit elsewhere cleaning orphans (folders untouched for
+    ORPHAN_AGE_S) meanwhile must not remove it: each scored block renews its predictions' mtime."""
+    import os
+    import time
+
+    from featstore.experiments import scoring
+    from featstore.runs import predictions_file, write
+
+    monkeypatch.setattr(predictions_file, "KEEPALIVE_S", -1)  # renewed at every block
+    real, calls = scoring.run_metrics_blocks, []
+
+    def aged_then_cleaned(blocks, *a):
+        calls.append(1)
+        if len(calls) < 3:  # validation, test; then train, scored from the model's blocks
+            return real(blocks, *a)
+        (draft,) = [d for d in tmp_path.iterdir() if d.name.endswith(".tmp")]
+        old = time.time() - 2 * write.ORPHAN_AGE_S
+        for p in [draft, *draft.iterdir()]:
+            os.utime(p, (old, old))  # as if the evaluation had run for twenty minutes without a write
+
+        def then_clean():
+            for i, block in enumerate(blocks):
+                if i == 1:
+                    write.clean_orphans(tmp_path)  # another fit's start, one block into train
+                yield block
+
+        return real(then_clean(), *a)
+
+    monkeypatch.setattr(scoring, "run_metrics_blocks", aged_then_cleaned)
+    rec = fit(small_store, "logreg", None, memory_budget="64KB", runs=tmp_path)
+    assert len(calls) == 3 and (tmp_path / rec["id"] / "run.json").is_file()

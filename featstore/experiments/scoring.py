@@ -61,8 +61,8 @@ def memory_blocks(est, X: np.ndarray, y: np.ndarray, rows: int, n_classes: int) 
 class _Clock:
     """Seconds spent and rows given by prediction blocks (the run's ``predict_seconds_per_image``)."""
 
-    def __init__(self, what: str):
-        self.what, self.seconds, self.rows = what, 0.0, 0
+    def __init__(self, what: str, preds: PredictionsWriter):
+        self.what, self.seconds, self.rows, self.preds = what, 0.0, 0, preds
 
     def timed(self, split: str, blocks) -> Iterator[tuple]:
         it = iter(blocks)
@@ -76,6 +76,7 @@ class _Clock:
                 raise ConfigError(f"{self.what} cannot predict {split!r}: {exc}") from exc
             self.seconds += time.perf_counter() - t
             self.rows += len(block[0])
+            self.preds.keepalive()  # train is scored without a write: the draft folder is not an orphan meanwhile
             yield block
 
 
@@ -104,7 +105,7 @@ def score_splits(
 ) -> tuple[dict, dict, _Clock]:
     """``(figures per split, calibration, clock)`` of a fitted model (see the module), its validation and test
     probabilities (and train's out-of-fold ones) written to ``preds``; ``what`` names the model in errors."""
-    k, clock, evaluated = len(class_names), _Clock(what), {}
+    k, clock, evaluated = len(class_names), _Clock(what, preds), {}
     val, test, train = splits.validation, splits.test, splits.train
     if val:
         n = int(fs.split_info(val, name)["committed_rows"])

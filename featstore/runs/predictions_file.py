@@ -115,7 +115,7 @@ class PredictionsWriter:
                 fh.seek(s.offset + a * k * s.dtype.itemsize)
                 if fh.readinto(memoryview(out).cast("B")) != out.nbytes:
                     raise StoreError(f"{self.path} ended inside the probabilities of {split!r}; nothing was recorded")
-                self._keepalive()
+                self.keepalive()
                 yield out
 
     def close(self) -> None:
@@ -166,8 +166,9 @@ class PredictionsWriter:
             raise StoreError(f"{self.path}: member {name} holds {dtype} {shape}, not (N, K) probabilities")
         return start + member.tell(), (int(shape[0]), int(shape[1])), dtype
 
-    def _keepalive(self) -> None:
-        """Renew the file's mtime now and then: a draft folder read for long is not an orphan of a killed fit."""
+    def keepalive(self) -> None:
+        """Renew the file's mtime now and then (called per block read or scored): a run folder being evaluated for
+        longer than the orphan cleaner's ``ORPHAN_AGE_S`` without a write is not taken for one a killed fit left."""
         if time.monotonic() - self._touched > KEEPALIVE_S:
             os.utime(self.path)
             self._touched = time.monotonic()
