@@ -79,9 +79,9 @@ def build(path: Path, rows: int, shares: list[float]) -> dict[str, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--shares", default="0.2,0.4,0.4", help="train,validation,test shares of --rows")
-    ap.add_argument("--fits", default="logreg:512MB,sgd:32MB", help="clf:budget, comma-separated")
-    ap.add_argument("--max-iter", type=int, default=30, help="logreg's max_iter (the fit is not what is measured)")
+    ap.add_argument("--shares", default="0.05,0.475,0.475", help="train,validation,test shares of --rows")
+    ap.add_argument("--fits", default="logreg:512MB,sgd:8MB", help="clf:budget, comma-separated")
+    ap.add_argument("--max-iter", type=int, default=10, help="logreg's max_iter (the fit is not what is measured)")
     ap.add_argument("--code", type=Path, default=HERE.parent, help="the checkout whose featstore runs the fits")
     ap.add_argument("--dir", type=Path, default=None, help="cache folder (default /work/bench_cache or $TMPDIR)")
     args = ap.parse_args()

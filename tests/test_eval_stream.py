@@ -225,3 +225,16 @@ def test_a_long_evaluation_is_not_taken_for_an_orphan(small_store, tmp_path, mon
     monkeypatch.setattr(scoring, "run_metrics_blocks", aged_then_cleaned)
     rec = fit(small_store, "logreg", None, memory_budget="64KB", runs=tmp_path)
     assert len(calls) == 3 and (tmp_path / rec["id"] / "run.json").is_file()
+
+
+def test_the_bootstraps_work_size_never_changes_an_interval(monkeypatch):
+    """The bootstraps resample in chunks of _CELLS_PER_CHUNK cells (now 10⁶, 25 MB of work arrays, was 4 x 10⁶):
+    the draws are those of one call whatever the chunk, so every recorded interval stays the same."""
+    rng = np.random.default_rng(2)
+    proba, y = rng.dirichlet(np.ones(9) * 0.5, size=997), rng.integers(0, 9, 997)
+    cm = np.bincount(y * 9 + proba.argmax(axis=1), minlength=81).reshape(9, 9)
+    got = []
+    for cells in (4_000_000, 1_000_000, 3_001):
+        monkeypatch.setattr(figures, "_CELLS_PER_CHUNK", cells)
+        got.append((figures.probability_figures(y, proba), figures.confusion_figures(cm)))
+    assert got[0] == got[1] == got[2]
