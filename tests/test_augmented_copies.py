@@ -14,6 +14,7 @@ from featstore import ExtractorConfig, FeatureStore, extract, fit
 from featstore.cli import app
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments import fit as runs_mod
+from featstore.experiments import scoring
 from featstore.experiments.fit import _digest_paths
 from featstore.extraction import copies as augcopies
 from featstore.report.tables import runs_table, store_tree
@@ -200,7 +201,7 @@ def test_fit_trains_on_the_copies_and_never_scores_on_them(aug_store, tmp_path, 
     fs = FeatureStore(path)
     n, nv, nt = (len(fs.labels(s)) for s in ("train", "validation", "test"))
     fitted, scored, loads = [], [], []
-    real_fit_one, real_metrics, real_load = runs_mod._fit_one, runs_mod.run_metrics, FeatureStore.load
+    real_fit_one, real_metrics, real_load = runs_mod._fit_one, scoring.run_metrics_blocks, FeatureStore.load
 
     def spy_fit_one(clf, params, X, y, val, *rest):
         fitted.append((len(X), None if val is None else len(val[0])))
@@ -211,13 +212,15 @@ def test_fit_trains_on_the_copies_and_never_scores_on_them(aug_store, tmp_path, 
         return real_load(self, split, extractor, **kw)
 
     monkeypatch.setattr(runs_mod, "_fit_one", spy_fit_one)
-    monkeypatch.setattr(runs_mod, "run_metrics", lambda y, *a: scored.append(len(y)) or real_metrics(y, *a))
+    monkeypatch.setattr(
+        scoring, "run_metrics_blocks", lambda *a: (lambda r: scored.append(len(r[0])) or r)(real_metrics(*a))
+    )
     monkeypatch.setattr(FeatureStore, "load", spy_load)
     rec = fit(path, "logreg", {"C": [0.1, 1.0]}, runs=tmp_path, augmented=True)
     assert (
         fitted == [(n * (K + 1), nv)] * 2
     )  # every candidate fitted on train + copies, chosen on the plain validation split
-    assert scored == [n, nv, nt]  # metrics of train (its plain rows), validation and test: never an augmented row
+    assert scored == [nv, nt, n]  # metrics of validation, test and train (its plain rows): never an augmented row
     assert [s for s, aug in loads if aug] == ["train"]  # copies are read for train only
     assert rec["splits"] == {"train": n, "validation": nv, "test": nt}
     assert rec["augmented"] == {

@@ -69,7 +69,14 @@ def test_test_split_never_used_for_selection(store, tmp_path, monkeypatch):
         scored.append(params)
         return real_score(name, params, X, y, val, *rest)
 
+    real_blocks = runs_mod.stream_blocks  # the test split's features, read in blocks for the chosen model's evaluation
+
+    def spy_blocks(est, fs, name, split, *rest):
+        loads.append((split, len(scored)))
+        return real_blocks(est, fs, name, split, *rest)
+
     monkeypatch.setattr(FeatureStore, "load", spy_load)
+    monkeypatch.setattr(runs_mod, "stream_blocks", spy_blocks)
     monkeypatch.setattr(runs_mod, "_score_one", spy_score)
     rec = fit(store, "knn", {"n_neighbors": [1, 3, 5]}, runs=tmp_path)
     assert len(scored) == 3

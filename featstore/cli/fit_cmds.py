@@ -61,7 +61,7 @@ def fit(
     memory_budget: Annotated[
         Optional[str],
         typer.Option(
-            help="e.g. 512MB or 512MiB: splits larger than this are streamed from the store (sgd, dense) instead of loaded; other classifiers refuse."
+            help="e.g. 512MB or 512MiB: splits larger than this are streamed from the store (sgd, dense) instead of loaded; other classifiers refuse. The evaluation always scores and stores each split's probabilities in blocks within it (512MB when not given)."
         ),
     ] = None,
     augmented: Annotated[

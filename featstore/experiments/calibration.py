@@ -22,7 +22,7 @@ import logging
 import numpy as np
 
 from featstore.errors import ConfigError
-from featstore.stats.calibration import fit_temperature, identity_calibration
+from featstore.stats.calibration import fit_temperature, fit_temperature_blocks, identity_calibration
 from featstore.stats.folds import stratified_group_folds
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,13 @@ def out_of_fold_proba(
 def calibrate_on_validation(proba, y) -> dict:
     """The temperature record fitted on a validation split's probabilities, ``fitted_on`` saying so."""
     return {**fit_temperature(proba, y), "fitted_on": "validation"}
+
+
+def calibrate_on_validation_blocks(blocks, y, n_classes: int, max_bytes: int = 0) -> dict:
+    """:func:`calibrate_on_validation` of probabilities read block by block (``blocks()`` yields them in order, once
+    per step of the search): the same record, exactly, without an ``(N, K)`` array unless its logits fit
+    ``max_bytes`` (``featstore.stats.calibration.fit_temperature_blocks``)."""
+    return {**fit_temperature_blocks(blocks, y, n_classes, max_bytes=max_bytes), "fitted_on": "validation"}
 
 
 def calibrate_out_of_fold(estimator, X, y, n_classes: int, groups=None, n_folds: int = 5, seed: int = 0) -> dict:

@@ -92,6 +92,21 @@ def run_metrics_blocks(blocks, class_names: list[str], calibration) -> tuple[np.
     return y, pred, metrics(y, pred, class_names, RowFigures.join(cal_rows), raw=raw)
 
 
+SCORE_BLOCK_BYTES = 64 << 20  # probabilities calibrated and scored at a time (8,192 rows of 1,000 classes)
+
+
+def split_run_metrics(y, pred, class_names: list[str], raw: np.ndarray, calibration) -> dict:
+    """:func:`run_metrics` of a split whose raw probabilities are held, calibrated and scored a block of rows at a time:
+    the same figures, without the calibrated ``(N, K)`` copy and its temporaries beside the raw ones."""
+    rows = max(1, SCORE_BLOCK_BYTES // (8 * max(len(class_names), 1)))
+    blocks = ((y[a : a + rows], pred[a : a + rows], raw[a : a + rows]) for a in range(0, len(y), rows))
+    return (
+        run_metrics_blocks(blocks, class_names, calibration)[2]
+        if len(y)
+        else run_metrics(y, pred, class_names, raw, calibration)
+    )
+
+
 def apply_run(
     run_id: str,
     split: str,
@@ -126,7 +141,7 @@ def evaluate_run(
         evaluate_run("logreg-1a2b3c", "test")["accuracy_ci"]
     """
     rec, _, y, pred, raw = apply_run(run_id, split, store, runs, raw=True)
-    return run_metrics(y, pred, list(rec.class_names), raw, rec.calibration)
+    return split_run_metrics(y, pred, list(rec.class_names), raw, rec.calibration)
 
 
 def record_split(
@@ -151,7 +166,7 @@ def evaluate_and_record(
         rec, m, said = evaluate_and_record("logreg-1a2b3c", "validation")
     """
     rec, folder, y, pred, raw = apply_run(run_id, split, store, runs, raw=True)
-    m = run_metrics(y, pred, list(rec.class_names), raw, rec.calibration)
+    m = split_run_metrics(y, pred, list(rec.class_names), raw, rec.calibration)
     fs = FeatureStore(store)
     paths, listing = digest_paths(fs.paths(split, rec.extractor)), fs.split_info(split, rec.extractor)
     listing = str(listing.get("listing_sha256", ""))

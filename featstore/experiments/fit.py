@@ -24,11 +24,10 @@ import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, OutputError, StoreError, check_jobs
-from featstore.experiments.calibration import calibrate_on_out_of_fold, calibrate_on_validation, not_calibrated
 from featstore.experiments.evaluate import metrics, run_metrics, run_metrics_blocks  # noqa: F401 (metrics: its old home)
 from featstore.experiments.protocol import Splits, check_distinct, resolve_splits
+from featstore.experiments.scoring import EVAL_BUDGET, OOF, eval_rows, memory_blocks, score_splits  # noqa: F401 (OOF)
 from featstore.experiments.selection import (
-    CV_SEED,
     Fitted,
     check_classes,
     cross_validate,
@@ -46,10 +45,11 @@ from featstore.experiments.streaming import (
     refuse_in_memory,
     streams_by_partial_fit,
 )
+from featstore.experiments.streaming import predict_blocks as stream_blocks
 from featstore.runs.artifacts import full_proba
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.runs.record import RunRecord, digest_paths, draft
-from featstore.runs.write import write_run
+from featstore.runs.write import RunDraft
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -62,9 +62,6 @@ def _score_one(spec_name, params, X, y, val, groups=None):
     """``(validation accuracy, fitted model)`` of one setting."""
     est = _fit_one(spec_name, params, X, y, val, groups)
     return float(np.mean(est.predict(val[0]) == val[1])), est
-
-
-OOF = ".oof"  # a run without a validation split records train's out-of-fold figures as split "<train>.oof"
 
 
 def _uses_validation(head) -> bool:
@@ -100,7 +97,9 @@ def fit(
     run notes), "none" asks for none. With ``memory_budget`` (bytes or "512MB"), a split larger than the budget is
     streamed from the store (sgd, dense) or refused (classifiers that need all rows in memory). ``augmented=True``
     fits on the train rows plus the train split's cached augmented copies (``extract --augment K``); validation and
-    test are always the plain splits, and cross-validation keeps an image and its copies in one fold. Example::
+    test are always the plain splits, and cross-validation keeps an image and its copies in one fold. The evaluation
+    (every split's probabilities, the temperature, the figures, predictions.npz) runs a block of rows at a time within
+    ``memory_budget`` (``scoring.EVAL_BUDGET``, 512 MB, when None), whether the fit streamed or not. Example::
 
         run = fit("features.h5", "svm", {"kernel": ["linear", "rbf"]}, jobs=2)
         run = fit("features.h5", "logreg", augmented=True, validation="none")
@@ -140,7 +139,7 @@ def fit(
     if big:
         fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None)
     else:
-        fitted = _fit_in_memory(fs, name, clf, full, settings, given, splits, jobs, aug is not None)
+        fitted = _fit_in_memory(fs, name, clf, full, settings, given, splits, jobs, aug is not None, budget)
     fit_seconds = time.perf_counter() - t0
     extra = {"memory_budget": budget, "streamed": big, "notes": list(splits.notes)}
     if aug:
@@ -166,7 +165,9 @@ def fit(
             + (" and the choice of setting" if len(full) > 1 else "")
             + ": its score is optimistic; judge by test"
         )
-    return _record(fs, name, clf, full[fitted.best], given, class_names, splits, fitted, fit_seconds, runs, extra)
+    return _record(
+        fs, name, clf, full[fitted.best], given, class_names, splits, fitted, fit_seconds, runs, extra, budget
+    )
 
 
 def _augmentation(fs: FeatureStore, name: str, train: str) -> dict:
@@ -206,12 +207,14 @@ def _fit_in_memory(
     splits: Splits,
     jobs: int,
     augmented: bool = False,
+    budget: int | None = None,
 ) -> Fitted:
     """Load train (and validation) into memory; fit one setting, or choose on validation, or by cross-validation on
     train (copies of one image in one fold). Without validation, train's out-of-fold probabilities are kept.
 
     ``augmented``: fit on train's rows followed by its augmented copies; train's metrics and everything else use the
-    plain rows.
+    plain rows. The chosen model is evaluated in blocks within ``budget`` (default ``scoring.EVAL_BUDGET``): train
+    and validation from memory, test read from the store, never its (N, K) probabilities whole.
     """
     from joblib import Parallel, delayed
 
@@ -225,7 +228,7 @@ def _fit_in_memory(
         loaded[validation] = fs.load(validation, name)
     for s, (Xs, _) in loaded.items():
         fs.refuse_nonfinite(s, name, Xs)
-    for s in splits.used[1:]:  # test: checked in one streamed pass now, loaded only after the choice is made
+    for s in splits.used[1:]:  # test: checked in one streamed pass now, read again in blocks once chosen
         if s not in loaded:
             fs.refuse_nonfinite(s, name)
     check_classes(y, train, class_names)
@@ -264,11 +267,19 @@ def _fit_in_memory(
         selection["candidates"] = [{"params": s, "score": sc} for s, sc in zip(settings, scores)]
         est = _fit_one(clf, full[best], X, y, None, groups)
 
+    budget = EVAL_BUDGET if budget is None else budget
+
+    def predict_blocks(split: str):  # the test split is read from the store here, once, block by block
+        if split not in loaded:
+            return stream_blocks(est, fs, name, split, budget, k)
+        rows = eval_rows(fs.split_info(split, name), budget, k)
+        return memory_blocks(est, *loaded[split], rows, k)
+
     def predict_split(split: str):
-        Xs, ys = loaded[split] if split in loaded else fs.load(split, name)  # the test split is read here, once
+        Xs, ys = loaded[split] if split in loaded else fs.load(split, name)
         return ys, est.predict(Xs), full_proba(est, Xs, k)
 
-    return Fitted(est, best, selection, predict_split, oof)
+    return Fitted(est, best, selection, predict_split, oof, predict_blocks=predict_blocks)
 
 
 def _record(
@@ -283,95 +294,52 @@ def _record(
     fit_seconds: float,
     runs,
     extra: dict,
+    budget: int | None = None,
 ) -> RunRecord:
-    """Calibrate, evaluate the chosen model on each split (the test split last, once) and write the run folder."""
+    """Calibrate, evaluate the chosen model on each split (the test split once) in blocks within ``budget``, its
+    validation and test probabilities written to the run's predictions.npz as they come
+    (``featstore.experiments.scoring``), and write the run folder."""
     meta = fs.metadata(name)
-    raw, t_pred, n_pred = {}, 0.0, 0
-    # a streamed fit's train split is scored from its blocks once the calibration is known (after the other splits)
-    from_blocks = splits.train if fitted.predict_blocks is not None else None
-    for split in splits.used:
-        if split == from_blocks:
-            continue
-        t = time.perf_counter()
-        try:
-            raw[split] = fitted.predict_split(split)
-        except ValueError as exc:  # e.g. knn asked for more neighbours than training rows
-            raise ConfigError(f"{clf} with {params} cannot predict {split!r}: {exc}") from exc
-        t_pred += time.perf_counter() - t
-        n_pred += len(raw[split][0])
     notes = extra.pop("notes")
-    cal = _calibration(splits, fitted, raw, notes)
-    evaluated, probas, train_y = {}, {}, None
-    if from_blocks:
-        t = time.perf_counter()
-        _, _, evaluated[from_blocks] = run_metrics_blocks(fitted.predict_blocks(from_blocks), class_names, cal)
-        t_pred += time.perf_counter() - t
-        n_pred += evaluated[from_blocks]["n"]
-    for split in list(raw):
-        y, pred, proba = raw.pop(split)  # dropped once scored: one split's probabilities held at a time
-        evaluated[split] = run_metrics(y, pred, class_names, proba, cal)
-        if split != splits.train:
-            probas[split] = (proba, y, *_identity(fs, name, split))
-        else:
-            train_y = y
-        del proba
-    if fitted.oof is not None:  # train's out-of-fold figures: what a sweep without validation chooses on
-        y = train_y
-        oof_split = f"{splits.train}{OOF}"
-        evaluated[oof_split] = run_metrics(y, fitted.oof.proba.argmax(axis=1), class_names, fitted.oof.proba, cal)
-        probas[oof_split] = (fitted.oof.proba, y, *_identity(fs, name, splits.train))
-    record = draft(
-        "fit",
-        clf,
-        store=str(fs.path.resolve()),
-        extractor=name,
-        fingerprint=meta["fingerprint"],
-        extractor_attrs=meta,
-        class_names=class_names,
-        params=params,
-        given=given,
-        selection=fitted.selection,
-        calibration=cal,
-        splits={s: evaluated[s]["n"] for s in splits.used},
-        metrics=evaluated,
-        fit_seconds=round(fit_seconds, 4),
-        predict_seconds_per_image=t_pred / max(n_pred, 1),
-        **extra,
-        notes=notes,
-    )
-    head = fitted.est.steps[-1][1]
-    if hasattr(head, "history_"):
-        record["history"] = head.history_
+    evaluated: dict = {}
     try:
-        return write_run(runs_root(fs.path, runs), record, fitted.est, probas)
+        with RunDraft(runs_root(fs.path, runs), clf) as run_draft:
+            evaluated, cal, clock = score_splits(
+                fs,
+                name,
+                splits,
+                fitted,
+                class_names,
+                run_draft.predictions,
+                EVAL_BUDGET if budget is None else budget,
+                notes,
+                f"{clf} with {params}",
+            )
+            record = draft(
+                "fit",
+                clf,
+                store=str(fs.path.resolve()),
+                extractor=name,
+                fingerprint=meta["fingerprint"],
+                extractor_attrs=meta,
+                class_names=class_names,
+                params=params,
+                given=given,
+                selection=fitted.selection,
+                calibration=cal,
+                splits={s: evaluated[s]["n"] for s in splits.used},
+                metrics=evaluated,
+                fit_seconds=round(fit_seconds, 4),
+                predict_seconds_per_image=clock.seconds / max(clock.rows, 1),
+                **extra,
+                notes=notes,
+            )
+            head = fitted.est.steps[-1][1]
+            if hasattr(head, "history_"):
+                record["history"] = head.history_
+            return run_draft.finish(record, fitted.est)
     except OutputError as exc:  # say what was fitted, so the figures are not lost with the folder
         figures = ", ".join(f"{s} {m['accuracy']:.3f}" for s, m in evaluated.items())
-        raise OutputError(f"{clf} was fitted in {fit_seconds:.1f} s (accuracy: {figures}), but {exc}") from None
-
-
-def _identity(fs: FeatureStore, name: str, split: str) -> tuple[str, str]:
-    """``(paths digest, listing digest)`` of a split: which images its rows are (ensembles and comparisons check)."""
-    return digest_paths(fs.paths(split, name)), str(fs.split_info(split, name).get("listing_sha256", ""))
-
-
-def _calibration(splits: Splits, fitted: Fitted, raw: dict, notes: list[str]) -> dict:
-    """The run's probability calibration: a temperature fitted on validation, else on train's out-of-fold rows."""
-    if splits.validation:
-        y, _, proba = raw[splits.validation]
-        cal = calibrate_on_validation(proba, y)
-    elif fitted.oof is not None:
-        y = raw[splits.train][0]
-        cal = calibrate_on_out_of_fold(fitted.oof.proba, y, fitted.oof.folds, CV_SEED, fitted.oof.grouped)
-    else:
-        return not_calibrated(f"streamed without a validation split ({splits.validation_missing})")
-    if cal["at_bound"] and cal["T"] < 1:  # every held-out row right: the likelihood grows without limit as T -> 0
-        return not_calibrated(
-            f"the temperature fitted on {cal['fitted_on']} sharpens without limit (its {cal['n']} rows were all, or "
-            f"almost all, right with high confidence); the model's own probabilities are kept"
-        )
-    if splits.validation:
-        notes.append(
-            f"probabilities calibrated on {splits.validation!r} (temperature {cal['T']:.3g}): its log-loss and ECE "
-            f"are optimistic; judge calibration by test"
-        )
-    return cal
+        raise OutputError(
+            f"{clf} was fitted in {fit_seconds:.1f} s" + (f" (accuracy: {figures})" if figures else "") + f", but {exc}"
+        ) from None

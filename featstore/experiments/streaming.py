@@ -214,9 +214,11 @@ def fit_streaming(
     fitted = []
     for p in full:
         est = stream_fit(fs, name, clf, p, train, validation, budget, augmented)
-        if len(full) > 1:
-            yv, pv, _ = stream_predict(est, fs, name, validation, budget, len(class_names))
-            fitted.append((float(np.mean(pv == yv)), est))
+        if len(full) > 1:  # accuracy counted block by block: never the split's (N, K) probabilities
+            right = total = 0
+            for yv, pv, _ in predict_blocks(est, fs, name, validation, budget, len(class_names)):
+                right, total = right + int(np.sum(pv == yv)), total + len(yv)
+            fitted.append((right / total, est))
         else:
             fitted.append((0.0, est))
     best = int(np.argmax([s for s, _ in fitted]))

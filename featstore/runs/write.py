@@ -21,19 +21,28 @@ import shutil
 import stat
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from featstore.errors import OutputError, StoreError
 from featstore.runs.artifacts import save_estimator
-from featstore.runs.files import PREDICTIONS, RECORD, json_default, sha256_of, valid_name
+from featstore.runs.files import (
+    PREDICTIONS,
+    RECORD,
+    BrokenRunError,
+    check_zip_file,
+    json_default,
+    sha256_of,
+    valid_name,
+    verify_file,
+)
 from featstore.runs.folder import load_predictions
 from featstore.runs.kinds import parse_record
+from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
 from featstore.stats.calibration import apply_calibration
-from featstore.stats.figures import completed, packed_confusion
+from featstore.stats.figures import RowFigures, completed, packed_confusion
 
 logger = logging.getLogger(__name__)
 
@@ -139,35 +148,48 @@ def _umask() -> int:
     return mask
 
 
-def _stored(split: tuple) -> dict:
-    """predictions.json's entry of one split from ``(probabilities, labels, paths_sha256[, listing_sha256])``."""
-    y, digest, listing = split[1], split[2], (split[3] if len(split) > 3 else None)
-    return {"paths_sha256": digest, "n": int(len(y)), **({"listing_sha256": listing} if listing else {})}
+EVAL_BLOCK_BYTES = 64 << 20  # probabilities read back at a time to complete a split's figures (8,192 rows of 1,000)
 
 
-def _with_figures(record: dict, probas: dict) -> dict:
+def _stored(split: StoredSplit) -> dict:
+    """predictions.json's entry of one split."""
+    listing = split.listing_sha256
+    return {
+        "paths_sha256": split.paths_sha256,
+        "n": int(len(split.labels)),
+        **({"listing_sha256": listing} if listing else {}),
+    }
+
+
+def _with_figures(record: dict, preds: PredictionsWriter) -> dict:
     """Every evaluated split's metrics with the figures it lacks (``featstore.stats.figures.completed``): intervals
-    from its confusion matrix, log-loss, ECE and top-5 from its stored probabilities, calibrated as the record says."""
+    from its confusion matrix, log-loss, ECE and top-5 from its stored probabilities (read back in blocks, calibrated
+    as the record says), computed only when missing (a fit's are already there)."""
     cal = record.get("calibration")
     metrics = {}
     for split, m in record.get("metrics", {}).items():
-        stored = probas.get(split)
-        proba = None if stored is None else (stored[0] if cal is None else apply_calibration(cal, stored[0]))
-        metrics[split] = completed(m, None if stored is None else stored[1], proba)
+        stored = preds.splits.get(split)
+        rows = None
+        if stored is not None and "log_loss" not in m and len(stored.labels):
+            per = max(1, EVAL_BLOCK_BYTES // (8 * max(stored.shape[1], 1)))
+            rows, at = [], 0
+            for block in preds.blocks(split, per):
+                y = stored.labels[at : at + len(block)]
+                rows.append(RowFigures.of(y, block if cal is None else apply_calibration(cal, block)))
+                at += len(block)
+            rows = RowFigures.join(rows)
+        metrics[split] = completed(m, None if stored is None else stored.labels, rows)
     return {**record, "metrics": metrics}
 
 
-def _write_contents(tmp: Path, record: dict, probas: dict, folder: Path) -> RunRecord:
-    """predictions.npz and run.json (with the predictions' sha256) into a temporary run folder; the record, validated
-    as ``folder`` (its final place) will read it, before run.json is written."""
-    np.savez(
-        tmp / PREDICTIONS,
-        **{f"{s}__proba": p[0] for s, p in probas.items()},
-        **{f"{s}__labels": p[1] for s, p in probas.items()},
-    )
+def _write_contents(tmp: Path, record: dict, preds: PredictionsWriter, folder: Path) -> RunRecord:
+    """Close predictions.npz and write run.json (with the predictions' sha256) into a temporary run folder; the record,
+    validated as ``folder`` (its final place) will read it, before run.json is written."""
+    record = _with_figures(record, preds)
+    preds.close()
     record = {
-        **_with_figures(record, probas),
-        "predictions": {s: _stored(p) for s, p in probas.items()},
+        **record,
+        "predictions": {s: _stored(p) for s, p in preds.splits.items()},
         "predictions_sha256": sha256_of(tmp / PREDICTIONS),
     }
     obj = json.loads(json.dumps(record, default=json_default))  # plain JSON values, as a reader will see them
@@ -191,34 +213,71 @@ def not_written(exc: OSError, root: Path, run_id: str) -> OutputError:
     )
 
 
+class RunDraft:
+    """A new run folder while it is written: a marked hidden temporary folder in ``root`` whose ``predictions``
+    (:class:`~featstore.runs.predictions_file.PredictionsWriter`) are written split by split as they are computed,
+    renamed to the run's id by :meth:`finish`; removed if anything fails first (an OSError is then an OutputError
+    saying nothing was recorded). Example::
+
+        with RunDraft(root, "logreg") as draft:
+            with draft.predictions.probabilities("test", n, k) as member:
+                ...  # member.write(block) for each block of probabilities
+            draft.predictions.labels("test", y, paths_sha256)
+            rec = draft.finish(record, est)
+    """
+
+    def __init__(self, root: Path, name: str):
+        self.root, self.name, self.done = Path(root), name, False
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            clean_orphans(self.root)
+            self.tmp = _make_temp(self.root, name)
+        except OSError as exc:
+            raise not_written(exc, self.root, name) from None
+        try:
+            self.predictions = PredictionsWriter(self.tmp / PREDICTIONS)
+        except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise not_written(exc, self.root, name) from None
+
+    def __enter__(self) -> RunDraft:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.done:
+            return
+        self.predictions.discard()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise not_written(exc, self.root, self.name) from None
+
+    def finish(self, record: dict, est) -> RunRecord:
+        """Save the model (or none), close the predictions, write run.json and rename the folder to the run's id."""
+        if est is not None:
+            record = {**record, "artifact": save_estimator(est, self.tmp)}
+        rec = _write_contents(self.tmp, record, self.predictions, self.root / record["id"])
+        os.replace(self.tmp, self.root / record["id"])
+        self.done = True
+        (self.root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
+        logger.info("recorded run %s in %s", record["id"], self.root)
+        return rec
+
+
 def write_run(root: Path, record: dict, est, probas: dict) -> RunRecord:
     """Write a new run (its JSON without predictions and artifact, e.g. from ``record.draft``, the fitted model or None,
     and ``{split: (probabilities, labels, paths_sha256[, listing_sha256])}``) into a hidden temporary folder, then
     rename: a run folder is complete or absent. Returns the validated record; an OSError (a full disk, a read-only
-    folder) is an OutputError saying that nothing was recorded."""
-    root = Path(root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        clean_orphans(root)
-        tmp = _make_temp(root, record["id"])
-    except OSError as exc:
-        raise not_written(exc, root, record["id"]) from None
-    try:
-        if est is not None:
-            record = {**record, "artifact": save_estimator(est, tmp)}
-        rec = _write_contents(tmp, record, probas, root / record["id"])
-        os.replace(tmp, root / record["id"])
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OutputError):
-            raise
-        raise not_written(exc, root, record["id"]) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    (root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
-    logger.info("recorded run %s in %s", record["id"], root)
-    return rec
+    folder) is an OutputError saying that nothing was recorded. (A fit writes its predictions as it computes them,
+    through :class:`RunDraft`.)"""
+    with RunDraft(root, record["id"]) as draft:
+        for split, p in probas.items():
+            draft.predictions.add(split, p[0], p[1], p[2], p[3] if len(p) > 3 else None)
+        return draft.finish(record, est)
+
+
+def _skip_predictions(where: str, folder: Path) -> list[str]:
+    """What add_split's copy of a run folder leaves out: the old predictions.npz (written anew, split by split)."""
+    return [PREDICTIONS] if Path(where) == Path(folder) else []
 
 
 def add_split(
@@ -226,11 +285,12 @@ def add_split(
 ) -> RunRecord:
     """A new version of a run folder with one more evaluated split: written aside, checked, then swapped in.
 
-    ``prediction`` is ``(probabilities, labels, paths_sha256)``. The folder is briefly absent during the swap,
+    ``prediction`` is ``(probabilities, labels, paths_sha256[, listing_sha256])``; the splits already stored are
+    copied from the old predictions.npz a MiB at a time, never loaded. The folder is briefly absent during the swap,
     never half-written; a kill leaves the old version or the new one (and marked temporary folders the orphan
     cleaner removes, or restores when the old version is the only copy left).
     """
-    old = load_predictions(folder, record)
+    old_sha, k = record["predictions_sha256"], len(record.class_names)
     stored = {s: (info.paths_sha256, info.listing_sha256) for s, info in record.predictions.items()}
     record = record.to_json()
     record["metrics"] = {**record["metrics"], split: split_metrics}
@@ -243,23 +303,38 @@ def add_split(
     except OSError as exc:
         raise not_written(exc, root, record["id"]) from None
     aside = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")  # unique as tmp is
+    preds = None
     try:
-        shutil.copytree(folder, tmp, symlinks=True, dirs_exist_ok=True)
+        shutil.copytree(
+            folder, tmp, symlinks=True, dirs_exist_ok=True, ignore=lambda d, _: _skip_predictions(d, folder)
+        )
         _mark(tmp, record["id"], "new")  # in case the folder held a stale marker
-        probas = {s: (old[f"{s}__proba"], old[f"{s}__labels"], *digests) for s, digests in stored.items()}
-        probas[split] = prediction
-        rec = _write_contents(tmp, record, probas, folder)
+        preds = PredictionsWriter(tmp / PREDICTIONS)
+        path = verify_file(folder, PREDICTIONS, old_sha, "stored predictions")  # the file the run was verified with
+        check_zip_file(path, "stored predictions", folder, "npz file")
+        with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # each split copied a MiB at a time, never loaded
+            for s, digests in stored.items():
+                preds.copy(s, z, read_labels(z, s, record["predictions"][s]["n"], k), *digests)
+        preds.add(split, *prediction)
+        rec = _write_contents(tmp, record, preds, folder)
         load_predictions(tmp, rec)  # the new predictions file reads back whole before it replaces the old one
         _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
         os.replace(folder, aside)
         os.replace(tmp, folder)
     except BaseException as exc:
+        if preds is not None:
+            preds.discard()
         shutil.rmtree(tmp, ignore_errors=True)
         if not os.path.lexists(folder) and aside.is_dir():
             os.replace(aside, folder)  # the second rename failed: put the old version back
         (folder / TMP_MARKER).unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
             raise not_written(exc, root, record["id"]) from None
+        if isinstance(exc, (KeyError, ValueError, zipfile.BadZipFile)):
+            raise BrokenRunError(
+                f"stored predictions of run {record['id']} cannot be read ({exc}); remove the folder {folder} and fit "
+                f"again"
+            ) from None
         raise
     (folder / TMP_MARKER).unlink(missing_ok=True)
     shutil.rmtree(aside, ignore_errors=True)

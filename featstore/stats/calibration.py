@@ -25,6 +25,7 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -75,13 +76,19 @@ def as_logits(values, input: str, floor: float = FLOOR) -> np.ndarray:
 def _nll(z: np.ndarray, y: np.ndarray, t: float) -> float:
     """Mean negative log-likelihood of ``y`` under ``softmax(z / t)`` (exact, via log-sum-exp)."""
     per_row = np.empty(len(y))
+    _nll_rows(z, y, t, per_row)
+    return float(np.mean(per_row))
+
+
+def _nll_rows(z: np.ndarray, y: np.ndarray, t: float, out: np.ndarray) -> None:
+    """Each row's negative log-likelihood under ``softmax(z / t)`` into ``out``: row by row the same numbers however
+    the rows are cut into blocks (every operation is along a row), so a streamed fit's mean is the in-memory one."""
     step = max(1, _NLL_CELLS // max(z.shape[1], 1))  # rows at a time: a few (rows, K) temporaries, not (N, K) ones
     for a in range(0, len(y), step):
         s = z[a : a + step] / t
         m = s.max(axis=1)
         lse = m + np.log(np.exp(s - m[:, None]).sum(axis=1))
-        per_row[a : a + step] = lse - s[np.arange(len(s)), y[a : a + step]]
-    return float(np.mean(per_row))
+        out[a : a + step] = lse - s[np.arange(len(s)), y[a : a + step]]
 
 
 def fit_temperature(
@@ -109,36 +116,107 @@ def fit_temperature(
     """
     if input == "probabilities" and floor is None:
         v = np.asarray(values, dtype=np.float64)
-        positive = v[v > 0]
-        floor = min(FLOOR, float(positive.min())) if positive.size else FLOOR
+        floor = _floor_of([v])
     z = as_logits(values, input, FLOOR if floor is None else floor)
+    y = _checked_labels(y, len(z), z.shape[1])
+    return _fit(lambda t: _nll(z, y, t), len(y), input, floor, bounds)
+
+
+def fit_temperature_blocks(
+    blocks: Callable[[], Iterable[np.ndarray]],
+    y,
+    n_classes: int,
+    floor: float | None = None,
+    bounds: tuple[float, float] = BOUNDS,
+    max_bytes: int = 0,
+) -> dict:
+    """:func:`fit_temperature` of probabilities given block by block: ``blocks()`` yields the held-out rows'
+    ``(rows, n_classes)`` probabilities in order, and is called again for every step of the search, so no
+    ``(N, K)`` array is made (a validation split of 10⁵ rows and 1,000 classes is 0.8 GB of them). When the logits
+    fit in ``max_bytes`` they are kept after the first pass instead. The record is the one :func:`fit_temperature`
+    gives on the whole array, exactly: every figure is computed row by row and averaged over all rows at once.
+
+    >>> p = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    >>> fit_temperature_blocks(lambda: (p[:2], p[2:]), [0, 1, 1], 2) == fit_temperature(p, [0, 1, 1])
+    True
+    """
+    y = _checked_labels(y, len(np.asarray(y)), n_classes)
+    if floor is None:
+        floor = _floor_of(blocks())
+    if len(y) * n_classes * 8 <= max_bytes:  # small enough: the logits once, as fit_temperature keeps them
+        z = np.concatenate([_block_logits(b, n_classes, floor) for b in blocks()])
+        if len(z) != len(y):
+            raise ValueError(f"the probability blocks gave {len(z)} rows for {len(y)} labels")
+        return _fit(lambda t: _nll(z, y, t), len(y), "probabilities", floor, bounds)
+
+    def nll(t: float) -> float:
+        per_row, at = np.empty(len(y)), 0
+        for block in blocks():
+            z = _block_logits(block, n_classes, floor)
+            if at + len(z) > len(y):
+                raise ValueError(f"the probability blocks gave more rows than the {len(y)} labels")
+            _nll_rows(z, y[at : at + len(z)], t, per_row[at : at + len(z)])
+            at += len(z)
+        if at != len(y):
+            raise ValueError(f"the probability blocks gave {at} rows for {len(y)} labels")
+        return float(np.mean(per_row))
+
+    return _fit(nll, len(y), "probabilities", floor, bounds)
+
+
+def _block_logits(block, n_classes: int, floor: float) -> np.ndarray:
+    """The floored log-probabilities of one block of ``n_classes`` columns."""
+    z = as_logits(block, "probabilities", floor)
+    if z.shape[1] != n_classes:
+        raise ValueError(f"probability blocks of {n_classes} columns expected, got {z.shape}")
+    return z
+
+
+def _floor_of(blocks: Iterable[np.ndarray]) -> float:
+    """The floor for exact zeros: the smaller of FLOOR and the smallest positive probability of any block."""
+    least = math.inf
+    for block in blocks:
+        v = np.asarray(block, dtype=np.float64)
+        positive = v[v > 0]
+        if positive.size:
+            least = min(least, float(positive.min()))
+    return min(FLOOR, least)
+
+
+def _checked_labels(y, n: int, k: int) -> np.ndarray:
+    """``y`` as ``n`` class indices in 0..k-1, at least one (ValueError otherwise)."""
     y = np.asarray(y)
-    if y.shape != (len(z),) or (len(y) and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= z.shape[1])):
-        raise ValueError(f"labels must be {len(z)} class indices in 0..{z.shape[1] - 1}, got shape {y.shape}")
+    if y.shape != (n,) or (len(y) and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= k)):
+        raise ValueError(f"labels must be {n} class indices in 0..{k - 1}, got shape {y.shape}")
     if len(y) == 0:
         raise ValueError("fitting a temperature needs at least one held-out row")
+    return y
+
+
+def _fit(nll: Callable[[float], float], n: int, input: str, floor, bounds) -> dict:
+    """The calibration record of the temperature minimising ``nll`` within ``bounds``."""
     lo, hi = bounds
     if not 0 < lo < 1 < hi:
         raise ValueError(f"temperature bounds must satisfy 0 < low < 1 < high, got {bounds}")
     from scipy.optimize import minimize_scalar
 
     res = minimize_scalar(
-        lambda log_t: _nll(z, y, math.exp(log_t)),
+        lambda log_t: nll(math.exp(log_t)),
         bounds=(math.log(lo), math.log(hi)),
         method="bounded",
         options={"xatol": 1e-6},
     )
     t = math.exp(float(res.x))
     # the bounded search never evaluates the bounds themselves: compare with them, so a monotone NLL ends on one
-    t = min((lo, t, hi), key=lambda c: _nll(z, y, c))
+    t = min((lo, t, hi), key=nll)
     return {
         "method": "temperature",
         "T": t,
         "input": input,
         "floor": floor if input == "probabilities" else None,
-        "n": len(y),
-        "nll_before": _nll(z, y, 1.0),
-        "nll_after": _nll(z, y, t),
+        "n": n,
+        "nll_before": nll(1.0),
+        "nll_after": nll(t),
         "bounds": [lo, hi],
         "at_bound": t in (lo, hi),
     }
