@@ -56,3 +56,17 @@ def write_split(
 def blob(seed: int, size: int = 64) -> bytes:
     """Distinct file content (a stand-in for an image's bytes)."""
     return np.random.default_rng(seed).bytes(size)
+
+
+def eight_and_two(tmp_path: Path) -> Path:
+    """``tmp_path/f.h5``: extractor ``s`` with train (8 rows, 4 features) and test (its first 2 rows, the same images:
+    two planted leaks), their image files under ``tmp_path/data``, and its leaks record (threshold 0.99)."""
+    from featstore import find_leaks
+
+    store, data = tmp_path / "f.h5", tmp_path / "data"
+    X = np.random.default_rng(0).normal(0, 1, (8, 4)).astype(np.float32)
+    y = np.array([0, 1] * 4)
+    write_split(store, "s", "train", X, y, [f"train/{i}.png" for i in range(8)], data, [blob(i) for i in range(8)])
+    write_split(store, "s", "test", X[:2], y[:2], ["test/0.png", "test/1.png"], data, [blob(0), blob(1)])
+    find_leaks(store, threshold=0.99)
+    return store

@@ -29,16 +29,9 @@ def _elsewhere(tmp_path: Path) -> Path:
 
 def _leaks_store(tmp_path: Path) -> Path:
     """A synthetic store of train and test (8 + 2 rows, with their image files) and its leaks record."""
-    from featstore import find_leaks
-    from tests.leaks_stores import blob, write_split
+    from tests.leaks_stores import eight_and_two
 
-    store, data = tmp_path / "f.h5", tmp_path / "data"
-    X = np.random.default_rng(0).normal(0, 1, (8, 4)).astype(np.float32)
-    y = np.array([0, 1] * 4)
-    write_split(store, "s", "train", X, y, [f"train/{i}.png" for i in range(8)], data, [blob(i) for i in range(8)])
-    write_split(store, "s", "test", X[:2], y[:2], ["test/0.png", "test/1.png"], data, [blob(0), blob(1)])
-    find_leaks(store, threshold=0.99)
-    return store
+    return eight_and_two(tmp_path)
 
 
 # ============================================================ 1. a linked <store>.cache: refused, never written through

@@ -35,8 +35,23 @@ from featstore.runs.files import BrokenRunError
 
 from .conftest import TINY_CONFIG
 
-
 # ============================================================ 1. a Ray actor's WeightsError: one line, not a traceback
+
+
+def _read_only(monkeypatch, folder: Path):
+    """Folders cannot be made under ``folder`` (os.mkdir raises EACCES there), as in a read-only folder for root;
+    returns the real os.mkdir."""
+    mkdir = os.mkdir
+
+    def read_only(path, *a, **k):
+        if str(path).startswith(str(folder)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return mkdir(path, *a, **k)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    return mkdir
+
+
 def test_an_actor_refusing_its_weights_is_one_line_at_the_driver():
     ray = pytest.importorskip("ray")
     import traceback
@@ -202,14 +217,7 @@ def test_predict_runtime_onnx_on_a_store_whose_folder_takes_no_cache_exports_for
     from featstore.models.extractor import Extractor
 
     (tmp_path / "ro").mkdir()
-    mkdir = os.mkdir
-
-    def read_only(path, *a, **k):
-        if str(path).startswith(str(tmp_path / "ro")):
-            raise PermissionError(13, "Permission denied", str(path))
-        return mkdir(path, *a, **k)
-
-    monkeypatch.setattr(os, "mkdir", read_only)
+    mkdir = _read_only(monkeypatch, tmp_path / "ro")
     with caplog.at_level(logging.WARNING, logger="featstore.models.onnx_runtime"):
         ex = Extractor(replace(CUT, runtime="onnx"), runtime_cache=tmp_path / "ro" / "f.h5.cache" / "onnx")
     assert ex.config.runtime == "onnx" and ex.runtime_file is None and 0 <= ex.runtime_max_abs_diff
@@ -405,14 +413,7 @@ def test_similar_html_of_a_store_whose_folder_takes_no_cache_is_written(tmp_path
     write_split(
         store, "s", "train", X, np.array([0, 1] * 3), names, tmp_path / "ro" / "data", [png(i) for i in range(6)]
     )
-    mkdir = os.mkdir
-
-    def read_only(path, *a, **k):
-        if str(path).startswith(str(tmp_path / "ro")):
-            raise PermissionError(13, "Permission denied", str(path))
-        return mkdir(path, *a, **k)
-
-    monkeypatch.setattr(os, "mkdir", read_only)
+    _read_only(monkeypatch, tmp_path / "ro")
     page = tmp_path / "similar.html"
     r = cli("similar", "--store", store, "--split", "train", "-k", "2", "--exact", "--html", page, "train/0.png")
     out = no_traceback(r)

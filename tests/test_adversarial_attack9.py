@@ -118,18 +118,12 @@ def test_a_planted_leak_pairs_cache_cannot_make_report_show_any_file(tmp_path):
     """``report`` took the pairs and their folders from ``<store>.cache/leaks-<key>.json`` as found (the key is a
     hash of the leaks record, which anyone who can read the store can compute): a planted file made the report
     thumbnail and publish any image on the machine (``/home/me/private.png``) as a "leak"."""
-    import numpy as np
 
-    from featstore import FeatureStore, find_leaks
+    from featstore import FeatureStore
     from featstore.report.site.storeview import leak_view
-    from tests.leaks_stores import blob, write_split
+    from tests.leaks_stores import eight_and_two
 
-    store, data = tmp_path / "f.h5", tmp_path / "data"
-    X = np.random.default_rng(0).normal(0, 1, (8, 4)).astype(np.float32)
-    y = np.array([0, 1] * 4)
-    write_split(store, "s", "train", X, y, [f"train/{i}.png" for i in range(8)], data, [blob(i) for i in range(8)])
-    write_split(store, "s", "test", X[:2], y[:2], ["test/0.png", "test/1.png"], data, [blob(0), blob(1)])
-    find_leaks(store, threshold=0.99)
+    store = eight_and_two(tmp_path)
     cache = tmp_path / "cache"
     honest = leak_view(FeatureStore(store), "s", cache, "")
     assert honest.pairs and not honest.note
