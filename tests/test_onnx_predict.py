@@ -58,7 +58,7 @@ def _by_path(rows: list[dict]) -> dict:
 @pytest.mark.parametrize("which", ["logreg", "ens"])
 def test_onnx_predictions_equal_keras_ones_from_the_extracts_cut(made, calls, which):
     images = [made["data"] / "test"]
-    keras_rows = _by_path(predict(made[which]["id"], images, store=made["store"]))
+    keras_rows = _by_path(predict(made[which]["id"], images, store=made["store"], runtime="keras"))
     assert calls["start"] == []
     onnx_rows = _by_path(predict(made[which]["id"], images, store=made["store"], runtime="onnx"))
     assert calls["start"] == [1]  # ONNX Runtime ran the features (an ensemble's members share one extractor)
@@ -70,6 +70,28 @@ def test_onnx_predictions_equal_keras_ones_from_the_extracts_cut(made, calls, wh
         o = onnx_rows[path]
         assert o["label"] == k["label"] and o["error"] == k["error"] == ""
         assert abs(o["probability"] - k["probability"]) < 1e-3, (path, o, k)
+
+
+def test_a_run_predicts_with_the_runtime_its_features_were_extracted_with_unless_told(made, calls, tmp_path):
+    """Train was extracted with --runtime onnx: predict runs the run's extractor with ONNX Runtime by default (the
+    cached cut, not exported again), --runtime keras overrides it; a run on a store extracted with Keras only, or with
+    no store file to read, runs with Keras."""
+    images = [made["data"] / "test"]
+    predict(made["logreg"]["id"], images, store=made["store"])
+    assert calls == {"start": [1], "export": []}
+    predict(made["logreg"]["id"], images, store=made["store"], runtime="keras")
+    assert calls["start"] == [1]
+    keras_store = tmp_path / "k.h5"
+    for split in ("train", "validation", "test"):
+        extract(made["data"], split, keras_store, CUT, batch_size=6)
+    rid = fit(keras_store, "logreg", {})["id"]
+    predict(rid, images, store=keras_store)
+    assert calls["start"] == [1]
+    from featstore.runs.apply import recorded_runtime
+
+    fp = made["logreg"]["fingerprint"]
+    assert recorded_runtime(made["store"], fp) == "onnx" and recorded_runtime(keras_store, fp) == "keras"
+    assert recorded_runtime(tmp_path / "none.h5", fp) == "keras" and recorded_runtime(made["store"], "other") == "keras"
 
 
 def test_cli_runtime_option_and_refusals(made):

@@ -273,11 +273,12 @@ def predict(
         ),
     ] = False,
     runtime: Annotated[
-        str,
+        Optional[str],
         typer.Option(
-            help="What runs the run's frozen extractor: keras, or onnx (ONNX Runtime on the CPU; needs the onnx extra). onnx loads the cut that extract --runtime onnx left in <store>.cache/onnx/ (or exports it there) after the weights are checked with Keras, and checks it against Keras. Not for fine-tuned runs."
+            help="What runs the run's frozen extractor: keras, or onnx (ONNX Runtime on the CPU; needs the onnx extra). onnx loads the cut that extract --runtime onnx left in <store>.cache/onnx/ (or exports it there) after the weights are checked with Keras, and checks it against Keras. Not for fine-tuned runs. Default: the runtime the store recorded for the run's features (onnx when a split of them was extracted with --runtime onnx), else keras.",
+            show_default=False,
         ),
-    ] = "keras",
+    ] = None,
     store: StoreOpt = Path("features.h5"),
     runs: RunsOpt = None,
 ) -> None:

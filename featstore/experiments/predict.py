@@ -98,7 +98,7 @@ def predict(
     batch_size: int = 32,
     workers: int | None = None,
     trust_model: bool = False,
-    runtime: str = "keras",
+    runtime: str | None = None,
 ) -> list[dict]:
     """Class and probability per image for a fit, finetune or ensemble run; unreadable images, and images whose
     features come out NaN or infinite (the extractor's fault, not the fit's), get a row with their reason.
@@ -110,7 +110,9 @@ def predict(
     loaded: give it only for a model file you made yourself. ``runtime="onnx"`` runs the rebuilt extractor (of a fit
     or of an ensemble's members; not a fine-tuned model) with ONNX Runtime, as ``extract --runtime onnx`` does: its
     weights and fingerprint are checked with Keras first, then the cut is loaded from ``<store>.cache/onnx/`` (where
-    ``extract --runtime onnx`` left it) or exported there, and checked against Keras. Example::
+    ``extract --runtime onnx`` left it) or exported there, and checked against Keras. ``runtime=None`` (the default):
+    the runtime ``store`` recorded for the run's features (:func:`featstore.runs.apply.recorded_runtime`: onnx when a
+    split of them was extracted with ``--runtime onnx``), Keras for a fine-tuned run. Example::
 
         predict("logreg-1a2b3c", ["new_images/"], out="predictions.csv")
     """
@@ -121,7 +123,8 @@ def predict(
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size!r}")
     if batch_size > MAX_BATCH:  # a 20-digit one reached itertools.islice (a traceback)
         raise ConfigError(f"--batch-size must be at most {MAX_BATCH}, got {batch_size}")
-    check_runtime(runtime)  # a runtime that is not one, or onnx without its packages: refused before any work
+    if runtime is not None:
+        check_runtime(runtime)  # a runtime that is not one, or onnx without its packages: refused before any work
     if out is not None:
         _check_out(Path(out))
     root = runs_root(store, runs)
@@ -134,6 +137,7 @@ def predict(
         # no store file (--runs given): nothing extract left to load; a cut exported beside a store that is not there
         # (--store data/test/x.h5) was a 58 MB file inside the images predicted on. It is exported to a temporary folder
         runtime_cache=cache_dir(store) / CACHE_FOLDER if Path(store).is_file() else None,
+        store=Path(store),
     )
     # refused before any image is read: the models loaded, a fitted run's extractor rebuilt (its weights' digest checked)
     model = kind_of(rec).for_images(rec, folder, options)

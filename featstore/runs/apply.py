@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, DataError, WeightsError
+from featstore.errors import ConfigError, DataError, StoreError, WeightsError
 from featstore.images.listing import discover, load_image, printable
 from featstore.runs.files import BrokenRunError
 from featstore.store.reader import FeatureStore
@@ -109,8 +109,11 @@ class ApplyOptions:
     weights: str | None = None  # --weights: replaces a recorded weights *file* (moved or copied)
     trust_model: bool = False  # the caller's permission for a legacy .h5 model file, never the record's
     workers: int = 2  # image decoding threads
-    runtime: str = "keras"  # --runtime: what runs a rebuilt extractor's forward pass (onnx: ONNX Runtime, checked)
+    # --runtime: what runs a rebuilt extractor's forward pass (onnx: ONNX Runtime, checked); None: the one the store
+    # recorded for those features (recorded_runtime)
+    runtime: str | None = "keras"
     runtime_cache: Path | None = None  # where --runtime onnx keeps its exported cuts (<store>.cache/onnx)
+    store: Path | None = None  # the store file whose recorded runtimes runtime=None follows
     _extractors: dict = field(default_factory=dict, repr=False)  # fingerprint -> Extractor
 
     def extractor(self, attrs: dict):
@@ -120,10 +123,41 @@ class ApplyOptions:
             override = (
                 self.weights if attrs.get("weights_source") in ("file", "model-file", "keras-hub-preset") else None
             )
-            self._extractors[fp] = rebuild_extractor(
-                attrs, override, self.trust_model, self.runtime, self.runtime_cache
-            )
+            runtime = self.runtime or recorded_runtime(self.store, fp)
+            try:
+                self._extractors[fp] = rebuild_extractor(attrs, override, self.trust_model, runtime, self.runtime_cache)
+            except ConfigError as exc:
+                if self.runtime is not None:
+                    raise
+                raise ConfigError(
+                    f"{exc}\n(The run's features were extracted with --runtime {runtime}, so predict runs them that "
+                    f"way; give --runtime keras to run them with Keras.)"
+                ) from exc
         return self._extractors[fp]
+
+
+def recorded_runtime(store: Path | None, fingerprint: str) -> str:
+    """The runtime a run's extractor runs with when the caller names none: ``onnx`` when a split of the store holding
+    features of ``fingerprint`` was extracted with ``--runtime onnx`` (recorded per split), else ``keras`` (also where
+    there is no store to read). Example::
+
+        recorded_runtime(Path("features.h5"), rec.fingerprint)       # "onnx" after extract --runtime onnx
+    """
+    if store is None or not Path(store).is_file():
+        return "keras"
+    try:
+        fs = FeatureStore(store)
+        found = {
+            str(fs.split_info(split, name).get("runtime", "keras"))
+            for name in fs.extractors(caches=False)
+            if fs.metadata(name).get("fingerprint") == fingerprint
+            for split in fs.splits(name)
+        }
+    except (StoreError, OSError):
+        return "keras"  # the run's own checks name a damaged store when they read it
+    runtime = "onnx" if "onnx" in found else "keras"
+    logger.info("the run's features were extracted with --runtime %s: predicting with it", runtime)
+    return runtime
 
 
 class ImageBatch:

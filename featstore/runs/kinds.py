@@ -355,7 +355,7 @@ class FinetuneKind(_FeaturesRun):
         return artifacts.load_finetuned(folder, rec, verified=True)
 
     def check_runtime(self, rec: RunRecord, options: ApplyOptions) -> None:
-        if options.runtime != "keras":
+        if options.runtime not in (None, "keras"):  # None: as recorded, and a fine-tuned run is Keras's
             raise ConfigError(
                 f"--runtime {options.runtime} runs a frozen extractor; {rec.id} is a fine-tuned model, which runs with "
                 f"Keras: leave out --runtime (or give --runtime keras)"
