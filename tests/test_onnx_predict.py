@@ -94,6 +94,21 @@ def test_a_run_predicts_with_the_runtime_its_features_were_extracted_with_unless
     assert recorded_runtime(tmp_path / "none.h5", fp) == "keras" and recorded_runtime(made["store"], "other") == "keras"
 
 
+def test_a_recorded_onnx_runtime_that_cannot_run_names_the_keras_option(made, monkeypatch):
+    """The user did not ask for ONNX Runtime (the store's record did): when it cannot run (here: not installed), the
+    message says why predict chose it and how to run with Keras."""
+    real = onnx_runtime.check_runtime
+
+    def missing(runtime, *a, **k):
+        if runtime == "onnx":
+            raise ConfigError('--runtime onnx needs onnxruntime: pip install "featstore[onnx]"')
+        return real(runtime, *a, **k)
+
+    monkeypatch.setattr(onnx_runtime, "check_runtime", missing)
+    with pytest.raises(ConfigError, match=r"(?s)pip install.*extracted with --runtime onnx.*give --runtime keras"):
+        predict(made["logreg"]["id"], [made["data"] / "test"], store=made["store"])
+
+
 def test_cli_runtime_option_and_refusals(made):
     ok = run(
         "predict", "--run", made["logreg"]["id"], "--runtime", "onnx", "--store", made["store"], made["data"] / "test"

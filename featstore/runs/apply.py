@@ -127,7 +127,8 @@ class ApplyOptions:
             try:
                 self._extractors[fp] = rebuild_extractor(attrs, override, self.trust_model, runtime, self.runtime_cache)
             except ConfigError as exc:
-                if self.runtime is not None:
+                # the caller's own --runtime, or Keras: nothing was chosen for them to be told about
+                if self.runtime is not None or runtime == "keras":
                     raise
                 raise ConfigError(
                     f"{exc}\n(The run's features were extracted with --runtime {runtime}, so predict runs them that "
