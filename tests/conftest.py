@@ -139,3 +139,14 @@ def interrupt_after_one_batch(monkeypatch: pytest.MonkeyPatch, *args, **kwargs) 
     with pytest.raises(KeyboardInterrupt):
         extract(*args, **kwargs)
     monkeypatch.undo()
+
+
+def ray_actor_died(ray, error: Exception):
+    """The ActorDiedError Ray gives the driver when an actor's constructor raises ``error``, built as Ray builds it
+    (a RayTaskError around the worker's formatted traceback), without a cluster."""
+    import traceback
+
+    try:
+        raise error
+    except Exception as exc:
+        return ray.exceptions.ActorDiedError(ray.exceptions.RayTaskError("__init__", traceback.format_exc(), exc))

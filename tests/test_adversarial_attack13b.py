@@ -33,7 +33,7 @@ import pytest
 from featstore.errors import ConfigError, OutputError
 from featstore.runs.files import BrokenRunError
 
-from .conftest import TINY_CONFIG
+from .conftest import TINY_CONFIG, ray_actor_died
 
 # ============================================================ 1. a Ray actor's WeightsError: one line, not a traceback
 
@@ -54,16 +54,8 @@ def _read_only(monkeypatch, folder: Path):
 
 def test_an_actor_refusing_its_weights_is_one_line_at_the_driver():
     ray = pytest.importorskip("ray")
-    import traceback
-
     from featstore.errors import StoreError, WeightsError
     from featstore.extraction.ray import worker_errors
-
-    def died(error: Exception):
-        try:
-            raise error
-        except Exception as exc:
-            return ray.exceptions.ActorDiedError(ray.exceptions.RayTaskError("__init__", traceback.format_exc(), exc))
 
     def batches(error: Exception):
         raise error
@@ -76,7 +68,7 @@ def test_an_actor_refusing_its_weights_is_one_line_at_the_driver():
                 "--runtime onnx: the worker cannot find the driver's ONNX file /data/a\nb/f.h5.cache/onnx/k.onnx; run"
             )
         with pytest.raises(kind) as err:
-            list(worker_errors(ray, batches(died(kind(message)))))
+            list(worker_errors(ray, batches(ray_actor_died(ray, kind(message)))))
         assert str(err.value) == message
 
 

@@ -18,7 +18,7 @@ import pytest
 from featstore import ConfigError, DataError, FeatureStore, extract
 from featstore.extraction.ray import Forward, RayEngine, RayOptions
 
-from .conftest import TINY_CONFIG, interrupt_after_one_batch, write_data_root
+from .conftest import TINY_CONFIG, interrupt_after_one_batch, ray_actor_died, write_data_root
 from .test_cli import run, tiny
 
 
@@ -84,28 +84,20 @@ def test_an_actor_that_refuses_at_start_up_is_its_own_one_line_error():
     Ray builds it (a RayTaskError around the worker's formatted traceback), without a cluster; a Ray run whose actors
     refuse was checked by hand to end the same way."""
     ray = pytest.importorskip("ray")
-    import traceback
-
     from featstore.extraction.ray import worker_errors
-
-    def refused(error: Exception):
-        try:
-            raise error
-        except Exception as exc:
-            return ray.exceptions.ActorDiedError(ray.exceptions.RayTaskError("__init__", traceback.format_exc(), exc))
 
     def batches(error: Exception):
         yield {"index": 0}
         raise error
 
     message = "--runtime onnx: the worker on w1 cannot find the driver's ONNX file /s.h5.cache/onnx/k.onnx; the store's"
-    rows = worker_errors(ray, batches(refused(ConfigError(message))))
+    rows = worker_errors(ray, batches(ray_actor_died(ray, ConfigError(message))))
     assert next(rows) == {"index": 0}
     with pytest.raises(ConfigError) as err:
         next(rows)
     assert str(err.value) == message
     with pytest.raises(ray.exceptions.ActorDiedError):  # any other death: Ray's own error, as it is
-        list(worker_errors(ray, batches(refused(RuntimeError("out of memory")))))
+        list(worker_errors(ray, batches(ray_actor_died(ray, RuntimeError("out of memory")))))
 
 
 # ---- a local Ray cluster (2 CPUs, no external services) ----
