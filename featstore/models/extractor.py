@@ -275,9 +275,14 @@ class Extractor:
             )
             self._forward = compiled
         self._keras_forward = self._forward
-        self.runtime_max_abs_diff = self.runtime_file = None  # --runtime onnx: the check's result, the file
+        self.runtime_max_abs_diff = None  # --runtime onnx: the start-up check's result
         if self.config.runtime == "onnx":
             self.use_runtime("onnx", runtime_cache)
+
+    @property
+    def runtime_file(self) -> tuple[str, str] | None:
+        """``(path, sha256)`` of the cached ONNX file the forward pass runs (None: Keras, or a temporary export)."""
+        return getattr(self._forward, "file", None)
 
     def warm_up(self) -> None:
         """Trace the forward pass and run it once now (start-up), so the first batch of a loop is not the one that pays
@@ -298,7 +303,6 @@ class Extractor:
         else:
             self._forward, self.runtime_max_abs_diff = self._keras_forward, None
         self.config = dataclasses.replace(self.config, runtime=runtime)
-        self.runtime_file = getattr(self._forward, "file", None)  # (path, sha256) of the cached ONNX file it runs
 
     def _shown_name(self) -> str:
         """The model as messages name it."""
