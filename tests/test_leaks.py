@@ -312,3 +312,27 @@ def test_help_fits_80_columns_and_leaks_needs_no_tensorflow(leaky, tmp_path):
     }
     p = subprocess.run([sys.executable, "-c", code, str(store)], env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and p.stdout.strip().splitlines()[-1] == "[]", p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("n", [80_000, 3_000, 10])
+def test_held_out_best_equals_the_whole_tile(n):
+    """The candidate search (one product of unit rows, exact float64 on the few close pairs) gives the whole tile's
+    held-out maximum and its row; n=10 takes the whole-tile path (the bound is loose), as does a tile of one row."""
+    from featstore.experiments.leaks.search import _held_out, held_out_best, unit_rows
+
+    rng = np.random.default_rng(n)
+    base = np.maximum(rng.standard_normal((1500, 64)), 0).astype(np.float32)
+    t = base - base.mean(0)
+    t[100:130] = t[5]  # copies: several close candidates for those rows
+    t[300] = t[301] + 1e-3
+    a = t[:400].copy()
+    own = np.arange(400)
+    own[200:] = -1  # half of them are rows of another split
+    S = _held_out(a, t, n)
+    S[np.arange(200), own[:200]] = -np.inf
+    v, j = held_out_best(a, t, unit_rows(t), n, own)
+    np.testing.assert_allclose(v, S.max(axis=1), atol=2e-6)
+    assert (j == S.argmax(axis=1)).all()
+    one = t[:1]
+    v1, j1 = held_out_best(one.copy(), one, unit_rows(one), n, np.array([0]))  # only itself: -inf, as argmax gives
+    assert v1[0] == -np.inf and j1[0] == 0

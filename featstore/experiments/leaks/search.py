@@ -141,17 +141,15 @@ def nearest(
         offset = 0
         for T, _ in fs.iter_batches(reference, name, max_bytes=budget):
             t = _centred(T, centre) if leave_out else normalised(T, centre.mean)
+            units = unit_rows(t) if leave_out else None
             step = max(1, budget // (TILE_FACTOR * len(t) * (4 if leave_out else 1)))  # held-out: 4 tiles at once
             for s in range(0, len(q), step):
                 if leave_out:
-                    S = _held_out(q[s : s + step], t, centre.rows)
-                    own = rows[s : s + step] - offset
-                    inside = np.flatnonzero((own >= 0) & (own < len(t)))
-                    S[inside, own[inside]] = -np.inf
+                    v, j = held_out_best(q[s : s + step], t, units, centre.rows, rows[s : s + step] - offset)
                 else:
                     S = q[s : s + step] @ t.T
-                j = S.argmax(axis=1)
-                v = S[np.arange(len(j)), j]
+                    j = S.argmax(axis=1)
+                    v = S[np.arange(len(j)), j]
                 better = v > best[s : s + step]
                 best[s : s + step][better] = v[better]
                 arg[s : s + step][better] = j[better] + offset
@@ -169,6 +167,65 @@ def nearest(
 def _centred(X: np.ndarray, centre: Centre) -> np.ndarray:
     """Reference rows minus the mean, divided by the centre's scale (one power of two for all: same units)."""
     return (_rows(X) - centre.mean) / np.float32(centre.scale)
+
+
+FAST_RHO = 1e-3  # held_out_best's candidate path: c * |a| / |t| at most this (a row's move when it leaves the mean)
+SLACK = 2e-4  # float32 error allowed on a product of unit rows (512 terms: at most ~3e-5; with a margin)
+
+
+def unit_rows(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(t / |t|, |t|)`` of a block of rows (float32; a zero row stays zero), made once per reference block."""
+    nt = np.sqrt(np.einsum("ij,ij->i", t, t))
+    return t / np.maximum(nt, np.finfo(np.float32).tiny)[:, None], nt
+
+
+def held_out_best(
+    a: np.ndarray, t: np.ndarray, units: tuple[np.ndarray, np.ndarray], n: int, own: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``a``: the highest held-out similarity (:func:`_held_out`) to a row of ``t`` and that row's index.
+
+    ``units`` is :func:`unit_rows` of ``t``; ``own[i]`` is row i's own index in ``t`` (left out; any value outside
+    ``t`` when it is not there). Leaving a row out of the mean turns its partner t into t + c a (c = 1/(n - 1)), which
+    can only bring t closer to a: the held-out similarity is at least the plain cosine C of a and t and at most
+    C + 2 c |a| / |t|. So one matrix product of unit rows finds each row's maximum cosine m, and only the pairs with
+    C >= m - 2 c |a| / min|t| (less float32's error) can hold the held-out maximum; those few are measured exactly
+    (float64). The elementwise passes over a whole tile that :func:`_held_out` needs cost about twice the product
+    itself; a tile where the bound is loose (a row of ``t`` near the mean, a row of ``a`` at it) or where too many
+    pairs are close is measured whole, as before.
+    """
+    c = 1.0 / (n - 1)
+    tn, nt = units
+    na = np.sqrt(np.einsum("ij,ij->i", a, a))
+    inside = np.flatnonzero((own >= 0) & (own < len(t)))
+    rho = c * na / nt.min() if len(t) and nt.min() > 0 else np.full(len(a), np.inf)
+    if len(a) and na.min() > 0 and rho.max() <= FAST_RHO:
+        C = (a / na[:, None]) @ tn.T
+        C[inside, own[inside]] = -np.inf
+        r = np.arange(len(a))
+        j = C.argmax(axis=1)
+        low = C[r, j] - 2 * rho - SLACK
+        C[r, j] = -np.inf  # the second best tells which rows have other candidates (few): no pass over all pairs
+        more = np.flatnonzero(C.max(axis=1) >= low)
+        ii, jj = np.nonzero(C[more] >= low[more, None])
+        ii, jj = np.concatenate([r, more[ii]]), np.concatenate([j, jj])
+        fine = jj != own[ii]  # a row whose only partner is itself keeps -inf, as argmax gives
+        ii, jj = ii[fine], jj[fine]
+        if len(ii) <= max(8 * len(a), C.size // 64):
+            del C
+            A, T = a[ii].astype(np.float64), t[jj].astype(np.float64)
+            g, a2, t2 = np.einsum("ij,ij->i", A, T), np.einsum("ij,ij->i", A, A), np.einsum("ij,ij->i", T, T)
+            sims = np.clip((g + c * a2) / np.sqrt(a2 * np.maximum(t2 + 2 * c * g + c * c * a2, 0.0)), -1, 1)
+            best = np.full(len(a), -np.inf)
+            np.maximum.at(best, ii, sims)
+            arg = np.full(len(a), len(t), dtype=np.int64)
+            top = sims == best[ii]
+            np.minimum.at(arg, ii[top], jj[top])  # ties: the first row, as argmax gives
+            arg[arg == len(t)] = 0
+            return best.astype(np.float32), arg
+    S = _held_out(a, t, n)
+    S[inside, own[inside]] = -np.inf
+    j = S.argmax(axis=1)
+    return S[np.arange(len(j)), j], j
 
 
 def _held_out(a: np.ndarray, t: np.ndarray, n: int) -> np.ndarray:
