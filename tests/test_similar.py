@@ -148,3 +148,24 @@ def test_float16_lookup_is_numpys_cast_and_exact_search_matches_normalised():
     R = _rows(X) - mean
     fast = (R @ qn) / np.linalg.norm(R, axis=1)
     assert np.allclose(fast, normalised(X, mean) @ qn, atol=1e-6)
+
+
+def test_the_index_proposes_more_candidates_as_the_split_grows(store, monkeypatch):
+    """The reduction's error is the same at any size, so the rows that can swap with the k-th neighbour grow with the
+    split: candidates are 10 k, at least 100, and one row in 800 (recall@10 0.90 -> 1.00 at 800,000 rows)."""
+    from featstore.experiments import similar_index
+
+    assert [similar_index.candidates(n, k) for n, k in ((300, 6), (80_000, 10), (800_000, 10), (10**6, 50))] == [
+        100,
+        100,
+        1000,
+        1250,
+    ]
+    path, data = store
+    build_similarity_index(path, split="train", dims=8)
+    seen = []
+    read = similar_index.read_rows
+    monkeypatch.setattr(similar_index, "candidates", lambda rows, k: 150)
+    monkeypatch.setattr(similar_index, "read_rows", lambda fs, n, s, rows: seen.append(len(rows)) or read(fs, n, s, rows))
+    similar(data["test"][2][0], path, k=6)
+    assert seen == [150]  # the search re-ranks exactly the rows candidates() asks for
