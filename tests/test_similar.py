@@ -166,6 +166,8 @@ def test_the_index_proposes_more_candidates_as_the_split_grows(store, monkeypatc
     seen = []
     read = similar_index.read_rows
     monkeypatch.setattr(similar_index, "candidates", lambda rows, k: 150)
-    monkeypatch.setattr(similar_index, "read_rows", lambda fs, n, s, rows: seen.append(len(rows)) or read(fs, n, s, rows))
+    monkeypatch.setattr(
+        similar_index, "read_rows", lambda fs, n, s, rows: seen.append(len(rows)) or read(fs, n, s, rows)
+    )
     similar(data["test"][2][0], path, k=6)
     assert seen == [150]  # the search re-ranks exactly the rows candidates() asks for
