@@ -79,7 +79,9 @@ def runs_show(
     else:
         echo(run_report(rec, pngs))
     if unsaved:
-        raise OutputError(f"{unsaved[0]} The figures above are the run's; its PNGs were not written.")
+        more = f" ({len(unsaved)} PNGs not written, this is the first)" if len(unsaved) > 1 else ""
+        rest = "its other PNGs were written" if pngs else "its PNGs were not written"
+        raise OutputError(f"{unsaved[0]}{more}. The figures above are the run's; {rest}.")
 
 
 @runs_app.command("compare")

