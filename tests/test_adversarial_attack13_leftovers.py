@@ -68,3 +68,24 @@ def test_runs_show_refuses_one_blocked_figure_name_and_draws_the_others(fitted, 
     drawn = {p.name for p in (runs / run_id).glob("*.png")} - {name}
     assert {"confusion_train.png", "confusion_test.png", "reliability_test.png"} - {name} <= drawn, drawn
     assert blocked.is_dir() if kind == "folder" else blocked.is_fifo()  # left as it was
+
+
+# ============================================================ 3. --runs naming a file
+@pytest.mark.parametrize("sub", [[], ["show", "logreg"], ["compare"]])
+def test_runs_naming_a_file_is_not_called_empty(tmp_path, sub):
+    """``featstore runs --runs notes.txt`` said "no runs yet; fit one ...": the path is a file, not a runs folder."""
+    store = synthetic_store(tmp_path / "f.h5")
+    runs = tmp_path / "notes.txt"
+    runs.write_text("not runs")
+    result = cli("runs", "--store", store, "--runs", runs, *sub)
+    out = no_traceback(result)
+    (line,) = _error_lines(out)
+    assert result.exit_code == 1 and f"--runs {runs} is a file, not a runs folder" in line, out
+    assert "no runs yet" not in out
+
+
+def test_a_file_at_the_default_runs_folder_is_named(tmp_path):
+    store = synthetic_store(tmp_path / "f.h5")
+    (tmp_path / "f.runs").write_text("")
+    out = no_traceback(cli("runs", "--store", store))
+    assert f"the runs folder {tmp_path / 'f.runs'} (beside the store) is a file" in out, out

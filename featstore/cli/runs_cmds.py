@@ -22,7 +22,31 @@ SubStoreOpt = Annotated[
 def _group_defaults(ctx: typer.Context, store: Path | None, runs: Path | None) -> tuple[Path, Path | None]:
     """Options of a `runs` sub-command, falling back to those given to `runs` itself."""
     obj = ctx.obj or {}
-    return store or obj.get("store") or Path("features.h5"), runs or obj.get("runs")
+    store, runs = store or obj.get("store") or Path("features.h5"), runs or obj.get("runs")
+    _refuse_non_folder(store, runs)
+    return store, runs
+
+
+def _refuse_non_folder(store: Path, runs: Path | None) -> None:
+    """A file, FIFO or device where the runs folder should be is named so (it was listed as "no runs yet")."""
+    import os
+    import stat
+
+    from featstore.errors import StoreError
+    from featstore.runs.folder import runs_root
+
+    root = runs_root(store, runs)
+    try:
+        mode = os.stat(root).st_mode
+    except OSError:
+        return  # nothing there: no runs yet
+    if not stat.S_ISDIR(mode):
+        what = "a file" if stat.S_ISREG(mode) else "a FIFO, device or socket"
+        where = f"--runs {root}" if runs else f"the runs folder {root} (beside the store)"
+        raise StoreError(
+            f"{where} is {what}, not a runs folder; pass --runs with the folder that holds the run folders "
+            f"(the one `featstore fit --runs` wrote)"
+        )
 
 
 runs_app = typer.Typer(help="List, show, compare and evaluate recorded runs.", no_args_is_help=False)
@@ -48,6 +72,7 @@ def runs_list(
     ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
     if ctx.invoked_subcommand is not None:
         return
+    _refuse_non_folder(store, runs)
     from featstore.report.tables import runs_json, runs_table
     from featstore.runs.folder import scan_runs_of
 
