@@ -89,3 +89,28 @@ def test_a_file_at_the_default_runs_folder_is_named(tmp_path):
     (tmp_path / "f.runs").write_text("")
     out = no_traceback(cli("runs", "--store", store))
     assert f"the runs folder {tmp_path / 'f.runs'} (beside the store) is a file" in out, out
+
+
+# ============================================================ 2. a FIFO (or folder, link) at a similarity index file
+@pytest.mark.parametrize(
+    "name, kind",
+    [("vectors.npy", "fifo"), ("model.npz", "fifo"), ("index.json", "fifo"), ("vectors.npy", "folder")],
+)
+def test_build_index_names_what_is_at_an_index_file(tmp_path, name, kind):
+    """``similar --build-index`` with a FIFO at ``<store>.index/<extractor>/<split>/vectors.npy`` said "... is not a
+    regular file (a pipe, device or socket); ... Choose another path": no option chooses that path. It now says what is
+    there, names the path and the fix (remove it, or search with --exact), before any work."""
+    store = synthetic_store(tmp_path / "f.h5")
+    folder = tmp_path / "f.h5.index" / "s" / "train"
+    folder.mkdir(parents=True)
+    blocked = folder / name
+    blocked.mkdir() if kind == "folder" else os.mkfifo(blocked)
+    result = cli("similar", "--store", store, "--build-index", "train/0")
+    out = no_traceback(result)
+    (line,) = _error_lines(out)
+    what = "a folder" if kind == "folder" else "a FIFO, device or socket, not a regular file"
+    assert result.exit_code == 1 and f"similarity index file {blocked} is {what};" in line, out
+    assert "Remove it (the index is safe to delete" in line and "`featstore similar --exact`" in line, line
+    assert "Choose another path" not in line
+    assert blocked.is_dir() if kind == "folder" else blocked.is_fifo()
+    assert not {p.name for p in folder.iterdir()} - {name}  # nothing built beside it
