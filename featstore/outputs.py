@@ -75,6 +75,28 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def what_is_at(path: str | os.PathLike) -> str | None:
+    """What an input path holds when it is not a regular file (links followed): ``"nothing"``, ``"a folder"``, ``"a
+    FIFO (named pipe)"``, ``"a device"`` or ``"a socket"``; None for a regular file. A FIFO given as ``--weights`` was
+    called missing ("does not exist"). Example::
+
+        what_is_at("/dev/null")   # 'a device'
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "nothing"
+    except OSError:
+        return None  # there, but not ours to look at (permissions): the reader's own error says so
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    return "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 

@@ -114,3 +114,54 @@ def test_build_index_names_what_is_at_an_index_file(tmp_path, name, kind):
     assert "Choose another path" not in line
     assert blocked.is_dir() if kind == "folder" else blocked.is_fifo()
     assert not {p.name for p in folder.iterdir()} - {name}  # nothing built beside it
+
+
+# ============================================================ 4. --weights FIFO, --model FIFO: not "does not exist"
+@pytest.fixture
+def fifo_dir(tmp_path):
+    """A folder with a FIFO under each name a test passes (weights, model, preset) and a tiny image root."""
+    from tests.conftest import write_data_root
+
+    for name in ("w.weights.h5", "m.keras", "preset"):
+        os.mkfifo(tmp_path / name)
+    write_data_root(tmp_path / "data")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--model", "vgg16", "--weights", "{d}/w.weights.h5"], "weights file {d}/w.weights.h5 is a FIFO"),
+        (["--model", "{d}/m.keras"], "model file {d}/m.keras is a FIFO"),
+        (["--model", "{d}/preset"], "model file {d}/preset is a FIFO"),
+        (["--model", "hub:{d}/preset"], "{d}/preset is a FIFO (named pipe), not a KerasHub preset folder"),
+    ],
+    ids=["weights", "keras", "bare-path", "hub-folder"],
+)
+def test_a_fifo_given_as_weights_or_model_is_not_called_missing(fifo_dir, args, expect):
+    """``--weights FIFO`` and ``--model FIFO`` said "does not exist" (``is_file()`` is False for a FIFO), and
+    ``--model hub:FIFO`` listed every built-in preset name. Each now says what is there and what to pass."""
+    d = fifo_dir
+    args = [a.format(d=d) for a in args]
+    result = cli("extract", "--data", d / "data", "--store", d / "f.h5", "--image-size", "32", *args)
+    out = no_traceback(result)
+    (line,) = _error_lines(out)
+    assert result.exit_code == 1 and expect.format(d=d) in line, out
+    assert "does not exist" not in line and ("not a regular file" in line or "not a KerasHub preset folder" in line)
+    assert not (d / "f.h5").exists()
+
+
+def test_a_fifo_at_a_preset_folders_weights_is_named(tmp_path):
+    """A preset folder whose ``model.weights.h5`` is a FIFO was said to have none."""
+    import json
+
+    from featstore.errors import ConfigError
+    from featstore.models.hub import WEIGHTS_FILE, HubSpec
+
+    folder = tmp_path / "vit"
+    folder.mkdir()
+    config = {"class_name": "ViTBackbone", "registered_name": "keras_hub>ViTBackbone", "config": {}}
+    (folder / "config.json").write_text(json.dumps(config))
+    os.mkfifo(folder / WEIGHTS_FILE)
+    with pytest.raises(ConfigError, match=f"{folder / WEIGHTS_FILE} is a FIFO .named pipe., not a regular file"):
+        HubSpec.from_model(str(folder))
