@@ -165,3 +165,79 @@ def test_a_fifo_at_a_preset_folders_weights_is_named(tmp_path):
     os.mkfifo(folder / WEIGHTS_FILE)
     with pytest.raises(ConfigError, match=f"{folder / WEIGHTS_FILE} is a FIFO .named pipe., not a regular file"):
         HubSpec.from_model(str(folder))
+
+
+# ============================================================ 5. a diverging fit in sweep: featstore's line, not numpy's
+def _featstore(tmp_path: Path, *args) -> tuple[int, str, str]:
+    """``featstore ARGS`` in a fresh process with Python's default warning filters (as a user runs it)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONWARNINGS": "default", "PYTHONPATH": str(Path(__file__).parents[1])}
+    r = subprocess.run(
+        [sys.executable, "-m", "featstore.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
+    return r.returncode, r.stdout, r.stderr
+
+
+RAW_WARNING = ("RuntimeWarning", "ConvergenceWarning", "LineSearchWarning", ".py:")
+
+
+def test_sweep_says_a_diverged_fit_in_one_line_and_goes_on(tmp_path):
+    """``sweep --clf logreg,knn --param logreg:C=1e-300`` printed numpy's "…/_linear_loss.py:851: RuntimeWarning:
+    overflow encountered in cast" with its source line (and scipy's, scikit-learn's), then stopped at the diverged fit:
+    the knn fit was never made. Now featstore's one line for the diverged cell, and the other fits go on."""
+    import json
+
+    store = synthetic_store(tmp_path / "f.h5")
+    runs = tmp_path / "runs"
+    args = ["--clf", "logreg,knn", "--param", "logreg:C=1e-300", "--param", "logreg:max_iter=5", "--jobs", "2"]
+    rc, out, err = _featstore(tmp_path, "sweep", "--store", store, "--runs", runs, *args)
+    assert rc == 0 and not [w for w in RAW_WARNING if w in err], err
+    lines = [x for x in err.splitlines() if "diverged:" in x]
+    assert len(lines) == 1, err
+    (line,) = lines
+    assert "sweep: logreg on s left out: logreg with {'C': 1e-300" in line and "fit with other --param" in line, err
+    assert "diverged" in out and "knn" in out, out
+    (summary,) = runs.glob("sweep-*.json")
+    cells = {c["clf"]: c for c in json.loads(summary.read_text())["cells"]}
+    assert cells["logreg"]["run"] is None and "diverged" in cells["logreg"]["diverged"]
+    assert cells["knn"]["validation"] > 0 and [p.name for p in runs.glob("*/run.json")] == ["run.json"]
+
+
+def test_fit_says_a_diverged_fit_in_one_line(tmp_path):
+    """``fit`` gave featstore's line too, but after the same raw warnings, and worded it twice ("cannot be fitted on
+    these 30 rows: logreg with … diverged")."""
+    store = synthetic_store(tmp_path / "f.h5")
+    args = ["--clf", "logreg", "--param", "C=1e-300", "--param", "max_iter=5"]
+    rc, out, err = _featstore(tmp_path, "fit", "--store", store, "--runs", tmp_path / "runs", *args)
+    assert rc == 1 and not [w for w in RAW_WARNING if w in err], err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: logreg with {'C': 1e-300") and "cannot be fitted" not in line, line
+
+
+@pytest.mark.filterwarnings("always")
+def test_warnings_are_collected_per_thread():
+    """collected_warnings collects the warnings of its own thread only (warnings.catch_warnings is one global state:
+    sweep --jobs 2's threads would have taken each other's, or left the recorder installed)."""
+    import threading
+    import warnings
+
+    from featstore.experiments.selection import collected_warnings
+
+    before = warnings.showwarning
+    seen: dict[str, list] = {}
+    gate = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        with collected_warnings() as got:
+            gate.wait()
+            warnings.warn(f"from {name}", RuntimeWarning, stacklevel=1)
+            gate.wait()
+        seen[name] = got
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("a", "b")]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert {n: [str(m) for _, m in got] for n, got in seen.items()} == {"a": ["from a"], "b": ["from b"]}
+    assert warnings.showwarning is before
