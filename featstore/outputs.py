@@ -249,49 +249,8 @@ def _holds_runs(folder: Path, at_most: int = 10_000) -> bool:
 
 def cache_dir(store: str | os.PathLike) -> Path:
     """``features.h5`` -> ``features.h5.cache/``: what featstore caches beside a store (thumbnails, map layouts, leak
-    pairs, exported ONNX models), each kind in a subfolder."""
+    pairs, exported ONNX models), each kind in a subfolder, made and written by :mod:`featstore.caches`."""
     return Path(f"{os.fspath(store)}.cache")
-
-
-class CacheNotMade(OutputError):
-    """A cache folder that cannot be made (no link or file in its way): a read-only folder, a full disk."""
-
-
-def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder") -> Path:
-    """``root/parts...`` made where missing, each level a real folder; returns it. ``root`` is the cache beside a store
-    (:func:`cache_dir`), whose parent must exist. A symbolic link at any level is refused, never written through nor
-    read from (a link planted at ``features.h5.cache`` sent thumbnails, map layouts and ONNX models wherever it
-    pointed), and so is a file, FIFO or anything else in a folder's place: one OutputError naming it and the fix.
-    Example::
-
-        maps = cache_folder(cache_dir("features.h5"), "maps")
-    """
-    level = Path(root)
-    for name in ("", *parts):
-        level = level / name if name else level
-        try:
-            st = os.lstat(level)
-        except FileNotFoundError:
-            try:
-                os.mkdir(level)
-            except FileExistsError:
-                pass  # made meanwhile: checked below
-            except OSError as exc:
-                raise CacheNotMade(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
-            st = os.lstat(level)
-        except OSError as exc:
-            raise OutputError(f"cannot use the {what} {level}: {output_fix(exc, level)}") from None
-        if stat.S_ISLNK(st.st_mode):
-            raise OutputError(
-                f"the {what} {level} is a symbolic link; featstore never writes its caches through a link. Remove the "
-                f"link (the cache is made again), or choose another --store"
-            )
-        if not stat.S_ISDIR(st.st_mode):
-            raise OutputError(
-                f"the {what} {level} is not a folder; move it away (featstore keeps its caches there), or "
-                f"choose another --store"
-            )
-    return level
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "output") -> Path:

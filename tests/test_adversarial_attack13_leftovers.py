@@ -241,3 +241,88 @@ def test_warnings_are_collected_per_thread():
     [t.join() for t in threads]
     assert {n: [str(m) for _, m in got] for n, got in seen.items()} == {"a": ["from a"], "b": ["from b"]}
     assert warnings.showwarning is before
+
+
+# ============================================================ 6. <store>.cache written through descriptors, and trusted
+def test_a_link_swapped_in_while_a_cache_file_is_written_is_not_followed(tmp_path):
+    """cache_folder checked ``<store>.cache`` for links, then write_atomic wrote by path: a link swapped in after the
+    check (here while the file is written) took the file wherever it pointed. The file is now made and renamed through
+    the folder's descriptor (O_NOFOLLOW | O_DIRECTORY): it lands in the folder that was checked, never elsewhere."""
+    from featstore.caches import cache_folder, write_cached
+
+    cache, elsewhere, aside = tmp_path / "f.h5.cache", tmp_path / "elsewhere", tmp_path / "aside"
+    (elsewhere / "maps").mkdir(parents=True)
+    maps = cache_folder(cache, "maps")
+
+    def swap_then_write(tmp: Path) -> None:
+        cache.rename(aside)
+        cache.symlink_to(elsewhere)
+        tmp.write_bytes(b"layout")
+
+    write_cached(cache, maps / "map-1.npz", swap_then_write, "map cache")
+    assert not list((elsewhere / "maps").iterdir())
+    assert (aside / "maps" / "map-1.npz").read_bytes() == b"layout" and not list((aside / "maps").glob(".*"))
+
+
+def test_a_thumbnail_is_not_written_through_a_link_swapped_in_after_the_check(tmp_path, monkeypatch):
+    """ThumbCache.make checked its folders, then decoded and wrote by path: a link swapped in at ``<store>.cache``
+    between the two received the thumbnail. The write opens the folders again through descriptors: the link is refused
+    (the thumbnail is not cached, a warning says so) and nothing reaches where it points."""
+    import numpy as np
+    from PIL import Image
+
+    from featstore.report.site.thumbs import SIDE, ThumbCache, _key
+
+    cache, elsewhere = tmp_path / "f.h5.cache", tmp_path / "elsewhere"
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(image)
+    (elsewhere / "thumbs" / _key(str(image), SIDE)[:2]).mkdir(parents=True)  # the same layout where the link points
+    save = Image.Image.save
+
+    def swap_then_save(self, *a, **k):
+        if cache.is_dir() and not cache.is_symlink():
+            cache.rename(tmp_path / "aside")
+            cache.symlink_to(elsewhere)
+        return save(self, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "save", swap_then_save)
+    (thumb,) = ThumbCache(cache / "thumbs").make([str(image)]).values()
+    assert thumb.key is None and not [p for p in elsewhere.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("how", ["world-writable", "another user"])
+def test_a_cache_folder_featstore_did_not_make_is_not_trusted(tmp_path, how):
+    """A ``<store>.cache`` made beforehand by someone else (another user's, or one anyone may write into) was used as
+    featstore's own: its planted files read, new files written among them. It is now refused in one line naming it
+    and the fix; ``report`` uses a private temporary cache instead, with a note, as for a store in a read-only folder."""
+    from featstore.caches import CacheNotTrusted, cache_folder
+    from featstore.report.site.build import build_report
+
+    store = synthetic_store(tmp_path / "f.h5")
+    cache = tmp_path / "f.h5.cache"
+    cache.mkdir()
+    if how == "world-writable":
+        os.chmod(cache, 0o777)
+    elif os.geteuid() != 0:
+        pytest.skip("giving a folder to another user needs root")
+    else:
+        os.chown(cache, 4242, 4242)
+    with pytest.raises(CacheNotTrusted, match=f"the map cache {cache} was not made by featstore for you .*chmod go-w"):
+        cache_folder(cache, "maps", what="map cache")
+    result = build_report(store, out=tmp_path / "site", map_method="pca")
+    assert (tmp_path / "site" / "index.html").is_file() and not list(cache.iterdir())
+    assert any("caches are not kept" in n and "not made by featstore" in n for n in result.notes), result.notes
+
+
+def test_cache_folders_featstore_makes_are_private_whatever_the_umask(tmp_path):
+    """With umask 002 featstore's own cache folders were group-writable, so a cache it made would not be told from one
+    it did not: they are made 0755."""
+    from featstore.caches import cache_folder
+
+    old = os.umask(0o002)
+    try:
+        maps = cache_folder(tmp_path / "f.h5.cache", "maps")
+    finally:
+        os.umask(old)
+    assert {oct(p.stat().st_mode & 0o777) for p in (maps, maps.parent)} == {"0o755"}
+    cache_folder(tmp_path / "f.h5.cache", "maps")  # trusted the next time
