@@ -326,3 +326,97 @@ def test_cache_folders_featstore_makes_are_private_whatever_the_umask(tmp_path):
         os.umask(old)
     assert {oct(p.stat().st_mode & 0o777) for p in (maps, maps.parent)} == {"0o755"}
     cache_folder(tmp_path / "f.h5.cache", "maps")  # trusted the next time
+
+
+# ============================================================ 7. a SIGKILLed preset build leaves no folder for ever
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_sigkilled_scratch_folder_is_removed_at_the_next_one(tmp_path):
+    """A process killed (SIGKILL) inside a preset build kept its snapshot folder (a hard link or a copy of the weights)
+    in /tmp for ever: ``tempfile.TemporaryDirectory`` cleans up only on a normal exit. Scratch folders now live in
+    ``<tmp>/featstore-<uid>/`` named with their pid, and the next one removes those whose process is gone."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])}
+    code = (
+        "import time; from featstore.models.scratch import scratch_folder\n"
+        "with scratch_folder('preset') as tmp:\n"
+        "    (tmp / 'model.weights.h5').write_bytes(b'w' * 1000); print(tmp, flush=True); time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    left = Path(child.stdout.readline().strip())
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+    assert left.is_dir() and left.parent == tmp_path / f"featstore-{os.geteuid()}"
+    run = subprocess.run(
+        [sys.executable, "-c", code.replace("time.sleep(60)", "pass")], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert not left.exists() and not list(left.parent.iterdir())
+
+
+def test_only_scratch_folders_of_ended_processes_are_removed(tmp_path, monkeypatch):
+    """A planted folder with a dead pid goes; one of a live process (this one, pid 1) and other names stay."""
+    import tempfile
+
+    from featstore.models.scratch import scratch_folder, scratch_name
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = tmp_path / f"featstore-{os.geteuid()}"
+    base.mkdir(mode=0o700)
+    stale, mine, init = (base / scratch_name("preset", pid) for pid in (_dead_pid(), os.getpid(), 1))
+    other = base / "notes"
+    for folder in (stale, mine, init, other):
+        folder.mkdir()
+    with scratch_folder("preset") as tmp:
+        assert tmp.parent == base and tmp.is_dir()
+    assert not stale.exists() and not tmp.exists() and mine.is_dir() and init.is_dir() and other.is_dir()
+
+
+def test_a_scratch_base_that_is_not_private_is_not_used(tmp_path, monkeypatch, caplog):
+    """``<tmp>/featstore-<uid>`` made beforehand by someone else (here open to all, or a link) is not written into: a
+    plain temporary folder is used, with a warning."""
+    import tempfile
+
+    from featstore.models.scratch import scratch_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = tmp_path / f"featstore-{os.geteuid()}"
+    base.mkdir()
+    os.chmod(base, 0o777)
+    with scratch_folder("preset") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith("featstore-preset-")
+    assert "is not a private folder of yours" in caplog.text and not list(base.iterdir())
+
+
+@pytest.mark.slow
+def test_a_preset_build_uses_the_scratch_folder(tmp_path, monkeypatch):
+    """HubSpec.build makes its snapshot in the user's scratch folder (removing a stale one first) and leaves nothing."""
+    pytest.importorskip("keras_hub")
+    import tempfile
+
+    from featstore.models.hub import HubSpec
+    from featstore.models.scratch import scratch_name
+    from tests.test_hub import save_presets
+
+    folder, _ = save_presets(tmp_path / "presets", ("vit",))["vit"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = tmp_path / f"featstore-{os.geteuid()}"
+    base.mkdir(mode=0o700)
+    stale = base / scratch_name("preset", _dead_pid())
+    stale.mkdir()
+    spec = HubSpec.from_model(str(folder))
+    spec.build(spec.default_size)
+    assert not list(base.iterdir())
+    assert not list(tmp_path.glob("featstore-preset-*"))

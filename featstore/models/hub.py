@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from featstore.models.preset_json import (
     square_side,
     whole_number,
 )
+from featstore.models.scratch import scratch_folder
 from featstore.models.tokens import EMBEDDING, FAMILIES, TOKEN_POOLINGS, TOKENS, token_model, token_pool_layer
 from featstore.models.weights import LoadedWeights
 from featstore.outputs import what_is_at
@@ -298,8 +298,9 @@ class HubSpec:
         # KerasHub reads the preset folder again: it is given a private snapshot holding the config.json featstore read
         # and checked, and the weights file as it is now (see _snapshot), so a config.json or weights file swapped in
         # meanwhile is never read; the weights KerasHub loaded are hashed again after loading
-        with tempfile.TemporaryDirectory(prefix="featstore-preset-") as tmp, contextlib.ExitStack() as held:
-            snapshot = self._snapshot(Path(tmp), held)
+        # (in a scratch folder of this user: one left by a SIGKILL is removed at the next build, see models.scratch)
+        with scratch_folder("preset") as tmp, contextlib.ExitStack() as held:
+            snapshot = self._snapshot(tmp, held)
             try:
                 backbone = keras_hub.models.Backbone.from_preset(str(snapshot), **kwargs)
             except Exception as exc:  # noqa: BLE001 - KerasHub and Keras raise ValueError, TypeError, OSError, h5py's...
