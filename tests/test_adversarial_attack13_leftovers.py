@@ -420,3 +420,18 @@ def test_a_preset_build_uses_the_scratch_folder(tmp_path, monkeypatch):
     spec.build(spec.default_size)
     assert not list(base.iterdir())
     assert not list(tmp_path.glob("featstore-preset-*"))
+
+
+@pytest.mark.filterwarnings("default")  # as a user: shown (here: collected by the fit), not raised
+@pytest.mark.parametrize("validation", ["validation", "none"])
+def test_a_diverged_setting_in_a_search_is_left_out_of_the_choice(tmp_path, caplog, validation):
+    """``--param C=1e-300 --param C=1`` (a search, chosen on validation or by cross-validation on train) ended the whole
+    fit at the diverged setting, so a sweep over a wide grid fitted nothing. The setting is left out of the choice (a
+    warning names it; the record lists it under ``selection.diverged``) and the others compete."""
+    from featstore import fit
+
+    store = synthetic_store(tmp_path / "f.h5")
+    rec = fit(store, "logreg", {"C": [1e-300, 1.0], "max_iter": [5]}, validation=validation, runs=tmp_path / "runs")
+    assert rec["params"]["C"] == 1.0 and [c["params"]["C"] for c in rec["selection"]["candidates"]] == [1.0]
+    assert [d["C"] for d in rec["selection"]["diverged"]] == [1e-300]
+    assert "diverged" in caplog.text and "left out of the choice" in caplog.text

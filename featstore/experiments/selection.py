@@ -171,10 +171,19 @@ def _fold_proba(spec_name, params, X, y, fit_rows, held, n_classes, groups):
         raise ConfigError(f"{spec_name} with {params} cannot predict a cross-validation fold: {exc}") from exc
 
 
+def _fold_or_why(*args) -> np.ndarray | str:
+    """:func:`_fold_proba`, or the DivergedError's message when that fold's fit diverged."""
+    try:
+        return _fold_proba(*args)
+    except DivergedError as exc:
+        return str(exc)
+
+
 def cross_validate(
     spec_name: str, full: list[dict], X, y, n_plain: int, n_classes: int, groups, jobs: int, parallel: bool, train: str
-) -> tuple[list[float], list[OutOfFold]]:
-    """Out-of-fold accuracy on train's plain rows and out-of-fold probabilities, for every setting in ``full``.
+) -> tuple[list[float], list[OutOfFold | None]]:
+    """Out-of-fold accuracy on train's plain rows and out-of-fold probabilities, for every setting in ``full``; a
+    setting whose fit diverged in a fold gets NaN and None (a warning names it), and when all did, DivergedError.
 
     Rows ``n_plain`` and after are augmented copies: trained on in the folds of other images, never scored.
     ``groups`` gives each row its source image (None: each row its own).
@@ -184,14 +193,22 @@ def cross_validate(
     folds, n = folds_of(y, groups, train)
     jobs_list = [(i, fit_rows, held[held < n_plain]) for i in range(len(full)) for fit_rows, held in folds]
     probas = Parallel(n_jobs=jobs if parallel else 1, backend="loky" if parallel else "threading")(
-        delayed(_fold_proba)(spec_name, full[i], X, y, fit_rows, held, n_classes, groups)
+        delayed(_fold_or_why)(spec_name, full[i], X, y, fit_rows, held, n_classes, groups)
         for i, fit_rows, held in jobs_list
     )
     out = [np.zeros((n_plain, n_classes)) for _ in full]
+    why: dict[int, str] = {}
     for (i, _, held), p in zip(jobs_list, probas):
-        out[i][held] = p
-    scores = [float(np.mean(p.argmax(axis=1) == y[:n_plain])) for p in out]
-    return scores, [OutOfFold(p, n, groups is not None) for p in out]
+        if isinstance(p, str):
+            why.setdefault(i, p)
+        else:
+            out[i][held] = p
+    if len(why) == len(full):
+        raise DivergedError(why[0] if len(full) == 1 else f"every setting diverged; the first: {why[0]}")
+    for i in sorted(why):
+        logger.warning("%s (in a cross-validation fold); left out of the choice", why[i])
+    scores = [np.nan if i in why else float(np.mean(p.argmax(axis=1) == y[:n_plain])) for i, p in enumerate(out)]
+    return scores, [None if i in why else OutOfFold(p, n, groups is not None) for i, p in enumerate(out)]
 
 
 def out_of_fold(spec_name: str, params: dict, X, y, n_plain: int, n_classes: int, groups, train: str) -> OutOfFold:
