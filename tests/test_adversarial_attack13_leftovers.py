@@ -84,6 +84,26 @@ def test_runs_naming_a_file_is_not_called_empty(tmp_path, sub):
     assert "no runs yet" not in out
 
 
+@pytest.mark.parametrize(
+    "args",
+    [["fit"], ["sweep"], ["ensemble", "a", "b"], ["predict", "--run", "a", "img"]],
+    ids=lambda a: a[0],
+)
+def test_commands_that_take_runs_name_a_file_given_as_runs(tmp_path, args):
+    """``fit --runs notes.txt`` said "cannot write runs into notes.txt (File exists)", ``ensemble`` and ``predict`` that
+    the runs folder "does not exist": before any work, each now says it is a file, not a runs folder."""
+    store = synthetic_store(tmp_path / "f.h5")
+    runs = tmp_path / "notes.txt"
+    runs.write_text("not runs")
+    (tmp_path / "img").mkdir()
+    args = [str(tmp_path / a) if a == "img" else a for a in args]
+    result = cli(*args, "--store", store, "--runs", runs)
+    out = no_traceback(result)
+    (line,) = _error_lines(out)
+    assert result.exit_code == 1 and f"--runs {runs} is a file, not a runs folder" in line, out
+    assert runs.read_text() == "not runs"
+
+
 def test_a_file_at_the_default_runs_folder_is_named(tmp_path):
     store = synthetic_store(tmp_path / "f.h5")
     (tmp_path / "f.runs").write_text("")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo, refuse_runs_file  # noqa: F401
 from featstore.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -23,30 +23,8 @@ def _group_defaults(ctx: typer.Context, store: Path | None, runs: Path | None) -
     """Options of a `runs` sub-command, falling back to those given to `runs` itself."""
     obj = ctx.obj or {}
     store, runs = store or obj.get("store") or Path("features.h5"), runs or obj.get("runs")
-    _refuse_non_folder(store, runs)
+    refuse_runs_file(store, runs)
     return store, runs
-
-
-def _refuse_non_folder(store: Path, runs: Path | None) -> None:
-    """A file, FIFO or device where the runs folder should be is named so (it was listed as "no runs yet")."""
-    import os
-    import stat
-
-    from featstore.errors import StoreError
-    from featstore.runs.folder import runs_root
-
-    root = runs_root(store, runs)
-    try:
-        mode = os.stat(root).st_mode
-    except OSError:
-        return  # nothing there: no runs yet
-    if not stat.S_ISDIR(mode):
-        what = "a file" if stat.S_ISREG(mode) else "a FIFO, device or socket"
-        where = f"--runs {root}" if runs else f"the runs folder {root} (beside the store)"
-        raise StoreError(
-            f"{where} is {what}, not a runs folder; pass --runs with the folder that holds the run folders "
-            f"(the one `featstore fit --runs` wrote)"
-        )
 
 
 runs_app = typer.Typer(help="List, show, compare and evaluate recorded runs.", no_args_is_help=False)
@@ -72,7 +50,7 @@ def runs_list(
     ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
     if ctx.invoked_subcommand is not None:
         return
-    _refuse_non_folder(store, runs)
+    refuse_runs_file(store, runs)
     from featstore.report.tables import runs_json, runs_table
     from featstore.runs.folder import scan_runs_of
 
@@ -185,6 +163,7 @@ def ensemble(
     from featstore.experiments.ensemble import ensemble as run_ensemble
     from featstore.report.tables import run_report
 
+    refuse_runs_file(store, runs)
     echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
 
 
@@ -273,6 +252,7 @@ def finetune(
         cache=cache,
         memory_budget=memory_budget,
     )
+    refuse_runs_file(store, runs)
     rec = run_finetune(
         run, config, data=data, store=store, runs=runs, weights=weights, trust_model=trust_model, workers=workers
     )
@@ -313,6 +293,7 @@ def predict(
     from featstore.cli.main import safe
     from featstore.experiments.predict import predict as run_predict
 
+    refuse_runs_file(store, runs)
     rows = run_predict(
         run,
         inputs,
