@@ -26,7 +26,10 @@ from featstore.errors import OutputError
 from featstore.outputs import output_fix
 
 CACHE_MODE = 0o755  # a cache folder featstore makes: never writable by the group or others, whatever the umask
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+# Windows has no O_NOFOLLOW, O_DIRECTORY nor dir_fd: there each level is checked by name (lstat) and files are written
+# with featstore.outputs.write_atomic, and folders are not checked for their owner
+FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
+_OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 class CacheNotMade(OutputError):
@@ -46,6 +49,8 @@ def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder
 
         maps = cache_folder(cache_dir("features.h5"), "maps")
     """
+    if not FD_SAFE:
+        return _by_name(Path(root), parts, what)
     os.close(_open_levels(Path(root), parts, what, make=True))
     return Path(root).joinpath(*parts)
 
@@ -61,6 +66,11 @@ def write_cached(
         write_cached("features.h5.cache", "features.h5.cache/maps/map-1.npz", lambda tmp: np.save(tmp, xy))
     """
     path, root = Path(path), Path(root)
+    if not FD_SAFE:
+        from featstore.outputs import write_atomic
+
+        _by_name(root, path.parent.relative_to(root).parts, what)
+        return write_atomic(path, write, what)
     fd = _open_levels(root, path.parent.relative_to(root).parts, what, make=False)
     try:
         _refuse_name(fd, path, what)
@@ -126,6 +136,22 @@ def _open_levels(root: Path, parts: tuple[str, ...], what: str, make: bool) -> i
             os.close(fd)
             raise
     return fd
+
+
+def _by_name(root: Path, parts: tuple[str, ...], what: str) -> Path:
+    """:func:`cache_folder` where there are no directory descriptors: each level made where missing and lstat-checked."""
+    level = root
+    for name in ("", *parts):
+        level = level / name if name else level
+        try:
+            os.mkdir(level, CACHE_MODE)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise CacheNotMade(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
+        if not stat.S_ISDIR(os.lstat(level).st_mode):
+            raise _level_error(OSError(errno.ENOTDIR, "not a folder"), level, what)
+    return level
 
 
 def _level_error(exc: OSError, level: Path, what: str) -> OutputError:

@@ -455,3 +455,23 @@ def test_a_diverged_setting_in_a_search_is_left_out_of_the_choice(tmp_path, capl
     assert rec["params"]["C"] == 1.0 and [c["params"]["C"] for c in rec["selection"]["candidates"]] == [1.0]
     assert [d["C"] for d in rec["selection"]["diverged"]] == [1e-300]
     assert "diverged" in caplog.text and "left out of the choice" in caplog.text
+
+
+def test_caches_without_directory_descriptors_still_refuse_links(tmp_path, monkeypatch):
+    """Where the system has no O_NOFOLLOW / dir_fd (Windows), each level is checked by name and files are written with
+    write_atomic: a link is still refused, a plain cache still works."""
+    from featstore import caches
+    from featstore.errors import OutputError
+
+    monkeypatch.setattr(caches, "FD_SAFE", False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "a.h5.cache").symlink_to(elsewhere)
+    with pytest.raises(OutputError, match="a.h5.cache is a symbolic link"):
+        caches.cache_folder(tmp_path / "a.h5.cache", "maps")
+    with pytest.raises(OutputError, match="a.h5.cache is a symbolic link"):
+        caches.write_cached(tmp_path / "a.h5.cache", tmp_path / "a.h5.cache" / "x", lambda t: t.write_text("x"))
+    assert not list(elsewhere.iterdir())
+    maps = caches.cache_folder(tmp_path / "b.h5.cache", "maps")
+    caches.write_cached_text(maps.parent, maps / "m.json", "{}")
+    assert (maps / "m.json").read_text() == "{}"

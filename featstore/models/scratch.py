@@ -33,7 +33,10 @@ def scratch_name(kind: str, pid: int) -> str:
 
 def user_scratch() -> Path | None:
     """``<tmp>/featstore-<uid>/``, made ``0700`` where missing; None (with a warning) when what is there is not a
-    folder of this user that only this user can write (a link, another user's folder: not trusted)."""
+    folder of this user that only this user can write (a link, another user's folder: not trusted), and on systems
+    without user ids (Windows)."""
+    if not hasattr(os, "geteuid"):
+        return None
     base = Path(tempfile.gettempdir()) / f"featstore-{os.geteuid()}"
     try:
         os.mkdir(base, 0o700)
