@@ -75,6 +75,28 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def what_is_at(path: str | os.PathLike) -> str | None:
+    """What an input path holds when it is not a regular file (links followed): ``"nothing"``, ``"a folder"``, ``"a
+    FIFO (named pipe)"``, ``"a device"`` or ``"a socket"``; None for a regular file. A FIFO given as ``--weights`` was
+    called missing ("does not exist"). Example::
+
+        what_is_at("/dev/null")   # 'a device'
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "nothing"
+    except OSError:
+        return None  # there, but not ours to look at (permissions): the reader's own error says so
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    return "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -227,49 +249,8 @@ def _holds_runs(folder: Path, at_most: int = 10_000) -> bool:
 
 def cache_dir(store: str | os.PathLike) -> Path:
     """``features.h5`` -> ``features.h5.cache/``: what featstore caches beside a store (thumbnails, map layouts, leak
-    pairs, exported ONNX models), each kind in a subfolder."""
+    pairs, exported ONNX models), each kind in a subfolder, made and written by :mod:`featstore.caches`."""
     return Path(f"{os.fspath(store)}.cache")
-
-
-class CacheNotMade(OutputError):
-    """A cache folder that cannot be made (no link or file in its way): a read-only folder, a full disk."""
-
-
-def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder") -> Path:
-    """``root/parts...`` made where missing, each level a real folder; returns it. ``root`` is the cache beside a store
-    (:func:`cache_dir`), whose parent must exist. A symbolic link at any level is refused, never written through nor
-    read from (a link planted at ``features.h5.cache`` sent thumbnails, map layouts and ONNX models wherever it
-    pointed), and so is a file, FIFO or anything else in a folder's place: one OutputError naming it and the fix.
-    Example::
-
-        maps = cache_folder(cache_dir("features.h5"), "maps")
-    """
-    level = Path(root)
-    for name in ("", *parts):
-        level = level / name if name else level
-        try:
-            st = os.lstat(level)
-        except FileNotFoundError:
-            try:
-                os.mkdir(level)
-            except FileExistsError:
-                pass  # made meanwhile: checked below
-            except OSError as exc:
-                raise CacheNotMade(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
-            st = os.lstat(level)
-        except OSError as exc:
-            raise OutputError(f"cannot use the {what} {level}: {output_fix(exc, level)}") from None
-        if stat.S_ISLNK(st.st_mode):
-            raise OutputError(
-                f"the {what} {level} is a symbolic link; featstore never writes its caches through a link. Remove the "
-                f"link (the cache is made again), or choose another --store"
-            )
-        if not stat.S_ISDIR(st.st_mode):
-            raise OutputError(
-                f"the {what} {level} is not a folder; move it away (featstore keeps its caches there), or "
-                f"choose another --store"
-            )
-    return level
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "output") -> Path:

@@ -44,12 +44,18 @@ def _read_only(monkeypatch, folder: Path):
     mkdir = os.mkdir
 
     def read_only(path, *a, **k):
-        if str(path).startswith(str(folder)):
+        if str(_full(path, k.get("dir_fd"))).startswith(str(folder)):
             raise PermissionError(13, "Permission denied", str(path))
         return mkdir(path, *a, **k)
 
     monkeypatch.setattr(os, "mkdir", read_only)
     return mkdir
+
+
+def _full(path, dir_fd: int | None) -> str:
+    """``path`` as a full path, also when it is relative to a folder's descriptor (featstore.caches makes its folders
+    with ``os.mkdir(name, dir_fd=...)``)."""
+    return str(path) if dir_fd is None else os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
 
 
 def test_an_actor_refusing_its_weights_is_one_line_at_the_driver():
@@ -372,7 +378,7 @@ def test_a_report_of_a_store_whose_folder_takes_no_cache_is_made_with_a_note(tmp
     mkdir = os.mkdir
 
     def read_only(path, *a, **k):  # (the suite runs as root, for whom chmod 555 does not stop mkdir)
-        if str(path).startswith(str(tmp_path / "ro")):
+        if _full(path, k.get("dir_fd")).startswith(str(tmp_path / "ro")):
             raise PermissionError(13, "Permission denied", str(path))
         return mkdir(path, *a, **k)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo, refuse_runs_file  # noqa: F401
 from featstore.errors import FeatstoreError
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def fit(
     from featstore.report.tables import run_report
     from featstore.runs.folder import runs_root
 
+    refuse_runs_file(store, runs)
     items = list(param or []) + ([f"epochs={epochs}"] if epochs is not None else [])
     rec = _interruptible(
         runs_root(store, runs),
@@ -163,6 +164,7 @@ def sweep(
     from featstore.report.tables import sweep_table
     from featstore.runs.folder import runs_root
 
+    refuse_runs_file(store, runs)
     clfs = [c.strip() for c in clf.split(",") if c.strip()]
     summary = _interruptible(
         runs_root(store, runs),

@@ -109,3 +109,26 @@ ExtractorOpt = Annotated[
     Optional[str], typer.Option(help="Extractor group in the store (needed when it holds several).")
 ]
 RunsOpt = Annotated[Optional[Path], typer.Option(help="Runs folder (default: <store>.runs beside the store).")]
+
+
+def refuse_runs_file(store: Path, runs: Path | None) -> None:
+    """A file, FIFO or device where the runs folder should be is named so, before any work (`runs` listed it as "no runs
+    yet", `fit` said "cannot write runs into it (File exists)", `ensemble` that it "does not exist")."""
+    import os
+    import stat
+
+    from featstore.errors import StoreError
+    from featstore.runs.folder import runs_root
+
+    root = runs_root(store, runs)
+    try:
+        mode = os.stat(root).st_mode
+    except OSError:
+        return  # nothing there: no runs yet
+    if not stat.S_ISDIR(mode):
+        what = "a file" if stat.S_ISREG(mode) else "a FIFO, device or socket"
+        where = f"--runs {root}" if runs else f"the runs folder {root} (beside the store)"
+        raise StoreError(
+            f"{where} is {what}, not a runs folder; pass --runs with the folder that holds the run folders "
+            f"(the one `featstore fit --runs` wrote)"
+        )

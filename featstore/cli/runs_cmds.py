@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo, refuse_runs_file  # noqa: F401
 from featstore.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,9 @@ SubStoreOpt = Annotated[
 def _group_defaults(ctx: typer.Context, store: Path | None, runs: Path | None) -> tuple[Path, Path | None]:
     """Options of a `runs` sub-command, falling back to those given to `runs` itself."""
     obj = ctx.obj or {}
-    return store or obj.get("store") or Path("features.h5"), runs or obj.get("runs")
+    store, runs = store or obj.get("store") or Path("features.h5"), runs or obj.get("runs")
+    refuse_runs_file(store, runs)
+    return store, runs
 
 
 runs_app = typer.Typer(help="List, show, compare and evaluate recorded runs.", no_args_is_help=False)
@@ -48,6 +50,7 @@ def runs_list(
     ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
     if ctx.invoked_subcommand is not None:
         return
+    refuse_runs_file(store, runs)
     from featstore.report.tables import runs_json, runs_table
     from featstore.runs.folder import scan_runs_of
 
@@ -79,7 +82,9 @@ def runs_show(
     else:
         echo(run_report(rec, pngs))
     if unsaved:
-        raise OutputError(f"{unsaved[0]} The figures above are the run's; its PNGs were not written.")
+        more = f" ({len(unsaved)} PNGs not written, this is the first)" if len(unsaved) > 1 else ""
+        rest = "its other PNGs were written" if pngs else "its PNGs were not written"
+        raise OutputError(f"{unsaved[0]}{more}. The figures above are the run's; {rest}.")
 
 
 @runs_app.command("compare")
@@ -158,6 +163,7 @@ def ensemble(
     from featstore.experiments.ensemble import ensemble as run_ensemble
     from featstore.report.tables import run_report
 
+    refuse_runs_file(store, runs)
     echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
 
 
@@ -246,6 +252,7 @@ def finetune(
         cache=cache,
         memory_budget=memory_budget,
     )
+    refuse_runs_file(store, runs)
     rec = run_finetune(
         run, config, data=data, store=store, runs=runs, weights=weights, trust_model=trust_model, workers=workers
     )
@@ -286,6 +293,7 @@ def predict(
     from featstore.cli.main import safe
     from featstore.experiments.predict import predict as run_predict
 
+    refuse_runs_file(store, runs)
     rows = run_predict(
         run,
         inputs,

@@ -13,6 +13,7 @@ model's probabilities into the run's.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -215,11 +216,21 @@ def figures_of(rec: RunRecord, folder: Path) -> tuple[RunRecord, list[str]]:
     return parse_record(obj, folder), now
 
 
-def _png(folder: Path, name: str, draw) -> Path:
-    """A PNG written into a run's folder: a plain name, never through a link or out of the folder, replaced whole."""
+def _png(folder: Path, name: str, draw, run_id: str) -> Path:
+    """A PNG written into a run's folder: a plain name, never through a link or out of the folder, replaced whole; a
+    folder, FIFO or device at that fixed name is refused in one line naming it and the fix."""
     path = output_path(folder, name)
-    if path.is_dir():
-        raise StoreError(f"cannot write {path}: a folder of that name is in the way; remove it or choose another name")
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a FIFO, device or socket (not a regular file)"
+        raise OutputError(
+            f"cannot write PNG {path}: {what} of that name is in the way; featstore draws this run's figure under that "
+            f"name only. "
+            f"Move it out of the run folder and run `featstore runs show {run_id}` again"
+        )
     return write_atomic(path, draw, "PNG")
 
 
@@ -232,8 +243,8 @@ def show_run(
 ) -> tuple[RunRecord, list[Path]]:
     """A run's record (with the figures an older run lacks computed from its stored predictions), after writing its
     PNGs into its folder: per split a confusion matrix and a reliability diagram, and training curves. With
-    ``unsaved`` (a list), a PNG that cannot be written (a read-only runs folder, a full disk) adds its error there and
-    the rest are not tried, instead of raising: the record is still returned.
+    ``unsaved`` (a list), each PNG that cannot be written (a read-only runs folder, a full disk, a folder or FIFO at its
+    name) adds its error there instead of raising, and the others are still written: the record is still returned.
 
     Example::
 
@@ -244,25 +255,27 @@ def show_run(
     rec, _ = figures_of(rec, folder)
     names = list(rec.class_names)
     pngs: list[Path] = []
-    try:
-        _show_pngs(rec, folder, names, pngs)
-    except OutputError as exc:
-        if unsaved is None:
-            raise
-        unsaved.append(str(exc))
+    for name, draw in _figures(rec, names):
+        try:
+            pngs.append(_png(folder, name, draw, rec.id))
+        except (OutputError, StoreError) as exc:  # a link, folder or FIFO at one name: the others are still drawn
+            if unsaved is None:
+                raise
+            unsaved.append(str(exc))
     return rec, pngs
 
 
-def _show_pngs(rec: RunRecord, folder: Path, names: list[str], pngs: list[Path]) -> None:
-    """:func:`show_run`'s PNGs, each appended to ``pngs`` once written."""
+def _figures(rec: RunRecord, names: list[str]) -> list[tuple[str, object]]:
+    """:func:`show_run`'s PNGs: (file name, ``draw(tmp)``) per split's confusion matrix and reliability diagram, and
+    the training curves."""
     from featstore.plots import DRAWN_CLASSES, confusion_png, curves_png, reliability_png
 
+    figures: list[tuple[str, object]] = []
     for split, m in rec.metrics.items():
         title = f"{rec.id} on {split} (acc {accuracy_text(m)})"
         if len(names) <= DRAWN_CLASSES:  # beyond, a K x K picture of sub-pixel cells (30,000 classes: 7 GB of counts)
-            pngs.append(
-                _png(
-                    folder,
+            figures.append(
+                (
                     f"confusion_{split}.png",
                     lambda t, m=m, title=title: confusion_png(m.confusion_matrix, names, title, t),
                 )
@@ -271,9 +284,8 @@ def _show_pngs(rec: RunRecord, folder: Path, names: list[str], pngs: list[Path])
         if bins:
             cal = rec.calibration
             what = f"calibrated (T = {cal['T']:.3g})" if cal["method"] == "temperature" else "not calibrated"
-            pngs.append(
-                _png(
-                    folder,
+            figures.append(
+                (
                     f"reliability_{split}.png",
                     lambda t, m=m, split=split, what=what: reliability_png(
                         m.figure("reliability"), f"{rec.id} on {split}: {what}, ECE {m.figure('ece'):.3f}", t
@@ -284,7 +296,8 @@ def _show_pngs(rec: RunRecord, folder: Path, names: list[str], pngs: list[Path])
     if curves is not None:
         history, title, then = curves
         extra = {"kept": kind_of(rec).kept_epoch(rec)} | ({} if then is None else {"then": then})
-        pngs.append(_png(folder, "curves.png", lambda t: curves_png(history, title, t, **extra)))
+        figures.append(("curves.png", lambda t: curves_png(history, title, t, **extra)))
+    return figures
 
 
 def accuracy_text(m) -> str:

@@ -28,6 +28,7 @@ from featstore.experiments.evaluate import metrics, run_metrics, run_metrics_blo
 from featstore.experiments.protocol import Splits, check_distinct, resolve_splits
 from featstore.experiments.scoring import EVAL_BUDGET, OOF, eval_rows, memory_blocks, score_splits  # noqa: F401 (OOF)
 from featstore.experiments.selection import (
+    DivergedError,
     Fitted,
     check_classes,
     cross_validate,
@@ -59,8 +60,11 @@ _fit_one = fit_one  # its name before it moved to featstore.experiments.selectio
 
 
 def _score_one(spec_name, params, X, y, val, groups=None):
-    """``(validation accuracy, fitted model)`` of one setting."""
-    est = _fit_one(spec_name, params, X, y, val, groups)
+    """``(validation accuracy, fitted model)`` of one setting; ``(None, why)`` when its fit diverged."""
+    try:
+        est = _fit_one(spec_name, params, X, y, val, groups)
+    except DivergedError as exc:  # one setting of a search: left out of the choice, the others compete
+        return None, str(exc)
     return float(np.mean(est.predict(val[0]) == val[1])), est
 
 
@@ -253,18 +257,30 @@ def _fit_in_memory(
         scored = Parallel(n_jobs=jobs if parallel else 1, backend="loky" if parallel else "threading")(
             delayed(_score_one)(clf, p, X, y, val, groups) for p in full
         )
-        best = int(np.argmax([s for s, _ in scored]))
+        ok = [i for i, (sc, _) in enumerate(scored) if sc is not None]
+        if not ok:
+            raise DivergedError(
+                scored[0][1] if len(scored) == 1 else f"every setting diverged; the first: {scored[0][1]}"
+            )
+        for sc, why in scored:
+            if sc is None:
+                logger.warning("%s; left out of the choice", why)
+        best = max(ok, key=lambda i: scored[i][0])  # the first of the best, as np.argmax
         est = scored[best][1]
-        selection["candidates"] = [{"params": s, "score": sc} for s, (sc, _) in zip(settings, scored)]
+        selection["candidates"] = [{"params": settings[i], "score": scored[i][0]} for i in ok]
+        if len(ok) < len(scored):
+            selection["diverged"] = [settings[i] for i in range(len(scored)) if i not in ok]
     else:
         scores, oofs = cross_validate(clf, full, X, y, n_plain, k, groups, jobs, parallel, train)
-        best, oof = int(np.argmax(scores)), None
+        best, oof = int(np.nanargmax(scores)), None  # NaN: a setting that diverged (warned), never chosen
         oof = oofs[best]
         kept = ", copies of one image kept in one fold" if groups is not None else ""
         selection["method"] = (
             f"{oof.folds}-fold stratified cross-validation on {train!r}{kept} ({splits.validation_missing})"
         )
-        selection["candidates"] = [{"params": s, "score": sc} for s, sc in zip(settings, scores)]
+        selection["candidates"] = [{"params": s, "score": sc} for s, sc in zip(settings, scores) if sc == sc]
+        if len(selection["candidates"]) < len(settings):
+            selection["diverged"] = [s for s, sc in zip(settings, scores) if sc != sc]  # NaN: diverged in a fold
         est = _fit_one(clf, full[best], X, y, None, groups)
 
     budget = EVAL_BUDGET if budget is None else budget

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.caches import cache_folder, write_cached
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.search import query_blocks
-from featstore.outputs import cache_folder, write_atomic
 from featstore.safezip import check_zip
 from featstore.store.reader import FeatureStore
 
@@ -266,6 +266,6 @@ def _store(cache, name: str, key: str, proj: Projection) -> None:
             np.savez(fh, meta=np.array(json.dumps(meta)), xy=proj.xy, **arrays)
 
     try:
-        write_atomic(_cache_file(cache, name, key), write, "map cache")
+        write_cached(Path(cache).parent, _cache_file(cache, name, key), write, "map cache")
     except (OSError, OutputError) as exc:
         logger.warning("the map's layout is not cached: %s", exc)

@@ -12,6 +12,10 @@ out-of-fold accuracy wins, and its out-of-fold probabilities calibrate the run w
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +24,8 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments.calibration import _accepts_groups as takes_groups
 from featstore.stats.folds import stratified_group_folds
+
+logger = logging.getLogger(__name__)
 
 CV_FOLDS = 5  # folds of the cross-validation on train (fewer when a class has fewer images)
 CV_SEED = 0  # its seed
@@ -48,25 +54,74 @@ class Fitted:
     predict_blocks: Callable | None = None
 
 
+class DivergedError(ConfigError):
+    """A fit whose model gives NaN or infinite probabilities (a setting far outside its useful range): ``sweep`` leaves
+    its cell out and goes on."""
+
+
 def fit_one(spec_name: str, params: dict, X, y, val, groups=None):
     """Fit one setting; a head whose fit takes the validation split (the Keras head: early stopping) gets it, one
-    whose fit takes groups (the svm's calibration folds) gets them."""
+    whose fit takes groups (the svm's calibration folds) gets them. The library's warnings while fitting (numpy's
+    "RuntimeWarning: overflow", scikit-learn's ConvergenceWarning, each with its file and source line) are not printed
+    raw: a fit that diverged is one DivergedError, any other fit logs each distinct warning as one line naming the
+    setting."""
     from featstore.experiments.classifiers import build_classifier
 
     est = build_classifier(spec_name, params)
     head = est.steps[-1][1]
-    try:
-        if getattr(head, "fit_uses_validation", False) and val is not None:
-            Xt = est[:-1].fit_transform(X, y)
-            head.fit(Xt, y, validation_data=(est[:-1].transform(val[0]), val[1]))
-        elif groups is not None and takes_groups(est):
-            est.fit(X, y, **{f"{est.steps[-1][0]}__groups": groups})
-        else:
-            est.fit(X, y)
-        refuse_diverged(est, X, spec_name, params)  # (knn's n_neighbors > rows raises only here, at predict)
-    except ValueError as exc:  # e.g. n_neighbors > rows, more calibration folds than images of a class
-        raise ConfigError(f"{spec_name} with {params} cannot be fitted on these {len(y)} rows: {exc}") from exc
+    with collected_warnings() as said:
+        try:
+            if getattr(head, "fit_uses_validation", False) and val is not None:
+                Xt = est[:-1].fit_transform(X, y)
+                head.fit(Xt, y, validation_data=(est[:-1].transform(val[0]), val[1]))
+            elif groups is not None and takes_groups(est):
+                est.fit(X, y, **{f"{est.steps[-1][0]}__groups": groups})
+            else:
+                est.fit(X, y)
+            refuse_diverged(est, X, spec_name, params)  # (knn's n_neighbors > rows raises only here, at predict)
+        except DivergedError:
+            raise  # its own line: the warnings on the way there are its symptoms
+        except ValueError as exc:  # e.g. n_neighbors > rows, more calibration folds than images of a class
+            raise ConfigError(f"{spec_name} with {params} cannot be fitted on these {len(y)} rows: {exc}") from exc
+    for category, text in dict.fromkeys(said):
+        logger.warning("%s with %s: %s: %s", spec_name, params, category.__name__, " ".join(text.split()))
     return est
+
+
+_routes = threading.local()  # this thread's list of collected warnings, inside collected_warnings
+_route_lock = threading.Lock()
+_route_users = [0, None]  # blocks open in any thread, and the showwarning they replaced
+
+
+@contextlib.contextmanager
+def collected_warnings():
+    """``(category, message)`` of each warning shown in this thread inside the block, collected in the list it yields
+    instead of printed; other threads' warnings are shown as before. Unlike ``warnings.catch_warnings`` (one global
+    state) it is safe in ``sweep --jobs N``'s threads. The warnings filters still apply (``error`` raises)."""
+    got: list[tuple[type, str]] = []
+    with _route_lock:
+        if _route_users[0] == 0:
+            _route_users[1] = warnings.showwarning
+            warnings.showwarning = _route
+        _route_users[0] += 1
+    outer = getattr(_routes, "got", None)
+    _routes.got = got
+    try:
+        yield got
+    finally:
+        _routes.got = outer
+        with _route_lock:
+            _route_users[0] -= 1
+            if _route_users[0] == 0 and warnings.showwarning is _route:
+                warnings.showwarning = _route_users[1]
+
+
+def _route(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning while a :func:`collected_warnings` block is open: to this thread's list, else as before."""
+    got = getattr(_routes, "got", None)
+    if got is None:
+        return (_route_users[1] or warnings._showwarning_orig)(message, category, filename, lineno, file, line)
+    got.append((category, str(message)))
 
 
 def refuse_diverged(est, X, spec_name: str, params: dict) -> None:
@@ -77,7 +132,7 @@ def refuse_diverged(est, X, spec_name: str, params: dict) -> None:
     with np.errstate(all="ignore"):
         proba = np.asarray(est.predict_proba(X[:8]), dtype=np.float64)
     if not np.isfinite(proba).all():
-        raise ConfigError(
+        raise DivergedError(
             f"{spec_name} with {params} diverged: its fitted model gives NaN or infinite probabilities on the "
             f"training rows (a regularisation or learning rate far outside its useful range); fit with other --param "
             f"values (`featstore classifiers` shows the defaults)"
@@ -116,10 +171,19 @@ def _fold_proba(spec_name, params, X, y, fit_rows, held, n_classes, groups):
         raise ConfigError(f"{spec_name} with {params} cannot predict a cross-validation fold: {exc}") from exc
 
 
+def _fold_or_why(*args) -> np.ndarray | str:
+    """:func:`_fold_proba`, or the DivergedError's message when that fold's fit diverged."""
+    try:
+        return _fold_proba(*args)
+    except DivergedError as exc:
+        return str(exc)
+
+
 def cross_validate(
     spec_name: str, full: list[dict], X, y, n_plain: int, n_classes: int, groups, jobs: int, parallel: bool, train: str
-) -> tuple[list[float], list[OutOfFold]]:
-    """Out-of-fold accuracy on train's plain rows and out-of-fold probabilities, for every setting in ``full``.
+) -> tuple[list[float], list[OutOfFold | None]]:
+    """Out-of-fold accuracy on train's plain rows and out-of-fold probabilities, for every setting in ``full``; a
+    setting whose fit diverged in a fold gets NaN and None (a warning names it), and when all did, DivergedError.
 
     Rows ``n_plain`` and after are augmented copies: trained on in the folds of other images, never scored.
     ``groups`` gives each row its source image (None: each row its own).
@@ -129,14 +193,22 @@ def cross_validate(
     folds, n = folds_of(y, groups, train)
     jobs_list = [(i, fit_rows, held[held < n_plain]) for i in range(len(full)) for fit_rows, held in folds]
     probas = Parallel(n_jobs=jobs if parallel else 1, backend="loky" if parallel else "threading")(
-        delayed(_fold_proba)(spec_name, full[i], X, y, fit_rows, held, n_classes, groups)
+        delayed(_fold_or_why)(spec_name, full[i], X, y, fit_rows, held, n_classes, groups)
         for i, fit_rows, held in jobs_list
     )
     out = [np.zeros((n_plain, n_classes)) for _ in full]
+    why: dict[int, str] = {}
     for (i, _, held), p in zip(jobs_list, probas):
-        out[i][held] = p
-    scores = [float(np.mean(p.argmax(axis=1) == y[:n_plain])) for p in out]
-    return scores, [OutOfFold(p, n, groups is not None) for p in out]
+        if isinstance(p, str):
+            why.setdefault(i, p)
+        else:
+            out[i][held] = p
+    if len(why) == len(full):
+        raise DivergedError(why[0] if len(full) == 1 else f"every setting diverged; the first: {why[0]}")
+    for i in sorted(why):
+        logger.warning("%s (in a cross-validation fold); left out of the choice", why[i])
+    scores = [np.nan if i in why else float(np.mean(p.argmax(axis=1) == y[:n_plain])) for i, p in enumerate(out)]
+    return scores, [None if i in why else OutOfFold(p, n, groups is not None) for i, p in enumerate(out)]
 
 
 def out_of_fold(spec_name: str, params: dict, X, y, n_plain: int, n_classes: int, groups, train: str) -> OutOfFold:

@@ -172,6 +172,7 @@ def build_similarity_index(
         raise ConfigError(f"dims must be a whole number of at least 2, not {dims!r}")
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
     name = fs.resolve(extractor)
+    folder = _index_folder(index_dir(fs.path, name, split))  # before any work: what is in the way of the index
     budget = max(int(max_bytes) // 4, 1 << 20)
     commit = _commit(fs, name, split)
     centre = scan(fs, name, [], split, budget)  # refuses NaN/inf rows and splits of under 2 rows
@@ -183,14 +184,6 @@ def build_similarity_index(
         S = np.concatenate([normalised(X, centre.mean) for _, X in query_blocks(fs, name, split, budget, pick)])
         pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(S)
         del S
-    folder = index_dir(fs.path, name, split)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file where a folder of the index goes: was a NotADirectoryError traceback
-        raise OutputError(
-            f"cannot make the similarity index folder {terminal_safe(str(folder))} ({exc.strerror}): a file or link is "
-            f"in its way, or the folder is not writable; remove what is in the way (the index is safe to delete)"
-        ) from None
     meta_path = folder / "index.json"
     if meta_path.exists():
         meta_path.unlink()  # an index being rebuilt is no index until its new record is written
@@ -236,6 +229,41 @@ def build_similarity_index(
     write_text(meta_path, json.dumps(meta, indent=1, default=str), "similarity index")
     logger.debug("similarity index of %s/%s: %d rows x %d dims in %.1f s", name, split, n, width, meta["seconds"])
     return meta
+
+
+INDEX_FILES = ("vectors.npy", "model.npz", "index.json")  # what build_similarity_index writes into the index folder
+
+
+def _index_folder(folder: Path) -> Path:
+    """``folder`` made where missing; a folder, FIFO, device or link at one of :data:`INDEX_FILES` is refused in one
+    line saying what is there (a FIFO there said only "choose another path": the name is featstore's, not the user's)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder of the index goes: was a NotADirectoryError traceback
+        raise OutputError(
+            f"cannot make the similarity index folder {terminal_safe(str(folder))} ({exc.strerror}): a file or link is "
+            f"in its way, or the folder is not writable; remove what is in the way (the index is safe to delete)"
+        ) from None
+    for file in INDEX_FILES:
+        try:
+            mode = os.lstat(folder / file).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(mode):
+            continue
+        what = (
+            "a symbolic link"
+            if stat.S_ISLNK(mode)
+            else "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO, device or socket, not a regular file"
+        )
+        raise OutputError(
+            f"the similarity index file {terminal_safe(str(folder / file))} is {what}; featstore writes its index "
+            f"under that name only. Remove it (the index is safe to delete: --build-index makes it again), or search "
+            f"without an index: `featstore similar --exact` without --build-index"
+        )
+    return folder
 
 
 def _regular(path: Path) -> Path:

@@ -35,6 +35,7 @@ from featstore.experiments.ensemble import greedy_ensemble
 from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.fit import OOF, fit
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
+from featstore.experiments.selection import DivergedError
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -100,26 +101,34 @@ def sweep(
 
     def one(cell):
         n, c = cell
-        return fit(
-            store,
-            c,
-            params.get(c),
-            extractor=n,
-            search=search,
-            train=train,
-            validation=val or NONE,
-            test=NONE if no_split(test) else test,
-            test_later=later,
-            runs=runs,
-            augmented=augmented,
-        )
+        try:
+            return fit(
+                store,
+                c,
+                params.get(c),
+                extractor=n,
+                search=search,
+                train=train,
+                validation=val or NONE,
+                test=NONE if no_split(test) else test,
+                test_later=later,
+                runs=runs,
+                augmented=augmented,
+            )
+        except DivergedError as exc:  # one line, and the other fits go on (it was numpy's raw warning, then the end)
+            logger.warning("sweep: %s on %s left out: %s", c, n, exc)
+            return str(exc)
 
     if jobs > 1 and len(cells) > 1:
         from joblib import Parallel, delayed
 
-        recs = Parallel(n_jobs=jobs, backend="threading")(delayed(one)(cell) for cell in cells)
+        done = Parallel(n_jobs=jobs, backend="threading")(delayed(one)(cell) for cell in cells)
     else:
-        recs = [one(cell) for cell in cells]
+        done = [one(cell) for cell in cells]
+    diverged = {cell: why for cell, why in zip(cells, done) if isinstance(why, str)}
+    recs = [r for r in done if not isinstance(r, str)]
+    if not recs:
+        raise DivergedError(f"every fit of the sweep diverged; the first: {next(iter(diverged.values()))}")
     scores = np.array([r.accuracy(score) for r in recs])
     best = int(np.argmax(scores))
     winner = {
@@ -165,7 +174,7 @@ def sweep(
     test_of = {rid: tested[rid] for rid in shown if rid in tested}
     seconds = time.perf_counter() - started
     return _summary(
-        store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, tst, score, search, seconds
+        store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, tst, score, search, seconds, diverged
     )
 
 
@@ -292,8 +301,11 @@ def _versus(ens: RunRecord, best: RunRecord, store, runs, score: str) -> dict:
     }
 
 
-def _summary(store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, test, score, search, seconds):
-    """Write sweep-<id>.json and the heat map into the runs folder; return the summary (``test_of``: run -> record)."""
+def _summary(
+    store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, test, score, search, seconds, diverged
+):
+    """Write sweep-<id>.json and the heat map into the runs folder; return the summary (``test_of``: run -> record;
+    ``diverged``: (extractor, classifier) -> why, cells left out, drawn blank)."""
     from featstore.plots import heatmap_png
 
     root = runs_root(store, runs)
@@ -310,9 +322,13 @@ def _summary(store, runs, png, clfs, names, recs, winner, ens, versus, note, tes
         winner["vs_best_single"] = {"split": split, "run": versus[split]["name_b"], "verdict": versus[split]["verdict"]}
     winner["validation_ci"] = figures(next((r for r in [*recs, ens] if r and r.id == winner["id"]), None), score)[1]
     k = len(clfs)
-    grid = np.array([[r.accuracy(score) for r in recs[i * k : (i + 1) * k]] for i in range(len(names))])
-    cis = np.array([[wilson_of(r.metrics[score]) for r in recs[i * k : (i + 1) * k]] for i in range(len(names))])
-    where = next(((i, j) for i in range(len(names)) for j in range(k) if recs[i * k + j].id == winner["id"]), None)
+    fitted = iter(recs)
+    at = [[None if (n, c) in diverged else next(fitted) for c in clfs] for n in names]  # the grid's cells, in order
+    grid = np.array([[np.nan if r is None else r.accuracy(score) for r in row] for row in at])
+    cis = np.array([[(np.nan, np.nan) if r is None else wilson_of(r.metrics[score]) for r in row] for row in at])
+    where = next(
+        ((i, j) for i in range(len(names)) for j in range(k) if at[i][j] and at[i][j].id == winner["id"]), None
+    )
     out = Path(png) if png else root / f"{sid}.png"
     on = "validation" if not score.endswith(OOF) else "out-of-fold"
     summary = {
@@ -336,6 +352,10 @@ def _summary(store, runs, png, clfs, names, recs, winner, ens, versus, note, tes
                 "test_ci": figures(test_of.get(r.id), test)[1],
             }
             for r in recs
+        ]
+        + [
+            {"extractor": n, "clf": c, "run": None, "diverged": why, "validation": None, "test": None}
+            for (n, c), why in diverged.items()
         ],
         "ensemble": None
         if ens is None

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +41,10 @@ from featstore.models.preset_json import (
     square_side,
     whole_number,
 )
+from featstore.models.scratch import scratch_folder
 from featstore.models.tokens import EMBEDDING, FAMILIES, TOKEN_POOLINGS, TOKENS, token_model, token_pool_layer
 from featstore.models.weights import LoadedWeights
+from featstore.outputs import what_is_at
 from featstore.provenance import MAX_IMAGE_SIZE, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ def normalise(model: str) -> str:
         raise ConfigError(f"{model!r} names no preset: hub:<name>, hub:kaggle://..., hub:hf://... or a preset folder")
     if Path(rest).expanduser().is_dir():
         return str(Path(rest).expanduser().resolve())
+    found = what_is_at(Path(rest).expanduser())
+    if found != "nothing" and not rest.startswith(tuple(f"{s}://" for s in HUB_SCHEMES)) and "/" in rest:
+        raise ConfigError(  # hub:/tmp/fifo listed every built-in preset
+            f"{rest} is {found or 'a file'}, not a KerasHub preset folder; pass the folder holding the preset's "
+            f"config.json and {WEIGHTS_FILE} (what save_to_preset writes), or hub:<preset name>"
+        )
     if not str(model).startswith(HUB_PREFIX):
         raise ConfigError(f"{model} is not a folder; a KerasHub preset is hub:<preset> or a preset folder")
     return str(model)
@@ -125,8 +132,14 @@ class HubSpec:
                 f"{folder / 'config.json'}: class_name {name} but registered_name {registered[:100]}; KerasHub would "
                 f"build the latter. The preset's config is damaged or crafted"
             )
-        if not (folder / WEIGHTS_FILE).is_file():
-            raise ConfigError(f"{folder} has no {WEIGHTS_FILE} (sharded presets are not supported yet)")
+        found = what_is_at(folder / WEIGHTS_FILE)
+        if found is not None:
+            raise ConfigError(
+                f"{folder} has no {WEIGHTS_FILE} (sharded presets are not supported yet)"
+                if found == "nothing"
+                else f"{folder / WEIGHTS_FILE} is {found}, not a regular file; put the preset's weights file there "
+                f"(what save_to_preset writes)"
+            )
         if (folder / WEIGHTS_FILE).stat().st_size > MAX_WEIGHTS_BYTES:  # hashed, then loaded: a sparse 1 TB file hung
             raise ConfigError(
                 f"{folder / WEIGHTS_FILE} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB; the largest supported presets "
@@ -285,8 +298,9 @@ class HubSpec:
         # KerasHub reads the preset folder again: it is given a private snapshot holding the config.json featstore read
         # and checked, and the weights file as it is now (see _snapshot), so a config.json or weights file swapped in
         # meanwhile is never read; the weights KerasHub loaded are hashed again after loading
-        with tempfile.TemporaryDirectory(prefix="featstore-preset-") as tmp, contextlib.ExitStack() as held:
-            snapshot = self._snapshot(Path(tmp), held)
+        # (in a scratch folder of this user: one left by a SIGKILL is removed at the next build, see models.scratch)
+        with scratch_folder("preset") as tmp, contextlib.ExitStack() as held:
+            snapshot = self._snapshot(tmp, held)
             try:
                 backbone = keras_hub.models.Backbone.from_preset(str(snapshot), **kwargs)
             except Exception as exc:  # noqa: BLE001 - KerasHub and Keras raise ValueError, TypeError, OSError, h5py's...

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.caches import write_cached, write_cached_text
 from featstore.errors import ConfigError, OutputError, choices_error
 from featstore.models.agreement import as_list, largest_difference, seeded_images
 from featstore.outputs import write_atomic, write_text
@@ -169,10 +170,13 @@ class OnnxForward:
         return out[0] if self.single else out
 
 
-def export_cut(model, size: int, channels: int, path: Path, shown: str, check: Callable[[Path], object]) -> float:
+def export_cut(
+    model, size: int, channels: int, path: Path, shown: str, check: Callable[[Path], object], root: Path | None = None
+) -> float:
     """Export the Keras cut ``model`` to ONNX in a temporary file, run ``check(tmp)`` on it, and only then rename it to
     ``path``; the seconds it took. A failed export is a ConfigError naming the reason and ``--runtime keras``; a failed
-    check leaves nothing at ``path``."""
+    check leaves nothing at ``path``. ``root``: the cache ``path`` is in (``<store>.cache``), written through its
+    folders' descriptors (:func:`featstore.caches.write_cached`)."""
     import tensorflow as tf
 
     started = time.perf_counter()
@@ -198,7 +202,10 @@ def export_cut(model, size: int, channels: int, path: Path, shown: str, check: C
             quiet.setLevel(level)
         check(tmp)
 
-    write_atomic(path, write, "the ONNX cache")
+    if root is None:
+        write_atomic(path, write, "the ONNX cache")
+    else:
+        write_cached(root, path, write, "the ONNX cache")
     return time.perf_counter() - started
 
 
@@ -250,7 +257,7 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
         # a link, FIFO or folder at the record's name: refused now, not after the export's seconds ("give a file name
         # inside it" named a file in that folder, and the fresh export was left unrecorded)
         read_cached(record_path(path), MAX_RECORD_BYTES, RECORD_SHOWN)
-        return _export_checked(extractor, path, threads)
+        return _export_checked(extractor, path, threads, cache.parent)
     why = unrecorded(path, data)
     if why is None:
         try:
@@ -258,7 +265,7 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
         except ConfigError as exc:
             why = str(exc)
     logger.warning("--runtime onnx: the cached %s is exported again: %s", path, why)
-    return _export_checked(extractor, path, threads)
+    return _export_checked(extractor, path, threads, cache.parent)
 
 
 def record_path(path: Path) -> Path:
@@ -313,7 +320,7 @@ def _make_folder(cache: Path) -> bool:
     """Make the cache folder (and ``<store>.cache``) with :func:`featstore.outputs.cache_folder`: a link, file or FIFO
     in their place is one OutputError naming it; a folder that cannot be made (a store in a read-only folder, which
     ``predict`` only reads) is a warning and False: the cut is exported for this process only."""
-    from featstore.outputs import CacheNotMade, cache_folder
+    from featstore.caches import CacheNotMade, cache_folder
 
     try:
         cache_folder(cache.parent, cache.name, what="ONNX cache folder")
@@ -325,7 +332,7 @@ def _make_folder(cache: Path) -> bool:
     return True
 
 
-def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxForward, float]:
+def _export_checked(extractor, path: Path, threads: int | None, root: Path | None = None) -> tuple[OnnxForward, float]:
     """Export the cut to ``path``, renamed into place only once it loads and agrees with Keras; then record its sha256
     beside it (:func:`unrecorded`)."""
     result: list = []
@@ -337,6 +344,7 @@ def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxFor
         path,
         shown,
         lambda tmp: result.append(_open_checked(extractor, Path(tmp).read_bytes(), threads, path=path)),
+        root,
     )
     record = {
         "written_by": WRITTEN_BY,
@@ -344,7 +352,11 @@ def _export_checked(extractor, path: Path, threads: int | None) -> tuple[OnnxFor
         "sha256": result[0][0].sha256,
         "exporter": exporter_version(),
     }
-    write_text(record_path(path), json.dumps(record, indent=1) + "\n", RECORD_SHOWN)
+    text = json.dumps(record, indent=1) + "\n"
+    if root is None:
+        write_text(record_path(path), text, RECORD_SHOWN)
+    else:
+        write_cached_text(root, record_path(path), text, RECORD_SHOWN)
     logger.info("--runtime onnx: exported %s to %s in %.1f s (checked against Keras)", shown, path, seconds)
     return result[0]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from featstore.errors import ConfigError, WeightsError
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from featstore.models.weights import LoadedWeights, sha256_file
+from featstore.outputs import what_is_at
 from featstore.provenance import MAX_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
@@ -33,9 +34,11 @@ def is_model_path(model: str) -> bool:
 
 def load_model_file(path: Path, trust_model: bool = False):
     """Load a saved Keras model for inference, refusing unsafe files with the reason and the way out."""
-    if not path.is_file():
+    found = what_is_at(path)  # a folder is a KerasHub preset (is_hub_model): never here
+    if found is not None:
+        there = "does not exist" if found == "nothing" else f"is {found}, not a regular file"
         raise ConfigError(
-            f"model file {path} does not exist; pass a model saved with model.save('my_cnn.keras') "
+            f"model file {path} {there}; pass a model saved with model.save('my_cnn.keras') "
             f"or a registered backbone name (`featstore models`), hub:<preset> or a KerasHub preset folder"
         )
     legacy = path.suffix.lower() in (".h5", ".hdf5")

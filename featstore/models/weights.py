@@ -22,6 +22,7 @@ import numpy as np
 
 from featstore.errors import WeightsError
 from featstore.models.backbones import BackboneSpec
+from featstore.outputs import what_is_at
 from featstore.provenance import sha256_file  # noqa: F401 (re-exported: runs, finetune and tests take it from here)
 
 logger = logging.getLogger(__name__)
@@ -150,9 +151,11 @@ def _load_imagenet(spec: BackboneSpec, size: int):
 
 
 def _load_file(spec: BackboneSpec, size: int, path: Path):
-    if not path.is_file():
+    found = what_is_at(path)
+    if found is not None:
+        there = "does not exist" if found == "nothing" else f"is {found}, not a regular file"
         raise WeightsError(
-            f"weights file {path} does not exist. --weights takes imagenet, none, hed-bsds500 or the path "
+            f"weights file {path} {there}. --weights takes imagenet, none, hed-bsds500 or the path "
             f"of a Keras weights file (.weights.h5 or legacy .h5) saved from keras.applications.{spec.app}(include_top=False)."
         )
     from featstore.models.preset_json import check_weights_file

@@ -220,6 +220,8 @@ def sweep_table(summary: dict) -> str:
     on = "validation" if not summary.get("chosen_on", "validation").endswith(".oof") else "out-of-fold (train)"
 
     def cell(c: dict) -> str:
+        if c.get("diverged"):
+            return "diverged"
         text = f"{c['validation']:.4f}{_range(c.get('validation_ci'))}"
         text += f" / {c['test']:.4f}{_range(c.get('test_ci'))}" if c["test"] is not None else ""
         return text + (" *" if c["run"] == win["id"] else "")

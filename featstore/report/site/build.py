@@ -28,12 +28,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from featstore.caches import CacheNotMade, cache_folder
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
 from featstore.outputs import (
-    CacheNotMade,
     cache_dir,
-    cache_folder,
     check_output,
     refuse_run_files,
     terminal_safe,
@@ -269,7 +268,7 @@ def _caches(store) -> tuple[Path, str]:
         tmp = Path(tempfile.mkdtemp(prefix=f"featstore-report-{os.getpid()}-"))
         atexit.register(shutil.rmtree, tmp, True)
         for sub in ("thumbs", "maps"):
-            (tmp / sub).mkdir()
+            (tmp / sub).mkdir(mode=0o700)  # private, as mkdtemp's folder: a cache no one else can write into
         return (
             tmp,
             f"the report's caches are not kept beside the store ({exc}); thumbnails and maps are made again each time",

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from featstore.caches import CacheNotMade
 from featstore.experiments.similar import SimilarResult
-from featstore.outputs import CacheNotMade
 from featstore.report.site.build import cache_dir
 from featstore.report.site.render import render, static_text
 from featstore.report.site.thumbs import ThumbCache

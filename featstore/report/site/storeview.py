@@ -16,11 +16,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from featstore.caches import cache_folder, write_cached_text
 from featstore.errors import FeatstoreError, OutputError
 from featstore.experiments.leaks import BadRecord, find_leaks, leaks_line, read_record, record_path
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.record import check_entry
-from featstore.outputs import cache_folder, write_text
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def leak_view(fs: FeatureStore, name: str, cache: Path | None, line: str) -> Lea
         }
         if file:
             try:
-                write_text(file, json.dumps(found), "report cache")
+                write_cached_text(cache, file, json.dumps(found), "report cache")
             except (OSError, OutputError) as exc:
                 logger.warning("leak pairs not cached: %s", exc)
     pairs, view.below = (found["pairs"], False) if found["pairs"] else (found["near"], True)

@@ -21,8 +21,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from featstore.caches import cache_folder, write_cached, write_cached_text
 from featstore.errors import OutputError
-from featstore.outputs import cache_folder, terminal_safe, write_atomic, write_text
+from featstore.outputs import terminal_safe, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +102,15 @@ class ThumbCache:
         target = self.path(key)
         try:
             if img is None:
-                write_text(target.with_suffix(".txt"), reason[:MAX_REASON], "thumbnail cache")
+                write_cached_text(
+                    self.folder.parent, target.with_suffix(".txt"), reason[:MAX_REASON], "thumbnail cache"
+                )
                 return Thumb(src, None, reason)
             buf = io.BytesIO()
             gray = bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
             picture = Image.fromarray(img[..., 0] if gray else img)  # a grayscale image as one channel: 3x smaller
             picture.save(buf, format="PNG", compress_level=1)  # 5x faster than the default level, a little larger
-            write_atomic(target, lambda tmp: tmp.write_bytes(buf.getvalue()), "thumbnail cache")
+            write_cached(self.folder.parent, target, lambda tmp: tmp.write_bytes(buf.getvalue()), "thumbnail cache")
         except (OSError, OutputError) as exc:
             logger.warning("thumbnail of %s not cached: %s", terminal_safe(src), exc)
             return Thumb(src, None, reason or "the thumbnail cache cannot be written")

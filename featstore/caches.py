@@ -1,0 +1,211 @@
+"""The caches featstore keeps beside a store (``<store>.cache/`` and its ``thumbs/``, ``maps/``, ``onnx/``): made, checked
+and written through directory file descriptors, never by name.
+
+Each level below the store's folder is opened with ``O_NOFOLLOW | O_DIRECTORY`` relative to the level above it
+(``os.open(name, ..., dir_fd=parent)``), so a symbolic link at any level is refused, and one swapped in after the
+check is never followed: the temporary file is made with ``O_EXCL | O_NOFOLLOW`` in the folder that was opened, and
+renamed there (``os.replace(..., src_dir_fd=, dst_dir_fd=)``). A level featstore did not make itself is not trusted: one
+owned by another user, or writable by the group or others (featstore makes its folders ``0755``), is refused with
+:class:`CacheNotTrusted`, which the callers that fall back to a private temporary cache when no folder can be made
+there (``report``, ``similar --html``, ``predict --runtime onnx``) treat the same way.
+
+>>> CACHE_MODE
+493
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from featstore.errors import OutputError
+from featstore.outputs import output_fix
+
+CACHE_MODE = 0o755  # a cache folder featstore makes: never writable by the group or others, whatever the umask
+# Windows has no O_NOFOLLOW, O_DIRECTORY nor dir_fd: there each level is checked by name (lstat) and files are written
+# with featstore.outputs.write_atomic, and folders are not checked for their owner
+FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
+_OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+class CacheNotMade(OutputError):
+    """A cache folder that cannot be made (no link or file in its way): a read-only folder, a full disk."""
+
+
+class CacheNotTrusted(CacheNotMade):
+    """A cache folder featstore did not make: owned by another user, or writable by the group or others."""
+
+
+def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder") -> Path:
+    """``root/parts...`` made where missing, each level a real folder of this user that only this user can write;
+    returns it. ``root`` is the cache beside a store (:func:`featstore.outputs.cache_dir`), whose parent must exist. A
+    symbolic link at any level is refused, never written through nor read from (a link planted at
+    ``features.h5.cache`` sent thumbnails, map layouts and ONNX models wherever it pointed), and so is a file, FIFO or
+    anything else in a folder's place: one OutputError naming it and the fix. Example::
+
+        maps = cache_folder(cache_dir("features.h5"), "maps")
+    """
+    if not FD_SAFE:
+        return _by_name(Path(root), parts, what)
+    os.close(_open_levels(Path(root), parts, what, make=True))
+    return Path(root).joinpath(*parts)
+
+
+def write_cached(
+    root: str | os.PathLike, path: str | os.PathLike, write: Callable[[Path], object], what: str = "cache"
+) -> Path:
+    """:func:`featstore.outputs.write_atomic` for a file ``path`` under the cache ``root`` (as :func:`cache_folder`
+    takes it): ``write(tmp)`` into a new temporary file made through the folder's descriptor, renamed onto ``path`` in
+    that same folder. The levels from ``root`` down are opened and checked as :func:`cache_folder` does; a link
+    swapped in at any level afterwards is never followed. Example::
+
+        write_cached("features.h5.cache", "features.h5.cache/maps/map-1.npz", lambda tmp: np.save(tmp, xy))
+    """
+    path, root = Path(path), Path(root)
+    if not FD_SAFE:
+        from featstore.outputs import write_atomic
+
+        _by_name(root, path.parent.relative_to(root).parts, what)
+        return write_atomic(path, write, what)
+    fd = _open_levels(root, path.parent.relative_to(root).parts, what, make=False)
+    try:
+        _refuse_name(fd, path, what)
+        tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd))
+            try:
+                write(_through(fd, tmp, path.parent / tmp))
+                _refuse_name(fd, path, what)  # nothing planted at the name meanwhile
+                os.replace(tmp, path.name, src_dir_fd=fd, dst_dir_fd=fd)
+            finally:
+                _unlink(tmp, fd)
+        except OSError as exc:
+            if isinstance(exc, OutputError):
+                raise
+            raise OutputError(
+                f"cannot write {what} {path}: {output_fix(exc, path)}. Nothing was written there."
+            ) from None
+    finally:
+        os.close(fd)
+    return path
+
+
+def write_cached_text(root: str | os.PathLike, path: str | os.PathLike, text: str, what: str = "cache") -> Path:
+    """:func:`write_cached` for a UTF-8 text."""
+    return write_cached(root, path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"), what)
+
+
+def _open_levels(root: Path, parts: tuple[str, ...], what: str, make: bool) -> int:
+    """A descriptor of ``root/parts...``, each level from ``root`` on opened with O_NOFOLLOW | O_DIRECTORY relative to
+    the one above (made with CACHE_MODE where missing, when ``make``) and checked (:func:`_check_level`)."""
+    try:
+        fd = os.open(root.parent, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise OutputError(f"cannot use the {what} {root}: {output_fix(exc, root)}") from None
+    level = root.parent
+    for name in (root.name, *parts):
+        level = level / name
+        try:
+            try:
+                child = os.open(name, _OPEN_DIR, dir_fd=fd)
+            except FileNotFoundError:
+                if not make:
+                    raise
+                try:
+                    os.mkdir(name, CACHE_MODE, dir_fd=fd)
+                except FileExistsError:
+                    pass  # made meanwhile: opened and checked below
+                except OSError as exc:
+                    raise CacheNotMade(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
+                child = os.open(name, _OPEN_DIR, dir_fd=fd)
+        except OutputError:
+            os.close(fd)
+            raise
+        except OSError as exc:
+            os.close(fd)
+            raise _level_error(exc, level, what) from None
+        os.close(fd)
+        fd = child
+        try:
+            _check_level(fd, level, what)
+        except OutputError:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _by_name(root: Path, parts: tuple[str, ...], what: str) -> Path:
+    """:func:`cache_folder` where there are no directory descriptors: each level made where missing and lstat-checked."""
+    level = root
+    for name in ("", *parts):
+        level = level / name if name else level
+        try:
+            os.mkdir(level, CACHE_MODE)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise CacheNotMade(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
+        if not stat.S_ISDIR(os.lstat(level).st_mode):
+            raise _level_error(OSError(errno.ENOTDIR, "not a folder"), level, what)
+    return level
+
+
+def _level_error(exc: OSError, level: Path, what: str) -> OutputError:
+    """One line for a level that cannot be opened as a folder: a link, a file or FIFO in its place, or else."""
+    if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(level)):
+        return OutputError(
+            f"the {what} {level} is a symbolic link; featstore never writes its caches through a link. Remove the "
+            f"link (the cache is made again), or choose another --store"
+        )
+    if exc.errno == errno.ENOTDIR:
+        return OutputError(
+            f"the {what} {level} is not a folder; move it away (featstore keeps its caches there), or choose another "
+            f"--store"
+        )
+    return OutputError(f"cannot use the {what} {level}: {output_fix(exc, level)}")
+
+
+def _check_level(fd: int, level: Path, what: str) -> None:
+    """CacheNotTrusted unless the folder open at ``fd`` is this user's and writable by no one else."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid():
+        why = f"it belongs to user id {st.st_uid}, not to you"
+    elif st.st_mode & 0o022:
+        why = f"the group or others may write into it (mode {stat.S_IMODE(st.st_mode):04o})"
+    else:
+        return
+    raise CacheNotTrusted(
+        f"the {what} {level} was not made by featstore for you ({why}), so its files are not trusted; remove it (the "
+        f"cache is made again) or make it yours and private (chmod go-w)"
+    )
+
+
+def _refuse_name(fd: int, path: Path, what: str) -> None:
+    """OutputError when something other than a regular file (a link, folder, FIFO) is at ``path``'s name."""
+    try:
+        mode = os.lstat(path.name, dir_fd=fd).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise OutputError(f"{what} {path} is a symbolic link; featstore never writes through a link. Remove it")
+    if not stat.S_ISREG(mode):
+        raise OutputError(f"{what} {path} is not a regular file (a folder, pipe, device or socket); remove it")
+
+
+def _through(fd: int, name: str, fallback: Path) -> Path:
+    """A path to ``name`` in the folder open at ``fd`` that no later link can redirect: ``/proc/self/fd/<fd>/<name>``
+    where the system has it (Linux), else ``fallback`` (its name, checked just before)."""
+    proc = Path(f"/proc/self/fd/{fd}")
+    return proc / name if proc.is_dir() else fallback
+
+
+def _unlink(name: str, fd: int) -> None:
+    """Remove ``name`` from the folder open at ``fd`` when it is still there."""
+    try:
+        os.unlink(name, dir_fd=fd)
+    except FileNotFoundError:
+        pass

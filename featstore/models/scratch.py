@@ -1,0 +1,104 @@
+"""Private scratch folders that a killed process does not leave behind for ever.
+
+A KerasHub preset is built from a snapshot folder (the checked ``config.json`` and the weights as they were, a hard
+link or a copy of a few GiB). ``tempfile.TemporaryDirectory`` removes it on exit, but a SIGKILL (the OOM killer, a
+cluster's time limit) left one ``/tmp/featstore-preset-*`` per kill for ever. Scratch folders are now made in one
+folder of this user, ``<tmp>/featstore-<uid>/`` (``0700``, checked to be a folder of this user that no one else can
+write), named ``<kind>-<pid>-<random>``; every new one first removes those whose process is gone.
+
+>>> scratch_name("preset", 4242).startswith("preset-4242-")
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def scratch_name(kind: str, pid: int) -> str:
+    """The name of a new scratch folder of ``kind`` for process ``pid``."""
+    return f"{kind}-{pid}-{secrets.token_hex(4)}"
+
+
+def user_scratch() -> Path | None:
+    """``<tmp>/featstore-<uid>/``, made ``0700`` where missing; None (with a warning) when what is there is not a
+    folder of this user that only this user can write (a link, another user's folder: not trusted), and on systems
+    without user ids (Windows)."""
+    if not hasattr(os, "geteuid"):
+        return None
+    base = Path(tempfile.gettempdir()) / f"featstore-{os.geteuid()}"
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        logger.warning("scratch folder %s cannot be made (%s); using a plain temporary folder", base, exc.strerror)
+        return None
+    st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        logger.warning(
+            "%s is not a private folder of yours (a link, another user's, or open to others); featstore's scratch "
+            "folders go to plain temporary folders, which a killed process leaves behind. Remove it",
+            base,
+        )
+        return None
+    return base
+
+
+def remove_stale(base: Path, kind: str) -> list[str]:
+    """Remove ``base``'s scratch folders of ``kind`` whose process is gone (left by a kill); their names."""
+    gone = []
+    pattern = re.compile(rf"{re.escape(kind)}-(\d+)-[0-9a-f]+")
+    with os.scandir(base) as entries:
+        for entry in entries:
+            found = pattern.fullmatch(entry.name)
+            if found is None or not entry.is_dir(follow_symlinks=False) or _alive(int(found.group(1))):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            gone.append(entry.name)
+    if gone:
+        logger.info("removed %d scratch folder(s) left in %s by killed processes", len(gone), base)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts: never removed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def scratch_folder(kind: str) -> Iterator[Path]:
+    """A new private folder for this process (``<tmp>/featstore-<uid>/<kind>-<pid>-<random>``), removed after the block;
+    those left by killed processes are removed first. Example::
+
+        with scratch_folder("preset") as tmp:
+            ...
+    """
+    base = user_scratch()
+    if base is not None:
+        remove_stale(base, kind)
+        folder = base / scratch_name(kind, os.getpid())
+        os.mkdir(folder, 0o700)
+    else:
+        folder = Path(tempfile.mkdtemp(prefix=f"featstore-{kind}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
