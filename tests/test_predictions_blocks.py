@@ -57,6 +57,7 @@ def test_predictions_are_verified_and_read_a_block_at_a_time(tmp_path, monkeypat
     blocks = list(preds.blocks("test"))
     assert len(blocks) == N // ROWS and np.array_equal(np.concatenate([b for _, b in blocks]), y)
     assert np.allclose(np.concatenate([p for p, _ in blocks]), proba)
+    assert "test__proba" in preds and "train__proba" not in preds  # asked without reading a member
     monkeypatch.setattr(zipfile.ZipExtFile, "read", real)
     assert sorted(preds) == ["test__labels", "test__proba", "validation__labels", "validation__proba"]
     assert np.array_equal(preds["test__labels"], y) and np.allclose(preds["test__proba"], proba)

@@ -246,6 +246,9 @@ class StoredPredictions(Mapping):
                 return labels
         return ([p for p, _ in self.blocks(split, max(n, 1))] or [np.zeros((0, k))])[0]  # one block: the whole split
 
+    def __contains__(self, key: object) -> bool:  # without reading the member (Mapping's would)
+        return key in self._keys
+
     def __iter__(self):
         return iter(self._keys)
 
