@@ -1,12 +1,13 @@
-"""Memory and time of the changed-listing check of an interrupted split (issue 21), old code against new, side by side.
+"""Memory and time of the changed-listing check of a started split (issue 21), old code against new, side by side.
 
-Copies the cached interrupted split of ``benchmarks/million.py`` (``resume.h5`` under --dir, built by
-``million.py --rows N``) to a temporary folder, then, in fresh processes taking turns, asks ``SplitWriter.prepare``
-to resume it with a listing that changed (one file another size, paths in the same order; or one added, one removed
-and the order reversed) and times the refusal (the second call in the process: the first loads
-what a process loads once). The peak RSS is taken over that call alone (``/proc/self/clear_refs``
-resets the high-water mark as it starts, ``VmHWM`` is read as it ends), so the listing built by the script (what
-``discover`` would hold) is not counted. ``--code`` runs another checkout's featstore (main, for the figures before).
+Builds in a temporary folder a store whose ``pooled/train`` split was started from a listing of --rows images
+(``benchmarks/million_build.fake_listing``: the files need not exist; nothing committed: the check does not read
+features), then, in fresh processes taking turns, asks ``SplitWriter.prepare`` to resume it with a listing that
+changed (one file another size, paths in the same order; or two files replaced and the order reversed) and times the
+refusal (the second call in the process: the first loads what a process loads once). The peak RSS is taken over
+that call alone (``/proc/self/clear_refs`` resets the high-water mark as it starts, ``VmHWM`` is read as it ends), so
+the listing built by the script (what ``discover`` would hold) is not counted. ``--code`` runs another checkout's
+featstore (main, for the figures before).
 
     python benchmarks/listing_memory.py --rows 100000 --code /work/main
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +24,15 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+BUILD = """import sys
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from million_build import fake_listing, resume_attrs, POOLED
+from featstore.store.writer import SplitWriter, StoreFile, synthetic_attrs
+lst = fake_listing(Path("/nonexistent"), int(sys.argv[2]))
+SplitWriter(StoreFile(Path(sys.argv[1])), ["pooled"], "train").prepare(
+    [synthetic_attrs(POOLED, "float16")], resume_attrs(lst, 4096), False, lst)
+"""
 CHILD = """import ctypes, gc, json, sys, time
 sys.path.insert(0, sys.argv[4])
 from million_build import fake_listing, resume_attrs, POOLED
@@ -78,17 +87,18 @@ def run(code: Path, path: Path, rows: int, case: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--dir", default="/work/bench_cache")
     ap.add_argument("--code", default=None, help="another checkout to run beside this one (e.g. /work/main)")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    cache = Path(args.dir) / f"million-{args.rows}" / "resume.h5"
-    if not cache.is_file():
-        raise SystemExit(f"{cache} is missing: build it with python benchmarks/million.py --rows {args.rows}")
     codes = {"this": HERE.parent, **({"other": Path(args.code)} if args.code else {})}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "resume.h5"
-        shutil.copyfile(cache, path)
+        path = Path(tmp) / "started.h5"
+        subprocess.run(
+            [sys.executable, "-c", BUILD, str(path), str(args.rows), str(HERE)],
+            env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+            check=True,
+            cwd=tmp,
+        )
         for case in ("changed", "reordered"):
             got = {name: [] for name in codes}
             for _ in range(args.repeats):

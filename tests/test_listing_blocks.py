@@ -98,3 +98,13 @@ def test_a_crafted_listing_length_is_refused_before_it_is_read(tmp_path, monkeyp
         sg.attrs["n_images"] = 10**9
     with pytest.raises(StoreError, match=r"records 1000000000 images but .* and the file \d+ bytes: the store is dam"):
         start_split(path, lst)
+
+
+def test_two_paths_sharing_the_first_hash_are_told_apart(tmp_path, monkeypatch):
+    real = listing_diff._hashes
+    by_position = lambda paths: (np.arange(len(paths), dtype=np.int64), real(paths)[1])  # noqa: E731
+    monkeypatch.setattr(listing_diff, "_hashes", by_position)
+    old = listing_diff.ListingColumns.of([("t/x/a.jpg", 0, 1, 2), ("t/x/b.jpg", 0, 1, 2)])
+    new = ImageListing(tmp_path, "t", ["x"], [("t/x/c.jpg", 0), ("t/x/b.jpg", 0)][::-1], 0, [], [1, 1], [2, 2])
+    d = new.diff(old)  # reordered: matched on the first hash, which pairs other paths here; the second tells
+    assert (d.added, d.removed, d.changed) == (["t/x/c.jpg"], ["t/x/a.jpg"], [])

@@ -16,6 +16,7 @@ the counts: a listing of millions of changed files is summarised, not held.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -81,6 +82,15 @@ class ListingColumns:
         nums = np.array([e[1:] for e in entries], dtype=np.int64).reshape(len(entries), 3).T
         return cls(len(entries), lambda a, b: (paths[a:b], nums[:, a:b]))
 
+    def paths_at(self, rows: np.ndarray) -> list[str]:
+        """The paths of ``rows`` (sorted), reading only the blocks that hold them."""
+        out: list[str] = []
+        for b in np.unique(np.asarray(rows, np.int64) // self.rows):
+            a = int(b) * self.rows
+            paths, _ = self._read(a, min(a + self.rows, self.n))
+            out += [paths[r - a] for r in rows[(rows >= a) & (rows < a + self.rows)]]
+        return out
+
     def blocks(self) -> Iterator[tuple[int, Sequence[str], np.ndarray]]:
         for a in range(0, self.n, self.rows):
             paths, nums = self._read(a, min(a + self.rows, self.n))
@@ -102,8 +112,10 @@ class _Names:
 def diff_listing(new_paths: list[str], new_nums: np.ndarray, old: ListingColumns) -> ListingDiff:
     """What changed from ``old`` (recorded) to ``new_paths`` with ``new_nums`` (3, N) labels, sizes and mtimes.
 
-    The usual case (the same paths in the same order) compares block by block; otherwise rows are matched on the paths'
-    hashes, sorted, then checked equal in a second pass over the blocks. O(N) numbers are held, never a tuple per row.
+    The usual case (the same paths in the same order) compares block by block; otherwise one pass over the blocks
+    keeps two hashes of each recorded path and its numbers, rows are matched on the first hash (sorted) and checked
+    on the second (a pair of paths sharing both 64-bit hashes, about 2⁻¹²⁸ a pair, would read as one file; a single
+    shared hash or a repeated path is compared exactly). O(N) numbers are held, never a tuple per row.
     """
     if old.n == len(new_paths):
         changed = _Names()
@@ -114,40 +126,43 @@ def diff_listing(new_paths: list[str], new_nums: np.ndarray, old: ListingColumns
             changed.add([new_paths[i] for i in rows[:SHOWN]], len(rows))
         else:
             return ListingDiff([], [], changed.names, counts=(0, 0, changed.count))
-    h_old = np.empty(old.n, np.int64)
-    for a, paths, _ in old.blocks():
-        h_old[a : a + len(paths)] = np.fromiter(map(hash, paths), np.int64, len(paths))
-    h_new = np.fromiter(map(hash, new_paths), np.int64, len(new_paths))
-    order_old = np.argsort(h_old, kind="stable")
-    sorted_old = h_old[order_old]
-    del h_old
-    if (sorted_old[1:] == sorted_old[:-1]).any() or len(np.unique(h_new)) < len(h_new):
+    h_old, g_old, old_nums = np.empty(old.n, np.int64), np.empty(old.n, np.int64), np.empty((3, old.n), np.int64)
+    for a, paths, nums in old.blocks():  # one pass: two hashes of each path (independent keys) and its numbers
+        h_old[a : a + len(paths)], g_old[a : a + len(paths)] = _hashes(paths)
+        old_nums[:, a : a + len(paths)] = nums
+    h_new, g_new = _hashes(new_paths)
+    order_old, order_new = np.argsort(h_old), np.argsort(h_new)  # no ties: a repeated hash falls back below
+    sorted_old, sorted_new = h_old[order_old], h_new[order_new]
+    del h_old, h_new  # O(N) arrays dropped as soon as they are used: the peak is a few of them at once
+    if (sorted_old[1:] == sorted_old[:-1]).any() or (sorted_new[1:] == sorted_new[:-1]).any():
         return _diff_dicts(new_paths, new_nums, old)  # repeated paths, or two paths sharing a hash
-    pos = np.minimum(np.searchsorted(sorted_old, h_new), max(old.n - 1, 0))
-    hit = sorted_old[pos] == h_new if old.n else np.zeros(len(new_paths), bool)
-    match = np.full(old.n, -1, np.int64)  # recorded row -> row listed now (-1: gone)
-    match[order_old[pos[hit]]] = np.flatnonzero(hit)
-    del order_old, sorted_old, pos, h_new
-    removed, changed_rows, listed = _Names(), [], np.array(new_paths, dtype=object)
-    for a, paths, nums in old.blocks():
-        m = match[a : a + len(paths)]
-        both = np.flatnonzero(m >= 0)
-        if (np.array(paths, dtype=object)[both] != listed[m[both]]).any():
-            return _diff_dicts(new_paths, new_nums, old)  # two paths sharing a hash
-        gone = np.flatnonzero(m < 0)
-        removed.add([paths[j] for j in gone[:SHOWN]], len(gone))
-        differ = (nums[:, both] != new_nums[:, m[both]]).any(axis=0)
-        changed_rows.append(m[both][differ])
-    changed_all = np.sort(np.concatenate(changed_rows)) if changed_rows else np.zeros(0, np.int64)
-    added_all = np.flatnonzero(~hit)
+    pos = np.minimum(np.searchsorted(sorted_old, sorted_new), max(old.n - 1, 0))  # sorted queries: cache-friendly
+    found = sorted_old[pos] == sorted_new if old.n else np.zeros(len(new_paths), bool)
+    i, j = order_new[found], order_old[pos[found]]  # row listed now, recorded row: the same path
+    del order_old, order_new, sorted_old, sorted_new, pos
+    if (g_old[j] != g_new[i]).any():
+        return _diff_dicts(new_paths, new_nums, old)  # a 64-bit hash shared by two paths: compared exactly instead
+    del g_old, g_new
+    hit, gone = np.zeros(len(new_paths), bool), np.ones(old.n, bool)
+    hit[i], gone[j] = True, False
+    changed_all = np.sort(i[(new_nums[:, i] != old_nums[:, j]).any(axis=0)])
+    added_all, removed_all = np.flatnonzero(~hit), np.flatnonzero(gone)
     return _or_reordered(
         ListingDiff(
-            [new_paths[i] for i in added_all[:SHOWN]],
-            removed.names,
-            [new_paths[i] for i in changed_all[:SHOWN]],
-            counts=(len(added_all), removed.count, len(changed_all)),
+            [new_paths[k] for k in added_all[:SHOWN]],
+            old.paths_at(removed_all[:SHOWN]),
+            [new_paths[k] for k in changed_all[:SHOWN]],
+            counts=(len(added_all), len(removed_all), len(changed_all)),
         )
     )
+
+
+def _hashes(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Two 64-bit hashes of each path (``hash`` of the path and of the path with a NUL after it: independent keys of
+    SipHash), so that rows matched on the first are checked on the second without reading the paths again."""
+    first = np.fromiter(map(hash, paths), np.int64, len(paths))
+    second = np.fromiter(map(hash, map(str.__add__, paths, itertools.repeat("\0"))), np.int64, len(paths))
+    return first, second
 
 
 def _diff_dicts(new_paths: list[str], new_nums: np.ndarray, old: ListingColumns) -> ListingDiff:
