@@ -386,7 +386,7 @@ def stored_listing(sg: h5py.Group) -> list[tuple[str, int, int, int]]:
     The listing's layout is checked by :func:`validate_split`, which every caller runs first.
     """
     cols = listing_columns(sg)
-    return [(p, *map(int, n)) for _, paths, nums in cols.blocks() for p, n in zip(paths, nums.T)]
+    return [row for _, paths, nums in cols.blocks() for row in zip(paths, *nums.tolist())]
 
 
 def listing_columns(sg: h5py.Group) -> ListingColumns:
