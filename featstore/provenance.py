@@ -404,11 +404,12 @@ def same_extractor(attrs: dict, wanted: dict) -> bool:
     return recorded == wanted
 
 
-def refuse_changed_listing(recorded_digest, listing, stored: Callable[[], list], split: str, name: str, path) -> None:
+def refuse_changed_listing(recorded_digest, listing, stored: Callable[[], object], split: str, name: str, path) -> None:
     """Refuse to treat a split as done (or resume it) when its images changed since it was started: say what changed.
 
-    ``listing`` is today's :class:`~featstore.images.listing.ImageListing`; ``stored()`` reads the entries recorded
-    when the split was started (read only when the digests differ).
+    ``listing`` is today's :class:`~featstore.images.listing.ImageListing`; ``stored()`` gives the entries recorded
+    when the split was started (``featstore.store.layout.listing_columns``: read in blocks, only when the digests
+    differ).
     """
     if plain(recorded_digest) == listing.digest():
         return

@@ -19,7 +19,8 @@ before it cuts the output at the declared size. So every deflated member is also
 in 1 MiB steps, and refused as soon as it yields more than it declares (or ends with less); a stored
 member must declare exactly its stored size. After this check no reader can unpack more than the declared
 sizes. :func:`read_npy` checks a ``.npy`` member's header (dtype, shape, size) before numpy allocates the
-array, so a header declaring 10**12 rows allocates nothing.
+array, so a header declaring 10**12 rows allocates nothing; :func:`iter_npy` reads a checked member a block of rows
+at a time (a run's stored predictions are verified so, whatever their size).
 
 >>> MAX_MEMBER // 2**30, MAX_RATIO, SMALL // 2**20
 (4, 100, 64)
@@ -33,6 +34,7 @@ import stat
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -134,13 +136,23 @@ def read_npy(
         with zipfile.ZipFile("predictions.npz") as z:
             proba = read_npy(z, "test__proba.npy", "f", (n, k))
     """
+    npy_header(z, name, kinds, shape)
+    with z.open(z.getinfo(name)) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def npy_header(
+    z: zipfile.ZipFile, name: str, kinds: str = "biuf", shape: tuple[int | None, ...] | None = None
+) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, header bytes)`` of member ``name`` after checking them as :func:`read_npy` does
+    (nothing past the header is read)."""
     info = z.getinfo(name)
     with z.open(info) as fh:
         version = np.lib.format.read_magic(fh)
         reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
         if reader is None:
             raise ValueError(f"{name}: unknown .npy format version {version}")
-        got, _fortran, dtype = reader(fh)
+        got, fortran, dtype = reader(fh)
         header = fh.tell()
     if dtype.hasobject or dtype.kind not in kinds:
         raise ValueError(f"{name} holds {dtype} values, expected {_kinds(kinds)}")
@@ -151,8 +163,29 @@ def read_npy(
         raise ValueError(
             f"{name} declares shape {got} of {dtype}, which is not the {info.file_size - header} bytes it holds"
         )
-    with z.open(info) as fh:
-        return np.lib.format.read_array(fh, allow_pickle=False)
+    return got, fortran, dtype, header
+
+
+def iter_npy(
+    z: zipfile.ZipFile, name: str, kinds: str, shape: tuple[int | None, ...], rows: int
+) -> Iterator[np.ndarray]:
+    """The array in member ``name``, checked as :func:`read_npy` checks it, ``rows`` rows (its first axis) at a time:
+    never more than one block in memory, whatever the member's size. Example::
+
+        for block in iter_npy(z, "test__proba.npy", "f", (n, k), 4096): ...
+    """
+    got, fortran, dtype, header = npy_header(z, name, kinds, shape)
+    if fortran and len(got) > 1:
+        raise ValueError(f"{name} is stored in Fortran order (column by column); its rows cannot be read in blocks")
+    row = math.prod(got[1:]) * dtype.itemsize
+    with z.open(z.getinfo(name)) as fh:
+        fh.read(header)
+        for a in range(0, got[0] if got else 0, max(1, rows)):
+            take = min(max(1, rows), got[0] - a)
+            out = np.empty((take, *got[1:]), dtype)
+            if fh.readinto(memoryview(out).cast("B")) != take * row:
+                raise ValueError(f"{name} ended after {a} of its {got[0]} rows")
+            yield out
 
 
 def _kinds(kinds: str) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.images.listing import ImageListing, path_to_store
+from featstore.images.listing_diff import ListingColumns, _diff_dicts
 
 
 def listing(n: int) -> ImageListing:
@@ -66,7 +67,8 @@ def test_vectorised_diff_agrees_with_the_row_by_row_one():
     stored = stored[:100] + stored[130:] + [(f"train/c3/old_{i}.jpg".encode(), 3, 1, 2) for i in range(20)]
     stored.reverse()  # another order: rows are matched by path, not position
     d = lst.diff(stored)
-    ref = lst._diff_dicts([os.fsdecode(p) for p, *_ in stored], np.array([r[1:] for r in stored]).T)
+    new_nums = np.array([[lab for _, lab in lst.items], lst.sizes, lst.mtimes_ns], dtype=np.int64)
+    ref = _diff_dicts([p for p, _ in lst.items], new_nums, ListingColumns.of(stored))
     assert (d.added, d.removed, d.changed) == (ref.added, ref.removed, ref.changed)
     assert len(d.added) == 30 and len(d.removed) == 20 and 30 <= len(d.changed) <= 40
     same = lst.diff([(p, lab, s, m) for p, lab, s, m in lst.entries()])  # same paths, same order: the short path

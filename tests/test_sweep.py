@@ -32,15 +32,16 @@ def two_extractor_store(tmp_path_factory):
 
 def test_sweep_chooses_on_validation_and_reads_test_only_for_the_choice(two_extractor_store, tmp_path, monkeypatch):
     loads = []
-    real = FeatureStore.load
-    monkeypatch.setattr(
-        FeatureStore,
-        "load",
-        lambda self, split="train", extractor=None, **k: (
-            loads.append((split, extractor)),
-            real(self, split, extractor, **k),
-        )[1],
-    )
+    for method in ("load", "iter_batches"):  # whole, or in blocks (runs evaluate streams the test split)
+        real = getattr(FeatureStore, method)
+        monkeypatch.setattr(
+            FeatureStore,
+            method,
+            lambda self, split="train", extractor=None, _real=real, **k: (
+                loads.append((split, extractor)),
+                _real(self, split, extractor, **k),
+            )[1],
+        )
     runs = tmp_path / "runs"
     s = sweep(two_extractor_store, ["logreg", "knn"], runs=runs)
     assert len(s["cells"]) == 4 and len(list_runs(two_extractor_store, runs)) == 4

@@ -141,8 +141,17 @@ def evaluate_run(
 
         evaluate_run("logreg-1a2b3c", "test")["accuracy_ci"]
     """
-    rec, _, y, pred, raw = apply_run(run_id, split, store, runs, raw=True)
-    return split_run_metrics(y, pred, list(rec.class_names), raw, rec.calibration)
+    rec, folder = get_run(run_id, store, runs)
+    return run_metrics_blocks(_blocks(rec, folder, store, split), list(rec.class_names), rec.calibration)[2]
+
+
+def _blocks(rec: RunRecord, folder: Path, store, split: str):
+    """The run's ``(labels, predictions, raw probabilities)`` on ``split``, block by block (a fit streams within its
+    memory budget: ``RunKind.split_blocks``); an empty split refused first."""
+    fs = FeatureStore(store)
+    if rec.extractor in fs.extractors():  # an empty split was blamed on an altered model
+        check_has_rows(fs, rec.extractor, split, "--split")
+    return kind_of(rec).split_blocks(rec, folder, store, split, ApplyOptions())
 
 
 def record_split(
@@ -166,12 +175,13 @@ def evaluate_and_record(
 
         rec, m, said = evaluate_and_record("logreg-1a2b3c", "validation")
     """
-    rec, folder, y, pred, raw = apply_run(run_id, split, store, runs, raw=True)
-    m = split_run_metrics(y, pred, list(rec.class_names), raw, rec.calibration)
+    rec, folder = get_run(run_id, store, runs)
+    blocks, names = _blocks(rec, folder, store, split), list(rec.class_names)
     fs = FeatureStore(store)
     paths, listing = digest_paths(fs.paths(split, rec.extractor)), fs.split_info(split, rec.extractor)
     listing = str(listing.get("listing_sha256", ""))
     if split in rec.metrics:
+        m = run_metrics_blocks(blocks, names, rec.calibration)[2]
         stored = rec.predictions.get(split)
         same = stored.paths_sha256 == paths and stored.listing_sha256 in (None, listing) if stored else None
         if same and listing.startswith("arrays:") and rec.get("store") != str(fs.path.resolve()):
@@ -189,13 +199,23 @@ def evaluate_and_record(
                 m,
                 (
                     f"not recorded: run {rec.id} already holds {split!r} evaluated on other images "
-                    f"(recorded {stored.n} rows, here {len(y)} of {fs.path})"
+                    f"(recorded {stored.n} rows, here {m['n']} of {fs.path})"
                 ),
             )
         return rec, m, f"already recorded in run {rec.id}" + (" (the same images)" if same else "")
+    n = int(fs.split_info(split, rec.extractor)["committed_rows"])
+    seen: dict = {}
+
+    def figures(written) -> dict:  # each block's probabilities written to the new predictions.npz as it is scored
+        seen["m"] = run_metrics_blocks(written, names, rec.calibration)[2]
+        return seen["m"]
+
     try:
-        rec = add_split(runs_root(store, runs), rec, folder, split, m, (raw, y, paths, listing))
+        rec = add_split(runs_root(store, runs), rec, folder, split, figures, (blocks, n, paths, listing))
     except (OutputError, StoreError) as exc:
+        # refused before the split was scored (a runs folder that cannot be written): scored on its own; a refusal
+        # of the store's rows raises again from there, as before anything is written
+        m = seen.get("m") or run_metrics_blocks(_blocks(rec, folder, store, split), names, rec.calibration)[2]
         return rec, m, f"not recorded: {exc}"
     return rec, rec["metrics"][split], f"recorded in run {rec.id}"
 

@@ -15,8 +15,7 @@ A block is as many rows as a quarter of the memory budget holds with their featu
 their probabilities, and at least one stored chunk (``featstore.store.layout.chunk_rows``); the budget is the fit's
 ``--memory-budget``, else :data:`EVAL_BUDGET`.
 
->>> eval_rows({"shape": [10**6, 512], "dtype": "float16", "chunks": [1024, 512]}, 512 * 10**6, 1000)
-4096
+``eval_rows`` and ``EVAL_BUDGET`` live in :mod:`featstore.runs.predictions_file` (``runs evaluate`` streams with them too).
 """
 
 from __future__ import annotations
@@ -31,22 +30,12 @@ from featstore.experiments.calibration import calibrate_on_out_of_fold, calibrat
 from featstore.experiments.evaluate import run_metrics, run_metrics_blocks
 from featstore.experiments.protocol import Splits
 from featstore.experiments.selection import CV_SEED, Fitted
-from featstore.experiments.streaming import BLOCK_FRACTION, PROBA_COPIES
-from featstore.runs.predictions_file import PredictionsWriter
+from featstore.experiments.streaming import BLOCK_FRACTION
+from featstore.runs.predictions_file import EVAL_BUDGET, PredictionsWriter, eval_rows  # noqa: F401 - re-exported
 from featstore.runs.record import digest_paths
-from featstore.store.layout import chunk_rows, row_bytes
 from featstore.store.reader import FeatureStore
 
-EVAL_BUDGET = 512 * 10**6  # the memory budget of a fit's evaluation when the fit is given none (--memory-budget)
 OOF = ".oof"  # a run without a validation split records train's out-of-fold figures as split "<train>.oof"
-
-
-def eval_rows(info: dict, budget: int, n_classes: int) -> int:
-    """Rows per evaluation block of a split (its :meth:`~featstore.store.reader.FeatureStore.split_info`): whole
-    chunks, as many as a quarter of ``budget`` holds with ``PROBA_COPIES`` float64 copies of their probabilities."""
-    chunk = chunk_rows(info)
-    rows = (budget // BLOCK_FRACTION) // (row_bytes(info) + PROBA_COPIES * 8 * n_classes)
-    return max(chunk, rows // chunk * chunk)
 
 
 def memory_blocks(est, X: np.ndarray, y: np.ndarray, rows: int, n_classes: int) -> Iterator[tuple]:

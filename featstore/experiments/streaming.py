@@ -25,12 +25,10 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments.protocol import Splits
 from featstore.experiments.selection import Fitted, check_classes, describe_given
+from featstore.runs.predictions_file import BLOCK_FRACTION, PROBA_COPIES  # noqa: F401 - re-exported
 from featstore.store.layout import chunk_rows, row_bytes
 from featstore.store.reader import FeatureStore
 from featstore.units import format_bytes, parse_bytes  # noqa: F401 (re-exported)
-
-BLOCK_FRACTION = 4  # a block of features is budget/4: room for its float32 copy, the scaled copy and the model
-PROBA_COPIES = 3  # (rows, K) arrays held at once while a block is predicted and scored (model's, padded, calibrated)
 
 
 def check_budget_holds_chunks(

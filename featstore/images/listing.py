@@ -22,7 +22,6 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,6 +36,7 @@ from featstore.images.decode import (  # noqa: F401 - re-exported: images is the
     load_image,
     printable,
 )
+from featstore.images.listing_diff import ListingColumns, ListingDiff, diff_listing  # noqa: F401 - re-exported
 from featstore.images.walk import (  # noqa: F401 - re-exported: IMAGE_EXTENSIONS, FoundImages, find_images
     IMAGE_EXTENSIONS,
     FolderWalk,
@@ -82,31 +82,6 @@ class ListingEntry(NamedTuple):
 
 
 @dataclass(frozen=True)
-class ListingDiff:
-    """What changed between a recorded listing and the folders now (paths in listing order)."""
-
-    added: list[str]  # listed now, not recorded
-    removed: list[str]  # recorded, not listed now
-    changed: list[str]  # in both, with another label, size or mtime
-    reordered: bool = False  # none of these, but the same files listed in another order
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.changed)
-
-    def summary(self, first: int = 5) -> str:
-        """One line for a message.
-
-        >>> ListingDiff(["a/x.png"], [], ["b/y.jpg"]).summary()
-        '1 added, 0 removed, 1 changed (first: a/x.png, b/y.jpg)'
-        """
-        names = self.added + self.removed + self.changed
-        if not names:
-            return "the same files, listed in another order" if self.reordered else "no file added, removed or changed"
-        shown = ", ".join(printable(p) for p in names[:first]) + (", ..." if len(names) > first else "")
-        return f"{len(self.added)} added, {len(self.removed)} removed, {len(self.changed)} changed (first: {shown})"
-
-
-@dataclass(frozen=True)
 class ImageListing:
     """Images of one split, in the order they are written to the store."""
 
@@ -146,68 +121,16 @@ class ImageListing:
             object.__setattr__(self, "_digest", h.hexdigest())
         return self._digest
 
-    def diff(self, old_entries: Iterable[tuple[str | bytes, int, int, int]]) -> ListingDiff:
-        """What changed since ``old_entries`` (as ``entries()`` gave them; stored bytes paths accepted).
+    def diff(self, old: ListingColumns | Iterable[tuple[str | bytes, int, int, int]]) -> ListingDiff:
+        """What changed since ``old``: the recorded listing as :class:`ListingColumns` (read in blocks), or entries as
+        ``entries()`` gave them (stored bytes paths accepted). At most ``listing_diff.SHOWN`` names of each kind are kept.
 
         >>> listing.diff(stored_entries).summary()   # doctest: +SKIP
         '3 added, 1 removed, 2 changed (first: train/a/x.png, train/b/y.jpg, ...)'
         """
-        entries = old_entries if isinstance(old_entries, list) else list(old_entries)
-        # one column at a time (zip(*entries) of 10⁶ tuples took 1 s, most of it the garbage collector)
-        old_paths = list(map(path_from_store, map(itemgetter(0), entries)))
-        old_nums = np.array([np.fromiter(map(itemgetter(k), entries), np.int64, len(entries)) for k in (1, 2, 3)])
-        old_nums = old_nums.reshape(3, len(entries))
-        new_paths = [p for p, _ in self.items]
+        cols = old if isinstance(old, ListingColumns) else ListingColumns.of(old)
         new_nums = np.array([[label for _, label in self.items], self.sizes, self.mtimes_ns], dtype=np.int64)
-        new_nums = new_nums.reshape(3, len(new_paths))
-        if old_paths == new_paths:  # the usual resume: the same files, maybe other sizes or times
-            changed = np.flatnonzero((old_nums != new_nums).any(axis=0))
-            return ListingDiff([], [], [new_paths[i] for i in changed])
-        # Match rows by the paths' hashes, sorted (10⁶ rows in well under a second, not two dicts of tuples); repeated
-        # paths or a hash shared by two paths fall back to comparing dictionaries, which gives the same answer.
-        h_old = np.fromiter(map(hash, old_paths), np.int64, len(old_paths))
-        h_new = np.fromiter(map(hash, new_paths), np.int64, len(new_paths))
-        order_old, order_new = np.argsort(h_old), np.argsort(h_new)
-        sorted_old, sorted_new = h_old[order_old], h_new[order_new]
-        if (sorted_old[1:] == sorted_old[:-1]).any() or (sorted_new[1:] == sorted_new[:-1]).any():
-            return self._diff_dicts(old_paths, old_nums)
-        pos = np.minimum(np.searchsorted(sorted_old, sorted_new), max(len(old_paths) - 1, 0))  # sorted: cache-friendly
-        hit = sorted_old[pos] == sorted_new if len(old_paths) else np.zeros(len(new_paths), bool)
-        found = np.zeros(len(new_paths), bool)
-        found[order_new[hit]] = True
-        i, j = order_new[hit], order_old[pos[hit]]
-        keep = np.argsort(i)  # rows in listing order
-        i, j = i[keep], j[keep]
-        if not (np.array(new_paths, dtype=object)[i] == np.array(old_paths, dtype=object)[j]).all():
-            return self._diff_dicts(old_paths, old_nums)
-        gone = np.ones(len(old_paths), bool)
-        gone[j] = False
-        changed = i[(new_nums[:, i] != old_nums[:, j]).any(axis=0)]
-        return _or_reordered(
-            ListingDiff(
-                added=[new_paths[k] for k in np.flatnonzero(~found)],
-                removed=[old_paths[k] for k in np.flatnonzero(gone)],
-                changed=[new_paths[k] for k in changed],
-            )
-        )
-
-    def _diff_dicts(self, old_paths: list[str], old_nums: np.ndarray) -> ListingDiff:
-        """``diff`` one row at a time, for listings with repeated paths (or a hash two paths share)."""
-        old = dict(zip(old_paths, zip(*old_nums.tolist())))
-        paths, labels = zip(*self.items) if self.items else ((), ())
-        new = dict(zip(paths, zip(labels, self.sizes, self.mtimes_ns)))
-        return _or_reordered(
-            ListingDiff(
-                added=[p for p in new if p not in old],
-                removed=[p for p in old if p not in new],
-                changed=[p for p, v in new.items() if p in old and old[p] != v],
-            )
-        )
-
-
-def _or_reordered(d: ListingDiff) -> ListingDiff:
-    """``d``, or (nothing added, removed or changed, though the paths differ in order) the same files reordered."""
-    return d if d else ListingDiff([], [], [], reordered=True)
+        return diff_listing([p for p, _ in self.items], new_nums.reshape(3, len(self.items)), cols)
 
 
 def _byte_len(path: str) -> int:

@@ -129,10 +129,11 @@ def read_record_json(folder: Path) -> object:
         ) from None
 
 
-def check_zip_file(path: Path, what: str, folder: Path, kind: str) -> None:
-    """BrokenRunError unless ``path`` is a zip whose declared sizes are sane (``safezip.check_zip``: no zip bombs)."""
+def check_zip_file(path: Path, what: str, folder: Path, kind: str, any_size: bool = False) -> None:
+    """BrokenRunError unless ``path`` is a zip whose declared sizes are sane (``safezip.check_zip``: no zip bombs);
+    ``any_size``: no cap on one member's size (a file read in blocks), the ratio rules kept."""
     try:
-        check_zip(path)
+        check_zip(path, None) if any_size else check_zip(path)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise BrokenRunError(
             f"{what} {path} cannot be read: it is not a readable {kind} ({exc}); refusing to load it. "

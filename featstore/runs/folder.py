@@ -20,6 +20,8 @@ import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from featstore.runs.files import (
 )
 from featstore.runs.kinds import calibrated, kind_of, parse_record
 from featstore.runs.record import RunRecord
-from featstore.safezip import read_npy
+from featstore.safezip import iter_npy
 from featstore.store.folders import refuse_in_image_folders
 
 logger = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ def read_record(folder: Path) -> RunRecord:
 def verify_run(rec: RunRecord, folder: Path) -> None:
     """BrokenRunError unless the run's files are the ones it recorded: the model (sha256, zip, types) and the predictions."""
     kind_of(rec).verify(rec, folder)
-    load_predictions(folder, rec)  # small (probabilities of validation and test): read to prove it is whole
+    verify_predictions(folder, rec)  # read in blocks: bounded memory whatever the splits' sizes
 
 
 def _run_folders(root: Path) -> list[str]:
@@ -182,45 +184,113 @@ def list_runs(store: str | os.PathLike = "features.h5", runs: str | os.PathLike 
     return listing.records
 
 
-def calibrated_predictions(folder: Path, rec: RunRecord) -> dict[str, np.ndarray]:
+def calibrated_predictions(folder: Path, rec: RunRecord) -> StoredPredictions:
     """:func:`load_predictions` with the run's calibration applied to every split's probabilities (what the run gives:
     predictions.npz keeps the model's raw ones, so a new calibration never rewrites them)."""
-    out = load_predictions(folder, rec)
-    return {key: calibrated(rec, v) if key.endswith("__proba") else v for key, v in out.items()}
+    return load_predictions(folder, rec, calibrate=True)
 
 
-def load_predictions(folder: Path, rec: dict) -> dict[str, np.ndarray]:
-    """A run's stored validation/test probabilities and labels, after checking the file's recorded sha256, its zip sizes,
-    and that each split has ``n`` rows (the recorded count) of probabilities in [0, 1] summing to 1, one column per class, and labels
-    of those classes."""
+def load_predictions(folder: Path, rec: dict, calibrate: bool = False) -> StoredPredictions:
+    """A run's stored validation/test probabilities and labels, verified (:func:`verify_predictions`, in blocks), read
+    lazily: ``out["test__proba"]`` reads that member when asked, ``out.blocks("test", rows)`` a block at a time.
+
+    Example::
+
+        preds = load_predictions(folder, rec)
+        for proba, labels in preds.blocks("test", 4096): ...
+    """
+    return StoredPredictions(verify_predictions(folder, rec), folder, rec, calibrate)
+
+
+BLOCK_BYTES = 8 << 20  # probabilities read at a time when stored predictions are verified or read in blocks
+
+
+def verify_predictions(folder: Path, rec: dict) -> Path:
+    """The run's ``predictions.npz`` after checking its recorded sha256, its zip sizes, and that each split has ``n`` rows
+    (the recorded count) of probabilities in [0, 1] summing to 1, one column per class, and labels of those classes:
+    read ``BLOCK_BYTES`` of probabilities at a time, so a split of any size is verified in bounded memory."""
     path = verify_file(folder, PREDICTIONS, rec["predictions_sha256"], "stored predictions")
-    check_zip_file(path, "stored predictions", folder, "npz file")
-    k, out = len(rec["class_names"]), {}
-    try:
-        with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # our handle: zipfile leaks none on a bad zip
-            missing = sorted(
-                f"{s}__{a}"
-                for s in rec["predictions"]
-                for a in ("proba", "labels")
-                if f"{s}__{a}.npy" not in z.namelist()
+    check_zip_file(path, "stored predictions", folder, "npz file", any_size=True)  # read in blocks: no size cap
+    with _open_npz(path, folder) as z:
+        missing = sorted(
+            f"{s}__{a}" for s in rec["predictions"] for a in ("proba", "labels") if f"{s}__{a}.npy" not in z.namelist()
+        )
+        if missing:
+            raise BrokenRunError(
+                f"stored predictions {path} lack {', '.join(missing)}; remove the folder {folder} and fit again"
             )
-            if missing:
-                raise BrokenRunError(
-                    f"stored predictions {path} lack {', '.join(missing)}; remove the folder {folder} and fit again"
-                )
-            for split, info in rec["predictions"].items():
-                proba = read_npy(z, f"{split}__proba.npy", "f", (info["n"], k))  # header checked before numpy allocates
-                labels = read_npy(z, f"{split}__labels.npy", "iu", (info["n"],))
-                if not (np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()):
-                    raise ValueError(f"{split}__proba holds NaN, inf or values outside [0, 1]")
-                if proba.size and not (np.abs(proba.sum(axis=1, dtype=np.float64) - 1.0) <= 1e-3).all():
-                    raise ValueError(f"{split}__proba holds rows that do not sum to 1 (not probabilities)")
+        for split in rec["predictions"]:
+            for _ in _split_blocks(z, rec, split, _rows(rec)):
+                pass
+    return path
+
+
+class StoredPredictions(Mapping):
+    """A verified ``predictions.npz`` read lazily (see :func:`load_predictions`): keys ``<split>__proba`` and
+    ``<split>__labels``; each value read (and checked again) when asked for, never kept."""
+
+    def __init__(self, path: Path, folder: Path, rec: dict, calibrate: bool):
+        self.path, self.folder, self.rec, self.calibrate = path, folder, rec, calibrate
+        self._keys = [f"{s}__{a}" for s in rec["predictions"] for a in ("proba", "labels")]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._keys:
+            raise KeyError(key)
+        split, what = key.rsplit("__", 1)
+        n, k = int(self.rec["predictions"][split]["n"]), len(self.rec["class_names"])
+        if what == "labels":  # the labels alone (one integer a row), checked
+            with _open_npz(self.path, self.folder) as z:
+                labels = ([*iter_npy(z, f"{split}__labels.npy", "iu", (n,), max(n, 1))] or [np.zeros(0, np.int64)])[0]
                 if labels.size and (labels.min() < 0 or labels.max() >= k):
                     raise ValueError(f"{split}__labels holds labels outside 0..{k - 1}")
-                out[f"{split}__proba"], out[f"{split}__labels"] = proba, labels
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+                return labels
+        return ([p for p, _ in self.blocks(split, max(n, 1))] or [np.zeros((0, k))])[0]  # one block: the whole split
+
+    def __contains__(self, key: object) -> bool:  # without reading the member (Mapping's would)
+        return key in self._keys
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def blocks(self, split: str, rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(probabilities, labels)`` of ``split``, ``rows`` rows at a time (default: ``BLOCK_BYTES`` of probabilities),
+        checked as they are read; calibrated when the mapping is (:func:`calibrated_predictions`)."""
+        with _open_npz(self.path, self.folder) as z:
+            for proba, labels in _split_blocks(z, self.rec, split, rows or _rows(self.rec)):
+                yield (calibrated(self.rec, proba) if self.calibrate else proba), labels
+
+
+def _rows(rec: dict) -> int:
+    """Rows of probabilities in ``BLOCK_BYTES``."""
+    return max(1, BLOCK_BYTES // (8 * max(1, len(rec["class_names"]))))
+
+
+@contextmanager
+def _open_npz(path: Path, folder: Path) -> Iterator[zipfile.ZipFile]:
+    """The predictions file open as a zip; a read or format error becomes the run's BrokenRunError."""
+    try:
+        with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # our handle: zipfile leaks none on a bad zip
+            yield z
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise BrokenRunError(
             f"stored predictions {path} cannot be read or do not match run.json ({exc}); "
             f"remove the folder {folder} and fit again"
         ) from None
-    return out
+
+
+def _split_blocks(z: zipfile.ZipFile, rec: dict, split: str, rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A split's (probabilities, labels) ``rows`` at a time, each block checked (ValueError names what is wrong)."""
+    n, k = int(rec["predictions"][split]["n"]), len(rec["class_names"])
+    probas = iter_npy(z, f"{split}__proba.npy", "f", (n, k), rows)  # headers checked before any row is read
+    labels = iter_npy(z, f"{split}__labels.npy", "iu", (n,), rows)
+    for proba, y in zip(probas, labels):
+        if not (np.isfinite(proba).all() and (proba >= -1e-6).all() and (proba <= 1 + 1e-6).all()):
+            raise ValueError(f"{split}__proba holds NaN, inf or values outside [0, 1]")
+        if proba.size and not (np.abs(proba.sum(axis=1, dtype=np.float64) - 1.0) <= 1e-3).all():
+            raise ValueError(f"{split}__proba holds rows that do not sum to 1 (not probabilities)")
+        if y.size and (y.min() < 0 or y.max() >= k):
+            raise ValueError(f"{split}__labels holds labels outside 0..{k - 1}")
+        yield proba, y

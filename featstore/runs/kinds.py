@@ -23,25 +23,18 @@ import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, DataError, StoreError
+from featstore.images.listing import printable
 from featstore.provenance import MAX_IMAGE_SIZE
 from featstore.runs import artifacts
-from featstore.runs.apply import ApplyOptions, ImageBatch, split_images, split_proba
+from featstore.runs.apply import LARGE_FEATURE, ApplyOptions, ImageBatch, split_images, split_proba
 from featstore.runs.files import RECORD, BrokenRunError, read_record_json
-from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names, thaw
-from featstore.stats.calibration import apply_calibration
+from featstore.runs.kind_base import APPLY_ATTRS, ImagesModel, RunKind, calibrated  # noqa: F401 - re-exported
+from featstore.runs.predictions_file import EVAL_BUDGET, eval_rows
+from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names
+from featstore.store.layout import row_bytes
 from featstore.store.reader import FeatureStore
 from featstore.units import format_bytes
 
-APPLY_ATTRS: dict[str, Types] = {  # extractor_attrs keys that rebuilding the extractor (predict) and evaluating read
-    "model": str,
-    "layer": str,
-    "input_size": int,
-    "pooling": str,
-    "dtype": str,
-    "weights": str,
-    "feature_shape": list,
-    "fingerprint": str,
-}
 FINETUNE_PARAMS: dict[str, Types] = {  # a finetune run's params, as listings and reports show them
     "lr": (int, float),
     "optimizer": str,
@@ -52,96 +45,6 @@ FINETUNE_PARAMS: dict[str, Types] = {  # a finetune run's params, as listings an
     "seed": int,
     "from_scratch_head": bool,
 }
-
-
-class RunKind:
-    """One kind of run (subclassed per kind, one instance each in the registry)."""
-
-    name = ""  # the record's "kind"
-    fields: Mapping[str, Types] = {}  # run.json keys this kind requires, with their types
-    article = "a"  # for messages: "a fit run", "an ensemble run"
-    member_of_ensembles = True  # an ensemble may average this kind's probabilities
-
-    def check_record(self, obj: dict, where: str, folder: Path) -> None:
-        """BrokenRunError unless the kind's own keys mean something it can use (called by ``RunRecord.from_json``)."""
-
-    def check_files(self, rec: RunRecord, folder: Path) -> None:
-        """BrokenRunError unless the files the record names are regular files (nothing is read: listings call it)."""
-
-    def verify(self, rec: RunRecord, folder: Path) -> None:
-        """BrokenRunError unless the run's model file has its recorded sha256 and content featstore writes."""
-
-    def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
-        """The run's model, loaded from its verified folder."""
-        raise NotImplementedError
-
-    def for_images(self, rec: RunRecord, folder: Path, options: ApplyOptions) -> ImagesModel:
-        """The run ready to give probabilities for decoded images (its extractor rebuilt when it needs one)."""
-        raise NotImplementedError
-
-    def check_runtime(self, rec: RunRecord, options: ApplyOptions) -> None:
-        """ConfigError, before anything is built, when ``options.runtime`` cannot run this run on images."""
-
-    def split_predictions(
-        self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
-    ):
-        """``(labels, predictions, probabilities)`` of the run on a split of a store (refused on other features); the
-        probabilities are the model's own, as predictions.npz keeps them: :func:`calibrated` gives the run's."""
-        raise NotImplementedError
-
-    def check_warm_start(self, rec: RunRecord, fresh: bool) -> None:
-        """ConfigError unless a fine-tuning can start from this run (with a ``fresh`` head, or from its own)."""
-        raise ConfigError(
-            f"{rec.id} is {self.article} {self.name} run; fine-tune from a fitted dense head (featstore fit --clf dense), "
-            f"or pass --from-scratch-head with a fitted run"
-        )
-
-    def phase_a_head(self, rec: RunRecord, folder: Path, fresh: bool) -> dict:
-        """The head a fine-tuning starts from (``featstore.models.finetuned.build_model``'s ``head``)."""
-        self.check_warm_start(rec, fresh)
-        raise NotImplementedError
-
-    def params_text(self, rec: RunRecord) -> str:
-        """The run's parameters as the runs table shows them (those given or searched, not every default)."""
-        chosen = set(rec.get("given", {})) | {
-            k for c in rec.get("selection", {}).get("candidates", []) for k in c["params"]
-        }
-        return ",".join(f"{k}={v}" for k, v in sorted(rec["params"].items()) if k in chosen)
-
-    def describe(self, rec: RunRecord) -> list[str]:
-        """Lines of ``featstore runs show`` between the header and the notes."""
-        return []
-
-    def curves(self, rec: RunRecord) -> tuple[dict, str, dict | None] | None:
-        """``(history, title, then)`` for curves.png, or None when the run has no training curves."""
-        return (rec["history"], rec.id, None) if rec.history else None
-
-    def kept_epoch(self, rec: RunRecord) -> int | None:
-        """The epoch (1-based, on the curves' axis) whose weights the model ends with, when the run records it."""
-        return None
-
-
-def calibrated(rec: RunRecord, proba: np.ndarray) -> np.ndarray:
-    """The run's probabilities as it gives them (its recorded calibration applied to its model's raw ones; see
-    ``featstore.stats.calibration``): what evaluate, predict and ensembles use. It never changes the predicted class."""
-    cal = rec.calibration
-    if cal["method"] == "none" and cal.get("input", "probabilities") == "probabilities":
-        return proba
-    out = apply_calibration(thaw(cal), proba)
-    if not np.isfinite(out).all():  # logits so large that logits / T overflow: never a NaN probability downstream
-        raise BrokenRunError(
-            f"run {rec.id}: its calibration (T = {cal.get('T')!r} in its {RECORD}) gives NaN or infinite "
-            f"probabilities; remove the run folder or restore its {RECORD}"
-        )
-    return out
-
-
-class ImagesModel:
-    """A run applied to images: ``size`` is the largest image side it needs, ``proba(batch)`` its checked probabilities."""
-
-    def __init__(self, size: int, proba):
-        self.size = size
-        self.proba = proba  # ImageBatch -> (B, n_classes)
 
 
 def _check_features_record(obj: dict, where: str, folder: Path) -> None:
@@ -182,6 +85,10 @@ class _FeaturesRun(RunKind):
     def split_predictions(
         self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
     ):
+        return self._on_split(rec, folder, self._checked_store(rec, store), split, options)
+
+    def _checked_store(self, rec: RunRecord, store: str | os.PathLike) -> FeatureStore:
+        """The store, refused unless it holds the run's extractor with its features and classes."""
         fs = FeatureStore(store)
         if rec.extractor not in fs.extractors():
             raise StoreError(f"store {fs.path} has no extractor {rec.extractor!r} that run {rec.id} was fitted on")
@@ -191,7 +98,7 @@ class _FeaturesRun(RunKind):
             raise StoreError(
                 f"store classes {fs.class_names(rec.extractor)} are not the run's {list(rec.class_names)}; refusing to evaluate"
             )
-        return self._on_split(rec, folder, fs, split, options)
+        return fs
 
     def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
         raise NotImplementedError
@@ -216,10 +123,24 @@ class FitKind(_FeaturesRun):
         return ImagesModel(size, proba)
 
     def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
-        est = self.load(rec, folder, options)
-        X, y = fs.load(split, rec.extractor)
-        fs.refuse_nonfinite(split, rec.extractor, X)  # not the model: the predict check would call it altered
-        return (y, *artifacts.checked_predict(est, X, len(rec.class_names), rec.id))
+        blocks = list(self._blocks(rec, folder, fs, split, options))
+        return tuple(np.concatenate(column) for column in zip(*blocks))
+
+    def split_blocks(self, rec: RunRecord, folder: Path, store, split: str, options: ApplyOptions):
+        return self._blocks(rec, folder, self._checked_store(rec, store), split, options)
+
+    def _blocks(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
+        """The split a block of whole chunks at a time, as many rows as the run's memory budget holds with their
+        probabilities (``predictions_file.eval_rows``; the fit's ``--memory-budget``, else ``EVAL_BUDGET``)."""
+        est, k = self.load(rec, folder, options), len(rec.class_names)
+        info = fs.split_info(split, rec.extractor)
+        rows = eval_rows(info, rec.get("memory_budget") or EVAL_BUDGET, k)
+        check, at = fs.nonfinite_rows(split, rec.extractor), 0
+        for X, y in fs.iter_batches(split, rec.extractor, max_bytes=rows * row_bytes(info)):
+            if not check.block(X):
+                check.refuse()  # not the model: the predict check would call it altered
+            yield (y, *_checked_rows(est, X, k, rec, fs, split, at))
+            at += len(X)
 
     @staticmethod
     def _keras_head(rec: RunRecord) -> bool:
@@ -257,6 +178,38 @@ class FitKind(_FeaturesRun):
             f"  fit {rec.get('fit_seconds', 0):.3f} s, predict {1000 * rec.get('predict_seconds_per_image', 0):.3f} ms/image{streamed}"
         )
         return lines
+
+
+def _checked_rows(
+    est, X: np.ndarray, k: int, rec: RunRecord, fs: FeatureStore, split: str, at: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``checked_predict`` of a block of store rows (``at``: its first row's index). Finite features too large for the
+    model's arithmetic (3e38 overflows a scaler) are the store's fault, not the fit's, when the model works on the
+    block's other rows (or, alone, on a zero row): StoreError naming those rows and the extractor, as predict does."""
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below, not printed as a warning
+            return artifacts.checked_predict(est, X, k, rec.id)
+    except BrokenRunError:
+        big = np.abs(X.reshape(len(X), -1)).max(axis=1, initial=0) > LARGE_FEATURE
+        rest = X[~big] if (~big).any() else np.zeros_like(X[:1])
+        try:
+            if big.any():
+                with np.errstate(over="ignore", invalid="ignore"):
+                    artifacts.checked_predict(est, rest, k, rec.id)
+        except BrokenRunError:
+            pass
+        else:
+            if big.any():
+                rows = np.flatnonzero(big) + at
+                path = printable(fs.paths(split, rec.extractor)[rows[0]])
+                raise StoreError(
+                    f"{fs.path}:/{rec.extractor}/{split}: {len(rows)} row(s) (e.g. row {rows[0]}, {path}) hold finite "
+                    f"features too large for run "
+                    f"{rec.id}'s model (largest |feature| {float(np.abs(X[big]).max()):.3g}: an overflow in the "
+                    f"extractor {rec.extractor!r} that wrote them; the fitted classifier works on the other rows). "
+                    f"Check those images and the extractor's weights, then re-extract the split with --overwrite"
+                ) from None
+        raise
 
 
 class EnsembleKind(RunKind):

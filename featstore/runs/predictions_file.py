@@ -33,10 +33,26 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.safezip import read_npy
+from featstore.store.layout import chunk_rows, row_bytes
 
 PROBA = np.dtype("<f8")  # what a streamed split's probabilities are stored as (full_proba gives float64)
+EVAL_BUDGET = 512 * 10**6  # the memory budget of a run's evaluation when its fit was given none (--memory-budget)
+BLOCK_FRACTION = 4  # a block of features is budget/4: room for its float32 copy, the scaled copy and the model
+PROBA_COPIES = 3  # (rows, K) arrays held at once while a block is predicted and scored (model's, padded, calibrated)
 _COPY = 1 << 20  # bytes copied at a time from another run's member
 KEEPALIVE_S = 60  # while a member is read back, the file's mtime is renewed this often (the orphan cleaner's clock)
+
+
+def eval_rows(info: dict, budget: int, n_classes: int) -> int:
+    """Rows per evaluation block of a split (its :meth:`~featstore.store.reader.FeatureStore.split_info`): whole
+    chunks, as many as a quarter of ``budget`` holds with ``PROBA_COPIES`` float64 copies of their probabilities.
+
+    >>> eval_rows({"shape": [10**6, 512], "dtype": "float16", "chunks": [1024, 512]}, 512 * 10**6, 1000)
+    4096
+    """
+    chunk = chunk_rows(info)
+    rows = (budget // BLOCK_FRACTION) // (row_bytes(info) + PROBA_COPIES * 8 * n_classes)
+    return max(chunk, rows // chunk * chunk)
 
 
 @dataclass(frozen=True)

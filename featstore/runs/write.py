@@ -25,6 +25,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from featstore.errors import OutputError, StoreError
 from featstore.runs.artifacts import save_estimator
 from featstore.runs.files import (
@@ -37,7 +39,7 @@ from featstore.runs.files import (
     valid_name,
     verify_file,
 )
-from featstore.runs.folder import load_predictions
+from featstore.runs.folder import verify_predictions
 from featstore.runs.kinds import parse_record
 from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
@@ -281,20 +283,21 @@ def _skip_predictions(where: str, folder: Path) -> list[str]:
 
 
 def add_split(
-    root: Path, record: RunRecord, folder: Path, split: str, split_metrics: dict, prediction: tuple
+    root: Path, record: RunRecord, folder: Path, split: str, split_metrics: dict | Callable, prediction: tuple
 ) -> RunRecord:
     """A new version of a run folder with one more evaluated split: written aside, checked, then swapped in.
 
-    ``prediction`` is ``(probabilities, labels, paths_sha256[, listing_sha256])``; the splits already stored are
-    copied from the old predictions.npz a MiB at a time, never loaded. The folder is briefly absent during the swap,
-    never half-written; a kill leaves the old version or the new one (and marked temporary folders the orphan
-    cleaner removes, or restores when the old version is the only copy left).
+    ``prediction`` is ``(probabilities, labels, paths_sha256[, listing_sha256])``, or, streamed, ``(blocks, n,
+    paths_sha256, listing_sha256)`` with ``blocks`` an iterator of ``(labels, predictions, probabilities)`` blocks of
+    the split's ``n`` rows and ``split_metrics`` a function of those blocks giving the figures (each block's
+    probabilities are written as it passes: no (N, K) array is held). The splits already stored are copied from the
+    old predictions.npz a MiB at a time, never loaded. The folder is briefly absent during the swap, never
+    half-written; a kill leaves the old version or the new one (and marked temporary folders the orphan cleaner
+    removes, or restores when the old version is the only copy left).
     """
     old_sha, k = record["predictions_sha256"], len(record.class_names)
     stored = {s: (info.paths_sha256, info.listing_sha256) for s, info in record.predictions.items()}
     record = record.to_json()
-    record["metrics"] = {**record["metrics"], split: split_metrics}
-    record["splits"] = {**record.get("splits", {}), split: split_metrics["n"]}
     stale = f"not evaluated on {split!r}"  # fit's note about this split no longer holds
     record["notes"] = [n for n in record.get("notes", []) if not n.startswith(stale)]
     try:
@@ -315,9 +318,11 @@ def add_split(
         with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # each split copied a MiB at a time, never loaded
             for s, digests in stored.items():
                 preds.copy(s, z, read_labels(z, s, record["predictions"][s]["n"], k), *digests)
-        preds.add(split, *prediction)
+        split_metrics = _add_prediction(preds, split, k, split_metrics, prediction)
+        record["metrics"] = {**record["metrics"], split: split_metrics}
+        record["splits"] = {**record.get("splits", {}), split: split_metrics["n"]}
         rec = _write_contents(tmp, record, preds, folder)
-        load_predictions(tmp, rec)  # the new predictions file reads back whole before it replaces the old one
+        verify_predictions(tmp, rec)  # the new predictions file reads back (in blocks) before it replaces the old one
         _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
         os.replace(folder, aside)
         os.replace(tmp, folder)
@@ -340,3 +345,23 @@ def add_split(
     shutil.rmtree(aside, ignore_errors=True)
     logger.info("added %s to run %s", split, record["id"])
     return rec
+
+
+def _add_prediction(preds: PredictionsWriter, split: str, k: int, split_metrics, prediction: tuple) -> dict:
+    """Write one split's prediction into ``preds`` (whole arrays, or streamed blocks: see :func:`add_split`); its figures."""
+    if not callable(split_metrics):
+        preds.add(split, *prediction)
+        return split_metrics
+    blocks, n, paths_sha256, listing_sha256 = prediction
+    labels: list[np.ndarray] = []
+    with preds.probabilities(split, n, k) as member:
+
+        def written():
+            for block in blocks:
+                member.write(block[2])
+                labels.append(np.asarray(block[0]))
+                yield block
+
+        figures = split_metrics(written())
+    preds.labels(split, np.concatenate(labels) if labels else np.zeros(0, np.int64), paths_sha256, listing_sha256)
+    return figures

@@ -8,12 +8,14 @@ features *are* (provenance, fingerprint) is :mod:`featstore.provenance`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError
+from featstore.images.listing_diff import ListingColumns
 from featstore.provenance import MAX_AUGMENT_COPIES, attrs_of, check_format_version, plain
 
 STR = h5py.string_dtype("utf-8")
@@ -160,8 +162,9 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
         raise StoreError(f"{where}: attribute complete is {plain(complete)!r}, expected true or false. {redo}")
     if n_images < 0:
         raise StoreError(f"{where}: n_images is {plain(sg.attrs['n_images'])!r}, expected a count. {redo}")
-    _validate_listing(sg, where, redo)
-    return read_commit(sg, where)
+    commit = read_commit(sg, where)  # a commit past n_images is named as such, before the listing's length
+    _validate_listing(sg, where, redo, n_images)
+    return commit
 
 
 MAX_PACKED_CHUNK = 64 << 20  # bytes: a compressed chunk is unpacked whole to read any of its rows
@@ -252,8 +255,10 @@ def validate_augmented(ag, where: str, extractor: dict | None, source: Commit) -
 LISTING = ("paths", "labels", "sizes", "mtimes_ns")  # /<split>/listing: every image of the split as discovered
 
 
-def _validate_listing(sg, where: str, redo: str) -> None:
-    """The split's recorded listing, if any, is a group of four hard-linked 1-D datasets of one length and the right kinds."""
+def _validate_listing(sg, where: str, redo: str, n_images: int) -> None:
+    """The split's recorded listing, if any, is a group of four hard-linked 1-D datasets of one length and the right
+    kinds, one row per image of the split (``n_images``), no more rows than the file has bytes: checked before a row is
+    read, so a crafted length is refused in one line instead of read."""
     link = sg.get("listing", getlink=True)
     if link is None:
         return
@@ -264,6 +269,16 @@ def _validate_listing(sg, where: str, redo: str) -> None:
     kinds = [lg["paths"].dtype.kind in "OS"] + [lg[k].dtype.kind in "iu" for k in LISTING[1:]]
     if not all(kinds) or len(n) != 1 or any(lg[k].shape != n for k in LISTING):
         raise StoreError(f"{where}/listing is damaged (datasets of the wrong kind or length). {redo}")
+    try:
+        size = os.path.getsize(sg.file.filename)
+    except OSError:  # a file opened from memory or a file object: only n_images bounds it
+        size = None
+    if n[0] != n_images or (size is not None and n[0] > size):
+        raise StoreError(
+            f"{where}/listing records {n[0]} images but the split has n_images {n_images}"
+            + (f" and the file {size} bytes" if size is not None and n[0] > size else "")
+            + f": the store is damaged. {redo}"
+        )
 
 
 def validate_labels(y: np.ndarray, n_classes: int, where: str) -> None:
@@ -365,16 +380,26 @@ def split_summary(sg: h5py.Group, commit: Commit) -> dict:
 
 
 def stored_listing(sg: h5py.Group) -> list[tuple[str, int, int, int]]:
-    """The (path, label, size, mtime_ns) entries recorded when the split was started ([] for a split without them).
+    """The (path, label, size, mtime_ns) entries recorded when the split was started ([] for a split without them): one
+    tuple per row, for small listings and the public API; commands compare with :func:`listing_columns` (blocks).
 
     The listing's layout is checked by :func:`validate_split`, which every caller runs first.
     """
+    cols = listing_columns(sg)
+    return [row for _, paths, nums in cols.blocks() for row in zip(paths, *nums.tolist())]
+
+
+def listing_columns(sg: h5py.Group) -> ListingColumns:
+    """The split's recorded listing read ``BLOCK`` rows at a time while ``sg``'s file is open (none recorded: 0 rows).
+
+    Its length was checked against the split's ``n_images`` and the file's size by :func:`validate_split`.
+    """
     if "listing" not in sg:
-        return []
+        return ListingColumns(0, lambda a, b: ([], np.zeros((3, 0), np.int64)))
     lg = sg["listing"]
-    n = lg["paths"].shape[0]
-    return list(
-        zip(read_paths(lg["paths"], n), lg["labels"][:].tolist(), lg["sizes"][:].tolist(), lg["mtimes_ns"][:].tolist())
+    return ListingColumns(
+        lg["paths"].shape[0],
+        lambda a, b: (read_paths(lg["paths"], b, a), np.stack([lg[k][a:b].astype(np.int64) for k in LISTING[1:]])),
     )
 
 

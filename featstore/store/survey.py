@@ -29,10 +29,10 @@ from featstore.provenance import (
 from featstore.store.layout import (
     hard_group,
     hard_groups,
+    listing_columns,
     read_commit,
     read_paths,
     split_summary,
-    stored_listing,
     validate_augmented,
     validate_labels,
     validate_split,
@@ -96,7 +96,7 @@ def split_done(f: h5py.File, path, name: str, split: str, matches: Callable[[dic
     where = f"{path}:/{name}/{split}"
     commit = validate_split(sg, where, attrs)  # a damaged split is named, not skipped
     validate_labels(sg["labels"][: commit.rows], len(plain(sg.attrs["class_names"])), where)
-    refuse_changed_listing(sg.attrs.get("listing_sha256"), listing, lambda: stored_listing(sg), split, name, path)
+    refuse_changed_listing(sg.attrs.get("listing_sha256"), listing, lambda: listing_columns(sg), split, name, path)
     return True
 
 

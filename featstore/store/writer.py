@@ -43,9 +43,9 @@ from featstore.store.layout import (
     STR,
     check_root,
     hard_groups,
+    listing_columns,
     read_commit,
     split_summary,
-    stored_listing,
     validate_split,
 )
 from featstore.store.locking import StoreFile, lock_holder, writer_lock  # noqa: F401 (re-exported: the CLI, report, tests)
@@ -223,7 +223,7 @@ def _prepare_group(f, path, name, split, attrs, split_attrs, overwrite, listing,
     where = f"{path}:/{name}/{split}"
     commit = validate_split(sg, where, attrs)
     if listing is not None:
-        refuse_changed_listing(sg.attrs.get("listing_sha256"), listing, lambda: stored_listing(sg), split, name, path)
+        refuse_changed_listing(sg.attrs.get("listing_sha256"), listing, lambda: listing_columns(sg), split, name, path)
     if plain(sg.attrs["complete"]):
         if commit.images_done != int(plain(sg.attrs["n_images"])):
             raise StoreError(
@@ -272,11 +272,12 @@ def _create_datasets(sg, shape, rows, comp, attrs, split_attrs, listing, extra) 
     fg.create_dataset("paths", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
     fg.create_dataset("reasons", shape=(0,), maxshape=(None,), dtype=STR, chunks=(256,))
     if listing is not None:
-        entries = listing.entries()
-        lg = sg.create_group("listing")
-        lg.create_dataset("paths", data=np.array([path_to_store(e[0]) for e in entries], dtype=object), dtype=STR)
-        for key, col, dt in (("labels", 1, "int32"), ("sizes", 2, "int64"), ("mtimes_ns", 3, "int64")):
-            lg.create_dataset(key, data=np.array([e[col] for e in entries], dtype=dt))
+        lg = sg.create_group("listing")  # column by column: no tuple per row
+        n = len(listing.items)
+        lg.create_dataset("paths", data=np.array([path_to_store(p) for p, _ in listing.items], dtype=object), dtype=STR)
+        lg.create_dataset("labels", data=np.fromiter((label for _, label in listing.items), np.int32, n))
+        lg.create_dataset("sizes", data=np.array(listing.sizes, dtype=np.int64).reshape(n))
+        lg.create_dataset("mtimes_ns", data=np.array(listing.mtimes_ns, dtype=np.int64).reshape(n))
     for key, value in split_attrs.items():
         sg.attrs[key] = np.array(value, dtype=STR) if key == "class_names" else value
     sg.attrs["commit"] = np.zeros(3, dtype=np.int64)  # committed_rows, n_failed, images_done
