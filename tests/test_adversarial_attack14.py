@@ -292,3 +292,14 @@ def test_two_runs_evaluate_of_one_run_at_once_both_record(run, monkeypatch):
     assert said == {"test": f"recorded in run {rid}", "extra": f"recorded in run {rid}"}, said
     recorded = json.loads((runs / rid / "run.json").read_text())
     assert {"test", "extra"} <= set(recorded["metrics"]) and {"test", "extra"} <= set(recorded["predictions"])
+
+
+def test_a_run_recording_no_store_is_still_evaluated_on_a_store_holding_its_images(run):
+    """Runs of an older featstore record no store: a split they recorded with the same paths here is enough."""
+    store, runs, rid = run
+    path = runs / rid / "run.json"
+    rec = json.loads(path.read_text())
+    del rec["store"]
+    path.write_text(json.dumps(rec, indent=1))
+    result = cli("runs", "--store", store, "--runs", runs, "evaluate", rid, "--split", "test")
+    assert result.exit_code == 0 and "recorded in run" in no_traceback(result), result.output

@@ -243,14 +243,19 @@ def _refuse_other_store(rec: RunRecord, fs: FeatureStore, split: str) -> None:
     if own == str(fs.path.resolve()):
         return
     present = fs.splits(rec.extractor) if rec.extractor in fs.extractors() else []
+    compared = False
     for s, info in rec.predictions.items():
         name = s[: -len(OOF)] if s.endswith(OOF) else s  # train's out-of-fold rows are train's images
         listing = info.listing_sha256
-        if name not in present or not listing or listing.startswith("arrays:"):
+        files = bool(listing) and not listing.startswith("arrays:")  # the listing names image files
+        if name not in present or not (files or own is None):
             continue
+        compared = True  # a run that records no store (an older featstore) is compared by its paths at least
         here = str(fs.split_info(name, rec.extractor).get("listing_sha256", ""))
-        if here == listing and digest_paths(fs.paths(name, rec.extractor)) == info.paths_sha256:
+        if (here == listing or not files) and digest_paths(fs.paths(name, rec.extractor)) == info.paths_sha256:
             return
+    if own is None and not compared:
+        return  # an older run recording neither its store nor a split found here: nothing to tell them apart by
     raise ConfigError(
         f"{fs.path} is not the store run {rec.id} was made on ({own or 'not recorded'}): none of the splits it "
         f"recorded ({', '.join(rec.predictions) or 'none'}) holds the same images there, so its {split!r} would be "

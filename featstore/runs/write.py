@@ -225,7 +225,7 @@ def not_written(exc: OSError, root: Path, run_id: str, left: Path | None = None,
             else "; free some space or pass --runs DIR on another disk"
         )
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        why = f"{root} is not writable ({exc.strerror}{where}); " + (
+        why = f"{root} is not writable ({exc.strerror}); " + (
             "make it writable and run again" if update else "pass --runs DIR with a writable folder"
         )
     else:
