@@ -60,13 +60,13 @@ def test_evaluate_streams_the_split_within_the_run_budget(store, tmp_path, monke
 
 def test_huge_finite_features_name_the_store_rows_not_the_fit(store, tmp_path):
     runs = tmp_path / "runs"
-    rid = fit(store, "logreg", runs=runs)["id"]
     X, y = FeatureStore(store).load("extra", "s")
     X[4000] = 3e38  # finite, near float32's limit: an overflowing backbone's output
     bad = tmp_path / "bad.h5"
     for split in ("train", "validation", "test"):
         writer.write_arrays(bad, "s", split, *FeatureStore(store).load(split, "s"), ["a", "b", "c"])
     writer.write_arrays(bad, "s", "extra", X, y.astype(np.int32), ["a", "b", "c"])
+    rid = fit(bad, "logreg", runs=runs)["id"]  # its own store (runs evaluate records no other store's split)
     with pytest.raises(StoreError, match=r"bad.h5:/s/extra: 1 row\(s\) \(e.g. row 4000, extra/4000\) hold finite "
                        r"features too large for run .*largest \|feature\| 3e\+38.* extractor 's'"):  # fmt: skip
         evaluate_run(rid, "extra", bad, runs)

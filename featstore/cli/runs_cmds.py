@@ -137,7 +137,7 @@ def runs_evaluate(
     *,
     ctx: typer.Context,
 ) -> None:
-    """Apply a run to a split of the store (refused if the store's features are not the run's) and record the figures in the run when it has none for that split (it says so, or why not)."""
+    """Apply a run to a split of the store (refused if the store's features are not the run's, or a new split is not of the run's own store) and record the figures in the run when it has none for that split (it says so, or why not: then the exit status is 1)."""
     from featstore.experiments.evaluate import evaluate_and_record
     from featstore.report.tables import evaluated_lines
 
@@ -145,8 +145,10 @@ def runs_evaluate(
     rec, m, said = evaluate_and_record(run_id, split, store, runs)
     if json_out:
         _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said})
-        return
-    echo(evaluated_lines(rec.id, split, m, said))
+    else:
+        echo(evaluated_lines(rec.id, split, m, said))
+    if said.startswith("not recorded"):  # the figures are shown, yet a script must see that the run did not change
+        raise typer.Exit(1)
 
 
 @app.command()

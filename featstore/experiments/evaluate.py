@@ -18,15 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import OutputError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.experiments.compare import compare_runs  # noqa: F401 (featstore.compare_runs: its public home)
-from featstore.experiments.protocol import check_has_rows
+from featstore.experiments.protocol import OOF, check_has_rows, check_not_reserved
 from featstore.outputs import write_atomic
 from featstore.runs.apply import ApplyOptions
 from featstore.runs.files import output_path
-from featstore.runs.folder import calibrated_predictions, get_run, runs_root
+from featstore.runs.folder import calibrated_predictions, find_run, get_run, runs_root
 from featstore.runs.kinds import calibrated, kind_of, parse_record
 from featstore.runs.record import RunRecord, digest_paths, thaw
+from featstore.runs.versions import run_lock
 from featstore.runs.write import add_split
 from featstore.stats.calibration import apply_calibration
 from featstore.stats.figures import RowFigures, completed, confusion_of
@@ -171,13 +172,27 @@ def evaluate_and_record(
 ) -> tuple[RunRecord, dict, str]:
     """``(record, figures, what happened)``: a run evaluated on a split of the store, its figures added to the run
     when it has none for that split (``featstore runs evaluate``), or why they were not (already recorded on the
-    same images, recorded on other images, the runs folder cannot be written). Example::
+    same images, recorded on other images, the runs folder cannot be written: the words start with "not recorded").
+    Refused first: a split named like a run's out-of-fold figures, and a new split of a store that is not the run's
+    (another store's images recorded as the run's own split). Two processes recording into one run take turns
+    (``featstore.runs.versions.run_lock``). Example::
 
         rec, m, said = evaluate_and_record("logreg-1a2b3c", "validation")
     """
-    rec, folder = get_run(run_id, store, runs)
-    blocks, names = _blocks(rec, folder, store, split), list(rec.class_names)
+    check_not_reserved(split)
+    root = runs_root(store, runs)
+    found, _ = find_run(run_id, root, verify=False)  # the id a prefix names: the lock is the run's
+    with run_lock(root, found.id):
+        return _evaluate_and_record(found.id, split, store, root)
+
+
+def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[RunRecord, dict, str]:
+    """:func:`evaluate_and_record` with the run's lock held: the record read now is the one a new version replaces."""
+    rec, folder = find_run(run_id, root, exact=True)
     fs = FeatureStore(store)
+    if split not in rec.metrics:
+        _refuse_other_store(rec, fs, split)
+    blocks, names = _blocks(rec, folder, store, split), list(rec.class_names)
     paths, listing = digest_paths(fs.paths(split, rec.extractor)), fs.split_info(split, rec.extractor)
     listing = str(listing.get("listing_sha256", ""))
     if split in rec.metrics:
@@ -211,13 +226,43 @@ def evaluate_and_record(
         return seen["m"]
 
     try:
-        rec = add_split(runs_root(store, runs), rec, folder, split, figures, (blocks, n, paths, listing))
+        rec = add_split(root, rec, folder, split, figures, (blocks, n, paths, listing))
     except (OutputError, StoreError) as exc:
         # refused before the split was scored (a runs folder that cannot be written): scored on its own; a refusal
         # of the store's rows raises again from there, as before anything is written
         m = seen.get("m") or run_metrics_blocks(_blocks(rec, folder, store, split), names, rec.calibration)[2]
         return rec, m, f"not recorded: {exc}"
     return rec, rec["metrics"][split], f"recorded in run {rec.id}"
+
+
+def _refuse_other_store(rec: RunRecord, fs: FeatureStore, split: str) -> None:
+    """ConfigError unless ``fs`` is the store the run was made on: its path as the run recorded it, or (a store moved
+    or copied with its runs) a split the run recorded holding the same images there (paths and image listing, as
+    ensembles compare them). Another dataset extracted alike has the same fingerprint: its split recorded as the run's
+    own was listed beside the run's other figures, and the run's real one could never be recorded."""
+    own = rec.get("store")
+    if own == str(fs.path.resolve()):
+        return
+    present = fs.splits(rec.extractor) if rec.extractor in fs.extractors() else []
+    compared = False
+    for s, info in rec.predictions.items():
+        name = s[: -len(OOF)] if s.endswith(OOF) else s  # train's out-of-fold rows are train's images
+        listing = info.listing_sha256
+        files = bool(listing) and not listing.startswith("arrays:")  # the listing names image files
+        if name not in present or not (files or own is None):
+            continue
+        compared = True  # a run that records no store (an older featstore) is compared by its paths at least
+        here = str(fs.split_info(name, rec.extractor).get("listing_sha256", ""))
+        if (here == listing or not files) and digest_paths(fs.paths(name, rec.extractor)) == info.paths_sha256:
+            return
+    if own is None and not compared:
+        return  # an older run recording neither its store nor a split found here: nothing to tell them apart by
+    raise ConfigError(
+        f"{fs.path} is not the store run {rec.id} was made on ({own or 'not recorded'}): none of the splits it "
+        f"recorded ({', '.join(rec.predictions) or 'none'}) holds the same images there, so its {split!r} would be "
+        f"recorded as the run's own. Evaluate it with --store naming the run's store, or fit a run on this store "
+        f"(`featstore fit --store {fs.path}`)"
+    )
 
 
 def figures_of(rec: RunRecord, folder: Path) -> tuple[RunRecord, list[str]]:

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULTS = {"validation": "validation", "test": "test"}  # the names a store may lack without an error
 NONE = "none"  # --validation none, --test none: no such split
+OOF = ".oof"  # a run without a validation split records train's out-of-fold figures as split "<train>.oof"
 
 
 def no_split(name: str | None) -> bool:
@@ -46,9 +47,21 @@ def check_has_rows(fs: FeatureStore, name: str, split: str, option: str) -> None
 def check_distinct(train: str, validation: str | None, test: str | None) -> None:
     """ConfigError unless the splits asked for are different splits."""
     named = [s for s in (train, validation, test) if not no_split(s)]
+    for s in named:
+        check_not_reserved(s)
     if len(set(named)) < len(named):
         raise ConfigError(
             f"--train, --validation and --test must be three different splits; got {train!r}, {validation!r}, {test!r}"
+        )
+
+
+def check_not_reserved(split: str) -> None:
+    """ConfigError for a split whose name ends with :data:`OOF`: a run records train's out-of-fold figures under that
+    name (and reports read any such split as out-of-fold figures), so a fit on it was lost at its very end."""
+    if split.endswith(OOF):
+        raise ConfigError(
+            f"split {split!r} ends with {OOF!r}, which featstore keeps for a run's out-of-fold figures on train (e.g. "
+            f"'train{OOF}'): a run cannot record it. Rename the split (its folder under --data) and extract it again"
         )
 
 

@@ -28,14 +28,12 @@ import numpy as np
 from featstore.errors import ConfigError
 from featstore.experiments.calibration import calibrate_on_out_of_fold, calibrate_on_validation_blocks, not_calibrated
 from featstore.experiments.evaluate import run_metrics, run_metrics_blocks
-from featstore.experiments.protocol import Splits
+from featstore.experiments.protocol import OOF, Splits
 from featstore.experiments.selection import CV_SEED, Fitted
 from featstore.experiments.streaming import BLOCK_FRACTION
 from featstore.runs.predictions_file import EVAL_BUDGET, PredictionsWriter, eval_rows  # noqa: F401 - re-exported
 from featstore.runs.record import digest_paths
 from featstore.store.reader import FeatureStore
-
-OOF = ".oof"  # a run without a validation split records train's out-of-fold figures as split "<train>.oof"
 
 
 def memory_blocks(est, X: np.ndarray, y: np.ndarray, rows: int, n_classes: int) -> Iterator[tuple]:

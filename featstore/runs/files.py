@@ -3,7 +3,8 @@
 A run folder ``<runs>/<id>/`` holds ``run.json``, the fitted model and ``predictions.npz``; ``run.json`` records
 the sha256 of the other files. Everything named by a folder is checked before it is read: names must be plain
 names (no separators, not starting with a dot), files regular files inside the folder (not links, FIFOs or
-devices), ``run.json`` no larger than ``MAX_RECORD_BYTES`` (checked with ``fstat`` before it is read), other
+devices), ``run.json`` no larger than ``MAX_RECORD_BYTES`` (checked with ``fstat`` before it is read) nor holding
+more than ``MAX_RECORD_CONTAINERS`` objects and lists or ``MAX_RECORD_VALUES`` values (counted before it is parsed), other
 files of the recorded sha256, and zips of sane declared sizes (``featstore.safezip``). Every refusal is a
 ``BrokenRunError`` that names the file and the fix.
 
@@ -32,6 +33,11 @@ PREDICTIONS = "predictions.npz"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # run ids and split names: no separators, not "." or ".."
 # A run.json of 1,000 classes (three confusion matrices of 10^6 counts, one per line) is about 25 MB; larger is crafted.
 MAX_RECORD_BYTES = 64 << 20
+# What a run.json parses into is bounded too: a compact "[{},{},...]" of 64 MiB is 21 M dicts (1.8 GB). featstore
+# writes run.json with one value per line (indent=1), so a record within MAX_RECORD_BYTES holds at most ~1.6 M
+# containers ({ or [, a packed confusion cell is one) and ~8 M values; brackets and commas inside strings count too.
+MAX_RECORD_CONTAINERS = 2_000_000
+MAX_RECORD_VALUES = 8_000_000
 
 
 class BrokenRunError(StoreError):
@@ -121,12 +127,25 @@ def read_record_json(folder: Path) -> object:
         os.close(fd)
     if len(data) > MAX_RECORD_BYTES:  # grew after the fstat
         raise BrokenRunError(f"run record {path} is larger than {format_bytes(MAX_RECORD_BYTES)}; remove {folder}")
+    _check_parse_size(data, path, folder)
     try:
         return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise BrokenRunError(
             f"{folder / RECORD} is not valid JSON ({exc}); remove the folder {folder} or restore it"
         ) from None
+
+
+def _check_parse_size(data: bytes, path: Path, folder: Path) -> None:
+    """BrokenRunError when ``data`` would parse into more objects than any run.json featstore writes (counted over the
+    bytes before parsing: ``{``/``[`` open a container, ``,`` separates values), whatever its size in bytes."""
+    containers, values = data.count(b"{") + data.count(b"["), data.count(b",")
+    if containers > MAX_RECORD_CONTAINERS or values > MAX_RECORD_VALUES:
+        raise BrokenRunError(
+            f"run record {path} holds {containers:,} JSON objects and lists and {values:,} values, more than the "
+            f"{MAX_RECORD_CONTAINERS:,} and {MAX_RECORD_VALUES:,} featstore ever writes; refusing to parse it. Remove "
+            f"the folder {folder} or restore its run.json."
+        )
 
 
 def check_zip_file(path: Path, what: str, folder: Path, kind: str, any_size: bool = False) -> None:

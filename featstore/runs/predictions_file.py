@@ -142,13 +142,17 @@ class PredictionsWriter:
         self._fh.close()
 
     def discard(self) -> None:
-        """Close the file without finishing it (its folder is being removed)."""
+        """Close the file without finishing it (its folder is being removed); never raises: on a full disk even the
+        flush of the closing fails, and the error that stopped the writing is the one to report."""
         try:
             self._zip.close()
         except (OSError, ValueError, zipfile.LargeZipFile):
             pass
         finally:
-            self._fh.close()
+            try:
+                self._fh.close()  # the descriptor is closed even when the flush before it fails
+            except OSError:
+                pass
 
     def _check_new(self, split: str) -> None:
         if split in self.splits or split in self._pending:

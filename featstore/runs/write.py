@@ -35,6 +35,7 @@ from featstore.runs.files import (
     BrokenRunError,
     check_zip_file,
     json_default,
+    read_record_json,
     sha256_of,
     valid_name,
     verify_file,
@@ -43,6 +44,7 @@ from featstore.runs.folder import verify_predictions
 from featstore.runs.kinds import parse_record
 from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
+from featstore.runs.versions import TMP_MARKER, carry, own_files
 from featstore.stats.calibration import apply_calibration
 from featstore.stats.figures import RowFigures, completed, packed_confusion
 
@@ -57,15 +59,18 @@ logger = logging.getLogger(__name__)
 # a younger one may still be being written. Listing and reading never remove anything, and a folder
 # without the marker is never touched, whatever its name.
 ORPHAN_AGE_S = 600
-TMP_MARKER = ".featstore-tmp"
 _ORPHAN = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.tmp")
 
 
 def _make_temp(root: Path, run_id: str, role: str = "new", suffix: str = ".tmp") -> Path:
     """A new hidden temporary folder ``.<id>.<random><suffix>`` in ``root`` holding TMP_MARKER (``role``: new or old)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", suffix=suffix, dir=root))
-    os.chmod(tmp, 0o777 & ~_umask())  # the run folder it becomes: mkdtemp's 0700 would hide it from the group
-    _mark(tmp, run_id, role)
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # the run folder it becomes: mkdtemp's 0700 would hide it from the group
+        _mark(tmp, run_id, role)
+    except BaseException:  # a full disk makes the marker file but not its bytes: the folder is removed here
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return tmp
 
 
@@ -75,16 +80,22 @@ def _mark(folder: Path, run_id: str, role: str) -> None:
 
 
 def _marker(folder: Path) -> dict | None:
-    """The TMP_MARKER of a folder, or None if it has none (then the folder is not featstore's to remove)."""
+    """The TMP_MARKER of a folder, or None if it has none (then the folder is not featstore's to remove). A marker file
+    whose JSON is missing or cut short (a full disk let the file be made, not its bytes) marks a new version: the
+    folder is featstore's, never the only copy of a run (an old version's marker is written before it is moved)."""
     path = folder / TMP_MARKER
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):
             return None
         with open(path, "rb") as fh:
-            found = json.loads(fh.read(4096))
-    except (OSError, ValueError):
+            text = fh.read(4096)
+    except OSError:
         return None
-    return found if isinstance(found, dict) else None
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {"role": "new"}
+    return found if isinstance(found, dict) else {"role": "new"}
 
 
 def clean_orphans(root: Path, now: float | None = None) -> None:
@@ -202,17 +213,42 @@ def _write_contents(tmp: Path, record: dict, preds: PredictionsWriter, folder: P
     return rec
 
 
-def not_written(exc: OSError, root: Path, run_id: str) -> OutputError:
-    """One line for an OSError met while writing a run folder: why, what to do, and that nothing was recorded."""
+def not_written(exc: OSError, root: Path, run_id: str, left: Path | None = None, update: bool = False) -> OutputError:
+    """One line for an OSError met while writing a run folder: why, what to do, and that nothing was recorded (and
+    ``left``: a temporary folder that could not be removed). ``update``: adding to an existing run (``runs evaluate``),
+    whose runs folder cannot be changed by an option."""
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        why = "the disk is full; free some space or pass --runs DIR on another disk"
+        why = "the disk is full" + (
+            f"; free some space on the disk of {root} and run again"
+            if update
+            else "; free some space or pass --runs DIR on another disk"
+        )
     elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        why = f"{root} is not writable ({exc.strerror}); pass --runs DIR with a writable folder"
+        why = f"{root} is not writable ({exc.strerror}); " + (
+            "make it writable and run again" if update else "pass --runs DIR with a writable folder"
+        )
     else:
-        why = f"{exc.strerror or exc}; pass --runs DIR with a writable folder"
-    return OutputError(
-        f"could not write run {run_id} into {root}: {why}. Nothing was recorded (no partial folder is left)"
+        why = f"{exc.strerror or exc}{where}; " + (
+            "run again once that is fixed" if update else "pass --runs DIR with a writable folder"
+        )
+    kept = (
+        f"a partial folder {left} could not be removed: remove it"
+        if left is not None and os.path.lexists(left)
+        else "no partial folder is left"
     )
+    return OutputError(f"could not write run {run_id} into {root}: {why}. Nothing was recorded ({kept})")
+
+
+def _discard(preds: PredictionsWriter | None, tmp: Path) -> None:
+    """Drop a temporary run folder being written: never raises (a full disk can refuse even the closing of its files),
+    so the error that made it fail is the one reported."""
+    if preds is not None:
+        try:
+            preds.discard()
+        except Exception as exc:  # noqa: BLE001 - the folder goes anyway; the first error is the one to report
+            logger.debug("closing %s failed: %s", preds.path, exc)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 class RunDraft:
@@ -239,8 +275,8 @@ class RunDraft:
         try:
             self.predictions = PredictionsWriter(self.tmp / PREDICTIONS)
         except OSError as exc:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise not_written(exc, self.root, name) from None
+            _discard(None, self.tmp)
+            raise not_written(exc, self.root, name, self.tmp) from None
 
     def __enter__(self) -> RunDraft:
         return self
@@ -248,10 +284,9 @@ class RunDraft:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.done:
             return
-        self.predictions.discard()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        _discard(self.predictions, self.tmp)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise not_written(exc, self.root, self.name) from None
+            raise not_written(exc, self.root, self.name, self.tmp) from None
 
     def finish(self, record: dict, est) -> RunRecord:
         """Save the model (or none), close the predictions, write run.json and rename the folder to the run's id."""
@@ -277,11 +312,6 @@ def write_run(root: Path, record: dict, est, probas: dict) -> RunRecord:
         return draft.finish(record, est)
 
 
-def _skip_predictions(where: str, folder: Path) -> list[str]:
-    """What add_split's copy of a run folder leaves out: the old predictions.npz (written anew, split by split)."""
-    return [PREDICTIONS] if Path(where) == Path(folder) else []
-
-
 def add_split(
     root: Path, record: RunRecord, folder: Path, split: str, split_metrics: dict | Callable, prediction: tuple
 ) -> RunRecord:
@@ -291,27 +321,34 @@ def add_split(
     paths_sha256, listing_sha256)`` with ``blocks`` an iterator of ``(labels, predictions, probabilities)`` blocks of
     the split's ``n`` rows and ``split_metrics`` a function of those blocks giving the figures (each block's
     probabilities are written as it passes: no (N, K) array is held). The splits already stored are copied from the
-    old predictions.npz a MiB at a time, never loaded. The folder is briefly absent during the swap, never
-    half-written; a kill leaves the old version or the new one (and marked temporary folders the orphan cleaner
-    removes, or restores when the old version is the only copy left).
+    old predictions.npz a MiB at a time, never loaded; the run's other files (model, figures) are carried over, and
+    anything else in the folder is refused first (``featstore.runs.versions.own_files``). The folder is briefly absent during the swap,
+    never half-written; a kill leaves the old version or the new one (and marked temporary folders the orphan cleaner
+    removes, or restores when the old version is the only copy left). Callers hold ``featstore.runs.versions.run_lock`` around reading the
+    record and this; a run.json changed meanwhile (another process without the lock) is refused, not overwritten.
     """
     old_sha, k = record["predictions_sha256"], len(record.class_names)
     stored = {s: (info.paths_sha256, info.listing_sha256) for s, info in record.predictions.items()}
     record = record.to_json()
+    carried = own_files(folder, record)
+    now = read_record_json(folder)
+    if not isinstance(now, dict) or now.get("predictions_sha256") != old_sha:
+        raise StoreError(
+            f"run {record['id']} was given a new version by another process while this one evaluated it; nothing was "
+            f"recorded: run the command again"
+        )
     stale = f"not evaluated on {split!r}"  # fit's note about this split no longer holds
     record["notes"] = [n for n in record.get("notes", []) if not n.startswith(stale)]
     try:
         clean_orphans(root)
         tmp = _make_temp(root, record["id"])
     except OSError as exc:
-        raise not_written(exc, root, record["id"]) from None
+        raise not_written(exc, root, record["id"], update=True) from None
     aside = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")  # unique as tmp is
     preds = None
     try:
-        shutil.copytree(
-            folder, tmp, symlinks=True, dirs_exist_ok=True, ignore=lambda d, _: _skip_predictions(d, folder)
-        )
-        _mark(tmp, record["id"], "new")  # in case the folder held a stale marker
+        for name in carried:
+            carry(folder / name, tmp / name)
         preds = PredictionsWriter(tmp / PREDICTIONS)
         path = verify_file(folder, PREDICTIONS, old_sha, "stored predictions")  # the file the run was verified with
         check_zip_file(path, "stored predictions", folder, "npz file")
@@ -327,14 +364,15 @@ def add_split(
         os.replace(folder, aside)
         os.replace(tmp, folder)
     except BaseException as exc:
-        if preds is not None:
-            preds.discard()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(preds, tmp)
         if not os.path.lexists(folder) and aside.is_dir():
             os.replace(aside, folder)  # the second rename failed: put the old version back
-        (folder / TMP_MARKER).unlink(missing_ok=True)
+        try:
+            (folder / TMP_MARKER).unlink(missing_ok=True)
+        except OSError as again:
+            logger.debug("could not remove %s: %s", folder / TMP_MARKER, again)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
-            raise not_written(exc, root, record["id"]) from None
+            raise not_written(exc, root, record["id"], tmp, update=True) from None
         if isinstance(exc, (KeyError, ValueError, zipfile.BadZipFile)):
             raise BrokenRunError(
                 f"stored predictions of run {record['id']} cannot be read ({exc}); remove the folder {folder} and fit "

@@ -1,0 +1,107 @@
+"""A run folder's next version (``featstore.runs.write.add_split``, ``runs evaluate``): what it carries over from the
+old one, and the lock two processes updating one run take turns on.
+
+A new version holds run.json and predictions.npz written anew, plus the run's model files and the figures featstore
+drew, carried over as hard links (or copies); anything else found in the folder (a user's file, a FIFO, a sparse
+file) is refused before anything is written, never copied nor dropped.
+
+>>> bool(_FIGURE.fullmatch("confusion_test.png")), bool(_FIGURE.fullmatch("notes.txt"))
+(True, False)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from featstore.errors import StoreError
+from featstore.runs.files import PREDICTIONS, RECORD
+
+logger = logging.getLogger(__name__)
+TMP_MARKER = ".featstore-tmp"  # the marker file of featstore's temporary run folders (featstore.runs.write)
+
+
+_FIGURE = re.compile(r"(confusion|reliability)_[^/]+\.png|curves\.png")  # the PNGs `runs show` draws into a run folder
+
+
+def own_files(folder: Path, record: dict) -> list[str]:
+    """The files of a run folder its new version carries over (run.json and predictions.npz are written anew): the
+    model's files and the figures featstore drew, each a regular file. Anything else there is refused, before anything
+    is written: it is not copied (a FIFO would block the copy, a sparse file become real data) nor dropped with the
+    old version."""
+    art = record.get("artifact") or {}
+    model = {art[k] for k in ("file", "meta_file") if isinstance(art.get(k), str)}
+    carried = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        name = entry.name
+        if name in (RECORD, PREDICTIONS, TMP_MARKER):
+            continue
+        path = folder / name
+        if name not in model and not _FIGURE.fullmatch(name):
+            raise StoreError(
+                f"run folder {folder} holds {name!r}, which is not one of the run's files (run.json, predictions.npz, "
+                f"its model, its figures); runs evaluate writes a new version of the folder with those only: move "
+                f"{path} out of the folder and run again"
+            )
+        if not stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+            raise StoreError(
+                f"{path} is not a regular file (a link, folder, FIFO or device); refusing to copy it into the run's new "
+                f"version. Remove it (`featstore runs show` draws the figures again) and run again"
+            )
+        carried.append(name)
+    return carried
+
+
+def carry(src: Path, dst: Path) -> None:
+    """``src`` into the new version as ``dst``: a hard link (no data copied; files in run folders are replaced by
+    rename, never rewritten in place, so the two versions never share a change), else a copy of its bytes."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        shutil.copyfile(src, dst, follow_symlinks=False)
+
+
+@contextlib.contextmanager
+def run_lock(root: Path, run_id: str) -> Iterator[None]:
+    """A lock on one run of ``root`` (``<root>/.<id>.lock``, the ``filelock`` package, as the store's writer): held
+    while a run is read, evaluated and given a new version, so two ``runs evaluate`` of one run take turns (the second
+    waits, saying so, then reads the version the first wrote). No lock under ``featstore --no-locking``, nor in a
+    folder where no lock file can be made (read-only: nothing can be written there either, and the write says so)."""
+    from filelock import FileLock, Timeout
+
+    from featstore.store.locking import locking_default
+
+    path = root / f".{run_id}.lock"
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        mode = stat.S_IFREG  # none yet (or unreadable: the lock's own open says why)
+    if not stat.S_ISREG(mode):  # filelock opens with O_TRUNC: never through a link planted there
+        raise StoreError(
+            f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks run {run_id} with a file "
+            f"of that name: remove it and run again"
+        )
+    lock = FileLock(str(path))
+    try:
+        if locking_default() is not False:
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                logger.warning("run %s is being updated by another featstore process; waiting for it", run_id)
+                lock.acquire()
+    except OSError as exc:
+        logger.debug("no lock on run %s (%s): %s", run_id, path, exc)
+    try:
+        yield
+    finally:
+        if lock.is_locked:
+            lock.release()
