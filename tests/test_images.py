@@ -510,3 +510,18 @@ def test_load_image_reserves_its_header_estimate(odd_images, tmp_path):
     Image.fromarray(np.full((300, 200), 1000, np.uint16)).save(path)
     load_image(path, 16, budget=Spy(1 << 20))
     assert seen == [300 * 200 * (2 + 4)]
+
+
+def test_listing_order_is_by_path_components_as_before(tmp_path, monkeypatch):
+    """Files are listed in the order of their path components (a sub-folder 'x' before 'x.png' and 'x-1.png'), as
+    sorting Path objects gave; the walk now sorts split strings, and slices relative paths instead of parsing them."""
+    cls = tmp_path / "train" / "c"
+    for rel in ("x/a.png", "x.png", "x-1.png", "x/b/z.png", "w.png"):
+        (cls / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(cls / rel)
+    got = [p for p, _ in discover(tmp_path, "train").items]
+    want = sorted((f"train/c/{r}" for r in ("x/a.png", "x.png", "x-1.png", "x/b/z.png", "w.png")), key=Path)
+    assert got == want == ["train/c/w.png", "train/c/x/a.png", "train/c/x/b/z.png", "train/c/x-1.png", "train/c/x.png"]
+    assert [p for p, _ in discover(str(tmp_path) + "/", "train").items] == want  # a root given with a trailing slash
+    monkeypatch.chdir(tmp_path)
+    assert [p for p, _ in discover(".", "train").items] == want  # and as "."

@@ -198,11 +198,17 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     by_file: dict[Ident, list[tuple[str, int]]] = {}
     empty: list[str] = []
     for label, name in enumerate(class_names):
-        found = walk.files(str(split_dir / name), own=name)
+        folder = str(split_dir / name)
+        found = walk.files(folder, own=name)
         if not found:
             empty.append(name)
-        for path, st in found:
-            rel = str(Path(path).relative_to(root))
+        rel_folder = str((split_dir / name).relative_to(root))
+        for path, st in found:  # every path is folder + os.sep + ...: sliced, not parsed (Path per file: 3 s at 10⁵)
+            rel = (
+                rel_folder + path[len(folder) :]
+                if path.startswith(folder + os.sep)
+                else str(Path(path).relative_to(root))
+            )
             items.append((rel, label))
             sizes.append(st.st_size)
             mtimes.append(st.st_mtime_ns)

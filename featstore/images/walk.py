@@ -97,6 +97,7 @@ class FolderWalk:
         )
         self.classes: dict[str, str] = {}  # class name -> real path of its folder
         self.class_ids: dict[Ident, str] = {}  # identity of a class folder -> class name
+        self._rank: dict[str, tuple[int, str]] = {}  # real path of a class folder -> (its place in `classes`, name)
         self.seen: set[Ident] = set()  # folders walked
         self.skipped: list[tuple[str, str]] = []  # (path, reason)
         self.ignored = 0  # files without an image extension
@@ -111,7 +112,7 @@ class FolderWalk:
     def add_class(self, name: str, path: str) -> None:
         """Accept ``path`` as class ``name`` unless it is a link to the split, a parent, or another class."""
         st, real = os.stat(path), os.path.realpath(path)
-        owner = next((n for n, c in self.classes.items() if inside(real, c)), None)
+        owner = self._owner(real)
         if (st.st_dev, st.st_ino) in self.forbidden:
             self.skip(path, "points to the split folder, the data root or a parent of them (not a class)")
         elif self._other_split(real):
@@ -121,6 +122,23 @@ class FolderWalk:
         else:
             self.classes[name] = real
             self.class_ids[(st.st_dev, st.st_ino)] = name
+            self._rank.setdefault(real, (len(self._rank), name))
+
+    def _owner(self, real: str) -> str | None:
+        """The first class (in the order they were accepted) whose folder is real path ``real`` or holds it.
+
+        Looked up by ``real``'s own folders, not by comparing it with every class: a split of 1,000 classes took
+        half a million comparisons.
+        """
+        found, p = None, real
+        while True:
+            hit = self._rank.get(p)
+            if hit is not None and (found is None or hit < found):
+                found = hit
+            parent = os.path.dirname(p)
+            if parent == p:
+                return None if found is None else found[1]
+            p = parent
 
     def files(self, folder: str, own: str | None) -> list[tuple[str, os.stat_result]]:
         """Image files under ``folder`` (class ``own``'s folder, or any folder when None), sorted, each with its stat."""
@@ -160,7 +178,7 @@ class FolderWalk:
                 else:
                     found.append((e.path, st))
             stack.extend(reversed(subdirs))
-        return sorted(found, key=lambda f: Path(f[0]))
+        return sorted(found, key=lambda f: f[0].split(os.sep))  # by path components, as Path sorts (no Path per file)
 
     def _enter(self, path: str, st: os.stat_result, own: str | None) -> bool:
         """Whether to walk folder ``path``; records why not."""
