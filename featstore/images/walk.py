@@ -144,6 +144,7 @@ class FolderWalk:
         """Image files under ``folder`` (class ``own``'s folder, or any folder when None), sorted, each with its stat."""
         found: list[tuple[str, os.stat_result]] = []
         stack = [folder] if self._enter(folder, os.stat(folder), own) else []
+        nested = False
         while stack:
             d = stack.pop()
             try:
@@ -178,6 +179,9 @@ class FolderWalk:
                 else:
                     found.append((e.path, st))
             stack.extend(reversed(subdirs))
+            nested = nested or bool(subdirs)
+        if not nested:  # one folder's files, read in name order: already in path order
+            return found
         return sorted(found, key=lambda f: f[0].split(os.sep))  # by path components, as Path sorts (no Path per file)
 
     def _enter(self, path: str, st: os.stat_result, own: str | None) -> bool:
