@@ -211,3 +211,46 @@ def test_the_forward_pass_is_traced_at_the_start_of_a_loop_not_when_an_extractor
     monkeypatch.setattr(extractor_module.Extractor, "features", features)
     extract(data_root, "train", tmp_path / "f.h5", tiny_config, batch_size=4)
     assert traced == [False] and seen and set(seen) == {1}
+
+
+def test_the_decode_threads_start_before_the_warm_up_so_the_first_batch_decodes_meanwhile(
+    data_root, tiny_config, tmp_path, monkeypatch
+):
+    """The first batch is decoded during the model's warm-up (start-up), not afterwards with the model idle (issue 22)."""
+    from featstore.images import decode
+    from featstore.models import extractor as extractor_module
+
+    decoded, at_warm_up = [], []
+    real_load, real_warm_up = decode.load_image, extractor_module.Extractor.warm_up
+    monkeypatch.setattr(decode, "load_image", lambda *a, **k: decoded.append(1) or real_load(*a, **k))
+
+    def warm_up(self):
+        at_warm_up.append(len(decoded))
+        return real_warm_up(self)
+
+    monkeypatch.setattr(extractor_module.Extractor, "warm_up", warm_up)
+    r = extract(data_root, "train", tmp_path / "f.h5", tiny_config, batch_size=4, decode_threads=2)
+    assert r.rows == 12 and len(at_warm_up) == 1 and at_warm_up[0] >= 1
+
+
+def test_local_outcomes_closed_before_iteration_stop_their_decode_threads(data_root):
+    """LocalEngine.outcomes starts its decode threads at once; close() stops them even if nothing was read."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from featstore.extraction.local import LocalEngine
+
+    def decoders() -> int:
+        return sum(t.name.startswith("featstore-decode") for t in threading.enumerate())
+
+    before = decoders()
+    engine = LocalEngine(decode_threads=3)
+    engine.bind(SimpleNamespace(config=SimpleNamespace(image_size=8), warm_up=lambda: None), batch_size=2)
+    outcomes = engine.outcomes(sorted(str(p) for p in (data_root / "train").glob("*/*")))
+    assert decoders() == before + 3
+    outcomes.close()
+    deadline = time.monotonic() + 10
+    while decoders() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert decoders() == before

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 
@@ -21,7 +22,9 @@ def default_decode_threads() -> int:
 
 class LocalEngine:
     """Decodes with ``decode_threads`` threads (0: between model calls, in this thread), ``4 x batch_size`` images
-    ahead of the model, and runs the extractor here (``jit``: compiled when it was built)."""
+    ahead of the model, and runs the extractor here (``jit``: compiled when it was built). The model's warm-up (its
+    trace and TensorFlow's first-call optimisation, mostly one core) runs after the decode threads started, so the
+    first batches are decoded meanwhile instead of the first batch waiting for its images with the model idle."""
 
     name = "local"
     steady_state = False  # nothing to wait for before the first image: images/s over the whole loop
@@ -36,17 +39,19 @@ class LocalEngine:
 
     def bind(self, extractor, *, jit: bool = False, batch_size: int = 32) -> None:
         """Run ``extractor`` in the next pass (built by the caller, compiled or not)."""
-        self.extractor, self.ahead = extractor, 4 * batch_size
-        extractor.warm_up()  # the trace and TensorFlow's first-call optimisation at start-up, not in the first batch
+        self.extractor, self.ahead = extractor, 4 * batch_size  # warmed up in outcomes(), beside the first decodes
 
     def outcomes(self, files: list[str]) -> Iterator[tuple[np.ndarray | None, str]]:
-        """(decoded image or None, failure reason) for every file, in order."""
+        """(decoded image or None, failure reason) for every file, in order. Start-up, before the first outcome is
+        asked for: the decode threads start (``ahead`` images queued), then the model warms up while they decode."""
         decoded = iter_decoded(files, self.extractor.config.image_size, self.decode_threads, self.ahead)
         try:
-            for _, img, reason in decoded:
-                yield img, reason
-        finally:
+            head = list(itertools.islice(decoded, 1))  # queues `ahead` decodes and waits for the first image only
+            self.extractor.warm_up()  # the trace and first-call optimisation at start-up, not in the first batch
+        except BaseException:
             decoded.close()
+            raise
+        return Outcomes(head, decoded)
 
     def forward(self, payloads: list[np.ndarray], transform=None) -> list[np.ndarray]:
         """Features per output of one batch of decoded images (``transform``: applied to the uint8 batch first)."""
@@ -55,3 +60,21 @@ class LocalEngine:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class Outcomes:
+    """The (image or None, reason) pairs of :meth:`LocalEngine.outcomes`: ``head`` (already decoded), then the rest of
+    ``decoded``; ``close()`` stops the decode threads whether or not iteration began."""
+
+    def __init__(self, head: list, decoded):
+        self.head, self.decoded = head, decoded
+
+    def __iter__(self) -> Outcomes:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray | None, str]:
+        _, img, reason = self.head.pop(0) if self.head else next(self.decoded)
+        return img, reason
+
+    def close(self) -> None:
+        self.decoded.close()

@@ -49,7 +49,8 @@ class Engine(Protocol):
     def bind(self, extractor, *, jit: bool, batch_size: int) -> None: ...  # the extractor of the next pass
     def outcomes(
         self, files: list[str]
-    ) -> Iterator[tuple[object | None, str]]: ...  # (payload or None, reason), in order
+    ) -> Iterator[tuple[object | None, str]]: ...  # (payload or None, reason), in order; start-up (local: the
+    # warm-up, beside the first decodes) is done before it returns, outside the measured loop
     def forward(self, payloads: list, transform) -> list[np.ndarray]: ...  # features per output of one batch
     def close(self) -> None: ...
 
