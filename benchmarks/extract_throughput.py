@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "featstore_bench_jpegs")
+    ap.add_argument("--no-rss", action="store_true", help="leave out the peak-RSS runs (n and 4n images, each once)")
     args = ap.parse_args()
     from featstore import Extractor, load_image
 
@@ -196,7 +197,11 @@ def main() -> None:
                 mo.append(model_only(ex, imgs, args.batch_size))
                 fs.append(featstore_run(small, model, size, args.batch_size, args.n))
                 lec.append(lectures_loop(files, ex, size, args.batch_size))
-            rss_n, rss_4n = peak_rss(small, model, size, args.batch_size), peak_rss(large, model, size, args.batch_size)
+            rss_n, rss_4n = (
+                (peak_rss(small, model, size, args.batch_size), peak_rss(large, model, size, args.batch_size))
+                if not args.no_rss
+                else (float("nan"), float("nan"))
+            )
             r = {
                 "featstore_img_s": statistics.median(fs),
                 "model_only_img_s": statistics.median(mo),
