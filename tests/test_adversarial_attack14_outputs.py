@@ -1,0 +1,112 @@
+"""Fourteenth attack (issue #19), the output side: the similarity index written and read through a planted link, report
+and the index on read-only folders and file systems, advice that cannot work there (``chmod u+w`` on a read-only
+mount), an ONNX export on a full disk blamed on the exporter, hidden temporary files of killed writes kept for ever, a
+fine-tuned run described as "recorded before featstore calibrated runs", and two small messages. Each test failed
+before its fix. Stores are synthetic (``writer.write_arrays``) unless the subject is a model.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+import pytest
+
+from featstore.errors import OutputError
+from tests.test_adversarial_attack3 import synthetic_store
+from tests.test_adversarial_attack4 import cli, no_traceback
+
+
+@pytest.fixture(scope="module")
+def store_src(tmp_path_factory):
+    """A synthetic 3-split store (read-only source: copy before changing it)."""
+    return synthetic_store(tmp_path_factory.mktemp("a14") / "f.h5")
+
+
+@pytest.fixture
+def store(store_src, tmp_path):
+    """A private copy of ``store_src``."""
+    return shutil.copy(store_src, tmp_path / "f.h5")
+
+
+def _error_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("error:")]
+
+
+# ------------------------------------------------------------------ 4. the similarity index never through a link
+@pytest.mark.parametrize("where", ["f.h5.index", "f.h5.index/s"])
+def test_build_index_never_writes_through_a_link_at_any_level(store, tmp_path, where):
+    """A link at ``<store>.index`` (or at its extractor's folder) sent vectors.npy, model.npz and index.json into its
+    target; ``<store>.cache`` refused links at every level, the index did not."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    link = tmp_path / where
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(victim, link)
+    result = cli("similar", "--store", store, "--build-index", "train/0")
+    (line,) = _error_lines(no_traceback(result))
+    assert result.exit_code == 1 and f"the similarity index folder {link} is a symbolic link" in line, line
+    assert "--build-index makes it again" in line
+    assert not list(victim.rglob("*"))
+
+
+def test_an_index_is_never_read_through_a_link(store, tmp_path):
+    """load_index read vectors.npy, model.npz and index.json through a link at ``<store>.index``: an index planted
+    elsewhere (for another store with the same fingerprint and commit) chose the candidates."""
+    from featstore.experiments.similar_index import build_similarity_index, load_index
+    from featstore.store.reader import FeatureStore
+
+    build_similarity_index(store, split="train", dims=4)
+    elsewhere = tmp_path / "elsewhere"
+    os.rename(tmp_path / "f.h5.index", elsewhere)
+    os.symlink(elsewhere, tmp_path / "f.h5.index")
+    with pytest.raises(OutputError, match="f.h5.index is a symbolic link; featstore never writes or reads"):
+        load_index(FeatureStore(store), "s", "train")
+    os.unlink(tmp_path / "f.h5.index")
+    os.rename(elsewhere, tmp_path / "f.h5.index")
+    assert load_index(FeatureStore(store), "s", "train").rows == 30  # the same index, not through a link: used
+
+
+# ------------------------------------------------------------------ 8. a read-only file system, said before any work
+def _read_only_fs(monkeypatch, folder):
+    """No file or folder can be made under ``folder`` (EROFS), as on a read-only mount (tests cannot mount)."""
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def full(path, dir_fd):
+        return str(path) if dir_fd is None else os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+
+    def refuse(path, dir_fd):
+        if os.path.realpath(full(path, dir_fd)).startswith(str(folder)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    def fake_open(path, flags, *a, dir_fd=None, **k):
+        if flags & os.O_CREAT:
+            refuse(path, dir_fd)
+        return real_open(path, flags, *a, dir_fd=dir_fd, **k)
+
+    def fake_mkdir(path, *a, dir_fd=None, **k):
+        refuse(path, dir_fd)
+        return real_mkdir(path, *a, dir_fd=dir_fd, **k)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_build_index_on_a_read_only_file_system_says_so_before_any_work(store, tmp_path, monkeypatch, built):
+    """``similar --build-index`` on a read-only mount computed the index, then said "a file or link is in its way ...
+    remove what is in the way" (nothing was in the way). It now checks that the folder takes a new file first (an index
+    folder already there included) and names the read-only file system and the fixes."""
+    from featstore.experiments import similar_index
+
+    if built:
+        similar_index.build_similarity_index(store, split="train", dims=4)
+    _read_only_fs(monkeypatch, tmp_path)
+    monkeypatch.setattr(similar_index, "scan", lambda *a, **k: pytest.fail("the index was computed"))
+    with pytest.raises(OutputError) as got:
+        similar_index.build_similarity_index(store, split="train", dims=4)
+    line = str(got.value)
+    assert f"cannot build the similarity index {tmp_path / 'f.h5.index' / 's' / 'train'}:" in line, line
+    assert "is read-only" in line and "without --build-index searches exactly" in line, line
+    assert "in its way" not in line
