@@ -110,3 +110,46 @@ def test_build_index_on_a_read_only_file_system_says_so_before_any_work(store, t
     assert f"cannot build the similarity index {tmp_path / 'f.h5.index' / 's' / 'train'}:" in line, line
     assert "is read-only" in line and "without --build-index searches exactly" in line, line
     assert "in its way" not in line
+
+
+# ------------------------------------------------------------------ 6. report into a folder that cannot be made
+@pytest.mark.parametrize("where", ["read-only", "empty read-only", "proc"])
+def test_report_into_a_folder_that_cannot_be_written_is_one_line(store, tmp_path, monkeypatch, where):
+    """``report`` of a store in a read-only folder (its default ``<store>.report`` cannot be made), or ``--out
+    /proc/self/site``, ended in an OSError / FileNotFoundError traceback from ``mkdir``; an empty ``--out`` folder on a
+    read-only file system failed at the site's first file. One line now names the folder and ``--out DIR``."""
+    out = {"read-only": tmp_path / "f.report", "empty read-only": tmp_path / "site", "proc": "/proc/self/site"}[where]
+    if where == "empty read-only":
+        out.mkdir()
+    if where != "proc":
+        _read_only_fs(monkeypatch, tmp_path)
+    args = ["--out", out] if where != "read-only" else []
+    result = cli("report", "--store", store, "--no-leaks", *args)
+    (line,) = _error_lines(no_traceback(result))
+    assert result.exit_code == 1 and f"cannot write the report into {out}:" in line, line
+    assert ("is read-only" if where != "proc" else "no file can be made in /proc/self") in line, line
+    assert "Give --out DIR in a folder you can write" in line, line
+    assert where == "empty read-only" or not os.path.exists(out)
+    assert where != "empty read-only" or not list(out.iterdir())
+
+
+class _StatVFS:
+    f_flag = os.ST_RDONLY
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_store_on_a_read_only_mount_is_not_told_to_chmod(store, tmp_path, monkeypatch, exists):
+    """extract (and finetune, whose cut is extracted into the store) on a read-only mount said "store ... is read-only;
+    make it writable (chmod u+w ...)": chmod fails there too. A read-only file system (statvfs's ST_RDONLY) is named
+    so, with the fix that works: a --store on a writable file system."""
+    from featstore.errors import StoreError
+    from featstore.store.space import check_writable
+
+    target = store if exists else tmp_path / "new.h5"
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # as on the mount: nothing is writable
+    monkeypatch.setattr(os, "statvfs", lambda *a, **k: _StatVFS())
+    with pytest.raises(StoreError) as got:
+        check_writable(target)
+    line = str(got.value)
+    assert f"store {target} is on a file system mounted read-only" in line, line
+    assert "chmod u+w" not in line and "--store path on a writable file system" in line, line
