@@ -153,3 +153,35 @@ def test_a_store_on_a_read_only_mount_is_not_told_to_chmod(store, tmp_path, monk
     line = str(got.value)
     assert f"store {target} is on a file system mounted read-only" in line, line
     assert "chmod u+w" not in line and "--store path on a writable file system" in line, line
+
+
+# ------------------------------------------------------------------ 10. an ONNX export on a full disk
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_an_onnx_export_on_a_full_disk_names_the_file_and_the_disk(tmp_path, monkeypatch, wrapped):
+    """``extract --runtime onnx`` on a nearly full disk said "vgg16 could not be exported to ONNX ([Errno 28] ...). Run
+    with --runtime keras": no path, and a fix that changes what the split records instead of freeing space. The file
+    and the full disk are named now (also when the exporter wraps the OSError), with --runtime keras as the other way."""
+    import sys
+    import types
+
+    from featstore.caches import cache_folder
+    from featstore.models.onnx_runtime import export_cut
+
+    def export(*a, **k):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            if wrapped:
+                raise RuntimeError("tf2onnx: failed to save the model") from exc
+            raise
+
+    fake_tf = types.SimpleNamespace(TensorSpec=lambda *a: None, float32="float32")  # TensorFlow is not the subject
+    monkeypatch.setitem(sys.modules, "tensorflow", fake_tf)
+    root = tmp_path / "f.h5.cache"
+    path = cache_folder(root, "onnx") / "cut.onnx"
+    with pytest.raises(OutputError) as got:
+        export_cut(types.SimpleNamespace(export=export), 32, 3, path, "vgg16", lambda tmp: None, root)
+    line = str(got.value)
+    assert f"cannot write the ONNX export of vgg16 to {path}: the disk is full; free some space" in line, line
+    assert "--runtime keras" in line and "could not be exported" not in line, line
+    assert not [p for p in path.parent.iterdir()]  # nothing left, not even its temporary file
