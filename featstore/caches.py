@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from featstore.errors import OutputError
-from featstore.outputs import output_fix
+from featstore.leftovers import sweep, temp_prefix
+from featstore.outputs import output_fix, say_swept
 
 CACHE_MODE = 0o755  # a cache folder featstore makes: never writable by the group or others, whatever the umask
 AGAIN = "the cache is made again"  # what removing a cache folder costs (``again=``: the similarity index says its own)
@@ -97,7 +98,8 @@ def write_cached(
     fd = _open_levels(root, path.parent.relative_to(root).parts, what, make=False, again=again)
     try:
         _refuse_name(fd, path, what)
-        tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
+        say_swept(sweep(fd), path.parent)  # temporary files that killed writes left here (a large vectors.npy, say)
+        tmp = f"{temp_prefix(path.name)}{secrets.token_hex(6)}.tmp"
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd))
             try:

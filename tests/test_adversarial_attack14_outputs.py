@@ -185,3 +185,81 @@ def test_an_onnx_export_on_a_full_disk_names_the_file_and_the_disk(tmp_path, mon
     assert f"cannot write the ONNX export of vgg16 to {path}: the disk is full; free some space" in line, line
     assert "--runtime keras" in line and "could not be exported" not in line, line
     assert not [p for p in path.parent.iterdir()]  # nothing left, not even its temporary file
+
+
+# ------------------------------------------------------------------ 11. temporary files of killed single-file writes
+@pytest.fixture
+def fresh_sweep(monkeypatch):
+    """Every folder swept again (a test's folder may reuse an inode of an earlier one)."""
+    from featstore import leftovers
+
+    monkeypatch.setattr(leftovers, "_swept", set())
+
+
+def test_a_sigkilled_write_atomic_leaves_a_temporary_file_the_next_write_removes(tmp_path, fresh_sweep, caplog):
+    """``export --out x.csv`` (any output through write_atomic) killed half-way left ``.x.csv.XXXXXXXX.tmp`` for ever
+    (105 MB per kill in the attack) and the next run said nothing. A real SIGKILL here; the next write removes the file
+    and says so in one line."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "x.csv"
+    code = (
+        "import time; from featstore.outputs import write_atomic\n"
+        "def w(tmp):\n    tmp.write_bytes(b'a' * 100000); print('writing', flush=True); time.sleep(60)\n"
+        f"write_atomic({str(out)!r}, w)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE) as child:
+        assert child.stdout.readline().strip() == b"writing"
+        child.send_signal(signal.SIGKILL)
+    (left,) = [p.name for p in tmp_path.iterdir()]
+    assert left.startswith(".x.csv.") and left.endswith(".tmp")
+    from featstore.outputs import write_text
+
+    with caplog.at_level("WARNING", logger="featstore.outputs"):
+        write_text(out, "id\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"removed 1 temporary file(s) that killed featstore writes left in {tmp_path} ({left}; 0.1 MB)" == line
+
+
+def test_only_provable_leftovers_are_removed(tmp_path, fresh_sweep):
+    """Nothing that is not provably a killed featstore write's temporary file is removed: a live writer's, another
+    machine's (process ids are per machine), the old unmarked naming (anyone's file could look so), a link, another
+    user's."""
+    from featstore.leftovers import host_tag
+    from featstore.outputs import write_text
+    from tests.test_adversarial_attack13_leftovers import _dead_pid
+
+    dead, host = _dead_pid(), host_tag()
+    other_host = "0" * 6 if host != "0" * 6 else "1" * 6
+    keep = [
+        f".x.csv.fs{os.getppid()}-{host}-abc.tmp",  # a live process
+        f".x.csv.fs{dead}-{other_host}-abc.tmp",  # another machine's
+        ".x.csv.k2j3h4g5.tmp",  # the old naming: not provably featstore's
+        f".x.csv.fs{dead}-{host}-lnk.tmp",  # a link (to a file that must survive)
+    ]
+    for name in keep[:3]:
+        (tmp_path / name).write_text("kept")
+    (tmp_path / "target").write_text("kept")
+    os.symlink(tmp_path / "target", tmp_path / keep[3])
+    gone = tmp_path / f".y.npz.fs{dead}-{host}-q_1.tmp"
+    gone.write_text("left by a killed write")
+    write_text(tmp_path / "x.csv", "id\n")
+    assert not gone.exists()
+    assert all(os.path.lexists(tmp_path / name) for name in keep) and (tmp_path / "target").read_text() == "kept"
+
+
+def test_a_cache_write_removes_leftovers_through_its_folder(tmp_path, fresh_sweep):
+    """The similarity index's vectors.npy and the ONNX cut are written by featstore.caches.write_cached: a killed one
+    left its temporary file in the cache folder for ever too."""
+    from featstore.caches import cache_folder, write_cached_text
+    from featstore.leftovers import host_tag
+    from tests.test_adversarial_attack13_leftovers import _dead_pid
+
+    folder = cache_folder(tmp_path / "f.h5.index", "s", "train")
+    left = folder / f".vectors.npy.fs{_dead_pid()}-{host_tag()}-0a1b2c3d4e5f.tmp"
+    left.write_bytes(b"\0" * 1000)
+    write_cached_text(tmp_path / "f.h5.index", folder / "index.json", "{}")
+    assert sorted(p.name for p in folder.iterdir()) == ["index.json"]
