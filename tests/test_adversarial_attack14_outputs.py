@@ -263,3 +263,28 @@ def test_a_cache_write_removes_leftovers_through_its_folder(tmp_path, fresh_swee
     left.write_bytes(b"\0" * 1000)
     write_cached_text(tmp_path / "f.h5.index", folder / "index.json", "{}")
     assert sorted(p.name for p in folder.iterdir()) == ["index.json"]
+
+
+# ------------------------------------------------------------------ 16. two small messages
+@pytest.mark.parametrize("budget", ["0.5", "1.5", "0.0000001kB"])
+def test_a_memory_budget_under_a_byte_or_fractional_asks_for_a_unit(store, budget):
+    """``--memory-budget 0.5`` said "must be positive, got '0.5'" (it is positive): a size without a unit is a whole
+    number of bytes."""
+    result = cli("fit", "--store", store, "--clf", "logreg", "--memory-budget", budget)
+    (line,) = _error_lines(no_traceback(result))
+    assert f"--memory-budget '{budget}' is not a whole number of bytes; give a unit (e.g. 512MB" in line, line
+    assert "positive" not in line
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_shards_into_the_current_folder_are_refused_before_any_work(store, tmp_path, monkeypatch, out):
+    """``export --rows-per-file 5 --out .`` in an empty folder wrote every shard, then said "--out . is a folder holding
+    other files than shards (..XXXXXXXX.tmp)": featstore's own temporary folder, made inside ``.`` (the name of ``.``
+    is empty). The current folder cannot be replaced by the shards' folder: it is refused first, naming what to pass."""
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    result = cli("export", "--store", store, "--split", "train", "--out", out, "--rows-per-file", "5")
+    (line,) = _error_lines(no_traceback(result))
+    assert f"--out {out} is the folder you are in (or holds it)" in line and "e.g. --out " in line, line
+    assert "other files" not in line and not list(here.iterdir())
