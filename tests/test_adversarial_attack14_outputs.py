@@ -288,3 +288,38 @@ def test_shards_into_the_current_folder_are_refused_before_any_work(store, tmp_p
     (line,) = _error_lines(no_traceback(result))
     assert f"--out {out} is the folder you are in (or holds it)" in line and "e.g. --out " in line, line
     assert "other files" not in line and not list(here.iterdir())
+
+
+# ------------------------------------------------------------------ 14. fine-tuned runs and calibration
+# (a fine-tuned run made now is calibrated on validation: tests/test_finetune.py checks it on its trained run)
+@pytest.mark.parametrize("kind", ["finetune", "fit"])
+def test_an_uncalibrated_run_is_described_truthfully(kind):
+    """``runs show`` of a fine-tuned run said "recorded before featstore calibrated runs" while featstore did not
+    calibrate fine-tuned runs at all; an older run is now said to predate calibrated runs of its kind."""
+    from types import SimpleNamespace
+
+    from featstore.report.runs import calibration_line
+
+    rec = SimpleNamespace(kind=kind, calibration={"method": "none", "input": "probabilities"})
+    assert calibration_line(rec) == f"calibration: none (recorded before featstore calibrated {kind} runs)"
+
+
+def test_an_ensemble_mixing_calibrated_and_uncalibrated_members_says_so(store, tmp_path, caplog):
+    """An ensemble averaged an uncalibrated member's probabilities with calibrated ones and recorded "the average of its
+    members' calibrated probabilities". The uncalibrated members are named, in a warning and in the run's notes."""
+    import json
+
+    from featstore import ensemble, fit
+
+    runs = tmp_path / "runs"
+    calibrated, raw = (fit(store, clf, runs=runs)["id"] for clf in ("logreg", "knn"))
+    record = runs / raw / "run.json"
+    obj = json.loads(record.read_text())
+    del obj["calibration"]  # as a run recorded before featstore calibrated runs (or a fine-tuned one before attack 14)
+    record.write_text(json.dumps(obj))
+    with caplog.at_level("WARNING", logger="featstore.experiments.ensemble"):
+        both = ensemble([calibrated, raw], store=store, runs=runs)
+    line = f"members {raw} are not calibrated (their probabilities are the model's own); the others' are"
+    assert line in both["notes"] and [line] == [r.getMessage().removeprefix("ensemble: ") for r in caplog.records]
+    assert "some not calibrated" in both.calibration["fitted_on"]
+    assert not ensemble([calibrated, fit(store, "knn", runs=runs)["id"]], store=store, runs=runs)["notes"]
