@@ -266,7 +266,7 @@ def _index_folder(folder: Path) -> Path:
     except CacheNotMade as exc:  # a read-only file system, a folder not writable: not "in its way"
         if exc.cause is None:
             raise
-        raise _cannot_write(folder, exc.cause, exc.level or folder) from None
+        raise _cannot_write(folder, exc.cause, exc.level.parent if exc.level else folder) from None
     with opened_cache(*_levels(folder), what=WHAT, again=AGAIN) as at:
         try:
             fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=at)
