@@ -19,44 +19,83 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from featstore.errors import OutputError
-from featstore.outputs import output_fix
+from featstore.leftovers import sweep, temp_prefix
+from featstore.outputs import output_fix, say_swept
 
 CACHE_MODE = 0o755  # a cache folder featstore makes: never writable by the group or others, whatever the umask
 # Windows has no O_NOFOLLOW, O_DIRECTORY nor dir_fd: there each level is checked by name (lstat) and files are written
 # with featstore.outputs.write_atomic, and folders are not checked for their owner
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
+AGAIN = "the cache is made again"  # what removing a cache folder costs (``again=``: the similarity index says its own)
 _OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_OPEN_DIR |= getattr(os, "O_CLOEXEC", 0)
 
 
 class CacheNotMade(OutputError):
-    """A cache folder that cannot be made (no link or file in its way): a read-only folder, a full disk."""
+    """A cache folder that cannot be made (no link or file in its way): a read-only folder, a full disk. ``cause``: the
+    OSError, ``level``: the folder that could not be made (None when not known)."""
+
+    cause: OSError | None = None
+    level: Path | None = None
 
 
 class CacheNotTrusted(CacheNotMade):
     """A cache folder featstore did not make: owned by another user, or writable by the group or others."""
 
 
-def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder") -> Path:
+def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder", again: str = AGAIN) -> Path:
     """``root/parts...`` made where missing, each level a real folder of this user that only this user can write;
     returns it. ``root`` is the cache beside a store (:func:`featstore.outputs.cache_dir`), whose parent must exist. A
     symbolic link at any level is refused, never written through nor read from (a link planted at
     ``features.h5.cache`` sent thumbnails, map layouts and ONNX models wherever it pointed), and so is a file, FIFO or
-    anything else in a folder's place: one OutputError naming it and the fix. Example::
+    anything else in a folder's place: one OutputError naming it and the fix (``again``: what removing it costs).
+    The similarity index (``<store>.index/<extractor>/<split>``) is made the same way. Example::
 
         maps = cache_folder(cache_dir("features.h5"), "maps")
     """
     if not FD_SAFE:
-        return _by_name(Path(root), parts, what)
-    os.close(_open_levels(Path(root), parts, what, make=True))
+        return _by_name(Path(root), parts, what, again)
+    os.close(_open_levels(Path(root), parts, what, make=True, again=again))
     return Path(root).joinpath(*parts)
 
 
+@contextmanager
+def opened_cache(
+    root: str | os.PathLike, *parts: str, what: str = "cache folder", again: str = AGAIN
+) -> Iterator[Path | None]:
+    """``root/parts...`` opened and checked level by level as :func:`cache_folder` does (never made), held open while
+    the block runs and given as a path through its descriptor (``/proc/self/fd/<fd>`` on Linux) that a link swapped
+    in at any level later cannot redirect; None when a level is missing. For reading (and removing) cache files.
+    Example::
+
+        with opened_cache("features.h5.index", "s", "train") as at:
+            meta = (at / "index.json").read_text() if at else None
+    """
+    if not FD_SAFE:
+        levels = [Path(root).joinpath(*parts[:i]) for i in range(len(parts) + 1)]  # root, then each level below it
+        yield levels[-1] if all(not os.path.islink(p) and p.is_dir() for p in levels) else None
+        return
+    fd = _open_levels(Path(root), parts, what, make=False, again=again, missing_ok=True)
+    if fd < 0:
+        yield None
+        return
+    try:
+        yield _through(fd, "", Path(root).joinpath(*parts))
+    finally:
+        os.close(fd)
+
+
 def write_cached(
-    root: str | os.PathLike, path: str | os.PathLike, write: Callable[[Path], object], what: str = "cache"
+    root: str | os.PathLike,
+    path: str | os.PathLike,
+    write: Callable[[Path], object],
+    what: str = "cache",
+    again: str = AGAIN,
 ) -> Path:
     """:func:`featstore.outputs.write_atomic` for a file ``path`` under the cache ``root`` (as :func:`cache_folder`
     takes it): ``write(tmp)`` into a new temporary file made through the folder's descriptor, renamed onto ``path`` in
@@ -69,12 +108,13 @@ def write_cached(
     if not FD_SAFE:
         from featstore.outputs import write_atomic
 
-        _by_name(root, path.parent.relative_to(root).parts, what)
+        _by_name(root, path.parent.relative_to(root).parts, what, again)
         return write_atomic(path, write, what)
-    fd = _open_levels(root, path.parent.relative_to(root).parts, what, make=False)
+    fd = _open_levels(root, path.parent.relative_to(root).parts, what, make=False, again=again)
     try:
         _refuse_name(fd, path, what)
-        tmp = f".{path.name}.{secrets.token_hex(6)}.tmp"
+        say_swept(sweep(fd), path.parent)  # temporary files that killed writes left here (a large vectors.npy, say)
+        tmp = f"{temp_prefix(path.name)}{secrets.token_hex(6)}.tmp"
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd))
             try:
@@ -99,9 +139,12 @@ def write_cached_text(root: str | os.PathLike, path: str | os.PathLike, text: st
     return write_cached(root, path, lambda tmp: tmp.write_text(text, encoding="utf-8", errors="surrogateescape"), what)
 
 
-def _open_levels(root: Path, parts: tuple[str, ...], what: str, make: bool) -> int:
+def _open_levels(
+    root: Path, parts: tuple[str, ...], what: str, make: bool, again: str = AGAIN, missing_ok: bool = False
+) -> int:
     """A descriptor of ``root/parts...``, each level from ``root`` on opened with O_NOFOLLOW | O_DIRECTORY relative to
-    the one above (made with CACHE_MODE where missing, when ``make``) and checked (:func:`_check_level`)."""
+    the one above (made with CACHE_MODE where missing, when ``make``) and checked (:func:`_check_level`); -1 for a
+    missing level when ``missing_ok``."""
     try:
         fd = os.open(root.parent, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
@@ -120,25 +163,29 @@ def _open_levels(root: Path, parts: tuple[str, ...], what: str, make: bool) -> i
                 except FileExistsError:
                     pass  # made meanwhile: opened and checked below
                 except OSError as exc:
-                    raise CacheNotMade(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
+                    error = CacheNotMade(f"cannot make the {what} {level}: {output_fix(exc, level)}")
+                    error.cause, error.level = exc, level  # for callers that say it their own way
+                    raise error from None
                 child = os.open(name, _OPEN_DIR, dir_fd=fd)
         except OutputError:
             os.close(fd)
             raise
         except OSError as exc:
             os.close(fd)
-            raise _level_error(exc, level, what) from None
+            if missing_ok and exc.errno == errno.ENOENT:
+                return -1
+            raise _level_error(exc, level, what, again) from None
         os.close(fd)
         fd = child
         try:
-            _check_level(fd, level, what)
+            _check_level(fd, level, what, again)
         except OutputError:
             os.close(fd)
             raise
     return fd
 
 
-def _by_name(root: Path, parts: tuple[str, ...], what: str) -> Path:
+def _by_name(root: Path, parts: tuple[str, ...], what: str, again: str = AGAIN) -> Path:
     """:func:`cache_folder` where there are no directory descriptors: each level made where missing and lstat-checked."""
     level = root
     for name in ("", *parts):
@@ -150,16 +197,16 @@ def _by_name(root: Path, parts: tuple[str, ...], what: str) -> Path:
         except OSError as exc:
             raise CacheNotMade(f"cannot make the {what} {level}: {output_fix(exc, level)}") from None
         if not stat.S_ISDIR(os.lstat(level).st_mode):
-            raise _level_error(OSError(errno.ENOTDIR, "not a folder"), level, what)
+            raise _level_error(OSError(errno.ENOTDIR, "not a folder"), level, what, again)
     return level
 
 
-def _level_error(exc: OSError, level: Path, what: str) -> OutputError:
+def _level_error(exc: OSError, level: Path, what: str, again: str = AGAIN) -> OutputError:
     """One line for a level that cannot be opened as a folder: a link, a file or FIFO in its place, or else."""
     if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(level)):
         return OutputError(
-            f"the {what} {level} is a symbolic link; featstore never writes its caches through a link. Remove the "
-            f"link (the cache is made again), or choose another --store"
+            f"the {what} {level} is a symbolic link; featstore never writes or reads its caches through a link. Remove the "
+            f"link ({again}), or choose another --store"
         )
     if exc.errno == errno.ENOTDIR:
         return OutputError(
@@ -169,7 +216,7 @@ def _level_error(exc: OSError, level: Path, what: str) -> OutputError:
     return OutputError(f"cannot use the {what} {level}: {output_fix(exc, level)}")
 
 
-def _check_level(fd: int, level: Path, what: str) -> None:
+def _check_level(fd: int, level: Path, what: str, again: str = AGAIN) -> None:
     """CacheNotTrusted unless the folder open at ``fd`` is this user's and writable by no one else."""
     st = os.fstat(fd)
     if st.st_uid != os.geteuid():
@@ -179,8 +226,8 @@ def _check_level(fd: int, level: Path, what: str) -> None:
     else:
         return
     raise CacheNotTrusted(
-        f"the {what} {level} was not made by featstore for you ({why}), so its files are not trusted; remove it (the "
-        f"cache is made again) or make it yours and private (chmod go-w)"
+        f"the {what} {level} was not made by featstore for you ({why}), so its files are not trusted; remove it ({again}) "
+        f"or make it yours and private (chmod go-w)"
     )
 
 

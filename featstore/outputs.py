@@ -20,6 +20,7 @@ CSV injection), and :func:`terminal_safe` keeps file names from sending escape s
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import tempfile
@@ -27,6 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featstore.errors import OutputError
+from featstore.leftovers import sweep, temp_prefix
+
+logger = logging.getLogger(__name__)
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # OWASP: a cell starting with one of these may be read as a formula
 
@@ -311,13 +315,28 @@ def probe_output(path: str | os.PathLike, what: str = "output", folder: bool = F
 
 
 def _temp_beside(path: Path, what: str) -> Path:
-    """A new empty temporary file in ``path``'s folder (hidden, named after it); an OSError as one OutputError."""
+    """A new empty temporary file in ``path``'s folder (hidden, named after it and this process: :mod:`.leftovers`);
+    an OSError as one OutputError. Those that killed writes left in that folder are removed first, in one line."""
+    say_swept(sweep(path.parent), path.parent)
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _output_error(exc, path, what) from None
     os.close(fd)
     return Path(name)
+
+
+def say_swept(removed: list[tuple[str, int]], folder: Path) -> None:
+    """One warning line for the temporary files of killed writes that :func:`featstore.leftovers.sweep` removed."""
+    if removed:
+        names = ", ".join(terminal_safe(n) for n, _ in removed[:3]) + (", ..." if len(removed) > 3 else "")
+        logger.warning(
+            "removed %d temporary file(s) that killed featstore writes left in %s (%s; %.1f MB)",
+            len(removed),
+            terminal_safe(str(folder)),
+            names,
+            sum(size for _, size in removed) / 1e6,
+        )
 
 
 def output_fix(exc: OSError, path: Path) -> str:

@@ -43,6 +43,11 @@ def parse_bytes(text: str | int, option: str = "--memory-budget") -> int:
             f"(kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers of 1024)"
         )
     size = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if 0 < size < 1 or (_UNITS[m.group(2).lower()] == 1 and not size.is_integer()):  # "0.5" was "must be positive"
+        raise ConfigError(
+            f"{option} {text!r} is not a whole number of bytes; give a unit (e.g. 512MB, 0.5GB) or a whole number of "
+            f"bytes"
+        )
     if not size < 2**63:  # 400 digits are a float's inf: int() of it was an OverflowError traceback
         raise ConfigError(f"{option} {text!r} is larger than any memory or disk (at most 8 EiB, 2**63 bytes)")
     return int(size)

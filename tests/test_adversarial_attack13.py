@@ -305,5 +305,5 @@ def test_a_file_in_the_way_of_the_similarity_index_is_one_line(store, tmp_path, 
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("not a folder")
     out = no_traceback(cli("similar", "--store", store, "--build-index", "train/0"))
-    assert "error: cannot make the similarity index folder" in out and "in its way" in out, out
+    assert f"error: the similarity index folder {blocker} is not a folder; move it away" in out, out
     assert blocker.read_text() == "not a folder"

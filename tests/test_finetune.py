@@ -172,6 +172,9 @@ def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, 
     res = CliRunner().invoke(app, ["runs", "show", run["id"], "--store", str(ft["store"])])
     assert res.exit_code == 0, res.output
     assert f"phase B from {ft['dense']}" in res.output and "curves.png" in res.output
+    # attack 14: calibrated on validation as a fit is (it said "recorded before featstore calibrated runs")
+    assert run.calibration["method"] == "temperature" and run.calibration["fitted_on"] == "validation"
+    assert "calibration: temperature" in res.output and "before_calibration" in run["metrics"]["test"]
     listed = CliRunner().invoke(app, ["runs", "--store", str(ft["store"])])
     assert f"from={ft['dense']},unfreeze=block5_conv2" in listed.output
 

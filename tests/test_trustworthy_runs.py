@@ -132,7 +132,7 @@ def test_old_run_json_still_reads_and_shows(tmp_path):
     assert any("computed now from the stored predictions" in n for n in shown.notes)
     text = run_report(shown, pngs)
     assert "train: accuracy" in text and "log-loss -, ECE -" in text  # train's probabilities are not stored
-    assert "calibration: none (recorded before featstore calibrated runs)" in text
+    assert "calibration: none (recorded before featstore calibrated fit runs)" in text
     assert json.loads((folder / "run.json").read_text()) == old  # showing writes no figure into run.json
 
 

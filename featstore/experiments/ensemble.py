@@ -17,6 +17,7 @@ lowers the validation log-loss of the averaged probabilities most, stop when not
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -30,6 +31,8 @@ from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, check_weights, draft
 from featstore.runs.write import write_run
 from featstore.stats.metrics import log_loss
+
+logger = logging.getLogger(__name__)
 
 MAX_ENSEMBLE_STEPS = 25  # additions (with replacement) in the greedy ensemble selection
 
@@ -73,6 +76,15 @@ def ensemble(
             raise ConfigError(
                 f"runs {first.id} and {rec.id} have different classes: {list(first.class_names)} vs {list(rec.class_names)}"
             )
+    raw = [rec.id for rec, _ in members if rec.calibration["method"] == "none"]  # e.g. fine-tuned before attack 14
+    notes = []
+    if raw:
+        notes.append(
+            f"members {', '.join(raw)} are not calibrated (their probabilities are the model's own); the others' are"
+            if len(raw) < len(members)
+            else "no member is calibrated: the average of the models' own probabilities"
+        )
+        logger.warning("ensemble: %s", notes[-1])
     preds = [calibrated_predictions(folder, rec) for rec, folder in members]  # each checked against its sha256
     evaluated, probas = {}, {}
     for split, info in first.predictions.items():
@@ -103,10 +115,12 @@ def ensemble(
         fingerprint="+".join(f for _, f in extractors),
         class_names=list(first.class_names),
         params={"weights": weights},
-        calibration=not_calibrated("the average of its members' calibrated probabilities"),
+        calibration=not_calibrated(
+            f"the average of its members' {'probabilities, some not calibrated' if raw else 'calibrated probabilities'}"
+        ),
         metrics=evaluated,
         fit_seconds=0.0,
-        notes=[],
+        notes=notes,
     )
     return write_run(root, record, None, probas)
 

@@ -29,7 +29,8 @@ import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, StoreError, choices_error
-from featstore.experiments.evaluate import metrics
+from featstore.experiments.calibration import calibrate_on_validation
+from featstore.experiments.evaluate import run_metrics
 from featstore.experiments.finetune_cache import cache_note, cached_cut
 from featstore.experiments.finetune_train import train
 from featstore.images.augment import parse_augment
@@ -185,13 +186,16 @@ def finetune(
                 f"{[round(v, 4) for v in history.get('loss', [])]}); nothing was recorded. Lower --lr (fine-tuning "
                 f"uses about 1e-5; it was {config.lr:g}) and retry"
             )
-        evaluated[split] = metrics(images.labels, proba.argmax(axis=1), class_names)
         listing = str(
             fs.split_info(split, name).get("listing_sha256", "")
         )  # split_images checked the folder against it
         probas[split] = (proba, images.labels, digest_paths(images.paths), listing)
     from featstore.models.weights import weights_digest
 
+    val_proba, val_y = probas["validation"][:2]  # fine-tuning needs a complete validation split (checked above)
+    calibration = calibrate_on_validation(val_proba, val_y)  # as fit does: ensembles average calibrated probabilities
+    for split, (proba, y, *_) in probas.items():  # the figures `runs evaluate` gives: of the calibrated probabilities
+        evaluated[split] = run_metrics(y, proba.argmax(axis=1), class_names, proba, calibration)
     record = draft(
         "finetune",
         "finetune",
@@ -212,6 +216,7 @@ def finetune(
         weights_digest=weights_digest(built.model),
         splits={"train": len(sets["train"].labels), **{s: m["n"] for s, m in evaluated.items()}},
         metrics=evaluated,
+        calibration=calibration,
         history=history,
         phase_a_history={} if config.from_scratch_head else rec.get("history", {}),
         fit_seconds=round(fit_seconds, 3),

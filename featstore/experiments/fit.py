@@ -116,7 +116,7 @@ def fit(
     check_jobs(jobs)  # 0 reached joblib as a traceback; 100000 started 100,000 loky processes at once
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     if budget is not None and budget <= 0:
-        raise ConfigError(f"--memory-budget must be positive, got {memory_budget!r}")
+        raise ConfigError(f"--memory-budget must be more than 0 bytes, got {memory_budget!r}; write e.g. 512MB")
     check_distinct(train, validation, test)
     fs = FeatureStore(store)
     name = fs.resolve(extractor)

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import stat
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -34,10 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.caches import CacheNotMade, CacheNotTrusted, cache_folder, opened_cache, write_cached, write_cached_text
 from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.search import normalised, query_blocks, scan
-from featstore.outputs import terminal_safe, write_atomic, write_text
+from featstore.outputs import output_fix, terminal_safe
 from featstore.safezip import check_zip, read_npy
 from featstore.store.layout import PATH_ERRORS, validate_labels
 from featstore.store.reader import FeatureStore
@@ -55,6 +57,16 @@ _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=,-]{0,120}")
 def index_dir(store: str | os.PathLike, extractor: str, split: str) -> Path:
     """``features.h5`` -> ``features.h5.index/<extractor>/<split>/`` (names that are not plain are hashed)."""
     return Path(f"{os.fspath(store)}.index") / _safe(extractor) / _safe(split)
+
+
+WHAT = "similarity index folder"
+AGAIN = "the index is safe to delete: --build-index makes it again"
+
+
+def _levels(folder: Path) -> tuple[Path, str, str]:
+    """``(<store>.index, extractor, split)`` of an :func:`index_dir`: the levels :mod:`featstore.caches` opens one by
+    one with O_NOFOLLOW (a link at ``<store>.index`` sent the index into its target, and was read through)."""
+    return folder.parent.parent, folder.parent.name, folder.name
 
 
 def _safe(name: str) -> str:
@@ -172,7 +184,7 @@ def build_similarity_index(
         raise ConfigError(f"dims must be a whole number of at least 2, not {dims!r}")
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
     name = fs.resolve(extractor)
-    folder = _index_folder(index_dir(fs.path, name, split))  # before any work: what is in the way of the index
+    folder = _index_folder(index_dir(fs.path, name, split))  # before any work: what is in the way, can it be written
     budget = max(int(max_bytes) // 4, 1 << 20)
     commit = _commit(fs, name, split)
     centre = scan(fs, name, [], split, budget)  # refuses NaN/inf rows and splits of under 2 rows
@@ -185,8 +197,9 @@ def build_similarity_index(
         pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(S)
         del S
     meta_path = folder / "index.json"
-    if meta_path.exists():
-        meta_path.unlink()  # an index being rebuilt is no index until its new record is written
+    with opened_cache(*_levels(folder), what=WHAT, again=AGAIN) as at:
+        if at is not None:  # an index being rebuilt is no index until its new record is written
+            (at / "index.json").unlink(missing_ok=True)
     components = pca.components_.astype(np.float32) if pca is not None else np.zeros((0, d), np.float32)
     pca_mean = pca.mean_.astype(np.float32) if pca is not None else np.zeros(d, np.float32)
     index = Index(folder, {}, np.zeros((0, 1), np.float32), centre.mean, components, pca_mean)
@@ -201,13 +214,14 @@ def build_similarity_index(
         out.flush()
         del out
 
-    write_atomic(folder / "vectors.npy", fill, "similarity index")
+    root = _levels(folder)[0]
+    write_cached(root, folder / "vectors.npy", fill, "similarity index", AGAIN)
 
     def model(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, mean=centre.mean, components=components, pca_mean=pca_mean)
 
-    write_atomic(folder / "model.npz", model, "similarity index")
+    write_cached(root, folder / "model.npz", model, "similarity index", AGAIN)
     meta = {
         "format": FORMAT,
         "extractor": name,
@@ -221,12 +235,12 @@ def build_similarity_index(
         "explained_variance": float(pca.explained_variance_ratio_.sum()) if pca is not None else 1.0,
         "sample": int(min(sample, n)) if pca is not None else 0,
         "seed": seed,
-        "files": {f: (folder / f).stat().st_size for f in ("vectors.npy", "model.npz")},
+        "files": _sizes(folder, ("vectors.npy", "model.npz")),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "featstore_version": __version__,
         "seconds": round(time.monotonic() - start, 3),
     }
-    write_text(meta_path, json.dumps(meta, indent=1, default=str), "similarity index")
+    write_cached_text(root, meta_path, json.dumps(meta, indent=1, default=str), "similarity index")
     logger.debug("similarity index of %s/%s: %d rows x %d dims in %.1f s", name, split, n, width, meta["seconds"])
     return meta
 
@@ -234,19 +248,53 @@ def build_similarity_index(
 INDEX_FILES = ("vectors.npy", "model.npz", "index.json")  # what build_similarity_index writes into the index folder
 
 
+def _sizes(folder: Path, files: tuple[str, ...]) -> dict[str, int]:
+    """The sizes of some files of the index folder, read through its checked descriptor."""
+    with opened_cache(*_levels(folder), what=WHAT, again=AGAIN) as at:
+        return {f: os.lstat((at or folder) / f).st_size for f in files}
+
+
+def _cannot_write(folder: Path, exc: OSError, where: Path) -> OutputError:
+    """One line for an index folder no file can be made in (a read-only file system, a folder not yours; ``where``: the
+    folder that refused), said before any work: the index lives beside the store only, so the fixes are searching
+    without it or a writable copy of the store."""
+    why = output_fix(exc, where / "index.json").split(";")[0]
+    return OutputError(
+        f"cannot build the similarity index {terminal_safe(str(folder))}: {terminal_safe(why)}. It is kept beside the store "
+        f"only: search without it (`featstore similar` without --build-index searches exactly), or copy the store to a "
+        f"writable folder and build it there"
+    )
+
+
 def _index_folder(folder: Path) -> Path:
-    """``folder`` made where missing; a folder, FIFO, device or link at one of :data:`INDEX_FILES` is refused in one
-    line saying what is there (a FIFO there said only "choose another path": the name is featstore's, not the user's)."""
+    """``folder`` made where missing, level by level and never through a link (:func:`featstore.caches.cache_folder`),
+    and checked to take a new file, before any work (on a read-only file system the index was computed, then refused
+    with "a file or link is in its way"); a folder, FIFO, device or link at one of :data:`INDEX_FILES` is refused in
+    one line saying what is there (a FIFO there said only "choose another path": the name is featstore's)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file where a folder of the index goes: was a NotADirectoryError traceback
-        raise OutputError(
-            f"cannot make the similarity index folder {terminal_safe(str(folder))} ({exc.strerror}): a file or link is "
-            f"in its way, or the folder is not writable; remove what is in the way (the index is safe to delete)"
-        ) from None
+        cache_folder(*_levels(folder), what=WHAT, again=AGAIN)
+    except CacheNotTrusted:
+        raise
+    except CacheNotMade as exc:  # a read-only file system, a folder not writable: not "in its way"
+        if exc.cause is None:
+            raise
+        raise _cannot_write(folder, exc.cause, exc.level.parent if exc.level else folder) from None
+    with opened_cache(*_levels(folder), what=WHAT, again=AGAIN) as at:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=at)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise _cannot_write(folder, exc, folder) from None
+        _refuse_index_files(at, folder)
+    return folder
+
+
+def _refuse_index_files(at: Path, folder: Path) -> None:
+    """OutputError naming a non-regular file at one of :data:`INDEX_FILES` in the index folder open at ``at``."""
     for file in INDEX_FILES:
         try:
-            mode = os.lstat(folder / file).st_mode
+            mode = os.lstat(at / file).st_mode
         except FileNotFoundError:
             continue
         if stat.S_ISREG(mode):
@@ -263,7 +311,6 @@ def _index_folder(folder: Path) -> Path:
             f"under that name only. Remove it (the index is safe to delete: --build-index makes it again), or search "
             f"without an index: `featstore similar --exact` without --build-index"
         )
-    return folder
 
 
 def _regular(path: Path) -> Path:
@@ -274,17 +321,17 @@ def _regular(path: Path) -> Path:
     return path
 
 
-def _read_meta(path: Path) -> dict:
-    """index.json, bounded; StoreError when it is not an index record."""
+def _read_meta(path: Path, shown: Path) -> dict:
+    """index.json (at ``path``, named ``shown``), bounded; StoreError when it is not an index record."""
     try:
-        if path.stat().st_size > MAX_META_BYTES:
+        if _regular(path).stat().st_size > MAX_META_BYTES:
             raise ValueError("too large")
         meta = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError("not an index record of this featstore")
     except (OSError, ValueError, RecursionError) as exc:  # RecursionError: a nested [[[[...
         raise StoreError(
-            f"similarity index {terminal_safe(str(path))} cannot be used ({exc}); rebuild it with "
+            f"similarity index {terminal_safe(str(shown))} cannot be used ({exc}); rebuild it with "
             f"`featstore similar --build-index`"
         ) from None
     return meta
@@ -293,19 +340,26 @@ def _read_meta(path: Path) -> dict:
 def load_index(fs: FeatureStore, name: str, split: str, required: bool = False) -> Index | None:
     """The split's index, checked against the store now; None when there is none (``required``: ConfigError).
 
-    Refused (ConfigError, both sides shown) when it was built from other features or other rows.
+    Refused (ConfigError, both sides shown) when it was built from other features or other rows; a link at any level
+    of its folder (``<store>.index`` included) is refused, never read through (:func:`featstore.caches.opened_cache`).
     """
     folder = index_dir(fs.path, name, split)
+    with opened_cache(*_levels(folder), what=WHAT, again=AGAIN) as at:
+        return _load(fs, name, split, folder, at, required)
+
+
+def _load(fs: FeatureStore, name: str, split: str, folder: Path, at: Path | None, required: bool) -> Index | None:
+    """:func:`load_index` with the folder open at ``at`` (None: there is none); messages name ``folder``."""
     meta_path = folder / "index.json"
     rebuild = f"rebuild it with `featstore similar --build-index --split {split}`, or search with --exact"
-    if not meta_path.is_file():
+    if at is None or not (at / "index.json").is_file():
         if required:
             raise ConfigError(
                 f"no similarity index for {terminal_safe(name)}/{split}; build it with "
                 f"`featstore similar --build-index --split {split}`"
             )
         return None
-    meta = _read_meta(meta_path)
+    meta = _read_meta(at / "index.json", meta_path)
     fp = fs.metadata(name).get("fingerprint")
     if meta.get("fingerprint") != fp or meta.get("extractor") != name or meta.get("split") != split:
         raise ConfigError(
@@ -328,10 +382,10 @@ def load_index(fs: FeatureStore, name: str, split: str, required: bool = False) 
         )
     part = folder / "vectors.npy"
     try:
-        vectors = np.load(_regular(part), mmap_mode="r", allow_pickle=False)
+        vectors = np.load(_regular(at / part.name), mmap_mode="r", allow_pickle=False)
         part = folder / "model.npz"
-        check_zip(_regular(part))  # a crafted model.npz is refused before it is unpacked (no zip bombs)
-        with open(folder / "model.npz", "rb") as fh, zipfile.ZipFile(fh) as z:
+        check_zip(_regular(at / part.name))  # a crafted model.npz is refused before it is unpacked (no zip bombs)
+        with open(at / part.name, "rb") as fh, zipfile.ZipFile(fh) as z:
             mean, pca_mean = (read_npy(z, f"{k}.npy", "f", (d,)).astype(np.float32) for k in ("mean", "pca_mean"))
             components = read_npy(z, "components.npy", "f", (None, d)).astype(np.float32)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:

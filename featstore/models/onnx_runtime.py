@@ -20,6 +20,7 @@ fails the run stops, naming the reason and ``--runtime keras``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ import numpy as np
 from featstore.caches import write_cached, write_cached_text
 from featstore.errors import ConfigError, OutputError, choices_error
 from featstore.models.agreement import as_list, largest_difference, seeded_images
-from featstore.outputs import write_atomic, write_text
+from featstore.outputs import output_fix, write_atomic, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +196,8 @@ def export_cut(
                     input_signature=[tf.TensorSpec((None, size, size, channels), tf.float32)],
                 )
         except Exception as exc:  # tf2onnx raises whatever its converters raise; each one is the same refusal
+            if (io := _os_error(exc)) is not None:  # the disk, not the exporter: said with the fix that works
+                raise _write_failed(io, path, shown) from None
             raise ConfigError(
                 f"--runtime onnx: {shown} could not be exported to ONNX ({_first_line(exc)}). {FIX}"
             ) from exc
@@ -207,6 +210,28 @@ def export_cut(
     else:
         write_cached(root, path, write, "the ONNX cache")
     return time.perf_counter() - started
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError with an errno in an exception's chain (tf2onnx may wrap it), or None."""
+    for _ in range(8):
+        if exc is None or (isinstance(exc, OSError) and exc.errno):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _write_failed(exc: OSError, path: Path, shown: str) -> OutputError:
+    """One line for an export that could not be written (a full disk said only "could not be exported ... Run with
+    --runtime keras"): the file, the cause and its fix, and the keras runtime as the way that writes no file."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk is full; free some space there and run the same command again"
+    else:
+        why = f"{output_fix(exc, path).split(';')[0]} ({exc.strerror})"
+    return OutputError(
+        f"--runtime onnx: cannot write the ONNX export of {shown} to {path}: {why}. Nothing was written there; or "
+        f"run with --runtime keras, which exports nothing"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

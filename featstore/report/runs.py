@@ -94,9 +94,9 @@ def calibration_line(rec: RunRecord) -> str:
         rows = f" ({cal['n']} rows{nll})" if "n" in cal else ""
         bound = "; on its bound: the held-out rows were (almost) all right" if cal.get("at_bound") else ""
         return f"calibration: temperature {cal['T']:.3g} fitted on {where or 'held-out rows'}{rows}{bound}"
-    return (
-        f"calibration: none ({where.removeprefix('not calibrated: ') or 'recorded before featstore calibrated runs'})"
-    )
+    # no record: a run older than calibration of its kind (finetune runs since attack 14: "calibrated runs" was false)
+    why = where.removeprefix("not calibrated: ") or f"recorded before featstore calibrated {rec.kind} runs"
+    return f"calibration: none ({why})"
 
 
 def split_lines(split: str, m) -> list[str]:

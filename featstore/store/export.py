@@ -310,6 +310,11 @@ def _write_shards(folder: Path, blocks, rows_per_file: int, d: int, meta: dict, 
 
 def refuse_shard_folder(out: Path) -> None:
     """Refuse an ``out`` for shards that is a link, a file, or a folder holding anything but an earlier export's shards."""
+    if os.path.commonpath([os.getcwd(), os.path.abspath(out)]) == os.path.abspath(out):  # ".": its temporary folder
+        raise ConfigError(  # was made inside it (beside the name ""), then called "other files than shards"
+            f"--out {out} is the folder you are in (or holds it); the shards are written into a new folder that "
+            f"replaces --out when complete, so name a folder to make, e.g. --out {out / 'shards'}"
+        )
     if out.is_symlink() or (os.path.lexists(out) and not out.is_dir()):
         raise ConfigError(f"--out {out} exists and is not a folder; with --rows-per-file it names the folder of shards")
     if out.is_dir():

@@ -40,11 +40,31 @@ def check_writable(path: str | os.PathLike) -> Path:
         )
     if path.exists():
         if not os.access(path, os.W_OK):
+            if read_only_fs(path):
+                raise StoreError(_mounted_read_only(path))
             raise StoreError(
                 f"store {path} is read-only; make it writable (chmod u+w {path}) or choose another --store"
             )
         if not h5py.is_hdf5(path):
             raise StoreError(f"{path} exists and is not an HDF5 file; choose another --store (nothing was written)")
     elif not os.access(parent, os.W_OK):
+        if read_only_fs(parent):
+            raise StoreError(_mounted_read_only(path))
         raise StoreError(f"folder {parent} is read-only; cannot create store {path}. Choose a writable --store")
     return path
+
+
+def read_only_fs(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is on a file system mounted read-only (``os.statvfs``'s ST_RDONLY), where ``chmod`` fails too."""
+    try:
+        return bool(os.statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
+    except (OSError, AttributeError):  # no statvfs (Windows), or not there
+        return False
+
+
+def _mounted_read_only(path: Path) -> str:
+    """The line for a store on a read-only file system: no chmod can help there (it said "chmod u+w")."""
+    return (
+        f"store {path} is on a file system mounted read-only (a read-only mount or share); nothing can be written "
+        f"there, chmod included. Use a --store path on a writable file system (copy the store there to add to it)"
+    )

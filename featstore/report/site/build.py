@@ -34,6 +34,7 @@ from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, pr
 from featstore.outputs import (
     cache_dir,
     check_output,
+    output_fix,
     refuse_run_files,
     terminal_safe,
     write_text,
@@ -95,10 +96,19 @@ def _prepare(out: Path) -> set[str]:
         raise OutputError(f"--out {out} is a symbolic link; featstore never writes through a link")
     if not out.exists():
         check_output(out, "--out")  # its parent must exist
-        out.mkdir()
+        try:
+            out.mkdir()
+        except OSError as exc:  # a read-only folder or file system, /proc: was an OSError traceback
+            raise _not_writable(out, exc, out.parent) from None
         return set()
     if not out.is_dir():
         raise OutputError(f"--out {out} is not a folder; give a new or empty folder")
+    try:  # the site's first file, tried before any work (an empty folder on a read-only file system)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _not_writable(out, exc, out) from None
     manifest = out / MANIFEST
     if not manifest.is_file():
         if any(out.iterdir()):
@@ -114,6 +124,15 @@ def _prepare(out: Path) -> set[str]:
         return {f for f in listed if isinstance(f, str)}
     except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: a nested [[[[...
         return set()
+
+
+def _not_writable(out: Path, exc: OSError, where: Path) -> OutputError:
+    """One line for a report folder that cannot be made or written (``where``: the folder that refused)."""
+    why = output_fix(exc, where / "x").split(";")[0]
+    return OutputError(
+        f"cannot write the report into {terminal_safe(str(out))}: {terminal_safe(why)}. Give --out DIR in a folder you "
+        f"can write (e.g. --out ~/{terminal_safe(out.name or 'report')}); nothing was written"
+    )
 
 
 SITE_FOLDERS = ("runs", "galleries", "maps", "assets", "thumbs")  # where a report writes (see the layout above)

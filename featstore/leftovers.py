@@ -1,0 +1,80 @@
+"""Temporary files of featstore's single-file writes, named so that one left by a killed process can be proven so.
+
+:func:`featstore.outputs.write_atomic` and :func:`featstore.caches.write_cached` write into a hidden temporary file
+beside the name, then rename it; a SIGKILL in between left ``.x.csv.XXXXXXXX.tmp`` (up to the whole output's size)
+for ever. The temporary name now carries its writer: ``.<name>.fs<pid>-<host>-<random>.tmp`` (``host``: 6 hex digits of
+a digest of this machine's name). :func:`sweep` removes, once per folder and process, only the files that are provably
+such leftovers: that pattern, this machine's tag, a process id that no longer runs here, a regular file (not a link)
+owned by this user. Anything else (another machine's, a live writer's, a file merely named alike by someone else) is
+left alone.
+
+>>> bool(TEMP.fullmatch(temp_prefix("x.csv") + "abc_12.tmp"))
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import stat
+
+TEMP = re.compile(r"\.(?P<name>.+)\.fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{6})-[0-9a-z_]{1,32}\.tmp")
+_swept: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the folders swept by this process
+
+
+def host_tag() -> str:
+    """6 hex digits naming this machine in temporary names (process ids are per machine)."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:6]
+
+
+def temp_prefix(name: str) -> str:
+    """The start of a temporary file's name for ``name`` written by this process; a random part and ``.tmp`` follow."""
+    return f".{name}.fs{os.getpid()}-{host_tag()}-"
+
+
+def sweep(folder: str | os.PathLike | int) -> list[tuple[str, int]]:
+    """Remove the temporary files that killed featstore writes left in ``folder`` (a path, or a folder's descriptor);
+    ``[(name, bytes)]`` of those removed. Each folder is looked at once per process; nothing else is ever removed."""
+    try:
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in _swept:
+            return []
+        _swept.add((st.st_dev, st.st_ino))
+        removed = []
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                size = _abandoned(entry, folder)
+                if size is not None:
+                    try:
+                        os.unlink(entry.name, dir_fd=folder) if isinstance(folder, int) else os.unlink(entry.path)
+                    except FileNotFoundError:
+                        continue  # removed meanwhile (another featstore sweeping)
+                    removed.append((entry.name, size))
+        return removed
+    except OSError:
+        return []  # a folder that cannot be listed or written: the write itself says what is wrong
+
+
+def _abandoned(entry: os.DirEntry, folder) -> int | None:
+    """The size of ``entry`` when it is a temporary file of a featstore write on this machine whose process is gone,
+    a regular file of this user; else None."""
+    match = TEMP.fullmatch(entry.name)
+    if match is None or match["host"] != host_tag() or int(match["pid"]) == os.getpid():
+        return None
+    st = entry.stat(follow_symlinks=False)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or _running(int(match["pid"])):
+        return None
+    return st.st_size
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one we may not signal runs too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
