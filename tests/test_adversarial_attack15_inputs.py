@@ -1,0 +1,65 @@
+"""Fifteenth attack (issue #19), inputs: path strings of any width and of any object type in a crafted store, symbolic
+link loops given as --model, --weights or an output, one outlier row that overflows float32 (or dominates the mean),
+scratch folders judged stale by pid alone, and report's private cache left by a kill. Each test failed before its
+fix. Stores are synthetic (``writer.write_arrays``) unless the subject is a model.
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.test_adversarial_attack4 import cli, no_traceback
+from tests.test_adversarial_attack14_outputs import _error_lines, store, store_src  # noqa: F401 (fixtures)
+
+
+# ------------------------------------------------------------------ 2, 10. paths: HDF5 strings of a bounded width
+def _replace_paths(path, where, dtype, n):
+    with h5py.File(path, "r+") as f:
+        g = f[where]
+        del g["paths"]
+        g.create_dataset("paths", shape=(n,), dtype=dtype, chunks=(1,), maxshape=(None,), compression="gzip")
+
+
+CRAFTED = {
+    "1 GiB wide": ("S1073741824", "fixed-length strings of 1073741824 bytes each, over the 65536-byte limit"),
+    "vlen int32": (h5py.vlen_dtype(np.int32), "expected 1-D HDF5 strings"),
+    "references": (h5py.ref_dtype, "expected 1-D HDF5 strings"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED))
+@pytest.mark.parametrize("command", ["check", "export"])
+def test_crafted_split_paths_are_refused_in_one_line_before_any_read(store, tmp_path, kind, command):  # noqa: F811
+    """A split's paths as 1 GiB fixed-length strings (gzip fill: a small file) ended check and export in "memory
+    allocation failed for chunk"; as vlen int32 or object references in "dset.asstr() can only be used on datasets
+    with an HDF5 string datatype": the layout check accepted any dtype kind "O" or "S"."""
+    dtype, said = CRAFTED[kind]
+    _replace_paths(store, "s/validation", dtype, 15)
+    args = (
+        ("check", store)
+        if command == "check"
+        else ("export", "--store", store, "--split", "validation", "--out", tmp_path / "x.csv")
+    )
+    result = cli(*args)
+    out = no_traceback(result)
+    assert result.exit_code != 0 and "s/validation/paths " in out and said in out, out
+    assert "Re-extract this split with --overwrite" in out
+
+
+@pytest.mark.parametrize("kind", list(CRAFTED))
+def test_a_crafted_listing_is_refused_before_its_rows_are_read(store, kind):  # noqa: F811
+    """The recorded listing (what extract compares after a touched image) with 1 GiB paths: "Unable to allocate 6.00
+    GiB"; with vlen int32 paths: the asstr TypeError. Refused by _validate_listing before a row is read."""
+    from featstore.errors import StoreError
+    from featstore.store.layout import LISTING, _validate_listing
+
+    dtype, said = CRAFTED[kind]
+    with h5py.File(store, "r+") as f:
+        lg = f["s/train"].create_group("listing")
+        for k in LISTING[1:]:
+            lg.create_dataset(k, data=np.zeros(30, np.int64))
+        lg.create_dataset("paths", shape=(30,), dtype=dtype, chunks=(1,), compression="gzip")
+        with pytest.raises(StoreError, match=f"s/train/listing/paths .*{said}"):
+            _validate_listing(f["s/train"], "s/train", "redo", 30)
