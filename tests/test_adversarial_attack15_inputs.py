@@ -6,6 +6,8 @@ fix. Stores are synthetic (``writer.write_arrays``) unless the subject is a mode
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -63,3 +65,44 @@ def test_a_crafted_listing_is_refused_before_its_rows_are_read(store, kind):  # 
         lg.create_dataset("paths", shape=(30,), dtype=dtype, chunks=(1,), compression="gzip")
         with pytest.raises(StoreError, match=f"s/train/listing/paths .*{said}"):
             _validate_listing(f["s/train"], "s/train", "redo", 30)
+
+
+# ------------------------------------------------------------------ 8. a symbolic-link loop: one line, never a traceback
+def _loop(tmp_path, name):
+    """``name`` -> ``name.other`` -> ``name``: resolve() raised "RuntimeError: Symlink loop from ..." (3.11)."""
+    a, b = tmp_path / name, tmp_path / f"{name}.other"
+    os.symlink(b, a)
+    os.symlink(a, b)
+    return a
+
+
+def test_a_model_or_weights_loop_is_one_line(tmp_path):
+    """--model LOOP.keras (SavedModelSpec.from_path) and --weights LOOP (describe_weights_argument) ended in a
+    RuntimeError traceback from Path.resolve."""
+    from featstore.errors import ConfigError, WeightsError
+    from featstore.models.saved import SavedModelSpec
+    from featstore.models.weights import describe_weights_argument
+
+    with pytest.raises(ConfigError, match=r"model file .*m1.keras is a symbolic link loop .* remove the link"):
+        SavedModelSpec.from_path(_loop(tmp_path, "m1.keras"))
+    with pytest.raises(WeightsError, match=r"weights file .*w1 is a symbolic link loop"):
+        describe_weights_argument(str(_loop(tmp_path, "w1")))
+
+
+def test_what_is_at_names_a_loop(tmp_path):
+    """The inputs' shared look (a FIFO given as --weights) called a loop "does not exist" or nothing at all."""
+    from featstore.outputs import what_is_at
+
+    assert what_is_at(_loop(tmp_path, "x")) == "a symbolic link loop"
+
+
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_an_output_loop_is_one_line(store, tmp_path, command):  # noqa: F811
+    """export --out LOOP.csv and report --out LOOP: "RuntimeError: Symlink loop from ..." tracebacks."""
+    loop = _loop(tmp_path, "L.csv" if command == "export" else "L")
+    if command == "export":
+        result = cli("export", "--store", store, "--split", "train", "--out", loop)
+    else:
+        result = cli("report", "--store", store, "--runs", tmp_path / "runs", "--out", loop)
+    (line,) = _error_lines(no_traceback(result))
+    assert result.exit_code == 1 and f"--out {loop} is a symbolic link loop" in line, line

@@ -36,6 +36,7 @@ from featstore.outputs import (
     check_output,
     output_fix,
     refuse_run_files,
+    resolved,
     terminal_safe,
     write_text,
 )  # noqa: F401 (cache_dir: similar_page)
@@ -200,6 +201,7 @@ def build_report(
     map_method = choose_method(map_method)  # an unknown name is refused before any work
     fs = FeatureStore(store)
     out = Path(out) if out is not None else default_out(store)
+    resolved(out, "--out")  # a symbolic link loop: one line, not "RuntimeError: Symlink loop"
     runs_folder = runs_root(store, runs).resolve()
     if out.resolve() == runs_folder or out.resolve().is_relative_to(runs_folder):
         raise ConfigError(
