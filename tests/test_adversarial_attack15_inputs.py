@@ -106,3 +106,61 @@ def test_an_output_loop_is_one_line(store, tmp_path, command):  # noqa: F811
         result = cli("report", "--store", store, "--runs", tmp_path / "runs", "--out", loop)
     (line,) = _error_lines(no_traceback(result))
     assert result.exit_code == 1 and f"--out {loop} is a symbolic link loop" in line, line
+
+
+# ------------------------------------------------------------------ 12. one outlier row: refused or named, never silent
+def _one_huge_row(path, value):
+    """Train (30 rows) and validation (15) of 8 normal values; train's row 5 all ``value``."""
+    from featstore.store import writer
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 30), ("validation", 15)):
+        X = rng.normal(size=(n, 8)).astype(np.float32)
+        if split == "train":
+            X[5] = value
+        writer.write_arrays(path, "s", split, X, np.repeat(np.arange(3), n // 3).astype(np.int32), ["a", "b", "c"])
+    return path
+
+
+@pytest.mark.parametrize("command", ["leaks", "similar"])
+def test_a_row_whose_norm_overflows_float32_is_refused_by_name(tmp_path, command, recwarn):
+    """A row of 3e38: leaks printed a raw "RuntimeWarning: overflow encountered in cast" and a threshold of 0.0000 with
+    15 of 15 rows "near-duplicates"; similar gave similarity 1.0000 to every neighbour. Now one line naming the store,
+    the split and the row, as for NaN or inf."""
+    h5 = _one_huge_row(tmp_path / "h.h5", 3e38)
+    args = ["--split", "validation"] if command == "leaks" else ["--split", "train", "--exact", "-k", "3", "train/0"]
+    result = cli(command, "--store", h5, *args)
+    (line,) = _error_lines(no_traceback(result))
+    assert result.exit_code == 1 and f"store {h5}:" in line and "squared norm overflows float32" in line, line
+    assert "'train': 1 row(s), e.g. train/5" in line, line
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+
+
+def test_a_row_that_dominates_the_mean_is_named_in_one_warning(tmp_path, caplog):
+    """A row of 1e10 (others ~1): leaks said "threshold 0.0000 ... 29 with an exact copy inside train" and "15 of 15
+    rows have a near-duplicate" without a word about the row that every other is centred on."""
+    from featstore.experiments.leaks.search import scan
+    from featstore.store.reader import FeatureStore
+
+    h5 = _one_huge_row(tmp_path / "g.h5", 1e10)
+    with caplog.at_level("WARNING", logger="featstore.experiments.leaks.search"):
+        scan(FeatureStore(h5), "s", ["validation"], "train", 1 << 20)
+    (record,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    said = record.getMessage()
+    assert f"store {h5}: 1 row(s) of 's' in 'train' have a norm over 1000 x the split's median" in said, said
+    assert "train/5 (2.83e+10)" in said and "dominate the mean" in said, said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="featstore.experiments.leaks.search"):
+        scan(FeatureStore(_one_huge_row(tmp_path / "ok.h5", 30.0)), "s", ["validation"], "train", 1 << 20)
+    assert not caplog.records  # a row 30 x the others' size is an outlier, not a broken mean: no warning
+
+
+def test_fit_cross_validation_names_the_huge_rows_not_the_classifier(tmp_path, recwarn):
+    """fit without a validation split: scikit-learn's raw "overflow encountered in divide", then "logreg ... cannot
+    predict a cross-validation fold: Input X contains infinity", blaming the classifier for the store's row."""
+    h5 = _one_huge_row(tmp_path / "h.h5", 3e38)
+    result = cli("fit", "--store", h5, "--validation", "none", "--test", "none", "--runs", tmp_path / "runs")
+    (line,) = _error_lines(no_traceback(result))
+    assert result.exit_code == 1 and "train's rows 5 (1 in all; largest |feature| 3e+38)" in line, line
+    assert "not the classifier's settings" in line and "cannot predict" not in line, line
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
