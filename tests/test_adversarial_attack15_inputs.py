@@ -164,3 +164,31 @@ def test_fit_cross_validation_names_the_huge_rows_not_the_classifier(tmp_path, r
     assert result.exit_code == 1 and "train's rows 5 (1 in all; largest |feature| 3e+38)" in line, line
     assert "not the classifier's settings" in line and "cannot predict" not in line, line
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
+
+
+# ------------------------------------------------------------------ 4. scratch folders: this host's, and old enough
+def test_a_scratch_folder_is_removed_only_when_this_hosts_and_old(tmp_path, monkeypatch):
+    """A preset snapshot made a second ago by a build on another node sharing TMPDIR (its pid does not exist here) was
+    deleted by the next build here: remove_stale judged it by pid alone. Now the host is in the name and only this
+    host's folders of gone processes older than STALE_AGE_S go."""
+    import tempfile
+
+    from featstore.models import scratch
+    from tests.test_adversarial_attack13_leftovers import _dead_pid
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = tmp_path / f"featstore-{os.geteuid()}"
+    base.mkdir(mode=0o700)
+    dead = _dead_pid()
+    old = base / scratch.scratch_name("preset", dead)
+    young = base / scratch.scratch_name("preset", dead)
+    elsewhere = base / f"preset-{dead}-othernode-0123abcd"
+    legacy = base / f"preset-{dead}-0123abcd"  # made before hosts were recorded: its host is unknown
+    assert old.name.startswith(f"preset-{dead}-{scratch.this_host()}-")
+    for folder in (old, young, elsewhere, legacy):
+        folder.mkdir()
+        if folder is not young:
+            os.utime(folder, (0, 0))
+    with scratch.scratch_folder("preset"):
+        pass
+    assert not old.exists() and young.is_dir() and elsewhere.is_dir() and legacy.is_dir()
