@@ -192,3 +192,27 @@ def test_a_scratch_folder_is_removed_only_when_this_hosts_and_old(tmp_path, monk
     with scratch.scratch_folder("preset"):
         pass
     assert not old.exists() and young.is_dir() and elsewhere.is_dir() and legacy.is_dir()
+
+
+# ------------------------------------------------------------------ 5. report's private cache: removed after a kill
+def test_a_killed_reports_private_cache_is_removed_by_the_next(store, tmp_path, monkeypatch):  # noqa: F811
+    """report with a cache folder it does not trust uses a private one, removed by atexit: a SIGKILL left
+    /tmp/featstore-report-<pid>-* (thumbnails, map layouts) for ever. It is now a scratch folder (models/scratch.py):
+    the next report removes those of gone processes."""
+    import tempfile
+
+    from featstore.models.scratch import scratch_name
+    from featstore.report.site.build import build_report
+    from tests.test_adversarial_attack13_leftovers import _dead_pid
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = tmp_path / f"featstore-{os.geteuid()}"
+    base.mkdir(mode=0o700)
+    killed = base / scratch_name("report", _dead_pid())
+    (killed / "thumbs").mkdir(parents=True)
+    os.utime(killed, (0, 0))
+    (tmp_path / "f.h5.cache").mkdir(mode=0o777)
+    os.chmod(tmp_path / "f.h5.cache", 0o777)  # not trusted: the report's caches go to a private folder
+    result = build_report(store, out=tmp_path / "site", map_method="pca")
+    assert any("caches are not kept" in n for n in result.notes), result.notes
+    assert not killed.exists() and not list(base.glob("report-*")), list(base.iterdir())

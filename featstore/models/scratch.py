@@ -106,14 +106,21 @@ def scratch_folder(kind: str) -> Iterator[Path]:
         with scratch_folder("preset") as tmp:
             ...
     """
-    base = user_scratch()
-    if base is not None:
-        remove_stale(base, kind)
-        folder = base / scratch_name(kind, os.getpid())
-        os.mkdir(folder, 0o700)
-    else:
-        folder = Path(tempfile.mkdtemp(prefix=f"featstore-{kind}-"))
+    folder = new_scratch(kind)
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_scratch(kind: str) -> Path:
+    """A new private folder ``<tmp>/featstore-<uid>/<kind>-<pid>-<host>-<random>`` (``0700``) after removing those of
+    ``kind`` left by killed processes; the caller removes it (:func:`scratch_folder` does). Without a private base (see
+    :func:`user_scratch`) a plain ``tempfile.mkdtemp`` folder."""
+    base = user_scratch()
+    if base is None:
+        return Path(tempfile.mkdtemp(prefix=f"featstore-{kind}-"))
+    remove_stale(base, kind)
+    folder = base / scratch_name(kind, os.getpid())
+    os.mkdir(folder, 0o700)
+    return folder

@@ -31,6 +31,7 @@ from pathlib import Path
 from featstore.caches import CacheNotMade, cache_folder
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
+from featstore.models.scratch import new_scratch
 from featstore.outputs import (
     cache_dir,
     check_output,
@@ -286,7 +287,7 @@ def _caches(store) -> tuple[Path, str]:
             cache_folder(cache, sub)
         return cache, ""
     except CacheNotMade as exc:
-        tmp = Path(tempfile.mkdtemp(prefix=f"featstore-report-{os.getpid()}-"))
+        tmp = new_scratch("report")  # a SIGKILL's leftover is removed by the next report (its process gone)
         atexit.register(shutil.rmtree, tmp, True)
         for sub in ("thumbs", "maps"):
             (tmp / sub).mkdir(mode=0o700)  # private, as mkdtemp's folder: a cache no one else can write into
