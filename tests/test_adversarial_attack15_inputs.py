@@ -89,6 +89,15 @@ def test_a_model_or_weights_loop_is_one_line(tmp_path):
         describe_weights_argument(str(_loop(tmp_path, "w1")))
 
 
+@pytest.mark.parametrize("command", ["info", "check"])
+def test_a_store_loop_is_named_a_loop(tmp_path, command):
+    """--store LOOP (featstore info w1) said "store w1 does not exist; create it with featstore extract"."""
+    loop = _loop(tmp_path, "s.h5")
+    result = cli(command, loop)
+    (line,) = _error_lines(no_traceback(result))
+    assert result.exit_code == 1 and f"store {loop} is a symbolic link loop" in line, line
+
+
 def test_what_is_at_names_a_loop(tmp_path):
     """The inputs' shared look (a FIFO given as --weights) called a loop "does not exist" or nothing at all."""
     from featstore.outputs import what_is_at
