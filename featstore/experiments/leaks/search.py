@@ -19,7 +19,6 @@ from featstore.store.reader import FeatureStore
 
 TILE_FACTOR = 4  # bytes per similarity value: tiles of at most `budget` bytes
 OUTLIER_FACTOR = 1000  # a reference row whose norm is over this many times the median dominates the mean: warned
-_F32_MAX = float(np.finfo(np.float32).max)  # a row whose squared norm is over this overflows float32 products
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +45,11 @@ def _rows(X: np.ndarray) -> np.ndarray:
 
 def _bad_rows(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(indices, squared norms)``: the rows holding NaN or inf, or finite values so large that the row's squared norm
-    overflows float32 (3e38: "overflow encountered" and similarities of 1.0 to every row). Float64 squares of float32
-    values never overflow, so a NaN or inf value is a squared norm that is not <= the limit."""
+    overflows float32 (3e38: "overflow encountered" and similarities of 1.0 to every row): in float32 (no copy of the
+    block), such a row's squared norm is inf, a NaN row's NaN."""
     with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN rows are refused by the caller, not warned about
-        sq = np.einsum("ij,ij->i", R, R, dtype=np.float64)
-    return np.flatnonzero(~(sq <= _F32_MAX)), sq
+        sq = np.einsum("ij,ij->i", R, R)
+    return np.flatnonzero(~np.isfinite(sq)), sq
 
 
 def _warn_outliers(fs: FeatureStore, name: str, split: str, norms: np.ndarray) -> None:
