@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from featstore.errors import OutputError
+from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_prefix
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ def what_is_at(path: str | os.PathLike) -> str | None:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return "nothing"
-    except OSError:
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
         return None  # there, but not ours to look at (permissions): the reader's own error says so
     if stat.S_ISREG(mode):
         return None
@@ -99,6 +101,24 @@ def what_is_at(path: str | os.PathLike) -> str | None:
     if stat.S_ISFIFO(mode):
         return "a FIFO (named pipe)"
     return "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
+def resolved(path: str | os.PathLike, what: str, error: type[Exception] = ConfigError) -> Path:
+    """``Path(path).expanduser().resolve()``, a symbolic-link loop refused in one line (``error``) naming the path and
+    the fix: Python 3.11's resolve raises "RuntimeError: Symlink loop", later ones OSError ELOOP. Example::
+
+        model = resolved("my_cnn.keras", "--model")
+    """
+    path = Path(path).expanduser()
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise
+        raise error(
+            f"{what} {terminal_safe(str(path))} is a symbolic link loop (a link that leads back to itself); "
+            f"remove the link or give the real path"
+        ) from None
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -379,6 +379,7 @@ def test_a_sigkilled_scratch_folder_is_removed_at_the_next_one(tmp_path):
     child.wait()
     child.stdout.close()
     assert left.is_dir() and left.parent == tmp_path / f"featstore-{os.geteuid()}"
+    os.utime(left, (0, 0))  # old enough (STALE_AGE_S): a young one could be another PID namespace's
     run = subprocess.run(
         [sys.executable, "-c", code.replace("time.sleep(60)", "pass")], env=env, capture_output=True, text=True
     )
@@ -399,6 +400,7 @@ def test_only_scratch_folders_of_ended_processes_are_removed(tmp_path, monkeypat
     other = base / "notes"
     for folder in (stale, mine, init, other):
         folder.mkdir()
+        os.utime(folder, (0, 0))  # all old enough (STALE_AGE_S)
     with scratch_folder("preset") as tmp:
         assert tmp.parent == base and tmp.is_dir()
     assert not stale.exists() and not tmp.exists() and mine.is_dir() and init.is_dir() and other.is_dir()
@@ -436,6 +438,7 @@ def test_a_preset_build_uses_the_scratch_folder(tmp_path, monkeypatch):
     base.mkdir(mode=0o700)
     stale = base / scratch_name("preset", _dead_pid())
     stale.mkdir()
+    os.utime(stale, (0, 0))  # old enough (STALE_AGE_S)
     spec = HubSpec.from_model(str(folder))
     spec.build(spec.default_size)
     assert not list(base.iterdir())

@@ -164,11 +164,35 @@ def _fold_proba(spec_name, params, X, y, fit_rows, held, n_classes, groups):
     """Probabilities of the ``held`` rows from a model fitted on ``fit_rows`` (one column per store class)."""
     from featstore.runs.artifacts import full_proba
 
-    est = fit_one(spec_name, params, X[fit_rows], y[fit_rows], None, None if groups is None else groups[fit_rows])
     try:
-        return full_proba(est, X[held], n_classes)
-    except ValueError as exc:
+        with np.errstate(over="ignore"):  # an overflow on huge rows is refused below in one line, not a raw warning
+            est = fit_one(
+                spec_name, params, X[fit_rows], y[fit_rows], None, None if groups is None else groups[fit_rows]
+            )
+            return full_proba(est, X[held], n_classes)
+    except (ValueError, ConfigError) as exc:
+        _refuse_huge_rows(X, spec_name)  # the store's rows, not the classifier's settings
+        if isinstance(exc, ConfigError):
+            raise
         raise ConfigError(f"{spec_name} with {params} cannot predict a cross-validation fold: {exc}") from exc
+
+
+def _refuse_huge_rows(X, spec_name: str) -> None:
+    """StoreError naming train's rows whose finite features are too large for a classifier's float arithmetic (3e38
+    overflows a scaler to inf: "Input X contains infinity" blamed the classifier); nothing when there are none."""
+    from featstore.runs.apply import LARGE_FEATURE  # the limit predict and runs evaluate blame the extractor above
+
+    if not isinstance(X, np.ndarray) or not len(X):
+        return
+    top = np.abs(X.reshape(len(X), -1)).max(axis=1)
+    huge = np.flatnonzero(top > LARGE_FEATURE)
+    if len(huge):
+        raise StoreError(
+            f"train's rows {', '.join(map(str, huge[:5].tolist()))}{' ...' if len(huge) > 5 else ''} ({len(huge)} in "
+            f"all; largest |feature| {float(top.max()):.3g}) hold finite features too large for {spec_name}'s "
+            f"arithmetic: an overflow in the model that extracted them, not the classifier's settings. Check those "
+            f"images and the model's weights, then re-extract train with `featstore extract --split train --overwrite`"
+        )
 
 
 def _fold_or_why(*args) -> np.ndarray | str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from featstore.errors import ConfigError, WeightsError
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from featstore.models.weights import LoadedWeights, sha256_file
-from featstore.outputs import what_is_at
+from featstore.outputs import resolved, what_is_at
 from featstore.provenance import MAX_IMAGE_SIZE
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class SavedModelSpec:
         cls, path: str | Path, preprocess_mode: str | None = None, trust_model: bool = False
     ) -> SavedModelSpec:
         """Inspect a model file: input size and channels, default cut layer; refuses unusable models."""
-        path = Path(path).expanduser().resolve()
+        path = resolved(path, "model file")
         model = load_model_file(path, trust_model)
         shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
         if shape is None or len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:

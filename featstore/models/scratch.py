@@ -4,7 +4,9 @@ A KerasHub preset is built from a snapshot folder (the checked ``config.json`` a
 link or a copy of a few GiB). ``tempfile.TemporaryDirectory`` removes it on exit, but a SIGKILL (the OOM killer, a
 cluster's time limit) left one ``/tmp/featstore-preset-*`` per kill for ever. Scratch folders are now made in one
 folder of this user, ``<tmp>/featstore-<uid>/`` (``0700``, checked to be a folder of this user that no one else can
-write), named ``<kind>-<pid>-<random>``; every new one first removes those whose process is gone.
+write), named ``<kind>-<pid>-<host>-<random>``; every new one first removes those of this host whose process is gone
+and that are older than STALE_AGE_S. A pid means nothing on another host (a TMPDIR shared by a cluster's nodes) or in
+another PID namespace (a container sharing /tmp): a live build's snapshot there was deleted by pid alone.
 
 >>> scratch_name("preset", 4242).startswith("preset-4242-")
 True
@@ -18,17 +20,26 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+STALE_AGE_S = 300  # a scratch folder of a gone process is removed only once this old (another PID namespace's pid)
+
+
+def this_host() -> str:
+    """This host's name as it goes into scratch folder names (letters, digits, ``.`` and ``_`` only; at most 64)."""
+    return re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname())[:64] or "_"
+
 
 def scratch_name(kind: str, pid: int) -> str:
-    """The name of a new scratch folder of ``kind`` for process ``pid``."""
-    return f"{kind}-{pid}-{secrets.token_hex(4)}"
+    """The name of a new scratch folder of ``kind`` for process ``pid`` on this host."""
+    return f"{kind}-{pid}-{this_host()}-{secrets.token_hex(4)}"
 
 
 def user_scratch() -> Path | None:
@@ -57,13 +68,17 @@ def user_scratch() -> Path | None:
 
 
 def remove_stale(base: Path, kind: str) -> list[str]:
-    """Remove ``base``'s scratch folders of ``kind`` whose process is gone (left by a kill); their names."""
-    gone = []
-    pattern = re.compile(rf"{re.escape(kind)}-(\d+)-[0-9a-f]+")
+    """Remove ``base``'s scratch folders of ``kind`` made on this host whose process is gone (left by a kill) and that
+    are older than STALE_AGE_S; their names. Another host's, or one without a host (made before hosts were recorded),
+    is never removed: its pid means nothing here."""
+    gone, now = [], time.time()
+    pattern = re.compile(rf"{re.escape(kind)}-(\d+)-{re.escape(this_host())}-[0-9a-f]+")
     with os.scandir(base) as entries:
         for entry in entries:
             found = pattern.fullmatch(entry.name)
             if found is None or not entry.is_dir(follow_symlinks=False) or _alive(int(found.group(1))):
+                continue
+            if now - entry.stat(follow_symlinks=False).st_mtime < STALE_AGE_S:
                 continue
             shutil.rmtree(entry.path, ignore_errors=True)
             gone.append(entry.name)
@@ -91,14 +106,21 @@ def scratch_folder(kind: str) -> Iterator[Path]:
         with scratch_folder("preset") as tmp:
             ...
     """
-    base = user_scratch()
-    if base is not None:
-        remove_stale(base, kind)
-        folder = base / scratch_name(kind, os.getpid())
-        os.mkdir(folder, 0o700)
-    else:
-        folder = Path(tempfile.mkdtemp(prefix=f"featstore-{kind}-"))
+    folder = new_scratch(kind)
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def new_scratch(kind: str) -> Path:
+    """A new private folder ``<tmp>/featstore-<uid>/<kind>-<pid>-<host>-<random>`` (``0700``) after removing those of
+    ``kind`` left by killed processes; the caller removes it (:func:`scratch_folder` does). Without a private base (see
+    :func:`user_scratch`) a plain ``tempfile.mkdtemp`` folder."""
+    base = user_scratch()
+    if base is None:
+        return Path(tempfile.mkdtemp(prefix=f"featstore-{kind}-"))
+    remove_stale(base, kind)
+    folder = base / scratch_name(kind, os.getpid())
+    os.mkdir(folder, 0o700)
+    return folder

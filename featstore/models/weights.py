@@ -22,7 +22,7 @@ import numpy as np
 
 from featstore.errors import WeightsError
 from featstore.models.backbones import BackboneSpec
-from featstore.outputs import what_is_at
+from featstore.outputs import resolved, what_is_at
 from featstore.provenance import sha256_file  # noqa: F401 (re-exported: runs, finetune and tests take it from here)
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def describe_weights_argument(weights: str) -> str:
     """Normalise ``--weights``: named sources stay, anything else becomes an absolute path."""
     if weights in NAMED_WEIGHTS:
         return weights
-    return str(Path(weights).expanduser().resolve())
+    return str(resolved(weights, "weights file", WeightsError))
 
 
 def keras_cache_dir() -> Path:

@@ -30,11 +30,9 @@ CSV cells that a spreadsheet would evaluate are neutralised (:func:`featstore.ou
 path or class name starting with ``= + - @``, a tab or a carriage return is written with a leading ``'``; numbers
 are written as they are.
 
-Every file is written by :func:`featstore.outputs.write_atomic`: ``out`` is checked before any work (a FIFO, device,
-link, folder or missing folder is refused), the content goes to a temporary file beside it, renamed onto ``out``
-when whole; a full disk or a read-only folder is one :class:`~featstore.errors.OutputError` line, and leaves the old
-file (or nothing) under the name.
-
+Every file is written by :func:`featstore.outputs.write_atomic`: ``out`` checked before any work (a FIFO, device, link,
+link loop, folder or missing folder refused), written beside it and renamed onto it when whole; a full disk or a
+read-only folder is one :class:`~featstore.errors.OutputError` line, leaving the old file (or nothing) there.
 Values are float32 (float16 stores are widened: CSV and Parquet have no portable half type).
 
 >>> export("features.h5", "train", "train.npz", features="avg")  # doctest: +SKIP
@@ -120,7 +118,9 @@ def export(
         _pyarrow()  # fail before reading anything
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
-    if out.resolve() == fs.path.resolve():
+    from featstore.outputs import resolved  # here: the module is at its line limit
+
+    if resolved(out, "--out") == fs.path.resolve():
         raise ConfigError(f"--out {out} is the store itself; choose another file name")
     if rows_per_file is not None:
         refuse_shard_folder(out)

@@ -22,6 +22,17 @@ STR = h5py.string_dtype("utf-8")
 PATH_ERRORS = (
     "surrogateescape"  # stored paths are the file system's bytes; names that are not UTF-8 round-trip losslessly
 )
+MAX_PATH_BYTES = 64 * 1024  # a fixed-length string dataset wider than this is crafted: a block of rows would be GiBs
+
+
+def string_problem(ds) -> str | None:
+    """Why ``ds`` is not a 1-D dataset of HDF5 strings featstore reads (None when it is): an object dtype that is not
+    an HDF5 string (vlen integers, references) or a fixed-length width over MAX_PATH_BYTES. Checked before any read."""
+    if ds.ndim != 1 or h5py.check_string_dtype(ds.dtype) is None:
+        return f"has dtype {ds.dtype} and {ds.ndim} dimensions, expected 1-D HDF5 strings"
+    if ds.dtype.kind == "S" and ds.dtype.itemsize > MAX_PATH_BYTES:
+        return f"holds fixed-length strings of {ds.dtype.itemsize} bytes each, over the {MAX_PATH_BYTES}-byte limit"
+    return None
 
 
 def same_split(f: h5py.File, key: str, seen: tuple | None, where: str) -> tuple:
@@ -128,8 +139,8 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
             f"{where}/labels has dtype {labels.dtype} and {labels.ndim} dimensions, expected 1-D integers. {redo}"
         )
     for key in ("paths", "failed/paths", "failed/reasons"):
-        if sg[key].dtype.kind not in "OS" or sg[key].ndim != 1:
-            raise StoreError(f"{where}/{key} has dtype {sg[key].dtype}, expected 1-D strings. {redo}")
+        if problem := string_problem(sg[key]):
+            raise StoreError(f"{where}/{key} {problem}: the store is damaged or crafted. {redo}")
     if extractor is not None:
         shape = plain(extractor.get("feature_shape", []))
         if not isinstance(shape, list) or not all(isinstance(v, int) for v in shape):
@@ -265,8 +276,10 @@ def _validate_listing(sg, where: str, redo: str, n_images: int) -> None:
     lg = sg["listing"] if isinstance(link, h5py.HardLink) else None
     if not isinstance(lg, h5py.Group) or any(not isinstance(lg.get(k, getlink=True), h5py.HardLink) for k in LISTING):
         raise StoreError(f"{where}/listing is damaged (missing or linked datasets). {redo}")
+    if problem := string_problem(lg["paths"]):
+        raise StoreError(f"{where}/listing/paths {problem}: the store is damaged or crafted. {redo}")
     n = lg["paths"].shape
-    kinds = [lg["paths"].dtype.kind in "OS"] + [lg[k].dtype.kind in "iu" for k in LISTING[1:]]
+    kinds = [lg[k].dtype.kind in "iu" for k in LISTING[1:]]
     if not all(kinds) or len(n) != 1 or any(lg[k].shape != n for k in LISTING):
         raise StoreError(f"{where}/listing is damaged (datasets of the wrong kind or length). {redo}")
     try:

@@ -26,6 +26,7 @@ from pathlib import Path
 import h5py
 
 from featstore.errors import ConfigError, StoreBusyError, StoreError
+from featstore.outputs import resolved
 
 _SETTING: dict = {"locking": None}  # None = HDF5's default (honours HDF5_USE_FILE_LOCKING)
 
@@ -118,6 +119,7 @@ class StoreFile:
 
     def __init__(self, path: str | os.PathLike, locking: bool | None = None):
         self.path = Path(path)
+        resolved(self.path, "store", StoreError)  # a symbolic-link loop: said so, not "does not exist"
         self.locking = locking_default() if locking is None else locking
 
     def __repr__(self) -> str:

@@ -7,6 +7,7 @@ split with each row's own match left out (the calibration's leave-one-out simila
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
@@ -17,6 +18,9 @@ from featstore.outputs import terminal_safe
 from featstore.store.reader import FeatureStore
 
 TILE_FACTOR = 4  # bytes per similarity value: tiles of at most `budget` bytes
+OUTLIER_FACTOR = 1000  # a reference row whose norm is over this many times the median dominates the mean: warned
+
+logger = logging.getLogger(__name__)
 
 
 class Centre(NamedTuple):
@@ -39,9 +43,34 @@ def _rows(X: np.ndarray) -> np.ndarray:
     return np.asarray(X, dtype=np.float32).reshape(len(X), -1)
 
 
-def _bad_rows(R: np.ndarray) -> np.ndarray:
-    """Indices of rows holding NaN or inf."""
-    return np.flatnonzero(~np.isfinite(R).all(axis=1))
+def _bad_rows(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, squared norms)``: the rows holding NaN or inf, or finite values so large that the row's squared norm
+    overflows float32 (3e38: "overflow encountered" and similarities of 1.0 to every row): in float32 (no copy of the
+    block), such a row's squared norm is inf, a NaN row's NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN rows are refused by the caller, not warned about
+        sq = np.einsum("ij,ij->i", R, R)
+    return np.flatnonzero(~np.isfinite(sq)), sq
+
+
+def _warn_outliers(fs: FeatureStore, name: str, split: str, norms: np.ndarray) -> None:
+    """One warning naming the reference rows whose norm is over OUTLIER_FACTOR x the median: they dominate the mean
+    that every row is centred on, so similarities (and a threshold calibrated on them) mean little."""
+    median = float(np.median(norms)) if len(norms) else 0.0
+    big = np.flatnonzero(norms > OUTLIER_FACTOR * median) if median > 0 else np.zeros(0, np.int64)
+    if len(big):
+        paths = fs.paths(split, name)
+        logger.warning(
+            "store %s: %d row(s) of %r in %r have a norm over %d x the split's median (%.3g), e.g. %s: they dominate "
+            "the mean every row is centred on, so similarities and thresholds mean little; check those images and "
+            "re-extract them, or leave them out",
+            terminal_safe(str(fs.path)),
+            len(big),
+            name,
+            split,
+            OUTLIER_FACTOR,
+            median,
+            ", ".join(f"{terminal_safe(paths[i])} ({float(norms[i]):.3g})" for i in big[:3]),
+        )
 
 
 def scan(fs: FeatureStore, name: str, splits: Sequence[str], reference: str, budget: int) -> Centre:
@@ -49,20 +78,19 @@ def scan(fs: FeatureStore, name: str, splits: Sequence[str], reference: str, bud
 
     Every split is scanned before refusing, so the message names each split with bad rows, how many, and a few paths.
     """
-    total, n, bad, top = None, 0, {}, 0.0
+    total, n, bad, top, norms = None, 0, {}, 0.0, []
     for split in dict.fromkeys([reference, *splits]):
         rows, off = [], 0
         for X, _ in fs.iter_batches(split, name, max_bytes=budget):
             R = _rows(X)
-            if split == reference:  # NaN and inf reach the float64 column sums: rows are looked for only then
+            found, sq = _bad_rows(R)
+            rows += (found + off).tolist()
+            if split == reference:
                 part = R.sum(axis=0, dtype=np.float64)
-                if not np.isfinite(part).all():
-                    rows += (_bad_rows(R) + off).tolist()
                 total = part if total is None else total + part
                 top = max(top, float(R.max(initial=0.0)), -float(R.min(initial=0.0)))
+                norms.append(np.sqrt(sq))
                 n = off + len(R)
-            else:
-                rows += (_bad_rows(R) + off).tolist()
             off += len(R)
         if rows:
             bad[split] = rows
@@ -73,14 +101,16 @@ def scan(fs: FeatureStore, name: str, splits: Sequence[str], reference: str, bud
             for s, r in bad.items()
         )
         raise StoreError(
-            f"extractor {name!r} holds features with NaN or inf ({said}); no similarity can be measured on them, so "
-            f"leaks (like fit) refuses. Check those images and the model's weights, then re-extract the split(s) with "
+            f"store {terminal_safe(str(fs.path))}: extractor {name!r} holds features with NaN or inf, or so large that "
+            f"a row's squared norm overflows float32 ({said}); no similarity can be measured on them, so leaks (like fit) "
+            f"refuses. Check those images and the model's weights, then re-extract the split(s) with "
             f"`featstore extract --split NAME --overwrite` (`featstore check` counts such rows)"
         )
     if n < 2:
         raise StoreError(
             f"split {reference!r} of {name!r} has {n} row(s); comparing needs at least 2 (the mean is subtracted)"
         )
+    _warn_outliers(fs, name, reference, np.concatenate(norms) if norms else np.zeros(0))
     scale = float(2.0 ** np.ceil(np.log2(2 * top))) if top > 0.5 else 1.0
     return Centre((total / n).astype(np.float32), n, scale)
 

@@ -31,11 +31,13 @@ from pathlib import Path
 from featstore.caches import CacheNotMade, cache_folder
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
+from featstore.models.scratch import new_scratch
 from featstore.outputs import (
     cache_dir,
     check_output,
     output_fix,
     refuse_run_files,
+    resolved,
     terminal_safe,
     write_text,
 )  # noqa: F401 (cache_dir: similar_page)
@@ -200,6 +202,7 @@ def build_report(
     map_method = choose_method(map_method)  # an unknown name is refused before any work
     fs = FeatureStore(store)
     out = Path(out) if out is not None else default_out(store)
+    resolved(out, "--out")  # a symbolic link loop: one line, not "RuntimeError: Symlink loop"
     runs_folder = runs_root(store, runs).resolve()
     if out.resolve() == runs_folder or out.resolve().is_relative_to(runs_folder):
         raise ConfigError(
@@ -284,7 +287,7 @@ def _caches(store) -> tuple[Path, str]:
             cache_folder(cache, sub)
         return cache, ""
     except CacheNotMade as exc:
-        tmp = Path(tempfile.mkdtemp(prefix=f"featstore-report-{os.getpid()}-"))
+        tmp = new_scratch("report")  # a SIGKILL's leftover is removed by the next report (its process gone)
         atexit.register(shutil.rmtree, tmp, True)
         for sub in ("thumbs", "maps"):
             (tmp / sub).mkdir(mode=0o700)  # private, as mkdtemp's folder: a cache no one else can write into
