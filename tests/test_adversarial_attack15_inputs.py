@@ -225,3 +225,22 @@ def test_a_killed_reports_private_cache_is_removed_by_the_next(store, tmp_path, 
     result = build_report(store, out=tmp_path / "site", map_method="pca")
     assert any("caches are not kept" in n for n in result.notes), result.notes
     assert not killed.exists() and not list(base.glob("report-*")), list(base.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["loop", "file", "missing"])
+def test_data_root_that_is_not_a_folder_says_what_it_is(tmp_path, kind):
+    """Attack 15, finding 11: a symbolic-link loop given as --data was called missing ("does not exist")."""
+    root = tmp_path / "data"
+    if kind == "loop":
+        os.symlink(tmp_path / "other", root)
+        os.symlink(root, tmp_path / "other")
+    elif kind == "file":
+        root.write_text("not a folder")
+    result = cli("extract", "--data", root, "--split", "train", "--store", tmp_path / "f.h5")
+    out = no_traceback(result)
+    want = {
+        "loop": "is a symbolic link loop, not a folder",
+        "file": "is a file, not a folder",
+        "missing": "does not exist",
+    }
+    assert result.exit_code != 0 and f"data root {root} {want[kind]}" in out.replace("\n", " "), out

@@ -153,8 +153,15 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     """
     root = Path(root)
     if not root.is_dir():
+        from featstore.outputs import what_is_at
+
+        there = what_is_at(root)
+        if there is None:
+            said = "is a file, not a folder" if root.is_file() else "cannot be read (permissions?)"
+        else:
+            said = "does not exist" if there == "nothing" else f"is {there}, not a folder"
         raise DataError(
-            f"data root {printable(str(root))} does not exist; pass --data ROOT, a folder holding <split>/<class>/<images>"
+            f"data root {printable(str(root))} {said}; pass --data ROOT, a folder holding <split>/<class>/<images>"
         )
     split_dir = root / split
     if not split_dir.is_dir():
