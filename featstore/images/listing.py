@@ -16,6 +16,7 @@ Paths are ``str`` as ``os.fsdecode`` gives them: a non-UTF-8 name keeps its byte
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -145,6 +146,19 @@ class DuplicateFile(NamedTuple):
     rows: list[tuple[str, int]]  # (path, label) of every row that is this file
 
 
+def _not_a_folder(root: Path) -> str:
+    """Why ``root`` is no folder, in words: a link loop and a link to nothing both looked like "does not exist"."""
+    try:
+        os.stat(root)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if os.path.islink(root):
+            return f"is a symbolic link to {printable(os.readlink(root))}, which does not exist"
+        return "does not exist"
+    return "is not a folder"
+
+
 def discover(root: str | os.PathLike, split: str) -> ImageListing:
     """List the images of ``root/split/<class>/**`` with labels from the class folder names.
 
@@ -154,7 +168,8 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     root = Path(root)
     if not root.is_dir():
         raise DataError(
-            f"data root {printable(str(root))} does not exist; pass --data ROOT, a folder holding <split>/<class>/<images>"
+            f"data root {printable(str(root))} {_not_a_folder(root)}; pass --data ROOT, a folder holding "
+            f"<split>/<class>/<images>"
         )
     split_dir = root / split
     if not split_dir.is_dir():
