@@ -60,8 +60,20 @@ def test_runs_evaluate_refuses_a_store_replaced_at_the_runs_recorded_path(run):
         writer.write_arrays(store, "s", split, rng.normal(0, 1, (n, 8)).astype(np.float32), y, ["a", "b", "c"])
     result = cli("runs", "--store", store, "--runs", runs, "evaluate", rid, "--split", "test")
     out = no_traceback(result)
-    assert result.exit_code == 1 and "was replaced" in out and "'validation'" in out and "21 here, 15" in out, out
+    assert result.exit_code == 1 and "was replaced" in out and "'validation': 21 rows here, 15 recorded" in out, out
     assert "test" not in _metrics(runs, rid)
+
+
+def test_runs_evaluate_still_records_on_its_store_whose_validation_alone_changed(store, tmp_path):
+    """The same path with one recorded split still the same (test), validation re-written since: still the run's
+    store, so a new split ('extra') is recorded."""
+    runs = tmp_path / "runs"
+    rid = fit(store, "logreg", runs=runs)["id"]  # records validation and test
+    rng = np.random.default_rng(7)
+    y = np.repeat(np.arange(3), 6).astype(np.int32)
+    writer.write_arrays(store, "s", "validation", rng.normal(0, 1, (18, 8)).astype(np.float32), y, ["a", "b", "c"])
+    result = cli("runs", "--store", store, "--runs", runs, "evaluate", rid, "--split", "extra")
+    assert result.exit_code == 0 and "recorded in run" in no_traceback(result), result.output
 
 
 # ------------------------------------------------------------------ 3: a 5,000-digit integer in run.json

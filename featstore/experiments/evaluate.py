@@ -273,20 +273,23 @@ def _refuse_other_store(rec: RunRecord, fs: FeatureStore, split: str) -> None:
 
 
 def _refuse_replaced_store(rec: RunRecord, fs: FeatureStore, split: str, present: list[str]) -> None:
-    """ConfigError when the store at the path the run recorded was re-created since: a split the run recorded holds
-    other rows there now (its image listing, paths or row count differ), so a new split there is another dataset's."""
+    """ConfigError when the store at the path the run recorded was re-created since: every split the run recorded
+    that is there holds other rows now (image listing, paths or row count differ), so a new split there is another
+    dataset's. One split still the same (a store whose train alone was extended since) keeps it the run's store."""
+    other = []
     for s, info in rec.predictions.items():
         name = s[: -len(OOF)] if s.endswith(OOF) else s
         if name not in present:
             continue
         here = fs.split_info(name, rec.extractor)
         listing = str(here.get("listing_sha256", ""))
-        paths = digest_paths(fs.paths(name, rec.extractor))
-        if info.listing_sha256 in (None, listing) and paths == info.paths_sha256:
-            continue
+        if info.listing_sha256 in (None, listing) and digest_paths(fs.paths(name, rec.extractor)) == info.paths_sha256:
+            return
+        other.append(f"{name!r}: {here.get('committed_rows')} rows here, {info.n} recorded")
+    if other:
         raise ConfigError(
-            f"{fs.path} is the path of run {rec.id}'s store, but the store there was replaced: its {name!r} holds "
-            f"other rows ({here.get('committed_rows')} here, {info.n} recorded in the run), so its {split!r} would be "
+            f"{fs.path} is the path of run {rec.id}'s store, but the store there was replaced: none of the splits the "
+            f"run recorded holds the same rows there ({'; '.join(dict.fromkeys(other))}), so its {split!r} would be "
             f"recorded as the run's own. Evaluate the run on the store it was made on, or fit a run on this store "
             f"(`featstore fit --store {fs.path}`)"
         )
