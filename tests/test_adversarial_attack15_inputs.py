@@ -239,7 +239,7 @@ def test_data_root_that_is_not_a_folder_says_what_it_is(tmp_path, kind):
     result = cli("extract", "--data", root, "--split", "train", "--store", tmp_path / "f.h5")
     out = no_traceback(result)
     want = {
-        "loop": "is a symbolic link loop, not a folder",
+        "loop": "is a symbolic link loop",
         "file": "is a file, not a folder",
         "missing": "does not exist",
     }

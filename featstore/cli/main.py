@@ -111,24 +111,13 @@ ExtractorOpt = Annotated[
 RunsOpt = Annotated[Optional[Path], typer.Option(help="Runs folder (default: <store>.runs beside the store).")]
 
 
-def refuse_runs_file(store: Path, runs: Path | None) -> None:
-    """A file, FIFO or device where the runs folder should be is named so, before any work (`runs` listed it as "no runs
-    yet", `fit` said "cannot write runs into it (File exists)", `ensemble` that it "does not exist")."""
-    import os
-    import stat
-
+def refuse_runs_file(store: Path, runs: Path | None, missing: bool = False) -> None:
+    """A file, FIFO, device, link loop or link to nothing where the runs folder should be is named so, before any work
+    (``featstore.runs.folder.runs_root`` refuses them); with ``missing``, an explicit --runs naming nothing too (a typo:
+    `report` built a site without runs, `runs` said "no runs yet")."""
     from featstore.errors import StoreError
     from featstore.runs.folder import runs_root
 
     root = runs_root(store, runs)
-    try:
-        mode = os.stat(root).st_mode
-    except OSError:
-        return  # nothing there: no runs yet
-    if not stat.S_ISDIR(mode):
-        what = "a file" if stat.S_ISREG(mode) else "a FIFO, device or socket"
-        where = f"--runs {root}" if runs else f"the runs folder {root} (beside the store)"
-        raise StoreError(
-            f"{where} is {what}, not a runs folder; pass --runs with the folder that holds the run folders "
-            f"(the one `featstore fit --runs` wrote)"
-        )
+    if missing and runs and not root.exists():
+        raise StoreError(f"--runs {root} does not exist; pass --runs with the folder that holds the run folders")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, safe
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, refuse_runs_file, safe
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ def report(
     extractor, and the leak pairs side by side. Thumbnails and map layouts are cached beside the store.
     """
     from featstore.report.site.build import build_report
+
+    refuse_runs_file(store, runs, missing=True)  # a file, FIFO or mistyped --runs gave a site without runs, silently
 
     result = build_report(
         store,

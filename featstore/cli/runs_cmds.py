@@ -50,7 +50,7 @@ def runs_list(
     ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
     if ctx.invoked_subcommand is not None:
         return
-    refuse_runs_file(store, runs)
+    refuse_runs_file(store, runs, missing=True)  # a mistyped --runs is not "no runs yet"
     from featstore.report.tables import runs_json, runs_table
     from featstore.runs.folder import scan_runs_of
 

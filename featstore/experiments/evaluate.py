@@ -241,9 +241,10 @@ def _refuse_other_store(rec: RunRecord, fs: FeatureStore, split: str) -> None:
     ensembles compare them). Another dataset extracted alike has the same fingerprint: its split recorded as the run's
     own was listed beside the run's other figures, and the run's real one could never be recorded."""
     own = rec.get("store")
-    if own == str(fs.path.resolve()):
-        return
     present = fs.splits(rec.extractor) if rec.extractor in fs.extractors() else []
+    if own == str(fs.path.resolve()):
+        _refuse_replaced_store(rec, fs, split, present)
+        return
     compared = False
     for s, info in rec.predictions.items():
         name = s[: -len(OOF)] if s.endswith(OOF) else s  # train's out-of-fold rows are train's images
@@ -257,12 +258,41 @@ def _refuse_other_store(rec: RunRecord, fs: FeatureStore, split: str) -> None:
             return
     if own is None and not compared:
         return  # an older run recording neither its store nor a split found here: nothing to tell them apart by
+    if not compared:  # every recorded split here was written from arrays: no image files to compare
+        raise ConfigError(
+            f"{fs.path} is not the store run {rec.id} was made on ({own}): its splits were written from arrays, which "
+            f"name no image files, so only the store at the path the run recorded is known to hold its rows. Evaluate "
+            f"it with --store {own}, or fit a run on this store (`featstore fit --store {fs.path}`)"
+        )
     raise ConfigError(
         f"{fs.path} is not the store run {rec.id} was made on ({own or 'not recorded'}): none of the splits it "
         f"recorded ({', '.join(rec.predictions) or 'none'}) holds the same images there, so its {split!r} would be "
         f"recorded as the run's own. Evaluate it with --store naming the run's store, or fit a run on this store "
         f"(`featstore fit --store {fs.path}`)"
     )
+
+
+def _refuse_replaced_store(rec: RunRecord, fs: FeatureStore, split: str, present: list[str]) -> None:
+    """ConfigError when the store at the path the run recorded was re-created since: every split the run recorded
+    that is there holds other rows now (image listing, paths or row count differ), so a new split there is another
+    dataset's. One split still the same (a store whose train alone was extended since) keeps it the run's store."""
+    other = []
+    for s, info in rec.predictions.items():
+        name = s[: -len(OOF)] if s.endswith(OOF) else s
+        if name not in present:
+            continue
+        here = fs.split_info(name, rec.extractor)
+        listing = str(here.get("listing_sha256", ""))
+        if info.listing_sha256 in (None, listing) and digest_paths(fs.paths(name, rec.extractor)) == info.paths_sha256:
+            return
+        other.append(f"{name!r}: {here.get('committed_rows')} rows here, {info.n} recorded")
+    if other:
+        raise ConfigError(
+            f"{fs.path} is the path of run {rec.id}'s store, but the store there was replaced: none of the splits the "
+            f"run recorded holds the same rows there ({'; '.join(dict.fromkeys(other))}), so its {split!r} would be "
+            f"recorded as the run's own. Evaluate the run on the store it was made on, or fit a run on this store "
+            f"(`featstore fit --store {fs.path}`)"
+        )
 
 
 def figures_of(rec: RunRecord, folder: Path) -> tuple[RunRecord, list[str]]:
@@ -315,18 +345,20 @@ def show_run(
 
         rec, pngs = show_run("dense-1a2b3c")
     """
-
-    rec, folder = get_run(run_id, store, runs)
-    rec, _ = figures_of(rec, folder)
-    names = list(rec.class_names)
-    pngs: list[Path] = []
-    for name, draw in _figures(rec, names):
-        try:
-            pngs.append(_png(folder, name, draw, rec.id))
-        except (OutputError, StoreError) as exc:  # a link, folder or FIFO at one name: the others are still drawn
-            if unsaved is None:
-                raise
-            unsaved.append(str(exc))
+    root = runs_root(store, runs)
+    found, _ = find_run(run_id, root, verify=False)  # the id a prefix names: the lock is the run's
+    with run_lock(root, found.id):  # a `runs evaluate` meanwhile would find this drawing's temporary files
+        rec, folder = find_run(found.id, root, exact=True)
+        rec, _ = figures_of(rec, folder)
+        names = list(rec.class_names)
+        pngs: list[Path] = []
+        for name, draw in _figures(rec, names):
+            try:
+                pngs.append(_png(folder, name, draw, rec.id))
+            except (OutputError, StoreError) as exc:  # a link, folder or FIFO at one name: the others are still drawn
+                if unsaved is None:
+                    raise
+                unsaved.append(str(exc))
     return rec, pngs
 
 

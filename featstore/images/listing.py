@@ -16,6 +16,7 @@ Paths are ``str`` as ``os.fsdecode`` gives them: a non-UTF-8 name keeps its byte
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import logging
@@ -145,6 +146,19 @@ class DuplicateFile(NamedTuple):
     rows: list[tuple[str, int]]  # (path, label) of every row that is this file
 
 
+def _not_a_folder(root: Path) -> str:
+    """Why ``root`` is no folder, in words: a link loop and a link to nothing both looked like "does not exist"."""
+    try:
+        os.stat(root)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if os.path.islink(root):
+            return f"is a symbolic link to {printable(os.readlink(root))}, which does not exist"
+        return "does not exist"
+    return "is a file, not a folder" if os.path.isfile(root) else "is not a folder (a FIFO, device or socket)"
+
+
 def discover(root: str | os.PathLike, split: str) -> ImageListing:
     """List the images of ``root/split/<class>/**`` with labels from the class folder names.
 
@@ -153,15 +167,9 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     """
     root = Path(root)
     if not root.is_dir():
-        from featstore.outputs import what_is_at
-
-        there = what_is_at(root)
-        if there is None:
-            said = "is a file, not a folder" if root.is_file() else "cannot be read (permissions?)"
-        else:
-            said = "does not exist" if there == "nothing" else f"is {there}, not a folder"
         raise DataError(
-            f"data root {printable(str(root))} {said}; pass --data ROOT, a folder holding <split>/<class>/<images>"
+            f"data root {printable(str(root))} {_not_a_folder(root)}; pass --data ROOT, a folder holding "
+            f"<split>/<class>/<images>"
         )
     split_dir = root / split
     if not split_dir.is_dir():

@@ -130,7 +130,9 @@ def read_record_json(folder: Path) -> object:
     _check_parse_size(data, path, folder)
     try:
         return json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8, an integer over Python's 4,300 digits
+        if "integer string conversion" in str(exc):
+            exc = "an integer longer than 4,300 digits"
         raise BrokenRunError(
             f"{folder / RECORD} is not valid JSON ({exc}); remove the folder {folder} or restore it"
         ) from None

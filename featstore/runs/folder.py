@@ -16,8 +16,10 @@ folders is in ``featstore.runs.write``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -58,8 +60,31 @@ def runs_dir(store: str | os.PathLike) -> Path:
 
 
 def runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
-    """``runs`` if given, else the store's default runs folder."""
-    return Path(runs) if runs else runs_dir(store)
+    """``runs`` if given, else the store's default runs folder; StoreError (one line naming it) when something other
+    than a folder is at that name: a file, FIFO or device, a symbolic link loop, a link to nothing. Nothing there is
+    fine (no runs yet; a fit makes the folder)."""
+    root = Path(runs) if runs else runs_dir(store)
+    where = f"--runs {root}" if runs else f"the runs folder {root} (beside the store)"
+    try:
+        mode = os.stat(root).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(
+                f"{where} is a symbolic link loop; pass --runs with the folder of the run folders"
+            ) from None
+        if os.path.islink(root):
+            raise StoreError(
+                f"{where} is a symbolic link to {os.readlink(root)}, which does not exist; make that folder, or pass "
+                f"--runs with the folder of the run folders"
+            ) from None
+        return root  # nothing there: no runs yet
+    if not stat.S_ISDIR(mode):
+        what = "a file" if stat.S_ISREG(mode) else "a FIFO, device or socket"
+        raise StoreError(
+            f"{where} is {what}, not a runs folder; pass --runs with the folder that holds the run folders "
+            f"(the one `featstore fit --runs` wrote)"
+        )
+    return root
 
 
 def ensure_writable(root: Path, store: str | os.PathLike | None = None) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from featstore.errors import StoreError
+from featstore.leftovers import TEMP, temp_prefix
 from featstore.runs.files import PREDICTIONS, RECORD
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,14 @@ def own_files(folder: Path, record: dict) -> list[str]:
     carried = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         name = entry.name
-        if name in (RECORD, PREDICTIONS, TMP_MARKER):
-            continue
         path = folder / name
+        if name == TMP_MARKER and not stat.S_ISREG(entry.stat(follow_symlinks=False).st_mode):
+            raise StoreError(
+                f"{path} is not a regular file (a link, folder, FIFO or device); featstore marks the run's old version "
+                f"with a file of that name while it writes the new one: remove {path} and run again"
+            )
+        if name in (RECORD, PREDICTIONS, TMP_MARKER) or TEMP.fullmatch(name):
+            continue  # written anew; or a temporary file of featstore's own (`runs show` drawing a figure meanwhile)
         if name not in model and not _FIGURE.fullmatch(name):
             raise StoreError(
                 f"run folder {folder} holds {name!r}, which is not one of the run's files (run.json, predictions.npz, "
@@ -57,6 +63,21 @@ def own_files(folder: Path, record: dict) -> list[str]:
             )
         carried.append(name)
     return carried
+
+
+def write_marker(folder: Path, text: str) -> None:
+    """``text`` as ``folder``'s TMP_MARKER: written into a new file (O_EXCL, O_NOFOLLOW) renamed onto the name, so a
+    link, hard link or FIFO planted there is replaced, never written through, truncated or blocked on."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    tmp = folder / f"{temp_prefix(TMP_MARKER)}{os.urandom(6).hex()}.tmp"
+    try:
+        fd = os.open(tmp, flags, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, folder / TMP_MARKER)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def carry(src: Path, dst: Path) -> None:

@@ -44,7 +44,7 @@ from featstore.runs.folder import verify_predictions
 from featstore.runs.kinds import parse_record
 from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
-from featstore.runs.versions import TMP_MARKER, carry, own_files
+from featstore.runs.versions import TMP_MARKER, carry, own_files, write_marker
 from featstore.stats.calibration import apply_calibration
 from featstore.stats.figures import RowFigures, completed, packed_confusion
 
@@ -76,7 +76,7 @@ def _make_temp(root: Path, run_id: str, role: str = "new", suffix: str = ".tmp")
 
 def _mark(folder: Path, run_id: str, role: str) -> None:
     """Write TMP_MARKER into ``folder``: featstore's orphan cleaner may remove (or, for an old version, restore) it."""
-    (folder / TMP_MARKER).write_text(json.dumps({"run": run_id, "role": role, "pid": os.getpid()}), encoding="utf-8")
+    write_marker(folder, json.dumps({"run": run_id, "role": role, "pid": os.getpid()}))
 
 
 def _marker(folder: Path) -> dict | None:
