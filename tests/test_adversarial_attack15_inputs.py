@@ -112,6 +112,7 @@ def test_an_output_loop_is_one_line(store, tmp_path, command):  # noqa: F811
     if command == "export":
         result = cli("export", "--store", store, "--split", "train", "--out", loop)
     else:
+        (tmp_path / "runs").mkdir()  # a --runs that does not exist is refused first (attack 15, finding 7)
         result = cli("report", "--store", store, "--runs", tmp_path / "runs", "--out", loop)
     (line,) = _error_lines(no_traceback(result))
     assert result.exit_code == 1 and f"--out {loop} is a symbolic link loop" in line, line

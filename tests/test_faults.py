@@ -255,7 +255,7 @@ def test_read_only_filesystem(tmp_path, data_root, tiny_config):
     ):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        with pytest.raises(StoreError, match="is read-only"):
+        with pytest.raises(StoreError, match="is on a file system mounted read-only.*Use a --store path on a writable"):
             extract(data_root, "train", mnt / "f.h5", tiny_config)
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
