@@ -1028,7 +1028,11 @@ CRAFTED_STORE_CASES = [
     ("feature-shape-text", _extractor_attr("feature_shape", "abc"), "expected a list of positive integers"),
     ("feature-shape-number", _extractor_attr("feature_shape", 5), "expected a list of positive integers"),
     ("model-object-reference", _object_reference("vgg16", "model"), "fingerprint attribute does not match"),
-    ("listing-paths-integers", _damage_listing, "listing is damaged"),
+    (
+        "listing-paths-integers",
+        _damage_listing,
+        "listing/paths has dtype int64 and 1 dimensions, expected 1-D HDF5 strings",
+    ),
     # a row dataset name (`copy`, of augmented copies) as an external link in a plain split: named, never followed
     (
         "copy-external-link",
