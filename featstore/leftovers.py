@@ -64,17 +64,18 @@ def _abandoned(entry: os.DirEntry, folder) -> int | None:
     if match is None or match["host"] != host_tag() or int(match["pid"]) == os.getpid():
         return None
     st = entry.stat(follow_symlinks=False)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or _running(int(match["pid"])):
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or running(int(match["pid"])):
         return None
     return st.st_size
 
 
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` runs on this machine (one we may not signal runs too)."""
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one we may not signal runs too; a pid os.kill cannot even take
+    is never called gone): what removes featstore's own leftovers (temporary files, scratch folders) asks this."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError, OSError):
+    except (OSError, OverflowError, ValueError):
         return True
     return True

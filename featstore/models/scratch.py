@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from featstore.leftovers import running
+
 logger = logging.getLogger(__name__)
 
 STALE_AGE_S = 300  # a scratch folder of a gone process is removed only once this old (another PID namespace's pid)
@@ -76,7 +78,7 @@ def remove_stale(base: Path, kind: str) -> list[str]:
     with os.scandir(base) as entries:
         for entry in entries:
             found = pattern.fullmatch(entry.name)
-            if found is None or not entry.is_dir(follow_symlinks=False) or _alive(int(found.group(1))):
+            if found is None or not entry.is_dir(follow_symlinks=False) or running(int(found.group(1))):
                 continue
             if now - entry.stat(follow_symlinks=False).st_mtime < STALE_AGE_S:
                 continue
@@ -86,15 +88,6 @@ def remove_stale(base: Path, kind: str) -> list[str]:
         logger.info("removed %d scratch folder(s) left in %s by killed processes", len(gone), base)
     return gone
 
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (another user's counts: never removed)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
     return True
 
 
