@@ -286,6 +286,8 @@ def _refuse_replaced_store(rec: RunRecord, fs: FeatureStore, split: str, present
         if info.listing_sha256 in (None, listing) and digest_paths(fs.paths(name, rec.extractor)) == info.paths_sha256:
             return
         other.append(f"{name!r}: {here.get('committed_rows')} rows here, {info.n} recorded")
+    if not other and rec.predictions:  # none of them there: nothing shows it is the run's store (attack 16)
+        other = [f"{', '.join(repr(s) for s in rec.predictions)} recorded, none of them in the store there"]
     if other:
         raise ConfigError(
             f"{fs.path} is the path of run {rec.id}'s store, but the store there was replaced: none of the splits the "

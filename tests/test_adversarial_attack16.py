@@ -1,0 +1,28 @@
+"""Attack 16 (issue 19): rows for what the sixteenth fresh attack found; reproducers on branch attack16."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from featstore.store import writer
+from tests import test_adversarial_attack14 as a14
+from tests.test_adversarial_attack4 import cli, no_traceback
+
+store_src, store, run = a14.store_src, a14.store, a14.run  # the fourteenth attack's fixtures: a store and a run
+
+
+def test_a_store_replaced_by_one_without_the_runs_splits_is_not_the_runs_store(run):
+    """Finding 10: a store re-made at the run's path holding none of the splits the run recorded (another dataset's test
+    alone) was accepted: nothing there showed it was the run's store, and its test was recorded as the run's own."""
+    store, runs, rid = run
+    os.unlink(store)
+    rng = np.random.default_rng(7)
+    y = rng.permutation(np.repeat(np.arange(3), 7)).astype(np.int32)
+    writer.write_arrays(store, "s", "test", rng.normal(0, 9, (21, 8)).astype(np.float32), y, ["a", "b", "c"])
+    result = cli("runs", "--store", store, "--runs", runs, "evaluate", rid, "--split", "test")
+    out = no_traceback(result)
+    assert result.exit_code == 1 and "was replaced" in out and "none of them in the store there" in out, out
+    assert "test" not in json.loads((runs / rid / "run.json").read_text())["metrics"]
