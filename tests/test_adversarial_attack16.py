@@ -26,3 +26,17 @@ def test_a_store_replaced_by_one_without_the_runs_splits_is_not_the_runs_store(r
     out = no_traceback(result)
     assert result.exit_code == 1 and "was replaced" in out and "none of them in the store there" in out, out
     assert "test" not in json.loads((runs / rid / "run.json").read_text())["metrics"]
+
+
+def test_the_lock_pid_file_is_never_written_through_a_hard_link(tmp_path):
+    """Finding 9: <store>.lock.pid was opened with O_TRUNC, so a hard link planted at that name had its other name's
+    bytes replaced by the writer's pid; now a new file is renamed onto the name."""
+    from featstore.store.locking import lock_holder, writer_lock
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious notes")
+    os.link(notes, tmp_path / "f.h5.lock.pid")
+    with writer_lock(tmp_path / "f.h5", True):
+        assert lock_holder(tmp_path / "f.h5") == os.getpid()  # the pid is still recorded, in a file of its own
+    assert notes.read_text() == "precious notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temporary file left behind

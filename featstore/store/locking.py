@@ -202,13 +202,20 @@ def _lock_name(path: str | os.PathLike) -> str:
 
 
 def _write_pid(pid_path: str) -> None:
-    """Record the writer's pid beside the lock; never through a link planted there (O_NOFOLLOW, a fresh file)."""
+    """Record the writer's pid beside the lock; never through a link planted there: a new file (O_EXCL|O_NOFOLLOW)
+    renamed onto the name, so a hard link planted there keeps its own bytes (O_TRUNC wrote the pid into it)."""
+    tmp = f"{pid_path}.{os.getpid()}.tmp"
     with contextlib.suppress(OSError):
         if os.path.islink(pid_path) or (os.path.exists(pid_path) and not os.path.isfile(pid_path)):
             return  # not ours: leave it; `info` then cannot name the writer, nothing else changes
-        fd = os.open(pid_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            os.replace(tmp, pid_path)
+        except OSError:
+            os.unlink(tmp)
+            raise
 
 
 def lock_holder(path: str | os.PathLike) -> int | None:
