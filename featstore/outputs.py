@@ -109,7 +109,12 @@ def resolved(path: str | os.PathLike, what: str, error: type[Exception] = Config
 
         model = resolved("my_cnn.keras", "--model")
     """
-    path = Path(path).expanduser()
+    try:
+        path = Path(path).expanduser()
+    except RuntimeError:  # "~name/..." of a user this machine does not know
+        raise error(
+            f"{what} {terminal_safe(str(path))} starts with ~ but names no user of this machine; give the path in full"
+        ) from None
     try:
         return path.resolve()
     except (RuntimeError, OSError) as exc:

@@ -40,3 +40,14 @@ def test_the_lock_pid_file_is_never_written_through_a_hard_link(tmp_path):
         assert lock_holder(tmp_path / "f.h5") == os.getpid()  # the pid is still recorded, in a file of its own
     assert notes.read_text() == "precious notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no temporary file left behind
+
+
+def test_a_path_under_an_unknown_users_home_is_one_line(store, tmp_path):
+    """Finding 4: "~nosuchuser99/..." ended in "RuntimeError: Could not determine home directory" (info, export, report)."""
+    for args in (
+        ("info", "~nosuchuser99/f.h5"),
+        ("export", "--store", store, "--split", "test", "--out", "~nosuchuser99/x.csv"),
+    ):
+        result = cli(*args)
+        out = no_traceback(result)
+        assert result.exit_code != 0 and "~nosuchuser99/" in out and "names no user of this machine" in out, out
