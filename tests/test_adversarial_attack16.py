@@ -51,3 +51,24 @@ def test_a_path_under_an_unknown_users_home_is_one_line(store, tmp_path):
         result = cli(*args)
         out = no_traceback(result)
         assert result.exit_code != 0 and "~nosuchuser99/" in out and "names no user of this machine" in out, out
+
+
+def test_the_outlier_warning_holds_when_most_rows_are_zero(tmp_path, caplog):
+    """Finding 12: with 16 of 30 train rows all zero the median norm was 0 and the warning was off, while one row of
+    1e15 made leaks report "15 of 15 rows have a near-duplicate"."""
+    from featstore.experiments.leaks.search import scan
+    from featstore.store.reader import FeatureStore
+
+    rng = np.random.default_rng(0)
+    h5 = tmp_path / "z.h5"
+    for split, n in (("train", 30), ("validation", 15)):
+        X = rng.normal(size=(n, 8)).astype(np.float32)
+        if split == "train":
+            X[:16] = 0
+            X[20] = 1e15
+        writer.write_arrays(h5, "s", split, X, np.repeat(np.arange(3), n // 3).astype(np.int32), ["a", "b", "c"])
+    with caplog.at_level("WARNING", logger="featstore.experiments.leaks.search"):
+        scan(FeatureStore(h5), "s", ["validation"], "train", 1 << 20)
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "1 row(s) of 's' in 'train' have a norm over 1000 x the median of its non-zero rows" in said, said
+    assert "train/20 (2.83e+15)" in said, said

@@ -53,16 +53,19 @@ def _bad_rows(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _warn_outliers(fs: FeatureStore, name: str, split: str, norms: np.ndarray) -> None:
-    """One warning naming the reference rows whose norm is over OUTLIER_FACTOR x the median: they dominate the mean
-    that every row is centred on, so similarities (and a threshold calibrated on them) mean little."""
-    median = float(np.median(norms)) if len(norms) else 0.0
+    """One warning naming the reference rows whose norm is over OUTLIER_FACTOR x the median of the non-zero ones: they
+    dominate the mean that every row is centred on, so similarities (and a threshold calibrated on them) mean little.
+    All-zero rows (a dead layer's, padding) are left out of the median: with half the rows zero it was 0 and the check
+    was off."""
+    nonzero = norms[norms > 0] if len(norms) else norms
+    median = float(np.median(nonzero)) if len(nonzero) else 0.0
     big = np.flatnonzero(norms > OUTLIER_FACTOR * median) if median > 0 else np.zeros(0, np.int64)
     if len(big):
         paths = fs.paths(split, name)
         logger.warning(
-            "store %s: %d row(s) of %r in %r have a norm over %d x the split's median (%.3g), e.g. %s: they dominate "
-            "the mean every row is centred on, so similarities and thresholds mean little; check those images and "
-            "re-extract them, or leave them out",
+            "store %s: %d row(s) of %r in %r have a norm over %d x the median of its non-zero rows (%.3g), e.g. %s: "
+            "they dominate the mean every row is centred on, so similarities and thresholds mean little; check those "
+            "images and re-extract them, or leave them out",
             terminal_safe(str(fs.path)),
             len(big),
             name,
