@@ -2,11 +2,13 @@
 
 :func:`featstore.outputs.write_atomic` and :func:`featstore.caches.write_cached` write into a hidden temporary file
 beside the name, then rename it; a SIGKILL in between left ``.x.csv.XXXXXXXX.tmp`` (up to the whole output's size)
-for ever. The temporary name now carries its writer: ``.<name>.fs<pid>-<host>-<random>.tmp`` (``host``: 6 hex digits of
-a digest of this machine's name). :func:`sweep` removes, once per folder and process, only the files that are provably
-such leftovers: that pattern, this machine's tag, a process id that no longer runs here, a regular file (not a link)
-owned by this user. Anything else (another machine's, a live writer's, a file merely named alike by someone else) is
-left alone.
+for ever. The temporary name now carries its writer: ``.<name>.fs<pid>-<host>-<random>.tmp`` (``host``: 16 hex digits of
+a digest of this machine's name, so that a large cluster's nodes do not share one). :func:`sweep` removes, once per
+folder and process, only the files that are provably such leftovers: that pattern, this machine's tag, a process id
+that no longer runs here, not modified for STALE_AGE_S (a writer in another PID namespace on this host, a container,
+has a pid that does not run here; writing keeps its file's mtime fresh), a regular file (not a link) owned by this
+user. Anything else (another machine's, a live writer's, a file merely named alike by someone else, one with the
+6-digit tag of earlier versions) is left alone.
 
 >>> bool(TEMP.fullmatch(temp_prefix("x.csv") + "abc_12.tmp"))
 True
@@ -19,14 +21,17 @@ import os
 import re
 import socket
 import stat
+import time
 
-TEMP = re.compile(r"\.(?P<name>.+)\.fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{6})-[0-9a-z_]{1,32}\.tmp")
+TEMP = re.compile(r"\.(?P<name>.+)\.fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{6}|[0-9a-f]{16})-[0-9a-z_]{1,32}\.tmp")
+STALE_AGE_S = 600  # a gone process's temporary file is removed only once unmodified this long (another PID namespace)
 _swept: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the folders swept by this process
 
 
 def host_tag() -> str:
-    """6 hex digits naming this machine in temporary names (process ids are per machine)."""
-    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:6]
+    """16 hex digits naming this machine in temporary names (process ids are per machine). Earlier versions wrote 6,
+    which TEMP still matches: such a file is never this machine's, so never removed."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def temp_prefix(name: str) -> str:
@@ -45,7 +50,7 @@ def sweep(folder: str | os.PathLike | int) -> list[tuple[str, int]]:
         removed = []
         with os.scandir(folder) as entries:
             for entry in entries:
-                size = _abandoned(entry, folder)
+                size = abandoned(entry)
                 if size is not None:
                     try:
                         os.unlink(entry.name, dir_fd=folder) if isinstance(folder, int) else os.unlink(entry.path)
@@ -57,14 +62,17 @@ def sweep(folder: str | os.PathLike | int) -> list[tuple[str, int]]:
         return []  # a folder that cannot be listed or written: the write itself says what is wrong
 
 
-def _abandoned(entry: os.DirEntry, folder) -> int | None:
+def abandoned(entry: os.DirEntry) -> int | None:
     """The size of ``entry`` when it is a temporary file of a featstore write on this machine whose process is gone,
-    a regular file of this user; else None."""
+    unmodified for STALE_AGE_S, a regular file of this user; else None. What :func:`sweep` removes, and what
+    ``runs evaluate`` leaves out of a run's new version."""
     match = TEMP.fullmatch(entry.name)
     if match is None or match["host"] != host_tag() or int(match["pid"]) == os.getpid():
         return None
     st = entry.stat(follow_symlinks=False)
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or running(int(match["pid"])):
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or time.time() - st.st_mtime < STALE_AGE_S:
+        return None
+    if running(int(match["pid"])):
         return None
     return st.st_size
 

@@ -379,7 +379,8 @@ def test_a_sigkilled_scratch_folder_is_removed_at_the_next_one(tmp_path):
     child.wait()
     child.stdout.close()
     assert left.is_dir() and left.parent == tmp_path / f"featstore-{os.geteuid()}"
-    os.utime(left, (0, 0))  # old enough (STALE_AGE_S): a young one could be another PID namespace's
+    os.utime(left / "model.weights.h5", (0, 0))  # old enough (STALE_AGE_S), the folder and what is in it: a young
+    os.utime(left, (0, 0))  # one could be another PID namespace's
     run = subprocess.run(
         [sys.executable, "-c", code.replace("time.sleep(60)", "pass")], env=env, capture_output=True, text=True
     )

@@ -216,6 +216,7 @@ def test_a_sigkilled_write_atomic_leaves_a_temporary_file_the_next_write_removes
         child.send_signal(signal.SIGKILL)
     (left,) = [p.name for p in tmp_path.iterdir()]
     assert left.startswith(".x.csv.") and left.endswith(".tmp")
+    os.utime(tmp_path / left, (0, 0))  # unmodified for STALE_AGE_S: a young one could be another PID namespace's
     from featstore.outputs import write_text
 
     with caplog.at_level("WARNING", logger="featstore.outputs"):
@@ -247,6 +248,8 @@ def test_only_provable_leftovers_are_removed(tmp_path, fresh_sweep):
     os.symlink(tmp_path / "target", tmp_path / keep[3])
     gone = tmp_path / f".y.npz.fs{dead}-{host}-q_1.tmp"
     gone.write_text("left by a killed write")
+    for name in [gone.name, *keep[:3]]:
+        os.utime(tmp_path / name, (0, 0))  # all old enough (leftovers.STALE_AGE_S)
     write_text(tmp_path / "x.csv", "id\n")
     assert not gone.exists()
     assert all(os.path.lexists(tmp_path / name) for name in keep) and (tmp_path / "target").read_text() == "kept"
@@ -262,6 +265,7 @@ def test_a_cache_write_removes_leftovers_through_its_folder(tmp_path, fresh_swee
     folder = cache_folder(tmp_path / "f.h5.index", "s", "train")
     left = folder / f".vectors.npy.fs{_dead_pid()}-{host_tag()}-0a1b2c3d4e5f.tmp"
     left.write_bytes(b"\0" * 1000)
+    os.utime(left, (0, 0))  # old enough (leftovers.STALE_AGE_S)
     write_cached_text(tmp_path / "f.h5.index", folder / "index.json", "{}")
     assert sorted(p.name for p in folder.iterdir()) == ["index.json"]
 

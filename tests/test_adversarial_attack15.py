@@ -94,14 +94,40 @@ def test_a_run_json_with_a_huge_integer_is_a_broken_run_in_one_line(run):
 
 # ------------------------------------------------------------------ 6: runs show's own temporary files
 def test_runs_evaluate_is_not_refused_over_featstores_own_temporary_file(run):
-    """`runs show` drawing meanwhile left `.reliability_train.png.<...>.tmp` in the folder: evaluate refused it as
-    the user's file ("move it out of the folder")."""
-    from featstore.leftovers import temp_prefix
+    """`runs show` killed while drawing left `.reliability_train.png.<...>.tmp` in the folder: evaluate refused it as
+    the user's file ("move it out of the folder"). Such a file, provably abandoned (leftovers.abandoned), is left out."""
+    from featstore.leftovers import host_tag
+    from tests.test_adversarial_attack13_leftovers import _dead_pid
 
     store, runs, rid = run
-    (runs / rid / f"{temp_prefix('reliability_train.png')}abc123.tmp").write_bytes(b"half a PNG")
+    left = runs / rid / f".reliability_train.png.fs{_dead_pid()}-{host_tag()}-abc123.tmp"
+    left.write_bytes(b"half a PNG")
+    os.utime(left, (0, 0))  # unmodified for leftovers.STALE_AGE_S
     result = cli("runs", "--store", store, "--runs", runs, "evaluate", rid, "--split", "test")
     assert result.exit_code == 0 and "recorded in run" in no_traceback(result), result.output
+    assert not list((runs / rid).glob("*.tmp"))
+
+
+@pytest.mark.parametrize("whose", ["other host", "running", "young"])
+def test_runs_evaluate_refuses_a_temporary_file_not_provably_abandoned(run, whose):
+    """Attack 16, finding 3: every temporary-named file was left out of the new version, so another node's `runs show`
+    drawing on a shared runs folder (or a live writer's) lost its file without a word. Only what leftovers would
+    remove is left out; the rest is refused like any unknown file, and kept."""
+    from featstore.leftovers import host_tag
+    from tests.test_adversarial_attack13_leftovers import _dead_pid
+
+    store, runs, rid = run
+    pid, host = {"other host": (4242, "0" * 16), "running": (os.getpid(), host_tag())}.get(whose, (0, host_tag()))
+    name = f".curves.png.fs{pid or _dead_pid()}-{host}-othernode1.tmp"
+    (runs / rid / name).write_bytes(b"x" * 1000)
+    if whose != "young":
+        os.utime(runs / rid / name, (0, 0))
+    before = (runs / rid / "run.json").read_bytes()
+    result = cli("runs", "--store", store, "--runs", runs, "evaluate", rid, "--split", "test")
+    out = no_traceback(result)
+    assert result.exit_code == 1 and f"holds {name!r}, a temporary file of a featstore write" in out, out
+    assert "move " in out and (runs / rid / name).read_bytes() == b"x" * 1000
+    assert (runs / rid / "run.json").read_bytes() == before
 
 
 def test_runs_show_draws_with_the_runs_lock_held(run, monkeypatch):

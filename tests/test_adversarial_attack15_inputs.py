@@ -7,6 +7,7 @@ fix. Stores are synthetic (``writer.write_arrays``) unless the subject is a mode
 from __future__ import annotations
 
 import os
+import time
 
 import h5py
 import numpy as np
@@ -206,6 +207,53 @@ def test_a_scratch_folder_is_removed_only_when_this_hosts_and_old(tmp_path, monk
     assert not old.exists() and young.is_dir() and elsewhere.is_dir() and legacy.is_dir()
 
 
+def test_a_scratch_folder_in_use_is_kept_though_its_own_mtime_is_old(tmp_path, monkeypatch):
+    """Attack 16, finding 6: the age rule read the scratch folder's own mtime, which does not change while its owner
+    writes into its subfolders (a report's thumbs/ for its whole run, in another PID namespace): the next report
+    deleted it mid-run. The newest mtime of the folder and its direct entries counts now."""
+    import tempfile
+
+    from featstore.models import scratch
+    from tests.test_adversarial_attack13_leftovers import _dead_pid
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = tmp_path / f"featstore-{os.geteuid()}"
+    base.mkdir(mode=0o700)
+    used, unused = (base / scratch.scratch_name("report", _dead_pid()) for _ in range(2))
+    for folder in (used, unused):
+        (folder / "thumbs").mkdir(parents=True)
+        os.utime(folder / "thumbs", (0, 0))
+        os.utime(folder, (0, 0))
+    os.utime(used / "thumbs")  # a thumbnail written into it just now
+    with scratch.scratch_folder("report"):
+        pass
+    assert used.is_dir() and not unused.exists()
+
+
+def test_a_young_or_old_tagged_temporary_file_of_a_gone_pid_is_kept(tmp_path, monkeypatch):
+    """Attack 16, finding 2: a live writer in another PID namespace on this host (a container) has a pid that does not
+    run here; its temporary file was removed by the next write into that folder (host tag and pid alone). Only one
+    unmodified for leftovers.STALE_AGE_S goes now; the host tag is 16 hex digits (6 were shared by a large cluster's
+    nodes), and a file with an old 6-digit tag is never this machine's."""
+    from featstore import leftovers
+    from featstore.outputs import write_text
+    from tests.test_adversarial_attack13_leftovers import _dead_pid
+
+    monkeypatch.setattr(leftovers, "_swept", set())
+    dead, host = _dead_pid(), leftovers.host_tag()
+    assert len(host) == 16 and int(host, 16) >= 0
+    young = tmp_path / f".x.csv.fs{dead}-{host}-live.tmp"  # a writer in a container, writing now
+    old_tag = tmp_path / f".x.csv.fs{dead}-{host[:6]}-old.tmp"  # earlier versions' tag: not provably ours
+    old = tmp_path / f".y.csv.fs{dead}-{host}-gone.tmp"
+    for path in (young, old_tag, old):
+        path.write_text("x")
+    for path in (old_tag, old):
+        os.utime(path, (0, 0))
+    os.utime(young, (0, time.time() - leftovers.STALE_AGE_S + 30))  # 9.5 minutes
+    write_text(tmp_path / "x.csv", "id\n")
+    assert young.exists() and old_tag.exists() and not old.exists()
+
+
 # ------------------------------------------------------------------ 5. report's private cache: removed after a kill
 def test_a_killed_reports_private_cache_is_removed_by_the_next(store, tmp_path, monkeypatch):  # noqa: F811
     """report with a cache folder it does not trust uses a private one, removed by atexit: a SIGKILL left
@@ -222,6 +270,7 @@ def test_a_killed_reports_private_cache_is_removed_by_the_next(store, tmp_path, 
     base.mkdir(mode=0o700)
     killed = base / scratch_name("report", _dead_pid())
     (killed / "thumbs").mkdir(parents=True)
+    os.utime(killed / "thumbs", (0, 0))
     os.utime(killed, (0, 0))
     (tmp_path / "f.h5.cache").mkdir(mode=0o777)
     os.chmod(tmp_path / "f.h5.cache", 0o777)  # not trusted: the report's caches go to a private folder

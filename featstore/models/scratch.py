@@ -71,8 +71,8 @@ def user_scratch() -> Path | None:
 
 def remove_stale(base: Path, kind: str) -> list[str]:
     """Remove ``base``'s scratch folders of ``kind`` made on this host whose process is gone (left by a kill) and that
-    are older than STALE_AGE_S; their names. Another host's, or one without a host (made before hosts were recorded),
-    is never removed: its pid means nothing here."""
+    are older than STALE_AGE_S (the newest mtime of the folder and its direct entries); their names. Another host's,
+    or one without a host (made before hosts were recorded), is never removed: its pid means nothing here."""
     gone, now = [], time.time()
     pattern = re.compile(rf"{re.escape(kind)}-(\d+)-{re.escape(this_host())}-[0-9a-f]+")
     with os.scandir(base) as entries:
@@ -80,7 +80,7 @@ def remove_stale(base: Path, kind: str) -> list[str]:
             found = pattern.fullmatch(entry.name)
             if found is None or not entry.is_dir(follow_symlinks=False) or running(int(found.group(1))):
                 continue
-            if now - entry.stat(follow_symlinks=False).st_mtime < STALE_AGE_S:
+            if now - _last_used(entry) < STALE_AGE_S:
                 continue
             shutil.rmtree(entry.path, ignore_errors=True)
             gone.append(entry.name)
@@ -88,7 +88,16 @@ def remove_stale(base: Path, kind: str) -> list[str]:
         logger.info("removed %d scratch folder(s) left in %s by killed processes", len(gone), base)
     return gone
 
-    return True
+
+def _last_used(entry: os.DirEntry) -> float:
+    """The newest mtime of a scratch folder and its direct entries: the folder's own changes only when an entry is
+    made or removed, not while its owner writes into them (a report's thumbs/ for a whole run)."""
+    newest = entry.stat(follow_symlinks=False).st_mtime
+    with contextlib.suppress(OSError), os.scandir(entry.path) as inside:
+        for item in inside:
+            with contextlib.suppress(OSError):
+                newest = max(newest, item.stat(follow_symlinks=False).st_mtime)
+    return newest
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@ old one, and the lock two processes updating one run take turns on.
 
 A new version holds run.json and predictions.npz written anew, plus the run's model files and the figures featstore
 drew, carried over as hard links (or copies); anything else found in the folder (a user's file, a FIFO, a sparse
-file) is refused before anything is written, never copied nor dropped.
+file, a temporary file of a featstore write not provably abandoned) is refused before anything is written, never
+copied nor dropped.
 
 >>> bool(_FIGURE.fullmatch("confusion_test.png")), bool(_FIGURE.fullmatch("notes.txt"))
 (True, False)
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from featstore.errors import StoreError
-from featstore.leftovers import TEMP, temp_prefix
+from featstore.leftovers import STALE_AGE_S, TEMP, abandoned, temp_prefix
 from featstore.runs.files import PREDICTIONS, RECORD
 
 logger = logging.getLogger(__name__)
@@ -48,8 +49,15 @@ def own_files(folder: Path, record: dict) -> list[str]:
                 f"{path} is not a regular file (a link, folder, FIFO or device); featstore marks the run's old version "
                 f"with a file of that name while it writes the new one: remove {path} and run again"
             )
-        if name in (RECORD, PREDICTIONS, TMP_MARKER) or TEMP.fullmatch(name):
-            continue  # written anew; or a temporary file of featstore's own (`runs show` drawing a figure meanwhile)
+        if name in (RECORD, PREDICTIONS, TMP_MARKER) or (TEMP.fullmatch(name) and abandoned(entry) is not None):
+            continue  # written anew; or a temporary file a killed featstore write left (what leftovers.sweep removes)
+        if TEMP.fullmatch(name):
+            raise StoreError(
+                f"run folder {folder} holds {name!r}, a temporary file of a featstore write that may still be running "
+                f"(another machine's, a running process's, or one modified less than "
+                f"{STALE_AGE_S // 60} minutes ago); runs evaluate writes a new version of the folder with the run's "
+                f"files only: wait for that write to end, or move {path} out of the folder, and run again"
+            )
         if name not in model and not _FIGURE.fullmatch(name):
             raise StoreError(
                 f"run folder {folder} holds {name!r}, which is not one of the run's files (run.json, predictions.npz, "
