@@ -9,25 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 
 import pytest
 
 from featstore.errors import OutputError
-from tests.test_adversarial_attack3 import synthetic_store
+from tests import test_adversarial_attack13 as a13
 from tests.test_adversarial_attack4 import cli, no_traceback
 
-
-@pytest.fixture(scope="module")
-def store_src(tmp_path_factory):
-    """A synthetic 3-split store (read-only source: copy before changing it)."""
-    return synthetic_store(tmp_path_factory.mktemp("a14") / "f.h5")
-
-
-@pytest.fixture
-def store(store_src, tmp_path):
-    """A private copy of ``store_src``."""
-    return shutil.copy(store_src, tmp_path / "f.h5")
+store_src, store = a13.store_src, a13.store  # the thirteenth attack's fixtures: a synthetic 3-split store, a copy
 
 
 def _error_lines(out: str) -> list[str]:
