@@ -87,3 +87,21 @@ def running(pid: int) -> bool:
     except (OSError, OverflowError, ValueError):
         return True
     return True
+
+
+def replace_with_new(path: str | os.PathLike, text: str, mode: int = 0o666) -> None:
+    """``text`` as the file ``path``: written into a new temporary file beside it (O_EXCL, O_NOFOLLOW; named by
+    :func:`temp_prefix`, so a kill leaves one :func:`sweep` can prove abandoned) and renamed onto the name. A link,
+    hard link or FIFO planted at ``path`` is replaced, never written through, truncated or blocked on."""
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f"{temp_prefix(name)}{os.urandom(6).hex()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # renamed: nothing left (or never made)

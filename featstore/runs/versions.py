@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from featstore.errors import StoreError
-from featstore.leftovers import STALE_AGE_S, TEMP, abandoned, temp_prefix
+from featstore.leftovers import STALE_AGE_S, TEMP, abandoned, replace_with_new
 from featstore.runs.files import PREDICTIONS, RECORD
 
 logger = logging.getLogger(__name__)
@@ -74,18 +74,9 @@ def own_files(folder: Path, record: dict) -> list[str]:
 
 
 def write_marker(folder: Path, text: str) -> None:
-    """``text`` as ``folder``'s TMP_MARKER: written into a new file (O_EXCL, O_NOFOLLOW) renamed onto the name, so a
-    link, hard link or FIFO planted there is replaced, never written through, truncated or blocked on."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    tmp = folder / f"{temp_prefix(TMP_MARKER)}{os.urandom(6).hex()}.tmp"
-    try:
-        fd = os.open(tmp, flags, 0o666)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, folder / TMP_MARKER)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    """``text`` as ``folder``'s TMP_MARKER (:func:`featstore.leftovers.replace_with_new`: a link, hard link or FIFO
+    planted there is replaced, never written through, truncated or blocked on)."""
+    replace_with_new(folder / TMP_MARKER, text)
 
 
 def carry(src: Path, dst: Path) -> None:

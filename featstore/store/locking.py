@@ -26,6 +26,7 @@ from pathlib import Path
 import h5py
 
 from featstore.errors import ConfigError, StoreBusyError, StoreError
+from featstore.leftovers import replace_with_new
 from featstore.outputs import resolved
 
 _SETTING: dict = {"locking": None}  # None = HDF5's default (honours HDF5_USE_FILE_LOCKING)
@@ -202,20 +203,13 @@ def _lock_name(path: str | os.PathLike) -> str:
 
 
 def _write_pid(pid_path: str) -> None:
-    """Record the writer's pid beside the lock; never through a link planted there: a new file (O_EXCL|O_NOFOLLOW)
-    renamed onto the name, so a hard link planted there keeps its own bytes (O_TRUNC wrote the pid into it)."""
-    tmp = f"{pid_path}.{os.getpid()}.tmp"
+    """Record the writer's pid beside the lock; never through a link planted there: a new file renamed onto the name
+    (:func:`featstore.leftovers.replace_with_new`), so a hard link planted there keeps its own bytes (O_TRUNC wrote the
+    pid into it)."""
     with contextlib.suppress(OSError):
         if os.path.islink(pid_path) or (os.path.exists(pid_path) and not os.path.isfile(pid_path)):
             return  # not ours: leave it; `info` then cannot name the writer, nothing else changes
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            os.replace(tmp, pid_path)
-        except OSError:
-            os.unlink(tmp)
-            raise
+        replace_with_new(pid_path, str(os.getpid()), 0o644)
 
 
 def lock_holder(path: str | os.PathLike) -> int | None:
