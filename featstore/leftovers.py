@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -28,9 +29,11 @@ STALE_AGE_S = 600  # a gone process's temporary file is removed only once unmodi
 _swept: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the folders swept by this process
 
 
+@functools.cache
 def host_tag() -> str:
     """16 hex digits naming this machine in temporary names (process ids are per machine). Earlier versions wrote 6,
-    which TEMP still matches: such a file is never this machine's, so never removed."""
+    which TEMP still matches: such a file is never this machine's, so never removed. Computed once per process (it
+    was a digest per temporary file and per folder entry a sweep looked at)."""
     return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
