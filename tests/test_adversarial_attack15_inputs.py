@@ -186,6 +186,7 @@ def test_a_scratch_folder_is_removed_only_when_this_hosts_and_old(tmp_path, monk
     host's folders of gone processes older than STALE_AGE_S go."""
     import tempfile
 
+    from featstore.leftovers import host_tag
     from featstore.models import scratch
     from tests.test_adversarial_attack13_leftovers import _dead_pid
 
@@ -197,7 +198,7 @@ def test_a_scratch_folder_is_removed_only_when_this_hosts_and_old(tmp_path, monk
     young = base / scratch.scratch_name("preset", dead)
     elsewhere = base / f"preset-{dead}-othernode-0123abcd"
     legacy = base / f"preset-{dead}-0123abcd"  # made before hosts were recorded: its host is unknown
-    assert old.name.startswith(f"preset-{dead}-{scratch.this_host()}-")
+    assert old.name.startswith(f"preset-{dead}-{host_tag()}-")
     for folder in (old, young, elsewhere, legacy):
         folder.mkdir()
         if folder is not young:

@@ -20,28 +20,23 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from featstore.leftovers import running
+from featstore.leftovers import host_tag, running
 
 logger = logging.getLogger(__name__)
 
 STALE_AGE_S = 300  # a scratch folder of a gone process is removed only once this old (another PID namespace's pid)
 
 
-def this_host() -> str:
-    """This host's name as it goes into scratch folder names (letters, digits, ``.`` and ``_`` only; at most 64)."""
-    return re.sub(r"[^A-Za-z0-9._]", "_", socket.gethostname())[:64] or "_"
-
-
 def scratch_name(kind: str, pid: int) -> str:
-    """The name of a new scratch folder of ``kind`` for process ``pid`` on this host."""
-    return f"{kind}-{pid}-{this_host()}-{secrets.token_hex(4)}"
+    """The name of a new scratch folder of ``kind`` for process ``pid`` on this host (:func:`featstore.leftovers.host_tag`,
+    the same tag featstore's temporary files carry)."""
+    return f"{kind}-{pid}-{host_tag()}-{secrets.token_hex(4)}"
 
 
 def user_scratch() -> Path | None:
@@ -74,7 +69,7 @@ def remove_stale(base: Path, kind: str) -> list[str]:
     are older than STALE_AGE_S (the newest mtime of the folder and its direct entries); their names. Another host's,
     or one without a host (made before hosts were recorded), is never removed: its pid means nothing here."""
     gone, now = [], time.time()
-    pattern = re.compile(rf"{re.escape(kind)}-(\d+)-{re.escape(this_host())}-[0-9a-f]+")
+    pattern = re.compile(rf"{re.escape(kind)}-(\d+)-{re.escape(host_tag())}-[0-9a-f]+")
     with os.scandir(base) as entries:
         for entry in entries:
             found = pattern.fullmatch(entry.name)
