@@ -3,6 +3,7 @@ import pytest
 
 from featstore import ConfigError, FeatureStore, fit
 from featstore.experiments.streaming import parse_bytes
+from featstore.runs.artifacts import load_estimator
 from featstore.store import writer
 
 from .conftest import make_store
@@ -104,3 +105,30 @@ def test_streamed_fit_never_holds_the_train_splits_probabilities(chunky_store, t
     again = evaluate_run(rec["id"], "train", chunky_store, tmp_path)
     for key in ("n", "accuracy", "accuracy_ci", "log_loss", "log_loss_ci", "ece", "ece_ci", "macro_f1_ci"):
         assert rec["metrics"]["train"][key] == again[key], key
+
+
+@pytest.mark.parametrize("budget", ["32KB", None], ids=["streamed", "in-memory"])
+def test_jobs_fit_sgd_classes_on_threads_and_give_the_same_model(chunky_store, tmp_path, monkeypatch, budget):
+    """`--jobs 2` runs sgd's one-vs-rest classes on two threads inside one fit; scikit-learn seeds each class first,
+    so the probabilities are the ones one thread gives, and the saved model keeps its own n_jobs."""
+    from sklearn.linear_model import SGDClassifier
+
+    seen = []
+    for method in ("partial_fit", "fit"):
+        real = getattr(SGDClassifier, method)
+
+        def spy(self, *a, _real=real, **kw):
+            seen.append(self.n_jobs)
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(SGDClassifier, method, spy)
+    probas = []
+    for jobs in (1, 2):
+        rec = fit(chunky_store, "sgd", {"epochs": [3]}, memory_budget=budget, runs=tmp_path / str(jobs), jobs=jobs)
+        assert rec["streamed"] is (budget is not None)
+        with np.load(tmp_path / str(jobs) / rec["id"] / "predictions.npz") as z:
+            probas.append(z["test__proba"])
+        model = load_estimator(tmp_path / str(jobs) / rec["id"], rec["artifact"])
+        assert model.steps[-1][1].n_jobs is None  # the saved model is the one a 1-job fit saves
+    assert set(seen) == {None, 2}
+    np.testing.assert_array_equal(probas[0], probas[1])

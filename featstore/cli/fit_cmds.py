@@ -46,7 +46,10 @@ def fit(
     epochs: Annotated[Optional[int], typer.Option(help="Shortcut for --param epochs=N (dense).")] = None,
     store: StoreOpt = Path("features.h5"),
     extractor: ExtractorOpt = None,
-    jobs: Annotated[int, typer.Option(help="Parallel fits during a search (joblib).")] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(help="Parallel fits during a search (joblib); threads inside one sgd or forest fit (same model)."),
+    ] = 1,
     train: Annotated[str, typer.Option(help="Split to fit on.")] = "train",
     validation: Annotated[
         str,

@@ -141,7 +141,7 @@ def fit(
             fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION)  # within the budget, as the fit reads
     t0 = time.perf_counter()
     if big:
-        fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None)
+        fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None, jobs)
     else:
         fitted = _fit_in_memory(fs, name, clf, full, settings, given, splits, jobs, aug is not None, budget)
     fit_seconds = time.perf_counter() - t0
@@ -249,7 +249,7 @@ def _fit_in_memory(
     parallel = _parallel_fits(build_classifier(clf, full[0]).steps[-1][1])
     if len(full) == 1:
         selection["method"] = describe_given(given)
-        est, best = _fit_one(clf, full[0], X, y, val, groups), 0
+        est, best = _fit_one(clf, full[0], X, y, val, groups, jobs), 0
         if val is None:
             oof = out_of_fold(clf, full[0], X, y, n_plain, k, groups, train)
     elif val is not None:
@@ -281,7 +281,7 @@ def _fit_in_memory(
         selection["candidates"] = [{"params": s, "score": sc} for s, sc in zip(settings, scores) if sc == sc]
         if len(selection["candidates"]) < len(settings):
             selection["diverged"] = [s for s, sc in zip(settings, scores) if sc != sc]  # NaN: diverged in a fold
-        est = _fit_one(clf, full[best], X, y, None, groups)
+        est = _fit_one(clf, full[best], X, y, None, groups, jobs)
 
     budget = EVAL_BUDGET if budget is None else budget
 

@@ -59,9 +59,10 @@ class DivergedError(ConfigError):
     its cell out and goes on."""
 
 
-def fit_one(spec_name: str, params: dict, X, y, val, groups=None):
+def fit_one(spec_name: str, params: dict, X, y, val, groups=None, jobs: int = 1):
     """Fit one setting; a head whose fit takes the validation split (the Keras head: early stopping) gets it, one
-    whose fit takes groups (the svm's calibration folds) gets them. The library's warnings while fitting (numpy's
+    whose fit takes groups (the svm's calibration folds) gets them; ``jobs`` threads inside the head
+    (:func:`head_threads`). The library's warnings while fitting (numpy's
     "RuntimeWarning: overflow", scikit-learn's ConvergenceWarning, each with its file and source line) are not printed
     raw: a fit that diverged is one DivergedError, any other fit logs each distinct warning as one line naming the
     setting."""
@@ -69,7 +70,7 @@ def fit_one(spec_name: str, params: dict, X, y, val, groups=None):
 
     est = build_classifier(spec_name, params)
     head = est.steps[-1][1]
-    with collected_warnings() as said:
+    with collected_warnings() as said, head_threads(head, jobs):
         try:
             if getattr(head, "fit_uses_validation", False) and val is not None:
                 Xt = est[:-1].fit_transform(X, y)
@@ -86,6 +87,23 @@ def fit_one(spec_name: str, params: dict, X, y, val, groups=None):
     for category, text in dict.fromkeys(said):
         logger.warning("%s with %s: %s: %s", spec_name, params, category.__name__, " ".join(text.split()))
     return est
+
+
+@contextlib.contextmanager
+def head_threads(head, jobs: int):
+    """While fitting, a classifier with an ``n_jobs`` setting (sgd: its one-vs-rest classes, one binary fit each;
+    forest: its trees) uses ``jobs`` threads. scikit-learn seeds each class or tree before dividing the work, so the
+    model is the one a single thread fits (tested); the setting is put back afterwards, so the run's model file is the
+    same too. A parameter search uses ``jobs`` for its settings instead (``jobs=1`` here)."""
+    if jobs <= 1 or "n_jobs" not in head.get_params(deep=False):
+        yield
+        return
+    before = head.n_jobs
+    head.set_params(n_jobs=jobs)
+    try:
+        yield
+    finally:
+        head.set_params(n_jobs=before)
 
 
 _routes = threading.local()  # this thread's list of collected warnings, inside collected_warnings

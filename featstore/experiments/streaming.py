@@ -24,7 +24,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments.protocol import Splits
-from featstore.experiments.selection import Fitted, check_classes, describe_given
+from featstore.experiments.selection import Fitted, check_classes, describe_given, head_threads
 from featstore.runs.predictions_file import BLOCK_FRACTION, PROBA_COPIES  # noqa: F401 - re-exported
 from featstore.store.layout import chunk_rows, row_bytes
 from featstore.store.reader import FeatureStore
@@ -75,10 +75,12 @@ def stream_fit(
     validation: str | None,
     budget: int,
     augmented: bool = False,
+    jobs: int = 1,
 ):
     """Fit ``clf`` (sgd or dense) reading ``train`` in blocks of at most budget/4 bytes; returns the fitted pipeline.
 
     ``augmented``: train's augmented copies are streamed too, their blocks interleaved with train's in a seeded order.
+    ``jobs``: threads for the classifier's own work (sgd's one-vs-rest classes; the same model: ``head_threads``).
     """
     from featstore.experiments.classifiers import build_classifier  # scikit-learn only when a fit needs it
 
@@ -112,9 +114,10 @@ def stream_fit(
         for X, _ in train_blocks(fs, name, train, block, None, augmented):
             step.partial_fit(prepared(X, middle[:i]))
     if streams_by_partial_fit(est):
-        for epoch in range(params.get("epochs", 1)):
-            for X, y in train_blocks(fs, name, train, block, params.get("seed", 0) + epoch, augmented):
-                head.partial_fit(prepared(X), y, classes=np.arange(n_classes))
+        with head_threads(head, jobs):
+            for epoch in range(params.get("epochs", 1)):
+                for X, y in train_blocks(fs, name, train, block, params.get("seed", 0) + epoch, augmented):
+                    head.partial_fit(prepared(X), y, classes=np.arange(n_classes))
         return est
     lengths = fs.block_lengths(train, name, max_bytes=block) + (
         fs.block_lengths(train, name, max_bytes=block, augmented=True) if augmented else []
@@ -199,8 +202,10 @@ def fit_streaming(
     splits: Splits,
     budget: int,
     augmented: bool = False,
+    jobs: int = 1,
 ) -> Fitted:
-    """Fit from blocks of the store within ``budget``; several settings are chosen on a streamed validation split."""
+    """Fit from blocks of the store within ``budget``; several settings are chosen on a streamed validation split,
+    fitted one after another (each with ``jobs`` threads inside its classifier)."""
     train, validation = splits.train, splits.validation
     class_names = fs.class_names(name)
     check_classes(fs.labels(train, name), train, class_names)
@@ -211,7 +216,7 @@ def fit_streaming(
         )
     fitted = []
     for p in full:
-        est = stream_fit(fs, name, clf, p, train, validation, budget, augmented)
+        est = stream_fit(fs, name, clf, p, train, validation, budget, augmented, jobs)
         if len(full) > 1:  # accuracy counted block by block: never the split's (N, K) probabilities
             right = total = 0
             for yv, pv, _ in predict_blocks(est, fs, name, validation, budget, len(class_names)):
