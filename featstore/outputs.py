@@ -29,6 +29,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_prefix
+from featstore.output_images import CHART_METADATA, refuse_foreign_image, refuse_image, refuse_unstamped  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise OutputError(f"cannot write {what} {path}: {exc.strerror or exc}; choose another path") from None
+        why = name_problem(exc, path) or f"{exc.strerror or exc}; choose another path"
+        raise OutputError(f"cannot write {what} {terminal_safe(str(path))}: {why}") from None
     if st is not None:
         if stat.S_ISLNK(st.st_mode):
             raise OutputError(
@@ -91,8 +93,10 @@ def what_is_at(path: str | os.PathLike) -> str | None:
     except (FileNotFoundError, NotADirectoryError):
         return "nothing"
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "a symbolic link loop"
+        if exc.errno in (errno.ELOOP, errno.ENAMETOOLONG):
+            return (
+                "a symbolic link loop" if exc.errno == errno.ELOOP else f"a name too long ({name_problem(exc, path)})"
+            )
         return None  # there, but not ours to look at (permissions): the reader's own error says so
     if stat.S_ISREG(mode):
         return None
@@ -116,6 +120,13 @@ def resolved(path: str | os.PathLike, what: str, error: type[Exception] = Config
             f"{what} {terminal_safe(str(path))} starts with ~ but names no user of this machine; give the path in full"
         ) from None
     try:
+        os.lstat(path)
+    except (
+        OSError
+    ) as exc:  # "File name too long" tracebacks (info, check, export, report), "does not exist" under a file
+        if name_problem(exc, path):
+            raise error(f"{what} {terminal_safe(str(path))}: {name_problem(exc, path)}") from None
+    try:
         return path.resolve()
     except (RuntimeError, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
@@ -124,6 +135,27 @@ def resolved(path: str | os.PathLike, what: str, error: type[Exception] = Config
             f"{what} {terminal_safe(str(path))} is a symbolic link loop (a link that leads back to itself); "
             f"remove the link or give the real path"
         ) from None
+
+
+def name_problem(exc: OSError, path: str | os.PathLike) -> str | None:
+    """What ``exc``, met at ``path``, says no file can ever be there, and the fix (None for other errors): a part of the
+    name over the file system's 255 bytes (ENAMETOOLONG), or a part that is a file, not a folder (ENOTDIR). Example::
+
+        name_problem(NotADirectoryError(errno.ENOTDIR, "Not a directory"), "notes.txt/runs")
+    """
+    path = Path(path)
+    if exc.errno == errno.ENAMETOOLONG:
+        long = next((p for p in path.parts if len(os.fsencode(p)) > 255), None)
+        if long is None:
+            return f"the path is {len(os.fsencode(path))} bytes, longer than the system takes; use a shorter path"
+        size = len(os.fsencode(long))
+        return (
+            f"its part {terminal_safe(long[:24])}... is {size} bytes, over the 255 a name may have; use a shorter name"
+        )
+    if exc.errno == errno.ENOTDIR:
+        file = next((p for p in reversed(path.parents) if os.path.exists(p) and not os.path.isdir(p)), path.parent)
+        return f"{terminal_safe(str(file))} is a file, not a folder; give a path inside a folder"
+    return None
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -139,104 +171,6 @@ def _is_hdf5(path: Path) -> bool:
                     return True
     except OSError:
         return False
-    return False
-
-
-_IMAGE_SIGNATURES = {
-    b"\x89PNG\r\n\x1a\n": "PNG",
-    b"\xff\xd8\xff": "JPEG",
-    b"GIF87a": "GIF",
-    b"GIF89a": "GIF",
-    b"BM": "BMP",
-    b"II*\x00": "TIFF",
-    b"MM\x00*": "TIFF",
-}
-
-
-def refuse_image(path: str | os.PathLike, what: str = "output") -> None:
-    """Refuse a CSV/npz/Parquet output whose name holds an image (PNG, JPEG, GIF, BMP, TIFF, WebP): a slip that
-    names one of the dataset's images (``predict photos/ --out photos/cat.png``) would have replaced it. Example::
-
-        refuse_image("predictions.csv", "--out")
-    """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(12)
-    except OSError:
-        return  # nothing there (or not readable): check_output says what is wrong with it
-    kind = next((k for sig, k in _IMAGE_SIGNATURES.items() if head.startswith(sig)), None)
-    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        kind = "WebP"
-    if kind is not None:
-        raise OutputError(
-            f"{what} {path} is an image ({kind}); featstore never replaces an image with its output. "
-            f"Give a new file name"
-        )
-
-
-CHART_METADATA = {"Software": "featstore"}  # stamped into every chart featstore draws (savefig's metadata)
-
-
-def refuse_foreign_image(path: str | os.PathLike, what: str = "--png") -> None:
-    """Refuse a chart name holding an image featstore did not draw (a PNG without :data:`CHART_METADATA`'s stamp, or a
-    JPEG, GIF, ...): ``runs compare --out data/train/cat/1.png`` would have replaced one of the dataset's images with a
-    chart. A chart featstore drew is replaced as before. Example::
-
-        refuse_foreign_image("compare.png", "--out")
-    """
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(12)
-            if head.startswith(b"\x89PNG\r\n\x1a\n") and _stamped(fh):
-                return
-    except OSError:
-        return  # nothing there (or not readable): check_output says what is wrong with it
-    try:
-        refuse_image(path, what)
-    except OutputError:
-        raise OutputError(
-            f"{what} {path} is an image not drawn by featstore; featstore never replaces it with a chart. "
-            f"Give a new file name, e.g. chart.png, or remove it first if it is a chart from an older featstore"
-        ) from None
-
-
-def refuse_unstamped(path: str | os.PathLike, what: str = "PNG") -> None:
-    """Refuse a default chart name (one featstore chose, e.g. ``<store>.leaks.png``) that holds any file featstore did
-    not draw: a user's own file there is never replaced without being named. Nothing there, or a chart featstore drew
-    (:data:`CHART_METADATA`'s stamp), passes. Example::
-
-        refuse_unstamped("features.h5.leaks.png")
-    """
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(8) == b"\x89PNG\r\n\x1a\n" and _stamped(fh):
-                return
-    except FileNotFoundError:
-        return
-    except OSError:
-        return  # not readable (a folder, a FIFO opened elsewhere): check_output says what is wrong with it
-    raise OutputError(
-        f"{what} {path} already exists and was not drawn by featstore; featstore never replaces it with a chart at a "
-        f"name it chose. Move that file away, or name the chart yourself"
-    )
-
-
-def _stamped(fh) -> bool:
-    """Whether the PNG open in ``fh`` has a ``tEXt`` chunk ``Software`` = featstore before its
-    image data (at most 16 chunks of at most 1 MiB each are looked at)."""
-    fh.seek(8)
-    for _ in range(16):
-        header = fh.read(8)
-        if len(header) < 8 or header[4:] == b"IDAT":
-            return False
-        size = int.from_bytes(header[:4], "big")
-        if header[4:] == b"tEXt" and size <= 1 << 20:
-            key, _, value = fh.read(size).partition(b"\0")
-            if key == b"Software" and value.startswith(CHART_METADATA["Software"].encode()):
-                return True
-            fh.seek(4, os.SEEK_CUR)
-        else:
-            fh.seek(size + 4, os.SEEK_CUR)
     return False
 
 
@@ -300,6 +234,11 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
+        if exc.errno == errno.ENOENT and path.parent.is_dir() and not os.path.lexists(tmp):
+            raise OutputError(  # was "no file can be made in <folder>", of a folder that exists and takes files
+                f"cannot write {what} {terminal_safe(str(path))}: its temporary file {terminal_safe(tmp.name)} was "
+                f"removed while it was written (another process cleaned the folder?); write again. Nothing was written there."
+            ) from None
         raise _output_error(exc, path, what) from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -427,10 +366,7 @@ def terminal_safe(text: str) -> str:
     )
 
 
-_BIDI = {
-    *range(0x202A, 0x202F),
-    *range(0x2066, 0x206A),
-}  # bidirectional overrides: text shown in another order than stored
+_BIDI = {*range(0x202A, 0x202F), *range(0x2066, 0x206A)}  # bidirectional overrides: shown in another order than stored
 
 
 def _hidden(code: int) -> bool:

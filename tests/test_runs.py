@@ -294,7 +294,7 @@ def test_fit_refuses_a_runs_folder_it_cannot_create_before_fitting(store, tmp_pa
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(
         StoreError,
-        match=r"cannot write runs into .*a_file/runs \(Not a directory\); make it writable or pass --runs DIR",
+        match=r"--runs .*a_file/runs: .*a_file is a file, not a folder; give a path inside a folder",
     ):
         fit(store, "logreg", runs=tmp_path / "a_file" / "runs")
 

@@ -116,8 +116,15 @@ def refuse_runs_file(store: Path, runs: Path | None, missing: bool = False) -> N
     (``featstore.runs.folder.runs_root`` refuses them); with ``missing``, an explicit --runs naming nothing too (a typo:
     `report` built a site without runs, `runs` said "no runs yet")."""
     from featstore.errors import StoreError
-    from featstore.runs.folder import runs_root
+    from featstore.runs.folder import no_runs_here, runs_root
 
     root = runs_root(store, runs)
     if missing and runs and not root.exists():
         raise StoreError(f"--runs {root} does not exist; pass --runs with the folder that holds the run folders")
+    others = no_runs_here(root) if missing and runs else []
+    if others:  # a project folder: its src/ and data/ were listed as broken runs, "Remove .../src and fit again"
+        some = ", ".join(safe(n) for n in others[:3]) + (", ..." if len(others) > 3 else "")
+        raise StoreError(
+            f"{safe(str(root))} holds no featstore runs (its folders {some} hold no run.json); is it the right --runs? "
+            f"Pass the folder `featstore fit --runs` wrote (default: <store>.runs beside the store)"
+        )

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from featstore.errors import ConfigError, DataError, StoreError
-from featstore.experiments.leaks.search import _rows, normalised, scan
+from featstore.experiments.leaks.search import _bad_rows, _rows, normalised, scan
 from featstore.experiments.similar_index import load_index, read_names, read_rows
 from featstore.outputs import terminal_safe
 from featstore.store.reader import FeatureStore
@@ -166,6 +166,29 @@ def query_vector(
     return np.asarray(ex(img[None]), dtype=np.float32).reshape(-1), None
 
 
+def _refuse_bad_query(fs: FeatureStore, name: str, query, q: np.ndarray, where: tuple[str, int] | None) -> None:
+    """StoreError (DataError for a new image) when the query's features hold NaN or inf, or overflow float32 when
+    squared, as ``leaks`` refuses such rows: a query from another split than the one searched was never scanned, and
+    got "0 nearest images" (NaN), a raw numpy warning (inf) or ranked answers (3e38), exit 0."""
+    if not len(_bad_rows(q[None])[0]):
+        return
+    what = (
+        "hold NaN or inf, or values so large that their squared norm overflows float32; no similarity can be measured"
+    )
+    if where is None:
+        raise DataError(
+            f"the features of {terminal_safe(os.fspath(query))} from extractor {terminal_safe(name)} {what}. "
+            f"Check the image and the model's weights (the same model made the store: `featstore check` counts such rows)"
+        )
+    split, row = where
+    path = read_names(fs, name, split, np.array([row]))[0][0]
+    raise StoreError(
+        f"store {terminal_safe(str(fs.path))}: the query {terminal_safe(path)} (row {row} of {split!r} in {terminal_safe(name)}) "
+        f"has features that {what}. Check that image, then re-extract the split with "
+        f"`featstore extract --split {split} --overwrite` (`featstore check` counts such rows), or query another image"
+    )
+
+
 def _example(fs: FeatureStore, name: str) -> str:
     """A stored path to show in a message."""
     for split in fs.splits(name):
@@ -251,6 +274,7 @@ def similar(
     if not info.get("complete"):
         raise StoreError(f"split {split!r} of {name!r} is not complete; finish it by re-running `featstore extract`")
     q, where = query_vector(fs, name, query, weights, trust_model)
+    _refuse_bad_query(fs, name, query, q, where)
     exclude = where[1] if where is not None and where[0] == split else None
     index = None if use_index is False else load_index(fs, name, split, required=bool(use_index))
     if index is not None:

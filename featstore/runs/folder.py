@@ -30,8 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError
+from featstore.outputs import name_problem
 from featstore.runs.files import (
     PREDICTIONS,
+    RECORD,
     BrokenRunError,
     check_zip_file,
     read_record_json,
@@ -72,6 +74,8 @@ def runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
             raise StoreError(
                 f"{where} is a symbolic link loop; pass --runs with the folder of the run folders"
             ) from None
+        if name_problem(exc, root):  # a part over 255 bytes, or a part that is a file ("does not exist" before)
+            raise StoreError(f"{where}: {name_problem(exc, root)}") from None
         if os.path.islink(root):
             raise StoreError(
                 f"{where} is a symbolic link to {os.readlink(root)}, which does not exist; make that folder, or pass "
@@ -116,14 +120,47 @@ def verify_run(rec: RunRecord, folder: Path) -> None:
     verify_predictions(folder, rec)  # read in blocks: bounded memory whatever the splits' sizes
 
 
-def _run_folders(root: Path) -> list[str]:
-    """Names of the entries of ``root`` that are run folders (or links posing as one), sorted; hidden ones are not runs."""
+# what a run folder holds (run.json, its predictions, its model, the PNGs `runs show` draws): a folder holding none is not
+# a run (a wrong --runs naming a project folder listed src/ and data/ as broken runs, with "Remove .../src and fit again")
+_RUN_FILES = (RECORD, PREDICTIONS, "model.skops", "model.keras", "head.json", "curves.png")
+
+
+def _run_folders(root: Path, others: list[str] | None = None) -> list[str]:
+    """Names of the entries of ``root`` that are run folders (or links posing as one), sorted; hidden ones and folders
+    holding none of a run's files are not runs (their names go to ``others``)."""
     try:
         entries = list(os.scandir(root))
     except (FileNotFoundError, NotADirectoryError):
         return []
     # files such as compare.png and sweep-*.json are not runs; links are listed, and refused as broken
-    return sorted(e.name for e in entries if not e.name.startswith(".") and (e.is_symlink() or e.is_dir()))
+    folders = [e for e in entries if not e.name.startswith(".") and (e.is_symlink() or e.is_dir())]
+    runs = {e.name for e in folders if _holds_run_files(e.path)}
+    if others is not None:
+        others.extend(sorted(e.name for e in folders if e.name not in runs))
+    return sorted(runs)
+
+
+def _holds_run_files(folder: str) -> bool:
+    """Whether ``folder`` holds one of a run folder's files (or cannot be looked into: then it is listed, as broken)."""
+    for name in _RUN_FILES:
+        try:
+            os.lstat(os.path.join(folder, name))
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def no_runs_here(root: Path) -> list[str]:
+    """The sub-folders of ``root`` when none of them is a run folder (a wrong --runs: a project, data or system folder),
+    else an empty list. Example::
+
+        no_runs_here(Path("my_project"))   # ['data', 'notebooks', 'src']
+    """
+    others: list[str] = []
+    return [] if _run_folders(root, others) else others
 
 
 def scan_runs(root: Path) -> RunListing:

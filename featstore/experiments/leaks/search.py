@@ -18,7 +18,7 @@ from featstore.outputs import terminal_safe
 from featstore.store.reader import FeatureStore
 
 TILE_FACTOR = 4  # bytes per similarity value: tiles of at most `budget` bytes
-OUTLIER_FACTOR = 1000  # a reference row whose norm is over this many times the median dominates the mean: warned
+OUTLIER_FACTOR = 1000  # a reference row whose norm is over this many times the median dominates the mean: refused
 
 logger = logging.getLogger(__name__)
 
@@ -52,27 +52,24 @@ def _bad_rows(R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(~np.isfinite(sq)), sq
 
 
-def _warn_outliers(fs: FeatureStore, name: str, split: str, norms: np.ndarray) -> None:
-    """One warning naming the reference rows whose norm is over OUTLIER_FACTOR x the median of the non-zero ones: they
-    dominate the mean that every row is centred on, so similarities (and a threshold calibrated on them) mean little.
-    All-zero rows (a dead layer's, padding) are left out of the median: with half the rows zero it was 0 and the check
-    was off."""
+def _refuse_outliers(fs: FeatureStore, name: str, split: str, norms: np.ndarray) -> None:
+    """StoreError naming the reference rows whose norm is over OUTLIER_FACTOR x the median of the non-zero ones: such a
+    row dominates the mean every row is centred on, so every centred row points the same way and every similarity
+    comes out near 1 (one row of 1e10 among rows of ~1: threshold 0.0003, "59 with an exact copy inside train", every
+    test row a near-duplicate). A warning before was not enough: the answers were printed anyway. All-zero rows (a dead
+    layer's, padding) are left out of the median: with half the rows zero it was 0 and the check was off."""
     nonzero = norms[norms > 0] if len(norms) else norms
     median = float(np.median(nonzero)) if len(nonzero) else 0.0
     big = np.flatnonzero(norms > OUTLIER_FACTOR * median) if median > 0 else np.zeros(0, np.int64)
     if len(big):
         paths = fs.paths(split, name)
-        logger.warning(
-            "store %s: %d row(s) of %r in %r have a norm over %d x the median of its non-zero rows (%.3g), e.g. %s: "
-            "they dominate the mean every row is centred on, so similarities and thresholds mean little; check those "
-            "images and re-extract them, or leave them out",
-            terminal_safe(str(fs.path)),
-            len(big),
-            name,
-            split,
-            OUTLIER_FACTOR,
-            median,
-            ", ".join(f"{terminal_safe(paths[i])} ({float(norms[i]):.3g})" for i in big[:3]),
+        rows = ", ".join(f"{split}/{i} ({terminal_safe(paths[i])}, norm {float(norms[i]):.3g})" for i in big[:3])
+        raise StoreError(
+            f"store {terminal_safe(str(fs.path))}: {len(big)} row(s) of {name!r} in {split!r} have a norm over "
+            f"{OUTLIER_FACTOR} x the median of its non-zero rows ({median:.3g}): {rows}{', ...' if len(big) > 3 else ''}; "
+            f"they would dominate the mean every row is centred on, and every similarity would come out near 1. Look at "
+            f"those images (a broken file, a model overflowing on it), then drop or replace them and re-extract the "
+            f"split with `featstore extract --split {split} --overwrite`"
         )
 
 
@@ -113,7 +110,7 @@ def scan(fs: FeatureStore, name: str, splits: Sequence[str], reference: str, bud
         raise StoreError(
             f"split {reference!r} of {name!r} has {n} row(s); comparing needs at least 2 (the mean is subtracted)"
         )
-    _warn_outliers(fs, name, reference, np.concatenate(norms) if norms else np.zeros(0))
+    _refuse_outliers(fs, name, reference, np.concatenate(norms) if norms else np.zeros(0))
     scale = float(2.0 ** np.ceil(np.log2(2 * top))) if top > 0.5 else 1.0
     return Centre((total / n).astype(np.float32), n, scale)
 

@@ -1,0 +1,111 @@
+"""Refusing to replace an image featstore did not make: a CSV or npz named over one of the dataset's images
+(:func:`refuse_image`), a chart named over an image featstore did not draw (:func:`refuse_foreign_image`,
+:func:`refuse_unstamped`: featstore's charts carry :data:`CHART_METADATA`'s stamp). Re-exported by
+:mod:`featstore.outputs`, where every output's other checks are.
+
+>>> CHART_METADATA
+{'Software': 'featstore'}
+"""
+
+from __future__ import annotations
+
+import os
+
+from featstore.errors import OutputError
+
+_IMAGE_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
+
+
+def refuse_image(path: str | os.PathLike, what: str = "output") -> None:
+    """Refuse a CSV/npz/Parquet output whose name holds an image (PNG, JPEG, GIF, BMP, TIFF, WebP): a slip that
+    names one of the dataset's images (``predict photos/ --out photos/cat.png``) would have replaced it. Example::
+
+        refuse_image("predictions.csv", "--out")
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError:
+        return  # nothing there (or not readable): check_output says what is wrong with it
+    kind = next((k for sig, k in _IMAGE_SIGNATURES.items() if head.startswith(sig)), None)
+    if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        kind = "WebP"
+    if kind is not None:
+        raise OutputError(
+            f"{what} {path} is an image ({kind}); featstore never replaces an image with its output. "
+            f"Give a new file name"
+        )
+
+
+CHART_METADATA = {"Software": "featstore"}  # stamped into every chart featstore draws (savefig's metadata)
+
+
+def refuse_foreign_image(path: str | os.PathLike, what: str = "--png") -> None:
+    """Refuse a chart name holding an image featstore did not draw (a PNG without :data:`CHART_METADATA`'s stamp, or a
+    JPEG, GIF, ...): ``runs compare --out data/train/cat/1.png`` would have replaced one of the dataset's images with a
+    chart. A chart featstore drew is replaced as before. Example::
+
+        refuse_foreign_image("compare.png", "--out")
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+            if head.startswith(b"\x89PNG\r\n\x1a\n") and _stamped(fh):
+                return
+    except OSError:
+        return  # nothing there (or not readable): check_output says what is wrong with it
+    try:
+        refuse_image(path, what)
+    except OutputError:
+        raise OutputError(
+            f"{what} {path} is an image not drawn by featstore; featstore never replaces it with a chart. "
+            f"Give a new file name, e.g. chart.png, or remove it first if it is a chart from an older featstore"
+        ) from None
+
+
+def refuse_unstamped(path: str | os.PathLike, what: str = "PNG") -> None:
+    """Refuse a default chart name (one featstore chose, e.g. ``<store>.leaks.png``) that holds any file featstore did
+    not draw: a user's own file there is never replaced without being named. Nothing there, or a chart featstore drew
+    (:data:`CHART_METADATA`'s stamp), passes. Example::
+
+        refuse_unstamped("features.h5.leaks.png")
+    """
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(8) == b"\x89PNG\r\n\x1a\n" and _stamped(fh):
+                return
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # not readable (a folder, a FIFO opened elsewhere): check_output says what is wrong with it
+    raise OutputError(
+        f"{what} {path} already exists and was not drawn by featstore; featstore never replaces it with a chart at a "
+        f"name it chose. Move that file away, or name the chart yourself"
+    )
+
+
+def _stamped(fh) -> bool:
+    """Whether the PNG open in ``fh`` has a ``tEXt`` chunk ``Software`` = featstore before its
+    image data (at most 16 chunks of at most 1 MiB each are looked at)."""
+    fh.seek(8)
+    for _ in range(16):
+        header = fh.read(8)
+        if len(header) < 8 or header[4:] == b"IDAT":
+            return False
+        size = int.from_bytes(header[:4], "big")
+        if header[4:] == b"tEXt" and size <= 1 << 20:
+            key, _, value = fh.read(size).partition(b"\0")
+            if key == b"Software" and value.startswith(CHART_METADATA["Software"].encode()):
+                return True
+            fh.seek(4, os.SEEK_CUR)
+        else:
+            fh.seek(size + 4, os.SEEK_CUR)
+    return False
