@@ -179,6 +179,25 @@ def test_finetune_runs_evaluate_predict_ensemble_and_show_like_feature_runs(ft, 
     assert f"from={ft['dense']},unfreeze=block5_conv2" in listed.output
 
 
+@pytest.mark.slow
+def test_a_fine_tuned_run_is_evaluated_a_batch_of_images_at_a_time(ft, ft_run, tmp_path, monkeypatch):
+    """Issue 21: `runs evaluate` of a fine-tuned run predicted the whole split before scoring it (10^6 rows x 1,000
+    classes: 8 GB); now each batch of images is scored and written to predictions.npz as it comes."""
+    from featstore.experiments.evaluate import evaluate_and_record
+    from featstore.runs import kinds, predictions_file
+
+    runs = _runs_with(ft, tmp_path / "runs", ft["dense"], ft_run)
+    whole = evaluate_run(ft_run, "train", ft["store"], runs)  # 16 images: one batch of kinds.IMAGE_BATCH
+    monkeypatch.setattr(kinds, "IMAGE_BATCH", 3)
+    written, real = [], predictions_file._ProbaMember.write
+    monkeypatch.setattr(predictions_file._ProbaMember, "write", lambda self, b: written.append(len(b)) or real(self, b))
+    rec, m, said = evaluate_and_record(ft_run, "train", ft["store"], runs)
+    assert said.startswith("recorded") and written == [3, 3, 3, 3, 3, 1], written
+    assert m["n"] == whole["n"] == 16 and m["accuracy"] == whole["accuracy"]
+    assert m["confusion_matrix"] == whole["confusion_matrix"]
+    assert m["log_loss"] == pytest.approx(whole["log_loss"], rel=1e-5)  # the model's batches differ: float noise only
+
+
 @pytest.mark.parametrize(
     "kwargs, error, needle",
     [

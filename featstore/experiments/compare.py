@@ -24,9 +24,9 @@ import numpy as np
 from featstore.errors import ConfigError, OutputError
 from featstore.outputs import check_output, refuse_foreign_image, write_atomic
 from featstore.runs.files import output_path
-from featstore.runs.folder import calibrated_predictions, get_run, list_runs, runs_root
+from featstore.runs.folder import StoredPredictions, calibrated_predictions, get_run, list_runs, runs_root
 from featstore.runs.record import RunRecord
-from featstore.stats.figures import HEADLINE, completed, confusion_of
+from featstore.stats.figures import HEADLINE, RowFigures, completed, confusion_of
 from featstore.stats.paired import PairedComparison, compare_predictions
 from featstore.store.folders import refuse_in_image_folders
 
@@ -133,23 +133,34 @@ def compare_pair(
             f"runs {a.id} and {b.id} share no evaluated split ({a.id}: {', '.join(a.predictions) or 'none'}; "
             f"{b.id}: {', '.join(b.predictions) or 'none'}); add one with `featstore runs evaluate RUN --split SPLIT`"
         )
-    out = {}
-    for s in common:
-        y = sa[f"{s}__labels"]
-        pa, pb = sa[f"{s}__proba"], sb[f"{s}__proba"]
+    out, k = {}, len(a.class_names)
+    for s in common:  # each run's split read a block at a time: O(N) numbers kept, never its (N, K) probabilities
+        y, (pred_a, rows_a), (pred_b, rows_b) = sa[f"{s}__labels"], split_rows(sa, s), split_rows(sb, s)
         figs = tuple(
-            completed(rec["metrics"][s], y, p) if s in rec.metrics else completed(_bare(y, p), y, p)
-            for rec, p in ((a, pa), (b, pb))
+            completed(rec["metrics"][s], y, rows) if s in rec.metrics else completed(_bare(y, pred, k), y, rows)
+            for rec, pred, rows in ((a, pred_a, rows_a), (b, pred_b, rows_b))
         )
-        cmp = compare_predictions(y, pa.argmax(axis=1), pb.argmax(axis=1), a.id, b.id)
+        cmp = compare_predictions(y, pred_a, pred_b, a.id, b.id)
         out[s] = SplitComparison(s, len(y), figs, cmp)
     return PairComparison(a, b, out, only)
 
 
-def _bare(y: np.ndarray, proba: np.ndarray) -> dict:
+def split_rows(preds: StoredPredictions, split: str, rows: int | None = None) -> tuple[np.ndarray, RowFigures | None]:
+    """``(predicted labels, RowFigures)`` of a stored split, read ``rows`` rows at a time (default: the file's block,
+    ``featstore.runs.folder.BLOCK_BYTES`` of probabilities): O(N) numbers, never its (N, K) probabilities; the
+    figures are the whole array's (``RowFigures`` is None for a split of no rows)."""
+    preds_, figs = [], []
+    for proba, y in preds.blocks(split, rows):
+        preds_.append(proba.argmax(axis=1))
+        if len(y):
+            figs.append(RowFigures.of(y, proba))
+    pred = np.concatenate(preds_) if preds_ else np.zeros(0, np.intp)
+    return pred, (RowFigures.join(figs) if figs else None)
+
+
+def _bare(y: np.ndarray, pred: np.ndarray, k: int) -> dict:
     """The least a split's figures need (a stored split without recorded metrics): n, accuracy, confusion matrix."""
-    pred = proba.argmax(axis=1)
-    cm = confusion_of(y, pred, proba.shape[1])  # its non-zero cells: 30,000 classes never make a dense 7 GB matrix
+    cm = confusion_of(y, pred, k)  # its non-zero cells: 30,000 classes never make a dense 7 GB matrix
     return {"n": len(y), "accuracy": float(np.mean(pred == y)), "confusion_matrix": cm}
 
 

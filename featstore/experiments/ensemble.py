@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -26,11 +27,13 @@ from featstore.errors import ConfigError
 from featstore.experiments.calibration import not_calibrated
 from featstore.experiments.compare import mismatch
 from featstore.experiments.evaluate import metrics
-from featstore.runs.folder import calibrated_predictions, ensure_writable, find_run, runs_root
+from featstore.runs import folder as run_folder
+from featstore.runs.folder import StoredPredictions, calibrated_predictions, ensure_writable, find_run, runs_root
 from featstore.runs.kinds import kind_of
+from featstore.runs.predictions_file import PredictionsWriter
 from featstore.runs.record import RunRecord, check_weights, draft
-from featstore.runs.write import write_run
-from featstore.stats.metrics import log_loss
+from featstore.runs.write import RunDraft
+from featstore.stats.figures import RowFigures
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +89,8 @@ def ensemble(
         )
         logger.warning("ensemble: %s", notes[-1])
     preds = [calibrated_predictions(folder, rec) for rec, folder in members]  # each checked against its sha256
-    evaluated, probas = {}, {}
-    for split, info in first.predictions.items():
-        if not all(split in rec.predictions for rec, _ in members):
-            continue
+    splits = [s for s in first.predictions if all(s in rec.predictions for rec, _ in members)]
+    for split in splits:
         for (rec, _), p in zip(members[1:], preds[1:]):
             why = mismatch(first, rec, split, preds[0], p)
             if why:
@@ -97,11 +98,7 @@ def ensemble(
                     f"runs {first.id} and {rec.id} were evaluated on different images of {split!r} ({why}); "
                     f"ensembles need the same images"
                 )
-        avg = sum(w * p[f"{split}__proba"] for w, p in zip(weights, preds)) / sum(weights)
-        y = preds[0][f"{split}__labels"]
-        evaluated[split] = metrics(y, avg.argmax(axis=1), list(first.class_names), avg)
-        probas[split] = (avg, y, info.paths_sha256, info.listing_sha256)
-    if not evaluated:
+    if not splits:
         raise ConfigError("the members share no evaluated split (validation or test); nothing to ensemble")
     # one extractor name per distinct (name, fingerprint) of the members, in member order: both fields list the same extractors
     extractors = list(dict.fromkeys((rec.extractor, rec.fingerprint) for rec, _ in members))
@@ -118,11 +115,41 @@ def ensemble(
         calibration=not_calibrated(
             f"the average of its members' {'probabilities, some not calibrated' if raw else 'calibrated probabilities'}"
         ),
-        metrics=evaluated,
+        metrics={},
         fit_seconds=0.0,
         notes=notes,
     )
-    return write_run(root, record, None, probas)
+    with RunDraft(root, record["id"]) as out:  # written split by split, a block of rows at a time
+        evaluated = {s: _average_split(out.predictions, s, preds, weights, first) for s in splits}
+        return out.finish({**record, "metrics": evaluated}, None)
+
+
+def averaged_blocks(preds: list[StoredPredictions], weights: list[float], split: str) -> Iterator[tuple]:
+    """``(weighted average of the members' probabilities, labels)`` of ``split``, a block of rows at a time: each
+    member's block is ``featstore.runs.folder.BLOCK_BYTES`` of probabilities over the number of members, so the
+    members together hold one file block whatever the split's rows. The same numbers as the whole arrays' average."""
+    k = next(iter(preds)).rec["class_names"]
+    rows = max(1, run_folder.BLOCK_BYTES // (8 * max(1, len(k)) * max(1, len(preds))))
+    total = sum(weights)
+    for blocks in zip(*(p.blocks(split, rows) for p in preds), strict=True):
+        yield sum(w * proba for w, (proba, _) in zip(weights, blocks)) / total, blocks[0][1]
+
+
+def _average_split(out: PredictionsWriter, split: str, preds: list, weights: list[float], first: RunRecord) -> dict:
+    """One split of an ensemble: its averaged probabilities written to ``out`` as they come, its figures from O(N)
+    numbers a row (``RowFigures``): the ones the whole averaged array gives."""
+    info, names = first.predictions[split], list(first.class_names)
+    ys, pred, rows = [np.zeros(0, np.int64)], [np.zeros(0, np.intp)], []
+    with out.probabilities(split, info.n, len(names)) as member:
+        for avg, y in averaged_blocks(preds, weights, split):
+            member.write(avg)
+            ys.append(y)
+            pred.append(avg.argmax(axis=1))
+            if len(y):
+                rows.append(RowFigures.of(y, avg))
+    y = np.concatenate(ys)
+    out.labels(split, y, info.paths_sha256, info.listing_sha256)
+    return metrics(y, np.concatenate(pred), names, RowFigures.join(rows) if rows else None)
 
 
 def greedy_ensemble(
@@ -139,10 +166,25 @@ def greedy_ensemble(
     """
     if metric not in ("log_loss", "accuracy"):
         raise ConfigError(f"unknown ensemble selection metric {metric!r}; choose one of: log_loss, accuracy")
+    if metric == "log_loss":  # it reads the true class's probability alone
+        y = np.asarray(y, dtype=np.intp)
+        return greedy_log_loss([np.asarray(p, dtype=np.float64)[np.arange(len(y)), y] for p in probas], max_steps)
+    return _greedy(probas, lambda p: float(np.mean(p.argmax(axis=1) == y)), max_steps)
 
-    def score(p):  # higher is better
-        return float(np.mean(p.argmax(axis=1) == y)) if metric == "accuracy" else -log_loss(y, p)
 
+def greedy_log_loss(true_class: list[np.ndarray], max_steps: int = MAX_ENSEMBLE_STEPS) -> list[int]:
+    """:func:`greedy_ensemble` by log-loss from each model's probability of each row's true class alone (``(N,)``,
+    O(N) numbers a model: what the log-loss of an average reads), the same counts as from the whole arrays.
+
+    >>> greedy_log_loss([np.array([0.9, 0.6, 0.4]), np.array([0.6, 0.2, 0.6])])
+    [2, 1]
+    """
+    eps = np.finfo(np.float64).eps
+    return _greedy(true_class, lambda t: -float(-np.mean(np.log(np.clip(t, eps, 1 - eps)))), max_steps)
+
+
+def _greedy(probas: list[np.ndarray], score, max_steps: int) -> list[int]:
+    """The selection itself: ``score`` (higher is better) of an average of ``probas`` (each as the score reads it)."""
     counts = [0] * len(probas)
     first = int(np.argmax([score(p) for p in probas]))
     counts[first], total, best = 1, probas[first].copy(), score(probas[first])

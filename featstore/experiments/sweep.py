@@ -30,8 +30,8 @@ import numpy as np
 
 from featstore.errors import ConfigError, OutputError, StoreError, check_jobs
 from featstore.experiments.compare import check_chart_name, compare_pair, wilson_of
+from featstore.experiments.ensemble import averaged_blocks, greedy_ensemble, greedy_log_loss  # noqa: F401 - greedy_ensemble re-exported
 from featstore.experiments.ensemble import ensemble as record_ensemble
-from featstore.experiments.ensemble import greedy_ensemble
 from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.fit import OOF, fit
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
@@ -270,8 +270,10 @@ def _select(recs: list[RunRecord], store, runs, score: str) -> tuple[list[tuple[
     """``(chosen (run, count), why none was built, the ensemble's accuracy on ``score``)`` of the greedy selection."""
     if len(recs) < 2:
         return [], "one run only: nothing to ensemble", None
-    stored = [_stored(r, store, runs, score) for r in recs]
-    counts = greedy_ensemble([p for p, _ in stored], stored[0][1])
+    root = runs_root(store, runs)
+    stored = [calibrated_predictions(root / r.id, r) for r in recs]  # verified; read below a block at a time
+    y = stored[0][f"{score}__labels"]
+    counts = greedy_log_loss([_true_class(p, score, y) for p in stored])
     chosen = [(r.id, k) for r, k in zip(recs, counts) if k]
     if len(chosen) == 1:
         note = (
@@ -280,14 +282,18 @@ def _select(recs: list[RunRecord], store, runs, score: str) -> tuple[list[tuple[
         )
         logger.info("%s", note)
         return [], note, None
-    avg = sum(k * p for (p, _), k in zip(stored, counts) if k) / sum(counts)
-    return chosen, "", float(np.mean(avg.argmax(axis=1) == stored[0][1]))
+    kept = [(p, k) for p, k in zip(stored, counts) if k]
+    pred = [avg.argmax(axis=1) for avg, _ in averaged_blocks([p for p, _ in kept], [k for _, k in kept], score)]
+    return chosen, "", float(np.mean(np.concatenate(pred) == y))
 
 
-def _stored(rec: RunRecord, store, runs, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A run just fitted: its calibrated probabilities and labels on ``split`` (checked against its recorded sha256)."""
-    data = calibrated_predictions(runs_root(store, runs) / rec.id, rec)
-    return data[f"{split}__proba"], data[f"{split}__labels"]
+def _true_class(preds, split: str, y: np.ndarray) -> np.ndarray:
+    """A run's calibrated probability of each row's true class on ``split`` (``(N,)``), read a block at a time."""
+    out, at = np.empty(len(y)), 0
+    for proba, _ in preds.blocks(split):
+        out[at : at + len(proba)] = proba[np.arange(len(proba)), y[at : at + len(proba)]]
+        at += len(proba)
+    return out
 
 
 def _versus(ens: RunRecord, best: RunRecord, store, runs, score: str) -> dict:

@@ -26,7 +26,7 @@ from featstore.errors import ConfigError, DataError, StoreError
 from featstore.images.listing import printable
 from featstore.provenance import MAX_IMAGE_SIZE
 from featstore.runs import artifacts
-from featstore.runs.apply import LARGE_FEATURE, ApplyOptions, ImageBatch, split_images, split_proba
+from featstore.runs.apply import LARGE_FEATURE, ApplyOptions, ImageBatch, image_batches, split_images
 from featstore.runs.files import RECORD, BrokenRunError, read_record_json
 from featstore.runs.kind_base import APPLY_ATTRS, ImagesModel, RunKind, calibrated  # noqa: F401 - re-exported
 from featstore.runs.predictions_file import EVAL_BUDGET, eval_rows
@@ -34,6 +34,8 @@ from featstore.runs.record import RunRecord, Types, check_fields, check_weights,
 from featstore.store.layout import row_bytes
 from featstore.store.reader import FeatureStore
 from featstore.units import format_bytes
+
+IMAGE_BATCH = 64  # images decoded and predicted at a time when a fine-tuned run is evaluated on a split
 
 FINETUNE_PARAMS: dict[str, Types] = {  # a finetune run's params, as listings and reports show them
     "lr": (int, float),
@@ -323,7 +325,14 @@ class FinetuneKind(_FeaturesRun):
         )
 
     def _on_split(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
-        """Its backbone changed: the store's rows name the images, the model sees the images (store row order)."""
+        return tuple(np.concatenate(column) for column in zip(*self._blocks(rec, folder, fs, split, options)))
+
+    def split_blocks(self, rec: RunRecord, folder: Path, store, split: str, options: ApplyOptions):
+        return self._blocks(rec, folder, self._checked_store(rec, store), split, options)
+
+    def _blocks(self, rec: RunRecord, folder: Path, fs: FeatureStore, split: str, options: ApplyOptions):
+        """Its backbone changed: the store's rows name the images, the model sees the images (store row order), a
+        batch of ``IMAGE_BATCH`` images at a time: ``(labels, predictions, probabilities)`` of each batch."""
         model, k = self.load(rec, folder, options), len(rec.class_names)
         info = fs.split_info(split, rec.extractor)
         if not info.get("complete"):
@@ -332,10 +341,11 @@ class FinetuneKind(_FeaturesRun):
             )
         images = split_images(fs, rec.extractor, split, Path(info["source_root"]), list(rec.class_names))
         # a crafted or damaged model.keras may give another number of classes, NaN or non-probabilities: refused, as predict does
-        proba = split_proba(
-            images, model.image_size, options.workers, lambda x: artifacts.checked_finetuned(model, x, k, rec.id)
-        )
-        return images.labels, proba.argmax(axis=1), proba
+        at = 0
+        for x, _ in image_batches(images, model.image_size, IMAGE_BATCH, None, options.workers):
+            proba = artifacts.checked_finetuned(model, x, k, rec.id)
+            yield images.labels[at : at + len(proba)], proba.argmax(axis=1), proba
+            at += len(proba)
 
     def params_text(self, rec: RunRecord) -> str:
         p = rec.params

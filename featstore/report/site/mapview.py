@@ -105,12 +105,11 @@ def _answers(run: RunView, name: str, proj: Projection, paths_of) -> np.ndarray 
     out = np.full(sum(len(r) for r in proj.sample.values()), 2, np.int64)
     offset, any_split = 0, False
     for split, rows in proj.sample.items():
-        key = f"{split}__proba"
-        if split in rec.predictions and key in run.preds:
+        stored = run.rows(split) if split in rec.predictions else None
+        if stored is not None:
             matched = match_rows(rec, split, lambda g, s: paths_of(g, s) if g == name else None)
             if not isinstance(matched, str):
-                pred = run.preds[key].argmax(axis=1)[rows]
-                out[offset : offset + len(rows)] = (pred != run.preds[f"{split}__labels"][rows]).astype(np.int64)
+                out[offset : offset + len(rows)] = (stored.pred[rows] != stored.y[rows]).astype(np.int64)
                 any_split = True
         offset += len(rows)
     return out if any_split else None

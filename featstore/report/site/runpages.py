@@ -20,7 +20,7 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.report.site import charts
 from featstore.report.site.render import figure_json
-from featstore.runs.folder import load_predictions
+from featstore.runs.folder import StoredPredictions, load_predictions
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, digest_paths
 from featstore.stats.figures import dense_confusion
@@ -109,7 +109,16 @@ class RunView:
     curves: object = None  # figure JSON
     reliability: object = None  # figure JSON
     galleries: list[Gallery] = field(default_factory=list)
-    preds: dict | None = None  # the stored probabilities and labels (split__proba, split__labels), when readable
+    preds: StoredPredictions | None = None  # the stored probabilities and labels, when readable (read in blocks)
+    _rows: dict = field(default_factory=dict)  # split -> its SplitRows, read once
+
+    def rows(self, split: str) -> SplitRows | None:
+        """The per-row numbers of a split with stored predictions (:func:`split_rows`, read once), else None."""
+        if self.preds is None or f"{split}__proba" not in self.preds:
+            return None
+        if split not in self._rows:
+            self._rows[split] = split_rows(self.preds, split)
+        return self._rows[split]
 
     def accuracy(self, split: str) -> tuple[float | None, tuple[float, float] | None]:
         """(accuracy, interval) on a split, as recorded."""
@@ -117,6 +126,24 @@ class RunView:
             if s.name == split:
                 return s.accuracy, s.interval
         return None, None
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """What a run's page and the maps read of each row of a stored split: O(N) numbers, not its (N, K) probabilities."""
+
+    y: np.ndarray  # true class
+    pred: np.ndarray  # most probable class (the first of tied columns)
+    conf: np.ndarray  # its probability
+    p_true: np.ndarray  # the true class's probability
+
+
+def split_rows(preds: StoredPredictions, split: str) -> SplitRows:
+    """A stored split's :class:`SplitRows`, its probabilities read ``featstore.runs.folder.BLOCK_BYTES`` at a time."""
+    parts = [(y, p.argmax(axis=1), p.max(axis=1), p[np.arange(len(y)), y]) for p, y in preds.blocks(split) if len(y)]
+    if not parts:
+        return SplitRows(np.zeros(0, np.int64), np.zeros(0, np.intp), np.zeros(0), np.zeros(0))
+    return SplitRows(*(np.concatenate(column) for column in zip(*parts)))
 
 
 def interval_of(m: dict) -> tuple[float, float] | None:
@@ -183,7 +210,7 @@ def _shade(count: int, top: int) -> int:
     return 0 if count == 0 or top == 0 else 1 + min(8, int(8 * count / top))
 
 
-def split_view(rec: RunRecord, split: str, preds: dict | None, paths_of: PathsOf, limit: int) -> SplitView:
+def split_view(rec: RunRecord, split: str, stored: SplitRows | None, paths_of: PathsOf, limit: int) -> SplitView:
     """One split of a run: recorded figures, the grid (linked to galleries where the rows can be matched); over
     :data:`MAX_GRID_CLASSES` classes no grid nor cell galleries (K² cells), the mistakes' gallery only."""
     m, names = rec["metrics"][split], list(rec.class_names)
@@ -194,7 +221,7 @@ def split_view(rec: RunRecord, split: str, preds: dict | None, paths_of: PathsOf
     big = len(names) > MAX_GRID_CLASSES
     cm = None if big else dense_confusion(m["confusion_matrix"])
     unshown = f"the confusion matrix of {len(names)} classes is not drawn (over {MAX_GRID_CLASSES}); "
-    if preds is None or f"{split}__proba" not in preds:
+    if stored is None:
         view.note = (unshown if big else "") + (
             "no stored predictions for this split (runs store validation and test): the grid is the recorded one"
         )
@@ -206,9 +233,7 @@ def split_view(rec: RunRecord, split: str, preds: dict | None, paths_of: PathsOf
         view.matrix = [] if big else _grid(cm, None)
         return view
     paths, root = rows
-    proba, y = preds[f"{split}__proba"], preds[f"{split}__labels"]
-    pred = proba.argmax(axis=1)
-    conf, p_true = proba.max(axis=1), proba[np.arange(len(y)), y]
+    y, pred, conf, p_true = stored.y, stored.pred, stored.conf, stored.p_true
     base = f"galleries/{rec.id}/{split}"
     galleries: dict[tuple[int, int], Gallery] = {}
     if big:
@@ -291,7 +316,7 @@ def run_view(
     view.preds = preds
     order = {"test": 0, "validation": 1}  # the splits with stored predictions (and galleries) first
     for split in sorted(rec["metrics"], key=lambda s: (s not in rec.predictions, order.get(s, 2), s)):
-        sv = split_view(rec, split, preds, paths_of, limit)
+        sv = split_view(rec, split, view.rows(split), paths_of, limit)
         view.splits.append(sv)
         view.galleries += sv.galleries
     curves = kind.curves(rec)
