@@ -91,37 +91,54 @@ def carry(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def run_lock(root: Path, run_id: str) -> Iterator[None]:
+def run_lock(root: Path, run_id: str, wait: bool = True) -> Iterator[bool]:
     """A lock on one run of ``root`` (``<root>/.<id>.lock``, the ``filelock`` package, as the store's writer): held
     while a run is read, evaluated and given a new version, so two ``runs evaluate`` of one run take turns (the second
     waits, saying so, then reads the version the first wrote). No lock under ``featstore --no-locking``, nor in a
-    folder where no lock file can be made (read-only: nothing can be written there either, and the write says so)."""
+    folder where no lock file can be made (read-only: nothing can be written there either, and the write says so).
+    Yields whether it is held (or needs not be); with ``wait=False`` False at once when another process holds it."""
+    with file_lock(root / f".{run_id}.lock", f"run {run_id}", f"run {run_id} is being updated", wait) as held:
+        yield held
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str, busy: str, wait: bool = True) -> Iterator[bool]:
+    """A lock (the ``filelock`` package) on ``what`` through the file ``path``, waiting (saying ``busy``) while another
+    process holds it; yields True when held (or under ``featstore --no-locking``, or where no lock file can be made),
+    False when ``wait`` is False and another process holds it. A link, folder or FIFO at ``path`` is refused: filelock
+    opens with O_TRUNC. Example::
+
+        with file_lock(Path("f.h5.leaks.json.lock"), "leaks record f.h5.leaks.json", "another leaks run writes it"):
+            ...  # read, change, write the record
+    """
     from filelock import FileLock, Timeout
 
     from featstore.store.locking import locking_default
 
-    path = root / f".{run_id}.lock"
     try:
         mode = os.lstat(path).st_mode
     except OSError:
         mode = stat.S_IFREG  # none yet (or unreadable: the lock's own open says why)
     if not stat.S_ISREG(mode):  # filelock opens with O_TRUNC: never through a link planted there
         raise StoreError(
-            f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks run {run_id} with a file "
+            f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks {what} with a file "
             f"of that name: remove it and run again"
         )
-    lock = FileLock(str(path))
+    lock, held = FileLock(str(path)), True
     try:
         if locking_default() is not False:
             try:
                 lock.acquire(timeout=0)
             except Timeout:
-                logger.warning("run %s is being updated by another featstore process; waiting for it", run_id)
-                lock.acquire()
+                if wait:
+                    logger.warning("%s by another featstore process; waiting for it", busy)
+                    lock.acquire()
+                else:
+                    held = False
     except OSError as exc:
-        logger.debug("no lock on run %s (%s): %s", run_id, path, exc)
+        logger.debug("no lock on %s (%s): %s", what, path, exc)
     try:
-        yield
+        yield held
     finally:
         if lock.is_locked:
             lock.release()

@@ -21,6 +21,7 @@ from pathlib import Path
 from featstore.errors import OutputError
 from featstore.experiments.leaks.result import LeakReport, record_path
 from featstore.outputs import terminal_safe, write_text
+from featstore.runs.versions import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,8 @@ def check_entry(rec: object) -> dict:
 
 
 def write_record(report: LeakReport) -> Path:
-    """Add this extractor's result to ``<store>.leaks.json`` (temporary file + rename); returns its path.
+    """Add this extractor's result to ``<store>.leaks.json`` (temporary file + rename); returns its path. The record is
+    read and written under a lock (``<store>.leaks.json.lock``): two runs at once both keep their entries.
 
     A regular file there that is not a record featstore can read (damaged, edited, over the limits) is never lost: it
     is kept aside as ``<store>.leaks.json.damaged`` (``.damaged.1``, ... when taken), logged with its new name, and a
@@ -152,39 +154,44 @@ def write_record(report: LeakReport) -> Path:
     cannot be written, e.g. in a read-only store folder, or the bad record cannot be kept aside.
     """
     path = record_path(report.store)
-    try:
-        data = read_record(path) or {"format": FORMAT, "extractors": {}}
-    except BadRecord as exc:
-        aside, why = _set_aside(path, str(exc)), exc
-        data = {"format": FORMAT, "extractors": {}}
-    else:
-        aside = why = None
-    data["format"] = FORMAT
-    data["extractors"][report.extractor] = {
-        "fingerprint": report.fingerprint,
-        "commits": report.commits,
-        "reference": report.reference,
-        "threshold": report.threshold,
-        "calibration": report.calibration.as_dict(),
-        "counts": report.counts,
-        "same_bytes": report.same_bytes,
-        "rows": report.rows,
-        "median": report.median,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    text = json.dumps(data, indent=1, default=str, allow_nan=False) if _finite(data) else None
-    if text is None:  # a NaN median (an empty split): recorded as null
-        text = json.dumps(_nulls(data), indent=1, default=str, allow_nan=False)
-    try:
-        write_text(path, text, "leaks record")
-    except OutputError as exc:  # the old record is kept aside already: say where, or the user thinks it lost
-        if aside is None:
-            raise
-        raise OutputError(f"{exc} The record that was there {why}; it is kept as {terminal_safe(str(aside))}") from None
-    if aside is not None:
-        logger.warning(
-            "%s %s: kept it as %s; wrote a new record", terminal_safe(str(path)), why, terminal_safe(str(aside))
-        )
+    lock = Path(f"{path}.lock")  # two `leaks` runs (two extractors) finishing together: each keeps the other's entry
+    what = f"leaks record {terminal_safe(str(path))}"
+    with file_lock(lock, what, f"{what} is being written"):
+        try:
+            data = read_record(path) or {"format": FORMAT, "extractors": {}}
+        except BadRecord as exc:
+            aside, why = _set_aside(path, str(exc)), exc
+            data = {"format": FORMAT, "extractors": {}}
+        else:
+            aside = why = None
+        data["format"] = FORMAT
+        data["extractors"][report.extractor] = {
+            "fingerprint": report.fingerprint,
+            "commits": report.commits,
+            "reference": report.reference,
+            "threshold": report.threshold,
+            "calibration": report.calibration.as_dict(),
+            "counts": report.counts,
+            "same_bytes": report.same_bytes,
+            "rows": report.rows,
+            "median": report.median,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        text = json.dumps(data, indent=1, default=str, allow_nan=False) if _finite(data) else None
+        if text is None:  # a NaN median (an empty split): recorded as null
+            text = json.dumps(_nulls(data), indent=1, default=str, allow_nan=False)
+        try:
+            write_text(path, text, "leaks record")
+        except OutputError as exc:  # the old record is kept aside already: say where, or the user thinks it lost
+            if aside is None:
+                raise
+            raise OutputError(
+                f"{exc} The record that was there {why}; it is kept as {terminal_safe(str(aside))}"
+            ) from None
+        if aside is not None:
+            logger.warning(
+                "%s %s: kept it as %s; wrote a new record", terminal_safe(str(path)), why, terminal_safe(str(aside))
+            )
     return path
 
 
