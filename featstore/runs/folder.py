@@ -42,6 +42,7 @@ from featstore.runs.files import (
 )
 from featstore.runs.kinds import calibrated, kind_of, parse_record
 from featstore.runs.record import RunRecord
+from featstore.runs.swap import reveal
 from featstore.safezip import iter_npy
 from featstore.store.folders import refuse_in_image_folders
 
@@ -169,12 +170,14 @@ def scan_runs(root: Path) -> RunListing:
     Reads each ``run.json`` only (see the module docstring); a run's model and predictions are verified when it is used.
     """
     out = RunListing()
+    hidden = reveal(root)  # runs a killed `runs evaluate` left under no name: put back, or named with why
     for name in _run_folders(root):
         try:
             out.records.append(read_record(root / name))
         except StoreError as exc:
             out.broken.append((name, str(exc)))
             logger.debug("run folder %s is broken: %s", root / name, exc)
+    out.broken += sorted(hidden.items())
     out.records.sort(key=lambda r: (r.created_at, r.id))
     return out
 
@@ -189,7 +192,12 @@ def find_run(
 
         rec, folder = find_run("logreg-1a", runs_dir("features.h5"))
     """
-    names = _run_folders(root) if listing is None else [r.id for r in listing.records] + [n for n, _ in listing.broken]
+    hidden = reveal(root) if listing is None else {}  # put back a run a killed `runs evaluate` left under no name
+    names = (
+        _run_folders(root) + sorted(hidden)
+        if listing is None
+        else [r.id for r in listing.records] + [n for n, _ in listing.broken]
+    )
     found = [n for n in names if n == run_id] or ([] if exact else [n for n in names if n.startswith(run_id)])
     if not found and listing is None and not root.is_dir():
         raise ConfigError(
@@ -202,6 +210,8 @@ def find_run(
         known = ", ".join(r.id for r in (scan_runs(root) if listing is None else listing).records) or "none"
         what = "no run" if not found else "several runs"
         raise ConfigError(f"{what} with id {run_id!r} in {root}; runs there: {known}")
+    if found[0] in hidden:  # its writer may still be running, or ran on another machine: not "no run with id"
+        raise StoreError(f"run {found[0]} is {hidden[found[0]]}")
     folder = root / found[0]
     try:
         if listing is not None and found[0] in dict(listing.broken):

@@ -2,7 +2,8 @@
 
 A run folder is written as ``.<id>.<random>.tmp`` and renamed to ``<id>`` when whole, so it is complete or
 absent. Every temporary folder featstore creates holds ``TMP_MARKER`` from its creation on, and only
-folders holding it are ever removed (see ``clean_orphans``); nothing is removed by listing or reading runs.
+folders holding it are ever removed (see ``clean_orphans``); nothing is removed by listing or reading runs, except
+that they finish the swap of a run a killed ``runs evaluate`` left under no name (``featstore.runs.swap``).
 Files that replace others (PNGs in a run folder, ``predict --out``) are written to a new temporary file
 and renamed onto the name, never written through an existing file or link.
 
@@ -18,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import stat
 import tempfile
 import time
 import zipfile
@@ -44,7 +44,9 @@ from featstore.runs.folder import verify_predictions
 from featstore.runs.kinds import parse_record
 from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
-from featstore.runs.versions import TMP_MARKER, carry, own_files, write_marker
+from featstore.runs.swap import ORPHAN_AGE_S, read_marker, reveal
+from featstore.runs.swap import mark as _mark
+from featstore.runs.versions import TMP_MARKER, carry, own_files
 from featstore.stats.calibration import apply_calibration
 from featstore.stats.figures import RowFigures, completed, packed_confusion
 
@@ -52,13 +54,13 @@ logger = logging.getLogger(__name__)
 
 # A fit writes its folder as ".<id>.<random>.tmp" and renames it when complete; writing takes seconds (the
 # model, the predictions and run.json, one after the other). Every temporary folder featstore creates holds
-# the file TMP_MARKER (JSON: the run id and whether it is a new or an old version) from its creation on. A
+# the file TMP_MARKER (JSON: the run id, whether it is a new or an old version, the writer's pid and host tag) from
+# its creation on. A
 # marked temporary folder whose newest entry is older than ORPHAN_AGE_S was left by a killed process on any
 # host sharing the folder, so the next command that writes a run (fit, ensemble, sweep's test evaluation)
-# removes it, or restores it when it is the only copy of a run (a kill between add_split's two renames);
-# a younger one may still be being written. Listing and reading never remove anything, and a folder
-# without the marker is never touched, whatever its name.
-ORPHAN_AGE_S = 600
+# removes it; a run left under no name by a kill between add_split's two renames is put back at once when its
+# writer is provably gone, by any listing or look-up of runs (featstore.runs.swap.reveal), else after ORPHAN_AGE_S.
+# A younger folder may still be being written; a folder without the marker is never touched, whatever its name.
 _ORPHAN = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.tmp")
 
 
@@ -74,58 +76,34 @@ def _make_temp(root: Path, run_id: str, role: str = "new", suffix: str = ".tmp")
     return tmp
 
 
-def _mark(folder: Path, run_id: str, role: str) -> None:
-    """Write TMP_MARKER into ``folder``: featstore's orphan cleaner may remove (or, for an old version, restore) it."""
-    write_marker(folder, json.dumps({"run": run_id, "role": role, "pid": os.getpid()}))
-
-
-def _marker(folder: Path) -> dict | None:
-    """The TMP_MARKER of a folder, or None if it has none (then the folder is not featstore's to remove). A marker file
-    whose JSON is missing or cut short (a full disk let the file be made, not its bytes) marks a new version: the
-    folder is featstore's, never the only copy of a run (an old version's marker is written before it is moved)."""
-    path = folder / TMP_MARKER
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        with open(path, "rb") as fh:
-            text = fh.read(4096)
-    except OSError:
-        return None
-    try:
-        found = json.loads(text)
-    except ValueError:
-        return {"role": "new"}
-    return found if isinstance(found, dict) else {"role": "new"}
-
-
 def clean_orphans(root: Path, now: float | None = None) -> None:
-    """Remove the temporary folders featstore made that no process can still be writing (see ORPHAN_AGE_S); only when writing."""
+    """Remove the temporary folders featstore made that no process can still be writing (see ORPHAN_AGE_S), after
+    putting back the runs a killed ``runs evaluate`` left under no name (``featstore.runs.swap.reveal``); only when
+    writing."""
     now = time.time() if now is None else now
+    reveal(root, now)
     for d in root.iterdir() if root.is_dir() else []:
         if not _ORPHAN.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
             continue
-        mark = _marker(d)
-        if mark is None:  # not made by featstore (or from before markers): never removed
+        found = read_marker(d)
+        if found is None:  # not made by featstore (or from before markers): never removed
             continue
         try:
             newest = max([d.lstat().st_mtime] + [p.lstat().st_mtime for p in d.iterdir()])
-            if now - newest <= ORPHAN_AGE_S:
-                continue
-            run = root / str(mark.get("run"))
-            if mark.get("role") == "old" and valid_name(mark.get("run")) and not os.path.lexists(run):
-                os.replace(d, run)  # killed between add_split's renames: this is the only copy of the run
-                (run / TMP_MARKER).unlink(missing_ok=True)
-                logger.warning(
-                    "restored run %s from %s, left by an update killed %.0f minutes ago",
-                    run.name,
-                    d,
-                    (now - newest) / 60,
-                )
-                continue
+            if now - newest <= ORPHAN_AGE_S or _pair_hidden(d, found, root):
+                continue  # young; or a hidden run's copy, which reveal could not put back (another process has it)
             shutil.rmtree(d)
             logger.info("removed %s, left by a fit that was killed %.0f minutes ago", d, (now - newest) / 60)
         except OSError as exc:  # read-only runs folder, or another process removed it first
             logger.debug("could not remove orphan %s: %s", d, exc)
+
+
+def _pair_hidden(d: Path, found: dict, root: Path) -> bool:
+    """Whether ``d`` (marked ``found``) is a version (old, or the new one beside it) of a run that is under no name."""
+    run = found.get("run")
+    if not valid_name(run) or os.path.lexists(root / run):
+        return False
+    return found.get("role") == "old" or (d.name.endswith(".tmp") and d.with_name(d.name[:-4] + ".old.tmp").is_dir())
 
 
 def replace_file(path: Path, write: Callable[[Path], object]) -> Path:
@@ -324,7 +302,8 @@ def add_split(
     old predictions.npz a MiB at a time, never loaded; the run's other files (model, figures) are carried over, and
     anything else in the folder is refused first (``featstore.runs.versions.own_files``). The folder is briefly absent during the swap,
     never half-written; a kill leaves the old version or the new one (and marked temporary folders the orphan cleaner
-    removes, or restores when the old version is the only copy left). Callers hold ``featstore.runs.versions.run_lock`` around reading the
+    removes; a kill between the two renames leaves the run under no name until the next listing or look-up of runs
+    puts the new version in, ``featstore.runs.swap.reveal``). Callers hold ``featstore.runs.versions.run_lock`` around reading the
     record and this; a run.json changed meanwhile (another process without the lock) is refused, not overwritten.
     """
     old_sha, k = record["predictions_sha256"], len(record.class_names)

@@ -1,0 +1,152 @@
+"""The marker of featstore's temporary run folders, and a run that a killed ``runs evaluate`` left hidden mid-swap.
+
+``featstore.runs.write.add_split`` gives a run a new version by two renames: the run folder ``<id>`` to
+``.<id>.<random>.old.tmp``, then the complete, verified new version ``.<id>.<random>.tmp`` to ``<id>``. A kill
+between the two left the run under no name: ``featstore runs`` said "no runs yet" and ``runs show`` "no run with id"
+until the orphan cleaner restored the old version 10 minutes later, throwing the new one away. Each temporary folder's
+marker records its writer (process id and :func:`featstore.leftovers.host_tag`), so :func:`reveal`, run by every
+listing and look-up of runs, finishes the swap at once (the new version in, the old removed: what the killed process
+would have done; the old version back when the new one cannot be read) when the writer is provably gone: this machine,
+a process id that no longer runs, under the run's lock. Otherwise (another machine's writer, a running one) the run is
+named with the folder that holds it, never called missing.
+
+A writer in another PID namespace of this machine (a container) that is between its two renames for those
+microseconds would find its new version already in: it does exactly what that writer does, so nothing is lost.
+
+>>> ORPHAN_AGE_S
+600
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+
+from featstore.errors import StoreError
+from featstore.leftovers import host_tag, running
+from featstore.runs.files import read_record_json, valid_name
+from featstore.runs.kinds import parse_record
+from featstore.runs.versions import TMP_MARKER, run_lock, write_marker
+
+logger = logging.getLogger(__name__)
+
+ORPHAN_AGE_S = 600  # a marked temporary folder unchanged this long was left by a killed process (featstore.runs.write)
+_OLD, _NEW = ".old.tmp", ".tmp"
+
+
+def mark(folder: Path, run_id: str, role: str) -> None:
+    """Write TMP_MARKER into ``folder`` (``role``: new or old version), naming this process and machine: featstore's
+    orphan cleaner may remove (or, for an old version, restore) the folder, and :func:`reveal` finish its swap."""
+    write_marker(folder, json.dumps({"run": run_id, "role": role, "pid": os.getpid(), "host": host_tag()}))
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The TMP_MARKER of a folder, or None if it has none (then the folder is not featstore's to remove). A marker file
+    whose JSON is missing or cut short (a full disk let the file be made, not its bytes) marks a new version: the
+    folder is featstore's, never the only copy of a run (an old version's marker is written before it is moved)."""
+    path = folder / TMP_MARKER
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        with open(path, "rb") as fh:
+            text = fh.read(4096)
+    except OSError:
+        return None
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return {"role": "new"}
+    return found if isinstance(found, dict) else {"role": "new"}
+
+
+def hidden_runs(root: Path) -> dict[str, Path]:
+    """``{run id: its old version's folder}`` of the runs of ``root`` under no name: a marked old version
+    ``.<id>.<random>.old.tmp`` whose run folder ``<id>`` is absent (a kill between add_split's two renames)."""
+    found: dict[str, Path] = {}
+    try:
+        entries = [e for e in os.scandir(root) if e.name.startswith(".") and e.name.endswith(_OLD)]
+    except OSError:
+        return found
+    for entry in sorted(entries, key=lambda e: e.name):
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        found_mark = read_marker(Path(entry.path)) or {}
+        run = found_mark.get("run")
+        if found_mark.get("role") != "old" or not valid_name(run):
+            continue
+        if entry.name.startswith(f".{run}.") and not os.path.lexists(root / run):
+            found.setdefault(run, Path(entry.path))
+    return found
+
+
+def _newest(folder: Path) -> float:
+    """The newest modification time of a folder and its entries (0 when it cannot be read)."""
+    try:
+        return max([folder.lstat().st_mtime] + [p.lstat().st_mtime for p in folder.iterdir()])
+    except OSError:
+        return 0.0
+
+
+def _why_not_gone(mark: dict) -> str | None:
+    """Why the writer of a hidden run is not provably gone (None when it is: this machine, a pid that does not run)."""
+    pid = mark.get("pid")
+    if mark.get("host") != host_tag() or isinstance(pid, bool) or not isinstance(pid, int):
+        return "by a featstore process on another machine (or of an earlier version)"
+    if pid == os.getpid() or running(pid):
+        return f"by process {pid}, still running"
+    return None
+
+
+def finish_swap(root: Path, run_id: str, aside: Path) -> str | None:
+    """Put run ``run_id`` back under its name, under its lock: its new version (``aside``'s pair, complete and verified
+    before the first rename) when its run.json reads, else the old version ``aside``. None when done, else why not."""
+    with run_lock(root, run_id, wait=False) as held:
+        if not held:
+            return "its run is locked by another featstore process"
+        run, new = root / run_id, aside.with_name(aside.name[: -len(_OLD)] + _NEW)
+        if os.path.lexists(run) or not aside.is_dir() or (read_marker(aside) or {}).get("role") != "old":
+            return None  # another process finished it meanwhile
+        try:
+            use_new = (read_marker(new) or {}).get("role") == "new" and not new.is_symlink()
+            if use_new:
+                try:
+                    parse_record(read_record_json(new), run)
+                except StoreError:
+                    use_new = False
+            os.replace(new if use_new else aside, run)
+            (run / TMP_MARKER).unlink(missing_ok=True)
+            if use_new:
+                shutil.rmtree(aside)
+        except OSError as exc:
+            logger.debug("could not finish the swap of run %s: %s", run_id, exc)
+            return f"it could not be put back ({exc.strerror or exc})"
+    logger.warning(
+        "run %s was left under no name by a `runs evaluate` killed between its two renames: %s",
+        run_id,
+        "its new version is in" if use_new else f"its old version is back ({new.name} could not be read)",
+    )
+    return None
+
+
+def reveal(root: Path, now: float | None = None) -> dict[str, str]:
+    """Finish the swap of every run of ``root`` a killed ``runs evaluate`` left under no name (:func:`finish_swap`) when
+    its writer is provably gone, or its folder unchanged for ORPHAN_AGE_S; ``{run id: why it is hidden}`` of the
+    others, in one line each naming the folder that holds the run and what to do."""
+    now = time.time() if now is None else now
+    left = {}
+    for run_id, aside in hidden_runs(root).items():
+        why = _why_not_gone(read_marker(aside) or {})
+        if why is None or now - _newest(aside) > ORPHAN_AGE_S:
+            why = finish_swap(root, run_id, aside)
+        if why is not None:
+            left[run_id] = (
+                f"hidden while a new version is swapped in {why}; the run is intact in {aside}. Run the command again "
+                f"once that process ends; if it was killed, featstore puts the run back {ORPHAN_AGE_S // 60} minutes "
+                f"after its last change, or move {aside} to {root / run_id} yourself"
+            )
+    return left
