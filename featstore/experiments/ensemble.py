@@ -32,6 +32,7 @@ from featstore.runs.folder import StoredPredictions, calibrated_predictions, ens
 from featstore.runs.kinds import kind_of
 from featstore.runs.predictions_file import PredictionsWriter
 from featstore.runs.record import RunRecord, check_weights, draft
+from featstore.runs.schema import scaled_weights
 from featstore.runs.write import RunDraft
 from featstore.stats.figures import RowFigures
 
@@ -127,9 +128,11 @@ def ensemble(
 def averaged_blocks(preds: list[StoredPredictions], weights: list[float], split: str) -> Iterator[tuple]:
     """``(weighted average of the members' probabilities, labels)`` of ``split``, a block of rows at a time: each
     member's block is ``featstore.runs.folder.BLOCK_BYTES`` of probabilities over the number of members, so the
-    members together hold one file block whatever the split's rows. The same numbers as the whole arrays' average."""
+    members together hold one file block whatever the split's rows. The same numbers as the whole arrays' average.
+    The weights act as their ratios, whatever their scale (:func:`featstore.runs.schema.scaled_weights`)."""
     k = next(iter(preds)).rec["class_names"]
     rows = max(1, run_folder.BLOCK_BYTES // (8 * max(1, len(k)) * max(1, len(preds))))
+    weights = scaled_weights(weights)
     total = sum(weights)
     for blocks in zip(*(p.blocks(split, rows) for p in preds), strict=True):
         yield sum(w * proba for w, (proba, _) in zip(weights, blocks)) / total, blocks[0][1]

@@ -31,6 +31,7 @@ from featstore.runs.files import RECORD, BrokenRunError, read_record_json
 from featstore.runs.kind_base import APPLY_ATTRS, ImagesModel, RunKind, calibrated  # noqa: F401 - re-exported
 from featstore.runs.predictions_file import EVAL_BUDGET, eval_rows
 from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names
+from featstore.runs.schema import scaled_weights
 from featstore.store.layout import row_bytes
 from featstore.store.reader import FeatureStore
 from featstore.units import format_bytes
@@ -277,8 +278,10 @@ class EnsembleKind(RunKind):
         self._check_members_runtime(members, options)  # every member, before any is built (or any ONNX cut exported)
         models = [kind_of(m).for_images(m, f, options) for m, f in members]
 
+        weights = scaled_weights(rec.weights)  # as their ratios: no underflow, no overflowing sum
+
         def proba(batch: ImageBatch) -> np.ndarray:  # the members' calibrated probabilities, averaged
-            return calibrated(rec, sum(w * m.proba(batch) for m, w in zip(models, rec.weights)) / sum(rec.weights))
+            return calibrated(rec, sum(w * m.proba(batch) for m, w in zip(models, weights)) / sum(weights))
 
         return ImagesModel(max(m.size for m in models), proba)
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from featstore.runs.files import BrokenRunError
-from featstore.stats.calibration import FLOOR as CALIBRATION_FLOOR
+from featstore.stats.calibration import BOUNDS as CALIBRATION_BOUNDS
 from featstore.stats.calibration import INPUTS as CALIBRATION_INPUTS
 from featstore.stats.calibration import METHODS as CALIBRATION_METHODS
 
@@ -191,24 +191,34 @@ def check_calibration(cal: object, where: str, folder: Path) -> None:
         problem = "a temperature calibration needs a finite positive T"
     elif cal.get("floor") is not None and not (finite(cal["floor"]) and 0 < cal["floor"] < 1):
         problem = "its probability floor must lie in (0, 1)"
-    elif cal["method"] == "temperature" and not _usable_temperature(cal):
-        problem = f"T = {cal['T']!r} is so small that logits / T overflow (NaN probabilities)"
+    elif cal["method"] == "temperature" and not CALIBRATION_BOUNDS[0] <= cal["T"] <= CALIBRATION_BOUNDS[1]:
+        # featstore fits T within these bounds only (a damaged or crafted record: T = 1e308 gave uniform probabilities,
+        # 1e-30 one-hot ones, and 5e-324 NaN, recorded as figures); within them logits / T stays finite
+        problem = (
+            f"T = {cal['T']!r} lies outside [{CALIBRATION_BOUNDS[0]:g}, {CALIBRATION_BOUNDS[1]:g}], the temperatures "
+            f"featstore fits within (the run record is damaged)"
+        )
     if problem:
         raise BrokenRunError(f"{where}: calibration is not usable: {problem}; remove the folder {folder}")
 
 
-def _usable_temperature(cal: dict) -> bool:
-    """Whether dividing the logits by ``T`` stays finite: ``1 / T`` does, and so does the floored log-probability's."""
-    t, floor = cal["T"], cal.get("floor") or CALIBRATION_FLOOR
-    low = math.log(floor) if cal.get("input", "probabilities") == "probabilities" else 1.0
-    return math.isfinite(1.0 / t) and math.isfinite(low / t)
-
-
 def check_weights(weights: object, n: int) -> bool:
-    """Whether ``weights`` are ``n`` finite non-negative numbers, not all zero (an ensemble's)."""
+    """Whether ``weights`` are ``n`` finite non-negative numbers, not all zero (an ensemble's; their sum may overflow:
+    they are used as :func:`scaled_weights`)."""
     return (
         isinstance(weights, (list, tuple))
         and len(weights) == n
         and all(number(w) and math.isfinite(w) and w >= 0 for w in weights)
-        and 0 < sum(weights) < math.inf
+        and max(weights) > 0
     )
+
+
+def scaled_weights(weights) -> list[float]:
+    """Checked ensemble weights divided by the largest, so that any finite non-negative weights act as their ratios:
+    ``w * p`` does not underflow (``5e-324, 0`` is ``1, 0``) and their sum does not overflow (``1e308, 1e308``).
+
+    >>> scaled_weights([5e-324, 0.0]), scaled_weights([1e308, 1e308]), scaled_weights([1, 3])
+    ([1.0, 0.0], [1.0, 1.0], [0.3333333333333333, 1.0])
+    """
+    top = max(float(w) for w in weights)
+    return [float(w) / top for w in weights]
