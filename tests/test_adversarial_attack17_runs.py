@@ -133,6 +133,7 @@ def test_two_leaks_runs_finishing_together_both_keep_their_entry(tmp_path, monke
         log.setLevel(level)
     assert not errors, errors
     assert sorted(json.loads(record.record_path(store).read_text())["extractors"]) == ["s1", "s2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5.leaks.json"]  # the lock file is removed
 
 
 def _write(record, store, extractor: str, errors: list, done: threading.Event) -> None:

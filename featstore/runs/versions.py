@@ -102,16 +102,17 @@ def run_lock(root: Path, run_id: str, wait: bool = True) -> Iterator[bool]:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, what: str, busy: str, wait: bool = True) -> Iterator[bool]:
+def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool = False) -> Iterator[bool]:
     """A lock (the ``filelock`` package) on ``what`` through the file ``path``, waiting (saying ``busy``) while another
     process holds it; yields True when held (or under ``featstore --no-locking``, or where no lock file can be made),
     False when ``wait`` is False and another process holds it. A link, folder or FIFO at ``path`` is refused: filelock
-    opens with O_TRUNC. Example::
+    opens with O_TRUNC. ``remove``: the lock file is removed while still held, so nothing stays beside the file it
+    guards; a waiter that then holds the removed file's lock takes the new file's instead. Example::
 
-        with file_lock(Path("f.h5.leaks.json.lock"), "leaks record f.h5.leaks.json", "another leaks run writes it"):
+        with file_lock(Path("f.h5.leaks.json.lock"), "leaks record f.h5.leaks.json", "it is being written"):
             ...  # read, change, write the record
     """
-    from filelock import FileLock, Timeout
+    from filelock import FileLock
 
     from featstore.store.locking import locking_default
 
@@ -127,18 +128,44 @@ def file_lock(path: Path, what: str, busy: str, wait: bool = True) -> Iterator[b
     lock, held = FileLock(str(path)), True
     try:
         if locking_default() is not False:
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                if wait:
-                    logger.warning("%s by another featstore process; waiting for it", busy)
-                    lock.acquire()
-                else:
-                    held = False
+            held = _acquire(lock, path, busy, wait, remove)
     except OSError as exc:
         logger.debug("no lock on %s (%s): %s", what, path, exc)
     try:
         yield held
     finally:
         if lock.is_locked:
+            if remove and _locks(lock, path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # still held: a process opening the name now makes a new file
             lock.release()
+
+
+def _acquire(lock, path: Path, busy: str, wait: bool, remove: bool) -> bool:
+    """Take ``lock`` (see :func:`file_lock`); False when ``wait`` is False and another process holds it."""
+    from filelock import Timeout
+
+    said = False
+    while True:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if not wait:
+                return False
+            if not said:
+                logger.warning("%s by another featstore process; waiting for it", busy)
+                said = True
+            lock.acquire()
+        if not remove or _locks(lock, path):
+            return True
+        lock.release()  # the file it locked was removed by the holder before (filelock < 4 took it): lock the new one
+
+
+def _locks(lock, path: Path) -> bool:
+    """Whether the file ``lock`` holds is the one at ``path`` now."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    try:
+        now, held = os.stat(path), os.fstat(fd)
+    except (OSError, TypeError):
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)

@@ -146,7 +146,8 @@ def check_entry(rec: object) -> dict:
 
 def write_record(report: LeakReport) -> Path:
     """Add this extractor's result to ``<store>.leaks.json`` (temporary file + rename); returns its path. The record is
-    read and written under a lock (``<store>.leaks.json.lock``): two runs at once both keep their entries.
+    read and written under a lock (``<store>.leaks.json.lock``, removed after): two runs at once both keep their
+    entries.
 
     A regular file there that is not a record featstore can read (damaged, edited, over the limits) is never lost: it
     is kept aside as ``<store>.leaks.json.damaged`` (``.damaged.1``, ... when taken), logged with its new name, and a
@@ -156,7 +157,7 @@ def write_record(report: LeakReport) -> Path:
     path = record_path(report.store)
     lock = Path(f"{path}.lock")  # two `leaks` runs (two extractors) finishing together: each keeps the other's entry
     what = f"leaks record {terminal_safe(str(path))}"
-    with file_lock(lock, what, f"{what} is being written"):
+    with file_lock(lock, what, f"{what} is being written", remove=True):
         try:
             data = read_record(path) or {"format": FORMAT, "extractors": {}}
         except BadRecord as exc:
