@@ -62,6 +62,20 @@ def test_a_run_killed_between_the_renames_is_listed_at_once_with_its_new_version
     assert shown.exit_code == 0, no_traceback(shown)
 
 
+def test_a_hidden_run_whose_new_version_is_gone_gets_its_old_one_back(run):
+    """Finding 3: when the new version cannot be used (removed by an older featstore's cleaner, or its run.json
+    damaged), the old version is put back: a kill leaves the old version or the new one, never none."""
+    import shutil
+
+    store, runs, rid = run
+    _, new = _killed_in_swap(store, runs, rid)
+    shutil.rmtree(new)
+    out = no_traceback(cli("runs", "--store", store, "--runs", runs))
+    assert rid in out and "broken" not in out, out
+    assert "test" not in json.loads((runs / rid / "run.json").read_text())["metrics"]  # the old version
+    assert [p.name for p in runs.iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_a_hidden_run_whose_writer_cannot_be_proven_gone_is_named_then_put_back(run):
     """Finding 3: a writer on another machine may still be between its renames: the run is named with the folder that
     holds it (not "no runs yet", not "no run with id"), and put back with its new version after ORPHAN_AGE_S."""
