@@ -107,7 +107,7 @@ def finish_swap(root: Path, run_id: str, aside: Path) -> str | None:
     before the first rename) when its run.json reads, else the old version ``aside``. None when done, else why not."""
     with run_lock(root, run_id, wait=False) as held:
         if not held:
-            return "its run is locked by another featstore process"
+            return "by another featstore process, which holds the run's lock"
         run, new = root / run_id, aside.with_name(aside.name[: -len(_OLD)] + _NEW)
         if os.path.lexists(run) or not aside.is_dir() or (read_marker(aside) or {}).get("role") != "old":
             return None  # another process finished it meanwhile
@@ -124,7 +124,7 @@ def finish_swap(root: Path, run_id: str, aside: Path) -> str | None:
                 shutil.rmtree(aside)
         except OSError as exc:
             logger.debug("could not finish the swap of run %s: %s", run_id, exc)
-            return f"it could not be put back ({exc.strerror or exc})"
+            return f"(featstore could not put it back: {exc.strerror or exc})"
     logger.warning(
         "run %s was left under no name by a `runs evaluate` killed between its two renames: %s",
         run_id,
