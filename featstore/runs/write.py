@@ -55,10 +55,9 @@ logger = logging.getLogger(__name__)
 # A fit writes its folder as ".<id>.<random>.tmp" and renames it when complete; writing takes seconds (the
 # model, the predictions and run.json, one after the other). Every temporary folder featstore creates holds
 # the file TMP_MARKER (JSON: the run id, whether it is a new or an old version, the writer's pid and host tag) from
-# its creation on. A
-# marked temporary folder whose newest entry is older than ORPHAN_AGE_S was left by a killed process on any
-# host sharing the folder, so the next command that writes a run (fit, ensemble, sweep's test evaluation)
-# removes it; a run left under no name by a kill between add_split's two renames is put back at once when its
+# its creation on. A marked temporary folder whose newest entry is older than ORPHAN_AGE_S was left by a killed
+# process on any host sharing the folder, so the next command that writes a run (fit, ensemble, sweep's test
+# evaluation) removes it; a run left under no name by a kill between add_split's two renames is put back at once when its
 # writer is provably gone, by any listing or look-up of runs (featstore.runs.swap.reveal), else after ORPHAN_AGE_S.
 # A younger folder may still be being written; a folder without the marker is never touched, whatever its name.
 _ORPHAN = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.tmp")
