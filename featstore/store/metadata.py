@@ -27,6 +27,7 @@ from featstore.store.layout import (
     validate_labels,
     validate_split,
 )
+from featstore.store.strings import read_names
 
 CACHE_PURPOSE = (
     "finetune-cache"  # the `purpose` attribute of a group `featstore finetune` made to cache its frozen layers
@@ -86,7 +87,10 @@ def _same_classes(g: h5py.Group, split: str, where: str) -> None:
     for other in g:  # name order
         if other == split or not _hard_group(g, other) or "commit" not in g[other].attrs:
             continue
-        theirs = plain(g[other].attrs.get("class_names", []))
+        try:
+            theirs = read_names(g[other], "class_names", f"{where}/{other}") if "class_names" in g[other].attrs else []
+        except StoreError:
+            continue  # an unsound list is named on its own split
         if not isinstance(theirs, list) or "" in theirs or len(set(map(repr, theirs))) != len(theirs):
             continue  # an unsound list is named on its own split
         if theirs != mine:
