@@ -115,7 +115,8 @@ def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = Non
 def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object:
     """Attribute ``key`` of ``obj`` as plain Python, with a list of variable-length strings (class names) bounded: at
     most :data:`MAX_NAMES` of them (counted before the read) and none longer than ``limit`` bytes (read into buffers one
-    byte wider, so no longer name reaches Python). Other values come back as ``provenance.plain`` gives them."""
+    byte wider, so no longer name reaches Python: 257 bytes first, ``limit + 1`` only when a name is longer). Other
+    values come back as ``provenance.plain`` gives them."""
     from featstore.provenance import plain
 
     aid = h5py.h5a.open(obj.id, key.encode())
@@ -124,9 +125,12 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
     count = int(np.prod(aid.shape)) if aid.shape else 1
     if count > MAX_NAMES:
         raise StoreError(f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {_FIX}")
-    buf = np.zeros(aid.shape, dtype=f"S{limit + 1}")
-    aid.read(buf, mtype=h5py.h5t.py_create(buf.dtype))
-    long = [i for i, v in enumerate(buf.reshape(-1)) if len(v) > limit]
+    for width in sorted({min(256, limit), limit}):  # most names are folder names (<= 255 bytes): a small buffer first
+        buf = np.zeros(aid.shape, dtype=f"S{width + 1}")
+        aid.read(buf, mtype=h5py.h5t.py_create(buf.dtype))
+        long = [i for i, v in enumerate(buf.reshape(-1)) if len(v) > width]
+        if not long:
+            break
     if long:
         raise StoreError(
             f"{where}: {key}[{long[0]}] is a string of over {limit:,} bytes ({shown(buf.reshape(-1)[long[0]])}): {_FIX}"
