@@ -26,6 +26,8 @@ MAX_PATH_BYTES = 4096  # PATH_MAX: no file name featstore stored is longer
 MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
 MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
 MAX_NAMES = 1 << 20  # class names of a split (ImageNet-21k has 21,841)
+MAX_ATTR_BYTES = 64 << 10  # any other string attribute (a description, a spec)
+_BUFFER_BYTES = 256 << 20  # the fixed-width buffer an attribute's strings are read into
 _SLACK = 1 << 20  # bytes allowed past the file's size when adding up a column's strings
 
 
@@ -126,6 +128,12 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
     if count > MAX_NAMES:
         raise StoreError(f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {_FIX}")
     for width in sorted({min(256, limit), limit}):  # most names are folder names (<= 255 bytes): a small buffer first
+        if count * (width + 1) > _BUFFER_BYTES:
+            raise StoreError(
+                f"{where}: {key} holds {count:,} strings, some longer than 256 bytes: reading them at up to {limit:,} "
+                f"bytes each would take {count * (width + 1) >> 20:,} MiB, over the {_BUFFER_BYTES >> 20} MiB featstore "
+                f"reads: {_FIX}"
+            )
         buf = np.zeros(aid.shape, dtype=f"S{width + 1}")
         aid.read(buf, mtype=h5py.h5t.py_create(buf.dtype))
         long = [i for i, v in enumerate(buf.reshape(-1)) if len(v) > width]
@@ -136,6 +144,12 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
             f"{where}: {key}[{long[0]}] is a string of over {limit:,} bytes ({shown(buf.reshape(-1)[long[0]])}): {_FIX}"
         )
     return plain(buf.tolist() if aid.shape else buf.item())
+
+
+def bounded_attrs(obj, where: str) -> dict:
+    """``provenance.attrs_of(obj)`` with each variable-length string attribute bounded as :func:`read_names` bounds
+    class names (at most :data:`MAX_ATTR_BYTES` a string): what every opening reads of an extractor and the file."""
+    return {key: read_names(obj, key, f"{where} attribute", MAX_ATTR_BYTES) for key in obj.attrs}
 
 
 _FIX = "the store is crafted or damaged. Re-extract this split with --overwrite (or into a new --store)"
