@@ -235,14 +235,29 @@ def is_plain_name(name: object) -> bool:
     return isinstance(name, str) and _NAME.fullmatch(name) is not None and len(name) <= 200
 
 
+OOF = ".oof"  # a run without a validation split records train's out-of-fold figures as split "<train>.oof"
+
+
 def validate_name(kind: str, name: str) -> str:
-    """Refuse split/extractor names that are not one plain HDF5 group name (no '/', no leading dot, no '.' or '..')."""
+    """Refuse split/extractor names that are not one plain HDF5 group name (no '/', no leading dot, no '.' or '..'),
+    and split names ending with :data:`OOF` (no run could record such a split: ``runs evaluate`` refuses them)."""
     if not is_plain_name(name):
         raise ConfigError(
             f"{kind} name {name!r} is not allowed: use letters, digits and _ - @ + = , . (not first), "
             f"without '/', e.g. {'train' if kind == 'split' else 'vgg16_block4'}"
         )
+    if kind == "split":
+        refuse_reserved_split(name)
     return name
+
+
+def refuse_reserved_split(name: str) -> None:
+    """ConfigError for a split name ending with :data:`OOF` (extract, write_arrays): no run could record the split."""
+    if name.endswith(OOF):
+        raise ConfigError(
+            f"split name {name!r} is not allowed: names ending with {OOF!r} are kept for a run's out-of-fold figures "
+            f"on train (e.g. 'train{OOF}'), so no run could record it. Name the split otherwise"
+        )
 
 
 def check_format_version(value, path) -> None:

@@ -225,7 +225,11 @@ def test_runs_evaluate_refuses_a_new_split_of_another_store(store_src, tmp_path)
 def test_a_split_named_like_the_out_of_fold_record_is_refused_before_fitting(tmp_path):
     """`fit --validation none --test train.oof` fitted, then ended in "split 'train.oof' is already in
     .../.logreg.XXXX.tmp/predictions.npz": the fit was lost (train's out-of-fold figures use that name)."""
-    store = synthetic_store(tmp_path / "s.h5", splits=("train", "train.oof", "test"))
+    import h5py
+
+    store = synthetic_store(tmp_path / "s.h5", splits=("train", "x", "test"))
+    with h5py.File(store, "a") as f:  # write_arrays and extract refuse the name since attack 16: a store made before
+        f.move("s/x", "s/train.oof")
     runs = tmp_path / "runs"
     result = cli("fit", "--store", store, "--runs", runs, "--validation", "none", "--test", "train.oof")
     out = no_traceback(result)

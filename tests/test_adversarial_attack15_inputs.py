@@ -27,7 +27,7 @@ def _replace_paths(path, where, dtype, n):
 
 
 CRAFTED = {
-    "1 GiB wide": ("S1073741824", "fixed-length strings of 1073741824 bytes each, over the 65536-byte limit"),
+    "1 GiB wide": ("S1073741824", "fixed-length strings of 1073741824 bytes each, over the 4096-byte limit"),
     "vlen int32": (h5py.vlen_dtype(np.int32), "expected 1-D HDF5 strings"),
     "references": (h5py.ref_dtype, "expected 1-D HDF5 strings"),
 }

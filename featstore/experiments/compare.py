@@ -28,6 +28,7 @@ from featstore.runs.folder import StoredPredictions, calibrated_predictions, get
 from featstore.runs.record import RunRecord
 from featstore.stats.figures import HEADLINE, RowFigures, completed, confusion_of
 from featstore.stats.paired import PairedComparison, compare_predictions
+from featstore.store.digests import rows_differ
 from featstore.store.folders import refuse_in_image_folders
 
 
@@ -87,6 +88,10 @@ def mismatch(a: RunRecord, b: RunRecord, split: str, stored_a: dict, stored_b: d
             f"{split!r}: the same file names but other image files (listing digests {la[:12]} and {lb[:12]}: sizes "
             f"or times differ), e.g. two datasets laid out alike"
         )
+    if (a.extractor, a.fingerprint) == (b.extractor, b.fingerprint) and rows_differ(
+        pa.listing_sha256, pb.listing_sha256
+    ):
+        return f"{split!r}: the same row names but other rows written from arrays (other features or labels)"
     if not np.array_equal(stored_a[f"{split}__labels"], stored_b[f"{split}__labels"]):
         return f"{split!r}: the same file names with other labels"
     if not (la and lb) and a.get("store") != b.get("store"):

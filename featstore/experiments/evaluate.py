@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, StoreError
+from featstore.errors import OutputError, StoreError
 from featstore.experiments.compare import compare_runs  # noqa: F401 (featstore.compare_runs: its public home)
-from featstore.experiments.protocol import OOF, check_has_rows, check_not_reserved
+from featstore.experiments.protocol import check_has_rows, check_not_reserved
+from featstore.experiments.run_store import refuse_other_store
 from featstore.outputs import write_atomic
 from featstore.runs.apply import ApplyOptions
 from featstore.runs.files import output_path
@@ -33,6 +34,7 @@ from featstore.stats.calibration import apply_calibration
 from featstore.stats.figures import RowFigures, completed, confusion_of
 from featstore.stats.intervals import proportion_interval
 from featstore.stats.metrics import expected_calibration_error, log_loss, reliability_of
+from featstore.store.digests import identifies_rows, split_listing
 from featstore.store.reader import FeatureStore
 
 
@@ -191,15 +193,15 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
     rec, folder = find_run(run_id, root, exact=True)
     fs = FeatureStore(store)
     if split not in rec.metrics:
-        _refuse_other_store(rec, fs, split)
+        refuse_other_store(rec, fs, split)
     blocks, names = _blocks(rec, folder, store, split), list(rec.class_names)
     paths, listing = digest_paths(fs.paths(split, rec.extractor)), fs.split_info(split, rec.extractor)
-    listing = str(listing.get("listing_sha256", ""))
+    listing = split_listing(listing)
     if split in rec.metrics:
         m = run_metrics_blocks(blocks, names, rec.calibration)[2]
         stored = rec.predictions.get(split)
         same = stored.paths_sha256 == paths and stored.listing_sha256 in (None, listing) if stored else None
-        if same and listing.startswith("arrays:") and rec.get("store") != str(fs.path.resolve()):
+        if same and not identifies_rows(listing) and rec.get("store") != str(fs.path.resolve()):
             return (
                 rec,
                 m,
@@ -233,68 +235,6 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
         m = seen.get("m") or run_metrics_blocks(_blocks(rec, folder, store, split), names, rec.calibration)[2]
         return rec, m, f"not recorded: {exc}"
     return rec, rec["metrics"][split], f"recorded in run {rec.id}"
-
-
-def _refuse_other_store(rec: RunRecord, fs: FeatureStore, split: str) -> None:
-    """ConfigError unless ``fs`` is the store the run was made on: its path as the run recorded it, or (a store moved
-    or copied with its runs) a split the run recorded holding the same images there (paths and image listing, as
-    ensembles compare them). Another dataset extracted alike has the same fingerprint: its split recorded as the run's
-    own was listed beside the run's other figures, and the run's real one could never be recorded."""
-    own = rec.get("store")
-    present = fs.splits(rec.extractor) if rec.extractor in fs.extractors() else []
-    if own == str(fs.path.resolve()):
-        _refuse_replaced_store(rec, fs, split, present)
-        return
-    compared = False
-    for s, info in rec.predictions.items():
-        name = s[: -len(OOF)] if s.endswith(OOF) else s  # train's out-of-fold rows are train's images
-        listing = info.listing_sha256
-        files = bool(listing) and not listing.startswith("arrays:")  # the listing names image files
-        if name not in present or not (files or own is None):
-            continue
-        compared = True  # a run that records no store (an older featstore) is compared by its paths at least
-        here = str(fs.split_info(name, rec.extractor).get("listing_sha256", ""))
-        if (here == listing or not files) and digest_paths(fs.paths(name, rec.extractor)) == info.paths_sha256:
-            return
-    if own is None and not compared:
-        return  # an older run recording neither its store nor a split found here: nothing to tell them apart by
-    if not compared:  # every recorded split here was written from arrays: no image files to compare
-        raise ConfigError(
-            f"{fs.path} is not the store run {rec.id} was made on ({own}): its splits were written from arrays, which "
-            f"name no image files, so only the store at the path the run recorded is known to hold its rows. Evaluate "
-            f"it with --store {own}, or fit a run on this store (`featstore fit --store {fs.path}`)"
-        )
-    raise ConfigError(
-        f"{fs.path} is not the store run {rec.id} was made on ({own or 'not recorded'}): none of the splits it "
-        f"recorded ({', '.join(rec.predictions) or 'none'}) holds the same images there, so its {split!r} would be "
-        f"recorded as the run's own. Evaluate it with --store naming the run's store, or fit a run on this store "
-        f"(`featstore fit --store {fs.path}`)"
-    )
-
-
-def _refuse_replaced_store(rec: RunRecord, fs: FeatureStore, split: str, present: list[str]) -> None:
-    """ConfigError when the store at the path the run recorded was re-created since: every split the run recorded
-    that is there holds other rows now (image listing, paths or row count differ), so a new split there is another
-    dataset's. One split still the same (a store whose train alone was extended since) keeps it the run's store."""
-    other = []
-    for s, info in rec.predictions.items():
-        name = s[: -len(OOF)] if s.endswith(OOF) else s
-        if name not in present:
-            continue
-        here = fs.split_info(name, rec.extractor)
-        listing = str(here.get("listing_sha256", ""))
-        if info.listing_sha256 in (None, listing) and digest_paths(fs.paths(name, rec.extractor)) == info.paths_sha256:
-            return
-        other.append(f"{name!r}: {here.get('committed_rows')} rows here, {info.n} recorded")
-    if not other and rec.predictions:  # none of them there: nothing shows it is the run's store (attack 16)
-        other = [f"{', '.join(repr(s) for s in rec.predictions)} recorded, none of them in the store there"]
-    if other:
-        raise ConfigError(
-            f"{fs.path} is the path of run {rec.id}'s store, but the store there was replaced: none of the splits the "
-            f"run recorded holds the same rows there ({'; '.join(dict.fromkeys(other))}), so its {split!r} would be "
-            f"recorded as the run's own. Evaluate the run on the store it was made on, or fit a run on this store "
-            f"(`featstore fit --store {fs.path}`)"
-        )
 
 
 def figures_of(rec: RunRecord, folder: Path) -> tuple[RunRecord, list[str]]:

@@ -16,13 +16,13 @@ import logging
 from dataclasses import dataclass, field
 
 from featstore.errors import ConfigError, StoreError
+from featstore.provenance import OOF  # noqa: F401 (re-exported: its home for runs)
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
 
 DEFAULTS = {"validation": "validation", "test": "test"}  # the names a store may lack without an error
 NONE = "none"  # --validation none, --test none: no such split
-OOF = ".oof"  # a run without a validation split records train's out-of-fold figures as split "<train>.oof"
 
 
 def no_split(name: str | None) -> bool:

@@ -33,6 +33,7 @@ from featstore.experiments.selection import CV_SEED, Fitted
 from featstore.experiments.streaming import BLOCK_FRACTION
 from featstore.runs.predictions_file import EVAL_BUDGET, PredictionsWriter, eval_rows  # noqa: F401 - re-exported
 from featstore.runs.record import digest_paths
+from featstore.store.digests import split_listing
 from featstore.store.reader import FeatureStore
 
 
@@ -69,7 +70,7 @@ class _Clock:
 
 def _identity(fs: FeatureStore, name: str, split: str) -> tuple[str, str]:
     """``(paths digest, listing digest)`` of a split: which images its rows are (ensembles and comparisons check)."""
-    return digest_paths(fs.paths(split, name)), str(fs.split_info(split, name).get("listing_sha256", ""))
+    return digest_paths(fs.paths(split, name)), split_listing(fs.split_info(split, name))
 
 
 def _written(member, blocks) -> Iterator[tuple]:

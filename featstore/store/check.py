@@ -21,6 +21,7 @@ from featstore.store.layout import (
     check_chunks,
     foreign_objects,
     hard_groups,
+    path_block_rows,
     read_paths,
     validate_augmented,
     validate_split,
@@ -161,7 +162,7 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
 def _scan_split(file: StoreFile, s: _Split) -> list[str]:
     """Content problems of one split (labels, NaN/inf, duplicated rows), reading one block per opening."""
     where = f"/{s.name}/{s.split}"
-    bad_rows = bad_labels = 0
+    bad_rows = huge_rows = bad_labels = empty = 0
     unreadable: list[str] = []
     hashes: list[np.ndarray] = []  # of the stored path bytes: uniqueness is checked on sorted hashes, not a set of str
     labels: list[np.ndarray] = []
@@ -175,12 +176,16 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
                 unreadable.append(f"{i}..{j - 1} ({exc})")
                 block = np.zeros((0,), np.float32)
             y = sg["labels"][i:j]
-            raw = sg["paths"][i:j]
+            step = path_block_rows(sg["paths"])  # fixed-length paths: never the whole block's width x rows at once
+            for a in range(i, j, step):
+                raw = sg["paths"][a : min(a + step, j)]
+                empty += sum(1 for p in raw if not len(p))
+                hashes.append(np.fromiter(map(hash, raw), np.int64, len(raw)))
         if len(block):
             bad_rows += _nonfinite_rows(block)
+            huge_rows += _overflow_rows(block)
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
         labels.append(np.asarray(y))
-        hashes.append(np.fromiter(map(hash, raw), np.int64, len(raw)))
     out = (
         [f"{where}: features of rows {', '.join(unreadable[:3])} cannot be read: the file is damaged; {REDO}"]
         if unreadable
@@ -190,6 +195,13 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         out.append(f"{where}: {bad_labels} labels outside 0..{s.n_classes - 1}; {REDO}")
     if bad_rows:
         out.append(f"{where}: {bad_rows} rows contain NaN or inf; check the images and weights, then {REDO}")
+    if huge_rows:
+        out.append(
+            f"{where}: {huge_rows} rows hold values so large that their squared norm overflows float32 (such as 3e38: "
+            f"fit, leaks and similar refuse them); check the images and weights, then {REDO}"
+        )
+    if empty:
+        out.append(f"{where}: {empty} empty paths (each row must name its image file); {REDO}")
     if s.copies:  # every row must be copy k of the split's row of the same path, with its label, in order
         try:
             out += copy_problems(file, s.name, s.split.rsplit("/", 1)[0])
@@ -200,10 +212,11 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
     names: list[str] | None = None
     if (h[1:] == h[:-1]).any():  # two rows share a hash: compare the paths themselves
         names = _names(file, s)
-        if len(set(names)) != len(names):
-            dup = sorted({n for n in names if names.count(n) > 1})[:3] if len(names) < 5000 else []
+        named = [n for n in names if n] if empty else names  # empty paths are counted above, not as duplicates
+        if len(set(named)) != len(named):
+            dup = sorted({n for n in named if named.count(n) > 1})[:3] if len(named) < 5000 else []
             out.append(
-                f"{where}: {len(names) - len(set(names))} duplicated paths (rows written twice{': ' + ', '.join(dup) if dup else ''}); {REDO}"
+                f"{where}: {len(named) - len(set(named))} duplicated paths (rows written twice{': ' + ', '.join(dup) if dup else ''}); {REDO}"
             )
     if s.source_root and os.path.isdir(s.source_root):
         y_all = np.concatenate(labels) if labels else np.zeros(0, np.int64)
@@ -216,7 +229,7 @@ def _names(file: StoreFile, s: _Split) -> list[str]:
     names: list[str] = []
     for i in range(0, s.rows, s.step):
         with file.open("r") as f:
-            names += read_paths(f[s.name][s.split]["paths"], min(i + s.step, s.rows), i)
+            names += read_paths(f[s.name][s.split]["paths"], min(i + s.step, s.rows), i, empty_ok=True)
     return names
 
 
@@ -234,6 +247,26 @@ def _nonfinite_rows(block: np.ndarray) -> int:
         if np.bitwise_and(block.view(uint), uint(mask)).max(initial=0) != mask:
             return 0
     return int(np.count_nonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
+
+
+_NORM_LIMIT = float(np.finfo(np.float32).max)
+
+
+def _overflow_rows(block: np.ndarray) -> int:
+    """Rows of ``block`` whose values are all finite but whose squared norm overflows float32, as leaks and similar
+    compute it (3e38 in one column). None can when the largest magnitude squared times the row's length stays under
+    float32's maximum (every float16 row): two reductions, no copy of the block; rows are summed only otherwise."""
+    R = block.reshape(len(block), -1)
+    if not R.size or R.dtype == np.float16:
+        return 0
+    top = max(float(np.fmax.reduce(R, axis=None)), -float(np.fmin.reduce(R, axis=None)))  # NaN ignored unless all
+    if top * top * R.shape[1] < _NORM_LIMIT:
+        return 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        R32 = R.astype(np.float32, copy=False)
+        sq = np.einsum("ij,ij->i", R32, R32)
+        finite = np.isfinite(R32).all(axis=1)
+    return int(np.count_nonzero(finite & ~np.isfinite(sq)))
 
 
 def _same_file_two_labels(where: str, root: str, names: list[str], y: np.ndarray) -> list[str]:

@@ -17,12 +17,10 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError
 from featstore.images.listing_diff import ListingColumns
 from featstore.provenance import MAX_AUGMENT_COPIES, attrs_of, check_format_version, plain
+from featstore.store.pathcols import PATH_ERRORS, path_block_rows, read_paths  # noqa: F401 (re-exported: readers)
 
 STR = h5py.string_dtype("utf-8")
-PATH_ERRORS = (
-    "surrogateescape"  # stored paths are the file system's bytes; names that are not UTF-8 round-trip losslessly
-)
-MAX_PATH_BYTES = 64 * 1024  # a fixed-length string dataset wider than this is crafted: a block of rows would be GiBs
+MAX_PATH_BYTES = 4096  # PATH_MAX: a fixed-length string dataset wider is crafted (rows x 64 KiB read whole: GiBs)
 
 
 def string_problem(ds) -> str | None:
@@ -301,11 +299,6 @@ def validate_labels(y: np.ndarray, n_classes: int, where: str) -> None:
             f"{where}/labels hold values outside 0..{n_classes - 1} (found {int(y.min())}..{int(y.max())}): "
             f"the store is damaged. Re-extract this split with --overwrite."
         )
-
-
-def read_paths(ds, stop: int, start: int = 0) -> list[str]:
-    """Stored paths ``start:stop`` as str (names that are not UTF-8 come back as written, via surrogateescape)."""
-    return list(ds.asstr(errors=PATH_ERRORS)[start:stop]) if stop > start else []
 
 
 def hard_groups(g: h5py.Group) -> list[str]:

@@ -34,10 +34,12 @@ from featstore.provenance import (
     plain,
     refuse_changed_listing,
     refuse_other_extractor,
+    refuse_reserved_split,
     refuse_resume,
     validate_extractor,
 )
 from featstore.store.compact import compact
+from featstore.store.digests import RowsDigest
 from featstore.store.layout import (
     ROW_DATASETS,
     STR,
@@ -172,13 +174,16 @@ class SplitWriter:
                 f"writing {path} failed: {exc}. Committed rows are kept; re-run the same command to resume"
             ) from exc
 
-    def finish(self, seconds: float, report: str | None = None) -> dict:
-        """Mark the split complete in every group (one opening); returns the split summary of group ``report`` (default:
-        the first), with its extractor's fingerprint under ``extractor_fingerprint``."""
+    def finish(self, seconds: float, report: str | None = None, attrs: dict | None = None) -> dict:
+        """Mark the split complete in every group (one opening), with ``attrs`` set on it first (what is known only
+        once every row is written); returns the split summary of group ``report`` (default: the first), with its
+        extractor's fingerprint under ``extractor_fingerprint``."""
         report = report or self.names[0]
         with self.store.open("a") as f:
             for name in self.names:
                 sg = f[name][self.key]
+                for key, value in (attrs or {}).items():
+                    sg.attrs[key] = value
                 sg.attrs["complete"] = True
                 sg.attrs["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 sg.attrs["seconds"] = round(float(seconds), 3)
@@ -374,6 +379,7 @@ def write_arrays(
         )
     if "" in class_names or len(set(class_names)) < len(class_names):  # every reader refuses the split as damaged
         raise ConfigError(f"write_arrays needs distinct, non-empty class names, not {list(class_names)!r}")
+    refuse_reserved_split(split)
     store = path if isinstance(path, StoreFile) else StoreFile(path, locking)
     attrs = attrs or synthetic_attrs(X.shape[1:], str(X.dtype))
     split_attrs = {
@@ -381,13 +387,16 @@ def write_arrays(
         "source_root": "",
         "n_images": len(y),
         "n_ignored": 0,
-        "listing_sha256": f"arrays:{len(y)}",
+        "listing_sha256": f"arrays:{len(y)}",  # no image files: the rows' own digest is rows_sha256 (finish)
         "batch_size": batch_size,
         "compression": compression,
     }
     w = SplitWriter(store, [name], split)
     w.prepare([attrs], split_attrs, overwrite=True)
+    digest = RowsDigest(X.shape[1:], str(X.dtype))
     for i in range(0, len(y), batch_size):
         j = min(i + batch_size, len(y))
-        w.commit([X[i:j]], np.asarray(y[i:j], dtype=np.int32), [f"{split}/{k}" for k in range(i, j)], [], j)
-    w.finish(0.0)
+        xb, yb = X[i:j], np.asarray(y[i:j], dtype=np.int32)
+        digest.update(xb, yb)
+        w.commit([xb], yb, [f"{split}/{k}" for k in range(i, j)], [], j)
+    w.finish(0.0, attrs={"rows_sha256": digest.hexdigest()})
