@@ -8,8 +8,9 @@ the heap IDs themselves (:func:`vlen_lengths`: the dataset's raw bytes, chunk by
 over its limit (:data:`MAX_PATH_BYTES`, PATH_MAX, for paths) or rows whose strings add up to more bytes than the file
 holds (each stored string is in the file once) are refused before a row is read.
 
-Class names are an attribute, which HDF5 reads whole; they are read into fixed-width buffers one byte over the limit
-(:func:`read_names`), so no name longer than that reaches Python, and their count is bounded before the read.
+Class names are an attribute, which HDF5 reads whole; their count is bounded before the read and each name's length
+before any is compared or printed (:func:`read_names`: ``validate_split``'s repeat check compared 1 MiB names K^2
+times, and ``fit`` printed one of them whole in a 1 MB error line).
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
 MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
 MAX_NAMES = 1 << 20  # class names of a split (ImageNet-21k has 21,841)
 MAX_ATTR_BYTES = 64 << 10  # any other string attribute (a description, a spec)
-_BUFFER_BYTES = 256 << 20  # the fixed-width buffer an attribute's strings are read into
-_SLACK = 1 << 20  # bytes allowed past the file's size when adding up a column's strings
+_SLACK = 64 << 10  # bytes allowed past the file's size when adding up a column's strings
 
 
 def limit_of(ds) -> int:
@@ -116,9 +116,12 @@ def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = Non
 
 def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object:
     """Attribute ``key`` of ``obj`` as plain Python, with a list of variable-length strings (class names) bounded: at
-    most :data:`MAX_NAMES` of them (counted before the read) and none longer than ``limit`` bytes (read into buffers one
-    byte wider, so no longer name reaches Python: 257 bytes first, ``limit + 1`` only when a name is longer). Other
-    values come back as ``provenance.plain`` gives them."""
+    most :data:`MAX_NAMES` of them (counted before the read) and none longer than ``limit`` bytes (checked before the
+    names are compared, copied or printed). Other values come back as ``provenance.plain`` gives them.
+
+    HDF5 reads an attribute whole, so its strings are in memory once, briefly, before they are measured (K names
+    sharing one heap string: K times it). Reading them into fixed-width buffers instead would stop at the width, but
+    h5py's conversion to fixed width leaks every string it reads (120 MiB per read of the attack's names)."""
     from featstore.provenance import plain
 
     aid = h5py.h5a.open(obj.id, key.encode())
@@ -127,23 +130,22 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
     count = int(np.prod(aid.shape)) if aid.shape else 1
     if count > MAX_NAMES:
         raise StoreError(f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {_FIX}")
-    for width in sorted({min(256, limit), limit}):  # most names are folder names (<= 255 bytes): a small buffer first
-        if count * (width + 1) > _BUFFER_BYTES:
-            raise StoreError(
-                f"{where}: {key} holds {count:,} strings, some longer than 256 bytes: reading them at up to {limit:,} "
-                f"bytes each would take {count * (width + 1) >> 20:,} MiB, over the {_BUFFER_BYTES >> 20} MiB featstore "
-                f"reads: {_FIX}"
-            )
-        buf = np.zeros(aid.shape, dtype=f"S{width + 1}")
-        aid.read(buf, mtype=h5py.h5t.py_create(buf.dtype))
-        long = [i for i, v in enumerate(buf.reshape(-1)) if len(v) > width]
-        if not long:
-            break
-    if long:
+    value = obj.attrs[key]
+    if bad := _first_long(value, limit):
+        del value  # a kept error (StoreMetadata keeps one per split) keeps this frame: not the K strings with it
         raise StoreError(
-            f"{where}: {key}[{long[0]}] is a string of over {limit:,} bytes ({shown(buf.reshape(-1)[long[0]])}): {_FIX}"
+            f"{where}: {key}[{bad[0]}] is a string of {bad[1]:,} bytes, over the {limit:,}-byte limit ({bad[2]}): {_FIX}"
         )
-    return plain(buf.tolist() if aid.shape else buf.item())
+    return plain(value)
+
+
+def _first_long(value, limit: int) -> tuple[int, int, str] | None:
+    """(index, bytes, the name cut for a message) of the first string of ``value`` over ``limit`` bytes, or None."""
+    for i, item in enumerate(value.reshape(-1).tolist() if isinstance(value, np.ndarray) else [value]):
+        size = len(item) if isinstance(item, bytes) or item.isascii() else len(item.encode("utf-8", "surrogateescape"))
+        if size > limit:
+            return i, size, shown(item)
+    return None
 
 
 def bounded_attrs(obj, where: str) -> dict:
