@@ -277,3 +277,16 @@ def test_repeated_class_names_are_found_in_linear_time():
     t = time.monotonic()
     assert repeated(names) == ["c7", "c99"]
     assert time.monotonic() - t < 5
+
+
+def test_the_similarity_index_names_rows_through_the_same_bound(two_splits):
+    """The index's few neighbour names (``similar_index.read_names``) were read by row without the bound: a row
+    pointing at a shared 256 KiB string is refused there too, before it is read."""
+    from featstore.errors import StoreError
+    from featstore.experiments.similar_index import read_names
+    from featstore.store.reader import FeatureStore
+
+    _shared_paths(two_splits, "test", 1000, 256 << 10)
+    with pytest.raises(StoreError, match="over the 4,096-byte limit"):
+        read_names(FeatureStore(two_splits), "s", "test", np.array([3, 7]))
+    assert read_names(FeatureStore(two_splits), "s", "train", np.array([3, 3]))[0] == ["train/3", "train/3"]
