@@ -78,7 +78,7 @@ def test_what_a_killed_export_left_is_put_back_or_named(store, tmp_path, caplog)
     with pytest.raises(ConfigError):
         export(store, "train", out, rows_per_file=0)  # refused before writing: nothing recovered yet
     assert not out.exists()
-    from featstore.store.export import _recover_shards
+    from featstore.store.shards import _recover_shards
 
     _recover_shards(out)
     assert len(list(out.iterdir())) == 10 and not aside.exists(), "the earlier export is back"

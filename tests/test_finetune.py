@@ -591,3 +591,124 @@ def test_memory_budget_without_a_cached_cut_is_refused_not_ignored(ft):
             finetune(
                 ft["dense"], FinetuneConfig("block5_conv3", epochs=1, memory_budget="1GB", **extra), store=ft["store"]
             )
+
+
+class _Tracked(np.ndarray):
+    """Probabilities the model gave (and every array numpy derives from them): each one is known while it lives."""
+
+    alive: list = []
+
+    def __array_finalize__(self, obj):
+        import weakref
+
+        _Tracked.alive.append(weakref.ref(self))
+
+
+@pytest.fixture(scope="module")
+def streamed_ft(ft, tmp_path_factory):
+    """A fine-tuning recorded with ``kinds.IMAGE_BATCH`` = 3 and an evaluation budget whose read-back blocks are 2
+    rows (logits never kept whole): the rows of every probability block written, read back, turned into logits or
+    per-row figures, and the rows of the model's probabilities still alive each time a new batch is predicted."""
+    import gc
+
+    from featstore.experiments import finetune as ft_mod
+    from featstore.models.finetuned import FinetunedModel
+    from featstore.runs import kinds, predictions_file
+    from featstore.stats import calibration as stats_cal
+    from featstore.stats import figures
+
+    store = tmp_path_factory.mktemp("streamed") / "f.h5"
+    shutil.copy(ft["store"], store)
+    _runs_with(ft, store.with_suffix(".runs"), ft["dense"])
+    seen = {key: [] for key in ("written", "read", "logits", "figures", "held", "whole", "model")}
+    real = {
+        "write": predictions_file._ProbaMember.write,
+        "blocks": predictions_file.PredictionsWriter.blocks,
+        "as_logits": stats_cal.as_logits,
+        "of": figures.RowFigures.of.__func__,
+        "proba": FinetunedModel.proba,
+    }
+
+    def blocks(self, split, rows):
+        for block in real["blocks"](self, split, rows):
+            seen["read"].append(len(block))
+            yield block
+
+    def proba(self, images, batch_size=32):
+        gc.collect()
+        alive = [a for r in _Tracked.alive if (a := r()) is not None and a.ndim == 2 and a.flags.owndata]
+        seen["held"].append(sum(len(a) for a in alive))
+        seen["model"][:] = [self]
+        p = real["proba"](self, images, batch_size)
+        out = _Tracked(p.shape, p.dtype)
+        out[...] = p
+        return out
+
+    _Tracked.alive = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kinds, "IMAGE_BATCH", 3)
+        mp.setattr(ft_mod, "EVAL_BUDGET", 4 * 2 * predictions_file.PROBA_COPIES * 8 * 2)  # 2 rows of 2 classes a read
+        mp.setattr(
+            predictions_file._ProbaMember, "write", lambda s, b: seen["written"].append(len(b)) or real["write"](s, b)
+        )
+        mp.setattr(predictions_file.PredictionsWriter, "blocks", blocks)
+        mp.setattr(predictions_file.PredictionsWriter, "add", lambda s, split, p, *a: seen["whole"].append(len(p)))
+        mp.setattr(stats_cal, "as_logits", lambda v, *a: seen["logits"].append(len(v)) or real["as_logits"](v, *a))
+        mp.setattr(
+            figures.RowFigures, "of", classmethod(lambda c, y, p: seen["figures"].append(len(p)) or real["of"](c, y, p))
+        )
+        mp.setattr(FinetunedModel, "proba", proba)
+        rec = finetune(ft["dense"], FinetuneConfig("block5_conv3", epochs=1, batch_size=4, cache=False), store=store)
+    return rec, store, seen
+
+
+@pytest.mark.slow
+def test_finetune_records_its_evaluation_a_batch_of_images_at_a_time(streamed_ft):
+    """Issue 21: finetune predicted its validation and test splits whole, calibrated and scored the (N, K) arrays and
+    wrote them at once (10⁵ rows x 1,000 classes: 800 MB a split). Now, as `runs evaluate` does, each batch of images
+    is written to predictions.npz as it is predicted, the temperature is fitted on validation read back in blocks, and
+    the figures come from per-row numbers: no step sees more than one batch's rows (3 here; 8 images a split)."""
+    rec, _, seen = streamed_ft
+    assert rec["splits"] == {"train": 16, "validation": 8, "test": 8} and not seen["whole"]
+    assert seen["written"] == [3, 3, 2] * 2, seen["written"]  # validation, then test: one block a batch of images
+    assert seen["read"] and max(seen["read"]) <= 2, seen["read"]  # validation read back (temperature, figures)
+    assert seen["logits"] and max(seen["logits"]) <= 3, seen["logits"]  # never the whole split's logits
+    assert seen["figures"] and max(seen["figures"]) <= 3, seen["figures"]
+    assert len(seen["held"]) == 6 and max(seen["held"]) <= 3, seen["held"]  # only the last batch alive at each predict
+
+
+@pytest.mark.slow
+def test_finetunes_streamed_figures_are_the_whole_arrays(ft, streamed_ft):
+    """The recorded figures and temperature are the whole stored arrays' exactly, and the ones the model's whole-split
+    prediction (what finetune did before) gives up to the model's batch-size float noise."""
+    from featstore.experiments.calibration import calibrate_on_validation
+    from featstore.experiments.evaluate import run_metrics
+    from featstore.runs.apply import split_images, split_proba
+    from featstore.runs.files import json_default
+
+    plain = lambda obj: json.loads(json.dumps(obj, default=json_default))  # noqa: E731 - as run.json holds it
+
+    rec, store, seen = streamed_ft
+    _, folder = get_run(rec["id"], store)
+    with np.load(folder / "predictions.npz") as z:
+        stored = {s: (z[f"{s}__proba"], z[f"{s}__labels"]) for s in ("validation", "test")}
+    cal = calibrate_on_validation(*stored["validation"])
+    assert rec["calibration"] == plain(cal) and cal["method"] == "temperature"
+    got = rec.to_json()["metrics"]
+    fs, model = FeatureStore(store), seen["model"][0]
+    old = {}
+    for split, (proba, y) in stored.items():
+        want = run_metrics(y, proba.argmax(axis=1), list(rec.class_names), proba, cal)
+        assert got[split] == plain(want), split
+        images = split_images(fs, rec.extractor, split, ft["data"], list(rec.class_names))
+        old[split] = (np.asarray(split_proba(images, model.image_size, 2, model.proba)), images.labels)
+    old_cal = calibrate_on_validation(*old["validation"])
+    assert old_cal["T"] == pytest.approx(cal["T"], rel=1e-4)
+    for split, (proba, y) in old.items():
+        before = run_metrics(y, proba.argmax(axis=1), list(rec.class_names), proba, old_cal)
+        assert (
+            got[split]["accuracy"] == before["accuracy"]
+            and got[split]["confusion_matrix"] == before["confusion_matrix"]
+        )
+        assert got[split]["log_loss"] == pytest.approx(before["log_loss"], rel=1e-5)
+        assert got[split]["ece"] == pytest.approx(before["ece"], rel=1e-4, abs=1e-6)

@@ -384,3 +384,27 @@ def test_confusion_bootstrap_memory_is_bounded_whatever_the_classes():
         tracemalloc.stop()
     assert peak < 250e6, f"{peak / 1e6:.0f} MB"  # one call of all 2,000 resamples: over 1 GB
     assert f["balanced_accuracy_ci"]["low"] < f["balanced_accuracy"] < f["balanced_accuracy_ci"]["high"]
+
+
+def test_large_splits_draw_the_probability_bootstrap_from_its_normal_limit(monkeypatch):
+    """From NORMAL_ROWS rows the log-loss, top-5 and ECE resamples come from the row bootstrap's normal limit (its exact
+    mean and covariance), O(N) instead of O(N x B): the intervals agree with the row bootstrap's within its own Monte
+    Carlo error, and say which was used."""
+    from featstore.stats import figures
+
+    rng = np.random.default_rng(3)
+    n, k = 30_000, 8
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 2.5 * np.eye(k)[y] * rng.random((n, 1))
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    rows = figures.RowFigures.of(y, proba)
+    exact = figures.probability_figures(None, rows)
+    monkeypatch.setattr(figures, "NORMAL_ROWS", 10_000)
+    limit = figures.probability_figures(None, rows)
+    for key in ("log_loss_ci", "top5_ci", "ece_ci"):
+        a, b = exact[key], limit[key]
+        width = a["high"] - a["low"]
+        assert a["estimate"] == b["estimate"]
+        assert abs(a["low"] - b["low"]) < 0.08 * width and abs(a["high"] - b["high"]) < 0.08 * width, (key, a, b)
+        assert "normal limit, 30000 rows" in b["method"] and "normal" not in a["method"], b["method"]
+    assert exact["reliability"] == limit["reliability"]

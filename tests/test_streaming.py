@@ -132,3 +132,19 @@ def test_jobs_fit_sgd_classes_on_threads_and_give_the_same_model(chunky_store, t
         assert model.steps[-1][1].n_jobs is None  # the saved model is the one a 1-job fit saves
     assert set(seen) == {None, 2}
     np.testing.assert_array_equal(probas[0], probas[1])
+
+
+def test_sgd_blocks_leave_a_quarter_of_the_budget_for_their_float64_copy(chunky_store, tmp_path, monkeypatch):
+    """partial_fit converts each block to float64 (a float16 store's block 4 times larger, float32's twice): blocks
+    are sized so that copy fits a quarter of the budget (a 10⁶-row float16 fit under 512 MB peaked at +1,044 MB)."""
+    from sklearn.linear_model import SGDClassifier
+
+    seen, real = [], SGDClassifier.partial_fit
+
+    def spy(self, X, *a, **kw):
+        seen.append(np.asarray(X, dtype=np.float64).nbytes)
+        return real(self, X, *a, **kw)
+
+    monkeypatch.setattr(SGDClassifier, "partial_fit", spy)
+    rec = fit(chunky_store, "sgd", {"epochs": [1]}, memory_budget="40KB", runs=tmp_path)
+    assert rec["streamed"] and seen and max(seen) <= 40_000 // 4, seen

@@ -29,18 +29,19 @@ import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, StoreError, choices_error
-from featstore.experiments.calibration import calibrate_on_validation
-from featstore.experiments.evaluate import run_metrics
+from featstore.experiments.calibration import calibrate_on_validation_blocks
+from featstore.experiments.evaluate import run_metrics_blocks
 from featstore.experiments.finetune_cache import cache_note, cached_cut
 from featstore.experiments.finetune_train import train
 from featstore.images.augment import parse_augment
 from featstore.images.decode import check_threads
 from featstore.models.finetuned import Built, FinetunedModel, build_model
-from featstore.runs.apply import rebuild_extractor, split_images, split_proba
+from featstore.runs.apply import rebuild_extractor, split_images
 from featstore.runs.folder import ensure_writable, get_run, runs_root
-from featstore.runs.kinds import kind_of
+from featstore.runs.kinds import image_blocks, kind_of
+from featstore.runs.predictions_file import BLOCK_FRACTION, EVAL_BUDGET, PROBA_COPIES, PredictionsWriter
 from featstore.runs.record import RunRecord, digest_paths, draft
-from featstore.runs.write import write_run
+from featstore.runs.write import RunDraft
 from featstore.store.reader import FeatureStore
 from featstore.units import parse_bytes
 
@@ -176,58 +177,127 @@ def finetune(
     history, epoch_seconds = trained.history, trained.epoch_seconds
     fit_seconds = time.perf_counter() - started
     model = FinetunedModel(built.model, rec["extractor_attrs"])
-    evaluated, probas = {}, {}
     grew = (size_before, _size(fs.path))
-    for split, images in scored_images.items():
-        proba = split_proba(images, model.image_size, workers, model.proba)
-        if not np.isfinite(proba).all():  # the weights became NaN/inf: a run recorded now would be listed as broken
+    from featstore.models.weights import weights_digest
+
+    listings = {s: str(fs.split_info(s, name).get("listing_sha256", "")) for s in scored}  # split_images checked them
+    diverged = _divergence(history, config.lr)
+    # the run's folder is drafted first: its predictions.npz is written a batch of images at a time as they are predicted
+    # (never an (N, K) array), the temperature fitted on validation as fit does (ensembles average calibrated
+    # probabilities), the figures those `runs evaluate` gives; NaN or inf removes the draft (nothing is recorded)
+    with RunDraft(root, "finetune") as run_draft:
+        evaluated, calibration = evaluate_splits(
+            run_draft.predictions,
+            scored_images,
+            listings,
+            model,
+            class_names,
+            workers,
+            config.memory_budget or EVAL_BUDGET,
+            diverged,
+        )
+        record = draft(
+            "finetune",
+            "finetune",
+            store=str(fs.path.resolve()),
+            extractor=name,
+            fingerprint=rec.fingerprint,
+            extractor_attrs=rec["extractor_attrs"],
+            class_names=class_names,
+            params=asdict(config),
+            from_run=rec.id,
+            unfreeze_from=config.unfreeze_from,
+            trainable_layers=built.trainable,
+            data_root=str(sets["train"].root.resolve()),
+            cached_cut=cached.group if cached else "",
+            streamed=bool(cached and len(cached.arrays) < len(sets)),  # a cached split over --memory-budget: streamed
+            memory_budget=config.memory_budget,
+            cache_seconds=round(cache_seconds, 3),
+            weights_digest=weights_digest(built.model),
+            splits={"train": len(sets["train"].labels), **{s: m["n"] for s, m in evaluated.items()}},
+            metrics=evaluated,
+            calibration=calibration,
+            history=history,
+            phase_a_history={} if config.from_scratch_head else rec.get("history", {}),
+            fit_seconds=round(fit_seconds, 3),
+            epoch_seconds=epoch_seconds,
+            seconds_per_epoch=float(
+                np.median(epoch_seconds[1:] or epoch_seconds)
+            ),  # the first epoch also traces the graph
+            phase_a_val_loss=trained.baseline["val_loss"],
+            phase_a_val_accuracy=trained.baseline["val_accuracy"],
+            restored_epoch=trained.restored_epoch,
+            notes=_notes(built, config, trained, cached and cache_note(fs, cached, config.unfreeze_from, grew)),
+        )
+        return run_draft.finish(record, model)
+
+
+def _divergence(history: dict, lr: float):
+    """The check of each batch of probabilities finetune records: NaN or inf means the weights became NaN/inf, and a
+    run recorded now would be listed as broken, so nothing is (the draft run folder is removed)."""
+
+    def check(split: str, proba: np.ndarray) -> None:
+        if not np.isfinite(proba).all():
             raise ConfigError(
                 f"fine-tuning diverged: the model gives NaN or inf on {split} (training loss per epoch "
                 f"{[round(v, 4) for v in history.get('loss', [])]}); nothing was recorded. Lower --lr (fine-tuning "
-                f"uses about 1e-5; it was {config.lr:g}) and retry"
+                f"uses about 1e-5; it was {lr:g}) and retry"
             )
-        listing = str(
-            fs.split_info(split, name).get("listing_sha256", "")
-        )  # split_images checked the folder against it
-        probas[split] = (proba, images.labels, digest_paths(images.paths), listing)
-    from featstore.models.weights import weights_digest
 
-    val_proba, val_y = probas["validation"][:2]  # fine-tuning needs a complete validation split (checked above)
-    calibration = calibrate_on_validation(val_proba, val_y)  # as fit does: ensembles average calibrated probabilities
-    for split, (proba, y, *_) in probas.items():  # the figures `runs evaluate` gives: of the calibrated probabilities
-        evaluated[split] = run_metrics(y, proba.argmax(axis=1), class_names, proba, calibration)
-    record = draft(
-        "finetune",
-        "finetune",
-        store=str(fs.path.resolve()),
-        extractor=name,
-        fingerprint=rec.fingerprint,
-        extractor_attrs=rec["extractor_attrs"],
-        class_names=class_names,
-        params=asdict(config),
-        from_run=rec.id,
-        unfreeze_from=config.unfreeze_from,
-        trainable_layers=built.trainable,
-        data_root=str(sets["train"].root.resolve()),
-        cached_cut=cached.group if cached else "",
-        streamed=bool(cached and len(cached.arrays) < len(sets)),  # a cached split over --memory-budget: streamed
-        memory_budget=config.memory_budget,
-        cache_seconds=round(cache_seconds, 3),
-        weights_digest=weights_digest(built.model),
-        splits={"train": len(sets["train"].labels), **{s: m["n"] for s, m in evaluated.items()}},
-        metrics=evaluated,
-        calibration=calibration,
-        history=history,
-        phase_a_history={} if config.from_scratch_head else rec.get("history", {}),
-        fit_seconds=round(fit_seconds, 3),
-        epoch_seconds=epoch_seconds,
-        seconds_per_epoch=float(np.median(epoch_seconds[1:] or epoch_seconds)),  # the first epoch also traces the graph
-        phase_a_val_loss=trained.baseline["val_loss"],
-        phase_a_val_accuracy=trained.baseline["val_accuracy"],
-        restored_epoch=trained.restored_epoch,
-        notes=_notes(built, config, trained, cached and cache_note(fs, cached, config.unfreeze_from, grew)),
-    )
-    return write_run(root, record, model, probas)
+    return check
+
+
+def evaluate_splits(
+    preds: PredictionsWriter,
+    images: dict,
+    listings: dict[str, str],
+    model: FinetunedModel,
+    class_names: list[str],
+    workers: int,
+    budget: int,
+    check,
+) -> tuple[dict, dict]:
+    """``(figures per split, calibration)`` of a fine-tuned model on its ``images`` (validation, then test), as
+    ``runs evaluate`` of a fine-tuned run predicts them (``featstore.runs.kinds.image_blocks``: ``IMAGE_BATCH`` images
+    at a time), never holding a split's ``(N, K)`` probabilities: each batch's are written to ``preds`` (the draft
+    run's predictions.npz) as they come; the temperature is fitted on validation's read back from it in blocks (a
+    quarter of ``budget``: its logits kept in memory when they fit there, as a streamed fit does); every figure comes
+    from O(1) numbers a row (``run_metrics_blocks``). ``check(split, proba)`` refuses a batch (NaN: diverged)."""
+    k, evaluated = len(class_names), {}
+    rows = max(1, (budget // BLOCK_FRACTION) // (PROBA_COPIES * 8 * k))  # read-back block: its copies fit a quarter
+
+    def written(split: str, member):
+        def proba_of(x):
+            proba = model.proba(x)
+            check(split, proba)
+            return proba
+
+        for block in image_blocks(images[split], model.image_size, proba_of, workers):
+            member.write(block[2])
+            yield block
+
+    def ended(split: str) -> None:
+        preds.labels(split, images[split].labels, digest_paths(images[split].paths), listings[split])
+
+    val = images["validation"]  # fine-tuning needs a complete validation split (checked before training)
+    with preds.probabilities("validation", len(val.labels), k) as member:
+        val_pred = np.concatenate([pred for _, pred, _ in written("validation", member)])
+    ended("validation")
+    val_blocks = lambda: preds.blocks("validation", rows)  # noqa: E731
+    calibration = calibrate_on_validation_blocks(val_blocks, val.labels, k, budget // BLOCK_FRACTION)
+
+    def stored():
+        at = 0
+        for block in val_blocks():
+            yield val.labels[at : at + len(block)], val_pred[at : at + len(block)], block
+            at += len(block)
+
+    evaluated["validation"] = run_metrics_blocks(stored(), class_names, calibration)[2]
+    for split in (s for s in images if s != "validation"):
+        with preds.probabilities(split, len(images[split].labels), k) as member:
+            evaluated[split] = run_metrics_blocks(written(split, member), class_names, calibration)[2]
+        ended(split)
+    return {s: evaluated[s] for s in images}, calibration
 
 
 def _notes(built, config: FinetuneConfig, trained, cache: str | None) -> list[str]:

@@ -43,6 +43,7 @@ from featstore.outputs import output_fix, terminal_safe
 from featstore.safezip import check_zip, read_npy
 from featstore.store.layout import PATH_ERRORS, validate_labels
 from featstore.store.reader import FeatureStore
+from featstore.store.strings import refuse_long
 from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def read_names(fs: FeatureStore, name: str, split: str, rows: np.ndarray) -> tup
         return [], np.zeros(0, np.int64)
     with fs.file.open("r") as f:
         sg = f[name][split]
+        refuse_long(sg["paths"], int(uniq[0]), int(uniq[-1]) + 1)  # heap IDs first: rows sharing one huge string
         paths = list(sg["paths"].asstr(errors=PATH_ERRORS)[uniq])
         labels = np.asarray(sg["labels"][uniq], dtype=np.int64)
     validate_labels(labels, len(info["class_names"]), f"{fs.path}:/{name}/{split}")

@@ -299,6 +299,18 @@ class EnsembleKind(RunKind):
         return [f"  members {', '.join(rec.members)} with weights {list(rec.weights)}"]
 
 
+def image_blocks(images, size: int, proba_of, workers: int):
+    """``(labels, predictions, probabilities)`` of a split's images (``apply.split_images``) at ``size``, in store row
+    order, ``IMAGE_BATCH`` images at a time: ``proba_of(uint8 batch)`` gives each batch's probabilities (a fine-tuned
+    model's, checked by the caller's rule). ``runs evaluate`` and ``finetune``'s own evaluation both predict with it, so
+    neither holds a split's ``(N, K)`` probabilities."""
+    at = 0
+    for x, _ in image_batches(images, size, IMAGE_BATCH, None, workers):
+        proba = proba_of(x)
+        yield images.labels[at : at + len(proba)], proba.argmax(axis=1), proba
+        at += len(proba)
+
+
 class FinetuneKind(_FeaturesRun):
     """A backbone fine-tuned under a dense run's head (``featstore finetune``): a whole Keras model from images."""
 
@@ -344,11 +356,8 @@ class FinetuneKind(_FeaturesRun):
             )
         images = split_images(fs, rec.extractor, split, Path(info["source_root"]), list(rec.class_names))
         # a crafted or damaged model.keras may give another number of classes, NaN or non-probabilities: refused, as predict does
-        at = 0
-        for x, _ in image_batches(images, model.image_size, IMAGE_BATCH, None, options.workers):
-            proba = artifacts.checked_finetuned(model, x, k, rec.id)
-            yield images.labels[at : at + len(proba)], proba.argmax(axis=1), proba
-            at += len(proba)
+        checked = lambda x: artifacts.checked_finetuned(model, x, k, rec.id)  # noqa: E731
+        yield from image_blocks(images, model.image_size, checked, options.workers)
 
     def params_text(self, rec: RunRecord) -> str:
         p = rec.params

@@ -10,6 +10,12 @@ compare`` and ``sweep`` print).
   estimate itself: its interval is the percentile interval moved back by the bootstrap's bias (mean of the
   resamples minus the estimate), never below 0.
 
+On :data:`NORMAL_ROWS` rows or more (a train split of 10⁵–10⁶ rows: 2,000 resamples of 800,000 rows took 43 s a
+split), the probability figures' resamples are drawn from the normal distribution with the row bootstrap's exact mean
+and covariance (a mean's, and the ECE's vector of bin sums) instead of resampling rows: at that size the bootstrap's
+distribution of these sums is normal to well within its own Monte Carlo error (tested against the row bootstrap),
+and the work is O(N) instead of O(N x B). The interval's method says which was used.
+
 On fewer than :data:`MIN_BOOT_ROWS` rows no bootstrap is drawn: a bootstrap of one row is a single point ("balanced
 accuracy 0.000 [0.000, 0.000]" read as certainty), so such an interval is the figure's whole range ([0, 1], or
 [0, 36.04] nats for the log-loss, whose probabilities are clipped at float64's epsilon) and its method says why.
@@ -40,21 +46,31 @@ N_BINS = 15  # reliability bins (equal width over [0, 1])
 TOP_K = 5  # top-k accuracy is recorded with at least TOP_K + 1 classes
 MIN_BOOT_ROWS = 20  # below this many rows a percentile bootstrap is far too narrow (one row: a single point)
 _CELLS_PER_CHUNK = 1_000_000  # resampled rows held at once by the bootstraps (25 MB of work arrays, same draws)
+NORMAL_ROWS = 100_000  # from this many rows the probability figures' bootstrap is drawn from its normal limit
 
 
-def _method(n_boot: int, seed: int) -> str:
-    return f"percentile bootstrap (B={n_boot}, seed {seed})"
+def _method(n_boot: int, seed: int, n: int = 0, shift: str = "") -> str:
+    """The interval's method: ``n`` given (the normal limit's rows) says the resamples were drawn from the normal limit."""
+    how = f"resamples drawn from its normal limit, {n} rows; " if n else ""
+    return f"percentile bootstrap{shift} ({how}B={n_boot}, seed {seed})"
 
 
 def _interval(
-    estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float, n: int, whole=(0.0, 1.0)
+    estimate: float,
+    draws: np.ndarray,
+    n_boot: int,
+    seed: int,
+    level: float,
+    n: int,
+    whole=(0.0, 1.0),
+    normal: bool = False,
 ) -> dict:
     """The percentile interval of ``draws``; on fewer than :data:`MIN_BOOT_ROWS` rows the figure's ``whole`` range
     instead, saying so (a bootstrap of one row is a single point, which would read as certainty)."""
     if n < MIN_BOOT_ROWS:
         return _too_few(estimate, n, level, whole)
     lo, hi = percentile_bounds(draws, level)
-    return Interval(float(estimate), lo, hi, level, _method(n_boot, seed)).to_dict()
+    return Interval(float(estimate), lo, hi, level, _method(n_boot, seed, n if normal else 0)).to_dict()
 
 
 def _too_few(estimate: float, n: int, level: float, whole) -> dict:
@@ -62,7 +78,9 @@ def _too_few(estimate: float, n: int, level: float, whole) -> dict:
     return Interval(float(estimate), float(whole[0]), float(whole[1]), level, method).to_dict()
 
 
-def _shifted_interval(estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float, n: int) -> dict:
+def _shifted_interval(
+    estimate: float, draws: np.ndarray, n_boot: int, seed: int, level: float, n: int, normal: bool = False
+) -> dict:
     """The percentile interval of ``draws`` moved by the bootstrap's own bias (mean of the draws minus the estimate),
     never below 0: for the ECE, a sum of absolute gaps that every resample's extra noise inflates, whose plain
     percentile interval can lie wholly above the estimate. On too few rows, [0, 1] (see :func:`_interval`)."""
@@ -70,7 +88,7 @@ def _shifted_interval(estimate: float, draws: np.ndarray, n_boot: int, seed: int
         return _too_few(estimate, n, level, (0.0, 1.0))
     bias = float(np.mean(draws)) - float(estimate)
     lo, hi = percentile_bounds(draws - bias, level)
-    method = f"percentile bootstrap moved by its bias {bias:+.3g} (B={n_boot}, seed {seed})"
+    method = _method(n_boot, seed, n if normal else 0, f" moved by its bias {bias:+.3g}")
     return Interval(float(estimate), max(0.0, lo), max(0.0, hi), level, method).to_dict()
 
 
@@ -124,6 +142,24 @@ def confusion_figures(cm, n_boot: int = N_BOOT, seed: int = SEED, level: float =
         "balanced_accuracy_ci": _interval(_balanced(tp, true_n), bal_b, n_boot, seed, level, n),
         "macro_f1_ci": _interval(_macro_f1(tp, true_n, pred_n), f1_b, n_boot, seed, level, n),
     }
+
+
+def _mean_draws(rng: np.random.Generator, x: np.ndarray, n_boot: int) -> np.ndarray:
+    """``n_boot`` resampled means of ``x`` drawn from the row bootstrap's normal limit: mean x̄, variance (the
+    population variance of x) / N, the bootstrap's exact first two moments."""
+    x = np.asarray(x, dtype=np.float64)
+    return x.mean() + rng.standard_normal(n_boot) * (x.std() / np.sqrt(len(x)))
+
+
+def _bin_sum_draws(rng: np.random.Generator, gap: np.ndarray, bins: np.ndarray, n_bins: int, n_boot: int) -> np.ndarray:
+    """``(n_boot, n_bins)`` resampled per-bin sums of ``gap`` from the row bootstrap's normal limit. Resampling N rows
+    gives the bin sums G* mean G and covariance diag(sum of gap² in each bin) - G Gᵀ / N (a multinomial's); drawn
+    through that matrix's eigen-decomposition (it is positive semi-definite, so clipped at 0 against rounding)."""
+    g = np.bincount(bins, weights=gap, minlength=n_bins)
+    cov = np.diag(np.bincount(bins, weights=gap * gap, minlength=n_bins)) - np.outer(g, g) / len(gap)
+    vals, vecs = np.linalg.eigh(cov)
+    root = vecs * np.sqrt(np.clip(vals, 0.0, None))
+    return g + rng.standard_normal((n_boot, n_bins)) @ root.T
 
 
 @dataclass(frozen=True)
@@ -191,8 +227,12 @@ def probability_figures(
     bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
     rng = np.random.default_rng(seed)
     ll_b, ece_b, top_b = np.empty(n_boot), np.empty(n_boot), np.empty(n_boot)
+    normal = n >= NORMAL_ROWS
+    if normal:
+        ll_b[:], top_b[:] = _mean_draws(rng, loss, n_boot), _mean_draws(rng, top, n_boot) if top is not None else 0.0
+        ece_b[:] = np.abs(_bin_sum_draws(rng, gap, bins, n_bins, n_boot)).sum(axis=1) / n
     step = max(1, min(n_boot, _CELLS_PER_CHUNK // n))
-    for start in range(0, n_boot, step):
+    for start in range(0, n_boot if not normal else 0, step):
         c = min(step, n_boot - start)
         idx = rng.integers(0, n, size=(c, n))
         ll_b[start : start + c] = loss[idx].mean(axis=1)
@@ -203,14 +243,14 @@ def probability_figures(
             top_b[start : start + c] = top[idx].mean(axis=1)
     out = {
         "log_loss": float(loss.mean()),
-        "log_loss_ci": _interval(loss.mean(), ll_b, n_boot, seed, level, n, (0.0, float(-np.log(eps)))),
+        "log_loss_ci": _interval(loss.mean(), ll_b, n_boot, seed, level, n, (0.0, float(-np.log(eps))), normal),
         "ece": rel.ece,
-        "ece_ci": _shifted_interval(rel.ece, ece_b, n_boot, seed, level, n),
+        "ece_ci": _shifted_interval(rel.ece, ece_b, n_boot, seed, level, n, normal),
         "reliability": rel.to_dict()["bins"],
     }
     if top is not None:
         out["top5"] = float(top.mean())
-        out["top5_ci"] = _interval(top.mean(), top_b, n_boot, seed, level, n)
+        out["top5_ci"] = _interval(top.mean(), top_b, n_boot, seed, level, n, normal=normal)
     return out
 
 

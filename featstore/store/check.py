@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featstore.errors import StoreError, renamed_argument
-from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, attrs_of, check_format_version, plain, validate_extractor
+from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, check_format_version, plain, validate_extractor
 from featstore.store.augmented import copy_problems
 from featstore.store.layout import (
     check_chunks,
@@ -27,6 +27,7 @@ from featstore.store.layout import (
     validate_split,
 )
 from featstore.store.locking import StoreFile
+from featstore.store.strings import bounded_attrs, refuse_long
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
@@ -83,8 +84,8 @@ def check_store(store: str | os.PathLike | None = None, *, locking=None, path=No
 def _check_extractor(g, name: str, scans: list[_Split]) -> list[str]:
     """Layout and attribute problems of one extractor; queues its sound splits for the content scan."""
     out = []
-    a = attrs_of(g)
     try:
+        a = bounded_attrs(g, f"/{name}")
         validate_extractor(a, f"/{name}")
     except StoreError as exc:
         return [str(exc)]
@@ -98,7 +99,7 @@ def _check_extractor(g, name: str, scans: list[_Split]) -> list[str]:
         except StoreError as exc:
             out.append(str(exc))
             continue
-        s = attrs_of(sg)
+        s = bounded_attrs(sg, where)  # class_names bounded by validate_split; the others here
         if classes is None:
             classes = s["class_names"]
         elif s["class_names"] != classes:
@@ -176,6 +177,10 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
                 unreadable.append(f"{i}..{j - 1} ({exc})")
                 block = np.zeros((0,), np.float32)
             y = sg["labels"][i:j]
+            try:
+                refuse_long(sg["paths"], i, j)  # before a path is read: rows sharing one heap string, overlong paths
+            except StoreError as exc:
+                return [str(exc)]
             step = path_block_rows(sg["paths"])  # fixed-length paths: never the whole block's width x rows at once
             for a in range(i, j, step):
                 raw = sg["paths"][a : min(a + step, j)]

@@ -20,6 +20,7 @@ from featstore.provenance import AUGMENTED
 from featstore.store.layout import ROW_DATASETS, hard_groups, read_commit
 from featstore.store.locking import StoreFile
 from featstore.store.space import ensure_space
+from featstore.store.strings import refuse_long
 
 logger = logging.getLogger(__name__)
 
@@ -104,4 +105,5 @@ def _copy_rows(ds: h5py.Dataset, group: h5py.Group, key: str, n: int) -> None:
     new = group.create_dataset_like(key, ds, shape=(n, *ds.shape[1:]))
     step = max(1, (ds.chunks or (1024,))[0]) * 16
     for i in range(0, n, step):
+        refuse_long(ds, i, min(i + step, n))  # strings: bounded before they are read (shared heap IDs)
         new[i : min(i + step, n)] = ds[i : min(i + step, n)]

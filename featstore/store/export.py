@@ -42,16 +42,11 @@ ExportResult(path=PosixPath('train.npz'), format='npz', rows=300, n_features=512
 from __future__ import annotations
 
 import errno
-import glob
 import io
 import json
 import logging
 import os
-import re
-import shlex
-import shutil
 import stat
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,8 +55,9 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError, choices_error
-from featstore.outputs import _umask, csv_cell, output_fix, probe_output, refuse_image, terminal_safe, write_atomic
+from featstore.outputs import csv_cell, probe_output, refuse_image, write_atomic
 from featstore.store.reader import FeatureStore
+from featstore.store.shards import refuse_shard_folder, write_shards
 
 logger = logging.getLogger(__name__)
 
@@ -306,94 +302,6 @@ def _write_shards(folder: Path, blocks, rows_per_file: int, d: int, meta: dict, 
                 writer.close()
     if part == 0:  # an empty split: one empty shard, so that readers still find the schema
         pq.ParquetWriter(folder / "part-00000.parquet", schema).close()
-
-
-def refuse_shard_folder(out: Path) -> None:
-    """Refuse an ``out`` for shards that is a link, a file, or a folder holding anything but an earlier export's shards."""
-    if os.path.commonpath([os.getcwd(), os.path.abspath(out)]) == os.path.abspath(out):  # ".": its temporary folder
-        raise ConfigError(  # was made inside it (beside the name ""), then called "other files than shards"
-            f"--out {out} is the folder you are in (or holds it); the shards are written into a new folder that "
-            f"replaces --out when complete, so name a folder to make, e.g. --out {out / 'shards'}"
-        )
-    if out.is_symlink() or (os.path.lexists(out) and not out.is_dir()):
-        raise ConfigError(f"--out {out} exists and is not a folder; with --rows-per-file it names the folder of shards")
-    if out.is_dir():
-        other = [e.name for e in os.scandir(out) if not _is_shard(e)]
-        if other:
-            raise ConfigError(
-                f"--out {out} is a folder holding other files than shards ({', '.join(sorted(other)[:3])}); with "
-                f"--rows-per-file it must be a new folder or an earlier export's; choose another name"
-            )
-    probe = out.parent / f"{out.name}.shards"
-    try:
-        probe_output(probe, "--out", folder=True)  # its parent exists, takes new files and is no runs folder
-    except OutputError as exc:  # named as given: the probe's name is featstore's, not the user's
-        raise OutputError(str(exc).replace(str(probe), str(out))) from None
-
-
-def _is_shard(entry: os.DirEntry) -> bool:
-    """Whether ``entry`` is one of featstore's shards: a regular file ``part-NNNNN.parquet`` whose schema carries
-    featstore's metadata (a pyarrow dataset's ``part-0.parquet``, a folder or a link so named is someone else's)."""
-    if not (re.fullmatch(r"part-\d{5}\.parquet", entry.name) and entry.is_file(follow_symlinks=False)):
-        return False
-    pa, pq = _pyarrow()
-    try:
-        return b"featstore" in (pq.read_schema(entry.path).metadata or {})
-    except (OSError, ValueError, pa.ArrowException):  # not Parquet, damaged, unreadable: not ours
-        return False
-
-
-def write_shards(out: Path, write: Callable[[Path], object]) -> None:
-    """``write(folder)`` into a hidden folder beside ``out``, renamed onto ``out`` when whole (an earlier export's
-    shards are replaced only then); on any failure the hidden folder is removed and ``out`` is left as it was."""
-    _recover_shards(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = None
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # the folder it becomes: mkdtemp's 0700 would hide the shards from the group
-        write(tmp)
-        refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
-        if out.is_dir():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "shards")
-        os.replace(tmp, out)
-    except OSError as exc:
-        if old is not None and not out.exists():
-            os.replace(old / "shards", out)  # put the earlier export back
-        raise OutputError(f"cannot write --out {out}: {output_fix(exc, out)}. Nothing was written there.") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _recover_shards(out: Path) -> None:
-    """After a killed export: an earlier export moved aside (``.<out>.*.old/shards``) while ``out`` is missing is put
-    back; a half-written ``.<out>.*.tmp`` folder is named, with how to remove it (it may be another export's, running)."""
-    if not os.path.lexists(out):
-        aside = [
-            p for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.old/shards")) if _own(p.parent, out, "old")
-        ]
-        if len(aside) == 1 and aside[0].is_dir() and not aside[0].is_symlink():
-            os.replace(aside[0], out)
-            shutil.rmtree(aside[0].parent, ignore_errors=True)
-            logger.warning(
-                "%s: the earlier export, moved aside by a killed export, was put back", terminal_safe(str(out))
-            )
-    for left in [p for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.tmp")) if _own(p, out, "tmp")]:
-        logger.warning(
-            "%s is what a killed export of %s left (hidden, never read); remove it with: rm -r %s",
-            terminal_safe(str(left)),
-            terminal_safe(str(out)),
-            shlex.quote(str(left)),
-        )
-
-
-def _own(folder: Path, out: Path, kind: str) -> bool:
-    """Whether ``folder`` is a hidden folder ``write_shards`` made for ``out`` (``.<out>.XXXXXXXX.<kind>``: mkdtemp's
-    random part has no dot): the glob ``.<out>.*`` also matches another export's, ``.<out>.b.XXXXXXXX.old`` of
-    ``<out>.b``."""
-    return re.fullmatch(re.escape(f".{out.name}.") + rf"[^.]+\.{kind}", folder.name) is not None
 
 
 def _check_rows_per_file(rows_per_file: int | None, fmt: str) -> None:

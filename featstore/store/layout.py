@@ -16,11 +16,11 @@ import numpy as np
 
 from featstore.errors import ConfigError, StoreError
 from featstore.images.listing_diff import ListingColumns
-from featstore.provenance import MAX_AUGMENT_COPIES, attrs_of, check_format_version, plain
+from featstore.provenance import MAX_AUGMENT_COPIES, check_format_version, plain
 from featstore.store.pathcols import PATH_ERRORS, path_block_rows, read_paths  # noqa: F401 (re-exported: readers)
+from featstore.store.strings import MAX_PATH_BYTES, bounded_attrs, read_names, repeated, shown
 
 STR = h5py.string_dtype("utf-8")
-MAX_PATH_BYTES = 4096  # PATH_MAX: a fixed-length string dataset wider is crafted (rows x 64 KiB read whole: GiBs)
 
 
 def string_problem(ds) -> str | None:
@@ -151,14 +151,14 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
                 f"{where}/features are {tuple(feats.shape[1:])} {feats.dtype}, the extractor records "
                 f"{tuple(want)} {extractor.get('dtype')}. {redo}"
             )
-    classes = plain(sg.attrs["class_names"])
+    classes = read_names(sg, "class_names", where)  # bounded: count and length, before any comparison
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise StoreError(f"{where}: class_names is {classes!r}, expected a list of names. {redo}")
-    repeated = sorted({c for c in classes if classes.count(c) > 1}) if len(set(classes)) < len(classes) else []
-    if repeated or "" in classes:  # labels of two classes would read as one name: predictions and figures mislabelled
+        raise StoreError(f"{where}: class_names is {shown(str(classes))}, expected a list of names. {redo}")
+    twice = repeated(classes)
+    if twice or "" in classes:  # labels of two classes would read as one name: predictions and figures mislabelled
+        named = f"repeat [{', '.join(shown(c) for c in twice[:5])}{', ...' if len(twice) > 5 else ''}]"
         raise StoreError(
-            f"{where}: class_names {'repeat ' + repr(repeated) if repeated else 'hold an empty name'}; every class "
-            f"needs its own name. {redo}"
+            f"{where}: class_names {named if twice else 'hold an empty name'}; every class needs its own name. {redo}"
         )
     try:
         n_images = int(plain(sg.attrs["n_images"]))
@@ -249,11 +249,10 @@ def validate_augmented(ag, where: str, extractor: dict | None, source: Commit) -
         lies.append(
             f"source_split {a['source_split']!r} is not the split {parent.name.rsplit('/', 1)[-1]!r} that holds them"
         )
-    for key in ("class_names", "listing_sha256"):
-        if plain(ag.attrs.get(key)) != plain(parent.attrs.get(key)):
-            lies.append(
-                f"{key} {str(plain(ag.attrs.get(key)))[:60]!r} differs from the split's {str(plain(parent.attrs.get(key)))[:60]!r}"
-            )
+    for key in ("class_names", "listing_sha256"):  # the copies' class_names are bounded above; the split's on its own
+        mine, theirs = (read_names(g, key, where) if key in g.attrs else None for g in (ag, parent))
+        if mine != theirs:
+            lies.append(f"{key} {shown(str(mine), 60)} differs from the split's {shown(str(theirs), 60)}")
     if bool(plain(ag.attrs["complete"])) and commit.images_done != a["augment_copies"] * a["source_rows"]:
         lies.append(f"marked complete with {commit.images_done} of {a['augment_copies'] * a['source_rows']} rows done")
     if lies:
@@ -375,7 +374,7 @@ def split_summary(sg: h5py.Group, commit: Commit) -> dict:
     """A split's attributes plus its features' shape, dtype and chunk shape, and its commit spelled out."""
     feats = sg["features"]
     return {
-        **attrs_of(sg),
+        **bounded_attrs(sg, f"{sg.file.filename}:{sg.name}"),
         "committed_rows": commit.rows,
         "n_failed": commit.failed,
         "images_done": commit.images_done,

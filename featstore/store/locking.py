@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import stat
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ import h5py
 
 from featstore.errors import ConfigError, StoreBusyError, StoreError
 from featstore.leftovers import replace_with_new
-from featstore.outputs import resolved
+from featstore.outputs import resolved, terminal_safe
 
 _SETTING: dict = {"locking": None}  # None = HDF5's default (honours HDF5_USE_FILE_LOCKING)
 
@@ -80,6 +81,8 @@ def open_h5(
     locking = locking_default() if locking is None else locking
     kwargs = {} if locking is None else {"locking": locking}
     timeout = lock_timeout() if timeout is None else timeout
+    if mode != "r":
+        refuse_hard_linked(path)
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
@@ -156,17 +159,21 @@ class StoreFile:
 def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
     """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file.
 
-    Uses the ``filelock`` package (flock on POSIX, msvcrt on Windows). The lock file holds the writer's pid and
-    is removed when the lock is released, also after a failure; a SIGKILLed writer leaves it behind, unlocked
-    and harmless (the next run takes it over).
+    Uses the ``filelock`` package (flock on POSIX, msvcrt on Windows). The lock file is empty (the writer's pid goes
+    to ``<store>.lock.pid``) and is removed when the lock is released, also after a failure; a SIGKILLed writer leaves
+    it behind, unlocked and harmless (the next run takes it over). Anything else at that name (a link, FIFO, folder, a
+    file with bytes or a second name) is refused, named, never locked nor removed; so is a store file with a second
+    name (:func:`refuse_hard_linked`).
     """
     from filelock import FileLock, Timeout
 
     locking = locking_default() if locking is None else locking
+    refuse_hard_linked(path)  # before any work: every writing opening (open_h5) refuses it too
     if locking is False or os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
         yield  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
         return
     lock_path = _lock_name(path)
+    _refuse_foreign_lock(lock_path)
     lock = FileLock(lock_path, timeout=0)
     try:
         lock.acquire()
@@ -176,6 +183,8 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
             f"it to finish, or write to another --store"
         ) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link planted since the check above
+            _refuse_foreign_lock(lock_path)
         raise StoreError(
             f"cannot lock {lock_path} ({exc}); make the folder writable, or on a filesystem without working locks run "
             f"`featstore --no-locking ...` (one writer per store is then up to you)"
@@ -194,6 +203,55 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
                     lock_path
                 )  # still ours and still locked: a process that opens it now finds it gone and makes its own
         lock.release()
+
+
+def refuse_hard_linked(path: str | os.PathLike) -> None:
+    """Refuse to write a store file that has another name (a hard link: a ``cp -al`` or rsnapshot snapshot, a dedup
+    tool): HDF5 updates the file in place, so the other name would gain the new split too (and a kill would damage
+    both). Every other output is replaced by a rename, which leaves a hard link its own bytes."""
+    try:
+        links = os.stat(path).st_nlink
+    except OSError:
+        return  # no store yet (or one the opening itself names)
+    if links > 1:
+        p = shlex.quote(str(path))
+        raise StoreError(
+            f"store {terminal_safe(str(path))} has {links} names (a hard link: a `cp -al` or rsnapshot snapshot?); "
+            f"writing it in place would change the other name(s) too. Give it a file of its own first: "
+            f"cp --reflink=never {p} {p}.own && mv {p}.own {p} (or remove the other name), then run again"
+        )
+
+
+def _refuse_foreign_lock(lock_path: str) -> None:
+    """Refuse a ``<store>.lock`` that featstore did not make: a link (filelock's O_NOFOLLOW open failed with ELOOP,
+    told as "make the folder writable, or run --no-locking"), a FIFO, folder or device (locked, then deleted on
+    release), or a file with bytes or a second name (featstore's is empty, and it deletes its own on release)."""
+    try:
+        st = os.lstat(lock_path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # filelock's own open says what is wrong
+    if stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_nlink == 1:
+        return  # featstore's (a killed writer's leftover, or a live writer's: the lock itself tells them apart)
+    what = (
+        "a symbolic link"
+        if stat.S_ISLNK(st.st_mode)
+        else "a FIFO (named pipe)"
+        if stat.S_ISFIFO(st.st_mode)
+        else "a folder"
+        if stat.S_ISDIR(st.st_mode)
+        else f"a file with {st.st_nlink} names"
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1
+        else f"a file of {st.st_size} bytes"
+        if stat.S_ISREG(st.st_mode)
+        else "a device or socket"
+    )
+    raise StoreError(
+        f"{terminal_safe(lock_path)} is {what}, not featstore's lock file (an empty file it makes and removes); "
+        f"featstore keeps one writer per store with a file of that name: move it away or remove it "
+        f"(rm {shlex.quote(lock_path)}), then run again"
+    )
 
 
 def _lock_name(path: str | os.PathLike) -> str:

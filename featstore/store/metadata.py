@@ -17,7 +17,7 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
-from featstore.provenance import AUGMENTED, attrs_of, plain, validate_extractor
+from featstore.provenance import AUGMENTED, plain, validate_extractor
 from featstore.store.layout import (
     Commit,
     check_chunks,
@@ -27,6 +27,7 @@ from featstore.store.layout import (
     validate_labels,
     validate_split,
 )
+from featstore.store.strings import bounded_attrs, read_names
 
 CACHE_PURPOSE = (
     "finetune-cache"  # the `purpose` attribute of a group `featstore finetune` made to cache its frozen layers
@@ -44,7 +45,7 @@ def file_state(path) -> tuple | None:
 
 def extractor_attrs(f: h5py.File, path, name: str) -> tuple[h5py.Group, dict]:
     """The extractor group and its validated provenance attributes."""
-    attrs = attrs_of(f[name])
+    attrs = bounded_attrs(f[name], f"{path}:/{name}")
     validate_extractor(attrs, f"{path}:/{name}")
     return f[name], attrs
 
@@ -86,7 +87,10 @@ def _same_classes(g: h5py.Group, split: str, where: str) -> None:
     for other in g:  # name order
         if other == split or not _hard_group(g, other) or "commit" not in g[other].attrs:
             continue
-        theirs = plain(g[other].attrs.get("class_names", []))
+        try:
+            theirs = read_names(g[other], "class_names", f"{where}/{other}") if "class_names" in g[other].attrs else []
+        except StoreError:
+            continue  # an unsound list is named on its own split
         if not isinstance(theirs, list) or "" in theirs or len(set(map(repr, theirs))) != len(theirs):
             continue  # an unsound list is named on its own split
         if theirs != mine:
@@ -187,9 +191,13 @@ def describe(f: h5py.File, path) -> dict:
 
     A damaged extractor or split is reported under ``"error"`` with the reason instead of failing the whole listing.
     """
-    out = {"path": str(path), "attrs": attrs_of(f), "extractors": {}}
+    out = {"path": str(path), "attrs": bounded_attrs(f, f"{path}:/"), "extractors": {}}
     for name in hard_groups(f):
-        entry: dict = {"attrs": attrs_of(f[name]), "splits": {}}
+        try:
+            entry: dict = {"attrs": bounded_attrs(f[name], f"{path}:/{name}"), "splits": {}}
+        except StoreError as exc:
+            out["extractors"][name] = {"attrs": {}, "splits": {}, "error": str(exc)}
+            continue
         try:
             extractor_attrs(f, path, name)
         except StoreError as exc:

@@ -8,6 +8,7 @@ whole as bytes, and an empty path (it names no image) is refused as damage.
 from __future__ import annotations
 
 from featstore.errors import StoreError
+from featstore.store.strings import refuse_long
 
 PATH_ERRORS = (
     "surrogateescape"  # stored paths are the file system's bytes; names that are not UTF-8 round-trip losslessly
@@ -30,6 +31,7 @@ def read_paths(ds, stop: int, start: int = 0, *, empty_ok: bool = False) -> list
     the split and ``featstore check`` (``empty_ok``: the caller counts them itself, as check does)."""
     if stop <= start:
         return []
+    refuse_long(ds, start, stop)  # variable-length: every length from the heap IDs first (rows sharing one string)
     text, step = ds.asstr(errors=PATH_ERRORS), path_block_rows(ds)
     check = not empty_ok and ds.name.rsplit("/", 1)[-1] == "paths"
     out: list[str] = []

@@ -52,6 +52,7 @@ from featstore.store.layout import (
 )
 from featstore.store.locking import StoreFile, lock_holder, writer_lock  # noqa: F401 (re-exported: the CLI, report, tests)
 from featstore.store.space import check_writable, ensure_space  # noqa: F401 (re-exported)
+from featstore.store.strings import MAX_REASON_BYTES
 from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -327,7 +328,8 @@ def _append(f, path, name, split, features, labels, paths, failures, images_done
         k1 = k0 + len(failures)
         for key, col in (("paths", 0), ("reasons", 1)):
             sg["failed"][key].resize(k1, axis=0)
-            sg["failed"][key][k0:k1] = np.array([path_to_store(item[col]) for item in failures], dtype=object)
+            cut = MAX_REASON_BYTES if col else None  # a reason is read back only up to that (strings.refuse_long)
+            sg["failed"][key][k0:k1] = np.array([path_to_store(item[col])[:cut] for item in failures], dtype=object)
     f.flush()  # the data is down before the commit record that makes it count
     sg.attrs["commit"] = np.array([n1, k0 + len(failures), images_done], dtype=np.int64)
     f.flush()

@@ -1,0 +1,160 @@
+"""The folder of ``export --rows-per-file``'s Parquet shards: checked before any work, written whole beside it and swapped
+in by two renames, and what a kill between or after those renames left recovered at the next export of that folder.
+
+The earlier export is moved aside into ``.<out>.fs<pid>-<host>-XXXXXXXX.old/shards`` (this process and machine named,
+as :mod:`featstore.leftovers` names temporary files), the new folder renamed onto ``out``, then the aside copy removed.
+A kill between the renames leaves ``out`` missing: the next export puts the earlier one back. A kill after them leaves
+the whole earlier export hidden beside the new one: the next export removes it once provably abandoned (this machine's,
+its process gone, unmodified for ``STALE_AGE_S``, a real folder of this user), and names any other with how to remove it.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import secrets
+import shlex
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from featstore.errors import ConfigError, OutputError
+from featstore.leftovers import STALE_AGE_S, host_tag, running
+from featstore.outputs import _umask, output_fix, probe_output, terminal_safe
+
+logger = logging.getLogger(__name__)
+
+_TAG = re.compile(r"fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{16})-[0-9a-z_]{1,32}")  # mkdtemp's random part: [a-z0-9_]
+
+
+def refuse_shard_folder(out: Path) -> None:
+    """Refuse an ``out`` for shards that is a link, a file, or a folder holding anything but an earlier export's shards."""
+    if os.path.commonpath([os.getcwd(), os.path.abspath(out)]) == os.path.abspath(out):  # ".": its temporary folder
+        raise ConfigError(  # was made inside it (beside the name ""), then called "other files than shards"
+            f"--out {out} is the folder you are in (or holds it); the shards are written into a new folder that "
+            f"replaces --out when complete, so name a folder to make, e.g. --out {out / 'shards'}"
+        )
+    if out.is_symlink() or (os.path.lexists(out) and not out.is_dir()):
+        raise ConfigError(f"--out {out} exists and is not a folder; with --rows-per-file it names the folder of shards")
+    if out.is_dir():
+        other = [e.name for e in os.scandir(out) if not _is_shard(e)]
+        if other:
+            raise ConfigError(
+                f"--out {out} is a folder holding other files than shards ({', '.join(sorted(other)[:3])}); with "
+                f"--rows-per-file it must be a new folder or an earlier export's; choose another name"
+            )
+    # Only out's folder is probed (it exists, takes new files, is no runs folder): a name featstore never writes, and
+    # no one has (a fixed "<out>.shards" was checked too, so a user's folder, FIFO or link there was reported as --out).
+    probe = out.parent / f".{out.name}.{secrets.token_hex(3)}"
+    while os.path.lexists(probe):
+        probe = out.parent / f".{out.name}.{secrets.token_hex(3)}"
+    try:
+        probe_output(probe, "--out", folder=True)
+    except OutputError as exc:  # named as given: the probe's name is featstore's, not the user's
+        raise OutputError(str(exc).replace(str(probe), str(out))) from None
+
+
+def _is_shard(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` is one of featstore's shards: a regular file ``part-NNNNN.parquet`` whose schema carries
+    featstore's metadata (a pyarrow dataset's ``part-0.parquet``, a folder or a link so named is someone else's)."""
+    if not (re.fullmatch(r"part-\d{5}\.parquet", entry.name) and entry.is_file(follow_symlinks=False)):
+        return False
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        return b"featstore" in (pyarrow.parquet.read_schema(entry.path).metadata or {})
+    except (OSError, ValueError, pyarrow.ArrowException):  # not Parquet, damaged, unreadable: not ours
+        return False
+
+
+def write_shards(out: Path, write: Callable[[Path], object]) -> None:
+    """``write(folder)`` into a hidden folder beside ``out``, renamed onto ``out`` when whole (an earlier export's
+    shards are replaced only then); on any failure the hidden folder is removed and ``out`` is left as it was."""
+    _recover_shards(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # the folder it becomes: mkdtemp's 0700 would hide the shards from the group
+        write(tmp)
+        refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
+        if out.is_dir():
+            tag = f".{out.name}.fs{os.getpid()}-{host_tag()}-"  # a kill after the renames: provably abandoned later
+            old = Path(tempfile.mkdtemp(prefix=tag, suffix=".old", dir=out.parent))
+            os.replace(out, old / "shards")
+        os.replace(tmp, out)
+    except OSError as exc:
+        if old is not None and not out.exists():
+            os.replace(old / "shards", out)  # put the earlier export back
+        raise OutputError(f"cannot write --out {out}: {output_fix(exc, out)}. Nothing was written there.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_shards(out: Path) -> None:
+    """After a killed export: an earlier export moved aside (``.<out>.*.old/shards``) while ``out`` is missing is put
+    back; one left beside a newer ``out`` (a kill after the renames) is removed when provably abandoned, else named; a
+    half-written ``.<out>.*.tmp`` folder is named, with how to remove it (it may be another export's, running)."""
+    aside = [p for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.old")) if _own(p, out, "old")]
+    aside = [p for p in aside if _writer_gone(p, out) is not None]  # a live export's: its own business
+    if not os.path.lexists(out):
+        back = [p for p in aside if (p / "shards").is_dir() and not (p / "shards").is_symlink()]
+        if len(back) == 1:
+            os.replace(back[0] / "shards", out)
+            shutil.rmtree(back[0], ignore_errors=True)
+            aside.remove(back[0])
+            logger.warning(
+                "%s: the earlier export, moved aside by a killed export, was put back", terminal_safe(str(out))
+            )
+    for left in aside:
+        if os.path.lexists(out) and _writer_gone(left, out) and time.time() - os.lstat(left).st_mtime >= STALE_AGE_S:
+            shutil.rmtree(left, ignore_errors=True)
+            logger.warning(
+                "removed %s: an earlier export of %s that a killed export (its process gone) had moved aside; "
+                "%s holds the newer export",
+                terminal_safe(str(left)),
+                terminal_safe(str(out)),
+                terminal_safe(str(out)),
+            )
+        else:
+            logger.warning(
+                "%s holds an earlier export of %s that a killed export moved aside (hidden, never read); "
+                "remove it with: rm -r %s",
+                terminal_safe(str(left)),
+                terminal_safe(str(out)),
+                shlex.quote(str(left)),
+            )
+    for left in [p for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.tmp")) if _own(p, out, "tmp")]:
+        logger.warning(
+            "%s is what a killed export of %s left (hidden, never read); remove it with: rm -r %s",
+            terminal_safe(str(left)),
+            terminal_safe(str(out)),
+            shlex.quote(str(left)),
+        )
+
+
+def _writer_gone(folder: Path, out: Path) -> bool | None:
+    """Of an aside folder: True when its name proves its export is gone (this machine's tag, a pid not running here, a
+    real folder of this user), None when that export still runs here, False when it cannot be told (another machine's,
+    a folder named by earlier versions, which carry no pid)."""
+    match = _TAG.fullmatch(folder.name[len(f".{out.name}.") : -len(".old")])
+    if match is None or match["host"] != host_tag():
+        return False
+    if int(match["pid"]) == os.getpid() or running(int(match["pid"])):
+        return None
+    st = os.lstat(folder)
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def _own(folder: Path, out: Path, kind: str) -> bool:
+    """Whether ``folder`` is a hidden folder ``write_shards`` made for ``out`` (``.<out>.XXXXXXXX.<kind>``: mkdtemp's
+    random part has no dot): the glob ``.<out>.*`` also matches another export's, ``.<out>.b.XXXXXXXX.old`` of
+    ``<out>.b``."""
+    return re.fullmatch(re.escape(f".{out.name}.") + rf"[^.]+\.{kind}", folder.name) is not None

@@ -1,0 +1,174 @@
+"""Variable-length strings of a store (paths, failure reasons, class names) bounded before they are materialised.
+
+An HDF5 variable-length string is a heap ID in the dataset (4 bytes of length, then the heap object's address) and its
+bytes in a global heap. Nothing stops every row's ID from pointing at one large heap object: a 3.8 MB store whose 600
+test paths all named one 1 MiB string made ``export`` write 629 MB and ``fit`` peak at 2.1 GB (20,000 rows: ~60 GB),
+because reading a row copies its string out of the heap once per row. So a path column's lengths are read first from
+the heap IDs themselves (:func:`vlen_lengths`: the dataset's raw bytes, chunk by chunk, never the heap), and a string
+over its limit (:data:`MAX_PATH_BYTES`, PATH_MAX, for paths) or rows whose strings add up to more bytes than the file
+holds (each stored string is in the file once) are refused before a row is read.
+
+Class names are an attribute, which HDF5 reads whole; their count is bounded before the read and each name's length
+before any is compared or printed (:func:`read_names`: ``validate_split``'s repeat check compared 1 MiB names K^2
+times, and ``fit`` printed one of them whole in a 1 MB error line).
+"""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+
+from featstore.errors import StoreError
+from featstore.outputs import terminal_safe
+
+MAX_PATH_BYTES = 4096  # PATH_MAX: no file name featstore stored is longer
+MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
+MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
+MAX_NAMES = 1 << 20  # class names of a split (ImageNet-21k has 21,841)
+MAX_ATTR_BYTES = 64 << 10  # any other string attribute (a description, a spec)
+_SLACK = 64 << 10  # bytes allowed past the file's size when adding up a column's strings
+
+
+def limit_of(ds) -> int:
+    """The longest string allowed in dataset ``ds``: a failure's reason, else a path."""
+    return MAX_REASON_BYTES if ds.name.rsplit("/", 1)[-1] == "reasons" else MAX_PATH_BYTES
+
+
+def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
+    """The byte lengths of the variable-length strings ``start:stop`` of ``ds``, from their heap IDs (the dataset's own
+    bytes), without reading a string; None when the storage cannot be read so (a compact dataset, another file driver).
+    A column packed by a filter is refused."""
+    plist = ds.id.get_create_plist()
+    elem = 8 + ds.file.id.get_create_plist().get_sizes()[0]  # length (4), heap address, object index (4)
+    if stop <= start:
+        return np.zeros(0, np.uint32)
+    if ds.file.driver != "sec2":
+        return None
+    layout = plist.get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        offset = ds.id.get_offset()
+        if offset is None:  # never written: every row is the fill value, an empty string
+            return np.zeros(stop - start, np.uint32)
+        raw = os.pread(ds.file.id.get_vfd_handle(), (stop - start) * elem, offset + start * elem)
+        return _lengths(raw, elem, stop - start, ds)
+    if layout != h5py.h5d.CHUNKED:
+        return None
+    if plist.get_nfilters():  # HDF5 refuses to make one ("not suitable for filters"): crafted, or an old library's
+        raise StoreError(
+            f"{ds.file.filename}:{ds.name} is a variable-length string column packed with an HDF5 filter, which "
+            f"featstore never writes (HDF5 no longer makes one): the store is crafted. Re-extract this split with "
+            f"--overwrite"
+        )
+    rows = ds.chunks[0]
+    out = np.zeros(stop - start, np.uint32)
+    for c in range(start - start % rows, stop, rows):
+        info = ds.id.get_chunk_info_by_coord((c,))
+        if info.byte_offset is None:
+            continue  # not allocated: fill values, empty strings
+        got = _lengths(ds.id.read_direct_chunk((c,))[1], elem, rows, ds)
+        a, b = max(start, c), min(stop, c + rows)
+        out[a - start : b - start] = got[a - c : b - c]
+    return out
+
+
+def _lengths(raw: bytes, elem: int, n: int, ds) -> np.ndarray:
+    """The 4-byte little-endian lengths that start each ``elem``-byte heap ID of ``raw`` (``n`` of them)."""
+    if len(raw) < n * elem:
+        raise StoreError(f"{ds.file.filename}:{ds.name}: its storage is shorter than its rows: the store is damaged")
+    return np.frombuffer(raw, np.uint8, n * elem).reshape(n, elem)[:, :4].copy().view("<u4").reshape(n)
+
+
+def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = None) -> None:
+    """Refuse rows ``start:stop`` of the string column ``ds`` before they are read when one of its strings is over
+    ``limit`` bytes (:func:`limit_of`), or when they add up to more bytes than the file holds (rows pointing at one
+    shared string). A fixed-width column's width is bounded by ``layout.string_problem``; a compact column is at most
+    64 KiB of IDs (4,096 rows) and is read row by row, each row checked as soon as it is read."""
+    if ds.dtype.kind != "O" or stop <= start:
+        return
+    limit = limit_of(ds) if limit is None else limit
+    where = f"{ds.file.filename}:{ds.name}"
+    fix = "the store is crafted or damaged; re-extract this split with --overwrite (or into a new --store)"
+    lengths = vlen_lengths(ds, start, stop)
+    if lengths is None:
+        for i in range(start, stop):
+            value = ds[i]
+            if len(value) > limit:
+                raise StoreError(
+                    f"{where}: row {i} holds a string of {len(value):,} bytes, over the {limit:,}-byte limit: {fix}"
+                )
+        return
+    over = np.flatnonzero(lengths > limit)
+    if len(over):
+        row = start + int(over[0])
+        raise StoreError(
+            f"{where}: row {row} holds a string of {int(lengths[over[0]]):,} bytes, over the {limit:,}-byte limit "
+            f"({len(over):,} such row(s) in rows {start}..{stop - 1}): {fix}"
+        )
+    total, size = int(lengths.sum(dtype=np.int64)), os.path.getsize(ds.file.filename)
+    if total > size + _SLACK:
+        raise StoreError(
+            f"{where}: rows {start}..{stop - 1} add up to {total:,} bytes of strings in a file of {size:,} bytes: their "
+            f"heap IDs share strings, which featstore never writes: {fix}"
+        )
+
+
+def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object:
+    """Attribute ``key`` of ``obj`` as plain Python, with a list of variable-length strings (class names) bounded: at
+    most :data:`MAX_NAMES` of them (counted before the read) and none longer than ``limit`` bytes (checked before the
+    names are compared, copied or printed). Other values come back as ``provenance.plain`` gives them.
+
+    HDF5 reads an attribute whole, so its strings are in memory once, briefly, before they are measured (K names
+    sharing one heap string: K times it). Reading them into fixed-width buffers instead would stop at the width, but
+    h5py's conversion to fixed width leaks every string it reads (120 MiB per read of the attack's names)."""
+    from featstore.provenance import plain
+
+    aid = h5py.h5a.open(obj.id, key.encode())
+    if aid.dtype.kind != "O" or h5py.check_string_dtype(aid.dtype) is None or aid.shape is None:
+        return plain(obj.attrs[key])
+    count = int(np.prod(aid.shape)) if aid.shape else 1
+    if count > MAX_NAMES:
+        raise StoreError(f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {_FIX}")
+    value = obj.attrs[key]
+    if bad := _first_long(value, limit):
+        del value  # a kept error (StoreMetadata keeps one per split) keeps this frame: not the K strings with it
+        raise StoreError(
+            f"{where}: {key}[{bad[0]}] is a string of {bad[1]:,} bytes, over the {limit:,}-byte limit ({bad[2]}): {_FIX}"
+        )
+    return plain(value)
+
+
+def _first_long(value, limit: int) -> tuple[int, int, str] | None:
+    """(index, bytes, the name cut for a message) of the first string of ``value`` over ``limit`` bytes, or None."""
+    for i, item in enumerate(value.reshape(-1).tolist() if isinstance(value, np.ndarray) else [value]):
+        size = len(item) if isinstance(item, bytes) or item.isascii() else len(item.encode("utf-8", "surrogateescape"))
+        if size > limit:
+            return i, size, shown(item)
+    return None
+
+
+def bounded_attrs(obj, where: str) -> dict:
+    """``provenance.attrs_of(obj)`` with each variable-length string attribute bounded as :func:`read_names` bounds
+    class names (at most :data:`MAX_ATTR_BYTES` a string): what every opening reads of an extractor and the file."""
+    return {key: read_names(obj, key, f"{where} attribute", MAX_ATTR_BYTES) for key in obj.attrs}
+
+
+_FIX = "the store is crafted or damaged. Re-extract this split with --overwrite (or into a new --store)"
+
+
+def shown(name: str | bytes, width: int = 40) -> str:
+    """A name for a message: escaped for the terminal, cut to ``width`` characters with an ellipsis."""
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "surrogateescape")
+    text = repr(name if len(name) <= width else name[:width]) + ("…" if len(name) > width else "")
+    return terminal_safe(text)
+
+
+def repeated(names: list[str]) -> list[str]:
+    """The names that occur more than once, sorted (linear: ``names.count`` for each was quadratic)."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for n in names:
+        (twice if n in seen else seen).add(n)
+    return sorted(twice)
