@@ -229,3 +229,44 @@ def test_a_cut_temporary_name_still_names_its_writer():
     assert len(os.fsencode(prefix + "abcdef123456.tmp")) <= 255
     assert temp_prefix("b" * 249 + "x") != temp_prefix("b" * 249 + "y")
     assert temp_prefix("x.csv").startswith(".x.csv.fs")  # short names are as before
+
+
+# ------------------------------------------------------------------ review: runs show reads a split only for a figure it lacks
+def test_runs_show_reads_stored_splits_in_blocks_and_only_for_a_missing_figure(run, monkeypatch):
+    """`runs show` loaded every stored split's (N, K) probabilities whole (figures_of), even with every figure
+    recorded; now a split is read, a block at a time, only when one of its figures is missing, and the figures are
+    those of the whole array. Every read of a stored ``__proba`` member is held to one block of 6 rows here."""
+    import zipfile
+
+    import numpy as np
+
+    from featstore.experiments.evaluate import show_run
+    from featstore.runs import folder as run_folder
+    from featstore.runs.folder import calibrated_predictions, get_run
+    from featstore.stats.figures import completed
+
+    store, runs, rid = run
+    block = 6 * 3 * 8  # 6 rows of 3 classes (of 15), more than a .npy header
+    real, sizes = zipfile.ZipExtFile.read, []
+
+    def bounded(self, n=-1):
+        if "__proba" in self.name:
+            sizes.append(n)
+            assert n is not None and 0 <= n <= block, f"read {n} bytes of {self.name} at once"
+        return real(self, n)
+
+    path = runs / rid / "run.json"
+    obj = json.loads(path.read_text())
+    m = obj["metrics"]["validation"]
+    for key in ("log_loss", "log_loss_ci", "ece", "ece_ci", "reliability"):
+        m.pop(key, None)  # a run recorded before featstore recorded these
+    path.write_text(json.dumps(obj))
+    rec, folder = get_run(rid, store, runs)
+    preds = calibrated_predictions(folder, rec)  # the whole arrays, to compare with
+    want = completed(rec.to_json()["metrics"]["validation"], preds["validation__labels"], preds["validation__proba"])
+    monkeypatch.setattr(run_folder, "BLOCK_BYTES", block)
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", bounded)
+    shown, _ = show_run(rid, store, runs)
+    assert sizes and max(sizes) <= block
+    assert json.loads(json.dumps(shown.to_json()["metrics"]["validation"])) == json.loads(json.dumps(want))
+    assert np.isclose(shown.metrics["validation"].figure("log_loss"), want["log_loss"])

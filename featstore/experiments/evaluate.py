@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import OutputError, StoreError
-from featstore.experiments.compare import compare_runs  # noqa: F401 (featstore.compare_runs: its public home)
+from featstore.experiments.compare import (
+    compare_runs,  # noqa: F401 (featstore.compare_runs: its public home)
+    split_rows,
+)
 from featstore.experiments.protocol import check_has_rows, check_not_reserved
 from featstore.experiments.run_store import refuse_other_store
 from featstore.outputs import write_atomic
@@ -239,12 +242,16 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
 
 def figures_of(rec: RunRecord, folder: Path) -> tuple[RunRecord, list[str]]:
     """The record with every split's figures, those it lacks (a run recorded before featstore recorded them)
-    computed from its confusion matrices and stored predictions; and the splits computed so (nothing is written)."""
-    stored = calibrated_predictions(folder, rec) if rec.predictions else {}
-    obj, now = rec.to_json(), []
+    computed from its confusion matrices and stored predictions; and the splits computed so (nothing is written).
+    A split's stored predictions are read only when its probability figures are missing, a block at a time
+    (``featstore.experiments.compare.split_rows``): `runs show` loaded every split's (N, K) array whole."""
+    stored, obj, now = None, rec.to_json(), []
     for split, m in obj["metrics"].items():
-        proba, y = stored.get(f"{split}__proba"), stored.get(f"{split}__labels")
-        full = completed(m, y, proba)
+        rows = None
+        if "log_loss" not in m and split in rec.predictions:
+            stored = calibrated_predictions(folder, rec) if stored is None else stored  # verified once
+            rows = split_rows(stored, split)[1]  # O(N) numbers a row, the whole array's figures
+        full = completed(m, None, rows)
         if full != m:
             obj["metrics"][split], now = full, [*now, split]
     if not now:
