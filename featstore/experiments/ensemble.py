@@ -179,7 +179,7 @@ def greedy_log_loss(true_class: list[np.ndarray], max_steps: int = MAX_ENSEMBLE_
     """:func:`greedy_ensemble` by log-loss from each model's probability of each row's true class alone (``(N,)``,
     O(N) numbers a model: what the log-loss of an average reads), the same counts as from the whole arrays.
 
-    >>> greedy_log_loss([np.array([0.9, 0.6, 0.4]), np.array([0.6, 0.2, 0.6])])
+    >>> greedy_log_loss([np.array([0.9, 0.4, 0.6]), np.array([0.6, 0.8, 0.4])])  # the module example's true-class columns
     [2, 1]
     """
     eps = np.finfo(np.float64).eps
