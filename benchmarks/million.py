@@ -189,7 +189,7 @@ MAP = """import sys, time
 from featstore.experiments.projection import project
 t = time.perf_counter()
 p = project(sys.argv[1], max_rows=int(sys.argv[2]))
-out = {"seconds": time.perf_counter() - t, "method": str(p.settings)[:60]}"""
+out = {"seconds": time.perf_counter() - t, "method": f"{p.method}, " + ", ".join(f"{k} {v}" for k, v in p.settings.items())[:60]}"""
 SAMPLE_READ = """import sys, time, numpy as np
 from featstore import FeatureStore
 from featstore.experiments.leaks.search import query_blocks
