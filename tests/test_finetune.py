@@ -712,3 +712,21 @@ def test_finetunes_streamed_figures_are_the_whole_arrays(ft, streamed_ft):
         )
         assert got[split]["log_loss"] == pytest.approx(before["log_loss"], rel=1e-5)
         assert got[split]["ece"] == pytest.approx(before["ece"], rel=1e-4, abs=1e-6)
+
+
+def test_split_images_reads_the_stored_listing_only_when_the_images_changed(ft, monkeypatch):
+    """A fine-tuned run checks that the folder still holds the images the store was extracted from: the recorded
+    digest first, the stored listing (10⁶ tuples at a million images) only when the digests differ, to name the
+    change."""
+    from featstore.runs.apply import split_images
+
+    fs = FeatureStore(ft["store"])
+    name = fs.resolve(None)
+    read = []
+    monkeypatch.setattr(FeatureStore, "listing", lambda self, *a: read.append(a) or [])
+    images = split_images(fs, name, "test", ft["data"], fs.class_names(name))
+    assert len(images.paths) == 8 and not read
+    monkeypatch.setattr(FeatureStore, "split_info", lambda self, *a, **k: {"listing_sha256": "other"})
+    with pytest.raises(DataError, match="changed since the store was extracted"):
+        split_images(fs, name, "test", ft["data"], fs.class_names(name))
+    assert read
