@@ -93,7 +93,7 @@ def fit_one(spec_name: str, params: dict, X, y, val, groups=None, jobs: int = 1)
 def head_threads(head, jobs: int):
     """While fitting, a classifier with an ``n_jobs`` setting (sgd: its one-vs-rest classes, one binary fit each;
     forest: its trees) uses ``jobs`` threads. scikit-learn seeds each class or tree before dividing the work, so the
-    model is the one a single thread fits (tested); the setting is put back afterwards, so the run's model file is the
+    model is the one a single thread fits (tests/test_streaming.py holds it for sgd); the setting is put back afterwards, so the run's model file is the
     same too. A parameter search uses ``jobs`` for its settings instead (``jobs=1`` here)."""
     if jobs <= 1 or "n_jobs" not in head.get_params(deep=False):
         yield
