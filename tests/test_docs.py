@@ -105,7 +105,15 @@ class PageRun:
             while len(results) <= index:
                 results.append(self._next(len(results), results))
                 state.write_text(json.dumps(results))
+                if len(results) == len(self.blocks) and self.page != README:
+                    self._clear(results)
             return results[index]
+
+    def _clear(self, results: list[dict]) -> None:
+        """Remove a finished page's folder (a copy of the README's, ~250 MB: 13 pages would hold 3 GB of disk to the
+        session's end; CI once ran out of disk) unless a block failed there, so a failure can still be looked at."""
+        if all(r["status"] in ("ran", "not runnable") for r in results):
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def _next(self, index: int, results: list[dict]) -> dict:
         """Run block ``index`` (the ones before it have results), or say why it is not run."""
