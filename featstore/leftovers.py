@@ -111,9 +111,36 @@ def abandoned(entry: os.DirEntry) -> int | None:
     st = entry.stat(follow_symlinks=False)
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or time.time() - st.st_mtime < STALE_AGE_S:
         return None
-    if running(int(match["pid"])):
+    if not writer_gone(int(match["pid"]), match["host"]):
         return None
     return st.st_size
+
+
+def writer_gone(pid: object, host: object) -> bool | None:
+    """Whether the featstore process ``pid`` of the machine tagged ``host`` (:func:`host_tag`), which wrote something
+    left behind, is provably gone: True (this machine's, and no process ``pid`` runs here), None (it runs here: its
+    leftover is its own business), False (it cannot be told: another machine's, or no pid recorded). Every remover of
+    featstore's leftovers (temporary files, scratch folders, export shards, a run moved aside) asks this, and removes
+    only what is also unmodified for STALE_AGE_S: a writer in another PID namespace looks gone here."""
+    if host != host_tag() or isinstance(pid, bool) or not isinstance(pid, int):
+        return False
+    return None if pid == os.getpid() or running(pid) else True
+
+
+def last_touched(path: str | os.PathLike) -> float:
+    """The newest modification time of the folder ``path`` and of its direct entries: a folder's own time changes only
+    when an entry is made or removed, not while its owner writes into one (a shard, a report's thumbnails)."""
+    newest = os.lstat(path).st_mtime
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                try:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return newest
 
 
 def running(pid: int) -> bool:

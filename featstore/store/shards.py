@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featstore.errors import ConfigError, OutputError
-from featstore.leftovers import STALE_AGE_S, host_tag, running, temp_prefix, temp_stem
+from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_stem, writer_gone
 from featstore.outputs import _umask, output_fix, probe_output, terminal_safe
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _recover_shards(out: Path) -> None:
             continue  # a running export's folder
         # a half-written folder's age is its newest shard's (a shard being written keeps it fresh); an aside folder's is
         # its own (made by the rename into it, never written after)
-        touched = _newest_mtime(left) if kind == "tmp" else os.lstat(left).st_mtime
+        touched = last_touched(left) if kind == "tmp" else os.lstat(left).st_mtime
         if gone and (kind == "tmp" or os.path.lexists(out)) and time.time() - touched >= STALE_AGE_S:
             shutil.rmtree(left, ignore_errors=True)
             logger.warning(
@@ -149,24 +149,11 @@ def _leftovers(out: Path, kind: str) -> list[Path]:
 
 
 def _writer_gone(folder: Path) -> bool | None:
-    """Of a hidden folder: True when its name proves its export is gone (this machine's tag, a pid not running here, a
-    real folder of this user), None when that export still runs here, False when it cannot be told (another machine's,
-    or named by an earlier version, without a pid)."""
+    """Of a hidden folder: :func:`featstore.leftovers.writer_gone` of the export its name names, True only for a real
+    folder of this user (a folder named by an earlier version carries no pid: False)."""
     match = re.search(_TAG + r"(old|tmp)\Z", folder.name)
-    if match is None or match["host"] != host_tag():
-        return False
-    if int(match["pid"]) == os.getpid() or running(int(match["pid"])):
-        return None
+    gone = writer_gone(int(match["pid"]), match["host"]) if match and match["pid"] else False
+    if not gone:
+        return gone
     st = os.lstat(folder)
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-
-
-def _newest_mtime(folder: Path) -> float:
-    """The latest modification time of ``folder`` and of what it holds."""
-    times = [os.lstat(folder).st_mtime]
-    try:
-        with os.scandir(folder) as entries:
-            times += [e.stat(follow_symlinks=False).st_mtime for e in entries]
-    except OSError:
-        pass
-    return max(times)
