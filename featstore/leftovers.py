@@ -39,26 +39,43 @@ def host_tag() -> str:
 
 NAME_MAX = 255  # bytes in one file name (Linux's and macOS's file systems)
 _RANDOM_ROOM = 16 + len(".tmp")  # what follows the prefix: a random part (up to 16 characters here) and ".tmp"
+_TAIL_ROOM = len(".fs--") + 10 + 16  # the longest pid and the host tag: a name is cut alike by every process
 
 
 def temp_prefix(name: str) -> str:
     """The start of a temporary file's name for ``name`` written by this process; a random part and ``.tmp`` follow.
-    A name too long to take the ~40 bytes this adds is cut (at a character) and given ``~`` and 8 hex digits of its
-    digest: any name the file system takes can be written, and the writer's pid and host tag stay in the name.
+    A name too long to take the ~40 bytes this adds is cut (:func:`temp_stem`): any name the file system takes can be
+    written, and the writer's pid and host tag stay in the name.
 
     >>> len(os.fsencode(temp_prefix("b" * 250))) + 16 + 4 <= NAME_MAX
     True
     """
-    tail = f".fs{os.getpid()}-{host_tag()}-"
+    return f".{temp_stem(name)}{_tail()}"
+
+
+def temp_stem(name: str) -> str:
+    """``name`` as temporary names carry it: whole where it leaves room for the rest, else cut (at a character) and
+    given ``~`` and 8 hex digits of its digest, so two long names still differ.
+
+    >>> temp_stem("train.csv")
+    'train.csv'
+    >>> stem = temp_stem("é" * 200)  # 400 bytes
+    >>> stem[-9:-8], len(os.fsencode(stem)) + _TAIL_ROOM + _RANDOM_ROOM + 1 <= NAME_MAX
+    ('~', True)
+    """
     raw = os.fsencode(name)
-    room = NAME_MAX - _RANDOM_ROOM - len(tail) - 1  # 1: the leading dot
-    if len(raw) > room:
-        digest = hashlib.sha256(raw).hexdigest()[:8]
-        keep = room - 1 - len(digest)
-        while keep > 0 and raw[keep] & 0xC0 == 0x80:  # not inside a UTF-8 character
-            keep -= 1
-        name = os.fsdecode(raw[:keep]) + "~" + digest
-    return f".{name}{tail}"
+    room = NAME_MAX - _RANDOM_ROOM - _TAIL_ROOM - 1  # 1: the leading dot
+    if len(raw) <= room:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    keep = room - 1 - len(digest)
+    while keep > 0 and raw[keep] & 0xC0 == 0x80:  # not inside a UTF-8 character
+        keep -= 1
+    return os.fsdecode(raw[:keep]) + "~" + digest
+
+
+def _tail() -> str:
+    return f".fs{os.getpid()}-{host_tag()}-"
 
 
 def sweep(folder: str | os.PathLike | int) -> list[tuple[str, int]]:
@@ -94,9 +111,36 @@ def abandoned(entry: os.DirEntry) -> int | None:
     st = entry.stat(follow_symlinks=False)
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or time.time() - st.st_mtime < STALE_AGE_S:
         return None
-    if running(int(match["pid"])):
+    if not writer_gone(int(match["pid"]), match["host"]):
         return None
     return st.st_size
+
+
+def writer_gone(pid: object, host: object) -> bool | None:
+    """Whether the featstore process ``pid`` of the machine tagged ``host`` (:func:`host_tag`), which wrote something
+    left behind, is provably gone: True (this machine's, and no process ``pid`` runs here), None (it runs here: its
+    leftover is its own business), False (it cannot be told: another machine's, or no pid recorded). Every remover of
+    featstore's leftovers (temporary files, scratch folders, export shards, a run moved aside) asks this, and removes
+    only what is also unmodified for STALE_AGE_S: a writer in another PID namespace looks gone here."""
+    if host != host_tag() or isinstance(pid, bool) or not isinstance(pid, int):
+        return False
+    return None if pid == os.getpid() or running(pid) else True
+
+
+def last_touched(path: str | os.PathLike) -> float:
+    """The newest modification time of the folder ``path`` and of its direct entries: a folder's own time changes only
+    when an entry is made or removed, not while its owner writes into one (a shard, a report's thumbnails)."""
+    newest = os.lstat(path).st_mtime
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                try:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return newest
 
 
 def running(pid: int) -> bool:

@@ -497,6 +497,13 @@ RUN_FOLDER_CASES = [
         victim="svm",
     ),
     Case(
+        "svm_temperature_tiny",  # finite and positive, but every probability NaN (decision / 1e-300 overflows)
+        _skops_json("TemperedSVC", "temperature_", 1e-300),
+        "temperature 1e-300 lies outside \\[0.01, 100\\]",
+        outcome="apply",
+        victim="svm",
+    ),
+    Case(
         "svm_svc_of_ovr_shape",
         _skops_json("SVC", "decision_function_shape", "ovr"),
         "decision_function_shape 'ovr', not 'ovo'",

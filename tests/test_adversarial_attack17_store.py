@@ -113,6 +113,39 @@ def test_a_lock_name_featstore_did_not_make_is_named_never_locked_or_removed(tmp
     assert not (tmp_path / "g.h5.lock").exists()
 
 
+@pytest.mark.parametrize("which", ["store lock", "file lock"])
+def test_a_fifo_planted_between_the_check_and_the_open_is_refused(tmp_path, monkeypatch, which):
+    """What is at a lock's name is checked, then filelock opens the name: a FIFO planted in between was locked (and a
+    store's lock then deleted on release). The held descriptor is now checked too; nothing is written, one line."""
+    from featstore.runs import versions
+    from featstore.store import locking
+
+    lock = tmp_path / ("f.h5.lock" if which == "store lock" else "f.h5.leaks.json.lock")
+    real_lstat = os.lstat
+
+    def lstat_then_plant(path, *a, **k):
+        st = real_lstat(path, *a, **k)  # FileNotFoundError where nothing is there yet
+        if os.fspath(path) == str(lock) and not planted:
+            planted.append(lock)
+            os.unlink(lock)
+            os.mkfifo(lock)  # the race: planted just after featstore looked at its own empty file
+        return st
+
+    planted = []
+    lock.touch()  # featstore's own (a killed writer's leftover): passes the check
+
+    monkeypatch.setattr(os, "lstat", lstat_then_plant)
+    with pytest.raises(StoreError, match="FIFO|replaced while it was being locked|not a regular file"):
+        if which == "store lock":
+            with locking.writer_lock(tmp_path / "f.h5", True):
+                pass
+        else:
+            with versions.file_lock(lock, "leaks record", "busy"):
+                pass
+    monkeypatch.setattr(os, "lstat", real_lstat)
+    assert os.path.lexists(lock) and os.stat(lock).st_mode & 0o170000 == 0o010000  # the FIFO is left where it was
+
+
 # ------------------------------------------------------------------ 5. a store with a second name
 def test_a_store_with_a_second_name_is_never_written_in_place(store, tmp_path):
     """Finding 5: the store was updated in place through a hard link, so a `cp -al` snapshot gained the new split (and

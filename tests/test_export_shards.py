@@ -116,3 +116,52 @@ def test_cli_rows_per_file(store, tmp_path):
     assert res.exit_code == 0, res.output
     assert len(list(out.glob("part-*.parquet"))) == 3
     assert "1000 rows" in res.output
+
+
+def test_a_long_out_name_takes_shards(store, tmp_path):
+    """The shards' hidden folder was named ``.<whole --out>.XXXXXXXX.tmp``: an --out of 240 bytes or more (which the
+    file system takes) failed with "File name too long". Its name is now cut as every temporary name (leftovers)."""
+    out = tmp_path / ("é" * 127)  # 254 bytes
+    export(store, "train", out, rows_per_file=400)
+    assert len(list(out.iterdir())) == 3
+    export(store, "train", out, rows_per_file=600)  # and again, over the earlier export (its aside folder too)
+    assert len(list(out.iterdir())) == 2 and [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_a_killed_exports_half_written_folder_is_removed_once_abandoned(store, tmp_path, caplog):
+    """A kill while shards were written left ``.<out>.fs<pid>-<host>-XXXX.tmp``, only ever named: each kill at 10⁶
+    rows leaves gigabytes. Once its process is gone and nothing in it changed for 10 minutes, the next export removes
+    it; a younger one and another machine's are named and kept, one whose process runs is left to it."""
+    import logging
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from featstore.leftovers import host_tag
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    out, me, other = tmp_path / "s", host_tag(), "0" * 16
+    names = {
+        "gone": f".s.fs{proc.pid}-{me}-abc_12.tmp",
+        "young": f".s.fs{proc.pid}-{me}-young.tmp",
+        "running": f".s.fs{os.getppid()}-{me}-live.tmp",
+        "elsewhere": f".s.fs{proc.pid}-{other}-far.tmp",
+    }
+    old = time.time() - 700
+    for key, name in names.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part-00000.parquet").write_bytes(b"half")
+        if key == "young":
+            os.utime(tmp_path / name / "part-00000.parquet", (old + 700, old + 700))  # a shard written just now
+            os.utime(tmp_path / name, (old, old))
+        else:
+            for p in (tmp_path / name / "part-00000.parquet", tmp_path / name):
+                os.utime(p, (old, old))
+    with caplog.at_level(logging.WARNING):
+        export(store, "train", out, rows_per_file=500)
+    assert not (tmp_path / names["gone"]).exists() and f"removed {tmp_path / names['gone']}" in caplog.text
+    for key in ("young", "elsewhere"):
+        assert (tmp_path / names[key]).is_dir() and f"rm -r {tmp_path / names[key]}" in caplog.text, key
+    assert (tmp_path / names["running"]).is_dir() and names["running"] not in caplog.text  # that export's own

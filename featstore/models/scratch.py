@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from featstore.leftovers import host_tag, running
+from featstore.leftovers import host_tag, last_touched, writer_gone
 
 logger = logging.getLogger(__name__)
 
@@ -73,26 +73,15 @@ def remove_stale(base: Path, kind: str) -> list[str]:
     with os.scandir(base) as entries:
         for entry in entries:
             found = pattern.fullmatch(entry.name)
-            if found is None or not entry.is_dir(follow_symlinks=False) or running(int(found.group(1))):
+            if found is None or not entry.is_dir(follow_symlinks=False):
                 continue
-            if now - _last_used(entry) < STALE_AGE_S:
+            if not writer_gone(int(found.group(1)), host_tag()) or now - last_touched(entry.path) < STALE_AGE_S:
                 continue
             shutil.rmtree(entry.path, ignore_errors=True)
             gone.append(entry.name)
     if gone:
         logger.info("removed %d scratch folder(s) left in %s by killed processes", len(gone), base)
     return gone
-
-
-def _last_used(entry: os.DirEntry) -> float:
-    """The newest mtime of a scratch folder and its direct entries: the folder's own changes only when an entry is
-    made or removed, not while its owner writes into them (a report's thumbs/ for a whole run)."""
-    newest = entry.stat(follow_symlinks=False).st_mtime
-    with contextlib.suppress(OSError), os.scandir(entry.path) as inside:
-        for item in inside:
-            with contextlib.suppress(OSError):
-                newest = max(newest, item.stat(follow_symlinks=False).st_mtime)
-    return newest
 
 
 @contextlib.contextmanager

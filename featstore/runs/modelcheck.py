@@ -31,6 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from featstore.safezip import read_npy
+from featstore.stats.calibration import BOUNDS as CALIBRATION_BOUNDS
 
 TREE_FIELDS = ("left_child", "right_child", "feature", "threshold")  # what the prediction loop reads from a node
 SVM_KERNELS = ("linear", "rbf", "poly", "sigmoid")  # "precomputed" would index training rows with X's columns
@@ -316,6 +317,11 @@ def _check_tempered_svc(head, svc_type) -> None:
     t = getattr(head, "temperature_", None)
     if isinstance(t, bool) or not isinstance(t, (int, float, np.floating)) or not (np.isfinite(t) and t > 0):
         raise ModelStateError(f"the svm's temperature {t!r} is not a finite positive number")
+    if not CALIBRATION_BOUNDS[0] <= t <= CALIBRATION_BOUNDS[1]:  # as run.json's: 1e-300 made every probability NaN
+        raise ModelStateError(
+            f"the svm's temperature {t!r} lies outside [{CALIBRATION_BOUNDS[0]:g}, {CALIBRATION_BOUNDS[1]:g}], the "
+            "temperatures an svm fit searches"
+        )
 
 
 def _check_forest(forest) -> None:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from featstore.errors import StoreError
-from featstore.leftovers import host_tag, running
+from featstore.leftovers import host_tag, writer_gone
 from featstore.runs.files import read_record_json, valid_name
 from featstore.runs.kinds import parse_record
 from featstore.runs.versions import TMP_MARKER, run_lock, write_marker
@@ -94,12 +94,10 @@ def _newest(folder: Path) -> float:
 
 def _why_not_gone(mark: dict) -> str | None:
     """Why the writer of a hidden run is not provably gone (None when it is: this machine, a pid that does not run)."""
-    pid = mark.get("pid")
-    if mark.get("host") != host_tag() or isinstance(pid, bool) or not isinstance(pid, int):
-        return "by a featstore process on another machine (or of an earlier version)"
-    if pid == os.getpid() or running(pid):
-        return f"by process {pid}, still running"
-    return None
+    gone = writer_gone(mark.get("pid"), mark.get("host"))
+    if gone is None:
+        return f"by process {mark['pid']}, still running"
+    return None if gone else "by a featstore process on another machine (or of an earlier version)"
 
 
 def finish_swap(root: Path, run_id: str, aside: Path) -> str | None:

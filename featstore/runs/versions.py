@@ -105,8 +105,8 @@ def run_lock(root: Path, run_id: str, wait: bool = True) -> Iterator[bool]:
 def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool = False) -> Iterator[bool]:
     """A lock (the ``filelock`` package) on ``what`` through the file ``path``, waiting (saying ``busy``) while another
     process holds it; yields True when held (or under ``featstore --no-locking``, or where no lock file can be made),
-    False when ``wait`` is False and another process holds it. A link, folder or FIFO at ``path`` is refused: filelock
-    opens with O_TRUNC. ``remove``: the lock file is removed while still held, so nothing stays beside the file it
+    False when ``wait`` is False and another process holds it. A link, folder or FIFO at ``path`` is refused, also one
+    planted between the check and the lock's open (the held descriptor is checked). ``remove``: the lock file is removed while still held, so nothing stays beside the file it
     guards; a waiter that then holds the removed file's lock takes the new file's instead. Example::
 
         with file_lock(Path("f.h5.leaks.json.lock"), "leaks record f.h5.leaks.json", "it is being written"):
@@ -114,13 +114,13 @@ def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool 
     """
     from filelock import FileLock
 
-    from featstore.store.locking import locking_default
+    from featstore.store.locking import held_plain_file, locking_default
 
     try:
         mode = os.lstat(path).st_mode
     except OSError:
         mode = stat.S_IFREG  # none yet (or unreadable: the lock's own open says why)
-    if not stat.S_ISREG(mode):  # filelock opens with O_TRUNC: never through a link planted there
+    if not stat.S_ISREG(mode):  # filelock (>= 3.30) opens with O_NOFOLLOW, without O_TRUNC; a FIFO is no lock file
         raise StoreError(
             f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks {what} with a file "
             f"of that name: remove it and run again"
@@ -131,6 +131,12 @@ def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool 
             held = _acquire(lock, path, busy, wait, remove)
     except OSError as exc:
         logger.debug("no lock on %s (%s): %s", what, path, exc)
+    if lock.is_locked and not held_plain_file(lock):  # planted between the lstat above and the lock's open
+        lock.release()
+        raise StoreError(
+            f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks {what} with a file "
+            f"of that name: remove it and run again"
+        )
     try:
         yield held
     finally:

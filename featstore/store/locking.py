@@ -189,6 +189,10 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
             f"cannot lock {lock_path} ({exc}); make the folder writable, or on a filesystem without working locks run "
             f"`featstore --no-locking ...` (one writer per store is then up to you)"
         ) from exc
+    if not held_plain_file(lock):  # a FIFO or device planted between the check above and the lock's open
+        lock.release()
+        _refuse_foreign_lock(lock_path)
+        raise StoreError(f"{terminal_safe(lock_path)} was replaced while it was being locked; run again")
     pid_path = f"{lock_path}.pid"
     try:
         _write_pid(pid_path)
@@ -203,6 +207,16 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
                     lock_path
                 )  # still ours and still locked: a process that opens it now finds it gone and makes its own
         lock.release()
+
+
+def held_plain_file(lock) -> bool:
+    """Whether the file a held ``lock`` (filelock) has open is a regular file: what was checked at its name may have
+    been replaced by a FIFO or device before filelock opened it."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except (OSError, TypeError):
+        return True  # no descriptor to look at (a soft lock): its file was made by filelock itself
 
 
 def refuse_hard_linked(path: str | os.PathLike) -> None:

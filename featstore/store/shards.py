@@ -1,11 +1,13 @@
 """The folder of ``export --rows-per-file``'s Parquet shards: checked before any work, written whole beside it and swapped
 in by two renames, and what a kill between or after those renames left recovered at the next export of that folder.
 
-The earlier export is moved aside into ``.<out>.fs<pid>-<host>-XXXXXXXX.old/shards`` (this process and machine named,
-as :mod:`featstore.leftovers` names temporary files), the new folder renamed onto ``out``, then the aside copy removed.
-A kill between the renames leaves ``out`` missing: the next export puts the earlier one back. A kill after them leaves
-the whole earlier export hidden beside the new one: the next export removes it once provably abandoned (this machine's,
-its process gone, unmodified for ``STALE_AGE_S``, a real folder of this user), and names any other with how to remove it.
+The shards are written into ``.<out>.fs<pid>-<host>-XXXXXXXX.tmp`` (this process and machine named, as
+:mod:`featstore.leftovers` names temporary files; a long ``out`` name is cut as there), the earlier export is moved aside
+into ``.<out>.fs<pid>-<host>-XXXXXXXX.old/shards``, the new folder renamed onto ``out``, then the aside copy removed. A
+kill between the renames leaves ``out`` missing: the next export puts the earlier one back. A kill after them leaves the
+whole earlier export hidden beside the new one, and a kill while writing leaves the half-written folder: the next export
+removes either once provably abandoned (this machine's, its process gone, nothing in it modified for ``STALE_AGE_S``, a
+real folder of this user), and names any other with how to remove it.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featstore.errors import ConfigError, OutputError
-from featstore.leftovers import STALE_AGE_S, host_tag, running
+from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_stem, writer_gone
 from featstore.outputs import _umask, output_fix, probe_output, terminal_safe
 
 logger = logging.getLogger(__name__)
 
-_TAG = re.compile(r"fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{16})-[0-9a-z_]{1,32}")  # mkdtemp's random part: [a-z0-9_]
+# after ".<out>": the writer's tag, which earlier versions did not write, and mkdtemp's random part ([a-z0-9_])
+_TAG = r"\.(?:fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{16})-)?[0-9a-z_]{1,32}\."
 
 
 def refuse_shard_folder(out: Path) -> None:
@@ -50,9 +53,9 @@ def refuse_shard_folder(out: Path) -> None:
             )
     # Only out's folder is probed (it exists, takes new files, is no runs folder): a name featstore never writes, and
     # no one has (a fixed "<out>.shards" was checked too, so a user's folder, FIFO or link there was reported as --out).
-    probe = out.parent / f".{out.name}.{secrets.token_hex(3)}"
+    probe = out.parent / f".{temp_stem(out.name)}.{secrets.token_hex(3)}"
     while os.path.lexists(probe):
-        probe = out.parent / f".{out.name}.{secrets.token_hex(3)}"
+        probe = out.parent / f".{temp_stem(out.name)}.{secrets.token_hex(3)}"
     try:
         probe_output(probe, "--out", folder=True)
     except OutputError as exc:  # named as given: the probe's name is featstore's, not the user's
@@ -77,15 +80,14 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
     """``write(folder)`` into a hidden folder beside ``out``, renamed onto ``out`` when whole (an earlier export's
     shards are replaced only then); on any failure the hidden folder is removed and ``out`` is left as it was."""
     _recover_shards(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
     old = None
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # the folder it becomes: mkdtemp's 0700 would hide the shards from the group
         write(tmp)
         refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
         if out.is_dir():
-            tag = f".{out.name}.fs{os.getpid()}-{host_tag()}-"  # a kill after the renames: provably abandoned later
-            old = Path(tempfile.mkdtemp(prefix=tag, suffix=".old", dir=out.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
             os.replace(out, old / "shards")
         os.replace(tmp, out)
     except OSError as exc:
@@ -100,10 +102,10 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
 
 def _recover_shards(out: Path) -> None:
     """After a killed export: an earlier export moved aside (``.<out>.*.old/shards``) while ``out`` is missing is put
-    back; one left beside a newer ``out`` (a kill after the renames) is removed when provably abandoned, else named; a
-    half-written ``.<out>.*.tmp`` folder is named, with how to remove it (it may be another export's, running)."""
-    aside = [p for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.old")) if _own(p, out, "old")]
-    aside = [p for p in aside if _writer_gone(p, out) is not None]  # a live export's: its own business
+    back; one left beside a newer ``out`` (a kill after the renames), and a half-written ``.<out>.*.tmp`` folder, are
+    removed when provably abandoned and unmodified for ``STALE_AGE_S`` (another PID namespace's export may look gone),
+    else named with how to remove them."""
+    aside = [p for p in _leftovers(out, "old") if _writer_gone(p) is not None]  # a live export's: its own business
     if not os.path.lexists(out):
         back = [p for p in aside if (p / "shards").is_dir() and not (p / "shards").is_symlink()]
         if len(back) == 1:
@@ -113,48 +115,45 @@ def _recover_shards(out: Path) -> None:
             logger.warning(
                 "%s: the earlier export, moved aside by a killed export, was put back", terminal_safe(str(out))
             )
-    for left in aside:
-        if os.path.lexists(out) and _writer_gone(left, out) and time.time() - os.lstat(left).st_mtime >= STALE_AGE_S:
+    what = {"old": "an earlier export of %s that a killed export moved aside", "tmp": "what a killed export of %s left"}
+    for kind, left in [("old", p) for p in aside] + [("tmp", p) for p in _leftovers(out, "tmp")]:
+        gone = _writer_gone(left)
+        if gone is None:
+            continue  # a running export's folder
+        # a half-written folder's age is its newest shard's (a shard being written keeps it fresh); an aside folder's is
+        # its own (made by the rename into it, never written after)
+        touched = last_touched(left) if kind == "tmp" else os.lstat(left).st_mtime
+        if gone and (kind == "tmp" or os.path.lexists(out)) and time.time() - touched >= STALE_AGE_S:
             shutil.rmtree(left, ignore_errors=True)
             logger.warning(
-                "removed %s: an earlier export of %s that a killed export (its process gone) had moved aside; "
-                "%s holds the newer export",
+                "removed %s: " + what[kind] + " (its process gone, hidden, never read)",
                 terminal_safe(str(left)),
-                terminal_safe(str(out)),
                 terminal_safe(str(out)),
             )
         else:
             logger.warning(
-                "%s holds an earlier export of %s that a killed export moved aside (hidden, never read); "
-                "remove it with: rm -r %s",
+                "%s holds " + what[kind] + " (hidden, never read); remove it with: rm -r %s",
                 terminal_safe(str(left)),
                 terminal_safe(str(out)),
                 shlex.quote(str(left)),
             )
-    for left in [p for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.tmp")) if _own(p, out, "tmp")]:
-        logger.warning(
-            "%s is what a killed export of %s left (hidden, never read); remove it with: rm -r %s",
-            terminal_safe(str(left)),
-            terminal_safe(str(out)),
-            shlex.quote(str(left)),
-        )
 
 
-def _writer_gone(folder: Path, out: Path) -> bool | None:
-    """Of an aside folder: True when its name proves its export is gone (this machine's tag, a pid not running here, a
-    real folder of this user), None when that export still runs here, False when it cannot be told (another machine's,
-    a folder named by earlier versions, which carry no pid)."""
-    match = _TAG.fullmatch(folder.name[len(f".{out.name}.") : -len(".old")])
-    if match is None or match["host"] != host_tag():
-        return False
-    if int(match["pid"]) == os.getpid() or running(int(match["pid"])):
-        return None
+def _leftovers(out: Path, kind: str) -> list[Path]:
+    """The hidden folders that ``write_shards`` of ``out`` names ``.<out>.fs<pid>-<host>-XXXXXXXX.<kind>`` (earlier
+    versions: ``.<out>.XXXXXXXX.<kind>``): the glob ``.<out>.*`` also matches another export's (``.<out>.b.fs….old``
+    of ``<out>.b``), so each name is matched whole."""
+    stem = temp_stem(out.name)
+    name = re.compile(re.escape(f".{stem}") + _TAG + kind)
+    return [p for p in sorted(out.parent.glob(f".{glob.escape(stem)}.*.{kind}")) if name.fullmatch(p.name)]
+
+
+def _writer_gone(folder: Path) -> bool | None:
+    """Of a hidden folder: :func:`featstore.leftovers.writer_gone` of the export its name names, True only for a real
+    folder of this user (a folder named by an earlier version carries no pid: False)."""
+    match = re.search(_TAG + r"(old|tmp)\Z", folder.name)
+    gone = writer_gone(int(match["pid"]), match["host"]) if match and match["pid"] else False
+    if not gone:
+        return gone
     st = os.lstat(folder)
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-
-
-def _own(folder: Path, out: Path, kind: str) -> bool:
-    """Whether ``folder`` is a hidden folder ``write_shards`` made for ``out`` (``.<out>.XXXXXXXX.<kind>``: mkdtemp's
-    random part has no dot): the glob ``.<out>.*`` also matches another export's, ``.<out>.b.XXXXXXXX.old`` of
-    ``<out>.b``."""
-    return re.fullmatch(re.escape(f".{out.name}.") + rf"[^.]+\.{kind}", folder.name) is not None
