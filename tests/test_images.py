@@ -254,6 +254,22 @@ def test_dir_link_to_split_is_reported_with_reason(tmp_path, caplog):
     assert any(r.levelname == "WARNING" and "train/b/x" in r.getMessage() for r in caplog.records)
 
 
+def test_files_under_several_labels_are_grouped_whole_in_listing_order(tmp_path, caplog):
+    """discover groups rows by file from 16 bytes a row (device, inode arrays), not a dict entry per row (~350 bytes
+    a row: ~350 MB at 10⁶ images): each shared file once, with all its rows, the files in the order of their first row."""
+    root = tmp_path / "data"
+    write_images(root, "train", {"a": 2, "b": 1, "c": 1})
+    a = root / "train" / "a"
+    os.link(a / "img_001.jpg", root / "train" / "b" / "x1.jpg")
+    os.link(a / "img_000.png", root / "train" / "b" / "x0.png")
+    os.link(a / "img_000.png", root / "train" / "c" / "x0.png")
+    discover(root, "train")
+    said = [r.getMessage() for r in caplog.records if "one file under" in r.getMessage()]
+    assert len(said) == 2, said
+    assert said[0].endswith("under 3 labels: train/a/img_000.png, train/b/x0.png, train/c/x0.png"), said[0]
+    assert said[1].endswith("under 2 labels: train/a/img_001.jpg, train/b/x1.jpg"), said[1]
+
+
 def test_one_file_under_two_labels_is_warned_and_reported(tmp_path, caplog):
     from featstore.images.listing import duplicate_files
 

@@ -16,6 +16,7 @@ Paths are ``str`` as ``os.fsdecode`` gives them: a non-UTF-8 name keeps its byte
 
 from __future__ import annotations
 
+import array
 import errno
 import hashlib
 import itertools
@@ -210,7 +211,7 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     items: list[tuple[str, int]] = []
     sizes: list[int] = []
     mtimes: list[int] = []
-    by_file: dict[Ident, list[tuple[str, int]]] = {}
+    devs, inos = array.array("Q"), array.array("Q")  # each row's file: 16 bytes a row, not a dict entry of ~350
     empty: list[str] = []
     for label, name in enumerate(class_names):
         folder = str(split_dir / name)
@@ -227,7 +228,8 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
             items.append((rel, label))
             sizes.append(st.st_size)
             mtimes.append(st.st_mtime_ns)
-            by_file.setdefault((st.st_dev, st.st_ino), []).append((rel, label))
+            devs.append(st.st_dev)
+            inos.append(st.st_ino)
     if not items:
         raise DataError(
             f"no images under {printable(str(split_dir))}/<class>/ "
@@ -243,7 +245,7 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
         )
     if walk.ignored:
         logger.info("%s: %s", printable(str(split_dir)), ignored_summary(walk.ignored_suffixes))
-    for dup in _collisions(root, by_file, across_labels=True):
+    for dup in _collisions(root, _shared(devs, inos, items), across_labels=True):
         logger.warning(
             "%s is one file under %d labels: %s",
             printable(dup.real_path),
@@ -286,6 +288,21 @@ def duplicate_files(
             continue
         groups.setdefault((st.st_dev, st.st_ino), []).append((p, int(label)))
     return _collisions(root, groups, across_labels)
+
+
+def _shared(devs: array.array, inos: array.array, items: list[tuple[str, int]]) -> dict[Ident, list[tuple[str, int]]]:
+    """The rows of ``items`` that share a file (device and inode) with another row, grouped by file."""
+    if len(items) < 2:
+        return {}
+    d, i = np.frombuffer(devs, np.uint64), np.frombuffer(inos, np.uint64)
+    order = np.lexsort((i, d))
+    same = (d[order][1:] == d[order][:-1]) & (i[order][1:] == i[order][:-1])
+    groups: dict[Ident, list[int]] = {}
+    for k in np.flatnonzero(same):  # pairs of neighbours in file order (rows in listing order): m rows give m - 1
+        rows = groups.setdefault((int(d[order[k]]), int(i[order[k]])), [int(order[k])])
+        rows.append(int(order[k + 1]))
+    # files in the order of their first row, as a dict filled row by row would give
+    return {key: [items[r] for r in rows] for key, rows in sorted(groups.items(), key=lambda g: g[1][0])}
 
 
 def _collisions(
