@@ -22,7 +22,7 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -93,8 +93,8 @@ class ImageListing:
     items: list[tuple[str, int]]  # (path relative to root, label), class-major then path order
     n_ignored: int = 0  # files without an image extension
     skipped_links: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of links not followed
-    sizes: list[int] = field(default_factory=list)  # bytes of items[i]
-    mtimes_ns: list[int] = field(default_factory=list)  # modification time of items[i], nanoseconds
+    sizes: Sequence[int] = field(default_factory=list)  # bytes of items[i] (discover gives an array.array)
+    mtimes_ns: Sequence[int] = field(default_factory=list)  # modification time of items[i], nanoseconds
     _digest: str | None = field(default=None, init=False, repr=False, compare=False)  # digest(), once computed
 
     def __post_init__(self) -> None:
@@ -209,8 +209,7 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
             f"{printable(str(split_dir))} has no class folders; put images in {printable(str(split_dir))}/<class name>/"
         )
     items: list[tuple[str, int]] = []
-    sizes: list[int] = []
-    mtimes: list[int] = []
+    sizes, mtimes = array.array("q"), array.array("q")  # 8 bytes a number, not ~36 as a list of ints
     devs, inos = array.array("Q"), array.array("Q")  # each row's file: 16 bytes a row, not a dict entry of ~350
     empty: list[str] = []
     for label, name in enumerate(class_names):
