@@ -323,3 +323,32 @@ def test_the_similarity_index_names_rows_through_the_same_bound(two_splits):
     with pytest.raises(StoreError, match="over the 4,096-byte limit"):
         read_names(FeatureStore(two_splits), "s", "test", np.array([3, 7]))
     assert read_names(FeatureStore(two_splits), "s", "train", np.array([3, 3]))[0] == ["train/3", "train/3"]
+
+
+def test_only_featstores_own_aside_folders_are_put_back_or_removed(store, tmp_path, monkeypatch):
+    """Attack 18, finding 1: with --out missing, a user's own ``.shards.backup.old/shards`` was "put back" as an
+    earlier export (and the rest of that folder deleted), and a link ``.shards2.x.old`` to a folder elsewhere had that
+    folder moved onto --out. Only a real folder of this user, named with featstore's tag and holding nothing but
+    shards, is taken; anything else is left as it was."""
+    pytest.importorskip("pyarrow")
+    from featstore import export
+    from featstore.leftovers import host_tag
+
+    monkeypatch.chdir(tmp_path)
+    backup = tmp_path / ".shards.backup.old"
+    (backup / "shards").mkdir(parents=True)
+    (backup / "notes.txt").write_text("my notes")
+    (backup / "shards" / "data.txt").write_text("precious")
+    elsewhere = tmp_path / "elsewhere" / "shards"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "keep.txt").write_text("not featstore's")
+    gone = _gone_pid()
+    (tmp_path / f".shards2.fs{gone}-{host_tag()}-x.old").symlink_to(elsewhere.parent)
+    mixed = tmp_path / f".shards3.fs{gone}-{host_tag()}-y.old"  # tagged, but holding a file of the user's
+    (mixed / "shards").mkdir(parents=True)
+    (mixed / "mine.txt").write_text("mine")
+    for out in ("shards", "shards2", "shards3"):
+        export(store, "test", tmp_path / out, rows_per_file=20)
+        assert all(p.name.startswith("part-") for p in (tmp_path / out).iterdir()), out  # a new export, nothing put back
+    assert (backup / "notes.txt").read_text() == "my notes" and (backup / "shards" / "data.txt").exists()
+    assert (elsewhere / "keep.txt").exists() and (mixed / "mine.txt").exists()

@@ -40,7 +40,14 @@ def test_recovery_never_takes_another_exports_shards(store, tmp_path, caplog):
     export then deleted them: sh.b's only copy was lost, under a warning that named the wrong export."""
     pytest.importorskip("pyarrow")
     export(store, "train", tmp_path / "sh.b", rows_per_file=7)
-    aside = tmp_path / ".sh.b.k2j3h4g5.old"
+    import subprocess
+    import sys
+
+    from featstore.leftovers import host_tag
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    aside = tmp_path / f".sh.b.fs{gone.pid}-{host_tag()}-k2j3h4g5.old"  # a killed export's name
     aside.mkdir()
     os.replace(tmp_path / "sh.b", aside / "shards")
     export(store, "validation", tmp_path / "sh", rows_per_file=100)

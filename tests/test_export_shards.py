@@ -30,6 +30,16 @@ def store(tmp_path_factory):
     return path
 
 
+def _gone_pid() -> int:
+    """The pid of a process that ran and is gone."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def read_dataset(folder):
     import pyarrow.dataset as ds
 
@@ -69,12 +79,18 @@ def test_a_new_export_replaces_an_earlier_one_whole(store, tmp_path):
 def test_what_a_killed_export_left_is_put_back_or_named(store, tmp_path, caplog):
     """A kill between write_shards' two renames left the earlier export only in `.<out>.*.old/shards` (the seventh
     attack): the next export puts it back first; a half-written `.<out>.*.tmp` is named with how to remove it."""
-    out = tmp_path / "s"
+    import os
+
+    from featstore.leftovers import host_tag
+
+    out, tag = tmp_path / "s", f"fs{_gone_pid()}-{host_tag()}"
     export(store, "train", out, rows_per_file=100)
-    aside = tmp_path / ".s.abc.old"
+    aside = tmp_path / f".s.{tag}-abc.old"
     aside.mkdir()
     out.rename(aside / "shards")  # the state a kill between the renames leaves
-    (tmp_path / ".s.def.tmp").mkdir()  # and a killed export's half-written folder
+    half = tmp_path / f".s.{tag}-def.tmp"
+    half.mkdir()  # and a killed export's half-written folder (young: named, not removed)
+    os.link(next((aside / "shards").iterdir()), half / "part-00000.parquet")
     with pytest.raises(ConfigError):
         export(store, "train", out, rows_per_file=0)  # refused before writing: nothing recovered yet
     assert not out.exists()
@@ -82,7 +98,7 @@ def test_what_a_killed_export_left_is_put_back_or_named(store, tmp_path, caplog)
 
     _recover_shards(out)
     assert len(list(out.iterdir())) == 10 and not aside.exists(), "the earlier export is back"
-    assert ".s.def.tmp" in caplog.text and "rm -r" in caplog.text
+    assert half.name in caplog.text and "rm -r" in caplog.text
     export(store, "train", out, rows_per_file=600)
     assert len(list(out.iterdir())) == 2
 

@@ -12,6 +12,7 @@ real folder of this user), and names any other with how to remove it.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -31,8 +32,9 @@ from featstore.outputs import _umask, output_fix, probe_output, terminal_safe
 
 logger = logging.getLogger(__name__)
 
-# after ".<out>": the writer's tag, which earlier versions did not write, and mkdtemp's random part ([a-z0-9_])
-_TAG = r"\.(?:fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{16})-)?[0-9a-z_]{1,32}\."
+# after ".<out>": the writer's tag and mkdtemp's random part ([a-z0-9_])
+_TAG = r"\.fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{16})-[0-9a-z_]{1,32}\."
+_PART = re.compile(r"part-\d{5}\.parquet")
 
 
 def refuse_shard_folder(out: Path) -> None:
@@ -101,20 +103,18 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
 
 
 def _recover_shards(out: Path) -> None:
-    """After a killed export: an earlier export moved aside (``.<out>.*.old/shards``) while ``out`` is missing is put
-    back; one left beside a newer ``out`` (a kill after the renames), and a half-written ``.<out>.*.tmp`` folder, are
+    """After a killed export: an earlier export moved aside (``.<out>.fs….old/shards``) while ``out`` is missing is put
+    back; one left beside a newer ``out`` (a kill after the renames), and a half-written ``.<out>.fs….tmp`` folder, are
     removed when provably abandoned and unmodified for ``STALE_AGE_S`` (another PID namespace's export may look gone),
-    else named with how to remove them."""
+    else named with how to remove them. Only real folders of this user that hold nothing but what ``write_shards`` puts
+    there are touched (:func:`_leftovers`): a user's ``.<out>.backup.old``, or a link to a folder elsewhere, is not."""
     aside = [p for p in _leftovers(out, "old") if _writer_gone(p) is not None]  # a live export's: its own business
-    if not os.path.lexists(out):
-        back = [p for p in aside if (p / "shards").is_dir() and not (p / "shards").is_symlink()]
-        if len(back) == 1:
-            os.replace(back[0] / "shards", out)
-            shutil.rmtree(back[0], ignore_errors=True)
-            aside.remove(back[0])
-            logger.warning(
-                "%s: the earlier export, moved aside by a killed export, was put back", terminal_safe(str(out))
-            )
+    if not os.path.lexists(out) and len(aside) == 1:
+        os.replace(aside[0] / "shards", out)
+        with contextlib.suppress(OSError):
+            os.rmdir(aside[0])  # empty now; anything that appeared in it since is left
+        logger.warning("%s: the earlier export, moved aside by a killed export, was put back", terminal_safe(str(out)))
+        aside = []
     what = {"old": "an earlier export of %s that a killed export moved aside", "tmp": "what a killed export of %s left"}
     for kind, left in [("old", p) for p in aside] + [("tmp", p) for p in _leftovers(out, "tmp")]:
         gone = _writer_gone(left)
@@ -140,20 +140,37 @@ def _recover_shards(out: Path) -> None:
 
 
 def _leftovers(out: Path, kind: str) -> list[Path]:
-    """The hidden folders that ``write_shards`` of ``out`` names ``.<out>.fs<pid>-<host>-XXXXXXXX.<kind>`` (earlier
-    versions: ``.<out>.XXXXXXXX.<kind>``): the glob ``.<out>.*`` also matches another export's (``.<out>.b.fs….old``
-    of ``<out>.b``), so each name is matched whole."""
+    """The hidden folders ``write_shards`` of ``out`` made: named ``.<out>.fs<pid>-<host>-XXXXXXXX.<kind>`` (matched
+    whole: the glob ``.<out>.*`` also matches ``.<out>.b.fs….old`` of ``<out>.b``), real folders of this user (not
+    links), holding only shards: ``shards/part-NNNNN.parquet`` files for an aside copy, ``part-NNNNN.parquet`` files
+    for a half-written one."""
     stem = temp_stem(out.name)
     name = re.compile(re.escape(f".{stem}") + _TAG + kind)
-    return [p for p in sorted(out.parent.glob(f".{glob.escape(stem)}.*.{kind}")) if name.fullmatch(p.name)]
+    return [
+        p
+        for p in sorted(out.parent.glob(f".{glob.escape(stem)}.fs*.{kind}"))
+        if name.fullmatch(p.name) and _holds_only_shards(p / "shards" if kind == "old" else p, kind == "old")
+    ]
+
+
+def _holds_only_shards(folder: Path, aside: bool) -> bool:
+    """Whether ``folder`` (and, for an aside copy, its parent) is a real folder of this user holding only regular
+    ``part-NNNNN.parquet`` files."""
+    try:
+        for level in [folder.parent, folder] if aside else [folder]:
+            st = os.lstat(level)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                return False
+        if aside and os.listdir(folder.parent) != ["shards"]:
+            return False
+        with os.scandir(folder) as entries:
+            return all(_PART.fullmatch(e.name) and e.is_file(follow_symlinks=False) for e in entries)
+    except OSError:
+        return False
 
 
 def _writer_gone(folder: Path) -> bool | None:
-    """Of a hidden folder: :func:`featstore.leftovers.writer_gone` of the export its name names, True only for a real
-    folder of this user (a folder named by an earlier version carries no pid: False)."""
+    """Of a hidden folder :func:`_leftovers` found: :func:`featstore.leftovers.writer_gone` of the export its name
+    names."""
     match = re.search(_TAG + r"(old|tmp)\Z", folder.name)
-    gone = writer_gone(int(match["pid"]), match["host"]) if match and match["pid"] else False
-    if not gone:
-        return gone
-    st = os.lstat(folder)
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+    return writer_gone(int(match["pid"]), match["host"]) if match else False
