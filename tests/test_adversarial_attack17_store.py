@@ -349,6 +349,8 @@ def test_only_featstores_own_aside_folders_are_put_back_or_removed(store, tmp_pa
     (mixed / "mine.txt").write_text("mine")
     for out in ("shards", "shards2", "shards3"):
         export(store, "test", tmp_path / out, rows_per_file=20)
-        assert all(p.name.startswith("part-") for p in (tmp_path / out).iterdir()), out  # a new export, nothing put back
+        assert all(p.name.startswith("part-") for p in (tmp_path / out).iterdir()), (
+            out
+        )  # a new export, nothing put back
     assert (backup / "notes.txt").read_text() == "my notes" and (backup / "shards" / "data.txt").exists()
     assert (elsewhere / "keep.txt").exists() and (mixed / "mine.txt").exists()
