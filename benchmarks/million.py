@@ -57,6 +57,8 @@ path, n = Path(sys.argv[1]), int(sys.argv[2])
 t = time.perf_counter()
 listing = fake_listing(path.parent / "files", n)   # what discover returns (its walk is measured apart)
 t_list = time.perf_counter() - t
+import resource
+rss_listing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MB: imports and the listing, before any work
 t0 = time.perf_counter()
 store = StoreFile(path)
 with store.read_if_exists() as f:
@@ -86,7 +88,7 @@ with store.open("r") as f:
     t7 = time.perf_counter()
 assert d.counts == (0, 0, 1), d.counts
 out = {"seconds": t3 - t0, "checks": t1 - t0, "compact": t2 - t1, "prepare": t3 - t2, "digest": t5 - t4,
-       "read_listing": t6 - t5, "diff": t7 - t6, "fake_listing": t_list, "rows": found.done}"""
+       "read_listing": t6 - t5, "diff": t7 - t6, "fake_listing": t_list, "rows": found.done, "rss_listing": rss_listing}"""
 LISTING_FLOOR = """import sys, time, numpy as np
 from million_build import fake_listing
 from pathlib import Path
@@ -404,7 +406,8 @@ def resume_figures(t: Table, rr: int, paths: dict, rows: int) -> None:
         "the compaction (a full copy)",
         rsss,
         max_s=10,
-        note=f"  [checks {ro['checks']:.2f}, compact {ro['compact']:.2f}, prepare {ro['prepare']:.2f} s]",
+        note=f"  [checks {ro['checks']:.2f}, compact {ro['compact']:.2f}, prepare {ro['prepare']:.2f} s; imports and the "
+        f"listing alone {ro['rss_listing']:.0f} MB]",
     )
     t.row("listing digest", ro["digest"], "numpy compare", floor, None, "a Python loop per row", max_s=2)
     t.row(

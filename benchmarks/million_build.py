@@ -14,6 +14,7 @@ Everything goes through featstore's own writer (:func:`featstore.store.writer.wr
 
 from __future__ import annotations
 
+import array
 import json
 import shutil
 import time
@@ -64,8 +65,8 @@ def fake_listing(root: Path, n: int) -> ImageListing:
     """A listing of ``n`` images under ``root/train/<class>/`` that need not exist (what `discover` would return)."""
     per = -(-n // CLASSES)
     items = [(f"train/c{i // per:03d}/img_{i:07d}.jpg", i // per) for i in range(n)]
-    sizes = [20_000 + i % 5000 for i in range(n)]
-    mtimes = [1_700_000_000_000_000_000 + i for i in range(n)]
+    sizes = array.array("q", (20_000 + i % 5000 for i in range(n)))  # as discover keeps them
+    mtimes = array.array("q", (1_700_000_000_000_000_000 + i for i in range(n)))
     return ImageListing(root, "train", [f"c{i:03d}" for i in range(CLASSES)], items, 0, [], sizes, mtimes)
 
 
