@@ -142,8 +142,9 @@ def export(
             features,
         )
     d = int(np.prod(shape)) if features == "flat" or len(shape) != 3 else int(shape[-1])
-    row_bytes = int(np.prod(shape)) * np.dtype(info["dtype"]).itemsize
-    block = max(max_bytes, int(info["chunks"][0]) * row_bytes if info.get("chunks") else row_bytes)
+    from featstore.store.layout import chunk_bytes  # the chunk's own bytes (rows x the chunk's row), not rows x row
+
+    block = max(max_bytes, chunk_bytes(info))
     meta = {
         "extractor": name,
         "split": split,
