@@ -328,7 +328,7 @@ def test_path_columns_are_read_a_block_at_a_time(store, monkeypatch):
 
 def test_empty_paths_are_damage_named_in_one_line(store, tmp_path):
     """Finding 5: fit recorded a run on a split of 15 identical empty paths (check called it "14 duplicated paths")."""
-    _fixed_paths(store, "test", "S4096", 15)  # no chunk written: every path the empty fill value
+    _fixed_paths(store, "test", "S4096", 15, np.zeros(15, "S4096"))  # written empty (never written: attack 18's 9)
     result = cli("fit", "--store", store, "--runs", tmp_path / "runs", "--validation", "none", "--test", "test")
     out = no_traceback(result)
     assert result.exit_code == 1 and "s/test: row 0 of s/test/paths is an empty path" in out, out

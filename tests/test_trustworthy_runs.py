@@ -89,7 +89,7 @@ def test_records_carry_every_figure_with_its_interval(tmp_path):
     assert evaluate_run(rec.id, "test", path, tmp_path / "runs") == rec["metrics"]["test"]
     table = runs_table([rec])
     lo, hi = rec.metrics["test"].accuracy_interval()
-    assert f"{rec.accuracy('test'):.4f} [{lo:.2f}, {hi:.2f}]" in table and "val_acc [95% CI]" in table
+    assert f"{rec.accuracy('test'):.4f} [{lo:.4f}, {hi:.4f}]" in table and "val_acc [95% CI]" in table
     report = run_report(rec, [])
     assert "log-loss" in report and "ECE" in report and "top-5" in report and "calibration: temperature" in report
     shown = cli("runs", "show", rec.id, "--store", path, "--runs", tmp_path / "runs", "--json")

@@ -29,7 +29,7 @@ import numpy as np
 
 from featstore.caches import cache_folder, write_cached
 from featstore.errors import ConfigError, StoreError
-from featstore.experiments.leaks.find import COMMIT_KEYS
+from featstore.experiments.leaks.find import split_commit
 from featstore.experiments.leaks.search import query_blocks
 from featstore.safezip import check_zip
 from featstore.store.reader import FeatureStore
@@ -106,7 +106,7 @@ def _key(fs: FeatureStore, name: str, splits: list[str], max_rows: int, method: 
     infos = {s: fs.split_info(s, name) for s in splits}
     what = {
         "fingerprint": fs.metadata(name).get("fingerprint"),
-        "commits": {s: {k: infos[s].get(k) for k in COMMIT_KEYS} for s in splits},
+        "commits": {s: split_commit(infos[s]) for s in splits},  # rows_sha256 where recorded: same-second rewrites
         "max_rows": max_rows,
         "method": method,
         "seed": seed,

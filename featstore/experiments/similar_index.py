@@ -7,7 +7,8 @@ L2-normalised, projected to ``dims`` components and normalised again) and writes
         vectors.npy   (N, dims) float32: the reduced rows, read as a memory map
         model.npz     mean (D,), components (dims, D), pca_mean (D,): how a query is reduced
         index.json    what it was built from: fingerprint, the split's commit (rows, listing, finish time), dims,
-                      sample, seed, the files' sizes; written last, so a half-built index has none
+                      sample, seed, the files' sizes, model.npz's sha256; written last, so a half-built index has
+                      none. Loading compares them (:mod:`.similar_files`); a search meeting a NaN score refuses it
 
 A search is one matrix-vector product over ``vectors.npy`` for candidates (:func:`candidates`: ``10 k``, at least 100,
 and one row in 800 of the split), re-ranked with their exact centred cosine read from the store, so the similarities
@@ -37,10 +38,10 @@ import numpy as np
 
 from featstore.caches import CacheNotMade, CacheNotTrusted, cache_folder, opened_cache, write_cached, write_cached_text
 from featstore.errors import ConfigError, OutputError, StoreError
-from featstore.experiments.leaks.find import COMMIT_KEYS
+from featstore.experiments.leaks.find import commit_changes, split_commit
 from featstore.experiments.leaks.search import normalised, query_blocks, scan
+from featstore.experiments.similar_files import file_sha256, open_vectors, read_model, recorded, sample_rows
 from featstore.outputs import output_fix, terminal_safe
-from featstore.safezip import check_zip, read_npy
 from featstore.store.layout import PATH_ERRORS, validate_labels
 from featstore.store.reader import FeatureStore
 from featstore.store.strings import refuse_long
@@ -112,8 +113,7 @@ def read_names(fs: FeatureStore, name: str, split: str, rows: np.ndarray) -> tup
 
 def _commit(fs: FeatureStore, name: str, split: str) -> dict:
     """What identifies the split's rows now."""
-    info = fs.split_info(split, name)
-    return {k: info.get(k) for k in COMMIT_KEYS}
+    return split_commit(fs.split_info(split, name))
 
 
 def candidates(rows: int, k: int) -> int:
@@ -152,8 +152,16 @@ class Index:
     def search(self, fs: FeatureStore, q: np.ndarray, k: int, exclude: int | None) -> tuple[np.ndarray, np.ndarray]:
         """``(similarities, rows)`` of the k nearest rows: candidates from the index, exact centred cosine from the store."""
         approx = self.vectors @ self.reduce(q[None])[0]
+        finite = np.isfinite(approx)
         if exclude is not None and 0 <= exclude < len(approx):
-            approx[exclude] = -np.inf
+            finite[exclude], approx[exclude] = True, -np.inf
+        if not finite.all():  # NaN rows were never proposed, or none was (a ValueError traceback)
+            bad = np.flatnonzero(~finite)
+            raise StoreError(
+                f"similarity index {terminal_safe(str(self.folder))} gives NaN or inf scores ({len(bad):,} rows, the "
+                f"first row {int(bad[0])}): its files are damaged; rebuild it with `featstore similar --build-index "
+                f"--split {self.meta.get('split')}`, or search with --exact"
+            )
         m = min(len(approx), candidates(len(approx), k))
         cand = np.argpartition(-approx, m - 1)[:m] if m < len(approx) else np.arange(len(approx))
         cand = cand[np.isfinite(approx[cand])]
@@ -191,12 +199,18 @@ def build_similarity_index(
     commit = _commit(fs, name, split)
     centre = scan(fs, name, [], split, budget)  # refuses NaN/inf rows and splits of under 2 rows
     n, d = centre.rows, int(centre.mean.size)
-    pca = None
+    pca, rows = None, 0
+    step = max(1, budget // 4 // (4 * d))  # rows normalised at a time: 3 float32 copies of a whole float16 block
     if d > dims and n > dims:
-        rng = np.random.default_rng(seed)
-        pick = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-        S = np.concatenate([normalised(X, centre.mean) for _, X in query_blocks(fs, name, split, budget, pick)])
-        pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed).fit(S)
+        rows = sample_rows(min(sample, n), d, dims, max_bytes)
+        pick = np.sort(np.random.default_rng(seed).choice(n, size=rows, replace=False))
+        S, at = np.empty((rows, d), np.float32), 0  # filled in place: a list of blocks concatenated held it twice
+        for _, X in query_blocks(fs, name, split, budget, pick):  # were 6 x its bytes (attack 18: a peak of 937 MB)
+            for i in range(0, len(X), step):
+                S[at + i : at + i + step] = normalised(X[i : i + step], centre.mean)
+            at += len(X)
+        # copy=False: centred in place (S is ours), not copied once more
+        pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed, copy=False).fit(S)
         del S
     meta_path = folder / "index.json"
     with opened_cache(*_levels(folder), what=WHAT, again=AGAIN) as at:
@@ -214,7 +228,8 @@ def build_similarity_index(
             np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (n, width)})
             off = 0
             for X, _ in fs.iter_batches(split, name, max_bytes=budget):
-                fh.write(np.ascontiguousarray(index.reduce(X), dtype="<f4").tobytes())
+                for i in range(0, len(X), step):  # reduced a slice at a time, as the sample was
+                    fh.write(np.ascontiguousarray(index.reduce(X[i : i + step]), dtype="<f4").tobytes())
                 off += len(X)
             if off != n:
                 raise StoreError(
@@ -224,9 +239,12 @@ def build_similarity_index(
     root = _levels(folder)[0]
     write_cached(root, folder / "vectors.npy", fill, "similarity index", AGAIN)
 
+    digest = {}
+
     def model(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, mean=centre.mean, components=components, pca_mean=pca_mean)
+        digest["model.npz"] = file_sha256(tmp)  # checked at load: the mean and components decide every score
 
     write_cached(root, folder / "model.npz", model, "similarity index", AGAIN)
     meta = {
@@ -240,9 +258,11 @@ def build_similarity_index(
         "dims": width,
         "reduced": pca is not None,
         "explained_variance": float(pca.explained_variance_ratio_.sum()) if pca is not None else 1.0,
-        "sample": int(min(sample, n)) if pca is not None else 0,
+        "sample": rows,
+        "sample_asked": int(sample),
         "seed": seed,
         "files": _sizes(folder, ("vectors.npy", "model.npz")),
+        "model_sha256": digest["model.npz"],
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "featstore_version": __version__,
         "seconds": round(time.monotonic() - start, 3),
@@ -374,9 +394,9 @@ def _load(fs: FeatureStore, name: str, split: str, folder: Path, at: Path | None
             f"{str(meta.get('fingerprint'))[:12]}, the store's {terminal_safe(name)} has {str(fp)[:12]}; {rebuild}"
         )
     now = _commit(fs, name, split)
-    if meta.get("commit") != now:
-        was = meta.get("commit") if isinstance(meta.get("commit"), dict) else {}
-        diff = ", ".join(f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in now if was.get(k) != now.get(k))
+    was = meta.get("commit") if isinstance(meta.get("commit"), dict) else {}
+    if changed := commit_changes(was, now):
+        diff = ", ".join(changed)
         raise ConfigError(
             f"the similarity index {terminal_safe(str(folder))} is stale: split {split!r} changed since it was "
             f"built ({diff}); {rebuild}"
@@ -387,22 +407,19 @@ def _load(fs: FeatureStore, name: str, split: str, folder: Path, at: Path | None
         raise StoreError(
             f"similarity index {terminal_safe(str(folder))}: index.json's sizes are not the split's; {rebuild}"
         )
-    part = folder / "vectors.npy"
-    try:
-        vectors = np.load(_regular(at / part.name), mmap_mode="r", allow_pickle=False)
+    part = folder / "index.json"
+    try:  # sizes, vectors.npy's header and model.npz's digest as recorded (a crafted mean read every similarity 1.0)
+        v_size, m_size, m_digest = recorded(meta)
+        part = folder / "vectors.npy"
+        vectors = open_vectors(at / part.name, rows, width, v_size)
         part = folder / "model.npz"
-        check_zip(_regular(at / part.name))  # a crafted model.npz is refused before it is unpacked (no zip bombs)
-        with open(at / part.name, "rb") as fh, zipfile.ZipFile(fh) as z:
-            mean, pca_mean = (read_npy(z, f"{k}.npy", "f", (d,)).astype(np.float32) for k in ("mean", "pca_mean"))
-            components = read_npy(z, "components.npy", "f", (None, d)).astype(np.float32)
+        mean, components, pca_mean = read_model(at / part.name, m_size, m_digest, d)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise StoreError(
-            f"similarity index file {terminal_safe(str(part))} cannot be read ({exc}); {rebuild}"
+            f"similarity index file {terminal_safe(str(part))} cannot be used ({terminal_safe(str(exc))}); {rebuild}"
         ) from None
     if (
-        vectors.dtype != np.float32
-        or vectors.shape != (rows, width)
-        or rows != int(now["committed_rows"])
+        rows != int(now["committed_rows"])
         or mean.shape != (d,)
         or pca_mean.shape != (d,)
         or components.shape not in ((width, d), (0, d))

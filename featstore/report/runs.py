@@ -16,12 +16,13 @@ from featstore.stats.figures import HEADLINE
 
 
 def _acc(rec: RunRecord, split: str, digits: int = 4) -> str:
-    """A split's accuracy with its 95 % interval, "0.8100 [0.72, 0.87]"; "-" when the run was not evaluated there."""
+    """A split's accuracy with its 95 % interval, both to ``digits`` decimals, "0.8100 [0.7200, 0.8700]" (an interval
+    to fewer showed "0.9974 [1.00, 1.00]": the figure outside its own zero-wide interval); "-" when not evaluated there."""
     m = rec.metrics.get(split)
     if m is None:
         return "-"
     lo, hi = m.accuracy_interval()
-    return f"{m.accuracy:.{digits}f} [{lo:.2f}, {hi:.2f}]"
+    return f"{m.accuracy:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def _val(rec: RunRecord) -> str:
@@ -208,7 +209,8 @@ def pair_report(pair) -> str:
 
 
 def _range(ci) -> str:
-    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    """`` [0.9955, 0.9986]``: to 4 decimals, as the accuracy it follows (see :func:`_acc`)."""
+    return f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
 
 
 def sweep_table(summary: dict) -> str:

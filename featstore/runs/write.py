@@ -42,6 +42,7 @@ from featstore.runs.files import (
 )
 from featstore.runs.folder import verify_predictions
 from featstore.runs.kinds import parse_record
+from featstore.runs.own_writes import MARK, OwnWrites, own
 from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
 from featstore.runs.swap import ORPHAN_AGE_S, read_marker, reveal
@@ -250,10 +251,11 @@ class RunDraft:
         except OSError as exc:
             raise not_written(exc, self.root, name) from None
         try:
-            self.predictions = PredictionsWriter(self.tmp / PREDICTIONS)
+            self._preds = PredictionsWriter(self.tmp / PREDICTIONS)
         except OSError as exc:
             _discard(None, self.tmp)
             raise not_written(exc, self.root, name, self.tmp) from None
+        self.predictions = OwnWrites(self._preds)  # its OSErrors are the run folder's; a store read's are the store's
 
     def __enter__(self) -> RunDraft:
         return self
@@ -261,16 +263,17 @@ class RunDraft:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.done:
             return
-        _discard(self.predictions, self.tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+        _discard(self._preds, self.tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError) and own(exc):
             raise not_written(exc, self.root, self.name, self.tmp) from None
 
     def finish(self, record: dict, est) -> RunRecord:
         """Save the model (or none), close the predictions, write run.json and rename the folder to the run's id."""
-        if est is not None:
-            record = {**record, "artifact": save_estimator(est, self.tmp)}
-        rec = _write_contents(self.tmp, record, self.predictions, self.root / record["id"])
-        os.replace(self.tmp, self.root / record["id"])
+        with MARK:
+            if est is not None:
+                record = {**record, "artifact": save_estimator(est, self.tmp)}
+            rec = _write_contents(self.tmp, record, self._preds, self.root / record["id"])
+            os.replace(self.tmp, self.root / record["id"])
         self.done = True
         (self.root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
         logger.info("recorded run %s in %s", record["id"], self.root)
@@ -325,22 +328,24 @@ def add_split(
     aside = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")  # unique as tmp is
     preds = None
     try:
-        for name in carried:
-            carry(folder / name, tmp / name)
-        preds = PredictionsWriter(tmp / PREDICTIONS)
-        path = verify_file(folder, PREDICTIONS, old_sha, "stored predictions")  # the file the run was verified with
-        check_zip_file(path, "stored predictions", folder, "npz file")
-        with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # each split copied a MiB at a time, never loaded
-            for s, digests in stored.items():
-                preds.copy(s, z, read_labels(z, s, record["predictions"][s]["n"], k), *digests)
-        split_metrics = _add_prediction(preds, split, k, split_metrics, prediction)
+        with MARK:  # the run folder's own reads and writes; the prediction's blocks (store reads) are not
+            for name in carried:
+                carry(folder / name, tmp / name)
+            preds = PredictionsWriter(tmp / PREDICTIONS)
+            path = verify_file(folder, PREDICTIONS, old_sha, "stored predictions")  # the file the run was verified with
+            check_zip_file(path, "stored predictions", folder, "npz file")
+            with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # each split copied a MiB at a time, never loaded
+                for s, digests in stored.items():
+                    preds.copy(s, z, read_labels(z, s, record["predictions"][s]["n"], k), *digests)
+        split_metrics = _add_prediction(OwnWrites(preds), split, k, split_metrics, prediction)
         record["metrics"] = {**record["metrics"], split: split_metrics}
         record["splits"] = {**record.get("splits", {}), split: split_metrics["n"]}
-        rec = _write_contents(tmp, record, preds, folder)
-        verify_predictions(tmp, rec)  # the new predictions file reads back (in blocks) before it replaces the old one
-        _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
-        os.replace(folder, aside)
-        os.replace(tmp, folder)
+        with MARK:
+            rec = _write_contents(tmp, record, preds, folder)
+            verify_predictions(tmp, rec)  # the new predictions file reads back (in blocks) before it replaces the old
+            _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
+            os.replace(folder, aside)
+            os.replace(tmp, folder)
     except BaseException as exc:
         _discard(preds, tmp)
         if not os.path.lexists(folder) and aside.is_dir():
@@ -349,7 +354,7 @@ def add_split(
             (folder / TMP_MARKER).unlink(missing_ok=True)
         except OSError as again:
             logger.debug("could not remove %s: %s", folder / TMP_MARKER, again)
-        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError) and own(exc):
             raise not_written(exc, root, record["id"], tmp, update=True) from None
         if isinstance(exc, (KeyError, ValueError, zipfile.BadZipFile)):
             raise BrokenRunError(

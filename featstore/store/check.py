@@ -27,7 +27,9 @@ from featstore.store.layout import (
     validate_split,
 )
 from featstore.store.locking import StoreFile
-from featstore.store.strings import bounded_attrs, refuse_long
+from featstore.store.storage import unavailable_filters
+from featstore.store.storage import unreadable as why_unreadable
+from featstore.store.strings import bounded_attrs, refuse_long, unreadable_strings
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
@@ -165,6 +167,7 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
     where = f"/{s.name}/{s.split}"
     bad_rows = huge_rows = bad_labels = empty = 0
     unreadable: list[str] = []
+    plugin: str | None = None  # why the features cannot be read when a filter plugin is missing
     hashes: list[np.ndarray] = []  # of the stored path bytes: uniqueness is checked on sorted hashes, not a set of str
     labels: list[np.ndarray] = []
     for i in range(0, s.rows, s.step):
@@ -173,8 +176,11 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
             j = min(i + s.step, s.rows)
             try:
                 block = sg["features"][i:j]
-            except OSError as exc:
-                unreadable.append(f"{i}..{j - 1} ({exc})")
+            except OSError as exc:  # a filter plugin missing is said once, as such; damage is listed block by block
+                if unavailable_filters(sg["features"]):
+                    plugin = plugin or why_unreadable(sg["features"], f"{where}: features of rows {i}..{j - 1}", exc)
+                else:
+                    unreadable.append(f"{i}..{j - 1} ({exc})")
                 block = np.zeros((0,), np.float32)
             y = sg["labels"][i:j]
             try:
@@ -183,7 +189,10 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
                 return [str(exc)]
             step = path_block_rows(sg["paths"])  # fixed-length paths: never the whole block's width x rows at once
             for a in range(i, j, step):
-                raw = sg["paths"][a : min(a + step, j)]
+                try:
+                    raw = sg["paths"][a : min(a + step, j)]
+                except OSError as exc:  # a heap ID whose length disagrees with its heap object, a damaged heap
+                    return [str(unreadable_strings(sg["paths"], a, min(a + step, j), exc))]
                 empty += sum(1 for p in raw if not len(p))
                 hashes.append(np.fromiter(map(hash, raw), np.int64, len(raw)))
         if len(block):
@@ -195,7 +204,7 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         [f"{where}: features of rows {', '.join(unreadable[:3])} cannot be read: the file is damaged; {REDO}"]
         if unreadable
         else []
-    )
+    ) + ([plugin] if plugin else [])
     if bad_labels:
         out.append(f"{where}: {bad_labels} labels outside 0..{s.n_classes - 1}; {REDO}")
     if bad_rows:

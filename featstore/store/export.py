@@ -9,8 +9,10 @@ under the name asked for (a SIGKILL may leave a ``.<name>.XXXX.tmp`` file to del
 What each file holds, with ``d`` the number of values per row (see ``features=``):
 
 - ``.npz`` (uncompressed, like ``numpy.savez``): ``features`` (N, d), ``labels`` (N,) int64,
-  ``paths`` (N,) str, ``class_names`` (K,) str. Streamed too: ``features.npy`` is written block by
-  block straight into the zip member (a ``.npy`` header, then the rows), never built in memory.
+  ``paths`` (N,) str, ``class_names`` (K,) str. Streamed too: ``features.npy`` and ``paths.npy`` are written block by
+  block straight into the zip member (a ``.npy`` header, then the rows), never built in memory. ``paths`` is a
+  fixed-width array (every path as wide as the widest, 4 bytes a character): refused, before anything is written, when
+  that would take over 256 MiB and over 4 times the paths' own characters (one long path among many short ones).
   ``np.load(out)["features"]`` of course loads all of it; ``mmap_mode`` does not apply inside a zip.
 - Parquet (needs ``pyarrow``: ``pip install 'featstore[parquet]'``): columns ``path``, ``label``,
   ``class``, ``features``, ``path_bytes`` (fixed-size list of d floats), one row group per block; the schema metadata
@@ -140,8 +142,9 @@ def export(
             features,
         )
     d = int(np.prod(shape)) if features == "flat" or len(shape) != 3 else int(shape[-1])
-    row_bytes = int(np.prod(shape)) * np.dtype(info["dtype"]).itemsize
-    block = max(max_bytes, int(info["chunks"][0]) * row_bytes if info.get("chunks") else row_bytes)
+    from featstore.store.layout import chunk_bytes  # the chunk's own bytes (rows x the chunk's row), not rows x row
+
+    block = max(max_bytes, chunk_bytes(info))
     meta = {
         "extractor": name,
         "split": split,
@@ -210,7 +213,10 @@ def _pyarrow():
 
 
 def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray, paths: list[str], copy=None) -> None:
-    """features.npy streamed into the zip member, then the small arrays (np.load reads it like np.savez's)."""
+    """features.npy streamed into the zip member, then labels, paths (block by block) and the small arrays (np.load
+    reads it like np.savez's). Refused first, before anything is read or written, when the paths column would be mostly
+    padding (:func:`_npz_paths_width`)."""
+    width = _npz_paths_width(paths, meta)
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         with zf.open("features.npy", "w", force_zip64=True) as fh:
             header = {
@@ -223,13 +229,50 @@ def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray
                 fh.write(np.ascontiguousarray(X).tobytes())
         small = {
             "labels": labels.astype(np.int64),
-            "paths": np.array(paths, dtype=str),
+            "paths": None,  # written block by block (_write_npz_paths)
             "class_names": np.array(meta["class_names"], dtype=str),
             **({} if copy is None else {"copy": copy.astype(np.int64)}),
         }
         for key, arr in small.items():
             with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
-                np.lib.format.write_array(fh, arr, allow_pickle=False)
+                if arr is None:
+                    _write_npz_paths(fh, paths, width)
+                else:
+                    np.lib.format.write_array(fh, arr, allow_pickle=False)
+
+
+def _write_npz_paths(fh, paths: list[str], width: int) -> None:
+    """paths.npy: (N,) ``<U{width}``, as ``np.array(paths, dtype=str)`` gives, made and written 16 MB at a time."""
+    kind = np.dtype(f"<U{width}")
+    header = {"descr": np.lib.format.dtype_to_descr(kind), "fortran_order": False, "shape": (len(paths),)}
+    np.lib.format.write_array_header_1_0(fh, header)
+    step = max(1, _NPZ_PATHS_BLOCK // kind.itemsize)
+    for i in range(0, len(paths), step):
+        fh.write(np.array(paths[i : i + step], dtype=kind).view(np.uint8))  # no bytes copy of the block
+
+
+_NPZ_PATHS_BLOCK = 16 << 20  # bytes of paths.npy made at a time
+_NPZ_PATHS_MAX = 256 << 20  # a paths column over this, and over _NPZ_PADDING x the paths' own size, is refused
+_NPZ_PADDING = 4
+
+
+def _npz_paths_width(paths: list[str], meta: dict) -> int:
+    """The width (characters) of the ``.npz`` ``paths`` column; ConfigError when it would take over 256 MiB and over 4
+    times what the paths hold: ``.npz`` stores every path as wide as the widest, 4 bytes a character (one 4,000-character
+    path among 40,000 short ones made a 641 MB file, at 10^6 rows 16 GB)."""
+    lengths = np.fromiter(map(len, paths), np.int64, len(paths))
+    if not len(lengths):
+        return 1
+    row, width = int(lengths.argmax()), max(1, int(lengths.max()))
+    column = len(paths) * width * 4
+    if column > _NPZ_PATHS_MAX and len(paths) * width > _NPZ_PADDING * int(lengths.sum()):
+        raise ConfigError(
+            f".npz export of {meta['extractor']}/{meta['split']} refused: its paths column would take "
+            f"{column / 1e6:,.0f} MB, since .npz stores each of the {len(paths):,} paths as wide as the widest "
+            f"(row {row}, {width:,} characters; the average is {lengths.mean():,.0f}). Export to .parquet or .csv, "
+            f"which store each path at its own length"
+        )
+    return width
 
 
 def _write_parquet(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths, copy=None) -> None:

@@ -18,6 +18,7 @@ from featstore.errors import ConfigError, StoreError
 from featstore.images.listing_diff import ListingColumns
 from featstore.provenance import MAX_AUGMENT_COPIES, check_format_version, plain
 from featstore.store.pathcols import PATH_ERRORS, path_block_rows, read_paths  # noqa: F401 (re-exported: readers)
+from featstore.store.storage import refuse_missing_chunks, refuse_split_columns
 from featstore.store.strings import MAX_PATH_BYTES, bounded_attrs, read_names, repeated, shown
 
 STR = h5py.string_dtype("utf-8")
@@ -180,17 +181,24 @@ MAX_PACKED_CHUNK = 64 << 20  # bytes: a compressed chunk is unpacked whole to re
 
 
 def check_chunks(sg, commit: Commit, where: str) -> None:
-    """Refuse a compressed row dataset whose one chunk unpacks to more than 64 MiB and more than its committed rows take:
-    a crafted store of a few MB (a gzip chunk of zeros) would otherwise make every reader allocate up to 4 GiB per
-    dataset. Call it before reading rows (the writer does not: it resumes the splits it made).
+    """Refuse a split whose storage no reader can be trusted with, from HDF5's bookkeeping alone (no row is read): a
+    compressed row dataset whose one chunk unpacks to more than 64 MiB and more than its committed rows take (a crafted
+    store of a few MB, a gzip chunk of zeros, would make every reader allocate up to 4 GiB per dataset); features chunked
+    across their values; committed rows whose chunks were never written (:mod:`featstore.store.storage`). Call it before
+    reading rows (the writer does not: it resumes the splits it made).
     """
     for key in (*ROW_DATASETS, "failed/paths", "failed/reasons"):
         ds = sg.get(key)
-        if not isinstance(ds, h5py.Dataset) or ds.chunks is None or ds.id.get_create_plist().get_nfilters() == 0:
+        if not isinstance(ds, h5py.Dataset):
+            continue
+        rows = commit.failed if key.startswith("failed/") else commit.rows
+        if key == "features":
+            refuse_split_columns(ds, where)
+        refuse_missing_chunks(ds, rows, f"{where}/{key}")
+        if ds.chunks is None or ds.id.get_create_plist().get_nfilters() == 0:
             continue
         row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
         chunk = int(np.prod(ds.chunks, dtype=np.int64)) * ds.dtype.itemsize
-        rows = commit.failed if key.startswith("failed/") else commit.rows
         if rows and chunk > max(MAX_PACKED_CHUNK, rows * row_bytes):
             raise StoreError(
                 f"{where}/{key}: one compressed chunk unpacks to {chunk / 2**20:,.0f} MiB for {rows} committed rows "
@@ -416,3 +424,11 @@ def row_bytes(info: dict) -> int:
 def chunk_rows(info: dict) -> int:
     """Rows per HDF5 chunk of a split (1 where the split is not chunked), from its :meth:`featstore.store.reader.FeatureStore.split_info`."""
     return int(info["chunks"][0]) if info.get("chunks") else 1
+
+
+def chunk_bytes(info: dict) -> int:
+    """Bytes one HDF5 chunk of a split's features holds: its rows times the bytes of the chunk's row (its own shape, not
+    the dataset's row; a chunk never spans less than whole rows in a split a reader opens: ``check_chunks``)."""
+    if not info.get("chunks"):
+        return row_bytes(info)
+    return int(np.prod(info["chunks"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize

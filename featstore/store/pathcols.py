@@ -8,7 +8,7 @@ whole as bytes, and an empty path (it names no image) is refused as damage.
 from __future__ import annotations
 
 from featstore.errors import StoreError
-from featstore.store.strings import refuse_long
+from featstore.store.strings import refuse_long, unreadable_strings
 
 PATH_ERRORS = (
     "surrogateescape"  # stored paths are the file system's bytes; names that are not UTF-8 round-trip losslessly
@@ -35,10 +35,13 @@ def read_paths(ds, stop: int, start: int = 0, *, empty_ok: bool = False) -> list
     text, step = ds.asstr(errors=PATH_ERRORS), path_block_rows(ds)
     check = not empty_ok and ds.name.rsplit("/", 1)[-1] == "paths"
     out: list[str] = []
+    split = ds.parent.name.removesuffix("/listing").removesuffix("/failed").lstrip("/")
     for a in range(start, stop, step):
-        block = list(text[a : min(a + step, stop)])
+        try:
+            block = list(text[a : min(a + step, stop)])
+        except OSError as exc:  # HDF5 refused the strings: "Expected global heap object size does not match", ...
+            raise unreadable_strings(ds, a, min(a + step, stop), exc) from None
         if check and "" in block:
-            split = ds.parent.name.removesuffix("/listing").removesuffix("/failed").lstrip("/")
             raise StoreError(
                 f"{ds.file.filename}:/{split}: row {a + block.index('')} of {ds.name.lstrip('/')} is an empty path, "
                 f"which names no image: the store is damaged. Run `featstore check {ds.file.filename}`, then "

@@ -34,6 +34,7 @@ from featstore.store.layout import (  # noqa: F401 (STR, hard_groups, read_paths
     AUGMENT_ATTRS,
     STR,
     Commit,
+    chunk_bytes,
     chunk_rows,
     foreign_objects,
     hard_groups,
@@ -53,21 +54,21 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
     set_locking,
 )
 from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
+from featstore.store.storage import unreadable
 from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _readable(path, name: str, split: str, start: int, stop: int) -> Iterator[None]:
-    """Turn HDF5's read errors (a damaged chunk: "filter returned failure", bad checksums) into a StoreError naming the rows."""
+def _readable(f, path, name: str, split: str, start: int, stop: int) -> Iterator[None]:
+    """Turn HDF5's read errors in the open ``f`` (a damaged chunk: "filter returned failure", bad checksums; a filter
+    plugin missing, named as such) into a StoreError naming the rows."""
     try:
         yield
     except OSError as exc:
-        raise StoreError(
-            f"{path}:/{name}/{split}: features of rows {start}..{stop - 1} cannot be read ({exc}): the file is damaged "
-            f"(disk or copy error). `featstore check` lists every damaged block; re-extract this split with --overwrite."
-        ) from exc
+        what = f"{path}:/{name}/{split}: features of rows {start}..{stop - 1}"
+        raise StoreError(unreadable(f[name][split]["features"], what, exc)) from exc
 
 
 class FeatureStore:
@@ -293,7 +294,7 @@ class FeatureStore:
                     y = self._labels(sg, n, f"{self.path}:/{name}/{key}")
                 seen = same_split(f, f"{name}/{key}", seen, f"{self.path}:/{name}/{key}")
                 part = np.s_[i : min(i + step, n)]
-                with _readable(self.path, name, key, i, min(i + step, n)):
+                with _readable(f, self.path, name, key, i, min(i + step, n)):
                     if i < n:
                         f[name][key]["features"].read_direct(X, part, part)
             i += step
@@ -320,12 +321,12 @@ class FeatureStore:
             raise StoreError(
                 f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`"
             )
-        row, chunk = row_bytes(info), chunk_rows(info)
-        rows = (max_bytes // max(row, 1)) // chunk * chunk
+        row, chunk, size = row_bytes(info), chunk_rows(info), chunk_bytes(info)  # size: the chunk's own bytes
+        rows = (max_bytes // max(size, 1)) * chunk
         if rows < 1:
             raise ConfigError(
                 f"a memory budget of {format_bytes(max_bytes)} cannot hold one chunk of {split!r} "
-                f"({chunk} rows of {format_bytes(row)}); raise it to at least {format_bytes(chunk * row)}"
+                f"({chunk} rows of {format_bytes(row)}); raise it to at least {format_bytes(size)}"
             )
         return int(info["committed_rows"]), rows, chunk
 
@@ -364,14 +365,12 @@ class FeatureStore:
         rng = np.random.default_rng(seed)
         if shuffle:
             full = [u for u in units if u[1] - u[0] == chunk]
-            order = rng.permutation(len(full))
-            units = [full[i] for i in order] + [
-                u for u in units if u[1] - u[0] != chunk
-            ]  # a short last chunk stays last
+            short = [u for u in units if u[1] - u[0] != chunk]  # a short last chunk stays last
+            units = [full[i] for i in rng.permutation(len(full))] + short
         per_block, where, seen = rows // chunk, f"{self.path}:/{name}/{key}", None
         for b in range(0, len(units), per_block):
             group = units[b : b + per_block]
-            with self._open() as f, _readable(self.path, name, key, group[0][0], group[-1][1]):
+            with self._open() as f, _readable(f, self.path, name, key, group[0][0], group[-1][1]):
                 seen = same_split(f, f"{name}/{key}", seen, where)
                 sg = f[name][key]
                 if shuffle:

@@ -28,6 +28,7 @@ MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
 MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
 MAX_NAMES = 1 << 20  # class names of a split (ImageNet-21k has 21,841)
 MAX_ATTR_BYTES = 64 << 10  # any other string attribute (a description, a spec)
+ID_BLOCK_BYTES = 1 << 20  # heap IDs read at a time to measure a column's strings (65,536 rows)
 _SLACK = 64 << 10  # bytes allowed past the file's size when adding up a column's strings
 
 
@@ -38,8 +39,9 @@ def limit_of(ds) -> int:
 
 def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
     """The byte lengths of the variable-length strings ``start:stop`` of ``ds``, from their heap IDs (the dataset's own
-    bytes), without reading a string; None when the storage cannot be read so (a compact dataset, another file driver).
-    A column packed by a filter is refused."""
+    bytes, read for those rows only, :data:`ID_BLOCK_BYTES` at a time, whatever the chunk's size), without reading a
+    string; None when the storage cannot be read so (a compact dataset, another file driver). A column packed by a
+    filter is refused."""
     plist = ds.id.get_create_plist()
     elem = 8 + ds.file.id.get_create_plist().get_sizes()[0]  # length (4), heap address, object index (4)
     if stop <= start:
@@ -51,8 +53,13 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
         offset = ds.id.get_offset()
         if offset is None:  # never written: every row is the fill value, an empty string
             return np.zeros(stop - start, np.uint32)
-        raw = os.pread(ds.file.id.get_vfd_handle(), (stop - start) * elem, offset + start * elem)
-        return _lengths(raw, elem, stop - start, ds)
+        out, step = np.zeros(stop - start, np.uint32), max(1, ID_BLOCK_BYTES // elem)
+        for a in range(start, stop, step):
+            b = min(stop, a + step)
+            out[a - start : b - start] = _lengths(
+                os.pread(ds.file.id.get_vfd_handle(), (b - a) * elem, offset + a * elem), elem, b - a, ds
+            )
+        return out
     if layout != h5py.h5d.CHUNKED:
         return None
     if plist.get_nfilters():  # HDF5 refuses to make one ("not suitable for filters"): crafted, or an old library's
@@ -61,15 +68,22 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
             f"featstore never writes (HDF5 no longer makes one): the store is crafted. Re-extract this split with "
             f"--overwrite"
         )
-    rows = ds.chunks[0]
+    rows, fd = ds.chunks[0], ds.file.id.get_vfd_handle()
     out = np.zeros(stop - start, np.uint32)
     for c in range(start - start % rows, stop, rows):
         info = ds.id.get_chunk_info_by_coord((c,))
         if info.byte_offset is None:
             continue  # not allocated: fill values, empty strings
-        got = _lengths(ds.id.read_direct_chunk((c,))[1], elem, rows, ds)
-        a, b = max(start, c), min(stop, c + rows)
-        out[a - start : b - start] = got[a - c : b - c]
+        # only the rows asked, ID_BLOCK_BYTES at a time: a chunk of 2**25 rows (512 MiB of IDs) was read whole for 50
+        first, last = max(start, c), min(stop, c + rows)
+        for a in range(first, last, max(1, ID_BLOCK_BYTES // elem)):
+            b = min(last, a + max(1, ID_BLOCK_BYTES // elem))
+            if (b - c) * elem > info.size:
+                raise StoreError(
+                    f"{ds.file.filename}:{ds.name}: chunk {c} is shorter than its rows: the store is damaged"
+                )
+            raw = os.pread(fd, (b - a) * elem, info.byte_offset + (a - c) * elem)
+            out[a - start : b - start] = _lengths(raw, elem, b - a, ds)
     return out
 
 
@@ -78,6 +92,17 @@ def _lengths(raw: bytes, elem: int, n: int, ds) -> np.ndarray:
     if len(raw) < n * elem:
         raise StoreError(f"{ds.file.filename}:{ds.name}: its storage is shorter than its rows: the store is damaged")
     return np.frombuffer(raw, np.uint8, n * elem).reshape(n, elem)[:, :4].copy().view("<u4").reshape(n)
+
+
+def unreadable_strings(ds, start: int, stop: int, exc: OSError) -> StoreError:
+    """The one line for strings ``start:stop`` of ``ds`` that HDF5 cannot read (a heap ID whose length disagrees with
+    its heap object, a damaged heap): the store, split and dataset, and the fix."""
+    split = ds.parent.name.removesuffix("/listing").removesuffix("/failed").lstrip("/")
+    return StoreError(
+        f"{ds.file.filename}:/{split}: {ds.name.lstrip('/')} rows {start}..{stop - 1} cannot be read ({exc}): their "
+        f"strings do not match the file's string heap, so the store is damaged or crafted. Re-extract this split with "
+        f"--overwrite (or into a new --store)"
+    )
 
 
 def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = None) -> None:
@@ -93,7 +118,10 @@ def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = Non
     lengths = vlen_lengths(ds, start, stop)
     if lengths is None:
         for i in range(start, stop):
-            value = ds[i]
+            try:
+                value = ds[i]
+            except OSError as exc:
+                raise unreadable_strings(ds, i, i + 1, exc) from None
             if len(value) > limit:
                 raise StoreError(
                     f"{where}: row {i} holds a string of {len(value):,} bytes, over the {limit:,}-byte limit: {fix}"

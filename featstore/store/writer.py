@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import numbers
 import secrets
 import time
 from collections.abc import Sequence
@@ -373,14 +374,12 @@ def write_arrays(
     benchmark)::
 
         write_arrays("bench.h5", "synthetic", "train", X, y, ["a", "b"])
+
+    Every argument is checked before the store is opened (one ConfigError naming it; nothing written): ``X`` float32 or
+    float16 of 2 or more dimensions, none of size 0 but the rows; ``y`` 1-D, one whole number in ``[0, len(class_names))``
+    per row of ``X``.
     """
-    if np.dtype(getattr(X, "dtype", None)) not in (np.float16, np.float32):  # every reader refuses others as damage
-        raise ConfigError(
-            f"write_arrays stores float32 or float16 features, not {getattr(X, 'dtype', type(X).__name__)}: pass "
-            f"X.astype(np.float32)"
-        )
-    if "" in class_names or len(set(class_names)) < len(class_names):  # every reader refuses the split as damaged
-        raise ConfigError(f"write_arrays needs distinct, non-empty class names, not {list(class_names)!r}")
+    y = _checked_arrays(X, y, class_names, attrs, batch_size, compression)  # all before the store is opened
     refuse_reserved_split(split)
     store = path if isinstance(path, StoreFile) else StoreFile(path, locking)
     attrs = attrs or synthetic_attrs(X.shape[1:], str(X.dtype))
@@ -398,7 +397,42 @@ def write_arrays(
     digest = RowsDigest(X.shape[1:], str(X.dtype))
     for i in range(0, len(y), batch_size):
         j = min(i + batch_size, len(y))
-        xb, yb = X[i:j], np.asarray(y[i:j], dtype=np.int32)
+        xb, yb = X[i:j], y[i:j]
         digest.update(xb, yb)
         w.commit([xb], yb, [f"{split}/{k}" for k in range(i, j)], [], j)
     w.finish(0.0, attrs={"rows_sha256": digest.hexdigest()})
+
+
+def _checked_arrays(X, y, class_names, attrs, batch_size, compression) -> np.ndarray:
+    """write_arrays' arguments checked (a failure inside HDF5 would leave a damaged group or an "interrupted write" that
+    no extract can resume): ``y`` as int32, or one ConfigError naming the argument and the fix."""
+    if np.dtype(getattr(X, "dtype", None)) not in (np.float16, np.float32):  # every reader refuses others as damage
+        raise ConfigError(
+            f"write_arrays stores float32 or float16 features, not {getattr(X, 'dtype', type(X).__name__)}: pass "
+            f"X.astype(np.float32)"
+        )
+    shape = tuple(X.shape)
+    if len(shape) < 2 or 0 in shape[1:]:
+        raise ConfigError(f"write_arrays needs X of shape (rows, values, ...) with no size 0 but rows, not {shape}")
+    if "" in class_names or len(set(class_names)) < len(class_names):  # every reader refuses the split as damaged
+        raise ConfigError(f"write_arrays needs distinct, non-empty class names, not {list(class_names)!r}")
+    labels = np.asarray(y)
+    if labels.shape != shape[:1]:
+        raise ConfigError(f"write_arrays needs y of shape ({shape[0]},), one label per row of X, not {labels.shape}")
+    bad = None if labels.dtype.kind != "f" else ~np.isfinite(labels) | (labels != np.round(labels))
+    if labels.dtype.kind not in "iubf" or (bad is not None and bad.any()):
+        at = f"{labels[bad.argmax()].item()!r} at row {bad.argmax()}" if bad is not None else str(labels.dtype)
+        raise ConfigError(f"write_arrays needs labels y that are class indices 0, 1, ..., not {at}: pass whole numbers")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise ConfigError(
+            f"write_arrays needs labels y in 0..{len(class_names) - 1} (indices into the {len(class_names)} class "
+            f"names), not {labels.min()}..{labels.max()}: pass one class name per label"
+        )
+    want = (attrs or {}).get("feature_shape"), (attrs or {}).get("dtype")
+    if attrs and (tuple(want[0] or shape[1:]) != shape[1:] or str(want[1] or X.dtype) != str(X.dtype)):
+        raise ConfigError(f"write_arrays: attrs say features {want}, X is {shape[1:]} {X.dtype}; make them agree")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ConfigError(f"write_arrays needs batch_size a whole number of at least 1, not {batch_size!r}")
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"write_arrays compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
+    return labels.astype(np.int32)

@@ -38,7 +38,35 @@ COMMIT_KEYS = (
     "images_done",
     "listing_sha256",
     "finished_at",
+    "rows_sha256",  # a split written from arrays: its listing is "arrays:<rows>", its finish time to the second
 )  # a split changed if any differs
+OPTIONAL_KEYS = ("rows_sha256",)  # recorded where the split has it; a record made before it compares the rest
+
+
+def split_commit(info: dict) -> dict:
+    """What identifies a split's rows, from its ``split_info``: :data:`COMMIT_KEYS`, ``rows_sha256`` only where the
+    split records one (an extracted split's commit is the same as before the key was added).
+
+    >>> sorted(split_commit({"listing_sha256": "arrays:3", "rows_sha256": "ab"})) == sorted(COMMIT_KEYS)
+    True
+    >>> "rows_sha256" in split_commit({"listing_sha256": "9f"})
+    False
+    """
+    return {k: info.get(k) for k in COMMIT_KEYS if k not in OPTIONAL_KEYS or info.get(k) is not None}
+
+
+def commit_changes(was: dict, now: dict) -> list[str]:
+    """The keys of a split's commit that differ between a record (``was``) and the store (``now``:
+    :func:`split_commit`), as ``"key 'old' -> 'new'"``. A key of :data:`OPTIONAL_KEYS` absent from the record is not compared: a record made
+    before featstore recorded it stays usable (the rest of the commit is compared).
+
+    >>> commit_changes({"committed_rows": 3}, {"committed_rows": 3, "rows_sha256": "ab"})
+    []
+    >>> commit_changes({"committed_rows": 3, "rows_sha256": "ab"}, {"committed_rows": 3, "rows_sha256": "cd"})
+    ["rows_sha256 'ab' -> 'cd'"]
+    """
+    keys = [k for k in dict.fromkeys([*now, *was]) if k not in OPTIONAL_KEYS or k in was]
+    return [f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in keys if was.get(k) != now.get(k)]
 
 
 def find_leaks(
@@ -200,4 +228,4 @@ def _budget(fs: FeatureStore, name: str, splits: list[str], max_bytes: int) -> i
 
 def _commits(fs: FeatureStore, name: str, splits: Sequence[str]) -> dict[str, dict]:
     """What identifies each split's rows (counts, listing digest, finish time), to tell a stale record."""
-    return {s: {k: fs.split_info(s, name).get(k) for k in COMMIT_KEYS} for s in splits}
+    return {s: split_commit(fs.split_info(s, name)) for s in splits}

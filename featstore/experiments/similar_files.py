@@ -1,0 +1,132 @@
+"""The similarity index's bounds and checks (:mod:`.similar_index`): its PCA sample sized from the memory budget
+(:func:`sample_rows`), its data files checked against its ``index.json`` before use.
+
+``index.json`` records the sizes of ``vectors.npy`` and ``model.npz`` and the sha256 of ``model.npz`` (a few MB: the
+mean, the PCA's components). Loading compares both sizes, reads ``vectors.npy``'s header (little-endian float32, C
+order, the recorded rows x dims, nothing after the rows) before mapping it, and hashes ``model.npz`` before unpacking
+it. ``vectors.npy`` (N x dims, up to GBs) is not hashed per query: a non-finite score met by a search refuses the index
+(:meth:`.similar_index.Index.search`). A crafted index whose mean was altered read every similarity as 1.0000; NaN
+in ``vectors.npy`` ended in a ValueError traceback (attack 18).
+
+Example::
+
+    vectors = open_vectors(Path("features.h5.index/vgg16/train/vectors.npy"), rows, dims, recorded(meta)[0])
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from featstore.errors import ConfigError
+from featstore.safezip import check_zip, read_npy
+
+logger = logging.getLogger(__name__)
+
+STEP = 1 << 20
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(STEP):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def recorded(meta: dict) -> tuple[int, int, str]:
+    """``(vectors.npy's size, model.npz's size, model.npz's sha256)`` as index.json records them; ValueError when it
+    records none (an index built before featstore checked its files) or they are not sizes and a digest."""
+    files, digest = meta.get("files"), meta.get("model_sha256")
+    sizes = [files.get(f) if isinstance(files, dict) else None for f in ("vectors.npy", "model.npz")]
+    if not all(type(s) is int and s >= 0 for s in sizes) or not isinstance(digest, str) or len(digest) != 64:
+        raise ValueError("index.json records no sizes of its files or no digest of model.npz (an older index)")
+    return sizes[0], sizes[1], digest
+
+
+def _open_regular(path: Path, size: int):
+    """``path`` opened for reading (never through a link, never waiting on a FIFO), checked to be a regular file of
+    the recorded ``size``."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    not_regular = f"{path.name} is not a regular file (a link, pipe or device)"
+    try:
+        fh = os.fdopen(os.open(path, flags), "rb")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
+            raise ValueError(not_regular) from None
+        raise
+    st = os.fstat(fh.fileno())
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        fh.close()
+        raise ValueError(
+            not_regular if not stat.S_ISREG(st.st_mode) else f"it is {st.st_size:,} bytes, index.json records {size:,}"
+        )
+    return fh
+
+
+def open_vectors(path: Path, rows: int, width: int, size: int) -> np.ndarray:
+    """``vectors.npy`` memory-mapped, read-only, after its size and header were checked: ``(rows, width)`` little-endian
+    float32 in C order, and the file ends with the last row. ValueError saying what differs."""
+    with _open_regular(path, size) as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(fh)
+        if dtype != np.dtype("<f4") or fortran or shape != (rows, width):
+            raise ValueError(
+                f"its header says {dtype} {'Fortran' if fortran else 'C'} order {shape}; index.json says float32 "
+                f"({rows}, {width})"
+            )
+        if fh.tell() + rows * width * 4 != size:
+            raise ValueError(f"{size:,} bytes is not a header and {rows} x {width} float32 values")
+        if rows * width == 0:
+            return np.zeros((rows, width), np.float32)
+        return np.memmap(fh, dtype="<f4", mode="r", offset=fh.tell(), shape=(rows, width))
+
+
+def read_model(path: Path, size: int, digest: str, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean, components, pca_mean)`` of ``model.npz`` as float32, once its size and sha256 match the recorded ones,
+    its zip passed :func:`featstore.safezip.check_zip` and every value is finite. ValueError saying what differs."""
+    check_zip(path)  # a crafted model.npz is refused before anything is unpacked (no zip bombs)
+    with _open_regular(path, size) as fh:
+        data = fh.read(size + 1)
+    if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+        raise ValueError("its sha256 is not the one index.json records: it was changed since the index was built")
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        mean, pca_mean = (read_npy(z, f"{k}.npy", "f", (d,)).astype(np.float32) for k in ("mean", "pca_mean"))
+        components = read_npy(z, "components.npy", "f", (None, d)).astype(np.float32)
+    if not all(np.isfinite(a).all() for a in (mean, components, pca_mean)):
+        raise ValueError("it holds NaN or inf")
+    return mean, components, pca_mean
+
+
+def sample_rows(asked: int, d: int, dims: int, max_bytes: int) -> int:
+    """Rows of the PCA's sample: ``asked``, or fewer so that they take at most half of ``max_bytes`` as float32 (the
+    PCA centres them in place; the other half holds a block read and the PCA's (dims, d) matrices): a 10,000-row sample
+    of 8,192 values (328 MB) was held whole with a 256 MB budget, a build peaking at 937 MB (attack 18). Fewer rows
+    are said in one info line and in index.json (``sample`` against ``sample_asked``); under ``2 dims`` rows (the PCA
+    would fit its sample, not the split) it is refused.
+
+    >>> sample_rows(20_000, 512, 256, 256 << 20), sample_rows(20_000, 8192, 256, 256 << 20)
+    (20000, 4096)
+    """
+    fit = int(max_bytes) // 2 // (4 * d)
+    if fit >= asked:
+        return asked
+    if fit < min(asked, 2 * dims):
+        need = 2 * min(asked, 2 * dims) * 4 * d
+        raise ConfigError(
+            f"a PCA sample of {min(asked, 2 * dims):,} rows x {d:,} values (at least 2 x dims) needs {need:,} bytes "
+            f"of max_bytes ({int(max_bytes):,}): give max_bytes at least {need:,}, or fewer dims"
+        )
+    say = f"{fit:,} rows, not {asked:,}: {fit:,} rows x {d:,} values fill half of max_bytes ({int(max_bytes):,} bytes)"
+    logger.info("the similarity index's PCA is fitted on %s", say)
+    return fit
