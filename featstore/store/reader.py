@@ -385,12 +385,12 @@ class FeatureStore:
                 X, y = X[order], y[order]
             yield X, y
 
-    def paths(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> list[str]:
-        """Image paths (relative to the split's source_root) in row order (``augmented``: of its copies)."""
-        name = self.resolve(extractor)
+    def paths(self, split: str, extractor: str | None = None, *, augmented=False, start=0, stop=None) -> list[str]:
+        """Image paths (relative to the split's source_root) in row order (``augmented``: of its copies); rows from
+        ``start`` to ``stop`` (default: all)."""
         with self._open() as f:
-            sg, commit = open_split(f, self.path, name, split, augmented)
-            return read_paths(sg["paths"], commit.rows)
+            sg, commit = open_split(f, self.path, self.resolve(extractor), split, augmented)
+            return read_paths(sg["paths"], commit.rows if stop is None else min(stop, commit.rows), start)
 
     def listing(self, split: str, extractor: str | None = None) -> list[tuple[str, int, int, int]]:
         """(path, label, size, mtime_ns) of every image listed when the split was started: tells whether the folder changed since."""
