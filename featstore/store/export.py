@@ -154,9 +154,7 @@ def export(
         "fingerprint": fs.metadata(name).get("fingerprint", ""),
     }
     labels = fs.labels(split, name, augmented=augmented)
-    # .npz sizes its paths column from every path first; the others take each block's paths with its rows (a list of
-    # 10⁶ paths is ~200 MB more at once)
-    paths = fs.paths(split, name, augmented=augmented) if fmt == "npz" and rows_per_file is None else None
+    paths = _StoredPaths(fs, split, name, augmented, n)  # read a block at a time: 10⁶ paths are ~200 MB as one list
     copy = fs.copies(split, name) if augmented else None
     if augmented:
         meta["augmented"] = {k: info[k] for k in ("augment_copies", "augment_spec", "augment_seed")}
@@ -167,9 +165,7 @@ def export(
             yield (
                 _reduce(X, features),
                 y,
-                paths[start : start + len(y)]
-                if paths is not None
-                else fs.paths(split, name, augmented=augmented, start=start, stop=start + len(y)),
+                paths[start : start + len(y)],
                 None if copy is None else copy[start : start + len(y)],
             )
             start += len(y)
@@ -180,6 +176,26 @@ def export(
         write_atomic(out, lambda tmp: writer(tmp, blocks(), n, d, meta, labels, paths, copy), "--out")
     logger.debug("exported %d rows x %d values of %s/%s to %s (%s)", n, d, name, split, out, fmt)
     return ExportResult(out, fmt, n, d, features)
+
+
+class _StoredPaths:
+    """A split's paths as a sequence that reads them from the store when sliced or iterated, a block at a time: what
+    the writers take (``.npz`` goes over them twice: the widest first, then the column). ``step`` rows of paths
+    (at most 4 KiB each) are read at once when iterated."""
+
+    def __init__(self, fs: FeatureStore, split: str, name: str, augmented: bool, n: int, step: int = 4096):
+        self.fs, self.split, self.name, self.augmented, self.n, self.step = fs, split, name, augmented, n, step
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, rows: slice) -> list[str]:
+        start, stop, _ = rows.indices(self.n)
+        return self.fs.paths(self.split, self.name, augmented=self.augmented, start=start, stop=stop)
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, self.n, self.step):
+            yield from self[start : start + self.step]
 
 
 def _format(out: Path, format: str | None) -> str:
@@ -217,7 +233,7 @@ def _pyarrow():
     return pyarrow, pyarrow.parquet
 
 
-def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray, paths: list[str], copy=None) -> None:
+def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray, paths, copy=None) -> None:
     """features.npy streamed into the zip member, then labels, paths (block by block) and the small arrays (np.load
     reads it like np.savez's). Refused first, before anything is read or written, when the paths column would be mostly
     padding (:func:`_npz_paths_width`)."""
@@ -246,7 +262,7 @@ def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray
                     np.lib.format.write_array(fh, arr, allow_pickle=False)
 
 
-def _write_npz_paths(fh, paths: list[str], width: int) -> None:
+def _write_npz_paths(fh, paths, width: int) -> None:
     """paths.npy: (N,) ``<U{width}``, as ``np.array(paths, dtype=str)`` gives, made and written 16 MB at a time."""
     kind = np.dtype(f"<U{width}")
     header = {"descr": np.lib.format.dtype_to_descr(kind), "fortran_order": False, "shape": (len(paths),)}
@@ -261,7 +277,7 @@ _NPZ_PATHS_MAX = 256 << 20  # a paths column over this, and over _NPZ_PADDING x 
 _NPZ_PADDING = 4
 
 
-def _npz_paths_width(paths: list[str], meta: dict) -> int:
+def _npz_paths_width(paths, meta: dict) -> int:
     """The width (characters) of the ``.npz`` ``paths`` column; ConfigError when it would take over 256 MiB and over 4
     times what the paths hold: ``.npz`` stores every path as wide as the widest, 4 bytes a character (one 4,000-character
     path among 40,000 short ones made a 641 MB file, at 10^6 rows 16 GB)."""
