@@ -255,3 +255,22 @@ def test_export_reads_the_paths_a_block_at_a_time(tmp_path, monkeypatch, fmt):
     tracemalloc.stop()
     assert peak < 12 << 20, f"{peak / 2**20:.1f} MB traced"  # the whole column: 40 MB
     assert read_back(tmp_path / f"x.{fmt}", fmt)[2][-1] == f"train/{'x' * 1000}{n - 1}"
+
+
+def test_csv_text_is_made_a_few_rows_at_a_time(tmp_path, monkeypatch):
+    """A block's CSV text was made whole, then split into lines: a 64 MB float16 block of 512-d rows is ~400 MB of
+    text, twice (exporting 100,000 such rows peaked at 740 MB, now 409 MB)."""
+    import tracemalloc
+
+    p = tmp_path / "f.h5"
+    writer.write_arrays(
+        p, "syn", "train", np.random.default_rng(0).random((2048, 256), np.float32), np.arange(2048) % 2, ["a", "b"]
+    )
+    monkeypatch.setattr(importlib.import_module("featstore.store.export"), "_CSV_TEXT_BYTES", 1 << 18)
+    featstore.export(p, "train", tmp_path / "warm.csv")
+    tracemalloc.start()
+    featstore.export(p, "train", tmp_path / "x.csv", max_bytes=1 << 30)  # one block of all 2,048 rows (2 MB)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak / 2**20:.1f} MB traced"  # the block's whole text, twice: ~13 MB
+    assert (tmp_path / "x.csv").read_bytes() == (tmp_path / "warm.csv").read_bytes()

@@ -399,13 +399,21 @@ def _write_csv(tmp: Path, blocks, n: int, d: int, meta: dict, labels, paths, cop
             + "\n"
         )
         for X, y, p, c in blocks:
-            values = io.StringIO()
-            np.savetxt(values, X, fmt="%.9g", delimiter=",")
-            cols = [f"{k}," for k in c] if c is not None else [""] * len(y)
-            fh.writelines(
-                f"{csv_cell(path)},{label},{names[label]},{k}{row}\n"
-                for path, label, k, row in zip(p, y, cols, values.getvalue().splitlines())
-            )
+            # ~12 characters a value, held twice (the text and its lines): 6 times the float32 block; a few thousand rows
+            step = max(1, _CSV_TEXT_BYTES // (X.shape[1] * 12 * 2 or 1))
+            for a in range(0, len(y), step):
+                values = io.StringIO()
+                np.savetxt(values, X[a : a + step], fmt="%.9g", delimiter=",")
+                cols = [f"{k}," for k in c[a : a + step]] if c is not None else [""] * len(y[a : a + step])
+                fh.writelines(
+                    f"{csv_cell(path)},{label},{names[label]},{k}{row}\n"
+                    for path, label, k, row in zip(
+                        p[a : a + step], y[a : a + step], cols, values.getvalue().splitlines()
+                    )
+                )
+
+
+_CSV_TEXT_BYTES = 16 << 20  # CSV text made at once (a 64 MB float16 block of 512-d rows was 400 MB of text, twice)
 
 
 class _arrow_errors:
