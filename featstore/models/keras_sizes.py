@@ -13,8 +13,10 @@ that is refused before Keras (or TensorFlow) starts.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import struct
 import zipfile
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def keras_zip_problem(path: Path) -> str | None:
         held, problem = 0, None
         if WEIGHTS_FILE in z.namelist():
             try:
-                with z.open(WEIGHTS_FILE) as fh:
+                with _member(path, z, z.getinfo(WEIGHTS_FILE)) as fh:
                     held, seen, unstored = walk_weights(fh)
                 problem = weights_problem(Path(WEIGHTS_FILE), seen, unstored)
             except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError for a damaged file
@@ -66,6 +68,49 @@ def keras_zip_problem(path: Path) -> str | None:
             f"{largest}) but its {WEIGHTS_FILE} holds {held:,}: the config was edited or belongs to other weights"
         )
     return problem
+
+
+class _Slice(io.RawIOBase):
+    """``size`` bytes of an open file from ``start``, seekable: a stored zip member read in place (h5py seeks
+    thousands of times in a weights file; zipfile's member object re-reads from its start on each backward seek)."""
+
+    def __init__(self, fh, start: int, size: int):
+        self.fh, self.start, self.size, self.pos = fh, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = max(0, offset + (0, self.pos, self.size)[whence])
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        want = max(0, min(len(buffer), self.size - self.pos))
+        self.fh.seek(self.start + self.pos)
+        got = self.fh.readinto(memoryview(buffer)[:want])
+        self.pos += got
+        return got
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
+def _member(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """A seekable reader of one member of zip ``z`` (at ``path``): read in place when stored (as Keras writes it)."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return z.open(info)
+    fh = open(path, "rb")  # noqa: SIM115 - closed with the slice
+    fh.seek(info.header_offset)
+    head = fh.read(30)
+    name, extra = struct.unpack("<HH", head[26:30]) if len(head) == 30 else (0, 0)
+    return _Slice(fh, info.header_offset + 30 + name + extra, info.file_size)
 
 
 def implied_parameters(config: dict) -> tuple[int, str]:
