@@ -127,23 +127,38 @@ def load_image(
     >>> load_image("data/train/cat/001.png", 32).shape   # doctest: +SKIP
     (32, 32, 3)
     """
-    st_size = -1
     try:
         with _open_regular(path) as fh:
             st_size = os.fstat(fh.fileno()).st_size
-            return _decode(fh, size, max_pixels, budget or DECODE_BUDGET)
+            try:
+                return _decode(fh, size, max_pixels, budget or DECODE_BUDGET)
+            except UnidentifiedImageError:
+                raise ImageError(_unidentified(fh, st_size)) from None
     except ImageError:
         raise
     except FileNotFoundError as exc:
         raise ImageError(f"file vanished: {exc}") from exc
-    except UnidentifiedImageError:
-        raise ImageError("empty file (0 bytes)" if st_size == 0 else "not an image Pillow can identify") from None
     except MemoryError:
         raise ImageError("out of memory while decoding") from None
     except _KNOWN_ERRORS as exc:
         raise ImageError(f"cannot decode: {exc}") from exc
     except Exception as exc:  # any other decoder bug: one failure record, never an aborted run
         raise ImageError(f"cannot decode: {type(exc).__name__}: {exc}") from exc
+
+
+def _unidentified(fh: BinaryIO, st_size: int) -> str:
+    """Why Pillow could not identify an open file: empty only when it reads as 0 bytes (a /proc or /sys pseudo-file
+    reports size 0 and holds data); one byte is read to tell."""
+    if st_size:
+        return "not an image Pillow can identify"
+    try:
+        fh.seek(0)
+        empty = not fh.read(1)
+    except OSError:
+        return "not an image Pillow can identify (it reports 0 bytes and cannot be read again: a pseudo-file?)"
+    if empty:
+        return "empty file (0 bytes)"
+    return "not an image Pillow can identify (it reports 0 bytes but holds data: a /proc or /sys pseudo-file?)"
 
 
 def _open_regular(path: str | os.PathLike) -> BinaryIO:

@@ -4,7 +4,8 @@ A link is followed only where that cannot give an image a second label or walk a
 the split folder, the data root or a parent of them, into another class's folder, inside its own class folder, or to a
 folder already walked is not followed (``FolderWalk.skipped`` says which and why; logged as warnings). Links to
 folders outside the split are followed. A file link into another class's folder is skipped too; one elsewhere is
-followed. Broken links are skipped and reported. Every file with an image extension is listed (a FIFO or socket too:
+followed. Broken links are skipped and reported, and so is any entry whose stat() fails (a path past PATH_MAX, no
+permission, a failing disk): never left out unsaid. Every file with an image extension is listed (a FIFO or socket too:
 ``load_image`` records it as "not a regular file").
 
 >>> find_images("new_images").files[:1]   # doctest: +SKIP
@@ -14,6 +15,7 @@ followed. Broken links are skipped and reported. Every file with an image extens
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import os
 import stat
@@ -83,6 +85,18 @@ def inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def unstattable(err: OSError) -> str:
+    """The reason recorded for an entry whose stat() failed (it is left out of the listing, with a warning).
+
+    >>> unstattable(OSError(errno.ENAMETOOLONG, "File name too long"))
+    'cannot be read, so it is left out (File name too long); shorten its path, fix its permissions or move it out of the data root'
+    """
+    return (
+        f"cannot be read, so it is left out ({err.strerror or err}); shorten its path, fix its permissions or move it "
+        f"out of the data root"
+    )
+
+
 class FolderWalk:
     """One listing's walk: what is off limits, which folders were walked, which links were skipped."""
 
@@ -104,7 +118,7 @@ class FolderWalk:
         self.ignored_suffixes: collections.Counter = collections.Counter()  # their suffixes ("" for none)
 
     def skip(self, path: str, reason: str) -> None:
-        """Record and log a link (or folder) not followed."""
+        """Record and log a link (or folder) not followed, or an entry that cannot be stat'ed."""
         shown = str(Path(path).relative_to(self.base)) if self.base else path
         self.skipped.append((shown, reason))
         logger.warning("not following %s: %s", printable(shown), reason)
@@ -161,9 +175,12 @@ class FolderWalk:
                 link = e.is_symlink()
                 try:
                     st = os.stat(e.path)  # follows links: the target's kind, size and mtime
-                except OSError:
-                    if link:
-                        self.skip(e.path, "broken link (its target is missing, or a loop of links)")
+                except OSError as err:  # never dropped unsaid: a path past PATH_MAX, no permission, a failing disk
+                    broken = link and err.errno in (errno.ENOENT, errno.ELOOP)
+                    self.skip(
+                        e.path,
+                        "broken link (its target is missing, or a loop of links)" if broken else unstattable(err),
+                    )
                     continue
                 if stat.S_ISDIR(st.st_mode):
                     reason = self._dir_link_reason(e.path, own) if link else None

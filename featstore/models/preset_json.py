@@ -223,21 +223,21 @@ def held_parameters(path: Path, shown: str) -> int:
     it is not one HDF5 file of at most :data:`MAX_WEIGHT_OBJECTS` groups and arrays."""
 
     try:
-        total, seen, _unstored = _walk_weights(path)
+        total, seen, _unstored = walk_weights(path)
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError, RuntimeError for a bad file
         raise ConfigError(
             f"KerasHub could not build {shown} from {path.parent}: its {path.name} cannot be read as a Keras weights "
             f"file ({type(exc).__name__}: {str(exc)[:200]}); the preset is damaged: download or save it again"
         ) from None
-    problem = _weights_problem(path, seen, 0)
+    problem = weights_problem(path, seen, 0)
     if problem:
         raise ConfigError(problem)
     return total
 
 
-def _walk_weights(path: Path) -> tuple[int, int, int]:
-    """``(elements stored, objects seen, bytes declared but not stored)`` of an HDF5 weights file; the walk stops after
-    :data:`MAX_WEIGHT_OBJECTS` objects."""
+def walk_weights(path) -> tuple[int, int, int]:
+    """``(elements stored, objects seen, bytes declared but not stored)`` of an HDF5 weights file (a path, or a seekable
+    file object such as a ``.keras`` zip's member); the walk stops after :data:`MAX_WEIGHT_OBJECTS` objects."""
     import h5py
 
     total, seen, unstored = 0, 0, 0
@@ -258,7 +258,7 @@ def _walk_weights(path: Path) -> tuple[int, int, int]:
     return total, seen, unstored
 
 
-def _weights_problem(path: Path, seen: int, unstored: int) -> str | None:
+def weights_problem(path: Path, seen: int, unstored: int) -> str | None:
     """Why a weights file must not be loaded (too many objects, arrays declaring more than they store), or None."""
     if seen > MAX_WEIGHT_OBJECTS:
         return (
@@ -275,13 +275,13 @@ def _weights_problem(path: Path, seen: int, unstored: int) -> str | None:
 
 
 def check_weights_file(path: Path) -> str | None:
-    """Why the HDF5 weights file ``path`` must not be given to Keras's ``load_weights`` (see :func:`_weights_problem`),
+    """Why the HDF5 weights file ``path`` must not be given to Keras's ``load_weights`` (see :func:`weights_problem`),
     or None; a file h5py cannot walk is left to Keras's own message. Example::
 
         problem = check_weights_file(Path("my.weights.h5"))
     """
     try:
-        _total, seen, unstored = _walk_weights(path)
+        _total, seen, unstored = walk_weights(path)
     except Exception:  # noqa: BLE001 - not HDF5, or damaged: load_weights says what it says about it
         return None
-    return _weights_problem(path, seen, unstored)
+    return weights_problem(path, seen, unstored)

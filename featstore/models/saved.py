@@ -18,6 +18,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, WeightsError
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
+from featstore.models.keras_sizes import keras_zip_problem
 from featstore.models.weights import LoadedWeights, sha256_file
 from featstore.outputs import resolved, what_is_at
 from featstore.provenance import MAX_IMAGE_SIZE
@@ -72,7 +73,8 @@ def load_model_file(path: Path, trust_model: bool = False):
 
 def _check_keras_zip(path: Path) -> None:
     """Refuse a ``.keras`` file (a zip) whose members could unpack to far more than it holds, before Keras opens it
-    (Keras reads ``config.json`` whole: a zip bomb would take gigabytes); :func:`featstore.safezip.check_zip`'s rules."""
+    (Keras reads ``config.json`` whole: a zip bomb would take gigabytes); :func:`featstore.safezip.check_zip`'s rules.
+    Then the parameters ``config.json`` builds, bounded by what ``model.weights.h5`` holds (``keras_sizes``)."""
     import zipfile
 
     from featstore.safezip import check_zip
@@ -89,6 +91,12 @@ def _check_keras_zip(path: Path) -> None:
             f"{path} is refused before loading: {exc}. A model saved by Keras is never like this; save it again "
             f"with model.save('my_cnn.keras')"
         ) from None
+    problem = keras_zip_problem(path)  # Keras builds every layer from config.json before it reads a weight
+    if problem:
+        raise ConfigError(
+            f"{path} is refused before loading: {problem}. A model saved by Keras is never like this; save it again "
+            f"with model.save('my_cnn.keras')"
+        )
 
 
 @dataclass(frozen=True)

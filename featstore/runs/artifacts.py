@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import StoreError
+from featstore.models.keras_sizes import keras_zip_problem
 from featstore.runs.files import RECORD, BrokenRunError, check_zip_file, regular_file, verify_file
 from featstore.runs.modelcheck import ModelStateError, check_pipeline, check_skops_schema
 
@@ -213,6 +214,12 @@ def check_artifact(folder: Path, artifact: dict) -> Path:
     if artifact["format"] == "keras":
         verify_file(folder, artifact["meta_file"], artifact["meta_sha256"], "run artifact metadata")
     if artifact["format"] in ("keras", "keras-model"):  # loaded with safe_mode=True: no code runs
+        problem = keras_zip_problem(path)  # Keras builds each layer from config.json before reading a weight
+        if problem:
+            raise BrokenRunError(
+                f"run artifact {path} is refused before loading: {problem}. It was altered after the fit or damaged; "
+                f"remove the folder {folder} and fit (or fine-tune) again"
+            )
         return path
     schema = _schema(path)
     _refuse_foreign(path, skops_types(path, schema))

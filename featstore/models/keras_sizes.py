@@ -1,0 +1,233 @@
+"""The sizes a ``.keras`` file's ``config.json`` asks Keras to allocate, bounded by what its ``model.weights.h5`` holds.
+
+Keras builds (and random-initialises) every layer from ``config.json`` before it reads a single weight, so a 7 KB file
+whose config says ``"units": 4000000`` took 3 GB before Keras said "OOM". :func:`keras_zip_problem` reads the config
+(bounded), computes a lower bound of the parameters its layers build (:func:`implied_parameters`) and compares it with
+the numbers the zip's weights file really stores (:func:`featstore.models.preset_json.walk_weights`, as KerasHub presets
+are checked). A genuine file builds exactly what it stores; a file asking for more than :data:`SLACK` parameters beyond
+that is refused before Keras (or TensorFlow) starts.
+
+>>> implied_parameters({"class_name": "Dense", "config": {"units": 10}, "build_config": {"input_shape": [None, 4]}})
+(50, 'Dense layer ? (units 10, input 4)')
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import zipfile
+from pathlib import Path
+
+from featstore.models.preset_json import WEIGHTS_FILE, walk_weights, weights_problem
+
+CONFIG_FILE = "config.json"
+MAX_CONFIG_BYTES = 16 << 20  # config.json: ResNet152's is about 1 MB
+SLACK = 1 << 24  # parameters (64 MiB of float32) a config may ask beyond what the weights file holds before refusal
+# Layers (and models holding them) that build no variable of their own
+WEIGHTLESS = frozenset(
+    "Functional Sequential Model InputLayer Flatten Reshape Permute RepeatVector Activation ReLU LeakyReLU ELU Softmax "
+    "Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout Add Subtract "
+    "Multiply Average Maximum Minimum Concatenate Dot Rescaling Resizing CenterCrop ZeroPadding1D ZeroPadding2D "
+    "ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSampling1D UpSampling2D UpSampling3D MaxPooling1D MaxPooling2D "
+    "MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D GlobalMaxPooling1D GlobalMaxPooling2D "
+    "GlobalMaxPooling3D GlobalAveragePooling1D GlobalAveragePooling2D GlobalAveragePooling3D Identity Masking "
+    "ActivityRegularization Lambda TimeDistributed Bidirectional".split()
+)
+NORMALIZATION = frozenset("BatchNormalization LayerNormalization GroupNormalization UnitNormalization".split())
+_IGNORED_INTS = frozenset({"seed", "axis", "groups", "dtype"})  # ints of unknown layers that allocate nothing
+
+
+def keras_zip_problem(path: Path) -> str | None:
+    """Why Keras must not build the ``.keras`` zip at ``path`` (its config asks for far more parameters than its weights
+    file holds, or a part is unreadable or oversized), or None. The zip passed :func:`featstore.safezip.check_zip`."""
+    with zipfile.ZipFile(path) as z:
+        try:
+            info = z.getinfo(CONFIG_FILE)
+        except KeyError:
+            return None  # Keras says what it says about a zip without a config: it builds nothing
+        if info.file_size > MAX_CONFIG_BYTES:
+            return f"its {CONFIG_FILE} is {info.file_size:,} bytes, over {MAX_CONFIG_BYTES >> 20} MiB"
+        try:
+            config = json.loads(z.read(info).decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            return f"its {CONFIG_FILE} cannot be read as JSON ({str(exc)[:100]})"
+        bound, largest = implied_parameters(config)
+        held, problem = 0, None
+        if WEIGHTS_FILE in z.namelist():
+            try:
+                with _member(path, z, z.getinfo(WEIGHTS_FILE)) as fh:
+                    held, seen, unstored = walk_weights(fh)
+                problem = weights_problem(Path(WEIGHTS_FILE), seen, unstored)
+            except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError for a damaged file
+                held = 0  # it holds nothing Keras could read: every parameter would be built from the config alone
+    if bound > held + SLACK:
+        return (
+            f"its {CONFIG_FILE} builds at least {bound:,} parameters ({bound * 4 / 1e9:.2f} GB of float32; largest: "
+            f"{largest}) but its {WEIGHTS_FILE} holds {held:,}: the config was edited or belongs to other weights"
+        )
+    return problem
+
+
+class _Slice(io.RawIOBase):
+    """``size`` bytes of an open file from ``start``, seekable: a stored zip member read in place (h5py seeks
+    thousands of times in a weights file; zipfile's member object re-reads from its start on each backward seek)."""
+
+    def __init__(self, fh, start: int, size: int):
+        self.fh, self.start, self.size, self.pos = fh, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = max(0, offset + (0, self.pos, self.size)[whence])
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        want = max(0, min(len(buffer), self.size - self.pos))
+        self.fh.seek(self.start + self.pos)
+        got = self.fh.readinto(memoryview(buffer)[:want])
+        self.pos += got
+        return got
+
+    def close(self) -> None:
+        self.fh.close()
+        super().close()
+
+
+def _member(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """A seekable reader of one member of zip ``z`` (at ``path``): read in place when stored (as Keras writes it)."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        return z.open(info)
+    fh = open(path, "rb")  # noqa: SIM115 - closed with the slice
+    fh.seek(info.header_offset)
+    head = fh.read(30)
+    name, extra = struct.unpack("<HH", head[26:30]) if len(head) == 30 else (0, 0)
+    return _Slice(fh, info.header_offset + 30 + name + extra, info.file_size)
+
+
+def implied_parameters(config: dict) -> tuple[int, str]:
+    """A lower bound of the parameters Keras builds from a ``config.json`` object, and its largest layer's term.
+
+    Each layer entry (the root, every item of a ``layers`` list, a wrapper's ``layer``/``cell``) counts what its class
+    builds from its input's last dimension ``n`` (its ``build_config``'s input shape): Dense ``n x units``, a
+    convolution ``prod(kernel_size) x n / groups x filters``, Embedding ``input_dim x output_dim``, a recurrent layer
+    ``units x (n + units)``, attention ``2 x n x num_heads x key_dim``, a normalization ``n``. A class not known here
+    counts its largest size times ``n``. When ``n`` is missing, the largest shape anywhere in the config stands in."""
+    widest = max((math.prod(_size(d) or 1 for d in s) for s in _shapes(config)), default=1)
+    terms = [_term(layer, outer or widest) for layer, outer in _layers(config)]
+    return sum(t for t, _ in terms), max(terms, default=(0, "none"))[1]
+
+
+def _layers(config) -> list[tuple[dict, int | None]]:
+    """The layer entries of a config (without recursion), each with its wrapper's input dimension (None at the top)."""
+    found, stack = [], [(config, None)]
+    while stack:
+        item, outer = stack.pop()
+        if not isinstance(item, dict) or not isinstance(item.get("config"), dict):
+            continue
+        found.append((item, outer))
+        inner, own = item["config"], _input_dim(item) or outer  # a wrapped layer sees its wrapper's input
+        if isinstance(inner.get("layers"), list):
+            stack.extend((x, None) for x in inner["layers"])
+        stack.extend((inner.get(k), own) for k in ("layer", "forward_layer", "backward_layer", "cell"))
+        if isinstance(inner.get("cells"), list):
+            stack.extend((x, own) for x in inner["cells"])
+    return found
+
+
+def _shapes(value) -> list[list]:
+    """Every shape-like list (``batch_shape``, ``input_shape``, ``query_shape``...) anywhere in a config."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, v in item.items():
+                if str(key).endswith("shape") and isinstance(v, list) and not _nested(v):
+                    found.append(v)
+                else:
+                    stack.append(v)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _nested(v: list) -> bool:
+    return any(isinstance(x, (list, dict)) for x in v)
+
+
+def _size(v) -> int:
+    """A size from a config: a number as Keras casts it (int()), a list as the product of its entries; 0 otherwise.
+    A number too large for a float (or not finite) counts as 2**63."""
+    if isinstance(v, bool) or v is None:
+        return 0
+    if isinstance(v, int):
+        return max(0, v)
+    if isinstance(v, float):
+        return max(0, int(v)) if math.isfinite(v) and abs(v) < 2**63 else 2**63
+    if isinstance(v, list) and v and not _nested(v):
+        return math.prod(max(1, _size(x)) for x in v)
+    return 0
+
+
+def _input_dim(layer: dict) -> int | None:
+    """The last dimension of a layer's first input shape in its ``build_config`` (``input_shape``, or ``shapes_dict``
+    for attention layers), or None."""
+    build = layer.get("build_config")
+    stack = [build.get("input_shape", build.get("shapes_dict"))] if isinstance(build, dict) else []
+    while stack:
+        item = stack.pop(0)
+        if isinstance(item, dict):
+            stack[:0] = list(item.values())
+        elif isinstance(item, list) and item:
+            if _nested(item):
+                stack[:0] = item
+            elif _size(item[-1]):
+                return _size(item[-1])
+            else:
+                return None
+    return None
+
+
+def _term(layer: dict, widest: int) -> tuple[int, str]:
+    """A lower bound of the parameters one layer entry builds, and a description."""
+    kind, c = str(layer.get("class_name")), layer["config"]
+    if kind in WEIGHTLESS:
+        return 0, kind
+    n = _input_dim(layer) or widest
+    name = str(c.get("name", "?"))[:60]
+    units, filters = _size(c.get("units")), _size(c.get("filters"))
+    if kind in ("Dense", "EinsumDense"):
+        units = units or _size(c.get("output_shape"))
+        return n * units + units, f"{kind} layer {name} (units {units}, input {n})"
+    if kind.startswith(("Conv", "SeparableConv", "DepthwiseConv")) and (filters or c.get("depth_multiplier")):
+        kernel, groups = _size(c.get("kernel_size")) or 1, max(1, _size(c.get("groups")))
+        depth = _size(c.get("depth_multiplier")) or 1
+        if kind.startswith("Depthwise"):
+            count = kernel * n * depth
+        elif kind.startswith("Separable"):
+            count = kernel * n * depth + n * depth * filters
+        else:
+            count = kernel * (n // groups or 1) * filters
+        return count, f"{kind} layer {name} (kernel {kernel}, filters {filters or depth}, input {n})"
+    if kind == "Embedding":
+        count = _size(c.get("input_dim")) * _size(c.get("output_dim"))
+        return count, f"Embedding layer {name} (input_dim {c.get('input_dim')}, output_dim {c.get('output_dim')})"
+    if kind in ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell"):
+        return units * (n + units), f"{kind} layer {name} (units {units}, input {n})"
+    if kind in ("MultiHeadAttention", "GroupedQueryAttention"):
+        heads = _size(c.get("num_heads")) or _size(c.get("num_query_heads"))
+        key = _size(c.get("key_dim")) or _size(c.get("head_dim"))
+        return 2 * n * heads * key, f"{kind} layer {name} (num_heads {heads}, key_dim {key}, input {n})"
+    if kind in NORMALIZATION:
+        return n, f"{kind} layer {name} (input {n})"
+    sizes = [_size(v) for k, v in c.items() if k not in _IGNORED_INTS and not isinstance(v, (dict, str))]
+    largest = max(sizes, default=0)
+    return largest * n, f"{kind} layer {name} (largest size {largest}, input {n})"
