@@ -129,7 +129,13 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
         lines += split_lines(split, m)
         rows = [["    class", "precision", "recall", "f1", "support"]]
         rows += [
-            [f"    {terminal_safe(c)}", f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
+            [
+                f"    {terminal_safe(c)}",
+                f"{v['precision']:.3f}",
+                f"{v['recall']:.3f}",
+                f"{v['f1']:.3f}",
+                str(v["support"]),
+            ]
             for c, v in m.per_class.items()
         ]
         if per_class:

@@ -7,6 +7,7 @@ model  input  min  output (default size)  preprocessing
 from __future__ import annotations
 
 from featstore.models.backbones import get_backbone, list_backbones
+from featstore.outputs import terminal_safe
 from featstore.report.runs import (  # noqa: F401 (the run reports: their old home)
     accuracy_json,
     accuracy_lines,
@@ -19,7 +20,6 @@ from featstore.report.runs import (  # noqa: F401 (the run reports: their old ho
     split_lines,
     sweep_table,
 )
-from featstore.outputs import terminal_safe
 from featstore.report.text import _table
 from featstore.store.reader import FeatureStore
 
@@ -182,7 +182,8 @@ def store_tree(path: str) -> str:
             classes = s.get("class_names", [])
             counts = s.get("class_counts", [])
             lines.append(
-                f"    │     classes ({len(classes)}): " + ", ".join(f"{terminal_safe(c)} {n}" for c, n in zip(classes, counts))
+                f"    │     classes ({len(classes)}): "
+                + ", ".join(f"{terminal_safe(c)} {n}" for c, n in zip(classes, counts))
             )
             if s.get("n_failed"):
                 for p, reason in store.failures(split, name):
