@@ -4,11 +4,36 @@ callers write a temporary file and rename it: ``featstore.outputs.write_atomic``
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
-from featstore.outputs import CHART_METADATA
+from featstore.outputs import CHART_METADATA, terminal_safe
+
+
+def chart_text(text: object) -> str:
+    r"""Text from data (a class, split, run or extractor name, a path) as matplotlib draws it literally: control
+    characters as ``\x..`` and every ``$`` escaped, so it is never parsed as mathtext (a class named ``$\foo$`` ended
+    ``runs show`` in a ParseFatalException; ``price $5 or $9`` was drawn as maths).
+
+    >>> chart_text("price $5")
+    'price \\$5'
+    """
+    return terminal_safe(str(text)).replace("$", r"\$")
+
+
+def plain_text(draw):
+    """Run a chart function with TeX off (a matplotlibrc with ``text.usetex: True`` would hand every name to LaTeX)."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.usetex": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def pyplot():
@@ -27,15 +52,14 @@ DRAWN_CLASSES = 2000  # no confusion matrix is drawn beyond: 1,400 px cannot sho
 MAX_SIDE = 14.0  # inches (1,400 px at 100 dpi): a 1,000-class matrix drawn cell by cell was a 60,000-px image
 
 
+@plain_text
 def confusion_png(matrix, class_names: list[str], title: str, path: Path) -> Path:
     """Confusion matrix (rows: true class, columns: predicted): with counts in the cells up to
     :data:`ANNOTATED_CLASSES` classes, class names on the axes up to :data:`NAMED_CLASSES`, and at most
     :data:`MAX_SIDE` inches a side whatever the number of classes (the counts are in run.json)."""
-    from featstore.outputs import terminal_safe
-
     plt = pyplot()
     m = np.asarray(matrix)
-    class_names = [terminal_safe(c) for c in class_names]  # a name's control characters drawn as \x.., never as glyphs
+    class_names = [chart_text(c) for c in class_names]  # control characters drawn as \x.., a $ as a $ (not mathtext)
     k = len(class_names)
     side = min(1.0 + 0.6 * k, MAX_SIDE)
     fig, ax = plt.subplots(figsize=(side + 0.2, side))
@@ -61,13 +85,14 @@ def confusion_png(matrix, class_names: list[str], title: str, path: Path) -> Pat
                     color="white" if m[i, j] > m.max() / 2 else "black",
                     fontsize=8,
                 )
-    ax.set_title(title)
+    ax.set_title(chart_text(title))
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png", metadata=CHART_METADATA)
     plt.close(fig)
     return path
 
 
+@plain_text
 def curves_png(
     history: dict[str, list[float]],
     title: str,
@@ -86,6 +111,8 @@ def curves_png(
     """
     plt = pyplot()
     from matplotlib import ticker
+
+    title = chart_text(title)  # a run id from a hand-edited run.json
 
     boundary = None
     if then is not None:
@@ -131,6 +158,7 @@ def _wide_positive(values: list[float]) -> bool:
     return bool(values) and min(values) > 0 and max(values) / min(values) > 5
 
 
+@plain_text
 def compare_png(
     labels: list[str],
     scores: dict[str, list[float | None]],
@@ -146,6 +174,8 @@ def compare_png(
     >>> compare_png(["run-a", "run-b"], {"validation": [0.78, 0.73], "test": [0.81, None]}, Path("c.png"))  # doctest: +SKIP
     """
     plt = pyplot()
+    labels, scores = [chart_text(x) for x in labels], {chart_text(k): v for k, v in scores.items()}
+    intervals = {chart_text(k): v for k, v in intervals.items()} if intervals else intervals
     n = len(labels)
     fig, ax = plt.subplots(figsize=(min(40.0, max(6.0, 2.5 + 0.55 * n * max(len(scores), 1))), 4.8))
     width = 0.8 / max(len(scores), 1)
@@ -186,6 +216,7 @@ def compare_png(
     return path
 
 
+@plain_text
 def heatmap_png(
     rows: list[str],
     cols: list[str],
@@ -201,9 +232,8 @@ def heatmap_png(
 
     >>> heatmap_png(["vgg16@block4_pool"], ["logreg", "svm"], np.array([[0.8, 0.7]]), "sweep", Path("s.png"))  # doctest: +SKIP
     """
-    from featstore.outputs import terminal_safe
-
-    rows = [terminal_safe(r) for r in rows]  # extractor names from a store: control characters drawn as \x..
+    rows, cols = [chart_text(r) for r in rows], [chart_text(c) for c in cols]  # extractor names from a store
+    title, label = chart_text(title), chart_text(label)
     plt = pyplot()
     tall = 0.8 if intervals is not None else 0.55  # room for the interval under each value
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 * len(cols) + 3.5), max(2.5, tall * len(rows) + 1.8)))
@@ -240,6 +270,7 @@ def heatmap_png(
     return path
 
 
+@plain_text
 def reliability_png(bins: list[dict], title: str, path: Path) -> Path:
     """A reliability diagram: per bin of top-class confidence, the share predicted right against the mean confidence
     (the diagonal is perfect calibration), with the number of rows of each bin below.
@@ -270,7 +301,7 @@ def reliability_png(bins: list[dict], title: str, path: Path) -> Path:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("share predicted right")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(chart_text(title), fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     hist.bar(centres, [b.get("count", 0) for b in bins], widths, color="grey", edgecolor="black")

@@ -30,10 +30,69 @@ app = typer.Typer(
 
 def safe(text: object) -> str:
     """``text`` for a terminal: each line's control characters, bidi overrides and undecodable bytes escaped
-    (:func:`featstore.outputs.terminal_safe`), line breaks kept. Names from a store or a folder go through here."""
+    (:func:`featstore.outputs.terminal_safe`), line breaks kept: for featstore's own multi-line messages. A name from
+    a store or a folder (a file, a class) goes through :func:`name` before it is put in a line."""
     from featstore.outputs import terminal_safe
 
     return "\n".join(terminal_safe(line) for line in str(text).split("\n"))
+
+
+def name(text: object) -> str:
+    r"""One name (a file, a class, a run) as one cell of a line: every control character escaped, ``\n`` and ``\r``
+    too (``x.png\nz.png`` printed ``z.png`` as a row of its own: attack 19)."""
+    from featstore.outputs import terminal_safe
+
+    return terminal_safe(str(text))
+
+
+# Options naming a run, a split, a layer, an extractor, a model or a file: an empty value (an unset shell variable:
+# --run "$RUN") is refused in one line, never taken as the default, as "cross-validation" or as "any run" (a prefix).
+_NAMED = {
+    "run": "a run id (`featstore runs` lists them)",
+    "run_id": "a run id (`featstore runs` lists them)",
+    "run_ids": "run ids (`featstore runs` lists them)",
+    "split": "a split name",
+    "train": "a split name",
+    "validation": "a split name (or none)",
+    "test": "a split name (or none)",
+    "layer": "a layer name (`featstore models NAME --layers`)",
+    "unfreeze_from": "a layer name (`featstore models NAME --layers`)",
+    "name": "a name",
+    "extractor": "an extractor name (`featstore info` lists them)",
+    "model": "a model name or file (`featstore models`)",
+    "clf": "a classifier (`featstore classifiers`)",
+    "weights": "a weights name or file",
+    "runtime": "keras or onnx",
+}
+
+
+def refuse_empty(command, values: dict) -> None:
+    """ConfigError naming the first option of :data:`_NAMED` that ``command`` was given an empty (or all-space) value."""
+    from featstore.errors import ConfigError
+
+    for key, what in _NAMED.items():
+        value = values.get(key)
+        given = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in given):
+            opt, required = _option_of(command, key)
+            default = ", or leave it out for its default" if not required else ""
+            empty = "has an empty value" if isinstance(value, (list, tuple)) else "is empty"
+            raise ConfigError(f"{opt} {empty} (an unset shell variable?); give {what}{default}")
+
+
+def _option_of(command, key: str) -> tuple[str, bool]:
+    """How the command line spells parameter ``key`` of ``command`` (``--run``, ``RUN_ID``), and whether it is required."""
+    import inspect
+    import typing
+
+    param = inspect.signature(command).parameters[key]
+    hint = typing.get_type_hints(command, include_extras=True).get(key)
+    info = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, typer.models.ParameterInfo)), None)
+    required = param.default is inspect.Parameter.empty
+    if isinstance(info, typer.models.ArgumentInfo):
+        return key.upper(), required
+    decls = [d for d in (getattr(info, "param_decls", None) or ()) if d.startswith("--")]
+    return (decls[0] if decls else f"--{key.replace('_', '-')}"), required
 
 
 def echo(text: object = "", err: bool = False) -> None:
@@ -47,6 +106,7 @@ def _errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            refuse_empty(fn, kwargs)
             return fn(*args, **kwargs)
         except FeatstoreError as exc:
             typer.secho(f"error: {safe(exc)}", fg=typer.colors.RED, err=True)

@@ -267,7 +267,10 @@ def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     run: Annotated[str, typer.Option(help="Run id (fit, finetune or ensemble) to predict with.")],
     out: Annotated[
-        Optional[Path], typer.Option(help="Write a CSV (path,label,probability,error) instead of a table.")
+        Optional[Path],
+        typer.Option(
+            help="Write a CSV (path,label,probability,error) instead of a table: a name ending in .csv, new or a CSV predict wrote (any other file there is refused, never replaced)."
+        ),
     ] = None,
     weights: Annotated[
         Optional[str],
@@ -292,7 +295,7 @@ def predict(
     runs: RunsOpt = None,
 ) -> None:
     """Class and probability for new images, with the run's exact extractor and classifier."""
-    from featstore.cli.main import safe
+    from featstore.cli.main import name, safe
     from featstore.experiments.predict import predict as run_predict
 
     refuse_runs_file(store, runs)
@@ -310,9 +313,9 @@ def predict(
     if out is not None:
         typer.echo(safe(f"wrote {len(rows)} predictions to {out}"))
         return
-    for r in rows:  # names escaped: a file or class name cannot send escape sequences to the terminal
+    for r in rows:  # names escaped, line breaks and tabs too: one image is one line of three cells
         typer.echo(
-            f"{safe(r['path'])}\t{safe(r['label'])}\t{r['probability']:.4f}"
+            f"{name(r['path'])}\t{name(r['label'])}\t{r['probability']:.4f}"
             if not r["error"]
-            else f"{safe(r['path'])}\tFAILED\t{safe(r['error'])}"
+            else f"{name(r['path'])}\tFAILED\t{name(r['error'])}"
         )

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo, name  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -324,7 +324,7 @@ def _print_extracted(r, augment: int | None) -> None:
         + copies
     )
     for path, reason in r.failures:
-        echo(f"  failed: {path}: {reason}")
+        echo(f"  failed: {name(path)}: {reason}")  # a file name with a line break stays one line
 
 
 def _secs(s: float) -> str:

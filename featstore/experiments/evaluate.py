@@ -130,9 +130,7 @@ def apply_run(
         rec, folder, y, pred, proba = apply_run("logreg-1a2b3c", "test")
     """
     rec, folder = get_run(run_id, store, runs)
-    fs = FeatureStore(store)
-    if rec.extractor in fs.extractors():  # an empty split was blamed on an altered model
-        check_has_rows(fs, rec.extractor, split, "--split")
+    _check_split(FeatureStore(store), rec, split)
     y, pred, proba = kind_of(rec).split_predictions(rec, folder, store, split, ApplyOptions())
     return rec, folder, y, pred, (proba if raw else calibrated(rec, proba))
 
@@ -151,12 +149,22 @@ def evaluate_run(
     return run_metrics_blocks(_blocks(rec, folder, store, split), list(rec.class_names), rec.calibration)[2]
 
 
+def _check_split(fs: FeatureStore, rec: RunRecord, split: str) -> None:
+    """StoreError for a split the run's extractor does not have in ``fs`` (said before h5py sees the name: one with a
+    non-UTF-8 byte was a UnicodeEncodeError traceback) or that holds no rows (it was blamed on an altered model)."""
+    if rec.extractor in fs.extractors():
+        if split not in fs.splits(rec.extractor):
+            raise StoreError(
+                f"extractor {rec.extractor!r} in {fs.path} has no split {split!r}; it has: "
+                f"{', '.join(fs.splits(rec.extractor)) or 'none'}. Name one of them with --split"
+            )
+        check_has_rows(fs, rec.extractor, split, "--split")
+
+
 def _blocks(rec: RunRecord, folder: Path, store, split: str):
     """The run's ``(labels, predictions, raw probabilities)`` on ``split``, block by block (a fit streams within its
     memory budget: ``RunKind.split_blocks``); an empty split refused first."""
-    fs = FeatureStore(store)
-    if rec.extractor in fs.extractors():  # an empty split was blamed on an altered model
-        check_has_rows(fs, rec.extractor, split, "--split")
+    _check_split(FeatureStore(store), rec, split)
     return kind_of(rec).split_blocks(rec, folder, store, split, ApplyOptions())
 
 

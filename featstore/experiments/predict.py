@@ -23,7 +23,15 @@ import numpy as np
 
 from featstore.errors import MAX_BATCH, ConfigError, DataError, OutputError, StoreError
 from featstore.images.listing import IMAGE_EXTENSIONS, find_images, printable
-from featstore.outputs import cache_dir, csv_cell, output_fix, probe_output, refuse_image, write_atomic
+from featstore.outputs import (
+    cache_dir,
+    csv_cell,
+    output_fix,
+    probe_output,
+    refuse_image,
+    refuse_run_files,
+    write_atomic,
+)
 from featstore.runs.apply import ApplyOptions, ImageBatch, rebuild_extractor  # noqa: F401 (rebuild_extractor re-exported)
 from featstore.runs.folder import find_run, runs_root
 from featstore.runs.kinds import kind_of
@@ -62,11 +70,15 @@ def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
     return unique
 
 
+CSV_HEADER = "path,label,probability,error"  # the first line of every predictions CSV (how one is known again)
+
+
 def _check_out(out: Path) -> None:
-    """Refuse an --out CSV that could not be written, or that is not a regular file (a FIFO, a device), before any work."""
+    """Refuse, before any work, an --out that is not a CSV name, that is a file predict did not write (``--out
+    model.keras`` replaced the user's model), or that could not be written (a FIFO, a device, a read-only folder)."""
     folder = out.parent
     if out.is_dir():
-        raise ConfigError(f"--out {out} is a folder; give a CSV file name, e.g. {out / 'predictions.csv'}")
+        raise ConfigError(f"--out {out} is a folder; give a CSV file name, e.g. {_suggest(out)}")
     try:
         if os.path.lexists(out) and not stat.S_ISREG(os.stat(out).st_mode):
             raise ConfigError(
@@ -85,6 +97,40 @@ def _check_out(out: Path) -> None:
         refuse_image(out, "--out")  # one of the images to predict, say
     except OutputError as exc:
         raise ConfigError(str(exc)) from None
+    if out.suffix.lower() != ".csv":
+        raise ConfigError(f"--out {out}: predict writes a CSV; give a name ending in .csv, e.g. {_suggest(folder)}")
+    if not os.path.islink(out) and out.is_file() and not _is_predictions(out):
+        raise ConfigError(
+            f"--out {out} exists and is not a predictions CSV (its first line is not {CSV_HEADER}); featstore never "
+            f"replaces another file with its predictions. Give another name, e.g. {_suggest(folder)}, or remove it first"
+        )
+
+
+def _is_predictions(path: Path) -> bool:
+    """Whether the file ``path`` starts with the line predict writes first (an empty file is not one)."""
+    header = CSV_HEADER.encode()
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(len(header) + 2)
+    except OSError:
+        return False
+    return first == header + b"\r\n" or first[: len(header) + 1] == header + b"\n"
+
+
+def _suggest(folder: Path) -> Path:
+    """A predictions CSV name predict accepts: in ``folder`` or, when that is a run folder or a runs folder (where
+    predict never writes), beside it; the first of predictions.csv, predictions-2.csv, ... free or a predictions CSV."""
+    while folder.parent != folder:
+        try:
+            refuse_run_files(folder / "predictions.csv", folder=True)  # a run folder, a runs folder
+            break
+        except OutputError:
+            folder = folder.parent
+    for i in range(1, 100):
+        name = folder / ("predictions.csv" if i == 1 else f"predictions-{i}.csv")
+        if not os.path.lexists(name) or (name.is_file() and not name.is_symlink() and _is_predictions(name)):
+            return name
+    return folder / "predictions-new.csv"
 
 
 def predict(
@@ -188,7 +234,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     """The predictions CSV: path, label and error through ``csv_cell`` (a spreadsheet shows them, never evaluates
     them); non-UTF-8 names are written as their own bytes."""
     with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        fh.write("path,label,probability,error\r\n")
+        fh.write(CSV_HEADER + "\r\n")
         for r in rows:
             cells = (csv_cell(str(r["path"])), csv_cell(r["label"]), repr(r["probability"]), csv_cell(r["error"]))
             fh.write(",".join(cells) + "\r\n")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.outputs import CHART_METADATA, terminal_safe
-from featstore.plots import pyplot
+from featstore.outputs import CHART_METADATA
+from featstore.plots import chart_text, plain_text, pyplot
 
 
+@plain_text
 def probe_png(summary: dict, path: str | Path) -> Path:
     """Left: validation accuracy against C per extractor (the chosen C ringed). Right: test accuracy of each
     extractor's linear and kNN probe with its 95 % Wilson interval.
@@ -27,7 +28,7 @@ def probe_png(summary: dict, path: str | Path) -> Path:
             [p["validation"] for p in pts],
             "-o",
             markersize=3,
-            label=terminal_safe(c["extractor"]),
+            label=chart_text(c["extractor"]),
         )
         left.plot(
             [c["linear"]["C"]],
@@ -49,7 +50,7 @@ def probe_png(summary: dict, path: str | Path) -> Path:
             if cell is None:
                 continue
             ci = cell["test_ci"]
-            labels.append(f"{terminal_safe(c['extractor'])}  {name.format(k=cell.get('k'))}")
+            labels.append(f"{chart_text(c['extractor'])}  {name.format(k=cell.get('k'))}")
             est.append(ci["estimate"])
             lo.append(max(0.0, ci["estimate"] - ci["low"]))  # rounding can put a bound a hair past 0 or 1
             hi.append(max(0.0, ci["high"] - ci["estimate"]))
@@ -58,7 +59,7 @@ def probe_png(summary: dict, path: str | Path) -> Path:
     right.set_yticks(ys, labels, fontsize=7)
     right.set_xlabel("test accuracy (95 % Wilson interval)")
     refit = "refitted on train + validation" if summary.get("refit") else "fitted on train"
-    right.set_title(f"{summary['id']}: test, read once after the choice ({refit})", fontsize=9)
+    right.set_title(f"{chart_text(summary['id'])}: test, read once after the choice ({refit})", fontsize=9)
     right.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100, bbox_inches="tight", format="png", metadata=CHART_METADATA)  # path: a temporary name
@@ -66,6 +67,7 @@ def probe_png(summary: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+@plain_text
 def fewshot_png(summary: dict, path: str | Path) -> Path:
     """Test accuracy against images per class: each trial a dot, the mean a line, ± sd a band, the mean's 95 %
     interval as error bars; a log axis for the shots."""
@@ -84,9 +86,10 @@ def fewshot_png(summary: dict, path: str | Path) -> Path:
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(int(s)) for s in shots])
     ax.set_xlabel("training images per class (k)")
-    ax.set_ylabel(f"accuracy on {summary['splits']['test']!r}")
+    ax.set_ylabel(f"accuracy on {chart_text(repr(summary['splits']['test']))}")
     ax.set_title(
-        f"{summary['id']}: {summary['clf']} on {terminal_safe(summary['extractor'])}, {summary['trials']} trials (seed {summary['seed']})",
+        f"{chart_text(summary['id'])}: {chart_text(summary['clf'])} on {chart_text(summary['extractor'])}, "
+        f"{summary['trials']} trials (seed {summary['seed']})",
         fontsize=9,
     )
     ax.grid(alpha=0.3)

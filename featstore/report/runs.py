@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from featstore.outputs import terminal_safe
 from featstore.report.text import _table
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, thaw
@@ -74,7 +75,7 @@ def runs_table(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> str
         )
     if broken:
         lines.append(f"{len(broken)} broken run folder(s), not used:")
-        lines += [f"  {name}: {reason}" for name, reason in broken]
+        lines += [f"  {terminal_safe(name)}: {reason}" for name, reason in broken]  # a folder name: one line
     return "\n".join(lines)
 
 
@@ -119,7 +120,7 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
     lines = [
         f"run {rec.id} ({rec.kind}), {rec.created_at}",
         f"  extractor {rec.extractor} fingerprint {rec.fingerprint}",
-        f"  store {rec.get('store', '-')}",
+        f"  store {terminal_safe(str(rec.get('store', '-')))}",
         *kind_of(rec).describe(rec),
         f"  {calibration_line(rec)}",
     ]
@@ -128,12 +129,18 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
         lines += split_lines(split, m)
         rows = [["    class", "precision", "recall", "f1", "support"]]
         rows += [
-            [f"    {c}", f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])]
+            [
+                f"    {terminal_safe(c)}",
+                f"{v['precision']:.3f}",
+                f"{v['recall']:.3f}",
+                f"{v['f1']:.3f}",
+                str(v["support"]),
+            ]
             for c, v in m.per_class.items()
         ]
         if per_class:
             lines.append(_table(rows))
-    lines += [f"  wrote {p}" for p in pngs]
+    lines += [f"  wrote {terminal_safe(str(p))}" for p in pngs]
     if not per_class:
         lines.append(f"  details: featstore runs show {rec.id}")
     return "\n".join(lines)

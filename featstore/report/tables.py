@@ -7,6 +7,7 @@ model  input  min  output (default size)  preprocessing
 from __future__ import annotations
 
 from featstore.models.backbones import get_backbone, list_backbones
+from featstore.outputs import terminal_safe
 from featstore.report.runs import (  # noqa: F401 (the run reports: their old home)
     accuracy_json,
     accuracy_lines,
@@ -176,16 +177,17 @@ def store_tree(path: str) -> str:
             lines.append(f"    │     features {tuple(s['shape'])} {s['dtype']}, chunks {tuple(s['chunks'])}")
             lines.append(
                 f"    │     rows {s.get('committed_rows')}, failed {s.get('n_failed')}, non-image files ignored {s.get('n_ignored', 0)}, "
-                f"source {s.get('source_root')}"
+                f"source {terminal_safe(str(s.get('source_root')))}"
             )
             classes = s.get("class_names", [])
             counts = s.get("class_counts", [])
             lines.append(
-                f"    │     classes ({len(classes)}): " + ", ".join(f"{c} {n}" for c, n in zip(classes, counts))
+                f"    │     classes ({len(classes)}): "
+                + ", ".join(f"{terminal_safe(c)} {n}" for c, n in zip(classes, counts))
             )
             if s.get("n_failed"):
                 for p, reason in store.failures(split, name):
-                    lines.append(f"    │     failed: {p}: {reason}")
+                    lines.append(f"    │     failed: {terminal_safe(p)}: {reason}")  # a file name: one line
             if "augmented" in s:
                 lines.append(f"    │     {_augmented_line(s['augmented'], writer_pid)}")
     return "\n".join(lines)

@@ -192,6 +192,8 @@ def find_run(
 
         rec, folder = find_run("logreg-1a", runs_dir("features.h5"))
     """
+    if not isinstance(run_id, str) or not run_id.strip():  # '' (an unset $RUN) was a prefix of every id: "the only run"
+        raise ConfigError(f"the run id is empty ({run_id!r}); give a run id (`featstore runs` lists those in {root})")
     hidden = reveal(root) if listing is None else {}  # put back a run a killed `runs evaluate` left under no name
     names = (
         _run_folders(root) + sorted(hidden)
