@@ -1,5 +1,5 @@
-"""This user's secret key, which signs the records of what featstore wrote into a store's caches (an HMAC-SHA256), so
-that a cached file is trusted only when this user's featstore wrote and checked it.
+"""This user's secret key, which signs what featstore writes into a store's caches (an HMAC-SHA256: the ONNX cuts'
+records, map layouts, thumbnails), so that a cached file is trusted only when this user's featstore wrote it.
 
 A plain digest in a record proves nothing: whoever can write the cached file can write its digest beside it (a store
 copied, rsynced or unpacked from elsewhere comes with its cache). The key is 32 random bytes made once
@@ -81,8 +81,8 @@ def _unusable(where: str, why: str) -> None:
     if where not in _warned:
         _warned.add(where)
         logger.warning(
-            "featstore cannot keep its key at %s (%s), so it trusts no cached file it cannot sign: ONNX exports are "
-            "made again each time. Set XDG_CONFIG_HOME to a writable folder of yours to keep them",
+            "featstore cannot keep its key at %s (%s), so it trusts no cached file it cannot sign: ONNX exports, map "
+            "layouts and thumbnails are made again each time. Set XDG_CONFIG_HOME to a writable folder of yours",
             where,
             why,
         )
@@ -92,7 +92,7 @@ def _unusable(where: str, why: str) -> None:
 def _refuse(path: Path, why: str) -> ConfigError:
     return ConfigError(
         f"featstore's key {path} {why}, so it may not be secret; remove it (featstore makes a new one, and makes its "
-        f"cached ONNX exports again)"
+        f"caches' ONNX exports, map layouts and thumbnails again)"
     )
 
 

@@ -52,3 +52,29 @@ def test_a_layout_from_another_users_cache_is_not_reused(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "other-user"))
     assert not project(store, max_rows=30, method="pca", cache=cache).cached
     assert project(store, max_rows=30, method="pca", cache=cache).cached  # re-signed with this key, then reused
+
+
+def test_a_planted_thumbnail_is_made_again_not_shown(tmp_path, monkeypatch):
+    """A picture planted at a cached thumbnail's name (or a cache copied from another user) was shown for the image.
+    Sabotage: ``verifies(...)`` -> ``True`` in ``ThumbCache._signed`` fails it."""
+    from PIL import Image
+
+    from featstore.report.site.thumbs import ThumbCache
+
+    image = tmp_path / "cat.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(image)
+    folder = tmp_path / "s.h5.cache" / "thumbs"
+    first = ThumbCache(folder).make([str(image)])[str(image)]
+    again = ThumbCache(folder)
+    again.make([str(image)])
+    assert again.reused == 1  # this user's own thumbnail is reused
+    cached = again.path(first.key)
+    own = cached.read_bytes()
+    Image.fromarray(np.zeros((96, 96, 3), np.uint8)).save(cached)  # another picture at its name
+    planted = ThumbCache(folder)
+    planted.make([str(image)])
+    assert (planted.reused, planted.made) == (0, 1) and cached.read_bytes() == own
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "other-user"))
+    other = ThumbCache(folder)
+    other.make([str(image)])
+    assert (other.reused, other.made) == (0, 1)  # signed with another key: made again
