@@ -34,6 +34,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.path.name not in RUN_FIRST)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_config_home(tmp_path_factory):
+    """featstore's per-user key (featstore.keys, which signs the ONNX cache's records) in a folder of the test session,
+    never in the home of whoever runs the suite; CLI and docs subprocesses inherit it."""
+    before = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before
+
+
 def write_images(root: Path, split: str, classes: dict[str, int], seed: int = 0, size: int = 40) -> list[Path]:
     """Write ``classes[name]`` random RGB images per class under root/split/name/, alternating PNG and JPEG."""
     rng = np.random.default_rng(seed)

@@ -192,7 +192,7 @@ def test_a_recorded_cache_file_onnx_runtime_cannot_load_is_exported_again_with_a
     store = with_cache(made, tmp_path)
     (cached,) = cached_files(store)
     cached.write_bytes(b"not an onnx model")
-    record(cached, hashlib.sha256(b"not an onnx model").hexdigest())
+    record(cached, b"not an onnx model")
     with caplog.at_level(logging.WARNING, logger="featstore.models.onnx_runtime"):
         r = extract(made["data"], "validation", store, ONNX)
     assert r.rows == 6 and counted == [1] and cached.stat().st_size > 1000
@@ -247,10 +247,13 @@ def test_several_layers_pooled_and_stored_as_float16_in_one_pass(made, tmp_path)
 # ---- the cache holds only what featstore wrote: a file that agrees on the 4 check images is not enough ----
 
 
-def record(cached: Path, sha256: str) -> None:
-    """Rewrite ``cached``'s record (``<key>.json``) to say featstore wrote bytes of digest ``sha256``."""
+def record(cached: Path, data: bytes) -> None:
+    """Rewrite ``cached``'s record (``<key>.json``) to say this user's featstore wrote ``data`` (signed with the key)."""
+    from featstore.keys import sign, user_key
+
     rec = json.loads(onnx_runtime.record_path(cached).read_text())
-    onnx_runtime.record_path(cached).write_text(json.dumps({**rec, "sha256": sha256}))
+    rec |= {"sha256": hashlib.sha256(data).hexdigest(), "hmac": sign(user_key(), "onnx", cached.name, data)}
+    onnx_runtime.record_path(cached).write_text(json.dumps(rec))
 
 
 def perturbed_off_the_check_batch(data: bytes, lo: float, hi: float) -> bytes:
@@ -323,7 +326,7 @@ def test_a_planted_cut_that_passes_the_check_is_exported_again(made, tmp_path, c
     with caplog.at_level(logging.WARNING, logger="featstore.models.onnx_runtime"):
         r = extract(made["data"], "train", store, ONNX)
     assert counted == [1] and r.rows == 12
-    why = "its sha256 is not the one featstore recorded" if how == "replaced" else "no record"
+    why = "its HMAC does not verify" if how == "replaced" else "no record"
     assert any(f"is exported again: {why}" in m for m in caplog.messages), caplog.messages
     xa, xb = FeatureStore(made["root"] / "keras.h5").load("train")[0], FeatureStore(store).load("train")[0]
     assert np.abs(xa - xb).max() <= onnx_runtime.ONNX_TOLERANCE * np.abs(xa).max()

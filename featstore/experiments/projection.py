@@ -31,6 +31,7 @@ from featstore.caches import cache_folder, write_cached
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments.leaks.find import split_commit
 from featstore.experiments.leaks.search import query_blocks
+from featstore.keys import sign, user_key, verifies
 from featstore.safezip import check_zip
 from featstore.store.reader import FeatureStore
 
@@ -227,19 +228,34 @@ def _cache_file(cache: str | os.PathLike, name: str, key: str) -> Path:
     return Path(cache) / f"map-{hashlib.sha256(os.fsencode(name)).hexdigest()[:12]}-{key}.npz"
 
 
+def _signed(path: Path, meta: str, xy: np.ndarray, sample: dict[str, np.ndarray]) -> bytes:
+    """What a layout's HMAC covers (:mod:`featstore.keys`): its file name, record, points and sampled rows."""
+    rows = [np.ascontiguousarray(r, np.int64).tobytes() for r in sample.values()]
+    return b"\0".join([os.fsencode(path.name), meta.encode(), np.ascontiguousarray(xy, np.float32).tobytes(), *rows])
+
+
 def _cached(cache, name: str, key: str, sample: dict[str, np.ndarray]):
     """``(method, settings, seed, seconds, xy)`` of a cached layout of exactly the rows ``sample``, or None (a damaged
-    or crafted file is ignored: read bounded, its rows must be the ones sampled now, its points finite)."""
+    or crafted file is ignored: read bounded, its rows must be the ones sampled now, its points finite, and its HMAC
+    the one this user's featstore signed it with: a layout planted or copied with a store from elsewhere is made
+    again)."""
     path = _cache_file(cache, name, key)
     splits = list(sample)
+    secret = user_key()
+    if secret is None:  # (said once) nothing cached is trusted
+        return None
     try:
         check_zip(path)  # before anything is unpacked: no zip bombs
         with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
+            text, mac = str(z["meta"]), str(z["mac"]) if "mac" in z else None
+            meta = json.loads(text)
             same = all(np.array_equal(z[f"rows_{i}"], sample[s]) for i, s in enumerate(splits))
             xy = np.asarray(z["xy"], np.float32)
         n = sum(len(r) for r in sample.values())
         if not same or xy.shape != (n, 2) or not np.isfinite(xy).all() or meta["splits"] != splits:
+            return None
+        if not verifies(secret, "maps", path.name, _signed(path, text, xy, sample), mac):
+            logger.warning("the cached map layout %s is made again: it is not signed with your featstore key", path)
             return None
         if not (isinstance(meta["method"], str) and isinstance(meta["settings"], dict)):
             return None
@@ -260,12 +276,16 @@ def _store(cache, name: str, key: str, proj: Projection) -> None:
         "splits": list(proj.sample),
     }
     arrays = {f"rows_{i}": r for i, r in enumerate(proj.sample.values())}
+    secret, path, text = user_key(), _cache_file(cache, name, key), json.dumps(meta)
+    if secret is None:  # (said once) a layout that could not be signed would never be reused
+        return
+    mac = sign(secret, "maps", path.name, _signed(path, text, proj.xy, proj.sample))
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), xy=proj.xy, **arrays)
+            np.savez(fh, meta=np.array(text), xy=proj.xy, mac=np.array(mac), **arrays)
 
     try:
-        write_cached(Path(cache).parent, _cache_file(cache, name, key), write, "map cache")
+        write_cached(Path(cache).parent, path, write, "map cache")
     except (OSError, OutputError) as exc:
         logger.warning("the map's layout is not cached: %s", exc)

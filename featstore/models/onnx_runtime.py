@@ -3,9 +3,12 @@ the store, and run by ONNX Runtime's CPU provider; checked against Keras at star
 
 The cut (backbone, layer(s), pooling; preprocessing stays in numpy as for Keras) is exported to
 ``<store>.cache/onnx/<key>.onnx``, where the key is a digest of the outputs' fingerprints and the exporter's versions,
-written to a temporary file and renamed into place; ``<key>.json`` beside it records the sha256 of the bytes featstore
-wrote and checked, and a cached file is loaded only when its bytes have that digest (one planted or changed alone is
-exported again, with a warning: the 4-image check below cannot tell a cut from one that differs only on other images).
+written to a temporary file and renamed into place; ``<key>.json`` beside it records an HMAC-SHA256 of the bytes
+featstore wrote and checked, under this user's secret key (:mod:`featstore.keys`, kept outside the store), and a cached
+file is loaded only when that HMAC verifies: one planted, changed, or copied with a store from another user or machine
+is exported again, with a warning (the 4-image check below cannot tell a cut from one that differs only on other
+images, and a plain digest in the record can be written by whoever writes the file). Without a key (a read-only home)
+the cut is exported for each run, not kept.
 A Ray actor loads the driver's checked file by path and digest (:func:`load_exported`), never exporting. Before any
 row is written a seeded batch goes through both runtimes and the largest difference must be within
 :data:`ONNX_TOLERANCE` of the largest feature; so the features are the ones the fingerprint describes, and the runtime
@@ -37,8 +40,9 @@ import numpy as np
 
 from featstore.caches import write_cached, write_cached_text
 from featstore.errors import ConfigError, OutputError, choices_error
+from featstore.keys import key_id, sign, user_key, verifies
 from featstore.models.agreement import as_list, largest_difference, seeded_images
-from featstore.outputs import output_fix, write_atomic, write_text
+from featstore.outputs import output_fix, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -268,8 +272,9 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
     """The ONNX forward pass of ``extractor``'s cut, from the cache or exported now, checked against its Keras pass;
     ``(forward, max abs difference)``. ``cache`` None: exported into a temporary folder, not kept. A cached file whose
     bytes are not the ones featstore recorded writing there (:func:`unrecorded`), that ONNX Runtime cannot load, or
-    whose features are not the cut's, is exported again (with a warning)."""
-    if cache is not None and not _make_folder(cache):
+    whose features are not the cut's, is exported again (with a warning). Without this user's key nothing is kept."""
+    key = None if cache is None else user_key()  # None: (warned once) no key to sign the record with
+    if cache is not None and (key is None or not _make_folder(cache)):
         cache = None  # (warned) a store in a read-only folder: exported for this process only
     if cache is None:
         with tempfile.TemporaryDirectory(prefix="featstore-onnx-") as tmp:
@@ -282,15 +287,15 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
         # a link, FIFO or folder at the record's name: refused now, not after the export's seconds ("give a file name
         # inside it" named a file in that folder, and the fresh export was left unrecorded)
         read_cached(record_path(path), MAX_RECORD_BYTES, RECORD_SHOWN)
-        return _export_checked(extractor, path, threads, cache.parent)
-    why = unrecorded(path, data)
+        return _export_checked(extractor, path, threads, cache.parent, key)
+    why = unrecorded(path, data, key)
     if why is None:
         try:
             return _open_checked(extractor, data, threads, where=f"the cached model {path}", path=path)
         except ConfigError as exc:
             why = str(exc)
     logger.warning("--runtime onnx: the cached %s is exported again: %s", path, why)
-    return _export_checked(extractor, path, threads, cache.parent)
+    return _export_checked(extractor, path, threads, cache.parent, key)
 
 
 def record_path(path: Path) -> Path:
@@ -298,11 +303,16 @@ def record_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def unrecorded(path: Path, data: bytes) -> str | None:
-    """Why ``data``, read from the cached ``path``, is not what featstore recorded writing there; None when it is.
+def unrecorded(path: Path, data: bytes, key: bytes | None = None) -> str | None:
+    """Why ``data``, read from the cached ``path``, is not what this user's featstore recorded writing there; None
+    when it is. ``key``: this user's (:func:`featstore.keys.user_key` when not given).
 
     The start-up check runs 4 seeded images: a file that agrees with Keras on them and differs on others passes it.
-    So a cached file is trusted only when its sha256 is the one in its record (written after the export passed)."""
+    So a cached file is trusted only when its record (written after the export passed) holds the HMAC of its name and
+    bytes under this user's secret key: a digest anyone can compute proves nothing."""
+    key = key or user_key()
+    if key is None:
+        return "featstore has no key of yours to check its record with"
     record = record_path(path)
     raw = read_cached(record, MAX_RECORD_BYTES, RECORD_SHOWN)  # a link, FIFO or oversized record: refused, naming it
     if raw is None:
@@ -313,8 +323,10 @@ def unrecorded(path: Path, data: bytes) -> str | None:
         rec = None
     if not isinstance(rec, dict) or rec.get("written_by") != WRITTEN_BY or rec.get("file") != path.name:
         return f"{record.name} is not featstore's record of {path.name}"
-    if rec.get("sha256") != hashlib.sha256(data).hexdigest():
-        return f"its sha256 is not the one featstore recorded in {record.name} (changed or replaced since)"
+    if rec.get("key_id") != key_id(key):
+        return f"{record.name} was not signed with your featstore key (a cache made by another user or machine)"
+    if not verifies(key, CACHE_FOLDER, path.name, data, rec.get("hmac")):
+        return f"its HMAC does not verify against {record.name} (the file was changed or replaced since)"
     return None
 
 
@@ -357,9 +369,11 @@ def _make_folder(cache: Path) -> bool:
     return True
 
 
-def _export_checked(extractor, path: Path, threads: int | None, root: Path | None = None) -> tuple[OnnxForward, float]:
-    """Export the cut to ``path``, renamed into place only once it loads and agrees with Keras; then record its sha256
-    beside it (:func:`unrecorded`)."""
+def _export_checked(
+    extractor, path: Path, threads: int | None, root: Path | None = None, key: bytes | None = None
+) -> tuple[OnnxForward, float]:
+    """Export the cut to ``path``, renamed into place only once it loads and agrees with Keras; then record its HMAC
+    under ``key`` beside it (:func:`unrecorded`; no record without a key)."""
     result: list = []
     shown, c = extractor._shown_name(), extractor.config
     seconds = export_cut(
@@ -368,22 +382,20 @@ def _export_checked(extractor, path: Path, threads: int | None, root: Path | Non
         extractor.spec.channels_in,
         path,
         shown,
-        lambda tmp: result.append(_open_checked(extractor, Path(tmp).read_bytes(), threads, path=path)),
+        lambda tmp: result.append((_open_checked(extractor, data := Path(tmp).read_bytes(), threads, path=path), data)),
         root,
     )
-    record = {
-        "written_by": WRITTEN_BY,
-        "file": path.name,
-        "sha256": result[0][0].sha256,
-        "exporter": exporter_version(),
-    }
-    text = json.dumps(record, indent=1) + "\n"
-    if root is None:
-        write_text(record_path(path), text, RECORD_SHOWN)
-    else:
-        write_cached_text(root, record_path(path), text, RECORD_SHOWN)
+    forward, data = result[0]
+    if key is not None and root is not None:  # signed: the bytes that were checked, renamed into place
+        record = {"written_by": WRITTEN_BY, "file": path.name, "sha256": forward[0].sha256}
+        record |= {
+            "exporter": exporter_version(),
+            "key_id": key_id(key),
+            "hmac": sign(key, CACHE_FOLDER, path.name, data),
+        }
+        write_cached_text(root, record_path(path), json.dumps(record, indent=1) + "\n", RECORD_SHOWN)
     logger.info("--runtime onnx: exported %s to %s in %.1f s (checked against Keras)", shown, path, seconds)
-    return result[0]
+    return forward
 
 
 def _open_checked(

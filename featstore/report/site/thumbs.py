@@ -4,7 +4,9 @@ A thumbnail is the image as the model saw it (square, :func:`featstore.images.de
 bounded decoding) at ``side`` pixels, saved as PNG under ``<store>.cache/thumbs/<ab>/<key>.png``. Its key is a digest
 of the file's absolute path, size and modification time and of the side, so a changed image gets a new thumbnail and
 an unchanged one is never decoded again. An image that cannot be read gets no thumbnail: its reason is cached as
-``<key>.txt`` (for a file that exists) and the pages show a placeholder with it.
+``<key>.txt`` (for a file that exists) and the pages show a placeholder with it. A cached thumbnail is reused only
+when ``<key>.mac`` beside it holds its HMAC under this user's key (:mod:`featstore.keys`): one planted there, or copied
+with a store from another user, is made again (without a key, every thumbnail is).
 
 >>> cache = ThumbCache(Path("features.h5.cache/thumbs"))      # doctest: +SKIP
 >>> cache.make(["/data/test/bag/1.png"])["/data/test/bag/1.png"].reason   # doctest: +SKIP
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from featstore.caches import cache_folder, write_cached, write_cached_text
 from featstore.errors import OutputError
+from featstore.keys import sign, user_key, verifies
 from featstore.outputs import terminal_safe, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class ThumbCache:
         self.made = 0  # decoded in this process
         self.reused = 0  # found in the cache
         self._known: dict[str, Thumb] = {}
+        self._secret: bytes | None = None  # this user's key, read at the first make()
 
     def path(self, key: str) -> Path:
         """The cached PNG of a key."""
@@ -74,6 +78,7 @@ class ThumbCache:
         from featstore.images.decode import iter_decoded
 
         todo: dict[str, str] = {}
+        self._secret = self._secret or user_key()
         buckets: set[str] = set()  # <ab>/ folders checked: a link there is refused, never read or written through
         for src in dict.fromkeys(sources):
             if src in self._known:
@@ -84,7 +89,7 @@ class ThumbCache:
                 buckets.add(key[:2])
             if key is None:
                 self._known[src] = Thumb(src, None, "not found" if not os.path.lexists(src) else "cannot be read")
-            elif _regular(self.path(key), MAX_THUMB_BYTES):  # a bigger file was planted: made again, never linked
+            elif self._signed(key):  # a bigger, planted or unsigned file: made again, never linked
                 self._known[src], self.reused = Thumb(src, key), self.reused + 1
             elif _regular(failed := self.path(key).with_suffix(".txt")):
                 self._known[src] = Thumb(src, None, _read_reason(failed))
@@ -111,11 +116,27 @@ class ThumbCache:
             picture = Image.fromarray(img[..., 0] if gray else img)  # a grayscale image as one channel: 3x smaller
             picture.save(buf, format="PNG", compress_level=1)  # 5x faster than the default level, a little larger
             write_cached(self.folder.parent, target, lambda tmp: tmp.write_bytes(buf.getvalue()), "thumbnail cache")
+            if self._secret is not None:
+                mac = sign(self._secret, "thumbs", target.name, buf.getvalue())
+                write_cached_text(self.folder.parent, target.with_suffix(".mac"), mac, "thumbnail cache")
         except (OSError, OutputError) as exc:
             logger.warning("thumbnail of %s not cached: %s", terminal_safe(src), exc)
             return Thumb(src, None, reason or "the thumbnail cache cannot be written")
         self.made += 1
         return Thumb(src, key, reason)
+
+    def _signed(self, key: str) -> bool:
+        """Whether the cached thumbnail of ``key`` is a regular file of at most MAX_THUMB_BYTES whose ``.mac`` holds
+        its HMAC under this user's key."""
+        path = self.path(key)
+        if self._secret is None or not _regular(path, MAX_THUMB_BYTES) or not _regular(mac := path.with_suffix(".mac")):
+            return False
+        try:
+            with open(path, "rb") as fh, open(mac, encoding="ascii", errors="replace") as mh:
+                data, signed = fh.read(MAX_THUMB_BYTES + 1), mh.read(128)
+        except OSError:
+            return False
+        return verifies(self._secret, "thumbs", path.name, data, signed)
 
     def export(self, thumb: Thumb, folder: Path) -> str | None:
         """Put a thumbnail into a site's ``folder`` (once): a hard link to the cached file where the file system
