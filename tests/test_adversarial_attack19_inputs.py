@@ -98,6 +98,18 @@ def test_genuine_models_of_every_layer_kind_pass_the_bound(tmp_path):
     }
     inp = keras.Input((5, 8))
     models["attention"] = keras.Model(inp, L.Dense(2)(L.Flatten()(L.MultiHeadAttention(2, 4)(inp, inp))))
+    # attack 20: lists of values in a preprocessing layer's config were read as sizes (ImageNet's mean and variance:
+    # "builds at least 109,789,320,042 parameters" for a 112-parameter model)
+    models["preprocessing"] = keras.Sequential(
+        [keras.Input((3,)), L.Normalization(mean=[123.68, 116.78, 103.94], variance=[3409.0, 3262.7, 3291.0])]
+        + [L.Dense(2)]
+    )
+    models["lookup"] = keras.Sequential(
+        [keras.Input((1,), dtype="int64"), L.IntegerLookup(vocabulary=[10**9, 2 * 10**9, 3 * 10**9]), L.Embedding(5, 2)]
+    )
+    models["bins"] = keras.Sequential(
+        [keras.Input((4,)), L.Discretization(bin_boundaries=[1000.0, 2000.0, 3000.0]), L.Embedding(4, 2)]
+    )
     for name, model in models.items():
         path = tmp_path / f"{name}.keras"
         model.save(path)
@@ -107,6 +119,20 @@ def test_genuine_models_of_every_layer_kind_pass_the_bound(tmp_path):
         assert 0 < bound <= stored, (name, bound, stored)
         assert keras_zip_problem(path) is None
     load_model_file(tmp_path / "conv.keras")  # loads as before
+
+
+def test_configs_that_hide_their_sizes_are_still_counted():
+    """Attack 20: a Dense chain with its build_config removed was counted from the widest shape in the file (4):
+    400,000 parameters for the 1.6e9 Keras built; an attention layer's value_dim was not counted (3.2e9 built)."""
+    from featstore.models.keras_sizes import implied_parameters
+
+    dense = [{"class_name": "Dense", "config": {"name": n, "units": 40000}} for n in "ab"]
+    chain = {"class_name": "Sequential", "config": {"layers": [
+        {"class_name": "InputLayer", "config": {"batch_shape": [None, 4]}}, *dense]}}  # fmt: skip
+    assert implied_parameters(chain)[0] >= 40000 * 40000
+    mha = {"class_name": "MultiHeadAttention", "config": {"num_heads": 2, "key_dim": 8, "value_dim": 50_000_000},
+           "build_config": {"shapes_dict": {"query_shape": [None, 4, 16], "value_shape": [None, 4, 16]}}}  # fmt: skip
+    assert implied_parameters(mha)[0] >= 2 * 16 * 2 * 50_000_000
 
 
 def test_run_model_keras_with_edited_config_is_refused_before_keras(small_keras, tmp_path, monkeypatch):
