@@ -31,3 +31,27 @@ def test_an_empty_path_option_is_refused_naming_it(tmp_path, monkeypatch, args, 
     assert result.exit_code == 1, out
     assert out.startswith(f"error: {option} is empty") and len(out.strip().splitlines()) == 1, out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # nothing recorded in the current folder
+
+
+# ------------------------------------------------------------------ 9. legend labels starting with '_'
+def test_a_split_starting_with_underscore_is_named_in_the_compare_legend(tmp_path, monkeypatch):
+    """Finding 9: matplotlib leaves labels starting with ``_`` out of a legend; a split ``_holdout`` (a valid name)
+    was drawn in ``runs compare``'s chart but missing from its legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from featstore.plots import compare_png
+
+    seen = []
+    legend = Axes.legend
+
+    def spy(self, *args, **kwargs):
+        made = legend(self, *args, **kwargs)
+        seen.extend(t.get_text().strip() for t in made.get_texts())
+        return made
+
+    monkeypatch.setattr(Axes, "legend", spy)
+    compare_png(["run-a", "run-b"], {"_holdout": [0.9, 0.4], "test": [0.5, 0.8]}, tmp_path / "c.png")
+    assert seen == ["_holdout", "test"]
