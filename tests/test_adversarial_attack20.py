@@ -4,6 +4,8 @@ failed before its fix."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.test_adversarial_attack3 import synthetic_store
@@ -55,3 +57,38 @@ def test_a_split_starting_with_underscore_is_named_in_the_compare_legend(tmp_pat
     monkeypatch.setattr(Axes, "legend", spy)
     compare_png(["run-a", "run-b"], {"_holdout": [0.9, 0.4], "test": [0.5, 0.8]}, tmp_path / "c.png")
     assert seen == ["_holdout", "test"]
+
+
+# ------------------------------------------------------------------ 10. key and folder advice
+def test_an_open_key_folder_is_named_as_a_folder_with_chmod_as_the_fix(tmp_path, monkeypatch):
+    """Finding 10: a config folder made 0775 was called "featstore's key" and the fix given was to remove it (with
+    the user's other files in it); ``chmod go-w`` is the fix, and the folder is kept."""
+    from featstore.errors import ConfigError
+    from featstore.keys import user_key
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    folder = tmp_path / "xdg" / "featstore"
+    folder.mkdir(parents=True)
+    os.chmod(folder, 0o775)
+    with pytest.raises(ConfigError) as err:
+        user_key()
+    message = str(err.value)
+    assert message.startswith(f"the folder {folder} holding featstore's key may be written by others (mode 0775)")
+    assert f"chmod go-w {folder}" in message and "remove" not in message, message
+
+
+def test_a_key_open_to_others_says_so_and_gives_chmod_600(tmp_path, monkeypatch):
+    """Finding 10: a 0640 key of one's own said "belongs to user id 0 or is open to others": which one, and the fix."""
+    from featstore.errors import ConfigError
+    from featstore.keys import user_key
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    key = tmp_path / "xdg" / "featstore" / "key"
+    key.parent.mkdir(parents=True, mode=0o700)
+    key.write_bytes(b"k" * 32)
+    os.chmod(key, 0o640)
+    with pytest.raises(ConfigError) as err:
+        user_key()
+    message = str(err.value)
+    assert "may be read or written by others (mode 0640)" in message and "belongs to" not in message, message
+    assert f"chmod 600 {key}" in message, message
