@@ -92,3 +92,38 @@ def test_a_key_open_to_others_says_so_and_gives_chmod_600(tmp_path, monkeypatch)
     message = str(err.value)
     assert "may be read or written by others (mode 0640)" in message and "belongs to" not in message, message
     assert f"chmod 600 {key}" in message, message
+
+
+# ------------------------------------------------------------------ 5. one row a chunk
+class _Counted:
+    """A dataset (or its id) whose chunk look-ups are counted; everything else is the real one's."""
+
+    def __init__(self, real, counts):
+        self._real, self._counts = real, counts
+
+    def __getattr__(self, name):
+        if name == "get_chunk_info_by_coord":
+            self._counts.append(1)
+        if name == "id":
+            return _Counted(self._real.id, self._counts)
+        return getattr(self._real, name)
+
+
+def test_path_lengths_of_a_column_chunked_one_row_a_chunk_walk_the_index_once(tmp_path):
+    """Finding 5: vlen_lengths looked each chunk up in HDF5's index (O(index) each): a path column chunked one row a
+    chunk made reading 40,000 paths' lengths take 14.9 s (h5py read them in 0.32 s). Now one walk of the index."""
+    import h5py
+
+    from featstore.store.strings import vlen_lengths
+
+    paths = [f"img/{'x' * (i % 7)}{i}.png" for i in range(600)]
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        ds = f.create_dataset("paths", data=paths, dtype=h5py.string_dtype(), chunks=(1,), maxshape=(None,))
+        ds.resize((700,))  # rows 600.. never written: empty strings
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        counts: list = []
+        got = vlen_lengths(_Counted(f["paths"], counts), 3, 650)
+        want = [len(p.encode()) for p in paths[3:]] + [0] * 50
+        assert got.tolist() == want
+        assert len(counts) == 0, f"{len(counts)} chunk look-ups"
+        assert vlen_lengths(_Counted(f["paths"], counts), 5, 9).tolist() == want[2:6]  # a few rows: looked up
