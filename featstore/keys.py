@@ -89,10 +89,26 @@ def _unusable(where: str, why: str) -> None:
     return None
 
 
-def _refuse(path: Path, why: str) -> ConfigError:
+def _refuse(path: Path, why: str, fix: str = "") -> ConfigError:
+    """The key ``path`` refused for ``why``; ``fix`` is the command that mends it (default: remove it)."""
+    fix = fix or f"remove it (featstore makes a new one, and makes its caches' {_CACHES} again)"
+    return ConfigError(f"featstore's key {path} {why}, so it may not be secret; {fix}")
+
+
+_CACHES = "ONNX exports, map layouts and thumbnails"
+
+
+def _refuse_folder(folder: Path, st: os.stat_result) -> ConfigError:
+    """The folder holding the key refused: another user's (use a folder of yours) or writable by others (chmod)."""
+    if st.st_uid != os.geteuid():
+        why = f"belongs to user id {st.st_uid}, not to you"
+        fix = "set XDG_CONFIG_HOME to a folder of yours"
+    else:
+        why = f"may be written by others (mode {st.st_mode & 0o777:04o})"
+        fix = f"run `chmod go-w {folder}` (or `chmod 700 {folder}`)"
     return ConfigError(
-        f"featstore's key {path} {why}, so it may not be secret; remove it (featstore makes a new one, and makes its "
-        f"caches' ONNX exports, map layouts and thumbnails again)"
+        f"the folder {folder} holding featstore's key {why}, so the key in it may not be secret; {fix}, and "
+        f"featstore uses it again"
     )
 
 
@@ -113,7 +129,7 @@ def _read_or_make(path: Path) -> bytes:
     try:
         st = os.fstat(folder)
         if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            raise _refuse(path.parent, "is another user's folder, or others may write into it")
+            raise _refuse_folder(path.parent, st)
         for _ in range(2):  # missing: made; made meanwhile by another process: read
             try:
                 return _read(folder, path)
@@ -135,8 +151,15 @@ def _read(folder: int, path: Path) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _refuse(path, "is not a regular file")
-        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-            raise _refuse(path, f"belongs to user id {st.st_uid} or is open to others (mode {st.st_mode & 0o777:04o})")
+        if st.st_uid != os.geteuid():
+            raise _refuse(path, f"belongs to user id {st.st_uid}, not to you")
+        if st.st_mode & 0o077:
+            raise _refuse(
+                path,
+                f"may be read or written by others (mode {st.st_mode & 0o777:04o})",
+                f"run `chmod 600 {path}` if only you could read it so far, else remove it (featstore makes a new "
+                f"one, and makes its caches' {_CACHES} again)",
+            )
         data = os.read(fd, KEY_BYTES + 1)
     finally:
         os.close(fd)

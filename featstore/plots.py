@@ -15,12 +15,16 @@ from featstore.outputs import CHART_METADATA, terminal_safe
 def chart_text(text: object) -> str:
     r"""Text from data (a class, split, run or extractor name, a path) as matplotlib draws it literally: control
     characters as ``\x..`` and every ``$`` escaped, so it is never parsed as mathtext (a class named ``$\foo$`` ended
-    ``runs show`` in a ParseFatalException; ``price $5 or $9`` was drawn as maths).
+    ``runs show`` in a ParseFatalException; ``price $5 or $9`` was drawn as maths). A name starting with ``_`` gets
+    a space before it: matplotlib leaves such labels out of a legend (a split ``_holdout`` was drawn, unnamed).
 
     >>> chart_text("price $5")
     'price \\$5'
+    >>> chart_text("_holdout")
+    ' _holdout'
     """
-    return terminal_safe(str(text)).replace("$", r"\$")
+    text = terminal_safe(str(text)).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
 
 
 def plain_text(draw):
@@ -190,7 +194,9 @@ def compare_png(
                 for h, v, iv in zip(heights, vals, ivs)
             ]
         ).T.clip(min=0)  # an interval that misses its bar (a hand-edited run.json) draws no negative error bar
-        bars = ax.bar(x + i * width, heights, width, label=split, yerr=err if err.any() else None, capsize=3)
+        bars = ax.bar(
+            x + i * width, heights, width, label=chart_text(split), yerr=err if err.any() else None, capsize=3
+        )
         ax.bar_label(
             bars,
             labels=[f"{v:.2f}" if v is not None else "n/a" for v in vals],

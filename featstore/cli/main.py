@@ -14,12 +14,64 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from featstore.errors import FeatstoreError
 
 logger = logging.getLogger(__name__)
 
+
+def _is_path(annotation) -> bool:
+    """Whether a parameter's annotation is a path (``Path``, ``Optional[Path]``, ``list[Path]``)."""
+    import typing
+
+    if isinstance(annotation, type):
+        return issubclass(annotation, os.PathLike)
+    return any(_is_path(a) for a in typing.get_args(annotation))
+
+
+def refuse_empty_paths(command, args: list[str]) -> None:
+    """Exit 1 naming the first path option (--runs, --store, --out, --png, --html...) of ``command`` (or of its
+    subcommand in ``args``) given an empty or all-space value on the command line. Typer turns ``--runs ""`` into
+    ``Path('.')`` before the command sees it, so the raw words are checked here: `fit --runs "$RUNS"` with RUNS unset
+    recorded the run into the current folder (attack 20)."""
+    opts = {}
+    for param in getattr(command, "params", ()):
+        if _is_path(getattr(getattr(param, "type_descriptor", None), "annotation", None)):
+            opts.update(dict.fromkeys(getattr(param, "opts", ()), param))
+    for i, word in enumerate(args):
+        if word == "--":
+            return
+        flag, eq, value = word.partition("=")
+        if flag in opts and (eq or i + 1 < len(args)):
+            value = value if eq else args[i + 1]
+            if not value.strip():
+                default = "" if opts[flag].required else ", or leave it out for its default"
+                typer.secho(
+                    f"error: {flag} is empty (an unset shell variable?); give a path{default}",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
+                raise typer.Exit(1)
+    sub = getattr(command, "commands", None)
+    if sub:
+        name = next((w for w in args if not w.startswith("-")), None)
+        if name in sub:
+            refuse_empty_paths(sub[name], args[args.index(name) + 1 :])
+
+
+class _Group(TyperGroup):
+    """The top group: refuses empty path options (:func:`refuse_empty_paths`) before the command runs."""
+
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        if command is not None and not ctx.resilient_parsing:
+            refuse_empty_paths(command, rest)
+        return name, command, rest
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Extract frozen-CNN features once into HDF5, then experiment on them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
