@@ -78,3 +78,28 @@ def test_a_planted_thumbnail_is_made_again_not_shown(tmp_path, monkeypatch):
     other = ThumbCache(folder)
     other.make([str(image)])
     assert (other.reused, other.made) == (0, 1)  # signed with another key: made again
+
+
+def test_a_planted_failure_note_does_not_hide_a_good_image(tmp_path):
+    """Attack 20, finding 7: a planted ``<key>.txt`` (the key is a public digest of path, size and mtime) hid a good
+    image's thumbnail and showed the planter's text in every later report. A note is now kept with its HMAC under
+    this user's key and used only when it verifies. Sabotage: ``_note`` returning the text unverified fails it."""
+    from PIL import Image
+
+    from featstore.report.site.thumbs import ThumbCache
+
+    image, broken = tmp_path / "cat.png", tmp_path / "broken.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(image)
+    broken.write_bytes(b"not a png")
+    folder = tmp_path / "s.h5.cache" / "thumbs"
+    cache = ThumbCache(folder)
+    good, bad = (cache.make([str(image), str(broken)])[str(p)] for p in (image, broken))
+    assert good.key and not bad.key and bad.reason
+    again = ThumbCache(folder)
+    assert again.make([str(broken)])[str(broken)].reason == bad.reason and again.made == 0  # its own note: reused
+    good_path = again.path(good.key)
+    good_path.unlink()  # the thumbnail gone, a note planted in its place
+    good_path.with_suffix(".txt").write_text("corrupt image -- see http://evil.example/fix")
+    planted = ThumbCache(folder)
+    shown = planted.make([str(image)])[str(image)]
+    assert shown.key == good.key and not shown.reason and planted.made == 1

@@ -4,9 +4,10 @@ A thumbnail is the image as the model saw it (square, :func:`featstore.images.de
 bounded decoding) at ``side`` pixels, saved as PNG under ``<store>.cache/thumbs/<ab>/<key>.png``. Its key is a digest
 of the file's absolute path, size and modification time and of the side, so a changed image gets a new thumbnail and
 an unchanged one is never decoded again. An image that cannot be read gets no thumbnail: its reason is cached as
-``<key>.txt`` (for a file that exists) and the pages show a placeholder with it. A cached thumbnail is reused only
-when ``<key>.mac`` beside it holds its HMAC under this user's key (:mod:`featstore.keys`): one planted there, or copied
-with a store from another user, is made again (without a key, every thumbnail is).
+``<key>.txt`` (for a file that exists; its first line the reason's HMAC) and the pages show a placeholder with it. A
+cached thumbnail is reused only when ``<key>.mac`` beside it holds its HMAC under this user's key
+(:mod:`featstore.keys`), a note only when its HMAC verifies: one planted there, or copied with a store from another
+user, is made again (without a key, every thumbnail is, and no note is kept).
 
 >>> cache = ThumbCache(Path("features.h5.cache/thumbs"))      # doctest: +SKIP
 >>> cache.make(["/data/test/bag/1.png"])["/data/test/bag/1.png"].reason   # doctest: +SKIP
@@ -91,8 +92,8 @@ class ThumbCache:
                 self._known[src] = Thumb(src, None, "not found" if not os.path.lexists(src) else "cannot be read")
             elif self._signed(key):  # a bigger, planted or unsigned file: made again, never linked
                 self._known[src], self.reused = Thumb(src, key), self.reused + 1
-            elif _regular(failed := self.path(key).with_suffix(".txt")):
-                self._known[src] = Thumb(src, None, _read_reason(failed))
+            elif (noted := self._signed_note(key)) is not None:  # a failure note this user's featstore wrote
+                self._known[src] = Thumb(src, None, noted)
             else:
                 todo[src] = key
         if todo:
@@ -107,9 +108,12 @@ class ThumbCache:
         target = self.path(key)
         try:
             if img is None:
-                write_cached_text(
-                    self.folder.parent, target.with_suffix(".txt"), reason[:MAX_REASON], "thumbnail cache"
-                )
+                if self._secret is not None:  # "<HMAC>\n<reason>": a planted note would hide a good image in reports
+                    note = reason[:MAX_REASON]
+                    mac = sign(self._secret, "thumb-note", target.name, note.encode("utf-8", "surrogateescape"))
+                    write_cached_text(
+                        self.folder.parent, target.with_suffix(".txt"), f"{mac}\n{note}", "thumbnail cache"
+                    )
                 return Thumb(src, None, reason)
             buf = io.BytesIO()
             gray = bool((img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all())
@@ -124,6 +128,10 @@ class ThumbCache:
             return Thumb(src, None, reason or "the thumbnail cache cannot be written")
         self.made += 1
         return Thumb(src, key, reason)
+
+    def _signed_note(self, key: str) -> str | None:
+        """The cached failure reason of ``key`` when its note verifies under this user's key (else it is decoded again)."""
+        return _note(self._secret, self.path(key).with_suffix(".txt"), self.path(key).name)
 
     def _signed(self, key: str) -> bool:
         """Whether the cached thumbnail of ``key`` is a regular file of at most MAX_THUMB_BYTES whose ``.mac`` holds
@@ -172,6 +180,20 @@ class ThumbCache:
         return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
+def _note(secret: bytes | None, path: Path, name: str) -> str | None:
+    """The failure reason in the note ``path`` when its first line is the HMAC of the rest under ``secret``."""
+    if secret is None or not _regular(path, 4 * MAX_REASON + 130):
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+            mac, _, reason = fh.read(4 * MAX_REASON + 130).partition("\n")
+    except (OSError, ValueError):
+        return None
+    if not reason or not verifies(secret, "thumb-note", name, reason.encode("utf-8", "surrogateescape"), mac):
+        return None
+    return reason
+
+
 def _regular(path: Path, at_most: int | None = None) -> bool:
     """A regular file, not a link (a link planted in the cache is never followed into a site), of at most ``at_most``
     bytes when given."""
@@ -182,12 +204,3 @@ def _regular(path: Path, at_most: int | None = None) -> bool:
     except OSError:
         return False
     return stat.S_ISREG(st.st_mode) and (at_most is None or st.st_size <= at_most)
-
-
-def _read_reason(path: Path) -> str:
-    """A cached failure reason (bounded)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return fh.read(MAX_REASON) or "cannot be read"
-    except OSError:
-        return "cannot be read"
