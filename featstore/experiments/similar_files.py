@@ -31,17 +31,6 @@ from featstore.safezip import check_zip, read_npy
 
 logger = logging.getLogger(__name__)
 
-STEP = 1 << 20
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read 1 MiB at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(STEP):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def recorded(meta: dict) -> tuple[int, int, str]:
     """``(vectors.npy's size, model.npz's size, model.npz's sha256)`` as index.json records them; ValueError when it

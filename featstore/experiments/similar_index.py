@@ -40,8 +40,9 @@ from featstore.caches import CacheNotMade, CacheNotTrusted, cache_folder, opened
 from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.experiments.leaks.find import commit_changes, split_commit
 from featstore.experiments.leaks.search import normalised, query_blocks, scan
-from featstore.experiments.similar_files import file_sha256, open_vectors, read_model, recorded, sample_rows
+from featstore.experiments.similar_files import open_vectors, read_model, recorded, sample_rows
 from featstore.outputs import output_fix, terminal_safe
+from featstore.provenance import sha256_file
 from featstore.store.layout import PATH_ERRORS, validate_labels
 from featstore.store.reader import FeatureStore
 from featstore.store.strings import refuse_long
@@ -244,7 +245,7 @@ def build_similarity_index(
     def model(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, mean=centre.mean, components=components, pca_mean=pca_mean)
-        digest["model.npz"] = file_sha256(tmp)  # checked at load: the mean and components decide every score
+        digest["model.npz"] = sha256_file(tmp)  # checked at load: the mean and components decide every score
 
     write_cached(root, folder / "model.npz", model, "similarity index", AGAIN)
     meta = {
