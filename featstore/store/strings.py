@@ -53,13 +53,7 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
         offset = ds.id.get_offset()
         if offset is None:  # never written: every row is the fill value, an empty string
             return np.zeros(stop - start, np.uint32)
-        out, step = np.zeros(stop - start, np.uint32), max(1, ID_BLOCK_BYTES // elem)
-        for a in range(start, stop, step):
-            b = min(stop, a + step)
-            out[a - start : b - start] = _lengths(
-                os.pread(ds.file.id.get_vfd_handle(), (b - a) * elem, offset + a * elem), elem, b - a, ds
-            )
-        return out
+        return _stored_lengths(ds, elem, offset + start * elem, stop - start)
     if layout != h5py.h5d.CHUNKED:
         return None
     if plist.get_nfilters():  # HDF5 refuses to make one ("not suitable for filters"): crafted, or an old library's
@@ -68,7 +62,7 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
             f"featstore never writes (HDF5 no longer makes one): the store is crafted. Re-extract this split with "
             f"--overwrite"
         )
-    rows, fd = ds.chunks[0], ds.file.id.get_vfd_handle()
+    rows = ds.chunks[0]
     out = np.zeros(stop - start, np.uint32)
     where = _chunk_places(ds, start - start % rows, stop)
     for c in range(start - start % rows, stop, rows):
@@ -77,14 +71,20 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
             continue  # not allocated: fill values, empty strings
         # only the rows asked, ID_BLOCK_BYTES at a time: a chunk of 2**25 rows (512 MiB of IDs) was read whole for 50
         first, last = max(start, c), min(stop, c + rows)
-        for a in range(first, last, max(1, ID_BLOCK_BYTES // elem)):
-            b = min(last, a + max(1, ID_BLOCK_BYTES // elem))
-            if (b - c) * elem > info.size:
-                raise StoreError(
-                    f"{ds.file.filename}:{ds.name}: chunk {c} is shorter than its rows: the store is damaged"
-                )
-            raw = os.pread(fd, (b - a) * elem, info.byte_offset + (a - c) * elem)
-            out[a - start : b - start] = _lengths(raw, elem, b - a, ds)
+        if (last - c) * elem > info.size:
+            raise StoreError(f"{ds.file.filename}:{ds.name}: chunk {c} is shorter than its rows: the store is damaged")
+        out[first - start : last - start] = _stored_lengths(
+            ds, elem, info.byte_offset + (first - c) * elem, last - first
+        )
+    return out
+
+
+def _stored_lengths(ds: h5py.Dataset, elem: int, at: int, n: int) -> np.ndarray:
+    """The lengths of the ``n`` heap IDs stored from byte ``at`` of the file, read :data:`ID_BLOCK_BYTES` at a time."""
+    out, step, fd = np.zeros(n, np.uint32), max(1, ID_BLOCK_BYTES // elem), ds.file.id.get_vfd_handle()
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        out[a:b] = _lengths(os.pread(fd, (b - a) * elem, at + a * elem), elem, b - a, ds)
     return out
 
 
