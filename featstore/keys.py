@@ -1,5 +1,5 @@
 """This user's secret key, which signs what featstore writes into a store's caches (an HMAC-SHA256: the ONNX cuts'
-records, map layouts, thumbnails), so that a cached file is trusted only when this user's featstore wrote it.
+records, map layouts, thumbnails, the similarity index's record, the report's leak pairs), so that a cached file is trusted only when this user's featstore wrote it.
 
 A plain digest in a record proves nothing: whoever can write the cached file can write its digest beside it (a store
 copied, rsynced or unpacked from elsewhere comes with its cache). The key is 32 random bytes made once
@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -72,6 +73,38 @@ def verifies(key: bytes, kind: str, name: str, data: bytes, mac: object) -> bool
     return isinstance(mac, str) and hmac.compare_digest(sign(key, kind, name, data), mac)
 
 
+def seal(key: bytes, kind: str, name: str, record: dict) -> dict:
+    """``record`` (a JSON object) with this user's ``key_id`` and the HMAC of all its other fields: a cache's record
+    that :func:`unsealed` trusts only as this user's featstore wrote it.
+
+    >>> sorted(seal(b"k" * 32, "pairs", "p.json", {"a": 1}))
+    ['a', 'hmac', 'key_id']
+    """
+    record = {**record, "key_id": key_id(key)}
+    return {**record, "hmac": sign(key, kind, name, _canonical(record))}
+
+
+def unsealed(key: bytes, kind: str, name: str, record: dict) -> str | None:
+    """Why ``record`` is not one :func:`seal` made under ``key`` for ``kind``/``name`` (None when it is).
+
+    >>> unsealed(b"k" * 32, "pairs", "p.json", seal(b"k" * 32, "pairs", "p.json", {"a": 1})) is None
+    True
+    """
+    if "hmac" not in record:
+        return "it is not signed"
+    if record.get("key_id") != key_id(key):
+        return "it was not signed with your featstore key (copied from another user or machine)"
+    if not verifies(key, kind, name, _canonical(record), record.get("hmac")):
+        return "it does not verify against your featstore key (changed since featstore wrote it)"
+    return None
+
+
+def _canonical(record: dict) -> bytes:
+    """What a sealed record's HMAC covers: every field but the HMAC, as one canonical JSON."""
+    rest = {k: v for k, v in record.items() if k != "hmac"}
+    return json.dumps(rest, sort_keys=True, default=str, separators=(",", ":")).encode("utf-8", "surrogateescape")
+
+
 def key_id(key: bytes) -> str:
     """A short public name of ``key`` (a digest of it): a record made under another key says so plainly."""
     return hashlib.sha256(b"featstore key id\0" + key).hexdigest()[:16]
@@ -81,10 +114,11 @@ def _unusable(where: str, why: str) -> None:
     if where not in _warned:
         _warned.add(where)
         logger.warning(
-            "featstore cannot keep its key at %s (%s), so it trusts no cached file it cannot sign: ONNX exports, map "
-            "layouts and thumbnails are made again each time. Set XDG_CONFIG_HOME to a writable folder of yours",
+            "featstore cannot keep its key at %s (%s), so it trusts no cached file it cannot sign: %s are made again "
+            "each time (a similarity index is not used). Set XDG_CONFIG_HOME to a writable folder of yours",
             where,
             why,
+            _CACHES,
         )
     return None
 
@@ -95,7 +129,7 @@ def _refuse(path: Path, why: str, fix: str = "") -> ConfigError:
     return ConfigError(f"featstore's key {path} {why}, so it may not be secret; {fix}")
 
 
-_CACHES = "ONNX exports, map layouts and thumbnails"
+_CACHES = "ONNX exports, map layouts, thumbnails, similarity indexes and leak pairs"
 
 
 def _refuse_folder(folder: Path, st: os.stat_result) -> ConfigError:
@@ -112,6 +146,17 @@ def _refuse_folder(folder: Path, st: os.stat_result) -> ConfigError:
     )
 
 
+def _refuse_link(folder: Path) -> ConfigError:
+    """The folder holding the key is a link (or a file): named as the folder, with the fix."""
+    what = "a symbolic link" if os.path.islink(folder) else "not a folder"
+    return ConfigError(
+        f"the folder {folder} holding featstore's key is {what}; featstore keeps its key only in a folder of its own, "
+        f"never through a link (whoever can change where it points could read or choose the key). Remove it (`rm "
+        f"{folder}`: featstore makes the folder and a new key, and makes its caches' {_CACHES} again), or set "
+        f"XDG_CONFIG_HOME to a folder of yours"
+    )
+
+
 def _read_or_make(path: Path) -> bytes:
     """The key at ``path``, read through its folder's descriptor (made 0700 where missing; never through a link)."""
     path.parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -124,7 +169,7 @@ def _read_or_make(path: Path) -> bytes:
         folder = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | nofollow)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise _refuse(path.parent, "is a symbolic link or not a folder") from None
+            raise _refuse_link(path.parent) from None
         raise
     try:
         st = os.fstat(folder)
