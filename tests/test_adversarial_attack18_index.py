@@ -75,8 +75,20 @@ def test_an_index_recorded_before_rows_sha256_was_compared_stays_usable(store):
     meta_path = index_dir(store, "syn", "train") / "index.json"
     meta = json.loads(meta_path.read_text())
     assert meta["commit"].pop("rows_sha256")
-    meta_path.write_text(json.dumps(meta))
+    meta_path.write_text(json.dumps(_resigned(meta_path.parent, meta)))  # signed since attack 20: as featstore wrote it
     assert load_index(FeatureStore(store), "syn", "train").rows == 120
+
+
+def _resigned(folder, meta: dict) -> dict:
+    """``meta`` signed as this user's featstore signs an index whose vectors.npy is the one in ``folder`` now: the
+    checks behind the signature (attack 20) are tested on files featstore would trust."""
+    from featstore.experiments.similar_files import identity, seal
+    from featstore.keys import user_key
+    from featstore.provenance import sha256_file
+
+    meta["vectors_sha256"] = sha256_file(folder / "vectors.npy")
+    meta["vectors_identity"] = identity(os.stat(folder / "vectors.npy"))
+    return seal(meta, user_key())
 
 
 # ------------------------------------------------------------------ 4. the index's files checked
@@ -91,6 +103,8 @@ def test_nan_in_vectors_npy_is_one_line_not_a_traceback_nor_rows_left_out(store,
     v = np.load(_vectors(store))
     v[slice(None) if rows == "all" else rows] = np.nan
     np.save(_vectors(store), v)  # the same size and header: the loader's checks pass, the search meets the NaN
+    meta_path = _vectors(store).parent / "index.json"  # signed as featstore's (else built again since attack 20)
+    meta_path.write_text(json.dumps(_resigned(meta_path.parent, json.loads(meta_path.read_text()))))
     with pytest.raises(StoreError, match="NaN or inf scores .*--build-index --split train`, or search with --exact"):
         similar("train/0", store, k=3)
 

@@ -91,14 +91,26 @@ def similar(
     weights: Annotated[
         Optional[str], typer.Option(help="The weights file, when it moved since extraction (new images).")
     ] = None,
+    memory_budget: Annotated[
+        str,
+        typer.Option(
+            help="e.g. 512MB or 1GiB: memory for the exact search's blocks and the index build (its PCA sample takes half of it)."
+        ),
+    ] = "256MiB",
 ) -> None:
     """The k stored images most similar to QUERY (centred cosine of the features, as `leaks` measures it).
 
     A stored image uses its row's features (and is left out of its own results); any other image file is extracted
     through the store's exact extractor, as `predict` does.
     """
+    from featstore.errors import ConfigError
     from featstore.experiments.similar import similar as find_similar
     from featstore.outputs import check_output, refuse_image, refuse_run_files, terminal_safe
+    from featstore.units import parse_bytes
+
+    budget = parse_bytes(memory_budget)
+    if budget <= 0:
+        raise ConfigError(f"--memory-budget must be more than 0 bytes, got {memory_budget!r}; write e.g. 512MB")
 
     if html is not None:
         check_output(html, "--html")
@@ -107,7 +119,7 @@ def similar(
     if build_index:
         from featstore.experiments.similar_index import build_similarity_index as build
 
-        meta = build(store, extractor, split)
+        meta = build(store, extractor, split, max_bytes=budget, option="--memory-budget")
         logger.info(
             "index of %s/%s: %d rows x %d dims in %.1f s",
             terminal_safe(meta["extractor"]),
@@ -117,7 +129,17 @@ def similar(
             meta["seconds"],
         )
         index = True
-    result = find_similar(query, store, split=split, k=k, extractor=extractor, use_index=index, weights=weights)
+    result = find_similar(
+        query,
+        store,
+        split=split,
+        k=k,
+        extractor=extractor,
+        use_index=index,
+        weights=weights,
+        max_bytes=budget,
+        option="--memory-budget",
+    )
     typer.echo(result.describe())
     typer.echo(result.table())
     if html is not None:

@@ -32,7 +32,8 @@ import numpy as np
 
 from featstore.errors import ConfigError, DataError, StoreError
 from featstore.experiments.leaks.search import _bad_rows, _rows, normalised, scan
-from featstore.experiments.similar_index import load_index, read_names, read_rows
+from featstore.experiments.similar_files import NotSigned
+from featstore.experiments.similar_index import build_similarity_index, load_index, read_names, read_rows
 from featstore.outputs import terminal_safe
 from featstore.store.reader import FeatureStore
 
@@ -250,13 +251,16 @@ def similar(
     weights: str | None = None,
     trust_model: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    option: str = "max_bytes",
 ) -> SimilarResult:
     """The ``k`` stored images of ``split`` most similar to ``query`` (a stored image or a new image file).
 
     ``use_index``: None uses the extractor's index when one was built (``build_similarity_index``) and searches exactly
     otherwise; True requires the index; False searches exactly. An index built from other features or rows than the
     store holds now is refused (rebuild it, or search exactly). A stored query is left out of its own results.
-    ``weights``/``trust_model`` as for ``predict`` (new images only). Example::
+    An index not signed with this user's featstore key (planted, copied from another user, older) or whose vectors
+    are not the signed ones is built again, with one warning (``max_bytes`` bounds that build and the exact search;
+    ``option``: how messages name it). ``weights``/``trust_model`` as for ``predict`` (new images only). Example::
 
         table = similar("data/fashion_mnist/test/bag/test_00017.png", "features.h5", k=12)
         for n in table.neighbours: print(n.rank, n.similarity, n.label, n.path)
@@ -276,7 +280,7 @@ def similar(
     q, where = query_vector(fs, name, query, weights, trust_model)
     _refuse_bad_query(fs, name, query, q, where)
     exclude = where[1] if where is not None and where[0] == split else None
-    index = None if use_index is False else load_index(fs, name, split, required=bool(use_index))
+    index = None if use_index is False else _index(fs, name, split, bool(use_index), max_bytes, option)
     if index is not None:
         sims, rows = index.search(fs, q, k, exclude)
         n, method = index.rows, "index"
@@ -309,6 +313,16 @@ def similar(
     )
     logger.debug("%s", result.describe())
     return result
+
+
+def _index(fs: FeatureStore, name: str, split: str, required: bool, max_bytes: int, option: str):
+    """The split's index (:func:`load_index`); one not signed by this user's featstore is built again, said once."""
+    try:
+        return load_index(fs, name, split, required=required)
+    except NotSigned as exc:
+        logger.warning("%s; building it again", exc)
+    build_similarity_index(fs, name, split, max_bytes=max_bytes, option=option)
+    return load_index(fs, name, split, required=True)
 
 
 def source_file(root: str, path: str) -> Path | None:

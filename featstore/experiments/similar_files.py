@@ -4,9 +4,17 @@
 ``index.json`` records the sizes of ``vectors.npy`` and ``model.npz`` and the sha256 of ``model.npz`` (a few MB: the
 mean, the PCA's components). Loading compares both sizes, reads ``vectors.npy``'s header (little-endian float32, C
 order, the recorded rows x dims, nothing after the rows) before mapping it, and hashes ``model.npz`` before unpacking
-it. ``vectors.npy`` (N x dims, up to GBs) is not hashed per query: a non-finite score met by a search refuses the index
-(:meth:`.similar_index.Index.search`). A crafted index whose mean was altered read every similarity as 1.0000; NaN
-in ``vectors.npy`` ended in a ValueError traceback (attack 18).
+it. A crafted index whose mean was altered read every similarity as 1.0000; NaN in ``vectors.npy`` ended in a
+ValueError traceback (attack 18); a non-finite score met by a search refuses the index.
+
+``index.json`` is signed (:func:`seal`): an HMAC-SHA256 under this user's key (:mod:`featstore.keys`) of its whole
+content, which holds the sha256 of both data files and ``vectors.npy``'s identity when it was last checked (size,
+inode, device, mtime and ctime in ns; a user cannot set a ctime). A query trusts ``vectors.npy`` (N x dims, up to a
+GB) without hashing it while its identity is the signed one; otherwise it is hashed once (:func:`check_vectors`): the
+signed digest re-signs the record with the new identity (an index copied with ``cp -a``), any other one is
+:class:`NotSigned`, as an index.json that does not verify (planted, copied from another user, older format): ``similar``
+builds such an index again with one warning (a planted ``vectors.npy`` of the same size silently changed which
+neighbours came back; attack 20).
 
 Example::
 
@@ -18,6 +26,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import json
 import logging
 import os
 import stat
@@ -26,10 +35,103 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError
+from featstore import keys
+from featstore.errors import ConfigError, OutputError, StoreError
+from featstore.outputs import terminal_safe
 from featstore.safezip import check_zip, read_npy
+from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
+
+FORMAT = 2  # 2: index.json signed (key_id, hmac, vectors_sha256, vectors_identity); 1 (unsigned) is built again
+MAX_META_BYTES = 1 << 20
+KIND = "similarity-index"  # what featstore.keys.sign is told the record is
+
+
+class NotSigned(StoreError):
+    """An index that is not this user's featstore's (its record does not verify, or vectors.npy is not the signed
+    one): ``similar`` builds it again with one warning."""
+
+
+def identity(st: os.stat_result) -> list[int]:
+    """What says a file was not replaced nor written since it was checked: size, inode, device, mtime, ctime (ns)."""
+    return [st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def seal(meta: dict, key: bytes) -> dict:
+    """``meta`` signed with this user's ``key`` (:func:`featstore.keys.seal`)."""
+    return keys.seal(key, KIND, "index.json", meta)
+
+
+def unsigned(meta: dict, key: bytes) -> str | None:
+    """Why ``meta`` is not an index record this user's featstore signed; None when it is."""
+    why = keys.unsealed(key, KIND, "index.json", meta)
+    return f"its index.json {why.removeprefix('it ')}" if why else None
+
+
+def check_vectors(fh, meta: dict) -> list[int] | None:
+    """None when ``vectors.npy`` (open at ``fh``) has the identity the signed ``meta`` records (nothing read); else
+    it is hashed once: its new identity when its sha256 is the signed one (to sign again), :class:`NotSigned` if not."""
+    st = os.fstat(fh.fileno())
+    if identity(st) == meta.get("vectors_identity"):
+        return None
+    fh.seek(0)
+    if hashlib.file_digest(fh, "sha256").hexdigest() != meta.get("vectors_sha256"):
+        raise NotSigned("its vectors.npy is not the file featstore wrote and signed (it was changed or replaced)")
+    return identity(st)
+
+
+def read_meta(path: Path, shown: Path) -> dict:
+    """index.json (at ``path``, named ``shown``), bounded; StoreError when it is not a JSON object, NotSigned when it
+    is a record of another format."""
+    try:
+        if _regular(path).stat().st_size > MAX_META_BYTES:
+            raise ValueError("too large")
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or "format" not in meta:
+            raise ValueError("not an index record of this featstore")
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: a nested [[[[...
+        raise StoreError(
+            f"similarity index {terminal_safe(str(shown))} cannot be used ({exc}); rebuild it with "
+            f"`featstore similar --build-index`"
+        ) from None
+    if meta["format"] != FORMAT:
+        raise NotSigned(f"it was built by an older featstore (format {str(meta['format'])[:8]}), unsigned")
+    return meta
+
+
+INDEX_FILES = ("vectors.npy", "model.npz", "index.json")  # what build_similarity_index writes into the index folder
+
+
+def refuse_index_files(at: Path, folder: Path) -> None:
+    """OutputError naming a non-regular file at one of :data:`INDEX_FILES` in the index folder open at ``at``."""
+    for file in INDEX_FILES:
+        try:
+            mode = os.lstat(at / file).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(mode):
+            continue
+        what = (
+            "a symbolic link"
+            if stat.S_ISLNK(mode)
+            else "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO, device or socket, not a regular file"
+        )
+        raise OutputError(
+            f"the similarity index file {terminal_safe(str(folder / file))} is {what}; featstore writes its index "
+            f"under that name only. Remove it (the index is safe to delete: --build-index makes it again), or search "
+            f"without an index: `featstore similar --exact` without --build-index"
+        )
+
+
+def _regular(path: Path) -> Path:
+    """``path`` if it is a regular file (not a link): a FIFO at ``vectors.npy`` or ``model.npz`` made ``similar`` wait
+    forever for a writer, and a link there could point anywhere (build_similarity_index writes regular files only)."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise OSError(f"{path.name} is not a regular file (a link, pipe or device)")
+    return path
 
 
 def recorded(meta: dict) -> tuple[int, int, str]:
@@ -62,10 +164,14 @@ def _open_regular(path: Path, size: int):
     return fh
 
 
-def open_vectors(path: Path, rows: int, width: int, size: int) -> np.ndarray:
+def open_vectors(path: Path, rows: int, width: int, size: int, check=None) -> np.ndarray:
     """``vectors.npy`` memory-mapped, read-only, after its size and header were checked: ``(rows, width)`` little-endian
-    float32 in C order, and the file ends with the last row. ValueError saying what differs."""
+    float32 in C order, and the file ends with the last row. ValueError saying what differs. ``check(fh)``: called on
+    the file opened, before it is mapped (:func:`check_vectors`)."""
     with _open_regular(path, size) as fh:
+        if check is not None:
+            check(fh)
+            fh.seek(0)
         major, _ = np.lib.format.read_magic(fh)
         read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read(fh)
@@ -97,10 +203,11 @@ def read_model(path: Path, size: int, digest: str, d: int) -> tuple[np.ndarray, 
     return mean, components, pca_mean
 
 
-def sample_rows(asked: int, d: int, dims: int, max_bytes: int) -> int:
+def sample_rows(asked: int, d: int, dims: int, max_bytes: int, option: str = "max_bytes") -> int:
     """Rows of the PCA's sample: ``asked``, or fewer so that they take at most half of ``max_bytes`` as float32 (the
     PCA centres them in place; the other half holds a block read and the PCA's (dims, d) matrices): a 10,000-row sample
-    of 8,192 values (328 MB) was held whole with a 256 MB budget, a build peaking at 937 MB (attack 18). Fewer rows
+    of 8,192 values (328 MB) was held whole with a 256 MB budget, a build peaking at 937 MB (attack 18). ``option``:
+    how messages name the budget (``--memory-budget`` on the command line, which has no ``--dims``). Fewer rows
     are said in one info line and in index.json (``sample`` against ``sample_asked``); under ``2 dims`` rows (the PCA
     would fit its sample, not the split) it is refused.
 
@@ -112,10 +219,11 @@ def sample_rows(asked: int, d: int, dims: int, max_bytes: int) -> int:
         return asked
     if fit < min(asked, 2 * dims):
         need = 2 * min(asked, 2 * dims) * 4 * d
+        fewer = ", or fewer dims" if option == "max_bytes" else ""  # the command line has no --dims
         raise ConfigError(
             f"a PCA sample of {min(asked, 2 * dims):,} rows x {d:,} values (at least 2 x dims) needs {need:,} bytes "
-            f"of max_bytes ({int(max_bytes):,}): give max_bytes at least {need:,}, or fewer dims"
+            f"of {option} ({int(max_bytes):,}): give {option} at least {need:,} ({format_bytes(need)}){fewer}"
         )
-    say = f"{fit:,} rows, not {asked:,}: {fit:,} rows x {d:,} values fill half of max_bytes ({int(max_bytes):,} bytes)"
+    say = f"{fit:,} rows, not {asked:,}: {fit:,} rows x {d:,} values fill half of {option} ({int(max_bytes):,} bytes)"
     logger.info("the similarity index's PCA is fitted on %s", say)
     return fit

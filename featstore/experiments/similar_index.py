@@ -7,8 +7,9 @@ L2-normalised, projected to ``dims`` components and normalised again) and writes
         vectors.npy   (N, dims) float32: the reduced rows, read as a memory map
         model.npz     mean (D,), components (dims, D), pca_mean (D,): how a query is reduced
         index.json    what it was built from: fingerprint, the split's commit (rows, listing, finish time), dims,
-                      sample, seed, the files' sizes, model.npz's sha256; written last, so a half-built index has
-                      none. Loading compares them (:mod:`.similar_files`); a search meeting a NaN score refuses it
+                      sample, seed, the files' sizes and sha256, vectors.npy's identity; signed with this user's key
+                      (:func:`.similar_files.seal`); written last, so a half-built index has none. Loading compares
+                      them (:mod:`.similar_files`); a search meeting a NaN score refuses it
 
 A search is one matrix-vector product over ``vectors.npy`` for candidates (:func:`candidates`: ``10 k``, at least 100,
 and one row in 800 of the split), re-ranked with their exact centred cosine read from the store, so the similarities
@@ -22,12 +23,13 @@ fingerprint or commit differs from the store's is refused with both sides shown 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import math
 import os
 import re
-import stat
 import tempfile
 import time
 import zipfile
@@ -40,7 +42,21 @@ from featstore.caches import CacheNotMade, CacheNotTrusted, cache_folder, opened
 from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.experiments.leaks.find import commit_changes, split_commit
 from featstore.experiments.leaks.search import normalised, query_blocks, scan
-from featstore.experiments.similar_files import open_vectors, read_model, recorded, sample_rows
+from featstore.experiments.similar_files import (
+    FORMAT,
+    NotSigned,
+    check_vectors,
+    identity,
+    open_vectors,
+    read_meta,
+    read_model,
+    recorded,
+    refuse_index_files,
+    sample_rows,
+    seal,
+    unsigned,
+)
+from featstore.keys import user_key
 from featstore.outputs import output_fix, terminal_safe
 from featstore.provenance import sha256_file
 from featstore.store.layout import PATH_ERRORS, validate_labels
@@ -50,10 +66,8 @@ from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
 DEFAULT_DIMS = 256
 DEFAULT_SAMPLE = 20_000  # rows the PCA is fitted on
-MAX_META_BYTES = 1 << 20
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+=,-]{0,120}")
 
 
@@ -63,6 +77,7 @@ def index_dir(store: str | os.PathLike, extractor: str, split: str) -> Path:
 
 
 WHAT = "similarity index folder"
+NO_KEY = "set XDG_CONFIG_HOME to a writable folder of yours, or search with --exact"
 AGAIN = "the index is safe to delete: --build-index makes it again"
 
 
@@ -74,8 +89,6 @@ def _levels(folder: Path) -> tuple[Path, str, str]:
 
 def _safe(name: str) -> str:
     """A name as one folder name: itself when plain, else a digest of it."""
-    import hashlib
-
     if _SAFE.fullmatch(name) and name not in (".", ".."):
         return name
     return "h-" + hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
@@ -181,8 +194,10 @@ def build_similarity_index(
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
     max_bytes: int = 256 << 20,
+    option: str = "max_bytes",
 ) -> dict:
     """Build (or rebuild) the similarity index of one split of an extractor; returns what ``index.json`` records.
+    ``max_bytes`` bounds its memory (the PCA's sample: half of it); ``option``: how messages name it.
 
     Example::
 
@@ -195,6 +210,8 @@ def build_similarity_index(
         raise ConfigError(f"dims must be a whole number of at least 2, not {dims!r}")
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
     name = fs.resolve(extractor)
+    if (key := user_key()) is None:  # (said why once) an index it cannot sign would never be used
+        raise ConfigError(f"featstore has no key of yours to sign the similarity index with; {NO_KEY}")
     folder = _index_folder(index_dir(fs.path, name, split))  # before any work: what is in the way, can it be written
     budget = max(int(max_bytes) // 4, 1 << 20)
     commit = _commit(fs, name, split)
@@ -203,7 +220,7 @@ def build_similarity_index(
     pca, rows = None, 0
     step = max(1, budget // 4 // (4 * d))  # rows normalised at a time: 3 float32 copies of a whole float16 block
     if d > dims and n > dims:
-        rows = sample_rows(min(sample, n), d, dims, max_bytes)
+        rows = sample_rows(min(sample, n), d, dims, max_bytes, option)
         pick = np.sort(np.random.default_rng(seed).choice(n, size=rows, replace=False))
         S, at = np.empty((rows, d), np.float32), 0  # filled in place: a list of blocks concatenated held it twice
         for _, X in query_blocks(fs, name, split, budget, pick):  # were 6 x its bytes (attack 18: a peak of 937 MB)
@@ -226,21 +243,24 @@ def build_similarity_index(
         # written block by block through a file, not a memory map: every page of a map written stays in the process's
         # resident memory until it is unmapped (the whole (N, dims) file, 1 GB of 1.4 GB peak at 10⁶ rows)
         with open(tmp, "r+b") as fh:
-            np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (n, width)})
-            off = 0
+            header = io.BytesIO()  # hashed as written: the signed digest, with no second read of a GB
+            np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (n, width)})
+            fh.write(header.getvalue())
+            sha, off = hashlib.sha256(header.getvalue()), 0
             for X, _ in fs.iter_batches(split, name, max_bytes=budget):
                 for i in range(0, len(X), step):  # reduced a slice at a time, as the sample was
-                    fh.write(np.ascontiguousarray(index.reduce(X[i : i + step]), dtype="<f4").tobytes())
+                    block = np.ascontiguousarray(index.reduce(X[i : i + step]), dtype="<f4").tobytes()
+                    fh.write(block)
+                    sha.update(block)
                 off += len(X)
+            digest["vectors.npy"] = sha.hexdigest()
             if off != n:
                 raise StoreError(
                     f"{name}/{split} gave {off:,} rows while the index was written, not {n:,}; build it again"
                 )
 
-    root = _levels(folder)[0]
+    root, digest = _levels(folder)[0], {}
     write_cached(root, folder / "vectors.npy", fill, "similarity index", AGAIN)
-
-    digest = {}
 
     def model(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
@@ -248,6 +268,7 @@ def build_similarity_index(
         digest["model.npz"] = sha256_file(tmp)  # checked at load: the mean and components decide every score
 
     write_cached(root, folder / "model.npz", model, "similarity index", AGAIN)
+    stats = _stats(folder, ("vectors.npy", "model.npz"))
     meta = {
         "format": FORMAT,
         "extractor": name,
@@ -262,24 +283,24 @@ def build_similarity_index(
         "sample": rows,
         "sample_asked": int(sample),
         "seed": seed,
-        "files": _sizes(folder, ("vectors.npy", "model.npz")),
+        "files": {f: st.st_size for f, st in stats.items()},
         "model_sha256": digest["model.npz"],
+        "vectors_sha256": digest["vectors.npy"],
+        "vectors_identity": identity(stats["vectors.npy"]),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "featstore_version": __version__,
         "seconds": round(time.monotonic() - start, 3),
     }
+    meta = seal(meta, key)
     write_cached_text(root, meta_path, json.dumps(meta, indent=1, default=str), "similarity index")
     logger.debug("similarity index of %s/%s: %d rows x %d dims in %.1f s", name, split, n, width, meta["seconds"])
     return meta
 
 
-INDEX_FILES = ("vectors.npy", "model.npz", "index.json")  # what build_similarity_index writes into the index folder
-
-
-def _sizes(folder: Path, files: tuple[str, ...]) -> dict[str, int]:
-    """The sizes of some files of the index folder, read through its checked descriptor."""
+def _stats(folder: Path, files: tuple[str, ...]) -> dict[str, os.stat_result]:
+    """The lstat of some files of the index folder, read through its checked descriptor."""
     with opened_cache(*_levels(folder), what=WHAT, again=AGAIN) as at:
-        return {f: os.lstat((at or folder) / f).st_size for f in files}
+        return {f: os.lstat((at or folder) / f) for f in files}
 
 
 def _cannot_write(folder: Path, exc: OSError, where: Path) -> OutputError:
@@ -314,55 +335,8 @@ def _index_folder(folder: Path) -> Path:
             os.unlink(probe)
         except OSError as exc:
             raise _cannot_write(folder, exc, folder) from None
-        _refuse_index_files(at, folder)
+        refuse_index_files(at, folder)
     return folder
-
-
-def _refuse_index_files(at: Path, folder: Path) -> None:
-    """OutputError naming a non-regular file at one of :data:`INDEX_FILES` in the index folder open at ``at``."""
-    for file in INDEX_FILES:
-        try:
-            mode = os.lstat(at / file).st_mode
-        except FileNotFoundError:
-            continue
-        if stat.S_ISREG(mode):
-            continue
-        what = (
-            "a symbolic link"
-            if stat.S_ISLNK(mode)
-            else "a folder"
-            if stat.S_ISDIR(mode)
-            else "a FIFO, device or socket, not a regular file"
-        )
-        raise OutputError(
-            f"the similarity index file {terminal_safe(str(folder / file))} is {what}; featstore writes its index "
-            f"under that name only. Remove it (the index is safe to delete: --build-index makes it again), or search "
-            f"without an index: `featstore similar --exact` without --build-index"
-        )
-
-
-def _regular(path: Path) -> Path:
-    """``path`` if it is a regular file (not a link): a FIFO at ``vectors.npy`` or ``model.npz`` made ``similar`` wait
-    forever for a writer, and a link there could point anywhere (build_similarity_index writes regular files only)."""
-    if not stat.S_ISREG(os.lstat(path).st_mode):
-        raise OSError(f"{path.name} is not a regular file (a link, pipe or device)")
-    return path
-
-
-def _read_meta(path: Path, shown: Path) -> dict:
-    """index.json (at ``path``, named ``shown``), bounded; StoreError when it is not an index record."""
-    try:
-        if _regular(path).stat().st_size > MAX_META_BYTES:
-            raise ValueError("too large")
-        meta = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise ValueError("not an index record of this featstore")
-    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: a nested [[[[...
-        raise StoreError(
-            f"similarity index {terminal_safe(str(shown))} cannot be used ({exc}); rebuild it with "
-            f"`featstore similar --build-index`"
-        ) from None
-    return meta
 
 
 def load_index(fs: FeatureStore, name: str, split: str, required: bool = False) -> Index | None:
@@ -379,7 +353,6 @@ def load_index(fs: FeatureStore, name: str, split: str, required: bool = False) 
 def _load(fs: FeatureStore, name: str, split: str, folder: Path, at: Path | None, required: bool) -> Index | None:
     """:func:`load_index` with the folder open at ``at`` (None: there is none); messages name ``folder``."""
     meta_path = folder / "index.json"
-    rebuild = f"rebuild it with `featstore similar --build-index --split {split}`, or search with --exact"
     if at is None or not (at / "index.json").is_file():
         if required:
             raise ConfigError(
@@ -387,7 +360,15 @@ def _load(fs: FeatureStore, name: str, split: str, folder: Path, at: Path | None
                 f"`featstore similar --build-index --split {split}`"
             )
         return None
-    meta = _read_meta(at / "index.json", meta_path)
+    try:
+        return _checked(fs, name, split, folder, at, read_meta(at / "index.json", meta_path), required)
+    except NotSigned as exc:
+        raise NotSigned(f"the similarity index {terminal_safe(str(folder))} is not trusted: {exc}") from None
+
+
+def _checked(fs: FeatureStore, name: str, split: str, folder: Path, at: Path, meta: dict, required: bool):
+    """:func:`_load` once index.json is read; NotSigned (the reason) when it or vectors.npy is not the one signed."""
+    rebuild = f"rebuild it with `featstore similar --build-index --split {split}`, or search with --exact"
     fp = fs.metadata(name).get("fingerprint")
     if meta.get("fingerprint") != fp or meta.get("extractor") != name or meta.get("split") != split:
         raise ConfigError(
@@ -408,22 +389,49 @@ def _load(fs: FeatureStore, name: str, split: str, folder: Path, at: Path | None
         raise StoreError(
             f"similarity index {terminal_safe(str(folder))}: index.json's sizes are not the split's; {rebuild}"
         )
-    part = folder / "index.json"
-    try:  # sizes, vectors.npy's header and model.npz's digest as recorded (a crafted mean read every similarity 1.0)
-        v_size, m_size, m_digest = recorded(meta)
-        part = folder / "vectors.npy"
-        vectors = open_vectors(at / part.name, rows, width, v_size)
-        part = folder / "model.npz"
-        mean, components, pca_mean = read_model(at / part.name, m_size, m_digest, d)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise StoreError(
-            f"similarity index file {terminal_safe(str(part))} cannot be used ({terminal_safe(str(exc))}); {rebuild}"
-        ) from None
-    if (
-        rows != int(now["committed_rows"])
-        or mean.shape != (d,)
-        or pca_mean.shape != (d,)
-        or components.shape not in ((width, d), (0, d))
-    ):
-        raise StoreError(f"similarity index {terminal_safe(str(folder))} does not fit together; {rebuild}")
-    return Index(folder, meta, vectors, mean, components, pca_mean)
+    part, held = folder / "index.json", []  # held: vectors.npy as mapped, checked against the signed record below
+    try:
+        try:  # sizes, vectors.npy's header and model.npz's digest as recorded (a crafted mean read every similarity 1)
+            v_size, m_size, m_digest = recorded(meta)
+            part = folder / "vectors.npy"
+            vectors = open_vectors(at / part.name, rows, width, v_size, lambda fh: held.append(os.dup(fh.fileno())))
+            part = folder / "model.npz"
+            mean, components, pca_mean = read_model(at / part.name, m_size, m_digest, d)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            why = terminal_safe(str(exc))
+            raise StoreError(
+                f"similarity index file {terminal_safe(str(part))} cannot be used ({why}); {rebuild}"
+            ) from None
+        if (
+            rows != int(now["committed_rows"])
+            or mean.shape != (d,)
+            or pca_mean.shape != (d,)
+            or components.shape not in ((width, d), (0, d))
+        ):
+            raise StoreError(f"similarity index {terminal_safe(str(folder))} does not fit together; {rebuild}")
+        return _trusted(Index(folder, meta, vectors, mean, components, pca_mean), held[0], required)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+def _trusted(index: Index, fd: int, required: bool) -> Index | None:
+    """``index`` when its record verifies under this user's key and the vectors.npy mapped (open at ``fd``) is the
+    signed one (signed again when only its identity changed); NotSigned if not; None without a key (``required``:
+    ConfigError)."""
+    if (key := user_key()) is None:  # (said why once) nothing cached is trusted
+        if required:
+            raise ConfigError(f"featstore has no key of yours to check the similarity index with; {NO_KEY}")
+        return None
+    if why := unsigned(index.meta, key):
+        raise NotSigned(why)
+    with open(fd, "rb", closefd=False) as fh:
+        now = check_vectors(fh, index.meta)
+    if now is not None:  # the same bytes, moved or copied (no hashing next time)
+        index.meta = seal({**index.meta, "vectors_identity": now}, key)
+        text, root = json.dumps(index.meta, indent=1), _levels(index.folder)[0]
+        try:
+            write_cached_text(root, index.folder / "index.json", text, "similarity index")
+        except OSError as exc:  # a read-only copy: hashed again next time
+            logger.info("the similarity index %s is not signed again: %s", terminal_safe(str(index.folder)), exc)
+    return index
