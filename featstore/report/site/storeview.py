@@ -3,7 +3,9 @@
 The leaks page shows the pairs of the last ``featstore leaks`` of each extractor, side by side. The record beside the
 store (``<store>.leaks.json``) keeps counts only, so the pairs are found again with the recorded threshold and splits
 (the same search, ``record=False``) and kept in the report's cache, keyed by the record's entry: the next report
-reuses them until ``featstore leaks`` runs again. A record that is stale (the features changed since) or damaged is
+reuses them until ``featstore leaks`` runs again, when they are signed with this user's key (:func:`featstore.keys.seal`:
+pairs planted there, or copied with a store, showed the planter's pairs, similarities and flags; they are found again,
+with one warning). A record that is stale (the features changed since) or damaged is
 said so, and nothing is searched.
 """
 
@@ -21,6 +23,7 @@ from featstore.errors import FeatstoreError, OutputError
 from featstore.experiments.leaks import BadRecord, find_leaks, leaks_line, read_record, record_path
 from featstore.experiments.leaks.find import COMMIT_KEYS
 from featstore.experiments.leaks.record import check_entry
+from featstore.keys import seal, unsealed, user_key
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ PROVENANCE = (
 MAX_FAILURES = 50  # per split, on the index
 MAX_PAIRS = 200  # per extractor, on the leaks page
 MAX_CACHE_BYTES = 64 << 20
+PAIRS = "leak-pairs"  # what their cache's HMAC is signed as (featstore.keys)
 
 
 @dataclass
@@ -152,8 +156,12 @@ def leak_view(fs: FeatureStore, name: str, cache: Path | None, line: str) -> Lea
         return view
     view.reference, view.threshold = entry["reference"], float(entry["threshold"])
     key = hashlib.sha256(json.dumps([name, entry], sort_keys=True, default=str).encode()).hexdigest()[:24]
-    file = cache_folder(cache, what="report cache") / f"leaks-{key}.json" if cache else None  # never through a link
+    secret = user_key() if cache else None  # None: (said once) nothing cached is trusted, nor kept
+    file = cache_folder(cache, what="report cache") / f"leaks-{key}.json" if secret else None  # never through a link
     found = _read_cache(file) if file else None
+    if found is not None and (why := unsealed(secret, PAIRS, file.name, found)):
+        logger.warning("cached leak pairs %s are found again: %s", file, why)
+        found = None
     if found is not None and not _of_store(found, fs, name, entry["reference"], list(entry["counts"])):
         logger.warning("cached leak pairs %s name files that are not the store's; finding them again", file)
         found = None
@@ -172,7 +180,7 @@ def leak_view(fs: FeatureStore, name: str, cache: Path | None, line: str) -> Lea
         }
         if file:
             try:
-                write_cached_text(cache, file, json.dumps(found), "report cache")
+                write_cached_text(cache, file, json.dumps(seal(secret, PAIRS, file.name, found)), "report cache")
             except (OSError, OutputError) as exc:
                 logger.warning("leak pairs not cached: %s", exc)
     pairs, view.below = (found["pairs"], False) if found["pairs"] else (found["near"], True)
