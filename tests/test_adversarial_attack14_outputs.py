@@ -98,7 +98,10 @@ def test_build_index_on_a_read_only_file_system_says_so_before_any_work(store, t
     line = str(got.value)
     assert f"cannot build the similarity index {tmp_path / 'f.h5.index' / 's' / 'train'}:" in line, line
     refused = tmp_path / "f.h5.index" / "s" / "train" if built else tmp_path  # the folder no file can be made in
-    assert f"the file system of {refused} is read-only" in line and "without --build-index searches exactly" in line
+    assert (
+        f"the file system of {refused} is read-only" in line
+        and "search without it (`featstore similar --exact`)" in line
+    )
     assert "in its way" not in line
 
 

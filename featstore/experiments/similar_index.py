@@ -310,7 +310,7 @@ def _cannot_write(folder: Path, exc: OSError, where: Path) -> OutputError:
     why = output_fix(exc, where / "index.json").split(";")[0]
     return OutputError(
         f"cannot build the similarity index {terminal_safe(str(folder))}: {terminal_safe(why)}. It is kept beside the store "
-        f"only: search without it (`featstore similar` without --build-index searches exactly), or copy the store to a "
+        f"only: search without it (`featstore similar --exact`), or copy the store to a "
         f"writable folder and build it there"
     )
 
