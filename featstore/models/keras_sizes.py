@@ -17,6 +17,7 @@ import io
 import json
 import math
 import struct
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def keras_zip_problem(path: Path) -> str | None:
                 with _member(path, z, z.getinfo(WEIGHTS_FILE)) as fh:
                     held, seen, unstored = walk_weights(fh)
                 problem = weights_problem(Path(WEIGHTS_FILE), seen, unstored)
+            except _NoRoom as exc:
+                return str(exc)
             except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError for a damaged file
                 held = 0  # it holds nothing Keras could read: every parameter would be built from the config alone
     if bound > held + SLACK:
@@ -101,15 +104,51 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
+class _NoRoom(Exception):
+    """A compressed weights member could not be inflated into a temporary file (the message says where and why)."""
+
+
 def _member(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo):
-    """A seekable reader of one member of zip ``z`` (at ``path``): read in place when stored (as Keras writes it)."""
+    """A seekable reader of one member of zip ``z`` (at ``path``): read in place when stored (as Keras writes it),
+    else inflated once (:func:`_inflated`)."""
     if info.compress_type != zipfile.ZIP_STORED:
-        return z.open(info)
+        return _inflated(z, info)
     fh = open(path, "rb")  # noqa: SIM115 - closed with the slice
     fh.seek(info.header_offset)
     head = fh.read(30)
     name, extra = struct.unpack("<HH", head[26:30]) if len(head) == 30 else (0, 0)
     return _Slice(fh, info.header_offset + 30 + name + extra, info.file_size)
+
+
+def _inflated(z: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """A deflated member inflated once, front to back, into an unnamed temporary file (no name to link or race; the
+    system removes it when it is closed, whatever happens): zipfile's member object re-inflates from its start on each
+    backward seek, and h5py seeks back thousands of times (1,000 arrays: 19 s). zipfile stops at the declared size,
+    which :func:`featstore.safezip.check_zip` bounds; _NoRoom when the temporary folder cannot hold it."""
+    try:
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - returned open; closed by the caller's with
+    except OSError as exc:
+        raise _NoRoom(_no_room(info, exc)) from None
+    try:
+        with z.open(info) as src:
+            while block := src.read(1 << 20):  # a damaged member raises here (BadZipFile, zlib.error): not _NoRoom
+                try:
+                    tmp.write(block)
+                except OSError as exc:
+                    raise _NoRoom(_no_room(info, exc)) from None
+        tmp.seek(0)
+    except BaseException:
+        tmp.close()
+        raise
+    return tmp
+
+
+def _no_room(info: zipfile.ZipInfo, exc: OSError) -> str:
+    return (
+        f"its {info.filename} is compressed ({info.file_size:,} bytes inflated) and could not be inflated into a "
+        f"temporary file in {tempfile.gettempdir()} ({exc.strerror or exc}); free space there or set TMPDIR to a "
+        f"folder with room, or save the model again with model.save (Keras stores it uncompressed)"
+    )
 
 
 def implied_parameters(config: dict) -> tuple[int, str]:

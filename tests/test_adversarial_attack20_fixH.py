@@ -1,0 +1,90 @@
+"""Attack 20 leftovers (issue #19, "outputs safe, inputs bounded"): a deflated ``model.weights.h5`` read once, not
+re-inflated on every seek (finding 4); store attributes measured before they are read; ``.npz`` export without an
+extra copy of each block. Synthetic files only; each test failed (or was shown to fail on sabotage) before its fix."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+
+
+# ------------------------------------------------------------------ 4. deflated model.weights.h5
+def _deflated_keras(folder, arrays: int, units: int = 2):
+    """A .keras zip whose model.weights.h5 (``arrays`` arrays of 2,000 bytes) is DEFLATED, its config one Dense."""
+    import h5py
+
+    weights = folder / "model.weights.h5"
+    with h5py.File(weights, "w") as f:
+        for i in range(arrays):
+            f.create_dataset(f"l{i:05d}/vars/0", data=np.arange(500, dtype=np.float32) + i)
+    config = {
+        "class_name": "Dense",
+        "config": {"name": "d", "units": units},
+        "build_config": {"input_shape": [None, 4]},
+    }
+    path = folder / "m.keras"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("config.json", json.dumps(config))
+        z.write(weights, "model.weights.h5")
+    return path
+
+
+def _count_inflated(monkeypatch) -> list[int]:
+    """Patch zipfile's deflate decompressor to add the bytes it puts out to the returned one-item list."""
+    inflated, real = [0], zipfile._get_decompressor
+
+    class Counting:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def decompress(self, data, max_length=0):
+            out = self.inner.decompress(data, max_length)
+            inflated[0] += len(out)
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(zipfile, "_get_decompressor", lambda kind: Counting(real(kind)))
+    return inflated
+
+
+def test_a_deflated_weights_member_is_inflated_once(tmp_path, monkeypatch):
+    """Finding 4: zipfile's member object re-inflates from its start on each backward seek h5py makes, so the size
+    check was quadratic in the arrays (1,000 arrays, a 3.6 MB file: 19.2 s). The member is now inflated once into a
+    temporary file: the bytes inflated are the member's size, whatever the number of seeks (not a timed test)."""
+    from featstore.models.keras_sizes import keras_zip_problem
+
+    path = _deflated_keras(tmp_path, 300)
+    size = zipfile.ZipFile(path).getinfo("model.weights.h5").file_size
+    inflated = _count_inflated(monkeypatch)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert keras_zip_problem(path) is None
+    assert size <= inflated[0] <= size + 1000, (inflated[0], size)  # the member once, plus config.json
+    assert list((tmp_path / "tmp").iterdir()) == []  # the temporary copy is gone
+
+
+def test_a_deflated_member_is_still_counted_and_a_full_disk_is_named(tmp_path, monkeypatch):
+    """The inflated copy counts what the weights hold as before (an edited config is refused), a full temporary folder
+    is one line naming it and the fix."""
+    import errno
+
+    from featstore.models import keras_sizes
+
+    big = _deflated_keras(tmp_path, 10, units=10**8)
+    assert "model.weights.h5 holds 5,000:" in keras_sizes.keras_zip_problem(big)  # the 10 arrays, read inflated
+
+    class Full:
+        def write(self, _block):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(keras_sizes.tempfile, "TemporaryFile", Full)
+    problem = keras_sizes.keras_zip_problem(_deflated_keras(tmp_path, 10))
+    assert "could not be inflated into a temporary file in" in problem and "No space left" in problem, problem
+    assert "TMPDIR" in problem and "\n" not in problem
