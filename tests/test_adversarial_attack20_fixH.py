@@ -8,6 +8,7 @@ import json
 import zipfile
 
 import numpy as np
+import pytest
 
 
 # ------------------------------------------------------------------ 4. deflated model.weights.h5
@@ -88,3 +89,36 @@ def test_a_deflated_member_is_still_counted_and_a_full_disk_is_named(tmp_path, m
     problem = keras_sizes.keras_zip_problem(_deflated_keras(tmp_path, 10))
     assert "could not be inflated into a temporary file in" in problem and "No space left" in problem, problem
     assert "TMPDIR" in problem and "\n" not in problem
+
+
+# ------------------------------------------------------------------ store attributes measured before they are read
+@pytest.mark.parametrize(
+    "key, command",
+    [("notes", "info"), ("format_version", "info"), ("format_version", "check"), ("format_version", "fit")],
+)
+def test_a_large_store_attribute_is_refused_unread(tmp_path, monkeypatch, key, command):
+    """HDF5 reads an attribute whole: a root attribute of 120 MiB of numbers made ``info`` take 721 MiB (tracemalloc)
+    and 15 s before anything was said. Its stored size is now measured first and over the bound it is one line naming
+    the store, the attribute and the fix, and is never read (here the bound is cut to 64 KiB, the attribute 128 KiB)."""
+    import h5py
+
+    from featstore.store import strings
+    from tests.test_adversarial_attack3 import synthetic_store
+    from tests.test_adversarial_attack4 import cli, no_traceback
+
+    store = tmp_path / "s.h5"
+    with h5py.File(store, "w", libver="latest") as f:  # dense attribute storage: an attribute over 64 KiB
+        f.attrs["notes"] = np.zeros(1, np.float64)
+    synthetic_store(store)
+    with h5py.File(store, "a") as f:
+        del f.attrs[key]
+        f.attrs[key] = np.full(1 << 14, 2, np.int64)  # 128 KiB
+    monkeypatch.setattr(strings, "MAX_ATTR_STORAGE", 64 << 10)
+    read, real = [], h5py.AttributeManager.__getitem__
+    monkeypatch.setattr(h5py.AttributeManager, "__getitem__", lambda self, k: read.append(k) or real(self, k))
+    args = {"fit": ("fit", "--store", store, "--runs", tmp_path / "runs")}.get(command, (command, store))
+    out = no_traceback(cli(*args))
+    line = next((x for x in out.splitlines() if "131,072 bytes" in x), out)
+    assert f"{store}:/ attribute: {key} stores 131,072 bytes, over the 65,536" in line, out
+    assert "refused unread" in line and "new --store" in line, out
+    assert key not in read, read
