@@ -144,3 +144,68 @@ def test_npz_export_writes_each_features_block_without_copying_it(tmp_path):
     assert peak < X.nbytes // 4, peak
     with np.load(out) as z:
         assert np.array_equal(z["features"], X) and z["paths"].tolist() == ["p"] * 2048
+
+
+# ------------------------------------------------------------------ keras_sizes: a lower bound for every layer option
+def test_genuine_models_bound_at_most_what_they_store(tmp_path):
+    """The bound must be a lower bound with no slack at all. It was not: an EinsumDense with a sequence axis in its
+    ``output_shape`` (as a ViT's ``abc,cd->abd`` over 197 tokens) counted every output value as a unit, 116,346,624
+    parameters for 589,824, and the genuine model was refused; Dense without bias, LayerNormalization without centre
+    and scale, UnitNormalization (no weights at all), cross-attention of a narrower value, and normalizations over
+    another axis counted more than Keras builds, which only the 2^24-parameter slack hid."""
+    import keras
+
+    from featstore.models.keras_sizes import implied_parameters, keras_zip_problem
+
+    L = keras.layers
+
+    def seq(shape, *layers):
+        return keras.Sequential([keras.Input(shape), *layers])
+
+    q, v = keras.Input((5, 64)), keras.Input((7, 8))
+    models = {
+        "einsum_tokens": seq((197, 768), L.EinsumDense("abc,cd->abd", output_shape=(197, 768))),
+        "einsum_heads": seq((10, 16), L.EinsumDense("btd,dnh->btnh", output_shape=(None, 4, 8), bias_axes="nh")),
+        "einsum_elided": seq((5, 6, 16), L.EinsumDense("...b,bc->...c", output_shape=12)),
+        "no_bias": seq((300,), L.Dense(300, use_bias=False), L.Dense(30, use_bias=False)),
+        "norms": seq(
+            (7, 4096),
+            L.LayerNormalization(center=False, scale=False),
+            L.UnitNormalization(),
+            L.LayerNormalization(axis=1),
+            L.BatchNormalization(axis=1),
+            L.GroupNormalization(groups=4),
+        ),
+        "cross_attention": keras.Model([q, v], L.MultiHeadAttention(4, 16, value_dim=2, output_shape=3)(q, v)),
+        "grouped_query": keras.Model(q, L.GroupQueryAttention(8, 4, 2)(q, q)),
+    }
+    for name, model in models.items():
+        path = tmp_path / f"{name}.keras"
+        model.save(path)
+        with zipfile.ZipFile(path) as z:
+            bound, _ = implied_parameters(json.loads(z.read("config.json")))
+        stored = sum(int(w.numpy().size) for w in model.weights)
+        assert 0 < bound <= stored, (name, bound, stored)
+        assert keras_zip_problem(path) is None, name
+
+
+@pytest.mark.parametrize(
+    "layer, at_least",
+    [
+        # GroupQueryAttention (Keras's name; "GroupedQueryAttention" was looked for) counted nothing
+        ({"class_name": "GroupQueryAttention", "config": {"head_dim": 10**6, "num_query_heads": 4,
+          "num_key_value_heads": 2}, "build_config": {"shapes_dict": {"query_shape": [None, 5, 8],
+          "value_shape": [None, 5, 8]}}}, 4 * 8 * 10**6),
+        # a normalization over a 10^9-wide axis 1 counted its last axis (1)
+        ({"class_name": "LayerNormalization", "config": {"axis": [1]},
+          "build_config": {"input_shape": [None, 10**9, 1]}}, 2 * 10**9),
+        # an EinsumDense weight letter sized by output_shape
+        ({"class_name": "EinsumDense", "config": {"equation": "abc,cd->abd", "output_shape": [5, 10**8]},
+          "build_config": {"input_shape": [None, 5, 16]}}, 16 * 10**8),
+    ],
+)  # fmt: skip
+def test_layer_sizes_the_formulas_missed_are_counted(layer, at_least):
+    """What Keras allocates for these configs is counted (each was counted lower, or not at all, before)."""
+    from featstore.models.keras_sizes import implied_parameters
+
+    assert implied_parameters(layer)[0] >= at_least
