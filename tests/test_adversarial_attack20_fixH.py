@@ -209,3 +209,24 @@ def test_layer_sizes_the_formulas_missed_are_counted(layer, at_least):
     from featstore.models.keras_sizes import implied_parameters
 
     assert implied_parameters(layer)[0] >= at_least
+
+
+def test_writes_measure_the_store_attributes_they_read(tmp_path, monkeypatch):
+    """Adding a split read the extractor's attributes whole (``provenance.attrs_of``): writes now read them through
+    the same bounded reader (here the bound is cut to 12 bytes, so the extractor's string attributes are over it)."""
+    import h5py
+
+    from featstore.errors import StoreError
+    from featstore.store import strings, writer
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    store = synthetic_store(tmp_path / "s.h5", splits=("train",))
+    monkeypatch.setattr(strings, "MAX_ATTR_STORAGE", 12)
+    read, real = [], h5py.AttributeManager.__getitem__
+    monkeypatch.setattr(h5py.AttributeManager, "__getitem__", lambda self, k: read.append(k) or real(self, k))
+    X, y = np.zeros((6, 8), np.float32), np.arange(6, dtype=np.int32) % 3
+    with pytest.raises(StoreError) as err:
+        writer.write_arrays(store, "s", "test", X, y, ["a", "b", "c"])
+    msg = str(err.value)
+    assert f"{store}:/s attribute: " in msg and "over the 12 featstore accepts" in msg, msg
+    assert msg.split("attribute: ")[1].split()[0] not in read, (msg, read)
