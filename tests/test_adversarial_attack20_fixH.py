@@ -230,3 +230,24 @@ def test_writes_measure_the_store_attributes_they_read(tmp_path, monkeypatch):
     msg = str(err.value)
     assert f"{store}:/s attribute: " in msg and "over the 12 featstore accepts" in msg, msg
     assert msg.split("attribute: ")[1].split()[0] not in read, (msg, read)
+
+
+def test_compaction_measures_each_attribute_before_copying_it(tmp_path, monkeypatch):
+    """A resumed store is rewritten (``compact``) with every attribute copied as stored; each was read whole. The
+    copy now measures each first: over the bound (cut to 12 bytes here) the rewrite is refused, the store untouched."""
+    import h5py
+
+    from featstore.errors import StoreError
+    from featstore.store import strings
+    from featstore.store.compact import compact
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    store = synthetic_store(tmp_path / "s.h5", splits=("train",))
+    before = store.read_bytes()
+    monkeypatch.setattr(strings, "MAX_ATTR_STORAGE", 12)
+    read, real = [], h5py.AttributeManager.__getitem__
+    monkeypatch.setattr(h5py.AttributeManager, "__getitem__", lambda self, k: read.append(k) or real(self, k))
+    with pytest.raises(StoreError, match=r"s\.h5:/ attribute: featstore_version stores 16 bytes, over the 12"):
+        compact(store)
+    assert "featstore_version" not in read and store.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.h5"]  # no temporary file left

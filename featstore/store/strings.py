@@ -170,12 +170,7 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
     conversion to fixed width leaks every string it reads (120 MiB per read of the attack's names)."""
     from featstore.provenance import plain
 
-    aid = h5py.h5a.open(obj.id, key.encode())
-    if (stored := aid.get_storage_size()) > MAX_ATTR_STORAGE:
-        raise StoreError(
-            f"{where}: {key} stores {stored:,} bytes, over the {MAX_ATTR_STORAGE:,} featstore accepts in an attribute "
-            f"(it writes a few KiB; class names at most 16 bytes each); refused unread: {_FIX}"
-        )
+    aid = measured_attr(obj, key, where)
     if aid.dtype.kind != "O" or h5py.check_string_dtype(aid.dtype) is None or aid.shape is None:
         return plain(obj.attrs[key])
     count = int(np.prod(aid.shape)) if aid.shape else 1
@@ -188,6 +183,18 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
             f"{where}: {key}[{bad[0]}] is a string of {bad[1]:,} bytes, over the {limit:,}-byte limit ({bad[2]}): {_FIX}"
         )
     return plain(value)
+
+
+def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
+    """Attribute ``key`` of ``obj`` opened, not read, after its stored size was measured: StoreError naming ``where``
+    and the key over :data:`MAX_ATTR_STORAGE` bytes. What every reading of a store's attribute starts with."""
+    aid = h5py.h5a.open(obj.id, key.encode())
+    if (stored := aid.get_storage_size()) > MAX_ATTR_STORAGE:
+        raise StoreError(
+            f"{where}: {key} stores {stored:,} bytes, over the {MAX_ATTR_STORAGE:,} featstore accepts in an attribute "
+            f"(it writes a few KiB; class names at most 16 bytes each); refused unread: {_FIX}"
+        )
+    return aid
 
 
 def _first_long(value, limit: int) -> tuple[int, int, str] | None:
