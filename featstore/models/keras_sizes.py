@@ -16,7 +16,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import struct
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -24,7 +26,13 @@ from featstore.models.preset_json import WEIGHTS_FILE, walk_weights, weights_pro
 
 CONFIG_FILE = "config.json"
 MAX_CONFIG_BYTES = 16 << 20  # config.json: ResNet152's is about 1 MB
-SLACK = 1 << 24  # parameters (64 MiB of float32) a config may ask beyond what the weights file holds before refusal
+# Parameters (64 MiB of float32) a config may ask beyond what the weights file holds before refusal. Kept, not made
+# relative: what it lets a crafted config allocate is at most 64 MiB whatever the model, while each formula that
+# counts more than Keras builds for a layer option refuses genuine models once it is over the slack. Attack 20's
+# review found five (Dense without bias, UnitNormalization, normalizations without centre/scale or over another axis,
+# cross-attention), up to ~1e6 parameters a layer at usual widths, and one no slack covers (EinsumDense, 197x); all
+# are exact now and tests hold the bound at or below what genuine models store with no slack at all.
+SLACK = 1 << 24
 # Layers (and models holding them) that build no variable of their own
 WEIGHTLESS = frozenset(
     "Functional Sequential Model InputLayer Flatten Reshape Permute RepeatVector Activation ReLU LeakyReLU ELU Softmax "
@@ -33,9 +41,9 @@ WEIGHTLESS = frozenset(
     "ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSampling1D UpSampling2D UpSampling3D MaxPooling1D MaxPooling2D "
     "MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D GlobalMaxPooling1D GlobalMaxPooling2D "
     "GlobalMaxPooling3D GlobalAveragePooling1D GlobalAveragePooling2D GlobalAveragePooling3D Identity Masking "
-    "ActivityRegularization Lambda TimeDistributed Bidirectional".split()
+    "ActivityRegularization Lambda TimeDistributed Bidirectional UnitNormalization".split()
 )
-NORMALIZATION = frozenset("BatchNormalization LayerNormalization GroupNormalization UnitNormalization".split())
+NORMALIZATION = frozenset("BatchNormalization LayerNormalization GroupNormalization".split())
 
 
 def keras_zip_problem(path: Path) -> str | None:
@@ -59,6 +67,8 @@ def keras_zip_problem(path: Path) -> str | None:
                 with _member(path, z, z.getinfo(WEIGHTS_FILE)) as fh:
                     held, seen, unstored = walk_weights(fh)
                 problem = weights_problem(Path(WEIGHTS_FILE), seen, unstored)
+            except _NoRoom as exc:
+                return str(exc)
             except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError for a damaged file
                 held = 0  # it holds nothing Keras could read: every parameter would be built from the config alone
     if bound > held + SLACK:
@@ -101,10 +111,15 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
+class _NoRoom(Exception):
+    """A compressed weights member could not be inflated into a temporary file (the message says where and why)."""
+
+
 def _member(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo):
-    """A seekable reader of one member of zip ``z`` (at ``path``): read in place when stored (as Keras writes it)."""
+    """A seekable reader of one member of zip ``z`` (at ``path``): read in place when stored (as Keras writes it),
+    else inflated once (:func:`_inflated`)."""
     if info.compress_type != zipfile.ZIP_STORED:
-        return z.open(info)
+        return _inflated(z, info)
     fh = open(path, "rb")  # noqa: SIM115 - closed with the slice
     fh.seek(info.header_offset)
     head = fh.read(30)
@@ -112,14 +127,47 @@ def _member(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo):
     return _Slice(fh, info.header_offset + 30 + name + extra, info.file_size)
 
 
+def _inflated(z: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """A deflated member inflated once, front to back, into an unnamed temporary file (no name to link or race; the
+    system removes it when it is closed, whatever happens): zipfile's member object re-inflates from its start on each
+    backward seek, and h5py seeks back thousands of times (1,000 arrays: 19 s). zipfile stops at the declared size,
+    which :func:`featstore.safezip.check_zip` bounds; _NoRoom when the temporary folder cannot hold it."""
+    try:
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 - returned open; closed by the caller's with
+    except OSError as exc:
+        raise _NoRoom(_no_room(info, exc)) from None
+    try:
+        with z.open(info) as src:
+            while block := src.read(1 << 20):  # a damaged member raises here (BadZipFile, zlib.error): not _NoRoom
+                try:
+                    tmp.write(block)
+                except OSError as exc:
+                    raise _NoRoom(_no_room(info, exc)) from None
+        tmp.seek(0)
+    except BaseException:
+        tmp.close()
+        raise
+    return tmp
+
+
+def _no_room(info: zipfile.ZipInfo, exc: OSError) -> str:
+    return (
+        f"its {info.filename} is compressed ({info.file_size:,} bytes inflated) and could not be inflated into a "
+        f"temporary file in {tempfile.gettempdir()} ({exc.strerror or exc}); free space there or set TMPDIR to a "
+        f"folder with room, or save the model again with model.save (Keras stores it uncompressed)"
+    )
+
+
 def implied_parameters(config: dict) -> tuple[int, str]:
     """A lower bound of the parameters Keras builds from a ``config.json`` object, and its largest layer's term.
 
     Each layer entry (the root, every item of a ``layers`` list, a wrapper's ``layer``/``cell``) counts what its class
-    builds from its input's last dimension ``n`` (its ``build_config``'s input shape): Dense ``n x units``, a
-    convolution ``prod(kernel_size) x n / groups x filters``, Embedding ``input_dim x output_dim``, a recurrent layer
-    ``gates x units x (n + units)``, attention ``2 x n x num_heads x (key_dim + value_dim)``, a normalization ``n``. A
-    class not known here is not counted. When ``n`` is missing, the largest shape anywhere in the config stands in."""
+    builds from its input's last dimension ``n`` (its ``build_config``'s input shape): Dense ``n x units`` (+ bias),
+    EinsumDense its kernel's letters sized from the input and ``output_shape``, a convolution ``prod(kernel_size) x n /
+    groups x filters``, Embedding ``input_dim x output_dim``, a recurrent layer ``gates x units x (n + units)``,
+    attention its four projections from the query, key and value widths, a normalization its ``axis``'s size per
+    weight. A class not known here is not counted. When ``n`` is missing, the largest shape anywhere in the config
+    stands in. Each term is at most what Keras builds (no bias counted but Dense's)."""
     widest = max((math.prod(_size(d) or 1 for d in s) for s in _shapes(config)), default=1)
     terms = [_term(layer, outer or widest) for layer, outer in _layers(config)]
     return sum(t for t, _ in terms), max(terms, default=(0, "none"))[1]
@@ -185,22 +233,28 @@ def _size(v) -> int:
     return 0
 
 
-def _input_dim(layer: dict) -> int | None:
+def _input_dim(layer: dict, key: str | None = None) -> int | None:
     """The last dimension of a layer's first input shape in its ``build_config`` (``input_shape``, or ``shapes_dict``
-    for attention layers), or None."""
+    for attention layers; ``key``: that entry of ``shapes_dict``, such as ``value_shape``), or None."""
+    shape = _input_shape(layer, key)
+    return _size(shape[-1]) or None if shape else None
+
+
+def _input_shape(layer: dict, key: str | None = None) -> list | None:
+    """A layer's first input shape (a flat list, batch first) in its ``build_config``, or None."""
     build = layer.get("build_config")
-    stack = [build.get("input_shape", build.get("shapes_dict"))] if isinstance(build, dict) else []
+    if not isinstance(build, dict):
+        return None
+    shapes = build.get("shapes_dict")
+    stack = [shapes.get(key)] if key and isinstance(shapes, dict) else [build.get("input_shape", shapes)]
     while stack:
         item = stack.pop(0)
         if isinstance(item, dict):
             stack[:0] = list(item.values())
         elif isinstance(item, list) and item:
-            if _nested(item):
-                stack[:0] = item
-            elif _size(item[-1]):
-                return _size(item[-1])
-            else:
-                return None
+            if not _nested(item):
+                return item
+            stack[:0] = item
     return None
 
 
@@ -212,9 +266,12 @@ def _term(layer: dict, widest: int) -> tuple[int, str]:
     n = _input_dim(layer) or widest
     name = str(c.get("name", "?"))[:60]
     units, filters = _size(c.get("units")), _size(c.get("filters"))
-    if kind in ("Dense", "EinsumDense"):
-        units = units or _size(c.get("output_shape"))
-        return n * units + units, f"{kind} layer {name} (units {units}, input {n})"
+    if kind == "Dense":
+        bias = units if c.get("use_bias", True) is not False else 0
+        return n * units + bias, f"Dense layer {name} (units {units}, input {n})"
+    if kind == "EinsumDense":
+        count = _einsum_kernel(c, _input_shape(layer), n)
+        return count, f"EinsumDense layer {name} (kernel {count}, equation {str(c.get('equation'))[:40]!r}, input {n})"
     if kind.startswith("ConvLSTM") and filters:
         kernel = _size(c.get("kernel_size")) or 1
         count = 4 * kernel * (n + filters) * filters  # four gates over the input and the state
@@ -235,14 +292,61 @@ def _term(layer: dict, widest: int) -> tuple[int, str]:
     if kind in ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell"):
         gates = 4 if kind.startswith("LSTM") else 3 if kind.startswith("GRU") else 1
         return gates * units * (n + units), f"{kind} layer {name} (units {units}, input {n})"
-    if kind in ("MultiHeadAttention", "GroupedQueryAttention"):
+    if kind in ("MultiHeadAttention", "GroupQueryAttention", "GroupedQueryAttention"):
         heads = _size(c.get("num_heads")) or _size(c.get("num_query_heads"))
+        shared = _size(c.get("num_key_value_heads")) or heads  # key and value heads (grouped query attention)
         key = _size(c.get("key_dim")) or _size(c.get("head_dim"))
         value = _size(c.get("value_dim")) or key
-        count = 2 * n * heads * key + 2 * n * heads * value  # query and key; value and the output projection
-        return count, f"{kind} layer {name} (num_heads {heads}, key_dim {key}, value_dim {value}, input {n})"
-    if kind in NORMALIZATION:
-        return n, f"{kind} layer {name} (input {n})"
+        q = _input_dim(layer, "query_shape") or n
+        v = _input_dim(layer, "value_shape") or q
+        k = _input_dim(layer, "key_shape") or v
+        out = _size(c.get("output_shape")) or q
+        count = q * heads * key + k * shared * key + v * shared * value + heads * value * out  # the 4 projections
+        return count, f"{kind} layer {name} (num_heads {heads}, key_dim {key}, value_dim {value}, input {q})"
+    if kind in NORMALIZATION:  # weights over its axis: gamma and beta unless off; BatchNormalization's 2 statistics
+        size = _axes_size(c.get("axis", -1), _input_shape(layer), n)
+        count = 2 * (kind == "BatchNormalization") + (c.get("center") is not False) + (c.get("scale") is not False)
+        return count * size, f"{kind} layer {name} (axis size {size})"
     # Any other class (preprocessing layers holding data lists -- Normalization's mean, IntegerLookup's vocabulary --,
     # custom layers) is not counted: reading a list of values as a size refused genuine models (attack 20)
     return 0, f"{kind} layer {name} (not counted)"
+
+
+def _axes_size(axis, shape: list | None, n: int) -> int:
+    """The size of a normalization layer's ``axis`` (an int or a list) in its input ``shape``: ``n`` for the last axis
+    (or when the shape is unknown)."""
+    size = 1
+    for a in axis if isinstance(axis, list) else [axis]:
+        if not shape or not isinstance(a, int) or a in (-1, len(shape) - 1) or not -len(shape) <= a < len(shape):
+            size *= n
+        else:
+            size *= max(1, _size(shape[a]))
+    return size
+
+
+def _einsum_kernel(c: dict, shape: list | None, n: int) -> int:
+    """The elements of an EinsumDense kernel: each of its equation's weight letters sized from the input shape (the
+    last letter ``n`` when the shape is unknown) or from ``output_shape`` (batch not included), 1 when neither says;
+    as Keras lays out ``abc,cd->abd``, ``...b,bc->...c`` and ``ab...,bc->ac...``."""
+    m = re.fullmatch(
+        r"\s*(\.\.\.)?([a-zA-Z]+)(\.\.\.)?,([a-zA-Z]+)->(\.\.\.)?([a-zA-Z]+)(\.\.\.)?\s*", str(c.get("equation"))
+    )
+    if not m:
+        return n  # not an equation Keras accepts: it builds nothing; at least the input width otherwise
+    left, spec_in, weights, spec_out = bool(m[1]), m[2], m[4], m[6]
+    out = c.get("output_shape")
+    out = out if isinstance(out, list) else [out]
+    out = out if left else [None, *out]  # positions of the output letters: after the batch unless elided on the left
+    count = 1
+    for letter in weights:
+        if letter in spec_in:
+            i = spec_in.index(letter) - (len(spec_in) if left else 0)
+            known = shape and -len(shape) <= i < len(shape)
+            size = _size(shape[i]) if known else n if letter == spec_in[-1] else 1
+        elif letter in spec_out:
+            i = spec_out.index(letter)
+            size = _size(out[i]) if i < len(out) else 1
+        else:
+            size = 1
+        count *= max(1, size)
+    return count

@@ -29,7 +29,7 @@ from featstore.store.layout import (
 from featstore.store.locking import StoreFile
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
-from featstore.store.strings import bounded_attrs, refuse_long, unreadable_strings
+from featstore.store.strings import bounded_attrs, read_attr, refuse_long, unreadable_strings
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
@@ -73,7 +73,7 @@ def check_store(store: str | os.PathLike | None = None, *, locking=None, path=No
             )
         else:
             try:
-                check_format_version(f.attrs["format_version"], path)
+                check_format_version(read_attr(f, "format_version", f"{path}:/"), path)
             except StoreError as exc:
                 problems.append(str(exc))
         for name in hard_groups(f):

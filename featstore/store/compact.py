@@ -20,7 +20,7 @@ from featstore.provenance import AUGMENTED
 from featstore.store.layout import ROW_DATASETS, hard_groups, read_commit
 from featstore.store.locking import StoreFile
 from featstore.store.space import ensure_space
-from featstore.store.strings import refuse_long
+from featstore.store.strings import measured_attr, refuse_long
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +95,10 @@ def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> N
 
 
 def _copy_attrs(src, dst) -> None:
-    """Every attribute of ``src`` onto ``dst``, values and types as stored."""
-    for key, value in src.attrs.items():
-        dst.attrs[key] = value
+    """Every attribute of ``src`` onto ``dst``, values and types as stored, each measured before it is read."""
+    for key in src.attrs:
+        measured_attr(src, key, f"{src.file.filename}:{src.name} attribute")
+        dst.attrs[key] = src.attrs[key]
 
 
 def _copy_rows(ds: h5py.Dataset, group: h5py.Group, key: str, n: int) -> None:

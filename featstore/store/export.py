@@ -247,7 +247,7 @@ def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray
             }
             np.lib.format.write_array_header_1_0(fh, header)
             for X, *_ in blocks:
-                fh.write(np.ascontiguousarray(X).tobytes())
+                fh.write(memoryview(np.ascontiguousarray(X)).cast("B"))  # the block itself: no bytes copy of it
         small = {
             "labels": labels.astype(np.int64),
             "paths": None,  # written block by block (_write_npz_paths)

@@ -19,7 +19,7 @@ from featstore.images.listing_diff import ListingColumns
 from featstore.provenance import MAX_AUGMENT_COPIES, check_format_version, plain
 from featstore.store.pathcols import PATH_ERRORS, path_block_rows, read_paths  # noqa: F401 (re-exported: readers)
 from featstore.store.storage import refuse_missing_chunks, refuse_split_columns
-from featstore.store.strings import MAX_PATH_BYTES, bounded_attrs, read_names, repeated, shown
+from featstore.store.strings import MAX_PATH_BYTES, bounded_attrs, read_attr, read_names, repeated, shown
 
 STR = h5py.string_dtype("utf-8")
 
@@ -374,7 +374,7 @@ def check_root(f: h5py.File, path) -> bool:
                 f"Choose another --store (nothing was written)."
             )
         return False
-    check_format_version(f.attrs["format_version"], path)
+    check_format_version(read_attr(f, "format_version", f"{path}:/"), path)
     return True
 
 

@@ -27,7 +27,7 @@ from featstore.store.layout import (
     validate_labels,
     validate_split,
 )
-from featstore.store.strings import bounded_attrs, read_names
+from featstore.store.strings import bounded_attrs, read_attr, read_names
 
 CACHE_PURPOSE = (
     "finetune-cache"  # the `purpose` attribute of a group `featstore finetune` made to cache its frozen layers
@@ -123,7 +123,7 @@ class StoreMetadata:
         meta = cls(path, state, hard_groups(f))
         for name in meta.names:
             try:
-                if plain(f[name].attrs.get("purpose", "")) == CACHE_PURPOSE:
+                if "purpose" in f[name].attrs and read_attr(f[name], "purpose", f"{path}:/{name}") == CACHE_PURPOSE:
                     meta.caches.add(name)
             except Exception:  # noqa: BLE001 - an unreadable purpose is no cache mark
                 pass

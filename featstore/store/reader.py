@@ -55,6 +55,7 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
 )
 from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
 from featstore.store.storage import unreadable
+from featstore.store.strings import read_attr
 from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class FeatureStore:
                 raise StoreError(
                     f"{self.path} has no format_version attribute: it is not a featstore store (or it is damaged)"
                 )
-            check_format_version(f.attrs["format_version"], self.path)
+            check_format_version(read_attr(f, "format_version", f"{self.path}:/"), self.path)
             self._meta = StoreMetadata.read(f, self.path, state)
 
     @property

@@ -28,6 +28,7 @@ MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
 MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
 MAX_NAMES = 1 << 20  # class names of a split (ImageNet-21k has 21,841)
 MAX_ATTR_BYTES = 64 << 10  # any other string attribute (a description, a spec)
+MAX_ATTR_STORAGE = MAX_NAMES * 16  # bytes an attribute stores: MAX_NAMES heap IDs of 16 bytes (16 MiB)
 ID_BLOCK_BYTES = 1 << 20  # heap IDs read at a time to measure a column's strings (65,536 rows)
 _SLACK = 64 << 10  # bytes allowed past the file's size when adding up a column's strings
 
@@ -161,12 +162,15 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
     most :data:`MAX_NAMES` of them (counted before the read) and none longer than ``limit`` bytes (checked before the
     names are compared, copied or printed). Other values come back as ``provenance.plain`` gives them.
 
-    HDF5 reads an attribute whole, so its strings are in memory once, briefly, before they are measured (K names
-    sharing one heap string: K times it). Reading them into fixed-width buffers instead would stop at the width, but
-    h5py's conversion to fixed width leaks every string it reads (120 MiB per read of the attack's names)."""
+    HDF5 reads an attribute whole (it has no partial reads), so what it stores is measured first: over
+    :data:`MAX_ATTR_STORAGE` bytes (a 120 MiB array of numbers took 721 MiB and 15 s in ``info``) it is refused unread.
+    A variable-length string's bytes are not in that size (it stores 16-byte heap IDs), and HDF5 offers no way to read
+    those IDs of an attribute, so its strings are in memory once, briefly, before they are measured (K names sharing
+    one heap string: K times it). Reading them into fixed-width buffers instead would stop at the width, but h5py's
+    conversion to fixed width leaks every string it reads (120 MiB per read of the attack's names)."""
     from featstore.provenance import plain
 
-    aid = h5py.h5a.open(obj.id, key.encode())
+    aid = measured_attr(obj, key, where)
     if aid.dtype.kind != "O" or h5py.check_string_dtype(aid.dtype) is None or aid.shape is None:
         return plain(obj.attrs[key])
     count = int(np.prod(aid.shape)) if aid.shape else 1
@@ -181,6 +185,18 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
     return plain(value)
 
 
+def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
+    """Attribute ``key`` of ``obj`` opened, not read, after its stored size was measured: StoreError naming ``where``
+    and the key over :data:`MAX_ATTR_STORAGE` bytes. What every reading of a store's attribute starts with."""
+    aid = h5py.h5a.open(obj.id, key.encode())
+    if (stored := aid.get_storage_size()) > MAX_ATTR_STORAGE:
+        raise StoreError(
+            f"{where}: {key} stores {stored:,} bytes, over the {MAX_ATTR_STORAGE:,} featstore accepts in an attribute "
+            f"(it writes a few KiB; class names at most 16 bytes each); refused unread: {_FIX}"
+        )
+    return aid
+
+
 def _first_long(value, limit: int) -> tuple[int, int, str] | None:
     """(index, bytes, the name cut for a message) of the first string of ``value`` over ``limit`` bytes, or None."""
     for i, item in enumerate(value.reshape(-1).tolist() if isinstance(value, np.ndarray) else [value]):
@@ -193,7 +209,16 @@ def _first_long(value, limit: int) -> tuple[int, int, str] | None:
 def bounded_attrs(obj, where: str) -> dict:
     """``provenance.attrs_of(obj)`` with each variable-length string attribute bounded as :func:`read_names` bounds
     class names (at most :data:`MAX_ATTR_BYTES` a string): what every opening reads of an extractor and the file."""
-    return {key: read_names(obj, key, f"{where} attribute", MAX_ATTR_BYTES) for key in obj.attrs}
+    return {key: read_attr(obj, key, where) for key in obj.attrs}
+
+
+def read_attr(obj, key: str, where: str) -> object:
+    """Attribute ``key`` of ``obj`` (``where`` names the store and object) bounded as :func:`bounded_attrs` bounds
+    each: the one way a store's attribute is read before it is known to be sane. Example::
+
+        version = read_attr(f, "format_version", f"{path}:/")
+    """
+    return read_names(obj, key, f"{where} attribute", MAX_ATTR_BYTES)
 
 
 _FIX = "the store is crafted or damaged. Re-extract this split with --overwrite (or into a new --store)"

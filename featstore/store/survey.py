@@ -20,7 +20,6 @@ import numpy as np
 
 from featstore.provenance import (
     AUGMENTED,
-    attrs_of,
     plain,
     refuse_changed_listing,
     refuse_other_augmentation,
@@ -37,6 +36,7 @@ from featstore.store.layout import (
     validate_labels,
     validate_split,
 )
+from featstore.store.strings import bounded_attrs
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def survey(
         return Survey(list(names), False, 0)
     todo = [n for n in names if overwrite or not done(f, n)]
     if not todo:
-        attrs, sg = attrs_of(f[names[0]]), f[names[0]][key]
+        attrs, sg = bounded_attrs(f[names[0]], f"{path}:{f[names[0]].name}"), f[names[0]][key]
         validate_extractor(attrs, f"{path}:/{names[0]}")
         summary = split_summary(sg, validate_split(sg, f"{path}:/{names[0]}/{key}", attrs))
         return Survey([], False, 0, {**summary, "extractor_fingerprint": attrs["fingerprint"]})
@@ -88,7 +88,7 @@ def split_done(f: h5py.File, path, name: str, split: str, matches: Callable[[dic
     complete = f[name][split].attrs.get("complete") if name in f and split in f[name] else None
     if not isinstance(complete, (bool, np.bool_)) or not complete:
         return False  # not there, not complete, or damaged: the writer's full check says which
-    attrs = attrs_of(f[name])
+    attrs = bounded_attrs(f[name], f"{path}:{f[name].name}")
     if not matches(attrs):
         return False
     validate_extractor(attrs, f"{path}:/{name}")  # damaged provenance is named, never taken as done
@@ -107,9 +107,11 @@ def copies_done(f: h5py.File, path, name: str, split: str, want: dict) -> bool:
     if AUGMENTED not in hard_groups(sg) or "commit" not in sg[AUGMENTED].attrs:
         return False  # none yet, or a run killed while creating them: started again
     ag = sg[AUGMENTED]
-    refuse_other_augmentation(attrs_of(ag), want, split, name, path)
+    refuse_other_augmentation(bounded_attrs(ag, f"{path}:{ag.name}"), want, split, name, path)
     where = f"{path}:/{name}/{split}/{AUGMENTED}"
-    commit = validate_augmented(ag, where, attrs_of(f[name]), read_commit(sg, f"{path}:/{name}/{split}"))
+    commit = validate_augmented(
+        ag, where, bounded_attrs(f[name], f"{path}:{f[name].name}"), read_commit(sg, f"{path}:/{name}/{split}")
+    )
     return bool(plain(ag.attrs["complete"])) and commit.images_done == want["n_images"]
 
 
@@ -117,4 +119,4 @@ def committed_rows(f: h5py.File, path, name: str, split: str) -> tuple[list[str]
     """A split's committed rows: their stored paths, labels (int32), and the split's attributes."""
     sg = f[name][split]
     n = validate_split(sg, f"{path}:/{name}/{split}").rows
-    return read_paths(sg["paths"], n), sg["labels"][:n].astype(np.int32), attrs_of(sg)
+    return read_paths(sg["paths"], n), sg["labels"][:n].astype(np.int32), bounded_attrs(sg, f"{path}:{sg.name}")

@@ -30,7 +30,6 @@ from featstore.errors import ConfigError, StoreError
 from featstore.images.listing import path_to_store
 from featstore.provenance import (
     FORMAT_VERSION,
-    attrs_of,
     fingerprint,
     plain,
     refuse_changed_listing,
@@ -53,7 +52,7 @@ from featstore.store.layout import (
 )
 from featstore.store.locking import StoreFile, lock_holder, writer_lock  # noqa: F401 (re-exported: the CLI, report, tests)
 from featstore.store.space import check_writable, ensure_space  # noqa: F401 (re-exported)
-from featstore.store.strings import MAX_REASON_BYTES
+from featstore.store.strings import MAX_REASON_BYTES, bounded_attrs
 from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -204,7 +203,7 @@ def _prepare_group(f, path, name, split, attrs, split_attrs, overwrite, listing,
     if name in f:
         if name not in hard_groups(f):
             raise StoreError(f"{path}:/{name} is not a group of this file; choose another --name or --store")
-        old = attrs_of(f[name])
+        old = bounded_attrs(f[name], f"{path}:{f[name].name}")
         validate_extractor(old, f"{path}:/{name}")
         refuse_other_extractor(old, attrs, path, name)
         grp = f[name]
@@ -238,7 +237,7 @@ def _prepare_group(f, path, name, split, attrs, split_attrs, overwrite, listing,
                 f"images done: the store is damaged. Re-extract it with --overwrite (overwrite=True in Python)."
             )
         return None
-    refuse_resume(attrs_of(sg), split_attrs, split, name, path)
+    refuse_resume(bounded_attrs(sg, f"{path}:{sg.name}"), split_attrs, split, name, path)
     _truncate(sg, commit.rows, commit.failed)
     return commit.images_done
 
