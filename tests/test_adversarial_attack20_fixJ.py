@@ -72,3 +72,53 @@ def test_a_word_that_is_a_value_is_not_taken_for_an_empty_option(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     out = no_traceback(cli(*[store if a == "STORE" else a for a in args]))
     assert "empty" not in out, out
+
+
+# ------------------------------------------------------------------ 2. empty names through the Python API
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A synthetic store and two runs fitted on it: (store, runs folder, [run ids])."""
+    from featstore import fit
+
+    root = tmp_path_factory.mktemp("fixJ")
+    store = synthetic_store(root / "s.h5")
+    runs = root / "runs"
+    return store, runs, [fit(store, clf, runs=runs)["id"] for clf in ("logreg", "knn")]
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        ("fit(store, validation='', runs=out)", "validation='' is an empty split name"),
+        ("fit(store, test=' ', runs=out)", "test=' ' is an empty split name"),
+        ("fit(store, extractor='', runs=out)", "extractor='' is an empty extractor name"),
+        ("sweep(store, ['logreg'], extractors=[''], runs=out)", "extractors=[''] holds an empty extractor name"),
+        ("probe(store, validation='', runs=out)", "validation='' is an empty split name"),
+        ("fewshot(store, train='', runs=out)", "train='' is an empty split name"),
+        ("evaluate_run(ids[0], '', store, runs)", "split='' is an empty split name (an unset variable?); give a split"),
+        ("predict(ids[0], [], store=store, runs=runs, weights='')", "weights='' is an empty weights name"),
+        ("extract(tmp_path, '', out_store)", "split='' is an empty split name"),
+        ("extract(tmp_path, 'train', out_store, name='')", "name='' is an empty extractor name"),
+    ],
+)
+def test_the_api_refuses_an_empty_name_naming_the_argument(fitted, tmp_path, call, message):
+    """``fit(store, validation='')`` chose by cross-validation and recorded the run (the CLI refuses --validation '');
+    each API function taking a split, extractor, run, layer or weights name now refuses an empty one in a
+    ConfigError (a ValueError) that names the argument, before anything is written."""
+    import featstore
+    from featstore.errors import ConfigError
+
+    store, runs, ids = fitted
+    names = {
+        n: getattr(featstore, n) for n in ("fit", "sweep", "probe", "fewshot", "evaluate_run", "predict", "extract")
+    }
+    out, out_store = tmp_path / "new-runs", tmp_path / "new.h5"
+    with pytest.raises(ConfigError) as caught:
+        eval(
+            call,
+            names
+            | {"store": store, "runs": runs, "ids": ids, "out": out, "out_store": out_store, "tmp_path": tmp_path},
+        )
+    assert str(caught.value).startswith(message), caught.value
+    assert isinstance(caught.value, ValueError) and "--" not in str(caught.value)  # the argument, not a CLI flag
+    assert not out.exists() and not out_store.exists()

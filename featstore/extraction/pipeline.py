@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import MAX_BATCH, ConfigError, choices_error, renamed_argument
+from featstore.errors import MAX_BATCH, ConfigError, check_names, choices_error, renamed_argument
 from featstore.extraction import copies as augcopies
 from featstore.extraction.local import LocalEngine
 from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run_pass
@@ -128,6 +128,9 @@ def extract(
                 ExtractorConfig(weights="hed-bsds500", layers=("block3_pool", "block4_pool", "block5_pool")))
     """
     started = time.monotonic()
+    check_names("split", required=True, split=split)
+    check_names("extractor", name=name)  # "" took the default name
+    check_names("layer", cut_layers=config.cut_layers if config else ())
     decode_threads = renamed_argument("extract", "workers", "decode_threads", workers, decode_threads)
     store = renamed_argument("extract", "store_path", "store", store_path, store, default="features.h5")
     if batch_size < 1:
