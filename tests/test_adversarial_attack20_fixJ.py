@@ -122,3 +122,21 @@ def test_the_api_refuses_an_empty_name_naming_the_argument(fitted, tmp_path, cal
     assert str(caught.value).startswith(message), caught.value
     assert isinstance(caught.value, ValueError) and "--" not in str(caught.value)  # the argument, not a CLI flag
     assert not out.exists() and not out_store.exists()
+
+
+# ------------------------------------------------------------------ 3. interval decimals in runs show / evaluate
+@pytest.mark.parametrize(
+    "command", [("show", "RUN"), ("evaluate", "RUN", "--split", "test"), ("compare", "RUN", "RUN2")]
+)
+def test_accuracy_and_its_interval_have_the_same_decimals(fitted, command):
+    """`runs show` and `runs evaluate` printed "accuracy 0.9333 [0.702, 0.988]": the interval to 3 decimals beside a
+    4-decimal accuracy (the runs table shows both to 4). Every accuracy line now has 4 decimals throughout."""
+    import re
+
+    store, runs, ids = fitted
+    args = [{"RUN": ids[0], "RUN2": ids[1]}.get(a, a) for a in command]
+    result = cli("runs", *args, "--store", store, "--runs", runs)
+    out = no_traceback(result)
+    assert result.exit_code == 0, out
+    shown = re.findall(r"accuracy (\d\.\d+) \[(\d\.\d+), (\d\.\d+)\]", out)
+    assert shown and all(len(x) == 6 for triple in shown for x in triple), out
