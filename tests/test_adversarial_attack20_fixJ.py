@@ -140,3 +140,47 @@ def test_accuracy_and_its_interval_have_the_same_decimals(fitted, command):
     assert result.exit_code == 0, out
     shown = re.findall(r"accuracy (\d\.\d+) \[(\d\.\d+), (\d\.\d+)\]", out)
     assert shown and all(len(x) == 6 for triple in shown for x in triple), out
+
+
+# ------------------------------------------------------------------ 5. a class folder whose stat() fails
+def _split(tmp_path):
+    """data/train/{a,b}/ with one tiny PNG each."""
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (tmp_path / "data" / "train" / cls).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "data" / "train" / cls / "x.png")
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("how", ["stat fails", "broken link", "link loop"])
+def test_a_class_folder_that_cannot_be_stat_ed_is_refused_naming_it(tmp_path, monkeypatch, how):
+    """A class folder whose stat() fails (EIO, a permission root is not stopped by: os.stat monkeypatched) ended
+    discover in an OSError traceback; a class folder that is a broken link, or a loop of links, was left out without
+    a word (its images silently missing from the split, a class fewer). Each is a DataError naming the folder."""
+    import errno
+    import os
+
+    from featstore.errors import DataError
+    from featstore.images.listing import discover
+
+    data = _split(tmp_path)
+    bad = data / "train" / "c"
+    if how == "stat fails":
+        bad.mkdir()
+        real_stat = os.stat
+
+        def failing(path, *args, **kwargs):
+            if os.fspath(path).rstrip(os.sep) == str(bad):
+                raise OSError(errno.EIO, "Input/output error", str(bad))
+            return real_stat(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", failing)
+    elif how == "broken link":
+        bad.symlink_to(tmp_path / "gone")
+    else:
+        bad.symlink_to(bad)
+    with pytest.raises(DataError) as caught:
+        discover(data, "train")
+    text = str(caught.value)
+    assert "class folder" in text and str(bad) in text and "\n" not in text, text
