@@ -184,3 +184,26 @@ def test_a_class_folder_that_cannot_be_stat_ed_is_refused_naming_it(tmp_path, mo
         discover(data, "train")
     text = str(caught.value)
     assert "class folder" in text and str(bad) in text and "\n" not in text, text
+
+
+# ------------------------------------------------------------------ 4. extract's summary counts what it passed over
+def test_extract_summary_counts_the_entries_it_left_out(tmp_path, caplog):
+    """A broken link and a file whose stat() fails were each one "not following" warning, and the summary line said
+    "wrote 4 rows ..., 0 failed" as if every entry had been read: it now counts the entries left out and the
+    non-image files ignored, says where each is listed, and so does the line of a re-run that finds the split done."""
+    from tests.conftest import write_images
+
+    data = tmp_path / "data"
+    write_images(data, "train", {"cat": 2, "dog": 2})
+    (data / "train" / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (data / "train" / "dog" / "notes.txt").write_text("not an image")
+    args = ("extract", "--data", data, "--split", "train", "--store", tmp_path / "f.h5", "--weights", "none",
+            "--image-size", "32")  # fmt: skip
+    for run in ("first", "again"):
+        result = cli(*args)
+        out = no_traceback(result)
+        assert result.exit_code == 0, out
+        line = next((x for x in out.splitlines() if x.startswith(("wrote ", str(tmp_path)))), out)
+        assert "0 failed, 1 entry left out (links not followed, unreadable: the 'not following' warnings" in line, line
+        assert "1 non-image file ignored (by suffix in the log above)" in line, (run, line)
+        assert "not following train/cat/gone.png: broken link" in caplog.text, caplog.text  # the warning named

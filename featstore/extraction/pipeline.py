@@ -66,6 +66,7 @@ class ExtractResult:
     fingerprint: str = ""  # extractor fingerprint
     failures: list = field(default_factory=list)  # (path, reason) recorded by this run
     ignored: int = 0  # files without an image extension in the class folders
+    left_out: list = field(default_factory=list)  # (path, reason): links not followed, entries whose stat() failed
     images_per_second: float = 0.0  # throughput of the decode-model-write loop (model building excluded)
     rate_seconds: float = 0.0  # the seconds images_per_second was measured over
     setup_seconds: float = 0.0  # the seconds before them: listing, checks, model built (Ray: connect, actors built)
@@ -168,6 +169,7 @@ def extract(
             names[0],
             split,
             ignored=listing.n_ignored,
+            left_out=list(listing.skipped_links),  # each logged as a warning by the listing
             extractors=names,
             engine=runner.name,
             runtime=config.runtime,
