@@ -207,3 +207,60 @@ def test_extract_summary_counts_the_entries_it_left_out(tmp_path, caplog):
         assert "0 failed, 1 entry left out (links not followed, unreadable: the 'not following' warnings" in line, line
         assert "1 non-image file ignored (by suffix in the log above)" in line, (run, line)
         assert "not following train/cat/gone.png: broken link" in caplog.text, caplog.text  # the warning named
+
+
+# ------------------------------------------------------------------ 6. another run folder's OSError in a draft
+def test_a_draft_names_another_run_folder_whose_file_cannot_be_read(tmp_path):
+    """RunDraft passed an OSError of another run folder met in its body (an ensemble's member) through unchanged: a
+    traceback naming a file deep in the member. It is one line naming the member's folder and the fix now; an OSError
+    of a file beside the run folders (a store under --runs .) still passes through as it is."""
+    import errno
+
+    from featstore.errors import FeatstoreError
+    from featstore.runs.write import RunDraft
+
+    root = tmp_path / "runs"
+    member = root / "logreg-1a2b3c"
+    member.mkdir(parents=True)
+    with pytest.raises(FeatstoreError) as caught:
+        with RunDraft(root, "ensemble"):
+            raise OSError(errno.EIO, "Input/output error", str(member / "predictions.npz"))
+    text = str(caught.value)
+    assert f"run folder {member} cannot be read (Input/output error" in text, text
+    assert "fix its permissions or restore that file" in text and "\n" not in text, text
+    assert sorted(p.name for p in root.iterdir()) == [member.name]  # no draft left
+    (root / "f.h5").write_bytes(b"")
+    with pytest.raises(OSError) as caught:
+        with RunDraft(root, "logreg"):
+            raise OSError(errno.EIO, "Input/output error", str(root / "f.h5"))
+    assert not isinstance(caught.value, FeatstoreError)
+
+
+def test_an_ensemble_member_that_cannot_be_read_is_not_called_broken(fitted, tmp_path, monkeypatch):
+    """A member's predictions.npz that cannot be opened for permissions or a disk error (EACCES, EIO) was "cannot be
+    read or do not match run.json ...; remove the folder and fit again": advice that deletes a sound run. The line
+    names the member's folder and says to fix its permissions or disk."""
+    import builtins
+    import errno
+    import shutil
+
+    from featstore import ensemble
+    from featstore.errors import FeatstoreError
+    from featstore.runs import folder as run_folder
+
+    store, runs_src, ids = fitted
+    runs = shutil.copytree(runs_src, tmp_path / "runs")
+    real_open = builtins.open
+
+    def failing(path, *args, **kwargs):
+        if str(path).endswith("predictions.npz") and ids[1] in str(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_folder, "open", failing, raising=False)
+    with pytest.raises(FeatstoreError) as caught:
+        ensemble(ids, store=store, runs=runs)
+    text = str(caught.value)
+    assert f"run folder {runs / ids[1]}" in text and "Permission denied" in text, text
+    assert "fix the permissions or the disk" in text and "remove the folder" not in text, text
+    assert sorted(p.name for p in runs.iterdir()) == sorted(p.name for p in runs_src.iterdir())  # nothing recorded
