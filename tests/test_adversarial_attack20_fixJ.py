@@ -64,6 +64,7 @@ def test_an_empty_value_is_refused_in_every_spelling(tmp_path, monkeypatch, args
         ("predict", "--store", "STORE", "--run", "R", "--", "--runs", "x.png"),  # --runs is an image's name here
         ("predict", "--store", "STORE", "--run", "--runs", "x.png"),  # --runs is the value of --run
         ("fit", "--store", "STORE", "--train", "--runs", "--validation", "none", "--test", "none"),
+        ("fit", "--runs", "", "--help"),  # --help shows the help, whatever the other words
     ],
 )
 def test_a_word_that_is_a_value_is_not_taken_for_an_empty_option(tmp_path, monkeypatch, args):

@@ -93,6 +93,8 @@ def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
         )
     except typer.TyperException:  # click's UsageError: click reports it when it parses the words itself
         return
+    if parsed.get("help"):  # --help shows the help whatever the other words
+        return
     for param in command.params:
         value = parsed.get(param.name)
         given = value if isinstance(value, (list, tuple)) else [value]
