@@ -74,6 +74,27 @@ def check_jobs(value: object, option: str = "--jobs") -> int:
     return value.__index__()
 
 
+def check_names(what: str, required: bool = False, **names: object) -> None:
+    """ConfigError naming the first argument of ``names`` that is an empty or all-space ``what`` name (a split, run,
+    layer, extractor...), or a list holding one: ``fit(validation="")`` chose by cross-validation and
+    ``extract(..., name="")`` took the default name, where the command line refuses the empty value. ``required``:
+    the arguments have no default to fall back on.
+
+    >>> check_names("split", train="train", validation=None)
+    >>> check_names("split", validation="")
+    Traceback (most recent call last):
+    featstore.errors.ConfigError: validation='' is an empty split name (an unset variable?); give a split name, or leave validation out for its default
+    """
+    for argument, value in names.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            empty = "holds an empty" if isinstance(value, (list, tuple)) else "is an empty"
+            default = "" if required else f", or leave {argument} out for its default"
+            raise ConfigError(
+                f"{argument}={value!r} {empty} {what} name (an unset variable?); give a {what} name{default}"
+            )
+
+
 def renamed_argument(where: str, old: str, new: str, old_value, new_value, default=None):
     """The value of a renamed keyword argument: ``new_value``, or the old keyword's with a DeprecationWarning
     (a ConfigError when both are given).

@@ -21,52 +21,14 @@ from featstore.errors import FeatstoreError
 logger = logging.getLogger(__name__)
 
 
-def _is_path(annotation) -> bool:
-    """Whether a parameter's annotation is a path (``Path``, ``Optional[Path]``, ``list[Path]``)."""
-    import typing
-
-    if isinstance(annotation, type):
-        return issubclass(annotation, os.PathLike)
-    return any(_is_path(a) for a in typing.get_args(annotation))
-
-
-def refuse_empty_paths(command, args: list[str]) -> None:
-    """Exit 1 naming the first path option (--runs, --store, --out, --png, --html...) of ``command`` (or of its
-    subcommand in ``args``) given an empty or all-space value on the command line. Typer turns ``--runs ""`` into
-    ``Path('.')`` before the command sees it, so the raw words are checked here: `fit --runs "$RUNS"` with RUNS unset
-    recorded the run into the current folder (attack 20)."""
-    opts = {}
-    for param in getattr(command, "params", ()):
-        if _is_path(getattr(getattr(param, "type_descriptor", None), "annotation", None)):
-            opts.update(dict.fromkeys(getattr(param, "opts", ()), param))
-    for i, word in enumerate(args):
-        if word == "--":
-            return
-        flag, eq, value = word.partition("=")
-        if flag in opts and (eq or i + 1 < len(args)):
-            value = value if eq else args[i + 1]
-            if not value.strip():
-                default = "" if opts[flag].required else ", or leave it out for its default"
-                typer.secho(
-                    f"error: {flag} is empty (an unset shell variable?); give a path{default}",
-                    fg=typer.colors.RED,
-                    err=True,
-                )
-                raise typer.Exit(1)
-    sub = getattr(command, "commands", None)
-    if sub:
-        name = next((w for w in args if not w.startswith("-")), None)
-        if name in sub:
-            refuse_empty_paths(sub[name], args[args.index(name) + 1 :])
-
-
 class _Group(TyperGroup):
-    """The top group: refuses empty path options (:func:`refuse_empty_paths`) before the command runs."""
+    """A command group that refuses empty option values (:func:`refuse_empty`) before the chosen command runs; the
+    ``runs`` group is one too, so `runs show` and `runs evaluate` are checked as well."""
 
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
         if command is not None and not ctx.resilient_parsing:
-            refuse_empty_paths(command, rest)
+            refuse_empty(command, ctx, name, rest)
         return name, command, rest
 
 
@@ -118,33 +80,46 @@ _NAMED = {
 }
 
 
-def refuse_empty(command, values: dict) -> None:
-    """ConfigError naming the first option of :data:`_NAMED` that ``command`` was given an empty (or all-space) value."""
-    from featstore.errors import ConfigError
-
-    for key, what in _NAMED.items():
-        value = values.get(key)
+def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
+    """Exit 1 naming the first option or argument of ``command`` given an empty (or all-space) value in ``args``: those
+    of :data:`_NAMED` say what they want, path options say "give a path". The words are split by the command's own
+    parser, so ``--opt ''``, ``--opt=``, a value after ``--`` and the value of another option (``--name --out``) are
+    each taken for what click takes them; a parse error is left to click. Typer turns ``--runs ""`` into ``Path('.')``
+    before the command sees it: `fit --runs "$RUNS"` with RUNS unset recorded the run into the current folder
+    (attack 20)."""
+    try:
+        parsed, _, _ = command.make_parser(command.context_class(command, parent=ctx, info_name=name)).parse_args(
+            args=list(args)
+        )
+    except typer.TyperException:  # click's UsageError: click reports it when it parses the words itself
+        return
+    if parsed.get("help"):  # --help shows the help whatever the other words
+        return
+    for param in command.params:
+        value = parsed.get(param.name)
         given = value if isinstance(value, (list, tuple)) else [value]
-        if any(isinstance(v, str) and not v.strip() for v in given):
-            opt, required = _option_of(command, key)
-            default = ", or leave it out for its default" if not required else ""
-            empty = "has an empty value" if isinstance(value, (list, tuple)) else "is empty"
-            raise ConfigError(f"{opt} {empty} (an unset shell variable?); give {what}{default}")
+        if not any(isinstance(v, str) and not v.strip() for v in given):
+            continue
+        annotation = getattr(param.type_descriptor, "annotation", None)
+        what = _NAMED.get(param.name) or ("a path" if _is_path(annotation) else None)
+        if what is None:
+            continue
+        opt = next((o for o in param.opts if o.startswith("--")), param.name.upper())
+        empty = "has an empty value" if isinstance(value, (list, tuple)) else "is empty"
+        default = "" if param.required else ", or leave it out for its default"
+        typer.secho(
+            f"error: {opt} {empty} (an unset shell variable?); give {what}{default}", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(1)
 
 
-def _option_of(command, key: str) -> tuple[str, bool]:
-    """How the command line spells parameter ``key`` of ``command`` (``--run``, ``RUN_ID``), and whether it is required."""
-    import inspect
+def _is_path(annotation) -> bool:
+    """Whether a parameter's annotation is a path (``Path``, ``Optional[Path]``, ``list[Path]``)."""
     import typing
 
-    param = inspect.signature(command).parameters[key]
-    hint = typing.get_type_hints(command, include_extras=True).get(key)
-    info = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, typer.models.ParameterInfo)), None)
-    required = param.default is inspect.Parameter.empty
-    if isinstance(info, typer.models.ArgumentInfo):
-        return key.upper(), required
-    decls = [d for d in (getattr(info, "param_decls", None) or ()) if d.startswith("--")]
-    return (decls[0] if decls else f"--{key.replace('_', '-')}"), required
+    if isinstance(annotation, type):
+        return issubclass(annotation, os.PathLike)
+    return any(_is_path(a) for a in typing.get_args(annotation))
 
 
 def echo(text: object = "", err: bool = False) -> None:
@@ -158,7 +133,6 @@ def _errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            refuse_empty(fn, kwargs)
             return fn(*args, **kwargs)
         except FeatstoreError as exc:
             typer.secho(f"error: {safe(exc)}", fg=typer.colors.RED, err=True)

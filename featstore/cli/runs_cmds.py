@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo, refuse_runs_file  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, _Group, app, echo, refuse_runs_file  # noqa: F401
 from featstore.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def _group_defaults(ctx: typer.Context, store: Path | None, runs: Path | None) -
     return store, runs
 
 
-runs_app = typer.Typer(help="List, show, compare and evaluate recorded runs.", no_args_is_help=False)
+runs_app = typer.Typer(cls=_Group, help="List, show, compare and evaluate recorded runs.", no_args_is_help=False)
 app.add_typer(runs_app, name="runs")
 
 

@@ -306,7 +306,8 @@ def _print_extracted(r, augment: int | None) -> None:
     if r.skipped:
         done = a is None or a.skipped
         echo(
-            f"{where} {'is' if done else 'was'} already complete ({r.rows} rows, {r.failed} failed){copies}"
+            f"{where} {'is' if done else 'was'} already complete ({r.rows} rows, {r.failed} failed{_passed_over(r)})"
+            + copies
             + ("; nothing to do. Use --overwrite to redo it." if done else "")
         )
         return
@@ -320,11 +321,21 @@ def _print_extracted(r, augment: int | None) -> None:
         f"wrote {r.written} rows of {r.feature_shape} to {where} in {_secs(r.seconds)}: start-up "
         f"{_secs(r.setup_seconds)} (listing, checks, model built{ray}), then {r.images_per_second:.1f} img/s over "
         f"{_secs(r.rate_seconds)} (decode, {'ONNX Runtime ' if r.runtime == 'onnx' else ''}model, write){resumed}; {r.rows} rows in the split, {r.failed} failed"
-        + (f", {r.ignored} non-image files ignored" if r.ignored else "")
+        + (" (this run's listed below)" if r.failures else "")
+        + _passed_over(r)
         + copies
     )
     for path, reason in r.failures:
         echo(f"  failed: {name(path)}: {reason}")  # a file name with a line break stays one line
+
+
+def _passed_over(r) -> str:
+    """The class folders' entries that are not rows, counted, and where each is listed: links not followed and entries
+    whose stat() failed (a warning each, above), files that are not images (one log line by suffix, above)."""
+    n = len(r.left_out)
+    left = f", {n} {'entry' if n == 1 else 'entries'} left out (links not followed, unreadable: the 'not following' warnings above)"
+    ignored = f", {r.ignored} non-image file{'' if r.ignored == 1 else 's'} ignored (by suffix in the log above)"
+    return (left if n else "") + (ignored if r.ignored else "")
 
 
 def _secs(s: float) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import OutputError, StoreError
+from featstore.errors import OutputError, StoreError, check_names
 from featstore.experiments.compare import (
     compare_runs,  # noqa: F401 (featstore.compare_runs: its public home)
     split_rows,
@@ -152,6 +152,7 @@ def evaluate_run(
 def _check_split(fs: FeatureStore, rec: RunRecord, split: str) -> None:
     """StoreError for a split the run's extractor does not have in ``fs`` (said before h5py sees the name: one with a
     non-UTF-8 byte was a UnicodeEncodeError traceback) or that holds no rows (it was blamed on an altered model)."""
+    check_names("split", required=True, split=split)
     if rec.extractor in fs.extractors():
         if split not in fs.splits(rec.extractor):
             raise StoreError(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, StoreError, check_seed
+from featstore.errors import ConfigError, OutputError, StoreError, check_names, check_seed
 from featstore.experiments.compare import check_chart_name
 from featstore.experiments.protocol import check_distinct, check_has_rows
 from featstore.outputs import write_atomic, write_text
@@ -162,6 +162,8 @@ def fewshot(
     """
     from featstore.experiments.classifiers import get_classifier
 
+    check_names("extractor", extractor=extractor)
+    check_names("split", train=train, validation=validation, test=test)
     given = _single_values(clf, params)
     spec = get_classifier(clf)
     full = spec.full_params(given)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, OutputError, StoreError, check_jobs
+from featstore.errors import ConfigError, OutputError, StoreError, check_jobs, check_names
 from featstore.experiments.evaluate import metrics, run_metrics, run_metrics_blocks  # noqa: F401 (metrics: its old home)
 from featstore.experiments.protocol import Splits, check_distinct, resolve_splits
 from featstore.experiments.scoring import EVAL_BUDGET, OOF, eval_rows, memory_blocks, score_splits  # noqa: F401 (OOF)
@@ -110,6 +110,7 @@ def fit(
     """
     from featstore.experiments.classifiers import candidates, get_classifier  # sklearn: only when fitting
 
+    check_names("extractor", extractor=extractor)  # "" took the store's only extractor
     spec = get_classifier(clf)
     given = params or {}
     spec.check_values(given)  # unknown names and values out of range fail before any data is read

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import MAX_BATCH, ConfigError, DataError, OutputError, StoreError
+from featstore.errors import MAX_BATCH, ConfigError, DataError, OutputError, StoreError, check_names
 from featstore.images.listing import IMAGE_EXTENSIONS, find_images, printable
 from featstore.outputs import (
     cache_dir,
@@ -165,6 +165,9 @@ def predict(
     from featstore.images.decode import iter_decoded
     from featstore.models.onnx_runtime import CACHE_FOLDER, check_runtime
 
+    check_names("run", required=True, run_id=run_id)
+    check_names("weights", weights=weights)
+    check_names("runtime", runtime=runtime)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size!r}")
     if batch_size > MAX_BATCH:  # a 20-digit one reached itertools.islice (a traceback)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, StoreError, check_names
 from featstore.provenance import OOF  # noqa: F401 (re-exported: its home for runs)
 from featstore.store.reader import FeatureStore
 
@@ -26,8 +26,8 @@ NONE = "none"  # --validation none, --test none: no such split
 
 
 def no_split(name: str | None) -> bool:
-    """Whether a split option asks for no split (None, "none" or "")."""
-    return name is None or name.strip().lower() in (NONE, "")
+    """Whether a split option asks for no split (None or "none"; "" is refused by :func:`check_distinct`)."""
+    return name is None or name.strip().lower() == NONE
 
 
 def check_has_rows(fs: FeatureStore, name: str, split: str, option: str) -> None:
@@ -45,7 +45,9 @@ def check_has_rows(fs: FeatureStore, name: str, split: str, option: str) -> None
 
 
 def check_distinct(train: str, validation: str | None, test: str | None) -> None:
-    """ConfigError unless the splits asked for are different splits."""
+    """ConfigError unless the splits asked for are different, non-empty names (``validation=""`` chose by
+    cross-validation, as ``None`` does)."""
+    check_names("split", train=train, validation=validation, test=test)
     named = [s for s in (train, validation, test) if not no_split(s)]
     for s in named:
         check_not_reserved(s)

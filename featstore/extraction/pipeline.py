@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import MAX_BATCH, ConfigError, choices_error, renamed_argument
+from featstore.errors import MAX_BATCH, ConfigError, check_names, choices_error, renamed_argument
 from featstore.extraction import copies as augcopies
 from featstore.extraction.local import LocalEngine
 from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run_pass
@@ -66,6 +66,7 @@ class ExtractResult:
     fingerprint: str = ""  # extractor fingerprint
     failures: list = field(default_factory=list)  # (path, reason) recorded by this run
     ignored: int = 0  # files without an image extension in the class folders
+    left_out: list = field(default_factory=list)  # (path, reason): links not followed, entries whose stat() failed
     images_per_second: float = 0.0  # throughput of the decode-model-write loop (model building excluded)
     rate_seconds: float = 0.0  # the seconds images_per_second was measured over
     setup_seconds: float = 0.0  # the seconds before them: listing, checks, model built (Ray: connect, actors built)
@@ -128,6 +129,9 @@ def extract(
                 ExtractorConfig(weights="hed-bsds500", layers=("block3_pool", "block4_pool", "block5_pool")))
     """
     started = time.monotonic()
+    check_names("split", required=True, split=split)
+    check_names("extractor", name=name)  # "" took the default name
+    check_names("layer", cut_layers=config.cut_layers if config else ())
     decode_threads = renamed_argument("extract", "workers", "decode_threads", workers, decode_threads)
     store = renamed_argument("extract", "store_path", "store", store_path, store, default="features.h5")
     if batch_size < 1:
@@ -165,6 +169,7 @@ def extract(
             names[0],
             split,
             ignored=listing.n_ignored,
+            left_out=list(listing.skipped_links),  # each logged as a warning by the listing
             extractors=names,
             engine=runner.name,
             runtime=config.runtime,

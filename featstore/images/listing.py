@@ -191,12 +191,12 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
         )
     _refuse_overlapping_split(root, split, split_dir)
     walk = FolderWalk(lineage(split_dir) | lineage(root), base=root, split_dir=split_dir)
-    candidates = sorted(
-        (e for e in os.scandir(split_dir) if not e.name.startswith(".") and e.is_dir()),
-        key=lambda e: (e.is_symlink(), e.name),
-    )  # real folders first: a link cannot claim one's place
-    for e in candidates:
-        walk.add_class(e.name, e.path)
+    candidates = sorted(_class_folders(split_dir), key=lambda e: (e.is_symlink(), e.name))  # real folders first
+    for e in candidates:  # a link cannot claim a real folder's place
+        try:
+            walk.add_class(e.name, e.path)
+        except OSError as err:
+            raise _unreadable_class(e.path, err) from None
     class_names = sorted(walk.classes)
     undecodable = [n for n in class_names if n != n.encode("utf-8", "surrogateescape").decode("utf-8", "replace")]
     if undecodable:  # class names are text everywhere (the store's attribute, CSV, reports): no bytes to keep
@@ -214,7 +214,10 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     empty: list[str] = []
     for label, name in enumerate(class_names):
         folder = str(split_dir / name)
-        found = walk.files(folder, own=name)
+        try:
+            found = walk.files(folder, own=name)
+        except OSError as err:  # its own stat(); a folder inside it that cannot be read is a DataError already
+            raise _unreadable_class(folder, err) from None
         if not found:
             empty.append(name)
         rel_folder = str((split_dir / name).relative_to(root))
@@ -252,6 +255,33 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
             ", ".join(printable(p) for p, _ in dup.rows),
         )
     return ImageListing(root, split, class_names, items, walk.ignored, walk.skipped, sizes, mtimes)
+
+
+def _class_folders(split_dir: Path) -> list[os.DirEntry]:
+    """The entries of ``split_dir`` that are class folders (not hidden); one whose stat() fails, a broken link or a
+    loop of links among them, is refused naming it: left out, its images were missing from the split without a word."""
+    out = []
+    with os.scandir(split_dir) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                if e.is_dir():
+                    out.append(e)
+                elif e.is_symlink() and not os.path.exists(e.path):
+                    raise OSError(errno.ENOENT, "a broken link: its target is missing", e.path)
+            except OSError as err:
+                raise _unreadable_class(e.path, err) from None
+    return out
+
+
+def _unreadable_class(path: str, err: OSError) -> DataError:
+    """A class folder whose stat() failed (a broken link, a loop of links, no permission, a failing disk), named."""
+    return DataError(
+        f"class folder {printable(path)} cannot be read ({err.strerror or err}); a class left out would drop its "
+        f"images from the split without a word. Fix the link or its permissions, or move it out of "
+        f"{printable(os.path.dirname(path))}"
+    )
 
 
 def _holds_images(root: Path, folders: list[str], look: int = 200) -> bool:

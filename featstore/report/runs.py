@@ -16,14 +16,19 @@ from featstore.runs.record import RunRecord, thaw
 from featstore.stats.figures import HEADLINE
 
 
+def with_interval(value: float, low: float, high: float, digits: int = 4) -> str:
+    """A figure and its 95 % interval, all to ``digits`` decimals, "0.8100 [0.7200, 0.8700]" (an interval to fewer
+    showed "0.9974 [1.00, 1.00]": the figure outside its own zero-wide interval): every accuracy in the runs table,
+    `runs show`, `runs evaluate` and `runs compare`."""
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def _acc(rec: RunRecord, split: str, digits: int = 4) -> str:
-    """A split's accuracy with its 95 % interval, both to ``digits`` decimals, "0.8100 [0.7200, 0.8700]" (an interval
-    to fewer showed "0.9974 [1.00, 1.00]": the figure outside its own zero-wide interval); "-" when not evaluated there."""
+    """A split's accuracy with its 95 % interval (:func:`with_interval`); "-" when not evaluated there."""
     m = rec.metrics.get(split)
     if m is None:
         return "-"
-    lo, hi = m.accuracy_interval()
-    return f"{m.accuracy:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return with_interval(m.accuracy, *m.accuracy_interval(), digits=digits)
 
 
 def _val(rec: RunRecord) -> str:
@@ -108,7 +113,7 @@ def split_lines(split: str, m) -> list[str]:
     before = m.figure("before_calibration")
     raw = f" (before calibration: log-loss {before['log_loss']:.3f}, ECE {before['ece']:.3f})" if before else ""
     return [
-        f"  {split}: accuracy {m.accuracy:.4f} [{lo:.3f}, {hi:.3f}] (n {m.n}), balanced "
+        f"  {split}: accuracy {with_interval(m.accuracy, lo, hi)} (n {m.n}), balanced "
         f"{_ci(m, 'balanced_accuracy')}, macro-F1 {_ci(m, 'macro_f1', value=m.macro_f1)}{top5}",
         f"    log-loss {_ci(m, 'log_loss')}, ECE {_ci(m, 'ece')}{raw}",
     ]
@@ -207,7 +212,7 @@ def pair_report(pair) -> str:
         for rid, f in zip((pair.a.id, pair.b.id), c.figures):
             ci = f.get("accuracy_ci") or {}
             lines.append(
-                f"  {rid.ljust(width)}  accuracy {f['accuracy']:.4f} [{ci.get('low', 0):.3f}, {ci.get('high', 1):.3f}]"
+                f"  {rid.ljust(width)}  accuracy {with_interval(f['accuracy'], ci.get('low', 0), ci.get('high', 1))}"
                 f"  log-loss {f.get('log_loss', float('nan')):.3f}  ECE {f.get('ece', float('nan')):.3f}"
             )
         lines.append(f"  {c.comparison.sentence()}")

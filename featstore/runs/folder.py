@@ -349,6 +349,11 @@ def _open_npz(path: Path, folder: Path) -> Iterator[zipfile.ZipFile]:
         with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # our handle: zipfile leaks none on a bad zip
             yield z
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EIO):  # not the file's fault
+            raise BrokenRunError(
+                f"stored predictions {path} cannot be read ({exc.strerror}); fix the permissions or the disk of run "
+                f"folder {folder} and run again (its files may be sound: removing it is not the fix)"
+            ) from None
         raise BrokenRunError(
             f"stored predictions {path} cannot be read or do not match run.json ({exc}); "
             f"remove the folder {folder} and fit again"

@@ -229,6 +229,19 @@ def _discard(preds: PredictionsWriter | None, tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _other_run(exc: OSError, root: Path, tmp: Path) -> Path | None:
+    """The folder under the runs ``root`` (not the draft's ``tmp``) that a file of ``exc`` lies in: another run's."""
+    for name in (exc.filename, exc.filename2):
+        if not isinstance(name, (str, bytes, os.PathLike)):
+            continue
+        parts = Path(os.path.abspath(os.fsdecode(name))).parts
+        top = Path(os.path.abspath(root)).parts
+        folder = root / parts[len(top)] if len(parts) > len(top) and parts[: len(top)] == top else None
+        if folder is not None and folder != tmp and folder.is_dir():  # a store file beside the runs is not a run
+            return folder
+    return None
+
+
 class RunDraft:
     """A new run folder while it is written: a marked hidden temporary folder in ``root`` whose ``predictions``
     (:class:`~featstore.runs.predictions_file.PredictionsWriter`) are written split by split as they are computed,
@@ -266,6 +279,12 @@ class RunDraft:
         _discard(self._preds, self.tmp)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError) and own(exc):
             raise not_written(exc, self.root, self.name, self.tmp) from None
+        other = _other_run(exc, self.root, self.tmp) if isinstance(exc, OSError) else None
+        if other is not None:  # an ensemble's member read in the body: a traceback from deep in numpy or zipfile
+            raise BrokenRunError(
+                f"run {self.name} was not recorded: run folder {other} cannot be read ({exc.strerror or exc}: "
+                f"{exc.filename}); fix its permissions or restore that file and run again, or leave that run out"
+            ) from None
 
     def finish(self, record: dict, est) -> RunRecord:
         """Save the model (or none), close the predictions, write run.json and rename the folder to the run's id."""
