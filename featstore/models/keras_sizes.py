@@ -65,8 +65,8 @@ def keras_zip_problem(path: Path) -> str | None:
         if WEIGHTS_FILE in z.namelist():
             try:
                 with _member(path, z, z.getinfo(WEIGHTS_FILE)) as fh:
-                    held, seen, unstored = walk_weights(fh)
-                problem = weights_problem(Path(WEIGHTS_FILE), seen, unstored)
+                    held, seen, unstored, outside = walk_weights(fh)
+                problem = weights_problem(Path(WEIGHTS_FILE), seen, unstored, outside)
             except _NoRoom as exc:
                 return str(exc)
             except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError for a damaged file

@@ -223,31 +223,40 @@ def held_parameters(path: Path, shown: str) -> int:
     it is not one HDF5 file of at most :data:`MAX_WEIGHT_OBJECTS` groups and arrays."""
 
     try:
-        total, seen, _unstored = walk_weights(path)
+        total, seen, _unstored, outside = walk_weights(path)
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError, RuntimeError for a bad file
         raise ConfigError(
             f"KerasHub could not build {shown} from {path.parent}: its {path.name} cannot be read as a Keras weights "
             f"file ({type(exc).__name__}: {str(exc)[:200]}); the preset is damaged: download or save it again"
         ) from None
-    problem = weights_problem(path, seen, 0)
+    problem = weights_problem(path, seen, 0, outside)
     if problem:
         raise ConfigError(problem)
     return total
 
 
-def walk_weights(path) -> tuple[int, int, int]:
-    """``(elements stored, objects seen, bytes declared but not stored)`` of an HDF5 weights file (a path, or a seekable
-    file object such as a ``.keras`` zip's member); the walk stops after :data:`MAX_WEIGHT_OBJECTS` objects."""
+def walk_weights(path) -> tuple[int, int, int, str]:
+    """``(elements stored, objects seen, bytes declared but not stored, an array stored outside the file or "")`` of an
+    HDF5 weights file (a path, or a seekable file object such as a ``.keras`` zip's member); the walk stops after
+    :data:`MAX_WEIGHT_OBJECTS` objects. The elements stored are at most the file's size: HDF5 reports the storage an
+    array's layout declares, and an array with *external* storage declares whatever its list of files says (a 15 KB
+    weights file "held" 2e9 parameters that way, attack 21); such an array, or a virtual one, holds nothing and is
+    named, so that :func:`weights_problem` refuses the file (Keras never writes one; loading it reads whatever local
+    file it names)."""
     import h5py
 
-    total, seen, unstored = 0, 0, 0
+    total, seen, unstored, outside = 0, 0, 0, ""
 
-    def visit(_name, obj):
-        nonlocal total, seen, unstored
+    def visit(name, obj):
+        nonlocal total, seen, unstored, outside
         seen += 1
         if seen > MAX_WEIGHT_OBJECTS:
             return True  # stops the visit
         if isinstance(obj, h5py.Dataset) and obj.dtype.itemsize:
+            plist = obj.id.get_create_plist()
+            if plist.get_external_count() or plist.get_layout() == h5py.h5d.VIRTUAL:
+                outside = outside or name
+                return None
             stored = obj.id.get_storage_size()
             total += min(int(obj.size or 0), stored // obj.dtype.itemsize)
             unstored += max(0, int(obj.size or 0) * obj.dtype.itemsize - stored)
@@ -255,11 +264,19 @@ def walk_weights(path) -> tuple[int, int, int]:
 
     with h5py.File(path, "r") as f:
         f.visititems(visit)
-    return total, seen, unstored
+        size = f.id.get_filesize()
+    return min(total, size), seen, unstored, outside
 
 
-def weights_problem(path: Path, seen: int, unstored: int) -> str | None:
-    """Why a weights file must not be loaded (too many objects, arrays declaring more than they store), or None."""
+def weights_problem(path: Path, seen: int, unstored: int, outside: str = "") -> str | None:
+    """Why a weights file must not be loaded (too many objects, arrays declaring more than they store, an array stored
+    outside the file), or None."""
+    if outside:
+        return (
+            f"{path}: its array {outside!r} is stored outside the file (HDF5 external or virtual storage), which Keras "
+            f"never writes: loading it would read whatever other file it names. The file is damaged or crafted; save "
+            f"the weights again"
+        )
     if seen > MAX_WEIGHT_OBJECTS:
         return (
             f"{path} holds more than {MAX_WEIGHT_OBJECTS:,} groups and arrays (the largest supported presets have about "
@@ -281,7 +298,7 @@ def check_weights_file(path: Path) -> str | None:
         problem = check_weights_file(Path("my.weights.h5"))
     """
     try:
-        _total, seen, unstored = walk_weights(path)
+        _total, seen, unstored, outside = walk_weights(path)
     except Exception:  # noqa: BLE001 - not HDF5, or damaged: load_weights says what it says about it
         return None
-    return weights_problem(path, seen, unstored)
+    return weights_problem(path, seen, unstored, outside)
