@@ -231,3 +231,20 @@ def test_a_saved_sequential_model_is_a_backbone_too(tmp_path, small_data):
     seq.save(tmp_path / "seq.keras")
     r = extract(small_data, "train", tmp_path / "f.h5", ExtractorConfig(model=str(tmp_path / "seq.keras")))
     assert r.extractor == "seq" and r.feature_shape == (6,)  # cut at d, before the last Dense; RGB input kept
+
+
+def test_a_model_saved_unzipped_is_named_as_one_with_a_fix_that_works(tmp_path):
+    """Attack 21 finding 11: ``model.save(folder, zipped=False)`` (a folder of the .keras zip's parts) was taken for a
+    KerasHub preset and answered with the list of transformer backbones. It is named as what it is, and the zip the
+    message advises is a model featstore reads."""
+    import shutil
+
+    folder = tmp_path / "my_cnn"
+    _small_cnn().save(folder, zipped=False)
+    res = CliRunner().invoke(app, ["models", str(folder), "--layers"])
+    assert res.exit_code != 0
+    assert "is a Keras model saved unzipped" in res.output and "zip -r ../my_cnn.keras ." in res.output
+    assert "DINOV2Backbone" not in res.output
+    zipped = shutil.make_archive(str(tmp_path / "my_cnn"), "zip", folder)  # what `cd my_cnn && zip -r ../x .` makes
+    res = CliRunner().invoke(app, ["models", str(shutil.move(zipped, tmp_path / "my_cnn.keras")), "--layers"])
+    assert res.exit_code == 0 and "conv1" in res.output, res.output

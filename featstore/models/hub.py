@@ -125,6 +125,13 @@ class HubSpec:
         config = read_json(folder / "config.json")
         name = config.get("class_name")
         if not isinstance(name, str) or name not in FAMILIES:
+            if _saved_unzipped(config):
+                raise ConfigError(
+                    f"{preset} is a Keras model saved unzipped (model.save(..., zipped=False)), not a KerasHub preset: "
+                    f"featstore reads a Keras model as one .keras file. Zip the folder's files into one (cd {preset} && "
+                    f"zip -r ../my_cnn.keras .) or save the model with model.save('my_cnn.keras'), and give --model "
+                    f"my_cnn.keras"
+                )
             raise choices_error(f"KerasHub backbone class of {preset}", str(name)[:100], list(FAMILIES))
         registered = str(config.get("registered_name"))
         if registered.rpartition(">")[2] != name:  # KerasHub builds what registered_name says, not class_name
@@ -373,3 +380,19 @@ class HubSpec:
             "preprocess_scale": list(self.scale),
             "preprocess_offset": list(self.offset),
         }
+
+
+def _saved_unzipped(config: dict) -> bool:
+    """Whether a folder's ``config.json`` is a plain Keras model's (``model.save(folder, zipped=False)`` writes the
+    parts of a ``.keras`` zip into a folder), not a KerasHub preset's: attack 21 found such a folder answered with the
+    list of supported transformer backbones.
+
+    >>> _saved_unzipped({"module": "keras.src.models.functional", "class_name": "Functional"})
+    True
+    >>> _saved_unzipped({"module": "keras_hub.src.models.vit.vit_backbone", "class_name": "ViTBackbone"})
+    False
+    """
+    module = config.get("module")
+    return config.get("class_name") in ("Functional", "Sequential", "Model") or (
+        isinstance(module, str) and module.split(".")[0] == "keras"
+    )
