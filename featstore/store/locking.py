@@ -70,19 +70,29 @@ def _is_lock_error(exc: OSError) -> bool:
     )
 
 
+# The formats of HDF5 1.8 (readable by every HDF5 since 2008), for a split whose attributes may exceed 64 KiB (dense
+# attribute storage): with the earliest format, objects' header messages are capped at 64 KiB, and a split's class_names
+# over ~4,090 names (16-byte heap IDs) failed: "object header message is too large" (iNaturalist has 10,000 classes,
+# ImageNet-21k 21,841; attack 21). Other stores keep the earliest format.
+DENSE_ATTRS_LIBVER = ("v108", "latest")
+
+
 @contextlib.contextmanager
 def open_h5(
-    path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: float | None = None
+    path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: float | None = None, libver=None
 ) -> Iterator[h5py.File]:
     """Open an HDF5 file, waiting up to ``timeout`` s (FEATSTORE_LOCK_TIMEOUT) while another process writes it.
 
-    ``locking`` None: the process setting (:func:`set_locking`).
+    ``locking`` None: the process setting (:func:`set_locking`). ``libver``: h5py's bounds of the formats of the
+    objects created (None: the earliest; :data:`DENSE_ATTRS_LIBVER` for attributes over 64 KiB).
     """
     locking = locking_default() if locking is None else locking
     kwargs = {} if locking is None else {"locking": locking}
     timeout = lock_timeout() if timeout is None else timeout
     if mode != "r":
         refuse_hard_linked(path)
+    if libver is not None:
+        kwargs["libver"] = libver
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
@@ -133,9 +143,9 @@ class StoreFile:
         """Whether the file is there yet."""
         return self.path.exists()
 
-    def open(self, mode: str = "r", *, timeout: float | None = None):
+    def open(self, mode: str = "r", *, timeout: float | None = None, libver=None):
         """The HDF5 file, open for one step (a context manager); waits while another process holds it."""
-        return open_h5(self.path, mode, locking=self.locking, timeout=timeout)
+        return open_h5(self.path, mode, locking=self.locking, timeout=timeout, libver=libver)
 
     @contextlib.contextmanager
     def read_if_exists(self) -> Iterator[h5py.File | None]:

@@ -50,10 +50,17 @@ from featstore.store.layout import (
     split_summary,
     validate_split,
 )
-from featstore.store.locking import StoreFile, lock_holder, writer_lock  # noqa: F401 (re-exported: the CLI, report, tests)
+from featstore.store.locking import (  # noqa: F401 (StoreFile, lock_holder, writer_lock re-exported: the CLI, report, tests)
+    DENSE_ATTRS_LIBVER,
+    StoreFile,
+    lock_holder,
+    writer_lock,
+)
 from featstore.store.space import check_writable, ensure_space  # noqa: F401 (re-exported)
 from featstore.store.strings import MAX_REASON_BYTES, bounded_attrs
 from featstore.version import __version__
+
+DENSE_ATTRS_NAMES = 1_000  # a split of more class names is created with HDF5 1.8's formats (see DENSE_ATTRS_LIBVER)
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +133,8 @@ class SplitWriter:
         """
         total = int(split_attrs["n_images"])
         path = self.store.path
-        with self.store.open("a") as f:
+        many = len(split_attrs.get("class_names", ())) > DENSE_ATTRS_NAMES
+        with self.store.open("a", libver=DENSE_ATTRS_LIBVER if many else None) as f:
             if not check_root(f, path):  # a new store
                 f.attrs["format_version"] = FORMAT_VERSION
                 f.attrs["featstore_version"] = __version__
@@ -415,6 +423,11 @@ def _checked_arrays(X, y, class_names, attrs, batch_size, compression) -> np.nda
         raise ConfigError(f"write_arrays needs X of shape (rows, values, ...) with no size 0 but rows, not {shape}")
     if "" in class_names or len(set(class_names)) < len(class_names):  # every reader refuses the split as damaged
         raise ConfigError(f"write_arrays needs distinct, non-empty class names, not {list(class_names)!r}")
+    for what, value in [("a class name", n) for n in class_names] + [
+        (f"attrs[{k!r}]", v) for k, v in (attrs or {}).items()
+    ]:
+        if any("\0" in v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)):
+            raise ConfigError(f"write_arrays: {what} holds a NUL character, which HDF5 strings cannot: remove it")
     labels = np.asarray(y)
     if labels.shape != shape[:1]:
         raise ConfigError(f"write_arrays needs y of shape ({shape[0]},), one label per row of X, not {labels.shape}")

@@ -1,0 +1,33 @@
+"""Attack 21 findings 15 and 16 (issue #19): a split of more than ~4,090 classes could not be written (HDF5's 64 KiB
+object header message: class_names is one attribute), and a NUL in a class name or attribute reached h5py after the
+extractor group was made. Synthetic arrays (write_arrays: the writer extract uses)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from featstore import FeatureStore
+from featstore.errors import ConfigError
+from featstore.store.check import check_store
+from featstore.store.writer import write_arrays
+
+
+def test_a_split_of_twenty_thousand_classes_is_written_and_read(tmp_path):
+    """ImageNet-21k has 21,841 classes, iNaturalist 2021 10,000: 4,100 ended in "object header message is too
+    large" with the store's earliest-format objects."""
+    n = 21_841
+    names = [f"n{i:08d}" for i in range(n)]
+    X = np.zeros((n, 2), np.float32)
+    write_arrays(tmp_path / "s.h5", "x", "train", X, np.arange(n), names, batch_size=4096)
+    assert FeatureStore(tmp_path / "s.h5").class_names("x") == names
+    assert check_store(tmp_path / "s.h5") == []
+
+
+@pytest.mark.parametrize("where", ["class", "attr"])
+def test_a_nul_in_a_name_is_refused_before_the_store_is_opened(tmp_path, where):
+    names = ["cat\x00dog", "b"] if where == "class" else ["a", "b"]
+    attrs = {"feature_shape": [2], "dtype": "float32", "note": "a\x00b"} if where == "attr" else None
+    with pytest.raises(ConfigError, match="NUL character"):
+        write_arrays(tmp_path / "s.h5", "x", "train", np.zeros((2, 2), np.float32), [0, 1], names, attrs=attrs)
+    assert not (tmp_path / "s.h5").exists()  # nothing written, no empty group left
