@@ -61,14 +61,17 @@ def name(text: object) -> str:
 
 # Options naming a run, a split, a layer, an extractor, a model or a file: an empty value (an unset shell variable:
 # --run "$RUN") is refused in one line, never taken as the default, as "cross-validation" or as "any run" (a prefix).
+# Keyed by parameter name, or "command parameter" for one command's own. "(or none)" is added where the option's help
+# names `none` (in backquotes) as a value: fit's and sweep's --validation/--test take it, probe's and fewshot's refuse
+# it (attack 21: the refusal advised it to every command).
 _NAMED = {
     "run": "a run id (`featstore runs` lists them)",
     "run_id": "a run id (`featstore runs` lists them)",
     "run_ids": "run ids (`featstore runs` lists them)",
     "split": "a split name",
     "train": "a split name",
-    "validation": "a split name (or none)",
-    "test": "a split name (or none)",
+    "validation": "a split name",
+    "test": "a split name",
     "layer": "a layer name (`featstore models NAME --layers`)",
     "unfreeze_from": "a layer name (`featstore models NAME --layers`)",
     "name": "a name",
@@ -77,40 +80,66 @@ _NAMED = {
     "clf": "a classifier (`featstore classifiers`)",
     "weights": "a weights name or file",
     "runtime": "keras or onnx",
+    "models name": "a model name or file (`featstore models` lists them)",
+    "query": "a stored image or an image file",
 }
 
 
 def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
     """Exit 1 naming the first option or argument of ``command`` given an empty (or all-space) value in ``args``: those
-    of :data:`_NAMED` say what they want, path options say "give a path". The words are split by the command's own
-    parser, so ``--opt ''``, ``--opt=``, a value after ``--`` and the value of another option (``--name --out``) are
-    each taken for what click takes them; a parse error is left to click. Typer turns ``--runs ""`` into ``Path('.')``
-    before the command sees it: `fit --runs "$RUNS"` with RUNS unset recorded the run into the current folder
-    (attack 20)."""
-    try:
-        parsed, _, _ = command.make_parser(command.context_class(command, parent=ctx, info_name=name)).parse_args(
-            args=list(args)
-        )
-    except typer.TyperException:  # click's UsageError: click reports it when it parses the words itself
+    of :data:`_NAMED` say what they want, path options say "give a path", any other argument "give a value" (an empty
+    one is never meant: `predict "$IMAGES"` with IMAGES unset predicted every image under the current folder). The
+    words are split by the command's own parser, so ``--opt ''``, ``--opt=``, a value after ``--`` and the value of
+    another option (``--name --out``) are each taken for what click takes them; a parse error is left to click, and
+    a --help (the command's, or for a group its sub-command's) shows the help. Typer turns ``--runs ""`` into
+    ``Path('.')`` before the command sees it: `fit --runs "$RUNS"` with RUNS unset recorded the run into the current
+    folder (attack 20)."""
+    got = _parse(command, ctx, name, args)
+    if got is None or _asks_help(command, got):
         return
-    if parsed.get("help"):  # --help shows the help whatever the other words
-        return
+    parsed = got[0]
     for param in command.params:
         value = parsed.get(param.name)
         given = value if isinstance(value, (list, tuple)) else [value]
         if not any(isinstance(v, str) and not v.strip() for v in given):
             continue
+        argument = param.param_type_name == "argument"
         annotation = getattr(param.type_descriptor, "annotation", None)
-        what = _NAMED.get(param.name) or ("a path" if _is_path(annotation) else None)
+        what = _NAMED.get(f"{command.name} {param.name}") or _NAMED.get(param.name)
+        what = what or ("a path" if _is_path(annotation) else "a value" if argument else None)
         if what is None:
             continue
-        opt = next((o for o in param.opts if o.startswith("--")), param.name.upper())
+        if "`none`" in (getattr(param, "help", None) or ""):
+            what += " (or none)"
+        opt = next((o for o in param.opts if o.startswith("--")), None) or (param.metavar or param.name).upper()
         empty = "has an empty value" if isinstance(value, (list, tuple)) else "is empty"
         default = "" if param.required else ", or leave it out for its default"
         typer.secho(
             f"error: {opt} {empty} (an unset shell variable?); give {what}{default}", fg=typer.colors.RED, err=True
         )
         raise typer.Exit(1)
+
+
+def _parse(command, ctx, name: str, args: list[str]):
+    """(values, words left over, context) of ``args`` split by ``command``'s own parser; None on a parse error (click's
+    UsageError: click reports it when it parses the words itself)."""
+    sub = command.context_class(command, parent=ctx, info_name=name)
+    try:
+        parsed, rest, _ = command.make_parser(sub).parse_args(args=list(args))
+    except typer.TyperException:
+        return None
+    return parsed, rest, sub
+
+
+def _asks_help(command, got) -> bool:
+    """Whether parsed words ask for a help: ``command``'s --help, or for a group the --help of the sub-command its left
+    words name (`runs --store '' show --help` shows show's help, as every other --help does)."""
+    parsed, rest, ctx = got
+    if parsed.get("help"):
+        return True
+    inner = command.get_command(ctx, rest[0]) if rest and hasattr(command, "get_command") else None
+    inner_got = _parse(inner, ctx, rest[0], rest[1:]) if inner is not None else None
+    return inner_got is not None and _asks_help(inner, inner_got)
 
 
 def _is_path(annotation) -> bool:
