@@ -31,3 +31,15 @@ def test_a_nul_in_a_name_is_refused_before_the_store_is_opened(tmp_path, where):
     with pytest.raises(ConfigError, match="NUL character"):
         write_arrays(tmp_path / "s.h5", "x", "train", np.zeros((2, 2), np.float32), [0, 1], names, attrs=attrs)
     assert not (tmp_path / "s.h5").exists()  # nothing written, no empty group left
+
+
+def test_a_store_of_twenty_thousand_classes_survives_compaction(tmp_path):
+    """compact (run by every resume after a kill) rewrites the store into a fresh file: made with the earliest format,
+    the copy of the class names failed as the first write did."""
+    from featstore.store.compact import compact
+
+    names = [f"n{i:08d}" for i in range(5_000)]
+    write_arrays(tmp_path / "s.h5", "x", "train", np.ones((5_000, 2), np.float32), np.arange(5_000), names)
+    compact(tmp_path / "s.h5")
+    assert FeatureStore(tmp_path / "s.h5").class_names("x") == names
+    assert check_store(tmp_path / "s.h5") == []

@@ -18,7 +18,7 @@ import h5py
 from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED
 from featstore.store.layout import ROW_DATASETS, hard_groups, read_commit
-from featstore.store.locking import StoreFile
+from featstore.store.locking import DENSE_ATTRS_LIBVER, DENSE_ATTRS_NAMES, StoreFile
 from featstore.store.space import ensure_space
 from featstore.store.strings import measured_attr, refuse_long
 
@@ -43,7 +43,9 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
     ensure_space(path, path.stat().st_size)
     tmp = _fresh_temporary(path)
     try:
-        with store.open("r") as src, h5py.File(tmp, "w-", **store.h5py_kwargs()) as dst:
+        with store.open("r") as src:
+            kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _many_names(src) else {})
+        with store.open("r") as src, h5py.File(tmp, "w-", **kwargs) as dst:
             _copy_attrs(src, dst)
             for name in hard_groups(src):
                 g = dst.create_group(name)
@@ -75,6 +77,18 @@ def _fresh_temporary(path: Path) -> Path:
         )
     os.unlink(tmp)
     return tmp
+
+
+def _many_names(src: h5py.File) -> bool:
+    """Whether a split of ``src`` has more class names than the earliest HDF5 format holds in one attribute (its
+    copy is then made with :data:`DENSE_ATTRS_LIBVER`, as :meth:`SplitWriter.prepare` made it); counted from the
+    attributes' shapes, nothing read."""
+    return any(
+        "class_names" in src[name][split].attrs
+        and src[name][split].attrs.get_id("class_names").shape[:1] > (DENSE_ATTRS_NAMES,)
+        for name in hard_groups(src)
+        for split in hard_groups(src[name])
+    )
 
 
 def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> None:

@@ -75,6 +75,7 @@ def _is_lock_error(exc: OSError) -> bool:
 # over ~4,090 names (16-byte heap IDs) failed: "object header message is too large" (iNaturalist has 10,000 classes,
 # ImageNet-21k 21,841; attack 21). Other stores keep the earliest format.
 DENSE_ATTRS_LIBVER = ("v108", "latest")
+DENSE_ATTRS_NAMES = 1_000  # a split of more class names is created with them
 
 
 @contextlib.contextmanager

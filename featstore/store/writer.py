@@ -52,6 +52,7 @@ from featstore.store.layout import (
 )
 from featstore.store.locking import (  # noqa: F401 (StoreFile, lock_holder, writer_lock re-exported: the CLI, report, tests)
     DENSE_ATTRS_LIBVER,
+    DENSE_ATTRS_NAMES,
     StoreFile,
     lock_holder,
     writer_lock,
@@ -59,8 +60,6 @@ from featstore.store.locking import (  # noqa: F401 (StoreFile, lock_holder, wri
 from featstore.store.space import check_writable, ensure_space  # noqa: F401 (re-exported)
 from featstore.store.strings import MAX_REASON_BYTES, bounded_attrs
 from featstore.version import __version__
-
-DENSE_ATTRS_NAMES = 1_000  # a split of more class names is created with HDF5 1.8's formats (see DENSE_ATTRS_LIBVER)
 
 logger = logging.getLogger(__name__)
 
