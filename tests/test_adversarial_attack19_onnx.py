@@ -149,3 +149,22 @@ def test_an_extractor_on_the_cache_runs_a_fresh_export_not_the_planted_one(made,
         ex = Extractor(ONNX, runtime_cache=cached.parent)
     assert ex.runtime_file[1] != hashlib.sha256(planted).hexdigest()
     assert any("its HMAC does not verify" in m for m in caplog.messages)
+
+
+def test_a_cached_file_without_a_record_is_never_read(made, tmp_path, counted, caplog, monkeypatch):
+    """Attack 21 finding 13: the cached file was read whole (up to 2 GiB) before its record was looked at: a planted
+    2 GiB sparse file with no record added 2.1 GB to the peak once. The record is checked first now. Sabotage: giving
+    ``unrecorded`` the file's bytes at its first call in ``start`` (the old order) fails it."""
+    store = with_cache(made, tmp_path)
+    (cached,) = cached_files(store)
+    onnx_runtime.record_path(cached).unlink()
+    cached.write_bytes(b"planted")
+    reads, real = [], onnx_runtime.read_cached
+    monkeypatch.setattr(
+        onnx_runtime, "read_cached", lambda p, *a, **k: reads.append((p.name, k.get("read", True))) or real(p, *a, **k)
+    )
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        r = extract(made["data"], "train", store, ONNX)
+    assert r.rows == 12 and _agrees_with_keras(made, store)
+    assert (cached.name, True) not in reads[: reads.index((cached.name, False)) + 2], reads  # looked at, not read
+    assert any("no record" in m and "is exported again" in m for m in caplog.messages), caplog.messages
