@@ -43,3 +43,19 @@ def test_a_store_of_twenty_thousand_classes_survives_compaction(tmp_path):
     compact(tmp_path / "s.h5")
     assert FeatureStore(tmp_path / "s.h5").class_names("x") == names
     assert check_store(tmp_path / "s.h5") == []
+
+
+def test_a_store_with_a_large_attribute_of_any_kind_survives_compaction(tmp_path):
+    """Attack 22 #2: a store written with h5py's newer formats (libver='latest') holding a 72 KB attribute made every
+    compaction (so every resume) raise "object header message is too large"."""
+    import h5py
+
+    from featstore.store.compact import compact
+
+    h5py.File(tmp_path / "s.h5", "w", libver="latest").close()  # its root group in the newer format
+    write_arrays(tmp_path / "s.h5", "x", "train", np.ones((4, 2), np.float32), [0, 1, 0, 1], ["a", "b"])
+    with h5py.File(tmp_path / "s.h5", "a") as f:
+        f.attrs["notes"] = np.zeros(9_000, np.float64)  # 72,000 bytes
+    compact(tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert f.attrs["notes"].shape == (9_000,)

@@ -233,18 +233,26 @@ def test_a_saved_sequential_model_is_a_backbone_too(tmp_path, small_data):
     assert r.extractor == "seq" and r.feature_shape == (6,)  # cut at d, before the last Dense; RGB input kept
 
 
-def test_a_model_saved_unzipped_is_named_as_one_with_a_fix_that_works(tmp_path):
+def test_a_model_saved_unzipped_is_named_as_one_with_a_fix_that_works(tmp_path, monkeypatch):
     """Attack 21 finding 11: ``model.save(folder, zipped=False)`` (a folder of the .keras zip's parts) was taken for a
-    KerasHub preset and answered with the list of transformer backbones. It is named as what it is, and the zip the
-    message advises is a model featstore reads."""
+    KerasHub preset and answered with the list of transformer backbones. It is named as what it is, and the command the
+    message advises, run in a shell from another folder on a folder whose name has a space (attack 22 #4: the first
+    advice worked only for a folder in the current one), makes the file ``--model my_cnn.keras`` then reads."""
     import shutil
+    import subprocess
 
-    folder = tmp_path / "my_cnn"
+    folder = tmp_path / "saved models" / "my_cnn"
     _small_cnn().save(folder, zipped=False)
     res = CliRunner().invoke(app, ["models", str(folder), "--layers"])
     assert res.exit_code != 0
-    assert "is a Keras model saved unzipped" in res.output and "zip -r ../my_cnn.keras ." in res.output
-    assert "DINOV2Backbone" not in res.output
-    zipped = shutil.make_archive(str(tmp_path / "my_cnn"), "zip", folder)  # what `cd my_cnn && zip -r ../x .` makes
-    res = CliRunner().invoke(app, ["models", str(shutil.move(zipped, tmp_path / "my_cnn.keras")), "--layers"])
+    assert "is a Keras model saved unzipped" in res.output and "DINOV2Backbone" not in res.output
+    here = tmp_path / "work"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    if shutil.which("zip") and shutil.which("bash"):
+        advised = " ".join(res.output.split()).split("here: ")[1].split(", or save")[0]
+        subprocess.run(["bash", "-c", advised], check=True)
+    else:  # what the advised `(cd DIR && zip -qr - .) > my_cnn.keras` makes
+        shutil.move(shutil.make_archive(str(here / "my_cnn"), "zip", folder), here / "my_cnn.keras")
+    res = CliRunner().invoke(app, ["models", "my_cnn.keras", "--layers"])
     assert res.exit_code == 0 and "conv1" in res.output, res.output

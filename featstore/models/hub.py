@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -128,9 +129,9 @@ class HubSpec:
             if _saved_unzipped(config):
                 raise ConfigError(
                     f"{preset} is a Keras model saved unzipped (model.save(..., zipped=False)), not a KerasHub preset: "
-                    f"featstore reads a Keras model as one .keras file. Zip the folder's files into one (cd {preset} && "
-                    f"zip -r ../my_cnn.keras .) or save the model with model.save('my_cnn.keras'), and give --model "
-                    f"my_cnn.keras"
+                    f"featstore reads a Keras model as one .keras file. Zip the folder's files into one, here: "
+                    f"(cd {shlex.quote(str(preset))} && zip -qr - .) > my_cnn.keras, or save the model with "
+                    f"model.save('my_cnn.keras'); then give --model my_cnn.keras"
                 )
             raise choices_error(f"KerasHub backbone class of {preset}", str(name)[:100], list(FAMILIES))
         registered = str(config.get("registered_name"))

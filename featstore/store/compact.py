@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import stat
 from pathlib import Path
@@ -18,7 +19,7 @@ import h5py
 from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED
 from featstore.store.layout import ROW_DATASETS, hard_groups, read_commit
-from featstore.store.locking import DENSE_ATTRS_LIBVER, DENSE_ATTRS_NAMES, StoreFile
+from featstore.store.locking import DENSE_ATTRS_LIBVER, StoreFile
 from featstore.store.space import ensure_space
 from featstore.store.strings import measured_attr, refuse_long
 
@@ -44,7 +45,7 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
     tmp = _fresh_temporary(path)
     try:
         with store.open("r") as src:
-            kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _many_names(src) else {})
+            kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _large_attrs(src) else {})
         with store.open("r") as src, h5py.File(tmp, "w-", **kwargs) as dst:
             _copy_attrs(src, dst)
             for name in hard_groups(src):
@@ -79,15 +80,20 @@ def _fresh_temporary(path: Path) -> Path:
     return tmp
 
 
-def _many_names(src: h5py.File) -> bool:
-    """Whether a split of ``src`` has more class names than the earliest HDF5 format holds in one attribute (its
-    copy is then made with :data:`DENSE_ATTRS_LIBVER`, as :meth:`SplitWriter.prepare` made it); counted from the
-    attributes' shapes, nothing read."""
+# a group's attributes over this many bytes (a string: 8, as numpy sizes it) are copied with HDF5 1.8's formats
+DENSE_ATTRS_BYTES = 16 << 10
+
+
+def _large_attrs(src: h5py.File) -> bool:
+    """Whether the root, an extractor or a split of ``src`` holds attributes the earliest HDF5 format cannot (its header
+    messages stop at 64 KiB: a split of over ~4,090 class names, 16-byte heap IDs each); the copy is then made with
+    :data:`DENSE_ATTRS_LIBVER`, as :meth:`SplitWriter.prepare` made the split. Sized from each attribute's shape and
+    type, nothing read."""
+    groups = [src] + [src[n] for n in hard_groups(src)]
+    groups += [g[s] for g in groups[1:] for s in hard_groups(g)]
     return any(
-        "class_names" in src[name][split].attrs
-        and src[name][split].attrs.get_id("class_names").shape[:1] > (DENSE_ATTRS_NAMES,)
-        for name in hard_groups(src)
-        for split in hard_groups(src[name])
+        sum(math.prod(a.shape or ()) * a.dtype.itemsize for a in map(g.attrs.get_id, g.attrs)) > DENSE_ATTRS_BYTES
+        for g in groups
     )
 
 
