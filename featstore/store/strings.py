@@ -16,6 +16,9 @@ times, and ``fit`` printed one of them whole in a 1 MB error line).
 from __future__ import annotations
 
 import os
+import threading
+from array import array
+from collections import OrderedDict
 
 import h5py
 import numpy as np
@@ -49,12 +52,12 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
         return np.zeros(0, np.uint32)
     if ds.file.driver != "sec2":
         return None
-    layout = plist.get_layout()
+    layout, fd = plist.get_layout(), ds.file.id.get_vfd_handle()  # the File once: it is built anew each time asked
     if layout == h5py.h5d.CONTIGUOUS:
         offset = ds.id.get_offset()
         if offset is None:  # never written: every row is the fill value, an empty string
             return np.zeros(stop - start, np.uint32)
-        return _stored_lengths(ds, elem, offset + start * elem, stop - start)
+        return _stored_lengths(ds, fd, elem, offset + start * elem, stop - start)
     if layout != h5py.h5d.CHUNKED:
         return None
     if plist.get_nfilters():  # HDF5 refuses to make one ("not suitable for filters"): crafted, or an old library's
@@ -63,43 +66,88 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
             f"featstore never writes (HDF5 no longer makes one): the store is crafted. Re-extract this split with "
             f"--overwrite"
         )
-    rows = ds.chunks[0]
-    out = np.zeros(stop - start, np.uint32)
-    where = _chunk_places(ds, start - start % rows, stop)
-    for c in range(start - start % rows, stop, rows):
-        info = where.get(c) if where is not None else ds.id.get_chunk_info_by_coord((c,))
-        if info is None or info.byte_offset is None:
-            continue  # not allocated: fill values, empty strings
+    rows, out = ds.chunks[0], np.zeros(stop - start, np.uint32)
+    places = _chunk_places(ds, fd)
+    if places is None:  # HDF5 before 1.14: looked up one by one, each O(index)
+        looked = ((c, ds.id.get_chunk_info_by_coord((c,))) for c in range(start - start % rows, stop, rows))
+        found = ((c, i.byte_offset, i.size) for c, i in looked if i is not None and i.byte_offset is not None)
+    else:  # chunks not allocated are not there: fill values, empty strings
+        first_rows, offsets, sizes = places
+        a, b = np.searchsorted(first_rows, [start - start % rows, stop])
+        found = zip(first_rows[a:b].tolist(), offsets[a:b].tolist(), sizes[a:b].tolist())
+    for c, offset, size in found:
         # only the rows asked, ID_BLOCK_BYTES at a time: a chunk of 2**25 rows (512 MiB of IDs) was read whole for 50
         first, last = max(start, c), min(stop, c + rows)
-        if (last - c) * elem > info.size:
+        if (last - c) * elem > size:
             raise StoreError(f"{ds.file.filename}:{ds.name}: chunk {c} is shorter than its rows: the store is damaged")
-        out[first - start : last - start] = _stored_lengths(
-            ds, elem, info.byte_offset + (first - c) * elem, last - first
-        )
+        out[first - start : last - start] = _stored_lengths(ds, fd, elem, offset + (first - c) * elem, last - first)
     return out
 
 
-def _stored_lengths(ds: h5py.Dataset, elem: int, at: int, n: int) -> np.ndarray:
-    """The lengths of the ``n`` heap IDs stored from byte ``at`` of the file, read :data:`ID_BLOCK_BYTES` at a time."""
-    out, step, fd = np.zeros(n, np.uint32), max(1, ID_BLOCK_BYTES // elem), ds.file.id.get_vfd_handle()
+def _stored_lengths(ds: h5py.Dataset, fd: int, elem: int, at: int, n: int) -> np.ndarray:
+    """The lengths of the ``n`` heap IDs stored from byte ``at`` of ``ds``'s file (descriptor ``fd``), read
+    :data:`ID_BLOCK_BYTES` at a time."""
+    out, step = np.zeros(n, np.uint32), max(1, ID_BLOCK_BYTES // elem)
     for a in range(0, n, step):
         b = min(n, a + step)
         out[a:b] = _lengths(os.pread(fd, (b - a) * elem, at + a * elem), elem, b - a, ds)
     return out
 
 
-def _chunk_places(ds: h5py.Dataset, lo: int, hi: int) -> dict | None:
-    """Where each allocated chunk of rows ``lo:hi`` is (first row -> chunk info), from one walk of the chunk index;
-    None where a look-up per chunk is cheaper (a few chunks) or the walk is missing (HDF5 before 1.14). Each look-up
-    costs O(index): a path column chunked one row a chunk made reading 40,000 paths' lengths take 15 s (attack 20)."""
-    if -(-(hi - lo) // ds.chunks[0]) <= 16 or not hasattr(ds.id, "chunk_iter"):
+def _chunk_places(ds: h5py.Dataset, fd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(first row, byte offset, stored size) of each allocated chunk of ``ds``, sorted by row, from one walk of its
+    chunk index (HDF5 1.14's ``chunk_iter``); None where the walk is missing (HDF5 before 1.14).
+
+    A look-up costs O(index) (a column chunked one row a chunk: 40,000 paths' lengths in 15 s, attack 20), and so did a
+    walk per call: check, export and compact measure a column a block at a time, each block in its own opening of the
+    file, so a walk each made them quadratic again (one row a chunk: ``check`` of 40,000 rows in 47 s, attack 21). So
+    the walk is kept, for the last :data:`_PLACES_KEPT` columns, under the file's identity and state (``fd``'s device,
+    inode, size, modification and change times in ns: a write between two openings changes them) and the column's
+    object address, name, shape and chunks. It holds 24 bytes a chunk within the column's shape (repeats and chunks
+    past it are dropped): at most 24 bytes a row. Not guaranteed: where timestamps are coarse (kernels before 6.13,
+    NFS), a column deleted and made again at its object address, same shape, chunks and file size, within one tick
+    between two openings, is read at its old places."""
+    if not hasattr(ds.id, "chunk_iter"):
         return None
-    places: dict = {}
-    ds.id.chunk_iter(
-        lambda info: places.__setitem__(info.chunk_offset[0], info) if lo <= info.chunk_offset[0] < hi else None
-    )
+    if ds.name is None:  # an anonymous dataset: nothing to key it by
+        return _walk(ds)
+    st, addr = os.fstat(fd), h5py.h5g.get_objinfo(ds.file.id, ds.name.encode()).objno  # h5o.get_info: O(index)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, addr, ds.name, ds.shape, ds.chunks)
+    with _PLACES_LOCK:
+        if (places := _PLACES.get(key)) is not None:
+            _PLACES.move_to_end(key)
+            return places
+    places = _walk(ds)
+    with _PLACES_LOCK:
+        _PLACES[key] = places
+        while len(_PLACES) > _PLACES_KEPT:
+            _PLACES.popitem(last=False)
     return places
+
+
+def _walk(ds: h5py.Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One walk of ``ds``'s chunk index: its allocated chunks within its shape, by first row (a repeat: the last)."""
+    rows, n = ds.chunks[0], ds.shape[0]
+    first, at, size = array("q"), array("q"), array("q")
+
+    def keep(info) -> None:
+        c = info.chunk_offset[0]
+        if c < n and c % rows == 0 and info.byte_offset is not None:  # HDF5 reads no other: they are not rows of ds
+            first.append(c)
+            at.append(info.byte_offset)
+            size.append(info.size)
+
+    ds.id.chunk_iter(keep)
+    order = np.argsort(np.array(first, np.int64), kind="stable")
+    c, o, z = (np.array(a, np.int64)[order] for a in (first, at, size))
+    last = np.ones(len(c), bool)
+    last[:-1] = c[1:] != c[:-1]  # of repeated first rows (a crafted index), the last walked
+    return c[last], o[last], z[last]
+
+
+_PLACES: OrderedDict = OrderedDict()  # (file identity and state, column) -> _walk's places; see _chunk_places
+_PLACES_KEPT = 2  # columns whose places are kept (the last walked): a command measures one column at a time
+_PLACES_LOCK = threading.Lock()
 
 
 def _lengths(raw: bytes, elem: int, n: int, ds) -> np.ndarray:
