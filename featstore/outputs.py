@@ -81,6 +81,60 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def check_own_output(
+    path: str | os.PathLike, what: str, kind: str, suffixes: tuple[str, ...], ours: Callable[[Path], bool]
+) -> Path:
+    """:func:`check_output`, then refuse, before any work, a name that is not ``kind``'s (its suffix, in lower case,
+    not one of ``suffixes``; ``""`` among them takes a name without one) or an existing file that ``ours(path)`` does not recognise as ``kind`` featstore wrote (its header,
+    marker, keys): ``similar --html train.py`` replaced a script, ``leaks --out my_cnn.keras`` a saved model. Nothing
+    there, or featstore's own file, passes. Example::
+
+        check_own_output("leaks.csv", "--out", "a leaks CSV", (".csv",), lambda p: starts_with(p, b"query_split,"))
+    """
+    path = check_output(path, what)
+    if path.suffix.lower() not in suffixes:  # "" among them: a name without a suffix is taken as it is
+        named = [s for s in suffixes if s]
+        raise OutputError(
+            f"{what} {terminal_safe(str(path))}: featstore writes {kind} there; give a name ending in "
+            f"{' or '.join(named)}, e.g. {terminal_safe(path.stem or 'out')}{named[0]}"
+        )
+    if os.path.lexists(path) and not ours(path):
+        raise OutputError(
+            f"{what} {terminal_safe(str(path))} exists and is not {kind} featstore wrote; featstore never replaces "
+            f"another file with its output. Choose another name, or remove that file first if it is not needed"
+        )
+    return path
+
+
+def is_chart(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PNG featstore drew (:data:`CHART_METADATA`'s stamp): the ``ours`` of a chart's
+    :func:`check_own_output`. Example::
+
+        check_own_output("leaks.png", "--png", "a chart (PNG)", (".png", ""), is_chart)
+    """
+    try:
+        refuse_unstamped(path)
+    except OutputError:
+        return False
+    return os.path.isfile(path)
+
+
+def starts_with(path: str | os.PathLike, *heads: bytes, within: int = 0) -> bool:
+    """Whether the regular file ``path`` starts with one of ``heads`` (``within``: or holds one in its first ``within``
+    bytes); False for anything that cannot be read. Example::
+
+        starts_with("leaks.csv", b"query_split,query_path,")
+    """
+    try:  # O_NONBLOCK: a FIFO is never waited on
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb", buffering=0) as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return False
+            first = fh.read(max(within, *map(len, heads)))
+    except OSError:
+        return False
+    return any(first.startswith(h) or (within and h in first) for h in heads)
+
+
 def what_is_at(path: str | os.PathLike) -> str | None:
     """What an input path holds when it is not a regular file (links followed): ``"nothing"``, ``"a folder"``, ``"a
     FIFO (named pipe)"``, ``"a device"`` or ``"a socket"``; None for a regular file. A FIFO given as ``--weights`` was

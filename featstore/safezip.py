@@ -190,5 +190,5 @@ def iter_npy(
 
 def _kinds(kinds: str) -> str:
     """ "iu" -> "integers"."""
-    names = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "V": "records"}
+    names = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "V": "records", "U": "text"}
     return " or ".join(dict.fromkeys(names[k] for k in kinds))

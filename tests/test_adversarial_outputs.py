@@ -164,7 +164,8 @@ def test_export_disk_full_at_the_rename_without_root(hostile_store, tmp_path, mo
     if fmt == "parquet":
         pytest.importorskip("pyarrow")
     out = tmp_path / f"x.{fmt}"
-    out.write_text("old")
+    featstore.export(hostile_store, "train", out)  # an earlier export: the only file an export replaces (attack 21)
+    old = out.read_bytes()
 
     def full(src, dst):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -172,7 +173,7 @@ def test_export_disk_full_at_the_rename_without_root(hostile_store, tmp_path, mo
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(OutputError, match="the disk is full"):
         featstore.export(hostile_store, "train", out)
-    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", f"x.{fmt}"]
+    assert out.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", f"x.{fmt}"]
 
 
 # ------------------------------------------------------------------ predict: cells, terminal, --out

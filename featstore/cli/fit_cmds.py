@@ -224,13 +224,13 @@ def leaks(
     png: Annotated[
         Optional[Path],
         typer.Option(
-            help="PNG of the top pairs side by side, written at exactly this name (default: <store>.leaks.png)."
+            help="PNG of the top pairs side by side, written at exactly this name (.png or none), replacing only a chart featstore drew (default: <store>.leaks.png)."
         ),
     ] = None,
     out: Annotated[
         Optional[Path],
         typer.Option(
-            help="Write every pair found to this CSV (query_split, query_path, train_path, similarity, same_label, same_bytes)."
+            help="Write every pair found to this CSV (query_split, query_path, train_path, similarity, same_label, same_bytes): a name ending in .csv; an existing file is replaced only when it is an earlier leaks CSV."
         ),
     ] = None,
 ) -> None:
@@ -242,8 +242,11 @@ def leaks(
 
     from featstore.errors import OutputError
     from featstore.experiments.leaks import find_leaks, leaks_csv, leaks_png, record_path, write_record
+    from featstore.experiments.leaks.draw import is_leaks_csv
     from featstore.outputs import (
         check_output,
+        check_own_output,
+        is_chart,
         refuse_foreign_image,
         refuse_image,
         refuse_run_files,
@@ -260,9 +263,10 @@ def leaks(
         never replaces a file featstore did not draw): no FIFO, link, folder or store; no run's file; no image of the
         dataset, nor a new file among its images that the next extract would train on."""
         check_output(path, what)
-        refuse_run_files(path, what)
-        if not chosen:
+        if not chosen:  # .png or no suffix; never over a file featstore did not draw (`--png notes` replaced notes)
             refuse_foreign_image(path, what)
+            check_own_output(path, what, "a chart (PNG)", (".png", ""), is_chart)
+        refuse_run_files(path, what)
         refuse_in_image_folders(path, store, what)
         if chosen:
             refuse_unstamped(path, what)
@@ -270,14 +274,13 @@ def leaks(
 
     if top < 1:
         raise FeatstoreError(f"--top must be at least 1, not {top}")
-    if png is not None and png.suffix and png.suffix.lower() != ".png":
-        raise FeatstoreError(f"--png {safe(png)}: the picture is a PNG; give a name ending in .png")
     for path, what in ((out, "--out"), (png, "--png")):
         if path is not None:  # before the search: a FIFO, link, folder, missing or read-only folder is one line now
-            if what == "--out":
+            if what == "--out":  # a .csv name; never over a file that is not an earlier leaks CSV (a saved model)
                 check_output(path, what)
                 refuse_run_files(path, what)  # nor a run's record
                 refuse_image(path, what)  # a CSV never replaces one of the dataset's images
+                check_own_output(path, what, "a leaks CSV", (".csv",), is_leaks_csv)
             else:
                 check_png(path, what)
             if not os.access(path.parent, os.W_OK):

@@ -76,7 +76,11 @@ def similar(
     k: Annotated[int, typer.Option("--k", "-k", help="How many neighbours.")] = 12,
     extractor: ExtractorOpt = None,
     html: Annotated[
-        Optional[Path], typer.Option(help="Also write the neighbours as a gallery (one HTML file).")
+        Optional[Path],
+        typer.Option(
+            help="Also write the neighbours as a gallery (one HTML file): a name ending in .html; an existing file is "
+            "replaced only when it is an earlier similar page."
+        ),
     ] = None,
     index: Annotated[
         Optional[bool],
@@ -113,9 +117,12 @@ def similar(
         raise ConfigError(f"--memory-budget must be more than 0 bytes, got {memory_budget!r}; write e.g. 512MB")
 
     if html is not None:
-        check_output(html, "--html")
+        from featstore.report.site.similar_page import check_similar_out
+
+        check_output(html, "--html")  # a link, FIFO, folder, store
         refuse_image(html, "--html")  # one of the dataset's images, say
         refuse_run_files(html, "--html")  # a run's record
+        check_similar_out(html)  # a name not .html, a file that is not an earlier page
     if build_index:
         from featstore.experiments.similar_index import build_similarity_index as build
 

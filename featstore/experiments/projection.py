@@ -32,7 +32,8 @@ from featstore.errors import ConfigError, StoreError
 from featstore.experiments.leaks.find import split_commit
 from featstore.experiments.leaks.search import query_blocks
 from featstore.keys import sign, user_key, verifies
-from featstore.safezip import check_zip
+from featstore.outputs import terminal_safe
+from featstore.safezip import check_zip, npy_header, read_npy
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -235,33 +236,54 @@ def _signed(path: Path, meta: str, xy: np.ndarray, sample: dict[str, np.ndarray]
 
 
 def _cached(cache, name: str, key: str, sample: dict[str, np.ndarray]):
-    """``(method, settings, seed, seconds, xy)`` of a cached layout of exactly the rows ``sample``, or None (a damaged
-    or crafted file is ignored: read bounded, its rows must be the ones sampled now, its points finite, and its HMAC
-    the one this user's featstore signed it with: a layout planted or copied with a store from elsewhere is made
-    again)."""
+    """``(method, settings, seed, seconds, xy)`` of a cached layout of exactly the rows ``sample``, or None. A damaged or
+    crafted file is made again, with one warning: each member is read through :mod:`featstore.safezip` with the shape
+    and dtype this layout must have, its header checked before anything is allocated (``np.load`` allocated the 10^12
+    values a planted 2 KB file's header declared), its rows must be the ones sampled now, its points finite, and its
+    HMAC the one this user's featstore signed it with (a layout planted or copied with a store from elsewhere)."""
     path = _cache_file(cache, name, key)
     splits = list(sample)
     secret = user_key()
-    if secret is None:  # (said once) nothing cached is trusted
+    if secret is None or not os.path.lexists(path):  # (said once) nothing cached is trusted; nothing cached
         return None
+    n = sum(len(r) for r in sample.values())
     try:
         check_zip(path)  # before anything is unpacked: no zip bombs
-        with np.load(path, allow_pickle=False) as z:
-            text, mac = str(z["meta"]), str(z["mac"]) if "mac" in z else None
-            meta = json.loads(text)
-            same = all(np.array_equal(z[f"rows_{i}"], sample[s]) for i, s in enumerate(splits))
-            xy = np.asarray(z["xy"], np.float32)
-        n = sum(len(r) for r in sample.values())
-        if not same or xy.shape != (n, 2) or not np.isfinite(xy).all() or meta["splits"] != splits:
-            return None
+        with zipfile.ZipFile(path) as z:
+            text = _small_text(z, "meta")
+            mac = _small_text(z, "mac") if "mac.npy" in z.namelist() else None
+            rows = [read_npy(z, f"rows_{i}.npy", "iu", (len(sample[s]),)) for i, s in enumerate(splits)]
+            same = all(np.array_equal(r, sample[s]) for r, s in zip(rows, splits))
+            xy = read_npy(z, "xy.npy", "f", (n, 2)).astype(np.float32, copy=False)
+        meta = json.loads(text)
+        if not same or not np.isfinite(xy).all() or meta["splits"] != splits:
+            raise ValueError("its rows are not the ones sampled now")
         if not verifies(secret, "maps", path.name, _signed(path, text, xy, sample), mac):
-            logger.warning("the cached map layout %s is made again: it is not signed with your featstore key", path)
+            logger.warning(
+                "the cached map layout %s is made again: it is not signed with your featstore key",
+                terminal_safe(str(path)),
+            )
             return None
         if not (isinstance(meta["method"], str) and isinstance(meta["settings"], dict)):
-            return None
+            raise ValueError("its record is not a layout's")
         return meta["method"], meta["settings"], int(meta["seed"]), float(meta["seconds"]), xy
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, RecursionError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, RecursionError, MemoryError) as exc:
+        why = terminal_safe(f"{type(exc).__name__}: {exc}"[:200])
+        logger.warning(
+            "the cached map layout %s is made again: it cannot be read as one (%s)", terminal_safe(str(path)), why
+        )
         return None
+
+
+_MAX_TEXT = 1 << 16  # characters of a layout's record or HMAC (a few hundred in a layout featstore wrote)
+
+
+def _small_text(z: zipfile.ZipFile, member: str) -> str:
+    """The text array ``member``.npy of a layout (shape ()), its header checked first: at most :data:`_MAX_TEXT`."""
+    _, _, dtype, _ = npy_header(z, f"{member}.npy", "U", ())
+    if dtype.itemsize > 4 * _MAX_TEXT:
+        raise ValueError(f"{member}.npy declares {dtype.itemsize // 4:,} characters, more than a layout holds")
+    return str(read_npy(z, f"{member}.npy", "U", ()))
 
 
 def _store(cache, name: str, key: str, proj: Projection) -> None:

@@ -57,7 +57,8 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError, choices_error
-from featstore.outputs import csv_cell, probe_output, refuse_image, write_atomic
+from featstore.outputs import check_own_output, csv_cell, probe_output, refuse_image, write_atomic
+from featstore.store.export_files import SUFFIXES, is_export
 from featstore.store.reader import FeatureStore
 from featstore.store.shards import refuse_shard_folder, write_shards
 
@@ -94,7 +95,8 @@ def export(
 ) -> ExportResult:
     """Write one split's features, labels, class names and paths to ``out``, block by block.
 
-    ``format`` is npz, parquet or csv (default: from the suffix of ``out``). ``features`` is ``flat``
+    ``format`` is npz, parquet or csv (default: from the suffix of ``out``, which must be its: an existing ``out`` is
+    replaced only when it is an earlier export, :mod:`featstore.store.export_files`). ``features`` is ``flat``
     (every value) or ``avg``/``max`` (global pooling over space of (N, h, w, c) features; features
     already pooled at extraction are written as they are). ``max_bytes`` bounds the features read per
     block (raised to one chunk if smaller). ``augmented=True`` writes the split's augmented copies instead, with
@@ -131,6 +133,7 @@ def export(
     if rows_per_file is None:
         probe_output(out, "--out")  # a link, a missing or non-folder parent, a folder no file can be made in: first
         refuse_image(out, "--out")  # an image of the dataset, say
+        check_own_output(out, "--out", f"an export ({fmt})", SUFFIXES[fmt], lambda p: is_export(p, fmt))  # model.keras
     info = fs.split_info(split, name, augmented=augmented)  # StoreError naming the splits there (or the missing copies)
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
     if features != "flat" and len(shape) != 3:

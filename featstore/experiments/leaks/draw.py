@@ -10,21 +10,39 @@ from pathlib import Path
 import numpy as np
 
 from featstore.experiments.leaks.result import LeakPair, LeakReport
-from featstore.outputs import CHART_METADATA, csv_cell, terminal_safe, write_atomic, write_text
+from featstore.outputs import (
+    CHART_METADATA,
+    check_own_output,
+    csv_cell,
+    starts_with,
+    terminal_safe,
+    write_atomic,
+    write_text,
+)
 
 logger = logging.getLogger(__name__)
+
+
+HEADER = ",".join(LeakPair._fields)  # the first line of every leaks CSV (how one is known again)
+
+
+def is_leaks_csv(path: str | os.PathLike) -> bool:
+    """Whether ``path`` starts with a leaks CSV's header line (what ``leaks --out`` may replace)."""
+    return starts_with(path, HEADER.encode() + b"\r\n", HEADER.encode() + b"\n")
 
 
 def leaks_csv(report: LeakReport, out: str | os.PathLike) -> Path:
     """Every reported pair as CSV ``query_split,query_path,train_path,similarity,same_label,same_bytes``.
 
-    Written to a temporary file and renamed (never through a link, never half a file); text cells are neutralised
-    for spreadsheets (:func:`~featstore.outputs.csv_cell`); file names that are not UTF-8 keep their bytes.
+    ``out`` must end in ``.csv`` and, when it exists, be an earlier leaks CSV (:func:`is_leaks_csv`): a saved model or
+    a script there is refused, never replaced. Written to a temporary file and renamed (never through a link, never
+    half a file); text cells are neutralised for spreadsheets (:func:`~featstore.outputs.csv_cell`); file names that are not UTF-8 keep their bytes.
 
     >>> leaks_csv(find_leaks("features.h5"), "leaks.csv")       # doctest: +SKIP
     PosixPath('leaks.csv')
     """
-    lines = [",".join(LeakPair._fields)]
+    check_own_output(out, "--out", "a leaks CSV", (".csv",), is_leaks_csv)
+    lines = [HEADER]
     lines += [
         ",".join(
             (

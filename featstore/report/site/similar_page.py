@@ -1,7 +1,9 @@
 """``featstore similar --html``: the query and its neighbours as one HTML file that stands alone.
 
 The thumbnails come from the store's thumbnail cache and are embedded as ``data:`` URIs, so the file can be moved
-or mailed; names are escaped by the template (autoescape). Each image links to its file (``file://``).
+or mailed; names are escaped by the template (autoescape). Each image links to its file (``file://``). The page
+carries :data:`MARKER` in its head: ``--html`` replaces only a file that does (:func:`is_similar_page`), and takes only
+a name ending in ``.html`` or ``.htm``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,27 @@ from pathlib import Path
 
 from featstore.caches import CacheNotMade
 from featstore.experiments.similar import SimilarResult
+from featstore.outputs import check_own_output, starts_with
 from featstore.report.site.build import cache_dir
 from featstore.report.site.render import render, static_text
 from featstore.report.site.thumbs import ThumbCache
 
 logger = logging.getLogger(__name__)
+
+
+MARKER = b'<meta name="generator" content="featstore similar">'  # in the first lines of every page written here
+SUFFIXES = (".html", ".htm")
+
+
+def is_similar_page(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a page :func:`similar_html` wrote (its :data:`MARKER` within the first 1 KiB)."""
+    return starts_with(path, MARKER, within=1024)
+
+
+def check_similar_out(out: str | os.PathLike, what: str = "--html") -> Path:
+    """Refuse, before any work, an ``out`` that is not an ``.html`` name or holds a file that is not such a page
+    (``--html train.py`` replaced a script); returns it."""
+    return check_own_output(out, what, "a similar-images page", SUFFIXES, is_similar_page)
 
 
 def similar_html(result: SimilarResult, out: str | os.PathLike, store: str | os.PathLike) -> Path:
@@ -28,6 +46,7 @@ def similar_html(result: SimilarResult, out: str | os.PathLike, store: str | os.
 
         similar_html(similar("test/bag/test_00017.png", "features.h5"), "bag.html", "features.h5")
     """
+    check_similar_out(out)
     root = result.source_root
     if result.query_kind == "stored":
         query_source = os.path.join(root, result.query) if root and not os.path.isabs(result.query) else result.query

@@ -2,8 +2,10 @@
 
 A thumbnail is the image as the model saw it (square, :func:`featstore.images.decode.load_image`: regular files only,
 bounded decoding) at ``side`` pixels, saved as PNG under ``<store>.cache/thumbs/<ab>/<key>.png``. Its key is a digest
-of the file's absolute path, size and modification time and of the side, so a changed image gets a new thumbnail and
-an unchanged one is never decoded again. An image that cannot be read gets no thumbnail: its reason is cached as
+of the file's absolute path, size, modification time, inode and change time (``st_ctime_ns``, which no user can set:
+a picture replaced by another of the same size with its mtime kept, as ``cp -p``, ``rsync -a`` or ``tar x`` leave it,
+still gets a new one) and of the side, so a changed image gets a new thumbnail and an unchanged one is never decoded
+again. An image that cannot be read gets no thumbnail: its reason is cached as
 ``<key>.txt`` (for a file that exists; its first line the reason's HMAC) and the pages show a placeholder with it. A
 cached thumbnail is reused only when ``<key>.mac`` beside it holds its HMAC under this user's key
 (:mod:`featstore.keys`), a note only when its HMAC verifies: one planted there, or copied with a store from another
@@ -52,9 +54,8 @@ def _key(source: str, side: int) -> str | None:
         st = os.stat(source)
     except OSError:
         return None
-    what = b"\0".join(
-        [os.fsencode(source), str(st.st_size).encode(), str(st.st_mtime_ns).encode(), b"%d/%d" % (side, VERSION)]
-    )
+    stamp = b"%d/%d/%d/%d" % (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)  # ctime: set by the system only
+    what = b"\0".join([os.fsencode(source), stamp, b"%d/%d" % (side, VERSION)])
     return hashlib.sha256(what).hexdigest()[:32]
 
 

@@ -1,0 +1,42 @@
+"""Whether a file is one ``featstore export`` wrote, so that an export may replace it
+(:func:`featstore.outputs.check_own_output`): a CSV starting with export's header, an ``.npz`` holding export's
+members only, a Parquet file whose schema carries export's ``featstore`` metadata. Anything else at ``--out`` (a
+script, a saved model, notes) is refused, never replaced.
+
+>>> SUFFIXES["parquet"]
+('.parquet', '.pq')
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+from featstore.outputs import starts_with
+
+SUFFIXES = {"npz": (".npz",), "parquet": (".parquet", ".pq"), "csv": (".csv",)}  # the names each format is written to
+_NPZ_MEMBERS = {"features.npy", "labels.npy", "paths.npy", "class_names.npy", "copy.npy"}
+
+
+def is_export(path: str | os.PathLike, fmt: str) -> bool:
+    """Whether the regular file ``path`` is an export of format ``fmt`` (npz, parquet or csv); False for anything
+    else, or a file that cannot be read. Example::
+
+        is_export("train.npz", "npz")
+    """
+    path = Path(path)
+    if fmt == "csv":
+        return starts_with(path, b"path,label,class,")
+    if not starts_with(path, b"PK\x03\x04" if fmt == "npz" else b"PAR1"):  # a FIFO, an unreadable file: not ours
+        return False
+    try:
+        if fmt == "npz":
+            with zipfile.ZipFile(path) as z:  # its directory only
+                names = set(z.namelist())
+            return {"features.npy", "labels.npy"} <= names <= _NPZ_MEMBERS
+        import pyarrow.parquet
+
+        return b"featstore" in (pyarrow.parquet.read_schema(path).metadata or {})
+    except (OSError, ValueError, zipfile.BadZipFile, ImportError):  # pyarrow's errors are OSError or ValueError
+        return False
