@@ -162,3 +162,27 @@ def test_a_same_size_replacement_with_its_mtime_kept_gets_a_new_thumbnail(tmp_pa
     thumb = cache.make([str(img)])[str(img)]
     shown = np.asarray(Image.open(cache.path(thumb.key)).convert("RGB")).mean((0, 1))
     assert cache.reused == 0 and shown[2] > 200 and shown[0] < 50, shown
+
+
+# ------------------------------------------------------------------ 12. every chart option: one check
+def test_every_chart_option_refuses_a_run_s_own_figure_and_a_file_not_ours(store, tmp_path):
+    """Finding 12: ``runs compare --out``, ``sweep``/``probe``/``fewshot --png`` replaced a run's own
+    ``confusion_test.png`` (featstore-stamped, so the foreign-image check let it), and a text file named without a
+    suffix; every chart option now goes through ``compare.check_chart_name`` (leaks' own copy of the checks is gone).
+    Sabotage: ``refuse_run_files`` removed from ``check_chart_name`` fails the first half, its ``check_own_output``
+    the second."""
+    assert cli("fit", "--store", store, "--clf", "logreg", "--validation", "none").exit_code == 0
+    (run,) = [p for p in (tmp_path / "s.runs").iterdir() if p.is_dir()]
+    assert cli("runs", "--store", store, "show", run.name).exit_code == 0  # writes the run's confusion_*.png
+    own = next(run.glob("confusion_*.png"))
+    notes = tmp_path / "notes"
+    notes.write_text("# my notes\n")
+    for args in (
+        ("runs", "--store", store, "compare", "--out"),
+        ("sweep", "--store", store, "--clf", "logreg", "--param", "logreg:C=1", "--png"),
+        ("probe", "--store", store, "--png"),
+        ("fewshot", "--store", store, "--png"),
+        ("leaks", "--store", store, "--png"),
+    ):
+        _refused((*args, own), own, "inside the run folder")
+        _refused((*args, notes), notes, "is not a chart (PNG) featstore wrote")

@@ -177,7 +177,7 @@ def test_png_name_is_written_exactly_and_said_truly(small, tmp_path):
     with Image.open(tmp_path / "pairs") as im:
         assert im.format == "PNG"
     line = one_line_error(run("leaks", "--store", small, "--png", tmp_path / "pairs.jpg"))
-    assert "featstore writes a chart (PNG) there; give a name ending in .png" in line
+    assert "the chart is a PNG; give a name ending in .png" in line  # compare.check_chart_name, every chart option
     r = run("leaks", "--store", small, "--png", tmp_path / "UPPER.PNG")
     assert r.exit_code == 0 and (tmp_path / "UPPER.PNG").is_file()
 

@@ -241,36 +241,22 @@ def leaks(
     import os
 
     from featstore.errors import OutputError
+    from featstore.experiments.compare import check_chart_name
     from featstore.experiments.leaks import find_leaks, leaks_csv, leaks_png, record_path, write_record
     from featstore.experiments.leaks.draw import is_leaks_csv
     from featstore.outputs import (
         check_output,
         check_own_output,
-        is_chart,
-        refuse_foreign_image,
         refuse_image,
         refuse_run_files,
-        refuse_unstamped,
         terminal_safe,
     )
-    from featstore.store.folders import refuse_in_image_folders
 
     def safe(p: object) -> str:
         return terminal_safe(str(p))
 
     def check_png(path: Path, what: str, chosen: bool = False) -> Path:
-        """The chart's checks, for --png and for the name featstore chose (``chosen``: <store>.leaks.png, which also
-        never replaces a file featstore did not draw): no FIFO, link, folder or store; no run's file; no image of the
-        dataset, nor a new file among its images that the next extract would train on."""
-        check_output(path, what)
-        if not chosen:  # .png or no suffix; never over a file featstore did not draw (`--png notes` replaced notes)
-            refuse_foreign_image(path, what)
-            check_own_output(path, what, "a chart (PNG)", (".png", ""), is_chart)
-        refuse_run_files(path, what)
-        refuse_in_image_folders(path, store, what)
-        if chosen:
-            refuse_unstamped(path, what)
-        return path
+        return check_chart_name(path, what, store, chosen)
 
     if top < 1:
         raise FeatstoreError(f"--top must be at least 1, not {top}")

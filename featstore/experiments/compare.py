@@ -22,7 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError
-from featstore.outputs import check_output, refuse_foreign_image, write_atomic
+from featstore.outputs import (
+    check_output,
+    check_own_output,
+    is_chart,
+    refuse_foreign_image,
+    refuse_run_files,
+    refuse_unstamped,
+    write_atomic,
+)
 from featstore.runs.files import output_path
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, get_run, list_runs, runs_root
 from featstore.runs.record import RunRecord
@@ -169,17 +177,27 @@ def _bare(y: np.ndarray, pred: np.ndarray, k: int) -> dict:
     return {"n": len(y), "accuracy": float(np.mean(pred == y)), "confusion_matrix": cm}
 
 
-def check_chart_name(out: str | os.PathLike, what: str = "--out", store: str | os.PathLike | None = None) -> Path:
-    """The name of a chart, refused before any work unless it can take a PNG: a name ending in .png (or with no
-    suffix: the PNG is written at exactly that name) in a folder that exists, not a link, FIFO or folder, nor an image
-    that featstore did not draw (one of the dataset's, say), nor inside an image folder of ``store``."""
+def check_chart_name(
+    out: str | os.PathLike, what: str = "--out", store: str | os.PathLike | None = None, chosen: bool = False
+) -> Path:
+    """The name of a chart (``runs compare --out``, every ``--png``), refused before any work unless it can take a
+    PNG: a name ending in .png (or with no suffix: the PNG is written at exactly that name) in a folder that exists,
+    not a link, FIFO or folder; never over a file featstore did not draw (an image of the dataset, notes, a script),
+    nor a run's own file (``confusion_test.png``: attack 21), nor a new file among ``store``'s images that the next
+    extract would train on. ``chosen``: a name featstore chose (``<store>.leaks.png``), which replaces only a PNG it
+    stamped."""
     out = Path(out)
-    if out.suffix and out.suffix.lower() != ".png":
+    if not chosen and out.suffix and out.suffix.lower() != ".png":
         raise OutputError(f"{what} {out}: the chart is a PNG; give a name ending in .png")
     check_output(out, what)
-    refuse_foreign_image(out, what)
+    if not chosen:
+        refuse_foreign_image(out, what)
+        check_own_output(out, what, "a chart (PNG)", (".png", ""), is_chart)
+    refuse_run_files(out, what)
     if store is not None:
         refuse_in_image_folders(out, store, what)
+    if chosen:
+        refuse_unstamped(out, what)
     return out
 
 
