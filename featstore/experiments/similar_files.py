@@ -9,7 +9,8 @@ ValueError traceback (attack 18); a non-finite score met by a search refuses the
 
 ``index.json`` is signed (:func:`seal`): an HMAC-SHA256 under this user's key (:mod:`featstore.keys`) of its whole
 content, which holds the sha256 of both data files and ``vectors.npy``'s identity when it was last checked (size,
-inode, device, mtime and ctime in ns; a user cannot set a ctime). A query trusts ``vectors.npy`` (N x dims, up to a
+inode, device, mtime and ctime in ns; a user cannot set a ctime), taken by the build from the descriptor that wrote
+the file, after its rename, never by name (:func:`renamed_identity`; attack 22). A query trusts ``vectors.npy`` (N x dims, up to a
 GB) without hashing it while its identity is the signed one; otherwise it is hashed once (:func:`check_vectors`): the
 signed digest re-signs the record with the new identity (an index copied with ``cp -a``), any other one is
 :class:`NotSigned`, as an index.json that does not verify (planted, copied from another user, older format): ``similar``
@@ -67,6 +68,36 @@ def unsigned(meta: dict, key: bytes) -> str | None:
     """Why ``meta`` is not an index record this user's featstore signed; None when it is."""
     why = keys.unsealed(key, KIND, "index.json", meta)
     return f"its index.json {why.removeprefix('it ')}" if why else None
+
+
+def written(fh, held: dict, name: str) -> None:
+    """Record the index file ``name`` that ``fh`` has just written (its last write): flushed, fsync'ed, its fstat and
+    a duplicate of its descriptor kept in ``held`` for :func:`renamed_identity` (held open, its inode cannot be freed
+    and given to another file before the identity is taken)."""
+    fh.flush()
+    os.fsync(fh.fileno())
+    held[name] = (os.dup(fh.fileno()), os.fstat(fh.fileno()))
+
+
+def renamed_identity(at: Path, folder: Path, name: str, fd: int, before: os.stat_result) -> os.stat_result:
+    """The stat to sign for the index file ``name`` renamed into the folder open at ``at`` (shown as ``folder``): the
+    fstat of the descriptor ``fd`` that wrote it (:func:`written`), taken after the rename (which changes its ctime on
+    Linux), never a stat read by name. OutputError when the name does not hold that same file (inode and device) or the
+    file's size or mtime changed since its last write: another process renamed a file onto it, or wrote into it, while
+    the index was built (attack 22: a planted vectors.npy was signed and trusted unhashed from then on)."""
+    after = os.fstat(fd)
+    try:
+        there = os.lstat(at / name)  # compared only: what is signed is ``after``
+    except FileNotFoundError:
+        there = None
+    same = there is not None and (there.st_ino, there.st_dev) == (after.st_ino, after.st_dev)
+    if not same or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise OutputError(
+            f"the similarity index file {terminal_safe(str(folder / name))} is not the file featstore just wrote "
+            f"(another process replaced or changed it while the index was built); nothing was signed. Build it again "
+            f"once nothing else writes into {terminal_safe(str(folder))}, or search with --exact"
+        )
+    return after
 
 
 def check_vectors(fh, meta: dict) -> list[int] | None:

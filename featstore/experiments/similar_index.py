@@ -52,13 +52,14 @@ from featstore.experiments.similar_files import (
     read_model,
     recorded,
     refuse_index_files,
+    renamed_identity,
     sample_rows,
     seal,
     unsigned,
+    written,
 )
 from featstore.keys import user_key
 from featstore.outputs import output_fix, terminal_safe
-from featstore.provenance import sha256_file
 from featstore.store.layout import PATH_ERRORS, validate_labels
 from featstore.store.reader import FeatureStore
 from featstore.store.strings import refuse_long
@@ -254,21 +255,29 @@ def build_similarity_index(
                     sha.update(block)
                 off += len(X)
             digest["vectors.npy"] = sha.hexdigest()
+            written(fh, held, "vectors.npy")  # its identity: from this descriptor, never read by name (attack 22)
             if off != n:
                 raise StoreError(
                     f"{name}/{split} gave {off:,} rows while the index was written, not {n:,}; build it again"
                 )
 
-    root, digest = _levels(folder)[0], {}
-    write_cached(root, folder / "vectors.npy", fill, "similarity index", AGAIN)
+    root, digest, held = _levels(folder)[0], {}, {}  # held: name -> (descriptor that wrote it, its fstat then)
 
     def model(tmp: Path) -> None:
+        data = io.BytesIO()  # hashed as written (hashing the temporary by name signed whatever was renamed there)
+        np.savez(data, mean=centre.mean, components=components, pca_mean=pca_mean)
+        digest["model.npz"] = hashlib.sha256(data.getvalue()).hexdigest()  # checked at load: it decides every score
         with open(tmp, "wb") as fh:
-            np.savez(fh, mean=centre.mean, components=components, pca_mean=pca_mean)
-        digest["model.npz"] = sha256_file(tmp)  # checked at load: the mean and components decide every score
+            fh.write(data.getvalue())
+            written(fh, held, "model.npz")
 
-    write_cached(root, folder / "model.npz", model, "similarity index", AGAIN)
-    stats = _stats(folder, ("vectors.npy", "model.npz"))
+    try:
+        write_cached(root, folder / "vectors.npy", fill, "similarity index", AGAIN)
+        write_cached(root, folder / "model.npz", model, "similarity index", AGAIN)
+        stats = _stats(folder, held)
+    finally:
+        for fd, _ in held.values():
+            os.close(fd)
     meta = {
         "format": FORMAT,
         "extractor": name,
@@ -297,10 +306,10 @@ def build_similarity_index(
     return meta
 
 
-def _stats(folder: Path, files: tuple[str, ...]) -> dict[str, os.stat_result]:
-    """The lstat of some files of the index folder, read through its checked descriptor."""
+def _stats(folder: Path, held: dict) -> dict[str, os.stat_result]:
+    """The stat to sign of each file written into the index folder (:func:`.similar_files.renamed_identity`)."""
     with opened_cache(*_levels(folder), what=WHAT, again=AGAIN) as at:
-        return {f: os.lstat((at or folder) / f) for f in files}
+        return {f: renamed_identity(at or folder, folder, f, fd, st) for f, (fd, st) in held.items()}
 
 
 def _cannot_write(folder: Path, exc: OSError, where: Path) -> OutputError:

@@ -5,11 +5,14 @@ bounded decoding) at ``side`` pixels, saved as PNG under ``<store>.cache/thumbs/
 of the file's absolute path, size, modification time, inode and change time (``st_ctime_ns``, which no user can set:
 a picture replaced by another of the same size with its mtime kept, as ``cp -p``, ``rsync -a`` or ``tar x`` leave it,
 still gets a new one) and of the side, so a changed image gets a new thumbnail and an unchanged one is never decoded
-again. An image that cannot be read gets no thumbnail: its reason is cached as
-``<key>.txt`` (for a file that exists; its first line the reason's HMAC) and the pages show a placeholder with it. A
-cached thumbnail is reused only when ``<key>.mac`` beside it holds its HMAC under this user's key
-(:mod:`featstore.keys`), a note only when its HMAC verifies: one planted there, or copied with a store from another
-user, is made again (without a key, every thumbnail is, and no note is kept).
+again. An image that cannot be read gets no thumbnail and the pages show a placeholder with its reason, cached as
+``<key>.txt`` (its first line the reason's HMAC, which covers the Pillow version) only when it is a property of the
+file's bytes (:func:`permanent`: not an image Pillow identifies, truncated, a decompression bomb): a failure that may
+pass (out of memory, an I/O error, no permission, a file that vanished or blocked) is tried again next time (a note
+for it showed a placeholder for a readable image for ever; attack 21). A cached thumbnail is reused only when
+``<key>.mac`` beside it holds its HMAC under this user's key (:mod:`featstore.keys`), a note only when its HMAC
+verifies: one planted there, or copied with a store from another user, is made again (without a key, every thumbnail
+is, and no note is kept).
 
 >>> cache = ThumbCache(Path("features.h5.cache/thumbs"))      # doctest: +SKIP
 >>> cache.make(["/data/test/bag/1.png"])["/data/test/bag/1.png"].reason   # doctest: +SKIP
@@ -109,9 +112,9 @@ class ThumbCache:
         target = self.path(key)
         try:
             if img is None:
-                if self._secret is not None:  # "<HMAC>\n<reason>": a planted note would hide a good image in reports
+                if self._secret is not None and permanent(reason):  # "<HMAC>\n<reason>": a planted one hid an image
                     note = reason[:MAX_REASON]
-                    mac = sign(self._secret, "thumb-note", target.name, note.encode("utf-8", "surrogateescape"))
+                    mac = sign(self._secret, "thumb-note", _noted(target.name), note.encode("utf-8", "surrogateescape"))
                     write_cached_text(
                         self.folder.parent, target.with_suffix(".txt"), f"{mac}\n{note}", "thumbnail cache"
                     )
@@ -190,9 +193,37 @@ def _note(secret: bytes | None, path: Path, name: str) -> str | None:
             mac, _, reason = fh.read(4 * MAX_REASON + 130).partition("\n")
     except (OSError, ValueError):
         return None
-    if not reason or not verifies(secret, "thumb-note", name, reason.encode("utf-8", "surrogateescape"), mac):
+    if not permanent(reason) or not verifies(
+        secret, "thumb-note", _noted(name), reason.encode("utf-8", "surrogateescape"), mac
+    ):
         return None
     return reason
+
+
+def permanent(reason: str) -> bool:
+    """Whether a decoding failure (:func:`featstore.images.decode.load_image`'s reason) is a property of the file's
+    bytes, worth a note: not an image Pillow identifies, empty, over the pixel limit, or what Pillow said of its content
+    (truncated, a decompression bomb). Never an OSError with an errno (I/O error, no permission), running out of
+    memory, a file that vanished or blocked, nor a file reporting 0 bytes (a pseudo-file): these may pass.
+
+    >>> permanent("cannot decode: image file is truncated (8 bytes not processed)")
+    True
+    >>> permanent("out of memory while decoding"), permanent("cannot decode: [Errno 5] Input/output error")
+    (False, False)
+    """
+    if "[Errno " in reason or "(it reports 0 bytes" in reason:
+        return False
+    return reason.startswith(
+        ("not an image Pillow can identify", "empty file (0 bytes)", "refused: ", "cannot decode: ")
+    )
+
+
+def _noted(name: str) -> str:
+    """What a failure note's HMAC is bound to: the thumbnail's name and the Pillow version (an upgraded Pillow may read
+    the file: its notes are not trusted, the file is decoded again)."""
+    import PIL
+
+    return f"{name}/pillow-{PIL.__version__}"
 
 
 def _regular(path: Path, at_most: int | None = None) -> bool:
