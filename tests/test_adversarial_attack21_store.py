@@ -59,3 +59,34 @@ def test_a_store_with_a_large_attribute_of_any_kind_survives_compaction(tmp_path
     compact(tmp_path / "s.h5")
     with h5py.File(tmp_path / "s.h5", "r") as f:
         assert f.attrs["notes"].shape == (9_000,)
+
+
+def test_compaction_copies_a_listing_through_the_measured_reads(tmp_path):
+    """Attack 22 #8: compaction copied a split's listing with HDF5's own object copy, which measures nothing: 800 rows
+    whose heap IDs all name one 1 MiB string made a 2.2 MB store 840 MB (and 1.7 GB of memory), put in place of the
+    store, before anything refused the column. Now the copy reads the column a block at a time through
+    ``strings.refuse_long``: refused in one line, the store untouched. Sabotage: HDF5's copy back fails it."""
+    import h5py
+
+    from featstore.errors import StoreError
+    from featstore.store.compact import compact
+    from featstore.store.layout import STR
+
+    path, rows, big = tmp_path / "s.h5", 64, 1 << 20
+    write_arrays(path, "x", "train", np.ones((rows, 2), np.float32), np.arange(rows) % 2, ["a", "b"])
+    with h5py.File(path, "a") as f:
+        lg = f["x/train"].create_group("listing")
+        paths = np.array(["x" * big] + [f"r{i}" for i in range(1, rows)], dtype=object)
+        offset = lg.create_dataset("paths", data=paths, dtype=STR).id.get_offset()
+        lg.create_dataset("labels", data=np.arange(rows, dtype=np.int32) % 2)
+        for key in ("sizes", "mtimes_ns"):
+            lg.create_dataset(key, data=np.ones(rows, np.int64))
+    with open(path, "r+b") as fh:  # every row's 16-byte heap ID made row 0's: one 1 MiB string, 64 times
+        fh.seek(offset)
+        first = fh.read(16)
+        fh.seek(offset)
+        fh.write(first * rows)
+    before = path.stat().st_size
+    with pytest.raises(StoreError, match=r"listing/paths: row 0 holds a string of 1,048,576 bytes"):
+        compact(path)
+    assert path.stat().st_size == before
