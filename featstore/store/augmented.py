@@ -10,10 +10,11 @@ ask here before they trust a row.
 
 from __future__ import annotations
 
-from featstore.provenance import AUGMENTED, plain
+from featstore.provenance import AUGMENTED
 from featstore.store.layout import read_paths
 from featstore.store.locking import StoreFile
 from featstore.store.metadata import open_split
+from featstore.store.strings import read_attr
 
 
 def copy_problems(store: StoreFile, name: str, split: str, *, block: int = 1 << 16) -> list[str]:
@@ -32,7 +33,7 @@ def copy_problems(store: StoreFile, name: str, split: str, *, block: int = 1 << 
                 ag, commit = open_split(f, path, name, split, augmented=True)
                 index = {p: r for r, p in enumerate(read_paths(sg["paths"], plain_commit.rows))}
                 y = sg["labels"][: plain_commit.rows]
-                k, rows = int(plain(ag.attrs["augment_copies"])), commit.rows
+                k, rows = int(read_attr(ag, "augment_copies", where, most=1)), commit.rows
             j = min(i + block, rows)
             ag = f[name][split][AUGMENTED]
             paths, labels, copy = read_paths(ag["paths"], j, i), ag["labels"][i:j], ag["copy"][i:j]

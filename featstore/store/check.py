@@ -29,7 +29,7 @@ from featstore.store.layout import (
 from featstore.store.locking import StoreFile
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
-from featstore.store.strings import bounded_attrs, read_attr, refuse_long, unreadable_strings
+from featstore.store.strings import bounded_attrs, read_attr, read_names, refuse_long, unreadable_strings
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
@@ -154,9 +154,9 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
             key,
             commit.rows,
             step,
-            len(plain(ag.attrs["class_names"])),
+            len(read_names(ag, "class_names", where)),
             "",
-            int(plain(ag.attrs["augment_copies"])),
+            int(read_attr(ag, "augment_copies", where, most=1)),
         )
     )
     return out

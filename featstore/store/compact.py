@@ -21,7 +21,7 @@ from featstore.provenance import AUGMENTED
 from featstore.store.layout import LISTING, ROW_DATASETS, hard_groups, read_commit
 from featstore.store.locking import DENSE_ATTRS_LIBVER, StoreFile
 from featstore.store.space import ensure_space
-from featstore.store.strings import measured_attr, refuse_long
+from featstore.store.strings import raw_attr, refuse_long
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ def _large_attrs(src: h5py.File) -> bool:
     groups = [src] + [src[n] for n in hard_groups(src)]
     groups += [g[s] for g in groups[1:] for s in hard_groups(g)]
     return any(
-        sum(math.prod(a.shape or ()) * a.dtype.itemsize for a in map(g.attrs.get_id, g.attrs)) > DENSE_ATTRS_BYTES
+        sum(math.prod(a.shape or ()) * a.get_type().get_size() for a in map(g.attrs.get_id, g.attrs))
+        > DENSE_ATTRS_BYTES
         for g in groups
     )
 
@@ -120,8 +121,7 @@ def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> N
 def _copy_attrs(src, dst) -> None:
     """Every attribute of ``src`` onto ``dst``, values and types as stored, each measured before it is read."""
     for key in src.attrs:
-        measured_attr(src, key, f"{src.file.filename}:{src.name} attribute")
-        dst.attrs[key] = src.attrs[key]
+        dst.attrs[key] = raw_attr(src, key, f"{src.file.filename}:{src.name} attribute")
 
 
 def _copy_rows(ds: h5py.Dataset, group: h5py.Group, key: str, n: int) -> None:

@@ -41,7 +41,7 @@ def same_split(f: h5py.File, key: str, seen: tuple | None, where: str) -> tuple:
     sg = f.get(key, getlink=True)
     sg = f[key] if isinstance(sg, h5py.HardLink) and isinstance(f[key], h5py.Group) else None
     names = ("split_id", "started_at", "finished_at", "commit")
-    version = ("gone",) if sg is None else tuple(str(plain(sg.attrs.get(k))) for k in names)
+    version = ("gone",) if sg is None else tuple(str(read_attr(sg, k, where, 3, None)) for k in names)
     if seen is not None and version != seen:
         raise StoreError(
             f"{where} was replaced while it was being read (re-extracted by another process?): its rows would mix two "
@@ -66,10 +66,11 @@ def read_commit(sg, where: str) -> Commit:
     """
     if "commit" not in sg.attrs:
         return Commit(0, 0, 0)
-    raw = np.asarray(sg.attrs["commit"])
+    value = read_attr(sg, "commit", where, most=16)  # measured and bounded: it goes into the message below
+    raw = np.asarray(value if isinstance(value, list) and all(type(v) is int for v in value) else [value])
     if raw.shape != (3,) or raw.dtype.kind not in "iu":
         raise StoreError(
-            f"{where}: attribute commit is {plain(raw)!r}, expected three integers [rows, failed, images_done]: "
+            f"{where}: attribute commit is {shown(str(value), 60)}, expected three integers [rows, failed, images_done]: "
             f"the store is damaged. Re-extract this split with --overwrite."
         )
     rows, failed, done = (int(v) for v in raw)
@@ -93,10 +94,10 @@ def read_commit(sg, where: str) -> Commit:
             f"{where}: commit says {failed} failure records but failed/paths holds {sg['failed']['paths'].shape[0]}. "
             f"Re-extract this split with --overwrite."
         )
-    n_images = sg.attrs.get("n_images")
-    if n_images is not None and done > int(plain(n_images)):
+    n_images = read_attr(sg, "n_images", where, most=1, default=None)
+    if isinstance(n_images, (int, float)) and done > n_images:
         raise StoreError(
-            f"{where}: commit says {done} images done of n_images {plain(n_images)}: the store is damaged. "
+            f"{where}: commit says {done} images done of n_images {n_images}: the store is damaged. "
             f"Re-extract this split with --overwrite."
         )
     return Commit(rows, failed, done)
@@ -161,17 +162,16 @@ def validate_split(sg, where: str, extractor: dict | None = None) -> Commit:
         raise StoreError(
             f"{where}: class_names {named if twice else 'hold an empty name'}; every class needs its own name. {redo}"
         )
+    value = read_attr(sg, "n_images", where, most=16)  # measured, a few items at most, before it is read or shown
     try:
-        n_images = int(plain(sg.attrs["n_images"]))
+        n_images = int(value)
     except (TypeError, ValueError, OverflowError):
         n_images = -1
-    complete = sg.attrs["complete"]
-    if not (
-        isinstance(complete, (bool, np.bool_)) or (isinstance(complete, (int, np.integer)) and int(complete) in (0, 1))
-    ):
-        raise StoreError(f"{where}: attribute complete is {plain(complete)!r}, expected true or false. {redo}")
+    complete = read_attr(sg, "complete", where, most=16)
+    if not isinstance(complete, (bool, int)) or int(complete) not in (0, 1):
+        raise StoreError(f"{where}: attribute complete is {shown(str(complete), 60)}, expected true or false. {redo}")
     if n_images < 0:
-        raise StoreError(f"{where}: n_images is {plain(sg.attrs['n_images'])!r}, expected a count. {redo}")
+        raise StoreError(f"{where}: n_images is {shown(str(value), 60)}, expected a count. {redo}")
     commit = read_commit(sg, where)  # a commit past n_images is named as such, before the listing's length
     _validate_listing(sg, where, redo, n_images)
     return commit
@@ -217,7 +217,7 @@ def validate_augmented(ag, where: str, extractor: dict | None, source: Commit) -
     missing = [k for k in AUGMENT_ATTRS if k not in ag.attrs]
     if missing:
         raise StoreError(f"{where}: attributes missing: {', '.join(missing)}. {redo}")
-    a = {k: plain(ag.attrs[k]) for k in AUGMENT_ATTRS}
+    a = {k: read_attr(ag, k, where, most=1) for k in AUGMENT_ATTRS}  # one item each: shown cut below all the same
     ints = [a[k] for k in ("augment_copies", "augment_seed", "source_rows")]
     if (
         not all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
@@ -227,16 +227,18 @@ def validate_augmented(ag, where: str, extractor: dict | None, source: Commit) -
         or not isinstance(a["source_split"], str)
     ):
         raise StoreError(
-            f"{where}: augment_copies {a['augment_copies']!r}, augment_seed {a['augment_seed']!r}, source_rows "
-            f"{a['source_rows']!r} or augment_spec {a['augment_spec']!r} is not what featstore writes. {redo}"
+            f"{where}: augment_copies {shown(str(a['augment_copies']))}, augment_seed {shown(str(a['augment_seed']))}, "
+            f"source_rows {shown(str(a['source_rows']))} or augment_spec {shown(str(a['augment_spec']))} is not what "
+            f"featstore writes. {redo}"
         )
     link = ag.get("copy", getlink=True)
     ds = ag["copy"] if isinstance(link, h5py.HardLink) else None
     if not isinstance(ds, h5py.Dataset) or ds.is_virtual or ds.external or ds.dtype.kind not in "iu" or ds.ndim != 1:
         raise StoreError(f"{where}/copy is missing or not a 1-D integer dataset stored in this file. {redo}")
-    if a["source_rows"] != source.rows or int(plain(ag.attrs["n_images"])) != a["augment_copies"] * a["source_rows"]:
+    n_images = read_attr(ag, "n_images", where, most=1)  # a count: validate_split read it so
+    if a["source_rows"] != source.rows or n_images != a["augment_copies"] * a["source_rows"]:
         raise StoreError(
-            f"{where}: the copies were made from {a['source_rows']} rows of the split ({plain(ag.attrs['n_images'])} "
+            f"{where}: the copies were made from {a['source_rows']} rows of the split ({n_images} "
             f"images for {a['augment_copies']} copies), the split holds {source.rows} rows now. {redo}"
         )
     # the attributes must describe copies featstore could have made of this very split (a crafted or stale group lies here)
@@ -252,16 +254,16 @@ def validate_augmented(ag, where: str, extractor: dict | None, source: Commit) -
         if not parse_augment(a["augment_spec"]):
             lies.append("augment_spec is empty")
     except ConfigError as exc:
-        lies.append(f"augment_spec {a['augment_spec']!r} is not a spec featstore reads ({exc})")
+        lies.append(f"augment_spec {shown(a['augment_spec'])} is not a spec featstore reads ({exc})")
     if a["source_split"] != parent.name.rsplit("/", 1)[-1]:
         lies.append(
-            f"source_split {a['source_split']!r} is not the split {parent.name.rsplit('/', 1)[-1]!r} that holds them"
+            f"source_split {shown(a['source_split'])} is not the split {parent.name.rsplit('/', 1)[-1]!r} that holds them"
         )
     for key in ("class_names", "listing_sha256"):  # the copies' class_names are bounded above; the split's on its own
         mine, theirs = (read_names(g, key, where) if key in g.attrs else None for g in (ag, parent))
         if mine != theirs:
             lies.append(f"{key} {shown(str(mine), 60)} differs from the split's {shown(str(theirs), 60)}")
-    if bool(plain(ag.attrs["complete"])) and commit.images_done != a["augment_copies"] * a["source_rows"]:
+    if bool(read_attr(ag, "complete", where, most=1)) and commit.images_done != a["augment_copies"] * a["source_rows"]:
         lies.append(f"marked complete with {commit.images_done} of {a['augment_copies'] * a['source_rows']} rows done")
     if lies:
         raise StoreError(f"{where}: these copies do not match the split they belong to: {'; '.join(lies)}. {redo}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
-from featstore.provenance import AUGMENTED, plain, validate_extractor
+from featstore.provenance import AUGMENTED, validate_extractor
 from featstore.store.layout import (
     Commit,
     check_chunks,
@@ -83,7 +83,7 @@ def _same_classes(g: h5py.Group, split: str, where: str) -> None:
     """Refuse a split whose class list differs from the first other complete split's: label i would be one class in
     train and another in test, and every accuracy computed across them silently wrong (extract never writes such a
     store). One comparison per split (all equal the first, so all are equal): a store of many splits stays linear."""
-    mine = plain(g[split].attrs["class_names"])
+    mine = read_names(g[split], "class_names", f"{where}/{split}")
     for other in g:  # name order
         if other == split or not _hard_group(g, other) or "commit" not in g[other].attrs:
             continue
@@ -206,7 +206,7 @@ def describe(f: h5py.File, path) -> dict:
             try:
                 sg, commit = open_split(f, path, name, split)
                 y = sg["labels"][: commit.rows].astype(np.int64)
-                n_classes = len(plain(sg.attrs["class_names"]))
+                n_classes = len(read_names(sg, "class_names", f"{path}:/{name}/{split}"))
                 validate_labels(y, n_classes, f"{path}:/{name}/{split}")
                 entry["splits"][split] = {
                     **split_summary(sg, commit),

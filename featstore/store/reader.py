@@ -28,7 +28,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, StoreError, renamed_argument
 from featstore.outputs import terminal_safe
-from featstore.provenance import AUGMENTED, check_format_version, plain
+from featstore.provenance import AUGMENTED, check_format_version
 from featstore.store.augmented import copy_problems
 from featstore.store.layout import (  # noqa: F401 (STR, hard_groups, read_paths, refuse_foreign, foreign_objects, split_summary: re-exported)
     AUGMENT_ATTRS,
@@ -55,7 +55,7 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
 )
 from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
 from featstore.store.storage import unreadable
-from featstore.store.strings import read_attr
+from featstore.store.strings import read_attr, read_names
 from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -254,16 +254,16 @@ class FeatureStore:
 
     def _complete(self, sg: h5py.Group, commit: Commit, name: str, split: str) -> None:
         """Refuse reading a split that is not complete."""
-        if not sg.attrs["complete"]:
+        if not read_attr(sg, "complete", where := f"{self.path}:{sg.name}", most=1):
             raise StoreError(
                 f"split {split!r} of {name!r} is not complete ({commit.rows} rows committed of "
-                f"{plain(sg.attrs['n_images'])} images); finish it by re-running the same `featstore extract`"
+                f"{read_attr(sg, 'n_images', where, most=1)} images); finish it by re-running the same `featstore extract`"
             )
 
     def _labels(self, sg: h5py.Group, n: int, where: str) -> np.ndarray:
         """The first n labels as int64, range-checked against the class list."""
         y = sg["labels"][:n].astype(np.int64)
-        validate_labels(y, len(plain(sg.attrs["class_names"])), where)
+        validate_labels(y, len(read_names(sg, "class_names", where)), where)
         return y
 
     def load(
@@ -380,7 +380,7 @@ class FeatureStore:
                 else:  # the chunks are consecutive: one read, no copy to join them
                     X = sg["features"][group[0][0] : group[-1][1]]
                     y = sg["labels"][group[0][0] : group[-1][1]].astype(np.int64)
-                validate_labels(y, len(plain(sg.attrs["class_names"])), where)
+                validate_labels(y, len(read_names(sg, "class_names", where)), where)
             if shuffle:
                 order = rng.permutation(len(y))
                 X, y = X[order], y[order]

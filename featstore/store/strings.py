@@ -205,10 +205,11 @@ def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = Non
         )
 
 
-def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object:
+def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int | None = None) -> object:
     """Attribute ``key`` of ``obj`` as plain Python, with a list of variable-length strings (class names) bounded: at
     most :data:`MAX_NAMES` of them (counted before the read) and none longer than ``limit`` bytes (checked before the
-    names are compared, copied or printed). Other values come back as ``provenance.plain`` gives them.
+    names are compared, copied or printed). Other values come back as ``provenance.plain`` gives them; with ``most``, a
+    value of more than ``most`` items (of any type) is refused unread, from its dataspace's shape.
 
     HDF5 reads an attribute whole (it has no partial reads), so what it stores is measured first: over
     :data:`MAX_ATTR_STORAGE` bytes (a 120 MiB array of numbers took 721 MiB and 15 s in ``info``) it is refused unread.
@@ -219,12 +220,17 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
     from featstore.provenance import plain
 
     aid = measured_attr(obj, key, where)
+    count = 0 if aid.shape is None else int(np.prod(aid.shape, dtype=np.int64))  # a null dataspace holds nothing
+    if most is not None and count > most:
+        raise StoreError(
+            f"{where}: {shown(key, 60)} holds {count:,} values where featstore writes at most {most}; refused unread: "
+            f"{_FIX}"
+        )
     if aid.dtype.kind != "O" or h5py.check_string_dtype(aid.dtype) is None or aid.shape is None:
-        return plain(obj.attrs[key])
-    count = int(np.prod(aid.shape)) if aid.shape else 1
+        return plain(_read(obj, key, where))
     if count > MAX_NAMES:
         raise StoreError(f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {_FIX}")
-    value = obj.attrs[key]
+    value = _read(obj, key, where)
     if bad := _first_long(value, limit):
         del value  # a kept error (StoreMetadata keeps one per split) keeps this frame: not the K strings with it
         raise StoreError(
@@ -233,16 +239,50 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES) -> object
     return plain(value)
 
 
+# what h5py raises for an attribute HDF5 cannot open, measure or read (a damaged header, a type it cannot convert)
+_H5_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)
+
+
+def _read(obj, key: str, where: str) -> object:
+    """``obj.attrs[key]``, measured by the caller; any h5py error is the one-line StoreError naming ``where``."""
+    try:
+        return obj.attrs[key]
+    except _H5_ERRORS as exc:
+        raise StoreError(f"{where}: {shown(key, 60)} cannot be read ({shown(str(exc), 160)}): {_FIX}") from None
+
+
+def raw_attr(obj, key: str, where: str) -> object:
+    """Attribute ``key`` of ``obj`` as h5py gives it (an array, a scalar, ``h5py.Empty``: types as stored), measured
+    first: what a copy of a store writes back; never shown whole."""
+    measured_attr(obj, key, where)
+    return _read(obj, key, where)
+
+
 def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
     """Attribute ``key`` of ``obj`` opened, not read, after its stored size was measured: StoreError naming ``where``
-    and the key over :data:`MAX_ATTR_STORAGE` bytes. What every reading of a store's attribute starts with."""
-    aid = h5py.h5a.open(obj.id, key.encode())
-    if (stored := aid.get_storage_size()) > MAX_ATTR_STORAGE:
+    and the key over :data:`MAX_ATTR_STORAGE` bytes, or when HDF5 cannot open or measure it. What every reading of a
+    store's attribute starts with."""
+    try:
+        aid = h5py.h5a.open(obj.id, key.encode("utf-8", "surrogateescape"))
+        stored, _ = _stored_size(aid), aid.dtype  # a type numpy has no dtype for (a 128-bit integer) is refused here
+    except _H5_ERRORS as exc:
+        raise StoreError(f"{where}: {shown(key, 60)} cannot be opened ({shown(str(exc), 160)}): {_FIX}") from None
+    if stored > MAX_ATTR_STORAGE:
         raise StoreError(
             f"{where}: {key} stores {stored:,} bytes, over the {MAX_ATTR_STORAGE:,} featstore accepts in an attribute "
             f"(it writes a few KiB; class names at most 16 bytes each); refused unread: {_FIX}"
         )
     return aid
+
+
+def _stored_size(aid: h5py.h5a.AttrID) -> int:
+    """Bytes attribute ``aid`` stores (what a read allocates, before strings): HDF5's count, else its dataspace's points
+    times its type's size. h5py takes HDF5's 0 for an error, so an empty array or a null dataspace raised (attack 22)."""
+    try:
+        return int(aid.get_storage_size())
+    except RuntimeError:
+        points = 0 if aid.shape is None else int(np.prod(aid.shape, dtype=np.int64))
+        return points * aid.get_type().get_size()
 
 
 def _first_long(value, limit: int) -> tuple[int, int, str] | None:
@@ -254,19 +294,27 @@ def _first_long(value, limit: int) -> tuple[int, int, str] | None:
     return None
 
 
+_NO = object()  # read_attr's default: a missing attribute is an error
+
+
 def bounded_attrs(obj, where: str) -> dict:
     """``provenance.attrs_of(obj)`` with each variable-length string attribute bounded as :func:`read_names` bounds
     class names (at most :data:`MAX_ATTR_BYTES` a string): what every opening reads of an extractor and the file."""
     return {key: read_attr(obj, key, where) for key in obj.attrs}
 
 
-def read_attr(obj, key: str, where: str) -> object:
+def read_attr(obj, key: str, where: str, most: int | None = None, default: object = _NO) -> object:
     """Attribute ``key`` of ``obj`` (``where`` names the store and object) bounded as :func:`bounded_attrs` bounds
-    each: the one way a store's attribute is read before it is known to be sane. Example::
+    each: the one way a store's attribute is read before it is known to be sane. ``most``: at most that many items (a
+    count or a flag: 1), refused unread from its shape; ``default``: what a missing ``key`` gives (else StoreError).
+    Its value goes into a message through :func:`shown`, never whole. Example::
 
         version = read_attr(f, "format_version", f"{path}:/")
+        n_images = read_attr(sg, "n_images", where, most=1, default=None)
     """
-    return read_names(obj, key, f"{where} attribute", MAX_ATTR_BYTES)
+    if default is not _NO and key not in obj.attrs:
+        return default
+    return read_names(obj, key, f"{where} attribute", MAX_ATTR_BYTES, most)
 
 
 _FIX = "the store is crafted or damaged. Re-extract this split with --overwrite (or into a new --store)"
@@ -278,6 +326,14 @@ def shown(name: str | bytes, width: int = 40) -> str:
         name = name.decode("utf-8", "surrogateescape")
     text = repr(name if len(name) <= width else name[:width]) + ("…" if len(name) > width else "")
     return terminal_safe(text)
+
+
+def shown_list(values, most: int = 8) -> str:
+    """A list for a message: its first ``most`` items, each cut by :func:`shown`, and how many more there are."""
+    if not isinstance(values, list):
+        return shown(str(values), 60)
+    more = f", ... ({len(values) - most:,} more)" if len(values) > most else ""
+    return "[" + ", ".join(shown(str(v)) for v in values[:most]) + more + "]"
 
 
 def repeated(names: list[str]) -> list[str]:

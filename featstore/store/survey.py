@@ -20,7 +20,6 @@ import numpy as np
 
 from featstore.provenance import (
     AUGMENTED,
-    plain,
     refuse_changed_listing,
     refuse_other_augmentation,
     validate_extractor,
@@ -36,7 +35,7 @@ from featstore.store.layout import (
     validate_labels,
     validate_split,
 )
-from featstore.store.strings import bounded_attrs
+from featstore.store.strings import bounded_attrs, read_attr, read_names
 
 
 @dataclass(frozen=True)
@@ -76,8 +75,8 @@ def _partial(f: h5py.File, path, name: str, key: str):
     sg = hard_group(f, f"{name}/{key}")
     if sg is None:
         return None
-    complete = sg.attrs.get("complete")
-    if isinstance(complete, (bool, np.bool_)) and not complete and "commit" in sg.attrs:
+    complete = read_attr(sg, "complete", f"{path}:/{name}/{key}", most=16, default=None)
+    if isinstance(complete, bool) and not complete and "commit" in sg.attrs:
         return validate_split(sg, f"{path}:/{name}/{key}")
     return None
 
@@ -85,18 +84,19 @@ def _partial(f: h5py.File, path, name: str, key: str):
 def split_done(f: h5py.File, path, name: str, split: str, matches: Callable[[dict], bool], listing) -> bool:
     """True when the split is complete, made by an extractor whose attributes ``matches`` accepts, from these images
     (no model needed to tell). A complete split whose images changed since is refused with a summary of the change."""
-    complete = f[name][split].attrs.get("complete") if name in f and split in f[name] else None
-    if not isinstance(complete, (bool, np.bool_)) or not complete:
+    where = f"{path}:/{name}/{split}"
+    complete = read_attr(f[name][split], "complete", where, 16, None) if name in f and split in f[name] else None
+    if not isinstance(complete, bool) or not complete:
         return False  # not there, not complete, or damaged: the writer's full check says which
     attrs = bounded_attrs(f[name], f"{path}:{f[name].name}")
     if not matches(attrs):
         return False
     validate_extractor(attrs, f"{path}:/{name}")  # damaged provenance is named, never taken as done
     sg = f[name][split]
-    where = f"{path}:/{name}/{split}"
     commit = validate_split(sg, where, attrs)  # a damaged split is named, not skipped
-    validate_labels(sg["labels"][: commit.rows], len(plain(sg.attrs["class_names"])), where)
-    refuse_changed_listing(sg.attrs.get("listing_sha256"), listing, lambda: listing_columns(sg), split, name, path)
+    validate_labels(sg["labels"][: commit.rows], len(read_names(sg, "class_names", where)), where)
+    digest = read_attr(sg, "listing_sha256", where, most=1, default=None)
+    refuse_changed_listing(digest, listing, lambda: listing_columns(sg), split, name, path)
     return True
 
 
@@ -112,7 +112,7 @@ def copies_done(f: h5py.File, path, name: str, split: str, want: dict) -> bool:
     commit = validate_augmented(
         ag, where, bounded_attrs(f[name], f"{path}:{f[name].name}"), read_commit(sg, f"{path}:/{name}/{split}")
     )
-    return bool(plain(ag.attrs["complete"])) and commit.images_done == want["n_images"]
+    return bool(read_attr(ag, "complete", where, most=1)) and commit.images_done == want["n_images"]
 
 
 def committed_rows(f: h5py.File, path, name: str, split: str) -> tuple[list[str], np.ndarray, dict]:

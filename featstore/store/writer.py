@@ -31,7 +31,6 @@ from featstore.images.listing import path_to_store
 from featstore.provenance import (
     FORMAT_VERSION,
     fingerprint,
-    plain,
     refuse_changed_listing,
     refuse_other_extractor,
     refuse_reserved_split,
@@ -58,7 +57,7 @@ from featstore.store.locking import (  # noqa: F401 (StoreFile, lock_holder, wri
     writer_lock,
 )
 from featstore.store.space import check_writable, ensure_space  # noqa: F401 (re-exported)
-from featstore.store.strings import MAX_REASON_BYTES, bounded_attrs
+from featstore.store.strings import MAX_REASON_BYTES, bounded_attrs, read_attr, shown_list
 from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -198,7 +197,7 @@ class SplitWriter:
             f.flush()
             sg = f[report][self.key]
             summary = split_summary(sg, read_commit(sg, f"{self.store.path}:/{report}/{self.key}"))
-            summary["extractor_fingerprint"] = plain(f[report].attrs.get("fingerprint"))
+            summary["extractor_fingerprint"] = read_attr(f[report], "fingerprint", self.store.path, 1, None)
         return summary
 
 
@@ -221,11 +220,11 @@ def _prepare_group(f, path, name, split, attrs, split_attrs, overwrite, listing,
     for other in hard_groups(grp):
         if other == split or "commit" not in grp[other].attrs:
             continue
-        theirs = plain(grp[other].attrs.get("class_names", []))
+        theirs = read_attr(grp[other], "class_names", f"{path}:/{name}/{other}", default=[])
         if theirs != class_names:
             raise StoreError(
-                f"classes of split {split!r} differ from split {other!r} of {name!r}: "
-                f"{split} has {class_names}, {other} has {theirs}. Every split must have the same class folders."
+                f"classes of split {split!r} differ from split {other!r} of {name!r}: {split} has {shown_list(class_names)}, "
+                f"{other} has {shown_list(theirs)}. Every split must have the same class folders."
             )
     if split in grp and (overwrite or "commit" not in grp[split].attrs):
         del grp[split]  # replaced on request, or a run killed while creating the split: nothing was committed
@@ -236,11 +235,12 @@ def _prepare_group(f, path, name, split, attrs, split_attrs, overwrite, listing,
     where = f"{path}:/{name}/{split}"
     commit = validate_split(sg, where, attrs)
     if listing is not None:
-        refuse_changed_listing(sg.attrs.get("listing_sha256"), listing, lambda: listing_columns(sg), split, name, path)
-    if plain(sg.attrs["complete"]):
-        if commit.images_done != int(plain(sg.attrs["n_images"])):
+        digest = read_attr(sg, "listing_sha256", where, 1, None)
+        refuse_changed_listing(digest, listing, lambda: listing_columns(sg), split, name, path)
+    if read_attr(sg, "complete", where, most=1):
+        if commit.images_done != (n_images := read_attr(sg, "n_images", where, most=1)):
             raise StoreError(
-                f"{where} is marked complete with {commit.images_done} of {plain(sg.attrs['n_images'])} "
+                f"{where} is marked complete with {commit.images_done} of {n_images} "
                 f"images done: the store is damaged. Re-extract it with --overwrite (overwrite=True in Python)."
             )
         return None
