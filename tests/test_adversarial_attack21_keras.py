@@ -181,9 +181,9 @@ def test_every_axis_a_weight_spans_is_counted():
     "entry",
     [
         {"module": "my_package.layers", "class_name": "Wide", "config": {"name": "w", "size": 10**9}},
-        # Keras looks a registered name up first: with keras_hub imported this is a ReversibleEmbedding, not a Dropout
-        {"module": "keras.layers", "class_name": "Dropout", "registered_name": "keras_hub>ReversibleEmbedding",
-         "config": {"name": "r", "input_dim": 10**6, "output_dim": 10**4}},
+        # Keras looks a registered name up first: this is the registered class, not a Dropout
+        {"module": "keras.layers", "class_name": "Dropout", "registered_name": "my_package>Wide",
+         "config": {"name": "r", "size": 10**9}},
         {"module": "keras.layers", "class_name": "TFSMLayer", "config": {"name": "t"}},
     ],
 )  # fmt: skip
@@ -198,6 +198,32 @@ def test_a_class_the_module_cannot_size_is_refused(tmp_path, entry):
     problem = keras_zip_problem(path) or "accepted"
     assert f"layer {entry['config']['name']!r} is a " in problem and "cannot size before Keras builds" in problem
     assert "rebuild the model from keras.layers" in problem and "\n" not in problem
+
+
+@pytest.mark.parametrize(
+    "entry, said",
+    [
+        # with keras_hub imported this is a ReversibleEmbedding (Keras resolves registered_name first), not a Dropout
+        ({"module": "keras.layers", "class_name": "Dropout", "registered_name": "keras_hub>ReversibleEmbedding",
+          "config": {"name": "r", "input_dim": 10**6, "output_dim": 10**4}}, "builds at least 10,000,000,000 "),
+        ({"module": "keras_hub.src.models.vit.vit_layers", "class_name": "ViTEncoderBlock",
+          "registered_name": "ViTEncoderBlock", "config": {"name": "b", "hidden_dim": 10**6, "num_heads": 1}},
+         "layer 'b''s hidden_dim is 1,000,000, over the 65,536 KerasHub models use"),
+        ({"module": "keras_hub.src.models.vit.vit_layers", "class_name": "ViTEncoderBlock",
+          "registered_name": "ViTEncoderBlock", "config": {"name": "b", "hidden_dim": 60000, "num_heads": 1,
+          "mlp_dim": 200000}}, "builds at least 13,200,000,000 "),
+    ],
+)  # fmt: skip
+def test_a_kerashub_layer_is_bounded_as_kerashub_presets_are(tmp_path, entry, said):
+    """featstore's own fine-tuned ViT runs hold KerasHub layers (ViTEncoderBlock...) that an allow-list of
+    keras.layers alone refused: they are bounded as KerasHub presets are (each size within its bound, at least half
+    the attention and MLP kernels counted), so an edited one is still refused before Keras builds it."""
+    from featstore.models.keras_sizes import keras_zip_problem
+
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", json.dumps({"class_name": "Sequential", "config": {"layers": [entry]}}))
+    assert said in (keras_zip_problem(path) or "accepted")
 
 
 @pytest.mark.filterwarnings("ignore:Layer InputLayer does not have a `quantize`")

@@ -1,8 +1,9 @@
 """What one Keras layer entry of a ``config.json`` builds (a lower bound of its parameters) and the shape it puts out.
 
 An allow-list: :func:`term` knows every built-in ``keras.layers`` class (and ConvNeXt's and Inception-ResNet's own
-layers); any other class (a custom or KerasHub layer, ``TFSMLayer``, ``JaxLayer``...) raises :class:`Unbounded`, whose
-message names the class and the fix, since what it builds cannot be sized before Keras builds it. The class is the one
+layers, featstore's own TokenPool); a KerasHub layer (a fine-tuned ViT's) is bounded as KerasHub presets are
+(:func:`hub_count`); any other class (a custom layer, ``TFSMLayer``, ``JaxLayer``...) raises :class:`Unbounded`,
+whose message names the class and the fix, since what it builds cannot be sized before Keras builds it. The class is the one
 Keras will build: a ``registered_name`` (looked up first by Keras) or a ``module`` outside Keras makes it unknown.
 Every size is clamped to :data:`CAP` as it is read and every product is capped, so no config makes Python's integers
 grow; a shape of more than :data:`MAX_RANK` dimensions is refused.
@@ -32,7 +33,8 @@ WEIGHTLESS = frozenset(
     "RandomElasticTransform RandomErasing RandomFlip RandomGaussianBlur RandomGrayscale RandomHue RandomInvert "
     "RandomPerspective RandomPosterization RandomRotation RandomSaturation RandomSharpness RandomShear "
     "RandomTranslation RandomZoom Solarization ContrastLimitedAdaptiveHistogramEqualization "
-    "keras.src.applications.convnext.StochasticDepth keras.src.applications.inception_resnet_v2.CustomScaleLayer".split()
+    "keras.src.applications.convnext.StochasticDepth keras.src.applications.inception_resnet_v2.CustomScaleLayer "
+    "featstore>TokenPool".split()
 )
 NORMALIZATION = frozenset("BatchNormalization LayerNormalization GroupNormalization RMSNormalization".split())
 # Layers whose output has their input's shape
@@ -135,6 +137,8 @@ def term(layer: dict, shape: list | None, others: list, widest: int) -> tuple[in
     n = (size(shape[channel]) if shape else 0) or widest  # the axis its weights span: channels, or the last
     widths = [size(o[-1]) if o else 0 for o in others]
     count, what = _count(kind, c, shape, widths, n)
+    if count is None and _from_hub(layer):
+        count, what = hub_count(c, name)
     if count is None:
         raise Unbounded(
             f"layer {name!r} is a {kind} (module {str(layer.get('module'))[:60]!r}), a class whose weights featstore "
@@ -198,6 +202,34 @@ def _count(kind: str, c: dict, shape, others: list[int], n: int) -> tuple[int | 
         kernels = 1 + (c.get("mode") not in ("real", "imag"))  # a real and an imaginary kernel but in those modes
         return kernels * mul(frame, fft // 2 + 1), f"frame {frame}, fft {fft}"
     return None, ""
+
+
+HUB_PACKAGES = ("keras_hub", "keras_nlp", "keras_cv")  # the packages Keras imports a class's module from
+HUB_SIZES = {"hidden_dim": 1 << 16, "embedding_dim": 1 << 16, "intermediate_dim": 1 << 18, "mlp_dim": 1 << 18,
+             "num_heads": 1 << 16, "vocabulary_size": 1 << 22, "input_dim": 1 << 22}  # fmt: skip
+HUB_OTHER = 1 << 16  # any other whole number in a KerasHub layer's config (image sides, patches, key_dim...)
+
+
+def _from_hub(layer: dict) -> bool:
+    module, registered = str(layer.get("module")), str(layer.get("registered_name"))
+    return module.startswith(HUB_PACKAGES) or registered.startswith(tuple(f"{p}>" for p in HUB_PACKAGES))
+
+
+def hub_count(c: dict, name: str) -> tuple[int, str]:
+    """A KerasHub layer (a fine-tuned ViT's blocks and patch embedding...), bounded as KerasHub presets are
+    (:mod:`featstore.models.preset_json`): each size within its bound (:data:`HUB_SIZES`, any other whole number
+    at most :data:`HUB_OTHER`), and at least half its attention and MLP kernels, its patch embedding and its
+    embedding table counted."""
+    for key, value in c.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seed":
+            most = HUB_SIZES.get(key, HUB_OTHER)
+            if value > most:
+                raise Unbounded(f"layer {name!r}'s {key} is {size(value):,}, over the {most:,} KerasHub models use")
+    h, heads = size(c.get("hidden_dim")) or size(c.get("embedding_dim")), max(1, size(c.get("num_heads")))
+    mlp, patch = size(c.get("intermediate_dim")) or size(c.get("mlp_dim")), size(c.get("patch_size"))
+    count = 2 * h * heads * (h // heads) + h * mlp // 2 + patch * patch * size(c.get("num_channels")) * h
+    count += size(c.get("vocabulary_size")) * h + size(c.get("input_dim")) * size(c.get("output_dim"))
+    return count, f"hidden_dim {h}, num_heads {heads}, mlp {mlp}"
 
 
 def attention(c: dict, n: int, others: list) -> tuple[int, str]:
