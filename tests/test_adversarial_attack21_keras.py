@@ -1,6 +1,7 @@
 """Attack 21, keras_sizes (findings 1, 2 and 7): every layer class with weights is counted (an allow-list: an unknown
-class is refused, not counted as 0), from the input width its graph feeds it, over every axis its weights span, and
-the module's own arithmetic stays bounded. Each test was shown to fail with its fix undone."""
+class is refused, not counted as 0; a KerasHub layer bounded as presets are), from the input width its graph feeds it,
+over every axis its weights span, and the module's own arithmetic stays bounded. Each test was shown to fail with its
+fix undone (one edit each, then restored)."""
 
 from __future__ import annotations
 
