@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import io
 import json
-import math
-import re
 import struct
 import tempfile
 import zipfile
 from pathlib import Path
 
+from featstore.models.keras_layers import CAP, Unbounded, dims, nested, output_shape, size, term
 from featstore.models.preset_json import WEIGHTS_FILE, walk_weights, weights_problem
 
 CONFIG_FILE = "config.json"
@@ -33,17 +32,6 @@ MAX_CONFIG_BYTES = 16 << 20  # config.json: ResNet152's is about 1 MB
 # cross-attention), up to ~1e6 parameters a layer at usual widths, and one no slack covers (EinsumDense, 197x); all
 # are exact now and tests hold the bound at or below what genuine models store with no slack at all.
 SLACK = 1 << 24
-# Layers (and models holding them) that build no variable of their own
-WEIGHTLESS = frozenset(
-    "Functional Sequential Model InputLayer Flatten Reshape Permute RepeatVector Activation ReLU LeakyReLU ELU Softmax "
-    "Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout Add Subtract "
-    "Multiply Average Maximum Minimum Concatenate Dot Rescaling Resizing CenterCrop ZeroPadding1D ZeroPadding2D "
-    "ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSampling1D UpSampling2D UpSampling3D MaxPooling1D MaxPooling2D "
-    "MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D GlobalMaxPooling1D GlobalMaxPooling2D "
-    "GlobalMaxPooling3D GlobalAveragePooling1D GlobalAveragePooling2D GlobalAveragePooling3D Identity Masking "
-    "ActivityRegularization Lambda TimeDistributed Bidirectional UnitNormalization".split()
-)
-NORMALIZATION = frozenset("BatchNormalization LayerNormalization GroupNormalization".split())
 
 
 def keras_zip_problem(path: Path) -> str | None:
@@ -60,7 +48,10 @@ def keras_zip_problem(path: Path) -> str | None:
             config = json.loads(z.read(info).decode("utf-8"))
         except (ValueError, RecursionError) as exc:
             return f"its {CONFIG_FILE} cannot be read as JSON ({str(exc)[:100]})"
-        bound, largest = implied_parameters(config)
+        try:
+            bound, largest = implied_parameters(config)
+        except Unbounded as exc:
+            return f"its {CONFIG_FILE} cannot be bounded before Keras builds it: {exc}"
         held, problem = 0, None
         if WEIGHTS_FILE in z.namelist():
             try:
@@ -162,41 +153,102 @@ def implied_parameters(config: dict) -> tuple[int, str]:
     """A lower bound of the parameters Keras builds from a ``config.json`` object, and its largest layer's term.
 
     Each layer entry (the root, every item of a ``layers`` list, a wrapper's ``layer``/``cell``) counts what its class
-    builds from its input's last dimension ``n`` (its ``build_config``'s input shape): Dense ``n x units`` (+ bias),
-    EinsumDense its kernel's letters sized from the input and ``output_shape``, a convolution ``prod(kernel_size) x n /
-    groups x filters``, Embedding ``input_dim x output_dim``, a recurrent layer ``gates x units x (n + units)``,
-    attention its four projections from the query, key and value widths, a normalization its ``axis``'s size per
-    weight. A class not known here is not counted. When ``n`` is missing, the largest shape anywhere in the config
-    stands in. Each term is at most what Keras builds (no bias counted but Dense's)."""
-    widest = max((math.prod(_size(d) or 1 for d in s) for s in _shapes(config)), default=1)
-    terms = [_term(layer, outer or widest) for layer, outer in _layers(config)]
-    return sum(t for t, _ in terms), max(terms, default=(0, "none"))[1]
+    builds (:func:`featstore.models.keras_layers.term`) from its input shape: its ``build_config``'s, else the shape
+    its graph feeds it (``inbound_nodes``, or the entry before in a Sequential), through layers that build nothing.
+    A class not known there raises :class:`Unbounded`. When the input is unknown, the largest shape anywhere in the
+    config stands in for its width. Each term is at most what Keras builds; every size is capped at :data:`CAP`."""
+    widest = max((size(s) for s in _shapes(config)), default=1)
+    total, largest = 0, (0, "none")
+    for layer, shape, others in _layers(config):
+        counted = term(layer, shape, others, widest)
+        total, largest = min(CAP, total + counted[0]), max(largest, counted)
+    return total, largest[1]
 
 
-def _layers(config) -> list[tuple[dict, int | None]]:
-    """The layer entries of a config (without recursion), each with its wrapper's input dimension (None at the top)."""
-    found, stack = [], [(config, None)]
+def _layers(config) -> list[tuple[dict, list | None, list]]:
+    """The layer entries of a config (without recursion), each with its input shape and its further inputs' shapes:
+    those of its ``build_config``, else those its graph or wrapper feeds it."""
+    found, stack = [], [(config, None, [])]
     while stack:
-        item, outer = stack.pop()
+        item, fed, fed_others = stack.pop()
         if not isinstance(item, dict) or not isinstance(item.get("config"), dict):
             continue
-        found.append((item, outer))
-        inner, own = item["config"], _input_dim(item) or outer  # a wrapped layer sees its wrapper's input
-        if isinstance(inner.get("layers"), list):  # a layer without its input shape sees the one before's output
-            before = [None] + [_output_dim(x) for x in inner["layers"][:-1]]
-            stack.extend(zip(inner["layers"], before))
-        stack.extend((inner.get(k), own) for k in ("layer", "forward_layer", "backward_layer", "cell"))
-        if isinstance(inner.get("cells"), list):
-            stack.extend((x, own) for x in inner["cells"])
+        shape, others = _built(item)
+        shape, others = shape or fed, others or fed_others
+        found.append((item, shape, others))
+        inner = item["config"]
+        if isinstance(inner.get("layers"), list):
+            stack.extend(_graph(inner["layers"], shape))
+        timed = item.get("class_name") == "TimeDistributed" and shape and len(shape) > 2
+        wrapped = [shape[0], *shape[2:]] if timed else shape  # TimeDistributed's layer sees each step
+        stack.extend((inner.get(k), wrapped, []) for k in ("layer", "forward_layer", "backward_layer", "cell"))
+        if isinstance(inner.get("cells"), list):  # stacked cells: each is fed the one before's units
+            fed_cell = shape
+            for cell in inner["cells"]:
+                stack.append((cell, fed_cell, []))
+                units = cell.get("config", {}).get("units") if isinstance(cell, dict) else None
+                fed_cell = [None, size(units) or None]
     return found
 
 
-def _output_dim(layer) -> int | None:
-    """The last dimension a layer entry puts out, where its config says (units, filters, output_dim), else None."""
-    c = layer.get("config") if isinstance(layer, dict) else None
-    if not isinstance(c, dict):
+def _graph(entries: list, start: list | None) -> list[tuple[dict, list | None, list]]:
+    """Each entry of a ``layers`` list with the shapes its graph feeds it: the outputs of the layers its first
+    ``inbound_nodes`` call names (a Functional model, in any order: walked producers first, linearly), else of the
+    entry before (a Sequential; the first is fed ``start``)."""
+    items = [e for e in entries if isinstance(e, dict) and isinstance(e.get("config"), dict)]
+    feeds = [_inbound(e) for e in items]
+    if all(f is None for f in feeds):  # a Sequential: a chain
+        feeds = [[i - 1] if i else [] for i in range(len(items))]
+    else:
+        index = {str(e.get("name") or e["config"].get("name"))[:200]: i for i, e in enumerate(items)}
+        feeds = [[index.get(name, -1) for name in f or []] for f in feeds]
+    outputs: list[list | None] = [None] * len(items)
+    result = []
+    for i in _producers_first(feeds):
+        fed = [outputs[j] if j >= 0 else None for j in feeds[i]] if feeds[i] or i else [start]
+        shape, others = (fed[0] if fed else None), fed[1:]
+        result.append((items[i], shape, others))
+        built, built_others = _built(items[i])
+        outputs[i] = output_shape(items[i], [built or shape, *(built_others or others)])
+    return result
+
+
+def _producers_first(feeds: list[list[int]]) -> list[int]:
+    """The entries' indices, each after those feeding it (Kahn's order); entries in a cycle at the end."""
+    waiting = [len({j for j in f if j >= 0}) for f in feeds]
+    fed_by: list[list[int]] = [[] for _ in feeds]
+    for i, f in enumerate(feeds):
+        for j in {j for j in f if j >= 0}:
+            fed_by[j].append(i)
+    order = [i for i, w in enumerate(waiting) if not w]
+    for i in order:  # grows while walked
+        for k in fed_by[i]:
+            waiting[k] -= 1
+            if not waiting[k]:
+                order.append(k)
+    seen = set(order)
+    return order + [i for i in range(len(feeds)) if i not in seen]
+
+
+def _inbound(entry: dict) -> list[str] | None:
+    """The names of the layers feeding an entry's first call (its ``args`` then ``kwargs`` tensors, in order), or
+    None when the entry has no ``inbound_nodes`` (a Sequential's)."""
+    nodes = entry.get("inbound_nodes")
+    if not isinstance(nodes, list):
         return None
-    return next((_size(c.get(k)) for k in ("units", "filters", "output_dim") if _size(c.get(k))), None)
+    if not nodes or not isinstance(nodes[0], dict):
+        return []
+    fed, stack = [], [nodes[0].get("kwargs"), nodes[0].get("args")]
+    while stack:  # depth first, in order: reversed onto the end of the stack, popped from it (linear)
+        item = stack.pop()
+        if isinstance(item, dict) and item.get("class_name") == "__keras_tensor__":
+            history = item.get("config", {}).get("keras_history") if isinstance(item.get("config"), dict) else None
+            fed.append(str(history[0])[:200] if isinstance(history, list) and history else "")
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return fed
 
 
 def _shapes(value) -> list[list]:
@@ -206,7 +258,7 @@ def _shapes(value) -> list[list]:
         item = stack.pop()
         if isinstance(item, dict):
             for key, v in item.items():
-                if str(key).endswith("shape") and isinstance(v, list) and not _nested(v):
+                if str(key).endswith("shape") and isinstance(v, list) and not nested(v):
                     found.append(v)
                 else:
                     stack.append(v)
@@ -215,138 +267,29 @@ def _shapes(value) -> list[list]:
     return found
 
 
-def _nested(v: list) -> bool:
-    return any(isinstance(x, (list, dict)) for x in v)
-
-
-def _size(v) -> int:
-    """A size from a config: a number as Keras casts it (int()), a list as the product of its entries; 0 otherwise.
-    A number too large for a float (or not finite) counts as 2**63."""
-    if isinstance(v, bool) or v is None:
-        return 0
-    if isinstance(v, int):
-        return max(0, v)
-    if isinstance(v, float):
-        return max(0, int(v)) if math.isfinite(v) and abs(v) < 2**63 else 2**63
-    if isinstance(v, list) and v and not _nested(v):
-        return math.prod(max(1, _size(x)) for x in v)
-    return 0
-
-
-def _input_dim(layer: dict, key: str | None = None) -> int | None:
-    """The last dimension of a layer's first input shape in its ``build_config`` (``input_shape``, or ``shapes_dict``
-    for attention layers; ``key``: that entry of ``shapes_dict``, such as ``value_shape``), or None."""
-    shape = _input_shape(layer, key)
-    return _size(shape[-1]) or None if shape else None
-
-
-def _input_shape(layer: dict, key: str | None = None) -> list | None:
-    """A layer's first input shape (a flat list, batch first) in its ``build_config``, or None."""
+def _built(layer: dict) -> tuple[list | None, list]:
+    """A layer's input shape in its ``build_config`` (``input_shape``'s first flat list; an attention layer's
+    ``shapes_dict`` query) and its further inputs' (value, key), or (None, [])."""
     build = layer.get("build_config")
     if not isinstance(build, dict):
-        return None
+        return None, []
     shapes = build.get("shapes_dict")
-    stack = [shapes.get(key)] if key and isinstance(shapes, dict) else [build.get("input_shape", shapes)]
+    if isinstance(shapes, dict) and "query_shape" in shapes:
+        return _first_flat(shapes.get("query_shape")), [
+            _first_flat(shapes.get(k)) for k in ("value_shape", "key_shape")
+        ]
+    return _first_flat(build.get("input_shape", shapes)), []
+
+
+def _first_flat(value) -> list | None:
+    """The first flat list (a shape) in a nested list or dict, depth first (linear: an index-free stack), as sizes."""
+    stack = [value]
     while stack:
-        item = stack.pop(0)
+        item = stack.pop()
         if isinstance(item, dict):
-            stack[:0] = list(item.values())
+            stack.extend(reversed(list(item.values())))
         elif isinstance(item, list) and item:
-            if not _nested(item):
-                return item
-            stack[:0] = item
+            if not nested(item):
+                return dims(item)
+            stack.extend(reversed(item))
     return None
-
-
-def _term(layer: dict, widest: int) -> tuple[int, str]:
-    """A lower bound of the parameters one layer entry builds, and a description."""
-    kind, c = str(layer.get("class_name")), layer["config"]
-    if kind in WEIGHTLESS:
-        return 0, kind
-    n = _input_dim(layer) or widest
-    name = str(c.get("name", "?"))[:60]
-    units, filters = _size(c.get("units")), _size(c.get("filters"))
-    if kind == "Dense":
-        bias = units if c.get("use_bias", True) is not False else 0
-        return n * units + bias, f"Dense layer {name} (units {units}, input {n})"
-    if kind == "EinsumDense":
-        count = _einsum_kernel(c, _input_shape(layer), n)
-        return count, f"EinsumDense layer {name} (kernel {count}, equation {str(c.get('equation'))[:40]!r}, input {n})"
-    if kind.startswith("ConvLSTM") and filters:
-        kernel = _size(c.get("kernel_size")) or 1
-        count = 4 * kernel * (n + filters) * filters  # four gates over the input and the state
-        return count, f"{kind} layer {name} (kernel {kernel}, filters {filters}, input {n})"
-    if kind.startswith(("Conv", "SeparableConv", "DepthwiseConv")) and (filters or c.get("depth_multiplier")):
-        kernel, groups = _size(c.get("kernel_size")) or 1, max(1, _size(c.get("groups")))
-        depth = _size(c.get("depth_multiplier")) or 1
-        if kind.startswith("Depthwise"):
-            count = kernel * n * depth
-        elif kind.startswith("Separable"):
-            count = kernel * n * depth + n * depth * filters
-        else:
-            count = kernel * (n // groups or 1) * filters
-        return count, f"{kind} layer {name} (kernel {kernel}, filters {filters or depth}, input {n})"
-    if kind == "Embedding":
-        count = _size(c.get("input_dim")) * _size(c.get("output_dim"))
-        return count, f"Embedding layer {name} (input_dim {c.get('input_dim')}, output_dim {c.get('output_dim')})"
-    if kind in ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell"):
-        gates = 4 if kind.startswith("LSTM") else 3 if kind.startswith("GRU") else 1
-        return gates * units * (n + units), f"{kind} layer {name} (units {units}, input {n})"
-    if kind in ("MultiHeadAttention", "GroupQueryAttention", "GroupedQueryAttention"):
-        heads = _size(c.get("num_heads")) or _size(c.get("num_query_heads"))
-        shared = _size(c.get("num_key_value_heads")) or heads  # key and value heads (grouped query attention)
-        key = _size(c.get("key_dim")) or _size(c.get("head_dim"))
-        value = _size(c.get("value_dim")) or key
-        q = _input_dim(layer, "query_shape") or n
-        v = _input_dim(layer, "value_shape") or q
-        k = _input_dim(layer, "key_shape") or v
-        out = _size(c.get("output_shape")) or q
-        count = q * heads * key + k * shared * key + v * shared * value + heads * value * out  # the 4 projections
-        return count, f"{kind} layer {name} (num_heads {heads}, key_dim {key}, value_dim {value}, input {q})"
-    if kind in NORMALIZATION:  # weights over its axis: gamma and beta unless off; BatchNormalization's 2 statistics
-        size = _axes_size(c.get("axis", -1), _input_shape(layer), n)
-        count = 2 * (kind == "BatchNormalization") + (c.get("center") is not False) + (c.get("scale") is not False)
-        return count * size, f"{kind} layer {name} (axis size {size})"
-    # Any other class (preprocessing layers holding data lists -- Normalization's mean, IntegerLookup's vocabulary --,
-    # custom layers) is not counted: reading a list of values as a size refused genuine models (attack 20)
-    return 0, f"{kind} layer {name} (not counted)"
-
-
-def _axes_size(axis, shape: list | None, n: int) -> int:
-    """The size of a normalization layer's ``axis`` (an int or a list) in its input ``shape``: ``n`` for the last axis
-    (or when the shape is unknown)."""
-    size = 1
-    for a in axis if isinstance(axis, list) else [axis]:
-        if not shape or not isinstance(a, int) or a in (-1, len(shape) - 1) or not -len(shape) <= a < len(shape):
-            size *= n
-        else:
-            size *= max(1, _size(shape[a]))
-    return size
-
-
-def _einsum_kernel(c: dict, shape: list | None, n: int) -> int:
-    """The elements of an EinsumDense kernel: each of its equation's weight letters sized from the input shape (the
-    last letter ``n`` when the shape is unknown) or from ``output_shape`` (batch not included), 1 when neither says;
-    as Keras lays out ``abc,cd->abd``, ``...b,bc->...c`` and ``ab...,bc->ac...``."""
-    m = re.fullmatch(
-        r"\s*(\.\.\.)?([a-zA-Z]+)(\.\.\.)?,([a-zA-Z]+)->(\.\.\.)?([a-zA-Z]+)(\.\.\.)?\s*", str(c.get("equation"))
-    )
-    if not m:
-        return n  # not an equation Keras accepts: it builds nothing; at least the input width otherwise
-    left, spec_in, weights, spec_out = bool(m[1]), m[2], m[4], m[6]
-    out = c.get("output_shape")
-    out = out if isinstance(out, list) else [out]
-    out = out if left else [None, *out]  # positions of the output letters: after the batch unless elided on the left
-    count = 1
-    for letter in weights:
-        if letter in spec_in:
-            i = spec_in.index(letter) - (len(spec_in) if left else 0)
-            known = shape and -len(shape) <= i < len(shape)
-            size = _size(shape[i]) if known else n if letter == spec_in[-1] else 1
-        elif letter in spec_out:
-            i = spec_out.index(letter)
-            size = _size(out[i]) if i < len(out) else 1
-        else:
-            size = 1
-        count *= max(1, size)
-    return count
