@@ -46,14 +46,14 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
     try:
         with store.open("r") as src:
             kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _large_attrs(src) else {})
-        with store.open("r") as src, h5py.File(tmp, "w-", **kwargs) as dst:
-            _copy_attrs(src, dst)
-            for name in hard_groups(src):
-                g = dst.create_group(name)
-                _copy_attrs(src[name], g)
-                for split in hard_groups(src[name]):
-                    _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
-            dst.flush()
+            with h5py.File(tmp, "w-", **kwargs) as dst:
+                _copy_attrs(src, dst)
+                for name in hard_groups(src):
+                    g = dst.create_group(name)
+                    _copy_attrs(src[name], g)
+                    for split in hard_groups(src[name]):
+                        _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
+                dst.flush()
         os.chmod(tmp, mode)  # the store's own permissions (a private chmod 600 store stays private)
         os.replace(tmp, path)
     except BaseException:
