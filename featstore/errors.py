@@ -6,7 +6,9 @@ Every message names what went wrong *and* what the user can do about it. The CLI
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import PurePath
 
 
 class FeatstoreError(Exception):
@@ -93,6 +95,33 @@ def check_names(what: str, required: bool = False, **names: object) -> None:
             raise ConfigError(
                 f"{argument}={value!r} {empty} {what} name (an unset variable?); give a {what} name{default}"
             )
+
+
+def check_paths(required: bool = False, **paths: object) -> None:
+    """ConfigError naming the first argument of ``paths`` that is an empty or all-space path (a ``str``, or an
+    ``os.PathLike`` whose ``os.fspath`` is one), or a list's item that is one: ``extract("", "train")`` read ``./train``,
+    ``predict(run, [""])`` predicted the images of the current folder and ``fit(runs="")`` recorded into the default
+    runs folder, where the command line refuses the empty value. Check the argument as given: ``Path("")`` is already
+    ``Path(".")``. ``required``: the arguments have no default to fall back on.
+
+    >>> check_paths(data="images", runs=None)
+    >>> check_paths(runs="")
+    Traceback (most recent call last):
+    featstore.errors.ConfigError: runs='' is an empty path (an unset variable?); give a path, or omit runs= for its default
+    """
+    for argument, value in paths.items():
+        items = enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
+        for i, v in items:
+            if _empty_path(v):  # a list's item by its index: the list may hold thousands
+                where = argument if i is None else f"{argument}[{i}]"
+                default = "" if required else f", or omit {argument}= for its default"
+                raise ConfigError(f"{where}={v!r} is an empty path (an unset variable?); give a path{default}")
+
+
+def _empty_path(value: object) -> bool:
+    if isinstance(value, os.PathLike) and not isinstance(value, PurePath):  # a Path from "" is "." by now
+        value = os.fspath(value)
+    return isinstance(value, str) and not value.strip()
 
 
 def renamed_argument(where: str, old: str, new: str, old_value, new_value, default=None):

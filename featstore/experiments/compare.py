@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError
+from featstore.errors import ConfigError, OutputError, check_paths
 from featstore.outputs import (
     check_output,
     check_own_output,
@@ -216,6 +216,7 @@ def compare_runs(
     """
     from featstore.plots import compare_png
 
+    check_paths(out=out, store=store, runs=runs)  # out="" drew the chart into the runs folder
     path = check_chart_name(out, store=store) if out else output_path(runs_root(store, runs), "compare.png")
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     if not recs:

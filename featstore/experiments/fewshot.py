@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, StoreError, check_names, check_seed
+from featstore.errors import ConfigError, OutputError, StoreError, check_names, check_paths, check_seed
 from featstore.experiments.compare import check_chart_name
 from featstore.experiments.protocol import check_distinct, check_has_rows
 from featstore.outputs import write_atomic, write_text
@@ -164,6 +164,7 @@ def fewshot(
 
     check_names("extractor", extractor=extractor)
     check_names("split", train=train, validation=validation, test=test)
+    check_paths(store=store, runs=runs, png=png)
     given = _single_values(clf, params)
     spec = get_classifier(clf)
     full = spec.full_params(given)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, StoreError, check_names, choices_error
+from featstore.errors import ConfigError, StoreError, check_names, check_paths, choices_error
 from featstore.experiments.calibration import calibrate_on_validation_blocks
 from featstore.experiments.evaluate import run_metrics_blocks
 from featstore.experiments.finetune_cache import cache_note, cached_cut
@@ -115,6 +115,7 @@ def finetune(
         finetune("dense-1a2b3c", FinetuneConfig("block4_conv1", augment="flip,rotate=0.1,zoom=0.2"))
     """
     check_names("weights", weights=weights)
+    check_paths(data=data, store=store, runs=runs)  # data="" read the current folder
     config = config.validated()
     check_threads(workers)  # here, not when validation is decoded after every epoch was trained
     rec, folder = get_run(run_id, store, runs)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import MAX_BATCH, ConfigError, DataError, OutputError, StoreError, check_names
+from featstore.errors import MAX_BATCH, ConfigError, DataError, OutputError, StoreError, check_names, check_paths
 from featstore.images.listing import IMAGE_EXTENSIONS, find_images, printable
 from featstore.outputs import (
     cache_dir,
@@ -166,6 +166,8 @@ def predict(
     from featstore.models.onnx_runtime import CACHE_FOLDER, check_runtime
 
     check_names("run", required=True, run_id=run_id)
+    check_paths(required=True, inputs=inputs)  # [""] predicted the images of the current folder
+    check_paths(store=store, runs=runs, out=out)
     check_names("weights", weights=weights)
     check_names("runtime", runtime=runtime)
     if not isinstance(batch_size, int) or batch_size < 1:

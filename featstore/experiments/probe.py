@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, StoreError, check_names
+from featstore.errors import ConfigError, OutputError, StoreError, check_names, check_paths
 from featstore.experiments.compare import check_chart_name
 from featstore.experiments.probe_fits import (
     COARSE,
@@ -89,6 +89,7 @@ def probe(
 
     check_names("extractor", extractors=extractors)
     check_names("split", train=train, validation=validation, test=test)
+    check_paths(store=store, runs=runs, png=png)
     if reduce not in REDUCTIONS:
         raise ConfigError(f"unknown reduce {reduce!r}; choose one of: {', '.join(REDUCTIONS)}")
     if knn and (not ks or any(int(k) < 1 for k in ks)):

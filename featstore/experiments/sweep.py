@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, StoreError, check_jobs, check_names
+from featstore.errors import ConfigError, OutputError, StoreError, check_jobs, check_names, check_paths
 from featstore.experiments.compare import check_chart_name, compare_pair, wilson_of
 from featstore.experiments.ensemble import averaged_blocks, greedy_ensemble, greedy_log_loss  # noqa: F401 - greedy_ensemble re-exported
 from featstore.experiments.ensemble import ensemble as record_ensemble
@@ -75,6 +75,7 @@ def sweep(
     from featstore.experiments.classifiers import get_classifier
 
     check_names("extractor", extractors=extractors)
+    check_paths(store=store, runs=runs, png=png)
     clfs = list(dict.fromkeys(clfs))
     if not clfs:
         raise ConfigError("give at least one classifier, e.g. --clf logreg,svm")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import MAX_BATCH, ConfigError, check_names, choices_error, renamed_argument
+from featstore.errors import MAX_BATCH, ConfigError, check_names, check_paths, choices_error, renamed_argument
 from featstore.extraction import copies as augcopies
 from featstore.extraction.local import LocalEngine
 from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run_pass
@@ -129,6 +129,8 @@ def extract(
                 ExtractorConfig(weights="hed-bsds500", layers=("block3_pool", "block4_pool", "block5_pool")))
     """
     started = time.monotonic()
+    check_paths(required=True, data=data)  # "" read ./<split>/ of the current folder
+    check_paths(store=store, store_path=store_path)
     check_names("split", required=True, split=split)
     check_names("extractor", name=name)  # "" took the default name
     check_names("layer", cut_layers=config.cut_layers if config else ())

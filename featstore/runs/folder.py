@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, StoreError, check_paths
 from featstore.outputs import name_problem
 from featstore.runs.files import (
     PREDICTIONS,
@@ -65,7 +65,10 @@ def runs_dir(store: str | os.PathLike) -> Path:
 def runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
     """``runs`` if given, else the store's default runs folder; StoreError (one line naming it) when something other
     than a folder is at that name: a file, FIFO or device, a symbolic link loop, a link to nothing. Nothing there is
-    fine (no runs yet; a fit makes the folder)."""
+    fine (no runs yet; a fit makes the folder). An empty ``store`` or ``runs`` is a ConfigError naming it (``runs=""``
+    took the default)."""
+    check_paths(runs=runs)
+    check_paths(required=True, store=store)
     root = Path(runs) if runs else runs_dir(store)
     where = f"--runs {root}" if runs else f"the runs folder {root} (beside the store)"
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import h5py
 
-from featstore.errors import ConfigError, StoreBusyError, StoreError
+from featstore.errors import ConfigError, StoreBusyError, StoreError, check_paths
 from featstore.leftovers import replace_with_new
 from featstore.outputs import resolved, terminal_safe
 
@@ -133,6 +133,7 @@ class StoreFile:
     """
 
     def __init__(self, path: str | os.PathLike, locking: bool | None = None):
+        check_paths(required=True, store=path)  # before Path(): Path("") is the current folder
         self.path = Path(path)
         resolved(self.path, "store", StoreError)  # a symbolic-link loop: said so, not "does not exist"
         self.locking = locking_default() if locking is None else locking
