@@ -28,7 +28,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, check_paths
 from featstore.outputs import terminal_safe
 
 logger = logging.getLogger(__name__)
@@ -127,6 +127,7 @@ def load_image(
     >>> load_image("data/train/cat/001.png", 32).shape   # doctest: +SKIP
     (32, 32, 3)
     """
+    check_paths(required=True, path=path)  # '' was "file vanished"
     try:
         with _open_regular(path) as fh:
             st_size = os.fstat(fh.fileno()).st_size

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featstore.errors import DataError
+from featstore.errors import DataError, check_paths
 from featstore.images.decode import (  # noqa: F401 - re-exported: images is the public face of the image side
     DECODE_BUDGET,
     MAX_PIXELS,
@@ -166,6 +166,7 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     >>> discover("data", "train").class_names   # doctest: +SKIP
     ['cat', 'dog']
     """
+    check_paths(required=True, root=root)  # '' would list the current folder
     root = Path(root)
     if not root.is_dir():
         raise DataError(

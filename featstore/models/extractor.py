@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, check_seed
+from featstore.errors import ConfigError, check_paths, check_seed
 from featstore.models import forward, onnx_runtime
 from featstore.models.backbones import (
     BackboneSpec,
@@ -225,6 +225,7 @@ class Extractor:
         """``jit=True`` compiles the forward pass with XLA for batches of ``jit_batch`` rows and checks it (see :func:`featstore.models.forward.check_jit`).
         ``config.runtime="onnx"`` runs it with ONNX Runtime, exported once into the folder ``runtime_cache`` and checked
         (:mod:`featstore.models.onnx_runtime`)."""
+        check_paths(runtime_cache=runtime_cache)  # '' would be the current folder
         if jit:
             forward.require_jit_backend()
         onnx_runtime.check_runtime(config.runtime, config.mixed_precision, jit)

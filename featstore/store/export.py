@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, choices_error
+from featstore.errors import ConfigError, OutputError, check_paths, choices_error
 from featstore.outputs import check_own_output, csv_cell, probe_output, refuse_image, write_atomic
 from featstore.store.export_files import SUFFIXES, is_export
 from featstore.store.reader import FeatureStore
@@ -108,6 +108,7 @@ def export(
         export("features.h5", "train", "train_shards", format="parquet", rows_per_file=100_000)
         X = np.load(export("features.h5", "test", "test.npz").path)["features"]
     """
+    check_paths(required=True, out=out)  # '' would be Path('.'): the current folder
     out = Path(out)
     fmt = _format(out, format if format is not None or rows_per_file is None else "parquet")
     if features not in REDUCTIONS:
