@@ -199,6 +199,12 @@ def test_a_class_the_module_cannot_size_is_refused(tmp_path, entry):
     problem = keras_zip_problem(path) or "accepted"
     assert f"layer {entry['config']['name']!r} is a " in problem and "cannot size before Keras builds" in problem
     assert "rebuild the model from keras.layers" in problem and "\n" not in problem
+    from featstore.errors import ConfigError
+    from featstore.models.saved import _check_keras_zip
+
+    with pytest.raises(ConfigError) as said:  # without "save it again": saving changes nothing for such a class
+        _check_keras_zip(path)
+    assert "rebuild the model from keras.layers" in str(said.value) and "save it again" not in str(said.value)
 
 
 @pytest.mark.parametrize(

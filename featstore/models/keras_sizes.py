@@ -31,6 +31,7 @@ MAX_CONFIG_BYTES = 16 << 20  # config.json: ResNet152's is about 1 MB
 # review found five (Dense without bias, UnitNormalization, normalizations without centre/scale or over another axis,
 # cross-attention), up to ~1e6 parameters a layer at usual widths, and one no slack covers (EinsumDense, 197x); all
 # are exact now and tests hold the bound at or below what genuine models store with no slack at all.
+UNBOUNDED = f"its {CONFIG_FILE} cannot be bounded before Keras builds it"  # a layer class it cannot size: its own fix
 SLACK = 1 << 24
 
 
@@ -51,7 +52,7 @@ def keras_zip_problem(path: Path) -> str | None:
         try:
             bound, largest = implied_parameters(config)
         except Unbounded as exc:
-            return f"its {CONFIG_FILE} cannot be bounded before Keras builds it: {exc}"
+            return f"{UNBOUNDED}: {exc}"
         held, problem = 0, None
         if WEIGHTS_FILE in z.namelist():
             try:

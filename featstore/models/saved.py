@@ -18,7 +18,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, WeightsError
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
-from featstore.models.keras_sizes import keras_zip_problem
+from featstore.models.keras_sizes import UNBOUNDED, keras_zip_problem
 from featstore.models.weights import LoadedWeights, sha256_file
 from featstore.outputs import resolved, what_is_at
 from featstore.provenance import MAX_IMAGE_SIZE
@@ -92,6 +92,8 @@ def _check_keras_zip(path: Path) -> None:
             f"with model.save('my_cnn.keras')"
         ) from None
     problem = keras_zip_problem(path)  # Keras builds every layer from config.json before it reads a weight
+    if problem and problem.startswith(UNBOUNDED):  # a genuine model with a layer class featstore cannot size
+        raise ConfigError(f"{path} is refused before loading: {problem}")
     if problem:
         raise ConfigError(
             f"{path} is refused before loading: {problem}. A model saved by Keras is never like this; save it again "
