@@ -13,6 +13,8 @@ import zipfile
 
 import pytest
 
+from tests.test_adversarial_attack20_fixH import assert_bounded_and_accepted
+
 # Arguments a layer's constructor requires, by parameter name (small, so each builds in milliseconds)
 ARGS = {
     "units": 3, "filters": 4, "kernel_size": 2, "input_dim": 7, "output_dim": 3, "num_heads": 2, "key_dim": 4,
@@ -240,7 +242,7 @@ def test_genuine_models_the_bound_refused_are_accepted(tmp_path):
     channels_first convolution (also under TimeDistributed, from the graph) and ConvNeXt's LayerScale are counted."""
     import keras
 
-    from featstore.models.keras_sizes import implied_parameters, keras_zip_problem
+    from featstore.models.keras_sizes import implied_parameters
 
     L = keras.layers
     x = keras.Input((256,))
@@ -253,14 +255,7 @@ def test_genuine_models_the_bound_refused_are_accepted(tmp_path):
         "cross": keras.Model([q, v], L.MultiHeadAttention(4, 64)(q, v)),
         "channels_first": keras.Model(img, L.Conv2D(64, 3, data_format="channels_first")(img)),
     }
-    for name, model in models.items():
-        path = tmp_path / f"{name}.keras"
-        model.save(path)
-        with zipfile.ZipFile(path) as z:
-            bound, _ = implied_parameters(json.loads(z.read("config.json")))
-        stored = sum(int(w.numpy().size) for w in model.weights)
-        assert 0 < bound <= stored, (name, bound, stored)
-        assert keras_zip_problem(path) is None, name
+    assert_bounded_and_accepted(tmp_path, models)
     clip = keras.Input((10, 2, 4, 4))  # 10 steps of 2 channels first: the wrapped layer's input has no time axis
     timed = keras.Model(clip, L.TimeDistributed(L.Conv2D(4, 1, data_format="channels_first"))(clip))
     text = json.dumps(keras.saving.serialize_keras_object(timed)).replace('"build_config"', '"no_build_config"')
