@@ -225,8 +225,9 @@ def build_similarity_index(
         pick = np.sort(np.random.default_rng(seed).choice(n, size=rows, replace=False))
         S, at = np.empty((rows, d), np.float32), 0  # filled in place: a list of blocks concatenated held it twice
         for _, X in query_blocks(fs, name, split, budget, pick):  # were 6 x its bytes (attack 18: a peak of 937 MB)
-            for i in range(0, len(X), step):
-                S[at + i : at + i + step] = normalised(X[i : i + step], centre.mean)
+            for i in range(0, len(X), step):  # a block's last part is shorter than step (attack 22: a broadcast error)
+                part = normalised(X[i : i + step], centre.mean)
+                S[at + i : at + i + len(part)] = part
             at += len(X)
         # copy=False: centred in place (S is ours), not copied once more
         pca = PCA(n_components=dims, svd_solver="randomized", random_state=seed, copy=False).fit(S)
