@@ -48,6 +48,89 @@ class CacheNotTrusted(CacheNotMade):
     """A cache folder featstore did not make: owned by another user, or writable by the group or others."""
 
 
+class NotRegular(ValueError):
+    """A cached file that is not a regular file of at most its bound (:func:`open_regular`): a link, FIFO, device,
+    folder or socket at its name (``link``: a symbolic link), or more bytes than featstore writes there (``size``)."""
+
+    link = False
+    size: int | None = None
+
+
+_OPEN_FILE = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
+_OPEN_FILE |= getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def open_regular(path: str | os.PathLike, limit: int | None = None) -> tuple[int, os.stat_result] | None:
+    """``(descriptor, its fstat)`` of the cached file ``path``, opened once (``O_NOFOLLOW | O_NONBLOCK``) and checked
+    on that descriptor to be a regular file of at most ``limit`` bytes; None when there is none. :class:`NotRegular`
+    otherwise, never a wait: a check by name (lstat, is_file) followed by a second, blocking open by name waited for
+    ever on a FIFO renamed there in between (attack 22: ``similar``'s index.json, ``report``'s leak pairs). Other
+    OSErrors are raised. The caller closes the descriptor; :func:`read_small` reads a small file whole."""
+    path = Path(path)
+    if not hasattr(os, "O_NOFOLLOW") and os.path.islink(path):  # Windows: no O_NOFOLLOW (nor FIFOs)
+        raise _not_regular(path, link=True)
+    try:
+        fd = os.open(path, _OPEN_FILE)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):  # O_NOFOLLOW met a link (ELOOP; EMLINK on BSDs)
+            raise _not_regular(path, link=True) from None
+        raise
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and (limit is None or st.st_size <= limit):
+        return fd, st
+    os.close(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise _not_regular(path)
+    raise _not_regular(path, size=st.st_size, limit=limit)
+
+
+def open_cached(path: str | os.PathLike, limit: int | None = None):
+    """:func:`open_regular` as a binary file object (closing it closes the descriptor); FileNotFoundError when there is
+    none. Example::
+
+        with open_cached("features.h5.cache/maps/map-1.npz") as fh, zipfile.ZipFile(fh) as z: ...
+    """
+    if (opened := open_regular(path, limit)) is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path))
+    return os.fdopen(opened[0], "rb")
+
+
+def read_small(path: str | os.PathLike, limit: int, read: bool = True) -> bytes | None:
+    """The bytes of the small cached file ``path`` (a record, a note, a thumbnail: at most ``limit`` bytes), read from
+    the one descriptor :func:`open_regular` opened and checked; None when there is none (``read`` False: b"" once
+    checked, nothing read). :class:`NotRegular` for a link, FIFO, device or folder at its name, or a larger file.
+
+    >>> read_small("features.h5.cache/leaks-0f3c.json", 64 << 20) is None   # doctest: +SKIP
+    True
+    """
+    opened = open_regular(path, limit)
+    if opened is None:
+        return None
+    fd, st = opened
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as fh:  # sized by the fstat: read(limit) would allocate the limit
+            data = fh.read(st.st_size + 1) if read else b""
+            if len(data) > st.st_size:  # grew since the fstat: the rest, up to the bound
+                data += fh.read(limit + 1 - len(data))
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # grew since the fstat
+        raise _not_regular(Path(path), size=len(data), limit=limit)
+    return data
+
+
+def _not_regular(path: Path, link: bool = False, size: int | None = None, limit: int | None = None) -> NotRegular:
+    if size is not None:
+        error = NotRegular(f"{path.name} is {size:,} bytes, more than the {limit:,} featstore writes there")
+    else:
+        kind = "a symbolic link" if link else "a pipe, device, folder or socket"
+        error = NotRegular(f"{path.name} is not a regular file ({kind})")
+    error.link, error.size = link, size
+    return error
+
+
 def cache_folder(root: str | os.PathLike, *parts: str, what: str = "cache folder", again: str = AGAIN) -> Path:
     """``root/parts...`` made where missing, each level a real folder of this user that only this user can write;
     returns it. ``root`` is the cache beside a store (:func:`featstore.outputs.cache_dir`), whose parent must exist. A
@@ -74,7 +157,7 @@ def opened_cache(
     Example::
 
         with opened_cache("features.h5.index", "s", "train") as at:
-            meta = (at / "index.json").read_text() if at else None
+            meta = read_small(at / "index.json", 1 << 20) if at else None
     """
     if not FD_SAFE:
         levels = [Path(root).joinpath(*parts[:i]) for i in range(len(parts) + 1)]  # root, then each level below it

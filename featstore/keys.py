@@ -159,7 +159,10 @@ def _refuse_link(folder: Path) -> ConfigError:
 
 def _read_or_make(path: Path) -> bytes:
     """The key at ``path``, read through its folder's descriptor (made 0700 where missing; never through a link)."""
-    path.parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.parent.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (FileExistsError, NotADirectoryError) as exc:  # its strerror, "File exists", named no problem
+        raise OSError(exc.errno, _not_a_folder(path.parent.parent)) from None
     try:
         os.mkdir(path.parent, 0o700)
     except FileExistsError:
@@ -183,6 +186,19 @@ def _read_or_make(path: Path) -> bytes:
         return _read(folder, path)
     finally:
         os.close(folder)
+
+
+def _not_a_folder(base: Path) -> str:
+    """Why no folder can be made at ``base`` (it or a folder above it is a file): that one named, as
+    ``XDG_CONFIG_HOME`` when it is that variable's value.
+
+    >>> _not_a_folder(Path("/dev/null/featstore"))
+    '/dev/null is not a folder'
+    """
+    there = next((p for p in (base, *base.parents) if os.path.lexists(p) and not os.path.isdir(p)), base)
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    named = f"XDG_CONFIG_HOME ({there})" if os.path.isabs(xdg) and Path(xdg) == there else str(there)
+    return f"{named} is not a folder"
 
 
 def _read(folder: int, path: Path) -> bytes:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.caches import cache_folder, write_cached
+from featstore.caches import cache_folder, open_cached, write_cached
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments.leaks.find import split_commit
 from featstore.experiments.leaks.search import query_blocks
@@ -249,7 +249,7 @@ def _cached(cache, name: str, key: str, sample: dict[str, np.ndarray]):
     n = sum(len(r) for r in sample.values())
     try:
         check_zip(path)  # before anything is unpacked: no zip bombs
-        with zipfile.ZipFile(path) as z:
+        with open_cached(path) as fh, zipfile.ZipFile(fh) as z:  # one open: ZipFile(path) met a FIFO renamed there
             text = _small_text(z, "meta")
             mac = _small_text(z, "mac") if "mac.npy" in z.namelist() else None
             rows = [read_npy(z, f"rows_{i}.npy", "iu", (len(sample[s]),)) for i, s in enumerate(splits)]

@@ -30,10 +30,19 @@ from typing import NamedTuple
 
 import numpy as np
 
+from featstore.caches import CacheNotMade
 from featstore.errors import ConfigError, DataError, StoreError
 from featstore.experiments.leaks.search import _bad_rows, _rows, normalised, scan
 from featstore.experiments.similar_files import NotSigned
-from featstore.experiments.similar_index import build_similarity_index, load_index, read_names, read_rows
+from featstore.experiments.similar_index import (
+    build_similarity_index,
+    index_dir,
+    index_folder,
+    load_index,
+    read_names,
+    read_rows,
+)
+from featstore.keys import user_key
 from featstore.outputs import terminal_safe
 from featstore.store.reader import FeatureStore
 
@@ -316,11 +325,25 @@ def similar(
 
 
 def _index(fs: FeatureStore, name: str, split: str, required: bool, max_bytes: int, option: str):
-    """The split's index (:func:`load_index`); one not signed by this user's featstore is built again, said once."""
+    """The split's index (:func:`load_index`); one not signed by this user's featstore is built again, said once.
+    Not asked for (``required`` False), one that cannot be built again is not used, said once, and the search is
+    exact: with no key of yours (:func:`featstore.keys.user_key` says why; a plain `similar` failed for want of a key
+    to sign an index nobody asked for), or in a folder no index can be written in (a read-only shared store whose
+    index a colleague built; attack 22)."""
     try:
         return load_index(fs, name, split, required=required)
     except NotSigned as exc:
-        logger.warning("%s; building it again", exc)
+        why = str(exc)
+    if not required:
+        if user_key() is None:  # (it said why, once: "a similarity index is not used")
+            return None
+        try:
+            index_folder(index_dir(fs.path, name, split))  # made and writable, as the build checks first
+        except CacheNotMade as exc:
+            reason = getattr(exc, "why", None) or str(exc)
+            logger.warning("%s, and it cannot be built again here (%s); the search is exact", why, reason)
+            return None
+    logger.warning("%s; building it again", why)
     build_similarity_index(fs, name, split, max_bytes=max_bytes, option=option)
     return load_index(fs, name, split, required=True)
 

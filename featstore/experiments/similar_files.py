@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import keys
+from featstore.caches import open_cached, read_small
 from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.outputs import terminal_safe
 from featstore.safezip import check_zip, read_npy
@@ -115,10 +115,11 @@ def check_vectors(fh, meta: dict) -> list[int] | None:
 def read_meta(path: Path, shown: Path) -> dict:
     """index.json (at ``path``, named ``shown``), bounded; StoreError when it is not a JSON object, NotSigned when it
     is a record of another format."""
-    try:
-        if _regular(path).stat().st_size > MAX_META_BYTES:
-            raise ValueError("too large")
-        meta = json.loads(path.read_text(encoding="utf-8"))
+    try:  # opened once, checked on its descriptor: a FIFO renamed there after a check by name hung `similar`
+        raw = read_small(path, MAX_META_BYTES)
+        if raw is None:
+            raise ValueError("it was removed meanwhile")
+        meta = json.loads(raw.decode("utf-8"))
         if not isinstance(meta, dict) or "format" not in meta:
             raise ValueError("not an index record of this featstore")
     except (OSError, ValueError, RecursionError) as exc:  # RecursionError: a nested [[[[...
@@ -157,14 +158,6 @@ def refuse_index_files(at: Path, folder: Path) -> None:
         )
 
 
-def _regular(path: Path) -> Path:
-    """``path`` if it is a regular file (not a link): a FIFO at ``vectors.npy`` or ``model.npz`` made ``similar`` wait
-    forever for a writer, and a link there could point anywhere (build_similarity_index writes regular files only)."""
-    if not stat.S_ISREG(os.lstat(path).st_mode):
-        raise OSError(f"{path.name} is not a regular file (a link, pipe or device)")
-    return path
-
-
 def recorded(meta: dict) -> tuple[int, int, str]:
     """``(vectors.npy's size, model.npz's size, model.npz's sha256)`` as index.json records them; ValueError when it
     records none (an index built before featstore checked its files) or they are not sizes and a digest."""
@@ -176,22 +169,12 @@ def recorded(meta: dict) -> tuple[int, int, str]:
 
 
 def _open_regular(path: Path, size: int):
-    """``path`` opened for reading (never through a link, never waiting on a FIFO), checked to be a regular file of
-    the recorded ``size``."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    not_regular = f"{path.name} is not a regular file (a link, pipe or device)"
-    try:
-        fh = os.fdopen(os.open(path, flags), "rb")
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a link
-            raise ValueError(not_regular) from None
-        raise
-    st = os.fstat(fh.fileno())
-    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+    """``path`` opened for reading (never through a link, never waiting on a FIFO: :func:`featstore.caches.open_cached`),
+    checked to be a regular file of the recorded ``size``."""
+    fh = open_cached(path)
+    if (got := os.fstat(fh.fileno()).st_size) != size:
         fh.close()
-        raise ValueError(
-            not_regular if not stat.S_ISREG(st.st_mode) else f"it is {st.st_size:,} bytes, index.json records {size:,}"
-        )
+        raise ValueError(f"it is {got:,} bytes, index.json records {size:,}")
     return fh
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.caches import CacheNotMade, CacheNotTrusted, cache_folder, opened_cache, write_cached, write_cached_text
-from featstore.errors import ConfigError, OutputError, StoreError
+from featstore.errors import ConfigError, StoreError
 from featstore.experiments.leaks.find import commit_changes, split_commit
 from featstore.experiments.leaks.search import normalised, query_blocks, scan
 from featstore.experiments.similar_files import (
@@ -213,7 +213,7 @@ def build_similarity_index(
     name = fs.resolve(extractor)
     if (key := user_key()) is None:  # (said why once) an index it cannot sign would never be used
         raise ConfigError(f"featstore has no key of yours to sign the similarity index with; {NO_KEY}")
-    folder = _index_folder(index_dir(fs.path, name, split))  # before any work: what is in the way, can it be written
+    folder = index_folder(index_dir(fs.path, name, split))  # before any work: what is in the way, can it be written
     budget = max(int(max_bytes) // 4, 1 << 20)
     commit = _commit(fs, name, split)
     centre = scan(fs, name, [], split, budget)  # refuses NaN/inf rows and splits of under 2 rows
@@ -313,19 +313,20 @@ def _stats(folder: Path, held: dict) -> dict[str, os.stat_result]:
         return {f: renamed_identity(at or folder, folder, f, fd, st) for f, (fd, st) in held.items()}
 
 
-def _cannot_write(folder: Path, exc: OSError, where: Path) -> OutputError:
+def _cannot_write(folder: Path, exc: OSError, where: Path) -> CacheNotMade:
     """One line for an index folder no file can be made in (a read-only file system, a folder not yours; ``where``: the
     folder that refused), said before any work: the index lives beside the store only, so the fixes are searching
-    without it or a writable copy of the store."""
-    why = output_fix(exc, where / "index.json").split(";")[0]
-    return OutputError(
-        f"cannot build the similarity index {terminal_safe(str(folder))}: {terminal_safe(why)}. It is kept beside the store "
-        f"only: search without it (`featstore similar --exact`), or copy the store to a "
-        f"writable folder and build it there"
+    without it or a writable copy of the store. ``why``: the reason alone (a plain ``similar`` says it in a warning)."""
+    why = terminal_safe(output_fix(exc, where / "index.json").split(";")[0])
+    error = CacheNotMade(
+        f"cannot build the similarity index {terminal_safe(str(folder))}: {why}. It is kept beside the store "
+        f"only: search without it (`featstore similar --exact`), or copy the store to a writable folder and build it there"
     )
+    error.cause, error.level, error.why = exc, where, why
+    return error
 
 
-def _index_folder(folder: Path) -> Path:
+def index_folder(folder: Path) -> Path:
     """``folder`` made where missing, level by level and never through a link (:func:`featstore.caches.cache_folder`),
     and checked to take a new file, before any work (on a read-only file system the index was computed, then refused
     with "a file or link is in its way"); a folder, FIFO, device or link at one of :data:`INDEX_FILES` is refused in

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import socket
-import stat
 import tempfile
 import time
 import warnings
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.caches import write_cached, write_cached_text
+from featstore.caches import NotRegular, read_small, write_cached, write_cached_text
 from featstore.errors import ConfigError, OutputError, choices_error
 from featstore.keys import key_id, sign, user_key, verifies
 from featstore.models.agreement import as_list, largest_difference, seeded_images
@@ -246,27 +245,19 @@ def _first_line(exc: BaseException) -> str:
 def read_cached(path: Path, limit: int = MAX_ONNX_BYTES, what: str = "the cached model", read=True) -> bytes | None:
     """A cached ONNX file's (or its record's: ``what``) bytes (``read`` False: b"", nothing read), None when there is
     none. A link, FIFO, device or folder at its name, or more than ``limit`` bytes, is refused, never followed or opened
-    for a blocking read."""
+    for a blocking read (:func:`featstore.caches.read_small`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if os.path.islink(path):
+        return read_small(path, limit, read)
+    except NotRegular as exc:
+        if exc.link:
             raise ConfigError(
                 f"--runtime onnx: {what} {path} is a symbolic link, which featstore does not follow; remove "
                 f"it (it is exported again)"
             ) from None
+        why = "not a regular file" if exc.size is None else f"{exc.size} bytes, over the limit"
+        raise ConfigError(f"--runtime onnx: {what} {path} is {why}; remove it (it is exported again)") from None
+    except OSError as exc:
         raise ConfigError(f"--runtime onnx: cannot read {what} {path} ({exc.strerror}); remove it") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            why = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"{st.st_size} bytes, over the limit"
-            raise ConfigError(f"--runtime onnx: {what} {path} is {why}; remove it (it is exported again)")
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            return fh.read() if read else b""
-    finally:
-        os.close(fd)
 
 
 def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[OnnxForward, float]:

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from featstore.caches import cache_folder, write_cached_text
+from featstore.caches import cache_folder, read_small, write_cached_text
 from featstore.errors import FeatstoreError, OutputError
 from featstore.experiments.leaks import BadRecord, find_leaks, leaks_line, read_record, record_path
 from featstore.experiments.leaks.find import COMMIT_KEYS
@@ -222,11 +222,13 @@ def _join(root: str, path: str) -> str:
 
 
 def _read_cache(file: Path) -> dict | None:
-    """Cached pairs, checked field by field (anything else: None, found again)."""
+    """Cached pairs, checked field by field (anything else: None, found again). Opened once and checked on that
+    descriptor (:func:`featstore.caches.read_small`): a FIFO renamed there after a check by name hung `report`."""
     try:
-        if file.is_symlink() or not file.is_file() or file.stat().st_size > MAX_CACHE_BYTES:
+        raw = read_small(file, MAX_CACHE_BYTES)
+        if raw is None:
             return None
-        data = json.loads(file.read_text(encoding="utf-8", errors="surrogateescape"))
+        data = json.loads(raw.decode("utf-8", errors="surrogateescape"))
         ok = (
             isinstance(data, dict)
             and isinstance(data.get("roots"), dict)

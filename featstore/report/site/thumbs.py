@@ -25,11 +25,10 @@ import hashlib
 import io
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from featstore.caches import cache_folder, write_cached, write_cached_text
+from featstore.caches import cache_folder, read_small, write_cached, write_cached_text
 from featstore.errors import OutputError
 from featstore.keys import sign, user_key, verifies
 from featstore.outputs import terminal_safe, write_atomic
@@ -141,14 +140,12 @@ class ThumbCache:
         """Whether the cached thumbnail of ``key`` is a regular file of at most MAX_THUMB_BYTES whose ``.mac`` holds
         its HMAC under this user's key."""
         path = self.path(key)
-        if self._secret is None or not _regular(path, MAX_THUMB_BYTES) or not _regular(mac := path.with_suffix(".mac")):
+        if self._secret is None:
             return False
-        try:
-            with open(path, "rb") as fh, open(mac, encoding="ascii", errors="replace") as mh:
-                data, signed = fh.read(MAX_THUMB_BYTES + 1), mh.read(128)
-        except OSError:
+        data, signed = _read(path, MAX_THUMB_BYTES), _read(path.with_suffix(".mac"), 128)
+        if data is None or signed is None:
             return False
-        return verifies(self._secret, "thumbs", path.name, data, signed)
+        return verifies(self._secret, "thumbs", path.name, data, signed.decode("ascii", errors="replace"))
 
     def export(self, thumb: Thumb, folder: Path) -> str | None:
         """Put a thumbnail into a site's ``folder`` (once): a hard link to the cached file where the file system
@@ -159,11 +156,22 @@ class ThumbCache:
         target = folder / name
         if _regular(target):
             return name
+        cached = self.path(thumb.key)
         try:
-            os.link(self.path(thumb.key), target)  # refuses an existing name (a planted link included)
+            os.link(cached, target)  # refuses an existing name (a planted link included)
         except OSError:
-            write_atomic(target, lambda tmp: shutil.copyfile(self.path(thumb.key), tmp), "report thumbnail")
+            if (data := _read(cached, MAX_THUMB_BYTES)) is None:  # read once, never a blocking open by name
+                return self._gone(cached)
+            write_atomic(target, lambda tmp: tmp.write_bytes(data), "report thumbnail")
+            return name
+        if not _regular(target, MAX_THUMB_BYTES):  # the inode linked: a FIFO renamed there since it was checked
+            target.unlink()
+            return self._gone(cached)
         return name
+
+    @staticmethod
+    def _gone(cached: Path) -> None:
+        logger.warning("cached thumbnail %s changed since it was checked; not shown", terminal_safe(str(cached)))
 
     def data_uri(self, thumb: Thumb) -> str | None:
         """The thumbnail as a ``data:`` URI (a page that must stand alone), or None."""
@@ -172,11 +180,8 @@ class ThumbCache:
         if thumb.key is None:
             return None
         path = self.path(thumb.key)
-        data = b""
-        if _regular(path):
-            with open(path, "rb") as fh:
-                data = fh.read(MAX_THUMB_BYTES + 1)  # bounded: the cache folder is not trusted to hold what we wrote
-        if not data or len(data) > MAX_THUMB_BYTES:
+        data = _read(path, MAX_THUMB_BYTES)  # bounded: the cache folder is not trusted to hold what we wrote
+        if not data:
             logger.warning(
                 "cached thumbnail %s is not a regular file of at most %d bytes; not shown", path, MAX_THUMB_BYTES
             )
@@ -186,13 +191,9 @@ class ThumbCache:
 
 def _note(secret: bytes | None, path: Path, name: str) -> str | None:
     """The failure reason in the note ``path`` when its first line is the HMAC of the rest under ``secret``."""
-    if secret is None or not _regular(path, 4 * MAX_REASON + 130):
+    if secret is None or (raw := _read(path, 4 * MAX_REASON + 130)) is None:
         return None
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-            mac, _, reason = fh.read(4 * MAX_REASON + 130).partition("\n")
-    except (OSError, ValueError):
-        return None
+    mac, _, reason = raw.decode("utf-8", errors="surrogateescape").partition("\n")
     if not permanent(reason) or not verifies(
         secret, "thumb-note", _noted(name), reason.encode("utf-8", "surrogateescape"), mac
     ):
@@ -224,6 +225,16 @@ def _noted(name: str) -> str:
     import PIL
 
     return f"{name}/pillow-{PIL.__version__}"
+
+
+def _read(path: Path, at_most: int) -> bytes | None:
+    """The bytes of the cached file ``path`` (:func:`featstore.caches.read_small`: opened once, never through a link
+    nor waiting on a FIFO renamed there after a check by name); None when it is missing, not a regular file of at most
+    ``at_most`` bytes, or cannot be read (the thumbnail or note is made again)."""
+    try:
+        return read_small(path, at_most)
+    except (OSError, ValueError):
+        return None
 
 
 def _regular(path: Path, at_most: int | None = None) -> bool:
