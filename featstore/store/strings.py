@@ -208,8 +208,9 @@ def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = Non
 def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int | None = None) -> object:
     """Attribute ``key`` of ``obj`` as plain Python, with a list of variable-length strings (class names) bounded: at
     most :data:`MAX_NAMES` of them (counted before the read) and none longer than ``limit`` bytes (checked before the
-    names are compared, copied or printed). Other values come back as ``provenance.plain`` gives them; with ``most``, a
-    value of more than ``most`` items (of any type) is refused unread, from its dataspace's shape.
+    names are compared, copied or printed; a fixed-width string's width, which is in its type, before the read). Other
+    values come back as ``provenance.plain`` gives them; with ``most``, a value of more than ``most`` items (of any
+    type) is refused unread, from its dataspace's shape.
 
     HDF5 reads an attribute whole (it has no partial reads), so what it stores is measured first: over
     :data:`MAX_ATTR_STORAGE` bytes (a 120 MiB array of numbers took 721 MiB and 15 s in ``info``) it is refused unread.
@@ -226,10 +227,18 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int
             f"{where}: {shown(key, 60)} holds {count:,} values where featstore writes at most {most}; refused unread: "
             f"{_FIX}"
         )
-    if aid.dtype.kind != "O" or h5py.check_string_dtype(aid.dtype) is None or aid.shape is None:
+    info = h5py.check_string_dtype(aid.dtype)
+    if info is None or aid.shape is None:
         return plain(_read(obj, key, where))
     if count > MAX_NAMES:
         raise StoreError(f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {_FIX}")
+    if info.length is not None:  # fixed width (never written by featstore): each string's width is in the type
+        if aid.dtype.itemsize > limit:
+            raise StoreError(
+                f"{where}: {key} holds fixed-width strings of {aid.dtype.itemsize:,} bytes, over the {limit:,}-byte "
+                f"limit; refused unread: {_FIX}"
+            )
+        return plain(_read(obj, key, where))
     value = _read(obj, key, where)
     if bad := _first_long(value, limit):
         del value  # a kept error (StoreMetadata keeps one per split) keeps this frame: not the K strings with it
@@ -262,17 +271,46 @@ def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
     """Attribute ``key`` of ``obj`` opened, not read, after its stored size was measured: StoreError naming ``where``
     and the key over :data:`MAX_ATTR_STORAGE` bytes, or when HDF5 cannot open or measure it. What every reading of a
     store's attribute starts with."""
+    if isinstance(key, bytes):  # h5py lists a name that is not UTF-8 as bytes; featstore names are all ASCII
+        raise StoreError(
+            f"{where}: {shown(key, 60)} is an attribute name that is not UTF-8, which featstore never writes: {_FIX}"
+        )
     try:
         aid = h5py.h5a.open(obj.id, key.encode("utf-8", "surrogateescape"))
-        stored, _ = _stored_size(aid), aid.dtype  # a type numpy has no dtype for (a 128-bit integer) is refused here
+        stored, dtype = (
+            _stored_size(aid),
+            aid.dtype,
+        )  # a type numpy has no dtype for (a 128-bit integer) is refused here
     except _H5_ERRORS as exc:
         raise StoreError(f"{where}: {shown(key, 60)} cannot be opened ({shown(str(exc), 160)}): {_FIX}") from None
+    if kind := _unwritten_type(dtype):
+        raise StoreError(
+            f"{where}: {shown(key, 60)} cannot be read: it is of HDF5 type {kind}, which featstore never writes in an "
+            f"attribute (it writes numbers, booleans and strings); refused unread: {_FIX}"
+        )
     if stored > MAX_ATTR_STORAGE:
         raise StoreError(
             f"{where}: {key} stores {stored:,} bytes, over the {MAX_ATTR_STORAGE:,} featstore accepts in an attribute "
             f"(it writes a few KiB; class names at most 16 bytes each); refused unread: {_FIX}"
         )
     return aid
+
+
+def _unwritten_type(dtype: np.dtype) -> str | None:
+    """What kind of type ``dtype`` is when featstore never writes it in an attribute (its own: integers, floats, booleans
+    (an enum), strings), else None. Such a type can hide strings its stored size does not count (a compound holding a
+    variable-length string stores 16 bytes: a 10 MB string was read and printed whole, attack 22)."""
+    if dtype.subdtype is not None:
+        return "array"
+    if dtype.fields is not None:
+        return "compound"
+    if dtype.kind in "biuf" or h5py.check_string_dtype(dtype) is not None:
+        return None
+    if h5py.check_ref_dtype(dtype) is not None:
+        return "reference"
+    if h5py.check_vlen_dtype(dtype) is not None:
+        return "variable-length sequence"
+    return {"c": "complex", "V": "opaque"}.get(dtype.kind, f"{dtype.kind!r}")
 
 
 def _stored_size(aid: h5py.h5a.AttrID) -> int:
