@@ -313,10 +313,10 @@ def test_repeated_class_names_are_found_in_linear_time():
 
 
 def test_the_similarity_index_names_rows_through_the_same_bound(two_splits):
-    """The index's few neighbour names (``similar_index.read_names``) were read by row without the bound: a row
+    """The index's few neighbour names (``similar_files.read_names``) were read by row without the bound: a row
     pointing at a shared 256 KiB string is refused there too, before it is read."""
     from featstore.errors import StoreError
-    from featstore.experiments.similar_index import read_names
+    from featstore.experiments.similar_files import read_names
     from featstore.store.reader import FeatureStore
 
     _shared_paths(two_splits, "test", 1000, 256 << 10)

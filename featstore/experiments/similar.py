@@ -33,15 +33,8 @@ import numpy as np
 from featstore.caches import CacheNotMade
 from featstore.errors import ConfigError, DataError, StoreError
 from featstore.experiments.leaks.search import _bad_rows, _rows, normalised, scan
-from featstore.experiments.similar_files import NotSigned
-from featstore.experiments.similar_index import (
-    build_similarity_index,
-    index_dir,
-    index_folder,
-    load_index,
-    read_names,
-    read_rows,
-)
+from featstore.experiments.similar_files import NotSigned, read_names, read_rows
+from featstore.experiments.similar_index import build_similarity_index, index_dir, index_folder, load_index
 from featstore.keys import user_key
 from featstore.outputs import terminal_safe
 from featstore.store.reader import FeatureStore

@@ -40,6 +40,9 @@ from featstore.caches import open_cached, read_small
 from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.outputs import terminal_safe
 from featstore.safezip import check_zip, read_npy
+from featstore.store.layout import PATH_ERRORS, validate_labels
+from featstore.store.reader import FeatureStore
+from featstore.store.strings import refuse_long
 from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -241,3 +244,34 @@ def sample_rows(asked: int, d: int, dims: int, max_bytes: int, option: str = "ma
     say = f"{fit:,} rows, not {asked:,}: {fit:,} rows x {d:,} values fill half of {option} ({int(max_bytes):,} bytes)"
     logger.info("the similarity index's PCA is fitted on %s", say)
     return fit
+
+
+def read_rows(fs: FeatureStore, name: str, split: str, rows: np.ndarray) -> np.ndarray:
+    """The flattened float32 features of some rows of a split (any order; each chunk read once), in ``rows`` order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    n = int(fs.split_info(split, name)["committed_rows"])
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise StoreError(f"rows outside 0..{n - 1} of {split!r} requested")
+    uniq, back = np.unique(rows, return_inverse=True)
+    with fs.file.open("r") as f:
+        X = f[name][split]["features"][uniq] if len(uniq) else np.zeros((0, 1), np.float32)
+    X = np.asarray(X, dtype=np.float32).reshape(len(uniq), -1)
+    return X[back]
+
+
+def read_names(fs: FeatureStore, name: str, split: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """``(paths, labels)`` of some rows of a split (read by row: naming 12 neighbours needs not every path)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    info = fs.split_info(split, name)
+    if len(rows) and (rows.min() < 0 or rows.max() >= int(info["committed_rows"])):
+        raise StoreError(f"rows outside the committed rows of {split!r} requested")
+    uniq, back = np.unique(rows, return_inverse=True)
+    if not len(uniq):
+        return [], np.zeros(0, np.int64)
+    with fs.file.open("r") as f:
+        sg = f[name][split]
+        refuse_long(sg["paths"], int(uniq[0]), int(uniq[-1]) + 1)  # heap IDs first: rows sharing one huge string
+        paths = list(sg["paths"].asstr(errors=PATH_ERRORS)[uniq])
+        labels = np.asarray(sg["labels"][uniq], dtype=np.int64)
+    validate_labels(labels, len(info["class_names"]), f"{fs.path}:/{name}/{split}")
+    return [paths[i] for i in back], labels[back]

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.caches import CacheNotMade, CacheNotTrusted, cache_folder, opened_cache, write_cached, write_cached_text
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, StoreError, check_seed
 from featstore.experiments.leaks.find import commit_changes, split_commit
 from featstore.experiments.leaks.search import normalised, query_blocks, scan
 from featstore.experiments.similar_files import (
@@ -50,6 +50,7 @@ from featstore.experiments.similar_files import (
     open_vectors,
     read_meta,
     read_model,
+    read_rows,
     recorded,
     refuse_index_files,
     renamed_identity,
@@ -60,9 +61,7 @@ from featstore.experiments.similar_files import (
 )
 from featstore.keys import user_key
 from featstore.outputs import output_fix, terminal_safe
-from featstore.store.layout import PATH_ERRORS, validate_labels
 from featstore.store.reader import FeatureStore
-from featstore.store.strings import refuse_long
 from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -93,37 +92,6 @@ def _safe(name: str) -> str:
     if _SAFE.fullmatch(name) and name not in (".", ".."):
         return name
     return "h-" + hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
-
-
-def read_rows(fs: FeatureStore, name: str, split: str, rows: np.ndarray) -> np.ndarray:
-    """The flattened float32 features of some rows of a split (any order; each chunk read once), in ``rows`` order."""
-    rows = np.asarray(rows, dtype=np.int64)
-    n = int(fs.split_info(split, name)["committed_rows"])
-    if len(rows) and (rows.min() < 0 or rows.max() >= n):
-        raise StoreError(f"rows outside 0..{n - 1} of {split!r} requested")
-    uniq, back = np.unique(rows, return_inverse=True)
-    with fs.file.open("r") as f:
-        X = f[name][split]["features"][uniq] if len(uniq) else np.zeros((0, 1), np.float32)
-    X = np.asarray(X, dtype=np.float32).reshape(len(uniq), -1)
-    return X[back]
-
-
-def read_names(fs: FeatureStore, name: str, split: str, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """``(paths, labels)`` of some rows of a split (read by row: naming 12 neighbours needs not every path)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    info = fs.split_info(split, name)
-    if len(rows) and (rows.min() < 0 or rows.max() >= int(info["committed_rows"])):
-        raise StoreError(f"rows outside the committed rows of {split!r} requested")
-    uniq, back = np.unique(rows, return_inverse=True)
-    if not len(uniq):
-        return [], np.zeros(0, np.int64)
-    with fs.file.open("r") as f:
-        sg = f[name][split]
-        refuse_long(sg["paths"], int(uniq[0]), int(uniq[-1]) + 1)  # heap IDs first: rows sharing one huge string
-        paths = list(sg["paths"].asstr(errors=PATH_ERRORS)[uniq])
-        labels = np.asarray(sg["labels"][uniq], dtype=np.int64)
-    validate_labels(labels, len(info["class_names"]), f"{fs.path}:/{name}/{split}")
-    return [paths[i] for i in back], labels[back]
 
 
 def _commit(fs: FeatureStore, name: str, split: str) -> dict:
@@ -209,6 +177,9 @@ def build_similarity_index(
     start = time.monotonic()
     if isinstance(dims, bool) or not isinstance(dims, int) or dims < 2:
         raise ConfigError(f"dims must be a whole number of at least 2, not {dims!r}")
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 2 * dims:  # the PCA's rows: 2 x dims
+        raise ConfigError(f"sample must be a whole number of at least 2 x dims ({2 * dims}), not {sample!r}")
+    check_seed(seed, "seed")
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
     name = fs.resolve(extractor)
     if (key := user_key()) is None:  # (said why once) an index it cannot sign would never be used
@@ -382,9 +353,11 @@ def _checked(fs: FeatureStore, name: str, split: str, folder: Path, at: Path, me
     rebuild = f"rebuild it with `featstore similar --build-index --split {split}`, or search with --exact"
     fp = fs.metadata(name).get("fingerprint")
     if meta.get("fingerprint") != fp or meta.get("extractor") != name or meta.get("split") != split:
+        built = [str(meta.get(k))[:64] for k in ("extractor", "split", "fingerprint")]  # say which of them differs
         raise ConfigError(
-            f"the similarity index {terminal_safe(str(folder))} is stale: built from fingerprint "
-            f"{str(meta.get('fingerprint'))[:12]}, the store's {terminal_safe(name)} has {str(fp)[:12]}; {rebuild}"
+            f"the similarity index {terminal_safe(str(folder))} was built for extractor {terminal_safe(built[0])!r}, "
+            f"split {terminal_safe(built[1])!r}, fingerprint {built[2][:12]}, not {terminal_safe(name)!r}, split "
+            f"{terminal_safe(split)!r}, fingerprint {str(fp)[:12]}; {rebuild}"
         )
     now = _commit(fs, name, split)
     was = meta.get("commit") if isinstance(meta.get("commit"), dict) else {}
