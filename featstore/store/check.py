@@ -29,7 +29,7 @@ from featstore.store.layout import (
 from featstore.store.locking import StoreFile
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
-from featstore.store.strings import bounded_attrs, read_attr, read_names, refuse_long, unreadable_strings
+from featstore.store.strings import bounded_attrs, read_attr, read_names, refuse_long, shown_list, unreadable_strings
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
@@ -98,15 +98,16 @@ def _check_extractor(g, name: str, scans: list[_Split]) -> list[str]:
         try:
             commit = validate_split(sg, where, a)
             check_chunks(sg, commit, where)
+            s = bounded_attrs(sg, where)  # class_names bounded by validate_split; the others here (a bad one: listed)
         except StoreError as exc:
             out.append(str(exc))
             continue
-        s = bounded_attrs(sg, where)  # class_names bounded by validate_split; the others here
         if classes is None:
             classes = s["class_names"]
         elif s["class_names"] != classes:
             out.append(
-                f"{where}: class_names {s['class_names']} differ from the other splits' {classes}; {REDO} using the same class folders"
+                f"{where}: class_names {shown_list(s['class_names'])} differ from the other splits' "
+                f"{shown_list(classes)}; {REDO} using the same class folders"
             )
         sizes = {k: sg[k].shape[0] for k in ("features", "labels", "paths")}
         if max(sizes.values()) > commit.rows:
