@@ -76,11 +76,12 @@ def check_jobs(value: object, option: str = "--jobs") -> int:
     return value.__index__()
 
 
-def check_names(what: str, required: bool = False, **names: object) -> None:
+def check_names(what: str, required: bool = False, give: str | None = None, **names: object) -> None:
     """ConfigError naming the first argument of ``names`` that is an empty or all-space ``what`` name (a split, run,
     layer, extractor...), or a list holding one: ``fit(validation="")`` chose by cross-validation and
-    ``extract(..., name="")`` took the default name, where the command line refuses the empty value. ``required``:
-    the arguments have no default to fall back on.
+    ``extract(..., name="")`` took the default name, where the command line refuses the empty value. Pass each
+    argument under the name the caller gave it (``layer=``, not the ``cut_layers`` it becomes: attack 22). ``required``:
+    the arguments have no default to fall back on; ``give``: what to give instead (default "a/an <what> name").
 
     >>> check_names("split", train="train", validation=None)
     >>> check_names("split", validation="")
@@ -92,9 +93,8 @@ def check_names(what: str, required: bool = False, **names: object) -> None:
         if any(isinstance(v, str) and not v.strip() for v in values):
             empty = "holds an empty" if isinstance(value, (list, tuple)) else "is an empty"
             default = "" if required else f", or leave {argument} out for its default"
-            raise ConfigError(
-                f"{argument}={value!r} {empty} {what} name (an unset variable?); give a {what} name{default}"
-            )
+            give = give or f"{'an' if what[:1] in 'aeiou' else 'a'} {what} name"  # "an extractor name"
+            raise ConfigError(f"{argument}={value!r} {empty} {what} name (an unset variable?); give {give}{default}")
 
 
 def check_paths(required: bool = False, **paths: object) -> None:

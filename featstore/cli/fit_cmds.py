@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo, refuse_runs_file  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, comma_list, echo, refuse_runs_file  # noqa: F401
 from featstore.errors import FeatstoreError
 
 logger = logging.getLogger(__name__)
@@ -168,14 +168,15 @@ def sweep(
     from featstore.runs.folder import runs_root
 
     refuse_runs_file(store, runs)
-    clfs = [c.strip() for c in clf.split(",") if c.strip()]
+    clfs = comma_list(clf, "--clf")
+    extractors = comma_list(extractor, "--extractor") if extractor is not None else None
     summary = _interruptible(
         runs_root(store, runs),
         "sweep",
         lambda: run_sweep(
             store,
             clfs,
-            extractors=[e.strip() for e in extractor.split(",")] if extractor else None,
+            extractors=extractors,
             params=parse_clf_params(clfs, list(param or [])),
             search=search,
             jobs=jobs,

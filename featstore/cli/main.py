@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from featstore.errors import FeatstoreError
+from featstore.errors import ConfigError, FeatstoreError
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,28 @@ def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
             f"error: {opt} {empty} (an unset shell variable?); give {what}{default}", fg=typer.colors.RED, err=True
         )
         raise typer.Exit(1)
+
+
+def comma_list(text: str, option: str) -> list[str]:
+    """The items of a comma-separated option value, each stripped: every comma-list option (extract's --layer and
+    --augment-spec, sweep's --clf and --extractor, probe's --extractor and --k, fewshot's --shots, finetune's
+    --augment) is split here, so an empty item (``vgg16,``, ``,vgg16``, ``a,,b``: a stray comma, or an unset variable
+    in ``"$A,$B"``) is refused in one line naming the option, never dropped by one option and sent on by the next
+    (attack 22). A value that is empty as a whole is refused as an unset variable (:func:`refuse_empty` says so
+    first for the options of :data:`_NAMED`).
+
+    >>> comma_list("block3_pool, block4_pool", "--layer")
+    ['block3_pool', 'block4_pool']
+    >>> comma_list("vgg16,", "--extractor")
+    Traceback (most recent call last):
+    featstore.errors.ConfigError: --extractor 'vgg16,' has an empty item; remove the extra comma
+    """
+    if not text.strip():
+        raise ConfigError(f"{option} is empty (an unset shell variable?); give one or more values, comma-separated")
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ConfigError(f"{option} {text!r} has an empty item; remove the extra comma")
+    return items
 
 
 def _parse(command, ctx, name: str, args: list[str]):

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, comma_list
 from featstore.errors import ConfigError, OutputError
 
 logger = logging.getLogger(__name__)
@@ -28,9 +28,10 @@ def _print_summary(summary: dict, as_json: bool, table) -> None:
 
 
 def _ints(text: str, what: str) -> list[int]:
-    """``"1,2,5"`` -> ``[1, 2, 5]``, with an error naming the option."""
+    """``"1,2,5"`` -> ``[1, 2, 5]``, with an error naming the option (an empty item too: :func:`comma_list`)."""
+    items = comma_list(text, what)
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        return [int(t) for t in items]
     except ValueError:
         raise ConfigError(f"{what} takes whole numbers separated by commas, e.g. 1,2,5; got {text!r}") from None
 
@@ -68,7 +69,7 @@ def probe(
     from featstore.experiments.probe import probe as run_probe
     from featstore.report.protocols import probe_table
 
-    names = [n.strip() for e in extractor or [] for n in e.split(",") if n.strip()] or None
+    names = [n for e in extractor or [] for n in comma_list(e, "--extractor")] or None
     summary = run_probe(
         store,
         names,

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, _Group, app, echo, refuse_runs_file  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, _Group, app, comma_list, echo, refuse_runs_file  # noqa: F401
 from featstore.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def finetune(
         epochs=epochs,
         batch_size=batch_size,
         patience=patience,
-        augment=augment,
+        augment=",".join(comma_list(augment, "--augment")) if augment.strip() else augment,  # '' (the default): none
         seed=seed,
         from_scratch_head=from_scratch_head,
         cache=cache,

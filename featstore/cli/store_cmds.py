@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, echo, name  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, comma_list, echo, name  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -220,12 +220,14 @@ def extract(
             cpus_per_worker=cpus_per_worker,
             decode_threads=2 if decode_threads is None else decode_threads,
         )
-    layers = tuple(x.strip() for x in layer.split(",")) if layer and "," in layer else ()
+    cut = comma_list(layer, "--layer") if layer is not None else []
+    if augment_spec and augment_spec.strip():  # checked here like every comma list; '' is check_request's
+        augment_spec = ",".join(comma_list(augment_spec, "--augment-spec"))
     config = ExtractorConfig(
         model=model,
         image_size=image_size,
-        layer=None if layers else layer,
-        layers=layers,
+        layer=cut[0] if len(cut) == 1 else None,
+        layers=tuple(cut) if len(cut) > 1 else (),
         pooling=pooling,
         dtype=dtype,
         weights=weights,

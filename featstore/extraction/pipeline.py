@@ -133,6 +133,7 @@ def extract(
     check_paths(store=store, store_path=store_path)
     check_names("split", required=True, split=split)
     check_names("extractor", name=name)  # "" took the default name
+    # ExtractorConfig refuses layer=""/layers=[""]/weights="" by those names; this is ExtractorConfig(cut_layers=("",))
     check_names("layer", cut_layers=config.cut_layers if config else ())
     decode_threads = renamed_argument("extract", "workers", "decode_threads", workers, decode_threads)
     store = renamed_argument("extract", "store_path", "store", store_path, store, default="features.h5")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, check_paths, check_seed
+from featstore.errors import ConfigError, check_names, check_paths, check_seed
 from featstore.models import forward, onnx_runtime
 from featstore.models.backbones import (
     BackboneSpec,
@@ -104,6 +104,9 @@ class ExtractorConfig:
         given_layers = layers is not _NOT_GIVEN and bool(layers)
         if given_layer and given_layers:
             raise ConfigError("give either layer or layers, not both")
+        # named as the caller gave them: extract() said "cut_layers=('',)", and weights="" was the current folder
+        check_names("layer", layer=layer if given_layer else None, layers=layers if given_layers else None)
+        check_names("weights", give="imagenet, none, hed-bsds500 or a weights file's path", weights=weights)
         if (
             layer is not _NOT_GIVEN or layers is not _NOT_GIVEN
         ):  # the caller names the cut (replace() passes only cut_layers)
@@ -165,7 +168,9 @@ class ExtractorConfig:
         A named KerasHub preset is then taken only from KerasHub's local caches (``download=False``): a record, which
         anyone can edit, never makes featstore download anything. ``model_file`` (the caller's ``--weights``, e.g.
         ``hub:dinov2_small``) may be downloaded."""
-        return cls(**provenance.config_fields(attrs, weights, model_file), download=model_file is not None)
+        fields = provenance.config_fields(attrs, weights, model_file)
+        layer = fields.pop("layer")  # the record's cut, never named to the caller as their layer= argument
+        return cls(**fields, cut_layers=() if layer is None else (layer,), download=model_file is not None)
 
     def backbone(self) -> BackboneSpec | SavedModelSpec | HubSpec:
         """The backbone this configuration names: a registry spec, a saved model file inspected, or a KerasHub preset."""
