@@ -25,6 +25,8 @@ def test_spec_is_canonical_whatever_the_spelling():
         ("flip=diag", "horizontal_and_vertical"),
         ("contrast=x", "a number"),
         ("flip,flip", "twice"),
+        ("flip,", "empty item; remove the extra comma"),  # from Python too: the command line refuses it
+        ("flip, ,zoom=0.2", "empty item"),
     ],
 )
 def test_bad_names_and_values_say_what_is_valid(bad, needle):

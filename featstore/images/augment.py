@@ -75,8 +75,8 @@ def parse_augment(text: str | None) -> Augmentation:
         return Augmentation()
     found: dict[str, str | float] = {}
     for item in (s.strip() for s in text.split(",")):
-        if not item:
-            continue
+        if not item:  # "flip," from Python: the command line refuses the same extra comma (cli.main.comma_list)
+            raise ConfigError(f"augmentation {text!r} has an empty item; remove the extra comma")
         name, _, raw = item.partition("=")
         name = name.strip()
         if name not in AUGMENTATIONS:
