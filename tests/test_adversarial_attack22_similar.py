@@ -26,20 +26,12 @@ from featstore.caches import NotRegular, read_small
 from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.experiments import similar_index
 from featstore.experiments.similar import similar
-from featstore.experiments.similar_index import build_similarity_index, index_dir, load_index
+from featstore.experiments.similar_index import index_dir, load_index
 from featstore.report.site import storeview, thumbs
-from featstore.store.writer import write_arrays
 from tests.test_adversarial_attack4 import cli, no_traceback
+from tests.test_adversarial_attack20_fixI import store as attack20_store
 
-
-@pytest.fixture
-def store(tmp_path):
-    """400 train rows of 4 values, and their index (signed with the session's key)."""
-    path = tmp_path / "s.h5"
-    rng = np.random.default_rng(0)
-    write_arrays(path, "ex", "train", rng.random((400, 4)).astype("f4"), np.arange(400) % 2, ["a", "b"])
-    build_similarity_index(path, split="train")
-    return path
+store = attack20_store  # 400 train rows of 4 values, and their index (signed with the session's key)
 
 
 def _meta(store):
