@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError
+from featstore.models.build_guard import bounded_build
 from featstore.models.head import HEAD_LAYERS, head_layers
+from featstore.models.keras_sizes import held_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +211,9 @@ class FinetunedModel:
             register()
             objects = custom_objects()
 
-        return cls(keras.saving.load_model(path, safe_mode=True, compile=False, custom_objects=objects), attrs)
+        with bounded_build(held_parameters(Path(path)), str(path)):  # Keras builds from config.json first
+            model = keras.saving.load_model(path, safe_mode=True, compile=False, custom_objects=objects)
+        return cls(model, attrs)
 
     def proba(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Class probabilities of a uint8 batch at ``image_size`` (inference: augmentation and dropout off)."""

@@ -11,6 +11,8 @@ classes), RMSprop, early stopping on the validation split with the best weights 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
@@ -200,7 +202,11 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         """Fill the fitted state from a ``.keras`` file written by :meth:`save` (``safe_mode=True``)."""
         import keras
 
-        self.model_ = keras.saving.load_model(path, safe_mode=True, compile=False)
+        from featstore.models.build_guard import bounded_build
+        from featstore.models.keras_sizes import held_parameters
+
+        with bounded_build(held_parameters(Path(path)), str(path)):  # Keras builds from config.json first
+            self.model_ = keras.saving.load_model(path, safe_mode=True, compile=False)
         self.classes_ = np.asarray(classes)
         self.n_features_in_ = int(self.model_.input_shape[-1])
         self.history_ = history or {}

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, WeightsError, choices_error
+from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.hub_fetch import HUB_SCHEMES, NotDownloaded, _requires_keras_hub, fetch_preset  # noqa: F401
 from featstore.models.preset_json import (
     MAX_DIM,
@@ -38,6 +39,7 @@ from featstore.models.preset_json import (
     WEIGHTS_FILE,
     channels,
     check_sizes,
+    held_parameters,
     read_json,
     square_side,
     whole_number,
@@ -310,7 +312,10 @@ class HubSpec:
         with scratch_folder("preset") as tmp, contextlib.ExitStack() as held:
             snapshot = self._snapshot(tmp, held)
             try:
-                backbone = keras_hub.models.Backbone.from_preset(str(snapshot), **kwargs)
+                with bounded_build(held_parameters(snapshot / WEIGHTS_FILE, self.shown), str(self.folder)):
+                    backbone = keras_hub.models.Backbone.from_preset(str(snapshot), **kwargs)
+            except TooLarge:
+                raise
             except Exception as exc:  # noqa: BLE001 - KerasHub and Keras raise ValueError, TypeError, OSError, h5py's...
                 raise ConfigError(
                     f"KerasHub could not build {self.shown} from {self.folder}: {type(exc).__name__}: "

@@ -139,13 +139,9 @@ def term(layer: dict, shape: list | None, others: list, widest: int) -> tuple[in
     count, what = _count(kind, c, shape, widths, n)
     if count is None and _from_hub(layer):
         count, what = hub_count(c, name)
-    if count is None:
-        raise Unbounded(
-            f"layer {name!r} is a {kind} (module {str(layer.get('module'))[:60]!r}), a class whose weights featstore "
-            f"cannot size before Keras builds them (it loads models made of Keras's built-in layers only); rebuild the "
-            f"model from keras.layers"
-        )
-    if quantized_halves(c) and kind in ("Dense", "EinsumDense"):
+    if count is None:  # not sized here: its variables are counted as Keras makes them (models.build_guard)
+        return 0, f"{kind} layer {name} (not sized before the build)"
+    if quantized_halves(c) and kind in ("Dense", "EinsumDense", "Embedding", "ReversibleEmbedding"):
         count //= 2  # two int4 weights in each stored int8 (Keras's model.quantize("int4"))
     return count, f"{kind} layer {name} ({what}, input {n})"
 

@@ -53,22 +53,37 @@ def keras_zip_problem(path: Path) -> str | None:
             bound, largest = implied_parameters(config)
         except Unbounded as exc:
             return f"{UNBOUNDED}: {exc}"
-        held, problem = 0, None
-        if WEIGHTS_FILE in z.namelist():
-            try:
-                with _member(path, z, z.getinfo(WEIGHTS_FILE)) as fh:
-                    held, seen, unstored, outside = walk_weights(fh)
-                problem = weights_problem(Path(WEIGHTS_FILE), seen, unstored, outside)
-            except _NoRoom as exc:
-                return str(exc)
-            except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError for a damaged file
-                held = 0  # it holds nothing Keras could read: every parameter would be built from the config alone
+        try:
+            held, problem = _held(path, z)
+        except _NoRoom as exc:
+            return str(exc)
     if bound > held + SLACK:
         return (
             f"its {CONFIG_FILE} builds at least {bound:,} parameters ({bound * 4 / 1e9:.2f} GB of float32; largest: "
             f"{largest}) but its {WEIGHTS_FILE} holds {held:,}: the config was edited or belongs to other weights"
         )
     return problem
+
+
+def held_parameters(path: Path) -> int:
+    """The numbers the ``.keras`` zip's weights file holds (0 when it has none or it cannot be read): what
+    :func:`featstore.models.build_guard.bounded_build` lets Keras build, plus :data:`SLACK`."""
+    with zipfile.ZipFile(path) as z:
+        return _held(path, z)[0]
+
+
+def _held(path: Path, z: zipfile.ZipFile) -> tuple[int, str | None]:
+    """``(numbers held, why the weights file must not be read or None)`` of the zip ``z`` at ``path``."""
+    if WEIGHTS_FILE not in z.namelist():
+        return 0, None
+    try:
+        with _member(path, z, z.getinfo(WEIGHTS_FILE)) as fh:
+            held, seen, unstored, outside = walk_weights(fh)
+        return held, weights_problem(Path(WEIGHTS_FILE), seen, unstored, outside)
+    except _NoRoom:
+        raise
+    except Exception:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError for a damaged file
+        return 0, None  # it holds nothing Keras could read: every parameter would be built from the config alone
 
 
 class _Slice(io.RawIOBase):

@@ -12,13 +12,15 @@ chosen with ``--preprocess`` (default ``none``: the model includes its own).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from featstore.errors import ConfigError, WeightsError
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
-from featstore.models.keras_sizes import UNBOUNDED, keras_zip_problem
+from featstore.models.build_guard import TooLarge, bounded_build
+from featstore.models.keras_sizes import UNBOUNDED, held_parameters, keras_zip_problem
 from featstore.models.weights import LoadedWeights, sha256_file
 from featstore.outputs import resolved, what_is_at
 from featstore.provenance import MAX_IMAGE_SIZE
@@ -54,7 +56,10 @@ def load_model_file(path: Path, trust_model: bool = False):
             f"made the file yourself."
         )
     try:
-        model = keras.saving.load_model(path, compile=False, **({} if legacy else {"safe_mode": True}))
+        with contextlib.nullcontext() if legacy else bounded_build(held_parameters(path), str(path)):
+            model = keras.saving.load_model(path, compile=False, **({} if legacy else {"safe_mode": True}))
+    except TooLarge:
+        raise
     except ValueError as exc:
         if "lambda" in str(exc).lower() or "safe_mode" in str(exc):
             raise ConfigError(
