@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from featstore.errors import ConfigError
 from featstore.images.decode import iter_decoded
 
 
@@ -56,7 +57,15 @@ class LocalEngine:
     def forward(self, payloads: list[np.ndarray], transform=None) -> list[np.ndarray]:
         """Features per output of one batch of decoded images (``transform``: applied to the uint8 batch first)."""
         images = np.stack(payloads)
-        return self.extractor.features(images if transform is None else transform(images))
+        try:
+            return self.extractor.features(images if transform is None else transform(images))
+        except Exception as exc:
+            if type(exc).__name__ != "ResourceExhaustedError":  # TensorFlow's out of memory
+                raise
+            raise ConfigError(
+                f"the forward pass ran out of memory on a batch of {len(images)} images ({str(exc).splitlines()[0][:160]}"
+                f"): give a smaller --batch-size, cut at another --layer, add --pooling avg or use a smaller --image-size"
+            ) from None
 
     def close(self) -> None:
         """Nothing to release."""

@@ -352,6 +352,7 @@ class _Extraction:
         )
         for name, (_, a) in zip(writer.names, extractor.outputs):
             refuse_huge_rows(a["feature_shape"], a["dtype"], name)  # before anything is written
+        refuse_huge_batches(row_bytes, self.how.batch_size, writer.names)
         if found.interrupted:
             writer.compact()  # resume from a clean copy: a killed writer's file state is never written on
         need = (rows.total - found.done) * row_bytes + CHUNK_BYTES
@@ -365,4 +366,20 @@ class _Extraction:
         desc = f"{names[0]}/{writer.key}" if len(names) == 1 else f"{len(names)} layers/{writer.key}"
         return run_pass(
             writer, rows, self.engine, batch_size=self.how.batch_size, progress=self.how.progress, desc=desc
+        )
+
+
+MAX_BATCH_BYTES = 4 << 30  # the features of one batch: the forward pass holds them (and more) at once
+
+
+def refuse_huge_batches(row_bytes: int, batch_size: int, names: list[str]) -> None:
+    """Refuse, before any image is read, a batch whose features alone pass :data:`MAX_BATCH_BYTES`: a 16 KB model
+    upsampling 32 px images 200 times (164 MB a row) asked TensorFlow for 5.2 GB a batch of 32 and ended in a 71-line
+    ResourceExhaustedError (attack 24)."""
+    if row_bytes * batch_size > MAX_BATCH_BYTES:
+        fits = max(1, MAX_BATCH_BYTES // max(row_bytes, 1))
+        raise ConfigError(
+            f"one row of {', '.join(names)} features is {row_bytes / 2**20:,.1f} MiB, so a batch of {batch_size} "
+            f"images holds {row_bytes * batch_size / 2**30:,.1f} GiB of features, over {MAX_BATCH_BYTES >> 30} GiB: "
+            f"give --batch-size {fits} or less, cut at another --layer, add --pooling avg or use a smaller --image-size"
         )
