@@ -329,3 +329,24 @@ def test_an_int4_quantized_embedding_is_accepted(tmp_path):
     model.quantize("int4")
     model.save(tmp_path / "q.keras")
     assert keras_zip_problem(tmp_path / "q.keras") is None
+
+
+@pytest.mark.parametrize(
+    "layer, said",
+    [
+        # Keras broadcasts a scalar mean and variance to the kept axes at build: tensors, not variables
+        ({"class_name": "Normalization", "config": {"name": "n", "mean": 0.0, "variance": 1.0},
+          "build_config": {"input_shape": [None, 500_000_000]}}, "axis size 500000000"),
+        # a stateful RNN's states are (batch, units) each, the batch from the input's batch_shape
+        ({"class_name": "LSTM", "config": {"name": "l", "units": 400, "stateful": True},
+          "build_config": {"input_shape": [2_000_000, 3, 4]}}, "stateful batch 2000000"),
+    ],
+)  # fmt: skip
+def test_sizes_keras_allocates_as_tensors_are_counted(tmp_path, layer, said):
+    """Attack 24 #10, #13: a Normalization given a scalar mean on a 5e8-wide input (counted 0) and a stateful LSTM with
+    a batch_shape of 2e6 (its states uncounted) made Keras fill GBs of tensors that are not variables, which the build
+    guard cannot see. Sabotage: the states term (or the given-mean 0) back fails its row."""
+    from featstore.models.keras_sizes import keras_zip_problem
+
+    problem = keras_zip_problem(_config_only(tmp_path, [layer])) or "accepted"
+    assert "builds at least" in problem and said in problem, problem

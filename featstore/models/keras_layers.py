@@ -169,7 +169,9 @@ def _count(kind: str, c: dict, shape, others: list[int], n: int) -> tuple[int | 
         return count * (1 + untied), f"input_dim {size(c.get('input_dim'))}, output_dim {size(c.get('output_dim'))}"
     if kind in ("LSTM", "GRU", "SimpleRNN", "LSTMCell", "GRUCell", "SimpleRNNCell"):
         gates = 4 if kind.startswith("LSTM") else 3 if kind.startswith("GRU") else 1
-        return mul(gates, units, n + units), f"units {units}"
+        batch = size((shape or [0])[0]) if c.get("stateful") else 0  # a stateful RNN's states: (batch, units) each
+        states = mul(2 if kind.startswith("LSTM") else 1, batch, units)
+        return mul(gates, units, n + units) + states, f"units {units}" + (f", stateful batch {batch}" if batch else "")
     if kind in ("MultiHeadAttention", "GroupQueryAttention"):
         return attention(c, n, others)
     if kind in NORMALIZATION:  # weights over its axis: gamma and beta unless off; BatchNormalization's 2 statistics
@@ -178,9 +180,10 @@ def _count(kind: str, c: dict, shape, others: list[int], n: int) -> tuple[int | 
             return axes, f"axis size {axes}"
         count = 2 * (kind == "BatchNormalization") + (c.get("center") is not False) + (c.get("scale") is not False)
         return count * axes, f"axis size {axes}"
-    if kind == "Normalization":  # adapted mean and variance over its axes, unless the config gives them
-        axes = axes_size(c.get("axis", -1), shape, n) if c.get("mean") is None else 0
-        return 2 * axes, f"axis size {axes}"
+    if kind == "Normalization":  # mean and variance over its axes: adapted, or the config's broadcast to them
+        axes, mean = axes_size(c.get("axis", -1), shape, n), c.get("mean")
+        given = 0 if mean is None else len(mean) if isinstance(mean, list) else 1  # values the config holds itself
+        return 2 * max(0, axes - given), f"axis size {axes}"
     if kind == "PReLU":  # alpha over every input axis but the batch's and the shared ones
         shared = c.get("shared_axes") if isinstance(c.get("shared_axes"), list) else [c.get("shared_axes")]
         return mul(*(1 if i in shared else size(d) or 1 for i, d in enumerate(shape or []) if i)), "alpha"
