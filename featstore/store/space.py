@@ -6,6 +6,7 @@ that was visible at its start (a full disk mid-write is worse than a refusal).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -13,9 +14,11 @@ from pathlib import Path
 import h5py
 
 from featstore.errors import StoreError
+from featstore.leftovers import TEMP
 from featstore.units import format_bytes
 
 SPACE_MARGIN = 1 << 20  # room kept for HDF5 metadata on top of the data itself
+_SCAN_LIMIT = 10_000  # folder entries the disk-space message looks at for featstore's leftovers
 
 
 def ensure_space(path, nbytes: int, committed: int = 0) -> None:
@@ -27,7 +30,40 @@ def ensure_space(path, nbytes: int, committed: int = 0) -> None:
             f"not enough disk space for {path}: the next write needs about {format_bytes(nbytes + SPACE_MARGIN)}, "
             f"{format_bytes(free)} are free. Free some space or choose another --store, then re-run the same command"
             + (f": the {committed} rows already committed are kept and it resumes." if committed else ".")
+            + _leftovers_note(folder)
         )
+
+
+def compact_temporary(path: Path) -> Path:
+    """Where :func:`featstore.store.compact.compact` copies store ``path`` before renaming the copy into place."""
+    return path.with_name(f".{path.name}.compact.tmp")
+
+
+def _leftovers_note(folder: Path) -> str:
+    """For the disk-space message: featstore's own leftovers in ``folder`` (a killed compaction's copy, a killed
+    write's temporary file) with their sizes, so the user frees those first; "" when there are none."""
+    found = []
+    try:
+        with os.scandir(folder) as entries:
+            for i, entry in enumerate(entries):
+                if i >= _SCAN_LIMIT:
+                    break
+                name = entry.name
+                if (name.startswith(".") and name.endswith(".compact.tmp")) or TEMP.fullmatch(name):
+                    with contextlib.suppress(OSError):
+                        if entry.is_file(follow_symlinks=False):
+                            found.append((entry.stat(follow_symlinks=False).st_size, name))
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    found.sort(reverse=True)
+    listed = ", ".join(f"{folder / name} ({format_bytes(size)})" for size, name in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f" featstore's own temporary files are there: {listed}{more}; left by a killed (or a still running) "
+        f"featstore: once no featstore command runs on that folder, remove them to free that space."
+    )
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -1,0 +1,52 @@
+"""Attack 23 #7 and #5, attack 24 #6 (issue #19): a killed compaction's leftover on a tight disk, stores write_arrays
+wrote that every reader called crafted, and a repeated item in a comma list."""
+
+from __future__ import annotations
+
+import shutil
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+from featstore.errors import StoreError
+from featstore.store import space
+from featstore.store.compact import compact
+from featstore.store.writer import synthetic_attrs, write_arrays
+
+_Usage = namedtuple("_Usage", "total used free")
+
+
+def _tiny_store(path):
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(40, 2000)).astype(np.float32)
+    write_arrays(
+        path, "s", "train", feats, (np.arange(40) % 2).astype(np.int32), ["a", "b"], attrs=synthetic_attrs((2000,))
+    )
+
+
+def test_compaction_leftover_is_removed_before_the_space_check(tmp_path, monkeypatch):
+    """A disk with room for one copy of the store: the leftover of a killed compaction (half a copy) used to make
+    every later compaction refuse for lack of space (its room was counted before it was removed)."""
+    store = tmp_path / "s.h5"
+    _tiny_store(store)
+    size = store.stat().st_size
+    leftover = tmp_path / ".s.h5.compact.tmp"
+    leftover.write_bytes(b"\0" * (size // 2))
+    cap = 2 * size + space.SPACE_MARGIN + 4096  # the store, its copy, the margin: nothing more
+
+    def disk_usage(_folder):
+        used = sum(p.lstat().st_size for p in tmp_path.iterdir() if p.is_file())
+        return _Usage(cap, used, cap - used)
+
+    monkeypatch.setattr(shutil, "disk_usage", disk_usage)
+    compact(store)
+    assert not leftover.exists()
+
+
+def test_the_space_message_names_featstore_leftovers(tmp_path, monkeypatch):
+    store = tmp_path / "s.h5"
+    (tmp_path / ".other.h5.compact.tmp").write_bytes(b"\0" * 5000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _f: _Usage(10, 10, 0))
+    with pytest.raises(StoreError, match=r"not enough disk space.*\.other\.h5\.compact\.tmp \(5 kB"):
+        space.ensure_space(store, 100)
