@@ -9,7 +9,7 @@ from collections import namedtuple
 import numpy as np
 import pytest
 
-from featstore.errors import StoreError
+from featstore.errors import ConfigError, StoreError
 from featstore.store import space
 from featstore.store.compact import compact
 from featstore.store.writer import synthetic_attrs, write_arrays
@@ -50,3 +50,29 @@ def test_the_space_message_names_featstore_leftovers(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda _f: _Usage(10, 10, 0))
     with pytest.raises(StoreError, match=r"not enough disk space.*\.other\.h5\.compact\.tmp \(5 kB"):
         space.ensure_space(store, 100)
+
+
+@pytest.mark.parametrize(
+    ("names", "attrs", "match"),
+    [
+        (["a" * 5000, "b"], None, r"class_names is a string of 5,000 bytes, over the 4,096"),
+        (["caf\udce9", "b"], None, r"class_names 'caf\\udce9' is not UTF-8 text"),
+        ([0, 1], None, r"class_names holds int '0', not a str"),
+        (None, {"notes": "x" * 70_000}, r"attrs\['notes'\] is a string of 70,000 bytes, over the 65,536"),
+    ],
+)
+def test_write_arrays_refuses_what_readers_refuse_before_opening(tmp_path, names, attrs, match):
+    """Written, then every reader called the store crafted (or h5py failed after the extractor group was made)."""
+    store = tmp_path / "s.h5"
+    feats = np.zeros((4, 3), np.float32)
+    attrs = attrs and synthetic_attrs((3,)) | attrs
+    with pytest.raises(ConfigError, match=match):
+        write_arrays(store, "s", "train", feats, np.array([0, 1, 0, 1]), names or ["a", "b"], attrs=attrs)
+    assert not store.exists()
+
+
+def test_write_arrays_refuses_more_class_names_than_readers_accept(tmp_path, monkeypatch):
+    monkeypatch.setattr(space, "MAX_NAMES", 3)
+    with pytest.raises(ConfigError, match=r"class_names a list of at most 3 str, not 4 names"):
+        write_arrays(tmp_path / "s.h5", "s", "train", np.zeros((1, 3), np.float32), [0], list("abcd"))
+    assert not (tmp_path / "s.h5").exists()

@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
+import numpy as np
 
-from featstore.errors import StoreError
+from featstore.errors import ConfigError, StoreError
 from featstore.leftovers import TEMP
+from featstore.store.strings import MAX_ATTR_BYTES, MAX_NAME_BYTES, MAX_NAMES, shown
 from featstore.units import format_bytes
 
 SPACE_MARGIN = 1 << 20  # room kept for HDF5 metadata on top of the data itself
@@ -64,6 +67,44 @@ def _leftovers_note(folder: Path) -> str:
         f" featstore's own temporary files are there: {listed}{more}; left by a killed (or a still running) "
         f"featstore: once no featstore command runs on that folder, remove them to free that space."
     )
+
+
+def refuse_unstorable_strings(class_names, attrs: dict | None) -> None:
+    """Refuse, before a store is opened (``write_arrays``), strings that HDF5 cannot store or every reader refuses as
+    damage (:mod:`featstore.store.strings`' bounds): class names not str, with a NUL or a surrogate, over
+    MAX_NAME_BYTES each or more than MAX_NAMES; string attributes over MAX_ATTR_BYTES. One ConfigError naming it."""
+    if isinstance(class_names, str) or not isinstance(class_names, Sequence) or len(class_names) > MAX_NAMES:
+        got = f"{len(class_names):,} names" if isinstance(class_names, Sequence) else type(class_names).__name__
+        raise ConfigError(f"write_arrays needs class_names a list of at most {MAX_NAMES:,} str, not {got}")
+    for what, value, limit in [("class_names", class_names, MAX_NAME_BYTES)] + [
+        (f"attrs[{k!r}]", v.reshape(-1).tolist() if isinstance(v, np.ndarray) else v, MAX_ATTR_BYTES)
+        for k, v in (attrs or {}).items()
+    ]:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if len(items) > MAX_NAMES:
+            raise ConfigError(f"write_arrays: {what} holds {len(items):,} items, over the {MAX_NAMES:,} readers accept")
+        for v in items:
+            if what == "class_names" and not isinstance(v, str):
+                raise ConfigError(f"write_arrays: class_names holds {type(v).__name__} {shown(repr(v))}, not a str")
+            if isinstance(v, str) and (bad := _string_problem(v, limit)):
+                raise ConfigError(f"write_arrays: {what} {bad}")
+
+
+def _string_problem(value: str, limit: int) -> str | None:
+    """Why a string given to a writer would be refused by HDF5 or by every reader (a NUL, a surrogate, over ``limit``
+    bytes, :mod:`featstore.store.strings`' bounds), as the end of a sentence naming it; None when it can be stored."""
+    if "\0" in value:
+        return "holds a NUL character, which HDF5 strings cannot: remove it"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return (
+            f"{value!r:.80} is not UTF-8 text (a lone surrogate, as os.fsdecode gives a non-UTF-8 file name): "
+            f"pass valid text"
+        )
+    if size > limit:
+        return f"is a string of {size:,} bytes, over the {limit:,} bytes every reader of a store accepts: shorten it"
+    return None
 
 
 def check_writable(path: str | os.PathLike) -> Path:
