@@ -13,6 +13,9 @@ from featstore.errors import ConfigError, StoreError
 from featstore.store import space
 from featstore.store.compact import compact
 from featstore.store.writer import synthetic_attrs, write_arrays
+from tests.test_adversarial_attack2 import cli, no_traceback
+from tests.test_adversarial_attack3 import synthetic_store
+from tests.test_adversarial_attack22_names import COMMA_OPTIONS
 
 _Usage = namedtuple("_Usage", "total used free")
 
@@ -76,3 +79,30 @@ def test_write_arrays_refuses_more_class_names_than_readers_accept(tmp_path, mon
     with pytest.raises(ConfigError, match=r"class_names a list of at most 3 str, not 4 names"):
         write_arrays(tmp_path / "s.h5", "s", "train", np.zeros((1, 3), np.float32), [0], list("abcd"))
     assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return synthetic_store(tmp_path_factory.mktemp("repeats") / "s.h5")
+
+
+@pytest.mark.parametrize("command, option", list(COMMA_OPTIONS), ids=[" ".join(k) for k in COMMA_OPTIONS])
+def test_a_repeated_item_of_a_comma_list_is_refused_naming_the_option(tmp_path, store, command, option):
+    """`sweep --clf logreg,logreg --extractor s,s` fitted and recorded each run twice; `--clf`, probe's and fewshot's
+    lists dropped the repeat silently; `extract --layer a,a` refused. Every comma list now refuses, before any work."""
+    words, valid = COMMA_OPTIONS[(command, option)]
+    value = f"{valid}, {valid}"
+    result = cli(command, *[w.format(tmp=tmp_path, store=store) for w in words], option, value)
+    out = no_traceback(result)
+    assert result.exit_code == 1, out
+    assert out.strip() == f"error: {option} {value!r} lists {valid!r} twice; give each value once", out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "new.h5").exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"extractors": ["s", "s"]}, {"clfs": ["logreg", "logreg"]}])
+def test_the_sweep_api_refuses_a_repeated_extractor_or_classifier(tmp_path, store, kwargs):
+    from featstore import sweep
+
+    with pytest.raises(ConfigError, match="lists '(s|logreg)' twice; give each once"):
+        sweep(store, **{"clfs": ["logreg"], "runs": tmp_path / "runs", **kwargs})
+    assert not (tmp_path / "runs").exists()
