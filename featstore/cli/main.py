@@ -124,7 +124,7 @@ def comma_list(text: str, option: str) -> list[str]:
     """The items of a comma-separated option value, each stripped: every comma-list option (extract's --layer and
     --augment-spec, sweep's --clf and --extractor, probe's --extractor and --k, fewshot's --shots, finetune's
     --augment) is split here, so an empty item (``vgg16,``, ``,vgg16``, ``a,,b``: a stray comma, or an unset variable
-    in ``"$A,$B"``) is refused in one line naming the option, never dropped by one option and sent on by the next
+    in ``"$A,$B"``) or a repeated one (``vgg16,vgg16``) is refused in one line naming the option, never dropped by one option and sent on by the next
     (attack 22). A value that is empty as a whole is refused as an unset variable (:func:`refuse_empty` says so
     first for the options of :data:`_NAMED`).
 
@@ -133,12 +133,20 @@ def comma_list(text: str, option: str) -> list[str]:
     >>> comma_list("vgg16,", "--extractor")
     Traceback (most recent call last):
     featstore.errors.ConfigError: --extractor 'vgg16,' has an empty item; remove the extra comma
+    >>> comma_list("vgg16,vgg16", "--extractor")
+    Traceback (most recent call last):
+    featstore.errors.ConfigError: --extractor 'vgg16,vgg16' lists 'vgg16' twice; give each value once
     """
     if not text.strip():
         raise ConfigError(f"{option} is empty (an unset shell variable?); give one or more values, comma-separated")
     items = [item.strip() for item in text.split(",")]
     if not all(items):
         raise ConfigError(f"{option} {text!r} has an empty item; remove the extra comma")
+    seen: set[str] = set()
+    for item in items:  # sweep fitted and recorded each cell twice; extract refused (attack 24)
+        if item in seen:
+            raise ConfigError(f"{option} {text!r} lists {item!r} twice; give each value once")
+        seen.add(item)
     return items
 
 

@@ -40,6 +40,7 @@ from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
 from featstore.store.reader import FeatureStore
+from featstore.store.strings import repeated
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,10 @@ def sweep(
 
     check_names("extractor", extractors=extractors)
     check_paths(store=store, runs=runs, png=png)
-    clfs = list(dict.fromkeys(clfs))
+    for what, items in (("clfs", clfs), ("extractors", extractors or [])):
+        if twice := repeated(list(items)):  # each cell was fitted and recorded twice (attack 24)
+            raise ConfigError(f"sweep's {what} lists {twice[0]!r} twice; give each once")
+    clfs = list(clfs)
     if not clfs:
         raise ConfigError("give at least one classifier, e.g. --clf logreg,svm")
     params = params or {}

@@ -20,7 +20,7 @@ from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED
 from featstore.store.layout import LISTING, ROW_DATASETS, hard_groups, read_commit
 from featstore.store.locking import DENSE_ATTRS_LIBVER, StoreFile
-from featstore.store.space import ensure_space
+from featstore.store.space import compact_temporary, ensure_space
 from featstore.store.strings import raw_attr, refuse_long
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
     # leave the real store behind with its uncommitted tail and every later write in a copy beside the link.
     path = Path(os.path.realpath(store.path))
     mode = stat.S_IMODE(path.stat().st_mode)
+    tmp = _fresh_temporary(path)  # first: a killed compaction's leftover must not count against the room for its copy
     ensure_space(path, path.stat().st_size)
-    tmp = _fresh_temporary(path)
     try:
         with store.open("r") as src:
             kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _large_attrs(src) else {})
@@ -66,7 +66,7 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
 def _fresh_temporary(path: Path) -> Path:
     """The compaction's temporary name beside ``path``, free: a leftover of a killed compaction (a file) or a link
     planted there is removed (never written through: the copy is then created with O_EXCL); anything else is refused."""
-    tmp = path.with_name(f".{path.name}.compact.tmp")
+    tmp = compact_temporary(path)
     try:
         st = os.lstat(tmp)
     except FileNotFoundError:

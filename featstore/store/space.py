@@ -6,16 +6,22 @@ that was visible at its start (a full disk mid-write is worse than a refusal).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
+import numpy as np
 
-from featstore.errors import StoreError
+from featstore.errors import ConfigError, StoreError
+from featstore.leftovers import TEMP
+from featstore.store.strings import MAX_ATTR_BYTES, MAX_NAME_BYTES, MAX_NAMES, shown
 from featstore.units import format_bytes
 
 SPACE_MARGIN = 1 << 20  # room kept for HDF5 metadata on top of the data itself
+_SCAN_LIMIT = 10_000  # folder entries the disk-space message looks at for featstore's leftovers
 
 
 def ensure_space(path, nbytes: int, committed: int = 0) -> None:
@@ -27,7 +33,78 @@ def ensure_space(path, nbytes: int, committed: int = 0) -> None:
             f"not enough disk space for {path}: the next write needs about {format_bytes(nbytes + SPACE_MARGIN)}, "
             f"{format_bytes(free)} are free. Free some space or choose another --store, then re-run the same command"
             + (f": the {committed} rows already committed are kept and it resumes." if committed else ".")
+            + _leftovers_note(folder)
         )
+
+
+def compact_temporary(path: Path) -> Path:
+    """Where :func:`featstore.store.compact.compact` copies store ``path`` before renaming the copy into place."""
+    return path.with_name(f".{path.name}.compact.tmp")
+
+
+def _leftovers_note(folder: Path) -> str:
+    """For the disk-space message: featstore's own leftovers in ``folder`` (a killed compaction's copy, a killed
+    write's temporary file) with their sizes, so the user frees those first; "" when there are none."""
+    found = []
+    try:
+        with os.scandir(folder) as entries:
+            for i, entry in enumerate(entries):
+                if i >= _SCAN_LIMIT:
+                    break
+                name = entry.name
+                if (name.startswith(".") and name.endswith(".compact.tmp")) or TEMP.fullmatch(name):
+                    with contextlib.suppress(OSError):
+                        if entry.is_file(follow_symlinks=False):
+                            found.append((entry.stat(follow_symlinks=False).st_size, name))
+    except OSError:
+        return ""
+    if not found:
+        return ""
+    found.sort(reverse=True)
+    listed = ", ".join(f"{folder / name} ({format_bytes(size)})" for size, name in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f" featstore's own temporary files are there: {listed}{more}; left by a killed (or a still running) "
+        f"featstore: once no featstore command runs on that folder, remove them to free that space."
+    )
+
+
+def refuse_unstorable_strings(class_names, attrs: dict | None) -> None:
+    """Refuse, before a store is opened (``write_arrays``), strings that HDF5 cannot store or every reader refuses as
+    damage (:mod:`featstore.store.strings`' bounds): class names not str, with a NUL or a surrogate, over
+    MAX_NAME_BYTES each or more than MAX_NAMES; string attributes over MAX_ATTR_BYTES. One ConfigError naming it."""
+    if isinstance(class_names, str) or not isinstance(class_names, Sequence) or len(class_names) > MAX_NAMES:
+        got = f"{len(class_names):,} names" if isinstance(class_names, Sequence) else type(class_names).__name__
+        raise ConfigError(f"write_arrays needs class_names a list of at most {MAX_NAMES:,} str, not {got}")
+    for what, value, limit in [("class_names", class_names, MAX_NAME_BYTES)] + [
+        (f"attrs[{k!r}]", v.reshape(-1).tolist() if isinstance(v, np.ndarray) else v, MAX_ATTR_BYTES)
+        for k, v in (attrs or {}).items()
+    ]:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if len(items) > MAX_NAMES:
+            raise ConfigError(f"write_arrays: {what} holds {len(items):,} items, over the {MAX_NAMES:,} readers accept")
+        for v in items:
+            if what == "class_names" and not isinstance(v, str):
+                raise ConfigError(f"write_arrays: class_names holds {type(v).__name__} {shown(repr(v))}, not a str")
+            if isinstance(v, str) and (bad := _string_problem(v, limit)):
+                raise ConfigError(f"write_arrays: {what} {bad}")
+
+
+def _string_problem(value: str, limit: int) -> str | None:
+    """Why a string given to a writer would be refused by HDF5 or by every reader (a NUL, a surrogate, over ``limit``
+    bytes, :mod:`featstore.store.strings`' bounds), as the end of a sentence naming it; None when it can be stored."""
+    if "\0" in value:
+        return "holds a NUL character, which HDF5 strings cannot: remove it"
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return (
+            f"{value!r:.80} is not UTF-8 text (a lone surrogate, as os.fsdecode gives a non-UTF-8 file name): "
+            f"pass valid text"
+        )
+    if size > limit:
+        return f"is a string of {size:,} bytes, over the {limit:,} bytes every reader of a store accepts: shorten it"
+    return None
 
 
 def check_writable(path: str | os.PathLike) -> Path:

@@ -56,7 +56,7 @@ from featstore.store.locking import (  # noqa: F401 (StoreFile, lock_holder, wri
     lock_holder,
     writer_lock,
 )
-from featstore.store.space import check_writable, ensure_space  # noqa: F401 (re-exported)
+from featstore.store.space import check_writable, ensure_space, refuse_unstorable_strings  # noqa: F401 (re-exported)
 from featstore.store.strings import MAX_REASON_BYTES, bounded_attrs, read_attr, shown_list
 from featstore.version import __version__
 
@@ -420,13 +420,9 @@ def _checked_arrays(X, y, class_names, attrs, batch_size, compression) -> np.nda
     shape = tuple(X.shape)
     if len(shape) < 2 or 0 in shape[1:]:
         raise ConfigError(f"write_arrays needs X of shape (rows, values, ...) with no size 0 but rows, not {shape}")
+    refuse_unstorable_strings(class_names, attrs)  # what HDF5 or every reader (store/strings.py) would refuse
     if "" in class_names or len(set(class_names)) < len(class_names):  # every reader refuses the split as damaged
-        raise ConfigError(f"write_arrays needs distinct, non-empty class names, not {list(class_names)!r}")
-    for what, value in [("a class name", n) for n in class_names] + [
-        (f"attrs[{k!r}]", v) for k, v in (attrs or {}).items()
-    ]:
-        if any("\0" in v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)):
-            raise ConfigError(f"write_arrays: {what} holds a NUL character, which HDF5 strings cannot: remove it")
+        raise ConfigError(f"write_arrays needs distinct, non-empty class names, not {shown_list(class_names)}")
     labels = np.asarray(y)
     if labels.shape != shape[:1]:
         raise ConfigError(f"write_arrays needs y of shape ({shape[0]},), one label per row of X, not {labels.shape}")
