@@ -350,3 +350,18 @@ def test_sizes_keras_allocates_as_tensors_are_counted(tmp_path, layer, said):
 
     problem = keras_zip_problem(_config_only(tmp_path, [layer])) or "accepted"
     assert "builds at least" in problem and said in problem, problem
+
+
+def test_a_padded_tf_idf_lookup_and_an_odd_dtype_config_are_one_line(tmp_path):
+    """Attack 24 #16: a StringLookup in tf_idf mode with pad_to_max_tokens pads its weights to max_tokens when it is
+    constructed (1e9: 7.45 GiB asked of numpy, counted 0); #17: a dtype policy whose ``config`` is a string was a
+    59-line AttributeError traceback. Sabotage: the lookup term removed, or the dict check, fails its half."""
+    from featstore.models.keras_sizes import keras_zip_problem
+
+    lookup = {"class_name": "StringLookup", "config": {"name": "s", "vocabulary": ["a", "b"], "idf_weights": [1, 1],
+              "max_tokens": 10**9, "output_mode": "tf_idf", "pad_to_max_tokens": True}}  # fmt: skip
+    problem = keras_zip_problem(_config_only(tmp_path, [lookup])) or "accepted"
+    assert "builds at least 3,000,000,000 parameters" in problem, problem
+    odd = {"class_name": "Dense", "config": {"name": "d", "units": 2, "dtype": {"class_name": "DTypePolicy",
+           "config": "float32"}}, "build_config": {"input_shape": [None, 4]}}  # fmt: skip
+    assert keras_zip_problem(_config_only(tmp_path, [odd])) is None

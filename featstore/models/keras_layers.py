@@ -120,7 +120,8 @@ def quantized_halves(c: dict) -> bool:
     """Whether a layer's dtype policy packs two weights into each stored int8 (Keras's int4 quantization)."""
     dtype = c.get("dtype")
     cfg = dtype.get("config") if isinstance(dtype, dict) else None
-    text = " ".join(str(x) for x in ((dtype or {}).get("class_name"), (cfg or {}).get("mode"), (cfg or {}).get("name")))
+    cfg = cfg if isinstance(cfg, dict) else {}  # any JSON value in a crafted file (a string was a traceback)
+    text = " ".join(str(x) for x in ((dtype or {}).get("class_name"), cfg.get("mode"), cfg.get("name")))
     return "int4" in text.lower() if isinstance(dtype, dict) else "int4" in str(dtype).lower()
 
 
@@ -129,6 +130,9 @@ def term(layer: dict, shape: list | None, others: list, widest: int) -> tuple[in
     shapes of its further inputs, an attention layer's value and key), and a description; Unbounded for a class whose
     size is not known here."""
     kind, c = kind_of(layer), layer["config"]
+    if kind in ("StringLookup", "IntegerLookup", "TextVectorization") and c.get("pad_to_max_tokens"):
+        tokens = size(c.get("max_tokens"))  # tf_idf weights padded to max_tokens at construction (float64, then a copy)
+        return mul(3, tokens) if c.get("output_mode") == "tf_idf" else 0, f"{kind} max_tokens {tokens}"
     if kind in WEIGHTLESS:
         return 0, kind
     name = str(c.get("name", "?"))[:60]

@@ -53,6 +53,8 @@ def keras_zip_problem(path: Path) -> str | None:
             bound, largest = implied_parameters(config)
         except Unbounded as exc:
             return f"{UNBOUNDED}: {exc}"
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a value of another JSON type
+            return f"its {CONFIG_FILE} is not a Keras model's config ({type(exc).__name__}: {str(exc)[:100]})"
         try:
             held, problem = _held(path, z)
         except _NoRoom as exc:

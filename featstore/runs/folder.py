@@ -92,6 +92,13 @@ def runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
             f"{where} is {what}, not a runs folder; pass --runs with the folder that holds the run folders "
             f"(the one `featstore fit --runs` wrote)"
         )
+    if os.path.lexists(
+        root / "run.json"
+    ):  # a run folder: a run recorded in it was lost to `featstore runs` (attack 24)
+        raise StoreError(
+            f"{where} is a run folder (it holds run.json), not a runs folder; pass --runs with the folder that holds "
+            f"the run folders: {root.parent}"
+        )
     return root
 
 
