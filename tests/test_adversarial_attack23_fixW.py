@@ -1,0 +1,75 @@
+"""Attack 23 findings 4 and 8, attack 23 #2 / attack 24 #4 (issue #19): a plain ``similar`` searches exactly, with one
+warning, when an untrusted index can be neither loaded nor built again; ``export --out X.npz`` replaces only an npz
+featstore wrote (its ``featstore.npy`` member); a chart option never replaces a chart a runs record owns. Synthetic
+stores only. Each test failed with its fix sabotaged (named in its docstring)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from featstore.errors import OutputError
+from featstore.experiments.similar import similar
+from featstore.experiments.similar_index import build_similarity_index, index_dir
+from featstore.store.writer import write_arrays
+from tests.test_adversarial_attack20_fixI import store as attack20_store
+
+store = attack20_store  # 400 train rows of 4 values, and their index (signed with the session's key)
+
+
+def _folder(store):
+    return index_dir(store, "ex", "train")
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# ------------------------------------------------------------------ attack 23 #4, #8: a plain similar is exact
+def test_a_plain_similar_with_an_index_folder_others_may_write_in_searches_exactly(store, caplog):
+    """An index folder not trusted (group-writable here; another user's on a shared store raised the same
+    CacheNotTrusted): a plain ``similar`` failed, advising to remove the folder. Now: exact, one warning with the
+    reason; asked for (``use_index=True``) it is an error that names ``--exact``.
+    Sabotage: ``except CacheNotMade as exc:`` -> ``except ZeroDivisionError as exc:`` in ``similar._index`` fails it."""
+    os.chmod(_folder(store), 0o777)
+    with caplog.at_level(logging.WARNING):
+        assert similar("train/0", store, k=3).method == "exact"
+    (said,) = _warnings(caplog)
+    assert "group or others may write into it" in said and "the search is exact" in said, said
+    with pytest.raises(OutputError, match="--exact"):
+        similar("train/0", store, k=3, use_index=True)
+
+
+def test_a_plain_similar_whose_rebuild_does_not_fit_the_budget_searches_exactly(tmp_path, caplog):
+    """An index.json of an older format must be rebuilt; the rebuild's PCA sample does not fit --memory-budget: a
+    plain ``similar`` ended in that ConfigError. Now: exact, one warning with the rebuild's reason.
+    Sabotage: ``except FeatstoreError as exc:`` -> ``except OutputError as exc:`` (the build only) fails it."""
+    store = tmp_path / "wide.h5"
+    rng = np.random.default_rng(0)
+    write_arrays(store, "ex", "train", rng.random((600, 512)).astype("f4"), np.arange(600) % 2, ["a", "b"])
+    build_similarity_index(store, split="train")
+    meta = _folder(store) / "index.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 1}))
+    with caplog.at_level(logging.WARNING):
+        assert similar("train/0", store, k=3, max_bytes=300_000).method == "exact"
+    (said,) = _warnings(caplog)
+    assert "not trusted" in said and "cannot be built again" in said and "the search is exact" in said, said
+
+
+def test_an_index_folder_of_another_user_asked_for_says_ask_its_owner_and_exact(store, monkeypatch, caplog):
+    """Another user's index folder (a colleague's, on a shared store; simulated by this process's euid): the error
+    said "remove it ... or make it yours": not the user's to remove. Now: ask its owner, or ``--exact``; a plain
+    ``similar`` is exact with that reason.
+    Sabotage: the owner's message in ``caches._check_level`` -> the "remove it" one fails it."""
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(_folder(store)).st_uid + 4321)
+    with pytest.raises(OutputError, match=r"ask its owner .*--exact") as err:
+        similar("train/0", store, k=3, use_index=True)
+    assert "remove it (" not in str(err.value), err.value
+    with caplog.at_level(logging.WARNING):
+        assert similar("train/0", store, k=3).method == "exact"
+    (said,) = _warnings(caplog)
+    assert "ask its owner" in said and "the search is exact" in said, said
