@@ -16,6 +16,7 @@ from featstore.errors import OutputError
 from featstore.experiments.similar import similar
 from featstore.experiments.similar_index import build_similarity_index, index_dir
 from featstore.store.writer import write_arrays
+from tests.test_adversarial_attack4 import cli, no_traceback
 from tests.test_adversarial_attack20_fixI import store as attack20_store
 
 store = attack20_store  # 400 train rows of 4 values, and their index (signed with the session's key)
@@ -73,3 +74,25 @@ def test_an_index_folder_of_another_user_asked_for_says_ask_its_owner_and_exact(
         assert similar("train/0", store, k=3).method == "exact"
     (said,) = _warnings(caplog)
     assert "ask its owner" in said and "the search is exact" in said, said
+
+
+# ------------------------------------------------------------------ attack 23 #2 / attack 24: a user's own npz
+def test_export_npz_replaces_its_own_export_never_a_users_npz_with_export_s_names(store, tmp_path):
+    """``np.savez(out, features=X, labels=y)`` (a user's data set, not featstore's) passed as an earlier export and
+    was replaced. Now an export carries ``featstore.npy`` (checked by its header, bounded) and only such an npz is
+    replaced; the user's is refused, its bytes kept.
+    Sabotage: ``return False`` -> ``return True`` for an npz without featstore.npy in ``is_export`` fails it."""
+    from featstore.store.export_files import is_export
+
+    out = tmp_path / "mine.npz"
+    np.savez(out, features=np.zeros((10, 4), "f4"), labels=np.zeros(10, "i8"))
+    before = out.read_bytes()
+    assert not is_export(out, "npz")
+    r = cli("export", "--store", str(store), "--split", "train", "--out", str(out))
+    assert r.exit_code == 1 and "mine.npz" in r.output and out.read_bytes() == before, r.output
+    no_traceback(r)
+    ours = tmp_path / "ours.npz"
+    assert cli("export", "--store", str(store), "--split", "train", "--out", str(ours)).exit_code == 0
+    assert is_export(ours, "npz") and list(np.load(ours)["featstore"][:1]) == ["featstore"]
+    r = cli("export", "--store", str(store), "--split", "train", "--out", str(ours))
+    assert r.exit_code == 0, r.output
