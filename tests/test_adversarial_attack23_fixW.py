@@ -96,3 +96,24 @@ def test_export_npz_replaces_its_own_export_never_a_users_npz_with_export_s_name
     assert is_export(ours, "npz") and list(np.load(ours)["featstore"][:1]) == ["featstore"]
     r = cli("export", "--store", str(store), "--split", "train", "--out", str(ours))
     assert r.exit_code == 0, r.output
+
+
+# ------------------------------------------------------------------ attack 24 #4: a record's chart
+@pytest.mark.parametrize("kind", ["sweep", "probe", "fewshot"])
+def test_a_chart_option_never_replaces_the_chart_a_runs_record_owns(tmp_path, kind):
+    """``runs compare --out s.runs/sweep-<id>.png`` replaced the sweep's heat map (stamped: featstore drew it), and
+    the record still named it. Now refused in one line, the chart kept; another name in that folder is still fine.
+    Sabotage: ``refuse_record_chart(out, what)`` commented out in ``compare.check_chart_name`` fails it."""
+    from featstore.experiments.compare import check_chart_name
+    from featstore.plots import confusion_png
+
+    runs = tmp_path / "s.runs"
+    runs.mkdir()
+    chart = runs / f"{kind}-f36505.png"
+    confusion_png(np.eye(2, dtype=int), ["a", "b"], "t", chart)
+    (runs / f"{kind}-f36505.json").write_text(json.dumps({"kind": kind, "png": str(chart)}))
+    before = chart.read_bytes()
+    with pytest.raises(OutputError, match=f"is the chart of the {kind} record {kind}-f36505.json"):
+        check_chart_name(chart, "--png")
+    assert chart.read_bytes() == before
+    assert check_chart_name(runs / "mine.png", "--png") == runs / "mine.png"
