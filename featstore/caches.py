@@ -303,11 +303,13 @@ def _check_level(fd: int, level: Path, what: str, again: str = AGAIN) -> None:
     """CacheNotTrusted unless the folder open at ``fd`` is this user's and writable by no one else."""
     st = os.fstat(fd)
     if st.st_uid != os.geteuid():
-        why = f"it belongs to user id {st.st_uid}, not to you"
-    elif st.st_mode & 0o022:
-        why = f"the group or others may write into it (mode {stat.S_IMODE(st.st_mode):04o})"
-    else:
+        raise CacheNotTrusted(
+            f"the {what} {level} was not made by featstore for you (it belongs to user id {st.st_uid}, not to you), so "
+            f"its files are not trusted; ask its owner to remove it or make it private (chmod go-w)"
+        )
+    if not st.st_mode & 0o022:
         return
+    why = f"the group or others may write into it (mode {stat.S_IMODE(st.st_mode):04o})"
     raise CacheNotTrusted(
         f"the {what} {level} was not made by featstore for you ({why}), so its files are not trusted; remove it ({again}) "
         f"or make it yours and private (chmod go-w)"

@@ -194,11 +194,29 @@ def check_chart_name(
         refuse_foreign_image(out, what)
         check_own_output(out, what, "a chart (PNG)", (".png", ""), is_chart)
     refuse_run_files(out, what)
+    refuse_record_chart(out, what)
     if store is not None:
         refuse_in_image_folders(out, store, what)
     if chosen:
         refuse_unstamped(out, what)
     return out
+
+
+RECORD_KINDS = ("sweep", "probe", "fewshot")  # records in a runs folder that point at their own chart
+
+
+def refuse_record_chart(out: Path, what: str = "--out") -> None:
+    """Refuse the chart of a sweep, probe or fewshot record (``<runs>/sweep-<id>.png``, beside ``sweep-<id>.json``):
+    featstore stamped it, but the record names it as its own, drawn from nothing kept (attack 24 #4)."""
+    kind = out.name.split("-", 1)[0]
+    if kind not in RECORD_KINDS or out.suffix.lower() != ".png":
+        return
+    record = out.with_suffix(".json")
+    if os.path.lexists(record) or out.parent.suffix == ".runs":
+        raise OutputError(
+            f"{what} {out} is the chart of the {kind} record {record.name} in {out.parent}; featstore never replaces a "
+            f"record's chart. Choose another name"
+        )
 
 
 def compare_runs(

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from featstore.caches import CacheNotMade
-from featstore.errors import ConfigError, DataError, StoreError
+from featstore.errors import ConfigError, DataError, FeatstoreError, OutputError, StoreError
 from featstore.experiments.leaks.search import _bad_rows, _rows, normalised, scan
 from featstore.experiments.similar_files import NotSigned, read_names, read_rows
 from featstore.experiments.similar_index import build_similarity_index, index_dir, index_folder, load_index
@@ -319,23 +319,33 @@ def similar(
 
 def _index(fs: FeatureStore, name: str, split: str, required: bool, max_bytes: int, option: str):
     """The split's index (:func:`load_index`); one not signed by this user's featstore is built again, said once.
-    Not asked for (``required`` False), one that cannot be built again is not used, said once, and the search is
-    exact: with no key of yours (:func:`featstore.keys.user_key` says why; a plain `similar` failed for want of a key
-    to sign an index nobody asked for), or in a folder no index can be written in (a read-only shared store whose
-    index a colleague built; attack 22)."""
+    Not asked for (``required`` False), an index that cannot be loaded or built again is not used, said once with its
+    reason, and the search is exact: with no key of yours (:func:`featstore.keys.user_key` says why), a folder no
+    index can be written in (attack 22), a folder another user made or others may write in (CacheNotTrusted: a
+    colleague's index on a shared store), or a rebuild that fails (over --memory-budget, a full disk; attack 23 #4,
+    #8). Asked for, such a folder is an error that names ``--exact``."""
     try:
         return load_index(fs, name, split, required=required)
     except NotSigned as exc:
         why = str(exc)
+    except CacheNotMade as exc:  # CacheNotTrusted included
+        if required:
+            raise OutputError(f"{exc}; or search without the index: --exact") from None
+        logger.warning("the similarity index is not used (%s); the search is exact", exc)
+        return None
     if not required:
         if user_key() is None:  # (it said why, once: "a similarity index is not used")
             return None
         try:
             index_folder(index_dir(fs.path, name, split))  # made and writable, as the build checks first
-        except CacheNotMade as exc:
+            build_similarity_index(fs, name, split, max_bytes=max_bytes, option=option)
+            index = load_index(fs, name, split, required=True)
+        except FeatstoreError as exc:
             reason = getattr(exc, "why", None) or str(exc)
             logger.warning("%s, and it cannot be built again here (%s); the search is exact", why, reason)
             return None
+        logger.warning("%s; building it again: done", why)
+        return index
     logger.warning("%s; building it again", why)
     build_similarity_index(fs, name, split, max_bytes=max_bytes, option=option)
     return load_index(fs, name, split, required=True)

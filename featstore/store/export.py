@@ -58,7 +58,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, OutputError, check_paths, choices_error
 from featstore.outputs import check_own_output, csv_cell, probe_output, refuse_image, write_atomic
-from featstore.store.export_files import SUFFIXES, is_export
+from featstore.store.export_files import MARK, SUFFIXES, is_export
 from featstore.store.reader import FeatureStore
 from featstore.store.shards import refuse_shard_folder, write_shards
 
@@ -257,6 +257,7 @@ def _write_npz(tmp: Path, blocks, n: int, d: int, meta: dict, labels: np.ndarray
             "paths": None,  # written block by block (_write_npz_paths)
             "class_names": np.array(meta["class_names"], dtype=str),
             **({} if copy is None else {"copy": copy.astype(np.int64)}),
+            "featstore": np.array(MARK),  # only featstore writes it: an export replaces an npz holding it only
         }
         for key, arr in small.items():
             with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:

@@ -14,9 +14,13 @@ import zipfile
 from pathlib import Path
 
 from featstore.outputs import starts_with
+from featstore.safezip import read_npy
+from featstore.version import __version__
 
 SUFFIXES = {"npz": (".npz",), "parquet": (".parquet", ".pq"), "csv": (".csv",)}  # the names each format is written to
-_NPZ_MEMBERS = {"features.npy", "labels.npy", "paths.npy", "class_names.npy", "copy.npy"}
+_NPZ_MEMBERS = {"features.npy", "labels.npy", "paths.npy", "class_names.npy", "copy.npy", "featstore.npy"}
+MARK = ["featstore", __version__]  # featstore.npy of an npz export: ("featstore", the version that wrote it)
+_MARK_BYTES = 4096  # featstore.npy's size bound (it is a few hundred bytes)
 
 
 def is_export(path: str | os.PathLike, fmt: str) -> bool:
@@ -32,11 +36,19 @@ def is_export(path: str | os.PathLike, fmt: str) -> bool:
         return False
     try:
         if fmt == "npz":
-            with zipfile.ZipFile(path) as z:  # its directory only
+            with zipfile.ZipFile(path) as z:  # its directory, and featstore.npy (bounded, header checked first)
                 names = set(z.namelist())
-            return {"features.npy", "labels.npy"} <= names <= _NPZ_MEMBERS
+                if not {"features.npy", "labels.npy"} <= names <= _NPZ_MEMBERS:
+                    return False
+                if "featstore.npy" not in names:
+                    return False  # a user's np.savez, or an export before featstore.npy: not replaced
+                info = z.getinfo("featstore.npy")
+                if max(info.file_size, info.compress_size) > _MARK_BYTES:
+                    return False
+                mark = read_npy(z, "featstore.npy", "U", (None,))
+            return len(mark) == 2 and str(mark[0]) == "featstore"
         import pyarrow.parquet
 
         return b"featstore" in (pyarrow.parquet.read_schema(path).metadata or {})
-    except (OSError, ValueError, zipfile.BadZipFile, ImportError):  # pyarrow's errors are OSError or ValueError
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, ImportError):  # pyarrow's: OSError, ValueError
         return False
