@@ -66,7 +66,7 @@ def test_the_npz_paths_are_written_block_by_block_and_read_back_unchanged(tmp_pa
         tracemalloc.stop()
     assert peak < 32e6, f"{peak / 1e6:.0f} MB traced while writing a 48 MB paths column"
     with np.load(tmp_path / "o.npz", allow_pickle=False) as z:
-        assert list(z.keys()) == ["features", "labels", "paths", "class_names"]
+        assert list(z.keys()) == ["features", "labels", "paths", "class_names", "featstore"]  # the last: its mark
         assert z["paths"].dtype == np.dtype(f"<U{width}") and z["paths"].tolist() == paths
     with zipfile.ZipFile(tmp_path / "o.npz") as zf, zf.open("paths.npy") as fh:
         import io
