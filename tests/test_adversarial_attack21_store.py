@@ -90,3 +90,52 @@ def test_compaction_copies_a_listing_through_the_measured_reads(tmp_path):
     with pytest.raises(StoreError, match=r"listing/paths: row 0 holds a string of 1,048,576 bytes"):
         compact(path)
     assert path.stat().st_size == before
+
+
+def test_compaction_never_chmods_or_renames_a_file_swapped_in_for_its_copy(tmp_path, monkeypatch):
+    """Attack 23 #1: in a folder others can write, a link put at the compaction's temporary name once h5py closed the
+    copy was chmodded by name (a colleague's private key opened to the group) and renamed over the store. The copy's
+    permissions are set through a descriptor of the file h5py made, and a swapped name stops the compaction with the
+    store untouched. Sabotage: ``os.chmod(tmp, ...)`` by name back in ``_own_permissions`` fails it."""
+    import os
+
+    from featstore.errors import StoreError
+    from featstore.store import compact as compact_mod
+    from featstore.store.space import compact_temporary
+
+    path = tmp_path / "s.h5"
+    write_arrays(path, "x", "train", np.ones((4, 2), np.float32), [0, 1, 0, 1], ["a", "b"])
+    os.chmod(path, 0o660)
+    key = tmp_path / "id_ed25519"
+    key.write_text("secret\n")
+    os.chmod(key, 0o600)
+    before, real = path.read_bytes(), compact_mod._own_permissions
+
+    def swap_then_set(tmp, written, st):
+        os.unlink(tmp)
+        os.symlink(key, tmp)  # what the colleague does between the copy's close and its chmod
+        return real(tmp, written, st)
+
+    monkeypatch.setattr(compact_mod, "_own_permissions", swap_then_set)
+    with pytest.raises(StoreError, match="was replaced by another file"):
+        compact_mod.compact(path)
+    assert os.stat(key).st_mode & 0o777 == 0o600 and path.read_bytes() == before
+    assert not os.path.lexists(compact_temporary(path))
+
+
+def test_compaction_keeps_the_store_s_group(tmp_path):
+    """Attack 23 #14: the compacted copy came back in its writer's primary group, so a store shared through its group
+    locked the colleagues out after a resume. Sabotage: the ``fchown`` in ``_own_permissions`` removed fails it (run
+    as a user not in the group, the group cannot be given and the writer's stays: skipped)."""
+    import os
+
+    from featstore.store.compact import compact
+
+    path = tmp_path / "s.h5"
+    write_arrays(path, "x", "train", np.ones((4, 2), np.float32), [0, 1, 0, 1], ["a", "b"])
+    group = 4242 if os.geteuid() == 0 else next((g for g in os.getgroups() if g != os.getegid()), None)
+    if group is None:
+        pytest.skip("needs root or a second group of this user to give the store")
+    os.chown(path, -1, group)
+    compact(path)
+    assert os.stat(path).st_gid == group

@@ -40,13 +40,14 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
     # A store reached through a symbolic link is rewritten where the link points: replacing the link itself would
     # leave the real store behind with its uncommitted tail and every later write in a copy beside the link.
     path = Path(os.path.realpath(store.path))
-    mode = stat.S_IMODE(path.stat().st_mode)
+    before = path.stat()
     tmp = _fresh_temporary(path)  # first: a killed compaction's leftover must not count against the room for its copy
     ensure_space(path, path.stat().st_size)
     try:
         with store.open("r") as src:
             kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _large_attrs(src) else {})
             with h5py.File(tmp, "w-", **kwargs) as dst:
+                written = os.fstat(dst.id.get_vfd_handle())  # the file h5py made (O_EXCL): nothing else is renamed
                 _copy_attrs(src, dst)
                 for name in hard_groups(src):
                     g = dst.create_group(name)
@@ -54,13 +55,37 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
                     for split in hard_groups(src[name]):
                         _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
                 dst.flush()
-        os.chmod(tmp, mode)  # the store's own permissions (a private chmod 600 store stays private)
+        _own_permissions(tmp, written, before)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     logger.info("rewrote %s without the uncommitted tail an interrupted run left", path)
+
+
+def _own_permissions(tmp: Path, written: os.stat_result, before: os.stat_result) -> None:
+    """The store's own mode and group onto the copy h5py wrote at ``tmp``, through a descriptor of that very file: a
+    link put at the name once h5py closed it made the chmod (by name) open a colleague's private key to the group
+    (attack 23); a group-shared store came back in its writer's primary group, locking colleagues out."""
+    swapped = StoreError(
+        f"{tmp}, the copy featstore just wrote to rewrite a store in {tmp.parent}, was replaced by another file (someone "
+        f"else can write that folder); the store was not changed. Keep stores in a folder only you can write, then "
+        f"re-run the same command"
+    )
+    try:
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        raise swapped from None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (written.st_dev, written.st_ino):
+            raise swapped
+        os.fchmod(fd, stat.S_IMODE(before.st_mode))  # a private chmod 600 store stays private
+        with contextlib.suppress(OSError):  # only a member of that group may give it: else the writer's group stays
+            os.fchown(fd, -1, before.st_gid)
+    finally:
+        os.close(fd)
 
 
 def _fresh_temporary(path: Path) -> Path:
