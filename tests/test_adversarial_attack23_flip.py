@@ -30,3 +30,19 @@ def test_a_flipped_bit_in_the_metadata_is_one_line(tmp_path, command):
     assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.exception
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and "HDF5 could not read the store" in lines[0] and "incorrect metadata" in lines[0], lines
+
+
+@pytest.mark.parametrize("command", ["info", "check"])
+def test_a_group_name_that_is_not_utf8_is_one_line_without_h5py_internals(tmp_path, command):
+    """Attack 23 #6: `check` ended in a UnicodeDecodeError traceback, the other commands quoted h5py's SystemError
+    ("<cyfunction FastRLock.__exit__ at 0x7f...> returned a result with an exception set"). Sabotage: the message
+    back to the exception's own text fails `info`'s row."""
+    import h5py
+
+    path = tmp_path / "s.h5"
+    write_arrays(path, "s", "train", np.ones((4, 2), np.float32), [0, 1, 0, 1], ["a", "b"])
+    with h5py.File(path, "a") as f:
+        f.id.links.move(b"s", f.id, b"s\xff")
+    r = CliRunner().invoke(app, [command, str(path)])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and "utf-8" in lines[0].lower() and "cyfunction" not in lines[0], lines

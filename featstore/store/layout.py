@@ -342,12 +342,13 @@ def foreign_objects(f: h5py.File) -> list[str]:
 
     try:
         f.visititems_links(visit)
-    except (
-        SystemError,
-        UnicodeDecodeError,
-    ) as exc:  # h5py cannot decode an object name: featstore never writes such names
+    except (SystemError, UnicodeDecodeError) as exc:  # h5py cannot decode an object name: featstore never writes one
+        cause = (
+            exc.__cause__ or exc.__context__ or exc
+        )  # h5py's SystemError wraps the decode error (its text: an address)
+        why = str(cause)[:120] if isinstance(cause, UnicodeDecodeError) else "its bytes are not UTF-8"
         raise StoreError(
-            f"{f.filename} holds an object whose name is not UTF-8 ({exc}); it was not written by featstore. "
+            f"{f.filename} holds an object whose name is not UTF-8 ({why}); it was not written by featstore. "
             f"Refusing to use it."
         ) from None
     return found
