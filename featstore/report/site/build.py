@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.caches import CacheNotMade, cache_folder
-from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_seed
+from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_paths, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
 from featstore.models.scratch import new_scratch
 from featstore.outputs import (
@@ -192,6 +192,7 @@ def build_report(
         result = build_report("features.h5")
         print(result.index)        # features.report/index.html
     """
+    check_paths(out=out)  # '' wrote the whole site into the current folder, '\t' into a folder named with a tab
     start = time.monotonic()
     if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 1:
         raise ConfigError(f"gallery must be a number of images of at least 1, not {gallery!r}")
