@@ -46,3 +46,21 @@ def test_a_group_name_that_is_not_utf8_is_one_line_without_h5py_internals(tmp_pa
     r = CliRunner().invoke(app, [command, str(path)])
     lines = r.output.strip().splitlines()
     assert r.exit_code == 1 and len(lines) == 1 and "utf-8" in lines[0].lower() and "cyfunction" not in lines[0], lines
+
+
+def test_a_full_disk_inside_h5py_is_one_line(monkeypatch, capsys):
+    """Attack 23 #16: a disk filling while HDF5 wrote (compaction's copy) was an h5py traceback; through the CLI's catch
+    of h5py's own errors it is one line saying the disk filled, not "damaged metadata". Simulated: a command raising
+    what HDF5 raises on ENOSPC from h5py's frames. Sabotage: the ENOSPC branch removed fails it."""
+    import typer
+
+    from featstore.cli import main as cli_main
+
+    def command(store):
+        raise OSError(28, "Can't write data (file write failed: errno = 28, error message = 'No space left on device')")
+
+    monkeypatch.setattr(cli_main, "_raised_in_h5py", lambda exc: True)  # as if raised in h5py's own frames
+    with pytest.raises(typer.Exit):
+        cli_main._errors(command)(store="s.h5")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "the disk filled while HDF5 wrote" in lines[0], lines

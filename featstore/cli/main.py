@@ -6,6 +6,7 @@ package imports lazily); its C++ start-up noise is hidden by :mod:`featstore.qui
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -200,6 +201,14 @@ def _errors(fn):
             if not _raised_in_h5py(exc):
                 raise
             first = (str(exc).splitlines() or [""])[0][:200]
+            if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc):  # HDF5 writing: a full disk
+                typer.secho(
+                    f"error: the disk filled while HDF5 wrote ({safe(first)}): free some space, then re-run the same "
+                    f"command (a resume starts from the last committed batch)",
+                    fg=typer.colors.RED,
+                    err=True,
+                )
+                raise typer.Exit(1) from None
             store = kwargs.get("store")
             what = (
                 f"the store {safe(str(store))} (or another file this command opened)"
