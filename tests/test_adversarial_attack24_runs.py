@@ -22,3 +22,12 @@ def test_a_run_folder_is_not_a_runs_folder(tmp_path):
     with pytest.raises(StoreError, match=r"is a run folder \(it holds run.json\), not a runs folder; .*/s\.runs$"):
         fit(path, "logreg", validation="none", runs=inner)
     assert sorted(p.name for p in inner.iterdir() if p.is_dir()) == []
+
+
+def test_discover_refuses_an_empty_split_by_name(tmp_path):
+    """Attack 24 #22: ``discover(root, "")`` named a link that does not exist. Sabotage: its check_names removed."""
+    from featstore import ConfigError
+    from featstore.images.listing import discover
+
+    with pytest.raises(ConfigError, match="split='' is an empty split name"):
+        discover(tmp_path, "")

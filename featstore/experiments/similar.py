@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from featstore.caches import CacheNotMade
-from featstore.errors import ConfigError, DataError, FeatstoreError, OutputError, StoreError
+from featstore.errors import ConfigError, DataError, FeatstoreError, OutputError, StoreError, check_paths
 from featstore.experiments.leaks.search import _bad_rows, _rows, normalised, scan
 from featstore.experiments.similar_files import NotSigned, read_names, read_rows
 from featstore.experiments.similar_index import build_similarity_index, index_dir, index_folder, load_index
@@ -267,6 +267,7 @@ def similar(
         table = similar("data/fashion_mnist/test/bag/test_00017.png", "features.h5", k=12)
         for n in table.neighbours: print(n.rank, n.similarity, n.label, n.path)
     """
+    check_paths(required=True, query=query)  # '' was "' is neither an image stored in ..."
     start = time.monotonic()
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
         raise ConfigError(f"k must be a whole number from 1 to {MAX_K}, not {k!r}")

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from featstore.errors import DataError, check_paths
+from featstore.errors import DataError, check_names, check_paths
 from featstore.images.decode import (  # noqa: F401 - re-exported: images is the public face of the image side
     DECODE_BUDGET,
     MAX_PIXELS,
@@ -167,6 +167,7 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     ['cat', 'dog']
     """
     check_paths(required=True, root=root)  # '' would list the current folder
+    check_names("split", required=True, split=split)  # "" named a link that does not exist
     root = Path(root)
     if not root.is_dir():
         raise DataError(
