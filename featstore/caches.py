@@ -5,12 +5,12 @@ Each level below the store's folder is opened with ``O_NOFOLLOW | O_DIRECTORY`` 
 (``os.open(name, ..., dir_fd=parent)``), so a symbolic link at any level is refused, and one swapped in after the
 check is never followed: the temporary file is made with ``O_EXCL | O_NOFOLLOW`` in the folder that was opened, and
 renamed there (``os.replace(..., src_dir_fd=, dst_dir_fd=)``). A level featstore did not make itself is not trusted: one
-owned by another user, or writable by the group or others (featstore makes its folders ``0755``), is refused with
+owned by another user, or writable by the group or others (featstore makes its folders ``0700``), is refused with
 :class:`CacheNotTrusted`, which the callers that fall back to a private temporary cache when no folder can be made
 there (``report``, ``similar --html``, ``predict --runtime onnx``) treat the same way.
 
 >>> CACHE_MODE
-493
+448
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from featstore.errors import OutputError
 from featstore.leftovers import sweep, temp_prefix
 from featstore.outputs import output_fix, say_swept
 
-CACHE_MODE = 0o755  # a cache folder featstore makes: never writable by the group or others, whatever the umask
+CACHE_MODE = 0o700  # a cache folder featstore makes: this user's only (thumbnails of a private store's images were readable by all)
 # Windows has no O_NOFOLLOW, O_DIRECTORY nor dir_fd: there each level is checked by name (lstat) and files are written
 # with featstore.outputs.write_atomic, and folders are not checked for their owner
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd

@@ -336,7 +336,7 @@ def test_a_cache_folder_featstore_did_not_make_is_not_trusted(tmp_path, how):
 
 def test_cache_folders_featstore_makes_are_private_whatever_the_umask(tmp_path):
     """With umask 002 featstore's own cache folders were group-writable, so a cache it made would not be told from one
-    it did not: they are made 0755."""
+    it did not: they are made 0700 (attack 23: 0755 let others read the thumbnails of a private store)."""
     from featstore.caches import cache_folder
 
     old = os.umask(0o002)
@@ -344,7 +344,7 @@ def test_cache_folders_featstore_makes_are_private_whatever_the_umask(tmp_path):
         maps = cache_folder(tmp_path / "f.h5.cache", "maps")
     finally:
         os.umask(old)
-    assert {oct(p.stat().st_mode & 0o777) for p in (maps, maps.parent)} == {"0o755"}
+    assert {oct(p.stat().st_mode & 0o777) for p in (maps, maps.parent)} == {"0o700"}
     cache_folder(tmp_path / "f.h5.cache", "maps")  # trusted the next time
 
 
