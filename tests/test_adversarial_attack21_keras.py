@@ -315,6 +315,7 @@ def test_the_arithmetic_on_config_values_is_bounded(tmp_path):
     assert time.perf_counter() - start < 10  # linear: about 1 s here; with pop(0), about 40 s
 
 
+@pytest.mark.filterwarnings("ignore:Layer InputLayer does not have a `quantize`")
 def test_an_int4_quantized_embedding_is_accepted(tmp_path):
     """Attack 24 #3: Keras's ``quantize("int4")`` packs an Embedding's table two weights to a stored int8, as it does a
     Dense kernel; only Dense and EinsumDense were halved, so a genuine 300,000 x 128 table was counted 19 M parameters
