@@ -279,11 +279,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
         write_atomic("runs.csv", lambda tmp: tmp.write_text("id,acc\\n"), "--out")
     """
     path = check_output(path, what)
-    tmp = _temp_beside(path, what)
+    tmp, made = _temp_beside(path, what, _mode_for(path))  # mkstemp's 0600 would hide the file from the group
     try:
-        os.chmod(tmp, _mode_for(path))  # mkstemp's 0600 would hide the file from the group
         write(tmp)
         check_output(path, what)  # nothing appeared at the name while writing (a link planted meanwhile)
+        now = os.lstat(tmp)  # still the file mkstemp made: in a folder others can write, a link renamed onto the
+        if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino) or not stat.S_ISREG(now.st_mode):  # temporary
+            raise OutputError(  # was renamed over the output (attack 23); the rename below is still by name
+                f"cannot write {what} {terminal_safe(str(path))}: its temporary file {terminal_safe(tmp.name)} was "
+                f"replaced by another file while it was written (someone else can write that folder); nothing was "
+                f"written there. Write into a folder only you can write"
+            )
         os.replace(tmp, path)
     except OSError as exc:
         if isinstance(exc, OutputError):
@@ -328,20 +334,24 @@ def probe_output(path: str | os.PathLike, what: str = "output", folder: bool = F
     """
     path = check_output(path, what)
     refuse_run_files(path, what, folder)
-    _temp_beside(path, what).unlink()
+    _temp_beside(path, what)[0].unlink()
     return path
 
 
-def _temp_beside(path: Path, what: str) -> Path:
-    """A new empty temporary file in ``path``'s folder (hidden, named after it and this process: :mod:`.leftovers`);
-    an OSError as one OutputError. Those that killed writes left in that folder are removed first, in one line."""
+def _temp_beside(path: Path, what: str, mode: int = 0o600) -> tuple[Path, os.stat_result]:
+    """A new empty temporary file in ``path``'s folder (hidden, named after it and this process: :mod:`.leftovers`)
+    with ``mode`` set through its descriptor (a chmod by name followed a link renamed onto it: attack 23), and that
+    file's stat; an OSError as one OutputError. Those that killed writes left in that folder are removed first."""
     say_swept(sweep(path.parent), path.parent)
     try:
         fd, name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _output_error(exc, path, what) from None
-    os.close(fd)
-    return Path(name)
+    try:
+        os.fchmod(fd, mode)
+        return Path(name), os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def say_swept(removed: list[tuple[str, int]], folder: Path) -> None:
