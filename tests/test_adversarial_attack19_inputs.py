@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
 import os
 import zipfile
@@ -17,6 +16,7 @@ import pytest
 from featstore.errors import ConfigError
 from featstore.images.decode import ImageError, load_image
 from featstore.images.walk import find_images
+from tests.test_adversarial_attack20_fixH import assert_bounded_and_accepted
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -81,7 +81,6 @@ def test_genuine_models_of_every_layer_kind_pass_the_bound(tmp_path):
     wrapped layers, attention, normalizations)."""
     import keras
 
-    from featstore.models.keras_sizes import implied_parameters, keras_zip_problem
     from featstore.models.saved import load_model_file
 
     L = keras.layers
@@ -110,14 +109,7 @@ def test_genuine_models_of_every_layer_kind_pass_the_bound(tmp_path):
     models["bins"] = keras.Sequential(
         [keras.Input((4,)), L.Discretization(bin_boundaries=[1000.0, 2000.0, 3000.0]), L.Embedding(4, 2)]
     )
-    for name, model in models.items():
-        path = tmp_path / f"{name}.keras"
-        model.save(path)
-        with zipfile.ZipFile(path) as z:
-            bound, _ = implied_parameters(json.loads(z.read("config.json")))
-        stored = sum(int(v.numpy().size) for v in model.weights)
-        assert 0 < bound <= stored, (name, bound, stored)
-        assert keras_zip_problem(path) is None
+    assert_bounded_and_accepted(tmp_path, models)
     load_model_file(tmp_path / "conv.keras")  # loads as before
 
 
