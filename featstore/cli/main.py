@@ -234,11 +234,8 @@ def _raised_in_h5py(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return (
-        tb is not None
-        and f"{os.sep}h5py{os.sep}" in tb.tb_frame.f_code.co_filename
-        or (tb is not None and tb.tb_frame.f_code.co_filename.startswith("h5py"))
-    )
+    where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return where.startswith("h5py") or f"{os.sep}h5py{os.sep}" in where  # Cython frames: "h5py/_objects.pyx"
 
 
 class _SafeFormatter(logging.Formatter):
