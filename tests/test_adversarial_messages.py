@@ -336,9 +336,9 @@ def test_log_lines_and_errors_reach_the_terminal_escaped():
 
 
 def test_ray_noise_is_dropped_and_real_errors_pass(capfd, caplog):
-    from featstore.extraction.ray import _RayNoise
+    from featstore.extraction.ray import RayNoise
 
-    quiet = _RayNoise()
+    quiet = RayNoise()
     quiet.filter_fd2()
     try:
         logging.getLogger("ray._private.authentication.authentication_token_setup").warning(

@@ -100,6 +100,55 @@ def test_an_actor_that_refuses_at_start_up_is_its_own_one_line_error():
         list(worker_errors(ray, batches(ray_actor_died(ray, RuntimeError("out of memory")))))
 
 
+def test_out_of_memory_in_an_actors_batch_is_the_local_engines_one_line(data_root, tiny_config):
+    """TensorFlow's out of memory in an actor's batch reached the driver as Ray Data's RayTaskError(UserCodeException)
+    with the worker's traceback; the local engine says it in one line. The actor raises that line, and the driver
+    takes it out of the task error's text (built here as Ray Data chains it; a Ray run whose actors' forward pass
+    raised ResourceExhaustedError was checked by hand to end the same way)."""
+    ray = pytest.importorskip("ray")
+    from types import SimpleNamespace
+
+    from featstore.extraction.ray import worker_errors
+
+    class ResourceExhaustedError(Exception):  # TensorFlow's class, by name: the engines recognise it so
+        pass
+
+    def oom(images):
+        raise ResourceExhaustedError("OOM when allocating tensor with shape[2,512,512,64]\nmore lines")
+
+    actor = object.__new__(Forward)
+    actor.ex, actor.decode_threads = SimpleNamespace(config=tiny_config, features=oom, outputs=[]), 1
+    paths = [os.fsencode(p) for p in sorted((data_root / "train" / "cat").iterdir())[:2]]
+    with pytest.raises(ConfigError) as err:
+        actor({"index": np.arange(2), "path": np.array(paths, dtype=object)})
+    message = str(err.value)
+    assert message.startswith("the forward pass ran out of memory on a batch of 2 images (OOM when allocating tensor")
+    assert "more lines" not in message and "give a smaller --batch-size" in message
+
+    def task_error(error: Exception):
+        import traceback
+
+        try:
+            try:
+                raise error
+            except Exception as inner:
+                raise ray.exceptions.UserCodeException("UDF failed to process a data block.") from inner
+        except Exception as exc:
+            return ray.exceptions.RayTaskError("submit", traceback.format_exc(), exc).as_instanceof_cause()
+
+    def batches(error: Exception):
+        yield {"index": 0}
+        raise task_error(error)
+
+    rows = worker_errors(ray, batches(ConfigError(message)))
+    assert next(rows) == {"index": 0}
+    with pytest.raises(ConfigError) as err:
+        next(rows)
+    assert str(err.value) == message
+    with pytest.raises(ray.exceptions.RayTaskError):  # any other error in a batch: Ray's own, as it is
+        list(worker_errors(ray, batches(RuntimeError("a bug"))))
+
+
 # ---- a local Ray cluster (2 CPUs, no external services) ----
 
 

@@ -60,15 +60,21 @@ class LocalEngine:
         try:
             return self.extractor.features(images if transform is None else transform(images))
         except Exception as exc:
-            if type(exc).__name__ != "ResourceExhaustedError":  # TensorFlow's out of memory
-                raise
-            raise ConfigError(
-                f"the forward pass ran out of memory on a batch of {len(images)} images ({str(exc).splitlines()[0][:160]}"
-                f"): give a smaller --batch-size, cut at another --layer, add --pooling avg or use a smaller --image-size"
-            ) from None
+            refuse_out_of_memory(exc, len(images))
+            raise
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def refuse_out_of_memory(exc: Exception, n: int) -> None:
+    """Raise the one line for TensorFlow's out of memory in the forward pass of a batch of ``n`` images (the local
+    engine's and each Ray actor's); any other error is left to the caller."""
+    if type(exc).__name__ == "ResourceExhaustedError":
+        raise ConfigError(
+            f"the forward pass ran out of memory on a batch of {n} images ({(str(exc).splitlines() or [''])[0][:160]}"
+            f"): give a smaller --batch-size, cut at another --layer, add --pooling avg or use a smaller --image-size"
+        ) from None
 
 
 class Outcomes:

@@ -22,10 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import socket
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore import errors
 from featstore.errors import ConfigError, DataError
+from featstore.extraction.local import refuse_out_of_memory
+from featstore.extraction.ray_messages import RayNoise, worker_errors
 from featstore.images.decode import iter_decoded
 from featstore.models.onnx_runtime import default_threads
 
@@ -117,7 +115,7 @@ class RayEngine:
         self.started_ray = False  # this engine called ray.init (and shuts it down in close())
         self.cpus_per_worker = 1.0
         self._bound: tuple | None = None
-        self._quiet: _RayNoise | None = None  # Ray's informational lines hidden while this engine runs
+        self._quiet: RayNoise | None = None  # Ray's informational lines hidden while this engine runs
 
     def __enter__(self) -> RayEngine:
         return self
@@ -141,7 +139,7 @@ class RayEngine:
         ray, o = self.ray, self.options
         quiet = self._quiet is None and os.environ.get("FEATSTORE_VERBOSE", "0") in ("", "0")
         if quiet:
-            self._quiet = _RayNoise()  # its log filters before ray.init, which logs
+            self._quiet = RayNoise()  # its log filters before ray.init, which logs
         if not ray.is_initialized():
             if o.address:
                 _check_reachable(o.address)
@@ -286,105 +284,6 @@ class RayEngine:
             self._quiet = None
 
 
-# Ray's lines that say nothing a featstore user can act on (featstore hides progress bars on purpose; the actors'
-# constructor arguments are a few small values; a local Ray's token is featstore's own). Real errors pass.
-_RAY_LOG_NOISE = {
-    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray cluster",),
-    "ray.data._internal.progress": ("Progress bars disabled", "Progress bars for operators disabled"),
-}
-_RAY_FD_NOISE = re.compile(
-    rb"^\[[^]]* E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments"
-)
-
-
-class _DropLines(logging.Filter):
-    """Drop log records whose message starts with one of ``starts``."""
-
-    def __init__(self, starts: tuple[str, ...]):
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.starts)
-
-
-class _RayNoise:
-    """While a Ray engine runs: Ray's informational log lines dropped, and file descriptor 2 passed through a thread
-    that drops only the core worker's line about actor constructor arguments (it is written by C++, not logged)."""
-
-    def __init__(self):
-        self.filters = [(logging.getLogger(n), _DropLines(starts)) for n, starts in _RAY_LOG_NOISE.items()]
-        for lg, f in self.filters:
-            lg.addFilter(f)
-        self.saved = self.thread = None
-
-    def filter_fd2(self) -> None:
-        """Pass fd 2 through the line filter from now on (nothing is done where fd 2 cannot be duplicated)."""
-        if self.saved is not None:
-            return
-        try:
-            sys.stderr.flush()
-            self.saved, out = os.dup(2), os.dup(2)
-            read, write = os.pipe()
-            os.dup2(write, 2)
-            os.close(write)
-        except (OSError, ValueError, AttributeError):  # no fd 2 (a notebook): log filters only
-            self.saved = None
-            return
-        self.thread = threading.Thread(target=self._pass, args=(read, out), daemon=True, name="featstore-stderr")
-        self.thread.start()
-
-    @staticmethod
-    def _pass(read: int, out: int) -> None:
-        """Copy lines from ``read`` to ``out`` (this thread's own copy of the old fd 2), dropping the noise."""
-        try:
-            with os.fdopen(read, "rb") as fh:
-                for line in iter(fh.readline, b""):
-                    if not _RAY_FD_NOISE.match(line):
-                        os.write(out, line)
-        finally:
-            os.close(out)
-
-    def close(self) -> None:
-        """Put fd 2 and the loggers back; lines still in the pipe are written first."""
-        for lg, f in self.filters:
-            lg.removeFilter(f)
-        if self.saved is None:
-            return
-        try:
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
-        os.dup2(self.saved, 2)  # the pipe's last writer closes: the thread drains it and ends
-        os.close(self.saved)
-        self.saved = None
-        if self.thread is not None:
-            self.thread.join(5)
-
-
-# the last line of a worker's traceback when an actor's constructor refused (fingerprint, the driver's ONNX file, the
-# weights: any featstore error, each raised at the driver as its own class); its message runs to the end, line breaks
-# and all (a store folder's name may hold one)
-_WORKER_ERROR = re.compile(r"^featstore\.errors\.(\w+Error): ", re.MULTILINE)
-
-
-def worker_errors(ray, batches: Iterator) -> Iterator:
-    """``batches``; a featstore error that an actor's constructor raised (another fingerprint, the driver's ONNX file
-    missing or changed, its weights) is raised here as that one-line error, not as Ray's ActorDiedError with the worker's traceback."""
-    try:
-        yield from batches
-    except ray.exceptions.RayActorError as exc:
-        text = str(exc)
-        found = list(_WORKER_ERROR.finditer(text))
-        if not found:
-            raise
-        kind, message = found[-1].group(1), text[found[-1].end() :].rstrip()
-        cls = getattr(errors, kind, None)
-        if not (isinstance(cls, type) and issubclass(cls, errors.FeatstoreError)):
-            cls = ConfigError
-        raise cls(message) from exc
-
-
 class Forward:
     """One Ray actor: the frozen backbone built once; each call decodes a batch of paths and returns their features.
 
@@ -438,7 +337,11 @@ class Forward:
             "index": np.asarray(batch["index"], dtype=np.int64),
             "reason": np.array([reason for _, _, reason in decoded], dtype=object),
         }
-        feats = self.ex.features(np.stack([decoded[i][1] for i in ok])) if ok else None
+        try:
+            feats = self.ex.features(np.stack([decoded[i][1] for i in ok])) if ok else None
+        except Exception as exc:  # the driver raises a featstore error named in the task's traceback as that one line
+            refuse_out_of_memory(exc, len(ok))
+            raise
         for k, (_, attrs) in enumerate(self.ex.outputs):
             full = np.zeros((len(paths), *attrs["feature_shape"]), dtype=self.ex.config.dtype)
             if feats is not None:
