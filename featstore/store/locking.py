@@ -145,6 +145,21 @@ class StoreFile:
         """Whether the file is there yet."""
         return self.path.exists()
 
+    def refuse_unreadable(self) -> None:
+        """Refuse, in one line with the fix, a store that is missing, not a regular file, or not HDF5: what every reader
+        says before it opens the file (``check`` says it before listing what it finds inside)."""
+        if self.path.exists() and not self.path.is_file():  # a FIFO, folder or device: it exists, extract won't help
+            raise StoreError(
+                f"store {self.path} is not a regular file (a folder, FIFO or device); pass the .h5 store written by "
+                f"`featstore extract`"
+            )
+        if not self.path.is_file():
+            raise StoreError(
+                f"store {self.path} does not exist; create it with `featstore extract --store {self.path}`"
+            )
+        if not h5py.is_hdf5(self.path):
+            raise StoreError(f"{self.path} is not an HDF5 file; pass the .h5 store written by `featstore extract`")
+
     def open(self, mode: str = "r", *, timeout: float | None = None, libver=None):
         """The HDF5 file, open for one step (a context manager); waits while another process holds it."""
         return open_h5(self.path, mode, locking=self.locking, timeout=timeout, libver=libver)
