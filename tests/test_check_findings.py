@@ -12,7 +12,9 @@ attack 23 #3, #12's advice, #14). Tiny synthetic stores; each advised fix is fol
 
 from __future__ import annotations
 
+import errno
 import re
+import shutil
 
 import h5py
 import numpy as np
@@ -22,6 +24,7 @@ from typer.testing import CliRunner
 from featstore.cli import app
 from featstore.errors import StoreError
 from featstore.store.check import DAMAGED_FIX, check_store
+from featstore.store.locking import writer_lock
 from featstore.store.reader import FeatureStore
 from featstore.store.writer import synthetic_attrs, write_arrays
 
@@ -157,6 +160,78 @@ def test_damaged_metadata_is_a_finding_and_check_goes_on(two_extractors, tmp_pat
     assert all(line.startswith("problem: ") for line in lines[:-1]), r.output
     r = CliRunner().invoke(app, ["info", str(path)])  # the other readers: one line
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def _refuse(err: int, where=None):
+    """A FileLock.acquire that fails with ``err`` (for lock files under ``where`` only, when given)."""
+
+    def acquire(self, *args, **kwargs):
+        if where is None or str(self.lock_file).startswith(str(where)):
+            raise OSError(err, errno.errorcode[err], str(self.lock_file))
+        return original(self, *args, **kwargs)
+
+    from filelock import FileLock
+
+    original = FileLock.acquire
+    return FileLock, acquire
+
+
+def test_a_folder_you_cannot_write_is_not_told_to_use_no_locking(tmp_path, monkeypatch):
+    """Root cannot be refused by chmod: the lock call is made to fail with EACCES for the store's folder. Sabotage:
+    EACCES added to ``NO_LOCKS_ERRNOS`` fails it (--no-locking comes back)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    path = _store(shared / "s.h5")
+    cls, acquire = _refuse(errno.EACCES, shared)
+    monkeypatch.setattr(cls, "acquire", acquire)
+    with pytest.raises(StoreError) as exc, writer_lock(path):
+        pass
+    text = str(exc.value)
+    assert "--no-locking" not in text and "you cannot write in the folder" in text and "copy the store" in text, text
+    mine = tmp_path / "mine"  # the advice: copy the store to a folder you can write and pass that --store
+    mine.mkdir()
+    shutil.copy(path, mine / "s.h5")
+    with writer_lock(mine / "s.h5"):
+        write_arrays(mine / "s.h5", "s", "val", X, Y, ["x", "y"], attrs=synthetic_attrs((4,)))
+    assert check_store(mine / "s.h5") == []
+
+
+@pytest.mark.parametrize(
+    "err, said",
+    [
+        (errno.EPERM, "you cannot write in the folder"),
+        (errno.EROFS, "read-only filesystem"),
+        (errno.ENOLCK, "--no-locking"),
+        (errno.ENOSYS, "--no-locking"),
+        (errno.EOPNOTSUPP, "--no-locking"),
+    ],
+)
+def test_the_lock_advice_follows_the_errno(tmp_path, monkeypatch, err, said):
+    """--no-locking only where locks do not work. Sabotage: ``_lock_fix`` answering every errno with --no-locking
+    fails the EPERM and EROFS rows; ``NO_LOCKS_ERRNOS`` emptied fails the others."""
+    path = _store(tmp_path / "s.h5")
+    cls, acquire = _refuse(err)
+    monkeypatch.setattr(cls, "acquire", acquire)
+    with pytest.raises(StoreError) as exc, writer_lock(path):
+        pass
+    assert said in str(exc.value) and (("--no-locking" in str(exc.value)) == (said == "--no-locking")), exc.value
+    if said == "--no-locking":  # the advice: without locks the writer goes on
+        with writer_lock(path, locking=False):
+            pass
+
+
+def test_enolck_from_flock_itself_advises_no_locking(tmp_path, monkeypatch):
+    """The lock call filelock makes (fcntl.flock) failing with ENOLCK, as an NFS mount without lockd does. Sabotage:
+    ENOLCK removed from ``NO_LOCKS_ERRNOS`` fails it."""
+    import fcntl
+
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    path = _store(tmp_path / "s.h5")
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(StoreError, match="this filesystem's locks do not work.*--no-locking"), writer_lock(path):
+        pass
 
 
 @pytest.mark.parametrize("hook", ["validate_extractor", "refuse_long"])
