@@ -29,6 +29,9 @@ def test_a_flipped_bit_in_the_metadata_is_one_line(tmp_path, command):
     r = CliRunner().invoke(app, [command, str(path)])
     assert r.exit_code == 1 and r.exception is None or isinstance(r.exception, SystemExit), r.exception
     lines = r.output.strip().splitlines()
+    if command == "check":  # check lists it as the split's finding and goes on (tests/test_check_findings.py)
+        assert lines[0].startswith("problem: /s/train: HDF5 cannot read it") and "incorrect metadata" in lines[0], lines
+        return
     assert len(lines) == 1 and "HDF5 could not read the store" in lines[0] and "incorrect metadata" in lines[0], lines
 
 
@@ -45,6 +48,8 @@ def test_a_group_name_that_is_not_utf8_is_one_line_without_h5py_internals(tmp_pa
         f.id.links.move(b"s", f.id, b"s\xff")
     r = CliRunner().invoke(app, [command, str(path)])
     lines = r.output.strip().splitlines()
+    if command == "check":  # a finding, then the count: check goes on with the other objects
+        lines = lines[:-1] if lines[-1].endswith("1 problem(s)") else lines
     assert r.exit_code == 1 and len(lines) == 1 and "utf-8" in lines[0].lower() and "cyfunction" not in lines[0], lines
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from featstore.errors import StoreError, renamed_argument
@@ -29,7 +30,7 @@ from featstore.store.layout import (
 from featstore.store.locking import StoreFile
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
-from featstore.store.strings import bounded_attrs, read_attr, read_names, refuse_long, shown_list, unreadable_strings
+from featstore.store.strings import read_attr, read_names, refuse_long, shown, shown_list, unreadable_strings
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
@@ -55,83 +56,181 @@ def check_store(store: str | os.PathLike | None = None, *, locking=None, path=No
     """Every problem found in the store, each with its fix; an empty list means the store is sound.
 
     ``store``: the .h5 file (``path=`` is its old name); ``locking``: this store's HDF5 locking (None: the process
-    setting).
+    setting). A missing, non-regular or non-HDF5 file is refused (StoreError); anything found inside is listed, an
+    object whose HDF5 metadata HDF5 cannot read (a flipped bit) among them, and the rest is still checked.
     """
     file = StoreFile(renamed_argument("check_store", "path", "store", path, store), locking)
+    file.refuse_unreadable()
     path = file.path
     problems: list[str] = []
     scans: list[_Split] = []
     with file.open("r") as f:
-        for obj in foreign_objects(f):
-            problems.append(
-                f"{obj} points outside the store; featstore never writes it and did not follow it: remove it "
-                f"(h5py: del f[name])"
-            )
-        if "format_version" not in f.attrs:
+        problems += _foreign(f)
+        root = _attrs(f, f"{path}:/", problems)  # every root attribute measured, as `info` reads them
+        if root is not None and "format_version" not in root:
             problems.append(
                 "root attribute format_version is missing: this is not a featstore store (or it is damaged)"
             )
-        else:
+        elif root is not None:
             try:
-                check_format_version(read_attr(f, "format_version", f"{path}:/"), path)
+                check_format_version(root["format_version"], path)
             except StoreError as exc:
                 problems.append(str(exc))
-        for name in hard_groups(f):
-            problems += _check_extractor(f[name], name, scans)
+        for name in _groups(f, "", problems):
+            try:
+                _check_extractor(f[name], name, scans, problems)
+            except DAMAGED as exc:
+                problems.append(_damaged(f"/{name}", exc))
     for s in scans:
-        problems += _scan_split(file, s)
-    return problems
-
-
-def _check_extractor(g, name: str, scans: list[_Split]) -> list[str]:
-    """Layout and attribute problems of one extractor; queues its sound splits for the content scan."""
-    out = []
-    try:
-        a = bounded_attrs(g, f"/{name}")
-        validate_extractor(a, f"/{name}")
-    except StoreError as exc:
-        return [str(exc)]
-    classes = None
-    for split in hard_groups(g):
-        sg = g[split]
-        where = f"/{name}/{split}"
         try:
-            commit = validate_split(sg, where, a)
-            check_chunks(sg, commit, where)
-            s = bounded_attrs(sg, where)  # class_names bounded by validate_split; the others here (a bad one: listed)
+            problems += _scan_split(file, s)
+        except DAMAGED as exc:
+            problems.append(_damaged(f"/{s.name}/{s.split}", exc))
+    return list(dict.fromkeys(problems))  # a damaged object met twice (walking links, then groups) is named once
+
+
+# what h5py raises where HDF5 meets metadata it cannot read (a bad checksum, an address past the end, a name that is
+# not UTF-8): in `check` it is a finding about that object, and the other objects are still checked (attack 23 #3)
+DAMAGED = (RuntimeError, KeyError, OSError, ValueError, SystemError, UnicodeDecodeError)
+DAMAGED_FIX = "restore the store from a copy, or extract into a new --store"
+
+
+def _damaged(where: str, exc: BaseException) -> str:
+    """The finding for an object HDF5 could not read: the object, HDF5's reason (its first line, cut), the fix (the
+    store's metadata, not one split's rows: a re-extraction writes into the same damaged file)."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, UnicodeDecodeError) or isinstance(cause, UnicodeDecodeError):
+        return f"{where}: a name there is not UTF-8, which featstore never writes (crafted or damaged); {DAMAGED_FIX}"
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError's str: quoted
+    # h5py's SystemError text names a function and an address, not the object: not shown
+    why = "" if isinstance(exc, SystemError) else shown(text.splitlines()[0] if text else "", 160)
+    why = f"{type(exc).__name__}{': ' + why if why else ''}"
+    return f"{where}: HDF5 cannot read it ({why}): its metadata is damaged (a flipped bit, a truncated copy); {DAMAGED_FIX}"
+
+
+def _foreign(f) -> list[str]:
+    """Links out of the store, as findings; where HDF5 cannot walk the whole file, each extractor walked on its own."""
+    try:
+        found = foreign_objects(f)
+    except (StoreError, *DAMAGED):  # walked again by extractor: the damaged ones (or a name not UTF-8) are named
+        found, out = [], []
+        for name in _groups(f, "", out):
+            try:
+                found += foreign_objects(f, name)
+            except StoreError as exc:
+                out.append(str(exc))
+            except DAMAGED as exc:
+                out.append(_damaged(f"/{name} (walking the links under it)", exc))
+        return out + _foreign_found(found)
+    return _foreign_found(found)
+
+
+def _foreign_found(found: list[str]) -> list[str]:
+    return [
+        f"{obj} points outside the store; featstore never writes it and did not follow it: remove it "
+        f"(h5py: del f[name])"
+        for obj in found
+    ]
+
+
+def _groups(g, where: str, out: list[str]) -> list[str]:
+    """``layout.hard_groups(g)``, with a member HDF5 cannot read (or the list itself) a finding in ``out``."""
+    try:
+        return hard_groups(g)
+    except DAMAGED:  # which member: listed one by one
+        pass
+    try:
+        keys = list(g)
+    except DAMAGED as exc:
+        out.append(_damaged(f"{where or '/'} (its list of members)", exc))
+        return []
+    found = []
+    for k in keys:
+        try:
+            if isinstance(g.get(k, getlink=True), h5py.HardLink) and isinstance(g[k], h5py.Group):
+                found.append(k)
+        except DAMAGED as exc:
+            out.append(_damaged(f"{where}/{shown(k, 60) if isinstance(k, bytes) else k}", exc))
+    return sorted(found)
+
+
+def _attrs(obj, where: str, out: list[str]) -> dict | None:
+    """Every attribute of ``obj`` read through the measured readers ``info`` uses (``strings.read_attr``, as
+    ``bounded_attrs`` does), each bad one a finding in ``out``; None when any was bad."""
+    try:
+        keys = list(obj.attrs)
+    except DAMAGED as exc:
+        out.append(_damaged(f"{where} (its attributes)", exc))
+        return None
+    attrs, bad = {}, False
+    for key in keys:
+        try:
+            attrs[key] = read_attr(obj, key, where)
         except StoreError as exc:
             out.append(str(exc))
-            continue
-        if classes is None:
-            classes = s["class_names"]
-        elif s["class_names"] != classes:
+            bad = True
+    return None if bad else attrs
+
+
+def _check_extractor(g, name: str, scans: list[_Split], out: list[str]) -> None:
+    """Layout and attribute problems of one extractor, into ``out``; queues its sound splits for the content scan."""
+    a = _attrs(g, f"/{name}", out)
+    if a is None:
+        return
+    try:
+        validate_extractor(a, f"/{name}")
+    except StoreError as exc:
+        out.append(str(exc))
+        return
+    classes: list = []
+    for split in _groups(g, f"/{name}", out):
+        try:
+            _check_split(g[split], name, split, a, classes, scans, out)
+        except DAMAGED as exc:
+            out.append(_damaged(f"/{name}/{split}", exc))
+
+
+def _check_split(sg, name: str, split: str, a: dict, classes: list, scans: list[_Split], out: list[str]) -> None:
+    """Layout and attribute problems of one split, into ``out`` (``classes``: the first sound split's class names)."""
+    where = f"/{name}/{split}"
+    try:
+        commit = validate_split(sg, where, a)
+        check_chunks(sg, commit, where)
+    except StoreError as exc:
+        out.append(str(exc))
+        return
+    s = _attrs(sg, where, out)  # class_names bounded by validate_split; the others here (each bad one: listed)
+    if s is None:
+        return
+    if not classes:
+        classes.append(s["class_names"])
+    elif s["class_names"] != classes[0]:
+        out.append(
+            f"{where}: class_names {shown_list(s['class_names'])} differ from the other splits' "
+            f"{shown_list(classes[0])}; {REDO} using the same class folders"
+        )
+    sizes = {k: sg[k].shape[0] for k in ("features", "labels", "paths")}
+    if max(sizes.values()) > commit.rows:
+        out.append(
+            f"{where}: {max(sizes.values()) - commit.rows} uncommitted rows after committed_rows {commit.rows} "
+            f"(an interrupted write); {RESUME}"
+        )
+    if plain(s["complete"]) and commit.images_done != int(s["n_images"]):
+        out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
+    step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
+    scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
+    if AUGMENTED in sg and AUGMENTED not in hard_groups(sg):
+        out.append(
+            f"{where}/{AUGMENTED} is not a group of augmented copies (featstore writes only a group there): remove it "
+            f"(h5py: del f[name]) or re-extract this split with --overwrite"
+        )
+    if AUGMENTED in hard_groups(sg):
+        if split.lower() in EVALUATION_SPLITS:
             out.append(
-                f"{where}: class_names {shown_list(s['class_names'])} differ from the other splits' "
-                f"{shown_list(classes)}; {REDO} using the same class folders"
+                f"{where}/{AUGMENTED}: augmented copies of {split!r}, a validation or test split, which featstore never "
+                f"makes (augmented rows must never be evaluated): remove them (h5py: del f[name])"
             )
-        sizes = {k: sg[k].shape[0] for k in ("features", "labels", "paths")}
-        if max(sizes.values()) > commit.rows:
-            out.append(
-                f"{where}: {max(sizes.values()) - commit.rows} uncommitted rows after committed_rows {commit.rows} "
-                f"(an interrupted write); {RESUME}"
-            )
-        if plain(s["complete"]) and commit.images_done != int(s["n_images"]):
-            out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
-        step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
-        scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
-        if AUGMENTED in sg and AUGMENTED not in hard_groups(sg):
-            out.append(
-                f"{where}/{AUGMENTED} is not a group of augmented copies (featstore writes only a group there): remove it "
-                f"(h5py: del f[name]) or re-extract this split with --overwrite"
-            )
-        if AUGMENTED in hard_groups(sg):
-            if split.lower() in EVALUATION_SPLITS:
-                out.append(
-                    f"{where}/{AUGMENTED}: augmented copies of {split!r}, a validation or test split, which featstore never "
-                    f"makes (augmented rows must never be evaluated): remove them (h5py: del f[name])"
-                )
-            out += _check_augmented(sg[AUGMENTED], name, f"{split}/{AUGMENTED}", a, commit, scans)
-    return out
+        out += _check_augmented(sg[AUGMENTED], name, f"{split}/{AUGMENTED}", a, commit, scans)
 
 
 def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Split]) -> list[str]:

@@ -325,23 +325,25 @@ def hard_group(f: h5py.Group, path: str) -> h5py.Group | None:
     return g
 
 
-def foreign_objects(f: h5py.File) -> list[str]:
-    """Names of external/soft links, virtual datasets and externally stored datasets: ways to reach outside the file.
+def foreign_objects(f: h5py.File, under: str | None = None) -> list[str]:
+    """Names of external/soft links, virtual datasets and externally stored datasets: ways to reach outside the file
+    (``under``: those below that hard-linked group only, as ``check`` walks an extractor whose neighbour is damaged).
 
     Links are inspected, never followed (a dangling or external link is reported, not opened).
     """
     found: list[str] = []
+    g, prefix = (f, "/") if under is None else (f[under], f"/{under}/")
 
     def visit(name, link):
         if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-            found.append(f"/{name} ({type(link).__name__})")
+            found.append(f"{prefix}{name} ({type(link).__name__})")
         elif isinstance(link, h5py.HardLink):
-            obj = f.get(name)
+            obj = g.get(name)
             if isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
-                found.append(f"/{name} ({'virtual dataset' if obj.is_virtual else 'external storage'})")
+                found.append(f"{prefix}{name} ({'virtual dataset' if obj.is_virtual else 'external storage'})")
 
     try:
-        f.visititems_links(visit)
+        g.visititems_links(visit)
     except (SystemError, UnicodeDecodeError) as exc:  # h5py cannot decode an object name: featstore never writes one
         cause = (
             exc.__cause__ or exc.__context__ or exc

@@ -145,6 +145,21 @@ class StoreFile:
         """Whether the file is there yet."""
         return self.path.exists()
 
+    def refuse_unreadable(self) -> None:
+        """Refuse, in one line with the fix, a store that is missing, not a regular file, or not HDF5: what every reader
+        says before it opens the file (``check`` says it before listing what it finds inside)."""
+        if self.path.exists() and not self.path.is_file():  # a FIFO, folder or device: it exists, extract won't help
+            raise StoreError(
+                f"store {self.path} is not a regular file (a folder, FIFO or device); pass the .h5 store written by "
+                f"`featstore extract`"
+            )
+        if not self.path.is_file():
+            raise StoreError(
+                f"store {self.path} does not exist; create it with `featstore extract --store {self.path}`"
+            )
+        if not h5py.is_hdf5(self.path):
+            raise StoreError(f"{self.path} is not an HDF5 file; pass the .h5 store written by `featstore extract`")
+
     def open(self, mode: str = "r", *, timeout: float | None = None, libver=None):
         """The HDF5 file, open for one step (a context manager); waits while another process holds it."""
         return open_h5(self.path, mode, locking=self.locking, timeout=timeout, libver=libver)
@@ -197,10 +212,7 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a link planted since the check above
             _refuse_foreign_lock(lock_path)
-        raise StoreError(
-            f"cannot lock {lock_path} ({exc}); make the folder writable, or on a filesystem without working locks run "
-            f"`featstore --no-locking ...` (one writer per store is then up to you)"
-        ) from exc
+        raise StoreError(f"cannot lock {lock_path} ({exc}); {_lock_fix(exc, lock_path)}") from exc
     if not held_plain_file(lock):  # a FIFO or device planted between the check above and the lock's open
         lock.release()
         _refuse_foreign_lock(lock_path)
@@ -219,6 +231,31 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
                     lock_path
                 )  # still ours and still locked: a process that opens it now finds it gone and makes its own
         lock.release()
+
+
+# errnos of a lock call that mean the filesystem's locks do not work (some NFS and Lustre mounts): only these are
+# answered with --no-locking; a folder the user cannot write (EACCES, EPERM, EROFS) is not one (attack 23 #12)
+NO_LOCKS_ERRNOS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+
+
+def _lock_fix(exc: OSError, lock_path: str) -> str:
+    """What to do when ``<store>.lock`` cannot be made or locked, by the lock call's errno."""
+    folder = terminal_safe(os.path.dirname(lock_path) or ".")
+    if exc.errno in NO_LOCKS_ERRNOS:
+        return (
+            "this filesystem's locks do not work (some NFS and Lustre mounts): run `featstore --no-locking ...` "
+            "(one writer per store is then up to you)"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"you cannot write in the folder {folder}, where the store's lock and its resumes' copies go: make it "
+            f"writable by you, or copy the store to a folder you can write and pass that --store"
+        )
+    if exc.errno == errno.EROFS:
+        return f"{folder} is on a read-only filesystem: copy the store to a folder you can write and pass that --store"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the disk (or your quota) of {folder} is full: free some space, then run again"
+    return "fix what the error names, then run again"
 
 
 def held_plain_file(lock) -> bool:

@@ -105,17 +105,7 @@ class FeatureStore:
         self.path = self.file.path
         self.locking = locking
         self.allow_external = allow_external
-        if self.path.exists() and not self.path.is_file():  # a FIFO, folder or device: it exists, extract won't help
-            raise StoreError(
-                f"store {self.path} is not a regular file (a folder, FIFO or device); pass the .h5 store written by "
-                f"`featstore extract`"
-            )
-        if not self.path.is_file():
-            raise StoreError(
-                f"store {self.path} does not exist; create it with `featstore extract --store {self.path}`"
-            )
-        if not h5py.is_hdf5(self.path):
-            raise StoreError(f"{self.path} is not an HDF5 file; pass the .h5 store written by `featstore extract`")
+        self.file.refuse_unreadable()  # missing, not a regular file, not HDF5: one line each
         self._meta: StoreMetadata | None = None
         self.refresh()
 

@@ -225,25 +225,27 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int
     if most is not None and count > most:
         raise StoreError(
             f"{where}: {shown(key, 60)} holds {count:,} values where featstore writes at most {most}; refused unread: "
-            f"{_FIX}"
+            f"{_fix(obj)}"
         )
     info = h5py.check_string_dtype(aid.dtype)
     if info is None or aid.shape is None:
         return plain(_read(obj, key, where))
     if count > MAX_NAMES:
-        raise StoreError(f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {_FIX}")
+        raise StoreError(
+            f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {_fix(obj)}"
+        )
     if info.length is not None:  # fixed width (never written by featstore): each string's width is in the type
         if aid.dtype.itemsize > limit:
             raise StoreError(
                 f"{where}: {key} holds fixed-width strings of {aid.dtype.itemsize:,} bytes, over the {limit:,}-byte "
-                f"limit; refused unread: {_FIX}"
+                f"limit; refused unread: {_fix(obj)}"
             )
         return plain(_read(obj, key, where))
     value = _read(obj, key, where)
     if bad := _first_long(value, limit):
         del value  # a kept error (StoreMetadata keeps one per split) keeps this frame: not the K strings with it
         raise StoreError(
-            f"{where}: {key}[{bad[0]}] is a string of {bad[1]:,} bytes, over the {limit:,}-byte limit ({bad[2]}): {_FIX}"
+            f"{where}: {key}[{bad[0]}] is a string of {bad[1]:,} bytes, over the {limit:,}-byte limit ({bad[2]}): {_fix(obj)}"
         )
     return plain(value)
 
@@ -257,7 +259,7 @@ def _read(obj, key: str, where: str) -> object:
     try:
         return obj.attrs[key]
     except _H5_ERRORS as exc:
-        raise StoreError(f"{where}: {shown(key, 60)} cannot be read ({shown(str(exc), 160)}): {_FIX}") from None
+        raise StoreError(f"{where}: {shown(key, 60)} cannot be read ({shown(str(exc), 160)}): {_fix(obj)}") from None
 
 
 def raw_attr(obj, key: str, where: str) -> object:
@@ -273,7 +275,7 @@ def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
     store's attribute starts with."""
     if isinstance(key, bytes):  # h5py lists a name that is not UTF-8 as bytes; featstore names are all ASCII
         raise StoreError(
-            f"{where}: {shown(key, 60)} is an attribute name that is not UTF-8, which featstore never writes: {_FIX}"
+            f"{where}: {shown(key, 60)} is an attribute name that is not UTF-8, which featstore never writes: {_fix(obj)}"
         )
     try:
         aid = h5py.h5a.open(obj.id, key.encode("utf-8", "surrogateescape"))
@@ -282,16 +284,16 @@ def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
             aid.dtype,
         )  # a type numpy has no dtype for (a 128-bit integer) is refused here
     except _H5_ERRORS as exc:
-        raise StoreError(f"{where}: {shown(key, 60)} cannot be opened ({shown(str(exc), 160)}): {_FIX}") from None
+        raise StoreError(f"{where}: {shown(key, 60)} cannot be opened ({shown(str(exc), 160)}): {_fix(obj)}") from None
     if kind := _unwritten_type(dtype):
         raise StoreError(
             f"{where}: {shown(key, 60)} cannot be read: it is of HDF5 type {kind}, which featstore never writes in an "
-            f"attribute (it writes numbers, booleans and strings); refused unread: {_FIX}"
+            f"attribute (it writes numbers, booleans and strings); refused unread: {_fix(obj)}"
         )
     if stored > MAX_ATTR_STORAGE:
         raise StoreError(
             f"{where}: {key} stores {stored:,} bytes, over the {MAX_ATTR_STORAGE:,} featstore accepts in an attribute "
-            f"(it writes a few KiB; class names at most 16 bytes each); refused unread: {_FIX}"
+            f"(it writes a few KiB; class names at most 16 bytes each); refused unread: {_fix(obj)}"
         )
     return aid
 
@@ -355,7 +357,23 @@ def read_attr(obj, key: str, where: str, most: int | None = None, default: objec
     return read_names(obj, key, f"{where} attribute", MAX_ATTR_BYTES, most)
 
 
-_FIX = "the store is crafted or damaged. Re-extract this split with --overwrite (or into a new --store)"
+def _fix(obj) -> str:
+    """What to do about a crafted or damaged attribute of ``obj``, by what it is (attack 23 #14: one split's fix for
+    every object was an advice loop): a split's (or anything inside one) is re-extracted with --overwrite; the root's
+    and an extractor's are kept by that re-extraction (the writer refuses an extractor's with the same message), so
+    they need a new --store (an extractor's: or another --name in this one)."""
+    depth = len([p for p in (getattr(obj, "name", None) or "").split("/") if p])
+    if depth >= 2:
+        return "the store is crafted or damaged. Re-extract this split with --overwrite (or into a new --store)"
+    if depth == 1:
+        return (
+            "the store is crafted or damaged. Extract into a new --store (or into this one under another --name): "
+            "re-extracting a split keeps its extractor's attributes"
+        )
+    return (
+        "the store is crafted or damaged. Extract into a new --store: re-extracting a split keeps the file's own "
+        "attributes"
+    )
 
 
 def shown(name: str | bytes, width: int = 40) -> str:
