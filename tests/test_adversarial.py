@@ -709,7 +709,10 @@ def test_every_temporary_run_folder_holds_the_marker(runs: Runs, store, monkeypa
     monkeypatch.setattr(
         runwrite,
         "_write_contents",
-        lambda tmp, *a: (seen.append((tmp.name, (tmp / runwrite.TMP_MARKER).is_file())), real(tmp, *a))[1],
+        lambda tmp, *a: (  # tmp: /proc/self/fd/<n> of the folder (written through its descriptor), its name by realpath
+            seen.append((os.path.basename(os.path.realpath(tmp)), (tmp / runwrite.TMP_MARKER).is_file())),
+            real(tmp, *a),
+        )[1],
     )
     from featstore import record_split
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import OutputError, StoreError
+from featstore.own_folder import OwnFolder
 from featstore.runs.artifacts import save_estimator
 from featstore.runs.files import (
     PREDICTIONS,
@@ -64,16 +65,18 @@ logger = logging.getLogger(__name__)
 _ORPHAN = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.tmp")
 
 
-def _make_temp(root: Path, run_id: str, role: str = "new", suffix: str = ".tmp") -> Path:
-    """A new hidden temporary folder ``.<id>.<random><suffix>`` in ``root`` holding TMP_MARKER (``role``: new or old)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.", suffix=suffix, dir=root))
+def _make_temp(root: Path, run_id: str, role: str = "new", suffix: str = ".tmp") -> OwnFolder:
+    """A new hidden temporary folder ``.<id>.<random><suffix>`` in ``root`` holding TMP_MARKER (``role``: new or old),
+    0700 and written through its descriptor until :meth:`OwnFolder.publish` gives it the umask's mode: it was made
+    group-writable at once and written by name, so in a team runs folder a colleague's link at ``run.json`` made a fit
+    write its record onto the user's own files (attack 25)."""
+    folder = OwnFolder(root, f".{run_id}.", suffix)
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # the run folder it becomes: mkdtemp's 0700 would hide it from the group
-        _mark(tmp, run_id, role)
+        _mark(folder.at, run_id, role)
     except BaseException:  # a full disk makes the marker file but not its bytes: the folder is removed here
-        shutil.rmtree(tmp, ignore_errors=True)
+        folder.remove()
         raise
-    return tmp
+    return folder
 
 
 def clean_orphans(root: Path, now: float | None = None) -> None:
@@ -218,7 +221,7 @@ def not_written(exc: OSError, root: Path, run_id: str, left: Path | None = None,
     return OutputError(f"could not write run {run_id} into {root}: {why}. Nothing was recorded ({kept})")
 
 
-def _discard(preds: PredictionsWriter | None, tmp: Path) -> None:
+def _discard(preds: PredictionsWriter | None, tmp: OwnFolder) -> None:
     """Drop a temporary run folder being written: never raises (a full disk can refuse even the closing of its files),
     so the error that made it fail is the one reported."""
     if preds is not None:
@@ -226,7 +229,7 @@ def _discard(preds: PredictionsWriter | None, tmp: Path) -> None:
             preds.discard()
         except Exception as exc:  # noqa: BLE001 - the folder goes anyway; the first error is the one to report
             logger.debug("closing %s failed: %s", preds.path, exc)
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.remove()
 
 
 def _other_run(exc: OSError, root: Path, tmp: Path) -> Path | None:
@@ -260,13 +263,16 @@ class RunDraft:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             clean_orphans(self.root)
-            self.tmp = _make_temp(self.root, name)
+            self.folder = _make_temp(self.root, name)
         except OSError as exc:
+            if isinstance(exc, OutputError):
+                raise
             raise not_written(exc, self.root, name) from None
+        self.tmp, self.at = self.folder.name, self.folder.at  # its name (messages, orphans); where it is written
         try:
-            self._preds = PredictionsWriter(self.tmp / PREDICTIONS)
+            self._preds = PredictionsWriter(self.at / PREDICTIONS)
         except OSError as exc:
-            _discard(None, self.tmp)
+            _discard(None, self.folder)
             raise not_written(exc, self.root, name, self.tmp) from None
         self.predictions = OwnWrites(self._preds)  # its OSErrors are the run folder's; a store read's are the store's
 
@@ -276,7 +282,7 @@ class RunDraft:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.done:
             return
-        _discard(self._preds, self.tmp)
+        _discard(self._preds, self.folder)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError) and own(exc):
             raise not_written(exc, self.root, self.name, self.tmp) from None
         other = _other_run(exc, self.root, self.tmp) if isinstance(exc, OSError) else None
@@ -290,9 +296,9 @@ class RunDraft:
         """Save the model (or none), close the predictions, write run.json and rename the folder to the run's id."""
         with MARK:
             if est is not None:
-                record = {**record, "artifact": save_estimator(est, self.tmp)}
-            rec = _write_contents(self.tmp, record, self._preds, self.root / record["id"])
-            os.replace(self.tmp, self.root / record["id"])
+                record = {**record, "artifact": save_estimator(est, self.at)}
+            rec = _write_contents(self.at, record, self._preds, self.root / record["id"])
+            self.folder.publish(self.root / record["id"])
         self.done = True
         (self.root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
         logger.info("recorded run %s in %s", record["id"], self.root)
@@ -341,16 +347,19 @@ def add_split(
     record["notes"] = [n for n in record.get("notes", []) if not n.startswith(stale)]
     try:
         clean_orphans(root)
-        tmp = _make_temp(root, record["id"])
+        new = _make_temp(root, record["id"])
     except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
         raise not_written(exc, root, record["id"], update=True) from None
+    tmp, at = new.name, new.at  # its name (messages, orphans); where it is written
     aside = tmp.with_name(f"{tmp.name[: -len('.tmp')]}.old.tmp")  # unique as tmp is
     preds = None
     try:
         with MARK:  # the run folder's own reads and writes; the prediction's blocks (store reads) are not
             for name in carried:
-                carry(folder / name, tmp / name)
-            preds = PredictionsWriter(tmp / PREDICTIONS)
+                carry(folder / name, at / name)
+            preds = PredictionsWriter(at / PREDICTIONS)
             path = verify_file(folder, PREDICTIONS, old_sha, "stored predictions")  # the file the run was verified with
             check_zip_file(path, "stored predictions", folder, "npz file")
             with open(path, "rb") as fh, zipfile.ZipFile(fh) as z:  # each split copied a MiB at a time, never loaded
@@ -360,13 +369,13 @@ def add_split(
         record["metrics"] = {**record["metrics"], split: split_metrics}
         record["splits"] = {**record.get("splits", {}), split: split_metrics["n"]}
         with MARK:
-            rec = _write_contents(tmp, record, preds, folder)
-            verify_predictions(tmp, rec)  # the new predictions file reads back (in blocks) before it replaces the old
+            rec = _write_contents(at, record, preds, folder)
+            verify_predictions(at, rec)  # the new predictions file reads back (in blocks) before it replaces the old
             _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
             os.replace(folder, aside)
-            os.replace(tmp, folder)
+            new.publish(folder)
     except BaseException as exc:
-        _discard(preds, tmp)
+        _discard(preds, new)
         if not os.path.lexists(folder) and aside.is_dir():
             os.replace(aside, folder)  # the second rename failed: put the old version back
         try:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_stem, writer_gone
-from featstore.outputs import _umask, output_fix, probe_output, terminal_safe
+from featstore.outputs import output_fix, probe_output, terminal_safe
+from featstore.own_folder import OwnFolder
 
 logger = logging.getLogger(__name__)
 
@@ -82,22 +83,24 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
     """``write(folder)`` into a hidden folder beside ``out``, renamed onto ``out`` when whole (an earlier export's
     shards are replaced only then); on any failure the hidden folder is removed and ``out`` is left as it was."""
     _recover_shards(out)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".tmp", dir=out.parent))
     old = None
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # the folder it becomes: mkdtemp's 0700 would hide the shards from the group
-        write(tmp)
-        refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
-        if out.is_dir():
-            old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
-            os.replace(out, old / "shards")
-        os.replace(tmp, out)
+        # 0700 while written, each shard through the folder's descriptor (OwnFolder): it was made group-writable first
+        # and its shards opened by name, so a colleague's links at the next shard's name were written through (attack 25)
+        with OwnFolder(out.parent, temp_prefix(out.name), ".tmp") as folder:
+            write(folder.at)
+            refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
+            if out.is_dir():
+                old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
+                os.replace(out, old / "shards")
+            folder.publish(out)  # the umask's mode, through the descriptor, once whole
     except OSError as exc:
         if old is not None and not out.exists():
             os.replace(old / "shards", out)  # put the earlier export back
+        if isinstance(exc, OutputError):
+            raise
         raise OutputError(f"cannot write --out {out}: {output_fix(exc, out)}. Nothing was written there.") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
