@@ -8,7 +8,9 @@ folder and process, only the files that are provably such leftovers: that patter
 that no longer runs here, not modified for STALE_AGE_S (a writer in another PID namespace on this host, a container,
 has a pid that does not run here; writing keeps its file's mtime fresh), a regular file (not a link) owned by this
 user. Anything else (another machine's, a live writer's, a file merely named alike by someone else, one with the
-6-digit tag of earlier versions) is left alone.
+6-digit tag of earlier versions) is left alone. Outputs and compactions write in a private folder instead
+(:mod:`featstore.renames`, :func:`private_name`): a killed one's goes alike, when it is this user's, no one else may
+write it and it holds only its temporary (:func:`remove_private`).
 
 >>> bool(TEMP.fullmatch(temp_prefix("x.csv") + "abc_12.tmp"))
 True
@@ -20,11 +22,15 @@ import functools
 import hashlib
 import os
 import re
+import secrets
 import socket
 import stat
 import time
 
 TEMP = re.compile(r"\.(?P<name>.+)\.fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{6}|[0-9a-f]{16})-[0-9a-z_]{1,32}\.tmp")
+# the private folder of one write (:mod:`featstore.renames`): 0700, holding only ``.<name>`` + one of PRIVATE_FILES
+PRIVATE = re.compile(r"\.(?P<name>.+)\.fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{16})-[0-9a-f]{6}\.featstore-tmp")
+PRIVATE_FILES = (".tmp", ".compact.tmp")  # a write's temporary in its private folder, a compaction's
 STALE_AGE_S = 600  # a gone process's temporary file is removed only once unmodified this long (another PID namespace)
 _swept: set[tuple[int, int]] = set()  # (st_dev, st_ino) of the folders swept by this process
 
@@ -38,7 +44,8 @@ def host_tag() -> str:
 
 
 NAME_MAX = 255  # bytes in one file name (Linux's and macOS's file systems)
-_RANDOM_ROOM = 16 + len(".tmp")  # what follows the prefix: a random part (up to 16 characters here) and ".tmp"
+_RANDOM_ROOM = 16 + len(".tmp")  # what follows the prefix: a random part (up to 16 characters here) and ".tmp", or
+# 6 hex digits and ".featstore-tmp" (a private folder's name: :func:`private_name`)
 _TAIL_ROOM = len(".fs--") + 10 + 16  # the longest pid and the host tag: a name is cut alike by every process
 
 
@@ -74,6 +81,16 @@ def temp_stem(name: str) -> str:
     return os.fsdecode(raw[:keep]) + "~" + digest
 
 
+def private_name(name: str) -> str:
+    """A new name for the private folder of one write of ``name`` (:data:`PRIVATE`): :func:`temp_prefix`, 6 random hex
+    digits and ``.featstore-tmp``, in NAME_MAX bytes whatever ``name`` is.
+
+    >>> bool(PRIVATE.fullmatch(private_name("x" * 255)))
+    True
+    """
+    return f"{temp_prefix(name)}{secrets.token_hex(3)}.featstore-tmp"
+
+
 def _tail() -> str:
     return f".fs{os.getpid()}-{host_tag()}-"
 
@@ -90,6 +107,11 @@ def sweep(folder: str | os.PathLike | int) -> list[tuple[str, int]]:
         with os.scandir(folder) as entries:
             for entry in entries:
                 size = abandoned(entry)
+                if size is None and PRIVATE.fullmatch(entry.name):
+                    size = remove_private(folder, entry.name)  # removed there and then, when a killed write's
+                    if size is not None:
+                        removed.append((entry.name, size))
+                    continue
                 if size is not None:
                     try:
                         os.unlink(entry.name, dir_fd=folder) if isinstance(folder, int) else os.unlink(entry.path)
@@ -114,6 +136,48 @@ def abandoned(entry: os.DirEntry) -> int | None:
     if not writer_gone(int(match["pid"]), match["host"]):
         return None
     return st.st_size
+
+
+def remove_private(folder: str | os.PathLike | int, name: str, fresh: bool = False) -> int | None:
+    """Remove the private folder ``name`` (:data:`PRIVATE`) of a killed featstore write from ``folder`` (a path or a
+    folder's descriptor); the bytes it held, or None when it is left alone: unless it is this machine's, its writer is
+    gone (:func:`writer_gone`), it is a folder (not a link) of this user that no one else may write, holding only its
+    temporary (regular files of this user named after it: :data:`PRIVATE_FILES`), unmodified for STALE_AGE_S
+    (``fresh``: at any age, for a compaction that holds its store's writer lock)."""
+    match = PRIVATE.fullmatch(name)
+    if match is None or writer_gone(int(match["pid"]), match["host"]) is not True:
+        return None
+    at, where = (folder, name) if isinstance(folder, int) else (None, os.path.join(folder, name))
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(where, flags, dir_fd=at)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return None
+        inside, size, newest = os.listdir(fd), 0, st.st_mtime
+        for file in inside:
+            fst = os.stat(file, dir_fd=fd, follow_symlinks=False)
+            if file not in [f".{match['name']}{s}" for s in PRIVATE_FILES] or not stat.S_ISREG(fst.st_mode):
+                return None
+            if fst.st_uid != os.geteuid():
+                return None
+            size, newest = size + fst.st_size, max(newest, fst.st_mtime)
+        if not fresh and time.time() - newest < STALE_AGE_S:
+            return None
+        for file in inside:
+            os.unlink(file, dir_fd=fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:  # by name: a folder swapped in meanwhile is removed only if empty (rmdir), and is nobody's loss
+        os.rmdir(where, dir_fd=at)
+    except OSError:
+        pass
+    return size
 
 
 def writer_gone(pid: object, host: object) -> bool | None:

@@ -5,8 +5,9 @@ Every output (CSV, Parquet, npz, PNG, JSON, a run's files) goes through :func:`w
 - the name is checked before any work (:func:`check_output`): a FIFO, device or socket there is refused (writing
   to it could block forever or reach hardware), so is a symbolic link (never written through, never silently
   replaced), a folder, a missing or non-folder parent;
-- the content is written to a temporary file in the same folder and renamed onto the name, so a reader never
-  sees half a file and a crash or a full disk leaves the old file (or nothing) in place;
+- the content is written to a temporary file in a folder made for it beside the name, which only this user can
+  write (:mod:`featstore.renames`), and renamed onto the name through descriptors, so a reader never sees half a file,
+  a crash or a full disk leaves the old file (or nothing) in place, and nothing another user renames reaches it;
 - an ``OSError`` (missing folder, read-only, disk full, ...) becomes one :class:`~featstore.errors.OutputError`
   line naming the path and the fix.
 
@@ -23,13 +24,13 @@ import errno
 import logging
 import os
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from featstore.errors import ConfigError, OutputError
-from featstore.leftovers import sweep, temp_prefix
+from featstore.leftovers import sweep, temp_stem
 from featstore.output_images import CHART_METADATA, refuse_foreign_image, refuse_image, refuse_unstamped  # noqa: F401
+from featstore.renames import PrivateFolder
 
 logger = logging.getLogger(__name__)
 
@@ -271,38 +272,50 @@ def cache_dir(store: str | os.PathLike) -> Path:
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what: str = "output") -> Path:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it onto ``path``; returns ``path``.
+    """``write(tmp)`` into a temporary file in a private folder beside ``path``, then rename it onto ``path``; returns
+    ``path``.
 
-    Nothing is written at ``path`` unless ``write`` finished; the temporary file is removed on any failure. An
-    OSError becomes one OutputError naming ``path`` and the fix. Example::
+    Nothing is written at ``path`` unless ``write`` finished; the temporary file and its folder are removed on any
+    failure. The folder is this write's only (:class:`featstore.renames.PrivateFolder`): in a folder others can write,
+    nothing they rename there reaches the output. An OSError becomes one OutputError naming ``path`` and the fix.
+    Example::
 
         write_atomic("runs.csv", lambda tmp: tmp.write_text("id,acc\\n"), "--out")
     """
     path = check_output(path, what)
-    tmp, made = _temp_beside(path, what, _mode_for(path))  # mkstemp's 0600 would hide the file from the group
+    say_swept(sweep(path.parent), path.parent)  # what killed writes left there
+    fd = -1
     try:
-        write(tmp)
-        check_output(path, what)  # nothing appeared at the name while writing (a link planted meanwhile)
-        now = os.lstat(tmp)  # still the file mkstemp made: in a folder others can write, a link renamed onto the
-        if (now.st_dev, now.st_ino) != (made.st_dev, made.st_ino) or not stat.S_ISREG(now.st_mode):  # temporary
-            raise OutputError(  # was renamed over the output (attack 23); the rename below is still by name
-                f"cannot write {what} {terminal_safe(str(path))}: its temporary file {terminal_safe(tmp.name)} was "
-                f"replaced by another file while it was written (someone else can write that folder); nothing was "
-                f"written there. Write into a folder only you can write"
-            )
-        os.replace(tmp, path)
+        with PrivateFolder(path, lambda removed: _swapped(path, what, removed)) as private:
+            # mode through the descriptor (a chmod by name followed a link renamed onto it: attack 23); mkstemp's 0600
+            fd, tmp = private.new_file(_mode_for(path))  # would hide the file from the group
+            write(tmp)
+            check_output(path, what)  # nothing appeared at the name while writing (a link planted meanwhile)
+            private.put(fd)
     except OSError as exc:
         if isinstance(exc, OutputError):
             raise
-        if exc.errno == errno.ENOENT and path.parent.is_dir() and not os.path.lexists(tmp):
-            raise OutputError(  # was "no file can be made in <folder>", of a folder that exists and takes files
-                f"cannot write {what} {terminal_safe(str(path))}: its temporary file {terminal_safe(tmp.name)} was "
-                f"removed while it was written (another process cleaned the folder?); write again. Nothing was written there."
-            ) from None
         raise _output_error(exc, path, what) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        if fd >= 0:
+            os.close(fd)
     return path
+
+
+def _swapped(path: Path, what: str, removed: bool) -> OutputError:
+    """The line for a temporary file that is not the one featstore made any more when its write ended."""
+    tmp = f".{temp_stem(path.name)}.tmp"
+    if removed:
+        return OutputError(  # was "no file can be made in <folder>", of a folder that exists and takes files
+            f"cannot write {what} {terminal_safe(str(path))}: its temporary file {terminal_safe(tmp)} was removed while "
+            f"it was written (another process cleaned the folder?); write again. Nothing was written there."
+        )
+    folder = terminal_safe(str(path.parent))
+    return OutputError(
+        f"cannot write {what} {terminal_safe(str(path))}: its temporary file {terminal_safe(tmp)} was replaced by "
+        f"another file while it was written, or its folder could not be made safely: someone else can write {folder}. "
+        f"Nothing was written there; write into a folder only you can write, then re-run the same command"
+    )
 
 
 def _mode_for(path: Path) -> int:
@@ -327,31 +340,22 @@ def write_text(path: str | os.PathLike, text: str, what: str = "output", encodin
 
 def probe_output(path: str | os.PathLike, what: str = "output", folder: bool = False) -> Path:
     """:func:`check_output` and :func:`refuse_run_files` (``folder``: ``path`` names a folder to make), then make and
-    remove an empty temporary file beside ``path``: a folder where no file can be made (read-only, not yours,
-    ``/proc``) is refused before any work too. Example::
+    remove an empty temporary file in a private folder beside ``path`` (as :func:`write_atomic` writes): a folder where
+    no file can be made (read-only, not yours, ``/proc``) is refused before any work too. Example::
 
         out = probe_output("predictions.csv", "--out")
     """
     path = check_output(path, what)
     refuse_run_files(path, what, folder)
-    _temp_beside(path, what)[0].unlink()
-    return path
-
-
-def _temp_beside(path: Path, what: str, mode: int = 0o600) -> tuple[Path, os.stat_result]:
-    """A new empty temporary file in ``path``'s folder (hidden, named after it and this process: :mod:`.leftovers`)
-    with ``mode`` set through its descriptor (a chmod by name followed a link renamed onto it: attack 23), and that
-    file's stat; an OSError as one OutputError. Those that killed writes left in that folder are removed first."""
     say_swept(sweep(path.parent), path.parent)
     try:
-        fd, name = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+        with PrivateFolder(path, lambda removed: _swapped(path, what, removed)) as private:
+            os.close(private.new_file(0o600)[0])
     except OSError as exc:
+        if isinstance(exc, OutputError):
+            raise
         raise _output_error(exc, path, what) from None
-    try:
-        os.fchmod(fd, mode)
-        return Path(name), os.fstat(fd)
-    finally:
-        os.close(fd)
+    return path
 
 
 def say_swept(removed: list[tuple[str, int]], folder: Path) -> None:

@@ -206,9 +206,11 @@ def test_a_sigkilled_write_atomic_leaves_a_temporary_file_the_next_write_removes
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE) as child:
         assert child.stdout.readline().strip() == b"writing"
         child.send_signal(signal.SIGKILL)
-    (left,) = [p.name for p in tmp_path.iterdir()]
-    assert left.startswith(".x.csv.") and left.endswith(".tmp")
-    os.utime(tmp_path / left, (0, 0))  # unmodified for STALE_AGE_S: a young one could be another PID namespace's
+    (left,) = [p.name for p in tmp_path.iterdir()]  # its private folder (featstore.renames), its temporary inside
+    assert left.startswith(".x.csv.") and left.endswith(".featstore-tmp")
+    assert [p.name for p in (tmp_path / left).iterdir()] == [".x.csv.tmp"]
+    for p in [*(tmp_path / left).iterdir(), tmp_path / left]:  # unmodified for STALE_AGE_S: a young one could be
+        os.utime(p, (0, 0))  # another PID namespace's
     from featstore.outputs import write_text
 
     with caplog.at_level("WARNING", logger="featstore.outputs"):

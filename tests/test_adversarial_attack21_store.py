@@ -96,7 +96,9 @@ def test_compaction_never_chmods_or_renames_a_file_swapped_in_for_its_copy(tmp_p
     """Attack 23 #1: in a folder others can write, a link put at the compaction's temporary name once h5py closed the
     copy was chmodded by name (a colleague's private key opened to the group) and renamed over the store. The copy's
     permissions are set through a descriptor of the file h5py made, and a swapped name stops the compaction with the
-    store untouched. Sabotage: ``os.chmod(tmp, ...)`` by name back in ``_own_permissions`` fails it."""
+    store untouched. The copy is now written in a private folder and renamed through descriptors
+    (``featstore.renames``); swapped there anyway (only the user could), the rename refuses it. Sabotage: the identity
+    comparison in ``featstore.renames.same_file`` removed fails it (the store becomes the link)."""
     import os
 
     from featstore.errors import StoreError
@@ -111,16 +113,17 @@ def test_compaction_never_chmods_or_renames_a_file_swapped_in_for_its_copy(tmp_p
     os.chmod(key, 0o600)
     before, real = path.read_bytes(), compact_mod._own_permissions
 
-    def swap_then_set(tmp, written, st):
+    def swap_then_set(fd, st):
+        (tmp,) = tmp_path.glob(".s.h5.fs*.featstore-tmp/.s.h5.compact.tmp")
         os.unlink(tmp)
-        os.symlink(key, tmp)  # what the colleague does between the copy's close and its chmod
-        return real(tmp, written, st)
+        os.symlink(key, tmp)  # what the colleague did between the copy's close and its chmod
+        return real(fd, st)
 
     monkeypatch.setattr(compact_mod, "_own_permissions", swap_then_set)
     with pytest.raises(StoreError, match="was replaced by another file"):
         compact_mod.compact(path)
     assert os.stat(key).st_mode & 0o777 == 0o600 and path.read_bytes() == before
-    assert not os.path.lexists(compact_temporary(path))
+    assert not os.path.lexists(compact_temporary(path)) and not list(tmp_path.glob("*.featstore-tmp"))
 
 
 def test_compaction_keeps_the_store_s_group(tmp_path):

@@ -56,7 +56,8 @@ def test_a_file_renamed_in_while_the_index_is_built_is_refused_never_signed(stor
     model.npz onto the temporary featstore wrote): the build refuses in one line and signs nothing, and no later query
     trusts the planted file. Before: index.json signed the planted file's identity (lstat by name after the rename)
     and every later query used it unhashed (train/{N-1} MISSING). Sabotage: ``_stats`` signing
-    ``os.lstat((at or folder) / f)`` as before (or ``same = True`` in ``renamed_identity``) fails it."""
+    ``os.lstat((at or folder) / f)`` as before (or ``os.fstat(fd)`` for ``same_file(...)`` in ``renamed_identity``)
+    fails it."""
     assert _true_neighbour_found(store)
     folder = index_dir(store, "ex", "train")
     spare = tmp_path / "spare"

@@ -167,7 +167,7 @@ def test_export_disk_full_at_the_rename_without_root(hostile_store, tmp_path, mo
     featstore.export(hostile_store, "train", out)  # an earlier export: the only file an export replaces (attack 21)
     old = out.read_bytes()
 
-    def full(src, dst):
+    def full(src, dst, **_):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", full)

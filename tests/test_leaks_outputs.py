@@ -137,7 +137,7 @@ def test_full_disk_leaves_no_truncated_csv_and_keeps_the_results(small, mount):
 def test_disk_full_while_writing_everywhere(small, tmp_path, monkeypatch):
     """The same without root: every rename fails with ENOSPC; named outputs are errors, the default ones notes."""
 
-    def full(src, dst):
+    def full(src, dst, **_):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", full)

@@ -39,6 +39,7 @@ from featstore import keys
 from featstore.caches import open_cached, read_small
 from featstore.errors import ConfigError, OutputError, StoreError
 from featstore.outputs import terminal_safe
+from featstore.renames import same_file
 from featstore.safezip import check_zip, read_npy
 from featstore.store.layout import PATH_ERRORS, validate_labels
 from featstore.store.reader import FeatureStore
@@ -88,13 +89,8 @@ def renamed_identity(at: Path, folder: Path, name: str, fd: int, before: os.stat
     Linux), never a stat read by name. OutputError when the name does not hold that same file (inode and device) or the
     file's size or mtime changed since its last write: another process renamed a file onto it, or wrote into it, while
     the index was built (attack 22: a planted vectors.npy was signed and trusted unhashed from then on)."""
-    after = os.fstat(fd)
-    try:
-        there = os.lstat(at / name)  # compared only: what is signed is ``after``
-    except FileNotFoundError:
-        there = None
-    same = there is not None and (there.st_ino, there.st_dev) == (after.st_ino, after.st_dev)
-    if not same or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+    after = same_file(fd, at / name)  # featstore's one check of "the file at this name is the one written"
+    if after is None or (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise OutputError(
             f"the similarity index file {terminal_safe(str(folder / name))} is not the file featstore just wrote "
             f"(another process replaced or changed it while the index was built); nothing was signed. Build it again "

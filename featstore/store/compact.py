@@ -1,13 +1,14 @@
 """Rewriting a store into a fresh file that holds only committed rows: how every resume starts.
 
 A writer killed at any point can leave HDF5 metadata and free-space state that the next writer must not
-build on; :func:`compact` copies every split (and its augmented copies) up to its ``commit`` into a new file
-and renames it into place.
+build on; :func:`compact` copies every split (and its augmented copies) up to its ``commit`` into a new file, in a
+folder of its own beside the store, and renames it into place through folder descriptors (:mod:`featstore.renames`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -18,10 +19,12 @@ import h5py
 
 from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED
+from featstore.renames import PrivateFolder
 from featstore.store.layout import LISTING, ROW_DATASETS, hard_groups, read_commit
 from featstore.store.locking import DENSE_ATTRS_LIBVER, StoreFile
-from featstore.store.space import compact_temporary, ensure_space
+from featstore.store.space import compact_temporary, ensure_space, remove_compactions
 from featstore.store.strings import raw_attr, refuse_long
+from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -41,51 +44,85 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
     # leave the real store behind with its uncommitted tail and every later write in a copy beside the link.
     path = Path(os.path.realpath(store.path))
     before = path.stat()
-    tmp = _fresh_temporary(path)  # first: a killed compaction's leftover must not count against the room for its copy
+    _fresh_temporary(path)  # first: a killed compaction's leftover must not count against the room for its copy
+    remove_compactions(path)
     ensure_space(path, path.stat().st_size)
+    # written in a folder of its own (0700), renamed through descriptors: in a folder others can write, nothing they
+    # rename there replaces the store (attack 23)
+    private, held = PrivateFolder(path, lambda removed: _swapped(path), compact=True), -1
     try:
-        with store.open("r") as src:
-            kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _large_attrs(src) else {})
-            with h5py.File(tmp, "w-", **kwargs) as dst:
-                written = os.fstat(dst.id.get_vfd_handle())  # the file h5py made (O_EXCL): nothing else is renamed
-                _copy_attrs(src, dst)
-                for name in hard_groups(src):
-                    g = dst.create_group(name)
-                    _copy_attrs(src[name], g)
-                    for split in hard_groups(src[name]):
-                        _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
-                dst.flush()
-        _own_permissions(tmp, written, before)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        private.make()
+    except OSError as exc:
+        raise _cannot_rewrite(exc, path) from None
+    try:
+        with private:
+            with store.open("r") as src:
+                kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _large_attrs(src) else {})
+                with h5py.File(private.path(), "w-", **kwargs) as dst:
+                    held = os.dup(dst.id.get_vfd_handle())  # the file h5py made (O_EXCL), held until it is renamed
+                    _copy_attrs(src, dst)
+                    for name in hard_groups(src):
+                        g = dst.create_group(name)
+                        _copy_attrs(src[name], g)
+                        for split in hard_groups(src[name]):
+                            _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
+                    dst.flush()
+            _own_permissions(held, before)
+            private.put(held)  # renamed only while it is the file h5py made (:func:`featstore.renames.same_file`)
+    except (OSError, RuntimeError) as exc:
+        if _disk_full(exc):
+            raise StoreError(
+                f"the disk filled while store {path} was rewritten (a copy of it, beside it in {path.parent}); the "
+                f"store is unchanged. Free some space (the copy needs about {format_bytes(before.st_size)}), then "
+                f"re-run the same command"
+            ) from None
         raise
+    finally:
+        if held >= 0:
+            os.close(held)
     logger.info("rewrote %s without the uncommitted tail an interrupted run left", path)
 
 
-def _own_permissions(tmp: Path, written: os.stat_result, before: os.stat_result) -> None:
-    """The store's own mode and group onto the copy h5py wrote at ``tmp``, through a descriptor of that very file: a
-    link put at the name once h5py closed it made the chmod (by name) open a colleague's private key to the group
-    (attack 23); a group-shared store came back in its writer's primary group, locking colleagues out."""
-    swapped = StoreError(
-        f"{tmp}, the copy featstore just wrote to rewrite a store in {tmp.parent}, was replaced by another file (someone "
-        f"else can write that folder); the store was not changed. Keep stores in a folder only you can write, then "
-        f"re-run the same command"
+def _own_permissions(fd: int, before: os.stat_result) -> None:
+    """The store's own mode and group onto the copy h5py wrote, through a descriptor of it (``fd``): a chmod by name
+    followed a link put at the copy's name (attack 23: a colleague's private key opened to the group); a group-shared
+    store came back in its writer's primary group, locking colleagues out."""
+    os.fchmod(fd, stat.S_IMODE(before.st_mode))  # a private chmod 600 store stays private
+    with contextlib.suppress(OSError):  # only a member of that group may give it: else the writer's group stays
+        os.fchown(fd, -1, before.st_gid)
+
+
+def _swapped(path: Path) -> StoreError:
+    """The line for a copy (or its folder) that is not the one featstore wrote when the compaction ends."""
+    return StoreError(
+        f"the copy featstore just wrote to rewrite store {path} in {path.parent} was replaced by another file, or its "
+        f"folder could not be made safely: someone else can write {path.parent}. The store was not changed. Keep "
+        f"stores in a folder only you can write, then re-run the same command"
     )
-    try:
-        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        raise swapped from None
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (written.st_dev, written.st_ino):
-            raise swapped
-        os.fchmod(fd, stat.S_IMODE(before.st_mode))  # a private chmod 600 store stays private
-        with contextlib.suppress(OSError):  # only a member of that group may give it: else the writer's group stays
-            os.fchown(fd, -1, before.st_gid)
-    finally:
-        os.close(fd)
+
+
+def _cannot_rewrite(exc: OSError, path: Path) -> StoreError:
+    """One line, before any copy work, for a folder beside the store where its copy cannot be made."""
+    if _disk_full(exc):
+        return StoreError(
+            f"no room to rewrite store {path} beside it, in {path.parent} (the disk is full); the store is unchanged. "
+            f"Free some space, then re-run the same command"
+        )
+    why = "which you cannot write" if exc.errno in (errno.EACCES, errno.EPERM) else f"where {exc.strerror or exc}"
+    if exc.errno == errno.EROFS:
+        why = "which is on a read-only file system"
+    return StoreError(
+        f"resuming rewrites store {path} beside it, in {path.parent}, {why}: make the folder writable, or copy the "
+        f"store somewhere you can write and resume there"
+    )
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an OSError, or h5py's error out of HDF5, which carries the errno in its text) is a full disk."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("errno = 28", f"errno = {errno.EDQUOT}", "No space left", "quota exceeded"))
 
 
 def _fresh_temporary(path: Path) -> Path:

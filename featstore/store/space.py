@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError
-from featstore.leftovers import TEMP
+from featstore.leftovers import PRIVATE, TEMP, remove_private, temp_stem
 from featstore.store.strings import MAX_ATTR_BYTES, MAX_NAME_BYTES, MAX_NAMES, shown
 from featstore.units import format_bytes
 
@@ -42,9 +42,20 @@ def compact_temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.compact.tmp")
 
 
+def remove_compactions(path: Path) -> None:
+    """Remove the private folders (:mod:`featstore.renames`) that killed compactions of store ``path`` left beside it,
+    at any age once their process is gone (:func:`featstore.leftovers.remove_private`): a compaction runs under the
+    store's writer lock, so no other one of it runs, and a half copy's room must not count against the next one's."""
+    stem = temp_stem(path.name)
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        for entry in entries:
+            if (match := PRIVATE.fullmatch(entry.name)) and match["name"] == stem:
+                remove_private(path.parent, entry.name, fresh=True)
+
+
 def _leftovers_note(folder: Path) -> str:
     """For the disk-space message: featstore's own leftovers in ``folder`` (a killed compaction's copy, a killed
-    write's temporary file) with their sizes, so the user frees those first; "" when there are none."""
+    write's temporary file or private folder) with their sizes, so the user frees those first; "" when there are none."""
     found = []
     try:
         with os.scandir(folder) as entries:
@@ -56,6 +67,10 @@ def _leftovers_note(folder: Path) -> str:
                     with contextlib.suppress(OSError):
                         if entry.is_file(follow_symlinks=False):
                             found.append((entry.stat(follow_symlinks=False).st_size, name))
+                elif PRIVATE.fullmatch(name):  # a private folder of a killed (or running) write: what it holds
+                    with contextlib.suppress(OSError):
+                        if entry.is_dir(follow_symlinks=False):
+                            found.append((_held(entry.path), name))
     except OSError:
         return ""
     if not found:
@@ -67,6 +82,12 @@ def _leftovers_note(folder: Path) -> str:
         f" featstore's own temporary files are there: {listed}{more}; left by a killed (or a still running) "
         f"featstore: once no featstore command runs on that folder, remove them to free that space."
     )
+
+
+def _held(folder: str) -> int:
+    """The bytes of the regular files directly in ``folder`` (a private folder holds one temporary)."""
+    with os.scandir(folder) as entries:
+        return sum(e.stat(follow_symlinks=False).st_size for e in entries if e.is_file(follow_symlinks=False))
 
 
 def refuse_unstorable_strings(class_names, attrs: dict | None) -> None:

@@ -1,0 +1,195 @@
+"""The last step of every whole-file write (an output, a compacted store): the rename, safe in a folder others can write.
+
+A temporary file written beside its target and renamed onto it *by name* could be swapped, between featstore's last
+check and the rename, for a link or file another user renamed onto the temporary's name: a folder such as
+``root:team 2775`` has no sticky bit, so every member may rename any entry in it (attack 23). :class:`PrivateFolder`
+writes instead into a folder made for this one write beside the target (:func:`featstore.leftovers.private_name`,
+mode 0700: no one else can make, rename or replace an entry in it), holds it and the target's folder open, and renames
+through the two descriptors (``os.replace(name, target, src_dir_fd=, dst_dir_fd=)``): a private folder renamed away by
+someone else is still the one written in and renamed from. A writer that opens by path (h5py, numpy, pyarrow) is given
+``/proc/self/fd/<fd>/<name>``, which no rename in the shared folder can redirect; where there is no such path
+(macOS), the folder's name is used only when the target's folder is one no one else can write or has the sticky bit,
+else the write is refused (:func:`PrivateFolder.path`). Where the system has no directory descriptors (Windows), the
+folder is made and renamed from by name.
+
+:func:`same_file` is featstore's one check of "the file at this name is the one I wrote" (its device and inode against
+a descriptor of it), asked by :mod:`featstore.outputs`, :mod:`featstore.store.compact` and the similarity index.
+
+Example::
+
+    with PrivateFolder(Path("out.csv"), lambda removed: OutputError("someone else can write .")) as private:
+        fd, tmp = private.new_file(0o644)
+        tmp.write_text("a,b\\n")
+        private.put(fd)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from featstore.leftovers import PRIVATE_FILES, private_name, temp_stem
+
+FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.mkdir in os.supports_dir_fd
+_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def same_file(fd: int, name: str | os.PathLike, dir_fd: int | None = None) -> os.stat_result | None:
+    """``os.fstat(fd)`` when the entry ``name`` (in the folder open at ``dir_fd``; None: a path) is that very file (its
+    device and inode) and a regular file, not a link; None when it is anything else or nothing."""
+    mine = os.fstat(fd)
+    try:
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if (there.st_dev, there.st_ino) != (mine.st_dev, mine.st_ino) or not stat.S_ISREG(there.st_mode):
+        return None
+    return mine
+
+
+class PrivateFolder:
+    """A folder only this user can write, made beside ``target`` for one write of it, with the target's folder held
+    open: :meth:`new_file` (or a writer given :meth:`path`) writes in it, :meth:`put` renames the file onto ``target``.
+    Leaving the block removes whatever is left in it and the folder. ``swapped(removed)``: the error raised when the
+    folder or the file was replaced by someone else's (``removed``: the file is gone), or the folder cannot be written
+    in safely (its message names the fix);
+    an OSError making the folder (EACCES, ENOSPC) is raised as it is, for the caller to say. ``compact``: the
+    temporary is ``.<name>.compact.tmp``, else ``.<name>.tmp`` (:data:`featstore.leftovers.PRIVATE_FILES`)."""
+
+    def __init__(self, target: Path, swapped: Callable[[bool], Exception], compact: bool = False):
+        self.target, self.swapped = Path(target), swapped
+        self.temp = f".{temp_stem(self.target.name)}" + PRIVATE_FILES[compact]  # the file written
+        self.name = ""  # the private folder's name in the target's folder, once made
+        self.parent_fd = self.fd = -1
+
+    def __enter__(self) -> PrivateFolder:
+        if not self.name:
+            self.make()
+        return self
+
+    def make(self) -> None:
+        """Make the private folder and open it and the target's folder (what :meth:`__enter__` does when not done):
+        an OSError making it (EACCES, ENOSPC) as it is, ``swapped(False)`` when what is at its name is not it."""
+        if not FD_SAFE:
+            self.name = _make(self.target.parent, self.target.name)
+            return
+        self.parent_fd = os.open(self.target.parent, _DIR)
+        try:
+            self.name = _make(self.parent_fd, self.target.name)
+            try:  # its name is in the shared folder: what is opened must be a folder of ours that no one else can write
+                self.fd = os.open(self.name, _DIR | os.O_NOFOLLOW, dir_fd=self.parent_fd)
+            except OSError:
+                raise self.swapped(False) from None
+            st = os.fstat(self.fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise self.swapped(False)
+        except BaseException:
+            self._close()
+            raise
+
+    def path(self, name: str | None = None) -> Path:
+        """A path to ``name`` (the temporary by default) inside the private folder that no rename in the target's
+        folder can redirect: ``/proc/self/fd/<fd>/<name>``; where there is none, through the folder's name only when
+        no one else can write (or rename in) the target's folder; else ``swapped(False)``."""
+        name = name or self.temp
+        if not FD_SAFE:
+            return self.target.parent / self.name / name
+        proc = proc_path(self.fd)
+        if proc is not None:
+            return proc / name
+        parent = os.fstat(self.parent_fd)
+        if (parent.st_uid == os.geteuid() and not parent.st_mode & 0o022) or parent.st_mode & stat.S_ISVTX:
+            return self.target.parent / self.name / name
+        raise self.swapped(False)
+
+    def new_file(self, mode: int) -> tuple[int, Path]:
+        """The temporary, made empty (O_EXCL, O_NOFOLLOW) with ``mode`` set through its descriptor: ``(fd, path)``; the
+        caller closes ``fd`` (held open, its inode is never another file's)."""
+        if not FD_SAFE:
+            fd = os.open(self.path(), _NEW, 0o600)
+        else:
+            fd = os.open(self.temp, _NEW, 0o600, dir_fd=self.fd)
+        try:
+            os.fchmod(fd, mode)
+            return fd, self.path()
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def put(self, fd: int) -> os.stat_result:
+        """Rename the temporary onto the target once it is the file open at ``fd`` (:func:`same_file`; else
+        ``swapped``); its fstat."""
+        at, name = (None, self.path()) if not FD_SAFE else (self.fd, self.temp)
+        st = same_file(fd, name, at)
+        if st is None:
+            raise self.swapped(not os.path.lexists(name) if at is None else not _there(name, at))
+        if not FD_SAFE:
+            os.replace(name, self.target)
+            return st
+        os.replace(self.temp, self.target.name, src_dir_fd=self.fd, dst_dir_fd=self.parent_fd)
+        return st
+
+    def __exit__(self, *exc) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        """Remove what is left in the private folder, then the folder (by name only while the name is still it)."""
+        if not FD_SAFE:
+            import shutil
+
+            if self.name:
+                shutil.rmtree(self.target.parent / self.name, ignore_errors=True)
+            return
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                for name in os.listdir(self.fd):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=self.fd)
+            with contextlib.suppress(OSError):
+                st, mine = os.stat(self.name, dir_fd=self.parent_fd, follow_symlinks=False), os.fstat(self.fd)
+                if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.rmdir(self.name, dir_fd=self.parent_fd)
+            os.close(self.fd)
+            self.fd = -1
+        if self.parent_fd >= 0:
+            os.close(self.parent_fd)
+            self.parent_fd = -1
+
+
+def proc_path(fd: int) -> Path | None:
+    """``/proc/self/fd/<fd>``, a path to the folder open at ``fd`` that no rename can redirect, where the system has
+    it and it leads to that very folder (Linux); else None."""
+    proc = Path(f"/proc/self/fd/{fd}")
+    with contextlib.suppress(OSError):
+        st, mine = os.stat(proc), os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            return proc
+    return None
+
+
+def _there(name: str, dir_fd: int) -> bool:
+    """Whether anything (a link included) is at ``name`` in the folder open at ``dir_fd``."""
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _make(parent: int | Path, name: str) -> str:
+    """A new folder (mode 0700) for one write of ``name`` in the folder open at ``parent`` (or its path): its name."""
+    for _ in range(100):
+        made = private_name(name)
+        try:
+            if isinstance(parent, int):
+                os.mkdir(made, 0o700, dir_fd=parent)
+            else:
+                os.mkdir(parent / made, 0o700)
+            return made
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free name for a private folder beside {name}")
