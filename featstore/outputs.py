@@ -30,7 +30,7 @@ from pathlib import Path
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_stem
 from featstore.output_images import CHART_METADATA, refuse_foreign_image, refuse_image, refuse_unstamped  # noqa: F401
-from featstore.renames import PrivateFolder
+from featstore.renames import PrivateFolder, umask
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ def _mode_for(path: Path) -> int:
         st = os.lstat(path)
     except OSError:
         st = None
-    return stat.S_IMODE(st.st_mode) & 0o777 if st is not None and stat.S_ISREG(st.st_mode) else 0o666 & ~_umask()
+    return stat.S_IMODE(st.st_mode) & 0o777 if st is not None and stat.S_ISREG(st.st_mode) else 0o666 & ~umask()
 
 
 def write_text(path: str | os.PathLike, text: str, what: str = "output", encoding: str = "utf-8") -> Path:
@@ -394,13 +394,6 @@ def output_fix(exc: OSError, path: Path) -> str:
 def _output_error(exc: OSError, path: Path, what: str) -> OutputError:
     """One line for an OSError met while writing ``path``: what happened and what to do."""
     return OutputError(f"cannot write {what} {path}: {output_fix(exc, path)}. Nothing was written there.")
-
-
-def _umask() -> int:
-    """The process umask (read by setting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def csv_cell(text: str) -> str:

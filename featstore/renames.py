@@ -12,6 +12,12 @@ someone else is still the one written in and renamed from. A writer that opens b
 else the write is refused (:func:`PrivateFolder.path`). Where the system has no directory descriptors (Windows), the
 folder is made and renamed from by name.
 
+:class:`OwnFolder` is the same for a new *folder* written whole, then renamed into place (a run folder, ``export
+--rows-per-file``'s shards): made by ``mkdtemp`` (0700), held open and written through ``/proc/self/fd/<fd>/...``
+(:attr:`OwnFolder.at`), given the umask's mode through its descriptor once complete, and renamed only while its name is
+still that folder. It was made group-writable at once and written by name, so a colleague's links in it (or a folder of
+links put at its name) made ``fit`` and ``export`` write onto the user's own files (attack 25).
+
 :func:`same_file` is featstore's one check of "the file at this name is the one I wrote" (its device and inode against
 a descriptor of it), asked by :mod:`featstore.outputs`, :mod:`featstore.store.compact` and the similarity index.
 
@@ -27,10 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from featstore.errors import OutputError
 from featstore.leftovers import PRIVATE_FILES, private_name, temp_stem
 
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.mkdir in os.supports_dir_fd
@@ -101,8 +110,7 @@ class PrivateFolder:
         proc = proc_path(self.fd)
         if proc is not None:
             return proc / name
-        parent = os.fstat(self.parent_fd)
-        if (parent.st_uid == os.geteuid() and not parent.st_mode & 0o022) or parent.st_mode & stat.S_ISVTX:
+        if others_cannot_rename(os.fstat(self.parent_fd)):
             return self.target.parent / self.name / name
         raise self.swapped(False)
 
@@ -160,6 +168,12 @@ class PrivateFolder:
             self.parent_fd = -1
 
 
+def others_cannot_rename(folder: os.stat_result) -> bool:
+    """Whether no one but this user (and root) can rename entries in ``folder``: it is ours and only we can write it,
+    or it has the sticky bit."""
+    return (folder.st_uid == os.geteuid() and not folder.st_mode & 0o022) or bool(folder.st_mode & stat.S_ISVTX)
+
+
 def proc_path(fd: int) -> Path | None:
     """``/proc/self/fd/<fd>``, a path to the folder open at ``fd`` that no rename can redirect, where the system has
     it and it leads to that very folder (Linux); else None."""
@@ -193,3 +207,103 @@ def _make(parent: int | Path, name: str) -> str:
         except FileExistsError:
             continue
     raise FileExistsError(f"no free name for a private folder beside {name}")
+
+
+class OwnFolder:
+    """A new hidden folder ``<prefix><random><suffix>`` in ``parent`` held open while it is written: write through
+    :attr:`at`, then :meth:`publish`; leaving the block removes it unless it was published. An OSError making it is
+    raised as it is; a folder that is not the one made (someone else's at its name) is an OutputError."""
+
+    def __init__(self, parent: Path, prefix: str, suffix: str):
+        self.name = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))  # 0700
+        self.published = False
+        try:
+            self.fd = os.open(self.name, _DIR | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:
+            shutil.rmtree(self.name, ignore_errors=True)
+            raise
+        try:
+            st = os.fstat(self.fd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077 or os.listdir(self.fd):
+                raise self._swapped()
+            self.at = _unredirectable(self.fd, self.name, parent)
+        except BaseException:
+            self.remove()
+            raise
+
+    def __enter__(self) -> OwnFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.published:
+            self.remove()
+
+    def is_it(self) -> bool:
+        """Whether the folder's name is still this folder (not someone else's put at its name)."""
+        try:
+            st = os.lstat(self.name)
+        except OSError:
+            return False
+        mine = os.fstat(self.fd)
+        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+    def publish(self, dst: Path, mode: int | None = None) -> None:
+        """The umask's mode (or ``mode``) set through the descriptor, then the folder renamed onto ``dst`` while its name
+        is still this folder (else an OutputError: nothing is renamed)."""
+        os.fchmod(self.fd, (0o777 & ~umask()) if mode is None else mode)
+        if not self.is_it():
+            raise self._swapped()
+        os.replace(self.name, dst)
+        self.published = True
+        self.close()
+
+    def remove(self) -> None:
+        """Remove what was written and the folder (by name only while the name is still it); never raises."""
+        if getattr(self, "fd", -1) < 0:
+            return
+        with contextlib.suppress(OSError):
+            at = proc_path(self.fd) or (self.name if self.is_it() else None)
+            if at is not None:
+                for entry in os.listdir(self.fd):
+                    p = at / entry
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            p.unlink()
+            if self.is_it():
+                os.rmdir(self.name)
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _swapped(self) -> OutputError:
+        return OutputError(
+            f"{self.name}, the folder featstore made to write in, was replaced by another (someone else can write "
+            f"{self.name.parent}); nothing was written there. Write into a folder only you can write, then re-run the "
+            f"same command"
+        )
+
+
+def _unredirectable(fd: int, name: Path, parent: Path) -> Path:
+    """A path to the folder open at ``fd`` that no rename in ``parent`` can redirect: ``/proc/self/fd/<fd>``; where
+    there is none, ``name`` only when no one else can write ``parent`` (or it has the sticky bit)."""
+    proc = proc_path(fd)
+    if proc is not None:
+        return proc
+    if others_cannot_rename(os.stat(parent)):
+        return name
+    raise OutputError(
+        f"cannot write into {parent}: someone else can write that folder, and this system has no /proc/self/fd to "
+        f"write there safely; write into a folder only you can write"
+    )
+
+
+def umask() -> int:
+    """The process umask (read by setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -1,11 +1,11 @@
-"""Writing run folders: a hidden temporary folder renamed when complete, orphans of killed writers, atomic file replacement.
+"""Writing run folders: a hidden temporary folder renamed when complete and orphans of killed writers.
 
 A run folder is written as ``.<id>.<random>.tmp`` and renamed to ``<id>`` when whole, so it is complete or
 absent. Every temporary folder featstore creates holds ``TMP_MARKER`` from its creation on, and only
 folders holding it are ever removed (see ``clean_orphans``); nothing is removed by listing or reading runs, except
 that they finish the swap of a run a killed ``runs evaluate`` left under no name (``featstore.runs.swap``).
-Files that replace others (PNGs in a run folder, ``predict --out``) are written to a new temporary file
-and renamed onto the name, never written through an existing file or link.
+A run folder is 0700 and written through its descriptor until it is whole (:class:`featstore.renames.OwnFolder`);
+files that replace others (PNGs in a run folder, ``predict --out``) go through :func:`featstore.outputs.write_atomic`.
 
 >>> TMP_MARKER, ORPHAN_AGE_S
 ('.featstore-tmp', 600)
@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import OutputError, StoreError
-from featstore.own_folder import OwnFolder
+from featstore.renames import OwnFolder
 from featstore.runs.artifacts import save_estimator
 from featstore.runs.files import (
     PREDICTIONS,
@@ -107,39 +106,6 @@ def _pair_hidden(d: Path, found: dict, root: Path) -> bool:
     if not valid_name(run) or os.path.lexists(root / run):
         return False
     return found.get("role") == "old" or (d.name.endswith(".tmp") and d.with_name(d.name[:-4] + ".old.tmp").is_dir())
-
-
-def replace_file(path: Path, write: Callable[[Path], object]) -> Path:
-    """``write(tmp)`` into a new temporary file beside ``path``, then rename it onto ``path``; returns ``path``.
-
-    An existing ``path`` is replaced, never written through (a hard link to another file keeps its content);
-    a folder in the way is a StoreError. Example::
-
-        replace_file(folder / "confusion_test.png", lambda tmp: confusion_png(cm, names, title, tmp))
-    """
-    if path.is_dir() and not path.is_symlink():
-        raise StoreError(f"cannot write {path}: a folder of that name is in the way; remove it or choose another name")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from the group
-        write(tmp)
-        os.replace(tmp, path)
-    except IsADirectoryError:
-        raise StoreError(
-            f"cannot write {path}: a folder of that name is in the way; remove it or choose another name"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _umask() -> int:
-    """The process umask (read by setting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 EVAL_BLOCK_BYTES = 64 << 20  # probabilities read back at a time to complete a split's figures (8,192 rows of 1,000)

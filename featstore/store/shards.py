@@ -29,7 +29,7 @@ from pathlib import Path
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_stem, writer_gone
 from featstore.outputs import output_fix, probe_output, terminal_safe
-from featstore.own_folder import OwnFolder
+from featstore.renames import OwnFolder
 
 logger = logging.getLogger(__name__)
 
