@@ -78,6 +78,31 @@ def test_unreachable_address_fails_fast_naming_it(data_root, tiny_config, tmp_pa
         extract(data_root, "train", tmp_path / "f.h5", tiny_config, engine="ray", ray_options=RayOptions(workers=0))
 
 
+def test_without_address_a_new_local_ray_not_the_one_tmp_ray_names(tmp_path, monkeypatch):
+    """Ray's default (address=None) joins the cluster /tmp/ray/ray_current_cluster names, a file any user may write:
+    another user's listener got a run's connections (attack 25 #4). featstore asks for a new local Ray, or the user's
+    own RAY_ADDRESS; a local Ray that cannot start is one line, not Ray's 56-line traceback (attack 25 #5)."""
+    ray = pytest.importorskip("ray")
+    asked = []
+
+    def init(address=None, **kw):
+        asked.append(address)
+        raise Exception("The current node timed out during startup")  # what Ray raises when its raylet cannot start
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError) as err:
+        RayEngine(RayOptions()).start(tmp_path, None)
+    assert asked == ["local"]
+    assert str(err.value).startswith("cannot start a local Ray (The current node timed out during startup): its logs")
+    assert "--engine local" in str(err.value)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # the user's own setting (a Ray job's driver has it): kept
+    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at RAY_ADDRESS=127\.0\.0\.1:9 "):
+        RayEngine(RayOptions()).start(tmp_path, None)
+    assert asked == ["local"]  # refused before ray.init
+
+
 def test_an_actor_that_refuses_at_start_up_is_its_own_one_line_error():
     """A featstore error in an actor's constructor (another fingerprint; the driver's ONNX file missing or changed)
     reached the driver as Ray's ActorDiedError, whose text holds the worker's whole traceback. The error is built as

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -47,7 +48,7 @@ class RayOptions:
     """Where and how wide the Ray engine runs."""
 
     address: str | None = (
-        None  # None: a Ray already initialised in this process, else a new local one; or "auto", "host:6379", "ray://head:10001"
+        None  # None: a Ray already initialised in this process, else RAY_ADDRESS, else a new local one; or "auto", "host:6379", "ray://head:10001"
     )
     workers: int = 1  # actors, each holding one copy of the frozen backbone
     gpus_per_worker: float = 0.0  # GPUs each actor reserves (0: CPU only)
@@ -79,19 +80,31 @@ def validate(options: RayOptions) -> None:
         raise ConfigError(f"decode_threads must be 0 or more, got {options.decode_threads}")
 
 
-def _check_reachable(address: str) -> None:
+def _address(given: str | None) -> tuple[str, str]:
+    """The address ray.init is given and how messages name it: ``--address``, else the RAY_ADDRESS environment
+    variable, else ``"local"`` (a new local Ray; never Ray's guess from the machine's shared /tmp/ray)."""
+    if given:
+        return given, f"--address {given}"
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env:
+        return env, f"RAY_ADDRESS={env}"
+    return "local", "a local Ray"
+
+
+def _check_reachable(address: str, named: str | None = None) -> None:
     """Fail fast, naming the address, when nothing answers there (ray.init would wait for minutes)."""
+    named = named or f"--address {address}"
     if address in ("auto", "local"):
         return
     hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"--address {address!r} is not host:port, ray://host:port or auto")
+        raise ConfigError(f"{named} is not host:port, ray://host:port or auto")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         raise ConfigError(
-            f"cannot reach the Ray cluster at --address {address} ({exc}); is the head node running "
+            f"cannot reach the Ray cluster at {named} ({exc}); is the head node running "
             f"(`ray start --head` there) and the port open from here?"
         ) from None
 
@@ -141,18 +154,31 @@ class RayEngine:
         if quiet:
             self._quiet = RayNoise()  # its log filters before ray.init, which logs
         if not ray.is_initialized():
-            if o.address:
-                _check_reachable(o.address)
+            # Ray's own default (address=None) joins whatever /tmp/ray/ray_current_cluster names, a file any user of the
+            # machine can write: another user's listener got the run's connections (attack 25). RAY_ADDRESS is this
+            # user's own setting (a Ray job's driver has it), so it is kept; else a new local Ray, as the docs say.
+            address, named = _address(o.address)
+            if address != "local":
+                _check_reachable(address, named)
             try:
                 ray.init(
-                    address=o.address,
+                    address=address,
                     include_dashboard=False,
                     logging_level=logging.WARNING,
                     log_to_driver=True,
                     configure_logging=False,
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"cannot connect to Ray at --address {o.address or '(local)'}: {exc}") from None
+                raise ConfigError(f"cannot connect to Ray at {named}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - a local Ray that cannot start raises a bare Exception (timeout)
+                if address != "local":
+                    raise
+                why = (str(exc).strip().splitlines() or [repr(exc)])[0][:200]
+                raise ConfigError(
+                    f"cannot start a local Ray ({why}): its logs under {os.environ.get('RAY_TMPDIR') or tempfile.gettempdir()}/ray/session_latest/logs "
+                    f"say why (a memory limit such as ulimit -v stops its object store); run with --engine local, or "
+                    f"start Ray yourself and give --address"
+                ) from None
             self.started_ray = True
         elif o.address:
             logger.info("Ray is already initialised in this process; --address %s is not used", o.address)
