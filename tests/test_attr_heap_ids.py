@@ -151,3 +151,22 @@ def test_another_hdf5_driver_is_refused_naming_it(tmp_path):
     path = _store(tmp_path / "s.h5", 3)
     with h5py.File(path, "r", driver="core") as f, pytest.raises(StoreError, match="'core' driver.*unset HDF5_DRIVER"):
         read_names(f["s/train"], "class_names", "w")
+
+
+def test_an_objects_header_is_walked_once_for_all_its_attributes(tmp_path, monkeypatch):
+    """bounded_attrs looks up each attribute of an object: its header, walked for each, made N attributes cost N walks
+    of a header holding N (3,000: minutes); it is kept for the opening (a read-only file), so walked once."""
+    path = tmp_path / "many.h5"
+    with h5py.File(path, "w") as f:
+        for i in range(200):
+            f.require_group("g").attrs[f"a{i}"] = np.array(["z", "q" * (i % 13)], dtype=h5py.string_dtype())
+    walks, real = [], attr_ids._messages
+
+    def spy(fh, address):
+        walks.append(address)
+        return real(fh, address)
+
+    monkeypatch.setattr(attr_ids, "_messages", spy)
+    with h5py.File(path, "r") as f:
+        got = bounded_attrs(f["g"], "w")
+    assert len(got) == 200 and got["a14"] == ["z", "q"] and len(walks) == 1, len(walks)

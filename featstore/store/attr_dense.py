@@ -15,6 +15,7 @@ import os
 import h5py
 
 WALK_MOST = 1 << 16  # messages, chunks or B-tree records walked for one attribute (featstore writes a few dozen)
+MESSAGE_MOST = 64 << 20  # bytes of one attribute message read (HDF5 opened it storing at most 16 MiB of heap IDs)
 UNDEF = -1  # an undefined address (all bits set)
 
 
@@ -31,7 +32,10 @@ class FileBytes:
         plist = f.id.get_create_plist()
         self.addr, self.length = plist.get_sizes()
         self.base, self.fd = plist.get_userblock(), f.id.get_vfd_handle()
-        self.size = os.fstat(self.fd).st_size
+        st = os.fstat(self.fd)
+        self.size, self.writable = st.st_size, bool(f.id.get_intent() & h5py.h5f.ACC_RDWR)
+        # this opening (HDF5's ID) of this file in this state: what attr_ids keeps a walked header under
+        self.key = (f.id.id, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.base)
 
     def read(self, at: int, n: int, most: bool = False) -> bytes:
         """``n`` bytes from address ``at`` (``most``: up to ``n``, to the file's end); Unparsed when they are not all in
@@ -98,6 +102,8 @@ def dense_messages(fh: FileBytes, place: tuple[int, int], key: bytes) -> list[by
         if record[8] & 0x02:
             raise Unparsed("its attribute messages are shared, which featstore never writes")
         at, size = heap.locate(record[:8])
+        if size > MESSAGE_MOST:
+            raise Unparsed(f"an attribute message of its heap is {size:,} bytes, over {MESSAGE_MOST:,}")
         if message_name(fh.read(at, min(size, 9 + len(key) + 1))) == key:
             found.append(fh.read(at, size))
     return found
@@ -113,7 +119,7 @@ def _btree(fh: FileBytes, address: int, kind: int, record_size: int, order):
     node, record, depth = c.uint(4), c.uint(2), c.uint(2)
     c.take(2)
     root, in_root = c.addr(), c.uint(2)
-    if record != record_size or node <= 10 + record or depth > 16:
+    if record != record_size or not 10 + record < node <= 1 << 16 or depth > 16:
         raise Unparsed(f"the B-tree at {address:,} has nodes of {node} bytes, records of {record}, depth {depth}")
     leaf_most = (node - 10) // record
     nrec_size = _enc_size(leaf_most)
@@ -278,7 +284,7 @@ class Heap:
 
     def _iblock(self, address: int, rows: int) -> list[int]:
         """The child block addresses of the indirect block at ``address`` of ``rows`` rows."""
-        if address == UNDEF or rows > 64:
+        if address == UNDEF or rows > 64 or rows * self.width > 1 << 16:
             raise Unparsed("an indirect block of its attribute heap is missing or too large")
         n = rows * self.width
         c = Cursor(self.fh.read(address, 5 + self.fh.addr + self.off_size + n * self.fh.addr), self.fh)

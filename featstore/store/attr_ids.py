@@ -85,20 +85,42 @@ def peek(obj, heap_id: np.ndarray, n: int = 200) -> bytes:
 
 def _find(fh: FileBytes, address: int, key: bytes) -> bytes:
     """The attribute message named ``key`` of the object whose header is at ``address``: compact, else dense."""
-    found, info = [], None
-    for kind, body in _messages(fh, address):
-        if kind == 0x0C and message_name(body) == key:
-            found.append(body)
-        elif kind == 0x15:
-            if info is not None:
-                raise Unparsed("its object header holds two Attribute Info messages")
-            info = body
+    names, info = _header(fh, address)
+    found = list(names.get(key, ()))
     heap = dense_place(info, fh) if info is not None else None
     if heap is not None:
         found += dense_messages(fh, heap, key)
     if len(found) != 1:
         raise Unparsed(f"{len(found)} attribute messages of that name were found in the file")
     return found[0]
+
+
+def _header(fh: FileBytes, address: int) -> tuple[dict[bytes, list[bytes]], bytes | None]:
+    """The attribute messages of the object header at ``address`` by name, and its Attribute Info message (or None).
+    Kept for the last :data:`_HEADERS_KEPT` headers of a file opened read-only, under the open file's HDF5 ID and the
+    file's identity and state: ``bounded_attrs`` looks up each of an object's attributes, and a header walked for each
+    made a header of N attributes cost N walks (HDF5 holds it in its cache)."""
+    key = None if fh.writable else (fh.key, address)
+    if key is not None and (kept := _HEADERS.get(key)) is not None:
+        return kept
+    names: dict[bytes, list[bytes]] = {}
+    info = None
+    for kind, body in _messages(fh, address):
+        if kind == 0x0C:
+            names.setdefault(message_name(body), []).append(body)
+        elif kind == 0x15:
+            if info is not None:
+                raise Unparsed("its object header holds two Attribute Info messages")
+            info = body
+    if key is not None:
+        _HEADERS[key] = names, info
+        while len(_HEADERS) > _HEADERS_KEPT:
+            _HEADERS.pop(next(iter(_HEADERS)))
+    return names, info
+
+
+_HEADERS: dict = {}  # (file, header address) -> _header's result; see _header
+_HEADERS_KEPT = 2
 
 
 def _messages(fh: FileBytes, address: int):
