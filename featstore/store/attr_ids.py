@@ -19,6 +19,8 @@ an address past the end of the file, or the same name twice is :class:`Unparsed`
 
 from __future__ import annotations
 
+import math
+
 import h5py
 import numpy as np
 
@@ -38,10 +40,13 @@ def heap_ids(obj, key: str, shape: tuple | None, stored: int) -> np.ndarray:
         obj.file.flush()  # what this process changed is in HDF5's cache until written
     fh = FileBytes(obj.file)
     name, elem = key.encode("utf-8", "surrogateescape"), 4 + fh.addr + 4
-    found, dims, size, data = _attribute(_find(fh, h5py.h5g.get_objinfo(obj.id).objno[0], name), fh)
+    try:
+        found, dims, size, data = _attribute(_find(fh, h5py.h5g.get_objinfo(obj.id).objno[0], name), fh)
+    except (IndexError, OverflowError, ZeroDivisionError, MemoryError) as exc:  # bytes no parse above foresaw
+        raise Unparsed(f"its bytes do not parse ({type(exc).__name__}: {exc})") from None
     if found != name:
         raise Unparsed(f"the message found is named {found[:60]!r}")
-    count = 0 if dims is None else int(np.prod(dims, dtype=np.int64))
+    count = 0 if dims is None else math.prod(dims)
     if (dims, stored, size) != ((None if shape is None else tuple(shape)), count * elem, elem):
         raise Unparsed(
             f"its message holds {dims} {size}-byte heap IDs where HDF5 opened {shape} of {stored:,} bytes in all"
@@ -139,7 +144,7 @@ def _messages(fh: FileBytes, address: int):
         order = 2 if flags & 0x04 else 0
     else:
         if len(first) < 16 or first[0] != 1:
-            raise Unparsed(f"its object header is of version {first[0]}, neither 1 nor 2")
+            raise Unparsed(f"its object header at {address:,} is neither of version 1 nor 2")
         chunks = [(address + 16, int.from_bytes(first[8:12], "little"))]
     seen, total, count = set(), 0, 0
     while chunks:
