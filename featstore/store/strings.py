@@ -300,8 +300,12 @@ def _read(obj, key: str, where: str) -> object:
 
 def raw_attr(obj, key: str, where: str) -> object:
     """Attribute ``key`` of ``obj`` as h5py gives it (an array, a scalar, ``h5py.Empty``: types as stored), measured
-    first: what a copy of a store writes back; never shown whole."""
-    measured_attr(obj, key, where)
+    first (strings as :func:`read_attr` measures them, at most :data:`MAX_ATTR_BYTES` each): what a copy of a store
+    writes back; never shown whole."""
+    aid = measured_attr(obj, key, where)
+    info = h5py.check_string_dtype(aid.dtype)
+    if info is not None and info.length is None and aid.shape is not None and np.prod(aid.shape) > 1:
+        _refuse_expanding(obj, key, aid, where, MAX_ATTR_BYTES)
     return _read(obj, key, where)
 
 
