@@ -8,9 +8,11 @@ the heap IDs themselves (:func:`vlen_lengths`: the dataset's raw bytes, chunk by
 over its limit (:data:`MAX_PATH_BYTES`, PATH_MAX, for paths) or rows whose strings add up to more bytes than the file
 holds (each stored string is in the file once) are refused before a row is read.
 
-Class names are an attribute, which HDF5 reads whole; their count is bounded before the read and each name's length
-before any is compared or printed (:func:`read_names`: ``validate_split``'s repeat check compared 1 MiB names K^2
-times, and ``fit`` printed one of them whole in a 1 MB error line).
+Class names are an attribute, which HDF5 reads whole, expanding each heap ID as it reads; their count is bounded before
+the read, and so are their lengths, from the heap IDs in the file's own bytes (``attr_ids``: 3,000 IDs naming one 2
+MiB string made ``info`` ask for 6 GiB, attack 23), before any name is read, compared or printed (:func:`read_names`:
+``validate_split``'s repeat check compared 1 MiB names K^2 times, and ``fit`` printed one of them whole in a 1 MB
+error line).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
+from featstore.store.attr_ids import Unparsed, heap_ids, lengths, peek
 
 MAX_PATH_BYTES = 4096  # PATH_MAX: no file name featstore stored is longer
 MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
@@ -215,9 +218,11 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int
     HDF5 reads an attribute whole (it has no partial reads), so what it stores is measured first: over
     :data:`MAX_ATTR_STORAGE` bytes (a 120 MiB array of numbers took 721 MiB and 15 s in ``info``) it is refused unread.
     A variable-length string's bytes are not in that size (it stores 16-byte heap IDs), and HDF5 offers no way to read
-    those IDs of an attribute, so its strings are in memory once, briefly, before they are measured (K names sharing
-    one heap string: K times it). Reading them into fixed-width buffers instead would stop at the width, but h5py's
-    conversion to fixed width leaks every string it reads (120 MiB per read of the attack's names)."""
+    those IDs of an attribute, so ``attr_ids.heap_ids`` reads them from the file's bytes (compact or dense storage)
+    and, for more than one string, a string over ``limit`` or strings adding up to more than the file's size (IDs
+    sharing one string: K times it) are refused before HDF5 reads any (:func:`_refuse_expanding`). One string alone is
+    at most its heap collection, within the file. Reading them into fixed-width buffers instead would stop at the
+    width, but h5py's conversion to fixed width leaks every string it reads (120 MiB per read of the attack's names)."""
     from featstore.provenance import plain
 
     aid = measured_attr(obj, key, where)
@@ -241,6 +246,8 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int
                 f"limit; refused unread: {_fix(obj)}"
             )
         return plain(_read(obj, key, where))
+    if count > 1:  # one heap ID expands to one string (in a heap collection, within the file); K may name one K times
+        _refuse_expanding(obj, key, aid, where, limit)
     value = _read(obj, key, where)
     if bad := _first_long(value, limit):
         del value  # a kept error (StoreMetadata keeps one per split) keeps this frame: not the K strings with it
@@ -248,6 +255,37 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int
             f"{where}: {key}[{bad[0]}] is a string of {bad[1]:,} bytes, over the {limit:,}-byte limit ({bad[2]}): {_fix(obj)}"
         )
     return plain(value)
+
+
+def _refuse_expanding(obj, key: str, aid: h5py.h5a.AttrID, where: str, limit: int) -> None:
+    """Refuse variable-length string attribute ``key`` before HDF5 expands its heap IDs when one names a string over
+    ``limit`` bytes or all add up to more than the file holds (IDs sharing a string), or when its IDs cannot be read
+    from the file's bytes (:func:`attr_ids.heap_ids`): what HDF5 reads is then at most the file's size."""
+    if obj.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
+        raise StoreError(
+            f"{where}: {shown(key, 60)} cannot be measured before it is read with HDF5's {obj.file.driver!r} driver; "
+            f"refused unread: open the store with HDF5's default driver (unset HDF5_DRIVER)"
+        )
+    try:
+        ids = heap_ids(obj, key, aid.shape, _stored_size(aid))
+    except (Unparsed, *_H5_ERRORS) as exc:
+        raise StoreError(
+            f"{where}: {shown(key, 60)} cannot be measured before it is read ({shown(str(exc), 160)}); refused unread: "
+            f"{_FIX}"
+        ) from None
+    sizes = lengths(ids)
+    if len(over := np.flatnonzero(sizes > limit)):
+        start = peek(obj, ids[over[0]]).decode("utf-8", "ignore")
+        raise StoreError(
+            f"{where}: {key}[{over[0]}] is a string of {int(sizes[over[0]]):,} bytes, over the {limit:,}-byte limit "
+            f"({shown(start) if start else 'refused unread'}): {_FIX}"
+        )
+    total, size = int(sizes.sum(dtype=np.int64)), os.path.getsize(obj.file.filename)
+    if total > size + _SLACK:
+        raise StoreError(
+            f"{where}: {key} adds up to {total:,} bytes of strings in a file of {size:,} bytes: its heap IDs share "
+            f"strings, which featstore never writes; refused unread: {_FIX}"
+        )
 
 
 # what h5py raises for an attribute HDF5 cannot open, measure or read (a damaged header, a type it cannot convert)
@@ -264,8 +302,12 @@ def _read(obj, key: str, where: str) -> object:
 
 def raw_attr(obj, key: str, where: str) -> object:
     """Attribute ``key`` of ``obj`` as h5py gives it (an array, a scalar, ``h5py.Empty``: types as stored), measured
-    first: what a copy of a store writes back; never shown whole."""
-    measured_attr(obj, key, where)
+    first (strings as :func:`read_attr` measures them, at most :data:`MAX_ATTR_BYTES` each): what a copy of a store
+    writes back; never shown whole."""
+    aid = measured_attr(obj, key, where)
+    info = h5py.check_string_dtype(aid.dtype)
+    if info is not None and info.length is None and aid.shape is not None and np.prod(aid.shape) > 1:
+        _refuse_expanding(obj, key, aid, where, MAX_ATTR_BYTES)
     return _read(obj, key, where)
 
 
