@@ -271,20 +271,20 @@ def _refuse_expanding(obj, key: str, aid: h5py.h5a.AttrID, where: str, limit: in
     except (Unparsed, *_H5_ERRORS) as exc:
         raise StoreError(
             f"{where}: {shown(key, 60)} cannot be measured before it is read ({shown(str(exc), 160)}); refused unread: "
-            f"{_FIX}"
+            f"{_fix(obj)}"
         ) from None
     sizes = lengths(ids)
     if len(over := np.flatnonzero(sizes > limit)):
         start = peek(obj, ids[over[0]]).decode("utf-8", "ignore")
         raise StoreError(
             f"{where}: {key}[{over[0]}] is a string of {int(sizes[over[0]]):,} bytes, over the {limit:,}-byte limit "
-            f"({shown(start) if start else 'refused unread'}): {_FIX}"
+            f"({shown(start) if start else 'refused unread'}): {_fix(obj)}"
         )
     total, size = int(sizes.sum(dtype=np.int64)), os.path.getsize(obj.file.filename)
     if total > size + _SLACK:
         raise StoreError(
             f"{where}: {key} adds up to {total:,} bytes of strings in a file of {size:,} bytes: its heap IDs share "
-            f"strings, which featstore never writes; refused unread: {_FIX}"
+            f"strings, which featstore never writes; refused unread: {_fix(obj)}"
         )
 
 
