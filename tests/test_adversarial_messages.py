@@ -345,6 +345,16 @@ def test_ray_noise_is_dropped_and_real_errors_pass(capfd, caplog):
             "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
         )
         logging.getLogger("ray.data._internal.progress").warning("Progress bars disabled. To enable, set ...")
+        for name, line in [  # a dataset's end, and a batch's error (featstore says each in its own words)
+            ("ray.data._internal.execution.streaming_executor", "✔️  Dataset dataset_03_0 execution finished in 6.15 s"),
+            ("ray.data._internal.execution.streaming_executor", "⚠️  Dataset dataset_03_0 execution failed"),
+            (
+                "ray.data._internal.execution.streaming_executor_state",
+                "An exception was raised from a task of operator",
+            ),
+            ("ray.data.exceptions", "Exception occurred in user code, with the abbreviated stack trace below. ..."),
+        ]:
+            logging.getLogger(name).warning(line)
         os.write(2, b"[2026-12-04 20:52:57,022 E 12540 12540] core_worker.cc:2465: Actor with class name: 'MapWorker"
                     b"(MapBatches(Forward))' and ID: '6d07' has constructor arguments in the object store and "
                     b"max_restarts > 0.\n")  # fmt: skip
@@ -354,5 +364,6 @@ def test_ray_noise_is_dropped_and_real_errors_pass(capfd, caplog):
     err = capfd.readouterr().err
     assert "a real error" in err and "constructor arguments" not in err
     assert "Token authentication is enabled" not in err and "Progress bars disabled" not in err
+    assert "Dataset dataset_03_0" not in err and "user code" not in err and "from a task" not in err
     assert not [r for r in caplog.records if r.name.startswith("ray")]  # dropped at the logger, not only hidden
     assert not logging.getLogger("ray.data._internal.progress").filters  # and the filters are gone afterwards

@@ -22,6 +22,8 @@ _RAY_LOG_NOISE = {
     # a batch's error: featstore raises it (its own one line, or Ray's error with the worker's traceback); these two
     # only advise DataContext settings that featstore owns
     "ray.data._internal.execution.streaming_executor_state": ("An exception was raised from a task of operator",),
+    # the end of each run's dataset (featstore's own summary line says how it went)
+    "ray.data._internal.execution.streaming_executor": ("✔️  Dataset ", "⚠️  Dataset "),
     "ray.data.exceptions": ("Exception occurred in user code, with the abbreviated stack trace below",),
 }
 _RAY_FD_NOISE = re.compile(
