@@ -9,7 +9,11 @@ initial value is made, and the build stops with :class:`TooLarge` once the param
 plus :data:`~featstore.models.keras_sizes.SLACK`. A genuine model builds exactly what its weights file holds.
 
 It wraps the backend's ``Variable._initialize_with_initializer`` (Keras 3: every ``add_weight`` with an initializer goes
-through it, the initial tensor made inside) for the duration of the build only. Example::
+through it, the initial tensor made inside) for the duration of the build only. A variable Keras makes from a value
+instead (a stateful RNN's states: ``RNN._create_state_variables`` fills ``ops.zeros(batch, ...)`` then copies it into
+a ``Variable``; attack 25 found 2 GB of ConvLSTM states made that way, never counted) is counted too: the zeros of a
+layer's states before they are filled (``ops.zeros`` is wrapped while that method runs, in the building thread), and
+any other variable made from a value (``Variable._initialize``) before Keras copies the value. Example::
 
     with bounded_build(held, "my_cnn.keras"):
         model = keras.saving.load_model("my_cnn.keras", compile=False)
@@ -18,7 +22,6 @@ through it, the initial tensor made inside) for the duration of the build only. 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import Iterator
 
@@ -33,31 +36,63 @@ class TooLarge(ConfigError):
 
 @contextlib.contextmanager
 def bounded_build(held: int, where: str) -> Iterator[None]:
-    """Count the parameters Keras's variables ask for while the block runs; :class:`TooLarge` (raised from inside
-    Keras, and again when the block ends, whatever Keras made of it) once they pass ``held + SLACK``."""
-    from keras.src import backend
+    """Count the parameters Keras's variables (and a stateful layer's states) ask for while the block runs;
+    :class:`TooLarge` (raised from inside Keras, and again when the block ends, whatever Keras made of it) once they
+    pass ``held + SLACK``."""
+    from keras.src import backend, ops
+    from keras.src.layers.rnn.rnn import RNN
 
-    from featstore.models.keras_sizes import SLACK
+    from featstore.models.keras_sizes import EDITED, SLACK, STATES
 
     cls = backend.Variable
-    real = cls._initialize_with_initializer
-    asked, refused = [0], []
+    real, real_value, real_states, real_zeros = (
+        cls._initialize_with_initializer, cls._initialize, RNN._create_state_variables, ops.zeros
+    )  # fmt: skip
+    asked, refused, prepaid, inside, builder = [0], [], [0], [0], threading.get_ident()
 
-    def counted(self, initializer):
-        asked[0] += math.prod(int(d) for d in (self._shape or ()))
+    def charge(n: int, what: str, states: bool = False) -> None:
+        asked[0] += n
         if asked[0] > held + SLACK and not refused:
-            variable = getattr(self, "path", "?")
             refused.append(
                 f"{where} is refused while Keras builds it: its config.json asks for more than {held + SLACK:,} "
-                f"parameters (its weights hold {held:,}; the variable {variable!r} took the count to {asked[0]:,}) "
-                f"before a weight is read: the config was edited or belongs to other weights"
+                f"parameters (its weights hold {held:,}; {what} took the count to {asked[0]:,}) before a weight is "
+                f"read: " + (STATES if states else EDITED)
             )
         if refused:
             raise TooLarge(refused[0])
-        return real(self, initializer)
+
+    def counted(self, initializer):
+        charge(_elements(self._shape), f"the variable {getattr(self, 'path', '?')!r}")
+        inside[0] += 1  # the initial value is made here: not counted again below
+        try:
+            return real(self, initializer)
+        finally:
+            inside[0] -= 1
+
+    def counted_value(self, value):
+        if not inside[0] and not callable(value):
+            n = _elements(getattr(value, "shape", ()))
+            paid = min(n, prepaid[0])  # zeros already counted (states): the variable copies them
+            prepaid[0] -= paid
+            charge(n - paid, f"the variable {getattr(self, 'name', '?')!r} (made from a value)")
+        return real_value(self, value)
+
+    def states(self, batch_size):
+        def zeros(shape, dtype=None):
+            if threading.get_ident() == builder:
+                n = _elements(shape)
+                charge(n, f"the states of stateful layer {getattr(self, 'name', '?')!r} (batch {batch_size})", True)
+                prepaid[0] += n
+            return real_zeros(shape, dtype=dtype)
+
+        ops.zeros = zeros
+        try:
+            return real_states(self, batch_size)
+        finally:
+            ops.zeros = real_zeros
 
     with _LOCK:
-        cls._initialize_with_initializer = counted
+        cls._initialize_with_initializer, cls._initialize, RNN._create_state_variables = counted, counted_value, states
         try:
             yield
         except Exception:
@@ -65,6 +100,22 @@ def bounded_build(held: int, where: str) -> Iterator[None]:
                 raise TooLarge(refused[0]) from None
             raise
         finally:
-            cls._initialize_with_initializer = real
+            cls._initialize_with_initializer, cls._initialize, RNN._create_state_variables = (
+                real,
+                real_value,
+                real_states,
+            )
+            ops.zeros = real_zeros
         if refused:
             raise TooLarge(refused[0])
+
+
+def _elements(shape) -> int:
+    """The numbers a tensor of ``shape`` holds (an unknown or symbolic dimension counts 1)."""
+    total = 1
+    for d in shape or ():
+        try:
+            total *= max(0, int(d)) if d is not None else 1
+        except (TypeError, ValueError):
+            total *= 1
+    return total

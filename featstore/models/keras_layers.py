@@ -25,7 +25,7 @@ WEIGHTLESS = frozenset(
     "ZeroPadding3D Cropping1D Cropping2D Cropping3D UpSampling1D UpSampling2D UpSampling3D MaxPooling1D MaxPooling2D "
     "MaxPooling3D AveragePooling1D AveragePooling2D AveragePooling3D GlobalMaxPooling1D GlobalMaxPooling2D "
     "GlobalMaxPooling3D GlobalAveragePooling1D GlobalAveragePooling2D GlobalAveragePooling3D Identity Masking "
-    "ActivityRegularization Lambda TimeDistributed Bidirectional UnitNormalization RNN StackedRNNCells Pipeline "
+    "ActivityRegularization Lambda TimeDistributed Bidirectional UnitNormalization StackedRNNCells Pipeline "
     "AdaptiveAveragePooling1D AdaptiveAveragePooling2D AdaptiveAveragePooling3D AdaptiveMaxPooling1D "
     "AdaptiveMaxPooling2D AdaptiveMaxPooling3D CategoryEncoding Discretization Hashing HashedCrossing IntegerLookup "
     "StringLookup TextVectorization MelSpectrogram MaxNumBoundingBoxes AugMix AutoContrast CutMix Equalization MixUp "
@@ -138,6 +138,8 @@ def term(layer: dict, shape: list | None, others: list, widest: int) -> tuple[in
     name = str(c.get("name", "?"))[:60]
     conv = kind.startswith(("Conv", "SeparableConv", "DepthwiseConv")) and not kind.startswith("ConvLSTM")
     channel = 1 if conv and c.get("data_format") == "channels_first" and shape and len(shape) > 2 else -1
+    if kind.startswith("ConvLSTM") and c.get("data_format") == "channels_first" and shape and len(shape) > 3:
+        channel = 2  # (batch, time, channels, *sides)
     n = (size(shape[channel]) if shape else 0) or widest  # the axis its weights span: channels, or the last
     widths = [size(o[-1]) if o else 0 for o in others]
     count, what = _count(kind, c, shape, widths, n)
@@ -158,7 +160,10 @@ def _count(kind: str, c: dict, shape, others: list[int], n: int) -> tuple[int | 
         return einsum_kernel(c, shape, n), f"equation {str(c.get('equation'))[:40]!r}"
     if kind.startswith("ConvLSTM"):
         kernel = size(c.get("kernel_size")) or 1
-        return mul(4, kernel, n + filters, filters), f"kernel {kernel}, filters {filters}"  # four gates
+        kernels, what = mul(4, kernel, n + filters, filters), f"kernel {kernel}, filters {filters}"  # four gates
+        batch = size((shape or [0])[0]) if c.get("stateful") else 0  # its states: 2 of (batch, *output sides, filters)
+        states = mul(2, batch, *conv_sides(c, shape), filters) if batch else 0
+        return kernels + states, what + (f", stateful batch {batch}" if batch else "")
     if kind.startswith(("Conv", "SeparableConv", "DepthwiseConv")):
         kernel, groups = size(c.get("kernel_size")) or 1, max(1, size(c.get("groups")))
         depth = size(c.get("depth_multiplier")) or 1
@@ -176,6 +181,10 @@ def _count(kind: str, c: dict, shape, others: list[int], n: int) -> tuple[int | 
         batch = size((shape or [0])[0]) if c.get("stateful") else 0  # a stateful RNN's states: (batch, units) each
         states = mul(2 if kind.startswith("LSTM") else 1, batch, units)
         return mul(gates, units, n + units) + states, f"units {units}" + (f", stateful batch {batch}" if batch else "")
+    if kind == "RNN":  # the wrapper's own size: a stateful one's states, (batch, each state size of its cell)
+        batch = size((shape or [0])[0]) if c.get("stateful") else 0
+        per = cell_states(c.get("cell")) if batch else 0
+        return mul(batch, per), f"stateful batch {batch}, states {per} a row" if batch else "no weights of its own"
     if kind in ("MultiHeadAttention", "GroupQueryAttention"):
         return attention(c, n, others)
     if kind in NORMALIZATION:  # weights over its axis: gamma and beta unless off; BatchNormalization's 2 statistics
@@ -205,6 +214,47 @@ def _count(kind: str, c: dict, shape, others: list[int], n: int) -> tuple[int | 
         kernels = 1 + (c.get("mode") not in ("real", "imag"))  # a real and an imaginary kernel but in those modes
         return kernels * mul(frame, fft // 2 + 1), f"frame {frame}, fft {fft}"
     return None, ""
+
+
+def conv_sides(c: dict, shape: list | None) -> list[int]:
+    """The output sides of a ConvLSTM layer fed ``shape`` (batch, time, sides and channels), by its padding, strides
+    and dilation as Keras computes them; 1 for a side not known (a lower bound)."""
+    if not shape or len(shape) < 4:
+        return []
+    sides = shape[3:] if c.get("data_format") == "channels_first" else shape[2:-1]
+    out = []
+    for i, side in enumerate(sides):
+        kernel, stride, rate = (max(1, at(c.get(k), i)) for k in ("kernel_size", "strides", "dilation_rate"))
+        if not side:
+            out.append(1)
+        elif str(c.get("padding", "valid")).lower() in ("same", "causal"):
+            out.append((side - 1) // stride + 1)
+        else:
+            out.append(max(0, (side - rate * (kernel - 1) - 1) // stride + 1))
+    return out
+
+
+def at(v, i: int) -> int:
+    """Entry ``i`` of a per-side option (an int for every side, or a list of them), as a size."""
+    return size(v[i]) if isinstance(v, list) and i < len(v) else size(v) if not isinstance(v, list) else 1
+
+
+CELL_STATES = {"LSTMCell": 2, "GRUCell": 1, "SimpleRNNCell": 1}  # states of `units` each a cell keeps
+
+
+def cell_states(cell) -> int:
+    """The numbers a row of an RNN wrapper's states holds: its cell's (or stacked cells') ``units`` times the states
+    each keeps; 0 for a cell not known here (its states are counted as Keras makes them: models.build_guard)."""
+    total, stack = 0, [cell]
+    while stack:  # a stack, not recursion: cells nested in a crafted config as deep as JSON allows
+        item = stack.pop()
+        if not isinstance(item, dict) or not isinstance(item.get("config"), dict):
+            continue
+        kind = kind_of(item)
+        if kind == "StackedRNNCells" and isinstance(item["config"].get("cells"), list):
+            stack.extend(item["config"]["cells"])
+        total = min(CAP, total + mul(CELL_STATES.get(kind, 0), size(item["config"].get("units"))))
+    return total
 
 
 HUB_PACKAGES = ("keras_hub", "keras_nlp", "keras_cv")  # the packages Keras imports a class's module from

@@ -31,8 +31,14 @@ MAX_CONFIG_BYTES = 16 << 20  # config.json: ResNet152's is about 1 MB
 # review found five (Dense without bias, UnitNormalization, normalizations without centre/scale or over another axis,
 # cross-attention), up to ~1e6 parameters a layer at usual widths, and one no slack covers (EinsumDense, 197x); all
 # are exact now and tests hold the bound at or below what genuine models store with no slack at all.
+EDITED = "the config was edited or belongs to other weights"
 UNBOUNDED = f"its {CONFIG_FILE} cannot be bounded before Keras builds it"  # a layer class it cannot size: its own fix
 SLACK = 1 << 24
+# A stateful layer's states are not in the weights file: its batch_shape sizes them, so a genuine model may pass SLACK
+STATES = (
+    "a stateful layer's states grow with its batch_shape, and over 2**24 numbers beyond the weights are refused: if "
+    "you made the model, save it with a smaller batch_shape; if not, its config was edited"
+)
 
 
 def keras_zip_problem(path: Path) -> str | None:
@@ -62,7 +68,7 @@ def keras_zip_problem(path: Path) -> str | None:
     if bound > held + SLACK:
         return (
             f"its {CONFIG_FILE} builds at least {bound:,} parameters ({bound * 4 / 1e9:.2f} GB of float32; largest: "
-            f"{largest}) but its {WEIGHTS_FILE} holds {held:,}: the config was edited or belongs to other weights"
+            f"{largest}) but its {WEIGHTS_FILE} holds {held:,}: " + (STATES if "stateful batch" in largest else EDITED)
         )
     return problem
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from featstore.errors import ConfigError, WeightsError
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
-from featstore.models.keras_sizes import UNBOUNDED, held_parameters, keras_zip_problem
+from featstore.models.keras_sizes import STATES, UNBOUNDED, held_parameters, keras_zip_problem
 from featstore.models.weights import LoadedWeights, sha256_file
 from featstore.outputs import resolved, what_is_at
 from featstore.provenance import MAX_IMAGE_SIZE
@@ -60,20 +60,33 @@ def load_model_file(path: Path, trust_model: bool = False):
             model = keras.saving.load_model(path, compile=False, **({} if legacy else {"safe_mode": True}))
     except TooLarge:
         raise
-    except ValueError as exc:
-        if "lambda" in str(exc).lower() or "safe_mode" in str(exc):
-            raise ConfigError(
-                f"{path} holds a Lambda layer (Python code), which Keras's safe_mode refuses to load. Replace it "
-                f"with a built-in layer and save again; featstore never loads unsafe .keras files."
-            ) from exc
-        raise ConfigError(f"{path} is not a Keras model this Keras can load: {exc}") from exc
-    except (OSError, KeyError, TypeError, Exception) as exc:  # zip/HDF5 errors differ by format; all mean "not a model"
-        raise ConfigError(
-            f"{path} is not a Keras model ({type(exc).__name__}: {exc}); pass a file saved with model.save()"
-        ) from exc
+    except Exception as exc:  # zip/HDF5 errors differ by format; all but these mean "not a model"
+        raise _load_error(path, exc) from exc
     if not isinstance(model, keras.Model):
         raise ConfigError(f"{path} holds a {type(model).__name__}, not a Keras model")
     return model
+
+
+def _load_error(path: Path, exc: Exception) -> ConfigError:
+    """The one-line error of a model file Keras could not load: out of memory, a Lambda layer, or not a model."""
+    text = str(exc)
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "ResourceExhaustedError" or "OOM when allocating" in text:
+        first = (text.strip().splitlines() or [""])[0][:200]
+        return ConfigError(
+            f"{path} asks for more memory than this process can have while Keras builds it ({type(exc).__name__}: "
+            f"{first}); load it where there is more memory, or if you made it, save it again with a smaller "
+            f"batch_shape (a stateful layer's states grow with its batch)"
+        )
+    if isinstance(exc, ValueError) and ("lambda" in text.lower() or "safe_mode" in text):
+        return ConfigError(
+            f"{path} holds a Lambda layer (Python code), which Keras's safe_mode refuses to load. Replace it "
+            f"with a built-in layer and save again; featstore never loads unsafe .keras files."
+        )
+    if isinstance(exc, ValueError):
+        return ConfigError(f"{path} is not a Keras model this Keras can load: {exc}")
+    return ConfigError(
+        f"{path} is not a Keras model ({type(exc).__name__}: {exc}); pass a file saved with model.save()"
+    )
 
 
 def _check_keras_zip(path: Path) -> None:
@@ -97,7 +110,7 @@ def _check_keras_zip(path: Path) -> None:
             f"with model.save('my_cnn.keras')"
         ) from None
     problem = keras_zip_problem(path)  # Keras builds every layer from config.json before it reads a weight
-    if problem and problem.startswith(UNBOUNDED):  # a genuine model with a layer class featstore cannot size
+    if problem and (problem.startswith(UNBOUNDED) or STATES in problem):  # can be genuine: the fix is its own
         raise ConfigError(f"{path} is refused before loading: {problem}")
     if problem:
         raise ConfigError(
