@@ -354,7 +354,7 @@ class _Extraction:
             refuse_huge_rows(a["feature_shape"], a["dtype"], name)  # before anything is written
         refuse_huge_batches(row_bytes, self.how.batch_size, writer.names)
         if found.interrupted:
-            writer.compact()  # resume from a clean copy: a killed writer's file state is never written on
+            writer.compact(overwrite)  # resume from a clean copy: a killed writer's file state is never written on
         need = (rows.total - found.done) * row_bytes + CHUNK_BYTES
         ensure_space(self.file.path, need, found.done)  # before anything is replaced
         marks = {"purpose": self.how.purpose} if self.how.purpose else {}  # written with a group, in its creation

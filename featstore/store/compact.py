@@ -29,8 +29,10 @@ from featstore.units import format_bytes
 logger = logging.getLogger(__name__)
 
 
-def compact(store: StoreFile | str | os.PathLike) -> None:
+def compact(store: StoreFile | str | os.PathLike, leave_out: frozenset[tuple[str, str]] = frozenset()) -> None:
     """Rewrite the store into a fresh file holding only committed rows and records, then put it in place.
+    ``leave_out``: ``(extractor, split)`` pairs not copied (an interrupted split that ``--overwrite`` replaces: its
+    crafted attribute refused the copy, with the advice to re-extract it with ``--overwrite``: attack 26 #1).
 
     A writer killed at any point (mid-batch, or while closing the file) can leave HDF5 metadata and free-space
     state past the end-of-allocation mark that was last flushed; the next writer's frees or allocations then
@@ -64,7 +66,7 @@ def compact(store: StoreFile | str | os.PathLike) -> None:
                     for name in hard_groups(src):
                         g = dst.create_group(name)
                         _copy_attrs(src[name], g)
-                        for split in hard_groups(src[name]):
+                        for split in (s for s in hard_groups(src[name]) if (name, s) not in leave_out):
                             _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
                     dst.flush()
             _own_permissions(held, before)

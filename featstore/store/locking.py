@@ -91,6 +91,7 @@ def open_h5(
     kwargs = {} if locking is None else {"locking": locking}
     timeout = lock_timeout() if timeout is None else timeout
     if mode != "r":
+        refuse_foreign_link(path)
         refuse_hard_linked(path)
     if libver is not None:
         kwargs["libver"] = libver
@@ -195,6 +196,7 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
     from filelock import FileLock, Timeout
 
     locking = locking_default() if locking is None else locking
+    refuse_foreign_link(path)  # before any work: nothing is written through another user's link
     refuse_hard_linked(path)  # before any work: every writing opening (open_h5) refuses it too
     if locking is False or os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
         yield  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
@@ -247,6 +249,13 @@ def _lock_fix(exc: OSError, lock_path: str) -> str:
             "(one writer per store is then up to you)"
         )
     if exc.errno in (errno.EACCES, errno.EPERM):
+        owner = _other_users_file(lock_path)
+        if owner is not None:  # the folder is writable: the lock file is someone else's (attack 26 #4)
+            return (
+                f"that lock file is {owner}'s and you may not write it: a featstore run of {owner} may be writing "
+                f"this store (or was killed and left it); once none runs, remove it (rm "
+                f"{shlex.quote(lock_path)}), then run again"
+            )
         return (
             f"you cannot write in the folder {folder}, where the store's lock and its resumes' copies go: make it "
             f"writable by you, or copy the store to a folder you can write and pass that --store"
@@ -256,6 +265,50 @@ def _lock_fix(exc: OSError, lock_path: str) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"the disk (or your quota) of {folder} is full: free some space, then run again"
     return "fix what the error names, then run again"
+
+
+def _other_users_file(path: str) -> str | None:
+    """The owner (name, else uid) of ``path`` when it is a file of another user in a folder this user can write; else
+    None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if st.st_uid == os.geteuid() or not os.access(os.path.dirname(path) or ".", os.W_OK):
+        return None
+    return _user(st.st_uid)
+
+
+def _user(uid: int) -> str:
+    """The user name of ``uid`` (``uid N`` where none is known)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def refuse_foreign_link(path: str | os.PathLike) -> None:
+    """Refuse to write a store through a symbolic link that another user made (neither this user nor the folder's
+    owner: the rule Linux's ``fs.protected_symlinks`` applies in sticky folders): in a team folder a colleague's link
+    at the store's name made ``extract --overwrite`` replace a split of the user's own private store elsewhere, rc 0
+    (attack 26 #2)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if not stat.S_ISLNK(st.st_mode) or st.st_uid == os.geteuid():
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    with contextlib.suppress(OSError):
+        if os.stat(folder).st_uid == st.st_uid:
+            return  # the folder's owner's link: they could put any file there anyway
+    raise StoreError(
+        f"store {terminal_safe(str(path))} is a symbolic link made by {_user(st.st_uid)}, not by you; featstore does "
+        f"not write through a link someone else made (it may name a file of yours elsewhere): give the real path "
+        f"with --store, or remove the link (rm {shlex.quote(str(path))}) if you do not know it"
+    )
 
 
 def held_plain_file(lock) -> bool:

@@ -116,9 +116,10 @@ class SplitWriter:
         """The first image some group still needs."""
         return min(self.starts)
 
-    def compact(self) -> None:
-        """Rewrite the store without the uncommitted tails a killed writer left (how every resume starts)."""
-        compact(self.store)
+    def compact(self, overwrite: bool = False) -> None:
+        """Rewrite the store without the uncommitted tails a killed writer left (how every resume starts); with
+        ``overwrite``, without this split at all (it is replaced next, so nothing of it is read)."""
+        compact(self.store, frozenset((n, self.key) for n in self.names) if overwrite else frozenset())
 
     def prepare(self, attrs: list[dict], split_attrs: dict, overwrite: bool, listing=None) -> list[int]:
         """Create or reopen the split in every group, in one opening; returns (and keeps) each group's start.
