@@ -110,8 +110,9 @@ class PrivateFolder:
         proc = proc_path(self.fd)
         if proc is not None:
             return proc / name
-        if others_cannot_rename(os.fstat(self.parent_fd)):
-            return self.target.parent / self.name / name
+        base = by_name(self.target.parent, os.fstat(self.parent_fd))
+        if base is not None:
+            return base / self.name / name
         raise self.swapped(False)
 
     def new_file(self, mode: int) -> tuple[int, Path]:
@@ -169,9 +170,36 @@ class PrivateFolder:
 
 
 def others_cannot_rename(folder: os.stat_result) -> bool:
-    """Whether no one but this user (and root) can rename entries in ``folder``: it is ours and only we can write it,
-    or it has the sticky bit."""
-    return (folder.st_uid == os.geteuid() and not folder.st_mode & 0o022) or bool(folder.st_mode & stat.S_ISVTX)
+    """Whether no one but this user (and root) can rename entries in ``folder``: it is ours (or root's) and only its
+    owner can write it, or it has the sticky bit."""
+    mine = folder.st_uid in (os.geteuid(), 0) and not folder.st_mode & 0o022
+    return mine or bool(folder.st_mode & stat.S_ISVTX)
+
+
+def by_name(folder: Path, held: os.stat_result) -> Path | None:
+    """``folder`` resolved, for writing by name where there is no ``/proc/self/fd``: only when it is the folder held
+    open (``held``) and no one else can rename an entry in it or in any folder above it, up to ``/``; else None. The
+    target's folder alone was checked, so a colleague who renamed the user's own folder in a team folder (and put hers
+    at its name) redirected the write onto the user's files (attack 26 #7)."""
+    real = Path(os.path.realpath(folder))
+    try:
+        st = os.stat(real)
+        if (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+            return None
+        if all(others_cannot_rename(os.stat(p)) for p in (real, *real.parents)):
+            return real
+    except OSError:
+        pass
+    return None
+
+
+def same_folder(fd: int, path: Path) -> bool:
+    """Whether ``path`` (not followed if a link) is the folder open at ``fd``."""
+    try:
+        st, mine = os.stat(path, follow_symlinks=False), os.fstat(fd)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def proc_path(fd: int) -> Path | None:
@@ -240,12 +268,7 @@ class OwnFolder:
 
     def is_it(self) -> bool:
         """Whether the folder's name is still this folder (not someone else's put at its name)."""
-        try:
-            st = os.lstat(self.name)
-        except OSError:
-            return False
-        mine = os.fstat(self.fd)
-        return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+        return same_folder(self.fd, self.name)
 
     def publish(self, dst: Path, mode: int | None = None) -> None:
         """The umask's mode (or ``mode``) set through the descriptor, then the folder renamed onto ``dst`` while its name
@@ -294,8 +317,9 @@ def _unredirectable(fd: int, name: Path, parent: Path) -> Path:
     proc = proc_path(fd)
     if proc is not None:
         return proc
-    if others_cannot_rename(os.stat(parent)):
-        return name
+    base = by_name(parent, os.stat(parent))
+    if base is not None and same_folder(fd, base / name.name):
+        return base / name.name
     raise OutputError(
         f"cannot write into {parent}: someone else can write that folder, and this system has no /proc/self/fd to "
         f"write there safely; write into a folder only you can write"

@@ -98,3 +98,37 @@ def test_the_overwrite_advice_for_an_interrupted_splits_bad_attribute_works(data
     assert any("Re-extract this split with --overwrite" in f for f in findings), findings
     extract(data_root, "train", store, tiny_config, batch_size=4, overwrite=True)  # the advice, followed
     assert check_store(store) == [] and len(FeatureStore(store).load("train")[1]) == n
+
+
+@pytest.mark.parametrize("link", ["split", "extractor", "root", "nested", "nested-copy"])
+def test_an_augmented_group_linked_into_itself_is_one_line_not_a_copy_per_level(tmp_path, link):
+    """``sg["augmented"] = sg`` (one h5py line) sent a resume's compaction into recursion: ~1,000 copies of the split (1
+    GB from a 1 MB store), then Python's recursion limit and "Error in sys.excepthook" noise. Sabotage: the identity
+    test in ``compact._copy_split`` removed fails every row (a RecursionError, or copies of copies)."""
+    import h5py
+
+    from featstore.store.compact import compact
+
+    path = _store(tmp_path / "s.h5")
+    with h5py.File(path, "a") as f:
+        sg = f["s/train"]
+        target = {"split": sg, "extractor": f["s"], "root": f["/"]}.get(link)
+        if target is None:  # copies of copies: an augmented group holding itself, or copies of its own
+            aug = sg.create_group("augmented")
+            for key in sg:
+                if key != "augmented":
+                    sg.copy(key, aug)
+            if link == "nested":
+                aug["augmented"] = aug
+            else:
+                inner = aug.create_group("augmented")
+                for key in aug:
+                    if key != "augmented":
+                        aug.copy(key, inner)
+        else:
+            sg["augmented"] = target
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as err:
+        compact(path)
+    assert "is not a split's augmented copies" in str(err.value) and "the store was not changed" in str(err.value)
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["s.h5"]

@@ -130,6 +130,27 @@ def test_without_proc_a_writer_goes_by_name_only_where_no_one_else_can_rename(tm
     assert not _private(folder)
 
 
+def test_without_proc_a_folder_above_that_others_may_rename_is_refused_too(tmp_path, monkeypatch):
+    """The user's own 0755 ``proj`` inside a team folder others may write (no sticky bit): a colleague can rename
+    ``proj`` away and put hers at its name, redirecting a write by name onto the user's files (attack 26 #7). Without
+    ``/proc/self/fd`` every folder up to ``/`` must be safe; ``proj`` alone was checked. Sabotage: ``by_name`` checking
+    ``real`` only (not its parents) fails it."""
+    from featstore.renames import OwnFolder
+
+    monkeypatch.setattr(renames, "proc_path", lambda fd: None)
+    team = tmp_path / "team"
+    (team / "proj").mkdir(parents=True)
+    os.chmod(team, 0o777)
+    with pytest.raises(OutputError, match="someone else can write"):
+        write_atomic(team / "proj" / "o.csv", lambda tmp: tmp.write_text("x\n"), "--out")
+    with pytest.raises(OutputError, match="no /proc/self/fd to write there safely"):
+        OwnFolder(team / "proj", ".shards.", ".tmp")
+    assert os.listdir(team / "proj") == []
+    os.chmod(team, 0o755)  # no one else may rename in it now: by name, as before
+    write_atomic(team / "proj" / "o.csv", lambda tmp: tmp.write_text("x\n"), "--out")
+    assert (team / "proj" / "o.csv").read_text() == "x\n"
+
+
 # ------------------------------------------------------------------ 2. a folder that cannot be written, a full disk
 def _cannot_make(parent, name):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))

@@ -179,7 +179,16 @@ def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> N
         for key in (k for k in LISTING if isinstance(src.get(k), h5py.Dataset) and src[k].ndim == 1):
             _copy_rows(src[key], lg, key, src[key].shape[0])
     if AUGMENTED in hard_groups(sg):
-        _copy_split(sg[AUGMENTED], d, AUGMENTED, f"{where}/{AUGMENTED}")
+        aug = sg[AUGMENTED]
+        if split == AUGMENTED or aug.id == sg.id or aug.id == sg.parent.id or aug.id == sg.file["/"].id:
+            # featstore's copies never hold copies; a group linked into itself was copied ~1,000 times over (1 GB from a
+            # 1 MB store) until Python's recursion limit (attack 26 #6)
+            raise StoreError(
+                f"{where}/{AUGMENTED} is not a split's augmented copies (copies of copies, or a group linked into itself, "
+                f"which featstore never writes): the store is crafted or damaged; the store was not changed. Remove that "
+                f"group (h5py: del f['{sg.name}/{AUGMENTED}']) or extract into a new --store"
+            )
+        _copy_split(aug, d, AUGMENTED, f"{where}/{AUGMENTED}")
 
 
 def _copy_attrs(src, dst) -> None:
