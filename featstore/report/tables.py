@@ -156,14 +156,14 @@ def store_tree(path: str) -> str:
         lines.append("  (no extractor yet)")
     for name, ex in info["extractors"].items():
         a = ex["attrs"]
-        lines.append(f"└── /{name}   fingerprint {str(a.get('fingerprint', ''))[:12]}")
+        lines.append(f"└── /{terminal_safe(name)}   fingerprint {str(a.get('fingerprint', ''))[:12]}")
         if ex.get("error"):
             lines.append(f"    │   BROKEN: {ex['error']}")
         lines += [f"    │   {k}: {a[k]}" for k in PROVENANCE_KEYS if k in a and k != "fingerprint"]
         lines.append(f"    │   {leaks_line(path, name, ex)}")
         for split, s in ex["splits"].items():
             if "error" in s:
-                lines.append(f"    ├── /{split}   BROKEN: {s['error']}")
+                lines.append(f"    ├── /{terminal_safe(split)}   BROKEN: {s['error']}")
                 continue
             todo = f"{s.get('images_done')}/{s.get('n_images')} images done"
             state = (
@@ -173,7 +173,7 @@ def store_tree(path: str) -> str:
                 if writer_pid
                 else f"INCOMPLETE ({todo}; re-run the same extract to resume)"
             )
-            lines.append(f"    ├── /{split}   {state}")
+            lines.append(f"    ├── /{terminal_safe(split)}   {state}")
             lines.append(f"    │     features {tuple(s['shape'])} {s['dtype']}, chunks {tuple(s['chunks'])}")
             lines.append(
                 f"    │     rows {s.get('committed_rows')}, failed {s.get('n_failed')}, non-image files ignored {s.get('n_ignored', 0)}, "

@@ -21,13 +21,13 @@ from featstore.store.augmented import copy_problems
 from featstore.store.layout import (
     check_chunks,
     foreign_objects,
-    hard_groups,
     path_block_rows,
     read_paths,
     validate_augmented,
     validate_split,
 )
 from featstore.store.locking import StoreFile
+from featstore.store.names import odd_finding, odd_name, odd_names
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
 from featstore.store.strings import read_attr, read_names, refuse_long, shown, shown_list, unreadable_strings
@@ -66,6 +66,10 @@ def check_store(store: str | os.PathLike | None = None, *, locking=None, path=No
     scans: list[_Split] = []
     with file.open("r") as f:
         problems += _foreign(f)
+        try:
+            problems += odd_names(f)  # every object's name (the groups' are listed again below: named once)
+        except DAMAGED:  # the groups walked one by one below name theirs
+            pass
         root = _attrs(f, f"{path}:/", problems)  # every root attribute measured, as `info` reads them
         if root is not None and "format_version" not in root:
             problems.append(
@@ -134,11 +138,8 @@ def _foreign_found(found: list[str]) -> list[str]:
 
 
 def _groups(g, where: str, out: list[str]) -> list[str]:
-    """``layout.hard_groups(g)``, with a member HDF5 cannot read (or the list itself) a finding in ``out``."""
-    try:
-        return hard_groups(g)
-    except DAMAGED:  # which member: listed one by one
-        pass
+    """The sub-groups of ``g`` as ``layout.hard_groups`` lists them, with a member HDF5 cannot read (or the list itself)
+    a finding in ``out``, and so a member named as featstore never writes (``names.odd_name``), not walked."""
     try:
         keys = list(g)
     except DAMAGED as exc:
@@ -146,6 +147,9 @@ def _groups(g, where: str, out: list[str]) -> list[str]:
         return []
     found = []
     for k in keys:
+        if isinstance(k, str) and (why := odd_name(k)):  # a name that is not UTF-8: HDF5 cannot open it (below)
+            out.append(odd_finding(where or "/", k, why))
+            continue
         try:
             if isinstance(g.get(k, getlink=True), h5py.HardLink) and isinstance(g[k], h5py.Group):
                 found.append(k)
@@ -219,12 +223,13 @@ def _check_split(sg, name: str, split: str, a: dict, classes: list, scans: list[
         out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
     step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
     scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
-    if AUGMENTED in sg and AUGMENTED not in hard_groups(sg):
+    subs = _groups(sg, where, out)
+    if AUGMENTED in sg and AUGMENTED not in subs:
         out.append(
             f"{where}/{AUGMENTED} is not a group of augmented copies (featstore writes only a group there): remove it "
             f"(h5py: del f[name]) or re-extract this split with --overwrite"
         )
-    if AUGMENTED in hard_groups(sg):
+    if AUGMENTED in subs:
         if split.lower() in EVALUATION_SPLITS:
             out.append(
                 f"{where}/{AUGMENTED}: augmented copies of {split!r}, a validation or test split, which featstore never "

@@ -17,6 +17,7 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError
 from featstore.images.listing_diff import ListingColumns
 from featstore.provenance import MAX_AUGMENT_COPIES, check_format_version, plain
+from featstore.store.names import path_text, refuse_odd, refuse_odd_names
 from featstore.store.pathcols import PATH_ERRORS, path_block_rows, read_paths  # noqa: F401 (re-exported: readers)
 from featstore.store.storage import refuse_missing_chunks, refuse_split_columns
 from featstore.store.strings import MAX_PATH_BYTES, bounded_attrs, read_attr, read_names, repeated, shown
@@ -311,8 +312,11 @@ def validate_labels(y: np.ndarray, n_classes: int, where: str) -> None:
 
 
 def hard_groups(g: h5py.Group) -> list[str]:
-    """Names of the sub-groups of ``g`` reached through hard links (links are not followed)."""
-    return sorted(k for k in g if isinstance(g.get(k, getlink=True), h5py.HardLink) and isinstance(g[k], h5py.Group))
+    """Names of the sub-groups of ``g`` reached through hard links (links are not followed); StoreError for a name
+    featstore never writes (``names.odd_name``: over 255 bytes, a control character, a line break), never printed."""
+    names = sorted(k for k in g if isinstance(g.get(k, getlink=True), h5py.HardLink) and isinstance(g[k], h5py.Group))
+    refuse_odd(g, names)
+    return names
 
 
 def hard_group(f: h5py.Group, path: str) -> h5py.Group | None:
@@ -336,11 +340,12 @@ def foreign_objects(f: h5py.File, under: str | None = None) -> list[str]:
 
     def visit(name, link):
         if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
-            found.append(f"{prefix}{name} ({type(link).__name__})")
+            found.append(f"{prefix}{path_text(name)} ({type(link).__name__})")
         elif isinstance(link, h5py.HardLink):
             obj = g.get(name)
             if isinstance(obj, h5py.Dataset) and (obj.is_virtual or obj.external):
-                found.append(f"{prefix}{name} ({'virtual dataset' if obj.is_virtual else 'external storage'})")
+                what = "virtual dataset" if obj.is_virtual else "external storage"
+                found.append(f"{prefix}{path_text(name)} ({what})")
 
     try:
         g.visititems_links(visit)
@@ -357,7 +362,9 @@ def foreign_objects(f: h5py.File, under: str | None = None) -> list[str]:
 
 
 def refuse_foreign(f: h5py.File, path, allow: bool = False) -> None:
-    """Raise unless the file is self-contained (or ``allow``): links out of a store could read or write other files."""
+    """Raise unless the file is self-contained (or ``allow``): links out of a store could read or write other files;
+    and, whatever ``allow``, for an object name featstore never writes (``names.refuse_odd_names``)."""
+    refuse_odd_names(f, path)
     if allow:
         return
     found = foreign_objects(f)

@@ -54,6 +54,7 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
     set_locking,
 )
 from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
+from featstore.store.names import names_text
 from featstore.store.storage import unreadable
 from featstore.store.strings import read_attr, read_names
 from featstore.units import format_bytes
@@ -149,11 +150,11 @@ class FeatureStore:
                 raise StoreError(f"store {self.path} holds no extractor yet; run `featstore extract` first")
             caches = [n for n in names if n not in own]
             text = (
-                f"store {self.path} holds several extractors ({', '.join(own)}); choose one with --extractor "
+                f"store {self.path} holds several extractors ({names_text(own)}); choose one with --extractor "
                 f"(extractor= in Python)"
             )
             if caches:
-                text += f"; {', '.join(caches)}: fine-tuning caches, not counted"
+                text += f"; {names_text(caches)}: fine-tuning caches, not counted"
             suspects = [n for n in own if "@" in n and n.split("@")[0] in own]  # e.g. vgg16 and vgg16@block4_pool
             if suspects:
                 text += (
@@ -164,7 +165,7 @@ class FeatureStore:
                 )
             raise StoreError(text)
         if extractor not in names:
-            raise StoreError(f"store {self.path} has no extractor {extractor!r}; it has: {', '.join(names) or 'none'}")
+            raise StoreError(f"store {self.path} has no extractor {extractor!r}; it has: {names_text(names)}")
         return extractor
 
     def augmentation(self, split: str, extractor: str | None = None) -> dict | None:

@@ -28,6 +28,7 @@ from featstore.experiments.leaks.search import nearest, query_blocks, rounded, s
 from featstore.experiments.leaks.threshold import calibrate, check_settings
 from featstore.outputs import terminal_safe
 from featstore.store.layout import chunk_rows, row_bytes
+from featstore.store.names import names_text
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def _query_splits(fs: FeatureStore, name: str, query: Sequence[str] | None, refe
     if reference not in have:
         raise StoreError(
             f"extractor {name!r} in {terminal_safe(str(fs.path))} has no {reference!r} split to compare with (it has: "
-            f"{', '.join(have) or 'none'}); extract it first: featstore extract --split {reference}"
+            f"{names_text(have)}); extract it first: featstore extract --split {reference}"
         )
     if query is None:
         chosen = [s for s in DEFAULT_QUERY if s in have]
@@ -187,7 +188,7 @@ def _query_splits(fs: FeatureStore, name: str, query: Sequence[str] | None, refe
             others = [s for s in have if s != reference]
             raise StoreError(
                 f"extractor {name!r} in {terminal_safe(str(fs.path))} has no test or validation split; name the "
-                f"splits to check with --split (it has: {', '.join(others) or 'only ' + reference})"
+                f"splits to check with --split (it has: {names_text(others) if others else 'only ' + reference})"
             )
         return chosen
     if isinstance(query, str):
@@ -195,7 +196,7 @@ def _query_splits(fs: FeatureStore, name: str, query: Sequence[str] | None, refe
     chosen = list(dict.fromkeys(query))
     unknown = [s for s in chosen if s not in have]
     if unknown:
-        raise ConfigError(f"unknown split {unknown[0]!r} for extractor {name!r}; choose from: {', '.join(have)}")
+        raise ConfigError(f"unknown split {unknown[0]!r} for extractor {name!r}; choose from: {names_text(have)}")
     if reference in chosen:
         raise ConfigError(
             f"split {reference!r} is the reference; check the other splits against it (choose from: "

@@ -1,0 +1,123 @@
+"""Object names featstore never writes in a store, found before any is printed (attack 25 #8, #9).
+
+A store's group names are its extractor and split names: they reach ``info``'s tree and every message that names an
+extractor or a split, straight from h5py's listing. featstore writes plain ASCII names of at most 200 characters
+(``provenance.validate_name``), so a name over what a ``--name`` or a split folder may be (:data:`MAX_NAME_BYTES`), or
+one holding a control character, a line break or a bidirectional override, was made by hand (:func:`odd_name`):
+``featstore check`` lists each as a finding (:func:`odd_names`) and goes on with the rest. A 1 MB name printed 1 MB
+lines, and a line break forged a line of ``info`` ("rows 1000000 ... complete" for a 4-row split): a store holding
+such a name (:func:`unshowable`) is refused where it is opened (:func:`refuse_odd_names`: every reading command and the
+writer) and where its groups are listed (``layout.hard_groups``), in one line with the name escaped and cut. Other
+control characters and bidi overrides are shown escaped, as every line the command line prints is (attack 3); names
+of unicode letters and spaces up to 255 bytes are untouched.
+"""
+
+from __future__ import annotations
+
+import h5py
+
+from featstore.errors import StoreError
+from featstore.outputs import terminal_safe
+from featstore.store.strings import shown
+
+MAX_NAME_BYTES = 255  # a group name: what a --name or a split folder may be (a file name: 255 bytes)
+MOST_LISTED = 8  # names a message lists (then how many more)
+_LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines splits at
+_BIDI = frozenset(map(chr, (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))))
+
+
+def odd_name(name: str | bytes) -> str | None:
+    """Why ``name`` (one HDF5 link name) is one featstore never writes, or None. Example::
+
+    >>> odd_name("vgg16"), odd_name("été 猫"), odd_name("a\\nb"), odd_name("e" * 300)
+    (None, None, 'a line break', '300 bytes, over the 255 a name may have')
+    """
+    if isinstance(name, bytes):  # h5py gives a name that is not UTF-8 as bytes
+        return "not UTF-8"
+    if len(name) <= MAX_NAME_BYTES and name.isascii() and name.isprintable():
+        return None
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        return f"{size:,} bytes, over the {MAX_NAME_BYTES} a name may have"
+    for c in name:
+        if c in _LINE_BREAKS:
+            return "a line break"
+        if c in _BIDI:
+            return f"a bidirectional override (U+{ord(c):04X})"
+        if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0:
+            return f"a control character (\\x{ord(c):02x})"
+    return None
+
+
+def unshowable(name: str | bytes) -> str | None:
+    """Why no message can show ``name`` in one line of bounded length (over 255 bytes, a line break), or None: what
+    refuses a store. Example::
+
+    >>> unshowable("x\\x1b[2J"), unshowable("a\\rb")
+    (None, 'a line break')
+    """
+    why = odd_name(name)
+    return why if why and (why == "a line break" or why.endswith("a name may have")) else None
+
+
+def odd_finding(parent: str, name: str | bytes, why: str) -> str:
+    """``check``'s finding for ``name``, a member of the group at ``parent`` ('/', '/vgg16'), with the fix."""
+    return (
+        f"{parent} holds an object named {shown(name, 60)} ({why}): featstore never writes such a name, so the store "
+        f"is crafted or damaged; extract into a new --store"
+    )
+
+
+def _refused(path, finding: str) -> StoreError:
+    return StoreError(
+        f"store {terminal_safe(str(path))} is refused: {finding} (`featstore check` lists every such name)"
+    )
+
+
+def refuse_odd(g: h5py.Group, names: list) -> None:
+    """Raise StoreError for the first of ``names`` (members of ``g``) that no message could show (:func:`unshowable`)."""
+    for name in names:
+        if why := unshowable(name):
+            raise _refused(g.file.filename, odd_finding(g.name, name, why))
+
+
+def odd_names(f: h5py.File, first: bool = False, rule=odd_name) -> list[str]:
+    """``check``'s findings for every object of ``f`` whose name featstore never writes (``rule``: why, or None;
+    ``first``: the first only); what is under such a group is not walked further. Links are not followed; a name h5py
+    cannot decode stops the walk (``layout.foreign_objects`` names it)."""
+    found: list[str] = []
+    odd: list[str] = []  # paths already named: their members are not named again
+
+    def visit(path, link):
+        if any(path.startswith(p + "/") for p in odd):
+            return None
+        parent, _, name = path.rpartition("/")
+        if why := rule(name):
+            odd.append(path)
+            found.append(odd_finding("/" + parent, name, why))
+            return True if first else None
+        return None
+
+    try:
+        f.visititems_links(visit)
+    except (SystemError, UnicodeDecodeError):  # a name that is not UTF-8: foreign_objects and check name it
+        pass
+    return found
+
+
+def refuse_odd_names(f: h5py.File, path) -> None:
+    """Raise StoreError naming the first object of ``f`` whose name no message could show (:func:`unshowable`): what
+    every opening of a store runs (with ``layout.refuse_foreign``), so no command prints such a name."""
+    if found := odd_names(f, first=True, rule=unshowable):
+        raise _refused(path, found[0])
+
+
+def path_text(path: str, most: int = 300) -> str:
+    """An object's path in a store for a message: escaped, cut after ``most`` characters."""
+    return terminal_safe(path if len(path) <= most else path[:most] + "...")
+
+
+def names_text(names: list[str], most: int = MOST_LISTED) -> str:
+    """Extractor or split names for a message: the first ``most``, each escaped, then how many more ('none': none)."""
+    more = f", ... ({len(names) - most:,} more)" if len(names) > most else ""
+    return ", ".join(terminal_safe(n) if len(n) <= MAX_NAME_BYTES else shown(n) for n in names[:most]) + more or "none"
