@@ -132,3 +132,15 @@ def test_an_augmented_group_linked_into_itself_is_one_line_not_a_copy_per_level(
         compact(path)
     assert "is not a split's augmented copies" in str(err.value) and "the store was not changed" in str(err.value)
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["s.h5"]
+
+
+def test_a_missing_split_message_lists_a_few_of_many_splits(tmp_path):
+    """"has no split 'x'; it has: ..." listed every split of a store (30 splits of 200 characters: a 6,000-character
+    line). Sabotage: ``names_text`` in ``metadata`` replaced by a plain join fails it."""
+    path = tmp_path / "s.h5"
+    for i in range(30):
+        _store(path, split=f"s{i:02d}" + "x" * 190)
+    with pytest.raises(StoreError) as err:
+        FeatureStore(path).load("missing")
+    text = str(err.value)
+    assert "has no split 'missing'; it has: s00" in text and "(22 more)" in text and len(text) < 2_000, text

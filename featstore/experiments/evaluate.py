@@ -38,6 +38,7 @@ from featstore.stats.figures import RowFigures, completed, confusion_of
 from featstore.stats.intervals import proportion_interval
 from featstore.stats.metrics import expected_calibration_error, log_loss, reliability_of
 from featstore.store.digests import identifies_rows, split_listing
+from featstore.store.names import names_text
 from featstore.store.reader import FeatureStore
 
 
@@ -157,7 +158,7 @@ def _check_split(fs: FeatureStore, rec: RunRecord, split: str) -> None:
         if split not in fs.splits(rec.extractor):
             raise StoreError(
                 f"extractor {rec.extractor!r} in {fs.path} has no split {split!r}; it has: "
-                f"{', '.join(fs.splits(rec.extractor)) or 'none'}. Name one of them with --split"
+                f"{names_text(fs.splits(rec.extractor))}. Name one of them with --split"
             )
         check_has_rows(fs, rec.extractor, split, "--split")
 

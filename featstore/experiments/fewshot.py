@@ -30,6 +30,7 @@ from featstore.experiments.protocol import check_distinct, check_has_rows
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
+from featstore.store.names import names_text
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def fewshot(
     for split in (train, test):
         if split not in fs.splits(name) or not fs.split_info(split, name)["complete"]:
             raise StoreError(
-                f"extractor {name!r} has no complete {split!r} split (it has: {', '.join(fs.splits(name))}); extract "
+                f"extractor {name!r} has no complete {split!r} split (it has: {names_text(fs.splits(name))}); extract "
                 f"it, or name another with --train/--test"
             )
         check_has_rows(fs, name, split, "--train" if split == train else "--test")

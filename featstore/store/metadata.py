@@ -27,6 +27,7 @@ from featstore.store.layout import (
     validate_labels,
     validate_split,
 )
+from featstore.store.names import names_text
 from featstore.store.strings import bounded_attrs, read_attr, read_names
 
 CACHE_PURPOSE = (
@@ -54,9 +55,7 @@ def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = Fals
     """A validated split group and its commit (``augmented``: its augmented copies, checked against it)."""
     g, attrs = extractor_attrs(f, path, name)
     if not _hard_group(g, split):  # not `in hard_groups(g)`: that lists every split, once per split opened
-        raise StoreError(
-            f"extractor {name!r} in {path} has no split {split!r}; it has: {', '.join(hard_groups(g)) or 'none'}"
-        )
+        raise StoreError(f"extractor {name!r} in {path} has no split {split!r}; it has: {names_text(hard_groups(g))}")
     sg = g[split]
     commit = validate_split(sg, f"{path}:/{name}/{split}", attrs)
     check_chunks(sg, commit, f"{path}:/{name}/{split}")
@@ -168,8 +167,7 @@ class StoreMetadata:
         self.extractor(name)
         if split not in self.splits[name]:
             raise StoreError(
-                f"extractor {name!r} in {self.path} has no split {split!r}; it has: "
-                f"{', '.join(self.splits[name]) or 'none'}"
+                f"extractor {name!r} in {self.path} has no split {split!r}; it has: {names_text(self.splits[name])}"
             )
         value = self.parts[(name, split, False)]
         if isinstance(value, Exception):
