@@ -135,7 +135,7 @@ def test_an_augmented_group_linked_into_itself_is_one_line_not_a_copy_per_level(
 
 
 def test_a_missing_split_message_lists_a_few_of_many_splits(tmp_path):
-    """"has no split 'x'; it has: ..." listed every split of a store (30 splits of 200 characters: a 6,000-character
+    """ "has no split 'x'; it has: ..." listed every split of a store (30 splits of 200 characters: a 6,000-character
     line). Sabotage: ``names_text`` in ``metadata`` replaced by a plain join fails it."""
     path = tmp_path / "s.h5"
     for i in range(30):
