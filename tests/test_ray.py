@@ -103,6 +103,33 @@ def test_without_address_a_new_local_ray_not_the_one_tmp_ray_names(tmp_path, mon
     assert asked == ["local"]  # refused before ray.init
 
 
+def test_address_auto_reads_only_this_users_own_ray_file(tmp_path, monkeypatch):
+    """--address auto (or RAY_ADDRESS=auto) made Ray read <RAY_TMPDIR>/ray/ray_current_cluster, a file in a folder every
+    user may write: another user's listener got the run's connections (attack 26 #9). featstore reads it itself, only
+    when it is this user's (or root's) and no one else may write it, and checks that address answers. Sabotage: the
+    owner test in ``_auto`` removed fails the colleague's case (it is tried, and named as reachable or not)."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail(f"ray.init reached: {kw}"))
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match="--address auto: no Ray started on this machine names its address"):
+        RayEngine(RayOptions(address="auto")).start(tmp_path, None)
+    (tmp_path / "ray").mkdir(mode=0o777)
+    file = tmp_path / "ray" / "ray_current_cluster"
+    file.write_text("127.0.0.1:9\n")
+    os.chmod(file, 0o644)
+    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at --address auto \(127\.0\.0\.1:9, from "):
+        RayEngine(RayOptions(address="auto")).start(tmp_path, None)
+    os.chown(file, 54321, -1)  # a colleague's file (root may give it away: CI and this machine run as root)
+    if os.stat(file).st_uid == 54321:
+        with pytest.raises(ConfigError, match="was written by another user .uid 54321. or others may write it"):
+            RayEngine(RayOptions(address="auto")).start(tmp_path, None)
+        monkeypatch.setenv("RAY_ADDRESS", "auto")
+        with pytest.raises(ConfigError, match="RAY_ADDRESS=auto: .* was written by another user"):
+            RayEngine(RayOptions()).start(tmp_path, None)
+
+
 def test_an_actor_that_refuses_at_start_up_is_its_own_one_line_error():
     """A featstore error in an actor's constructor (another fingerprint; the driver's ONNX file missing or changed)
     reached the driver as Ray's ActorDiedError, whose text holds the worker's whole traceback. The error is built as

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -84,11 +85,42 @@ def _address(given: str | None) -> tuple[str, str]:
     """The address ray.init is given and how messages name it: ``--address``, else the RAY_ADDRESS environment
     variable, else ``"local"`` (a new local Ray; never Ray's guess from the machine's shared /tmp/ray)."""
     if given:
-        return given, f"--address {given}"
+        return _auto(given, "--address")
     env = os.environ.get("RAY_ADDRESS", "").strip()
     if env:
-        return env, f"RAY_ADDRESS={env}"
+        return _auto(env, "RAY_ADDRESS=")
     return "local", "a local Ray"
+
+
+def _auto(address: str, option: str) -> tuple[str, str]:
+    """``address``, with "auto" resolved as Ray would (the address its last ``ray start`` wrote in
+    ``<RAY_TMPDIR>/ray/ray_current_cluster``) but only from a file of this user's (or root's) that no one else may
+    write: Ray's folder there is open to every user, so another user's file sent the run's connections to their
+    listener (attack 26 #9)."""
+    said = f"{option} {address}" if option == "--address" else f"{option}{address}"
+    if address != "auto":
+        return address, said
+    path = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray", "ray_current_cluster")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ConfigError(
+            f"{said}: no Ray started on this machine names its address ({path}: {exc.strerror}); start one with "
+            f"`ray start --head`, or give --address host:port"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+            raise ConfigError(
+                f"{said}: {path} was written by another user (uid {st.st_uid}) or others may write it, so the address "
+                f"in it is not trusted; give --address host:port of your Ray cluster"
+            )
+        found = os.read(fd, 1024).decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+    if not found:
+        raise ConfigError(f"{said}: {path} is empty; give --address host:port of your Ray cluster")
+    return found, f"{said} ({found}, from {path})"
 
 
 def _check_reachable(address: str, named: str | None = None) -> None:
