@@ -150,7 +150,8 @@ def extract(
     address: Annotated[
         Optional[str],
         typer.Option(
-            help="--engine ray: the cluster, e.g. ray://head:10001, head:6379 or auto (default: start a local Ray)."
+            help="--engine ray: the cluster, e.g. ray://head:10001, head:6379, or auto (the address your own `ray "
+            "start` wrote on this machine); default: RAY_ADDRESS if set, else a new local Ray."
         ),
     ] = None,
     workers: Annotated[
