@@ -307,3 +307,32 @@ def test_random_bit_flips_in_the_heap_never_hang_and_are_one_line_or_fine():
     code, out = _child(script, "--cases", str(FUZZ_CASES), "--limit", "20")
     assert code == 0 and f"{FUZZ_CASES} cases (seed 19)" in out, out[-3000:]
     assert int(out.split("damaged heap")[1].split()[0]) > 0, out
+
+
+def _compact_paths(path, rows: list[str]) -> None:
+    """A file holding ``paths``, a compact dataset of strings (featstore never writes one; HDF5 keeps its heap IDs in
+    its object header)."""
+    with h5py.File(path, "w") as f:
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.COMPACT)
+        tid = h5py.h5t.py_create(h5py.string_dtype(), logical=True)
+        ds = h5py.Dataset(h5py.h5d.create(f.id, b"paths", tid, h5py.h5s.create_simple((len(rows),)), dcpl=dcpl))
+        ds[...] = np.array(rows, dtype=object)
+
+
+def test_a_compact_column_is_measured_and_checked_from_its_header_and_another_driver_refused(tmp_path):
+    """A compact string column was read row by row through HDF5 (which would loop in a damaged heap): its heap IDs
+    are now read from its object header, measured and checked like a chunked column's; another HDF5 driver, whose
+    bytes cannot be read directly, is refused naming it, as for attributes."""
+    from featstore.store.strings import refuse_long, vlen_lengths
+
+    rows = [f"img/é{i}.png" for i in range(50)]
+    _compact_paths(tmp_path / "c.h5", rows)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert f["paths"].id.get_create_plist().get_layout() == h5py.h5d.COMPACT
+        assert vlen_lengths(f["paths"], 3, 50).tolist() == [len(r.encode()) for r in rows[3:]]
+    with h5py.File(tmp_path / "c.h5", "r", driver="core") as f, pytest.raises(StoreError, match="'core' driver"):
+        refuse_long(f["paths"], 0, 50)
+    _zero_free_space(tmp_path / "c.h5", b"img/\xc3\xa90.png")
+    with h5py.File(tmp_path / "c.h5", "r") as f, pytest.raises(StoreError, match=f"c.h5:/paths: row 3 {DAMAGED}"):
+        refuse_long(f["paths"], 3, 50)

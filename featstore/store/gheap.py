@@ -25,10 +25,12 @@ import struct
 import threading
 from collections import OrderedDict
 
+import h5py
 import numpy as np
 
 from featstore.errors import StoreError
 from featstore.store.attr_dense import FileBytes, Unparsed
+from featstore.store.attr_ids import _messages as header_messages
 
 COLLECTION_MIN = 4096  # H5HG_MINSIZE: HDF5 refuses a smaller collection
 COLLECTION_MOST = 64 << 20  # bytes of one collection read (HDF5 makes 4 KiB ones, larger only for a larger string)
@@ -65,6 +67,27 @@ def stored_lengths(ds, fh: FileBytes, at: int, n: int, row: int, fix: str) -> np
         out[a:b] = ids[:, :4].copy().view("<u4").reshape(b - a)
         refuse_damaged(fh, ids, f"{ds.file.filename}:{ds.name}", fix, row + a)
     return out
+
+
+def compact_lengths(ds, fh: FileBytes, start: int, stop: int, fix: str) -> np.ndarray:
+    """The lengths of heap IDs ``start:stop`` of ``ds``, a compact dataset (featstore never writes one: at most 64 KiB
+    of IDs, kept in its object header's layout message), read from the file and checked as :func:`stored_lengths`
+    checks a column's; refused in one line when the header cannot be read so."""
+    where, elem = f"{ds.file.filename}:{ds.name}", 8 + fh.addr
+    try:
+        found = [body for kind, body in header_messages(fh, h5py.h5g.get_objinfo(ds.id).objno[0]) if kind == 0x08]
+        if len(found) != 1 or len(found[0]) < 4 or found[0][0] not in (3, 4) or found[0][1] != 0:
+            raise Unparsed(f"{len(found)} layout message(s), the first {found[0][:2].hex() if found else 'none'}")
+        data = found[0][4 : 4 + int.from_bytes(found[0][2:4], "little")]
+    except Unparsed as exc:
+        raise StoreError(
+            f"{where}: its compact storage cannot be read from the file ({exc}); refused unread: {fix}"
+        ) from None
+    if len(data) < stop * elem:
+        raise StoreError(f"{where}: its storage is shorter than its rows: the store is damaged")
+    ids = np.frombuffer(data, np.uint8, (stop - start) * elem, start * elem).reshape(stop - start, elem)
+    refuse_damaged(fh, ids, where, fix, start)
+    return ids[:, :4].copy().view("<u4").reshape(stop - start)
 
 
 def refuse_damaged(

@@ -29,7 +29,7 @@ from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.store.attr_dense import FileBytes
 from featstore.store.attr_ids import Unparsed, heap_ids, lengths, peek
-from featstore.store.gheap import ID_BLOCK_BYTES, refuse_damaged, stored_lengths  # noqa: F401 (ID_BLOCK_BYTES: re-exported)
+from featstore.store.gheap import ID_BLOCK_BYTES, compact_lengths, refuse_damaged, stored_lengths  # noqa: F401
 
 MAX_PATH_BYTES = 4096  # PATH_MAX: no file name featstore stored is longer
 MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
@@ -45,17 +45,20 @@ def limit_of(ds) -> int:
     return MAX_REASON_BYTES if ds.name.rsplit("/", 1)[-1] == "reasons" else MAX_PATH_BYTES
 
 
-def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
+def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
     """The byte lengths of the variable-length strings ``start:stop`` of ``ds``, from their heap IDs (the dataset's own
-    bytes, read for those rows only, :data:`ID_BLOCK_BYTES` at a time, whatever the chunk's size), without reading a
-    string; None when the storage cannot be read so (a compact dataset, another file driver). A column packed by a
-    filter is refused, and so is a heap ID whose heap collection HDF5 would loop in or misread (``gheap``)."""
+    bytes, read for those rows only, :data:`ID_BLOCK_BYTES` at a time, whatever the chunk's size; a compact dataset's
+    from its header), without reading a string. Refused: a column packed by a filter or virtual, another file driver,
+    and a heap ID whose heap collection HDF5 would loop in or misread (``gheap``)."""
     plist = ds.id.get_create_plist()
     elem = 8 + ds.file.id.get_create_plist().get_sizes()[0]  # length (4), heap address, object index (4)
     if stop <= start:
         return np.zeros(0, np.uint32)
-    if ds.file.driver != "sec2":
-        return None
+    if ds.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
+        raise StoreError(
+            f"{ds.file.filename}:{ds.name} cannot be measured before it is read with HDF5's {ds.file.driver!r} driver; "
+            f"refused unread: open the store with HDF5's default driver (unset HDF5_DRIVER)"
+        )
     layout, fh = plist.get_layout(), FileBytes(ds.file)  # the File once: it is built anew each time asked
     if fh.writable:
         ds.file.flush()  # heap collections this process wrote are in HDF5's cache until written
@@ -64,8 +67,12 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
         if offset is None:  # never written: every row is the fill value, an empty string
             return np.zeros(stop - start, np.uint32)
         return stored_lengths(ds, fh, offset + start * elem, stop - start, start, _fix(ds))
+    if layout == h5py.h5d.COMPACT:
+        return compact_lengths(ds, fh, start, stop, _fix(ds))
     if layout != h5py.h5d.CHUNKED:
-        return None
+        raise StoreError(
+            f"{ds.file.filename}:{ds.name} is a virtual string column, which featstore never writes: {_fix(ds)}"
+        )
     if plist.get_nfilters():  # HDF5 refuses to make one ("not suitable for filters"): crafted, or an old library's
         raise StoreError(
             f"{ds.file.filename}:{ds.name} is a variable-length string column packed with an HDF5 filter, which "
@@ -161,25 +168,13 @@ def unreadable_strings(ds, start: int, stop: int, exc: OSError) -> StoreError:
 def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = None) -> None:
     """Refuse rows ``start:stop`` of the string column ``ds`` before they are read when one of its strings is over
     ``limit`` bytes (:func:`limit_of`), or when they add up to more bytes than the file holds (rows pointing at one
-    shared string). A fixed-width column's width is bounded by ``layout.string_problem``; a compact column is at most
-    64 KiB of IDs (4,096 rows) and is read row by row, each row checked as soon as it is read."""
+    shared string). A fixed-width column's width is bounded by ``layout.string_problem``."""
     if ds.dtype.kind != "O" or stop <= start:
         return
     limit = limit_of(ds) if limit is None else limit
     where = f"{ds.file.filename}:{ds.name}"
     fix = "the store is crafted or damaged; re-extract this split with --overwrite (or into a new --store)"
     lengths = vlen_lengths(ds, start, stop)
-    if lengths is None:
-        for i in range(start, stop):
-            try:
-                value = ds[i]
-            except OSError as exc:
-                raise unreadable_strings(ds, i, i + 1, exc) from None
-            if len(value) > limit:
-                raise StoreError(
-                    f"{where}: row {i} holds a string of {len(value):,} bytes, over the {limit:,}-byte limit: {fix}"
-                )
-        return
     over = np.flatnonzero(lengths > limit)
     if len(over):
         row = start + int(over[0])
