@@ -33,8 +33,9 @@ from featstore.store.attr_dense import FileBytes, Unparsed
 from featstore.store.attr_ids import _messages as header_messages
 
 COLLECTION_MIN = 4096  # H5HG_MINSIZE: HDF5 refuses a smaller collection
-COLLECTION_MOST = 64 << 20  # bytes of one collection read (HDF5 makes 4 KiB ones, larger only for a larger string)
+COLLECTION_MOST = 64 << 20  # bytes of one collection read (HDF5 grows them to 64 KiB, or one larger string)
 _KEPT_BYTES = 32 << 20  # bytes of walked collections' object sizes kept (8 a slot: 1M-row columns' thousand walks)
+ID_BLOCK_BYTES = 1 << 20  # heap IDs read at a time to measure a column's strings (65,536 rows)
 _OBJECT = struct.Struct("<H6xQ")  # an object's header with 8-byte lengths: index, (references, reserved), size
 
 
@@ -45,9 +46,6 @@ class Damaged(Exception):
     def __init__(self, reason: str, row: int = 0):
         super().__init__(reason)
         self.reason, self.row = reason, row
-
-
-ID_BLOCK_BYTES = 1 << 20  # heap IDs read at a time to measure a column's strings (65,536 rows)
 
 
 def stored_lengths(ds, fh: FileBytes, at: int, n: int, row: int, fix: str) -> np.ndarray:
