@@ -60,8 +60,10 @@ def heap_mismatch(tmp_path):
 
 def test_a_heap_length_mismatch_is_one_store_error_naming_split_dataset_and_fix(heap_mismatch):
     """Finding 2: check, export and similar ended in h5py's OSError traceback ("Expected global heap object size does
-    not match")."""
-    with pytest.raises(StoreError, match=r"syn/test.*paths rows 0\.\.63 cannot be read.*--overwrite.*--store"):
+    not match"). Now refused before HDF5 reads, from the heap collection the IDs name (``store.gheap``)."""
+    with pytest.raises(
+        StoreError, match=r"syn/test/paths: row 0 names .* global heap .*heap ID says 10.*--overwrite.*--store"
+    ):
         FeatureStore(heap_mismatch).paths("test")
     (problem,) = check_store(heap_mismatch)
     assert "syn/test/paths" in problem and "--overwrite" in problem

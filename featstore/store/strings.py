@@ -27,7 +27,9 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
+from featstore.store.attr_dense import FileBytes
 from featstore.store.attr_ids import Unparsed, heap_ids, lengths, peek
+from featstore.store.gheap import ID_BLOCK_BYTES, compact_lengths, refuse_damaged, stored_lengths  # noqa: F401
 
 MAX_PATH_BYTES = 4096  # PATH_MAX: no file name featstore stored is longer
 MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
@@ -35,7 +37,6 @@ MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file sys
 MAX_NAMES = 1 << 20  # class names of a split (ImageNet-21k has 21,841)
 MAX_ATTR_BYTES = 64 << 10  # any other string attribute (a description, a spec)
 MAX_ATTR_STORAGE = MAX_NAMES * 16  # bytes an attribute stores: MAX_NAMES heap IDs of 16 bytes (16 MiB)
-ID_BLOCK_BYTES = 1 << 20  # heap IDs read at a time to measure a column's strings (65,536 rows)
 _SLACK = 64 << 10  # bytes allowed past the file's size when adding up a column's strings
 
 
@@ -44,25 +45,34 @@ def limit_of(ds) -> int:
     return MAX_REASON_BYTES if ds.name.rsplit("/", 1)[-1] == "reasons" else MAX_PATH_BYTES
 
 
-def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
+def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
     """The byte lengths of the variable-length strings ``start:stop`` of ``ds``, from their heap IDs (the dataset's own
-    bytes, read for those rows only, :data:`ID_BLOCK_BYTES` at a time, whatever the chunk's size), without reading a
-    string; None when the storage cannot be read so (a compact dataset, another file driver). A column packed by a
-    filter is refused."""
+    bytes, read for those rows only, :data:`ID_BLOCK_BYTES` at a time, whatever the chunk's size; a compact dataset's
+    from its header), without reading a string. Refused: a column packed by a filter or virtual, another file driver,
+    and a heap ID whose heap collection HDF5 would loop in or misread (``gheap``)."""
     plist = ds.id.get_create_plist()
     elem = 8 + ds.file.id.get_create_plist().get_sizes()[0]  # length (4), heap address, object index (4)
     if stop <= start:
         return np.zeros(0, np.uint32)
-    if ds.file.driver != "sec2":
-        return None
-    layout, fd = plist.get_layout(), ds.file.id.get_vfd_handle()  # the File once: it is built anew each time asked
+    if ds.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
+        raise StoreError(
+            f"{ds.file.filename}:{ds.name} cannot be measured before it is read with HDF5's {ds.file.driver!r} driver; "
+            f"refused unread: open the store with HDF5's default driver (unset HDF5_DRIVER)"
+        )
+    layout, fh = plist.get_layout(), FileBytes(ds.file)  # the File once: it is built anew each time asked
+    if fh.writable:
+        ds.file.flush()  # heap collections this process wrote are in HDF5's cache until written
     if layout == h5py.h5d.CONTIGUOUS:
         offset = ds.id.get_offset()
         if offset is None:  # never written: every row is the fill value, an empty string
             return np.zeros(stop - start, np.uint32)
-        return _stored_lengths(ds, fd, elem, offset + start * elem, stop - start)
+        return stored_lengths(ds, fh, offset + start * elem, stop - start, start, _fix(ds))
+    if layout == h5py.h5d.COMPACT:
+        return compact_lengths(ds, fh, start, stop, _fix(ds))
     if layout != h5py.h5d.CHUNKED:
-        return None
+        raise StoreError(
+            f"{ds.file.filename}:{ds.name} is a virtual string column, which featstore never writes: {_fix(ds)}"
+        )
     if plist.get_nfilters():  # HDF5 refuses to make one ("not suitable for filters"): crafted, or an old library's
         raise StoreError(
             f"{ds.file.filename}:{ds.name} is a variable-length string column packed with an HDF5 filter, which "
@@ -70,7 +80,7 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
             f"--overwrite"
         )
     rows, out = ds.chunks[0], np.zeros(stop - start, np.uint32)
-    places = _chunk_places(ds, fd)
+    places = _chunk_places(ds, fh.fd)
     if places is None:  # HDF5 before 1.14: looked up one by one, each O(index)
         looked = ((c, ds.id.get_chunk_info_by_coord((c,))) for c in range(start - start % rows, stop, rows))
         found = ((c, i.byte_offset, i.size) for c, i in looked if i is not None and i.byte_offset is not None)
@@ -83,17 +93,8 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray | None:
         first, last = max(start, c), min(stop, c + rows)
         if (last - c) * elem > size:
             raise StoreError(f"{ds.file.filename}:{ds.name}: chunk {c} is shorter than its rows: the store is damaged")
-        out[first - start : last - start] = _stored_lengths(ds, fd, elem, offset + (first - c) * elem, last - first)
-    return out
-
-
-def _stored_lengths(ds: h5py.Dataset, fd: int, elem: int, at: int, n: int) -> np.ndarray:
-    """The lengths of the ``n`` heap IDs stored from byte ``at`` of ``ds``'s file (descriptor ``fd``), read
-    :data:`ID_BLOCK_BYTES` at a time."""
-    out, step = np.zeros(n, np.uint32), max(1, ID_BLOCK_BYTES // elem)
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        out[a:b] = _lengths(os.pread(fd, (b - a) * elem, at + a * elem), elem, b - a, ds)
+        at = offset + (first - c) * elem
+        out[first - start : last - start] = stored_lengths(ds, fh, at, last - first, first, _fix(ds))
     return out
 
 
@@ -153,13 +154,6 @@ _PLACES_KEPT = 2  # columns whose places are kept (the last walked): a command m
 _PLACES_LOCK = threading.Lock()
 
 
-def _lengths(raw: bytes, elem: int, n: int, ds) -> np.ndarray:
-    """The 4-byte little-endian lengths that start each ``elem``-byte heap ID of ``raw`` (``n`` of them)."""
-    if len(raw) < n * elem:
-        raise StoreError(f"{ds.file.filename}:{ds.name}: its storage is shorter than its rows: the store is damaged")
-    return np.frombuffer(raw, np.uint8, n * elem).reshape(n, elem)[:, :4].copy().view("<u4").reshape(n)
-
-
 def unreadable_strings(ds, start: int, stop: int, exc: OSError) -> StoreError:
     """The one line for strings ``start:stop`` of ``ds`` that HDF5 cannot read (a heap ID whose length disagrees with
     its heap object, a damaged heap): the store, split and dataset, and the fix."""
@@ -174,25 +168,13 @@ def unreadable_strings(ds, start: int, stop: int, exc: OSError) -> StoreError:
 def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = None) -> None:
     """Refuse rows ``start:stop`` of the string column ``ds`` before they are read when one of its strings is over
     ``limit`` bytes (:func:`limit_of`), or when they add up to more bytes than the file holds (rows pointing at one
-    shared string). A fixed-width column's width is bounded by ``layout.string_problem``; a compact column is at most
-    64 KiB of IDs (4,096 rows) and is read row by row, each row checked as soon as it is read."""
+    shared string). A fixed-width column's width is bounded by ``layout.string_problem``."""
     if ds.dtype.kind != "O" or stop <= start:
         return
     limit = limit_of(ds) if limit is None else limit
     where = f"{ds.file.filename}:{ds.name}"
     fix = "the store is crafted or damaged; re-extract this split with --overwrite (or into a new --store)"
     lengths = vlen_lengths(ds, start, stop)
-    if lengths is None:
-        for i in range(start, stop):
-            try:
-                value = ds[i]
-            except OSError as exc:
-                raise unreadable_strings(ds, i, i + 1, exc) from None
-            if len(value) > limit:
-                raise StoreError(
-                    f"{where}: row {i} holds a string of {len(value):,} bytes, over the {limit:,}-byte limit: {fix}"
-                )
-        return
     over = np.flatnonzero(lengths > limit)
     if len(over):
         row = start + int(over[0])
@@ -246,7 +228,7 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int
                 f"limit; refused unread: {_fix(obj)}"
             )
         return plain(_read(obj, key, where))
-    if count > 1:  # one heap ID expands to one string (in a heap collection, within the file); K may name one K times
+    if count:  # K heap IDs may name one string K times; any, a heap collection HDF5 loops in (gheap)
         _refuse_expanding(obj, key, aid, where, limit)
     value = _read(obj, key, where)
     if bad := _first_long(value, limit):
@@ -260,7 +242,8 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int
 def _refuse_expanding(obj, key: str, aid: h5py.h5a.AttrID, where: str, limit: int) -> None:
     """Refuse variable-length string attribute ``key`` before HDF5 expands its heap IDs when one names a string over
     ``limit`` bytes or all add up to more than the file holds (IDs sharing a string), or when its IDs cannot be read
-    from the file's bytes (:func:`attr_ids.heap_ids`): what HDF5 reads is then at most the file's size."""
+    from the file's bytes (:func:`attr_ids.heap_ids`): what HDF5 reads is then at most the file's size; or when one
+    names a heap collection HDF5 would loop in or misread (:func:`gheap.refuse_damaged`)."""
     if obj.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
         raise StoreError(
             f"{where}: {shown(key, 60)} cannot be measured before it is read with HDF5's {obj.file.driver!r} driver; "
@@ -286,6 +269,7 @@ def _refuse_expanding(obj, key: str, aid: h5py.h5a.AttrID, where: str, limit: in
             f"{where}: {key} adds up to {total:,} bytes of strings in a file of {size:,} bytes: its heap IDs share "
             f"strings, which featstore never writes; refused unread: {_fix(obj)}"
         )
+    refuse_damaged(FileBytes(obj.file), ids, where, _fix(obj), key=shown(key, 60))
 
 
 # what h5py raises for an attribute HDF5 cannot open, measure or read (a damaged header, a type it cannot convert)
@@ -306,7 +290,7 @@ def raw_attr(obj, key: str, where: str) -> object:
     writes back; never shown whole."""
     aid = measured_attr(obj, key, where)
     info = h5py.check_string_dtype(aid.dtype)
-    if info is not None and info.length is None and aid.shape is not None and np.prod(aid.shape) > 1:
+    if info is not None and info.length is None and aid.shape is not None and np.prod(aid.shape):
         _refuse_expanding(obj, key, aid, where, MAX_ATTR_BYTES)
     return _read(obj, key, where)
 
