@@ -144,3 +144,95 @@ def test_a_missing_split_message_lists_a_few_of_many_splits(tmp_path):
         FeatureStore(path).load("missing")
     text = str(err.value)
     assert "has no split 'missing'; it has: s00" in text and "(22 more)" in text and len(text) < 2_000, text
+
+
+def test_a_killed_writes_private_folder_in_a_run_folder_does_not_block_runs_evaluate(tmp_path):
+    """A `runs show` killed while it drew left its chart's private folder in the run folder; `runs evaluate` refused the
+    run ("not one of the run's files"), though the folder is featstore's provable leftover. Sabotage: the
+    ``remove_private`` line in ``own_files`` removed fails it."""
+    import time
+
+    from featstore.leftovers import host_tag
+    from featstore.runs.versions import own_files
+
+    folder = tmp_path / "logreg-1"
+    folder.mkdir()
+    (folder / "run.json").write_text("{}")
+    left = folder / f".confusion_test.png.fs999999-{host_tag()}-0a1b2c.featstore-tmp"  # pid 999999: gone
+    left.mkdir(mode=0o700)
+    (left / ".confusion_test.png.tmp").write_bytes(b"half a png")
+    old = time.time() - 3600
+    os.utime(left / ".confusion_test.png.tmp", (old, old))
+    os.utime(left, (old, old))
+    assert own_files(folder, {}) == [] and not left.exists()  # removed, as leftovers.sweep removes it
+    young = folder / f".confusion_val.png.fs999999-{host_tag()}-0a1b2d.featstore-tmp"
+    young.mkdir(mode=0o700)  # modified just now: may be a write still running elsewhere, so named, not removed
+    with pytest.raises(StoreError, match="may still be running"):
+        own_files(folder, {})
+
+
+def test_a_resume_refuses_to_drop_what_the_user_added_to_the_store(tmp_path):
+    """A resume's compaction copied only what featstore writes: a dataset the user put at the root, beside an extractor
+    or in a split, and a link, were gone after `extract` resumed another split, without a word. Sabotage: the
+    ``_refuse_left_behind`` call in ``compact`` removed fails it (the copy drops them)."""
+    import h5py
+
+    from featstore.store.compact import compact
+
+    path = _store(tmp_path / "s.h5")
+    _store(path, split="test")
+    compact(path)  # what featstore wrote alone: carried whole
+    with h5py.File(path, "a") as f:
+        f["readme"] = np.bytes_("my notes")
+        f["s/pca_components"] = np.zeros((4, 2), np.float32)
+        f["s/train/my_notes"] = np.arange(3)
+        f["s/test/failed/why"] = np.arange(2)
+        f["s/soft"] = h5py.SoftLink("/s/train")
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as err:
+        compact(path)
+    text = str(err.value)
+    for name in ("/readme", "/s/pca_components", "/s/train/my_notes", "/s/test/failed/why", "/s/soft"):
+        assert name in text, (name, text)
+    assert "the store was not changed" in text and path.read_bytes() == before
+    with pytest.raises(StoreError) as err:  # a split --overwrite replaces is not copied: what it holds is not named
+        compact(path, frozenset({("s", "train")}))
+    assert "/s/train/my_notes" not in str(err.value) and "/readme" in str(err.value)
+
+
+def _acl_for(uid: int) -> bytes:
+    """A POSIX ACL as setfacl writes it (user::rw- user:<uid>:rw- group::r-- mask::rw- other::---)."""
+    import struct
+
+    def entry(tag, perm, who=0xFFFFFFFF):
+        return struct.pack("<HHI", tag, perm, who)
+
+    return (
+        struct.pack("<I", 2) + entry(0x01, 6) + entry(0x02, 6, uid) + entry(0x04, 4) + entry(0x10, 6) + entry(0x20, 0)
+    )
+
+
+def test_a_resume_keeps_the_stores_access_control_list(tmp_path, monkeypatch):
+    """`setfacl -m u:bob:rw s.h5` shared the store with one colleague; a resume's compaction dropped the ACL (bob could
+    not read it any more, and the group went from read-only to read-write). Sabotage: the ``_own_xattrs`` call in
+    ``compact`` removed fails it."""
+    from featstore.store import compact as compact_mod
+
+    path = _store(tmp_path / "s.h5")
+    try:
+        os.setxattr(path, "system.posix_acl_access", _acl_for(OTHER))
+        os.setxattr(path, "user.project", b"thesis")
+    except OSError as exc:
+        pytest.skip(f"this filesystem takes no ACL ({exc.strerror})")
+    acl = os.getxattr(path, "system.posix_acl_access")
+    compact_mod.compact(path)
+    assert os.getxattr(path, "system.posix_acl_access") == acl and os.getxattr(path, "user.project") == b"thesis"
+    before = path.read_bytes()
+
+    def refused(fd, name, value):
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(compact_mod.os, "setxattr", refused)  # a copy that cannot take it: said, store unchanged
+    with pytest.raises(StoreError, match="carries the extended attribute .* the store was not changed"):
+        compact_mod.compact(path)
+    assert path.read_bytes() == before and os.getxattr(path, "system.posix_acl_access") == acl

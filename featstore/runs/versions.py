@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from featstore.errors import StoreError
-from featstore.leftovers import STALE_AGE_S, TEMP, abandoned, replace_with_new
+from featstore.leftovers import PRIVATE, STALE_AGE_S, TEMP, abandoned, remove_private, replace_with_new
 from featstore.runs.files import PREDICTIONS, RECORD
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ def own_files(folder: Path, record: dict) -> list[str]:
             )
         if name in (RECORD, PREDICTIONS, TMP_MARKER) or (TEMP.fullmatch(name) and abandoned(entry) is not None):
             continue  # written anew; or a temporary file a killed featstore write left (what leftovers.sweep removes)
-        if TEMP.fullmatch(name):
+        if PRIVATE.fullmatch(name) and remove_private(folder, name) is not None:
+            continue  # a killed featstore write's private folder (a figure's), removed as leftovers.sweep does
+        if TEMP.fullmatch(name) or PRIVATE.fullmatch(name):
             raise StoreError(
                 f"run folder {folder} holds {name!r}, a temporary file of a featstore write that may still be running "
                 f"(another machine's, a running process's, or one modified less than "

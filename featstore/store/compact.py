@@ -22,6 +22,7 @@ from featstore.provenance import AUGMENTED
 from featstore.renames import PrivateFolder
 from featstore.store.layout import LISTING, ROW_DATASETS, hard_groups, read_commit
 from featstore.store.locking import DENSE_ATTRS_LIBVER, StoreFile
+from featstore.store.names import names_text, path_text
 from featstore.store.space import compact_temporary, ensure_space, remove_compactions
 from featstore.store.strings import raw_attr, refuse_long
 from featstore.units import format_bytes
@@ -45,7 +46,7 @@ def compact(store: StoreFile | str | os.PathLike, leave_out: frozenset[tuple[str
     # A store reached through a symbolic link is rewritten where the link points: replacing the link itself would
     # leave the real store behind with its uncommitted tail and every later write in a copy beside the link.
     path = Path(os.path.realpath(store.path))
-    before = path.stat()
+    before, shared = path.stat(), _shared_xattrs(path)
     _fresh_temporary(path)  # first: a killed compaction's leftover must not count against the room for its copy
     remove_compactions(path)
     ensure_space(path, path.stat().st_size)
@@ -59,6 +60,7 @@ def compact(store: StoreFile | str | os.PathLike, leave_out: frozenset[tuple[str
     try:
         with private:
             with store.open("r") as src:
+                _refuse_left_behind(src, path, leave_out)
                 kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _large_attrs(src) else {})
                 with h5py.File(private.path(), "w-", **kwargs) as dst:
                     held = os.dup(dst.id.get_vfd_handle())  # the file h5py made (O_EXCL), held until it is renamed
@@ -70,6 +72,7 @@ def compact(store: StoreFile | str | os.PathLike, leave_out: frozenset[tuple[str
                             _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
                     dst.flush()
             _own_permissions(held, before)
+            _own_xattrs(held, shared, path)
             private.put(held)  # renamed only while it is the file h5py made (:func:`featstore.renames.same_file`)
     except (OSError, RuntimeError) as exc:
         if _disk_full(exc):
@@ -92,6 +95,37 @@ def _own_permissions(fd: int, before: os.stat_result) -> None:
     os.fchmod(fd, stat.S_IMODE(before.st_mode))  # a private chmod 600 store stays private
     with contextlib.suppress(OSError):  # only a member of that group may give it: else the writer's group stays
         os.fchown(fd, -1, before.st_gid)
+
+
+# extended attributes a rewrite carries over: the access control list (setfacl: how a store is shared with one person)
+# and the user's own; others (security.*, trusted.*) are the system's and need privileges
+_CARRIED_XATTRS = ("system.posix_acl_access", "user.")
+
+
+def _shared_xattrs(path: Path) -> dict[str, bytes]:
+    """The store's extended attributes that :func:`_own_xattrs` carries over (none where the system has none)."""
+    if not hasattr(os, "listxattr"):
+        return {}
+    try:
+        names = [n for n in os.listxattr(path) if n == _CARRIED_XATTRS[0] or n.startswith(_CARRIED_XATTRS[1])]
+        return {n: os.getxattr(path, n) for n in names}
+    except OSError:
+        return {}  # a filesystem without extended attributes: nothing to carry
+
+
+def _own_xattrs(fd: int, shared: dict[str, bytes], path: Path) -> None:
+    """The store's access control list and user attributes onto the copy, through its descriptor: a resume dropped a
+    colleague's `setfacl -m u:bob:rw` grant (and made the group, which the ACL held to read-only, read-write: the mode's
+    group bits were the ACL's mask; attack 26 #14). One that cannot be set stops the rewrite with the store unchanged."""
+    for name, value in shared.items():
+        try:
+            os.setxattr(fd, name, value)
+        except OSError as exc:
+            raise StoreError(
+                f"store {path} carries the extended attribute {name} (an access control list: setfacl), which its "
+                f"rewrite beside it cannot take ({exc.strerror}); the store was not changed. Resume a copy of it "
+                f"(cp -a keeps the ACL where the target supports it), or remove the ACL (setfacl -b) and run again"
+            ) from None
 
 
 def _swapped(path: Path) -> StoreError:
@@ -162,6 +196,51 @@ def _large_attrs(src: h5py.File) -> bool:
     )
 
 
+def _refuse_left_behind(src: h5py.File, path: Path, leave_out: frozenset) -> None:
+    """Refuse, before any copy, a store holding objects the copy would not carry (a dataset the user put at the root,
+    beside an extractor or in a split; a link): the resume dropped them without a word (attack 26 #13)."""
+    dropped: list[str] = []
+
+    def extra(g: h5py.Group, keep) -> None:
+        dropped.extend(f"{g.name.rstrip('/')}/{k}" for k in g if not (k in keep and _hard(g, k)))
+
+    extra(src, hard_groups(src))
+    for name in hard_groups(src):
+        extra(src[name], hard_groups(src[name]))
+        for split in (s for s in hard_groups(src[name]) if (name, s) not in leave_out):
+            _extra_in_split(src[name][split], extra)
+    if dropped:
+        raise StoreError(
+            f"resuming rewrites store {path} with what featstore wrote in it, and would drop what it did not: "
+            f"{names_text([path_text(d) for d in dropped])}; the store was not changed. Copy those objects to another "
+            f"file (h5py: Group.copy) and remove them from the store, or extract into a new --store"
+        )
+
+
+def _extra_in_split(sg: h5py.Group, extra) -> None:
+    """What a split (or its augmented copies) holds that :func:`_copy_split` does not copy, through ``extra``."""
+    extra(sg, {*ROW_DATASETS, "failed", "listing", AUGMENTED})
+    if isinstance(sg.get("failed"), h5py.Group):
+        extra(sg["failed"], {"paths", "reasons"})
+    if isinstance(sg.get("listing"), h5py.Group):
+        lg = sg["listing"]
+        extra(lg, {k for k in LISTING if isinstance(lg.get(k), h5py.Dataset) and lg[k].ndim == 1})
+    if AUGMENTED in hard_groups(sg) and not _linked_back(sg, sg.name.rsplit("/", 1)[-1]):
+        _extra_in_split(sg[AUGMENTED], extra)  # (one linked back is refused by the copy, in its own words)
+
+
+def _linked_back(sg: h5py.Group, split: str) -> bool:
+    """Whether ``sg``'s augmented group is one featstore never writes: copies of copies, or the split, its extractor
+    or the root linked into itself."""
+    aug = sg[AUGMENTED]
+    return split == AUGMENTED or aug.id in (sg.id, sg.parent.id, sg.file["/"].id)
+
+
+def _hard(g: h5py.Group, key: str) -> bool:
+    """Whether ``key`` in ``g`` is a hard link (a soft or external link is not copied)."""
+    return isinstance(g.get(key, getlink=True), h5py.HardLink)
+
+
 def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> None:
     """A split's committed rows, failure records, listing and attributes into ``parent``; its augmented copies likewise."""
     d = parent.create_group(split)
@@ -180,7 +259,7 @@ def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> N
             _copy_rows(src[key], lg, key, src[key].shape[0])
     if AUGMENTED in hard_groups(sg):
         aug = sg[AUGMENTED]
-        if split == AUGMENTED or aug.id == sg.id or aug.id == sg.parent.id or aug.id == sg.file["/"].id:
+        if _linked_back(sg, split):
             # featstore's copies never hold copies; a group linked into itself was copied ~1,000 times over (1 GB from a
             # 1 MB store) until Python's recursion limit (attack 26 #6)
             raise StoreError(
