@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +237,26 @@ def test_a_resume_keeps_the_stores_access_control_list(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match="carries the extended attribute .* the store was not changed"):
         compact_mod.compact(path)
     assert path.read_bytes() == before and os.getxattr(path, "system.posix_acl_access") == acl
+
+
+def test_ctrl_c_between_the_shard_folders_renames_keeps_the_earlier_export(tmp_path, monkeypatch):
+    """Ctrl-C after the earlier export was moved aside and before the new folder took its name removed both. Sabotage:
+    ``except BaseException`` in ``write_shards`` narrowed back to ``except OSError`` fails it."""
+    from featstore.renames import OwnFolder
+    from featstore.store import shards
+
+    out = tmp_path / "shards"
+
+    def write(folder: Path, text: bytes) -> None:
+        (folder / "part-00000.parquet").write_bytes(text)
+
+    monkeypatch.setattr(shards, "refuse_shard_folder", lambda out: None)  # (these stand-ins are no real Parquet)
+    shards.write_shards(out, lambda f: write(f, b"earlier"))
+
+    def interrupted(self, dst, mode=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(OwnFolder, "publish", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        shards.write_shards(out, lambda f: write(f, b"newer"))
+    assert (out / "part-00000.parquet").read_bytes() == b"earlier" and sorted(os.listdir(tmp_path)) == ["shards"]

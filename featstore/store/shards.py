@@ -94,10 +94,10 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
                 old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
                 os.replace(out, old / "shards")
             folder.publish(out)  # the umask's mode, through the descriptor, once whole
-    except OSError as exc:
-        if old is not None and not out.exists():
+    except BaseException as exc:  # Ctrl-C between the two renames too: it lost both exports (attack 26 #10)
+        if old is not None and not os.path.lexists(out) and (old / "shards").is_dir():
             os.replace(old / "shards", out)  # put the earlier export back
-        if isinstance(exc, OutputError):
+        if not isinstance(exc, OSError) or isinstance(exc, OutputError):
             raise
         raise OutputError(f"cannot write --out {out}: {output_fix(exc, out)}. Nothing was written there.") from None
     finally:
