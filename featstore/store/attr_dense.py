@@ -87,10 +87,12 @@ def dense_place(info: bytes, fh: FileBytes) -> tuple[int, int] | None:
 
 
 def dense_messages(fh: FileBytes, place: tuple[int, int], key: bytes) -> list[bytes]:
-    """The attribute messages named ``key`` among the dense attributes whose heap and name index are at ``place``:
-    the index's records are sorted by the names' lookup3 hash (H5A__dense_btree2_name_compare), so those of ``key``'s
-    hash are found in O(depth) nodes, as HDF5 finds them."""
-    heap, wanted, found = Heap(fh, place[0]), _lookup3(key), []
+    """The attribute message named ``key`` among the dense attributes whose heap and name index are at ``place`` (a
+    list of it, empty when there is none): the index's records are sorted by the names' lookup3 hash
+    (H5A__dense_btree2_name_compare), so those of ``key``'s hash are found in O(depth) nodes, as HDF5 finds them. Only
+    the first message of the name is read: a second one, or a heap ID two records share, is Unparsed at once (3,841
+    records naming one 480 KB message were all read before they were counted: 3.6 GB, attack 26)."""
+    heap, wanted, found, ids = Heap(fh, place[0]), _lookup3(key), [], set()
     if heap.id_len != 8:  # H5O_FHEAP_ID_LEN: what the index's records hold
         raise Unparsed(f"its attribute heap's IDs are {heap.id_len} bytes, not 8")
 
@@ -101,26 +103,36 @@ def dense_messages(fh: FileBytes, place: tuple[int, int], key: bytes) -> list[by
     for record in _btree(fh, place[1], 8, 17, order):
         if record[8] & 0x02:
             raise Unparsed("its attribute messages are shared, which featstore never writes")
+        if record[:8] in ids:
+            raise Unparsed("two records of its attribute index name one heap object, which HDF5 never writes")
+        ids.add(record[:8])
         at, size = heap.locate(record[:8])
         if size > MESSAGE_MOST:
             raise Unparsed(f"an attribute message of its heap is {size:,} bytes, over {MESSAGE_MOST:,}")
         if message_name(fh.read(at, min(size, 9 + len(key) + 1))) == key:
+            if found:
+                raise Unparsed("2 or more attribute messages of that name were found in its dense index")
             found.append(fh.read(at, size))
     return found
 
 
+def dense_count(fh: FileBytes, names: int, most: int) -> int:
+    """The records of the dense attributes' name index at ``names`` (what HDF5's listing of the attributes walks): its
+    header's total when over ``most`` (unwalked), else the records of a walk of every node, which must be that total."""
+    total = _btree_header(fh, names, 8, 17)[-1]
+    if total > most:
+        return total
+    walked = sum(1 for _ in _btree(fh, names, 8, 17, lambda record: 0))
+    if walked != total:
+        raise Unparsed(f"its attribute index holds {walked:,} records where its header counts {total:,}")
+    return total
+
+
 def _btree(fh: FileBytes, address: int, kind: int, record_size: int, order):
     """Each record (its bytes) of the version 2 B-tree of type ``kind`` (records of ``record_size`` bytes) whose header
-    is at ``address`` for which
-    ``order`` (the record's key against the one sought: -1, 0, 1) is 0, visiting only the nodes that can hold one."""
-    c = Cursor(fh.read(address, 22 + fh.addr + fh.length), fh)
-    if c.take(4) != b"BTHD" or c.uint(1) != 0 or c.uint(1) != kind:
-        raise Unparsed(f"the B-tree at {address:,} is not a version 2 B-tree of type {kind}")
-    node, record, depth = c.uint(4), c.uint(2), c.uint(2)
-    c.take(2)
-    root, in_root = c.addr(), c.uint(2)
-    if record != record_size or not 10 + record < node <= 1 << 16 or depth > 16:
-        raise Unparsed(f"the B-tree at {address:,} has nodes of {node} bytes, records of {record}, depth {depth}")
+    is at ``address`` for which ``order`` (the record's key against the one sought: -1, 0, 1) is 0, visiting only the
+    nodes that can hold one, each once (a node reached twice is Unparsed), and no more records than the header counts."""
+    node, record, depth, root, in_root, total = _btree_header(fh, address, kind, record_size)
     leaf_most = (node - 10) // record
     nrec_size = _enc_size(leaf_most)
     cum, cum_size = [leaf_most], [0]
@@ -129,16 +141,21 @@ def _btree(fh: FileBytes, address: int, kind: int, record_size: int, order):
         most = (node - (10 + pointer)) // (record + pointer)
         cum.append((most + 1) * cum[d - 1] + most)
         cum_size.append(_enc_size(cum[d]))
-    todo, walked = [(root, in_root, depth)], 0
+    todo, seen, records_read = [(root, in_root, depth)], set(), 0
     while todo:
         at, n, d = todo.pop()
-        walked += 1
-        if walked > WALK_MOST or n * record > node:
+        if len(seen) >= WALK_MOST or n * record > node:
             raise Unparsed(f"a node of the B-tree at {address:,} holds more records than fit, or too many nodes")
         if at == UNDEF:
             if n:
                 raise Unparsed("a B-tree node of records has no address")
             continue
+        if at in seen:  # HDF5 writes each node once: a repeat multiplied the walk (2,426 times one leaf, attack 26)
+            raise Unparsed(f"the B-tree at {address:,} reaches its node at {at:,} twice, which HDF5 never writes")
+        seen.add(at)
+        records_read += n
+        if records_read > total:
+            raise Unparsed(f"the B-tree at {address:,} holds more records than its header's {total:,}")
         c = Cursor(fh.read(at, node), fh)
         if c.take(4) != (b"BTLF" if d == 0 else b"BTIN"):
             raise Unparsed(f"the B-tree node at {at:,} has no {'BTLF' if d == 0 else 'BTIN'} signature")
@@ -151,6 +168,22 @@ def _btree(fh: FileBytes, address: int, kind: int, record_size: int, order):
             c.take(cum_size[d - 1] if d > 1 else 0)
             if (j == 0 or sides[j - 1] <= 0) and (j == n or sides[j] >= 0):
                 todo.append((child, rows, d - 1))
+
+
+def _btree_header(fh: FileBytes, address: int, kind: int, record_size: int) -> tuple[int, int, int, int, int, int]:
+    """(node size, record size, depth, root address, root's records, total records) of the version 2 B-tree header at
+    ``address``, checked: of type ``kind`` with records of ``record_size`` bytes, no more records than the file holds."""
+    c = Cursor(fh.read(address, 22 + fh.addr + fh.length), fh)
+    if c.take(4) != b"BTHD" or c.uint(1) != 0 or c.uint(1) != kind:
+        raise Unparsed(f"the B-tree at {address:,} is not a version 2 B-tree of type {kind}")
+    node, record, depth = c.uint(4), c.uint(2), c.uint(2)
+    c.take(2)
+    root, in_root, total = c.addr(), c.uint(2), c.uint(fh.length)
+    if record != record_size or not 10 + record < node <= 1 << 16 or depth > 16:
+        raise Unparsed(f"the B-tree at {address:,} has nodes of {node} bytes, records of {record}, depth {depth}")
+    if total * record > fh.size:
+        raise Unparsed(f"the B-tree at {address:,} counts {total:,} records, more than the file holds")
+    return node, record, depth, root, in_root, total
 
 
 def _lookup3(key: bytes) -> int:

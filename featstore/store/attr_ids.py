@@ -20,11 +20,22 @@ an address past the end of the file, or the same name twice is :class:`Unparsed`
 from __future__ import annotations
 
 import math
+import threading
+from contextlib import contextmanager
 
 import h5py
 import numpy as np
 
-from featstore.store.attr_dense import WALK_MOST, Cursor, FileBytes, Unparsed, dense_messages, dense_place, message_name
+from featstore.store.attr_dense import (
+    WALK_MOST,
+    Cursor,
+    FileBytes,
+    Unparsed,
+    dense_count,
+    dense_messages,
+    dense_place,
+    message_name,
+)
 
 _HEADER_BYTES_MOST = 64 << 20  # object header bytes read for one attribute
 
@@ -54,6 +65,36 @@ def heap_ids(obj, key: str, shape: tuple | None, stored: int) -> np.ndarray:
     if len(data) < count * elem:
         raise Unparsed(f"its message holds {len(data):,} bytes of data, short of {count:,} heap IDs")
     return np.frombuffer(data, np.uint8, count * elem).reshape(count, elem)
+
+
+def attr_count(obj, most: int) -> int:
+    """How many attributes ``obj`` holds, from the file's bytes before HDF5 lists them: its header's attribute
+    messages, plus its dense name index's records (its header's total when over ``most``, else every node walked once
+    and the records found, which must be that total). HDF5's listing walks that whole index and reads each message:
+    an index reaching one leaf 2,426 times was listed for minutes (attack 26). Unparsed as :func:`heap_ids` is."""
+    if obj.file.id.get_intent() & h5py.h5f.ACC_RDWR:
+        obj.file.flush()
+    fh = FileBytes(obj.file)
+    try:
+        names, info = _header(fh, h5py.h5g.get_objinfo(obj.id).objno[0])
+        place = dense_place(info, fh) if info is not None else None
+        compact = sum(len(found) for found in names.values())
+        return compact + (dense_count(fh, place[1], most) if place is not None else 0)
+    except (IndexError, OverflowError, ZeroDivisionError, MemoryError) as exc:
+        raise Unparsed(f"its bytes do not parse ({type(exc).__name__}: {exc})") from None
+
+
+@contextmanager
+def walks_kept():
+    """Within it, this thread keeps each object header it walks also in a file open for writing (a read-only file's
+    are kept anyway, :func:`_header`): for reads between two of featstore's writes (``bounded_attrs``), whose walk per
+    attribute made an extractor of N string attributes cost N walks of N messages (3,000: 30 s, attack 26)."""
+    outer = getattr(_KEPT_HERE, "headers", None)
+    _KEPT_HERE.headers = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _KEPT_HERE.headers = outer
 
 
 def lengths(ids: np.ndarray) -> np.ndarray:
@@ -102,11 +143,13 @@ def _find(fh: FileBytes, address: int, key: bytes) -> bytes:
 
 def _header(fh: FileBytes, address: int) -> tuple[dict[bytes, list[bytes]], bytes | None]:
     """The attribute messages of the object header at ``address`` by name, and its Attribute Info message (or None).
-    Kept for the last :data:`_HEADERS_KEPT` headers of a file opened read-only, under the open file's HDF5 ID and the
+    Kept for the last :data:`_HEADERS_KEPT` headers of a file opened read-only (or writable, within :func:`walks_kept`),
+    under the open file's HDF5 ID and the
     file's identity and state: ``bounded_attrs`` looks up each of an object's attributes, and a header walked for each
     made a header of N attributes cost N walks (HDF5 holds it in its cache)."""
-    key = None if fh.writable else (fh.key, address)
-    if key is not None and (kept := _HEADERS.get(key)) is not None:
+    key, scoped = (fh.key, address), getattr(_KEPT_HERE, "headers", None)
+    kept_in = scoped if fh.writable else _HEADERS  # a writable file's: only within walks_kept
+    if kept_in is not None and (kept := kept_in.get(key)) is not None:
         return kept
     names: dict[bytes, list[bytes]] = {}
     info = None
@@ -117,15 +160,16 @@ def _header(fh: FileBytes, address: int) -> tuple[dict[bytes, list[bytes]], byte
             if info is not None:
                 raise Unparsed("its object header holds two Attribute Info messages")
             info = body
-    if key is not None:
-        _HEADERS[key] = names, info
-        while len(_HEADERS) > _HEADERS_KEPT:
-            _HEADERS.pop(next(iter(_HEADERS)))
+    if kept_in is not None:
+        kept_in[key] = names, info
+        while len(kept_in) > _HEADERS_KEPT:
+            kept_in.pop(next(iter(kept_in)))
     return names, info
 
 
 _HEADERS: dict = {}  # (file, header address) -> _header's result; see _header
 _HEADERS_KEPT = 2
+_KEPT_HERE = threading.local()  # .headers: this thread's walks of writable files, within walks_kept
 
 
 def _messages(fh: FileBytes, address: int):

@@ -30,7 +30,15 @@ from featstore.store.locking import StoreFile
 from featstore.store.names import odd_finding, odd_name, odd_names
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
-from featstore.store.strings import read_attr, read_names, refuse_long, shown, shown_list, unreadable_strings
+from featstore.store.strings import (
+    read_attr,
+    read_names,
+    refuse_long,
+    refuse_many_attrs,
+    shown,
+    shown_list,
+    unreadable_strings,
+)
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
@@ -161,6 +169,11 @@ def _groups(g, where: str, out: list[str]) -> list[str]:
 def _attrs(obj, where: str, out: list[str]) -> dict | None:
     """Every attribute of ``obj`` read through the measured readers ``info`` uses (``strings.read_attr``, as
     ``bounded_attrs`` does), each bad one a finding in ``out``; None when any was bad."""
+    try:
+        refuse_many_attrs(obj, where)
+    except StoreError as exc:  # over MAX_ATTRS, or an index HDF5's listing would walk for minutes
+        out.append(str(exc))
+        return None
     try:
         keys = list(obj.attrs)
     except DAMAGED as exc:

@@ -28,7 +28,7 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.store.attr_dense import FileBytes
-from featstore.store.attr_ids import Unparsed, heap_ids, lengths, peek
+from featstore.store.attr_ids import Unparsed, attr_count, heap_ids, lengths, peek, walks_kept
 from featstore.store.gheap import ID_BLOCK_BYTES, compact_lengths, refuse_damaged, stored_lengths  # noqa: F401
 
 MAX_PATH_BYTES = 4096  # PATH_MAX: no file name featstore stored is longer
@@ -36,6 +36,7 @@ MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
 MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
 MAX_NAMES = 1 << 20  # class names of a split (ImageNet-21k has 21,841)
 MAX_ATTR_BYTES = 64 << 10  # any other string attribute (a description, a spec)
+MAX_ATTRS = 256  # attributes of one object: featstore writes at most 14 (a split's), users may add a few
 MAX_ATTR_STORAGE = MAX_NAMES * 16  # bytes an attribute stores: MAX_NAMES heap IDs of 16 bytes (16 MiB)
 _SLACK = 64 << 10  # bytes allowed past the file's size when adding up a column's strings
 
@@ -365,8 +366,29 @@ _NO = object()  # read_attr's default: a missing attribute is an error
 
 def bounded_attrs(obj, where: str) -> dict:
     """``provenance.attrs_of(obj)`` with each variable-length string attribute bounded as :func:`read_names` bounds
-    class names (at most :data:`MAX_ATTR_BYTES` a string): what every opening reads of an extractor and the file."""
-    return {key: read_attr(obj, key, where) for key in obj.attrs}
+    class names (at most :data:`MAX_ATTR_BYTES` a string), counted first (:func:`refuse_many_attrs`), the header walked
+    once for all: what every opening reads of an extractor and the file."""
+    with walks_kept():
+        refuse_many_attrs(obj, where)
+        return {key: read_attr(obj, key, where) for key in obj.attrs}
+
+
+def refuse_many_attrs(obj, where: str) -> None:
+    """Refuse ``obj`` before HDF5 lists its attributes when it holds over :data:`MAX_ATTRS` of them or its dense index
+    does not count as it walks (``attr_ids.attr_count``), in one line naming ``where`` and the fix."""
+    try:
+        count = attr_count(obj, MAX_ATTRS)  # another driver than sec2: Unparsed (its bytes cannot be read directly)
+    except (Unparsed, *_H5_ERRORS) as exc:
+        fix = _fix(obj) if obj.file.driver == "sec2" else "open it with HDF5's default driver (unset HDF5_DRIVER)"
+        raise StoreError(
+            f"{where}: its attributes cannot be counted before they are listed ({shown(str(exc), 160)}); refused "
+            f"unread: {fix}"
+        ) from None
+    if count > MAX_ATTRS:
+        raise StoreError(
+            f"{where}: holds {count:,} attributes where featstore writes at most {MAX_ATTRS}; refused "
+            f"unread: {_fix(obj)}"
+        )
 
 
 def read_attr(obj, key: str, where: str, most: int | None = None, default: object = _NO) -> object:
