@@ -175,3 +175,22 @@ def test_genuine_stores_read_as_before(tmp_path, k):
             assert set(got) == set(obj.attrs) and len(got) <= 14
         assert read_names(f["s/train"], "class_names", "w") == [f"class {i}" for i in range(k)]
     assert check_store(path) == []
+
+
+def test_a_resumes_compaction_counts_attributes_before_hdf5_lists_them(tmp_path):
+    """The compaction copies every attribute of the root, each extractor and split: its listing went unguarded (a
+    crafted index listed for minutes). Sabotage: the ``refuse_many_attrs`` call in ``compact._copy_attrs`` removed
+    fails it (the copy starts, and HDF5 lists them all)."""
+    from featstore.store.compact import compact
+    from featstore.store.writer import synthetic_attrs
+
+    path = tmp_path / "s.h5"
+    write_arrays(path, "s", "train", np.zeros((4, 2), np.float32), np.array([0, 0, 1, 1]), ["a", "b"],
+                 attrs=synthetic_attrs((2,)))  # fmt: skip
+    with h5py.File(path, "a") as f:
+        for i in range(MAX_ATTRS + 1):
+            f["s"].attrs[f"extra{i}"] = i
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=f"attributes where featstore writes at most {MAX_ATTRS}"):
+        compact(path)
+    assert path.read_bytes() == before
