@@ -27,7 +27,7 @@ from featstore.store.layout import (
     validate_split,
 )
 from featstore.store.locking import StoreFile
-from featstore.store.names import odd_finding, odd_name, odd_names
+from featstore.store.names import bounded_odd, odd_finding, odd_name, odd_names
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
 from featstore.store.strings import (
@@ -98,7 +98,7 @@ def check_store(store: str | os.PathLike | None = None, *, locking=None, path=No
             problems += _scan_split(file, s)
         except DAMAGED as exc:
             problems.append(_damaged(f"/{s.name}/{s.split}", exc))
-    return list(dict.fromkeys(problems))  # a damaged object met twice (walking links, then groups) is named once
+    return bounded_odd(list(dict.fromkeys(problems)))  # a damaged object met twice (links, then groups): named once
 
 
 # what h5py raises where HDF5 meets metadata it cannot read (a bad checksum, an address past the end, a name that is

@@ -22,6 +22,7 @@ from featstore.store.strings import shown
 
 MAX_NAME_BYTES = 255  # a group name: what a --name or a split folder may be (a file name: 255 bytes)
 MOST_LISTED = 8  # names a message lists (then how many more)
+MOST_FINDINGS = 100  # odd names check lists one by one (then how many more)
 _LINE_BREAKS = frozenset("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029")  # what str.splitlines splits at
 _BIDI = frozenset(map(chr, (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))))
 
@@ -60,12 +61,22 @@ def unshowable(name: str | bytes) -> str | None:
     return why if why and (why == "a line break" or why.endswith("a name may have")) else None
 
 
+def bounded_odd(findings: list[str]) -> list[str]:
+    """``findings`` with at most :data:`MOST_FINDINGS` odd-name findings (:func:`odd_finding`), then how many more."""
+    odd = [i for i, x in enumerate(findings) if x.endswith(_ODD_TAIL)]
+    if len(odd) <= MOST_FINDINGS:
+        return findings
+    cut = set(odd[MOST_FINDINGS:])
+    kept = [x for i, x in enumerate(findings) if i not in cut]
+    return kept + [f"/: {len(cut):,} more object(s) with names featstore never writes; extract into a new --store"]
+
+
+_ODD_TAIL = "featstore never writes such a name, so the store is crafted or damaged; extract into a new --store"
+
+
 def odd_finding(parent: str, name: str | bytes, why: str) -> str:
     """``check``'s finding for ``name``, a member of the group at ``parent`` ('/', '/vgg16'), with the fix."""
-    return (
-        f"{parent} holds an object named {shown(name, 60)} ({why}): featstore never writes such a name, so the store "
-        f"is crafted or damaged; extract into a new --store"
-    )
+    return f"{parent} holds an object named {shown(name, 60)} ({why}): {_ODD_TAIL}"
 
 
 def _refused(path, finding: str) -> StoreError:
@@ -86,14 +97,15 @@ def odd_names(f: h5py.File, first: bool = False, rule=odd_name) -> list[str]:
     ``first``: the first only); what is under such a group is not walked further. Links are not followed; a name h5py
     cannot decode stops the walk (``layout.foreign_objects`` names it)."""
     found: list[str] = []
-    odd: list[str] = []  # paths already named: their members are not named again
+    odd: set[str] = set()  # paths already named: their members are not named again
 
     def visit(path, link):
-        if any(path.startswith(p + "/") for p in odd):
+        parts = path.split("/")  # its ancestors only: testing every odd path so far was K x K (attack 27 #3)
+        if any("/".join(parts[:i]) in odd for i in range(1, len(parts))):
             return None
         parent, _, name = path.rpartition("/")
         if why := rule(name):
-            odd.append(path)
+            odd.add(path)
             found.append(odd_finding("/" + parent, name, why))
             return True if first else None
         return None
@@ -102,7 +114,7 @@ def odd_names(f: h5py.File, first: bool = False, rule=odd_name) -> list[str]:
         f.visititems_links(visit)
     except (SystemError, UnicodeDecodeError):  # a name that is not UTF-8: foreign_objects and check name it
         pass
-    return found
+    return found  # check bounds its findings once, after its group walk has named the same objects again
 
 
 def refuse_odd_names(f: h5py.File, path) -> None:
