@@ -44,7 +44,7 @@ def test_a_link_another_user_made_at_the_store_name_is_never_written_through(tmp
     with pytest.raises(StoreError) as err, writer_lock(link):
         pass
     text = str(err.value)
-    assert text.startswith(f"store {link} is a symbolic link made by ") and "not by you" in text
+    assert text.startswith(f"store {link} leads to a symbolic link made by ") and "not by you" in text
     assert "give the real path with --store" in text
     with pytest.raises(StoreError, match="symbolic link made by"), open_h5(link, "a"):
         pass
@@ -282,3 +282,29 @@ def test_check_of_many_odd_names_lists_a_bounded_number(tmp_path):
 
     problems = check_store(path)  # check names the root's groups again as it walks them: still listed once, bounded
     assert len(problems) == MOST_FINDINGS + 1 and problems[-1].startswith("/: 200 more object(s)"), problems[-3:]
+
+
+def test_a_colleagues_link_behind_the_users_own_link_or_folder_link_is_refused(tmp_path):
+    """attack 27 #2: the user's own "current version" link s.h5 -> s-v1.h5 passed, and a colleague's link at s-v1.h5
+    led the write into the user's private store; a colleague's link in place of a folder on the path does the same.
+    Sabotage: ``links_on`` yielding only the name's own link (its first hop) fails it."""
+    (tmp_path / "home").mkdir()
+    private = _store(tmp_path / "home" / "thesis.h5")
+    before = private.read_bytes()
+    team = tmp_path / "team"
+    team.mkdir()
+    (team / "s-v1.h5").symlink_to(private)
+    os.lchown(team / "s-v1.h5", OTHER, -1)  # the colleague's, where the user's version was
+    if os.lstat(team / "s-v1.h5").st_uid != OTHER:
+        pytest.skip("cannot give a link to another user here (not root)")
+    (team / "s.h5").symlink_to("s-v1.h5")  # the user's own link
+    with (
+        pytest.raises(StoreError, match=r"leads through .*s-v1\.h5 to a symbolic link made by "),
+        writer_lock(team / "s.h5"),
+    ):
+        pass
+    (team / "proj").symlink_to(tmp_path / "home")  # a folder on the path: the colleague's link
+    os.lchown(team / "proj", OTHER, -1)
+    with pytest.raises(StoreError, match="to a symbolic link made by "), writer_lock(team / "proj" / "thesis.h5"):
+        pass
+    assert private.read_bytes() == before

@@ -192,6 +192,10 @@ def _edit_paths_heap(path, how: str) -> None:
     elif how in ("index absent", "length not the object's"):
         i = data.index(struct.pack("<IQI", 7, at, 3))  # row 0's heap ID: "train/0", object 3
         struct.pack_into("<IQI", data, i, *((7, at, 42) if how == "index absent" else (9, at, 3)))
+    elif how == "collection inside another":  # row 1's heap ID names a "collection" starting inside row 0's
+        first = data.index(struct.pack("<IQ", 7, at))
+        second = data.index(struct.pack("<IQ", 7, at), first + 16)
+        struct.pack_into("<Q", data, second + 4, at + 16)
     elif how == "free space odd":
         struct.pack_into("<Q", data, objects[0][0] + 8, objects[0][1] - 8)  # 8 bytes left: too few for a header
     path.write_bytes(bytes(data))
@@ -207,6 +211,7 @@ def _edit_paths_heap(path, how: str) -> None:
         ("index absent", "object 42 of the collection at"),
         ("length not the object's", "object 3 of the collection at"),
         ("free space odd", "ends in 8 bytes of free space after its free-space object"),
+        ("collection inside another", "starts inside the collection before it"),  # attack 27 #1
     ],
 )
 def test_each_damage_hdf5_would_misread_is_refused_in_one_line(tmp_path, how, said):

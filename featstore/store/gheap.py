@@ -124,9 +124,13 @@ def check(fh: FileBytes, ids: np.ndarray) -> None:
     places, which = np.unique(address[named], return_inverse=True)
     order = np.argsort(which, kind="stable")
     edges = np.searchsorted(which[order], np.arange(len(places) + 1))
-    for k, place in enumerate(places.tolist()):
+    end = 0  # where the last collection named here ends: one starting inside it is nested in it, never genuine, and
+    for k, place in enumerate(places.tolist()):  # made a writable store walk N x its size (attack 27 #1)
         rows = named[order[edges[k] : edges[k + 1]]]
         try:
+            if place < end:
+                raise Damaged(f"starts inside the collection before it (which ends at {end:,})")
+            end = place + _collection_size(fh, place)
             sizes = _sizes(fh, place)
         except Damaged as exc:
             raise Damaged(f"the collection at {place:,} {exc.reason}", int(rows[0])) from None
@@ -146,12 +150,7 @@ def _sizes(fh: FileBytes, place: int) -> np.ndarray:
         if key is not None and (sizes := _KEPT.get((key, place))) is not None:
             _KEPT.move_to_end((key, place))
             return sizes
-    head = _read(fh, place, 8 + fh.length)
-    if head[:4] != b"GCOL" or head[4] != 1:
-        raise Damaged(f"is not a version 1 GCOL collection ({head[:5]!r})")
-    size = int.from_bytes(head[8 : 8 + fh.length], "little")
-    if not COLLECTION_MIN <= size <= min(COLLECTION_MOST, fh.size - fh.base - place):
-        raise Damaged(f"is {size:,} bytes, outside {COLLECTION_MIN:,}..{COLLECTION_MOST:,} or past the file's end")
+    size = _collection_size(fh, place)
     with _LOCK:
         if key is not None and place not in (seen := _walked(key))[1]:
             seen[0] += size
@@ -166,6 +165,17 @@ def _sizes(fh: FileBytes, place: int) -> np.ndarray:
             while _KEPT_TOTAL > _KEPT_BYTES and len(_KEPT) > 1:
                 _KEPT_TOTAL -= _KEPT.popitem(last=False)[1].nbytes
     return sizes
+
+
+def _collection_size(fh: FileBytes, place: int) -> int:
+    """The size its header gives the collection at ``place``, Damaged unless a version 1 GCOL within the file."""
+    head = _read(fh, place, 8 + fh.length)
+    if head[:4] != b"GCOL" or head[4] != 1:
+        raise Damaged(f"is not a version 1 GCOL collection ({head[:5]!r})")
+    size = int.from_bytes(head[8 : 8 + fh.length], "little")
+    if not COLLECTION_MIN <= size <= min(COLLECTION_MOST, fh.size - fh.base - place):
+        raise Damaged(f"is {size:,} bytes, outside {COLLECTION_MIN:,}..{COLLECTION_MOST:,} or past the file's end")
+    return size
 
 
 def _walked(key: tuple) -> list:

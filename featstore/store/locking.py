@@ -290,25 +290,53 @@ def _user(uid: int) -> str:
 
 
 def refuse_foreign_link(path: str | os.PathLike) -> None:
-    """Refuse to write a store through a symbolic link that another user made (neither this user nor the folder's
-    owner: the rule Linux's ``fs.protected_symlinks`` applies in sticky folders): in a team folder a colleague's link
-    at the store's name made ``extract --overwrite`` replace a split of the user's own private store elsewhere, rc 0
-    (attack 26 #2)."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return
-    if not stat.S_ISLNK(st.st_mode) or st.st_uid == os.geteuid():
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    with contextlib.suppress(OSError):
-        if os.stat(folder).st_uid == st.st_uid:
-            return  # the folder's owner's link: they could put any file there anyway
-    raise StoreError(
-        f"store {terminal_safe(str(path))} is a symbolic link made by {_user(st.st_uid)}, not by you; featstore does "
-        f"not write through a link someone else made (it may name a file of yours elsewhere): give the real path "
-        f"with --store, or remove the link (rm {shlex.quote(str(path))}) if you do not know it"
-    )
+    """Refuse to write a store through a symbolic link that another user made (neither this user nor the owner of the
+    folder the link is in: the rule Linux's ``fs.protected_symlinks`` applies in sticky folders), wherever it is met on
+    the way to the file: the store's name, a link it points to, or a folder on its path. In a team folder a colleague's
+    link at the store's name made ``extract --overwrite`` replace a split of the user's own private store elsewhere, rc
+    0 (attack 26 #2); so did one behind the user's own "current version" link (attack 27 #2)."""
+    for link, st in links_on(path):
+        if st.st_uid == os.geteuid():
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(os.path.dirname(link)).st_uid == st.st_uid:
+                continue  # the folder's owner's link: they could put any file there anyway
+        via = "" if link == os.path.join(os.getcwd(), path) else f" through {terminal_safe(link)}"
+        raise StoreError(
+            f"store {terminal_safe(str(path))} leads{via} to a symbolic link made by {_user(st.st_uid)}, not by you; "
+            f"featstore does not write through a link someone else made (it may name a file of yours elsewhere): give "
+            f"the real path with --store, or remove the link (rm {shlex.quote(link)}) if you do not know it"
+        )
+
+
+def links_on(path: str | os.PathLike, most: int = 40) -> Iterator[tuple[str, os.stat_result]]:
+    """Every symbolic link met resolving ``path`` as the kernel does (its folders', the name's, and what each points
+    to, one hop at a time, at most ``most``), with its ``lstat``; stops where a part does not exist."""
+    pending = list(reversed(os.path.join(os.getcwd(), os.fspath(path)).split("/")))
+    current, hops = "/", 0
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        nxt = os.path.join(current, part)
+        try:
+            st = os.lstat(nxt)
+        except OSError:
+            return
+        if not stat.S_ISLNK(st.st_mode):
+            current = nxt
+            continue
+        hops += 1
+        if hops > most:
+            return  # a loop: opening the store says so
+        yield nxt, st
+        target = os.readlink(nxt)
+        if target.startswith("/"):
+            current = "/"
+        pending.extend(reversed(target.split("/")))
 
 
 def held_plain_file(lock) -> bool:
