@@ -172,8 +172,8 @@ class PrivateFolder:
 def others_cannot_rename(folder: os.stat_result) -> bool:
     """Whether no one but this user (and root) can rename entries in ``folder``: it is ours (or root's) and only its
     owner can write it, or it has the sticky bit."""
-    mine = folder.st_uid in (os.geteuid(), 0) and not folder.st_mode & 0o022
-    return mine or bool(folder.st_mode & stat.S_ISVTX)
+    owner = folder.st_uid in (os.geteuid(), 0)  # a sticky folder's owner may still rename anything in it (attack 27 #4)
+    return owner and (not folder.st_mode & 0o022 or bool(folder.st_mode & stat.S_ISVTX))
 
 
 def by_name(folder: Path, held: os.stat_result) -> Path | None:
@@ -281,11 +281,13 @@ class OwnFolder:
         self.close()
 
     def remove(self) -> None:
-        """Remove what was written and the folder (by name only while the name is still it); never raises."""
+        """Remove what was written and the folder, only while its name is still it (a folder renamed away was published
+        just now, a Ctrl-C landing between the rename and its flag, or taken by someone: its contents are left; a Ctrl-C
+        there emptied the run or export just published: attack 27 #9); never raises."""
         if getattr(self, "fd", -1) < 0:
             return
         with contextlib.suppress(OSError):
-            at = proc_path(self.fd) or (self.name if self.is_it() else None)
+            at = (proc_path(self.fd) or self.name) if self.is_it() else None
             if at is not None:
                 for entry in os.listdir(self.fd):
                     p = at / entry

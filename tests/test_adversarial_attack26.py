@@ -30,7 +30,7 @@ def _store(path, name="s", split="train"):
 
 def test_a_link_another_user_made_at_the_store_name_is_never_written_through(tmp_path):
     """Sabotage: the ``refuse_foreign_link`` call in ``writer_lock`` removed fails it (the private store gains the
-    split); the folder owner's link and this user's own link are written through as before."""
+    split); this user's own link is written through as before, the folder owner's is not."""
     (tmp_path / "home").mkdir()
     private = _store(tmp_path / "home" / "thesis.h5")
     before = private.read_bytes()
@@ -49,8 +49,8 @@ def test_a_link_another_user_made_at_the_store_name_is_never_written_through(tmp
     with pytest.raises(StoreError, match="symbolic link made by"), open_h5(link, "a"):
         pass
     assert private.read_bytes() == before and FeatureStore(private).splits() == ["train"]
-    os.chown(team, OTHER, -1)  # the folder's owner's link: they could put any file at that name anyway
-    with writer_lock(link):
+    os.chown(team, OTHER, -1)  # not even the folder's owner's link (she may have swapped the folder: attack 27 #8)
+    with pytest.raises(StoreError, match="symbolic link made by"), writer_lock(link):
         pass
     os.chown(team, os.geteuid(), -1)
     os.lchown(link, os.geteuid(), -1)  # the user's own link: written through, as always
@@ -76,6 +76,10 @@ def test_another_users_lock_file_is_named_with_its_owner_not_the_folder(tmp_path
     assert "you cannot write in the folder" not in text and "--no-locking" not in text, text
     assert "that lock file is " in text and "'s and you may not write it" in text
     assert "may be writing this store (or was killed and left it); once none runs, remove it (rm " in text
+    os.chmod(tmp_path, 0o1777)  # a sticky folder: only the file's owner may remove it (attack 27 #7)
+    with pytest.raises(StoreError) as err, writer_lock(path):
+        pass
+    assert "once none runs, ask " in str(err.value) and " to remove it, then run again" in str(err.value)
 
 
 def test_the_overwrite_advice_for_an_interrupted_splits_bad_attribute_works(data_root, tiny_config, tmp_path):
@@ -308,3 +312,51 @@ def test_a_colleagues_link_behind_the_users_own_link_or_folder_link_is_refused(t
     with pytest.raises(StoreError, match="to a symbolic link made by "), writer_lock(team / "proj" / "thesis.h5"):
         pass
     assert private.read_bytes() == before
+
+
+def test_a_ctrl_c_right_after_the_rename_leaves_the_published_folder_whole(tmp_path):
+    """A Ctrl-C between OwnFolder.publish's rename and its flag made the clean-up empty the folder just published (a
+    run from fit, a shards export; attack 27 #9). Sabotage: ``remove`` going through the descriptor whatever the
+    folder's name now is fails it."""
+    from featstore.renames import OwnFolder
+
+    with pytest.raises(KeyboardInterrupt), OwnFolder(tmp_path, ".run.", ".tmp") as folder:
+        (folder.at / "run.json").write_text("{}")
+        os.replace(folder.name, tmp_path / "run")  # publish's rename; the interrupt comes before its flag
+        raise KeyboardInterrupt
+    assert (tmp_path / "run" / "run.json").read_text() == "{}"
+
+
+def test_without_proc_a_sticky_folder_of_another_user_is_not_safe(tmp_path, monkeypatch):
+    """A sticky folder's owner may rename anything in it: trusted as safe, a colleague's sticky folder let the write
+    by name be redirected (attack 27 #4). Sabotage: ``others_cannot_rename`` trusting the sticky bit whoever owns the
+    folder fails it."""
+    from featstore import renames
+    from featstore.errors import OutputError
+    from featstore.outputs import write_atomic
+
+    monkeypatch.setattr(renames, "proc_path", lambda fd: None)
+    team = tmp_path / "team"
+    team.mkdir()
+    os.chmod(team, 0o1777)
+    os.chown(team, OTHER, -1)
+    if os.stat(team).st_uid != OTHER:
+        pytest.skip("cannot give a folder to another user here (not root)")
+    with pytest.raises(OutputError, match="someone else can write"):
+        write_atomic(team / "o.csv", lambda tmp: tmp.write_text("x\n"), "--out")
+    os.chown(team, os.geteuid(), -1)  # the user's own sticky folder: safe, as before
+    write_atomic(team / "o.csv", lambda tmp: tmp.write_text("x\n"), "--out")
+
+
+def test_an_invisible_character_in_a_group_name_is_a_check_finding(tmp_path):
+    """'vgg16\\u200b' (a zero-width space) passed check and printed as 'vgg16', then "has no extractor 'vgg16'; it has:
+    vgg16" (attack 27 #6). Sabotage: the format-character test in ``names.odd_name`` removed fails it."""
+    import h5py
+
+    from featstore.store.check import check_store
+
+    path = _store(tmp_path / "s.h5")
+    with h5py.File(path, "a") as f:
+        f.move("s", "s\u200b")
+    problems = check_store(path)
+    assert any("an invisible character (U+200B)" in p for p in problems), problems

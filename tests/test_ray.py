@@ -118,9 +118,14 @@ def test_address_auto_reads_only_this_users_own_ray_file(tmp_path, monkeypatch):
     (tmp_path / "ray").mkdir(mode=0o777)
     file = tmp_path / "ray" / "ray_current_cluster"
     file.write_text("127.0.0.1:9\n")
-    os.chmod(file, 0o644)
-    with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at --address auto \(127\.0\.0\.1:9, from "):
+    for mode in (0o644, 0o664):  # 0664: umask 002's, the user's own private group (attack 27 #5: it was refused)
+        os.chmod(file, mode)
+        with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at --address auto \(127\.0\.0\.1:9, from"):
+            RayEngine(RayOptions(address="auto")).start(tmp_path, None)
+    os.chmod(file, 0o646)  # anyone may write it
+    with pytest.raises(ConfigError, match="or others may write it"):
         RayEngine(RayOptions(address="auto")).start(tmp_path, None)
+    os.chmod(file, 0o644)
     os.chown(file, 54321, -1)  # a colleague's file (root may give it away: CI and this machine run as root)
     if os.stat(file).st_uid == 54321:
         with pytest.raises(ConfigError, match="was written by another user .uid 54321. or others may write it"):

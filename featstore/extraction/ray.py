@@ -110,7 +110,7 @@ def _auto(address: str, option: str) -> tuple[str, str]:
         ) from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or _others_may_write(st):
             raise ConfigError(
                 f"{said}: {path} was written by another user (uid {st.st_uid}) or others may write it, so the address "
                 f"in it is not trusted; give --address host:port of your Ray cluster"
@@ -121,6 +121,23 @@ def _auto(address: str, option: str) -> tuple[str, str]:
     if not found:
         raise ConfigError(f"{said}: {path} is empty; give --address host:port of your Ray cluster")
     return found, f"{said} ({found}, from {path})"
+
+
+def _others_may_write(st: os.stat_result) -> bool:
+    """Whether someone else may write the file: anyone (o+w), or its group (g+w) unless that group is this user's own
+    private group (umask 002 makes Ray's file group-writable: a user's own file was refused, attack 27 #5)."""
+    if st.st_mode & 0o002:
+        return True
+    if not st.st_mode & 0o020:
+        return False
+    try:
+        import grp
+        import pwd
+
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        return st.st_gid != os.getegid() or set(grp.getgrgid(st.st_gid).gr_mem) - {me} != set()
+    except (ImportError, KeyError):
+        return True
 
 
 def _check_reachable(address: str, named: str | None = None) -> None:

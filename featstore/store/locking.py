@@ -251,10 +251,13 @@ def _lock_fix(exc: OSError, lock_path: str) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         owner = _other_users_file(lock_path)
         if owner is not None:  # the folder is writable: the lock file is someone else's (attack 26 #4)
+            sticky = os.stat(os.path.dirname(lock_path) or ".").st_mode & stat.S_ISVTX
+            how = (  # in a sticky folder only its owner (or the folder's) may remove it (attack 27 #7)
+                f"ask {owner} to remove it" if sticky else f"remove it (rm {shlex.quote(lock_path)})"
+            )
             return (
                 f"that lock file is {owner}'s and you may not write it: a featstore run of {owner} may be writing "
-                f"this store (or was killed and left it); once none runs, remove it (rm "
-                f"{shlex.quote(lock_path)}), then run again"
+                f"this store (or was killed and left it); once none runs, {how}, then run again"
             )
         return (
             f"you cannot write in the folder {folder}, where the store's lock and its resumes' copies go: make it "
@@ -290,17 +293,16 @@ def _user(uid: int) -> str:
 
 
 def refuse_foreign_link(path: str | os.PathLike) -> None:
-    """Refuse to write a store through a symbolic link that another user made (neither this user nor the owner of the
-    folder the link is in: the rule Linux's ``fs.protected_symlinks`` applies in sticky folders), wherever it is met on
+    """Refuse to write a store through a symbolic link that another user made (anyone but this user or root: stricter
+    than Linux's ``fs.protected_symlinks``, which trusts the folder's owner too), wherever it is met on
     the way to the file: the store's name, a link it points to, or a folder on its path. In a team folder a colleague's
     link at the store's name made ``extract --overwrite`` replace a split of the user's own private store elsewhere, rc
     0 (attack 26 #2); so did one behind the user's own "current version" link (attack 27 #2)."""
     for link, st in links_on(path):
-        if st.st_uid == os.geteuid():
+        if st.st_uid in (os.geteuid(), 0):  # this user's, or the system's (/tmp -> /private/tmp)
             continue
-        with contextlib.suppress(OSError):
-            if os.stat(os.path.dirname(link)).st_uid == st.st_uid:
-                continue  # the folder's owner's link: they could put any file there anyway
+        # (not even the link's folder's owner's: a colleague who swapped the user's `proj` for her own folder owns
+        # both it and the link she put in it, attack 27 #8)
         via = "" if link == os.path.join(os.getcwd(), path) else f" through {terminal_safe(link)}"
         raise StoreError(
             f"store {terminal_safe(str(path))} leads{via} to a symbolic link made by {_user(st.st_uid)}, not by you; "

@@ -14,6 +14,8 @@ of unicode letters and spaces up to 255 bytes are untouched.
 
 from __future__ import annotations
 
+import unicodedata
+
 import h5py
 
 from featstore.errors import StoreError
@@ -47,6 +49,10 @@ def odd_name(name: str | bytes) -> str | None:
             return f"a bidirectional override (U+{ord(c):04X})"
         if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0:
             return f"a control character (\\x{ord(c):02x})"
+        if unicodedata.category(c) in ("Cf", "Co", "Cn", "Cs"):  # zero-width and format characters: 'vgg16\u200b' was
+            return (
+                f"an invisible character (U+{ord(c):04X})"  # printed as 'vgg16' and refused as not 'vgg16' (attack 27)
+            )
     return None
 
 
