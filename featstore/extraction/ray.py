@@ -19,11 +19,11 @@ restarted by Ray and its batch retried (Ray Data's defaults for actor pools).
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
 import socket
-import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.caches import NotRegular, open_regular
 from featstore.errors import ConfigError, DataError
 from featstore.extraction.local import refuse_out_of_memory
 from featstore.extraction.ray_messages import RayNoise, worker_errors
@@ -101,16 +102,24 @@ def _auto(address: str, option: str) -> tuple[str, str]:
     if address != "auto":
         return address, said
     path = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray", "ray_current_cluster")
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
+    try:  # opened once, never followed nor waited on (a link, a FIFO there): caches' own opening
+        opened = open_regular(path)
+    except NotRegular as exc:
         raise ConfigError(
-            f"{said}: no Ray started on this machine names its address ({path}: {exc.strerror}); start one with "
-            f"`ray start --head`, or give --address host:port"
+            f"{said}: {path} is not trusted ({exc}); give --address host:port of your Ray cluster"
         ) from None
+    except OSError as exc:
+        opened, why = None, exc.strerror
+    else:
+        why = os.strerror(errno.ENOENT)
+    if opened is None:
+        raise ConfigError(
+            f"{said}: no Ray started on this machine names its address ({path}: {why}); start one with "
+            f"`ray start --head`, or give --address host:port"
+        )
+    fd, st = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or _others_may_write(st):
+        if st.st_uid not in (os.geteuid(), 0) or _others_may_write(st):
             raise ConfigError(
                 f"{said}: {path} was written by another user (uid {st.st_uid}) or others may write it, so the address "
                 f"in it is not trusted; give --address host:port of your Ray cluster"
