@@ -130,8 +130,8 @@ def check(fh: FileBytes, ids: np.ndarray) -> None:
         try:
             if place < end:
                 raise Damaged(f"starts inside the collection before it (which ends at {end:,})")
-            end = place + _collection_size(fh, place)
-            sizes = _sizes(fh, place)
+            size, sizes = _sizes(fh, place)
+            end = place + size
         except Damaged as exc:
             raise Damaged(f"the collection at {place:,} {exc.reason}", int(rows[0])) from None
         got = np.where(index[rows] < len(sizes), sizes[np.minimum(index[rows], len(sizes) - 1)], -1)
@@ -143,13 +143,14 @@ def check(fh: FileBytes, ids: np.ndarray) -> None:
             raise Damaged(f"object {i} of the collection at {place:,}, {said}", row)
 
 
-def _sizes(fh: FileBytes, place: int) -> np.ndarray:
-    """The size of each object of the collection at ``place`` by index (-1: absent), walked once per file state."""
+def _sizes(fh: FileBytes, place: int) -> tuple[int, np.ndarray]:
+    """The collection at ``place``'s size, and the size of each of its objects by index (-1: absent), walked once per
+    file state."""
     key = None if fh.writable else fh.key[1:]  # a file this process writes changes under a stat that may not
     with _LOCK:
-        if key is not None and (sizes := _KEPT.get((key, place))) is not None:
+        if key is not None and (kept := _KEPT.get((key, place))) is not None:
             _KEPT.move_to_end((key, place))
-            return sizes
+            return kept
     size = _collection_size(fh, place)
     with _LOCK:
         if key is not None and place not in (seen := _walked(key))[1]:
@@ -161,10 +162,10 @@ def _sizes(fh: FileBytes, place: int) -> np.ndarray:
     with _LOCK:
         if key is not None and (key, place) not in _KEPT:
             global _KEPT_TOTAL
-            _KEPT[(key, place)], _KEPT_TOTAL = sizes, _KEPT_TOTAL + sizes.nbytes
+            _KEPT[(key, place)], _KEPT_TOTAL = (size, sizes), _KEPT_TOTAL + sizes.nbytes
             while _KEPT_TOTAL > _KEPT_BYTES and len(_KEPT) > 1:
-                _KEPT_TOTAL -= _KEPT.popitem(last=False)[1].nbytes
-    return sizes
+                _KEPT_TOTAL -= _KEPT.popitem(last=False)[1][1].nbytes
+    return size, sizes
 
 
 def _collection_size(fh: FileBytes, place: int) -> int:
@@ -230,7 +231,7 @@ def _walk(data: bytes, length: int) -> np.ndarray:
     return out
 
 
-_KEPT: OrderedDict = OrderedDict()  # (file identity and state, address) -> _walk's sizes, most recent last
+_KEPT: OrderedDict = OrderedDict()  # (file identity and state, address) -> (its size, _walk's sizes), most recent last
 _KEPT_TOTAL = 0  # bytes of the sizes in _KEPT
 _WALKED: OrderedDict = OrderedDict()  # file identity and state -> [bytes, addresses] of the collections walked there
 _FILES_KEPT = 16
