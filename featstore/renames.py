@@ -287,16 +287,13 @@ class OwnFolder:
         if getattr(self, "fd", -1) < 0:
             return
         with contextlib.suppress(OSError):
-            at = (proc_path(self.fd) or self.name) if self.is_it() else None
-            if at is not None:
-                for entry in os.listdir(self.fd):
-                    p = at / entry
-                    if p.is_dir() and not p.is_symlink():
-                        shutil.rmtree(p, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            p.unlink()
             if self.is_it():
+                for entry in os.listdir(self.fd):  # through the descriptor, as PrivateFolder's clean-up
+                    with contextlib.suppress(OSError):
+                        if stat.S_ISDIR(os.stat(entry, dir_fd=self.fd, follow_symlinks=False).st_mode):
+                            shutil.rmtree(entry, dir_fd=self.fd)
+                        else:
+                            os.unlink(entry, dir_fd=self.fd)
                 os.rmdir(self.name)
         self.close()
 
