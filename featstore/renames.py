@@ -107,13 +107,10 @@ class PrivateFolder:
         name = name or self.temp
         if not FD_SAFE:
             return self.target.parent / self.name / name
-        proc = proc_path(self.fd)
-        if proc is not None:
-            return proc / name
-        base = by_name(self.target.parent, os.fstat(self.parent_fd))
-        if base is not None:
-            return base / self.name / name
-        raise self.swapped(False)
+        at = unredirectable(self.fd, self.name, self.target.parent, os.fstat(self.parent_fd))
+        if at is None:
+            raise self.swapped(False)
+        return at / name
 
     def new_file(self, mode: int) -> tuple[int, Path]:
         """The temporary, made empty (O_EXCL, O_NOFOLLOW) with ``mode`` set through its descriptor: ``(fd, path)``; the
@@ -254,7 +251,13 @@ class OwnFolder:
             st = os.fstat(self.fd)
             if st.st_uid != os.geteuid() or st.st_mode & 0o077 or os.listdir(self.fd):
                 raise self._swapped()
-            self.at = _unredirectable(self.fd, self.name, parent)
+            at = unredirectable(self.fd, self.name.name, parent, os.stat(parent))
+            if at is None:
+                raise OutputError(
+                    f"cannot write into {parent}: someone else can write that folder, and this system has no "
+                    f"/proc/self/fd to write there safely; write into a folder only you can write"
+                )
+            self.at = at
         except BaseException:
             self.remove()
             raise
@@ -310,19 +313,18 @@ class OwnFolder:
         )
 
 
-def _unredirectable(fd: int, name: Path, parent: Path) -> Path:
-    """A path to the folder open at ``fd`` that no rename in ``parent`` can redirect: ``/proc/self/fd/<fd>``; where
-    there is none, ``name`` only when no one else can write ``parent`` (or it has the sticky bit)."""
+def unredirectable(fd: int, name: str, parent: Path, held: os.stat_result) -> Path | None:
+    """A path to the folder open at ``fd`` (named ``name`` in ``parent``, whose stat is ``held``) that no rename by
+    someone else can redirect: ``/proc/self/fd/<fd>``; where there is none, by name only when no one else can rename an
+    entry in ``parent`` or above it (:func:`by_name`) and the name is still that folder; else None. What a writer that
+    opens by path (h5py, pyarrow, Keras) is given, in a private folder and in an own folder alike."""
     proc = proc_path(fd)
     if proc is not None:
         return proc
-    base = by_name(parent, os.stat(parent))
-    if base is not None and same_folder(fd, base / name.name):
-        return base / name.name
-    raise OutputError(
-        f"cannot write into {parent}: someone else can write that folder, and this system has no /proc/self/fd to "
-        f"write there safely; write into a folder only you can write"
-    )
+    base = by_name(parent, held)
+    if base is not None and same_folder(fd, base / name):
+        return base / name
+    return None
 
 
 def umask() -> int:
