@@ -130,8 +130,8 @@ def test_features_chunked_across_values_are_refused_with_the_true_chunk_size(col
 
 def test_a_chunk_is_sized_by_its_own_shape_not_the_datasets_row():
     """Finding 5: blocks and "raise it to" figures were chunks[0] x the dataset's whole row (410 MB for a 400 KB chunk
-    of (200000, 1) float16); layout.chunk_bytes, which the readers' budgets and export's block use, is the chunk's."""
-    from featstore.store.layout import chunk_bytes
+    of (200000, 1) float16); storage.chunk_bytes, which the readers' budgets and export's block use, is the chunk's."""
+    from featstore.store.storage import chunk_bytes
 
     assert chunk_bytes({"chunks": [200_000, 1], "shape": [200_000, 1024], "dtype": "float16"}) == 400_000
     assert chunk_bytes({"chunks": [256, 1024], "shape": [200_000, 1024], "dtype": "float16"}) == 256 * 2048

@@ -194,3 +194,31 @@ def test_a_resumes_compaction_counts_attributes_before_hdf5_lists_them(tmp_path)
     with pytest.raises(StoreError, match=f"attributes where featstore writes at most {MAX_ATTRS}"):
         compact(path)
     assert path.read_bytes() == before
+
+
+def test_a_root_over_the_attribute_limit_is_refused_by_writers_and_readers_as_info_refuses_it(
+    data_root, tiny_config, tmp_path
+):
+    """Attack 27 #10: a root holding over MAX_ATTRS attributes was refused by info and check, yet `extract
+    --overwrite` wrote hours into it and export read it. Now the writer's check_root and the reader count the root's
+    too, before an image is read. Sabotage: the refuse_many_attrs line in layout.check_root (or reader.refresh)
+    removed fails it (the extract writes; the store opens)."""
+    from featstore import extract
+    from featstore.store.reader import FeatureStore
+
+    store = tmp_path / "s.h5"
+    extract(data_root, "train", store, tiny_config, batch_size=4)
+    with h5py.File(store, "a") as f:
+        for i in range(MAX_ATTRS + 1):
+            f.attrs[f"extra{i}"] = i
+    before = store.read_bytes()
+    many = f"s.h5:/: holds {MAX_ATTRS + 3} attributes where featstore writes at most {MAX_ATTRS}"
+    with pytest.raises(StoreError, match=many):
+        extract(data_root, "train", store, tiny_config, batch_size=4, overwrite=True)
+    with pytest.raises(StoreError, match=many):
+        extract(data_root, "validation", store, tiny_config, batch_size=4)
+    with pytest.raises(StoreError, match=many):
+        FeatureStore(store)  # what export, fit and info open
+    with pytest.raises(StoreError, match=many):
+        write_arrays(store, "s", "extra", np.zeros((2, 2), np.float32), np.array([0, 1]), ["a", "b"])
+    assert store.read_bytes() == before

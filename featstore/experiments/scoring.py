@@ -12,7 +12,7 @@ per block and keeps only O(N) numbers a row (labels, predictions, :class:`~feats
 
 Every figure, the temperature included, is the one the whole split in memory gives, exactly (tests/test_eval_stream.py).
 A block is as many rows as a quarter of the memory budget holds with their features and ``PROBA_COPIES`` copies of
-their probabilities, and at least one stored chunk (``featstore.store.layout.chunk_rows``); the budget is the fit's
+their probabilities, and at least one stored chunk (``featstore.store.storage.chunk_rows``); the budget is the fit's
 ``--memory-budget``, else :data:`EVAL_BUDGET`.
 
 ``eval_rows`` and ``EVAL_BUDGET`` live in :mod:`featstore.runs.predictions_file` (``runs evaluate`` streams with them too).

@@ -26,8 +26,8 @@ from featstore.errors import ConfigError, StoreError
 from featstore.experiments.protocol import Splits
 from featstore.experiments.selection import Fitted, check_classes, describe_given, head_threads
 from featstore.runs.predictions_file import BLOCK_FRACTION, PROBA_COPIES  # noqa: F401 - re-exported
-from featstore.store.layout import chunk_rows, row_bytes
 from featstore.store.reader import FeatureStore
+from featstore.store.storage import chunk_rows, row_bytes
 from featstore.units import format_bytes, parse_bytes  # noqa: F401 (re-exported)
 
 WORK_ITEMSIZE = 8  # bytes of a feature in the classifiers' working copies: scikit-learn's sgd works in float64

@@ -32,8 +32,8 @@ from featstore.runs.kind_base import APPLY_ATTRS, ImagesModel, RunKind, calibrat
 from featstore.runs.predictions_file import EVAL_BUDGET, eval_rows
 from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names
 from featstore.runs.schema import scaled_weights
-from featstore.store.layout import row_bytes
 from featstore.store.reader import FeatureStore
+from featstore.store.storage import row_bytes
 from featstore.units import format_bytes
 
 IMAGE_BATCH = 64  # images decoded and predicted at a time when a fine-tuned run is evaluated on a split

@@ -33,7 +33,7 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.safezip import read_npy
-from featstore.store.layout import chunk_rows, row_bytes
+from featstore.store.storage import chunk_rows, row_bytes
 
 PROBA = np.dtype("<f8")  # what a streamed split's probabilities are stored as (full_proba gives float64)
 EVAL_BUDGET = 512 * 10**6  # the memory budget of a run's evaluation when its fit was given none (--memory-budget)

@@ -146,7 +146,7 @@ def export(
             features,
         )
     d = int(np.prod(shape)) if features == "flat" or len(shape) != 3 else int(shape[-1])
-    from featstore.store.layout import chunk_bytes  # the chunk's own bytes (rows x the chunk's row), not rows x row
+    from featstore.store.storage import chunk_bytes  # the chunk's own bytes (rows x the chunk's row), not rows x row
 
     block = max(max_bytes, chunk_bytes(info))
     meta = {

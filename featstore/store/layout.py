@@ -20,7 +20,15 @@ from featstore.provenance import MAX_AUGMENT_COPIES, check_format_version, plain
 from featstore.store.names import path_text, refuse_odd, refuse_odd_names
 from featstore.store.pathcols import PATH_ERRORS, path_block_rows, read_paths  # noqa: F401 (re-exported: readers)
 from featstore.store.storage import refuse_missing_chunks, refuse_split_columns
-from featstore.store.strings import MAX_PATH_BYTES, bounded_attrs, read_attr, read_names, repeated, shown
+from featstore.store.strings import (
+    MAX_PATH_BYTES,
+    bounded_attrs,
+    read_attr,
+    read_names,
+    refuse_many_attrs,
+    repeated,
+    shown,
+)
 
 STR = h5py.string_dtype("utf-8")
 
@@ -379,6 +387,7 @@ def check_root(f: h5py.File, path) -> bool:
     """Before a write: refuse a file with links out of it, an HDF5 file that is not a featstore store, or a store of a
     format this featstore does not write. False for an empty HDF5 file (a store to start), True for a store."""
     refuse_foreign(f, path)
+    refuse_many_attrs(f, f"{path}:/")  # the root's count, as info and check refuse it (not a write into it first)
     if "format_version" not in f.attrs:
         if len(f):
             raise StoreError(
@@ -426,21 +435,3 @@ def listing_columns(sg: h5py.Group) -> ListingColumns:
         lg["paths"].shape[0],
         lambda a, b: (read_paths(lg["paths"], b, a), np.stack([lg[k][a:b].astype(np.int64) for k in LISTING[1:]])),
     )
-
-
-def row_bytes(info: dict) -> int:
-    """Bytes one stored row of a split takes in memory, from its :meth:`featstore.store.reader.FeatureStore.split_info`."""
-    return int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
-
-
-def chunk_rows(info: dict) -> int:
-    """Rows per HDF5 chunk of a split (1 where the split is not chunked), from its :meth:`featstore.store.reader.FeatureStore.split_info`."""
-    return int(info["chunks"][0]) if info.get("chunks") else 1
-
-
-def chunk_bytes(info: dict) -> int:
-    """Bytes one HDF5 chunk of a split's features holds: its rows times the bytes of the chunk's row (its own shape, not
-    the dataset's row; a chunk never spans less than whole rows in a split a reader opens: ``check_chunks``)."""
-    if not info.get("chunks"):
-        return row_bytes(info)
-    return int(np.prod(info["chunks"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize

@@ -34,13 +34,10 @@ from featstore.store.layout import (  # noqa: F401 (STR, hard_groups, read_paths
     AUGMENT_ATTRS,
     STR,
     Commit,
-    chunk_bytes,
-    chunk_rows,
     foreign_objects,
     hard_groups,
     read_paths,
     refuse_foreign,
-    row_bytes,
     same_split,
     split_summary,
     stored_listing,
@@ -55,8 +52,8 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
 )
 from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
 from featstore.store.names import names_text
-from featstore.store.storage import unreadable
-from featstore.store.strings import read_attr, read_names
+from featstore.store.storage import chunk_bytes, chunk_rows, row_bytes, unreadable
+from featstore.store.strings import read_attr, read_names, refuse_many_attrs
 from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -118,6 +115,7 @@ class FeatureStore:
         state = file_state(self.path)
         with self._open() as f:
             refuse_foreign(f, self.path, self.allow_external)
+            refuse_many_attrs(f, f"{self.path}:/")  # as info and check do, before anything lists the root's
             if "format_version" not in f.attrs:
                 raise StoreError(
                     f"{self.path} has no format_version attribute: it is not a featstore store (or it is damaged)"

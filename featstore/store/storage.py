@@ -11,7 +11,8 @@ disk, the chunk index did not; ``flush()`` is not fsync), and is refused before 
   without a word, and a fit scored them as images.
 
 A chunk packed by an HDF5 filter that this h5py cannot apply (a plugin such as Blosc) is named as such when its read
-fails (:func:`unreadable`), not taken for disk damage.
+fails (:func:`unreadable`), not taken for disk damage. Also here: a split's sizes in memory from its summary
+(:func:`row_bytes`, :func:`chunk_rows`, :func:`chunk_bytes`), which the readers' budgets use.
 """
 
 from __future__ import annotations
@@ -118,3 +119,21 @@ def unreadable(ds: h5py.Dataset, what: str, exc: OSError, damaged: str = DAMAGED
         f'HDF5_PLUGIN_PATH=$(python -c "import hdf5plugin; print(hdf5plugin.PLUGIN_PATH)"), or re-extract this '
         f"split with --overwrite"
     )
+
+
+def row_bytes(info: dict) -> int:
+    """Bytes one stored row of a split takes in memory, from its :meth:`featstore.store.reader.FeatureStore.split_info`."""
+    return int(np.prod(info["shape"][1:])) * np.dtype(info["dtype"]).itemsize
+
+
+def chunk_rows(info: dict) -> int:
+    """Rows per HDF5 chunk of a split (1 where the split is not chunked), from its :meth:`featstore.store.reader.FeatureStore.split_info`."""
+    return int(info["chunks"][0]) if info.get("chunks") else 1
+
+
+def chunk_bytes(info: dict) -> int:
+    """Bytes one HDF5 chunk of a split's features holds: its rows times the bytes of the chunk's row (its own shape, not
+    the dataset's row; a chunk never spans less than whole rows in a split a reader opens: ``check_chunks``)."""
+    if not info.get("chunks"):
+        return row_bytes(info)
+    return int(np.prod(info["chunks"], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize

@@ -27,9 +27,9 @@ from featstore.experiments.leaks.result import (
 from featstore.experiments.leaks.search import nearest, query_blocks, rounded, scan
 from featstore.experiments.leaks.threshold import calibrate, check_settings
 from featstore.outputs import terminal_safe
-from featstore.store.layout import chunk_rows, row_bytes
 from featstore.store.names import names_text
 from featstore.store.reader import FeatureStore
+from featstore.store.storage import chunk_rows, row_bytes
 
 logger = logging.getLogger(__name__)
 
