@@ -17,18 +17,11 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError
 from featstore.images.listing_diff import ListingColumns
 from featstore.provenance import MAX_AUGMENT_COPIES, check_format_version, plain
+from featstore.store.attr_values import bounded_attrs, read_attr, read_names, refuse_many_attrs
 from featstore.store.names import path_text, refuse_odd, refuse_odd_names
 from featstore.store.pathcols import PATH_ERRORS, path_block_rows, read_paths  # noqa: F401 (re-exported: readers)
 from featstore.store.storage import refuse_missing_chunks, refuse_split_columns
-from featstore.store.strings import (
-    MAX_PATH_BYTES,
-    bounded_attrs,
-    read_attr,
-    read_names,
-    refuse_many_attrs,
-    repeated,
-    shown,
-)
+from featstore.store.strings import MAX_PATH_BYTES, repeated, shown
 
 STR = h5py.string_dtype("utf-8")
 
@@ -387,7 +380,8 @@ def check_root(f: h5py.File, path) -> bool:
     """Before a write: refuse a file with links out of it, an HDF5 file that is not a featstore store, or a store of a
     format this featstore does not write. False for an empty HDF5 file (a store to start), True for a store."""
     refuse_foreign(f, path)
-    refuse_many_attrs(f, f"{path}:/")  # the root's count, as info and check refuse it (not a write into it first)
+    if len(f) or h5py.h5o.get_info(f.id).num_attrs:  # not a file just made: counted as info and check count it
+        refuse_many_attrs(f, f"{path}:/")  # (a new one is not flushed early for that: its layout stays as it was)
     if "format_version" not in f.attrs:
         if len(f):
             raise StoreError(
