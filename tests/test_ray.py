@@ -7,6 +7,7 @@ One local cluster serves the whole module, also for Ray Data reading `featstore 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import sys
 from dataclasses import replace
@@ -107,7 +108,8 @@ def test_address_auto_reads_only_this_users_own_ray_file(tmp_path, monkeypatch):
     """--address auto (or RAY_ADDRESS=auto) made Ray read <RAY_TMPDIR>/ray/ray_current_cluster, a file in a folder every
     user may write: another user's listener got the run's connections (attack 26 #9). featstore reads it itself, only
     when it is this user's (or root's) and no one else may write it, and checks that address answers. Sabotage: the
-    owner test in ``_auto`` removed fails the colleague's case (it is tried, and named as reachable or not)."""
+    owner test in ``_auto`` removed fails the colleague's case (it is tried, and named as reachable or not); the primary
+    group test in ``_others_may_write`` removed, the group-writable file of a group that is a colleague's primary one."""
     ray = pytest.importorskip("ray")
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail(f"ray.init reached: {kw}"))
@@ -122,6 +124,11 @@ def test_address_auto_reads_only_this_users_own_ray_file(tmp_path, monkeypatch):
         os.chmod(file, mode)
         with pytest.raises(ConfigError, match=r"cannot reach the Ray cluster at --address auto \(127\.0\.0\.1:9, from"):
             RayEngine(RayOptions(address="auto")).start(tmp_path, None)
+    real, other = pwd.getpwall, pwd.struct_passwd(("colleague", "x", 54321, os.stat(file).st_gid, "", "/", "/bin/sh"))
+    monkeypatch.setattr(pwd, "getpwall", lambda: [*real(), other])  # the group is also a colleague's primary group
+    with pytest.raises(ConfigError, match="or others may write it"):
+        RayEngine(RayOptions(address="auto")).start(tmp_path, None)
+    monkeypatch.setattr(pwd, "getpwall", real)
     os.chmod(file, 0o646)  # anyone may write it
     with pytest.raises(ConfigError, match="or others may write it"):
         RayEngine(RayOptions(address="auto")).start(tmp_path, None)

@@ -134,7 +134,8 @@ def _auto(address: str, option: str) -> tuple[str, str]:
 
 def _others_may_write(st: os.stat_result) -> bool:
     """Whether someone else may write the file: anyone (o+w), or its group (g+w) unless that group is this user's own
-    private group (umask 002 makes Ray's file group-writable: a user's own file was refused, attack 27 #5)."""
+    private group (umask 002 makes Ray's file group-writable: a user's own file was refused, attack 27 #5): no one else
+    listed in it, nor anyone whose primary group it is (the group file lists only secondary members)."""
     if st.st_mode & 0o002:
         return True
     if not st.st_mode & 0o020:
@@ -144,7 +145,9 @@ def _others_may_write(st: os.stat_result) -> bool:
         import pwd
 
         me = pwd.getpwuid(os.geteuid()).pw_name
-        return st.st_gid != os.getegid() or set(grp.getgrgid(st.st_gid).gr_mem) - {me} != set()
+        if st.st_gid != os.getegid() or set(grp.getgrgid(st.st_gid).gr_mem) - {me}:
+            return True
+        return any(p.pw_gid == st.st_gid and p.pw_name != me for p in pwd.getpwall())  # members by primary group
     except (ImportError, KeyError):
         return True
 
