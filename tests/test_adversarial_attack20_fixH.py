@@ -102,7 +102,7 @@ def test_a_large_store_attribute_is_refused_unread(tmp_path, monkeypatch, key, c
     the store, the attribute and the fix, and is never read (here the bound is cut to 64 KiB, the attribute 128 KiB)."""
     import h5py
 
-    from featstore.store import strings
+    from featstore.store import attr_values
     from tests.test_adversarial_attack3 import synthetic_store
     from tests.test_adversarial_attack4 import cli, no_traceback
 
@@ -113,7 +113,7 @@ def test_a_large_store_attribute_is_refused_unread(tmp_path, monkeypatch, key, c
     with h5py.File(store, "a") as f:
         del f.attrs[key]
         f.attrs[key] = np.full(1 << 14, 2, np.int64)  # 128 KiB
-    monkeypatch.setattr(strings, "MAX_ATTR_STORAGE", 64 << 10)
+    monkeypatch.setattr(attr_values, "MAX_ATTR_STORAGE", 64 << 10)
     read, real = [], h5py.AttributeManager.__getitem__
     monkeypatch.setattr(h5py.AttributeManager, "__getitem__", lambda self, k: read.append(k) or real(self, k))
     args = {"fit": ("fit", "--store", store, "--runs", tmp_path / "runs")}.get(command, (command, store))
@@ -222,11 +222,11 @@ def test_writes_measure_the_store_attributes_they_read(tmp_path, monkeypatch):
     import h5py
 
     from featstore.errors import StoreError
-    from featstore.store import strings, writer
+    from featstore.store import attr_values, writer
     from tests.test_adversarial_attack3 import synthetic_store
 
     store = synthetic_store(tmp_path / "s.h5", splits=("train",))
-    monkeypatch.setattr(strings, "MAX_ATTR_STORAGE", 12)
+    monkeypatch.setattr(attr_values, "MAX_ATTR_STORAGE", 12)
     read, real = [], h5py.AttributeManager.__getitem__
     monkeypatch.setattr(h5py.AttributeManager, "__getitem__", lambda self, k: read.append(k) or real(self, k))
     X, y = np.zeros((6, 8), np.float32), np.arange(6, dtype=np.int32) % 3
@@ -243,13 +243,13 @@ def test_compaction_measures_each_attribute_before_copying_it(tmp_path, monkeypa
     import h5py
 
     from featstore.errors import StoreError
-    from featstore.store import strings
+    from featstore.store import attr_values
     from featstore.store.compact import compact
     from tests.test_adversarial_attack3 import synthetic_store
 
     store = synthetic_store(tmp_path / "s.h5", splits=("train",))
     before = store.read_bytes()
-    monkeypatch.setattr(strings, "MAX_ATTR_STORAGE", 12)
+    monkeypatch.setattr(attr_values, "MAX_ATTR_STORAGE", 12)
     read, real = [], h5py.AttributeManager.__getitem__
     monkeypatch.setattr(h5py.AttributeManager, "__getitem__", lambda self, k: read.append(k) or real(self, k))
     with pytest.raises(StoreError, match=r"s\.h5:/ attribute: featstore_version stores 16 bytes, over the 12"):

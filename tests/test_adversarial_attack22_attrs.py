@@ -22,7 +22,7 @@ from featstore.store.writer import synthetic_attrs, write_arrays
 PACKAGE = Path(__file__).resolve().parents[1] / "featstore"
 # (module, expression): reads through ``.attrs`` that are not a store's HDF5 attributes read unmeasured, with why
 ALLOWED = {
-    ("store/strings.py", "obj.attrs[key]"): "the measured reader itself (_read, after measured_attr)",
+    ("store/attr_values.py", "obj.attrs[key]"): "the measured reader itself (_read, after measured_attr)",
     ("provenance.py", "obj.attrs.items()"): "attrs_of: for tests and callers outside featstore; none inside (below)",
 }
 # (module, receiver): objects whose ``.attrs`` is a dict of provenance already read, not an HDF5 attribute manager
@@ -72,7 +72,7 @@ def test_no_module_reads_a_store_attribute_outside_the_measured_readers():
             found.add((module, expr))
             if (module, expr) not in ALLOWED:
                 unexpected.append(f"{module}:{node.lineno}: {expr}")
-    assert not unexpected, "attributes read unmeasured (use store.strings.read_attr):\n" + "\n".join(unexpected)
+    assert not unexpected, "attributes read unmeasured (use store.attr_values.read_attr):\n" + "\n".join(unexpected)
     assert found == set(ALLOWED), "an allowed read is gone: drop it from ALLOWED"
     callers = [
         f"{p.name}:{n.lineno}"

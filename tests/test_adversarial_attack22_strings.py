@@ -15,8 +15,8 @@ import pytest
 
 from featstore import FeatureStore
 from featstore.errors import StoreError
+from featstore.store.attr_values import MAX_ATTR_BYTES, MAX_NAME_BYTES, MAX_NAMES, bounded_attrs, read_names
 from featstore.store.check import check_store
-from featstore.store.strings import MAX_ATTR_BYTES, MAX_NAME_BYTES, MAX_NAMES, bounded_attrs, read_names
 from featstore.store.writer import synthetic_attrs, write_arrays
 
 

@@ -17,8 +17,8 @@ import pytest
 from featstore.errors import StoreError
 from featstore.store import attr_dense, attr_ids
 from featstore.store.attr_dense import Heap, _lookup3, dense_place, message_name
+from featstore.store.attr_values import MAX_ATTRS, bounded_attrs, read_names
 from featstore.store.check import check_store
-from featstore.store.strings import MAX_ATTRS, bounded_attrs, read_names
 from featstore.store.writer import write_arrays
 
 NODE = 1 << 16

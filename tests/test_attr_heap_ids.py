@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from featstore.errors import StoreError
-from featstore.store import attr_ids, strings
+from featstore.store import attr_ids, attr_values
 from featstore.store.attr_dense import dense_place
-from featstore.store.strings import MAX_ATTR_BYTES, MAX_NAME_BYTES, bounded_attrs, raw_attr, read_names
+from featstore.store.attr_values import MAX_ATTR_BYTES, MAX_NAME_BYTES, bounded_attrs, raw_attr, read_names
 from featstore.store.writer import write_arrays
 from tests.test_adversarial_attack4 import cli, no_traceback
 
@@ -74,13 +74,13 @@ def test_heap_ids_sharing_one_string_are_refused_before_hdf5_reads_one(tmp_path,
     big, k = (limit + 1, 300) if long else (limit, max(300, path.stat().st_size // limit + 40))
     _share_first(path, group, key, k, big)
     assert _dense(path, group) == (n_classes > 1000 and group != "/")
-    real = strings._read
+    real = attr_values._read
 
     def spy(obj, name, where):  # HDF5 expanding the shared IDs: the bound came too late
         assert name != key, f"{key} read (expanded) before it was measured"
         return real(obj, name, where)
 
-    monkeypatch.setattr(strings, "_read", spy)
+    monkeypatch.setattr(attr_values, "_read", spy)
     readers = {  # what info/check read it with; what compaction (every resume) copies it with (64 KiB a string: a
         # 4,097-byte class name is copied, the 300 adding up to less than the file)
         "read": lambda obj: read_names(obj, key, "w", limit) if key == "class_names" else bounded_attrs(obj, "w"),
@@ -122,7 +122,7 @@ def test_genuine_class_names_read_exactly_as_before(tmp_path, monkeypatch, n_cla
         measured.append(real(obj, key, shape, stored))
         return measured[-1]
 
-    monkeypatch.setattr(strings, "heap_ids", spy)
+    monkeypatch.setattr(attr_values, "heap_ids", spy)
     with h5py.File(path, "r") as f:
         assert read_names(f["s/train"], "class_names", "w") == names
         assert bounded_attrs(f["s/train"], "w")["class_names"] == names

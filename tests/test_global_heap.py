@@ -28,10 +28,10 @@ from featstore import FeatureStore
 from featstore.errors import StoreError
 from featstore.report.tables import store_tree
 from featstore.store import gheap
+from featstore.store.attr_values import read_names
 from featstore.store.check import check_store
 from featstore.store.digests import RowsDigest
 from featstore.store.locking import StoreFile
-from featstore.store.strings import read_names
 from featstore.store.writer import SplitWriter, synthetic_attrs, write_arrays
 
 DAMAGED = "names a string in a damaged HDF5 global heap"
@@ -151,7 +151,7 @@ def test_a_zero_size_free_space_reached_through_a_path_is_one_line(tmp_path):
 
 _READ = """from featstore import FeatureStore
 from featstore.errors import StoreError
-from featstore.store.strings import read_attr, read_names
+from featstore.store.attr_values import read_attr, read_names
 import h5py
 p = {path!r}
 try:

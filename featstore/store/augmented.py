@@ -11,10 +11,10 @@ ask here before they trust a row.
 from __future__ import annotations
 
 from featstore.provenance import AUGMENTED
+from featstore.store.attr_values import read_attr
 from featstore.store.layout import read_paths
 from featstore.store.locking import StoreFile
 from featstore.store.metadata import open_split
-from featstore.store.strings import read_attr
 
 
 def copy_problems(store: StoreFile, name: str, split: str, *, block: int = 1 << 16) -> list[str]:

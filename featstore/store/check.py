@@ -17,6 +17,7 @@ import numpy as np
 
 from featstore.errors import StoreError, renamed_argument
 from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, check_format_version, plain, validate_extractor
+from featstore.store.attr_values import read_attr, read_names, refuse_many_attrs
 from featstore.store.augmented import copy_problems
 from featstore.store.layout import (
     check_chunks,
@@ -30,15 +31,7 @@ from featstore.store.locking import StoreFile
 from featstore.store.names import bounded_odd, odd_finding, odd_name, odd_names
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
-from featstore.store.strings import (
-    read_attr,
-    read_names,
-    refuse_long,
-    refuse_many_attrs,
-    shown,
-    shown_list,
-    unreadable_strings,
-)
+from featstore.store.strings import refuse_long, shown, shown_list, unreadable_strings
 
 RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
 REDO = "re-extract this split with --overwrite"
@@ -167,7 +160,7 @@ def _groups(g, where: str, out: list[str]) -> list[str]:
 
 
 def _attrs(obj, where: str, out: list[str]) -> dict | None:
-    """Every attribute of ``obj`` read through the measured readers ``info`` uses (``strings.read_attr``, as
+    """Every attribute of ``obj`` read through the measured readers ``info`` uses (``attr_values.read_attr``, as
     ``bounded_attrs`` does), each bad one a finding in ``out``; None when any was bad."""
     try:
         refuse_many_attrs(obj, where)

@@ -20,11 +20,12 @@ import h5py
 from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED
 from featstore.renames import PrivateFolder
+from featstore.store.attr_values import raw_attr, refuse_many_attrs
 from featstore.store.layout import LISTING, ROW_DATASETS, hard_groups, read_commit
 from featstore.store.locking import DENSE_ATTRS_LIBVER, StoreFile
 from featstore.store.names import names_text, path_text
 from featstore.store.space import compact_temporary, ensure_space, remove_compactions
-from featstore.store.strings import raw_attr, refuse_long, refuse_many_attrs
+from featstore.store.strings import refuse_long
 from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED, validate_extractor
+from featstore.store.attr_values import bounded_attrs, read_attr, read_names
 from featstore.store.layout import (
     Commit,
     check_chunks,
@@ -28,7 +29,6 @@ from featstore.store.layout import (
     validate_split,
 )
 from featstore.store.names import names_text
-from featstore.store.strings import bounded_attrs, read_attr, read_names
 
 CACHE_PURPOSE = (
     "finetune-cache"  # the `purpose` attribute of a group `featstore finetune` made to cache its frozen layers

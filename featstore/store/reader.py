@@ -29,6 +29,7 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError, renamed_argument
 from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED, check_format_version
+from featstore.store.attr_values import read_attr, read_names, refuse_many_attrs
 from featstore.store.augmented import copy_problems
 from featstore.store.layout import (  # noqa: F401 (STR, hard_groups, read_paths, refuse_foreign, foreign_objects, split_summary: re-exported)
     AUGMENT_ATTRS,
@@ -53,7 +54,6 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
 from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
 from featstore.store.names import names_text
 from featstore.store.storage import chunk_bytes, chunk_rows, row_bytes, unreadable
-from featstore.store.strings import read_attr, read_names, refuse_many_attrs
 from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)

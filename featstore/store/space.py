@@ -17,7 +17,8 @@ import numpy as np
 
 from featstore.errors import ConfigError, StoreError
 from featstore.leftovers import PRIVATE, TEMP, remove_private, temp_stem
-from featstore.store.strings import MAX_ATTR_BYTES, MAX_NAME_BYTES, MAX_NAMES, shown
+from featstore.store.attr_values import MAX_ATTR_BYTES, MAX_NAME_BYTES, MAX_NAMES
+from featstore.store.strings import shown
 from featstore.units import format_bytes
 
 SPACE_MARGIN = 1 << 20  # room kept for HDF5 metadata on top of the data itself

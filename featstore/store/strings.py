@@ -1,4 +1,4 @@
-"""Variable-length strings of a store (paths, failure reasons, class names) bounded before they are materialised.
+"""A store's variable-length string columns (paths, failure reasons) bounded before a row is materialised.
 
 An HDF5 variable-length string is a heap ID in the dataset (4 bytes of length, then the heap object's address) and its
 bytes in a global heap. Nothing stops every row's ID from pointing at one large heap object: a 3.8 MB store whose 600
@@ -8,11 +8,8 @@ the heap IDs themselves (:func:`vlen_lengths`: the dataset's raw bytes, chunk by
 over its limit (:data:`MAX_PATH_BYTES`, PATH_MAX, for paths) or rows whose strings add up to more bytes than the file
 holds (each stored string is in the file once) are refused before a row is read.
 
-Class names are an attribute, which HDF5 reads whole, expanding each heap ID as it reads; their count is bounded before
-the read, and so are their lengths, from the heap IDs in the file's own bytes (``attr_ids``: 3,000 IDs naming one 2
-MiB string made ``info`` ask for 6 GiB, attack 23), before any name is read, compared or printed (:func:`read_names`:
-``validate_split``'s repeat check compared 1 MiB names K^2 times, and ``fit`` printed one of them whole in a 1 MB
-error line).
+Class names and every other attribute are read through :mod:`featstore.store.attr_values`, which measures theirs from
+their heap IDs too; it shares :func:`past_file`, :func:`fix_for` and the message helpers (:func:`shown`) from here.
 """
 
 from __future__ import annotations
@@ -28,16 +25,10 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.store.attr_dense import FileBytes
-from featstore.store.attr_ids import Unparsed, attr_count, heap_ids, lengths, peek, walks_kept
-from featstore.store.gheap import ID_BLOCK_BYTES, compact_lengths, refuse_damaged, stored_lengths  # noqa: F401
+from featstore.store.gheap import compact_lengths, stored_lengths
 
 MAX_PATH_BYTES = 4096  # PATH_MAX: no file name featstore stored is longer
 MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
-MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
-MAX_NAMES = 1 << 20  # class names of a split (ImageNet-21k has 21,841)
-MAX_ATTR_BYTES = 64 << 10  # any other string attribute (a description, a spec)
-MAX_ATTRS = 256  # attributes of one object: featstore writes at most 14 (a split's), users may add a few
-MAX_ATTR_STORAGE = MAX_NAMES * 16  # bytes an attribute stores: MAX_NAMES heap IDs of 16 bytes (16 MiB)
 _SLACK = 64 << 10  # bytes allowed past the file's size when adding up a column's strings
 
 
@@ -48,7 +39,7 @@ def limit_of(ds) -> int:
 
 def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
     """The byte lengths of the variable-length strings ``start:stop`` of ``ds``, from their heap IDs (the dataset's own
-    bytes, read for those rows only, :data:`ID_BLOCK_BYTES` at a time, whatever the chunk's size; a compact dataset's
+    bytes, read for those rows only, :data:`gheap.ID_BLOCK_BYTES` at a time, whatever the chunk's size; a compact dataset's
     from its header), without reading a string. Refused: a column packed by a filter or virtual, another file driver,
     and a heap ID whose heap collection HDF5 would loop in or misread (``gheap``)."""
     plist = ds.id.get_create_plist()
@@ -67,12 +58,12 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
         offset = ds.id.get_offset()
         if offset is None:  # never written: every row is the fill value, an empty string
             return np.zeros(stop - start, np.uint32)
-        return stored_lengths(ds, fh, offset + start * elem, stop - start, start, _fix(ds))
+        return stored_lengths(ds, fh, offset + start * elem, stop - start, start, fix_for(ds))
     if layout == h5py.h5d.COMPACT:
-        return compact_lengths(ds, fh, start, stop, _fix(ds))
+        return compact_lengths(ds, fh, start, stop, fix_for(ds))
     if layout != h5py.h5d.CHUNKED:
         raise StoreError(
-            f"{ds.file.filename}:{ds.name} is a virtual string column, which featstore never writes: {_fix(ds)}"
+            f"{ds.file.filename}:{ds.name} is a virtual string column, which featstore never writes: {fix_for(ds)}"
         )
     if plist.get_nfilters():  # HDF5 refuses to make one ("not suitable for filters"): crafted, or an old library's
         raise StoreError(
@@ -95,7 +86,7 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
         if (last - c) * elem > size:
             raise StoreError(f"{ds.file.filename}:{ds.name}: chunk {c} is shorter than its rows: the store is damaged")
         at = offset + (first - c) * elem
-        out[first - start : last - start] = stored_lengths(ds, fh, at, last - first, first, _fix(ds))
+        out[first - start : last - start] = stored_lengths(ds, fh, at, last - first, first, fix_for(ds))
     return out
 
 
@@ -183,229 +174,22 @@ def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = Non
             f"{where}: row {row} holds a string of {int(lengths[over[0]]):,} bytes, over the {limit:,}-byte limit "
             f"({len(over):,} such row(s) in rows {start}..{stop - 1}): {fix}"
         )
-    total, size = int(lengths.sum(dtype=np.int64)), os.path.getsize(ds.file.filename)
-    if total > size + _SLACK:
+    if past := past_file(lengths, ds.file.filename):
+        total, size = past
         raise StoreError(
             f"{where}: rows {start}..{stop - 1} add up to {total:,} bytes of strings in a file of {size:,} bytes: their "
             f"heap IDs share strings, which featstore never writes: {fix}"
         )
 
 
-def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int | None = None) -> object:
-    """Attribute ``key`` of ``obj`` as plain Python, with a list of variable-length strings (class names) bounded: at
-    most :data:`MAX_NAMES` of them (counted before the read) and none longer than ``limit`` bytes (checked before the
-    names are compared, copied or printed; a fixed-width string's width, which is in its type, before the read). Other
-    values come back as ``provenance.plain`` gives them; with ``most``, a value of more than ``most`` items (of any
-    type) is refused unread, from its dataspace's shape.
-
-    HDF5 reads an attribute whole (it has no partial reads), so what it stores is measured first: over
-    :data:`MAX_ATTR_STORAGE` bytes (a 120 MiB array of numbers took 721 MiB and 15 s in ``info``) it is refused unread.
-    A variable-length string's bytes are not in that size (it stores 16-byte heap IDs), and HDF5 offers no way to read
-    those IDs of an attribute, so ``attr_ids.heap_ids`` reads them from the file's bytes (compact or dense storage)
-    and, for more than one string, a string over ``limit`` or strings adding up to more than the file's size (IDs
-    sharing one string: K times it) are refused before HDF5 reads any (:func:`_refuse_expanding`). One string alone is
-    at most its heap collection, within the file. Reading them into fixed-width buffers instead would stop at the
-    width, but h5py's conversion to fixed width leaks every string it reads (120 MiB per read of the attack's names)."""
-    from featstore.provenance import plain
-
-    aid = measured_attr(obj, key, where)
-    count = 0 if aid.shape is None else int(np.prod(aid.shape, dtype=np.int64))  # a null dataspace holds nothing
-    if most is not None and count > most:
-        raise StoreError(
-            f"{where}: {shown(key, 60)} holds {count:,} values where featstore writes at most {most}; refused unread: "
-            f"{_fix(obj)}"
-        )
-    info = h5py.check_string_dtype(aid.dtype)
-    if info is None or aid.shape is None:
-        return plain(_read(obj, key, where))
-    if count > MAX_NAMES:
-        raise StoreError(
-            f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {_fix(obj)}"
-        )
-    if info.length is not None:  # fixed width (never written by featstore): each string's width is in the type
-        if aid.dtype.itemsize > limit:
-            raise StoreError(
-                f"{where}: {key} holds fixed-width strings of {aid.dtype.itemsize:,} bytes, over the {limit:,}-byte "
-                f"limit; refused unread: {_fix(obj)}"
-            )
-        return plain(_read(obj, key, where))
-    if count:  # K heap IDs may name one string K times; any, a heap collection HDF5 loops in (gheap)
-        _refuse_expanding(obj, key, aid, where, limit)
-    value = _read(obj, key, where)
-    if bad := _first_long(value, limit):
-        del value  # a kept error (StoreMetadata keeps one per split) keeps this frame: not the K strings with it
-        raise StoreError(
-            f"{where}: {key}[{bad[0]}] is a string of {bad[1]:,} bytes, over the {limit:,}-byte limit ({bad[2]}): {_fix(obj)}"
-        )
-    return plain(value)
+def past_file(sizes: np.ndarray, filename) -> tuple[int, int] | None:
+    """(their total, the file's size) when strings of ``sizes`` bytes add up to more than the file holds (plus a slack):
+    their heap IDs share strings, which featstore never writes, and reading them would copy one string per ID."""
+    total, size = int(sizes.sum(dtype=np.int64)), os.path.getsize(filename)
+    return (total, size) if total > size + _SLACK else None
 
 
-def _refuse_expanding(obj, key: str, aid: h5py.h5a.AttrID, where: str, limit: int) -> None:
-    """Refuse variable-length string attribute ``key`` before HDF5 expands its heap IDs when one names a string over
-    ``limit`` bytes or all add up to more than the file holds (IDs sharing a string), or when its IDs cannot be read
-    from the file's bytes (:func:`attr_ids.heap_ids`): what HDF5 reads is then at most the file's size; or when one
-    names a heap collection HDF5 would loop in or misread (:func:`gheap.refuse_damaged`)."""
-    if obj.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
-        raise StoreError(
-            f"{where}: {shown(key, 60)} cannot be measured before it is read with HDF5's {obj.file.driver!r} driver; "
-            f"refused unread: open the store with HDF5's default driver (unset HDF5_DRIVER)"
-        )
-    try:
-        ids = heap_ids(obj, key, aid.shape, _stored_size(aid))
-    except (Unparsed, *_H5_ERRORS) as exc:
-        raise StoreError(
-            f"{where}: {shown(key, 60)} cannot be measured before it is read ({shown(str(exc), 160)}); refused unread: "
-            f"{_fix(obj)}"
-        ) from None
-    sizes = lengths(ids)
-    if len(over := np.flatnonzero(sizes > limit)):
-        start = peek(obj, ids[over[0]]).decode("utf-8", "ignore")
-        raise StoreError(
-            f"{where}: {key}[{over[0]}] is a string of {int(sizes[over[0]]):,} bytes, over the {limit:,}-byte limit "
-            f"({shown(start) if start else 'refused unread'}): {_fix(obj)}"
-        )
-    total, size = int(sizes.sum(dtype=np.int64)), os.path.getsize(obj.file.filename)
-    if total > size + _SLACK:
-        raise StoreError(
-            f"{where}: {key} adds up to {total:,} bytes of strings in a file of {size:,} bytes: its heap IDs share "
-            f"strings, which featstore never writes; refused unread: {_fix(obj)}"
-        )
-    refuse_damaged(FileBytes(obj.file), ids, where, _fix(obj), key=shown(key, 60))
-
-
-# what h5py raises for an attribute HDF5 cannot open, measure or read (a damaged header, a type it cannot convert)
-_H5_ERRORS = (OSError, RuntimeError, KeyError, TypeError, ValueError)
-
-
-def _read(obj, key: str, where: str) -> object:
-    """``obj.attrs[key]``, measured by the caller; any h5py error is the one-line StoreError naming ``where``."""
-    try:
-        return obj.attrs[key]
-    except _H5_ERRORS as exc:
-        raise StoreError(f"{where}: {shown(key, 60)} cannot be read ({shown(str(exc), 160)}): {_fix(obj)}") from None
-
-
-def raw_attr(obj, key: str, where: str) -> object:
-    """Attribute ``key`` of ``obj`` as h5py gives it (an array, a scalar, ``h5py.Empty``: types as stored), measured
-    first (strings as :func:`read_attr` measures them, at most :data:`MAX_ATTR_BYTES` each): what a copy of a store
-    writes back; never shown whole."""
-    aid = measured_attr(obj, key, where)
-    info = h5py.check_string_dtype(aid.dtype)
-    if info is not None and info.length is None and aid.shape is not None and np.prod(aid.shape):
-        _refuse_expanding(obj, key, aid, where, MAX_ATTR_BYTES)
-    return _read(obj, key, where)
-
-
-def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
-    """Attribute ``key`` of ``obj`` opened, not read, after its stored size was measured: StoreError naming ``where``
-    and the key over :data:`MAX_ATTR_STORAGE` bytes, or when HDF5 cannot open or measure it. What every reading of a
-    store's attribute starts with."""
-    if isinstance(key, bytes):  # h5py lists a name that is not UTF-8 as bytes; featstore names are all ASCII
-        raise StoreError(
-            f"{where}: {shown(key, 60)} is an attribute name that is not UTF-8, which featstore never writes: {_fix(obj)}"
-        )
-    try:
-        aid = h5py.h5a.open(obj.id, key.encode("utf-8", "surrogateescape"))
-        stored, dtype = (
-            _stored_size(aid),
-            aid.dtype,
-        )  # a type numpy has no dtype for (a 128-bit integer) is refused here
-    except _H5_ERRORS as exc:
-        raise StoreError(f"{where}: {shown(key, 60)} cannot be opened ({shown(str(exc), 160)}): {_fix(obj)}") from None
-    if kind := _unwritten_type(dtype):
-        raise StoreError(
-            f"{where}: {shown(key, 60)} cannot be read: it is of HDF5 type {kind}, which featstore never writes in an "
-            f"attribute (it writes numbers, booleans and strings); refused unread: {_fix(obj)}"
-        )
-    if stored > MAX_ATTR_STORAGE:
-        raise StoreError(
-            f"{where}: {key} stores {stored:,} bytes, over the {MAX_ATTR_STORAGE:,} featstore accepts in an attribute "
-            f"(it writes a few KiB; class names at most 16 bytes each); refused unread: {_fix(obj)}"
-        )
-    return aid
-
-
-def _unwritten_type(dtype: np.dtype) -> str | None:
-    """What kind of type ``dtype`` is when featstore never writes it in an attribute (its own: integers, floats, booleans
-    (an enum), strings), else None. Such a type can hide strings its stored size does not count (a compound holding a
-    variable-length string stores 16 bytes: a 10 MB string was read and printed whole, attack 22)."""
-    if dtype.subdtype is not None:
-        return "array"
-    if dtype.fields is not None:
-        return "compound"
-    if dtype.kind in "biuf" or h5py.check_string_dtype(dtype) is not None:
-        return None
-    if h5py.check_ref_dtype(dtype) is not None:
-        return "reference"
-    if h5py.check_vlen_dtype(dtype) is not None:
-        return "variable-length sequence"
-    return {"c": "complex", "V": "opaque"}.get(dtype.kind, f"{dtype.kind!r}")
-
-
-def _stored_size(aid: h5py.h5a.AttrID) -> int:
-    """Bytes attribute ``aid`` stores (what a read allocates, before strings): HDF5's count, else its dataspace's points
-    times its type's size. h5py takes HDF5's 0 for an error, so an empty array or a null dataspace raised (attack 22)."""
-    try:
-        return int(aid.get_storage_size())
-    except RuntimeError:
-        points = 0 if aid.shape is None else int(np.prod(aid.shape, dtype=np.int64))
-        return points * aid.get_type().get_size()
-
-
-def _first_long(value, limit: int) -> tuple[int, int, str] | None:
-    """(index, bytes, the name cut for a message) of the first string of ``value`` over ``limit`` bytes, or None."""
-    for i, item in enumerate(value.reshape(-1).tolist() if isinstance(value, np.ndarray) else [value]):
-        size = len(item) if isinstance(item, bytes) or item.isascii() else len(item.encode("utf-8", "surrogateescape"))
-        if size > limit:
-            return i, size, shown(item)
-    return None
-
-
-_NO = object()  # read_attr's default: a missing attribute is an error
-
-
-def bounded_attrs(obj, where: str) -> dict:
-    """``provenance.attrs_of(obj)`` with each variable-length string attribute bounded as :func:`read_names` bounds
-    class names (at most :data:`MAX_ATTR_BYTES` a string), counted first (:func:`refuse_many_attrs`), the header walked
-    once for all: what every opening reads of an extractor and the file."""
-    with walks_kept():
-        refuse_many_attrs(obj, where)
-        return {key: read_attr(obj, key, where) for key in obj.attrs}
-
-
-def refuse_many_attrs(obj, where: str) -> None:
-    """Refuse ``obj`` before HDF5 lists its attributes when it holds over :data:`MAX_ATTRS` of them or its dense index
-    does not count as it walks (``attr_ids.attr_count``), in one line naming ``where`` and the fix."""
-    try:
-        count = attr_count(obj, MAX_ATTRS)  # another driver than sec2: Unparsed (its bytes cannot be read directly)
-    except (Unparsed, *_H5_ERRORS) as exc:
-        fix = _fix(obj) if obj.file.driver == "sec2" else "open it with HDF5's default driver (unset HDF5_DRIVER)"
-        raise StoreError(
-            f"{where}: its attributes cannot be counted before they are listed ({shown(str(exc), 160)}); refused "
-            f"unread: {fix}"
-        ) from None
-    if count > MAX_ATTRS:
-        raise StoreError(
-            f"{where}: holds {count:,} attributes where featstore writes at most {MAX_ATTRS}; refused "
-            f"unread: {_fix(obj)}"
-        )
-
-
-def read_attr(obj, key: str, where: str, most: int | None = None, default: object = _NO) -> object:
-    """Attribute ``key`` of ``obj`` (``where`` names the store and object) bounded as :func:`bounded_attrs` bounds
-    each: the one way a store's attribute is read before it is known to be sane. ``most``: at most that many items (a
-    count or a flag: 1), refused unread from its shape; ``default``: what a missing ``key`` gives (else StoreError).
-    Its value goes into a message through :func:`shown`, never whole. Example::
-
-        version = read_attr(f, "format_version", f"{path}:/")
-        n_images = read_attr(sg, "n_images", where, most=1, default=None)
-    """
-    if default is not _NO and key not in obj.attrs:
-        return default
-    return read_names(obj, key, f"{where} attribute", MAX_ATTR_BYTES, most)
-
-
-def _fix(obj) -> str:
+def fix_for(obj) -> str:
     """What to do about a crafted or damaged attribute of ``obj``, by what it is (attack 23 #14: one split's fix for
     every object was an advice loop): a split's (or anything inside one) is re-extracted with --overwrite; the root's
     and an extractor's are kept by that re-extraction (the writer refuses an extractor's with the same message), so

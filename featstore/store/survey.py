@@ -24,6 +24,7 @@ from featstore.provenance import (
     refuse_other_augmentation,
     validate_extractor,
 )
+from featstore.store.attr_values import bounded_attrs, read_attr, read_names
 from featstore.store.layout import (
     hard_group,
     hard_groups,
@@ -35,7 +36,6 @@ from featstore.store.layout import (
     validate_labels,
     validate_split,
 )
-from featstore.store.strings import bounded_attrs, read_attr, read_names
 
 
 @dataclass(frozen=True)

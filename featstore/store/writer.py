@@ -37,6 +37,7 @@ from featstore.provenance import (
     refuse_resume,
     validate_extractor,
 )
+from featstore.store.attr_values import bounded_attrs, read_attr
 from featstore.store.compact import compact
 from featstore.store.digests import RowsDigest
 from featstore.store.layout import (
@@ -57,7 +58,7 @@ from featstore.store.locking import (  # noqa: F401 (StoreFile, lock_holder, wri
     writer_lock,
 )
 from featstore.store.space import check_writable, ensure_space, refuse_unstorable_strings  # noqa: F401 (re-exported)
-from featstore.store.strings import MAX_REASON_BYTES, bounded_attrs, read_attr, shown_list
+from featstore.store.strings import MAX_REASON_BYTES, shown_list
 from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
