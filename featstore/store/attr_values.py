@@ -19,7 +19,7 @@ from featstore.errors import StoreError
 from featstore.store.attr_dense import FileBytes
 from featstore.store.attr_ids import Unparsed, attr_count, heap_ids, lengths, peek, walks_kept
 from featstore.store.gheap import refuse_damaged
-from featstore.store.strings import fix_for, past_file, shown
+from featstore.store.strings import fix_for, refuse_sizes, shown
 
 MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
 MAX_NAMES = 1 << 20  # class names of a split (ImageNet-21k has 21,841)
@@ -94,19 +94,15 @@ def _refuse_expanding(obj, key: str, aid: h5py.h5a.AttrID, where: str, limit: in
             f"{where}: {shown(key, 60)} cannot be measured before it is read ({shown(str(exc), 160)}); refused unread: "
             f"{fix_for(obj)}"
         ) from None
-    sizes = lengths(ids)
-    if len(over := np.flatnonzero(sizes > limit)):
-        start = peek(obj, ids[over[0]]).decode("utf-8", "ignore")
-        raise StoreError(
-            f"{where}: {key}[{over[0]}] is a string of {int(sizes[over[0]]):,} bytes, over the {limit:,}-byte limit "
-            f"({shown(start) if start else 'refused unread'}): {fix_for(obj)}"
-        )
-    if past := past_file(sizes, obj.file.filename):
-        total, size = past
-        raise StoreError(
-            f"{where}: {key} adds up to {total:,} bytes of strings in a file of {size:,} bytes: its heap IDs share "
-            f"strings, which featstore never writes; refused unread: {fix_for(obj)}"
-        )
+
+    def start_of(i: int, over) -> str:  # the long string's first bytes (a name cut to 40 characters), when readable
+        start = peek(obj, ids[i]).decode("utf-8", "ignore")
+        return shown(start) if start else "refused unread"
+
+    refuse_sizes(
+        lengths(ids), limit, obj.file.filename, fix_for(obj),
+        one=lambda i: f"{where}: {key}[{i}] is", every=f"{where}: {key} adds", note=start_of,
+    )  # fmt: skip
     refuse_damaged(FileBytes(obj.file), ids, where, fix_for(obj), key=shown(key, 60))
 
 

@@ -9,7 +9,7 @@ over its limit (:data:`MAX_PATH_BYTES`, PATH_MAX, for paths) or rows whose strin
 holds (each stored string is in the file once) are refused before a row is read.
 
 Class names and every other attribute are read through :mod:`featstore.store.attr_values`, which measures theirs from
-their heap IDs too; it shares :func:`past_file`, :func:`fix_for` and the message helpers (:func:`shown`) from here.
+their heap IDs too; it shares :func:`refuse_sizes`, :func:`fix_for` and the message helpers (:func:`shown`) from here.
 """
 
 from __future__ import annotations
@@ -166,27 +166,30 @@ def refuse_long(ds: h5py.Dataset, start: int, stop: int, limit: int | None = Non
     limit = limit_of(ds) if limit is None else limit
     where = f"{ds.file.filename}:{ds.name}"
     fix = "the store is crafted or damaged; re-extract this split with --overwrite (or into a new --store)"
-    lengths = vlen_lengths(ds, start, stop)
-    over = np.flatnonzero(lengths > limit)
-    if len(over):
-        row = start + int(over[0])
-        raise StoreError(
-            f"{where}: row {row} holds a string of {int(lengths[over[0]]):,} bytes, over the {limit:,}-byte limit "
-            f"({len(over):,} such row(s) in rows {start}..{stop - 1}): {fix}"
-        )
-    if past := past_file(lengths, ds.file.filename):
-        total, size = past
-        raise StoreError(
-            f"{where}: rows {start}..{stop - 1} add up to {total:,} bytes of strings in a file of {size:,} bytes: their "
-            f"heap IDs share strings, which featstore never writes: {fix}"
-        )
+    refuse_sizes(
+        vlen_lengths(ds, start, stop), limit, ds.file.filename, fix,
+        one=lambda i: f"{where}: row {start + i} holds",
+        every=f"{where}: rows {start}..{stop - 1} add",
+        note=lambda i, over: f"{len(over):,} such row(s) in rows {start}..{stop - 1}",
+    )  # fmt: skip
 
 
-def past_file(sizes: np.ndarray, filename) -> tuple[int, int] | None:
-    """(their total, the file's size) when strings of ``sizes`` bytes add up to more than the file holds (plus a slack):
-    their heap IDs share strings, which featstore never writes, and reading them would copy one string per ID."""
+def refuse_sizes(sizes: np.ndarray, limit: int, filename, fix: str, one, every: str, note) -> None:
+    """Refuse strings of ``sizes`` bytes, measured before any is read, when one is over ``limit`` bytes (named by
+    ``one(i)``, ``note(i, over)`` in brackets) or all add up to more than the file ``filename`` holds plus a slack
+    (named by ``every``): their heap IDs share strings, which featstore never writes, and reading them would copy
+    one string per ID. The column's rows and an attribute's items are both refused here."""
+    if len(over := np.flatnonzero(sizes > limit)):
+        i = int(over[0])
+        raise StoreError(
+            f"{one(i)} a string of {int(sizes[i]):,} bytes, over the {limit:,}-byte limit ({note(i, over)}): {fix}"
+        )
     total, size = int(sizes.sum(dtype=np.int64)), os.path.getsize(filename)
-    return (total, size) if total > size + _SLACK else None
+    if total > size + _SLACK:
+        raise StoreError(
+            f"{every} up to {total:,} bytes of strings in a file of {size:,} bytes: their heap IDs share strings, "
+            f"which featstore never writes; refused unread: {fix}"
+        )
 
 
 def fix_for(obj) -> str:
