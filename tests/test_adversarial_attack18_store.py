@@ -186,6 +186,22 @@ def test_committed_rows_whose_chunks_were_never_written_are_refused(holes):
     assert FeatureStore(holes).load("train")[0].shape == (64, 16)
 
 
+def test_a_resumes_compaction_refuses_a_split_the_readers_refuse(holes, column_chunks):
+    """Attack 29 #5, #3: a resume's compaction copied every split without the readers' chunk check: lost chunks came
+    back as allocated rows of zeros (check then said OK, fit scored them), a chunk across values was copied as it was.
+    Refused before any copy now, the store unchanged; with the split left out (what --overwrite does) it goes through.
+    Sabotage: the check_chunks call in compact._copy_split removed fails it (the copy succeeds)."""
+    from featstore.store.compact import compact
+
+    for path, says in ((holes, r"syn/test/features: 2 of the 4 chunks .* never written"), (column_chunks, "across")):
+        before = path.read_bytes()
+        with pytest.raises(StoreError, match=says):
+            compact(path)
+        assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["cols.h5", "s.h5"]
+    compact(holes, leave_out=frozenset({("syn", "test")}))
+    assert check_store(holes) == [] and FeatureStore(holes).splits() == ["train"]
+
+
 # ------------------------------------------------------------------ 13. a filter plugin that is not installed
 @pytest.fixture
 def blosc_chunk(tmp_path):

@@ -21,7 +21,7 @@ from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED
 from featstore.renames import PrivateFolder
 from featstore.store.attr_values import raw_attr, refuse_many_attrs
-from featstore.store.layout import LISTING, ROW_DATASETS, hard_groups, read_commit
+from featstore.store.layout import LISTING, ROW_DATASETS, check_chunks, hard_groups, read_commit
 from featstore.store.locking import DENSE_ATTRS_LIBVER, StoreFile
 from featstore.store.names import names_text, path_text
 from featstore.store.space import compact_temporary, ensure_space, remove_compactions
@@ -247,6 +247,7 @@ def _copy_split(sg: h5py.Group, parent: h5py.Group, split: str, where: str) -> N
     d = parent.create_group(split)
     _copy_attrs(sg, d)
     c = read_commit(sg, where)
+    check_chunks(sg, c, where)  # as every reader: lost chunks were copied as zero rows, a 1 GiB chunk unpacked whole
     for key in ROW_DATASETS:
         if key in sg:
             _copy_rows(sg[key], d, key, c.rows)

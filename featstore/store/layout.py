@@ -187,7 +187,8 @@ def check_chunks(sg, commit: Commit, where: str) -> None:
     compressed row dataset whose one chunk unpacks to more than 64 MiB and more than its committed rows take (a crafted
     store of a few MB, a gzip chunk of zeros, would make every reader allocate up to 4 GiB per dataset); features chunked
     across their values; committed rows whose chunks were never written (:mod:`featstore.store.storage`). Call it before
-    reading rows (the writer does not: it resumes the splits it made).
+    reading rows: every reader does, and a resume's compaction before it copies a split (it copied lost chunks as
+    rows of zeros, which every check then accepted, and unpacked a 1 GiB chunk whole: attack 29 #3, #5)
     """
     for key in (*ROW_DATASETS, "failed/paths", "failed/reasons"):
         ds = sg.get(key)
