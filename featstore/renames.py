@@ -74,6 +74,7 @@ class PrivateFolder:
         self.temp = f".{temp_stem(self.target.name)}" + PRIVATE_FILES[compact]  # the file written
         self.name = ""  # the private folder's name in the target's folder, once made
         self.parent_fd = self.fd = -1
+        self.made: set[str] = set()  # the names written in it: the only ones its clean-up removes
 
     def __enter__(self) -> PrivateFolder:
         if not self.name:
@@ -94,8 +95,8 @@ class PrivateFolder:
             except OSError:
                 raise self.swapped(False) from None
             st = os.fstat(self.fd)
-            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-                raise self.swapped(False)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077 or os.listdir(self.fd):
+                raise self.swapped(False)  # (a folder of this user's renamed onto its name: nothing in it is removed)
         except BaseException:
             self._close()
             raise
@@ -105,6 +106,7 @@ class PrivateFolder:
         folder can redirect: ``/proc/self/fd/<fd>/<name>``; where there is none, through the folder's name only when
         no one else can write (or rename in) the target's folder; else ``swapped(False)``."""
         name = name or self.temp
+        self.made.add(name)
         if not FD_SAFE:
             return self.target.parent / self.name / name
         at = unredirectable(self.fd, self.name, self.target.parent, os.fstat(self.parent_fd))
@@ -115,6 +117,7 @@ class PrivateFolder:
     def new_file(self, mode: int) -> tuple[int, Path]:
         """The temporary, made empty (O_EXCL, O_NOFOLLOW) with ``mode`` set through its descriptor: ``(fd, path)``; the
         caller closes ``fd`` (held open, its inode is never another file's)."""
+        self.made.add(self.temp)
         if not FD_SAFE:
             fd = os.open(self.path(), _NEW, 0o600)
         else:
@@ -143,7 +146,10 @@ class PrivateFolder:
         self._close()
 
     def _close(self) -> None:
-        """Remove what is left in the private folder, then the folder (by name only while the name is still it)."""
+        """Remove what this write made in the private folder (the names it handed out), then the folder, by name only
+        while the name is still it and only when empty: a folder of the user's that a colleague renamed onto its name
+        between ``mkdir`` and ``open`` passes the owner and mode checks, and every file in it was deleted (attack 28
+        #8)."""
         if not FD_SAFE:
             import shutil
 
@@ -151,10 +157,9 @@ class PrivateFolder:
                 shutil.rmtree(self.target.parent / self.name, ignore_errors=True)
             return
         if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                for name in os.listdir(self.fd):
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=self.fd)
+            for name in self.made:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=self.fd)
             with contextlib.suppress(OSError):
                 st, mine = os.stat(self.name, dir_fd=self.parent_fd, follow_symlinks=False), os.fstat(self.fd)
                 if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
@@ -245,11 +250,13 @@ class OwnFolder:
         try:
             self.fd = os.open(self.name, _DIR | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
-            shutil.rmtree(self.name, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.name)  # only if empty: it was just made (what is there now may not be)
             raise
         try:
             st = os.fstat(self.fd)
             if st.st_uid != os.geteuid() or st.st_mode & 0o077 or os.listdir(self.fd):
+                self.close()  # not the folder made: nothing in it is removed (attack 28 #8: a run was emptied)
                 raise self._swapped()
             at = unredirectable(self.fd, self.name.name, parent, os.stat(parent))
             if at is None:
@@ -308,8 +315,9 @@ class OwnFolder:
     def _swapped(self) -> OutputError:
         return OutputError(
             f"{self.name}, the folder featstore made to write in, was replaced by another (someone else can write "
-            f"{self.name.parent}); nothing was written there. Write into a folder only you can write, then re-run the "
-            f"same command"
+            f"{self.name.parent}); nothing was written there, and what is now at that name was left as it is (a folder "
+            f"of yours? someone moved it there: rename it back). Write into a folder only you can write, then re-run "
+            f"the same command"
         )
 
 

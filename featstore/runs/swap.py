@@ -50,13 +50,18 @@ def read_marker(folder: Path) -> dict | None:
     whose JSON is missing or cut short (a full disk let the file be made, not its bytes) marks a new version: the
     folder is featstore's, never the only copy of a run (an old version's marker is written before it is moved)."""
     path = folder / TMP_MARKER
-    try:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        with open(path, "rb") as fh:
-            text = fh.read(4096)
+    try:  # one opening, checked on its descriptor: a FIFO swapped in after a check by name blocked `runs` for ever
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     try:
         found = json.loads(text)
     except ValueError:
