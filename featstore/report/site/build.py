@@ -12,7 +12,10 @@ Layout of the folder (``--out``, default ``<store stem>.report/`` beside the sto
     .featstore-report.json     the files this report wrote (the next report removes those it no longer writes)
 
 A folder that holds files but no ``.featstore-report.json`` is refused (it is not a report: nothing there is
-overwritten). Caches beside the store (``<store>.cache/``): thumbnails, map layouts, leak pairs.
+overwritten). Caches beside the store (``<store>.cache/``): thumbnails, map layouts, leak pairs. The folder is opened
+once and every file is written into it, and removed from it, through descriptors
+(:class:`~featstore.report.site.sitefolder.SiteFolder`): a link swapped in at ``--out`` or a subfolder meanwhile is
+never followed (attack 28 #2).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import logging
 import os
 import shutil
 import stat
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +41,12 @@ from featstore.outputs import (
     refuse_run_files,
     resolved,
     terminal_safe,
-    write_text,
 )  # noqa: F401 (cache_dir: similar_page)
 from featstore.report.site import charts
 from featstore.report.site.mapview import map_view
-from featstore.report.site.render import figure_json, original, render, write_assets
+from featstore.report.site.render import figure_json, original, page, write_assets
 from featstore.report.site.runpages import run_view
+from featstore.report.site.sitefolder import SiteFolder
 from featstore.report.site.storeview import LeakView, leak_view, overview
 from featstore.report.site.thumbs import ThumbCache
 from featstore.runs.folder import runs_root, scan_runs_of
@@ -77,55 +79,37 @@ def default_out(store: str | os.PathLike) -> Path:
     return Path(store).with_suffix(".report")
 
 
-def _folder(root: Path, *parts: str) -> Path:
-    """A folder inside the site, created; refuses a link on the way (nothing is written through one)."""
-    path = root
-    for part in parts:
-        path = path / part
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            path.mkdir()
-            continue
-        if not stat.S_ISDIR(mode):
-            raise OutputError(f"{path} is a link or a file, not a folder; featstore report writes only into folders")
-    return path
-
-
-def _prepare(out: Path) -> set[str]:
-    """Check the output folder (new, empty, or an earlier report); the files the earlier report wrote."""
+def _prepare(out: Path) -> tuple[SiteFolder, set[str]]:
+    """Open the output folder (new, empty, or an earlier report) once; the files the earlier report wrote."""
     if out.is_symlink():
         raise OutputError(f"--out {out} is a symbolic link; featstore never writes through a link")
     if not out.exists():
         check_output(out, "--out")  # its parent must exist
-        try:
-            out.mkdir()
-        except OSError as exc:  # a read-only folder or file system, /proc: was an OSError traceback
-            raise _not_writable(out, exc, out.parent) from None
-        return set()
-    if not out.is_dir():
-        raise OutputError(f"--out {out} is not a folder; give a new or empty folder")
-    try:  # the site's first file, tried before any work (an empty folder on a read-only file system)
-        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise _not_writable(out, exc, out) from None
-    manifest = out / MANIFEST
-    if not manifest.is_file():
-        if any(out.iterdir()):
-            raise ConfigError(
-                f"--out {out} holds files that featstore report did not write; give a new or empty folder "
-                f"(a report folder keeps a {MANIFEST})"
-            )
-        return set()
+    site = SiteFolder(out, lambda exc, where: _not_writable(out, exc, where))
     try:
-        if manifest.stat().st_size > MANIFEST_MAX_BYTES:  # a planted one: read nothing, clean nothing
-            return set()
-        listed = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-        return {f for f in listed if isinstance(f, str)}
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: a nested [[[[...
-        return set()
+        if site.made:
+            return site, set()
+        try:  # the site's first file, tried before any work (an empty folder on a read-only file system)
+            site.probe()
+        except OSError as exc:
+            raise _not_writable(out, exc, out) from None
+        st = site.lstat(MANIFEST)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            if not site.is_empty():
+                raise ConfigError(
+                    f"--out {out} holds files that featstore report did not write; give a new or empty folder "
+                    f"(a report folder keeps a {MANIFEST})"
+                )
+            return site, set()
+        raw = site.read_small(MANIFEST, MANIFEST_MAX_BYTES)  # None: a planted one over 64 MiB, read nor cleaned
+        try:
+            listed = json.loads(raw.decode("utf-8"))["files"]
+            return site, {f for f in listed if isinstance(f, str)}
+        except (AttributeError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: a nested [[[[...
+            return site, set()
+    except BaseException:
+        site.close()
+        raise
 
 
 def _not_writable(out: Path, exc: OSError, where: Path) -> OutputError:
@@ -152,24 +136,23 @@ def _site_file(rel: str) -> bool:
     return parts[0] in SITE_FOLDERS and Path(rel).suffix in SITE_SUFFIXES
 
 
-def _clean(out: Path, old: set[str], new: set[str], keep: tuple[Path, ...]) -> None:
-    """Remove the files an earlier report wrote that this one did not: regular files inside the site whose names its
-    layout can hold (a manifest planted in a project folder listed ``notes.txt``, the store of `report --out .` and a
-    run's files, and all were deleted); never an HDF5 file nor anything under ``keep``."""
-    root = out.resolve()
-    for rel in sorted(old - new):
-        if not _site_file(rel):
-            continue
-        path = out / rel
+def _clean(site: SiteFolder, old: set[str], new: set[str], keep: tuple[Path, ...]) -> None:
+    """Remove the files an earlier report wrote that this one did not: regular files inside the folder the report
+    opened (through its descriptors: a link put at ``--out`` or a subfolder is never followed) whose names its layout
+    can hold (a manifest planted in a project folder listed ``notes.txt``, the store of `report --out .` and a run's
+    files, and all were deleted); never an HDF5 file nor anything under ``keep``."""
+    kept = set()
+    for k in keep:
         try:
-            target = path.resolve()
-            if any(target == k or target.is_relative_to(k) for k in keep):
-                continue
-            if target.parent.is_relative_to(root) and stat.S_ISREG(os.lstat(path).st_mode):
-                check_output(path, "report file")  # OutputError for an HDF5 file (a store)
-                path.unlink()
-        except (OSError, ValueError):
+            st = os.stat(k)
+            kept.add((st.st_dev, st.st_ino))
+        except OSError:
             continue
+    if site.inside(kept):  # the site inside the runs or cache folder: nothing there is the report's to remove
+        return
+    for rel in sorted(old - new):
+        if _site_file(rel):
+            site.remove("/".join(Path(rel).parts), kept)
 
 
 def build_report(
@@ -214,9 +197,22 @@ def build_report(
         refuse_run_files(out, "--out", folder=True)  # nor another store's runs folder, nor a run's folder
     refuse_in_image_folders(out / "index.html", store, "--out")  # its thumbnails would be extracted as images
     cache, not_kept = _caches(store)  # a link there (or at thumbs/, maps/) is refused before any work
-    old = _prepare(out)
+    site, old = _prepare(out)  # --out opened once: every file below is written and removed through it
+    with site:
+        result = _write_site(
+            site, old, fs, store, runs, cache, not_kept, map_rows, map_method, gallery, leaks, seed, jobs
+        )
+    result.seconds = time.monotonic() - start
+    if not_kept:
+        shutil.rmtree(cache, ignore_errors=True)
+    return result
+
+
+def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_method, gallery, leaks, seed, jobs):
+    """The pages, assets, maps and thumbnails of :func:`build_report`, written into the folder ``site`` holds open."""
+    out = site.out
     # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
-    write_text(out / MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
+    site.write_text(MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
     thumbs = ThumbCache(cache / "thumbs")
     result = ReportResult(out / "index.html", 0, 0, 0, notes=[not_kept] if not_kept else [])
     store_info = overview(fs)
@@ -241,40 +237,35 @@ def build_report(
         leak_view(fs, n, cache, lines[n]) if leaks else LeakView(n, lines[n], note="not shown (--no-leaks)")
         for n in fs.extractors(caches=False)
     ]
-    written = _thumbnails(out, thumbs, views, maps, leak_views)
+    written = _thumbnails(site, thumbs, views, maps, leak_views)
     result.thumbs_made, result.thumbs_reused = thumbs.made, thumbs.reused
-    written |= {str(p.relative_to(out)) for p in write_assets(_folder(out, "assets"))}
+    written |= set(write_assets(site))
     common = {"store": store_info, "maps": maps, "generated": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-    index = render(
-        "index.html.j2",
-        out / "index.html",
-        root="",
-        runs=views,
-        broken=listing.broken,
-        compare=_compare(views),
-        **common,
-    )
-    pages_written = [index]
+    index = page("index.html.j2", root="", runs=views, broken=listing.broken, compare=_compare(views), **common)
+    pages_written = [site.write_text("index.html", index, "report page")]
     for v in views:
-        pages_written.append(
-            render("run.html.j2", _folder(out, "runs") / f"{v.rec.id}.html", root="../", run=v, **common)
-        )
-        folder = _folder(out, "galleries", v.rec.id)
+        text = page("run.html.j2", root="../", run=v, **common)
+        pages_written.append(site.write_text(f"runs/{v.rec.id}.html", text, "report page"))
         for g in v.galleries:
-            pages_written.append(
-                render("gallery.html.j2", folder / Path(g.page).name, root="../../", g=g, run=v, **common)
-            )
+            text = page("gallery.html.j2", root="../../", g=g, run=v, **common)
+            pages_written.append(site.write_text(f"galleries/{v.rec.id}/{Path(g.page).name}", text, "report page"))
+        site.release("galleries", v.rec.id)  # one descriptor per run's folder: never thousands held at once
     for m in maps:
-        folder = _folder(out, "maps")
-        written.add(str(_sample_file(m, folder).relative_to(out)))
-        pages_written.append(render("map.html.j2", folder / Path(m.page).name, root="../", m=m, **common))
-    pages_written.append(render("leaks.html.j2", out / "leaks.html", root="", leaks=leak_views, **common))
-    written |= {str(p.relative_to(out)) for p in pages_written}
-    _clean(out, old, written, (Path(store).resolve(), runs_folder, cache.resolve()))
-    write_text(out / MANIFEST, json.dumps({"files": sorted(written), "complete": True}, indent=0), "report manifest")
-    result.pages, result.seconds = len(pages_written), time.monotonic() - start
-    if not_kept:
-        shutil.rmtree(cache, ignore_errors=True)
+        written.add(_sample_file(m, site))
+        text = page("map.html.j2", root="../", m=m, **common)
+        pages_written.append(site.write_text(f"maps/{Path(m.page).name}", text, "report page"))
+    text = page("leaks.html.j2", root="", leaks=leak_views, **common)
+    pages_written.append(site.write_text("leaks.html", text, "report page"))
+    written |= set(pages_written)
+    _clean(site, old, written, (Path(store).resolve(), runs_root(store, runs).resolve(), cache.resolve()))
+    site.write_text(MANIFEST, json.dumps({"files": sorted(written), "complete": True}, indent=0), "report manifest")
+    if not site.still_named():
+        result.notes.append(
+            f"--out {terminal_safe(str(out))} was renamed away or replaced while the report was written (someone else "
+            f"can write {terminal_safe(str(out.parent))}); the report went on into the folder it opened, wherever that "
+            f"is now, and nothing was written through what is at that name now"
+        )
+    result.pages = len(pages_written)
     return result
 
 
@@ -308,7 +299,7 @@ def _compare(views) -> object:
     return figure_json(charts.compare_figure([v.rec.id for v in views], scores, intervals))
 
 
-def _sample_file(m, folder: Path) -> Path:
+def _sample_file(m, site: SiteFolder) -> str:
     """The map's sample, recorded beside its page: extractor, fingerprint, method, settings, seed, rows per split."""
     p = m.projection
     record = {
@@ -320,9 +311,8 @@ def _sample_file(m, folder: Path) -> Path:
         "rows": p.rows,
         "sample": {s: r.tolist() for s, r in p.sample.items()},
     }
-    path = folder / (Path(m.page).stem + ".sample.json")
-    m.sample_file = f"maps/{path.name}"
-    return write_text(path, json.dumps(record), "map sample")
+    m.sample_file = f"maps/{Path(m.page).stem}.sample.json"
+    return site.write_text(m.sample_file, json.dumps(record), "map sample")
 
 
 class _Paths:
@@ -349,30 +339,30 @@ class _Paths:
         return self._labels[(group, split)]
 
 
-def _thumbnails(out: Path, thumbs: ThumbCache, views, maps, leak_views) -> set[str]:
+def _thumbnails(site: SiteFolder, thumbs: ThumbCache, views, maps, leak_views) -> set[str]:
     """Make (or reuse) every thumbnail the pages show, copy them into ``thumbs/``; set each item's URL and reason."""
     items = [i for v in views for g in v.galleries for i in g.items] + [p for m in maps for p in m.points]
     sources = [i.source for i in items]
     for v in leak_views:
         sources += [s for p in v.pairs for s in (p.query_source, p.reference_source)]
     found = thumbs.make(sources)
-    folder = _folder(out, "thumbs")
     written: set[str] = set()
+    with site.named("thumbs") as folder:  # /proc/self/fd/<fd of thumbs/>: a link put at its name is never followed
 
-    def url(source: str) -> tuple[str | None, str]:
-        t = found[source]
-        name = thumbs.export(t, folder)
-        if name is None:
-            return None, t.reason
-        written.add(f"thumbs/{name}")
-        return f"thumbs/{name}", ""
+        def url(source: str) -> tuple[str | None, str]:
+            t = found[source]
+            name = thumbs.export(t, folder)
+            if name is None:
+                return None, t.reason
+            written.add(f"thumbs/{name}")
+            return f"thumbs/{name}", ""
 
-    for i in items:
-        i.thumb, i.reason = url(i.source)
-    for v in leak_views:
-        for p in v.pairs:
-            p.query_thumb, p.query_reason = url(p.query_source)
-            p.reference_thumb, p.reference_reason = url(p.reference_source)
+        for i in items:
+            i.thumb, i.reason = url(i.source)
+        for v in leak_views:
+            for p in v.pairs:
+                p.query_thumb, p.query_reason = url(p.query_source)
+                p.reference_thumb, p.reference_reason = url(p.reference_source)
     for m in maps:
         m.data = [[p.thumb or PLACEHOLDER, p.path, p.label, p.split, original(p.source), p.reason] for p in m.points]
     return written

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,7 @@ from urllib.parse import quote
 
 from markupsafe import Markup
 
-from featstore.outputs import terminal_safe, write_atomic, write_text
+from featstore.outputs import terminal_safe, write_text
 
 ASSETS = ("site.css", "site.js", "placeholder.svg")
 PLOTLY = "plotly.min.js"
@@ -122,9 +123,14 @@ def figure_json(fig) -> Markup:
     return script_json(None, pio.to_json(fig, validate=False, remove_uids=True))
 
 
+def page(template: str, **context) -> str:
+    """A template rendered into text (the report writes it into its folder through a descriptor)."""
+    return environment().get_template(template).render(**context)
+
+
 def render(template: str, path: Path, **context) -> Path:
     """Render a template into ``path`` (written whole, never through a link); returns ``path``."""
-    return write_text(path, environment().get_template(template).render(**context), "report page")
+    return write_text(path, page(template, **context), "report page")
 
 
 def static_text(name: str) -> str:
@@ -132,14 +138,14 @@ def static_text(name: str) -> str:
     return resources.files("featstore.report.site").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def write_assets(folder: Path) -> list[Path]:
-    """The site's CSS, script, placeholder and Plotly's bundle into ``folder`` (Plotly's rewritten only when changed)."""
+def write_assets(site) -> list[str]:
+    """The site's CSS, script, placeholder and Plotly's bundle into its ``assets/`` (Plotly's rewritten only when
+    changed), through the :class:`~featstore.report.site.sitefolder.SiteFolder` ``site``; their names in the site."""
     import plotly.offline
 
-    folder.mkdir(parents=True, exist_ok=True)
-    out = [write_text(folder / name, static_text(name), "report asset") for name in ASSETS]
+    out = [site.write_text(f"assets/{name}", static_text(name), "report asset") for name in ASSETS]
     js = plotly.offline.get_plotlyjs()
-    target = folder / PLOTLY
-    if not (target.is_file() and not target.is_symlink() and target.stat().st_size == len(js.encode("utf-8"))):
-        write_atomic(target, lambda tmp: tmp.write_text(js, encoding="utf-8"), "report asset")
-    return [*out, target]
+    st = site.lstat(f"assets/{PLOTLY}")  # not followed: a link there is replaced, never taken as the bundle
+    if not (st is not None and stat.S_ISREG(st.st_mode) and st.st_size == len(js.encode("utf-8"))):
+        site.write(f"assets/{PLOTLY}", lambda tmp: tmp.write_text(js, encoding="utf-8"), "report asset")
+    return [*out, f"assets/{PLOTLY}"]

@@ -1,0 +1,334 @@
+"""The report's folder (``--out``), opened once and written, linked into and cleaned only through descriptors.
+
+``featstore report`` checked ``--out`` for a link once, then wrote every page, asset, map and thumbnail by the
+folder's *name* for the whole report (seconds to minutes): a colleague who, in a team folder, renamed the report
+folder away and put her link ``s.report -> ~victim/thesis.report`` there once the report had started made the victim
+overwrite (and clean) the victim's private report (attack 28 #2). Now ``--out`` is opened once with ``O_NOFOLLOW |
+O_DIRECTORY`` (relative to its parent's descriptor) and held for the whole report; each subfolder (``runs/``,
+``galleries/<id>/``, ``maps/``, ``assets/``, ``thumbs/``) is made and opened the same way, level by level, relative
+to the level above, the first time it is written. Every write goes through :func:`featstore.outputs.write_atomic`
+(its private folder, mode kept, HDF5 and FIFO refusals) given the path ``/proc/self/fd/<fd>/<name>`` of the folder
+held open, which no rename or link put in the shared folder later can redirect (as :mod:`featstore.caches` writes);
+every removal is ``unlink(name, dir_fd=...)`` in the folder opened. A link at ``--out`` or at a subfolder when it is
+opened is refused in one line; one swapped in later is never followed: the report goes on into the folders it opened.
+
+Where there is no ``/proc/self/fd`` (macOS), a folder is written by its real name only when no one else can rename an
+entry in it or above it (:func:`featstore.renames.unredirectable`), else refused with the fix; where the system has
+no directory descriptors (Windows), by name, as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from featstore.errors import OutputError
+from featstore.outputs import check_output, output_fix, terminal_safe, write_atomic
+from featstore.renames import by_name, proc_path, same_folder
+
+FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
+_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_LEVEL = _DIR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_FILE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_FILE |= getattr(os, "O_NOCTTY", 0)
+
+
+class SiteFolder:
+    """``--out`` opened (made when missing, its parent must exist) and held until :meth:`close`. ``not_writable(exc,
+    where)``: the error for a folder that cannot be made or written. Example::
+
+        site = SiteFolder(Path("features.report"), lambda exc, where: OutputError(str(exc)))
+        site.write_text("runs/logreg.html", "<html>...", "report page")
+    """
+
+    def __init__(self, out: Path, not_writable: Callable[[OSError, Path], Exception]):
+        self.out, self.made = Path(out), False
+        self._fds: dict[tuple[str, ...], int] = {}  # (), ("runs",), ("galleries", "<id>"), ...: held until close()
+        if not FD_SAFE:
+            self._by_name(out, not_writable)
+            return
+        if self.out.name in ("", ".", ".."):  # "--out ." or "..": the folder itself, never a link, never made
+            try:
+                self._fds[()] = os.open(self.out, _DIR)
+            except OSError as exc:
+                raise not_writable(exc, self.out) from None
+            return
+        try:
+            parent = os.open(self.out.parent, _DIR)
+        except OSError as exc:
+            raise not_writable(exc, self.out.parent) from None
+        try:
+            self._fds[()] = self._level(parent, self.out.name, self.out, not_writable, top=True)
+        finally:
+            os.close(parent)
+
+    def _by_name(self, out: Path, not_writable: Callable[[OSError, Path], Exception]) -> None:
+        """Windows: no directory descriptors; the folder is checked and written by name."""
+        if os.path.islink(out):
+            raise OutputError(f"--out {out} is a symbolic link; featstore never writes through a link")
+        try:
+            out.mkdir()
+            self.made = True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise not_writable(exc, out.parent) from None
+
+    def _level(self, parent: int, name: str, shown: Path, not_writable=None, top: bool = False) -> int:
+        """Open the folder ``name`` in the folder open at ``parent`` (O_NOFOLLOW | O_DIRECTORY), made where missing."""
+        for _ in range(3):
+            try:
+                return os.open(name, _LEVEL, dir_fd=parent)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(name, 0o777, dir_fd=parent)  # the umask's mode, as Path.mkdir made it
+                    self.made = self.made or top
+                except FileExistsError:
+                    continue  # made meanwhile: opened (and checked) again
+                except OSError as exc:
+                    if not_writable is not None:
+                        raise not_writable(exc, shown.parent) from None
+                    why = output_fix(exc, shown)
+                    raise OutputError(f"cannot make the report folder {terminal_safe(str(shown))}: {why}") from None
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                    raise self._not_a_folder(shown, top) from None
+                if not_writable is not None:
+                    raise not_writable(exc, shown) from None
+                why = output_fix(exc, shown)
+                raise OutputError(f"cannot open the report folder {terminal_safe(str(shown))}: {why}") from None
+        raise self._not_a_folder(shown, top)
+
+    @staticmethod
+    def _not_a_folder(shown: Path, top: bool) -> OutputError:
+        if top and os.path.islink(shown):
+            return OutputError(f"--out {shown} is a symbolic link; featstore never writes through a link")
+        if top:
+            return OutputError(f"--out {shown} is not a folder; give a new or empty folder")
+        return OutputError(f"{shown} is a link or a file, not a folder; featstore report writes only into folders")
+
+    @property
+    def fd(self) -> int:
+        """The descriptor of ``--out`` (-1 without directory descriptors)."""
+        return self._fds.get((), -1)
+
+    def folder_fd(self, *parts: str, make: bool = True) -> int:
+        """The descriptor of ``--out/parts...``, each level opened (and made, when ``make``) relative to the one above
+        and held until :meth:`release` or :meth:`close`; -1 when a level is missing and not ``make``."""
+        if parts in self._fds:
+            return self._fds[parts]
+        parent = self.folder_fd(*parts[:-1], make=make)
+        if parent < 0:
+            return -1
+        shown = self.out.joinpath(*parts)
+        if not make:
+            try:
+                fd = os.open(parts[-1], _LEVEL, dir_fd=parent)
+            except OSError:
+                return -1  # missing, a link or not a folder: nothing of the report is there
+        else:
+            fd = self._level(parent, parts[-1], shown)
+        self._fds[parts] = fd
+        return fd
+
+    def at(self, *parts: str) -> Path:
+        """A path to ``--out/parts...`` (made where missing) that no rename or link put in its place later redirects:
+        ``/proc/self/fd/<fd>``; where there is none, its real name when no one else can rename an entry in it or
+        above it; else an OutputError naming the fix."""
+        if not FD_SAFE:
+            path = self.out.joinpath(*parts)
+            for i in range(1, len(parts) + 1):
+                level = self.out.joinpath(*parts[:i])
+                if os.path.islink(level) or (os.path.lexists(level) and not level.is_dir()):
+                    raise self._not_a_folder(level, False)
+                level.mkdir(exist_ok=True)
+            return path
+        fd = self.folder_fd(*parts)
+        base = proc_path(fd) or by_name(self.out.joinpath(*parts), os.fstat(fd))
+        if base is None:
+            raise OutputError(
+                f"cannot write the report into {terminal_safe(str(self.out))}: someone else can write that folder (or "
+                f"one above it), and this system has no /proc/self/fd to write there safely; give --out DIR in a folder "
+                f"only you can write"
+            )
+        return base
+
+    def write(self, rel: str, write: Callable[[Path], object], what: str) -> str:
+        """:func:`featstore.outputs.write_atomic` of ``--out/rel`` in the folder held open; returns ``rel``. Its
+        OutputError names the file as ``--out/rel``, not as the descriptor's path."""
+        *parts, name = rel.split("/")
+        with self.named(*parts) as base:
+            write_atomic(base / name, write, what)
+        return rel
+
+    @contextmanager
+    def named(self, *parts: str) -> Iterator[Path]:
+        """:meth:`at` for a block that writes there: an OutputError it raises names the folder as ``--out/parts``,
+        not as the descriptor's path."""
+        base = self.at(*parts)
+        try:
+            yield base
+        except OutputError as exc:
+            shown = terminal_safe(str(self.out.joinpath(*parts)))
+            if str(base) == shown or str(base) not in str(exc):
+                raise
+            raise OutputError(str(exc).replace(str(base), shown)) from None
+
+    def write_text(self, rel: str, text: str, what: str) -> str:
+        """:meth:`write` of a UTF-8 text (file names that are not UTF-8 keep their bytes)."""
+
+        def _write(tmp: Path) -> None:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+                fh.write(text)
+
+        return self.write(rel, _write, what)
+
+    def lstat(self, rel: str) -> os.stat_result | None:
+        """The entry ``rel`` (not followed), or None when it or its folder is missing (never made for asking)."""
+        *parts, name = rel.split("/")
+        try:
+            if not FD_SAFE:
+                return os.lstat(self.out / rel)
+            fd = self.folder_fd(*parts, make=False)
+            return None if fd < 0 else os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            return None
+
+    def read_small(self, name: str, limit: int) -> bytes | None:
+        """The bytes of the regular file ``name`` at the top of the folder (opened once, O_NOFOLLOW, never a FIFO
+        waited on), or None when it is missing, not a regular file or over ``limit`` bytes."""
+        try:
+            fd = os.open(name, _FILE, dir_fd=self.fd) if FD_SAFE else os.open(self.out / name, _FILE)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+                return None
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = fh.read(limit + 1)
+            return None if len(data) > limit else data
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def is_empty(self) -> bool:
+        """Whether the folder held open has no entry."""
+        return not os.listdir(self.fd if FD_SAFE else self.out)
+
+    def probe(self) -> None:
+        """Make and remove an empty file in the folder (a read-only file system refuses before any work): OSError."""
+        name = f".probe.{secrets.token_hex(6)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        if not FD_SAFE:
+            os.close(os.open(self.out / name, flags, 0o600))
+            os.unlink(self.out / name)
+            return
+        os.close(os.open(name, flags, 0o600, dir_fd=self.fd))
+        os.unlink(name, dir_fd=self.fd)
+
+    def remove(self, rel: str, keep: set[tuple[int, int]]) -> bool:
+        """Remove the regular file ``rel`` from the folder it is in *inside the folder opened* (levels opened, never
+        made, O_NOFOLLOW): never a link, folder or HDF5 file (a store), nor a file or folder on the way whose device and
+        inode is in ``keep`` (the store, its runs and cache folders); whether it was removed."""
+        *parts, name = rel.split("/")
+        if not FD_SAFE:
+            return self._remove_by_name(rel, keep)
+        for i in range(len(parts) + 1):
+            fd = self.folder_fd(*parts[:i], make=False)
+            if fd < 0:
+                return False
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in keep:
+                return False
+        try:  # a device is never opened (lstat first), a link never followed (O_NOFOLLOW)
+            if not stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                return False
+            file = os.open(name, _FILE, dir_fd=fd)
+        except OSError:
+            return False  # missing, or a link put there since: never removed
+        try:
+            st = os.fstat(file)
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in keep or _is_hdf5(file):
+                return False
+        finally:
+            os.close(file)
+        try:
+            os.unlink(name, dir_fd=fd)
+        except OSError:
+            return False
+        return True
+
+    def _remove_by_name(self, rel: str, keep: set[tuple[int, int]]) -> bool:
+        path = self.out / rel
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in keep:
+                return False
+            check_output(path, "report file")  # OutputError for an HDF5 file (a store)
+            path.unlink()
+        except (OSError, OutputError):
+            return False
+        return True
+
+    def inside(self, ids: set[tuple[int, int]]) -> bool:
+        """Whether the folder held open, or a folder above it (walked up by ``..`` from its descriptor), has a device
+        and inode in ``ids``."""
+        if not FD_SAFE:
+            real = Path(os.path.realpath(self.out))
+            return any((st.st_dev, st.st_ino) in ids for st in map(os.stat, (real, *real.parents)))
+        fd, seen = os.dup(self.fd), set()
+        try:
+            while True:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) in ids:
+                    return True
+                if (st.st_dev, st.st_ino) in seen:  # "/" is its own parent
+                    return False
+                seen.add((st.st_dev, st.st_ino))
+                up = os.open("..", _DIR, dir_fd=fd)
+                os.close(fd)
+                fd = up
+        except OSError:
+            return True  # a folder above that cannot be opened: remove nothing rather than guess
+        finally:
+            os.close(fd)
+
+    def release(self, *parts: str) -> None:
+        """Close the descriptor of ``--out/parts...`` (a run's gallery folder, once its pages are written)."""
+        fd = self._fds.pop(parts, -1) if parts else -1
+        if fd >= 0:
+            os.close(fd)
+
+    def still_named(self) -> bool:
+        """Whether ``--out`` still names the folder held open (someone may have renamed it away meanwhile)."""
+        return not FD_SAFE or same_folder(self.fd, self.out)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            if fd >= 0:
+                os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> SiteFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _is_hdf5(fd: int) -> bool:
+    """Whether the file open at ``fd`` starts with HDF5's signature (at 0, or after a user block)."""
+    for offset in (0, 512, 1024, 2048, 4096, 8192):  # as featstore.outputs checks an output's name
+        try:
+            if os.pread(fd, 8, offset) == b"\x89HDF\r\n\x1a\n":
+                return True
+        except OSError:
+            return False
+    return False
