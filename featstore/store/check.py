@@ -28,6 +28,7 @@ from featstore.store.layout import (
     validate_split,
 )
 from featstore.store.locking import StoreFile
+from featstore.store.metadata import split_twin
 from featstore.store.names import bounded_odd, odd_finding, odd_name, odd_names
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
@@ -208,6 +209,9 @@ def _check_split(sg, name: str, split: str, a: dict, classes: list, scans: list[
         check_chunks(sg, commit, where)
     except StoreError as exc:
         out.append(str(exc))
+        return
+    if twin := split_twin(sg.parent, split):
+        out.append(twin)
         return
     s = _attrs(sg, where, out)  # class_names bounded by validate_split; the others here (each bad one: listed)
     if s is None:

@@ -20,6 +20,7 @@ from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED, validate_extractor
 from featstore.store.attr_values import bounded_attrs, read_attr, read_names
 from featstore.store.layout import (
+    ROW_DATASETS,
     Commit,
     check_chunks,
     hard_groups,
@@ -59,6 +60,8 @@ def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = Fals
     sg = g[split]
     commit = validate_split(sg, f"{path}:/{name}/{split}", attrs)
     check_chunks(sg, commit, f"{path}:/{name}/{split}")
+    if twin := split_twin(g, split):
+        raise StoreError(twin)
     _same_classes(g, split, f"{path}:/{name}")
     if not augmented:
         return sg, commit
@@ -71,6 +74,42 @@ def open_split(f: h5py.File, path, name: str, split: str, augmented: bool = Fals
     copies = validate_augmented(sg[AUGMENTED], where, attrs, commit)
     check_chunks(sg[AUGMENTED], copies, where)
     return sg[AUGMENTED], copies
+
+
+def split_twin(g: h5py.Group, split: str) -> str | None:
+    """The one line refusing split ``split`` of extractor ``g`` when it is another of ``g``'s splits: one HDF5 object
+    under two names, a row dataset of one linked into the other, or a copy of it (the same ``split_id``, which
+    featstore draws anew for every split); else None. Such a store passed ``check`` and ``fit`` scored the training
+    rows as its test split (1.0 where the real test split scored 0.45: attack 29 #7)."""
+    sg = g[split]
+    mine = {_objno(sg[k]) for k in ROW_DATASETS if isinstance(sg.get(k), h5py.Dataset)} | {_objno(sg)}
+    sid = _split_id(sg)
+    for other in g:  # name order
+        if other == split or not _hard_group(g, other):
+            continue
+        og = g[other]
+        theirs = {_objno(og)} | {_objno(og[k]) for k in ROW_DATASETS if isinstance(og.get(k), h5py.Dataset)}
+        if mine & theirs or (sid is not None and sid == _split_id(og)):
+            return (
+                f"{g.file.filename}:{g.name}: splits {other!r} and {split!r} are one split (one HDF5 object under two "
+                f"names, a dataset shared, or a copy with the same split_id), which featstore never writes: a figure "
+                f"scored on one would be the other's rows. Remove one (h5py: del f['{g.name}/{split}']) and re-extract "
+                f"it with --overwrite (or extract into a new --store)"
+            )
+    return None
+
+
+def _objno(obj) -> tuple:
+    """The HDF5 object's identity in its file (what two hard links to one object share)."""
+    return tuple(h5py.h5g.get_objinfo(obj.id).objno)
+
+
+def _split_id(sg: h5py.Group) -> str | None:
+    """A split's ``split_id`` (None when missing or unreadable: that is named on the split itself)."""
+    try:
+        return str(read_attr(sg, "split_id", sg.name, 1, None))
+    except StoreError:
+        return None
 
 
 def _hard_group(g: h5py.Group, name: str) -> bool:

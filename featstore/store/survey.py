@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from featstore.errors import StoreError
 from featstore.provenance import (
     AUGMENTED,
     refuse_changed_listing,
@@ -61,13 +62,14 @@ def survey(
         validate_extractor(attrs, f"{path}:/{names[0]}")
         summary = split_summary(sg, validate_split(sg, f"{path}:/{names[0]}/{key}", attrs))
         return Survey([], False, 0, {**summary, "extractor_fingerprint": attrs["fingerprint"]})
-    partial = [_partial(f, path, n, key) for n in todo]
+    partial = [_partial(f, path, n, key, resumed=not overwrite) for n in todo]
     held = 0 if overwrite else min(c.images_done if c else 0 for c in partial)
     return Survey(todo, any(c is not None for c in partial), held)
 
 
-def _partial(f: h5py.File, path, name: str, key: str):
-    """The commit of a partial ``key`` of group ``name`` with committed state, else None.
+def _partial(f: h5py.File, path, name: str, key: str, resumed: bool):
+    """The commit of a partial ``key`` of group ``name`` with committed state, else None; when it is to be
+    ``resumed``, refused unless every dataset a resume appends to can grow.
 
     Only hard-linked groups are visited. A damaged split is left to the writer's check, which names the problem, and one
     whose creation was interrupted (no commit yet) is simply started again.
@@ -77,8 +79,26 @@ def _partial(f: h5py.File, path, name: str, key: str):
         return None
     complete = read_attr(sg, "complete", f"{path}:/{name}/{key}", most=16, default=None)
     if isinstance(complete, bool) and not complete and "commit" in sg.attrs:
-        return validate_split(sg, f"{path}:/{name}/{key}")
+        commit = validate_split(sg, f"{path}:/{name}/{key}")
+        if resumed:
+            _refuse_fixed_size(sg, f"{path}:/{name}/{key}")
+        return commit
     return None
+
+
+def _refuse_fixed_size(sg: h5py.Group, where: str) -> None:
+    """Refuse, before any work, resuming a split one of whose row datasets cannot grow (contiguous, or chunked with a
+    fixed largest size, as a repack or another tool leaves it): the resume's first append ended in a 59-line traceback
+    after the compaction and the model's build, and every later resume again (attack 29 #9)."""
+    for key in ("features", "labels", "paths", "failed/paths", "failed/reasons"):
+        ds = sg.get(key)
+        if isinstance(ds, h5py.Dataset) and (ds.chunks is None or ds.maxshape[0] is not None):
+            how = "contiguous" if ds.chunks is None else f"with a largest size of {ds.maxshape[0]:,} rows"
+            raise StoreError(
+                f"{where}/{key} is stored {how} (as a repack or another tool rewrites it), so this interrupted split "
+                f"cannot grow as a resume appends its rows: re-extract this split with --overwrite (or into a new "
+                f"--store)"
+            )
 
 
 def split_done(f: h5py.File, path, name: str, split: str, matches: Callable[[dict], bool], listing) -> bool:
