@@ -136,6 +136,55 @@ def test_an_acl_inherited_from_the_folder_is_not_added_to_a_file_that_had_none(t
     assert os.stat(out).st_mode & 0o777 == 0o644 or os.stat(out).st_mode & 0o777 == 0o664
 
 
+def test_runs_evaluate_keeps_a_private_runs_modes_group_and_acl(run):
+    """#6: a run made private (chmod -R go-rwx) came back 0755 with run.json and predictions.npz 0644, readable by
+    every user. Sabotage: ``mode = None`` in place of ``_own(new, folder)`` in ``add_split`` fails the folder's mode;
+    the file loop of ``carry.give_folder`` removed fails the files'."""
+    from featstore.experiments.evaluate import evaluate_and_record
+
+    store, runs, rid = run
+    folder = runs / rid
+    os.chmod(folder, 0o700)
+    for p in folder.iterdir():
+        os.chmod(p, 0o600)
+    _set(folder / "run.json", ACL, _acl())
+    if os.geteuid() == 0:
+        for p in (folder, *folder.iterdir()):
+            os.chown(p, -1, TEAM)
+    evaluate_and_record(rid, "test", store, runs)
+    assert os.stat(folder).st_mode & 0o7777 == 0o700
+    modes = {p.name: os.stat(p).st_mode & 0o777 for p in folder.iterdir()}
+    assert modes.pop("run.json") == 0o640 and set(modes.values()) == {0o600}, modes  # run.json's: the ACL's mask
+    assert os.getxattr(folder / "run.json", ACL) == _acl()
+    if os.geteuid() == 0:
+        assert {os.stat(p).st_gid for p in (folder, *folder.iterdir())} == {TEAM}
+
+
+def test_a_reexport_of_shards_keeps_the_folders_and_shards_modes_and_group(store, tmp_path):
+    """#6 (shards): `export --rows-per-file` again replaced a 0700 folder of 0600 shards with 0755 / 0644 ones. A shard
+    the earlier export did not have takes the first earlier shard's. Sabotage: ``mode = None`` kept in
+    ``write_shards`` (no ``give_folder``) fails it."""
+    pytest.importorskip("pyarrow")
+    from featstore import export
+
+    out = tmp_path / "sh"
+    export(store, "train", out, rows_per_file=10)
+    os.chmod(out, 0o700)
+    for p in out.iterdir():
+        os.chmod(p, 0o600)
+        if os.geteuid() == 0:
+            os.chown(p, -1, TEAM)
+    if os.geteuid() == 0:
+        os.chown(out, -1, TEAM)
+    before = len(list(out.iterdir()))
+    export(store, "train", out, rows_per_file=3)
+    shards = list(out.iterdir())
+    assert len(shards) > before and os.stat(out).st_mode & 0o777 == 0o700
+    assert {os.stat(p).st_mode & 0o777 for p in shards} == {0o600}
+    if os.geteuid() == 0:
+        assert {os.stat(p).st_gid for p in (out, *shards)} == {TEAM}
+
+
 def test_a_resumes_rewrite_in_a_group_it_may_not_give_is_said_and_closed_to_that_group(store, monkeypatch, caplog):
     """The compaction shares the helpers (moved from store/compact.py to featstore/carry.py): its group left the
     writer's with the old group's bits (0660 for another group) and no word. Sabotage: the ``say_group`` call in
