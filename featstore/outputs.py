@@ -27,6 +27,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from featstore.carry import Own, give, not_carried
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_stem
 from featstore.output_images import CHART_METADATA, refuse_foreign_image, refuse_image, refuse_unstamped  # noqa: F401
@@ -288,9 +289,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
     try:
         with PrivateFolder(path, lambda removed: _swapped(path, what, removed)) as private:
             # mode through the descriptor (a chmod by name followed a link renamed onto it: attack 23); mkstemp's 0600
-            fd, tmp = private.new_file(_mode_for(path))  # would hide the file from the group
+            before = Own.of(path)  # the file replaced: its mode, group, ACL and user.* go to the new one (attack 28 #5)
+            fd, tmp = private.new_file(_mode_for(before))  # would hide the file from the group
             write(tmp)
             check_output(path, what)  # nothing appeared at the name while writing (a link planted meanwhile)
+            if before is not None:
+                shown = terminal_safe(str(path))
+                give(fd, before, f"{what} {shown}", shown, not_carried(f"{what} {shown}", OutputError))
             private.put(fd)
     except OSError as exc:
         if isinstance(exc, OutputError):
@@ -318,14 +323,10 @@ def _swapped(path: Path, what: str, removed: bool) -> OutputError:
     )
 
 
-def _mode_for(path: Path) -> int:
-    """The permissions of the file replacing ``path``: those of the file there now (a CSV kept private with chmod 600
-    stayed private only until the next run replaced it with 0644), else the umask's for a new file."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        st = None
-    return stat.S_IMODE(st.st_mode) & 0o777 if st is not None and stat.S_ISREG(st.st_mode) else 0o666 & ~umask()
+def _mode_for(before: Own | None) -> int:
+    """The permissions of the file replacing another (``before``): the old file's while it is written (a CSV kept
+    private with chmod 600 stayed private only until the next run replaced it with 0644), else the umask's."""
+    return stat.S_IMODE(before.st_mode) & 0o777 if before is not None else 0o666 & ~umask()
 
 
 def write_text(path: str | os.PathLike, text: str, what: str = "output", encoding: str = "utf-8") -> Path:

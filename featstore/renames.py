@@ -14,9 +14,10 @@ folder is made and renamed from by name.
 
 :class:`OwnFolder` is the same for a new *folder* written whole, then renamed into place (a run folder, ``export
 --rows-per-file``'s shards): made by ``mkdtemp`` (0700), held open and written through ``/proc/self/fd/<fd>/...``
-(:attr:`OwnFolder.at`), given the umask's mode through its descriptor once complete, and renamed only while its name is
-still that folder. It was made group-writable at once and written by name, so a colleague's links in it (or a folder of
-links put at its name) made ``fit`` and ``export`` write onto the user's own files (attack 25).
+(:attr:`OwnFolder.at`), given the umask's mode (or, replacing a folder, the old one's: :mod:`featstore.carry`) through
+its descriptor once complete, and renamed only while its name is still that folder. It was made group-writable at
+once and written by name, so a colleague's links in it (or a folder of links put at its name) made ``fit`` and
+``export`` write onto the user's own files (attack 25).
 
 :func:`same_file` is featstore's one check of "the file at this name is the one I wrote" (its device and inode against
 a descriptor of it), asked by :mod:`featstore.outputs`, :mod:`featstore.store.compact` and the similarity index.

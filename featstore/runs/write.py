@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore.carry import give_folder, not_carried, own_folder
 from featstore.errors import OutputError, StoreError
 from featstore.renames import OwnFolder
 from featstore.runs.artifacts import save_estimator
@@ -337,9 +338,10 @@ def add_split(
         with MARK:
             rec = _write_contents(at, record, preds, folder)
             verify_predictions(at, rec)  # the new predictions file reads back (in blocks) before it replaces the old
+            mode = _own(new, folder)
             _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
             os.replace(folder, aside)
-            new.publish(folder)
+            new.publish(folder, mode)
     except BaseException as exc:
         _discard(preds, new)
         if not os.path.lexists(folder) and aside.is_dir():
@@ -360,6 +362,15 @@ def add_split(
     shutil.rmtree(aside, ignore_errors=True)
     logger.info("added %s to run %s", split, record["id"])
     return rec
+
+
+def _own(new: OwnFolder, folder: Path) -> int | None:
+    """The old version's mode, group, ACL and user.* onto the new one and its new files (each the old file's of its
+    name): a run made private (chmod -R go-rwx) came back 0755 with run.json 0644 (attack 28 #6); its mode."""
+    old, files = own_folder(folder)
+    where = f"run folder {folder}"
+    refuse = not_carried(where, OutputError, "nothing was recorded")
+    return None if old is None else give_folder(new.fd, old, files, where, str(folder), refuse)
 
 
 def _add_prediction(preds: PredictionsWriter, split: str, k: int, split_metrics, prediction: tuple) -> dict:

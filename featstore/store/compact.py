@@ -7,7 +7,6 @@ folder of its own beside the store, and renames it into place through folder des
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import math
@@ -17,6 +16,9 @@ from pathlib import Path
 
 import h5py
 
+from featstore.carry import own_permissions as _own_permissions  # the store's mode and group: attack 23 #14
+from featstore.carry import own_xattrs, say_group
+from featstore.carry import shared_xattrs as _shared_xattrs
 from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED
 from featstore.renames import PrivateFolder
@@ -73,7 +75,7 @@ def compact(store: StoreFile | str | os.PathLike, leave_out: frozenset[tuple[str
                             _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
                     dst.flush()
             _own_permissions(held, before)
-            _own_xattrs(held, shared, path)
+            _own_xattrs(held, shared, path, before)
             private.put(held)  # renamed only while it is the file h5py made (:func:`featstore.renames.same_file`)
     except (OSError, RuntimeError) as exc:
         if _disk_full(exc):
@@ -89,44 +91,21 @@ def compact(store: StoreFile | str | os.PathLike, leave_out: frozenset[tuple[str
     logger.info("rewrote %s without the uncommitted tail an interrupted run left", path)
 
 
-def _own_permissions(fd: int, before: os.stat_result) -> None:
-    """The store's own mode and group onto the copy h5py wrote, through a descriptor of it (``fd``): a chmod by name
-    followed a link put at the copy's name (attack 23: a colleague's private key opened to the group); a group-shared
-    store came back in its writer's primary group, locking colleagues out."""
-    os.fchmod(fd, stat.S_IMODE(before.st_mode))  # a private chmod 600 store stays private
-    with contextlib.suppress(OSError):  # only a member of that group may give it: else the writer's group stays
-        os.fchown(fd, -1, before.st_gid)
+def _own_xattrs(fd: int, shared: dict[str, bytes], path: Path, before: os.stat_result) -> None:
+    """The store's access control list and user attributes onto the copy, through its descriptor
+    (:func:`featstore.carry.own_xattrs`): a resume dropped a colleague's `setfacl -m u:bob:rw` grant (and made the
+    group, which the ACL held to read-only, read-write: the mode's group bits were the ACL's mask; attack 26 #14). One
+    that cannot be set stops the rewrite with the store unchanged; a group that could not be given is said."""
 
+    def refused(name: str, exc: OSError) -> StoreError:
+        return StoreError(
+            f"store {path} carries the extended attribute {name} (an access control list: setfacl), which its "
+            f"rewrite beside it cannot take ({exc.strerror}); the store was not changed. Resume a copy of it "
+            f"(cp -a keeps the ACL where the target supports it), or remove the ACL (setfacl -b) and run again"
+        )
 
-# extended attributes a rewrite carries over: the access control list (setfacl: how a store is shared with one person)
-# and the user's own; others (security.*, trusted.*) are the system's and need privileges
-_CARRIED_XATTRS = ("system.posix_acl_access", "user.")
-
-
-def _shared_xattrs(path: Path) -> dict[str, bytes]:
-    """The store's extended attributes that :func:`_own_xattrs` carries over (none where the system has none)."""
-    if not hasattr(os, "listxattr"):
-        return {}
-    try:
-        names = [n for n in os.listxattr(path) if n == _CARRIED_XATTRS[0] or n.startswith(_CARRIED_XATTRS[1])]
-        return {n: os.getxattr(path, n) for n in names}
-    except OSError:
-        return {}  # a filesystem without extended attributes: nothing to carry
-
-
-def _own_xattrs(fd: int, shared: dict[str, bytes], path: Path) -> None:
-    """The store's access control list and user attributes onto the copy, through its descriptor: a resume dropped a
-    colleague's `setfacl -m u:bob:rw` grant (and made the group, which the ACL held to read-only, read-write: the mode's
-    group bits were the ACL's mask; attack 26 #14). One that cannot be set stops the rewrite with the store unchanged."""
-    for name, value in shared.items():
-        try:
-            os.setxattr(fd, name, value)
-        except OSError as exc:
-            raise StoreError(
-                f"store {path} carries the extended attribute {name} (an access control list: setfacl), which its "
-                f"rewrite beside it cannot take ({exc.strerror}); the store was not changed. Resume a copy of it "
-                f"(cp -a keeps the ACL where the target supports it), or remove the ACL (setfacl -b) and run again"
-            ) from None
+    own_xattrs(fd, shared, before, refused)
+    say_group(fd, before, f"store {path}", str(path))
 
 
 def _swapped(path: Path) -> StoreError:

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from featstore.carry import give_folder, not_carried, own_folder
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_stem, writer_gone
 from featstore.outputs import output_fix, probe_output, terminal_safe
@@ -90,10 +91,15 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
         with OwnFolder(out.parent, temp_prefix(out.name), ".tmp") as folder:
             write(folder.at)
             refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
-            if out.is_dir():
+            mode, (before, shards) = None, own_folder(out)  # None: a new folder, the umask's mode
+            if before is not None:  # an earlier export's mode, group, ACL, and its shards' (attack 28 #6: one made
+                shown = terminal_safe(str(out))  # private by chmod -R go-rwx came back 0755, 0644 shards)
+                mode = give_folder(
+                    folder.fd, before, shards, f"--out {shown}", shown, not_carried(f"--out {shown}", OutputError)
+                )
                 old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
                 os.replace(out, old / "shards")
-            folder.publish(out)  # the umask's mode, through the descriptor, once whole
+            folder.publish(out, mode)  # through the descriptor, once whole
     except BaseException as exc:  # Ctrl-C between the two renames too: it lost both exports (attack 26 #10)
         if old is not None and not os.path.lexists(out) and (old / "shards").is_dir():
             os.replace(old / "shards", out)  # put the earlier export back
