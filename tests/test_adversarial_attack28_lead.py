@@ -26,10 +26,11 @@ def test_a_marker_swapped_for_a_fifo_after_its_check_is_not_waited_on(tmp_path, 
     reader = threading.Thread(target=lambda: got.append(swap.read_marker(folder)), daemon=True)
     reader.start()
     reader.join(5)
-    if reader.is_alive():  # unblock it (a writer opening the FIFO) before failing
+    blocked = reader.is_alive()
+    if blocked:  # unblock it (a writer opening the FIFO) before failing
         os.close(os.open(folder / TMP_MARKER, os.O_WRONLY | os.O_NONBLOCK))
         reader.join(5)
-    assert got == [None] and stat.S_ISFIFO(real(folder / TMP_MARKER).st_mode)
+    assert not blocked and got == [None] and stat.S_ISFIFO(real(folder / TMP_MARKER).st_mode)
 
 
 def _own_private_folder(at):
@@ -90,3 +91,51 @@ def test_a_folder_of_the_users_renamed_onto_an_own_folders_name_loses_nothing(tm
         renames.OwnFolder(tmp_path, ".logreg.", ".tmp")
     moved = [p for p in tmp_path.iterdir() if p.name.startswith(".logreg.")]
     assert len(moved) == 1 and (moved[0] / "thesis.tex").read_text() == "years of work"
+
+
+def test_the_orphan_cleaner_leaves_a_live_writers_draft_whatever_its_age(tmp_path):
+    """#11: a second fit's clean-up removed a live fit's draft once nothing in it had changed for ORPHAN_AGE_S (a k-NN
+    computing one slow block), never asking whether its writer runs; the first fit then lost its model. A draft whose
+    marker names a process running on this machine is left; a dead one's is removed as before. Sabotage: the
+    ``writer_gone(...) is None`` test in clean_orphans removed fails it (the live draft is removed)."""
+    import json
+    import subprocess
+    import time
+
+    from featstore.leftovers import host_tag
+    from featstore.runs.write import ORPHAN_AGE_S, clean_orphans
+
+    gone = subprocess.Popen(["true"])  # a pid that ran and is gone
+    gone.wait()
+    drafts = {}
+    for who, pid in (("live", os.getpid()), ("dead", gone.pid)):
+        d = tmp_path / f".knn.{who}0001.tmp"
+        d.mkdir()
+        (d / TMP_MARKER).write_text(json.dumps({"pid": pid, "host": host_tag()}))
+        (d / "model.skops").write_bytes(b"PK")
+        drafts[who] = d
+    clean_orphans(tmp_path, now=time.time() + ORPHAN_AGE_S + 60)
+    assert drafts["live"].is_dir() and (drafts["live"] / "model.skops").exists()
+    assert not drafts["dead"].exists()
+
+
+def test_the_outputs_hdf5_test_never_waits_on_a_fifo(tmp_path):
+    """#7 (export --out): every output's check asked "is this an HDF5 file?" with a blocking open() by name after its
+    lstat; a FIFO swapped in between blocked `export --out x.csv` for ever. Sabotage: the old ``open(path, "rb")``
+    fails it (the thread is still waiting after 5 s)."""
+    from featstore.outputs import _is_hdf5
+
+    fifo = tmp_path / "x.csv"
+    os.mkfifo(fifo)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(_is_hdf5(fifo)), daemon=True)
+    reader.start()
+    reader.join(5)
+    blocked = reader.is_alive()
+    if blocked:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+    assert not blocked and got == [False]
+    store = tmp_path / "s.h5"
+    store.write_bytes(b"\x00" * 512 + b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)  # after a 512-byte user block
+    assert _is_hdf5(store)

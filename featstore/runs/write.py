@@ -28,6 +28,7 @@ import numpy as np
 
 from featstore.carry import give_folder, not_carried, own_folder
 from featstore.errors import OutputError, StoreError
+from featstore.leftovers import writer_gone
 from featstore.renames import OwnFolder
 from featstore.runs.artifacts import save_estimator
 from featstore.runs.files import (
@@ -91,6 +92,8 @@ def clean_orphans(root: Path, now: float | None = None) -> None:
         found = read_marker(d)
         if found is None:  # not made by featstore (or from before markers): never removed
             continue
+        if writer_gone(found.get("pid"), found.get("host")) is None:
+            continue  # its writer runs on this machine (a fit computing one slow block): its own, whatever its age
         try:
             newest = max([d.lstat().st_mtime] + [p.lstat().st_mtime for p in d.iterdir()])
             if now - newest <= ORPHAN_AGE_S or _pair_hidden(d, found, root):
