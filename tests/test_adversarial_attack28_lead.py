@@ -139,3 +139,34 @@ def test_the_outputs_hdf5_test_never_waits_on_a_fifo(tmp_path):
     store = tmp_path / "s.h5"
     store.write_bytes(b"\x00" * 512 + b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)  # after a 512-byte user block
     assert _is_hdf5(store)
+
+
+def test_a_link_another_user_made_in_the_image_folders_is_not_followed(tmp_path):
+    """#4 (B): a colleague's class-folder link `data/train/zz_scans -> ~you/photos` put the user's private images into
+    a store the team reads (a class of their features and paths). Her links, to a class folder or an image, are
+    skipped and said; the user's own links are followed as before. Sabotage: ``foreign_link`` returning None fails it
+    (zz_scans is a class, and the linked image is listed)."""
+    import pytest
+    from PIL import Image
+
+    from featstore.images.listing import discover
+
+    private = tmp_path / "home" / "photos"
+    private.mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(private / "passport.png")
+    for cls in ("cat", "dog"):
+        (tmp_path / "data" / "train" / cls).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "data" / "train" / cls / "a.png")
+    train = tmp_path / "data" / "train"
+    (train / "zz_scans").symlink_to(private)
+    (train / "cat" / "b.png").symlink_to(private / "passport.png")
+    (train / "mine").symlink_to(private)  # the user's own link: followed
+    for link in (train / "zz_scans", train / "cat" / "b.png"):
+        os.lchown(link, 54321, -1)
+        if os.lstat(link).st_uid != 54321:
+            pytest.skip("cannot give a link to another user here (not root)")
+    listing = discover(tmp_path / "data", "train")
+    assert listing.class_names == ["cat", "dog", "mine"], listing.class_names
+    skipped = dict(listing.skipped_links)
+    assert set(skipped) == {"train/zz_scans", "train/cat/b.png"}, skipped
+    assert all("a link made by another user (uid 54321)" in why for why in skipped.values())

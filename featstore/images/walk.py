@@ -4,7 +4,9 @@ A link is followed only where that cannot give an image a second label or walk a
 the split folder, the data root or a parent of them, into another class's folder, inside its own class folder, or to a
 folder already walked is not followed (``FolderWalk.skipped`` says which and why; logged as warnings). Links to
 folders outside the split are followed. A file link into another class's folder is skipped too; one elsewhere is
-followed. Broken links are skipped and reported, and so is any entry whose stat() fails (a path past PATH_MAX, no
+followed. A link another user made (neither you nor root) is never followed, whatever it points to: in a team folder a
+colleague's link put the user's private photos into a store the team reads (attack 28 #4). Broken links are skipped
+and reported, and so is any entry whose stat() fails (a path past PATH_MAX, no
 permission, a failing disk): never left out unsaid. Every file with an image extension is listed (a FIFO or socket too:
 ``load_image`` records it as "not a regular file").
 
@@ -30,6 +32,18 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Ident = tuple[int, int]  # (st_dev, st_ino): one file or folder on disk, whichever path reaches it
 SIBLING_SPLIT = "points into another split of the data root (its images would be in two splits: a leak)"
+
+
+def foreign_link(path: str, st: os.stat_result | None = None) -> str | None:
+    """Why the link ``path`` (its lstat ``st``, when known) is not followed because another user made it, or None
+    (not a link, or yours or root's: the rule the store's own name follows)."""
+    st = os.lstat(path) if st is None else st
+    if not stat.S_ISLNK(st.st_mode) or st.st_uid in (os.geteuid(), 0):
+        return None
+    return (
+        f"a link made by another user (uid {st.st_uid}); featstore follows only your own or root's links: make the "
+        f"link yourself (or copy the images) if you mean to use what it points to"
+    )
 
 
 class FoundImages(NamedTuple):
@@ -125,6 +139,9 @@ class FolderWalk:
 
     def add_class(self, name: str, path: str) -> None:
         """Accept ``path`` as class ``name`` unless it is a link to the split, a parent, or another class."""
+        if why := foreign_link(path):
+            self.skip(path, why)
+            return
         st, real = os.stat(path), os.path.realpath(path)
         owner = self._owner(real)
         if (st.st_dev, st.st_ino) in self.forbidden:
@@ -173,6 +190,13 @@ class FolderWalk:
                 if e.name.startswith("."):
                     continue
                 link = e.is_symlink()
+                try:
+                    why = link and foreign_link(e.path, e.stat(follow_symlinks=False))
+                except OSError:
+                    why = None  # gone meanwhile: the stat below says so
+                if why:
+                    self.skip(e.path, why)
+                    continue
                 try:
                     st = os.stat(e.path)  # follows links: the target's kind, size and mtime
                 except OSError as err:  # never dropped unsaid: a path past PATH_MAX, no permission, a failing disk
