@@ -30,6 +30,7 @@ from featstore.store.layout import (
     validate_split,
 )
 from featstore.store.names import names_text
+from featstore.store.strings import shown
 
 CACHE_PURPOSE = (
     "finetune-cache"  # the `purpose` attribute of a group `featstore finetune` made to cache its frozen layers
@@ -91,10 +92,9 @@ def split_twin(g: h5py.Group, split: str) -> str | None:
         theirs = {_objno(og)} | {_objno(og[k]) for k in ROW_DATASETS if isinstance(og.get(k), h5py.Dataset)}
         if mine & theirs or (sid is not None and sid == _split_id(og)):
             return (
-                f"{g.file.filename}:{g.name}: splits {other!r} and {split!r} are one split (one HDF5 object under two "
-                f"names, a dataset shared, or a copy with the same split_id), which featstore never writes: a figure "
-                f"scored on one would be the other's rows. Remove one (h5py: del f['{g.name}/{split}']) and re-extract "
-                f"it with --overwrite (or extract into a new --store)"
+                f"{g.file.filename}:{g.name}: splits {shown(other)} and {shown(split)} are one split (linked, sharing a "
+                f"dataset, or copied: one split_id), which featstore never writes: a figure scored on one is the "
+                f"other's rows. Remove one (h5py: del f[{shown(g.name + '/' + split)}]), re-extract it with --overwrite"
             )
     return None
 
