@@ -13,6 +13,7 @@ opening itself, so an opening by name that turned out to be the wrong file had a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -140,10 +141,14 @@ def refuse_hard_linked(path: str | os.PathLike) -> None:
         raise hard_linked(path, links)
 
 
-def swapped(path: str | os.PathLike, wrote: bool) -> StoreError:
+class Swapped(StoreError):
+    """A store name that led to another file after the opening than the one opened (a rename in its folder)."""
+
+
+def swapped(path: str | os.PathLike, wrote: bool) -> Swapped:
     """The one line for a store name that led to another file after the opening than the one opened."""
     folder = terminal_safe(os.path.dirname(os.path.abspath(path)))
-    return StoreError(
+    return Swapped(
         f"store {terminal_safe(str(path))} was replaced by another file while featstore opened it (someone else can "
         f"rename entries in {folder}); nothing was {'written' if wrote else 'read'}. Keep stores in a folder only you "
         f"can write, then run again"
@@ -171,26 +176,32 @@ def open_checked(path: str | os.PathLike, mode: str, kwargs: dict) -> tuple[h5py
     is, for the caller to say."""
     if mode not in MODES:
         raise ValueError(f"a store opens with one of {MODES}, not {mode!r}")
+    for _ in range(2):  # a new file renamed onto the name (the user's own resume's compaction): tried again
+        with contextlib.suppress(Swapped):
+            return _open_once(path, mode, kwargs)
+    return _open_once(path, mode, kwargs)
+
+
+def _open_once(path, mode: str, kwargs: dict) -> tuple[h5py.File, str | None, int]:
+    """One try of :func:`open_checked`."""
     if mode == "r":  # HDF5 writes nothing to a file it opens read-only: opened by name, then checked
         return _checked(h5py.File(path, "r", **kwargs), path, wrote=False), None, -1
-    for _ in range(3):
-        try:
-            fd = os.open(path, _RO)  # read-only: nothing in the file changes, whichever it is
-        except FileNotFoundError:
-            if mode == "r+":
-                raise
-            refuse_foreign_link(path)  # a dangling link of someone else's at the name: said so, not created through
-            try:  # O_EXCL: never through a link at the name
-                return _checked(h5py.File(path, "w-", **kwargs), path, wrote=True), None, -1
-            except FileExistsError:
-                continue  # made at the name since: opened (and checked) as an existing store
-        try:
-            f, alias = _existing(path, fd, kwargs)
-        except BaseException:
-            os.close(fd)
+    try:
+        fd = os.open(path, _RO)  # read-only: nothing in the file changes, whichever it is
+    except FileNotFoundError:
+        if mode == "r+":
             raise
-        return f, alias, fd
-    raise swapped(path, wrote=True)
+        refuse_foreign_link(path)  # a dangling link of someone else's at the name: said so, not created through
+        try:  # O_EXCL: never through a link at the name
+            return _checked(h5py.File(path, "w-", **kwargs), path, wrote=True), None, -1
+        except FileExistsError:
+            raise swapped(path, wrote=True) from None  # made at the name since: tried again as an existing store
+    try:
+        f, alias = _existing(path, fd, kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+    return f, alias, fd
 
 
 def _existing(path, fd: int, kwargs: dict) -> tuple[h5py.File, str | None]:
