@@ -211,3 +211,25 @@ def test_a_store_open_for_writing_is_named_by_its_own_name_in_messages(tmp_path,
         raise StoreError(f"{f.filename}:/s/train is damaged; run `featstore check {f.filename}`")
     assert str(err.value) == "s.h5:/s/train is damaged; run `featstore check s.h5`"
     assert path.exists()
+
+
+def test_a_link_renamed_over_while_the_store_name_is_resolved_is_looked_up_again(tmp_path, monkeypatch):
+    """#1 B (the swap loop): a link at the store's name renamed over between Python's ``lstat`` of it and its
+    ``readlink`` (``Path.resolve``) was an ``OSError: [Errno 22] Invalid argument`` traceback. Looked up again now.
+    Sabotage: the ``except OSError`` around ``resolved`` in ``StoreFile.__init__`` removed fails it."""
+    _store(tmp_path / "s.h5")
+    other = _store(tmp_path / "o.h5", ("cat", "dog"))
+    link = tmp_path / "l.h5"
+    link.symlink_to(tmp_path / "s.h5")
+    real, fired = os.readlink, []
+
+    def hooked(path, *a, **k):
+        if not fired and os.fspath(path) == str(link):
+            fired.append(1)
+            os.replace(other, link)  # a file renamed over the link: its readlink is EINVAL
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "readlink", hooked)
+    StoreFile(link)
+    monkeypatch.undo()
+    assert fired and FeatureStore(link).splits() == ["train"]

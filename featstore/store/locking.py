@@ -35,6 +35,7 @@ from featstore.store.links import (  # noqa: F401 (links_on, refuse_hard_linked:
     open_checked,
     refuse_foreign_link,
     refuse_hard_linked,
+    swapped,
     user,
 )
 
@@ -147,7 +148,15 @@ class StoreFile:
     def __init__(self, path: str | os.PathLike, locking: bool | None = None):
         check_paths(required=True, store=path)  # before Path(): Path("") is the current folder
         self.path = Path(path)
-        resolved(self.path, "store", StoreError)  # a symbolic-link loop: said so, not "does not exist"
+        for _ in range(3):
+            try:
+                resolved(self.path, "store", StoreError)  # a symbolic-link loop: said so, not "does not exist"
+                break
+            except OSError as exc:  # EINVAL: a link on the way renamed over between its lstat and its readlink
+                if exc.errno != errno.EINVAL:
+                    raise
+        else:
+            raise swapped(self.path, wrote=False)
         self.locking = locking_default() if locking is None else locking
         self.checked: os.stat_result | None = None  # the file the writer's lock checked (:meth:`lock`)
 
