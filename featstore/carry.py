@@ -63,13 +63,15 @@ class Own:
         return cls(st.st_mode, st.st_gid, shared_xattrs(path, folder), (st.st_dev, st.st_ino))
 
 
-def shared_xattrs(path: str | os.PathLike, folder: bool = False) -> dict[str, bytes]:
-    """The extended attributes of ``path`` that :func:`own_xattrs` carries (none where the system has none)."""
+def shared_xattrs(path: str | os.PathLike | int, folder: bool = False) -> dict[str, bytes]:
+    """The extended attributes of ``path`` (a link's own; or of the file open at descriptor ``path``) that
+    :func:`own_xattrs` carries (none where the system has none)."""
     if not _XATTRS:
         return {}
+    kw = {} if isinstance(path, int) else {"follow_symlinks": False}  # (a descriptor takes no follow_symlinks)
     try:
-        names = [n for n in os.listxattr(path, follow_symlinks=False) if _carried(n, folder)]
-        return {n: os.getxattr(path, n, follow_symlinks=False) for n in names}
+        names = [n for n in os.listxattr(path, **kw) if _carried(n, folder)]
+        return {n: os.getxattr(path, n, **kw) for n in names}
     except OSError:
         return {}  # a file system without extended attributes: nothing to carry
 

@@ -21,9 +21,10 @@ from featstore.carry import own_xattrs, say_group
 from featstore.carry import shared_xattrs as _shared_xattrs
 from featstore.errors import StoreError
 from featstore.provenance import AUGMENTED
-from featstore.renames import PrivateFolder
+from featstore.renames import PrivateFolder, same_file
 from featstore.store.attr_values import raw_attr, refuse_many_attrs
 from featstore.store.layout import LISTING, ROW_DATASETS, check_chunks, hard_groups, read_commit
+from featstore.store.links import check_opened, same
 from featstore.store.locking import DENSE_ATTRS_LIBVER, StoreFile
 from featstore.store.names import names_text, path_text
 from featstore.store.space import compact_temporary, ensure_space, remove_compactions
@@ -46,13 +47,27 @@ def compact(store: StoreFile | str | os.PathLike, leave_out: frozenset[tuple[str
         compact(StoreFile("features.h5"))
     """
     store = store if isinstance(store, StoreFile) else StoreFile(store)
-    # A store reached through a symbolic link is rewritten where the link points: replacing the link itself would
-    # leave the real store behind with its uncommitted tail and every later write in a copy beside the link.
-    path = Path(os.path.realpath(store.path))
-    before, shared = path.stat(), _shared_xattrs(path)
+    with store.open("r") as src:  # through this user's own links only, the very file the name reaches (attack 28 #3)
+        source = os.dup(src.id.get_vfd_handle())  # the file read, held until the copy is renamed onto its name
+        try:
+            _compact(store, src, source, leave_out)
+        finally:
+            os.close(source)
+
+
+def _compact(store: StoreFile, src: h5py.File, source: int, leave_out: frozenset[tuple[str, str]]) -> None:
+    """:func:`compact` of ``src``, the store file open at ``source`` too, which the store's name still reaches; ``src``
+    is closed before its copy is renamed onto its name."""
+    before = os.fstat(source)
+    # A store reached through this user's own symbolic link is rewritten where the link points: replacing the link
+    # itself would leave the real store behind with its uncommitted tail and every later write in a copy beside it.
+    path = Path(check_opened(store.path, before, wrote=True))
+    if store.checked is not None and not same(store.checked, before):
+        raise _not_locked(path)  # another file than the one the writer's lock checked: none of this run's
+    shared = _shared_xattrs(source)
     _fresh_temporary(path)  # first: a killed compaction's leftover must not count against the room for its copy
     remove_compactions(path)
-    ensure_space(path, path.stat().st_size)
+    ensure_space(path, before.st_size)
     # written in a folder of its own (0700), renamed through descriptors: in a folder others can write, nothing they
     # rename there replaces the store (attack 23)
     private, held = PrivateFolder(path, lambda removed: _swapped(path), compact=True), -1
@@ -62,21 +77,27 @@ def compact(store: StoreFile | str | os.PathLike, leave_out: frozenset[tuple[str
         raise _cannot_rewrite(exc, path) from None
     try:
         with private:
-            with store.open("r") as src:
-                _refuse_left_behind(src, path, leave_out)
-                kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _large_attrs(src) else {})
-                with h5py.File(private.path(), "w-", **kwargs) as dst:
-                    held = os.dup(dst.id.get_vfd_handle())  # the file h5py made (O_EXCL), held until it is renamed
-                    _copy_attrs(src, dst)
-                    for name in hard_groups(src):
-                        g = dst.create_group(name)
-                        _copy_attrs(src[name], g)
-                        for split in (s for s in hard_groups(src[name]) if (name, s) not in leave_out):
-                            _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
-                    dst.flush()
+            _refuse_left_behind(src, path, leave_out)
+            kwargs = store.h5py_kwargs() | ({"libver": DENSE_ATTRS_LIBVER} if _large_attrs(src) else {})
+            with h5py.File(private.path(), "w-", **kwargs) as dst:
+                held = os.dup(dst.id.get_vfd_handle())  # the file h5py made (O_EXCL), held until it is renamed
+                _copy_attrs(src, dst)
+                for name in hard_groups(src):
+                    g = dst.create_group(name)
+                    _copy_attrs(src[name], g)
+                    for split in (s for s in hard_groups(src[name]) if (name, s) not in leave_out):
+                        _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
+                dst.flush()
+            src.close()  # (h5py: closing again when the opening ends is a no-op)
             _own_permissions(held, before)
             _own_xattrs(held, shared, path, before)
+            # renamed onto the name only while it is still the file read (a colleague's link put there since: refused)
+            at = private.parent_fd if private.parent_fd >= 0 else None
+            if same_file(source, path.name if at is not None else path, at) is None:
+                raise _not_locked(path)
             private.put(held)  # renamed only while it is the file h5py made (:func:`featstore.renames.same_file`)
+            if store.checked is not None:
+                store.checked = os.fstat(held)  # the store the lock holds now
     except (OSError, RuntimeError) as exc:
         if _disk_full(exc):
             raise StoreError(
@@ -89,6 +110,14 @@ def compact(store: StoreFile | str | os.PathLike, leave_out: frozenset[tuple[str
         if held >= 0:
             os.close(held)
     logger.info("rewrote %s without the uncommitted tail an interrupted run left", path)
+
+
+def _not_locked(path: Path) -> StoreError:
+    """The line for a store name that no longer leads to the file this run checked, locked and read."""
+    return StoreError(
+        f"store {path} was replaced by another file during this run (someone else can rename entries in "
+        f"{path.parent}); it was not rewritten. Keep stores in a folder only you can write, then re-run the same command"
+    )
 
 
 def _own_xattrs(fd: int, shared: dict[str, bytes], path: Path, before: os.stat_result) -> None:

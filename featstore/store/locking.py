@@ -29,6 +29,15 @@ import h5py
 from featstore.errors import ConfigError, StoreBusyError, StoreError, check_paths
 from featstore.leftovers import replace_with_new
 from featstore.outputs import resolved, terminal_safe
+from featstore.store.links import (  # noqa: F401 (links_on, refuse_hard_linked: re-exported for tests)
+    links_on,
+    named,
+    open_checked,
+    refuse_foreign_link,
+    refuse_hard_linked,
+    swapped,
+    user,
+)
 
 _SETTING: dict = {"locking": None}  # None = HDF5's default (honours HDF5_USE_FILE_LOCKING)
 
@@ -90,16 +99,13 @@ def open_h5(
     locking = locking_default() if locking is None else locking
     kwargs = {} if locking is None else {"locking": locking}
     timeout = lock_timeout() if timeout is None else timeout
-    if mode != "r":
-        refuse_foreign_link(path)
-        refuse_hard_linked(path)
     if libver is not None:
         kwargs["libver"] = libver
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:
-        try:
-            f = h5py.File(path, mode, **kwargs)
+        try:  # the very file the name reaches through this user's own links: checked on what was opened (attack 28 #1)
+            f, alias, fd = open_checked(path, mode, kwargs)
             break
         except FileNotFoundError:
             raise StoreError(
@@ -118,8 +124,14 @@ def open_h5(
             delay = min(delay * 2, 0.5)
     try:
         yield f
+    except Exception as exc:
+        if alias:
+            named(exc, alias, path)  # messages quote f.filename: the user's name for the store, not /proc/self/fd/N
+        raise
     finally:
         f.close()
+        if fd >= 0:
+            os.close(fd)  # held while HDF5 has the file: f.filename names it (os.path.getsize(f.filename))
 
 
 class StoreFile:
@@ -136,8 +148,17 @@ class StoreFile:
     def __init__(self, path: str | os.PathLike, locking: bool | None = None):
         check_paths(required=True, store=path)  # before Path(): Path("") is the current folder
         self.path = Path(path)
-        resolved(self.path, "store", StoreError)  # a symbolic-link loop: said so, not "does not exist"
+        for _ in range(3):
+            try:
+                resolved(self.path, "store", StoreError)  # a symbolic-link loop: said so, not "does not exist"
+                break
+            except OSError as exc:  # EINVAL: a link on the way renamed over between its lstat and its readlink
+                if exc.errno != errno.EINVAL:
+                    raise
+        else:
+            raise swapped(self.path, wrote=False)
         self.locking = locking_default() if locking is None else locking
+        self.checked: os.stat_result | None = None  # the file the writer's lock checked (:meth:`lock`)
 
     def __repr__(self) -> str:
         return f"StoreFile({str(self.path)!r}, locking={self.locking!r})"
@@ -174,9 +195,15 @@ class StoreFile:
         with self.open("r") as f:
             yield f
 
-    def lock(self):
-        """The writer's lock, ``<store>.lock``, as a context manager (see :func:`writer_lock`)."""
-        return writer_lock(self.path, self.locking)
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """The writer's lock, ``<store>.lock`` (see :func:`writer_lock`); :attr:`checked` is the ``lstat`` of the file
+        the name reached when the lock checked it (None: no store yet), which a resume's compaction reads."""
+        with writer_lock(self.path, self.locking) as self.checked:
+            try:
+                yield
+            finally:
+                self.checked = None
 
     def h5py_kwargs(self) -> dict:
         """Keyword arguments for an ``h5py.File`` of this store's kind (a temporary file beside it)."""
@@ -184,22 +211,22 @@ class StoreFile:
 
 
 @contextlib.contextmanager
-def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
+def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[os.stat_result | None]:
     """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file.
 
     Uses the ``filelock`` package (flock on POSIX, msvcrt on Windows). The lock file is empty (the writer's pid goes
     to ``<store>.lock.pid``) and is removed when the lock is released, also after a failure; a SIGKILLed writer leaves
     it behind, unlocked and harmless (the next run takes it over). Anything else at that name (a link, FIFO, folder, a
     file with bytes or a second name) is refused, named, never locked nor removed; so is a store file with a second
-    name (:func:`refuse_hard_linked`).
+    name (:func:`refuse_hard_linked`). Gives the ``lstat`` of the store file the name reached (None: no store yet).
     """
     from filelock import FileLock, Timeout
 
     locking = locking_default() if locking is None else locking
-    refuse_foreign_link(path)  # before any work: nothing is written through another user's link
+    checked = refuse_foreign_link(path)  # before any work: nothing is written through another user's link
     refuse_hard_linked(path)  # before any work: every writing opening (open_h5) refuses it too
     if locking is False or os.environ.get("HDF5_USE_FILE_LOCKING", "").upper() == "FALSE":
-        yield  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
+        yield checked  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
         return
     lock_path = _lock_name(path)
     _refuse_foreign_lock(lock_path)
@@ -222,7 +249,7 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[None]:
     pid_path = f"{lock_path}.pid"
     try:
         _write_pid(pid_path)
-        yield
+        yield checked
     finally:
         fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
         with contextlib.suppress(OSError):
@@ -279,66 +306,7 @@ def _other_users_file(path: str) -> str | None:
         return None
     if st.st_uid == os.geteuid() or not os.access(os.path.dirname(path) or ".", os.W_OK):
         return None
-    return _user(st.st_uid)
-
-
-def _user(uid: int) -> str:
-    """The user name of ``uid`` (``uid N`` where none is known)."""
-    try:
-        import pwd
-
-        return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
-        return f"uid {uid}"
-
-
-def refuse_foreign_link(path: str | os.PathLike) -> None:
-    """Refuse to write a store through a symbolic link that another user made (anyone but this user or root: stricter
-    than Linux's ``fs.protected_symlinks``, which trusts the folder's owner too), wherever it is met on
-    the way to the file: the store's name, a link it points to, or a folder on its path. In a team folder a colleague's
-    link at the store's name made ``extract --overwrite`` replace a split of the user's own private store elsewhere, rc
-    0 (attack 26 #2); so did one behind the user's own "current version" link (attack 27 #2)."""
-    for link, st in links_on(path):
-        if st.st_uid in (os.geteuid(), 0):  # this user's, or the system's (/tmp -> /private/tmp)
-            continue
-        # (not even the link's folder's owner's: a colleague who swapped the user's `proj` for her own folder owns
-        # both it and the link she put in it, attack 27 #8)
-        via = "" if link == os.path.join(os.getcwd(), path) else f" through {terminal_safe(link)}"
-        raise StoreError(
-            f"store {terminal_safe(str(path))} leads{via} to a symbolic link made by {_user(st.st_uid)}, not by you; "
-            f"featstore does not write through a link someone else made (it may name a file of yours elsewhere): give "
-            f"the real path with --store, or remove the link (rm {shlex.quote(link)}) if you do not know it"
-        )
-
-
-def links_on(path: str | os.PathLike, most: int = 40) -> Iterator[tuple[str, os.stat_result]]:
-    """Every symbolic link met resolving ``path`` as the kernel does (its folders', the name's, and what each points
-    to, one hop at a time, at most ``most``), with its ``lstat``; stops where a part does not exist."""
-    pending = list(reversed(os.path.join(os.getcwd(), os.fspath(path)).split("/")))
-    current, hops = "/", 0
-    while pending:
-        part = pending.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            current = os.path.dirname(current)
-            continue
-        nxt = os.path.join(current, part)
-        try:
-            st = os.lstat(nxt)
-        except OSError:
-            return
-        if not stat.S_ISLNK(st.st_mode):
-            current = nxt
-            continue
-        hops += 1
-        if hops > most:
-            return  # a loop: opening the store says so
-        yield nxt, st
-        target = os.readlink(nxt)
-        if target.startswith("/"):
-            current = "/"
-        pending.extend(reversed(target.split("/")))
+    return user(st.st_uid)
 
 
 def held_plain_file(lock) -> bool:
@@ -349,23 +317,6 @@ def held_plain_file(lock) -> bool:
         return stat.S_ISREG(os.fstat(fd).st_mode)
     except (OSError, TypeError):
         return True  # no descriptor to look at (a soft lock): its file was made by filelock itself
-
-
-def refuse_hard_linked(path: str | os.PathLike) -> None:
-    """Refuse to write a store file that has another name (a hard link: a ``cp -al`` or rsnapshot snapshot, a dedup
-    tool): HDF5 updates the file in place, so the other name would gain the new split too (and a kill would damage
-    both). Every other output is replaced by a rename, which leaves a hard link its own bytes."""
-    try:
-        links = os.stat(path).st_nlink
-    except OSError:
-        return  # no store yet (or one the opening itself names)
-    if links > 1:
-        p = shlex.quote(str(path))
-        raise StoreError(
-            f"store {terminal_safe(str(path))} has {links} names (a hard link: a `cp -al` or rsnapshot snapshot?); "
-            f"writing it in place would change the other name(s) too. Give it a file of its own first: "
-            f"cp --reflink=never {p} {p}.own && mv {p}.own {p} (or remove the other name), then run again"
-        )
 
 
 def _refuse_foreign_lock(lock_path: str) -> None:

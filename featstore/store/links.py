@@ -1,0 +1,240 @@
+"""Which links a store's name may lead through, and the file an opening actually got: the rule holds for that file.
+
+Only this user's own symbolic links (and root's: ``/tmp -> /private/tmp``) are followed on the way to a store, for
+reading and for writing; another user's link may name a file of this user's elsewhere (attack 26 #2, 27 #2/#8, 28 #4).
+The check is made on the file actually opened, not on the name before the opening (attack 28 #1): :func:`open_checked`
+opens, then walks the name again (:func:`reach`) and compares the file it reaches with the descriptor's ``fstat``. A
+store opened for writing is first opened read-only (which changes nothing), checked, and then given to HDF5 as
+``/proc/self/fd/<fd>``, which no rename can redirect: HDF5 writes its superblock's "open for writing" flag at the
+opening itself, so an opening by name that turned out to be the wrong file had already written it.
+
+>>> f, alias, fd = open_checked("features.h5", "a", {})   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import stat
+from collections.abc import Iterator
+
+import h5py
+
+from featstore.errors import StoreError
+from featstore.outputs import terminal_safe
+from featstore.renames import proc_path
+
+# how a store file is opened: HDF5 read-only, or read-write on the file as it is; never "w" (it empties the file at its
+# name at the opening, before any check could look at what it emptied)
+MODES = ("r", "a", "r+")
+_RO = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
+
+def user(uid: int) -> str:
+    """The user name of ``uid`` (``uid N`` where none is known)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def walk(
+    path: str | os.PathLike, most: int = 40
+) -> tuple[list[tuple[str, os.stat_result, str]], str | None, os.stat_result | None]:
+    """Resolve ``path`` as the kernel does, one ``lstat`` per part: the symbolic links met (its folders', the name's,
+    and what each points to, at most ``most`` hops) with their ``lstat`` and target, then the file reached and its ``lstat``
+    (None, None where a part does not exist or the links loop)."""
+    links: list[tuple[str, os.stat_result, str]] = []
+    pending = list(reversed(os.path.join(os.getcwd(), os.fspath(path)).split("/")))
+    current, st = "/", os.lstat("/")
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            st = os.lstat(current)
+            continue
+        nxt = os.path.join(current, part)
+        try:
+            st = os.lstat(nxt)
+        except OSError:
+            return links, None, None
+        if not stat.S_ISLNK(st.st_mode):
+            current = nxt
+            continue
+        if len(links) >= most:
+            return links, None, None  # a loop: opening the store says so
+        try:
+            target = os.readlink(nxt)
+        except OSError:  # no longer a link (renamed over since its lstat): the opening's check says the name changed
+            return links, None, None
+        links.append((nxt, st, target))
+        if target.startswith("/"):
+            current = "/"
+        pending.extend(reversed(target.split("/")))
+    return links, current, st
+
+
+def links_on(path: str | os.PathLike, most: int = 40) -> Iterator[tuple[str, os.stat_result]]:
+    """Every symbolic link met resolving ``path`` (:func:`walk`), with its ``lstat``."""
+    yield from ((link, st) for link, st, _ in walk(path, most)[0])
+
+
+def reach(path: str | os.PathLike) -> tuple[str | None, os.stat_result | None]:
+    """The file ``path`` leads to and its ``lstat`` (None, None: nothing there), once no link on the way is another
+    user's (:func:`refuse_foreign_link`'s one line)."""
+    links, end, st = walk(path)
+    for link, lst, target in links:
+        if lst.st_uid not in (os.geteuid(), 0):  # this user's, or the system's (/tmp -> /private/tmp)
+            # (not even the link's folder's owner's: a colleague who swapped the user's `proj` for her own folder owns
+            # both it and the link she put in it, attack 27 #8)
+            raise _foreign(path, link, lst, target)
+    return end, st
+
+
+def refuse_foreign_link(path: str | os.PathLike) -> os.stat_result | None:
+    """Refuse a store reached through a symbolic link another user made (anyone but this user or root: stricter than
+    Linux's ``fs.protected_symlinks``, which trusts the folder's owner too), wherever it is met: the store's name, a
+    link it points to, or a folder on its path; the ``lstat`` of the file reached (None: none yet). In a team folder a
+    colleague's link made ``extract --overwrite`` replace a split of the user's private store (attack 26 #2), and
+    ``export`` publish it beside the link (attack 28 #4)."""
+    return reach(path)[1]
+
+
+def _foreign(path, link: str, st: os.stat_result, target: str) -> StoreError:
+    """The one line for a store that leads through ``link``, another user's, to ``target``."""
+    via = "" if link == os.path.join(os.getcwd(), path) else f" through {terminal_safe(link)}"
+    target = os.path.normpath(os.path.join(os.path.dirname(link), target))
+    return StoreError(
+        f"store {terminal_safe(str(path))} leads{via} to a symbolic link made by {user(st.st_uid)}, not by you "
+        f"({terminal_safe(link)} -> {terminal_safe(target)}); featstore follows only your own links (another user's "
+        f"may name a file of yours elsewhere, and what featstore writes from it may land where they read it): to use "
+        f"that file on purpose, give the real path with --store {shlex.quote(target)}; else remove the link "
+        f"(rm {shlex.quote(link)})"
+    )
+
+
+def hard_linked(path: str | os.PathLike, links: int) -> StoreError:
+    """The one line for a store file of ``links`` names, which featstore does not write in place."""
+    p = shlex.quote(str(path))
+    return StoreError(
+        f"store {terminal_safe(str(path))} has {links} names (a hard link: a `cp -al` or rsnapshot snapshot?); "
+        f"writing it in place would change the other name(s) too. Give it a file of its own first: "
+        f"cp --reflink=never {p} {p}.own && mv {p}.own {p} (or remove the other name), then run again"
+    )
+
+
+def refuse_hard_linked(path: str | os.PathLike) -> None:
+    """Refuse to write a store file that has another name (a hard link: a ``cp -al`` or rsnapshot snapshot, a dedup
+    tool): HDF5 updates the file in place, so the other name would gain the new split too (and a kill would damage
+    both). Every other output is replaced by a rename, which leaves a hard link its own bytes."""
+    try:
+        links = os.stat(path).st_nlink
+    except OSError:
+        return  # no store yet (or one the opening itself names)
+    if links > 1:
+        raise hard_linked(path, links)
+
+
+class Swapped(StoreError):
+    """A store name that led to another file after the opening than the one opened (a rename in its folder)."""
+
+
+def swapped(path: str | os.PathLike, wrote: bool) -> Swapped:
+    """The one line for a store name that led to another file after the opening than the one opened."""
+    folder = terminal_safe(os.path.dirname(os.path.abspath(path)))
+    return Swapped(
+        f"store {terminal_safe(str(path))} was replaced by another file while featstore opened it (someone else can "
+        f"rename entries in {folder}); nothing was {'written' if wrote else 'read'}. Keep stores in a folder only you "
+        f"can write, then run again"
+    )
+
+
+def same(a: os.stat_result | None, b: os.stat_result | None) -> bool:
+    """Whether two ``stat`` results are one file (device and inode)."""
+    return a is not None and b is not None and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def check_opened(path: str | os.PathLike, st: os.stat_result, wrote: bool) -> str:
+    """The file ``path`` reaches (its real path), once the name leads through no other user's link to the very file
+    opened (``st``, the descriptor's ``fstat``); else the one line (:func:`refuse_foreign_link`, :func:`swapped`)."""
+    end, now = reach(path)
+    if end is None or not same(now, st):
+        raise swapped(path, wrote)
+    return end
+
+
+def open_checked(path: str | os.PathLike, mode: str, kwargs: dict) -> tuple[h5py.File, str | None, int]:
+    """``h5py.File(path, mode)``, of the very file the name reaches through this user's own links only: the file, the
+    name HDF5 was given for it in place of ``path`` (``/proc/self/fd/<fd>``; None: ``path``) and that descriptor, which
+    the caller closes after the file (-1: none). An OSError of the opening (missing file, lock held) is raised as it
+    is, for the caller to say."""
+    if mode not in MODES:
+        raise ValueError(f"a store opens with one of {MODES}, not {mode!r}")
+    for _ in range(2):  # a new file renamed onto the name (the user's own resume's compaction): tried again
+        with contextlib.suppress(Swapped):
+            return _open_once(path, mode, kwargs)
+    return _open_once(path, mode, kwargs)
+
+
+def _open_once(path, mode: str, kwargs: dict) -> tuple[h5py.File, str | None, int]:
+    """One try of :func:`open_checked`."""
+    if mode == "r":  # HDF5 writes nothing to a file it opens read-only: opened by name, then checked
+        return _checked(h5py.File(path, "r", **kwargs), path, wrote=False), None, -1
+    try:
+        fd = os.open(path, _RO)  # read-only: nothing in the file changes, whichever it is
+    except FileNotFoundError:
+        if mode == "r+":
+            raise
+        refuse_foreign_link(path)  # a dangling link of someone else's at the name: said so, not created through
+        try:  # O_EXCL: never through a link at the name
+            return _checked(h5py.File(path, "w-", **kwargs), path, wrote=True), None, -1
+        except FileExistsError:
+            raise swapped(path, wrote=True) from None  # made at the name since: tried again as an existing store
+    try:
+        f, alias = _existing(path, fd, kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+    return f, alias, fd
+
+
+def _existing(path, fd: int, kwargs: dict) -> tuple[h5py.File, str | None]:
+    """The store open read-write through HDF5, from the read-only descriptor ``fd`` of it, once checked."""
+    st = os.fstat(fd)
+    check_opened(path, st, wrote=True)
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(
+            f"store {terminal_safe(str(path))} is not a regular file (a folder, FIFO or device); pass the .h5 store "
+            f"written by `featstore extract`"
+        )
+    if st.st_nlink > 1:
+        raise hard_linked(path, st.st_nlink)
+    alias = proc_path(fd)  # where there is no /proc (macOS), by name: the check after it is then the only one
+    f = h5py.File(alias or path, "r+", **kwargs)
+    if not same(os.fstat(f.id.get_vfd_handle()), st):
+        f.close()
+        raise swapped(path, wrote=True)
+    return f, None if alias is None else str(alias)
+
+
+def _checked(f: h5py.File, path, wrote: bool) -> h5py.File:
+    """``f`` once the name ``path`` still reaches it through this user's own links only (:func:`check_opened`)."""
+    try:
+        check_opened(path, os.fstat(f.id.get_vfd_handle()), wrote)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def named(exc: BaseException, alias: str, path: str | os.PathLike) -> None:
+    """Say ``path`` where an error raised while the store was open names it by ``alias`` (``/proc/self/fd/<fd>``, the
+    name HDF5 was given: messages quote ``ds.file.filename``)."""
+    pattern = re.compile(re.escape(alias) + r"(?!\d)")
+    exc.args = tuple(pattern.sub(str(path), a) if isinstance(a, str) else a for a in exc.args)
