@@ -170,3 +170,31 @@ def test_a_link_another_user_made_in_the_image_folders_is_not_followed(tmp_path)
     skipped = dict(listing.skipped_links)
     assert set(skipped) == {"train/zz_scans", "train/cat/b.png"}, skipped
     assert all("a link made by another user (uid 54321)" in why for why in skipped.values())
+
+
+def test_an_export_of_a_split_replaced_while_it_is_read_is_refused(tmp_path, monkeypatch):
+    """#9: labels and class names (and, for .npz, paths) were read before the first features block, and the version
+    compared only between features blocks: a split re-extracted in between gave new features with old labels (every
+    row's class the other one), rc 0. The version taken before anything is read is compared once all is written.
+    Sabotage: ``same`` in export passing (no comparison) fails it (x.npz is written)."""
+    import numpy as np
+    import pytest
+
+    from featstore.errors import StoreError
+    from featstore.store import export as export_module
+    from featstore.store.reader import FeatureStore
+    from featstore.store.writer import write_arrays
+
+    store = tmp_path / "s.h5"
+    write_arrays(store, "syn", "train", np.ones((40, 4), np.float32), np.arange(40) % 2, ["a", "b"])
+    real = FeatureStore.iter_batches
+
+    def replaced_first(self, *args, **kwargs):  # another process's --overwrite, before the first block
+        write_arrays(store, "syn", "train", np.full((40, 4), 2, np.float32), (np.arange(40) + 1) % 2, ["a", "b"])
+        yield from real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "iter_batches", replaced_first)
+    for out in ("x.npz", "x.csv"):
+        with pytest.raises(StoreError, match="was replaced while it was being read"):
+            export_module.export(store, "train", tmp_path / out)
+        assert not (tmp_path / out).exists()

@@ -58,7 +58,9 @@ import numpy as np
 
 from featstore.errors import ConfigError, OutputError, check_paths, choices_error
 from featstore.outputs import check_own_output, csv_cell, probe_output, refuse_image, write_atomic
+from featstore.provenance import AUGMENTED
 from featstore.store.export_files import MARK, SUFFIXES, is_export
+from featstore.store.layout import same_split
 from featstore.store.reader import FeatureStore
 from featstore.store.shards import refuse_shard_folder, write_shards
 
@@ -136,6 +138,7 @@ def export(
         refuse_image(out, "--out")  # an image of the dataset, say
         check_own_output(out, "--out", f"an export ({fmt})", SUFFIXES[fmt], lambda p: is_export(p, fmt))  # model.keras
     info = fs.split_info(split, name, augmented=augmented)  # StoreError naming the splits there (or the missing copies)
+    version = _version(fs, name, split, augmented)  # before labels, names, paths or features are read
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
     if features != "flat" and len(shape) != 3:
         logger.info(
@@ -174,12 +177,22 @@ def export(
             )
             start += len(y)
 
+    def same(written: None) -> None:  # read across openings: a split replaced meanwhile gave new rows, old labels
+        _version(fs, name, split, augmented, version)
+
     if rows_per_file is not None:
-        write_shards(out, lambda tmp: _write_shards(tmp, blocks(), rows_per_file, d, meta, copy is not None))
+        write_shards(out, lambda tmp: same(_write_shards(tmp, blocks(), rows_per_file, d, meta, copy is not None)))
     else:
-        write_atomic(out, lambda tmp: writer(tmp, blocks(), n, d, meta, labels, paths, copy), "--out")
+        write_atomic(out, lambda tmp: same(writer(tmp, blocks(), n, d, meta, labels, paths, copy)), "--out")
     logger.debug("exported %d rows x %d values of %s/%s to %s (%s)", n, d, name, split, out, fmt)
     return ExportResult(out, fmt, n, d, features)
+
+
+def _version(fs: FeatureStore, name: str, split: str, augmented: bool, seen: tuple | None = None) -> tuple:
+    """The split's version (``layout.same_split``), refused when it is not ``seen``: what an export read first."""
+    key = f"{name}/{split}/{AUGMENTED}" if augmented else f"{name}/{split}"
+    with fs.file.open("r") as f:
+        return same_split(f, key, seen, f"{fs.path}:/{key}")
 
 
 class _StoredPaths:
