@@ -198,3 +198,29 @@ def test_an_export_of_a_split_replaced_while_it_is_read_is_refused(tmp_path, mon
         with pytest.raises(StoreError, match="was replaced while it was being read"):
             export_module.export(store, "train", tmp_path / out)
         assert not (tmp_path / out).exists()
+
+
+def test_a_store_in_a_folder_deeper_than_path_max_is_one_short_line(tmp_path, monkeypatch):
+    """#10: in a working folder past PATH_MAX (4,096 bytes), every reader called a genuine store "not an HDF5 file"
+    (h5py.is_hdf5 answers False for a path the system refuses) and extract failed with an 8,677-character line. Now
+    one line saying the full path is too long and what to do. Sabotage: the PATH_MAX test in links.check_opened removed
+    fails it (the line says the store was replaced by another file, and quotes the 4 KB path)."""
+    import numpy as np
+    import pytest
+
+    from featstore.errors import StoreError
+    from featstore.store.reader import FeatureStore
+    from featstore.store.writer import write_arrays
+
+    write_arrays(tmp_path / "s.h5", "syn", "train", np.ones((4, 2), np.float32), np.arange(4) % 2, ["a", "b"])
+    monkeypatch.chdir(tmp_path)
+    for i in range(17):
+        os.mkdir(f"{i:02d}" + "d" * 248)
+        os.chdir(f"{i:02d}" + "d" * 248)
+    os.rename(tmp_path / "s.h5", "s.h5")
+    for call in (lambda: FeatureStore("s.h5"), lambda: write_arrays("s.h5", "syn", "t", np.ones((4, 2), np.float32),
+                                                                     np.arange(4) % 2, ["a", "b"])):  # fmt: skip
+        with pytest.raises(StoreError) as err:
+            call()
+        said = str(err.value)
+        assert "longer than this system takes: cd nearer to it" in said and len(said) < 300, said[:300]

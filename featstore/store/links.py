@@ -160,10 +160,20 @@ def same(a: os.stat_result | None, b: os.stat_result | None) -> bool:
     return a is not None and b is not None and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def too_long(path: str | os.PathLike) -> str:
+    """The fix for a path the system refuses as too long (its full path, from the current folder, past PATH_MAX)."""
+    full = len(os.fsencode(os.path.abspath(path)))
+    return (
+        f"its full path is {full:,} bytes, longer than this system takes: cd nearer to it, or move it to a shorter path"
+    )
+
+
 def check_opened(path: str | os.PathLike, st: os.stat_result, wrote: bool) -> str:
     """The file ``path`` reaches (its real path), once the name leads through no other user's link to the very file
     opened (``st``, the descriptor's ``fstat``); else the one line (:func:`refuse_foreign_link`, :func:`swapped`)."""
     end, now = reach(path)
+    if end is None and len(os.fsencode(os.path.abspath(path))) >= 4096:  # PATH_MAX: the walk by full path failed
+        raise StoreError(f"store {terminal_safe(str(path))} cannot be checked: {too_long(path)}")
     if end is None or not same(now, st):
         raise swapped(path, wrote)
     return end

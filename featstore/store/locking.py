@@ -36,6 +36,7 @@ from featstore.store.links import (  # noqa: F401 (links_on, refuse_hard_linked:
     refuse_foreign_link,
     refuse_hard_linked,
     swapped,
+    too_long,
     user,
 )
 
@@ -179,8 +180,16 @@ class StoreFile:
             raise StoreError(
                 f"store {self.path} does not exist; create it with `featstore extract --store {self.path}`"
             )
-        if not h5py.is_hdf5(self.path):
-            raise StoreError(f"{self.path} is not an HDF5 file; pass the .h5 store written by `featstore extract`")
+        try:  # (h5py.is_hdf5 answers False for a path the system refuses: a store in a 4 KB-deep folder, attack 28 #10)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            why = too_long(self.path) if exc.errno == errno.ENAMETOOLONG else f"{exc.strerror}: fix what it names"
+            raise StoreError(f"store {self.path} cannot be opened: {why}") from None
+        try:
+            if not any(os.pread(fd, 8, at) == b"\x89HDF\r\n\x1a\n" for at in (0, 512, 1024, 2048, 4096, 8192)):
+                raise StoreError(f"{self.path} is not an HDF5 file; pass the .h5 store written by `featstore extract`")
+        finally:
+            os.close(fd)
 
     def open(self, mode: str = "r", *, timeout: float | None = None, libver=None):
         """The HDF5 file, open for one step (a context manager); waits while another process holds it."""
@@ -241,6 +250,8 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[os.stat_resul
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a link planted since the check above
             _refuse_foreign_lock(lock_path)
+        if exc.errno == errno.ENAMETOOLONG:  # the message would quote a 4 KB path twice (attack 28 #10)
+            raise StoreError(f"cannot lock store {path}: {too_long(lock_path)}") from None
         raise StoreError(f"cannot lock {lock_path} ({exc}); {_lock_fix(exc, lock_path)}") from exc
     if not held_plain_file(lock):  # a FIFO or device planted between the check above and the lock's open
         lock.release()
