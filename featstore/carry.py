@@ -53,12 +53,14 @@ class Own:
 
     @classmethod
     def of(cls, path: str | os.PathLike, folder: bool = False) -> Own | None:
-        """Of the regular file (``folder``: the folder) at ``path``, not followed if a link; None for anything else."""
+        """Of the regular file (``folder``: the folder) at ``path``, not followed if a link, when it is this user's;
+        None for anything else: another user's file at the name (her earlier export) gave the user's new file her
+        ACL entry, which let her read and rewrite it (attack 30 #2); its replacement gets the umask's mode instead."""
         try:
             st = os.lstat(path)
         except OSError:
             return None
-        if not (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)):
+        if not (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)) or st.st_uid != os.geteuid():
             return None
         return cls(st.st_mode, st.st_gid, shared_xattrs(path, folder), (st.st_dev, st.st_ino))
 

@@ -224,3 +224,58 @@ def test_a_store_in_a_folder_deeper_than_path_max_is_one_short_line(tmp_path, mo
             call()
         said = str(err.value)
         assert "longer than this system takes: cd nearer to it" in said and len(said) < 300, said[:300]
+
+
+def test_a_file_renamed_onto_the_store_mid_run_gets_no_rows(tmp_path):
+    """fixAE's residual: while the writer's lock is held, a write opened whatever regular file the name reached, so a
+    colleague's own file renamed onto the team store's name mid-run got the run's rows. Writes now open only the file
+    the lock checked (or, with no store then, the one the run made first). Sabotage: ``expect`` not passed by
+    StoreFile.open fails it (the colleague's file is opened for writing)."""
+    import h5py
+    import pytest
+
+    from featstore.errors import StoreError
+    from featstore.store.locking import StoreFile
+
+    for existed in (True, False):
+        path = tmp_path / f"s{existed}.h5"
+        if existed:
+            h5py.File(path, "w").close()
+        theirs = tmp_path / f"theirs{existed}.h5"
+        h5py.File(theirs, "w").close()
+        before = theirs.read_bytes()
+        store = StoreFile(path)
+        with store.lock():
+            with store.open("a") as f:
+                f.attrs["mine"] = 1
+            os.replace(theirs, path)  # the colleague's `mv theirs.h5 s.h5` in the team folder
+            with pytest.raises(StoreError, match="was replaced by another file"), store.open("a") as f:
+                f.attrs["rows"] = 1
+        assert path.read_bytes() == before
+
+
+def test_an_image_opened_again_after_the_listing_is_held_to_the_link_rule(tmp_path):
+    """Attack 30 #1: thumbnails, leak pictures and each extraction batch open an image by path again after the listing,
+    through any link: a colleague's link put at an image's name (or its class folder's) put the user's private photo
+    into the team's report. load_image refuses a link another user made, at the image or its folder; the user's own
+    links open as before. Sabotage: ``foreign_link`` returning None fails it (the private photo is decoded)."""
+    import pytest
+    from PIL import Image
+
+    from featstore.images.decode import ImageError, load_image
+
+    private = tmp_path / "home" / "private.png"
+    private.parent.mkdir()
+    Image.new("RGB", (4, 4), "red").save(private)
+    (tmp_path / "cat").mkdir()
+    theirs, mine, folder = tmp_path / "cat" / "img0.png", tmp_path / "cat" / "img1.png", tmp_path / "dog"
+    for link in (theirs, mine, folder):
+        link.symlink_to(private if link != folder else private.parent)
+    for link in (theirs, folder):
+        os.lchown(link, 54321, -1)
+        if os.lstat(link).st_uid != 54321:
+            pytest.skip("cannot give a link to another user here (not root)")
+    for path in (theirs, folder / "private.png"):
+        with pytest.raises(ImageError, match=r"a link made by another user \(uid 54321\)"):
+            load_image(path, 4)
+    assert load_image(mine, 4).shape == (4, 4, 3)

@@ -205,3 +205,25 @@ def test_a_resumes_rewrite_in_a_group_it_may_not_give_is_said_and_closed_to_that
     assert (st.st_gid, st.st_mode & 0o777) == (os.getegid(), 0o600)
     (line,) = [r.getMessage() for r in caplog.records if "which you may not give" in r.getMessage()]
     assert line.startswith(f"store {store} was in group") and f"chgrp {TEAM} {store} && chmod g+rw {store}" in line
+
+
+def test_another_users_file_at_the_name_gives_its_replacement_nothing(tmp_path):
+    """Attack 30 #2: a colleague's earlier export at the name, with her ACL entry, made the user's re-export (umask 077)
+    a file of the user's that she could read and rewrite: only this user's own file passes on its mode, group and ACL;
+    another's replacement gets the umask's mode. Sabotage: the ``st_uid`` test in ``carry.Own.of`` removed fails it."""
+    _root()
+    out = tmp_path / "train.csv"
+    write_text(out, "a\n", "--out")
+    _set(out, ACL, _acl(group_perm=6))
+    os.chmod(out, 0o660)
+    os.chown(out, BOB, -1)  # hers
+    mask = os.umask(0o077)
+    try:
+        write_text(out, "b\n", "--out")
+    finally:
+        os.umask(mask)
+    st = os.stat(out)
+    assert out.read_text() == "b\n" and st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o600
+    with pytest.raises(OSError) as err:
+        os.getxattr(out, ACL)
+    assert err.value.errno == errno.ENODATA

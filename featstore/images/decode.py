@@ -163,9 +163,16 @@ def _unidentified(fh: BinaryIO, st_size: int) -> str:
 
 
 def _open_regular(path: str | os.PathLike) -> BinaryIO:
-    """Open a regular file for reading without ever blocking; ImageError for FIFOs, sockets and devices."""
+    """Open a regular file for reading without ever blocking; ImageError for FIFOs, sockets and devices, and for an
+    image (or its folder) that is a link another user made (:func:`foreign_link`: thumbnails, leak pictures and each
+    batch of an extraction open images by path again, after the listing; attack 30 #1)."""
+    lst = os.lstat(path)
+    for at, st in ((path, lst), (os.path.dirname(path), None)):
+        if at and (why := foreign_link(str(at), st)):
+            raise ImageError(why)
     _refuse_irregular(os.stat(path).st_mode)  # before opening: opening some devices has effects
-    fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: a FIFO swapped in after the check still cannot block
+    nofollow = 0 if stat.S_ISLNK(lst.st_mode) else getattr(os, "O_NOFOLLOW", 0)  # a link swapped in since: refused
+    fd = os.open(path, _OPEN_FLAGS | nofollow)  # O_NONBLOCK: a FIFO swapped in after the check still cannot block
     try:
         _refuse_irregular(os.fstat(fd).st_mode)
         if hasattr(os, "set_blocking"):
@@ -174,6 +181,18 @@ def _open_regular(path: str | os.PathLike) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def foreign_link(path: str, st: os.stat_result | None = None) -> str | None:
+    """Why the link ``path`` (its lstat ``st``, when known) is not followed because another user made it, or None
+    (not a link, or yours or root's: the rule the store's own name follows)."""
+    st = os.lstat(path) if st is None else st
+    if not stat.S_ISLNK(st.st_mode) or st.st_uid in (os.geteuid(), 0):
+        return None
+    return (
+        f"a link made by another user (uid {st.st_uid}); featstore follows only your own or root's links: make the "
+        f"link yourself (or copy the images) if you mean to use what it points to"
+    )
 
 
 def _refuse_irregular(mode: int) -> None:

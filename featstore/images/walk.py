@@ -25,25 +25,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 from featstore.errors import DataError
-from featstore.images.decode import printable
+from featstore.images.decode import foreign_link, printable
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Ident = tuple[int, int]  # (st_dev, st_ino): one file or folder on disk, whichever path reaches it
 SIBLING_SPLIT = "points into another split of the data root (its images would be in two splits: a leak)"
-
-
-def foreign_link(path: str, st: os.stat_result | None = None) -> str | None:
-    """Why the link ``path`` (its lstat ``st``, when known) is not followed because another user made it, or None
-    (not a link, or yours or root's: the rule the store's own name follows)."""
-    st = os.lstat(path) if st is None else st
-    if not stat.S_ISLNK(st.st_mode) or st.st_uid in (os.geteuid(), 0):
-        return None
-    return (
-        f"a link made by another user (uid {st.st_uid}); featstore follows only your own or root's links: make the "
-        f"link yourself (or copy the images) if you mean to use what it points to"
-    )
 
 
 class FoundImages(NamedTuple):

@@ -179,20 +179,21 @@ def check_opened(path: str | os.PathLike, st: os.stat_result, wrote: bool) -> st
     return end
 
 
-def open_checked(path: str | os.PathLike, mode: str, kwargs: dict) -> tuple[h5py.File, str | None, int]:
+def open_checked(path: str | os.PathLike, mode: str, kwargs: dict, expect=None) -> tuple[h5py.File, str | None, int]:
     """``h5py.File(path, mode)``, of the very file the name reaches through this user's own links only: the file, the
     name HDF5 was given for it in place of ``path`` (``/proc/self/fd/<fd>``; None: ``path``) and that descriptor, which
     the caller closes after the file (-1: none). An OSError of the opening (missing file, lock held) is raised as it
-    is, for the caller to say."""
+    is, for the caller to say. ``expect``: the ``stat`` of the file a write must reach (the one the writer's lock
+    checked), else refused before HDF5 opens it."""
     if mode not in MODES:
         raise ValueError(f"a store opens with one of {MODES}, not {mode!r}")
     for _ in range(2):  # a new file renamed onto the name (the user's own resume's compaction): tried again
         with contextlib.suppress(Swapped):
-            return _open_once(path, mode, kwargs)
-    return _open_once(path, mode, kwargs)
+            return _open_once(path, mode, kwargs, expect)
+    return _open_once(path, mode, kwargs, expect)
 
 
-def _open_once(path, mode: str, kwargs: dict) -> tuple[h5py.File, str | None, int]:
+def _open_once(path, mode: str, kwargs: dict, expect=None) -> tuple[h5py.File, str | None, int]:
     """One try of :func:`open_checked`."""
     if mode == "r":  # HDF5 writes nothing to a file it opens read-only: opened by name, then checked
         return _checked(h5py.File(path, "r", **kwargs), path, wrote=False), None, -1
@@ -201,23 +202,28 @@ def _open_once(path, mode: str, kwargs: dict) -> tuple[h5py.File, str | None, in
     except FileNotFoundError:
         if mode == "r+":
             raise
+        if expect is not None:  # the store the lock checked is gone from its name: not made anew in its place
+            raise swapped(path, wrote=True) from None
         refuse_foreign_link(path)  # a dangling link of someone else's at the name: said so, not created through
         try:  # O_EXCL: never through a link at the name
             return _checked(h5py.File(path, "w-", **kwargs), path, wrote=True), None, -1
         except FileExistsError:
             raise swapped(path, wrote=True) from None  # made at the name since: tried again as an existing store
     try:
-        f, alias = _existing(path, fd, kwargs)
+        f, alias = _existing(path, fd, kwargs, expect)
     except BaseException:
         os.close(fd)
         raise
     return f, alias, fd
 
 
-def _existing(path, fd: int, kwargs: dict) -> tuple[h5py.File, str | None]:
-    """The store open read-write through HDF5, from the read-only descriptor ``fd`` of it, once checked."""
+def _existing(path, fd: int, kwargs: dict, expect=None) -> tuple[h5py.File, str | None]:
+    """The store open read-write through HDF5, from the read-only descriptor ``fd`` of it, once checked (and, with
+    ``expect``, once it is that file)."""
     st = os.fstat(fd)
     check_opened(path, st, wrote=True)
+    if expect is not None and not same(st, expect):
+        raise swapped(path, wrote=True)
     if not stat.S_ISREG(st.st_mode):
         raise StoreError(
             f"store {terminal_safe(str(path))} is not a regular file (a folder, FIFO or device); pass the .h5 store "

@@ -90,12 +90,13 @@ DENSE_ATTRS_NAMES = 1_000  # a split of more class names is created with them
 
 @contextlib.contextmanager
 def open_h5(
-    path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: float | None = None, libver=None
+    path: str | os.PathLike, mode: str = "r", *, locking=None, timeout: float | None = None, libver=None, expect=None
 ) -> Iterator[h5py.File]:
     """Open an HDF5 file, waiting up to ``timeout`` s (FEATSTORE_LOCK_TIMEOUT) while another process writes it.
 
     ``locking`` None: the process setting (:func:`set_locking`). ``libver``: h5py's bounds of the formats of the
-    objects created (None: the earliest; :data:`DENSE_ATTRS_LIBVER` for attributes over 64 KiB).
+    objects created (None: the earliest; :data:`DENSE_ATTRS_LIBVER` for attributes over 64 KiB). ``expect``: for a
+    write, the ``stat`` of the file the writer's lock checked, which the name must still reach (else refused unopened).
     """
     locking = locking_default() if locking is None else locking
     kwargs = {} if locking is None else {"locking": locking}
@@ -106,7 +107,7 @@ def open_h5(
     delay = 0.01
     while True:
         try:  # the very file the name reaches through this user's own links: checked on what was opened (attack 28 #1)
-            f, alias, fd = open_checked(path, mode, kwargs)
+            f, alias, fd = open_checked(path, mode, kwargs, expect)
             break
         except FileNotFoundError:
             raise StoreError(
@@ -160,6 +161,7 @@ class StoreFile:
             raise swapped(self.path, wrote=False)
         self.locking = locking_default() if locking is None else locking
         self.checked: os.stat_result | None = None  # the file the writer's lock checked (:meth:`lock`)
+        self.locked = False  # within :meth:`lock`
 
     def __repr__(self) -> str:
         return f"StoreFile({str(self.path)!r}, locking={self.locking!r})"
@@ -191,9 +193,18 @@ class StoreFile:
         finally:
             os.close(fd)
 
-    def open(self, mode: str = "r", *, timeout: float | None = None, libver=None):
-        """The HDF5 file, open for one step (a context manager); waits while another process holds it."""
-        return open_h5(self.path, mode, locking=self.locking, timeout=timeout, libver=libver)
+    @contextlib.contextmanager
+    def open(self, mode: str = "r", *, timeout: float | None = None, libver=None) -> Iterator[h5py.File]:
+        """The HDF5 file, open for one step (a context manager); waits while another process holds it. While the
+        writer's lock is held, a write opens only the file the lock checked (or, with no store then, the one this run
+        made first): a colleague's own file renamed onto the name mid-run got the run's rows (attack 28)."""
+        held = self.locked and mode != "r"
+        with open_h5(
+            self.path, mode, locking=self.locking, timeout=timeout, libver=libver, expect=self.checked if held else None
+        ) as f:
+            if held and self.checked is None:
+                self.checked = os.fstat(f.id.get_vfd_handle())  # the store this run made: every later write opens it
+            yield f
 
     @contextlib.contextmanager
     def read_if_exists(self) -> Iterator[h5py.File | None]:
@@ -209,10 +220,11 @@ class StoreFile:
         """The writer's lock, ``<store>.lock`` (see :func:`writer_lock`); :attr:`checked` is the ``lstat`` of the file
         the name reached when the lock checked it (None: no store yet), which a resume's compaction reads."""
         with writer_lock(self.path, self.locking) as self.checked:
+            self.locked = True
             try:
                 yield
             finally:
-                self.checked = None
+                self.checked, self.locked = None, False
 
     def h5py_kwargs(self) -> dict:
         """Keyword arguments for an ``h5py.File`` of this store's kind (a temporary file beside it)."""
