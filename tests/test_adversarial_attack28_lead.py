@@ -279,3 +279,38 @@ def test_an_image_opened_again_after_the_listing_is_held_to_the_link_rule(tmp_pa
         with pytest.raises(ImageError, match=r"a link made by another user \(uid 54321\)"):
             load_image(path, 4)
     assert load_image(mine, 4).shape == (4, 4, 3)
+
+
+def test_the_orphan_cleaner_deletes_only_in_the_folder_it_checked(tmp_path, monkeypatch):
+    """Attack 30 #3: clean_orphans checked a marked folder by name (marker, writer gone, age), then rmtree'd the name: a
+    colleague exchanging her aged, marked folder with the user's private run had the user's own cleaner delete the run.
+    Now the folder is opened once and checked, emptied through that descriptor, and its name removed only while it is
+    still that folder. The exchange placed just after the cleaner opened the folder. Sabotage: ``shutil.rmtree(d)`` by
+    name in ``_remove_orphan`` in place of the descriptor's loop fails it (the run's files are deleted)."""
+    import json
+    import subprocess
+    import time
+
+    from featstore.leftovers import host_tag
+    from featstore.runs import write
+    from featstore.runs.write import ORPHAN_AGE_S, clean_orphans
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    orphan, run = tmp_path / ".knn.a1b2c3d4.tmp", tmp_path / "logreg-123456"
+    orphan.mkdir()
+    (orphan / TMP_MARKER).write_text(json.dumps({"pid": gone.pid, "host": host_tag(), "role": "new"}))
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    real = write.read_marker
+
+    def exchanged(fd):  # the colleague's RENAME_EXCHANGE, once the cleaner holds her folder open
+        os.rename(orphan, tmp_path / "x")
+        os.rename(run, orphan)
+        os.rename(tmp_path / "x", run)
+        return real(fd)
+
+    monkeypatch.setattr(write, "read_marker", exchanged)
+    clean_orphans(tmp_path, now=time.time() + ORPHAN_AGE_S + 60)
+    assert (orphan / "run.json").read_text() == "{}"  # the user's run, now at the orphan's name: untouched
+    assert run.is_dir() and os.listdir(run) == []  # the marked folder (now at the run's name): emptied

@@ -45,13 +45,14 @@ def mark(folder: Path, run_id: str, role: str) -> None:
     write_marker(folder, json.dumps({"run": run_id, "role": role, "pid": os.getpid(), "host": host_tag()}))
 
 
-def read_marker(folder: Path) -> dict | None:
-    """The TMP_MARKER of a folder, or None if it has none (then the folder is not featstore's to remove). A marker file
-    whose JSON is missing or cut short (a full disk let the file be made, not its bytes) marks a new version: the
-    folder is featstore's, never the only copy of a run (an old version's marker is written before it is moved)."""
-    path = folder / TMP_MARKER
+def read_marker(folder: Path | int) -> dict | None:
+    """The TMP_MARKER of a folder (or of the folder open at that descriptor), or None if it has none (then the folder is
+    not featstore's to remove). A marker file whose JSON is missing or cut short (a full disk let the file be made, not
+    its bytes) marks a new version: the folder is featstore's, never the only copy of a run (an old version's marker
+    is written before it is moved)."""
+    at, path = (folder, TMP_MARKER) if isinstance(folder, int) else (None, folder / TMP_MARKER)
     try:  # one opening, checked on its descriptor: a FIFO swapped in after a check by name blocked `runs` for ever
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=at)
     except OSError:
         return None
     try:

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 import zipfile
 from collections.abc import Callable
@@ -29,7 +30,7 @@ import numpy as np
 from featstore.carry import give_folder, not_carried, own_folder
 from featstore.errors import OutputError, StoreError
 from featstore.leftovers import writer_gone
-from featstore.renames import OwnFolder
+from featstore.renames import OwnFolder, same_folder
 from featstore.runs.artifacts import save_estimator
 from featstore.runs.files import (
     PREDICTIONS,
@@ -87,21 +88,45 @@ def clean_orphans(root: Path, now: float | None = None) -> None:
     now = time.time() if now is None else now
     reveal(root, now)
     for d in root.iterdir() if root.is_dir() else []:
-        if not _ORPHAN.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
+        if not _ORPHAN.fullmatch(d.name):
             continue
-        found = read_marker(d)
-        if found is None:  # not made by featstore (or from before markers): never removed
-            continue
-        if writer_gone(found.get("pid"), found.get("host")) is None:
-            continue  # its writer runs on this machine (a fit computing one slow block): its own, whatever its age
+        try:  # one opening: marker, owner, ages and removal all of that folder (a colleague's one swapped with the
+            fd = os.open(d, _DIR)  # user's run between a check by name and rmtree by name had it deleted: attack 30 #3)
+        except OSError:
+            continue  # a link, not a folder, or gone
         try:
-            newest = max([d.lstat().st_mtime] + [p.lstat().st_mtime for p in d.iterdir()])
-            if now - newest <= ORPHAN_AGE_S or _pair_hidden(d, found, root):
-                continue  # young; or a hidden run's copy, which reveal could not put back (another process has it)
-            shutil.rmtree(d)
-            logger.info("removed %s, left by a fit that was killed %.0f minutes ago", d, (now - newest) / 60)
+            _remove_orphan(fd, d, root, now)
         except OSError as exc:  # read-only runs folder, or another process removed it first
             logger.debug("could not remove orphan %s: %s", d, exc)
+        finally:
+            os.close(fd)
+
+
+_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+def _remove_orphan(fd: int, d: Path, root: Path, now: float) -> None:
+    """Remove the temporary folder open at ``fd`` (named ``d``) when it is this user's, marked by featstore, its writer
+    gone and old: its entries through the descriptor, then the name only while it is still that folder."""
+    if os.fstat(fd).st_uid != os.geteuid():
+        return  # another user's leftover: theirs to remove
+    found = read_marker(fd)
+    if found is None:  # not made by featstore (or from before markers): never removed
+        return
+    if writer_gone(found.get("pid"), found.get("host")) is None:
+        return  # its writer runs on this machine (a fit computing one slow block): its own, whatever its age
+    names = os.listdir(fd)
+    newest = max([os.fstat(fd).st_mtime] + [os.stat(n, dir_fd=fd, follow_symlinks=False).st_mtime for n in names])
+    if now - newest <= ORPHAN_AGE_S or _pair_hidden(d, found, root):
+        return  # young; or a hidden run's copy, which reveal could not put back (another process has it)
+    for name in names:
+        if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            shutil.rmtree(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
+    if same_folder(fd, d):
+        os.rmdir(d)
+    logger.info("removed %s, left by a fit that was killed %.0f minutes ago", d, (now - newest) / 60)
 
 
 def _pair_hidden(d: Path, found: dict, root: Path) -> bool:
