@@ -314,3 +314,55 @@ def test_the_orphan_cleaner_deletes_only_in_the_folder_it_checked(tmp_path, monk
     clean_orphans(tmp_path, now=time.time() + ORPHAN_AGE_S + 60)
     assert (orphan / "run.json").read_text() == "{}"  # the user's run, now at the orphan's name: untouched
     assert run.is_dir() and os.listdir(run) == []  # the marked folder (now at the run's name): emptied
+
+
+def test_a_removed_working_folder_still_opens_a_store_named_by_its_absolute_path(tmp_path, monkeypatch):
+    """Attack 30 #7 (a regression of the link rule's walk): from a working folder that was removed, a store named by its
+    absolute path was "missing" (every link check joined it to os.getcwd(), which raises); a relative name is one line
+    saying the current folder is gone. Sabotage: ``full_path`` joining every path to os.getcwd() fails it."""
+    import numpy as np
+    import pytest
+
+    from featstore.errors import StoreError
+    from featstore.store.reader import FeatureStore
+    from featstore.store.writer import write_arrays
+
+    store = tmp_path / "s.h5"
+    write_arrays(store, "syn", "train", np.ones((4, 2), np.float32), np.arange(4) % 2, ["a", "b"])
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert FeatureStore(store).load("train")[0].shape == (4, 2)
+    write_arrays(store, "syn", "test", np.ones((4, 2), np.float32), np.arange(4) % 2, ["a", "b"])
+    with pytest.raises(StoreError, match="the current folder no longer exists .* cd to an existing folder"):
+        FeatureStore("s.h5")
+
+
+def test_a_data_root_reached_through_another_users_link_is_refused(tmp_path):
+    """Attack 30 #4: the listing skipped other users' links *inside* the data root, but --data itself (or its split
+    folder, or a folder on the way) could be a colleague's link to the user's private dataset, which went into the
+    team's store. Refused in one line naming the link and its owner; the user's own link is followed. Sabotage:
+    ``foreign_on`` returning None fails it (the private dataset is listed)."""
+    import pytest
+    from PIL import Image
+
+    from featstore.errors import DataError
+    from featstore.images.listing import discover
+
+    private = tmp_path / "home" / "thesis_data"
+    for cls in ("patient_A", "patient_B"):
+        (private / "train" / cls).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(private / "train" / cls / "scan.png")
+    (tmp_path / "team").mkdir()
+    theirs, mine = tmp_path / "team" / "data", tmp_path / "team" / "mine"
+    theirs.symlink_to(private)
+    mine.symlink_to(private)
+    os.lchown(theirs, 54321, -1)
+    if os.lstat(theirs).st_uid != 54321:
+        pytest.skip("cannot give a link to another user here (not root)")
+    with pytest.raises(
+        DataError, match=r"data root .*data leads through .*, a link made by another user \(uid 54321\)"
+    ):
+        discover(theirs, "train")
+    assert discover(mine, "train").class_names == ["patient_A", "patient_B"]

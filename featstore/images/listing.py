@@ -48,6 +48,7 @@ from featstore.images.walk import (  # noqa: F401 - re-exported: IMAGE_EXTENSION
     ignored_summary,
     inside,
     lineage,
+    refuse_foreign_data,
 )
 
 logger = logging.getLogger(__name__)
@@ -169,12 +170,14 @@ def discover(root: str | os.PathLike, split: str) -> ImageListing:
     check_paths(required=True, root=root)  # '' would list the current folder
     check_names("split", required=True, split=split)  # "" named a link that does not exist
     root = Path(root)
+    refuse_foreign_data(root, "data root", "--data")
     if not root.is_dir():
         raise DataError(
             f"data root {printable(str(root))} {_not_a_folder(root)}; pass --data ROOT, a folder holding "
             f"<split>/<class>/<images>"
         )
     split_dir = root / split
+    refuse_foreign_data(split_dir, "split folder", "--data")
     if not split_dir.is_dir():
         present = sorted(p.name for p in root.iterdir() if p.is_dir())
         if _holds_images(root, present):

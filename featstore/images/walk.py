@@ -26,12 +26,28 @@ from typing import NamedTuple
 
 from featstore.errors import DataError
 from featstore.images.decode import foreign_link, printable
+from featstore.linkrule import foreign_on
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 Ident = tuple[int, int]  # (st_dev, st_ino): one file or folder on disk, whichever path reaches it
 SIBLING_SPLIT = "points into another split of the data root (its images would be in two splits: a leak)"
+
+
+def refuse_foreign_data(path: str | os.PathLike, what: str, option: str) -> None:
+    """Refuse a folder of images reached through a link another user made (on its path or at its name), in one line:
+    a colleague's `data -> ~you/thesis_data` in a team folder put the user's private dataset into the team's store
+    (attack 30 #4). The user's own and root's links are followed."""
+    found = foreign_on(path, DataError, f"{option} ({what})")
+    if found is not None:
+        link, st, target = found
+        real = os.path.normpath(os.path.join(os.path.dirname(link), target))
+        raise DataError(
+            f"{what} {printable(os.fspath(path))} leads through {printable(link)}, a link made by another user "
+            f"(uid {st.st_uid}) to {printable(real)}; featstore follows only your own or root's links: give the real "
+            f"path with {option} if you mean it"
+        )
 
 
 class FoundImages(NamedTuple):
@@ -48,6 +64,7 @@ def find_images(folder: str | os.PathLike) -> FoundImages:
     >>> find_images("new_images").files[:1]   # doctest: +SKIP
     [PosixPath('new_images/dog.jpg')]
     """
+    refuse_foreign_data(folder, "image folder", "the folder")
     walk = FolderWalk(lineage(os.path.dirname(os.path.realpath(folder))), base=None)
     files = [Path(p) for p, _ in walk.files(os.fspath(folder), own=None)]
     return FoundImages(files, walk.ignored, walk.skipped)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import h5py
 
 from featstore.errors import StoreError
+from featstore.linkrule import full_path, walk  # noqa: F401 (re-exported)
 from featstore.outputs import terminal_safe
 from featstore.renames import proc_path
 
@@ -40,44 +41,6 @@ def user(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except (ImportError, KeyError):
         return f"uid {uid}"
-
-
-def walk(
-    path: str | os.PathLike, most: int = 40
-) -> tuple[list[tuple[str, os.stat_result, str]], str | None, os.stat_result | None]:
-    """Resolve ``path`` as the kernel does, one ``lstat`` per part: the symbolic links met (its folders', the name's,
-    and what each points to, at most ``most`` hops) with their ``lstat`` and target, then the file reached and its ``lstat``
-    (None, None where a part does not exist or the links loop)."""
-    links: list[tuple[str, os.stat_result, str]] = []
-    pending = list(reversed(os.path.join(os.getcwd(), os.fspath(path)).split("/")))
-    current, st = "/", os.lstat("/")
-    while pending:
-        part = pending.pop()
-        if part in ("", "."):
-            continue
-        if part == "..":
-            current = os.path.dirname(current)
-            st = os.lstat(current)
-            continue
-        nxt = os.path.join(current, part)
-        try:
-            st = os.lstat(nxt)
-        except OSError:
-            return links, None, None
-        if not stat.S_ISLNK(st.st_mode):
-            current = nxt
-            continue
-        if len(links) >= most:
-            return links, None, None  # a loop: opening the store says so
-        try:
-            target = os.readlink(nxt)
-        except OSError:  # no longer a link (renamed over since its lstat): the opening's check says the name changed
-            return links, None, None
-        links.append((nxt, st, target))
-        if target.startswith("/"):
-            current = "/"
-        pending.extend(reversed(target.split("/")))
-    return links, current, st
 
 
 def links_on(path: str | os.PathLike, most: int = 40) -> Iterator[tuple[str, os.stat_result]]:
@@ -108,7 +71,7 @@ def refuse_foreign_link(path: str | os.PathLike) -> os.stat_result | None:
 
 def _foreign(path, link: str, st: os.stat_result, target: str) -> StoreError:
     """The one line for a store that leads through ``link``, another user's, to ``target``."""
-    via = "" if link == os.path.join(os.getcwd(), path) else f" through {terminal_safe(link)}"
+    via = "" if link == full_path(path) else f" through {terminal_safe(link)}"
     target = os.path.normpath(os.path.join(os.path.dirname(link), target))
     return StoreError(
         f"store {terminal_safe(str(path))} leads{via} to a symbolic link made by {user(st.st_uid)}, not by you "
@@ -147,7 +110,7 @@ class Swapped(StoreError):
 
 def swapped(path: str | os.PathLike, wrote: bool) -> Swapped:
     """The one line for a store name that led to another file after the opening than the one opened."""
-    folder = terminal_safe(os.path.dirname(os.path.abspath(path)))
+    folder = terminal_safe(os.path.dirname(full_path(path)))
     return Swapped(
         f"store {terminal_safe(str(path))} was replaced by another file while featstore opened it (someone else can "
         f"rename entries in {folder}); nothing was {'written' if wrote else 'read'}. Keep stores in a folder only you "
@@ -162,7 +125,7 @@ def same(a: os.stat_result | None, b: os.stat_result | None) -> bool:
 
 def too_long(path: str | os.PathLike) -> str:
     """The fix for a path the system refuses as too long (its full path, from the current folder, past PATH_MAX)."""
-    full = len(os.fsencode(os.path.abspath(path)))
+    full = len(os.fsencode(full_path(path)))
     return (
         f"its full path is {full:,} bytes, longer than this system takes: cd nearer to it, or move it to a shorter path"
     )
@@ -172,7 +135,7 @@ def check_opened(path: str | os.PathLike, st: os.stat_result, wrote: bool) -> st
     """The file ``path`` reaches (its real path), once the name leads through no other user's link to the very file
     opened (``st``, the descriptor's ``fstat``); else the one line (:func:`refuse_foreign_link`, :func:`swapped`)."""
     end, now = reach(path)
-    if end is None and len(os.fsencode(os.path.abspath(path))) >= 4096:  # PATH_MAX: the walk by full path failed
+    if end is None and len(os.fsencode(full_path(path))) >= 4096:  # PATH_MAX: the walk by full path failed
         raise StoreError(f"store {terminal_safe(str(path))} cannot be checked: {too_long(path)}")
     if end is None or not same(now, st):
         raise swapped(path, wrote)

@@ -30,6 +30,7 @@ from featstore.errors import ConfigError, StoreBusyError, StoreError, check_path
 from featstore.leftovers import replace_with_new
 from featstore.outputs import resolved, terminal_safe
 from featstore.store.links import (  # noqa: F401 (links_on, refuse_hard_linked: re-exported for tests)
+    full_path,
     links_on,
     named,
     open_checked,
@@ -150,6 +151,7 @@ class StoreFile:
     def __init__(self, path: str | os.PathLike, locking: bool | None = None):
         check_paths(required=True, store=path)  # before Path(): Path("") is the current folder
         self.path = Path(path)
+        full_path(self.path)  # a relative name from a removed working folder: said so (it names nothing)
         for _ in range(3):
             try:
                 resolved(self.path, "store", StoreError)  # a symbolic-link loop: said so, not "does not exist"
