@@ -9,7 +9,10 @@ the store, the object and the fix, and ``check`` lists it among its findings and
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -112,12 +115,10 @@ def test_a_root_whose_btree_repeats_one_child_is_refused_at_opening(tmp_path, de
     with pytest.raises(StoreError) as exc:
         FeatureStore(bad)
     text = _one_line(exc)
-    assert str(bad) in text and "/: its members cannot be counted" in text and NEW_STORE in text
+    assert str(bad) in text and "/: its members are refused" in text and NEW_STORE in text
     assert ("its symbol node at" if depth == 0 else "its node at") in text and "twice" in text
     problems = check_store(bad)
-    assert (
-        len(problems) == 1 and problems[0].startswith("/: its members cannot be counted") and NEW_STORE in problems[0]
-    )
+    assert len(problems) == 1 and problems[0].startswith("/: its members are refused") and NEW_STORE in problems[0]
 
 
 def test_a_split_group_so_made_is_a_finding_and_check_goes_on(tmp_path):
@@ -127,10 +128,10 @@ def test_a_split_group_so_made_is_a_finding_and_check_goes_on(tmp_path):
         f["syn/test/labels"][0] = 50  # a second problem, in the split beside it
     bad = _chain(base, "/syn/train", 1, tmp_path / "bad.h5")
     problems = check_store(bad)
-    listing = [p for p in problems if "its members cannot be counted" in p]
+    listing = [p for p in problems if "its members are refused" in p]
     assert len(listing) == 1 and listing[0].startswith("/syn/train: ") and NEW_STORE in listing[0]
     assert "/syn/test: 1 labels outside 0..1; re-extract this split with --overwrite" in problems
-    with pytest.raises(StoreError, match="/syn/train: its members cannot be counted"):
+    with pytest.raises(StoreError, match="/syn/train: its members are refused"):
         FeatureStore(bad)
 
 
@@ -178,7 +179,7 @@ def test_a_group_over_the_bound_is_refused_genuine_ones_are_not(tmp_path, monkey
     assert len(FeatureStore(path).load("s8", "e0")[0]) == 4
     monkeypatch.setattr(btree1, "MAX_LINKS", 8)
     monkeypatch.setattr(names, "_WALKED", {})  # the walks this file's state was found sound in
-    with pytest.raises(StoreError, match="/: its members cannot be counted .*over 8 links"):
+    with pytest.raises(StoreError, match="/: its members are refused .*over 8 links"):
         FeatureStore(path)
 
 
@@ -318,5 +319,58 @@ def test_a_dense_link_index_listing_a_split_twice_is_refused(dense, tmp_path, m)
     with pytest.raises(StoreError) as exc:
         FeatureStore(bad)
     text = _one_line(exc)
-    assert "/syn: its members cannot be counted" in text and ("twice" in text or "one heap object" in text)
-    assert any(p.startswith("/syn: its members cannot be counted") for p in check_store(bad))
+    assert "/syn: its members are refused" in text and ("twice" in text or "one heap object" in text)
+    assert any(p.startswith("/syn: its members are refused") for p in check_store(bad))
+
+
+@pytest.mark.parametrize("obj, kind", [("/", 0), ("/syn/train/features", 1)])
+def test_a_node_that_is_its_own_child_is_one_line_not_a_crash(tmp_path, obj, kind):
+    """Attack 29 #10: a level-1 node whose one child is itself made HDF5 recurse until the C stack overflowed (every
+    command died of SIGSEGV, printing nothing). ``check`` is run in its own process: it names the object and ends."""
+    path = _store(tmp_path / "s.h5", rows=4)
+    b = bytearray(path.read_bytes())
+    tree, ks = _tree(b, _addr(path, obj), kind)
+    b[tree + 5 : tree + 8] = b"\x01\x01\x00"  # level 1, one child
+    b[tree + 24 + ks : tree + 32 + ks] = struct.pack("<Q", tree)  # ... itself
+    path.write_bytes(bytes(b))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    r = subprocess.run(
+        [sys.executable, "-m", "featstore.cli", "check", str(path)], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 1, (r.returncode, r.stderr[-500:])
+    named = "/: its members are refused" if kind == 0 else "/syn/train/features: its chunk index cannot be counted"
+    assert f"problem: {named}" in r.stdout and "twice" in r.stdout, r.stdout
+
+
+def test_two_names_of_one_object_are_refused(tmp_path):
+    """Attack 29 #7: /syn/test made a hard link to /syn/train (one h5py line) passed every reader, and ``fit`` scored
+    the training rows as the test split; a split's labels shared with another's likewise. Refused at opening;
+    ``check`` names it and goes on."""
+    path = _store(tmp_path / "s.h5")
+    linked = tmp_path / "linked.h5"
+    linked.write_bytes(path.read_bytes())
+    with h5py.File(linked, "a") as f:
+        del f["syn/test"]
+        f["syn/test"] = f["syn/train"]
+    with pytest.raises(StoreError) as exc:
+        FeatureStore(linked)
+    assert "/syn/train is the object /syn/test is (two names of one HDF5 object" in _one_line(exc), str(exc.value)
+    with h5py.File(path, "a") as f:
+        f["syn/test/labels"][0] = 50  # a second problem: still found
+        del f["syn/test/paths"]
+        f["syn/test/paths"] = f["syn/train/paths"]
+    problems = check_store(path)
+    assert any(p.startswith("/syn/test/paths is the object /syn/train/paths is") for p in problems), problems
+    assert "/syn/test: 1 labels outside 0..1; re-extract this split with --overwrite" in problems
+
+
+def test_a_root_of_over_1024_groups_is_refused_before_one_is_opened(tmp_path):
+    """Attack 29 #8: 12,000 empty groups at the root (4 MB) made ``info`` take 27 s and print 36,000 lines."""
+    path = _store(tmp_path / "s.h5")
+    with h5py.File(path, "a") as f:
+        for i in range(btree1.MAX_LINKS):
+            f.create_group(f"g{i:06d}")
+    with pytest.raises(StoreError, match=r"/: its members are refused .*over 1,024 links"):
+        FeatureStore(path)
+    problems = check_store(path)
+    assert len(problems) == 1 and "over 1,024 links" in problems[0] and NEW_STORE in problems[0]

@@ -145,7 +145,7 @@ def listing_findings(g: h5py.Group, deep: bool = True, first: bool = False) -> l
     object header is read once; what is under a group found so is not walked."""
     if g.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
         return [
-            f"{g.name}: its members cannot be counted before HDF5 lists them with HDF5's {g.file.driver!r} driver; "
+            f"{g.name}: its members are refused before HDF5 lists them with HDF5's {g.file.driver!r} driver; "
             f"open the store with HDF5's default driver (unset HDF5_DRIVER)"
         ]
     fh, found = FileBytes(g.file), []
@@ -160,7 +160,7 @@ def listing_findings(g: h5py.Group, deep: bool = True, first: bool = False) -> l
     if not fh.writable and (kept := _WALKED.get(key)) is not None:
         return list(kept)
     seen_first = todo[0][1]
-    seen = {seen_first}
+    seen = {seen_first: g.name}  # each object's address: the first path it was reached by
     while todo and not (first and found):
         where, at = todo.pop()
         try:
@@ -168,14 +168,19 @@ def listing_findings(g: h5py.Group, deep: bool = True, first: bool = False) -> l
         except Unparsed as exc:  # a header that does not parse: a dataset's damage is HDF5's to name where read
             if isinstance(exc, HeaderUnread) and at != seen_first and not _is_group(g.file, where):
                 continue
-            found.append(
-                f"{path_text(where)}: its members cannot be counted before HDF5 lists them ({exc}): {_LISTING_TAIL}"
-            )
+            found.append(f"{path_text(where)}: its members are refused before HDF5 lists them ({exc}): {_LISTING_TAIL}")
             continue
         for name, target in links if deep else ():
-            if target != UNDEF and target not in seen:  # an object reached twice is walked once, as HDF5 visits it
-                seen.add(target)
-                todo.append((where.rstrip("/") + "/" + name.decode("utf-8", "surrogateescape"), target))
+            path = where.rstrip("/") + "/" + name.decode("utf-8", "surrogateescape")
+            if target in seen:  # two hard links to one object: a split that is another split (attack 29 #7)
+                found.append(
+                    f"{path_text(path)} is the object {path_text(seen[target])} is (two names of one HDF5 object, which "
+                    f"featstore never writes: its rows would be read as both): remove one (h5py: del f[name]) or "
+                    f"extract into a new --store"
+                )
+            elif target != UNDEF:  # an object reached twice is walked once, as HDF5 visits it
+                seen[target] = path
+                todo.append((path, target))
     if not fh.writable:
         _WALKED[key] = tuple(found)
         while len(_WALKED) > 8:
