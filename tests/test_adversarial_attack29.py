@@ -374,3 +374,29 @@ def test_a_root_of_over_1024_groups_is_refused_before_one_is_opened(tmp_path):
         FeatureStore(path)
     problems = check_store(path)
     assert len(problems) == 1 and "over 1,024 links" in problems[0] and NEW_STORE in problems[0]
+
+
+def test_a_leaf_naming_one_chunk_twice_is_refused(tmp_path):
+    """A chunk lost (rows 4..7 never written, as after a power loss: refused as missing) hidden by a leaf that names
+    chunk 0 twice: HDF5 counts 3 of 3 chunks, and the lost rows would read back as zeros. Refused as such."""
+    path = _store(tmp_path / "s.h5")
+    with h5py.File(path, "a") as f:
+        g = f["syn/train"]
+        X, attrs = g["features"][:], dict(g["features"].attrs)
+        del g["features"]
+        d = g.create_dataset("features", (12, 8), "f4", chunks=(4, 8), maxshape=(None, 8))
+        d.attrs.update(attrs)
+        d[:4], d[8:] = X[:4], X[8:]
+    assert any("1 of the 3 chunks" in p for p in check_store(path))
+    b = bytearray(path.read_bytes())
+    tree, ks = _tree(b, _addr(path, "/syn/train/features"), 1)
+    assert struct.unpack_from("<H", b, tree + 6)[0] == 2
+    body = b[tree + 24 : tree + 24 + 2 * (ks + 8) + ks]
+    new = body[: ks + 8] + body  # key 0, chunk 0, key 0, chunk 0, key 1, chunk 2, key 2
+    b[tree + 6 : tree + 8] = struct.pack("<H", 3)
+    b[tree + 24 : tree + 24 + len(new)] = new
+    path.write_bytes(bytes(b))
+    with h5py.File(path, "r") as f:
+        assert f["syn/train/features"].id.get_num_chunks() == 3  # every chunk of the extent, for HDF5
+    problems = check_store(path)
+    assert len(problems) == 1 and "names one chunk twice" in problems[0] and REDO in problems[0], problems

@@ -19,6 +19,8 @@ from their headers, as HDF5 counts them up to what these say.
 
 from __future__ import annotations
 
+import numpy as np
+
 from featstore.store.attr_dense import UNDEF, Cursor, FileBytes, Heap, Unparsed, _btree, _btree_header
 from featstore.store.attr_ids import _messages
 
@@ -89,8 +91,7 @@ def chunk_count(fh: FileBytes, address: int, most: int, most_max: int) -> int | 
         if version < 4:
             ndims = ndims if version < 3 else c.uint(1)
             tree = c.addr()
-            leaves = _v1_leaves(fh, tree, 1, 8 + 8 * ndims, most, children=False, what="chunks (its extent's)")
-            return 0 if tree == UNDEF else sum(n for n, _ in leaves)  # UNDEF: no chunk written yet
+            return 0 if tree == UNDEF else _v1_chunks(fh, tree, ndims, most)  # UNDEF: no chunk written yet
         c.take(1)  # flags
         ndims, width = c.uint(1), c.uint(1)
         c.take(ndims * width)
@@ -109,6 +110,19 @@ def chunk_count(fh: FileBytes, address: int, most: int, most_max: int) -> int | 
         return None
     except (IndexError, OverflowError, ZeroDivisionError, MemoryError, ValueError) as exc:
         raise Unparsed(f"its bytes do not parse ({type(exc).__name__}: {exc})") from None
+
+
+def _v1_chunks(fh: FileBytes, tree: int, ndims: int, most: int) -> int:
+    """The chunks of the v1 B-tree chunk index at ``tree`` (keys: size, filter mask, ``ndims`` offsets), each node
+    once, at most ``most``, each chunk's place once: a leaf naming one chunk twice made HDF5 count it twice, so that
+    a chunk never written passed for present (its rows read back as zeros)."""
+    step, places, count = fh.addr + 8 + 8 * ndims, [], 0
+    for n, body in _v1_leaves(fh, tree, 1, step - fh.addr, most, children=False, what="chunks (its extent's)"):
+        count += n
+        places.append(np.frombuffer(body, np.uint8).reshape(n, step)[:, 8 : 8 + 8 * ndims].copy().view(f"V{8 * ndims}"))
+    if count and len(np.unique(np.concatenate(places))) != count:
+        raise Unparsed("its B-tree names one chunk twice, which HDF5 never writes")
+    return count
 
 
 def _array(fh: FileBytes, address: int, sign: bytes, at: int, most: int) -> None:
@@ -166,8 +180,8 @@ def _v1_leaves(fh: FileBytes, address: int, kind: int, key: int, most: int, chil
             entries += n
             if entries > most:
                 raise Unparsed(f"its B-tree holds over {most:,} {what}")
-            if not children:
-                yield n, []
+            if not children:  # its keys and children: what the caller reads the chunks' places from
+                yield n, fh.read(at + head, n * step)
                 continue
         body = fh.read(at + head, n * step + key)
         kids = [int.from_bytes(body[key + j * step : key + j * step + fh.addr], "little") for j in range(n)]
