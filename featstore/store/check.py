@@ -29,7 +29,7 @@ from featstore.store.layout import (
 )
 from featstore.store.locking import StoreFile
 from featstore.store.metadata import split_twin
-from featstore.store.names import bounded_odd, odd_finding, odd_name, odd_names
+from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
 from featstore.store.strings import refuse_long, shown, shown_list, unreadable_strings
@@ -67,9 +67,10 @@ def check_store(store: str | os.PathLike | None = None, *, locking=None, path=No
     problems: list[str] = []
     scans: list[_Split] = []
     with file.open("r") as f:
-        problems += _foreign(f)
+        listed = listing_findings(f)  # groups HDF5 would list wrongly (a member 1,024 times): named, never listed
+        problems += listed + _foreign(f, whole=not listed)
         try:
-            problems += odd_names(f)  # every object's name (the groups' are listed again below: named once)
+            problems += [] if listed else odd_names(f)  # every object's name (the groups' are listed again below)
         except DAMAGED:  # the groups walked one by one below name theirs
             pass
         root = _attrs(f, f"{path}:/", problems)  # every root attribute measured, as `info` reads them
@@ -114,21 +115,28 @@ def _damaged(where: str, exc: BaseException) -> str:
     return f"{where}: HDF5 cannot read it ({why}): its metadata is damaged (a flipped bit, a truncated copy); {DAMAGED_FIX}"
 
 
-def _foreign(f) -> list[str]:
-    """Links out of the store, as findings; where HDF5 cannot walk the whole file, each extractor walked on its own."""
+def _foreign(f, whole: bool = True) -> list[str]:
+    """Links out of the store, as findings; where HDF5 cannot walk the whole file (or not ``whole``: a group under it
+    is not to be listed), each extractor walked on its own."""
     try:
-        found = foreign_objects(f)
+        return _foreign_found(foreign_objects(f)) if whole else _by_extractor(f)
     except (StoreError, *DAMAGED):  # walked again by extractor: the damaged ones (or a name not UTF-8) are named
-        found, out = [], []
-        for name in _groups(f, "", out):
-            try:
-                found += foreign_objects(f, name)
-            except StoreError as exc:
-                out.append(str(exc))
-            except DAMAGED as exc:
-                out.append(_damaged(f"/{name} (walking the links under it)", exc))
-        return out + _foreign_found(found)
-    return _foreign_found(found)
+        return _by_extractor(f)
+
+
+def _by_extractor(f) -> list[str]:
+    """:func:`_foreign` walking each extractor on its own (not one whose members HDF5 cannot be trusted to list)."""
+    found, out = [], []
+    for name in _groups(f, "", out):
+        try:
+            if listing_findings(f[name]):  # named once, by the walk of the whole file
+                continue
+            found += foreign_objects(f, name)
+        except StoreError as exc:
+            out.append(str(exc))
+        except DAMAGED as exc:
+            out.append(_damaged(f"/{name} (walking the links under it)", exc))
+    return out + _foreign_found(found)
 
 
 def _foreign_found(found: list[str]) -> list[str]:
@@ -141,7 +149,11 @@ def _foreign_found(found: list[str]) -> list[str]:
 
 def _groups(g, where: str, out: list[str]) -> list[str]:
     """The sub-groups of ``g`` as ``layout.hard_groups`` lists them, with a member HDF5 cannot read (or the list itself)
-    a finding in ``out``, and so a member named as featstore never writes (``names.odd_name``), not walked."""
+    a finding in ``out``, and so a member named as featstore never writes (``names.odd_name``), not walked, and a
+    group HDF5 cannot be trusted to list (``names.listing_findings``), not listed."""
+    if found := listing_findings(g, deep=False):
+        out += found
+        return []
     try:
         keys = list(g)
     except DAMAGED as exc:
@@ -211,8 +223,7 @@ def _check_split(sg, name: str, split: str, a: dict, classes: list, scans: list[
         out.append(str(exc))
         return
     if twin := split_twin(sg.parent, split):
-        out.append(twin)
-        return
+        out.append(twin)  # (and the split's other problems, as for any other finding)
     s = _attrs(sg, where, out)  # class_names bounded by validate_split; the others here (each bad one: listed)
     if s is None:
         return

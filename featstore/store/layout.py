@@ -18,7 +18,7 @@ from featstore.errors import ConfigError, StoreError
 from featstore.images.listing_diff import ListingColumns
 from featstore.provenance import MAX_AUGMENT_COPIES, check_format_version, plain
 from featstore.store.attr_values import bounded_attrs, read_attr, read_names, refuse_many_attrs
-from featstore.store.names import path_text, refuse_odd, refuse_odd_names
+from featstore.store.names import path_text, refuse_listings, refuse_odd, refuse_odd_names
 from featstore.store.pathcols import PATH_ERRORS, path_block_rows, read_paths  # noqa: F401 (re-exported: readers)
 from featstore.store.storage import refuse_missing_chunks, refuse_split_columns
 from featstore.store.strings import MAX_PATH_BYTES, repeated, shown
@@ -315,7 +315,9 @@ def validate_labels(y: np.ndarray, n_classes: int, where: str) -> None:
 
 def hard_groups(g: h5py.Group) -> list[str]:
     """Names of the sub-groups of ``g`` reached through hard links (links are not followed); StoreError for a name
-    featstore never writes (``names.odd_name``: over 255 bytes, a control character, a line break), never printed."""
+    featstore never writes (``names.odd_name``: over 255 bytes, a control character, a line break), never printed, and
+    for a group HDF5 cannot be trusted to list (``names.refuse_listings``), before it is listed."""
+    refuse_listings(g, g.file.filename, deep=False)
     names = sorted(k for k in g if isinstance(g.get(k, getlink=True), h5py.HardLink) and isinstance(g[k], h5py.Group))
     refuse_odd(g, names)
     return names
@@ -339,6 +341,7 @@ def foreign_objects(f: h5py.File, under: str | None = None) -> list[str]:
     """
     found: list[str] = []
     g, prefix = (f, "/") if under is None else (f[under], f"/{under}/")
+    refuse_listings(g, f.filename)  # before HDF5 lists a group whose listing repeats (StoreError)
 
     def visit(name, link):
         if isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):

@@ -20,6 +20,8 @@ import h5py
 
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
+from featstore.store.attr_dense import UNDEF, FileBytes, Unparsed
+from featstore.store.btree1 import HeaderUnread, object_links
 from featstore.store.strings import shown
 
 MAX_NAME_BYTES = 255  # a group name: what a --name or a split folder may be (a file name: 255 bytes)
@@ -124,10 +126,83 @@ def odd_names(f: h5py.File, first: bool = False, rule=odd_name) -> list[str]:
 
 
 def refuse_odd_names(f: h5py.File, path) -> None:
-    """Raise StoreError naming the first object of ``f`` whose name no message could show (:func:`unshowable`): what
-    every opening of a store runs (with ``layout.refuse_foreign``), so no command prints such a name."""
+    """Raise StoreError naming the first object of ``f`` whose name no message could show (:func:`unshowable`), or
+    the first group whose members HDF5 cannot be trusted to list (:func:`listing_findings`): what every opening of a
+    store runs (with ``layout.refuse_foreign``), so no command prints such a name or lists such a group."""
+    refuse_listings(f, path)
     if found := odd_names(f, first=True, rule=unshowable):
         raise _refused(path, found[0])
+
+
+_LISTING_TAIL = "featstore never writes such a group, so the store is crafted or damaged; extract into a new --store"
+
+
+def listing_findings(g: h5py.Group, deep: bool = True, first: bool = False) -> list[str]:
+    """``check``'s findings for the groups at and under ``g`` (``deep``; else ``g`` only; ``first``: the first only)
+    whose members HDF5 cannot be trusted to list, found from the file's bytes before HDF5 lists any
+    (``btree1.object_links``: over ``MAX_LINKS`` links, a name twice, a B-tree reaching a node twice: a root whose
+    B-tree nodes all repeated one child listed its one extractor 1,024 times from 544 bytes added, attack 29). Each
+    object header is read once; what is under a group found so is not walked."""
+    if g.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
+        return [
+            f"{g.name}: its members are refused before HDF5 lists them with HDF5's {g.file.driver!r} driver; "
+            f"open the store with HDF5's default driver (unset HDF5_DRIVER)"
+        ]
+    fh, found = FileBytes(g.file), []
+    todo = [(g.name, h5py.h5g.get_objinfo(g.id).objno[0])]
+    if fh.writable:  # what this process changed is in HDF5's cache until written
+        root = h5py.h5g.get_objinfo(g.file["/"].id).objno[0]
+        if fh.size - fh.base <= root:  # a file this opening made (nothing past its superblock yet): its own groups
+            return []  # (not flushed early for that: a new store's layout stays as it was, as layout.check_root's)
+        g.file.flush()
+        fh = FileBytes(g.file)
+    key = (fh.key[1:], todo[0], deep, first)  # the file's identity and state: a read-only opening's walk is kept
+    if not fh.writable and (kept := _WALKED.get(key)) is not None:
+        return list(kept)
+    seen_first = todo[0][1]
+    seen = {seen_first: g.name}  # each object's address: the first path it was reached by
+    while todo and not (first and found):
+        where, at = todo.pop()
+        try:
+            links = object_links(fh, at) or []
+        except Unparsed as exc:  # a header that does not parse: a dataset's damage is HDF5's to name where read
+            if isinstance(exc, HeaderUnread) and at != seen_first and not _is_group(g.file, where):
+                continue
+            found.append(f"{path_text(where)}: its members are refused before HDF5 lists them ({exc}): {_LISTING_TAIL}")
+            continue
+        for name, target in links if deep else ():
+            path = where.rstrip("/") + "/" + name.decode("utf-8", "surrogateescape")
+            if target in seen:  # two hard links to one object: a split that is another split (attack 29 #7)
+                found.append(
+                    f"{path_text(path)} is the object {path_text(seen[target])} is (two names of one HDF5 object, which "
+                    f"featstore never writes: its rows would be read as both): remove one (h5py: del f[name]) or "
+                    f"extract into a new --store"
+                )
+            elif target != UNDEF:  # an object reached twice is walked once, as HDF5 visits it
+                seen[target] = path
+                todo.append((path, target))
+    if not fh.writable:
+        _WALKED[key] = tuple(found)
+        while len(_WALKED) > 8:
+            _WALKED.pop(next(iter(_WALKED)))
+    return found
+
+
+def _is_group(f: h5py.File, path: str) -> bool:
+    """Whether HDF5 opens the object at ``path`` (its parents' listings checked) as a group; False when it cannot."""
+    try:
+        return h5py.h5i.get_type(h5py.h5o.open(f.id, path.encode("utf-8", "surrogateescape"))) == h5py.h5i.GROUP
+    except Exception:  # noqa: BLE001 (HDF5 cannot open it: its damage is named where it is read)
+        return False
+
+
+_WALKED: dict = {}  # (file identity and state, group, how) -> listing_findings' findings, for read-only openings
+
+
+def refuse_listings(g: h5py.Group, path, deep: bool = True) -> None:
+    """Raise StoreError for the first of :func:`listing_findings` (``deep``: ``g`` and every group under it)."""
+    if found := listing_findings(g, deep, first=True):
+        raise StoreError(f"store {terminal_safe(str(path))} is refused: {found[0]}")
 
 
 def path_text(path: str, most: int = 300) -> str:

@@ -26,6 +26,7 @@ from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.store.attr_dense import FileBytes
 from featstore.store.gheap import compact_lengths, stored_lengths
+from featstore.store.storage import counted_chunks
 
 MAX_PATH_BYTES = 4096  # PATH_MAX: no file name featstore stored is longer
 MAX_REASON_BYTES = 64 << 10  # a failure's reason (an exception's message)
@@ -106,6 +107,7 @@ def _chunk_places(ds: h5py.Dataset, fd: int) -> tuple[np.ndarray, np.ndarray, np
     if not hasattr(ds.id, "chunk_iter"):
         return None
     if ds.name is None:  # an anonymous dataset: nothing to key it by
+        counted_chunks(ds, f"{ds.file.filename}: an anonymous dataset")
         return _walk(ds)
     st, addr = os.fstat(fd), h5py.h5g.get_objinfo(ds.file.id, ds.name.encode()).objno  # h5o.get_info: O(index)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, addr, ds.name, ds.shape, ds.chunks)
@@ -113,6 +115,7 @@ def _chunk_places(ds: h5py.Dataset, fd: int) -> tuple[np.ndarray, np.ndarray, np
         if (places := _PLACES.get(key)) is not None:
             _PLACES.move_to_end(key)
             return places
+    counted_chunks(ds, f"{ds.file.filename}:{ds.name}")  # before HDF5 walks it: each node once, within the extent
     places = _walk(ds)
     with _PLACES_LOCK:
         _PLACES[key] = places
