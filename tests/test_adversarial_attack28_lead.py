@@ -366,3 +366,35 @@ def test_a_data_root_reached_through_another_users_link_is_refused(tmp_path):
     ):
         discover(theirs, "train")
     assert discover(mine, "train").class_names == ["patient_A", "patient_B"]
+
+
+def test_write_arrays_writes_only_the_store_it_started_on(tmp_path, monkeypatch):
+    """Attack 30 #6: write_arrays took no writer's lock, so each of its openings (prepare, every batch, finish) wrote
+    whatever file the name reached: another of the user's stores exchanged onto the name mid-write lost its split.
+    It holds the lock now, and every write opens the file the lock checked. Sabotage: the ``store.lock()`` in
+    write_arrays replaced by a nullcontext fails it (the private store is written)."""
+    import numpy as np
+    import pytest
+
+    from featstore.errors import StoreError
+    from featstore.store import writer
+    from featstore.store.writer import write_arrays
+
+    team, private = tmp_path / "s.h5", tmp_path / "thesis.h5"
+    write_arrays(private, "syn", "train", np.ones((10, 2), np.float32), np.arange(10) % 2, ["alpha", "beta"])
+    write_arrays(team, "syn", "train", np.ones((8, 2), np.float32), np.arange(8) % 2, ["cat", "dog"])
+    before = private.read_bytes()
+    real, done = writer.SplitWriter.commit, []
+
+    def exchanged(self, *args, **kwargs):  # the colleague's RENAME_EXCHANGE of the two stores, between two batches
+        if not done:
+            done.append(1)
+            os.rename(team, tmp_path / "x")
+            os.rename(private, team)
+            os.rename(tmp_path / "x", private)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(writer.SplitWriter, "commit", exchanged)
+    with pytest.raises(StoreError, match="was replaced by another file"):
+        write_arrays(team, "syn", "train", np.zeros((8, 2), np.float32), np.arange(8) % 2, ["cat", "dog"], batch_size=4)
+    assert team.read_bytes() == before  # the private store, now at the team's name: untouched

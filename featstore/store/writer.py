@@ -16,6 +16,7 @@ per group, which the next run truncates.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import numbers
@@ -400,15 +401,16 @@ def write_arrays(
         "batch_size": batch_size,
         "compression": compression,
     }
-    w = SplitWriter(store, [name], split)
-    w.prepare([attrs], split_attrs, overwrite=True)
-    digest = RowsDigest(X.shape[1:], str(X.dtype))
-    for i in range(0, len(y), batch_size):
-        j = min(i + batch_size, len(y))
-        xb, yb = X[i:j], y[i:j]
-        digest.update(xb, yb)
-        w.commit([xb], yb, [f"{split}/{k}" for k in range(i, j)], [], j)
-    w.finish(0.0, attrs={"rows_sha256": digest.hexdigest()})
+    with contextlib.nullcontext() if store.locked else store.lock():  # one writer; each opening the file it checked
+        w = SplitWriter(store, [name], split)
+        w.prepare([attrs], split_attrs, overwrite=True)
+        digest = RowsDigest(X.shape[1:], str(X.dtype))
+        for i in range(0, len(y), batch_size):
+            j = min(i + batch_size, len(y))
+            xb, yb = X[i:j], y[i:j]
+            digest.update(xb, yb)
+            w.commit([xb], yb, [f"{split}/{k}" for k in range(i, j)], [], j)
+        w.finish(0.0, attrs={"rows_sha256": digest.hexdigest()})
 
 
 def _checked_arrays(X, y, class_names, attrs, batch_size, compression) -> np.ndarray:
