@@ -171,9 +171,10 @@ def test_compaction_reads_and_replaces_only_the_file_the_lock_checked(tmp_path):
     assert _state(private) == before and team.is_symlink()
     os.unlink(team)
     _killed_store(team)
+    hers = _killed_store(tmp_path / "hers.h5")
     with store.lock():
         os.replace(team, team.with_name("s.h5.old"))
-        _killed_store(team)  # another file at the name since the lock checked it (hers, in a shared folder)
+        os.replace(hers, team)  # another file at the name since the lock checked it (hers, in a shared folder)
         theirs = _state(team)
         with pytest.raises(StoreError, match="was replaced by another file during this run"):
             compact(store)
