@@ -22,7 +22,8 @@ def _store(path):
 
 @pytest.mark.parametrize("how", ["group linked", "features linked", "copied"])
 def test_a_split_that_is_another_split_is_refused_and_listed(tmp_path, how):
-    """Sabotage: ``split_twin`` returning None fails every case (the test split loads: the training rows)."""
+    """Sabotage: ``split_copies`` returning {} fails the copy (the test split loads: the training rows); the linked cases
+    are names.refuse_odd_names' (attack 29 #7, tests/test_adversarial_attack29.py)."""
     path = _store(tmp_path / "s.h5")
     assert check_store(path) == [] and FeatureStore(path).load("test")[0].shape == (40, 8)
     with h5py.File(path, "a") as f:
@@ -36,7 +37,7 @@ def test_a_split_that_is_another_split_is_refused_and_listed(tmp_path, how):
             del f["syn/test"]
             f.copy("syn/train", "syn/test")
     # one object under two names is refused at every opening (names.refuse_odd_names, fixAH); a copy by its split_id
-    said = "two names of one HDF5 object" if how != "copied" else "syn: splits 'train' and 'test' are one split .* re-"
+    said = "two names of one HDF5 object" if how != "copied" else "syn: splits 'test' and 'train' are one split .* re-"
     with pytest.raises(StoreError, match=said):
         FeatureStore(path).load("test")
     found = check_store(path)
@@ -79,3 +80,19 @@ def test_resuming_a_split_that_cannot_grow_is_refused_before_any_work(tmp_path, 
         ):
             survey(f, path, ["syn"], "test", lambda f, n: False)
         assert survey(f, path, ["syn"], "test", lambda f, n: False, overwrite=True).todo == ["syn"]
+
+
+def test_finding_copies_is_linear_in_the_splits(tmp_path, monkeypatch):
+    """Attack 30 #11: every split's opening compared it with every other split (200 splits: check 85 s, info over
+    100 s). The copies are found in one pass per extractor, which info and check share across its splits. Sabotage:
+    ``copies=copies`` not passed by StoreMetadata.read fails it (each opening reads every split's id)."""
+    from featstore.store import attr_values, metadata
+
+    path = tmp_path / "s.h5"
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        write_arrays(path, "syn", f"s{i:02d}", rng.normal(size=(4, 2)).astype(np.float32), np.arange(4) % 2, ["a", "b"])
+    reads, real = [], attr_values.read_attr
+    monkeypatch.setattr(metadata, "read_attr", lambda obj, key, *a, **k: reads.append(key) or real(obj, key, *a, **k))
+    assert len(FeatureStore(path).splits()) == 30
+    assert reads.count("split_id") == 30, reads.count("split_id")
