@@ -171,7 +171,7 @@ def _recover_shards(out: Path) -> None:
     if not os.path.lexists(out) and len(aside) == 1:
         held = os.open(aside[0] / "shards", DIR)  # moved back only while its name is the folder checked (attack 30 #8)
         try:
-            ours = os.fstat(held).st_uid == os.geteuid() and all(_PART.fullmatch(n) for n in os.listdir(held))
+            ours = os.fstat(held).st_uid == os.geteuid() and _only_parts(held) is not None
             if ours:
                 move_aside(held, aside[0] / "shards", out, f"the earlier export of --out {terminal_safe(str(out))}")
         finally:
@@ -209,22 +209,35 @@ def _recover_shards(out: Path) -> None:
 
 
 def _remove_leftover(left: Path, kind: str) -> None:
-    """Remove ``left`` (an aside copy ``…/shards/part-*``, or a half-written folder of ``part-*``) through descriptors:
-    its shards by name, each folder only while its name is the folder emptied (a folder exchanged with it is not
-    touched: removed by name, it was the one deleted, attack 30 #8)."""
+    """Remove ``left`` (an aside copy ``…/shards/part-*``, or a half-written folder of ``part-*``) through descriptors,
+    checked again through them (only shards): its shards by name, each folder only while its name is the folder
+    emptied (a folder exchanged with it is not touched: removed by name, it was the one deleted, attack 30 #8)."""
     fd = os.open(left, DIR)
     try:
         if os.fstat(fd).st_uid != os.geteuid():
             return
-        if kind == "old":
-            sub = os.open("shards", DIR, dir_fd=fd)
-            try:
-                remove_held(sub, left / "shards", [n for n in os.listdir(sub) if _PART.fullmatch(n)])
-            finally:
-                os.close(sub)
-        remove_held(fd, left, [] if kind == "old" else [n for n in os.listdir(fd) if _PART.fullmatch(n)])
+        if kind == "tmp":
+            if (parts := _only_parts(fd)) is not None:
+                remove_held(fd, left, parts)
+            return
+        if os.listdir(fd) != ["shards"]:
+            return
+        sub = os.open("shards", DIR, dir_fd=fd)
+        try:
+            if (parts := _only_parts(sub)) is None:
+                return
+            remove_held(sub, left / "shards", parts)
+        finally:
+            os.close(sub)
+        remove_held(fd, left, [])
     finally:
         os.close(fd)
+
+
+def _only_parts(fd: int) -> list[str] | None:
+    """The entries of the folder open at ``fd`` when all are regular ``part-NNNNN.parquet`` files, else None."""
+    names = os.listdir(fd)
+    return names if all(_is_held_shard(fd, n) for n in names) else None
 
 
 def _leftovers(out: Path, kind: str) -> list[Path]:
