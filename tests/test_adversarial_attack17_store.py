@@ -58,15 +58,15 @@ def test_an_earlier_export_left_aside_by_a_kill_is_removed_once_abandoned(store,
 
     out = tmp_path / "s"
     export(store, "train", out, rows_per_file=4)
-    real = shards.shutil.rmtree
+    real = shards.remove_held
 
-    def killed(path, *a, **k):  # the kill: the aside copy is never removed
-        if not str(path).endswith(".old"):
-            real(path, *a, **k)
+    def killed(fd, path, *a, **k):  # the kill: the aside copy is never removed
+        if not str(path.parent).endswith(".old"):
+            real(fd, path, *a, **k)
 
-    monkeypatch.setattr(shards.shutil, "rmtree", killed)
+    monkeypatch.setattr(shards, "remove_held", killed)
     export(store, "train", out, rows_per_file=6)
-    monkeypatch.setattr(shards.shutil, "rmtree", real)
+    monkeypatch.setattr(shards, "remove_held", real)
     parts = sorted(out.iterdir())
     (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".old")]
     assert len(list((left / "shards").iterdir())) > len(parts)  # the whole earlier export (4-row shards)

@@ -22,16 +22,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import stat
 import time
 from pathlib import Path
 
 from featstore.errors import StoreError
 from featstore.leftovers import host_tag, writer_gone
+from featstore.renames import proc_path, same_folder
 from featstore.runs.files import read_record_json, valid_name
 from featstore.runs.kinds import parse_record
 from featstore.runs.versions import TMP_MARKER, run_lock, write_marker
+from featstore.store.held import DIR, move_aside, remove_held, replaced
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,25 @@ def mark(folder: Path, run_id: str, role: str) -> None:
     """Write TMP_MARKER into ``folder`` (``role``: new or old version), naming this process and machine: featstore's
     orphan cleaner may remove (or, for an old version, restore) the folder, and :func:`reveal` finish its swap."""
     write_marker(folder, json.dumps({"run": run_id, "role": role, "pid": os.getpid(), "host": host_tag()}))
+
+
+def hold_run(folder: Path) -> int:
+    """The run folder open (not followed): what ``runs evaluate`` reads the old version's modes from, moves aside and
+    removes is that folder, whatever is renamed meanwhile (by name, a run swapped in was deleted: attack 30 #9)."""
+    try:
+        return os.open(folder, DIR)
+    except OSError as exc:
+        raise StoreError(
+            f"run folder {folder} cannot be opened as a folder ({exc.strerror or exc}); nothing was recorded"
+        ) from None
+
+
+def mark_held(held: int, folder: Path, run_id: str) -> None:
+    """:func:`mark` the run folder open at ``held`` (named ``folder``) as an old version, through the descriptor where
+    the system allows (``/proc/self/fd``), else by name while the name is that folder."""
+    if not same_folder(held, folder):
+        raise replaced(f"run folder {folder}")
+    mark(proc_path(held) or folder, run_id, "old")
 
 
 def read_marker(folder: Path | int) -> dict | None:
@@ -109,29 +129,44 @@ def _why_not_gone(mark: dict) -> str | None:
 def finish_swap(root: Path, run_id: str, aside: Path) -> str | None:
     """Put run ``run_id`` back under its name, under its lock: its new version (``aside``'s pair, complete and verified
     before the first rename) when its run.json reads, else the old version ``aside``. None when done, else why not."""
-    with run_lock(root, run_id, wait=False) as held:
-        if not held:
+    with run_lock(root, run_id, wait=False) as locked:
+        if not locked:
             return "by another featstore process, which holds the run's lock"
-        run, new = root / run_id, aside.with_name(aside.name[: -len(_OLD)] + _NEW)
-        if os.path.lexists(run) or not aside.is_dir() or (read_marker(aside) or {}).get("role") != "old":
+        try:  # the old version held from its check to its removal (by name, a folder swapped in was removed)
+            fd = os.open(aside, DIR)
+        except OSError:
             return None  # another process finished it meanwhile
         try:
-            use_new = (read_marker(new) or {}).get("role") == "new" and not new.is_symlink()
-            if use_new:
-                try:
-                    parse_record(read_record_json(new), run)
-                except StoreError:
-                    use_new = False
-            os.replace(new if use_new else aside, run)
-            (run / TMP_MARKER).unlink(missing_ok=True)
-            if use_new:
-                shutil.rmtree(aside)
-        except OSError as exc:
-            logger.debug("could not finish the swap of run %s: %s", run_id, exc)
-            return f"(featstore could not put it back: {exc.strerror or exc})"
+            return _finish(root / run_id, aside, fd)
+        finally:
+            os.close(fd)
+
+
+def _finish(run: Path, aside: Path, fd: int) -> str | None:
+    """:func:`finish_swap` of the old version ``aside``, open at ``fd``, under the run's lock."""
+    new = aside.with_name(aside.name[: -len(_OLD)] + _NEW)
+    if os.path.lexists(run) or (read_marker(fd) or {}).get("role") != "old":
+        return None  # another process finished it meanwhile
+    try:
+        use_new = (read_marker(new) or {}).get("role") == "new" and not new.is_symlink()
+        if use_new:
+            try:
+                parse_record(read_record_json(new), run)
+            except StoreError:
+                use_new = False
+        if use_new:
+            os.replace(new, run)
+        else:  # only while its name is the folder checked
+            move_aside(fd, aside, run, f"the old version of run {run.name} ({aside})")
+        (run / TMP_MARKER).unlink(missing_ok=True)
+        if use_new:
+            remove_held(fd, aside)  # its own files, through its descriptor
+    except OSError as exc:
+        logger.debug("could not finish the swap of run %s: %s", run.name, exc)
+        return f"(featstore could not put it back: {exc.strerror or exc})"
     logger.warning(
         "run %s was left under no name by a `runs evaluate` killed between its two renames: %s",
-        run_id,
+        run.name,
         "its new version is in" if use_new else f"its old version is back ({new.name} could not be read)",
     )
     return None

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.carry import give_folder, not_carried, own_folder
+from featstore.carry import give_folder, not_carried
 from featstore.errors import OutputError, StoreError
 from featstore.leftovers import writer_gone
 from featstore.renames import OwnFolder, same_folder
@@ -48,11 +48,12 @@ from featstore.runs.kinds import parse_record
 from featstore.runs.own_writes import MARK, OwnWrites, own
 from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
-from featstore.runs.swap import ORPHAN_AGE_S, read_marker, reveal
+from featstore.runs.swap import ORPHAN_AGE_S, hold_run, mark_held, read_marker, reveal
 from featstore.runs.swap import mark as _mark
 from featstore.runs.versions import TMP_MARKER, carry, own_files
 from featstore.stats.calibration import apply_calibration
 from featstore.stats.figures import RowFigures, completed, packed_confusion
+from featstore.store.held import move_aside, own_held, put_back, remove_held
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +328,20 @@ def add_split(
     removes; a kill between the two renames leaves the run under no name until the next listing or look-up of runs
     puts the new version in, ``featstore.runs.swap.reveal``). Callers hold ``featstore.runs.versions.run_lock`` around reading the
     record and this; a run.json changed meanwhile (another process without the lock) is refused, not overwritten.
+    The run folder is held open from here (:func:`featstore.runs.swap.hold_run`): its old version's modes are read,
+    and it is moved aside and removed, through that descriptor, only while its name is that folder (attack 30 #9).
     """
+    held = hold_run(folder)
+    try:
+        return _add_split(held, root, record, folder, split, split_metrics, prediction)
+    finally:
+        os.close(held)
+
+
+def _add_split(
+    held: int, root: Path, record: RunRecord, folder: Path, split: str, split_metrics, prediction
+) -> RunRecord:
+    """:func:`add_split` of the run folder open at ``held``."""
     old_sha, k = record["predictions_sha256"], len(record.class_names)
     stored = {s: (info.paths_sha256, info.listing_sha256) for s, info in record.predictions.items()}
     record = record.to_json()
@@ -366,16 +380,17 @@ def add_split(
         with MARK:
             rec = _write_contents(at, record, preds, folder)
             verify_predictions(at, rec)  # the new predictions file reads back (in blocks) before it replaces the old
-            mode = _own(new, folder)
-            _mark(folder, record["id"], "old")  # the old version becomes a temporary folder: marked before it moves
-            os.replace(folder, aside)
+            mode = _own(new, held, folder)
+            mark_held(held, folder, record["id"])  # the old version becomes a temporary folder: marked before it moves
+            move_aside(held, folder, aside, f"run folder {folder}")  # only while the name is the folder held
             new.publish(folder, mode)
     except BaseException as exc:
         _discard(preds, new)
-        if not os.path.lexists(folder) and aside.is_dir():
-            os.replace(aside, folder)  # the second rename failed: put the old version back
+        put_back(held, aside, folder)  # the second rename failed: put the old version back (only if it is the one held)
         try:
-            (folder / TMP_MARKER).unlink(missing_ok=True)
+            os.unlink(TMP_MARKER, dir_fd=held)
+        except FileNotFoundError:
+            pass
         except OSError as again:
             logger.debug("could not remove %s: %s", folder / TMP_MARKER, again)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError) and own(exc):
@@ -387,15 +402,19 @@ def add_split(
             ) from None
         raise
     (folder / TMP_MARKER).unlink(missing_ok=True)
-    shutil.rmtree(aside, ignore_errors=True)
+    try:  # the old version through its descriptor: by name it was whatever folder had been swapped to that name
+        remove_held(held, aside)
+    except OSError as exc:
+        logger.debug("could not remove %s: %s", aside, exc)
     logger.info("added %s to run %s", split, record["id"])
     return rec
 
 
-def _own(new: OwnFolder, folder: Path) -> int | None:
-    """The old version's mode, group, ACL and user.* onto the new one and its new files (each the old file's of its
-    name): a run made private (chmod -R go-rwx) came back 0755 with run.json 0644 (attack 28 #6); its mode."""
-    old, files = own_folder(folder)
+def _own(new: OwnFolder, held: int, folder: Path) -> int | None:
+    """The old version's (open at ``held``) mode, group, ACL and user.* onto the new one and its new files (each the old
+    file's of its name): a run made private (chmod -R go-rwx) came back 0755 with run.json 0644 (attack 28 #6); its
+    mode."""
+    old, files = own_held(held, folder, f"run folder {folder}")
     where = f"run folder {folder}"
     refuse = not_carried(where, OutputError, "nothing was recorded")
     return None if old is None else give_folder(new.fd, old, files, where, str(folder), refuse)

@@ -19,18 +19,18 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import stat
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from featstore.carry import give_folder, not_carried, own_folder
+from featstore.carry import give_folder, not_carried
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_stem, writer_gone
 from featstore.outputs import output_fix, probe_output, terminal_safe
-from featstore.renames import OwnFolder
+from featstore.renames import OwnFolder, same_folder
+from featstore.store.held import DIR, move_aside, own_held, put_back, remove_held
 
 logger = logging.getLogger(__name__)
 
@@ -82,33 +82,83 @@ def _is_shard(entry: os.DirEntry) -> bool:
 
 def write_shards(out: Path, write: Callable[[Path], object]) -> None:
     """``write(folder)`` into a hidden folder beside ``out``, renamed onto ``out`` when whole (an earlier export's
-    shards are replaced only then); on any failure the hidden folder is removed and ``out`` is left as it was."""
+    shards are replaced only then); on any failure the hidden folder is removed and ``out`` is left as it was. The
+    earlier export is held open from its check to its removal (:mod:`featstore.store.held`): checked by name, moved
+    aside and removed by name, a folder a colleague exchanged with it in between was deleted (attack 30 #8)."""
     _recover_shards(out)
-    old = None
+    old, fd, shards, done = None, None, [], False
     try:
         # 0700 while written, each shard through the folder's descriptor (OwnFolder): it was made group-writable first
         # and its shards opened by name, so a colleague's links at the next shard's name were written through (attack 25)
         with OwnFolder(out.parent, temp_prefix(out.name), ".tmp") as folder:
             write(folder.at)
+            fd = _open_earlier(out)  # held from here: the folder checked is the one moved aside and emptied
             refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
-            mode, (before, shards) = None, own_folder(out)  # None: a new folder, the umask's mode
-            if before is not None:  # an earlier export's mode, group, ACL, and its shards' (attack 28 #6: one made
+            mode = None  # a new folder: the umask's mode
+            if fd is not None:  # an earlier export's mode, group, ACL, and its shards' (attack 28 #6: one made
                 shown = terminal_safe(str(out))  # private by chmod -R go-rwx came back 0755, 0644 shards)
-                mode = give_folder(
-                    folder.fd, before, shards, f"--out {shown}", shown, not_carried(f"--out {shown}", OutputError)
-                )
-                old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
-                os.replace(out, old / "shards")
+                shards = _held_shards(fd, out)
+                before, owns = own_held(fd, out, f"--out {shown}")
+                if before is not None:  # else someone else's folder: the rename onto it fails, it is left as it is
+                    mode = give_folder(
+                        folder.fd, before, owns, f"--out {shown}", shown, not_carried(f"--out {shown}", OutputError)
+                    )
+                    old = Path(tempfile.mkdtemp(prefix=temp_prefix(out.name), suffix=".old", dir=out.parent))
+                    move_aside(fd, out, old / "shards", f"--out {shown}")
             folder.publish(out, mode)  # through the descriptor, once whole
+            done = True
     except BaseException as exc:  # Ctrl-C between the two renames too: it lost both exports (attack 26 #10)
-        if old is not None and not os.path.lexists(out) and (old / "shards").is_dir():
-            os.replace(old / "shards", out)  # put the earlier export back
+        if old is not None:
+            put_back(fd, old / "shards", out)  # the earlier export, only if it is the folder moved
         if not isinstance(exc, OSError) or isinstance(exc, OutputError):
             raise
         raise OutputError(f"cannot write --out {out}: {output_fix(exc, out)}. Nothing was written there.") from None
     finally:
+        if done and old is not None:  # the earlier export's shards it listed, through its descriptor
+            with contextlib.suppress(OSError):
+                remove_held(fd, old / "shards", shards)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.rmdir(old)  # empty unless the earlier export is still in it
+        if fd is not None:
+            os.close(fd)
+
+
+def _open_earlier(out: Path) -> int | None:
+    """``out`` open (not followed), None when absent: what is checked, moved aside and removed is that folder."""
+    try:
+        return os.open(out, DIR)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        raise ConfigError(
+            f"--out {out} exists and is not a folder; with --rows-per-file it names the folder of shards"
+        ) from None
+
+
+def _held_shards(fd: int, out: Path) -> list[str]:
+    """The shards of the earlier export open at ``fd``, checked through it: anything else there is refused."""
+    shards, other = [], []
+    for name in sorted(os.listdir(fd)):
+        (shards if _is_held_shard(fd, name) else other).append(name)
+    if not same_folder(fd, out):  # refuse_shard_folder read its shards' schemas by name: of this folder
+        raise OutputError(
+            f"--out {terminal_safe(str(out))} was replaced by another folder during this run; nothing was changed"
+        )
+    if other:
+        raise ConfigError(
+            f"--out {out} is a folder holding other files than shards ({', '.join(other[:3])}); with "
+            f"--rows-per-file it must be a new folder or an earlier export's; choose another name"
+        )
+    return shards
+
+
+def _is_held_shard(fd: int, name: str) -> bool:
+    """Whether the entry ``name`` of the folder open at ``fd`` is a regular file ``part-NNNNN.parquet`` (not followed)."""
+    try:
+        return bool(_PART.fullmatch(name)) and stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _recover_shards(out: Path) -> None:
@@ -119,11 +169,20 @@ def _recover_shards(out: Path) -> None:
     there are touched (:func:`_leftovers`): a user's ``.<out>.backup.old``, or a link to a folder elsewhere, is not."""
     aside = [p for p in _leftovers(out, "old") if _writer_gone(p) is not None]  # a live export's: its own business
     if not os.path.lexists(out) and len(aside) == 1:
-        os.replace(aside[0] / "shards", out)
-        with contextlib.suppress(OSError):
-            os.rmdir(aside[0])  # empty now; anything that appeared in it since is left
-        logger.warning("%s: the earlier export, moved aside by a killed export, was put back", terminal_safe(str(out)))
-        aside = []
+        held = os.open(aside[0] / "shards", DIR)  # moved back only while its name is the folder checked (attack 30 #8)
+        try:
+            ours = os.fstat(held).st_uid == os.geteuid() and _only_parts(held) is not None
+            if ours:
+                move_aside(held, aside[0] / "shards", out, f"the earlier export of --out {terminal_safe(str(out))}")
+        finally:
+            os.close(held)
+        if ours:
+            with contextlib.suppress(OSError):
+                os.rmdir(aside[0])  # empty now; anything that appeared in it since is left
+            logger.warning(
+                "%s: the earlier export, moved aside by a killed export, was put back", terminal_safe(str(out))
+            )
+            aside = []
     what = {"old": "an earlier export of %s that a killed export moved aside", "tmp": "what a killed export of %s left"}
     for kind, left in [("old", p) for p in aside] + [("tmp", p) for p in _leftovers(out, "tmp")]:
         gone = _writer_gone(left)
@@ -133,7 +192,8 @@ def _recover_shards(out: Path) -> None:
         # its own (made by the rename into it, never written after)
         touched = last_touched(left) if kind == "tmp" else os.lstat(left).st_mtime
         if gone and (kind == "tmp" or os.path.lexists(out)) and time.time() - touched >= STALE_AGE_S:
-            shutil.rmtree(left, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                _remove_leftover(left, kind)
             logger.warning(
                 "removed %s: " + what[kind] + " (its process gone, hidden, never read)",
                 terminal_safe(str(left)),
@@ -146,6 +206,38 @@ def _recover_shards(out: Path) -> None:
                 terminal_safe(str(out)),
                 shlex.quote(str(left)),
             )
+
+
+def _remove_leftover(left: Path, kind: str) -> None:
+    """Remove ``left`` (an aside copy ``…/shards/part-*``, or a half-written folder of ``part-*``) through descriptors,
+    checked again through them (only shards): its shards by name, each folder only while its name is the folder
+    emptied (a folder exchanged with it is not touched: removed by name, it was the one deleted, attack 30 #8)."""
+    fd = os.open(left, DIR)
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            return
+        if kind == "tmp":
+            if (parts := _only_parts(fd)) is not None:
+                remove_held(fd, left, parts)
+            return
+        if os.listdir(fd) != ["shards"]:
+            return
+        sub = os.open("shards", DIR, dir_fd=fd)
+        try:
+            if (parts := _only_parts(sub)) is None:
+                return
+            remove_held(sub, left / "shards", parts)
+        finally:
+            os.close(sub)
+        remove_held(fd, left, [])
+    finally:
+        os.close(fd)
+
+
+def _only_parts(fd: int) -> list[str] | None:
+    """The entries of the folder open at ``fd`` when all are regular ``part-NNNNN.parquet`` files, else None."""
+    names = os.listdir(fd)
+    return names if all(_is_held_shard(fd, n) for n in names) else None
 
 
 def _leftovers(out: Path, kind: str) -> list[Path]:
