@@ -96,3 +96,16 @@ def test_finding_copies_is_linear_in_the_splits(tmp_path, monkeypatch):
     monkeypatch.setattr(metadata, "read_attr", lambda obj, key, *a, **k: reads.append(key) or real(obj, key, *a, **k))
     assert len(FeatureStore(path).splits()) == 30
     assert reads.count("split_id") == 30, reads.count("split_id")
+
+
+def test_splits_without_a_split_id_are_not_copies(tmp_path):
+    """Two splits without ``split_id`` (a store of an older featstore) are not copies of each other (the missing id read
+    as the string "None" made them so). Sabotage: ``str(value)`` for a missing value in metadata._split_id fails it."""
+    path = _store(tmp_path / "s.h5")
+    with h5py.File(path, "a") as f:
+        for split in ("train", "test"):
+            del f[f"syn/{split}"].attrs["split_id"]
+    from featstore.store.metadata import split_copies
+
+    with h5py.File(path, "r") as f:
+        assert split_copies(f["syn"]) == {}

@@ -28,7 +28,7 @@ from featstore.store.layout import (
     validate_split,
 )
 from featstore.store.locking import StoreFile
-from featstore.store.metadata import split_copies
+from featstore.store.metadata import copies_or_none
 from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
@@ -206,7 +206,7 @@ def _check_extractor(g, name: str, scans: list[_Split], out: list[str]) -> None:
         out.append(str(exc))
         return
     classes: list = []
-    out.extend(dict.fromkeys(split_copies(g).values()))  # one line a pair of copies (and their other problems)
+    out.extend(dict.fromkeys(copies_or_none(g).values()))  # one line a pair of copies (and their other problems)
     for split in _groups(g, f"/{name}", out):
         try:
             _check_split(g[split], name, split, a, classes, scans, out)

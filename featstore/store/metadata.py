@@ -108,9 +108,18 @@ def split_copies(g: h5py.Group) -> dict[str, str]:
 def _split_id(sg: h5py.Group) -> str | None:
     """A split's ``split_id`` (None when missing or unreadable: that is named on the split itself)."""
     try:
-        return str(read_attr(sg, "split_id", sg.name, 1, None))
-    except StoreError:
+        value = read_attr(sg, "split_id", sg.name, 1, None)
+    except Exception:  # noqa: BLE001 - a damaged attribute or header: named on the split itself
         return None
+    return None if value is None else str(value)
+
+
+def copies_or_none(g: h5py.Group) -> dict[str, str]:
+    """:func:`split_copies` of ``g``, or none when its splits cannot be listed (that is named where they are listed)."""
+    try:
+        return split_copies(g)
+    except Exception:  # noqa: BLE001
+        return {}
 
 
 def _hard_group(g: h5py.Group, name: str) -> bool:
@@ -172,7 +181,7 @@ class StoreMetadata:
             except Exception as exc:  # noqa: BLE001 - kept, raised when this extractor is used
                 meta.extractors[name] = exc
                 continue
-            copies = split_copies(f[name])  # once for all the extractor's splits
+            copies = copies_or_none(f[name])  # once for all the extractor's splits
             for split in meta.splits[name]:
                 try:
                     sg, commit = open_split(f, path, name, split, copies=copies)
@@ -241,9 +250,10 @@ def describe(f: h5py.File, path) -> dict:
             extractor_attrs(f, path, name)
         except StoreError as exc:
             entry["error"] = str(exc)
+        copies = copies_or_none(f[name])  # once for all the extractor's splits (per split: quadratic)
         for split in hard_groups(f[name]):
             try:
-                sg, commit = open_split(f, path, name, split)
+                sg, commit = open_split(f, path, name, split, copies=copies)
                 y = sg["labels"][: commit.rows].astype(np.int64)
                 n_classes = len(read_names(sg, "class_names", f"{path}:/{name}/{split}"))
                 validate_labels(y, n_classes, f"{path}:/{name}/{split}")
@@ -256,7 +266,7 @@ def describe(f: h5py.File, path) -> dict:
                 continue
             if AUGMENTED in hard_groups(sg):
                 try:
-                    entry["splits"][split]["augmented"] = split_summary(*open_split(f, path, name, split, True))
+                    entry["splits"][split]["augmented"] = split_summary(*open_split(f, path, name, split, True, copies))
                 except StoreError as exc:
                     entry["splits"][split]["augmented"] = {"error": str(exc)}
         out["extractors"][name] = entry
