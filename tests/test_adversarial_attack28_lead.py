@@ -398,3 +398,36 @@ def test_write_arrays_writes_only_the_store_it_started_on(tmp_path, monkeypatch)
     with pytest.raises(StoreError, match="was replaced by another file"):
         write_arrays(team, "syn", "train", np.zeros((8, 2), np.float32), np.arange(8) % 2, ["cat", "dog"], batch_size=4)
     assert team.read_bytes() == before  # the private store, now at the team's name: untouched
+
+
+def test_a_fifo_swapped_in_at_a_stores_name_is_one_line_not_a_wait(tmp_path, monkeypatch):
+    """Attack 30 #5 (its first half): refuse_unreadable asked h5py.is_hdf5 by name, which blocks on a FIFO swapped in
+    after the check by name. The signature is read through one non-blocking descriptor. The race placed: the checks
+    by name are told it is a regular file. Sabotage: ``h5py.is_hdf5(self.path)`` in place of the descriptor's read
+    fails it (the thread still waits after 5 s)."""
+    from pathlib import Path
+
+    from featstore.errors import StoreError
+    from featstore.store.locking import StoreFile
+
+    fifo = tmp_path / "s.h5"
+    os.mkfifo(fifo)
+    store = StoreFile(fifo)
+    monkeypatch.setattr(Path, "is_file", lambda self: True)
+    monkeypatch.setattr(Path, "exists", lambda self: True)
+    got: list = []
+
+    def refuse():
+        try:
+            store.refuse_unreadable()
+        except StoreError as exc:
+            got.append(str(exc))
+
+    reader = threading.Thread(target=refuse, daemon=True)
+    reader.start()
+    reader.join(5)
+    blocked = reader.is_alive()
+    if blocked:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+    assert not blocked and len(got) == 1 and "is not an HDF5 file" in got[0], got

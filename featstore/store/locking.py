@@ -190,8 +190,12 @@ class StoreFile:
             why = too_long(self.path) if exc.errno == errno.ENAMETOOLONG else f"{exc.strerror}: fix what it names"
             raise StoreError(f"store {self.path} cannot be opened: {why}") from None
         try:
-            if not any(os.pread(fd, 8, at) == b"\x89HDF\r\n\x1a\n" for at in (0, 512, 1024, 2048, 4096, 8192)):
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or not any(
+                os.pread(fd, 8, at) == b"\x89HDF\r\n\x1a\n" for at in (0, 512, 1024, 2048, 4096, 8192)
+            ):  # (a FIFO swapped in since the check above: not read, not waited on)
                 raise StoreError(f"{self.path} is not an HDF5 file; pass the .h5 store written by `featstore extract`")
+        except OSError as exc:
+            raise StoreError(f"store {self.path} cannot be read ({exc.strerror}): fix what it names") from None
         finally:
             os.close(fd)
 
