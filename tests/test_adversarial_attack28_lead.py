@@ -11,6 +11,19 @@ from featstore.runs import swap
 from featstore.runs.versions import TMP_MARKER
 
 
+def _without_waiting(call, fifo) -> list:
+    """``[call()]`` when it returns within 5 s; [] when it waited on ``fifo`` (then unblocked by a writer's opening)."""
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(call()), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+        return []
+    return got
+
+
 def test_a_marker_swapped_for_a_fifo_after_its_check_is_not_waited_on(tmp_path, monkeypatch):
     """#7: read_marker checked the marker by name (lstat), then opened the name again with a blocking open(): a FIFO a
     colleague renamed there in between blocked `featstore runs` for ever. The race placed: the marker is a FIFO, and
@@ -22,15 +35,8 @@ def test_a_marker_swapped_for_a_fifo_after_its_check_is_not_waited_on(tmp_path, 
     regular = os.lstat(__file__)
     real = os.lstat
     monkeypatch.setattr(os, "lstat", lambda p, *a, **k: regular if str(p).endswith(TMP_MARKER) else real(p, *a, **k))
-    got: list = []
-    reader = threading.Thread(target=lambda: got.append(swap.read_marker(folder)), daemon=True)
-    reader.start()
-    reader.join(5)
-    blocked = reader.is_alive()
-    if blocked:  # unblock it (a writer opening the FIFO) before failing
-        os.close(os.open(folder / TMP_MARKER, os.O_WRONLY | os.O_NONBLOCK))
-        reader.join(5)
-    assert not blocked and got == [None] and stat.S_ISFIFO(real(folder / TMP_MARKER).st_mode)
+    got = _without_waiting(lambda: swap.read_marker(folder), folder / TMP_MARKER)
+    assert got == [None] and stat.S_ISFIFO(real(folder / TMP_MARKER).st_mode)
 
 
 def _own_private_folder(at):
@@ -127,15 +133,7 @@ def test_the_outputs_hdf5_test_never_waits_on_a_fifo(tmp_path):
 
     fifo = tmp_path / "x.csv"
     os.mkfifo(fifo)
-    got: list = []
-    reader = threading.Thread(target=lambda: got.append(_is_hdf5(fifo)), daemon=True)
-    reader.start()
-    reader.join(5)
-    blocked = reader.is_alive()
-    if blocked:
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        reader.join(5)
-    assert not blocked and got == [False]
+    assert _without_waiting(lambda: _is_hdf5(fifo), fifo) == [False]
     store = tmp_path / "s.h5"
     store.write_bytes(b"\x00" * 512 + b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)  # after a 512-byte user block
     assert _is_hdf5(store)
@@ -415,19 +413,13 @@ def test_a_fifo_swapped_in_at_a_stores_name_is_one_line_not_a_wait(tmp_path, mon
     store = StoreFile(fifo)
     monkeypatch.setattr(Path, "is_file", lambda self: True)
     monkeypatch.setattr(Path, "exists", lambda self: True)
-    got: list = []
 
-    def refuse():
+    def refuse() -> str:
         try:
             store.refuse_unreadable()
         except StoreError as exc:
-            got.append(str(exc))
+            return str(exc)
+        return "no refusal"
 
-    reader = threading.Thread(target=refuse, daemon=True)
-    reader.start()
-    reader.join(5)
-    blocked = reader.is_alive()
-    if blocked:
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        reader.join(5)
-    assert not blocked and len(got) == 1 and "is not an HDF5 file" in got[0], got
+    got = _without_waiting(refuse, fifo)
+    assert len(got) == 1 and "is not an HDF5 file" in got[0], got
