@@ -138,14 +138,54 @@ def test_reading_commands_follow_only_the_users_own_links(tmp_path):
 
 
 def test_a_link_swapped_in_while_a_reader_opens_is_refused(tmp_path, monkeypatch):
-    """#4: the swap lands between the reader's look at the name and HDF5's read-only opening: the walk after the
-    opening meets the link and refuses; nothing of the private store is read. Sabotage: ``_checked`` not calling
+    """#4: the swap lands between the reader's look at the name and its read-only opening: the walk after the
+    opening meets the link and refuses; nothing of the private store is read. Sabotage: ``_existing`` not calling
     ``check_opened`` fails it (the private store's class names come back)."""
     private, team, link = _scene(tmp_path)
-    fired = _hook_h5py(monkeypatch, lambda name, mode: mode == "r" and name.endswith("s.h5"), lambda: _swap(team, link))
+    real, fired = os.open, []
+
+    def hooked(path, flags, *a, **k):
+        if not fired and os.fspath(path) == str(team) and not flags & (os.O_WRONLY | os.O_RDWR):
+            fired.append(1)
+            _swap(team, link)
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", hooked)
     with pytest.raises(StoreError, match="symbolic link made by uid 54321"):
         FeatureStore(team).splits()
     assert fired
+
+
+def test_a_fifo_swapped_in_after_the_readers_check_is_not_waited_on(tmp_path):
+    """Attack 30 #5: a FIFO renamed onto the store's name after its check and before HDF5's read-only opening made
+    that opening (by name) wait for a writer forever. The reader gives HDF5 its checked non-blocking descriptor
+    (``/proc/self/fd/N``), and the FIFO is met only through a non-blocking descriptor: one line. Sabotage: ``_existing``
+    giving HDF5 ``path`` in place of ``alias or path`` fails it (the child waits on the FIFO until the timeout)."""
+    import subprocess
+    import sys
+
+    path = _store(tmp_path / "s.h5", ("cat", "dog"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code = (
+        "import os, h5py\n"
+        "from featstore.store.reader import FeatureStore\n"
+        "real = h5py.File\n"
+        "def swapped_first(name, mode='r', *a, **k):\n"
+        f"    if os.path.exists({str(fifo)!r}): os.replace({str(fifo)!r}, {str(path)!r})\n"
+        "    return real(name, mode, *a, **k)\n"
+        "h5py.File = swapped_first\n"
+        f"try: FeatureStore({str(path)!r}).splits()\n"
+        "except Exception as e: print(type(e).__name__ + ':', e)\n"
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the reader waited on a FIFO renamed onto the store's name")
+    said = out.stdout.strip()
+    assert out.returncode == 0 and said.startswith("StoreError: store ") and "\n" not in said, out.stdout + out.stderr
+    assert "is not a regular file (a folder, FIFO or device)" in said, said  # (the retry's opening: the FIFO, unread)
+    assert Path(path).is_fifo()  # the swap did happen, after the check
 
 
 def _killed_store(path: Path) -> Path:

@@ -27,6 +27,7 @@ from featstore.store.layout import (
     validate_augmented,
     validate_split,
 )
+from featstore.store.links import said_as
 from featstore.store.locking import StoreFile
 from featstore.store.metadata import copies_or_none
 from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
@@ -93,6 +94,7 @@ def check_store(store: str | os.PathLike | None = None, *, locking=None, path=No
             problems += _scan_split(file, s)
         except DAMAGED as exc:
             problems.append(_damaged(f"/{s.name}/{s.split}", exc))
+    problems = [said_as(p, path) for p in problems]  # HDF5 had the store as /proc/self/fd/N (``links``)
     return bounded_odd(list(dict.fromkeys(problems)))  # a damaged object met twice (links, then groups): named once
 
 

@@ -158,12 +158,10 @@ def open_checked(path: str | os.PathLike, mode: str, kwargs: dict, expect=None) 
 
 def _open_once(path, mode: str, kwargs: dict, expect=None) -> tuple[h5py.File, str | None, int]:
     """One try of :func:`open_checked`."""
-    if mode == "r":  # HDF5 writes nothing to a file it opens read-only: opened by name, then checked
-        return _checked(h5py.File(path, "r", **kwargs), path, wrote=False), None, -1
-    try:
-        fd = os.open(path, _RO)  # read-only: nothing in the file changes, whichever it is
+    try:  # read-only and non-blocking: nothing in the file changes, whichever it is, and a FIFO is not waited on
+        fd = os.open(path, _RO)
     except FileNotFoundError:
-        if mode == "r+":
+        if mode != "a":
             raise
         if expect is not None:  # the store the lock checked is gone from its name: not made anew in its place
             raise swapped(path, wrote=True) from None
@@ -173,32 +171,39 @@ def _open_once(path, mode: str, kwargs: dict, expect=None) -> tuple[h5py.File, s
         except FileExistsError:
             raise swapped(path, wrote=True) from None  # made at the name since: tried again as an existing store
     try:
-        f, alias = _existing(path, fd, kwargs, expect)
+        f, alias = _existing(path, fd, "r" if mode == "r" else "r+", kwargs, expect)
     except BaseException:
         os.close(fd)
         raise
     return f, alias, fd
 
 
-def _existing(path, fd: int, kwargs: dict, expect=None) -> tuple[h5py.File, str | None]:
-    """The store open read-write through HDF5, from the read-only descriptor ``fd`` of it, once checked (and, with
-    ``expect``, once it is that file)."""
+def _existing(path, fd: int, mode: str, kwargs: dict, expect=None) -> tuple[h5py.File, str | None]:
+    """The store open through HDF5 (``mode`` "r" or "r+"), from the read-only descriptor ``fd`` of it, once checked
+    (and, with ``expect``, once it is that file). HDF5 is given ``/proc/self/fd/<fd>`` for reads too: by name, a FIFO
+    renamed onto the name after the check made its opening wait for a writer forever (attack 30 #5)."""
+    wrote = mode != "r"
     st = os.fstat(fd)
-    check_opened(path, st, wrote=True)
+    check_opened(path, st, wrote=wrote)
     if expect is not None and not same(st, expect):
-        raise swapped(path, wrote=True)
+        raise swapped(path, wrote=wrote)
     if not stat.S_ISREG(st.st_mode):
         raise StoreError(
             f"store {terminal_safe(str(path))} is not a regular file (a folder, FIFO or device); pass the .h5 store "
             f"written by `featstore extract`"
         )
-    if st.st_nlink > 1:
+    if wrote and st.st_nlink > 1:
         raise hard_linked(path, st.st_nlink)
     alias = proc_path(fd)  # where there is no /proc (macOS), by name: the check after it is then the only one
-    f = h5py.File(alias or path, "r+", **kwargs)
+    try:
+        f = h5py.File(alias or path, mode, **kwargs)
+    except OSError:  # HDF5 resolves the alias's real path: gone when the file was renamed off its name since the check
+        if not same(reach(path)[1], st):
+            raise swapped(path, wrote=wrote) from None
+        raise
     if not same(os.fstat(f.id.get_vfd_handle()), st):
         f.close()
-        raise swapped(path, wrote=True)
+        raise swapped(path, wrote=wrote)
     return f, None if alias is None else str(alias)
 
 
@@ -212,8 +217,16 @@ def _checked(f: h5py.File, path, wrote: bool) -> h5py.File:
     return f
 
 
-def named(exc: BaseException, alias: str, path: str | os.PathLike) -> None:
-    """Say ``path`` where an error raised while the store was open names it by ``alias`` (``/proc/self/fd/<fd>``, the
-    name HDF5 was given: messages quote ``ds.file.filename``)."""
-    pattern = re.compile(re.escape(alias) + r"(?!\d)")
-    exc.args = tuple(pattern.sub(str(path), a) if isinstance(a, str) else a for a in exc.args)
+ALIAS = re.compile(r"/proc/self/fd/\d+(?![\d/])")  # the name HDF5 is given for a store opened through its descriptor
+
+
+def said_as(text: str, path: str | os.PathLike) -> str:
+    """``text`` (a finding or an error kept while the store was open) with the name HDF5 was given for the store
+    (``/proc/self/fd/<fd>``: ``ds.file.filename``) said as ``path``, the user's name for it."""
+    return ALIAS.sub(lambda _: str(path), text)
+
+
+def named(exc: BaseException, path: str | os.PathLike) -> None:
+    """Say ``path`` where an error raised (or kept) while the store was open names it by the name HDF5 was given
+    (``/proc/self/fd/<fd>``: messages quote ``ds.file.filename``)."""
+    exc.args = tuple(said_as(a, path) if isinstance(a, str) else a for a in exc.args)

@@ -129,7 +129,7 @@ def open_h5(
         yield f
     except Exception as exc:
         if alias:
-            named(exc, alias, path)  # messages quote f.filename: the user's name for the store, not /proc/self/fd/N
+            named(exc, path)  # messages quote f.filename: the user's name for the store, not /proc/self/fd/N
         raise
     finally:
         f.close()

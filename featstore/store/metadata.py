@@ -28,6 +28,7 @@ from featstore.store.layout import (
     validate_labels,
     validate_split,
 )
+from featstore.store.links import named
 from featstore.store.names import names_text
 from featstore.store.strings import shown
 
@@ -192,6 +193,9 @@ class StoreMetadata:
                 except Exception as exc:  # noqa: BLE001 - kept, raised when this split is used
                     meta.parts.setdefault((name, split, False), exc)
                     meta.parts.setdefault((name, split, True), exc)
+        for kept in [*meta.extractors.values(), *meta.parts.values()]:
+            if isinstance(kept, Exception):  # raised after the opening: HDF5's name for the store said as the user's
+                named(kept, path)
         return meta
 
     def extractor(self, name: str) -> dict:
