@@ -66,6 +66,9 @@ def refuse_shard_folder(out: Path) -> None:
         raise OutputError(str(exc).replace(str(probe), str(out))) from None
 
 
+_READ = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def _is_shard(entry: os.DirEntry) -> bool:
     """Whether ``entry`` is one of featstore's shards: a regular file ``part-NNNNN.parquet`` whose schema carries
     featstore's metadata (a pyarrow dataset's ``part-0.parquet``, a folder or a link so named is someone else's)."""
@@ -74,10 +77,17 @@ def _is_shard(entry: os.DirEntry) -> bool:
     import pyarrow
     import pyarrow.parquet
 
-    try:
-        return b"featstore" in (pyarrow.parquet.read_schema(entry.path).metadata or {})
-    except (OSError, ValueError, pyarrow.ArrowException):  # not Parquet, damaged, unreadable: not ours
+    try:  # through one descriptor (not followed, not waited on): a FIFO renamed onto the name since is_file blocked
+        fd = os.open(entry.path, _READ)
+    except OSError:
         return False
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            return b"featstore" in (pyarrow.parquet.read_schema(fh).metadata or {})
+        except (OSError, ValueError, pyarrow.ArrowException):  # not Parquet, damaged, unreadable: not ours
+            return False
 
 
 def write_shards(out: Path, write: Callable[[Path], object]) -> None:
