@@ -19,6 +19,7 @@ microseconds would find its new version already in: it does exactly what that wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -147,23 +148,29 @@ def _finish(run: Path, aside: Path, fd: int) -> str | None:
     new = aside.with_name(aside.name[: -len(_OLD)] + _NEW)
     if os.path.lexists(run) or (read_marker(fd) or {}).get("role") != "old":
         return None  # another process finished it meanwhile
+    nfd = -1
     try:
-        use_new = (read_marker(new) or {}).get("role") == "new" and not new.is_symlink()
+        with contextlib.suppress(OSError):  # the new version, held too: the folder checked is the one put back
+            nfd = os.open(new, DIR)
+        use_new = nfd >= 0 and (read_marker(nfd) or {}).get("role") == "new"
         if use_new:
             try:
                 parse_record(read_record_json(new), run)
             except StoreError:
                 use_new = False
-        if use_new:
-            os.replace(new, run)
-        else:  # only while its name is the folder checked
-            move_aside(fd, aside, run, f"the old version of run {run.name} ({aside})")
-        (run / TMP_MARKER).unlink(missing_ok=True)
+        put, held = (nfd, new) if use_new and same_folder(nfd, new) else (fd, aside)
+        use_new = put == nfd
+        move_aside(put, held, run, f"run {run.name}'s version {held}")  # only while its name is the folder checked
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(TMP_MARKER, dir_fd=put)  # through the descriptor: by name, a folder swapped in lost its marker
         if use_new:
             remove_held(fd, aside)  # its own files, through its descriptor
     except OSError as exc:
         logger.debug("could not finish the swap of run %s: %s", run.name, exc)
         return f"(featstore could not put it back: {exc.strerror or exc})"
+    finally:
+        if nfd >= 0:
+            os.close(nfd)
     logger.warning(
         "run %s was left under no name by a `runs evaluate` killed between its two renames: %s",
         run.name,
