@@ -9,9 +9,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from featstore.errors import OutputError
+
+# one opening of what is at a name, for a look at its bytes: never waited on (a FIFO), never followed (a link)
+_LOOK = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOCTTY", 0)
+)
 
 _IMAGE_SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -24,6 +37,29 @@ _IMAGE_SIGNATURES = {
 }
 
 
+@contextlib.contextmanager
+def regular_file(path: str | os.PathLike) -> Iterator[BinaryIO | None]:
+    """The regular file at ``path``, opened once for reading, never waited on and never through a link at the name;
+    None where there is none (nothing, a link, a folder, FIFO, device, or unreadable: ``check_output`` says which).
+    Opened by name after a check of the name, a FIFO another user renamed onto it in between blocked ``export``,
+    ``predict``, ``leaks`` and ``similar`` forever (attack 31 #5). Example::
+
+        with regular_file("predictions.csv") as fh:
+            head = fh.read(12) if fh is not None else b""
+    """
+    try:
+        fd = os.open(path, _LOOK)
+    except (OSError, ValueError):  # ValueError: a NUL in the name
+        yield None
+        return
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            regular = False
+        yield fh if regular else None
+
+
 def refuse_image(path: str | os.PathLike, what: str = "output") -> None:
     """Refuse a CSV/npz/Parquet output whose name holds an image (PNG, JPEG, GIF, BMP, TIFF, WebP): a slip that
     names one of the dataset's images (``predict photos/ --out photos/cat.png``) would have replaced it. Example::
@@ -31,10 +67,12 @@ def refuse_image(path: str | os.PathLike, what: str = "output") -> None:
         refuse_image("predictions.csv", "--out")
     """
     try:
-        with open(path, "rb") as fh:
+        with regular_file(path) as fh:
+            if fh is None:
+                return  # nothing there (or not a readable file): check_output says what is wrong with it
             head = fh.read(12)
     except OSError:
-        return  # nothing there (or not readable): check_output says what is wrong with it
+        return
     kind = next((k for sig, k in _IMAGE_SIGNATURES.items() if head.startswith(sig)), None)
     if kind is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         kind = "WebP"
@@ -56,12 +94,14 @@ def refuse_foreign_image(path: str | os.PathLike, what: str = "--png") -> None:
         refuse_foreign_image("compare.png", "--out")
     """
     try:
-        with open(path, "rb") as fh:
+        with regular_file(path) as fh:
+            if fh is None:
+                return  # nothing there (or not a readable file): check_output says what is wrong with it
             head = fh.read(12)
             if head.startswith(b"\x89PNG\r\n\x1a\n") and _stamped(fh):
                 return
     except OSError:
-        return  # nothing there (or not readable): check_output says what is wrong with it
+        return
     try:
         refuse_image(path, what)
     except OutputError:
@@ -79,13 +119,11 @@ def refuse_unstamped(path: str | os.PathLike, what: str = "PNG") -> None:
         refuse_unstamped("features.h5.leaks.png")
     """
     try:
-        with open(path, "rb") as fh:
-            if fh.read(8) == b"\x89PNG\r\n\x1a\n" and _stamped(fh):
-                return
-    except FileNotFoundError:
-        return
+        with regular_file(path) as fh:
+            if fh is None or (fh.read(8) == b"\x89PNG\r\n\x1a\n" and _stamped(fh)):
+                return  # nothing there, or not a regular file (check_output says what is wrong with it); or a chart
     except OSError:
-        return  # not readable (a folder, a FIFO opened elsewhere): check_output says what is wrong with it
+        return
     raise OutputError(
         f"{what} {path} already exists and was not drawn by featstore; featstore never replaces it with a chart at a "
         f"name it chose. Move that file away, or name the chart yourself"

@@ -83,3 +83,50 @@ def test_a_folder_exchanged_with_the_new_version_is_not_put_under_the_runs_name(
     assert "test" not in json.loads((runs / rid / "run.json").read_text())["metrics"]  # the old version is back
     assert (new / "mine.txt").read_text() == "mine" and not (runs / rid / "mine.txt").exists()  # the user's, untouched
     assert "test" in json.loads((notes / "run.json").read_text())["metrics"]  # the new version, kept where it was put
+
+
+_LOOKS = """
+import os, sys, zipfile
+import numpy as np
+fifo, folder = sys.argv[1:]
+from featstore.output_images import refuse_foreign_image, refuse_image, refuse_unstamped
+from featstore.experiments.predict import _is_predictions
+from featstore.store.export_files import is_export
+
+for look in (refuse_image, refuse_foreign_image, refuse_unstamped, _is_predictions):
+    print(look.__name__, look(fifo))  # a FIFO at the name: opened by name, each waited for a writer
+
+
+def swapped_in(name, real):  # the name checked (a regular export), then a FIFO renamed onto it before it is read
+    def hooked(where, *a, **k):
+        if os.path.exists(fifo):
+            os.replace(fifo, name)
+        return real(where, *a, **k)
+    return hooked
+
+
+npz = os.path.join(folder, "x.npz")
+np.savez(npz, features=np.zeros(2), labels=np.zeros(2), featstore=np.array(["featstore", "1"]))
+real = zipfile.ZipFile
+zipfile.ZipFile = swapped_in(npz, real)
+print("npz", is_export(npz, "npz"), os.path.exists(fifo))
+zipfile.ZipFile = real
+"""
+
+
+def test_a_fifo_at_an_outputs_name_is_never_waited_on(tmp_path):
+    """Attack 31 #5: the looks at what an output's name holds (an image? a chart featstore drew? predictions? an
+    export?) opened the name by name with a blocking ``open``: a FIFO renamed onto it after ``check_output``'s lstat
+    blocked ``export``, ``predict``, ``leaks`` and ``similar`` forever. Each now opens once, non-blocking, not
+    followed, and reads through that descriptor. Sabotage: any one of them opening ``path`` by name again (e.g.
+    ``refuse_image``'s ``open(path, "rb")``, or ``is_export``'s ``zipfile.ZipFile(path)``) fails it (the timeout)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    said = _run(_LOOKS.replace("fifo, folder = sys.argv[1:]", f"fifo, folder = {str(fifo)!r}, {str(tmp_path)!r}"))
+    assert said.splitlines()[:4] == [
+        "refuse_image None",
+        "refuse_foreign_image None",
+        "refuse_unstamped None",
+        "_is_predictions False",
+    ], said
+    assert said.splitlines()[4] == "npz True False", said  # the export checked is the file read; the FIFO came after

@@ -30,6 +30,7 @@ from featstore.outputs import (
     probe_output,
     refuse_image,
     refuse_run_files,
+    starts_with,
     write_atomic,
 )
 from featstore.runs.apply import ApplyOptions, ImageBatch, rebuild_extractor  # noqa: F401 (rebuild_extractor re-exported)
@@ -108,13 +109,8 @@ def _check_out(out: Path) -> None:
 
 def _is_predictions(path: Path) -> bool:
     """Whether the file ``path`` starts with the line predict writes first (an empty file is not one)."""
-    header = CSV_HEADER.encode()
-    try:
-        with open(path, "rb") as fh:
-            first = fh.read(len(header) + 2)
-    except OSError:
-        return False
-    return first == header + b"\r\n" or first[: len(header) + 1] == header + b"\n"
+    header = CSV_HEADER.encode()  # read never waiting on a FIFO renamed onto the name since its check (attack 31 #5)
+    return starts_with(path, header + b"\r\n", header + b"\n")
 
 
 def _suggest(folder: Path) -> Path:

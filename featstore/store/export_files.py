@@ -13,6 +13,7 @@ import os
 import zipfile
 from pathlib import Path
 
+from featstore.output_images import regular_file
 from featstore.outputs import starts_with
 from featstore.safezip import read_npy
 from featstore.version import __version__
@@ -32,11 +33,18 @@ def is_export(path: str | os.PathLike, fmt: str) -> bool:
     path = Path(path)
     if fmt == "csv":
         return starts_with(path, b"path,label,class,")
-    if not starts_with(path, b"PK\x03\x04" if fmt == "npz" else b"PAR1"):  # a FIFO, an unreadable file: not ours
+    with regular_file(path) as fh:  # one opening, read through: a FIFO renamed onto the name since is never waited on
+        return fh is not None and _is_export_file(fh, fmt)
+
+
+def _is_export_file(fh, fmt: str) -> bool:
+    """:func:`is_export` of the regular file open in ``fh`` (npz or parquet)."""
+    if fh.read(4) != (b"PK\x03\x04" if fmt == "npz" else b"PAR1"):
         return False
+    fh.seek(0)
     try:
         if fmt == "npz":
-            with zipfile.ZipFile(path) as z:  # its directory, and featstore.npy (bounded, header checked first)
+            with zipfile.ZipFile(fh) as z:  # its directory, and featstore.npy (bounded, header checked first)
                 names = set(z.namelist())
                 if not {"features.npy", "labels.npy"} <= names <= _NPZ_MEMBERS:
                     return False
@@ -49,6 +57,6 @@ def is_export(path: str | os.PathLike, fmt: str) -> bool:
             return len(mark) == 2 and str(mark[0]) == "featstore"
         import pyarrow.parquet
 
-        return b"featstore" in (pyarrow.parquet.read_schema(path).metadata or {})
+        return b"featstore" in (pyarrow.parquet.read_schema(fh).metadata or {})
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, ImportError):  # pyarrow's: OSError, ValueError
         return False
