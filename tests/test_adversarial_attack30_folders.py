@@ -142,8 +142,8 @@ def test_an_evaluated_run_swapped_with_another_does_not_delete_it(two_runs, monk
     files = {rid: sorted(os.listdir(runs / rid)) for rid in (a, b)}
     real = write.mark_held
 
-    def swapped(held, folder, run_id):
-        real(held, folder, run_id)
+    def swapped(held, folder, run_id, successor):
+        real(held, folder, run_id, successor)
         _exchange(runs / a, runs / b)
 
     monkeypatch.setattr(write, "mark_held", swapped)

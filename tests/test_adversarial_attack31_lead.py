@@ -130,3 +130,66 @@ def test_a_fifo_at_an_outputs_name_is_never_waited_on(tmp_path):
         "_is_predictions False",
     ], said
     assert said.splitlines()[4] == "npz True False", said  # the export checked is the file read; the FIFO came after
+
+
+def _gone_pid() -> int:
+    """The pid of a process that has ended."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(child.stdout)
+
+
+def _mark_old(folder, rid: str, successor: str | None) -> None:
+    """An old version's marker of a writer that is gone (what a SIGKILLed ``runs evaluate`` leaves)."""
+    from featstore.leftovers import host_tag
+    from featstore.runs.versions import write_marker
+
+    found = {"run": rid, "role": "old", "pid": _gone_pid(), "host": host_tag()}
+    write_marker(folder, json.dumps(found if successor is None else {**found, "successor": successor}))
+
+
+def _age(folder, seconds: float) -> None:
+    for p in [folder, *folder.iterdir()]:
+        os.utime(p, (os.stat(p).st_atime - seconds, os.stat(p).st_mtime - seconds), follow_symlinks=False)
+
+
+def test_a_run_left_marked_old_is_not_deleted_once_renamed_to_an_orphans_name(run):
+    """Attack 31 #6: a ``runs evaluate`` killed after marking the live run as the old version (before moving it aside)
+    left the mark in the run; a colleague renamed the run to an orphan's name and put an empty folder of hers at its
+    name, and 10 minutes later the user's next ``fit`` deleted the run (model, predictions, record). An old version is
+    removed only once its successor (named in its mark) is the run: a folder of the user's whose record is that one.
+    Sabotage: ``_remove_orphan`` without its ``superseded`` check fails it (the run is deleted)."""
+    import time
+
+    from featstore.runs.swap import ORPHAN_AGE_S
+    from featstore.runs.write import clean_orphans
+
+    store, runs, rid = run
+    successor = "0" * 64  # the new version that never got its name
+    _mark_old(runs / rid, rid, successor)
+    orphan = runs / f".{rid}.zzzzzzzz.tmp"
+    os.rename(runs / rid, orphan)
+    (runs / rid).mkdir()
+    os.chown(runs / rid, 54321, -1)  # hers
+    _age(orphan, ORPHAN_AGE_S + 120)
+    clean_orphans(runs, now=time.time())
+    assert (orphan / "run.json").is_file() and (orphan / "model.skops").is_file()  # the user's run, kept
+
+
+def test_an_old_version_whose_successor_is_the_run_is_removed(run):
+    """The cleaner's job is kept: an old version left by a ``runs evaluate`` killed after its new version took the
+    name (between that rename and the old version's removal) is removed once old."""
+    import time
+
+    from featstore.runs.swap import ORPHAN_AGE_S
+    from featstore.runs.write import clean_orphans
+
+    store, runs, rid = run
+    record = json.loads((runs / rid / "run.json").read_text())
+    old = runs / f".{rid}.abcdefgh.old.tmp"
+    import shutil
+
+    shutil.copytree(runs / rid, old)
+    _mark_old(old, rid, record["predictions_sha256"])
+    _age(old, ORPHAN_AGE_S + 120)
+    clean_orphans(runs, now=time.time())
+    assert not old.exists() and (runs / rid / "run.json").is_file()

@@ -41,10 +41,31 @@ ORPHAN_AGE_S = 600  # a marked temporary folder unchanged this long was left by 
 _OLD, _NEW = ".old.tmp", ".tmp"
 
 
-def mark(folder: Path, run_id: str, role: str) -> None:
+def mark(folder: Path, run_id: str, role: str, successor: str | None = None) -> None:
     """Write TMP_MARKER into ``folder`` (``role``: new or old version), naming this process and machine: featstore's
-    orphan cleaner may remove (or, for an old version, restore) the folder, and :func:`reveal` finish its swap."""
-    write_marker(folder, json.dumps({"run": run_id, "role": role, "pid": os.getpid(), "host": host_tag()}))
+    orphan cleaner may remove (or, for an old version, restore) the folder, and :func:`reveal` finish its swap. An old
+    version names its ``successor`` (the new version's predictions digest): it is removed only once that version is
+    the run (:func:`superseded`)."""
+    found = {"run": run_id, "role": role, "pid": os.getpid(), "host": host_tag()}
+    write_marker(folder, json.dumps(found if successor is None else {**found, "successor": successor}))
+
+
+def superseded(found: dict, root: Path) -> bool:
+    """Whether the old version marked ``found`` has been replaced: the run's name is a folder of this user's whose
+    record is the successor the marker names. A run killed between its marking and its move kept the mark, and a
+    colleague who renamed it to an orphan's name and put a folder of hers at its name had the cleaner delete the
+    user's run (attack 31 #6): an old version is removed only once its new version is the run, else kept."""
+    run, successor = found.get("run"), found.get("successor")
+    if not valid_name(run) or not isinstance(successor, str):
+        return False
+    try:
+        st = os.lstat(root / run)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        record = read_record_json(root / run)
+    except (OSError, StoreError):
+        return False
+    return isinstance(record, dict) and record.get("predictions_sha256") == successor
 
 
 def hold_run(folder: Path) -> int:
@@ -58,12 +79,12 @@ def hold_run(folder: Path) -> int:
         ) from None
 
 
-def mark_held(held: int, folder: Path, run_id: str) -> None:
-    """:func:`mark` the run folder open at ``held`` (named ``folder``) as an old version, through the descriptor where
-    the system allows (``/proc/self/fd``), else by name while the name is that folder."""
+def mark_held(held: int, folder: Path, run_id: str, successor: str) -> None:
+    """:func:`mark` the run folder open at ``held`` (named ``folder``) as an old version replaced by ``successor``,
+    through the descriptor where the system allows (``/proc/self/fd``), else by name while the name is that folder."""
     if not same_folder(held, folder):
         raise replaced(f"run folder {folder}")
-    mark(proc_path(held) or folder, run_id, "old")
+    mark(proc_path(held) or folder, run_id, "old", successor)
 
 
 def read_marker(folder: Path | int) -> dict | None:

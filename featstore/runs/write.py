@@ -48,7 +48,7 @@ from featstore.runs.kinds import parse_record
 from featstore.runs.own_writes import MARK, OwnWrites, own
 from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
-from featstore.runs.swap import ORPHAN_AGE_S, hold_run, mark_held, read_marker, reveal
+from featstore.runs.swap import ORPHAN_AGE_S, hold_run, mark_held, read_marker, reveal, superseded
 from featstore.runs.swap import mark as _mark
 from featstore.runs.versions import TMP_MARKER, carry, own_files
 from featstore.stats.calibration import apply_calibration
@@ -116,6 +116,8 @@ def _remove_orphan(fd: int, d: Path, root: Path, now: float) -> None:
         return
     if writer_gone(found.get("pid"), found.get("host")) is None:
         return  # its writer runs on this machine (a fit computing one slow block): its own, whatever its age
+    if found.get("role") == "old" and not superseded(found, root):
+        return  # an old version whose new one is not the run: maybe the only copy of the run (attack 31 #6)
     names = os.listdir(fd)
     newest = max([os.fstat(fd).st_mtime] + [os.stat(n, dir_fd=fd, follow_symlinks=False).st_mtime for n in names])
     if now - newest <= ORPHAN_AGE_S or _pair_hidden(d, found, root):
@@ -381,7 +383,7 @@ def _add_split(
             rec = _write_contents(at, record, preds, folder)
             verify_predictions(at, rec)  # the new predictions file reads back (in blocks) before it replaces the old
             mode = _own(new, held, folder)
-            mark_held(held, folder, record["id"])  # the old version becomes a temporary folder: marked before it moves
+            mark_held(held, folder, record["id"], rec["predictions_sha256"])  # marked before it moves
             move_aside(held, folder, aside, f"run folder {folder}")  # only while the name is the folder held
             new.publish(folder, mode)
     except BaseException as exc:
