@@ -4,7 +4,8 @@ Every output (CSV, Parquet, npz, PNG, JSON, a run's files) goes through :func:`w
 
 - the name is checked before any work (:func:`check_output`): a FIFO, device or socket there is refused (writing
   to it could block forever or reach hardware), so is a symbolic link (never written through, never silently
-  replaced), a folder, a missing or non-folder parent;
+  replaced), a folder, a missing or non-folder parent, and a path through another user's link on its folders
+  (:func:`featstore.linkrule.refuse_foreign`; held again on the folder opened for the write);
 - the content is written to a temporary file in a folder made for it beside the name, which only this user can
   write (:mod:`featstore.renames`), and renamed onto the name through descriptors, so a reader never sees half a file,
   a crash or a full disk leaves the old file (or nothing) in place, and nothing another user renames reaches it;
@@ -30,6 +31,7 @@ from pathlib import Path
 from featstore.carry import Own, give, not_carried
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_stem
+from featstore.linkrule import refuse_foreign
 from featstore.output_images import CHART_METADATA, refuse_foreign_image, refuse_image, refuse_unstamped  # noqa: F401
 from featstore.renames import PrivateFolder, umask
 from featstore.safetext import terminal_safe
@@ -43,8 +45,10 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """Refuse, before any work, a name that cannot take a whole new file; returns it as a Path.
 
     Refused: a FIFO, device or socket (``/dev/full``, a named pipe), a symbolic link (even a dangling one), a
-    folder, an existing HDF5 file (a store: ``leaks --out features.h5`` would have replaced it), a parent that is
-    missing or is not a folder. Example::
+    folder, an existing HDF5 file (a store: ``leaks --out features.h5`` would have replaced it), a path through a link
+    another user made on its folders (attack 31 #2: a colleague's ``team/exports -> ~you/work``; checked by name here,
+    on the folder opened in :func:`write_atomic` and :func:`probe_output`), a parent that is missing or is not a
+    folder. Example::
 
         out = check_output("predictions.csv", "--out")
     """
@@ -74,6 +78,7 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
                 f"{what} {path} is an HDF5 file (a feature store?); featstore never replaces one with an output. "
                 f"Choose another name, or remove it first if it is not needed"
             )
+    refuse_foreign(path, what, OutputError, what if what.startswith("-") else None)
     parent = path.parent
     if not parent.exists():
         raise OutputError(
@@ -292,6 +297,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
     fd = -1
     try:
         with PrivateFolder(path, lambda removed: _swapped(path, what, removed)) as private:
+            _held(private, path, what)
             # mode through the descriptor (a chmod by name followed a link renamed onto it: attack 23); mkstemp's 0600
             before = Own.of(path)  # the file replaced: its mode, group, ACL and user.* go to the new one (attack 28 #5)
             fd, tmp = private.new_file(_mode_for(before))  # would hide the file from the group
@@ -309,6 +315,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
         if fd >= 0:
             os.close(fd)
     return path
+
+
+def _held(private: PrivateFolder, path: Path, what: str) -> None:
+    """The link rule on the folder actually written in (its descriptor, opened by name): the one ``path``'s folders
+    reach through no other user's link (:func:`featstore.linkrule.refuse_foreign`)."""
+    if private.parent_fd >= 0:
+        refuse_foreign(path.parent, what, OutputError, what if what.startswith("-") else None, private.parent_fd, path)
 
 
 def _swapped(path: Path, what: str, removed: bool) -> OutputError:
@@ -355,6 +368,7 @@ def probe_output(path: str | os.PathLike, what: str = "output", folder: bool = F
     say_swept(sweep(path.parent), path.parent)
     try:
         with PrivateFolder(path, lambda removed: _swapped(path, what, removed)) as private:
+            _held(private, path, what)
             os.close(private.new_file(0o600)[0])
     except OSError as exc:
         if isinstance(exc, OutputError):
