@@ -3,7 +3,8 @@ root's: ``/tmp -> /private/tmp``) are followed, every link met on the way counte
 each points to). Another user's link may name a file of this user's elsewhere: in a team folder a colleague's link at
 a store, a data root or an image put the user's private data where the team reads it (attacks 26-30).
 :mod:`featstore.store.links` holds stores to it on the file actually opened; the image listing holds ``--data``, its
-split folder and every entry to it.
+split folder and every entry to it; :func:`refuse_foreign` holds every output's path (:mod:`featstore.outputs`, the
+report's folder, export's shards) and the runs folder (attack 31 #2, #4).
 
 >>> foreign_on("data")   # None, or (link, its lstat, its target) of the first link another user made   # doctest: +SKIP
 """
@@ -11,10 +12,13 @@ split folder and every entry to it.
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 
 from featstore.errors import StoreError
-from featstore.outputs import terminal_safe
+from featstore.safetext import terminal_safe
+
+PROC_FD = "/proc/self/fd/"  # a descriptor's path (a folder featstore holds open): checked when it was opened
 
 
 def walk(
@@ -78,3 +82,72 @@ def foreign_on(path: str | os.PathLike, error: type[Exception] = StoreError, wha
         if st.st_uid not in (os.geteuid(), 0):
             return link, st, target
     return None
+
+
+def user(uid: int) -> str:
+    """The user name of ``uid`` (``uid N`` where none is known)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def refuse_foreign(
+    path: str | os.PathLike,
+    what: str,
+    error: type[Exception] = StoreError,
+    option: str | None = None,
+    opened: int = -1,
+    named: str | os.PathLike | None = None,
+) -> os.stat_result | None:
+    """Refuse ``path`` when resolving it meets a symbolic link another user made (on a folder of its path, at its name
+    or in what a link points to), in one line (``error``) naming ``what`` (``named``: the path the user gave, when
+    ``path`` is its folder), the link, its owner and target, the real path to give on purpose (with ``option``) and
+    the ``rm`` that removes the link; the user's own and root's links are followed. Returns the ``lstat`` of what
+    ``path`` reaches (None: nothing there yet). A colleague's ``team/exports -> ~you/work`` made ``export --out
+    team/exports/train.csv`` replace the user's private export, and her ``team/s.runs -> ~you/thesis.runs`` put the
+    user's private runs into the team's report (attack 31 #2, #4).
+
+    By name, a race remains: a link put on the path after this walk is not seen. ``opened``, a descriptor of the
+    folder ``path`` names (opened by name before): refused too unless the walk reaches that very folder (device and
+    inode), so the check holds for the folder actually written in. A path under ``/proc/self/fd/`` is a descriptor's
+    (a folder featstore opened, and checked, before): not walked (its link's text is not what the kernel follows).
+
+    >>> refuse_foreign("out/train.csv", "--out", OutputError, "--out")   # doctest: +SKIP
+    """
+    full = full_path(path, error, what)
+    if full.startswith(PROC_FD):
+        return None
+    links, _, st = walk(full, error=error, what=what)
+    for link, lst, target in links:
+        if lst.st_uid not in (os.geteuid(), 0):
+            raise error(foreign_line(path if named is None else named, what, link, lst, target, option))
+    if opened >= 0:
+        mine = os.fstat(opened)
+        if st is None or (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+            shown = terminal_safe(os.fspath(path if named is None else named))
+            raise error(
+                f"{what} {shown}: the folder opened for it is not the one its path leads to now (a folder on its path "
+                f"was renamed or replaced meanwhile: someone else can write there); nothing was written. Run again, "
+                f"or write into a folder only you can write"
+            )
+    return st
+
+
+def foreign_line(path: str | os.PathLike, what: str, link: str, st: os.stat_result, target: str, option=None) -> str:
+    """The one line for ``path`` (``what``), which leads through ``link``, another user's, to ``target``."""
+    shown, full = os.fspath(path), full_path(path)
+    full = full if ".." in full.split("/") else os.path.normpath(full)  # "a/./b", "a//b": as the walk names links
+    real = os.path.normpath(os.path.join(os.path.dirname(link), target))
+    give = "give the real path it leads to"
+    if full == link or full.startswith(link.rstrip("/") + "/"):  # the link is on the path as given: its real path
+        real_path = os.path.join(real, full[len(link) :].lstrip("/")) if full != link else real
+        give = f"give the real path ({option} {shlex.quote(real_path)})" if option else f"give {real_path}"
+    return (
+        f"{what} {terminal_safe(shown)} leads through {terminal_safe(link)}, a symbolic link made by {user(st.st_uid)}, "
+        f"not by you (-> {terminal_safe(real)}); featstore follows only your own (or root's) links: another user's may "
+        f"lead to a file or folder of yours elsewhere, and what featstore writes or reads there would be where they "
+        f"can see it. To use it on purpose, {terminal_safe(give)}; else remove the link (rm {shlex.quote(link)})"
+    )

@@ -4,7 +4,8 @@ Every output (CSV, Parquet, npz, PNG, JSON, a run's files) goes through :func:`w
 
 - the name is checked before any work (:func:`check_output`): a FIFO, device or socket there is refused (writing
   to it could block forever or reach hardware), so is a symbolic link (never written through, never silently
-  replaced), a folder, a missing or non-folder parent;
+  replaced), a folder, a missing or non-folder parent, and a path through another user's link on its folders
+  (:func:`featstore.linkrule.refuse_foreign`; held again on the folder opened for the write);
 - the content is written to a temporary file in a folder made for it beside the name, which only this user can
   write (:mod:`featstore.renames`), and renamed onto the name through descriptors, so a reader never sees half a file,
   a crash or a full disk leaves the old file (or nothing) in place, and nothing another user renames reaches it;
@@ -30,8 +31,10 @@ from pathlib import Path
 from featstore.carry import Own, give, not_carried
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_stem
+from featstore.linkrule import refuse_foreign
 from featstore.output_images import CHART_METADATA, refuse_foreign_image, refuse_image, refuse_unstamped  # noqa: F401
 from featstore.renames import PrivateFolder, umask
+from featstore.safetext import terminal_safe
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +45,10 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     """Refuse, before any work, a name that cannot take a whole new file; returns it as a Path.
 
     Refused: a FIFO, device or socket (``/dev/full``, a named pipe), a symbolic link (even a dangling one), a
-    folder, an existing HDF5 file (a store: ``leaks --out features.h5`` would have replaced it), a parent that is
-    missing or is not a folder. Example::
+    folder, an existing HDF5 file (a store: ``leaks --out features.h5`` would have replaced it), a path through a link
+    another user made on its folders (attack 31 #2: a colleague's ``team/exports -> ~you/work``; checked by name here,
+    on the folder opened in :func:`write_atomic` and :func:`probe_output`), a parent that is missing or is not a
+    folder. Example::
 
         out = check_output("predictions.csv", "--out")
     """
@@ -73,6 +78,7 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
                 f"{what} {path} is an HDF5 file (a feature store?); featstore never replaces one with an output. "
                 f"Choose another name, or remove it first if it is not needed"
             )
+    refuse_foreign(path, what, OutputError, what if what.startswith("-") else None)
     parent = path.parent
     if not parent.exists():
         raise OutputError(
@@ -291,6 +297,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
     fd = -1
     try:
         with PrivateFolder(path, lambda removed: _swapped(path, what, removed)) as private:
+            _held(private, path, what)
             # mode through the descriptor (a chmod by name followed a link renamed onto it: attack 23); mkstemp's 0600
             before = Own.of(path)  # the file replaced: its mode, group, ACL and user.* go to the new one (attack 28 #5)
             fd, tmp = private.new_file(_mode_for(before))  # would hide the file from the group
@@ -308,6 +315,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], what:
         if fd >= 0:
             os.close(fd)
     return path
+
+
+def _held(private: PrivateFolder, path: Path, what: str) -> None:
+    """The link rule on the folder actually written in (its descriptor, opened by name): the one ``path``'s folders
+    reach through no other user's link (:func:`featstore.linkrule.refuse_foreign`)."""
+    if private.parent_fd >= 0:
+        refuse_foreign(path.parent, what, OutputError, what if what.startswith("-") else None, private.parent_fd, path)
 
 
 def _swapped(path: Path, what: str, removed: bool) -> OutputError:
@@ -354,6 +368,7 @@ def probe_output(path: str | os.PathLike, what: str = "output", folder: bool = F
     say_swept(sweep(path.parent), path.parent)
     try:
         with PrivateFolder(path, lambda removed: _swapped(path, what, removed)) as private:
+            _held(private, path, what)
             os.close(private.new_file(0o600)[0])
     except OSError as exc:
         if isinstance(exc, OutputError):
@@ -413,27 +428,3 @@ def csv_cell(text: str) -> str:
     if text.startswith(_FORMULA_START):
         text = "'" + text
     return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\r\n') else text
-
-
-def terminal_safe(text: str) -> str:
-    r"""``text`` with control characters (escape sequences, bells, carriage returns) and undecodable file-name bytes
-    shown as ``\x..`` escapes: safe to print to a terminal or a log.
-
-    >>> terminal_safe("cat\r\nimg.png"), terminal_safe("bad\udcff.png")
-    ('cat\\x0d\\x0aimg.png', 'bad\\xff.png')
-    """
-    try:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that did not come from os.fsdecode
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return "".join(
-        f"\\x{ord(c):02x}" if _hidden(ord(c)) else (f"\\u{ord(c):04x}" if ord(c) in _BIDI else c) for c in text
-    )
-
-
-_BIDI = {*range(0x202A, 0x202F), *range(0x2066, 0x206A)}  # bidirectional overrides: shown in another order than stored
-
-
-def _hidden(code: int) -> bool:
-    """A C0 or C1 control character, or DEL."""
-    return code < 0x20 or 0x7F <= code < 0xA0

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, StoreError, check_paths
+from featstore.linkrule import refuse_foreign
 from featstore.outputs import name_problem
 from featstore.runs.files import (
     PREDICTIONS,
@@ -66,11 +67,15 @@ def runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
     """``runs`` if given, else the store's default runs folder; StoreError (one line naming it) when something other
     than a folder is at that name: a file, FIFO or device, a symbolic link loop, a link to nothing. Nothing there is
     fine (no runs yet; a fit makes the folder). An empty ``store`` or ``runs`` is a ConfigError naming it (``runs=""``
-    took the default)."""
+    took the default). Held to the link rule on its whole path (:func:`featstore.linkrule.refuse_foreign`): a
+    colleague's ``team/s.runs -> ~you/thesis.runs`` made ``fit`` of the team store write into the user's private runs
+    and ``report`` publish them (attack 31 #4); every command that reads or writes runs resolves its folder here. By
+    name: a link put on the path after this check is not seen (the runs are then read and written by name)."""
     check_paths(runs=runs)
     check_paths(required=True, store=store)
     root = Path(runs) if runs else runs_dir(store)
     where = f"--runs {root}" if runs else f"the runs folder {root} (beside the store)"
+    refuse_foreign(root, "--runs" if runs else "the runs folder", StoreError, "--runs")
     try:
         mode = os.stat(root).st_mode
     except OSError as exc:

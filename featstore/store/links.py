@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import h5py
 
 from featstore.errors import StoreError
-from featstore.linkrule import full_path, walk  # noqa: F401 (re-exported)
+from featstore.linkrule import full_path, user, walk  # noqa: F401 (re-exported)
 from featstore.outputs import terminal_safe
 from featstore.renames import proc_path
 
@@ -31,16 +31,6 @@ from featstore.renames import proc_path
 # name at the opening, before any check could look at what it emptied)
 MODES = ("r", "a", "r+")
 _RO = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
-
-
-def user(uid: int) -> str:
-    """The user name of ``uid`` (``uid N`` where none is known)."""
-    try:
-        import pwd
-
-        return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
-        return f"uid {uid}"
 
 
 def links_on(path: str | os.PathLike, most: int = 40) -> Iterator[tuple[str, os.stat_result]]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from featstore.carry import give_folder, not_carried
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_stem, writer_gone
+from featstore.linkrule import refuse_foreign
 from featstore.outputs import output_fix, probe_output, terminal_safe
 from featstore.renames import OwnFolder, same_folder
 from featstore.store.held import DIR, move_aside, own_held, put_back, remove_held
@@ -40,7 +41,10 @@ _PART = re.compile(r"part-\d{5}\.parquet")
 
 
 def refuse_shard_folder(out: Path) -> None:
-    """Refuse an ``out`` for shards that is a link, a file, or a folder holding anything but an earlier export's shards."""
+    """Refuse an ``out`` for shards that is a link, a file, or a folder holding anything but an earlier export's shards,
+    or whose path leads through another user's link (:func:`featstore.linkrule.refuse_foreign`, attack 31 #2; by name
+    here, on the folder written in by :func:`write_shards`)."""
+    refuse_foreign(out, "--out", OutputError, "--out")
     if os.path.commonpath([os.getcwd(), os.path.abspath(out)]) == os.path.abspath(out):  # ".": its temporary folder
         raise ConfigError(  # was made inside it (beside the name ""), then called "other files than shards"
             f"--out {out} is the folder you are in (or holds it); the shards are written into a new folder that "
@@ -64,6 +68,22 @@ def refuse_shard_folder(out: Path) -> None:
         probe_output(probe, "--out", folder=True)
     except OutputError as exc:  # named as given: the probe's name is featstore's, not the user's
         raise OutputError(str(exc).replace(str(probe), str(out))) from None
+
+
+def _held(folder: OwnFolder, out: Path) -> None:
+    """The link rule on the folder the shards' folder was made in (its ``..``, through the descriptor): the one
+    ``out``'s folders reach through no other user's link, else the one line (attack 31 #2)."""
+    up = os.open("..", DIR, dir_fd=folder.fd)
+    try:
+        refuse_foreign(out.parent, "--out", OutputError, "--out", up, out)
+    except OutputError:  # made elsewhere: removed there, through the folder it is in (its name leads elsewhere now)
+        with contextlib.suppress(OSError):
+            there, mine = os.stat(folder.name.name, dir_fd=up, follow_symlinks=False), os.fstat(folder.fd)
+            if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino) and not os.listdir(folder.fd):
+                os.rmdir(folder.name.name, dir_fd=up)
+        raise
+    finally:
+        os.close(up)
 
 
 _READ = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -101,6 +121,7 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
         # 0700 while written, each shard through the folder's descriptor (OwnFolder): it was made group-writable first
         # and its shards opened by name, so a colleague's links at the next shard's name were written through (attack 25)
         with OwnFolder(out.parent, temp_prefix(out.name), ".tmp") as folder:
+            _held(folder, out)
             write(folder.at)
             fd = _open_earlier(out)  # held from here: the folder checked is the one moved aside and emptied
             refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)

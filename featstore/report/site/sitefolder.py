@@ -11,6 +11,9 @@ to the level above, the first time it is written. Every write goes through :func
 held open, which no rename or link put in the shared folder later can redirect (as :mod:`featstore.caches` writes);
 every removal is ``unlink(name, dir_fd=...)`` in the folder opened. A link at ``--out`` or at a subfolder when it is
 opened is refused in one line; one swapped in later is never followed: the report goes on into the folders it opened.
+The folder ``--out`` is opened in (or ``--out .`` itself) is held to the link rule on the descriptor opened
+(:func:`featstore.linkrule.refuse_foreign`): a colleague's link on its path made the report rewrite the user's
+private one (attack 31 #2).
 
 Where there is no ``/proc/self/fd`` (macOS), a folder is written by its real name only when no one else can rename an
 entry in it or above it (:func:`featstore.renames.unredirectable`), else refused with the fix; where the system has
@@ -28,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from featstore.errors import OutputError
+from featstore.linkrule import refuse_foreign
 from featstore.outputs import check_output, output_fix, terminal_safe, write_atomic
 from featstore.renames import by_name, proc_path, same_folder
 
@@ -57,18 +61,25 @@ class SiteFolder:
                 self._fds[()] = os.open(self.out, _DIR)
             except OSError as exc:
                 raise not_writable(exc, self.out) from None
+            try:  # the link rule on the folder opened (its path's folders: another user's link, attack 31 #2)
+                refuse_foreign(self.out, "--out", OutputError, "--out", self._fds[()])
+            except OutputError:
+                self.close()
+                raise
             return
         try:
             parent = os.open(self.out.parent, _DIR)
         except OSError as exc:
             raise not_writable(exc, self.out.parent) from None
-        try:
-            self._fds[()] = self._level(parent, self.out.name, self.out, not_writable, top=True)
+        try:  # --out's folders held to the link rule on the folder opened: a colleague's team/exports -> ~you/work
+            refuse_foreign(self.out.parent, "--out", OutputError, "--out", parent, self.out)  # rewrote ~you/work's
+            self._fds[()] = self._level(parent, self.out.name, self.out, not_writable, top=True)  # report (attack 31)
         finally:
             os.close(parent)
 
     def _by_name(self, out: Path, not_writable: Callable[[OSError, Path], Exception]) -> None:
         """Windows: no directory descriptors; the folder is checked and written by name."""
+        refuse_foreign(out, "--out", OutputError, "--out")
         if os.path.islink(out):
             raise OutputError(f"--out {out} is a symbolic link; featstore never writes through a link")
         try:
