@@ -6,15 +6,21 @@ between gave the user's new export her ACL entry. Links and files are given to a
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import struct
 
 import pytest
 from PIL import Image
 
+from featstore import carry
 from featstore.images import decode
 from featstore.images.decode import ImageError, iter_decoded, load_image
+from featstore.outputs import write_text
 
 BOB, NOID = 54321, 0xFFFFFFFF
+ACL = "system.posix_acl_access"
 
 
 def _theirs(link) -> None:
@@ -86,3 +92,90 @@ class _SwapForTheOpening:
         finally:
             self.folder.unlink()
             os.rename(aside, self.folder)
+
+
+def _acl_for_her() -> bytes:
+    """``user::rw- user:bob:rw- group::r-- mask::rw- other::r--``: her ACL entry granting herself the file."""
+    entries = [(0x01, 6, NOID), (0x02, 6, BOB), (0x04, 4, NOID), (0x10, 6, NOID), (0x20, 4, NOID)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def _exchange(a, b) -> None:
+    """renameat2(RENAME_EXCHANGE) of ``a`` and ``b``: what a colleague may do in a folder without the sticky bit."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        pytest.skip("no renameat2 here")
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:
+        pytest.skip(f"renameat2(RENAME_EXCHANGE) refused here ({os.strerror(ctypes.get_errno())})")
+
+
+class _ExchangeAfterCheck:
+    """``carry``'s ``os``, exchanging ``a`` and ``b`` just after the first ``stat``/``lstat`` of ``a``'s name: the
+    point between the owner's check and the reading of the attributes, however the check is made."""
+
+    def __init__(self, a, b):
+        self.a, self.b, self.done = a, b, False
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def _after(self, path) -> None:
+        if not self.done and os.path.basename(os.fspath(path)) == os.path.basename(self.a):
+            self.done = True
+            _exchange(self.a, self.b)
+
+    def lstat(self, path, *args, **kwargs):
+        st = os.lstat(path, *args, **kwargs)
+        self._after(path)
+        return st
+
+    def stat(self, path, *args, **kwargs):
+        st = os.stat(path, *args, **kwargs)
+        self._after(path)
+        return st
+
+
+def test_a_file_exchanged_after_the_owner_check_gives_the_replacement_nothing(tmp_path, monkeypatch):
+    """#3: ``Own.of`` checked the owner by ``lstat`` and read the ACL by name: her file exchanged with the user's in
+    between gave the user's new export her ACL entry (she could read and rewrite it). Owner and attributes now come
+    from one descriptor: the file read is the file checked, hers, so nothing is carried; the same for each file of a
+    folder replaced (``own_folder``). Sabotage: ``Own.of`` reverted to ``lstat`` + ``shared_xattrs(path)`` fails both
+    parts (her ACL is carried; her entry's attributes are recorded as the user's file's)."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    team = tmp_path / "team"
+    team.mkdir()
+    out, hers = team / "train.csv", team / "b.csv"
+    write_text(out, "id,x\n1,2\n", "--out")
+    hers.write_text("hers\n")
+    try:
+        os.setxattr(hers, ACL, _acl_for_her())
+    except OSError as exc:
+        pytest.skip(f"this file system takes no ACL ({exc.strerror})")
+    os.chown(hers, BOB, -1)
+    hook = _ExchangeAfterCheck(out, hers)
+    monkeypatch.setattr(carry, "os", hook)
+    mask = os.umask(0o022)
+    try:
+        write_text(out, "id,x\n3,4\n", "--out")
+    finally:
+        os.umask(mask)
+    assert hook.done and os.lstat(hers).st_uid == 0  # the exchange was made: the user's old file is at her name
+    st = os.lstat(out)
+    assert out.read_text() == "id,x\n3,4\n" and st.st_uid == 0 and st.st_mode & 0o777 == 0o644
+    with pytest.raises(OSError) as err:
+        os.getxattr(out, ACL)
+    assert err.value.errno == errno.ENODATA  # not her ACL
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "part-0.csv").write_text("mine\n")
+    os.rename(hers, folder / "b.csv")  # (now the user's: the exchange above made it so)
+    (folder / "b.csv").unlink()
+    (folder / "b.csv").write_text("hers\n")
+    os.setxattr(folder / "b.csv", ACL, _acl_for_her())
+    os.chown(folder / "b.csv", BOB, -1)
+    monkeypatch.setattr(carry, "os", _ExchangeAfterCheck(folder / "part-0.csv", folder / "b.csv"))
+    own, files = carry.own_folder(folder)
+    assert own is not None and "part-0.csv" not in files  # her file now, read from the descriptor: nothing of hers
+    assert not any(ACL in f.xattrs for f in files.values())
