@@ -38,6 +38,9 @@ ACCESS_ACL, DEFAULT_ACL = "system.posix_acl_access", "system.posix_acl_default"
 _XATTRS = hasattr(os, "listxattr")
 _GROUP_OBJ = 0x04  # an ACL entry's tag for the owning group (acl_ea.h)
 _OPEN = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_PATH = getattr(os, "O_PATH", 0)  # a descriptor for the owner and attributes of a file the user may not read
+_PATH = _PATH and _PATH | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 Refuse = Callable[[str, OSError], Exception]  # (attribute, error) -> the caller's one line, raised
 
@@ -52,25 +55,78 @@ class Own:
     key: tuple[int, int] | None = None
 
     @classmethod
-    def of(cls, path: str | os.PathLike, folder: bool = False) -> Own | None:
-        """Of the regular file (``folder``: the folder) at ``path``, not followed if a link, when it is this user's;
-        None for anything else: another user's file at the name (her earlier export) gave the user's new file her
-        ACL entry, which let her read and rewrite it (attack 30 #2); its replacement gets the umask's mode instead."""
+    def of(cls, path: str | os.PathLike, folder: bool = False, dir_fd: int | None = None) -> Own | None:
+        """Of the regular file (``folder``: the folder) at ``path`` (relative to the folder open at ``dir_fd``), not
+        followed if a link, when it is this user's; None for anything else: another user's file at the name (her
+        earlier export) gave the user's new file her ACL entry, which let her read and rewrite it (attack 30 #2); its
+        replacement gets the umask's mode instead. Owner, mode and attributes are read from one descriptor: checked by
+        ``lstat`` and then read by name, a colleague's file exchanged with the user's in between (renameat2
+        RENAME_EXCHANGE, in a team folder without the sticky bit) gave the user's new file her ACL (attack 31 #3)."""
         try:
-            st = os.lstat(path)
+            st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+            if not _ours(st, folder):  # (a device is not opened: opening some has effects)
+                return None
+            fd = _open_own(path, folder, dir_fd)
+        except PermissionError:  # the user's own file they may not read, and no O_PATH: the lstat's mode and group only
+            return cls(st.st_mode, st.st_gid, {}, (st.st_dev, st.st_ino))
         except OSError:
             return None
-        if not (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)) or st.st_uid != os.geteuid():
+        try:
+            return cls.at(fd, folder)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def at(cls, fd: int, folder: bool = False) -> Own | None:
+        """Of the regular file (``folder``: the folder) open at ``fd`` when it is this user's; None for anything else.
+        The file opened is the one that counts, whatever a ``lstat`` of its name saw before."""
+        try:
+            st = os.fstat(fd)
+            if not _ours(st, folder):
+                return None
+            return cls(st.st_mode, st.st_gid, _fd_xattrs(fd, folder), (st.st_dev, st.st_ino))
+        except OSError:
             return None
-        return cls(st.st_mode, st.st_gid, shared_xattrs(path, folder), (st.st_dev, st.st_ino))
 
 
-def shared_xattrs(path: str | os.PathLike | int, folder: bool = False) -> dict[str, bytes]:
-    """The extended attributes of ``path`` (a link's own; or of the file open at descriptor ``path``) that
-    :func:`own_xattrs` carries (none where the system has none)."""
+def _ours(st: os.stat_result, folder: bool) -> bool:
+    """Whether ``st`` is this user's regular file (``folder``: folder)."""
+    return (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)) and st.st_uid == os.geteuid()
+
+
+def _open_own(path: str | os.PathLike, folder: bool, dir_fd: int | None) -> int:
+    """A descriptor of the file (``folder``: folder) at ``path``, never through a link and never blocking. One the user
+    may not read (mode 0200) is opened with ``O_PATH`` where there is one (and ``/proc``, to read its attributes)."""
+    kind = _DIRECTORY if folder else 0
+    try:
+        return os.open(path, _OPEN | kind, dir_fd=dir_fd)
+    except PermissionError:
+        if not (_PATH and os.path.isdir("/proc/self/fd")):
+            raise
+        return os.open(path, _PATH | kind, dir_fd=dir_fd)
+
+
+def _fd_xattrs(fd: int, folder: bool) -> dict[str, bytes]:
+    """:func:`shared_xattrs` of the file open at ``fd``; an ``O_PATH`` descriptor (which takes no ``flistxattr``) read
+    through ``/proc/self/fd``, which leads to that very file."""
+    if _PATH and _flags(fd) & os.O_PATH:
+        return shared_xattrs(f"/proc/self/fd/{fd}", folder, follow=True)
+    return shared_xattrs(fd, folder)
+
+
+def _flags(fd: int) -> int:
+    """The status flags of the descriptor ``fd``."""
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
+def shared_xattrs(path: str | os.PathLike | int, folder: bool = False, follow: bool = False) -> dict[str, bytes]:
+    """The extended attributes of ``path`` (a link's own unless ``follow``; or of the file open at descriptor ``path``)
+    that :func:`own_xattrs` carries (none where the system has none)."""
     if not _XATTRS:
         return {}
-    kw = {} if isinstance(path, int) else {"follow_symlinks": False}  # (a descriptor takes no follow_symlinks)
+    kw = {} if isinstance(path, int) else {"follow_symlinks": follow}  # (a descriptor takes no follow_symlinks)
     try:
         names = [n for n in os.listxattr(path, **kw) if _carried(n, folder)]
         return {n: os.getxattr(path, n, **kw) for n in names}
@@ -185,15 +241,24 @@ def not_carried(where: str, error: type[Exception], nothing: str = "nothing was 
 def own_folder(folder: str | os.PathLike) -> tuple[Own | None, dict[str, Own]]:
     """A folder's :class:`Own` and its regular files' (by name), for :func:`give_folder`; (None, {}) when none is
     there."""
-    own = Own.of(folder, folder=True)
-    if own is None:
+    try:
+        fd = _open_own(folder, True, None)
+    except PermissionError:  # the user's own folder they may not read, and no O_PATH: its mode and group, no files
+        return Own.of(folder, folder=True), {}
+    except OSError:
         return None, {}
-    files = {}
-    with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        for entry in entries:
-            if (found := Own.of(entry.path)) is not None:
-                files[entry.name] = found
-    return own, files
+    try:  # the folder and each file in it read through descriptors: what is carried is what was checked (attack 31 #3)
+        own = Own.at(fd, folder=True)
+        if own is None:
+            return None, {}
+        files = {}
+        with contextlib.suppress(OSError), os.scandir(fd) as entries:  # (an O_PATH one: the user may not list it)
+            for entry in entries:
+                if (found := Own.of(entry.name, dir_fd=fd)) is not None:
+                    files[entry.name] = found
+        return own, files
+    finally:
+        os.close(fd)
 
 
 def give_folder(fd: int, before: Own, files: dict[str, Own], what: str, path: str, refuse: Refuse) -> int:

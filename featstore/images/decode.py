@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featstore.errors import ConfigError, check_paths
+from featstore.linkrule import full_path, walk
 from featstore.outputs import terminal_safe
 
 logger = logging.getLogger(__name__)
@@ -164,23 +165,49 @@ def _unidentified(fh: BinaryIO, st_size: int) -> str:
 
 def _open_regular(path: str | os.PathLike) -> BinaryIO:
     """Open a regular file for reading without ever blocking; ImageError for FIFOs, sockets and devices, and for an
-    image (or its folder) that is a link another user made (:func:`foreign_link`: thumbnails, leak pictures and each
-    batch of an extraction open images by path again, after the listing; attack 30 #1)."""
-    lst = os.lstat(path)
-    for at, st in ((path, lst), (os.path.dirname(path), None)):
-        if at and (why := foreign_link(str(at), st)):
-            raise ImageError(why)
-    _refuse_irregular(os.stat(path).st_mode)  # before opening: opening some devices has effects
-    nofollow = 0 if stat.S_ISLNK(lst.st_mode) else getattr(os, "O_NOFOLLOW", 0)  # a link swapped in since: refused
-    fd = os.open(path, _OPEN_FLAGS | nofollow)  # O_NONBLOCK: a FIFO swapped in after the check still cannot block
+    image whose path leads through a link another user made, wherever on it (:func:`foreign_link`). Thumbnails, leak
+    pictures, ``similar`` and each batch of an extraction open images by path again, after the listing: a colleague's
+    link at the data root put the user's private photos in the team's report (attacks 30 #1, 31 #1). The rule is held
+    on the file actually opened: once open, the path is walked (one ``lstat`` per part) and must reach that very file
+    through no other user's link (:func:`_check_opened`); nothing is read before."""
+    if not stat.S_ISREG(mode := os.stat(path).st_mode):  # before opening: opening some devices has effects
+        _reach(path)  # (a link of another user's to it: that reason first)
+        _refuse_irregular(mode)
+    fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: a FIFO swapped in after the check still cannot block
     try:
-        _refuse_irregular(os.fstat(fd).st_mode)
+        st = os.fstat(fd)
+        _check_opened(path, st)
+        _refuse_irregular(st.st_mode)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _reach(path: str | os.PathLike) -> tuple[str | None, os.stat_result | None]:
+    """The real path ``path`` leads to and its ``lstat`` (None, None: nothing there, or the links loop), once no link on
+    the way is another user's (:func:`featstore.linkrule.walk`: one ``lstat`` per part); ImageError with the reason."""
+    links, end, st = walk(path, error=ImageError, what="the image")
+    for link, lst, target in links:
+        if why := foreign_link(link, lst):
+            real = os.path.normpath(os.path.join(os.path.dirname(link), target))
+            via = link != full_path(path, ImageError, "the image")  # a folder's link, or one the name points to
+            raise ImageError(f"its path leads through {link} -> {real}: {why}" if via else why)
+    return end, st
+
+
+def _check_opened(path: str | os.PathLike, st: os.stat_result) -> None:
+    """ImageError unless ``path`` reaches, through no other user's link, the file opened (``st``: its ``fstat``): a
+    link another user put on the path just for the opening, and took away after it, is said so."""
+    end, now = _reach(path)
+    if end is None and len(os.fsencode(full_path(path, ImageError, "the image"))) >= 4096:  # PATH_MAX: walk failed
+        raise ImageError("cannot be checked: its full path is longer than this system takes (move it nearer to /)")
+    if now is None or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        raise ImageError(
+            "replaced by another file while it was opened (someone else can rename entries in its folders); not read"
+        )
 
 
 def foreign_link(path: str, st: os.stat_result | None = None) -> str | None:
