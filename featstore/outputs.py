@@ -31,7 +31,7 @@ from pathlib import Path
 from featstore.carry import Own, give, not_carried
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_stem
-from featstore.linkrule import refuse_foreign
+from featstore.linkrule import full_path, refuse_foreign
 from featstore.output_images import CHART_METADATA, refuse_foreign_image, refuse_image, refuse_unstamped  # noqa: F401
 from featstore.renames import PrivateFolder, umask
 from featstore.safetext import terminal_safe
@@ -188,6 +188,7 @@ def resolved(path: str | os.PathLike, what: str, error: type[Exception] = Config
     ) as exc:  # "File name too long" tracebacks (info, check, export, report), "does not exist" under a file
         if name_problem(exc, path):
             raise error(f"{what} {terminal_safe(str(path))}: {name_problem(exc, path)}") from None
+    full_path(path, error, what)  # a relative name from a removed working folder: one line (attack 31 #7)
     try:
         return path.resolve()
     except (RuntimeError, OSError) as exc:

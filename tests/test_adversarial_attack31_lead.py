@@ -193,3 +193,24 @@ def test_an_old_version_whose_successor_is_the_run_is_removed(run):
     _age(old, ORPHAN_AGE_S + 120)
     clean_orphans(runs, now=time.time())
     assert not old.exists() and (runs / rid / "run.json").is_file()
+
+
+def test_a_relative_out_from_a_removed_working_folder_is_one_line(tmp_path, monkeypatch):
+    """Attack 31 #7: from a working folder that was removed, a relative ``--out`` of ``export`` (a file or shards) and
+    ``report`` ended in a 46-line FileNotFoundError traceback (``outputs.resolved``: ``Path.resolve`` needs the current
+    folder); attack 30 #7 had fixed it for ``--store`` only. Sabotage: ``resolved`` without its ``full_path`` line
+    fails it (FileNotFoundError)."""
+    from featstore.errors import ConfigError
+    from featstore.outputs import resolved
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    with pytest.raises(ConfigError) as err:
+        resolved("x.csv", "--out")
+    assert str(err.value) == (
+        "the current folder no longer exists (removed since this shell entered it), so x.csv names nothing: cd to an "
+        "existing folder, or give --out by its absolute path"
+    )
+    assert resolved(tmp_path / "x.csv", "--out") == tmp_path / "x.csv"  # an absolute name still works
