@@ -161,10 +161,11 @@ def listing_findings(g: h5py.Group, deep: bool = True, first: bool = False) -> l
         return list(kept)
     seen_first = todo[0][1]
     seen = {seen_first: g.name}  # each object's address: the first path it was reached by
+    heaps: list = []  # the local heaps' data met: each group's its own (btree1._own_heap)
     while todo and not (first and found):
         where, at = todo.pop()
         try:
-            links = object_links(fh, at) or []
+            links = object_links(fh, at, heaps) or []
         except Unparsed as exc:  # a header that does not parse: a dataset's damage is HDF5's to name where read
             if isinstance(exc, HeaderUnread) and at != seen_first and not _is_group(g.file, where):
                 continue
