@@ -169,3 +169,28 @@ def test_a_chunk_marked_shuffled_without_an_element_size_is_refused(tmp_path):
     path = _shuffled(_store(tmp_path / "s.h5"), ())
     with pytest.raises(StoreError, match=r"chunk 0 is marked shuffled, but its shuffle filter holds no element size"):
         FeatureStore(path).paths("test")
+
+
+def test_a_large_chunk_is_inflated_once_for_the_blocks_read_of_it(tmp_path, monkeypatch):
+    """h5repack makes chunks of up to 64 MiB (4 Mi rows); readers ask a block of rows at a time, each in its own
+    opening: the last large chunk unpacked is kept under the file's state, so it is inflated once, not per block, and
+    again once the file changed."""
+    from featstore.store import unpack
+
+    rows = [f"c/{i:06d}.png" for i in range(100_000)]  # 1.6 MB of heap IDs in one chunk
+    path = tmp_path / "big.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "p", data=np.array(rows, object), dtype=h5py.string_dtype(), chunks=(100_000,), compression="gzip"
+        )
+    calls, real = [], unpack._inflate
+    monkeypatch.setattr(unpack, "_inflate", lambda *a: calls.append(1) or real(*a))
+    for a in range(0, 100_000, 25_000):
+        with h5py.File(path, "r") as f:
+            assert vlen_lengths(f["p"], a, a + 25_000).tolist() == [len(r) for r in rows[a : a + 25_000]]
+    assert len(calls) == 1
+    with h5py.File(path, "a") as f:
+        f["p"][0] = "changed/0.png"
+    with h5py.File(path, "r") as f:
+        assert vlen_lengths(f["p"], 0, 2).tolist() == [len("changed/0.png"), len(rows[1])]
+    assert len(calls) == 2

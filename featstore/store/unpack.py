@@ -14,6 +14,7 @@ so a chunk marked shuffled is unshuffled by the element size the pipeline gives,
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 
 import h5py
@@ -23,6 +24,7 @@ from featstore.errors import StoreError
 
 DEFLATE, SHUFFLE = h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE  # 1, 2: what HDF5's own tools write
 CHUNK_MOST = 64 << 20  # bytes of heap IDs one filtered chunk may unpack to (4 Mi rows of 16 bytes)
+_KEEP_OVER = 1 << 20  # a chunk unpacked to more is kept (the last one) for the next block of rows asked of it
 _BUILT_IN = {3: "fletcher32", 4: "szip", 5: "nbit", 6: "scaleoffset"}  # HDF5's own, undone by h5repack itself
 
 
@@ -56,6 +58,11 @@ def unpacked(fd: int, pipeline: list[tuple[int, tuple]], chunk: tuple[int, int, 
     it; StoreError ``"<where>: chunk <first row> ..."`` when it cannot be, or not to exactly its rows' bytes."""
     c, offset, size, mask = chunk
     want = rows * elem
+    st = os.fstat(fd)  # the file's identity and state, as strings._chunk_places keys its walk
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, offset, size, mask, rows, elem, pipeline)
+    with _LOCK:
+        if _LAST and _LAST[0] == key:
+            return _LAST[1]
     if want > CHUNK_MOST:
         raise StoreError(
             f"{where}: chunk {c} unpacks to {want:,} bytes of heap IDs ({rows:,} rows), over the {CHUNK_MOST:,}-byte "
@@ -86,7 +93,10 @@ def unpacked(fd: int, pipeline: list[tuple[int, tuple]], chunk: tuple[int, int, 
         raise StoreError(
             f"{where}: chunk {c} unpacks to {len(data):,} bytes, not its {rows:,} rows' {want:,}: refused unread: {fix}"
         )
-    return np.frombuffer(data, np.uint8).reshape(rows, elem)
+    ids = np.frombuffer(data, np.uint8).reshape(rows, elem)
+    with _LOCK:
+        _LAST[:] = [key, ids] if want > _KEEP_OVER else []
+    return ids
 
 
 def _inflate(data: bytes, want: int, what: str, fix: str) -> bytes:
@@ -109,3 +119,11 @@ def _unshuffle(data: bytes, size: int) -> bytes:
     n = len(data) // size
     planes = np.frombuffer(data, np.uint8, n * size).reshape(size, n)
     return planes.T.tobytes() + data[n * size :]
+
+
+_LAST: list = []  # [key, IDs] of the last chunk over _KEEP_OVER unpacked: readers ask a column a block of rows at a
+# time, each block in its own opening of the file, and h5repack makes chunks of up to 64 MiB (4 Mi rows): one
+# inflated per block made check of such a column inflate 64 MiB per 512 rows. Kept under the file's identity and state
+# (device, inode, size, modification and change times in ns) and the chunk's place; not guaranteed where timestamps
+# are coarse, as for strings._chunk_places.
+_LOCK = threading.Lock()
