@@ -33,7 +33,9 @@ def filters(ds: h5py.Dataset, where: str) -> list[tuple[int, tuple]]:
     and how to write the column without it (verified: h5repack undoes szip; h5py's lzf it cannot read, and drops)."""
     plist = ds.id.get_create_plist()
     found = [plist.get_filter(i) for i in range(plist.get_nfilters())]  # (id, flags, cd_values, name)
-    redo = "re-extract this split with --overwrite (or into a new --store): featstore writes its columns unpacked"
+    redo = (
+        "re-extract this split with --overwrite (or into a new --store): featstore writes its string columns unpacked"
+    )
     for fid, _flags, _values, name in found:
         if fid in (DEFLATE, SHUFFLE):
             continue
