@@ -86,12 +86,13 @@ def dense_place(info: bytes, fh: FileBytes) -> tuple[int, int] | None:
     return None if heap == UNDEF else (heap, names)
 
 
-def dense_messages(fh: FileBytes, place: tuple[int, int], key: bytes) -> list[bytes]:
+def dense_messages(fh: FileBytes, place: tuple[int, int], key: bytes, shared=None) -> list[bytes]:
     """The attribute message named ``key`` among the dense attributes whose heap and name index are at ``place`` (a
     list of it, empty when there is none): the index's records are sorted by the names' lookup3 hash
     (H5A__dense_btree2_name_compare), so those of ``key``'s hash are found in O(depth) nodes, as HDF5 finds them. Only
     the first message of the name is read: a second one, or a heap ID two records share, is Unparsed at once (3,841
-    records naming one 480 KB message were all read before they were counted: 3.6 GB, attack 26)."""
+    records naming one 480 KB message were all read before they were counted: 3.6 GB, attack 26). A record flagged
+    shared names its message in the file's shared message heap: ``shared(heap ID)`` gives its (address, length)."""
     heap, wanted, found, ids = Heap(fh, place[0]), _lookup3(key), [], set()
     if heap.id_len != 8:  # H5O_FHEAP_ID_LEN: what the index's records hold
         raise Unparsed(f"its attribute heap's IDs are {heap.id_len} bytes, not 8")
@@ -101,12 +102,12 @@ def dense_messages(fh: FileBytes, place: tuple[int, int], key: bytes) -> list[by
         return (got > wanted) - (got < wanted)
 
     for record in _btree(fh, place[1], 8, 17, order):
-        if record[8] & 0x02:
+        if record[8] & 0x02 and shared is None:
             raise Unparsed("its attribute messages are shared, which featstore never writes")
-        if record[:8] in ids:
+        if record[:9] in ids:
             raise Unparsed("two records of its attribute index name one heap object, which HDF5 never writes")
-        ids.add(record[:8])
-        at, size = heap.locate(record[:8])
+        ids.add(record[:9])
+        at, size = shared(record[:8]) if record[8] & 0x02 else heap.locate(record[:8])
         if size > MESSAGE_MOST:
             raise Unparsed(f"an attribute message of its heap is {size:,} bytes, over {MESSAGE_MOST:,}")
         if message_name(fh.read(at, min(size, 9 + len(key) + 1))) == key:

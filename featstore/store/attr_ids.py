@@ -13,7 +13,7 @@ heap collection's address, a 4-byte index) with ``os.pread``, as ``strings.vlen_
   read.
 
 What the parse finds is checked against what HDF5 itself opened (name, element count, shape, element size): any
-disagreement, a structure featstore never writes (shared or filtered messages, a tiny heap object, a filtered heap),
+disagreement, a structure featstore never writes (shared attribute messages, a filtered heap, a tiny heap object),
 an address past the end of the file, or the same name twice is :class:`Unparsed` with its reason, never a guess.
 """
 
@@ -36,6 +36,7 @@ from featstore.store.attr_dense import (
     dense_place,
     message_name,
 )
+from featstore.store.attr_shared import ATTR, DSPACE, DTYPE, shared_body, shared_place
 
 _HEADER_BYTES_MOST = 64 << 20  # object header bytes read for one attribute
 
@@ -135,7 +136,7 @@ def _find(fh: FileBytes, address: int, key: bytes) -> bytes:
     found = list(names.get(key, ()))
     heap = dense_place(info, fh) if info is not None else None
     if heap is not None:
-        found += dense_messages(fh, heap, key)
+        found += dense_messages(fh, heap, key, lambda heap_id: shared_place(fh, heap_id, ATTR, _messages))
     if len(found) != 1:
         raise Unparsed(f"{len(found)} attribute messages of that name were found in the file")
     return found[0]
@@ -220,9 +221,11 @@ def _messages(fh: FileBytes, address: int):
             count += 1
             if count > WALK_MOST:
                 raise Unparsed(f"its object header holds over {WALK_MOST:,} messages")
-            if flags & 0x02 and kind in (0x0C, 0x15):
-                raise Unparsed("its attribute messages are shared, which featstore never writes")
-            if kind == 0x10:
+            if flags & 0x02 and kind == 0x15:
+                raise Unparsed("its Attribute Info message is shared, which HDF5 never writes")
+            if flags & 0x02 and kind == ATTR:  # kept once in the file's shared message table (HDF5 1.14, SOHM)
+                yield kind, shared_body(fh, body, ATTR, _messages)
+            elif kind == 0x10:
                 b = Cursor(body, fh)
                 chunks.append((b.addr(), b.uint(fh.length)))
             else:
@@ -237,14 +240,16 @@ def _attribute(body: bytes, fh: FileBytes) -> tuple[bytes, tuple | None, int, by
     name_size, type_size, space_size = c.uint(2), c.uint(2), c.uint(2)
     if version not in (1, 2, 3):
         raise Unparsed(f"its attribute message is of version {version}")
-    if version > 1 and flags & 0x03:
-        raise Unparsed("its type or dataspace is shared, which featstore never writes")
     if version == 3:
         c.take(1)
     pad = (lambda n: (n + 7) // 8 * 8) if version == 1 else (lambda n: n)
     name = c.take(pad(name_size))[:name_size].rstrip(b"\0")
     dtype = c.take(pad(type_size))[:type_size]
     space = c.take(pad(space_size))[:space_size]
+    if version > 1 and flags & 0x01:  # shared: kept once in the file's shared message table (h5repack -s 8)
+        dtype = shared_body(fh, dtype, DTYPE, _messages)
+    if version > 1 and flags & 0x02:
+        space = shared_body(fh, space, DSPACE, _messages)
     if len(dtype) < 8 or dtype[0] & 0x0F != 9 or dtype[1] & 0x0F != 1:
         raise Unparsed("its message's type is not a variable-length string")
     return name, _dims(space, fh), int.from_bytes(dtype[4:8], "little"), body[c.at :]

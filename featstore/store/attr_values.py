@@ -147,10 +147,13 @@ def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
         raise StoreError(
             f"{where}: {shown(key, 60)} cannot be opened ({shown(str(exc), 160)}): {fix_for(obj)}"
         ) from None
-    if kind := _unwritten_type(dtype):
+    if kind := _unwritten_type(dtype):  # a user's annotation, most likely: its fix keeps the store (attack 32 #5)
         raise StoreError(
             f"{where}: {shown(key, 60)} cannot be read: it is of HDF5 type {kind}, which featstore never writes in an "
-            f"attribute (it writes numbers, booleans and strings); refused unread: {fix_for(obj)}"
+            f"attribute (it reads numbers, booleans and strings, measured before they are read); refused unread: "
+            f"remove it with h5py, which keeps the rest of the store: "
+            f"`del h5py.File(STORE, 'a')[{shown(obj.name or '/', 200)}].attrs[{shown(key, 60)}]` (or store it as "
+            f"numbers or a string)"
         )
     if stored > MAX_ATTR_STORAGE:
         raise StoreError(

@@ -62,9 +62,15 @@ def stored_lengths(ds, fh: FileBytes, at: int, n: int, row: int, fix: str) -> np
                 f"{ds.file.filename}:{ds.name}: its storage is shorter than its rows: the store is damaged"
             )
         ids = np.frombuffer(raw, np.uint8, (b - a) * elem).reshape(b - a, elem)
-        out[a:b] = ids[:, :4].copy().view("<u4").reshape(b - a)
-        refuse_damaged(fh, ids, f"{ds.file.filename}:{ds.name}", fix, row + a)
+        out[a:b] = id_lengths(fh, ids, f"{ds.file.filename}:{ds.name}", fix, row + a)
     return out
+
+
+def id_lengths(fh: FileBytes, ids: np.ndarray, where: str, fix: str, row: int) -> np.ndarray:
+    """The lengths of heap IDs ``ids`` (a row of bytes each, already read: stored, or a filtered chunk unpacked), the
+    column's rows from ``row``, once :func:`refuse_damaged` accepts the heap collections they name."""
+    refuse_damaged(fh, ids, where, fix, row)
+    return ids[:, :4].copy().view("<u4").reshape(len(ids))
 
 
 def compact_lengths(ds, fh: FileBytes, start: int, stop: int, fix: str) -> np.ndarray:
