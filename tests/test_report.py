@@ -139,9 +139,13 @@ def test_thumbnails_are_cached_beside_the_store_and_reused(own, tmp_path):
 def test_an_image_that_cannot_be_read_gets_the_placeholder_and_its_reason(own, tmp_path):
     (own.parent / "data" / "validation" / "cat" / "validation_000.png").write_bytes(b"garbage")
     (own.parent / "data" / "validation" / "cat" / "validation_001.png").unlink()
-    out = build_report(own, out=tmp_path / "site", map_method="pca").index.parent
+    result = build_report(own, out=tmp_path / "site", map_method="pca")
+    out = result.index.parent
     html = "".join(p.read_text() for p in (out / "galleries").rglob("validation-*-*.html"))
     assert "not an image Pillow can identify" in html and "not found" in html
+    # said on the terminal too (`report` logs the notes): every image refused read as "thumbnails: 0 made" (attack 31)
+    (said,) = [n for n in result.notes if "shown without a thumbnail" in n]
+    assert said.startswith("2 image(s) shown without a thumbnail; the first, ") and "validation_00" in said, said
     assert "assets/placeholder.svg" in html
     index = (out / "index.html").read_text()
     assert "train/cat/broken.png" in index and "could not be read" in index  # the store's recorded failure

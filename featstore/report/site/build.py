@@ -239,6 +239,12 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
     ]
     written = _thumbnails(site, thumbs, views, maps, leak_views)
     result.thumbs_made, result.thumbs_reused = thumbs.made, thumbs.reused
+    if missing := thumbs.missing():  # said, not only on the pages: every image refused read as "0 made" (attack 31)
+        first = missing[0]
+        result.notes.append(
+            f"{len(missing):,} image(s) shown without a thumbnail; the first, {terminal_safe(first.source)}: "
+            f"{terminal_safe(first.reason)}"
+        )
     written |= set(write_assets(site))
     common = {"store": store_info, "maps": maps, "generated": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     index = page("index.html.j2", root="", runs=views, broken=listing.broken, compare=_compare(views), **common)

@@ -104,6 +104,10 @@ class ThumbCache:
                 self._known[src] = self._save(src, todo[src], img, reason)
         return {s: self._known[s] for s in sources}
 
+    def missing(self) -> list[Thumb]:
+        """The images asked for that have no thumbnail (each with its reason), in the order first asked."""
+        return [t for t in self._known.values() if t.key is None]
+
     def _save(self, src: str, key: str, img, reason: str) -> Thumb:
         """Cache one decoded image (or its failure); a cache that cannot be written is logged, the pages still work."""
         from PIL import Image
