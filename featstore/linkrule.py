@@ -126,8 +126,13 @@ def refuse_foreign(
             raise error(foreign_line(path if named is None else named, what, link, lst, target, option))
     if opened >= 0:
         mine = os.fstat(opened)
+        shown = terminal_safe(os.fspath(path if named is None else named))
+        if st is None and len(os.fsencode(full)) >= 4096:  # PATH_MAX: the walk cannot lstat it (attack 33 #3)
+            raise error(
+                f"{what} {shown} cannot be checked for other users' links: its full path is {len(os.fsencode(full)):,} "
+                f"bytes, longer than this system takes; cd nearer to it, or give a shorter path"
+            )
         if st is None or (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
-            shown = terminal_safe(os.fspath(path if named is None else named))
             raise error(
                 f"{what} {shown}: the folder opened for it is not the one its path leads to now (a folder on its path "
                 f"was renamed or replaced meanwhile: someone else can write there); nothing was written. Run again, "

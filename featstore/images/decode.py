@@ -49,6 +49,8 @@ _KNOWN_ERRORS = (
     Image.DecompressionBombError,
     Image.DecompressionBombWarning,
 )  # worded by Pillow
+# an image opened by descriptor: O_PATH (Linux) reaches the file without opening it; /proc/self/fd then opens that file
+_BY_DESCRIPTOR = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
 
 
@@ -168,16 +170,48 @@ def _open_regular(path: str | os.PathLike) -> BinaryIO:
     image whose path leads through a link another user made, wherever on it (:func:`foreign_link`). Thumbnails, leak
     pictures, ``similar`` and each batch of an extraction open images by path again, after the listing: a colleague's
     link at the data root put the user's private photos in the team's report (attacks 30 #1, 31 #1). The rule is held
-    on the file actually opened: once open, the path is walked (one ``lstat`` per part) and must reach that very file
-    through no other user's link (:func:`_check_opened`); nothing is read before."""
+    on the file actually reached: the name is first opened with ``O_PATH`` (which reads nothing and calls no device's
+    driver), the path is walked (one ``lstat`` per part) and must reach that very file through no other user's link
+    (:func:`_check_opened`), and only a regular file is then opened for reading, through ``/proc/self/fd`` (a link to
+    a device swapped in after a look by name had the device opened, attack 33 #2)."""
+    if not _BY_DESCRIPTOR:
+        return _open_by_name(path)
+    where = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(where)
+        _check_opened(path, st)
+        _refuse_irregular(st.st_mode)
+        fd = os.open(f"/proc/self/fd/{where}", _OPEN_FLAGS | os.O_CLOEXEC)  # that very file (no path to rename)
+    finally:
+        os.close(where)
+    return _reading(fd, st)
+
+
+def _open_by_name(path: str | os.PathLike) -> BinaryIO:
+    """:func:`_open_regular` where there is no ``O_PATH`` or ``/proc`` (macOS): checked by name before the opening
+    (never through a link put at the name since: ``O_NOFOLLOW``) and on the file opened after it."""
+    lst = os.lstat(path)
     if not stat.S_ISREG(mode := os.stat(path).st_mode):  # before opening: opening some devices has effects
         _reach(path)  # (a link of another user's to it: that reason first)
         _refuse_irregular(mode)
-    fd = os.open(path, _OPEN_FLAGS)  # O_NONBLOCK: a FIFO swapped in after the check still cannot block
+    nofollow = 0 if stat.S_ISLNK(lst.st_mode) else getattr(os, "O_NOFOLLOW", 0)  # a link swapped in since: refused
+    fd = os.open(path, _OPEN_FLAGS | nofollow)  # O_NONBLOCK: a FIFO swapped in after the check still cannot block
     try:
         st = os.fstat(fd)
         _check_opened(path, st)
-        _refuse_irregular(st.st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return _reading(fd, st)
+
+
+def _reading(fd: int, st: os.stat_result) -> BinaryIO:
+    """The file open at ``fd`` (read-only, non-blocking) as a blocking binary file, once it is the regular file ``st``."""
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise ImageError("replaced by another file while it was opened; not read")
+        _refuse_irregular(now.st_mode)
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, WeightsError, choices_error
+from featstore.linkrule import refuse_foreign
 from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.hub_fetch import HUB_SCHEMES, NotDownloaded, _requires_keras_hub, fetch_preset  # noqa: F401
 from featstore.models.preset_json import (
@@ -68,7 +69,8 @@ def normalise(model: str) -> str:
     rest = str(model).removeprefix(HUB_PREFIX)
     if not rest.strip():
         raise ConfigError(f"{model!r} names no preset: hub:<name>, hub:kaggle://..., hub:hf://... or a preset folder")
-    if Path(rest).expanduser().is_dir():
+    if Path(rest).expanduser().is_dir():  # held to the link rule as given (attack 33 #1), then resolved
+        refuse_foreign(Path(rest).expanduser(), "preset folder", ConfigError, "--model")
         return str(Path(rest).expanduser().resolve())
     found = what_is_at(Path(rest).expanduser())
     if found != "nothing" and not rest.startswith(tuple(f"{s}://" for s in HUB_SCHEMES)) and "/" in rest:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from featstore.errors import ConfigError, WeightsError
+from featstore.linkrule import refuse_foreign
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.keras_sizes import STATES, UNBOUNDED, held_parameters, keras_zip_problem
@@ -149,6 +151,7 @@ class SavedModelSpec:
         cls, path: str | Path, preprocess_mode: str | None = None, trust_model: bool = False
     ) -> SavedModelSpec:
         """Inspect a model file: input size and channels, default cut layer; refuses unusable models."""
+        refuse_foreign(os.path.expanduser(path), "model file", ConfigError, "--model")  # as given, links unresolved
         path = resolved(path, "model file")
         model = load_model_file(path, trust_model)
         shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None

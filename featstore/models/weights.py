@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import WeightsError
+from featstore.linkrule import refuse_foreign
 from featstore.models.backbones import BackboneSpec
 from featstore.outputs import resolved, what_is_at
 from featstore.provenance import sha256_file  # noqa: F401 (re-exported: runs, finetune and tests take it from here)
@@ -49,6 +50,7 @@ def describe_weights_argument(weights: str) -> str:
     """Normalise ``--weights``: named sources stay, anything else becomes an absolute path."""
     if weights in NAMED_WEIGHTS:
         return weights
+    refuse_foreign(os.path.expanduser(weights), "weights file", WeightsError, "--weights")  # as given, links unresolved
     return str(resolved(weights, "weights file", WeightsError))
 
 
