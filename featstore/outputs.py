@@ -221,23 +221,28 @@ def name_problem(exc: OSError, path: str | os.PathLike) -> str | None:
     return None
 
 
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+def hdf5_signed(fd: int) -> bool:
+    """Whether the file open at ``fd`` is a regular file starting with HDF5's signature (at 0, or after a user block of
+    512 ... 8192 bytes); False for anything else (an error reading it: its OSError)."""
+    return stat.S_ISREG(os.fstat(fd).st_mode) and any(
+        os.pread(fd, 8, at) == b"\x89HDF\r\n\x1a\n" for at in (0, 512, 1024, 2048, 4096, 8192)
+    )
 
 
-def _is_hdf5(path: Path) -> bool:
-    """Whether the regular file ``path`` starts with HDF5's signature (at 0, or after a user block of 512 ... 8192)."""
-    try:  # one opening, never waited on: a FIFO swapped in after the caller's lstat blocked `export --out` (attack 28)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+def _is_hdf5(path: Path, follow: bool = False) -> bool:
+    """Whether ``path`` is an HDF5 file (:func:`hdf5_signed`), read through one opening that is never waited on (a FIFO
+    swapped in after the caller's lstat blocked `export --out`, attack 28) nor, unless ``follow``, through a link."""
+    nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return False
     try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return any(os.pread(fd, 8, at) == _HDF5_SIGNATURE for at in (0, 512, 1024, 2048, 4096, 8192))
+        return hdf5_signed(fd)
     except OSError:
-        pass
+        return False
     finally:
         os.close(fd)
-    return False
 
 
 def refuse_run_files(path: str | os.PathLike, what: str = "--out", folder: bool = False) -> None:

@@ -104,3 +104,22 @@ def test_a_relative_output_from_a_working_folder_deeper_than_path_max_is_said_tr
         "bytes, longer than this system takes; cd nearer to it, or give a shorter path" in said
     ), said
     assert not os.path.exists("x.csv")
+
+
+def test_a_store_named_through_your_own_link_and_dotdot_takes_its_next_split(tmp_path, monkeypatch):
+    """Attack 33 #5: ``extract --store disk/../s.h5`` (``disk`` the user's own link to ``big/sub``) made the store where
+    the kernel resolves the name (``big/s.h5``), then every further extraction into it was refused as "exists and is
+    not an HDF5 file": ``h5py.is_hdf5`` takes ``abspath``, which drops ``disk/..`` lexically. The signature is read
+    through one non-blocking opening of the name, as the kernel resolves it. Sabotage: ``check_writable`` back on
+    ``h5py.is_hdf5(path)`` fails it."""
+    from featstore.store.space import check_writable
+    from featstore.store.writer import write_arrays
+
+    (tmp_path / "big" / "sub").mkdir(parents=True)
+    (tmp_path / "disk").symlink_to(tmp_path / "big" / "sub")
+    monkeypatch.chdir(tmp_path)
+    X = np.zeros((4, 2), np.float32)
+    write_arrays("disk/../s.h5", "syn", "train", X, np.arange(4) % 2, ["a", "b"])
+    assert (tmp_path / "big" / "s.h5").is_file() and not (tmp_path / "s.h5").exists()
+    check_writable("disk/../s.h5")  # the store is there: its next split may go in
+    write_arrays("disk/../s.h5", "syn", "test", X, np.arange(4) % 2, ["a", "b"])

@@ -28,7 +28,7 @@ import h5py
 
 from featstore.errors import ConfigError, StoreBusyError, StoreError, check_paths
 from featstore.leftovers import replace_with_new
-from featstore.outputs import resolved, terminal_safe
+from featstore.outputs import hdf5_signed, resolved, terminal_safe
 from featstore.store.links import (  # noqa: F401 (links_on, refuse_hard_linked: re-exported for tests)
     full_path,
     links_on,
@@ -190,9 +190,7 @@ class StoreFile:
             why = too_long(self.path) if exc.errno == errno.ENAMETOOLONG else f"{exc.strerror}: fix what it names"
             raise StoreError(f"store {self.path} cannot be opened: {why}") from None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode) or not any(
-                os.pread(fd, 8, at) == b"\x89HDF\r\n\x1a\n" for at in (0, 512, 1024, 2048, 4096, 8192)
-            ):  # (a FIFO swapped in since the check above: not read, not waited on)
+            if not hdf5_signed(fd):  # (a FIFO swapped in since the check above: not read, not waited on)
                 raise StoreError(f"{self.path} is not an HDF5 file; pass the .h5 store written by `featstore extract`")
         except OSError as exc:
             raise StoreError(f"store {self.path} cannot be read ({exc.strerror}): fix what it names") from None

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from featstore.errors import OutputError
 from featstore.linkrule import refuse_foreign
-from featstore.outputs import check_output, output_fix, terminal_safe, write_atomic
+from featstore.outputs import check_output, hdf5_signed, output_fix, terminal_safe, write_atomic
 from featstore.renames import by_name, proc_path, same_folder
 
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
@@ -335,11 +335,8 @@ class SiteFolder:
 
 
 def _is_hdf5(fd: int) -> bool:
-    """Whether the file open at ``fd`` starts with HDF5's signature (at 0, or after a user block)."""
-    for offset in (0, 512, 1024, 2048, 4096, 8192):  # as featstore.outputs checks an output's name
-        try:
-            if os.pread(fd, 8, offset) == b"\x89HDF\r\n\x1a\n":
-                return True
-        except OSError:
-            return False
-    return False
+    """Whether the file open at ``fd`` starts with HDF5's signature (:func:`featstore.outputs.hdf5_signed`)."""
+    try:
+        return hdf5_signed(fd)
+    except OSError:
+        return False
