@@ -45,7 +45,8 @@ def refuse_shard_folder(out: Path) -> None:
     or whose path leads through another user's link (:func:`featstore.linkrule.refuse_foreign`, attack 31 #2; by name
     here, on the folder written in by :func:`write_shards`)."""
     refuse_foreign(out, "--out", OutputError, "--out")
-    if os.path.commonpath([os.getcwd(), os.path.abspath(out)]) == os.path.abspath(out):  # ".": its temporary folder
+    here, there = os.path.realpath(os.getcwd()), os.path.realpath(out)  # as the kernel resolves them ("link/..")
+    if os.path.commonpath([here, there]) == there:  # ".": its temporary folder
         raise ConfigError(  # was made inside it (beside the name ""), then called "other files than shards"
             f"--out {out} is the folder you are in (or holds it); the shards are written into a new folder that "
             f"replaces --out when complete, so name a folder to make, e.g. --out {out / 'shards'}"
