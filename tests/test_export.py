@@ -268,9 +268,14 @@ def test_csv_text_is_made_a_few_rows_at_a_time(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(importlib.import_module("featstore.store.export"), "_CSV_TEXT_BYTES", 1 << 18)
     featstore.export(p, "train", tmp_path / "warm.csv")
+    # warmed with the traced call's own arguments: a module first imported in it is compiled there where no bytecode
+    # is cached (PYTHONDONTWRITEBYTECODE=1), and compiling is traced too
+    featstore.export(p, "train", tmp_path / "warm1.csv", max_bytes=1 << 30)
     tracemalloc.start()
     featstore.export(p, "train", tmp_path / "x.csv", max_bytes=1 << 30)  # one block of all 2,048 rows (2 MB)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 8 << 20, f"{peak / 2**20:.1f} MB traced"  # the block's whole text, twice: ~13 MB
+    # measured: 7.4-8.5 MB (the block itself and its columns; more where no bytecode is cached), and 14.4 MB with the
+    # block's whole text made at once (_CSV_TEXT_BYTES 1 << 40): 8 MB failed with no bytecode cached (attack 33 run)
+    assert peak < 10 << 20, f"{peak / 2**20:.1f} MB traced"
     assert (tmp_path / "x.csv").read_bytes() == (tmp_path / "warm.csv").read_bytes()
