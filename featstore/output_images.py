@@ -37,19 +37,41 @@ _IMAGE_SIGNATURES = {
 }
 
 
+_BY_PATH = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")  # a file reached without being opened (Linux)
+
+
+def _look(path: str | os.PathLike, follow: bool) -> int | None:
+    """A read-only, non-blocking descriptor of what is at ``path`` (``follow``: through links, reached with ``O_PATH``,
+    which calls no device's driver, and opened only when a regular file); None where it is not one."""
+    if not follow:
+        return os.open(path, _LOOK)
+    if not _BY_PATH:
+        return os.open(path, _LOOK & ~getattr(os, "O_NOFOLLOW", 0))
+    where = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(where).st_mode):
+            return None
+        return os.open(f"/proc/self/fd/{where}", _LOOK & ~getattr(os, "O_NOFOLLOW", 0))
+    finally:
+        os.close(where)
+
+
 @contextlib.contextmanager
-def regular_file(path: str | os.PathLike) -> Iterator[BinaryIO | None]:
-    """The regular file at ``path``, opened once for reading, never waited on and never through a link at the name;
-    None where there is none (nothing, a link, a folder, FIFO, device, or unreadable: ``check_output`` says which).
-    Opened by name after a check of the name, a FIFO another user renamed onto it in between blocked ``export``,
-    ``predict``, ``leaks`` and ``similar`` forever (attack 31 #5). Example::
+def regular_file(path: str | os.PathLike, follow: bool = False) -> Iterator[BinaryIO | None]:
+    """The regular file at ``path``, opened once for reading, never waited on and, unless ``follow``, never through a
+    link at the name; None where there is none (nothing, a link, a folder, FIFO, device, or unreadable:
+    ``check_output`` says which). Opened by name after a check of the name, a FIFO another user renamed onto it in
+    between blocked ``export``, ``predict``, ``leaks`` and ``similar`` forever (attack 31 #5); a device is never
+    opened (its driver's open can have effects: attack 33 #6, #7). Example::
 
         with regular_file("predictions.csv") as fh:
             head = fh.read(12) if fh is not None else b""
     """
     try:
-        fd = os.open(path, _LOOK)
+        fd = _look(path, follow)
     except (OSError, ValueError):  # ValueError: a NUL in the name
+        fd = None
+    if fd is None:
         yield None
         return
     with os.fdopen(fd, "rb") as fh:

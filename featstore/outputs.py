@@ -32,7 +32,13 @@ from featstore.carry import Own, give, not_carried
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_stem
 from featstore.linkrule import full_path, refuse_foreign
-from featstore.output_images import CHART_METADATA, refuse_foreign_image, refuse_image, refuse_unstamped  # noqa: F401
+from featstore.output_images import (  # noqa: F401
+    CHART_METADATA,
+    refuse_foreign_image,
+    refuse_image,
+    refuse_unstamped,
+    regular_file,
+)
 from featstore.renames import PrivateFolder, umask
 from featstore.safetext import terminal_safe
 
@@ -133,9 +139,9 @@ def starts_with(path: str | os.PathLike, *heads: bytes, within: int = 0) -> bool
 
         starts_with("leaks.csv", b"query_split,query_path,")
     """
-    try:  # O_NONBLOCK: a FIFO is never waited on
-        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb", buffering=0) as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+    try:  # one opening: never waited on (a FIFO), never through a link (one swapped in after check_output's: a device)
+        with regular_file(path) as fh:
+            if fh is None:
                 return False
             first = fh.read(max(within, *map(len, heads)))
     except OSError:
@@ -231,18 +237,13 @@ def hdf5_signed(fd: int) -> bool:
 
 def _is_hdf5(path: Path, follow: bool = False) -> bool:
     """Whether ``path`` is an HDF5 file (:func:`hdf5_signed`), read through one opening that is never waited on (a FIFO
-    swapped in after the caller's lstat blocked `export --out`, attack 28) nor, unless ``follow``, through a link."""
-    nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
+    swapped in after the caller's lstat blocked `export --out`, attack 28), never of a device, and, unless ``follow``,
+    not through a link (:func:`featstore.output_images.regular_file`)."""
     try:
-        fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0))
+        with regular_file(path, follow) as fh:
+            return fh is not None and hdf5_signed(fh.fileno())
     except OSError:
         return False
-    try:
-        return hdf5_signed(fd)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
 
 
 def refuse_run_files(path: str | os.PathLike, what: str = "--out", folder: bool = False) -> None:

@@ -123,3 +123,46 @@ def test_a_store_named_through_your_own_link_and_dotdot_takes_its_next_split(tmp
     assert (tmp_path / "big" / "s.h5").is_file() and not (tmp_path / "s.h5").exists()
     check_writable("disk/../s.h5")  # the store is there: its next split may go in
     write_arrays("disk/../s.h5", "syn", "test", X, np.arange(4) % 2, ["a", "b"])
+
+
+def _device_opens(monkeypatch) -> list:
+    """Every opening (not ``O_PATH``) of /dev/null, however reached: what a look at a name must never do to a device."""
+    real, opened = os.open, []
+
+    def hooked(name, flags, *a, **k):
+        fd = real(name, flags, *a, **k)
+        try:
+            st = os.fstat(fd)
+            if not flags & getattr(os, "O_PATH", 0) and (st.st_rdev, st.st_mode) == (
+                os.stat("/dev/null").st_rdev,
+                os.stat("/dev/null").st_mode,
+            ):
+                opened.append(os.fspath(name))
+        except OSError:
+            pass
+        return fd
+
+    monkeypatch.setattr(os, "open", hooked)
+    return opened
+
+
+@pytest.mark.skipif(not hasattr(os, "O_PATH") or not os.path.isdir("/proc/self/fd"), reason="needs O_PATH and /proc")
+def test_the_looks_at_a_name_never_open_a_device_behind_a_link(tmp_path, monkeypatch):
+    """Attack 33 #6 (a regression of #5's fix: ``check_writable`` opened whatever ``--store`` led to, before the link
+    rule, so a colleague's ``team/s.h5 -> device`` had the device opened) and #7 (``starts_with``, export's, predict's
+    and leaks' look at their earlier output, opened ``--out`` following links: a device link swapped in after
+    ``check_output`` was opened). The store's look reaches the file with ``O_PATH`` and opens only a regular file;
+    an output's look never follows a link. Sabotage: ``_look`` opening with links followed (no ``O_PATH``) fails the
+    first; ``starts_with`` opening without ``O_NOFOLLOW`` fails the second."""
+    from featstore.errors import StoreError
+    from featstore.outputs import starts_with
+    from featstore.store.space import check_writable
+
+    link = tmp_path / "s.h5"
+    link.symlink_to("/dev/null")
+    opened = _device_opens(monkeypatch)
+    with pytest.raises(StoreError, match="exists and is not an HDF5 file"):
+        check_writable(link)
+    assert starts_with(link, b"path,label,class,") is False
+    monkeypatch.undo()
+    assert opened == []
