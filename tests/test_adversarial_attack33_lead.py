@@ -13,11 +13,11 @@ from featstore.images.decode import ImageError, load_image
 
 @pytest.mark.skipif(not hasattr(os, "O_PATH") or not os.path.isdir("/proc/self/fd"), reason="needs O_PATH and /proc")
 def test_an_image_swapped_for_a_device_link_before_its_opening_is_never_opened(tmp_path, monkeypatch):
-    """Attack 33 #2 (a regression of attack 31 #1's fix): ``_open_regular`` looked at the name, then opened it following
+    """Attack 33 #2 (a regression of attack 31 #1's fix): ``open_image_file`` looked at the name, then opened it following
     links and checked the link rule after: a colleague's link to a device swapped in between had the device opened
     (its driver's open can have effects: a watchdog, a serial line). The name is now reached with ``O_PATH`` (no
     driver is called), checked there, and only a regular file is opened for reading, through ``/proc/self/fd``.
-    Sabotage: ``_open_regular`` calling ``_open_by_name`` fails it (the swapped name is opened for reading)."""
+    Sabotage: ``open_image_file`` calling ``_open_by_name`` fails it (the swapped name is opened for reading)."""
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
     real, reads = os.open, []
@@ -166,3 +166,21 @@ def test_the_looks_at_a_name_never_open_a_device_behind_a_link(tmp_path, monkeyp
     assert starts_with(link, b"path,label,class,") is False
     monkeypatch.undo()
     assert opened == []
+
+
+def test_leaks_hashes_images_only_through_the_link_rule(tmp_path):
+    """Attack 33 #8: ``leaks`` hashed the stored images by name, following any link: a colleague's link at the team's
+    data root put, into the team's leaks CSV, which of the user's private photos are byte-identical (while the leak
+    picture of the same run refused those images). Each file is now opened as every image is opened again
+    (``open_image_file``); a refused one cannot be compared, with the rule's reason. Sabotage: ``_sha256`` opening
+    the name with ``os.open`` again fails it (the private photo's digest)."""
+    from featstore.experiments.leaks.hashes import _sha256
+
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "x.png").write_bytes(b"private photo")
+    _foreign_link(tmp_path / "data", private)
+    digest, why = _sha256(str(tmp_path / "data" / "x.png"), 13, {})
+    assert digest == "" and f"its path leads through {tmp_path / 'data'} -> {private}" in why, why
+    assert "a link made by another user" in why
+    assert _sha256(str(private / "x.png"), 13, {})[0] != ""  # the real path, on purpose: compared

@@ -132,7 +132,7 @@ def load_image(
     """
     check_paths(required=True, path=path)  # '' was "file vanished"
     try:
-        with _open_regular(path) as fh:
+        with open_image_file(path) as fh:
             st_size = os.fstat(fh.fileno()).st_size
             try:
                 return _decode(fh, size, max_pixels, budget or DECODE_BUDGET)
@@ -165,7 +165,7 @@ def _unidentified(fh: BinaryIO, st_size: int) -> str:
     return "not an image Pillow can identify (it reports 0 bytes but holds data: a /proc or /sys pseudo-file?)"
 
 
-def _open_regular(path: str | os.PathLike) -> BinaryIO:
+def open_image_file(path: str | os.PathLike) -> BinaryIO:
     """Open a regular file for reading without ever blocking; ImageError for FIFOs, sockets and devices, and for an
     image whose path leads through a link another user made, wherever on it (:func:`foreign_link`). Thumbnails, leak
     pictures, ``similar`` and each batch of an extraction open images by path again, after the listing: a colleague's
@@ -188,7 +188,7 @@ def _open_regular(path: str | os.PathLike) -> BinaryIO:
 
 
 def _open_by_name(path: str | os.PathLike) -> BinaryIO:
-    """:func:`_open_regular` where there is no ``O_PATH`` or ``/proc`` (macOS): checked by name before the opening
+    """:func:`open_image_file` where there is no ``O_PATH`` or ``/proc`` (macOS): checked by name before the opening
     (never through a link put at the name since: ``O_NOFOLLOW``) and on the file opened after it."""
     lst = os.lstat(path)
     if not stat.S_ISREG(mode := os.stat(path).st_mode):  # before opening: opening some devices has effects

@@ -15,6 +15,7 @@ import os
 import stat
 from collections.abc import Sequence
 
+from featstore.images.decode import ImageError, open_image_file
 from featstore.store.reader import FeatureStore
 
 MAX_HASH_BYTES = 1 << 30  # a larger "image" is not hashed (listed as such)
@@ -40,22 +41,21 @@ def _sha256(path: str, size: int, seen: dict[tuple, tuple[str, str]]) -> tuple[s
     """(hex digest, "") of at most ``size`` bytes read from a regular file, or ("", why not); a file already hashed
     (``seen``: by device, inode, size and modification time of the file opened) is not read again: 250 rows naming one
     32 MiB file read 7.8 GiB."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_BINARY", 0))
+    try:  # opened as every image is opened again (the link rule on the whole path, on the file reached; never a device)
+        fh = open_image_file(path)
+    except ImageError as exc:  # a colleague's link at the data root had her see which private photos are twins
+        return "", str(exc)  # (attack 33 #8)
     except OSError as exc:
         return "", exc.strerror or type(exc).__name__
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):  # swapped for a FIFO or device since the stat
-            return "", "not a regular file"
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, size)
-        if key not in seen:
-            seen[key] = _read_digest(fd, size)
-        return seen[key]
-    except OSError as exc:
-        return "", exc.strerror or type(exc).__name__
-    finally:
-        os.close(fd)
+    with fh:
+        try:
+            st = os.fstat(fh.fileno())
+            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, size)
+            if key not in seen:
+                seen[key] = _read_digest(fh.fileno(), size)
+            return seen[key]
+        except OSError as exc:
+            return "", exc.strerror or type(exc).__name__
 
 
 def _read_digest(fd: int, size: int) -> tuple[str, str]:
