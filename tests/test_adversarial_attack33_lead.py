@@ -184,3 +184,23 @@ def test_leaks_hashes_images_only_through_the_link_rule(tmp_path):
     assert digest == "" and f"its path leads through {tmp_path / 'data'} -> {private}" in why, why
     assert "a link made by another user" in why
     assert _sha256(str(private / "x.png"), 13, {})[0] != ""  # the real path, on purpose: compared
+
+
+@pytest.mark.skipif(not hasattr(os, "O_PATH") or not os.path.isdir("/proc/self/fd"), reason="needs O_PATH and /proc")
+def test_an_image_that_cannot_be_read_is_named_by_its_path(tmp_path, monkeypatch):
+    """The reopening through ``/proc/self/fd`` (attack 33 #2's fix) must not put that path in the failure: an image
+    the user may not read is said by its own path. Sabotage: ``open_image_file`` re-raising the opening's OSError as
+    it is fails it (the message names /proc/self/fd/N)."""
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
+    real = os.open
+
+    def refused(name, flags, *a, **k):
+        if os.fspath(name).startswith("/proc/self/fd/"):
+            raise PermissionError(13, "Permission denied", os.fspath(name))
+        return real(name, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(ImageError) as err:
+        load_image(image, 4)
+    assert str(image) in str(err.value) and "/proc/self/fd" not in str(err.value), str(err.value)

@@ -181,7 +181,10 @@ def open_image_file(path: str | os.PathLike) -> BinaryIO:
         st = os.fstat(where)
         _check_opened(path, st)
         _refuse_irregular(st.st_mode)
-        fd = os.open(f"/proc/self/fd/{where}", _OPEN_FLAGS | os.O_CLOEXEC)  # that very file (no path to rename)
+        try:  # that very file (no path to rename)
+            fd = os.open(f"/proc/self/fd/{where}", _OPEN_FLAGS | os.O_CLOEXEC)
+        except OSError as exc:  # (EACCES: named by the image's path, not the descriptor's)
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
     finally:
         os.close(where)
     return _reading(fd, st)
