@@ -214,3 +214,17 @@ def test_a_relative_out_from_a_removed_working_folder_is_one_line(tmp_path, monk
         "existing folder, or give --out by its absolute path"
     )
     assert resolved(tmp_path / "x.csv", "--out") == tmp_path / "x.csv"  # an absolute name still works
+
+
+def test_an_evaluated_runs_old_version_names_the_published_record(run, monkeypatch):
+    """End to end: the successor an old version's mark names is the digest the published run.json records, so the
+    cleaner does remove the old version a kill after the publish leaves (and only it)."""
+    from featstore.experiments.evaluate import evaluate_and_record
+    from featstore.runs import write
+
+    store, runs, rid = run
+    monkeypatch.setattr(write, "remove_held", lambda *a, **k: None)  # a kill after the publish: the old version stays
+    evaluate_and_record(rid, "test", store, runs)
+    (old,) = runs.glob(f".{rid}.*.old.tmp")
+    mark = json.loads((old / ".featstore-tmp").read_text())
+    assert mark["successor"] == json.loads((runs / rid / "run.json").read_text())["predictions_sha256"]
