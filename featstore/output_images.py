@@ -41,13 +41,13 @@ _BY_PATH = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")  # a file re
 
 
 def _look(path: str | os.PathLike, follow: bool) -> int | None:
-    """A read-only, non-blocking descriptor of what is at ``path`` (``follow``: through links, reached with ``O_PATH``,
-    which calls no device's driver, and opened only when a regular file); None where it is not one."""
-    if not follow:
-        return os.open(path, _LOOK)
+    """A read-only, non-blocking descriptor of what is at ``path`` (``follow``: through links; else a link at the name
+    is none), reached with ``O_PATH`` (which calls no device's driver) and opened only when a regular file; None where
+    it is not one. Without ``O_PATH`` (macOS), opened non-blocking by name."""
+    nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
     if not _BY_PATH:
-        return os.open(path, _LOOK & ~getattr(os, "O_NOFOLLOW", 0))
-    where = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        return os.open(path, (_LOOK & ~getattr(os, "O_NOFOLLOW", 0)) | nofollow)
+    where = os.open(path, os.O_PATH | os.O_CLOEXEC | nofollow)
     try:
         if not stat.S_ISREG(os.fstat(where).st_mode):
             return None
