@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from featstore.errors import OutputError
@@ -37,23 +37,40 @@ _IMAGE_SIGNATURES = {
 }
 
 
-_BY_PATH = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")  # a file reached without being opened (Linux)
+BY_PATH = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")  # a file reached without being opened (Linux)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def reach_regular(
+    path: str | os.PathLike, follow: bool, check: Callable[[os.stat_result], object] | None = None
+) -> tuple[int, os.stat_result] | None:
+    """``path`` reached with ``O_PATH`` (through links when ``follow``; else a link at the name is none), which reads
+    nothing and calls no device's driver (opening some has effects: attack 33 #2, #6, #7); ``check(st)`` run on what
+    was reached (it may raise); then only a regular file opened for reading, non-blocking, through ``/proc/self/fd``
+    (that very file: no rename can redirect it): ``(descriptor, its stat)``, or None where it is not a regular file.
+    Linux only (:data:`BY_PATH`); an OSError of the reopening names ``path``, not the descriptor."""
+    where = os.open(path, os.O_PATH | os.O_CLOEXEC | (0 if follow else _NOFOLLOW))
+    try:
+        st = os.fstat(where)
+        if check is not None:
+            check(st)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        try:
+            return os.open(f"/proc/self/fd/{where}", _LOOK & ~_NOFOLLOW), st
+        except OSError as exc:  # (EACCES: named by the path given)
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
+    finally:
+        os.close(where)
 
 
 def _look(path: str | os.PathLike, follow: bool) -> int | None:
-    """A read-only, non-blocking descriptor of what is at ``path`` (``follow``: through links; else a link at the name
-    is none), reached with ``O_PATH`` (which calls no device's driver) and opened only when a regular file; None where
-    it is not one. Without ``O_PATH`` (macOS), opened non-blocking by name."""
-    nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
-    if not _BY_PATH:
-        return os.open(path, (_LOOK & ~getattr(os, "O_NOFOLLOW", 0)) | nofollow)
-    where = os.open(path, os.O_PATH | os.O_CLOEXEC | nofollow)
-    try:
-        if not stat.S_ISREG(os.fstat(where).st_mode):
-            return None
-        return os.open(f"/proc/self/fd/{where}", _LOOK & ~getattr(os, "O_NOFOLLOW", 0))
-    finally:
-        os.close(where)
+    """A read-only, non-blocking descriptor of the regular file at ``path`` (:func:`reach_regular`); None where it is
+    not one. Without ``O_PATH`` (macOS), opened non-blocking by name."""
+    if not BY_PATH:
+        return os.open(path, (_LOOK & ~_NOFOLLOW) | (0 if follow else _NOFOLLOW))
+    found = reach_regular(path, follow)
+    return None if found is None else found[0]
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import struct
 import pytest
 from PIL import Image
 
-from featstore import carry
+from featstore import carry, output_images
 from featstore.images import decode
 from featstore.images.decode import ImageError, iter_decoded, load_image
 from featstore.outputs import write_text
@@ -64,14 +64,16 @@ def test_an_image_reopened_by_path_is_held_to_the_link_rule_on_its_whole_path(tm
     (team / "data").unlink()
     real = _data(team / "data", "black")
     assert load_image(real, 4)[0, 0].tolist() == [0, 0, 0]
-    monkeypatch.setattr(decode, "os", _SwapForTheOpening(team / "data", private.parents[2]))
+    swap = _SwapForTheOpening(team / "data", private.parents[2])
+    monkeypatch.setattr(decode, "os", swap)  # the opening by name (no O_PATH)
+    monkeypatch.setattr(output_images, "os", swap)  # the O_PATH opening (output_images.reach_regular)
     with pytest.raises(ImageError, match="replaced by another file while it was opened"):
         load_image(real, 4)
     assert decode.os.swapped
 
 
 class _SwapForTheOpening:
-    """``decode``'s ``os``, whose first ``open`` is made while ``folder`` is another user's link to ``target``."""
+    """``decode``'s (and ``output_images``') ``os``, whose first ``open`` is made while ``folder`` is another user's link to ``target``."""
 
     def __init__(self, folder, target):
         self.folder, self.target, self.swapped = folder, target, False

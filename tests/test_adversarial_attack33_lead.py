@@ -189,7 +189,7 @@ def test_leaks_hashes_images_only_through_the_link_rule(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "O_PATH") or not os.path.isdir("/proc/self/fd"), reason="needs O_PATH and /proc")
 def test_an_image_that_cannot_be_read_is_named_by_its_path(tmp_path, monkeypatch):
     """The reopening through ``/proc/self/fd`` (attack 33 #2's fix) must not put that path in the failure: an image
-    the user may not read is said by its own path. Sabotage: ``open_image_file`` re-raising the opening's OSError as
+    the user may not read is said by its own path. Sabotage: ``reach_regular`` re-raising the reopening's OSError as
     it is fails it (the message names /proc/self/fd/N)."""
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)

@@ -30,6 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from featstore.errors import ConfigError, check_paths
 from featstore.linkrule import full_path, walk
+from featstore.output_images import BY_PATH, reach_regular
 from featstore.outputs import terminal_safe
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,6 @@ _KNOWN_ERRORS = (
     Image.DecompressionBombError,
     Image.DecompressionBombWarning,
 )  # worded by Pillow
-# an image opened by descriptor: O_PATH (Linux) reaches the file without opening it; /proc/self/fd then opens that file
-_BY_DESCRIPTOR = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
 
 
@@ -174,19 +173,14 @@ def open_image_file(path: str | os.PathLike) -> BinaryIO:
     driver), the path is walked (one ``lstat`` per part) and must reach that very file through no other user's link
     (:func:`_check_opened`), and only a regular file is then opened for reading, through ``/proc/self/fd`` (a link to
     a device swapped in after a look by name had the device opened, attack 33 #2)."""
-    if not _BY_DESCRIPTOR:
+    if not BY_PATH:
         return _open_by_name(path)
-    where = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    try:
-        st = os.fstat(where)
+
+    def checked(st: os.stat_result) -> None:  # the link rule on the file reached; anything but a regular file refused
         _check_opened(path, st)
         _refuse_irregular(st.st_mode)
-        try:  # that very file (no path to rename)
-            fd = os.open(f"/proc/self/fd/{where}", _OPEN_FLAGS | os.O_CLOEXEC)
-        except OSError as exc:  # (EACCES: named by the image's path, not the descriptor's)
-            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
-    finally:
-        os.close(where)
+
+    fd, st = reach_regular(path, True, checked)
     return _reading(fd, st)
 
 
