@@ -111,9 +111,10 @@ def refuse_foreign(
     user's private runs into the team's report (attack 31 #2, #4).
 
     By name, a race remains: a link put on the path after this walk is not seen. ``opened``, a descriptor of the
-    folder ``path`` names (opened by name before): refused too unless the walk reaches that very folder (device and
-    inode), so the check holds for the folder actually written in. A path under ``/proc/self/fd/`` is a descriptor's
-    (a folder featstore opened, and checked, before): not walked (its link's text is not what the kernel follows).
+    folder ``path`` names (opened by name before), or of the file it names: refused too unless the walk reaches that
+    very folder or file (device and inode), so the check holds for the folder actually written in (the file read). A
+    path under ``/proc/self/fd/`` is a descriptor's (a folder featstore opened, and checked, before): not walked (its
+    link's text is not what the kernel follows).
 
     >>> refuse_foreign("out/train.csv", "--out", OutputError, "--out")   # doctest: +SKIP
     """
@@ -133,8 +134,9 @@ def refuse_foreign(
                 f"bytes, longer than this system takes; cd nearer to it, or give a shorter path"
             )
         if st is None or (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+            kind = "folder" if stat.S_ISDIR(mine.st_mode) else "file"
             raise error(
-                f"{what} {shown}: the folder opened for it is not the one its path leads to now (a folder on its path "
+                f"{what} {shown}: the {kind} opened for it is not the one its path leads to now (a folder on its path "
                 f"was renamed or replaced meanwhile: someone else can write there); nothing was written. Run again, "
                 f"or write into a folder only you can write"
             )

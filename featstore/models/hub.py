@@ -32,6 +32,7 @@ import numpy as np
 from featstore.errors import ConfigError, WeightsError, choices_error
 from featstore.linkrule import refuse_foreign
 from featstore.models.build_guard import TooLarge, bounded_build
+from featstore.models.held_input import held_input
 from featstore.models.hub_fetch import HUB_SCHEMES, NotDownloaded, _requires_keras_hub, fetch_preset  # noqa: F401
 from featstore.models.preset_json import (
     MAX_DIM,
@@ -157,6 +158,18 @@ class HubSpec:
                 f"{folder / WEIGHTS_FILE} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB; the largest supported presets "
                 f"are a few GiB"
             )
+        weights = folder / WEIGHTS_FILE
+        refuse_foreign(
+            weights, "preset weights file", ConfigError
+        )  # a colleague's link there (the folder's: normalise)
+        with held_input(weights.resolve(), "preset weights file") as held:  # one file checked and hashed
+            return cls._read(preset, folder, handle, config, held)
+
+    @classmethod
+    def _read(cls, preset: str, folder: Path, handle: str, config: dict, weights: Path) -> HubSpec:
+        """The spec of the preset in ``folder`` whose ``config.json`` is ``config``, and whose weights file is read
+        through ``weights`` (held: :func:`~featstore.models.held_input.held_input`)."""
+        name = config["class_name"]
         family = FAMILIES[name]
         where = folder / "config.json"
         try:
@@ -191,7 +204,7 @@ class HubSpec:
             handle,
             name,
             hashlib.sha256(json.dumps(_stable(config), sort_keys=True).encode()).hexdigest(),
-            sha256_file(folder / WEIGHTS_FILE),
+            sha256_file(weights),
             square_side(numbers["image_shape"], "image_shape", where, MAX_IMAGE_SIZE, 3),
             square_side(numbers["patch_size"], "patch_size", where, MAX_IMAGE_SIZE, 2),
             whole_number(numbers["hidden_dim"], "hidden_dim", where, MAX_DIM),
@@ -204,7 +217,7 @@ class HubSpec:
             config_text=json.dumps(config),
         )
         # before anything is built: sizes within bounds, and no more parameters than the weights file holds
-        check_sizes(config["config"], where, folder / WEIGHTS_FILE, MAX_IMAGE_SIZE, spec.shown)
+        check_sizes(config["config"], where, weights, MAX_IMAGE_SIZE, spec.shown)
         return spec
 
     @property

@@ -22,6 +22,7 @@ from featstore.errors import ConfigError, WeightsError
 from featstore.linkrule import refuse_foreign
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
+from featstore.models.held_input import held_input
 from featstore.models.keras_sizes import STATES, UNBOUNDED, held_parameters, keras_zip_problem
 from featstore.models.weights import LoadedWeights, sha256_file
 from featstore.outputs import resolved, what_is_at
@@ -39,6 +40,13 @@ def is_model_path(model: str) -> bool:
 
 def load_model_file(path: Path, trust_model: bool = False):
     """Load a saved Keras model for inference, refusing unsafe files with the reason and the way out."""
+    return load_held_model(path, trust_model)[0]
+
+
+def load_held_model(path: Path, trust_model: bool = False):
+    """``(model, sha256 of the file)``: the file at ``path`` (its real path) held from the first check to the hash
+    (:func:`~featstore.models.held_input.held_input`), so that the bounds checked, the model loaded and the digest
+    recorded are all of one file, and a FIFO renamed onto the name never blocks."""
     found = what_is_at(path)  # a folder is a KerasHub preset (is_hub_model): never here
     if found is not None:
         there = "does not exist" if found == "nothing" else f"is {found}, not a regular file"
@@ -46,9 +54,16 @@ def load_model_file(path: Path, trust_model: bool = False):
             f"model file {path} {there}; pass a model saved with model.save('my_cnn.keras') "
             f"or a registered backbone name (`featstore models`), hub:<preset> or a KerasHub preset folder"
         )
+    with held_input(path, "model file", ConfigError, "--model") as name:
+        model = _load(path, name, trust_model)
+        return model, sha256_file(name)
+
+
+def _load(path: Path, name: Path, trust_model: bool):
+    """The model in the file at ``path``, read through ``name`` (the same file, held: :func:`load_held_model`)."""
     legacy = path.suffix.lower() in (".h5", ".hdf5")
     if not legacy:
-        _check_keras_zip(path)  # before Keras (or its import) takes any memory
+        _check_keras_zip(name)  # before Keras (or its import) takes any memory
     import keras
 
     if legacy and not trust_model:
@@ -58,8 +73,8 @@ def load_model_file(path: Path, trust_model: bool = False):
             f"made the file yourself."
         )
     try:
-        with contextlib.nullcontext() if legacy else bounded_build(held_parameters(path), str(path)):
-            model = keras.saving.load_model(path, compile=False, **({} if legacy else {"safe_mode": True}))
+        with contextlib.nullcontext() if legacy else bounded_build(held_parameters(name), str(path)):
+            model = keras.saving.load_model(name, compile=False, **({} if legacy else {"safe_mode": True}))
     except TooLarge:
         raise
     except Exception as exc:  # zip/HDF5 errors differ by format; all but these mean "not a model"
@@ -153,7 +168,7 @@ class SavedModelSpec:
         """Inspect a model file: input size and channels, default cut layer; refuses unusable models."""
         refuse_foreign(os.path.expanduser(path), "model file", ConfigError, "--model")  # as given, links unresolved
         path = resolved(path, "model file")
-        model = load_model_file(path, trust_model)
+        model, digest = load_held_model(path, trust_model)
         shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
         if shape is None or len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
             raise ConfigError(
@@ -170,7 +185,7 @@ class SavedModelSpec:
             )
         return cls(
             path,
-            sha256_file(path),
+            digest,
             int(shape[1]),
             int(shape[3]),
             default_cut(model),
@@ -188,8 +203,8 @@ class SavedModelSpec:
             raise ConfigError(
                 f"{self.path} takes {self.default_size}x{self.default_size} images; --image-size {size} does not fit it"
             )
-        model = load_model_file(self.path, self.trust_model)
-        if sha256_file(self.path) != self.sha256:
+        model, digest = load_held_model(self.path, self.trust_model)
+        if digest != self.sha256:
             raise WeightsError(f"{self.path} changed while it was being loaded; run again")
         return model, LoadedWeights(
             "model", "model-file", f"weights inside {self.path.name}", str(self.path), self.sha256

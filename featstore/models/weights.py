@@ -160,20 +160,23 @@ def _load_file(spec: BackboneSpec, size: int, path: Path):
             f"weights file {path} {there}. --weights takes imagenet, none, hed-bsds500 or the path "
             f"of a Keras weights file (.weights.h5 or legacy .h5) saved from keras.applications.{spec.app}(include_top=False)."
         )
+    from featstore.models.held_input import held_input
     from featstore.models.preset_json import check_weights_file
 
-    problem = check_weights_file(path)  # before Keras reads an array declared huge but never written
-    if problem:
-        raise WeightsError(f"weights file {problem}")
-    base = spec.build(size, None)
-    try:
-        base.load_weights(str(path))
-    except Exception as exc:  # Keras raises ValueError/KeyError/OSError for a file that does not fit
-        raise WeightsError(
-            f"weights file {path} does not fit {spec.name} ({spec.app}, include_top=False): {exc}\n"
-            f"Pass a file saved from that architecture, or choose the model the file belongs to."
-        ) from exc
-    return base, LoadedWeights(str(path), "file", f"local file {path.name}", str(path), sha256_file(path))
+    with held_input(path, "weights file", WeightsError, "--weights") as name:  # one file, checked, loaded and hashed
+        problem = check_weights_file(name)  # before Keras reads an array declared huge but never written
+        if problem:
+            raise WeightsError(f"weights file {problem}")
+        base = spec.build(size, None)
+        try:
+            base.load_weights(str(name))
+        except Exception as exc:  # Keras raises ValueError/KeyError/OSError for a file that does not fit
+            raise WeightsError(
+                f"weights file {path} does not fit {spec.name} ({spec.app}, include_top=False): {exc}\n"
+                f"Pass a file saved from that architecture, or choose the model the file belongs to."
+            ) from exc
+        digest = sha256_file(name)
+    return base, LoadedWeights(str(path), "file", f"local file {path.name}", str(path), digest)
 
 
 def hed_weights_path() -> Path:
