@@ -79,7 +79,7 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
                 f"{what} {path} is not a regular file (a pipe, device or socket); "
                 f"featstore writes only regular files. Choose another path"
             )
-        if _is_hdf5(path):
+        if is_hdf5_file(path):
             raise OutputError(
                 f"{what} {path} is an HDF5 file (a feature store?); featstore never replaces one with an output. "
                 f"Choose another name, or remove it first if it is not needed"
@@ -235,7 +235,7 @@ def hdf5_signed(fd: int) -> bool:
     )
 
 
-def _is_hdf5(path: Path, follow: bool = False) -> bool:
+def is_hdf5_file(path: Path, follow: bool = False) -> bool:
     """Whether ``path`` is an HDF5 file (:func:`hdf5_signed`), read through one opening that is never waited on (a FIFO
     swapped in after the caller's lstat blocked `export --out`, attack 28), never of a device, and, unless ``follow``,
     not through a link (:func:`featstore.output_images.regular_file`)."""

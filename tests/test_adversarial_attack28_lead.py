@@ -129,14 +129,14 @@ def test_the_outputs_hdf5_test_never_waits_on_a_fifo(tmp_path):
     """#7 (export --out): every output's check asked "is this an HDF5 file?" with a blocking open() by name after its
     lstat; a FIFO swapped in between blocked `export --out x.csv` for ever. Sabotage: the old ``open(path, "rb")``
     fails it (the thread is still waiting after 5 s)."""
-    from featstore.outputs import _is_hdf5
+    from featstore.outputs import is_hdf5_file
 
     fifo = tmp_path / "x.csv"
     os.mkfifo(fifo)
-    assert _without_waiting(lambda: _is_hdf5(fifo), fifo) == [False]
+    assert _without_waiting(lambda: is_hdf5_file(fifo), fifo) == [False]
     store = tmp_path / "s.h5"
     store.write_bytes(b"\x00" * 512 + b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)  # after a 512-byte user block
-    assert _is_hdf5(store)
+    assert is_hdf5_file(store)
 
 
 def test_a_link_another_user_made_in_the_image_folders_is_not_followed(tmp_path):

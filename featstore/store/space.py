@@ -16,7 +16,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, StoreError
 from featstore.leftovers import PRIVATE, TEMP, remove_private, temp_stem
-from featstore.outputs import _is_hdf5
+from featstore.outputs import is_hdf5_file
 from featstore.store.attr_values import MAX_ATTR_BYTES, MAX_NAME_BYTES, MAX_NAMES
 from featstore.store.strings import shown
 from featstore.units import format_bytes
@@ -145,7 +145,7 @@ def check_writable(path: str | os.PathLike) -> Path:
                 f"store {path} is read-only; make it writable (chmod u+w {path}) or choose another --store"
             )
         # as the kernel resolves it (h5py.is_hdf5 takes abspath: "disk/.." dropped lexically, attack 33 #5)
-        if not _is_hdf5(path, follow=True):
+        if not is_hdf5_file(path, follow=True):
             raise StoreError(f"{path} exists and is not an HDF5 file; choose another --store (nothing was written)")
     elif not os.access(parent, os.W_OK):
         if read_only_fs(parent):
