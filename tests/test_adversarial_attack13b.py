@@ -164,7 +164,10 @@ def test_a_weights_file_replaced_by_a_fifo_before_the_build_is_refused_not_opene
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     try:
-        with pytest.raises(WeightsError, match="model.weights.h5 is no longer a regular file; run again"):
+        with pytest.raises(
+            WeightsError,
+            match="model.weights.h5 is now a FIFO \\(named pipe\\), not the regular file featstore looked at",
+        ):
             spec.build(spec.default_size)
     finally:
         fd = os.open(weights, os.O_RDONLY | os.O_NONBLOCK)  # releases the writer when nothing opened the FIFO

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,29 +33,28 @@ from featstore.safetext import terminal_safe
 
 @contextlib.contextmanager
 def held_input(
-    path: Path, what: str, error: type[Exception] = ConfigError, option: str | None = None
+    path: Path, what: str, error: type[Exception] = ConfigError, option: str | None = None, named: Path | None = None
 ) -> Iterator[Path]:
     """A private name of the regular file at ``path`` (its real path: resolved, links followed), reading that very file
     whatever is renamed onto ``path`` later; ``error`` (naming ``what`` and ``path``) when what is there now is not
     that regular file, or its path leads through another user's link (``option``: the flag that gives it). Without
-    ``O_PATH`` and ``/proc`` (macOS) the path itself, read by name as before."""
+    ``O_PATH`` and ``/proc`` (macOS) the path itself, read by name as before. ``named``: the path as the user gave it
+    (links unresolved), said in messages instead of ``path``."""
     if not BY_PATH:
         yield path
         return
-    shown = terminal_safe(str(path))
+    shown = terminal_safe(str(named or path))
     try:
-        found = reach_regular(path, follow=False)
+        fd = open_input(path, what, error, option, follow=False)
     except OSError as exc:
         raise error(f"{what} {shown} cannot be opened: {exc.strerror}") from None
-    if found is None:
+    if fd is None:
         now = "a symbolic link" if os.path.islink(path) else what_is_at(path) or "another file"
         raise error(
             f"{what} {shown} is now {now}, not the regular file featstore looked at a moment ago (someone can rename "
             f"entries in its folder); nothing was loaded. Run again, or keep the file in a folder only you can write"
         )
-    fd = found[0]
     try:
-        refuse_foreign(path, what, error, option, opened=fd)
         with scratch_folder("input") as tmp:
             private = tmp / path.name
             os.symlink(f"/proc/self/fd/{fd}", private)
@@ -66,10 +66,37 @@ def held_input(
                         f"{what} {shown} was replaced while featstore read it (someone can rename entries in its "
                         f"folder); nothing was loaded. Run again, or keep the file in a folder only you can write"
                     ) from None
-                _say_as(exc, private, path)
+                _say_as(exc, private, named or path)
                 raise
     finally:
         os.close(fd)
+
+
+def open_input(
+    path: Path, what: str, error: type[Exception] = ConfigError, option: str | None = None, follow: bool = True
+) -> int | None:
+    """A read-only, non-blocking descriptor of the regular file at ``path`` (through links when ``follow``; else a
+    link at the name is none), or None where there is none (a folder, FIFO, device, socket: never opened, it is only
+    reached with ``O_PATH``, which calls no driver). ``error`` naming ``what`` when the path leads through another
+    user's link, by name first (the line names the link) and then on the file reached. OSError (FileNotFoundError:
+    nothing there) for the caller to word. Without ``O_PATH`` (macOS): opened by name, non-blocking, checked after."""
+    refuse_foreign(path, what, error, option)
+    if BY_PATH:
+        found = reach_regular(path, follow)
+        if found is None:
+            return None
+        fd = found[0]
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    try:
+        refuse_foreign(path, what, error, option, opened=fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _still_at(path: Path, fd: int) -> bool:

@@ -15,7 +15,6 @@ built (``pip install 'featstore[hub]'``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +22,6 @@ import os
 import re
 import shlex
 import shutil
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,7 +322,12 @@ class HubSpec:
         # and checked, and the weights file as it is now (see _snapshot), so a config.json or weights file swapped in
         # meanwhile is never read; the weights KerasHub loaded are hashed again after loading
         # (in a scratch folder of this user: one left by a SIGKILL is removed at the next build, see models.scratch)
-        with scratch_folder("preset") as tmp, contextlib.ExitStack() as held:
+        weights = self.folder / WEIGHTS_FILE
+        refuse_foreign(weights, "preset weights file", WeightsError)  # again: the folder's entries may have changed
+        with (
+            scratch_folder("preset") as tmp,
+            held_input(weights.resolve(), "preset weights file", WeightsError, named=weights) as held,
+        ):
             snapshot = self._snapshot(tmp, held)
             try:
                 with bounded_build(held_parameters(snapshot / WEIGHTS_FILE, self.shown), str(self.folder)):
@@ -353,30 +356,23 @@ class HubSpec:
             "model", "keras-hub-preset", what, str(self.folder / WEIGHTS_FILE), self.weights_sha256
         )
 
-    def _snapshot(self, tmp: Path, held: contextlib.ExitStack) -> Path:
-        """``tmp`` made a preset folder of the checked ``config.json`` and the weights file as it is now, whatever is
-        renamed onto its name later: a hard link; where none can be made (``tmp`` on another file system, a file that
-        is not the user's), a link to the file held open in ``held`` (``/proc/self/fd``), else a copy. A symbolic link
-        to the weights' name let a file swapped in for the load, and back before the hash, pass. Returns ``tmp``."""
+    def _snapshot(self, tmp: Path, held: Path) -> Path:
+        """``tmp`` made a preset folder of the checked ``config.json`` and the weights file held since it was reached
+        (``held``: :func:`~featstore.models.held_input.held_input`'s private name), whatever is renamed onto its name
+        later: a hard link of that very file where one can be made (HDF5 then opens a name no one else can change),
+        else a link to the held name, else (no ``/proc``) a copy. Reopened by name, a colleague's link to a device
+        swapped in after the check was opened (attack 35 #2); a symbolic link to the weights' name let a file swapped
+        in for the load, and back before the hash, pass. Returns ``tmp``."""
         (tmp / "config.json").write_text(self.config_text, encoding="utf-8")
-        weights = (self.folder / WEIGHTS_FILE).resolve()
         try:
-            os.link(weights, tmp / WEIGHTS_FILE)
-        except OSError:
-            pass
-        else:
-            if not stat.S_ISREG(os.lstat(tmp / WEIGHTS_FILE).st_mode):  # a FIFO swapped in: h5py would block on it
-                raise WeightsError(f"{self.folder / WEIGHTS_FILE} is no longer a regular file; run again")
+            os.link(held, tmp / WEIGHTS_FILE, follow_symlinks=True)  # the inode behind /proc/self/fd/N
             return tmp
-        fd = os.open(weights, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        held.callback(os.close, fd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise WeightsError(f"{self.folder / WEIGHTS_FILE} is no longer a regular file; run again")
-        if os.path.isdir("/proc/self/fd"):
-            os.symlink(f"/proc/self/fd/{fd}", tmp / WEIGHTS_FILE)  # opens that inode again, not the name
+        except OSError:  # another file system, another user's file (protected_hardlinks), no hard links
+            pass
+        if held.is_symlink():
+            os.symlink(held, tmp / WEIGHTS_FILE)
         else:
-            with os.fdopen(os.dup(fd), "rb") as src, open(tmp / WEIGHTS_FILE, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+            shutil.copyfile(held, tmp / WEIGHTS_FILE)
         return tmp
 
     def cut_outputs(self, base, layers: list[str | None], pooling: str, model_name: str) -> list[tuple[str, object]]:

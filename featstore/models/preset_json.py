@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 from featstore.errors import ConfigError
+from featstore.outputs import what_is_at
 
 WEIGHTS_FILE = "model.weights.h5"
 PRESET_FILES = ("config.json", WEIGHTS_FILE, "image_converter.json")  # needed; metadata.json is read when present
@@ -48,9 +49,14 @@ SIZES = {
 
 def read_json(path: Path) -> dict:
     """A preset's JSON file (a regular file of at most :data:`MAX_PRESET_JSON_BYTES` holding an object), or a
-    ConfigError naming it. Opened without blocking: a FIFO in its place is refused, not waited on."""
+    ConfigError naming it. Opened once, without blocking, held to the link rule on the file reached, and only when a
+    regular file (:func:`~featstore.models.held_input.open_input`): a FIFO in its place is refused, not waited on, a
+    colleague's link to a device no longer has the device opened, nor her link to the user's private config read
+    (attack 35 #1)."""
+    from featstore.models.held_input import open_input
+
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = open_input(path, "preset file", ConfigError, "--model")
     except FileNotFoundError:
         raise ConfigError(
             f"{path.parent} is not a complete KerasHub preset folder: {path.name} is missing (a preset folder holds "
@@ -58,6 +64,11 @@ def read_json(path: Path) -> dict:
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path} cannot be read as JSON: {exc}") from None
+    if fd is None:
+        raise ConfigError(
+            f"{path} is {what_is_at(path) or 'something else'}, not a regular file of at most "
+            f"{MAX_PRESET_JSON_BYTES >> 20} MiB (a preset's JSON files are a few KiB); refusing to read it"
+        )
     with os.fdopen(fd, "rb") as fh:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PRESET_JSON_BYTES:
