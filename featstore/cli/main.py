@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
+from featstore.cli.denied import denied_line
 from featstore.errors import ConfigError, FeatstoreError
 
 logger = logging.getLogger(__name__)
@@ -196,6 +197,11 @@ def _errors(fn):
             return fn(*args, **kwargs)
         except FeatstoreError as exc:
             typer.secho(f"error: {safe(exc)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+        except PermissionError as exc:  # a path this user may not reach, met before featstore's own checks could say
+            if exc.filename is None or _raised_in_h5py(exc):
+                raise
+            typer.secho(f"error: {safe(denied_line(exc))}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
         except (RuntimeError, KeyError, OSError, ValueError, SystemError) as exc:
             if not _raised_in_h5py(exc):
