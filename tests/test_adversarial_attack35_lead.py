@@ -80,3 +80,45 @@ def test_the_build_reads_the_weights_reached_not_a_device_swapped_in_after_the_c
     ):
         spec.build(spec.default_size)
     assert opened == []
+
+
+def test_a_preset_whose_attention_takes_gigabytes_per_image_is_refused_before_it_is_built(vit, tmp_path):
+    """Attack 35 #5: within every other bound (16,384 patches, num_heads <= hidden_dim, parameters within the weights),
+    32 heads over 16,384 tokens ask for 32 GiB of attention scores per image: refused naming config.json."""
+    import json
+
+    folder = _copy(vit, tmp_path / "wide")
+    config = json.loads((folder / "config.json").read_text())
+    config["config"].update(image_shape=[128, 128, 3], patch_size=1, num_heads=32)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"num_heads 32 over 16,384 patches .* take 32\.0 GiB of attention scores"):
+        HubSpec.from_model(str(folder))
+
+
+def test_an_image_size_whose_attention_takes_gigabytes_is_refused_with_the_largest_that_fits(tmp_path):
+    from featstore import ExtractorConfig
+
+    folder = save_presets(tmp_path, ("dinov2",))["dinov2"][0]  # patch 14, 2 heads, resizable
+    with pytest.raises(ConfigError, match=r"--image-size 4088 makes 85,267 tokens .* give --image-size \d+ or less"):
+        ExtractorConfig(model=str(folder), image_size=4088).validated()
+    ExtractorConfig(model=str(folder), image_size=14 * 40).validated()  # 1,601 tokens: well within
+
+
+def test_out_of_memory_on_the_first_image_is_one_line(monkeypatch, tmp_path):
+    """The warm-up (one image through the forward pass, before the first batch) ran out of memory outside the batches'
+    handler: a 73-line TensorFlow traceback."""
+    from featstore.models.extractor import Extractor
+    from tests.conftest import write_data_root
+    from tests.test_adversarial_attack4 import cli, no_traceback
+
+    class ResourceExhaustedError(Exception):
+        pass
+
+    def oom(self):
+        raise ResourceExhaustedError("OOM when allocating tensor with shape[1,32,16385,16385]")
+
+    monkeypatch.setattr(Extractor, "warm_up", oom)
+    data = write_data_root(tmp_path / "data")
+    out = no_traceback(cli("extract", "--data", data, "--split", "train", "--store", tmp_path / "s.h5",
+                           "--weights", "none", "--image-size", "32"))  # fmt: skip
+    assert "the forward pass ran out of memory on a batch of 1 images (OOM when allocating tensor" in out, out

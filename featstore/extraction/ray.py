@@ -34,7 +34,7 @@ import numpy as np
 
 from featstore.caches import NotRegular, open_regular
 from featstore.errors import ConfigError, DataError
-from featstore.extraction.local import refuse_out_of_memory
+from featstore.extraction.local import refuse_out_of_memory, warm_up
 from featstore.extraction.ray_messages import RayNoise, worker_errors
 from featstore.images.decode import iter_decoded
 from featstore.models.onnx_runtime import default_threads
@@ -412,7 +412,7 @@ class Forward:
             if runtime_file is None:
                 raise ConfigError(f"--runtime {config.runtime} on Ray needs the driver's checked file; none was given")
             self.ex.use_runtime(config.runtime, exported=tuple(runtime_file), threads=default_threads(threads))
-        self.ex.warm_up()  # traced in the actor's start-up, not in its first batch
+        warm_up(self.ex)  # traced in the actor's start-up, not in its first batch
         self.decode_threads = decode_threads
 
     def __call__(self, batch: dict) -> dict:

@@ -33,10 +33,12 @@ from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.held_input import held_input
 from featstore.models.hub_fetch import HUB_SCHEMES, NotDownloaded, _requires_keras_hub, fetch_preset  # noqa: F401
 from featstore.models.preset_json import (
+    MAX_ATTENTION_BYTES,
     MAX_DIM,
     MAX_LAYERS,
     MAX_WEIGHTS_BYTES,
     WEIGHTS_FILE,
+    attention_bytes,
     channels,
     check_sizes,
     held_parameters,
@@ -115,6 +117,7 @@ class HubSpec:
     offset: tuple[float, float, float]  # and offset, after the scale
     converter: str  # the converter's class and resize settings, for humans (featstore's own resize replaces them)
     channels_in: int = 3
+    num_heads: int = 1  # attention heads of the vision tower (what attention allocates: heads x tokens^2 per image)
     config_text: str = field(default="{}", repr=False, compare=False)  # config.json as read and checked: what is built
 
     @classmethod
@@ -212,6 +215,7 @@ class HubSpec:
             channels(conv.get("offset"), 0.0, "offset", folder / "image_converter.json"),
             f"{str(converter.get('class_name'))[:100]} (its resize: "
             f"{str(conv.get('interpolation', 'bilinear'))[:40]}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')!s:.10})",
+            num_heads=whole_number(vision.get("num_heads", 1), "num_heads", where, MAX_DIM),
             config_text=json.dumps(config),
         )
         # before anything is built: sizes within bounds, and no more parameters than the weights file holds
@@ -277,6 +281,26 @@ class HubSpec:
             return (size // self.patch_size, size // self.patch_size, self.hidden_dim)
         return (2 * self.hidden_dim,) if pooling == "cls+mean" else (self.hidden_dim,)
 
+    def _check_attention(self, size: int) -> None:
+        """Refuse an input side whose tokens' attention would take more than MAX_ATTENTION_BYTES per image and block
+        (at ``--image-size 4096`` a patch-14 preset has 85,000 tokens: 30 heads over them ask for 800 GiB)."""
+        tokens = (size // self.patch_size) ** 2 + self.prefix_tokens()
+        if attention_bytes(self.num_heads, tokens) <= MAX_ATTENTION_BYTES:
+            return
+        fits = [s for s in range(self.patch_size, size, self.patch_size) if s >= self.min_size]
+        fits = [
+            s
+            for s in fits
+            if attention_bytes(self.num_heads, (s // self.patch_size) ** 2 + self.prefix_tokens())
+            <= MAX_ATTENTION_BYTES
+        ]
+        raise ConfigError(
+            f"--image-size {size} makes {tokens:,} tokens per image for {self.shown}: its {self.num_heads} attention "
+            f"heads over them take {attention_bytes(self.num_heads, tokens) / 2**30:,.1f} GiB per image and block, over "
+            f"{MAX_ATTENTION_BYTES >> 30} GiB; "
+            + (f"give --image-size {fits[-1]} or less" if fits else "this preset cannot be run within that bound")
+        )
+
     def validate(self, size: int, layers: tuple[str, ...], pooling: str, preprocess: str | None = None) -> None:
         """Refuse an input side, layer, pooling or --preprocess this preset cannot take, before it is built."""
         if preprocess not in (None, HUB_PREPROCESS):
@@ -297,6 +321,7 @@ class HubSpec:
                 f"--image-size {size} does not fit {self.shown}: {self.class_name} takes only its preset's "
                 f"{self.default_size}x{self.default_size} (leave --image-size out)"
             )
+        self._check_attention(size)
         for layer in layers:
             if layer not in self.layer_names():
                 raise choices_error(f"layer of {self.shown}", layer, self.layer_names())

@@ -29,6 +29,10 @@ MAX_FFN = 4 * MAX_DIM  # intermediate_dim, mlp_dim (the largest supported preset
 MAX_VOCABULARY = 1 << 22  # a text tower's vocabulary_size (CLIP: 49,408; SigLIP: 256,000)
 MAX_SEQUENCE = 1 << 16  # a text tower's max_sequence_length (CLIP: 77; SigLIP: 64)
 MAX_TOKENS = 1 << 14  # patches of the preset's own input side (the largest supported presets: 37 x 37 = 1369)
+# One image's attention scores in one block (num_heads x tokens^2 float32): what attention allocates however few its
+# parameters; the largest supported presets take 24 x 1,370^2 x 4 B = 180 MB. A 2 MB preset of 32 heads over 16,385
+# tokens asked for 34 GB per image (attack 35 #5).
+MAX_ATTENTION_BYTES = 4 << 30
 MAX_WEIGHT_OBJECTS = 1 << 16  # groups and arrays in model.weights.h5 (the largest supported presets: about 1,000)
 # Bytes a weights file's arrays declare beyond what they store (Keras writes them uncompressed: none). An array declared
 # huge but never written reads as its fill value: a 58 MB VGG16 file declaring 2 GB took 8 GB before Keras said no.
@@ -220,12 +224,24 @@ def implied_parameters(config: dict, where: Path, max_side: int) -> tuple[int, s
                     f"image, over {MAX_TOKENS:,} (the largest supported presets have 1,369): the preset's config is "
                     f"damaged or crafted; restore it"
                 )
+            if attention_bytes(heads, (side // patch) ** 2) > MAX_ATTENTION_BYTES:
+                raise ConfigError(
+                    f"{where}: num_heads {heads} over {(side // patch) ** 2:,} patches (image_shape {side}, patch_size "
+                    f"{patch}) take {attention_bytes(heads, (side // patch) ** 2) / 2**30:,.1f} GiB of attention scores "
+                    f"per image and block, over {MAX_ATTENTION_BYTES >> 30} GiB (the largest supported presets take "
+                    f"0.2): the preset's config is damaged or crafted; restore it"
+                )
             key = "position_embedding_shape" if tower.get("position_embedding_shape") is not None else "image_shape"
             if tower.get(key) is not None:
                 side = square_side(tower[key], key, where, max_side, 3)
                 terms.append(((side // patch) ** 2 * h, f"{key} {side}, patch_size {patch}, hidden_dim {h}"))
     bound = sum(t for t, _ in terms)
     return bound, max(terms, default=(0, "none"))[1]
+
+
+def attention_bytes(heads: int, tokens: int) -> int:
+    """Bytes of one image's attention scores in one transformer block: ``heads x tokens^2`` float32."""
+    return heads * tokens * tokens * 4
 
 
 def held_parameters(path: Path, shown: str) -> int:
