@@ -98,8 +98,11 @@ def run_lock(root: Path, run_id: str, wait: bool = True) -> Iterator[bool]:
     while a run is read, evaluated and given a new version, so two ``runs evaluate`` of one run take turns (the second
     waits, saying so, then reads the version the first wrote). No lock under ``featstore --no-locking``, nor in a
     folder where no lock file can be made (read-only: nothing can be written there either, and the write says so).
-    Yields whether it is held (or needs not be); with ``wait=False`` False at once when another process holds it."""
-    with file_lock(root / f".{run_id}.lock", f"run {run_id}", f"run {run_id} is being updated", wait) as held:
+    Yields whether it is held (or needs not be); with ``wait=False`` False at once when another process holds it.
+    The lock file is removed when the lock is released: left behind (a ``0644`` file of whoever ran first), it made
+    every other user's lock on that run in a shared runs folder silently none (attack 34 #2)."""
+    lock = root / f".{run_id}.lock"
+    with file_lock(lock, f"run {run_id}", f"run {run_id} is being updated", wait, remove=True) as held:
         yield held
 
 
@@ -131,6 +134,11 @@ def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool 
     try:
         if locking_default() is not False:
             held = _acquire(lock, path, busy, wait, remove)
+    except PermissionError as exc:
+        if not os.path.lexists(path):  # a folder where no file can be made: nothing can be written there either
+            logger.debug("no lock on %s (%s): %s", what, path, exc)
+        else:  # another user's lock file, left by a kill: said, as two commands are no longer kept apart
+            _unopenable(path, what, exc)
     except OSError as exc:
         logger.debug("no lock on %s (%s): %s", what, path, exc)
     if lock.is_locked and not held_plain_file(lock):  # planted between the lstat above and the lock's open
@@ -177,3 +185,22 @@ def _locks(lock, path: Path) -> bool:
     except (OSError, TypeError):
         return False
     return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _owner(path: Path) -> str:
+    """The user name of the owner of ``path`` ("someone" where it cannot be seen)."""
+    from featstore.linkrule import user
+
+    try:
+        return user(os.lstat(path).st_uid)
+    except OSError:
+        return "someone"
+
+
+def _unopenable(path: Path, what: str, exc: OSError) -> None:
+    """Warn that ``what`` goes unlocked: its lock file ``path`` is another user's, which this user may not open."""
+    logger.warning(
+        "%s is not locked: %s is %s's lock file, which you may not open (%s); two commands on it at once are not "
+        "kept apart. Ask them to remove it (featstore removes it when done; a killed command leaves it)",
+        what, path, _owner(path), exc.strerror,
+    )  # fmt: skip
