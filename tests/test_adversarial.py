@@ -114,7 +114,15 @@ def _garbage(run_dir: Path, record: dict) -> None:
 
 def _garbage_with_sha(run_dir: Path, record: dict) -> None:
     _garbage(run_dir, record)
-    _rewrite(run_dir, record, artifact={**record["artifact"], "sha256": sha256_file(run_dir / "model.skops")})
+    _rewrite(
+        run_dir,
+        record,
+        artifact={
+            **record["artifact"],
+            "sha256": sha256_file(run_dir / "model.skops"),
+            "size": (run_dir / "model.skops").stat().st_size,
+        },
+    )
 
 
 def _truncate_predictions(run_dir: Path, record: dict, fix_sha: bool = False) -> None:
@@ -161,7 +169,15 @@ def _artifact_link(run_dir: Path, record: dict) -> None:
     other = next(d for d in run_dir.parent.iterdir() if d.name.startswith("knn"))
     (run_dir / "model.skops").unlink()
     (run_dir / "model.skops").symlink_to(other / "model.skops")
-    _rewrite(run_dir, record, artifact={**record["artifact"], "sha256": sha256_file(other / "model.skops")})
+    _rewrite(
+        run_dir,
+        record,
+        artifact={
+            **record["artifact"],
+            "sha256": sha256_file(other / "model.skops"),
+            "size": (other / "model.skops").stat().st_size,
+        },
+    )
 
 
 def _reseal(run_dir: Path) -> None:
@@ -169,6 +185,7 @@ def _reseal(run_dir: Path) -> None:
     rec = _record(run_dir)
     if "artifact" in rec:
         rec["artifact"]["sha256"] = sha256_file(run_dir / rec["artifact"]["file"])
+        rec["artifact"]["size"] = (run_dir / rec["artifact"]["file"]).stat().st_size  # recorded since attack 35 #3
     rec["predictions_sha256"] = sha256_file(run_dir / "predictions.npz")
     (run_dir / "run.json").write_text(json.dumps(rec))
 
@@ -323,7 +340,7 @@ RUN_FOLDER_CASES = [
     Case(
         "garbage_skops",
         _garbage,
-        r"run artifact .*model.skops has sha256 \w+, the run recorded \w+: it was changed after the fit",
+        r"run artifact .*model.skops (has sha256 \w+|is [\d,]+ bytes), the run recorded [\w,]+: it was changed after the fit",
         outcome="used",
     ),
     Case("garbage_skops_with_its_sha256", _garbage_with_sha, "is not a readable skops file", outcome="used"),
@@ -864,7 +881,15 @@ def test_hostile_artifact_is_refused_and_nothing_runs(case: Hostile, path: str, 
     folder = runs.folder("logreg")
     sio.dump(case.build(marker), folder / "model.skops")
     record = _record(folder)
-    _rewrite(folder, record, artifact={**record["artifact"], "sha256": sha256_file(folder / "model.skops")})
+    _rewrite(
+        folder,
+        record,
+        artifact={
+            **record["artifact"],
+            "sha256": sha256_file(folder / "model.skops"),
+            "size": (folder / "model.skops").stat().st_size,
+        },
+    )
     images = Path(FeatureStore(store).split_info("test")["source_root"]) / "test" / "cat"
     if path == "evaluate":
         with pytest.raises(StoreError, match=case.expect):

@@ -344,7 +344,14 @@ def _swap_model(make):
 
         (folder / "model.keras").unlink()
         make().save(folder / "model.keras")
-        _edit(folder, artifact={**rec["artifact"], "sha256": sha256_file(folder / "model.keras")})
+        _edit(
+            folder,
+            artifact={
+                **rec["artifact"],
+                "sha256": sha256_file(folder / "model.keras"),
+                "size": (folder / "model.keras").stat().st_size,
+            },
+        )
 
     return damage
 

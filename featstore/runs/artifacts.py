@@ -24,7 +24,8 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.models.keras_sizes import keras_zip_problem
-from featstore.runs.files import RECORD, BrokenRunError, check_zip_file, regular_file, verify_file
+from featstore.models.preset_json import MAX_WEIGHTS_BYTES
+from featstore.runs.files import MAX_RECORD_BYTES, RECORD, BrokenRunError, check_zip_file, regular_file, verify_file
 from featstore.runs.modelcheck import ModelStateError, check_pipeline, check_skops_schema
 
 # Every type named in the skops files of featstore's classifiers. Obtained by fitting each registered
@@ -95,15 +96,14 @@ def _legacy_module_names():
 
 
 def save_estimator(est, folder: Path) -> dict:
-    """Write ``est`` into ``folder``; returns the artifact record (file, format, sha256)."""
+    """Write ``est`` into ``folder``; returns the artifact record (file, format, sha256, size; a Keras head's meta too)."""
     from featstore.models.finetuned import FinetunedModel
     from featstore.models.head import DenseHead
-    from featstore.models.weights import sha256_file
 
     if isinstance(est, FinetunedModel):  # a fine-tuned image -> probabilities model (`featstore finetune`)
         model_file = folder / "model.keras"
         est.model.save(model_file)
-        return {"file": model_file.name, "format": "keras-model", "sha256": sha256_file(model_file)}
+        return {"file": model_file.name, "format": "keras-model", **_written(model_file)}
     head = est.steps[-1][1]
     if isinstance(head, DenseHead):
         model_file = folder / "model.keras"
@@ -120,15 +120,23 @@ def save_estimator(est, folder: Path) -> dict:
         return {
             "file": model_file.name,
             "format": "keras",
-            "sha256": sha256_file(model_file),
+            **_written(model_file),
             "meta_file": "head.json",
-            "meta_sha256": sha256_file(folder / "head.json"),
+            **{f"meta_{k}": v for k, v in _written(folder / "head.json").items()},
         }
     import skops.io as sio
 
     path = folder / "model.skops"
     sio.dump(est, path)
-    return {"file": path.name, "format": "skops", "sha256": sha256_file(path)}
+    return {"file": path.name, "format": "skops", **_written(path)}
+
+
+def _written(path: Path) -> dict:
+    """A file featstore just wrote, as its artifact record holds it: sha256 and size (the size bounds the hashing of a
+    file changed since: attack 35 #3)."""
+    from featstore.models.weights import sha256_file
+
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
 
 
 def _schema(path: Path) -> dict:
@@ -187,14 +195,32 @@ FORMATS = {  # artifact format -> the keys its record holds (all strings)
 }
 
 
+# The sizes a record holds since attack 35 #3 (older records have none, and are bounded by the caps below alone).
+SIZES = {"skops": ("size",), "keras": ("size", "meta_size"), "keras-model": ("size",)}
+# A run's model file: a skops pipeline (a k-NN holds its training rows), a Keras head, or a fine-tuned model (a whole
+# backbone's weights). None is larger than the largest preset's weights featstore loads (MAX_WEIGHTS_BYTES, 64 GiB;
+# dinov2_giant is 4.5 GB): the same bound, so an old record's file is never hashed for more than about a minute.
+MAX_ARTIFACT_BYTES = MAX_WEIGHTS_BYTES
+MAX_META_BYTES = MAX_RECORD_BYTES  # head.json: the head's params, classes and history, far smaller than a run.json
+
+
+def _size_ok(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
 def check_artifact_record(folder: Path, artifact: object) -> None:
-    """BrokenRunError unless ``artifact`` (from run.json) is a record featstore writes: a format and its string keys."""
+    """BrokenRunError unless ``artifact`` (from run.json) is a record featstore writes: a format, its string keys and,
+    when recorded, its files' sizes (non-negative integers)."""
     keys = FORMATS.get(artifact.get("format")) if isinstance(artifact, dict) else None
-    if keys is None or any(not isinstance(artifact.get(k), str) for k in keys):
+    if (
+        keys is None
+        or any(not isinstance(artifact.get(k), str) for k in keys)
+        or any(not _size_ok(artifact.get(k)) for k in SIZES[artifact["format"]])
+    ):
         wanted = " or ".join(f"{f} with {'/'.join(k)}" for f, k in FORMATS.items())
         raise BrokenRunError(
             f"{folder / RECORD}: the artifact record {artifact!r} is not one featstore writes "
-            f"({wanted}); remove the folder {folder}"
+            f"({wanted}, and sizes that are whole numbers); remove the folder {folder}"
         )
 
 
@@ -209,10 +235,15 @@ def check_artifact(folder: Path, artifact: dict) -> Path:
     """The model file of a run after checking its record, its sha256 (and its meta file's), its zip sizes and, for skops,
     its types and the arrays of its trees and SVCs (see ``modelcheck``)."""
     check_artifact_record(folder, artifact)
-    path = verify_file(folder, artifact["file"], artifact["sha256"], "run artifact")
+    path = verify_file(
+        folder, artifact["file"], artifact["sha256"], "run artifact", artifact.get("size"), MAX_ARTIFACT_BYTES
+    )
     check_zip_file(path, "run artifact", folder, f"{artifact['format']} file")
     if artifact["format"] == "keras":
-        verify_file(folder, artifact["meta_file"], artifact["meta_sha256"], "run artifact metadata")
+        meta_size = artifact.get("meta_size")
+        verify_file(
+            folder, artifact["meta_file"], artifact["meta_sha256"], "run artifact metadata", meta_size, MAX_META_BYTES
+        )
     if artifact["format"] in ("keras", "keras-model"):  # loaded with safe_mode=True: no code runs
         problem = keras_zip_problem(path)  # Keras builds each layer from config.json before reading a weight
         if problem:

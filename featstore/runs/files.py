@@ -5,8 +5,9 @@ the sha256 of the other files. Everything named by a folder is checked before it
 names (no separators, not starting with a dot), files regular files inside the folder (not links, FIFOs or
 devices), ``run.json`` no larger than ``MAX_RECORD_BYTES`` (checked with ``fstat`` before it is read) nor holding
 more than ``MAX_RECORD_CONTAINERS`` objects and lists or ``MAX_RECORD_VALUES`` values (counted before it is parsed), other
-files of the recorded sha256, and zips of sane declared sizes (``featstore.safezip``). Every refusal is a
-``BrokenRunError`` that names the file and the fix.
+files of the recorded sha256 (each opened once and bounded before it is hashed: its recorded size, a cap, no holes),
+and zips of sane declared sizes (``featstore.safezip``). Every refusal is a ``BrokenRunError`` that names the file
+and the fix.
 
 >>> valid_name("logreg-1a2b3c"), valid_name("../x"), valid_name(".")
 (True, False, False)
@@ -15,6 +16,7 @@ files of the recorded sha256, and zips of sane declared sizes (``featstore.safez
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import StoreError
+from featstore.output_images import BY_PATH, reach_regular
 from featstore.safezip import check_zip
 from featstore.units import format_bytes
 
@@ -40,6 +43,23 @@ MAX_RECORD_CONTAINERS = 2_000_000
 MAX_RECORD_VALUES = 8_000_000
 
 
+# featstore writes every file of a run folder front to back, never seeking past its end: none is sparse. A file of
+# more than SPARSE_MIN_BYTES with under 1/SPARSE_RATIO of its size allocated on disk (st_blocks * 512) is a hole
+# someone made (`truncate -s 1T`), refused before it is hashed. The ratio is conservative on purpose: a compressing
+# file system (btrfs, ZFS) reports the compressed blocks, and a model's floats compress 1.1-3x, its int arrays maybe
+# 10x; no file featstore writes compresses 64x. Below 64 MiB a hole costs under 0.1 s of hashing: not looked at.
+SPARSE_MIN_BYTES = 64 << 20
+SPARSE_RATIO = 64
+# one opening, for reading: never through a link at the name, never waited on (a FIFO), not a terminal of this process
+_OPEN = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOCTTY", 0)
+)
+
+
 class BrokenRunError(StoreError):
     """A run folder that cannot be used (damaged, incomplete or crafted); the message names the file and the fix."""
 
@@ -50,7 +70,7 @@ def valid_name(name: object) -> bool:
 
 
 def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file."""
+    """Hex sha256 of a file (one featstore just wrote; a run folder's files are verified by :func:`verify_file`)."""
     from featstore.models.weights import sha256_file
 
     return sha256_file(path)
@@ -77,10 +97,76 @@ def regular_file(folder: Path, name: object, what: str) -> Path:
     return path
 
 
-def verify_file(folder: Path, name: object, expected: object, what: str) -> Path:
-    """``folder/name`` after checking that it is a regular file whose sha256 is the recorded one."""
+def open_regular(path: Path, what: str, folder: Path) -> int:
+    """A read-only descriptor of the regular file at ``path``, opened once: a link, FIFO, device or folder renamed onto
+    the name since :func:`regular_file` looked is refused (never followed, waited on, nor a device's driver opened:
+    ``O_PATH`` first where there is one, :func:`featstore.output_images.reach_regular`)."""
+    try:
+        if BY_PATH:
+            found = reach_regular(path, follow=False)
+            fd = None if found is None else found[0]
+        else:
+            fd = os.open(path, _OPEN)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                fd = None
+    except FileNotFoundError:
+        raise BrokenRunError(
+            f"{what} {path} is missing; the run folder is incomplete. Remove {folder} and fit again."
+        ) from None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise BrokenRunError(f"{what} {path} cannot be opened ({exc.strerror or exc}); remove {folder}") from None
+        fd = None
+    if fd is None:
+        raise BrokenRunError(
+            f"{what} {path} is not a regular file (a link, folder, FIFO or device put there since featstore looked at "
+            f"it); refusing to read it. Remove {folder}."
+        )
+    return fd
+
+
+def check_size(
+    st: os.stat_result, path: Path, what: str, folder: Path, size: int | None = None, cap: int | None = None
+) -> None:
+    """BrokenRunError unless the file of ``st`` has the recorded ``size`` (when one is), is at most ``cap`` bytes (when
+    given) and is not sparse (see SPARSE_RATIO): what bounds hashing it, looked at before a byte is read."""
+    fix = f"Remove the folder {folder} and fit again."
+    if size is not None and st.st_size != size:
+        raise BrokenRunError(
+            f"{what} {path} is {st.st_size:,} bytes, the run recorded {size:,}: it was changed after the fit. "
+            f"Refusing to read it. {fix}"
+        )
+    if cap is not None and st.st_size > cap:
+        raise BrokenRunError(
+            f"{what} {path} is {format_bytes(st.st_size)}, more than the {format_bytes(cap)} featstore ever writes; "
+            f"refusing to read it. {fix}"
+        )
+    allocated = getattr(st, "st_blocks", None)
+    if allocated is not None and st.st_size > SPARSE_MIN_BYTES and allocated * 512 * SPARSE_RATIO < st.st_size:
+        raise BrokenRunError(
+            f"{what} {path} is a sparse file ({format_bytes(st.st_size)} with {format_bytes(allocated * 512)} on "
+            f"disk), which featstore never writes: it was altered after the fit. Refusing to read it. {fix}"
+        )
+
+
+def verify_file(
+    folder: Path, name: object, expected: object, what: str, size: int | None = None, cap: int | None = None
+) -> Path:
+    """``folder/name`` after checking that it is a regular file whose sha256 is the recorded one.
+
+    Opened once (never through a link, never waited on: a FIFO renamed onto the name after :func:`regular_file` looked
+    is refused, not read) and bounded from its ``fstat`` before a byte is hashed (:func:`check_size`): ``size``, the
+    recorded size if any; ``cap``, the most bytes a file of its kind may hold; a sparse file is refused. Then hashed
+    from that descriptor (attack 35 #3: a sparse 1 TiB model file was hashed for ~17 min)."""
     path = regular_file(folder, name, what)
-    got = sha256_of(path)
+    fd = open_regular(path, what, folder)
+    try:
+        check_size(os.fstat(fd), path, what, folder, size, cap)
+        with open(fd, "rb", closefd=False) as fh:
+            got = hashlib.file_digest(fh, "sha256").hexdigest()
+    finally:
+        os.close(fd)
     if got != expected:
         raise BrokenRunError(
             f"{what} {path} has sha256 {got[:12]}, the run recorded {str(expected)[:12]}: it was changed "
