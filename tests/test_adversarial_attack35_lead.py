@@ -122,3 +122,50 @@ def test_out_of_memory_on_the_first_image_is_one_line(monkeypatch, tmp_path):
     out = no_traceback(cli("extract", "--data", data, "--split", "train", "--store", tmp_path / "s.h5",
                            "--weights", "none", "--image-size", "32"))  # fmt: skip
     assert "the forward pass ran out of memory on a batch of 1 images (OOM when allocating tensor" in out, out
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    """A store's logreg run and another run's model file (knn) to swap in: (folder, artifact, other model file)."""
+    import json
+
+    from featstore import fit
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    store, runs = synthetic_store(tmp_path / "s.h5"), tmp_path / "runs"
+    first, other = fit(store, "logreg", runs=runs)["id"], fit(store, "knn", runs=runs)["id"]
+    artifact = json.loads((runs / first / "run.json").read_text())["artifact"]
+    return runs / first, artifact, runs / other / "model.skops"
+
+
+def test_a_run_model_swapped_between_its_check_and_its_load_is_refused(two_runs):
+    """Attack 35 #4: ``check_artifact`` (sha256, schema, arrays) passed, then ``load_estimator(verified=True)`` only
+    looked at the name again and loaded whatever was there: another pipeline renamed onto it answered every
+    prediction. The load now checks the size and sha256 of the very file it loads."""
+    from featstore.runs import artifacts
+    from featstore.runs.files import BrokenRunError
+
+    folder, artifact, other = two_runs
+    artifacts.check_artifact(folder, artifact)
+    os.replace(other, folder / "model.skops")
+    with pytest.raises(BrokenRunError, match=r"run artifact .*model\.skops (is|has)"):
+        artifacts.load_estimator(folder, artifact, verified=True)
+
+
+def test_a_run_model_swapped_after_its_hash_is_not_what_is_loaded(two_runs, monkeypatch):
+    """Renamed onto the name after the file's hash, inside the load: the file hashed, held open, is what is loaded."""
+    from featstore.runs import artifacts
+
+    folder, artifact, other = two_runs
+    real = artifacts.verify_file
+
+    def hashed_then_swapped(*a, **k):
+        checked = real(*a, **k)
+        if other.exists():
+            os.replace(other, folder / "model.skops")
+        return checked
+
+    monkeypatch.setattr(artifacts, "verify_file", hashed_then_swapped)
+    pipe = artifacts.load_estimator(folder, artifact)
+    assert not other.exists()  # the swap happened
+    assert type(pipe.steps[-1][1]).__name__ == "LogisticRegression"  # the logreg held, not the knn swapped in

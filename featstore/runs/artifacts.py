@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import zipfile
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-
-import numpy as np
 
 from featstore.errors import StoreError
 from featstore.models.keras_sizes import keras_zip_problem
 from featstore.models.preset_json import MAX_WEIGHTS_BYTES
+from featstore.runs.applying import checked_finetuned, checked_predict, checked_proba, full_proba  # noqa: F401
 from featstore.runs.files import MAX_RECORD_BYTES, RECORD, BrokenRunError, check_zip_file, regular_file, verify_file
 from featstore.runs.modelcheck import ModelStateError, check_pipeline, check_skops_schema
 
@@ -234,16 +234,42 @@ def artifact_files(folder: Path, artifact: dict) -> None:
 def check_artifact(folder: Path, artifact: dict) -> Path:
     """The model file of a run after checking its record, its sha256 (and its meta file's), its zip sizes and, for skops,
     its types and the arrays of its trees and SVCs (see ``modelcheck``)."""
+    with held_artifact(folder, artifact):
+        pass
+    return folder / artifact["file"]
+
+
+@contextmanager
+def held_artifact(folder: Path, artifact: dict, checked: bool = False) -> Iterator[tuple[Path, Path | None]]:
+    """``(model file, meta file or None)`` of a run, each a private name of the very file whose size and sha256 were
+    checked, held open from the check to the end of the block
+    (:func:`~featstore.models.held_input.held_input`): checked, then loaded by name, a model file another user renamed
+    onto the name in between was loaded unchecked (attack 35 #4). ``checked``: :func:`check_artifact` passed for this
+    folder already: a file of the recorded sha256 is the one its content checks passed, so only the sizes and hashes
+    are checked again."""
+    from featstore.models.held_input import held_input
+
     check_artifact_record(folder, artifact)
-    path = verify_file(
-        folder, artifact["file"], artifact["sha256"], "run artifact", artifact.get("size"), MAX_ARTIFACT_BYTES
-    )
+    with ExitStack() as stack:
+        path = regular_file(folder, artifact["file"], "run artifact")
+        name = stack.enter_context(held_input(path, "run artifact", BrokenRunError))
+        size = artifact.get("size")
+        verify_file(folder, artifact["file"], artifact["sha256"], "run artifact", size, MAX_ARTIFACT_BYTES, held=name)
+        meta = None
+        if artifact["format"] == "keras":
+            meta_path = regular_file(folder, artifact["meta_file"], "run artifact metadata")
+            meta = stack.enter_context(held_input(meta_path, "run artifact metadata", BrokenRunError))
+            what, size = "run artifact metadata", artifact.get("meta_size")
+            verify_file(folder, artifact["meta_file"], artifact["meta_sha256"], what, size, MAX_META_BYTES, held=meta)
+        if not checked:
+            _check_content(folder, artifact, name)
+        yield name, meta
+
+
+def _check_content(folder: Path, artifact: dict, path: Path) -> None:
+    """The zip sizes of a run's model file (read through ``path``) and, for skops, its types and arrays; Keras
+    files' configs bounded by the weights they hold."""
     check_zip_file(path, "run artifact", folder, f"{artifact['format']} file")
-    if artifact["format"] == "keras":
-        meta_size = artifact.get("meta_size")
-        verify_file(
-            folder, artifact["meta_file"], artifact["meta_sha256"], "run artifact metadata", meta_size, MAX_META_BYTES
-        )
     if artifact["format"] in ("keras", "keras-model"):  # loaded with safe_mode=True: no code runs
         problem = keras_zip_problem(path)  # Keras builds each layer from config.json before reading a weight
         if problem:
@@ -251,7 +277,7 @@ def check_artifact(folder: Path, artifact: dict) -> Path:
                 f"run artifact {path} is refused before loading: {problem}. It was altered after the fit or damaged; "
                 f"remove the folder {folder} and fit (or fine-tune) again"
             )
-        return path
+        return
     schema = _schema(path)
     _refuse_foreign(path, skops_types(path, schema))
     try:
@@ -259,47 +285,50 @@ def check_artifact(folder: Path, artifact: dict) -> Path:
             check_skops_schema(z, schema)
     except ModelStateError as exc:
         raise _altered(folder, path, exc) from None
-    return path
 
 
 def load_estimator(folder: Path, artifact: dict, verified: bool = False):
-    """Load a run's fitted pipeline after checking its sha256 and (skops) that it holds only featstore's types.
-
-    ``verified``: :func:`check_artifact` passed for this folder already (the file is only checked to be regular again).
-    """
+    """Load a run's fitted pipeline after checking its sha256 and (skops) that it holds only featstore's types, from
+    the very file checked (:func:`held_artifact`). ``verified``: :func:`check_artifact` passed for this folder
+    already (its size and sha256 are checked again on the file loaded, not its content)."""
     from sklearn.pipeline import Pipeline
 
     from featstore.models.head import DenseHead
     from featstore.models.reshape import FeatureReshape
 
-    path = regular_file(folder, artifact["file"], "run artifact") if verified else check_artifact(folder, artifact)
-    if artifact["format"] == "keras-model":
+    if isinstance(artifact, dict) and artifact.get("format") == "keras-model":
         raise BrokenRunError(
             f"{folder / 'run.json'}: a fitted classifier's artifact must be skops or keras, not a whole "
             f"keras-model (that is what finetune runs hold); remove the folder {folder}"
         )
-    if artifact["format"] == "keras":
-        try:
-            meta = json.loads(regular_file(folder, artifact["meta_file"], "run artifact metadata").read_text())
-            head = DenseHead(**meta["params"]).load_model(path, meta["classes"], meta.get("history"))
-            reshape = FeatureReshape(meta["reduce"])
-            reshape.n_features_in_ = meta["n_features_in"]  # stateless apart from the input check
-        except StoreError:
-            raise
-        except (
-            Exception
-        ) as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild; bad JSON: KeyError/TypeError
-            raise BrokenRunError(
-                f"run artifact {path} cannot be loaded by this Keras ({exc}); fit the classifier again"
-            ) from exc
-        return Pipeline([("features", reshape), ("clf", head)])
+    with held_artifact(folder, artifact, checked=verified) as (name, meta_name):
+        path = folder / artifact["file"]
+        if artifact["format"] == "keras":
+            try:
+                meta = json.loads(meta_name.read_text())  # its size was bounded with its hash
+                head = DenseHead(**meta["params"]).load_model(name, meta["classes"], meta.get("history"))
+                reshape = FeatureReshape(meta["reduce"])
+                reshape.n_features_in_ = meta["n_features_in"]  # stateless apart from the input check
+            except StoreError:
+                raise
+            except Exception as exc:  # Keras: ValueError/TypeError/OSError for files it cannot rebuild; JSON: KeyError
+                raise BrokenRunError(
+                    f"run artifact {path} cannot be loaded by this Keras ({exc}); fit the classifier again"
+                ) from exc
+            return Pipeline([("features", reshape), ("clf", head)])
+        return _load_skops(folder, path, name)
+
+
+def _load_skops(folder: Path, path: Path, name: Path):
+    """The pipeline in the skops file ``path`` (read through ``name``), with skops' own audit and featstore's checks
+    of the loaded objects."""
     import skops.io as sio
 
     try:
-        untrusted = sio.get_untrusted_types(file=path)
+        untrusted = sio.get_untrusted_types(file=name)
         _refuse_foreign(path, untrusted)  # skops' own audit, in case it sees a type the schema walk did not
         with _legacy_module_names():
-            loaded = sio.load(path, trusted=untrusted)
+            loaded = sio.load(name, trusted=untrusted)
         return check_pipeline(loaded)  # the loaded objects, checked again (and k-NN rebuilt)
     except ModelStateError as exc:
         raise _altered(folder, path, exc) from None
@@ -312,9 +341,9 @@ def load_estimator(folder: Path, artifact: dict, verified: bool = False):
 
 
 def load_finetuned(folder: Path, rec, verified: bool = False):
-    """A fine-tuned run's model (``FinetunedModel``) after checking its sha256 and zip sizes; loaded with ``safe_mode=True``.
-
-    ``verified``: :func:`check_artifact` passed for this folder already.
+    """A fine-tuned run's model (``FinetunedModel``) after checking its sha256 and zip sizes, from the very file checked
+    (:func:`held_artifact`); loaded with ``safe_mode=True``. ``verified``: :func:`check_artifact` passed for this
+    folder already.
     """
     from featstore.models.finetuned import FinetunedModel
 
@@ -323,11 +352,14 @@ def load_finetuned(folder: Path, rec, verified: bool = False):
         raise BrokenRunError(
             f"{folder / 'run.json'}: a finetune run's model must be a keras-model artifact; remove the folder {folder}"
         )
-    path = regular_file(folder, artifact["file"], "run artifact") if verified else check_artifact(folder, artifact)
-    try:
-        model = FinetunedModel.load(path, rec["extractor_attrs"])
-    except Exception as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild
-        raise BrokenRunError(f"run artifact {path} cannot be loaded by this Keras ({exc}); fine-tune again") from exc
+    path = folder / str(artifact.get("file"))
+    with held_artifact(folder, artifact, checked=verified) as (name, _):
+        try:
+            model = FinetunedModel.load(name, rec["extractor_attrs"])
+        except Exception as exc:  # Keras raises ValueError/TypeError/OSError for files it cannot rebuild
+            raise BrokenRunError(
+                f"run artifact {path} cannot be loaded by this Keras ({exc}); fine-tune again"
+            ) from exc
     # the record says what the model takes and gives: a model.keras of other shapes was swapped in or damaged (refused before any image is read)
     attrs, k = rec["extractor_attrs"], len(rec["class_names"])
     want_in, want_out = (
@@ -342,89 +374,3 @@ def load_finetuned(folder: Path, rec, verified: bool = False):
             f"fine-tuning. Refusing to use it; remove the folder {folder} and fine-tune again."
         )
     return model
-
-
-def full_proba(est, X: np.ndarray, n_classes: int) -> np.ndarray:
-    """``predict_proba`` with one column per store class (classes absent from training get 0)."""
-    proba = est.predict_proba(X)
-    classes = np.asarray(est.classes_)
-    if (
-        classes.ndim != 1
-        or classes.dtype.kind not in "iu"
-        or len(np.unique(classes)) != len(classes)
-        or (classes < 0).any()
-        or (classes >= n_classes).any()
-    ):
-        raise ValueError(
-            f"the model's classes {classes.tolist()!r} are not distinct labels of the {n_classes} store classes"
-        )
-    if len(classes) == n_classes and (classes == np.arange(n_classes)).all():  # every class, in order: no copy
-        return np.asarray(proba, dtype=np.float64)
-    out = np.zeros((len(X), n_classes), dtype=np.float64)
-    out[:, classes] = proba
-    return out
-
-
-@contextmanager
-def _applying(run_id: str):
-    """Turn the errors of a loaded model that does not fit the features into one BrokenRunError."""
-    try:
-        yield
-    except (ValueError, TypeError, IndexError, AttributeError, KeyError, ArithmeticError) as exc:
-        raise BrokenRunError(
-            f"the model in run {run_id} does not fit these features ({type(exc).__name__}: {exc}); it was altered or "
-            f"damaged after the fit, or fitted on other features. Fit the classifier again."
-        ) from None
-
-
-def _probabilities(proba: np.ndarray, rows: int, n_classes: int) -> bool:
-    """Whether ``proba`` is ``(rows, n_classes)`` of finite values in [0, 1] whose rows sum to 1 (to rounding)."""
-    return proba.shape == (rows, n_classes) and bool(
-        np.isfinite(proba).all()
-        and (proba >= -1e-6).all()
-        and (proba <= 1 + 1e-6).all()
-        and (np.abs(proba.sum(axis=1) - 1.0) <= 1e-3).all()
-    )
-
-
-def checked_proba(est, X: np.ndarray, n_classes: int, run_id: str) -> np.ndarray:
-    """:func:`full_proba` of a loaded model, or a BrokenRunError when its state does not fit the features.
-
-    A loaded model may hold arrays of another size than its features (a crafted or damaged run): scikit-learn's
-    ValueError/TypeError/IndexError become one clear error, and NaN, inf or out-of-range probabilities are refused.
-    Example::
-
-        proba = checked_proba(load_estimator(folder, rec["artifact"]), X, 3, rec["id"])
-    """
-    with _applying(run_id):
-        proba = full_proba(est, X, n_classes)
-    if not _probabilities(proba, len(X), n_classes):
-        raise BrokenRunError(
-            f"the model in run {run_id} gives NaN, inf, probabilities outside [0, 1] or rows that do not sum to 1 on these features; "
-            f"its state was altered or damaged. Fit the classifier again."
-        )
-    return proba
-
-
-def checked_finetuned(model, images: np.ndarray, n_classes: int, run_id: str) -> np.ndarray:
-    """A fine-tuned model's probabilities of a uint8 batch, refused (BrokenRunError) unless they are ``(B, n_classes)`` in [0, 1]."""
-    with _applying(run_id):
-        proba = model.proba(images)
-    if not _probabilities(proba, len(images), n_classes):
-        raise BrokenRunError(
-            f"the model in run {run_id} gives {proba.shape} outputs, NaN, inf, probabilities outside [0, 1] or rows that do not sum to 1 for "
-            f"{len(images)} images of {n_classes} classes; it was altered or damaged. Fine-tune again."
-        )
-    return proba
-
-
-def checked_predict(est, X: np.ndarray, n_classes: int, run_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(predictions, probabilities)`` of a loaded model, checked as :func:`checked_proba` does."""
-    proba = checked_proba(est, X, n_classes, run_id)
-    with _applying(run_id):
-        pred = np.asarray(est.predict(X))
-    if pred.shape != (len(X),):
-        raise BrokenRunError(
-            f"the model in run {run_id} gives predictions of shape {pred.shape} for {len(X)} rows; fit the classifier again"
-        )
-    return pred, proba

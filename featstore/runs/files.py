@@ -151,18 +151,32 @@ def check_size(
 
 
 def verify_file(
-    folder: Path, name: object, expected: object, what: str, size: int | None = None, cap: int | None = None
+    folder: Path,
+    name: object,
+    expected: object,
+    what: str,
+    size: int | None = None,
+    cap: int | None = None,
+    held: Path | None = None,
 ) -> Path:
     """``folder/name`` after checking that it is a regular file whose sha256 is the recorded one.
 
     Opened once (never through a link, never waited on: a FIFO renamed onto the name after :func:`regular_file` looked
     is refused, not read) and bounded from its ``fstat`` before a byte is hashed (:func:`check_size`): ``size``, the
     recorded size if any; ``cap``, the most bytes a file of its kind may hold; a sparse file is refused. Then hashed
-    from that descriptor (attack 35 #3: a sparse 1 TiB model file was hashed for ~17 min)."""
+    from that descriptor (attack 35 #3: a sparse 1 TiB model file was hashed for ~17 min). ``held``: a name of the file
+    the caller holds open to load it (:func:`featstore.models.held_input.held_input`): refused unless the file hashed
+    is that very file (attack 35 #4: a file renamed onto the name between the check and the load was loaded)."""
     path = regular_file(folder, name, what)
     fd = open_regular(path, what, folder)
     try:
-        check_size(os.fstat(fd), path, what, folder, size, cap)
+        st = os.fstat(fd)
+        if held is not None and not _same_file(st, held):
+            raise BrokenRunError(
+                f"{what} {path} was replaced while featstore read it (someone can rename entries in the run folder); "
+                f"nothing was loaded. Run again, or keep the runs folder where only you can write"
+            )
+        check_size(st, path, what, folder, size, cap)
         with open(fd, "rb", closefd=False) as fh:
             got = hashlib.file_digest(fh, "sha256").hexdigest()
     finally:
@@ -173,6 +187,15 @@ def verify_file(
             f"after the fit. Refusing to load it; fit the classifier again."
         )
     return path
+
+
+def _same_file(st: os.stat_result, other: Path) -> bool:
+    """Whether ``st`` is the file ``other`` leads to."""
+    try:
+        now = os.stat(other)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
 def read_record_json(folder: Path) -> object:
