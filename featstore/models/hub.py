@@ -154,16 +154,14 @@ class HubSpec:
                 else f"{folder / WEIGHTS_FILE} is {found}, not a regular file; put the preset's weights file there "
                 f"(what save_to_preset writes)"
             )
-        if (folder / WEIGHTS_FILE).stat().st_size > MAX_WEIGHTS_BYTES:  # hashed, then loaded: a sparse 1 TB file hung
-            raise ConfigError(
-                f"{folder / WEIGHTS_FILE} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB; the largest supported presets "
-                f"are a few GiB"
-            )
         weights = folder / WEIGHTS_FILE
-        refuse_foreign(
-            weights, "preset weights file", ConfigError
-        )  # a colleague's link there (the folder's: normalise)
-        with held_input(weights.resolve(), "preset weights file") as held:  # one file checked and hashed
+        # a colleague's link there (the folder's own is held to the rule by normalise); then one file checked and hashed
+        refuse_foreign(weights, "preset weights file", ConfigError)
+        with held_input(weights.resolve(), "preset weights file", named=weights) as held:
+            if held.stat().st_size > MAX_WEIGHTS_BYTES:  # hashed, then loaded: a sparse 1 TB file hung
+                raise ConfigError(
+                    f"{weights} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB; the largest supported presets are a few GiB"
+                )
             return cls._read(preset, folder, handle, config, held)
 
     @classmethod
