@@ -1,0 +1,90 @@
+"""Attack 34 #3-#6: in a folder with the sticky bit (a team folder made ``1777``) only an entry's owner or the folder's
+owner may rename or remove it; the kernel's EPERM was read as "folder not writable; make it writable", and the fixes
+named were ones only another user could do. Root ignores the sticky bit: the colleague (uid 54321) and the folder's
+owner (uid 54322) are made-up users, and the kernel's EPERM is simulated where the suite runs as root."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from featstore import sticky
+from featstore.errors import OutputError
+
+COLLEAGUE, FOLDER_OWNER = 54321, 54322
+EPERM = PermissionError(errno.EPERM, "Operation not permitted")
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to made-up users needs root")
+
+
+def team(tmp_path: Path) -> Path:
+    """A team folder as teams make them: another user's, mode 1777."""
+    folder = tmp_path / "team"
+    folder.mkdir()
+    os.chown(folder, FOLDER_OWNER, -1)
+    folder.chmod(0o1777)
+    return folder
+
+
+def theirs(path: Path, text: str = "x\n", mode: int = 0o666) -> Path:
+    """A file of the colleague's at ``path``."""
+    path.write_text(text)
+    path.chmod(mode)
+    os.lchown(path, COLLEAGUE, -1)
+    return path
+
+
+def refuse_renames_onto(monkeypatch, target: Path) -> None:
+    """The kernel's answer to an ordinary user renaming onto, or away, ``target`` (the colleague's): EPERM."""
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        for name, fd in ((src, k.get("src_dir_fd")), (dst, k.get("dst_dir_fd"))):
+            full = os.path.join(os.readlink(f"/proc/self/fd/{fd}"), name) if fd is not None else os.fspath(name)
+            if os.path.abspath(full) == str(target):
+                raise PermissionError(errno.EPERM, "Operation not permitted", os.fspath(src), os.fspath(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "rename", replace)
+
+
+@needs_root
+def test_the_sticky_entry_is_told_apart_from_a_folder_not_writable(tmp_path):
+    folder = team(tmp_path)
+    found = sticky.refused(EPERM, theirs(folder / "x.csv"))
+    assert found is not None and found.owner == "uid 54321" and found.mode == 0o1777, found
+    mine = folder / "mine.csv"
+    mine.write_text("")
+    assert sticky.refused(EPERM, mine) is None  # this user's own entry: the sticky bit does not stop its owner
+    os.chown(folder, 0, -1)
+    assert sticky.refused(EPERM, folder / "x.csv") is None  # the folder's owner may rename any entry
+
+
+@needs_root
+def test_a_reexport_over_a_colleagues_file_in_a_sticky_folder_says_so(tmp_path, monkeypatch):
+    """Attack 34 #4b: "folder team is not writable by you; write to another folder", of a 1777 folder."""
+    from featstore.outputs import write_text
+
+    out = theirs(team(tmp_path) / "x.csv")
+    refuse_renames_onto(monkeypatch, out)
+    with pytest.raises(OutputError) as err:
+        write_text(out, "a,b\n", "--out")
+    line = str(err.value)
+    assert f"{out} is uid 54321's, in a folder with the sticky bit ({out.parent}, mode 1777)" in line, line
+    assert "ask uid 54321 to remove it" in line and "not writable" not in line, line
+    assert out.read_text() == "x\n"
+
+
+@needs_root
+def test_the_clis_permission_line_says_sticky_folder_not_a_mode_that_lets_the_user_write(tmp_path):
+    """Attack 34 #5: "you may not change it (a34bob's, mode 0666)": 0666 lets her write; the folder is sticky."""
+    from featstore.cli.denied import denied_line
+
+    record = theirs(team(tmp_path) / "s.h5.leaks.json")
+    line = denied_line(PermissionError(errno.EPERM, "Operation not permitted", str(record)))
+    assert "in a folder with the sticky bit" in line and "may not change it" not in line, line
+    assert "ask uid 54321 to remove it" in line, line
