@@ -88,3 +88,43 @@ def test_the_clis_permission_line_says_sticky_folder_not_a_mode_that_lets_the_us
     line = denied_line(PermissionError(errno.EPERM, "Operation not permitted", str(record)))
     assert "in a folder with the sticky bit" in line and "may not change it" not in line, line
     assert "ask uid 54321 to remove it" in line, line
+
+
+def colleagues_run(tmp_path: Path, test: str = "none") -> tuple[Path, Path, str]:
+    """(store, runs, run id): a run of the colleague's (fitted without a test split) in a sticky team runs folder."""
+    from featstore import fit
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    store = synthetic_store(tmp_path / "s.h5")
+    runs = team(tmp_path)
+    rid = fit(store, "logreg", runs=runs, test=test)["id"]
+    for dirpath, dirnames, filenames in os.walk(runs / rid):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.lchown(name, COLLEAGUE, -1)
+    return store, runs, rid
+
+
+@needs_root
+def test_evaluating_a_colleagues_run_in_a_sticky_runs_folder_says_whose_it_is_before_any_work(tmp_path, monkeypatch):
+    """Attack 34 #4: "s.runs is not writable (Operation not permitted); make it writable": it is (1777)."""
+    from featstore.experiments import evaluate
+
+    store, runs, rid = colleagues_run(tmp_path)
+    monkeypatch.setattr(sticky, "privileged", lambda: False)  # as an ordinary user, whom the sticky bit stops
+    monkeypatch.setattr(evaluate, "add_split", lambda *a: pytest.fail("the run's new version was written"))
+    _, figures, said = evaluate.evaluate_and_record(rid, "test", store, runs)
+    assert said.startswith("not recorded: ") and f"{runs / rid} is uid 54321's, in a folder with the sticky bit" in said
+    assert f"ask uid 54321 to run `featstore runs evaluate {rid}`" in said and "not writable" not in said, said
+    assert figures["n"] == 15  # the figures are still computed and shown
+
+
+@needs_root
+def test_the_sticky_refusal_of_the_runs_swap_is_said_as_it_is(tmp_path, monkeypatch):
+    from featstore.experiments.evaluate import evaluate_and_record
+
+    store, runs, rid = colleagues_run(tmp_path)
+    refuse_renames_onto(monkeypatch, runs / rid)
+    said = evaluate_and_record(rid, "test", store, runs)[2]
+    assert f"{runs / rid} is uid 54321's, in a folder with the sticky bit ({runs}, mode 1777)" in said, said
+    assert "copy the run into a --runs folder of yours" in said and "not writable" not in said, said
+    assert sorted(p.name for p in runs.iterdir()) == [rid]  # nothing half-made is left
