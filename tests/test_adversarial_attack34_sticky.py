@@ -128,3 +128,31 @@ def test_the_sticky_refusal_of_the_runs_swap_is_said_as_it_is(tmp_path, monkeypa
     assert f"{runs / rid} is uid 54321's, in a folder with the sticky bit ({runs}, mode 1777)" in said, said
     assert "copy the run into a --runs folder of yours" in said and "not writable" not in said, said
     assert sorted(p.name for p in runs.iterdir()) == [rid]  # nothing half-made is left
+
+
+@needs_root
+def test_a_colleagues_hidden_run_in_a_sticky_runs_folder_names_who_can_put_it_back(tmp_path, monkeypatch):
+    """Attack 34 #6: his `runs evaluate` killed between its two renames; for her, "featstore puts the run back 10
+    minutes after its last change, or move <old> to <run>" (neither can happen: the sticky bit refuses both)."""
+    import shutil
+    import time
+
+    from featstore.runs import swap
+
+    store, runs, rid = colleagues_run(tmp_path)
+    new, old = runs / f".{rid}.abcd.tmp", runs / f".{rid}.abcd.old.tmp"
+    shutil.copytree(runs / rid, new)
+    swap.mark(new, rid, "new")
+    os.rename(runs / rid, old)
+    swap.mark(old, rid, "old", "x")
+    for folder in (new, old):
+        for name in [folder, *folder.iterdir()]:
+            os.lchown(name, COLLEAGUE, -1)
+    refuse_renames_onto(monkeypatch, runs / rid)
+    left = swap.reveal(runs, time.time() + 2 * swap.ORPHAN_AGE_S)  # his writer is gone, long ago
+    line = left[rid]
+    assert "by uid 54321's `runs evaluate`" in line, line
+    assert f"{new} is uid 54321's, in a folder with the sticky bit" in line, line
+    assert "uid 54321's next featstore command on this runs folder" in line and f"mv {new} {runs / rid}" in line, line
+    assert "minutes after its last change" not in line, line
+    assert sorted(p.name for p in runs.iterdir()) == sorted([new.name, old.name])
