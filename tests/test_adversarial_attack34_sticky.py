@@ -156,3 +156,45 @@ def test_a_colleagues_hidden_run_in_a_sticky_runs_folder_names_who_can_put_it_ba
     assert "uid 54321's next featstore command on this runs folder" in line and f"mv {new} {runs / rid}" in line, line
     assert "minutes after its last change" not in line, line
     assert sorted(p.name for p in runs.iterdir()) == sorted([new.name, old.name])
+
+
+@needs_root
+def test_leaks_with_a_colleagues_record_in_a_sticky_folder_sets_nothing_aside_and_says_why_once(tmp_path, monkeypatch):
+    """Attack 34 #5: each run hard-linked his damaged record aside (`.damaged`, `.damaged.1`, ...), then could not
+    replace it, in a line that said his 0666 file kept her out, and "... must be writable" of a 1777 folder."""
+    from tests.test_adversarial_attack3 import synthetic_store
+    from tests.test_adversarial_attack4 import cli, no_traceback
+
+    folder = team(tmp_path)
+    store = synthetic_store(folder / "s.h5")
+    record = theirs(folder / "s.h5.leaks.json", "garbage\n")
+    monkeypatch.setattr(sticky, "privileged", lambda: False)  # as an ordinary user, whom the sticky bit stops
+    for _ in range(2):
+        out = no_traceback(cli("leaks", "--store", store))
+        assert f"leaks record not written: {record} is uid 54321's, in a folder with the sticky bit" in out, out
+        assert "ask uid 54321 to remove it" in out and "must be writable" not in out, out
+        assert "will not show these counts (printed above)." in out and "test: 0 of 15 rows" in out, out
+    assert sorted(p.name for p in folder.iterdir() if "leaks.json" in p.name) == [record.name]
+    assert record.read_text() == "garbage\n"
+
+
+@needs_root
+def test_a_damaged_record_that_cannot_be_removed_is_not_left_linked_aside(tmp_path, monkeypatch):
+    """The kernel's EPERM at the unlink of his record (root is not stopped by the sticky bit, so the check before any
+    work lets it through): the hard link made aside is taken back, and the line says why."""
+    from featstore.experiments.leaks import record as leaks_record
+    from tests.test_adversarial_attack17_runs import _report
+
+    folder = team(tmp_path)
+    record = theirs(folder / "s.h5.leaks.json", "garbage\n")
+    real = os.unlink
+
+    def unlink(path, *a, **k):
+        if os.fspath(path) == str(record):
+            raise PermissionError(errno.EPERM, "Operation not permitted", os.fspath(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with pytest.raises(OutputError, match="in a folder with the sticky bit"):
+        leaks_record.write_record(_report(folder / "s.h5", "s1"))
+    assert sorted(p.name for p in folder.iterdir() if "leaks.json" in p.name) == [record.name]
