@@ -198,3 +198,26 @@ def test_a_damaged_record_that_cannot_be_removed_is_not_left_linked_aside(tmp_pa
     with pytest.raises(OutputError, match="in a folder with the sticky bit"):
         leaks_record.write_record(_report(folder / "s.h5", "s1"))
     assert sorted(p.name for p in folder.iterdir() if "leaks.json" in p.name) == [record.name]
+
+
+@needs_root
+def test_a_colleagues_read_only_store_names_him_not_a_chmod_only_he_can_do(tmp_path, monkeypatch):
+    """Attack 34 #3a: "store s.h5 is read-only; make it writable (chmod u+w s.h5)": only its owner may chmod it."""
+    from featstore.errors import StoreError
+    from featstore.store.space import check_writable
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    store = synthetic_store(tmp_path / "s.h5")
+    store.chmod(0o644)
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, m, *a, **k: False if os.fspath(p) == str(store) else real(p, m, *a, **k)
+    )
+    with pytest.raises(StoreError, match=r"chmod u\+w"):  # one's own store: chmod is the fix
+        check_writable(store)
+    os.chown(store, COLLEAGUE, -1)
+    with pytest.raises(StoreError) as err:
+        check_writable(store)
+    line = str(err.value)
+    assert f"store {store} is uid 54321's and not writable by you (mode 0644): ask uid 54321 to make it" in line, line
+    assert "copy it into a folder of yours and pass that --store" in line and "chmod u+w" not in line, line
