@@ -221,3 +221,24 @@ def test_a_colleagues_read_only_store_names_him_not_a_chmod_only_he_can_do(tmp_p
     line = str(err.value)
     assert f"store {store} is uid 54321's and not writable by you (mode 0644): ask uid 54321 to make it" in line, line
     assert "copy it into a folder of yours and pass that --store" in line and "chmod u+w" not in line, line
+
+
+@needs_root
+def test_a_colleagues_scratch_base_is_said_once_with_a_fix_the_user_can_do(tmp_path, monkeypatch, caplog):
+    """Attack 34 #3b: a colleague made ``/tmp/featstore-<her uid>`` first: "... Remove it" (in sticky /tmp only he
+    may), printed twice per command."""
+    import tempfile
+
+    from featstore.models.scratch import scratch_folder
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base = tmp_path / f"featstore-{os.geteuid()}"
+    base.mkdir(mode=0o755)
+    os.chown(base, COLLEAGUE, -1)
+    for _ in range(2):
+        with scratch_folder("preset") as tmp:
+            assert tmp.parent == tmp_path
+    said = [r.getMessage() for r in caplog.records if r.name == "featstore.models.scratch"]
+    assert len(said) == 1, said
+    assert f"{base} is not a private folder of yours (it is uid 54321's)" in said[0], said
+    assert "ask uid 54321 or an admin to remove it, or set TMPDIR to a folder of yours" in said[0], said
