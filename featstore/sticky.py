@@ -73,8 +73,9 @@ def entry(path: str | os.PathLike) -> Sticky | None:
 
 
 def refused(exc: BaseException, path: str | os.PathLike) -> Sticky | None:
-    """:func:`entry` of ``path`` when ``exc`` is the EPERM (or EACCES) of renaming or removing it, else None."""
-    if not isinstance(exc, OSError) or exc.errno not in (errno.EPERM, errno.EACCES):
+    """:func:`entry` of ``path`` when ``exc`` is an EPERM (what the kernel answers a rename or removal the sticky bit
+    forbids; EACCES is a mode's answer: opening another's ``0700`` folder is not the sticky bit), else None."""
+    if not isinstance(exc, OSError) or exc.errno != errno.EPERM:
         return None
     return entry(path)
 

@@ -57,6 +57,7 @@ def test_the_sticky_entry_is_told_apart_from_a_folder_not_writable(tmp_path):
     folder = team(tmp_path)
     found = sticky.refused(EPERM, theirs(folder / "x.csv"))
     assert found is not None and found.owner == "uid 54321" and found.mode == 0o1777, found
+    assert sticky.refused(PermissionError(errno.EACCES, "Permission denied"), folder / "x.csv") is None  # a mode's
     mine = folder / "mine.csv"
     mine.write_text("")
     assert sticky.refused(EPERM, mine) is None  # this user's own entry: the sticky bit does not stop its owner
