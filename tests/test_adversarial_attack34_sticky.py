@@ -243,3 +243,30 @@ def test_a_colleagues_scratch_base_is_said_once_with_a_fix_the_user_can_do(tmp_p
     assert len(said) == 1, said
     assert f"{base} is not a private folder of yours (it is uid 54321's)" in said[0], said
     assert "ask uid 54321 or an admin to remove it, or set TMPDIR to a folder of yours" in said[0], said
+
+
+@needs_root
+def test_a_report_of_a_store_whose_cache_folder_is_a_colleagues_uses_a_private_one(tmp_path, monkeypatch):
+    """Attack 34 #4b: a colleague's ``0700`` ``<store>.cache`` (his earlier report of the team store): every report of
+    hers failed, "cannot use the cache folder ...: folder team is not writable by you" (no option moves the cache)."""
+    from featstore.report.site.build import build_report
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    folder = team(tmp_path)
+    store = synthetic_store(folder / "s.h5")
+    cache = folder / "s.h5.cache"
+    cache.mkdir(mode=0o700)
+    os.chown(cache, COLLEAGUE, -1)
+    real = os.open
+
+    def closed(path, flags, *a, **k):  # his 0700 folder, as she meets it
+        full = os.path.join(os.readlink(f"/proc/self/fd/{k['dir_fd']}"), path) if k.get("dir_fd") else path
+        if os.path.abspath(os.fspath(full)) == str(cache):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", closed)
+    result = build_report(store, out=tmp_path / "rep", map_method="pca")
+    assert (tmp_path / "rep" / "index.html").is_file() and not list(cache.iterdir())
+    note = f"the cache folder {cache} is uid 54321's and closed to you; ask uid 54321 to remove it"
+    assert any("caches are not kept" in n and note in n for n in result.notes), result.notes
