@@ -174,9 +174,12 @@ def test_leaks_with_a_colleagues_record_in_a_sticky_folder_sets_nothing_aside_an
         out = no_traceback(cli("leaks", "--store", store))
         assert f"leaks record not written: {record} is uid 54321's, in a folder with the sticky bit" in out, out
         assert "ask uid 54321 to remove it" in out and "must be writable" not in out, out
-        assert "will not show these counts (printed above)." in out and "test: 0 of 15 rows" in out, out
+        assert "folder of yours. `featstore info` will not show these counts (printed above)." in out, out
+        assert "test: 0 of 15 rows" in out, out
     assert sorted(p.name for p in folder.iterdir() if "leaks.json" in p.name) == [record.name]
     assert record.read_text() == "garbage\n"
+    info = no_traceback(cli("info", store))  # "re-run featstore leaks to replace it", which never can for her
+    assert "it is uid 54321's, in a folder with the sticky bit: ask uid 54321 to remove it, then re-run" in info, info
 
 
 @needs_root

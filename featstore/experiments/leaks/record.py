@@ -204,7 +204,7 @@ def _theirs_line(theirs: sticky.Sticky) -> str:
     """The line for another user's record that this user may not replace (attack 34 #5: each run set it aside once
     more, as ``.damaged.N``, then failed to replace it, in a line that said its mode 0666 kept the user out)."""
     return "leaks record not written: " + theirs.line(
-        f"ask {theirs.owner} to remove it, or run featstore leaks on a --store in a folder of yours"
+        f"ask {theirs.owner} to remove it, or run featstore leaks on a --store in a folder of yours."
     )
 
 
@@ -298,7 +298,13 @@ def leaks_line(store: str | os.PathLike, extractor: str, entry: dict) -> str:
         )
         why = _stale_reason(rec, entry)
     except BadRecord as exc:
-        return f"leaks: record {terminal_safe(str(path))} is damaged: it {exc}; re-run featstore leaks to replace it"
+        theirs = sticky.ahead(path)  # a colleague's, in a sticky folder: no run of this user's can replace it
+        fix = "re-run featstore leaks to replace it"
+        if theirs is not None:
+            fix = (
+                f"it is {theirs.owner}'s, in a folder with the sticky bit: ask {theirs.owner} to remove it, then {fix}"
+            )
+        return f"leaks: record {terminal_safe(str(path))} is damaged: it {exc}; {fix}"
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError, OverflowError) as exc:
         return f"leaks: record {terminal_safe(str(path))} is damaged ({type(exc).__name__}); re-run featstore leaks"
     if why:
