@@ -233,7 +233,10 @@ def _set_aside(path: Path, why: str) -> Path | None:
         try:
             os.unlink(path)
         except OSError as exc:  # the link is taken back: nothing piles up beside a record that cannot be replaced
-            os.unlink(aside)
+            try:
+                os.unlink(aside)
+            except OSError:  # (in a sticky folder, a link to another's file is theirs too: not for root)
+                logger.debug("could not remove %s", aside)
             theirs = sticky.refused(exc, path)
             if theirs is None:
                 raise
