@@ -28,6 +28,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from featstore import sticky
 from featstore.carry import Own, give, not_carried
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_stem
@@ -404,7 +405,10 @@ def output_fix(exc: OSError, path: Path) -> str:
         return "the disk is full; free some space or write to another folder"
     if code in (errno.EROFS,):
         return f"the file system of {path.parent} is read-only; write to another folder"
-    if code in (errno.EACCES, errno.EPERM):
+    if code in (errno.EACCES, errno.EPERM):  # a colleague's file in a 1777 folder: the sticky bit (attack 34 #4b)
+        theirs = sticky.refused(exc, path)
+        if theirs is not None:
+            return theirs.line(f"write to another path of yours, or ask {theirs.owner} to remove it")
         return f"folder {path.parent} is not writable by you; write to another folder"
     if code == errno.ENOENT and path.parent.is_dir():
         return f"no file can be made in {path.parent} ({exc.strerror}); write to another folder"

@@ -8,10 +8,12 @@ colleague's private folder (``0700``) ended eight commands in a Python traceback
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
 from featstore.linkrule import full_path, user
+from featstore.sticky import entry
 
 
 def denied_line(exc: PermissionError) -> str:
@@ -28,7 +30,15 @@ def denied_line(exc: PermissionError) -> str:
         folder = os.path.dirname(full) or "/"
         why = f"you may not make files in the folder {folder} ({_owner_and_mode(folder)})"
     else:
-        why = f"you may not {_denied(full)} it ({_owner_and_mode(full)})"
+        denied = _denied(full)
+        # the mode lets the user write, or EPERM (a rename or removal refused): the folder's sticky bit (attack 34 #5)
+        theirs = entry(full) if denied == "change" or exc.errno == errno.EPERM else None
+        if theirs is not None:
+            return f"cannot change {path}: " + theirs.line(
+                f"ask {theirs.owner} to remove it, or use a path of yours (a copy in a folder of yours, or another "
+                f"output folder)"
+            )
+        why = f"you may not {denied} it ({_owner_and_mode(full)})"
     return (
         f"cannot reach {path}: {why}. Ask its owner for access, or use a path you can reach (a copy in a folder of "
         f"yours, or another output folder)"

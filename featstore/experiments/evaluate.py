@@ -12,12 +12,14 @@ model's probabilities into the run's.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 import numpy as np
 
+from featstore import sticky
 from featstore.errors import OutputError, StoreError, check_names
 from featstore.experiments.compare import (
     compare_runs,  # noqa: F401 (featstore.compare_runs: its public home)
@@ -32,7 +34,7 @@ from featstore.runs.folder import calibrated_predictions, find_run, get_run, run
 from featstore.runs.kinds import calibrated, kind_of, parse_record
 from featstore.runs.record import RunRecord, digest_paths, thaw
 from featstore.runs.versions import run_lock
-from featstore.runs.write import add_split
+from featstore.runs.write import add_split, not_written
 from featstore.stats.calibration import apply_calibration
 from featstore.stats.figures import RowFigures, completed, confusion_of
 from featstore.stats.intervals import proportion_interval
@@ -241,6 +243,8 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
         return seen["m"]
 
     try:
+        if sticky.ahead(folder) is not None:  # a colleague's run in a sticky runs folder: said before any work
+            raise not_written(PermissionError(errno.EPERM, "Operation not permitted"), root, rec.id, update=True)
         rec = add_split(root, rec, folder, split, figures, (blocks, n, paths, listing))
     except (OutputError, StoreError) as exc:
         # refused before the split was scored (a runs folder that cannot be written): scored on its own; a refusal

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from featstore.leftovers import host_tag, last_touched, writer_gone
+from featstore.sticky import owner_name
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +52,40 @@ def user_scratch() -> Path | None:
     except FileExistsError:
         pass
     except OSError as exc:
-        logger.warning("scratch folder %s cannot be made (%s); using a plain temporary folder", base, exc.strerror)
+        _once(base, f"scratch folder {base} cannot be made ({exc.strerror}); using a plain temporary folder")
         return None
     st = os.lstat(base)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        logger.warning(
-            "%s is not a private folder of yours (a link, another user's, or open to others); featstore's scratch "
-            "folders go to plain temporary folders, which a killed process leaves behind. Remove it",
-            base,
-        )
+        _once(base, _not_private(base, st))
         return None
     return base
+
+
+_SAID: set[str] = set()  # the scratch folders warned about in this process: one warning each, not one per model
+
+
+def _once(base: Path, line: str) -> None:
+    """Warn ``line`` about ``base`` once per process (each preset or model build asked again: two lines a command)."""
+    if str(base) not in _SAID:
+        _SAID.add(str(base))
+        logger.warning("%s", line)
+
+
+def _not_private(base: Path, st: os.stat_result) -> str:
+    """Why ``base`` (its ``lstat``: ``st``) is not a private folder of this user's, and a fix the user can do: another
+    user's (a colleague who made ``/tmp/featstore-<your uid>`` first) is removed by them or an admin only, in ``/tmp``
+    (attack 34 #3b: it said "Remove it")."""
+    if st.st_uid != os.geteuid():
+        owner = owner_name(st.st_uid)
+        what, fix = f"{owner}'s", f"ask {owner} or an admin to remove it, or set TMPDIR to a folder of yours"
+    elif stat.S_ISDIR(st.st_mode):
+        what, fix = f"open to others (mode {stat.S_IMODE(st.st_mode):04o})", f"remove it, or chmod 700 {base}"
+    else:
+        what, fix = "a link" if stat.S_ISLNK(st.st_mode) else "not a folder", "remove it"
+    return (
+        f"{base} is not a private folder of yours (it is {what}); featstore's scratch folders go to plain temporary "
+        f"folders, which a killed process leaves behind: {fix}"
+    )
 
 
 def remove_stale(base: Path, kind: str) -> list[str]:

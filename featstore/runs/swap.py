@@ -27,6 +27,7 @@ import stat
 import time
 from pathlib import Path
 
+from featstore import sticky
 from featstore.errors import StoreError
 from featstore.leftovers import host_tag, writer_gone
 from featstore.renames import proc_path, same_folder
@@ -169,7 +170,7 @@ def _finish(run: Path, aside: Path, fd: int) -> str | None:
     new = aside.with_name(aside.name[: -len(_OLD)] + _NEW)
     if os.path.lexists(run) or (read_marker(fd) or {}).get("role") != "old":
         return None  # another process finished it meanwhile
-    nfd = -1
+    nfd, held = -1, aside
     try:
         with contextlib.suppress(OSError):  # the new version, held too: the folder checked is the one put back
             nfd = os.open(new, DIR)
@@ -188,6 +189,9 @@ def _finish(run: Path, aside: Path, fd: int) -> str | None:
             remove_held(fd, aside)  # its own files, through its descriptor
     except OSError as exc:
         logger.debug("could not finish the swap of run %s: %s", run.name, exc)
+        theirs = sticky.refused(exc, held)
+        if theirs is not None:  # another user's, in a sticky runs folder: only they can put it back (attack 34 #6)
+            return _Theirs(theirs, held, run)
         return f"(featstore could not put it back: {exc.strerror or exc})"
     finally:
         if nfd >= 0:
@@ -198,6 +202,18 @@ def _finish(run: Path, aside: Path, fd: int) -> str | None:
         "its new version is in" if use_new else f"its old version is back ({new.name} could not be read)",
     )
     return None
+
+
+class _Theirs(str):
+    """Why another user's hidden run (a folder with the sticky bit) cannot be put back, and what can put it back."""
+
+    def __new__(cls, theirs: sticky.Sticky, held: Path, run: Path):
+        why = super().__new__(cls, f"by {theirs.owner}'s `runs evaluate` (killed, or still running)")
+        why.fix = theirs.line(
+            f"{theirs.owner}'s next featstore command on this runs folder (e.g. `featstore runs`) puts it back once "
+            f"that `runs evaluate` has ended, or the folder's owner can: mv {held} {run}"
+        )
+        return why
 
 
 def reveal(root: Path, now: float | None = None) -> dict[str, str]:
@@ -211,9 +227,10 @@ def reveal(root: Path, now: float | None = None) -> dict[str, str]:
         if why is None or now - _newest(aside) > ORPHAN_AGE_S:
             why = finish_swap(root, run_id, aside)
         if why is not None:
-            left[run_id] = (
-                f"hidden while a new version is swapped in {why}; the run is intact in {aside}. Run the command again "
-                f"once that process ends; if it was killed, featstore puts the run back {ORPHAN_AGE_S // 60} minutes "
-                f"after its last change, or move {aside} to {root / run_id} yourself"
+            left[run_id] = f"hidden while a new version is swapped in {why}; the run is intact in {aside}. " + (
+                why.fix
+                if isinstance(why, _Theirs)
+                else f"Run the command again once that process ends; if it was killed, featstore puts the run back "
+                f"{ORPHAN_AGE_S // 60} minutes after its last change, or move {aside} to {root / run_id} yourself"
             )
     return left

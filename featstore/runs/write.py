@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore import sticky
 from featstore.carry import give_folder, not_carried
 from featstore.errors import OutputError, StoreError
 from featstore.leftovers import writer_gone
@@ -197,7 +198,11 @@ def not_written(exc: OSError, root: Path, run_id: str, left: Path | None = None,
     ``left``: a temporary folder that could not be removed). ``update``: adding to an existing run (``runs evaluate``),
     whose runs folder cannot be changed by an option."""
     where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    theirs = sticky.refused(exc, root / run_id) if update else None
+    if theirs is not None:  # attack 34 #4: the sticky bit refused it, which no chmod helps
+        fix = f"ask {theirs.owner} to run `featstore runs evaluate {run_id}` (only {theirs.owner} can add a split)"
+        why = theirs.line(f"{fix}, or copy the run into a --runs folder of yours")
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
         why = "the disk is full" + (
             f"; free some space on the disk of {root} and run again"
             if update

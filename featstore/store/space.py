@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError
 from featstore.leftovers import PRIVATE, TEMP, remove_private, temp_stem
 from featstore.outputs import is_hdf5_file
+from featstore.sticky import owner_name
 from featstore.store.attr_values import MAX_ATTR_BYTES, MAX_NAME_BYTES, MAX_NAMES
 from featstore.store.strings import shown
 from featstore.units import format_bytes
@@ -141,9 +143,7 @@ def check_writable(path: str | os.PathLike) -> Path:
         if not os.access(path, os.W_OK):
             if read_only_fs(path):
                 raise StoreError(_mounted_read_only(path))
-            raise StoreError(
-                f"store {path} is read-only; make it writable (chmod u+w {path}) or choose another --store"
-            )
+            raise StoreError(_read_only(path))
         # as the kernel resolves it (h5py.is_hdf5 takes abspath: "disk/.." dropped lexically, attack 33 #5)
         if not is_hdf5_file(path, follow=True):
             raise StoreError(f"{path} exists and is not an HDF5 file; choose another --store (nothing was written)")
@@ -152,6 +152,19 @@ def check_writable(path: str | os.PathLike) -> Path:
             raise StoreError(_mounted_read_only(path))
         raise StoreError(f"folder {parent} is read-only; cannot create store {path}. Choose a writable --store")
     return path
+
+
+def _read_only(path: Path) -> str:
+    """The line for a store this user may not write: "chmod u+w" only where it is theirs (of a colleague's store,
+    only he may chmod it: attack 34 #3)."""
+    st = os.stat(path)
+    if not hasattr(os, "geteuid") or st.st_uid == os.geteuid():
+        return f"store {path} is read-only; make it writable (chmod u+w {path}) or choose another --store"
+    owner = owner_name(st.st_uid)
+    return (
+        f"store {path} is {owner}'s and not writable by you (mode {stat.S_IMODE(st.st_mode):04o}): ask {owner} to make "
+        f"it group-writable (chmod g+w) for a group of yours, or copy it into a folder of yours and pass that --store"
+    )
 
 
 def read_only_fs(path: str | os.PathLike) -> bool:

@@ -18,6 +18,7 @@ import stat
 import time
 from pathlib import Path
 
+from featstore import sticky
 from featstore.errors import OutputError
 from featstore.experiments.leaks.result import LeakReport, record_path
 from featstore.outputs import terminal_safe, write_text
@@ -158,6 +159,9 @@ def write_record(report: LeakReport) -> Path:
     lock = Path(f"{path}.lock")  # two `leaks` runs (two extractors) finishing together: each keeps the other's entry
     what = f"leaks record {terminal_safe(str(path))}"
     with file_lock(lock, what, f"{what} is being written", remove=True):
+        theirs = sticky.ahead(path)  # a colleague's record in a sticky folder: nothing set aside, said once (#5)
+        if theirs is not None:
+            raise OutputError(_theirs_line(theirs))
         try:
             data = read_record(path) or {"format": FORMAT, "extractors": {}}
         except BadRecord as exc:
@@ -196,6 +200,14 @@ def write_record(report: LeakReport) -> Path:
     return path
 
 
+def _theirs_line(theirs: sticky.Sticky) -> str:
+    """The line for another user's record that this user may not replace (attack 34 #5: each run set it aside once
+    more, as ``.damaged.N``, then failed to replace it, in a line that said its mode 0666 kept the user out)."""
+    return "leaks record not written: " + theirs.line(
+        f"ask {theirs.owner} to remove it, or run featstore leaks on a --store in a folder of yours."
+    )
+
+
 MAX_ASIDE = 100  # <record>.damaged, .damaged.1, ... tried before refusing
 
 
@@ -218,7 +230,17 @@ def _set_aside(path: Path, why: str) -> Path | None:
         except OSError as exc:
             problem = exc.strerror or str(exc)
             break
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except OSError as exc:  # the link is taken back: nothing piles up beside a record that cannot be replaced
+            try:
+                os.unlink(aside)
+            except OSError:  # (in a sticky folder, a link to another's file is theirs too: not for root)
+                logger.debug("could not remove %s", aside)
+            theirs = sticky.refused(exc, path)
+            if theirs is None:
+                raise
+            raise OutputError(_theirs_line(theirs)) from None
         return aside
     raise OutputError(
         f"leaks record {terminal_safe(str(path))} {why}, and it cannot be kept aside ({problem}); featstore never "
@@ -279,7 +301,13 @@ def leaks_line(store: str | os.PathLike, extractor: str, entry: dict) -> str:
         )
         why = _stale_reason(rec, entry)
     except BadRecord as exc:
-        return f"leaks: record {terminal_safe(str(path))} is damaged: it {exc}; re-run featstore leaks to replace it"
+        theirs = sticky.ahead(path)  # a colleague's, in a sticky folder: no run of this user's can replace it
+        fix = "re-run featstore leaks to replace it"
+        if theirs is not None:
+            fix = (
+                f"it is {theirs.owner}'s, in a folder with the sticky bit: ask {theirs.owner} to remove it, then {fix}"
+            )
+        return f"leaks: record {terminal_safe(str(path))} is damaged: it {exc}; {fix}"
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError, OverflowError) as exc:
         return f"leaks: record {terminal_safe(str(path))} is damaged ({type(exc).__name__}); re-run featstore leaks"
     if why:

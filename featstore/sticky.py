@@ -1,0 +1,90 @@
+"""Why renaming or removing another user's entry of a shared folder is refused, said as it is.
+
+In a folder with the sticky bit (``/tmp``, a team folder made ``1777``) anyone may add entries, but only an entry's
+owner, the folder's owner (or root) may rename, replace or remove it: the kernel answers everyone else EPERM. That
+EPERM was read as "folder not writable; make it writable", of a folder that is (``1777``) and that no chmod of the
+user's helps; a colleague's export, run, leaks record or hidden run there was then a dead end (attack 34 #3-#6).
+:func:`refused` tells such an EPERM apart, :func:`ahead` says it before any work, and :meth:`Sticky.line` says
+whose entry it is, who may change it, and the fix the caller adds (another path of the user's, or ask the owner).
+
+>>> owner_name(0)
+'root'
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from featstore.safetext import terminal_safe
+
+
+def owner_name(uid: int) -> str:
+    """The user name of ``uid`` (``uid N`` where none is known)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+@dataclass(frozen=True)
+class Sticky:
+    """An entry ``path`` of another user (``owner``) in the sticky ``folder`` (of ``folder_owner``, mode ``mode``)."""
+
+    path: str
+    owner: str
+    folder: str
+    folder_owner: str
+    mode: int
+
+    def line(self, fix: str) -> str:
+        """``<path> is <owner>'s, in a folder with the sticky bit (...): only <owner> or ... may replace or remove it;
+        <fix>``."""
+        return (
+            f"{terminal_safe(self.path)} is {self.owner}'s, in a folder with the sticky bit "
+            f"({terminal_safe(self.folder)}, mode {self.mode:04o}): only {self.owner} or the folder's owner "
+            f"({self.folder_owner}) may replace or remove it; {fix}"
+        )
+
+
+def entry(path: str | os.PathLike) -> Sticky | None:
+    """A :class:`Sticky` when the kernel's sticky-bit rule keeps this user from renaming or removing ``path``: it is
+    another user's, in a folder with the sticky bit that is not this user's and that this user may write (else the
+    folder itself refuses, not the sticky bit); None otherwise (or where it cannot be told)."""
+    if not hasattr(os, "geteuid"):
+        return None
+    full = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(full) or "/"
+    try:
+        st, dst = os.lstat(full), os.stat(folder)
+    except (OSError, ValueError):
+        return None
+    me = os.geteuid()
+    if st.st_uid == me or dst.st_uid == me or not dst.st_mode & stat.S_ISVTX:
+        return None
+    effective = os.access in os.supports_effective_ids
+    if not os.access(folder, os.W_OK | os.X_OK, effective_ids=effective):
+        return None
+    return Sticky(full, owner_name(st.st_uid), folder, owner_name(dst.st_uid), stat.S_IMODE(dst.st_mode))
+
+
+def refused(exc: BaseException, path: str | os.PathLike) -> Sticky | None:
+    """:func:`entry` of ``path`` when ``exc`` is an EPERM (what the kernel answers a rename or removal the sticky bit
+    forbids; EACCES is a mode's answer: opening another's ``0700`` folder is not the sticky bit), else None."""
+    if not isinstance(exc, OSError) or exc.errno != errno.EPERM:
+        return None
+    return entry(path)
+
+
+def privileged() -> bool:
+    """Whether this process may rename others' entries of a sticky folder anyway (root: CAP_FOWNER)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def ahead(path: str | os.PathLike) -> Sticky | None:
+    """:func:`entry`, before any work: None for root, whom the sticky bit does not stop."""
+    return None if privileged() else entry(path)
