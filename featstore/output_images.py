@@ -17,8 +17,9 @@ from typing import BinaryIO
 
 from featstore.errors import OutputError
 
-# one opening of what is at a name, for a look at its bytes: never waited on (a FIFO), never followed (a link)
-_LOOK = (
+# one opening of what is at a name, for a look at its bytes: never waited on (a FIFO), never followed (a link), not a
+# terminal of this process (also runs.files' one opening of a run's file)
+READ_ONCE = (
     os.O_RDONLY
     | getattr(os, "O_NONBLOCK", 0)
     | getattr(os, "O_NOFOLLOW", 0)
@@ -57,7 +58,7 @@ def reach_regular(
         if not stat.S_ISREG(st.st_mode):
             return None
         try:
-            return os.open(f"/proc/self/fd/{where}", _LOOK & ~_NOFOLLOW), st
+            return os.open(f"/proc/self/fd/{where}", READ_ONCE & ~_NOFOLLOW), st
         except OSError as exc:  # (EACCES: named by the path given)
             raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
     finally:
@@ -68,7 +69,7 @@ def _look(path: str | os.PathLike, follow: bool) -> int | None:
     """A read-only, non-blocking descriptor of the regular file at ``path`` (:func:`reach_regular`); None where it is
     not one. Without ``O_PATH`` (macOS), opened non-blocking by name."""
     if not BY_PATH:
-        return os.open(path, (_LOOK & ~_NOFOLLOW) | (0 if follow else _NOFOLLOW))
+        return os.open(path, (READ_ONCE & ~_NOFOLLOW) | (0 if follow else _NOFOLLOW))
     found = reach_regular(path, follow)
     return None if found is None else found[0]
 

@@ -99,6 +99,12 @@ def _rewrite(run_dir: Path, record: dict, **changes) -> None:
     (run_dir / "run.json").write_text(json.dumps({**record, **changes}))
 
 
+def _recorded_as(run_dir: Path, record: dict, model: Path) -> None:
+    """Write run.json recording ``model``'s sha256 and size as the artifact's (as an attacker who can edit it would)."""
+    artifact = {**record["artifact"], "sha256": sha256_file(model), "size": model.stat().st_size}
+    _rewrite(run_dir, record, artifact=artifact)
+
+
 def _outside(run_dir: Path) -> Path:
     return run_dir.parent.parent / "outside"
 
@@ -114,15 +120,7 @@ def _garbage(run_dir: Path, record: dict) -> None:
 
 def _garbage_with_sha(run_dir: Path, record: dict) -> None:
     _garbage(run_dir, record)
-    _rewrite(
-        run_dir,
-        record,
-        artifact={
-            **record["artifact"],
-            "sha256": sha256_file(run_dir / "model.skops"),
-            "size": (run_dir / "model.skops").stat().st_size,
-        },
-    )
+    _recorded_as(run_dir, record, run_dir / "model.skops")
 
 
 def _truncate_predictions(run_dir: Path, record: dict, fix_sha: bool = False) -> None:
@@ -169,15 +167,7 @@ def _artifact_link(run_dir: Path, record: dict) -> None:
     other = next(d for d in run_dir.parent.iterdir() if d.name.startswith("knn"))
     (run_dir / "model.skops").unlink()
     (run_dir / "model.skops").symlink_to(other / "model.skops")
-    _rewrite(
-        run_dir,
-        record,
-        artifact={
-            **record["artifact"],
-            "sha256": sha256_file(other / "model.skops"),
-            "size": (other / "model.skops").stat().st_size,
-        },
-    )
+    _recorded_as(run_dir, record, other / "model.skops")
 
 
 def _reseal(run_dir: Path) -> None:
@@ -881,15 +871,7 @@ def test_hostile_artifact_is_refused_and_nothing_runs(case: Hostile, path: str, 
     folder = runs.folder("logreg")
     sio.dump(case.build(marker), folder / "model.skops")
     record = _record(folder)
-    _rewrite(
-        folder,
-        record,
-        artifact={
-            **record["artifact"],
-            "sha256": sha256_file(folder / "model.skops"),
-            "size": (folder / "model.skops").stat().st_size,
-        },
-    )
+    _recorded_as(folder, record, folder / "model.skops")
     images = Path(FeatureStore(store).split_info("test")["source_root"]) / "test" / "cat"
     if path == "evaluate":
         with pytest.raises(StoreError, match=case.expect):

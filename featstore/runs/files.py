@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.output_images import BY_PATH, reach_regular
+from featstore.output_images import BY_PATH, READ_ONCE, reach_regular
 from featstore.safezip import check_zip
 from featstore.units import format_bytes
 
@@ -50,14 +50,6 @@ MAX_RECORD_VALUES = 8_000_000
 # 10x; no file featstore writes compresses 64x. Below 64 MiB a hole costs under 0.1 s of hashing: not looked at.
 SPARSE_MIN_BYTES = 64 << 20
 SPARSE_RATIO = 64
-# one opening, for reading: never through a link at the name, never waited on (a FIFO), not a terminal of this process
-_OPEN = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_NOCTTY", 0)
-)
 
 
 class BrokenRunError(StoreError):
@@ -106,7 +98,7 @@ def open_regular(path: Path, what: str, folder: Path) -> int:
             found = reach_regular(path, follow=False)
             fd = None if found is None else found[0]
         else:
-            fd = os.open(path, _OPEN)
+            fd = os.open(path, READ_ONCE)  # never through a link at the name, never waited on
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 fd = None
