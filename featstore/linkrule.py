@@ -17,6 +17,7 @@ import stat
 
 from featstore.errors import StoreError
 from featstore.safetext import terminal_safe
+from featstore.sticky import owner_name as user  # the name of a uid, said in every link line
 
 PROC_FD = "/proc/self/fd/"  # a descriptor's path (a folder featstore holds open): checked when it was opened
 
@@ -82,16 +83,6 @@ def foreign_on(path: str | os.PathLike, error: type[Exception] = StoreError, wha
         if st.st_uid not in (os.geteuid(), 0):
             return link, st, target
     return None
-
-
-def user(uid: int) -> str:
-    """The user name of ``uid`` (``uid N`` where none is known)."""
-    try:
-        import pwd
-
-        return pwd.getpwuid(uid).pw_name
-    except (ImportError, KeyError):
-        return f"uid {uid}"
 
 
 def refuse_foreign(
