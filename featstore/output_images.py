@@ -65,13 +65,24 @@ def reach_regular(
         os.close(where)
 
 
-def _look(path: str | os.PathLike, follow: bool) -> int | None:
-    """A read-only, non-blocking descriptor of the regular file at ``path`` (:func:`reach_regular`); None where it is
-    not one. Without ``O_PATH`` (macOS), opened non-blocking by name."""
-    if not BY_PATH:
-        return os.open(path, (READ_ONCE & ~_NOFOLLOW) | (0 if follow else _NOFOLLOW))
-    found = reach_regular(path, follow)
-    return None if found is None else found[0]
+def regular_fd(path: str | os.PathLike, follow: bool = False) -> int | None:
+    """A read-only, non-blocking descriptor of the regular file at ``path`` (through links when ``follow``; else a link
+    at the name is none), or None where there is none: :func:`reach_regular` (no device's driver called). Without
+    ``O_PATH`` (macOS), opened non-blocking by name and closed again unless a regular file. OSError where nothing can
+    be reached there (FileNotFoundError: nothing there), for the caller to word. The one opening that output looks,
+    ``--model``/``--weights`` files (:mod:`featstore.models.held_input`) and a run's files share."""
+    if BY_PATH:
+        found = reach_regular(path, follow)
+        return None if found is None else found[0]
+    fd = os.open(path, (READ_ONCE & ~_NOFOLLOW) | (0 if follow else _NOFOLLOW))
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
 
 
 @contextlib.contextmanager
@@ -86,18 +97,14 @@ def regular_file(path: str | os.PathLike, follow: bool = False) -> Iterator[Bina
             head = fh.read(12) if fh is not None else b""
     """
     try:
-        fd = _look(path, follow)
+        fd = regular_fd(path, follow)
     except (OSError, ValueError):  # ValueError: a NUL in the name
         fd = None
     if fd is None:
         yield None
         return
     with os.fdopen(fd, "rb") as fh:
-        try:
-            regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        except OSError:
-            regular = False
-        yield fh if regular else None
+        yield fh
 
 
 def refuse_image(path: str | os.PathLike, what: str = "output") -> None:

@@ -152,7 +152,7 @@ def test_the_looks_at_a_name_never_open_a_device_behind_a_link(tmp_path, monkeyp
     rule, so a colleague's ``team/s.h5 -> device`` had the device opened) and #7 (``starts_with``, export's, predict's
     and leaks' look at their earlier output, opened ``--out`` following links: a device link swapped in after
     ``check_output`` was opened). The store's look reaches the file with ``O_PATH`` and opens only a regular file;
-    an output's look never follows a link. Sabotage: ``_look`` opening with links followed (no ``O_PATH``) fails the
+    an output's look never follows a link. Sabotage: ``regular_fd`` opening with links followed (no ``O_PATH``) fails the
     first; ``starts_with`` opening without ``O_NOFOLLOW`` fails the second."""
     from featstore.errors import StoreError
     from featstore.outputs import starts_with

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from featstore.errors import ConfigError
 from featstore.linkrule import refuse_foreign
 from featstore.models.scratch import scratch_folder
-from featstore.output_images import BY_PATH, reach_regular
+from featstore.output_images import BY_PATH, regular_fd
 from featstore.outputs import what_is_at
 from featstore.safetext import terminal_safe
 
@@ -79,20 +78,13 @@ def open_input(
     link at the name is none), or None where there is none (a folder, FIFO, device, socket: never opened, it is only
     reached with ``O_PATH``, which calls no driver). ``error`` naming ``what`` when the path leads through another
     user's link, by name first (the line names the link) and then on the file reached. OSError (FileNotFoundError:
-    nothing there) for the caller to word. Without ``O_PATH`` (macOS): opened by name, non-blocking, checked after."""
+    nothing there) for the caller to word (:func:`featstore.output_images.regular_fd`)."""
     refuse_foreign(path, what, error, option)
-    if BY_PATH:
-        found = reach_regular(path, follow)
-        if found is None:
-            return None
-        fd = found[0]
-    else:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
+    fd = regular_fd(path, follow)
+    if fd is None:
+        return None
     try:
         refuse_foreign(path, what, error, option, opened=fd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return None
     except BaseException:
         os.close(fd)
         raise

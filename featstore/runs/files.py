@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.output_images import BY_PATH, READ_ONCE, reach_regular
+from featstore.output_images import regular_fd
 from featstore.safezip import check_zip
 from featstore.units import format_bytes
 
@@ -92,16 +92,9 @@ def regular_file(folder: Path, name: object, what: str) -> Path:
 def open_regular(path: Path, what: str, folder: Path) -> int:
     """A read-only descriptor of the regular file at ``path``, opened once: a link, FIFO, device or folder renamed onto
     the name since :func:`regular_file` looked is refused (never followed, waited on, nor a device's driver opened:
-    ``O_PATH`` first where there is one, :func:`featstore.output_images.reach_regular`)."""
+    ``O_PATH`` first where there is one, :func:`featstore.output_images.regular_fd`)."""
     try:
-        if BY_PATH:
-            found = reach_regular(path, follow=False)
-            fd = None if found is None else found[0]
-        else:
-            fd = os.open(path, READ_ONCE)  # never through a link at the name, never waited on
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                fd = None
+        fd = regular_fd(path)  # never through a link at the name, never waited on
     except FileNotFoundError:
         raise BrokenRunError(
             f"{what} {path} is missing; the run folder is incomplete. Remove {folder} and fit again."
