@@ -40,7 +40,7 @@ from featstore.output_images import (  # noqa: F401
     refuse_unstamped,
     regular_file,
 )
-from featstore.renames import PrivateFolder, umask
+from featstore.renames import PrivateFolder
 from featstore.safetext import terminal_safe
 
 logger = logging.getLogger(__name__)
@@ -348,10 +348,11 @@ def _swapped(path: Path, what: str, removed: bool) -> OutputError:
     )
 
 
-def _mode_for(before: Own | None) -> int:
+def _mode_for(before: Own | None) -> int | None:
     """The permissions of the file replacing another (``before``): the old file's while it is written (a CSV kept
-    private with chmod 600 stayed private only until the next run replaced it with 0644), else the umask's."""
-    return stat.S_IMODE(before.st_mode) & 0o777 if before is not None else 0o666 & ~umask()
+    private with chmod 600 stayed private only until the next run replaced it with 0644), else None: what a plain
+    ``open`` in its folder gives (the umask's, or the folder's default ACL's: :func:`featstore.modes.fresh_mode`)."""
+    return stat.S_IMODE(before.st_mode) & 0o777 if before is not None else None
 
 
 def write_text(path: str | os.PathLike, text: str, what: str = "output", encoding: str = "utf-8") -> Path:

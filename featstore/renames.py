@@ -14,8 +14,8 @@ folder is made and renamed from by name.
 
 :class:`OwnFolder` is the same for a new *folder* written whole, then renamed into place (a run folder, ``export
 --rows-per-file``'s shards): made by ``mkdtemp`` (0700), held open and written through ``/proc/self/fd/<fd>/...``
-(:attr:`OwnFolder.at`), given the umask's mode (or, replacing a folder, the old one's: :mod:`featstore.carry`) through
-its descriptor once complete, and renamed only while its name is still that folder. It was made group-writable at
+(:attr:`OwnFolder.at`), given the mode a plain ``mkdir`` there gives (:func:`featstore.modes.fresh_mode`; or, replacing
+a folder, the old one's: :mod:`featstore.carry`) through its descriptor once complete, and renamed only while its name is still that folder. It was made group-writable at
 once and written by name, so a colleague's links in it (or a folder of links put at its name) made ``fit`` and
 ``export`` write onto the user's own files (attack 25).
 
@@ -42,6 +42,7 @@ from pathlib import Path
 
 from featstore.errors import OutputError
 from featstore.leftovers import PRIVATE_FILES, private_name, temp_stem
+from featstore.modes import fresh_mode
 
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.mkdir in os.supports_dir_fd
 _DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -115,16 +116,17 @@ class PrivateFolder:
             raise self.swapped(False)
         return at / name
 
-    def new_file(self, mode: int) -> tuple[int, Path]:
-        """The temporary, made empty (O_EXCL, O_NOFOLLOW) with ``mode`` set through its descriptor: ``(fd, path)``; the
-        caller closes ``fd`` (held open, its inode is never another file's)."""
+    def new_file(self, mode: int | None = None) -> tuple[int, Path]:
+        """The temporary, made empty (O_EXCL, O_NOFOLLOW) with ``mode`` set through its descriptor (None: what a plain
+        ``open`` in the target's folder gives, :func:`featstore.modes.fresh_mode`: the private folder inherited that
+        folder's default ACL): ``(fd, path)``; the caller closes ``fd`` (held open, its inode is never another file's)."""
         self.made.add(self.temp)
         if not FD_SAFE:
             fd = os.open(self.path(), _NEW, 0o600)
         else:
             fd = os.open(self.temp, _NEW, 0o600, dir_fd=self.fd)
         try:
-            os.fchmod(fd, mode)
+            os.fchmod(fd, fresh_mode(self.fd, folder=False) if mode is None else mode)
             return fd, self.path()
         except BaseException:
             os.close(fd)
@@ -282,9 +284,10 @@ class OwnFolder:
         return same_folder(self.fd, self.name)
 
     def publish(self, dst: Path, mode: int | None = None) -> None:
-        """The umask's mode (or ``mode``) set through the descriptor, then the folder renamed onto ``dst`` while its name
-        is still this folder (else an OutputError: nothing is renamed)."""
-        os.fchmod(self.fd, (0o777 & ~umask()) if mode is None else mode)
+        """The mode a plain ``mkdir`` in its folder gives (:func:`featstore.modes.fresh_mode`: the folder's default ACL
+        and set-group-ID bit, which this folder inherited; attack 36 #4, #5) or ``mode``, set through the descriptor, then
+        the folder renamed onto ``dst`` while its name is still this folder (else an OutputError: nothing is renamed)."""
+        os.fchmod(self.fd, fresh_mode(self.fd, folder=True) if mode is None else mode)
         if not self.is_it():
             raise self._swapped()
         os.replace(self.name, dst)
@@ -334,10 +337,3 @@ def unredirectable(fd: int, name: str, parent: Path, held: os.stat_result) -> Pa
     if base is not None and same_folder(fd, base / name):
         return base / name
     return None
-
-
-def umask() -> int:
-    """The process umask (read by setting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -78,20 +78,3 @@ def test_a_run_lock_leaves_no_file_behind_and_still_keeps_two_commands_apart(tmp
         with run_lock(runs, rid, wait=False) as second:
             assert (held, second) == (True, False)  # the lock works
     assert sorted(p.name for p in runs.iterdir() if p.name.endswith(".lock")) == []
-
-
-def test_a_lock_file_the_user_may_not_open_is_said_not_silently_skipped(tmp_path, monkeypatch, caplog):
-    from filelock import FileLock
-
-    from featstore.runs.versions import run_lock
-
-    (tmp_path / ".r1.lock").touch()  # a colleague's, left by a kill: as root, her mode cannot stop us; simulated
-
-    def denied(self, *a, **k):
-        raise PermissionError(13, "Permission denied", self.lock_file)
-
-    monkeypatch.setattr(FileLock, "acquire", denied)
-    with caplog.at_level("WARNING", logger="featstore"), run_lock(tmp_path, "r1"):
-        pass
-    said = " ".join(r.getMessage() for r in caplog.records)
-    assert f"run r1 is not locked: {tmp_path / '.r1.lock'} is " in said and "which you may not open" in said, said

@@ -130,17 +130,22 @@ def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool 
             f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks {what} with a file "
             f"of that name: remove it and run again"
         )
-    lock, held = FileLock(str(path)), True
-    try:
-        if locking_default() is not False:
-            held = _acquire(lock, path, busy, wait, remove)
-    except PermissionError as exc:
-        if not os.path.lexists(path):  # a folder where no file can be made: nothing can be written there either
+    while True:
+        lock, held, shared = FileLock(str(path)), True, -1
+        try:
+            if locking_default() is not False:
+                held = _acquire(lock, path, busy, wait, remove)
+        except PermissionError as exc:
+            if not os.path.lexists(path):  # a folder where no file can be made: nothing can be written there either
+                logger.debug("no lock on %s (%s): %s", what, path, exc)
+            else:  # another user's lock file: their command is running, or a kill left it
+                shared, held = _shared(path, what, busy, wait, exc)
+                if shared >= 0 and not _same(path, shared):
+                    os.close(shared)  # removed by its holder while this one waited: lock the file at the name now
+                    continue
+        except OSError as exc:
             logger.debug("no lock on %s (%s): %s", what, path, exc)
-        else:  # another user's lock file, left by a kill: said, as two commands are no longer kept apart
-            _unopenable(path, what, exc)
-    except OSError as exc:
-        logger.debug("no lock on %s (%s): %s", what, path, exc)
+        break
     if lock.is_locked and not held_plain_file(lock):  # planted between the lstat above and the lock's open
         lock.release()
         raise StoreError(
@@ -155,6 +160,56 @@ def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool 
                 with contextlib.suppress(OSError):
                     os.unlink(path)  # still held: a process opening the name now makes a new file
             lock.release()
+        if shared >= 0:
+            if remove and _same(path, shared):
+                with contextlib.suppress(OSError):  # (in a sticky folder only its owner may: it stays, unlocked)
+                    os.unlink(path)
+            os.close(shared)  # which releases its lock
+
+
+def _shared(path: Path, what: str, busy: str, wait: bool, exc: OSError) -> tuple[int, bool]:
+    """A lock through a read-only descriptor of another user's lock file (``flock`` needs no write access: a ``0644``
+    one of whoever ran first made a second user's command run unlocked beside the first, attack 36 #3): ``(fd, True)``
+    once held, ``(-1, False)`` when ``wait`` is False and it is busy, ``(-1, True)`` with a warning where it cannot be
+    read or locked either."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        _unopenable(path, what, exc)
+        return -1, True
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError(
+                f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks {what} with a file "
+                f"of that name: remove it and run again"
+            )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                os.close(fd)
+                return -1, False
+            logger.warning("%s by another featstore process; waiting for it", busy)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd, True
+    except OSError as again:  # (a network file system's flock may want a descriptor open for writing)
+        os.close(fd)
+        _unopenable(path, what, again)
+        return -1, True
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _same(path: Path, fd: int) -> bool:
+    """Whether the file at ``path`` is the one open at ``fd``."""
+    try:
+        now, held = os.stat(path, follow_symlinks=False), os.fstat(fd)
+    except OSError:
+        return False
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _acquire(lock, path: Path, busy: str, wait: bool, remove: bool) -> bool:
@@ -198,9 +253,10 @@ def _owner(path: Path) -> str:
 
 
 def _unopenable(path: Path, what: str, exc: OSError) -> None:
-    """Warn that ``what`` goes unlocked: its lock file ``path`` is another user's, which this user may not open."""
+    """Warn that ``what`` goes unlocked: its lock file ``path`` is another user's, which this user may not lock."""
     logger.warning(
-        "%s is not locked: %s is %s's lock file, which you may not open (%s); two commands on it at once are not "
-        "kept apart. Ask them to remove it (featstore removes it when done; a killed command leaves it)",
+        "%s is not locked: %s is %s's lock file, which you may not lock (%s); two commands on it at once are not "
+        "kept apart. A command of theirs on it may be running now (featstore removes the file when it ends); if none "
+        "is, a killed one left it: ask them to remove it",
         what, path, _owner(path), exc.strerror,
     )  # fmt: skip

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import sticky
-from featstore.carry import give_folder, not_carried
+from featstore.carry import give_folder, not_carried, own_permissions
 from featstore.errors import OutputError, StoreError
 from featstore.leftovers import writer_gone
 from featstore.renames import OwnFolder, same_folder
@@ -71,7 +71,7 @@ _ORPHAN = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]*\.tmp")
 
 def _make_temp(root: Path, run_id: str, role: str = "new", suffix: str = ".tmp") -> OwnFolder:
     """A new hidden temporary folder ``.<id>.<random><suffix>`` in ``root`` holding TMP_MARKER (``role``: new or old),
-    0700 and written through its descriptor until :meth:`OwnFolder.publish` gives it the umask's mode: it was made
+    0700 and written through its descriptor until :meth:`OwnFolder.publish` gives it its final mode: it was made
     group-writable at once and written by name, so in a team runs folder a colleague's link at ``run.json`` made a fit
     write its record onto the user's own files (attack 25)."""
     folder = OwnFolder(root, f".{run_id}.", suffix)
@@ -420,11 +420,14 @@ def _add_split(
 def _own(new: OwnFolder, held: int, folder: Path) -> int | None:
     """The old version's (open at ``held``) mode, group, ACL and user.* onto the new one and its new files (each the old
     file's of its name): a run made private (chmod -R go-rwx) came back 0755 with run.json 0644 (attack 28 #6); its
-    mode."""
+    mode. Of a colleague's run its group and mode only (her ACL on the user's new files: attack 30 #2): one recorded
+    with the user's umask shut its author out of his group-writable run (attack 36 #3)."""
     old, files = own_held(held, folder, f"run folder {folder}")
+    if old is None:
+        return own_permissions(new.fd, os.fstat(held), 0o7777)
     where = f"run folder {folder}"
     refuse = not_carried(where, OutputError, "nothing was recorded")
-    return None if old is None else give_folder(new.fd, old, files, where, str(folder), refuse)
+    return give_folder(new.fd, old, files, where, str(folder), refuse)
 
 
 def _add_prediction(preds: PredictionsWriter, split: str, k: int, split_metrics, prediction: tuple) -> dict:

@@ -126,7 +126,7 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
             write(folder.at)
             fd = _open_earlier(out)  # held from here: the folder checked is the one moved aside and emptied
             refuse_shard_folder(out)  # nothing else appeared there while writing (a link, someone's files)
-            mode = None  # a new folder: the umask's mode
+            mode = None  # a new folder: the mode a plain mkdir there gives (featstore.modes.fresh_mode)
             if fd is not None:  # an earlier export's mode, group, ACL, and its shards' (attack 28 #6: one made
                 shown = terminal_safe(str(out))  # private by chmod -R go-rwx came back 0755, 0644 shards)
                 shards = _held_shards(fd, out)

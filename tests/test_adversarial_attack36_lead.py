@@ -1,0 +1,187 @@
+"""Attack 36 #3-#5: teams share a folder by a default ACL or a set-group-ID bit, and a run by its group bits.
+
+featstore makes every output and folder private first and gives it its final mode once complete. That mode was the
+umask's: in a folder with a default ACL (where a plain ``open``/``mkdir`` ignores the umask) the ACL's mask became the
+umask's group bits, so a colleague granted ``rwx`` could not write a run (#5); the chmod cleared the set-group-ID bit
+a new folder inherits, so figures drawn into a run later got the drawer's own group (#4); and a colleague's ``runs
+evaluate`` made the owner's group-writable run a folder of hers with her umask's mode, shutting its author out (#3),
+while her lock file (``0644``) made his concurrent command run unlocked beside hers. Root's made-up colleague: uid
+54321, group 54320."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import struct
+from pathlib import Path
+
+import pytest
+
+from featstore.modes import DEFAULT_ACL, fresh_mode
+
+COLLEAGUE, TEAM = 54321, 54320
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to made-up users and groups needs root")
+ANY = 0xFFFFFFFF  # an ACL entry's id where it has none
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def shared_by_acl(folder: Path) -> Path:
+    """``folder`` with the default ACL ``setfacl -d -m u::rwx,u:54321:rwx,g::r-x,m::rwx,o::---`` (skips where the
+    file system keeps no ACLs)."""
+    folder.mkdir()
+    try:
+        os.setxattr(
+            folder,
+            DEFAULT_ACL,
+            _acl((0x01, 7, ANY), (0x02, 7, COLLEAGUE), (0x04, 5, ANY), (0x10, 7, ANY), (0x20, 0, ANY)),
+        )
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            pytest.skip(f"this file system keeps no ACLs ({exc.strerror})")
+        raise
+    return folder
+
+
+def _mask(path: Path) -> int:
+    """The ACL mask's permissions of ``path``'s access ACL."""
+    acl = os.getxattr(path, "system.posix_acl_access")
+    return next(p for t, p in (struct.unpack_from("<HH", acl, at) for at in range(4, len(acl), 8)) if t == 0x10)
+
+
+def test_fresh_mode_is_what_a_plain_open_or_mkdir_gives(tmp_path):
+    folder = shared_by_acl(tmp_path / "team")
+    (folder / "plain").mkdir()
+    (folder / "plain.txt").write_text("")
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        assert fresh_mode(fd, folder=True) == stat.S_IMODE((folder / "plain").stat().st_mode) == 0o770
+        assert fresh_mode(fd, folder=False) == stat.S_IMODE((folder / "plain.txt").stat().st_mode) == 0o660
+    finally:
+        os.close(fd)
+    old = os.umask(0o027)
+    try:
+        assert fresh_mode(-1, folder=True) == 0o750 and fresh_mode(-1, folder=False) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_outputs_and_run_folders_in_a_folder_shared_by_a_default_acl_keep_the_colleagues_grant(tmp_path):
+    """#5: the run folder's mask was r-x and an export's r-- (umask 022): the colleague's rwx could not write."""
+    from featstore import fit
+    from featstore.outputs import write_text
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    folder = shared_by_acl(tmp_path / "team")
+    old = os.umask(0o022)
+    try:
+        out = write_text(folder / "x.csv", "a,b\n", "--out")
+        store = synthetic_store(folder / "s.h5")
+        rid = fit(store, "logreg", runs=folder / "s.runs")["id"]
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o660 and _mask(out) == 6, oct(out.stat().st_mode)
+    run = folder / "s.runs" / rid
+    assert stat.S_IMODE(run.stat().st_mode) == 0o770 and _mask(run) == 7, oct(run.stat().st_mode)
+
+
+@needs_root
+def test_a_run_folder_keeps_its_team_folders_set_group_id_bit_and_its_figures_the_group(tmp_path):
+    """#4: the run folder lost the bit, so `runs show`'s figures got the drawer's primary group."""
+    from featstore import fit
+    from tests.test_adversarial_attack3 import synthetic_store
+    from tests.test_adversarial_attack4 import cli, no_traceback
+
+    team = tmp_path / "team"
+    team.mkdir()
+    os.chown(team, -1, TEAM)
+    team.chmod(0o2770)
+    store = synthetic_store(team / "s.h5")
+    rid = fit(store, "logreg", runs=team / "s.runs")["id"]
+    run = team / "s.runs" / rid
+    assert run.stat().st_mode & stat.S_ISGID and run.stat().st_gid == TEAM, oct(run.stat().st_mode)
+    no_traceback(cli("runs", "--store", store, "--runs", team / "s.runs", "show", rid))
+    figures = sorted(run.glob("*.png"))
+    assert figures and {p.stat().st_gid for p in figures} == {TEAM}, [(p.name, p.stat().st_gid) for p in figures]
+
+
+@needs_root
+def test_recording_a_split_in_a_colleagues_group_writable_run_keeps_it_writable_by_its_author(tmp_path):
+    """#3: the new version was the recorder's folder with her umask's mode (0755): its author could no longer write it."""
+    from tests.test_adversarial_attack3 import synthetic_store
+    from tests.test_adversarial_attack4 import cli, no_traceback
+
+    team = tmp_path / "team"
+    team.mkdir()
+    store = synthetic_store(team / "s.h5")
+    synthetic_store(store, splits=("v2",))  # a split the run was not evaluated on
+    runs = team / "s.runs"
+    no_traceback(cli("fit", "--store", store, "--runs", runs, "--clf", "logreg"))
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    os.chown(run, COLLEAGUE, TEAM)  # the colleague's run, group-writable, in the team's group
+    run.chmod(0o775)
+    old = os.umask(0o022)
+    try:
+        out = no_traceback(cli("runs", "--store", store, "--runs", runs, "evaluate", run.name, "--split", "v2"))
+    finally:
+        os.umask(old)
+    assert "recorded in run" in out, out
+    st = run.stat()
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o775 and st.st_gid == TEAM, (st.st_uid, oct(st.st_mode))
+
+
+def _denied(monkeypatch) -> None:
+    """What an ordinary user meets opening another user's 0644 lock file for writing (root opens it): EACCES."""
+    from filelock import FileLock
+
+    def denied(self, *a, **k):
+        raise PermissionError(13, "Permission denied", self.lock_file)
+
+    monkeypatch.setattr(FileLock, "acquire", denied)
+
+
+def test_another_users_lock_file_still_keeps_two_commands_apart(tmp_path, monkeypatch, caplog):
+    """#3 (seen on the way): her 0644 lock file could not be opened for writing, so his command ran unlocked beside
+    hers, with a warning that a killed command had left it. flock needs no write access: a read-only descriptor locks."""
+    import fcntl
+
+    from featstore.runs.versions import run_lock
+
+    lock = tmp_path / ".r1.lock"
+    lock.touch()
+    _denied(monkeypatch)
+    hers = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(hers, fcntl.LOCK_EX)  # her command, running
+        with caplog.at_level("WARNING", logger="featstore"), run_lock(tmp_path, "r1", wait=False) as held:
+            assert held is False  # busy: not run beside hers
+        assert not [r for r in caplog.records if "not locked" in r.getMessage()]
+    finally:
+        os.close(hers)  # her command ends
+    with run_lock(tmp_path, "r1", wait=False) as held:
+        assert held is True
+    assert not lock.exists()  # removed on release, as a lock of one's own
+
+
+def test_a_lock_file_the_user_may_not_even_read_is_said_not_silently_skipped(tmp_path, monkeypatch, caplog):
+    from featstore.runs.versions import run_lock
+
+    lock = tmp_path / ".r1.lock"
+    lock.touch()
+    _denied(monkeypatch)
+    real = os.open
+
+    def no_read(path, flags, *a, **k):
+        if os.fspath(path) == str(lock):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", no_read)
+    with caplog.at_level("WARNING", logger="featstore"), run_lock(tmp_path, "r1") as held:
+        assert held is True
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"run r1 is not locked: {lock} is " in said and "which you may not lock" in said, said
+    assert "may be running now" in said, said  # not only "a killed command left it"
