@@ -187,8 +187,9 @@ class RunRecord(Mapping[str, Any]):
                 folder,
             )
         for split, p in obj["predictions"].items():
+            p = p if isinstance(p, dict) else {}  # (null or a number: `in p` raised a TypeError, attack 37 #2)
             check_fields(
-                p if isinstance(p, dict) else {},
+                p,
                 {"paths_sha256": str, "n": int, **({"listing_sha256": str} if "listing_sha256" in p else {})},
                 f"{where}: predictions of {split!r}",
                 folder,
