@@ -185,3 +185,36 @@ def test_a_lock_file_the_user_may_not_even_read_is_said_not_silently_skipped(tmp
     said = " ".join(r.getMessage() for r in caplog.records)
     assert f"run r1 is not locked: {lock} is " in said and "which you may not lock" in said, said
     assert "may be running now" in said, said  # not only "a killed command left it"
+
+
+@needs_root
+@pytest.mark.parametrize("when", ["ahead", "at the rename"])
+def test_resuming_a_colleagues_store_in_a_sticky_folder_says_who_can(tmp_path, monkeypatch, when):
+    """#9: the rename's EPERM named the temporary relative to the folder's descriptor: "you may not make files in the
+    folder <the user's current folder>", and nothing said that only the store's owner can resume it."""
+    from featstore import sticky
+    from featstore.errors import StoreError
+    from featstore.store.compact import compact
+    from tests.test_adversarial_attack34_sticky import refuse_renames_onto, team
+
+    store = synthetic_store_in(team(tmp_path))
+    os.chown(store, COLLEAGUE, -1)
+    before = store.read_bytes()
+    if when == "ahead":  # an ordinary user: said before any copy
+        monkeypatch.setattr(sticky, "privileged", lambda: False)
+    else:  # the kernel's EPERM at the rename (root is not stopped by the sticky bit: simulated)
+        refuse_renames_onto(monkeypatch, store)
+    with pytest.raises(StoreError) as err:
+        compact(store)
+    line = str(err.value)
+    assert line.startswith(f"cannot resume store {store}: {store} is uid {COLLEAGUE}'s, in a folder with the sticky"), (
+        line
+    )
+    assert f"Ask uid {COLLEAGUE} to run the same command" in line, line
+    assert store.read_bytes() == before and sorted(p.name for p in store.parent.iterdir()) == ["s.h5"]
+
+
+def synthetic_store_in(folder: Path) -> Path:
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    return synthetic_store(folder / "s.h5")

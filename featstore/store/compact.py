@@ -16,6 +16,7 @@ from pathlib import Path
 
 import h5py
 
+from featstore import sticky
 from featstore.carry import own_permissions as _own_permissions  # the store's mode and group: attack 23 #14
 from featstore.carry import own_xattrs, say_group
 from featstore.carry import shared_xattrs as _shared_xattrs
@@ -70,6 +71,9 @@ def _compact(store: StoreFile, src: h5py.File, source: int, leave_out: frozenset
     ensure_space(path, before.st_size)
     # written in a folder of its own (0700), renamed through descriptors: in a folder others can write, nothing they
     # rename there replaces the store (attack 23)
+    theirs = sticky.ahead(path)  # a colleague's store in a sticky folder: only they may put the copy in its place
+    if theirs is not None:
+        raise _theirs(path, theirs)
     private, held = PrivateFolder(path, lambda removed: _swapped(path), compact=True), -1
     try:
         private.make()
@@ -99,6 +103,10 @@ def _compact(store: StoreFile, src: h5py.File, source: int, leave_out: frozenset
             if store.checked is not None:
                 store.checked = os.fstat(held)  # the store the lock holds now
     except (OSError, RuntimeError) as exc:
+        # the sticky bit refusing the rename (root checked ahead): its EPERM names the temporary relative to the
+        # folder's descriptor, which the CLI read as a file of the current folder (attack 36 #9)
+        if (theirs := sticky.refused(exc, path)) is not None:
+            raise _theirs(path, theirs) from None
         if _disk_full(exc):
             raise StoreError(
                 f"the disk filled while store {path} was rewritten (a copy of it, beside it in {path.parent}); the "
@@ -110,6 +118,19 @@ def _compact(store: StoreFile, src: h5py.File, source: int, leave_out: frozenset
         if held >= 0:
             os.close(held)
     logger.info("rewrote %s without the uncommitted tail an interrupted run left", path)
+
+
+def _theirs(path: Path, theirs: sticky.Sticky) -> StoreError:
+    """Resuming a colleague's store in a sticky folder: its EPERM was said as "you may not make files in" the user's
+    current folder, and nothing said who can resume it (attack 36 #9)."""
+    return StoreError(
+        f"cannot resume store {path}: "
+        + theirs.line(
+            "resuming rewrites it as a new file (its committed rows copied) put in its place, which only they may do; "
+            f"it was not started. Ask {theirs.owner} to run the same command, or copy the store into a folder of yours "
+            "and pass that --store"
+        )
+    )
 
 
 def _not_locked(path: Path) -> StoreError:
