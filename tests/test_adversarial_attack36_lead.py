@@ -218,3 +218,22 @@ def synthetic_store_in(folder: Path) -> Path:
     from tests.test_adversarial_attack3 import synthetic_store
 
     return synthetic_store(folder / "s.h5")
+
+
+@needs_root
+def test_a_colleagues_link_refused_by_protected_symlinks_gets_the_link_rules_line(tmp_path):
+    """#8: under fs.protected_symlinks=1 (most distributions' default) the kernel answers EACCES for a colleague's link
+    in a sticky folder before featstore's link rule looks; the CLI said "you may not read it (owner unknown). Ask its
+    owner for access", of a file the user may read."""
+    from featstore.cli.denied import denied_line
+    from tests.test_adversarial_attack34_sticky import team
+
+    folder = team(tmp_path)
+    real = folder / "real.keras"
+    real.write_bytes(b"PK")
+    link = folder / "m.keras"
+    link.symlink_to(real)
+    os.lchown(link, COLLEAGUE, -1)
+    line = denied_line(PermissionError(errno.EACCES, "Permission denied", str(link)))
+    assert line.startswith(f"the path {link} leads through {link}, a symbolic link made by uid {COLLEAGUE}"), line
+    assert f"give {real}" in line and f"rm {link}" in line, line

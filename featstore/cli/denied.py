@@ -12,7 +12,7 @@ import errno
 import os
 import stat
 
-from featstore.linkrule import full_path, user
+from featstore.linkrule import foreign_line, foreign_on, full_path, user
 from featstore.sticky import entry
 
 
@@ -23,6 +23,15 @@ def denied_line(exc: PermissionError) -> str:
         full = os.path.normpath(full_path(path, PermissionError, "the path"))
     except PermissionError as gone:  # the current folder no longer exists: full_path's own line
         return str(gone)
+    # another user's link on the path: featstore refuses to follow it, and where fs.protected_symlinks is on (most
+    # distributions) the kernel refused first, in a sticky folder, with EACCES: "you may not read it (owner unknown)",
+    # of a readable file, and the link rule's line was lost (attack 36 #8). The walk lstats and reads links only.
+    try:
+        found = foreign_on(full, PermissionError, "the path")
+    except OSError:
+        found = None
+    if found is not None:
+        return foreign_line(path, "the path", *found)
     blocked = _first_closed_folder(full)
     if blocked is not None:
         why = f"you may not enter the folder {blocked} ({_owner_and_mode(blocked)}), which is on its path"
