@@ -26,6 +26,7 @@ from pathlib import Path
 from featstore.errors import OutputError
 from featstore.leftovers import sweep, temp_prefix
 from featstore.outputs import output_fix, say_swept
+from featstore.sticky import owner_name
 
 CACHE_MODE = 0o700  # a cache folder featstore makes: this user's only (thumbnails of a private store's images were readable by all)
 # Windows has no O_NOFOLLOW, O_DIRECTORY nor dir_fd: there each level is checked by name (lstat) and files are written
@@ -296,7 +297,24 @@ def _level_error(exc: OSError, level: Path, what: str, again: str = AGAIN) -> Ou
             f"the {what} {level} is not a folder; move it away (featstore keeps its caches there), or choose another "
             f"--store"
         )
+    theirs = _theirs(level) if exc.errno == errno.EACCES else None
+    if theirs is not None:  # a colleague's cache of a shared store: "folder ... is not writable by you" (attack 36 #7)
+        return CacheNotTrusted(
+            f"the {what} {level} is {owner_name(theirs.st_uid)}'s and closed to you (mode "
+            f"{stat.S_IMODE(theirs.st_mode):04o}: featstore makes each user's caches for that user only), so it cannot "
+            f"be used for you; ask {owner_name(theirs.st_uid)} to remove it ({again}), or use a copy of the store in a "
+            f"folder of yours"
+        )
     return OutputError(f"cannot use the {what} {level}: {output_fix(exc, level)}")
+
+
+def _theirs(level: Path) -> os.stat_result | None:
+    """The lstat of the folder ``level`` when it is another user's, else None."""
+    try:
+        st = os.lstat(level)
+    except OSError:
+        return None
+    return st if stat.S_ISDIR(st.st_mode) and st.st_uid != os.geteuid() else None
 
 
 def _check_level(fd: int, level: Path, what: str, again: str = AGAIN) -> None:

@@ -271,5 +271,5 @@ def test_a_report_of_a_store_whose_cache_folder_is_a_colleagues_uses_a_private_o
     monkeypatch.setattr(os, "open", closed)
     result = build_report(store, out=tmp_path / "rep", map_method="pca")
     assert (tmp_path / "rep" / "index.html").is_file() and not list(cache.iterdir())
-    note = f"the cache folder {cache} is uid 54321's and closed to you; ask uid 54321 to remove it"
+    note = f"the cache folder {cache} is uid 54321's and closed to you (mode 0700: featstore makes each user's caches"
     assert any("caches are not kept" in n and note in n for n in result.notes), result.notes

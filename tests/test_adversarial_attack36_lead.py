@@ -237,3 +237,41 @@ def test_a_colleagues_link_refused_by_protected_symlinks_gets_the_link_rules_lin
     line = denied_line(PermissionError(errno.EACCES, "Permission denied", str(link)))
     assert line.startswith(f"the path {link} leads through {link}, a symbolic link made by uid {COLLEAGUE}"), line
     assert f"give {real}" in line and f"rm {link}" in line, line
+
+
+def _closed_to_us(monkeypatch, folder: Path) -> None:
+    """``folder`` (the colleague's) as an ordinary user meets it, mode 0700: opening it is EACCES (root opens it)."""
+    os.chown(folder, COLLEAGUE, -1)
+    folder.chmod(0o700)
+    real = os.open
+
+    def closed(path, flags, *a, dir_fd=None, **k):
+        full = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path) if dir_fd is not None else os.fspath(path)
+        if os.path.abspath(full) == str(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path, flags, *a, dir_fd=dir_fd, **k)
+
+    monkeypatch.setattr(os, "open", closed)
+
+
+@needs_root
+def test_a_colleagues_similarity_index_is_not_used_and_the_search_is_exact(tmp_path, monkeypatch, caplog):
+    """#7: his `similar --build-index` made `<store>.index/` his (0700, by design); every `similar` of hers then failed
+    with "folder ... is not writable by you", of a folder she may write, and `--exact` was not named."""
+    from featstore.errors import FeatstoreError
+    from featstore.experiments.similar import similar
+    from featstore.experiments.similar_index import build_similarity_index
+    from tests.test_adversarial_attack4 import cli, no_traceback
+
+    store = synthetic_store_in(tmp_path)
+    build_similarity_index(store, None, "train")
+    _closed_to_us(monkeypatch, tmp_path / "s.h5.index")
+    with caplog.at_level("WARNING", logger="featstore"):
+        assert similar("train/0", store, k=3).method == "exact"
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{tmp_path / 's.h5.index'} is uid {COLLEAGUE}'s and closed to you (mode 0700" in said, said
+    assert "the search is exact" in said, said
+    with pytest.raises(FeatstoreError, match="--exact"):
+        similar("train/0", store, k=3, use_index=True)
+    out = no_traceback(cli("similar", "train/0", "--store", store, "--split", "train", "--build-index"))
+    assert f"is uid {COLLEAGUE}'s and closed to you" in out and "or search without an index: --exact" in out, out

@@ -124,9 +124,14 @@ def similar(
         refuse_run_files(html, "--html")  # a run's record
         check_similar_out(html)  # a name not .html, a file that is not an earlier page
     if build_index:
+        from featstore.caches import CacheNotMade
+        from featstore.errors import OutputError
         from featstore.experiments.similar_index import build_similarity_index as build
 
-        meta = build(store, extractor, split, max_bytes=budget, option="--memory-budget")
+        try:
+            meta = build(store, extractor, split, max_bytes=budget, option="--memory-budget")
+        except CacheNotMade as exc:  # a colleague's index folder: said with the search that needs none (attack 36 #7)
+            raise OutputError(f"{exc}; or search without an index: --exact") from None
         logger.info(
             "index of %s/%s: %d rows x %d dims in %.1f s",
             terminal_safe(meta["extractor"]),

@@ -50,7 +50,6 @@ from featstore.report.site.sitefolder import SiteFolder
 from featstore.report.site.storeview import LeakView, leak_view, overview
 from featstore.report.site.thumbs import ThumbCache
 from featstore.runs.folder import runs_root, scan_runs_of
-from featstore.sticky import owner_name
 from featstore.store.folders import refuse_in_image_folders
 from featstore.store.reader import FeatureStore
 
@@ -286,33 +285,15 @@ def _caches(store) -> tuple[Path, str]:
         for sub in ("thumbs", "maps"):
             cache_folder(cache, sub)
         return cache, ""
-    except OutputError as exc:
-        theirs = None if isinstance(exc, CacheNotMade) else _theirs(cache_dir(store))
-        if theirs is None and not isinstance(exc, CacheNotMade):
-            raise
+    except CacheNotMade as exc:  # (a colleague's cache closed to this user: CacheNotTrusted, attack 34 #4b)
         tmp = new_scratch("report")  # a SIGKILL's leftover is removed by the next report (its process gone)
         atexit.register(shutil.rmtree, tmp, True)
         for sub in ("thumbs", "maps"):
             (tmp / sub).mkdir(mode=0o700)  # private, as mkdtemp's folder: a cache no one else can write into
-        why = theirs or str(exc)
         return (
             tmp,
-            f"the report's caches are not kept beside the store ({why}); thumbnails and maps are made again each time",
+            f"the report's caches are not kept beside the store ({exc}); thumbnails and maps are made again each time",
         )
-
-
-def _theirs(cache: Path) -> str | None:
-    """Why ``cache``, another user's real folder this user may not open (a colleague's ``0700`` cache of a team store),
-    is not used; None when it is not (a link, a file, this user's: refused as they are). Every ``report`` of that store
-    failed (attack 34 #4b): no option moves the cache."""
-    try:
-        st = os.lstat(cache)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid == os.geteuid():
-        return None
-    owner = owner_name(st.st_uid)
-    return f"the cache folder {terminal_safe(str(cache))} is {owner}'s and closed to you; ask {owner} to remove it"
 
 
 def _compare(views) -> object:
