@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from featstore.modes import DEFAULT_ACL, fresh_mode
+from tests.test_adversarial_attack3 import synthetic_store
+from tests.test_adversarial_attack4 import cli, no_traceback
 
 COLLEAGUE, TEAM = 54321, 54320
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to made-up users and groups needs root")
@@ -73,7 +75,6 @@ def test_outputs_and_run_folders_in_a_folder_shared_by_a_default_acl_keep_the_co
     """#5: the run folder's mask was r-x and an export's r-- (umask 022): the colleague's rwx could not write."""
     from featstore import fit
     from featstore.outputs import write_text
-    from tests.test_adversarial_attack3 import synthetic_store
 
     folder = shared_by_acl(tmp_path / "team")
     old = os.umask(0o022)
@@ -92,7 +93,6 @@ def test_outputs_and_run_folders_in_a_folder_shared_by_a_default_acl_keep_the_co
 def test_a_run_folder_keeps_its_team_folders_set_group_id_bit_and_its_figures_the_group(tmp_path):
     """#4: the run folder lost the bit, so `runs show`'s figures got the drawer's primary group."""
     from featstore import fit
-    from tests.test_adversarial_attack3 import synthetic_store
     from tests.test_adversarial_attack4 import cli, no_traceback
 
     team = tmp_path / "team"
@@ -111,7 +111,6 @@ def test_a_run_folder_keeps_its_team_folders_set_group_id_bit_and_its_figures_th
 @needs_root
 def test_recording_a_split_in_a_colleagues_group_writable_run_keeps_it_writable_by_its_author(tmp_path):
     """#3: the new version was the recorder's folder with her umask's mode (0755): its author could no longer write it."""
-    from tests.test_adversarial_attack3 import synthetic_store
     from tests.test_adversarial_attack4 import cli, no_traceback
 
     team = tmp_path / "team"
@@ -215,7 +214,6 @@ def test_resuming_a_colleagues_store_in_a_sticky_folder_says_who_can(tmp_path, m
 
 
 def synthetic_store_in(folder: Path) -> Path:
-    from tests.test_adversarial_attack3 import synthetic_store
 
     return synthetic_store(folder / "s.h5")
 
@@ -240,14 +238,15 @@ def test_a_colleagues_link_refused_by_protected_symlinks_gets_the_link_rules_lin
 
 
 def _closed_to_us(monkeypatch, folder: Path) -> None:
-    """``folder`` (the colleague's) as an ordinary user meets it, mode 0700: opening it is EACCES (root opens it)."""
+    """``folder`` (the colleague's) as an ordinary user meets it, mode 0700: opening it or anything in it is EACCES
+    (root opens them)."""
     os.chown(folder, COLLEAGUE, -1)
     folder.chmod(0o700)
     real = os.open
 
     def closed(path, flags, *a, dir_fd=None, **k):
         full = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path) if dir_fd is not None else os.fspath(path)
-        if os.path.abspath(full) == str(folder):
+        if os.path.abspath(full) == str(folder) or os.path.abspath(full).startswith(f"{folder}/"):
             raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
         return real(path, flags, *a, dir_fd=dir_fd, **k)
 
@@ -275,3 +274,44 @@ def test_a_colleagues_similarity_index_is_not_used_and_the_search_is_exact(tmp_p
         similar("train/0", store, k=3, use_index=True)
     out = no_traceback(cli("similar", "train/0", "--store", store, "--split", "train", "--build-index"))
     assert f"is uid {COLLEAGUE}'s and closed to you" in out and "or search without an index: --exact" in out, out
+
+
+@needs_root
+def test_a_colleagues_run_closed_to_the_user_is_said_as_his_not_broken(tmp_path, monkeypatch):
+    """#10: his run folder 0700 (fitted with umask 077): listed as "broken", with "remove <his run folder>", which a
+    group-writable runs folder let her do to his intact run."""
+    from featstore import fit
+
+    store, runs = synthetic_store_in(tmp_path), tmp_path / "runs"
+    his, mine = fit(store, "logreg", runs=runs)["id"], fit(store, "svm", runs=runs)["id"]
+    _closed_to_us(monkeypatch, runs / his)
+    out = no_traceback(cli("runs", "--store", store, "--runs", runs))
+    assert "1 run folder(s) of other users not readable by you, not used:" in out and "broken" not in out, out
+    assert f"is uid {COLLEAGUE}'s and not readable by you ({runs / his}: mode 0700)" in out and mine in out, out
+    assert f"ask uid {COLLEAGUE} to share the run (chmod -R g+rX {runs / his})" in out and "remove" not in out, out
+    out = no_traceback(cli("runs", "--store", store, "--runs", runs, "show", his))
+    assert f"run {his} cannot be used: run record" in out and "remove" not in out, out
+
+
+@needs_root
+def test_a_colleagues_model_file_closed_to_the_user_is_said_as_his(tmp_path, monkeypatch):
+    """#10: his model file 0600 in a readable run: "run artifact ... cannot be opened: Permission denied"."""
+    from featstore import fit
+
+    store, runs = synthetic_store_in(tmp_path), tmp_path / "runs"
+    rid = fit(store, "logreg", runs=runs)["id"]
+    synthetic_store(store, splits=("v2",))  # a split the run was not evaluated on: its model is loaded
+    model = runs / rid / "model.skops"
+    os.chown(model, COLLEAGUE, -1)
+    real = os.open
+
+    def closed(path, flags, *a, dir_fd=None, **k):
+        name = os.fspath(path)
+        reopened = name.startswith("/proc/self/fd/") and os.readlink(name) == str(model)  # an O_PATH descriptor's
+        if (name == str(model) or reopened) and not flags & getattr(os, "O_PATH", 0):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path, flags, *a, dir_fd=dir_fd, **k)
+
+    monkeypatch.setattr(os, "open", closed)
+    out = no_traceback(cli("runs", "--store", store, "--runs", runs, "evaluate", rid, "--split", "v2"))
+    assert f"run artifact {model} is uid {COLLEAGUE}'s and not readable by you" in out and "remove" not in out, out

@@ -56,9 +56,9 @@ def runs_list(
 
     listing = scan_runs_of(store, runs)
     if json_out:
-        _echo_json(runs_json(listing.records, listing.broken))
+        _echo_json(runs_json(listing.records, listing.broken, listing.unreadable))
         return
-    echo(runs_table(listing.records, listing.broken))
+    echo(runs_table(listing.records, listing.broken, listing.unreadable))
 
 
 @runs_app.command("show")

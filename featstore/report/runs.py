@@ -44,10 +44,13 @@ def _fingerprints(rec: RunRecord) -> str:
     return "+".join(f[:12] for f in rec.fingerprint.split("+"))
 
 
-def runs_table(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> str:
+def runs_table(
+    runs: list[RunRecord], broken: list[tuple[str, str]] = (), unreadable: list[tuple[str, str]] = ()
+) -> str:
     """One line per run: id, classifier, chosen params, validation/test accuracy with their 95 % intervals, seconds,
-    extractor, fingerprint; then broken folders. "cv": out-of-fold accuracy on train (the run had no validation)."""
-    if not runs and not broken:
+    extractor, fingerprint; then broken folders, and other users' runs this user may not read. "cv": out-of-fold
+    accuracy on train (the run had no validation)."""
+    if not runs and not broken and not unreadable:
         return "no runs yet; fit one with `featstore fit --clf logreg`"
     rows = [
         ["id", "clf", "params", "val_acc [95% CI]", "test_acc [95% CI]", "fit_s", "extractor", "fingerprint", "created"]
@@ -81,6 +84,9 @@ def runs_table(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> str
     if broken:
         lines.append(f"{len(broken)} broken run folder(s), not used:")
         lines += [f"  {terminal_safe(name)}: {reason}" for name, reason in broken]  # a folder name: one line
+    if unreadable:  # intact for their owners: not "broken", and not the user's to remove (attack 36 #10)
+        lines.append(f"{len(unreadable)} run folder(s) of other users not readable by you, not used:")
+        lines += [f"  {terminal_safe(name)}: {reason}" for name, reason in unreadable]
     return "\n".join(lines)
 
 
@@ -158,9 +164,11 @@ def _headline(m) -> dict:
     return thaw({**out, "macro_f1": m.macro_f1, **{k: m.figure(k) for k in HEADLINE if m.figure(k) is not None}})
 
 
-def runs_json(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> dict:
+def runs_json(
+    runs: list[RunRecord], broken: list[tuple[str, str]] = (), unreadable: list[tuple[str, str]] = ()
+) -> dict:
     """The runs table as JSON: per run its id, kind, classifier, parameters, extractor and each split's headline
-    figures with their intervals; broken folders with the reason."""
+    figures with their intervals; broken folders with the reason, and other users' runs this user may not read."""
     return {
         "runs": [
             {
@@ -176,6 +184,7 @@ def runs_json(runs: list[RunRecord], broken: list[tuple[str, str]] = ()) -> dict
             for r in runs
         ],
         "broken": [{"folder": name, "reason": reason} for name, reason in broken],
+        "unreadable": [{"folder": name, "reason": reason} for name, reason in unreadable],
     }
 
 

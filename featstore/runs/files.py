@@ -29,6 +29,7 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.output_images import regular_fd
 from featstore.safezip import check_zip
+from featstore.sticky import owner_name
 from featstore.units import format_bytes
 
 RECORD = "run.json"
@@ -54,6 +55,29 @@ SPARSE_RATIO = 64
 
 class BrokenRunError(StoreError):
     """A run folder that cannot be used (damaged, incomplete or crafted); the message names the file and the fix."""
+
+
+class UnreadableRun(BrokenRunError):
+    """A run of another user's that this user may not read: intact for its owner, and not this user's to remove."""
+
+
+def not_opened(exc: OSError, path: Path, what: str, folder: Path) -> BrokenRunError:
+    """The line for a run's file ``path`` that cannot be opened: another user's file (or run folder) this user may not
+    read is said as theirs, with sharing as the fix (attack 36 #10: "remove <his run folder>", of his intact run, which
+    a group-writable runs folder let her do); else the reason, with removal."""
+    if exc.errno == errno.EACCES:
+        for seen in (path, folder):
+            try:
+                st = os.lstat(seen)
+            except OSError:
+                continue
+            if st.st_uid != os.geteuid():
+                owner = owner_name(st.st_uid)
+                return UnreadableRun(
+                    f"{what} {path} is {owner}'s and not readable by you ({seen}: mode {stat.S_IMODE(st.st_mode):04o}); "
+                    f"ask {owner} to share the run (chmod -R g+rX {folder}), or use runs of yours"
+                )
+    return BrokenRunError(f"{what} {path} cannot be opened ({exc.strerror or exc}); remove {folder}")
 
 
 def valid_name(name: object) -> bool:
@@ -101,7 +125,7 @@ def open_regular(path: Path, what: str, folder: Path) -> int:
         ) from None
     except OSError as exc:
         if exc.errno != errno.ELOOP:
-            raise BrokenRunError(f"{what} {path} cannot be opened ({exc.strerror or exc}); remove {folder}") from None
+            raise not_opened(exc, path, what, folder) from None
         fd = None
     if fd is None:
         raise BrokenRunError(
@@ -203,7 +227,7 @@ def read_record_json(folder: Path) -> object:
     except OSError as exc:
         if exc.errno == errno.ELOOP or os.path.islink(path):
             regular_file(folder, RECORD, "run record")  # raises: not a regular file
-        raise BrokenRunError(f"run record {path} cannot be opened ({exc.strerror or exc}); remove {folder}") from None
+        raise not_opened(exc, path, "run record", folder) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

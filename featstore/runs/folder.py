@@ -36,6 +36,7 @@ from featstore.runs.files import (
     PREDICTIONS,
     RECORD,
     BrokenRunError,
+    UnreadableRun,
     check_zip_file,
     read_record_json,
     regular_file,
@@ -56,6 +57,7 @@ class RunListing:
 
     records: list[RunRecord] = field(default_factory=list)  # validated run.json contents
     broken: list[tuple[str, str]] = field(default_factory=list)  # (folder name, why it cannot be used)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # other users' runs closed to this one: (name, why)
 
 
 def runs_dir(store: str | os.PathLike) -> Path:
@@ -190,8 +192,8 @@ def scan_runs(root: Path) -> RunListing:
         try:
             out.records.append(read_record(root / name))
         except StoreError as exc:
-            out.broken.append((name, str(exc)))
-            logger.debug("run folder %s is broken: %s", root / name, exc)
+            (out.unreadable if isinstance(exc, UnreadableRun) else out.broken).append((name, str(exc)))
+            logger.debug("run folder %s is not usable: %s", root / name, exc)
     out.broken += sorted(hidden.items())
     out.records.sort(key=lambda r: (r.created_at, r.id))
     return out
@@ -213,7 +215,7 @@ def find_run(
     names = (
         _run_folders(root) + sorted(hidden)
         if listing is None
-        else [r.id for r in listing.records] + [n for n, _ in listing.broken]
+        else [r.id for r in listing.records] + [n for n, _ in listing.broken + listing.unreadable]
     )
     found = [n for n in names if n == run_id] or ([] if exact else [n for n in names if n.startswith(run_id)])
     if not found and listing is None and not root.is_dir():
@@ -231,12 +233,16 @@ def find_run(
         raise StoreError(f"run {found[0]} is {hidden[found[0]]}")
     folder = root / found[0]
     try:
+        if listing is not None and found[0] in dict(listing.unreadable):
+            raise UnreadableRun(dict(listing.unreadable)[found[0]])
         if listing is not None and found[0] in dict(listing.broken):
             raise BrokenRunError(dict(listing.broken)[found[0]])
         known_rec = {r.id: r for r in listing.records}.get(found[0]) if listing is not None else None
         rec = known_rec or read_record(folder)
         if verify:
             verify_run(rec, folder)
+    except UnreadableRun as exc:
+        raise UnreadableRun(f"run {found[0]} cannot be used: {exc}") from None
     except StoreError as exc:
         raise BrokenRunError(f"run {found[0]} is broken: {exc}") from None
     return rec, folder

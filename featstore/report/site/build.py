@@ -218,6 +218,7 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
     store_info = overview(fs)
     listing = scan_runs_of(store, runs)
     result.notes += [f"run folder {n} is broken and not shown: {why}" for n, why in listing.broken]
+    result.notes += [f"run folder {n} is not shown: {why}" for n, why in listing.unreadable]
     paths = _Paths(fs)
     pages = {r.id: f"runs/{r.id}.html" for r in listing.records}
     views = [run_view(r, runs_root(store, runs) / r.id, paths.of, gallery, pages) for r in listing.records]
