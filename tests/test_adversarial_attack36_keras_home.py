@@ -1,0 +1,97 @@
+"""Attack 36 #6: Keras's download cache (``KERAS_HOME``, often shared by a team or a cluster). Keras looked the cached
+ImageNet weights up by name and hashed whatever was there: a colleague's link to /dev/zero (or his FIFO) at the file's
+name was read for ever, and ``extract --model vgg16`` hung without a line. Each file Keras asks for is now held as
+``--weights`` files are, checked against Keras's published hash, and handed to Keras by its private name. The cached
+file here is a random-weight VGG16 saved in Keras's legacy layout (the real one cannot be downloaded in the suite)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from featstore.errors import WeightsError
+from featstore.models.backbones import get_backbone
+from featstore.models.weights import load_base, sha256_file
+
+COLLEAGUE = 54321
+NOTOP = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+
+
+@pytest.fixture(scope="module")
+def saved_trunk(tmp_path_factory) -> Path:
+    """A VGG16 trunk's weights in the layout Keras's cache holds (legacy HDF5, by layer name)."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    path = tmp_path_factory.mktemp("trunk") / NOTOP
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+    return path
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch) -> Path:
+    """Keras's home (read once, at import) moved to a folder of the test's; its ``models/`` is the cache."""
+    from keras.src.backend import config
+
+    home = tmp_path / "keras"
+    (home / "models").mkdir(parents=True)
+    monkeypatch.setattr(config, "_KERAS_DIR", str(home))
+    return home / "models"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a link of another user's needs root to make")
+def test_a_colleagues_link_in_a_shared_keras_cache_is_refused_in_one_line(keras_home, saved_trunk):
+    link = keras_home / NOTOP
+    link.symlink_to(saved_trunk)
+    os.lchown(link, COLLEAGUE, -1)
+    with pytest.raises(WeightsError) as err:
+        load_base(get_backbone("vgg16"), 32, "imagenet")
+    line = str(err.value)
+    assert f"cached ImageNet weights file {link} leads through {link}, a symbolic link made by uid {COLLEAGUE}" in line
+    assert "Two ways out" not in line, line  # its own line, not a failed download's
+
+
+def test_a_cached_file_that_is_not_kerass_is_refused_and_a_genuine_one_loads_from_the_file_checked(
+    keras_home, saved_trunk, monkeypatch
+):
+    from keras.src.utils import file_utils
+
+    cached, keras_get_file = keras_home / NOTOP, file_utils.get_file
+    os.link(saved_trunk, cached)
+    with pytest.raises(WeightsError, match=f"cached ImageNet weights file {cached} is not the file Keras publishes"):
+        load_base(get_backbone("vgg16"), 32, "imagenet")  # a random-weight trunk: not the published hash
+    checked = []
+    real = file_utils.validate_file
+    monkeypatch.setattr(file_utils, "validate_file", lambda p, h, *a, **k: checked.append(p) or True)
+    base, info = load_base(get_backbone("vgg16"), 32, "imagenet")
+    assert checked and checked[0] != str(cached) and Path(checked[0]).name == NOTOP  # the held file's private name
+    assert info.path == str(cached) and info.file_sha256 == sha256_file(saved_trunk), info
+    assert file_utils.get_file is keras_get_file and file_utils.validate_file is not real  # Keras's own again
+
+
+def test_a_fifo_at_the_cached_name_is_refused_never_opened(keras_home):
+    """His FIFO there blocked Keras's hash check for ever. A writer thread feeds a few bytes to whoever opens it (so
+    a regression reads them and fails on the hash instead of hanging the suite), and is let go at the end."""
+    import threading
+
+    fifo = keras_home / NOTOP
+    os.mkfifo(fifo)
+
+    def feed():
+        fd = os.open(fifo, os.O_WRONLY)  # blocks until someone opens it for reading
+        os.write(fd, b"not weights")
+        os.close(fd)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(WeightsError, match=f"cached ImageNet weights file {fifo} is a FIFO"):
+            load_base(get_backbone("vgg16"), 32, "imagenet")
+    finally:
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # the writer's open returns (if nobody opened it)
+        writer.join(5)
