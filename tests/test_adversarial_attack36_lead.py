@@ -315,3 +315,40 @@ def test_a_colleagues_model_file_closed_to_the_user_is_said_as_his(tmp_path, mon
     monkeypatch.setattr(os, "open", closed)
     out = no_traceback(cli("runs", "--store", store, "--runs", runs, "evaluate", rid, "--split", "v2"))
     assert f"run artifact {model} is uid {COLLEAGUE}'s and not readable by you" in out and "remove" not in out, out
+
+
+@needs_root
+def test_a_colleagues_world_writable_run_does_not_make_the_users_version_world_writable(tmp_path):
+    """Attack 38 #1 (of #3's fix): his 0777 run gave her recorded version 0777: anyone could plant files in her folder."""
+    store, runs = synthetic_store_in(tmp_path), tmp_path / "runs"
+    synthetic_store(store, splits=("v2",))
+    no_traceback(cli("fit", "--store", store, "--runs", runs, "--clf", "logreg"))
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    os.chown(run, COLLEAGUE, TEAM)
+    run.chmod(0o777)
+    out = no_traceback(cli("runs", "--store", store, "--runs", runs, "evaluate", run.name, "--split", "v2"))
+    assert "recorded in run" in out and stat.S_IMODE(run.stat().st_mode) == 0o775, (out, oct(run.stat().st_mode))
+
+
+@needs_root
+def test_evaluating_a_colleagues_run_the_user_may_not_change_is_said_before_any_work(tmp_path, monkeypatch):
+    """Attack 38 #3: his run made with umask 022 (0755) in the team's group-writable runs folder: her evaluate computed
+    the split, then said "<runs> is not writable; make it writable", of a runs folder she may write."""
+    from featstore import sticky
+    from featstore.experiments import evaluate
+
+    store, runs = synthetic_store_in(tmp_path), tmp_path / "runs"
+    synthetic_store(store, splits=("v2",))
+    no_traceback(cli("fit", "--store", store, "--runs", runs, "--clf", "logreg"))
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    os.chown(run, COLLEAGUE, TEAM)
+    run.chmod(0o755)
+    monkeypatch.setattr(sticky, "privileged", lambda: False)  # an ordinary user, whom the folder's mode stops
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if os.fspath(p) == str(run) else real(p, m, **k))
+    scored = []
+    monkeypatch.setattr(evaluate, "add_split", lambda *a, **k: scored.append(1))  # reached only if not refused
+    out = no_traceback(cli("runs", "--store", store, "--runs", runs, "evaluate", run.name, "--split", "v2"))
+    assert f"run folder {run} is uid {COLLEAGUE}'s (mode 0755), which you may not change" in out, out
+    assert f"ask uid {COLLEAGUE} to run `featstore runs evaluate {run.name}`" in out and "is not writable" not in out
+    assert not scored

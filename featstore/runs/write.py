@@ -13,7 +13,6 @@ files that replace others (PNGs in a run folder, ``predict --out``) go through :
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -27,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore import sticky
 from featstore.carry import give_folder, not_carried, own_permissions
 from featstore.errors import OutputError, StoreError
 from featstore.leftovers import writer_gone
@@ -49,6 +47,7 @@ from featstore.runs.kinds import parse_record
 from featstore.runs.own_writes import MARK, OwnWrites, own
 from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
+from featstore.runs.refusals import not_written
 from featstore.runs.swap import ORPHAN_AGE_S, hold_run, mark_held, read_marker, reveal, superseded
 from featstore.runs.swap import mark as _mark
 from featstore.runs.versions import TMP_MARKER, carry, own_files
@@ -191,37 +190,6 @@ def _write_contents(tmp: Path, record: dict, preds: PredictionsWriter, folder: P
     rec = parse_record(obj, folder)  # the one validation path: a run featstore writes is one it can read
     (tmp / RECORD).write_text(json.dumps(obj, indent=1), encoding="utf-8")
     return rec
-
-
-def not_written(exc: OSError, root: Path, run_id: str, left: Path | None = None, update: bool = False) -> OutputError:
-    """One line for an OSError met while writing a run folder: why, what to do, and that nothing was recorded (and
-    ``left``: a temporary folder that could not be removed). ``update``: adding to an existing run (``runs evaluate``),
-    whose runs folder cannot be changed by an option."""
-    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-    theirs = sticky.refused(exc, root / run_id) if update else None
-    if theirs is not None:  # attack 34 #4: the sticky bit refused it, which no chmod helps
-        fix = f"ask {theirs.owner} to run `featstore runs evaluate {run_id}` (only {theirs.owner} can add a split)"
-        why = theirs.line(f"{fix}, or copy the run into a --runs folder of yours")
-    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        why = "the disk is full" + (
-            f"; free some space on the disk of {root} and run again"
-            if update
-            else "; free some space or pass --runs DIR on another disk"
-        )
-    elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        why = f"{root} is not writable ({exc.strerror}); " + (
-            "make it writable and run again" if update else "pass --runs DIR with a writable folder"
-        )
-    else:
-        why = f"{exc.strerror or exc}{where}; " + (
-            "run again once that is fixed" if update else "pass --runs DIR with a writable folder"
-        )
-    kept = (
-        f"a partial folder {left} could not be removed: remove it"
-        if left is not None and os.path.lexists(left)
-        else "no partial folder is left"
-    )
-    return OutputError(f"could not write run {run_id} into {root}: {why}. Nothing was recorded ({kept})")
 
 
 def _discard(preds: PredictionsWriter | None, tmp: OwnFolder) -> None:
@@ -424,7 +392,7 @@ def _own(new: OwnFolder, held: int, folder: Path) -> int | None:
     with the user's umask shut its author out of his group-writable run (attack 36 #3)."""
     old, files = own_held(held, folder, f"run folder {folder}")
     if old is None:
-        return own_permissions(new.fd, os.fstat(held), 0o7777)
+        return own_permissions(new.fd, os.fstat(held), 0o3775)  # never o+w on a folder of the user's (attack 38 #1)
     where = f"run folder {folder}"
     refuse = not_carried(where, OutputError, "nothing was recorded")
     return give_folder(new.fd, old, files, where, str(folder), refuse)
