@@ -84,8 +84,12 @@ def test_a_fifo_at_the_cached_name_is_refused_never_opened(keras_home):
 
     def feed():
         fd = os.open(fifo, os.O_WRONLY)  # blocks until someone opens it for reading
-        os.write(fd, b"not weights")
-        os.close(fd)
+        try:
+            os.write(fd, b"not weights")
+        except BrokenPipeError:  # the test's own opening at the end, closed at once
+            pass
+        finally:
+            os.close(fd)
 
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
@@ -95,3 +99,22 @@ def test_a_fifo_at_the_cached_name_is_refused_never_opened(keras_home):
     finally:
         os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # the writer's open returns (if nobody opened it)
         writer.join(5)
+
+
+def test_a_missing_file_in_a_keras_cache_the_user_may_not_write_is_not_fetched_into_tmp(keras_home, monkeypatch):
+    """Attack 38 #2: Keras's cache not writable (a team's, read-only to the user) and without the file: Keras fell back
+    to /tmp/.keras, a folder any user may have made, and hashed a colleague's link to /dev/zero there for ever."""
+    from featstore.models import weights
+
+    home = keras_home.parent
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if os.fspath(p) == str(home) else real(p, m, **k))
+    monkeypatch.setattr(weights, "download_problem", lambda *a, **k: None)  # as behind a proxy: no probe
+    with pytest.raises(WeightsError) as err:
+        load_base(get_backbone("vgg16"), 32, "imagenet")
+    line = str(err.value)
+    assert (
+        f"cached ImageNet weights file {keras_home / NOTOP} is missing, and Keras's cache {home} is not writable"
+        in line
+    )
+    assert "Set KERAS_HOME to a folder of yours" in line and "Two ways out" not in line, line

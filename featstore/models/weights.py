@@ -169,7 +169,9 @@ def _held_downloads(stack: contextlib.ExitStack, read: list[tuple[Path, Path]]):
     file held by one descriptor, never a FIFO or device), checked against the hash Keras gives (and a size bound), and
     Keras is given that file's private name; a missing file is downloaded by Keras first. Keras looked the cached file
     up by name and hashed whatever was there: a colleague's link to /dev/zero (or his FIFO) in a shared ``KERAS_HOME``
-    was read for ever (attack 36 #6). Each (cached path, private name) read is appended to ``read``."""
+    was read for ever (attack 36 #6). Where Keras's cache is not writable, Keras downloads into ``/tmp/.keras`` and
+    hashed what a colleague had put there first (attack 38 #2): refused in one line. Each (cached path, private name)
+    read is appended to ``read``."""
     from keras.src.utils import file_utils
 
     from featstore.models.held_input import held_input
@@ -177,10 +179,19 @@ def _held_downloads(stack: contextlib.ExitStack, read: list[tuple[Path, Path]]):
     real = file_utils.get_file
 
     def get_file(fname=None, origin=None, *args, **kw):
-        path = keras_cache_dir().parent / kw.get("cache_subdir", "datasets") / str(fname)
-        if fname is None or args or kw.get("untar") or kw.get("extract") or not os.path.lexists(path):
-            path = Path(real(fname, origin, *args, **kw))  # a download (or an archive: not an application's weights)
+        home = keras_cache_dir().parent
+        path = home / kw.get("cache_subdir", "datasets") / str(fname)
         what = "cached ImageNet weights file"
+        if fname is None or args or kw.get("untar") or kw.get("extract") or not os.path.lexists(path):
+            if not (args or kw.get("cache_dir") or os.access(home, os.W_OK)):
+                read.append((path, path))  # (said as it is, not as a failed download)
+                raise WeightsError(
+                    f"{what} {path} is missing, and Keras's cache {home} is not writable by you: Keras would download "
+                    f"into /tmp/.keras instead, a folder any user may have made first (and hash what they put there). "
+                    f"Set KERAS_HOME to a folder of yours and run again (Keras downloads the weights there), or pass "
+                    f"--weights PATH"
+                )
+            path = Path(real(fname, origin, *args, **kw))  # a download (or an archive: not an application's weights)
         try:
             found = None if os.path.islink(path) else what_is_at(path)  # (a link: the link rule's line, held_input's)
             if found is not None and found != "nothing":
