@@ -88,3 +88,14 @@ def privileged() -> bool:
 def ahead(path: str | os.PathLike) -> Sticky | None:
     """:func:`entry`, before any work: None for root, whom the sticky bit does not stop."""
     return None if privileged() else entry(path)
+
+
+def share_fix(st: os.stat_result, path: str | os.PathLike, bits: str) -> str:
+    """The command that shares ``path`` (its ``stat``: ``st``) with this user through its group (``bits``: ``rX``,
+    ``w``): ``chmod -R g+<bits>`` where this user is in its group; else first a ``chgrp`` to a group both are in (a run
+    in its owner's own group: "chmod g+w" alone let no one else in, attack 38 #5, #10)."""
+    import shlex
+
+    q = shlex.quote(os.fspath(path))
+    member = hasattr(os, "getgroups") and (st.st_gid == os.getegid() or st.st_gid in os.getgroups())
+    return f"chmod -R g+{bits} {q}" if member else f"chgrp -R <a group you both are in> {q} && chmod -R g+{bits} {q}"

@@ -118,3 +118,17 @@ def test_a_missing_file_in_a_keras_cache_the_user_may_not_write_is_not_fetched_i
         in line
     )
     assert "Set KERAS_HOME to a folder of yours" in line and "Two ways out" not in line, line
+
+
+def test_no_download_into_a_keras_cache_others_can_write(keras_home, monkeypatch):
+    """Attack 38 #6: a team KERAS_HOME others may write, without the file: Keras downloads by name, and a colleague's
+    link put at the name meanwhile had the download written through it onto any file of the user's."""
+    from featstore.models import weights
+
+    keras_home.chmod(0o2775)  # group-writable (a team cache)
+    monkeypatch.setattr(weights, "download_problem", lambda *a, **k: None)  # as behind a proxy: no probe
+    with pytest.raises(WeightsError) as err:
+        load_base(get_backbone("vgg16"), 32, "imagenet")
+    line = str(err.value)
+    assert f"and Keras would download it into {keras_home}, which other users can write" in line, line
+    assert "Set KERAS_HOME to a folder only you can write" in line and "Two ways out" not in line, line

@@ -352,3 +352,46 @@ def test_evaluating_a_colleagues_run_the_user_may_not_change_is_said_before_any_
     assert f"run folder {run} is uid {COLLEAGUE}'s (mode 0755), which you may not change" in out, out
     assert f"ask uid {COLLEAGUE} to run `featstore runs evaluate {run.name}`" in out and "is not writable" not in out
     assert not scored
+
+
+def test_a_link_swapped_in_at_a_lock_name_is_refused_not_run_unlocked(tmp_path, monkeypatch):
+    """Attack 38 #7: a link put at the lock's name after its check (while the user waited) made the block run with
+    nothing locked, silently (held=True)."""
+    from featstore.errors import StoreError
+    from featstore.runs import versions
+
+    lock = tmp_path / ".r1.lock"
+    real = versions._acquire
+
+    def swapped(*a, **k):  # the colleague's link lands between the check and the lock's own open (O_NOFOLLOW)
+        lock.unlink(missing_ok=True)
+        lock.symlink_to(tmp_path / "elsewhere")
+        return real(*a, **k)
+
+    monkeypatch.setattr(versions, "_acquire", swapped)
+    with pytest.raises(StoreError, match="is not a regular file"), versions.run_lock(tmp_path, "r1"):
+        pass
+
+
+@needs_root
+def test_resuming_a_colleagues_world_writable_store_gives_no_o_plus_w(tmp_path):
+    """Attack 38 #11: resuming bob's interrupted 0777 store made the rewritten store the user's file, mode 0777."""
+    from featstore.store.compact import compact
+
+    store = synthetic_store_in(tmp_path)
+    os.chown(store, COLLEAGUE, -1)
+    store.chmod(0o777)
+    compact(store)
+    assert stat.S_IMODE(store.stat().st_mode) == 0o775, oct(store.stat().st_mode)
+
+
+def test_share_fix_says_chgrp_where_the_user_is_not_in_the_group(tmp_path):
+    """Attack 38 #5, #10: "chmod g+w" of a run in its owner's own group lets no one else in."""
+    from featstore.sticky import share_fix
+
+    st = os.stat(tmp_path)
+    assert share_fix(st, tmp_path, "w") == f"chmod -R g+w {tmp_path}"  # the user's own group
+    other = os.stat_result((*st[:5], 54329, *st[6:]))  # a group the user is not in
+    assert share_fix(other, tmp_path, "w").startswith("chgrp -R <a group you both are in>"), share_fix(
+        other, tmp_path, "w"
+    )

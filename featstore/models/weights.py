@@ -159,6 +159,24 @@ def _load_imagenet(spec: BackboneSpec, size: int):
         )
 
 
+def _others_write(datadir: Path, home: Path) -> Path | None:
+    """The folder Keras downloads into (``datadir``, or ``home`` where Keras makes it) when other users may write it or
+    it is not this user's (a link, another user's folder, group- or world-writable); None when it is private."""
+    import stat
+
+    for folder in (datadir, home):
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:
+            continue  # made by Keras in the level above: that one is checked
+        except OSError:
+            return folder
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return folder
+        return None
+    return None
+
+
 MAX_APPLICATION_WEIGHTS = 2 << 30  # a Keras application's weights file (the largest, EfficientNetV2-L's: ~0.5 GB)
 
 
@@ -183,6 +201,15 @@ def _held_downloads(stack: contextlib.ExitStack, read: list[tuple[Path, Path]]):
         path = home / kw.get("cache_subdir", "datasets") / str(fname)
         what = "cached ImageNet weights file"
         if fname is None or args or kw.get("untar") or kw.get("extract") or not os.path.lexists(path):
+            shared = None if args or kw.get("cache_dir") else _others_write(path.parent, home)
+            if shared is not None:  # Keras downloads by name: a link put there meanwhile is written through (38 #6)
+                read.append((path, path))
+                raise WeightsError(
+                    f"{what} {path} is missing, and Keras would download it into {shared}, which other users can "
+                    f"write: a link one of them put at the file's name meanwhile would have the download written "
+                    f"through it, onto a file of yours. Set KERAS_HOME to a folder only you can write and run again "
+                    f"(Keras downloads the weights there), or pass --weights PATH"
+                )
             if not (args or kw.get("cache_dir") or os.access(home, os.W_OK)):
                 read.append((path, path))  # (said as it is, not as a failed download)
                 raise WeightsError(

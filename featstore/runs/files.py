@@ -29,7 +29,7 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.output_images import regular_fd
 from featstore.safezip import check_zip
-from featstore.sticky import owner_name
+from featstore.sticky import owner_name, share_fix
 from featstore.units import format_bytes
 
 RECORD = "run.json"
@@ -75,7 +75,7 @@ def not_opened(exc: OSError, path: Path, what: str, folder: Path) -> BrokenRunEr
                 owner = owner_name(st.st_uid)
                 return UnreadableRun(
                     f"{what} {path} is {owner}'s and not readable by you ({seen}: mode {stat.S_IMODE(st.st_mode):04o}); "
-                    f"ask {owner} to share the run (chmod -R g+rX {folder}), or use runs of yours"
+                    f"ask {owner} to share the run ({share_fix(os.lstat(folder), folder, 'rX')}), or use runs of yours"
                 )
     return BrokenRunError(f"{what} {path} cannot be opened ({exc.strerror or exc}); remove {folder}")
 

@@ -48,7 +48,8 @@ def not_written(exc: OSError, root: Path, run_id: str, left: Path | None = None,
         why = (
             f"run folder {root / run_id} is {owner}'s (mode {stat.S_IMODE(closed.st_mode):04o}), which you may not "
             f"change, and recording a split marks its old version: ask {owner} to run `featstore runs evaluate "
-            f"{run_id}`, or to make it group-writable (chmod g+w), or copy the run into a --runs folder of yours"
+            f"{run_id}`, or to make it group-writable ({sticky.share_fix(closed, root / run_id, 'w')}), or copy the "
+            f"run into a --runs folder of yours"
         )
     elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
         why = "the disk is full" + (

@@ -121,16 +121,16 @@ def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool 
 
     from featstore.store.locking import held_plain_file, locking_default
 
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        mode = stat.S_IFREG  # none yet (or unreadable: the lock's own open says why)
-    if not stat.S_ISREG(mode):  # filelock (>= 3.30) opens with O_NOFOLLOW, without O_TRUNC; a FIFO is no lock file
-        raise StoreError(
-            f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks {what} with a file "
-            f"of that name: remove it and run again"
-        )
-    while True:
+    while True:  # (checked again after a wait: a link swapped in meanwhile made the lock none, silently: attack 38 #7)
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG  # none yet (or unreadable: the lock's own open says why)
+        if not stat.S_ISREG(mode):  # filelock (>= 3.30) opens with O_NOFOLLOW, without O_TRUNC; a FIFO is no lock file
+            raise StoreError(
+                f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks {what} with a file "
+                f"of that name: remove it and run again"
+            )
         lock, held, shared = FileLock(str(path)), True, -1
         try:
             if locking_default() is not False:
@@ -144,6 +144,8 @@ def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool 
                     os.close(shared)  # removed by its holder while this one waited: lock the file at the name now
                     continue
         except OSError as exc:
+            if exc.errno == errno.ELOOP or os.path.islink(path):
+                continue  # a link put at the name since the check above: refused there, not run unlocked
             logger.debug("no lock on %s (%s): %s", what, path, exc)
         break
     if lock.is_locked and not held_plain_file(lock):  # planted between the lstat above and the lock's open

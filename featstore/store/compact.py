@@ -93,7 +93,7 @@ def _compact(store: StoreFile, src: h5py.File, source: int, leave_out: frozenset
                         _copy_split(src[name][split], g, split, f"{path}:/{name}/{split}")
                 dst.flush()
             src.close()  # (h5py: closing again when the opening ends is a no-op)
-            _own_permissions(held, before)
+            _own_permissions(held, before, 0o7777 if before.st_uid == os.geteuid() else 0o3775)  # no o+w (38 #11)
             _own_xattrs(held, shared, path, before)
             # renamed onto the name only while it is still the file read (a colleague's link put there since: refused)
             at = private.parent_fd if private.parent_fd >= 0 else None
