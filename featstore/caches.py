@@ -26,6 +26,7 @@ from pathlib import Path
 from featstore.errors import OutputError
 from featstore.leftovers import sweep, temp_prefix
 from featstore.outputs import output_fix, say_swept
+from featstore.renames import PARENT
 from featstore.sticky import owner_name
 
 CACHE_MODE = 0o700  # a cache folder featstore makes: this user's only (thumbnails of a private store's images were readable by all)
@@ -230,7 +231,7 @@ def _open_levels(
     the one above (made with CACHE_MODE where missing, when ``make``) and checked (:func:`_check_level`); -1 for a
     missing level when ``missing_ok``."""
     try:
-        fd = os.open(root.parent, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(root.parent, PARENT)  # never listed: a store's folder of mode 0300 takes its cache
     except OSError as exc:
         raise OutputError(f"cannot use the {what} {root}: {output_fix(exc, root)}") from None
     level = root.parent

@@ -410,7 +410,7 @@ def output_fix(exc: OSError, path: Path) -> str:
         theirs = sticky.refused(exc, path)
         if theirs is not None:
             return theirs.line(f"write to another path of yours, or ask {theirs.owner} to remove it")
-        return f"folder {path.parent} is not writable by you; write to another folder"
+        return sticky.unlisted(path.parent) or f"folder {path.parent} is not writable by you; write to another folder"
     if code == errno.ENOENT and path.parent.is_dir():
         return f"no file can be made in {path.parent} ({exc.strerror}); write to another folder"
     if code == errno.ENOENT:

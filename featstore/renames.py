@@ -46,6 +46,10 @@ from featstore.modes import fresh_mode
 
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.mkdir in os.supports_dir_fd
 _DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+# a folder only made, opened, renamed and stat'ed in (``*at`` calls), never listed: reached with O_PATH where there is
+# one, so a folder the user may write but not read (``0300``, a drop folder, a shared one made ``a-r``) takes outputs
+# (attack 36 #2: opening it O_RDONLY needs read permission, and every output said "not writable")
+PARENT = getattr(os, "O_PATH", os.O_RDONLY) | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -89,7 +93,7 @@ class PrivateFolder:
         if not FD_SAFE:
             self.name = _make(self.target.parent, self.target.name)
             return
-        self.parent_fd = os.open(self.target.parent, _DIR)
+        self.parent_fd = os.open(self.target.parent, PARENT)  # never listed: its entries are reached by name
         try:
             self.name = _make(self.parent_fd, self.target.name)
             try:  # its name is in the shared folder: what is opened must be a folder of ours that no one else can write

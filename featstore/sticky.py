@@ -6,6 +6,8 @@ EPERM was read as "folder not writable; make it writable", of a folder that is (
 user's helps; a colleague's export, run, leaks record or hidden run there was then a dead end (attack 34 #3-#6).
 :func:`refused` tells such an EPERM apart, :func:`ahead` says it before any work, and :meth:`Sticky.line` says
 whose entry it is, who may change it, and the fix the caller adds (another path of the user's, or ask the owner).
+:func:`unlisted` tells apart the EACCES of a folder the user may write in but not list (``0300``, a drop folder, a
+shared folder made ``a-r``), which every output called "not writable by you" (attack 36 #2).
 
 >>> owner_name(0)
 'root'
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import stat
 from dataclasses import dataclass
 
@@ -78,6 +81,33 @@ def refused(exc: BaseException, path: str | os.PathLike) -> Sticky | None:
     if not isinstance(exc, OSError) or exc.errno != errno.EPERM:
         return None
     return entry(path)
+
+
+def unlisted(folder: str | os.PathLike) -> str | None:
+    """The line for an EACCES met in ``folder`` when this user may make entries in it but not list it (no read
+    permission, write and search permission): what it is and the fix (``chmod u+r`` of the user's own folder, else
+    its owner, named); None when it is not so, or cannot be told (``os.access`` of root says yes to all)."""
+    if not hasattr(os, "geteuid"):
+        return None
+    effective = os.access in os.supports_effective_ids
+    try:
+        st = os.stat(folder)
+        if os.access(folder, os.R_OK, effective_ids=effective):
+            return None
+        if not os.access(folder, os.W_OK | os.X_OK, effective_ids=effective):
+            return None  # not writable either: that is what the caller says
+    except (OSError, ValueError):
+        return None
+    shown = terminal_safe(os.fspath(folder))
+    if st.st_uid == os.geteuid():
+        fix = f"chmod u+r {shlex.quote(shown)} (it is yours)"
+    else:
+        fix = f"ask its owner, {owner_name(st.st_uid)}, to let you read it"
+    return (
+        f"folder {shown} cannot be listed by you (mode {stat.S_IMODE(st.st_mode):04o}: you may write in it but not "
+        f"read it), and featstore reads the folders it writes in (an earlier output's files, its own leftovers); "
+        f"{fix}, or write to another folder"
+    )
 
 
 def privileged() -> bool:

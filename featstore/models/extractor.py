@@ -255,7 +255,7 @@ class Extractor:
         if isinstance(spec, SavedModelSpec) and not any(requested):
             logger.info(
                 "%s: cutting at %r, the layer before its last Dense layer (--layer to choose another)",
-                spec.path.name,
+                spec.shown.name,
                 default,
             )
         self.base_layer_names = [lyr.name for lyr in base.layers]  # the whole backbone's, also those above the cut
@@ -358,7 +358,7 @@ class Extractor:
 def _shown(spec: BackboneSpec | SavedModelSpec | HubSpec) -> str:
     """A backbone as messages name it: the registry name, the saved model's file name, or the preset."""
     if isinstance(spec, SavedModelSpec):
-        return spec.path.name
+        return spec.shown.name
     return spec.shown if isinstance(spec, HubSpec) else spec.name
 
 

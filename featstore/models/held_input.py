@@ -6,8 +6,9 @@ By name, each reading could meet another file: a FIFO renamed onto the name afte
 for a writer forever, and a file swapped in after the bounds were checked was loaded unchecked (attack 33 #4). The
 file is reached once with ``O_PATH`` (a link or anything but a regular file at its real name, swapped in since it was
 resolved, is refused), held to the link rule on the file reached, and opened read-only and non-blocking; every later
-reader is given a private name for that very file: a link named like it, in a private scratch folder, to
-``/proc/self/fd/<fd>`` (Keras and h5py open names, and Keras looks at the suffix). Errors raised while it is held name
+reader is given a private name for that very file: a link in a private scratch folder to ``/proc/self/fd/<fd>``
+(Keras and h5py open names), named as Keras must see it (:func:`~featstore.models.file_format.keras_name`: Keras picks
+the format by the name's ending; the user's own link to a suffix-less blob was refused, named after the blob). Errors raised while it is held name
 the user's path, never the private one; one raised after the file was renamed away says so (HDF5 resolves the
 link's target by name: it cannot open a held file whose name is gone).
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError
 from featstore.linkrule import refuse_foreign
+from featstore.models.file_format import keras_name
 from featstore.models.scratch import scratch_folder
 from featstore.output_images import BY_PATH, regular_fd
 from featstore.outputs import what_is_at
@@ -38,7 +40,8 @@ def held_input(
     whatever is renamed onto ``path`` later; ``error`` (naming ``what`` and ``path``) when what is there now is not
     that regular file, or its path leads through another user's link (``option``: the flag that gives it). Without
     ``O_PATH`` and ``/proc`` (macOS) the path itself, read by name as before. ``named``: the path as the user gave it
-    (links unresolved), said in messages instead of ``path``."""
+    (links unresolved), said in messages instead of ``path``, and whose name Keras sees where ``path``'s has no
+    ending Keras knows."""
     if not BY_PATH:
         yield path
         return
@@ -55,7 +58,7 @@ def held_input(
         )
     try:
         with scratch_folder("input") as tmp:
-            private = tmp / path.name
+            private = tmp / keras_name(path, named, fd)  # Keras picks the format by the name's ending
             os.symlink(f"/proc/self/fd/{fd}", private)
             try:
                 yield private

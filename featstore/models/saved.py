@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.errors import ConfigError, WeightsError
 from featstore.linkrule import refuse_foreign
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
+from featstore.models.file_format import is_legacy
 from featstore.models.held_input import held_input
 from featstore.models.keras_sizes import STATES, UNBOUNDED, held_parameters, keras_zip_problem
 from featstore.models.weights import LoadedWeights, sha256_file
@@ -43,25 +44,29 @@ def load_model_file(path: Path, trust_model: bool = False):
     return load_held_model(path, trust_model)[0]
 
 
-def load_held_model(path: Path, trust_model: bool = False):
+def load_held_model(path: Path, trust_model: bool = False, named: Path | None = None):
     """``(model, sha256 of the file)``: the file at ``path`` (its real path) held from the first check to the hash
     (:func:`~featstore.models.held_input.held_input`), so that the bounds checked, the model loaded and the digest
-    recorded are all of one file, and a FIFO renamed onto the name never blocks."""
+    recorded are all of one file, and a FIFO renamed onto the name never blocks. ``named``: the path as the user gave
+    it (their link), named in messages, and whose name decides the format where the real one has no suffix (a blob
+    of the Hugging Face hub cache: :mod:`featstore.models.file_format`)."""
+    shown = named or path
     found = what_is_at(path)  # a folder is a KerasHub preset (is_hub_model): never here
     if found is not None:
         there = "does not exist" if found == "nothing" else f"is {found}, not a regular file"
         raise ConfigError(
-            f"model file {path} {there}; pass a model saved with model.save('my_cnn.keras') "
+            f"model file {shown} {there}; pass a model saved with model.save('my_cnn.keras') "
             f"or a registered backbone name (`featstore models`), hub:<preset> or a KerasHub preset folder"
         )
-    with held_input(path, "model file", ConfigError, "--model") as name:
-        model = _load(path, name, trust_model)
+    with held_input(path, "model file", ConfigError, "--model", named) as name:
+        model = _load(shown, name, trust_model)
         return model, sha256_file(name)
 
 
 def _load(path: Path, name: Path, trust_model: bool):
-    """The model in the file at ``path``, read through ``name`` (the same file, held: :func:`load_held_model`)."""
-    legacy = path.suffix.lower() in (".h5", ".hdf5")
+    """The model in the file at ``path`` (as the user named it), read through ``name`` (the same file, held:
+    :func:`load_held_model`), whose name is the one Keras picks the format by: so does the ``--trust-model`` gate."""
+    legacy = is_legacy(name)
     if not legacy:
         _check_keras_zip(name)  # before Keras (or its import) takes any memory
     import keras
@@ -147,6 +152,12 @@ class SavedModelSpec:
     default_layer: str  # the layer before the last Dense layer (the penultimate features)
     preprocess_mode: str = "none"  # id from PREPROCESS_MODES
     trust_model: bool = False  # legacy .h5 allowed
+    given: Path | None = field(default=None, compare=False)  # the path as the user gave it (their link), or None
+
+    @property
+    def shown(self) -> Path:
+        """The model file as messages name it: the path the user gave (a link to a blob: not the blob's name)."""
+        return self.given or self.path
 
     @property
     def name(self) -> str:
@@ -167,21 +178,23 @@ class SavedModelSpec:
     ) -> SavedModelSpec:
         """Inspect a model file: input size and channels, default cut layer; refuses unusable models."""
         refuse_foreign(os.path.expanduser(path), "model file", ConfigError, "--model")  # as given, links unresolved
+        given = Path(os.path.expanduser(path)).absolute()
         path = resolved(path, "model file")
-        model, digest = load_held_model(path, trust_model)
+        model, digest = load_held_model(path, trust_model, given)
+        shown = given
         shape = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
         if shape is None or len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
             raise ConfigError(
-                f"{path} takes input {model.input_shape}; featstore feeds one square image batch (None, H, H, C) "
+                f"{shown} takes input {model.input_shape}; featstore feeds one square image batch (None, H, H, C) "
                 f"with a fixed H. Build the model with a fixed square input_shape."
             )
         if not 1 <= shape[1] <= MAX_IMAGE_SIZE:
             raise ConfigError(
-                f"{path} takes {shape[1]}x{shape[1]} images, above featstore's largest input side, {MAX_IMAGE_SIZE} pixels"
+                f"{shown} takes {shape[1]}x{shape[1]} images, above featstore's largest input side, {MAX_IMAGE_SIZE} pixels"
             )
         if shape[3] not in (1, 3):
             raise ConfigError(
-                f"{path} takes {shape[3]}-channel images; featstore converts images to grayscale (1) or RGB (3) only"
+                f"{shown} takes {shape[3]}-channel images; featstore converts images to grayscale (1) or RGB (3) only"
             )
         return cls(
             path,
@@ -191,6 +204,7 @@ class SavedModelSpec:
             default_cut(model),
             validate_preprocess(preprocess_mode or "none"),
             trust_model,
+            given,
         )
 
     def preprocess(self, batch):
@@ -201,11 +215,11 @@ class SavedModelSpec:
         """The loaded model and where its weights came from (the file itself)."""
         if size != self.default_size:
             raise ConfigError(
-                f"{self.path} takes {self.default_size}x{self.default_size} images; --image-size {size} does not fit it"
+                f"{self.shown} takes {self.default_size}x{self.default_size} images; --image-size {size} does not fit it"
             )
-        model, digest = load_held_model(self.path, self.trust_model)
+        model, digest = load_held_model(self.path, self.trust_model, self.given)
         if digest != self.sha256:
-            raise WeightsError(f"{self.path} changed while it was being loaded; run again")
+            raise WeightsError(f"{self.shown} changed while it was being loaded; run again")
         return model, LoadedWeights(
             "model", "model-file", f"weights inside {self.path.name}", str(self.path), self.sha256
         )

@@ -95,7 +95,7 @@ def load_base(spec: BackboneSpec, size: int, weights: str, seed: int = 0):
         return base, LoadedWeights("none", "none", f"random initialisation (seed {seed}); not pretrained", "", "")
     if argument == "hed-bsds500":
         return _load_hed(spec, size)
-    return _load_file(spec, size, Path(argument))
+    return _load_file(spec, size, Path(argument), Path(os.path.expanduser(weights)).absolute())
 
 
 def download_problem(host: str = DOWNLOAD_HOST, port: int = 443, timeout: float | None = None) -> str | None:
@@ -251,18 +251,23 @@ def _held_downloads(stack: contextlib.ExitStack, read: list[tuple[Path, Path]]):
         file_utils.get_file = real
 
 
-def _load_file(spec: BackboneSpec, size: int, path: Path):
+def _load_file(spec: BackboneSpec, size: int, path: Path, given: Path):
+    """``spec`` built at ``size`` with the weights in the file at ``path`` (its real path), which the user gave as
+    ``given`` (their link: named in messages, and its name decides the format where the real one has no suffix, a
+    blob of the Hugging Face hub cache: :mod:`featstore.models.file_format`)."""
     found = what_is_at(path)
     if found is not None:
         there = "does not exist" if found == "nothing" else f"is {found}, not a regular file"
         raise WeightsError(
-            f"weights file {path} {there}. --weights takes imagenet, none, hed-bsds500 or the path "
+            f"weights file {given} {there}. --weights takes imagenet, none, hed-bsds500 or the path "
             f"of a Keras weights file (.weights.h5 or legacy .h5) saved from keras.applications.{spec.app}(include_top=False)."
         )
     from featstore.models.held_input import held_input
     from featstore.models.preset_json import check_weights_file
 
-    with held_input(path, "weights file", WeightsError, "--weights") as name:  # one file, checked, loaded and hashed
+    with held_input(
+        path, "weights file", WeightsError, "--weights", given
+    ) as name:  # one file, checked, loaded and hashed
         problem = check_weights_file(name)  # before Keras reads an array declared huge but never written
         if problem:
             raise WeightsError(f"weights file {problem}")
@@ -271,7 +276,7 @@ def _load_file(spec: BackboneSpec, size: int, path: Path):
             base.load_weights(str(name))
         except Exception as exc:  # Keras raises ValueError/KeyError/OSError for a file that does not fit
             raise WeightsError(
-                f"weights file {path} does not fit {spec.name} ({spec.app}, include_top=False): {exc}\n"
+                f"weights file {given} does not fit {spec.name} ({spec.app}, include_top=False): {exc}\n"
                 f"Pass a file saved from that architecture, or choose the model the file belongs to."
             ) from exc
         digest = sha256_file(name)

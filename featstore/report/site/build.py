@@ -50,6 +50,7 @@ from featstore.report.site.sitefolder import SiteFolder
 from featstore.report.site.storeview import LeakView, leak_view, overview
 from featstore.report.site.thumbs import ThumbCache
 from featstore.runs.folder import runs_root, scan_runs_of
+from featstore.sticky import unlisted
 from featstore.store.folders import refuse_in_image_folders
 from featstore.store.reader import FeatureStore
 
@@ -114,6 +115,10 @@ def _prepare(out: Path) -> tuple[SiteFolder, set[str]]:
 
 def _not_writable(out: Path, exc: OSError, where: Path) -> OutputError:
     """One line for a report folder that cannot be made or written (``where``: the folder that refused)."""
+    if isinstance(exc, PermissionError) and unlisted(where):  # its fix is the line's: cut, it said "not writable"
+        return OutputError(
+            f"cannot write the report into {terminal_safe(str(out))}: {unlisted(where)}; nothing was written"
+        )
     why = output_fix(exc, where / "x").split(";")[0]
     return OutputError(
         f"cannot write the report into {terminal_safe(str(out))}: {terminal_safe(why)}. Give --out DIR in a folder you "

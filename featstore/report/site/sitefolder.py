@@ -33,7 +33,7 @@ from pathlib import Path
 from featstore.errors import OutputError
 from featstore.linkrule import refuse_foreign
 from featstore.outputs import check_output, hdf5_signed, output_fix, terminal_safe, write_atomic
-from featstore.renames import by_name, proc_path, same_folder
+from featstore.renames import PARENT, by_name, proc_path, same_folder
 
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
 _DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -68,7 +68,7 @@ class SiteFolder:
                 raise
             return
         try:
-            parent = os.open(self.out.parent, _DIR)
+            parent = os.open(self.out.parent, PARENT)  # never listed: a folder of mode 0300 takes a report
         except OSError as exc:
             raise not_writable(exc, self.out.parent) from None
         try:  # --out's folders held to the link rule on the folder opened: a colleague's team/exports -> ~you/work
