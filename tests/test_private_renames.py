@@ -77,9 +77,9 @@ def test_compaction_renames_its_own_copy_whatever_is_swapped_at_the_folders_name
     path = _store(tmp_path / "s.h5")
     real = compact_mod._own_permissions
 
-    def swap_then_set(fd, before):
+    def swap_then_set(fd, before, *bits):
         _swap_private_folder(tmp_path, ".s.h5.compact.tmp", victim)
-        real(fd, before)
+        real(fd, before, *bits)
 
     monkeypatch.setattr(compact_mod, "_own_permissions", swap_then_set)
     compact(path)
