@@ -113,11 +113,11 @@ def test_compaction_never_chmods_or_renames_a_file_swapped_in_for_its_copy(tmp_p
     os.chmod(key, 0o600)
     before, real = path.read_bytes(), compact_mod._own_permissions
 
-    def swap_then_set(fd, st):
+    def swap_then_set(fd, st, *bits):
         (tmp,) = tmp_path.glob(".s.h5.fs*.featstore-tmp/.s.h5.compact.tmp")
         os.unlink(tmp)
         os.symlink(key, tmp)  # what the colleague did between the copy's close and its chmod
-        return real(fd, st)
+        return real(fd, st, *bits)
 
     monkeypatch.setattr(compact_mod, "_own_permissions", swap_then_set)
     with pytest.raises(StoreError, match="was replaced by another file"):
