@@ -395,3 +395,18 @@ def test_share_fix_says_chgrp_where_the_user_is_not_in_the_group(tmp_path):
     assert share_fix(other, tmp_path, "w").startswith("chgrp -R <a group you both are in>"), share_fix(
         other, tmp_path, "w"
     )
+
+
+def test_a_hard_link_at_a_run_lock_name_is_refused(tmp_path, monkeypatch):
+    """Attack 38 #4: a colleague's hard link to the store at a run's lock name: the run lock held the store's inode, and
+    the store's own HDF5 lock then waited 120 s on it and blamed "another process"."""
+    from featstore.errors import StoreError
+    from featstore.runs.versions import run_lock
+
+    store = synthetic_store_in(tmp_path)
+    os.link(store, tmp_path / ".r1.lock")
+    with pytest.raises(StoreError, match="is not featstore's lock file"), run_lock(tmp_path, "r1"):
+        pass
+    _denied(monkeypatch)  # the same through a read-only descriptor (the store 0644 to the user)
+    with pytest.raises(StoreError, match="is not featstore's lock file"), run_lock(tmp_path, "r1"):
+        pass

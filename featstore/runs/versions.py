@@ -148,11 +148,14 @@ def file_lock(path: Path, what: str, busy: str, wait: bool = True, remove: bool 
                 continue  # a link put at the name since the check above: refused there, not run unlocked
             logger.debug("no lock on %s (%s): %s", what, path, exc)
         break
-    if lock.is_locked and not held_plain_file(lock):  # planted between the lstat above and the lock's open
+    second = shared >= 0 and os.fstat(shared).st_nlink > 1
+    if (lock.is_locked and not held_plain_file(lock)) or second:  # planted since the lstat above, or a hard link
         lock.release()
+        if shared >= 0:
+            os.close(shared)
         raise StoreError(
-            f"{path} is not a regular file (a link, folder, FIFO or device); featstore locks {what} with a file "
-            f"of that name: remove it and run again"
+            f"{path} is not featstore's lock file (a link, folder, FIFO or device, or a second name of another file); "
+            f"featstore locks {what} with a file of that name: remove it and run again"
         )
     try:
         yield held

@@ -337,11 +337,14 @@ def _other_users_file(path: str) -> str | None:
 
 
 def held_plain_file(lock) -> bool:
-    """Whether the file a held ``lock`` (filelock) has open is a regular file: what was checked at its name may have
-    been replaced by a FIFO or device before filelock opened it."""
+    """Whether the file a held ``lock`` (filelock) has open is a regular file of one name: what was checked at its name
+    may have been replaced by a FIFO or device before filelock opened it, or be a hard link to another file (a
+    colleague's link to the store at a run's lock name: the lock held the store's inode, and the store's own HDF5 lock
+    then waited on it, attack 38 #4)."""
     fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
     try:
-        return stat.S_ISREG(os.fstat(fd).st_mode)
+        st = os.fstat(fd)
+        return stat.S_ISREG(st.st_mode) and st.st_nlink <= 1
     except (OSError, TypeError):
         return True  # no descriptor to look at (a soft lock): its file was made by filelock itself
 
