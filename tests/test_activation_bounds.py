@@ -76,3 +76,90 @@ def test_the_registered_backbones_pass_far_below_the_bound(no_forward_pass):
         assert ex.largest_activation.nbytes == largest and largest * 300 < MAX_ACTIVATION_BYTES
     ex = Extractor(ExtractorConfig(model="mobilenet_v2", weights="none", image_size=224))
     assert ex.largest_activation.nbytes * 800 < MAX_ACTIVATION_BYTES
+
+
+def _preset(folder, backbone):
+    import keras_hub
+
+    backbone.save_to_preset(folder)
+    side = backbone.image_shape[0]
+    keras_hub.layers.ViTImageConverter(image_size=(side, side), scale=1 / 127.5, offset=-1.0).save_to_preset(folder)
+    return folder
+
+
+def test_a_preset_whose_mlp_takes_gigabytes_per_image_is_refused_naming_config_json(tmp_path, no_forward_pass):
+    """A genuine ViT preset (8 MB of weights) whose MLP over 16,385 tokens takes 8 GiB per image and block: within
+    every parameter and attention bound (1 head: 1 GiB), refused before KerasHub builds it."""
+    keras_hub = pytest.importorskip("keras_hub")
+    from featstore.models.hub import HubSpec
+
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(128, 128, 3), patch_size=1, num_layers=1, num_heads=1, hidden_dim=8, mlp_dim=131072
+    )
+    folder = _preset(tmp_path / "vitmlp", backbone)
+    with pytest.raises(ConfigError) as err:
+        HubSpec.from_model(str(folder))
+    message = str(err.value)
+    assert message.startswith(f"{folder / 'config.json'}: 16,384 patches (image_shape 128, patch_size 1) x 131,072")
+    assert "8.0 GiB per image and block, over 4 GiB" in message and "fit at image_shape 90 or less" in message
+
+
+def test_an_image_size_whose_mlp_takes_gigabytes_is_refused_with_the_largest_that_fits(tmp_path, no_forward_pass):
+    """A resizable DINOv2 preset with one head (attention within its bound up to 32,768 tokens) and 65,536 MLP
+    channels: at --image-size 2534 its 32,764 tokens take 8 GiB per image and block in the MLP."""
+    keras_hub = pytest.importorskip("keras_hub")
+
+    backbone = keras_hub.models.DINOV2Backbone(
+        patch_size=14, num_layers=1, hidden_dim=8, num_heads=1, intermediate_dim=65536, image_shape=(56, 56, 3),
+        position_embedding_shape=(56, 56, 3), num_register_tokens=2,
+    )  # fmt: skip
+    folder = _preset(tmp_path / "dinomlp", backbone)
+    with pytest.raises(ConfigError) as err:
+        ExtractorConfig(model=str(folder), image_size=2534).validated()
+    message = str(err.value)
+    assert message.startswith(f"{folder / 'config.json'}: at --image-size 2534, 32,764 tokens x 65,536 channels")
+    assert message.endswith("give --image-size 1778 or less"), message
+    ExtractorConfig(model=str(folder), image_size=1778).validated()
+
+
+class ResourceExhaustedError(Exception):  # TensorFlow's class, by name: the engines recognise it so
+    pass
+
+
+def _oom_line(extractor, n):
+    from featstore.extraction.local import refuse_out_of_memory
+
+    with pytest.raises(ConfigError) as err:
+        refuse_out_of_memory(
+            ResourceExhaustedError("OOM when allocating tensor with shape[1,16385,262144]"), n, extractor
+        )
+    return str(err.value)
+
+
+def test_the_out_of_memory_line_gives_only_fixes_that_can_help(tmp_path, monkeypatch):
+    """At a batch of 1 no smaller --batch-size; never --pooling (it pools after the cut); --image-size only where the
+    model takes another; a --layer before the largest layer where there is one."""
+    from types import SimpleNamespace
+
+    from featstore.extraction.local import warm_up
+
+    monkeypatch.setattr(forward, "trace", lambda *a, **k: None)
+    path = _wide_model(tmp_path / "wide.keras", before=True)
+    saved = Extractor(ExtractorConfig(model=str(path), layer="small"))  # fixed input side
+    line = _oom_line(saved, 1)
+    assert "--batch-size" not in line and "--pooling" not in line and "--image-size" not in line, line
+    assert "ran out of memory on a batch of 1 images" in line
+    assert "--batch-size (this batch: 4)" in _oom_line(saved, 4)
+    vgg = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=64))
+    line = _oom_line(vgg, 1)
+    assert "--image-size" in line and "--batch-size" not in line and "--pooling" not in line, line
+    vit = SimpleNamespace(spec=SimpleNamespace(family=SimpleNamespace(resizable=False)), largest_activation=None)
+    line = _oom_line(vit, 1)  # a fixed-size preset: every block takes the same, no --layer helps
+    assert "--layer" not in line and "--image-size" not in line and "--batch-size" not in line, line
+
+    def oom():
+        raise ResourceExhaustedError("OOM when allocating tensor with shape[16385,262144]")
+
+    with pytest.raises(ConfigError, match="batch of 1 images") as err:  # the warm-up's line: the same advice
+        warm_up(SimpleNamespace(warm_up=oom, spec=vit.spec, largest_activation=None))
+    assert "--batch-size" not in str(err.value) and "--pooling" not in str(err.value)
