@@ -60,7 +60,7 @@ class LocalEngine:
         try:
             return self.extractor.features(images if transform is None else transform(images))
         except Exception as exc:
-            refuse_out_of_memory(exc, len(images))
+            refuse_out_of_memory(exc, len(images), self.extractor)
             raise
 
     def close(self) -> None:
@@ -73,17 +73,21 @@ def warm_up(extractor) -> None:
     try:
         extractor.warm_up()
     except Exception as exc:
-        refuse_out_of_memory(exc, 1)
+        refuse_out_of_memory(exc, 1, extractor)
         raise
 
 
-def refuse_out_of_memory(exc: Exception, n: int) -> None:
-    """Raise the one line for TensorFlow's out of memory in the forward pass of a batch of ``n`` images (the local
-    engine's and each Ray actor's); any other error is left to the caller."""
+def refuse_out_of_memory(exc: Exception, n: int, extractor=None) -> None:
+    """Raise the one line for TensorFlow's out of memory in the forward pass of a batch of ``n`` images by
+    ``extractor`` (the local engine's and each Ray actor's), with only the fixes that can help
+    (:func:`~featstore.models.activations.memory_advice`: no smaller --batch-size at a batch of 1, no --pooling, which
+    pools after the cut; attack 37 #1); any other error is left to the caller."""
     if type(exc).__name__ == "ResourceExhaustedError":
+        from featstore.models.activations import memory_advice
+
         raise ConfigError(
             f"the forward pass ran out of memory on a batch of {n} images ({(str(exc).splitlines() or [''])[0][:160]}"
-            f"): give a smaller --batch-size, cut at another --layer, add --pooling avg or use a smaller --image-size"
+            f"): {memory_advice(extractor, n)}"
         ) from None
 
 

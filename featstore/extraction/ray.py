@@ -427,7 +427,7 @@ class Forward:
         try:
             feats = self.ex.features(np.stack([decoded[i][1] for i in ok])) if ok else None
         except Exception as exc:  # the driver raises a featstore error named in the task's traceback as that one line
-            refuse_out_of_memory(exc, len(ok))
+            refuse_out_of_memory(exc, len(ok), self.ex)
             raise
         for k, (_, attrs) in enumerate(self.ex.outputs):
             full = np.zeros((len(paths), *attrs["feature_shape"]), dtype=self.ex.config.dtype)

@@ -22,7 +22,7 @@ import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, check_names, check_paths, check_seed
-from featstore.models import forward, onnx_runtime
+from featstore.models import activations, forward, onnx_runtime
 from featstore.models.backbones import (
     BackboneSpec,
     cut_outputs,
@@ -264,6 +264,12 @@ class Extractor:
         inp = base.inputs[0]  # one image input (a Sequential model has no `input` until called; `inputs` always exists)
         self.model = keras.Model(
             inp, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore"
+        )
+        # one image's largest activation up to the cut, from the shapes Keras inferred: refused before any image runs
+        self.largest_activation = activations.check_activations(
+            self.model,
+            str(spec.path) if isinstance(spec, SavedModelSpec) else self._shown_name(),
+            activations.resizable(self),
         )
         self.outputs = [
             (name, self._attrs(name, asked, keras.Model(inp, t))) for (name, t), asked in zip(cuts, requested)

@@ -29,6 +29,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, WeightsError, choices_error
 from featstore.linkrule import refuse_foreign
+from featstore.models.activations import check_tokens
 from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.held_input import held_input
 from featstore.models.hub_fetch import HUB_SCHEMES, NotDownloaded, _requires_keras_hub, fetch_preset  # noqa: F401
@@ -44,6 +45,7 @@ from featstore.models.preset_json import (
     held_parameters,
     read_json,
     square_side,
+    vision_ffn_width,
     whole_number,
 )
 from featstore.models.scratch import scratch_folder
@@ -119,6 +121,7 @@ class HubSpec:
     channels_in: int = 3
     num_heads: int = 1  # attention heads of the vision tower (what attention allocates: heads x tokens^2 per image)
     config_text: str = field(default="{}", repr=False, compare=False)  # config.json as read and checked: what is built
+    ffn_width: int = 0  # widest per-token activation of a block (its MLP's): tokens x it x 4 B per image, bounded
 
     @classmethod
     def from_model(cls, model: str, download: bool = True) -> HubSpec:
@@ -215,6 +218,7 @@ class HubSpec:
             f"{str(conv.get('interpolation', 'bilinear'))[:40]}, crop_to_aspect_ratio={conv.get('crop_to_aspect_ratio')!s:.10})",
             num_heads=whole_number(vision.get("num_heads", 1), "num_heads", where, MAX_DIM),
             config_text=json.dumps(config),
+            ffn_width=vision_ffn_width(vision, where),
         )
         # before anything is built: sizes within bounds, and no more parameters than the weights file holds
         check_sizes(config["config"], where, weights, MAX_IMAGE_SIZE, spec.shown)
@@ -320,6 +324,7 @@ class HubSpec:
                 f"{self.default_size}x{self.default_size} (leave --image-size out)"
             )
         self._check_attention(size)
+        check_tokens(self, size)  # and its MLP's activations (attack 37 #1)
         for layer in layers:
             if layer not in self.layer_names():
                 raise choices_error(f"layer of {self.shown}", layer, self.layer_names())

@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 from featstore.errors import ConfigError
+from featstore.models.activations import MAX_ACTIVATION_BYTES, ffn_width, fitting_sides, token_bytes
 from featstore.outputs import what_is_at
 
 WEIGHTS_FILE = "model.weights.h5"
@@ -231,12 +232,49 @@ def implied_parameters(config: dict, where: Path, max_side: int) -> tuple[int, s
                     f"per image and block, over {MAX_ATTENTION_BYTES >> 30} GiB (the largest supported presets take "
                     f"0.2): the preset's config is damaged or crafted; restore it"
                 )
+            _check_mlp(n, tower, where, side, patch)
             key = "position_embedding_shape" if tower.get("position_embedding_shape") is not None else "image_shape"
             if tower.get(key) is not None:
                 side = square_side(tower[key], key, where, max_side, 3)
                 terms.append(((side // patch) ** 2 * h, f"{key} {side}, patch_size {patch}, hidden_dim {h}"))
     bound = sum(t for t, _ in terms)
     return bound, max(terms, default=(0, "none"))[1]
+
+
+def _check_mlp(n: dict, tower: dict, where: Path, side: int, patch: int) -> None:
+    """Refuse a vision tower whose MLP over the patches of its own side (``n``: its checked sizes) takes more than
+    :data:`~featstore.models.activations.MAX_ACTIVATION_BYTES` per image and block (``patches x`` its widest channels,
+    float32), naming the largest ``image_shape`` that would fit: an 18 MB ViT with ``mlp_dim`` 262,144 over 16,384
+    patches asked for 17 GB per image however few its parameters (attack 37 #1)."""
+    width = ffn_width(n.get("hidden_dim", 0), n.get("intermediate_dim") or n.get("mlp_dim") or 0, swiglu(tower))
+    if token_bytes((side // patch) ** 2, width) <= MAX_ACTIVATION_BYTES:
+        return
+    fits = fitting_sides(patch, patch, side, lambda t: token_bytes(t, width) <= MAX_ACTIVATION_BYTES)
+    raise ConfigError(
+        f"{where}: {(side // patch) ** 2:,} patches (image_shape {side}, patch_size {patch}) x {width:,} channels of "
+        f"its MLP (mlp_dim or intermediate_dim, or hidden_dim) take {token_bytes((side // patch) ** 2, width) / 2**30:,.1f}"
+        f" GiB per image and block, over {MAX_ACTIVATION_BYTES >> 30} GiB (the largest supported presets take 0.04): "
+        f"the preset's config is damaged or crafted; restore it"
+        + (f" (these sizes fit at image_shape {fits[-1]} or less)" if fits else "")
+    )
+
+
+def swiglu(tower: dict) -> bool:
+    """Whether a (DINOv2) vision tower's MLP is SwiGLU, whose first Dense is wider (see ``ffn_width``)."""
+    return tower.get("use_swiglu_ffn") is True
+
+
+def vision_ffn_width(vision: dict, where: Path) -> int:
+    """The widest per-token activation of a vision tower's blocks (:func:`~featstore.models.activations.ffn_width`),
+    its sizes checked."""
+    mlp = vision.get("intermediate_dim") or vision.get("mlp_dim")
+    return ffn_width(
+        whole_number(vision.get("hidden_dim"), "hidden_dim", where, MAX_DIM),
+        0
+        if mlp is None
+        else whole_number(mlp, "intermediate_dim" if "intermediate_dim" in vision else "mlp_dim", where, MAX_FFN),
+        swiglu(vision),
+    )
 
 
 def attention_bytes(heads: int, tokens: int) -> int:
