@@ -132,3 +132,43 @@ def test_no_download_into_a_keras_cache_others_can_write(keras_home, monkeypatch
     line = str(err.value)
     assert f"and Keras would download it into {keras_home}, which other users can write" in line, line
     assert "Set KERAS_HOME to a folder only you can write" in line and "Two ways out" not in line, line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a link of another user's needs root to make")
+def test_a_colleagues_link_at_the_keras_cache_folder_is_refused_before_any_lookup(tmp_path, keras_home, monkeypatch):
+    """Attack 38 #8: KERAS_HOME's models/ a colleague's link to a folder of the user's: Keras downloaded through it."""
+    from featstore.models import weights
+
+    mine = tmp_path / "docs"
+    mine.mkdir()
+    keras_home.rmdir()
+    keras_home.symlink_to(mine)
+    os.lchown(keras_home, COLLEAGUE, -1)
+    monkeypatch.setattr(weights, "download_problem", lambda *a, **k: None)
+    with pytest.raises(WeightsError, match=f"Keras's cache folder {keras_home} leads through {keras_home}, a symbolic"):
+        load_base(get_backbone("vgg16"), 32, "imagenet")
+    assert list(mine.iterdir()) == []
+
+
+def test_two_builds_in_threads_each_put_kerass_get_file_back(keras_home, saved_trunk, monkeypatch):
+    """Attack 38 #9: two ImageNet builds at once in one process left featstore's wrapper of a finished build in place."""
+    import threading
+
+    from keras.src.utils import file_utils
+
+    os.link(saved_trunk, keras_home / NOTOP)
+    monkeypatch.setattr(file_utils, "validate_file", lambda *a, **k: True)
+    keras_get_file, errors = file_utils.get_file, []
+
+    def build():
+        try:
+            load_base(get_backbone("vgg16"), 32, "imagenet")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and file_utils.get_file is keras_get_file, errors

@@ -177,7 +177,8 @@ def _others_write(datadir: Path, home: Path) -> Path | None:
     return None
 
 
-MAX_APPLICATION_WEIGHTS = 2 << 30  # a Keras application's weights file (the largest, EfficientNetV2-L's: ~0.5 GB)
+MAX_APPLICATION_WEIGHTS = 2 << 30
+_ONE_BUILD = threading.Lock()  # Keras's get_file is one function of the process: wrapped for one build at a time  # a Keras application's weights file (the largest, EfficientNetV2-L's: ~0.5 GB)
 
 
 @contextlib.contextmanager
@@ -194,12 +195,15 @@ def _held_downloads(stack: contextlib.ExitStack, read: list[tuple[Path, Path]]):
 
     from featstore.models.held_input import held_input
 
-    real = file_utils.get_file
-
     def get_file(fname=None, origin=None, *args, **kw):
         home = keras_cache_dir().parent
         path = home / kw.get("cache_subdir", "datasets") / str(fname)
         what = "cached ImageNet weights file"
+        try:  # a colleague's link at KERAS_HOME or its models/: nothing looked up, nor downloaded, through it (38 #8)
+            refuse_foreign(path.parent, "Keras's cache folder", WeightsError, named=path.parent)
+        except WeightsError:
+            read.append((path, path))
+            raise
         if fname is None or args or kw.get("untar") or kw.get("extract") or not os.path.lexists(path):
             shared = None if args or kw.get("cache_dir") else _others_write(path.parent, home)
             if shared is not None:  # Keras downloads by name: a link put there meanwhile is written through (38 #6)
@@ -244,11 +248,13 @@ def _held_downloads(stack: contextlib.ExitStack, read: list[tuple[Path, Path]]):
             )
         return str(name)
 
-    file_utils.get_file = get_file
-    try:
-        yield
-    finally:
-        file_utils.get_file = real
+    with _ONE_BUILD:  # builds in threads take turns: each its own wrapper, Keras's own put back (attack 38 #9)
+        real = file_utils.get_file
+        file_utils.get_file = get_file
+        try:
+            yield
+        finally:
+            file_utils.get_file = real
 
 
 def _load_file(spec: BackboneSpec, size: int, path: Path, given: Path):
