@@ -320,12 +320,7 @@ def test_a_colleagues_model_file_closed_to_the_user_is_said_as_his(tmp_path, mon
 @needs_root
 def test_a_colleagues_world_writable_run_does_not_make_the_users_version_world_writable(tmp_path):
     """Attack 38 #1 (of #3's fix): his 0777 run gave her recorded version 0777: anyone could plant files in her folder."""
-    store, runs = synthetic_store_in(tmp_path), tmp_path / "runs"
-    synthetic_store(store, splits=("v2",))
-    no_traceback(cli("fit", "--store", store, "--runs", runs, "--clf", "logreg"))
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    os.chown(run, COLLEAGUE, TEAM)
-    run.chmod(0o777)
+    store, runs, run = colleagues_run(tmp_path, 0o777)
     out = no_traceback(cli("runs", "--store", store, "--runs", runs, "evaluate", run.name, "--split", "v2"))
     assert "recorded in run" in out and stat.S_IMODE(run.stat().st_mode) == 0o775, (out, oct(run.stat().st_mode))
 
@@ -337,12 +332,7 @@ def test_evaluating_a_colleagues_run_the_user_may_not_change_is_said_before_any_
     from featstore import sticky
     from featstore.experiments import evaluate
 
-    store, runs = synthetic_store_in(tmp_path), tmp_path / "runs"
-    synthetic_store(store, splits=("v2",))
-    no_traceback(cli("fit", "--store", store, "--runs", runs, "--clf", "logreg"))
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    os.chown(run, COLLEAGUE, TEAM)
-    run.chmod(0o755)
+    store, runs, run = colleagues_run(tmp_path, 0o755)
     monkeypatch.setattr(sticky, "privileged", lambda: False)  # an ordinary user, whom the folder's mode stops
     real = os.access
     monkeypatch.setattr(os, "access", lambda p, m, **k: False if os.fspath(p) == str(run) else real(p, m, **k))
@@ -410,3 +400,15 @@ def test_a_hard_link_at_a_run_lock_name_is_refused(tmp_path, monkeypatch):
     _denied(monkeypatch)  # the same through a read-only descriptor (the store 0644 to the user)
     with pytest.raises(StoreError, match="is not featstore's lock file"), run_lock(tmp_path, "r1"):
         pass
+
+
+def colleagues_run(tmp_path: Path, mode: int) -> tuple[Path, Path, Path]:
+    """A store with a split ``v2`` no run was evaluated on, and a logreg run of the colleague's (group TEAM, ``mode``):
+    (store, runs folder, run folder)."""
+    store, runs = synthetic_store_in(tmp_path), tmp_path / "runs"
+    synthetic_store(store, splits=("v2",))
+    no_traceback(cli("fit", "--store", store, "--runs", runs, "--clf", "logreg"))
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    os.chown(run, COLLEAGUE, TEAM)
+    run.chmod(mode)
+    return store, runs, run

@@ -268,7 +268,7 @@ class Extractor:
         # one image's largest activation up to the cut, from the shapes Keras inferred: refused before any image runs
         self.largest_activation = activations.check_activations(
             self.model,
-            str(spec.path) if isinstance(spec, SavedModelSpec) else self._shown_name(),
+            str(spec.shown) if isinstance(spec, SavedModelSpec) else self._shown_name(),
             activations.resizable(self),
         )
         self.outputs = [
