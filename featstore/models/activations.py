@@ -99,10 +99,18 @@ def _graph(model):
     return inner if hasattr(inner, "_nodes_by_depth") else None
 
 
-def _per_image(tensor) -> tuple[tuple[int, ...], int]:
-    """``(shape without the batch axis, float32 bytes)`` of a symbolic tensor (an unknown side counts 1)."""
-    shape = tuple(int(d) if d is not None else 1 for d in tuple(getattr(tensor, "shape", ()) or ())[1:])
+def _per_image(tensor, side: int = 1) -> tuple[tuple[int, ...], int]:
+    """``(shape without the batch axis, float32 bytes)`` of a symbolic tensor; an unknown dimension counts ``side``
+    (the model's input side: a nested model built on ``(None, None, 3)`` inputs knows none of its sides, and counted 1
+    its 16 GiB Conv2D passed as 16 KiB: attack 39 #7)."""
+    shape = tuple(int(d) if d is not None else side for d in tuple(getattr(tensor, "shape", ()) or ())[1:])
     return shape, math.prod(shape) * BYTES_PER_VALUE
+
+
+def _input_side(model) -> int:
+    """The largest known side of ``model``'s inputs (1 where none is known)."""
+    sides = [int(d) for t in getattr(model, "inputs", None) or [] for d in tuple(t.shape)[1:-1] if d is not None]
+    return max(sides, default=1)
 
 
 def largest_activation(model) -> Largest | None:
@@ -113,6 +121,7 @@ def largest_activation(model) -> Largest | None:
     if top is None:
         return None
     order = [lyr.name for lyr in model.layers if type(lyr).__name__ != "InputLayer"]
+    side = _input_side(model)
     best: tuple[int, str, tuple[int, ...], str] | None = None
     stack, seen, walked = [(top, None)], set(), 0
     while stack:
@@ -133,7 +142,7 @@ def largest_activation(model) -> Largest | None:
                 if inner is not None and inner is not graph:
                     stack.append((inner, here))
                 for tensor in node.output_tensors:
-                    shape, nbytes = _per_image(tensor)
+                    shape, nbytes = _per_image(tensor, side)
                     if best is None or nbytes > best[0]:
                         best = (nbytes, op.name if owner is None else f"{op.name}' (inside '{owner}", shape, here)
     if best is None:

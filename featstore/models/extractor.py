@@ -262,9 +262,19 @@ class Extractor:
         cut = spec.cut_outputs if isinstance(spec, HubSpec) else cut_outputs
         cuts = cut(base, [lyr or default for lyr in requested], c.pooling, self._shown_name())
         inp = base.inputs[0]  # one image input (a Sequential model has no `input` until called; `inputs` always exists)
-        self.model = keras.Model(
-            inp, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore"
-        )
+        try:
+            self.model = keras.Model(
+                inp, [t for _, t in cuts] if len(cuts) > 1 else cuts[0][1], name=f"{base.name}_featstore"
+            )
+        except ValueError as exc:  # a model nested in the saved one (an application inside a classifier): its output
+            if "not connected" not in str(exc):  # is its own graph's, not the outer call's: a Keras traceback (39 #8)
+                raise
+            nested = ", ".join(repr(n) for n, _ in cuts)
+            raise ConfigError(
+                f"{self._shown_name()}: the cut at {nested} is a model nested inside it (a backbone inside a "
+                f"classifier), whose output featstore cannot take as a cut; save that model on its own "
+                f"(model.get_layer(NAME).save('base.keras')) and pass it as --model, or cut at another --layer"
+            ) from None
         # one image's largest activation up to the cut, from the shapes Keras inferred: refused before any image runs
         self.largest_activation = activations.check_activations(
             self.model,

@@ -33,7 +33,10 @@ def keras_name(path: Path, named: Path | None, fd: int) -> str:
     for candidate in (path, named):
         if candidate is not None and candidate.name.lower().endswith(ENDINGS):
             return candidate.name
-    return path.name + _ending_of(fd)
+    ending = _ending_of(fd)
+    # the private name only has to end so (messages name the user's path): a blob's name of 245 bytes or more with
+    # the ending added was over NAME_MAX, an ENAMETOOLONG traceback (attack 39 #5)
+    return path.name + ending if len(os.fsencode(path.name + ending)) <= 200 else "model" + ending
 
 
 def is_legacy(name: Path) -> bool:

@@ -171,8 +171,8 @@ def _others_write(datadir: Path, home: Path) -> Path | None:
             continue  # made by Keras in the level above: that one is checked
         except OSError:
             return folder
-        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            return folder
+        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+            return folder  # (root's folder, 0755: a site cache no one else writes; "not writable by you": 39 #9)
         return None
     return None
 
