@@ -73,3 +73,18 @@ def test_a_backbone_nested_in_a_classifier_at_its_default_cut_is_one_line(tmp_pa
     )
     assert "is a model nested inside it" in out and "model.get_layer(NAME).save('base.keras')" in out, out
     assert not (tmp_path / "s.h5").exists() or "wrote" not in out
+
+
+def test_a_keras_zip_given_as_weights_is_held_to_the_zip_rules_of_model_files(tmp_path):
+    """#11: `--weights FILE.keras` skipped the zip checks `--model` files get: 12 MB unpacking to 4 GiB was accepted."""
+    import zipfile
+
+    from featstore.errors import WeightsError
+    from featstore.models.backbones import get_backbone
+    from featstore.models.weights import load_base
+
+    bomb = tmp_path / "w.keras"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("model.weights.h5", bytes(100 << 20))  # 100 MiB of zeros: about 100 KB in the zip
+    with pytest.raises(WeightsError, match=f"weights file {bomb} is refused before loading"):
+        load_base(get_backbone("vgg16"), 32, str(bomb))

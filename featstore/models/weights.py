@@ -98,6 +98,25 @@ def load_base(spec: BackboneSpec, size: int, weights: str, seed: int = 0):
     return _load_file(spec, size, Path(argument), Path(os.path.expanduser(weights)).absolute())
 
 
+def _zip_problem(name: Path) -> str | None:
+    """Why the ``.keras`` zip at ``name`` (given as ``--weights``) must not reach Keras's ``load_weights``: the zip
+    rules ``--model`` files are held to (:func:`featstore.safezip.check_zip`: a 12 MB file unpacking to 4 GiB was
+    accepted, attack 39 #11), then its config's parameters against its weights (``keras_sizes``); None when fine."""
+    import zipfile
+
+    from featstore.models.keras_sizes import keras_zip_problem
+    from featstore.safezip import check_zip
+
+    try:
+        check_zip(name, max_member=None)
+    except zipfile.BadZipFile:
+        return "is not a .keras file (a .keras file is a zip, and this is not one)"
+    except (ValueError, OSError) as exc:
+        return f"is refused before loading: {exc}"
+    problem = keras_zip_problem(name)
+    return None if problem is None else f"is refused before loading: {problem}"
+
+
 def download_problem(host: str = DOWNLOAD_HOST, port: int = 443, timeout: float | None = None) -> str | None:
     """Why a download from ``host`` would hang, or None: the name lookup and a connection together get ``timeout``
     seconds (offline, Keras's download would wait for the resolver's own timeout, ~26 s, before failing). A host that
@@ -274,7 +293,11 @@ def _load_file(spec: BackboneSpec, size: int, path: Path, given: Path):
     with held_input(
         path, "weights file", WeightsError, "--weights", given
     ) as name:  # one file, checked, loaded and hashed
-        problem = check_weights_file(name)  # before Keras reads an array declared huge but never written
+        if name.name.lower().endswith(".keras"):  # a zip: its bounds, as --model files' (attack 39 #11)
+            problem = _zip_problem(name)
+            problem = problem and f"{given} {problem}"
+        else:  # before Keras reads an array declared huge but never written
+            problem = check_weights_file(name)
         if problem:
             raise WeightsError(f"weights file {problem}")
         base = spec.build(size, None)
