@@ -88,3 +88,21 @@ def test_a_keras_zip_given_as_weights_is_held_to_the_zip_rules_of_model_files(tm
         z.writestr("model.weights.h5", bytes(100 << 20))  # 100 MiB of zeros: about 100 KB in the zip
     with pytest.raises(WeightsError, match=f"weights file {bomb} is refused before loading"):
         load_base(get_backbone("vgg16"), 32, str(bomb))
+
+
+def test_attention_scores_inside_a_layer_count_as_its_activation():
+    """#1: a MultiHeadAttention's scores (256 heads x 4096 x 4096 tokens: 16 GiB per image) are no layer's output;
+    every output was under 1 MiB, so the bound passed it and extract ran out of memory."""
+    import keras
+
+    from featstore.models.activations import check_activations
+
+    i = keras.Input((64, 64, 3))
+    x = keras.layers.Reshape((4096, 3))(i)
+    x = keras.layers.MultiHeadAttention(num_heads=256, key_dim=1, name="mha")(x, x)
+    model = keras.Model(i, keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.Dense(4, name="wide")(x))))
+    with pytest.raises(ConfigError, match="its layer 'mha' outputs 256 x 4096 x 4096 float32 values"):
+        check_activations(model, "mha.keras", resizable=False)
+    y = keras.layers.Reshape((4096, 3))(i)
+    small = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(y, y)  # 2 x 4096^2 x 4 B = 128 MiB: fine
+    assert check_activations(keras.Model(i, small), "ok.keras", resizable=False) is not None
