@@ -177,11 +177,14 @@ def _shared(path: Path, what: str, busy: str, wait: bool, exc: OSError) -> tuple
     one of whoever ran first made a second user's command run unlocked beside the first, attack 36 #3): ``(fd, True)``
     once held, ``(-1, False)`` when ``wait`` is False and it is busy, ``(-1, True)`` with a warning where it cannot be
     read or locked either."""
-    import fcntl
-
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        import fcntl
+
+        fd = os.open(
+            path,
+            os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0),
+        )
+    except (ImportError, OSError):  # (no flock: Windows)
         _unopenable(path, what, exc)
         return -1, True
     try:
