@@ -125,6 +125,8 @@ def test_no_download_into_a_keras_cache_others_can_write(keras_home, monkeypatch
     link put at the name meanwhile had the download written through it onto any file of the user's."""
     from featstore.models import weights
 
+    if os.geteuid() == 0:
+        os.chown(keras_home, -1, 54320)  # a team's group (root's own group is a private one: not "others")
     keras_home.chmod(0o2775)  # group-writable (a team cache)
     monkeypatch.setattr(weights, "download_problem", lambda *a, **k: None)  # as behind a proxy: no probe
     with pytest.raises(WeightsError) as err:

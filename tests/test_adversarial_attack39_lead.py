@@ -106,3 +106,19 @@ def test_attention_scores_inside_a_layer_count_as_its_activation():
     y = keras.layers.Reshape((4096, 3))(i)
     small = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(y, y)  # 2 x 4096^2 x 4 B = 128 MiB: fine
     assert check_activations(keras.Model(i, small), "ok.keras", resizable=False) is not None
+
+
+def test_the_users_own_keras_cache_under_umask_002_is_not_shared(tmp_path, monkeypatch):
+    """(Read of this session's #6 fix) umask 002 with a private group (Debian's and Ubuntu's users) makes ~/.keras
+    0775 in the user's own group, which no one else is in: not a cache "other users can write"."""
+    from featstore.models import weights
+    from featstore.models.weights import _others_write
+
+    home = tmp_path / ".keras"
+    (home / "models").mkdir(parents=True)
+    (home / "models").chmod(0o775)
+    monkeypatch.setattr(weights, "others_may_write", lambda st: False)  # the group is the user's own
+    assert _others_write(home / "models", home) is None
+    monkeypatch.undo()
+    (home / "models").chmod(0o777)
+    assert _others_write(home / "models", home) == home / "models"

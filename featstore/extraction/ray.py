@@ -38,6 +38,7 @@ from featstore.extraction.local import refuse_out_of_memory, warm_up
 from featstore.extraction.ray_messages import RayNoise, worker_errors
 from featstore.images.decode import iter_decoded
 from featstore.models.onnx_runtime import default_threads
+from featstore.modes import others_may_write
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def _auto(address: str, option: str) -> tuple[str, str]:
         )
     fd, st = opened
     try:
-        if st.st_uid not in (os.geteuid(), 0) or _others_may_write(st):
+        if st.st_uid not in (os.geteuid(), 0) or others_may_write(st):
             raise ConfigError(
                 f"{said}: {path} was written by another user (uid {st.st_uid}) or others may write it, so the address "
                 f"in it is not trusted; give --address host:port of your Ray cluster"
@@ -130,26 +131,6 @@ def _auto(address: str, option: str) -> tuple[str, str]:
     if not found:
         raise ConfigError(f"{said}: {path} is empty; give --address host:port of your Ray cluster")
     return found, f"{said} ({found}, from {path})"
-
-
-def _others_may_write(st: os.stat_result) -> bool:
-    """Whether someone else may write the file: anyone (o+w), or its group (g+w) unless that group is this user's own
-    private group (umask 002 makes Ray's file group-writable: a user's own file was refused, attack 27 #5): no one else
-    listed in it, nor anyone whose primary group it is (the group file lists only secondary members)."""
-    if st.st_mode & 0o002:
-        return True
-    if not st.st_mode & 0o020:
-        return False
-    try:
-        import grp
-        import pwd
-
-        me = pwd.getpwuid(os.geteuid()).pw_name
-        if st.st_gid != os.getegid() or set(grp.getgrgid(st.st_gid).gr_mem) - {me}:
-            return True
-        return any(p.pw_gid == st.st_gid and p.pw_name != me for p in pwd.getpwall())  # members by primary group
-    except (ImportError, KeyError):
-        return True
 
 
 def _check_reachable(address: str, named: str | None = None) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from featstore.errors import WeightsError
 from featstore.linkrule import refuse_foreign
 from featstore.models.backbones import BackboneSpec
+from featstore.modes import others_may_write
 from featstore.outputs import resolved, what_is_at
 from featstore.provenance import sha256_file  # noqa: F401 (re-exported: runs, finetune and tests take it from here)
 
@@ -190,7 +191,7 @@ def _others_write(datadir: Path, home: Path) -> Path | None:
             continue  # made by Keras in the level above: that one is checked
         except OSError:
             return folder
-        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or others_may_write(st):
             return folder  # (root's folder, 0755: a site cache no one else writes; "not writable by you": 39 #9)
         return None
     return None
