@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from featstore import ConfigError
+from featstore import ConfigError, ExtractorConfig, extract
 from featstore.models.file_format import ENDINGS, is_legacy, keras_name
 from featstore.models.saved import SavedModelSpec
+from tests.conftest import write_data_root
+from tests.test_adversarial_attack4 import cli
 from tests.test_adversarial_attack36_fixAO import _tiny_cnn, hub_cache
 
 
@@ -66,3 +68,34 @@ def test_upper_case_model_files_and_links_load(models, tmp_path):
     with pytest.raises(ConfigError, match=r"legacy \.h5 model.*--trust-model"):
         SavedModelSpec.from_path(legacy)  # the gate holds
     assert SavedModelSpec.from_path(legacy, trust_model=True).build(16)[0].count_params() > 0
+
+
+def test_the_default_extractor_name_is_the_file_the_user_named(models, tmp_path):
+    link, blob = hub_cache(tmp_path / "hub", models / "cnn.keras", "model.keras")
+    data = write_data_root(tmp_path / "data")
+    result = extract(data, "train", tmp_path / "s.h5", ExtractorConfig(model=str(link)))
+    assert result.extractor == "model" and blob.name not in result.extractor  # was the blob's name
+
+
+def test_a_too_long_name_is_said_as_too_long(models, tmp_path):
+    from featstore.provenance import validate_name
+
+    with pytest.raises(ConfigError, match="is too long: 250 characters, at most 200; choose a shorter one") as err:
+        validate_name("extractor", "m" * 250)  # was: "use letters, digits and ..." of a name of letters only
+    assert "--" not in str(err.value)  # the API's line names no option
+    with pytest.raises(ConfigError, match="use letters, digits"):
+        validate_name("extractor", "a b")
+    long = tmp_path / ("m" * 240 + ".keras")
+    shutil.copyfile(models / "cnn.keras", long)
+    (tmp_path / "short.keras").symlink_to(long.name)
+    data = write_data_root(tmp_path / "data")
+    out = cli("extract", "--model", long, "--data", data, "--store", tmp_path / "s.h5", "--no-progress").output
+    assert "240 characters, at most 200; choose one with --name NAME" in out, out
+    assert not (tmp_path / "s.h5").exists()
+    out = cli("extract", "--model", long, "--data", data, "--store", tmp_path / "s.h5", "--name", "m" * 201).output
+    assert "201 characters, at most 200; choose a shorter one" in out, out  # their own --name: said as it is
+    # the user's own shorter link to it names the extractor (the attack's long.keras -> <250 m's> now just works)
+    assert (
+        "s.h5:/short/train"
+        in cli("extract", "--model", tmp_path / "short.keras", "--data", data, "--store", tmp_path / "s.h5").output
+    )
