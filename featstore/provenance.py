@@ -33,18 +33,8 @@ from featstore.version import __version__
 FORMAT_VERSION = 2
 # Fields that decide the numbers in `features`; their hash is the extractor's fingerprint.
 MAX_IMAGE_SIZE = 4096  # largest input side featstore decodes to (a 4096x4096 RGB image is 48 MiB; beyond, memory runs out); 0 = no images (synthetic stores)
-FINGERPRINT_FIELDS = (
-    "model",
-    "layer",
-    "input_size",
-    "pooling",
-    "preprocess",
-    "resize",
-    "dtype",
-    "compute_dtype",
-    "feature_shape",
-    "weights_digest",
-)
+FINGERPRINT_FIELDS = ("model", "layer", "input_size", "pooling", "preprocess", "resize", "dtype", "compute_dtype")
+FINGERPRINT_FIELDS += ("feature_shape", "weights_digest")
 # Fingerprinted only where a store records them (older stores, and backbones without them, keep their fingerprints):
 # a KerasHub preset's preprocessing is its converter's numbers, under the one id "keras-hub-converter".
 OPTIONAL_FINGERPRINT_FIELDS = ("preprocess_scale", "preprocess_offset")
@@ -71,6 +61,8 @@ AUGMENT_KEYS = {
 }
 # Split names that hold evaluation data: augmented copies of them are refused (augmentation is for training data only).
 EVALUATION_SPLITS = ("validation", "valid", "val", "dev", "test", "testing", "eval", "evaluation", "holdout")
+MAX_NAME = 200  # characters of a split/extractor name (an HDF5 group name, within a file name's 255 bytes)
+OOF = ".oof"  # a run without a validation split records train's out-of-fold figures as split "<train>.oof"
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_@+=,-]*(\.[A-Za-z0-9_@+=,-]+)*")
 
 
@@ -232,15 +224,23 @@ def validate_dtype(dtype: str) -> None:
 
 def is_plain_name(name: object) -> bool:
     """Whether ``name`` is a split/extractor name a store accepts (what :func:`validate_name` lets through)."""
-    return isinstance(name, str) and _NAME.fullmatch(name) is not None and len(name) <= 200
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None and len(name) <= MAX_NAME
 
 
-OOF = ".oof"  # a run without a validation split records train's out-of-fold figures as split "<train>.oof"
+class NameTooLong(ConfigError):
+    """A name of allowed characters over :data:`MAX_NAME`; ``said``: the line without its fix (the CLI's names --name)."""
+
+    def __init__(self, kind: str, name: str):
+        self.kind = kind
+        self.said = f"{kind} name {name[:20]!r}... is too long: {len(name)} characters, at most {MAX_NAME}"
+        super().__init__(f"{self.said}; choose a shorter one")
 
 
 def validate_name(kind: str, name: str) -> str:
     """Refuse split/extractor names that are not one plain HDF5 group name (no '/', no leading dot, no '.' or '..'),
     and split names ending with :data:`OOF` (no run could record such a split: ``runs evaluate`` refuses them)."""
+    if isinstance(name, str) and _NAME.fullmatch(name) and len(name) > MAX_NAME:
+        raise NameTooLong(kind, name)  # was "use letters, digits ..." of a name of letters only (attack 39 #12)
     if not is_plain_name(name):
         raise ConfigError(
             f"{kind} name {name!r} is not allowed: use letters, digits and _ - @ + = , . (not first), "

@@ -101,7 +101,7 @@ def test_attention_scores_inside_a_layer_count_as_its_activation():
     x = keras.layers.Reshape((4096, 3))(i)
     x = keras.layers.MultiHeadAttention(num_heads=256, key_dim=1, name="mha")(x, x)
     model = keras.Model(i, keras.layers.Dense(2)(keras.layers.Flatten()(keras.layers.Dense(4, name="wide")(x))))
-    with pytest.raises(ConfigError, match="its layer 'mha' outputs 256 x 4096 x 4096 float32 values"):
+    with pytest.raises(ConfigError, match="its layer 'mha' makes 256 x 4096 x 4096 float32 attention scores per image"):
         check_activations(model, "mha.keras", resizable=False)
     y = keras.layers.Reshape((4096, 3))(i)
     small = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(y, y)  # 2 x 4096^2 x 4 B = 128 MiB: fine

@@ -160,7 +160,7 @@ def extract(
         check_runtime(config.runtime, config.mixed_precision, jit)  # Ray: the driver exports, each actor loads its file
         spec = config.backbone()
         config = config.validated(spec)
-        base = name or default_store_name(config)
+        base = name or default_store_name(config, spec)
         names = [f"{base}@{lyr}" for lyr in config.layers] if config.layers else [base]
         for n in names:
             provenance.validate_name("extractor", n)

@@ -85,12 +85,14 @@ def check_tokens(spec, size: int) -> None:
 @dataclass(frozen=True)
 class Largest:
     """One image's largest activation in a built model: the layer making it, its shape and bytes (float32), and
-    the last top-level layer before it (a ``--layer`` that cuts before it; None when only the input is)."""
+    the last top-level layer before it (a ``--layer`` that cuts before it; None when only the input is); ``scores``:
+    the tensor is an attention layer's scores, made inside it (:func:`_attention_scores`), not its output."""
 
     layer: str
     shape: tuple[int, ...]
     nbytes: int
     before: str | None
+    scores: bool = False
 
 
 def _graph(model):
@@ -138,7 +140,7 @@ def largest_activation(model) -> Largest | None:
         return None
     order = [lyr.name for lyr in model.layers if type(lyr).__name__ != "InputLayer"]
     side = _input_side(model)
-    best: tuple[int, str, tuple[int, ...], str] | None = None
+    best: tuple[int, str, tuple[int, ...], str, bool] | None = None
     stack, seen, walked = [(top, None)], set(), 0
     while stack:
         graph, owner = stack.pop()
@@ -157,16 +159,22 @@ def largest_activation(model) -> Largest | None:
                 inner = _graph(op)
                 if inner is not None and inner is not graph:
                     stack.append((inner, here))
-                sized = [_per_image(tensor, side) for tensor in node.output_tensors]
+                sized = [(*_per_image(tensor, side), False) for tensor in node.output_tensors]
                 scores = _attention_scores(op, node, side)
-                for shape, nbytes in sized + ([scores] if scores else []):
+                for shape, nbytes, inside in sized + ([(*scores, True)] if scores else []):
                     if best is None or nbytes > best[0]:
-                        best = (nbytes, op.name if owner is None else f"{op.name}' (inside '{owner}", shape, here)
+                        best = (
+                            nbytes,
+                            op.name if owner is None else f"{op.name}' (inside '{owner}",
+                            shape,
+                            here,
+                            inside,
+                        )
     if best is None:
         return None
-    nbytes, name, shape, top_name = best
+    nbytes, name, shape, top_name, inside = best
     earlier = order[: order.index(top_name)] if top_name in order else []
-    return Largest(name, shape, nbytes, earlier[-1] if earlier else None)
+    return Largest(name, shape, nbytes, earlier[-1] if earlier else None, inside)
 
 
 def check_activations(model, shown: str, resizable: bool) -> Largest | None:
@@ -178,12 +186,14 @@ def check_activations(model, shown: str, resizable: bool) -> Largest | None:
     if largest is None or largest.nbytes <= MAX_ACTIVATION_BYTES:
         return largest
     dims = " x ".join(str(d) for d in largest.shape)
+    # an attention layer's scores are made inside it, not output: "outputs" was said of them too
+    makes = f"makes {dims} float32 attention scores" if largest.scores else f"outputs {dims} float32 values"
     ways = [f"cut before it with --layer {largest.before} (or another layer ahead of '{largest.layer}')"]
     ways = ways if largest.before else []
     if resizable:
         ways.append("give a smaller --image-size (activations grow with its square)")
     raise ConfigError(
-        f"{shown}: its layer '{largest.layer}' outputs {dims} float32 values per image, {largest.nbytes / 1e9:,.1f} GB "
+        f"{shown}: its layer '{largest.layer}' {makes} per image, {largest.nbytes / 1e9:,.1f} GB "
         f"({largest.nbytes / 2**30:,.1f} GiB), over featstore's bound of {MAX_ACTIVATION_BYTES >> 30} GiB per image "
         f"and activation (VGG16 at 224 px takes 12.8 MB at most); refused before any image runs: "
         + (

@@ -385,8 +385,12 @@ def to_gray(images: np.ndarray) -> np.ndarray:
     return luma[..., None].astype(np.float32)
 
 
-def default_store_name(config: ExtractorConfig) -> str:
-    """The extractor group name when --name is not given: the model's name, the saved model file's stem, the preset's."""
+def default_store_name(config: ExtractorConfig, spec: BackboneSpec | SavedModelSpec | HubSpec | None = None) -> str:
+    """The extractor group name when --name is not given: the model's name, the saved model file's stem, the preset's.
+    A saved model's ``spec`` (:class:`SavedModelSpec`) names the file as the user gave it: through their link
+    (``snapshots/rev1/model.keras -> ../../blobs/<sha256>``) the validated ``config.model`` is the blob (attack 39 #12)."""
     if is_hub_model(config.model):
         return store_name(config.model)
+    if isinstance(spec, SavedModelSpec):
+        return spec.shown.stem
     return Path(config.model).stem if is_model_path(config.model) else config.model

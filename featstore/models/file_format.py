@@ -12,6 +12,8 @@ gate and the loader Keras picks always agree.
 
 >>> keras_name(Path("/hub/blobs/4f2a9c0e"), Path("/hub/snapshots/rev1/model.keras"), -1)
 'model.keras'
+>>> keras_name(Path("/copies/MODEL.KERAS"), None, -1)
+'MODEL.keras'
 >>> is_legacy(Path("m.weights.h5")), is_legacy(Path("m.keras"))
 (True, False)
 """
@@ -31,8 +33,11 @@ def keras_name(path: Path, named: Path | None, fd: int) -> str:
     """The file name Keras must see for the file held at ``fd``, whose real path is ``path`` and which the user
     named ``named`` (links unresolved; None: ``path``)."""
     for candidate in (path, named):
-        if candidate is not None and candidate.name.lower().endswith(ENDINGS):
-            return candidate.name
+        found = next((end for end in ENDINGS if candidate and candidate.name.lower().endswith(end)), None)
+        if found:
+            # in Keras's spelling: it reads endings case-sensitively, so MODEL.KERAS (a FAT/Windows copy) was "File
+            # format not supported" after featstore's checks took it (attack 39 #2); is_legacy tests this name
+            return candidate.name[: -len(found)] + found
     ending = _ending_of(fd)
     # the private name only has to end so (messages name the user's path): a blob's name of 245 bytes or more with
     # the ending added was over NAME_MAX, an ENAMETOOLONG traceback (attack 39 #5)

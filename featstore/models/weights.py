@@ -254,10 +254,11 @@ def _held_downloads(stack: contextlib.ExitStack, read: list[tuple[Path, Path]]):
         except WeightsError:
             read.append((path, path))  # refused: its own line, not wrapped as a failed download
             raise
-        read.append((path, name))
-        if os.stat(name).st_size > MAX_APPLICATION_WEIGHTS:
+        read.append((path, name))  # before the checks below: read non-empty lets their refusals through unwrapped
+        size = os.stat(name).st_size  # (a refused build never reaches read[-1]: nothing refused is recorded)
+        if size > MAX_APPLICATION_WEIGHTS:
             raise WeightsError(
-                f"{what} {path} is {os.stat(name).st_size:,} bytes, more than any Keras application's weights "
+                f"{what} {path} is {size:,} bytes, more than any Keras application's weights "
                 f"({MAX_APPLICATION_WEIGHTS >> 30} GiB): remove it (Keras downloads it again), or pass --weights PATH"
             )
         expected = kw.get("file_hash") or kw.get("md5_hash")
