@@ -227,25 +227,26 @@ def is_plain_name(name: object) -> bool:
     return isinstance(name, str) and _NAME.fullmatch(name) is not None and len(name) <= MAX_NAME
 
 
-class NameTooLong(ConfigError):
-    """A name of allowed characters over :data:`MAX_NAME`; ``said``: the line without its fix (the CLI's names --name)."""
+class NameRefused(ConfigError):
+    """A split/extractor name a store refuses; ``said``: the line without its fix (the CLI names --name for a default)."""
 
     def __init__(self, kind: str, name: str):
         self.kind = kind
-        self.said = f"{kind} name {name[:20]!r}... is too long: {len(name)} characters, at most {MAX_NAME}"
-        super().__init__(f"{self.said}; choose a shorter one")
+        if isinstance(name, str) and _NAME.fullmatch(name):  # letters only, too long: not "use letters" (attack 39 #12)
+            self.said = f"{kind} name {name[:20]!r}... is too long: {len(name)} characters, at most {MAX_NAME}"
+            return super().__init__(f"{self.said}; choose a shorter one")
+        self.said = (
+            f"{kind} name {name!r} is not allowed: use letters, digits and _ - @ + = , . (not first), "
+            f"without '/', e.g. {'train' if kind == 'split' else 'vgg16_block4'}"
+        )
+        super().__init__(self.said)
 
 
 def validate_name(kind: str, name: str) -> str:
     """Refuse split/extractor names that are not one plain HDF5 group name (no '/', no leading dot, no '.' or '..'),
     and split names ending with :data:`OOF` (no run could record such a split: ``runs evaluate`` refuses them)."""
-    if isinstance(name, str) and _NAME.fullmatch(name) and len(name) > MAX_NAME:
-        raise NameTooLong(kind, name)  # was "use letters, digits ..." of a name of letters only (attack 39 #12)
     if not is_plain_name(name):
-        raise ConfigError(
-            f"{kind} name {name!r} is not allowed: use letters, digits and _ - @ + = , . (not first), "
-            f"without '/', e.g. {'train' if kind == 'split' else 'vgg16_block4'}"
-        )
+        raise NameRefused(kind, name)
     if kind == "split":
         refuse_reserved_split(name)
     return name

@@ -94,6 +94,10 @@ def test_a_too_long_name_is_said_as_too_long(models, tmp_path):
     assert not (tmp_path / "s.h5").exists()
     out = cli("extract", "--model", long, "--data", data, "--store", tmp_path / "s.h5", "--name", "m" * 201).output
     assert "201 characters, at most 200; choose a shorter one" in out, out  # their own --name: said as it is
+    spaced = tmp_path / "my model.keras"  # a default name of a letter a store refuses: the line names --name too
+    shutil.copyfile(models / "cnn.keras", spaced)
+    out = cli("extract", "--model", spaced, "--data", data, "--store", tmp_path / "s.h5", "--no-progress").output
+    assert "'my model' is not allowed: use letters" in out and "choose one with --name NAME" in out, out
     # the user's own shorter link to it names the extractor (the attack's long.keras -> <250 m's> now just works)
     assert (
         "s.h5:/short/train"

@@ -202,7 +202,7 @@ def extract(
     from featstore.errors import ConfigError
     from featstore.extraction.pipeline import ExtractorConfig
     from featstore.extraction.pipeline import extract as run_extract
-    from featstore.provenance import NameTooLong, validate_name
+    from featstore.provenance import NameRefused, validate_name
 
     ray_options = None
     if (
@@ -271,7 +271,7 @@ def extract(
         except KeyboardInterrupt:
             typer.secho("\ninterrupted: every committed batch is kept; re-run the same command to resume.", err=True)
             raise typer.Exit(130) from None
-        except NameTooLong as exc:  # the default name (the model file's): the API's line cannot name --name
+        except NameRefused as exc:  # the default name (the model file's): the API's line cannot name --name
             if exc.kind != "extractor" or name is not None:
                 raise
             raise ConfigError(f"{exc.said}; choose one with --name NAME") from None
