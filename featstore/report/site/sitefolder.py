@@ -13,7 +13,9 @@ every removal is ``unlink(name, dir_fd=...)`` in the folder opened. A link at ``
 opened is refused in one line; one swapped in later is never followed: the report goes on into the folders it opened.
 The folder ``--out`` is opened in (or ``--out .`` itself) is held to the link rule on the descriptor opened
 (:func:`featstore.linkrule.refuse_foreign`): a colleague's link on its path made the report rewrite the user's
-private one (attack 31 #2).
+private one (attack 31 #2). Every folder opened (``--out`` and each level, an earlier report's checked all before
+its manifest is rewritten) must be the user's and writable by no one else beyond what a plain ``mkdir`` there gives:
+a colleague's ``0777`` copy of the user's report folder was taken as hers (attack 39 #6).
 
 Where there is no ``/proc/self/fd`` (macOS), a folder is written by its real name only when no one else can rename an
 entry in it or above it (:func:`featstore.renames.unredirectable`), else refused with the fix; where the system has
@@ -54,7 +56,7 @@ class SiteFolder:
     """
 
     def __init__(self, out: Path, not_writable: Callable[[OSError, Path], Exception]):
-        self.out, self.made = Path(out), False
+        self.out, self.made, self.wrote = Path(out), False, False  # wrote: a file written (a refusal says so)
         self._fds: dict[tuple[str, ...], int] = {}  # (), ("runs",), ("galleries", "<id>"), ...: held until close()
         if not FD_SAFE:
             self._by_name(out, not_writable)
@@ -142,9 +144,10 @@ class SiteFolder:
         if shown != self.out:
             place += f": its folder {terminal_safe(str(shown))}"
         raise OutputError(
-            f"{place} is {why} (mode {mode:04o}), so what is in it may be anyone's; featstore report writes only into "
-            f"folders of yours that no one else may write. Give another --out, or remove it (rm -r "
-            f"{shlex.quote(terminal_safe(str(self.out)))}); nothing was written"
+            f"{place} is {why} (mode {mode:04o}); featstore report writes only into folders of yours that no one "
+            f"else may write. Give another --out, or remove it (rm -r "
+            f"{shlex.quote(terminal_safe(str(self.out)))}); "
+            + ("the report stopped here" if self.wrote else "nothing was written")
         )
 
     def check_levels(self, folders: tuple[str, ...]) -> None:
@@ -230,6 +233,7 @@ class SiteFolder:
         OutputError names the file as ``--out/rel``, not as the descriptor's path."""
         *parts, name = rel.split("/")
         with self.named(*parts) as base:
+            self.wrote = True
             write_atomic(base / name, write, what)
         return rel
 
