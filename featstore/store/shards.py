@@ -30,7 +30,8 @@ from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_stem, writer_gone
 from featstore.linkrule import refuse_foreign
 from featstore.outputs import output_fix, probe_output, terminal_safe
-from featstore.renames import OwnFolder, same_folder
+from featstore.renames import PARENT, OwnFolder, same_folder
+from featstore.sticky import owner_name
 from featstore.store.held import DIR, move_aside, own_held, put_back, remove_held
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def refuse_shard_folder(out: Path) -> None:
                 f"--out {out} is a folder holding other files than shards ({', '.join(sorted(other)[:3])}); with "
                 f"--rows-per-file it must be a new folder or an earlier export's; choose another name"
             )
+        _refuse_unlisted(out)
     # Only out's folder is probed (it exists, takes new files, is no runs folder): a name featstore never writes, and
     # no one has (a fixed "<out>.shards" was checked too, so a user's folder, FIFO or link there was reported as --out).
     probe = out.parent / f".{temp_stem(out.name)}.{secrets.token_hex(3)}"
@@ -71,10 +73,31 @@ def refuse_shard_folder(out: Path) -> None:
         raise OutputError(str(exc).replace(str(probe), str(out))) from None
 
 
+def _refuse_unlisted(out: Path) -> None:
+    """Refuse replacing the earlier export ``out`` in a folder this user may write in but not list (a drop folder,
+    ``1733``): it is moved aside while the new one is renamed in, and only a listing of that folder finds it again (to
+    put it back) should the export be killed in between. A new ``out`` there needs no listing (attack 39 #4)."""
+    try:
+        os.close(os.open(out.parent, DIR))
+    except PermissionError:
+        st = os.stat(out.parent)
+        mode = f"mode {stat.S_IMODE(st.st_mode):04o}: you may write in it but not read it"
+        if st.st_uid == os.geteuid():
+            ask = f"chmod u+r {shlex.quote(str(out.parent))} (it is yours)"
+        else:
+            ask = f"ask its owner, {owner_name(st.st_uid)}, to let you read it"
+        raise ConfigError(
+            f"--out {terminal_safe(str(out))} exists, in a folder you cannot list ({mode}): featstore replaces it by "
+            f"moving it aside until the new export is in place, and only a listing of that folder finds it again if "
+            f"the export is killed in between; export to a new name (e.g. --out "
+            f"{terminal_safe(str(out.parent / (out.name + '.2')))}), or {ask}"
+        ) from None
+
+
 def _held(folder: OwnFolder, out: Path) -> None:
     """The link rule on the folder the shards' folder was made in (its ``..``, through the descriptor): the one
     ``out``'s folders reach through no other user's link, else the one line (attack 31 #2)."""
-    up = os.open("..", DIR, dir_fd=folder.fd)
+    up = os.open("..", PARENT, dir_fd=folder.fd)  # only stat'ed and removed in: a drop folder (1733) is never listed
     try:
         refuse_foreign(out.parent, "--out", OutputError, "--out", up, out)
     except OutputError:  # made elsewhere: removed there, through the folder it is in (its name leads elsewhere now)

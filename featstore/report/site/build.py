@@ -102,6 +102,7 @@ def _prepare(out: Path) -> tuple[SiteFolder, set[str]]:
                     f"(a report folder keeps a {MANIFEST})"
                 )
             return site, set()
+        site.check_levels(SITE_FOLDERS)  # each level it may write into, before the manifest is rewritten
         raw = site.read_small(MANIFEST, MANIFEST_MAX_BYTES)  # None: a planted one over 64 MiB, read nor cleaned
         try:
             listed = json.loads(raw.decode("utf-8"))["files"]

@@ -13,7 +13,9 @@ every removal is ``unlink(name, dir_fd=...)`` in the folder opened. A link at ``
 opened is refused in one line; one swapped in later is never followed: the report goes on into the folders it opened.
 The folder ``--out`` is opened in (or ``--out .`` itself) is held to the link rule on the descriptor opened
 (:func:`featstore.linkrule.refuse_foreign`): a colleague's link on its path made the report rewrite the user's
-private one (attack 31 #2).
+private one (attack 31 #2). Every folder opened (``--out`` and each level, an earlier report's checked all before
+its manifest is rewritten) must be the user's and writable by no one else beyond what a plain ``mkdir`` there gives:
+a colleague's ``0777`` copy of the user's report folder was taken as hers (attack 39 #6).
 
 Where there is no ``/proc/self/fd`` (macOS), a folder is written by its real name only when no one else can rename an
 entry in it or above it (:func:`featstore.renames.unredirectable`), else refused with the fix; where the system has
@@ -25,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shlex
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,8 +35,10 @@ from pathlib import Path
 
 from featstore.errors import OutputError
 from featstore.linkrule import refuse_foreign
+from featstore.modes import fresh_mode, others_may_write
 from featstore.outputs import check_output, hdf5_signed, output_fix, terminal_safe, write_atomic
 from featstore.renames import PARENT, by_name, proc_path, same_folder
+from featstore.sticky import owner_name
 
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.open in os.supports_dir_fd
 _DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -51,7 +56,7 @@ class SiteFolder:
     """
 
     def __init__(self, out: Path, not_writable: Callable[[OSError, Path], Exception]):
-        self.out, self.made = Path(out), False
+        self.out, self.made, self.wrote = Path(out), False, False  # wrote: a file written (a refusal says so)
         self._fds: dict[tuple[str, ...], int] = {}  # (), ("runs",), ("galleries", "<id>"), ...: held until close()
         if not FD_SAFE:
             self._by_name(out, not_writable)
@@ -63,6 +68,7 @@ class SiteFolder:
                 raise not_writable(exc, self.out) from None
             try:  # the link rule on the folder opened (its path's folders: another user's link, attack 31 #2)
                 refuse_foreign(self.out, "--out", OutputError, "--out", self._fds[()])
+                self._trusted(self._fds[()], self.out)
             except OutputError:
                 self.close()
                 raise
@@ -94,7 +100,7 @@ class SiteFolder:
         """Open the folder ``name`` in the folder open at ``parent`` (O_NOFOLLOW | O_DIRECTORY), made where missing."""
         for _ in range(3):
             try:
-                return os.open(name, _LEVEL, dir_fd=parent)
+                fd = os.open(name, _LEVEL, dir_fd=parent)
             except FileNotFoundError:
                 try:
                     os.mkdir(name, 0o777, dir_fd=parent)  # the umask's mode, as Path.mkdir made it
@@ -106,6 +112,7 @@ class SiteFolder:
                         raise not_writable(exc, shown.parent) from None
                     why = output_fix(exc, shown)
                     raise OutputError(f"cannot make the report folder {terminal_safe(str(shown))}: {why}") from None
+                continue  # made: opened (and checked) next
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
                     raise self._not_a_folder(shown, top) from None
@@ -113,7 +120,54 @@ class SiteFolder:
                     raise not_writable(exc, shown) from None
                 why = output_fix(exc, shown)
                 raise OutputError(f"cannot open the report folder {terminal_safe(str(shown))}: {why}") from None
+            try:
+                self._trusted(fd, shown)
+            except OutputError:
+                os.close(fd)
+                raise
+            return fd
         raise self._not_a_folder(shown, top)
+
+    def _trusted(self, fd: int, shown: Path) -> None:
+        """Refuse the folder open at ``fd`` (``--out`` or a level below it) unless it is this user's and no one else
+        may write it beyond what a plain ``mkdir`` there gives (:func:`featstore.modes.fresh_mode`: a default ACL or
+        umask 002 of a team folder): a colleague's copy of the user's report folder (his, ``0777``, its manifest
+        copied) was taken as the user's and written into (attack 39 #6)."""
+        st = os.fstat(fd)
+        mine = st.st_uid == os.geteuid()
+        loose = st.st_mode & 0o022 & ~fresh_mode(fd, folder=True)
+        if mine and not (loose and others_may_write(st)):
+            return
+        why = f"{owner_name(st.st_uid)}'s, not yours" if not mine else "writable by others"
+        mode = stat.S_IMODE(st.st_mode)
+        place = f"--out {terminal_safe(str(self.out))}"
+        if shown != self.out:
+            place += f": its folder {terminal_safe(str(shown))}"
+        raise OutputError(
+            f"{place} is {why} (mode {mode:04o}); featstore report writes only into folders of yours that no one "
+            f"else may write. Give another --out, or remove it (rm -r "
+            f"{shlex.quote(terminal_safe(str(self.out)))}); "
+            + ("the report stopped here" if self.wrote else "nothing was written")
+        )
+
+    def check_levels(self, folders: tuple[str, ...]) -> None:
+        """Open and check (:meth:`_trusted`, a link or file refused) each of ``folders`` that exists below ``--out``,
+        and each folder in those (a run's gallery folder), before anything is written: a link or a colleague's folder
+        there was met only after the manifest was rewritten, and the report stopped half-way (attack 39 #6)."""
+        if not FD_SAFE:
+            return
+        for name in folders:
+            fd = self.folder_fd(name, make=False)
+            if fd < 0:  # missing, or a link or file at its name (a folder that cannot be opened: said when written)
+                st = self.lstat(name)
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    raise self._not_a_folder(self.out / name, False)
+                continue
+            for entry in os.listdir(fd):
+                if stat.S_ISDIR(os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mode):
+                    self.folder_fd(name, entry, make=False)  # checked as opened
+                    self.release(name, entry)
+            self.release(name)  # opened again when written in (and checked again): never held from here
 
     @staticmethod
     def _not_a_folder(shown: Path, top: bool) -> OutputError:
@@ -142,6 +196,11 @@ class SiteFolder:
                 fd = os.open(parts[-1], _LEVEL, dir_fd=parent)
             except OSError:
                 return -1  # missing, a link or not a folder: nothing of the report is there
+            try:
+                self._trusted(fd, shown)
+            except OutputError:
+                os.close(fd)
+                raise
         else:
             fd = self._level(parent, parts[-1], shown)
         self._fds[parts] = fd
@@ -174,6 +233,7 @@ class SiteFolder:
         OutputError names the file as ``--out/rel``, not as the descriptor's path."""
         *parts, name = rel.split("/")
         with self.named(*parts) as base:
+            self.wrote = True
             write_atomic(base / name, write, what)
         return rel
 
