@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from featstore import sticky
 from featstore.errors import OutputError
 from featstore.leftovers import sweep, temp_prefix
 from featstore.outputs import output_fix, say_swept
@@ -298,7 +299,7 @@ def _level_error(exc: OSError, level: Path, what: str, again: str = AGAIN) -> Ou
             f"the {what} {level} is not a folder; move it away (featstore keeps its caches there), or choose another "
             f"--store"
         )
-    theirs = _theirs(level) if exc.errno == errno.EACCES else None
+    theirs = sticky.theirs(level, folder=True) if exc.errno == errno.EACCES else None
     if theirs is not None:  # a colleague's cache of a shared store: "folder ... is not writable by you" (attack 36 #7)
         return CacheNotTrusted(
             f"the {what} {level} is {owner_name(theirs.st_uid)}'s and closed to you (mode "
@@ -307,15 +308,6 @@ def _level_error(exc: OSError, level: Path, what: str, again: str = AGAIN) -> Ou
             f"folder of yours"
         )
     return OutputError(f"cannot use the {what} {level}: {output_fix(exc, level)}")
-
-
-def _theirs(level: Path) -> os.stat_result | None:
-    """The lstat of the folder ``level`` when it is another user's, else None."""
-    try:
-        st = os.lstat(level)
-    except OSError:
-        return None
-    return st if stat.S_ISDIR(st.st_mode) and st.st_uid != os.geteuid() else None
 
 
 def _check_level(fd: int, level: Path, what: str, again: str = AGAIN) -> None:

@@ -120,12 +120,27 @@ def ahead(path: str | os.PathLike) -> Sticky | None:
     return None if privileged() else entry(path)
 
 
-def share_fix(st: os.stat_result, path: str | os.PathLike, bits: str) -> str:
+def share_fix(st: os.stat_result, path: str | os.PathLike, bits: str, recursive: bool = True) -> str:
     """The command that shares ``path`` (its ``stat``: ``st``) with this user through its group (``bits``: ``rX``,
     ``w``): ``chmod -R g+<bits>`` where this user is in its group; else first a ``chgrp`` to a group both are in (a run
-    in its owner's own group: "chmod g+w" alone let no one else in, attack 38 #5, #10)."""
+    in its owner's own group: "chmod g+w" alone let no one else in, attack 38 #5, #10). ``recursive=False``: the
+    folder alone (a runs folder, whose other runs are not the user's business: attack 39 #10)."""
     import shlex
 
     q = shlex.quote(os.fspath(path))
+    r = " -R" if recursive else ""
     member = hasattr(os, "getgroups") and (st.st_gid == os.getegid() or st.st_gid in os.getgroups())
-    return f"chmod -R g+{bits} {q}" if member else f"chgrp -R <a group you both are in> {q} && chmod -R g+{bits} {q}"
+    return f"chmod{r} g+{bits} {q}" if member else f"chgrp{r} <a group you both are in> {q} && chmod{r} g+{bits} {q}"
+
+
+def theirs(path: str | os.PathLike, folder: bool = False) -> os.stat_result | None:
+    """The lstat of ``path`` when it is another user's (and, with ``folder``, a folder), else None (also where it
+    cannot be looked at): the first question of every "this is a colleague's, ask them" line (a run's file, a run or
+    runs folder closed to the user's writes, a colleague's cache folder)."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    if st.st_uid == os.geteuid() or (folder and not stat.S_ISDIR(st.st_mode)):
+        return None
+    return st

@@ -329,7 +329,7 @@ def leaks(
     except OutputError as exc:  # a colleague's record in a sticky folder: its folder is writable (attack 34 #5)
         where = safe(record_path(store).parent)
         why = f": the record lives beside the store, so {where} must be writable to keep it"
-        why = "" if ahead(record_path(store)) else why
+        why = "" if ahead(record_path(store)) or os.access(record_path(store).parent, os.W_OK | os.X_OK) else why
         typer.echo(f"note: {exc} `featstore info` will not show these counts (printed above){why}.", err=True)
     if failed:
         raise typer.Exit(1)

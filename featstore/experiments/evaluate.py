@@ -33,7 +33,7 @@ from featstore.runs.files import output_path
 from featstore.runs.folder import calibrated_predictions, find_run, get_run, runs_root
 from featstore.runs.kinds import calibrated, kind_of, parse_record
 from featstore.runs.record import RunRecord, digest_paths, thaw
-from featstore.runs.refusals import closed_run, not_written
+from featstore.runs.refusals import closed_folders, not_written
 from featstore.runs.versions import run_lock
 from featstore.runs.write import add_split
 from featstore.stats.calibration import apply_calibration
@@ -246,7 +246,7 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
     try:
         if sticky.ahead(folder) is not None:  # a colleague's run in a sticky runs folder: said before any work
             raise not_written(PermissionError(errno.EPERM, "Operation not permitted"), root, rec.id, update=True)
-        if closed_run(folder) is not None:  # a colleague's run folder closed to the user's writes: the same
+        if closed_folders(root, rec.id):  # a colleague's run or runs folder closed to the user's writes: the same
             raise not_written(PermissionError(errno.EACCES, "Permission denied"), root, rec.id, update=True)
         rec = add_split(root, rec, folder, split, figures, (blocks, n, paths, listing))
     except (OutputError, StoreError) as exc:

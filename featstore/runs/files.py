@@ -29,7 +29,7 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.output_images import regular_fd
 from featstore.safezip import check_zip
-from featstore.sticky import owner_name, share_fix
+from featstore.sticky import owner_name, share_fix, theirs
 from featstore.units import format_bytes
 
 RECORD = "run.json"
@@ -67,11 +67,8 @@ def not_opened(exc: OSError, path: Path, what: str, folder: Path) -> BrokenRunEr
     a group-writable runs folder let her do); else the reason, with removal."""
     if exc.errno == errno.EACCES:
         for seen in (path, folder):
-            try:
-                st = os.lstat(seen)
-            except OSError:
-                continue
-            if st.st_uid != os.geteuid():
+            st = theirs(seen)
+            if st is not None:
                 owner = owner_name(st.st_uid)
                 return UnreadableRun(
                     f"{what} {path} is {owner}'s and not readable by you ({seen}: mode {stat.S_IMODE(st.st_mode):04o}); "

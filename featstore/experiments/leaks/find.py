@@ -170,7 +170,7 @@ def find_leaks(
         try:
             write_record(report)
         except OutputError as exc:
-            logger.warning("%s; `featstore info` will not show this result", exc)
+            logger.warning("%s; `featstore info` will not show this result", str(exc).rstrip("."))
     return report
 
 

@@ -9,6 +9,7 @@ damaged in one line; it never crashes ``featstore info`` (a nested ``[[[[...`` r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import time
 from pathlib import Path
 
 from featstore import sticky
-from featstore.errors import OutputError
+from featstore.errors import OutputError, StoreError
 from featstore.experiments.leaks.result import LeakReport, record_path
 from featstore.outputs import terminal_safe, write_text
 from featstore.runs.versions import file_lock
@@ -153,12 +154,17 @@ def write_record(report: LeakReport) -> Path:
     A regular file there that is not a record featstore can read (damaged, edited, over the limits) is never lost: it
     is kept aside as ``<store>.leaks.json.damaged`` (``.damaged.1``, ... when taken), logged with its new name, and a
     new record is written. Raises :class:`~featstore.errors.OutputError` (one line: where and what to do) when the file
-    cannot be written, e.g. in a read-only store folder, or the bad record cannot be kept aside.
+    cannot be written, e.g. in a read-only store folder, or the bad record cannot be kept aside, or its lock file is
+    refused (a link, FIFO or second name of another file there: the result computed is the caller's to keep).
     """
     path = record_path(report.store)
     lock = Path(f"{path}.lock")  # two `leaks` runs (two extractors) finishing together: each keeps the other's entry
     what = f"leaks record {terminal_safe(str(path))}"
-    with file_lock(lock, what, f"{what} is being written", remove=True):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(file_lock(lock, what, f"{what} is being written", remove=True))
+        except StoreError as exc:  # a colleague's hard link or FIFO at the lock's name: the results stay (attack 39 #3)
+            raise OutputError(f"leaks record not written: {exc}.") from None
         theirs = sticky.ahead(path)  # a colleague's record in a sticky folder: nothing set aside, said once (#5)
         if theirs is not None:
             raise OutputError(_theirs_line(theirs))
