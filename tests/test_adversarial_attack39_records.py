@@ -125,3 +125,24 @@ def test_a_runs_folder_refusing_a_write_says_whose_it_is_not_make_it_writable(tm
     assert f"runs folder {runs} is {sticky.owner_name(os.stat(runs).st_uid)}'s (mode " in line, line
     assert "to make it group-writable (" in line and " g+w " in line and "-R" not in line, line
     assert not_written(exc, runs, "r1").args[0].count("pass --runs DIR with a writable folder") == 1  # a fit: as before
+
+
+@pytest.mark.parametrize("whose", ["own", "colleague's"])
+def test_a_link_at_the_leaks_record_is_said_for_a_record(small, tmp_path, whose):
+    """Attack 40 #6: a link at ``<store>.leaks.json`` gave the output line "Remove it or choose another name" (no option
+    names the record) run together with the next sentence, and "must be writable" of a folder that is; a colleague's
+    link is said as his."""
+    if whose != "own" and os.geteuid() != 0:
+        pytest.skip("a link owned by another user needs root to make (lchown)")
+    link = record_path(small)
+    link.symlink_to(os.devnull)
+    if whose != "own":
+        os.lchown(link, COLLEAGUE, COLLEAGUE)
+    r = CliRunner().invoke(app, ["leaks", "--store", str(small), "--threshold", "0.999"])
+    assert r.exit_code == 0 and "Traceback" not in r.output and "test: " in r.output, r.output
+    said = [line for line in r.output.splitlines() if line.startswith("note: leaks record not written: ")]
+    assert len(said) == 1, r.output
+    assert f"{link} is a symbolic link" in said[0] and "choose another name" not in said[0], said[0]
+    assert ("it is " in said[0]) == (whose != "own"), said[0]
+    assert "run featstore leaks again. `featstore info` will not show these counts (printed above)." in said[0]
+    assert "must be writable" not in said[0] and os.path.islink(link)

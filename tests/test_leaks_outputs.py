@@ -318,7 +318,7 @@ def test_record_link_is_not_written_through(small, tmp_path):
     r = run("leaks", "--store", small, "--threshold", "0.999")
     assert r.exit_code == 0 and "test: 1 of 10 rows" in r.output, r.output
     assert (
-        "is a symbolic link; featstore never writes through a link" in r.output
+        "is a symbolic link, and featstore never writes through a link" in r.output
         and "will not show these counts" in r.output
     )
     assert victim.read_text() == "precious"

@@ -330,7 +330,8 @@ def leaks(
         where = safe(record_path(store).parent)
         why = f": the record lives beside the store, so {where} must be writable to keep it"
         why = "" if ahead(record_path(store)) or os.access(record_path(store).parent, os.W_OK | os.X_OK) else why
-        typer.echo(f"note: {exc} `featstore info` will not show these counts (printed above){why}.", err=True)
+        said = str(exc).rstrip(".")  # one sentence each: the reason, then what it costs (attack 40 #6: run together)
+        typer.echo(f"note: {said}. `featstore info` will not show these counts (printed above){why}.", err=True)
     if failed:
         raise typer.Exit(1)
 

@@ -168,6 +168,7 @@ def write_record(report: LeakReport) -> Path:
         theirs = sticky.ahead(path)  # a colleague's record in a sticky folder: nothing set aside, said once (#5)
         if theirs is not None:
             raise OutputError(_theirs_line(theirs))
+        _refuse_link(path)
         try:
             data = read_record(path) or {"format": FORMAT, "extractors": {}}
         except BadRecord as exc:
@@ -212,6 +213,22 @@ def _theirs_line(theirs: sticky.Sticky) -> str:
     return "leaks record not written: " + theirs.line(
         f"ask {theirs.owner} to remove it, or run featstore leaks on a --store in a folder of yours."
     )
+
+
+def _refuse_link(path: Path) -> None:
+    """OutputError for a link at the record's name, said for a record (attack 40 #6): its name is fixed (no option
+    names it, so not "choose another name"), and a colleague's link is said as his. In a sticky folder
+    :func:`sticky.ahead` said it already (only he may remove it)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        whose = "" if st.st_uid == os.geteuid() else f" (it is {sticky.owner_name(st.st_uid)}'s)"
+        raise OutputError(
+            f"leaks record not written: {terminal_safe(str(path))} is a symbolic link{whose}, and featstore never "
+            f"writes through a link; remove it and run featstore leaks again"
+        )
 
 
 MAX_ASIDE = 100  # <record>.damaged, .damaged.1, ... tried before refusing
