@@ -28,9 +28,10 @@ import stat
 import struct
 
 DEFAULT_ACL = "system.posix_acl_default"
+ACCESS_ACL = "system.posix_acl_access"
 # a POSIX ACL's binary form (linux/posix_acl_xattr.h): a 4-byte header (version 2), then 8-byte entries of tag (u16),
-# permissions (u16) and id (u32); the tags of the entries that make a new entry's mode
-_USER_OBJ, _GROUP_OBJ, _MASK, _OTHER = 0x01, 0x04, 0x10, 0x20
+# permissions (u16) and id (u32); its tags
+_USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
 
 def umask() -> int:
@@ -74,22 +75,55 @@ def _acl_bits(fd: int) -> int | None:
     return perms[_USER_OBJ] << 6 | group << 3 | perms[_OTHER]
 
 
-def others_may_write(st: os.stat_result) -> bool:
-    """Whether someone else may write the file or folder of ``st``: anyone (o+w), or its group (g+w) unless that group
-    is this user's own private group (umask 002 makes the user's files group-writable: Ray's file of the user's own
-    was refused, attack 27 #5; so was the user's own ~/.keras): no one else listed in it, nor anyone whose primary
-    group it is (the group file lists only secondary members)."""
+def others_may_write(st: os.stat_result, at: int | str | os.PathLike | None = None) -> bool:
+    """Whether someone else may write the file or folder of ``st`` (open at the descriptor ``at``, or its path, not
+    followed): anyone (o+w), or its group (g+w) unless that group is this user's own private group (umask 002 makes the
+    user's files group-writable: Ray's file of the user's own was refused, attack 27 #5; so was the user's own
+    ~/.keras): no one else listed in it, nor anyone whose primary group it is (the group file lists only secondary
+    members). With an access ACL the group bits are its mask over every named user and group: a named user other
+    than this one, or a group that is not the user's private group, whose entry has ``w`` may write (a ``KERAS_HOME``
+    shared by ``setfacl -m u:bob:rwx`` was taken as private, attack 40 #1); where ``at`` is not given or the file
+    system has no ACLs, the mode bits alone."""
     if st.st_mode & 0o002:
         return True
     if not st.st_mode & 0o020:
-        return False
+        return False  # (no ACL entry beyond the owner's has w: the mask, the group bits, has none)
+    entries = _access_acl(at)
+    if entries is None:
+        return not _private_group(st.st_gid)
+    me = os.geteuid()
+    for tag, perm, ident in entries:
+        if not perm & 0o2:
+            continue
+        if (tag == _USER and ident != me) or (tag == _GROUP and not _private_group(ident)):
+            return True
+        if tag == _GROUP_OBJ and not _private_group(st.st_gid):
+            return True
+    return False
+
+
+def _access_acl(at: int | str | os.PathLike | None) -> list[tuple[int, int, int]] | None:
+    """The (tag, permissions, id) entries of the access ACL of the file open at ``at`` (or its path, not followed), or
+    None where there is none or it cannot be read (no ``at``, no xattrs, a file system without ACLs)."""
+    if at is None or not hasattr(os, "getxattr"):
+        return None
+    try:
+        acl = os.getxattr(at, ACCESS_ACL, **({} if isinstance(at, int) else {"follow_symlinks": False}))
+    except OSError:  # ENODATA: the mode alone; ENOTSUP: a file system without ACLs
+        return None
+    return [struct.unpack_from("<HHI", acl, at_) for at_ in range(4, len(acl) - 7, 8)]
+
+
+def _private_group(gid: int) -> bool:
+    """Whether the group ``gid`` is this user's own private group: the user's group, with no one else listed in it
+    nor anyone whose primary group it is (the group file lists only secondary members)."""
     try:
         import grp
         import pwd
 
         me = pwd.getpwuid(os.geteuid()).pw_name
-        if st.st_gid != os.getegid() or set(grp.getgrgid(st.st_gid).gr_mem) - {me}:
-            return True
-        return any(p.pw_gid == st.st_gid and p.pw_name != me for p in pwd.getpwall())  # members by primary group
+        if gid != os.getegid() or set(grp.getgrgid(gid).gr_mem) - {me}:
+            return False
+        return not any(p.pw_gid == gid and p.pw_name != me for p in pwd.getpwall())  # members by primary group
     except (ImportError, KeyError):
-        return True
+        return False

@@ -1,0 +1,139 @@
+"""Attack 40 #1, #4, #5.
+
+#1: ``others_may_write`` read the mode bits only. With an access ACL the group bits are the ACL's mask over every named
+user and group, and the "user's own private group" exception (umask 002) trusted a Keras cache, or Ray's cluster file,
+that a colleague named in the ACL (``setfacl -m u:bob:rwx``) may write. The ACL's entries are read now (the file's
+descriptor or path): a named user other than this one, or a group other than the user's private one, with ``w``, may
+write. Where the file system has no ACLs, the mode bits alone, as before.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from featstore import modes
+from featstore.errors import ConfigError, OutputError
+from featstore.modes import others_may_write
+
+OTHER = 54321  # a user and group that are not this one
+
+
+def _setfacl(path: Path, *args: str) -> None:
+    """``setfacl args path``; skips where there is no setfacl or the file system takes no ACLs."""
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl is not installed")
+    if subprocess.run(["setfacl", *args, str(path)], check=False, capture_output=True).returncode:
+        pytest.skip("this file system takes no ACLs")
+
+
+@pytest.fixture
+def own_group(monkeypatch):
+    """The user's group taken as the user's private group (no one else in it), as on Debian with umask 002."""
+    monkeypatch.setattr(modes, "_private_group", lambda gid: gid == os.getegid())
+
+
+def _may_write(path: Path) -> tuple[bool, bool]:
+    """``others_may_write`` of ``path`` asked by its path and by a descriptor of it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return others_may_write(os.stat(path), path), others_may_write(os.fstat(fd), fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.usefixtures("own_group")
+def test_a_file_a_named_acl_user_may_write_is_others_may_write(tmp_path):
+    """#1. Sabotage: ``_access_acl`` returning None (the mode bits alone) fails it."""
+    file = tmp_path / "ray_current_cluster"
+    file.write_text("127.0.0.1:9\n")
+    file.chmod(0o664)  # umask 002 in the user's private group: no one else may write it
+    assert _may_write(file) == (False, False)
+    _setfacl(file, "-m", f"u:{OTHER}:rw-")  # ls: -rw-rw-r--+ (the group bits are the mask now)
+    assert (file.stat().st_mode & 0o777) == 0o664
+    assert _may_write(file) == (True, True)
+    _setfacl(file, "-m", "m::r--")  # the mask takes w from every named entry: no one else may write
+    assert _may_write(file) == (False, False)
+    _setfacl(file, "-b")
+    _setfacl(file, "-m", f"u:{os.geteuid()}:rw-,g:{OTHER}:r--")  # the user named, a group that may only read
+    assert _may_write(file) == (False, False)
+    _setfacl(file, "-m", f"g:{OTHER}:rw-")  # a colleague's group that may write
+    assert _may_write(file) == (True, True)
+    assert others_may_write(file.stat()) is False  # (no descriptor nor path given: the mode bits, as before)
+
+
+@pytest.mark.usefixtures("own_group")
+def test_without_acls_the_mode_bits_alone(tmp_path, monkeypatch):
+    """#1: a file system without ACLs (ENOTSUP) or a system without xattrs: the private group exception as before."""
+    file = tmp_path / "f"
+    file.write_text("x")
+    file.chmod(0o664)
+
+    def unsupported(*a, **k):
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(os, "getxattr", unsupported)
+    assert _may_write(file) == (False, False)
+    file.chmod(0o666)
+    assert _may_write(file) == (True, True)
+
+
+@pytest.mark.usefixtures("own_group")
+def test_a_keras_cache_shared_by_an_acl_is_not_private(tmp_path):
+    """#1: ``KERAS_HOME`` shared with a colleague by ``setfacl -m u:bob:rwx`` (``drwxrwxr-x+``): Keras's download folder
+    that others can write, refused (it was taken as private and Keras downloaded into it by name). Sabotage: weights's
+    ``others_may_write(st, folder)`` given no path fails it."""
+    from featstore.models.weights import _others_write
+
+    home = tmp_path / ".keras"
+    (home / "models").mkdir(parents=True)
+    (home / "models").chmod(0o775)
+    assert _others_write(home / "models", home) is None
+    _setfacl(home / "models", "-m", f"u:{OTHER}:rwx")
+    assert _others_write(home / "models", home) == home / "models"
+
+
+@pytest.mark.usefixtures("own_group")
+def test_rays_cluster_file_a_named_acl_user_may_write_is_not_trusted(tmp_path, monkeypatch):
+    """#1: ``--address auto`` with Ray's file of the user's (0664, the user's private group) that ``u:bob:rw`` may write:
+    its address not used. Sabotage: ray.py's ``others_may_write(st, fd)`` given no descriptor fails it."""
+    from featstore.extraction.ray import _auto
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    file = tmp_path / "ray" / "ray_current_cluster"
+    file.write_text("127.0.0.1:9\n")
+    file.chmod(0o664)
+    assert _auto("auto", "--address")[0] == "127.0.0.1:9"
+    _setfacl(file, "-m", f"u:{OTHER}:rw-")
+    with pytest.raises(ConfigError, match="or others may write it, so the address in it is not trusted"):
+        _auto("auto", "--address")
+
+
+@pytest.mark.usefixtures("own_group")
+def test_a_report_folder_a_named_acl_user_may_write_is_refused(tmp_path):
+    """#1 with attack 39 #6's check: the user's report folder that ``u:bob:rwx`` may write (no default ACL: a plain
+    mkdir there gives ``0755``) is refused; in a team folder whose default ACL gives that grant it is what a plain mkdir
+    gives, and taken (attack 39's test of a default-ACL team folder covers the group's grant). Sabotage:
+    sitefolder's ``others_may_write(st, fd)`` given no descriptor fails it."""
+    from featstore.report.site.build import _prepare
+
+    out = tmp_path / "rep"
+    out.mkdir()
+    out.chmod(0o755)
+    site, _ = _prepare(out)
+    site.close()
+    _setfacl(out, "-m", f"u:{OTHER}:rwx")
+    with pytest.raises(OutputError, match=r"--out .*rep is writable by others \(mode 0775\)"):
+        _prepare(out)
+    team = tmp_path / "team"
+    team.mkdir()
+    _setfacl(team, "-d", "-m", f"u::rwx,u:{OTHER}:rwx,g::r-x,o::r-x")
+    (team / "rep").mkdir()  # inherits the grant, as its default ACL
+    site, _ = _prepare(team / "rep")
+    site.close()
