@@ -253,6 +253,7 @@ class OwnFolder:
 
     def __init__(self, parent: Path, prefix: str, suffix: str):
         self.name = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))  # 0700
+        self.prefix, self.suffix = prefix, suffix
         self.published = False
         try:
             self.fd = os.open(self.name, _DIR | getattr(os, "O_NOFOLLOW", 0))
@@ -289,14 +290,57 @@ class OwnFolder:
 
     def publish(self, dst: Path, mode: int | None = None) -> None:
         """The mode a plain ``mkdir`` in its folder gives (:func:`featstore.modes.fresh_mode`: the folder's default ACL
-        and set-group-ID bit, which this folder inherited; attack 36 #4, #5) or ``mode``, set through the descriptor, then
-        the folder renamed onto ``dst`` while its name is still this folder (else an OutputError: nothing is renamed)."""
-        os.fchmod(self.fd, fresh_mode(self.fd, folder=True) if mode is None else mode)
+        and set-group-ID bit, which this folder inherited; attack 36 #4, #5) or ``mode``, set through the descriptor
+        where it differs (a chmod by a non-member of the folder's group clears the bit: :meth:`_remade`), then the
+        folder renamed onto ``dst`` while its name is still this folder (else an OutputError: nothing is renamed)."""
+        want = fresh_mode(self.fd, folder=True) if mode is None else mode
+        if stat.S_IMODE(os.fstat(self.fd).st_mode) != want and not self._remade(want):
+            os.fchmod(self.fd, want)
         if not self.is_it():
             raise self._swapped()
         os.replace(self.name, dst)
         self.published = True
         self.close()
+
+    def _remade(self, want: int) -> bool:
+        """Where ``want`` keeps the set-group-ID bit this folder inherited but a chmod would clear it (Linux clears it
+        when the user is not in the folder's group: attack 40 #5, a project folder of a group the user is not in), and
+        no one else may write a folder of mode ``want``: a plain ``mkdir`` beside it (which keeps the bit) given its
+        entries (renamed through the two descriptors) and its place (this folder removed): whether done. Not done
+        (another mode, an error: what was moved moved back), the caller's chmod gives ``want`` but the bit."""
+        st = os.fstat(self.fd)
+        if not (want & st.st_mode & stat.S_ISGID) or want & 0o022 or not FD_SAFE or _keeps_setgid(st):
+            return False
+        made = self.name.with_name(f"{self.prefix}{os.urandom(4).hex()}{self.suffix}")
+        moved: list[str] = []
+        try:
+            os.mkdir(made, want & 0o777)
+        except OSError:
+            return False
+        fd = -1
+        try:
+            fd = os.open(made, _DIR | os.O_NOFOLLOW)
+            new = os.fstat(fd)
+            if new.st_uid != os.geteuid() or stat.S_IMODE(new.st_mode) != want or os.listdir(fd):
+                raise OSError("not the mode wanted")  # (a default ACL or umask other than fresh_mode read)
+            for entry in os.listdir(self.fd):
+                os.rename(entry, entry, src_dir_fd=self.fd, dst_dir_fd=fd)
+                moved.append(entry)
+            if not self.is_it():
+                raise OSError("renamed away")
+            os.rmdir(self.name)
+        except OSError:
+            with contextlib.suppress(OSError):
+                for entry in moved:
+                    os.rename(entry, entry, src_dir_fd=fd, dst_dir_fd=self.fd)
+                if fd >= 0 and same_folder(fd, made):
+                    os.rmdir(made)
+            if fd >= 0:
+                os.close(fd)
+            return False
+        os.close(self.fd)
+        self.fd, self.name = fd, made
+        return True
 
     def remove(self) -> None:
         """Remove what was written and the folder, only while its name is still it (a folder renamed away was published
@@ -327,6 +371,12 @@ class OwnFolder:
             f"of yours? someone moved it there: rename it back). Write into a folder only you can write, then re-run "
             f"the same command"
         )
+
+
+def _keeps_setgid(st: os.stat_result) -> bool:
+    """Whether a chmod by this user keeps the set-group-ID bit of the file of ``st``: root's, or a member of its group
+    (a user outside it without CAP_FSETID has the bit cleared by Linux)."""
+    return os.geteuid() == 0 or st.st_gid == os.getegid() or st.st_gid in os.getgroups()
 
 
 def unredirectable(fd: int, name: str, parent: Path, held: os.stat_result) -> Path | None:

@@ -5,6 +5,11 @@ user and group, and the "user's own private group" exception (umask 002) trusted
 that a colleague named in the ACL (``setfacl -m u:bob:rwx``) may write. The ACL's entries are read now (the file's
 descriptor or path): a named user other than this one, or a group other than the user's private one, with ``w``, may
 write. Where the file system has no ACLs, the mode bits alone, as before.
+
+#5: in a set-group-ID folder of a group the user is not in, a folder featstore made (0700, written, then given its
+final mode by ``fchmod``) lost the bit a plain ``mkdir`` keeps: Linux clears it on a chmod by a non-member. Where the
+mode already matches no chmod is made; else, where no one else may write a folder of that mode, a plain ``mkdir``
+beside it takes its entries and its place. Root keeps the bit on a chmod, so the kernel's clearing is simulated.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from featstore import modes
+from featstore import modes, renames
 from featstore.errors import ConfigError, OutputError
 from featstore.modes import others_may_write
 
@@ -137,3 +142,60 @@ def test_a_report_folder_a_named_acl_user_may_write_is_refused(tmp_path):
     (team / "rep").mkdir()  # inherits the grant, as its default ACL
     site, _ = _prepare(team / "rep")
     site.close()
+
+
+@pytest.fixture
+def not_in_group(monkeypatch, tmp_path):
+    """A ``2777`` folder of a group the user is not in, where a chmod clears the set-group-ID bit as Linux does for a
+    non-member (root keeps it: simulated); its folder."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        os.chown(folder, -1, OTHER)
+    folder.chmod(0o2777)
+    if not folder.stat().st_mode & 0o2000:
+        pytest.skip("this file system keeps no set-group-ID bit on folders")
+    inner = os.fchmod
+
+    def fchmod(fd, mode):
+        if os.fstat(fd).st_gid != os.getegid():
+            mode &= ~0o2000
+        inner(fd, mode)
+
+    monkeypatch.setattr(os, "fchmod", fchmod)
+    monkeypatch.setattr(renames, "_keeps_setgid", lambda st: False)
+    return folder
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_shards_in_a_set_group_id_folder_of_another_group_keep_the_bit(not_in_group, mask):
+    """#5: ``export --rows-per-file``'s folder gets the mode a plain mkdir there gives, the bit included, its shards
+    kept. Sabotage: ``publish`` not asking ``_remade`` fails umask 022; always chmod-ing fails both."""
+    from featstore.store.shards import write_shards
+
+    old = os.umask(mask)
+    try:
+        (not_in_group / "plain.d").mkdir()
+        write_shards(not_in_group / "shards", lambda f: (f / "part-00000.parquet").write_bytes(b"shard"))
+    finally:
+        os.umask(old)
+    plain = (not_in_group / "plain.d").stat()
+    made = (not_in_group / "shards").stat()
+    assert made.st_mode == plain.st_mode and made.st_mode & 0o2000
+    assert made.st_gid == plain.st_gid
+    assert (not_in_group / "shards" / "part-00000.parquet").read_bytes() == b"shard"
+    assert sorted(p.name for p in not_in_group.iterdir()) == ["plain.d", "shards"]  # nothing hidden left
+
+
+def test_a_folder_others_may_write_is_not_remade(not_in_group):
+    """#5: where the final mode lets others write (umask 002), the folder is not exposed early: chmod-ed (the bit
+    lost, as before), its contents kept."""
+    old = os.umask(0o002)
+    try:
+        with renames.OwnFolder(not_in_group, ".x.", ".tmp") as own:
+            (own.at / "f").write_bytes(b"x")
+            own.publish(not_in_group / "x")
+    finally:
+        os.umask(old)
+    assert (not_in_group / "x" / "f").read_bytes() == b"x"
+    assert (not_in_group / "x").stat().st_mode & 0o7777 == 0o775
