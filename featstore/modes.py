@@ -27,8 +27,14 @@ import os
 import stat
 import struct
 
+from featstore.safetext import terminal_safe
+
 DEFAULT_ACL = "system.posix_acl_default"
 ACCESS_ACL = "system.posix_acl_access"
+# statx (linux/stat.h): its call's flags and mask, and the attributes (stx_attributes at byte 8, stx_attributes_mask at
+# byte 56 of struct statx) that make a folder unusable for featstore's private folders
+_AT_FDCWD, _AT_EMPTY_PATH, _STATX_BASIC_STATS = -100, 0x1000, 0x7FF
+_STATX_ATTR_IMMUTABLE, _STATX_ATTR_APPEND = 0x10, 0x20
 # a POSIX ACL's binary form (linux/posix_acl_xattr.h): a 4-byte header (version 2), then 8-byte entries of tag (u16),
 # permissions (u16) and id (u32); its tags
 _USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -59,20 +65,86 @@ def fresh_mode(fd: int, folder: bool) -> int:
 
 def _acl_bits(fd: int) -> int | None:
     """The permission bits the default ACL of the folder open at ``fd`` gives a new entry, or None without one."""
-    if fd < 0 or not hasattr(os, "getxattr"):
+    perms = _default_acl(fd)
+    if perms is None:
         return None
-    try:
-        acl = os.getxattr(fd, DEFAULT_ACL)
-    except OSError:  # ENODATA: none; ENOTSUP: a file system without ACLs
-        return None
-    perms: dict[int, int] = {}
-    for at in range(4, len(acl) - 7, 8):
-        tag, perm = struct.unpack_from("<HH", acl, at)
-        perms[tag] = perm & 0o7
-    if _USER_OBJ not in perms or _OTHER not in perms:
-        return None  # not an ACL the kernel would apply (it needs both): the umask's mode
     group = perms.get(_MASK, perms.get(_GROUP_OBJ, 0))
     return perms[_USER_OBJ] << 6 | group << 3 | perms[_OTHER]
+
+
+def _default_acl(at: int | str | os.PathLike) -> dict[int, int] | None:
+    """The permissions of the default ACL's entries by tag of the folder open at ``at`` (a descriptor, ``O_PATH`` too,
+    or a path), or None without one (or one the kernel would not apply: it needs the owner's and others' entries)."""
+    if (isinstance(at, int) and at < 0) or not hasattr(os, "getxattr"):
+        return None
+    try:  # (through /proc: an O_PATH descriptor takes no fgetxattr on older kernels)
+        acl = os.getxattr(f"/proc/self/fd/{at}" if isinstance(at, int) else at, DEFAULT_ACL)
+    except OSError:  # ENODATA: none; ENOTSUP: a file system without ACLs
+        if not isinstance(at, int):
+            return None
+        try:
+            acl = os.getxattr(at, DEFAULT_ACL)
+        except OSError:
+            return None
+    perms: dict[int, int] = {}
+    for start in range(4, len(acl) - 7, 8):
+        tag, perm = struct.unpack_from("<HH", acl, start)
+        perms[tag] = perm & 0o7
+    return perms if _USER_OBJ in perms and _OTHER in perms else None
+
+
+def unusable(at: int | str | os.PathLike, shown: str | os.PathLike) -> str | None:
+    """Why featstore cannot write its outputs in the folder open at ``at`` (a descriptor, ``O_PATH`` too, or a path;
+    ``shown`` in the line), or None: each output is written in a folder of featstore's own made there, then renamed into
+    place and that folder removed (:mod:`featstore.renames`), which an append-only folder (``chattr +a``) lets be made
+    but never renamed over or removed, and which a default ACL giving new entries' owner no ``x`` (``setfacl -d -m
+    u::rw-``, written for files) makes but shuts to its maker: each said "not writable by you" and left folders no one
+    could remove (attack 40 #4). Refused up front with this line, before anything is made."""
+    where = terminal_safe(os.fspath(shown))
+    attributes = _attributes(at)
+    if attributes & _STATX_ATTR_IMMUTABLE:
+        return f"folder {where} is immutable (chattr +i): nothing can be made in it; write to another folder"
+    if attributes & _STATX_ATTR_APPEND:
+        return (
+            f"folder {where} is append-only (chattr +a): featstore writes each output into a folder of its own there "
+            f"and renames it into place, and nothing in an append-only folder can be renamed over or removed; write to "
+            f"another folder"
+        )
+    perms = _default_acl(at) if _checks_permissions() else None
+    owner = perms[_USER_OBJ] if perms is not None else 0o7
+    if owner != 0o7:
+        given = "".join(c if owner & b else "-" for c, b in zip("rwx", (4, 2, 1), strict=True))
+        return (
+            f"folder {where} has a default ACL that gives new folders' owner {given} (setfacl -d -m u::{given}): the "
+            f"folder featstore makes there for each output would be shut to you; write to another folder, or give "
+            f"owners rwx (`setfacl -d -m u::rwx {where}`: new files still get no x)"
+        )
+    return None
+
+
+def _checks_permissions() -> bool:
+    """Whether the kernel checks this process's permissions on its own folders (root's CAP_DAC_OVERRIDE: not)."""
+    return not hasattr(os, "geteuid") or os.geteuid() != 0
+
+
+def _attributes(at: int | str | os.PathLike) -> int:
+    """The ``statx`` attributes (``STATX_ATTR_*``) the file system reports for the folder open at ``at`` (a descriptor,
+    ``O_PATH`` too, or a path followed), 0 where unknown (no ``statx``: other systems, an old C library)."""
+    try:
+        import ctypes
+
+        statx = ctypes.CDLL(None, use_errno=True).statx
+    except (ImportError, OSError, AttributeError, TypeError):  # (Windows: no CDLL(None))
+        return 0
+    buf = ctypes.create_string_buffer(256)  # struct statx: 256 bytes
+    if isinstance(at, int):
+        done = statx(at, b"", _AT_EMPTY_PATH, _STATX_BASIC_STATS, buf)
+    else:
+        done = statx(_AT_FDCWD, os.fsencode(at), 0, _STATX_BASIC_STATS, buf)
+    if done != 0:
+        return 0
+    attributes, known = struct.unpack_from("=Q", buf, 8)[0], struct.unpack_from("=Q", buf, 56)[0]
+    return attributes & known
 
 
 def others_may_write(st: os.stat_result, at: int | str | os.PathLike | None = None) -> bool:

@@ -33,6 +33,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import shutil
 import stat
@@ -42,8 +44,9 @@ from pathlib import Path
 
 from featstore.errors import OutputError
 from featstore.leftovers import PRIVATE_FILES, private_name, temp_stem
-from featstore.modes import fresh_mode
+from featstore.modes import fresh_mode, unusable
 
+logger = logging.getLogger(__name__)
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.mkdir in os.supports_dir_fd
 _DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 # a folder only made, opened, renamed and stat'ed in (``*at`` calls), never listed: reached with O_PATH where there is
@@ -95,6 +98,7 @@ class PrivateFolder:
             return
         self.parent_fd = os.open(self.target.parent, PARENT)  # never listed: its entries are reached by name
         try:
+            refuse_unusable(self.parent_fd, self.target.parent)
             self.name = _make(self.parent_fd, self.target.name)
             try:  # its name is in the shared folder: what is opened must be a folder of ours that no one else can write
                 self.fd = os.open(self.name, _DIR | os.O_NOFOLLOW, dir_fd=self.parent_fd)
@@ -167,10 +171,14 @@ class PrivateFolder:
             for name in self.made:
                 with contextlib.suppress(OSError):
                     os.unlink(name, dir_fd=self.fd)
-            with contextlib.suppress(OSError):
+            try:
                 st, mine = os.stat(self.name, dir_fd=self.parent_fd, follow_symlinks=False), os.fstat(self.fd)
                 if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
                     os.rmdir(self.name, dir_fd=self.parent_fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # (what refuse_unusable could not foresee: said, named, not left silently)
+                _left(self.target.parent / self.name, exc)
             os.close(self.fd)
             self.fd = -1
         if self.parent_fd >= 0:
@@ -252,6 +260,7 @@ class OwnFolder:
     raised as it is; a folder that is not the one made (someone else's at its name) is an OutputError."""
 
     def __init__(self, parent: Path, prefix: str, suffix: str):
+        refuse_unusable(parent, parent)
         self.name = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))  # 0700
         self.prefix, self.suffix = prefix, suffix
         self.published = False
@@ -356,7 +365,10 @@ class OwnFolder:
                             shutil.rmtree(entry, dir_fd=self.fd)
                         else:
                             os.unlink(entry, dir_fd=self.fd)
-                os.rmdir(self.name)
+                try:
+                    os.rmdir(self.name)
+                except OSError as exc:
+                    _left(self.name, exc)
         self.close()
 
     def close(self) -> None:
@@ -371,6 +383,27 @@ class OwnFolder:
             f"of yours? someone moved it there: rename it back). Write into a folder only you can write, then re-run "
             f"the same command"
         )
+
+
+def _left(folder: Path, exc: OSError) -> None:
+    logger.warning("left %s, featstore's own folder, which could not be removed (%s); remove it", folder, exc.strerror)
+
+
+class Unusable(PermissionError):
+    """A folder featstore cannot write its outputs in although the user may make entries there (append-only, a default
+    ACL that shuts new folders to their owner): :attr:`line` says why and the fix (:func:`featstore.modes.unusable`)."""
+
+    def __init__(self, line: str, folder: Path):
+        super().__init__(errno.EPERM, line, str(folder))
+        self.line = line
+
+
+def refuse_unusable(at: int | Path, folder: Path) -> None:
+    """:class:`Unusable` where featstore's own folders cannot be made, used and removed in ``folder`` (open at ``at``, or
+    its path): refused before anything is made there (attack 40 #4: they were left for ever, "not writable by you")."""
+    line = unusable(at, folder)
+    if line is not None:
+        raise Unusable(line, folder)
 
 
 def _keeps_setgid(st: os.stat_result) -> bool:

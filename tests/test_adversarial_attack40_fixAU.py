@@ -199,3 +199,76 @@ def test_a_folder_others_may_write_is_not_remade(not_in_group):
         os.umask(old)
     assert (not_in_group / "x" / "f").read_bytes() == b"x"
     assert (not_in_group / "x").stat().st_mode & 0o7777 == 0o775
+
+
+@pytest.fixture
+def append_only(tmp_path):
+    """An append-only folder of the user's (``chattr +a``: entries made, never renamed over nor removed); skips where
+    the flag cannot be set (not root, a file system without it)."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+a", str(folder)], capture_output=True).returncode:
+        pytest.skip("chattr +a is not possible here")
+    yield folder
+    subprocess.run(["chattr", "-a", str(folder)], check=True)
+
+
+def _writes(folder: Path) -> list[str]:
+    """The lines of a whole-file output and of ``--rows-per-file`` shards written into ``folder``, each refused."""
+    from featstore.outputs import write_text
+    from featstore.store.shards import write_shards
+
+    lines = []
+    with pytest.raises(OutputError) as err:
+        write_text(folder / "fs.csv", "a,b\n", "--out")
+    lines.append(str(err.value))
+    with pytest.raises(OutputError) as err:
+        write_shards(folder / "shards", lambda f: (f / "part-00000.parquet").write_bytes(b"shard"))
+    lines.append(str(err.value))
+    return lines
+
+
+def test_an_append_only_folder_is_refused_up_front_with_its_reason(append_only):
+    """#4a: an output and shards in an append-only folder: one line with the true reason, no private folder left (each
+    run left two that no one could remove, "not writable by you"). Sabotage: ``refuse_unusable`` not called in
+    ``PrivateFolder.make`` and ``OwnFolder`` fails it."""
+    (append_only / "plain.txt").write_text("x")  # a plain write works there
+    for line in _writes(append_only):
+        assert (
+            f"{append_only} is append-only (chattr +a): featstore writes each output into a folder of its own" in line
+        )
+        assert "not writable by you" not in line and line.endswith("Nothing was written there.")
+    assert sorted(p.name for p in append_only.iterdir()) == ["plain.txt"]
+
+
+def test_a_default_acl_that_shuts_new_folders_to_their_owner_is_refused_up_front(tmp_path, monkeypatch):
+    """#4b: a folder whose default ACL gives new entries' owner ``rw-`` (root passes every permission check: the user's
+    case is taken). Sabotage: ``refuse_unusable`` not called fails it."""
+    monkeypatch.setattr(modes, "_checks_permissions", lambda: True)
+    folder = tmp_path / "aclrw"
+    folder.mkdir()
+    _setfacl(folder, "-d", "-m", "u::rw-,g::r--,o::---")
+    for line in _writes(folder):
+        assert f"{folder} has a default ACL that gives new folders' owner rw- (setfacl -d -m u::rw-)" in line
+        assert f"`setfacl -d -m u::rwx {folder}`" in line and "not writable by you" not in line
+    assert list(folder.iterdir()) == []
+    _setfacl(folder, "-d", "-m", "u::rwx")
+    assert modes.unusable(folder, folder) is None
+
+
+def test_a_private_folder_that_cannot_be_removed_is_said(tmp_path, monkeypatch, caplog):
+    """#4: what the up-front check cannot foresee (here an rmdir refused): the folder left is named, not left
+    silently. Sabotage: ``_left`` not called in ``PrivateFolder._close`` fails it."""
+    from featstore.outputs import write_text
+
+    real = os.rmdir
+
+    def refused(path, *a, **k):
+        if str(path).endswith(".featstore-tmp"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(os, "rmdir", refused)
+    write_text(tmp_path / "out.csv", "a\n")
+    (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".featstore-tmp")]
+    assert f"left {left}, featstore's own folder, which could not be removed (Operation not permitted)" in caplog.text
