@@ -27,10 +27,17 @@ import os
 import stat
 import struct
 
+from featstore.safetext import terminal_safe
+
 DEFAULT_ACL = "system.posix_acl_default"
+ACCESS_ACL = "system.posix_acl_access"
+# statx (linux/stat.h): its call's flags and mask, and the attributes (stx_attributes at byte 8, stx_attributes_mask at
+# byte 56 of struct statx) that make a folder unusable for featstore's private folders
+_AT_FDCWD, _AT_EMPTY_PATH, _STATX_BASIC_STATS = -100, 0x1000, 0x7FF
+_STATX_ATTR_IMMUTABLE, _STATX_ATTR_APPEND = 0x10, 0x20
 # a POSIX ACL's binary form (linux/posix_acl_xattr.h): a 4-byte header (version 2), then 8-byte entries of tag (u16),
-# permissions (u16) and id (u32); the tags of the entries that make a new entry's mode
-_USER_OBJ, _GROUP_OBJ, _MASK, _OTHER = 0x01, 0x04, 0x10, 0x20
+# permissions (u16) and id (u32); its tags
+_USER_OBJ, _USER, _GROUP_OBJ, _GROUP, _MASK, _OTHER = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 
 
 def umask() -> int:
@@ -58,38 +65,137 @@ def fresh_mode(fd: int, folder: bool) -> int:
 
 def _acl_bits(fd: int) -> int | None:
     """The permission bits the default ACL of the folder open at ``fd`` gives a new entry, or None without one."""
-    if fd < 0 or not hasattr(os, "getxattr"):
+    perms = _default_acl(fd)
+    if perms is None:
         return None
-    try:
-        acl = os.getxattr(fd, DEFAULT_ACL)
-    except OSError:  # ENODATA: none; ENOTSUP: a file system without ACLs
-        return None
-    perms: dict[int, int] = {}
-    for at in range(4, len(acl) - 7, 8):
-        tag, perm = struct.unpack_from("<HH", acl, at)
-        perms[tag] = perm & 0o7
-    if _USER_OBJ not in perms or _OTHER not in perms:
-        return None  # not an ACL the kernel would apply (it needs both): the umask's mode
     group = perms.get(_MASK, perms.get(_GROUP_OBJ, 0))
     return perms[_USER_OBJ] << 6 | group << 3 | perms[_OTHER]
 
 
-def others_may_write(st: os.stat_result) -> bool:
-    """Whether someone else may write the file or folder of ``st``: anyone (o+w), or its group (g+w) unless that group
-    is this user's own private group (umask 002 makes the user's files group-writable: Ray's file of the user's own
-    was refused, attack 27 #5; so was the user's own ~/.keras): no one else listed in it, nor anyone whose primary
-    group it is (the group file lists only secondary members)."""
+def _default_acl(at: int | str | os.PathLike) -> dict[int, int] | None:
+    """The permissions of the default ACL's entries by tag of the folder open at ``at`` (a descriptor, ``O_PATH`` too,
+    or a path), or None without one (or one the kernel would not apply: it needs the owner's and others' entries)."""
+    if (isinstance(at, int) and at < 0) or not hasattr(os, "getxattr"):
+        return None
+    try:  # (through /proc: an O_PATH descriptor takes no fgetxattr on older kernels)
+        acl = os.getxattr(f"/proc/self/fd/{at}" if isinstance(at, int) else at, DEFAULT_ACL)
+    except OSError:  # ENODATA: none; ENOTSUP: a file system without ACLs
+        if not isinstance(at, int):
+            return None
+        try:
+            acl = os.getxattr(at, DEFAULT_ACL)
+        except OSError:
+            return None
+    perms: dict[int, int] = {}
+    for start in range(4, len(acl) - 7, 8):
+        tag, perm = struct.unpack_from("<HH", acl, start)
+        perms[tag] = perm & 0o7
+    return perms if _USER_OBJ in perms and _OTHER in perms else None
+
+
+def unusable(at: int | str | os.PathLike, shown: str | os.PathLike) -> str | None:
+    """Why featstore cannot write its outputs in the folder open at ``at`` (a descriptor, ``O_PATH`` too, or a path;
+    ``shown`` in the line), or None: each output is written in a folder of featstore's own made there, then renamed into
+    place and that folder removed (:mod:`featstore.renames`), which an append-only folder (``chattr +a``) lets be made
+    but never renamed over or removed, and which a default ACL giving new entries' owner no ``x`` (``setfacl -d -m
+    u::rw-``, written for files) makes but shuts to its maker: each said "not writable by you" and left folders no one
+    could remove (attack 40 #4). Refused up front with this line, before anything is made."""
+    where = terminal_safe(os.fspath(shown))
+    attributes = _attributes(at)
+    if attributes & _STATX_ATTR_IMMUTABLE:
+        return f"folder {where} is immutable (chattr +i): nothing can be made in it; write to another folder"
+    if attributes & _STATX_ATTR_APPEND:
+        return (
+            f"folder {where} is append-only (chattr +a): featstore writes each output into a folder of its own there "
+            f"and renames it into place, and nothing in an append-only folder can be renamed over or removed; write to "
+            f"another folder"
+        )
+    perms = _default_acl(at) if _checks_permissions() else None
+    owner = perms[_USER_OBJ] if perms is not None else 0o7
+    if owner != 0o7:
+        given = "".join(c if owner & b else "-" for c, b in zip("rwx", (4, 2, 1), strict=True))
+        return (
+            f"folder {where} has a default ACL that gives new folders' owner {given} (setfacl -d -m u::{given}): the "
+            f"folder featstore makes there for each output would be shut to you; write to another folder, or give "
+            f"owners rwx (`setfacl -d -m u::rwx {where}`: new files still get no x)"
+        )
+    return None
+
+
+def _checks_permissions() -> bool:
+    """Whether the kernel checks this process's permissions on its own folders (root's CAP_DAC_OVERRIDE: not)."""
+    return not hasattr(os, "geteuid") or os.geteuid() != 0
+
+
+def _attributes(at: int | str | os.PathLike) -> int:
+    """The ``statx`` attributes (``STATX_ATTR_*``) the file system reports for the folder open at ``at`` (a descriptor,
+    ``O_PATH`` too, or a path followed), 0 where unknown (no ``statx``: other systems, an old C library)."""
+    try:
+        import ctypes
+
+        statx = ctypes.CDLL(None, use_errno=True).statx
+    except (ImportError, OSError, AttributeError, TypeError):  # (Windows: no CDLL(None))
+        return 0
+    buf = ctypes.create_string_buffer(256)  # struct statx: 256 bytes
+    if isinstance(at, int):
+        done = statx(at, b"", _AT_EMPTY_PATH, _STATX_BASIC_STATS, buf)
+    else:
+        done = statx(_AT_FDCWD, os.fsencode(at), 0, _STATX_BASIC_STATS, buf)
+    if done != 0:
+        return 0
+    attributes, known = struct.unpack_from("=Q", buf, 8)[0], struct.unpack_from("=Q", buf, 56)[0]
+    return attributes & known
+
+
+def others_may_write(st: os.stat_result, at: int | str | os.PathLike | None = None) -> bool:
+    """Whether someone else may write the file or folder of ``st`` (open at the descriptor ``at``, or its path, not
+    followed): anyone (o+w), or its group (g+w) unless that group is this user's own private group (umask 002 makes the
+    user's files group-writable: Ray's file of the user's own was refused, attack 27 #5; so was the user's own
+    ~/.keras): no one else listed in it, nor anyone whose primary group it is (the group file lists only secondary
+    members). With an access ACL the group bits are its mask over every named user and group: a named user other
+    than this one, or a group that is not the user's private group, whose entry has ``w`` may write (a ``KERAS_HOME``
+    shared by ``setfacl -m u:bob:rwx`` was taken as private, attack 40 #1); where ``at`` is not given or the file
+    system has no ACLs, the mode bits alone."""
     if st.st_mode & 0o002:
         return True
     if not st.st_mode & 0o020:
-        return False
+        return False  # (no ACL entry beyond the owner's has w: the mask, the group bits, has none)
+    entries = _access_acl(at)
+    if entries is None:
+        return not _private_group(st.st_gid)
+    me = os.geteuid()
+    for tag, perm, ident in entries:
+        if not perm & 0o2:
+            continue
+        if (tag == _USER and ident != me) or (tag == _GROUP and not _private_group(ident)):
+            return True
+        if tag == _GROUP_OBJ and not _private_group(st.st_gid):
+            return True
+    return False
+
+
+def _access_acl(at: int | str | os.PathLike | None) -> list[tuple[int, int, int]] | None:
+    """The (tag, permissions, id) entries of the access ACL of the file open at ``at`` (or its path, not followed), or
+    None where there is none or it cannot be read (no ``at``, no xattrs, a file system without ACLs)."""
+    if at is None or not hasattr(os, "getxattr"):
+        return None
+    try:
+        acl = os.getxattr(at, ACCESS_ACL, **({} if isinstance(at, int) else {"follow_symlinks": False}))
+    except OSError:  # ENODATA: the mode alone; ENOTSUP: a file system without ACLs
+        return None
+    return [struct.unpack_from("<HHI", acl, at_) for at_ in range(4, len(acl) - 7, 8)]
+
+
+def _private_group(gid: int) -> bool:
+    """Whether the group ``gid`` is this user's own private group: the user's group, with no one else listed in it
+    nor anyone whose primary group it is (the group file lists only secondary members)."""
     try:
         import grp
         import pwd
 
         me = pwd.getpwuid(os.geteuid()).pw_name
-        if st.st_gid != os.getegid() or set(grp.getgrgid(st.st_gid).gr_mem) - {me}:
-            return True
-        return any(p.pw_gid == st.st_gid and p.pw_name != me for p in pwd.getpwall())  # members by primary group
+        if gid != os.getegid() or set(grp.getgrgid(gid).gr_mem) - {me}:
+            return False
+        return not any(p.pw_gid == gid and p.pw_name != me for p in pwd.getpwall())  # members by primary group
     except (ImportError, KeyError):
-        return True
+        return False

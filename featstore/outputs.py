@@ -33,6 +33,7 @@ from featstore.carry import Own, give, not_carried
 from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import sweep, temp_stem
 from featstore.linkrule import full_path, refuse_foreign
+from featstore.modes import unusable
 from featstore.output_images import (  # noqa: F401
     CHART_METADATA,
     refuse_foreign_image,
@@ -410,7 +411,11 @@ def output_fix(exc: OSError, path: Path) -> str:
         theirs = sticky.refused(exc, path)
         if theirs is not None:
             return theirs.line(f"write to another path of yours, or ask {theirs.owner} to remove it")
-        return sticky.unlisted(path.parent) or f"folder {path.parent} is not writable by you; write to another folder"
+        return (  # append-only, or a default ACL that shuts featstore's own folder there to its owner: attack 40 #4
+            unusable(path.parent, path.parent)
+            or sticky.unlisted(path.parent)
+            or f"folder {path.parent} is not writable by you; write to another folder"
+        )
     if code == errno.ENOENT and path.parent.is_dir():
         return f"no file can be made in {path.parent} ({exc.strerror}); write to another folder"
     if code == errno.ENOENT:

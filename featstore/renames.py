@@ -33,6 +33,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import shutil
 import stat
@@ -42,8 +44,9 @@ from pathlib import Path
 
 from featstore.errors import OutputError
 from featstore.leftovers import PRIVATE_FILES, private_name, temp_stem
-from featstore.modes import fresh_mode
+from featstore.modes import fresh_mode, unusable
 
+logger = logging.getLogger(__name__)
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.mkdir in os.supports_dir_fd
 _DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 # a folder only made, opened, renamed and stat'ed in (``*at`` calls), never listed: reached with O_PATH where there is
@@ -95,6 +98,7 @@ class PrivateFolder:
             return
         self.parent_fd = os.open(self.target.parent, PARENT)  # never listed: its entries are reached by name
         try:
+            refuse_unusable(self.parent_fd, self.target.parent)
             self.name = _make(self.parent_fd, self.target.name)
             try:  # its name is in the shared folder: what is opened must be a folder of ours that no one else can write
                 self.fd = os.open(self.name, _DIR | os.O_NOFOLLOW, dir_fd=self.parent_fd)
@@ -167,10 +171,14 @@ class PrivateFolder:
             for name in self.made:
                 with contextlib.suppress(OSError):
                     os.unlink(name, dir_fd=self.fd)
-            with contextlib.suppress(OSError):
+            try:
                 st, mine = os.stat(self.name, dir_fd=self.parent_fd, follow_symlinks=False), os.fstat(self.fd)
                 if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
                     os.rmdir(self.name, dir_fd=self.parent_fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # (what refuse_unusable could not foresee: said, named, not left silently)
+                _left(self.target.parent / self.name, exc)
             os.close(self.fd)
             self.fd = -1
         if self.parent_fd >= 0:
@@ -252,7 +260,9 @@ class OwnFolder:
     raised as it is; a folder that is not the one made (someone else's at its name) is an OutputError."""
 
     def __init__(self, parent: Path, prefix: str, suffix: str):
+        refuse_unusable(parent, parent)
         self.name = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))  # 0700
+        self.prefix, self.suffix = prefix, suffix
         self.published = False
         try:
             self.fd = os.open(self.name, _DIR | getattr(os, "O_NOFOLLOW", 0))
@@ -289,14 +299,57 @@ class OwnFolder:
 
     def publish(self, dst: Path, mode: int | None = None) -> None:
         """The mode a plain ``mkdir`` in its folder gives (:func:`featstore.modes.fresh_mode`: the folder's default ACL
-        and set-group-ID bit, which this folder inherited; attack 36 #4, #5) or ``mode``, set through the descriptor, then
-        the folder renamed onto ``dst`` while its name is still this folder (else an OutputError: nothing is renamed)."""
-        os.fchmod(self.fd, fresh_mode(self.fd, folder=True) if mode is None else mode)
+        and set-group-ID bit, which this folder inherited; attack 36 #4, #5) or ``mode``, set through the descriptor
+        where it differs (a chmod by a non-member of the folder's group clears the bit: :meth:`_remade`), then the
+        folder renamed onto ``dst`` while its name is still this folder (else an OutputError: nothing is renamed)."""
+        want = fresh_mode(self.fd, folder=True) if mode is None else mode
+        if stat.S_IMODE(os.fstat(self.fd).st_mode) != want and not self._remade(want):
+            os.fchmod(self.fd, want)
         if not self.is_it():
             raise self._swapped()
         os.replace(self.name, dst)
         self.published = True
         self.close()
+
+    def _remade(self, want: int) -> bool:
+        """Where ``want`` keeps the set-group-ID bit this folder inherited but a chmod would clear it (Linux clears it
+        when the user is not in the folder's group: attack 40 #5, a project folder of a group the user is not in), and
+        no one else may write a folder of mode ``want``: a plain ``mkdir`` beside it (which keeps the bit) given its
+        entries (renamed through the two descriptors) and its place (this folder removed): whether done. Not done
+        (another mode, an error: what was moved moved back), the caller's chmod gives ``want`` but the bit."""
+        st = os.fstat(self.fd)
+        if not (want & st.st_mode & stat.S_ISGID) or want & 0o022 or not FD_SAFE or _keeps_setgid(st):
+            return False
+        made = self.name.with_name(f"{self.prefix}{os.urandom(4).hex()}{self.suffix}")
+        moved: list[str] = []
+        try:
+            os.mkdir(made, want & 0o777)
+        except OSError:
+            return False
+        fd = -1
+        try:
+            fd = os.open(made, _DIR | os.O_NOFOLLOW)
+            new = os.fstat(fd)
+            if new.st_uid != os.geteuid() or stat.S_IMODE(new.st_mode) != want or os.listdir(fd):
+                raise OSError("not the mode wanted")  # (a default ACL or umask other than fresh_mode read)
+            for entry in os.listdir(self.fd):
+                os.rename(entry, entry, src_dir_fd=self.fd, dst_dir_fd=fd)
+                moved.append(entry)
+            if not self.is_it():
+                raise OSError("renamed away")
+            os.rmdir(self.name)
+        except OSError:
+            with contextlib.suppress(OSError):
+                for entry in moved:
+                    os.rename(entry, entry, src_dir_fd=fd, dst_dir_fd=self.fd)
+                if fd >= 0 and same_folder(fd, made):
+                    os.rmdir(made)
+            if fd >= 0:
+                os.close(fd)
+            return False
+        os.close(self.fd)
+        self.fd, self.name = fd, made
+        return True
 
     def remove(self) -> None:
         """Remove what was written and the folder, only while its name is still it (a folder renamed away was published
@@ -312,7 +365,10 @@ class OwnFolder:
                             shutil.rmtree(entry, dir_fd=self.fd)
                         else:
                             os.unlink(entry, dir_fd=self.fd)
-                os.rmdir(self.name)
+                try:
+                    os.rmdir(self.name)
+                except OSError as exc:
+                    _left(self.name, exc)
         self.close()
 
     def close(self) -> None:
@@ -327,6 +383,33 @@ class OwnFolder:
             f"of yours? someone moved it there: rename it back). Write into a folder only you can write, then re-run "
             f"the same command"
         )
+
+
+def _left(folder: Path, exc: OSError) -> None:
+    logger.warning("left %s, featstore's own folder, which could not be removed (%s); remove it", folder, exc.strerror)
+
+
+class Unusable(PermissionError):
+    """A folder featstore cannot write its outputs in although the user may make entries there (append-only, a default
+    ACL that shuts new folders to their owner): :attr:`line` says why and the fix (:func:`featstore.modes.unusable`)."""
+
+    def __init__(self, line: str, folder: Path):
+        super().__init__(errno.EPERM, line, str(folder))
+        self.line = line
+
+
+def refuse_unusable(at: int | Path, folder: Path) -> None:
+    """:class:`Unusable` where featstore's own folders cannot be made, used and removed in ``folder`` (open at ``at``, or
+    its path): refused before anything is made there (attack 40 #4: they were left for ever, "not writable by you")."""
+    line = unusable(at, folder)
+    if line is not None:
+        raise Unusable(line, folder)
+
+
+def _keeps_setgid(st: os.stat_result) -> bool:
+    """Whether a chmod by this user keeps the set-group-ID bit of the file of ``st``: root's, or a member of its group
+    (a user outside it without CAP_FSETID has the bit cleared by Linux)."""
+    return os.geteuid() == 0 or st.st_gid == os.getegid() or st.st_gid in os.getgroups()
 
 
 def unredirectable(fd: int, name: str, parent: Path, held: os.stat_result) -> Path | None:

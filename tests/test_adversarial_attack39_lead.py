@@ -117,7 +117,7 @@ def test_the_users_own_keras_cache_under_umask_002_is_not_shared(tmp_path, monke
     home = tmp_path / ".keras"
     (home / "models").mkdir(parents=True)
     (home / "models").chmod(0o775)
-    monkeypatch.setattr(weights, "others_may_write", lambda st: False)  # the group is the user's own
+    monkeypatch.setattr(weights, "others_may_write", lambda st, at=None: False)  # the group is the user's own
     assert _others_write(home / "models", home) is None
     monkeypatch.undo()
     (home / "models").chmod(0o777)

@@ -120,7 +120,7 @@ def _auto(address: str, option: str) -> tuple[str, str]:
         )
     fd, st = opened
     try:
-        if st.st_uid not in (os.geteuid(), 0) or others_may_write(st):
+        if st.st_uid not in (os.geteuid(), 0) or others_may_write(st, fd):
             raise ConfigError(
                 f"{said}: {path} was written by another user (uid {st.st_uid}) or others may write it, so the address "
                 f"in it is not trusted; give --address host:port of your Ray cluster"

@@ -191,7 +191,7 @@ def _others_write(datadir: Path, home: Path) -> Path | None:
             continue  # made by Keras in the level above: that one is checked
         except OSError:
             return folder
-        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or others_may_write(st):
+        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or others_may_write(st, folder):
             return folder  # (root's folder, 0755: a site cache no one else writes; "not writable by you": 39 #9)
         return None
     return None

@@ -136,7 +136,7 @@ class SiteFolder:
         st = os.fstat(fd)
         mine = st.st_uid == os.geteuid()
         loose = st.st_mode & 0o022 & ~fresh_mode(fd, folder=True)
-        if mine and not (loose and others_may_write(st)):
+        if mine and not (loose and others_may_write(st, fd)):
             return
         why = f"{owner_name(st.st_uid)}'s, not yours" if not mine else "writable by others"
         mode = stat.S_IMODE(st.st_mode)
