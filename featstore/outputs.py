@@ -68,32 +68,31 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
     except OSError as exc:
         why = name_problem(exc, path) or f"{exc.strerror or exc}; choose another path"
         raise OutputError(f"cannot write {what} {terminal_safe(str(path))}: {why}") from None
+    shown = terminal_safe(str(path))  # a name with an escape sequence never reaches the terminal raw
     if st is not None:
         if stat.S_ISLNK(st.st_mode):
             raise OutputError(
-                f"{what} {path} is a symbolic link; featstore never writes through a link. "
+                f"{what} {shown} is a symbolic link; featstore never writes through a link. "
                 f"Remove it or choose another name"
             )
         if stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"{what} {path} is a folder; give a file name inside it, e.g. {path / 'out'}")
+            raise OutputError(f"{what} {shown} is a folder; give a file name inside it, e.g. {shown}{os.sep}out")
         if not stat.S_ISREG(st.st_mode):
             raise OutputError(
-                f"{what} {path} is not a regular file (a pipe, device or socket); "
+                f"{what} {shown} is not a regular file (a pipe, device or socket); "
                 f"featstore writes only regular files. Choose another path"
             )
         if is_hdf5_file(path):
             raise OutputError(
-                f"{what} {path} is an HDF5 file (a feature store?); featstore never replaces one with an output. "
+                f"{what} {shown} is an HDF5 file (a feature store?); featstore never replaces one with an output. "
                 f"Choose another name, or remove it first if it is not needed"
             )
     refuse_foreign(path, what, OutputError, what if what.startswith("-") else None)
-    parent = path.parent
+    parent, up = path.parent, terminal_safe(str(path.parent))
     if not parent.exists():
-        raise OutputError(
-            f"cannot write {what} {path}: folder {parent} does not exist; create it or choose another path"
-        )
+        raise OutputError(f"cannot write {what} {shown}: folder {up} does not exist; create it or choose another path")
     if not parent.is_dir():
-        raise OutputError(f"cannot write {what} {path}: {parent} is not a folder; choose another path")
+        raise OutputError(f"cannot write {what} {shown}: {up} is not a folder; choose another path")
     return path
 
 
