@@ -148,7 +148,7 @@ def test_wrong_weights_file(data_root, tmp_path):
         32,
         "--no-progress",
     )
-    assert r.exit_code == 1 and "does not fit vgg16" in r.output
+    assert r.exit_code == 1 and "is not an HDF5 file" in r.output  # not "does not fit vgg16" (40 #2)
     assert not (tmp_path / "f.h5").exists() or FeatureStore(tmp_path / "f.h5").extractors() == []
 
 

@@ -157,6 +157,13 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
         if layer is None:
             layer = base.layers[-1].name
         if layer not in names:
+            inside = _nested_holding(base, layer)
+            if inside is not None:  # no tensor of the outer graph holds it: the nested model's own graph does
+                raise ConfigError(
+                    f"layer {layer!r} is inside {inside!r}, a model nested in {model_name}, and featstore cuts only at "
+                    f"the outer model's layers: cut at that model's output (--layer {inside}), or save it on its own "
+                    f"(model.get_layer({inside!r}).save('base.keras')) and pass it as --model with --layer {layer}"
+                )
             near = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
             hint = f" Did you mean: {', '.join(near)}?" if near else ""
             raise ConfigError(
@@ -168,7 +175,7 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
             logger.warning(
                 "layer %r of %s is the classifier's output (class probabilities), not image features", layer, model_name
             )
-        t = found.output
+        t = outer_output(base, found)
         if pooling != "none":
             if len(t.shape) != 4:
                 raise ConfigError(f"--pooling {pooling} needs a 4-D conv output; layer {layer} gives {tuple(t.shape)}")
@@ -176,6 +183,33 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
             t = pool(name=f"featstore_{pooling}_pool_{layer}")(t)
         out.append((layer, t))
     return out
+
+
+def outer_output(base, layer):
+    """The output of ``layer`` where ``base`` calls it: the tensor of that call's node in ``base``'s own graph (a
+    Sequential keeps its graph in ``_functional``). ``layer.output`` is its first call's: for a model nested in ``base``
+    (a Keras application inside a classifier), the one of its own inner graph, not connected to ``base``'s inputs
+    (attack 39 #8, 40 #7). Falls back to ``layer.output`` where ``base`` has no graph of nodes."""
+    from keras.src.ops.function import make_node_key
+
+    graph = getattr(base, "_functional", None) or base
+    nodes = getattr(graph, "_nodes", None) or ()
+    for index, node in enumerate(layer._inbound_nodes):
+        if make_node_key(layer, index) in nodes:
+            return node.output_tensors[0] if len(node.output_tensors) == 1 else node.output_tensors
+    return layer.output
+
+
+def _nested_holding(base, name: str) -> str | None:
+    """The name of the model nested in ``base`` (at any depth; its outermost) that holds a layer called ``name``."""
+    for top in base.layers:
+        stack = list(getattr(top, "layers", None) or ())
+        while stack:
+            inner = stack.pop()
+            if inner.name == name:
+                return top.name
+            stack.extend(getattr(inner, "layers", None) or ())
+    return None
 
 
 def cut_model(base, layer: str | None, pooling: str, model_name: str):

@@ -269,11 +269,11 @@ class Extractor:
         except ValueError as exc:  # a model nested in the saved one (an application inside a classifier): its output
             if "not connected" not in str(exc):  # is its own graph's, not the outer call's: a Keras traceback (39 #8)
                 raise
-            nested = ", ".join(repr(n) for n, _ in cuts)
+            nested = ", ".join(repr(n) for n, _ in cuts)  # (cut_outputs takes a nested model's outer call: 40 #7)
             raise ConfigError(
-                f"{self._shown_name()}: the cut at {nested} is a model nested inside it (a backbone inside a "
-                f"classifier), whose output featstore cannot take as a cut; save that model on its own "
-                f"(model.get_layer(NAME).save('base.keras')) and pass it as --model, or cut at another --layer"
+                f"{self._shown_name()}: the cut at {nested} is not connected to its input (a model nested inside it?); "
+                f"save that model on its own (model.get_layer({cuts[0][0]!r}).save('base.keras')) and pass it as "
+                f"--model, or cut at another --layer"
             ) from None
         # one image's largest activation up to the cut, from the shapes Keras inferred: refused before any image runs
         self.largest_activation = activations.check_activations(

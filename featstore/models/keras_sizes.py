@@ -43,12 +43,17 @@ STATES = (
 
 def keras_zip_problem(path: Path) -> str | None:
     """Why Keras must not build the ``.keras`` zip at ``path`` (its config asks for far more parameters than its weights
-    file holds, or a part is unreadable or oversized), or None. The zip passed :func:`featstore.safezip.check_zip`."""
+    file holds, or a part is unreadable or oversized), or None; its weights file is checked as a ``.weights.h5`` is
+    (:func:`featstore.models.preset_json.weights_problem`) with or without a config. The zip passed
+    :func:`featstore.safezip.check_zip`."""
     with zipfile.ZipFile(path) as z:
         try:
             info = z.getinfo(CONFIG_FILE)
-        except KeyError:
-            return None  # Keras says what it says about a zip without a config: it builds nothing
+        except KeyError:  # Keras builds nothing from it, but load_weights reads its weights file alone (40 #2)
+            try:
+                return _held(path, z)[1]
+            except _NoRoom as exc:
+                return str(exc)
         if info.file_size > MAX_CONFIG_BYTES:
             return f"its {CONFIG_FILE} is {info.file_size:,} bytes, over {MAX_CONFIG_BYTES >> 20} MiB"
         try:

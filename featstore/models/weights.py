@@ -306,12 +306,48 @@ def _load_file(spec: BackboneSpec, size: int, path: Path, given: Path):
         try:
             base.load_weights(str(name))
         except Exception as exc:  # Keras raises ValueError/KeyError/OSError for a file that does not fit
+            unread = _unreadable(name)  # or for one that is no weights file at all: not "does not fit" (40 #2)
             raise WeightsError(
-                f"weights file {given} does not fit {spec.name} ({spec.app}, include_top=False): {exc}\n"
+                f"weights file {given} {unread}"
+                if unread
+                else f"weights file {given} does not fit {spec.name} ({spec.app}, include_top=False): {exc}\n"
                 f"Pass a file saved from that architecture, or choose the model the file belongs to."
             ) from exc
         digest = sha256_file(name)
     return base, LoadedWeights(str(path), "file", f"local file {path.name}", str(path), digest)
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # at the start of every file Keras writes (h5py's default: no user block)
+
+
+def _unreadable(name: Path) -> str | None:
+    """Why Keras could not read the weights file at ``name`` at all, said as such (its reason, then a fix), or None
+    when it is an HDF5 file (one Keras could read, whose arrays did not fit). Asked only once Keras has failed."""
+    import zipfile
+
+    from featstore.models.preset_json import WEIGHTS_FILE
+
+    try:
+        if name.name.lower().endswith(".keras"):
+            with zipfile.ZipFile(name) as z:
+                if WEIGHTS_FILE not in z.namelist():
+                    return (
+                        f"holds no {WEIGHTS_FILE}, where a .keras file keeps its weights: it is not a Keras model or "
+                        f"weights file. Pass a .keras file saved by model.save, or a .weights.h5 from save_weights"
+                    )
+                with z.open(WEIGHTS_FILE) as fh:
+                    head, what = fh.read(len(HDF5_SIGNATURE)), f"its {WEIGHTS_FILE}"
+        else:
+            with open(name, "rb") as fh:
+                head, what = fh.read(len(HDF5_SIGNATURE)), "it"
+    except (OSError, zipfile.BadZipFile, ValueError) as exc:
+        return f"cannot be read ({exc}): pass a Keras weights file you can read"
+    if head == HDF5_SIGNATURE:
+        return None
+    return (
+        f"cannot be read as Keras weights: {what} is not an HDF5 file (damaged, or another kind of file). Pass a file "
+        f"saved by save_weights (.weights.h5) or model.save (.keras)"
+    )
 
 
 def hed_weights_path() -> Path:

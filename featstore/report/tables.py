@@ -6,7 +6,7 @@ model  input  min  output (default size)  preprocessing
 
 from __future__ import annotations
 
-from featstore.models.backbones import get_backbone, list_backbones
+from featstore.models.backbones import get_backbone, list_backbones, outer_output
 from featstore.outputs import terminal_safe
 from featstore.report.runs import (  # noqa: F401 (the run reports: their old home)
     accuracy_json,
@@ -135,8 +135,8 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
         base = spec.build(size, None)
     rows = [["layer", "output shape", ""]]
     rows += [
-        [lyr.name, str(tuple(lyr.output.shape[1:])), "default cut" if lyr.name == default else ""]
-        for lyr in base.layers
+        [lyr.name, str(tuple(outer_output(base, lyr).shape[1:])), "default cut" if lyr.name == default else ""]
+        for lyr in base.layers  # (outer_output: a nested model's shape where this model calls it, 40 #7)
     ]
     return _table(rows)
 
