@@ -6,7 +6,11 @@ Parameters and weights files are bounded elsewhere (:mod:`~featstore.models.kera
 (a ``Conv2D(8192)`` on 1024 x 1024 images, 245,762 parameters) asked for 34 GB per image and died of SIGSEGV under
 ``ulimit -v`` (attack 37 #3); an 18 MB KerasHub preset (``mlp_dim`` 262,144 over 16,385 tokens) asked for 17 GB per
 image in its MLP (attack 37 #1). Keras knows every layer's output shape once the model is built, and a preset's
-config says its tokens and widths, so both are refused in one line before anything runs.
+config says its tokens and widths, so both are refused in one line before anything runs. A model nested in the
+saved one (a Functional or Sequential used as a layer) is measured at the shapes the outer model feeds it, not those
+it was built on (:class:`_Walk`); a dimension Keras cannot tell even then is refused, not guessed: no worst case can
+be stated for it (an UpSampling, a Reshape into tokens, a Concatenate multiply it), so any guess would let a model
+that needs 64 GiB per image pass as 1 GiB, as "an unknown side = the input's" did (attack 40 #3).
 
 The bound, :data:`MAX_ACTIVATION_BYTES`, is per image and tensor (float32, 4 B a value): the same 4 GiB as a preset's
 attention scores (:data:`~featstore.models.preset_json.MAX_ATTENTION_BYTES`) and a stored feature row. A forward pass
@@ -21,6 +25,7 @@ registered backbone at featstore's largest side (VGG16's ``block1_conv2`` at 409
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from featstore.errors import ConfigError
@@ -28,6 +33,7 @@ from featstore.errors import ConfigError
 MAX_ACTIVATION_BYTES = 4 << 30  # one image's largest tensor in the forward pass (float32)
 BYTES_PER_VALUE = 4  # float32: what the forward pass computes in (mixed_float16 halves it: 4 B is the bound's side)
 MAX_GRAPH_NODES = 1 << 20  # nodes walked in a model's graph, nested models included (ResNet152: about 600)
+MAX_NESTING = 64  # models nested in models (a backbone in a classifier: 1)
 
 
 def token_bytes(tokens: int, width: int) -> int:
@@ -86,13 +92,45 @@ def check_tokens(spec, size: int) -> None:
 class Largest:
     """One image's largest activation in a built model: the layer making it, its shape and bytes (float32), and
     the last top-level layer before it (a ``--layer`` that cuts before it; None when only the input is); ``scores``:
-    the tensor is an attention layer's scores, made inside it (:func:`_attention_scores`), not its output."""
+    the tensor is an attention layer's scores, made inside it (:func:`_attention_scores`), not its output;
+    ``inside``: the nested models it is in, outermost first (empty for a top-level layer)."""
 
     layer: str
     shape: tuple[int, ...]
     nbytes: int
     before: str | None
     scores: bool = False
+    inside: tuple[str, ...] = ()
+
+    @property
+    def shown(self) -> str:
+        """The layer quoted as messages name it: ``'conv'`` or ``'conv' (inside 'inner')``, quotes balanced."""
+        where = " inside ".join(f"'{n}'" for n in reversed(self.inside))
+        return f"'{self.layer}'" + (f" (inside {where})" if where else "")
+
+
+class _Unknown(Exception):
+    """A tensor dimension still unknown at the concrete shapes of the model's input (a truly dynamic layer), or a
+    layer whose shape code fails at them: ``shape`` its output's, or (``why`` given) its inputs'."""
+
+    def __init__(self, layer: str, inside: tuple[str, ...], shape: tuple, why: str, top: str) -> None:
+        super().__init__(layer)
+        self.layer, self.inside, self.shape, self.why, self.top = layer, inside, shape, why, top
+        self.before: str | None = None  # the top-level layer before ``top`` (set by largest_activation)
+
+    def line(self, shown: str) -> str:
+        where = Largest(self.layer, (), 0, None, inside=self.inside).shown
+        said = (
+            f"Keras cannot tell its output shape from its inputs' {self.shape} ({self.why})"
+            if self.why
+            else f"its output {self.shape} has a dimension Keras cannot tell without running it (None)"
+        )
+        way = f"cut before it with --layer {self.before}, or " if self.before else ""
+        return (
+            f"{shown}: at its input shape, layer {where}: {said}; featstore bounds one image's activations "
+            f"({MAX_ACTIVATION_BYTES >> 30} GiB) before any image runs and refuses what it cannot measure: {way}save "
+            f"the model with known sizes there (fixed dimensions in its Input or Reshape)"
+        )
 
 
 def _graph(model):
@@ -101,80 +139,127 @@ def _graph(model):
     return inner if hasattr(inner, "_nodes_by_depth") else None
 
 
-def _per_image(tensor, side: int = 1) -> tuple[tuple[int, ...], int]:
-    """``(shape without the batch axis, float32 bytes)`` of a symbolic tensor; an unknown dimension counts ``side``
-    (the model's input side: a nested model built on ``(None, None, 3)`` inputs knows none of its sides, and counted 1
-    its 16 GiB Conv2D passed as 16 KiB: attack 39 #7)."""
-    shape = tuple(int(d) if d is not None else side for d in tuple(getattr(tensor, "shape", ()) or ())[1:])
-    return shape, math.prod(shape) * BYTES_PER_VALUE
+def _shape(tensor) -> tuple:
+    """A symbolic tensor's shape without the batch axis (None where unknown)."""
+    return tuple(None if d is None else int(d) for d in tuple(getattr(tensor, "shape", ()) or ())[1:])
 
 
-def _input_side(model) -> int:
-    """The largest known side of ``model``'s inputs (1 where none is known)."""
-    sides = [int(d) for t in getattr(model, "inputs", None) or [] for d in tuple(t.shape)[1:-1] if d is not None]
-    return max(sides, default=1)
-
-
-def _attention_scores(op, node, side: int) -> tuple[tuple[int, ...], int] | None:
-    """``(shape, bytes)`` of the attention scores an attention layer makes inside it for one image (heads x query
-    tokens x key tokens, float32), which are no layer's output: a 2 MB model's MultiHeadAttention over 4,096 tokens
-    with 256 heads took 16 GiB per image while every output was under 1 MiB (attack 39 #1); None for other layers."""
+def _attention_scores(op, inputs) -> tuple[int, ...] | None:
+    """The shape of the attention scores an attention layer makes inside it for one image (heads x query tokens x key
+    tokens), from the concrete shapes of its call's ``inputs`` (query first, key or value last): no layer's output, a
+    2 MB model's MultiHeadAttention over 4,096 tokens with 256 heads took 16 GiB per image while every output was
+    under 1 MiB (attack 39 #1); None for other layers."""
     kind = type(op).__name__
     if kind not in ("MultiHeadAttention", "Attention", "AdditiveAttention", "GroupedQueryAttention"):
         return None
-    shapes = [_per_image(t, side)[0] for t in node.input_tensors]
-    if not shapes or any(len(sh) < 2 for sh in shapes):
-        return None
+    shapes = [_shape(t) for t in inputs]
+    if not shapes or any(len(sh) < 2 or None in sh for sh in shapes):
+        return None  # an unknown token count is refused as its input's (see _Walk)
     query, key = math.prod(shapes[0][:-1]), math.prod(shapes[-1][:-1])  # tokens: every axis but the features'
     heads = int(getattr(op, "num_heads", None) or getattr(op, "num_query_heads", None) or 1)
-    shape = (heads, query, key)
-    return shape, math.prod(shape) * BYTES_PER_VALUE
+    return (heads, query, key)
+
+
+class _Walk:
+    """Every tensor of one image's forward pass, measured at the concrete shapes it takes, without running it.
+
+    The outer graph's tensors already have them (Keras built it on the model's input); a nested model (a Functional
+    or Sequential used as a layer) was built on its own inputs, often ``(None, None, 3)`` or ``(None, C)``, so its
+    graph's shapes say nothing of what the outer call feeds it: an ``UpSampling2D(8)`` inside took 64 GiB per image
+    where "unknown = the input side" counted 1 GiB, a ``Reshape`` to 4,096 tokens into a nested MultiHeadAttention
+    16 GiB counted 4 MiB (attack 40 #3). So each nested call is walked again, node by node as Keras' own
+    ``Function._run_through_graph`` does, on the concrete shapes of that call's inputs: each layer's
+    ``compute_output_spec`` (shapes only: no value is computed, no weight made), nested models recursively. A node
+    whose inputs have the shapes it was built on keeps its built outputs (the outer graph, a nested model called at
+    its own shapes: nothing recomputed). A dimension still unknown after that is refused (:class:`_Unknown`), not
+    guessed: no image-sized bound holds for it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # the model's, for the lines
+        self.best: tuple | None = None  # (nbytes, layer, shape, top-level layer, scores, inside)
+        self.walked = 0
+        self.memo: dict = {}  # (graph, input shapes) -> outputs: a nested model called N times at one shape, once
+
+    def graph(self, graph, inputs, inside: tuple[str, ...], top: str | None) -> list:
+        """Walk ``graph`` fed ``inputs`` (symbolic tensors, flattened like its ``inputs``); its flat outputs."""
+        if len(inside) > MAX_NESTING:
+            raise ConfigError(
+                f"{self.name} has models nested more than {MAX_NESTING} deep ('{inside[-1]}'); refusing to run it"
+            )
+        key = (id(graph), tuple(tuple(t.shape) for t in inputs))
+        if key in self.memo:
+            return self.memo[key]
+        tensors = {id(ref): t for ref, t in zip(graph.inputs, inputs)}
+        for depth in sorted(graph._nodes_by_depth, reverse=True):  # from the input on
+            for node in graph._nodes_by_depth[depth]:
+                self.walked += 1
+                if self.walked > MAX_GRAPH_NODES:
+                    raise ConfigError(f"{self.name} has more than {MAX_GRAPH_NODES:,} layer calls; refusing to run it")
+                op = node.operation
+                if op is None or node.is_input or any(id(t) not in tensors for t in node.input_tensors):
+                    continue  # as Keras does: a node its inputs do not reach is not run
+                outputs = self.node(graph, node, op, tensors, inside, top or op.name)
+                tensors.update((id(ref), t) for ref, t in zip(node.outputs, outputs))
+        self.memo[key] = out = [tensors[id(t)] for t in graph.outputs]
+        return out
+
+    def node(self, graph, node, op, tensors: dict, inside: tuple[str, ...], top: str) -> list:
+        from keras import tree
+
+        args, kwargs = node.arguments.fill_in(tensors)
+        given = [tensors[id(t)] for t in node.input_tensors]
+        inner = _graph(op)
+        if inner is not None and inner is not graph:
+            feed = args[0] if args else kwargs.get("inputs")
+            outputs = self.graph(inner, tree.flatten(feed), (*inside, op.name), top)
+        elif all(tuple(t.shape) == tuple(ref.shape) for t, ref in zip(given, node.input_tensors)):
+            outputs = list(node.outputs)  # the shapes it was built on: Keras' own outputs
+        else:
+            try:
+                outputs = tree.flatten(op.compute_output_spec(*args, **kwargs))
+            except Exception as exc:  # noqa: BLE001 - any layer's shape code: refused, not guessed
+                said = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+                why = f"{type(exc).__name__}: {said[0].strip()}" if said else type(exc).__name__
+                raise _Unknown(op.name, inside, tuple(_shape(t) for t in given), why, top) from None
+        for t in outputs:
+            self.measure(op.name, _shape(t), False, inside, top)
+        scores = _attention_scores(op, given)
+        if scores is not None:
+            self.measure(op.name, scores, True, inside, top)
+        return outputs
+
+    def measure(self, layer: str, shape: tuple, scores: bool, inside: tuple[str, ...], top: str) -> None:
+        if None in shape:
+            raise _Unknown(layer, inside, shape, "", top)
+        nbytes = math.prod(shape) * BYTES_PER_VALUE
+        if self.best is None or nbytes > self.best[0]:
+            self.best = (nbytes, layer, shape, top, scores, inside)
 
 
 def largest_activation(model) -> Largest | None:
-    """The largest output one image makes in ``model``'s forward pass, nested models' layers included (every tensor
-    of the pass is some layer's output or the input), from the shapes Keras inferred when it built the model: no
-    image is run; of equal ones, the first in the pass. None for a model without a graph (a subclassed model)."""
+    """The largest tensor one image makes in ``model``'s forward pass (every layer's output, nested models' layers
+    included, and the attention scores made inside attention layers), measured at the concrete shapes each takes
+    (:class:`_Walk`): no image is run; of equal ones, the first in the pass. None for a model without a graph (a
+    subclassed model). Raises :class:`_Unknown` for a dimension Keras cannot tell without running the model."""
     top = _graph(model)
     if top is None:
         return None
     order = [lyr.name for lyr in model.layers if type(lyr).__name__ != "InputLayer"]
-    side = _input_side(model)
-    best: tuple[int, str, tuple[int, ...], str, bool] | None = None
-    stack, seen, walked = [(top, None)], set(), 0
-    while stack:
-        graph, owner = stack.pop()
-        if id(graph) in seen:
-            continue
-        seen.add(id(graph))
-        for depth in sorted(graph._nodes_by_depth, reverse=True):  # from the input on
-            for node in graph._nodes_by_depth[depth]:
-                walked += 1
-                if walked > MAX_GRAPH_NODES:
-                    raise ConfigError(f"{model.name} has more than {MAX_GRAPH_NODES:,} layer calls; refusing to run it")
-                op = node.operation
-                if op is None or node.is_input:
-                    continue
-                here = owner or op.name  # the top-level layer (what --layer names)
-                inner = _graph(op)
-                if inner is not None and inner is not graph:
-                    stack.append((inner, here))
-                sized = [(*_per_image(tensor, side), False) for tensor in node.output_tensors]
-                scores = _attention_scores(op, node, side)
-                for shape, nbytes, inside in sized + ([(*scores, True)] if scores else []):
-                    if best is None or nbytes > best[0]:
-                        best = (
-                            nbytes,
-                            op.name if owner is None else f"{op.name}' (inside '{owner}",
-                            shape,
-                            here,
-                            inside,
-                        )
-    if best is None:
+
+    def before(top_name: str) -> str | None:  # the last top-level layer before it: a --layer cutting before it
+        earlier = order[: order.index(top_name)] if top_name in order else []
+        return earlier[-1] if earlier else None
+
+    walk = _Walk(model.name)
+    try:
+        walk.graph(top, list(top.inputs), (), None)
+    except _Unknown as unknown:
+        unknown.before = before(unknown.top)
+        raise
+    if walk.best is None:
         return None
-    nbytes, name, shape, top_name, inside = best
-    earlier = order[: order.index(top_name)] if top_name in order else []
-    return Largest(name, shape, nbytes, earlier[-1] if earlier else None, inside)
+    nbytes, layer, shape, top_name, scores, inside = walk.best
+    return Largest(layer, shape, nbytes, before(top_name), scores, inside)
 
 
 def check_activations(model, shown: str, resizable: bool) -> Largest | None:
@@ -182,25 +267,28 @@ def check_activations(model, shown: str, resizable: bool) -> Largest | None:
     :data:`MAX_ACTIVATION_BYTES`: one line naming ``shown`` (the model file, or the backbone), the layer, its bytes
     per image and the way out (a ``--layer`` before it; a smaller ``--image-size`` where the model takes one).
     Returns the largest activation (for the out-of-memory line's advice), or None."""
-    largest = largest_activation(model)
+    try:
+        largest = largest_activation(model)
+    except _Unknown as unknown:
+        raise ConfigError(unknown.line(shown)) from None
     if largest is None or largest.nbytes <= MAX_ACTIVATION_BYTES:
         return largest
     dims = " x ".join(str(d) for d in largest.shape)
     # an attention layer's scores are made inside it, not output: "outputs" was said of them too
     makes = f"makes {dims} float32 attention scores" if largest.scores else f"outputs {dims} float32 values"
-    ways = [f"cut before it with --layer {largest.before} (or another layer ahead of '{largest.layer}')"]
+    ways = [f"cut before it with --layer {largest.before} (or another layer ahead of {largest.shown})"]
     ways = ways if largest.before else []
     if resizable:
         ways.append("give a smaller --image-size (activations grow with its square)")
     raise ConfigError(
-        f"{shown}: its layer '{largest.layer}' {makes} per image, {largest.nbytes / 1e9:,.1f} GB "
+        f"{shown}: its layer {largest.shown} {makes} per image, {largest.nbytes / 1e9:,.1f} GB "
         f"({largest.nbytes / 2**30:,.1f} GiB), over featstore's bound of {MAX_ACTIVATION_BYTES >> 30} GiB per image "
         f"and activation (VGG16 at 224 px takes 12.8 MB at most); refused before any image runs: "
         + (
             "; or ".join(ways)
             if ways
-            else "it is the model's first layer and its input side is fixed, so this model cannot run within the "
-            "bound (save it with fewer channels in that layer or a smaller input)"
+            else f"it is {'inside ' if largest.inside else ''}the model's first layer and its input side is fixed, so "
+            "this model cannot run within the bound (save it with fewer channels in that layer or a smaller input)"
         )
     )
 
@@ -214,7 +302,7 @@ def memory_advice(extractor, n: int) -> str:
     largest = getattr(extractor, "largest_activation", None)
     transformer = getattr(getattr(extractor, "spec", None), "family", None) is not None  # every block takes the same
     if largest is not None and largest.before and not transformer:
-        ways.append(f"cut at a --layer before '{largest.layer}' (e.g. {largest.before}; it takes the most memory)")
+        ways.append(f"cut at a --layer before {largest.shown} (e.g. {largest.before}; it takes the most memory)")
     elif largest is None and not transformer:
         ways.append("cut at an earlier --layer")
     if resizable(extractor):
