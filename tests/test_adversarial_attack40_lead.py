@@ -3,6 +3,10 @@
 - check_output's refusals printed the output's name raw: an escape sequence in a file or folder name (OSC 0, which sets
   the terminal's title) reached the terminal through "is a symbolic link", "is a folder", "does not exist" (issue 19's
   ``leaks`` finding, for every output name).
+- #8: a MultiHeadAttention called with ``attention_mask=`` had its key tokens read from the mask (the last flattened
+  input): 64 x 1024 x 65536 scores (16 GiB per image) counted 64 x 1024 x 1024.
+- #9: AdditiveAttention and Attention(score_mode="concat") make query tokens x key tokens x features before summing
+  the features: 4096 x 4096 x 256 (16 GiB) counted 4096 x 4096 (64 MiB).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 
 import pytest
 
-from featstore.errors import OutputError
+from featstore.errors import ConfigError, OutputError
 from featstore.outputs import check_output
 
 ESC = "\x1b]0;owned\x07"
@@ -35,3 +39,39 @@ def test_output_refusals_never_print_a_name_raw(tmp_path, case):
         check_output(name, "--out")
     assert "\x1b" not in str(err.value) and "\x07" not in str(err.value), repr(str(err.value))
     assert str(tmp_path) in str(err.value)  # the name is still said, escaped
+
+
+def test_attention_key_tokens_come_from_the_key_not_the_mask():
+    """#8: the query has 1,024 tokens, the value 65,536; the mask (1024 x 65536) came last in the flattened inputs."""
+    import keras
+
+    from featstore.models.activations import check_activations, largest_activation
+
+    i = keras.Input((256, 256, 3))
+    values = keras.layers.Dense(8)(keras.layers.Reshape((65536, 3))(i))
+    queries = keras.layers.Dense(8)(keras.layers.Reshape((1024, 3))(keras.layers.AveragePooling2D(8)(i)))
+    mask = keras.layers.Dense(65536, name="mask")(queries)
+    att = keras.layers.MultiHeadAttention(num_heads=64, key_dim=1, name="mha")(queries, values, attention_mask=mask)
+    model = keras.Model(i, keras.layers.GlobalAveragePooling1D()(att))
+    assert largest_activation(model).shape == (64, 1024, 65536)
+    with pytest.raises(ConfigError, match="'mha' makes 64 x 1024 x 65536 float32 attention scores"):
+        check_activations(model, "m.keras", resizable=False)
+    named = keras.layers.MultiHeadAttention(num_heads=2, key_dim=1)(query=queries, value=values, attention_mask=mask)
+    assert largest_activation(keras.Model(i, named)).shape == (2, 1024, 65536)  # called by keywords: the same
+
+
+@pytest.mark.parametrize("layer", ["additive", "concat", "dot"])
+def test_additive_attention_counts_its_features(layer):
+    """#9: tanh(q[..., :, None, :] + k[..., None, :, :]) is tokens x tokens x features before its sum."""
+    import keras
+
+    from featstore.models.activations import largest_activation
+
+    i = keras.Input((64, 64, 3))
+    t = keras.layers.Dense(256, name="tokens")(keras.layers.Reshape((4096, 3))(i))
+    if layer == "additive":
+        att = keras.layers.AdditiveAttention(name="att")([t, t])
+    else:
+        att = keras.layers.Attention(score_mode=layer, name="att")([t, t])
+    got = largest_activation(keras.Model(i, keras.layers.GlobalAveragePooling1D()(att)))
+    assert got.layer == "att" and got.shape == ((4096, 4096, 256) if layer != "dot" else (1, 4096, 4096)), got

@@ -144,20 +144,32 @@ def _shape(tensor) -> tuple:
     return tuple(None if d is None else int(d) for d in tuple(getattr(tensor, "shape", ()) or ())[1:])
 
 
-def _attention_scores(op, inputs) -> tuple[int, ...] | None:
+def _attention_scores(op, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
     """The shape of the attention scores an attention layer makes inside it for one image (heads x query tokens x key
-    tokens), from the concrete shapes of its call's ``inputs`` (query first, key or value last): no layer's output, a
-    2 MB model's MultiHeadAttention over 4,096 tokens with 256 heads took 16 GiB per image while every output was
-    under 1 MiB (attack 39 #1); None for other layers."""
+    tokens; x the features where it adds query and key before summing them: ``AdditiveAttention``,
+    ``Attention(score_mode="concat")``), from the concrete shapes of its call's query and key, taken by name (``args``,
+    ``kwargs``: the call's, filled in): no layer's output, a 2 MB model's MultiHeadAttention over 4,096 tokens with
+    256 heads took 16 GiB per image while every output was under 1 MiB (attack 39 #1); the key is never the last input
+    (an ``attention_mask=`` is: 16 GiB counted 256 MiB), nor the sum's features left out (16 GiB counted 64 MiB,
+    attack 40 #8, #9). None for other layers."""
     kind = type(op).__name__
-    if kind not in ("MultiHeadAttention", "Attention", "AdditiveAttention", "GroupedQueryAttention"):
+    if kind in ("MultiHeadAttention", "GroupedQueryAttention"):
+        named = dict(zip(("query", "value", "key"), args)) | kwargs
+        query, key = named.get("query"), named.get("key")
+        key = named.get("value") if key is None else key
+    elif kind in ("Attention", "AdditiveAttention"):
+        given = list(args[0] if args else kwargs.get("inputs") or ())
+        query, key = (given[0], given[2] if len(given) > 2 else given[1]) if len(given) > 1 else (None, None)
+    else:
         return None
-    shapes = [_shape(t) for t in inputs]
-    if not shapes or any(len(sh) < 2 or None in sh for sh in shapes):
+    shapes = [_shape(t) for t in (query, key)]
+    if any(len(sh) < 2 or None in sh for sh in shapes):
         return None  # an unknown token count is refused as its input's (see _Walk)
-    query, key = math.prod(shapes[0][:-1]), math.prod(shapes[-1][:-1])  # tokens: every axis but the features'
+    tokens = (math.prod(shapes[0][:-1]), math.prod(shapes[1][:-1]))  # every axis but the features'
+    if kind == "AdditiveAttention" or getattr(op, "score_mode", "dot") == "concat":
+        return (*tokens, max(shapes[0][-1], shapes[1][-1]))  # tanh(q[:, None] + k[None]) before its sum
     heads = int(getattr(op, "num_heads", None) or getattr(op, "num_query_heads", None) or 1)
-    return (heads, query, key)
+    return (heads, *tokens)
 
 
 class _Walk:
@@ -223,7 +235,7 @@ class _Walk:
                 raise _Unknown(op.name, inside, tuple(_shape(t) for t in given), why, top) from None
         for t in outputs:
             self.measure(op.name, _shape(t), False, inside, top)
-        scores = _attention_scores(op, given)
+        scores = _attention_scores(op, args, kwargs)
         if scores is not None:
             self.measure(op.name, scores, True, inside, top)
         return outputs
