@@ -75,3 +75,46 @@ def test_additive_attention_counts_its_features(layer):
         att = keras.layers.Attention(score_mode=layer, name="att")([t, t])
     got = largest_activation(keras.Model(i, keras.layers.GlobalAveragePooling1D()(att)))
     assert got.layer == "att" and got.shape == ((4096, 4096, 256) if layer != "dot" else (1, 4096, 4096)), got
+
+
+def test_a_layer_called_twice_is_no_cut(tmp_path):
+    """#14: a backbone applied to the image and to its negative (a shared backbone) was cut silently at its first
+    call; the listing showed it once as a plain layer. Now: one line naming both calls and the layer that joins them."""
+    import keras
+
+    from featstore.models.backbones import cut_model
+    from featstore.report.tables import layers_table
+
+    i = keras.Input((16, 16, 3), name="image")
+    bi = keras.Input((16, 16, 3))
+    base = keras.Model(bi, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(bi)), name="base")
+    flip = keras.layers.Rescaling(-1, offset=255, name="rescaling")(i)
+    joined = keras.layers.Concatenate(name="concatenate")([base(i), base(flip)])
+    model = keras.Model(i, keras.layers.Dense(2, name="head")(joined), name="twice")
+    with pytest.raises(ConfigError, match=r"'base' is called 2 times .*on image; on rescaling.*--layer concatenate"):
+        cut_model(model, "base", "none", "twice")
+    assert cut_model(model, "concatenate", "none", "twice").output.shape[1:] == (8,)
+    model.save(tmp_path / "twice.keras")
+    listed = layers_table(str(tmp_path / "twice.keras"))
+    assert "called 2 times: not a cut" in listed and "default cut" in listed, listed
+
+
+def test_attention_projections_and_grouped_query_attention_are_counted():
+    """#9b: a MultiHeadAttention's projections (tokens x heads x key_dim: 8 GiB here) are no node's output; its scores
+    (1 GiB) passed; and GroupQueryAttention's, whose sizes have other names (num_query_heads, head_dim)."""
+    import keras
+
+    from featstore.models.activations import check_activations, largest_activation
+
+    i = keras.Input((32, 32, 3))
+    t = keras.layers.Reshape((1024, 3))(i)
+    wide = keras.layers.MultiHeadAttention(num_heads=256, key_dim=8192, name="mha")(t, t)
+    got = largest_activation(keras.Model(i, wide))
+    assert got.shape == (1024, 256, 8192) and got.scores == "query projections", got
+    with pytest.raises(ConfigError, match=r"'mha' makes 1024 x 256 x 8192 float32 query projections per image"):
+        check_activations(keras.Model(i, wide), "w.keras", resizable=False)
+    j = keras.Input((64, 64, 3))
+    u = keras.layers.Reshape((4096, 3))(j)
+    gqa = keras.layers.GroupQueryAttention(head_dim=1, num_query_heads=256, num_key_value_heads=1, name="gqa")(u, u)
+    got = largest_activation(keras.Model(j, gqa))
+    assert got.layer == "gqa" and got.shape == (256, 4096, 4096) and got.scores == "attention scores", got

@@ -92,14 +92,15 @@ def check_tokens(spec, size: int) -> None:
 class Largest:
     """One image's largest activation in a built model: the layer making it, its shape and bytes (float32), and
     the last top-level layer before it (a ``--layer`` that cuts before it; None when only the input is); ``scores``:
-    the tensor is an attention layer's scores, made inside it (:func:`_attention_scores`), not its output;
+    what the tensor is where it is made inside an attention layer (its "attention scores", "query projections", ...:
+    :func:`_attention_scores`), not output ("" for a layer's output);
     ``inside``: the nested models it is in, outermost first (empty for a top-level layer)."""
 
     layer: str
     shape: tuple[int, ...]
     nbytes: int
     before: str | None
-    scores: bool = False
+    scores: str = ""
     inside: tuple[str, ...] = ()
 
     @property
@@ -144,14 +145,15 @@ def _shape(tensor) -> tuple:
     return tuple(None if d is None else int(d) for d in tuple(getattr(tensor, "shape", ()) or ())[1:])
 
 
-def _attention_scores(op, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
-    """The shape of the attention scores an attention layer makes inside it for one image (heads x query tokens x key
-    tokens; x the features where it adds query and key before summing them: ``AdditiveAttention``,
-    ``Attention(score_mode="concat")``), from the concrete shapes of its call's query and key, taken by name (``args``,
-    ``kwargs``: the call's, filled in): no layer's output, a 2 MB model's MultiHeadAttention over 4,096 tokens with
-    256 heads took 16 GiB per image while every output was under 1 MiB (attack 39 #1); the key is never the last input
-    (an ``attention_mask=`` is: 16 GiB counted 256 MiB), nor the sum's features left out (16 GiB counted 64 MiB,
-    attack 40 #8, #9). None for other layers."""
+def _attention_scores(op, args: tuple, kwargs: dict) -> list[tuple[tuple[int, ...], str]]:
+    """The tensors an attention layer makes inside it for one image, none of them a layer's output, each with what it
+    is: its scores (heads x query tokens x key tokens; x the features where it adds query and key before summing them:
+    ``AdditiveAttention``, ``Attention(score_mode="concat")``) and a multi-head layer's projections (tokens x heads x
+    key or value size), from the concrete shapes of its call's query and key, taken by name (``args``, ``kwargs``: the
+    call's, filled in). A 2 MB model's MultiHeadAttention over 4,096 tokens with 256 heads took 16 GiB per image while
+    every output was under 1 MiB (attack 39 #1); the key is never the last input (an ``attention_mask=`` is: 16 GiB
+    counted 256 MiB), nor the sum's features left out (16 GiB counted 64 MiB), nor the projections (4 GiB each
+    uncounted) (attack 40 #8, #9). Empty for other layers."""
     kind = type(op).__name__
     if kind in ("MultiHeadAttention", "GroupedQueryAttention"):
         named = dict(zip(("query", "value", "key"), args)) | kwargs
@@ -161,15 +163,27 @@ def _attention_scores(op, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
         given = list(args[0] if args else kwargs.get("inputs") or ())
         query, key = (given[0], given[2] if len(given) > 2 else given[1]) if len(given) > 1 else (None, None)
     else:
-        return None
+        return []
     shapes = [_shape(t) for t in (query, key)]
     if any(len(sh) < 2 or None in sh for sh in shapes):
-        return None  # an unknown token count is refused as its input's (see _Walk)
-    tokens = (math.prod(shapes[0][:-1]), math.prod(shapes[1][:-1]))  # every axis but the features'
-    if kind == "AdditiveAttention" or getattr(op, "score_mode", "dot") == "concat":
-        return (*tokens, max(shapes[0][-1], shapes[1][-1]))  # tanh(q[:, None] + k[None]) before its sum
-    heads = int(getattr(op, "num_heads", None) or getattr(op, "num_query_heads", None) or 1)
-    return (heads, *tokens)
+        return []  # an unknown token count is refused as its input's (see _Walk)
+    tq, tk = (math.prod(shapes[0][:-1]), math.prod(shapes[1][:-1]))  # tokens: every axis but the features'
+    if kind == "AdditiveAttention" or getattr(op, "score_mode", "dot") == "concat":  # tanh(q[:, None] + k[None])
+        return [((tq, tk, max(shapes[0][-1], shapes[1][-1])), "attention scores")]
+    if kind in ("Attention", "AdditiveAttention"):
+        return [((1, tq, tk), "attention scores")]
+    if kind == "GroupedQueryAttention":
+        heads, kv_heads = int(op.num_query_heads), int(op.num_key_value_heads)
+        qk = v = int(op.head_dim)
+    else:
+        heads = kv_heads = int(op.num_heads)
+        qk, v = int(op.key_dim), int(op.value_dim or op.key_dim)
+    return [
+        ((heads, tq, tk), "attention scores"),
+        ((tq, heads, qk), "query projections"),
+        ((tk, kv_heads, max(qk, v)), "key or value projections"),
+        ((tq, heads, v), "attention outputs before their projection"),
+    ]
 
 
 class _Walk:
@@ -234,13 +248,12 @@ class _Walk:
                 why = f"{type(exc).__name__}: {said[0].strip()}" if said else type(exc).__name__
                 raise _Unknown(op.name, inside, tuple(_shape(t) for t in given), why, top) from None
         for t in outputs:
-            self.measure(op.name, _shape(t), False, inside, top)
-        scores = _attention_scores(op, args, kwargs)
-        if scores is not None:
-            self.measure(op.name, scores, True, inside, top)
+            self.measure(op.name, _shape(t), "", inside, top)
+        for shape, what in _attention_scores(op, args, kwargs):
+            self.measure(op.name, shape, what, inside, top)
         return outputs
 
-    def measure(self, layer: str, shape: tuple, scores: bool, inside: tuple[str, ...], top: str) -> None:
+    def measure(self, layer: str, shape: tuple, scores: str, inside: tuple[str, ...], top: str) -> None:
         if None in shape:
             raise _Unknown(layer, inside, shape, "", top)
         nbytes = math.prod(shape) * BYTES_PER_VALUE
@@ -287,7 +300,7 @@ def check_activations(model, shown: str, resizable: bool) -> Largest | None:
         return largest
     dims = " x ".join(str(d) for d in largest.shape)
     # an attention layer's scores are made inside it, not output: "outputs" was said of them too
-    makes = f"makes {dims} float32 attention scores" if largest.scores else f"outputs {dims} float32 values"
+    makes = f"makes {dims} float32 {largest.scores}" if largest.scores else f"outputs {dims} float32 values"
     ways = [f"cut before it with --layer {largest.before} (or another layer ahead of {largest.shown})"]
     ways = ways if largest.before else []
     if resizable:

@@ -189,15 +189,44 @@ def outer_output(base, layer):
     """The output of ``layer`` where ``base`` calls it: the tensor of that call's node in ``base``'s own graph (a
     Sequential keeps its graph in ``_functional``). ``layer.output`` is its first call's: for a model nested in ``base``
     (a Keras application inside a classifier), the one of its own inner graph, not connected to ``base``'s inputs
-    (attack 39 #8, 40 #7). Falls back to ``layer.output`` where ``base`` has no graph of nodes."""
+    (attack 39 #8, 40 #7). Falls back to ``layer.output`` where ``base`` has no graph of nodes. A layer ``base`` calls
+    more than once (a shared backbone: Siamese nets, test-time augmentation) has no one output: ConfigError naming its
+    calls and a layer after it that takes them all (its first call was cut silently: attack 40 #14)."""
+    calls = outer_calls(base, layer)
+    if len(calls) > 1:
+        raise ConfigError(_called_again(getattr(base, "_functional", None) or base, layer.name, calls))
+    if calls:
+        return calls[0].output_tensors[0] if len(calls[0].output_tensors) == 1 else calls[0].output_tensors
+    return layer.output
+
+
+def outer_calls(base, layer) -> list:
+    """The nodes of ``base``'s own graph that call ``layer`` (one for most layers; none where it has no graph)."""
     from keras.src.ops.function import make_node_key
 
-    graph = getattr(base, "_functional", None) or base
-    nodes = getattr(graph, "_nodes", None) or ()
-    for index, node in enumerate(layer._inbound_nodes):
-        if make_node_key(layer, index) in nodes:
-            return node.output_tensors[0] if len(node.output_tensors) == 1 else node.output_tensors
-    return layer.output
+    nodes = getattr(getattr(base, "_functional", None) or base, "_nodes", None) or ()
+    return [node for index, node in enumerate(layer._inbound_nodes) if make_node_key(layer, index) in nodes]
+
+
+def _called_again(graph, name: str, calls: list) -> str:
+    """The line for a layer called ``len(calls)`` times in ``graph``: on what, and the first layer taking them all."""
+
+    def source(node) -> str:
+        return ", ".join(t._keras_history.operation.name for t in node.input_tensors) or "?"
+
+    made = {id(t) for node in calls for t in node.output_tensors}
+    joins = [
+        node.operation.name
+        for depth in sorted(getattr(graph, "_nodes_by_depth", {}), reverse=True)
+        for node in graph._nodes_by_depth[depth]
+        if node.operation is not None and sum(id(t) in made for t in node.input_tensors) > 1
+    ]
+    after = f" (e.g. --layer {joins[0]})" if joins else ""
+    return (
+        f"layer {name!r} is called {len(calls)} times in this model (on {'; on '.join(map(source, calls))}), so it "
+        f"has no one output to cut at: cut at a layer after it that takes every call's output{after}, or save the "
+        f"model of one call on its own and pass it as --model"
+    )
 
 
 def _nested_holding(base, name: str) -> str | None:

@@ -6,7 +6,7 @@ model  input  min  output (default size)  preprocessing
 
 from __future__ import annotations
 
-from featstore.models.backbones import get_backbone, list_backbones, outer_output
+from featstore.models.backbones import get_backbone, list_backbones, outer_calls, outer_output
 from featstore.outputs import terminal_safe
 from featstore.report.runs import (  # noqa: F401 (the run reports: their old home)
     accuracy_json,
@@ -134,10 +134,13 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
         validate_size(spec, size)
         base = spec.build(size, None)
     rows = [["layer", "output shape", ""]]
-    rows += [
-        [lyr.name, str(tuple(outer_output(base, lyr).shape[1:])), "default cut" if lyr.name == default else ""]
-        for lyr in base.layers  # (outer_output: a nested model's shape where this model calls it, 40 #7)
-    ]
+    for lyr in base.layers:  # (outer_output: a nested model's shape where this model calls it, 40 #7)
+        calls = len(outer_calls(base, lyr))
+        if calls > 1:  # no one output: not a cut (attack 40 #14)
+            shape, note = "several", f"called {calls} times: not a cut"
+        else:
+            shape, note = str(tuple(outer_output(base, lyr).shape[1:])), "default cut" if lyr.name == default else ""
+        rows.append([lyr.name, shape, note])
     return _table(rows)
 
 
