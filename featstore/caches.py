@@ -26,7 +26,8 @@ from pathlib import Path
 from featstore import sticky
 from featstore.errors import OutputError
 from featstore.leftovers import sweep, temp_prefix
-from featstore.outputs import output_fix, say_swept
+from featstore.modes import unusable
+from featstore.outputs import output_fix, say_swept, terminal_safe
 from featstore.renames import PARENT
 from featstore.sticky import owner_name
 
@@ -244,6 +245,7 @@ def _open_levels(
             except FileNotFoundError:
                 if not make:
                     raise
+                _refuse_unusable(fd, level, what)
                 try:
                     os.mkdir(name, CACHE_MODE, dir_fd=fd)
                 except FileExistsError:
@@ -271,11 +273,24 @@ def _open_levels(
     return fd
 
 
+def _refuse_unusable(parent: int | Path, level: Path, what: str) -> None:
+    """CacheNotMade, before a cache level is made in ``parent`` (a descriptor or path of ``level.parent``), where a
+    folder made there would be shut to its maker or never removed (:func:`featstore.modes.unusable`): a store copied
+    into a folder whose default ACL gives owners ``rw-`` had ``<store>.cache`` made ``drw-------`` and left, and the
+    line blamed that new folder with a ``setfacl`` fix that could not open it (attack 40 #15). Callers go on without
+    the cache where they can (a report's temporary one), as for a cache they may not make."""
+    why = unusable(parent, level.parent)
+    if why is not None:
+        raise CacheNotMade(f"cannot make the {what} {terminal_safe(str(level))}: {why}")
+
+
 def _by_name(root: Path, parts: tuple[str, ...], what: str, again: str = AGAIN) -> Path:
     """:func:`cache_folder` where there are no directory descriptors: each level made where missing and lstat-checked."""
     level = root
     for name in ("", *parts):
         level = level / name if name else level
+        if not os.path.lexists(level):
+            _refuse_unusable(level.parent, level, what)
         try:
             os.mkdir(level, CACHE_MODE)
         except FileExistsError:

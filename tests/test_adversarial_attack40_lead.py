@@ -7,6 +7,8 @@
   input): 64 x 1024 x 65536 scores (16 GiB per image) counted 64 x 1024 x 1024.
 - #9: AdditiveAttention and Attention(score_mode="concat") make query tokens x key tokens x features before summing
   the features: 4096 x 4096 x 256 (16 GiB) counted 4096 x 4096 (64 MiB).
+- #15: a store copied into a folder whose default ACL gives new entries' owner rw-: ``<store>.cache`` was made
+  (``drw-------``, shut to its maker), then the line blamed it with a fix that could not open it, and it was left.
 """
 
 from __future__ import annotations
@@ -118,3 +120,26 @@ def test_attention_projections_and_grouped_query_attention_are_counted():
     gqa = keras.layers.GroupQueryAttention(head_dim=1, num_query_heads=256, num_key_value_heads=1, name="gqa")(u, u)
     got = largest_activation(keras.Model(j, gqa))
     assert got.layer == "gqa" and got.shape == (256, 4096, 4096) and got.scores == "attention scores", got
+
+
+def test_no_cache_level_is_made_where_a_default_acl_would_shut_it(tmp_path, monkeypatch):
+    """#15: refused before the cache folder is made, naming the store's folder (whose default ACL it is); nothing left,
+    and ``cache_folder`` says it as CacheNotMade, which a report answers with a temporary cache."""
+    import shutil
+    import subprocess
+
+    from featstore import modes
+    from featstore.caches import CacheNotMade, cache_folder
+    from featstore.outputs import cache_dir
+
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl is not installed")
+    monkeypatch.setattr(modes, "_checks_permissions", lambda: True)  # root passes every permission check
+    folder = tmp_path / "shut"
+    folder.mkdir()
+    if subprocess.run(["setfacl", "-d", "-m", "u::rw-,g::r--,o::---", str(folder)], capture_output=True).returncode:
+        pytest.skip("this file system takes no ACLs")
+    store = folder / "s.h5"
+    with pytest.raises(CacheNotMade, match=f"folder {folder} has a default ACL that gives new folders' owner rw-"):
+        cache_folder(cache_dir(store))
+    assert os.listdir(folder) == []  # nothing made, nothing left
