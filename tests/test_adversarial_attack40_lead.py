@@ -9,6 +9,8 @@
   the features: 4096 x 4096 x 256 (16 GiB) counted 4096 x 4096 (64 MiB).
 - #15: a store copied into a folder whose default ACL gives new entries' owner rw-: ``<store>.cache`` was made
   (``drw-------``, shut to its maker), then the line blamed it with a fix that could not open it, and it was left.
+- #16: fit/sweep/probe in a colleague's runs folder said "make it writable", and ``runs show`` of his run "write to
+  another folder" (no option writes its PNGs elsewhere): now whose it is and what he can run.
 """
 
 from __future__ import annotations
@@ -143,3 +145,61 @@ def test_no_cache_level_is_made_where_a_default_acl_would_shut_it(tmp_path, monk
     with pytest.raises(CacheNotMade, match=f"folder {folder} has a default ACL that gives new folders' owner rw-"):
         cache_folder(cache_dir(store))
     assert os.listdir(folder) == []  # nothing made, nothing left
+
+
+def _colleagues(monkeypatch, tmp_path):
+    """A store, and a runs folder with one run, both the colleague's (mode 0755) and closed to this (ordinary) user."""
+    from featstore import sticky
+    from tests.test_adversarial_attack36_lead import COLLEAGUE, TEAM, colleagues_run
+
+    if os.geteuid() != 0:
+        pytest.skip("chown to a made-up colleague needs root")
+    store, runs, run = colleagues_run(tmp_path, 0o755)
+    os.chown(runs, COLLEAGUE, TEAM)
+    runs.chmod(0o755)
+    monkeypatch.setattr(sticky, "privileged", lambda: False)  # an ordinary user, whom the folders' modes stop
+    real, closed = os.access, {str(run), str(runs)}
+    monkeypatch.setattr(
+        os, "access", lambda p, m, **k: False if os.fspath(p) in closed and m & os.W_OK else real(p, m, **k)
+    )
+    return store, runs, run, f"uid {COLLEAGUE}"
+
+
+def test_fit_in_a_colleagues_runs_folder_says_whose_it_is(tmp_path, monkeypatch):
+    import tempfile
+
+    from tests.test_adversarial_attack4 import cli, no_traceback
+
+    store, runs, _, who = _colleagues(monkeypatch, tmp_path)
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*a, dir=None, **k):  # what the kernel says to the user in a folder of mode 0755 not hers
+        if dir is not None and os.fspath(dir) == str(runs):
+            raise PermissionError(13, "Permission denied")
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    for command in (["fit", "--clf", "logreg"], ["probe"]):
+        out = no_traceback(cli(*command, "--store", store, "--runs", runs))
+        assert f"cannot write runs into {runs}: it is {who}'s (mode 0755)" in out, out
+        assert f"ask {who} to make it group-writable (" in out and "make it writable or" not in out, out
+
+
+def test_runs_show_of_a_colleagues_run_says_whose_folder_takes_its_pngs(tmp_path, monkeypatch):
+    from featstore.experiments import evaluate
+    from tests.test_adversarial_attack4 import cli
+
+    store, runs, run, who = _colleagues(monkeypatch, tmp_path)
+    shown = evaluate.show_run
+
+    def refused(*a, unsaved, **k):  # the PNG writes as the kernel refuses them to the user
+        rec, _ = shown(*a, unsaved=[], **k)
+        unsaved.append(
+            f"cannot write PNG {run}/confusion_test.png: folder {run} is not writable by you; write to another folder"
+        )
+        return rec, []
+
+    monkeypatch.setattr(evaluate, "show_run", refused)
+    out = cli("runs", "--store", store, "--runs", runs, "show", run.name).output
+    assert f"the run's PNGs go into its folder {run}, which is {who}'s (mode 0755)" in out, out
+    assert f"ask {who} to run `featstore runs show {run.name}`" in out and "write to another folder" not in out, out

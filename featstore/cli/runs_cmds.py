@@ -84,7 +84,30 @@ def runs_show(
     if unsaved:
         more = f" ({len(unsaved)} PNGs not written, this is the first)" if len(unsaved) > 1 else ""
         rest = "its other PNGs were written" if pngs else "its PNGs were not written"
-        raise OutputError(f"{unsaved[0]}{more}. The figures above are the run's; {rest}.")
+        first = _theirs_png_line(run_id, store, runs) or f"{unsaved[0]}{more}"
+        raise OutputError(f"{first}. The figures above are the run's; {rest}.")
+
+
+def _theirs_png_line(run_id: str, store, runs) -> str | None:
+    """Where a run's PNGs were refused because its folder is a colleague's (no option writes them elsewhere: not
+    "write to another folder", attack 40 #16): whose, and what he can do; None otherwise."""
+    import os
+    import stat
+
+    from featstore import sticky
+    from featstore.outputs import terminal_safe
+    from featstore.runs.folder import get_run
+
+    folder = get_run(run_id, store, runs)[1]
+    theirs = None if sticky.privileged() else sticky.theirs(folder, folder=True)
+    if theirs is None or os.access(folder, os.W_OK | os.X_OK):
+        return None
+    owner = sticky.owner_name(theirs.st_uid)
+    return (
+        f"the run's PNGs go into its folder {terminal_safe(str(folder))}, which is {owner}'s (mode "
+        f"{stat.S_IMODE(theirs.st_mode):04o}) and you may not write in: ask {owner} to run `featstore runs show "
+        f"{run_id}`, or to make it group-writable ({sticky.share_fix(theirs, folder, 'w')})"
+    )
 
 
 @runs_app.command("compare")

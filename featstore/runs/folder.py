@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from featstore import sticky
 from featstore.errors import ConfigError, StoreError, check_paths
 from featstore.linkrule import refuse_foreign
-from featstore.outputs import name_problem
+from featstore.outputs import name_problem, terminal_safe
 from featstore.runs.files import (
     PREDICTIONS,
     RECORD,
@@ -109,18 +110,28 @@ def runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
     return root
 
 
-def ensure_writable(root: Path, store: str | os.PathLike | None = None) -> None:
+def ensure_writable(root: Path, store: str | os.PathLike | None = None, elsewhere: bool = True) -> None:
     """Create the runs folder if needed and prove a run can be written there (checked before any fitting); never inside
-    an image folder of ``store`` (the charts of its runs would be extracted as images)."""
+    an image folder of ``store`` (the charts of its runs would be extracted as images). ``elsewhere``: the command can
+    write its run into another ``--runs DIR`` (finetune cannot: it reads its phase-A run there)."""
     if store is not None:
         refuse_in_image_folders(Path(root) / "run", store, "--runs")
     try:
         root.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=root))
     except OSError as exc:
+        there = "pass --runs DIR with a folder of yours" if elsewhere else "run it where the runs folder is yours"
+        theirs = sticky.theirs(root, folder=True) if exc.errno in (errno.EACCES, errno.EPERM) else None
+        if theirs is not None and not sticky.privileged():  # a colleague's runs folder: not "make it writable" (#16)
+            owner = sticky.owner_name(theirs.st_uid)
+            raise StoreError(
+                f"cannot write runs into {terminal_safe(str(root))}: it is {owner}'s (mode "
+                f"{stat.S_IMODE(theirs.st_mode):04o}), and you may not write in it; {there}, or ask {owner} to make "
+                f"it group-writable ({sticky.share_fix(theirs, root, 'w', recursive=False)}). Nothing was computed"
+            ) from None
         raise StoreError(
-            f"cannot write runs into {root} ({exc.strerror or exc}); make it writable or pass --runs DIR "
-            f"with a writable folder"
+            f"cannot write runs into {terminal_safe(str(root))} ({exc.strerror or exc}); make it writable or "
+            f"{there.replace('of yours', 'you may write in')}. Nothing was computed"
         ) from None
 
 
