@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from featstore import provenance
-from featstore.errors import ConfigError, StoreError, check_names, check_paths, choices_error
+from featstore.errors import ConfigError, OutputError, StoreError, check_names, check_paths, choices_error
 from featstore.experiments.calibration import calibrate_on_validation_blocks
 from featstore.experiments.evaluate import run_metrics_blocks
 from featstore.experiments.finetune_cache import cache_note, cached_cut
+from featstore.experiments.finetune_space import cut_bytes, ensure_room, keep_run, run_bytes
 from featstore.experiments.finetune_train import train
 from featstore.images.augment import parse_augment
 from featstore.images.decode import check_threads
@@ -153,8 +154,10 @@ def finetune(
         built.trainable[-1],
         len(built.frozen),
     )
+    will_cache = config.cache and not config.augment and built.top is not None
+    _ensure_room(fs, name, root, built, config, will_cache, sets, scored_images, class_names, folder)
     cached, t_cache, size_before = None, time.perf_counter(), _size(fs.path)
-    if config.cache and not config.augment and built.top is not None:
+    if will_cache:
         cached = cached_cut(
             fs, name, built.cut_input, rec["extractor_attrs"], weights, trust_model, sets, config.memory_budget
         )
@@ -184,9 +187,71 @@ def finetune(
 
     listings = {s: str(fs.split_info(s, name).get("listing_sha256", "")) for s in scored}  # split_images checked them
     diverged = _divergence(history, config.lr)
+
     # the run's folder is drafted first: its predictions.npz is written a batch of images at a time as they are predicted
     # (never an (N, K) array), the temperature fitted on validation as fit does (ensembles average calibrated
     # probabilities), the figures those `runs evaluate` gives; NaN or inf removes the draft (nothing is recorded)
+    def record_into(runs_folder: Path) -> RunRecord:
+        return _record(
+            runs_folder,
+            len(sets["train"].labels),
+            scored_images,
+            listings,
+            model,
+            class_names,
+            workers,
+            config,
+            diverged,
+            fields,
+        )
+
+    fields = dict(
+        store=str(fs.path.resolve()),
+        extractor=name,
+        fingerprint=rec.fingerprint,
+        extractor_attrs=rec["extractor_attrs"],
+        class_names=class_names,
+        params=asdict(config),
+        from_run=rec.id,
+        unfreeze_from=config.unfreeze_from,
+        trainable_layers=built.trainable,
+        data_root=str(sets["train"].root.resolve()),
+        cached_cut=cached.group if cached else "",
+        streamed=bool(cached and len(cached.arrays) < len(sets)),  # a cached split over --memory-budget: streamed
+        memory_budget=config.memory_budget,
+        cache_seconds=round(cache_seconds, 3),
+        weights_digest=weights_digest(built.model),
+        history=history,
+        phase_a_history={} if config.from_scratch_head else rec.get("history", {}),
+        fit_seconds=round(fit_seconds, 3),
+        epoch_seconds=epoch_seconds,
+        seconds_per_epoch=float(np.median(epoch_seconds[1:] or epoch_seconds)),  # the first epoch also traces the graph
+        phase_a_val_loss=trained.baseline["val_loss"],
+        phase_a_val_accuracy=trained.baseline["val_accuracy"],
+        restored_epoch=trained.restored_epoch,
+        notes=_notes(built, config, trained, cached and cache_note(fs, cached, config.unfreeze_from, grew)),
+    )
+    try:
+        return record_into(root)
+    except OutputError as exc:  # the disk filled while it trained: the run is kept whole elsewhere, not thrown away
+        if not isinstance(getattr(exc, "cause", None), OSError):
+            raise
+        raise keep_run(exc, record_into, root, fit_seconds, len(history.get("loss", []))) from None
+
+
+def _ensure_room(fs, name, root, built, config, will_cache, sets, scored_images, class_names, folder) -> None:
+    """Refuse before any epoch when the run folder and the cached cut do not fit (:func:`finetune_space.ensure_room`)."""
+    cut = 0
+    if will_cache:
+        group = f"{name.split('@')[0]}@{built.cut_input}"  # as cached_cut names it
+        shape = built.model.get_layer(built.cut_input).output.shape[1:]
+        cut = cut_bytes(fs, group, shape, {s: len(sets[s].labels) for s in sets})
+    rows = sum(len(images.labels) for images in scored_images.values())
+    ensure_room(root, run_bytes(built.model, config.optimizer, rows, len(class_names)), fs.path, cut, folder)
+
+
+def _record(root, n_train, scored_images, listings, model, class_names, workers, config, diverged, fields) -> RunRecord:
+    """Evaluate the fine-tuned ``model`` into a new run folder of ``root`` and record it with ``fields``."""
     with RunDraft(root, "finetune") as run_draft:
         evaluated, calibration = evaluate_splits(
             run_draft.predictions,
@@ -198,39 +263,8 @@ def finetune(
             config.memory_budget or EVAL_BUDGET,
             diverged,
         )
-        record = draft(
-            "finetune",
-            "finetune",
-            store=str(fs.path.resolve()),
-            extractor=name,
-            fingerprint=rec.fingerprint,
-            extractor_attrs=rec["extractor_attrs"],
-            class_names=class_names,
-            params=asdict(config),
-            from_run=rec.id,
-            unfreeze_from=config.unfreeze_from,
-            trainable_layers=built.trainable,
-            data_root=str(sets["train"].root.resolve()),
-            cached_cut=cached.group if cached else "",
-            streamed=bool(cached and len(cached.arrays) < len(sets)),  # a cached split over --memory-budget: streamed
-            memory_budget=config.memory_budget,
-            cache_seconds=round(cache_seconds, 3),
-            weights_digest=weights_digest(built.model),
-            splits={"train": len(sets["train"].labels), **{s: m["n"] for s, m in evaluated.items()}},
-            metrics=evaluated,
-            calibration=calibration,
-            history=history,
-            phase_a_history={} if config.from_scratch_head else rec.get("history", {}),
-            fit_seconds=round(fit_seconds, 3),
-            epoch_seconds=epoch_seconds,
-            seconds_per_epoch=float(
-                np.median(epoch_seconds[1:] or epoch_seconds)
-            ),  # the first epoch also traces the graph
-            phase_a_val_loss=trained.baseline["val_loss"],
-            phase_a_val_accuracy=trained.baseline["val_accuracy"],
-            restored_epoch=trained.restored_epoch,
-            notes=_notes(built, config, trained, cached and cache_note(fs, cached, config.unfreeze_from, grew)),
-        )
+        splits = {"train": n_train, **{s: m["n"] for s, m in evaluated.items()}}
+        record = draft("finetune", "finetune", **fields, splits=splits, metrics=evaluated, calibration=calibration)
         return run_draft.finish(record, model)
 
 

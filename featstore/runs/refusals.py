@@ -109,4 +109,6 @@ def not_written(exc: OSError, root: Path, run_id: str, left: Path | None = None,
         if left is not None and os.path.lexists(left)
         else "no partial folder is left"
     )
-    return OutputError(f"could not write run {run_id} into {root}: {why}. Nothing was recorded ({kept})")
+    refused = OutputError(f"could not write run {run_id} into {root}: {why}. Nothing was recorded ({kept})")
+    refused.cause = exc  # what a caller that can keep the run elsewhere (finetune) says, with its own fix
+    return refused
