@@ -122,7 +122,7 @@ def finetune(
     rec, folder = get_run(run_id, store, runs)
     kind_of(rec).check_warm_start(rec, config.from_scratch_head)  # a fitted dense head, or a fitted run and a new head
     root = runs_root(store, runs)
-    ensure_writable(root, store)
+    ensure_writable(root, store, elsewhere=False)  # its phase-A run is read from --runs: not "pass --runs DIR"
     fs = FeatureStore(store)
     name = rec["extractor"]
     if name not in fs.extractors():

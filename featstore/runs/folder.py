@@ -120,7 +120,11 @@ def ensure_writable(root: Path, store: str | os.PathLike | None = None, elsewher
         root.mkdir(parents=True, exist_ok=True)
         os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=root))
     except OSError as exc:
-        there = "pass --runs DIR with a folder of yours" if elsewhere else "run it where the runs folder is yours"
+        there = (
+            "pass --runs DIR with a folder of yours"
+            if elsewhere
+            else "copy the run it starts from into a folder of yours and pass that as --runs"
+        )
         theirs = sticky.theirs(root, folder=True) if exc.errno in (errno.EACCES, errno.EPERM) else None
         if theirs is not None and not sticky.privileged():  # a colleague's runs folder: not "make it writable" (#16)
             owner = sticky.owner_name(theirs.st_uid)
