@@ -1,0 +1,87 @@
+"""Attack 40 #12, #13, #10 (fixAX).
+
+#12: ``_others_write`` looked at the first existing level of (``KERAS_HOME/models``, ``KERAS_HOME``) only: a private
+``models/`` in a team's ``KERAS_HOME`` (``root:team 2775``, no sticky bit) passed, and Keras downloaded by name into
+``KERAS_HOME/models/<file>`` while a colleague could rename ``models/`` away and put his folder or link there. Every
+level up to ``/`` is checked now: the folder Keras writes in as before, and each one above for others who may rename
+entries in it (not the user's nor root's, or writable by others without the sticky bit).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from featstore.models.weights import _others_write, _shared_line
+
+OTHER = 54321  # a user and group that are not this one
+
+
+def _keras(root: Path, mode: int, gid: int = -1) -> Path:
+    """``root/keras/models`` made, ``models/`` private (0755), ``keras/`` of mode ``mode`` (group ``gid``): keras/."""
+    home = root / "keras"
+    (home / "models").mkdir(parents=True)
+    (home / "models").chmod(0o755)
+    os.chown(home, -1, gid)
+    home.chmod(mode)
+    return home
+
+
+def _root_only() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder another group or owner needs root")
+
+
+def test_a_private_models_folder_in_a_team_writable_keras_home_is_refused(tmp_path):
+    """#12. Sabotage: ``_others_write`` returning None after the first existing level (as before) fails it."""
+    _root_only()
+    home = _keras(tmp_path, 0o2775, OTHER)  # root:team 2775: every member may rename models/
+    assert _others_write(home / "models", home) == home
+    line = _shared_line("cached ImageNet weights file", home / "models" / "w.h5", home)
+    assert f"inside {home}, in which others may rename entries (group gid {OTHER}; no sticky bit)" in line
+    assert "rename models away" in line and "sticky bit on" in line and "KERAS_HOME to a folder of yours" in line
+    home.chmod(0o3775)  # the sticky bit: only the user (and root) may rename models/
+    assert _others_write(home / "models", home) is None
+    home.chmod(0o2755)
+    assert _others_write(home / "models", home) is None
+
+
+def test_a_level_further_up_that_others_may_rename_in_is_refused(tmp_path):
+    """#12: the team folder two levels up (``/proj/team/alice/.keras``), another user's folder above, a link of root's
+    to a team folder: each refused where it is."""
+    _root_only()
+    team = tmp_path / "team"
+    team.mkdir()
+    home = _keras(team / "alice", 0o755)
+    (team / "alice").chmod(0o755)
+    os.chown(team, -1, OTHER)
+    team.chmod(0o775)
+    assert _others_write(home / "models", home) == team
+    team.chmod(0o755)
+    assert _others_write(home / "models", home) is None
+    os.chown(team, OTHER, -1)  # another user's folder, 0755: its owner may rename alice/
+    assert _others_write(home / "models", home) == team
+    os.chown(team, 0, -1)
+    link = tmp_path / "short"
+    link.symlink_to(team / "alice")  # root's link to alice/ in the team folder, team-writable again
+    team.chmod(0o775)
+    assert _others_write(link / "keras" / "models", link / "keras") == team
+
+
+def test_a_plain_keras_cache_in_a_home_of_the_users_passes(tmp_path):
+    """#12: ``~/.keras`` (or none yet) in a home of the user's (0755, 0750) under folders of root's: not refused."""
+    home = tmp_path / "home" / "alice"
+    home.mkdir(parents=True)
+    for mode in (0o755, 0o750):
+        home.chmod(mode)
+        assert _others_write(home / ".keras" / "models", home / ".keras") is None  # Keras makes both
+        (home / ".keras" / "models").mkdir(parents=True, exist_ok=True)
+        assert _others_write(home / ".keras" / "models", home / ".keras") is None
+        (home / ".keras" / "models").rmdir()
+        (home / ".keras").rmdir()
+    home.chmod(0o777)  # (Keras would make .keras in a folder anyone may write: refused, as before)
+    assert _others_write(home / ".keras" / "models", home / ".keras") == home
+    line = _shared_line("cached ImageNet weights file", home / ".keras" / "models" / "w.h5", home)
+    assert f"into {home}, which other users can write (anyone (it is o+w))" in line
