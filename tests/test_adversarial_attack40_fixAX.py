@@ -5,6 +5,9 @@
 ``KERAS_HOME/models/<file>`` while a colleague could rename ``models/`` away and put his folder or link there. Every
 level up to ``/`` is checked now: the folder Keras writes in as before, and each one above for others who may rename
 entries in it (not the user's nor root's, or writable by others without the sticky bit).
+
+#13: Ray's refusal of ``ray_current_cluster`` said "written by another user (uid <the user's own>) or others may write
+it": two cases in one line. Now two: written by <name> (not you); yours, but <the ACL's named user or group> may write it.
 """
 
 from __future__ import annotations
@@ -85,3 +88,43 @@ def test_a_plain_keras_cache_in_a_home_of_the_users_passes(tmp_path):
     assert _others_write(home / ".keras" / "models", home / ".keras") == home
     line = _shared_line("cached ImageNet weights file", home / ".keras" / "models" / "w.h5", home)
     assert f"into {home}, which other users can write (anyone (it is o+w))" in line
+
+
+def _setfacl(path: Path, *args: str) -> None:
+    """``setfacl args path``; skips where there is no setfacl or the file system takes no ACLs."""
+    import shutil
+    import subprocess
+
+    if shutil.which("setfacl") is None:
+        pytest.skip("setfacl is not installed")
+    if subprocess.run(["setfacl", *args, str(path)], check=False, capture_output=True).returncode:
+        pytest.skip("this file system takes no ACLs")
+
+
+def test_rays_file_of_the_users_own_that_an_acl_shares_says_who_may_write_it(tmp_path, monkeypatch):
+    """#13: Ray's cluster file of the user's own that ``u:bob:rw`` may write said "was written by another user (uid <the
+    user's own>) or others may write it". Now: yours, who may write it (the ACL's named user, group), and the fix; a
+    file of another user's: written by them (not you). Sabotage: ray.py's two refusals made one again fails it."""
+    from featstore.errors import ConfigError
+    from featstore.extraction.ray import _auto
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    (tmp_path / "ray").mkdir()
+    file = tmp_path / "ray" / "ray_current_cluster"
+    file.write_text("127.0.0.1:9\n")
+    file.chmod(0o644)
+    _setfacl(file, "-m", f"u:{OTHER}:rw-")
+    with pytest.raises(ConfigError) as caught:
+        _auto("auto", "--address")
+    said = str(caught.value)
+    assert f"{file} is yours, but user uid {OTHER} (its ACL) may write it" in said, said
+    assert "another user" not in said and "remove it and start Ray again with RAY_TMPDIR set to a folder" in said
+    _setfacl(file, "-b")
+    _setfacl(file, "-m", f"g:{OTHER}:rw-")
+    with pytest.raises(ConfigError, match=rf"is yours, but group gid {OTHER} \(its ACL\) may write it"):
+        _auto("auto", "--address")
+    _setfacl(file, "-b")
+    if os.geteuid() == 0:
+        os.chown(file, OTHER, -1)
+        with pytest.raises(ConfigError, match=rf"{file} was written by uid {OTHER} \(not you\), so the address"):
+            _auto("auto", "--address")
