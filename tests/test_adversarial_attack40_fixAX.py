@@ -8,6 +8,10 @@ entries in it (not the user's nor root's, or writable by others without the stic
 
 #13: Ray's refusal of ``ray_current_cluster`` said "written by another user (uid <the user's own>) or others may write
 it": two cases in one line. Now two: written by <name> (not you); yours, but <the ACL's named user or group> may write it.
+
+#10: a ``--store`` name of 247..255 bytes (legal) whose ``<store>.lock`` or ``.lock.pid`` is over NAME_MAX: "its full
+path is 286 bytes, longer than this system takes: cd nearer to it", which no cd helps. Now the side file's name, its
+length and the longest store name that fits, said before the lock (and the extraction) is taken.
 """
 
 from __future__ import annotations
@@ -128,3 +132,37 @@ def test_rays_file_of_the_users_own_that_an_acl_shares_says_who_may_write_it(tmp
         os.chown(file, OTHER, -1)
         with pytest.raises(ConfigError, match=rf"{file} was written by uid {OTHER} \(not you\), so the address"):
             _auto("auto", "--address")
+
+
+def test_a_store_name_whose_lock_files_name_is_too_long_says_so_before_any_work(tmp_path):
+    """#10. Sabotage: writer_lock's ``side_name`` check removed fails it (a 251-byte name: "its name ... is 256 bytes,
+    ... use a shorter name" of the lock, or on main "its full path ... cd nearer to it")."""
+    from featstore.errors import StoreError
+    from featstore.store.links import name_max
+    from featstore.store.locking import writer_lock
+
+    most = name_max(tmp_path)
+    for size, end, what in ((most - 4, ".lock", "lock file"), (most - 8, ".lock.pid", "lock's pid file")):
+        store = tmp_path / ("s" * (size - 3) + ".h5")
+        with pytest.raises(StoreError) as caught, writer_lock(store, locking=True):
+            pass
+        said = str(caught.value)
+        assert (
+            f"its {what}'s name {'s' * 24}...{end} would be {most + 1} bytes, over the {most} a name may have" in said
+        )
+        assert said.endswith(f"use a store name of at most {most - 9} bytes") and "cd nearer" not in said, said
+        assert os.listdir(tmp_path) == []  # nothing made
+    store = tmp_path / ("s" * (most - 12) + ".h5")  # at most: it and every side file fit
+    with writer_lock(store, locking=True):
+        assert sorted(os.listdir(tmp_path)) == [f"{store.name}.lock", f"{store.name}.lock.pid"]
+
+
+def test_a_path_too_long_by_a_name_in_it_names_the_name_not_the_full_path(tmp_path):
+    """#10: ``too_long`` of a path with a name over NAME_MAX says that name; of a long path of short names, the full
+    path. Sabotage: its name loop removed fails it."""
+    from featstore.store.links import name_max, too_long
+
+    said = too_long(tmp_path / ("n" * 300 + ".h5"))
+    assert said.startswith(f"its name {'n' * 24}... is 303 bytes, over the {name_max(tmp_path)} a name may have"), said
+    assert "cd nearer" not in said, said
+    assert "cd nearer to it" in too_long(tmp_path / "/".join(["d" * 200] * 25))
