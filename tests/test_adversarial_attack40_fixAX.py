@@ -70,11 +70,16 @@ def test_a_level_further_up_that_others_may_rename_in_is_refused(tmp_path):
     assert _others_write(home / "models", home) is None
     os.chown(team, OTHER, -1)  # another user's folder, 0755: its owner may rename alice/
     assert _others_write(home / "models", home) == team
+    line = _shared_line("weights", home / "models" / "w.h5", team)
+    assert f"inside {team}, in which others may rename entries (its owner uid {OTHER}; no sticky bit)" in line, line
+    assert "could rename alice away" in line
     os.chown(team, 0, -1)
     link = tmp_path / "short"
     link.symlink_to(team / "alice")  # root's link to alice/ in the team folder, team-writable again
     team.chmod(0o775)
     assert _others_write(link / "keras" / "models", link / "keras") == team
+    line = _shared_line("weights", link / "keras" / "models" / "w.h5", team)
+    assert f"inside {team}, in which others may rename entries" in line and "a folder on the way" in line, line
 
 
 def test_a_plain_keras_cache_in_a_home_of_the_users_passes(tmp_path):

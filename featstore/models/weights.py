@@ -230,21 +230,22 @@ def _shared_line(what: str, path: Path, shared: Path) -> str:
     the folder Keras writes in, or one above it in which others may rename entries; who may, and the fix."""
     try:
         st = os.lstat(shared)
-        who = (
-            f"its owner {owner_name(st.st_uid)}" if st.st_uid not in (os.geteuid(), 0) else writers(st, shared, shared)
-        )
+        mine = st.st_uid in (os.geteuid(), 0)
+        who = writers(st, shared, shared) if mine else f"its owner {owner_name(st.st_uid)}"
+        sticky = "" if st.st_mode & stat.S_ISVTX else "; no sticky bit"
     except OSError as exc:
-        who = f"it cannot be checked: {exc.strerror}"
+        who, sticky = f"it cannot be checked: {exc.strerror}", ""
     at, where, file = (terminal_safe(str(p)) for p in (path.parent, shared, path))
-    below = [p for p in Path(os.path.abspath(path)).parents if os.path.lexists(p) and shared in p.parents]
-    if below:  # a folder above the one Keras writes in (that one is the user's own)
-        entry = terminal_safe(below[-1].name)
+    levels = [p for p in Path(os.path.abspath(path)).parents if os.path.lexists(p)]
+    if shared not in levels[:1]:  # a folder above the one Keras writes in (that one is the user's own)
+        below = [p for p in levels if shared in p.parents]  # (none: the real folder of a link on the way)
+        entry = terminal_safe(below[-1].name) if below else "a folder on the way"
         return (
             f"{what} {file} is missing, and Keras would download it into {at}, inside {where}, in which others may "
-            f"rename entries ({who}; no sticky bit): one of them could rename {entry} away and put a folder or link of "
-            f"his at its name meanwhile, and the download would be written through it, onto a file of yours. Set KERAS_HOME to a folder of yours in folders only you (and root) can change and run again, ask "
-            f"the admin to set the sticky bit on {where} (chmod +t) or to fetch the weights there once, or pass "
-            f"--weights PATH"
+            f"rename entries ({who}{sticky}): one of them could rename {entry} away and put a folder or link of his at its "
+            f"name meanwhile, and the download would be written through it, onto a file of yours. Set KERAS_HOME to "
+            f"a folder of yours in folders only you (and root) can change and run again, ask the admin to set the "
+            f"sticky bit on {where} (chmod +t) or to fetch the weights there once, or pass --weights PATH"
         )
     return (
         f"{what} {file} is missing, and Keras would download it into {where}, which other users can write ({who}): a "
