@@ -199,3 +199,36 @@ def _private_group(gid: int) -> bool:
         return not any(p.pw_gid == gid and p.pw_name != me for p in pwd.getpwall())  # members by primary group
     except (ImportError, KeyError):
         return False
+
+
+def writers(st: os.stat_result, at: int | str | os.PathLike | None = None, shown: str | os.PathLike = "") -> str:
+    """Who else may write the file or folder of ``st`` (open at ``at``, or its path), as :func:`others_may_write` reads
+    it, for a line that names the fix: ``anyone (o+w)``, the named users and groups of its access ACL that have ``w``
+    (``user bob (its ACL)``), else its group (``group team``); ``its ACL (getfacl <shown>)`` where that is all known."""
+    if st.st_mode & 0o002:
+        return "anyone (it is o+w)"
+    entries = _access_acl(at) if st.st_mode & 0o020 else None
+    if entries is None:
+        return f"group {_name(st.st_gid, group=True)}"
+    me, named = os.geteuid(), []
+    for tag, perm, ident in entries:
+        if not perm & 0o2 or (tag == _USER and ident == me):
+            continue
+        if tag == _USER:
+            named.append(f"user {_name(ident, group=False)}")
+        elif tag in (_GROUP, _GROUP_OBJ) and not _private_group(st.st_gid if tag == _GROUP_OBJ else ident):
+            named.append(f"group {_name(st.st_gid if tag == _GROUP_OBJ else ident, group=True)}")
+    if not named:
+        return f"its ACL (getfacl {terminal_safe(os.fspath(shown))})" if shown else "its ACL"
+    return " and ".join(named) + " (its ACL)"
+
+
+def _name(ident: int, group: bool) -> str:
+    """The name of the user (``group``: group) ``ident``, or ``uid N``/``gid N`` where none is known."""
+    try:
+        import grp
+        import pwd
+
+        return grp.getgrgid(ident).gr_name if group else pwd.getpwuid(ident).pw_name
+    except (ImportError, KeyError):
+        return f"{'gid' if group else 'uid'} {ident}"

@@ -116,7 +116,10 @@ def test_rays_cluster_file_a_named_acl_user_may_write_is_not_trusted(tmp_path, m
     file.chmod(0o664)
     assert _auto("auto", "--address")[0] == "127.0.0.1:9"
     _setfacl(file, "-m", f"u:{OTHER}:rw-")
-    with pytest.raises(ConfigError, match="or others may write it, so the address in it is not trusted"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"is yours, but user uid {OTHER} \(its ACL\) may write it, so the address in it is not trusted",
+    ):
         _auto("auto", "--address")
 
 

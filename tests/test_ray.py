@@ -126,19 +126,21 @@ def test_address_auto_reads_only_this_users_own_ray_file(tmp_path, monkeypatch):
             RayEngine(RayOptions(address="auto")).start(tmp_path, None)
     real, other = pwd.getpwall, pwd.struct_passwd(("colleague", "x", 54321, os.stat(file).st_gid, "", "/", "/bin/sh"))
     monkeypatch.setattr(pwd, "getpwall", lambda: [*real(), other])  # the group is also a colleague's primary group
-    with pytest.raises(ConfigError, match="or others may write it"):
+    with pytest.raises(ConfigError, match=r"is yours, but group \S+ may write it, .* remove it and start Ray again"):
         RayEngine(RayOptions(address="auto")).start(tmp_path, None)
     monkeypatch.setattr(pwd, "getpwall", real)
     os.chmod(file, 0o646)  # anyone may write it
-    with pytest.raises(ConfigError, match="or others may write it"):
+    with pytest.raises(ConfigError, match=r"is yours, but anyone \(it is o\+w\) may write it"):
         RayEngine(RayOptions(address="auto")).start(tmp_path, None)
     os.chmod(file, 0o644)
     os.chown(file, 54321, -1)  # a colleague's file (root may give it away: CI and this machine run as root)
     if os.stat(file).st_uid == 54321:
-        with pytest.raises(ConfigError, match="was written by another user .uid 54321. or others may write it"):
+        with pytest.raises(
+            ConfigError, match=r"was written by uid 54321 \(not you\), so .* RAY_TMPDIR set to a folder of yours"
+        ):
             RayEngine(RayOptions(address="auto")).start(tmp_path, None)
         monkeypatch.setenv("RAY_ADDRESS", "auto")
-        with pytest.raises(ConfigError, match="RAY_ADDRESS=auto: .* was written by another user"):
+        with pytest.raises(ConfigError, match=r"RAY_ADDRESS=auto: .* was written by uid 54321 \(not you\)"):
             RayEngine(RayOptions()).start(tmp_path, None)
 
 

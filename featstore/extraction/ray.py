@@ -38,7 +38,8 @@ from featstore.extraction.local import refuse_out_of_memory, warm_up
 from featstore.extraction.ray_messages import RayNoise, worker_errors
 from featstore.images.decode import iter_decoded
 from featstore.models.onnx_runtime import default_threads
-from featstore.modes import others_may_write
+from featstore.modes import others_may_write, writers
+from featstore.sticky import owner_name
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +121,17 @@ def _auto(address: str, option: str) -> tuple[str, str]:
         )
     fd, st = opened
     try:
-        if st.st_uid not in (os.geteuid(), 0) or others_may_write(st, fd):
+        if st.st_uid not in (os.geteuid(), 0):
             raise ConfigError(
-                f"{said}: {path} was written by another user (uid {st.st_uid}) or others may write it, so the address "
-                f"in it is not trusted; give --address host:port of your Ray cluster"
+                f"{said}: {path} was written by {owner_name(st.st_uid)} (not you), so the address in it is not "
+                f"trusted; start Ray again with RAY_TMPDIR set to a folder of yours, or give --address host:port of "
+                f"your Ray cluster"
+            )
+        if others_may_write(st, fd):  # the user's own, but a group or an ACL lets others write it (attack 40 #13)
+            raise ConfigError(
+                f"{said}: {path} is yours, but {writers(st, fd, path)} may write it, so the address in it is not "
+                f"trusted; remove it and start Ray again with RAY_TMPDIR set to a folder of yours, or give --address "
+                f"host:port of your Ray cluster"
             )
         found = os.read(fd, 1024).decode("utf-8", "replace").strip()
     finally:

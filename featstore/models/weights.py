@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import socket
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,11 @@ import numpy as np
 from featstore.errors import WeightsError
 from featstore.linkrule import refuse_foreign
 from featstore.models.backbones import BackboneSpec
-from featstore.modes import others_may_write
+from featstore.modes import others_may_write, writers
 from featstore.outputs import resolved, what_is_at
 from featstore.provenance import sha256_file  # noqa: F401 (re-exported: runs, finetune and tests take it from here)
+from featstore.safetext import terminal_safe
+from featstore.sticky import owner_name
 
 logger = logging.getLogger(__name__)
 
@@ -180,21 +183,76 @@ def _load_imagenet(spec: BackboneSpec, size: int):
 
 
 def _others_write(datadir: Path, home: Path) -> Path | None:
-    """The folder Keras downloads into (``datadir``, or ``home`` where Keras makes it) when other users may write it or
-    it is not this user's (a link, another user's folder, group- or world-writable); None when it is private."""
-    import stat
-
-    for folder in (datadir, home):
+    """The folder that makes Keras's download by name into ``datadir`` unsafe, or None: the folder it writes in
+    (``datadir``, or the level above where Keras makes it) when it is not this user's (nor root's), a link, or others
+    may write it; or a folder above it in which others may rename entries (:func:`_others_rename`), up to ``/`` (as
+    :func:`featstore.renames.by_name` walks): a private ``models/`` in a team's ``KERAS_HOME`` (``root:team 2775``) was
+    taken as safe, and a colleague could rename ``models/`` away and put his folder (or a link) at its name while Keras
+    downloaded (attack 40 #12). A link above (``/home -> /data/home``, root's) is checked where it is and its real
+    folders too. ``home``: Keras's cache folder (``datadir`` is in it; kept for the callers)."""
+    first = True
+    for folder in (Path(os.path.abspath(datadir)), *Path(os.path.abspath(datadir)).parents):
         try:
             st = os.lstat(folder)
         except FileNotFoundError:
             continue  # made by Keras in the level above: that one is checked
         except OSError:
             return folder
-        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or others_may_write(st, folder):
-            return folder  # (root's folder, 0755: a site cache no one else writes; "not writable by you": 39 #9)
-        return None
+        if first:  # Keras writes (or makes folders) here: no one else may write it
+            if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or others_may_write(st, folder):
+                return folder  # (root's folder, 0755: a site cache no one else writes; "not writable by you": 39 #9)
+            first = False
+        elif stat.S_ISLNK(st.st_mode) and st.st_uid in (os.geteuid(), 0):  # (root's /home -> /data/home)
+            real = Path(os.path.realpath(folder))
+            found = next((p for p in (real, *real.parents) if _others_rename(None, p)), None)
+            if found is not None:
+                return found
+        elif _others_rename(st, folder):  # (another user's link, folder: its owner may)
+            return folder
     return None
+
+
+def _others_rename(st: os.stat_result | None, folder: Path) -> bool:
+    """Whether someone else may rename an entry in ``folder`` (of ``st``; None: stat'ed, followed): it is not this
+    user's nor root's, or others may write it (:func:`featstore.modes.others_may_write`: the ACL read, the user's
+    private group not others) and it has no sticky bit (:func:`featstore.renames.others_cannot_rename`'s rule)."""
+    try:
+        st = os.stat(folder) if st is None else st
+    except OSError:
+        return True
+    if st.st_uid not in (os.geteuid(), 0):
+        return True
+    return not st.st_mode & stat.S_ISVTX and others_may_write(st, folder)
+
+
+def _shared_line(what: str, path: Path, shared: Path) -> str:
+    """The refusal of a download of the missing ``path`` by name, ``shared`` being what :func:`_others_write` found:
+    the folder Keras writes in, or one above it in which others may rename entries; who may, and the fix."""
+    try:
+        st = os.lstat(shared)
+        mine = st.st_uid in (os.geteuid(), 0)
+        who = writers(st, shared, shared) if mine else f"its owner {owner_name(st.st_uid)}"
+        sticky = "" if st.st_mode & stat.S_ISVTX else "; no sticky bit"
+    except OSError as exc:
+        who, sticky = f"it cannot be checked: {exc.strerror}", ""
+    at, where, file = (terminal_safe(str(p)) for p in (path.parent, shared, path))
+    levels = [p for p in Path(os.path.abspath(path)).parents if os.path.lexists(p)]
+    if shared not in levels[:1]:  # a folder above the one Keras writes in (that one is the user's own)
+        below = [p for p in levels if shared in p.parents]  # (none: the real folder of a link on the way)
+        entry = terminal_safe(below[-1].name) if below else "a folder on the way"
+        return (
+            f"{what} {file} is missing, and Keras would download it into {at}, inside {where}, in which others may "
+            f"rename entries ({who}{sticky}): one of them could rename {entry} away and put a folder or link of his at its "
+            f"name meanwhile, and the download would be written through it, onto a file of yours. Set KERAS_HOME to "
+            f"a folder of yours in folders only you (and root) can change and run again, ask the admin to set the "
+            f"sticky bit on {where} (chmod +t) or to fetch the weights there once, or pass --weights PATH"
+        )
+    return (
+        f"{what} {file} is missing, and Keras would download it into {where}, which other users can write ({who}): a "
+        f"link one of them put at the file's name meanwhile would have the download written through it, onto a file "
+        f"of yours. Set KERAS_HOME to a folder only you can write and run again (Keras downloads the weights there), "
+        f"or pass --weights PATH"
+    )
 
 
 MAX_APPLICATION_WEIGHTS = 2 << 30
@@ -228,12 +286,7 @@ def _held_downloads(stack: contextlib.ExitStack, read: list[tuple[Path, Path]]):
             shared = None if args or kw.get("cache_dir") else _others_write(path.parent, home)
             if shared is not None:  # Keras downloads by name: a link put there meanwhile is written through (38 #6)
                 read.append((path, path))
-                raise WeightsError(
-                    f"{what} {path} is missing, and Keras would download it into {shared}, which other users can "
-                    f"write: a link one of them put at the file's name meanwhile would have the download written "
-                    f"through it, onto a file of yours. Set KERAS_HOME to a folder only you can write and run again "
-                    f"(Keras downloads the weights there), or pass --weights PATH"
-                )
+                raise WeightsError(_shared_line(what, path, shared))
             if not (args or kw.get("cache_dir") or os.access(home, os.W_OK)):
                 read.append((path, path))  # (said as it is, not as a failed download)
                 raise WeightsError(

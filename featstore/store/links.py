@@ -114,11 +114,48 @@ def same(a: os.stat_result | None, b: os.stat_result | None) -> bool:
 
 
 def too_long(path: str | os.PathLike) -> str:
-    """The fix for a path the system refuses as too long (its full path, from the current folder, past PATH_MAX)."""
-    full = len(os.fsencode(full_path(path)))
+    """The fix for a path the system refuses as too long: a name in it over the file system's NAME_MAX (the one
+    :func:`side_name` says for a store's side files), else its full path, from the current folder, past PATH_MAX."""
+    full = full_path(path)
+    most = name_max(os.path.dirname(full))
+    for part in reversed(full.split(os.sep)):
+        if (size := len(os.fsencode(part))) > most:  # ("cd nearer to it" cannot help a name: attack 40 #10)
+            return f"its name {terminal_safe(part[:24])}... is {size:,} bytes, over the {most} a name may have; use a shorter name"
     return (
-        f"its full path is {full:,} bytes, longer than this system takes: cd nearer to it, or move it to a shorter path"
+        f"its full path is {len(os.fsencode(full)):,} bytes, longer than this system takes: cd nearer to it, or move it "
+        f"to a shorter path"
     )
+
+
+def name_max(folder: str | os.PathLike) -> int:
+    """The longest name, in bytes, the file system of ``folder`` (or the nearest folder above it that exists) takes:
+    ``pathconf``'s NAME_MAX, 255 where unknown."""
+    folder = os.fspath(folder) or "."
+    while True:
+        try:
+            return int(os.pathconf(folder, "PC_NAME_MAX"))
+        except (OSError, ValueError, AttributeError):
+            parent = os.path.dirname(folder)
+            if not parent or parent == folder:
+                return 255
+            folder = parent
+
+
+def side_name(path: str | os.PathLike, ends: dict[str, str]) -> str | None:
+    """Why a side file of the store ``path`` (its real name + each ending of ``ends``, named by its value: ``{".lock":
+    "lock file"}``) cannot be made, its name over NAME_MAX, with the store name that fits them all; None when all fit.
+    Asked before any work: a 251-byte store name (legal) was refused once its extraction began, as a full path "longer
+    than this system takes: cd nearer to it", which no cd helps (attack 40 #10)."""
+    real = os.path.realpath(path)
+    name, most = os.path.basename(real), name_max(os.path.dirname(real))
+    size, longest = len(os.fsencode(name)), max(len(os.fsencode(end)) for end in ends)
+    for end, what in ends.items():
+        if size + len(os.fsencode(end)) > most:
+            return (
+                f"its {what}'s name {terminal_safe(name[:24])}...{end} would be {size + len(os.fsencode(end)):,} bytes, "
+                f"over the {most} a name may have: use a store name of at most {most - longest} bytes"
+            )
+    return None
 
 
 def check_opened(path: str | os.PathLike, st: os.stat_result, wrote: bool) -> str:

@@ -36,6 +36,7 @@ from featstore.store.links import (  # noqa: F401 (links_on, refuse_hard_linked:
     open_checked,
     refuse_foreign_link,
     refuse_hard_linked,
+    side_name,
     swapped,
     too_long,
     user,
@@ -235,6 +236,9 @@ class StoreFile:
         return {} if self.locking is None else {"locking": self.locking}
 
 
+LOCK_FILES = {".lock": "lock file", ".lock.pid": "lock's pid file"}  # the side files a writer makes beside a store
+
+
 @contextlib.contextmanager
 def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[os.stat_result | None]:
     """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file.
@@ -254,6 +258,9 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[os.stat_resul
         yield checked  # --no-locking: the filesystem's locks are not trusted; one writer per store is up to the user
         return
     lock_path = _lock_name(path)
+    too_long_name = side_name(path, LOCK_FILES)  # (before any work: the lock is taken before the extraction)
+    if too_long_name is not None:
+        raise StoreError(f"cannot lock store {terminal_safe(str(path))}: {too_long_name}")
     _refuse_foreign_lock(lock_path)
     lock = FileLock(lock_path, timeout=0)
     try:
