@@ -186,6 +186,13 @@ def _attention_scores(op, args: tuple, kwargs: dict) -> list[tuple[tuple[int, ..
     ]
 
 
+def _failed(op, inside: tuple[str, ...], inputs: list, exc: Exception, top: str) -> _Unknown:
+    """The refusal of a layer whose shape code failed at the shapes it is fed (its first line, colours removed)."""
+    said = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
+    why = f"{type(exc).__name__}: {said[0].strip()}" if said else type(exc).__name__
+    return _Unknown(op.name, inside, tuple(_shape(t) for t in inputs), why, top)
+
+
 class _Walk:
     """Every tensor of one image's forward pass, measured at the concrete shapes it takes, without running it.
 
@@ -244,13 +251,44 @@ class _Walk:
             try:
                 outputs = tree.flatten(op.compute_output_spec(*args, **kwargs))
             except Exception as exc:  # noqa: BLE001 - any layer's shape code: refused, not guessed
-                said = [ln for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if ln.strip()]
-                why = f"{type(exc).__name__}: {said[0].strip()}" if said else type(exc).__name__
-                raise _Unknown(op.name, inside, tuple(_shape(t) for t in given), why, top) from None
+                raise _failed(op, inside, given, exc, top) from None
         for t in outputs:
             self.measure(op.name, _shape(t), "", inside, top)
         for shape, what in _attention_scores(op, args, kwargs):
             self.measure(op.name, shape, what, inside, top)
+        self.held(op, given, inside, top)
+        return outputs
+
+    def held(self, op, given: list, inside: tuple[str, ...], top: str) -> None:
+        """The layers a built-in layer runs inside it, measured at the shapes they take there: ``TimeDistributed``'s
+        on one frame (its input without the time axis), a ``Pipeline``'s in turn. Only the wrapper's output was
+        measured: an ``UpSampling2D(64)`` and a 4,096-filter ``Conv2D`` in a model wrapped in ``TimeDistributed``
+        made 16 GiB per frame, counted 64 KiB, and extract died of SIGSEGV (attack 41 #1)."""
+        from keras import KerasTensor
+
+        kind = type(op).__name__
+        if kind == "TimeDistributed" and given and len(given[0].shape) > 2:
+            frame = KerasTensor((given[0].shape[0], *given[0].shape[2:]), dtype=given[0].dtype)
+            self.layer(op.layer, [frame], (*inside, op.name), top)
+        elif kind == "Pipeline":
+            feed = given
+            for sub in op.layers:
+                feed = self.layer(sub, feed, (*inside, op.name), top)
+
+    def layer(self, op, inputs: list, inside: tuple[str, ...], top: str) -> list:
+        """``op`` (a layer held by another, not a node of any graph) called on ``inputs``: measured, its outputs."""
+        from keras import tree
+
+        inner = _graph(op)
+        if inner is not None:
+            return self.graph(inner, inputs, (*inside, op.name), top)
+        try:
+            outputs = tree.flatten(op.compute_output_spec(inputs[0] if len(inputs) == 1 else inputs))
+        except Exception as exc:  # noqa: BLE001 - any layer's shape code: refused, not guessed
+            raise _failed(op, inside, inputs, exc, top) from None
+        for t in outputs:
+            self.measure(op.name, _shape(t), "", inside, top)
+        self.held(op, inputs, inside, top)
         return outputs
 
     def measure(self, layer: str, shape: tuple, scores: str, inside: tuple[str, ...], top: str) -> None:

@@ -191,13 +191,22 @@ def outer_output(base, layer):
     (a Keras application inside a classifier), the one of its own inner graph, not connected to ``base``'s inputs
     (attack 39 #8, 40 #7). Falls back to ``layer.output`` where ``base`` has no graph of nodes. A layer ``base`` calls
     more than once (a shared backbone: Siamese nets, test-time augmentation) has no one output: ConfigError naming its
-    calls and a layer after it that takes them all (its first call was cut silently: attack 40 #14)."""
+    calls and a layer after it that takes them all (its first call was cut silently: attack 40 #14); so does a call that
+    gives several tensors (attack 41 #2: a traceback wherever one tensor was assumed)."""
     calls = outer_calls(base, layer)
     if len(calls) > 1:
         raise ConfigError(_called_again(getattr(base, "_functional", None) or base, layer.name, calls))
-    if calls:
-        return calls[0].output_tensors[0] if len(calls[0].output_tensors) == 1 else calls[0].output_tensors
-    return layer.output
+    outputs = calls[0].output_tensors if calls else layer.output
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    if len(outputs) > 1:  # a model with two outputs, attention returning its scores: one tensor or none (attack 41 #2)
+        graph = getattr(base, "_functional", None) or base
+        joins = _takers(graph, {id(t) for t in outputs})
+        after = f" (e.g. --layer {joins[0]})" if joins else ""
+        raise ConfigError(
+            f"layer {layer.name!r} gives {len(outputs)} tensors, and featstore cuts at one: cut at a layer after it "
+            f"that takes them{after}, or save a model of the one you want as its output and pass it as --model"
+        )
+    return outputs[0]
 
 
 def outer_calls(base, layer) -> list:
@@ -214,19 +223,23 @@ def _called_again(graph, name: str, calls: list) -> str:
     def source(node) -> str:
         return ", ".join(t._keras_history.operation.name for t in node.input_tensors) or "?"
 
-    made = {id(t) for node in calls for t in node.output_tensors}
-    joins = [
-        node.operation.name
-        for depth in sorted(getattr(graph, "_nodes_by_depth", {}), reverse=True)
-        for node in graph._nodes_by_depth[depth]
-        if node.operation is not None and sum(id(t) in made for t in node.input_tensors) > 1
-    ]
+    joins = _takers(graph, {id(t) for node in calls for t in node.output_tensors})
     after = f" (e.g. --layer {joins[0]})" if joins else ""
     return (
         f"layer {name!r} is called {len(calls)} times in this model (on {'; on '.join(map(source, calls))}), so it "
         f"has no one output to cut at: cut at a layer after it that takes every call's output{after}, or save the "
         f"model of one call on its own and pass it as --model"
     )
+
+
+def _takers(graph, made: set[int]) -> list[str]:
+    """The layers of ``graph``, first first, whose call takes more than one of the tensors ``made`` (their ids)."""
+    return [
+        node.operation.name
+        for depth in sorted(getattr(graph, "_nodes_by_depth", {}), reverse=True)
+        for node in graph._nodes_by_depth[depth]
+        if node.operation is not None and sum(id(t) in made for t in node.input_tensors) > 1
+    ]
 
 
 def _nested_holding(base, name: str) -> str | None:

@@ -135,9 +135,12 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
         base = spec.build(size, None)
     rows = [["layer", "output shape", ""]]
     for lyr in base.layers:  # (outer_output: a nested model's shape where this model calls it, 40 #7)
-        calls = len(outer_calls(base, lyr))
-        if calls > 1:  # no one output: not a cut (attack 40 #14)
-            shape, note = "several", f"called {calls} times: not a cut"
+        calls = outer_calls(base, lyr)
+        given = len(calls[0].output_tensors) if len(calls) == 1 else 1
+        if len(calls) > 1:  # no one output: not a cut (attack 40 #14)
+            shape, note = "several", f"called {len(calls)} times: not a cut"
+        elif given > 1:  # a model with two outputs, attention returning its scores (attack 41 #2)
+            shape, note = "several", f"{given} outputs: not a cut"
         else:
             shape, note = str(tuple(outer_output(base, lyr).shape[1:])), "default cut" if lyr.name == default else ""
         rows.append([lyr.name, shape, note])
