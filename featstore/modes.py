@@ -232,3 +232,27 @@ def _name(ident: int, group: bool) -> str:
         return grp.getgrgid(ident).gr_name if group else pwd.getpwuid(ident).pw_name
     except (ImportError, KeyError):
         return f"{'gid' if group else 'uid'} {ident}"
+
+
+def renamable_by_others(path: str | os.PathLike) -> str | None:
+    """The first folder on the way to ``path`` (``path`` included: each level as named, and each link's real folders)
+    in which someone other than this user and root may rename entries, or a link on the way another user made: he
+    could swap what featstore later opens by name below it (a TMPDIR that is a team's 2775 folder: a colleague renamed
+    the user's scratch folder away and put his at its name, attack 41 #3). None where no one else can."""
+    here = os.path.abspath(os.fspath(path))
+    levels = [here]
+    while os.path.dirname(levels[-1]) != levels[-1]:
+        levels.append(os.path.dirname(levels[-1]))
+    for level in levels:
+        try:
+            st = os.lstat(level)
+        except OSError:
+            return level
+        mine = st.st_uid in (os.geteuid(), 0)
+        if stat.S_ISLNK(st.st_mode):
+            found = level if not mine else renamable_by_others(os.path.realpath(level))  # (realpath: no links left)
+            if found is not None:
+                return found
+        elif not mine or (not st.st_mode & stat.S_ISVTX and others_may_write(st, level)):
+            return level
+    return None

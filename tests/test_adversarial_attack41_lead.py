@@ -5,9 +5,13 @@
   of SIGSEGV. The held layers are measured at the shapes they take (one frame; in turn).
 - #2: a layer whose call gives several tensors (a nested model with two outputs, an attention layer returning its
   scores) made ``models --layers`` and ``extract --layer`` end in tracebacks; now "N outputs: not a cut" and one line.
+- #3: a TMPDIR in which others may rename entries (a team's 2775 scratch folder): featstore's temporary folders go to
+  the user's own cache folder instead (said once), or the command says there is none.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -76,3 +80,46 @@ def test_a_layer_giving_several_tensors_is_no_cut(tmp_path):
     scored = keras.Model(i, L.Dense(2)(L.Flatten()(o)))
     with pytest.raises(ConfigError, match="'mha' gives 2 tensors"):
         cut_model(scored, "mha", "none", "mhascores")
+
+
+@pytest.fixture
+def fresh_tmp(monkeypatch, tmp_path):
+    """featstore's choice of temporary folder made anew, with TMPDIR in a folder anyone may rename entries in."""
+    import tempfile
+
+    from featstore.models import scratch
+
+    monkeypatch.setattr(scratch, "_SAID", set())
+    shared = tmp_path / "team"
+    (shared / "scratch").mkdir(parents=True)
+    shared.chmod(0o777)  # no sticky bit: anyone may rename the entries of others
+    monkeypatch.setattr(tempfile, "tempdir", str(shared / "scratch"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return shared
+
+
+def test_temporary_files_leave_a_tmpdir_others_may_rename_in(fresh_tmp, tmp_path, caplog):
+    """#3: scratch folders were made by name in such a TMPDIR, where a colleague swapped them for his while Keras
+    opened the user's model there; now in the user's own cache folder, said once."""
+    from featstore.models.scratch import new_scratch, private_tempdir
+
+    with caplog.at_level("WARNING", logger="featstore"):
+        chosen = private_tempdir()
+    assert chosen == str(tmp_path / "cache" / "featstore" / "tmp"), chosen
+    assert (os.stat(chosen).st_mode & 0o777) == 0o700
+    said = [r.getMessage() for r in caplog.records if "in which other users may rename entries" in r.getMessage()]
+    assert len(said) == 1 and f"is in {fresh_tmp}, in which" in said[0], said
+    private_tempdir()  # said once a process
+    assert len([r for r in caplog.records if "in which other users may rename" in r.getMessage()]) == 1
+    assert str(new_scratch("preset")).startswith(chosen)
+    fresh_tmp.chmod(0o1777)  # the sticky bit: each user's entries are his
+    assert private_tempdir() == str(fresh_tmp / "scratch")
+
+
+def test_no_private_temporary_folder_is_one_line(fresh_tmp, tmp_path):
+    from featstore.models.scratch import private_tempdir
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache").chmod(0o777)  # the fallback's own folder is open to renames too
+    with pytest.raises(ConfigError, match="set TMPDIR to a folder of yours"):
+        private_tempdir()

@@ -291,6 +291,22 @@ def main(
     if verbose:
         os.environ["FEATSTORE_VERBOSE"] = "1"  # worker processes (Ray actors) show TensorFlow's lines too
     set_quiet(not verbose)
+    _private_tempdir()
+
+
+def _private_tempdir() -> None:
+    """Every temporary file of the command (featstore's, Keras's, TensorFlow's generated code) in a folder where no
+    one else may rename entries (:func:`featstore.models.scratch.private_tempdir`; attack 41 #3); where there is none,
+    the commands that need one say so when they do."""
+    import tempfile
+
+    from featstore.errors import ConfigError
+    from featstore.models.scratch import private_tempdir
+
+    try:
+        tempfile.tempdir = private_tempdir()
+    except ConfigError as exc:
+        logging.getLogger("featstore").warning("%s", exc)
 
 
 StoreOpt = Annotated[Path, typer.Option(help="HDF5 store file.")]

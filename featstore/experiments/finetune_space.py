@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import OutputError
+from featstore.errors import ConfigError, OutputError
+from featstore.models.scratch import private_tempdir
 from featstore.store.space import SPACE_MARGIN
 from featstore.units import format_bytes
 
@@ -100,8 +101,8 @@ def keep_run(exc: OutputError, record_into: Callable[[Path], object], root: Path
     why = "the disk is full" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else (cause.strerror or str(cause))
     trained = f"fine-tuned for {seconds:.1f} s ({epochs} epoch{'s' * (epochs != 1)})"
     try:
-        kept = Path(tempfile.mkdtemp(prefix="featstore-finetune-"))  # 0700: the user's alone
-    except OSError as again:
+        kept = Path(tempfile.mkdtemp(prefix="featstore-finetune-", dir=private_tempdir()))  # 0700: the user's alone
+    except (OSError, ConfigError) as again:  # (ConfigError: no private temporary folder, attack 41 #3)
         raise _lost(trained, root, why, tempfile.gettempdir(), again) from None
     logger.warning("could not write the fine-tuned run into %s (%s): writing it into %s instead", root, why, kept)
     try:

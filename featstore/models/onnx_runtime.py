@@ -41,6 +41,7 @@ from featstore.caches import NotRegular, read_small, write_cached, write_cached_
 from featstore.errors import ConfigError, OutputError, choices_error
 from featstore.keys import key_id, sign, user_key, verifies
 from featstore.models.agreement import as_list, largest_difference, seeded_images
+from featstore.models.scratch import private_tempdir
 from featstore.outputs import output_fix, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def start(extractor, cache: Path | None, threads: int | None = None) -> tuple[On
     if cache is not None and (key is None or not _make_folder(cache)):
         cache = None  # (warned) a store in a read-only folder: exported for this process only
     if cache is None:
-        with tempfile.TemporaryDirectory(prefix="featstore-onnx-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="featstore-onnx-", dir=private_tempdir()) as tmp:
             forward, worst = _export_checked(extractor, Path(tmp) / "cut.onnx", threads)
             forward.path = None  # removed with the folder
             return forward, worst

@@ -40,13 +40,52 @@ def scratch_name(kind: str, pid: int) -> str:
     return f"{kind}-{pid}-{host_tag()}-{secrets.token_hex(4)}"
 
 
+def private_tempdir() -> str:
+    """A folder for featstore's temporary files and folders in which no one else may rename entries (nor in any
+    folder above it): ``tempfile.gettempdir()`` (``TMPDIR``, else ``/tmp``, whose sticky bit keeps each user's entries
+    his) where it is so; else ``~/.cache/featstore/tmp`` (made ``0700``), with one warning a process. A TMPDIR others
+    may rename in (a team's ``2775`` scratch folder, a colleague's link) let one of them swap the user's scratch folder
+    for his while Keras opened a model by name there (attack 41 #3). ConfigError where neither is private."""
+    from featstore.errors import ConfigError
+    from featstore.modes import renamable_by_others
+
+    default = tempfile.gettempdir()
+    shared = renamable_by_others(default) if hasattr(os, "geteuid") else None
+    if shared is None:
+        return default
+    where = "" if shared == default else f" is in {shared}"
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featstore" / "tmp"
+    try:
+        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(cache)
+    except OSError as exc:
+        st, why = None, exc.strerror
+    if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+        why = renamable_by_others(cache)
+        if why is None:
+            _once(
+                Path(default),
+                f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs): "
+                f"featstore keeps its temporary files in {cache} instead; set TMPDIR to a folder of yours to choose "
+                f"another",
+            )
+            return str(cache)
+        why = f"others may rename entries in {why}"
+    elif st is not None:
+        why = "not a private folder of yours (mode 0700)"
+    raise ConfigError(
+        f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), and "
+        f"{cache} cannot take featstore's temporary files either ({why}): set TMPDIR to a folder of yours"
+    )
+
+
 def user_scratch() -> Path | None:
     """``<tmp>/featstore-<uid>/``, made ``0700`` where missing; None (with a warning) when what is there is not a
     folder of this user that only this user can write (a link, another user's folder: not trusted), and on systems
     without user ids (Windows)."""
     if not hasattr(os, "geteuid"):
         return None
-    base = Path(tempfile.gettempdir()) / f"featstore-{os.geteuid()}"
+    base = Path(private_tempdir()) / f"featstore-{os.geteuid()}"
     try:
         os.mkdir(base, 0o700)
     except FileExistsError:
@@ -129,7 +168,7 @@ def new_scratch(kind: str) -> Path:
     :func:`user_scratch`) a plain ``tempfile.mkdtemp`` folder."""
     base = user_scratch()
     if base is None:
-        return Path(tempfile.mkdtemp(prefix=f"featstore-{kind}-"))
+        return Path(tempfile.mkdtemp(prefix=f"featstore-{kind}-", dir=private_tempdir()))
     remove_stale(base, kind)
     folder = base / scratch_name(kind, os.getpid())
     os.mkdir(folder, 0o700)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from featstore.caches import CacheNotMade
 from featstore.experiments.similar import SimilarResult
+from featstore.models.scratch import private_tempdir
 from featstore.outputs import check_own_output, starts_with
 from featstore.report.site.build import cache_dir
 from featstore.report.site.render import render, static_text
@@ -55,7 +56,7 @@ def similar_html(result: SimilarResult, out: str | os.PathLike, store: str | os.
     else:
         query_source = os.path.abspath(result.query)
     sources = [query_source] + [os.path.join(root, n.path) if root else n.path for n in result.neighbours]
-    with tempfile.TemporaryDirectory(prefix="featstore-similar-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="featstore-similar-", dir=private_tempdir()) as tmp:
         cache = ThumbCache(cache_dir(store) / "thumbs")
         try:
             thumbs = cache.make(sources)
