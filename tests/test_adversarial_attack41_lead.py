@@ -5,6 +5,7 @@
   of SIGSEGV. The held layers are measured at the shapes they take (one frame; in turn).
 - #2: a layer whose call gives several tensors (a nested model with two outputs, an attention layer returning its
   scores) made ``models --layers`` and ``extract --layer`` end in tracebacks; now "N outputs: not a cut" and one line.
+- #4: the default cut of a model without a Dense layer was said as "the layer before its last Dense layer".
 - #3: a TMPDIR in which others may rename entries (a team's 2775 scratch folder): featstore's temporary folders go to
   the user's own cache folder instead (said once), or the command says there is none.
 """
@@ -123,3 +124,28 @@ def test_no_private_temporary_folder_is_one_line(fresh_tmp, tmp_path):
     (tmp_path / "cache").chmod(0o777)  # the fallback's own folder is open to renames too
     with pytest.raises(ConfigError, match="set TMPDIR to a folder of yours"):
         private_tempdir()
+
+
+def test_the_default_cut_of_a_model_without_dense_says_so(tmp_path, caplog):
+    """#4: an embedding model (Conv2D -> GlobalAveragePooling2D) was cut at its last layer, "the layer before its last
+    Dense layer"."""
+    import keras
+
+    from featstore import ExtractorConfig, extract
+    from tests.conftest import write_data_root
+
+    i = keras.Input((16, 16, 3))
+    keras.Model(i, keras.layers.GlobalAveragePooling2D(name="gap")(keras.layers.Conv2D(4, 3)(i))).save(
+        tmp_path / "embed.keras"
+    )
+    with caplog.at_level("INFO", logger="featstore"):
+        extract(
+            write_data_root(tmp_path / "data"),
+            "train",
+            tmp_path / "s.h5",
+            ExtractorConfig(model=str(tmp_path / "embed.keras")),
+        )
+    said = [r.getMessage() for r in caplog.records if "cutting at" in r.getMessage()]
+    assert said == [
+        "embed.keras: cutting at 'gap', its last layer (there is no Dense layer to cut before) (--layer to choose another)"
+    ], said

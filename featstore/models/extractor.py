@@ -253,11 +253,13 @@ class Extractor:
         default = spec.default_layer if isinstance(spec, (SavedModelSpec, HubSpec)) else None
         requested = c.cut_layers or (None,)  # None: the default cut
         if isinstance(spec, SavedModelSpec) and not any(requested):
-            logger.info(
-                "%s: cutting at %r, the layer before its last Dense layer (--layer to choose another)",
-                spec.shown.name,
-                default,
+            last = [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:]
+            why = (
+                "its last layer (there is no Dense layer to cut before)"
+                if [default] == last
+                else "the layer before its last Dense layer"
             )
+            logger.info("%s: cutting at %r, %s (--layer to choose another)", spec.shown.name, default, why)
         self.base_layer_names = [lyr.name for lyr in base.layers]  # the whole backbone's, also those above the cut
         cut = spec.cut_outputs if isinstance(spec, HubSpec) else cut_outputs
         cuts = cut(base, [lyr or default for lyr in requested], c.pooling, self._shown_name())
