@@ -163,3 +163,20 @@ def ray_actor_died(ray, error: Exception):
         raise error
     except Exception as exc:
         return ray.exceptions.ActorDiedError(ray.exceptions.RayTaskError("__init__", traceback.format_exc(), exc))
+
+
+def finetune_source(root: Path, size: int = 32) -> dict:
+    """What the fine-tuning tests start from, in ``root``: two classes of 8/4/4 images (train/validation/test), a store
+    of VGG16@``size`` with seeded random weights (cut at block5_pool) and a dense run (phase A): ``root``, ``data``,
+    ``store``, ``dense`` (its id)."""
+    from featstore import ExtractorConfig, extract, fit
+
+    data = root / "data"
+    for split, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
+        write_images(data, split, {"cat": n, "dog": n}, seed=seed)
+    store = root / "f.h5"
+    cfg = ExtractorConfig(model="vgg16", image_size=size, weights="none", seed=7)
+    for split in ("train", "validation", "test"):
+        extract(data, split, store, cfg)
+    dense = fit(store, "dense", {"epochs": [3], "units": [16]})
+    return {"root": root, "data": data, "store": store, "dense": dense["id"]}

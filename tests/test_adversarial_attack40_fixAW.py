@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from featstore import ExtractorConfig, FeatureStore, extract, fit, list_runs
+from featstore import FeatureStore, list_runs
 from featstore.errors import OutputError
 from featstore.experiments import finetune as finetune_module
 from featstore.experiments import finetune_space
@@ -21,7 +21,7 @@ from featstore.experiments.finetune import FinetuneConfig, finetune
 from featstore.runs import write
 from featstore.runs.folder import get_run
 
-from .conftest import write_images
+from .conftest import finetune_source
 
 SIZE = 32
 Usage = namedtuple("Usage", "total used free")
@@ -30,16 +30,8 @@ Usage = namedtuple("Usage", "total used free")
 @pytest.fixture(scope="module")
 def ft(tmp_path_factory):
     """Two classes, 8/4/4 images each, VGG16@32 with seeded random weights; a dense run (phase A)."""
-    root = tmp_path_factory.mktemp("ftspace")
-    data = root / "data"
-    for split, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
-        write_images(data, split, {"cat": n, "dog": n}, seed=seed)
-    store = root / "f.h5"
-    cfg = ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7)
-    for split in ("train", "validation", "test"):
-        extract(data, split, store, cfg)
-    dense = fit(store, "dense", {"epochs": [3], "units": [16]})
-    return {"root": root, "data": data, "store": store, "dense": dense["id"], "runs": store.with_suffix(".runs")}
+    made = finetune_source(tmp_path_factory.mktemp("ftspace"), SIZE)
+    return {**made, "runs": made["store"].with_suffix(".runs")}
 
 
 def _ids(ft) -> set[str]:

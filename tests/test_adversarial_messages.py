@@ -37,7 +37,7 @@ from featstore.experiments.finetune import FinetuneConfig, finetune
 from featstore.images.listing import discover
 from featstore.store import writer
 
-from .conftest import interrupt_after_one_batch, write_images
+from .conftest import finetune_source, interrupt_after_one_batch
 
 SIZE = 32
 CACHE = "vgg16@block4_pool"  # the cached cut of a fine-tuning from block5_conv1 of a store cut at block5_pool
@@ -51,16 +51,7 @@ def run(*args):
 @pytest.fixture(scope="module")
 def ft_src(tmp_path_factory):
     """Two classes, 8/4/4 images each, VGG16@32 with seeded random weights cut at block5_pool, and a dense run."""
-    root = tmp_path_factory.mktemp("ft_msgs")
-    data = root / "data"
-    for split, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
-        write_images(data, split, {"cat": n, "dog": n}, seed=seed)
-    store = root / "f.h5"
-    cfg = ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7)
-    for split in ("train", "validation", "test"):
-        extract(data, split, store, cfg)
-    dense = fit(store, "dense", {"epochs": [3], "units": [16]})
-    return {"root": root, "data": data, "store": store, "dense": dense["id"]}
+    return finetune_source(tmp_path_factory.mktemp("ft_msgs"), SIZE)
 
 
 @pytest.fixture

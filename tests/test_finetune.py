@@ -27,7 +27,7 @@ from featstore.experiments.finetune import FinetuneConfig, finetune, warm_start_
 from featstore.models.finetuned import preprocess_images
 from featstore.runs.folder import get_run
 
-from .conftest import write_images
+from .conftest import finetune_source, write_images
 
 SIZE = 32
 
@@ -35,17 +35,8 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def ft(tmp_path_factory):
     """Two classes, 8/4/4 images each, VGG16@32 with seeded random weights cut at block5_pool; a dense run and a logreg run."""
-    root = tmp_path_factory.mktemp("ft")
-    data = root / "data"
-    for split, n, seed in (("train", 8, 1), ("validation", 4, 2), ("test", 4, 3)):
-        write_images(data, split, {"cat": n, "dog": n}, seed=seed)
-    store = root / "f.h5"
-    cfg = ExtractorConfig(model="vgg16", image_size=SIZE, weights="none", seed=7)
-    for split in ("train", "validation", "test"):
-        extract(data, split, store, cfg)
-    dense = fit(store, "dense", {"epochs": [3], "units": [16]})
-    logreg = fit(store, "logreg")
-    return {"root": root, "data": data, "store": store, "dense": dense["id"], "logreg": logreg["id"]}
+    made = finetune_source(tmp_path_factory.mktemp("ft"), SIZE)
+    return {**made, "logreg": fit(made["store"], "logreg")["id"]}
 
 
 def _weights(model) -> dict:
