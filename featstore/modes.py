@@ -234,7 +234,7 @@ def _name(ident: int, group: bool) -> str:
         return f"{'gid' if group else 'uid'} {ident}"
 
 
-def renamable_by_others(path: str | os.PathLike) -> str | None:
+def renamable_by_others(path: str | os.PathLike, hops: int = 0) -> str | None:
     """The first folder on the way to ``path`` (``path`` included: each level as named, and each link's real folders)
     in which someone other than this user and root may rename entries, or a link on the way another user made: he
     could swap what featstore later opens by name below it (a TMPDIR that is a team's 2775 folder: a colleague renamed
@@ -249,8 +249,14 @@ def renamable_by_others(path: str | os.PathLike) -> str | None:
         except OSError:
             return level
         mine = st.st_uid in (os.geteuid(), 0)
-        if stat.S_ISLNK(st.st_mode):
-            found = level if not mine else renamable_by_others(os.path.realpath(level))  # (realpath: no links left)
+        if stat.S_ISLNK(st.st_mode):  # one hop at a time: a colleague's link further on is his (attack 42 #1)
+            if not mine or hops >= 40:
+                return level
+            try:
+                target = os.readlink(level)
+            except OSError:
+                return level
+            found = renamable_by_others(os.path.join(os.path.dirname(level), target), hops + 1)
             if found is not None:
                 return found
         elif not mine or (not st.st_mode & stat.S_ISVTX and others_may_write(st, level)):

@@ -149,3 +149,73 @@ def test_the_default_cut_of_a_model_without_dense_says_so(tmp_path, caplog):
     assert said == [
         "embed.keras: cutting at 'gap', its last layer (there is no Dense layer to cut before) (--layer to choose another)"
     ], said
+
+
+def test_attention_held_in_a_pipeline_counts_its_scores():
+    """Attack 42 #3: an Attention run by a Pipeline (a held layer) had only its output measured: 16 GiB of scores
+    counted as a 2 MiB output."""
+    import keras
+    from keras import layers as L
+
+    from featstore.models.activations import largest_activation
+
+    t = keras.Input((64, 64, 3))
+    tokens = L.Reshape((4096, 3))(t)
+    two = keras.Model(t, [L.Dense(8, name="q")(tokens), L.Dense(8, name="v")(tokens)], name="two")
+    i = keras.Input((64, 64, 3))
+    out = keras.layers.Pipeline([two, L.Attention(name="att"), L.GlobalAveragePooling1D()], name="pipe")(i)
+    got = largest_activation(keras.Model(i, out))
+    assert got.layer == "att" and got.shape == (1, 4096, 4096) and got.scores == "attention scores", got
+
+
+def test_a_colleagues_link_further_on_a_tmpdir_link_chain_is_seen(tmp_path):
+    """Attack 42 #1: the user's link -> a colleague's link -> a folder: realpath skipped his link."""
+    from featstore.modes import renamable_by_others
+    from tests.test_adversarial_attack36_lead import COLLEAGUE
+
+    if os.geteuid() != 0:
+        pytest.skip("a link owned by another user needs root to make (lchown)")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "his").symlink_to(tmp_path / "real")
+    os.lchown(tmp_path / "his", COLLEAGUE, COLLEAGUE)
+    (tmp_path / "mine").symlink_to(tmp_path / "his")
+    assert renamable_by_others(tmp_path / "real") is None
+    assert renamable_by_others(tmp_path / "mine") == str(tmp_path / "his")
+
+
+def test_the_fallback_is_checked_before_it_is_made_and_no_home_is_one_line(fresh_tmp, tmp_path, monkeypatch):
+    """Attack 42 #7: ~/.cache/featstore/tmp was made through a colleague's folder, then refused; #4: no HOME and no
+    passwd entry ended every command in RuntimeError."""
+    from pathlib import Path
+
+    from featstore.models.scratch import private_tempdir
+
+    theirs = tmp_path / "open"
+    theirs.mkdir()
+    theirs.chmod(0o777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(theirs / "cache"))
+    with pytest.raises(ConfigError, match=f"others may rename entries in {theirs}"):
+        private_tempdir()
+    assert not (theirs / "cache").exists()  # nothing made there
+    monkeypatch.delenv("XDG_CACHE_HOME")
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    with pytest.raises(ConfigError, match="there is no home folder for featstore's own: set TMPDIR"):
+        private_tempdir()
+
+
+def test_ray_auto_reads_where_ray_writes(monkeypatch):
+    """Attack 42 #2: --address auto looked under featstore's private temporary folder, not Ray's own (TMPDIR)."""
+    import tempfile
+
+    from featstore.extraction.ray import _ray_tmp
+
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv("TMPDIR", "/srv/team/tmp")
+    monkeypatch.setattr(tempfile, "tempdir", "/home/u/.cache/featstore/tmp")
+    assert _ray_tmp() == "/srv/team/tmp"
+    monkeypatch.setenv("RAY_TMPDIR", "/data/ray")
+    assert _ray_tmp() == "/data/ray"

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -95,6 +96,17 @@ def _address(given: str | None) -> tuple[str, str]:
     return "local", "a local Ray"
 
 
+def _ray_tmp() -> str:
+    """Where Ray keeps its sessions and its address file, as Ray itself decides (``RAY_TMPDIR``, else the ``TMPDIR``
+    variable on Linux, else ``/tmp``): not ``tempfile.gettempdir()``, which the CLI points at a private folder where
+    ``TMPDIR`` is shared (attack 42 #2: "no Ray started" while the user's was running)."""
+    if os.environ.get("RAY_TMPDIR"):
+        return os.environ["RAY_TMPDIR"]
+    if sys.platform.startswith("linux") and os.environ.get("TMPDIR"):
+        return os.environ["TMPDIR"]
+    return "/tmp" if sys.platform.startswith(("linux", "darwin")) else tempfile.gettempdir()
+
+
 def _auto(address: str, option: str) -> tuple[str, str]:
     """``address``, with "auto" resolved as Ray would (the address its last ``ray start`` wrote in
     ``<RAY_TMPDIR>/ray/ray_current_cluster``) but only from a file of this user's (or root's) that no one else may
@@ -103,7 +115,7 @@ def _auto(address: str, option: str) -> tuple[str, str]:
     said = f"{option} {address}" if option == "--address" else f"{option}{address}"
     if address != "auto":
         return address, said
-    path = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray", "ray_current_cluster")
+    path = os.path.join(_ray_tmp(), "ray", "ray_current_cluster")
     try:  # opened once, never followed nor waited on (a link, a FIFO there): caches' own opening
         opened = open_regular(path)
     except NotRegular as exc:
@@ -225,7 +237,7 @@ class RayEngine:
                     raise
                 why = (str(exc).strip().splitlines() or [repr(exc)])[0][:200]
                 raise ConfigError(
-                    f"cannot start a local Ray ({why}): its logs under {os.environ.get('RAY_TMPDIR') or tempfile.gettempdir()}/ray/session_latest/logs "
+                    f"cannot start a local Ray ({why}): its logs under {_ray_tmp()}/ray/session_latest/logs "
                     f"say why (a memory limit such as ulimit -v stops its object store); run with --engine local, or "
                     f"start Ray yourself and give --address"
                 ) from None

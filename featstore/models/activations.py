@@ -282,12 +282,15 @@ class _Walk:
         inner = _graph(op)
         if inner is not None:
             return self.graph(inner, inputs, (*inside, op.name), top)
+        given = inputs[0] if len(inputs) == 1 else inputs
         try:
-            outputs = tree.flatten(op.compute_output_spec(inputs[0] if len(inputs) == 1 else inputs))
+            outputs = tree.flatten(op.compute_output_spec(given))
         except Exception as exc:  # noqa: BLE001 - any layer's shape code: refused, not guessed
             raise _failed(op, inside, inputs, exc, top) from None
         for t in outputs:
             self.measure(op.name, _shape(t), "", inside, top)
+        for shape, what in _attention_scores(op, (given,), {}):  # (an Attention in a Pipeline: attack 42 #3)
+            self.measure(op.name, shape, what, inside, top)
         self.held(op, inputs, inside, top)
         return outputs
 

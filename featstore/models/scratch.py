@@ -54,12 +54,24 @@ def private_tempdir() -> str:
     if shared is None:
         return default
     where = "" if shared == default else f" is in {shared}"
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featstore" / "tmp"
     try:
-        cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-        st = os.lstat(cache)
-    except OSError as exc:
-        st, why = None, exc.strerror
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featstore" / "tmp"
+    except RuntimeError:  # no HOME and no passwd entry (a container's --user, env -i): attack 42 #4
+        raise ConfigError(
+            f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), "
+            f"and there is no home folder for featstore's own: set TMPDIR to a folder of yours"
+        ) from None
+    st, why = None, None
+    existing = next(p for p in (cache, *cache.parents) if os.path.lexists(p))
+    shut = renamable_by_others(existing)  # checked before anything is made there (attack 42 #7)
+    if shut is not None:
+        why = f"others may rename entries in {shut}"
+    else:
+        try:
+            cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = os.lstat(cache)
+        except OSError as exc:
+            why = exc.strerror
     if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
         why = renamable_by_others(cache)
         if why is None:
