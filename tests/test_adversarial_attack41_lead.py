@@ -219,3 +219,20 @@ def test_ray_auto_reads_where_ray_writes(monkeypatch):
     assert _ray_tmp() == "/srv/team/tmp"
     monkeypatch.setenv("RAY_TMPDIR", "/data/ray")
     assert _ray_tmp() == "/data/ray"
+
+
+def test_a_colleagues_link_in_a_keras_home_chain_is_seen(tmp_path):
+    """Attack 42 #1, the Keras cache: KERAS_HOME is the user's link to a colleague's link to a folder."""
+    from pathlib import Path
+
+    from featstore.models.weights import _others_write
+    from tests.test_adversarial_attack36_lead import COLLEAGUE
+
+    if os.geteuid() != 0:
+        pytest.skip("a link owned by another user needs root to make (lchown)")
+    (tmp_path / "real" / "models").mkdir(parents=True)
+    (tmp_path / "his").symlink_to(tmp_path / "real")
+    os.lchown(tmp_path / "his", COLLEAGUE, COLLEAGUE)
+    (tmp_path / "mine").symlink_to(tmp_path / "his")
+    assert _others_write(tmp_path / "real" / "models", tmp_path / "real") is None
+    assert _others_write(tmp_path / "mine" / "models", tmp_path / "mine") == Path(tmp_path / "his")

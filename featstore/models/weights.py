@@ -25,7 +25,7 @@ import numpy as np
 from featstore.errors import WeightsError
 from featstore.linkrule import refuse_foreign
 from featstore.models.backbones import BackboneSpec
-from featstore.modes import others_may_write, writers
+from featstore.modes import others_may_write, renamable_by_others, writers
 from featstore.outputs import resolved, what_is_at
 from featstore.provenance import sha256_file  # noqa: F401 (re-exported: runs, finetune and tests take it from here)
 from featstore.safetext import terminal_safe
@@ -203,10 +203,9 @@ def _others_write(datadir: Path, home: Path) -> Path | None:
                 return folder  # (root's folder, 0755: a site cache no one else writes; "not writable by you": 39 #9)
             first = False
         elif stat.S_ISLNK(st.st_mode) and st.st_uid in (os.geteuid(), 0):  # (root's /home -> /data/home)
-            real = Path(os.path.realpath(folder))
-            found = next((p for p in (real, *real.parents) if _others_rename(None, p)), None)
+            found = renamable_by_others(folder)  # each hop of its chain: a colleague's link on it (attack 42 #1)
             if found is not None:
-                return found
+                return Path(found)
         elif _others_rename(st, folder):  # (another user's link, folder: its owner may)
             return folder
     return None
