@@ -236,3 +236,26 @@ def test_a_colleagues_link_in_a_keras_home_chain_is_seen(tmp_path):
     (tmp_path / "mine").symlink_to(tmp_path / "his")
     assert _others_write(tmp_path / "real" / "models", tmp_path / "real") is None
     assert _others_write(tmp_path / "mine" / "models", tmp_path / "mine") == Path(tmp_path / "his")
+
+
+def test_a_default_cut_that_is_no_cut_says_to_choose_one(tmp_path):
+    """Attack 42 #6: the layer before the last Dense gave two tensors; the user chose no layer, and was told to cut
+    "at a layer after it that takes them", where there is none."""
+    import keras
+    from keras import layers as L
+
+    from featstore import ExtractorConfig, extract
+    from tests.conftest import write_data_root
+
+    t = keras.Input((16, 16, 3))
+    two = keras.Model(t, [L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(t)), L.GlobalAveragePooling2D()(t)], name="two")
+    i = keras.Input((16, 16, 3))
+    first, _ = two(i)
+    keras.Model(i, L.Dense(2, name="head")(first)).save(tmp_path / "aux.keras")
+    with pytest.raises(ConfigError, match=r"has no default cut: layer 'two' gives 2 tensors.*Pass --layer NAME"):
+        extract(
+            write_data_root(tmp_path / "data"),
+            "train",
+            tmp_path / "s.h5",
+            ExtractorConfig(model=str(tmp_path / "aux.keras")),
+        )

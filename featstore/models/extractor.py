@@ -262,7 +262,15 @@ class Extractor:
             logger.info("%s: cutting at %r, %s (--layer to choose another)", spec.shown.name, default, why)
         self.base_layer_names = [lyr.name for lyr in base.layers]  # the whole backbone's, also those above the cut
         cut = spec.cut_outputs if isinstance(spec, HubSpec) else cut_outputs
-        cuts = cut(base, [lyr or default for lyr in requested], c.pooling, self._shown_name())
+        try:
+            cuts = cut(base, [lyr or default for lyr in requested], c.pooling, self._shown_name())
+        except ConfigError as exc:  # the default is no cut (several tensors, called twice): not the user's choice
+            if any(requested) or default is None:
+                raise
+            raise ConfigError(
+                f"{self._shown_name()} has no default cut: {exc}. Pass --layer NAME (`featstore models "
+                f"{getattr(spec, 'shown', c.model)} --layers` lists them)"
+            ) from None
         inp = base.inputs[0]  # one image input (a Sequential model has no `input` until called; `inputs` always exists)
         try:
             self.model = keras.Model(
