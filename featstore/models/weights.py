@@ -185,12 +185,10 @@ def _load_imagenet(spec: BackboneSpec, size: int):
 def _others_write(datadir: Path, home: Path) -> Path | None:
     """The folder that makes Keras's download by name into ``datadir`` unsafe, or None: the folder it writes in
     (``datadir``, or the level above where Keras makes it) when it is not this user's (nor root's), a link, or others
-    may write it; or a folder above it in which others may rename entries (:func:`_others_rename`), up to ``/`` (as
-    :func:`featstore.renames.by_name` walks): a private ``models/`` in a team's ``KERAS_HOME`` (``root:team 2775``) was
+    may write it; or a folder above it in which others may rename entries, up to ``/``, a link's chain hop by hop
+    (:func:`featstore.modes.renamable_by_others`, the rule :func:`featstore.renames.by_name` walks by): a private ``models/`` in a team's ``KERAS_HOME`` (``root:team 2775``) was
     taken as safe, and a colleague could rename ``models/`` away and put his folder (or a link) at its name while Keras
-    downloaded (attack 40 #12). A link above (``/home -> /data/home``, root's) is checked where it is and its real
-    folders too. ``home``: Keras's cache folder (``datadir`` is in it; kept for the callers)."""
-    first = True
+    downloaded (attack 40 #12). ``home``: Keras's cache folder (``datadir`` is in it; kept for the callers)."""
     for folder in (Path(os.path.abspath(datadir)), *Path(os.path.abspath(datadir)).parents):
         try:
             st = os.lstat(folder)
@@ -198,30 +196,13 @@ def _others_write(datadir: Path, home: Path) -> Path | None:
             continue  # made by Keras in the level above: that one is checked
         except OSError:
             return folder
-        if first:  # Keras writes (or makes folders) here: no one else may write it
-            if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or others_may_write(st, folder):
-                return folder  # (root's folder, 0755: a site cache no one else writes; "not writable by you": 39 #9)
-            first = False
-        elif stat.S_ISLNK(st.st_mode) and st.st_uid in (os.geteuid(), 0):  # (root's /home -> /data/home)
-            found = renamable_by_others(folder)  # each hop of its chain: a colleague's link on it (attack 42 #1)
-            if found is not None:
-                return Path(found)
-        elif _others_rename(st, folder):  # (another user's link, folder: its owner may)
+        # Keras writes (or makes folders) here: no one else may write it (root's folder, 0755: a site cache no one else
+        # writes; "not writable by you": 39 #9); above it, no one else may rename entries, a link's chain hop by hop
+        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or others_may_write(st, folder):
             return folder
+        found = renamable_by_others(folder.parent) if folder.parent != folder else None
+        return None if found is None else Path(found)
     return None
-
-
-def _others_rename(st: os.stat_result | None, folder: Path) -> bool:
-    """Whether someone else may rename an entry in ``folder`` (of ``st``; None: stat'ed, followed): it is not this
-    user's nor root's, or others may write it (:func:`featstore.modes.others_may_write`: the ACL read, the user's
-    private group not others) and it has no sticky bit (:func:`featstore.renames.others_cannot_rename`'s rule)."""
-    try:
-        st = os.stat(folder) if st is None else st
-    except OSError:
-        return True
-    if st.st_uid not in (os.geteuid(), 0):
-        return True
-    return not st.st_mode & stat.S_ISVTX and others_may_write(st, folder)
 
 
 def _shared_line(what: str, path: Path, shared: Path) -> str:
