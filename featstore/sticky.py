@@ -133,6 +133,11 @@ def share_fix(st: os.stat_result, path: str | os.PathLike, bits: str, recursive:
     return f"chmod{r} g+{bits} {q}" if member else f"chgrp{r} <a group you both are in> {q} && chmod{r} g+{bits} {q}"
 
 
+def whose(st: os.stat_result) -> str:
+    """``<owner>'s (mode NNNN)``: how the lines that ask a colleague name his file or folder (of ``st``)."""
+    return f"{owner_name(st.st_uid)}'s (mode {stat.S_IMODE(st.st_mode):04o})"
+
+
 def theirs(path: str | os.PathLike, folder: bool = False) -> os.stat_result | None:
     """The lstat of ``path`` when it is another user's (and, with ``folder``, a folder), else None (also where it
     cannot be looked at): the first question of every "this is a colleague's, ask them" line (a run's file, a run or

@@ -91,21 +91,19 @@ def runs_show(
 def _theirs_png_line(run_id: str, store, runs) -> str | None:
     """Where a run's PNGs were refused because its folder is a colleague's (no option writes them elsewhere: not
     "write to another folder", attack 40 #16): whose, and what he can do; None otherwise."""
-    import os
-    import stat
-
     from featstore import sticky
     from featstore.outputs import terminal_safe
     from featstore.runs.folder import get_run
+    from featstore.runs.refusals import closed_run
 
     folder = get_run(run_id, store, runs)[1]
-    theirs = None if sticky.privileged() else sticky.theirs(folder, folder=True)
-    if theirs is None or os.access(folder, os.W_OK | os.X_OK):
+    theirs = closed_run(folder)
+    if theirs is None:
         return None
     owner = sticky.owner_name(theirs.st_uid)
     return (
-        f"the run's PNGs go into its folder {terminal_safe(str(folder))}, which is {owner}'s (mode "
-        f"{stat.S_IMODE(theirs.st_mode):04o}) and you may not write in: ask {owner} to run `featstore runs show "
+        f"the run's PNGs go into its folder {terminal_safe(str(folder))}, which is {sticky.whose(theirs)} and you may "
+        f"not write in: ask {owner} to run `featstore runs show "
         f"{run_id}`, or to make it group-writable ({sticky.share_fix(theirs, folder, 'w')})"
     )
 

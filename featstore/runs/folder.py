@@ -45,6 +45,7 @@ from featstore.runs.files import (
 )
 from featstore.runs.kinds import calibrated, kind_of, parse_record
 from featstore.runs.record import RunRecord
+from featstore.runs.refusals import closed_run
 from featstore.runs.swap import reveal
 from featstore.safezip import iter_npy
 from featstore.store.folders import refuse_in_image_folders
@@ -125,13 +126,13 @@ def ensure_writable(root: Path, store: str | os.PathLike | None = None, elsewher
             if elsewhere
             else "copy the run it starts from into a folder of yours and pass that as --runs"
         )
-        theirs = sticky.theirs(root, folder=True) if exc.errno in (errno.EACCES, errno.EPERM) else None
-        if theirs is not None and not sticky.privileged():  # a colleague's runs folder: not "make it writable" (#16)
+        theirs = closed_run(root) if exc.errno in (errno.EACCES, errno.EPERM) else None
+        if theirs is not None:  # a colleague's runs folder: not "make it writable" (attack 40 #16)
             owner = sticky.owner_name(theirs.st_uid)
             raise StoreError(
-                f"cannot write runs into {terminal_safe(str(root))}: it is {owner}'s (mode "
-                f"{stat.S_IMODE(theirs.st_mode):04o}), and you may not write in it; {there}, or ask {owner} to make "
-                f"it group-writable ({sticky.share_fix(theirs, root, 'w', recursive=False)}). Nothing was computed"
+                f"cannot write runs into {terminal_safe(str(root))}: it is {sticky.whose(theirs)}, and you may not "
+                f"write in it; {there}, or ask {owner} to make it group-writable "
+                f"({sticky.share_fix(theirs, root, 'w', recursive=False)}). Nothing was computed"
             ) from None
         raise StoreError(
             f"cannot write runs into {terminal_safe(str(root))} ({exc.strerror or exc}); make it writable or "

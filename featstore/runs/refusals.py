@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from pathlib import Path
 
 from featstore import sticky
@@ -43,10 +42,7 @@ def _closed_line(closed: list[tuple[Path, os.stat_result]], root: Path, run_id: 
     them all to the user (:func:`sticky.share_fix`: the runs folder alone, the run folder with its files)."""
     kind = {root: "runs folder"}
     owners = list(dict.fromkeys(sticky.owner_name(st.st_uid) for _, st in closed))
-    shown = " and ".join(
-        f"{kind.get(p, 'run folder')} {p} is {sticky.owner_name(st.st_uid)}'s (mode {stat.S_IMODE(st.st_mode):04o})"
-        for p, st in closed
-    )
+    shown = " and ".join(f"{kind.get(p, 'run folder')} {p} is {sticky.whose(st)}" for p, st in closed)
     fix = " && ".join(sticky.share_fix(st, p, "w", recursive=p != root) for p, st in closed)
     them = "it" if len(closed) == 1 else "them"
     ask = (
@@ -70,7 +66,7 @@ def _not_yours(root: Path, strerror: str | None) -> str:
         return f"{root} is not writable ({strerror}); make it writable and run again"
     owner = sticky.owner_name(st.st_uid)
     return (
-        f"runs folder {root} is {owner}'s (mode {stat.S_IMODE(st.st_mode):04o}) and refuses your writes ({strerror}): "
+        f"runs folder {root} is {sticky.whose(st)} and refuses your writes ({strerror}): "
         f"ask {owner} to make it group-writable ({sticky.share_fix(st, root, 'w', recursive=False)}), or copy the run "
         f"into a --runs folder of yours"
     )
