@@ -237,16 +237,24 @@ class _Walk:
         return out
 
     def node(self, graph, node, op, tensors: dict, inside: tuple[str, ...], top: str) -> list:
-        from keras import tree
-
         args, kwargs = node.arguments.fill_in(tensors)
         given = [tensors[id(t)] for t in node.input_tensors]
+        same = all(tuple(t.shape) == tuple(ref.shape) for t, ref in zip(given, node.input_tensors))
+        return self.call(op, args, kwargs, given, inside, top, list(node.outputs) if same else None, graph)
+
+    def call(self, op, args, kwargs, given: list, inside, top: str, built: list | None = None, graph=None) -> list:
+        """``op`` called on ``args``/``kwargs`` (``given``: its input tensors, flat), measured; its outputs. A nested
+        model is walked; ``built``: Keras's own outputs, where the inputs have the shapes it was built on; else each
+        layer's ``compute_output_spec`` (an error there: refused, not guessed). Its outputs, the tensors an attention
+        layer makes inside it and the layers it runs inside it (:meth:`held`) are measured."""
+        from keras import tree
+
         inner = _graph(op)
         if inner is not None and inner is not graph:
             feed = args[0] if args else kwargs.get("inputs")
             outputs = self.graph(inner, tree.flatten(feed), (*inside, op.name), top)
-        elif all(tuple(t.shape) == tuple(ref.shape) for t, ref in zip(given, node.input_tensors)):
-            outputs = list(node.outputs)  # the shapes it was built on: Keras' own outputs
+        elif built is not None:
+            outputs = built
         else:
             try:
                 outputs = tree.flatten(op.compute_output_spec(*args, **kwargs))
@@ -254,7 +262,7 @@ class _Walk:
                 raise _failed(op, inside, given, exc, top) from None
         for t in outputs:
             self.measure(op.name, _shape(t), "", inside, top)
-        for shape, what in _attention_scores(op, args, kwargs):
+        for shape, what in _attention_scores(op, args, kwargs):  # (held in a Pipeline too: attack 42 #3)
             self.measure(op.name, shape, what, inside, top)
         self.held(op, given, inside, top)
         return outputs
@@ -277,22 +285,7 @@ class _Walk:
 
     def layer(self, op, inputs: list, inside: tuple[str, ...], top: str) -> list:
         """``op`` (a layer held by another, not a node of any graph) called on ``inputs``: measured, its outputs."""
-        from keras import tree
-
-        inner = _graph(op)
-        if inner is not None:
-            return self.graph(inner, inputs, (*inside, op.name), top)
-        given = inputs[0] if len(inputs) == 1 else inputs
-        try:
-            outputs = tree.flatten(op.compute_output_spec(given))
-        except Exception as exc:  # noqa: BLE001 - any layer's shape code: refused, not guessed
-            raise _failed(op, inside, inputs, exc, top) from None
-        for t in outputs:
-            self.measure(op.name, _shape(t), "", inside, top)
-        for shape, what in _attention_scores(op, (given,), {}):  # (an Attention in a Pipeline: attack 42 #3)
-            self.measure(op.name, shape, what, inside, top)
-        self.held(op, inputs, inside, top)
-        return outputs
+        return self.call(op, (inputs[0] if len(inputs) == 1 else inputs,), {}, inputs, inside, top)
 
     def measure(self, layer: str, shape: tuple, scores: str, inside: tuple[str, ...], top: str) -> None:
         if None in shape:
