@@ -178,11 +178,20 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
         t = outer_output(base, found)
         if pooling != "none":
             if len(t.shape) != 4:
-                raise ConfigError(f"--pooling {pooling} needs a 4-D conv output; layer {layer} gives {tuple(t.shape)}")
+                raise ConfigError(
+                    f"--pooling {pooling} needs a 4-D conv output, and layer {layer} of {model_name} gives "
+                    f"{tuple(t.shape)[1:]} per image: leave --pooling out, or cut at a conv layer (--layer NAME; "
+                    f"`featstore models {model_name} --layers` lists them)"
+                )
             pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
             t = pool(name=f"featstore_{pooling}_pool_{layer}")(t)
         out.append((layer, t))
     return out
+
+
+class NoOneOutput(ConfigError):
+    """A layer with no one output to cut at (called twice, or giving several tensors): at a default cut, the model has
+    no default cut (the other ConfigErrors of :func:`cut_outputs` are about the user's options: attack 43 #3)."""
 
 
 def outer_output(base, layer):
@@ -195,14 +204,14 @@ def outer_output(base, layer):
     gives several tensors (attack 41 #2: a traceback wherever one tensor was assumed)."""
     calls = outer_calls(base, layer)
     if len(calls) > 1:
-        raise ConfigError(_called_again(getattr(base, "_functional", None) or base, layer.name, calls))
+        raise NoOneOutput(_called_again(getattr(base, "_functional", None) or base, layer.name, calls))
     outputs = calls[0].output_tensors if calls else layer.output
     outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     if len(outputs) > 1:  # a model with two outputs, attention returning its scores: one tensor or none (attack 41 #2)
         graph = getattr(base, "_functional", None) or base
         joins = _takers(graph, {id(t) for t in outputs})
         after = f" (e.g. --layer {joins[0]})" if joins else ""
-        raise ConfigError(
+        raise NoOneOutput(
             f"layer {layer.name!r} gives {len(outputs)} tensors, and featstore cuts at one: cut at a layer after it "
             f"that takes them{after}, or save a model of the one you want as its output and pass it as --model"
         )

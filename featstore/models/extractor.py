@@ -25,6 +25,7 @@ from featstore.errors import ConfigError, check_names, check_paths, check_seed
 from featstore.models import activations, forward, onnx_runtime
 from featstore.models.backbones import (
     BackboneSpec,
+    NoOneOutput,
     cut_outputs,
     get_backbone,
     validate_pooling,
@@ -264,7 +265,7 @@ class Extractor:
         cut = spec.cut_outputs if isinstance(spec, HubSpec) else cut_outputs
         try:
             cuts = cut(base, [lyr or default for lyr in requested], c.pooling, self._shown_name())
-        except ConfigError as exc:  # the default is no cut (several tensors, called twice): not the user's choice
+        except NoOneOutput as exc:  # the default is no cut (several tensors, called twice): not the user's choice
             if any(requested) or default is None:
                 raise
             raise ConfigError(
