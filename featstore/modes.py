@@ -234,31 +234,46 @@ def _name(ident: int, group: bool) -> str:
         return f"{'gid' if group else 'uid'} {ident}"
 
 
-def renamable_by_others(path: str | os.PathLike, hops: int = 0) -> str | None:
-    """The first folder on the way to ``path`` (``path`` included: each level as named, and each link's real folders)
-    in which someone other than this user and root may rename entries, or a link on the way another user made: he
-    could swap what featstore later opens by name below it (a TMPDIR that is a team's 2775 folder: a colleague renamed
-    the user's scratch folder away and put his at its name, attack 41 #3). None where no one else can."""
-    here = os.path.abspath(os.fspath(path))
-    levels = [here]
-    while os.path.dirname(levels[-1]) != levels[-1]:
-        levels.append(os.path.dirname(levels[-1]))
-    for level in levels:
+def renamable_by_others(path: str | os.PathLike) -> str | None:
+    """The first folder on the way to ``path`` (``path`` included), walked as the kernel resolves it, in which someone
+    other than this user and root may rename entries, or a link on the way another user made: he could swap what
+    featstore later opens by name below it (a TMPDIR that is a team's 2775 folder: a colleague renamed the user's
+    scratch folder away and put his at its name, attack 41 #3). None where no one else can. Links are followed one
+    hop at a time (a colleague's link further on is his: attack 42 #1) and a ``..`` after one goes up from the link's
+    real folder, not from its name (``~/proj/tmp -> ../tmp`` with ``~/proj`` a link: attack 43 #2)."""
+    named = os.fspath(path)
+    todo = [part for part in reversed(os.path.join(os.getcwd(), named).split("/")) if part not in ("", ".")]
+    real, hops = "/", 0
+    if _renamable("/"):
+        return "/"
+    while todo:
+        part = todo.pop()
+        if part == "..":  # ``real`` holds no link: going up by name is going up
+            real = os.path.dirname(real)
+            continue
+        here = os.path.join(real, part)
         try:
-            st = os.lstat(level)
+            st = os.lstat(here)
         except OSError:
-            return level
-        mine = st.st_uid in (os.geteuid(), 0)
-        if stat.S_ISLNK(st.st_mode):  # one hop at a time: a colleague's link further on is his (attack 42 #1)
-            if not mine or hops >= 40:
-                return level
+            return here
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if st.st_uid not in (os.geteuid(), 0) or hops > 40:
+                return here
             try:
-                target = os.readlink(level)
+                target = os.readlink(here)
             except OSError:
-                return level
-            found = renamable_by_others(os.path.join(os.path.dirname(level), target), hops + 1)
-            if found is not None:
-                return found
-        elif not mine or (not st.st_mode & stat.S_ISVTX and others_may_write(st, level)):
-            return level
+                return here
+            real = "/" if target.startswith("/") else real
+            todo.extend(part for part in reversed(target.split("/")) if part not in ("", "."))
+        elif _renamable(here, st):
+            return here
+        else:
+            real = here
     return None
+
+
+def _renamable(level: str, st: os.stat_result | None = None) -> bool:
+    """Whether someone other than this user and root owns ``level`` or may rename entries in it (not a link)."""
+    st = os.lstat(level) if st is None else st
+    return st.st_uid not in (os.geteuid(), 0) or (not st.st_mode & stat.S_ISVTX and others_may_write(st, level))

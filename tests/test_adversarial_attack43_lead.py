@@ -28,3 +28,24 @@ def test_pooling_at_a_flatten_default_cut_names_pooling_not_a_missing_cut(tmp_pa
     assert "no default cut" not in str(err.value)
     assert "--pooling avg needs a 4-D conv output, and layer flat of" in str(err.value)
     assert "gives (392,) per image: leave --pooling out, or cut at a conv layer" in str(err.value)
+
+
+def test_a_relative_link_goes_up_from_its_real_folder(tmp_path):
+    """Attack 43 #2: ``~/proj`` a link to the project folder, in which ``tmp -> ../tmp`` names the projects' shared
+    2777 tmp; ``os.path.abspath`` collapsed ``proj/../tmp`` to ``~/tmp`` (private) and the shared one went unseen."""
+    import os
+
+    from featstore.modes import renamable_by_others
+
+    home, projects = tmp_path / "home", tmp_path / "data" / "projects"
+    (projects / "alice-proj").mkdir(parents=True)
+    (projects / "tmp").mkdir(mode=0o700)
+    os.chmod(projects / "tmp", 0o2777)  # a team's scratch folder, no sticky bit
+    (home / "tmp").mkdir(mode=0o700, parents=True)
+    (home / "proj").symlink_to(projects / "alice-proj")
+    (projects / "alice-proj" / "tmp").symlink_to("../tmp")
+    assert renamable_by_others(home / "tmp") is None
+    assert renamable_by_others(home / "proj" / "tmp") == str(projects / "tmp")
+    assert renamable_by_others(f"{home}/proj/../tmp") == str(projects / "tmp")  # (the kernel goes up from the real one)
+    os.chmod(projects / "tmp", 0o1777)  # with the sticky bit each user's entries are his
+    assert renamable_by_others(home / "proj" / "tmp") is None
