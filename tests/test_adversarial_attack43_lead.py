@@ -49,3 +49,26 @@ def test_a_relative_link_goes_up_from_its_real_folder(tmp_path):
     assert renamable_by_others(f"{home}/proj/../tmp") == str(projects / "tmp")  # (the kernel goes up from the real one)
     os.chmod(projects / "tmp", 0o1777)  # with the sticky bit each user's entries are his
     assert renamable_by_others(home / "proj" / "tmp") is None
+
+
+def test_a_mel_spectrograms_frames_count_as_its_activation():
+    """Attack 43 #1: MelSpectrogram (fft 16,384, stride 1) over a 192x192x3 image flattened framed the signal into
+    110,593 x 16,384 floats (6.8 GiB per image, and its rfft as much) while the bound counted its 1.7 MB output."""
+    import keras
+
+    from featstore.models.activations import check_activations, largest_activation
+
+    i = keras.Input((192, 192, 3))
+    x = keras.layers.Reshape((192 * 192 * 3,), name="flat")(i)
+    x = keras.layers.MelSpectrogram(fft_length=16384, sequence_length=16384, sequence_stride=1, num_mel_bins=4)(x)
+    x = keras.layers.GlobalAveragePooling1D(data_format="channels_first", name="feat")(x)
+    model = keras.Model(i, keras.layers.Dense(2)(x))
+    got = largest_activation(model)
+    assert got.scores == "spectrum (real and imaginary parts)" and got.shape == (110594, 8193, 2), got
+    with pytest.raises(
+        ConfigError, match=r"makes 110594 x 8193 x 2 float32 spectrum .* per image, 7\.2 GB.*--layer flat"
+    ):
+        check_activations(model, "mel.keras", resizable=False)
+    small = keras.Input((64,))  # an ordinary one: 1 KiB of frames, not refused
+    mel = keras.layers.MelSpectrogram(fft_length=32, sequence_length=16, sequence_stride=8, num_mel_bins=4)
+    assert check_activations(keras.Model(small, mel(small)), "small.keras", resizable=False).nbytes < 2048
