@@ -278,9 +278,10 @@ def main(
     ] = False,
 ) -> None:
     """featstore: transfer learning on cached CNN features."""
-    from featstore.store.reader import set_locking
+    if locking is not None or "featstore.store.locking" in sys.modules:  # h5py and the store: ~0.2 s not paid by
+        from featstore.store.locking import set_locking  # the commands that open no store (a --help, classifiers)
 
-    set_locking(locking)
+        set_locking(locking)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_SafeFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
@@ -296,12 +297,12 @@ def main(
 
 def _private_tempdir() -> None:
     """Every temporary file of the command (featstore's, Keras's, TensorFlow's generated code) in a folder where no
-    one else may rename entries (:func:`featstore.models.scratch.private_tempdir`; attack 41 #3); where there is none,
+    one else may rename entries (:func:`featstore.tmpdir.private_tempdir`; attack 41 #3); where there is none,
     the commands that need one say so when they do."""
     import tempfile
 
     from featstore.errors import ConfigError
-    from featstore.models.scratch import private_tempdir
+    from featstore.tmpdir import private_tempdir
 
     try:
         tempfile.tempdir = private_tempdir()
