@@ -278,9 +278,10 @@ def main(
     ] = False,
 ) -> None:
     """featstore: transfer learning on cached CNN features."""
-    from featstore.store.reader import set_locking
+    if locking is not None or "featstore.store.locking" in sys.modules:  # h5py and the store: ~0.2 s not paid by
+        from featstore.store.locking import set_locking  # the commands that open no store (a --help, classifiers)
 
-    set_locking(locking)
+        set_locking(locking)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_SafeFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
@@ -296,17 +297,36 @@ def main(
 
 def _private_tempdir() -> None:
     """Every temporary file of the command (featstore's, Keras's, TensorFlow's generated code) in a folder where no
-    one else may rename entries (:func:`featstore.models.scratch.private_tempdir`; attack 41 #3); where there is none,
-    the commands that need one say so when they do."""
+    one else may rename entries (:func:`featstore.tmpdir.private_tempdir`; attack 41 #3). Where there is none, nothing
+    is said here: the command refuses in one line when it needs one (featstore's scratch folders, or its first import
+    of TensorFlow or Keras: :class:`_NeedsPrivateTmp`), and one that needs none says nothing (attack 42 #7: every
+    command printed the line twice, this warning and then its own error)."""
     import tempfile
 
-    from featstore.errors import ConfigError
-    from featstore.models.scratch import private_tempdir
+    from featstore.tmpdir import private_tempdir
 
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _NeedsPrivateTmp)]  # an earlier in-process run's
     try:
         tempfile.tempdir = private_tempdir()
-    except ConfigError as exc:
-        logging.getLogger("featstore").warning("%s", exc)
+    except ConfigError:
+        sys.meta_path.insert(0, _NeedsPrivateTmp())
+
+
+class _NeedsPrivateTmp:
+    """An import hook (``sys.meta_path``) that refuses the first import of TensorFlow or Keras while there is no
+    private temporary folder: they write generated code there (autograph's modules, imported again by name) and
+    open models by name in it. The refusal is :func:`featstore.tmpdir.private_tempdir`'s one line; where a folder is
+    found by then, it becomes the temporary folder and the import goes on."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in ("tensorflow", "keras"):
+            return None
+        import tempfile
+
+        from featstore.tmpdir import private_tempdir
+
+        tempfile.tempdir = private_tempdir()  # ConfigError: the command's one line
+        return None
 
 
 StoreOpt = Annotated[Path, typer.Option(help="HDF5 store file.")]

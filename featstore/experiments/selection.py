@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, FeatstoreError, StoreError
 from featstore.experiments.calibration import _accepts_groups as takes_groups
 from featstore.stats.folds import stratified_group_folds
 
@@ -80,8 +80,8 @@ def fit_one(spec_name: str, params: dict, X, y, val, groups=None, jobs: int = 1)
             else:
                 est.fit(X, y)
             refuse_diverged(est, X, spec_name, params)  # (knn's n_neighbors > rows raises only here, at predict)
-        except DivergedError:
-            raise  # its own line: the warnings on the way there are its symptoms
+        except FeatstoreError:  # its own line (DivergedError: the warnings on the way there are its symptoms; no
+            raise  # private temporary folder for Keras, attack 42 #7: not "cannot be fitted on these rows")
         except ValueError as exc:  # e.g. n_neighbors > rows, more calibration folds than images of a class
             raise ConfigError(f"{spec_name} with {params} cannot be fitted on these {len(y)} rows: {exc}") from exc
     for category, text in dict.fromkeys(said):

@@ -19,13 +19,10 @@ restarted by Ray and its batch retried (Ray Data's defaults for actor pools).
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
 import socket
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,19 +30,23 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.caches import NotRegular, open_regular
 from featstore.errors import ConfigError, DataError
 from featstore.extraction.local import refuse_out_of_memory, warm_up
+from featstore.extraction.ray_address import (
+    _address,
+    _auto,  # noqa: F401 - where tests and callers found it
+    _check_reachable,
+    _local_root,
+    _ray_tmp,
+    worker_tempdir,
+)
 from featstore.extraction.ray_messages import RayNoise, worker_errors
 from featstore.images.decode import iter_decoded
 from featstore.models.onnx_runtime import default_threads
-from featstore.modes import others_may_write, writers
-from featstore.sticky import owner_name
 
 logger = logging.getLogger(__name__)
 
 EXTRA = 'pip install "featstore[ray]"'
-CONNECT_TIMEOUT_S = 5.0  # an address that does not answer a TCP connection within this is refused at once
 
 
 @dataclass(frozen=True)
@@ -83,92 +84,6 @@ def validate(options: RayOptions) -> None:
         raise ConfigError("--gpus-per-worker must be 0 or more, and CPUs per worker more than 0")
     if options.decode_threads < 0:
         raise ConfigError(f"decode_threads must be 0 or more, got {options.decode_threads}")
-
-
-def _address(given: str | None) -> tuple[str, str]:
-    """The address ray.init is given and how messages name it: ``--address``, else the RAY_ADDRESS environment
-    variable, else ``"local"`` (a new local Ray; never Ray's guess from the machine's shared /tmp/ray)."""
-    if given:
-        return _auto(given, "--address")
-    env = os.environ.get("RAY_ADDRESS", "").strip()
-    if env:
-        return _auto(env, "RAY_ADDRESS=")
-    return "local", "a local Ray"
-
-
-def _ray_tmp() -> str:
-    """Where Ray keeps its sessions and its address file, as Ray itself decides (``RAY_TMPDIR``, else the ``TMPDIR``
-    variable on Linux, else ``/tmp``): not ``tempfile.gettempdir()``, which the CLI points at a private folder where
-    ``TMPDIR`` is shared (attack 42 #2: "no Ray started" while the user's was running)."""
-    if os.environ.get("RAY_TMPDIR"):
-        return os.environ["RAY_TMPDIR"]
-    if sys.platform.startswith("linux") and os.environ.get("TMPDIR"):
-        return os.environ["TMPDIR"]
-    return "/tmp" if sys.platform.startswith(("linux", "darwin")) else tempfile.gettempdir()
-
-
-def _auto(address: str, option: str) -> tuple[str, str]:
-    """``address``, with "auto" resolved as Ray would (the address its last ``ray start`` wrote in
-    ``<RAY_TMPDIR>/ray/ray_current_cluster``) but only from a file of this user's (or root's) that no one else may
-    write: Ray's folder there is open to every user, so another user's file sent the run's connections to their
-    listener (attack 26 #9)."""
-    said = f"{option} {address}" if option == "--address" else f"{option}{address}"
-    if address != "auto":
-        return address, said
-    path = os.path.join(_ray_tmp(), "ray", "ray_current_cluster")
-    try:  # opened once, never followed nor waited on (a link, a FIFO there): caches' own opening
-        opened = open_regular(path)
-    except NotRegular as exc:
-        raise ConfigError(
-            f"{said}: {path} is not trusted ({exc}); give --address host:port of your Ray cluster"
-        ) from None
-    except OSError as exc:
-        opened, why = None, exc.strerror
-    else:
-        why = os.strerror(errno.ENOENT)
-    if opened is None:
-        raise ConfigError(
-            f"{said}: no Ray started on this machine names its address ({path}: {why}); start one with "
-            f"`ray start --head`, or give --address host:port"
-        )
-    fd, st = opened
-    try:
-        if st.st_uid not in (os.geteuid(), 0):
-            raise ConfigError(
-                f"{said}: {path} was written by {owner_name(st.st_uid)} (not you), so the address in it is not "
-                f"trusted; start Ray again with RAY_TMPDIR set to a folder of yours, or give --address host:port of "
-                f"your Ray cluster"
-            )
-        if others_may_write(st, fd):  # the user's own, but a group or an ACL lets others write it (attack 40 #13)
-            raise ConfigError(
-                f"{said}: {path} is yours, but {writers(st, fd, path)} may write it, so the address in it is not "
-                f"trusted; remove it and start Ray again with RAY_TMPDIR set to a folder of yours, or give --address "
-                f"host:port of your Ray cluster"
-            )
-        found = os.read(fd, 1024).decode("utf-8", "replace").strip()
-    finally:
-        os.close(fd)
-    if not found:
-        raise ConfigError(f"{said}: {path} is empty; give --address host:port of your Ray cluster")
-    return found, f"{said} ({found}, from {path})"
-
-
-def _check_reachable(address: str, named: str | None = None) -> None:
-    """Fail fast, naming the address, when nothing answers there (ray.init would wait for minutes)."""
-    named = named or f"--address {address}"
-    if address in ("auto", "local"):
-        return
-    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"{named} is not host:port, ray://host:port or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot reach the Ray cluster at {named} ({exc}); is the head node running "
-            f"(`ray start --head` there) and the port open from here?"
-        ) from None
 
 
 class RayEngine:
@@ -220,6 +135,7 @@ class RayEngine:
             # machine can write: another user's listener got the run's connections (attack 25). RAY_ADDRESS is this
             # user's own setting (a Ray job's driver has it), so it is kept; else a new local Ray, as the docs say.
             address, named = _address(o.address)
+            session_root = _local_root() if address == "local" else None
             if address != "local":
                 _check_reachable(address, named)
             try:
@@ -229,6 +145,7 @@ class RayEngine:
                     logging_level=logging.WARNING,
                     log_to_driver=True,
                     configure_logging=False,
+                    **({"_temp_dir": session_root} if session_root else {}),
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"cannot connect to Ray at {named}: {exc}") from None
@@ -237,7 +154,7 @@ class RayEngine:
                     raise
                 why = (str(exc).strip().splitlines() or [repr(exc)])[0][:200]
                 raise ConfigError(
-                    f"cannot start a local Ray ({why}): its logs under {_ray_tmp()}/ray/session_latest/logs "
+                    f"cannot start a local Ray ({why}): its logs under {session_root or _ray_tmp() + '/ray'}/session_latest/logs "
                     f"say why (a memory limit such as ulimit -v stops its object store); run with --engine local, or "
                     f"start Ray yourself and give --address"
                 ) from None
@@ -391,6 +308,7 @@ class Forward:
     ):
         from featstore.quiet import quiet_tensorflow
 
+        worker_tempdir()  # before TensorFlow writes anything
         quiet_tensorflow()  # a worker process is not the CLI's: hide TensorFlow's start-up lines here too (FEATSTORE_VERBOSE=1 shows them)
         import tensorflow as tf
 

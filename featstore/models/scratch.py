@@ -28,8 +28,11 @@ from pathlib import Path
 
 from featstore.leftovers import host_tag, last_touched, writer_gone
 from featstore.sticky import owner_name
+from featstore.tmpdir import private_tempdir
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["new_scratch", "private_tempdir", "remove_stale", "scratch_folder", "scratch_name", "user_scratch"]
 
 STALE_AGE_S = 300  # a scratch folder of a gone process is removed only once this old (another PID namespace's pid)
 
@@ -38,57 +41,6 @@ def scratch_name(kind: str, pid: int) -> str:
     """The name of a new scratch folder of ``kind`` for process ``pid`` on this host (:func:`featstore.leftovers.host_tag`,
     the same tag featstore's temporary files carry)."""
     return f"{kind}-{pid}-{host_tag()}-{secrets.token_hex(4)}"
-
-
-def private_tempdir() -> str:
-    """A folder for featstore's temporary files and folders in which no one else may rename entries (nor in any
-    folder above it): ``tempfile.gettempdir()`` (``TMPDIR``, else ``/tmp``, whose sticky bit keeps each user's entries
-    his) where it is so; else ``~/.cache/featstore/tmp`` (made ``0700``), with one warning a process. A TMPDIR others
-    may rename in (a team's ``2775`` scratch folder, a colleague's link) let one of them swap the user's scratch folder
-    for his while Keras opened a model by name there (attack 41 #3). ConfigError where neither is private."""
-    from featstore.errors import ConfigError
-    from featstore.modes import renamable_by_others
-
-    default = tempfile.gettempdir()
-    shared = renamable_by_others(default) if hasattr(os, "geteuid") else None
-    if shared is None:
-        return default
-    where = "" if shared == default else f" is in {shared}"
-    try:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featstore" / "tmp"
-    except RuntimeError:  # no HOME and no passwd entry (a container's --user, env -i): attack 42 #4
-        raise ConfigError(
-            f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), "
-            f"and there is no home folder for featstore's own: set TMPDIR to a folder of yours"
-        ) from None
-    st, why = None, None
-    existing = next(p for p in (cache, *cache.parents) if os.path.lexists(p))
-    shut = renamable_by_others(existing)  # checked before anything is made there (attack 42 #7)
-    if shut is not None:
-        why = f"others may rename entries in {shut}"
-    else:
-        try:
-            cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-            st = os.lstat(cache)
-        except OSError as exc:
-            why = exc.strerror
-    if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
-        why = renamable_by_others(cache)
-        if why is None:
-            _once(
-                Path(default),
-                f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs): "
-                f"featstore keeps its temporary files in {cache} instead; set TMPDIR to a folder of yours to choose "
-                f"another",
-            )
-            return str(cache)
-        why = f"others may rename entries in {why}"
-    elif st is not None:
-        why = "not a private folder of yours (mode 0700)"
-    raise ConfigError(
-        f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), and "
-        f"{cache} cannot take featstore's temporary files either ({why}): set TMPDIR to a folder of yours"
-    )
 
 
 def user_scratch() -> Path | None:

@@ -1,0 +1,77 @@
+"""The folder for featstore's temporary files: one in which no one else may rename entries (nor in a folder above it).
+
+A TMPDIR others may rename in (a team's ``2775`` scratch folder, a colleague's link) let one of them swap the user's
+scratch folder for his while Keras opened a model by name there (attack 41 #3). This module is the light home of that
+choice (``os``, ``stat``, :mod:`featstore.modes`): the command picks it on every start, before it knows whether it
+will need it (:mod:`featstore.models.scratch` and what it imports cost about 45 ms more).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from featstore.errors import ConfigError
+from featstore.modes import renamable_by_others
+
+logger = logging.getLogger("featstore.models.scratch")  # the name its lines always had
+
+_SAID: set[str] = set()  # the shared temporary folders warned about in this process: one line each
+
+
+def private_tempdir() -> str:
+    """A folder for featstore's temporary files and folders in which no one else may rename entries (nor in any
+    folder above it): ``tempfile.gettempdir()`` (``TMPDIR``, else ``/tmp``, whose sticky bit keeps each user's entries
+    his) where it is so; else ``~/.cache/featstore/tmp`` (made ``0700``), with one warning a process. ConfigError
+    where neither is private."""
+    folder, line = choose()
+    if line is not None and line not in _SAID:
+        _SAID.add(line)
+        logger.warning("%s", line)
+    return folder
+
+
+def choose() -> tuple[str, str | None]:
+    """:func:`private_tempdir`'s folder and the warning it says when that is not ``tempfile.gettempdir()`` (None where
+    it is), saying nothing itself: a Ray worker picks its own without a line each (the driver said it once)."""
+    default = tempfile.gettempdir()
+    shared = renamable_by_others(default) if hasattr(os, "geteuid") else None
+    if shared is None:
+        return default, None
+    where = "" if shared == default else f" is in {shared}"
+    try:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featstore" / "tmp"
+    except RuntimeError:  # no HOME and no passwd entry (a container's --user, env -i): attack 42 #4
+        raise ConfigError(
+            f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), "
+            f"and there is no home folder for featstore's own: set TMPDIR to a folder of yours"
+        ) from None
+    st, why = None, None
+    existing = next(p for p in (cache, *cache.parents) if os.path.lexists(p))
+    shut = renamable_by_others(existing)  # checked before anything is made there (attack 42 #7)
+    if shut is not None:
+        why = f"others may rename entries in {shut}"
+    else:
+        try:
+            cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = os.lstat(cache)
+        except OSError as exc:
+            why = exc.strerror
+    if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
+        why = renamable_by_others(cache)
+        if why is None:
+            return str(cache), (
+                f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs): "
+                f"featstore keeps its temporary files in {cache} instead; set TMPDIR to a folder of yours to choose "
+                f"another"
+            )
+        why = f"others may rename entries in {why}"
+    elif st is not None:
+        why = "not a private folder of yours (mode 0700)"
+    raise ConfigError(
+        f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), and "
+        f"{cache} cannot take featstore's temporary files either ({why}): set TMPDIR to a folder of yours"
+    )
