@@ -72,3 +72,28 @@ def test_a_mel_spectrograms_frames_count_as_its_activation():
     small = keras.Input((64,))  # an ordinary one: 1 KiB of frames, not refused
     mel = keras.layers.MelSpectrogram(fft_length=32, sequence_length=16, sequence_stride=8, num_mel_bins=4)
     assert check_activations(keras.Model(small, mel(small)), "small.keras", resizable=False).nbytes < 2048
+
+
+@pytest.mark.parametrize("mode", ["multi_hot", "count"])
+def test_a_category_encodings_one_hot_counts_where_it_encodes_several_axes(mode):
+    """Attack 43 #5: CategoryEncoding(2**18, multi_hot or count) over 16 x 768 values per image one-hot encodes every
+    value before reducing (TensorFlow's bincount takes one axis only): 12 GiB per image, counted as its 16 MiB output.
+    Over one axis (bincount) nothing but the output is made, and nothing more is counted."""
+    import keras
+
+    from featstore.models.activations import check_activations, largest_activation
+
+    i = keras.Input((64, 64, 3))
+    rows = keras.layers.Reshape((16, 768), name="rows")(i)
+    enc = keras.layers.CategoryEncoding(num_tokens=2**18, output_mode=mode, name="enc")(rows)
+    model = keras.Model(i, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling1D()(enc)))
+    got = largest_activation(model)
+    assert (got.layer, got.shape, got.scores) == ("enc", (16, 768, 2**18), "one-hot encoding"), got
+    with pytest.raises(
+        ConfigError, match=r"'enc' makes 16 x 768 x 262144 float32 one-hot encoding per image.*--layer rows"
+    ):
+        check_activations(model, "enc.keras", resizable=False)
+    flat = keras.layers.CategoryEncoding(num_tokens=2**18, output_mode=mode, name="enc")
+    one_axis = keras.layers.Reshape((12288,))(i)
+    got = largest_activation(keras.Model(i, flat(one_axis)))
+    assert (got.layer, got.shape, got.scores) == ("enc", (2**18,), ""), got

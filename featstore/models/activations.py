@@ -145,20 +145,26 @@ def _shape(tensor) -> tuple:
     return tuple(None if d is None else int(d) for d in tuple(getattr(tensor, "shape", ()) or ())[1:])
 
 
-def _made_inside(op, args: tuple, kwargs: dict) -> list[tuple[tuple[int, ...], str]]:
+def _made_inside(op, args: tuple, kwargs: dict, outputs: list) -> list[tuple[tuple[int, ...], str]]:
     """The tensors a built-in layer makes inside it for one image, none of them its output, each with what it is: an
-    attention layer's (:func:`_attention_scores`), a ``MelSpectrogram``'s short-time Fourier transform: its framed
+    attention layer's (:func:`_attention_scores`); a ``MelSpectrogram``'s short-time Fourier transform: its framed
     signal (frames x fft_length, every frame padded to fft_length) and their spectrum (frames x fft_length/2+1, complex:
-    two floats). A 10-parameter model's MelSpectrogram (fft 16,384, stride 1, over a 192x192x3 image flattened) made
-    6.8 GiB per image twice while its output was 1.7 MB (attack 43 #1). Empty for other layers."""
-    if type(op).__name__ != "MelSpectrogram":
-        return _attention_scores(op, args, kwargs)
+    two floats); a categorical encoding's one-hot of every value (values x tokens) where it counts or multi-hot
+    encodes more than one axis of values per image (``CategoryEncoding``, the lookups, ``Hashing``, ``Discretization``
+    with ``output_mode`` multi_hot, count or tf_idf: TensorFlow's bincount takes one axis, Keras one-hot encodes the
+    rest, then reduces). A 10-parameter model's MelSpectrogram (fft 16,384, stride 1, over a 192x192x3 image
+    flattened) made 6.8 GiB per image twice, a CategoryEncoding(2**18, "multi_hot") over 16 x 768 values 12 GiB, while
+    their outputs were 1.7 and 16 MB (attack 43 #1, #5). Empty for other layers."""
     signal = _shape(args[0] if args else kwargs.get("inputs"))
-    if not signal or None in signal:
-        return []  # an unknown length is refused as its input's (see _Walk)
-    stride, fft = int(op.sequence_stride), int(op.fft_length)
-    frames = math.prod(signal[:-1]) * ((signal[-1] + stride + 1) // stride)  # (Keras's own count of its frames)
-    return [((frames, fft), "framed signal"), ((frames, fft // 2 + 1, 2), "spectrum (real and imaginary parts)")]
+    unknown = not signal or None in signal  # an unknown size is refused as its input's (see _Walk)
+    if type(op).__name__ == "MelSpectrogram" and not unknown:
+        stride, fft = int(op.sequence_stride), int(op.fft_length)
+        frames = math.prod(signal[:-1]) * ((signal[-1] + stride + 1) // stride)  # (Keras's own count of its frames)
+        return [((frames, fft), "framed signal"), ((frames, fft // 2 + 1, 2), "spectrum (real and imaginary parts)")]
+    expands = getattr(op, "output_mode", None) in ("multi_hot", "count", "tf_idf") and len(signal) > 1
+    if expands and not unknown and outputs and _shape(outputs[0])[-1:] != (None,):
+        return [((*signal, *_shape(outputs[0])[-1:]), "one-hot encoding")]
+    return _attention_scores(op, args, kwargs)
 
 
 def _attention_scores(op, args: tuple, kwargs: dict) -> list[tuple[tuple[int, ...], str]]:
@@ -278,7 +284,7 @@ class _Walk:
                 raise _failed(op, inside, given, exc, top) from None
         for t in outputs:
             self.measure(op.name, _shape(t), "", inside, top)
-        for shape, what in _made_inside(op, args, kwargs):  # (held in a Pipeline too: attack 42 #3)
+        for shape, what in _made_inside(op, args, kwargs, outputs):  # (held in a Pipeline too: attack 42 #3)
             self.measure(op.name, shape, what, inside, top)
         self.held(op, given, inside, top)
         return outputs
@@ -313,7 +319,8 @@ class _Walk:
 
 def largest_activation(model) -> Largest | None:
     """The largest tensor one image makes in ``model``'s forward pass (every layer's output, nested models' layers
-    included, and what built-in layers make inside them: attention scores, a MelSpectrogram's frames: :func:`_made_inside`),
+    included, and what built-in layers make inside them: attention scores, a MelSpectrogram's frames, a one-hot:
+    :func:`_made_inside`),
     measured at the concrete shapes each takes
     (:class:`_Walk`): no image is run; of equal ones, the first in the pass. None for a model without a graph (a
     subclassed model). Raises :class:`_Unknown` for a dimension Keras cannot tell without running the model."""
