@@ -97,3 +97,38 @@ def test_a_category_encodings_one_hot_counts_where_it_encodes_several_axes(mode)
     one_axis = keras.layers.Reshape((12288,))(i)
     got = largest_activation(keras.Model(i, flat(one_axis)))
     assert (got.layer, got.shape, got.scores) == ("enc", (2**18,), ""), got
+
+
+@pytest.mark.parametrize(
+    "code, says, not_said",
+    [
+        ("EROFS", "once the file system of {root} is writable again (it is mounted read-only), then record", "space"),
+        ("EACCES", "once you may write {root} (its owner or an admin can make it so), then record", "space"),
+        ("ENOSPC", "the disk is full. The run is kept whole in {run}: free some space on the disk of {root}", "once"),
+    ],
+)
+def test_a_kept_finetune_run_names_the_fix_its_reason_needs(tmp_path, monkeypatch, code, says, not_said):
+    """Attack 43 #4: the runs folder remounted read-only while finetune trained; the run was kept, and the line said
+    "free some space on the disk ..., then mv", which cannot work on a read-only file system (nor when it is shut)."""
+    import errno
+    import os
+    import tempfile
+    from types import SimpleNamespace
+
+    from featstore.errors import OutputError
+    from featstore.experiments import finetune_space
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def record_into(folder):
+        (folder / "finetune-1a2b3c").mkdir()
+        return SimpleNamespace(id="finetune-1a2b3c")
+
+    refused = OutputError("could not write")
+    refused.cause = OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+    root = tmp_path / "runs"
+    line = str(finetune_space.keep_run(refused, record_into, root, 941.4, 3000))
+    (run,) = tmp_path.glob("featstore-finetune-*/finetune-1a2b3c")
+    assert line.startswith("fine-tuned for 941.4 s (3000 epochs), but could not write run finetune-1a2b3c"), line
+    assert says.format(root=root, run=run) in line and not_said not in line.split("kept whole")[1], line
+    assert f"`mv {run} {root}/`" in line and f"`mv {run} DIR/`" in line

@@ -99,28 +99,43 @@ def keep_run(exc: OutputError, record_into: Callable[[Path], object], root: Path
     When that fails too, the line says so and what the run needs."""
     cause = exc.cause
     why = "the disk is full" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else (cause.strerror or str(cause))
+    fix = _fix(cause, root)
     trained = f"fine-tuned for {seconds:.1f} s ({epochs} epoch{'s' * (epochs != 1)})"
     try:
         kept = Path(tempfile.mkdtemp(prefix="featstore-finetune-", dir=private_tempdir()))  # 0700: the user's alone
     except (OSError, ConfigError) as again:  # (ConfigError: no private temporary folder, attack 41 #3)
-        raise _lost(trained, root, why, tempfile.gettempdir(), again) from None
+        raise _lost(trained, root, why, fix, tempfile.gettempdir(), again) from None
     logger.warning("could not write the fine-tuned run into %s (%s): writing it into %s instead", root, why, kept)
     try:
         rec = record_into(kept)
     except OutputError as again:
         shutil.rmtree(kept, ignore_errors=True)
-        raise _lost(trained, root, why, kept, getattr(again, "cause", again)) from None
+        raise _lost(trained, root, why, fix, kept, getattr(again, "cause", again)) from None
     run = kept / rec.id
     return OutputError(
-        f"{trained}, but could not write run {rec.id} into {root}: {why}. The run is kept whole in {run}: free some "
-        f"space on the disk of {root}, then record it with `mv {run} {root}/` (until then it is read with --runs {kept})"
+        f"{trained}, but could not write run {rec.id} into {root}: {why}. The run is kept whole in {run}: {fix}, "
+        f"then record it with `mv {run} {root}/`, or record it in another runs folder with `mv {run} DIR/` (until "
+        f"then it is read with --runs {kept})"
     )
 
 
-def _lost(trained: str, root: Path, why: str, tmp, again: BaseException) -> OutputError:
+def _fix(cause: OSError, root: Path) -> str:
+    """What makes the runs folder ``root`` take a run again after ``cause`` (the fix follows the reason: freeing space
+    on a read-only file system does nothing, attack 43 #4)."""
+    if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free some space on the disk of {root}"
+    if cause.errno == errno.EROFS:
+        return f"once the file system of {root} is writable again (it is mounted read-only)"
+    if cause.errno in (errno.EACCES, errno.EPERM):
+        return f"once you may write {root} (its owner or an admin can make it so)"
+    return "once that is fixed"
+
+
+def _lost(trained: str, root: Path, why: str, fix: str, tmp, again: BaseException) -> OutputError:
     """The line when the trained run could be kept nowhere."""
     reason = getattr(again, "strerror", None) or str(again)
     return OutputError(
         f"{trained}, but could not write its run into {root} ({why}) nor keep it in {tmp} ({reason}); nothing was "
-        f"recorded: free some space on the disk of {root} and run again, or set TMPDIR to a folder on another disk"
+        f"recorded: {fix}, run again (or pass --runs DIR with a writable folder), or set TMPDIR to a folder of yours "
+        f"with room"
     )
