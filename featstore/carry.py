@@ -213,14 +213,16 @@ def _group_name(gid: int) -> str:
 def give(fd: int, before: Own, what: str, path: str, refuse: Refuse, bits: int = 0o777, folder: bool = False) -> int:
     """``before``'s group, mode (``bits`` of it) and carried attributes onto the file (``folder``: the folder) open at
     ``fd``, which will be ``what`` at ``path``, saying a group that could not be given (:func:`say_group`); the mode it
-    now has. Example::
+    now has, with the set-group-ID bit wanted. Example::
 
         give(fd, Own.of("train.csv"), "--out train.csv", "train.csv", lambda name, exc: OutputError(...))
     """
-    own_permissions(fd, before, bits)
+    mode = own_permissions(fd, before, bits)
     own_xattrs(fd, before.xattrs, before, refuse, folder)
     say_group(fd, before, what, path, folder)
-    return stat.S_IMODE(os.fstat(fd).st_mode)
+    # the set-group-ID bit wanted, also where the chmod of a user outside the folder's group cleared it: a folder's
+    # publish gives it as a plain mkdir does (renames.OwnFolder._remade; it was lost from the second export on: 42 #5)
+    return stat.S_IMODE(os.fstat(fd).st_mode) | (mode & stat.S_ISGID)
 
 
 def not_carried(where: str, error: type[Exception], nothing: str = "nothing was written there") -> Refuse:

@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -91,6 +92,30 @@ def _default_acl(at: int | str | os.PathLike) -> dict[int, int] | None:
         tag, perm = struct.unpack_from("<HH", acl, start)
         perms[tag] = perm & 0o7
     return perms if _USER_OBJ in perms and _OTHER in perms else None
+
+
+def same_xattrs(src: int, dst: int) -> None:
+    """The ACLs and ``user.*`` attributes (what :mod:`featstore.carry` carries) of the folder open at ``src`` onto the
+    one open at ``dst``, set only where they differ: setting an access ACL clears the set-group-ID bit as a chmod does
+    (a plain ``mkdir`` beside a replaced folder usually inherited the same ACL); none where there are no attributes."""
+    if not hasattr(os, "listxattr"):
+        return
+
+    def carried(fd: int) -> dict[str, bytes]:
+        try:
+            names = [n for n in os.listxattr(fd) if n in (ACCESS_ACL, DEFAULT_ACL) or n.startswith("user.")]
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return {}
+            raise
+        return {n: os.getxattr(fd, n) for n in names}
+
+    old, new = carried(src), carried(dst)
+    for name in new.keys() - old.keys():
+        os.removexattr(dst, name)
+    for name, value in old.items():
+        if new.get(name) != value:
+            os.setxattr(dst, name, value)
 
 
 def unusable(at: int | str | os.PathLike, shown: str | os.PathLike) -> str | None:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from featstore.errors import OutputError
 from featstore.leftovers import PRIVATE_FILES, private_name, temp_stem
-from featstore.modes import fresh_mode, unusable
+from featstore.modes import fresh_mode, same_xattrs, unusable
 
 logger = logging.getLogger(__name__)
 FD_SAFE = hasattr(os, "O_NOFOLLOW") and hasattr(os, "O_DIRECTORY") and os.mkdir in os.supports_dir_fd
@@ -303,53 +303,69 @@ class OwnFolder:
         where it differs (a chmod by a non-member of the folder's group clears the bit: :meth:`_remade`), then the
         folder renamed onto ``dst`` while its name is still this folder (else an OutputError: nothing is renamed)."""
         want = fresh_mode(self.fd, folder=True) if mode is None else mode
-        if stat.S_IMODE(os.fstat(self.fd).st_mode) != want and not self._remade(want):
-            os.fchmod(self.fd, want)
+        if stat.S_IMODE(os.fstat(self.fd).st_mode) != want:
+            self._remade(want)
+            if stat.S_IMODE(os.fstat(self.fd).st_mode) != want:  # (not remade: the bit is lost, as any chmod loses it)
+                os.fchmod(self.fd, want)
         if not self.is_it():
             raise self._swapped()
         os.replace(self.name, dst)
         self.published = True
         self.close()
 
-    def _remade(self, want: int) -> bool:
-        """Where ``want`` keeps the set-group-ID bit this folder inherited but a chmod would clear it (Linux clears it
-        when the user is not in the folder's group: attack 40 #5, a project folder of a group the user is not in), and
-        no one else may write a folder of mode ``want``: a plain ``mkdir`` beside it (which keeps the bit) given its
-        entries (renamed through the two descriptors) and its place (this folder removed): whether done. Not done
-        (another mode, an error: what was moved moved back), the caller's chmod gives ``want`` but the bit."""
-        st = os.fstat(self.fd)
-        if not (want & st.st_mode & stat.S_ISGID) or want & 0o022 or not FD_SAFE or _keeps_setgid(st):
-            return False
-        made = self.name.with_name(f"{self.prefix}{os.urandom(4).hex()}{self.suffix}")
-        moved: list[str] = []
+    def _remade(self, want: int) -> None:
+        """Where ``want`` has the set-group-ID bit a chmod would clear (Linux does for a user outside the folder's
+        group: attack 40 #5; a replaced folder's mode carried onto this one: attack 42 #5), a plain ``mkdir`` beside it
+        with that mode (which keeps the bit) takes its entries, attributes (:func:`featstore.modes.same_xattrs`) and
+        place. Group-writable (a team share: attack 42 #8), others may write in it from its ``mkdir``: it must then
+        hold exactly the entries moved (names, inodes) and be still ours at its name; else they are moved back for the
+        caller's chmod (the bit lost rather than a colleague's file published in the user's run or export). Not done
+        (another mode, an error), the same; an OutputError where one cannot be moved back (renamed away)."""
+        if not want & stat.S_ISGID or not FD_SAFE or _keeps_setgid(st := os.fstat(self.fd)):
+            return
+        made, fd, moved = self.name.with_name(f"{self.prefix}{os.urandom(4).hex()}{self.suffix}"), -1, {}
         try:
             os.mkdir(made, want & 0o777)
         except OSError:
-            return False
-        fd = -1
+            return
         try:
             fd = os.open(made, _DIR | os.O_NOFOLLOW)
             new = os.fstat(fd)
-            if new.st_uid != os.geteuid() or stat.S_IMODE(new.st_mode) != want or os.listdir(fd):
-                raise OSError("not the mode wanted")  # (a default ACL or umask other than fresh_mode read)
+            if (new.st_uid, new.st_gid, stat.S_IMODE(new.st_mode)) != (os.geteuid(), st.st_gid, want) or os.listdir(fd):
+                raise OSError("not the folder and mode wanted")  # (a default ACL or umask other than fresh_mode read)
             for entry in os.listdir(self.fd):
+                moved[entry] = _key(entry, self.fd)
                 os.rename(entry, entry, src_dir_fd=self.fd, dst_dir_fd=fd)
-                moved.append(entry)
-            if not self.is_it():
-                raise OSError("renamed away")
+            if stat.S_IMODE(st.st_mode) & 0o777 == want & 0o777:  # a replaced folder's attributes, carried onto this
+                same_xattrs(self.fd, fd)
+            if {e: _key(e, fd) for e in os.listdir(fd)} != moved or not same_folder(fd, made) or not self.is_it():
+                raise OSError("written into by someone else, or renamed away")
             os.rmdir(self.name)
         except OSError:
-            with contextlib.suppress(OSError):
-                for entry in moved:
-                    os.rename(entry, entry, src_dir_fd=fd, dst_dir_fd=self.fd)
-                if fd >= 0 and same_folder(fd, made):
-                    os.rmdir(made)
-            if fd >= 0:
-                os.close(fd)
-            return False
+            self._put_back(fd, made, moved)
+            return
         os.close(self.fd)
         self.fd, self.name = fd, made
-        return True
+
+    def _put_back(self, fd: int, made: Path, moved: dict[str, tuple[int, int] | None]) -> None:
+        """The entries :meth:`_remade` moved into ``made`` (open at ``fd``; -1: not opened, removed if empty) moved back,
+        each while it is the one moved, and ``made`` removed while empty (else left, said); an OutputError: one is gone."""
+        if fd < 0:
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
+            return
+        for entry, key in moved.items():
+            with contextlib.suppress(OSError):
+                if _key(entry, fd) == key:
+                    os.rename(entry, entry, src_dir_fd=fd, dst_dir_fd=self.fd)
+        try:
+            if same_folder(fd, made):
+                os.rmdir(made)
+        except OSError as exc:  # someone else's entries in it: his to see, never published as the user's
+            _left(made, exc)
+        os.close(fd)
+        if any(_key(entry, self.fd) != key for entry, key in moved.items()):
+            raise self._swapped()
 
     def remove(self) -> None:
         """Remove what was written and the folder, only while its name is still it (a folder renamed away was published
@@ -410,6 +426,14 @@ def _keeps_setgid(st: os.stat_result) -> bool:
     """Whether a chmod by this user keeps the set-group-ID bit of the file of ``st``: root's, or a member of its group
     (a user outside it without CAP_FSETID has the bit cleared by Linux)."""
     return os.geteuid() == 0 or st.st_gid == os.getegid() or st.st_gid in os.getgroups()
+
+
+def _key(name: str, dir_fd: int) -> tuple[int, int] | None:
+    """The device and inode of the entry ``name`` in the folder open at ``dir_fd`` (a link's own); None: nothing."""
+    with contextlib.suppress(FileNotFoundError):
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return st.st_dev, st.st_ino
+    return None
 
 
 def unredirectable(fd: int, name: str, parent: Path, held: os.stat_result) -> Path | None:

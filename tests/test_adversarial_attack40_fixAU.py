@@ -190,9 +190,9 @@ def test_shards_in_a_set_group_id_folder_of_another_group_keep_the_bit(not_in_gr
     assert sorted(p.name for p in not_in_group.iterdir()) == ["plain.d", "shards"]  # nothing hidden left
 
 
-def test_a_folder_others_may_write_is_not_remade(not_in_group):
-    """#5: where the final mode lets others write (umask 002), the folder is not exposed early: chmod-ed (the bit
-    lost, as before), its contents kept."""
+def test_a_folder_others_may_write_is_remade_too(not_in_group):
+    """#5: where the final mode lets others write (umask 002), the folder is remade too (attack 42 #8: it was chmod-ed,
+    the bit lost, in every team share), its contents kept, nothing hidden left."""
     old = os.umask(0o002)
     try:
         with renames.OwnFolder(not_in_group, ".x.", ".tmp") as own:
@@ -201,7 +201,8 @@ def test_a_folder_others_may_write_is_not_remade(not_in_group):
     finally:
         os.umask(old)
     assert (not_in_group / "x" / "f").read_bytes() == b"x"
-    assert (not_in_group / "x").stat().st_mode & 0o7777 == 0o775
+    assert (not_in_group / "x").stat().st_mode & 0o7777 == 0o2775
+    assert os.listdir(not_in_group) == ["x"]
 
 
 @pytest.fixture
