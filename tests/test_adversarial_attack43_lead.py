@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from featstore.errors import ConfigError
@@ -132,3 +134,40 @@ def test_a_kept_finetune_run_names_the_fix_its_reason_needs(tmp_path, monkeypatc
     assert line.startswith("fine-tuned for 941.4 s (3000 epochs), but could not write run finetune-1a2b3c"), line
     assert says.format(root=root, run=run) in line and not_said not in line.split("kept whole")[1], line
     assert f"`mv {run} {root}/`" in line and f"`mv {run} DIR/`" in line
+
+
+def test_the_users_own_link_at_kerass_download_folder_is_followed(tmp_path):
+    """Attack 43 #12: ``~/.keras/models`` the user's link to a 0700 folder on a bigger disk was refused as "other users
+    can write (anyone (it is o+w))", the mode of the link itself."""
+    import os
+
+    from featstore.models.weights import _others_write, _shared_line
+
+    home, big = tmp_path / ".keras", tmp_path / "bigdisk" / "keras-models"
+    home.mkdir(mode=0o700)
+    big.mkdir(mode=0o700, parents=True)
+    (home / "models").symlink_to(big)
+    assert _others_write(home / "models", home) is None
+    os.chmod(big, 0o777)  # where it leads others may write: that folder named, with who may
+    assert _others_write(home / "models", home) == big
+    line = _shared_line("weights", home / "models" / "w.h5", big)
+    assert f"download it into {big}, which other users can write (anyone (it is o+w))" in line, line
+
+
+def test_kerass_download_folder_behind_a_dotdot_after_a_link_is_checked_where_the_kernel_goes(tmp_path):
+    """Attack 43 #9: ``KERAS_HOME=~/proj/../kh`` with ``~/proj`` a link: ``os.path.abspath`` made it ``~/kh`` (missing,
+    then ``~``: the user's), while Keras downloads into the team's ``kh/models`` beside the project."""
+    import os
+
+    from featstore.models.weights import _others_write
+
+    home, projects = tmp_path / "home", tmp_path / "data" / "projects"
+    (projects / "alice-proj").mkdir(parents=True)
+    (projects / "kh" / "models").mkdir(parents=True)
+    os.chmod(projects / "kh" / "models", 0o2777)  # the team's Keras cache
+    home.mkdir(mode=0o700)
+    (home / "proj").symlink_to(projects / "alice-proj")
+    keras_home = f"{home}/proj/../kh"
+    assert _others_write(Path(keras_home) / "models", Path(keras_home)) == Path(keras_home) / "models"
+    os.chmod(projects / "kh" / "models", 0o700)
+    assert _others_write(Path(keras_home) / "models", Path(keras_home)) is None

@@ -184,21 +184,31 @@ def _load_imagenet(spec: BackboneSpec, size: int):
 
 def _others_write(datadir: Path, home: Path) -> Path | None:
     """The folder that makes Keras's download by name into ``datadir`` unsafe, or None: the folder it writes in
-    (``datadir``, or the level above where Keras makes it) when it is not this user's (nor root's), a link, or others
-    may write it; or a folder above it in which others may rename entries, up to ``/``, a link's chain hop by hop
-    (:func:`featstore.modes.renamable_by_others`, the rule :func:`featstore.renames.by_name` walks by): a private ``models/`` in a team's ``KERAS_HOME`` (``root:team 2775``) was
-    taken as safe, and a colleague could rename ``models/`` away and put his folder (or a link) at its name while Keras
+    (``datadir``, or the level above where Keras makes it; the folder a link of the user's there leads to) when it is
+    not this user's (nor root's), another user's link, or others may write it; or a folder above it in which others
+    may rename entries, up to ``/``, a link's chain hop by hop (:func:`featstore.modes.renamable_by_others`, the rule
+    :func:`featstore.renames.by_name` walks by): a private ``models/`` in a team's ``KERAS_HOME`` (``root:team 2775``)
+    was taken as safe, and a colleague could rename ``models/`` away and put his folder (or a link) at its name while Keras
     downloaded (attack 40 #12). ``home``: Keras's cache folder (``datadir`` is in it; kept for the callers)."""
-    for folder in (Path(os.path.abspath(datadir)), *Path(os.path.abspath(datadir)).parents):
+    given = Path(os.path.join(os.getcwd(), datadir))  # not normalised: a '..' after a link is the kernel's (43 #9)
+    for folder in (given, *given.parents):
         try:
             st = os.lstat(folder)
         except FileNotFoundError:
             continue  # made by Keras in the level above: that one is checked
         except OSError:
             return folder
+        if stat.S_ISLNK(st.st_mode):  # the user's own link (a cache moved to a bigger disk: 43 #12) leads where Keras
+            if st.st_uid not in (os.geteuid(), 0):  # writes, its chain and the folders on the way checked; another's
+                return folder  # link is his (the link rule)
+            found = renamable_by_others(folder)
+            if found is not None:
+                return Path(found)
+            folder = Path(os.path.realpath(folder))
+            st = os.stat(folder)
         # Keras writes (or makes folders) here: no one else may write it (root's folder, 0755: a site cache no one else
         # writes; "not writable by you": 39 #9); above it, no one else may rename entries, a link's chain hop by hop
-        if stat.S_ISLNK(st.st_mode) or st.st_uid not in (os.geteuid(), 0) or others_may_write(st, folder):
+        if st.st_uid not in (os.geteuid(), 0) or others_may_write(st, folder):
             return folder
         found = renamable_by_others(folder.parent) if folder.parent != folder else None
         return None if found is None else Path(found)
@@ -216,8 +226,8 @@ def _shared_line(what: str, path: Path, shared: Path) -> str:
     except OSError as exc:
         who, sticky = f"it cannot be checked: {exc.strerror}", ""
     at, where, file = (terminal_safe(str(p)) for p in (path.parent, shared, path))
-    levels = [p for p in Path(os.path.abspath(path)).parents if os.path.lexists(p)]
-    if shared not in levels[:1]:  # a folder above the one Keras writes in (that one is the user's own)
+    levels = [p for p in Path(os.path.join(os.getcwd(), path)).parents if os.path.lexists(p)]
+    if not levels or not _same(levels[0], shared):  # a folder above the one Keras writes in (the user's own)
         below = [p for p in levels if shared in p.parents]  # (none: the real folder of a link on the way)
         entry = terminal_safe(below[-1].name) if below else "a folder on the way"
         return (
@@ -233,6 +243,14 @@ def _shared_line(what: str, path: Path, shared: Path) -> str:
         f"of yours. Set KERAS_HOME to a folder only you can write and run again (Keras downloads the weights there), "
         f"or pass --weights PATH"
     )
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` lead to one folder (``a`` may be the user's link to ``b``)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a == b
 
 
 MAX_APPLICATION_WEIGHTS = 2 << 30
