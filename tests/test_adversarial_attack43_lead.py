@@ -171,3 +171,30 @@ def test_kerass_download_folder_behind_a_dotdot_after_a_link_is_checked_where_th
     assert _others_write(Path(keras_home) / "models", Path(keras_home)) == Path(keras_home) / "models"
     os.chmod(projects / "kh" / "models", 0o700)
     assert _others_write(Path(keras_home) / "models", Path(keras_home)) is None
+
+
+def test_a_colleagues_folder_at_a_shard_out_in_a_drop_folder_is_said_as_his(tmp_path, monkeypatch):
+    """Attack 43 #8: a colleague's folder at ``--out`` in a drop folder (``1733``): "ask its owner, root, to let you
+    read it", a fix that cannot work (a listing would not let her replace his folder). The sticky line comes first.
+    Root ignores the sticky bit: ``privileged`` says no, as for an ordinary user."""
+    import os
+
+    from featstore import sticky
+    from featstore.errors import OutputError
+    from featstore.store.shards import refuse_shard_folder
+    from tests.test_adversarial_attack34_sticky import COLLEAGUE, FOLDER_OWNER
+
+    if os.geteuid() != 0:
+        pytest.skip("chown to made-up users needs root")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    os.chown(drop, FOLDER_OWNER, -1)
+    drop.chmod(0o1733)
+    (drop / "shards").mkdir(mode=0o777)
+    os.chown(drop / "shards", COLLEAGUE, -1)
+    monkeypatch.setattr(sticky, "privileged", lambda: False)
+    with pytest.raises(OutputError) as err:
+        refuse_shard_folder(drop / "shards")
+    line = str(err.value)
+    assert f"is uid {COLLEAGUE}'s, in a folder with the sticky bit ({drop}, mode 1733)" in line, line
+    assert f"ask uid {COLLEAGUE} to remove it" in line and "let you read it" not in line

@@ -31,7 +31,7 @@ from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_ste
 from featstore.linkrule import refuse_foreign
 from featstore.outputs import output_fix, probe_output, terminal_safe
 from featstore.renames import PARENT, OwnFolder, same_folder
-from featstore.sticky import owner_name
+from featstore.sticky import ahead, owner_name
 from featstore.store.held import DIR, move_aside, own_held, put_back, remove_held
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ def refuse_shard_folder(out: Path) -> None:
             raise ConfigError(
                 f"--out {out} is a folder holding other files than shards ({', '.join(sorted(other)[:3])}); with "
                 f"--rows-per-file it must be a new folder or an earlier export's; choose another name"
+            )
+        theirs = ahead(out)  # a colleague's, in a sticky folder: only he may replace it, a listing or not (43 #8)
+        if theirs is not None:
+            raise OutputError(
+                f"cannot write --out {terminal_safe(str(out))}: "
+                + theirs.line(f"write to another path of yours, or ask {theirs.owner} to remove it")
             )
         _refuse_unlisted(out)
     # Only out's folder is probed (it exists, takes new files, is no runs folder): a name featstore never writes, and
