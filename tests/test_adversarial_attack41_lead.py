@@ -211,7 +211,7 @@ def test_ray_auto_reads_where_ray_writes(monkeypatch):
     """Attack 42 #2: --address auto looked under featstore's private temporary folder, not Ray's own (TMPDIR)."""
     import tempfile
 
-    from featstore.extraction.ray import _ray_tmp
+    from featstore.extraction.ray_address import _ray_tmp
 
     monkeypatch.delenv("RAY_TMPDIR", raising=False)
     monkeypatch.setenv("TMPDIR", "/srv/team/tmp")

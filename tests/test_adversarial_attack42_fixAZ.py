@@ -5,6 +5,8 @@ in a folder only the user may rename entries in."""
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -111,27 +113,30 @@ def test_forward_picks_the_workers_temporary_folder_before_anything_else(monkeyp
 
 
 def test_a_local_ray_is_started_in_a_private_folder_where_tmpdir_is_shared(shared, monkeypatch):
-    """A local Ray featstore starts kept its session (logs, sockets, spilled objects) in <TMPDIR>/ray, a team's folder;
-    now in the private temporary folder where its socket paths fit, else one line naming the fix. Sabotage:
-    ``_local_root`` returning None."""
+    """A local Ray featstore starts kept its session (logs, sockets, spilled objects) in <TMPDIR>/ray, a team's folder
+    (and, attack 43 #13, with /tmp too: Ray makes ray/ and each session 0777 without the sticky bit); now always under
+    the user's 0700 scratch folder where its socket paths fit, else one line naming the fix. Sabotage: ``_local_root``
+    returning None."""
     from featstore.extraction.ray_address import _local_root
 
     monkeypatch.delenv("RAY_TMPDIR", raising=False)
     monkeypatch.delenv("TMPDIR", raising=False)
-    assert _local_root() is None  # /tmp: its sticky bit keeps each user's entries his
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    root = _local_root()  # /tmp: the user's featstore-<uid> (0700) in it, not Ray's own /tmp/ray
+    assert root == f"/tmp/featstore-{os.geteuid()}/ray", root
+    assert stat.S_IMODE(os.stat(os.path.dirname(root)).st_mode) == 0o700
     monkeypatch.setenv("TMPDIR", str(shared / "scratch"))
     short = tempfile.mkdtemp(dir="/tmp")  # 0700; tmp_path is too long for Ray's socket paths
     try:
         monkeypatch.setattr(tempfile, "tempdir", short)
-        assert _local_root() == os.path.join(short, "ray")
+        assert _local_root() == os.path.join(short, f"featstore-{os.geteuid()}", "ray")
         long = os.path.join(short, "x" * 40)
         os.mkdir(long, 0o700)
         monkeypatch.setattr(tempfile, "tempdir", long)
-        with pytest.raises(ConfigError, match="too long for its sockets .* set RAY_TMPDIR to a short folder of yours"):
+        with pytest.raises(ConfigError, match="too long for its sockets .* set TMPDIR to a short folder of yours"):
             _local_root()
     finally:
-        os.rmdir(os.path.join(short, "x" * 40)) if os.path.isdir(os.path.join(short, "x" * 40)) else None
-        os.rmdir(short)
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_a_fit_refused_by_featstore_is_its_own_line(monkeypatch):
@@ -176,9 +181,10 @@ def test_the_engine_starts_its_local_ray_in_that_folder(shared, tmp_path, monkey
     short = tempfile.mkdtemp(dir="/tmp")
     try:
         monkeypatch.setattr(tempfile, "tempdir", short)
-        with pytest.raises(ConfigError, match=f"its logs under {short}/ray/session_latest/logs"):
+        root = os.path.join(short, f"featstore-{os.geteuid()}", "ray")
+        with pytest.raises(ConfigError, match=f"its logs under {root}/session_latest/logs"):
             RayEngine(RayOptions()).start(tmp_path, None)
-        assert asked == [os.path.join(short, "ray")]
+        assert asked == [root]
         seen = []
         engine = RayEngine(RayOptions())
         monkeypatch.setattr(ray, "init", lambda **kw: None)
@@ -187,4 +193,4 @@ def test_the_engine_starts_its_local_ray_in_that_folder(shared, tmp_path, monkey
         engine.start(tmp_path, None)
         assert seen == [tmp_path]
     finally:
-        os.rmdir(short)
+        shutil.rmtree(short, ignore_errors=True)

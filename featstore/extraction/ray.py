@@ -37,7 +37,6 @@ from featstore.extraction.ray_address import (
     _auto,  # noqa: F401 - where tests and callers found it
     _check_reachable,
     _local_root,
-    _ray_tmp,
     worker_tempdir,
 )
 from featstore.extraction.ray_messages import RayNoise, worker_errors
@@ -145,7 +144,7 @@ class RayEngine:
                     logging_level=logging.WARNING,
                     log_to_driver=True,
                     configure_logging=False,
-                    **({"_temp_dir": session_root} if session_root else {}),
+                    **({"_temp_dir": session_root} if session_root else {}),  # (a local Ray's: always)
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ConfigError(f"cannot connect to Ray at {named}: {exc}") from None
@@ -154,7 +153,7 @@ class RayEngine:
                     raise
                 why = (str(exc).strip().splitlines() or [repr(exc)])[0][:200]
                 raise ConfigError(
-                    f"cannot start a local Ray ({why}): its logs under {session_root or _ray_tmp() + '/ray'}/session_latest/logs "
+                    f"cannot start a local Ray ({why}): its logs under {session_root}/session_latest/logs "
                     f"say why (a memory limit such as ulimit -v stops its object store); run with --engine local, or "
                     f"start Ray yourself and give --address"
                 ) from None

@@ -12,7 +12,7 @@ import tempfile
 
 from featstore.caches import NotRegular, open_regular
 from featstore.errors import ConfigError
-from featstore.modes import others_may_write, renamable_by_others, writers
+from featstore.modes import others_may_write, writers
 from featstore.sticky import owner_name
 
 CONNECT_TIMEOUT_S = 5.0  # an address that does not answer a TCP connection within this is refused at once
@@ -42,24 +42,29 @@ def _ray_tmp() -> str:
     return "/tmp" if sys.platform.startswith(("linux", "darwin")) else tempfile.gettempdir()
 
 
-def _local_root() -> str | None:
-    """The folder for a local Ray this engine starts (``ray.init``'s ``_temp_dir``): None (Ray's own, ``ray`` in
-    ``RAY_TMPDIR``, else ``TMPDIR``, else ``/tmp``) where no one else may rename entries in that folder or above; else
-    ``ray`` in featstore's private temporary folder (:func:`featstore.tmpdir.private_tempdir`), where its sockets'
-    paths fit AF_UNIX's 107 bytes. ConfigError naming the fix where neither can take it: in a team's ``2775`` TMPDIR a colleague could rename
-    the session's folder (its logs, sockets, spilled objects) and put his at its name."""
-    from featstore.tmpdir import private_tempdir
+def _local_root() -> str:
+    """The folder a local Ray this engine starts keeps its session in (``ray.init``'s ``_temp_dir``): ``ray`` in the
+    user's private scratch folder (``<private temporary folder>/featstore-<uid>``, ``0700``:
+    :func:`featstore.models.scratch.user_scratch`). Ray makes its folders ``0777`` without the sticky bit (for every
+    user of the machine): in its own ``<TMPDIR>/ray`` (``/tmp/ray``) any user could rename the live session's folder
+    (its logs, sockets, spilled objects) and put his at its name (attack 43 #13; a team's ``2775`` TMPDIR: 42 #2); the
+    ``0700`` folder above them keeps others out. ConfigError naming the fix where there is no such folder or its path
+    is too long for Ray's sockets (AF_UNIX's 107 bytes)."""
+    from featstore.models.scratch import user_scratch
 
-    own = os.path.join(_ray_tmp(), "ray")  # made 0777 by Ray for every user of the machine: its design, left as is
-    shared = renamable_by_others(_ray_tmp()) if hasattr(os, "geteuid") else None
-    if shared is None:
-        return None
-    root = os.path.join(private_tempdir(), "ray")
+    base = user_scratch() if hasattr(os, "geteuid") else None
+    if base is None:
+        raise ConfigError(
+            f"a local Ray needs a folder only you can enter for its session (Ray makes its folders open to every user), "
+            f"and featstore's scratch folder in {tempfile.gettempdir()} is not one (said above): set TMPDIR to a "
+            f"folder of yours, or start Ray yourself and give --address"
+        )
+    root = os.path.join(base, "ray")
     if len(os.fsencode(root)) + UNDER_ROOT > SOCKET_MAX:
         raise ConfigError(
-            f"a local Ray in {own} could have its folder renamed by others (they may rename entries in {shared}), and "
-            f"{root} is too long for its sockets ({len(os.fsencode(root))} bytes, at most {SOCKET_MAX - UNDER_ROOT}): "
-            f"set RAY_TMPDIR to a short folder of yours (mode 0700, e.g. under /tmp), or give --address"
+            f"a local Ray keeps its session in {root}, which is too long for its sockets ({len(os.fsencode(root))} "
+            f"bytes, at most {SOCKET_MAX - UNDER_ROOT}): set TMPDIR to a short folder of yours (e.g. /tmp), or start "
+            f"Ray yourself and give --address"
         )
     return root
 
