@@ -16,6 +16,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError
 from featstore.modes import renamable_by_others
+from featstore.sticky import owner_name
 
 logger = logging.getLogger("featstore.models.scratch")  # the name its lines always had
 
@@ -49,15 +50,16 @@ def choose() -> tuple[str, str | None]:
             f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), "
             f"and there is no home folder for featstore's own: set TMPDIR to a folder of yours"
         ) from None
-    st, why = None, None
+    st, why, fix = None, None, "set TMPDIR to a folder of yours"
     existing = next(p for p in (cache, *cache.parents) if os.path.lexists(p))
-    shut = renamable_by_others(existing)  # checked before anything is made there (attack 42 #7)
-    if shut is not None:
+    if not os.path.isdir(existing):  # (XDG_CACHE_HOME=/dev/null: no folder, not one "others may rename entries in")
+        why = f"{existing} is not a folder"
+    elif (shut := renamable_by_others(existing)) is not None:  # checked before anything is made there (42 #7)
         why = f"others may rename entries in {shut}"
     else:
         try:
             cache.mkdir(mode=0o700, parents=True, exist_ok=True)
-            st = os.lstat(cache)
+            st = os.stat(cache)  # a link of the user's own there followed (its chain was checked): 43 #14 (c)
         except OSError as exc:
             why = exc.strerror
     if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
@@ -69,9 +71,16 @@ def choose() -> tuple[str, str | None]:
                 f"another"
             )
         why = f"others may rename entries in {why}"
-    elif st is not None:
-        why = "not a private folder of yours (mode 0700)"
+    elif st is not None and not stat.S_ISDIR(st.st_mode):
+        why = "it is not a folder"
+    elif st is not None and st.st_uid != os.geteuid():
+        why = f"it is {owner_name(st.st_uid)}'s, not yours"
+    elif st is not None:  # the user's own, open to others: the one command that makes it private (43 #14 (a))
+        why, fix = (
+            f"it is open to others, mode {stat.S_IMODE(st.st_mode):04o}",
+            f"chmod 700 {cache} (it is yours), or {fix}",
+        )
     raise ConfigError(
         f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), and "
-        f"{cache} cannot take featstore's temporary files either ({why}): set TMPDIR to a folder of yours"
+        f"{cache} cannot take featstore's temporary files either ({why}): {fix}"
     )

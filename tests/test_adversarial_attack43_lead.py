@@ -198,3 +198,41 @@ def test_a_colleagues_folder_at_a_shard_out_in_a_drop_folder_is_said_as_his(tmp_
     line = str(err.value)
     assert f"is uid {COLLEAGUE}'s, in a folder with the sticky bit ({drop}, mode 1733)" in line, line
     assert f"ask uid {COLLEAGUE} to remove it" in line and "let you read it" not in line
+
+
+def _no_private_tmp(tmp_path, monkeypatch, cache_home):
+    """tempfile's folder a team's (no sticky bit), XDG_CACHE_HOME ``cache_home``: :func:`featstore.tmpdir.choose`'s line."""
+    import tempfile
+
+    from featstore import tmpdir
+
+    team = tmp_path / "team" / "scratch"
+    team.mkdir(parents=True, exist_ok=True)
+    team.parent.chmod(0o777)
+    monkeypatch.setattr(tempfile, "tempdir", str(team))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    return tmpdir.choose
+
+
+def test_the_fallback_temporary_folder_is_said_as_it_is(tmp_path, monkeypatch):
+    """Attack 43 #14: (a) the user's own ~/.cache/featstore/tmp, 0755, was said as "not a private folder of yours (mode
+    0700)", the mode wanted, without the one command that fixes it; (b) XDG_CACHE_HOME=/dev/null as "others may rename
+    entries in /dev/null"; (c) the user's own link there to a 0700 folder of hers refused as not a folder."""
+    choose = _no_private_tmp(tmp_path, monkeypatch, tmp_path / "cache")
+    mine = tmp_path / "cache" / "featstore" / "tmp"
+    mine.mkdir(parents=True, mode=0o755)
+    mine.chmod(0o755)
+    with pytest.raises(ConfigError) as err:
+        choose()
+    assert (
+        f"{mine} cannot take featstore's temporary files either (it is open to others, mode 0755): chmod 700 {mine} (it is yours), or set TMPDIR"
+        in str(err.value)
+    ), err.value
+    mine.rmdir()
+    big = tmp_path / "bigdisk"
+    big.mkdir(mode=0o700)
+    mine.symlink_to(big)  # (c)
+    assert choose()[0] == str(mine)
+    choose = _no_private_tmp(tmp_path, monkeypatch, "/dev/null")  # (b)
+    with pytest.raises(ConfigError, match=r"\(/dev/null is not a folder\): set TMPDIR to a folder of yours"):
+        choose()
