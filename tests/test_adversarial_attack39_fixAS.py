@@ -108,7 +108,9 @@ def test_a_colleagues_copy_of_the_report_folder_is_refused_before_anything_is_wr
     with pytest.raises(OutputError) as err:
         _prepare(out)
     assert str(err.value).startswith(f"--out {out} is uid {OTHER}'s, not yours (mode 0777)")
-    assert "Give another --out, or remove it" in str(err.value) and "nothing was written" in str(err.value)
+    assert f"Give another --out, or ask uid {OTHER} to remove it" in str(err.value) and "nothing was written" in str(
+        err.value
+    )
     assert (out / MANIFEST).read_bytes() == marker and os.stat(out / MANIFEST).st_uid == OTHER
 
 
@@ -123,6 +125,7 @@ def test_a_level_others_may_write_is_refused_before_the_manifest_is_rewritten(tm
     with pytest.raises(OutputError) as err:
         _prepare(out)
     assert f"--out {out}: its folder {out / level} is writable by others (mode 0777)" in str(err.value)
+    assert f"Make it yours alone (chmod go-w {out / level}; setfacl -b" in str(err.value)  # (attack 43 #15)
     assert (out / MANIFEST).read_bytes() == marker
     (out / level).chmod(0o755)
     (out / "thumbs").symlink_to(tmp_path)

@@ -236,3 +236,24 @@ def test_the_fallback_temporary_folder_is_said_as_it_is(tmp_path, monkeypatch):
     choose = _no_private_tmp(tmp_path, monkeypatch, "/dev/null")  # (b)
     with pytest.raises(ConfigError, match=r"\(/dev/null is not a folder\): set TMPDIR to a folder of yours"):
         choose()
+
+
+def test_a_colleagues_folder_inside_the_users_report_names_a_fix_she_can_do(tmp_path):
+    """Attack 43 #15: a teammate's folder put inside her report (``rep/runs``, his): the fix said ``rm -r rep``, which
+    deleted her pages and failed on his folder. Moving it out of the way needs no right on it."""
+    import os
+
+    from featstore.errors import OutputError
+    from tests.test_adversarial_attack39_fixAS import OTHER, _prepare, _report_folder
+
+    if os.geteuid() != 0:
+        pytest.skip("another user's folder: chown needs root")
+    out = _report_folder(tmp_path, runs=True)
+    os.chown(out / "maps", OTHER, OTHER)
+    with pytest.raises(OutputError) as err:
+        _prepare(out)
+    line = str(err.value)
+    assert f"its folder {out / 'maps'} is uid {OTHER}'s, not yours" in line, line
+    assert f"Move it out of the way (mv {out / 'maps'} {out / 'maps'}.uid {OTHER})" not in line  # (quoted: a space)
+    assert f"Move it out of the way (mv {out / 'maps'} '{out / 'maps'}.uid {OTHER}')" in line, line
+    assert "rm -r" not in line

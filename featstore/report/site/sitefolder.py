@@ -143,11 +143,17 @@ class SiteFolder:
         place = f"--out {terminal_safe(str(self.out))}"
         if shown != self.out:
             place += f": its folder {terminal_safe(str(shown))}"
+        at, owner = shlex.quote(terminal_safe(str(shown))), owner_name(st.st_uid)
+        if mine:
+            fix = f"Make it yours alone (chmod go-w {at}; setfacl -b {at} where an ACL lets others write), or give another --out"
+        elif shown != self.out:  # his folder inside hers: renaming it needs no right on it (rm -r does: 43 #15)
+            moved = shlex.quote(terminal_safe(f"{shown}.{owner}"))
+            fix = f"Move it out of the way (mv {at} {moved}) or ask {owner} to remove it, or give another --out"
+        else:
+            fix = f"Give another --out, or ask {owner} to remove it"
         raise OutputError(
             f"{place} is {why} (mode {mode:04o}); featstore report writes only into folders of yours that no one "
-            f"else may write. Give another --out, or remove it (rm -r "
-            f"{shlex.quote(terminal_safe(str(self.out)))}); "
-            + ("the report stopped here" if self.wrote else "nothing was written")
+            f"else may write. {fix}; " + ("the report stopped here" if self.wrote else "nothing was written")
         )
 
     def check_levels(self, folders: tuple[str, ...]) -> None:
