@@ -114,8 +114,10 @@ def test_forward_picks_the_workers_temporary_folder_before_anything_else(monkeyp
 
 def test_a_local_ray_is_started_in_a_private_folder_where_tmpdir_is_shared(shared, monkeypatch):
     """A local Ray featstore starts kept its session (logs, sockets, spilled objects) in <TMPDIR>/ray, a team's folder
-    (and, attack 43 #13, with /tmp too: Ray makes ray/ and each session 0777 without the sticky bit); now always under
-    the user's 0700 scratch folder where its socket paths fit, else one line naming the fix. Sabotage: ``_local_root``
+    (and, attack 43 #13, with /tmp too: Ray makes ray/ and each session 0777 without the sticky bit); now always in a
+    folder only the user may enter where its socket paths fit: RAY_TMPDIR where it is one, the private temporary
+    folder where it is one (~/.cache/featstore/tmp: not one level more, which took /home/alice past the sockets' 107
+    bytes: 43 #20), else the 0700 scratch folder in it; else one line naming the fix. Sabotage: ``_local_root``
     returning None."""
     from featstore.extraction.ray_address import _local_root
 
@@ -126,15 +128,20 @@ def test_a_local_ray_is_started_in_a_private_folder_where_tmpdir_is_shared(share
     assert root == f"/tmp/featstore-{os.geteuid()}/ray", root
     assert stat.S_IMODE(os.stat(os.path.dirname(root)).st_mode) == 0o700
     monkeypatch.setenv("TMPDIR", str(shared / "scratch"))
-    short = tempfile.mkdtemp(dir="/tmp")  # 0700; tmp_path is too long for Ray's socket paths
+    short = tempfile.mkdtemp(dir="/tmp")  # 0700, like ~/.cache/featstore/tmp; tmp_path is too long for the sockets
     try:
         monkeypatch.setattr(tempfile, "tempdir", short)
-        assert _local_root() == os.path.join(short, f"featstore-{os.geteuid()}", "ray")
+        assert _local_root() == os.path.join(short, "ray")  # already a folder only the user may enter
+        monkeypatch.setenv("RAY_TMPDIR", short)
+        assert _local_root() == os.path.join(short, "ray")
+        monkeypatch.delenv("RAY_TMPDIR")
         long = os.path.join(short, "x" * 40)
         os.mkdir(long, 0o700)
         monkeypatch.setattr(tempfile, "tempdir", long)
-        with pytest.raises(ConfigError, match="too long for its sockets .* set TMPDIR to a short folder of yours"):
+        with pytest.raises(ConfigError, match="too long for its sockets .* set RAY_TMPDIR to a short folder of yours"):
             _local_root()
+        monkeypatch.setenv("RAY_TMPDIR", short)  # the fix it names
+        assert _local_root() == os.path.join(short, "ray")
     finally:
         shutil.rmtree(short, ignore_errors=True)
 
@@ -181,7 +188,7 @@ def test_the_engine_starts_its_local_ray_in_that_folder(shared, tmp_path, monkey
     short = tempfile.mkdtemp(dir="/tmp")
     try:
         monkeypatch.setattr(tempfile, "tempdir", short)
-        root = os.path.join(short, f"featstore-{os.geteuid()}", "ray")
+        root = os.path.join(short, "ray")
         with pytest.raises(ConfigError, match=f"its logs under {root}/session_latest/logs"):
             RayEngine(RayOptions()).start(tmp_path, None)
         assert asked == [root]

@@ -7,12 +7,13 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import sys
 import tempfile
 
 from featstore.caches import NotRegular, open_regular
 from featstore.errors import ConfigError
-from featstore.modes import others_may_write, writers
+from featstore.modes import others_may_write, renamable_by_others, writers
 from featstore.sticky import owner_name
 
 CONNECT_TIMEOUT_S = 5.0  # an address that does not answer a TCP connection within this is refused at once
@@ -43,30 +44,47 @@ def _ray_tmp() -> str:
 
 
 def _local_root() -> str:
-    """The folder a local Ray this engine starts keeps its session in (``ray.init``'s ``_temp_dir``): ``ray`` in the
-    user's private scratch folder (``<private temporary folder>/featstore-<uid>``, ``0700``:
-    :func:`featstore.models.scratch.user_scratch`). Ray makes its folders ``0777`` without the sticky bit (for every
-    user of the machine): in its own ``<TMPDIR>/ray`` (``/tmp/ray``) any user could rename the live session's folder
-    (its logs, sockets, spilled objects) and put his at its name (attack 43 #13; a team's ``2775`` TMPDIR: 42 #2); the
-    ``0700`` folder above them keeps others out. ConfigError naming the fix where there is no such folder or its path
-    is too long for Ray's sockets (AF_UNIX's 107 bytes)."""
+    """The folder a local Ray this engine starts keeps its session in (``ray.init``'s ``_temp_dir``), inside a folder
+    only the user may enter: Ray makes its own folders ``0777`` without the sticky bit (for every user of the machine),
+    so in its default ``<TMPDIR>/ray`` (``/tmp/ray``) any user could rename the live session's folder (its logs,
+    sockets, spilled objects) and put his at its name (attack 43 #13; a team's ``2775`` TMPDIR: 42 #2). The first of
+    ``ray`` in ``RAY_TMPDIR`` (where it is such a folder of the user's), in featstore's private temporary folder (where
+    it is one: ``~/.cache/featstore/tmp``), or in the user's ``0700`` scratch folder there (``featstore-<uid>``:
+    :func:`featstore.models.scratch.user_scratch`) whose path fits Ray's sockets (AF_UNIX's 107 bytes; the scratch
+    level alone took an ordinary ``/home/alice`` past them: 43 #20). ConfigError naming the fix where none does."""
     from featstore.models.scratch import user_scratch
+    from featstore.tmpdir import private_tempdir
 
-    base = user_scratch() if hasattr(os, "geteuid") else None
-    if base is None:
+    if not hasattr(os, "geteuid"):
+        return os.path.join(tempfile.gettempdir(), "ray")
+    candidates = [os.environ.get("RAY_TMPDIR", ""), private_tempdir()]
+    roots = [os.path.join(c, "ray") for c in candidates if c and _closed(c)]
+    roots += [os.path.join(base, "ray")] if not roots and (base := user_scratch()) is not None else []
+    if not roots:
         raise ConfigError(
             f"a local Ray needs a folder only you can enter for its session (Ray makes its folders open to every user), "
-            f"and featstore's scratch folder in {tempfile.gettempdir()} is not one (said above): set TMPDIR to a "
-            f"folder of yours, or start Ray yourself and give --address"
+            f"and featstore's scratch folder in {tempfile.gettempdir()} is not one (said above): set RAY_TMPDIR to a "
+            f"folder of yours (mode 0700), or start Ray yourself and give --address"
         )
-    root = os.path.join(base, "ray")
-    if len(os.fsencode(root)) + UNDER_ROOT > SOCKET_MAX:
-        raise ConfigError(
-            f"a local Ray keeps its session in {root}, which is too long for its sockets ({len(os.fsencode(root))} "
-            f"bytes, at most {SOCKET_MAX - UNDER_ROOT}): set TMPDIR to a short folder of yours (e.g. /tmp), or start "
-            f"Ray yourself and give --address"
-        )
-    return root
+    for root in roots:
+        if len(os.fsencode(root)) + UNDER_ROOT <= SOCKET_MAX:
+            return root
+    raise ConfigError(
+        f"a local Ray keeps its session in {roots[0]}, which is too long for its sockets ({len(os.fsencode(roots[0]))} "
+        f"bytes, at most {SOCKET_MAX - UNDER_ROOT}): set RAY_TMPDIR to a short folder of yours (mode 0700, e.g. "
+        f"/tmp/ray-$USER), or start Ray yourself and give --address"
+    )
+
+
+def _closed(folder: str) -> bool:
+    """Whether ``folder`` is the user's own, no one else may enter it (mode ``0700``, no ACL entry for others) and no
+    one else may rename it or a folder above it."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return False
+    mine = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+    return mine and not others_may_write(st, folder) and renamable_by_others(folder) is None
 
 
 def worker_tempdir() -> None:
