@@ -257,3 +257,109 @@ def test_a_colleagues_folder_inside_the_users_report_names_a_fix_she_can_do(tmp_
     assert f"Move it out of the way (mv {out / 'maps'} {out / 'maps'}.uid {OTHER})" not in line  # (quoted: a space)
     assert f"Move it out of the way (mv {out / 'maps'} '{out / 'maps'}.uid {OTHER}')" in line, line
     assert "rm -r" not in line
+
+
+def _inside_models():
+    """Models whose layers make a tensor over the bound inside their call while every output is small (attack 43 #6,
+    #10, #16, #17): (model, side, layer, operation, what the line says it makes)."""
+    import keras
+    from keras import layers as L
+
+    i = keras.Input((256, 256, 3))
+    x = L.SeparableConv2D(1, 3, depth_multiplier=4096, padding="same", name="sep")(L.Conv2D(16, 1, name="c1")(i))
+    yield keras.Model(i, L.GlobalAveragePooling2D()(x)), 256, "sep", "DepthwiseConv2dNative", "256 x 256 x 65536"
+    i = keras.Input((2048, 2048, 3))
+    x = L.ContrastLimitedAdaptiveHistogramEqualization(name="clahe")(i)
+    x = L.Conv2D(8, 3, strides=4, name="conv")(x)
+    yield keras.Model(i, L.GlobalAveragePooling2D()(x)), 2048, "clahe", "OneHot", "8 x 8 x 3 x 65536 x 256"
+    i = keras.Input((64, 64, 3))
+    x = L.Conv2D(4, 3, dilation_rate=4096, padding="same", name="dil")(L.Conv2D(64, 1, name="c1")(i))
+    yield keras.Model(i, L.GlobalAveragePooling2D()(x)), 64, "dil", "SpaceToBatchND", "16777216 x 3 x 3 x 64"
+    i = keras.Input((1024, 1024, 3))
+    t = L.Reshape((1024 * 1024, 3), name="tok")(i)
+    q = L.Reshape((1, 3), name="q")(L.GlobalAveragePooling1D(name="gap")(t))
+    x = L.GroupQueryAttention(head_dim=8, num_query_heads=512, num_key_value_heads=1, name="gqa")(q, t)
+    yield keras.Model(i, L.Flatten()(x)), 1024, "gqa", "Tile", "1048576 x 1 x 512 x 8"
+
+
+def test_every_tensor_of_the_traced_forward_pass_is_held_to_the_bound():
+    """Attack 43 #6, #10, #16, #17: a SeparableConv2D's depthwise step (16 GiB), CLAHE's one-hot histograms (12 GiB),
+    a dilated convolution's SpaceToBatchND (36 GiB), grouped attention's repeated keys (16 GiB): each counted as its
+    layer's small output. The traced graph of one image holds every operation to the bound."""
+    from featstore.models.traced_bound import check_traced
+
+    for model, side, layer, op, dims in _inside_models():
+        with pytest.raises(ConfigError) as err:
+            check_traced(model, side, 3, "m.keras", resizable=False)
+        line = str(err.value)
+        assert f"m.keras: its layer '{layer}' makes {dims} float32 values per image inside it (operation {op})" in line
+        first = (
+            "no layer comes before it and its input side is fixed" if layer == "clahe" else "cut before it with --layer"
+        )
+        assert f"refused before any image runs: {first}" in line, line
+
+
+def test_ordinary_backbones_pass_the_traced_bound():
+    """No false refusal: VGG16 at 224 px (its largest tensor 12.8 MB) and a MobileNetV2 at 224 px."""
+    import keras
+
+    from featstore.models.traced_bound import check_traced
+
+    vgg = keras.applications.VGG16(weights=None, include_top=False, input_shape=(224, 224, 3))
+    assert check_traced(vgg, 224, 3, "vgg16", resizable=True).nbytes == 224 * 224 * 64 * 4
+    mobile = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(224, 224, 3))
+    assert check_traced(mobile, 224, 3, "mobilenetv2", resizable=True).nbytes < 8 << 20
+
+
+def test_extract_refuses_a_model_with_a_huge_tensor_inside_a_layer_before_any_image(tmp_path):
+    """The refusal reaches extract before the first image: one line, nothing written into the store."""
+    import h5py
+    import keras
+    from keras import layers as L
+
+    from featstore import ExtractorConfig, extract
+    from tests.conftest import write_data_root
+
+    i = keras.Input((64, 64, 3))
+    x = L.SeparableConv2D(1, 3, depth_multiplier=65536, padding="same", name="sep")(L.Conv2D(16, 1, name="c1")(i))
+    keras.Model(i, L.Dense(2)(L.GlobalAveragePooling2D(name="feat")(x))).save(tmp_path / "sep.keras")
+    with pytest.raises(ConfigError, match=r"sep\.keras: its layer 'sep' makes 64 x 64 x 1048576 float32 values"):
+        extract(
+            write_data_root(tmp_path / "data"),
+            "train",
+            tmp_path / "s.h5",
+            ExtractorConfig(model=str(tmp_path / "sep.keras"), layer="feat", image_size=64),
+        )
+    if (tmp_path / "s.h5").exists():
+        with h5py.File(tmp_path / "s.h5", "r") as f:
+            rows = []
+            f.visititems(lambda name, obj: rows.append(obj.shape[0]) if name.endswith("features") else None)
+            assert not any(rows), rows
+
+
+def test_a_classifier_nested_in_the_saved_model_is_no_default_cut(tmp_path):
+    """Attack 43 #11: ``Model(i, classifier(Rescaling(i)))``: the default cut was 'classifier', its softmax output
+    stored as features, said as "there is no Dense layer"; the listing marked it the default cut."""
+    import keras
+    from keras import layers as L
+
+    from featstore import ExtractorConfig, extract
+    from featstore.report.tables import layers_table
+    from tests.conftest import write_data_root
+
+    j = keras.Input((16, 16, 3))
+    x = L.Dense(16, name="penultimate")(L.GlobalAveragePooling2D(name="gap")(L.Conv2D(4, 3, name="conv")(j)))
+    classifier = keras.Model(j, L.Dense(10, activation="softmax", name="probs")(x), name="classifier")
+    i = keras.Input((16, 16, 3))
+    keras.Model(i, classifier(L.Rescaling(1 / 255, name="scale")(i))).save(tmp_path / "wrapped.keras")
+    with pytest.raises(ConfigError) as err:
+        extract(
+            write_data_root(tmp_path / "data"),
+            "train",
+            tmp_path / "s.h5",
+            ExtractorConfig(model=str(tmp_path / "wrapped.keras")),
+        )
+    line = str(err.value)
+    assert line.startswith("wrapped.keras has no default cut: its last Dense layer is inside 'classifier'"), line
+    assert "its default cut is 'penultimate'" in line and "Pass --layer NAME" in line
+    assert "default cut" not in layers_table(str(tmp_path / "wrapped.keras"))

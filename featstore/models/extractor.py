@@ -22,7 +22,7 @@ import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, check_names, check_paths, check_seed
-from featstore.models import activations, forward, onnx_runtime
+from featstore.models import activations, forward, onnx_runtime, traced_bound
 from featstore.models.backbones import (
     BackboneSpec,
     NoOneOutput,
@@ -33,7 +33,7 @@ from featstore.models.backbones import (
     validate_size,
 )
 from featstore.models.hub import HubSpec, is_hub_model, store_name
-from featstore.models.saved import SavedModelSpec, is_model_path
+from featstore.models.saved import SavedModelSpec, is_model_path, nested_head
 from featstore.models.weights import describe_weights_argument, load_base, weights_digest
 from featstore.provenance import validate_dtype
 
@@ -253,6 +253,14 @@ class Extractor:
             keras.mixed_precision.set_global_policy(previous)
         default = spec.default_layer if isinstance(spec, (SavedModelSpec, HubSpec)) else None
         requested = c.cut_layers or (None,)  # None: the default cut
+        if isinstance(spec, SavedModelSpec) and not any(requested) and (head := nested_head(base)) is not None:
+            raise ConfigError(
+                f"{spec.shown.name} has no default cut: its last Dense layer is inside {head[0]!r}, a model nested in "
+                f"it, whose output (its last layer, the default) would be class probabilities, not features. Pass "
+                f"--layer NAME (`featstore models {spec.shown} --layers` lists them), or save {head[0]!r} on its own "
+                f"(model.get_layer({head[0]!r}).save('base.keras')) and pass it as --model: its default cut is "
+                f"{head[1]!r}"
+            )
         if isinstance(spec, SavedModelSpec) and not any(requested):
             last = [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:]
             why = (
@@ -299,10 +307,12 @@ class Extractor:
         self.feature_shape = tuple(self.attrs["feature_shape"])
         # traced on its first use or by warm_up(): an extractor built only for its fingerprint (a Ray driver, a run's
         # check) never pays for the trace
-        self._forward = forward.Lazy(lambda: forward.trace(self.model, c.image_size, spec.channels_in))
+        self._forward = forward.Lazy(
+            lambda: self._traced_check() or forward.trace(self.model, c.image_size, spec.channels_in)
+        )
         self.jit, self.jit_max_abs_diff = jit, None  # the XLA check's result (None without --jit)
         if jit:
-            compiled = forward.trace(self.model, c.image_size, spec.channels_in, jit=True)
+            compiled = self._traced_check() or forward.trace(self.model, c.image_size, spec.channels_in, jit=True)
             self.jit_max_abs_diff = forward.check_jit(
                 self._prepare, self._forward, compiled, c, jit_batch, self._shown_name()
             )
@@ -311,6 +321,16 @@ class Extractor:
         self.runtime_max_abs_diff = None  # --runtime onnx: the start-up check's result
         if self.config.runtime == "onnx":
             self.use_runtime("onnx", runtime_cache)
+
+    def _traced_check(self) -> None:
+        """Every tensor of one image's traced forward pass held to the activation bound, once, before the pass is traced
+        for the images or exported (:func:`featstore.models.traced_bound.check_traced`)."""
+        if not getattr(self, "_traced_checked", False):
+            shown = str(self.spec.shown) if isinstance(self.spec, SavedModelSpec) else self._shown_name()
+            traced_bound.check_traced(
+                self.model, self.config.image_size, self.spec.channels_in, shown, activations.resizable(self)
+            )
+            self._traced_checked = True
 
     @property
     def runtime_file(self) -> tuple[str, str] | None:
@@ -329,6 +349,8 @@ class Extractor:
         extractor is rebuilt with Keras first, so its weights and fingerprint are checked before anything is exported.
         ``exported=(path, sha256)``: another process's checked file (a Ray actor's driver's), verified, never exported."""
         onnx_runtime.check_runtime(runtime, self.config.mixed_precision, self.jit)
+        if runtime == "onnx":
+            self._traced_check()
         if runtime == "onnx" and exported is not None:
             self._forward, self.runtime_max_abs_diff = onnx_runtime.load_exported(self, *exported, threads)
         elif runtime == "onnx":

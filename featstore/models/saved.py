@@ -234,3 +234,19 @@ def default_cut(model) -> str:
     if not dense or dense[-1] == 0:
         return layers[-1].name
     return layers[dense[-1] - 1].name
+
+
+def nested_head(model) -> tuple[str, str] | None:
+    """``(nested model, its default cut)`` where ``model`` has no Dense layer of its own and its last layer is a model
+    nested in it that has one (Keras's "preprocessing outside, classifier inside"): its default cut, the last layer,
+    would store that classifier's output, its class probabilities, said as "there is no Dense layer" (attack 43 #11).
+    None otherwise."""
+    import keras
+
+    layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
+    if not layers or any(isinstance(lyr, keras.layers.Dense) for lyr in layers) or not hasattr(layers[-1], "layers"):
+        return None
+    inner = [lyr for lyr in layers[-1].layers if not isinstance(lyr, keras.layers.InputLayer)]
+    if not any(isinstance(lyr, keras.layers.Dense) for lyr in inner):
+        return None
+    return layers[-1].name, default_cut(layers[-1])

@@ -1,0 +1,104 @@
+"""The activation bound on every tensor of one image's traced forward pass, not only on the layers' outputs.
+
+:mod:`featstore.models.activations` measures, before the model is traced, each layer's outputs at the shapes it is
+fed, and what a few built-in layers are known to make inside them. A layer's ``call`` may make larger tensors on its
+way to a small output, and every attack found another such layer: a MelSpectrogram's frames, a CategoryEncoding's
+one-hot, a SeparableConv2D's depthwise step, CLAHE's histograms, a dilated convolution's ``SpaceToBatchND``, grouped
+attention's repeated keys, a Resizing's padding (attack 43 #1, #5, #6, #10, #16-#18: 7-48 GiB per image, each counted
+as its output's few MB), and a custom layer's tensors were never seen at all. So, before the forward pass is traced
+for the images, the extractor's model is traced once more for a batch of one image (``tf.function`` on a concrete
+input: shapes only, no value computed), and every operation that depends on the image is held to the same bound,
+:data:`~featstore.models.activations.MAX_ACTIVATION_BYTES`, at its own dtype's size. A kernel's own scratch space
+(a convolution's im2col buffer) is no tensor of the graph and stays out, as it does by the bound's definition.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+from featstore.errors import ConfigError
+from featstore.models.activations import MAX_ACTIVATION_BYTES
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Traced:
+    """The largest image-dependent tensor of a traced forward pass: its operation's name and type, shape (batch of
+    one included), dtype name and bytes; ``layer``: the top-level layer whose call made it (None where the name does
+    not tell)."""
+
+    op: str
+    kind: str
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    layer: str | None
+
+
+def largest_traced(model, size: int, channels: int) -> Traced | None:
+    """The largest tensor that one ``size`` x ``size`` x ``channels`` image makes in ``model``'s traced forward pass
+    (every operation its input reaches, with a fully known shape); None without TensorFlow or where the model cannot
+    be traced (the forward pass's own trace then says why)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    fn = tf.function(lambda x: model(x, training=False))
+    try:
+        concrete = fn.get_concrete_function(tf.TensorSpec((1, size, size, channels), tf.float32))
+    except Exception:  # noqa: BLE001 - any layer's graph code: the forward pass's own trace raises it, in its words
+        return None
+    reached, todo, best = set(), [concrete.inputs[0].op], None
+    while todo:
+        op = todo.pop()
+        if op.name in reached:
+            continue
+        reached.add(op.name)
+        for out in op.outputs:
+            todo.extend(consumer for consumer in out.consumers() if consumer.name not in reached)
+            if out.shape.rank is None or not out.shape.is_fully_defined() or not out.dtype.is_numpy_compatible:
+                continue
+            nbytes = math.prod(out.shape.as_list()) * out.dtype.size
+            if best is None or nbytes > best.nbytes:
+                best = Traced(op.name, op.type, tuple(out.shape.as_list()), out.dtype.name, nbytes, None)
+    return None if best is None else Traced(**{**best.__dict__, "layer": _layer(model, best.op)})
+
+
+def _layer(model, op_name: str) -> str | None:
+    """The top-level layer of ``model`` whose call made ``op_name`` (``model_1/conv2d_1/convolution/...``: Keras adds a
+    ``_N`` to each scope it opens), or None."""
+    names = {layer.name for layer in model.layers}
+    for part in op_name.split("/")[1:2]:
+        for name in (re.sub(r"_\d+$", "", part), part):
+            if name in names:
+                return name
+    return None
+
+
+def check_traced(model, size: int, channels: int, shown: str, resizable: bool) -> Traced | None:
+    """Refuse, before any image runs, a model one image of which makes a tensor over the bound anywhere in its traced
+    forward pass (:func:`largest_traced`): one line naming ``shown``, the layer and operation, the bytes and the way
+    out (a ``--layer`` before that layer; a smaller ``--image-size`` where the model takes one). The largest, or None."""
+    largest = largest_traced(model, size, channels)
+    if largest is None or largest.nbytes <= MAX_ACTIVATION_BYTES:
+        return largest
+    order = [layer.name for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    earlier = order[: order.index(largest.layer)] if largest.layer in order else []
+    ways = (
+        [f"cut before it with --layer {earlier[-1]} (or another layer ahead of {largest.layer!r})"] if earlier else []
+    )
+    if resizable:
+        ways.append("give a smaller --image-size (activations grow with its square)")
+    where = f"its layer {largest.layer!r}" if largest.layer else "its forward pass"
+    dims = " x ".join(str(d) for d in (largest.shape[1:] if largest.shape[:1] == (1,) else largest.shape))
+    raise ConfigError(
+        f"{shown}: {where} makes {dims} {largest.dtype} values per image inside it (operation {largest.kind}), "
+        f"{largest.nbytes / 1e9:,.1f} GB ({largest.nbytes / 2**30:,.1f} GiB), over featstore's bound of "
+        f"{MAX_ACTIVATION_BYTES >> 30} GiB per image and tensor (VGG16 at 224 px takes 12.8 MB at most); refused "
+        f"before any image runs: "
+        + ("; or ".join(ways) or "no layer comes before it and its input side is fixed: save the model smaller")
+    )
