@@ -29,6 +29,8 @@ import re
 from dataclasses import dataclass
 
 from featstore.errors import ConfigError
+from featstore.models.internals import MAX_UNROLLED_STEPS, made_inside, unrolled
+from featstore.models.internals import shape_of as _shape
 
 MAX_ACTIVATION_BYTES = 4 << 30  # one image's largest tensor in the forward pass (float32)
 BYTES_PER_VALUE = 4  # float32: what the forward pass computes in (mixed_float16 halves it: 4 B is the bound's side)
@@ -93,7 +95,8 @@ class Largest:
     """One image's largest activation in a built model: the layer making it, its shape and bytes (float32), and
     the last top-level layer before it (a ``--layer`` that cuts before it; None when only the input is); ``scores``:
     what the tensor is where it is made inside a layer (an attention layer's "attention scores", "query projections",
-    a MelSpectrogram's "framed signal", ...: :func:`_made_inside`), not output ("" for a layer's output);
+    a MelSpectrogram's "framed signal", ...: :func:`~featstore.models.internals.made_inside`), not output ("" for a
+    layer's output);
     ``inside``: the nested models it is in, outermost first (empty for a top-level layer)."""
 
     layer: str
@@ -134,78 +137,15 @@ class _Unknown(Exception):
         )
 
 
+class _Unrolled(Exception):
+    """An RNN unrolled over more than :data:`~featstore.models.internals.MAX_UNROLLED_STEPS` time steps: no tensor
+    of it is large, but its graph is (audit fixBA)."""
+
+
 def _graph(model):
     """The Functional graph behind ``model`` (a Sequential's inner one), or None."""
     inner = getattr(model, "_functional", None) or model
     return inner if hasattr(inner, "_nodes_by_depth") else None
-
-
-def _shape(tensor) -> tuple:
-    """A symbolic tensor's shape without the batch axis (None where unknown)."""
-    return tuple(None if d is None else int(d) for d in tuple(getattr(tensor, "shape", ()) or ())[1:])
-
-
-def _made_inside(op, args: tuple, kwargs: dict, outputs: list) -> list[tuple[tuple[int, ...], str]]:
-    """The tensors a built-in layer makes inside it for one image, none of them its output, each with what it is: an
-    attention layer's (:func:`_attention_scores`); a ``MelSpectrogram``'s short-time Fourier transform: its framed
-    signal (frames x fft_length, every frame padded to fft_length) and their spectrum (frames x fft_length/2+1, complex:
-    two floats); a categorical encoding's one-hot of every value (values x tokens) where it counts or multi-hot
-    encodes more than one axis of values per image (``CategoryEncoding``, the lookups, ``Hashing``, ``Discretization``
-    with ``output_mode`` multi_hot, count or tf_idf: TensorFlow's bincount takes one axis, Keras one-hot encodes the
-    rest, then reduces). A 10-parameter model's MelSpectrogram (fft 16,384, stride 1, over a 192x192x3 image
-    flattened) made 6.8 GiB per image twice, a CategoryEncoding(2**18, "multi_hot") over 16 x 768 values 12 GiB, while
-    their outputs were 1.7 and 16 MB (attack 43 #1, #5). Empty for other layers."""
-    signal = _shape(args[0] if args else kwargs.get("inputs"))
-    unknown = not signal or None in signal  # an unknown size is refused as its input's (see _Walk)
-    if type(op).__name__ == "MelSpectrogram" and not unknown:
-        stride, fft = int(op.sequence_stride), int(op.fft_length)
-        frames = math.prod(signal[:-1]) * ((signal[-1] + stride + 1) // stride)  # (Keras's own count of its frames)
-        return [((frames, fft), "framed signal"), ((frames, fft // 2 + 1, 2), "spectrum (real and imaginary parts)")]
-    expands = getattr(op, "output_mode", None) in ("multi_hot", "count", "tf_idf") and len(signal) > 1
-    if expands and not unknown and outputs and _shape(outputs[0])[-1:] != (None,):
-        return [((*signal, *_shape(outputs[0])[-1:]), "one-hot encoding")]
-    return _attention_scores(op, args, kwargs)
-
-
-def _attention_scores(op, args: tuple, kwargs: dict) -> list[tuple[tuple[int, ...], str]]:
-    """The tensors an attention layer makes inside it for one image, none of them a layer's output, each with what it
-    is: its scores (heads x query tokens x key tokens; x the features where it adds query and key before summing them:
-    ``AdditiveAttention``, ``Attention(score_mode="concat")``) and a multi-head layer's projections (tokens x heads x
-    key or value size), from the concrete shapes of its call's query and key, taken by name (``args``, ``kwargs``: the
-    call's, filled in). A 2 MB model's MultiHeadAttention over 4,096 tokens with 256 heads took 16 GiB per image while
-    every output was under 1 MiB (attack 39 #1); the key is never the last input (an ``attention_mask=`` is: 16 GiB
-    counted 256 MiB), nor the sum's features left out (16 GiB counted 64 MiB), nor the projections (4 GiB each
-    uncounted) (attack 40 #8, #9). Empty for other layers."""
-    kind = type(op).__name__
-    if kind in ("MultiHeadAttention", "GroupedQueryAttention"):
-        named = dict(zip(("query", "value", "key"), args)) | kwargs
-        query, key = named.get("query"), named.get("key")
-        key = named.get("value") if key is None else key
-    elif kind in ("Attention", "AdditiveAttention"):
-        given = list(args[0] if args else kwargs.get("inputs") or ())
-        query, key = (given[0], given[2] if len(given) > 2 else given[1]) if len(given) > 1 else (None, None)
-    else:
-        return []
-    shapes = [_shape(t) for t in (query, key)]
-    if any(len(sh) < 2 or None in sh for sh in shapes):
-        return []  # an unknown token count is refused as its input's (see _Walk)
-    tq, tk = (math.prod(shapes[0][:-1]), math.prod(shapes[1][:-1]))  # tokens: every axis but the features'
-    if kind == "AdditiveAttention" or getattr(op, "score_mode", "dot") == "concat":  # tanh(q[:, None] + k[None])
-        return [((tq, tk, max(shapes[0][-1], shapes[1][-1])), "attention scores")]
-    if kind in ("Attention", "AdditiveAttention"):
-        return [((1, tq, tk), "attention scores")]
-    if kind == "GroupedQueryAttention":
-        heads, kv_heads = int(op.num_query_heads), int(op.num_key_value_heads)
-        qk = v = int(op.head_dim)
-    else:
-        heads = kv_heads = int(op.num_heads)
-        qk, v = int(op.key_dim), int(op.value_dim or op.key_dim)
-    return [
-        ((heads, tq, tk), "attention scores"),
-        ((tq, heads, qk), "query projections"),
-        ((tk, kv_heads, max(qk, v)), "key or value projections"),
-        ((tq, heads, v), "attention outputs before their projection"),
-    ]
 
 
 def _failed(op, inside: tuple[str, ...], inputs: list, exc: Exception, top: str) -> _Unknown:
@@ -284,8 +224,16 @@ class _Walk:
                 raise _failed(op, inside, given, exc, top) from None
         for t in outputs:
             self.measure(op.name, _shape(t), "", inside, top)
-        for shape, what in _made_inside(op, args, kwargs, outputs):  # (held in a Pipeline too: attack 42 #3)
+        for shape, what in made_inside(op, args, kwargs, outputs):  # (held in a Pipeline too: attack 42 #3)
             self.measure(op.name, shape, what, inside, top)
+        steps = unrolled(op, given)
+        if steps > MAX_UNROLLED_STEPS:
+            where = Largest(op.name, (), 0, None, inside=inside).shown
+            raise _Unrolled(
+                f"its layer {where} unrolls {steps:,} time steps (unroll=True), over {MAX_UNROLLED_STEPS:,}: "
+                f"TensorFlow builds its cell into the graph once per step (an LSTM unrolled over 4,096 steps took 154 "
+                f"s and 2 GB before its first image); save the model with unroll=False in that layer"
+            )
         self.held(op, given, inside, top)
         return outputs
 
@@ -320,7 +268,7 @@ class _Walk:
 def largest_activation(model) -> Largest | None:
     """The largest tensor one image makes in ``model``'s forward pass (every layer's output, nested models' layers
     included, and what built-in layers make inside them: attention scores, a MelSpectrogram's frames, a one-hot:
-    :func:`_made_inside`),
+    :func:`~featstore.models.internals.made_inside`),
     measured at the concrete shapes each takes
     (:class:`_Walk`): no image is run; of equal ones, the first in the pass. None for a model without a graph (a
     subclassed model). Raises :class:`_Unknown` for a dimension Keras cannot tell without running the model."""
@@ -354,6 +302,8 @@ def check_activations(model, shown: str, resizable: bool) -> Largest | None:
         largest = largest_activation(model)
     except _Unknown as unknown:
         raise ConfigError(unknown.line(shown)) from None
+    except _Unrolled as exc:
+        raise ConfigError(f"{shown}: {exc}; refused before any image runs") from None
     if largest is None or largest.nbytes <= MAX_ACTIVATION_BYTES:
         return largest
     dims = " x ".join(str(d) for d in largest.shape)

@@ -36,6 +36,10 @@ WEIGHTLESS = frozenset(
     "keras.src.applications.convnext.StochasticDepth keras.src.applications.inception_resnet_v2.CustomScaleLayer "
     "featstore>TokenPool".split()
 )
+# Augmentations an AugMix or RandAugment layer chains per image (its config's keys, with Keras's defaults): each is
+# built into the graph a fine-tuning trains, as many image-sized tensors (audit fixBA; Keras's defaults chain 9 and 2)
+CHAINS = {"AugMix": (("num_chains", 3), ("chain_depth", 3)), "RandAugment": (("num_ops", 2),)}
+MAX_CHAINED = 64
 NORMALIZATION = frozenset("BatchNormalization LayerNormalization GroupNormalization RMSNormalization".split())
 # Layers whose output has their input's shape
 SAME_SHAPE = frozenset(
@@ -130,6 +134,15 @@ def term(layer: dict, shape: list | None, others: list, widest: int) -> tuple[in
     shapes of its further inputs, an attention layer's value and key), and a description; Unbounded for a class whose
     size is not known here."""
     kind, c = kind_of(layer), layer["config"]
+    if kind in CHAINS:
+        chained = mul(*(size(c.get(k, d)) for k, d in CHAINS[kind]))
+        if chained > MAX_CHAINED:
+            keys = " x ".join(k for k, _ in CHAINS[kind])
+            raise Unbounded(
+                f"layer {str(c.get('name', '?'))[:60]!r} chains {chained:,} augmentations per image ({keys}), over "
+                f"{MAX_CHAINED}: TensorFlow builds each into the graph it trains (Keras's defaults: 9 and 2); save it "
+                f"with fewer"
+            )
     if kind in ("StringLookup", "IntegerLookup", "TextVectorization") and c.get("pad_to_max_tokens"):
         tokens = size(c.get("max_tokens"))  # tf_idf weights padded to max_tokens at construction (float64, then a copy)
         return mul(3, tokens) if c.get("output_mode") == "tf_idf" else 0, f"{kind} max_tokens {tokens}"
