@@ -363,3 +363,24 @@ def test_a_classifier_nested_in_the_saved_model_is_no_default_cut(tmp_path):
     assert line.startswith("wrapped.keras has no default cut: its last Dense layer is inside 'classifier'"), line
     assert "its default cut is 'penultimate'" in line and "Pass --layer NAME" in line
     assert "default cut" not in layers_table(str(tmp_path / "wrapped.keras"))
+
+
+def test_axial_attention_is_counted_along_its_axes():
+    """Attack 43 #7: MultiHeadAttention(attention_axes=(1,)) over 128 x 128 positions makes 128 x 8 heads x 128 x 128
+    scores (64 MiB), and was counted as full attention, 8 x 16384 x 16384 (8 GiB): a normal model refused."""
+    import keras
+    from keras import layers as L
+
+    from featstore.models.activations import check_activations, largest_activation
+
+    i = keras.Input((128, 128, 3))
+    x = L.Conv2D(16, 1, name="c1")(i)
+    x = L.MultiHeadAttention(num_heads=8, key_dim=8, attention_axes=(1,), name="axial")(x, x)
+    model = keras.Model(i, L.Dense(2)(L.GlobalAveragePooling2D()(x)))
+    got = largest_activation(model)
+    assert got.nbytes <= 128 * 8 * 128 * 128 * 4, got
+    assert check_activations(model, "axial.keras", resizable=False) is not None  # not refused
+    j = keras.Input((128, 128, 3))
+    full = L.MultiHeadAttention(num_heads=8, key_dim=8, name="full")(L.Conv2D(16, 1)(j), L.Conv2D(16, 1)(j))
+    got = largest_activation(keras.Model(j, full))
+    assert (got.layer, got.shape) == ("full", (8, 16384, 16384)), got  # (the default: every axis but the features)

@@ -145,8 +145,19 @@ def attention_scores(op, args: tuple, kwargs: dict) -> list[tuple[tuple[int, ...
     else:
         heads = kv_heads = int(op.num_heads)
         qk, v = int(op.key_dim), int(op.value_dim or op.key_dim)
+    scores = (heads, tq, tk)
+    axes = getattr(op, "_attention_axes", None) if kind == "MultiHeadAttention" else None
+    if axes is not None:  # axial attention: attended along ``attention_axes`` only, once per position of the others
+        rank = len(shapes[0]) + 1  # (Keras's own reading of a negative axis: the input's rank with the batch axis)
+        along = {a if a >= 0 else rank + a for a in axes}  # (43 #7: counted as full attention, 8 GiB for 64 MiB)
+        dims = [(i + 1 in along, q, k) for i, (q, k) in enumerate(zip(shapes[0][:-1], shapes[1][:-1]))]
+        scores = (
+            math.prod(q for attended, q, _ in dims if not attended) * heads,
+            math.prod(q for attended, q, _ in dims if attended),
+            math.prod(k for attended, _, k in dims if attended),
+        )
     return [
-        ((heads, tq, tk), "attention scores"),
+        (scores, "attention scores"),
         ((tq, heads, qk), "query projections"),
         ((tk, kv_heads, max(qk, v)), "key or value projections"),
         ((tq, heads, v), "attention outputs before their projection"),
