@@ -89,6 +89,19 @@ def fit_one(spec_name: str, params: dict, X, y, val, groups=None, jobs: int = 1)
     return est
 
 
+def _joblib_folder(parallel: bool) -> dict:
+    """``Parallel``'s ``temp_folder`` for worker processes: featstore's private temporary folder
+    (:func:`featstore.tmpdir.private_tempdir`; ConfigError, its one line, where there is none). joblib dumps the
+    training features there for the workers to load by name: in a team's ``TMPDIR`` (``/dev/shm`` too small for them)
+    a teammate renamed the folder and the fit died with a traceback, or could have put his own pickles there (attack
+    44 #2). Threads share memory and need none."""
+    if not parallel:
+        return {}
+    from featstore.tmpdir import private_tempdir
+
+    return {"temp_folder": private_tempdir()}
+
+
 @contextlib.contextmanager
 def head_threads(head, jobs: int):
     """While fitting, a classifier with an ``n_jobs`` setting (sgd: its one-vs-rest classes, one binary fit each;
@@ -234,7 +247,11 @@ def cross_validate(
 
     folds, n = folds_of(y, groups, train)
     jobs_list = [(i, fit_rows, held[held < n_plain]) for i in range(len(full)) for fit_rows, held in folds]
-    probas = Parallel(n_jobs=jobs if parallel else 1, backend="loky" if parallel else "threading")(
+    probas = Parallel(
+        n_jobs=jobs if parallel else 1,
+        backend="loky" if parallel else "threading",
+        **_joblib_folder(parallel and jobs > 1),
+    )(
         delayed(_fold_or_why)(spec_name, full[i], X, y, fit_rows, held, n_classes, groups)
         for i, fit_rows, held in jobs_list
     )
