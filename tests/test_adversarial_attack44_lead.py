@@ -34,3 +34,26 @@ def test_a_parallel_search_gives_joblib_the_private_temporary_folder(store, tmp_
     monkeypatch.setattr(tmpdir, "private_tempdir", none)
     with pytest.raises(ConfigError, match="^temporary folder /team/tmp"):
         fit(store, "logreg", {"C": [0.1, 1.0]}, runs=tmp_path / "r", jobs=2)
+
+
+def test_the_traced_bound_enters_control_flow():
+    """Attack 44 #1: a tensor made inside a tf.cond branch or a map_fn body (a while loop's) was never looked at: the
+    traced bound walked the outer graph only. Each tiles a 40 x 40 image 2048 x 16 x 16 (9.4 GiB)."""
+    import keras
+    import tensorflow as tf
+    from keras import layers as L
+
+    from featstore.models.traced_bound import check_traced
+
+    def in_cond(x):
+        return tf.cond(tf.reduce_min(x) > -1e30, lambda: x + tf.reduce_mean(tf.tile(x, [2048, 16, 16, 1])), lambda: x)
+
+    def in_map(x):
+        return x + tf.map_fn(lambda im: tf.reduce_mean(tf.tile(im[None], [2048, 16, 16, 1])) + 0 * im, x)
+
+    for body in (in_cond, in_map):
+        i = keras.Input((40, 40, 3))
+        x = L.Conv2D(4, 3, name="conv")(L.Lambda(body, output_shape=(40, 40, 3), name="big")(i))
+        model = keras.Model(i, L.GlobalAveragePooling2D(name="feat")(x))
+        with pytest.raises(ConfigError, match=r"m\.keras: its layer 'big' makes .*\(operation Tile\), 10\.1 GB"):
+            check_traced(model, 40, 3, "m.keras", resizable=False)

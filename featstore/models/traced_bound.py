@@ -8,7 +8,10 @@ attention's repeated keys, a Resizing's padding (attack 43 #1, #5, #6, #10, #16-
 as its output's few MB), and a custom layer's tensors were never seen at all. So, before the forward pass is traced
 for the images, the extractor's model is traced once more for a batch of one image (``tf.function`` on a concrete
 input: shapes only, no value computed), and every operation that depends on the image is held to the same bound,
-:data:`~featstore.models.activations.MAX_ACTIVATION_BYTES`, at its own dtype's size. A kernel's own scratch space
+:data:`~featstore.models.activations.MAX_ACTIVATION_BYTES`, at its own dtype's size, the graphs of control flow
+(a ``tf.cond``'s branches, a ``map_fn``'s or RNN's loop body) included. A shape TensorFlow knows only when the pass
+runs (a padding computed from the image's values) is not measured here: the layers' walk counts the built-in layers
+that make one (a Resizing's padding) and refuses an output it cannot size. A kernel's own scratch space
 (a convolution's im2col buffer) is no tensor of the graph and stays out, as it does by the bound's definition.
 """
 
@@ -23,6 +26,7 @@ from featstore.errors import ConfigError
 from featstore.models.activations import MAX_ACTIVATION_BYTES
 
 logger = logging.getLogger(__name__)
+MAX_TRACED_OPS = 1 << 20  # operations measured in one traced pass, branches and loop bodies included
 
 
 @dataclass(frozen=True)
@@ -52,20 +56,40 @@ def largest_traced(model, size: int, channels: int) -> Traced | None:
         concrete = fn.get_concrete_function(tf.TensorSpec((1, size, size, channels), tf.float32))
     except Exception:  # noqa: BLE001 - any layer's graph code: the forward pass's own trace raises it, in its words
         return None
-    reached, todo, best = set(), [concrete.inputs[0].op], None
+    library = getattr(concrete.graph, "_functions", {})  # the graphs of control flow's branches and bodies
+    reached, todo, best = set(), [(concrete.inputs[0].op, "")], None
     while todo:
-        op = todo.pop()
-        if op.name in reached:
+        op, scope = todo.pop()
+        if (scope, op.name) in reached:
             continue
-        reached.add(op.name)
+        reached.add((scope, op.name))
         for out in op.outputs:
-            todo.extend(consumer for consumer in out.consumers() if consumer.name not in reached)
+            todo.extend((consumer, scope) for consumer in out.consumers() if (scope, consumer.name) not in reached)
             if out.shape.rank is None or not out.shape.is_fully_defined() or not out.dtype.is_numpy_compatible:
-                continue
+                continue  # (a shape known only when run: left to the layers' walk, which refuses an unknown output)
             nbytes = math.prod(out.shape.as_list()) * out.dtype.size
             if best is None or nbytes > best.nbytes:
-                best = Traced(op.name, op.type, tuple(out.shape.as_list()), out.dtype.name, nbytes, None)
+                name = op.name if not scope else f"{scope}/{op.name}"
+                best = Traced(name, op.type, tuple(out.shape.as_list()), out.dtype.name, nbytes, None)
+        # a tf.cond's branches, a while loop's body (map_fn's), a call: their own graphs, entered whole, named by the
+        # operation that runs them (their tensors were never looked at: attack 44 #1)
+        for inner in _called(op, library):
+            if len(reached) > MAX_TRACED_OPS:
+                raise ConfigError(f"the traced forward pass has more than {MAX_TRACED_OPS:,} operations; refusing it")
+            todo.extend(
+                (inner_op, op.name if not scope else f"{scope}/{op.name}") for inner_op in inner.get_operations()
+            )
     return None if best is None else Traced(**{**best.__dict__, "layer": _layer(model, best.op)})
+
+
+def _called(op, library: dict) -> list:
+    """The graphs of the functions ``op`` runs (``then_branch``, ``else_branch``, ``body``, ``cond``, ``f``,
+    ``branches``), found in the traced graph's function library."""
+    names = []
+    for value in op.node_def.attr.values():
+        names += [value.func.name] if value.HasField("func") else [f.name for f in value.list.func]
+    graphs = [getattr(library.get(name), "graph", None) for name in names]
+    return [graph for graph in graphs if graph is not None]
 
 
 def _layer(model, op_name: str) -> str | None:
