@@ -180,3 +180,21 @@ def finetune_source(root: Path, size: int = 32) -> dict:
         extract(data, split, store, cfg)
     dense = fit(store, "dense", {"epochs": [3], "units": [16]})
     return {"root": root, "data": data, "store": store, "dense": dense["id"]}
+
+
+@pytest.fixture(scope="session")
+def _finetune_source_once(tmp_path_factory) -> dict:
+    """finetune_source at 32 px, made once per session (per xdist worker): three extractions and a dense fit that
+    test_finetune, test_adversarial_messages and test_adversarial_attack40_fixAW each made for themselves."""
+    return finetune_source(tmp_path_factory.mktemp("finetune_source"), 32)
+
+
+@pytest.fixture(scope="module")
+def finetune_source_32(_finetune_source_once, tmp_path_factory) -> dict:
+    """``finetune_source(root, 32)`` as a module's own: a copy of the session's folder (store, runs, images; file times
+    kept) that the module may change. ``data`` stays the folder the store was extracted from (its ``source_root``),
+    as finetune_source leaves it; no test changes those images (copy them first, as the tests that damage one do)."""
+    src = _finetune_source_once
+    root = tmp_path_factory.mktemp("ft") / "c"
+    shutil.copytree(src["root"], root, symlinks=True)
+    return {**src, "root": root, "store": root / src["store"].relative_to(src["root"])}

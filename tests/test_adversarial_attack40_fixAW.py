@@ -21,16 +21,14 @@ from featstore.experiments.finetune import FinetuneConfig, finetune
 from featstore.runs import write
 from featstore.runs.folder import get_run
 
-from .conftest import finetune_source
-
 SIZE = 32
 Usage = namedtuple("Usage", "total used free")
 
 
 @pytest.fixture(scope="module")
-def ft(tmp_path_factory):
+def ft(finetune_source_32):
     """Two classes, 8/4/4 images each, VGG16@32 with seeded random weights; a dense run (phase A)."""
-    made = finetune_source(tmp_path_factory.mktemp("ftspace"), SIZE)
+    made = finetune_source_32  # this module's copy of the session's finetune_source(root, SIZE)
     return {**made, "runs": made["store"].with_suffix(".runs")}
 
 

@@ -37,7 +37,7 @@ from featstore.experiments.finetune import FinetuneConfig, finetune
 from featstore.images.listing import discover
 from featstore.store import writer
 
-from .conftest import finetune_source, interrupt_after_one_batch
+from .conftest import interrupt_after_one_batch
 
 SIZE = 32
 CACHE = "vgg16@block4_pool"  # the cached cut of a fine-tuning from block5_conv1 of a store cut at block5_pool
@@ -49,9 +49,9 @@ def run(*args):
 
 # ------------------------------------------------------------------ fine-tuning: cache, messages, phase B
 @pytest.fixture(scope="module")
-def ft_src(tmp_path_factory):
+def ft_src(finetune_source_32):
     """Two classes, 8/4/4 images each, VGG16@32 with seeded random weights cut at block5_pool, and a dense run."""
-    return finetune_source(tmp_path_factory.mktemp("ft_msgs"), SIZE)
+    return finetune_source_32  # this module's copy of the session's finetune_source(root, SIZE)
 
 
 @pytest.fixture
