@@ -57,3 +57,44 @@ def test_the_traced_bound_enters_control_flow():
         model = keras.Model(i, L.GlobalAveragePooling2D(name="feat")(x))
         with pytest.raises(ConfigError, match=r"m\.keras: its layer 'big' makes .*\(operation Tile\), 10\.1 GB"):
             check_traced(model, 40, 3, "m.keras", resizable=False)
+
+
+def test_a_traced_refusal_writes_nothing_into_the_store(tmp_path):
+    """Attack 44 #3: the traced bound refused the model "before any image runs", but after extract had registered
+    the refused extractor in the store: a new file, or a dead group in the user's own store, and the line's fix
+    (--layer c1, same store) was refused on its fingerprint."""
+    import h5py
+    import keras
+    from keras import layers as L
+
+    from featstore import ExtractorConfig, extract
+    from tests.conftest import write_data_root
+
+    i = keras.Input((64, 64, 3))
+    x = L.SeparableConv2D(1, 3, depth_multiplier=65536, padding="same", name="sep")(L.Conv2D(16, 1, name="c1")(i))
+    keras.Model(i, L.Dense(2)(L.GlobalAveragePooling2D(name="feat")(x))).save(tmp_path / "sep.keras")
+    data = write_data_root(tmp_path / "data")
+    with pytest.raises(ConfigError, match="its layer 'sep' makes"):
+        extract(data, "train", tmp_path / "s.h5", ExtractorConfig(model=str(tmp_path / "sep.keras"), layer="feat"))
+    assert not (tmp_path / "s.h5").exists()
+    got = extract(data, "train", tmp_path / "s.h5", ExtractorConfig(model=str(tmp_path / "sep.keras"), layer="c1"))
+    assert got.rows > 0  # the line's fix works in the same store
+    with h5py.File(tmp_path / "s.h5", "r") as f:
+        assert list(f) == ["sep"], list(f)
+
+
+def test_a_tensor_made_from_a_layers_config_alone_is_held_to_the_bound():
+    """Attack 44 #4: a MelSpectrogram (fft 2**20, 4,096 mel bins) builds its mel matrix, 524,289 x 4,096 floats (8 GiB),
+    in every call from its config alone: the traced bound walked only what the image reaches, and extract aborted
+    (std::bad_alloc). Every operation is measured now."""
+    import keras
+    from keras import layers as L
+
+    from featstore.models.traced_bound import check_traced
+
+    i = keras.Input((512, 512, 3))
+    x = L.Reshape((512 * 512 * 3,), name="flat")(i)
+    x = L.MelSpectrogram(fft_length=2**20, sequence_length=2**20, sequence_stride=65536, num_mel_bins=4096)(x)
+    model = keras.Model(i, L.GlobalAveragePooling1D(data_format="channels_first", name="feat")(x))
+    with pytest.raises(ConfigError, match=r"makes 524289 x 4096 float32 values per image inside it"):
+        check_traced(model, 512, 3, "mel.keras", resizable=False)

@@ -251,9 +251,9 @@ class _Extraction:
             if c.layers:
                 c = replace(c, cut_layers=tuple(self.configs[n].layer for n in names))
             cache = cache_dir(self.file.path) / CACHE_FOLDER
-            self.built[tuple(names)] = Extractor(
-                c, self.spec, jit=jit, jit_batch=self.how.batch_size, runtime_cache=cache
-            )
+            built = Extractor(c, self.spec, jit=jit, jit_batch=self.how.batch_size, runtime_cache=cache)
+            built.check_traced()  # before the store is written: a refused model left its group there (attack 44 #3)
+            self.built[tuple(names)] = built
         return self.built[tuple(names)]
 
     def write_split(self, result: ExtractResult, started: float) -> None:

@@ -308,11 +308,11 @@ class Extractor:
         # traced on its first use or by warm_up(): an extractor built only for its fingerprint (a Ray driver, a run's
         # check) never pays for the trace
         self._forward = forward.Lazy(
-            lambda: self._traced_check() or forward.trace(self.model, c.image_size, spec.channels_in)
+            lambda: self.check_traced() or forward.trace(self.model, c.image_size, spec.channels_in)
         )
         self.jit, self.jit_max_abs_diff = jit, None  # the XLA check's result (None without --jit)
         if jit:
-            compiled = self._traced_check() or forward.trace(self.model, c.image_size, spec.channels_in, jit=True)
+            compiled = self.check_traced() or forward.trace(self.model, c.image_size, spec.channels_in, jit=True)
             self.jit_max_abs_diff = forward.check_jit(
                 self._prepare, self._forward, compiled, c, jit_batch, self._shown_name()
             )
@@ -322,7 +322,7 @@ class Extractor:
         if self.config.runtime == "onnx":
             self.use_runtime("onnx", runtime_cache)
 
-    def _traced_check(self) -> None:
+    def check_traced(self) -> None:
         """Every tensor of one image's traced forward pass held to the activation bound, once, before the pass is traced
         for the images or exported (:func:`featstore.models.traced_bound.check_traced`)."""
         if not getattr(self, "_traced_checked", False):
@@ -350,7 +350,7 @@ class Extractor:
         ``exported=(path, sha256)``: another process's checked file (a Ray actor's driver's), verified, never exported."""
         onnx_runtime.check_runtime(runtime, self.config.mixed_precision, self.jit)
         if runtime == "onnx":
-            self._traced_check()
+            self.check_traced()
         if runtime == "onnx" and exported is not None:
             self._forward, self.runtime_max_abs_diff = onnx_runtime.load_exported(self, *exported, threads)
         elif runtime == "onnx":

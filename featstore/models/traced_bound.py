@@ -7,7 +7,7 @@ one-hot, a SeparableConv2D's depthwise step, CLAHE's histograms, a dilated convo
 attention's repeated keys, a Resizing's padding (attack 43 #1, #5, #6, #10, #16-#18: 7-48 GiB per image, each counted
 as its output's few MB), and a custom layer's tensors were never seen at all. So, before the forward pass is traced
 for the images, the extractor's model is traced once more for a batch of one image (``tf.function`` on a concrete
-input: shapes only, no value computed), and every operation that depends on the image is held to the same bound,
+input: shapes only, no value computed), and every operation it makes (but a weight's read) is held to the same bound,
 :data:`~featstore.models.activations.MAX_ACTIVATION_BYTES`, at its own dtype's size, the graphs of control flow
 (a ``tf.cond``'s branches, a ``map_fn``'s or RNN's loop body) included. A shape TensorFlow knows only when the pass
 runs (a padding computed from the image's values) is not measured here: the layers' walk counts the built-in layers
@@ -45,7 +45,7 @@ class Traced:
 
 def largest_traced(model, size: int, channels: int) -> Traced | None:
     """The largest tensor that one ``size`` x ``size`` x ``channels`` image makes in ``model``'s traced forward pass
-    (every operation its input reaches, with a fully known shape); None without TensorFlow or where the model cannot
+    (every operation with a fully known shape, but a weight's read); None without TensorFlow or where the model cannot
     be traced (the forward pass's own trace then says why)."""
     try:
         import tensorflow as tf
@@ -57,14 +57,13 @@ def largest_traced(model, size: int, channels: int) -> Traced | None:
     except Exception:  # noqa: BLE001 - any layer's graph code: the forward pass's own trace raises it, in its words
         return None
     library = getattr(concrete.graph, "_functions", {})  # the graphs of control flow's branches and bodies
-    reached, todo, best = set(), [(concrete.inputs[0].op, "")], None
+    # every operation, not only those the image reaches: a MelSpectrogram's mel matrix (fft_length/2+1 x mel bins,
+    # 8 GiB) is made in each call from its config alone (attack 44 #4); a weight's read is the weight (bounded apart)
+    reached, todo, best = 0, [(op, "") for op in concrete.graph.get_operations()], None
     while todo:
         op, scope = todo.pop()
-        if (scope, op.name) in reached:
-            continue
-        reached.add((scope, op.name))
-        for out in op.outputs:
-            todo.extend((consumer, scope) for consumer in out.consumers() if (scope, consumer.name) not in reached)
+        reached += 1
+        for out in op.outputs if op.type not in ("ReadVariableOp", "VarHandleOp") else ():
             if out.shape.rank is None or not out.shape.is_fully_defined() or not out.dtype.is_numpy_compatible:
                 continue  # (a shape known only when run: left to the layers' walk, which refuses an unknown output)
             nbytes = math.prod(out.shape.as_list()) * out.dtype.size
@@ -74,7 +73,7 @@ def largest_traced(model, size: int, channels: int) -> Traced | None:
         # a tf.cond's branches, a while loop's body (map_fn's), a call: their own graphs, entered whole, named by the
         # operation that runs them (their tensors were never looked at: attack 44 #1)
         for inner in _called(op, library):
-            if len(reached) > MAX_TRACED_OPS:
+            if reached + len(todo) > MAX_TRACED_OPS:
                 raise ConfigError(f"the traced forward pass has more than {MAX_TRACED_OPS:,} operations; refusing it")
             todo.extend(
                 (inner_op, op.name if not scope else f"{scope}/{op.name}") for inner_op in inner.get_operations()
