@@ -98,3 +98,30 @@ def test_a_tensor_made_from_a_layers_config_alone_is_held_to_the_bound():
     model = keras.Model(i, L.GlobalAveragePooling1D(data_format="channels_first", name="feat")(x))
     with pytest.raises(ConfigError, match=r"makes 524289 x 4096 float32 values per image inside it"):
         check_traced(model, 512, 3, "mel.keras", resizable=False)
+
+
+def test_a_classifier_nested_deeper_or_followed_by_a_softmax_is_no_default_cut(tmp_path):
+    """Attack 44 #5: ``Sequential([model, Softmax()])`` (TensorFlow's probability_model) and a classifier nested two
+    deep: their probabilities or logits were stored as features, "there is no Dense layer"."""
+    import keras
+    from keras import layers as L
+
+    from featstore import ExtractorConfig, extract
+    from featstore.report.tables import layers_table
+    from tests.conftest import write_data_root
+
+    def classifier(name):
+        j = keras.Input((16, 16, 3))
+        x = L.Dense(8, name=f"{name}_penultimate")(L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(j)))
+        return keras.Model(j, L.Dense(2, name=f"{name}_logits")(x), name=name)
+
+    keras.Sequential([keras.Input((16, 16, 3)), classifier("clf"), L.Softmax(name="softmax")]).save(
+        tmp_path / "p.keras"
+    )
+    inner = keras.Sequential([keras.Input((16, 16, 3)), L.Rescaling(1 / 255), classifier("deepclf")], name="wrapped")
+    keras.Sequential([keras.Input((16, 16, 3)), inner]).save(tmp_path / "deep.keras")
+    data = write_data_root(tmp_path / "data")
+    for name, says in (("p", "inside 'clf', .*: its default cut is 'clf_penultimate'$"), ("deep", "inside 'wrapped'")):
+        with pytest.raises(ConfigError, match=f"^{name}.keras has no default cut: its last Dense layer is {says}"):
+            extract(data, "train", tmp_path / f"{name}.h5", ExtractorConfig(model=str(tmp_path / f"{name}.keras")))
+        assert "default cut" not in layers_table(str(tmp_path / f"{name}.keras"))

@@ -256,10 +256,11 @@ class Extractor:
         if isinstance(spec, SavedModelSpec) and not any(requested) and (head := nested_head(base)) is not None:
             raise ConfigError(
                 f"{spec.shown.name} has no default cut: its last Dense layer is inside {head[0]!r}, a model nested in "
-                f"it, whose output (its last layer, the default) would be class probabilities, not features. Pass "
+                f"it, so its last layer, the default, gives that classifier's output (class probabilities or logits), "
+                f"not features. Pass "
                 f"--layer NAME (`featstore models {spec.shown} --layers` lists them), or save {head[0]!r} on its own "
-                f"(model.get_layer({head[0]!r}).save('base.keras')) and pass it as --model: its default cut is "
-                f"{head[1]!r}"
+                f"(model.get_layer({head[0]!r}).save('base.keras')) and pass it as --model"
+                + (f": its default cut is {head[1]!r}" if head[1] else "")
             )
         if isinstance(spec, SavedModelSpec) and not any(requested):
             last = [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:]

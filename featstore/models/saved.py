@@ -236,17 +236,30 @@ def default_cut(model) -> str:
     return layers[dense[-1] - 1].name
 
 
-def nested_head(model) -> tuple[str, str] | None:
-    """``(nested model, its default cut)`` where ``model`` has no Dense layer of its own and its last layer is a model
-    nested in it that has one (Keras's "preprocessing outside, classifier inside"): its default cut, the last layer,
-    would store that classifier's output, its class probabilities, said as "there is no Dense layer" (attack 43 #11).
-    None otherwise."""
+def nested_head(model) -> tuple[str, str | None] | None:
+    """``(nested model, its default cut)`` where ``model`` has no Dense layer of its own but a model nested in it has
+    one, at any depth (Keras's "preprocessing outside, classifier inside", TensorFlow's ``Sequential([model,
+    Softmax()])``): its default cut, the last layer, would store that classifier's output, its class probabilities or
+    logits, said as "there is no Dense layer" (attack 43 #11, 44 #5). The cut is None where the Dense layers are
+    nested deeper still. None otherwise."""
     import keras
 
     layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
-    if not layers or any(isinstance(lyr, keras.layers.Dense) for lyr in layers) or not hasattr(layers[-1], "layers"):
+    if any(isinstance(lyr, keras.layers.Dense) for lyr in layers):
         return None
-    inner = [lyr for lyr in layers[-1].layers if not isinstance(lyr, keras.layers.InputLayer)]
-    if not any(isinstance(lyr, keras.layers.Dense) for lyr in inner):
-        return None
-    return layers[-1].name, default_cut(layers[-1])
+    for lyr in reversed(layers):
+        if hasattr(lyr, "layers") and _holds_dense(lyr):
+            inner = [x for x in lyr.layers if not isinstance(x, keras.layers.InputLayer)]
+            own = any(isinstance(x, keras.layers.Dense) for x in inner)
+            return lyr.name, default_cut(lyr) if own else None
+    return None
+
+
+def _holds_dense(model, depth: int = 0) -> bool:
+    """Whether ``model`` or a model nested in it (at most 64 deep) has a Dense layer."""
+    import keras
+
+    return depth < 64 and any(
+        isinstance(lyr, keras.layers.Dense) or (hasattr(lyr, "layers") and _holds_dense(lyr, depth + 1))
+        for lyr in model.layers
+    )
