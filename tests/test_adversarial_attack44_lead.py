@@ -125,3 +125,26 @@ def test_a_classifier_nested_deeper_or_followed_by_a_softmax_is_no_default_cut(t
         with pytest.raises(ConfigError, match=f"^{name}.keras has no default cut: its last Dense layer is {says}"):
             extract(data, "train", tmp_path / f"{name}.h5", ExtractorConfig(model=str(tmp_path / f"{name}.keras")))
         assert "default cut" not in layers_table(str(tmp_path / f"{name}.keras"))
+
+
+def test_a_lambda_in_an_h5_with_trust_model_gives_one_coherent_reason(tmp_path):
+    """Attack 44 #6: a .h5 with a Lambda: without --trust-model "pass --trust-model", then with it "safe_mode refuses
+    ... featstore never loads unsafe .keras files", which named the other format. Now: no Lambda from any file."""
+    import keras
+
+    from featstore import ExtractorConfig, extract
+    from tests.conftest import write_data_root
+
+    i = keras.Input((16, 16, 3))
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(keras.layers.Conv2D(2, 3)(i))
+    keras.Model(i, keras.layers.Dense(2)(keras.layers.Flatten()(x))).save(tmp_path / "lam.h5")
+    with pytest.raises(ConfigError) as err:
+        extract(
+            write_data_root(tmp_path / "data"),
+            "train",
+            tmp_path / "s.h5",
+            ExtractorConfig(model=str(tmp_path / "lam.h5"), trust_model=True),
+        )
+    line = str(err.value)
+    assert "loads no Lambda layer from any model file, .keras or .h5, with or without --trust-model" in line, line
+    assert "unsafe .keras files" not in line

@@ -101,8 +101,9 @@ def _load_error(path: Path, exc: Exception) -> ConfigError:
         )
     if isinstance(exc, ValueError) and ("lambda" in text.lower() or "safe_mode" in text):
         return ConfigError(
-            f"{path} holds a Lambda layer (Python code), which Keras's safe_mode refuses to load. Replace it "
-            f"with a built-in layer and save again; featstore never loads unsafe .keras files."
+            f"{path} holds a Lambda layer (Python code), and featstore loads no Lambda layer from any model file, "
+            f".keras or .h5, with or without --trust-model (Keras runs its code only where unsafe loading is "
+            f"enabled, which featstore never does). Replace it with a built-in layer and save the model again"
         )
     if isinstance(exc, ValueError):
         return ConfigError(f"{path} is not a Keras model this Keras can load: {exc}")
