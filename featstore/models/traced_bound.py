@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections import deque
 from dataclasses import dataclass
 
 from featstore.errors import ConfigError
@@ -41,6 +42,7 @@ class Traced:
     dtype: str
     nbytes: int
     layer: str | None
+    from_image: bool = True
 
 
 def largest_traced(model, size: int, channels: int) -> Traced | None:
@@ -57,28 +59,41 @@ def largest_traced(model, size: int, channels: int) -> Traced | None:
     except Exception:  # noqa: BLE001 - any layer's graph code: the forward pass's own trace raises it, in its words
         return None
     library = getattr(concrete.graph, "_functions", {})  # the graphs of control flow's branches and bodies
+    image = _reached(concrete.inputs[0].op)  # the operations the image reaches (others: from the config alone)
     # every operation, not only those the image reaches: a MelSpectrogram's mel matrix (fft_length/2+1 x mel bins,
-    # 8 GiB) is made in each call from its config alone (attack 44 #4); a weight's read is the weight (bounded apart)
-    reached, todo, best = 0, [(op, "") for op in concrete.graph.get_operations()], None
+    # 8 GiB) is made in each call from its config alone (attack 44 #4); a weight's read is the weight (bounded apart).
+    # In graph order, so that of equal ones the first is named (the cut before it: attack 44 #7)
+    todo = deque((op, "", op.name in image) for op in concrete.graph.get_operations())
+    seen, best = 0, None
     while todo:
-        op, scope = todo.pop()
-        reached += 1
+        op, scope, from_image = todo.popleft()
+        seen += 1
         for out in op.outputs if op.type not in ("ReadVariableOp", "VarHandleOp") else ():
             if out.shape.rank is None or not out.shape.is_fully_defined() or not out.dtype.is_numpy_compatible:
                 continue  # (a shape known only when run: left to the layers' walk, which refuses an unknown output)
             nbytes = math.prod(out.shape.as_list()) * out.dtype.size
             if best is None or nbytes > best.nbytes:
                 name = op.name if not scope else f"{scope}/{op.name}"
-                best = Traced(name, op.type, tuple(out.shape.as_list()), out.dtype.name, nbytes, None)
+                best = Traced(name, op.type, tuple(out.shape.as_list()), out.dtype.name, nbytes, None, from_image)
         # a tf.cond's branches, a while loop's body (map_fn's), a call: their own graphs, entered whole, named by the
         # operation that runs them (their tensors were never looked at: attack 44 #1)
         for inner in _called(op, library):
-            if reached + len(todo) > MAX_TRACED_OPS:
+            if seen + len(todo) > MAX_TRACED_OPS:
                 raise ConfigError(f"the traced forward pass has more than {MAX_TRACED_OPS:,} operations; refusing it")
-            todo.extend(
-                (inner_op, op.name if not scope else f"{scope}/{op.name}") for inner_op in inner.get_operations()
-            )
+            inside = op.name if not scope else f"{scope}/{op.name}"
+            todo.extend((inner_op, inside, from_image) for inner_op in inner.get_operations())
     return None if best is None else Traced(**{**best.__dict__, "layer": _layer(model, best.op)})
+
+
+def _reached(start) -> set[str]:
+    """The names of the operations of ``start``'s graph that its outputs reach."""
+    reached, todo = set(), [start]
+    while todo:
+        op = todo.pop()
+        if op.name not in reached:
+            reached.add(op.name)
+            todo.extend(consumer for out in op.outputs for consumer in out.consumers())
+    return reached
 
 
 def _called(op, library: dict) -> list:
@@ -114,12 +129,14 @@ def check_traced(model, size: int, channels: int, shown: str, resizable: bool) -
     ways = (
         [f"cut before it with --layer {earlier[-1]} (or another layer ahead of {largest.layer!r})"] if earlier else []
     )
-    if resizable:
+    if resizable and largest.from_image:
         ways.append("give a smaller --image-size (activations grow with its square)")
     where = f"its layer {largest.layer!r}" if largest.layer else "its forward pass"
     dims = " x ".join(str(d) for d in (largest.shape[1:] if largest.shape[:1] == (1,) else largest.shape))
+    # a tensor no image reaches (a MelSpectrogram's mel matrix): the same whatever the image and its size (44 #9)
+    per = "values per image inside it" if largest.from_image else "values inside it from its configuration alone"
     raise ConfigError(
-        f"{shown}: {where} makes {dims} {largest.dtype} values per image inside it (operation {largest.kind}), "
+        f"{shown}: {where} makes {dims} {largest.dtype} {per} (operation {largest.kind}), "
         f"{largest.nbytes / 1e9:,.1f} GB ({largest.nbytes / 2**30:,.1f} GiB), over featstore's bound of "
         f"{MAX_ACTIVATION_BYTES >> 30} GiB per image and tensor (VGG16 at 224 px takes 12.8 MB at most); refused "
         f"before any image runs: "
