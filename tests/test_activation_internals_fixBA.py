@@ -108,10 +108,10 @@ def test_an_rnn_unrolled_over_thousands_of_steps_is_refused():
     from featstore.models.activations import check_activations
 
     i = keras.Input((2048, 1))
-    _refused(keras.Model(i, L.LSTM(4, unroll=True, name="rnn")(i)), r"'rnn' unrolls 2,048 time steps .*unroll=False")
+    _refused(keras.Model(i, L.LSTM(4, unroll=True, name="rnn")(i)), r"'rnn' unrolls 2,048 cell steps .*unroll=False")
     j = keras.Input((600, 1))
     bi = L.Bidirectional(L.GRU(4, unroll=True), name="bi")(j)
-    _refused(keras.Model(j, bi), r"'bi' unrolls 1,200 time steps")
+    _refused(keras.Model(j, bi), r"'bi' unrolls 1,200 cell steps")
     short = keras.Input((16, 1))
     assert check_activations(keras.Model(short, L.LSTM(4, unroll=True)(short)), "m.keras", resizable=False)
     assert check_activations(keras.Model(i, L.LSTM(4, name="rnn")(i)), "m.keras", resizable=False)  # a loop

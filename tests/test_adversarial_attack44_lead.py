@@ -166,3 +166,19 @@ def test_of_equal_tensors_the_first_layer_is_named():
         x = L.SeparableConv2D(16, 3, depth_multiplier=65536, padding="same", name=f"sep{n}")(x)
     with pytest.raises(ConfigError, match=r"its layer 'sep1' makes .*cut before it with --layer c1"):
         check_traced(keras.Model(i, x), 64, 3, "m.keras", resizable=False)
+
+
+def test_an_unrolled_stack_of_cells_counts_every_cell():
+    """Attack 44 #8: RNN(StackedRNNCells(16 LSTM cells), unroll=True) over 256 steps traces 4,096 cells (35 s and
+    1.2 GB), counted as 256 steps and let through."""
+    import keras
+    from keras import layers as L
+
+    from featstore.models.activations import check_activations
+
+    i = keras.Input((256, 3))
+    stack = L.RNN(L.StackedRNNCells([L.LSTMCell(4) for _ in range(16)]), unroll=True, name="stack")
+    with pytest.raises(ConfigError, match=r"'stack' unrolls 4,096 cell steps \(unroll=True: time steps x cells\)"):
+        check_activations(keras.Model(i, stack(i)), "m.keras", resizable=False)
+    j = keras.Input((64, 3))
+    assert check_activations(keras.Model(j, L.RNN(L.StackedRNNCells([L.LSTMCell(4)] * 2), unroll=True)(j)), "m", False)

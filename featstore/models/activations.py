@@ -230,9 +230,10 @@ class _Walk:
         if steps > MAX_UNROLLED_STEPS:
             where = Largest(op.name, (), 0, None, inside=inside).shown
             raise _Unrolled(
-                f"its layer {where} unrolls {steps:,} time steps (unroll=True), over {MAX_UNROLLED_STEPS:,}: "
-                f"TensorFlow builds its cell into the graph once per step (an LSTM unrolled over 4,096 steps took 154 "
-                f"s and 2 GB before its first image); save the model with unroll=False in that layer"
+                f"its layer {where} unrolls {steps:,} cell steps (unroll=True: time steps x cells), over "
+                f"{MAX_UNROLLED_STEPS:,}: TensorFlow builds each cell into the graph once per step (an LSTM unrolled "
+                f"over 4,096 steps took 154 s and 2 GB before its first image); save the model with unroll=False in "
+                f"that layer"
             )
         self.held(op, given, inside, top)
         return outputs
