@@ -193,11 +193,11 @@ def test_the_engine_starts_its_local_ray_in_that_folder(shared, tmp_path, monkey
             RayEngine(RayOptions()).start(tmp_path, None)
         assert asked == [root]
         seen = []
-        engine = RayEngine(RayOptions())
         monkeypatch.setattr(ray, "init", lambda **kw: None)
-        monkeypatch.setattr(engine, "_check_resources", lambda: None)
-        monkeypatch.setattr(engine, "_check_data_visible", lambda root, first: seen.append(root))
-        engine.start(tmp_path, None)
+        with RayEngine(RayOptions()) as engine:  # closed: its log filters and fd 2's filter removed for later tests
+            monkeypatch.setattr(engine, "_check_resources", lambda: None)
+            monkeypatch.setattr(engine, "_check_data_visible", lambda root, first: seen.append(root))
+            engine.start(tmp_path, None)
         assert seen == [tmp_path]
     finally:
         shutil.rmtree(short, ignore_errors=True)
