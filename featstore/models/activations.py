@@ -276,22 +276,41 @@ def largest_activation(model) -> Largest | None:
     top = _graph(model)
     if top is None:
         return None
-    order = [lyr.name for lyr in model.layers if type(lyr).__name__ != "InputLayer"]
-
-    def before(top_name: str) -> str | None:  # the last top-level layer before it: a --layer cutting before it
-        earlier = order[: order.index(top_name)] if top_name in order else []
-        return earlier[-1] if earlier else None
-
     walk = _Walk(model.name)
     try:
         walk.graph(top, list(top.inputs), (), None)
     except _Unknown as unknown:
-        unknown.before = before(unknown.top)
+        unknown.before = layer_before(model, unknown.top)
         raise
     if walk.best is None:
         return None
     nbytes, layer, shape, top_name, scores, inside = walk.best
-    return Largest(layer, shape, nbytes, before(top_name), scores, inside)
+    return Largest(layer, shape, nbytes, layer_before(model, top_name), scores, inside)
+
+
+def layer_before(model, name: str | None) -> str | None:
+    """The last top-level layer of ``model`` before the one named ``name`` (a ``--layer`` that cuts before it), or
+    None (the first layer, or a name not among them)."""
+    order = [lyr.name for lyr in model.layers if type(lyr).__name__ != "InputLayer"]
+    earlier = order[: order.index(name)] if name in order else []
+    return earlier[-1] if earlier else None
+
+
+def over_bound(
+    shown: str, what: str, nbytes: int, before: str | None, ahead_of: str, resizable: bool, *, per: str, otherwise: str
+) -> str:
+    """The one line refusing a model one image of which makes a tensor over :data:`MAX_ACTIVATION_BYTES`: ``shown``
+    (the model), ``what`` it makes, its bytes and the ways out (a ``--layer`` ``before`` the layer ``ahead_of``; a
+    smaller ``--image-size`` where ``resizable``; else ``otherwise``). ``per``: what the bound is per besides the image
+    (an activation, a tensor). Shared by the layers' walk and the traced bound."""
+    ways = [f"cut before it with --layer {before} (or another layer ahead of {ahead_of})"] if before else []
+    if resizable:
+        ways.append("give a smaller --image-size (activations grow with its square)")
+    return (
+        f"{shown}: {what}, {nbytes / 1e9:,.1f} GB ({nbytes / 2**30:,.1f} GiB), over featstore's bound of "
+        f"{MAX_ACTIVATION_BYTES >> 30} GiB per image and {per} (VGG16 at 224 px takes 12.8 MB at most); "
+        f"refused before any image runs: " + ("; or ".join(ways) or otherwise)
+    )
 
 
 def check_activations(model, shown: str, resizable: bool) -> Largest | None:
@@ -310,21 +329,15 @@ def check_activations(model, shown: str, resizable: bool) -> Largest | None:
     dims = " x ".join(str(d) for d in largest.shape)
     # an attention layer's scores are made inside it, not output: "outputs" was said of them too
     makes = f"makes {dims} float32 {largest.scores}" if largest.scores else f"outputs {dims} float32 values"
-    ways = [f"cut before it with --layer {largest.before} (or another layer ahead of {largest.shown})"]
-    ways = ways if largest.before else []
-    if resizable:
-        ways.append("give a smaller --image-size (activations grow with its square)")
-    raise ConfigError(
-        f"{shown}: its layer {largest.shown} {makes} per image, {largest.nbytes / 1e9:,.1f} GB "
-        f"({largest.nbytes / 2**30:,.1f} GiB), over featstore's bound of {MAX_ACTIVATION_BYTES >> 30} GiB per image "
-        f"and activation (VGG16 at 224 px takes 12.8 MB at most); refused before any image runs: "
-        + (
-            "; or ".join(ways)
-            if ways
-            else f"it is {'inside ' if largest.inside else ''}the model's first layer and its input side is fixed, so "
-            "this model cannot run within the bound (save it with fewer channels in that layer or a smaller input)"
-        )
+    otherwise = (
+        f"it is {'inside ' if largest.inside else ''}the model's first layer and its input side is fixed, so this "
+        "model cannot run within the bound (save it with fewer channels in that layer or a smaller input)"
     )
+    what = f"its layer {largest.shown} {makes} per image"
+    line = over_bound(
+        shown, what, largest.nbytes, largest.before, largest.shown, resizable, per="activation", otherwise=otherwise
+    )
+    raise ConfigError(line)
 
 
 def memory_advice(extractor, n: int) -> str:

@@ -296,18 +296,17 @@ class Extractor:
                 f"--model, or cut at another --layer"
             ) from None
         # one image's largest activation up to the cut, from the shapes Keras inferred: refused before any image runs
+        self._bound_shown = str(spec.shown) if isinstance(spec, SavedModelSpec) else self._shown_name()
         self.largest_activation = activations.check_activations(
-            self.model,
-            str(spec.shown) if isinstance(spec, SavedModelSpec) else self._shown_name(),
-            activations.resizable(self),
+            self.model, self._bound_shown, activations.resizable(self)
         )
         self.outputs = [
             (name, self._attrs(name, asked, keras.Model(inp, t))) for (name, t), asked in zip(cuts, requested)
         ]
         self.attrs = self.outputs[0][1]
         self.feature_shape = tuple(self.attrs["feature_shape"])
-        # traced on its first use or by warm_up(): an extractor built only for its fingerprint (a Ray driver, a run's
-        # check) never pays for the trace
+        # traced on its first use or by warm_up(): an extractor built only for its fingerprint (a run's check) never
+        # pays for the trace (extract's, a Ray driver's too, pays check_traced's trace before writing the store)
         self._forward = forward.Lazy(
             lambda: self.check_traced() or forward.trace(self.model, c.image_size, spec.channels_in)
         )
@@ -327,9 +326,12 @@ class Extractor:
         """Every tensor of one image's traced forward pass held to the activation bound, once, before the pass is traced
         for the images or exported (:func:`featstore.models.traced_bound.check_traced`)."""
         if not getattr(self, "_traced_checked", False):
-            shown = str(self.spec.shown) if isinstance(self.spec, SavedModelSpec) else self._shown_name()
             traced_bound.check_traced(
-                self.model, self.config.image_size, self.spec.channels_in, shown, activations.resizable(self)
+                self.model,
+                self.config.image_size,
+                self.spec.channels_in,
+                self._bound_shown,
+                activations.resizable(self),
             )
             self._traced_checked = True
 

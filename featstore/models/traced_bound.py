@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from featstore.errors import ConfigError
-from featstore.models.activations import MAX_ACTIVATION_BYTES
+from featstore.models.activations import MAX_ACTIVATION_BYTES, layer_before, over_bound
 
 logger = logging.getLogger(__name__)
 MAX_TRACED_OPS = 1 << 20  # operations measured in one traced pass, branches and loop bodies included
@@ -124,21 +124,21 @@ def check_traced(model, size: int, channels: int, shown: str, resizable: bool) -
     largest = largest_traced(model, size, channels)
     if largest is None or largest.nbytes <= MAX_ACTIVATION_BYTES:
         return largest
-    order = [layer.name for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    earlier = order[: order.index(largest.layer)] if largest.layer in order else []
-    ways = (
-        [f"cut before it with --layer {earlier[-1]} (or another layer ahead of {largest.layer!r})"] if earlier else []
-    )
-    if resizable and largest.from_image:
-        ways.append("give a smaller --image-size (activations grow with its square)")
     where = f"its layer {largest.layer!r}" if largest.layer else "its forward pass"
     dims = " x ".join(str(d) for d in (largest.shape[1:] if largest.shape[:1] == (1,) else largest.shape))
     # a tensor no image reaches (a MelSpectrogram's mel matrix): the same whatever the image and its size (44 #9)
     per = "values per image inside it" if largest.from_image else "values inside it from its configuration alone"
-    raise ConfigError(
-        f"{shown}: {where} makes {dims} {largest.dtype} {per} (operation {largest.kind}), "
-        f"{largest.nbytes / 1e9:,.1f} GB ({largest.nbytes / 2**30:,.1f} GiB), over featstore's bound of "
-        f"{MAX_ACTIVATION_BYTES >> 30} GiB per image and tensor (VGG16 at 224 px takes 12.8 MB at most); refused "
-        f"before any image runs: "
-        + ("; or ".join(ways) or "no layer comes before it and its input side is fixed: save the model smaller")
+    what = f"{where} makes {dims} {largest.dtype} {per} (operation {largest.kind})"
+    before = layer_before(model, largest.layer)
+    otherwise = "no layer comes before it and its input side is fixed: save the model smaller"
+    line = over_bound(
+        shown,
+        what,
+        largest.nbytes,
+        before,
+        repr(largest.layer),
+        resizable and largest.from_image,
+        per="tensor",
+        otherwise=otherwise,
     )
+    raise ConfigError(line)
