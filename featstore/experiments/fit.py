@@ -30,13 +30,13 @@ from featstore.experiments.scoring import EVAL_BUDGET, OOF, eval_rows, memory_bl
 from featstore.experiments.selection import (
     DivergedError,
     Fitted,
-    _joblib_folder,
     check_classes,
     cross_validate,
     describe_given,
     fit_one,
     out_of_fold,
     source_groups,
+    workers,
 )
 from featstore.experiments.streaming import (
     BLOCK_FRACTION,
@@ -222,7 +222,7 @@ def _fit_in_memory(
     plain rows. The chosen model is evaluated in blocks within ``budget`` (default ``scoring.EVAL_BUDGET``): train
     and validation from memory, test read from the store, never its (N, K) probabilities whole.
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
     from featstore.experiments.classifiers import build_classifier
 
@@ -256,11 +256,7 @@ def _fit_in_memory(
             oof = out_of_fold(clf, full[0], X, y, n_plain, k, groups, train)
     elif val is not None:
         selection["method"] = f"accuracy on the {validation!r} split"
-        scored = Parallel(
-            n_jobs=jobs if parallel else 1,
-            backend="loky" if parallel else "threading",
-            **_joblib_folder(parallel and jobs > 1),
-        )(delayed(_score_one)(clf, p, X, y, val, groups) for p in full)
+        scored = workers(jobs, parallel)(delayed(_score_one)(clf, p, X, y, val, groups) for p in full)
         ok = [i for i, (sc, _) in enumerate(scored) if sc is not None]
         if not ok:
             raise DivergedError(

@@ -89,17 +89,20 @@ def fit_one(spec_name: str, params: dict, X, y, val, groups=None, jobs: int = 1)
     return est
 
 
-def _joblib_folder(parallel: bool) -> dict:
-    """``Parallel``'s ``temp_folder`` for worker processes: featstore's private temporary folder
-    (:func:`featstore.tmpdir.private_tempdir`; ConfigError, its one line, where there is none). joblib dumps the
-    training features there for the workers to load by name: in a team's ``TMPDIR`` (``/dev/shm`` too small for them)
-    a teammate renamed the folder and the fit died with a traceback, or could have put his own pickles there (attack
-    44 #2). Threads share memory and need none."""
-    if not parallel:
-        return {}
+def workers(jobs: int, parallel: bool):
+    """joblib's ``Parallel`` for the fits of several settings: ``jobs`` worker processes (loky) where the classifier
+    may be fitted in them (``parallel``; Keras heads may not) and ``jobs > 1``, given featstore's private temporary
+    folder for the training features they load by name (:func:`featstore.tmpdir.private_tempdir`; ConfigError, its
+    one line, where there is none): in a team's ``TMPDIR`` (``/dev/shm`` too small for them) a teammate renamed
+    joblib's folder and the fit died with a traceback, or could have put his own pickles there (attack 44 #2). Else in
+    this process, which needs no folder."""
+    from joblib import Parallel
+
+    if not parallel or jobs <= 1:
+        return Parallel(n_jobs=jobs if parallel else 1, backend="loky" if parallel else "threading")
     from featstore.tmpdir import private_tempdir
 
-    return {"temp_folder": private_tempdir()}
+    return Parallel(n_jobs=jobs, backend="loky", temp_folder=private_tempdir())
 
 
 @contextlib.contextmanager
@@ -243,15 +246,11 @@ def cross_validate(
     Rows ``n_plain`` and after are augmented copies: trained on in the folds of other images, never scored.
     ``groups`` gives each row its source image (None: each row its own).
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
     folds, n = folds_of(y, groups, train)
     jobs_list = [(i, fit_rows, held[held < n_plain]) for i in range(len(full)) for fit_rows, held in folds]
-    probas = Parallel(
-        n_jobs=jobs if parallel else 1,
-        backend="loky" if parallel else "threading",
-        **_joblib_folder(parallel and jobs > 1),
-    )(
+    probas = workers(jobs, parallel)(
         delayed(_fold_or_why)(spec_name, full[i], X, y, fit_rows, held, n_classes, groups)
         for i, fit_rows, held in jobs_list
     )
