@@ -69,9 +69,9 @@ def test_no_private_temporary_folder_is_said_once_and_only_where_needed(tmp_path
 
 
 def test_the_import_hook_refuses_tensorflow_only_while_there_is_no_private_folder(shared, tmp_path):
-    from featstore.cli.main import _NeedsPrivateTmp
+    from featstore.cli.main import _BeforeKeras
 
-    hook = _NeedsPrivateTmp()
+    hook = _BeforeKeras()
     assert hook.find_spec("numpy") is None
     (tmp_path / "cache").mkdir(mode=0o777)
     (tmp_path / "cache").chmod(0o777)

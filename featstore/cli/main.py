@@ -299,33 +299,47 @@ def _private_tempdir() -> None:
     """Every temporary file of the command (featstore's, Keras's, TensorFlow's generated code) in a folder where no
     one else may rename entries (:func:`featstore.tmpdir.private_tempdir`; attack 41 #3). Where there is none, nothing
     is said here: the command refuses in one line when it needs one (featstore's scratch folders, or its first import
-    of TensorFlow or Keras: :class:`_NeedsPrivateTmp`), and one that needs none says nothing (attack 42 #7: every
+    of TensorFlow or Keras: :class:`_BeforeKeras`), and one that needs none says nothing (attack 42 #7: every
     command printed the line twice, this warning and then its own error)."""
     import tempfile
 
     from featstore.tmpdir import private_tempdir
 
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _NeedsPrivateTmp)]  # an earlier in-process run's
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _BeforeKeras)]  # an earlier in-process run's
     try:
         tempfile.tempdir = private_tempdir()
     except ConfigError:
-        sys.meta_path.insert(0, _NeedsPrivateTmp())
+        sys.meta_path.insert(0, _BeforeKeras(needs_tmp=True))
+    else:
+        sys.meta_path.insert(0, _BeforeKeras(needs_tmp=False))
 
 
-class _NeedsPrivateTmp:
-    """An import hook (``sys.meta_path``) that refuses the first import of TensorFlow or Keras while there is no
-    private temporary folder: they write generated code there (autograph's modules, imported again by name) and
-    open models by name in it. The refusal is :func:`featstore.tmpdir.private_tempdir`'s one line; where a folder is
-    found by then, it becomes the temporary folder and the import goes on."""
+class _BeforeKeras:
+    """An import hook (``sys.meta_path``) run at the first import of TensorFlow or Keras. While there is no private
+    temporary folder, it refuses: they write generated code there (autograph's modules, imported again by name) and
+    open models by name in it; the refusal is :func:`featstore.tmpdir.private_tempdir`'s one line, and where a folder
+    is found by then, it becomes the temporary folder and the import goes on. Then Keras's settings file and
+    ``KERAS_BACKEND``, which Keras reads as it is imported (:func:`featstore.kerasconfig.problem`: a float16 or
+    channels-first setting, another backend, a FIFO there), are one line instead of wrong features or a traceback."""
+
+    def __init__(self, needs_tmp: bool = True):
+        self.needs_tmp = needs_tmp
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in ("tensorflow", "keras"):
             return None
-        import tempfile
+        if self.needs_tmp:
+            import tempfile
 
-        from featstore.tmpdir import private_tempdir
+            from featstore.tmpdir import private_tempdir
 
-        tempfile.tempdir = private_tempdir()  # ConfigError: the command's one line
+            tempfile.tempdir = private_tempdir()  # ConfigError: the command's one line
+            self.needs_tmp = False
+        from featstore.kerasconfig import problem
+
+        line = problem()
+        if line is not None:
+            raise ConfigError(line)
         return None
 
 

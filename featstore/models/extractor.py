@@ -22,6 +22,7 @@ import numpy as np
 
 from featstore import provenance
 from featstore.errors import ConfigError, check_names, check_paths, check_seed
+from featstore.kerasconfig import check_loaded
 from featstore.models import activations, forward, onnx_runtime, traced_bound
 from featstore.models.backbones import (
     BackboneSpec,
@@ -240,6 +241,7 @@ class Extractor:
         self.spec = spec
         import keras
 
+        check_loaded()  # a float16 or channels-first Keras: other features under the same fingerprint
         c = self.config
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("mixed_float16" if c.mixed_precision else "float32")

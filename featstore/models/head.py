@@ -31,6 +31,9 @@ def head_layers(units: int, dropout: float, n_out: int, dropout_seed: int | None
     """
     import keras
 
+    from featstore.kerasconfig import check_loaded
+
+    check_loaded()  # a float16 Keras (or another epsilon) trains another head, unrecorded
     dense, drop, out = HEAD_LAYERS
     return [
         keras.layers.Dense(units, activation="relu", name=dense),

@@ -1,0 +1,134 @@
+"""Keras's settings file (``keras.json``), checked before Keras reads it, and Keras's settings, checked after.
+
+Keras reads ``$KERAS_HOME/keras.json`` (else ``~/.keras/keras.json``, else ``/tmp/.keras/keras.json`` where the home
+folder is not writable) when it is imported, and writes one there when none exists. What it says changes every
+model featstore builds, unrecorded: ``"floatx": "float16"`` gave features off by up to 0.085 (of 118) under the same
+fingerprint, so a resume would mix two precisions; ``"image_data_format": "channels_first"`` and ``"backend": "jax"``
+ended in Keras's tracebacks. In ``/tmp/.keras`` that file may be another user's. featstore's models are built and
+tested on TensorFlow, in float32, channels last, with Keras's default epsilon: anything else is one line with the fix
+(:func:`problem`, before Keras is imported: the command's import hook; :func:`check_loaded`, after: the Python API).
+A settings file that is a FIFO (Keras waits on it for ever), a device, 1 MiB or more, nested past Python's recursion
+limit, or reached through another user's link is refused the same way.
+
+>>> problem()   # None where Keras may be imported as it is   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+from featstore.errors import ConfigError
+from featstore.linkrule import foreign_on
+from featstore.modes import others_may_write
+from featstore.safetext import terminal_safe
+from featstore.sticky import owner_name
+
+WANTED = {"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow", "image_data_format": "channels_last"}
+MOST = 1 << 20  # a settings file is ~120 bytes
+FIX = "set KERAS_HOME to a folder of yours (Keras writes its own settings file there)"
+
+
+def settings_path() -> str:
+    """The file Keras reads its settings from, found as Keras finds it (``keras/src/backend/config.py``)."""
+    if "KERAS_HOME" in os.environ:
+        folder = os.environ["KERAS_HOME"]
+    else:
+        home = os.path.expanduser("~")
+        folder = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
+    return os.path.expanduser(os.path.join(folder, "keras.json"))
+
+
+def problem() -> str | None:
+    """Why Keras must not be imported as things are (its settings file and ``KERAS_BACKEND``), or None."""
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend and backend != "tensorflow":
+        return (
+            f"KERAS_BACKEND={terminal_safe(backend)}: featstore's models are built and tested on Keras's TensorFlow "
+            f"backend; unset KERAS_BACKEND or set it to tensorflow"
+        )
+    path = settings_path()
+    shown = terminal_safe(path)
+    try:
+        link = foreign_on(path, ConfigError, "Keras's settings file")
+    except ConfigError as exc:
+        return str(exc)
+    if link is not None:
+        return (
+            f"Keras's settings file {shown} leads through {terminal_safe(link[0])}, a symbolic link made by "
+            f"{owner_name(link[1].st_uid)}, not by you: Keras would read (or write) it there; {FIX}"
+        )
+    if not os.path.lexists(path):
+        return _unwritten(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        return None if os.path.islink(path) else f"Keras's settings file {shown} cannot be read ({exc.strerror}); {FIX}"
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return (
+                f"Keras's settings file {shown} is not a regular file (Keras would wait on it, or fail, when it is "
+                f"imported): remove it (Keras writes a fresh one), or {FIX}"
+            )
+        data = f.read(MOST)
+    if len(data) >= MOST:
+        return f"Keras's settings file {shown} is 1 MiB or more (one is ~120 bytes): remove it, or {FIX}"
+    try:
+        config = json.loads(data)
+    except ValueError:
+        return None  # Keras ignores a file it cannot parse and keeps its defaults
+    except RecursionError:
+        return f"Keras's settings file {shown} is nested too deeply for Keras to read: remove it, or {FIX}"
+    if not isinstance(config, dict):
+        return f"Keras's settings file {shown} holds no settings object (Keras fails on it): remove it, or {FIX}"
+    said = {k: config.get(k, v) for k, v in WANTED.items() if not (k == "backend" and backend)}
+    return _differs(said, f"Keras's settings file {shown}" + _whose(st))
+
+
+def check_loaded() -> None:
+    """ConfigError where the Keras this process imported is set otherwise than featstore's models are built for
+    (a settings file read before featstore was asked, or ``keras.config.set_floatx`` in a notebook)."""
+    import keras
+
+    now = {
+        "floatx": keras.config.floatx(),
+        "epsilon": keras.config.epsilon(),
+        "backend": keras.config.backend(),
+        "image_data_format": keras.config.image_data_format(),
+    }
+    line = _differs(now, "Keras in this process")
+    if line is not None:
+        raise ConfigError(line)
+
+
+def _differs(said: dict, where: str) -> str | None:
+    wrong = [f"{k} {terminal_safe(repr(said[k]))}" for k, v in WANTED.items() if k in said and said[k] != v]
+    if not wrong:
+        return None
+    wanted = ", ".join(f"{k} {v!r}" for k, v in WANTED.items() if k in said)
+    return (
+        f"{where} says {', '.join(wrong)}: featstore's models are built for {wanted} (its stores and fingerprints "
+        f"assume them); change it back (keras.config.set_* in a notebook), or {FIX}"
+    )
+
+
+def _whose(st: os.stat_result) -> str:
+    return "" if st.st_uid in (os.geteuid(), 0) else f" (made by {owner_name(st.st_uid)}, not by you)"
+
+
+def _unwritten(path: str) -> str | None:
+    """Keras writes its settings file where none is: refused where the folder is another user's that others may write
+    (a colleague's ``/tmp/.keras``: a link he puts at the name meanwhile gets Keras's write)."""
+    folder = os.path.dirname(path)
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None  # Keras makes it (the user's own), or cannot and writes nothing
+    if st.st_uid in (os.geteuid(), 0) or not others_may_write(st, folder):
+        return None
+    return (
+        f"Keras would write its settings file into {terminal_safe(folder)}, a folder of {owner_name(st.st_uid)}'s that "
+        f"others may write; {FIX}"
+    )

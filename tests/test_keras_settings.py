@@ -1,0 +1,133 @@
+"""Keras's settings file (keras.json) and KERAS_BACKEND, which Keras reads as it is imported: a float16 setting gave
+features off by up to 0.085 under the same fingerprint (a resume would mix two precisions), channels-first and a
+backend that is not installed ended in Keras's tracebacks, and in /tmp/.keras (a home folder that is not writable)
+the file may be a colleague's (a FIFO there: Keras waits for ever). Each is one line now, before Keras is imported
+(the command's import hook) or, for the Python API, when featstore builds a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from featstore import kerasconfig
+from featstore.errors import ConfigError
+
+DEFAULT = {"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow", "image_data_format": "channels_last"}
+root_only = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    folder = tmp_path / "kh"
+    folder.mkdir()
+    monkeypatch.setenv("KERAS_HOME", str(folder))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    return folder
+
+
+def _settings(home, **changed) -> None:
+    (home / "keras.json").write_text(json.dumps({**DEFAULT, **changed}))
+
+
+def test_keras_defaults_a_missing_file_and_one_keras_cannot_parse_pass(home):
+    assert kerasconfig.problem() is None  # none yet: Keras writes its own
+    _settings(home)
+    assert kerasconfig.problem() is None
+    (home / "keras.json").write_text("{not json")
+    assert kerasconfig.problem() is None  # Keras ignores it and keeps its defaults
+    (home / "keras.json").write_text('{"floatx": "float32"}')
+    assert kerasconfig.problem() is None  # the rest: Keras's defaults
+
+
+@pytest.mark.parametrize(
+    ("changed", "said"),
+    [
+        ({"floatx": "float16"}, "floatx 'float16'"),
+        ({"image_data_format": "channels_first"}, "image_data_format 'channels_first'"),
+        ({"backend": "jax"}, "backend 'jax'"),
+        ({"epsilon": 0.001}, "epsilon 0.001"),
+    ],
+)
+def test_a_setting_featstore_models_are_not_built_for_is_one_line(home, changed, said):
+    _settings(home, **changed)
+    line = kerasconfig.problem()
+    assert line is not None and said in line and str(home / "keras.json") in line
+    assert "set KERAS_HOME to a folder of yours" in line
+
+
+def test_keras_backend_in_the_environment_wins_over_the_file_as_in_keras(home, monkeypatch):
+    _settings(home, backend="jax")
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert kerasconfig.problem() is None
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    assert "KERAS_BACKEND=torch" in kerasconfig.problem()
+
+
+def test_a_fifo_a_huge_a_deep_or_a_non_object_file_is_one_line_without_waiting(home):
+    path = home / "keras.json"
+    os.mkfifo(path)
+    assert "not a regular file" in kerasconfig.problem()  # opened without waiting for a writer
+    path.unlink()
+    path.write_bytes(b" " * kerasconfig.MOST)
+    assert "1 MiB or more" in kerasconfig.problem()
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert "nested too deeply" in kerasconfig.problem()
+    path.write_text("[1]")
+    assert "holds no settings object" in kerasconfig.problem()
+
+
+@root_only
+def test_a_colleagues_link_or_his_open_folder_is_refused(home, tmp_path):
+    target = tmp_path / "mine.json"
+    (home / "keras.json").symlink_to(target)  # dangling: Keras would create the file it names
+    os.lchown(home / "keras.json", 4242, 4242)
+    line = kerasconfig.problem()
+    assert "a symbolic link made by" in line and "not by you" in line
+    (home / "keras.json").unlink()
+    os.chown(home, 4242, 4242)
+    home.chmod(0o777)
+    assert "a folder of" in kerasconfig.problem() and "others may write" in kerasconfig.problem()
+    home.chmod(0o755)
+    assert kerasconfig.problem() is None  # his, closed to others: Keras cannot write there, and nothing is read
+
+
+def test_the_command_says_it_in_one_line_before_tensorflow_is_imported(home, tmp_path):
+    """Sabotage: the import hook's check left out: extract wrote float16 features (or Keras's traceback)."""
+    from tests.conftest import write_data_root
+
+    _settings(home, floatx="float16")
+    data = write_data_root(tmp_path / "data")
+    env = {**os.environ, "KERAS_HOME": str(home), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(__file__)), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-m", "featstore.cli", "extract", "--model", "vgg16", "--weights", "none", "--image-size",
+         "32", "--data", str(data), "--split", "train", "--store", str(tmp_path / "s.h5"), "--no-progress"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: Keras's settings file"), done.stderr
+    assert "floatx 'float16'" in lines[0]
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_the_python_api_refuses_a_keras_set_otherwise_in_this_process(home):
+    """Sabotage: check_loaded left out of Extractor (and the head): float16 features, same fingerprint."""
+    import keras
+
+    from featstore.models.extractor import Extractor, ExtractorConfig
+    from featstore.models.head import head_layers
+
+    keras.config.set_floatx("float16")
+    try:
+        with pytest.raises(ConfigError, match="Keras in this process says floatx 'float16'"):
+            Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))
+        with pytest.raises(ConfigError, match="floatx 'float16'"):
+            head_layers(8, 0.5, 2)
+    finally:
+        keras.config.set_floatx("float32")
+    kerasconfig.check_loaded()
