@@ -87,9 +87,11 @@ def problem() -> str | None:
     return _differs(said, f"Keras's settings file {shown}" + _whose(st))
 
 
-def check_loaded() -> None:
+def check_loaded(policy: bool = True) -> None:
     """ConfigError where the Keras this process imported is set otherwise than featstore's models are built for
-    (a settings file read before featstore was asked, or ``keras.config.set_floatx`` in a notebook)."""
+    (a settings file read before featstore was asked, or ``keras.config.set_floatx`` in a notebook); with ``policy``,
+    its global dtype policy too (a notebook's ``mixed_float16`` trained the dense head in float16, unrecorded: attack
+    45 #3; the extractor sets its own policy and passes False)."""
     import keras
 
     now = {
@@ -98,18 +100,21 @@ def check_loaded() -> None:
         "backend": keras.config.backend(),
         "image_data_format": keras.config.image_data_format(),
     }
-    line = _differs(now, "Keras in this process")
+    wanted = dict(WANTED)
+    if policy:
+        now["dtype_policy"], wanted["dtype_policy"] = keras.config.dtype_policy().name, "float32"
+    line = _differs(now, "Keras in this process", wanted)
     if line is not None:
         raise ConfigError(line)
 
 
-def _differs(said: dict, where: str) -> str | None:
-    wrong = [f"{k} {terminal_safe(repr(said[k]))}" for k, v in WANTED.items() if k in said and said[k] != v]
+def _differs(said: dict, where: str, wanted: dict = WANTED) -> str | None:
+    wrong = [f"{k} {terminal_safe(repr(said[k]))}" for k, v in wanted.items() if k in said and said[k] != v]
     if not wrong:
         return None
-    wanted = ", ".join(f"{k} {v!r}" for k, v in WANTED.items() if k in said)
+    right = ", ".join(f"{k} {v!r}" for k, v in wanted.items() if k in said)
     return (
-        f"{where} says {', '.join(wrong)}: featstore's models are built for {wanted} (its stores and fingerprints "
+        f"{where} says {', '.join(wrong)}: featstore's models are built for {right} (its stores and fingerprints "
         f"assume them); change it back (keras.config.set_* in a notebook), or {FIX}"
     )
 

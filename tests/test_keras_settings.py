@@ -130,4 +130,25 @@ def test_the_python_api_refuses_a_keras_set_otherwise_in_this_process(home):
             head_layers(8, 0.5, 2)
     finally:
         keras.config.set_floatx("float32")
+        keras.config.set_dtype_policy("float32")  # (Keras kept the float16 one it derived from floatx)
     kerasconfig.check_loaded()
+
+
+def test_a_global_mixed_precision_policy_is_refused_for_the_head_and_not_for_the_extractor(home):
+    """Attack 45 #3: a notebook's mixed_float16 policy trained the dense head in float16 (probabilities off by 4e-4),
+    unrecorded. The extractor sets its own policy (float32, or mixed_float16 with --mixed-precision) and builds as
+    always. Sabotage: the policy left out of check_loaded: the head's layers were built mixed_float16."""
+    import keras
+
+    from featstore.models.extractor import Extractor, ExtractorConfig
+    from featstore.models.head import head_layers
+
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        with pytest.raises(ConfigError, match="dtype_policy 'mixed_float16'"):
+            head_layers(8, 0.5, 2)
+        ex = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))
+        assert {lyr.dtype_policy.name for lyr in ex.model.layers} == {"float32"}
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert [lyr.dtype_policy.name for lyr in head_layers(8, 0.5, 2)] == ["float32"] * 3
