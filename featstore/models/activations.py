@@ -340,6 +340,16 @@ def check_activations(model, shown: str, resizable: bool) -> Largest | None:
     raise ConfigError(line)
 
 
+def rows_at_once(rows: int, *largest) -> tuple[int, int]:
+    """How many of ``rows`` images one call of the model takes, and one image's largest tensor (bytes): all of them,
+    unless that tensor (the layers' walk's :class:`Largest`, the traced pass's; one made from the configuration alone
+    does not grow with the batch) times ``rows`` passes :data:`MAX_ACTIVATION_BYTES`. VGG16 at 4096 px makes 4 GiB an
+    image, within the bound, and a batch of 4 (a 16 GiB tensor) died of SIGSEGV (attack 45 #4)."""
+    peak = max((p.nbytes for p in largest if p is not None and getattr(p, "from_image", True)), default=0)
+    step = max(1, MAX_ACTIVATION_BYTES // peak) if peak else rows
+    return min(step, max(rows, 1)), peak
+
+
 def memory_advice(extractor, n: int) -> str:
     """What can make a forward pass that ran out of memory on a batch of ``n`` images fit: a smaller ``--batch-size``
     (only when ``n > 1``), a ``--layer`` before the largest layer (where one is known and the cut is after it), a

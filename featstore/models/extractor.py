@@ -328,7 +328,7 @@ class Extractor:
         """Every tensor of one image's traced forward pass held to the activation bound, once, before the pass is traced
         for the images or exported (:func:`featstore.models.traced_bound.check_traced`)."""
         if not getattr(self, "_traced_checked", False):
-            traced_bound.check_traced(
+            self._traced = traced_bound.check_traced(
                 self.model,
                 self.config.image_size,
                 self.spec.channels_in,
@@ -395,9 +395,19 @@ class Extractor:
         )
 
     def features(self, images: np.ndarray) -> list[np.ndarray]:
-        """Features of a uint8 RGB batch ``(B, size, size, 3)`` for every output, in the configured dtype."""
-        out = self._forward(self._prepare(images))
-        return [np.asarray(o).astype(self.config.dtype, copy=False) for o in (out if isinstance(out, list) else [out])]
+        """Features of a uint8 RGB batch ``(B, size, size, 3)`` for every output, in the configured dtype; through the
+        model as many rows at a time as the activation bound lets (:func:`activations.rows_at_once`; said once)."""
+        x, largest = self._prepare(images), (getattr(self, "largest_activation", None), getattr(self, "_traced", None))
+        step, peak = activations.rows_at_once(len(x), *largest)
+        if step < len(x) and not getattr(self, "_said_at_once", False):
+            self._said_at_once = True
+            logger.info(
+                "one image makes up to %.1f MiB inside %s, so batches go through it %d image(s) at a time (at most "
+                "%d GiB at once)", peak / 2**20, self._bound_shown, step, activations.MAX_ACTIVATION_BYTES >> 30
+            )  # fmt: skip
+        parts = [self._forward(x[i : i + step]) for i in range(0, max(len(x), 1), step)]  # (an empty batch: one call)
+        parts = [[np.asarray(o).astype(self.config.dtype, copy=False) for o in _listed(p)] for p in parts]
+        return parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
 
     def _prepare(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB batch -> the model's float32 input (channels, preprocessing)."""
@@ -407,6 +417,10 @@ class Extractor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Features of a uint8 RGB batch for the (first) output."""
         return self.features(images)[0]
+
+
+def _listed(out) -> list:
+    return out if isinstance(out, (list, tuple)) else [out]
 
 
 def _shown(spec: BackboneSpec | SavedModelSpec | HubSpec) -> str:

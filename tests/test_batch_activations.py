@@ -1,0 +1,55 @@
+"""Attack 45 #4: the activation bound was per image and a batch's was unbounded: VGG16 at 4096 px makes 4 GiB an image
+(within the bound), and the default batch of 32 (4 images in the split: a 16 GiB, 2^32-value tensor) died of SIGSEGV
+after three minutes, no line. Now a batch goes through the model as many images at a time as keep its largest tensor
+within the bound, said once; the features are the same."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from featstore.models import activations
+from featstore.models.activations import Largest, rows_at_once
+from featstore.models.traced_bound import Traced
+
+
+def test_rows_at_once_keeps_the_batch_largest_tensor_within_the_bound():
+    gib = 1 << 30
+    walk = Largest("block1_conv2", (4096, 4096, 64), 4 * gib, "block1_conv1")
+    assert rows_at_once(32, walk) == (1, 4 * gib)  # VGG16 at 4096 px: one image a call
+    assert rows_at_once(32, Largest("b", (1,), gib // 8, None)) == (32, gib // 8)  # 4 GiB at 32: all at once
+    assert rows_at_once(32, Largest("b", (1,), gib // 8 + 1, None))[0] == 31
+    traced = Traced("op", "Conv2D", (1, 8), "float32", gib, "b")
+    assert rows_at_once(32, None, traced) == (4, gib)  # the traced pass's, where larger than the walk's
+    config_only = Traced("op", "Const", (8,), "float32", 3 * gib, "b", from_image=False)
+    assert rows_at_once(32, None, config_only)[0] == 32  # made once, whatever the batch
+    assert rows_at_once(5, None, None) == (5, 0)
+
+
+def test_a_batch_over_the_bound_goes_through_the_model_in_parts_with_the_same_features(monkeypatch, caplog):
+    """Sabotage: rows_at_once giving every row: the model was called with all 6 images at once."""
+    from featstore.models.extractor import Extractor, ExtractorConfig
+
+    ex = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))
+    ex.check_traced()
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    whole = ex.features(images)[0]
+    calls = []
+    forward = ex._forward
+    monkeypatch.setattr(ex, "_forward", lambda x: calls.append(len(x)) or forward(x))
+    peak = max(ex.largest_activation.nbytes, ex._traced.nbytes)
+    monkeypatch.setattr(activations, "MAX_ACTIVATION_BYTES", 2 * peak)
+    with caplog.at_level(logging.INFO, logger="featstore"):
+        parts = ex.features(images)[0]
+        ex.features(images)
+    assert calls == [2, 2, 2] * 2
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5)
+    said = [r.getMessage() for r in caplog.records if "at a time" in r.getMessage()]
+    assert len(said) == 1 and "2 image(s) at a time" in said[0], said
+
+
+@pytest.mark.parametrize("rows", [1, 0])
+def test_small_and_empty_batches_are_one_call(rows):
+    assert rows_at_once(rows, Largest("b", (1,), 1 << 20, None))[0] == max(rows, 1)
