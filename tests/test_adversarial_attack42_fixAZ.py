@@ -138,8 +138,7 @@ def test_a_local_ray_is_started_in_a_private_folder_where_tmpdir_is_shared(share
         long = os.path.join(short, "x" * 40)
         os.mkdir(long, 0o700)
         monkeypatch.setattr(tempfile, "tempdir", long)
-        with pytest.raises(ConfigError, match="too long for its sockets .* set RAY_TMPDIR to a short folder of yours"):
-            _local_root()
+        assert _local_root() == root  # too long there: the scratch folder in /tmp instead (attack 45 #2)
         monkeypatch.setenv("RAY_TMPDIR", short)  # the fix it names
         assert _local_root() == os.path.join(short, "ray")
     finally:

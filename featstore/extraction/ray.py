@@ -33,10 +33,12 @@ import numpy as np
 from featstore.errors import ConfigError, DataError
 from featstore.extraction.local import refuse_out_of_memory, warm_up
 from featstore.extraction.ray_address import (
+    LocalToken,
     _address,
     _auto,  # noqa: F401 - where tests and callers found it
     _check_reachable,
     _local_root,
+    token_file_line,
     worker_tempdir,
 )
 from featstore.extraction.ray_messages import RayNoise, worker_errors
@@ -105,6 +107,7 @@ class RayEngine:
         self.cpus_per_worker = 1.0
         self._bound: tuple | None = None
         self._quiet: RayNoise | None = None  # Ray's informational lines hidden while this engine runs
+        self._token = LocalToken()  # a local Ray's own token, in the environment while it runs
 
     def __enter__(self) -> RayEngine:
         return self
@@ -120,6 +123,8 @@ class RayEngine:
             if self._quiet is not None:  # refused: Ray's lines and fd 2 are as they were, even if nobody closes us
                 self._quiet.close()
                 self._quiet = None
+            if not self.started_ray:  # (a Ray that started runs with its token until close())
+                self._token.restore()
             raise
 
     def _start(self, root: Path, first_image: str | None) -> float:
@@ -135,8 +140,12 @@ class RayEngine:
             # user's own setting (a Ray job's driver has it), so it is kept; else a new local Ray, as the docs say.
             address, named = _address(o.address)
             session_root = _local_root() if address == "local" else None
+            if (line := token_file_line(address == "local")) is not None:
+                logger.warning("%s", line)
             if address != "local":
                 _check_reachable(address, named)
+            else:
+                self._token.set()
             try:
                 ray.init(
                     address=address,
@@ -283,6 +292,7 @@ class RayEngine:
         if self.started_ray and self.ray.is_initialized():
             self.ray.shutdown()
         self.started_ray = False
+        self._token.restore()
         if self._quiet is not None:
             self._quiet.close()
             self._quiet = None

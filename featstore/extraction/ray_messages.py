@@ -15,9 +15,10 @@ from featstore import errors
 from featstore.errors import ConfigError
 
 # Ray's lines that say nothing a featstore user can act on (featstore hides progress bars on purpose; the actors'
-# constructor arguments are a few small values; a local Ray's token is featstore's own). Real errors pass.
+# constructor arguments are a few small values). Real errors pass, and so do Ray's lines about token authentication: a
+# local Ray featstore starts has its own token (said by featstore), and Ray's line about a token it found is the user's
+# to read (hiding it hid a token world-readable in ~/.ray/auth_token: attack 45 #1).
 _RAY_LOG_NOISE = {
-    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray cluster",),
     "ray.data._internal.progress": ("Progress bars disabled", "Progress bars for operators disabled"),
     # a batch's error: featstore raises it (its own one line, or Ray's error with the worker's traceback); these two
     # only advise DataContext settings that featstore owns

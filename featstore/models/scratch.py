@@ -43,13 +43,14 @@ def scratch_name(kind: str, pid: int) -> str:
     return f"{kind}-{pid}-{host_tag()}-{secrets.token_hex(4)}"
 
 
-def user_scratch() -> Path | None:
+def user_scratch(tmp: str | os.PathLike | None = None) -> Path | None:
     """``<tmp>/featstore-<uid>/``, made ``0700`` where missing; None (with a warning) when what is there is not a
     folder of this user that only this user can write (a link, another user's folder: not trusted), and on systems
-    without user ids (Windows)."""
+    without user ids (Windows). ``tmp``: :func:`private_tempdir` unless given (a local Ray's short ``/tmp`` or the
+    user's ``RAY_TMPDIR``: one the caller checked no one else may rename entries in)."""
     if not hasattr(os, "geteuid"):
         return None
-    base = Path(private_tempdir()) / f"featstore-{os.geteuid()}"
+    base = Path(tmp if tmp is not None else private_tempdir()) / f"featstore-{os.geteuid()}"
     try:
         os.mkdir(base, 0o700)
     except FileExistsError:
