@@ -159,11 +159,7 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
         if layer not in names:
             inside = _nested_holding(base, layer)
             if inside is not None:  # no tensor of the outer graph holds it: the nested model's own graph does
-                raise ConfigError(
-                    f"layer {layer!r} is inside {inside!r}, a model nested in {model_name}, and featstore cuts only at "
-                    f"the outer model's layers: cut at that model's output (--layer {inside}), or save it on its own "
-                    f"(model.get_layer({inside!r}).save('base.keras')) and pass it as --model with --layer {layer}"
-                )
+                raise ConfigError(_nested_line(layer, inside, base, model_name))
             near = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
             hint = f" Did you mean: {', '.join(near)}?" if near else ""
             raise ConfigError(
@@ -175,6 +171,11 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
             logger.warning(
                 "layer %r of %s is the classifier's output (class probabilities), not image features", layer, model_name
             )
+        elif hasattr(found, "layers") and holds_dense(found):  # (attack 45 #5: stored as features without a word)
+            logger.warning(
+                "layer %r of %s is a model with a classifier inside (Dense layers): its output is that classifier's "
+                "(class probabilities or logits), not image features", layer, model_name
+            )  # fmt: skip
         t = outer_output(base, found)
         if pooling != "none":
             if len(t.shape) != 4:
@@ -251,16 +252,38 @@ def _takers(graph, made: set[int]) -> list[str]:
     ]
 
 
-def _nested_holding(base, name: str) -> str | None:
-    """The name of the model nested in ``base`` (at any depth; its outermost) that holds a layer called ``name``."""
-    for top in base.layers:
-        stack = list(getattr(top, "layers", None) or ())
-        while stack:
-            inner = stack.pop()
+def _nested_holding(base, name: str) -> list[str] | None:
+    """The names of the models nested in ``base`` down to the one that holds a layer called ``name`` (at any depth),
+    outermost first; None where none does."""
+    stack = [([top.name], top) for top in base.layers]
+    while stack:
+        path, model = stack.pop()
+        for inner in getattr(model, "layers", None) or ():
             if inner.name == name:
-                return top.name
-            stack.extend(getattr(inner, "layers", None) or ())
+                return path
+            stack.append(([*path, inner.name], inner))
     return None
+
+
+def _nested_line(layer: str, path: list[str], base, model_name: str) -> str:
+    """Refusing ``--layer`` ``layer``, inside the nested models ``path`` of ``base``: save the innermost that holds it
+    on its own; cut at the outermost's output only where that is features (it holds no Dense layer: its output is a
+    classifier's, whose logits were stored as features: attack 45 #5)."""
+    getter = "model" + "".join(f".get_layer({n!r})" for n in path)
+    save = f"save it on its own ({getter}.save('base.keras')) and pass it as --model with --layer {layer}"
+    cut = "" if holds_dense(base.get_layer(path[0])) else f"cut at that model's output (--layer {path[0]}), or "
+    within = f"{path[-1]!r}, a model nested in " + (f"{path[0]!r} in " if len(path) > 1 else "")
+    return f"layer {layer!r} is inside {within}{model_name}, and featstore cuts only at the outer model's layers: {cut}{save}"
+
+
+def holds_dense(model, depth: int = 0) -> bool:
+    """Whether ``model`` or a model nested in it (at most 64 deep) has a Dense layer."""
+    import keras
+
+    return depth < 64 and any(
+        isinstance(lyr, keras.layers.Dense) or (hasattr(lyr, "layers") and holds_dense(lyr, depth + 1))
+        for lyr in model.layers
+    )
 
 
 def cut_model(base, layer: str | None, pooling: str, model_name: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, WeightsError
 from featstore.linkrule import refuse_foreign
-from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
+from featstore.models.backbones import PREPROCESS_MODES, holds_dense, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.file_format import is_legacy
 from featstore.models.held_input import held_input
@@ -249,18 +249,8 @@ def nested_head(model) -> tuple[str, str | None] | None:
     if any(isinstance(lyr, keras.layers.Dense) for lyr in layers):
         return None
     for lyr in reversed(layers):
-        if hasattr(lyr, "layers") and _holds_dense(lyr):
+        if hasattr(lyr, "layers") and holds_dense(lyr):
             inner = [x for x in lyr.layers if not isinstance(x, keras.layers.InputLayer)]
             own = any(isinstance(x, keras.layers.Dense) for x in inner)
             return lyr.name, default_cut(lyr) if own else None
     return None
-
-
-def _holds_dense(model, depth: int = 0) -> bool:
-    """Whether ``model`` or a model nested in it (at most 64 deep) has a Dense layer."""
-    import keras
-
-    return depth < 64 and any(
-        isinstance(lyr, keras.layers.Dense) or (hasattr(lyr, "layers") and _holds_dense(lyr, depth + 1))
-        for lyr in model.layers
-    )
