@@ -70,6 +70,9 @@ def check_output(path: str | os.PathLike, what: str = "output") -> Path:
         raise OutputError(f"cannot write {what} {terminal_safe(str(path))}: {why}") from None
     shown = terminal_safe(str(path))  # a name with an escape sequence never reaches the terminal raw
     if st is not None:
+        if (theirs := sticky.ahead(path)) is not None:  # a colleague's, in a sticky folder: not hers to remove (45 #6)
+            fix = f"write to another path of yours, or ask {theirs.owner} to remove it"
+            raise OutputError(f"cannot write {what} {shown}: " + theirs.line(fix))
         if stat.S_ISLNK(st.st_mode):
             raise OutputError(
                 f"{what} {shown} is a symbolic link; featstore never writes through a link. "

@@ -273,3 +273,25 @@ def test_a_report_of_a_store_whose_cache_folder_is_a_colleagues_uses_a_private_o
     assert (tmp_path / "rep" / "index.html").is_file() and not list(cache.iterdir())
     note = f"the cache folder {cache} is uid 54321's and closed to you (mode 0700: featstore makes each user's caches"
     assert any("caches are not kept" in n and note in n for n in result.notes), result.notes
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_colleagues_file_or_link_at_out_in_a_sticky_folder_names_whose_not_remove_it(tmp_path, monkeypatch, kind):
+    """Attack 45 #6: his notes or his link at --out in a 1777 drop folder got "remove that file first" / "Remove it",
+    which she cannot do. Sabotage: the sticky check left out of check_output: the old lines come back."""
+    from featstore.outputs import check_own_output
+
+    folder = team(tmp_path)
+    out = folder / ("out.csv" if kind == "file" else "link.csv")
+    if kind == "file":
+        theirs(out)
+    else:
+        out.symlink_to(tmp_path / "elsewhere.csv")
+        os.lchown(out, 54321, 54321)
+    monkeypatch.setattr(sticky, "privileged", lambda: False)  # as an ordinary user, whom the sticky bit stops
+    with pytest.raises(OutputError) as got:
+        check_own_output(out, "--out", "an export (csv)", (".csv",), lambda p: False)
+    line = str(got.value)
+    assert f"{out} is uid 54321's, in a folder with the sticky bit ({folder}, mode 1777)" in line, line
+    assert "ask uid 54321 to remove it" in line and "emove it or" not in line and "remove that file" not in line, line

@@ -53,3 +53,31 @@ def test_a_batch_over_the_bound_goes_through_the_model_in_parts_with_the_same_fe
 @pytest.mark.parametrize("rows", [1, 0])
 def test_small_and_empty_batches_are_one_call(rows):
     assert rows_at_once(rows, Largest("b", (1,), 1 << 20, None))[0] == max(rows, 1)
+
+
+def test_the_start_up_checks_run_the_rows_one_call_takes(monkeypatch, tmp_path):
+    """Attack 45 #7: --jit compiled and checked a whole --batch-size (17 GiB at once where features() calls the model
+    with 3 images), --runtime onnx checked 4 images in one call. Sabotage: jit_batch or ONNX_CHECK_ROWS passed as
+    they were: the spies see 8 and 4 rows."""
+    from featstore.models import forward, onnx_runtime
+    from featstore.models.extractor import Extractor, ExtractorConfig
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    config = ExtractorConfig(model="vgg16", weights="none", image_size=32)
+    probe = Extractor(config)
+    probe.check_traced()
+    peak = max(probe.largest_activation.nbytes, probe._traced.nbytes)
+    monkeypatch.setattr(activations, "MAX_ACTIVATION_BYTES", peak * 5 // 2)  # one image fits, two do too, three not
+    seen = []
+    for module, name in ((forward, "check_jit"), (onnx_runtime, "check_agreement")):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name):
+            seen.append((_name, args[4] if _name == "check_jit" else args[5]))
+            return _real(*args)
+
+        monkeypatch.setattr(module, name, spy)
+    Extractor(config, jit=True, jit_batch=8)
+    probe.use_runtime("onnx", tmp_path / "onnx")
+    assert seen == [("check_jit", 2), ("check_agreement", 2)]

@@ -315,8 +315,8 @@ class Extractor:
         self.jit, self.jit_max_abs_diff = jit, None  # the XLA check's result (None without --jit)
         if jit:
             compiled = self.check_traced() or forward.trace(self.model, c.image_size, spec.channels_in, jit=True)
-            self.jit_max_abs_diff = forward.check_jit(
-                self._prepare, self._forward, compiled, c, jit_batch, self._shown_name()
+            self.jit_max_abs_diff = forward.check_jit(  # compiled for the calls features() makes (attack 45 #7)
+                self._prepare, self._forward, compiled, c, self.rows_per_call(jit_batch), self._shown_name()
             )
             self._forward = compiled
         self._keras_forward = self._forward
@@ -395,19 +395,23 @@ class Extractor:
         )
 
     def features(self, images: np.ndarray) -> list[np.ndarray]:
-        """Features of a uint8 RGB batch ``(B, size, size, 3)`` for every output, in the configured dtype; through the
-        model as many rows at a time as the activation bound lets (:func:`activations.rows_at_once`; said once)."""
-        x, largest = self._prepare(images), (getattr(self, "largest_activation", None), getattr(self, "_traced", None))
-        step, peak = activations.rows_at_once(len(x), *largest)
-        if step < len(x) and not getattr(self, "_said_at_once", False):
+        """Features of a uint8 RGB batch ``(B, size, size, 3)`` for every output, in the configured dtype."""
+        x = self._prepare(images)
+        out = forward.in_parts(self._forward, x, self.rows_per_call(len(x), say=True))
+        return [np.asarray(o).astype(self.config.dtype, copy=False) for o in out]
+
+    def rows_per_call(self, rows: int, say: bool = False) -> int:
+        """How many of ``rows`` images one call of the model takes (:func:`activations.rows_at_once`), for the images'
+        batches (``say``: once, where fewer) and the start-up checks' (--jit's compiled 17 GiB at once: attack 45 #7)."""
+        largest = getattr(self, "largest_activation", None), getattr(self, "_traced", None)
+        step, peak = activations.rows_at_once(rows, *largest)
+        if say and step < rows and not getattr(self, "_said_at_once", False):
             self._said_at_once = True
             logger.info(
                 "one image makes up to %.1f MiB inside %s, so batches go through it %d image(s) at a time (at most "
                 "%d GiB at once)", peak / 2**20, self._bound_shown, step, activations.MAX_ACTIVATION_BYTES >> 30
             )  # fmt: skip
-        parts = [self._forward(x[i : i + step]) for i in range(0, max(len(x), 1), step)]  # (an empty batch: one call)
-        parts = [[np.asarray(o).astype(self.config.dtype, copy=False) for o in _listed(p)] for p in parts]
-        return parts[0] if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
+        return step
 
     def _prepare(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB batch -> the model's float32 input (channels, preprocessing)."""
@@ -417,10 +421,6 @@ class Extractor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Features of a uint8 RGB batch for the (first) output."""
         return self.features(images)[0]
-
-
-def _listed(out) -> list:
-    return out if isinstance(out, (list, tuple)) else [out]
 
 
 def _shown(spec: BackboneSpec | SavedModelSpec | HubSpec) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from featstore.errors import ConfigError
 from featstore.models.agreement import largest_difference, seeded_images
 
@@ -119,3 +121,11 @@ def trace(model, size: int, channels: int, jit: bool = False):
         return [o.numpy() for o in out] if isinstance(out, (list, tuple)) else out.numpy()
 
     return run
+
+
+def in_parts(fn, x, step: int) -> list:
+    """``fn`` (a forward pass) over the batch ``x`` ``step`` rows a call, each output's rows joined: a list of arrays,
+    one per output (:meth:`featstore.models.extractor.Extractor.rows_per_call` gives the step)."""
+    parts = [fn(x[i : i + step]) for i in range(0, max(len(x), 1), step)]  # (an empty batch: one call)
+    parts = [p if isinstance(p, (list, tuple)) else [p] for p in parts]
+    return list(parts[0]) if len(parts) == 1 else [np.concatenate(p) for p in zip(*parts)]
