@@ -3,11 +3,12 @@
 import argparse
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .test_pipelines import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 IDX = Path("/usr/share/datasets/fashion-mnist")
@@ -82,17 +83,10 @@ def test_single_draw_table_keeps_the_old_shape_with_wilson_intervals(recipe):
 
 @pytest.mark.slow
 @needs_fmnist
-def test_fashion_mnist_pipeline_with_seeds_on_a_tiny_subset(tmp_path):
+def test_fashion_mnist_pipeline_with_seeds_on_a_tiny_subset(tmp_path, monkeypatch, capsys):
     out = tmp_path / "fm"
-    res = subprocess.run(
-        [sys.executable, str(ROOT / "pipelines" / "fashion_mnist.py"), "--out", str(out), "--train", "40",
-         "--validation", "20", "--test", "20", "--image-size", "32", "--layers", "block5_pool", "--clf", "logreg",
-         "--seeds", "0,1", "--target", "0.5"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_recipe(monkeypatch, capsys, "--out", out, "--train", "40", "--validation", "20", "--test", "20", "--image-size",
+               "32", "--layers", "block5_pool", "--clf", "logreg", "--seeds", "0,1", "--target", "0.5")  # fmt: skip
     table = (out / "results.md").read_text()
     assert "--seeds 0,1" in table and "Mean ± sd over 2 draws (seeds 0, 1)" in table
     assert re.search(r"\| vgg16 \| logreg \| \d\.\d{4} ± \d\.\d{4} \| \d\.\d{4} ± \d\.\d{4} \| \[", table), table
