@@ -81,3 +81,20 @@ def test_the_start_up_checks_run_the_rows_one_call_takes(monkeypatch, tmp_path):
     Extractor(config, jit=True, jit_batch=8)
     probe.use_runtime("onnx", tmp_path / "onnx")
     assert seen == [("check_jit", 2), ("check_agreement", 2)]
+
+
+def test_finetuning_from_the_images_is_refused_where_a_batch_passes_the_bound(finetune_source_32, monkeypatch):
+    """Attack 45's note: a fine-tuning step holds a whole --batch-size of activations at once and nothing bounded it
+    (the images' batches are split, a training step cannot be). Sabotage: the check left out: the fine-tuning trains."""
+    from featstore.errors import ConfigError
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+    from featstore.models.extractor import Extractor, ExtractorConfig
+
+    probe = Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))
+    probe.check_traced()
+    monkeypatch.setattr(
+        activations, "MAX_ACTIVATION_BYTES", max(probe.largest_activation.nbytes, probe._traced.nbytes) * 5 // 2
+    )
+    config = FinetuneConfig("block5_conv1", epochs=1, batch_size=4, cache=False)
+    with pytest.raises(ConfigError, match=r"give --batch-size 2 or less"):
+        finetune(finetune_source_32["dense"], config, store=finetune_source_32["store"])

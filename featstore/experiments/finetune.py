@@ -176,6 +176,12 @@ def finetune(
             f"({'--augment' if config.augment else '--no-cache' if not config.cache else 'the model cannot be cut'}), "
             "which are read batch by batch and never held whole: leave --memory-budget out"
         )
+    if cached is None and (fits := built.rows_per_call(config.batch_size)) < config.batch_size:
+        raise ConfigError(  # a training step holds a whole batch's activations at once (attack 45's note)
+            f"fine-tuning from the images runs --batch-size {config.batch_size} images through the whole model at "
+            f"once, and one image's largest tensor times {config.batch_size} is over featstore's bound of 4 GiB for "
+            f"one tensor: give --batch-size {fits} or less, or a smaller --image-size when extracting"
+        )
     cache_seconds = time.perf_counter() - t_cache if cached else 0.0
     started = time.perf_counter()
     trained = train(built, cached, sets, rec["extractor_attrs"], config, workers, verbose)

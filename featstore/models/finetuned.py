@@ -44,6 +44,7 @@ class Built:
     top: (
         object | None
     )  # keras.Model from that tensor to the probabilities (the layers phase B trains), None when it cannot be cut
+    rows_per_call: object = None  # the extractor's: how many images of a batch its activation bound lets run at once
 
 
 def trunk_layers(extractor) -> list:
@@ -154,7 +155,7 @@ def build_model(
     frozen = [lyr.name for lyr in model.layers if not lyr.trainable and lyr.weights]
     # a KerasHub token model's cuts are pooled tokens, not what its blocks take: nothing below the cut is cached
     cut_input, top = (None, None) if extractor.attrs.get("hub_preset") else _top_model(model, trunk[start])
-    return Built(model, trainable, frozen, cut_input, top)
+    return Built(model, trainable, frozen, cut_input, top, extractor.rows_per_call)
 
 
 def _top_model(model, first) -> tuple[str | None, object | None]:
