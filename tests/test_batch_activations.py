@@ -98,3 +98,26 @@ def test_finetuning_from_the_images_is_refused_where_a_batch_passes_the_bound(fi
     config = FinetuneConfig("block5_conv1", epochs=1, batch_size=4, cache=False)
     with pytest.raises(ConfigError, match=r"give --batch-size 2 or less"):
         finetune(finetune_source_32["dense"], config, store=finetune_source_32["store"])
+
+
+def test_a_fine_tuned_model_applied_to_images_takes_the_rows_one_call_may(tmp_path, monkeypatch):
+    """The same for a fine-tuned run's model on images (predict, runs evaluate): its own largest tensor, measured when it
+    is loaded, sizes its calls. Sabotage: proba's rows_at_once left out: one call of 6 images."""
+    import keras
+
+    from featstore.models.finetuned import FinetunedModel
+
+    model = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"), keras.layers.GlobalAveragePooling2D(),
+         keras.layers.Dense(2, activation="softmax")]
+    )  # fmt: skip
+    model.save(tmp_path / "tuned.keras")
+    tuned = FinetunedModel.load(tmp_path / "tuned.keras", {"input_size": 8, "preprocess": "none"})
+    assert tuned.largest.layer == "conv"
+    calls = []
+    real = tuned.model
+    tuned.model = lambda x, training: calls.append(len(x)) or real(x, training=training)
+    monkeypatch.setattr(activations, "MAX_ACTIVATION_BYTES", tuned.largest.nbytes * 2)
+    images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    assert tuned.proba(images).shape == (6, 2)
+    assert calls == [2, 2, 2]

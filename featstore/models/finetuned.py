@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError
+from featstore.models import activations
 from featstore.models.build_guard import bounded_build
 from featstore.models.head import HEAD_LAYERS, head_layers
 from featstore.models.keras_sizes import held_parameters
@@ -214,10 +215,15 @@ class FinetunedModel:
 
         with bounded_build(held_parameters(Path(path)), str(path)):  # Keras builds from config.json first
             model = keras.saving.load_model(path, safe_mode=True, compile=False, custom_objects=objects)
-        return cls(model, attrs)
+        loaded = cls(model, attrs)
+        loaded.largest = activations.check_activations(model, str(path), resizable=False)  # as an extractor's
+        return loaded
 
     def proba(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-        """Class probabilities of a uint8 batch at ``image_size`` (inference: augmentation and dropout off)."""
+        """Class probabilities of a uint8 batch at ``image_size`` (inference: augmentation and dropout off), as many
+        images a call as keep one image's largest tensor times the images within the activation bound (as
+        :meth:`featstore.models.extractor.Extractor.features` does)."""
+        batch_size = activations.rows_at_once(batch_size, getattr(self, "largest", None))[0]
         outs = [
             to_proba(self.model(preprocess_images(images[i : i + batch_size], self.attrs), training=False))
             for i in range(0, len(images), batch_size)
