@@ -27,6 +27,7 @@ from featstore.sticky import owner_name
 
 WANTED = {"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow", "image_data_format": "channels_last"}
 MOST = 1 << 20  # a settings file is ~120 bytes
+CAPS = ("KERAS_MAX_EPOCHS", "KERAS_MAX_STEPS_PER_EPOCH")  # read by Keras as it is imported
 FIX = "set KERAS_HOME to a folder of yours (Keras writes its own settings file there)"
 
 
@@ -42,6 +43,12 @@ def settings_path() -> str:
 
 def problem() -> str | None:
     """Why Keras must not be imported as things are (its settings file and ``KERAS_BACKEND``), or None."""
+    for cap in CAPS:  # Keras cuts every fit to them, unrecorded (attack 46 #1); a word there is its traceback
+        if cap in os.environ:
+            return (
+                f"{cap}={terminal_safe(os.environ[cap])}: Keras cuts every model.fit to it (a debugging setting), and "
+                f"featstore's runs record the epochs they ask for; unset {cap}"
+            )
     backend = os.environ.get("KERAS_BACKEND")
     if backend and backend != "tensorflow":
         return (
@@ -87,11 +94,12 @@ def problem() -> str | None:
     return _differs(said, f"Keras's settings file {shown}" + _whose(st))
 
 
-def check_loaded(policy: bool = True) -> None:
+def check_loaded(training: bool = True) -> None:
     """ConfigError where the Keras this process imported is set otherwise than featstore's models are built for
-    (a settings file read before featstore was asked, or ``keras.config.set_floatx`` in a notebook); with ``policy``,
-    its global dtype policy too (a notebook's ``mixed_float16`` trained the dense head in float16, unrecorded: attack
-    45 #3; the extractor sets its own policy and passes False)."""
+    (a settings file read before featstore was asked, or ``keras.config.set_floatx`` in a notebook); for
+    ``training``, its global dtype policy (a notebook's ``mixed_float16`` trained the dense head in float16,
+    unrecorded: attack 45 #3) and caps on epochs and steps (``keras.config.set_max_epochs``: 46 #1) too; the
+    extractor sets its own policy, trains nothing, and passes False."""
     import keras
 
     now = {
@@ -101,8 +109,10 @@ def check_loaded(policy: bool = True) -> None:
         "image_data_format": keras.config.image_data_format(),
     }
     wanted = dict(WANTED)
-    if policy:
+    if training:
         now["dtype_policy"], wanted["dtype_policy"] = keras.config.dtype_policy().name, "float32"
+        now["max_epochs"], now["max_steps_per_epoch"] = keras.config.max_epochs(), keras.config.max_steps_per_epoch()
+        wanted["max_epochs"] = wanted["max_steps_per_epoch"] = None
     line = _differs(now, "Keras in this process", wanted)
     if line is not None:
         raise ConfigError(line)

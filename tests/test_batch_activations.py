@@ -121,3 +121,22 @@ def test_a_fine_tuned_model_applied_to_images_takes_the_rows_one_call_may(tmp_pa
     images = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
     assert tuned.proba(images).shape == (6, 2)
     assert calls == [2, 2, 2]
+
+
+def test_running_out_of_memory_while_decoding_a_training_image_is_said_as_the_process_s(monkeypatch, tmp_path):
+    """Attack 46 #2: a fine-tuning batch too large for the process's memory was said as "<image> was extracted into the
+    store but cannot be read now (out of memory while decoding); restore it, or re-run extract": the image was fine.
+    Sabotage: the out-of-memory case left out: the old line."""
+    from featstore.errors import DataError
+    from featstore.images import decode
+    from featstore.runs.apply import SplitImages, image_batches
+
+    monkeypatch.setattr(
+        decode, "iter_decoded", lambda paths, *a: iter([(paths[0], None, "out of memory while decoding")])
+    )
+    images = SplitImages(tmp_path, ["a/1.png"], np.array([0]))
+    with pytest.raises(DataError) as got:
+        list(image_batches(images, 32, 20, None, 1))
+    line = str(got.value)
+    assert line.startswith("this process ran out of memory while decoding") and "with 20 images a batch" in line, line
+    assert "restore it" not in line

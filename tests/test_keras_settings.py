@@ -152,3 +152,27 @@ def test_a_global_mixed_precision_policy_is_refused_for_the_head_and_not_for_the
     finally:
         keras.config.set_dtype_policy("float32")
     assert [lyr.dtype_policy.name for lyr in head_layers(8, 0.5, 2)] == ["float32"] * 3
+
+
+@pytest.mark.parametrize("cap", ["KERAS_MAX_EPOCHS", "KERAS_MAX_STEPS_PER_EPOCH"])
+def test_keras_caps_on_epochs_and_steps_are_refused_before_any_fit(home, monkeypatch, cap):
+    """Attack 46 #1: KERAS_MAX_EPOCHS=1 (a CI's smoke-test setting left in a shell) cut a 20-epoch dense fit to one
+    epoch of one step, recorded as 20 epochs. Sabotage: CAPS or the training check left out: no line."""
+    import keras
+
+    from featstore.models.extractor import Extractor, ExtractorConfig
+    from featstore.models.head import head_layers
+
+    monkeypatch.setenv(cap, "1")
+    line = kerasconfig.problem()
+    assert line is not None and line.startswith(f"{cap}=1: Keras cuts every model.fit to it") and f"unset {cap}" in line
+    monkeypatch.delenv(cap)
+    set_cap = keras.config.set_max_epochs if cap == "KERAS_MAX_EPOCHS" else keras.config.set_max_steps_per_epoch
+    set_cap(1)
+    try:
+        with pytest.raises(ConfigError, match="max_"):
+            head_layers(8, 0.5, 2)
+        Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))  # trains nothing: built
+    finally:
+        set_cap(None)
+    kerasconfig.check_loaded()

@@ -241,7 +241,7 @@ class Extractor:
         self.spec = spec
         import keras
 
-        check_loaded(policy=False)  # a float16 or channels-first Keras (its policy: set below)
+        check_loaded(training=False)  # a float16 or channels-first Keras (its policy: set below)
         c = self.config
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("mixed_float16" if c.mixed_precision else "float32")

@@ -194,10 +194,11 @@ def to_proba(out: np.ndarray) -> np.ndarray:
 class FinetunedModel:
     """A saved fine-tuned model applied to images: ``proba(uint8 batch)`` -> ``(B, n_classes)``."""
 
-    def __init__(self, model, attrs: dict):
+    def __init__(self, model, attrs: dict, shown: str = "the fine-tuned model"):
         self.model = model
         self.attrs = attrs
         self.image_size = int(attrs["input_size"])
+        self.largest = activations.check_activations(model, shown, resizable=False)  # as an extractor's; sizes calls
 
     @classmethod
     def load(cls, path: Path, attrs: dict) -> FinetunedModel:
@@ -215,15 +216,13 @@ class FinetunedModel:
 
         with bounded_build(held_parameters(Path(path)), str(path)):  # Keras builds from config.json first
             model = keras.saving.load_model(path, safe_mode=True, compile=False, custom_objects=objects)
-        loaded = cls(model, attrs)
-        loaded.largest = activations.check_activations(model, str(path), resizable=False)  # as an extractor's
-        return loaded
+        return cls(model, attrs, str(path))
 
     def proba(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Class probabilities of a uint8 batch at ``image_size`` (inference: augmentation and dropout off), as many
         images a call as keep one image's largest tensor times the images within the activation bound (as
         :meth:`featstore.models.extractor.Extractor.features` does)."""
-        batch_size = activations.rows_at_once(batch_size, getattr(self, "largest", None))[0]
+        batch_size = activations.rows_at_once(batch_size, self.largest)[0]
         outs = [
             to_proba(self.model(preprocess_images(images[i : i + batch_size], self.attrs), training=False))
             for i in range(0, len(images), batch_size)

@@ -276,6 +276,11 @@ def image_batches(
     full = [str(images.root / images.paths[i]) for i in order]
     batch: list[np.ndarray] = []
     for k, (path, img, reason) in enumerate(iter_decoded(full, size, workers, 4 * batch_size)):
+        if img is None and reason == "out of memory while decoding":  # the process's memory, not the image (46 #2)
+            raise DataError(
+                f"this process ran out of memory while decoding {printable(path)} (with {batch_size} images a batch); "
+                f"the image may be fine: run with more memory, or a smaller --batch-size where the command takes one"
+            )
         if img is None:
             raise DataError(
                 f"{printable(path)} was extracted into the store but cannot be read now ({reason}); restore it, or "
