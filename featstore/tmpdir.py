@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from featstore.errors import ConfigError
-from featstore.modes import renamable_by_others
+from featstore.modes import others_may_write, renamable_by_others
 from featstore.sticky import owner_name
 
 logger = logging.getLogger("featstore.models.scratch")  # the name its lines always had
@@ -84,3 +84,60 @@ def choose() -> tuple[str, str | None]:
         f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), and "
         f"{cache} cannot take featstore's temporary files either ({why}): {fix}"
     )
+
+
+def own_tempdir(quiet: bool = False) -> str:
+    """The folder for this process's temporary files (``tempfile.tempdir`` of the command and of a Ray worker): the
+    private folder (:func:`private_tempdir`; ``quiet``: :func:`choose`, without its line) where it is the user's own
+    and closed to others (:func:`closed`), else ``featstore-<uid>`` in it (:func:`own_folder`). In a shared one
+    (``/tmp``: sticky, so no one may rename the user's entries) a fixed name such as ``__pycache__`` is anyone's to
+    make first: Python looked for the bytecode of TensorFlow's generated modules (autograph's, imported again by name)
+    in a colleague's ``/tmp/__pycache__``, and ran his (attack 46 #4). ConfigError naming the fix where neither is."""
+    folder = choose()[0] if quiet else private_tempdir()
+    if closed(folder):
+        return folder
+    base, st, err = own_folder(folder)
+    if st is not None and is_own(st):
+        return str(base)
+    why = (
+        err.strerror
+        if err is not None
+        else f"it is {owner_name(st.st_uid)}'s"
+        if st.st_uid != os.geteuid()
+        else "it is not a folder"
+        if not stat.S_ISDIR(st.st_mode)
+        else f"it is open to others, mode {stat.S_IMODE(st.st_mode):04o}"
+    )
+    raise ConfigError(
+        f"temporary folder {folder} is open to other users (they may make entries in it that Python and TensorFlow "
+        f"look up by name), and featstore's folder of yours there, {base}, cannot be used ({why}): set TMPDIR to a "
+        f"folder of yours (mode 0700)"
+    )
+
+
+def own_folder(tmp: str | os.PathLike) -> tuple[Path, os.stat_result | None, OSError | None]:
+    """``<tmp>/featstore-<uid>``, made ``0700`` where missing: the path, its ``lstat`` (None where it could not be
+    made) and the error that stopped it (None). :func:`is_own` says whether it may be used."""
+    base = Path(tmp) / f"featstore-{os.geteuid()}"
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return base, None, exc
+    return base, os.lstat(base), None
+
+
+def is_own(st: os.stat_result) -> bool:
+    """Whether ``st`` (an ``lstat``) is a folder of this user's that no one else may enter (not a link)."""
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def closed(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` (links of the user's own followed) is the user's own, no one else may enter it (mode
+    ``0700``, no ACL entry for others) and no one else may rename it or a folder above it."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return False
+    return is_own(st) and not others_may_write(st, folder) and renamable_by_others(folder) is None

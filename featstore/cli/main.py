@@ -303,11 +303,11 @@ def _private_tempdir() -> None:
     command printed the line twice, this warning and then its own error)."""
     import tempfile
 
-    from featstore.tmpdir import private_tempdir
+    from featstore.tmpdir import own_tempdir
 
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _BeforeKeras)]  # an earlier in-process run's
     try:
-        tempfile.tempdir = private_tempdir()
+        tempfile.tempdir = own_tempdir()
     except ConfigError:
         sys.meta_path.insert(0, _BeforeKeras(needs_tmp=True))
     else:
@@ -331,9 +331,9 @@ class _BeforeKeras:
         if self.needs_tmp:
             import tempfile
 
-            from featstore.tmpdir import private_tempdir
+            from featstore.tmpdir import own_tempdir
 
-            tempfile.tempdir = private_tempdir()  # ConfigError: the command's one line
+            tempfile.tempdir = own_tempdir()  # ConfigError: the command's one line
             self.needs_tmp = False
         from featstore.kerasconfig import problem
 

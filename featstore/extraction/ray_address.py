@@ -17,6 +17,7 @@ from featstore.caches import NotRegular, open_regular
 from featstore.errors import ConfigError
 from featstore.modes import _private_group, others_may_write, renamable_by_others, writers
 from featstore.sticky import owner_name
+from featstore.tmpdir import closed
 
 logger = logging.getLogger("featstore.extraction.ray")
 
@@ -66,7 +67,7 @@ def _local_root() -> str:
     if given := os.environ.get("RAY_TMPDIR", ""):
         return _given_root(given)
     private = private_tempdir()
-    roots = [os.path.join(private, "ray")] if _closed(private) else []
+    roots = [os.path.join(private, "ray")] if closed(private) else []
     roots += [os.path.join(base, "ray")] if not roots and (base := user_scratch()) is not None else []
     if not roots:
         raise ConfigError(
@@ -122,7 +123,7 @@ def _given_root(given: str) -> str:
     if not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"{said} is not a folder: set it to a folder of yours (mode 0700), or unset RAY_TMPDIR")
     shut = renamable_by_others(given)
-    if _closed(given):
+    if closed(given):
         root = os.path.join(given, "ray")
     elif shut is None and (base := user_scratch(given)) is not None:
         root = os.path.join(base, "ray")
@@ -146,17 +147,6 @@ def _given_root(given: str) -> str:
         f"({len(os.fsencode(root))} bytes, at most {SOCKET_MAX - UNDER_ROOT}): {fix}, or start Ray yourself and give "
         f"--address"
     )
-
-
-def _closed(folder: str) -> bool:
-    """Whether ``folder`` is the user's own, no one else may enter it (mode ``0700``, no ACL entry for others) and no
-    one else may rename it or a folder above it."""
-    try:
-        st = os.stat(folder)
-    except OSError:
-        return False
-    mine = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
-    return mine and not others_may_write(st, folder) and renamable_by_others(folder) is None
 
 
 class LocalToken:
@@ -275,9 +265,9 @@ def worker_tempdir() -> None:
     (:func:`featstore.tmpdir.choose`, without its line: the driver said it). A worker inherits the TMPDIR variable of
     the Ray that started it, not the driver's ``tempfile.tempdir``: a team's ``2775`` TMPDIR was used there. Where
     there is none, the refusal reaches the driver as that one line (:func:`worker_errors`)."""
-    from featstore.tmpdir import choose
+    from featstore.tmpdir import own_tempdir
 
-    tempfile.tempdir = choose()[0]
+    tempfile.tempdir = own_tempdir(quiet=True)
 
 
 def _auto(address: str, option: str) -> tuple[str, str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from featstore.leftovers import host_tag, last_touched, writer_gone
 from featstore.sticky import owner_name
-from featstore.tmpdir import private_tempdir
+from featstore.tmpdir import is_own, own_folder, private_tempdir
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +50,11 @@ def user_scratch(tmp: str | os.PathLike | None = None) -> Path | None:
     user's ``RAY_TMPDIR``: one the caller checked no one else may rename entries in)."""
     if not hasattr(os, "geteuid"):
         return None
-    base = Path(tmp if tmp is not None else private_tempdir()) / f"featstore-{os.geteuid()}"
-    try:
-        os.mkdir(base, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        _once(base, f"scratch folder {base} cannot be made ({exc.strerror}); using a plain temporary folder")
+    base, st, err = own_folder(tmp if tmp is not None else private_tempdir())
+    if st is None:
+        _once(base, f"scratch folder {base} cannot be made ({err.strerror}); using a plain temporary folder")
         return None
-    st = os.lstat(base)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+    if not is_own(st):
         _once(base, _not_private(base, st))
         return None
     return base
