@@ -27,7 +27,7 @@ from featstore.sticky import owner_name
 
 WANTED = {"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow", "image_data_format": "channels_last"}
 MOST = 1 << 20  # a settings file is ~120 bytes
-CAPS = ("KERAS_MAX_EPOCHS", "KERAS_MAX_STEPS_PER_EPOCH")  # read by Keras as it is imported
+CAPS = ("KERAS_MAX_EPOCHS", "KERAS_MAX_STEPS_PER_EPOCH")  # read by Keras as it is imported; a fit checks them
 FIX = "set KERAS_HOME to a folder of yours (Keras writes its own settings file there)"
 
 
@@ -43,12 +43,11 @@ def settings_path() -> str:
 
 def problem() -> str | None:
     """Why Keras must not be imported as things are (its settings file and ``KERAS_BACKEND``), or None."""
-    for cap in CAPS:  # Keras cuts every fit to them, unrecorded (attack 46 #1); a word there is its traceback
-        if cap in os.environ:
-            return (
-                f"{cap}={terminal_safe(os.environ[cap])}: Keras cuts every model.fit to it (a debugging setting), and "
-                f"featstore's runs record the epochs they ask for; unset {cap}"
-            )
+    for cap in (c for c in CAPS if c in os.environ):  # Keras reads them with int() as it is imported
+        try:
+            int(os.environ[cap])
+        except ValueError:
+            return f"{cap}={terminal_safe(os.environ[cap])} is not a whole number, and Keras fails on it; unset {cap}"
     backend = os.environ.get("KERAS_BACKEND")
     if backend and backend != "tensorflow":
         return (
@@ -91,7 +90,15 @@ def problem() -> str | None:
     if not isinstance(config, dict):
         return f"Keras's settings file {shown} holds no settings object (Keras fails on it): remove it, or {FIX}"
     said = {k: config.get(k, v) for k, v in WANTED.items() if not (k == "backend" and backend)}
-    return _differs(said, f"Keras's settings file {shown}" + _whose(st))
+    fix = (  # Keras prefers KERAS_BACKEND to the file: her JAX setup elsewhere stays as it is (attack 46 #5)
+        "set KERAS_BACKEND=tensorflow for featstore, or "
+        if said.get("backend", "tensorflow") != "tensorflow"
+        and all(said[k] == WANTED[k] for k in said if k != "backend")
+        else ""
+    )
+    return _differs(
+        said, f"Keras's settings file {shown}" + _whose(st), WANTED, f"{fix}change it in that file, or {FIX}"
+    )
 
 
 def check_loaded(training: bool = True) -> None:
@@ -111,21 +118,28 @@ def check_loaded(training: bool = True) -> None:
     wanted = dict(WANTED)
     if training:
         now["dtype_policy"], wanted["dtype_policy"] = keras.config.dtype_policy().name, "float32"
-        now["max_epochs"], now["max_steps_per_epoch"] = keras.config.max_epochs(), keras.config.max_steps_per_epoch()
         wanted["max_epochs"] = wanted["max_steps_per_epoch"] = None
-    line = _differs(now, "Keras in this process", wanted)
+    if training:  # (0: no cap, as Keras reads it; a cap cut a 20-epoch dense fit to one step, recorded as 20: 46 #1)
+        now["max_epochs"] = keras.config.max_epochs() or None
+        now["max_steps_per_epoch"] = keras.config.max_steps_per_epoch() or None
+    line = _differs(
+        now,
+        "Keras in this process",
+        wanted,
+        "change it back with keras.config.set_* (or unset the KERAS_ variable that set it)",
+    )
     if line is not None:
         raise ConfigError(line)
 
 
-def _differs(said: dict, where: str, wanted: dict = WANTED) -> str | None:
+def _differs(said: dict, where: str, wanted: dict, fix: str) -> str | None:
     wrong = [f"{k} {terminal_safe(repr(said[k]))}" for k, v in wanted.items() if k in said and said[k] != v]
     if not wrong:
         return None
     right = ", ".join(f"{k} {v!r}" for k, v in wanted.items() if k in said)
     return (
         f"{where} says {', '.join(wrong)}: featstore's models are built for {right} (its stores and fingerprints "
-        f"assume them); change it back (keras.config.set_* in a notebook), or {FIX}"
+        f"assume them); {fix}"
     )
 
 

@@ -50,3 +50,26 @@ def test_a_nested_feature_model_keeps_its_cut_at_the_output():
     outer = keras.Sequential([keras.Input((16, 16, 3)), _classifier(keras, "features", dense=False)])
     with pytest.raises(ConfigError, match=r"cut at that model's output \(--layer features\), or save it"):
         cut_outputs(outer, ["conv"], "none", "f.keras")
+
+
+def test_a_nested_backbone_with_dense_blocks_ending_in_pooling_gives_features(caplog):
+    """Attack 46 #3: Sequential([ConvNeXtTiny(pooling="avg"), Dense(2, softmax)]): ConvNeXt's pointwise convolutions are
+    Dense layers, so its pooled output, featstore's own default cut, was warned as "a classifier inside ... logits",
+    and a layer inside it lost the one-flag fix. Sabotage: 'any Dense inside' instead of 'ends in Dense': both fail."""
+    import keras
+
+    from featstore.models.saved import nested_head
+
+    L = keras.layers
+    blocks = keras.Sequential(
+        [keras.Input((16, 16, 3)), L.Conv2D(4, 3, name="stem"), L.Dense(8, name="pointwise"),
+         L.GlobalAveragePooling2D(name="pool")], name="backbone",
+    )  # fmt: skip
+    model = keras.Sequential([keras.Input((16, 16, 3)), blocks, L.Dense(2, activation="softmax", name="head")])
+    with caplog.at_level(logging.WARNING, logger="featstore"):
+        cut_outputs(model, ["backbone"], "none", "ct.keras")
+    assert not [r for r in caplog.records if "classifier" in r.getMessage()], caplog.text
+    with pytest.raises(ConfigError, match=r"cut at that model's output \(--layer backbone\), or save it"):
+        cut_outputs(model, ["stem"], "none", "ct.keras")
+    preprocessed = keras.Sequential([keras.Input((16, 16, 3)), L.Rescaling(1 / 255), blocks])
+    assert nested_head(preprocessed) is None  # its last layer, the pooled features, is a fine default cut

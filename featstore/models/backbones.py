@@ -171,7 +171,7 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
             logger.warning(
                 "layer %r of %s is the classifier's output (class probabilities), not image features", layer, model_name
             )
-        elif hasattr(found, "layers") and holds_dense(found):  # (attack 45 #5: stored as features without a word)
+        elif hasattr(found, "layers") and ends_in_dense(found):  # (attack 45 #5: stored as features without a word)
             logger.warning(
                 "layer %r of %s is a model with a classifier inside (Dense layers): its output is that classifier's "
                 "(class probabilities or logits), not image features", layer, model_name
@@ -271,19 +271,27 @@ def _nested_line(layer: str, path: list[str], base, model_name: str) -> str:
     classifier's, whose logits were stored as features: attack 45 #5)."""
     getter = "model" + "".join(f".get_layer({n!r})" for n in path)
     save = f"save it on its own ({getter}.save('base.keras')) and pass it as --model with --layer {layer}"
-    cut = "" if holds_dense(base.get_layer(path[0])) else f"cut at that model's output (--layer {path[0]}), or "
+    cut = "" if ends_in_dense(base.get_layer(path[0])) else f"cut at that model's output (--layer {path[0]}), or "
     within = f"{path[-1]!r}, a model nested in " + (f"{path[0]!r} in " if len(path) > 1 else "")
     return f"layer {layer!r} is inside {within}{model_name}, and featstore cuts only at the outer model's layers: {cut}{save}"
 
 
-def holds_dense(model, depth: int = 0) -> bool:
-    """Whether ``model`` or a model nested in it (at most 64 deep) has a Dense layer."""
+def ends_in_dense(model, depth: int = 0) -> bool:
+    """Whether ``model`` gives a classifier's output: its last layer is a Dense layer, a softmax (a layer or an
+    activation), or a model nested in it that does (at most 64 deep). A backbone with Dense layers inside its blocks
+    (ConvNeXt's pointwise convolutions, a ViT's MLPs) ending in pooling gives features: "a classifier inside" was said
+    of its pooled output at featstore's own default cut (attack 46 #3)."""
     import keras
 
-    return depth < 64 and any(
-        isinstance(lyr, keras.layers.Dense) or (hasattr(lyr, "layers") and holds_dense(lyr, depth + 1))
-        for lyr in model.layers
-    )
+    layers = [lyr for lyr in getattr(model, "layers", ()) if not isinstance(lyr, keras.layers.InputLayer)]
+    if not layers or depth >= 64:
+        return False
+    last = layers[-1]
+    if isinstance(last, (keras.layers.Dense, keras.layers.Softmax)):
+        return True
+    if getattr(last, "activation", None) is keras.activations.softmax:
+        return True
+    return hasattr(last, "layers") and ends_in_dense(last, depth + 1)
 
 
 def cut_model(base, layer: str | None, pooling: str, model_name: str):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, WeightsError
 from featstore.linkrule import refuse_foreign
-from featstore.models.backbones import PREPROCESS_MODES, holds_dense, preprocess, validate_preprocess
+from featstore.models.backbones import PREPROCESS_MODES, ends_in_dense, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.file_format import is_legacy
 from featstore.models.held_input import held_input
@@ -256,9 +256,10 @@ def default_cut(model) -> str:
 
 
 def nested_head(model) -> tuple[str, str | None] | None:
-    """``(nested model, its default cut)`` where ``model`` has no Dense layer of its own but a model nested in it has
-    one, at any depth (Keras's "preprocessing outside, classifier inside", TensorFlow's ``Sequential([model,
-    Softmax()])``): its default cut, the last layer, would store that classifier's output, its class probabilities or
+    """``(nested model, its default cut)`` where ``model`` has no Dense layer of its own but a model nested in it gives a
+    classifier's output (:func:`~featstore.models.backbones.ends_in_dense`: a nested ConvNeXt's pooled features, with
+    Dense layers in its blocks, are none), at any depth (Keras's "preprocessing outside, classifier inside",
+    TensorFlow's ``Sequential([model, Softmax()])``): its default cut, the last layer, would store that classifier's output, its class probabilities or
     logits, said as "there is no Dense layer" (attack 43 #11, 44 #5). The cut is None where the Dense layers are
     nested deeper still. None otherwise."""
     import keras
@@ -267,7 +268,7 @@ def nested_head(model) -> tuple[str, str | None] | None:
     if any(isinstance(lyr, keras.layers.Dense) for lyr in layers):
         return None
     for lyr in reversed(layers):
-        if hasattr(lyr, "layers") and holds_dense(lyr):
+        if hasattr(lyr, "layers") and ends_in_dense(lyr):
             inner = [x for x in lyr.layers if not isinstance(x, keras.layers.InputLayer)]
             own = any(isinstance(x, keras.layers.Dense) for x in inner)
             return lyr.name, default_cut(lyr) if own else None
