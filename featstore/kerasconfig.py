@@ -101,12 +101,12 @@ def problem() -> str | None:
     )
 
 
-def check_loaded(training: bool = True) -> None:
+def check_loaded(training: bool = True, where: str = "Keras in this process", fix: str = "") -> None:
     """ConfigError where the Keras this process imported is set otherwise than featstore's models are built for
     (a settings file read before featstore was asked, or ``keras.config.set_floatx`` in a notebook); for
     ``training``, its global dtype policy (a notebook's ``mixed_float16`` trained the dense head in float16,
     unrecorded: attack 45 #3) and caps on epochs and steps (``keras.config.set_max_epochs``: 46 #1) too; the
-    extractor sets its own policy, trains nothing, and passes False."""
+    extractor sets its own policy, trains nothing, and passes False. ``where`` and ``fix``: a Ray worker's words."""
     import keras
 
     now = {
@@ -122,12 +122,8 @@ def check_loaded(training: bool = True) -> None:
     if training:  # (0: no cap, as Keras reads it; a cap cut a 20-epoch dense fit to one step, recorded as 20: 46 #1)
         now["max_epochs"] = keras.config.max_epochs() or None
         now["max_steps_per_epoch"] = keras.config.max_steps_per_epoch() or None
-    line = _differs(
-        now,
-        "Keras in this process",
-        wanted,
-        "change it back with keras.config.set_* (or unset the KERAS_ variable that set it)",
-    )
+    fix = fix or "change it back with keras.config.set_* (or unset the KERAS_ variable that set it)"
+    line = _differs(now, where, wanted, fix)
     if line is not None:
         raise ConfigError(line)
 

@@ -140,3 +140,24 @@ def test_running_out_of_memory_while_decoding_a_training_image_is_said_as_the_pr
     line = str(got.value)
     assert line.startswith("this process ran out of memory while decoding") and "with 20 images a batch" in line, line
     assert "restore it" not in line
+
+
+def test_finetunes_cache_is_extracted_in_batches_that_fit(finetune_source_32, monkeypatch, caplog):
+    """Attack 46 #9: the cached cut was extracted with extract's batch of 32 whatever finetune's --batch-size, and
+    refused with extract's advice (--layer, --pooling: no finetune options; --batch-size changed nothing). Now the
+    cache is made in batches whose features fit. Sabotage: no retry: the HugeBatch line."""
+    import logging
+
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+    from featstore.extraction import pipeline
+
+    row = 2 * 2 * 512 * 4  # block4_pool's output at 32 px, float32: the cache of block5_conv1's input
+    monkeypatch.setattr(pipeline, "MAX_BATCH_BYTES", row * 5)
+    with caplog.at_level(logging.INFO, logger="featstore"):
+        run = finetune(
+            finetune_source_32["dense"],
+            FinetuneConfig("block5_conv1", epochs=1, batch_size=4),
+            store=finetune_source_32["store"],
+        )
+    assert run["id"].startswith("finetune")
+    assert any("5 images a batch" in r.getMessage() for r in caplog.records), caplog.text

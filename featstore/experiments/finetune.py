@@ -180,7 +180,7 @@ def finetune(
         raise ConfigError(  # a training step holds a whole batch's activations at once (attack 45's note)
             f"fine-tuning from the images runs --batch-size {config.batch_size} images through the whole model at "
             f"once, and one image's largest tensor times {config.batch_size} is over featstore's bound of 4 GiB for "
-            f"one tensor: give --batch-size {fits} or less, or a smaller --image-size when extracting"
+            f"one tensor: give --batch-size {fits} or less"
         )
     cache_seconds = time.perf_counter() - t_cache if cached else 0.0
     started = time.perf_counter()

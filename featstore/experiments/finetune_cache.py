@@ -90,7 +90,7 @@ def cached_cut(
 ) -> Cached:
     """Extract (or reuse) the group cut at ``layer`` for train and validation; its rows must be the run's rows. A split
     over ``budget`` bytes is checked in blocks and left in the store, to be streamed (:meth:`Cached.batches`)."""
-    from featstore.extraction.pipeline import extract
+    from featstore.extraction.pipeline import HugeBatch, extract
     from featstore.models.extractor import ExtractorConfig
     from featstore.store.reader import CACHE_PURPOSE
 
@@ -116,7 +116,13 @@ def cached_cut(
         _refuse_stale(fs, name, group, split, cfg, images.root)
         resumed = resumed or _partial(fs, group, split)
         try:
-            r = extract(images.root, split, fs.path, cfg, name=group, purpose=CACHE_PURPOSE)
+            try:
+                r = extract(images.root, split, fs.path, cfg, name=group, purpose=CACHE_PURPOSE)
+            except HugeBatch as huge:  # refused before a row is written: extract's --batch-size is not finetune's
+                logger.info(
+                    "caching %s/%s %d images a batch (a batch of 32 would hold over 4 GiB)", group, split, huge.fits
+                )
+                r = extract(images.root, split, fs.path, cfg, name=group, purpose=CACHE_PURPOSE, batch_size=huge.fits)
         except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
             raise type(exc)(
                 f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; pass "

@@ -372,14 +372,23 @@ class _Extraction:
 MAX_BATCH_BYTES = 4 << 30  # the features of one batch: the forward pass holds them (and more) at once
 
 
+class HugeBatch(ConfigError):
+    """A batch whose features pass :data:`MAX_BATCH_BYTES`; ``fits``: the largest batch that does not."""
+
+    def __init__(self, fits: int, line: str):
+        super().__init__(line)
+        self.fits = fits
+
+
 def refuse_huge_batches(row_bytes: int, batch_size: int, names: list[str]) -> None:
     """Refuse, before any image is read, a batch whose features alone pass :data:`MAX_BATCH_BYTES`: a 16 KB model
     upsampling 32 px images 200 times (164 MB a row) asked TensorFlow for 5.2 GB a batch of 32 and ended in a 71-line
     ResourceExhaustedError (attack 24)."""
     if row_bytes * batch_size > MAX_BATCH_BYTES:
         fits = max(1, MAX_BATCH_BYTES // max(row_bytes, 1))
-        raise ConfigError(
+        raise HugeBatch(
+            fits,
             f"one row of {', '.join(names)} features is {row_bytes / 2**20:,.1f} MiB, so a batch of {batch_size} "
             f"images holds {row_bytes * batch_size / 2**30:,.1f} GiB of features, over {MAX_BATCH_BYTES >> 30} GiB: "
-            f"give --batch-size {fits} or less, cut at another --layer, add --pooling avg or use a smaller --image-size"
+            f"give --batch-size {fits} or less, cut at another --layer, add --pooling avg or use a smaller --image-size",
         )

@@ -156,7 +156,8 @@ class RayEngine:
                     **({"_temp_dir": session_root} if session_root else {}),  # (a local Ray's: always)
                 )
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"cannot connect to Ray at {named}: {exc}") from None
+                said = f"cannot connect to Ray at {named}" if address != "local" else "cannot start a local Ray"
+                raise ConfigError(f"{said}: {exc}") from None
             except Exception as exc:  # noqa: BLE001 - a local Ray that cannot start raises a bare Exception (timeout)
                 if address != "local":
                     raise
@@ -321,6 +322,7 @@ class Forward:
         quiet_tensorflow()  # a worker process is not the CLI's: hide TensorFlow's start-up lines here too (FEATSTORE_VERBOSE=1 shows them)
         import tensorflow as tf
 
+        from featstore.kerasconfig import check_loaded
         from featstore.models.extractor import Extractor
 
         threads = max(1, int(cpus))
@@ -329,6 +331,8 @@ class Forward:
             tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
         except RuntimeError:
             pass  # TensorFlow already initialised in this worker process (a restarted actor may reuse one)
+        here = f"Keras in the Ray worker on {socket.gethostname()}"  # its settings, not the driver's (attack 46 #8)
+        check_loaded(False, here, "set it where the workers run (their keras.json, or KERAS_HOME where Ray started)")
         self.ex = Extractor(replace(config, runtime="keras"), jit=jit, jit_batch=batch_size)
         got = [a["fingerprint"] for _, a in self.ex.outputs]
         if got != fingerprints:

@@ -64,8 +64,8 @@ def _local_root() -> str:
 
     if not hasattr(os, "geteuid"):
         return os.path.join(tempfile.gettempdir(), "ray")
-    if given := os.environ.get("RAY_TMPDIR", ""):
-        return _given_root(given)
+    if given := os.environ.get("RAY_TMPDIR", ""):  # Ray takes an absolute one only ("temp_dir must be absolute": 46 #6)
+        return _given_root(os.path.abspath(given))
     private = private_tempdir()
     roots = [os.path.join(private, "ray")] if closed(private) else []
     roots += [os.path.join(base, "ray")] if not roots and (base := user_scratch()) is not None else []
