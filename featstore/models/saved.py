@@ -72,12 +72,11 @@ def _load(path: Path, name: Path, trust_model: bool):
     import keras
 
     if legacy and not trust_model:
-        if _legacy_lambda(name):  # --trust-model would not load it either (attack 44 #6's first line)
-            raise _load_error(path, ValueError("Lambda"))
         raise ConfigError(
             f"{path} is a legacy .h5 model: loading it can run code stored in the file (Keras's safe_mode does "
             f"not cover .h5). Re-save it as .keras (model.save('model.keras')), or pass --trust-model if you "
-            f"made the file yourself."
+            f"made the file yourself (a Lambda layer in it is refused even then: featstore loads none from any file; "
+            f"replace it with a built-in layer)."
         )
     try:
         with contextlib.nullcontext() if legacy else bounded_build(held_parameters(name), str(path)):
@@ -89,22 +88,6 @@ def _load(path: Path, name: Path, trust_model: bool):
     if not isinstance(model, keras.Model):
         raise ConfigError(f"{path} holds a {type(model).__name__}, not a Keras model")
     return model
-
-
-def _legacy_lambda(name: Path, most: int = 16 << 20) -> bool:
-    """Whether the legacy ``.h5`` model at ``name`` names a Lambda layer in its ``model_config`` attribute (read only
-    where it is under ``most`` bytes; False where it cannot be told)."""
-    import h5py
-
-    try:
-        with h5py.File(name, "r") as f:
-            if "model_config" not in f.attrs or f.attrs.get_id("model_config").get_storage_size() > most:
-                return False
-            config = f.attrs["model_config"]
-    except (OSError, ValueError, KeyError):
-        return False
-    text = config.decode("utf-8", "replace") if isinstance(config, bytes) else str(config)
-    return '"class_name": "Lambda"' in text
 
 
 def _load_error(path: Path, exc: Exception) -> ConfigError:
