@@ -24,6 +24,7 @@ from featstore.linkrule import foreign_on
 from featstore.modes import others_may_write
 from featstore.safetext import terminal_safe
 from featstore.sticky import owner_name
+from featstore.tmpdir import use_own_tempdir
 
 WANTED = {"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow", "image_data_format": "channels_last"}
 MOST = 1 << 20  # a settings file is ~120 bytes
@@ -106,7 +107,9 @@ def check_loaded(training: bool = True, where: str = "Keras in this process", fi
     (a settings file read before featstore was asked, or ``keras.config.set_floatx`` in a notebook); for
     ``training``, its global dtype policy (a notebook's ``mixed_float16`` trained the dense head in float16,
     unrecorded: attack 45 #3) and caps on epochs and steps (``keras.config.set_max_epochs``: 46 #1) too; the
-    extractor sets its own policy, trains nothing, and passes False. ``where`` and ``fix``: a Ray worker's words."""
+    extractor sets its own policy, trains nothing, and passes False. ``where`` and ``fix``: a Ray worker's words.
+    Then, as every model featstore builds goes through here, the process's temporary folder is made one only the user
+    may enter (:func:`featstore.tmpdir.use_own_tempdir`: the Python API's; the command has set it already)."""
     import keras
 
     now = {
@@ -126,6 +129,7 @@ def check_loaded(training: bool = True, where: str = "Keras in this process", fi
     line = _differs(now, where, wanted, fix)
     if line is not None:
         raise ConfigError(line)
+    use_own_tempdir()
 
 
 def _differs(said: dict, where: str, wanted: dict, fix: str) -> str | None:

@@ -35,20 +35,22 @@ def private_tempdir() -> str:
     return folder
 
 
-def choose() -> tuple[str, str | None]:
+def choose(avoid: str | None = None) -> tuple[str, str | None]:
     """:func:`private_tempdir`'s folder and the warning it says when that is not ``tempfile.gettempdir()`` (None where
     it is), saying nothing itself: a Ray worker picks its own without a line each (the driver said it once)."""
     default = tempfile.gettempdir()
     shared = renamable_by_others(default) if hasattr(os, "geteuid") else None
-    if shared is None:
+    if shared is None and avoid is None:
         return default, None
-    where = "" if shared == default else f" is in {shared}"
+    where = "" if shared in (default, None) else f" is in {shared}"
+    head = f"temporary folder {default}{where}, in which " + (
+        avoid or "other users may rename entries (or a link of theirs)"
+    )
     try:
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featstore" / "tmp"
     except RuntimeError:  # no HOME and no passwd entry (a container's --user, env -i): attack 42 #4
         raise ConfigError(
-            f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), "
-            f"and there is no home folder for featstore's own: set TMPDIR to a folder of yours"
+            f"{head}, and there is no home folder for featstore's own: set TMPDIR to a folder of yours"
         ) from None
     st, why, fix = None, None, "set TMPDIR to a folder of yours"
     existing = next(p for p in (cache, *cache.parents) if os.path.lexists(p))
@@ -66,9 +68,8 @@ def choose() -> tuple[str, str | None]:
         why = renamable_by_others(cache)
         if why is None:
             return str(cache), (
-                f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs): "
-                f"featstore keeps its temporary files in {cache} instead; set TMPDIR to a folder of yours to choose "
-                f"another"
+                f"{head}: featstore keeps its temporary files in {cache} instead; set TMPDIR to a folder of yours to "
+                f"choose another"
             )
         why = f"others may rename entries in {why}"
     elif st is not None and not stat.S_ISDIR(st.st_mode):
@@ -80,10 +81,7 @@ def choose() -> tuple[str, str | None]:
             f"it is open to others, mode {stat.S_IMODE(st.st_mode):04o}",
             f"chmod 700 {cache} (it is yours), or {fix}",
         )
-    raise ConfigError(
-        f"temporary folder {default}{where}, in which other users may rename entries (or a link of theirs), and "
-        f"{cache} cannot take featstore's temporary files either ({why}): {fix}"
-    )
+    raise ConfigError(f"{head}, and {cache} cannot take featstore's temporary files either ({why}): {fix}")
 
 
 def own_tempdir(quiet: bool = False) -> str:
@@ -108,11 +106,12 @@ def own_tempdir(quiet: bool = False) -> str:
         if not stat.S_ISDIR(st.st_mode)
         else f"it is open to others, mode {stat.S_IMODE(st.st_mode):04o}"
     )
-    raise ConfigError(
-        f"temporary folder {folder} is open to other users (they may make entries in it that Python and TensorFlow "
-        f"look up by name), and featstore's folder of yours there, {base}, cannot be used ({why}): set TMPDIR to a "
-        f"folder of yours (mode 0700)"
-    )
+    avoid = f"others may make entries, and featstore's folder of yours there, {base}, cannot be used ({why})"
+    home, line = choose(avoid)  # the home cache folder, as for a folder others may rename in (attack 47 #3)
+    if line is not None and not quiet and line not in _SAID:
+        _SAID.add(line)
+        logger.warning("%s", line)
+    return home
 
 
 def own_folder(tmp: str | os.PathLike) -> tuple[Path, os.stat_result | None, OSError | None]:
@@ -141,3 +140,12 @@ def closed(folder: str | os.PathLike) -> bool:
     except OSError:
         return False
     return is_own(st) and not others_may_write(st, folder) and renamable_by_others(folder) is None
+
+
+def use_own_tempdir() -> None:
+    """The process's temporary folder made one only the user may enter (:func:`own_tempdir`, quietly) where it is not
+    one already: the Python API's, called where featstore builds a Keras model (its traces and fits write TensorFlow's
+    generated modules there, imported again by name). ``featstore.extract`` in a notebook left it at a sticky ``/tmp``
+    whose ``__pycache__`` a colleague had made: his code ran in her process (attack 47 #1)."""
+    if hasattr(os, "geteuid") and not closed(tempfile.gettempdir()):
+        tempfile.tempdir = own_tempdir(quiet=True)

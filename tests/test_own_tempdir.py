@@ -43,15 +43,33 @@ def test_a_folder_of_the_users_own_closed_to_others_is_used_as_it_is(tmp_path, m
 
 
 @root_only
-def test_a_colleagues_folder_at_the_users_name_is_refused_in_one_line(sticky):
+def test_a_colleagues_folder_at_the_users_name_falls_back_to_the_home_cache(sticky, tmp_path, monkeypatch, caplog):
+    """Attack 47 #3: a colleague's mkdir <tmp>/featstore-<uid> refused every TensorFlow command of hers (a whole host's
+    users with one loop). Now the home cache folder is used, said once; refused only where it cannot be used either.
+    Sabotage: the fall-back left out: the refusal."""
     squat = sticky / f"featstore-{os.geteuid()}"
     squat.mkdir(mode=0o777)
     os.chown(squat, 54321, 54321)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING", logger="featstore"):
+        assert tmpdir.own_tempdir() == str(tmp_path / "cache" / "featstore" / "tmp")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and f"{squat}, cannot be used (it is uid 54321's)" in said[0], said
+    assert "featstore keeps its temporary files in" in said[0]
+    monkeypatch.setenv("XDG_CACHE_HOME", "/dev/null")
     with pytest.raises(ConfigError) as got:
         tmpdir.own_tempdir()
-    line = str(got.value)
-    assert f"temporary folder {sticky} is open to other users" in line and "uid 54321's" in line, line
-    assert line.endswith("set TMPDIR to a folder of yours (mode 0700)")
+    assert "it is uid 54321's" in str(got.value) and "set TMPDIR to a folder of yours" in str(got.value)
+
+
+def test_the_python_api_builds_its_models_with_a_temporary_folder_only_the_user_may_enter(sticky):
+    """Attack 47 #1 (High): featstore.extract in a notebook left tempfile's folder at the sticky /tmp; autograph's
+    modules were imported through a colleague's __pycache__ there. Sabotage: use_own_tempdir left out of
+    check_loaded: the sticky folder stays."""
+    from featstore.models.extractor import Extractor, ExtractorConfig
+
+    Extractor(ExtractorConfig(model="vgg16", weights="none", image_size=32))
+    assert tempfile.gettempdir() == str(sticky / f"featstore-{os.geteuid()}")
 
 
 def test_the_command_and_a_ray_worker_keep_their_temporary_files_there(sticky, monkeypatch):

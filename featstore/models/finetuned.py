@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError
+from featstore.kerasconfig import check_loaded
 from featstore.models import activations
 from featstore.models.build_guard import bounded_build
 from featstore.models.head import HEAD_LAYERS, head_layers
@@ -195,6 +196,7 @@ class FinetunedModel:
     """A saved fine-tuned model applied to images: ``proba(uint8 batch)`` -> ``(B, n_classes)``."""
 
     def __init__(self, model, attrs: dict, shown: str = "the fine-tuned model"):
+        check_loaded(training=False)  # a float16 Keras predicts otherwise; and the API's temporary folder
         self.model = model
         self.attrs = attrs
         self.image_size = int(attrs["input_size"])
