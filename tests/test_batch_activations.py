@@ -161,3 +161,23 @@ def test_finetunes_cache_is_extracted_in_batches_that_fit(finetune_source_32, mo
         )
     assert run["id"].startswith("finetune")
     assert any("5 images a batch" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_finetunes_re_extract_command_carries_the_batch_that_fits():
+    """Attack 47 #4: the re-extract command finetune hands out for a cache made in smaller batches had no --batch-size
+    and was refused as given (extract's batch of 32). Sabotage: the --batch-size part left out of extract_command."""
+    from featstore.experiments.finetune_cache import cache_batch, extract_command
+    from featstore.models.extractor import ExtractorConfig
+
+    class Store:
+        def __init__(self, shape):
+            self.shape = shape
+
+        def metadata(self, group):
+            return {"feature_shape": self.shape, "dtype": "float32"}
+
+    cfg = ExtractorConfig("vgg16", 150, "block5_conv2", weights="imagenet")
+    assert cache_batch(Store([4, 4, 512]), "g") is None  # 32 KiB a row: extract's 32 fits
+    big = Store([191, 191, 1024])  # ~142 MiB a row: 28 of them fit in 4 GiB
+    line = extract_command(cfg, "data", "train", "f.h5", "g", cache_batch(big, "g"))
+    assert line.endswith("--batch-size 28 --overwrite"), line

@@ -73,3 +73,21 @@ def test_a_nested_backbone_with_dense_blocks_ending_in_pooling_gives_features(ca
         cut_outputs(model, ["stem"], "none", "ct.keras")
     preprocessed = keras.Sequential([keras.Input((16, 16, 3)), L.Rescaling(1 / 255), blocks])
     assert nested_head(preprocessed) is None  # its last layer, the pooled features, is a fine default cut
+
+
+@pytest.mark.parametrize("act", ["sigmoid", "linear", "softmax"])
+def test_a_nested_classifier_ending_in_an_activation_layer_is_still_a_classifier(act):
+    """Attack 47 #2 (a regression by 46 #3's fix): Dense(3) then Activation("sigmoid"), nested: its class scores were
+    the default cut, stored as features ("there is no Dense layer"). Sabotage: no tail of weightless layers: sigmoid
+    and linear pass."""
+    import keras
+
+    from featstore.models.saved import nested_head
+
+    L = keras.layers
+    classifier = keras.Sequential(
+        [keras.Input((16, 16, 3)), L.Conv2D(4, 3, name="conv"), L.GlobalAveragePooling2D(name="gap"),
+         L.Dense(3, name="logits"), L.Activation(act, name="act")], name="classifier",
+    )  # fmt: skip
+    model = keras.Sequential([keras.Input((16, 16, 3)), L.Rescaling(1 / 255), classifier])
+    assert nested_head(model) == ("classifier", "gap")

@@ -167,7 +167,8 @@ def finetune(
         )
     elif config.cache:
         logger.info(
-            "the model cannot be cut below %s (a skip connection crosses it): training from the images",
+            "the model cannot be cut below %s (no one tensor feeds it: a skip connection crosses it, or the model was "
+            "saved as a keras.Sequential, which featstore cannot cut for its cache yet): training from the images",
             config.unfreeze_from,
         )
     if config.memory_budget is not None and cached is None:  # recorded but meaningless: say so before training

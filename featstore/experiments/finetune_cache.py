@@ -162,7 +162,7 @@ def cached_cut(
         except StoreError as exc:
             raise StoreError(
                 f"{exc}\n(the cached frozen layers of the fine-tuning: re-extract them with\n  "
-                f"{extract_command(cfg, images.root, split, fs.path, group)}\nor pass --no-cache to train from the images)"
+                f"{extract_command(cfg, images.root, split, fs.path, group, cache_batch(fs, group))}\nor pass --no-cache to train from the images)"
             ) from None
     if (made or resumed) and group in fs.extractors(caches=False):
         # made: marked when created; resumed and still unmarked: an older featstore's killed fine-tuning left it
@@ -193,7 +193,7 @@ def _refuse_other_labels(fs, name: str, group: str, split: str, labels: np.ndarr
     raise StoreError(
         f"the cached frozen layers {group!r} in {fs.path} do not have the labels of {split!r} that {name!r} has ({what}): "
         f"the cache was altered or damaged, and a fine-tuning never trains on other labels than its run's. Re-extract "
-        f"it with\n  {extract_command(cfg, root, split, fs.path, group)}\nor pass --no-cache (cache=False in Python) to "
+        f"it with\n  {extract_command(cfg, root, split, fs.path, group, cache_batch(fs, group))}\nor pass --no-cache (cache=False in Python) to "
         f"train from the images"
     )
 
@@ -221,14 +221,15 @@ def _refuse_stale(fs, name: str, group: str, split: str, cfg, root: Path) -> Non
     raise StoreError(
         f"the cached frozen layers {group!r} in {fs.path} were extracted from other images of {split!r} than "
         f"{name!r} holds now (the folder changed, and {name!r} was extracted again since). A fine-tuning never "
-        f"replaces its cache by itself: re-extract it with\n  {extract_command(cfg, root, split, fs.path, group)}\n"
+        f"replaces its cache by itself: re-extract it with\n  {extract_command(cfg, root, split, fs.path, group, cache_batch(fs, group))}\n"
         f"(and the same with --split validation if that split changed too), then fine-tune again; or pass --no-cache "
         f"(cache=False in Python) to train from the images"
     )
 
 
-def extract_command(cfg, root, split: str, store, group: str) -> str:
-    """The ``featstore extract`` command line that (re-)makes ``group``'s ``split`` with configuration ``cfg``."""
+def extract_command(cfg, root, split: str, store, group: str, batch: int | None = None) -> str:
+    """The ``featstore extract`` command line that (re-)makes ``group``'s ``split`` with configuration ``cfg``;
+    ``batch``: its ``--batch-size`` where extract's 32 would be refused (:func:`cache_batch`: attack 47 #4)."""
     q = shlex.quote
     saved = cfg.weights == "model"
     parts = [
@@ -240,7 +241,18 @@ def extract_command(cfg, root, split: str, store, group: str) -> str:
     elif cfg.preprocess not in (None, "none"):
         parts.append(f"--preprocess {q(cfg.preprocess)}")
     parts += ["--mixed-precision"] * bool(cfg.mixed_precision) + ["--trust-model"] * bool(cfg.trust_model)
+    parts += [f"--batch-size {batch}"] * bool(batch)
     return " ".join([*parts, "--overwrite"])
+
+
+def cache_batch(fs, group: str) -> int | None:
+    """The ``--batch-size`` that re-extracting ``group`` of ``fs`` needs, where a batch of 32 of its rows would hold
+    more features than extract takes (``pipeline.MAX_BATCH_BYTES``); None where 32 fits."""
+    from featstore.extraction.pipeline import MAX_BATCH_BYTES
+
+    meta = fs.metadata(group)
+    row = int(np.prod(meta["feature_shape"])) * np.dtype(meta["dtype"]).itemsize
+    return max(1, MAX_BATCH_BYTES // row) if row * 32 > MAX_BATCH_BYTES else None
 
 
 def cache_note(fs, cached: Cached, unfreeze_from: str, grew: tuple[int, int]) -> str:

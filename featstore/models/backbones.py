@@ -277,13 +277,18 @@ def _nested_line(layer: str, path: list[str], base, model_name: str) -> str:
 
 
 def ends_in_dense(model, depth: int = 0) -> bool:
-    """Whether ``model`` gives a classifier's output: its last layer is a Dense layer, a softmax (a layer or an
-    activation), or a model nested in it that does (at most 64 deep). A backbone with Dense layers inside its blocks
-    (ConvNeXt's pointwise convolutions, a ViT's MLPs) ending in pooling gives features: "a classifier inside" was said
-    of its pooled output at featstore's own default cut (attack 46 #3)."""
+    """Whether ``model`` gives a classifier's output: its last layers are a Dense layer (or a softmax) followed only by
+    layers that hold no weights and change no features' meaning (an activation, dropout, a reshape: Keras's
+    ``Activation("sigmoid")`` after the logits, attack 47 #2), or a model nested in it that does (at most 64 deep). A
+    backbone with Dense layers inside its blocks (ConvNeXt's pointwise convolutions, a ViT's MLPs) ending in pooling
+    gives features: "a classifier inside" was said of its pooled output at featstore's own default cut (46 #3)."""
     import keras
 
+    tail = (keras.layers.Activation, keras.layers.Dropout, keras.layers.Reshape, keras.layers.Flatten,
+            keras.layers.ActivityRegularization, keras.layers.Identity)  # fmt: skip
     layers = [lyr for lyr in getattr(model, "layers", ()) if not isinstance(lyr, keras.layers.InputLayer)]
+    while layers and isinstance(layers[-1], tail):
+        layers.pop()
     if not layers or depth >= 64:
         return False
     last = layers[-1]
