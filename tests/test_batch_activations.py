@@ -181,3 +181,23 @@ def test_finetunes_re_extract_command_carries_the_batch_that_fits():
     big = Store([191, 191, 1024])  # ~142 MiB a row: 28 of them fit in 4 GiB
     line = extract_command(cfg, "data", "train", "f.h5", "g", cache_batch(big, "g"))
     assert line.endswith("--batch-size 28 --overwrite"), line
+
+
+def test_finetuning_from_the_cache_is_held_to_the_bound_by_the_layers_above_the_cut():
+    """Attack 47 #6: the training-step bound looked only at the path from the images; from the cache (the default) an
+    upsampling top of 142 MiB a row ran a batch of 32 and died of SIGSEGV. Sabotage: the cached path skipped: no
+    refusal."""
+    from types import SimpleNamespace
+
+    import keras
+
+    from featstore.errors import ConfigError
+    from featstore.experiments.finetune import FinetuneConfig, _refuse_big_steps
+
+    L = keras.layers
+    top = keras.Sequential([keras.Input((40, 40, 8)), L.UpSampling2D(18, name="up"), L.Conv2D(72, 1, name="wide")])
+    built = SimpleNamespace(top=top, rows_per_call=lambda rows: rows)  # the whole model's bound lets every row pass
+    with pytest.raises(ConfigError, match=r"cached rows through the layers above the cut .* give --batch-size 28 or"):
+        _refuse_big_steps(built, FinetuneConfig("up", batch_size=32), cached=True)
+    _refuse_big_steps(built, FinetuneConfig("up", batch_size=28), cached=True)
+    _refuse_big_steps(built, FinetuneConfig("up", batch_size=32), cached=False)

@@ -36,6 +36,7 @@ from featstore.experiments.finetune_space import cut_bytes, ensure_room, keep_ru
 from featstore.experiments.finetune_train import train
 from featstore.images.augment import parse_augment
 from featstore.images.decode import check_threads
+from featstore.models import activations
 from featstore.models.finetuned import Built, FinetunedModel, build_model
 from featstore.runs.apply import rebuild_extractor, split_images
 from featstore.runs.folder import ensure_writable, get_run, runs_root
@@ -155,6 +156,7 @@ def finetune(
         len(built.frozen),
     )
     will_cache = config.cache and not config.augment and built.top is not None
+    _refuse_big_steps(built, config, will_cache)
     _ensure_room(fs, name, root, built, config, will_cache, sets, scored_images, class_names, folder)
     cached, t_cache, size_before = None, time.perf_counter(), _size(fs.path)
     if will_cache:
@@ -176,12 +178,6 @@ def finetune(
             "--memory-budget bounds the cached cut of the frozen layers, and this fine-tuning trains from the images "
             f"({'--augment' if config.augment else '--no-cache' if not config.cache else 'the model cannot be cut'}), "
             "which are read batch by batch and never held whole: leave --memory-budget out"
-        )
-    if cached is None and (fits := built.rows_per_call(config.batch_size)) < config.batch_size:
-        raise ConfigError(  # a training step holds a whole batch's activations at once (attack 45's note)
-            f"fine-tuning from the images runs --batch-size {config.batch_size} images through the whole model at "
-            f"once, and one image's largest tensor times {config.batch_size} is over featstore's bound of 4 GiB for "
-            f"one tensor: give --batch-size {fits} or less"
         )
     cache_seconds = time.perf_counter() - t_cache if cached else 0.0
     started = time.perf_counter()
@@ -362,6 +358,25 @@ def _notes(built, config: FinetuneConfig, trained, cache: str | None) -> list[st
         f"{kept}; the validation split chose it, so its score is optimistic; judge by test",
         *([cache] if cache else []),
     ]
+
+
+def _refuse_big_steps(built: Built, config: FinetuneConfig, cached: bool) -> None:
+    """A training step holds a whole batch's activations at once, and cannot be split as the images' batches are:
+    refused before any epoch, with the --batch-size that fits, where one of its tensors would pass the 4 GiB bound:
+    from the images, the whole model's largest (attack 45's note); from the cache, the trained layers' above the cut
+    (an upsampling top died of SIGSEGV with the default --cache: attack 47 #6)."""
+    if cached:
+        largest = activations.check_activations(built.top, "the layers above the fine-tuning's cut", resizable=False)
+        fits = activations.rows_at_once(config.batch_size, largest)[0]
+    else:
+        fits = built.rows_per_call(config.batch_size)
+    if fits < config.batch_size:
+        what = "cached rows through the layers above the cut" if cached else "images through the whole model"
+        raise ConfigError(
+            f"fine-tuning runs --batch-size {config.batch_size} {what} at once, and one row's largest tensor there "
+            f"times {config.batch_size} is over featstore's bound of 4 GiB for one tensor: give --batch-size {fits} or "
+            f"less"
+        )
 
 
 def _size(path: Path) -> int:
