@@ -102,6 +102,18 @@ def problem() -> str | None:
     )
 
 
+def refuse_caps() -> None:
+    """ConfigError naming the variable where ``KERAS_MAX_EPOCHS`` or ``KERAS_MAX_STEPS_PER_EPOCH`` is set to a cap (0 is
+    none, as Keras reads it): before any work of a command that trains with Keras (a dense classifier, a fine-tuning)."""
+    for cap in CAPS:
+        value = os.environ.get(cap, "").strip()
+        if value and value.lstrip("+-").isdigit() and int(value):
+            raise ConfigError(
+                f"{cap}={terminal_safe(value)}: Keras cuts every model.fit to it (a debugging setting), and featstore's "
+                f"runs record the epochs they ask for; unset {cap}"
+            )
+
+
 def check_loaded(training: bool = True, where: str = "Keras in this process", fix: str = "") -> None:
     """ConfigError where the Keras this process imported is set otherwise than featstore's models are built for
     (a settings file read before featstore was asked, or ``keras.config.set_floatx`` in a notebook); for
@@ -112,6 +124,8 @@ def check_loaded(training: bool = True, where: str = "Keras in this process", fi
     may enter (:func:`featstore.tmpdir.use_own_tempdir`: the Python API's; the command has set it already)."""
     import keras
 
+    if training:
+        refuse_caps()  # a cap set in the shell: its variable named (attack 47 #8), not keras.config.set_*
     now = {
         "floatx": keras.config.floatx(),
         "epsilon": keras.config.epsilon(),

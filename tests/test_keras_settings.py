@@ -192,3 +192,21 @@ def test_a_backend_set_in_the_users_own_file_names_keras_backend_as_the_fix(home
     assert "keras.config.set_" not in line
     _settings(home, floatx="float16")
     assert "KERAS_BACKEND" not in kerasconfig.problem()
+
+
+def test_a_cap_in_the_shell_is_refused_before_any_work_of_a_command_that_trains_with_keras(home, monkeypatch, tmp_path):
+    """Attack 47 #8: KERAS_MAX_EPOCHS=5 and `sweep --clf logreg,svm,dense`: logreg and svm were fitted and recorded,
+    then "Keras in this process says max_epochs 5 ... keras.config.set_*": the sweep's own record lost, the variable
+    not named. Sabotage: refuse_caps left out of check_values: the sweep goes on to read the (missing) store."""
+    from featstore.experiments.finetune import FinetuneConfig
+    from featstore.experiments.sweep import sweep
+
+    monkeypatch.setenv("KERAS_MAX_EPOCHS", "5")
+    with pytest.raises(
+        ConfigError, match=r"^KERAS_MAX_EPOCHS=5: Keras cuts every model.fit to it .*unset KERAS_MAX_EPOCHS$"
+    ):
+        sweep(tmp_path / "missing.h5", clfs=["logreg", "svm", "dense"])
+    with pytest.raises(ConfigError, match="unset KERAS_MAX_EPOCHS"):
+        FinetuneConfig("block5_conv1").validated()
+    monkeypatch.setenv("KERAS_MAX_EPOCHS", "0")  # no cap, as Keras reads it
+    FinetuneConfig("block5_conv1").validated()

@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from featstore.errors import ConfigError, choices_error
 from featstore.experiments.params import _NUMBER_OR, Param, check_value
+from featstore.kerasconfig import refuse_caps
 from featstore.models.reshape import REDUCTIONS, FeatureReshape
 
 
@@ -33,6 +34,7 @@ class ClassifierSpec:
     params: dict[str, Param]  # parameter name -> Param
     grid: dict[str, list] = field(default_factory=dict)  # default search grid (subset of params)
     needs_all_data: bool = True  # False for classifiers that can learn from chunks (partial_fit)
+    keras: bool = False  # trained with Keras's model.fit: a cap on its epochs or steps is refused before any work
 
     def full_params(self, given: dict) -> dict:
         """Defaults overlaid with ``given`` (already typed); unknown names list the valid ones, values out of range
@@ -42,7 +44,11 @@ class ClassifierSpec:
         return {**{k: p.default for k, p in self.params.items()}, **given}
 
     def check_values(self, given: dict[str, list]) -> None:
-        """Every value of a search (``{"C": [0.1, 1.0]}``) checked before any work (see :meth:`full_params`)."""
+        """Every value of a search (``{"C": [0.1, 1.0]}``) checked before any work (see :meth:`full_params`); for a
+        Keras classifier, the caps Keras would cut its fit to (:func:`featstore.kerasconfig.refuse_caps`: a sweep
+        fitted every other classifier first, then refused: attack 47 #8)."""
+        if self.keras:
+            refuse_caps()
         for key, values in given.items():
             for value in values:
                 self.check_value(key, value)
@@ -58,14 +64,19 @@ _REGISTRY: dict[str, ClassifierSpec] = {}
 
 
 def register_classifier(
-    name: str, description: str, params: dict[str, Param], grid: dict | None = None, needs_all_data: bool = True
+    name: str,
+    description: str,
+    params: dict[str, Param],
+    grid: dict | None = None,
+    needs_all_data: bool = True,
+    keras: bool = False,
 ):
     """Decorator: register a builder ``params -> estimator`` under ``name``."""
 
     def deco(builder):
         if name in _REGISTRY:
             raise ValueError(f"classifier {name!r} is already registered")
-        _REGISTRY[name] = ClassifierSpec(name, description, builder, params, grid or {}, needs_all_data)
+        _REGISTRY[name] = ClassifierSpec(name, description, builder, params, grid or {}, needs_all_data, keras)
         return builder
 
     return deco
@@ -342,6 +353,7 @@ def _sgd(p):
     },
     grid={"units": [128, 256], "lr": [2e-5, 1e-4]},
     needs_all_data=False,
+    keras=True,
 )
 def _dense(p):
     from featstore.models.head import DenseHead

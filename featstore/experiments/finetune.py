@@ -36,6 +36,7 @@ from featstore.experiments.finetune_space import cut_bytes, ensure_room, keep_ru
 from featstore.experiments.finetune_train import train
 from featstore.images.augment import parse_augment
 from featstore.images.decode import check_threads
+from featstore.kerasconfig import refuse_caps
 from featstore.models import activations
 from featstore.models.finetuned import Built, FinetunedModel, build_model
 from featstore.runs.apply import rebuild_extractor, split_images
@@ -72,6 +73,7 @@ class FinetuneConfig:
 
     def validated(self) -> FinetuneConfig:
         """Check every field before any work; canonical augmentation spec."""
+        refuse_caps()  # Keras would cut the fine-tuning's fit, unrecorded (attack 47 #8): before any work
         if not isinstance(self.unfreeze_from, str) or not self.unfreeze_from:
             raise ConfigError(f"--unfreeze-from must name a layer (e.g. block5_conv1); got {self.unfreeze_from!r}")
         if (
