@@ -105,9 +105,13 @@ def problem() -> str | None:
 def refuse_caps() -> None:
     """ConfigError naming the variable where ``KERAS_MAX_EPOCHS`` or ``KERAS_MAX_STEPS_PER_EPOCH`` is set to a cap (0 is
     none, as Keras reads it): before any work of a command that trains with Keras (a dense classifier, a fine-tuning)."""
-    for cap in CAPS:
-        value = os.environ.get(cap, "").strip()
-        if value and value.lstrip("+-").isdigit() and int(value):
+    for cap in (c for c in CAPS if c in os.environ):
+        value = os.environ[cap]
+        try:
+            capped = int(value) != 0
+        except ValueError:
+            capped = True  # Keras fails on it (problem() says so where the command imports Keras)
+        if capped:
             raise ConfigError(
                 f"{cap}={terminal_safe(value)}: Keras cuts every model.fit to it (a debugging setting), and featstore's "
                 f"runs record the epochs they ask for; unset {cap}"
