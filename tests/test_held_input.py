@@ -65,9 +65,15 @@ def _load_with_a_fifo_renamed_on(kind: str, path: Path) -> str:
     return done.stdout.strip()
 
 
-def _no_scratch_left() -> None:
+def _held_copies() -> set[str]:
+    """The held-input scratch folders of this process's scratch base (other tests of the worker may have left theirs:
+    the base follows ``tempfile.tempdir``, which featstore makes a folder only the user may enter)."""
     base = user_scratch()
-    assert base is None or not [p for p in os.listdir(base) if p.startswith("input-")]
+    return set() if base is None else {p for p in os.listdir(base) if p.startswith("input-")}
+
+
+def _no_scratch_left(before: set[str]) -> None:
+    assert not _held_copies() - before
 
 
 def test_weights_or_model_file_made_a_fifo_after_the_look_is_refused_in_one_line(vgg16_weights_file, tmp_path):
@@ -97,6 +103,7 @@ def test_a_model_swapped_in_after_its_bounds_were_checked_is_never_loaded(tmp_pa
     from featstore import safezip
     from tests.test_own_models import _small_cnn
 
+    before = _held_copies()
     path, other = tmp_path / "cnn.keras", tmp_path / "other.keras"
     _small_cnn().save(path)
     _small_cnn(seed=1, channels=3).save(other)
@@ -111,7 +118,7 @@ def test_a_model_swapped_in_after_its_bounds_were_checked_is_never_loaded(tmp_pa
     spec = saved.SavedModelSpec.from_path(path)
     assert sha256_file(path) != first  # the swap happened
     assert (spec.sha256, spec.channels_in) == (first, 1)  # but the held file was loaded and hashed
-    _no_scratch_left()
+    _no_scratch_left(before)
 
 
 def test_weights_swapped_in_after_their_check_are_never_loaded(vgg16_weights_file, tmp_path, monkeypatch):
