@@ -403,6 +403,7 @@ class Extractor:
     def rows_per_call(self, rows: int, say: bool = False) -> int:
         """How many of ``rows`` images one call of the model takes (:func:`activations.rows_at_once`), for the images'
         batches (``say``: once, where fewer) and the start-up checks' (--jit's compiled 17 GiB at once: attack 45 #7)."""
+        self.check_traced()  # once: its largest tensor sizes the calls (an extractor used only for its fingerprint: never)
         largest = getattr(self, "largest_activation", None), getattr(self, "_traced", None)
         step, peak = activations.rows_at_once(rows, *largest)
         if say and step < rows and not getattr(self, "_said_at_once", False):

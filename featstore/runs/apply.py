@@ -87,7 +87,6 @@ def rebuild_extractor(
             f"{exc}\nThe run's features were made with {what} (file sha256 {str(attrs.get('weights_sha256') or '-')[:12]}); "
             f"pass --weights PATH to give {give}."
         ) from exc
-    ex.check_traced()  # the traced bound, as extract holds it; its largest tensor also sizes the model's calls
     provenance.refuse_other_weights(ex.attrs, attrs)
     provenance.refuse_other_features(
         ex.attrs, attrs, "the run", "Predict with the featstore, libraries and weights the run was made with."
