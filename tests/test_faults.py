@@ -1,5 +1,6 @@
 """Crash safety: SIGKILLed extractions resume bit-identically; full and read-only filesystems; foreign links; check."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,7 +22,9 @@ from .kill_writer import NAMES as SYNTHETIC_NAMES
 from .kill_writer import main as write_synthetic
 
 CFG = dict(model="vgg16", image_size=32, weights="none", seed=5)
+ONE_AT_A_TIME = 300_000  # bytes: VGG16's largest tensor at 32 px is 262,144 B an image, so a batch of 2 makes two calls
 WRITER = (
+    f"import featstore.models.activations as A; A.MAX_ACTIVATION_BYTES = {ONE_AT_A_TIME}; "
     "import sys; from featstore import extract, ExtractorConfig; "
     "extract(sys.argv[1], 'train', sys.argv[2], ExtractorConfig(**eval(sys.argv[3])), batch_size=2, compression='gzip', "
     "augment=1)"
@@ -171,14 +174,19 @@ def test_sigkill_synthetic_writer_at_random_points_then_resume_is_bit_identical(
 
 
 @pytest.mark.slow
-def test_sigkill_extract_then_resume_is_bit_identical(tmp_path, capsys):
+def test_sigkill_extract_then_resume_is_bit_identical(tmp_path, capsys, monkeypatch, caplog):
     """The whole path once, with TensorFlow: `extract` (gzip, one augmented copy) SIGKILLed twice in the split and once
-    in the copies, each after a new commit, resumed each time to a store bit-identical to a clean one."""
+    in the copies, each after a new commit, resumed each time to a store bit-identical to a clean one. Both runs hold
+    the activation bound so low that each batch goes through the model one image a call (forward.in_parts): the
+    calls a resumed batch makes are the clean run's."""
+    monkeypatch.setattr("featstore.models.activations.MAX_ACTIVATION_BYTES", ONE_AT_A_TIME)
     data = tmp_path / "data"
     write_images(data, "train", {"a": 10, "b": 10, "c": 10}, seed=11)
     (data / "train" / "c" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     clean, path = tmp_path / "clean.h5", tmp_path / "killed.h5"
-    extract(data, "train", clean, ExtractorConfig(**CFG), batch_size=2, compression="gzip", augment=1)
+    with caplog.at_level(logging.INFO, logger="featstore"):
+        extract(data, "train", clean, ExtractorConfig(**CFG), batch_size=2, compression="gzip", augment=1)
+    assert "batches go through it 1 image(s) at a time" in caplog.text
     cmd = [sys.executable, "-c", WRITER, str(data), str(path), repr(CFG)]
     keys = ["vgg16/train", "vgg16/train", "vgg16/train/augmented"]
     kills, resumes = _kill_loop(cmd, path, tmp_path, 3, _after_commit(path, keys, seed=2026))
