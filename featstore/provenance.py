@@ -48,6 +48,13 @@ RESIZE_DESCRIPTION = "PIL bilinear to a square, aspect ratio not kept; JPEG draf
 # Split attributes that must be the same to resume a partial split (the rest describe the run).
 DTYPES = ("float32", "float16")  # stored feature types
 RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
+# Split attributes recorded, not fingerprinted, that change features in their last digits: a resume under another value
+# is refused. Key: (the value of a store made before it, how a value is said, why they differ).
+NUMERICS = {
+    "jit": (False, lambda v: f"with{'' if v else 'out'} --jit (jit={bool(v)})", "XLA-compiled features differ from uncompiled ones in the last digits"),
+    "runtime": ("keras", lambda v: f"with --runtime {v} (runtime={v!r} in Python)", "the two runtimes' features differ in the last digits"),
+    "onednn": (None, lambda v: f"with TensorFlow's oneDNN {'on (TF_ENABLE_ONEDNN_OPTS=1' if v else 'off (TF_ENABLE_ONEDNN_OPTS=0'} in the shell)", "oneDNN's kernels give features that differ from TensorFlow's own in the last digits"),
+}  # fmt: skip
 MAX_AUGMENT_COPIES = 100  # --augment K at most (more is almost surely a typo)
 # Augmented copies of a split live in its subgroup AUGMENTED (never a split: no split lists it, no split name can reach it).
 AUGMENTED = "augmented"
@@ -174,22 +181,14 @@ def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:
             f"mix two different runs. Re-run with the same options, or pass --overwrite (overwrite=True in Python) to start it "
             f"again"
         )
-    then, now = bool(plain(stored.get("jit", False))), bool(new.get("jit", False))  # stores before "jit": without
-    if then != now:
-        how = ("without --jit", "with --jit") if now else ("with --jit", "without --jit")
+    for key, (before, said, why) in NUMERICS.items():
+        then, now = plain(stored.get(key, before)), new.get(key, before)
+        if before is None and None in (then, now) or then == now:  # None: not known (a store before it, ONNX's oneDNN)
+            continue
         raise StoreError(
-            f"split {split!r} of {name!r} in {path} was started {how[0]} (jit={then}) and this run is {how[1]} "
-            f"(jit={now}): XLA-compiled features differ from uncompiled ones in the last digits, so the split would "
-            f"hold rows of both kinds. Resume it {how[0]} (the same command {'without' if now else 'with'} --jit; "
-            f"jit={then} in Python), or start it again {how[1]} by adding --overwrite (overwrite=True)"
-        )
-    then, now = str(plain(stored.get("runtime", "keras"))), str(new.get("runtime", "keras"))  # before it: keras
-    if then != now:
-        raise StoreError(
-            f"split {split!r} of {name!r} in {path} was started with --runtime {then} and this run is with --runtime "
-            f"{now}: the two runtimes' features differ in the last digits, so the split would hold rows of both kinds. "
-            f"Resume it with --runtime {then} (runtime={then!r} in Python), or start it again with --runtime {now} by "
-            f"adding --overwrite (overwrite=True)"
+            f"split {split!r} of {name!r} in {path} was started {said(then)} and this run is {said(now)}: {why}, so the "
+            f"split would hold rows of both kinds. Resume it {said(then)}, or start it again {said(now)} by adding "
+            f"--overwrite (overwrite=True)"
         )
 
 

@@ -34,7 +34,7 @@ from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run
 from featstore.images.decode import check_threads, iter_decoded  # noqa: F401 (iter_decoded re-exported: predict, finetune)
 from featstore.images.listing import discover
 from featstore.models.extractor import Extractor, ExtractorConfig, default_store_name  # noqa: F401 (re-exported: the public API names them here)
-from featstore.models.forward import require_jit_backend
+from featstore.models.forward import numerics, require_jit_backend
 from featstore.models.onnx_runtime import CACHE_FOLDER, check_runtime
 from featstore.outputs import cache_dir
 from featstore.provenance import AUGMENTED
@@ -293,6 +293,7 @@ class _Extraction:
                 "compression": how.compression,
                 "jit": bool(how.jit),
                 "runtime": self.config.runtime,  # checked against Keras at start-up: recorded, not fingerprinted
+                **numerics(self.config.runtime),  # oneDNN on or off: recorded, a resume under the other refused
                 "engine": self.engine.name,
             }  # how the run that started it computed
             writer = SplitWriter(self.file, found.todo, split)
@@ -317,7 +318,8 @@ class _Extraction:
             want = augcopies.copies_attrs(
                 req, split, plain_attrs, len(rel), self.how.batch_size, self.how.compression, self.how.jit
             )
-            want["runtime"] = self.config.runtime  # a resume with another runtime is refused, as for the split
+            want["runtime"] = self.config.runtime  # a resume with another runtime or oneDNN is refused
+            want.update(numerics(self.config.runtime))
             found = survey(f, path, self.names, key, lambda f, n: copies_done(f, path, n, split, want))
         total = req.copies * len(rel)
         if not found.todo:

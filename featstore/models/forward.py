@@ -26,6 +26,18 @@ JIT_PROBE_ROWS = 8  # rows of the check batch when the caller does not name its 
 JIT_CHECK_ROWS = 4  # rows of it also run through the uncompiled model and compared
 
 
+def numerics(runtime: str = "keras") -> dict[str, bool]:
+    """The split attributes saying how this process computes features beyond the fingerprint: ``onednn``, whether
+    TensorFlow runs its oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS``, else TF's default for this CPU), whose features differ
+    from TF's own kernels' in the last digits; a resume under the other is refused (attack 48 #1). None for a runtime
+    TensorFlow does not compute (onnx): none."""
+    if runtime != "keras":
+        return {}
+    from tensorflow.python.util import _pywrap_util_port  # TF's own test of it (no public API says it)
+
+    return {"onednn": bool(_pywrap_util_port.IsMklEnabled())}
+
+
 def backend() -> str:
     """Keras's backend name."""
     import keras

@@ -1,0 +1,55 @@
+"""Attack 48's findings fixed by the lead: a resume under another oneDNN setting (H1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import h5py
+import pytest
+
+from featstore import FeatureStore, StoreError, extract
+from featstore.models.forward import numerics
+
+from .conftest import interrupt_after_one_batch
+
+
+def test_a_split_records_whether_onednn_computed_it(data_root, tiny_config, tmp_path):
+    store = tmp_path / "f.h5"
+    extract(data_root, "validation", store, tiny_config, batch_size=4)
+    with h5py.File(store, "r") as f:
+        assert bool(f["vgg16"]["validation"].attrs["onednn"]) is numerics()["onednn"]
+    assert numerics("onnx") == {}  # ONNX Runtime computes those: TensorFlow's kernels are not the question
+
+
+def test_onednn_is_read_from_tensorflow_as_the_shell_sets_it():
+    code = "from featstore.models.forward import numerics; print(numerics()['onednn'])"
+    said = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env={"TF_ENABLE_ONEDNN_OPTS": v, "PATH": ""}
+        ).stdout.split()[-1:]
+        for v in ("0", "1")
+    ]
+    assert said == [["False"], ["True"]]
+
+
+def test_a_resume_under_the_other_onednn_setting_is_refused_naming_the_variable(
+    data_root, tiny_config, tmp_path, monkeypatch
+):
+    """H1: a split started with oneDNN off and resumed with TF_ENABLE_ONEDNN_OPTS=1 held 344 of 400 rows of the other
+    kernels (max 1.55e-6) under one fingerprint. Now refused before any row is written, both sides said."""
+    store = tmp_path / "f.h5"
+    interrupt_after_one_batch(monkeypatch, data_root, "train", store, tiny_config, batch_size=4)
+    then = numerics()["onednn"]
+    monkeypatch.setattr("featstore.extraction.pipeline.numerics", lambda runtime: {"onednn": not then})
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, tiny_config, batch_size=4)
+    msg = str(err.value)
+    said = {True: "on (TF_ENABLE_ONEDNN_OPTS=1 in the shell)", False: "off (TF_ENABLE_ONEDNN_OPTS=0 in the shell)"}
+    assert f"was started with TensorFlow's oneDNN {said[then]} and this run is with TensorFlow's oneDNN " in msg
+    assert said[not then] in msg and f"Resume it with TensorFlow's oneDNN {said[then]}" in msg
+    assert "--overwrite (overwrite=True)" in msg
+    assert FeatureStore(store).split_info("train")["committed_rows"] == 4  # untouched
+    monkeypatch.undo()
+    extract(data_root, "train", store, tiny_config, batch_size=4)  # the setting it started with: resumed
+    assert FeatureStore(store).split_info("train")["committed_rows"] == 12
