@@ -171,8 +171,8 @@ def finetune(
         )
     elif config.cache:
         logger.info(
-            "the model cannot be cut below %s (no one tensor feeds it: a skip connection crosses it, or the model was "
-            "saved as a keras.Sequential, which featstore cannot cut for its cache yet): training from the images",
+            "the model cannot be cut below %s (no one tensor feeds it: a skip connection crosses it, or nothing below it "
+            "is frozen): training from the images",
             config.unfreeze_from,
         )
     if config.memory_budget is not None and cached is None:  # recorded but meaningless: say so before training
@@ -249,7 +249,7 @@ def _ensure_room(fs, name, root, built, config, will_cache, sets, scored_images,
     cut = 0
     if will_cache:
         group = f"{name.split('@')[0]}@{built.cut_input}"  # as cached_cut names it
-        shape = built.model.get_layer(built.cut_input).output.shape[1:]
+        shape = built.top.inputs[0].shape[1:]  # the cut's tensor in the model's graph (a Sequential's too)
         cut = cut_bytes(fs, group, shape, {s: len(sets[s].labels) for s in sets})
     rows = sum(len(images.labels) for images in scored_images.values())
     ensure_room(root, run_bytes(built.model, config.optimizer, rows, len(class_names)), fs.path, cut, folder)

@@ -41,7 +41,7 @@ from featstore.extraction.ray_address import (
     token_file_line,
     worker_tempdir,
 )
-from featstore.extraction.ray_messages import RayNoise, worker_errors
+from featstore.extraction.ray_messages import Guarded, RayNoise, raise_refused, worker_errors
 from featstore.images.decode import iter_decoded
 from featstore.models.onnx_runtime import default_threads
 
@@ -257,11 +257,12 @@ class RayEngine:
         ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
         o = self.options
         ds = ds.map_batches(
-            self.actor,
+            Guarded,  # a featstore error of an actor is returned as a value: one line, none of Ray's (attack 47 #7)
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=o.workers),
             fn_constructor_args=(
+                self.actor,
                 config,
                 jit,
                 batch_size,
@@ -276,6 +277,7 @@ class RayEngine:
         expected = 0
         batches = ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
         for batch in worker_errors(ray, batches):
+            raise_refused(batch)
             outputs = sorted((k for k in batch if k.startswith("f")), key=lambda k: int(k[1:]))
             for j, index in enumerate(batch["index"].tolist()):
                 if index != expected:  # never reorder or drop silently: the row order is the store's contract

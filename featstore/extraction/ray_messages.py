@@ -11,6 +11,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
+import numpy as np
+
 from featstore import errors
 from featstore.errors import ConfigError
 
@@ -27,8 +29,9 @@ _RAY_LOG_NOISE = {
     "ray.data._internal.execution.streaming_executor": ("✔️  Dataset ", "⚠️  Dataset "),
     "ray.data.exceptions": ("Exception occurred in user code, with the abbreviated stack trace below",),
 }
+# (anywhere in a line: it comes after a progress bar's last frame, which ends in no line break)
 _RAY_FD_NOISE = re.compile(
-    rb"^\[[^]]* E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments"
+    rb"\[[^]\n]* E \d+ \d+\] core_worker\.cc:\d+: Actor with class name: .* has constructor arguments.*\n?"
 )
 
 
@@ -75,7 +78,8 @@ class RayNoise:
         try:
             with os.fdopen(read, "rb") as fh:
                 for line in iter(fh.readline, b""):
-                    if not _RAY_FD_NOISE.match(line):
+                    line = _RAY_FD_NOISE.sub(b"", line)  # what came before it on its line is kept
+                    if line:
                         os.write(out, line)
         finally:
             os.close(out)
@@ -118,7 +122,43 @@ def worker_errors(ray, batches: Iterator) -> Iterator:
         if not found:
             raise
         kind, message = found[-1].group(1), text[found[-1].end() :].split(_RAY_CHAINED)[0].rstrip()
-        cls = getattr(errors, kind, None)
-        if not (isinstance(cls, type) and issubclass(cls, errors.FeatstoreError)):
-            cls = ConfigError
-        raise cls(message) from exc
+        raise _error(kind, message) from exc
+
+
+def _error(kind: str, message: str) -> errors.FeatstoreError:
+    """featstore's error class named ``kind`` (a ConfigError if it names none) with ``message``."""
+    cls = getattr(errors, kind, None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.FeatstoreError)):
+        cls = ConfigError
+    return cls(message)
+
+
+class Guarded:
+    """The actor Ray Data builds: ``actor(*args)`` (:class:`featstore.extraction.ray.Forward`, or the class given),
+    with a featstore error of its constructor or of a batch returned as a value, a ``refused`` column the driver
+    raises as that one line (:func:`raise_refused`). Raised in the actor, Ray printed ~200 lines of its own about the
+    dead actor and the task it retried (their tracebacks, the worker's) before featstore's line (attack 47 #7: a
+    worker whose keras.json says float16); any other error is Ray's, as it is."""
+
+    def __init__(self, actor: type, *args):
+        self.actor, self.refused = None, None
+        try:
+            self.actor = actor(*args)
+        except errors.FeatstoreError as exc:  # not raised: the actor lives, and its first batch says why
+            self.refused = exc
+
+    def __call__(self, batch: dict) -> dict:
+        try:
+            if self.refused is None:
+                return self.actor(batch)
+        except errors.FeatstoreError as exc:
+            self.refused = exc
+        line = f"{type(self.refused).__name__}: {self.refused}"
+        return {"index": np.asarray(batch["index"]), "refused": np.full(len(batch["index"]), line, dtype=object)}
+
+
+def raise_refused(batch: dict) -> None:
+    """Raise the featstore error a :class:`Guarded` actor returned in ``batch``, if any."""
+    if "refused" in batch and len(batch["refused"]):
+        kind, _, message = str(batch["refused"][0]).partition(": ")
+        raise _error(kind, message)

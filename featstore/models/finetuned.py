@@ -161,14 +161,29 @@ def build_model(
 
 
 def _top_model(model, first) -> tuple[str | None, object | None]:
-    """(the layer feeding ``first``, the sub-model from its output to the probabilities), or (None, None) if it cannot be cut there."""
+    """(the layer feeding ``first``, the sub-model from its output to the probabilities), or (None, None) if it cannot be cut there.
+
+    The tensors are those of ``model``'s own graph (the node of each layer that ``model`` calls), not ``layer.input`` /
+    ``layer.output``, which are a layer's first call's: a backbone saved as a keras.Sequential has called each layer
+    several times (its own build, its inner graph, loading), so those never matched and its fine-tuning trained from the
+    images every epoch (attack 47 #5). The top shares the layers (and weights) of ``model``."""
     import keras
 
-    feeders = [lyr for lyr in model.layers if lyr is not first and lyr.output is first.input]
+    from featstore.models.backbones import outer_calls
+
+    def one(layer, end: str):  # the one tensor ``layer`` takes (``end="input_tensors"``) or gives in ``model``, or None
+        calls = outer_calls(model, layer)
+        tensors = getattr(calls[0], end) if len(calls) == 1 else ()
+        return tensors[0] if len(tensors) == 1 else None
+
+    cut = one(first, "input_tensors")
+    feeders = [
+        lyr for lyr in model.layers if lyr is not first and cut is not None and one(lyr, "output_tensors") is cut
+    ]
     if len(feeders) != 1 or isinstance(feeders[0], keras.layers.InputLayer):
         return None, None
     try:
-        return feeders[0].name, keras.Model(first.input, model.output, name="finetune_top")
+        return feeders[0].name, keras.Model(cut, model.output, name="finetune_top")
     except ValueError as exc:  # a skip connection crosses the cut: the layers above need more than that one tensor
         logger.debug("cannot cut the model before %s: %s", first.name, exc)
         return None, None
