@@ -53,3 +53,21 @@ def test_a_resume_under_the_other_onednn_setting_is_refused_naming_the_variable(
     monkeypatch.undo()
     extract(data_root, "train", store, tiny_config, batch_size=4)  # the setting it started with: resumed
     assert FeatureStore(store).split_info("train")["committed_rows"] == 12
+
+
+def test_a_ray_worker_computing_with_the_other_onednn_setting_is_refused(monkeypatch):
+    """The split records the driver's oneDNN setting; a worker of an existing cluster may have the other (its own
+    TF_ENABLE_ONEDNN_OPTS, another CPU's default): refused at its start, before the model is built."""
+    pytest.importorskip("ray")
+    from featstore.errors import ConfigError
+    from featstore.extraction.ray import Forward
+    from featstore.models.extractor import ExtractorConfig
+
+    monkeypatch.setattr("featstore.extraction.ray.worker_tempdir", lambda: None)
+    other = {"onednn": not numerics()["onednn"]}
+    config = ExtractorConfig(model="vgg16", weights="none", image_size=32)
+    with pytest.raises(ConfigError) as got:
+        Forward(config, False, 4, ["x"], 1, 1.0, None, other)
+    line = str(got.value)
+    assert line.startswith("a Ray worker on ") and "the driver (whose setting the split records)" in line, line
+    assert "Set TF_ENABLE_ONEDNN_OPTS the same (0 or 1) where the driver and every worker run" in line, line

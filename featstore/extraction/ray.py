@@ -43,6 +43,7 @@ from featstore.extraction.ray_address import (
 )
 from featstore.extraction.ray_messages import Guarded, RayNoise, raise_refused, worker_errors
 from featstore.images.decode import iter_decoded
+from featstore.models.forward import numerics
 from featstore.models.onnx_runtime import default_threads
 
 logger = logging.getLogger(__name__)
@@ -270,6 +271,7 @@ class RayEngine:
                 o.decode_threads,
                 self.cpus_per_worker,
                 runtime_file,
+                numerics(config.runtime),  # the driver's, recorded in the split: every worker must compute so
             ),
             num_cpus=self.cpus_per_worker,
             num_gpus=o.gpus_per_worker or None,
@@ -317,6 +319,7 @@ class Forward:
         decode_threads: int,
         cpus: float,
         runtime_file: tuple[str, str] | None = None,
+        driver_numerics: dict | None = None,
     ):
         from featstore.quiet import quiet_tensorflow
 
@@ -335,6 +338,13 @@ class Forward:
             pass  # TensorFlow already initialised in this worker process (a restarted actor may reuse one)
         here = f"Keras in the Ray worker on {socket.gethostname()}"  # its settings, not the driver's (attack 46 #8)
         check_loaded(False, here, "set it where the workers run (their keras.json, or KERAS_HOME where Ray started)")
+        if driver_numerics is not None and numerics(config.runtime) != driver_numerics:  # what the split says
+            raise ConfigError(
+                f"a Ray worker on {socket.gethostname()} computes with TensorFlow's oneDNN kernels "
+                f"{'on' if numerics(config.runtime)['onednn'] else 'off'}, the driver (whose setting the split records) "
+                f"{'on' if driver_numerics['onednn'] else 'off'}: their features differ in the last digits. Set "
+                f"TF_ENABLE_ONEDNN_OPTS the same (0 or 1) where the driver and every worker run"
+            )
         self.ex = Extractor(replace(config, runtime="keras"), jit=jit, jit_batch=batch_size)
         got = [a["fingerprint"] for _, a in self.ex.outputs]
         if got != fingerprints:
