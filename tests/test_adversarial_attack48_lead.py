@@ -71,3 +71,33 @@ def test_a_ray_worker_computing_with_the_other_onednn_setting_is_refused(monkeyp
     line = str(got.value)
     assert line.startswith("a Ray worker on ") and "the driver (whose setting the split records)" in line, line
     assert "Set TF_ENABLE_ONEDNN_OPTS the same (0 or 1) where the driver and every worker run" in line, line
+
+
+def test_each_part_of_a_batch_is_prepared_alone(data_root, tiny_config, tmp_path, monkeypatch):
+    """M4: the float32 input of a whole batch was made before the batch was split by the activation bound (6 GiB for 32
+    images at 4096 px: a numpy traceback). Each call's part is prepared alone now."""
+    from featstore.models.extractor import Extractor
+
+    seen, real = [], Extractor._prepare
+    monkeypatch.setattr(Extractor, "_prepare", lambda self, images: seen.append(len(images)) or real(self, images))
+    monkeypatch.setattr("featstore.models.activations.MAX_ACTIVATION_BYTES", 300_000)  # VGG16 at 32 px: 262,144 B
+    extract(data_root, "validation", tmp_path / "f.h5", tiny_config, batch_size=4)
+    assert seen and set(seen) == {1}, seen  # (the start-up's one-image warm-up included)
+
+
+def test_out_of_memory_preparing_a_batch_is_one_line(data_root, tiny_config, tmp_path, monkeypatch):
+    from featstore.errors import ConfigError
+    from featstore.models.extractor import Extractor
+
+    def no_room(self, images):
+        if len(images) > 1:  # the warm-up's one image passes
+            raise MemoryError(f"Unable to allocate 6.00 GiB for an array with shape ({len(images)}, 4096, 4096, 3)")
+        return real(self, images)
+
+    real = Extractor._prepare
+    monkeypatch.setattr(Extractor, "_prepare", no_room)
+    with pytest.raises(ConfigError) as got:
+        extract(data_root, "validation", tmp_path / "f.h5", tiny_config, batch_size=4)
+    line = str(got.value)
+    assert line.startswith("the forward pass ran out of memory on a batch of 4 images (Unable to allocate 6.00"), line
+    assert "give a smaller --batch-size (this batch: 4)" in line, line

@@ -78,11 +78,11 @@ def warm_up(extractor) -> None:
 
 
 def refuse_out_of_memory(exc: Exception, n: int, extractor=None) -> None:
-    """Raise the one line for TensorFlow's out of memory in the forward pass of a batch of ``n`` images by
+    """Raise the one line for out of memory (TensorFlow's, numpy's) in the forward pass of a batch of ``n`` images by
     ``extractor`` (the local engine's and each Ray actor's), with only the fixes that can help
     (:func:`~featstore.models.activations.memory_advice`: no smaller --batch-size at a batch of 1, no --pooling, which
     pools after the cut; attack 37 #1); any other error is left to the caller."""
-    if type(exc).__name__ == "ResourceExhaustedError":
+    if type(exc).__name__ == "ResourceExhaustedError" or isinstance(exc, MemoryError):  # numpy's: the prepared input
         from featstore.models.activations import memory_advice
 
         raise ConfigError(

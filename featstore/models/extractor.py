@@ -396,8 +396,8 @@ class Extractor:
 
     def features(self, images: np.ndarray) -> list[np.ndarray]:
         """Features of a uint8 RGB batch ``(B, size, size, 3)`` for every output, in the configured dtype."""
-        x = self._prepare(images)
-        out = forward.in_parts(self._forward, x, self.rows_per_call(len(x), say=True))
+        step = self.rows_per_call(len(images), say=True)  # each part prepared alone: its float32 is 4x the uint8
+        out = forward.in_parts(lambda part: self._forward(self._prepare(part)), images, step)  # (attack 48 #4)
         return [np.asarray(o).astype(self.config.dtype, copy=False) for o in out]
 
     def rows_per_call(self, rows: int, say: bool = False) -> int:
