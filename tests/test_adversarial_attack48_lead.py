@@ -101,3 +101,43 @@ def test_out_of_memory_preparing_a_batch_is_one_line(data_root, tiny_config, tmp
     line = str(got.value)
     assert line.startswith("the forward pass ran out of memory on a batch of 4 images (Unable to allocate 6.00"), line
     assert "give a smaller --batch-size (this batch: 4)" in line, line
+
+
+def test_a_model_one_image_of_which_needs_more_memory_than_the_process_has_is_refused(
+    data_root, tiny_config, tmp_path, monkeypatch
+):
+    """M6: two 2 GiB convolutions in a row (each within the activation bound) died of std::bad_alloc under a 6 GB
+    address-space limit at --batch-size 1, no line. One image's working set (an operation's inputs and outputs, from
+    the traced pass) is held to the room this process has, before any image runs."""
+    from featstore.errors import ConfigError
+    from featstore.models.room import Room
+
+    little = Room(300_000, "its address-space limit (ulimit -v: 1 GB)")
+    monkeypatch.setattr("featstore.models.traced_bound.memory_room", lambda: little)
+    with pytest.raises(ConfigError) as got:
+        extract(data_root, "validation", tmp_path / "f.h5", tiny_config, batch_size=4)
+    line = str(got.value)  # VGG16 at 32 px: block1_conv2 holds 32x32x64 float32 in and out, 524,288 B
+    assert "one image needs at least 524 kB (512 KiB) at once in its layer 'block1_conv2' (operation Conv2D" in line, (
+        line
+    )
+    assert "can take 300 kB (293 KiB) more, held by its address-space limit (ulimit -v: 1 GB)" in line, line
+    assert line.endswith(
+        "cut before it with --layer block1_conv1; or give a smaller --image-size; or run it with more memory"
+    )
+    assert not (tmp_path / "f.h5").exists() or FeatureStore(tmp_path / "f.h5").splits() == []
+    monkeypatch.setattr("featstore.models.traced_bound.memory_room", lambda: Room(600_000, "x"))
+    extract(data_root, "validation", tmp_path / "f.h5", tiny_config, batch_size=4)  # it fits: it runs
+
+
+def test_the_room_is_the_least_of_the_limits(monkeypatch):
+    import resource
+
+    from featstore.models import room
+
+    monkeypatch.setattr(room, "_cgroup_room", lambda: None)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (3 * 2**30, resource.RLIM_INFINITY))
+    got = room.memory_room()
+    used = room._kib("/proc/self/status", "VmSize")
+    assert got.nbytes == max(0, 3 * 2**30 - used) and got.limit.startswith("its address-space limit"), got
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert room.memory_room().limit == "the memory and swap available on this machine now"

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 from featstore.errors import ConfigError
 from featstore.models.activations import MAX_ACTIVATION_BYTES, layer_before, over_bound
+from featstore.models.room import memory_room
+from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
 MAX_TRACED_OPS = 1 << 20  # operations measured in one traced pass, branches and loop bodies included
@@ -43,6 +45,26 @@ class Traced:
     nbytes: int
     layer: str | None
     from_image: bool = True
+    working: tuple[int, str, str] = (0, "", "")  # one image's largest working set: bytes, operation, its type
+
+
+# Operations that hold their inputs and their outputs at once: they never write into an input (an element-wise op may:
+# TensorFlow forwards a buffer no one else holds). Their sum is memory one image needs at once, whatever the batch.
+HOLD_BOTH = frozenset(
+    "Conv2D Conv3D DepthwiseConv2dNative MatMul BatchMatMulV2 BatchMatMulV3 Einsum MaxPool AvgPool ConcatV2 Pad PadV2 "
+    "MirrorPad ResizeBilinear ResizeNearestNeighbor ResizeBicubic Transpose".split()
+)
+
+
+_HELD = ("ReadVariableOp", "VarHandleOp", "Const")  # a weight's read, a constant: memory before any image
+
+
+def _sized(tensors) -> int:
+    """Bytes of the tensors of fully known shape among ``tensors`` (a weight's handle, a shape known when run: none)."""
+    known = [
+        t for t in tensors if t.shape.rank is not None and t.shape.is_fully_defined() and t.dtype.is_numpy_compatible
+    ]
+    return sum(math.prod(t.shape.as_list()) * t.dtype.size for t in known)
 
 
 def largest_traced(model, size: int, channels: int) -> Traced | None:
@@ -64,10 +86,16 @@ def largest_traced(model, size: int, channels: int) -> Traced | None:
     # 8 GiB) is made in each call from its config alone (attack 44 #4); a weight's read is the weight (bounded apart).
     # In graph order, so that of equal ones the first is named (the cut before it: attack 44 #7)
     todo = deque((op, "", op.name in image) for op in concrete.graph.get_operations())
-    seen, best = 0, None
+    seen, best, working = 0, None, (0, "", "")
     while todo:
         op, scope, from_image = todo.popleft()
         seen += 1
+        if from_image and op.type not in ("ReadVariableOp", "VarHandleOp"):
+            ins = _sized([t for t in op.inputs if t.op.type not in _HELD])  # weights are held already: not counted
+            outs = _sized(op.outputs)
+            held = ins + outs if op.type in HOLD_BOTH else max(ins, outs)
+            if held > working[0]:
+                working = (held, op.name if not scope else f"{scope}/{op.name}", op.type)
         for out in op.outputs if op.type not in ("ReadVariableOp", "VarHandleOp") else ():
             if out.shape.rank is None or not out.shape.is_fully_defined() or not out.dtype.is_numpy_compatible:
                 continue  # (a shape known only when run: left to the layers' walk, which refuses an unknown output)
@@ -82,7 +110,7 @@ def largest_traced(model, size: int, channels: int) -> Traced | None:
                 raise ConfigError(f"the traced forward pass has more than {MAX_TRACED_OPS:,} operations; refusing it")
             inside = op.name if not scope else f"{scope}/{op.name}"
             todo.extend((inner_op, inside, from_image) for inner_op in inner.get_operations())
-    return None if best is None else Traced(**{**best.__dict__, "layer": _layer(model, best.op)})
+    return None if best is None else Traced(**{**best.__dict__, "layer": _layer(model, best.op), "working": working})
 
 
 def _reached(start) -> set[str]:
@@ -123,6 +151,7 @@ def check_traced(model, size: int, channels: int, shown: str, resizable: bool) -
     out (a ``--layer`` before that layer; a smaller ``--image-size`` where the model takes one). The largest, or None."""
     largest = largest_traced(model, size, channels)
     if largest is None or largest.nbytes <= MAX_ACTIVATION_BYTES:
+        refuse_no_room(model, largest, shown, resizable)
         return largest
     where = f"its layer {largest.layer!r}" if largest.layer else "its forward pass"
     dims = " x ".join(str(d) for d in (largest.shape[1:] if largest.shape[:1] == (1,) else largest.shape))
@@ -142,3 +171,24 @@ def check_traced(model, size: int, channels: int, shown: str, resizable: bool) -
         otherwise=otherwise,
     )
     raise ConfigError(line)
+
+
+def refuse_no_room(model, traced: Traced | None, shown: str, resizable: bool) -> None:
+    """Refuse, before any image runs, a model one image of which needs more memory at once than this process can take
+    (:func:`~featstore.models.room.memory_room`): its traced pass's largest working set, an operation's inputs and
+    outputs held together (:data:`HOLD_BOTH`). Two 2 GiB convolutions in a row, each within the bound, died of
+    ``std::bad_alloc`` under a 6 GB address-space limit at --batch-size 1, no line (attack 48 #6)."""
+    need, op, kind = traced.working if traced is not None else (0, "", "")
+    room = memory_room() if need else None
+    if room is None or need <= room.nbytes:
+        return
+    layer = _layer(model, op)
+    before = layer_before(model, layer)
+    ways = [f"cut before it with --layer {before}"] if before else []
+    ways += ["give a smaller --image-size"] if resizable and traced.from_image else []
+    where = f"its layer {layer!r}" if layer else "its forward pass"
+    raise ConfigError(
+        f"{shown}: one image needs at least {format_bytes(need)} at once in {where} (operation {kind}: its inputs and "
+        f"outputs), and this process can take {format_bytes(room.nbytes)} more, held by {room.limit}; refused "
+        f"before any image runs: " + "; or ".join([*ways, "run it with more memory"])
+    )
