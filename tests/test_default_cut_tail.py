@@ -7,6 +7,8 @@ the output through every weightless layer. #2: a saved no-top ConvNeXt (pooled) 
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from featstore.models.backbones import ends_in_dense
@@ -86,6 +88,18 @@ def test_the_walk_stops_at_joins_weighted_layers_and_the_input():
     assert ends_in_dense(sub)
 
 
+def test_a_model_with_dense_blocks_and_no_classifier_is_cut_at_its_output():
+    """#2 (pointwise Dense in a block, then normalisation and pooling). Sabotage (cut before the last Dense whatever
+    the model ends in): 'pw1' is the cut."""
+    import keras
+
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+    x = L.Dense(8, name="pw2")(L.Dense(16, activation="gelu", name="pw1")(L.Conv2D(4, 3, name="stem")(inp)))
+    model = keras.Model(inp, L.GlobalAveragePooling2D(name="pool")(L.LayerNormalization(name="norm")(x)))
+    assert default_cut(model) == "pool"
+
+
 def test_classic_heads_keep_their_cut_before_the_last_dense():
     import keras
 
@@ -97,3 +111,38 @@ def test_classic_heads_keep_their_cut_before_the_last_dense():
     assert default_cut(cnn) == "drop"
     vgg = keras.applications.VGG16(include_top=True, weights=None, input_shape=(32, 32, 3))
     assert default_cut(vgg) == "fc2"
+
+
+def test_a_no_top_convnext_is_cut_at_its_pooled_features():
+    """The ConvNeXt of #2 at 32 px: its 768 pooled features (it was cut at 'convnext_tiny_stage_3_block_2_gelu', rows
+    of (1, 1, 3072)). Sabotage (cut before the last Dense whatever the model ends in): fails."""
+    import keras
+
+    convnext = keras.applications.ConvNeXtTiny(include_top=False, pooling="avg", weights=None, input_shape=(32, 32, 3))
+    last = convnext.layers[-1].name
+    assert default_cut(convnext) == last and tuple(convnext.get_layer(last).output.shape) == (None, 768)
+    assert not ends_in_dense(convnext)
+
+
+def test_a_saved_model_with_dense_blocks_extracts_its_output(tmp_path, caplog):
+    """End to end: the saved pointwise model's rows are its pooled features, said as its last layer."""
+    import keras
+
+    from featstore import ExtractorConfig, FeatureStore, extract
+    from tests.conftest import write_data_root
+
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+    x = L.LayerNormalization(name="norm")(L.Dense(8, name="pw")(L.Conv2D(4, 3, name="stem")(inp)))
+    keras.Model(inp, L.GlobalAveragePooling2D(name="pool")(x)).save(tmp_path / "pointwise.keras")
+    with caplog.at_level(logging.INFO, logger="featstore"):
+        extract(
+            write_data_root(tmp_path / "data"),
+            "train",
+            tmp_path / "s.h5",
+            ExtractorConfig(model=str(tmp_path / "pointwise.keras")),
+        )
+    said = [r.getMessage() for r in caplog.records if "cutting at" in r.getMessage()]
+    assert len(said) == 1 and "cutting at 'pool', its last layer" in said[0], said
+    X, _ = FeatureStore(tmp_path / "s.h5").load("train")
+    assert X.shape == (12, 8), X.shape  # the pooled features (the old cut, 'stem', gave rows of (14, 14, 4))
