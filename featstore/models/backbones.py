@@ -277,26 +277,51 @@ def _nested_line(layer: str, path: list[str], base, model_name: str) -> str:
 
 
 def ends_in_dense(model, depth: int = 0) -> bool:
-    """Whether ``model`` gives a classifier's output: its last layers are a Dense layer (or a softmax) followed only by
-    layers that hold no weights and change no features' meaning (an activation, dropout, a reshape: Keras's
-    ``Activation("sigmoid")`` after the logits, attack 47 #2), or a model nested in it that does (at most 64 deep). A
-    backbone with Dense layers inside its blocks (ConvNeXt's pointwise convolutions, a ViT's MLPs) ending in pooling
-    gives features: "a classifier inside" was said of its pooled output at featstore's own default cut (46 #3)."""
+    """Whether ``model`` gives a classifier's output: walking back from its output through layers without weights (any:
+    an activation, dropout, a reshape, a ``Rescaling`` for temperature scaling: attack 48 #1), each taking one input,
+    the first layer with weights is a Dense layer, or a softmax is met on the way, or a model nested there ends in Dense
+    (at most 64 deep). A join (``Add``), the input, a pooling (a Dense before it acts per position: ConvNeXt's
+    pointwise convolutions, 46 #3) or any other layer with weights ends the walk: features. A model without a graph of
+    nodes (subclassed) is walked along its layer list."""
     import keras
 
-    tail = (keras.layers.Activation, keras.layers.Dropout, keras.layers.Reshape, keras.layers.Flatten,
-            keras.layers.ActivityRegularization, keras.layers.Identity)  # fmt: skip
-    layers = [lyr for lyr in getattr(model, "layers", ()) if not isinstance(lyr, keras.layers.InputLayer)]
-    while layers and isinstance(layers[-1], tail):
-        layers.pop()
-    if not layers or depth >= 64:
+    if depth >= 64:
         return False
-    last = layers[-1]
-    if isinstance(last, (keras.layers.Dense, keras.layers.Softmax)):
+    outputs = keras.tree.flatten(getattr(getattr(model, "_functional", None) or model, "outputs", None) or [])
+    if outputs:  # several outputs: a classifier where any of them is one
+        return any(_head_behind(t, depth) for t in outputs)
+    walk = (_head_is(layer, depth) for layer in reversed(getattr(model, "layers", None) or ()))  # no graph: in order
+    return next((found for found in walk if found is not None), False)
+
+
+def _head_behind(tensor, depth: int) -> bool:
+    """:func:`ends_in_dense` walking back from ``tensor`` (bounded: a graph has no cycle, but its size is the file's)."""
+    for _ in range(100_000):
+        history = getattr(tensor, "_keras_history", None)
+        layer = getattr(history, "operation", None)
+        found = False if layer is None else _head_is(layer, depth)
+        if found is not None:
+            return found
+        inputs = list(layer._inbound_nodes[history.node_index].input_tensors)
+        if len(inputs) != 1:  # a join (Add, Concatenate): no one head behind it
+            return False
+        tensor = inputs[0]
+    return False
+
+
+def _head_is(layer, depth: int) -> bool | None:
+    """True: ``layer`` is (or gives) a classifier's output; False: a layer with weights that is not one, the input, a
+    pooling; None: a weightless layer to walk through."""
+    import keras
+
+    pools = tuple(v for k, v in vars(keras.layers).items() if "Pool" in k and isinstance(v, type))
+    if isinstance(layer, (keras.layers.InputLayer, *pools)):
+        return False
+    if isinstance(layer, keras.layers.Softmax) or getattr(layer, "activation", None) is keras.activations.softmax:
         return True
-    if getattr(last, "activation", None) is keras.activations.softmax:
+    if hasattr(layer, "layers") and ends_in_dense(layer, depth + 1):
         return True
-    return hasattr(last, "layers") and ends_in_dense(last, depth + 1)
+    return isinstance(layer, keras.layers.Dense) if layer.weights else None
 
 
 def cut_model(base, layer: str | None, pooling: str, model_name: str):

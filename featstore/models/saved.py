@@ -151,7 +151,7 @@ class SavedModelSpec:
     sha256: str  # of the file: the model's identity in the fingerprint
     default_size: int  # the model's input side
     channels_in: int  # 1 (grayscale) or 3 (RGB)
-    default_layer: str  # the layer before the last Dense layer (the penultimate features)
+    default_layer: str  # before the last Dense layer where it ends in one (penultimate features); else its last
     preprocess_mode: str = "none"  # id from PREPROCESS_MODES
     trust_model: bool = False  # legacy .h5 allowed
     given: Path | None = field(default=None, compare=False)  # the path as the user gave it (their link), or None
@@ -228,12 +228,15 @@ class SavedModelSpec:
 
 
 def default_cut(model) -> str:
-    """The layer before the model's last Dense layer (its penultimate features); the last layer if it has no Dense."""
+    """The layer before the model's last Dense layer (its penultimate features) where the model ends in a classifier
+    (:func:`~featstore.models.backbones.ends_in_dense`); else its last layer, the model's own output. A model with
+    Dense layers in its blocks and no classifier (a no-top ConvNeXt, pooled) was cut inside its last block's MLP,
+    rows of (1, 1, 3072) instead of its 768 pooled features (attack 48 #2)."""
     import keras
 
     layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
     dense = [i for i, lyr in enumerate(layers) if isinstance(lyr, keras.layers.Dense)]
-    if not dense or dense[-1] == 0:
+    if not dense or dense[-1] == 0 or not ends_in_dense(model):
         return layers[-1].name
     return layers[dense[-1] - 1].name
 
