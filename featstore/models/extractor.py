@@ -67,7 +67,7 @@ class ExtractorConfig:
     image_size: int | None = None  # input side in pixels; None = the backbone's default (a saved model's own)
     cut_layers: tuple[
         str, ...
-    ] = ()  # named layers to cut at, in order; () = the conv base's last layer (saved: before the last Dense)
+    ] = ()  # named layers to cut at, in order; () = the conv base's last layer (saved: before a last Dense head)
     pooling: str = (
         "none"  # none | avg | max (global pooling after a CNN's cut); transformers: cls | mean | cls+mean | none
     )
@@ -267,7 +267,7 @@ class Extractor:
         if isinstance(spec, SavedModelSpec) and not any(requested):
             last = [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:]
             why = (
-                "its last layer (there is no Dense layer to cut before)"
+                "its last layer (it does not end in a Dense classifier)"
                 if [default] == last
                 else "the layer before its last Dense layer"
             )

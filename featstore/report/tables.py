@@ -118,7 +118,7 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
     """The named layers of a backbone or saved model with their output shapes (candidates for --layer).
 
     A registered backbone is built with random weights; a saved model is loaded as ``extract`` loads it, and
-    the default cut (the layer before its last Dense layer) is marked.
+    the default cut (the layer before its last Dense layer where it ends in a classifier, else its output) is marked.
     """
     from featstore.models.saved import SavedModelSpec, is_model_path, nested_head
 
