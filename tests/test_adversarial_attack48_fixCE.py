@@ -6,9 +6,14 @@ home cache used instead) are true."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+import featstore
 
 OTHER = 54321  # a uid (and gid) no one has
 root_only = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
@@ -45,3 +50,40 @@ def test_export_shards_never_replace_a_colleagues_empty_folder(store, tmp_path):
     st = os.stat(sub)
     assert (st.st_uid, os.listdir(sub)) == (OTHER, [])
     assert sorted(os.listdir(team)) == ["sub"]  # no temporary folder left beside it
+
+
+def _python(code: str, keras_home: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``code`` in a fresh Python whose Keras settings are in ``keras_home`` (featstore of this checkout first)."""
+    env = dict(os.environ, KERAS_HOME=str(keras_home), PYTHONPATH=str(Path(featstore.__file__).parent.parent))
+    env.pop("KERAS_BACKEND", None)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_the_api_refuses_a_fifo_at_keras_settings_file_before_its_own_keras_import(tmp_path):
+    """M5: featstore.extract in a script that had not imported Keras imported it itself, and Keras waited on the FIFO
+    for ever: the check was the command's import hook only. Now ``import featstore`` installs one for the API."""
+    from PIL import Image
+
+    for c in "ab":
+        (tmp_path / "data" / "train" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "data" / "train" / c / "0.png")
+    os.mkfifo(tmp_path / "keras.json")
+    code = (
+        "import sys, featstore\n"
+        "assert 'keras' not in sys.modules\n"
+        "try:\n"
+        f"    featstore.extract({str(tmp_path / 'data')!r}, 'train', {str(tmp_path / 'x.h5')!r},\n"
+        "        featstore.ExtractorConfig(model='vgg16', weights='none', image_size=32))\n"
+        "except featstore.ConfigError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    try:
+        done = _python(code, tmp_path, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("featstore.extract waited on the FIFO at keras.json")
+    assert f"REFUSED Keras's settings file {tmp_path / 'keras.json'} is not a regular file" in done.stdout, done.stderr
+    # a module that builds Keras models, imported as it is (no public name used): the hook is in place too
+    code = "import featstore.models.extractor\ntry:\n    import keras\nexcept featstore.ConfigError:\n    print('REFUSED')\n"
+    assert _python(code, tmp_path, timeout=60).stdout.strip() == "REFUSED"
