@@ -170,11 +170,40 @@ def check_loaded(training: bool = True, where: str = "Keras in this process", fi
     if training:  # (0: no cap, as Keras reads it; a cap cut a 20-epoch dense fit to one step, recorded as 20: 46 #1)
         now["max_epochs"] = keras.config.max_epochs() or None
         now["max_steps_per_epoch"] = keras.config.max_steps_per_epoch() or None
-    fix = fix or "change it back with keras.config.set_* (or unset the KERAS_ variable that set it)"
-    line = _differs(now, where, wanted, fix)
+    line = _differs(now, where, wanted, fix or _loaded_fix(now))
     if line is not None:
         raise ConfigError(line)
     use_own_tempdir()
+
+
+def _loaded_fix(now: dict) -> str:
+    """:func:`check_loaded`'s fix: the settings file named where the values that differ are the ones it says (Keras
+    read them from it when imported: attack 48 L1, "keras.config.set_*" alone sent the user looking for a call she
+    never made), else keras.config.set_* and the variables."""
+    fix = "change it back with keras.config.set_* (or unset the KERAS_ variable that set it)"
+    path = settings_path()
+    read = _read(path) if os.path.lexists(path) else None
+    if not isinstance(read, tuple):
+        return fix
+    try:
+        config = json.loads(read[0])
+    except (ValueError, RecursionError):
+        return fix
+    if not isinstance(config, dict):
+        return fix
+    own = {"backend": "KERAS_BACKEND"}  # a variable Keras prefers to the file
+    keys = [
+        k
+        for k, v in WANTED.items()
+        if k in now and now[k] != v and config.get(k, v) == now[k] and not os.environ.get(own.get(k, ""))
+    ]
+    if not keys:
+        return fix
+    return (
+        f"{', '.join(keys)} came from Keras's settings file {terminal_safe(path)}{_whose(read[1])}, read when Keras was "
+        f"imported: change it in that file and start Python again, or {FIX}; in this process, keras.config.set_* "
+        f"sets it back"
+    )
 
 
 def _differs(said: dict, where: str, wanted: dict, fix: str) -> str | None:

@@ -87,3 +87,31 @@ def test_the_api_refuses_a_fifo_at_keras_settings_file_before_its_own_keras_impo
     # a module that builds Keras models, imported as it is (no public name used): the hook is in place too
     code = "import featstore.models.extractor\ntry:\n    import keras\nexcept featstore.ConfigError:\n    print('REFUSED')\n"
     assert _python(code, tmp_path, timeout=60).stdout.strip() == "REFUSED"
+
+
+def test_import_featstore_leaves_a_float16_settings_file_to_check_loaded_which_names_it(tmp_path):
+    """M5's hook refuses only what would hang or read without bound: the caller's own Keras with float16 still
+    imports. L1: check_loaded's line names the file the value came from, not only keras.config.set_*."""
+    (tmp_path / "keras.json").write_text(
+        '{"floatx": "float16", "epsilon": 1e-07, "backend": "tensorflow", "image_data_format": "channels_last"}'
+    )
+    code = (
+        "import featstore, keras\n"
+        "print('FLOATX', keras.config.floatx())\n"
+        "from featstore.kerasconfig import check_loaded\n"
+        "try:\n"
+        "    check_loaded(training=False)\n"
+        "except featstore.ConfigError as e:\n"
+        "    print('REFUSED', e)\n"
+        "keras.config.set_floatx('float32')\n"
+        "keras.config.set_epsilon(0.1)\n"
+        "try:\n"
+        "    check_loaded(training=False)\n"
+        "except featstore.ConfigError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    done = _python(code, tmp_path)
+    assert "FLOATX float16" in done.stdout, done.stderr
+    first, second = [line for line in done.stdout.splitlines() if line.startswith("REFUSED")]
+    assert f"floatx came from Keras's settings file {tmp_path / 'keras.json'}, read when Keras was imported" in first
+    assert "epsilon 0.1" in second and "change it back with keras.config.set_*" in second  # not the file's
