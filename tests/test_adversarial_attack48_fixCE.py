@@ -115,3 +115,38 @@ def test_import_featstore_leaves_a_float16_settings_file_to_check_loaded_which_n
     first, second = [line for line in done.stdout.splitlines() if line.startswith("REFUSED")]
     assert f"floatx came from Keras's settings file {tmp_path / 'keras.json'}, read when Keras was imported" in first
     assert "epsilon 0.1" in second and "change it back with keras.config.set_*" in second  # not the file's
+
+
+def _full_at(monkeypatch, module, name: str) -> None:
+    """``module.write_atomic`` fails as on a full disk for the file ``name`` (others are written)."""
+    import errno
+
+    from featstore import outputs
+
+    real = module.write_atomic
+
+    def write_atomic(path, write, what, *args, **kwargs):
+        if Path(path).name == name:
+            raise outputs._output_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), Path(path), what)
+        return real(path, write, what, *args, **kwargs)
+
+    monkeypatch.setattr(module, "write_atomic", write_atomic)
+
+
+def test_a_report_stopped_by_a_full_disk_says_what_it_left(store, tmp_path, monkeypatch):
+    """L2: "Nothing was written there" (of the file that failed) read as the whole report's, yet the site folder kept
+    the files written before it: said now, with the folder's removal where the report made it."""
+    from featstore.errors import OutputError
+    from featstore.report.site import sitefolder
+    from featstore.report.site.build import build_report
+
+    _full_at(monkeypatch, sitefolder, "index.html")
+    out = tmp_path / "site"
+    with pytest.raises(OutputError) as e:
+        build_report(store, out=out, leaks=False)
+    line = str(e.value)
+    assert "Nothing was written there" not in line
+    assert f"{out}/index.html: the disk is full" in line or "No space left" in line, line
+    assert f"The report stopped there: {out} holds the files written before it" in line
+    assert f"rm -r {out}" in line
+    assert (out / ".featstore-report.json").is_file()  # what the line says is there
