@@ -150,3 +150,29 @@ def test_a_report_stopped_by_a_full_disk_says_what_it_left(store, tmp_path, monk
     assert f"The report stopped there: {out} holds the files written before it" in line
     assert f"rm -r {out}" in line
     assert (out / ".featstore-report.json").is_file()  # what the line says is there
+
+
+@pytest.mark.parametrize("given", ["runs", "a/b/runs"])
+def test_a_fit_not_recorded_on_a_full_disk_leaves_no_runs_folder_it_made(tmp_path, monkeypatch, given):
+    """L3: "Nothing was recorded (no partial folder is left)", yet the runs folder made for the run stayed, empty
+    (and the levels made above it). A runs folder that was there already is kept."""
+    import errno
+
+    from featstore import fit
+    from featstore.errors import OutputError
+    from featstore.runs import write
+    from tests.test_adversarial_attack3 import synthetic_store
+
+    store = synthetic_store(tmp_path / "f.h5")
+
+    def mark(folder, run_id, role):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / write.TMP_MARKER))
+
+    monkeypatch.setattr(write, "_mark", mark)
+    with pytest.raises(OutputError, match=r"the disk is full.*Nothing was recorded \(no partial folder is left\)"):
+        fit(store, "logreg", runs=tmp_path / given)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5"]
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(OutputError):
+        fit(store, "logreg", runs=tmp_path / "kept")
+    assert (tmp_path / "kept").is_dir()
