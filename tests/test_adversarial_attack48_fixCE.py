@@ -176,3 +176,71 @@ def test_a_fit_not_recorded_on_a_full_disk_leaves_no_runs_folder_it_made(tmp_pat
     with pytest.raises(OutputError):
         fit(store, "logreg", runs=tmp_path / "kept")
     assert (tmp_path / "kept").is_dir()
+
+
+@pytest.fixture
+def sticky(tmp_path, monkeypatch):
+    """A 1777 folder as the process's temporary folder, nothing said yet in this process."""
+    import tempfile
+
+    from featstore import tmpdir
+
+    folder = tmp_path / "team"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setattr(tmpdir, "_SAID", set())
+    return folder
+
+
+def test_the_users_own_link_at_her_temporary_folder_is_said_as_a_link(sticky, tmp_path, monkeypatch, caplog):
+    """L4: her own link at <tmp>/featstore-<uid> (to her 0700 folder) was said as "it is not a folder"."""
+    from featstore import tmpdir
+
+    mine = tmp_path / "mytmp"
+    mine.mkdir(mode=0o700)
+    (sticky / f"featstore-{os.geteuid()}").symlink_to(mine)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING", logger="featstore"):
+        assert tmpdir.own_tempdir() == str(tmp_path / "cache" / "featstore" / "tmp")
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "cannot be used (it is a link; featstore uses only a folder there)" in said, said
+
+
+def test_a_relative_xdg_cache_home_is_ignored(sticky, tmp_path, monkeypatch):
+    """L4: XDG_CACHE_HOME=cachex was taken from the current folder (the XDG spec: a relative one is ignored)."""
+    from featstore import tmpdir
+
+    (sticky / f"featstore-{os.geteuid()}").symlink_to(tmp_path)  # not usable: the home cache is chosen
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "cachex")
+    monkeypatch.chdir(sticky)
+    assert tmpdir.own_tempdir() == str(tmp_path / "home" / ".cache" / "featstore" / "tmp")
+    assert not (sticky / "cachex").exists()
+
+
+@root_only
+def test_the_api_says_once_that_the_process_temporary_folder_moved(sticky, tmp_path, monkeypatch, caplog):
+    """L5: where a colleague owns <tmp>/featstore-<uid>, the API's use_own_tempdir moved the whole process's
+    tempfile folder to the home cache without a word: the caller's own large temporary files went to her quota."""
+    import tempfile
+
+    from featstore import tmpdir
+
+    squat = sticky / f"featstore-{os.geteuid()}"
+    squat.mkdir(mode=0o777)
+    os.chown(squat, OTHER, OTHER)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with caplog.at_level("WARNING", logger="featstore"):
+        tmpdir.use_own_tempdir()
+        moved = tempfile.gettempdir()
+        monkeypatch.setattr(tempfile, "tempdir", str(sticky))
+        tmpdir.use_own_tempdir()  # a second model built: not said again
+    said = [r.getMessage() for r in caplog.records]
+    assert moved == str(tmp_path / "cache" / "featstore" / "tmp")
+    assert len(said) == 1, said
+    assert f"{squat}, cannot be used (it is uid {OTHER}'s)" in said[0]
+    assert (
+        f"this process's temporary files (tempfile's folder: featstore's, TensorFlow's and your own code's) go to {moved}"
+        in said[0]
+    )
