@@ -2,10 +2,10 @@
 
 The public names below are imported on first use (PEP 562 module ``__getattr__``), so ``import featstore``
 has no side effects and commands that only read a store (``featstore info``, ``runs``, ``check``) never pay
-for scikit-learn, TensorFlow or Keras. The first use of one installs :class:`_KerasSettingsCheck` (as does
-importing :mod:`featstore.kerasconfig`, which the modules that build Keras models import), so that featstore's
-own first import of Keras refuses in one line a settings file Keras would wait on for ever. The package is laid out by stage (see docs/architecture.md); each
-public name lives in the module named here.
+for scikit-learn, TensorFlow or Keras. The first use of one installs :class:`featstore.kerasfile.SettingsCheck` (as
+does importing :mod:`featstore.kerasconfig`, which the modules that build Keras models import), so that featstore's
+own first import of Keras refuses in one line a settings file Keras would wait on for ever. The package is laid
+out by stage (see docs/architecture.md); each public name lives in the module named here.
 
 >>> import featstore
 >>> featstore.list_backbones()[:3]
@@ -15,7 +15,6 @@ public name lives in the module named here.
 from __future__ import annotations
 
 import importlib
-import sys
 
 from featstore.version import __version__
 
@@ -65,35 +64,13 @@ _PUBLIC = {  # public name -> the module that defines it
 __all__ = ["__version__", *sorted(_PUBLIC)]
 
 
-class _KerasSettingsCheck:
-    """``sys.meta_path`` hook: :func:`featstore.kerasconfig.waits` at the first import of TensorFlow or Keras (the
-    Python API's; the command's hook, ``featstore.cli.main._BeforeKeras``, checks more). ``featstore.extract`` in a
-    script that had not imported Keras hung for ever on a FIFO at ``keras.json`` (attack 48 M5). Light: kerasconfig is
-    imported only at that import."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in ("tensorflow", "keras"):
-            from featstore.errors import ConfigError
-            from featstore.kerasconfig import waits
-
-            line = waits()
-            if line is not None:
-                raise ConfigError(line)
-        return None
-
-
-def _check_keras_settings() -> None:
-    """Install :class:`_KerasSettingsCheck` once (by name: a reloaded featstore makes a new class), first in line;
-    not beside the command's hook, which checks all of it (and first the temporary folder)."""
-    if not any(type(f).__name__ in ("_KerasSettingsCheck", "_BeforeKeras") for f in sys.meta_path):
-        sys.meta_path.insert(0, _KerasSettingsCheck())
-
-
 def __getattr__(name: str):
     """Import the module behind a public name on first access and cache the name here."""
     if name not in _PUBLIC:
         raise AttributeError(f"module 'featstore' has no attribute {name!r}")
-    _check_keras_settings()
+    from featstore.kerasfile import install
+
+    install()  # before featstore's own first import of Keras: a FIFO keras.json is one line (attack 48 M5)
     value = getattr(importlib.import_module(f"featstore.{_PUBLIC[name]}"), name)
     globals()[name] = value
     return value

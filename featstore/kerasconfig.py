@@ -17,32 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 
-from featstore import _check_keras_settings
 from featstore.errors import ConfigError
+from featstore.kerasfile import FIX, MOST, install, read_settings, settings_path, waits  # noqa: F401 (MOST, waits)
 from featstore.linkrule import foreign_on
 from featstore.modes import others_may_write
 from featstore.safetext import terminal_safe
 from featstore.sticky import owner_name
 from featstore.tmpdir import use_own_tempdir
 
-_check_keras_settings()  # the API's hook (M5): a module that builds Keras models imports this one first
+install()  # the API's hook (attack 48 M5): a module that builds Keras models imports this one first
 
 WANTED = {"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow", "image_data_format": "channels_last"}
-MOST = 1 << 20  # a settings file is ~120 bytes
 CAPS = ("KERAS_MAX_EPOCHS", "KERAS_MAX_STEPS_PER_EPOCH")  # read by Keras as it is imported; a fit checks them
-FIX = "set KERAS_HOME to a folder of yours (Keras writes its own settings file there)"
-
-
-def settings_path() -> str:
-    """The file Keras reads its settings from, found as Keras finds it (``keras/src/backend/config.py``)."""
-    if "KERAS_HOME" in os.environ:
-        folder = os.environ["KERAS_HOME"]
-    else:
-        home = os.path.expanduser("~")
-        folder = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
-    return os.path.expanduser(os.path.join(folder, "keras.json"))
 
 
 def problem() -> str | None:
@@ -71,7 +58,7 @@ def problem() -> str | None:
         )
     if not os.path.lexists(path):
         return _unwritten(path)
-    read = _read(path)
+    read = read_settings(path)
     if isinstance(read, str) or read is None:
         return read
     data, st = read
@@ -93,40 +80,6 @@ def problem() -> str | None:
     return _differs(
         said, f"Keras's settings file {shown}" + _whose(st), WANTED, f"{fix}change it in that file, or {FIX}"
     )
-
-
-def _read(path: str, waits_only: bool = False) -> tuple[bytes, os.stat_result] | str | None:
-    """The settings file's bytes and stat, read without waiting (not a FIFO or device, under :data:`MOST`), or the line
-    that refuses it (None: a link to nothing, which Keras skips; ``waits_only``: any file that cannot be opened)."""
-    shown = terminal_safe(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as exc:
-        if waits_only or os.path.islink(path):
-            return None
-        return f"Keras's settings file {shown} cannot be read ({exc.strerror}); {FIX}"
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return (
-                f"Keras's settings file {shown} is not a regular file (Keras would wait on it, or fail, when it is "
-                f"imported): remove it (Keras writes a fresh one), or {FIX}"
-            )
-        data = f.read(MOST)
-    if len(data) >= MOST:
-        return f"Keras's settings file {shown} is 1 MiB or more (one is ~120 bytes): remove it, or {FIX}"
-    return data, st
-
-
-def waits() -> str | None:
-    """Of :func:`problem`, only a settings file Keras would wait on for ever or read without bound (a FIFO, a device,
-    1 MiB or more): the check of the Python API's import hook (``featstore._KerasSettingsCheck``; attack 48 M5: a FIFO
-    there hung ``featstore.extract``, which imported Keras itself, for ever; the command checks all of :func:`problem`). A
-    value Keras reads as it is (float16, channels first) is not refused there: :func:`check_loaded` says it when
-    featstore builds a model, and the caller's own Keras stays theirs to set up."""
-    path = settings_path()
-    read = _read(path, waits_only=True) if os.path.lexists(path) else None
-    return read if isinstance(read, str) else None
 
 
 def refuse_caps() -> None:
@@ -182,7 +135,7 @@ def _loaded_fix(now: dict) -> str:
     never made), else keras.config.set_* and the variables."""
     fix = "change it back with keras.config.set_* (or unset the KERAS_ variable that set it)"
     path = settings_path()
-    read = _read(path) if os.path.lexists(path) else None
+    read = read_settings(path) if os.path.lexists(path) else None
     if not isinstance(read, tuple):
         return fix
     try:
