@@ -2,8 +2,10 @@
 
 The public names below are imported on first use (PEP 562 module ``__getattr__``), so ``import featstore``
 has no side effects and commands that only read a store (``featstore info``, ``runs``, ``check``) never pay
-for scikit-learn, TensorFlow or Keras. The package is laid out by stage (see docs/architecture.md); each
-public name lives in the module named here.
+for scikit-learn, TensorFlow or Keras. The first use of one installs :class:`featstore.kerasfile.SettingsCheck` (as
+does importing :mod:`featstore.kerasconfig`, which the modules that build Keras models import), so that featstore's
+own first import of Keras refuses in one line a settings file Keras would wait on for ever. The package is laid
+out by stage (see docs/architecture.md); each public name lives in the module named here.
 
 >>> import featstore
 >>> featstore.list_backbones()[:3]
@@ -66,6 +68,9 @@ def __getattr__(name: str):
     """Import the module behind a public name on first access and cache the name here."""
     if name not in _PUBLIC:
         raise AttributeError(f"module 'featstore' has no attribute {name!r}")
+    from featstore.kerasfile import install
+
+    install()  # before featstore's own first import of Keras: a FIFO keras.json is one line (attack 48 M5)
     value = getattr(importlib.import_module(f"featstore.{_PUBLIC[name]}"), name)
     globals()[name] = value
     return value

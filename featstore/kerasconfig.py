@@ -17,29 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 
 from featstore.errors import ConfigError
+from featstore.kerasfile import FIX, MOST, install, read_settings, settings_path, waits  # noqa: F401 (MOST, waits)
 from featstore.linkrule import foreign_on
 from featstore.modes import others_may_write
 from featstore.safetext import terminal_safe
 from featstore.sticky import owner_name
 from featstore.tmpdir import use_own_tempdir
 
+install()  # the API's hook (attack 48 M5): a module that builds Keras models imports this one first
+
 WANTED = {"floatx": "float32", "epsilon": 1e-07, "backend": "tensorflow", "image_data_format": "channels_last"}
-MOST = 1 << 20  # a settings file is ~120 bytes
 CAPS = ("KERAS_MAX_EPOCHS", "KERAS_MAX_STEPS_PER_EPOCH")  # read by Keras as it is imported; a fit checks them
-FIX = "set KERAS_HOME to a folder of yours (Keras writes its own settings file there)"
-
-
-def settings_path() -> str:
-    """The file Keras reads its settings from, found as Keras finds it (``keras/src/backend/config.py``)."""
-    if "KERAS_HOME" in os.environ:
-        folder = os.environ["KERAS_HOME"]
-    else:
-        home = os.path.expanduser("~")
-        folder = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
-    return os.path.expanduser(os.path.join(folder, "keras.json"))
 
 
 def problem() -> str | None:
@@ -68,20 +58,10 @@ def problem() -> str | None:
         )
     if not os.path.lexists(path):
         return _unwritten(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as exc:
-        return None if os.path.islink(path) else f"Keras's settings file {shown} cannot be read ({exc.strerror}); {FIX}"
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return (
-                f"Keras's settings file {shown} is not a regular file (Keras would wait on it, or fail, when it is "
-                f"imported): remove it (Keras writes a fresh one), or {FIX}"
-            )
-        data = f.read(MOST)
-    if len(data) >= MOST:
-        return f"Keras's settings file {shown} is 1 MiB or more (one is ~120 bytes): remove it, or {FIX}"
+    read = read_settings(path)
+    if isinstance(read, str) or read is None:
+        return read
+    data, st = read
     try:
         config = json.loads(data)
     except ValueError:
@@ -143,11 +123,40 @@ def check_loaded(training: bool = True, where: str = "Keras in this process", fi
     if training:  # (0: no cap, as Keras reads it; a cap cut a 20-epoch dense fit to one step, recorded as 20: 46 #1)
         now["max_epochs"] = keras.config.max_epochs() or None
         now["max_steps_per_epoch"] = keras.config.max_steps_per_epoch() or None
-    fix = fix or "change it back with keras.config.set_* (or unset the KERAS_ variable that set it)"
-    line = _differs(now, where, wanted, fix)
+    line = _differs(now, where, wanted, fix or _loaded_fix(now))
     if line is not None:
         raise ConfigError(line)
     use_own_tempdir()
+
+
+def _loaded_fix(now: dict) -> str:
+    """:func:`check_loaded`'s fix: the settings file named where the values that differ are the ones it says (Keras
+    read them from it when imported: attack 48 L1, "keras.config.set_*" alone sent the user looking for a call she
+    never made), else keras.config.set_* and the variables."""
+    fix = "change it back with keras.config.set_* (or unset the KERAS_ variable that set it)"
+    path = settings_path()
+    read = read_settings(path) if os.path.lexists(path) else None
+    if not isinstance(read, tuple):
+        return fix
+    try:
+        config = json.loads(read[0])
+    except (ValueError, RecursionError):
+        return fix
+    if not isinstance(config, dict):
+        return fix
+    own = {"backend": "KERAS_BACKEND"}  # a variable Keras prefers to the file
+    keys = [
+        k
+        for k, v in WANTED.items()
+        if k in now and now[k] != v and config.get(k, v) == now[k] and not os.environ.get(own.get(k, ""))
+    ]
+    if not keys:
+        return fix
+    return (
+        f"{', '.join(keys)} came from Keras's settings file {terminal_safe(path)}{_whose(read[1])}, read when Keras was "
+        f"imported: change it in that file and start Python again, or {FIX}; in this process, keras.config.set_* "
+        f"sets it back"
+    )
 
 
 def _differs(said: dict, where: str, wanted: dict, fix: str) -> str | None:

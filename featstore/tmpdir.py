@@ -23,21 +23,23 @@ logger = logging.getLogger("featstore.models.scratch")  # the name its lines alw
 _SAID: set[str] = set()  # the shared temporary folders warned about in this process: one line each
 
 
-def private_tempdir() -> str:
+def private_tempdir(api: bool = False) -> str:
     """A folder for featstore's temporary files and folders in which no one else may rename entries (nor in any
     folder above it): ``tempfile.gettempdir()`` (``TMPDIR``, else ``/tmp``, whose sticky bit keeps each user's entries
     his) where it is so; else ``~/.cache/featstore/tmp`` (made ``0700``), with one warning a process. ConfigError
-    where neither is private."""
-    folder, line = choose()
+    where neither is private. ``api``: the line says the whole process's temporary files move (:func:`choose`)."""
+    folder, line = choose(api=api)
     if line is not None and line not in _SAID:
         _SAID.add(line)
         logger.warning("%s", line)
     return folder
 
 
-def choose(avoid: str | None = None) -> tuple[str, str | None]:
+def choose(avoid: str | None = None, api: bool = False) -> tuple[str, str | None]:
     """:func:`private_tempdir`'s folder and the warning it says when that is not ``tempfile.gettempdir()`` (None where
-    it is), saying nothing itself: a Ray worker picks its own without a line each (the driver said it once)."""
+    it is), saying nothing itself: a Ray worker picks its own without a line each (the driver said it once). ``api``:
+    the Python API's words, where the folder becomes the caller's process's ``tempfile.tempdir`` (its own code's
+    temporary files move too: attack 48 L5)."""
     default = tempfile.gettempdir()
     shared = renamable_by_others(default) if hasattr(os, "geteuid") else None
     if shared is None and avoid is None:
@@ -46,8 +48,9 @@ def choose(avoid: str | None = None) -> tuple[str, str | None]:
     head = f"temporary folder {default}{where}, in which " + (
         avoid or "other users may rename entries (or a link of theirs)"
     )
-    try:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featstore" / "tmp"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    try:  # a relative XDG_CACHE_HOME is ignored, as the XDG spec says (it was taken from the current folder: 48 L4)
+        cache = Path(xdg if os.path.isabs(xdg) else Path.home() / ".cache") / "featstore" / "tmp"
     except RuntimeError:  # no HOME and no passwd entry (a container's --user, env -i): attack 42 #4
         raise ConfigError(
             f"{head}, and there is no home folder for featstore's own: set TMPDIR to a folder of yours"
@@ -67,10 +70,13 @@ def choose(avoid: str | None = None) -> tuple[str, str | None]:
     if st is not None and stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077:
         why = renamable_by_others(cache)
         if why is None:
-            return str(cache), (
-                f"{head}: featstore keeps its temporary files in {cache} instead; set TMPDIR to a folder of yours to "
-                f"choose another"
+            kept = (
+                f"this process's temporary files (tempfile's folder: featstore's, TensorFlow's and your own code's) go "
+                f"to {cache} from now on"
+                if api
+                else f"featstore keeps its temporary files in {cache} instead"
             )
+            return str(cache), f"{head}: {kept}; set TMPDIR to a folder of yours to choose another"
         why = f"others may rename entries in {why}"
     elif st is not None and not stat.S_ISDIR(st.st_mode):
         why = "it is not a folder"
@@ -84,14 +90,15 @@ def choose(avoid: str | None = None) -> tuple[str, str | None]:
     raise ConfigError(f"{head}, and {cache} cannot take featstore's temporary files either ({why}): {fix}")
 
 
-def own_tempdir(quiet: bool = False) -> str:
+def own_tempdir(quiet: bool = False, api: bool = False) -> str:
     """The folder for this process's temporary files (``tempfile.tempdir`` of the command and of a Ray worker): the
     private folder (:func:`private_tempdir`; ``quiet``: :func:`choose`, without its line) where it is the user's own
     and closed to others (:func:`closed`), else ``featstore-<uid>`` in it (:func:`own_folder`). In a shared one
     (``/tmp``: sticky, so no one may rename the user's entries) a fixed name such as ``__pycache__`` is anyone's to
     make first: Python looked for the bytecode of TensorFlow's generated modules (autograph's, imported again by name)
-    in a colleague's ``/tmp/__pycache__``, and ran his (attack 46 #4). ConfigError naming the fix where neither is."""
-    folder = choose()[0] if quiet else private_tempdir()
+    in a colleague's ``/tmp/__pycache__``, and ran his (attack 46 #4). ConfigError naming the fix where neither is.
+    ``api``: :func:`choose`'s words for the Python API."""
+    folder = choose()[0] if quiet else private_tempdir(api)
     if closed(folder):
         return folder
     base, st, err = own_folder(folder)
@@ -102,12 +109,14 @@ def own_tempdir(quiet: bool = False) -> str:
         if err is not None
         else f"it is {owner_name(st.st_uid)}'s"
         if st.st_uid != os.geteuid()
+        else "it is a link; featstore uses only a folder there"  # (her own link: "not a folder" read as a mistake, 48 L4)
+        if stat.S_ISLNK(st.st_mode)
         else "it is not a folder"
         if not stat.S_ISDIR(st.st_mode)
         else f"it is open to others, mode {stat.S_IMODE(st.st_mode):04o}"
     )
     avoid = f"others may make entries, and featstore's folder of yours there, {base}, cannot be used ({why})"
-    home, line = choose(avoid)  # the home cache folder, as for a folder others may rename in (attack 47 #3)
+    home, line = choose(avoid, api)  # the home cache folder, as for a folder others may rename in (attack 47 #3)
     if line is not None and not quiet and line not in _SAID:
         _SAID.add(line)
         logger.warning("%s", line)
@@ -146,6 +155,8 @@ def use_own_tempdir() -> None:
     """The process's temporary folder made one only the user may enter (:func:`own_tempdir`, quietly) where it is not
     one already: the Python API's, called where featstore builds a Keras model (its traces and fits write TensorFlow's
     generated modules there, imported again by name). ``featstore.extract`` in a notebook left it at a sticky ``/tmp``
-    whose ``__pycache__`` a colleague had made: his code ran in her process (attack 47 #1)."""
+    whose ``__pycache__`` a colleague had made: his code ran in her process (attack 47 #1). Where that is the home
+    cache folder instead (a colleague's ``<tmp>/featstore-<uid>``), one warning a process says so: the caller's own
+    temporary files had moved to the home quota without a word (attack 48 L5)."""
     if hasattr(os, "geteuid") and not closed(tempfile.gettempdir()):
-        tempfile.tempdir = own_tempdir(quiet=True)
+        tempfile.tempdir = own_tempdir(api=True)

@@ -49,6 +49,8 @@ def run(store, tmp_path):
 
 
 def _leftovers(runs) -> list[str]:
+    if not runs.exists():  # the runs folder made for a run not recorded goes with it (attack 48 L3)
+        return []
     return sorted(p.name for p in runs.iterdir() if p.name.endswith(".tmp"))
 
 

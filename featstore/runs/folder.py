@@ -33,6 +33,7 @@ from featstore import sticky
 from featstore.errors import ConfigError, StoreError, check_paths
 from featstore.linkrule import refuse_foreign
 from featstore.outputs import name_problem, terminal_safe
+from featstore.runs import made
 from featstore.runs.files import (
     PREDICTIONS,
     RECORD,
@@ -118,9 +119,10 @@ def ensure_writable(root: Path, store: str | os.PathLike | None = None, elsewher
     if store is not None:
         refuse_in_image_folders(Path(root) / "run", store, "--runs")
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        made.make(root)  # remembered: a run that is not recorded removes it again, empty (attack 48 L3)
         os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=root))
     except OSError as exc:
+        made.remove_made(root)
         there = (
             "pass --runs DIR with a folder of yours"
             if elsewhere

@@ -30,6 +30,7 @@ from featstore.carry import give_folder, not_carried, own_permissions
 from featstore.errors import OutputError, StoreError
 from featstore.leftovers import writer_gone
 from featstore.renames import OwnFolder, same_folder
+from featstore.runs import made
 from featstore.runs.artifacts import save_estimator
 from featstore.runs.files import (
     PREDICTIONS,
@@ -232,10 +233,11 @@ class RunDraft:
     def __init__(self, root: Path, name: str):
         self.root, self.name, self.done = Path(root), name, False
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            made.make(self.root)
             clean_orphans(self.root)
             self.folder = _make_temp(self.root, name)
         except OSError as exc:
+            made.remove_made(self.root)  # nothing recorded: no runs folder made for it left either (attack 48 L3)
             if isinstance(exc, OutputError):
                 raise
             raise not_written(exc, self.root, name) from None
@@ -244,6 +246,7 @@ class RunDraft:
             self._preds = PredictionsWriter(self.at / PREDICTIONS)
         except OSError as exc:
             _discard(None, self.folder)
+            made.remove_made(self.root)
             raise not_written(exc, self.root, name, self.tmp) from None
         self.predictions = OwnWrites(self._preds)  # its OSErrors are the run folder's; a store read's are the store's
 
@@ -255,6 +258,7 @@ class RunDraft:
             return
         _discard(self._preds, self.folder)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError) and own(exc):
+            made.remove_made(self.root)  # the runs folder made for this run, empty: "no partial folder is left"
             raise not_written(exc, self.root, self.name, self.tmp) from None
         other = _other_run(exc, self.root, self.tmp) if isinstance(exc, OSError) else None
         if other is not None:  # an ensemble's member read in the body: a traceback from deep in numpy or zipfile

@@ -31,7 +31,7 @@ from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_ste
 from featstore.linkrule import refuse_foreign
 from featstore.outputs import output_fix, probe_output, terminal_safe
 from featstore.renames import PARENT, OwnFolder, same_folder
-from featstore.sticky import ahead, owner_name
+from featstore.sticky import ahead, owner_name, whose
 from featstore.store.held import DIR, move_aside, own_held, put_back, remove_held
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def refuse_shard_folder(out: Path) -> None:
                 f"cannot write --out {terminal_safe(str(out))}: "
                 + theirs.line(f"write to another path of yours, or ask {theirs.owner} to remove it")
             )
+        _refuse_not_yours(os.lstat(out), out)
         _refuse_unlisted(out)
     # Only out's folder is probed (it exists, takes new files, is no runs folder): a name featstore never writes, and
     # no one has (a fixed "<out>.shards" was checked too, so a user's folder, FIFO or link there was reported as --out).
@@ -77,6 +78,19 @@ def refuse_shard_folder(out: Path) -> None:
         probe_output(probe, "--out", folder=True)
     except OutputError as exc:  # named as given: the probe's name is featstore's, not the user's
         raise OutputError(str(exc).replace(str(probe), str(out))) from None
+
+
+def _refuse_not_yours(st: os.stat_result, out: Path) -> None:
+    """Refuse an ``out`` folder that is another user's (``st``: its stat), even empty: renaming the new shards onto an
+    empty folder needs only write on its parent (a team folder, ``2775``), so a colleague's folder was replaced by the
+    user's, and he could no longer write in it (attack 48 M3). Root too: a folder of another uid is not replaced."""
+    if st.st_uid == os.geteuid():
+        return
+    owner = owner_name(st.st_uid)
+    raise OutputError(
+        f"cannot write --out {terminal_safe(str(out))}: it is {whose(st)} folder, not yours, and featstore never "
+        f"replaces another user's file or folder; write to another path of yours, or ask {owner} to remove it"
+    )
 
 
 def _refuse_unlisted(out: Path) -> None:
@@ -159,8 +173,9 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
             if fd is not None:  # an earlier export's mode, group, ACL, and its shards' (attack 28 #6: one made
                 shown = terminal_safe(str(out))  # private by chmod -R go-rwx came back 0755, 0644 shards)
                 shards = _held_shards(fd, out)
+                _refuse_not_yours(os.fstat(fd), out)  # the folder held: one exchanged in since is not replaced either
                 before, owns = own_held(fd, out, f"--out {shown}")
-                if before is not None:  # else someone else's folder: the rename onto it fails, it is left as it is
+                if before is not None:  # else the user's folder whose mode cannot be read: renamed onto as new
                     mode = give_folder(
                         folder.fd, before, owns, f"--out {shown}", shown, not_carried(f"--out {shown}", OutputError)
                     )

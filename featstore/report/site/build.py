@@ -24,6 +24,7 @@ import atexit
 import json
 import logging
 import os
+import shlex
 import shutil
 import stat
 import time
@@ -112,6 +113,23 @@ def _prepare(out: Path) -> tuple[SiteFolder, set[str]]:
     except BaseException:
         site.close()
         raise
+
+
+def _stopped(exc: OutputError, site: SiteFolder) -> OutputError:
+    """A write that failed half-way through the site (a full disk), said with what is left: its "Nothing was written
+    there" is of that one file, and the folder kept the files written before it, while the line read as if the report
+    had written nothing (attack 48 L2)."""
+    line = str(exc)
+    if not site.wrote or "Nothing was written there" not in line:
+        return exc
+    out = terminal_safe(str(site.out))
+    line = line.replace("Nothing was written there", "That file was not written").rstrip()
+    left = f"{out} holds the files written before it ({MANIFEST} marks the report unfinished)"
+    if site.made:
+        left += f"; run the report again once that is fixed, or remove the folder this report made: rm -r {shlex.quote(out)}"
+    else:
+        left += ", beside the earlier report's; run the report again once that is fixed"
+    return OutputError(f"{line}{'' if line.endswith('.') else '.'} The report stopped there: {left}")
 
 
 def _not_writable(out: Path, exc: OSError, where: Path) -> OutputError:
@@ -205,9 +223,12 @@ def build_report(
     cache, not_kept = _caches(store)  # a link there (or at thumbs/, maps/) is refused before any work
     site, old = _prepare(out)  # --out opened once: every file below is written and removed through it
     with site:
-        result = _write_site(
-            site, old, fs, store, runs, cache, not_kept, map_rows, map_method, gallery, leaks, seed, jobs
-        )
+        try:
+            result = _write_site(
+                site, old, fs, store, runs, cache, not_kept, map_rows, map_method, gallery, leaks, seed, jobs
+            )
+        except OutputError as exc:
+            raise _stopped(exc, site) from None
     result.seconds = time.monotonic() - start
     if not_kept:
         shutil.rmtree(cache, ignore_errors=True)

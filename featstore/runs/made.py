@@ -1,0 +1,51 @@
+"""Runs folders this process made, so that a run that is not recorded leaves none of them behind.
+
+``fit --runs /full/runs`` on a full disk said "Nothing was recorded (no partial folder is left)", yet the ``runs``
+folder featstore had made for it stayed, empty (attack 48 L3). :func:`make` makes a runs folder level by level and
+remembers each level it made (its device and inode); :func:`remove_made` removes those levels again, deepest first,
+while each is empty, this user's and still the folder made (a folder someone put at its name since is left).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+_MADE: dict[str, tuple[int, int]] = {}  # absolute path -> (st_dev, st_ino) of a folder this process made
+
+
+def make(root: Path) -> None:
+    """``root.mkdir(parents=True, exist_ok=True)``, remembering the levels made here (not those another process made
+    meanwhile); its errors are mkdir's."""
+    missing = []
+    level = Path(os.path.abspath(root))
+    while not os.path.lexists(level) and level != level.parent:
+        missing.append(level)
+        level = level.parent
+    for level in reversed(missing):
+        try:
+            os.mkdir(level)
+        except FileExistsError:
+            continue
+        with contextlib.suppress(OSError):
+            st = os.lstat(level)
+            _MADE[str(level)] = (st.st_dev, st.st_ino)
+    Path(root).mkdir(parents=True, exist_ok=True)  # a file or a link to nothing at the name: mkdir's own error
+
+
+def remove_made(root: Path) -> None:
+    """Remove ``root`` and the levels above it that :func:`make` made, deepest first, while each is empty (its rmdir
+    refuses otherwise), this user's, and the very folder made; stops at the first one kept."""
+    level = Path(os.path.abspath(root))
+    while str(level) in _MADE:
+        try:
+            st = os.lstat(level)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or (st.st_dev, st.st_ino) != _MADE[str(level)]:
+                return
+            os.rmdir(level)
+        except OSError:
+            return
+        del _MADE[str(level)]
+        level = level.parent
