@@ -141,3 +141,15 @@ def test_the_room_is_the_least_of_the_limits(monkeypatch):
     assert got.nbytes == max(0, 3 * 2**30 - used) and got.limit.startswith("its address-space limit"), got
     monkeypatch.setattr(resource, "getrlimit", lambda what: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert room.memory_room().limit == "the memory and swap available on this machine now"
+
+
+def test_weights_none_the_python_value_is_one_line(data_root, tmp_path):
+    """fixCE's note: ExtractorConfig(weights=None) ended in a TypeError traceback from os.path.expanduser."""
+    from featstore import ExtractorConfig
+    from featstore.errors import WeightsError
+
+    with pytest.raises(
+        WeightsError, match=r"^weights must be 'imagenet', 'none', 'hed-bsds500' or a file path, not None$"
+    ):
+        extract(data_root, "validation", tmp_path / "f.h5", ExtractorConfig(model="vgg16", image_size=32, weights=None))
+    assert not (tmp_path / "f.h5").exists()

@@ -55,6 +55,8 @@ def describe_weights_argument(weights: str) -> str:
     """Normalise ``--weights``: named sources stay, anything else becomes an absolute path."""
     if weights in NAMED_WEIGHTS:
         return weights
+    if not isinstance(weights, (str, os.PathLike)):  # None: a TypeError traceback from expanduser
+        raise WeightsError(f"weights must be {', '.join(map(repr, NAMED_WEIGHTS))} or a file path, not {weights!r}")
     refuse_foreign(os.path.expanduser(weights), "weights file", WeightsError, "--weights")  # as given, links unresolved
     return str(resolved(weights, "weights file", WeightsError))
 
