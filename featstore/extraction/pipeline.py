@@ -31,10 +31,11 @@ from featstore.errors import MAX_BATCH, ConfigError, check_names, check_paths, c
 from featstore.extraction import copies as augcopies
 from featstore.extraction.local import LocalEngine
 from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run_pass
+from featstore.extraction.same_numerics import same_numerics
 from featstore.images.decode import check_threads, iter_decoded  # noqa: F401 (iter_decoded re-exported: predict, finetune)
 from featstore.images.listing import discover
 from featstore.models.extractor import Extractor, ExtractorConfig, default_store_name  # noqa: F401 (re-exported: the public API names them here)
-from featstore.models.forward import numerics, require_jit_backend
+from featstore.models.forward import machine, numerics, require_jit_backend
 from featstore.models.onnx_runtime import CACHE_FOLDER, check_runtime
 from featstore.outputs import cache_dir
 from featstore.provenance import AUGMENTED
@@ -294,6 +295,7 @@ class _Extraction:
                 "jit": bool(how.jit),
                 "runtime": self.config.runtime,  # checked against Keras at start-up: recorded, not fingerprinted
                 **numerics(self.config.runtime),  # oneDNN on or off: recorded, a resume under the other refused
+                **machine(),  # said where a resume computes otherwise (same_numerics)
                 "engine": self.engine.name,
             }  # how the run that started it computed
             writer = SplitWriter(self.file, found.todo, split)
@@ -319,7 +321,7 @@ class _Extraction:
                 req, split, plain_attrs, len(rel), self.how.batch_size, self.how.compression, self.how.jit
             )
             want["runtime"] = self.config.runtime  # a resume with another runtime or oneDNN is refused
-            want.update(numerics(self.config.runtime))
+            want.update(numerics(self.config.runtime), **machine())
             found = survey(f, path, self.names, key, lambda f, n: copies_done(f, path, n, split, want))
         total = req.copies * len(rel)
         if not found.todo:
@@ -328,7 +330,7 @@ class _Extraction:
         extractor = self.extractor(found.todo, jit=self.how.jit)
         rows = augcopies.CopyRows(req, Path(want["source_root"]), rel, labels, extractor.config.image_size)
         writer = SplitWriter(self.file, found.todo, key, extra=("copy",))
-        wrote = self._pass(writer, found, extractor, want, rows, overwrite=False)
+        wrote = self._pass(writer, found, extractor, want, rows, overwrite=False, plain=split)
         out.resumed_from = writer.start
         if wrote is not None:
             out.written = wrote.written
@@ -345,9 +347,11 @@ class _Extraction:
         rows: Rows,
         overwrite: bool,
         listing=None,
+        plain: str | None = None,
     ) -> PassResult | None:
-        """The steps every pass shares: compact after a kill, check the space, prepare every group (one opening), then
-        the loop from the first image some group lacks (None: nothing was left to write)."""
+        """The steps every pass shares: compact after a kill, check the space, prepare every group (one opening), check
+        that this run computes the rows there as they were (a resume's; ``plain``: the split copies augment), then the
+        loop from the first image some group lacks (None: nothing was left to write)."""
         row_bytes = (
             sum(int(np.prod(a["feature_shape"])) for _, a in extractor.outputs)
             * np.dtype(extractor.config.dtype).itemsize
@@ -359,16 +363,26 @@ class _Extraction:
             writer.compact(overwrite)  # resume from a clean copy: a killed writer's file state is never written on
         need = (rows.total - found.done) * row_bytes + CHUNK_BYTES
         ensure_space(self.file.path, need, found.done)  # before anything is replaced
+        if plain and self.engine.name == "local":  # copies of the split's kind only, checked before any group is made
+            self.engine.bind(extractor, jit=self.how.jit, batch_size=self.how.batch_size)
+            self._same_numerics(writer.names, plain, split_attrs, None)  # (attack 49 #3)
         marks = {"purpose": self.how.purpose} if self.how.purpose else {}  # written with a group, in its creation
         writer.prepare([{**a, **marks} for _, a in extractor.outputs], split_attrs, overwrite, listing)
         if writer.start >= rows.total:
             return None
         self.engine.bind(extractor, jit=self.how.jit, batch_size=self.how.batch_size)
         names = writer.names
+        if any(writer.starts) and self.engine.name == "local":  # a resume computes as its rows were (attack 49 #1)
+            self._same_numerics(names, writer.key, split_attrs, rows.transform(0))
         desc = f"{names[0]}/{writer.key}" if len(names) == 1 else f"{len(names)} layers/{writer.key}"
         return run_pass(
             writer, rows, self.engine, batch_size=self.how.batch_size, progress=self.how.progress, desc=desc
         )
+
+    def _same_numerics(self, names: list[str], key: str, split_attrs: dict, transform) -> None:
+        """:func:`~featstore.extraction.same_numerics.same_numerics` of ``key`` by the bound engine."""
+        root = Path(split_attrs["source_root"])
+        same_numerics(self.file, names, key, root, self.engine, self.how.batch_size, transform)
 
 
 MAX_BATCH_BYTES = 4 << 30  # the features of one batch: the forward pass holds them (and more) at once

@@ -38,6 +38,21 @@ def numerics(runtime: str = "keras") -> dict[str, bool]:
     return {"onednn": bool(_pywrap_util_port.IsMklEnabled())}
 
 
+def machine() -> dict:
+    """Where features are computed, recorded in a split to say it when a resume computes otherwise (attack 49 #1):
+    TensorFlow's intra-op threads (``TF_NUM_INTRAOP_THREADS``, else the cores this process may run on) and the CPU."""
+    import os
+
+    given = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    threads = int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        cpu = ""
+    return {"threads": threads, "cpu": cpu[:200] or "unknown"}
+
+
 def backend() -> str:
     """Keras's backend name."""
     import keras

@@ -1,0 +1,87 @@
+"""A resumed split is computed as it was started (attack 49 #1), and augmented copies as the split they augment (#3):
+the split's first batch is computed again before anything is written, to the same bits or refused.
+
+The machine-made differences (a thread count, another CPU's instruction set) cannot be made in one test process, so
+the stored rows are moved by one unit in the last place instead: what a run on a machine computing otherwise sees.
+"""
+
+from __future__ import annotations
+
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from featstore import FeatureStore, StoreError, extract
+
+from .conftest import interrupt_after_one_batch
+
+
+def _nudge(store, key: str = "train", row: int = 1) -> None:
+    """Move one stored value of ``key``'s first batch by one unit in the last place."""
+    with h5py.File(store, "r+") as f:
+        ds = f["vgg16"][key]["features"]
+        value = ds[row]
+        flat = value.reshape(-1)
+        flat[0] = np.nextafter(flat[0], np.float32(np.inf))
+        ds[row] = value
+
+
+def test_a_resume_computing_the_first_batch_otherwise_is_refused(data_root, tiny_config, tmp_path, monkeypatch):
+    store = tmp_path / "f.h5"
+    interrupt_after_one_batch(monkeypatch, data_root, "train", store, tiny_config, batch_size=4)
+    monkeypatch.undo()
+    _nudge(store)
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, tiny_config, batch_size=4)
+    line = str(err.value)
+    assert re.match(
+        rf"^vgg16/train in {re.escape(str(store))} was started by a run that computed its features otherwise: its first "
+        r"4 rows, computed again here, differ in 1 of 2048 values \(at most \d\.\d+e-\d\d\)\. Another machine, CPU or "
+        r"thread count \(TF_NUM_INTRAOP_THREADS, a job's cores\), or TensorFlow's oneDNN setting",
+        line,
+    ), line
+    assert "Resume it where and as it was started, or start it again here with --overwrite (overwrite=True)" in line
+    assert FeatureStore(store).split_info("train")["committed_rows"] == 4  # nothing written
+    extract(data_root, "train", store, tiny_config, batch_size=4, overwrite=True)  # the way out it names
+    assert FeatureStore(store).split_info("train")["committed_rows"] == 12
+
+
+def test_a_resume_computing_as_it_started_goes_on_bit_identical(data_root, tiny_config, tmp_path, monkeypatch):
+    clean, store = tmp_path / "clean.h5", tmp_path / "f.h5"
+    extract(data_root, "train", clean, tiny_config, batch_size=4)
+    interrupt_after_one_batch(monkeypatch, data_root, "train", store, tiny_config, batch_size=4)
+    monkeypatch.undo()
+    extract(data_root, "train", store, tiny_config, batch_size=4)  # the check passes: the same bits
+    assert FeatureStore(store).load("train")[0].tobytes() == FeatureStore(clean).load("train")[0].tobytes()
+
+
+def test_copies_of_a_split_computed_otherwise_are_refused(data_root, tiny_config, tmp_path):
+    """49 #3: extract --augment with TF_ENABLE_ONEDNN_OPTS=1 added copies of the other kernels to a split extracted
+    without, and fit --augmented trained on both."""
+    store = tmp_path / "f.h5"
+    extract(data_root, "train", store, tiny_config, batch_size=4)
+    _nudge(store, row=0)
+    with pytest.raises(
+        StoreError, match=r"^vgg16/train in .* was started by a run that computed its features otherwise"
+    ):
+        extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
+    with h5py.File(store, "r") as f:
+        assert "augmented" not in f["vgg16"]["train"]  # no copies' group made
+
+
+def test_the_refusal_says_what_the_split_recorded_of_its_machine(data_root, tiny_config, tmp_path, monkeypatch):
+    from featstore.models.forward import machine
+
+    store = tmp_path / "f.h5"
+    interrupt_after_one_batch(monkeypatch, data_root, "train", store, tiny_config, batch_size=4)
+    monkeypatch.undo()
+    with h5py.File(store, "r") as f:
+        assert {k: f["vgg16"]["train"].attrs[k] for k in ("threads", "cpu")} == machine()
+    _nudge(store)
+    here = {**machine(), "threads": machine()["threads"] + 7}
+    monkeypatch.setattr("featstore.extraction.same_numerics.machine", lambda: here)
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, tiny_config, batch_size=4)
+    assert f"(it recorded threads {here['threads'] - 7} then, {here['threads']} now)." in str(err.value)
