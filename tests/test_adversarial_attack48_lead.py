@@ -153,3 +153,46 @@ def test_weights_none_the_python_value_is_one_line(data_root, tmp_path):
     ):
         extract(data_root, "validation", tmp_path / "f.h5", ExtractorConfig(model="vgg16", image_size=32, weights=None))
     assert not (tmp_path / "f.h5").exists()
+
+
+def _fake_cgroups(tmp_path, v2: bool) -> None:
+    """A /proc/self and /sys/fs/cgroup under ``tmp_path``: a job at /job/step, limited to 1.5 GB at /job only."""
+    proc = tmp_path / "proc/self"
+    proc.mkdir(parents=True)
+    if v2:
+        (proc / "cgroup").write_text("0::/job/step\n")
+        (proc / "mountinfo").write_text("30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n")
+        names, base = ("memory.max", "memory.current", "inactive_file"), tmp_path / "sys/fs/cgroup"
+    else:
+        (proc / "cgroup").write_text("5:devices:/\n4:memory:/job/step\n0::/\n")
+        (proc / "mountinfo").write_text(
+            "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+            "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n"
+        )
+        names, base = (
+            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+            tmp_path / "sys/fs/cgroup/memory",
+        )
+    unlimited = "max" if v2 else "9223372036854771712"
+    for rel, limit, used, cache in (
+        ("", unlimited, 9e9, 0),
+        ("job", "1500000000", 1e9, 4e8),
+        ("job/step", unlimited, 9e8, 3e8),
+    ):
+        folder = base / rel
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / names[0]).write_text(f"{limit}\n")
+        (folder / names[1]).write_text(f"{int(used)}\n")
+        (folder / "memory.stat").write_text(f"anon 1\n{names[2]} {int(cache)}\n")
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["cgroup-v2", "cgroup-v1"])
+def test_the_room_reads_a_cgroup_limit_at_any_level_v1_or_v2(tmp_path, v2):
+    """Attack 49 #2: a cgroup v1 limit of 1.5 GB was not read (v2's memory.max only, this cgroup only), and a model
+    needing 2 GB for one image was SIGKILLed without a line. The least room over the cgroup and its ancestors, the file
+    cache the kernel reclaims first not counted as used: 1.5 GB - (1 GB - 0.4 GB) at /job."""
+    from featstore.models import room
+
+    _fake_cgroups(tmp_path, v2)
+    assert room._cgroup_room(tmp_path) == 900_000_000
+    assert room._cgroup_room(tmp_path / "nothing") is None  # no /proc: no cgroup room, no error

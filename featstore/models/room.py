@@ -1,5 +1,5 @@
 """How much more memory this process can take, and what limits it: the address-space limit (``ulimit -v``,
-``prlimit --as``), the cgroup's ``memory.max`` (a container's, a SLURM job's) and the machine's available memory
+``prlimit --as``), the memory cgroup's limit (v2 or v1, at any level: a container's, a SLURM job's) and the machine's available memory
 (``MemAvailable`` plus free swap), whichever is least; None where none of them can be read (not Linux).
 
 A forward pass that needs more than that dies where featstore cannot say anything: ``std::bad_alloc`` and an abort
@@ -40,15 +40,78 @@ def _kib(path: str, key: str) -> int | None:
     return None
 
 
-def _cgroup_room() -> int | None:
-    """``memory.max`` minus ``memory.current`` of this process's cgroup (v2), None where unlimited or unreadable."""
+UNLIMITED = 1 << 60  # a cgroup v1 limit at or above this is none (the kernel writes 9223372036854771712)
+
+
+def _mounts(root: Path) -> list[tuple[str, str, str, str]]:
+    """``(mount root, mount point, file system type, super options)`` of this process's mounts (``mountinfo``)."""
+    found = []
     try:
-        rel = next(ln[3:] for ln in Path("/proc/self/cgroup").read_text().splitlines() if ln.startswith("0::"))
-        folder = Path("/sys/fs/cgroup") / rel.lstrip("/")
-        most = (folder / "memory.max").read_text().strip()
-        return None if most == "max" else max(0, int(most) - int((folder / "memory.current").read_text()))
-    except (OSError, ValueError, StopIteration):
-        return None
+        lines = (root / "proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if sep and len(fields) >= 5 and len(rest) >= 3:
+            found.append((fields[3], fields[4], rest[0], rest[2]))
+    return found
+
+
+def _folders(root: Path) -> list[tuple[Path, bool]]:
+    """This process's memory cgroup folder and every ancestor up to its mount's root, with whether it is cgroup v2:
+    the v2 hierarchy (``0::<path>``) where it is mounted, else v1's ``memory`` controller (``N:memory:<path>``)."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    mounts = _mounts(root)
+    for v2 in (True, False):
+        for line in lines:
+            parts = line.split(":", 2)
+            if len(parts) != 3 or (v2 and parts[:2] != ["0", ""]) or (not v2 and "memory" not in parts[1].split(",")):
+                continue
+            for mroot, point, fstype, options in mounts:
+                if fstype != ("cgroup2" if v2 else "cgroup") or (not v2 and "memory" not in options.split(",")):
+                    continue
+                rel = parts[2][len(mroot) :] if parts[2].startswith(mroot) and mroot != "/" else parts[2]
+                here = root / point.lstrip("/") / rel.lstrip("/")
+                top = root / point.lstrip("/")
+                chain = [here, *[p for p in here.parents if p == top or top in p.parents]]
+                if (here / ("memory.max" if v2 else "memory.limit_in_bytes")).exists():
+                    return [(p, v2) for p in chain]
+    return []
+
+
+def _stat(folder: Path, key: str) -> int:
+    """A ``memory.stat`` count (0 where missing)."""
+    try:
+        for line in (folder / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_room(root: Path = Path("/")) -> int | None:
+    """The least of ``limit - usage`` over this process's memory cgroup and its ancestors (a SLURM step inside a
+    limited job), v2 or v1, the file cache the kernel reclaims first (``inactive_file``) not counted as used; None
+    where no level has a limit or none can be read (attack 49 #2: a v1 limit of 1.5 GB was not read, the run was
+    SIGKILLed without a line)."""
+    rooms = []
+    for folder, v2 in _folders(root):
+        try:
+            limit = (folder / ("memory.max" if v2 else "memory.limit_in_bytes")).read_text().strip()
+            if limit == "max" or int(limit) >= UNLIMITED:
+                continue
+            used = int((folder / ("memory.current" if v2 else "memory.usage_in_bytes")).read_text())
+        except (OSError, ValueError):
+            continue
+        cache = _stat(folder, "inactive_file" if v2 else "total_inactive_file")
+        rooms.append(max(0, int(limit) - max(0, used - cache)))
+    return min(rooms) if rooms else None
 
 
 def memory_room() -> Room | None:
@@ -59,7 +122,7 @@ def memory_room() -> Room | None:
     if soft != resource.RLIM_INFINITY and used is not None:
         rooms.append(Room(max(0, soft - used), f"its address-space limit (ulimit -v: {format_bytes(soft)})"))
     if (cgroup := _cgroup_room()) is not None:
-        rooms.append(Room(cgroup, "its cgroup's memory.max (a container's or a job's memory limit)"))
+        rooms.append(Room(cgroup, "its cgroup's memory limit (a container's or a job's)"))
     free = [_kib("/proc/meminfo", k) for k in ("MemAvailable", "SwapFree")]
     if None not in free:
         rooms.append(Room(sum(free), "the memory and swap available on this machine now"))
