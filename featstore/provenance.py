@@ -54,6 +54,7 @@ NUMERICS = {
     "jit": (False, lambda v: f"with{'' if v else 'out'} --jit (jit={bool(v)})", "XLA-compiled features differ from uncompiled ones in the last digits"),
     "runtime": ("keras", lambda v: f"with --runtime {v} (runtime={v!r} in Python)", "the two runtimes' features differ in the last digits"),
     "onednn": (None, lambda v: f"with TensorFlow's oneDNN {'on (TF_ENABLE_ONEDNN_OPTS=1' if v else 'off (TF_ENABLE_ONEDNN_OPTS=0'} in the shell)", "oneDNN's kernels give features that differ from TensorFlow's own in the last digits"),
+    "engine": (None, lambda v: f"with --engine {v} (engine={v!r} in Python)", "the engines call the model on other groups of images with other threads, whose features differ in the last digits"),
 }  # fmt: skip
 MAX_AUGMENT_COPIES = 100  # --augment K at most (more is almost surely a typo)
 # Augmented copies of a split live in its subgroup AUGMENTED (never a split: no split lists it, no split name can reach it).

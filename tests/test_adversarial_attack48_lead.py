@@ -196,3 +196,18 @@ def test_the_room_reads_a_cgroup_limit_at_any_level_v1_or_v2(tmp_path, v2):
     _fake_cgroups(tmp_path, v2)
     assert room._cgroup_room(tmp_path) == 900_000_000
     assert room._cgroup_room(tmp_path / "nothing") is None  # no /proc: no cgroup room, no error
+
+
+def test_a_resume_on_the_other_engine_is_refused(data_root, tiny_config, tmp_path, monkeypatch):
+    """Ray's actors call the model on other groups of images (a batch of paths, failures included) with their own
+    threads: a split started on one engine and resumed on the other would hold rows of both kinds."""
+    store = tmp_path / "f.h5"
+    interrupt_after_one_batch(monkeypatch, data_root, "train", store, tiny_config, batch_size=4)
+    with h5py.File(store, "r+") as f:
+        assert f["vgg16"]["train"].attrs["engine"] == "local"
+        f["vgg16"]["train"].attrs["engine"] = "ray"  # as a split started with --engine ray
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, tiny_config, batch_size=4)
+    assert "was started with --engine ray (engine='ray' in Python) and this run is with --engine local" in str(
+        err.value
+    )
