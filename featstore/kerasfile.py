@@ -45,7 +45,10 @@ def read_settings(path: str, waits_only: bool = False) -> tuple[bytes, os.stat_r
                 f"Keras's settings file {shown} is not a regular file (Keras would wait on it, or fail, when it is "
                 f"imported): remove it (Keras writes a fresh one), or {FIX}"
             )
-        data = f.read(MOST)
+        try:
+            data = f.read(MOST)
+        except OSError as exc:  # opened, then the read failed (a failing disk, a stale NFS handle: 50 #M2's EIO)
+            return None if waits_only else f"Keras's settings file {shown} cannot be read ({exc.strerror}); {FIX}"
     if len(data) >= MOST:
         return f"Keras's settings file {shown} is 1 MiB or more (one is ~120 bytes): remove it, or {FIX}"
     return data, st

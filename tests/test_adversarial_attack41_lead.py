@@ -147,7 +147,7 @@ def test_the_default_cut_of_a_model_without_dense_says_so(tmp_path, caplog):
         )
     said = [r.getMessage() for r in caplog.records if "cutting at" in r.getMessage()]
     assert said == [
-        "embed.keras: cutting at 'gap', its last layer (it does not end in a Dense classifier) (--layer to choose another)"
+        "embed.keras: cutting at 'gap', its last layer (it does not end in a classifier) (--layer to choose another)"
     ], said
 
 

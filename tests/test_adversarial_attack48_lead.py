@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -211,3 +212,41 @@ def test_a_resume_on_the_other_engine_is_refused(data_root, tiny_config, tmp_pat
     assert "was started with --engine ray (engine='ray' in Python) and this run is with --engine local" in str(
         err.value
     )
+
+
+def test_a_thread_count_tensorflow_ignores_is_not_recorded(monkeypatch):
+    """Attack 50 M1: TF_NUM_INTRAOP_THREADS of 20 digits reached h5py as a split attribute (a 64-line TypeError)."""
+    from featstore.models.forward import machine
+
+    cores = len(os.sched_getaffinity(0))
+    for given, said in (("9" * 20, cores), ("0", cores), ("-3", cores), ("٣", cores), (" 3 ", 3), ("3", 3)):
+        monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", given)
+        assert machine()["threads"] == said, given
+
+
+def test_a_keras_settings_file_whose_read_fails_is_one_line(tmp_path, monkeypatch):
+    """Attack 50 M2: a keras.json that opens but fails to read (EIO: a failing disk) gave a 59-line traceback."""
+    from featstore import kerasfile
+
+    (tmp_path / "keras.json").write_text("{}")
+    real = os.fdopen
+
+    class Failing:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(kerasfile.os, "fdopen", lambda fd, mode: Failing(real(fd, mode)))
+    line = kerasfile.read_settings(str(tmp_path / "keras.json"))
+    assert line.startswith(f"Keras's settings file {tmp_path / 'keras.json'} cannot be read (Input/output error); "), (
+        line
+    )
+    assert kerasfile.read_settings(str(tmp_path / "keras.json"), waits_only=True) is None

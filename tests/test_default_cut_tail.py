@@ -146,3 +146,34 @@ def test_a_saved_model_with_dense_blocks_extracts_its_output(tmp_path, caplog):
     assert len(said) == 1 and "cutting at 'pool', its last layer" in said[0], said
     X, _ = FeatureStore(tmp_path / "s.h5").load("train")
     assert X.shape == (12, 8), X.shape  # the pooled features (the old cut, 'stem', gave rows of (14, 14, 4))
+
+
+def _fully_convolutional(se: bool):
+    """SqueezeNet's head (a 1x1 convolution to the classes, pooled, softmax), with a squeeze-excitation block of Dense
+    layers before it or not (attack 50 #1, #2)."""
+    import keras
+
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, padding="same", name="conv1")(inp)
+    if se:
+        s = L.Dense(4, name="se_expand")(L.Dense(2, name="se_reduce")(L.GlobalAveragePooling2D(name="se_squeeze")(x)))
+        x = L.Multiply(name="se_scale")([x, L.Reshape((1, 1, 8))(L.Dense(8, name="se_back")(s))])
+    x = L.Conv2D(12, 3, padding="same", name="conv2")(x)
+    return keras.Model(
+        inp, L.Softmax(name="probs")(L.GlobalAveragePooling2D(name="gap")(L.Conv2D(5, 1, name="cls")(x)))
+    )
+
+
+@pytest.mark.parametrize("se", [True, False], ids=["squeeze-excitation", "plain"])
+def test_a_fully_convolutional_classifier_is_cut_before_its_class_convolution(se):
+    """50 #1: with a Dense-built squeeze-excitation, the cut went before its last Dense ('se_reduce': 4 values of the
+    SE bottleneck, said as "the layer before its last Dense layer"); 50 #2: without, at the softmax's probabilities,
+    said as "it does not end in a Dense classifier". Both are cut at the layer feeding the 1x1 class convolution."""
+    from featstore.models.heads import classifier_head
+    from featstore.models.saved import default_cut
+
+    model = _fully_convolutional(se)
+    head, feeder = classifier_head(model)
+    assert (head.name, feeder) == ("cls", "conv2")
+    assert default_cut(model) == "conv2"

@@ -50,7 +50,7 @@ def test_saved_model_is_a_backbone_cut_before_its_last_dense(cnn_file, small_dat
     with caplog.at_level(logging.INFO, logger="featstore"):
         r = extract(small_data, "train", tmp_path / "f.h5", ExtractorConfig(model=str(cnn_file)))
     assert r.extractor == "my_cnn" and r.feature_shape == (8,) and r.rows == 8
-    assert "cutting at 'hidden', the layer before its last Dense layer" in caplog.text
+    assert "cutting at 'hidden', the layer feeding its classifier 'out'" in caplog.text
     a = FeatureStore(tmp_path / "f.h5").metadata()
     from featstore.models.weights import sha256_file
 

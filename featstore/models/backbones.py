@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from featstore.errors import ConfigError, choices_error
+from featstore.models.heads import classifier_head, ends_in_dense  # noqa: F401 (classifier_head: re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -274,54 +275,6 @@ def _nested_line(layer: str, path: list[str], base, model_name: str) -> str:
     cut = "" if ends_in_dense(base.get_layer(path[0])) else f"cut at that model's output (--layer {path[0]}), or "
     within = f"{path[-1]!r}, a model nested in " + (f"{path[0]!r} in " if len(path) > 1 else "")
     return f"layer {layer!r} is inside {within}{model_name}, and featstore cuts only at the outer model's layers: {cut}{save}"
-
-
-def ends_in_dense(model, depth: int = 0) -> bool:
-    """Whether ``model`` gives a classifier's output: walking back from its output through layers without weights (any:
-    an activation, dropout, a reshape, a ``Rescaling`` for temperature scaling: attack 48 #1), each taking one input,
-    the first layer with weights is a Dense layer, or a softmax is met on the way, or a model nested there ends in Dense
-    (at most 64 deep). A join (``Add``), the input, a pooling (a Dense before it acts per position: ConvNeXt's
-    pointwise convolutions, 46 #3) or any other layer with weights ends the walk: features. A model without a graph of
-    nodes (subclassed) is walked along its layer list."""
-    import keras
-
-    if depth >= 64:
-        return False
-    outputs = keras.tree.flatten(getattr(getattr(model, "_functional", None) or model, "outputs", None) or [])
-    if outputs:  # several outputs: a classifier where any of them is one
-        return any(_head_behind(t, depth) for t in outputs)
-    walk = (_head_is(layer, depth) for layer in reversed(getattr(model, "layers", None) or ()))  # no graph: in order
-    return next((found for found in walk if found is not None), False)
-
-
-def _head_behind(tensor, depth: int) -> bool:
-    """:func:`ends_in_dense` walking back from ``tensor`` (bounded: a graph has no cycle, but its size is the file's)."""
-    for _ in range(100_000):
-        history = getattr(tensor, "_keras_history", None)
-        layer = getattr(history, "operation", None)
-        found = False if layer is None else _head_is(layer, depth)
-        if found is not None:
-            return found
-        inputs = list(layer._inbound_nodes[history.node_index].input_tensors)
-        if len(inputs) != 1:  # a join (Add, Concatenate): no one head behind it
-            return False
-        tensor = inputs[0]
-    return False
-
-
-def _head_is(layer, depth: int) -> bool | None:
-    """True: ``layer`` is (or gives) a classifier's output; False: a layer with weights that is not one, the input, a
-    pooling; None: a weightless layer to walk through."""
-    import keras
-
-    pools = tuple(v for k, v in vars(keras.layers).items() if "Pool" in k and isinstance(v, type))
-    if isinstance(layer, (keras.layers.InputLayer, *pools)):
-        return False
-    if isinstance(layer, keras.layers.Softmax) or getattr(layer, "activation", None) is keras.activations.softmax:
-        return True
-    if hasattr(layer, "layers") and ends_in_dense(layer, depth + 1):
-        return True
-    return isinstance(layer, keras.layers.Dense) if layer.weights else None
 
 
 def cut_model(base, layer: str | None, pooling: str, model_name: str):

@@ -23,7 +23,7 @@ import numpy as np
 from featstore import provenance
 from featstore.errors import ConfigError, check_names, check_paths, check_seed
 from featstore.kerasconfig import check_loaded
-from featstore.models import activations, forward, onnx_runtime, traced_bound
+from featstore.models import activations, forward, heads, onnx_runtime, traced_bound
 from featstore.models.backbones import (
     BackboneSpec,
     NoOneOutput,
@@ -265,12 +265,13 @@ class Extractor:
                 + (f": its default cut is {head[1]!r}" if head[1] else "")
             )
         if isinstance(spec, SavedModelSpec) and not any(requested):
-            last = [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:]
-            why = (
-                "its last layer (it does not end in a Dense classifier)"
-                if [default] == last
-                else "the layer before its last Dense layer"
+            last, found = (
+                [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:],
+                heads.classifier_head(base),
             )
+            why = f"the layer feeding its classifier {found[0].name!r}" if found and [default] != last else (
+                "its last layer (it does not end in a classifier)"
+            )  # fmt: skip
             logger.info("%s: cutting at %r, %s (--layer to choose another)", spec.shown.name, default, why)
         self.base_layer_names = [lyr.name for lyr in base.layers]  # the whole backbone's, also those above the cut
         cut = spec.cut_outputs if isinstance(spec, HubSpec) else cut_outputs

@@ -43,8 +43,9 @@ def machine() -> dict:
     TensorFlow's intra-op threads (``TF_NUM_INTRAOP_THREADS``, else the cores this process may run on) and the CPU."""
     import os
 
-    given = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
-    threads = int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
+    given = os.environ.get("TF_NUM_INTRAOP_THREADS", "").strip()  # as TensorFlow reads it: else its default
+    threads = int(given) if given.isascii() and given.isdigit() and 0 < int(given) < 2**31 else None
+    threads = threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")

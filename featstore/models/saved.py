@@ -20,9 +20,10 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, WeightsError
 from featstore.linkrule import refuse_foreign
-from featstore.models.backbones import PREPROCESS_MODES, ends_in_dense, preprocess, validate_preprocess
+from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.file_format import is_legacy
+from featstore.models.heads import classifier_head, ends_in_dense
 from featstore.models.held_input import held_input
 from featstore.models.keras_sizes import STATES, UNBOUNDED, held_parameters, keras_zip_problem
 from featstore.models.weights import LoadedWeights, sha256_file
@@ -228,22 +229,23 @@ class SavedModelSpec:
 
 
 def default_cut(model) -> str:
-    """The layer before the model's last Dense layer (its penultimate features) where the model ends in a classifier
-    (:func:`~featstore.models.backbones.ends_in_dense`); else its last layer, the model's own output. A model with
-    Dense layers in its blocks and no classifier (a no-top ConvNeXt, pooled) was cut inside its last block's MLP,
-    rows of (1, 1, 3072) instead of its 768 pooled features (attack 48 #2)."""
+    """The layer feeding the model's classifier (:func:`~featstore.models.heads.classifier_head`: its last Dense,
+    or past a softmax the layer with weights that makes the classes, a 1x1 convolution's) where it ends in one, its
+    penultimate features; else its last layer, the model's own output. A model with Dense layers in its blocks and no
+    classifier (a no-top ConvNeXt, pooled) was cut inside its last block's MLP (attack 48 #2); a convolutional head
+    behind a softmax, with a Dense-built squeeze-excitation, was cut inside that (50 #1)."""
     import keras
 
     layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
-    dense = [i for i, lyr in enumerate(layers) if isinstance(lyr, keras.layers.Dense)]
-    if not dense or dense[-1] == 0 or not ends_in_dense(model):
-        return layers[-1].name
-    return layers[dense[-1] - 1].name
+    head = classifier_head(model)
+    if head is None or head[1] is None or hasattr(head[0], "layers") or head[1] not in {x.name for x in layers}:
+        return layers[-1].name  # (a nested classifier: nested_head says so; a softmax without weights behind it)
+    return head[1]
 
 
 def nested_head(model) -> tuple[str, str | None] | None:
     """``(nested model, its default cut)`` where ``model`` has no Dense layer of its own but a model nested in it gives a
-    classifier's output (:func:`~featstore.models.backbones.ends_in_dense`: a nested ConvNeXt's pooled features, with
+    classifier's output (:func:`~featstore.models.heads.ends_in_dense`: a nested ConvNeXt's pooled features, with
     Dense layers in its blocks, are none), at any depth (Keras's "preprocessing outside, classifier inside",
     TensorFlow's ``Sequential([model, Softmax()])``): its default cut, the last layer, would store that classifier's output, its class probabilities or
     logits, said as "there is no Dense layer" (attack 43 #11, 44 #5). The cut is None where the Dense layers are
