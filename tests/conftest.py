@@ -198,3 +198,18 @@ def finetune_source_32(_finetune_source_once, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ft") / "c"
     shutil.copytree(src["root"], root, symlinks=True)
     return {**src, "root": root, "store": root / src["store"].relative_to(src["root"])}
+
+
+@pytest.fixture
+def sticky(tmp_path, monkeypatch):
+    """A 1777 folder (a team's /tmp) as the process's temporary folder, nothing said of it yet in this process."""
+    import tempfile
+
+    from featstore import tmpdir
+
+    folder = tmp_path / "team"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setattr(tmpdir, "_SAID", set())
+    return folder

@@ -178,21 +178,6 @@ def test_a_fit_not_recorded_on_a_full_disk_leaves_no_runs_folder_it_made(tmp_pat
     assert (tmp_path / "kept").is_dir()
 
 
-@pytest.fixture
-def sticky(tmp_path, monkeypatch):
-    """A 1777 folder as the process's temporary folder, nothing said yet in this process."""
-    import tempfile
-
-    from featstore import tmpdir
-
-    folder = tmp_path / "team"
-    folder.mkdir()
-    folder.chmod(0o1777)
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    monkeypatch.setattr(tmpdir, "_SAID", set())
-    return folder
-
-
 def test_the_users_own_link_at_her_temporary_folder_is_said_as_a_link(sticky, tmp_path, monkeypatch, caplog):
     """L4: her own link at <tmp>/featstore-<uid> (to her 0700 folder) was said as "it is not a folder"."""
     from featstore import tmpdir

@@ -17,16 +17,6 @@ from featstore.errors import ConfigError
 root_only = pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
 
 
-@pytest.fixture
-def sticky(tmp_path, monkeypatch):
-    folder = tmp_path / "team"
-    folder.mkdir()
-    folder.chmod(0o1777)
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    monkeypatch.setattr(tmpdir, "_SAID", set())
-    return folder
-
-
 def test_a_sticky_shared_folder_gives_a_folder_only_the_user_may_enter(sticky):
     """Sabotage: own_tempdir returning the private folder as it is: the shared sticky folder itself."""
     own = tmpdir.own_tempdir()
