@@ -177,3 +177,49 @@ def test_a_fully_convolutional_classifier_is_cut_before_its_class_convolution(se
     head, feeder = classifier_head(model)
     assert (head.name, feeder) == ("cls", "conv2")
     assert default_cut(model) == "conv2"
+
+
+def _heads_51(kind: str):
+    """Attack 51's heads: a normalisation on the logits, sigmoid and log-softmax scores, two outputs."""
+    import keras
+
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+    conv = L.Conv2D(8, 3, padding="same", name="conv")(inp)
+    gap = L.GlobalAveragePooling2D(name="gap")(conv)
+    if kind == "dense_bn_softmax":  # Dense(5) -> BN -> softmax: the BN was taken for the head, cut at 'fc'
+        return keras.Model(inp, L.Softmax()(L.BatchNormalization(name="bn")(L.Dense(5, name="fc")(gap)))), "gap"
+    if kind == "conv_bn_head":  # SqueezeNet's with a BN: cut at 'cls', per-position class maps
+        x = L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(5, 1, name="cls")(conv)))
+        return keras.Model(inp, L.Softmax()(L.GlobalAveragePooling2D()(x))), "conv"
+    if kind in ("sigmoid", "log_softmax"):  # multi-label, a PyTorch port: stored as features
+        x = L.GlobalAveragePooling2D()(L.Conv2D(5, 1, name="cls")(conv))
+        return keras.Model(inp, L.Activation(kind)(x)), "conv"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["dense_bn_softmax", "conv_bn_head", "sigmoid", "log_softmax"])
+def test_attack_51_heads_are_cut_before_their_classifier(kind):
+    model, cut = _heads_51(kind)
+    assert default_cut(model) == cut
+
+
+def test_a_model_whose_outputs_end_in_two_classifiers_has_no_default_cut(tmp_path):
+    """51 #3: outputs [aux, main] (Inception's auxiliary classifier) were cut before the first output's head, the aux
+    one's pooled early features, said as "the layer feeding its classifier 'aux_fc'"."""
+    import keras
+
+    from featstore.errors import ConfigError
+    from featstore.models.saved import refuse_no_default_cut
+
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+    c1 = L.Conv2D(4, 3, name="c1")(inp)
+    aux = L.Dense(3, activation="softmax", name="aux_fc")(L.GlobalAveragePooling2D(name="aux_gap")(c1))
+    emb = L.GlobalAveragePooling2D(name="main_emb")(L.Conv2D(6, 3, name="c2")(c1))
+    model = keras.Model(inp, [aux, L.Dense(3, activation="softmax", name="main_fc")(emb)])
+    with pytest.raises(ConfigError) as got:
+        refuse_no_default_cut(model, tmp_path / "two.keras")
+    line = str(got.value)
+    assert line.startswith("two.keras has no default cut: its outputs end in 2 classifiers ('aux_fc' fed by 'aux_gap', "
+                           "'main_fc' fed by 'main_emb'). Pass --layer NAME"), line  # fmt: skip

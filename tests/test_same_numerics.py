@@ -64,7 +64,7 @@ def test_copies_of_a_split_computed_otherwise_are_refused(data_root, tiny_config
     extract(data_root, "train", store, tiny_config, batch_size=4)
     _nudge(store, row=0)
     with pytest.raises(
-        StoreError, match=r"^vgg16/train in .* was started by a run that computed its features otherwise"
+        StoreError, match=r"^vgg16/train in .* was made by a run that computed .* copies made here would be of another"
     ):
         extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
     with h5py.File(store, "r") as f:
@@ -85,3 +85,12 @@ def test_the_refusal_says_what_the_split_recorded_of_its_machine(data_root, tiny
     with pytest.raises(StoreError) as err:
         extract(data_root, "train", store, tiny_config, batch_size=4)
     assert f"(it recorded threads {here['threads'] - 7} then, {here['threads']} now)." in str(err.value)
+
+
+def test_copies_of_a_split_made_with_another_batch_size_are_made(data_root, tiny_config, tmp_path):
+    """51 #4: the split's first rows are computed again as they were made, in calls of its own --batch-size (one
+    image a call: batch 1), not of this run's (4 rows in one call: other last digits, a false refusal)."""
+    store = tmp_path / "f.h5"
+    extract(data_root, "train", store, tiny_config, batch_size=1)
+    r = extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
+    assert r.augmented.rows == 12

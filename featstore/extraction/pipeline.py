@@ -365,7 +365,7 @@ class _Extraction:
         ensure_space(self.file.path, need, found.done)  # before anything is replaced
         if plain and self.engine.name == "local":  # copies of the split's kind only, checked before any group is made
             self.engine.bind(extractor, jit=self.how.jit, batch_size=self.how.batch_size)
-            self._same_numerics(writer.names, plain, split_attrs, None)  # (attack 49 #3)
+            self._same_numerics(writer.names, plain, split_attrs, None, copies=True)  # (attack 49 #3)
         marks = {"purpose": self.how.purpose} if self.how.purpose else {}  # written with a group, in its creation
         writer.prepare([{**a, **marks} for _, a in extractor.outputs], split_attrs, overwrite, listing)
         if writer.start >= rows.total:
@@ -379,10 +379,10 @@ class _Extraction:
             writer, rows, self.engine, batch_size=self.how.batch_size, progress=self.how.progress, desc=desc
         )
 
-    def _same_numerics(self, names: list[str], key: str, split_attrs: dict, transform) -> None:
+    def _same_numerics(self, names: list[str], key: str, split_attrs: dict, transform, copies: bool = False) -> None:
         """:func:`~featstore.extraction.same_numerics.same_numerics` of ``key`` by the bound engine."""
         root = Path(split_attrs["source_root"])
-        same_numerics(self.file, names, key, root, self.engine, self.how.batch_size, transform)
+        same_numerics(self.file, names, key, root, self.engine, self.how.batch_size, transform, copies)
 
 
 MAX_BATCH_BYTES = 4 << 30  # the features of one batch: the forward pass holds them (and more) at once

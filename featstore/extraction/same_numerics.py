@@ -29,17 +29,18 @@ from featstore.store.pathcols import read_paths
 
 
 def stored_first_batch(store_file, names: list[str], key: str, batch_size: int) -> tuple[list, list[str], dict]:
-    """Each group's first ``batch_size`` committed rows (None for a group with none yet), their stored paths, and the
-    split's attributes (the first group's)."""
+    """Each group's first call of committed rows (its recorded ``batch_size``, else ``batch_size``; None for a group
+    with none yet), their stored paths, and the split's attributes."""
     feats, paths, attrs = [], [], {}
     with store_file.open("r") as f:
         for name in names:
             sg = f[name][key] if name in f and key in f[name] else None
             n = validate_split(sg, f"{store_file.path}:/{name}/{key}").rows if sg is not None else 0
-            k = min(n, batch_size)
+            said = bounded_attrs(sg, f"{store_file.path}:{sg.name}") if n else {}
+            k = min(n, int(plain(said.get("batch_size", batch_size))))  # its own first call (51 #4: copies' batches)
             feats.append(sg["features"][:k] if k else None)
             if k > len(paths):
-                paths, attrs = read_paths(sg["paths"], k), bounded_attrs(sg, f"{store_file.path}:{sg.name}")
+                paths, attrs = read_paths(sg["paths"], k), said
     return feats, paths, attrs
 
 
@@ -55,7 +56,9 @@ def _where(attrs: dict) -> str:
     return f" (it recorded {'; '.join(said)})"
 
 
-def same_numerics(store_file, names: list[str], key: str, root: Path, engine, batch_size: int, transform=None) -> None:
+def same_numerics(
+    store_file, names: list[str], key: str, root: Path, engine, batch_size: int, transform=None, copies: bool = False
+) -> None:
     """Refuse (StoreError, one line) unless ``engine`` (bound to this run's extractor) computes the first batch of
     ``key`` (rows under ``root``; ``transform``: an augmented batch's) to the bits stored in every group of ``names``."""
     stored, paths, attrs = stored_first_batch(store_file, names, key, batch_size)
@@ -82,11 +85,17 @@ def same_numerics(store_file, names: list[str], key: str, root: Path, engine, ba
         if then.tobytes() != now.tobytes():
             differ = int(np.count_nonzero(then != now))
             most = float(np.max(np.abs(then.astype(np.float64) - now.astype(np.float64))))
+            made = "was made" if copies else "was started"
             raise StoreError(
-                f"{name}/{key} in {store_file.path} was started by a run that computed its features otherwise: its "
-                f"first {len(then)} rows, computed again here, differ in {differ} of {then.size} values (at most "
-                f"{most:.3g}){_where(attrs)}. Another machine, CPU or thread count (TF_NUM_INTRAOP_THREADS, a job's cores), or "
-                f"TensorFlow's oneDNN setting, gives features that differ in the last digits, and the split would hold "
-                f"rows of both kinds. Resume it where and as it was started, or start it again here with --overwrite "
-                f"(overwrite=True)"
+                f"{name}/{key} in {store_file.path} {made} by a run that computed its features otherwise: its first "
+                f"{len(then)} rows, computed again here, differ in {differ} of {then.size} values (at most "
+                f"{most:.3g}){_where(attrs)}. Another machine, CPU or thread count (TF_NUM_INTRAOP_THREADS, a job's "
+                f"cores), or TensorFlow's oneDNN setting, gives features that differ in the last digits, and "
+                + (
+                    "copies made here would be of another kind than the rows they augment. Make them where and as the "
+                    "split was made, or extract the split again here with --overwrite (overwrite=True)"
+                    if copies
+                    else "the split would hold rows of both kinds. Resume it where and as it was started, or start it "
+                    "again here with --overwrite (overwrite=True)"
+                )
             )

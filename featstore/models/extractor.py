@@ -34,7 +34,7 @@ from featstore.models.backbones import (
     validate_size,
 )
 from featstore.models.hub import HubSpec, is_hub_model, store_name
-from featstore.models.saved import SavedModelSpec, is_model_path, nested_head
+from featstore.models.saved import SavedModelSpec, is_model_path, refuse_no_default_cut
 from featstore.models.weights import describe_weights_argument, load_base, weights_digest
 from featstore.provenance import validate_dtype
 
@@ -255,15 +255,8 @@ class Extractor:
             keras.mixed_precision.set_global_policy(previous)
         default = spec.default_layer if isinstance(spec, (SavedModelSpec, HubSpec)) else None
         requested = c.cut_layers or (None,)  # None: the default cut
-        if isinstance(spec, SavedModelSpec) and not any(requested) and (head := nested_head(base)) is not None:
-            raise ConfigError(
-                f"{spec.shown.name} has no default cut: its last Dense layer is inside {head[0]!r}, a model nested in "
-                f"it, so its last layer, the default, gives that classifier's output (class probabilities or logits), "
-                f"not features. Pass "
-                f"--layer NAME (`featstore models {spec.shown} --layers` lists them), or save {head[0]!r} on its own "
-                f"(model.get_layer({head[0]!r}).save('base.keras')) and pass it as --model"
-                + (f": its default cut is {head[1]!r}" if head[1] else "")
-            )
+        if isinstance(spec, SavedModelSpec) and not any(requested):
+            refuse_no_default_cut(base, spec.shown)  # a classifier nested in it, or several (attack 51 #3)
         if isinstance(spec, SavedModelSpec) and not any(requested):
             last, found = (
                 [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:],

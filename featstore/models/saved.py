@@ -23,7 +23,7 @@ from featstore.linkrule import refuse_foreign
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.file_format import is_legacy
-from featstore.models.heads import classifier_head, ends_in_dense
+from featstore.models.heads import classifier_heads, ends_in_dense
 from featstore.models.held_input import held_input
 from featstore.models.keras_sizes import STATES, UNBOUNDED, held_parameters, keras_zip_problem
 from featstore.models.weights import LoadedWeights, sha256_file
@@ -237,7 +237,8 @@ def default_cut(model) -> str:
     import keras
 
     layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
-    head = classifier_head(model)
+    heads = classifier_heads(model)  # several: refused where the default is used (refuse_no_default_cut)
+    head = heads[0] if heads else None
     if head is None or head[1] is None or hasattr(head[0], "layers") or head[1] not in {x.name for x in layers}:
         return layers[-1].name  # (a nested classifier: nested_head says so; a softmax without weights behind it)
     return head[1]
@@ -261,3 +262,26 @@ def nested_head(model) -> tuple[str, str | None] | None:
             own = any(isinstance(x, keras.layers.Dense) for x in inner)
             return lyr.name, default_cut(lyr) if own else None
     return None
+
+
+def refuse_no_default_cut(model, shown: Path) -> None:
+    """Refuse the default cut of a saved model that has none, in one line with the ``--layer`` that works: its
+    classifier is inside a model nested in it (:func:`nested_head`; its last layer would give that classifier's
+    output), or its outputs end in several classifiers (an auxiliary classifier, Inception's: the first output's head
+    was cut silently, attack 51 #3)."""
+    heads = classifier_heads(model)
+    if len(heads) > 1:
+        said = ", ".join(f"{h.name!r} fed by {f!r}" if f else repr(h.name) for h, f in heads)
+        raise ConfigError(
+            f"{shown.name} has no default cut: its outputs end in {len(heads)} classifiers ({said}). Pass --layer NAME, "
+            f"the layer whose features you want (`featstore models {shown} --layers` lists them)"
+        )
+    head = nested_head(model)
+    if head is not None:
+        raise ConfigError(
+            f"{shown.name} has no default cut: its last Dense layer is inside {head[0]!r}, a model nested in "
+            f"it, so its last layer, the default, gives that classifier's output (class probabilities or logits), "
+            f"not features. Pass --layer NAME (`featstore models {shown} --layers` lists them), or save {head[0]!r} "
+            f"on its own (model.get_layer({head[0]!r}).save('base.keras')) and pass it as --model"
+            + (f": its default cut is {head[1]!r}" if head[1] else "")
+        )
