@@ -107,7 +107,7 @@ def own_tempdir(quiet: bool = False, api: bool = False) -> str:
     why = (
         err.strerror
         if err is not None
-        else f"it is {owner_name(st.st_uid)}'s"
+        else f"{owner_name(st.st_uid)} made it, not you: only they or an admin can remove it"
         if st.st_uid != os.geteuid()
         else "it is a link; featstore uses only a folder there"  # (her own link: "not a folder" read as a mistake, 48 L4)
         if stat.S_ISLNK(st.st_mode)
@@ -115,7 +115,7 @@ def own_tempdir(quiet: bool = False, api: bool = False) -> str:
         if not stat.S_ISDIR(st.st_mode)
         else f"it is open to others, mode {stat.S_IMODE(st.st_mode):04o}"
     )
-    avoid = f"others may make entries, and featstore's folder of yours there, {base}, cannot be used ({why})"
+    avoid = f"others may make entries, and the folder featstore keeps for you there, {base}, cannot be used ({why})"
     home, line = choose(avoid, api)  # the home cache folder, as for a folder others may rename in (attack 47 #3)
     if line is not None and not quiet and line not in _SAID:
         _SAID.add(line)
@@ -160,3 +160,25 @@ def use_own_tempdir() -> None:
     temporary files had moved to the home quota without a word (attack 48 L5)."""
     if hasattr(os, "geteuid") and not closed(tempfile.gettempdir()):
         tempfile.tempdir = own_tempdir(api=True)
+
+
+def quiet_matplotlib(tmp: str) -> None:
+    """Give matplotlib a configuration folder in ``tmp`` (the command's own temporary folder) where its own (in
+    ``MPLCONFIGDIR``, ``XDG_CONFIG_HOME`` or ``~/.config``) cannot be made or written: a home folder that cannot be
+    written added two long warnings of matplotlib's to every extract (attack 51 L6). A set ``MPLCONFIGDIR`` stays."""
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    folder = Path(base if os.path.isabs(base) else Path.home() / ".config") / "matplotlib"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK):
+            return
+    except (OSError, RuntimeError):  # (RuntimeError: no home at all)
+        pass
+    mine = Path(tmp) / "matplotlib"
+    try:
+        mine.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return  # matplotlib makes its own temporary one, and says so
+    os.environ["MPLCONFIGDIR"] = str(mine)

@@ -224,7 +224,7 @@ def test_the_api_says_once_that_the_process_temporary_folder_moved(sticky, tmp_p
     said = [r.getMessage() for r in caplog.records]
     assert moved == str(tmp_path / "cache" / "featstore" / "tmp")
     assert len(said) == 1, said
-    assert f"{squat}, cannot be used (it is uid {OTHER}'s)" in said[0]
+    assert f"{squat}, cannot be used (uid {OTHER} made it, not you: only they or an admin can remove it)" in said[0]
     assert (
         f"this process's temporary files (tempfile's folder: featstore's, TensorFlow's and your own code's) go to {moved}"
         in said[0]

@@ -44,12 +44,15 @@ def test_a_colleagues_folder_at_the_users_name_falls_back_to_the_home_cache(stic
     with caplog.at_level("WARNING", logger="featstore"):
         assert tmpdir.own_tempdir() == str(tmp_path / "cache" / "featstore" / "tmp")
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 1 and f"{squat}, cannot be used (it is uid 54321's)" in said[0], said
+    assert (
+        len(said) == 1
+        and f"{squat}, cannot be used (uid 54321 made it, not you: only they or an admin can remove it)" in said[0]
+    ), said
     assert "featstore keeps its temporary files in" in said[0]
     monkeypatch.setenv("XDG_CACHE_HOME", "/dev/null")
     with pytest.raises(ConfigError) as got:
         tmpdir.own_tempdir()
-    assert "it is uid 54321's" in str(got.value) and "set TMPDIR to a folder of yours" in str(got.value)
+    assert "uid 54321 made it, not you" in str(got.value) and "set TMPDIR to a folder of yours" in str(got.value)
 
 
 def test_the_python_api_builds_its_models_with_a_temporary_folder_only_the_user_may_enter(sticky):
@@ -75,3 +78,20 @@ def test_the_command_and_a_ray_worker_keep_their_temporary_files_there(sticky, m
     monkeypatch.setattr(tempfile, "tempdir", str(sticky))
     worker_tempdir()
     assert tempfile.tempdir == own
+
+
+def test_matplotlib_gets_a_config_folder_where_the_home_one_cannot_be_made(tmp_path, monkeypatch):
+    """Attack 51 L6: a home folder that cannot be written added two long matplotlib warnings to every extract."""
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    (tmp_path / "home").write_text("not a folder")  # (root may write anywhere: a home that is a file cannot hold one)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    tmpdir.quiet_matplotlib(str(tmp_path))
+    assert os.environ["MPLCONFIGDIR"] == str(tmp_path / "matplotlib") and (tmp_path / "matplotlib").is_dir()
+    monkeypatch.setenv("MPLCONFIGDIR", "/theirs")
+    tmpdir.quiet_matplotlib(str(tmp_path))
+    assert os.environ["MPLCONFIGDIR"] == "/theirs"  # the user's stays
+    monkeypatch.delenv("MPLCONFIGDIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "fine"))
+    tmpdir.quiet_matplotlib(str(tmp_path))
+    assert "MPLCONFIGDIR" not in os.environ and (tmp_path / "fine" / ".config" / "matplotlib").is_dir()

@@ -303,7 +303,7 @@ def _private_tempdir() -> None:
     command printed the line twice, this warning and then its own error)."""
     import tempfile
 
-    from featstore.tmpdir import own_tempdir
+    from featstore.tmpdir import own_tempdir, quiet_matplotlib
 
     sys.meta_path[:] = [  # an earlier in-process run's, and the API's (it checks a part of _BeforeKeras's checks)
         f for f in sys.meta_path if not isinstance(f, _BeforeKeras) and type(f).__name__ != "SettingsCheck"
@@ -314,6 +314,7 @@ def _private_tempdir() -> None:
         sys.meta_path.insert(0, _BeforeKeras(needs_tmp=True))
     else:
         sys.meta_path.insert(0, _BeforeKeras(needs_tmp=False))
+        quiet_matplotlib(tempfile.tempdir)
 
 
 class _BeforeKeras:
