@@ -169,8 +169,8 @@ def quiet_matplotlib(tmp: str) -> None:
     if os.environ.get("MPLCONFIGDIR"):
         return
     base = os.environ.get("XDG_CONFIG_HOME", "")
-    folder = Path(base if os.path.isabs(base) else Path.home() / ".config") / "matplotlib"
     try:
+        folder = Path(base if os.path.isabs(base) else Path.home() / ".config") / "matplotlib"
         folder.mkdir(parents=True, exist_ok=True)
         if os.access(folder, os.W_OK):
             return

@@ -196,6 +196,9 @@ def test_the_room_reads_a_cgroup_limit_at_any_level_v1_or_v2(tmp_path, v2):
 
     _fake_cgroups(tmp_path, v2)
     assert room._cgroup_room(tmp_path) == 900_000_000
+    leaf = tmp_path / ("sys/fs/cgroup/job/step" if v2 else "sys/fs/cgroup/memory/job/step")
+    (leaf / ("memory.max" if v2 else "memory.limit_in_bytes")).unlink()  # a leaf without the controller's files
+    assert room._cgroup_room(tmp_path) == 900_000_000  # the limit above it still holds
     assert room._cgroup_room(tmp_path / "nothing") is None  # no /proc: no cgroup room, no error
 
 

@@ -223,3 +223,27 @@ def test_a_model_whose_outputs_end_in_two_classifiers_has_no_default_cut(tmp_pat
     line = str(got.value)
     assert line.startswith("two.keras has no default cut: its outputs end in 2 classifiers ('aux_fc' fed by 'aux_gap', "
                            "'main_fc' fed by 'main_emb'). Pass --layer NAME"), line  # fmt: skip
+
+
+def test_review_heads_nested_classifier_under_own_dense_and_an_l2_embedding(tmp_path):
+    """A Dense-built squeeze-excitation in the outer model and a Sequential classifier nested at its end: the nested
+    model's probabilities were the default cut, said as "it does not end in a classifier" (nested_head looks only
+    where the outer model has no Dense). An L2-normalised embedding (Dense -> UnitNormalization) is features, not cut
+    before its Dense."""
+    import keras
+
+    from featstore.errors import ConfigError
+    from featstore.models.saved import no_default_cut, refuse_no_default_cut
+
+    L = keras.layers
+    inp = keras.Input((16, 16, 3))
+    x = L.Conv2D(4, 3, padding="same", name="conv")(inp)
+    s = L.Dense(4, name="se_fc")(L.GlobalAveragePooling2D()(x))
+    x = L.Multiply(name="se_mul")([x, L.Reshape((1, 1, 4))(s)])
+    clf = keras.Sequential([L.Conv2D(5, 1), L.GlobalAveragePooling2D(), L.Softmax()], name="classifier")
+    model = keras.Model(inp, clf(x))
+    with pytest.raises(ConfigError, match=r"its classifier is 'classifier', a model nested in it.*--layer se_mul"):
+        refuse_no_default_cut(model, tmp_path / "m.keras")
+    assert no_default_cut(model)
+    emb = keras.Model(inp, L.UnitNormalization(name="l2")(L.Dense(8, name="emb")(L.GlobalAveragePooling2D()(inp))))
+    assert default_cut(emb) == "l2" and not no_default_cut(emb)

@@ -95,3 +95,18 @@ def test_matplotlib_gets_a_config_folder_where_the_home_one_cannot_be_made(tmp_p
     monkeypatch.setenv("HOME", str(tmp_path / "fine"))
     tmpdir.quiet_matplotlib(str(tmp_path))
     assert "MPLCONFIGDIR" not in os.environ and (tmp_path / "fine" / ".config" / "matplotlib").is_dir()
+
+
+def test_no_home_at_all_is_no_traceback(tmp_path, monkeypatch):
+    """Review: Path.home() outside the try: `env -i`, a container's --user 12345 without a passwd entry ended every
+    command in RuntimeError before it ran."""
+    from pathlib import Path
+
+    def nowhere():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(nowhere))
+    tmpdir.quiet_matplotlib(str(tmp_path))
+    assert os.environ["MPLCONFIGDIR"] == str(tmp_path / "matplotlib")

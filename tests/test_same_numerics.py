@@ -94,3 +94,20 @@ def test_copies_of_a_split_made_with_another_batch_size_are_made(data_root, tiny
     extract(data_root, "train", store, tiny_config, batch_size=1)
     r = extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
     assert r.augmented.rows == 12
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "said"), [("jit", True, "with --jit (jit=True)"), ("engine", "ray", "with --engine ray")]
+)
+def test_copies_of_a_split_made_otherwise_name_what_differs(data_root, tiny_config, tmp_path, key, value, said):
+    """Review: copies of a split made on Ray, or with --jit, were refused by the bit check, blaming the machine."""
+    store = tmp_path / "f.h5"
+    extract(data_root, "train", store, tiny_config, batch_size=4)
+    with h5py.File(store, "r+") as f:
+        f["vgg16"]["train"].attrs[key] = value  # as a split made so
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
+    line = str(err.value)
+    assert f"split 'train' of 'vgg16' in {store} was made {said}" in line and "Extract the split again with" in line, (
+        line
+    )

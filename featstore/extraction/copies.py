@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, StoreError
 from featstore.images.augment import Augmentation, augment_batch, parse_augment
 from featstore.images.listing import printable
-from featstore.provenance import MAX_AUGMENT_COPIES, refuse_evaluation_split
+from featstore.provenance import MAX_AUGMENT_COPIES, NUMERICS, plain, refuse_evaluation_split
 
 logger = logging.getLogger(__name__)
 
@@ -144,3 +144,20 @@ class CopyRows:
         """The augmentation of the batch whose first row is ``first``, back to 8-bit pixels as decoded images are."""
         model = self.req.augmentation.model(batch_seed(self.req.seed, first), self.size, 3)
         return lambda images: np.rint(augment_batch(model, images)).astype(np.uint8)
+
+
+def refuse_made_otherwise(plain_attrs: dict, want: dict, split: str, name: str, path) -> None:
+    """Refuse copies computed otherwise than the split they augment, as the split records it (``--jit``, ``--runtime``,
+    oneDNN, the engine: copies run on the local engine), naming the difference and the way out: the rows would be of
+    two kinds, and the first-batch check blamed the machine (review of 49 #3's fix)."""
+    for key, (before, said, why) in NUMERICS.items():
+        then, now = plain(plain_attrs.get(key, before)), want.get(key, before)
+        if None in (then, now) or then == now:
+            continue
+        again = "" if key == "engine" else f", or make them {said(then)}"
+        raise StoreError(
+            f"split {split!r} of {name!r} in {path} was made {said(then)}, and its copies would be made {said(now)} "
+            f"(augmented copies run on the local engine): {why}, so the copies would be of another kind than the rows "
+            f"they augment. Extract the split again {said(now)} with --overwrite (overwrite=True), then add its "
+            f"copies{again}"
+        )

@@ -18,6 +18,7 @@ it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -35,8 +36,9 @@ from featstore.extraction.same_numerics import same_numerics
 from featstore.images.decode import check_threads, iter_decoded  # noqa: F401 (iter_decoded re-exported: predict, finetune)
 from featstore.images.listing import discover
 from featstore.models.extractor import Extractor, ExtractorConfig, default_store_name  # noqa: F401 (re-exported: the public API names them here)
-from featstore.models.forward import machine, numerics, require_jit_backend
+from featstore.models.forward import machine, numerics, on_gpu, require_jit_backend
 from featstore.models.onnx_runtime import CACHE_FOLDER, check_runtime
+from featstore.models.room import computed_elsewhere
 from featstore.outputs import cache_dir
 from featstore.provenance import AUGMENTED
 from featstore.store.layout import check_root
@@ -253,7 +255,8 @@ class _Extraction:
                 c = replace(c, cut_layers=tuple(self.configs[n].layer for n in names))
             cache = cache_dir(self.file.path) / CACHE_FOLDER
             built = Extractor(c, self.spec, jit=jit, jit_batch=self.how.batch_size, runtime_cache=cache)
-            built.check_traced()  # before the store is written: a refused model left its group there (attack 44 #3)
+            with computed_elsewhere() if self.engine.name != "local" else contextlib.nullcontext():  # Ray's: theirs
+                built.check_traced()  # before the store is written: a refused model left its group there (attack 44 #3)
             self.built[tuple(names)] = built
         return self.built[tuple(names)]
 
@@ -327,6 +330,7 @@ class _Extraction:
         if not found.todo:
             out.skipped, out.rows = True, total
             return out
+        augcopies.refuse_made_otherwise(plain_attrs, {**want, "engine": "local"}, split, self.names[0], path)
         extractor = self.extractor(found.todo, jit=self.how.jit)
         rows = augcopies.CopyRows(req, Path(want["source_root"]), rel, labels, extractor.config.image_size)
         writer = SplitWriter(self.file, found.todo, key, extra=("copy",))
@@ -363,7 +367,7 @@ class _Extraction:
             writer.compact(overwrite)  # resume from a clean copy: a killed writer's file state is never written on
         need = (rows.total - found.done) * row_bytes + CHUNK_BYTES
         ensure_space(self.file.path, need, found.done)  # before anything is replaced
-        if plain and self.engine.name == "local":  # copies of the split's kind only, checked before any group is made
+        if plain and self._can_check():  # copies of the split's kind only, checked before any group is made
             self.engine.bind(extractor, jit=self.how.jit, batch_size=self.how.batch_size)
             self._same_numerics(writer.names, plain, split_attrs, None, copies=True)  # (attack 49 #3)
         marks = {"purpose": self.how.purpose} if self.how.purpose else {}  # written with a group, in its creation
@@ -372,17 +376,33 @@ class _Extraction:
             return None
         self.engine.bind(extractor, jit=self.how.jit, batch_size=self.how.batch_size)
         names = writer.names
-        if any(writer.starts) and self.engine.name == "local":  # a resume computes as its rows were (attack 49 #1)
+        if any(writer.starts) and self._can_check():  # a resume computes as its rows were (attack 49 #1)
             self._same_numerics(names, writer.key, split_attrs, rows.transform(0))
         desc = f"{names[0]}/{writer.key}" if len(names) == 1 else f"{len(names)} layers/{writer.key}"
         return run_pass(
             writer, rows, self.engine, batch_size=self.how.batch_size, progress=self.how.progress, desc=desc
         )
 
+    def _can_check(self) -> bool:
+        """Whether a resume's rows can be checked bit for bit here: on the local engine (Ray's actors group images by
+        paths), not on a GPU (cuDNN picks its algorithms per process: said, not refused; review #2)."""
+        if self.engine.name != "local":
+            return False
+        if on_gpu():
+            logger.info("computing on a GPU: the rows already there are not checked against this run's bits")
+            return False
+        return True
+
     def _same_numerics(self, names: list[str], key: str, split_attrs: dict, transform, copies: bool = False) -> None:
         """:func:`~featstore.extraction.same_numerics.same_numerics` of ``key`` by the bound engine."""
         root = Path(split_attrs["source_root"])
-        same_numerics(self.file, names, key, root, self.engine, self.how.batch_size, transform, copies)
+        again = (  # a fine-tuning's cache has no --overwrite of its own (review #7): its group goes
+            f"delete the group so that the fine-tuning caches it again here (del h5py.File({str(self.file.path)!r}, "
+            f"'a')[{names[0]!r}])"
+            if self.how.purpose
+            else "start it again here with --overwrite (overwrite=True)"
+        )
+        same_numerics(self.file, names, key, root, self.engine, self.how.batch_size, transform, copies, again)
 
 
 MAX_BATCH_BYTES = 4 << 30  # the features of one batch: the forward pass holds them (and more) at once

@@ -37,7 +37,8 @@ def stored_first_batch(store_file, names: list[str], key: str, batch_size: int) 
             sg = f[name][key] if name in f and key in f[name] else None
             n = validate_split(sg, f"{store_file.path}:/{name}/{key}").rows if sg is not None else 0
             said = bounded_attrs(sg, f"{store_file.path}:{sg.name}") if n else {}
-            k = min(n, int(plain(said.get("batch_size", batch_size))))  # its own first call (51 #4: copies' batches)
+            recorded = plain(said.get("batch_size", batch_size))  # its own first call (51 #4: copies' batches)
+            k = min(n, recorded if isinstance(recorded, int) and recorded > 0 else batch_size)
             feats.append(sg["features"][:k] if k else None)
             if k > len(paths):
                 paths, attrs = read_paths(sg["paths"], k), said
@@ -57,7 +58,15 @@ def _where(attrs: dict) -> str:
 
 
 def same_numerics(
-    store_file, names: list[str], key: str, root: Path, engine, batch_size: int, transform=None, copies: bool = False
+    store_file,
+    names: list[str],
+    key: str,
+    root: Path,
+    engine,
+    batch_size: int,
+    transform=None,
+    copies: bool = False,
+    again: str = "start it again here with --overwrite (overwrite=True)",
 ) -> None:
     """Refuse (StoreError, one line) unless ``engine`` (bound to this run's extractor) computes the first batch of
     ``key`` (rows under ``root``; ``transform``: an augmented batch's) to the bits stored in every group of ``names``."""
@@ -95,7 +104,6 @@ def same_numerics(
                     "copies made here would be of another kind than the rows they augment. Make them where and as the "
                     "split was made, or extract the split again here with --overwrite (overwrite=True)"
                     if copies
-                    else "the split would hold rows of both kinds. Resume it where and as it was started, or start it "
-                    "again here with --overwrite (overwrite=True)"
+                    else f"the split would hold rows of both kinds. Resume it where and as it was started, or {again}"
                 )
             )

@@ -33,8 +33,10 @@ def numerics(runtime: str = "keras") -> dict[str, bool]:
     TensorFlow does not compute (onnx): none."""
     if runtime != "keras":
         return {}
-    from tensorflow.python.util import _pywrap_util_port  # TF's own test of it (no public API says it)
-
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # TF's own test of it (no public API says it)
+    except ImportError:  # a TensorFlow without it: not recorded, so not compared (same_numerics still checks the bits)
+        return {}
     return {"onednn": bool(_pywrap_util_port.IsMklEnabled())}
 
 
@@ -52,6 +54,14 @@ def machine() -> dict:
     except OSError:
         cpu = ""
     return {"threads": threads, "cpu": cpu[:200] or "unknown"}
+
+
+def on_gpu() -> bool:
+    """Whether TensorFlow computes on a GPU here (one is visible to it): its memory is not this process's RAM, and
+    cuDNN picks convolution algorithms per process (a batch's last bits differ from one run to the next)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 def backend() -> str:

@@ -94,4 +94,6 @@ def _head_is(layer, depth: int, past_scores: bool = False) -> bool | str | None:
         if isinstance(layer, keras.layers.Dense) or convolution and (scores or past_scores):
             return True
         return None if past_scores and "Normalization" in type(layer).__name__ else False
+    if "Normalization" in type(layer).__name__ and not past_scores:  # an L2-normalised embedding: features (review)
+        return False
     return "scores" if scores else None

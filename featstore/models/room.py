@@ -13,6 +13,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 from dataclasses import dataclass
@@ -78,7 +79,8 @@ def _folders(root: Path) -> list[tuple[Path, bool]]:
                 here = root / point.lstrip("/") / rel.lstrip("/")
                 top = root / point.lstrip("/")
                 chain = [here, *[p for p in here.parents if p == top or top in p.parents]]
-                if (here / ("memory.max" if v2 else "memory.limit_in_bytes")).exists():
+                limit = "memory.max" if v2 else "memory.limit_in_bytes"  # (a v2 leaf without the controller: above)
+                if here.is_dir() and any((p / limit).exists() for p in chain):
                     return [(p, v2) for p in chain]
     return []
 
@@ -114,8 +116,25 @@ def _cgroup_room(root: Path = Path("/")) -> int | None:
     return min(rooms) if rooms else None
 
 
+_ELSEWHERE: list[bool] = []  # set while the model is measured for other processes (a Ray driver's, review #3)
+
+
+@contextlib.contextmanager
+def computed_elsewhere():
+    """No room inside the block: the model runs in other processes (Ray's workers: their own limits, their own
+    checks), so this process's limits say nothing of them (a login node's few GB refused a model the workers fit)."""
+    _ELSEWHERE.append(True)
+    try:
+        yield
+    finally:
+        _ELSEWHERE.pop()
+
+
 def memory_room() -> Room | None:
-    """The least of the limits this process runs under, as a :class:`Room`; None where none can be read."""
+    """The least of the limits this process runs under, as a :class:`Room`; None where none can be read, or inside
+    :func:`computed_elsewhere`."""
+    if _ELSEWHERE:
+        return None
     rooms = []
     soft = resource.getrlimit(resource.RLIMIT_AS)[0]
     used = _kib("/proc/self/status", "VmSize")

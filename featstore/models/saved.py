@@ -285,3 +285,20 @@ def refuse_no_default_cut(model, shown: Path) -> None:
             f"on its own (model.get_layer({head[0]!r}).save('base.keras')) and pass it as --model"
             + (f": its default cut is {head[1]!r}" if head[1] else "")
         )
+    if heads and hasattr(heads[0][0], "layers"):  # nested, the outer model has Dense layers of its own (review #1)
+        raise ConfigError(
+            f"{shown.name} has no default cut: its classifier is {heads[0][0].name!r}, a model nested in it, so its last "
+            f"layer, the default, gives that classifier's output (class probabilities or logits), not features. Pass "
+            f"--layer NAME (`featstore models {shown} --layers` lists them)"
+            + (f", e.g. --layer {heads[0][1]}, the layer feeding it" if heads[0][1] else "")
+        )
+
+
+def no_default_cut(model) -> bool:
+    """Whether :func:`refuse_no_default_cut` refuses ``model``'s default cut (``featstore models --layers`` then marks
+    none: it marked the first head's while extract refused)."""
+    try:
+        refuse_no_default_cut(model, Path("model"))
+    except ConfigError:
+        return True
+    return False

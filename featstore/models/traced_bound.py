@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from featstore.errors import ConfigError
 from featstore.models.activations import MAX_ACTIVATION_BYTES, layer_before, over_bound
+from featstore.models.forward import on_gpu
 from featstore.models.room import memory_room
 from featstore.units import format_bytes
 
@@ -179,7 +180,7 @@ def refuse_no_room(model, traced: Traced | None, shown: str, resizable: bool) ->
     outputs held together (:data:`HOLD_BOTH`). Two 2 GiB convolutions in a row, each within the bound, died of
     ``std::bad_alloc`` under a 6 GB address-space limit at --batch-size 1, no line (attack 48 #6)."""
     need, op, kind = traced.working if traced is not None else (0, "", "")
-    room = memory_room() if need else None
+    room = memory_room() if need and not on_gpu() else None  # (a GPU's memory is not this process's RAM)
     if room is None or need <= room.nbytes:
         return
     layer = _layer(model, op)

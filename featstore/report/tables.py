@@ -120,13 +120,13 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
     A registered backbone is built with random weights; a saved model is loaded as ``extract`` loads it, and
     the default cut (the layer before its last Dense layer where it ends in a classifier, else its output) is marked.
     """
-    from featstore.models.saved import SavedModelSpec, is_model_path, nested_head
+    from featstore.models.saved import SavedModelSpec, is_model_path, no_default_cut
 
     default = None
     if is_model_path(model):
         spec = SavedModelSpec.from_path(model, trust_model=trust_model)
         base, default = spec.build(spec.default_size)[0], spec.default_layer
-        default = None if nested_head(base) else default  # a nested classifier's probabilities: no cut (43 #11)
+        default = None if no_default_cut(base) else default  # a nested classifier, several: no cut (43 #11, 51 #3)
     else:
         from featstore.models.backbones import validate_size
 
