@@ -332,7 +332,8 @@ def test_held_out_best_equals_the_whole_tile(n):
     S[np.arange(200), own[:200]] = -np.inf
     v, j = held_out_best(a, t, unit_rows(t), n, own)
     np.testing.assert_allclose(v, S.max(axis=1), atol=2e-6)
-    assert (j == S.argmax(axis=1)).all()
+    tied = j != S.argmax(axis=1)  # only where the rows are exact copies (t[5], t[100:130]): the float32 product S
+    assert np.array_equal(t[j[tied]], t[S.argmax(axis=1)[tied]])  # gave one a last bit more (numpy 2.4.6's BLAS)
     one = t[:1]
     v1, j1 = held_out_best(one.copy(), one, unit_rows(one), n, np.array([0]))  # only itself: -inf, as argmax gives
     assert v1[0] == -np.inf and j1[0] == 0

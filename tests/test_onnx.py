@@ -150,7 +150,7 @@ def test_a_resume_with_another_runtime_is_refused_both_sides_shown(made, tmp_pat
     with pytest.raises(StoreError) as err:
         extract(made["data"], "train", store, ONNX, batch_size=4)
     msg = str(err.value)
-    assert "was started with --runtime keras and this run is with --runtime onnx" in msg
+    assert "was started with --runtime keras (runtime='keras' in Python) and this run is with --runtime onnx" in msg
     assert "Resume it with --runtime keras" in msg and "--overwrite (overwrite=True)" in msg
     assert FeatureStore(store).split_info("train")["committed_rows"] == 4  # untouched
     r = extract(made["data"], "train", store, ONNX, batch_size=4, overwrite=True)  # the fix it names
