@@ -45,17 +45,7 @@ MODEL_SOURCE_KEYS += OPTIONAL_FINGERPRINT_FIELDS
 # one place both live: featstore.images.decode does what they say, every extractor group records them.
 RESIZE_ID = "pil-bilinear-square-jpegdraft/1"
 RESIZE_DESCRIPTION = "PIL bilinear to a square, aspect ratio not kept; JPEG draft (DCT-scaled) decoding"
-# Split attributes that must be the same to resume a partial split (the rest describe the run).
 DTYPES = ("float32", "float16")  # stored feature types
-RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
-# Split attributes recorded, not fingerprinted, that change features in their last digits: a resume under another value
-# is refused. Key: (the value of a store made before it, how a value is said, why they differ).
-NUMERICS = {
-    "jit": (False, lambda v: f"with{'' if v else 'out'} --jit (jit={bool(v)})", "XLA-compiled features differ from uncompiled ones in the last digits"),
-    "runtime": ("keras", lambda v: f"with --runtime {v} (runtime={v!r} in Python)", "the two runtimes' features differ in the last digits"),
-    "onednn": (None, lambda v: f"with TensorFlow's oneDNN {'on (TF_ENABLE_ONEDNN_OPTS=1' if v else 'off (TF_ENABLE_ONEDNN_OPTS=0'} in the shell)", "oneDNN's kernels give features that differ from TensorFlow's own in the last digits"),
-    "engine": (None, lambda v: f"with --engine {v} (engine={v!r} in Python)", "the engines call the model on other groups of images with other threads, whose features differ in the last digits"),
-}  # fmt: skip
 MAX_AUGMENT_COPIES = 100  # --augment K at most (more is almost surely a typo)
 # Augmented copies of a split live in its subgroup AUGMENTED (never a split: no split lists it, no split name can reach it).
 AUGMENTED = "augmented"
@@ -165,32 +155,6 @@ def refuse_other_features(have: dict, recorded: dict, what: str, fix: str) -> No
         f"{str(recorded.get('fingerprint'))[:12]} ({describe_diff(have, recorded, sides=('here', what))}); "
         f"refusing to mix them. {fix}"
     )
-
-
-def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:
-    """Refuse resuming a partial split that was started with other images or write options."""
-    changed = [
-        f"{what} ({stored.get('n_images')} images then, {new['n_images']} now)"
-        if key == "listing_sha256"
-        else f"{what} ({plain(stored.get(key))} then, {new[key]} now)"
-        for key, what in RESUME_KEYS.items()
-        if plain(stored.get(key)) != new[key]
-    ]
-    if changed:
-        raise StoreError(
-            f"split {split!r} of {name!r} in {path} was started with another {', '.join(changed)}; resuming would "
-            f"mix two different runs. Re-run with the same options, or pass --overwrite (overwrite=True in Python) to start it "
-            f"again"
-        )
-    for key, (before, said, why) in NUMERICS.items():
-        then, now = plain(stored.get(key, before)), new.get(key, before)
-        if before is None and None in (then, now) or then == now:  # None: not known (a store before it, ONNX's oneDNN)
-            continue
-        raise StoreError(
-            f"split {split!r} of {name!r} in {path} was started {said(then)} and this run is {said(now)}: {why}, so the "
-            f"split would hold rows of both kinds. Resume it {said(then)}, or start it again {said(now)} by adding "
-            f"--overwrite (overwrite=True)"
-        )
 
 
 def refuse_other_augmentation(stored: dict, new: dict, split: str, name: str, path) -> None:

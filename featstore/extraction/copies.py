@@ -28,7 +28,8 @@ import numpy as np
 from featstore.errors import ConfigError, StoreError
 from featstore.images.augment import Augmentation, augment_batch, parse_augment
 from featstore.images.listing import printable
-from featstore.provenance import MAX_AUGMENT_COPIES, NUMERICS, plain, refuse_evaluation_split
+from featstore.provenance import MAX_AUGMENT_COPIES, refuse_evaluation_split
+from featstore.store.resume import numerics_differ
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def copies_attrs(
 ) -> dict:
     """The copies' split attributes: the plain split's classes, root and images, this run's write options, the augmentation."""
     return {
-        "jit": bool(jit),  # a resume with the other setting is refused (provenance.refuse_resume)
+        "jit": bool(jit),  # a resume with the other setting is refused (store.resume.refuse_resume)
         "class_names": plain_attrs["class_names"],
         "source_root": plain_attrs["source_root"],
         "n_images": req.copies * source_rows,
@@ -150,14 +151,11 @@ def refuse_made_otherwise(plain_attrs: dict, want: dict, split: str, name: str, 
     """Refuse copies computed otherwise than the split they augment, as the split records it (``--jit``, ``--runtime``,
     oneDNN, the engine: copies run on the local engine), naming the difference and the way out: the rows would be of
     two kinds, and the first-batch check blamed the machine (review of 49 #3's fix)."""
-    for key, (before, said, why) in NUMERICS.items():
-        then, now = plain(plain_attrs.get(key, before)), want.get(key, before)
-        if None in (then, now) or then == now:
-            continue
-        again = "" if key == "engine" else f", or make them {said(then)}"
+    if differ := numerics_differ(plain_attrs, want):
+        key, then, now, why = differ
         raise StoreError(
-            f"split {split!r} of {name!r} in {path} was made {said(then)}, and its copies would be made {said(now)} "
-            f"(augmented copies run on the local engine): {why}, so the copies would be of another kind than the rows "
-            f"they augment. Extract the split again {said(now)} with --overwrite (overwrite=True), then add its "
-            f"copies{again}"
+            f"split {split!r} of {name!r} in {path} was made {then}, and its copies would be made {now} (augmented "
+            f"copies run on the local engine): {why}, so the copies would be of another kind than the rows they "
+            f"augment. Extract the split again {now} with --overwrite (overwrite=True), then add its copies"
+            + ("" if key == "engine" else f", or make them {then}")
         )

@@ -35,7 +35,6 @@ from featstore.provenance import (
     refuse_changed_listing,
     refuse_other_extractor,
     refuse_reserved_split,
-    refuse_resume,
     validate_extractor,
 )
 from featstore.store.attr_values import bounded_attrs, read_attr
@@ -58,6 +57,7 @@ from featstore.store.locking import (  # noqa: F401 (StoreFile, lock_holder, wri
     lock_holder,
     writer_lock,
 )
+from featstore.store.resume import refuse_resume
 from featstore.store.space import check_writable, ensure_space, refuse_unstorable_strings  # noqa: F401 (re-exported)
 from featstore.store.strings import MAX_REASON_BYTES, shown_list
 from featstore.version import __version__

@@ -1,0 +1,57 @@
+"""What a resumed split must share with the run that started it, else the resume is refused with both sides shown:
+the same images and write options (:data:`RESUME_KEYS`), and the same way of computing its features beyond the
+fingerprint (:data:`NUMERICS`: ``--jit``, ``--runtime``, TensorFlow's oneDNN, the engine), whose rows differ in their
+last digits. Augmented copies are held to their split's :data:`NUMERICS` too (:func:`numerics_differ`).
+:mod:`featstore.extraction.same_numerics` checks the bits themselves.
+"""
+
+from __future__ import annotations
+
+from featstore.errors import StoreError
+from featstore.provenance import plain
+
+# Split attributes that must be the same to resume a partial split (the rest describe the run).
+RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
+# Split attributes recorded, not fingerprinted, that change features in their last digits: a resume under another value
+# is refused. Key: (the value of a store made before it, how a value is said, why they differ).
+NUMERICS = {
+    "jit": (False, lambda v: f"with{'' if v else 'out'} --jit (jit={bool(v)})", "XLA-compiled features differ from uncompiled ones in the last digits"),
+    "runtime": ("keras", lambda v: f"with --runtime {v} (runtime={v!r} in Python)", "the two runtimes' features differ in the last digits"),
+    "onednn": (None, lambda v: f"with TensorFlow's oneDNN {'on (TF_ENABLE_ONEDNN_OPTS=1' if v else 'off (TF_ENABLE_ONEDNN_OPTS=0'} in the shell)", "oneDNN's kernels give features that differ from TensorFlow's own in the last digits"),
+    "engine": (None, lambda v: f"with --engine {v} (engine={v!r} in Python)", "the engines call the model on other groups of images with other threads, whose features differ in the last digits"),
+}  # fmt: skip
+
+
+def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:
+    """Refuse resuming a partial split that was started with other images or write options."""
+    changed = [
+        f"{what} ({stored.get('n_images')} images then, {new['n_images']} now)"
+        if key == "listing_sha256"
+        else f"{what} ({plain(stored.get(key))} then, {new[key]} now)"
+        for key, what in RESUME_KEYS.items()
+        if plain(stored.get(key)) != new[key]
+    ]
+    if changed:
+        raise StoreError(
+            f"split {split!r} of {name!r} in {path} was started with another {', '.join(changed)}; resuming would "
+            f"mix two different runs. Re-run with the same options, or pass --overwrite (overwrite=True in Python) to start it "
+            f"again"
+        )
+    if differ := numerics_differ(stored, new):
+        _, then, now, why = differ
+        raise StoreError(
+            f"split {split!r} of {name!r} in {path} was started {then} and this run is {now}: {why}, so the split "
+            f"would hold rows of both kinds. Resume it {then}, or start it again {now} by adding --overwrite "
+            f"(overwrite=True)"
+        )
+
+
+def numerics_differ(stored: dict, new: dict) -> tuple[str, str, str, str] | None:
+    """(the key, how ``stored`` was computed, how ``new`` would be, why they differ) at the first :data:`NUMERICS` key on
+    which they differ; a key one side does not know (a store before it, ONNX's oneDNN: None) is none. None where none
+    do."""
+    for key, (before, said, why) in NUMERICS.items():
+        then, now = plain(stored.get(key, before)), new.get(key, before)
+        if None not in (then, now) and then != now:
+            return key, said(then), said(now), why
+    return None
