@@ -48,9 +48,8 @@ def choose(avoid: str | None = None, api: bool = False) -> tuple[str, str | None
     head = f"temporary folder {default}{where}, in which " + (
         avoid or "other users may rename entries (or a link of theirs)"
     )
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    try:  # a relative XDG_CACHE_HOME is ignored, as the XDG spec says (it was taken from the current folder: 48 L4)
-        cache = Path(xdg if os.path.isabs(xdg) else Path.home() / ".cache") / "featstore" / "tmp"
+    try:
+        cache = _xdg("XDG_CACHE_HOME", ".cache") / "featstore" / "tmp"
     except RuntimeError:  # no HOME and no passwd entry (a container's --user, env -i): attack 42 #4
         raise ConfigError(
             f"{head}, and there is no home folder for featstore's own: set TMPDIR to a folder of yours"
@@ -168,9 +167,8 @@ def quiet_matplotlib(tmp: str) -> None:
     written added two long warnings of matplotlib's to every extract (attack 51 L6). A set ``MPLCONFIGDIR`` stays."""
     if os.environ.get("MPLCONFIGDIR"):
         return
-    base = os.environ.get("XDG_CONFIG_HOME", "")
     try:
-        folder = Path(base if os.path.isabs(base) else Path.home() / ".config") / "matplotlib"
+        folder = _xdg("XDG_CONFIG_HOME", ".config") / "matplotlib"
         folder.mkdir(parents=True, exist_ok=True)
         if os.access(folder, os.W_OK):
             return
@@ -182,3 +180,10 @@ def quiet_matplotlib(tmp: str) -> None:
     except OSError:
         return  # matplotlib makes its own temporary one, and says so
     os.environ["MPLCONFIGDIR"] = str(mine)
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    """The XDG folder ``$var`` where it is absolute (a relative one is ignored, as the XDG spec says: it was taken from
+    the current folder, attack 48 L4), else ``~/<fallback>``; RuntimeError where there is no home folder."""
+    given = os.environ.get(var, "")
+    return Path(given) if os.path.isabs(given) else Path.home() / fallback

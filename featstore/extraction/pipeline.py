@@ -19,6 +19,7 @@ it stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -367,7 +368,8 @@ class _Extraction:
             writer.compact(overwrite)  # resume from a clean copy: a killed writer's file state is never written on
         need = (rows.total - found.done) * row_bytes + CHUNK_BYTES
         ensure_space(self.file.path, need, found.done)  # before anything is replaced
-        if plain and self._can_check():  # copies of the split's kind only, checked before any group is made
+        can_check = functools.cache(self._can_check)  # (asked once: its GPU line said once)
+        if plain and can_check():  # copies of the split's kind only, checked before any group is made
             self.engine.bind(extractor, jit=self.how.jit, batch_size=self.how.batch_size)
             self._same_numerics(writer.names, plain, split_attrs, None, copies=True)  # (attack 49 #3)
         marks = {"purpose": self.how.purpose} if self.how.purpose else {}  # written with a group, in its creation
@@ -376,7 +378,7 @@ class _Extraction:
             return None
         self.engine.bind(extractor, jit=self.how.jit, batch_size=self.how.batch_size)
         names = writer.names
-        if any(writer.starts) and self._can_check():  # a resume computes as its rows were (attack 49 #1)
+        if any(writer.starts) and can_check():  # a resume computes as its rows were (attack 49 #1)
             self._same_numerics(names, writer.key, split_attrs, rows.transform(0))
         desc = f"{names[0]}/{writer.key}" if len(names) == 1 else f"{len(names)} layers/{writer.key}"
         return run_pass(

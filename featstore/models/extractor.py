@@ -23,7 +23,7 @@ import numpy as np
 from featstore import provenance
 from featstore.errors import ConfigError, check_names, check_paths, check_seed
 from featstore.kerasconfig import check_loaded
-from featstore.models import activations, forward, heads, onnx_runtime, traced_bound
+from featstore.models import activations, forward, onnx_runtime, traced_bound
 from featstore.models.backbones import (
     BackboneSpec,
     NoOneOutput,
@@ -256,12 +256,8 @@ class Extractor:
         default = spec.default_layer if isinstance(spec, (SavedModelSpec, HubSpec)) else None
         requested = c.cut_layers or (None,)  # None: the default cut
         if isinstance(spec, SavedModelSpec) and not any(requested):
-            refuse_no_default_cut(base, spec.shown)  # a classifier nested in it, or several (attack 51 #3)
-        if isinstance(spec, SavedModelSpec) and not any(requested):
-            last, found = (
-                [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:],
-                heads.classifier_head(base),
-            )
+            found = refuse_no_default_cut(base, spec.shown)  # a classifier nested in it, or several (attack 51 #3)
+            last = [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:]
             why = f"the layer feeding its classifier {found[0].name!r}" if found and [default] != last else (
                 "its last layer (it does not end in a classifier)"
             )  # fmt: skip

@@ -264,11 +264,12 @@ def nested_head(model) -> tuple[str, str | None] | None:
     return None
 
 
-def refuse_no_default_cut(model, shown: Path) -> None:
+def refuse_no_default_cut(model, shown: Path) -> tuple[object, str | None] | None:
     """Refuse the default cut of a saved model that has none, in one line with the ``--layer`` that works: its
     classifier is inside a model nested in it (:func:`nested_head`; its last layer would give that classifier's
     output), or its outputs end in several classifiers (an auxiliary classifier, Inception's: the first output's head
-    was cut silently, attack 51 #3)."""
+    was cut silently, attack 51 #3). Else its one classifier head (:func:`~featstore.models.heads.classifier_heads`),
+    or None: the log line names it."""
     heads = classifier_heads(model)
     if len(heads) > 1:
         said = ", ".join(f"{h.name!r} fed by {f!r}" if f else repr(h.name) for h, f in heads)
@@ -292,6 +293,7 @@ def refuse_no_default_cut(model, shown: Path) -> None:
             f"--layer NAME (`featstore models {shown} --layers` lists them)"
             + (f", e.g. --layer {heads[0][1]}, the layer feeding it" if heads[0][1] else "")
         )
+    return heads[0] if heads else None
 
 
 def no_default_cut(model) -> bool:

@@ -57,15 +57,20 @@ HOLD_BOTH = frozenset(
 )
 
 
-_HELD = ("ReadVariableOp", "VarHandleOp", "Const")  # a weight's read, a constant: memory before any image
+WEIGHT_READS = ("ReadVariableOp", "VarHandleOp")  # a weight's read is the weight (bounded apart): not measured
+_HELD = (*WEIGHT_READS, "Const")  # a weight's read, a constant: memory held before any image
+
+
+def _nbytes(tensor) -> int | None:
+    """A tensor's bytes where its shape is fully known and its type numpy's (a shape known only when run: None)."""
+    if tensor.shape.rank is None or not tensor.shape.is_fully_defined() or not tensor.dtype.is_numpy_compatible:
+        return None
+    return math.prod(tensor.shape.as_list()) * tensor.dtype.size
 
 
 def _sized(tensors) -> int:
-    """Bytes of the tensors of fully known shape among ``tensors`` (a weight's handle, a shape known when run: none)."""
-    known = [
-        t for t in tensors if t.shape.rank is not None and t.shape.is_fully_defined() and t.dtype.is_numpy_compatible
-    ]
-    return sum(math.prod(t.shape.as_list()) * t.dtype.size for t in known)
+    """Bytes of the tensors of fully known shape among ``tensors``."""
+    return sum(n for n in map(_nbytes, tensors) if n is not None)
 
 
 def largest_traced(model, size: int, channels: int) -> Traced | None:
@@ -91,17 +96,15 @@ def largest_traced(model, size: int, channels: int) -> Traced | None:
     while todo:
         op, scope, from_image = todo.popleft()
         seen += 1
-        if from_image and op.type not in ("ReadVariableOp", "VarHandleOp"):
+        if from_image and op.type not in WEIGHT_READS:
             ins = _sized([t for t in op.inputs if t.op.type not in _HELD])  # weights are held already: not counted
             outs = _sized(op.outputs)
             held = ins + outs if op.type in HOLD_BOTH else max(ins, outs)
             if held > working[0]:
                 working = (held, op.name if not scope else f"{scope}/{op.name}", op.type)
-        for out in op.outputs if op.type not in ("ReadVariableOp", "VarHandleOp") else ():
-            if out.shape.rank is None or not out.shape.is_fully_defined() or not out.dtype.is_numpy_compatible:
-                continue  # (a shape known only when run: left to the layers' walk, which refuses an unknown output)
-            nbytes = math.prod(out.shape.as_list()) * out.dtype.size
-            if best is None or nbytes > best.nbytes:
+        for out in op.outputs if op.type not in WEIGHT_READS else ():
+            nbytes = _nbytes(out)  # None: left to the layers' walk, which refuses an unknown output
+            if nbytes is not None and (best is None or nbytes > best.nbytes):
                 name = op.name if not scope else f"{scope}/{op.name}"
                 best = Traced(name, op.type, tuple(out.shape.as_list()), out.dtype.name, nbytes, None, from_image)
         # a tf.cond's branches, a while loop's body (map_fn's), a call: their own graphs, entered whole, named by the
