@@ -58,16 +58,10 @@ def problem() -> str | None:
         )
     if not os.path.lexists(path):
         return _unwritten(path)
-    read = read_settings(path)
-    if isinstance(read, str) or read is None:
-        return read
-    data, st = read
-    try:
-        config = json.loads(data)
-    except ValueError:
-        return None  # Keras ignores a file it cannot parse and keeps its defaults
-    except RecursionError:
-        return f"Keras's settings file {shown} is nested too deeply for Keras to read: remove it, or {FIX}"
+    parsed = _parsed(path)
+    if not isinstance(parsed, tuple):
+        return parsed
+    config, st = parsed
     if not isinstance(config, dict):
         return f"Keras's settings file {shown} holds no settings object (Keras fails on it): remove it, or {FIX}"
     said = {k: config.get(k, v) for k, v in WANTED.items() if not (k == "backend" and backend)}
@@ -135,15 +129,10 @@ def _loaded_fix(now: dict) -> str:
     never made), else keras.config.set_* and the variables."""
     fix = "change it back with keras.config.set_* (or unset the KERAS_ variable that set it)"
     path = settings_path()
-    read = read_settings(path) if os.path.lexists(path) else None
-    if not isinstance(read, tuple):
+    parsed = _parsed(path) if os.path.lexists(path) else None
+    if not isinstance(parsed, tuple) or not isinstance(parsed[0], dict):
         return fix
-    try:
-        config = json.loads(read[0])
-    except (ValueError, RecursionError):
-        return fix
-    if not isinstance(config, dict):
-        return fix
+    config, st = parsed
     own = {"backend": "KERAS_BACKEND"}  # a variable Keras prefers to the file
     keys = [
         k
@@ -153,10 +142,26 @@ def _loaded_fix(now: dict) -> str:
     if not keys:
         return fix
     return (
-        f"{', '.join(keys)} came from Keras's settings file {terminal_safe(path)}{_whose(read[1])}, read when Keras was "
+        f"{', '.join(keys)} came from Keras's settings file {terminal_safe(path)}{_whose(st)}, read when Keras was "
         f"imported: change it in that file and start Python again, or {FIX}; in this process, keras.config.set_* "
         f"sets it back"
     )
+
+
+def _parsed(path: str) -> tuple[object, os.stat_result] | str | None:
+    """The settings file at ``path`` read (bounded: ``read_settings``) and parsed: ``(its JSON value, its stat)``, a line
+    saying why Keras cannot use it, or None where Keras ignores it (none there, or not JSON: Keras keeps its defaults)."""
+    read = read_settings(path)
+    if isinstance(read, str) or read is None:
+        return read
+    try:
+        return json.loads(read[0]), read[1]
+    except ValueError:
+        return None
+    except RecursionError:
+        return (
+            f"Keras's settings file {terminal_safe(path)} is nested too deeply for Keras to read: remove it, or {FIX}"
+        )
 
 
 def _differs(said: dict, where: str, wanted: dict, fix: str) -> str | None:
