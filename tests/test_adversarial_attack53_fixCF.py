@@ -13,8 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from typer.testing import CliRunner
+
+from featstore.cli import app
 
 from .report_stores import write_split
+
+runner = CliRunner()
 
 
 def _png(path: Path, rgb: tuple[int, int, int]) -> None:
@@ -59,3 +64,97 @@ def test_similar_html_shows_the_query_from_its_own_splits_folder(two_roots, tmp_
     assert f'href="{blue.as_uri()}"' in page
     # given as the file itself, the same file (not one of that name under the searched split's folder)
     assert similar(str(blue), store, split="train", k=3).query_file() == str(blue)
+
+
+def _probe_store(path: Path, bad: str | None = None) -> Path:
+    """Extractors a_first and b_second with train, validation and test; ``bad``: "extractor/split" whose last row is
+    NaN."""
+    rng = np.random.default_rng(0)
+    for name in ("a_first", "b_second"):
+        for split, n in (("train", 30), ("validation", 15), ("test", 15)):
+            y = np.repeat(np.arange(3), n // 3)
+            X = (rng.normal(size=(n, 8)) + y[:, None]).astype(np.float32)
+            if bad == f"{name}/{split}":
+                X[-1, 0] = np.nan
+            paths = [f"{split}/c{c}/{i}.png" for i, c in enumerate(y)]
+            write_split(path, split, X, y, paths, Path("/nonexistent"), name=name)
+    return path
+
+
+def test_probe_checks_every_extractors_splits_before_the_first_fit(tmp_path, monkeypatch):
+    """#2: a NaN row in the last extractor's test split was found after every other extractor had been probed, and
+    their figures were lost. It is refused before any fit (and before the runs folder is made), naming the extractor,
+    split and row, and how to probe the others."""
+    from featstore.errors import StoreError
+    from featstore.experiments import probe as probe_mod
+
+    store = _probe_store(tmp_path / "f.h5", bad="b_second/test")
+    fitted = []
+    real = probe_mod._probe_one
+    monkeypatch.setattr(probe_mod, "_probe_one", lambda fs, n, *a: fitted.append(n) or real(fs, n, *a))
+    with pytest.raises(StoreError, match=r"b_second/test holds 1 row\(s\) with NaN or inf.*test/c2/14\.png") as e:
+        probe_mod.probe(store, knn=False, runs=tmp_path / "new" / "runs")
+    assert "probe the others: --extractor a_first" in str(e.value) and "\n" not in str(e.value)
+    assert fitted == [] and not (tmp_path / "new").exists()
+
+
+def test_probe_keeps_the_finished_extractors_when_a_later_one_fails(tmp_path, monkeypatch):
+    """#2: any other failure of a later extractor (out of memory, a store changed meanwhile) keeps the finished
+    extractors' figures: saved, printed, then one line naming the extractor that failed and the command for the rest."""
+    import json
+
+    from featstore.errors import StoreError
+    from featstore.experiments import probe as probe_mod
+
+    store = _probe_store(tmp_path / "f.h5")
+    real = probe_mod._probe_one
+
+    def second_fails(fs, n, *a):
+        if n == "b_second":
+            raise StoreError("split 'test' of 'b_second' changed while it was read")
+        return real(fs, n, *a)
+
+    monkeypatch.setattr(probe_mod, "_probe_one", second_fails)
+    with pytest.raises(probe_mod.ProbeStopped) as e:
+        probe_mod.probe(store, knn=False, runs=tmp_path / "runs")
+    saved = json.loads(Path(e.value.summary["json"]).read_text())
+    assert [c["extractor"] for c in saved["cells"]] == ["a_first"] and saved["stopped"]["extractor"] == "b_second"
+    assert Path(e.value.summary["png"]).is_file()
+    line = str(e.value)
+    assert "probe stopped at extractor 'b_second': split 'test' of 'b_second' changed" in line and "\n" not in line
+    assert "--extractor b_second" in line and e.value.summary["json"] in line
+
+    got = runner.invoke(app, ["probe", "--store", str(store), "--no-knn", "--runs", str(tmp_path / "runs2")])
+    assert got.exit_code == 1
+    table, error = got.output.index("| a_first | linear"), got.output.index("error: probe stopped at extractor")
+    assert table < error
+
+
+def test_fit_fewshot_and_probe_remove_the_runs_folder_they_made_when_they_fail(tmp_path, monkeypatch):
+    """#3: a fit, few-shot curve or probe that failed after making --runs (and its parents) left them, empty; they are
+    removed. A runs folder that was there, or that holds anything, is kept."""
+    from featstore.errors import ConfigError, StoreError
+    from featstore.experiments import probe as probe_mod
+    from featstore.experiments.fewshot import fewshot
+    from featstore.experiments.fit import fit
+
+    store = _probe_store(tmp_path / "f.h5")
+    with pytest.raises(ConfigError, match="cannot be fitted"):
+        fewshot(store, "knn", {"n_neighbors": 50}, shots=[1], trials=1, extractor="a_first", runs=tmp_path / "a/runs")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match="cannot be fitted"):
+        fit(store, "knn", {"n_neighbors": [500]}, extractor="a_first", runs=tmp_path / "b/runs")
+    assert not (tmp_path / "b").exists()
+
+    def fails(*a):
+        raise StoreError("the store changed while it was read")
+
+    monkeypatch.setattr(probe_mod, "_probe_one", fails)
+    with pytest.raises(StoreError, match="changed"):
+        probe_mod.probe(store, knn=False, runs=tmp_path / "c/runs")
+    assert not (tmp_path / "c").exists()
+    kept = tmp_path / "kept" / "runs"
+    kept.mkdir(parents=True)
+    with pytest.raises(StoreError, match="changed"):
+        probe_mod.probe(store, knn=False, runs=kept)
+    assert kept.is_dir()  # there before: never removed

@@ -66,23 +66,28 @@ def probe(
 
     Writes the summary probe-<id>.json and the chart probe-<id>.png into the runs folder.
     """
+    from featstore.experiments.probe import ProbeStopped
     from featstore.experiments.probe import probe as run_probe
     from featstore.report.protocols import probe_table
 
     names = [n for e in extractor or [] for n in comma_list(e, "--extractor")] or None
-    summary = run_probe(
-        store,
-        names,
-        refit=refit,
-        knn=knn,
-        ks=tuple(_ints(k, "--k")),
-        reduce=reduce,
-        train=train,
-        validation=validation,
-        test=test,
-        runs=runs,
-        png=png,
-    )
+    try:
+        summary = run_probe(
+            store,
+            names,
+            refit=refit,
+            knn=knn,
+            ks=tuple(_ints(k, "--k")),
+            reduce=reduce,
+            train=train,
+            validation=validation,
+            test=test,
+            runs=runs,
+            png=png,
+        )
+    except ProbeStopped as exc:  # the finished extractors' figures first, then the one line naming the one that failed
+        typer.echo(json.dumps(exc.summary, indent=1) if as_json else probe_table(exc.summary))
+        raise
     _print_summary(summary, as_json, probe_table)
 
 

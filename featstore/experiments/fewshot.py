@@ -28,6 +28,7 @@ from featstore.errors import ConfigError, OutputError, StoreError, check_names, 
 from featstore.experiments.compare import check_chart_name
 from featstore.experiments.protocol import check_distinct, check_has_rows
 from featstore.outputs import write_atomic, write_text
+from featstore.runs import made
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
 from featstore.store.names import names_text
@@ -187,74 +188,76 @@ def fewshot(
     check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
     root = runs_root(store, runs)
     ensure_writable(root, store)
-    started = time.perf_counter()
-    X, y = fs.load(train, name)
-    notes = []
-    val = None
-    head = spec.builder(full).steps[-1][1]
-    if getattr(head, "fit_uses_validation", False) and validation in fs.splits(name):
-        check_distinct(train, validation, test)  # early stopping on test would choose on test
-        val = fs.load(validation, name)
+    with made.removed_on_failure(root):  # a failed fit leaves no runs folder it made (attack 53 #3)
+        started = time.perf_counter()
+        X, y = fs.load(train, name)
+        notes = []
+        val = None
+        head = spec.builder(full).steps[-1][1]
+        if getattr(head, "fit_uses_validation", False) and validation in fs.splits(name):
+            check_distinct(train, validation, test)  # early stopping on test would choose on test
+            val = fs.load(validation, name)
+            notes.append(
+                f"{clf} early-stops on all {len(val[1])} rows of {validation!r}: more labelled images than k per class"
+            )
+        Xt, yt = fs.load(test, name)  # read once; nothing is chosen on it
+        for split, arrays in ((train, (X, y)), (validation, val), (test, (Xt, yt))):
+            if arrays is not None:
+                fs.refuse_nonfinite(split, name, arrays[0])
+        accs: dict[int, list[float]] = {k: [] for k in shots}
+        for trial in range(trials):
+            for k, idx in sample_shots(y, shots, len(class_names), seed, trial).items():
+                accs[k].append(_accuracy(clf, full, X[idx], y[idx], val, Xt, yt))
+        points = []
+        for k in shots:
+            m, sd = mean_sd(accs[k])
+            points.append(
+                {
+                    "shots": k,
+                    "rows": k * len(class_names),
+                    "trials": accs[k],
+                    "mean": m,
+                    "sd": sd,
+                    "mean_ci": mean_interval(accs[k]),
+                }
+            )
+        top = points[-1]
+        w = proportion_interval(round(top["mean"] * len(yt)), len(yt))
         notes.append(
-            f"{clf} early-stops on all {len(val[1])} rows of {validation!r}: more labelled images than k per class"
+            f"the intervals cover the draw of the training images; the {len(yt)} test rows are the same in every trial, "
+            f"and their own sampling error (the Wilson interval of {top['mean']:.3f} on {len(yt)} rows is "
+            f"[{w.low:.3f}, {w.high:.3f}]) comes on top"
         )
-    Xt, yt = fs.load(test, name)  # read once; nothing is chosen on it
-    for split, arrays in ((train, (X, y)), (validation, val), (test, (Xt, yt))):
-        if arrays is not None:
-            fs.refuse_nonfinite(split, name, arrays[0])
-    accs: dict[int, list[float]] = {k: [] for k in shots}
-    for trial in range(trials):
-        for k, idx in sample_shots(y, shots, len(class_names), seed, trial).items():
-            accs[k].append(_accuracy(clf, full, X[idx], y[idx], val, Xt, yt))
-    points = []
-    for k in shots:
-        m, sd = mean_sd(accs[k])
-        points.append(
-            {
-                "shots": k,
-                "rows": k * len(class_names),
-                "trials": accs[k],
-                "mean": m,
-                "sd": sd,
-                "mean_ci": mean_interval(accs[k]),
-            }
-        )
-    top = points[-1]
-    w = proportion_interval(round(top["mean"] * len(yt)), len(yt))
-    notes.append(
-        f"the intervals cover the draw of the training images; the {len(yt)} test rows are the same in every trial, "
-        f"and their own sampling error (the Wilson interval of {top['mean']:.3f} on {len(yt)} rows is "
-        f"[{w.low:.3f}, {w.high:.3f}]) comes on top"
-    )
-    if trials == 1:
-        notes.append("one trial: no sd and no interval; give --trials 5 or more")
-    summary = {
-        "id": f"fewshot-{secrets.token_hex(3)}",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "store": str(Path(store).resolve()),
-        "extractor": name,
-        "clf": clf,
-        "params": given,
-        "full_params": full,
-        "trials": trials,
-        "seed": seed,
-        "sampling": "stratified, nested across k, seeded by (seed, trial)",
-        "splits": {"train": train, "validation": validation if val is not None else None, "test": test},
-        "train_rows": len(y),
-        "test_rows": len(yt),
-        "points": points,
-        "notes": notes,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    from featstore.experiments.protocol_plots import fewshot_png
+        if trials == 1:
+            notes.append("one trial: no sd and no interval; give --trials 5 or more")
+        summary = {
+            "id": f"fewshot-{secrets.token_hex(3)}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "store": str(Path(store).resolve()),
+            "extractor": name,
+            "clf": clf,
+            "params": given,
+            "full_params": full,
+            "trials": trials,
+            "seed": seed,
+            "sampling": "stratified, nested across k, seeded by (seed, trial)",
+            "splits": {"train": train, "validation": validation if val is not None else None, "test": test},
+            "train_rows": len(y),
+            "test_rows": len(yt),
+            "points": points,
+            "notes": notes,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        from featstore.experiments.protocol_plots import fewshot_png
 
-    out = Path(png) if png else root / f"{summary['id']}.png"
-    summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
-    try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
-        write_text(summary["json"], json.dumps(summary, indent=1, default=_plain), "fewshot summary")
-        write_atomic(out, lambda tmp: fewshot_png(summary, tmp), "--png")
-    except OutputError as exc:
-        summary["not_saved"] = str(exc)
+        out = Path(png) if png else root / f"{summary['id']}.png"
+        summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
+        try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
+            write_text(summary["json"], json.dumps(summary, indent=1, default=_plain), "fewshot summary")
+            write_atomic(out, lambda tmp: fewshot_png(summary, tmp), "--png")
+        except OutputError as exc:
+            summary["not_saved"] = str(exc)
+            made.remove_made(root)  # nothing was saved in the runs folder made for it
     return summary
 
 

@@ -4,6 +4,8 @@
 folder featstore had made for it stayed, empty (attack 48 L3). :func:`make` makes a runs folder level by level and
 remembers each level it made (its device and inode); :func:`remove_made` removes those levels again, deepest first,
 while each is empty, this user's and still the folder made (a folder someone put at its name since is left).
+:func:`removed_on_failure` does so around a command's work between making the folder and recording into it (a
+``fewshot`` or ``fit`` whose classifier could not fit left it, empty: attack 53 #3)).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 _MADE: dict[str, tuple[int, int]] = {}  # absolute path -> (st_dev, st_ino) of a folder this process made
@@ -49,3 +52,14 @@ def remove_made(root: Path) -> None:
             return
         del _MADE[str(level)]
         level = level.parent
+
+
+@contextlib.contextmanager
+def removed_on_failure(root: Path) -> Iterator[None]:
+    """Run the body; when it raises (an error, Ctrl-C), :func:`remove_made` the runs folder before the error goes on:
+    only the levels this process made that are still empty (a folder that holds anything, or was there, is kept)."""
+    try:
+        yield
+    except BaseException:
+        remove_made(root)
+        raise
