@@ -158,3 +158,29 @@ def test_fit_fewshot_and_probe_remove_the_runs_folder_they_made_when_they_fail(t
     with pytest.raises(StoreError, match="changed"):
         probe_mod.probe(store, knn=False, runs=kept)
     assert kept.is_dir()  # there before: never removed
+
+
+def test_fewshot_takes_validation_for_the_heads_early_stopping(tmp_path):
+    """#5: `fewshot --clf dense --test validation` was refused naming --validation, which fewshot lacked. fewshot takes
+    --validation (a named split, or none: the head stops on its training loss); a refusal names that option, before
+    any runs folder is made."""
+    import json
+
+    from featstore.errors import ConfigError, StoreError
+    from featstore.experiments.fewshot import fewshot
+
+    store = _probe_store(tmp_path / "f.h5")
+    base = ["fewshot", "--store", str(store), "--extractor", "a_first", "--clf", "dense", "--shots", "1"]
+    base += ["--trials", "1", "--runs", str(tmp_path / "new" / "runs")]
+    got = runner.invoke(app, [*base, "--test", "validation"])
+    assert got.exit_code == 1 and "--validation 'validation' is also --test" in got.output
+    assert "--validation none" in got.output and not (tmp_path / "new").exists()
+    with pytest.raises(StoreError, match="--validation 'val': extractor 'a_first' has no complete 'val' split.*none"):
+        fewshot(store, "dense", extractor="a_first", shots=[1], trials=1, validation="val", runs=tmp_path / "new/runs")
+    with pytest.raises(ConfigError, match="is also --train"):
+        fewshot(store, "dense", extractor="a_first", shots=[1], trials=1, validation="train")
+    ok = runner.invoke(app, [*base, "--param", "epochs=1", "--test", "validation", "--validation", "none", "--json"])
+    assert ok.exit_code == 0, ok.output
+    summary = json.loads(ok.output[ok.output.index("{") :])
+    assert summary["splits"]["validation"] is None and summary["splits"]["test"] == "validation"
+    assert any("early-stops on its training loss" in n for n in summary["notes"])

@@ -104,6 +104,13 @@ def fewshot(
     extractor: ExtractorOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the draws (trial t draws with (seed, t)).")] = 0,
     train: Annotated[str, typer.Option(help="Split the images are drawn from.")] = "train",
+    validation: Annotated[
+        str,
+        typer.Option(
+            help="Split a classifier that early-stops (dense) stops on, all its rows; none: it stops on its training "
+            "loss. Other classifiers read no validation split."
+        ),
+    ] = "validation",
     test: Annotated[str, typer.Option(help="Split every fit is scored on.")] = "test",
     png: Annotated[Optional[Path], typer.Option(help="Chart to write (default: <runs>/fewshot-<id>.png).")] = None,
     runs: RunsOpt = None,
@@ -125,6 +132,7 @@ def fewshot(
         extractor=extractor,
         seed=seed,
         train=train,
+        validation=validation,
         test=test,
         runs=runs,
         png=png,
