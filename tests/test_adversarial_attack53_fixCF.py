@@ -160,6 +160,44 @@ def test_fit_fewshot_and_probe_remove_the_runs_folder_they_made_when_they_fail(t
     assert kept.is_dir()  # there before: never removed
 
 
+def test_similar_takes_trust_model_and_speaks_of_the_stores_extractor(tmp_path, monkeypatch):
+    """#4: a new image against a store extracted from a legacy .h5 model said "pass --trust-model", which similar did
+    not take, then "The run's features ...; pass --weights PATH to give that file" (no run; that file was where it
+    was). Now similar takes --trust-model, the line is the model's own, and a moved file is said of the store."""
+    import keras
+
+    from featstore import ExtractorConfig, extract
+
+    from .conftest import write_images
+
+    write_images(tmp_path / "data", "train", {"cat": 3, "dog": 3}, seed=1, size=32)
+    (query,) = write_images(tmp_path / "new", "x", {"q": 1}, seed=5, size=32)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dense(2, activation="softmax", name="head"),
+        ]
+    )
+    model.save(tmp_path / "own.h5")
+    store = tmp_path / "f.h5"
+    extract(tmp_path / "data", "train", store, ExtractorConfig(model=str(tmp_path / "own.h5"), trust_model=True))
+    args = ["similar", str(query), "--store", str(store), "-k", "2"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "is a legacy .h5 model" in refused.output and "--trust-model" in refused.output
+    assert "run" not in refused.output.replace("can run code", "") and "--weights" not in refused.output
+    found = runner.invoke(app, [*args, "--trust-model"])
+    assert found.exit_code == 0 and "train/cat/img_000" in found.output, found.output
+    (tmp_path / "own.h5").rename(tmp_path / "moved.h5")
+    moved = runner.invoke(app, [*args, "--trust-model"])
+    assert moved.exit_code == 1 and "The features of extractor 'own' of" in moved.output
+    assert "run's" not in moved.output and moved.output.count("\n") == 1, moved.output
+    again = runner.invoke(app, [*args, "--trust-model", "--weights", str(tmp_path / "moved.h5")])
+    assert again.exit_code == 0, again.output
+
+
 def test_fewshot_takes_validation_for_the_heads_early_stopping(tmp_path):
     """#5: `fewshot --clf dense --test validation` was refused naming --validation, which fewshot lacked. fewshot takes
     --validation (a named split, or none: the head stops on its training loss); a refusal names that option, before

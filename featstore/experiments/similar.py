@@ -175,7 +175,9 @@ def query_vector(
         img = load_image(path, size)
     except ImageError as exc:
         raise DataError(f"{terminal_safe(path)} cannot be read: {exc}") from None
-    ex = rebuild_extractor(attrs, weights, trust_model)
+    ex = rebuild_extractor(
+        attrs, weights, trust_model, of=f"extractor {terminal_safe(name)!r} of {terminal_safe(str(fs.path))}"
+    )
     return np.asarray(ex(img[None]), dtype=np.float32).reshape(-1), None
 
 
