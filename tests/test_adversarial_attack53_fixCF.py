@@ -222,3 +222,36 @@ def test_fewshot_takes_validation_for_the_heads_early_stopping(tmp_path):
     summary = json.loads(ok.output[ok.output.index("{") :])
     assert summary["splits"]["validation"] is None and summary["splits"]["test"] == "validation"
     assert any("early-stops on its training loss" in n for n in summary["notes"])
+
+
+def test_reports_default_folder_is_never_the_store_and_a_refusal_makes_nothing(two_roots, tmp_path):
+    """#6: `report --store s.report` took the store itself as its default site folder, said "--out s.report is not a
+    folder" (no --out was given) and had made s.report.cache first. The default is never the store; a default folder
+    that cannot be written into is said as the default (with --out DIR), before any cache is made; a cache refused
+    after the folder was made removes that folder."""
+    import shutil
+
+    from featstore.errors import FeatstoreError
+    from featstore.report.site.build import build_report, default_out
+
+    store, _ = two_roots
+    named = tmp_path / "s.report"
+    shutil.copy(store, named)
+    assert default_out(named) == tmp_path / "s.report.report"
+    assert build_report(named, map_method="pca").index == tmp_path / "s.report.report" / "index.html"
+
+    (tmp_path / "f.report").write_text("notes")
+    with pytest.raises(FeatstoreError) as e:
+        build_report(store, map_method="pca")
+    line = str(e.value)
+    assert line.startswith(f"the report's default folder {tmp_path / 'f.report'} (beside the store) is not a folder")
+    assert "give --out DIR" in line and "--out " + str(tmp_path) not in line
+    assert not (tmp_path / "f.h5.cache").exists()
+    with pytest.raises(FeatstoreError, match=r"^--out .*f\.report is not a folder"):  # named: said as named
+        build_report(store, out=tmp_path / "f.report", map_method="pca")
+
+    (tmp_path / "f.report").unlink()
+    (tmp_path / "f.h5.cache").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FeatstoreError, match="link"):
+        build_report(store, map_method="pca")
+    assert not (tmp_path / "f.report").exists()  # made for the report, empty: removed
