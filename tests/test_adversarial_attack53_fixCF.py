@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 from pathlib import Path
 
@@ -255,3 +256,34 @@ def test_reports_default_folder_is_never_the_store_and_a_refusal_makes_nothing(t
     with pytest.raises(FeatstoreError, match="link"):
         build_report(store, map_method="pca")
     assert not (tmp_path / "f.report").exists()  # made for the report, empty: removed
+
+
+def test_build_index_of_a_refused_split_makes_no_folder(tmp_path):
+    """#7: `similar --build-index` on a split not complete (or with NaN rows, or under 2 rows) left
+    <store>.index/<extractor>/<split>/ behind, empty. The split's attributes are checked first; a refusal met while
+    reading removes the levels made; a level that was there is kept."""
+    from featstore.errors import StoreError
+    from featstore.experiments.similar_index import build_similarity_index
+    from featstore.store.locking import StoreFile
+    from featstore.store.writer import SplitWriter, synthetic_attrs
+
+    X = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    attrs = {"class_names": ["a", "b", "c"], "source_root": "/nonexistent", "n_images": 12, "n_ignored": 0}
+    attrs |= {"listing_sha256": "arrays:12:train", "batch_size": 6, "compression": "none"}
+    w = SplitWriter(StoreFile(tmp_path / "f.h5"), ["synthetic"], "train")
+    w.prepare([synthetic_attrs(X.shape[1:], "float32", "synthetic")], attrs, overwrite=True)
+    w.commit([X], np.repeat(np.arange(3), 2).astype(np.int32), [f"train/{i}.png" for i in range(6)], [], 6)
+    got = runner.invoke(app, ["similar", "train/0.png", "--store", str(tmp_path / "f.h5"), "--build-index"])
+    assert got.exit_code == 1 and "is not complete" in got.output
+    assert not (tmp_path / "f.h5.index").exists()
+
+    store = _probe_store(tmp_path / "g.h5", bad="a_first/train")
+    with pytest.raises(StoreError, match="NaN or inf"):
+        build_similarity_index(store, "a_first", "train")
+    assert not (tmp_path / "g.h5.index").exists()
+    (tmp_path / "g.h5.index").mkdir()
+    with pytest.raises(StoreError, match="NaN or inf"):
+        build_similarity_index(store, "a_first", "train")
+    assert os.listdir(tmp_path / "g.h5.index") == []  # there before: kept; the levels made below it: removed
+    build_similarity_index(store, "b_second", "train")
+    assert (tmp_path / "g.h5.index" / "b_second" / "train" / "index.json").is_file()

@@ -1,11 +1,12 @@
-"""Runs folders this process made, so that a run that is not recorded leaves none of them behind.
+"""Runs folders (and similarity index folders) this process made, so that a run not recorded leaves none behind.
 
 ``fit --runs /full/runs`` on a full disk said "Nothing was recorded (no partial folder is left)", yet the ``runs``
 folder featstore had made for it stayed, empty (attack 48 L3). :func:`make` makes a runs folder level by level and
 remembers each level it made (its device and inode); :func:`remove_made` removes those levels again, deepest first,
 while each is empty, this user's and still the folder made (a folder someone put at its name since is left).
 :func:`removed_on_failure` does so around a command's work between making the folder and recording into it (a
-``fewshot`` or ``fit`` whose classifier could not fit left it, empty: attack 53 #3)).
+``fewshot`` or ``fit`` whose classifier could not fit left it, empty: attack 53 #3), and around a similarity index's
+build (:func:`remember` its levels: a split refused while read left ``<store>.index/<extractor>/<split>/``: #7).
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ def make(root: Path) -> None:
             st = os.lstat(level)
             _MADE[str(level)] = (st.st_dev, st.st_ino)
     Path(root).mkdir(parents=True, exist_ok=True)  # a file or a link to nothing at the name: mkdir's own error
+
+
+def remember(levels: list[Path]) -> None:
+    """Remember folders another maker made here (``featstore.caches`` makes a similarity index's levels one by one,
+    never through a link) as :func:`make` does; those not there (it failed before them) are left out."""
+    for level in levels:
+        with contextlib.suppress(OSError):
+            st = os.lstat(level)
+            if stat.S_ISDIR(st.st_mode):
+                _MADE[os.path.abspath(level)] = (st.st_dev, st.st_ino)
 
 
 def remove_made(root: Path) -> None:
