@@ -245,7 +245,7 @@ def test_reports_default_folder_is_never_the_store_and_a_refusal_makes_nothing(t
     with pytest.raises(FeatstoreError) as e:
         build_report(store, map_method="pca")
     line = str(e.value)
-    assert line.startswith(f"the report's default folder {tmp_path / 'f.report'} (beside the store) is not a folder")
+    assert line.startswith(f"the report's default folder {tmp_path / 'f.report'} is not a folder")
     assert "give --out DIR" in line and "--out " + str(tmp_path) not in line
     assert not (tmp_path / "f.h5.cache").exists()
     with pytest.raises(FeatstoreError, match=r"^--out .*f\.report is not a folder"):  # named: said as named

@@ -90,8 +90,8 @@ def default_out(store: str | os.PathLike) -> Path:
 
 
 def _as_default(exc: FeatstoreError, out: Path) -> FeatstoreError:
-    """A refusal of the report folder the user did not name: "--out X ..." says "the report's default folder X
-    (beside the store) ..." and how to write elsewhere; any other line as it is."""
+    """A refusal of the report folder the user did not name: "--out X ..." says "the report's default folder X ..."
+    and "give --out DIR"; any other line as it is."""
     line = str(exc)
     for head in (f"--out {terminal_safe(str(out))}", f"--out {out}"):
         if line.startswith(head):
@@ -99,7 +99,7 @@ def _as_default(exc: FeatstoreError, out: Path) -> FeatstoreError:
             rest = (
                 rest.replace(fix, "give --out DIR, a new or empty folder") if fix in rest else rest + "; give --out DIR"
             )
-            text = f"the report's default folder {terminal_safe(str(out))} (beside the store){rest}"
+            text = f"the report's default folder {terminal_safe(str(out))}{rest}"
             try:
                 return type(exc)(text)
             except TypeError:  # an error class with other arguments: its own line
