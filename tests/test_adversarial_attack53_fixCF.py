@@ -287,3 +287,20 @@ def test_build_index_of_a_refused_split_makes_no_folder(tmp_path):
     assert os.listdir(tmp_path / "g.h5.index") == []  # there before: kept; the levels made below it: removed
     build_similarity_index(store, "b_second", "train")
     assert (tmp_path / "g.h5.index" / "b_second" / "train" / "index.json").is_file()
+
+
+def test_a_refusal_of_one_split_twice_names_the_options_in_play(tmp_path):
+    """#5, the same root elsewhere: `fewshot --train test --test test` was told "--train, --validation and --test
+    must be three different splits; got 'test', None, 'test'"; fit with --validation none likewise."""
+    from featstore.errors import ConfigError
+    from featstore.experiments.fewshot import fewshot
+    from featstore.experiments.fit import fit
+
+    store = _probe_store(tmp_path / "f.h5")
+    with pytest.raises(ConfigError, match=r"^--train and --test must be different splits; got 'test', 'test'$"):
+        fewshot(store, "logreg", extractor="a_first", train="test", test="test", runs=tmp_path / "runs")
+    with pytest.raises(ConfigError, match=r"^--train and --test must be different splits; got 'train', 'train'$"):
+        fit(store, "logreg", extractor="a_first", validation="none", test="train", runs=tmp_path / "runs")
+    with pytest.raises(ConfigError, match=r"^--train, --validation and --test must be three different splits"):
+        fit(store, "logreg", extractor="a_first", validation="test", runs=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
