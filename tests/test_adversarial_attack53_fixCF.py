@@ -104,7 +104,7 @@ def test_probe_keeps_the_finished_extractors_when_a_later_one_fails(tmp_path, mo
     extractors' figures: saved, printed, then one line naming the extractor that failed and the command for the rest."""
     import json
 
-    from featstore.errors import StoreError
+    from featstore.errors import OutputError, StoreError
     from featstore.experiments import probe as probe_mod
 
     store = _probe_store(tmp_path / "f.h5")
@@ -123,8 +123,17 @@ def test_probe_keeps_the_finished_extractors_when_a_later_one_fails(tmp_path, mo
     assert Path(e.value.summary["png"]).is_file()
     line = str(e.value)
     assert "probe stopped at extractor 'b_second': split 'test' of 'b_second' changed" in line and "\n" not in line
-    assert "--extractor b_second" in line and e.value.summary["json"] in line
+    assert "--extractor b_second" in line and f"The figures of 'a_first' are saved in {e.value.summary['json']}" in line
 
+    def full_disk(*a, **k):
+        raise OutputError("cannot write the probe summary: the disk is full. Nothing was written there")
+
+    monkeypatch.setattr(probe_mod, "write_text", full_disk)
+    with pytest.raises(probe_mod.ProbeStopped, match="The figures of 'a_first' were computed but not saved") as e:
+        probe_mod.probe(store, knn=False, runs=tmp_path / "full" / "runs")
+    assert e.value.summary["cells"][0]["extractor"] == "a_first" and not (tmp_path / "full").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(probe_mod, "_probe_one", second_fails)
     got = runner.invoke(app, ["probe", "--store", str(store), "--no-knn", "--runs", str(tmp_path / "runs2")])
     assert got.exit_code == 1
     table, error = got.output.index("| a_first | linear"), got.output.index("error: probe stopped at extractor")

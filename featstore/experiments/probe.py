@@ -166,14 +166,13 @@ class ProbeStopped(FeatstoreError):
         self.summary = summary
         stopped, done = summary["stopped"], ", ".join(repr(c["extractor"]) for c in summary["cells"])
         kept = (
-            f"they were not saved either: {summary['not_saved']}"
+            f"were computed but not saved ({summary['not_saved'].rstrip('.')})"
             if summary.get("not_saved")
-            else f"saved in {summary['json']} and {summary['png']}"
+            else f"are saved in {summary['json']} and {summary['png']}"
         )
         super().__init__(
             f"probe stopped at extractor {stopped['extractor']!r}: {stopped['reason'].rstrip('.')}. The figures of "
-            f"{done} are kept ({kept}); probe the rest once that is fixed: --extractor "
-            f"{','.join(stopped['not_probed'])}"
+            f"{done} {kept}; probe the rest once that is fixed: --extractor {','.join(stopped['not_probed'])}"
         )
 
 
