@@ -403,12 +403,14 @@ def refuse_changed_listing(recorded_digest, listing, stored: Callable[[], object
     )
 
 
-def refuse_other_weights(here: dict, recorded: dict, what: str = "the run", action: str = "predict") -> None:
+def refuse_other_weights(
+    here: dict, recorded: dict, what: str = "the run", action: str = "predict", made: str = "was fitted on"
+) -> None:
     """Refuse weights whose tensor digest differs from the recorded one, both sides shown by description and file sha256."""
     if here.get("weights_digest") != recorded.get("weights_digest"):
         raise WeightsError(
             f"the weights available here ({here.get('weights_description')}, file sha256 "
-            f"{str(here.get('weights_sha256') or '')[:12] or '-'}) are not the ones {what} was fitted on "
+            f"{str(here.get('weights_sha256') or '')[:12] or '-'}) are not the ones {what} {made} "
             f"({recorded.get('weights_description')}, file sha256 {str(recorded.get('weights_sha256') or '')[:12] or '-'}); "
             f"refusing to {action}. Pass --weights PATH (weights= in Python) with the original file."
         )

@@ -66,23 +66,28 @@ def probe(
 
     Writes the summary probe-<id>.json and the chart probe-<id>.png into the runs folder.
     """
+    from featstore.experiments.probe import ProbeStopped
     from featstore.experiments.probe import probe as run_probe
     from featstore.report.protocols import probe_table
 
     names = [n for e in extractor or [] for n in comma_list(e, "--extractor")] or None
-    summary = run_probe(
-        store,
-        names,
-        refit=refit,
-        knn=knn,
-        ks=tuple(_ints(k, "--k")),
-        reduce=reduce,
-        train=train,
-        validation=validation,
-        test=test,
-        runs=runs,
-        png=png,
-    )
+    try:
+        summary = run_probe(
+            store,
+            names,
+            refit=refit,
+            knn=knn,
+            ks=tuple(_ints(k, "--k")),
+            reduce=reduce,
+            train=train,
+            validation=validation,
+            test=test,
+            runs=runs,
+            png=png,
+        )
+    except ProbeStopped as exc:  # the finished extractors' figures first, then the one line naming the one that failed
+        typer.echo(json.dumps(exc.summary, indent=1) if as_json else probe_table(exc.summary))
+        raise
     _print_summary(summary, as_json, probe_table)
 
 
@@ -99,6 +104,13 @@ def fewshot(
     extractor: ExtractorOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the draws (trial t draws with (seed, t)).")] = 0,
     train: Annotated[str, typer.Option(help="Split the images are drawn from.")] = "train",
+    validation: Annotated[
+        str,
+        typer.Option(
+            help="Split a classifier that early-stops (dense) stops on, all its rows; none: it stops on its training "
+            "loss. Other classifiers read no validation split."
+        ),
+    ] = "validation",
     test: Annotated[str, typer.Option(help="Split every fit is scored on.")] = "test",
     png: Annotated[Optional[Path], typer.Option(help="Chart to write (default: <runs>/fewshot-<id>.png).")] = None,
     runs: RunsOpt = None,
@@ -120,6 +132,7 @@ def fewshot(
         extractor=extractor,
         seed=seed,
         train=train,
+        validation=validation,
         test=test,
         runs=runs,
         png=png,

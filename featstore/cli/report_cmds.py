@@ -95,6 +95,14 @@ def similar(
     weights: Annotated[
         Optional[str], typer.Option(help="The weights file, when it moved since extraction (new images).")
     ] = None,
+    trust_model: Annotated[
+        bool,
+        typer.Option(
+            "--trust-model",
+            help="Allow the store's extractor to load a legacy .h5 model file (new images), which can run code stored "
+            "in it; only for a model file you made yourself.",
+        ),
+    ] = False,
     memory_budget: Annotated[
         str,
         typer.Option(
@@ -149,6 +157,7 @@ def similar(
         extractor=extractor,
         use_index=index,
         weights=weights,
+        trust_model=trust_model,
         max_bytes=budget,
         option="--memory-budget",
     )

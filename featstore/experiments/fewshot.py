@@ -26,8 +26,9 @@ import numpy as np
 
 from featstore.errors import ConfigError, OutputError, StoreError, check_names, check_paths, check_seed
 from featstore.experiments.compare import check_chart_name
-from featstore.experiments.protocol import check_distinct, check_has_rows
+from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.outputs import write_atomic, write_text
+from featstore.runs import made
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
 from featstore.store.names import names_text
@@ -113,6 +114,25 @@ def _single_values(clf: str, params: dict | None) -> dict:
     return out
 
 
+def _validation_split(fs: FeatureStore, name: str, clf: str, validation: str) -> tuple[str | None, str]:
+    """``(split, "")`` a classifier that early-stops stops on, or ``(None, why none)``: ``none``, or no split of the
+    default name (it then stops on its training loss); a split named on purpose that is missing, not complete or empty
+    is refused, naming --validation and the fix."""
+    if no_split(validation):
+        return None, f"--validation {NONE}"
+    present = fs.splits(name)
+    if validation not in present and validation == DEFAULTS["validation"]:
+        return None, f"the store has no {validation!r} split"
+    if validation not in present or not fs.split_info(validation, name)["complete"]:
+        raise StoreError(
+            f"--validation {validation!r}: extractor {name!r} has no complete {validation!r} split (it has: "
+            f"{names_text(present)}); extract it, name another with --validation, or give --validation {NONE} "
+            f"({clf} then early-stops on its training loss)"
+        )
+    check_has_rows(fs, name, validation, "--validation")
+    return validation, ""
+
+
 def _accuracy(clf: str, params: dict, X, y, val, Xt, yt) -> float:
     """Fit one setting on ``X, y`` and score it on ``Xt, yt``; a head that early-stops on validation (the Keras head)
     gets the validation split."""
@@ -155,7 +175,10 @@ def fewshot(
 ) -> dict:
     """Fit ``clf`` on k images per class drawn from train, ``trials`` times per k; test accuracy mean ± sd per k.
 
-    ``params``: the classifier's parameters, one value each (``{"C": 10.0}`` or ``{"C": [10.0]}``). Example::
+    ``params``: the classifier's parameters, one value each (``{"C": 10.0}`` or ``{"C": [10.0]}``). ``validation``:
+    the split a classifier that early-stops (``dense``) stops on, all its rows, as ``fit`` does; ``"none"``: none (it
+    stops on its training loss), as when the store has no split of the default name. Other classifiers read no
+    validation split. Example::
 
         s = fewshot("features.h5", "logreg", shots=[1, 2, 5, 10, 20], trials=5)
         for p in s["points"]:
@@ -172,6 +195,15 @@ def fewshot(
     if png is not None:
         check_chart_name(png, "--png", store)  # a chart that cannot be written is refused before any fit
     check_distinct(train, None, test)  # k images drawn from test and scored on test: an optimistic curve
+    early = bool(getattr(spec.builder(full).steps[-1][1], "fit_uses_validation", False))
+    if early and not no_split(validation):
+        if validation in (train, test):  # early stopping on test chose on test (attack 53 #5: named no real option)
+            raise ConfigError(
+                f"--validation {validation!r} is also --{'train' if validation == train else 'test'}: {clf} early-stops "
+                f"on --validation, which must be another split; name one with --validation, or give --validation "
+                f"{NONE} to stop on the training loss"
+            )
+        check_distinct(train, validation, test)
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
     for split in (train, test):
@@ -185,76 +217,77 @@ def fewshot(
     y = fs.labels(train, name)
     shots = _check_shots(shots, trials, y, class_names, train)
     check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
+    val_split, why = _validation_split(fs, name, clf, validation) if early else (None, "")
     root = runs_root(store, runs)
     ensure_writable(root, store)
-    started = time.perf_counter()
-    X, y = fs.load(train, name)
-    notes = []
-    val = None
-    head = spec.builder(full).steps[-1][1]
-    if getattr(head, "fit_uses_validation", False) and validation in fs.splits(name):
-        check_distinct(train, validation, test)  # early stopping on test would choose on test
-        val = fs.load(validation, name)
+    with made.removed_on_failure(root):  # a failed fit leaves no runs folder it made (attack 53 #3)
+        started = time.perf_counter()
+        X, y = fs.load(train, name)
+        notes = [] if val_split is not None or not early else [f"{clf} early-stops on its training loss ({why})"]
+        val = None
+        if val_split is not None:
+            val = fs.load(val_split, name)
+            notes.append(
+                f"{clf} early-stops on all {len(val[1])} rows of {val_split!r}: more labelled images than k per class"
+            )
+        Xt, yt = fs.load(test, name)  # read once; nothing is chosen on it
+        for split, arrays in ((train, (X, y)), (val_split, val), (test, (Xt, yt))):
+            if arrays is not None:
+                fs.refuse_nonfinite(split, name, arrays[0])
+        accs: dict[int, list[float]] = {k: [] for k in shots}
+        for trial in range(trials):
+            for k, idx in sample_shots(y, shots, len(class_names), seed, trial).items():
+                accs[k].append(_accuracy(clf, full, X[idx], y[idx], val, Xt, yt))
+        points = []
+        for k in shots:
+            m, sd = mean_sd(accs[k])
+            points.append(
+                {
+                    "shots": k,
+                    "rows": k * len(class_names),
+                    "trials": accs[k],
+                    "mean": m,
+                    "sd": sd,
+                    "mean_ci": mean_interval(accs[k]),
+                }
+            )
+        top = points[-1]
+        w = proportion_interval(round(top["mean"] * len(yt)), len(yt))
         notes.append(
-            f"{clf} early-stops on all {len(val[1])} rows of {validation!r}: more labelled images than k per class"
+            f"the intervals cover the draw of the training images; the {len(yt)} test rows are the same in every trial, "
+            f"and their own sampling error (the Wilson interval of {top['mean']:.3f} on {len(yt)} rows is "
+            f"[{w.low:.3f}, {w.high:.3f}]) comes on top"
         )
-    Xt, yt = fs.load(test, name)  # read once; nothing is chosen on it
-    for split, arrays in ((train, (X, y)), (validation, val), (test, (Xt, yt))):
-        if arrays is not None:
-            fs.refuse_nonfinite(split, name, arrays[0])
-    accs: dict[int, list[float]] = {k: [] for k in shots}
-    for trial in range(trials):
-        for k, idx in sample_shots(y, shots, len(class_names), seed, trial).items():
-            accs[k].append(_accuracy(clf, full, X[idx], y[idx], val, Xt, yt))
-    points = []
-    for k in shots:
-        m, sd = mean_sd(accs[k])
-        points.append(
-            {
-                "shots": k,
-                "rows": k * len(class_names),
-                "trials": accs[k],
-                "mean": m,
-                "sd": sd,
-                "mean_ci": mean_interval(accs[k]),
-            }
-        )
-    top = points[-1]
-    w = proportion_interval(round(top["mean"] * len(yt)), len(yt))
-    notes.append(
-        f"the intervals cover the draw of the training images; the {len(yt)} test rows are the same in every trial, "
-        f"and their own sampling error (the Wilson interval of {top['mean']:.3f} on {len(yt)} rows is "
-        f"[{w.low:.3f}, {w.high:.3f}]) comes on top"
-    )
-    if trials == 1:
-        notes.append("one trial: no sd and no interval; give --trials 5 or more")
-    summary = {
-        "id": f"fewshot-{secrets.token_hex(3)}",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "store": str(Path(store).resolve()),
-        "extractor": name,
-        "clf": clf,
-        "params": given,
-        "full_params": full,
-        "trials": trials,
-        "seed": seed,
-        "sampling": "stratified, nested across k, seeded by (seed, trial)",
-        "splits": {"train": train, "validation": validation if val is not None else None, "test": test},
-        "train_rows": len(y),
-        "test_rows": len(yt),
-        "points": points,
-        "notes": notes,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    from featstore.experiments.protocol_plots import fewshot_png
+        if trials == 1:
+            notes.append("one trial: no sd and no interval; give --trials 5 or more")
+        summary = {
+            "id": f"fewshot-{secrets.token_hex(3)}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "store": str(Path(store).resolve()),
+            "extractor": name,
+            "clf": clf,
+            "params": given,
+            "full_params": full,
+            "trials": trials,
+            "seed": seed,
+            "sampling": "stratified, nested across k, seeded by (seed, trial)",
+            "splits": {"train": train, "validation": val_split, "test": test},
+            "train_rows": len(y),
+            "test_rows": len(yt),
+            "points": points,
+            "notes": notes,
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        from featstore.experiments.protocol_plots import fewshot_png
 
-    out = Path(png) if png else root / f"{summary['id']}.png"
-    summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
-    try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
-        write_text(summary["json"], json.dumps(summary, indent=1, default=_plain), "fewshot summary")
-        write_atomic(out, lambda tmp: fewshot_png(summary, tmp), "--png")
-    except OutputError as exc:
-        summary["not_saved"] = str(exc)
+        out = Path(png) if png else root / f"{summary['id']}.png"
+        summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
+        try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
+            write_text(summary["json"], json.dumps(summary, indent=1, default=_plain), "fewshot summary")
+            write_atomic(out, lambda tmp: fewshot_png(summary, tmp), "--png")
+        except OutputError as exc:
+            summary["not_saved"] = str(exc)
+            made.remove_made(root)  # nothing was saved in the runs folder made for it
     return summary
 
 

@@ -48,6 +48,7 @@ from featstore.experiments.streaming import (
     streams_by_partial_fit,
 )
 from featstore.experiments.streaming import predict_blocks as stream_blocks
+from featstore.runs import made
 from featstore.runs.artifacts import full_proba
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.runs.record import RunRecord, digest_paths, draft
@@ -122,58 +123,62 @@ def fit(
     check_distinct(train, validation, test)
     fs = FeatureStore(store)
     name = fs.resolve(extractor)
-    ensure_writable(runs_root(store, runs), store)  # a read-only runs folder fails now, not after the fit
-    splits = resolve_splits(fs, name, train, validation, test, test_later=test_later)
-    class_names = fs.class_names(name)
-    settings = candidates(spec, given, search)
-    full = [spec.full_params(s) for s in settings]
-    aug = _augmentation(fs, name, train) if augmented else None
-    used = splits.used
-    sizes = [fs.nbytes(s, name) + (fs.nbytes(train, name, augmented=True) if aug and s == train else 0) for s in used]
-    big = budget is not None and max(sizes) > budget
-    if big and spec.needs_all_data:
-        refuse_in_memory(clf, train, sizes[0], budget)
-    if big:
-        check_budget_holds_chunks(fs, name, used, budget, memory_budget, augmented=aug is not None)
-    # NaN/inf rows (extract stores them) are refused before any fit, test included, not after it: in memory on the
-    # arrays the fit loads (test among them); streamed, train is checked in the fit's first pass over it (before the
-    # classifier's first update) and the evaluation splits in one pass each here
-    if big:
-        for s in used[1:]:
-            fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION)  # within the budget, as the fit reads
-    t0 = time.perf_counter()
-    if big:
-        fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None, jobs)
-    else:
-        fitted = _fit_in_memory(fs, name, clf, full, settings, given, splits, jobs, aug is not None, budget)
-    fit_seconds = time.perf_counter() - t0
-    extra = {"memory_budget": budget, "streamed": big, "notes": list(splits.notes)}
-    if aug:
-        extra["augmented"] = aug
-        extra["notes"].append(
-            f"trained on {train!r} plus its {aug['copies']} augmented copies ({aug['spec']}, seed {aug['seed']}): "
-            f"{aug['train_rows']} rows; validation and test are the plain splits"
-        )
-    est = fitted.est
-    if big:
-        extra["notes"].append(
-            f"streamed from the store within {format_bytes(budget)}"
-            + (
-                f": {clf} ran `epochs` partial_fit passes"
-                + (" (max_iter is unused)" if "max_iter" in full[fitted.best] else "")
-                if streams_by_partial_fit(est)
-                else ""
+    root = runs_root(store, runs)
+    ensure_writable(root, store)  # a read-only runs folder fails now, not after the fit
+    with made.removed_on_failure(root):  # a fit that fails leaves no runs folder it made (attack 53 #3)
+        splits = resolve_splits(fs, name, train, validation, test, test_later=test_later)
+        class_names = fs.class_names(name)
+        settings = candidates(spec, given, search)
+        full = [spec.full_params(s) for s in settings]
+        aug = _augmentation(fs, name, train) if augmented else None
+        used = splits.used
+        sizes = [
+            fs.nbytes(s, name) + (fs.nbytes(train, name, augmented=True) if aug and s == train else 0) for s in used
+        ]
+        big = budget is not None and max(sizes) > budget
+        if big and spec.needs_all_data:
+            refuse_in_memory(clf, train, sizes[0], budget)
+        if big:
+            check_budget_holds_chunks(fs, name, used, budget, memory_budget, augmented=aug is not None)
+        # NaN/inf rows (extract stores them) are refused before any fit, test included, not after it: in memory on the
+        # arrays the fit loads (test among them); streamed, train is checked in the fit's first pass over it (before the
+        # classifier's first update) and the evaluation splits in one pass each here
+        if big:
+            for s in used[1:]:
+                fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION)  # within the budget, as the fit reads
+        t0 = time.perf_counter()
+        if big:
+            fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None, jobs)
+        else:
+            fitted = _fit_in_memory(fs, name, clf, full, settings, given, splits, jobs, aug is not None, budget)
+        fit_seconds = time.perf_counter() - t0
+        extra = {"memory_budget": budget, "streamed": big, "notes": list(splits.notes)}
+        if aug:
+            extra["augmented"] = aug
+            extra["notes"].append(
+                f"trained on {train!r} plus its {aug['copies']} augmented copies ({aug['spec']}, seed {aug['seed']}): "
+                f"{aug['train_rows']} rows; validation and test are the plain splits"
             )
+        est = fitted.est
+        if big:
+            extra["notes"].append(
+                f"streamed from the store within {format_bytes(budget)}"
+                + (
+                    f": {clf} ran `epochs` partial_fit passes"
+                    + (" (max_iter is unused)" if "max_iter" in full[fitted.best] else "")
+                    if streams_by_partial_fit(est)
+                    else ""
+                )
+            )
+        if _uses_validation(est.steps[-1][1]) and splits.validation:
+            extra["notes"].append(
+                f"the {splits.validation!r} split also drove early stopping"
+                + (" and the choice of setting" if len(full) > 1 else "")
+                + ": its score is optimistic; judge by test"
+            )
+        return _record(
+            fs, name, clf, full[fitted.best], given, class_names, splits, fitted, fit_seconds, runs, extra, budget
         )
-    if _uses_validation(est.steps[-1][1]) and splits.validation:
-        extra["notes"].append(
-            f"the {splits.validation!r} split also drove early stopping"
-            + (" and the choice of setting" if len(full) > 1 else "")
-            + ": its score is optimistic; judge by test"
-        )
-    return _record(
-        fs, name, clf, full[fitted.best], given, class_names, splits, fitted, fit_seconds, runs, extra, budget
-    )
 
 
 def _augmentation(fs: FeatureStore, name: str, train: str) -> dict:

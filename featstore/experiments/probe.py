@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, StoreError, check_names, check_paths
+from featstore.errors import ConfigError, FeatstoreError, OutputError, StoreError, check_names, check_paths
 from featstore.experiments.compare import check_chart_name
 from featstore.experiments.probe_fits import (
     COARSE,
@@ -50,6 +50,7 @@ from featstore.experiments.probe_fits import (
 )
 from featstore.experiments.protocol import check_has_rows
 from featstore.outputs import write_atomic, write_text
+from featstore.runs import made
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import proportion_interval
 from featstore.store.reader import FeatureStore
@@ -102,44 +103,77 @@ def probe(
         check_chart_name(png, "--png", store)  # a chart that cannot be written is refused before any fit
     fs = FeatureStore(store)
     names = _extractors(fs, extractors, (train, validation, test))
+    _refuse_nonfinite(fs, names, (train, validation, test))  # every extractor's splits, before the first fit
     root = runs_root(store, runs)
     ensure_writable(root, store)
-    started = time.perf_counter()
-    cells = [_probe_one(fs, n, refit, knn, tuple(ks), reduce, (train, validation, test), max_iter) for n in names]
-    summary = {
-        "id": f"probe-{secrets.token_hex(3)}",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "store": str(Path(store).resolve()),
-        "extractors": names,
-        "protocol": {
-            "preprocessing": PREPROCESSING.format(reduce=_reduce_words(reduce)),
-            "reduce": reduce,
-            "linear": "multinomial logistic regression, L2, Newton-CG (tol 1e-4, warm-started along the grid), "
-            f"at most {max_iter} iterations per fit",
-            "grid": {"coarse": list(COARSE), "fine_steps_decades": list(FINE)},
-            "knn": {"ks": list(ks), "metric": "cosine", "weights": "distance (1/distance)"} if knn else None,
-            "selection": f"accuracy on {validation!r} (linear ties: lower log-loss, then smaller C; kNN ties: smaller k)",
-            "refit": f"chosen C and k refitted on {train!r} + {validation!r} before {test!r}"
-            if refit
-            else f"fitted on {train!r} only",
-            "test": f"{test!r} read once per extractor, after both choices; 95 % Wilson intervals",
-        },
-        "refit": refit,
-        "splits": {"train": train, "validation": validation, "test": test},
-        "cells": cells,
-        "best": _best(cells),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    from featstore.experiments.protocol_plots import probe_png
+    with made.removed_on_failure(root):  # a probe that fails leaves no runs folder it made (attack 53 #3)
+        started = time.perf_counter()
+        cells, stopped = [], None
+        for n in names:
+            try:
+                cells.append(_probe_one(fs, n, refit, knn, tuple(ks), reduce, (train, validation, test), max_iter))
+            except (FeatstoreError, MemoryError) as exc:
+                if not cells:
+                    raise
+                stopped = {"extractor": n, "reason": str(exc) or type(exc).__name__}  # the others' figures are kept
+                break
+        summary = {
+            "id": f"probe-{secrets.token_hex(3)}",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "store": str(Path(store).resolve()),
+            "extractors": [c["extractor"] for c in cells],
+            "protocol": {
+                "preprocessing": PREPROCESSING.format(reduce=_reduce_words(reduce)),
+                "reduce": reduce,
+                "linear": "multinomial logistic regression, L2, Newton-CG (tol 1e-4, warm-started along the grid), "
+                f"at most {max_iter} iterations per fit",
+                "grid": {"coarse": list(COARSE), "fine_steps_decades": list(FINE)},
+                "knn": {"ks": list(ks), "metric": "cosine", "weights": "distance (1/distance)"} if knn else None,
+                "selection": f"accuracy on {validation!r} (linear ties: lower log-loss, then smaller C; kNN ties: smaller k)",
+                "refit": f"chosen C and k refitted on {train!r} + {validation!r} before {test!r}"
+                if refit
+                else f"fitted on {train!r} only",
+                "test": f"{test!r} read once per extractor, after both choices; 95 % Wilson intervals",
+            },
+            "refit": refit,
+            "splits": {"train": train, "validation": validation, "test": test},
+            "cells": cells,
+            "best": _best(cells),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        if stopped:
+            summary["stopped"] = {**stopped, "not_probed": names[len(cells) :]}
+        from featstore.experiments.protocol_plots import probe_png
 
-    out = Path(png) if png else root / f"{summary['id']}.png"
-    summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
-    try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
-        write_text(summary["json"], json.dumps(summary, indent=1), "probe summary")
-        write_atomic(out, lambda tmp: probe_png(summary, tmp), "--png")
-    except OutputError as exc:
-        summary["not_saved"] = str(exc)
+        out = Path(png) if png else root / f"{summary['id']}.png"
+        summary["png"], summary["json"] = str(out), str(root / f"{summary['id']}.json")
+        try:  # a full disk here loses no computed figure: the summary says what was not saved (the CLI prints both)
+            write_text(summary["json"], json.dumps(summary, indent=1), "probe summary")
+            write_atomic(out, lambda tmp: probe_png(summary, tmp), "--png")
+        except OutputError as exc:
+            summary["not_saved"] = str(exc)
+            made.remove_made(root)  # nothing was saved in the runs folder made for it
+        if stopped:
+            raise ProbeStopped(summary)
     return summary
+
+
+class ProbeStopped(FeatstoreError):
+    """A probe over several extractors that failed after finishing some: ``summary`` holds (and saved) their figures,
+    its ``stopped`` names the extractor that failed and why; the message says so in one line."""
+
+    def __init__(self, summary: dict):
+        self.summary = summary
+        stopped, done = summary["stopped"], ", ".join(repr(c["extractor"]) for c in summary["cells"])
+        kept = (
+            f"were computed but not saved ({summary['not_saved'].rstrip('.')})"
+            if summary.get("not_saved")
+            else f"are saved in {summary['json']} and {summary['png']}"
+        )
+        super().__init__(
+            f"probe stopped at extractor {stopped['extractor']!r}: {stopped['reason'].rstrip('.')}. The figures of "
+            f"{done} {kept}; probe the rest once that is fixed: --extractor {','.join(stopped['not_probed'])}"
+        )
 
 
 def _reduce_words(reduce: str) -> str:
@@ -164,6 +198,22 @@ def _extractors(fs: FeatureStore, wanted: list[str] | None, splits: tuple[str, .
         for split, option in zip(splits, ("--train", "--validation", "--test")):
             check_has_rows(fs, n, split, option)
     return list(dict.fromkeys(names))
+
+
+def _refuse_nonfinite(fs: FeatureStore, names: list[str], splits: tuple[str, ...]) -> None:
+    """StoreError naming the extractor, split and first row with NaN or inf features, checked in one streamed pass
+    over every split probed before the first fit: a bad test row of the last extractor was found after every other
+    extractor had been probed, and their figures were lost with it (attack 53 #2). Its reading is the probe's own,
+    once more, in blocks: seconds against the minutes of the fits."""
+    for n in names:
+        for split in splits:
+            try:
+                fs.refuse_nonfinite(split, n)
+            except StoreError as exc:
+                others = [o for o in names if o != n]
+                if not others:
+                    raise
+                raise StoreError(f"{exc}; or probe the others: --extractor {','.join(others)}") from None
 
 
 def _vectors(fs: FeatureStore, name: str, split: str, reduce: str) -> tuple[np.ndarray, np.ndarray]:

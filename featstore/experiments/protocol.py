@@ -51,9 +51,14 @@ def check_distinct(train: str, validation: str | None, test: str | None) -> None
     named = [s for s in (train, validation, test) if not no_split(s)]
     for s in named:
         check_not_reserved(s)
-    if len(set(named)) < len(named):
+    if len(set(named)) < len(named):  # said of the options in play: fewshot's "got 'test', None, 'test'" (attack 53)
+        given = [
+            (o, s) for o, s in (("--train", train), ("--validation", validation), ("--test", test)) if not no_split(s)
+        ]
+        options = ", ".join(o for o, _ in given[:-1]) + f" and {given[-1][0]}"
         raise ConfigError(
-            f"--train, --validation and --test must be three different splits; got {train!r}, {validation!r}, {test!r}"
+            f"{options} must be {'three ' if len(given) == 3 else ''}different splits; got "
+            f"{', '.join(repr(s) for _, s in given)}"
         )
 
 

@@ -72,6 +72,16 @@ class SimilarResult:
     source_root: str  # the folder the neighbours' paths are relative to
     seconds: float  # time of the search (and of the extraction for a new image)
     neighbours: list[Neighbour] = field(default_factory=list)
+    query_path: str | None = None  # the stored row's path (stored queries), relative to query_root
+    query_root: str = ""  # the source_root of the query's own split, which may differ from the searched split's
+
+    def query_file(self) -> str:
+        """The query's image file: a stored row's from its own split's ``source_root`` (a split extracted from
+        another folder than the one searched shows its own file, not one of the same name there); a new image's as
+        given."""
+        if self.query_kind == "stored" and self.query_path is not None:
+            return os.path.join(self.query_root, self.query_path) if self.query_root else self.query_path
+        return self.query
 
     def as_rows(self) -> list[dict]:
         """The table as dicts (rank, similarity, label, path, row)."""
@@ -165,7 +175,9 @@ def query_vector(
         img = load_image(path, size)
     except ImageError as exc:
         raise DataError(f"{terminal_safe(path)} cannot be read: {exc}") from None
-    ex = rebuild_extractor(attrs, weights, trust_model)
+    ex = rebuild_extractor(
+        attrs, weights, trust_model, of=f"extractor {terminal_safe(name)!r} of {terminal_safe(str(fs.path))}"
+    )
     return np.asarray(ex(img[None]), dtype=np.float32).reshape(-1), None
 
 
@@ -297,9 +309,12 @@ def similar(
         Neighbour(i + 1, p, names[int(c)], float(min(round(float(s), 6), 1.0)), int(r))
         for i, (s, r, p, c) in enumerate(zip(sims, rows, paths, labels))
     ]
-    q_label = None
+    q_label = q_path = None
+    q_root = ""
     if where is not None:
-        q_label = names[int(read_names(fs, name, where[0], np.array([where[1]]))[1][0])]
+        stored_paths, stored_labels = read_names(fs, name, where[0], np.array([where[1]]))
+        q_path, q_label = stored_paths[0], names[int(stored_labels[0])]
+        q_root = str(fs.split_info(where[0], name).get("source_root") or "")  # the query's split: its own folder
     result = SimilarResult(
         os.fspath(query),
         "stored" if where else "new",
@@ -313,6 +328,8 @@ def similar(
         str(info.get("source_root") or ""),
         time.monotonic() - start,
         found,
+        q_path,
+        q_root,
     )
     logger.debug("%s", result.describe())
     return result
@@ -350,8 +367,3 @@ def _index(fs: FeatureStore, name: str, split: str, required: bool, max_bytes: i
     logger.warning("%s; building it again", why)
     build_similarity_index(fs, name, split, max_bytes=max_bytes, option=option)
     return load_index(fs, name, split, required=True)
-
-
-def source_file(root: str, path: str) -> Path | None:
-    """The image file of a stored path (None when the split records no source_root)."""
-    return Path(os.path.join(root, path)) if root else None

@@ -61,6 +61,7 @@ from featstore.experiments.similar_files import (
 )
 from featstore.keys import user_key
 from featstore.outputs import output_fix, terminal_safe
+from featstore.runs import made
 from featstore.store.reader import FeatureStore
 from featstore.version import __version__
 
@@ -172,8 +173,6 @@ def build_similarity_index(
 
         build_similarity_index("features.h5", split="train", dims=256)
     """
-    from sklearn.decomposition import PCA
-
     start = time.monotonic()
     if isinstance(dims, bool) or not isinstance(dims, int) or dims < 2:
         raise ConfigError(f"dims must be a whole number of at least 2, not {dims!r}")
@@ -184,7 +183,34 @@ def build_similarity_index(
     name = fs.resolve(extractor)
     if (key := user_key()) is None:  # (said why once) an index it cannot sign would never be used
         raise ConfigError(f"featstore has no key of yours to sign the similarity index with; {NO_KEY}")
-    folder = index_folder(index_dir(fs.path, name, split))  # before any work: what is in the way, can it be written
+    _refuse_unusable(fs, name, split)  # before any folder is made: a refused split left empty ones (attack 53 #7)
+    target = index_dir(fs.path, name, split)
+    new = [p for p in (target.parent.parent, target.parent, target) if not os.path.lexists(p)]
+    with made.removed_on_failure(target):  # the levels made here, still empty, when the build fails
+        try:
+            folder = index_folder(target)  # before any work: what is in the way, can it be written
+        finally:
+            made.remember(new)
+        return _write(fs, name, split, folder, dims, sample, seed, max_bytes, option, key, start)
+
+
+def _refuse_unusable(fs: FeatureStore, name: str, split: str) -> None:
+    """StoreError for a split (no such split: split_info's) whose attributes say no index can be built of it: not
+    complete, under 2 rows (the reading refuses NaN or inf rows)."""
+    info = fs.split_info(split, name)
+    rows = int(info.get("committed_rows") or 0)
+    if not info.get("complete") or rows < 2:
+        raise StoreError(
+            f"split {split!r} of {name!r} has {rows} row(s); comparing needs at least 2 (the mean is subtracted)"
+            if info.get("complete")
+            else f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`"
+        )
+
+
+def _write(fs, name, split, folder, dims, sample, seed, max_bytes, option, key, start) -> dict:
+    """The index of :func:`build_similarity_index` written into ``folder`` (made and checked); its record."""
+    from sklearn.decomposition import PCA
+
     budget = max(int(max_bytes) // 4, 1 << 20)
     commit = _commit(fs, name, split)
     centre = scan(fs, name, [], split, budget)  # refuses NaN/inf rows and splits of under 2 rows

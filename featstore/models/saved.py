@@ -64,6 +64,11 @@ def load_held_model(path: Path, trust_model: bool = False, named: Path | None = 
         return model, sha256_file(name)
 
 
+class UntrustedModel(ConfigError):
+    """A legacy ``.h5`` model file loaded without ``trust_model``: the line names ``--trust-model`` and re-saving it as
+    ``.keras``, and is passed on whole (a "--weights PATH" added to it was no fix: the file was where it was)."""
+
+
 def _load(path: Path, name: Path, trust_model: bool):
     """The model in the file at ``path`` (as the user named it), read through ``name`` (the same file, held:
     :func:`load_held_model`), whose name is the one Keras picks the format by: so does the ``--trust-model`` gate."""
@@ -73,7 +78,7 @@ def _load(path: Path, name: Path, trust_model: bool):
     import keras
 
     if legacy and not trust_model:
-        raise ConfigError(
+        raise UntrustedModel(
             f"{path} is a legacy .h5 model: loading it can run code stored in the file (Keras's safe_mode does "
             f"not cover .h5). Re-save it as .keras (model.save('model.keras')), or pass --trust-model if you "
             f"made the file yourself (a Lambda layer in it is refused even then: featstore loads none from any file; "

@@ -36,10 +36,13 @@ def rebuild_extractor(
     trust_model: bool = False,
     runtime: str = "keras",
     runtime_cache: Path | None = None,
+    *,
+    of: str | None = None,
 ):
     """The Extractor a store's provenance describes; refuses weights whose digest differs from the record.
 
-    ``trust_model`` (the caller's, never the record's ``trust_model``) allows a legacy ``.h5`` model file.
+    ``trust_model`` (the caller's, never the record's ``trust_model``) allows a legacy ``.h5`` model file. ``of``:
+    whose features the messages speak of, the run's when None (``similar`` rebuilds a store's extractor: no run).
     ``runtime="onnx"``: once the rebuilt Keras extractor passed those checks, its cut runs with ONNX Runtime (exported
     into, or loaded from, the folder ``runtime_cache`` and checked against Keras). Example::
 
@@ -47,10 +50,12 @@ def rebuild_extractor(
     """
     from featstore.models.extractor import Extractor, ExtractorConfig
     from featstore.models.hub_fetch import NotDownloaded
+    from featstore.models.saved import UntrustedModel
 
+    run, of = of is None, of or "the run"
     if not attrs.get("model_file") and int(attrs.get("input_size") or 0) <= 0:  # write_arrays: no backbone to rebuild
         raise ConfigError(
-            f"the run's features were not made from images by a model featstore can rebuild (model "
+            f"the features of {of} were not made from images by a model featstore can rebuild (model "
             f"{printable(str(attrs.get('model')))!r}, input size {attrs.get('input_size')}); apply it to stored features "
             f"(`featstore runs evaluate`) instead"
         )
@@ -64,7 +69,7 @@ def rebuild_extractor(
         # a file here was read as a saved model: a preset's model.weights.h5 was refused as a legacy .h5 "model" with
         # advice to pass --trust-model (which would load a legacy .h5 model, code and all)
         raise ConfigError(
-            f"--weights {weights}: the run's features were made with the KerasHub preset {attrs['hub_preset']}; "
+            f"--weights {weights}: the features of {of} were made with the KerasHub preset {attrs['hub_preset']}; "
             f"--weights names a local copy of that preset folder (config.json, model.weights.h5, "
             f"image_converter.json), not a file"
         )
@@ -72,8 +77,8 @@ def rebuild_extractor(
         config = ExtractorConfig.from_attrs(attrs, None if saved else weights, model_file=weights if saved else None)
         # the caller's trust_model, never the record's: a crafted run.json may say trust_model=true
         ex = Extractor(dataclasses.replace(config, trust_model=trust_model))
-    except NotDownloaded:
-        raise  # already names --weights hub:<preset> and --weights PATH/
+    except (NotDownloaded, UntrustedModel):
+        raise  # already name --weights hub:<preset> and --weights PATH/, or --trust-model and re-saving as .keras
     except (WeightsError, ConfigError) as exc:
         what = (
             f"the model file {attrs['model_file']}"
@@ -84,12 +89,17 @@ def rebuild_extractor(
         )
         give = "a local copy of that preset folder" if attrs.get("hub_preset") else "that file"
         raise type(exc)(
-            f"{exc}\nThe run's features were made with {what} (file sha256 {str(attrs.get('weights_sha256') or '-')[:12]}); "
-            f"pass --weights PATH to give {give}."
+            f"{str(exc).rstrip('.')}. The features of {of} were made with {what} (file sha256 "
+            f"{str(attrs.get('weights_sha256') or '-')[:12]}); pass --weights PATH to give {give}."
         ) from exc
-    provenance.refuse_other_weights(ex.attrs, attrs)
+    provenance.refuse_other_weights(
+        ex.attrs, attrs, of, "predict" if run else "extract the image", "was fitted on" if run else "was made with"
+    )
     provenance.refuse_other_features(
-        ex.attrs, attrs, "the run", "Predict with the featstore, libraries and weights the run was made with."
+        ex.attrs,
+        attrs,
+        of,
+        f"{'Predict' if run else 'Extract it'} with the featstore, libraries and weights {of} was made with.",
     )
     if runtime != "keras":
         if ex.config.mixed_precision:  # use_runtime's message would name --mixed-precision, which predict has not

@@ -1,6 +1,7 @@
 """``featstore report``: the static site of a store and its runs, written into one folder that opens from disk.
 
-Layout of the folder (``--out``, default ``<store stem>.report/`` beside the store)::
+Layout of the folder (``--out``, default ``<store stem>.report/`` beside the store; ``<store>.report/`` for a store
+whose own name ends in ``.report``, so that the default is never the store itself)::
 
     index.html                 the store (provenance, splits, counts, failures, leaks) and every run, sortable
     runs/<id>.html             a run: metrics, per-class figures, the confusion grid, curves, members
@@ -77,8 +78,33 @@ class ReportResult:
 
 
 def default_out(store: str | os.PathLike) -> Path:
-    """``features.h5`` -> ``features.report/`` (beside ``features.runs/``)."""
-    return Path(store).with_suffix(".report")
+    """``features.h5`` -> ``features.report/`` (beside ``features.runs/``); never the store itself: a store named
+    ``s.report`` gets ``s.report.report/`` (its own name was refused as "--out s.report is not a folder", an option
+    the user had not given: attack 53 #6).
+
+    >>> default_out("features.h5"), default_out("s.report")
+    (PosixPath('features.report'), PosixPath('s.report.report'))
+    """
+    out = Path(store).with_suffix(".report")
+    return Path(f"{store}.report") if out == Path(store) else out
+
+
+def _as_default(exc: FeatstoreError, out: Path) -> FeatstoreError:
+    """A refusal of the report folder the user did not name: "--out X ..." says "the report's default folder X ..."
+    and "give --out DIR"; any other line as it is."""
+    line = str(exc)
+    for head in (f"--out {terminal_safe(str(out))}", f"--out {out}"):
+        if line.startswith(head):
+            rest, fix = line[len(head) :].rstrip("."), "give a new or empty folder"
+            rest = (
+                rest.replace(fix, "give --out DIR, a new or empty folder") if fix in rest else rest + "; give --out DIR"
+            )
+            text = f"the report's default folder {terminal_safe(str(out))}{rest}"
+            try:
+                return type(exc)(text)
+            except TypeError:  # an error class with other arguments: its own line
+                return exc
+    return exc
 
 
 def _prepare(out: Path) -> tuple[SiteFolder, set[str]]:
@@ -209,20 +235,18 @@ def build_report(
     check_jobs(jobs)  # 0 or a negative count was taken without a word
     map_method = choose_method(map_method)  # an unknown name is refused before any work
     fs = FeatureStore(store)
-    out = Path(out) if out is not None else default_out(store)
-    resolved(out, "--out")  # a symbolic link loop: one line, not "RuntimeError: Symlink loop"
-    runs_folder = runs_root(store, runs).resolve()
-    if out.resolve() == runs_folder or out.resolve().is_relative_to(runs_folder):
-        raise ConfigError(
-            f"--out {terminal_safe(str(out))} is inside the runs folder {terminal_safe(str(runs_folder))}, where "
-            f"every folder is a run; give a folder outside it (default: {terminal_safe(str(default_out(store)))})"
-        )
-    if not out.exists():
-        refuse_run_files(out, "--out", folder=True)  # nor another store's runs folder, nor a run's folder
-    refuse_in_image_folders(out / "index.html", store, "--out")  # its thumbnails would be extracted as images
-    cache, not_kept = _caches(store)  # a link there (or at thumbs/, maps/) is refused before any work
-    site, old = _prepare(out)  # --out opened once: every file below is written and removed through it
+    given = out is not None
+    out = Path(out) if given else default_out(store)
+    try:
+        site, old = _open_out(store, runs, out)
+    except FeatstoreError as exc:
+        raise (exc if given else _as_default(exc, out)) from None
     with site:
+        try:  # made after the folder was accepted: a refused one left <store>.report.cache behind (attack 53 #6)
+            cache, not_kept = _caches(store)  # a link there (or at thumbs/, maps/) is refused before any work
+        except BaseException:
+            site.remove_if_made()  # the report folder made for it, still empty
+            raise
         try:
             result = _write_site(
                 site, old, fs, store, runs, cache, not_kept, map_rows, map_method, gallery, leaks, seed, jobs
@@ -233,6 +257,21 @@ def build_report(
     if not_kept:
         shutil.rmtree(cache, ignore_errors=True)
     return result
+
+
+def _open_out(store, runs, out: Path) -> tuple[SiteFolder, set[str]]:
+    """The report folder checked (never a runs folder, a run's, an image folder's) and opened (:func:`_prepare`)."""
+    resolved(out, "--out")  # a symbolic link loop: one line, not "RuntimeError: Symlink loop"
+    runs_folder = runs_root(store, runs).resolve()
+    if out.resolve() == runs_folder or out.resolve().is_relative_to(runs_folder):
+        raise ConfigError(
+            f"--out {terminal_safe(str(out))} is inside the runs folder {terminal_safe(str(runs_folder))}, where "
+            f"every folder is a run; give a folder outside it (default: {terminal_safe(str(default_out(store)))})"
+        )
+    if not out.exists():
+        refuse_run_files(out, "--out", folder=True)  # nor another store's runs folder, nor a run's folder
+    refuse_in_image_folders(out / "index.html", store, "--out")  # its thumbnails would be extracted as images
+    return _prepare(out)  # --out opened once: every file below is written and removed through it
 
 
 def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_method, gallery, leaks, seed, jobs):

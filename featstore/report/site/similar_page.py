@@ -48,13 +48,9 @@ def similar_html(result: SimilarResult, out: str | os.PathLike, store: str | os.
         similar_html(similar("test/bag/test_00017.png", "features.h5"), "bag.html", "features.h5")
     """
     check_similar_out(out)
-    root = result.source_root
-    if result.query_kind == "stored":
-        query_source = os.path.join(root, result.query) if root and not os.path.isabs(result.query) else result.query
-        if not os.path.isfile(query_source):
-            query_source = os.path.abspath(result.query)
-    else:
-        query_source = os.path.abspath(result.query)
+    root = result.source_root  # the searched split's folder: the neighbours' files
+    query_source = result.query_file()  # the query's own split's folder, which may be another (attack 53 #1)
+    query_source = query_source if result.query_kind == "stored" else os.path.abspath(query_source)
     sources = [query_source] + [os.path.join(root, n.path) if root else n.path for n in result.neighbours]
     with tempfile.TemporaryDirectory(prefix="featstore-similar-", dir=private_tempdir()) as tmp:
         cache = ThumbCache(cache_dir(store) / "thumbs")

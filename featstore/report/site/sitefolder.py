@@ -30,7 +30,7 @@ import secrets
 import shlex
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from featstore.errors import OutputError
@@ -386,6 +386,15 @@ class SiteFolder:
     def still_named(self) -> bool:
         """Whether ``--out`` still names the folder held open (someone may have renamed it away meanwhile)."""
         return not FD_SAFE or same_folder(self.fd, self.out)
+
+    def remove_if_made(self) -> None:
+        """Close, and remove ``--out`` when this report made it and it is still that folder, empty (the report
+        refused to go on before writing anything into it)."""
+        named = self.made and not self.wrote and self.still_named()
+        self.close()
+        if named:
+            with suppress(OSError):
+                os.rmdir(self.out)
 
     def close(self) -> None:
         for fd in self._fds.values():
