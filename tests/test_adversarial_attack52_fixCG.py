@@ -1,0 +1,150 @@
+"""Attack 52: class scores stored as features, a recorded batch size trusted to size a read, copies of several groups
+held to the first group's split, and a fine-tuning's cache told to use --overwrite.
+
+#1 A saved model ending in a softmax over logits the default-cut walk did not see (a nested logits backbone, an
+EinsumDense, a convolution with a softmax before a pooling) was cut at its output: its probabilities were stored, said as
+"it does not end in a classifier". #2 Keras's MobileNets saved with ``classifier_activation=None`` were cut at their
+logits; with the softmax, before their 1x1-convolution classifier. #3 The copies' first-batch check read, decoded and
+ran as many rows at once as the split's ``batch_size`` attribute said (2**31-1: the whole split). #4 Copies of several
+``--layer`` groups were checked against, and mapped onto the rows of, the first group's split only. #5 A fine-tuning
+cache's "cannot be read now" refusal named --overwrite, which finetune does not have.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from featstore import ExtractorConfig, extract
+from featstore.errors import ConfigError
+
+# ---------------------------------------------------------------------------------------------------------------- #1
+
+
+def _scores_models(folder):
+    """name -> (saved file, what its default cut must be: a layer name, or None for a refusal naming --layer)."""
+    import keras
+
+    L = keras.layers
+    made = {}
+
+    def save(name, model, cut):
+        model.save(folder / f"{name}.keras")
+        made[name] = (folder / f"{name}.keras", cut)
+
+    def conv_logits():  # SqueezeNet's logits (a 1x1 convolution to the classes, pooled), its softmax outside it
+        x = keras.Input((32, 32, 3))
+        h = L.Conv2D(10, 1, name="logits_conv")(L.Conv2D(8, 3, activation="relu", name="c1")(x))
+        return keras.Model(x, L.GlobalAveragePooling2D(name="gap")(h), name="backbone")
+
+    x = keras.Input((32, 32, 3))
+    save("nested_softmax", keras.Model(x, L.Softmax(name="probs")(conv_logits()(x))), None)
+    h = L.GlobalAveragePooling2D(name="pooled")(L.Conv2D(8, 3, name="c1")(x))
+    fc = L.EinsumDense("ab,bc->ac", output_shape=10, name="fc")
+    save("einsum_softmax", keras.Model(x, L.Softmax(name="probs")(fc(h))), "pooled")
+    c1 = L.Conv2D(8, 3, name="c1")(x)
+    for name, conv in (("conv", L.Conv2D), ("separable", L.SeparableConv2D)):
+        scores = conv(10, 1, activation="softmax", name="cls")(c1)  # per position, then averaged
+        save(f"{name}_softmax_gap", keras.Model(x, L.GlobalAveragePooling2D(name="gap")(scores)), "c1")
+    # class scores behind which the only layer of weights is no classifier featstore knows: refused, not stored
+    h = L.PReLU(name="prelu")(L.GlobalAveragePooling2D(name="pooled")(L.Conv2D(8, 3, name="c1")(x)))
+    save("scores_no_head", keras.Model(x, L.Softmax(name="probs")(h)), None)
+    save("features", keras.Model(x, L.GlobalAveragePooling2D(name="gap")(L.Conv2D(8, 3, name="c1")(x))), "gap")
+    return made
+
+
+@pytest.fixture(scope="module")
+def scores_models(tmp_path_factory):
+    return _scores_models(tmp_path_factory.mktemp("scores"))
+
+
+@pytest.mark.parametrize(
+    "name", ["nested_softmax", "einsum_softmax", "conv_softmax_gap", "separable_softmax_gap", "scores_no_head"]
+)
+def test_class_scores_are_never_the_default_cut(scores_models, name, caplog):
+    """Each is cut before its real head, or its default cut is refused in one line naming --layer; `featstore models
+    --layers` marks the same default cut, or none."""
+    from featstore.models.extractor import Extractor
+    from featstore.report.tables import layers_table
+
+    path, cut = scores_models[name]
+    table = layers_table(str(path))
+    config = ExtractorConfig(model=str(path))
+    if cut is None:
+        with pytest.raises(ConfigError) as err:
+            Extractor(config)
+        line = str(err.value)
+        assert line.startswith(f"{name}.keras has no default cut: ") and "Pass --layer NAME" in line, line
+        assert "\n" not in line and "default cut" not in table
+        return
+    with caplog.at_level(logging.INFO, logger="featstore.models.extractor"):
+        built = Extractor(config)
+    assert built.outputs[0][0] == cut
+    assert f"cutting at {cut!r}, the layer feeding its classifier" in caplog.text, caplog.text
+    assert [r for r in table.splitlines() if "default cut" in r][0].split()[0] == cut
+
+
+def test_the_scores_without_a_head_line_names_the_scores(scores_models):
+    from featstore.models.extractor import Extractor
+
+    with pytest.raises(ConfigError, match=r"its output is class scores \('probs'\) with no layer of weights behind"):
+        Extractor(ExtractorConfig(model=str(scores_models["scores_no_head"][0])))
+
+
+def test_does_not_end_in_a_classifier_is_said_only_of_features(scores_models, tmp_path, caplog):
+    """The log line is said of a features model, whose output is stored; it was said of the models above."""
+    from tests.conftest import write_data_root
+
+    data = write_data_root(tmp_path / "data")
+    with caplog.at_level(logging.INFO, logger="featstore.models.extractor"):
+        r = extract(data, "train", tmp_path / "f.h5", ExtractorConfig(model=str(scores_models["features"][0])))
+    assert "cutting at 'gap', its last layer (it does not end in a classifier)" in caplog.text
+    assert r.feature_shape == (8,)
+
+
+# ---------------------------------------------------------------------------------------------------------------- #2
+
+
+def _feeder(model, name: str) -> str:
+    layer = model.get_layer(name)
+    return layer._inbound_nodes[0].input_tensors[0]._keras_history.operation.name
+
+
+@pytest.fixture(scope="module")
+def mobilenets():
+    import keras
+
+    apps = keras.applications
+    built = {}
+    for act in ("softmax", None):
+        built["v1", act] = apps.MobileNet(input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=act)
+        built["v3", act] = apps.MobileNetV3Small(
+            input_shape=(32, 32, 3), weights=None, classes=10, classifier_activation=act
+        )
+    return built
+
+
+@pytest.mark.parametrize("act", ["softmax", None])
+@pytest.mark.parametrize(("version", "head"), [("v1", "conv_preds"), ("v3", "logits")])
+def test_keras_mobilenets_are_cut_before_their_convolution_classifier_with_or_without_softmax(
+    mobilenets, version, head, act
+):
+    from featstore.models.saved import default_cut, no_default_cut
+
+    model = mobilenets[version, act]
+    assert default_cut(model) == _feeder(model, head) and not no_default_cut(model)
+
+
+def test_a_fully_convolutional_features_model_is_still_cut_at_its_output():
+    import keras
+
+    from featstore.models.saved import default_cut
+
+    L = keras.layers
+    x = keras.Input((32, 32, 3))
+    h = L.Conv2D(16, 1, name="c2")(L.Conv2D(8, 3, strides=2, name="c1")(x))  # 15x15 positions: features per position
+    assert default_cut(keras.Model(x, L.Flatten(name="flat")(h))) == "flat"
+    assert default_cut(keras.Model(x, L.GlobalAveragePooling2D(name="gap")(h))) == "gap"
+    notop = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, include_top=False, pooling="avg")
+    assert default_cut(notop) == notop.layers[-1].name
