@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 
+import h5py
 import pytest
 
-from featstore import ExtractorConfig, extract
+from featstore import ExtractorConfig, StoreError, extract
 from featstore.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------------- #1
@@ -148,3 +149,82 @@ def test_a_fully_convolutional_features_model_is_still_cut_at_its_output():
     assert default_cut(keras.Model(x, L.GlobalAveragePooling2D(name="gap")(h))) == "gap"
     notop = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, include_top=False, pooling="avg")
     assert default_cut(notop) == notop.layers[-1].name
+
+
+# ---------------------------------------------------------------------------------------------------------------- #3
+
+
+def _forward_sizes(monkeypatch) -> list[int]:
+    from featstore.extraction.local import LocalEngine
+
+    sizes, real = [], LocalEngine.forward
+    monkeypatch.setattr(LocalEngine, "forward", lambda self, p, t=None: sizes.append(len(p)) or real(self, p, t))
+    return sizes
+
+
+def test_a_batch_size_attribute_over_extracts_bound_is_refused_as_damaged(
+    data_root, tiny_config, tmp_path, monkeypatch
+):
+    """A crafted batch_size of 2**31-1: the copies' check read and ran the whole split at once. A row of tiny_config is
+    2 KiB: a batch of 4 fits the bound set here, the split's 12 rows do not."""
+    from featstore.extraction import pipeline
+
+    store = tmp_path / "f.h5"
+    extract(data_root, "train", store, tiny_config, batch_size=4)
+    with h5py.File(store, "r+") as f:
+        f["vgg16"]["train"].attrs["batch_size"] = 2**31 - 1
+    monkeypatch.setattr(pipeline, "MAX_BATCH_BYTES", 2048 * 8)
+    sizes = _forward_sizes(monkeypatch)
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
+    line = str(err.value)
+    assert "records batch_size=2147483647" in line and "the split is damaged" in line and "--overwrite" in line, line
+    assert "--batch-size" not in line and "\n" not in line
+    assert sizes == []  # nothing decoded and run for the check
+    with h5py.File(store, "r") as f:
+        assert "augmented" not in f["vgg16"]["train"]
+
+
+def test_a_first_call_this_process_cannot_hold_is_refused_without_naming_batch_size(
+    data_root, tiny_config, tmp_path, monkeypatch
+):
+    from featstore.models.room import Room
+
+    store = tmp_path / "f.h5"
+    extract(data_root, "train", store, tiny_config, batch_size=12)  # one call of 12: the copies' check keeps it
+    monkeypatch.setattr("featstore.extraction.same_numerics.memory_room", lambda: Room(1000, "a test's limit"))
+    sizes = _forward_sizes(monkeypatch)
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
+    line = str(err.value)
+    assert "was made in calls of 12 images (its batch_size attribute)" in line and "held by a test's limit" in line
+    assert "--batch-size" not in line and sizes == [], line
+
+
+def test_the_checks_out_of_memory_does_not_say_to_lower_batch_size(data_root, tiny_config, tmp_path, monkeypatch):
+    from featstore.models.extractor import Extractor
+
+    store = tmp_path / "f.h5"
+    extract(data_root, "train", store, tiny_config, batch_size=12)
+    real = Extractor.features
+
+    def features(self, images):
+        if len(images) == 12:
+            raise MemoryError("Unable to allocate")
+        return real(self, images)
+
+    monkeypatch.setattr(Extractor, "features", features)
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
+    line = str(err.value)
+    assert "ran out of memory computing its first call of 12 images again" in line and "--batch-size" not in line
+
+
+def test_a_batch_size_attribute_within_the_bounds_still_checks_the_split_as_made(
+    data_root, tiny_config, tmp_path, monkeypatch
+):
+    store = tmp_path / "f.h5"
+    extract(data_root, "train", store, tiny_config, batch_size=8)
+    sizes = _forward_sizes(monkeypatch)
+    r = extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
+    assert r.augmented.rows == 12 and sizes[0] == 8 and max(sizes[1:]) == 4

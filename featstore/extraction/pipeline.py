@@ -404,7 +404,8 @@ class _Extraction:
             if self.how.purpose
             else "start it again here with --overwrite (overwrite=True)"
         )
-        same_numerics(self.file, names, key, root, self.engine, self.how.batch_size, transform, copies, again)
+        args = (self.engine, self.how.batch_size, transform, copies, again, MAX_BATCH_BYTES)
+        same_numerics(self.file, names, key, root, *args)
 
 
 MAX_BATCH_BYTES = 4 << 30  # the features of one batch: the forward pass holds them (and more) at once
