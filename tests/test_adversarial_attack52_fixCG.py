@@ -13,6 +13,7 @@ cache's "cannot be read now" refusal named --overwrite, which finetune does not 
 from __future__ import annotations
 
 import logging
+import os
 
 import h5py
 import pytest
@@ -228,3 +229,57 @@ def test_a_batch_size_attribute_within_the_bounds_still_checks_the_split_as_made
     sizes = _forward_sizes(monkeypatch)
     r = extract(data_root, "train", store, tiny_config, batch_size=4, augment=1)
     assert r.augmented.rows == 12 and sizes[0] == 8 and max(sizes[1:]) == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------- #4
+
+LAYERS = ("block4_pool", "block5_pool")
+
+
+def _layers_config(tiny_config, *layers):
+    from dataclasses import replace
+
+    return replace(tiny_config, cut_layers=tuple(layers))
+
+
+def test_copies_of_a_second_group_made_otherwise_name_what_differs(data_root, tiny_config, tmp_path):
+    store = tmp_path / "f.h5"
+    both = _layers_config(tiny_config, *LAYERS)
+    extract(data_root, "train", store, both, batch_size=4)
+    with h5py.File(store, "r+") as f:
+        f["vgg16@block5_pool"]["train"].attrs["jit"] = True  # as a split made with --jit (its bits the same here)
+    with pytest.raises(StoreError, match=r"^split 'train' of 'vgg16@block5_pool' in .* was made with --jit"):
+        extract(data_root, "train", store, both, batch_size=4, augment=1)
+
+
+def test_copies_of_groups_whose_splits_hold_other_rows_are_refused(data_root, tiny_config, tmp_path, monkeypatch):
+    """One image unreadable when @block4_pool's split was made, readable when @block5_pool's was (the same listing):
+    the second group's copies were made from, and recorded as copies of, the first group's 11 rows."""
+    from featstore.images import decode
+
+    store, real = tmp_path / "f.h5", decode.load_image
+    lost = os.path.join("cat", sorted(os.listdir(data_root / "train" / "cat"))[0])
+
+    def unreadable(path, *args, **kwargs):
+        if str(path).endswith(lost):
+            raise decode.ImageError("unreadable then")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(decode, "load_image", unreadable)
+    four, five = (_layers_config(tiny_config, lyr) for lyr in LAYERS)
+    extract(data_root, "train", store, four, name="vgg16@block4_pool", batch_size=4)
+    monkeypatch.undo()
+    extract(data_root, "train", store, five, name="vgg16@block5_pool", batch_size=4)
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, _layers_config(tiny_config, *LAYERS), batch_size=4, augment=1)
+    line = str(err.value)
+    assert line.startswith("the copies of 'vgg16@block4_pool' and 'vgg16@block5_pool' cannot be made in one run"), line
+    assert (
+        "(11 and 12 rows; first differing at row 0" in line and "--layer block5_pool --name vgg16@block5_pool" in line
+    )
+    with h5py.File(store, "r") as f:
+        assert not any("augmented" in f[g]["train"] for g in f)
+    # the way out it names: each group's copies in a run of its own, each from its own rows
+    r4 = extract(data_root, "train", store, four, name="vgg16@block4_pool", batch_size=4, augment=1)
+    r5 = extract(data_root, "train", store, five, name="vgg16@block5_pool", batch_size=4, augment=1)
+    assert (r4.augmented.rows, r5.augmented.rows) == (11, 12)
