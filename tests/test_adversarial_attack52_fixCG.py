@@ -21,6 +21,8 @@ import pytest
 from featstore import ExtractorConfig, StoreError, extract
 from featstore.errors import ConfigError
 
+from .conftest import interrupt_after_one_batch
+
 # ---------------------------------------------------------------------------------------------------------------- #1
 
 
@@ -283,3 +285,45 @@ def test_copies_of_groups_whose_splits_hold_other_rows_are_refused(data_root, ti
     r4 = extract(data_root, "train", store, four, name="vgg16@block4_pool", batch_size=4, augment=1)
     r5 = extract(data_root, "train", store, five, name="vgg16@block5_pool", batch_size=4, augment=1)
     assert (r4.augmented.rows, r5.augmented.rows) == (11, 12)
+
+
+# ---------------------------------------------------------------------------------------------------------------- #5
+
+
+def test_a_fine_tuning_caches_unreadable_first_image_names_no_overwrite(data_root, tiny_config, tmp_path, monkeypatch):
+    from featstore.store.pathcols import read_paths
+    from featstore.store.reader import CACHE_PURPOSE
+
+    store = tmp_path / "f.h5"
+    kw = {"name": "vgg16@block5_pool", "purpose": CACHE_PURPOSE, "batch_size": 4}
+    interrupt_after_one_batch(monkeypatch, data_root, "train", store, tiny_config, **kw)
+    with h5py.File(store, "r") as f:
+        first = data_root / read_paths(f["vgg16@block5_pool"]["train"]["paths"], 1)[0]
+    st = first.stat()
+    first.write_bytes(b"\0" * st.st_size)  # bit rot: the same size and time, so the listing is the same
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(StoreError) as err:
+        extract(data_root, "train", store, tiny_config, **kw)
+    line = str(err.value)
+    assert "cannot be read now" in line and "delete the group so that the fine-tuning caches it again" in line, line
+    assert "--overwrite" not in line
+
+
+def test_finetune_says_it_has_no_overwrite_where_its_caches_refusal_names_it(finetune_source_32, monkeypatch):
+    """Every extract refusal that names --overwrite (a resume under other settings, a damaged split) reaches finetune
+    through its cache: it says what works there."""
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+    from featstore.extraction import pipeline
+    from featstore.store.resume import refuse_resume
+
+    def refused(*args, **kwargs):
+        then = {"listing_sha256": "x", "batch_size": 32, "compression": "none", "jit": True}
+        refuse_resume(then, {**then, "jit": False}, "train", kwargs["name"], args[2])
+
+    monkeypatch.setattr(pipeline, "extract", refused)
+    ft = finetune_source_32
+    with pytest.raises(StoreError) as err:
+        finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=ft["store"])
+    line = str(err.value)
+    assert "by adding --overwrite" in line and "featstore finetune has no --overwrite" in line, line
+    assert f"del h5py.File({str(ft['store'])!r}, 'a')['vgg16@block5_conv1']" in line

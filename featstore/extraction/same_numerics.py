@@ -133,9 +133,9 @@ def same_numerics(
     lost = [(p, reason) for p, (payload, reason) in zip(paths, got) if payload is None]
     if lost:
         raise StoreError(
-            f"cannot check that this run computes {key!r} as the run that started it: its stored image "
-            f"{terminal_safe(str(root / lost[0][0]))} cannot be read now ({lost[0][1]}). Restore it, or start the "
-            f"split again with --overwrite (overwrite=True)"
+            f"cannot check that this run computes {key!r} as the run that {'made' if copies else 'started'} it: its "
+            f"stored image {terminal_safe(str(root / lost[0][0]))} cannot be read now ({lost[0][1]}). Restore it, or "
+            f"{redo}"
         )
     try:
         feats = engine.forward([payload for payload, _ in got], transform)
