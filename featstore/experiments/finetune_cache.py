@@ -125,9 +125,10 @@ def cached_cut(
                 r = extract(images.root, split, fs.path, cfg, name=group, purpose=CACHE_PURPOSE, batch_size=huge.fits)
         except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
             raise type(exc)(
-                f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; pass "
-                f"--no-cache (cache=False in Python) to train from the images instead, or fine-tune on a copy of the "
-                f"store without that group)"
+                f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; "
+                + (_NO_OVERWRITE.format(store=str(fs.path), group=group) if "--overwrite" in str(exc) else "")
+                + "pass --no-cache (cache=False in Python) to train from the images instead, or fine-tune on a copy of "
+                "the store without that group)"
             ) from None
         wrote = wrote or r.written > 0
         cut_paths = fs.paths(split, group)
@@ -172,6 +173,13 @@ def cached_cut(
         with writer_lock(fs.path), open_h5(fs.path, "a") as f:
             f[group].attrs["purpose"] = CACHE_PURPOSE
     return Cached(group, arrays, made or wrote, fs=fs, budget=budget)
+
+
+# a refusal of extract naming --overwrite, met while caching: what starts the cache again here (attack 52 #5)
+_NO_OVERWRITE = (
+    'featstore finetune has no --overwrite: to start the cache again, delete it (python -c "import h5py; del '
+    "h5py.File({store!r}, 'a')[{group!r}]\") and fine-tune again, which caches it anew; or "
+)
 
 
 def _refuse_other_labels(fs, name: str, group: str, split: str, labels: np.ndarray, cfg, root: Path) -> None:

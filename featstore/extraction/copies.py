@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,4 +159,26 @@ def refuse_made_otherwise(plain_attrs: dict, want: dict, split: str, name: str, 
             f"copies run on the local engine): {why}, so the copies would be of another kind than the rows they "
             f"augment. Extract the split again {now} with --overwrite (overwrite=True), then add its copies"
             + ("" if key == "engine" else f", or make them {then}")
+        )
+
+
+def refuse_other_rows(plains: dict, layers: dict, split: str, path) -> None:
+    """Refuse copies of several groups whose splits hold other rows (``plains``: each group's ``(paths, labels)``;
+    ``layers``: each group's ``--layer``): one pass makes every group's copies from one list of rows, so a second
+    group's copies were mapped onto the first group's rows, its ``source_rows`` and row order not its split's (attack
+    52 #4: one image unreadable when one group's split was made, readable when the other's was)."""
+    (first, (rel, labels)), *others = plains.items()
+    for name, (theirs, their_labels) in others:
+        if theirs == rel and np.array_equal(labels, their_labels):
+            continue
+        at = next((i for i, (a, b) in enumerate(zip(rel, theirs)) if a != b), min(len(rel), len(theirs)))
+        if theirs == rel:  # the same images, other labels
+            at = int(np.flatnonzero(labels != their_labels)[0])
+        row = " and ".join(printable(p[at]) if at < len(p) else "none" for p in (rel, theirs))
+        one = "; ".join(f"--layer {shlex.quote(str(layers[n]))} --name {shlex.quote(n)}" for n in (first, name))
+        raise StoreError(
+            f"the copies of {first!r} and {name!r} cannot be made in one run: their splits {split!r} in {path} hold "
+            f"other rows ({len(rel)} and {len(theirs)} rows; first differing at row {at}: {row}), and one run "
+            f"makes every group's copies from the same rows. Make each group's copies in a run of its own, with the "
+            f"same --augment ({one}), or extract the split of both again with --overwrite (overwrite=True)"
         )

@@ -77,6 +77,10 @@ def warm_up(extractor) -> None:
         raise
 
 
+class OutOfMemory(ConfigError):
+    """:func:`refuse_out_of_memory`'s line (a caller whose batch is not --batch-size says its own)."""
+
+
 def refuse_out_of_memory(exc: Exception, n: int, extractor=None) -> None:
     """Raise the one line for out of memory (TensorFlow's, numpy's) in the forward pass of a batch of ``n`` images by
     ``extractor`` (the local engine's and each Ray actor's), with only the fixes that can help
@@ -85,7 +89,7 @@ def refuse_out_of_memory(exc: Exception, n: int, extractor=None) -> None:
     if type(exc).__name__ == "ResourceExhaustedError" or isinstance(exc, MemoryError):  # numpy's: the prepared input
         from featstore.models.activations import memory_advice
 
-        raise ConfigError(
+        raise OutOfMemory(
             f"the forward pass ran out of memory on a batch of {n} images ({(str(exc).splitlines() or [''])[0][:160]}"
             f"): {memory_advice(extractor, n)}"
         ) from None

@@ -319,19 +319,19 @@ class _Extraction:
         started, out = time.monotonic(), augcopies.CopiesResult()
         path, split = self.file.path, self.listing.split
         key = f"{split}/{AUGMENTED}"
-        with self.file.open("r") as f:  # one opening: the split's rows and every check before any work
-            rel, labels, plain_attrs = committed_rows(f, path, self.names[0], split)
-            want = augcopies.copies_attrs(
-                req, split, plain_attrs, len(rel), self.how.batch_size, self.how.compression, self.how.jit
-            )
-            want["runtime"] = self.config.runtime  # a resume with another runtime or oneDNN is refused
-            want.update(numerics(self.config.runtime), **machine())
-            found = survey(f, path, self.names, key, lambda f, n: copies_done(f, path, n, split, want))
-        total = req.copies * len(rel)
+        with self.file.open("r") as f:  # one opening: every group's split rows and every check before any work
+            plains = {n: committed_rows(f, path, n, split) for n in self.names}  # each its own (attack 52 #4)
+            wants = {n: self._copies_want(req, split, plains[n][2], len(plains[n][0])) for n in self.names}
+            found = survey(f, path, self.names, key, lambda f, n: copies_done(f, path, n, split, wants[n]))
         if not found.todo:
-            out.skipped, out.rows = True, total
+            out.skipped, out.rows = True, req.copies * len(plains[self.names[0]][0])
             return out
-        augcopies.refuse_made_otherwise(plain_attrs, {**want, "engine": "local"}, split, self.names[0], path)
+        for n in found.todo:  # every group's split as it records it, not only the first's
+            augcopies.refuse_made_otherwise(plains[n][2], {**wants[n], "engine": "local"}, split, n, path)
+        layers = {n: self.configs[n].layer for n in found.todo}
+        augcopies.refuse_other_rows({n: plains[n][:2] for n in found.todo}, layers, split, path)
+        rel, labels, _ = plains[found.todo[0]]
+        want = wants[found.todo[0]]
         extractor = self.extractor(found.todo, jit=self.how.jit)
         rows = augcopies.CopyRows(req, Path(want["source_root"]), rel, labels, extractor.config.image_size)
         writer = SplitWriter(self.file, found.todo, key, extra=("copy",))
@@ -342,6 +342,13 @@ class _Extraction:
         summary = writer.finish(time.monotonic() - started)
         out.rows, out.failed = int(summary["committed_rows"]), int(summary["n_failed"])
         return out
+
+    def _copies_want(self, req: augcopies.CopiesRequest, split: str, plain_attrs: dict, rows: int) -> dict:
+        """The attributes of the copies of a split whose attributes are ``plain_attrs`` (``rows`` committed rows)."""
+        how = self.how
+        want = augcopies.copies_attrs(req, split, plain_attrs, rows, how.batch_size, how.compression, how.jit)
+        want["runtime"] = self.config.runtime  # a resume with another runtime or oneDNN is refused
+        return {**want, **numerics(self.config.runtime), **machine()}
 
     def _pass(
         self,
@@ -404,7 +411,8 @@ class _Extraction:
             if self.how.purpose
             else "start it again here with --overwrite (overwrite=True)"
         )
-        same_numerics(self.file, names, key, root, self.engine, self.how.batch_size, transform, copies, again)
+        args = (self.engine, self.how.batch_size, transform, copies, again, MAX_BATCH_BYTES)
+        same_numerics(self.file, names, key, root, *args)
 
 
 MAX_BATCH_BYTES = 4 << 30  # the features of one batch: the forward pass holds them (and more) at once

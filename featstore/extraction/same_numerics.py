@@ -20,18 +20,27 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import StoreError
+from featstore.extraction.local import OutOfMemory
 from featstore.models.forward import machine
+from featstore.models.room import memory_room
 from featstore.provenance import plain
 from featstore.safetext import terminal_safe
 from featstore.store.attr_values import bounded_attrs
 from featstore.store.layout import validate_split
 from featstore.store.pathcols import read_paths
+from featstore.units import format_bytes
+
+COPIES_AGAIN = "extract the split again here with --overwrite (overwrite=True)"  # copies' way to start again
 
 
-def stored_first_batch(store_file, names: list[str], key: str, batch_size: int) -> tuple[list, list[str], dict]:
-    """Each group's first call of committed rows (its recorded ``batch_size``, else ``batch_size``; None for a group
-    with none yet), their stored paths, and the split's attributes."""
-    feats, paths, attrs = [], [], {}
+def stored_first_batch(
+    store_file, names: list[str], key: str, batch_size: int, hold=None
+) -> tuple[list, list[str], dict]:
+    """Each group's first call of committed rows (its recorded ``batch_size``, else ``batch_size``, at most its rows;
+    None for a group with none yet), their stored paths, and the split's attributes. ``hold(k, row_bytes, recorded,
+    where)``, before any row is read: refuses a first call of ``k`` rows (``row_bytes``: every group's features of one
+    row; ``recorded``: the ``batch_size`` attribute of the split ``where`` that asks for it) this run cannot check."""
+    feats, paths, attrs, found = [], [], {}, []
     with store_file.open("r") as f:
         for name in names:
             sg = f[name][key] if name in f and key in f[name] else None
@@ -39,10 +48,46 @@ def stored_first_batch(store_file, names: list[str], key: str, batch_size: int) 
             said = bounded_attrs(sg, f"{store_file.path}:{sg.name}") if n else {}
             recorded = plain(said.get("batch_size", batch_size))  # its own first call (51 #4: copies' batches)
             k = min(n, recorded if isinstance(recorded, int) and recorded > 0 else batch_size)
+            found.append((sg, k, said, recorded))
+        if hold is not None and any(k for _, k, _, _ in found):
+            row = sum(
+                int(np.prod(sg["features"].shape[1:])) * sg["features"].dtype.itemsize for sg, k, _, _ in found if k
+            )
+            sg, k, _, recorded = max(found, key=lambda x: x[1])
+            hold(k, row, recorded, f"{store_file.path}:{sg.name}")  # (attack 52 #3: 2**31-1 read the whole split)
+        for sg, k, said, _ in found:
             feats.append(sg["features"][:k] if k else None)
             if k > len(paths):
                 paths, attrs = read_paths(sg["paths"], k), said
     return feats, paths, attrs
+
+
+def held_first_call(batch_size: int, image_bytes: int, max_batch_bytes: int, redo: str):
+    """The ``hold`` of :func:`stored_first_batch`: a first call of more rows than this run's ``batch_size`` (a split
+    made with a larger one, or a crafted attribute) is computed again only where it passes the bound extract holds a
+    batch to (``max_batch_bytes`` of features: more was never written, so the attribute is damaged) and fits in this
+    process's memory (its decoded ``image_bytes`` images and features, held at once). A lower --batch-size never helps:
+    the check keeps the split's own first call. ``redo``: the way to start again."""
+
+    def hold(k: int, row_bytes: int, recorded, where: str) -> None:
+        if k <= batch_size:  # this run's own batches are as large: their bounds were checked (refuse_huge_batches)
+            return
+        if k * row_bytes > max_batch_bytes:
+            raise StoreError(
+                f"{where} records batch_size={terminal_safe(str(recorded))}, and a first call of {k} of its rows would "
+                f"hold {format_bytes(k * row_bytes)} of features, over the {format_bytes(max_batch_bytes)} extract lets "
+                f"one batch hold: no extract wrote that attribute, so the split is damaged; {redo}"
+            )
+        need, room = k * (3 * image_bytes + 2 * row_bytes), memory_room()  # (decoded, stacked, augmented; read, made)
+        if room is not None and need > room.nbytes:
+            raise StoreError(
+                f"{where} was made in calls of {k} images (its batch_size attribute), and checking that this run "
+                f"computes its rows as it did computes its first call again at once: about {format_bytes(need)}, and "
+                f"this process can take {format_bytes(room.nbytes)} more, held by {room.limit}. Run it where there is "
+                f"more memory, or {redo}"
+            )
+
+    return hold
 
 
 def _where(attrs: dict) -> str:
@@ -67,10 +112,16 @@ def same_numerics(
     transform=None,
     copies: bool = False,
     again: str = "start it again here with --overwrite (overwrite=True)",
+    max_batch_bytes: int = 4 << 30,
 ) -> None:
     """Refuse (StoreError, one line) unless ``engine`` (bound to this run's extractor) computes the first batch of
-    ``key`` (rows under ``root``; ``transform``: an augmented batch's) to the bits stored in every group of ``names``."""
-    stored, paths, attrs = stored_first_batch(store_file, names, key, batch_size)
+    ``key`` (rows under ``root``; ``transform``: an augmented batch's) to the bits stored in every group of ``names``.
+    ``again``: how a resume starts the split again (a fine-tuning's cache: its group deleted); ``max_batch_bytes``: the
+    features one batch may hold (:func:`held_first_call`)."""
+    redo = COPIES_AGAIN if copies else again
+    size = getattr(getattr(getattr(engine, "extractor", None), "config", None), "image_size", 0)
+    hold = held_first_call(batch_size, 3 * size * size, max_batch_bytes, redo)
+    stored, paths, attrs = stored_first_batch(store_file, names, key, batch_size, hold)
     if not paths:
         return
     outcomes = engine.outcomes([str(root / p) for p in paths])
@@ -82,11 +133,18 @@ def same_numerics(
     lost = [(p, reason) for p, (payload, reason) in zip(paths, got) if payload is None]
     if lost:
         raise StoreError(
-            f"cannot check that this run computes {key!r} as the run that started it: its stored image "
-            f"{terminal_safe(str(root / lost[0][0]))} cannot be read now ({lost[0][1]}). Restore it, or start the "
-            f"split again with --overwrite (overwrite=True)"
+            f"cannot check that this run computes {key!r} as the run that {'made' if copies else 'started'} it: its "
+            f"stored image {terminal_safe(str(root / lost[0][0]))} cannot be read now ({lost[0][1]}). Restore it, or "
+            f"{redo}"
         )
-    feats = engine.forward([payload for payload, _ in got], transform)
+    try:
+        feats = engine.forward([payload for payload, _ in got], transform)
+    except OutOfMemory:  # its line's smaller --batch-size: the check keeps the split's own first call
+        raise StoreError(
+            f"checking that this run computes {key!r} as the run that {'made' if copies else 'started'} it ran out of "
+            f"memory computing its first call of {len(paths)} images again (the split's batch_size attribute): run it "
+            f"where there is more memory, or {redo}"
+        ) from None
     for name, then, now in zip(names, stored, feats):
         if then is None:
             continue
@@ -102,7 +160,7 @@ def same_numerics(
                 f"cores), or TensorFlow's oneDNN setting, gives features that differ in the last digits, and "
                 + (
                     "copies made here would be of another kind than the rows they augment. Make them where and as the "
-                    "split was made, or extract the split again here with --overwrite (overwrite=True)"
+                    f"split was made, or {COPIES_AGAIN}"
                     if copies
                     else f"the split would hold rows of both kinds. Resume it where and as it was started, or {again}"
                 )

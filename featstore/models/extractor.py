@@ -256,11 +256,10 @@ class Extractor:
         default = spec.default_layer if isinstance(spec, (SavedModelSpec, HubSpec)) else None
         requested = c.cut_layers or (None,)  # None: the default cut
         if isinstance(spec, SavedModelSpec) and not any(requested):
-            found = refuse_no_default_cut(base, spec.shown)  # a classifier nested in it, or several (attack 51 #3)
-            last = [lyr.name for lyr in base.layers if not isinstance(lyr, keras.layers.InputLayer)][-1:]
-            why = f"the layer feeding its classifier {found[0].name!r}" if found and [default] != last else (
-                "its last layer (it does not end in a classifier)"
-            )  # fmt: skip
+            found = refuse_no_default_cut(base, spec.shown)  # nested, several, scores with no head (51 #3, 52 #1)
+            why = "its last layer (it does not end in a classifier)"  # no head, no class scores at its end
+            if found:  # the one head default_cut cut before (any other: refused above)
+                why = f"the layer feeding its classifier {found[0].name!r}"
             logger.info("%s: cutting at %r, %s (--layer to choose another)", spec.shown.name, default, why)
         self.base_layer_names = [lyr.name for lyr in base.layers]  # the whole backbone's, also those above the cut
         cut = spec.cut_outputs if isinstance(spec, HubSpec) else cut_outputs

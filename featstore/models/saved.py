@@ -23,7 +23,7 @@ from featstore.linkrule import refuse_foreign
 from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.file_format import is_legacy
-from featstore.models.heads import classifier_heads, ends_in_dense
+from featstore.models.heads import classifier_heads, dense_layers, ends_in_dense
 from featstore.models.held_input import held_input
 from featstore.models.keras_sizes import STATES, UNBOUNDED, held_parameters, keras_zip_problem
 from featstore.models.weights import LoadedWeights, sha256_file
@@ -238,15 +238,25 @@ def default_cut(model) -> str:
     or past a softmax the layer with weights that makes the classes, a 1x1 convolution's) where it ends in one, its
     penultimate features; else its last layer, the model's own output. A model with Dense layers in its blocks and no
     classifier (a no-top ConvNeXt, pooled) was cut inside its last block's MLP (attack 48 #2); a convolutional head
-    behind a softmax, with a Dense-built squeeze-excitation, was cut inside that (50 #1)."""
+    behind a softmax, with a Dense-built squeeze-excitation, was cut inside that (50 #1). The last layer is also what
+    a model with no default cut gives here (:func:`refuse_no_default_cut` refuses it where it is used)."""
     import keras
 
     layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
+    return _cut_before(model) or layers[-1].name
+
+
+def _cut_before(model) -> str | None:
+    """The layer of ``model`` feeding its one classifier head, where that head is a layer of its own with weights and
+    is fed by another of its layers; None otherwise (no classifier, several, a nested one, class scores with no head
+    behind them, a head on the input)."""
+    import keras
+
     heads = classifier_heads(model)  # several: refused where the default is used (refuse_no_default_cut)
-    head = heads[0] if heads else None
-    if head is None or head[1] is None or hasattr(head[0], "layers") or head[1] not in {x.name for x in layers}:
-        return layers[-1].name  # (a nested classifier: nested_head says so; a softmax without weights behind it)
-    return head[1]
+    own = {x.name for x in model.layers if not isinstance(x, keras.layers.InputLayer)}
+    if len(heads) != 1 or heads[0][1] is None or hasattr(heads[0][0], "layers") or heads[0][1] not in own:
+        return None
+    return heads[0][1]
 
 
 def nested_head(model) -> tuple[str, str | None] | None:
@@ -254,19 +264,24 @@ def nested_head(model) -> tuple[str, str | None] | None:
     classifier's output (:func:`~featstore.models.heads.ends_in_dense`: a nested ConvNeXt's pooled features, with
     Dense layers in its blocks, are none), at any depth (Keras's "preprocessing outside, classifier inside",
     TensorFlow's ``Sequential([model, Softmax()])``): its default cut, the last layer, would store that classifier's output, its class probabilities or
-    logits, said as "there is no Dense layer" (attack 43 #11, 44 #5). The cut is None where the Dense layers are
-    nested deeper still. None otherwise."""
+    logits, said as "there is no Dense layer" (attack 43 #11, 44 #5). The cut is None where the nested model has none
+    of its own (its classifier nested deeper still). None otherwise."""
     import keras
 
     layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
-    if any(isinstance(lyr, keras.layers.Dense) for lyr in layers):
+    if any(isinstance(lyr, dense_layers()) for lyr in layers):
         return None
     for lyr in reversed(layers):
         if hasattr(lyr, "layers") and ends_in_dense(lyr):
-            inner = [x for x in lyr.layers if not isinstance(x, keras.layers.InputLayer)]
-            own = any(isinstance(x, keras.layers.Dense) for x in inner)
-            return lyr.name, default_cut(lyr) if own else None
+            return lyr.name, _cut_before(lyr)
     return None
+
+
+def _holds_dense(model, depth: int = 0) -> bool:
+    """Whether ``model`` or a model nested in it (at most 64 deep) has a Dense layer."""
+    return depth < 64 and any(
+        isinstance(x, dense_layers()) or hasattr(x, "layers") and _holds_dense(x, depth + 1) for x in model.layers
+    )
 
 
 def refuse_no_default_cut(model, shown: Path) -> tuple[object, str | None] | None:
@@ -275,6 +290,8 @@ def refuse_no_default_cut(model, shown: Path) -> tuple[object, str | None] | Non
     output), or its outputs end in several classifiers (an auxiliary classifier, Inception's: the first output's head
     was cut silently, attack 51 #3). Else its one classifier head (:func:`~featstore.models.heads.classifier_heads`),
     or None: the log line names it."""
+    import keras
+
     heads = classifier_heads(model)
     if len(heads) > 1:
         said = ", ".join(f"{h.name!r} fed by {f!r}" if f else repr(h.name) for h, f in heads)
@@ -284,19 +301,37 @@ def refuse_no_default_cut(model, shown: Path) -> tuple[object, str | None] | Non
         )
     head = nested_head(model)
     if head is not None:
+        what = "last Dense layer" if _holds_dense(model.get_layer(head[0])) else "classifier"
         raise ConfigError(
-            f"{shown.name} has no default cut: its last Dense layer is inside {head[0]!r}, a model nested in "
+            f"{shown.name} has no default cut: its {what} is inside {head[0]!r}, a model nested in "
             f"it, so its last layer, the default, gives that classifier's output (class probabilities or logits), "
             f"not features. Pass --layer NAME (`featstore models {shown} --layers` lists them), or save {head[0]!r} "
             f"on its own (model.get_layer({head[0]!r}).save('base.keras')) and pass it as --model"
             + (f": its default cut is {head[1]!r}" if head[1] else "")
         )
+    own = {x.name for x in model.layers if not isinstance(x, keras.layers.InputLayer)}
     if heads and hasattr(heads[0][0], "layers"):  # nested, the outer model has Dense layers of its own (review #1)
         raise ConfigError(
             f"{shown.name} has no default cut: its classifier is {heads[0][0].name!r}, a model nested in it, so its last "
             f"layer, the default, gives that classifier's output (class probabilities or logits), not features. Pass "
             f"--layer NAME (`featstore models {shown} --layers` lists them)"
-            + (f", e.g. --layer {heads[0][1]}, the layer feeding it" if heads[0][1] else "")
+            + (
+                f", e.g. --layer {heads[0][1]}, the layer feeding it"
+                if heads[0][1] in own
+                else f", or save {heads[0][0].name!r} on its own (model.get_layer({heads[0][0].name!r}).save("
+                f"'base.keras')) and pass it as --model with --layer NAME, one of its layers"
+            )
+        )
+    if heads and heads[0][1] not in own:  # scores with no head behind them, or a head on the input (attack 52 #1)
+        said = (
+            f"its classifier {heads[0][0].name!r} takes the model's input: there are no features before it"
+            if heads[0][0].weights
+            else f"its output is class scores ({heads[0][0].name!r}) with no layer of weights behind them that "
+            f"featstore can cut before, so its last layer, the default, would store class scores, not features"
+        )
+        raise ConfigError(
+            f"{shown.name} has no default cut: {said}. Pass --layer NAME, the layer whose features you want "
+            f"(`featstore models {shown} --layers` lists them)"
         )
     return heads[0] if heads else None
 
