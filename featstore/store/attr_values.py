@@ -21,7 +21,7 @@ from featstore.errors import StoreError
 from featstore.provenance import plain
 from featstore.store.attr_dense import FileBytes, driver_of, opened
 from featstore.store.attr_ids import Unparsed, attr_count, heap_ids, lengths, peek, walks_kept
-from featstore.store.gheap import refuse_damaged
+from featstore.store.gheap import Damaged, check, damaged_error
 from featstore.store.strings import fix_for, refuse_sizes, shown
 
 MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
@@ -106,7 +106,10 @@ def _refuse_expanding(obj, key: str, shape: tuple, stored: int, where: str, limi
         lengths(ids), limit, o.filename, fix,
         one=lambda i: f"{where}: {key}[{i}] is", every=f"{where}: {key} adds", note=start_of,
     )  # fmt: skip
-    refuse_damaged(FileBytes(obj), ids, where, fix, key=shown(key, 60))
+    try:
+        check(FileBytes(obj), ids)  # gheap.refuse_damaged, its key shown only when refused
+    except Damaged as exc:
+        raise damaged_error(exc, len(ids), where, fix, key=shown(key, 60)) from None
 
 
 # what h5py raises for an attribute HDF5 cannot open, measure or read (a damaged header, a type it cannot convert)

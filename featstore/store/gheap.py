@@ -106,11 +106,16 @@ def refuse_damaged(
     try:
         check(fh, ids)
     except Damaged as exc:
-        what = f"row {first + exc.row}" if key is None else key if len(ids) == 1 else f"{key}[{first + exc.row}]"
-        raise StoreError(
-            f"{where}: {what} names a string in a damaged HDF5 global heap ({exc.reason}), which "
-            f"HDF5 would loop in or misread; refused unread: {fix}"
-        ) from None
+        raise damaged_error(exc, len(ids), where, fix, first, key) from None
+
+
+def damaged_error(exc: Damaged, n: int, where: str, fix: str, first: int = 0, key: str | None = None) -> StoreError:
+    """:func:`refuse_damaged`'s one line for ``exc``, raised by :func:`check` on ``n`` heap IDs."""
+    what = f"row {first + exc.row}" if key is None else key if n == 1 else f"{key}[{first + exc.row}]"
+    return StoreError(
+        f"{where}: {what} names a string in a damaged HDF5 global heap ({exc.reason}), which "
+        f"HDF5 would loop in or misread; refused unread: {fix}"
+    )
 
 
 def check(fh: FileBytes, ids: np.ndarray) -> None:
