@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import threading
@@ -276,13 +277,22 @@ def test_two_runs_evaluate_of_one_run_at_once_both_record(run, monkeypatch):
     (the later swap replaced the earlier version), or one said the predictions were "changed after the fit" (false).
     The second now waits for the first, then adds its split to the first's version."""
     from featstore.experiments import evaluate
+    from featstore.runs import versions
 
     store, runs, rid = run
     real = evaluate.add_split
+    writing, waiting = threading.Event(), threading.Event()
 
     def slow(*args, **kwargs):  # the first writer is still writing when the second reads the run
-        time.sleep(0.6)
+        if not writing.is_set():
+            writing.set()
+            waiting.wait(10)  # until the second says it waits for the run (events: 1.4 s of fixed sleeps before)
         return real(*args, **kwargs)
+
+    class Waits(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting for it" in record.getMessage():
+                waiting.set()
 
     monkeypatch.setattr(evaluate, "add_split", slow)
     said: dict = {}
@@ -290,11 +300,17 @@ def test_two_runs_evaluate_of_one_run_at_once_both_record(run, monkeypatch):
     def one(split):
         said[split] = evaluate.evaluate_and_record(rid, split, store, runs)[2]
 
-    first = threading.Thread(target=one, args=("test",))
-    first.start()
-    time.sleep(0.2)
-    one("extra")
-    first.join()
+    handler = Waits()
+    versions.logger.addHandler(handler)
+    try:
+        first = threading.Thread(target=one, args=("test",))
+        first.start()
+        assert writing.wait(60), "the first evaluate never wrote"
+        one("extra")
+        first.join()
+    finally:
+        versions.logger.removeHandler(handler)
+    assert waiting.is_set(), "the second evaluate did not wait for the first"
     assert said == {"test": f"recorded in run {rid}", "extra": f"recorded in run {rid}"}, said
     recorded = json.loads((runs / rid / "run.json").read_text())
     assert {"test", "extra"} <= set(recorded["metrics"]) and {"test", "extra"} <= set(recorded["predictions"])

@@ -11,6 +11,8 @@ checked against the file's end and every walk is bounded.
 from __future__ import annotations
 
 import os
+import threading
+from typing import NamedTuple
 
 import h5py
 
@@ -24,18 +26,21 @@ class Unparsed(Exception):
 
 
 class FileBytes:
-    """The file's bytes through ``os.pread`` on HDF5's own descriptor: addresses relative to its base address."""
+    """The file's bytes through ``os.pread`` on HDF5's own descriptor: addresses relative to its base address.
 
-    def __init__(self, f: h5py.File):
-        if f.driver != "sec2":
-            raise Unparsed(f"the file is open with HDF5's {f.driver!r} driver, whose bytes cannot be read directly")
-        plist = f.id.get_create_plist()
-        self.addr, self.length = plist.get_sizes()
-        self.base, self.fd = plist.get_userblock(), f.id.get_vfd_handle()
+    ``f``: the open file or any object in it. What HDF5 says of an open file that never changes while it is open (its
+    driver, sizes of addresses, user block, descriptor, intent) is asked once per opening (:func:`opened`); its size
+    and times, which a writer changes, are asked anew each time (``os.fstat``)."""
+
+    def __init__(self, f):
+        o = opened(f)
+        if o.driver != "sec2":
+            raise Unparsed(f"the file is open with HDF5's {o.driver!r} driver, whose bytes cannot be read directly")
+        self.addr, self.length, self.base, self.fd, self.writable = o.addr, o.length, o.base, o.fd, o.writable
         st = os.fstat(self.fd)
-        self.size, self.writable = st.st_size, bool(f.id.get_intent() & h5py.h5f.ACC_RDWR)
+        self.size = st.st_size
         # this opening (HDF5's ID) of this file in this state: what attr_ids keeps a walked header under
-        self.key = (f.id.id, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.base)
+        self.key = (o.hid, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, self.base)
 
     def read(self, at: int, n: int, most: bool = False) -> bytes:
         """``n`` bytes from address ``at`` (``most``: up to ``n``, to the file's end); Unparsed when they are not all in
@@ -45,6 +50,57 @@ class FileBytes:
         if at < 0 or n < 0 or self.base + at + n > self.size:
             raise Unparsed(f"{n:,} bytes at address {at:,} are past the end of the file ({self.size:,} bytes)")
         return os.pread(self.fd, n, self.base + at)
+
+
+class Opened(NamedTuple):
+    """What HDF5 says of an open file that never changes while it is open (:func:`opened`)."""
+
+    driver: str  # h5py's name of the driver it is open with ("sec2": HDF5's default)
+    addr: int  # bytes of an address
+    length: int  # bytes of a length
+    base: int  # its user block's size: where HDF5's addresses start
+    fd: int  # the descriptor HDF5 reads it through (-1 with another driver than sec2: never read)
+    writable: bool  # open for writing
+    hid: int  # HDF5's ID of this opening
+    filename: str  # the name it was opened by (h5py's File.filename)
+
+
+def opened(obj) -> Opened:
+    """:class:`Opened` of the open file holding h5py object ``obj``: asked of HDF5 once per file ID (which HDF5 never
+    hands out twice in a process) and kept for the last :data:`_OPENED_KEPT` (``File.driver`` and the creation property
+    list cost 25 us each time they were asked: a store's opening measures hundreds of attributes)."""
+    try:
+        fid = h5py.h5i.get_file_id(obj.id)
+    except TypeError:  # a stand-in for an h5py object (a test's, counting calls): its file as h5py gives it
+        fid = obj.file.id
+    with _OPENED_LOCK:
+        if (got := _OPENED.get(fid.id)) is not None:
+            return got
+    f = obj.file  # (h5py's File of obj's file ID, as obj.file gives it: not an opening)
+    sec2 = fid.get_access_plist().get_driver() == h5py.h5fd.SEC2
+    plist = fid.get_create_plist()
+    addr, length = plist.get_sizes()
+    writable = bool(fid.get_intent() & h5py.h5f.ACC_RDWR)
+    got = Opened(
+        "sec2" if sec2 else f.driver, addr, length, plist.get_userblock(), fid.get_vfd_handle() if sec2 else -1,
+        writable, fid.id, f.filename,
+    )  # fmt: skip
+    with _OPENED_LOCK:
+        _OPENED[fid.id] = got
+        while len(_OPENED) > _OPENED_KEPT:
+            _OPENED.pop(next(iter(_OPENED)))
+    return got
+
+
+def driver_of(obj) -> str:
+    """The name of the HDF5 driver the file holding ``obj`` is open with (h5py's ``File.driver``), asked once per
+    opening (:func:`opened`)."""
+    return opened(obj).driver
+
+
+_OPENED: dict = {}  # HDF5 file ID -> opened()'s answer, oldest first
+_OPENED_KEPT = 16
+_OPENED_LOCK = threading.Lock()
 
 
 class Cursor:

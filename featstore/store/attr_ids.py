@@ -35,6 +35,7 @@ from featstore.store.attr_dense import (
     dense_messages,
     dense_place,
     message_name,
+    opened,
 )
 from featstore.store.attr_shared import ATTR, DSPACE, DTYPE, shared_body, shared_place
 
@@ -48,9 +49,7 @@ def heap_ids(obj, key: str, shape: tuple | None, stored: int) -> np.ndarray:
 
         ids = heap_ids(f["s/train"], "class_names", (1500,), 24_000)   # 1,500 rows of 16 bytes
     """
-    if obj.file.id.get_intent() & h5py.h5f.ACC_RDWR:
-        obj.file.flush()  # what this process changed is in HDF5's cache until written
-    fh = FileBytes(obj.file)
+    fh = flushed_bytes(obj)
     name, elem = key.encode("utf-8", "surrogateescape"), 4 + fh.addr + 4
     try:
         found, dims, size, data = _attribute(_find(fh, h5py.h5g.get_objinfo(obj.id).objno[0], name), fh)
@@ -73,9 +72,7 @@ def attr_count(obj, most: int) -> int:
     messages, plus its dense name index's records (its header's total when over ``most``, else every node walked once
     and the records found, which must be that total). HDF5's listing walks that whole index and reads each message:
     an index reaching one leaf 2,426 times was listed for minutes (attack 26). Unparsed as :func:`heap_ids` is."""
-    if obj.file.id.get_intent() & h5py.h5f.ACC_RDWR:
-        obj.file.flush()
-    fh = FileBytes(obj.file)
+    fh = flushed_bytes(obj)
     try:
         names, info = _header(fh, h5py.h5g.get_objinfo(obj.id).objno[0])
         place = dense_place(info, fh) if info is not None else None
@@ -83,6 +80,14 @@ def attr_count(obj, most: int) -> int:
         return compact + (dense_count(fh, place[1], most) if place is not None else 0)
     except (IndexError, OverflowError, ZeroDivisionError, MemoryError) as exc:
         raise Unparsed(f"its bytes do not parse ({type(exc).__name__}: {exc})") from None
+
+
+def flushed_bytes(obj) -> FileBytes:
+    """:class:`FileBytes` of the file holding ``obj``, what this process wrote in it flushed first (it is in HDF5's
+    cache until written)."""
+    if opened(obj).writable:
+        obj.file.flush()
+    return FileBytes(obj)
 
 
 @contextmanager
@@ -107,7 +112,7 @@ def peek(obj, heap_id: np.ndarray, n: int = 200) -> bytes:
     """The first ``n`` bytes of the string ``heap_id`` (a row of :func:`heap_ids`) names, from its global heap
     collection (a message shows the start of a string too long to read); b"" when it cannot be found so."""
     try:
-        fh = FileBytes(obj.file)
+        fh = FileBytes(obj)
         c = Cursor(heap_id.tobytes(), fh, 4)
         collection, wanted = c.addr(), c.uint(4)
         head = Cursor(fh.read(collection, 8 + fh.length), fh)

@@ -12,13 +12,16 @@ whole in a 1 MB error line). A string column's rows are :mod:`featstore.store.st
 
 from __future__ import annotations
 
+import math
+
 import h5py
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.store.attr_dense import FileBytes
+from featstore.provenance import plain
+from featstore.store.attr_dense import FileBytes, driver_of, opened
 from featstore.store.attr_ids import Unparsed, attr_count, heap_ids, lengths, peek, walks_kept
-from featstore.store.gheap import refuse_damaged
+from featstore.store.gheap import Damaged, check, damaged_error
 from featstore.store.strings import fix_for, refuse_sizes, shown
 
 MAX_NAME_BYTES = 4096  # a class name (a folder name: 255 bytes on most file systems)
@@ -43,31 +46,29 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int
     sharing one string: K times it) are refused before HDF5 reads any (:func:`_refuse_expanding`). One string alone is
     at most its heap collection, within the file. Reading them into fixed-width buffers instead would stop at the
     width, but h5py's conversion to fixed width leaks every string it reads (120 MiB per read of the attack's names)."""
-    from featstore.provenance import plain
-
-    aid = measured_attr(obj, key, where)
-    count = 0 if aid.shape is None else int(np.prod(aid.shape, dtype=np.int64))  # a null dataspace holds nothing
+    aid, shape, dtype, stored = _measured(obj, key, where)  # HDF5's shape and type, each asked once
+    count = 0 if shape is None else math.prod(shape)  # a null dataspace holds nothing
     if most is not None and count > most:
         raise StoreError(
             f"{where}: {shown(key, 60)} holds {count:,} values where featstore writes at most {most}; refused unread: "
             f"{fix_for(obj)}"
         )
-    info = h5py.check_string_dtype(aid.dtype)
-    if info is None or aid.shape is None:
+    info = h5py.check_string_dtype(dtype)
+    if info is None or shape is None:
         return plain(_read(obj, key, where))
     if count > MAX_NAMES:
         raise StoreError(
             f"{where}: {key} holds {count:,} strings, over the {MAX_NAMES:,} featstore accepts: {fix_for(obj)}"
         )
     if info.length is not None:  # fixed width (never written by featstore): each string's width is in the type
-        if aid.dtype.itemsize > limit:
+        if dtype.itemsize > limit:
             raise StoreError(
-                f"{where}: {key} holds fixed-width strings of {aid.dtype.itemsize:,} bytes, over the {limit:,}-byte "
+                f"{where}: {key} holds fixed-width strings of {dtype.itemsize:,} bytes, over the {limit:,}-byte "
                 f"limit; refused unread: {fix_for(obj)}"
             )
         return plain(_read(obj, key, where))
     if count:  # K heap IDs may name one string K times; any, a heap collection HDF5 loops in (gheap)
-        _refuse_expanding(obj, key, aid, where, limit)
+        _refuse_expanding(obj, key, shape, stored, where, limit)
     value = _read(obj, key, where)
     if bad := _first_long(value, limit):
         del value  # a kept error (StoreMetadata keeps one per split) keeps this frame: not the K strings with it
@@ -77,22 +78,24 @@ def read_names(obj, key: str, where: str, limit: int = MAX_NAME_BYTES, most: int
     return plain(value)
 
 
-def _refuse_expanding(obj, key: str, aid: h5py.h5a.AttrID, where: str, limit: int) -> None:
+def _refuse_expanding(obj, key: str, shape: tuple, stored: int, where: str, limit: int) -> None:
     """Refuse variable-length string attribute ``key`` before HDF5 expands its heap IDs when one names a string over
     ``limit`` bytes or all add up to more than the file holds (IDs sharing a string), or when its IDs cannot be read
     from the file's bytes (:func:`attr_ids.heap_ids`): what HDF5 reads is then at most the file's size; or when one
-    names a heap collection HDF5 would loop in or misread (:func:`gheap.refuse_damaged`)."""
-    if obj.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
+    names a heap collection HDF5 would loop in or misread (:func:`gheap.refuse_damaged`). ``shape`` and ``stored``:
+    the attribute's as HDF5 opened it (:func:`measured_attr`)."""
+    o, fix = opened(obj), fix_for(obj)
+    if o.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
         raise StoreError(
-            f"{where}: {shown(key, 60)} cannot be measured before it is read with HDF5's {obj.file.driver!r} driver; "
+            f"{where}: {shown(key, 60)} cannot be measured before it is read with HDF5's {o.driver!r} driver; "
             f"refused unread: open the store with HDF5's default driver (unset HDF5_DRIVER)"
         )
     try:
-        ids = heap_ids(obj, key, aid.shape, _stored_size(aid))
+        ids = heap_ids(obj, key, shape, stored)
     except (Unparsed, *_H5_ERRORS) as exc:
         raise StoreError(
             f"{where}: {shown(key, 60)} cannot be measured before it is read ({shown(str(exc), 160)}); refused unread: "
-            f"{fix_for(obj)}"
+            f"{fix}"
         ) from None
 
     def start_of(i: int, over) -> str:  # the long string's first bytes (a name cut to 40 characters), when readable
@@ -100,10 +103,13 @@ def _refuse_expanding(obj, key: str, aid: h5py.h5a.AttrID, where: str, limit: in
         return shown(start) if start else "refused unread"
 
     refuse_sizes(
-        lengths(ids), limit, obj.file.filename, fix_for(obj),
+        lengths(ids), limit, o.filename, fix,
         one=lambda i: f"{where}: {key}[{i}] is", every=f"{where}: {key} adds", note=start_of,
     )  # fmt: skip
-    refuse_damaged(FileBytes(obj.file), ids, where, fix_for(obj), key=shown(key, 60))
+    try:
+        check(FileBytes(obj), ids)  # gheap.refuse_damaged, its key shown only when refused
+    except Damaged as exc:
+        raise damaged_error(exc, len(ids), where, fix, key=shown(key, 60)) from None
 
 
 # what h5py raises for an attribute HDF5 cannot open, measure or read (a damaged header, a type it cannot convert)
@@ -122,10 +128,10 @@ def raw_attr(obj, key: str, where: str) -> object:
     """Attribute ``key`` of ``obj`` as h5py gives it (an array, a scalar, ``h5py.Empty``: types as stored), measured
     first (strings as :func:`read_attr` measures them, at most :data:`MAX_ATTR_BYTES` each): what a copy of a store
     writes back; never shown whole."""
-    aid = measured_attr(obj, key, where)
-    info = h5py.check_string_dtype(aid.dtype)
-    if info is not None and info.length is None and aid.shape is not None and np.prod(aid.shape):
-        _refuse_expanding(obj, key, aid, where, MAX_ATTR_BYTES)
+    _, shape, dtype, stored = _measured(obj, key, where)
+    info = h5py.check_string_dtype(dtype)
+    if info is not None and info.length is None and shape is not None and math.prod(shape):
+        _refuse_expanding(obj, key, shape, stored, where, MAX_ATTR_BYTES)
     return _read(obj, key, where)
 
 
@@ -133,16 +139,20 @@ def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
     """Attribute ``key`` of ``obj`` opened, not read, after its stored size was measured: StoreError naming ``where``
     and the key over :data:`MAX_ATTR_STORAGE` bytes, or when HDF5 cannot open or measure it. What every reading of a
     store's attribute starts with."""
+    return _measured(obj, key, where)[0]
+
+
+def _measured(obj, key: str, where: str) -> tuple[h5py.h5a.AttrID, tuple | None, np.dtype, int]:
+    """:func:`measured_attr`'s attribute, with its shape (None: a null dataspace), type and stored bytes as HDF5 gave
+    them once (each asked again cost more than the read: an opening measures hundreds)."""
     if isinstance(key, bytes):  # h5py lists a name that is not UTF-8 as bytes; featstore names are all ASCII
         raise StoreError(
             f"{where}: {shown(key, 60)} is an attribute name that is not UTF-8, which featstore never writes: {fix_for(obj)}"
         )
     try:
         aid = h5py.h5a.open(obj.id, key.encode("utf-8", "surrogateescape"))
-        stored, dtype = (
-            _stored_size(aid),
-            aid.dtype,
-        )  # a type numpy has no dtype for (a 128-bit integer) is refused here
+        shape = aid.shape
+        stored, dtype = _stored_size(aid, shape), aid.dtype  # a type numpy has no dtype for (128-bit) is refused here
     except _H5_ERRORS as exc:
         raise StoreError(
             f"{where}: {shown(key, 60)} cannot be opened ({shown(str(exc), 160)}): {fix_for(obj)}"
@@ -160,7 +170,7 @@ def measured_attr(obj, key: str, where: str) -> h5py.h5a.AttrID:
             f"{where}: {key} stores {stored:,} bytes, over the {MAX_ATTR_STORAGE:,} featstore accepts in an attribute "
             f"(it writes a few KiB; class names at most 16 bytes each); refused unread: {fix_for(obj)}"
         )
-    return aid
+    return aid, shape, dtype, stored
 
 
 def _unwritten_type(dtype: np.dtype) -> str | None:
@@ -180,13 +190,13 @@ def _unwritten_type(dtype: np.dtype) -> str | None:
     return {"c": "complex", "V": "opaque"}.get(dtype.kind, f"{dtype.kind!r}")
 
 
-def _stored_size(aid: h5py.h5a.AttrID) -> int:
+def _stored_size(aid: h5py.h5a.AttrID, shape: tuple | None) -> int:
     """Bytes attribute ``aid`` stores (what a read allocates, before strings): HDF5's count, else its dataspace's points
     times its type's size. h5py takes HDF5's 0 for an error, so an empty array or a null dataspace raised (attack 22)."""
     try:
         return int(aid.get_storage_size())
     except RuntimeError:
-        points = 0 if aid.shape is None else int(np.prod(aid.shape, dtype=np.int64))
+        points = 0 if shape is None else math.prod(shape)
         return points * aid.get_type().get_size()
 
 
@@ -217,7 +227,7 @@ def refuse_many_attrs(obj, where: str) -> None:
     try:
         count = attr_count(obj, MAX_ATTRS)  # another driver than sec2: Unparsed (its bytes cannot be read directly)
     except (Unparsed, *_H5_ERRORS) as exc:
-        fix = fix_for(obj) if obj.file.driver == "sec2" else "open it with HDF5's default driver (unset HDF5_DRIVER)"
+        fix = fix_for(obj) if driver_of(obj) == "sec2" else "open it with HDF5's default driver (unset HDF5_DRIVER)"
         raise StoreError(
             f"{where}: its attributes cannot be counted before they are listed ({shown(str(exc), 160)}); refused "
             f"unread: {fix}"

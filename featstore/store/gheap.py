@@ -106,11 +106,16 @@ def refuse_damaged(
     try:
         check(fh, ids)
     except Damaged as exc:
-        what = f"row {first + exc.row}" if key is None else key if len(ids) == 1 else f"{key}[{first + exc.row}]"
-        raise StoreError(
-            f"{where}: {what} names a string in a damaged HDF5 global heap ({exc.reason}), which "
-            f"HDF5 would loop in or misread; refused unread: {fix}"
-        ) from None
+        raise damaged_error(exc, len(ids), where, fix, first, key) from None
+
+
+def damaged_error(exc: Damaged, n: int, where: str, fix: str, first: int = 0, key: str | None = None) -> StoreError:
+    """:func:`refuse_damaged`'s one line for ``exc``, raised by :func:`check` on ``n`` heap IDs."""
+    what = f"row {first + exc.row}" if key is None else key if n == 1 else f"{key}[{first + exc.row}]"
+    return StoreError(
+        f"{where}: {what} names a string in a damaged HDF5 global heap ({exc.reason}), which "
+        f"HDF5 would loop in or misread; refused unread: {fix}"
+    )
 
 
 def check(fh: FileBytes, ids: np.ndarray) -> None:
@@ -119,6 +124,8 @@ def check(fh: FileBytes, ids: np.ndarray) -> None:
     if not len(ids):
         return
     width = fh.addr
+    if len(ids) <= _FEW and width <= 8:  # an attribute's few IDs: the same walk without numpy's fixed cost (70 us)
+        return _check_few(fh, ids.tobytes(), ids.shape[1], width)
     lengths = ids[:, :4].copy().view("<u4").reshape(-1).astype(np.int64)
     raw = np.zeros((len(ids), 8), np.uint8)
     raw[:, :width] = ids[:, 4 : 4 + width]
@@ -147,6 +154,37 @@ def check(fh: FileBytes, ids: np.ndarray) -> None:
             said = {-1: "which it does not hold", -2: "its free space"}.get(int(got[bad[0]]))
             said = said or f"of {int(got[bad[0]]):,} bytes where the heap ID says {int(lengths[row]):,}"
             raise Damaged(f"object {i} of the collection at {place:,}, {said}", row)
+
+
+def _check_few(fh: FileBytes, raw: bytes, elem: int, width: int) -> None:
+    """:func:`check` of the heap IDs in ``raw`` (``elem`` bytes each), row by row in Python: the same collections
+    walked in the same order (by address), the same first refusal."""
+    by_place: dict[int, list[tuple[int, int, int]]] = {}  # address -> (row, length, index) in row order
+    for row in range(len(raw) // elem):
+        b = raw[row * elem : (row + 1) * elem]
+        if place := int.from_bytes(b[4 : 4 + width], "little"):
+            by_place.setdefault(place, []).append(
+                (row, int.from_bytes(b[:4], "little"), int.from_bytes(b[4 + width : 8 + width], "little"))
+            )
+    end = 0  # as check's: a collection starting inside the one before it is nested in it
+    for place in sorted(by_place):
+        rows = by_place[place]
+        try:
+            if place < end:
+                raise Damaged(f"starts inside the collection before it (which ends at {end:,})")
+            size, sizes = _sizes(fh, place)
+            end = place + size
+        except Damaged as exc:
+            raise Damaged(f"the collection at {place:,} {exc.reason}", rows[0][0]) from None
+        for row, length, index in rows:
+            got = -2 if index == 0 else int(sizes[index]) if index < len(sizes) else -1
+            if got != length:
+                said = {-1: "which it does not hold", -2: "its free space"}.get(got)
+                said = said or f"of {got:,} bytes where the heap ID says {length:,}"
+                raise Damaged(f"object {index} of the collection at {place:,}, {said}", row)
+
+
+_FEW = 64  # heap IDs checked by _check_few (an attribute's: featstore writes one, or a split's class names)
 
 
 def _sizes(fh: FileBytes, place: int) -> tuple[int, np.ndarray]:

@@ -54,11 +54,19 @@ def extractor_attrs(f: h5py.File, path, name: str) -> tuple[h5py.Group, dict]:
 
 
 def open_split(
-    f: h5py.File, path, name: str, split: str, augmented: bool = False, copies: dict | None = None
+    f: h5py.File,
+    path,
+    name: str,
+    split: str,
+    augmented: bool = False,
+    copies: dict | None = None,
+    attrs: dict | None = None,
 ) -> tuple[h5py.Group, Commit]:
     """A validated split group and its commit (``augmented``: its augmented copies, checked against it); refused when
-    it is a copy of another split (``copies``: :func:`split_copies` of its extractor, when the caller has it)."""
-    g, attrs = extractor_attrs(f, path, name)
+    it is a copy of another split (``copies``: :func:`split_copies` of its extractor, when the caller has it).
+    ``attrs``: the extractor's attributes as :func:`extractor_attrs` validated them in this same opening of ``f``
+    (a store's metadata read opens each split with them: read again per split, they were 40% of an opening)."""
+    g, attrs = extractor_attrs(f, path, name) if attrs is None else (f[name], attrs)
     if not _hard_group(g, split):  # not `in hard_groups(g)`: that lists every split, once per split opened
         raise StoreError(f"extractor {name!r} in {path} has no split {split!r}; it has: {names_text(hard_groups(g))}")
     sg = g[split]
@@ -67,8 +75,14 @@ def open_split(
     commit = validate_split(sg, f"{path}:/{name}/{split}", attrs)
     check_chunks(sg, commit, f"{path}:/{name}/{split}")
     _same_classes(g, split, f"{path}:/{name}")
-    if not augmented:
-        return sg, commit
+    return open_copies(sg, path, name, split, attrs, commit) if augmented else (sg, commit)
+
+
+def open_copies(
+    sg: h5py.Group, path, name: str, split: str, attrs: dict | None, commit: Commit
+) -> tuple[h5py.Group, Commit]:
+    """The validated augmented copies of split ``sg``, which :func:`open_split` validated (``commit``) in this opening
+    with the extractor's attributes ``attrs``, and their commit."""
     if AUGMENTED not in hard_groups(sg):
         raise StoreError(
             f"split {split!r} of {name!r} in {path} has no augmented copies; make them with "
@@ -178,18 +192,18 @@ class StoreMetadata:
                 pass
             try:
                 meta.splits[name] = hard_groups(f[name])
-                meta.extractors[name] = extractor_attrs(f, path, name)[1]
+                attrs = meta.extractors[name] = extractor_attrs(f, path, name)[1]
             except Exception as exc:  # noqa: BLE001 - kept, raised when this extractor is used
                 meta.extractors[name] = exc
                 continue
             copies = copies_or_none(f[name])  # once for all the extractor's splits
             for split in meta.splits[name]:
                 try:
-                    sg, commit = open_split(f, path, name, split, copies=copies)
+                    sg, commit = open_split(f, path, name, split, copies=copies, attrs=attrs)
                     meta.parts[(name, split, False)] = split_summary(sg, commit)
                     if AUGMENTED not in hard_groups(sg):
                         continue
-                    meta.parts[(name, split, True)] = split_summary(*open_split(f, path, name, split, True, copies))
+                    meta.parts[(name, split, True)] = split_summary(*open_copies(sg, path, name, split, attrs, commit))
                 except Exception as exc:  # noqa: BLE001 - kept, raised when this split is used
                     meta.parts.setdefault((name, split, False), exc)
                     meta.parts.setdefault((name, split, True), exc)
@@ -250,14 +264,16 @@ def describe(f: h5py.File, path) -> dict:
         except StoreError as exc:
             out["extractors"][name] = {"attrs": {}, "splits": {}, "error": str(exc)}
             continue
+        attrs = None  # a split of an extractor whose attributes are refused is refused so, each on its own
         try:
-            extractor_attrs(f, path, name)
+            validate_extractor(entry["attrs"], f"{path}:/{name}")  # extractor_attrs' check of the attributes just read
+            attrs = entry["attrs"]
         except StoreError as exc:
             entry["error"] = str(exc)
         copies = copies_or_none(f[name])  # once for all the extractor's splits (per split: quadratic)
         for split in hard_groups(f[name]):
             try:
-                sg, commit = open_split(f, path, name, split, copies=copies)
+                sg, commit = open_split(f, path, name, split, copies=copies, attrs=attrs)
                 y = sg["labels"][: commit.rows].astype(np.int64)
                 n_classes = len(read_names(sg, "class_names", f"{path}:/{name}/{split}"))
                 validate_labels(y, n_classes, f"{path}:/{name}/{split}")
@@ -270,7 +286,9 @@ def describe(f: h5py.File, path) -> dict:
                 continue
             if AUGMENTED in hard_groups(sg):
                 try:
-                    entry["splits"][split]["augmented"] = split_summary(*open_split(f, path, name, split, True, copies))
+                    entry["splits"][split]["augmented"] = split_summary(
+                        *open_copies(sg, path, name, split, attrs, commit)
+                    )
                 except StoreError as exc:
                     entry["splits"][split]["augmented"] = {"error": str(exc)}
         out["extractors"][name] = entry

@@ -20,7 +20,7 @@ import h5py
 
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
-from featstore.store.attr_dense import UNDEF, FileBytes, Unparsed
+from featstore.store.attr_dense import UNDEF, FileBytes, Unparsed, driver_of
 from featstore.store.btree1 import HeaderUnread, object_links
 from featstore.store.strings import shown
 
@@ -143,19 +143,19 @@ def listing_findings(g: h5py.Group, deep: bool = True, first: bool = False) -> l
     (``btree1.object_links``: over ``MAX_LINKS`` links, a name twice, a B-tree reaching a node twice: a root whose
     B-tree nodes all repeated one child listed its one extractor 1,024 times from 544 bytes added, attack 29). Each
     object header is read once; what is under a group found so is not walked."""
-    if g.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
+    if driver_of(g) != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
         return [
-            f"{g.name}: its members are refused before HDF5 lists them with HDF5's {g.file.driver!r} driver; "
+            f"{g.name}: its members are refused before HDF5 lists them with HDF5's {driver_of(g)!r} driver; "
             f"open the store with HDF5's default driver (unset HDF5_DRIVER)"
         ]
-    fh, found = FileBytes(g.file), []
+    fh, found = FileBytes(g), []
     todo = [(g.name, h5py.h5g.get_objinfo(g.id).objno[0])]
     if fh.writable:  # what this process changed is in HDF5's cache until written
         root = h5py.h5g.get_objinfo(g.file["/"].id).objno[0]
         if fh.size - fh.base <= root:  # a file this opening made (nothing past its superblock yet): its own groups
             return []  # (not flushed early for that: a new store's layout stays as it was, as layout.check_root's)
         g.file.flush()
-        fh = FileBytes(g.file)
+        fh = FileBytes(g)
     key = (fh.key[1:], todo[0], deep, first)  # the file's identity and state: a read-only opening's walk is kept
     if not fh.writable and (kept := _WALKED.get(key)) is not None:
         return list(kept)

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.store.attr_dense import FileBytes, Unparsed
+from featstore.store.attr_dense import FileBytes, Unparsed, driver_of
 from featstore.store.btree1 import chunk_count
 from featstore.units import format_bytes
 
@@ -59,9 +59,9 @@ def counted_chunks(ds: h5py.Dataset, where: str) -> int:
     (``btree1.chunk_count``: each node once, at most the chunks its extent allows): refused in one line naming
     ``where`` otherwise. An index whose nodes all repeated one child made HDF5 count 64^(d+1) chunks for a dataset of
     one (10^9 from 10 KB added: ``info`` 33 s, ``export`` 89 s, attack 29)."""
-    if ds.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
+    if driver_of(ds) != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
         raise StoreError(
-            f"{where}: its chunks cannot be counted before HDF5 walks them with HDF5's {ds.file.driver!r} driver; "
+            f"{where}: its chunks cannot be counted before HDF5 walks them with HDF5's {driver_of(ds)!r} driver; "
             f"refused unread: open the store with HDF5's default driver (unset HDF5_DRIVER)"
         )
     if ds.file.id.get_intent() & h5py.h5f.ACC_RDWR:
@@ -70,7 +70,7 @@ def counted_chunks(ds: h5py.Dataset, where: str) -> int:
     top = int(np.prod([-(-(s if m is None else m) // c) for c, s, m in zip(ds.chunks, ds.shape, ds.maxshape)]))
     try:
         loc = (ds.file.id, ds.name.encode("utf-8", "surrogateescape")) if ds.name else (ds.id,)  # (by name, as
-        count = chunk_count(FileBytes(ds.file), h5py.h5g.get_objinfo(*loc).objno[0], most, top)  # strings' is)
+        count = chunk_count(FileBytes(ds), h5py.h5g.get_objinfo(*loc).objno[0], most, top)  # strings' is)
     except Unparsed as exc:
         raise StoreError(
             f"{where}: its chunk index cannot be counted before HDF5 walks it ({exc}); featstore never writes such an "

@@ -24,7 +24,7 @@ import numpy as np
 
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
-from featstore.store.attr_dense import FileBytes
+from featstore.store.attr_dense import FileBytes, driver_of, opened
 from featstore.store.gheap import compact_lengths, id_lengths, stored_lengths
 from featstore.store.storage import counted_chunks
 from featstore.store.unpack import filters, unpacked
@@ -46,15 +46,15 @@ def vlen_lengths(ds: h5py.Dataset, start: int, stop: int) -> np.ndarray:
     time (:mod:`featstore.store.unpack`). Refused: a column packed by another filter or virtual, another file driver,
     and a heap ID whose heap collection HDF5 would loop in or misread (``gheap``)."""
     plist = ds.id.get_create_plist()
-    elem = 8 + ds.file.id.get_create_plist().get_sizes()[0]  # length (4), heap address, object index (4)
+    elem = 8 + opened(ds).addr  # length (4), heap address, object index (4)
     if stop <= start:
         return np.zeros(0, np.uint32)
-    if ds.file.driver != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
+    if driver_of(ds) != "sec2":  # HDF5_DRIVER set: the file's bytes are not read directly
         raise StoreError(
-            f"{ds.file.filename}:{ds.name} cannot be measured before it is read with HDF5's {ds.file.driver!r} driver; "
+            f"{ds.file.filename}:{ds.name} cannot be measured before it is read with HDF5's {driver_of(ds)!r} driver; "
             f"refused unread: open the store with HDF5's default driver (unset HDF5_DRIVER)"
         )
-    layout, fh = plist.get_layout(), FileBytes(ds.file)  # the File once: it is built anew each time asked
+    layout, fh = plist.get_layout(), FileBytes(ds)
     if fh.writable:
         ds.file.flush()  # heap collections this process wrote are in HDF5's cache until written
     if layout == h5py.h5d.CONTIGUOUS:
