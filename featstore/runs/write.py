@@ -188,7 +188,11 @@ def _write_contents(tmp: Path, record: dict, preds: PredictionsWriter, folder: P
     obj = json.loads(json.dumps(record, default=json_default))  # plain JSON values, as a reader will see them
     for m in obj.get("metrics", {}).values():  # a many-class confusion matrix as its non-zero cells
         m["confusion_matrix"] = packed_confusion(m["confusion_matrix"])
-    rec = parse_record(obj, folder)  # the one validation path: a run featstore writes is one it can read
+    try:
+        rec = parse_record(obj, folder)  # the one validation path: a run featstore writes is one it can read
+    except BrokenRunError as exc:  # said "remove the folder <id>", a folder never written (attack 54 #3)
+        why = re.sub(r"[;.]?\s*(Refusing to load it: )?remove the folder .*$", "", str(exc), flags=re.S)
+        raise BrokenRunError(f"run {record['id']} was not recorded (no run folder was written): {why}") from None
     (tmp / RECORD).write_text(json.dumps(obj, indent=1), encoding="utf-8")
     return rec
 
