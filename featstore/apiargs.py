@@ -73,7 +73,7 @@ def check_argument(where: str, name: str, value, kind: list | None):
         size = parse_bytes(value if isinstance(value, str) else value.__index__(), f"{_at(where)}{name}")
         if size <= 0:
             raise ArgumentError(f"{_at(where)}{name}={value!r} must be more than 0 bytes; give e.g. '512MB'")
-        return size
+        return value if kind and "str" in kind else size  # parsed by the function itself: its own words keep the text
     if kind is None:
         return value
     ok, fixed = _match(value, kind, where, name)

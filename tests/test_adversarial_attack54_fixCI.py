@@ -97,3 +97,105 @@ def test_one_string_is_one_item(tmp_path, monkeypatch):
         featstore.sweep("missing.h5", "logreg")
     with pytest.raises(featstore.StoreError, match="does not exist"):  # a generator of ids is a list, not len()'s error
         featstore.sweep("missing.h5", (c for c in ["logreg", "svm"]))
+
+
+# 2: a split re-written while a fit scores it --------------------------------------------------------------------
+def _synthetic(path, n=30, d=8, seed=0):
+    import numpy as np
+
+    from featstore.store.writer import write_arrays
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "validation", "test"):
+        y = np.arange(n) % 3
+        X = (rng.normal(size=(n, d)) + y[:, None] * 1.5).astype(np.float32)
+        write_arrays(path, "synthetic", split, X, y, ["a", "b", "c"])
+    return path
+
+
+def test_fit_refuses_split_rewritten_while_scored(tmp_path, monkeypatch):
+    """Another process re-wrote test after fit scored it and before it read which images those were: the run recorded
+    the old split's labels and predictions with the new split's paths and listing. Now refused, nothing recorded."""
+    import numpy as np
+
+    from featstore.experiments import scoring
+    from featstore.store.writer import write_arrays
+
+    store = _synthetic(tmp_path / "s.h5")
+    real = scoring._identity
+
+    def identity(fs, name, split):
+        if split == "test" and not getattr(identity, "done", False):
+            identity.done = True
+            y = (np.arange(30) + 1) % 3
+            write_arrays(store, "synthetic", "test", np.ones((30, 8), np.float32), y, ["a", "b", "c"])
+        return real(fs, name, split)
+
+    monkeypatch.setattr(scoring, "_identity", identity)
+    with pytest.raises(featstore.StoreError, match=r"s\.h5:/synthetic/test was re-written .* nothing was recorded"):
+        featstore.fit(store, "logreg", runs=tmp_path / "runs")
+    assert not [p for p in (tmp_path / "runs").glob("*")] if (tmp_path / "runs").exists() else True
+    monkeypatch.setattr(scoring, "_identity", real)
+    assert featstore.fit(store, "logreg", runs=tmp_path / "runs").id  # unchanged: recorded as before
+
+
+# 1, 8: Ctrl-C of sweep --jobs N -------------------------------------------------------------------------------------
+def test_stopped_sweep_records_nothing_after_stop(tmp_path):
+    """A worker still fitting when the sweep is stopped records nothing: its draft is discarded at the rename."""
+    from featstore.experiments.sweep import SweepInterrupted, in_threads
+    from featstore.runs.stopping import Stop, Stopped, check
+
+    stop = Stop()
+    stop.stop()
+    store = _synthetic(tmp_path / "s.h5")
+    with pytest.raises(Stopped):
+        stop.run(lambda: featstore.experiments.fit.fit(store, "logreg", runs=tmp_path / "runs"))
+    assert not list((tmp_path / "runs").glob("[!.]*")) if (tmp_path / "runs").exists() else True
+    assert in_threads(lambda c: c * 2, [1, 2, 3], 2) == [2, 4, 6]  # uninterrupted: the results in order
+    check()  # outside a stopped sweep: nothing
+    assert issubclass(SweepInterrupted, KeyboardInterrupt)
+
+
+def _sweep_interrupted(tmp_path, jobs: int, delay: float):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _synthetic(tmp_path / "s.h5", n=600, d=64)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(p) for p in sys.path if p])}
+    code = (
+        "import sys, time; from featstore.experiments import fit as f; real = f._record\n"
+        "def slow(*a, **k):\n    time.sleep(1.5); return real(*a, **k)\n"  # every cell takes seconds: SIGINT meets them
+        "f._record = slow\nfrom featstore.cli import app\n"
+        "sys.argv = ['featstore', 'sweep', '--store', 's.h5', '--clf', 'logreg,sgd,knn,svm,random_forest,dense', "
+        f"'--jobs', '{jobs}']\napp()"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    while not (tmp_path / "s.runs").exists() and p.poll() is None:  # the first cells are being fitted
+        time.sleep(0.1)
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)  # never hangs
+    lines = err.strip().splitlines()
+    said = [i for i, line in enumerate(lines) if line.startswith("interrupted:")]
+    return p.returncode, lines, said
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [1.0, 6.0])
+def test_sigint_parallel_sweep_one_true_line(tmp_path, delay):
+    """Ctrl-C of sweep --jobs 2 hung for ever, aborted, or exited with no line; runs were recorded after the line.
+    Now: exit 130, one line, no run recorded after it, and the runs it lists are the runs the folder holds."""
+    rc, lines, said = _sweep_interrupted(tmp_path, 2, delay)
+    assert rc == 130 and len(said) == 1, lines
+    assert not [line for line in lines[said[0] + 1 :] if "recorded run" in line], lines
+    folder = tmp_path / "s.runs"
+    runs = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
+    line = lines[said[0]]
+    listed = re.findall(r"\b[a-z_]+-[0-9a-f]{6}\b", line)
+    assert sorted(listed) == runs and (runs or "nothing was recorded" in line), (line, runs)
+    if runs:  # 8: the advice says what a re-run does with them
+        assert "fits every cell again and records new runs beside these" in line
