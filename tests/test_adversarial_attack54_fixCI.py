@@ -199,3 +199,47 @@ def test_sigint_parallel_sweep_one_true_line(tmp_path, delay):
     assert sorted(listed) == runs and (runs or "nothing was recorded" in line), (line, runs)
     if runs:  # 8: the advice says what a re-run does with them
         assert "fits every cell again and records new runs beside these" in line
+
+
+# 4: a report killed half-way, two reports at once ------------------------------------------------------------------
+def test_killed_report_pages_removed_by_next(tmp_path, monkeypatch):
+    """A report killed after writing a run's page had listed none of its own files: that page (of a run deleted since)
+    stayed in the site for ever. Now the next report removes it, and leaves a user's own file there."""
+    import shutil
+
+    from featstore.report.site import build
+
+    store = _synthetic(tmp_path / "s.h5")
+    gone = featstore.fit(store, "knn", runs=tmp_path / "s.runs").id
+    out = tmp_path / "site"
+    real = build.page
+
+    def killed(template, **kw):
+        if template == "gallery.html.j2" or template == "map.html.j2":
+            raise KeyboardInterrupt  # killed here: after runs/<id>.html was written
+        return real(template, **kw)
+
+    monkeypatch.setattr(build, "page", killed)
+    with pytest.raises(KeyboardInterrupt):
+        featstore.build_report(store, out=out, leaks=False)
+    monkeypatch.setattr(build, "page", real)
+    assert (out / "runs" / f"{gone}.html").exists()
+    (out / "runs" / "my-notes.html").write_text("mine")  # the user's: no report wrote it
+    shutil.rmtree(tmp_path / "s.runs" / gone)
+    featstore.fit(store, "logreg", runs=tmp_path / "s.runs")
+    featstore.build_report(store, out=out, leaks=False)
+    assert not (out / "runs" / f"{gone}.html").exists()
+    assert (out / "runs" / "my-notes.html").read_text() == "mine"
+    assert not (out / ".featstore-report.journal").exists()
+
+
+def test_second_report_at_once_refused(tmp_path):
+    from featstore.report.site.build import _prepare
+
+    store = _synthetic(tmp_path / "s.h5")
+    out = tmp_path / "site"
+    featstore.build_report(store, out=out, leaks=False)
+    first, _ = _prepare(out)  # a report writing the folder now
+    with first, pytest.raises(featstore.FeatstoreError, match="another featstore report is writing .*site now"):
+        featstore.build_report(store, out=out, leaks=False)
+    featstore.build_report(store, out=out, leaks=False)  # once it is done: as before
