@@ -153,7 +153,12 @@ def sweep(
             "--search", help="Search each classifier's default grid (chosen on validation) instead of its defaults."
         ),
     ] = False,
-    jobs: Annotated[int, typer.Option(help="Fits run in parallel (threads).")] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            help="Fits run in parallel (threads). Ctrl-C stops them all and lists the runs recorded; a re-run fits every cell again."
+        ),
+    ] = 1,
     show_test: Annotated[
         bool,
         typer.Option(
