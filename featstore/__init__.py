@@ -4,7 +4,9 @@ The public names below are imported on first use (PEP 562 module ``__getattr__``
 has no side effects and commands that only read a store (``featstore info``, ``runs``, ``check``) never pay
 for scikit-learn, TensorFlow or Keras. The first use of one installs :class:`featstore.kerasfile.SettingsCheck` (as
 does importing :mod:`featstore.kerasconfig`, which the modules that build Keras models import), so that featstore's
-own first import of Keras refuses in one line a settings file Keras would wait on for ever. The package is laid
+own first import of Keras refuses in one line a settings file Keras would wait on for ever. Each public function
+is handed out wrapped by :func:`featstore.apiargs.checked`, which refuses an argument of the wrong type in one line
+naming it, before the function runs. The package is laid
 out by stage (see docs/architecture.md); each public name lives in the module named here.
 
 >>> import featstore
@@ -15,6 +17,7 @@ out by stage (see docs/architecture.md); each public name lives in the module na
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from featstore.version import __version__
 
@@ -72,6 +75,10 @@ def __getattr__(name: str):
 
     install()  # before featstore's own first import of Keras: a FIFO keras.json is one line (attack 48 M5)
     value = getattr(importlib.import_module(f"featstore.{_PUBLIC[name]}"), name)
+    if inspect.isfunction(value):  # its arguments checked before it runs: one line naming a wrong one (attack 54 #5)
+        from featstore.apiargs import checked
+
+        value = checked(value)
     globals()[name] = value
     return value
 

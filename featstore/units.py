@@ -24,6 +24,7 @@ _UNITS = {
     "gib": 2**30,
     "tib": 2**40,
 }
+MAX_BYTES = 2**63 - 1  # a size is stored in signed 64 bits (an HDF5 attribute, a run's JSON); 2**63 is refused
 _DECIMAL = ("bytes", "kB", "MB", "GB", "TB")
 _BINARY = ("bytes", "KiB", "MiB", "GiB", "TiB")
 
@@ -34,7 +35,11 @@ def parse_bytes(text: str | int, option: str = "--memory-budget") -> int:
     >>> parse_bytes("4MB"), parse_bytes("4MiB"), parse_bytes(1000)
     (4000000, 4194304, 1000)
     """
-    if isinstance(text, int):
+    if isinstance(text, bool):  # True was taken as 1 byte (attack 54 #3)
+        raise ConfigError(f"{option} {text!r} is not a size; give bytes (an int) or e.g. 512MB, 2GB or 1.5GiB")
+    if isinstance(text, int):  # checked as a typed size is: 2**63 fitted everything, then was refused unrecorded
+        if not 0 <= text <= MAX_BYTES:
+            raise ConfigError(_too_large(option, text) if text > 0 else f"{option} {text!r} must be more than 0 bytes")
         return text
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
     if not m or m.group(2).lower() not in _UNITS:
@@ -42,15 +47,27 @@ def parse_bytes(text: str | int, option: str = "--memory-budget") -> int:
             f"{option} {text!r} is not a size; write e.g. 512MB, 2GB or 1.5GiB "
             f"(kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers of 1024)"
         )
-    size = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if 0 < size < 1 or (_UNITS[m.group(2).lower()] == 1 and not size.is_integer()):  # "0.5" was "must be positive"
+    number, unit = m.group(1), _UNITS[m.group(2).lower()]
+    exact = number.isdigit() and len(number) < 40  # whole numbers exactly, to the last byte (5000 digits: inf below)
+    size = int(number) * unit if exact else float(number) * unit
+    if not size <= MAX_BYTES:  # 400 digits are a float's inf: int() of it was an OverflowError traceback
+        raise ConfigError(_too_large(option, text))
+    if 0 < size < 1 or (
+        unit == 1 and isinstance(size, float) and not size.is_integer()
+    ):  # "0.5" was "must be positive"
         raise ConfigError(
             f"{option} {text!r} is not a whole number of bytes; give a unit (e.g. 512MB, 0.5GB) or a whole number of "
             f"bytes"
         )
-    if not size < 2**63:  # 400 digits are a float's inf: int() of it was an OverflowError traceback
-        raise ConfigError(f"{option} {text!r} is larger than any memory or disk (at most 8 EiB, 2**63 bytes)")
     return int(size)
+
+
+def _too_large(option: str, text) -> str:
+    """The line for a size over :data:`MAX_BYTES`, naming a bound the parser accepts, in units it accepts."""
+    return (
+        f"{option} {text!r} is larger than any memory or disk; give at most {MAX_BYTES} bytes "
+        f"(9.2 million TB, e.g. 1000000TB)"
+    )
 
 
 def format_bytes(n: int) -> str:

@@ -15,21 +15,41 @@ logger = logging.getLogger(__name__)
 
 
 def _interruptible(runs_folder: Path, command: str, work):
-    """``work()``, and on Ctrl-C one line saying what was recorded before the interrupt and what to re-run; exit 130."""
+    """``work()``, and on Ctrl-C one line saying what was recorded before the interrupt and what a re-run does; exit
+    130. A parallel sweep's workers are stopped before the line (none records a run after it); those still inside a
+    fit in C code then are not waited for: the process ends at once, without finalising the interpreter under them
+    (it hung on h5py's lock or aborted: attack 54 #1)."""
+    import os
+    import sys
+
     from featstore.runs.folder import scan_runs
 
     before = {r.id for r in scan_runs(runs_folder).records}
     try:
         return work()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         made = sorted({r.id for r in scan_runs(runs_folder).records} - before)
-        done = (
-            f"run{'s' if len(made) > 1 else ''} {', '.join(made)} recorded in {runs_folder} before it"
-            if made
-            else "nothing was recorded (no run folder was written)"
-        )
-        typer.secho(f"interrupted: {done}; re-run the same `featstore {command}` to do it again", err=True)
+        typer.secho(f"interrupted: {_after_interrupt(made, runs_folder, command)}", err=True)
+        if getattr(exc, "running", 0):
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         raise typer.Exit(130) from None
+
+
+def _after_interrupt(made: list[str], runs_folder: Path, command: str) -> str:
+    """What was recorded before Ctrl-C and what re-running does (a sweep refits every cell: attack 54 #8)."""
+    if not made:
+        return f"nothing was recorded (no run folder was written); re-run the same `featstore {command}` to do it again"
+    done = f"run{'s' if len(made) > 1 else ''} {', '.join(made)} recorded in {runs_folder} before it"
+    if command != "sweep":
+        return f"{done}; re-run the same `featstore {command}` to do it again"
+    return (
+        f"{done}. Re-running the same `featstore sweep` fits every cell again and records new runs beside these (they "
+        f"are not reused): delete these folders first to keep one run per cell, or keep them and compare them with "
+        f"`featstore runs compare`"
+    )
 
 
 @app.command()
@@ -133,7 +153,12 @@ def sweep(
             "--search", help="Search each classifier's default grid (chosen on validation) instead of its defaults."
         ),
     ] = False,
-    jobs: Annotated[int, typer.Option(help="Fits run in parallel (threads).")] = 1,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            help="Fits run in parallel (threads). Ctrl-C stops them all and lists the runs recorded; a re-run fits every cell again."
+        ),
+    ] = 1,
     show_test: Annotated[
         bool,
         typer.Option(

@@ -19,7 +19,10 @@ def report(
     store: StoreOpt = Path("features.h5"),
     runs: RunsOpt = None,
     out: Annotated[
-        Optional[Path], typer.Option(help="Folder of the site (default: <store>.report beside the store).")
+        Optional[Path],
+        typer.Option(
+            help="Folder of the site (default: <store>.report beside the store). A report into a folder another report is writing is refused; pages an interrupted report wrote are removed by the next."
+        ),
     ] = None,
     map_rows: Annotated[int, typer.Option(help="Rows sampled (seeded) for each extractor's embedding map.")] = 5000,
     map_method: Annotated[

@@ -26,7 +26,14 @@ from featstore import provenance
 from featstore.errors import ConfigError, OutputError, StoreError, check_jobs, check_names
 from featstore.experiments.evaluate import metrics, run_metrics, run_metrics_blocks  # noqa: F401 (metrics: its old home)
 from featstore.experiments.protocol import Splits, check_distinct, resolve_splits
-from featstore.experiments.scoring import EVAL_BUDGET, OOF, eval_rows, memory_blocks, score_splits  # noqa: F401 (OOF)
+from featstore.experiments.scoring import (  # noqa: F401 (OOF)
+    EVAL_BUDGET,
+    OOF,
+    eval_rows,
+    memory_blocks,
+    score_splits,
+    split_versions,
+)
 from featstore.experiments.selection import (
     DivergedError,
     Fitted,
@@ -127,6 +134,7 @@ def fit(
     ensure_writable(root, store)  # a read-only runs folder fails now, not after the fit
     with made.removed_on_failure(root):  # a fit that fails leaves no runs folder it made (attack 53 #3)
         splits = resolve_splits(fs, name, train, validation, test, test_later=test_later)
+        versions = split_versions(fs, name, splits.used)  # before any is read: the run records one state of each
         class_names = fs.class_names(name)
         settings = candidates(spec, given, search)
         full = [spec.full_params(s) for s in settings]
@@ -177,7 +185,19 @@ def fit(
                 + ": its score is optimistic; judge by test"
             )
         return _record(
-            fs, name, clf, full[fitted.best], given, class_names, splits, fitted, fit_seconds, runs, extra, budget
+            fs,
+            name,
+            clf,
+            full[fitted.best],
+            given,
+            class_names,
+            splits,
+            fitted,
+            fit_seconds,
+            runs,
+            extra,
+            budget,
+            versions,
         )
 
 
@@ -316,6 +336,7 @@ def _record(
     runs,
     extra: dict,
     budget: int | None = None,
+    versions: dict | None = None,
 ) -> RunRecord:
     """Calibrate, evaluate the chosen model on each split (the test split once) in blocks within ``budget``, its
     validation and test probabilities written to the run's predictions.npz as they come
@@ -335,6 +356,7 @@ def _record(
                 EVAL_BUDGET if budget is None else budget,
                 notes,
                 f"{clf} with {params}",
+                versions,
             )
             record = draft(
                 "fit",

@@ -48,7 +48,10 @@ class Param:
 
     def in_range(self, value) -> bool:
         """Whether a number lies in the valid range (and is finite)."""
-        v = float(value)
+        try:
+            v = float(value)
+        except OverflowError:  # an int of 400 digits: out of range, not an OverflowError traceback (attack 54 #5)
+            return False
         return (
             math.isfinite(v)
             and (self.low is None or (v > self.low if self.open_low else v >= self.low))

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, StoreError
 from featstore.experiments.calibration import calibrate_on_out_of_fold, calibrate_on_validation_blocks, not_calibrated
 from featstore.experiments.evaluate import run_metrics, run_metrics_blocks
 from featstore.experiments.protocol import OOF, Splits
@@ -33,7 +33,9 @@ from featstore.experiments.selection import CV_SEED, Fitted
 from featstore.experiments.streaming import BLOCK_FRACTION
 from featstore.runs.predictions_file import EVAL_BUDGET, PredictionsWriter, eval_rows  # noqa: F401 - re-exported
 from featstore.runs.record import digest_paths
+from featstore.runs.stopping import check
 from featstore.store.digests import split_listing
+from featstore.store.layout import same_split
 from featstore.store.reader import FeatureStore
 
 
@@ -65,12 +67,35 @@ class _Clock:
             self.seconds += time.perf_counter() - t
             self.rows += len(block[0])
             self.preds.keepalive()  # train is scored without a write: the draft folder is not an orphan meanwhile
+            check()  # a stopped sweep's worker ends here, a block at a time (attack 54 #1)
             yield block
 
 
 def _identity(fs: FeatureStore, name: str, split: str) -> tuple[str, str]:
     """``(paths digest, listing digest)`` of a split: which images its rows are (ensembles and comparisons check)."""
     return digest_paths(fs.paths(split, name)), split_listing(fs.split_info(split, name))
+
+
+def split_versions(fs: FeatureStore, name: str, splits) -> dict[str, tuple]:
+    """Each split's version (:func:`featstore.store.layout.same_split`: its id, times and commit), in one opening:
+    taken before a fit reads them, compared by :func:`refuse_rewritten` once the run's identities are read."""
+    with fs.file.open("r") as f:
+        return {s: same_split(f, f"{name}/{s}", None, f"{fs.path}:/{name}/{s}") for s in splits}
+
+
+def refuse_rewritten(fs: FeatureStore, name: str, versions: dict[str, tuple]) -> None:
+    """StoreError when a split is not the version :func:`split_versions` saw: re-written by another process (``extract
+    --overwrite``) while the fit read and scored it, its labels and predictions are the old split's but the paths and
+    listing read after them the new one's; the run would pair the two (attack 54 #2)."""
+    with fs.file.open("r") as f:
+        for s, seen in versions.items():
+            try:
+                same_split(f, f"{name}/{s}", seen, f"{fs.path}:/{name}/{s}")
+            except StoreError:
+                raise StoreError(
+                    f"{fs.path}:/{name}/{s} was re-written (by another process?) while this fit read and scored it; "
+                    f"nothing was recorded. Run the fit again once that extraction has finished"
+                ) from None
 
 
 def _written(member, blocks) -> Iterator[tuple]:
@@ -90,9 +115,13 @@ def score_splits(
     budget: int,
     notes: list[str],
     what: str,
+    versions: dict[str, tuple] | None = None,
 ) -> tuple[dict, dict, _Clock]:
     """``(figures per split, calibration, clock)`` of a fitted model (see the module), its validation and test
-    probabilities (and train's out-of-fold ones) written to ``preds``; ``what`` names the model in errors."""
+    probabilities (and train's out-of-fold ones) written to ``preds``; ``what`` names the model in errors.
+    ``versions``: the splits' versions before the fit read them (:func:`split_versions`; default: taken now), refused
+    at the end if any changed (:func:`refuse_rewritten`), so labels, predictions and paths are of one state."""
+    versions = split_versions(fs, name, splits.used) if versions is None else versions
     k, clock, evaluated = len(class_names), _Clock(what, preds), {}
     val, test, train = splits.validation, splits.test, splits.train
     if val:
@@ -131,6 +160,7 @@ def score_splits(
         oof = fitted.oof.proba
         evaluated[f"{train}{OOF}"] = run_metrics(train_y, oof.argmax(axis=1), class_names, oof, cal)
         preds.add(f"{train}{OOF}", oof, train_y, *_identity(fs, name, train))
+    refuse_rewritten(fs, name, versions)  # after every identity read: all of one state of each split
     return evaluated, cal, clock
 
 

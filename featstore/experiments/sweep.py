@@ -126,9 +126,7 @@ def sweep(
             return str(exc)
 
     if jobs > 1 and len(cells) > 1:
-        from joblib import Parallel, delayed
-
-        done = Parallel(n_jobs=jobs, backend="threading")(delayed(one)(cell) for cell in cells)
+        done = in_threads(one, cells, jobs)
     else:
         done = [one(cell) for cell in cells]
     diverged = {cell: why for cell, why in zip(cells, done) if isinstance(why, str)}
@@ -182,6 +180,47 @@ def sweep(
     return _summary(
         store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, tst, score, search, seconds, diverged
     )
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a parallel sweep: its workers were stopped (no run is recorded after this is raised);
+    ``running``: how many had not reached a checkpoint within :data:`STOP_WAIT_S` (fitting in C code)."""
+
+    def __init__(self, running: int):
+        super().__init__(running)
+        self.running = running
+
+
+STOP_WAIT_S = 5.0  # how long Ctrl-C waits for the workers to reach a checkpoint
+
+
+def in_threads(one, cells: list, jobs: int) -> list:
+    """``[one(cell) for cell in cells]``, ``jobs`` cells at a time in threads. On Ctrl-C the workers are stopped
+    (:mod:`featstore.runs.stopping`: no run is recorded after this returns, pending cells are not started) and waited
+    for up to :data:`STOP_WAIT_S`; then :class:`SweepInterrupted`. (joblib's daemon threads went on recording after
+    the interrupt's line, and the interpreter hung or aborted finalising under them: attack 54 #1.)"""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    from featstore.runs.stopping import Stop
+
+    stop, pool = Stop(), ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="featstore-sweep")
+    futures = []
+    try:
+        futures += [pool.submit(stop.run, one, cell) for cell in cells]
+        return [f.result() for f in futures]
+    except KeyboardInterrupt:
+        stop.stop()  # first: a rename in progress ends, no later one starts
+        pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            left = wait(futures, timeout=STOP_WAIT_S).not_done
+        except KeyboardInterrupt:  # Ctrl-C again: stop waiting
+            left = [f for f in futures if not f.done()]
+        raise SweepInterrupted(len(left)) from None
+    except BaseException:  # a fit's error: the cells not started are not, the running ones end before it is raised
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _extractors(

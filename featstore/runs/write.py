@@ -49,6 +49,7 @@ from featstore.runs.own_writes import MARK, OwnWrites, own
 from featstore.runs.predictions_file import PredictionsWriter, StoredSplit, read_labels
 from featstore.runs.record import RunRecord
 from featstore.runs.refusals import not_written
+from featstore.runs.stopping import check, publishing
 from featstore.runs.swap import ORPHAN_AGE_S, hold_run, mark_held, read_marker, reveal, superseded
 from featstore.runs.swap import mark as _mark
 from featstore.runs.versions import TMP_MARKER, carry, own_files
@@ -188,7 +189,11 @@ def _write_contents(tmp: Path, record: dict, preds: PredictionsWriter, folder: P
     obj = json.loads(json.dumps(record, default=json_default))  # plain JSON values, as a reader will see them
     for m in obj.get("metrics", {}).values():  # a many-class confusion matrix as its non-zero cells
         m["confusion_matrix"] = packed_confusion(m["confusion_matrix"])
-    rec = parse_record(obj, folder)  # the one validation path: a run featstore writes is one it can read
+    try:
+        rec = parse_record(obj, folder)  # the one validation path: a run featstore writes is one it can read
+    except BrokenRunError as exc:  # said "remove the folder <id>", a folder never written (attack 54 #3)
+        why = re.sub(r"[;.]?\s*(Refusing to load it: )?remove the folder .*$", "", str(exc), flags=re.S)
+        raise BrokenRunError(f"run {record['id']} was not recorded (no run folder was written): {why}") from None
     (tmp / RECORD).write_text(json.dumps(obj, indent=1), encoding="utf-8")
     return rec
 
@@ -232,6 +237,7 @@ class RunDraft:
 
     def __init__(self, root: Path, name: str):
         self.root, self.name, self.done = Path(root), name, False
+        check()  # a stopped sweep's worker starts no draft
         try:
             made.make(self.root)
             clean_orphans(self.root)
@@ -273,10 +279,11 @@ class RunDraft:
             if est is not None:
                 record = {**record, "artifact": save_estimator(est, self.at)}
             rec = _write_contents(self.at, record, self._preds, self.root / record["id"])
-            self.folder.publish(self.root / record["id"])
-        self.done = True
-        (self.root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
-        logger.info("recorded run %s in %s", record["id"], self.root)
+            with publishing():  # a stopped sweep's worker records nothing after its Ctrl-C line (attack 54 #1)
+                self.folder.publish(self.root / record["id"])
+                self.done = True
+                (self.root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
+                logger.info("recorded run %s in %s", record["id"], self.root)
         return rec
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import h5py
 
+from featstore.apiargs import check_type
 from featstore.errors import ConfigError, StoreBusyError, StoreError, check_paths
 from featstore.leftovers import replace_with_new
 from featstore.outputs import hdf5_signed, resolved, terminal_safe
@@ -151,6 +152,7 @@ class StoreFile:
 
     def __init__(self, path: str | os.PathLike, locking: bool | None = None):
         check_paths(required=True, store=path)  # before Path(): Path("") is the current folder
+        check_type("", "store", path, "str | os.PathLike")  # FeatureStore(5): pathlib's TypeError (attack 54 #5)
         self.path = Path(path)
         full_path(self.path)  # a relative name from a removed working folder: said so (it names nothing)
         for _ in range(3):

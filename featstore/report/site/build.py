@@ -44,7 +44,7 @@ from featstore.outputs import (
     resolved,
     terminal_safe,
 )  # noqa: F401 (cache_dir: similar_page)
-from featstore.report.site import charts
+from featstore.report.site import charts, journal
 from featstore.report.site.mapview import map_view
 from featstore.report.site.render import figure_json, original, page, write_assets
 from featstore.report.site.runpages import run_view
@@ -115,6 +115,7 @@ def _prepare(out: Path) -> tuple[SiteFolder, set[str]]:
         check_output(out, "--out")  # its parent must exist
     site = SiteFolder(out, lambda exc, where: _not_writable(out, exc, where))
     try:
+        journal.lock(site)  # a second report into the folder while one writes it: one line (attack 54 #4)
         if site.made:
             return site, set()
         try:  # the site's first file, tried before any work (an empty folder on a read-only file system)
@@ -133,9 +134,9 @@ def _prepare(out: Path) -> tuple[SiteFolder, set[str]]:
         raw = site.read_small(MANIFEST, MANIFEST_MAX_BYTES)  # None: a planted one over 64 MiB, read nor cleaned
         try:
             listed = json.loads(raw.decode("utf-8"))["files"]
-            return site, {f for f in listed if isinstance(f, str)}
+            return site, {f for f in listed if isinstance(f, str)} | journal.left_behind(site)
         except (AttributeError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: a nested [[[[...
-            return site, set()
+            return site, journal.left_behind(site)  # a killed report's pages: cleaned too (attack 54 #4)
     except BaseException:
         site.close()
         raise
@@ -279,6 +280,7 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
     out = site.out
     # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
     site.write_text(MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
+    written_ahead = journal.Journal(site)  # each file named before it is written, until the complete manifest
     thumbs = ThumbCache(cache / "thumbs")
     result = ReportResult(out / "index.html", 0, 0, 0, notes=[not_kept] if not_kept else [])
     store_info = overview(fs)
@@ -332,6 +334,7 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
     written |= set(pages_written)
     _clean(site, old, written, (Path(store).resolve(), runs_root(store, runs).resolve(), cache.resolve()))
     site.write_text(MANIFEST, json.dumps({"files": sorted(written), "complete": True}, indent=0), "report manifest")
+    written_ahead.finish()
     if not site.still_named():
         result.notes.append(
             f"--out {terminal_safe(str(out))} was renamed away or replaced while the report was written (someone else "

@@ -57,6 +57,7 @@ class SiteFolder:
 
     def __init__(self, out: Path, not_writable: Callable[[OSError, Path], Exception]):
         self.out, self.made, self.wrote = Path(out), False, False  # wrote: a file written (a refusal says so)
+        self.before_write: Callable[[str], None] | None = None  # the report's journal (featstore.report.site.journal)
         self._fds: dict[tuple[str, ...], int] = {}  # (), ("runs",), ("galleries", "<id>"), ...: held until close()
         if not FD_SAFE:
             self._by_name(out, not_writable)
@@ -238,6 +239,8 @@ class SiteFolder:
         """:func:`featstore.outputs.write_atomic` of ``--out/rel`` in the folder held open; returns ``rel``. Its
         OutputError names the file as ``--out/rel``, not as the descriptor's path."""
         *parts, name = rel.split("/")
+        if self.before_write is not None:
+            self.before_write(rel)  # named in the journal before it exists (featstore.report.site.journal)
         with self.named(*parts) as base:
             self.wrote = True
             write_atomic(base / name, write, what)
