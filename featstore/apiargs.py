@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, check_seed
 from featstore.units import parse_bytes
 
 SIZES = frozenset({"memory_budget", "max_bytes"})  # bytes or a size string, as --memory-budget takes
@@ -74,6 +74,11 @@ def check_argument(where: str, name: str, value, kind: list | None):
         if size <= 0:
             raise ArgumentError(f"{_at(where)}{name}={value!r} must be more than 0 bytes; give e.g. '512MB'")
         return value if kind and "str" in kind else size  # parsed by the function itself: its own words keep the text
+    if (name == "seed" or name.endswith("_seed")) and value is not None:
+        try:  # numpy and scikit-learn take 0 ... 2**32 - 1 (iter_batches(seed=-1) was numpy's ValueError: 54 #5)
+            check_seed(value, f"{_at(where)}{name}")
+        except ConfigError as exc:
+            raise ArgumentError(str(exc)) from None
     if kind is None:
         return value
     ok, fixed = _match(value, kind, where, name)

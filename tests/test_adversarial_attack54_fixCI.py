@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 
 import featstore
@@ -243,3 +244,17 @@ def test_second_report_at_once_refused(tmp_path):
     with first, pytest.raises(featstore.FeatstoreError, match="another featstore report is writing .*site now"):
         featstore.build_report(store, out=out, leaks=False)
     featstore.build_report(store, out=out, leaks=False)  # once it is done: as before
+
+
+def test_feature_store_methods_refuse_wrong_arguments_in_one_line(tiny_train):
+    """54 #5's two left over: FeatureStore.load(None) was h5py's TypeError, iter_batches(seed=-1) numpy's ValueError."""
+    from featstore import FeatureStore
+    from featstore.apiargs import ArgumentError
+
+    fs = FeatureStore(tiny_train[1])
+    with pytest.raises(ArgumentError, match=r"load\(\): split=None is None; give a str"):
+        fs.load(None)
+    with pytest.raises(ArgumentError, match=r"iter_batches\(\): seed -1: give an integer from 0 to 4294967295"):
+        next(fs.iter_batches("train", shuffle=True, seed=-1))
+    X, y = fs.load("train")  # right arguments, numpy's too, still work
+    assert sum(len(b) for b, _ in fs.iter_batches("train", shuffle=True, seed=np.int64(3))) == len(X) == len(y)

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 import h5py
 import numpy as np
 
+from featstore.apiargs import checked
 from featstore.errors import ConfigError, StoreError, renamed_argument
 from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED, check_format_version
@@ -406,6 +407,17 @@ class FeatureStore:
         """
         with self._open() as f:
             return describe(f, self.path)
+
+
+for _name in (
+    "load",
+    "iter_batches",
+    "labels",
+    "paths",
+    "nbytes",
+    "split_info",
+):  # a user's calls: one line each (54 #5)
+    setattr(FeatureStore, _name, checked(getattr(FeatureStore, _name)))
 
 
 class NonfiniteRows:
