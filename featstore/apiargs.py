@@ -185,23 +185,29 @@ def _match(value, kind: list, where: str, name: str) -> tuple[bool, object]:
             if _simple(value, alt, where, name):
                 return True, value
         elif alt[0] == "dict" and isinstance(value, Mapping):
+            fixed = {}  # each value as it was checked: a generator read by the check is passed on as its list (55 #3)
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise _wrong(where, f"{name} key {key!r}", key, "names (str keys)")
                 value_kind = alt[1]
-                ok, _ = _match(item, value_kind, where, f"{name}[{key!r}]")
+                ok, fixed[key] = _match(item, value_kind, where, f"{name}[{key!r}]")
                 if not ok:
                     example = f", e.g. [{item!r}]" if _listy(value_kind) else ""
                     raise _wrong(where, f"{name}[{key!r}]", item, _describe(value_kind) + example)
-            return True, value
+            return True, fixed
         elif alt[0] == "list":
             items = _items(value, alt[1])
             if items is None:
                 continue
+            if alt[1] is None:
+                return True, items
+            fixed = []
             for i, item in enumerate(items):
-                if alt[1] is not None and not _match(item, alt[1], where, f"{name}[{i}]")[0]:
+                ok, one = _match(item, alt[1], where, f"{name}[{i}]")
+                if not ok:
                     raise _wrong(where, f"{name}[{i}]", item, _describe(alt[1]))
-            return True, items
+                fixed.append(one)
+            return True, fixed if isinstance(items, list) else tuple(fixed)
     return False, value
 
 

@@ -96,15 +96,16 @@ def _one_position(layer, output) -> bool:
     return all(side == 1 for side in (shape[2:] if first else shape[1:-1]))
 
 
-def gives_scores(layer) -> bool:
+def gives_scores(layer, distribution: bool = False) -> bool:
     """Whether ``layer`` makes class scores: a softmax layer, or a layer whose activation is a softmax, sigmoid or
-    log-softmax."""
+    log-softmax (``distribution``: a softmax or log-softmax only, scores over the classes that sum to one)."""
     import keras
 
     if layer is None:
         return False
+    kinds = ("softmax", "log_softmax") if distribution else SCORES
     return (
-        isinstance(layer, keras.layers.Softmax) or getattr(getattr(layer, "activation", None), "__name__", "") in SCORES
+        isinstance(layer, keras.layers.Softmax) or getattr(getattr(layer, "activation", None), "__name__", "") in kinds
     )
 
 
@@ -128,15 +129,20 @@ def _head_is(
     pools = tuple(v for k, v in vars(keras.layers).items() if "Pool" in k and isinstance(v, type))
     if isinstance(layer, keras.layers.InputLayer):
         return False
-    if isinstance(layer, pools):
-        return None if past_scores or gives_scores(feeder) else False
+    if isinstance(layer, pools):  # past a distribution (softmax): a sigmoid before a pooling is a gate (55 #4)
+        return None if past_scores or gives_scores(feeder, distribution=True) else False
     if hasattr(layer, "layers") and classifier_heads(layer, depth + 1, past_scores):
         return True
     scores = gives_scores(layer)
     if layer.weights:
         convs = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
         convs += (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-        if isinstance(layer, dense_layers()) or isinstance(layer, convs) and (scores or past_scores or one_position):
+        linear = getattr(getattr(layer, "activation", None), "__name__", "linear") == "linear"  # a ReLU'd one: features
+        if (
+            isinstance(layer, dense_layers())
+            or isinstance(layer, convs)
+            and (scores or past_scores or one_position and linear)
+        ):
             return True
         return None if past_scores and "Normalization" in type(layer).__name__ else False
     if "Normalization" in type(layer).__name__ and not past_scores:  # an L2-normalised embedding: features (review)

@@ -65,12 +65,23 @@ def remove_made(root: Path) -> None:
         level = level.parent
 
 
+def forget(root: Path) -> None:
+    """Forget ``root`` and the levels above it: a command that worked made them the user's, so a later call that fails
+    in this process never removes them (a folder the user emptied and set a mode on was removed by the next refused
+    ``fit``: attack 55 #5)."""
+    level = Path(os.path.abspath(root))
+    while _MADE.pop(str(level), None) is not None:
+        level = level.parent
+
+
 @contextlib.contextmanager
 def removed_on_failure(root: Path) -> Iterator[None]:
     """Run the body; when it raises (an error, Ctrl-C), :func:`remove_made` the runs folder before the error goes on:
-    only the levels this process made that are still empty (a folder that holds anything, or was there, is kept)."""
+    only the levels this process made that are still empty (a folder that holds anything, or was there, is kept);
+    when it ends well, :func:`forget` them."""
     try:
         yield
     except BaseException:
         remove_made(root)
         raise
+    forget(root)

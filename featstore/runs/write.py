@@ -284,6 +284,7 @@ class RunDraft:
                 self.done = True
                 (self.root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
                 logger.info("recorded run %s in %s", record["id"], self.root)
+        made.forget(self.root)  # it holds a run: the user's folder now, never removed by a later failure
         return rec
 
 
