@@ -146,10 +146,12 @@ def _stopped(exc: OutputError, site: SiteFolder) -> OutputError:
     """A write that failed half-way through the site (a full disk), said with what is left: its "Nothing was written
     there" is of that one file, and the folder kept the files written before it, while the line read as if the report
     had written nothing (attack 48 L2)."""
-    line = str(exc)
-    if not site.wrote or "Nothing was written there" not in line:
+    line, out = str(exc), terminal_safe(str(site.out))
+    if "Nothing was written there" not in line:
         return exc
-    out = terminal_safe(str(site.out))
+    if not site.wrote:  # its first file (the manifest) failed: the folder is as it was (attack 55 #6)
+        left = "the folder it had made was removed" if site.remove_if_made() else f"{out} is as it was before"
+        return OutputError(f"{line.rstrip().rstrip('.')}; the report stopped at its first file: {left}")
     line = line.replace("Nothing was written there", "That file was not written").rstrip()
     left = f"{out} holds the files written before it ({MANIFEST} marks the report unfinished)"
     if site.made:
@@ -428,7 +430,7 @@ def _thumbnails(site: SiteFolder, thumbs: ThumbCache, views, maps, leak_views) -
 
         def url(source: str) -> tuple[str | None, str]:
             t = found[source]
-            name = thumbs.export(t, folder)
+            name = thumbs.export(t, folder, lambda n: site.announce(f"thumbs/{n}"))  # journaled first
             if name is None:
                 return None, t.reason
             written.add(f"thumbs/{name}")

@@ -17,10 +17,11 @@ manifest and stayed in the site for ever; two reports at once into one folder le
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 
 from featstore.errors import OutputError
-from featstore.outputs import terminal_safe
+from featstore.outputs import output_fix, terminal_safe
 from featstore.report.site.sitefolder import FD_SAFE, SiteFolder
 
 JOURNAL = ".featstore-report.journal"
@@ -72,8 +73,27 @@ class Journal:
         site.before_write = self.add
 
     def add(self, rel: str) -> None:
-        if rel != JOURNAL:
-            os.write(self.fd, f"{rel}\n".encode("utf-8", "surrogateescape"))
+        """Append ``rel``, whole or not at all: a full disk (any OSError, a short write) is the report's one line,
+        the journal cut back to its last whole name (a bare ``os.write`` was a traceback, attack 55 #2)."""
+        if rel == JOURNAL:
+            return
+        data = f"{rel}\n".encode("utf-8", "surrogateescape")
+        size = os.lseek(self.fd, 0, os.SEEK_END)
+        try:
+            done = 0
+            while done < len(data):
+                wrote = os.write(self.fd, data[done:])
+                if wrote <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += wrote
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, size)  # never half a name: read back, it could name another file
+            path = self.site.out / JOURNAL
+            raise OutputError(
+                f"cannot write report journal {terminal_safe(str(path))} (naming {terminal_safe(rel)} before it is "
+                f"written): {output_fix(exc, path)}. Nothing was written there."
+            ) from None
 
     def finish(self) -> None:
         """Close and remove the journal: the complete manifest names every file now."""

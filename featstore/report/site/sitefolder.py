@@ -239,12 +239,17 @@ class SiteFolder:
         """:func:`featstore.outputs.write_atomic` of ``--out/rel`` in the folder held open; returns ``rel``. Its
         OutputError names the file as ``--out/rel``, not as the descriptor's path."""
         *parts, name = rel.split("/")
-        if self.before_write is not None:
-            self.before_write(rel)  # named in the journal before it exists (featstore.report.site.journal)
+        self.announce(rel)
         with self.named(*parts) as base:
-            self.wrote = True
             write_atomic(base / name, write, what)
+            self.wrote = True  # only once it is there: a first write that failed left nothing (attack 55 #6)
         return rel
+
+    def announce(self, rel: str) -> None:
+        """Name ``rel`` in the report's journal before it is written (:mod:`featstore.report.site.journal`): every
+        file put into the site, a thumbnail linked there included (attack 55 #1)."""
+        if self.before_write is not None:
+            self.before_write(rel)
 
     @contextmanager
     def named(self, *parts: str) -> Iterator[Path]:
@@ -390,14 +395,16 @@ class SiteFolder:
         """Whether ``--out`` still names the folder held open (someone may have renamed it away meanwhile)."""
         return not FD_SAFE or same_folder(self.fd, self.out)
 
-    def remove_if_made(self) -> None:
+    def remove_if_made(self) -> bool:
         """Close, and remove ``--out`` when this report made it and it is still that folder, empty (the report
-        refused to go on before writing anything into it)."""
+        refused to go on before writing anything into it); whether it was removed."""
         named = self.made and not self.wrote and self.still_named()
         self.close()
         if named:
             with suppress(OSError):
                 os.rmdir(self.out)
+                return True
+        return False
 
     def close(self) -> None:
         for fd in self._fds.values():

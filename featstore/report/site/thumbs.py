@@ -25,6 +25,7 @@ import hashlib
 import io
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,15 +152,19 @@ class ThumbCache:
             return False
         return verifies(self._secret, "thumbs", path.name, data, signed.decode("ascii", errors="replace"))
 
-    def export(self, thumb: Thumb, folder: Path) -> str | None:
+    def export(self, thumb: Thumb, folder: Path, before: Callable[[str], None] | None = None) -> str | None:
         """Put a thumbnail into a site's ``folder`` (once): a hard link to the cached file where the file system
-        allows it (cached files are replaced, never changed in place), else a copy. Its file name there, or None."""
+        allows it (cached files are replaced, never changed in place), else a copy. Its file name there, or None.
+        ``before(name)`` is called before a file is put there (the report's journal: a killed report's thumbnails
+        were in no manifest and stayed in the site for ever, attack 55 #1)."""
         if thumb.key is None:
             return None
         name = f"{thumb.key}.png"
         target = folder / name
         if _regular(target):
             return name
+        if before is not None:
+            before(name)
         cached = self.path(thumb.key)
         try:
             os.link(cached, target)  # refuses an existing name (a planted link included)
