@@ -140,20 +140,12 @@ def check(fh: FileBytes, ids: np.ndarray) -> None:
     end = 0  # where the last collection named here ends: one starting inside it is nested in it, never genuine, and
     for k, place in enumerate(places.tolist()):  # made a writable store walk N x its size (attack 27 #1)
         rows = named[order[edges[k] : edges[k + 1]]]
-        try:
-            if place < end:
-                raise Damaged(f"starts inside the collection before it (which ends at {end:,})")
-            size, sizes = _sizes(fh, place)
-            end = place + size
-        except Damaged as exc:
-            raise Damaged(f"the collection at {place:,} {exc.reason}", int(rows[0])) from None
+        end, sizes = _collection(fh, place, end, int(rows[0]))
         got = np.where(index[rows] < len(sizes), sizes[np.minimum(index[rows], len(sizes) - 1)], -1)
         got[index[rows] == 0] = -2
         if len(bad := np.flatnonzero(got != lengths[rows])):
-            i, row = int(index[rows[bad[0]]]), int(rows[bad[0]])
-            said = {-1: "which it does not hold", -2: "its free space"}.get(int(got[bad[0]]))
-            said = said or f"of {int(got[bad[0]]):,} bytes where the heap ID says {int(lengths[row]):,}"
-            raise Damaged(f"object {i} of the collection at {place:,}, {said}", row)
+            row = int(rows[bad[0]])
+            raise _wrong_object(int(index[row]), place, int(got[bad[0]]), int(lengths[row]), row)
 
 
 def _check_few(fh: FileBytes, raw: bytes, elem: int, width: int) -> None:
@@ -169,19 +161,32 @@ def _check_few(fh: FileBytes, raw: bytes, elem: int, width: int) -> None:
     end = 0  # as check's: a collection starting inside the one before it is nested in it
     for place in sorted(by_place):
         rows = by_place[place]
-        try:
-            if place < end:
-                raise Damaged(f"starts inside the collection before it (which ends at {end:,})")
-            size, sizes = _sizes(fh, place)
-            end = place + size
-        except Damaged as exc:
-            raise Damaged(f"the collection at {place:,} {exc.reason}", rows[0][0]) from None
+        end, sizes = _collection(fh, place, end, rows[0][0])
         for row, length, index in rows:
             got = -2 if index == 0 else int(sizes[index]) if index < len(sizes) else -1
             if got != length:
-                said = {-1: "which it does not hold", -2: "its free space"}.get(got)
-                said = said or f"of {got:,} bytes where the heap ID says {length:,}"
-                raise Damaged(f"object {index} of the collection at {place:,}, {said}", row)
+                raise _wrong_object(index, place, got, length, row)
+
+
+def _collection(fh: FileBytes, place: int, end: int, row: int) -> tuple[int, np.ndarray]:
+    """Where the collection at ``place`` ends, and its objects' sizes (:func:`_sizes`); Damaged naming ``row`` where it
+    starts inside the one before it (ending at ``end``) or cannot be walked."""
+    try:
+        if place < end:
+            raise Damaged(f"starts inside the collection before it (which ends at {end:,})")
+        size, sizes = _sizes(fh, place)
+    except Damaged as exc:
+        raise Damaged(f"the collection at {place:,} {exc.reason}", row) from None
+    return place + size, sizes
+
+
+def _wrong_object(index: int, place: int, got: int, length: int, row: int) -> Damaged:
+    """Row ``row``'s heap ID names object ``index`` of the collection at ``place``, which is ``got`` bytes (-1: not
+    there, -2: the free space) where the ID says ``length``."""
+    said = {-1: "which it does not hold", -2: "its free space"}.get(
+        got
+    ) or f"of {got:,} bytes where the heap ID says {length:,}"
+    return Damaged(f"object {index} of the collection at {place:,}, {said}", row)
 
 
 _FEW = 64  # heap IDs checked by _check_few (an attribute's: featstore writes one, or a split's class names)
