@@ -112,10 +112,13 @@ def probe(
         for n in names:
             try:
                 cells.append(_probe_one(fs, n, refit, knn, tuple(ks), reduce, (train, validation, test), max_iter))
-            except (FeatstoreError, MemoryError) as exc:
+            except (Exception, KeyboardInterrupt) as exc:  # any: a library's error or Ctrl-C lost them too (56 #1-2)
                 if not cells:
                     raise
-                stopped = {"extractor": n, "reason": str(exc) or type(exc).__name__}  # the others' figures are kept
+                why = str(exc) if isinstance(exc, FeatstoreError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+                if isinstance(exc, KeyboardInterrupt):
+                    why = "interrupted (Ctrl-C)"
+                stopped = {"extractor": n, "reason": why.splitlines()[0][:500]}  # the others' figures are kept
                 break
         summary = {
             "id": f"probe-{secrets.token_hex(3)}",

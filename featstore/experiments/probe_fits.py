@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featstore.errors import StoreError
+
 COARSE = tuple(10.0**k for k in range(-6, 6))  # 1e-6 ... 1e5: one C per decade
 FINE = (-0.75, -0.5, -0.25, 0.25, 0.5, 0.75)  # steps, in decades, around the best coarse C
 _BLOCK_COLUMNS = 4096  # values per block of a Gram product (float32 products summed in float64)
@@ -231,8 +233,16 @@ class Standardiser:
         block = block or _rows(X)
         for s in range(0, len(X), block):
             part = X[s : s + block]
-            part -= self.mean_.astype(X.dtype)
-            part /= self.scale_.astype(X.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, in one line
+                part -= self.mean_.astype(X.dtype)
+                part /= self.scale_.astype(X.dtype)
+            if not np.isfinite(part).all():  # finite values that overflow float32 here (56 #1: a library's traceback)
+                row = s + int(np.flatnonzero(~np.isfinite(part).all(axis=tuple(range(1, part.ndim))))[0])
+                raise StoreError(
+                    f"row {row:,} of these features overflows float32 once standardised (values near 3.4e38 are "
+                    f"stored): no linear probe can be fitted or scored on it; check the extractor's weights and "
+                    f"re-extract the split"
+                )
         return X
 
 

@@ -60,8 +60,16 @@ class Journal:
 
     def __init__(self, site: SiteFolder):
         self.site = site
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(JOURNAL, dir_fd=site.fd) if FD_SAFE else os.unlink(site.out / JOURNAL)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # a folder at its name (IsADirectoryError was a traceback: attack 56 #3)
+            path = site.out / JOURNAL
+            raise OutputError(
+                f"cannot start the report's journal {terminal_safe(str(path))}: {exc.strerror}; it is the report's own "
+                f"file: remove what is at that name, or give another --out"
+            ) from None
         try:
             self.fd = (
                 os.open(JOURNAL, _APPEND, 0o600, dir_fd=site.fd)
