@@ -60,3 +60,13 @@ def test_a_folder_at_the_journals_name_is_one_line(tmp_path):
     (out / JOURNAL).mkdir()
     with pytest.raises(OutputError, match=r"cannot start the report's journal .*remove what is at that name"):
         featstore.build_report(store, out=out, map_rows=2, leaks=False)
+
+
+def test_fewshot_on_features_that_overflow_names_the_overflow_not_the_rows(tmp_path):
+    """56 #4: a raw RuntimeWarning, then "cannot be fitted on 3 rows ... larger --shots", where one test row is why."""
+    from featstore.errors import StoreError
+
+    store = _two_extractors(tmp_path / "s.h5", huge=True)
+    with pytest.raises(StoreError, match=r"overflow float32 once standardised") as got:
+        featstore.fewshot(store, "logreg", extractor="huge", shots=[2], trials=1)
+    assert "--shots" not in str(got.value)
