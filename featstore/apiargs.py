@@ -74,7 +74,7 @@ def check_argument(where: str, name: str, value, kind: list | None):
         if size <= 0:
             raise ArgumentError(f"{_at(where)}{name}={value!r} must be more than 0 bytes; give e.g. '512MB'")
         return value if kind and "str" in kind else size  # parsed by the function itself: its own words keep the text
-    if (name == "seed" or name.endswith("_seed")) and value is not None:
+    if name == "seed" and value is not None:  # (augment_seed has its own bound, 2**31 - 1, checked by extract)
         try:  # numpy and scikit-learn take 0 ... 2**32 - 1 (iter_batches(seed=-1) was numpy's ValueError: 54 #5)
             check_seed(value, f"{_at(where)}{name}")
         except ConfigError as exc:

@@ -181,7 +181,10 @@ def test_copies_of_validation_or_test_data_are_refused(aug_store, split):
 
 @pytest.mark.parametrize("k", [0, -1, 101, 10**9, True, 1.5])
 def test_bad_copy_counts_are_refused_before_any_work(tmp_path, k):
-    with pytest.raises(ConfigError, match="give the number of augmented copies to cache, from 1 to 100"):
+    said = "give the number of augmented copies to cache, from 1 to 100"
+    if isinstance(k, (bool, float)):  # not a whole number: the API's argument check names the argument (attack 54 #5)
+        said = rf"extract\(\): augment={k} is a {type(k).__name__}; give a whole number"
+    with pytest.raises(ConfigError, match=said):
         extract(tmp_path / "missing", "train", tmp_path / "f.h5", CFG, augment=k)
     assert not (tmp_path / "f.h5").exists()
 
