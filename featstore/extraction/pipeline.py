@@ -33,7 +33,7 @@ from featstore.errors import MAX_BATCH, ConfigError, check_names, check_paths, c
 from featstore.extraction import copies as augcopies
 from featstore.extraction.local import LocalEngine
 from featstore.extraction.loop import Engine, ListingRows, PassResult, Rows, run_pass
-from featstore.extraction.same_numerics import same_numerics
+from featstore.extraction.same_numerics import RESUME_AGAIN, same_numerics
 from featstore.images.decode import check_threads, iter_decoded  # noqa: F401 (iter_decoded re-exported: predict, finetune)
 from featstore.images.listing import discover
 from featstore.models.extractor import Extractor, ExtractorConfig, default_store_name  # noqa: F401 (re-exported: the public API names them here)
@@ -409,10 +409,10 @@ class _Extraction:
             f"delete the group so that the fine-tuning caches it again here (del h5py.File({str(self.file.path)!r}, "
             f"'a')[{names[0]!r}])"
             if self.how.purpose
-            else "start it again here with --overwrite (overwrite=True)"
+            else RESUME_AGAIN
         )
-        args = (self.engine, self.how.batch_size, transform, copies, again, MAX_BATCH_BYTES)
-        same_numerics(self.file, names, key, root, *args)
+        args = (self.engine, self.how.batch_size, transform, copies, again)
+        same_numerics(self.file, names, key, root, *args, max_batch_bytes=MAX_BATCH_BYTES)
 
 
 MAX_BATCH_BYTES = 4 << 30  # the features of one batch: the forward pass holds them (and more) at once

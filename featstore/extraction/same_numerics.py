@@ -10,7 +10,7 @@ each cause would miss the next one; computing one stored batch again sees them a
 only. Augmented copies check their split's first batch too before any copy is written, so copies are never of another
 kind than the rows they augment (49 #3).
 
->>> same_numerics(store_file, ["vgg16"], "train", root, engine, 32)   # doctest: +SKIP
+>>> same_numerics(store_file, ["vgg16"], "train", root, engine, 32, max_batch_bytes=4 << 30)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from featstore.store.pathcols import read_paths
 from featstore.units import format_bytes
 
 COPIES_AGAIN = "extract the split again here with --overwrite (overwrite=True)"  # copies' way to start again
+RESUME_AGAIN = "start it again here with --overwrite (overwrite=True)"  # a resumed split's
 
 
 def stored_first_batch(
@@ -111,13 +112,14 @@ def same_numerics(
     batch_size: int,
     transform=None,
     copies: bool = False,
-    again: str = "start it again here with --overwrite (overwrite=True)",
-    max_batch_bytes: int = 4 << 30,
+    again: str = RESUME_AGAIN,
+    *,
+    max_batch_bytes: int,
 ) -> None:
     """Refuse (StoreError, one line) unless ``engine`` (bound to this run's extractor) computes the first batch of
     ``key`` (rows under ``root``; ``transform``: an augmented batch's) to the bits stored in every group of ``names``.
     ``again``: how a resume starts the split again (a fine-tuning's cache: its group deleted); ``max_batch_bytes``: the
-    features one batch may hold (:func:`held_first_call`)."""
+    features one batch may hold, extract's own bound (``pipeline.MAX_BATCH_BYTES``; :func:`held_first_call`)."""
     redo = COPIES_AGAIN if copies else again
     size = getattr(getattr(getattr(engine, "extractor", None), "config", None), "image_size", 0)
     hold = held_first_call(batch_size, 3 * size * size, max_batch_bytes, redo)
@@ -160,8 +162,8 @@ def same_numerics(
                 f"cores), or TensorFlow's oneDNN setting, gives features that differ in the last digits, and "
                 + (
                     "copies made here would be of another kind than the rows they augment. Make them where and as the "
-                    f"split was made, or {COPIES_AGAIN}"
+                    f"split was made, or {redo}"
                     if copies
-                    else f"the split would hold rows of both kinds. Resume it where and as it was started, or {again}"
+                    else f"the split would hold rows of both kinds. Resume it where and as it was started, or {redo}"
                 )
             )
