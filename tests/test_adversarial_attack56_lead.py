@@ -70,3 +70,25 @@ def test_fewshot_on_features_that_overflow_names_the_overflow_not_the_rows(tmp_p
     with pytest.raises(StoreError, match=r"overflow float32 once standardised") as got:
         featstore.fewshot(store, "logreg", extractor="huge", shots=[2], trials=1)
     assert "--shots" not in str(got.value)
+
+
+def test_fit_on_a_test_row_that_overflows_names_the_row_not_the_classifier(tmp_path):
+    """A finite test feature that overflows float32 once train's mean is taken off printed numpy's raw RuntimeWarning,
+    then "logreg with {...} cannot predict 'test': Input X contains infinity", blaming the classifier; it is one line
+    naming the split's row and the re-extraction, in memory (fit) and streamed (the blocks a streamed fit scores)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from featstore.errors import StoreError
+    from featstore.experiments.streaming import predict_blocks
+
+    store = _two_extractors(tmp_path / "s.h5", huge=True)
+    with pytest.raises(StoreError, match=r"test's row 0 \(1 of the 30 rows read; .*re-extract test") as got:
+        featstore.fit(store, "logreg", extractor="huge")
+    assert "cannot predict" not in str(got.value)
+    featstore.fit(store, "logreg", extractor="good")  # features of a usual size: fitted
+    fs = featstore.FeatureStore(store)
+    est = make_pipeline(StandardScaler(), LogisticRegression()).fit(*fs.load("train", "huge"))
+    with pytest.raises(StoreError, match=r"test's row 0 \(1 of the 30 rows read"):
+        list(predict_blocks(est, fs, "huge", "test", 2**20, 3))

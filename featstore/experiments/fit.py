@@ -314,7 +314,7 @@ def _fit_in_memory(
         if split not in loaded:
             return stream_blocks(est, fs, name, split, budget, k)
         rows = eval_rows(fs.split_info(split, name), budget, k)
-        return memory_blocks(est, *loaded[split], rows, k)
+        return memory_blocks(est, *loaded[split], rows, k, split)
 
     def predict_split(split: str):
         Xs, ys = loaded[split] if split in loaded else fs.load(split, name)

@@ -29,7 +29,7 @@ from featstore.errors import ConfigError, StoreError
 from featstore.experiments.calibration import calibrate_on_out_of_fold, calibrate_on_validation_blocks, not_calibrated
 from featstore.experiments.evaluate import run_metrics, run_metrics_blocks
 from featstore.experiments.protocol import OOF, Splits
-from featstore.experiments.selection import CV_SEED, Fitted
+from featstore.experiments.selection import CV_SEED, Fitted, predicted_block
 from featstore.experiments.streaming import BLOCK_FRACTION
 from featstore.runs.predictions_file import EVAL_BUDGET, PredictionsWriter, eval_rows  # noqa: F401 - re-exported
 from featstore.runs.record import digest_paths
@@ -39,13 +39,10 @@ from featstore.store.layout import same_split
 from featstore.store.reader import FeatureStore
 
 
-def memory_blocks(est, X: np.ndarray, y: np.ndarray, rows: int, n_classes: int) -> Iterator[tuple]:
+def memory_blocks(est, X: np.ndarray, y: np.ndarray, rows: int, n_classes: int, split: str) -> Iterator[tuple]:
     """``(labels, predictions, full probabilities)`` of a split already in memory, ``rows`` rows at a time."""
-    from featstore.runs.artifacts import full_proba
-
     for a in range(0, len(y), rows):
-        Xb = X[a : a + rows]
-        yield y[a : a + rows], est.predict(Xb), full_proba(est, Xb, n_classes)
+        yield predicted_block(est, X[a : a + rows], y[a : a + rows], n_classes, split, a)
 
 
 class _Clock:

@@ -211,9 +211,10 @@ def _fold_proba(spec_name, params, X, y, fit_rows, held, n_classes, groups):
         raise ConfigError(f"{spec_name} with {params} cannot predict a cross-validation fold: {exc}") from exc
 
 
-def _refuse_huge_rows(X, spec_name: str) -> None:
-    """StoreError naming train's rows whose finite features are too large for a classifier's float arithmetic (3e38
-    overflows a scaler to inf: "Input X contains infinity" blamed the classifier); nothing when there are none."""
+def _refuse_huge_rows(X, spec_name: str | None, split: str = "train", at: int = 0) -> None:
+    """StoreError naming ``split``'s rows (``X`` holds rows ``at``... of it) whose finite features are too large for a
+    classifier's float arithmetic (3e38 overflows a scaler to inf: "Input X contains infinity" blamed the classifier);
+    nothing when there are none."""
     from featstore.runs.apply import LARGE_FEATURE  # the limit predict and runs evaluate blame the extractor above
 
     if not isinstance(X, np.ndarray) or not len(X):
@@ -221,12 +222,28 @@ def _refuse_huge_rows(X, spec_name: str) -> None:
     top = np.abs(X.reshape(len(X), -1)).max(axis=1)
     huge = np.flatnonzero(top > LARGE_FEATURE)
     if len(huge):
+        rows = ", ".join(str(at + r) for r in huge[:5].tolist())
+        whose = f"{spec_name}'s" if spec_name else "the classifier's"
         raise StoreError(
-            f"train's rows {', '.join(map(str, huge[:5].tolist()))}{' ...' if len(huge) > 5 else ''} ({len(huge)} in "
-            f"all; largest |feature| {float(top.max()):.3g}) hold finite features too large for {spec_name}'s "
-            f"arithmetic: an overflow in the model that extracted them, not the classifier's settings. Check those "
-            f"images and the model's weights, then re-extract train with `featstore extract --split train --overwrite`"
+            f"{split}'s row{'s' if len(huge) > 1 else ''} {rows}{' ...' if len(huge) > 5 else ''} ({len(huge)} of the {len(X)} rows read; "
+            f"largest |feature| {float(top.max()):.3g}) hold finite features too large for {whose} arithmetic: an "
+            f"overflow in the model that extracted them, not the classifier's settings. Check those images and the "
+            f"model's weights, then re-extract {split} with `featstore extract --split {split} --overwrite`"
         )
+
+
+def predicted_block(est, X: np.ndarray, y: np.ndarray, n_classes: int, split: str, at: int) -> tuple:
+    """``(labels, predictions, full probabilities)`` of rows ``at``... of ``split``; a block whose finite features
+    overflow the classifier's arithmetic is one StoreError naming its rows (:func:`_refuse_huge_rows`), not a raw
+    RuntimeWarning then "cannot predict 'test': Input X contains infinity" blaming the fit."""
+    from featstore.runs.artifacts import full_proba
+
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below in one line
+            return y, est.predict(X), full_proba(est, X, n_classes)
+    except ValueError:
+        _refuse_huge_rows(X, None, split, at)
+        raise
 
 
 def _fold_or_why(*args) -> np.ndarray | str:

@@ -24,7 +24,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, StoreError
 from featstore.experiments.protocol import Splits
-from featstore.experiments.selection import Fitted, check_classes, describe_given, head_threads
+from featstore.experiments.selection import Fitted, check_classes, describe_given, head_threads, predicted_block
 from featstore.runs.predictions_file import BLOCK_FRACTION, PROBA_COPIES  # noqa: F401 - re-exported
 from featstore.store.reader import FeatureStore
 from featstore.store.storage import chunk_rows, row_bytes
@@ -170,16 +170,16 @@ def train_blocks(fs: FeatureStore, name: str, split: str, block: int, seed, augm
 
 def predict_blocks(est, fs: FeatureStore, name: str, split: str, budget: int, n_classes: int):
     """``(labels, predictions, full probabilities)`` of a split, block by block."""
-    from featstore.runs.artifacts import full_proba
-
     info = fs.split_info(split, name)
     row = row_bytes(info)
     chunk = chunk_rows(info) * row
     # a block's probabilities (K float64 a row, about three copies while scored) share the budget with its features:
     # at 1,000 classes they are 40 times a pooled float16 row
     share = row / (row + PROBA_COPIES * 8 * n_classes)
+    at = 0
     for X, y in fs.iter_batches(split, name, max_bytes=max(chunk, int(budget // BLOCK_FRACTION * share))):
-        yield y, est.predict(X), full_proba(est, X, n_classes)
+        yield predicted_block(est, X, y, n_classes, split, at)
+        at += len(y)
 
 
 def stream_predict(est, fs: FeatureStore, name: str, split: str, budget: int, n_classes: int):
