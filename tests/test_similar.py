@@ -171,3 +171,19 @@ def test_the_index_proposes_more_candidates_as_the_split_grows(store, monkeypatc
     )
     similar(data["test"][2][0], path, k=6)
     assert seen == [150]  # the search re-ranks exactly the rows candidates() asks for
+
+
+@pytest.mark.parametrize("build", [False, True])
+def test_nan_rows_are_refused_naming_similar_not_leaks(tmp_path, build):
+    """The NaN/overflow refusal is leaks' scan: from similar (searching, or building its index) it said "so leaks
+    (like fit) refuses", a command the user did not run."""
+    from featstore.errors import StoreError
+    from featstore.store.writer import write_arrays
+
+    X = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    X[3, 1] = np.nan
+    write_arrays(tmp_path / "n.h5", "e", "train", X, np.arange(30) % 3, ["a", "b", "c"])
+    call = build_similarity_index if build else similar
+    with pytest.raises(StoreError, match=r"NaN or inf.*so similar \(like fit\) refuses") as got:
+        call("train/4", tmp_path / "n.h5") if not build else call(tmp_path / "n.h5", split="train")
+    assert "leaks" not in str(got.value)

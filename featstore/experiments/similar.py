@@ -226,7 +226,7 @@ def exact_search(
     fs: FeatureStore, name: str, split: str, q: np.ndarray, k: int, exclude: int | None, budget: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """``(similarities, rows, n)``: the k rows of ``split`` nearest to ``q``, streamed (mean first, then products)."""
-    centre = scan(fs, name, [], split, budget)  # the mean; refuses NaN or inf rows
+    centre = scan(fs, name, [], split, budget, "similar")  # the mean; refuses NaN or inf rows
     qn = normalised(q[None], centre.mean)[0]
     # |x - mean|² cannot overflow float32 below this magnitude: then each block is centred in place and divided by
     # its row norms after the product (3 passes over a block, not normalised()'s 8); above it (and for rows whose

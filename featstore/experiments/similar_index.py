@@ -213,7 +213,7 @@ def _write(fs, name, split, folder, dims, sample, seed, max_bytes, option, key, 
 
     budget = max(int(max_bytes) // 4, 1 << 20)
     commit = _commit(fs, name, split)
-    centre = scan(fs, name, [], split, budget)  # refuses NaN/inf rows and splits of under 2 rows
+    centre = scan(fs, name, [], split, budget, "similar")  # refuses NaN/inf rows and splits of under 2 rows
     n, d = centre.rows, int(centre.mean.size)
     pca, rows = None, 0
     step = max(1, budget // 4 // (4 * d))  # rows normalised at a time: 3 float32 copies of a whole float16 block

@@ -73,8 +73,11 @@ def _refuse_outliers(fs: FeatureStore, name: str, split: str, norms: np.ndarray)
         )
 
 
-def scan(fs: FeatureStore, name: str, splits: Sequence[str], reference: str, budget: int) -> Centre:
-    """One pass over each split: the reference's mean row (float64 sums), row count and scale; refuses NaN/inf rows.
+def scan(
+    fs: FeatureStore, name: str, splits: Sequence[str], reference: str, budget: int, command: str = "leaks"
+) -> Centre:
+    """One pass over each split: the reference's mean row (float64 sums), row count and scale; refuses NaN/inf rows,
+    naming ``command`` (the one the user ran: ``similar`` said "so leaks (like fit) refuses").
 
     Every split is scanned before refusing, so the message names each split with bad rows, how many, and a few paths.
     """
@@ -102,7 +105,7 @@ def scan(fs: FeatureStore, name: str, splits: Sequence[str], reference: str, bud
         )
         raise StoreError(
             f"store {terminal_safe(str(fs.path))}: extractor {name!r} holds features with NaN or inf, or so large that "
-            f"a row's squared norm overflows float32 ({said}); no similarity can be measured on them, so leaks (like fit) "
+            f"a row's squared norm overflows float32 ({said}); no similarity can be measured on them, so {command} (like fit) "
             f"refuses. Check those images and the model's weights, then re-extract the split(s) with "
             f"`featstore extract --split NAME --overwrite` (`featstore check` counts such rows)"
         )
