@@ -198,6 +198,11 @@ def _errors(fn):
         except FeatstoreError as exc:
             typer.secho(f"error: {safe(exc)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(1) from None
+        except (KeyboardInterrupt, ImportError) as exc:  # Ctrl-C before a command's own line (its imports, opening)
+            if not _by_ctrl_c(exc):
+                raise
+            typer.secho("interrupted (Ctrl-C); re-run the same command to do it", err=True)
+            raise typer.Exit(130) from None
         except PermissionError as exc:  # a path this user may not reach, met before featstore's own checks could say
             if exc.filename is None or _raised_in_h5py(exc):
                 raise
@@ -231,6 +236,18 @@ def _errors(fn):
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _by_ctrl_c(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C, or an import it broke (a KeyboardInterrupt inside an extension module's start-up is
+    "ImportError: initialization failed", a traceback; Typer ended a bare Ctrl-C with exit 130 and no line)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _raised_in_h5py(exc: BaseException) -> bool:
