@@ -111,3 +111,32 @@ def test_copies_of_a_split_made_otherwise_name_what_differs(data_root, tiny_conf
     assert f"split 'train' of 'vgg16' in {store} was made {said}" in line and "Extract the split again with" in line, (
         line
     )
+
+
+def test_groups_started_in_calls_of_other_sizes_are_each_checked_in_their_own(monkeypatch, tmp_path):
+    """Each --layer group's first rows are computed again in a call of its own first call's size: a group started in
+    calls of 1 image was checked in the call of 3 another group recorded, whose last bits may differ (a false
+    "computed its features otherwise" refusal); a real difference in either group is still refused."""
+    from featstore.extraction import same_numerics as sn
+
+    class Engine:  # features that depend on the call's size, as oneDNN's kernels may
+        def outcomes(self, paths):
+            return iter([(p, None) for p in paths])
+
+        def forward(self, payloads, transform=None):
+            n = len(payloads)
+            return [np.array([[i + g + n / 1000] for i in range(n)], np.float32) for g in range(2)]
+
+    def stored(n_a, n_b, nudge=0.0):
+        a, b = Engine().forward(["x"] * n_a)[0], Engine().forward(["x"] * n_b)[1]
+        return lambda *args: ([a, b + nudge], ["r/0.png", "r/1.png", "r/2.png"], {})
+
+    monkeypatch.setattr(sn, "stored_first_batch", stored(1, 3))
+    sn.same_numerics(None, ["a", "b"], "train", tmp_path, Engine(), 4, max_batch_bytes=1 << 30)  # each its own call
+    monkeypatch.setattr(sn, "stored_first_batch", stored(1, 3, nudge=1e-3))
+
+    class File:
+        path = tmp_path / "f.h5"
+
+    with pytest.raises(StoreError, match=r"^b/train in .* computed its features otherwise: its first 3 rows"):
+        sn.same_numerics(File(), ["a", "b"], "train", tmp_path, Engine(), 4, max_batch_bytes=1 << 30)
