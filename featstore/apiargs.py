@@ -46,9 +46,10 @@ class ArgumentError(ConfigError, TypeError):
     """A public function's argument of the wrong type (a ConfigError, and a TypeError as Python's own would be)."""
 
 
-def checked(fn):
-    """``fn`` with its arguments checked against its annotations first (see the module); the same function otherwise."""
-    sig = inspect.signature(fn)
+def checked(fn, name: str | None = None):
+    """``fn`` with its arguments checked against its annotations first (see the module); the same function otherwise.
+    ``name``: what errors call it (a class's ``__init__``: the class), else the function's name."""
+    sig, where = inspect.signature(fn), name or fn.__name__
     kinds = {p.name: _parse(p.annotation) for p in sig.parameters.values() if isinstance(p.annotation, str)}
 
     @functools.wraps(fn)
@@ -56,9 +57,9 @@ def checked(fn):
         try:
             bound = sig.bind(*args, **kwargs)
         except TypeError as exc:  # a missing or unknown argument: Python's own line, with the function named
-            raise ArgumentError(f"{fn.__name__}(): {exc}") from None
-        for name, value in bound.arguments.items():
-            bound.arguments[name] = check_argument(fn.__name__, name, value, kinds.get(name))
+            raise ArgumentError(f"{where}(): {exc}") from None
+        for arg, value in bound.arguments.items():
+            bound.arguments[arg] = check_argument(where, arg, value, kinds.get(arg))
         return fn(*bound.args, **bound.kwargs)
 
     return wrapper
@@ -232,9 +233,9 @@ def _simple(value, alt: str, where: str, name: str) -> bool:
     if alt == "os.PathLike":
         return isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)
     if alt == "bool":
-        return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's bool too
+        return isinstance(value, bool) or _numpy_bool(value)
     if alt == "int":
-        return not isinstance(value, bool) and hasattr(value, "__index__") and type(value).__name__ != "bool_"
+        return not isinstance(value, bool) and hasattr(value, "__index__") and not _numpy_bool(value)
     if alt == "float":
         if isinstance(value, bool) or not (isinstance(value, (int, float)) or hasattr(value, "__float__")):
             return False
@@ -250,3 +251,9 @@ def _simple(value, alt: str, where: str, name: str) -> bool:
     if alt == "dict":
         return isinstance(value, Mapping)
     return False
+
+
+def _numpy_bool(value) -> bool:
+    """numpy's bool (``np.bool_``; its class is named ``bool`` since numpy 2, so ``np.False_`` was refused as "a bool;
+    give True or False")."""
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")

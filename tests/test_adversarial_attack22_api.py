@@ -84,6 +84,7 @@ def _arguments(name: str, api: dict) -> dict:
         "export": dict(store=store, split="test", out=root / "e.csv"),
         "FeatureStore": dict(store=store),
         "Extractor": dict(config=cfg, runtime_cache=root / "cache"),
+        "ExtractorConfig": dict(model="vgg16", image_size=32, weights="none"),
         "discover": dict(root=api["data"], split="train"),
         "load_image": dict(path=api["image"], size=32),
     }[name]
@@ -117,7 +118,7 @@ def test_every_public_path_parameter_refuses_an_empty_path(name, parameter, api,
         getattr(featstore, name)(**kwargs)
     said = str(err.value)
     named = RENAMED.get((name, parameter), parameter)
-    assert said.startswith(f"{named}{'[0]' if kwargs[parameter] == [''] else ''}='' is an empty path"), said
+    assert said.startswith(f"{named}{'[0]' if kwargs[parameter] == [''] else ''}='' is an empty "), said  # path/name
     assert sorted(cwd.rglob("*")) == before
 
 

@@ -13,7 +13,9 @@ through the same path (build -> cut at one or several layers -> preprocess -> fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from featstore import provenance
+from featstore.apiargs import checked
 from featstore.errors import ConfigError, check_names, check_paths, check_seed
 from featstore.kerasconfig import check_loaded
 from featstore.models import activations, forward, onnx_runtime, traced_bound
@@ -84,17 +87,18 @@ class ExtractorConfig:
     # or run's record (from_attrs), so that a record never makes featstore fetch what the command line did not name
     download: bool = field(default=True, compare=False)  # a permission, not a property of the features
 
-    def __init__(
+    @functools.partial(checked, name="ExtractorConfig")  # layer=5, image_size=32.5: tracebacks from deep inside
+    def __init__(  # (mixed_precision="no" was fingerprinted as True, layers="conv1" as five layers: one line each)
         self,
-        model: str = "vgg16",
+        model: str | os.PathLike = "vgg16",
         image_size: int | None = None,
         layer: str | None = _NOT_GIVEN,
         pooling: str = "none",
         dtype: str = "float32",
-        weights: str = "imagenet",
+        weights: str | os.PathLike | None = "imagenet",
         seed: int = 0,
         mixed_precision: bool = False,
-        layers: tuple[str, ...] = _NOT_GIVEN,
+        layers: tuple[str, ...] | None = _NOT_GIVEN,
         preprocess: str | None = None,
         trust_model: bool = False,
         *,
@@ -109,6 +113,7 @@ class ExtractorConfig:
         # named as the caller gave them: extract() said "cut_layers=('',)", and weights="" was the current folder
         check_names("layer", layer=layer if given_layer else None, layers=layers if given_layers else None)
         check_names("weights", give="imagenet, none, hed-bsds500 or a weights file's path", weights=weights)
+        check_names("model", give="a backbone (`featstore models`), a saved model's path or hub:<preset>", model=model)
         if (
             layer is not _NOT_GIVEN or layers is not _NOT_GIVEN
         ):  # the caller names the cut (replace() passes only cut_layers)
