@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -69,9 +70,10 @@ def check_argument(where: str, name: str, value, kind: list | None):
     """``value`` as ``where()``'s argument ``name`` takes it (a size parsed, one str as a one-item list), else an
     :class:`ArgumentError` naming it and what it takes; ``kind``: its parsed annotation (None: not checked)."""
     if name in SIZES and value is not None:
-        if isinstance(value, bool) or not isinstance(value, (int, str)) and not hasattr(value, "__index__"):
+        ok, whole = _simple(value, "int", where, name)
+        if not ok and not isinstance(value, str):
             raise _wrong(where, name, value, "bytes (an int) or a size such as '512MB'")
-        size = parse_bytes(value if isinstance(value, str) else value.__index__(), f"{_at(where)}{name}")
+        size = parse_bytes(value if isinstance(value, str) else whole, f"{_at(where)}{name}")
         if size <= 0:
             raise ArgumentError(f"{_at(where)}{name}={value!r} must be more than 0 bytes; give e.g. '512MB'")
         return value if kind and "str" in kind else size  # parsed by the function itself: its own words keep the text
@@ -183,8 +185,9 @@ def _match(value, kind: list, where: str, name: str) -> tuple[bool, object]:
     raises, naming it (``shots[0]``, ``params['C']``)."""
     for alt in kind:
         if isinstance(alt, str):
-            if _simple(value, alt, where, name):
-                return True, value
+            ok, plain = _simple(value, alt, where, name)
+            if ok:
+                return True, plain
         elif alt[0] == "dict" and isinstance(value, Mapping):
             fixed = {}  # each value as it was checked: a generator read by the check is passed on as its list (55 #3)
             for key, item in value.items():
@@ -195,7 +198,7 @@ def _match(value, kind: list, where: str, name: str) -> tuple[bool, object]:
                 if not ok:
                     example = f", e.g. [{item!r}]" if _listy(value_kind) else ""
                     raise _wrong(where, f"{name}[{key!r}]", item, _describe(value_kind) + example)
-            return True, fixed
+            return True, value if all(fixed[k] is v for k, v in value.items()) else fixed
         elif alt[0] == "list":
             items = _items(value, alt[1])
             if items is None:
@@ -208,6 +211,8 @@ def _match(value, kind: list, where: str, name: str) -> tuple[bool, object]:
                 if not ok:
                     raise _wrong(where, f"{name}[{i}]", item, _describe(alt[1]))
                 fixed.append(one)
+            if items is value and all(a is b for a, b in zip(fixed, items)):  # the caller's own list: an out-parameter
+                return True, value  # (show_run's unsaved) filled in a copy was lost (attack 57 #10)
             return True, fixed if isinstance(items, list) else tuple(fixed)
     return False, value
 
@@ -225,32 +230,37 @@ def _items(value, item_kind) -> list | tuple | None:
     return list(value)
 
 
-def _simple(value, alt: str, where: str, name: str) -> bool:
+def _simple(value, alt: str, where: str, name: str) -> tuple[bool, object]:
+    """``(whether value is alt, the value to pass)``: a numpy whole number or float is passed on as Python's int or
+    float (``json.dumps`` and ``isinstance(x, int)`` behind the check refused ``np.int64``: attack 57 #1, #2, #4), and
+    an array is never a number (``np.array([2.5])`` has ``__index__``: 57 #3)."""
     if alt == "None":
-        return value is None
-    if alt == "str":
-        return isinstance(value, str)
+        return value is None, value
+    if alt in ("str", "dict"):
+        return isinstance(value, str if alt == "str" else Mapping), value
     if alt == "os.PathLike":
-        return isinstance(value, os.PathLike) and isinstance(os.fspath(value), str)
+        return isinstance(value, os.PathLike) and isinstance(os.fspath(value), str), value
     if alt == "bool":
-        return isinstance(value, bool) or _numpy_bool(value)
+        return isinstance(value, bool) or _numpy_bool(value), bool(value) if _numpy_bool(value) else value
+    if isinstance(value, (bool, str)) or _numpy_bool(value) or getattr(value, "ndim", 0) != 0:
+        return False, value
     if alt == "int":
-        return not isinstance(value, bool) and hasattr(value, "__index__") and not _numpy_bool(value)
-    if alt == "float":
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) or hasattr(value, "__float__")):
-            return False
-        if isinstance(value, str):
-            return False
         try:
-            float(value)  # inf and NaN are the function's to refuse, in its own words
-        except (OverflowError, TypeError, ValueError):
+            whole = operator.index(value)
+        except TypeError:
+            return False, value
+        return True, value if type(value) is int else whole
+    if alt == "float":
+        try:
+            number = float(value)  # inf and NaN are the function's to refuse, in its own words
+        except OverflowError:
             raise ArgumentError(
                 f"{_at(where)}{name}={_shown(value)} is too large for a number; give a finite number"
             ) from None
-        return True
-    if alt == "dict":
-        return isinstance(value, Mapping)
-    return False
+        except (TypeError, ValueError):  # not a number at all: "is a ndarray; give a number" (57 #5)
+            return False, value
+        return True, value if type(value) in (int, float) else number
+    return False, value
 
 
 def _numpy_bool(value) -> bool:

@@ -28,7 +28,6 @@ import numpy as np
 
 from featstore.apiargs import checked
 from featstore.errors import ConfigError, StoreError, renamed_argument
-from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED, check_format_version
 from featstore.store.attr_values import read_attr, read_names, refuse_many_attrs
 from featstore.store.augmented import copy_problems
@@ -54,6 +53,7 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
 )
 from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
 from featstore.store.names import names_text
+from featstore.store.nonfinite import NonfiniteRows
 from featstore.store.storage import chunk_bytes, chunk_rows, row_bytes, unreadable
 from featstore.units import format_bytes
 
@@ -376,12 +376,21 @@ class FeatureStore:
                 X, y = X[order], y[order]
             yield X, y
 
-    def paths(self, split: str, extractor: str | None = None, *, augmented=False, start=0, stop=None) -> list[str]:
+    def paths(
+        self,
+        split: str,
+        extractor: str | None = None,
+        *,
+        augmented: bool = False,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> list[str]:
         """Image paths (relative to the split's source_root) in row order (``augmented``: of its copies); rows from
-        ``start`` to ``stop`` (default: all)."""
+        ``start`` to ``stop`` (default: all), counted as a Python slice counts them (``start=-3``: the last three)."""
         with self._open() as f:
             sg, commit = open_split(f, self.path, self.resolve(extractor), split, augmented)
-            return read_paths(sg["paths"], commit.rows if stop is None else min(stop, commit.rows), start)
+            start, stop, _ = slice(start, stop).indices(commit.rows)  # a negative start stepped through h5py (57 #6)
+            return read_paths(sg["paths"], stop, start)
 
     def listing(self, split: str, extractor: str | None = None) -> list[tuple[str, int, int, int]]:
         """(path, label, size, mtime_ns) of every image listed when the split was started: tells whether the folder changed since."""
@@ -409,36 +418,7 @@ class FeatureStore:
             return describe(f, self.path)
 
 
-for _name in "load iter_batches labels paths nbytes split_info".split():  # a user's calls: one line each (54 #5)
+for _name in (  # a user's calls: one line each (54 #5, 57 #6)
+    "load iter_batches block_lengths labels paths listing failures nbytes split_info class_names splits metadata"
+).split():
     setattr(FeatureStore, _name, checked(getattr(FeatureStore, _name)))
-
-
-class NonfiniteRows:
-    """The rows with NaN or inf features of one split, found block by block (see ``FeatureStore.nonfinite_rows``)."""
-
-    def __init__(self, fs: FeatureStore, split: str, name: str, augmented: bool):
-        self.fs, self.split, self.name, self.augmented = fs, split, name, augmented
-        self.bad: list[int] = []
-        self.start = 0
-
-    def block(self, X: np.ndarray) -> bool:
-        """Count the next block's bad rows; True when it has none."""
-        rows = np.asarray(X).reshape(len(X), -1)
-        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
-        self.bad += (bad + self.start).tolist()
-        self.start += len(X)
-        return not len(bad)
-
-    def refuse(self) -> None:
-        """Raise StoreError naming the first bad row and the fix, if any was found."""
-        if not self.bad:
-            return
-        split, name, augmented = self.split, self.name, self.augmented
-        paths = self.fs.paths(split, name, augmented=augmented)
-        key = f"{split}/{AUGMENTED}" if augmented else split
-        raise StoreError(
-            f"{self.fs.path}:/{name}/{key} holds {len(self.bad)} row(s) with NaN or inf features (e.g. "
-            f"{terminal_safe(paths[self.bad[0]])}); nothing can be fitted or scored on them. Check those images and the "
-            f"model's weights, then re-extract the split with `featstore extract --split {split} --overwrite` "
-            f"(`featstore check` counts such rows)"
-        )
