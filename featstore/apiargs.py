@@ -242,7 +242,7 @@ def _simple(value, alt: str, where: str, name: str) -> tuple[bool, object]:
         return isinstance(value, os.PathLike) and isinstance(os.fspath(value), str), value
     if alt == "bool":
         return isinstance(value, bool) or _numpy_bool(value), bool(value) if _numpy_bool(value) else value
-    if isinstance(value, (bool, str)) or _numpy_bool(value) or getattr(value, "ndim", 0) != 0:
+    if isinstance(value, (bool, str, bytes, bytearray)) or _numpy_bool(value) or getattr(value, "ndim", 0) != 0:
         return False, value
     if alt == "int":
         try:

@@ -94,3 +94,13 @@ def test_featurestore_methods_take_sizes_and_slices_as_python_does(store, monkey
     assert fs.paths("train", stop=-1) == every[:-1] and fs.paths("train", start=-3) == every[-3:]
     monkeypatch.setattr(pathcols, "PATH_BLOCK_ROWS", 4)  # a split of more than one read block (65,536 rows)
     assert fs.paths("train", start=-10) == every[-10:] and fs.paths("train", start=-40) == every
+
+
+def test_bytes_are_not_a_number():
+    """float(b"1.5") is 1.5 in Python: the check must not take bytes for a number."""
+
+    def k(x: float):
+        return x
+
+    with pytest.raises(ArgumentError, match=r"x=b'1\.5' is a bytes; give a number"):
+        checked(k)(b"1.5")
