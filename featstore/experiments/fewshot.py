@@ -100,6 +100,17 @@ def _check_shots(shots, trials: int, y: np.ndarray, class_names: list[str], trai
     return shots
 
 
+def _check_classes(name: str, y: np.ndarray, train: str, class_names: list[str]) -> None:
+    """As ``fit``'s ``check_classes``, naming the extractor: one class in train was "holds only 0 images of class 'b'
+    ... drop the larger shots", or, for a store of one class, scikit-learn's error blamed on the rows (attack 58 #5)."""
+    from featstore.experiments.selection import check_classes
+
+    try:
+        check_classes(y, train, class_names)
+    except StoreError as exc:
+        raise StoreError(f"extractor {name!r}: {exc}") from None
+
+
 def _single_values(clf: str, params: dict | None) -> dict:
     """``{"C": [10.0]}`` -> ``{"C": 10.0}``; several values of one name are refused (a few-shot curve chooses nothing)."""
     out = {}
@@ -223,6 +234,7 @@ def fewshot(
         check_has_rows(fs, name, split, "--train" if split == train else "--test")
     class_names = fs.class_names(name)
     y = fs.labels(train, name)
+    _check_classes(name, y, train, class_names)
     shots = _check_shots(shots, trials, y, class_names, train)
     check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
     val_split, why = _validation_split(fs, name, clf, validation) if early else (None, "")

@@ -104,6 +104,7 @@ def probe(
     fs = FeatureStore(store)
     names = _extractors(fs, extractors, (train, validation, test))
     _refuse_nonfinite(fs, names, (train, validation, test))  # every extractor's splits, before the first fit
+    _refuse_unprobeable(fs, names, train)  # one class, constant rows: before the first fit too (attack 58 #5)
     root = runs_root(store, runs)
     ensure_writable(root, store)
     with made.removed_on_failure(root):  # a probe that fails leaves no runs folder it made (attack 53 #3)
@@ -219,6 +220,37 @@ def _refuse_nonfinite(fs: FeatureStore, names: list[str], splits: tuple[str, ...
                 raise StoreError(f"{exc}; or probe the others: --extractor {','.join(others)}") from None
 
 
+def _refuse_unprobeable(fs: FeatureStore, names: list[str], train: str) -> None:
+    """StoreError naming the extractor and split, before the first fit, when its train split holds one class (as
+    ``fit``'s ``check_classes`` says it) or rows that are all equal: standardised, every value is then 0 and the linear
+    probe's row space has rank 0. Both ended in scikit-learn's traceback, after the extractors before it had been
+    probed (attack 58 #5). Labels, then train's chunks until a row differs from the first: one chunk unless constant."""
+    from featstore.experiments.selection import check_classes
+    from featstore.store.storage import chunk_bytes
+
+    for n in names:
+        others = [o for o in names if o != n]
+        rest = f"; or probe the others: --extractor {','.join(others)}" if others else ""
+        try:
+            check_classes(fs.labels(train, n), train, fs.class_names(n))
+        except StoreError as exc:
+            raise StoreError(f"extractor {n!r}: {exc}{rest}") from None
+        first = None
+        for X, _ in fs.iter_batches(train, n, max_bytes=chunk_bytes(fs.split_info(train, n))):  # the first differs
+            first = X[0] if first is None else first
+            if (X != first).any():
+                break
+        else:
+            raise StoreError(_constant_line(n, train, rest))
+
+
+def _constant_line(name: str, train: str, rest: str = "") -> str:
+    return (
+        f"extractor {name!r}: every row of split {train!r} holds the same features: train's features are constant, "
+        f"so there is nothing to probe; extract a layer whose output depends on the image (extract --layer){rest}"
+    )
+
+
 def _vectors(fs: FeatureStore, name: str, split: str, reduce: str) -> tuple[np.ndarray, np.ndarray]:
     """A split's features as vectors (float32), refused when a value is NaN or infinite."""
     from featstore.models.reshape import FeatureReshape
@@ -241,6 +273,8 @@ def _probe_one(fs, name, refit, knn, ks, reduce, splits, max_iter) -> dict:
     Xvr, yv = _vectors(fs, name, validation, reduce)
     rows, dim = {train: len(y), validation: len(yv)}, int(Xr.shape[1])
     sc = Standardiser().fit(Xr)
+    if sc.constant_:  # rows that differ stored but not once reduced (--reduce max): a row space of rank 0
+        raise StoreError(_constant_line(name, train))
     X, Xv = (sc.transform(Xr.copy()), sc.transform(Xvr.copy())) if refit else (sc.transform(Xr), sc.transform(Xvr))
     basis = RowSpace(X)
     points, best, est = c_path(basis.coords(X), y, basis.coords(Xv), yv, n_classes, max_iter=max_iter)

@@ -226,6 +226,7 @@ class Standardiser:
         var = squares / len(X)
         constant = var <= 10 * np.finfo(np.float64).eps * np.maximum(self.mean_**2, np.finfo(np.float64).tiny)
         self.scale_ = np.where(constant | (var == 0), 1.0, np.sqrt(var))
+        self.constant_ = not var.any()  # every row equal: standardised, every value is 0 (a row space of rank 0)
         return self
 
     def transform(self, X: np.ndarray, block: int | None = None) -> np.ndarray:

@@ -62,6 +62,7 @@ from featstore.provenance import AUGMENTED
 from featstore.store.export_files import MARK, SUFFIXES, is_export
 from featstore.store.layout import same_split
 from featstore.store.reader import FeatureStore
+from featstore.store.shard_names import check_rows_per_file, shard_name, shard_width
 from featstore.store.shards import refuse_shard_folder, write_shards
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,8 @@ def export(
     already pooled at extraction are written as they are). ``max_bytes`` bounds the features read per
     block (raised to one chunk if smaller). ``augmented=True`` writes the split's augmented copies instead, with
     their copy index (1..K) as one more array or column ``copy``. ``rows_per_file`` (Parquet only) makes ``out`` a
-    folder of shards ``part-00000.parquet``, ... of at most that many rows each, which pyarrow datasets, Ray Data,
-    Spark and DuckDB read as one table. Example::
+    folder of shards ``part-00000.parquet``, ... of at most that many rows each (numbered with more digits past 100,000
+    shards: name order is row order), which pyarrow datasets, Ray Data, Spark and DuckDB read as one table. Example::
 
         export("features.h5", "train", "train.parquet", features="avg")
         export("features.h5", "train", "train_shards", format="parquet", rows_per_file=100_000)
@@ -115,7 +116,7 @@ def export(
     fmt = _format(out, format if format is not None or rows_per_file is None else "parquet")
     if features not in REDUCTIONS:
         raise choices_error("--features", features, REDUCTIONS)
-    _check_rows_per_file(rows_per_file, fmt)
+    check_rows_per_file(rows_per_file, fmt)
     writer = _WRITERS[fmt]
     if fmt == "parquet":
         _pyarrow()  # fail before reading anything
@@ -181,7 +182,8 @@ def export(
         _version(fs, name, split, augmented, version)
 
     if rows_per_file is not None:
-        write_shards(out, lambda tmp: same(_write_shards(tmp, blocks(), rows_per_file, d, meta, copy is not None)))
+        width, copies = shard_width(n, rows_per_file), copy is not None  # one width: name order is row order (58 #4)
+        write_shards(out, lambda tmp: same(_write_shards(tmp, blocks(), rows_per_file, d, meta, copies, width)))
     else:
         write_atomic(out, lambda tmp: same(writer(tmp, blocks(), n, d, meta, labels, paths, copy)), "--out")
     logger.debug("exported %d rows x %d values of %s/%s to %s (%s)", n, d, name, split, out, fmt)
@@ -359,8 +361,9 @@ def _parquet_table(schema, names: list[str], X: np.ndarray, y: np.ndarray, p: li
     )
 
 
-def _write_shards(folder: Path, blocks, rows_per_file: int, d: int, meta: dict, copies: bool) -> None:
-    """``part-00000.parquet``, ... into ``folder``: each at most ``rows_per_file`` rows, row groups of at most one block."""
+def _write_shards(folder: Path, blocks, rows_per_file: int, d: int, meta: dict, copies: bool, width: int) -> None:
+    """``part-00000.parquet``, ... (numbers of ``width`` digits) into ``folder``: each at most ``rows_per_file`` rows,
+    row groups of at most one block."""
     pa, pq = _pyarrow()
     schema = _parquet_schema(d, meta, copies)
     names = [_utf8(c) for c in meta["class_names"]]
@@ -373,7 +376,7 @@ def _write_shards(folder: Path, blocks, rows_per_file: int, d: int, meta: dict, 
                     if room == 0:
                         if writer is not None:
                             writer.close()
-                        writer = pq.ParquetWriter(folder / f"part-{part:05d}.parquet", schema)
+                        writer = pq.ParquetWriter(folder / shard_name(part, width), schema)
                         part, room = part + 1, rows_per_file
                     take = min(room, len(y) - start)
                     end = start + take
@@ -385,17 +388,7 @@ def _write_shards(folder: Path, blocks, rows_per_file: int, d: int, meta: dict, 
             if writer is not None:
                 writer.close()
     if part == 0:  # an empty split: one empty shard, so that readers still find the schema
-        pq.ParquetWriter(folder / "part-00000.parquet", schema).close()
-
-
-def _check_rows_per_file(rows_per_file: int | None, fmt: str) -> None:
-    """``rows_per_file`` is a positive whole number, and shards are Parquet files."""
-    if rows_per_file is None:
-        return
-    if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, int) or rows_per_file < 1:
-        raise ConfigError(f"--rows-per-file must be a whole number of at least 1, not {rows_per_file!r}")
-    if fmt != "parquet":
-        raise ConfigError(f"--rows-per-file writes Parquet shards; --format {fmt} writes one file: drop one of them")
+        pq.ParquetWriter(folder / shard_name(0, width), schema).close()
 
 
 def _utf8(text: str) -> str:

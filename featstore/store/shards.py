@@ -33,12 +33,12 @@ from featstore.outputs import output_fix, probe_output, terminal_safe
 from featstore.renames import PARENT, OwnFolder, same_folder
 from featstore.sticky import ahead, owner_name, whose
 from featstore.store.held import DIR, move_aside, own_held, put_back, remove_held
+from featstore.store.shard_names import is_shard_name
 
 logger = logging.getLogger(__name__)
 
 # after ".<out>": the writer's tag and mkdtemp's random part ([a-z0-9_])
 _TAG = r"\.fs(?P<pid>[0-9]{1,10})-(?P<host>[0-9a-f]{16})-[0-9a-z_]{1,32}\."
-_PART = re.compile(r"part-\d{5}\.parquet")
 
 
 def refuse_shard_folder(out: Path) -> None:
@@ -134,9 +134,10 @@ _READ = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0
 
 
 def _is_shard(entry: os.DirEntry) -> bool:
-    """Whether ``entry`` is one of featstore's shards: a regular file ``part-NNNNN.parquet`` whose schema carries
-    featstore's metadata (a pyarrow dataset's ``part-0.parquet``, a folder or a link so named is someone else's)."""
-    if not (re.fullmatch(r"part-\d{5}\.parquet", entry.name) and entry.is_file(follow_symlinks=False)):
+    """Whether ``entry`` is one of featstore's shards: a regular file ``part-NNNNN.parquet`` (5 digits or more:
+    :mod:`featstore.store.shard_names`) whose schema carries featstore's metadata (a pyarrow dataset's
+    ``part-0.parquet``, a folder or a link so named is someone else's)."""
+    if not (is_shard_name(entry.name) and entry.is_file(follow_symlinks=False)):
         return False
     import pyarrow
     import pyarrow.parquet
@@ -232,7 +233,7 @@ def _held_shards(fd: int, out: Path) -> list[str]:
 def _is_held_shard(fd: int, name: str) -> bool:
     """Whether the entry ``name`` of the folder open at ``fd`` is a regular file ``part-NNNNN.parquet`` (not followed)."""
     try:
-        return bool(_PART.fullmatch(name)) and stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+        return is_shard_name(name) and stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
 
@@ -341,7 +342,7 @@ def _holds_only_shards(folder: Path, aside: bool) -> bool:
         if aside and os.listdir(folder.parent) != ["shards"]:
             return False
         with os.scandir(folder) as entries:
-            return all(_PART.fullmatch(e.name) and e.is_file(follow_symlinks=False) for e in entries)
+            return all(is_shard_name(e.name) and e.is_file(follow_symlinks=False) for e in entries)
     except OSError:
         return False
 
