@@ -124,9 +124,7 @@ def convert_value(spec: ClassifierSpec, key: str, text: str):
         raise ConfigError(
             f"parameter {key}={text!r} for {spec.name} must be of type {p.type.__name__} (default {p.default!r})"
         ) from None
-    if p.choices and value not in p.choices:
-        raise ConfigError(f"parameter {key}={value!r} for {spec.name}: choose one of: {', '.join(map(str, p.choices))}")
-    spec.check_value(key, value)
+    spec.check_value(key, value)  # its choices and range
     return value
 
 
@@ -271,7 +269,7 @@ def _svm(p):
     "knn",
     "k nearest neighbours on standardised features (Euclidean or cosine distance)",
     {
-        "n_neighbors": Param(int, 5),
+        "n_neighbors": Param(int, 5, **_COUNT),
         "weights": Param(str, "uniform", ("uniform", "distance"), "distance: each neighbour's vote weighs 1/distance"),
         "metric": Param(
             str, "euclidean", ("euclidean", "cosine"), "cosine: 1 - cosine similarity (brute-force search)"
