@@ -30,6 +30,71 @@ def registry(monkeypatch):
     return classifiers._REGISTRY
 
 
+# 7: register_classifier -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../x", "./../x", "my logreg", ".hidden", "", "a/b", "x" * 201])
+def test_register_refuses_a_name_that_cannot_start_a_run_id(registry, name):
+    """A name with a space was fitted in full, then refused as a run id; "../x" was fitted, then blamed on --runs."""
+    from sklearn.linear_model import LogisticRegression
+
+    with pytest.raises(ConfigError, match="cannot start a run id") as info:
+        featstore.register_classifier(name, "a user's classifier", {})(lambda p: LogisticRegression())
+    assert "\n" not in str(info.value) and name not in registry
+
+
+def test_bare_estimator_is_fitted_as_the_builtins(registry, tmp_path):
+    """A builder returning LogisticRegression() (what a scikit-learn user writes) was an AttributeError traceback
+    ("no attribute 'steps'"); it is fitted on the flattened features, as the built-ins with reduce=flatten."""
+    from sklearn.linear_model import LogisticRegression
+
+    featstore.register_classifier("bare_lr", "plain logistic regression", {})(
+        lambda p: LogisticRegression(max_iter=200)
+    )
+    assert [n for n, _ in classifiers.build_classifier("bare_lr").steps] == ["features", "clf"]
+    run = featstore.fit(_synthetic(tmp_path / "s.h5"), "bare_lr", runs=tmp_path / "runs")
+    assert run.id.startswith("bare_lr-") and (tmp_path / "runs" / run.id).is_dir()
+
+
+@pytest.mark.parametrize("returns", ["scaler", "no_proba", "none", "pipeline_of_scaler"])
+def test_builder_of_no_classifier_refused_before_any_fit(registry, tmp_path, monkeypatch, returns):
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    from featstore.experiments import selection
+
+    made = {
+        "scaler": StandardScaler,
+        "no_proba": LinearSVC,
+        "none": lambda: None,
+        "pipeline_of_scaler": lambda: Pipeline([("s", StandardScaler())]),
+    }[returns]
+    featstore.register_classifier("odd", "not a classifier", {})(lambda p: made())
+    monkeypatch.setattr(selection, "collected_warnings", lambda: pytest.fail("a fit started"))
+    with pytest.raises(ConfigError, match="return a scikit-learn classifier") as info:
+        featstore.fit(_synthetic(tmp_path / "s.h5"), "odd", runs=tmp_path / "runs")
+    assert "predict_proba" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "runs").exists()
+
+
+# 8: a draft folder is always inside its runs folder -----------------------------------------------------------------
+@pytest.mark.parametrize("prefix", ["./../x.", "../../x.", "/tmp/x.", "a/b."])
+def test_own_folder_refuses_a_name_leaving_its_folder(tmp_path, prefix):
+    """mkdtemp joins its prefix to its folder: ".<clf>." with clf "./../x" made the draft two folders up."""
+    from featstore.renames import OwnFolder
+    from featstore.runs.write import _make_temp
+
+    root = tmp_path / "a" / "runs"
+    root.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="path separator"):
+        OwnFolder(root, prefix, ".tmp")
+    with pytest.raises(ConfigError, match="path separator"):
+        OwnFolder(root, ".x.", "/.tmp")
+    with pytest.raises(ConfigError, match="path separator"):
+        _make_temp(root, prefix.rstrip("."))
+    assert [p.name for p in tmp_path.rglob("*")] == ["a", "runs"]
+    assert not list(tmp_path.parent.glob("x.*.tmp"))
+
+
 # 11: classifier parameters of the wrong type ------------------------------------------------------------------------
 WRONG = [
     ("svm", "pca", True),  # "PCA on": fitted on one component, recorded pca=True
