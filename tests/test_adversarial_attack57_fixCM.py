@@ -4,6 +4,8 @@ type (a bool or a float where a count belongs)."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -93,6 +95,48 @@ def test_own_folder_refuses_a_name_leaving_its_folder(tmp_path, prefix):
         _make_temp(root, prefix.rstrip("."))
     assert [p.name for p in tmp_path.rglob("*")] == ["a", "runs"]
     assert not list(tmp_path.parent.glob("x.*.tmp"))
+
+
+# 9: the Ctrl-C line lists only this command's runs ------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["sweep", "fit"])
+def test_interrupt_line_names_only_this_commands_runs(tmp_path, capsys, command):
+    """Another process's run recorded in the shared runs folder during a sweep was listed as the sweep's own, to
+    delete. Here a run copied into the runs folder meanwhile stands for it."""
+    import typer
+
+    from featstore.cli.fit_cmds import _interruptible
+
+    store, root = _synthetic(tmp_path / "s.h5"), tmp_path / "shared"
+    theirs = featstore.fit(store, "logreg", runs=tmp_path / "elsewhere")
+
+    def work():
+        shutil.copytree(tmp_path / "elsewhere" / theirs.id, root / theirs.id)  # another process's, meanwhile
+        mine.append(featstore.fit(store, "logreg", runs=root).id)
+        raise KeyboardInterrupt
+
+    mine: list[str] = []
+    with pytest.raises(typer.Exit):
+        _interruptible(root, command, work)
+    line = capsys.readouterr().err
+    assert f"run {mine[0]} recorded in {root}" in line and theirs.id not in line, line
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == sorted([theirs.id, mine[0]])
+
+
+def test_interrupt_before_any_run_says_nothing_was_recorded(tmp_path, capsys):
+    import typer
+
+    from featstore.cli.fit_cmds import _interruptible
+
+    store, root = _synthetic(tmp_path / "s.h5"), tmp_path / "shared"
+    theirs = featstore.fit(store, "logreg", runs=root)
+
+    def work():
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit):
+        _interruptible(root, "sweep", work)
+    line = capsys.readouterr().err
+    assert "nothing was recorded" in line and theirs.id not in line
 
 
 # 11: classifier parameters of the wrong type ------------------------------------------------------------------------
