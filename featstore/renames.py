@@ -15,9 +15,9 @@ folder is made and renamed from by name.
 :class:`OwnFolder` is the same for a new *folder* written whole, then renamed into place (a run folder, ``export
 --rows-per-file``'s shards): made by ``mkdtemp`` (0700), held open and written through ``/proc/self/fd/<fd>/...``
 (:attr:`OwnFolder.at`), given the mode a plain ``mkdir`` there gives (:func:`featstore.modes.fresh_mode`; or, replacing
-a folder, the old one's: :mod:`featstore.carry`) through its descriptor once complete, and renamed only while its name is still that folder. It was made group-writable at
-once and written by name, so a colleague's links in it (or a folder of links put at its name) made ``fit`` and
-``export`` write onto the user's own files (attack 25).
+a folder, the old one's: :mod:`featstore.carry`) through its descriptor once complete, and renamed only while its name
+is still that folder. It was made group-writable at once and written by name, so a colleague's links in it (or a folder
+of links put at its name) made ``fit`` and ``export`` write onto the user's own files (attack 25).
 
 :func:`same_file` is featstore's one check of "the file at this name is the one I wrote" (its device and inode against
 a descriptor of it), asked by :mod:`featstore.outputs`, :mod:`featstore.store.compact` and the similarity index.
@@ -42,7 +42,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from featstore.errors import OutputError
+from featstore.errors import ConfigError, OutputError
 from featstore.leftovers import PRIVATE_FILES, private_name, temp_stem
 from featstore.modes import fresh_mode, same_xattrs, unusable
 
@@ -244,10 +244,7 @@ def _make(parent: int | Path, name: str) -> str:
     for _ in range(100):
         made = private_name(name)
         try:
-            if isinstance(parent, int):
-                os.mkdir(made, 0o700, dir_fd=parent)
-            else:
-                os.mkdir(parent / made, 0o700)
+            os.mkdir(made, 0o700, dir_fd=parent) if isinstance(parent, int) else os.mkdir(parent / made, 0o700)
             return made
         except FileExistsError:
             continue
@@ -255,11 +252,14 @@ def _make(parent: int | Path, name: str) -> str:
 
 
 class OwnFolder:
-    """A new hidden folder ``<prefix><random><suffix>`` in ``parent`` held open while it is written: write through
-    :attr:`at`, then :meth:`publish`; leaving the block removes it unless it was published. An OSError making it is
-    raised as it is; a folder that is not the one made (someone else's at its name) is an OutputError."""
+    """A new hidden folder ``<prefix><random><suffix>`` in ``parent`` (never elsewhere: a path separator in either is a
+    ConfigError, attack 57 #8) held open while it is written: write through :attr:`at`, then :meth:`publish`; leaving
+    the block removes it unless it was published. An OSError making it is raised as it is; a folder that is not the
+    one made (someone else's at its name) is an OutputError."""
 
     def __init__(self, parent: Path, prefix: str, suffix: str):
+        if any(sep and sep in prefix + suffix for sep in (os.sep, os.altsep, "\0")):
+            raise ConfigError(f"{prefix}...{suffix} would be outside {parent}: give a name without a path separator")
         refuse_unusable(parent, parent)
         self.name = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))  # 0700
         self.prefix, self.suffix = prefix, suffix

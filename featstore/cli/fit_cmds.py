@@ -15,27 +15,28 @@ logger = logging.getLogger(__name__)
 
 
 def _interruptible(runs_folder: Path, command: str, work):
-    """``work()``, and on Ctrl-C one line saying what was recorded before the interrupt and what a re-run does; exit
-    130. A parallel sweep's workers are stopped before the line (none records a run after it); those still inside a
-    fit in C code then are not waited for: the process ends at once, without finalising the interpreter under them
-    (it hung on h5py's lock or aborted: attack 54 #1)."""
+    """``work()``, and on Ctrl-C one line saying what this command recorded before the interrupt (the runs it wrote
+    itself, :func:`featstore.runs.write.recording`: never another process's run that appeared in a shared runs folder
+    meanwhile, attack 57 #9) and what a re-run does; exit 130. A parallel sweep's workers are stopped before the line
+    (none records a run after it); those still inside a fit in C code then are not waited for: the process ends at
+    once, without finalising the interpreter under them (it hung on h5py's lock or aborted: attack 54 #1)."""
     import os
     import sys
 
-    from featstore.runs.folder import scan_runs
+    from featstore.runs.write import recording
 
-    before = {r.id for r in scan_runs(runs_folder).records}
-    try:
-        return work()
-    except KeyboardInterrupt as exc:
-        made = sorted({r.id for r in scan_runs(runs_folder).records} - before)
-        typer.secho(f"interrupted: {_after_interrupt(made, runs_folder, command)}", err=True)
-        if getattr(exc, "running", 0):
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        raise typer.Exit(130) from None
+    with recording() as ours:
+        try:
+            return work()
+        except KeyboardInterrupt as exc:
+            made = sorted({folder.name for folder in ours if folder.is_dir()})  # (not renamed yet: not recorded)
+            typer.secho(f"interrupted: {_after_interrupt(made, runs_folder, command)}", err=True)
+            if getattr(exc, "running", 0):
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(130)
+            raise typer.Exit(130) from None
 
 
 def _after_interrupt(made: list[str], runs_folder: Path, command: str) -> str:

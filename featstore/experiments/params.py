@@ -1,7 +1,10 @@
 """A classifier's parameters: their type, default, choices and valid range, and the check of one value.
 
 Every number a classifier takes is finite and in its range (``C > 0``, ``max_iter >= 1``, ``dropout`` in [0, 1)):
-``C=inf`` or ``max_iter=0`` is refused before any data is read, with the valid range.
+``C=inf`` or ``max_iter=0`` is refused before any data is read, with the valid range. Every value is of its parameter's
+type first: a count is a whole number, never a bool (``pca=True`` fitted on one component) nor a float (``epochs=2.5``
+was recorded as it is, or a traceback in Keras); a number is never a bool or a str; a switch is a bool; a choice is one
+of its choices (attack 57 #11).
 
 >>> Param(float, 1.0, low=0.0, open_low=True).range_text()
 'a finite number > 0'
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from featstore.errors import ConfigError
 
@@ -66,12 +71,46 @@ def _num(x: float | None) -> str:
     return str(int(x)) if math.isfinite(x) and float(x).is_integer() else f"{x:g}"
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return _is_int(value) or isinstance(value, (float, np.floating))
+
+
+_TYPES = {  # a parameter's type -> (whether a value is of it, the type in words)
+    int: (_is_int, "a whole number (an int)"),
+    float: (_is_number, "a number"),
+    bool: (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
+    str: (lambda v: isinstance(v, str), "a str"),
+}
+
+
+def check_type(clf: str, key: str, p: Param, value) -> None:
+    """ConfigError unless ``value`` is of ``p``'s type (a str parameter that may be a number takes a number too) and,
+    for a str parameter with choices, one of them; one line naming the classifier and the parameter."""
+    is_it, words = _TYPES.get(p.type, (lambda v: True, ""))
+    if key in _NUMBER_OR and _is_number(value):
+        return  # gamma=0.1, max_features=0.5: range-checked below
+    if not is_it(value):
+        hint = f"; give {int(value)}" if p.type is int and isinstance(value, float) and value.is_integer() else ""
+        raise ConfigError(
+            f"parameter {key}={value!r} for {clf} must be {words}{' or a number' if key in _NUMBER_OR else ''}, "
+            f"not {type(value).__name__}{hint}"
+        )
+    if p.choices and value not in p.choices:
+        raise ConfigError(f"parameter {key}={value!r} for {clf}: choose one of: {', '.join(map(str, p.choices))}")
+
+
 def check_value(clf: str, key: str, p: Param, value) -> None:
-    """ConfigError unless ``value`` is a valid value of parameter ``key`` (``p``) of classifier ``clf``."""
-    if isinstance(value, str) and key in _NUMBER_OR and value not in _NUMBER_OR[key]:
+    """ConfigError unless ``value`` is a valid value of parameter ``key`` (``p``) of classifier ``clf``: of its type
+    (:func:`check_type`), then in its range."""
+    check_type(clf, key, p, value)
+    if key in _NUMBER_OR and value not in _NUMBER_OR[key]:  # a number, given as text (--param) or as a number
         try:
             number = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             number = math.nan
         low, high, open_high = _NUMBER_OR_RANGE[key]
         if not (math.isfinite(number) and low < number and (number < high if open_high else number <= high)):
@@ -79,6 +118,6 @@ def check_value(clf: str, key: str, p: Param, value) -> None:
                 f"parameter {key}={value!r} for {clf} is out of range: {key} is "
                 f"{' or '.join(_NUMBER_OR[key])}, or a number in ({_num(low)}, {_num(high)}{')' if open_high else ']'}"
             )
-    if p.type in (int, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
+    if p.type in (int, float) and _is_number(value):
         if not p.in_range(value):
             raise ConfigError(f"parameter {key}={value!r} for {clf} is out of range: {key} must be {p.range_text()}")

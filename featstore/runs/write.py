@@ -13,6 +13,7 @@ files that replace others (PNGs in a run folder, ``predict --out``) go through :
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import shutil
 import stat
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,22 @@ def _other_run(exc: OSError, root: Path, tmp: Path) -> Path | None:
     return None
 
 
+_RECORDING: dict[int, list[Path]] = {}  # the lists of the :func:`recording` blocks open in this process
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Path]]:
+    """A list of the run folders this process is about to record or recorded (:meth:`RunDraft.finish`, any thread)
+    inside the block; those that exist are the runs this command recorded. A difference of two listings of the runs
+    folder named another process's run, that appeared meanwhile, as the command's own, to delete (attack 57 #9)."""
+    ours: list[Path] = []
+    _RECORDING[id(ours)] = ours
+    try:
+        yield ours
+    finally:
+        del _RECORDING[id(ours)]
+
+
 class RunDraft:
     """A new run folder while it is written: a marked hidden temporary folder in ``root`` whose ``predictions``
     (:class:`~featstore.runs.predictions_file.PredictionsWriter`) are written split by split as they are computed,
@@ -280,6 +297,8 @@ class RunDraft:
                 record = {**record, "artifact": save_estimator(est, self.at)}
             rec = _write_contents(self.at, record, self._preds, self.root / record["id"])
             with publishing():  # a stopped sweep's worker records nothing after its Ctrl-C line (attack 54 #1)
+                for ours in list(_RECORDING.values()):  # before: a Ctrl-C just after the rename still finds it
+                    ours.append(self.root / record["id"])
                 self.folder.publish(self.root / record["id"])
                 self.done = True
                 (self.root / record["id"] / TMP_MARKER).unlink(missing_ok=True)  # a run folder now, not a temporary one
