@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED
 
-if TYPE_CHECKING:
-    from featstore.store.reader import FeatureStore
-
 
 class NonfiniteRows:
     """The rows with NaN or inf features of one split, found block by block (see ``FeatureStore.nonfinite_rows``)."""
 
-    def __init__(self, fs: FeatureStore, split: str, name: str, augmented: bool):
+    def __init__(self, fs, split: str, name: str, augmented: bool):  # fs: the FeatureStore asked
         self.fs, self.split, self.name, self.augmented = fs, split, name, augmented
         self.bad: list[int] = []
         self.start = 0
