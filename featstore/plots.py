@@ -88,7 +88,7 @@ def confusion_png(matrix, class_names: list[str], title: str, path: Path) -> Pat
                     va="center",
                     color="white" if m[i, j] > m.max() / 2 else "black",
                     fontsize=8,
-                )
+                ).set_in_layout(False)  # inside its cell: tight_layout measured each count (0.8 s of 2.2, 30 classes)
     ax.set_title(chart_text(title))
     fig.tight_layout()
     fig.savefig(path, dpi=100, format="png", metadata=CHART_METADATA)
@@ -262,7 +262,7 @@ def heatmap_png(
                 va="center",
                 fontsize=8 if intervals is not None else 9,
                 color="black" if values[i, j] > mid else "white",
-            )
+            ).set_in_layout(False)  # inside its cell, as the confusion matrix's counts
     if mark is not None:
         ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
     ax.set_xticks(range(len(cols)), cols)
