@@ -47,9 +47,10 @@ class ArgumentError(ConfigError, TypeError):
     """A public function's argument of the wrong type (a ConfigError, and a TypeError as Python's own would be)."""
 
 
-def checked(fn, name: str | None = None):
+def checked(fn, name: str | None = None, types_only: bool = False):
     """``fn`` with its arguments checked against its annotations first (see the module); the same function otherwise.
-    ``name``: what errors call it (a class's ``__init__``: the class), else the function's name."""
+    ``name``: what errors call it (a class's ``__init__``: the class), else the function's name; ``types_only``: the
+    types alone, a seed's range being the function's own (ExtractorConfig: the command line's "--seed -1" line)."""
     sig, where = inspect.signature(fn), name or fn.__name__
     kinds = {p.name: _parse(p.annotation) for p in sig.parameters.values() if isinstance(p.annotation, str)}
 
@@ -60,13 +61,13 @@ def checked(fn, name: str | None = None):
         except TypeError as exc:  # a missing or unknown argument: Python's own line, with the function named
             raise ArgumentError(f"{where}(): {exc}") from None
         for arg, value in bound.arguments.items():
-            bound.arguments[arg] = check_argument(where, arg, value, kinds.get(arg))
+            bound.arguments[arg] = check_argument(where, arg, value, kinds.get(arg), types_only)
         return fn(*bound.args, **bound.kwargs)
 
     return wrapper
 
 
-def check_argument(where: str, name: str, value, kind: list | None):
+def check_argument(where: str, name: str, value, kind: list | None, types_only: bool = False):
     """``value`` as ``where()``'s argument ``name`` takes it (a size parsed, one str as a one-item list), else an
     :class:`ArgumentError` naming it and what it takes; ``kind``: its parsed annotation (None: not checked)."""
     if name in SIZES and value is not None:
@@ -77,7 +78,9 @@ def check_argument(where: str, name: str, value, kind: list | None):
         if size <= 0:
             raise ArgumentError(f"{_at(where)}{name}={value!r} must be more than 0 bytes; give e.g. '512MB'")
         return value if kind and "str" in kind else size  # parsed by the function itself: its own words keep the text
-    if name == "seed" and value is not None:  # (augment_seed has its own bound, 2**31 - 1, checked by extract)
+    if (
+        name == "seed" and value is not None and not types_only
+    ):  # (augment_seed has its own bound, 2**31 - 1, checked by extract)
         try:  # numpy and scikit-learn take 0 ... 2**32 - 1 (iter_batches(seed=-1) was numpy's ValueError: 54 #5)
             check_seed(value, f"{_at(where)}{name}")
         except ConfigError as exc:

@@ -87,7 +87,9 @@ class ExtractorConfig:
     # or run's record (from_attrs), so that a record never makes featstore fetch what the command line did not name
     download: bool = field(default=True, compare=False)  # a permission, not a property of the features
 
-    @functools.partial(checked, name="ExtractorConfig")  # layer=5, image_size=32.5: tracebacks from deep inside
+    @functools.partial(
+        checked, name="ExtractorConfig", types_only=True
+    )  # layer=5, image_size=32.5: tracebacks from deep inside
     def __init__(  # (mixed_precision="no" was fingerprinted as True, layers="conv1" as five layers: one line each)
         self,
         model: str | os.PathLike = "vgg16",
