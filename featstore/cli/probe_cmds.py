@@ -53,7 +53,9 @@ def probe(
     k: Annotated[
         str, typer.Option(help="Neighbours of the kNN probe, comma-separated (capped at train's rows).")
     ] = "10,20,100,200",
-    reduce: Annotated[str, typer.Option(help="flatten, or avg or max over space, before standardising.")] = "flatten",
+    reduce: Annotated[
+        str, typer.Option(help="flatten, or avg or max over space (tokens: over the tokens), before standardising.")
+    ] = "flatten",
     train: Annotated[str, typer.Option(help="Split the probes are fitted on.")] = "train",
     validation: Annotated[str, typer.Option(help="Split C and k are chosen on.")] = "validation",
     test: Annotated[str, typer.Option(help="Split read once per extractor, after the choices.")] = "test",

@@ -213,7 +213,9 @@ def candidates(spec: ClassifierSpec, given: dict[str, list], search: bool) -> li
 
 
 # ---------------------------------------------------------------- the classifiers
-_REDUCE = Param(str, "flatten", REDUCTIONS, "how stored features become a vector: flatten, avg or max over space")
+_REDUCE = Param(
+    str, "flatten", REDUCTIONS, "how stored features become a vector: flatten, avg or max over space (or tokens)"
+)
 _SEED = Param(int, 0, (), "random seed", low=0, high=2**32 - 1)
 _POSITIVE = {"low": 0.0, "open_low": True}  # a finite number > 0
 _COUNT = {"low": 1, "high": 10**6}  # an integer from 1 to a million (a 20-digit count would run until killed)

@@ -204,6 +204,7 @@ def fewshot(
             print(p["shots"], p["mean"], p["sd"], p["mean_ci"])
     """
     from featstore.experiments.classifiers import get_classifier
+    from featstore.models.reshape import check_reduce
 
     check_names("extractor", extractor=extractor)
     check_names("split", train=train, validation=validation, test=test)
@@ -232,6 +233,8 @@ def fewshot(
                 f"it, or name another with --train/--test"
             )
         check_has_rows(fs, name, split, "--train" if split == train else "--test")
+    row = tuple(fs.split_info(train, name)["shape"][1:])  # avg on vectors: a flatten recorded as avg (attack 58 #3)
+    check_reduce(full.get("reduce", "flatten"), row, f"extractor {name!r}'s features")
     class_names = fs.class_names(name)
     y = fs.labels(train, name)
     _check_classes(name, y, train, class_names)

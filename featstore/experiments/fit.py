@@ -118,6 +118,7 @@ def fit(
         run = fit("features.h5", "logreg", augmented=True, validation="none")
     """
     from featstore.experiments.classifiers import candidates, get_classifier  # sklearn: only when fitting
+    from featstore.models.reshape import check_reduce
 
     check_names("extractor", extractor=extractor)  # "" took the store's only extractor
     spec = get_classifier(clf)
@@ -138,6 +139,9 @@ def fit(
         class_names = fs.class_names(name)
         settings = candidates(spec, given, search)
         full = [spec.full_params(s) for s in settings]
+        row = tuple(fs.split_info(splits.train, name)["shape"][1:])
+        for p in full:  # avg on vectors: a flatten the run would record as avg (attack 58 #3)
+            check_reduce(p.get("reduce", "flatten"), row, f"extractor {name!r}'s features")
         aug = _augmentation(fs, name, train) if augmented else None
         used = splits.used
         sizes = [

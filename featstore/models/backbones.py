@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from featstore.errors import ConfigError, choices_error
 from featstore.models.heads import classifier_head, ends_in_dense  # noqa: F401 (classifier_head: re-exported)
+from featstore.models.layout import data_format_at
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,16 @@ PREPROCESS_MODES = {
     "none": "identity: the model rescales inside (expects 0..255)",
 }
 _KERAS_MODE = {"imagenet-caffe": "caffe", "imagenet-torch": "torch", "tf": "tf"}
+# What each preprocessing makes of pixels 0..255: (lowest, highest, whether the values stay whole numbers). A saved
+# model with an integer input (uint8: a serving model) holds only a preprocessing whose values its dtype holds: Keras
+# casts the others silently (``--preprocess tf``'s [-1, 1] became 0 or 1: a blank image, attack 58 #1).
+PREPROCESS_RANGES = {
+    "imagenet-caffe": (-123.68, 255 - 103.939, False),
+    "imagenet-torch": (-0.485 / 0.229, (1 - 0.406) / 0.225, False),
+    "tf": (-1.0, 1.0, False),
+    "scale01": (0.0, 1.0, False),
+    "none": (0.0, 255.0, True),
+}
 
 
 def validate_preprocess(mode: str) -> str:
@@ -185,8 +196,16 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
                     f"{tuple(t.shape)[1:]} per image: leave --pooling out, or cut at a conv layer (--layer NAME; "
                     f"`featstore models {model_name} --layers` lists them)"
                 )
+            layout = data_format_at(base, t)  # channels_first: a PyTorch port's (pooled over C and H: attack 58 #2)
+            if layout is None:
+                raise ConfigError(
+                    f"--pooling {pooling} pools over the height and width of layer {layer} of {model_name}, but no "
+                    f"layer up to it says which of its axes {tuple(t.shape)[1:]} are the channels (one moves axes: "
+                    f"Permute, Reshape); pass --pooling none to store its output as it is, or cut at a convolution or "
+                    f"pooling layer (--layer NAME; `featstore models {model_name} --layers` lists them)"
+                )
             pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
-            t = pool(name=f"featstore_{pooling}_pool_{layer}")(t)
+            t = pool(data_format=layout, name=f"featstore_{pooling}_pool_{layer}")(t)
         out.append((layer, t))
     return out
 

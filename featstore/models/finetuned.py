@@ -104,16 +104,28 @@ def check_unfreeze_from(extractor, name: str, all_layers: list[str]) -> int:
 
 
 def _reduce_layer(reduce: str, ndim: int):
-    """The Keras layer equal to ``FeatureReshape(reduce)`` on ``(h, w, c)`` features (None for vectors)."""
+    """The Keras layer equal to ``FeatureReshape(reduce)`` on features of ``ndim`` axes (None for vectors): avg/max
+    over every axis but the last, the tokens of ``(tokens, dims)`` as the h and w of ``(h, w, c)`` (attack 58 #3:
+    a 2-D pooling of tokens was a Keras traceback, while the dense run had flattened them)."""
     import keras
 
     if ndim == 1:
         return None
-    return {
-        "flatten": keras.layers.Flatten,
-        "avg": keras.layers.GlobalAveragePooling2D,
-        "max": keras.layers.GlobalMaxPooling2D,
-    }[reduce](name="head_reduce")
+    if reduce == "flatten":
+        return keras.layers.Flatten(name="head_reduce")
+    pools = {
+        "avg": (
+            keras.layers.GlobalAveragePooling1D,
+            keras.layers.GlobalAveragePooling2D,
+            keras.layers.GlobalAveragePooling3D,
+        ),
+        "max": (keras.layers.GlobalMaxPooling1D, keras.layers.GlobalMaxPooling2D, keras.layers.GlobalMaxPooling3D),
+    }[reduce]
+    if ndim > len(pools) + 1:
+        raise ConfigError(
+            f"reduce={reduce} on features of {ndim} axes: fine-tuning pools at most 3; use reduce=flatten"
+        )
+    return pools[ndim - 2](name="head_reduce")
 
 
 def build_model(

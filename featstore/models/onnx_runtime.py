@@ -10,8 +10,8 @@ is exported again, with a warning (the 4-image check below cannot tell a cut fro
 images, and a plain digest in the record can be written by whoever writes the file). Without a key (a read-only home)
 the cut is exported for each run, not kept.
 A Ray actor loads the driver's checked file by path and digest (:func:`load_exported`), never exporting. Before any
-row is written a seeded batch goes through both runtimes and the largest difference must be within
-:data:`ONNX_TOLERANCE` of the largest feature; so the features are the ones the fingerprint describes, and the runtime
+row is written a seeded batch goes through both runtimes and each output's largest difference must be within
+:data:`ONNX_TOLERANCE` of its own largest feature; so the features are the ones the fingerprint describes, and the runtime
 is recorded per split (a resume with another one is refused) but not fingerprinted. Where the export or the check
 fails the run stops, naming the reason and ``--runtime keras``.
 
@@ -40,7 +40,7 @@ import numpy as np
 from featstore.caches import NotRegular, read_small, write_cached, write_cached_text
 from featstore.errors import ConfigError, OutputError, choices_error
 from featstore.keys import key_id, sign, user_key, verifies
-from featstore.models.agreement import as_list, largest_difference, seeded_images
+from featstore.models.agreement import as_list, largest_difference, seeded_images, worst_output
 from featstore.models.scratch import private_tempdir
 from featstore.outputs import output_fix, write_atomic
 
@@ -424,20 +424,23 @@ def check_agreement(prepare, reference, candidate, size: int, shown: str, rows: 
         raise
     except Exception as exc:  # an op ONNX Runtime accepts at load but cannot run on these shapes
         raise ConfigError(f"--runtime onnx: ONNX Runtime failed to run {shown} ({_first_line(exc)}). {FIX}") from exc
-    worst, scale = largest_difference(got, reference(x))
-    limit = ONNX_TOLERANCE * max(scale, 1e-30)
+    want = reference(x)
+    which, worst, scale, limit = worst_output(got, want, ONNX_TOLERANCE, 1e-30)  # each output to its own scale
     logger.debug(
-        "--runtime onnx: %s max abs difference to Keras %.3g (largest feature %.3g, tolerance %.3g, %d output(s))",
+        "--runtime onnx: %s max abs difference to Keras %.3g (output %d: largest feature %.3g, tolerance %.3g, %d "
+        "output(s))",
         shown,
         worst,
+        which + 1,
         scale,
         limit,
         len(as_list(got)),
     )
     if not worst <= limit:
+        of = f" output {which + 1} of {len(as_list(want))}" if len(as_list(want)) > 1 else ""
         raise ConfigError(
-            f"--runtime onnx: ONNX Runtime's {shown} differs from Keras's by up to {worst:.3g} (largest feature "
-            f"{scale:.3g}; tolerance {ONNX_TOLERANCE:g} of it, {limit:.3g}); refusing to write features that would "
-            f"not match the fingerprint. {FIX}"
+            f"--runtime onnx: ONNX Runtime's {shown}{of} differs from Keras's by up to {worst:.3g} (its largest "
+            f"feature {scale:.3g}; tolerance {ONNX_TOLERANCE:g} of it, {limit:.3g}); refusing to write features that "
+            f"would not match the fingerprint. {FIX}"
         )
-    return worst
+    return largest_difference(got, want)[0]

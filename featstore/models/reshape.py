@@ -14,14 +14,45 @@ from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_dat
 from featstore.errors import ConfigError
 
 REDUCTIONS = ("flatten", "avg", "max")
+REDUCED = {"avg": "averages over", "max": "takes the largest value over"}
+
+
+def pooled(reshape: FeatureReshape, ndim: int) -> bool:
+    """Whether ``reshape`` averages (or maxes) features of ``ndim`` axes (the row axis included) over all but the last.
+    Fitted since attack 58: whenever its reduce is avg/max and it was fitted on more than vectors. Fitted before (a run's
+    pipeline saved without ``pooled_``): only a 4-D ``(N, h, w, c)`` block, the rule it was fitted with, so it still
+    predicts as fitted (its ``(tokens, dims)`` were flattened)."""
+    done = getattr(reshape, "pooled_", None)
+    if done is None:
+        return ndim == 4 and reshape.reduce != "flatten"
+    return done is True and ndim >= 3
+
+
+def check_reduce(reduce: str, shape: tuple, where: str, option: str = "--param reduce=flatten") -> None:
+    """Refuse ``reduce`` avg/max on features stored with ``shape`` per row when that is a vector: nothing to reduce,
+    and the run would record ``reduce: avg`` for a flatten (attack 58 #3). ``where`` names the features (extractor
+    and split), ``option`` the fix in the command's own spelling."""
+    if reduce != "flatten" and len(tuple(shape)) < 2:
+        raise ConfigError(
+            f"reduce={reduce} {REDUCED[reduce]} every axis but the last of each row, and {where} are stored as vectors "
+            f"(shape {tuple(shape)} per row), with nothing to reduce; pass {option}, or extract the layer with "
+            f"--pooling none to keep its map"
+        )
 
 
 class FeatureReshape(TransformerMixin, BaseEstimator):
-    """Turn stored features ``(N, h, w, c)`` into ``(N, d)``: flatten, or global average/max over h and w; then,
-    optionally, power normalisation (each value x becomes sign(x)|x|^power) and unit L2 norm per row.
+    """Turn stored features ``(N, ...)`` into ``(N, d)``: flatten, or average/max over every axis but the last (over
+    h and w of ``(h, w, c)`` maps, over the tokens of ``(tokens, dims)``); then, optionally, power normalisation (each
+    value x becomes sign(x)|x|^power) and unit L2 norm per row.
+
+    ``(tokens, dims)`` were flattened while the run recorded ``reduce: avg`` (attack 58 #3). On vectors ``(N, d)``
+    there is nothing to reduce (they pass as they are): a command refuses a reduce its user gave there
+    (:func:`check_reduce`), so that no run records ``avg`` for what was a flatten.
 
     >>> FeatureReshape("avg").fit_transform(np.ones((2, 4, 4, 3))).shape
     (2, 3)
+    >>> FeatureReshape("max").fit_transform(np.ones((2, 7, 5))).shape
+    (2, 5)
     >>> FeatureReshape(power=0.5, l2=True).fit_transform(np.array([[9.0, 16.0]]))
     array([[0.6, 0.8]])
     """
@@ -36,14 +67,16 @@ class FeatureReshape(TransformerMixin, BaseEstimator):
             raise ConfigError(f"unknown reduce {self.reduce!r}; choose one of: {', '.join(REDUCTIONS)}")
         if not (isinstance(self.power, (int, float)) and 0 < self.power <= 1):
             raise ConfigError(f"power must be in (0, 1] (1 = off, 0.5 = square root), got {self.power!r}")
-        validate_data(self, X, allow_nd=True, dtype=FLOAT_DTYPES)
+        X = validate_data(self, X, allow_nd=True, dtype=FLOAT_DTYPES)
+        self.pooled_ = self.reduce != "flatten" and X.ndim >= 3  # over every axis but the last (what transform does)
         return self
 
     def transform(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, allow_nd=True, dtype=FLOAT_DTYPES, reset=False)
-        if X.ndim == 4 and self.reduce != "flatten":
-            X = X.mean(axis=(1, 2)) if self.reduce == "avg" else X.max(axis=(1, 2))
+        if pooled(self, X.ndim):
+            axes = tuple(range(1, X.ndim - 1))  # (h, w) of a map, the tokens of (tokens, dims)
+            X = X.mean(axis=axes) if self.reduce == "avg" else X.max(axis=axes)
         X = X.reshape(len(X), -1)
         X = X.astype(np.float32) if X.dtype == np.float16 else X  # float16 stores are computed in float32
         if self.power != 1:  # one new array (the input is never changed): 50,000 x 16,384 float32 is 3.3 GB

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from featstore.errors import ConfigError, WeightsError
 from featstore.linkrule import refuse_foreign
-from featstore.models.backbones import PREPROCESS_MODES, preprocess, validate_preprocess
+from featstore.models.backbones import PREPROCESS_MODES, PREPROCESS_RANGES, preprocess, validate_preprocess
 from featstore.models.build_guard import TooLarge, bounded_build
 from featstore.models.file_format import is_legacy
 from featstore.models.heads import classifier_heads, dense_layers, ends_in_dense
@@ -161,6 +161,7 @@ class SavedModelSpec:
     preprocess_mode: str = "none"  # id from PREPROCESS_MODES
     trust_model: bool = False  # legacy .h5 allowed
     given: Path | None = field(default=None, compare=False)  # the path as the user gave it (their link), or None
+    input_dtype: str = "float32"  # of the model's input (Keras's name): an integer one holds --preprocess none only
 
     @property
     def shown(self) -> Path:
@@ -182,9 +183,10 @@ class SavedModelSpec:
 
     @classmethod
     def from_path(
-        cls, path: str | Path, preprocess_mode: str | None = None, trust_model: bool = False
+        cls, path: str | Path, preprocess_mode: str | None = None, trust_model: bool = False, check_dtype: bool = True
     ) -> SavedModelSpec:
-        """Inspect a model file: input size and channels, default cut layer; refuses unusable models."""
+        """Inspect a model file: input size and channels, default cut layer; refuses unusable models, and
+        (``check_dtype``) a ``preprocess_mode`` whose values the model's input dtype cannot hold."""
         refuse_foreign(os.path.expanduser(path), "model file", ConfigError, "--model")  # as given, links unresolved
         given = Path(os.path.expanduser(path)).absolute()
         path = resolved(path, "model file")
@@ -204,16 +206,11 @@ class SavedModelSpec:
             raise ConfigError(
                 f"{shown} takes {shape[3]}-channel images; featstore converts images to grayscale (1) or RGB (3) only"
             )
-        return cls(
-            path,
-            digest,
-            int(shape[1]),
-            int(shape[3]),
-            default_cut(model),
-            validate_preprocess(preprocess_mode or "none"),
-            trust_model,
-            given,
-        )
+        mode = validate_preprocess(preprocess_mode or "none")
+        dtype = input_dtype(model)
+        if check_dtype:
+            check_input_dtype(shown, dtype, mode)
+        return cls(path, digest, int(shape[1]), int(shape[3]), default_cut(model), mode, trust_model, given, dtype)
 
     def preprocess(self, batch):
         """The chosen preprocessing of a 0..255 batch."""
@@ -231,6 +228,53 @@ class SavedModelSpec:
         return model, LoadedWeights(
             "model", "model-file", f"weights inside {self.path.name}", str(self.path), self.sha256
         )
+
+
+def input_dtype(model) -> str:
+    """The dtype of ``model``'s (first) input, as Keras names it (``"float32"``, ``"uint8"``, ...)."""
+    import keras
+
+    return keras.backend.standardize_dtype(model.inputs[0].dtype)
+
+
+def _holds(dtype: str, low: float, high: float, whole: bool) -> bool:
+    """Whether an input of ``dtype`` holds every value from ``low`` to ``high`` (``whole``: whole numbers only)."""
+    import numpy as np
+
+    if "float" in dtype:
+        return True
+    try:
+        info = np.iinfo(dtype)
+    except (TypeError, ValueError):  # bool, complex, string: no preprocessing's values
+        return False
+    return whole and info.min <= low and high <= info.max
+
+
+def input_dtype_note(dtype: str) -> str | None:
+    """What a saved model's input ``dtype`` allows of ``--preprocess`` (None for a float input: every one)."""
+    if "float" in dtype:
+        return None
+    fits = [m for m, r in PREPROCESS_RANGES.items() if _holds(dtype, *r)]
+    said = " or ".join(f"--preprocess {m}" for m in fits) if fits else "no --preprocess"
+    return f"input {dtype}: {said} (featstore refuses the others: {dtype} cannot hold their values)"
+
+
+def check_input_dtype(shown: Path, dtype: str, mode: str) -> None:
+    """Refuse ``--preprocess mode`` for a model whose input ``dtype`` cannot hold its values (an integer input, uint8:
+    a serving model): Keras casts the floats fed to it silently, and ``--preprocess tf``'s [-1, 1] became 0 or 1, the
+    features of a nearly blank image, exit 0 (attack 58 #1). ``none`` gives whole pixels 0..255, which uint8 holds:
+    the model computes on the image's own pixels. Decided by :data:`PREPROCESS_RANGES`."""
+    low, high, whole = PREPROCESS_RANGES[mode]
+    if _holds(dtype, low, high, whole):
+        return
+    fits = [m for m, r in PREPROCESS_RANGES.items() if _holds(dtype, *r)]
+    instead = f"pass --preprocess {' or '.join(fits)} (whose values {dtype} holds), or " if fits else ""
+    raise ConfigError(
+        f"{shown} takes {dtype} input, and --preprocess {mode} gives {'whole numbers' if whole else 'fractions'} from "
+        f"{low:.4g} to {high:.4g}, which {dtype} cannot hold (Keras would cast them silently: the features of a "
+        f"nearly blank image); {instead}save the model with a float input (keras.Input(shape, dtype='float32')) and "
+        f"its scaling inside"
+    )
 
 
 def default_cut(model) -> str:

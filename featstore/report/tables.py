@@ -120,11 +120,11 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
     A registered backbone is built with random weights; a saved model is loaded as ``extract`` loads it, and
     the default cut (the layer before its last Dense layer where it ends in a classifier, else its output) is marked.
     """
-    from featstore.models.saved import SavedModelSpec, is_model_path, no_default_cut
+    from featstore.models.saved import SavedModelSpec, input_dtype_note, is_model_path, no_default_cut
 
     default = None
     if is_model_path(model):
-        spec = SavedModelSpec.from_path(model, trust_model=trust_model)
+        spec = SavedModelSpec.from_path(model, trust_model=trust_model, check_dtype=False)  # listed, noted below
         base, default = spec.build(spec.default_size)[0], spec.default_layer
         default = None if no_default_cut(base) else default  # a nested classifier, several: no cut (43 #11, 51 #3)
     else:
@@ -145,7 +145,8 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
         else:
             shape, note = str(tuple(outer_output(base, lyr).shape[1:])), "default cut" if lyr.name == default else ""
         rows.append([lyr.name, shape, note])
-    return _table(rows)
+    note = input_dtype_note(spec.input_dtype) if is_model_path(model) else None  # uint8: --preprocess none (58 #1)
+    return _table(rows) + (f"\n{note}" if note else "")
 
 
 def store_tree(path: str) -> str:

@@ -120,6 +120,7 @@ def save_estimator(est, folder: Path) -> dict:
         reshape = est.steps[0][1]
         meta = {
             "reduce": reshape.reduce,
+            "pooled": getattr(reshape, "pooled_", None),  # absent before attack 58 (#3): the rule it was fitted with
             "n_features_in": reshape.n_features_in_,
             "params": head.get_params(),
             "classes": head.classes_.tolist(),
@@ -319,6 +320,8 @@ def load_estimator(folder: Path, artifact: dict, verified: bool = False):
                 head = DenseHead(**meta["params"]).load_model(name, meta["classes"], meta.get("history"))
                 reshape = FeatureReshape(meta["reduce"])
                 reshape.n_features_in_ = meta["n_features_in"]  # stateless apart from the input check
+                if isinstance(meta.get("pooled"), bool):  # and whether it pooled (reshape.pooled): fitted since 58 #3
+                    reshape.pooled_ = meta["pooled"]
             except StoreError:
                 raise
             except Exception as exc:  # Keras: ValueError/TypeError/OSError for files it cannot rebuild; JSON: KeyError

@@ -1,0 +1,75 @@
+"""Where a cut's channels are: the data format of a layer's output, for the global pooling ``--pooling`` adds there.
+
+A layer with a ``data_format`` (a convolution, a pooling, a padding) says it. Another (an activation, a batch
+normalisation, an ``Add``) keeps the layout of what it takes: the walk goes back through it, to a layer that says it
+or to the model's input, which featstore feeds as ``(H, W, C)`` images (channels last). A layer that moves axes
+(``Permute``, ``Reshape``, a transpose) or changes the rank leaves it unknown: None. A PyTorch port (``Permute`` to
+NCHW, then ``Conv2D(data_format="channels_first")``) cut at a convolution was pooled over its channels and rows, one
+value per image column stored (attack 58 #2).
+
+>>> x = keras.Input((8, 8, 3))                                                               # doctest: +SKIP
+>>> h = keras.layers.Conv2D(4, 3, data_format="channels_first", name="c")(keras.layers.Permute((3, 1, 2))(x))  # doctest: +SKIP
+>>> data_format_at(keras.Model(x, keras.layers.ReLU(name="r")(h)), "r")                        # doctest: +SKIP
+'channels_first'
+"""
+
+from __future__ import annotations
+
+FORMATS = ("channels_last", "channels_first")
+_MOVES_AXES = ("Permute", "Reshape", "Flatten", "Transpose", "Swap", "MoveAxis", "Squeeze", "ExpandDims", "Unstack")
+_INPUT = "input"  # the walk reached the (outer or nested) model's input, its layout kept
+_MOST = 100_000  # tensors walked (a graph has no cycle, but its size is the file's)
+
+
+def data_format_at(base, tensor) -> str | None:
+    """``"channels_last"`` or ``"channels_first"``: the layout of ``tensor`` (a cut's output in ``base``'s graph), or
+    None where no layer says it (:mod:`featstore.models.layout`)."""
+    found = _walk(tensor)
+    found = {"channels_last" if f == _INPUT else f for f in found}
+    return found.pop() if len(found) == 1 and None not in found else None
+
+
+def _walk(tensor) -> set:
+    """The layouts every path back from ``tensor`` ends in: a format, ``_INPUT``, or None (axes moved, or unknown)."""
+    found: set = set()
+    stack, seen = [tensor], set()
+    while stack:
+        t = stack.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if len(seen) > _MOST:
+            return {None}
+        history = getattr(t, "_keras_history", None)
+        op = getattr(history, "operation", None)
+        if op is None or type(op).__name__ == "InputLayer":
+            found.add(_INPUT)
+            continue
+        said = getattr(op, "data_format", None)
+        if said in FORMATS:
+            found.add(said)
+            continue
+        inputs = list(op._inbound_nodes[history.node_index].input_tensors)
+        rank = len(getattr(t, "shape", ()) or ())
+        if any(word in type(op).__name__ for word in _MOVES_AXES) or not inputs:
+            found.add(None)
+            continue
+        if hasattr(op, "layers"):  # a nested model: the layout of its output in its own graph, its input's kept
+            try:
+                inner = _walk(keras_output(op))
+            except (AttributeError, ValueError):  # a subclassed model: no graph to walk
+                inner = {None}
+            found |= inner - {_INPUT}
+            if _INPUT not in inner:
+                continue
+        if any(len(getattr(i, "shape", ()) or ()) != rank for i in inputs):  # a rank changed: which axis is which?
+            found.add(None)
+            continue
+        stack.extend(inputs)
+    return found
+
+
+def keras_output(model):
+    """A nested model's one output tensor in its own graph (its first where it has several)."""
+    out = getattr(getattr(model, "_functional", None) or model, "outputs", None) or [model.output]
+    return out[0] if isinstance(out, (list, tuple)) else out
