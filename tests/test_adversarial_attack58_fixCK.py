@@ -260,3 +260,28 @@ def test_the_jit_check_holds_each_output_to_its_own_scale():
     config = SimpleNamespace(image_size=8, mixed_precision=False)
     with pytest.raises(ConfigError, match=r"differs from the uncompiled model by up to 0.5"):
         check_jit(lambda x: x, lambda x: want, lambda x: got, config, 4, "m")
+
+
+def test_probe_and_export_reduce_tokens_and_probe_refuses_vectors(tmp_path):
+    """probe --reduce avg on vectors recorded "averaged over space" for a flatten; export --features avg flattened
+    (tokens, dims) into 35 values while its file said avg (attack 58 #3, the probe and export halves)."""
+    import featstore
+    from featstore.store.writer import write_arrays
+
+    rng = np.random.default_rng(0)
+    y = np.arange(30) % 3
+    tokens, vectors = tmp_path / "tok.h5", tmp_path / "vec.h5"
+    for split in ("train", "validation", "test"):
+        write_arrays(
+            tokens, "e", split, (rng.normal(size=(30, 7, 5)) + y[:, None, None]).astype(np.float32), y, list("abc")
+        )
+        write_arrays(vectors, "e", split, (rng.normal(size=(30, 9)) + y[:, None]).astype(np.float32), y, list("abc"))
+    out = featstore.export(tokens, "train", tmp_path / "t.npz", features="avg")
+    with np.load(out.path) as z:
+        got = z["features"]
+    X, _ = featstore.FeatureStore(tokens).load("train")
+    assert out.n_features == 5 and np.allclose(got, X.mean(axis=1))
+    summary = featstore.probe(tokens, reduce="avg", knn=False)
+    assert summary["cells"][0]["dim"] == 5 and "averaged over space or tokens" in summary["protocol"]["preprocessing"]
+    with pytest.raises(ConfigError, match=r"extractor 'e''s features are stored as vectors .*pass --reduce flatten"):
+        featstore.probe(vectors, reduce="avg", knn=False)

@@ -86,7 +86,7 @@ def probe(
         for cell in s["cells"]:
             print(cell["extractor"], cell["linear"]["C"], cell["linear"]["test_ci"])
     """
-    from featstore.models.reshape import REDUCTIONS
+    from featstore.models.reshape import REDUCTIONS, check_reduce
 
     check_names("extractor", extractors=extractors)
     check_names("split", train=train, validation=validation, test=test)
@@ -103,6 +103,8 @@ def probe(
         check_chart_name(png, "--png", store)  # a chart that cannot be written is refused before any fit
     fs = FeatureStore(store)
     names = _extractors(fs, extractors, (train, validation, test))
+    for n in names:  # vectors: nothing to reduce, and the summary would say "averaged" for a flatten (attack 58 #3)
+        check_reduce(reduce, fs.split_info(train, n)["shape"][1:], f"extractor {n!r}'s features", "--reduce flatten")
     _refuse_nonfinite(fs, names, (train, validation, test))  # every extractor's splits, before the first fit
     _refuse_unprobeable(fs, names, train)  # one class, constant rows: before the first fit too (attack 58 #5)
     root = runs_root(store, runs)
@@ -181,7 +183,9 @@ class ProbeStopped(FeatstoreError):
 
 
 def _reduce_words(reduce: str) -> str:
-    return {"flatten": "flattened", "avg": "averaged over space", "max": "max-pooled over space"}[reduce]
+    return {"flatten": "flattened", "avg": "averaged over space or tokens", "max": "max-pooled over space or tokens"}[
+        reduce
+    ]
 
 
 def _extractors(fs: FeatureStore, wanted: list[str] | None, splits: tuple[str, ...]) -> list[str]:

@@ -141,7 +141,7 @@ def export(
     info = fs.split_info(split, name, augmented=augmented)  # StoreError naming the splits there (or the missing copies)
     version = _version(fs, name, split, augmented)  # before labels, names, paths or features are read
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
-    if features != "flat" and len(shape) != 3:
+    if features != "flat" and len(shape) < 2:
         logger.info(
             "features of %s/%s are already vectors %s; --features %s leaves them as they are",
             name,
@@ -149,7 +149,7 @@ def export(
             shape,
             features,
         )
-    d = int(np.prod(shape)) if features == "flat" or len(shape) != 3 else int(shape[-1])
+    d = int(np.prod(shape)) if features == "flat" or len(shape) < 2 else int(shape[-1])  # (tokens, dims): over tokens
     from featstore.store.storage import chunk_bytes  # the chunk's own bytes (rows x the chunk's row), not rows x row
 
     block = max(max_bytes, chunk_bytes(info))
@@ -232,10 +232,12 @@ def _format(out: Path, format: str | None) -> str:
 
 
 def _reduce(X: np.ndarray, how: str) -> np.ndarray:
-    """(N, ...) block -> (N, d) float32: flattened, or averaged/maxed over h and w of (N, h, w, c)."""
+    """(N, ...) block -> (N, d) float32: flattened, or averaged/maxed over every axis but the last (h and w of (N, h,
+    w, c), the tokens of (N, tokens, dims): flattened while the file said avg, as fit's reduce was: attack 58 #3)."""
     X = X.astype(np.float32, copy=False)
-    if X.ndim == 4 and how != "flat":
-        X = X.mean(axis=(1, 2)) if how == "avg" else X.max(axis=(1, 2))
+    if X.ndim >= 3 and how != "flat":
+        axes = tuple(range(1, X.ndim - 1))
+        X = X.mean(axis=axes) if how == "avg" else X.max(axis=axes)
     return X.reshape(len(X), -1)
 
 
