@@ -1,0 +1,174 @@
+"""A re-run of `featstore sweep` reuses the cells recorded already as the very fit each makes (after Ctrl-C, a kill,
+a full disk, or simply run again), and fits every other cell: another request, fingerprint, split version or store."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import featstore
+from featstore.experiments import sweep as sweep_module
+from featstore.store.writer import synthetic_attrs, write_arrays
+
+CLFS = ["logreg", "knn"]
+
+
+def _split(path, name, split, seed, n=24, d=6):
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 2).astype(np.int32)
+    X = (rng.normal(size=(n, d)) + y[:, None] * 2.0).astype(np.float32)
+    write_arrays(path, name, split, X, y, ["a", "b"], attrs=synthetic_attrs((d,), model="synthetic"))
+
+
+def _store(path, seed=0, names=("one", "two")):
+    """Two extractors of the same synthetic layout (``seed``: other features, same paths and shapes)."""
+    for i, name in enumerate(names):
+        for j, split in enumerate(("train", "validation", "test")):
+            _split(path, name, split, seed * 100 + i * 10 + j)
+    return path
+
+
+def _runs(root):
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The sweep's fits, counted as ``(extractor, classifier)``."""
+    calls, real = [], sweep_module.fit
+
+    def fit(store, clf, *a, **k):
+        calls.append((k["extractor"], clf))
+        return real(store, clf, *a, **k)
+
+    monkeypatch.setattr(sweep_module, "fit", fit)
+    return calls
+
+
+@pytest.fixture
+def why(caplog):
+    """Why each recorded run was not reused (the debug lines of featstore.experiments.sweep_reuse)."""
+    caplog.set_level(logging.DEBUG, logger="featstore.experiments.sweep_reuse")
+    return lambda: [r.getMessage() for r in caplog.records if r.name == "featstore.experiments.sweep_reuse"]
+
+
+def test_second_identical_sweep_reuses_every_cell_and_records_no_run(tmp_path, counted):
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    first = featstore.sweep(store, CLFS, runs=root)
+    before = [n for n in _runs(root)]
+    assert len(counted) == 4 and first["reused"] == []
+    second = featstore.sweep(store, CLFS, runs=root)
+    assert len(counted) == 4, counted  # no fit
+    assert _runs(root) == before  # no new run
+    assert {c["run"] for c in second["cells"]} == {c["run"] for c in first["cells"]}
+    assert len(second["reused"]) == 4 and all(c["reused"] for c in second["cells"])
+    assert second["winner"]["id"] == first["winner"]["id"] and second["winner"]["test"] == first["winner"]["test"]
+    saved = json.loads((root / f"{second['id']}.json").read_text())
+    assert sorted(r["run"] for r in saved["reused"]) == sorted(c["run"] for c in first["cells"])
+    from featstore.report.runs import sweep_table
+
+    assert "reused: 4 of 4 cells" in sweep_table(second)
+
+
+def test_interrupted_sweep_rerun_fits_only_the_rest(tmp_path, monkeypatch, counted):
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    k, real = 3, sweep_module.fit  # (the counting fit)
+
+    def interrupted(store, clf, *a, **kw):
+        if len(counted) == k:
+            raise KeyboardInterrupt
+        return real(store, clf, *a, **kw)
+
+    monkeypatch.setattr(sweep_module, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        featstore.sweep(store, CLFS, runs=root)
+    assert len(_runs(root)) == k
+    monkeypatch.setattr(sweep_module, "fit", real)
+    done = list(counted)
+    s = featstore.sweep(store, CLFS, runs=root)
+    assert counted[k:] == [c for c in [(n, c) for n in ("one", "two") for c in CLFS] if c not in done]
+    assert len(counted) == 4 and len(s["reused"]) == k and len(_runs(root)) == 4
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"params": {"logreg": {"C": [0.5]}}}, "another given"),
+        ({"search": True}, "another search"),
+        ({"validation": "none"}, "another validation"),
+    ],
+)
+def test_another_request_refits(tmp_path, counted, why, change, reason):
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    featstore.sweep(store, ["logreg"], extractors=["one"], runs=root)
+    s = featstore.sweep(store, ["logreg"], extractors=["one"], runs=root, **change)
+    assert len(counted) == 2 and s["reused"] == []
+    assert any(reason in line for line in why()), why()
+    featstore.sweep(store, ["logreg"], extractors=["one"], runs=root, **change)
+    assert len(counted) == 2  # the same changed request again: reused
+
+
+def test_another_fingerprint_refits(tmp_path, counted, why):
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    from featstore.provenance import fingerprint
+
+    run = featstore.sweep(store, ["logreg"], extractors=["one"], runs=root)["winner"]["id"]
+    record = root / run / "run.json"
+    rec = json.loads(record.read_text())
+    attrs = {**rec["extractor_attrs"], "weights_digest": "0" * 64}  # another extractor's features, same split versions
+    attrs["fingerprint"] = fingerprint({k: v for k, v in attrs.items() if k != "fingerprint"})
+    record.write_text(json.dumps({**rec, "extractor_attrs": attrs, "fingerprint": attrs["fingerprint"]}))
+    s = featstore.sweep(store, ["logreg"], extractors=["one"], runs=root)
+    assert len(counted) == 2 and s["reused"] == []
+    assert any("another extractor fingerprint" in line for line in why()), why()
+
+
+def test_re_extracted_split_refits_its_extractor_only(tmp_path, counted, why):
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    featstore.sweep(store, CLFS, runs=root)
+    _split(store, "one", "validation", 1)  # the very same rows written again: another version of the split
+    s = featstore.sweep(store, CLFS, runs=root)
+    assert counted[4:] == [("one", c) for c in CLFS]
+    assert sorted((r["extractor"], r["clf"]) for r in s["reused"]) == [("two", c) for c in sorted(CLFS)]
+    assert any("other train or validation images or versions" in line for line in why()), why()
+
+
+def test_another_store_sharing_the_runs_folder_refits(tmp_path, counted, why):
+    root = tmp_path / "shared"
+    featstore.sweep(_store(tmp_path / "a.h5"), CLFS, runs=root)
+    s = featstore.sweep(_store(tmp_path / "b.h5", seed=7), CLFS, runs=root)  # same layout, other features
+    assert len(counted) == 8 and s["reused"] == [] and len([n for n in _runs(root)]) == 8
+    assert any("other train or validation images or versions" in line for line in why()), why()
+
+
+def test_no_reuse_refits_every_cell(tmp_path, counted):
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    featstore.sweep(store, CLFS, runs=root)
+    s = featstore.sweep(store, CLFS, runs=root, reuse=False)
+    assert len(counted) == 8 and s["reused"] == [] and len(_runs(root)) == 8
+
+
+def test_broken_run_is_not_reused(tmp_path, counted, why):
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    run = featstore.sweep(store, ["knn"], extractors=["one"], runs=root)["winner"]["id"]
+    preds = root / run / "predictions.npz"
+    preds.write_bytes(preds.read_bytes()[:-10] + b"0" * 10)  # damaged after it was recorded
+    s = featstore.sweep(store, ["knn"], extractors=["one"], runs=root)
+    assert len(counted) == 2 and s["reused"] == []
+    assert any("broken" in line for line in why()), why()
+
+
+def test_cli_no_reuse_and_table(tmp_path, counted):
+    from typer.testing import CliRunner
+
+    from featstore.cli import app
+
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    args = ["sweep", "--store", str(store), "--runs", str(root), "--clf", "logreg", "--extractor", "one"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0 and len(counted) == 1, out.output
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0 and len(counted) == 1 and "reused: 1 of 1 cells" in out.output, out.output
+    out = CliRunner().invoke(app, [*args, "--no-reuse"])
+    assert out.exit_code == 0 and len(counted) == 2 and "reused" not in out.output, out.output
