@@ -172,3 +172,15 @@ def test_cli_no_reuse_and_table(tmp_path, counted):
     assert out.exit_code == 0 and len(counted) == 1 and "reused: 1 of 1 cells" in out.output, out.output
     out = CliRunner().invoke(app, [*args, "--no-reuse"])
     assert out.exit_code == 0 and len(counted) == 2 and "reused" not in out.output, out.output
+
+
+def test_byte_copy_of_the_store_reuses_and_evaluates_test(tmp_path, counted):
+    """A copy of the store (same split versions, same rows) is the same fit's data: reused, and its test evaluated."""
+    import shutil
+
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    first = featstore.sweep(store, CLFS, runs=root, show_test=True)
+    shutil.copyfile(store, tmp_path / "copy.h5")
+    s = featstore.sweep(tmp_path / "copy.h5", CLFS, runs=root, show_test=True)
+    assert len(counted) == 4 and len(s["reused"]) == 4
+    assert [c["test"] for c in s["cells"]] == [c["test"] for c in first["cells"]]

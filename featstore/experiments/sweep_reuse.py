@@ -26,7 +26,7 @@ from featstore.experiments.protocol import OOF, Splits
 from featstore.experiments.scoring import split_versions
 from featstore.runs.folder import scan_runs, verify_run
 from featstore.runs.record import RunRecord, digest_paths
-from featstore.store.digests import split_listing
+from featstore.store.digests import identifies_rows, split_listing
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class _Now:
             versions = split_versions(fs, name, read)
             a = fs.augmentation(self.train, name)
             self.seen[name] = {
+                "store": str(fs.path.resolve()),
                 "fingerprint": fs.metadata(name)["fingerprint"],
                 "splits": {s: _identity(fs, name, s, versions[s]) for s in read},
                 "augmented": None if a is None else {k: a[f"augment_{k}" if k != "rows" else k] for k in _AUGMENTATION},
@@ -106,6 +107,9 @@ def _why_not(rec: RunRecord, cell: tuple, want: dict, now: dict, score: str) -> 
         return "other augmented copies"
     if _plain(got.get("splits")) != _plain(now["splits"]):
         return "other train or validation images or versions"
+    here = now["splits"][want["train"]]["listing_sha256"]
+    if rec.get("store") != now["store"] and not identifies_rows(here):  # runs evaluate would refuse its test
+        return "another store's path, and rows written from arrays before their digest was recorded"
     if score not in rec.metrics or score not in rec.predictions:
         return f"no {score!r} figures"
     test = want["test"]
