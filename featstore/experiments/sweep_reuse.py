@@ -25,6 +25,7 @@ from featstore.errors import StoreError
 from featstore.experiments.protocol import OOF, Splits
 from featstore.experiments.scoring import split_versions
 from featstore.runs.folder import scan_runs, verify_run
+from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, digest_paths
 from featstore.store.digests import identifies_rows, split_listing
 from featstore.store.reader import FeatureStore
@@ -88,11 +89,9 @@ class _Now:
         return self.seen[name]
 
 
-def _why_not(rec: RunRecord, cell: tuple, want: dict, now: dict, score: str) -> str:
-    """Why ``rec`` is not the fit ``cell`` would make ("" when it is)."""
-    name, clf = cell
-    if rec.kind != "fit" or rec.clf != clf or rec.extractor != name:
-        return "another cell"
+def _why_not(rec: RunRecord, want: dict, now: dict, score: str) -> str:
+    """Why ``rec``, a run of the cell's kind, classifier and extractor, is not the fit the cell would make ("" when it
+    is)."""
     got = rec.get("inputs")
     if not isinstance(got, dict):
         return "recorded no inputs (made before runs recorded them)"
@@ -138,9 +137,10 @@ def recorded_cells(
     if not root.is_dir():
         return {}
     listing = scan_runs(root)  # broken folders (and others' unreadable runs) are not in .records
-    runs = [r for r in reversed(listing.records) if r.kind == "fit"]  # newest first
-    if not runs:
-        return {}
+    runs: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in reversed(listing.records):  # newest first
+        if kind_of(r).sweep_cell:  # a fit run: not an ensemble or a fine-tuning
+            runs.setdefault((r.extractor, r.clf), []).append(r)
     now, score, out = _Now(fs, train, validation, test), validation or f"{train}{OOF}", {}
     for name, clf in cells:
         given = params.get(clf) or {}
@@ -153,10 +153,8 @@ def recorded_cells(
             "augmented": augmented,
             "test": test,
         }
-        for rec in runs:
-            if rec.clf != clf or rec.extractor != name:
-                continue
-            why = _why_not(rec, (name, clf), want, now(name), score)
+        for rec in runs.get((name, clf), []):
+            why = _why_not(rec, want, now(name), score)
             if not why:
                 try:
                     verify_run(rec, root / rec.id)  # the model and predictions it recorded, intact
