@@ -184,3 +184,35 @@ def test_byte_copy_of_the_store_reuses_and_evaluates_test(tmp_path, counted):
     s = featstore.sweep(tmp_path / "copy.h5", CLFS, runs=root, show_test=True)
     assert len(counted) == 4 and len(s["reused"]) == 4
     assert [c["test"] for c in s["cells"]] == [c["test"] for c in first["cells"]]
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_ctrl_c_line_says_what_a_rerun_does(tmp_path, monkeypatch, counted, reuse):
+    """The Ctrl-C line said a re-run fits every cell again; now it reuses the runs it lists (and, with --no-reuse, it
+    says that one refits them), and the re-run does what it said."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from featstore.cli import app
+
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    real = sweep_module.fit
+
+    def interrupted(store, clf, *a, **kw):
+        if len(counted) == 2:
+            raise KeyboardInterrupt
+        return real(store, clf, *a, **kw)
+
+    monkeypatch.setattr(sweep_module, "fit", interrupted)
+    args = ["sweep", "--store", str(store), "--runs", str(root), "--clf", ",".join(CLFS)]
+    out = CliRunner().invoke(app, args + ([] if reuse else ["--no-reuse"]))
+    line = next(x for x in out.output.splitlines() if x.startswith("interrupted:"))
+    listed = re.findall(r"\b[a-z_]+-[0-9a-f]{6}\b", line)
+    assert out.exit_code == 130 and len(listed) == 2 and sorted(listed) == _runs(root), out.output
+    said = "reuses these cells and fits only the others"
+    assert (said in line and "fits every cell again" in line) if reuse else "--no-reuse` fits every cell again" in line
+    monkeypatch.setattr(sweep_module, "fit", real)
+    s = featstore.sweep(store, CLFS, runs=root, reuse=reuse)
+    assert sorted(r["run"] for r in s["reused"]) == (sorted(listed) if reuse else [])
+    assert len(counted) == (4 if reuse else 6)
