@@ -216,3 +216,32 @@ def test_ctrl_c_line_says_what_a_rerun_does(tmp_path, monkeypatch, counted, reus
     s = featstore.sweep(store, CLFS, runs=root, reuse=reuse)
     assert sorted(r["run"] for r in s["reused"]) == (sorted(listed) if reuse else [])
     assert len(counted) == (4 if reuse else 6)
+
+
+def test_run_lacking_the_figures_the_choice_reads_refits(tmp_path, counted, why):
+    store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    run = featstore.sweep(store, ["knn"], extractors=["one"], runs=root)["winner"]["id"]
+    record = root / run / "run.json"
+    rec = json.loads(record.read_text())
+    del rec["metrics"]["validation"]  # e.g. a run of an older featstore, or edited
+    record.write_text(json.dumps(rec))
+    s = featstore.sweep(store, ["knn"], extractors=["one"], runs=root)
+    assert len(counted) == 2 and s["reused"] == [] and s["cells"][0]["validation"] is not None
+    assert any("no 'validation' figures" in line for line in why()), why()
+
+
+def test_augmented_sweep_reuses_only_a_fit_on_the_same_copies(tmp_path, counted, why):
+    from featstore import ExtractorConfig, extract
+    from tests.conftest import write_images
+
+    data, store, root = tmp_path / "data", tmp_path / "s.h5", tmp_path / "runs"
+    for (split, seed), n in zip((("train", 1), ("validation", 2), ("test", 3)), (4, 2, 2)):
+        write_images(data, split, {"cat": n, "dog": n}, seed=seed)
+    cfg = ExtractorConfig(model="vgg16", image_size=32, weights="none", seed=3, pooling="avg", layer="block3_pool")
+    extract(data, "train", store, cfg, batch_size=4, augment=1)
+    for split in ("validation", "test"):
+        extract(data, split, store, cfg, batch_size=4)
+    featstore.sweep(store, ["knn"], runs=root, augmented=True)
+    assert len(featstore.sweep(store, ["knn"], runs=root, augmented=True)["reused"]) == 1 and len(counted) == 1
+    assert featstore.sweep(store, ["knn"], runs=root)["reused"] == [] and len(counted) == 2  # the plain rows only
+    assert any("other augmented copies" in line for line in why()), why()
