@@ -53,13 +53,22 @@ def why(caplog):
     return lambda: [r.getMessage() for r in caplog.records if r.name == "featstore.experiments.sweep_reuse"]
 
 
-def test_second_identical_sweep_reuses_every_cell_and_records_no_run(tmp_path, counted):
+def test_second_identical_sweep_reuses_every_cell_and_records_no_run(tmp_path, monkeypatch, counted):
     store, root = _store(tmp_path / "s.h5"), tmp_path / "runs"
     first = featstore.sweep(store, CLFS, runs=root)
     before = [n for n in _runs(root)]
     assert len(counted) == 4 and first["reused"] == []
+    reads = []
+    for method in ("load", "iter_batches"):  # the store's features, whole or in blocks
+        real = getattr(featstore.FeatureStore, method)
+        monkeypatch.setattr(
+            featstore.FeatureStore,
+            method,
+            lambda self, split="train", *a, _real=real, **k: (reads.append(split), _real(self, split, *a, **k))[1],
+        )
     second = featstore.sweep(store, CLFS, runs=root)
     assert len(counted) == 4, counted  # no fit
+    assert reads == []  # no feature read: not even test, which the winner holds already
     assert _runs(root) == before  # no new run
     assert {c["run"] for c in second["cells"]} == {c["run"] for c in first["cells"]}
     assert len(second["reused"]) == 4 and all(c["reused"] for c in second["cells"])

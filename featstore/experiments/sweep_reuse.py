@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 
 from featstore.errors import StoreError
+from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.protocol import OOF, Splits
 from featstore.experiments.scoring import split_versions
 from featstore.runs.folder import scan_runs, verify_run
@@ -165,3 +166,14 @@ def recorded_cells(
                 break
             logger.debug("sweep: run %s not reused for %s on %s: %s", rec.id, clf, name, why)
     return out
+
+
+def tested_once(run_id: str, test: str, store, runs, reused: dict) -> tuple[RunRecord, str]:
+    """``(record, what happened)`` of the sweep's test evaluation of a run: a reused run that holds ``test`` already
+    (on the store's test images now, :func:`recorded_cells` checked) as it is, without reading test again; any other
+    evaluated and recorded (:func:`featstore.experiments.evaluate.evaluate_and_record`)."""
+    held = next((r for r in reused.values() if r.id == run_id and test in r.metrics), None)
+    if held is not None:
+        return held, f"already recorded in run {run_id}"
+    rec, _, said = evaluate_and_record(run_id, test, store, runs)
+    return rec, said
