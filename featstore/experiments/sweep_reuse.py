@@ -70,14 +70,15 @@ def fit_inputs(
 class _Now:
     """The store's state, read once per extractor when a run could match: fingerprint, split identities, copies."""
 
-    def __init__(self, fs: FeatureStore, train: str, validation: str | None, test: str | None):
+    def __init__(self, fs: FeatureStore, train: str, validation: str | None, test: str | None, augmented: bool):
         self.fs, self.train, self.validation, self.test, self.seen = fs, train, validation, test, {}
+        self.augmented = augmented  # the copies are looked at only for a sweep on them
 
     def __call__(self, name: str) -> dict:
         if name not in self.seen:
             fs, read = self.fs, [s for s in (self.train, self.validation) if s]
             versions = split_versions(fs, name, read)
-            a = fs.augmentation(self.train, name)
+            a = fs.augmentation(self.train, name) if self.augmented else None
             self.seen[name] = {
                 "store": str(fs.path.resolve()),
                 "fingerprint": fs.metadata(name)["fingerprint"],
@@ -103,7 +104,7 @@ def _why_not(rec: RunRecord, want: dict, now: dict, score: str) -> str:
             return f"another {key}"
     if bool(rec.get("streamed")):
         return "streamed (a sweep fits in memory)"
-    if _plain(got.get("augmented")) != _plain(now["augmented"] if want["augmented"] else None):
+    if _plain(got.get("augmented")) != _plain(now["augmented"]):  # None: fitted on the plain rows
         return "other augmented copies"
     if _plain(got.get("splits")) != _plain(now["splits"]):
         return "other train or validation images or versions"
@@ -142,7 +143,7 @@ def recorded_cells(
     for r in reversed(listing.records):  # newest first
         if kind_of(r).sweep_cell:  # a fit run: not an ensemble or a fine-tuning
             runs.setdefault((r.extractor, r.clf), []).append(r)
-    now, score, out = _Now(fs, train, validation, test), validation or f"{train}{OOF}", {}
+    now, score, out = _Now(fs, train, validation, test, augmented), validation or f"{train}{OOF}", {}
     for name, clf in cells:
         given = params.get(clf) or {}
         want = {
