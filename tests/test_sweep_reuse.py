@@ -254,3 +254,12 @@ def test_augmented_sweep_reuses_only_a_fit_on_the_same_copies(tmp_path, counted,
     assert len(featstore.sweep(store, ["knn"], runs=root, augmented=True)["reused"]) == 1 and len(counted) == 1
     assert featstore.sweep(store, ["knn"], runs=root)["reused"] == [] and len(counted) == 2  # the plain rows only
     assert any("other augmented copies" in line for line in why()), why()
+
+
+def test_paths_digest_in_blocks_is_the_runs_digest(tmp_path):
+    from featstore.experiments.sweep_reuse import paths_digest
+    from featstore.runs.record import digest_paths
+
+    fs = featstore.FeatureStore(_store(tmp_path / "s.h5", names=("one",)))
+    for rows in (1, 5, 24, 1000):
+        assert paths_digest(fs, "one", "train", rows) == digest_paths(fs.paths("train", "one")), rows
