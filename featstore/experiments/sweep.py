@@ -36,7 +36,7 @@ from featstore.experiments.ensemble import ensemble as record_ensemble
 from featstore.experiments.fit import OOF, fit
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.experiments.selection import DivergedError
-from featstore.experiments.sweep_reuse import recorded_cells, tested_once
+from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -168,7 +168,7 @@ def sweep(
     )
     tested = {}
     for rid in sorted(to_test):  # test is read here, after the choice, once per run
-        tested[rid], said = tested_once(rid, tst, store, runs, reused)
+        tested[rid], said = evaluated_once(rid, tst, store, runs, reused)
         if said.startswith("not recorded"):  # e.g. a full disk: say so rather than show no test figure
             raise StoreError(
                 f"sweep: {tst!r} of the chosen run {rid} {said}. The sweep's runs are recorded: once that is fixed, "

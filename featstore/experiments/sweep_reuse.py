@@ -45,11 +45,7 @@ def _plain(value) -> str:
 
 def paths_digest(fs: FeatureStore, name: str, split: str, rows: int = 1 << 16) -> str:
     """:func:`featstore.runs.record.digest_paths` of a split's paths, read ``rows`` at a time (a streamed fit's train
-    split is never held whole, its paths neither).
-
-    >>> import hashlib; hashlib.sha256(b"a\nb").hexdigest() == digest_paths(["a", "b"])
-    True
-    """
+    split is never held whole, its paths neither); the same digest (tests/test_sweep_reuse.py)."""
     h, n = hashlib.sha256(), int(fs.split_info(split, name)["committed_rows"])
     for at in range(0, n, rows):
         block = fs.paths(split, name, start=at, stop=min(at + rows, n))
@@ -185,7 +181,7 @@ def recorded_cells(
     return out
 
 
-def tested_once(run_id: str, test: str, store, runs, reused: dict) -> tuple[RunRecord, str]:
+def evaluated_once(run_id: str, test: str, store, runs, reused: dict) -> tuple[RunRecord, str]:
     """``(record, what happened)`` of the sweep's test evaluation of a run: a reused run that holds ``test`` already
     (on the store's test images now, :func:`recorded_cells` checked) as it is, without reading test again; any other
     evaluated and recorded (:func:`featstore.experiments.evaluate.evaluate_and_record`)."""
