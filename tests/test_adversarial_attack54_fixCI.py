@@ -199,7 +199,7 @@ def test_sigint_parallel_sweep_one_true_line(tmp_path, delay):
     listed = re.findall(r"\b[a-z_]+-[0-9a-f]{6}\b", line)
     assert sorted(listed) == runs and (runs or "nothing was recorded" in line), (line, runs)
     if runs:  # 8: the advice says what a re-run does with them
-        assert "fits every cell again and records new runs beside these" in line
+        assert "reuses these cells and fits only the others" in line
 
 
 # 4: a report killed half-way, two reports at once ------------------------------------------------------------------

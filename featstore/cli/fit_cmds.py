@@ -14,12 +14,13 @@ from featstore.errors import FeatstoreError
 logger = logging.getLogger(__name__)
 
 
-def _interruptible(runs_folder: Path, command: str, work):
+def _interruptible(runs_folder: Path, command: str, work, reuse: bool = True):
     """``work()``, and on Ctrl-C one line saying what this command recorded before the interrupt (the runs it wrote
     itself, :func:`featstore.runs.write.recording`: never another process's run that appeared in a shared runs folder
     meanwhile, attack 57 #9) and what a re-run does; exit 130. A parallel sweep's workers are stopped before the line
     (none records a run after it); those still inside a fit in C code then are not waited for: the process ends at
-    once, without finalising the interpreter under them (it hung on h5py's lock or aborted: attack 54 #1)."""
+    once, without finalising the interpreter under them (it hung on h5py's lock or aborted: attack 54 #1). ``reuse``:
+    whether a re-run of the sweep reuses the cells recorded (not with --no-reuse)."""
     import os
     import sys
 
@@ -30,7 +31,7 @@ def _interruptible(runs_folder: Path, command: str, work):
             return work()
         except KeyboardInterrupt as exc:
             made = sorted({folder.name for folder in ours if folder.is_dir()})  # (not renamed yet: not recorded)
-            typer.secho(f"interrupted: {_after_interrupt(made, runs_folder, command)}", err=True)
+            typer.secho(f"interrupted: {_after_interrupt(made, runs_folder, command, reuse)}", err=True)
             if getattr(exc, "running", 0):
                 logging.shutdown()
                 sys.stdout.flush()
@@ -39,17 +40,22 @@ def _interruptible(runs_folder: Path, command: str, work):
             raise typer.Exit(130) from None
 
 
-def _after_interrupt(made: list[str], runs_folder: Path, command: str) -> str:
-    """What was recorded before Ctrl-C and what re-running does (a sweep refits every cell: attack 54 #8)."""
+def _after_interrupt(made: list[str], runs_folder: Path, command: str, reuse: bool = True) -> str:
+    """What was recorded before Ctrl-C and what re-running does (a sweep reuses the cells recorded: attack 54 #8)."""
     if not made:
         return f"nothing was recorded (no run folder was written); re-run the same `featstore {command}` to do it again"
     done = f"run{'s' if len(made) > 1 else ''} {', '.join(made)} recorded in {runs_folder} before it"
     if command != "sweep":
         return f"{done}; re-run the same `featstore {command}` to do it again"
+    if not reuse:
+        return (
+            f"{done}. Re-running the same `featstore sweep --no-reuse` fits every cell again and records new runs beside "
+            f"these; without --no-reuse it reuses these cells and fits only the others"
+        )
     return (
-        f"{done}. Re-running the same `featstore sweep` fits every cell again and records new runs beside these (they "
-        f"are not reused): delete these folders first to keep one run per cell, or keep them and compare them with "
-        f"`featstore runs compare`"
+        f"{done}. Re-running the same `featstore sweep` reuses these cells and fits only the others (--no-reuse fits "
+        f"every cell again)"
+        + ("; its ensemble is selected and recorded again" if any(m.startswith("ensemble-") for m in made) else "")
     )
 
 
@@ -157,7 +163,7 @@ def sweep(
     jobs: Annotated[
         int,
         typer.Option(
-            help="Fits run in parallel (threads). Ctrl-C stops them all and lists the runs recorded; a re-run fits every cell again."
+            help="Fits run in parallel (threads). Ctrl-C stops them all and lists the runs recorded; a re-run reuses them."
         ),
     ] = 1,
     show_test: Annotated[
@@ -185,6 +191,15 @@ def sweep(
             help="Fit every run on train plus its cached augmented copies (`featstore extract --augment K`).",
         ),
     ] = False,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            "--reuse/--no-reuse",
+            help="Reuse a cell's run recorded already as the very fit it would make (same classifier, parameters, "
+            "--search, --augmented, extractor fingerprint, train and validation images and versions): a re-run after "
+            "Ctrl-C fits only the cells not recorded. --no-reuse fits every cell.",
+        ),
+    ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of the table.")] = False,
 ) -> None:
     """Fit every classifier on every extractor, choose the best on validation (or by cross-validation on train), then evaluate test once for it; every accuracy with its 95 % interval, and the ensemble against the best single run in words."""
@@ -214,7 +229,9 @@ def sweep(
             runs=runs,
             png=png,
             augmented=augmented,
+            reuse=reuse,
         ),
+        reuse=reuse,
     )
     if json_out:
         import json

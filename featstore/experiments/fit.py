@@ -55,6 +55,7 @@ from featstore.experiments.streaming import (
     streams_by_partial_fit,
 )
 from featstore.experiments.streaming import predict_blocks as stream_blocks
+from featstore.experiments.sweep_reuse import fit_inputs
 from featstore.runs import made
 from featstore.runs.artifacts import full_proba
 from featstore.runs.folder import ensure_writable, runs_root
@@ -165,6 +166,7 @@ def fit(
             fitted = _fit_in_memory(fs, name, clf, full, settings, given, splits, jobs, aug is not None, budget)
         fit_seconds = time.perf_counter() - t0
         extra = {"memory_budget": budget, "streamed": big, "notes": list(splits.notes)}
+        extra["inputs"] = fit_inputs(fs, name, splits, versions, given, settings, search, aug)  # what a sweep reuses
         if aug:
             extra["augmented"] = aug
             extra["notes"].append(

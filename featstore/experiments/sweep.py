@@ -10,7 +10,8 @@ ensemble run, or the summary says why none was built. Only then is the test spli
 when an ensemble was built, its members and the best single run, so that the two can be compared on test), or for
 every run with ``show_test=True``. The ensemble is compared with the best single run on the same rows (exact
 McNemar test and paired bootstrap): the summary says when its gain is within noise. A summary
-(``sweep-<id>.json``) and a heat map (``sweep-<id>.png``) go into the runs folder.
+(``sweep-<id>.json``) and a heat map (``sweep-<id>.png``) go into the runs folder. A cell recorded already as the very
+fit it would make is reused (:mod:`featstore.experiments.sweep_reuse`): a re-run after Ctrl-C goes on where it stopped.
 
 >>> result = sweep("features.h5", ["logreg", "svm"], ensemble=True)   # doctest: +SKIP
 >>> result["winner"]["id"], result["winner"]["test"]                  # doctest: +SKIP
@@ -32,10 +33,10 @@ from featstore.errors import ConfigError, OutputError, StoreError, check_jobs, c
 from featstore.experiments.compare import check_chart_name, compare_pair, wilson_of
 from featstore.experiments.ensemble import averaged_blocks, greedy_ensemble, greedy_log_loss  # noqa: F401 - greedy_ensemble re-exported
 from featstore.experiments.ensemble import ensemble as record_ensemble
-from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.fit import OOF, fit
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.experiments.selection import DivergedError
+from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -61,6 +62,7 @@ def sweep(
     runs: str | os.PathLike | None = None,
     png: str | os.PathLike | None = None,
     augmented: bool = False,
+    reuse: bool = True,
 ) -> dict:
     """Fit each classifier on each extractor, choose on validation (or by cross-validation on train), evaluate test
     once for the choice; returns the summary.
@@ -72,6 +74,7 @@ def sweep(
         sweep("features.h5", ["svm"], params={"svm": {"kernel": ["rbf"], "power": [0.5], "l2": [True], "pca": [256]}})
 
     ``augmented=True`` fits every run on train plus its cached augmented copies (``featstore fit --augmented``).
+    ``reuse=False`` fits every cell, even one recorded already as the very fit it would make (the summary's ``reused``).
     """
     from featstore.experiments.classifiers import get_classifier
 
@@ -104,9 +107,13 @@ def sweep(
     later = "a sweep evaluates test after its choice, for the chosen runs only (every run with --show-test)"
     later = later if tst else no_test
     started = time.perf_counter()
+    args = (cells, params, search, train, val, tst, augmented)  # a cell recorded as this very fit is not fitted again
+    reused = recorded_cells(fs, runs_root(store, runs), *args) if reuse else {}
 
     def one(cell):
         n, c = cell
+        if cell in reused:
+            return reused[cell]
         try:
             return fit(
                 store,
@@ -161,24 +168,24 @@ def sweep(
     )
     tested = {}
     for rid in sorted(to_test):  # test is read here, after the choice, once per run
-        tested[rid], _, said = evaluate_and_record(rid, tst, store, runs)
+        tested[rid], said = evaluated_once(rid, tst, store, runs, reused)
         if said.startswith("not recorded"):  # e.g. a full disk: say so rather than show no test figure
             raise StoreError(
                 f"sweep: {tst!r} of the chosen run {rid} {said}. The sweep's runs are recorded: once that is fixed, "
                 f"`featstore runs evaluate {rid} --split {tst}` adds it"
             )
-    ens, versus = None, {}
+    ens, vs = None, {}
     if len(chosen) > 1:
         ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs)
         tested[ens.id] = ens
-        versus = _versus(ens, recs[best], store, runs, score)
+        vs = _versus(ens, recs[best], store, runs, score)
         if ensemble_wins:
             winner["id"] = ens.id
     shown = {winner["id"]} | ({r.id for r in recs} if show_test else set())  # what the table shows test for
     test_of = {rid: tested[rid] for rid in shown if rid in tested}
-    seconds = time.perf_counter() - started
+    secs, kept = time.perf_counter() - started, {r.id for r in reused.values()}
     return _summary(
-        store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, tst, score, search, seconds, diverged
+        store, runs, png, clfs, names, recs, winner, ens, vs, note, test_of, tst, score, search, secs, diverged, kept
     )
 
 
@@ -353,10 +360,10 @@ def _versus(ens: RunRecord, best: RunRecord, store, runs, score: str) -> dict:
 
 
 def _summary(
-    store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, test, score, search, seconds, diverged
+    store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, test, score, search, secs, diverged, kept
 ):
     """Write sweep-<id>.json and the heat map into the runs folder; return the summary (``test_of``: run -> record;
-    ``diverged``: (extractor, classifier) -> why, cells left out, drawn blank)."""
+    ``diverged``: (extractor, classifier) -> why, cells left out, drawn blank; ``kept``: the runs reused, not fitted)."""
     from featstore.plots import heatmap_png
 
     root = runs_root(store, runs)
@@ -390,7 +397,8 @@ def _summary(
         "extractors": names,
         "search": search,
         "chosen_on": score,
-        "seconds": round(seconds, 2),
+        "reused": [{"extractor": r.extractor, "clf": r.clf, "run": r.id} for r in recs if r.id in kept],
+        "seconds": round(secs, 2),
         "cells": [
             {
                 "extractor": r.extractor,
@@ -399,6 +407,7 @@ def _summary(
                 "params": r["params"],
                 "validation": r.accuracy(score),
                 "validation_ci": figures(r, score)[1],
+                "reused": r.id in kept,
                 "test": figures(test_of.get(r.id), test)[0],
                 "test_ci": figures(test_of.get(r.id), test)[1],
             }

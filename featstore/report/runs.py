@@ -251,12 +251,19 @@ def sweep_table(summary: dict) -> str:
 
     rows = [["extractor \\ classifier"] + clfs]
     rows += [[name] + [cell(cells[(name, c)]) for c in clfs] for name in summary["extractors"]]
+    reused, n = summary.get("reused") or [], len(summary["cells"])
     lines = [
         f"{summary['id']}: {on} accuracy [95 % interval]"
         + (" / test accuracy" if any(c["test"] is not None for c in summary["cells"]) else "")
-        + f" ({len(summary['cells'])} fits in {summary['seconds']:.1f} s; * = chosen)",
+        + f" ({n - len(reused)} fit{'s' if n - len(reused) != 1 else ''}{f', {len(reused)} reused' if reused else ''} "
+        + f"in {summary['seconds']:.1f} s; * = chosen)",
         _table(rows),
     ]
+    if reused:
+        lines.append(
+            f"reused: {len(reused)} of {n} cells, recorded already as the very fit each makes (--no-reuse refits): "
+            + ", ".join(f"{r['run']} ({r['clf']} on {r['extractor']})" for r in reused)
+        )
     e = summary["ensemble"]
     if e:
         lines.append(

@@ -111,6 +111,7 @@ class FitKind(_FeaturesRun):
     """A classifier fitted on stored features (``featstore fit``): a scikit-learn pipeline (skops) or a Keras head."""
 
     name = "fit"
+    sweep_cell = True  # what `featstore sweep` fits: a re-run reuses it when it is the very fit a cell would make
 
     def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
         return artifacts.load_estimator(folder, rec["artifact"], verified=True)

@@ -75,6 +75,7 @@ OPTIONAL: dict[str, Types] = {  # checked when present
     "weights_digest": str,
     "seconds_per_epoch": (int, float),
     "calibration": dict,
+    "inputs": dict,  # a fit's request and the identity of its train and validation splits (sweep reuses the run)
 }
 _SPLIT_FIELDS = ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix")  # SplitMetrics' own fields
 VERSIONED = ("numpy", "scikit-learn", "h5py", "keras", "tensorflow", "skops")  # library versions a run records

@@ -1,0 +1,192 @@
+"""Which cells of a ``featstore sweep`` are already recorded: a re-run (after Ctrl-C, a kill, a full disk, or simply
+the same command again) reuses them instead of fitting them again.
+
+Every fit run records what it was asked and what it read (:func:`fit_inputs`, the run's ``inputs``): its candidate
+settings (the parameters given and ``--search``), ``--augmented``, the train and validation split names, and each of
+those splits' identity: its version (:func:`featstore.store.layout.same_split`: id, times and commit, drawn anew by
+every extraction), its paths digest and its listing digest. A sweep's cell (extractor, classifier) reuses the newest
+run that is the very fit the cell would make (:func:`recorded_cells`): a fit run (not an ensemble or a fine-tuning)
+of that classifier, with the same parameters given, the same candidate settings, ``--search`` and ``--augmented``
+(the same augmented copies), the same extractor name and fingerprint, not streamed, whose train and validation
+identities are the store's now, that holds the figures the sweep chooses on (validation, or train's out-of-fold
+predictions), whose test split, if recorded, is the store's test images now, and whose files are intact
+(:func:`featstore.runs.folder.verify_run`). Anything else, a run made before runs recorded ``inputs`` included, is
+fitted again. Another store sharing the runs folder has other split versions and digests: its runs are never
+reused. ``sweep(..., reuse=False)`` (``--no-reuse``) fits every cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+from featstore.errors import StoreError
+from featstore.experiments.evaluate import evaluate_and_record
+from featstore.experiments.protocol import OOF, Splits
+from featstore.experiments.scoring import split_versions
+from featstore.runs.folder import scan_runs, verify_run
+from featstore.runs.kinds import kind_of
+from featstore.runs.record import RunRecord, digest_paths
+from featstore.store.digests import identifies_rows, split_listing
+from featstore.store.reader import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+_AUGMENTATION = ("copies", "spec", "seed", "rows")  # what tells one set of augmented copies from another
+
+
+def _plain(value) -> str:
+    """A JSON value as canonical text (tuples and lists, key order: the same text)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def paths_digest(fs: FeatureStore, name: str, split: str, rows: int = 1 << 16) -> str:
+    """:func:`featstore.runs.record.digest_paths` of a split's paths, read ``rows`` at a time (a streamed fit's train
+    split is never held whole, its paths neither); the same digest (tests/test_sweep_reuse.py)."""
+    h, n = hashlib.sha256(), int(fs.split_info(split, name)["committed_rows"])
+    for at in range(0, n, rows):
+        block = fs.paths(split, name, start=at, stop=min(at + rows, n))
+        h.update((b"\n" if at else b"") + b"\n".join(os.fsencode(p) for p in block))
+    return h.hexdigest()
+
+
+def _identity(fs: FeatureStore, name: str, split: str, version: tuple) -> dict:
+    """What a run records of a split it read: its version, paths digest and listing digest."""
+    return {
+        "version": list(version),
+        "paths_sha256": paths_digest(fs, name, split),
+        "listing_sha256": split_listing(fs.split_info(split, name)),
+    }
+
+
+def fit_inputs(
+    fs: FeatureStore, name: str, splits: Splits, versions: dict, given: dict, settings: list, search: bool, aug
+) -> dict:
+    """A fit run's ``inputs``: its request and the identity of its train and validation splits, ``versions`` being
+    the ones taken before the fit read them (the fit refuses a split re-written since, after this is read)."""
+    read = [s for s in (splits.train, splits.validation) if s]
+    return {
+        "search": bool(search),
+        "given": json.loads(_plain(given)),
+        "settings": json.loads(_plain(settings)),
+        "augmented": None if aug is None else {k: aug[k] for k in _AUGMENTATION},
+        "train": splits.train,
+        "validation": splits.validation,
+        "splits": {s: _identity(fs, name, s, versions[s]) for s in read},
+    }
+
+
+class _Now:
+    """The store's state, read once per extractor when a run could match: fingerprint, split identities, copies."""
+
+    def __init__(self, fs: FeatureStore, train: str, validation: str | None, test: str | None, augmented: bool):
+        self.fs, self.train, self.validation, self.test, self.seen = fs, train, validation, test, {}
+        self.augmented = augmented  # the copies are looked at only for a sweep on them
+
+    def __call__(self, name: str) -> dict:
+        if name not in self.seen:
+            fs, read = self.fs, [s for s in (self.train, self.validation) if s]
+            versions = split_versions(fs, name, read)
+            a = fs.augmentation(self.train, name) if self.augmented else None
+            self.seen[name] = {
+                "store": str(fs.path.resolve()),
+                "fingerprint": fs.metadata(name)["fingerprint"],
+                "splits": {s: _identity(fs, name, s, versions[s]) for s in read},
+                "augmented": None if a is None else {k: a[f"augment_{k}" if k != "rows" else k] for k in _AUGMENTATION},
+                "test": None
+                if not self.test
+                else (digest_paths(fs.paths(self.test, name)), split_listing(fs.split_info(self.test, name))),
+            }
+        return self.seen[name]
+
+
+def _why_not(rec: RunRecord, want: dict, now: dict, score: str) -> str:
+    """Why ``rec``, a run of the cell's kind, classifier and extractor, is not the fit the cell would make ("" when it
+    is)."""
+    got = rec.get("inputs")
+    if not isinstance(got, dict):
+        return "recorded no inputs (made before runs recorded them)"
+    if rec.fingerprint != now["fingerprint"]:
+        return "another extractor fingerprint"
+    for key in ("search", "given", "settings", "train", "validation"):
+        if _plain(got.get(key)) != _plain(want[key]):
+            return f"another {key}"
+    if bool(rec.get("streamed")):
+        return "streamed (a sweep fits in memory)"
+    if _plain(got.get("augmented")) != _plain(now["augmented"]):  # None: fitted on the plain rows
+        return "other augmented copies"
+    if _plain(got.get("splits")) != _plain(now["splits"]):
+        return "other train or validation images or versions"
+    here = now["splits"][want["train"]]["listing_sha256"]
+    if rec.get("store") != now["store"] and not identifies_rows(here):  # runs evaluate would refuse its test
+        return "another store's path, and rows written from arrays before their digest was recorded"
+    if score not in rec.metrics or score not in rec.predictions:
+        return f"no {score!r} figures"
+    test = want["test"]
+    if test and test in rec.predictions:
+        stored = rec.predictions[test]
+        if (stored.paths_sha256, stored.listing_sha256) != now["test"]:
+            return f"{test!r} recorded on other images"
+    return ""
+
+
+def recorded_cells(
+    fs: FeatureStore,
+    root: Path,
+    cells: list[tuple[str, str]],
+    params: dict,
+    search: bool,
+    train: str,
+    validation: str | None,
+    test: str | None,
+    augmented: bool,
+) -> dict[tuple[str, str], RunRecord]:
+    """``{cell: the newest recorded run that is the fit the cell would make}`` (see the module); cells absent are fitted.
+    ``validation`` None: the sweep chooses on train's out-of-fold figures."""
+    from featstore.experiments.classifiers import candidates, get_classifier
+
+    if not root.is_dir():
+        return {}
+    listing = scan_runs(root)  # broken folders (and others' unreadable runs) are not in .records
+    runs: dict[tuple[str, str], list[RunRecord]] = {}
+    for r in reversed(listing.records):  # newest first
+        if kind_of(r).sweep_cell:  # a fit run: not an ensemble or a fine-tuning
+            runs.setdefault((r.extractor, r.clf), []).append(r)
+    now, score, out = _Now(fs, train, validation, test, augmented), validation or f"{train}{OOF}", {}
+    for name, clf in cells:
+        given = params.get(clf) or {}
+        want = {
+            "search": bool(search),
+            "given": given,
+            "settings": candidates(get_classifier(clf), given, search),
+            "train": train,
+            "validation": validation,
+            "augmented": augmented,
+            "test": test,
+        }
+        for rec in runs.get((name, clf), []):
+            why = _why_not(rec, want, now(name), score)
+            if not why:
+                try:
+                    verify_run(rec, root / rec.id)  # the model and predictions it recorded, intact
+                except StoreError as exc:
+                    why = f"broken: {exc}"
+            if not why:
+                out[(name, clf)] = rec
+                break
+            logger.debug("sweep: run %s not reused for %s on %s: %s", rec.id, clf, name, why)
+    return out
+
+
+def evaluated_once(run_id: str, test: str, store, runs, reused: dict) -> tuple[RunRecord, str]:
+    """``(record, what happened)`` of the sweep's test evaluation of a run: a reused run that holds ``test`` already
+    (on the store's test images now, :func:`recorded_cells` checked) as it is, without reading test again; any other
+    evaluated and recorded (:func:`featstore.experiments.evaluate.evaluate_and_record`)."""
+    held = next((r for r in reused.values() if r.id == run_id and test in r.metrics), None)
+    if held is not None:
+        return held, f"already recorded in run {run_id}"
+    rec, _, said = evaluate_and_record(run_id, test, store, runs)
+    return rec, said
