@@ -184,8 +184,10 @@ class HubSpec:
                 f"{where}: {type(exc).__name__} {str(exc)[:100]} reading the {name} config; it is damaged or not one "
                 f"KerasHub writes"
             ) from None
-        if not 0 <= family.prefix_tokens(vision) <= MAX_LAYERS:
-            raise ConfigError(f"{where}: num_register_tokens is {vision.get('num_register_tokens')!s:.100}; damaged")
+        try:  # (a count outside its range, null or text: attack 59 #3, #4)
+            family.prefix_tokens(vision)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}; the preset's config is damaged or not one KerasHub writes") from None
         encoders = sorted({c for f in FAMILIES.values() for _, c in f.encoders})
         for key, expected in family.encoders:  # KerasHub builds whatever class a nested config names
             nested = config["config"].get(key)
