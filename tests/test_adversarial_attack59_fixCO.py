@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from featstore import ConfigError, ExtractorConfig
 from featstore.cli import app
+from featstore.models.extractor import Extractor
 
 from .test_hub import FAMILIES, save_presets
 
@@ -44,6 +45,43 @@ def _edited(presets, family, tmp_path, edit):
 def _x(family):
     size = FAMILIES[family][1]
     return np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------------------ #1, #2
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_a_towers_own_dtype_does_not_decide_what_is_computed(presets, family, tmp_path):
+    def bfloat16(config):
+        config["config"]["vision_encoder"]["config"]["dtype"] = "mixed_bfloat16"  # a preset saved under that policy
+
+    ours = Extractor(ExtractorConfig(model=str(presets[family][0]), pooling="mean"))
+    edited = Extractor(ExtractorConfig(model=str(_edited(presets, family, tmp_path, bfloat16)), pooling="mean"))
+    # the same fingerprint is true now: the same numbers, computed in the float32 both record
+    assert edited.attrs["fingerprint"] == ours.attrs["fingerprint"] and edited.attrs["compute_dtype"] == "float32"
+    np.testing.assert_array_equal(edited(_x(family)), ours(_x(family)))  # it differed by up to 9e-3 in bfloat16
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_mixed_precision_reaches_the_vision_tower(presets, family):
+    folder = str(presets[family][0])
+    full = Extractor(ExtractorConfig(model=folder, pooling="mean"))
+    mixed = Extractor(ExtractorConfig(model=folder, pooling="mean", mixed_precision=True))
+    assert mixed.attrs["compute_dtype"] == "mixed_float16" and mixed.attrs["fingerprint"] != full.attrs["fingerprint"]
+    a, b = full(_x(family)), mixed(_x(family))
+    assert np.abs(a - b).max() > 0  # bit-identical before: the tower stayed float32
+    np.testing.assert_allclose(b, a, atol=0.05)  # float16 rounding, not another model
+    blocks = [lyr for lyr in mixed.model._flatten_layers(recursive=True) if "encoder_block" in lyr.name]
+    assert blocks and {lyr.dtype_policy.name for lyr in blocks} == {"mixed_float16"}
+
+
+def test_a_layer_under_another_policy_is_refused_not_recorded(presets, monkeypatch):
+    import featstore.models.hub as hub
+
+    monkeypatch.setattr(hub, "with_dtype", lambda text, policy, nested: text)  # the towers keep their float32
+    with pytest.raises(ConfigError, match=r"float32\), not mixed_float16 as asked") as err:
+        Extractor(ExtractorConfig(model=str(presets["clip"][0]), pooling="mean", mixed_precision=True))
+    assert "\n" not in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------------------------ #3, #4

@@ -79,6 +79,17 @@ def register_tokens(config: dict) -> int:
     return n
 
 
+def off_policy(backbone, policy: str) -> str | None:
+    """The first layer of ``backbone`` (nested ones included: a CLIP or SigLIP vision tower is a model inside it) whose
+    dtype policy is not ``policy``, as ``'name (its policy)'``, or None: featstore records the policy it asked for as
+    the store's compute_dtype, so a layer computing under another must be refused, not recorded (attack 59 #1, #2)."""
+    for layer in backbone._flatten_layers(include_self=True, recursive=True):
+        name = getattr(getattr(layer, "dtype_policy", None), "name", None)
+        if name != policy:
+            return f"{layer.name} ({name})"
+    return None
+
+
 FAMILIES = {
     f.class_name: f
     for f in (
