@@ -44,12 +44,22 @@ from featstore.models.preset_json import (
     check_sizes,
     held_parameters,
     read_json,
+    saved_unzipped,
     square_side,
     vision_ffn_width,
     whole_number,
+    with_dtype,
 )
 from featstore.models.scratch import scratch_folder
-from featstore.models.tokens import EMBEDDING, FAMILIES, TOKEN_POOLINGS, TOKENS, token_model, token_pool_layer
+from featstore.models.tokens import (
+    EMBEDDING,
+    FAMILIES,
+    TOKEN_POOLINGS,
+    TOKENS,
+    off_policy,
+    token_model,
+    token_pool_layer,
+)
 from featstore.models.weights import LoadedWeights
 from featstore.outputs import what_is_at
 from featstore.provenance import MAX_IMAGE_SIZE, sha256_file
@@ -58,7 +68,9 @@ logger = logging.getLogger(__name__)
 
 HUB_PREFIX = "hub:"
 HUB_PREPROCESS = "keras-hub-converter"  # preprocess id; the numbers are preprocess_scale / preprocess_offset
-_UNSTABLE_KEYS = ("image_shape", "name", "dtype", "trainable")  # config keys that do not decide the architecture
+# config keys that do not decide the architecture; every dtype is featstore's (--mixed-precision: compute_dtype) and
+# replaced in what KerasHub builds (preset_json.with_dtype), so a preset's own never decides what is computed
+_UNSTABLE_KEYS = ("image_shape", "name", "dtype", "trainable")
 
 
 def is_hub_model(model: str) -> bool:
@@ -135,7 +147,7 @@ class HubSpec:
         config = read_json(folder / "config.json")
         name = config.get("class_name")
         if not isinstance(name, str) or name not in FAMILIES:
-            if _saved_unzipped(config):
+            if saved_unzipped(config):
                 raise ConfigError(
                     f"{preset} is a Keras model saved unzipped (model.save(..., zipped=False)), not a KerasHub preset: "
                     f"featstore reads a Keras model as one .keras file. Zip the folder's files into one, here: "
@@ -184,8 +196,10 @@ class HubSpec:
                 f"{where}: {type(exc).__name__} {str(exc)[:100]} reading the {name} config; it is damaged or not one "
                 f"KerasHub writes"
             ) from None
-        if not 0 <= family.prefix_tokens(vision) <= MAX_LAYERS:
-            raise ConfigError(f"{where}: num_register_tokens is {vision.get('num_register_tokens')!s:.100}; damaged")
+        try:  # (a count outside its range, null or text: attack 59 #3, #4)
+            family.prefix_tokens(vision)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}; the preset's config is damaged or not one KerasHub writes") from None
         encoders = sorted({c for f in FAMILIES.values() for _, c in f.encoders})
         for key, expected in family.encoders:  # KerasHub builds whatever class a nested config names
             nested = config["config"].get(key)
@@ -343,7 +357,8 @@ class HubSpec:
         keras_hub = _requires_keras_hub()
         import keras
 
-        kwargs = {"dtype": keras.mixed_precision.global_policy().name}
+        policy = keras.mixed_precision.global_policy().name  # the extractor's: float32, or mixed_float16
+        kwargs = {"dtype": policy}
         if size != self.default_size:
             kwargs["image_shape"] = (size, size, 3)
         # KerasHub reads the preset folder again: it is given a private snapshot holding the config.json featstore read
@@ -356,7 +371,7 @@ class HubSpec:
             scratch_folder("preset") as tmp,
             held_input(weights.resolve(), "preset weights file", WeightsError, named=weights) as held,
         ):
-            snapshot = self._snapshot(tmp, held)
+            snapshot = self._snapshot(tmp, held, policy)
             try:
                 with bounded_build(held_parameters(snapshot / WEIGHTS_FILE, self.shown), str(self.folder)):
                     backbone = keras_hub.models.Backbone.from_preset(str(snapshot), **kwargs)
@@ -370,6 +385,9 @@ class HubSpec:
                 ) from None
             if sha256_file(snapshot / WEIGHTS_FILE) != self.weights_sha256:
                 raise WeightsError(f"{self.folder / WEIGHTS_FILE} changed while it was being loaded; run again")
+        off = off_policy(backbone, policy)  # what the store records as compute_dtype must be what every layer computes
+        if off is not None:
+            raise ConfigError(f"{self.shown}: KerasHub built layer {off[:200]}, not {policy} as asked; not recorded")
         what = (
             f"KerasHub preset {self.handle}" if self.preset.startswith(HUB_PREFIX) else f"preset folder {self.preset}"
         )
@@ -384,14 +402,16 @@ class HubSpec:
             "model", "keras-hub-preset", what, str(self.folder / WEIGHTS_FILE), self.weights_sha256
         )
 
-    def _snapshot(self, tmp: Path, held: Path) -> Path:
+    def _snapshot(self, tmp: Path, held: Path, policy: str) -> Path:
         """``tmp`` made a preset folder of the checked ``config.json`` and the weights file held since it was reached
         (``held``: :func:`~featstore.models.held_input.held_input`'s private name), whatever is renamed onto its name
-        later: a hard link of that very file where one can be made (HDF5 then opens a name no one else can change),
-        else a link to the held name, else (no ``/proc``) a copy. Reopened by name, a colleague's link to a device
-        swapped in after the check was opened (attack 35 #2); a symbolic link to the weights' name let a file swapped
-        in for the load, and back before the hash, pass. Returns ``tmp``."""
-        (tmp / "config.json").write_text(self.config_text, encoding="utf-8")
+        later (its dtypes set to ``policy``: :func:`~featstore.models.preset_json.with_dtype`): a hard link of that very
+        file where one can be made (HDF5 then opens a name no one else can change), else a link to the held name, else
+        (no ``/proc``) a copy. Reopened by name, a colleague's link to a device swapped in after the check was opened
+        (attack 35 #2); a symbolic link to the weights' name let a file swapped in for the load, and back before the
+        hash, pass. Returns ``tmp``."""
+        nested = tuple(key for key, _ in self.family.encoders)
+        (tmp / "config.json").write_text(with_dtype(self.config_text, policy, nested), encoding="utf-8")
         try:
             os.link(held, tmp / WEIGHTS_FILE, follow_symlinks=True)  # the inode behind /proc/self/fd/N
             return tmp
@@ -425,19 +445,3 @@ class HubSpec:
             "preprocess_scale": list(self.scale),
             "preprocess_offset": list(self.offset),
         }
-
-
-def _saved_unzipped(config: dict) -> bool:
-    """Whether a folder's ``config.json`` is a plain Keras model's (``model.save(folder, zipped=False)`` writes the
-    parts of a ``.keras`` zip into a folder), not a KerasHub preset's: attack 21 found such a folder answered with the
-    list of supported transformer backbones.
-
-    >>> _saved_unzipped({"module": "keras.src.models.functional", "class_name": "Functional"})
-    True
-    >>> _saved_unzipped({"module": "keras_hub.src.models.vit.vit_backbone", "class_name": "ViTBackbone"})
-    False
-    """
-    module = config.get("module")
-    return config.get("class_name") in ("Functional", "Sequential", "Model") or (
-        isinstance(module, str) and module.split(".")[0] == "keras"
-    )

@@ -367,3 +367,36 @@ def check_weights_file(path: Path) -> str | None:
     except Exception:  # noqa: BLE001 - not HDF5, or damaged: load_weights says what it says about it
         return None
     return weights_problem(path, seen, unstored, outside)
+
+
+def with_dtype(config_text: str, policy: str, nested: tuple[str, ...]) -> str:
+    """A preset's ``config.json`` (as read and checked) with the backbone's dtype and that of each nested model it holds
+    (``nested``: their config keys, CLIP's and SigLIP's two towers) set to ``policy``: what KerasHub is given to build.
+    KerasHub keeps a nested model's own dtype over the one ``from_preset`` is given (``CLIPBackbone.from_config``), so a
+    tower saved under ``mixed_bfloat16`` computed in bfloat16 under featstore's float32 record and fingerprint, and
+    every saved tower (``float32``) ignored ``--mixed-precision`` while the store said float16 (attack 59 #1, #2).
+
+    >>> json.loads(with_dtype('{"config": {"dtype": "x", "v": {"config": {"dtype": "y"}}}}', "float32", ("v",)))
+    {'config': {'dtype': 'float32', 'v': {'config': {'dtype': 'float32'}}}}
+    """
+    config = json.loads(config_text)
+    config["config"]["dtype"] = policy
+    for key in nested:
+        config["config"][key]["config"]["dtype"] = policy
+    return json.dumps(config)
+
+
+def saved_unzipped(config: dict) -> bool:
+    """Whether a folder's ``config.json`` is a plain Keras model's (``model.save(folder, zipped=False)`` writes the
+    parts of a ``.keras`` zip into a folder), not a KerasHub preset's: attack 21 found such a folder answered with the
+    list of supported transformer backbones.
+
+    >>> saved_unzipped({"module": "keras.src.models.functional", "class_name": "Functional"})
+    True
+    >>> saved_unzipped({"module": "keras_hub.src.models.vit.vit_backbone", "class_name": "ViTBackbone"})
+    False
+    """
+    module = config.get("module")
+    return config.get("class_name") in ("Functional", "Sequential", "Model") or (
+        isinstance(module, str) and module.split(".")[0] == "keras"
+    )

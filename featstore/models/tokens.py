@@ -60,6 +60,36 @@ def _vision_encoder(config: dict) -> dict:
     return config["vision_encoder"]["config"]
 
 
+MAX_REGISTER_TOKENS = 1024  # DINOv2's register tokens (KerasHub's dinov2_with_registers presets: 4)
+
+
+def register_tokens(config: dict) -> int:
+    """A DINOv2 vision config's ``num_register_tokens`` (absent: 0), or a ValueError naming it: KerasHub adds registers
+    only when the count is above 0, so ``-1`` built the class token while featstore counted no prefix token (attack 59
+    #3), and ``int()`` of ``null`` or ``"x"`` was a traceback (#4).
+
+    >>> register_tokens({"num_register_tokens": 4}), register_tokens({})
+    (4, 0)
+    """
+    n = config.get("num_register_tokens", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_REGISTER_TOKENS:
+        raise ValueError(
+            f"num_register_tokens is {repr(n)[:100]}, expected a whole number from 0 to {MAX_REGISTER_TOKENS}"
+        )
+    return n
+
+
+def off_policy(backbone, policy: str) -> str | None:
+    """The first layer of ``backbone`` (nested ones included: a CLIP or SigLIP vision tower is a model inside it) whose
+    dtype policy is not ``policy``, as ``'name (its policy)'``, or None: featstore records the policy it asked for as
+    the store's compute_dtype, so a layer computing under another must be refused, not recorded (attack 59 #1, #2)."""
+    for layer in backbone._flatten_layers(include_self=True, recursive=True):
+        name = getattr(getattr(layer, "dtype_policy", None), "name", None)
+        if name != policy:
+            return f"{layer.name} ({name})"
+    return None
+
+
 FAMILIES = {
     f.class_name: f
     for f in (
@@ -68,7 +98,7 @@ FAMILIES = {
             "DINOV2Backbone",
             "DINOV2Backbone",
             _same,
-            lambda c: 1 + int(c.get("num_register_tokens", 0)),
+            lambda c: 1 + register_tokens(c),
             True,
             False,
             True,
