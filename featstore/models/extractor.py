@@ -37,7 +37,7 @@ from featstore.models.backbones import (
     validate_size,
 )
 from featstore.models.hub import HubSpec, is_hub_model, store_name
-from featstore.models.saved import SavedModelSpec, is_model_path, refuse_no_default_cut
+from featstore.models.saved import SavedModelSpec, is_model_path, refuse_no_default_cut, refuse_other_policy
 from featstore.models.weights import describe_weights_argument, load_base, weights_digest
 from featstore.provenance import validate_dtype
 
@@ -295,6 +295,8 @@ class Extractor:
             ) from None
         # one image's largest activation up to the cut, from the shapes Keras inferred: refused before any image runs
         self._bound_shown = str(spec.shown) if isinstance(spec, SavedModelSpec) else self._shown_name()
+        if isinstance(spec, SavedModelSpec):  # its layers keep their saved dtype: the record must be what computes
+            refuse_other_policy(self.model, c.mixed_precision, spec.shown)
         self.largest_activation = activations.check_activations(
             self.model, self._bound_shown, activations.resizable(self)
         )

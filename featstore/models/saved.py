@@ -388,3 +388,30 @@ def no_default_cut(model) -> bool:
     except ConfigError:
         return True
     return False
+
+
+def refuse_other_policy(model, mixed: bool, shown) -> None:
+    """ConfigError unless the layers of ``model`` (a saved model cut: its own layers keep the dtype policy they were
+    saved with, whatever policy is set when it is loaded) compute as the store will record: all in float32, or, with
+    ``mixed`` (--mixed-precision), in mixed_float16 with float32 islands (a float32 softmax or normalisation). A model
+    saved under mixed_float16 computed in float16 while the store said float32, and --mixed-precision on one saved in
+    float32 changed nothing while the store said mixed_float16 and took another fingerprint."""
+    allowed = {"mixed_float16", "float32"} if mixed else {"float32"}
+    seen = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if type(layer).__name__ in ("InputLayer", "Functional", "Sequential"):  # follow the policy set at load
+            continue
+        seen.setdefault(getattr(getattr(layer, "dtype_policy", None), "name", None), layer.name)
+    other = next((p for p in seen if p not in allowed), None)
+    if other is not None:
+        fix = "pass --mixed-precision" if other == "mixed_float16" else "save it again in float32 (or mixed_float16)"
+        raise ConfigError(
+            f"{shown}: layer {seen[other]!r} computes in {other} (saved so; a saved model's layers keep their dtype), "
+            f"and this extraction would record {'mixed_float16' if mixed else 'float32'}; {fix}"
+        )
+    if mixed and "mixed_float16" not in seen:
+        raise ConfigError(
+            f"{shown}: --mixed-precision changes nothing here: its layers were saved in float32 and keep that dtype "
+            f"when loaded. Leave out --mixed-precision, or build and save the model under "
+            f"keras.mixed_precision.set_global_policy('mixed_float16')"
+        )
