@@ -13,16 +13,7 @@ import featstore
 from featstore.errors import ConfigError
 from featstore.experiments import classifiers
 
-
-def _synthetic(path, n=30, d=8, seed=0):
-    from featstore.store.writer import write_arrays
-
-    rng = np.random.default_rng(seed)
-    for split in ("train", "validation", "test"):
-        y = np.arange(n) % 3
-        X = (rng.normal(size=(n, d)) + y[:, None] * 1.5).astype(np.float32)
-        write_arrays(path, "synthetic", split, X, y, ["a", "b", "c"])
-    return path
+from .test_adversarial_attack54_fixCI import _synthetic
 
 
 @pytest.fixture
