@@ -168,7 +168,8 @@ def _sweep_interrupted(tmp_path, jobs: int, delay: float):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(p) for p in sys.path if p])}
     code = (
         "import sys, time; from featstore.experiments import fit as f; real = f._record\n"
-        "def slow(*a, **k):\n    time.sleep(1.5); return real(*a, **k)\n"  # every cell takes seconds: SIGINT meets them
+        "def slow(*a, **k):\n    time.sleep(3.0); return real(*a, **k)\n"  # every cell takes seconds: SIGINT meets them
+        # (3 s: 3 rounds of 2 cells outlast the 6 s delay on an idle machine; at 1.5 s an idle one could finish first)
         "f._record = slow\nfrom featstore.cli import app\n"
         "sys.argv = ['featstore', 'sweep', '--store', 's.h5', '--clf', 'logreg,sgd,knn,svm,random_forest,dense', "
         f"'--jobs', '{jobs}']\napp()"
