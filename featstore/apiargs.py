@@ -206,8 +206,9 @@ def _match(value, kind: list, where: str, name: str) -> tuple[bool, object]:
             items = _items(value, alt[1])
             if items is None:
                 continue
-            if alt[1] is None:
-                return True, items
+            if alt[1] is None:  # items of any kind (a parameter's values): numpy's scalars as Python's (60 #6)
+                plain = [_python(v) for v in items]
+                return True, value if items is value and all(a is b for a, b in zip(plain, items)) else plain
             fixed = []
             for i, item in enumerate(items):
                 ok, one = _match(item, alt[1], where, f"{name}[{i}]")
@@ -270,3 +271,11 @@ def _numpy_bool(value) -> bool:
     """numpy's bool (``np.bool_``; its class is named ``bool`` since numpy 2, so ``np.False_`` was refused as "a bool;
     give True or False")."""
     return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+
+
+def _python(value):
+    """A numpy scalar as Python's value (a longdouble as a float), anything else as it is."""
+    if type(value).__module__ != "numpy" or not hasattr(value, "item") or getattr(value, "ndim", 1) != 0:
+        return value
+    plain = value.item()
+    return float(plain) if type(plain).__module__ == "numpy" else plain

@@ -5,6 +5,8 @@ fingerprint (found beside attack 59 #2). Both are refused in one line naming the
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from featstore import ConfigError, ExtractorConfig, FeatureStore, extract
@@ -49,3 +51,26 @@ def test_a_saved_model_extracted_as_it_computes_records_that(saved, data_root, t
     cfg = ExtractorConfig(model=str(saved / f"{policy}.keras"), layer="gap", mixed_precision=mixed)
     extract(data_root, "train", tmp_path / "f.h5", cfg)
     assert FeatureStore(tmp_path / "f.h5").metadata()["compute_dtype"] == policy
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_quantized_model_computes_in_the_policy_it_was_quantized_from(tmp_path, mode):
+    """model.quantize("int8"/"int4") layers' policies are "int8_from_float32", "int4/128_from_float32": they compute
+    in float32 and were accepted (attack 21) until the policy check refused them (attack 60 #9)."""
+    import keras
+
+    from featstore.models.extractor import Extractor
+
+    x = keras.Input((32, 32, 3))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="c1")(x)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    h = keras.layers.Dense(8, activation="relu", name="d1")(h)
+    m = keras.Model(x, keras.layers.Dense(2, activation="softmax", name="fc")(h))
+    with warnings.catch_warnings():  # Keras warns of the layers it leaves as they are (the input, the pooling)
+        warnings.simplefilter("ignore")
+        m.quantize(mode)
+    m.save(tmp_path / f"{mode}.keras")
+    ex = Extractor(ExtractorConfig(model=str(tmp_path / f"{mode}.keras"), layer="d1"))
+    assert ex.model.output_shape == (None, 8)
+    with pytest.raises(ConfigError, match=r"--mixed-precision changes nothing here"):
+        Extractor(ExtractorConfig(model=str(tmp_path / f"{mode}.keras"), layer="d1", mixed_precision=True))

@@ -52,6 +52,9 @@ class ClassifierSpec:
         if self.keras:
             refuse_caps()
         for key, values in given.items():
+            if not values:  # C=[] (or an unknown name with []): fitted on the defaults, then an IndexError (60 #5)
+                self.check_value(key, self.params[key].default if key in self.params else None)  # an unknown name
+                raise ConfigError(f"parameter {key} for {self.name} is given no value; give at least one")
             for value in values:
                 self.check_value(key, value)
 

@@ -119,7 +119,6 @@ def fit(
         run = fit("features.h5", "logreg", augmented=True, validation="none")
     """
     from featstore.experiments.classifiers import candidates, get_classifier  # sklearn: only when fitting
-    from featstore.models.reshape import check_reduce
 
     check_names("extractor", extractor=extractor)  # "" took the store's only extractor
     spec = get_classifier(clf)
@@ -140,9 +139,7 @@ def fit(
         class_names = fs.class_names(name)
         settings = candidates(spec, given, search)
         full = [spec.full_params(s) for s in settings]
-        row = tuple(fs.split_info(splits.train, name)["shape"][1:])
-        for p in full:  # avg on vectors: a flatten the run would record as avg (attack 58 #3)
-            check_reduce(p.get("reduce", "flatten"), row, f"extractor {name!r}'s features")
+        refuse_reduce(fs, name, clf, given, search, splits.train)  # avg on vectors: recorded avg for a flatten
         aug = _augmentation(fs, name, train) if augmented else None
         used = splits.used
         sizes = [
@@ -327,6 +324,20 @@ def _fit_in_memory(
         return ys, est.predict(Xs), full_proba(est, Xs, k)
 
     return Fitted(est, best, selection, predict_split, oof, predict_blocks=predict_blocks)
+
+
+def refuse_reduce(fs, name: str, clf: str, given: dict | None, search: bool, train: str, option: str = "") -> None:
+    """ConfigError when a setting of ``clf`` (``given``, ``search``) reduces (avg/max) features ``name`` stores as
+    vectors, with nothing to reduce: the run would record ``avg`` for a flatten (attack 58 #3). ``option``: the fix
+    in the command's own spelling (sweep's ``--param CLF:reduce=flatten``: attack 60 #8)."""
+    from featstore.experiments.classifiers import candidates, get_classifier
+    from featstore.models.reshape import check_reduce
+
+    spec, row = get_classifier(clf), tuple(fs.split_info(train, name)["shape"][1:])
+    for p in (spec.full_params(s) for s in candidates(spec, given or {}, search)):
+        check_reduce(
+            p.get("reduce", "flatten"), row, f"extractor {name!r}'s features", option or "--param reduce=flatten"
+        )
 
 
 def _record(

@@ -33,7 +33,7 @@ from featstore.errors import ConfigError, OutputError, StoreError, check_jobs, c
 from featstore.experiments.compare import check_chart_name, compare_pair, wilson_of
 from featstore.experiments.ensemble import averaged_blocks, greedy_ensemble, greedy_log_loss  # noqa: F401 - greedy_ensemble re-exported
 from featstore.experiments.ensemble import ensemble as record_ensemble
-from featstore.experiments.fit import OOF, fit
+from featstore.experiments.fit import OOF, fit, refuse_reduce
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.experiments.selection import DivergedError
 from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells
@@ -99,6 +99,8 @@ def sweep(
         check_chart_name(png, "--png", store)  # a heat map that cannot be written is refused before any fit
     fs = FeatureStore(store)
     names, val = _extractors(fs, extractors, train, validation)
+    for n, c in ((n, c) for n in names for c in clfs):  # every cell's reduce before any fit (attack 60 #8)
+        refuse_reduce(fs, n, c, params.get(c), search, train, f"--param {c}:reduce=flatten, or leave {n} out")
     score = val or f"{train}{OOF}"
     tst, no_test = _test_split(fs, names, test)
     if ensemble:

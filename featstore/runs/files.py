@@ -294,7 +294,10 @@ def output_path(folder: Path, name: str) -> Path:
 def json_default(o):
     """numpy scalars and arrays as plain JSON values (``json.dumps(..., default=json_default)``)."""
     if isinstance(o, np.generic):
-        return o.item()
+        plain = o.item()  # a longdouble's item() is a longdouble again: json recursed to a RecursionError (60 #6)
+        return (
+            float(plain) if isinstance(plain, np.floating) else plain if not isinstance(plain, np.generic) else str(o)
+        )
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -10,6 +10,7 @@ ask here before they trust a row.
 
 from __future__ import annotations
 
+from featstore.errors import ConfigError
 from featstore.provenance import AUGMENTED
 from featstore.store.attr_values import read_attr
 from featstore.store.layout import read_paths
@@ -23,6 +24,8 @@ def copy_problems(store: StoreFile, name: str, split: str, *, block: int = 1 << 
     Reads labels, paths and copy indexes in blocks of ``block`` rows: the split and the first block in one opening,
     then one opening per block, so a writer of another split is not held up.
     """
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:  # 0 or -1 looped for ever (attack 60 #7)
+        raise ConfigError(f"copy_problems(): block={block!r} must be a whole number of rows of at least 1")
     path = store.path
     where, bad_copy, unknown, wrong_label, order = f"{path}:/{name}/{split}/{AUGMENTED}", 0, 0, 0, 0
     last, i, rows = (0, -1), 0, None

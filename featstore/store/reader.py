@@ -419,6 +419,7 @@ class FeatureStore:
 
 
 for _name in (  # a user's calls: one line each (54 #5, 57 #6)
-    "load iter_batches block_lengths labels paths listing failures nbytes split_info class_names splits metadata"
+    "load iter_batches block_lengths labels paths listing failures nbytes split_info class_names splits metadata "
+    "copies copy_problems"
 ).split():
     setattr(FeatureStore, _name, checked(getattr(FeatureStore, _name)))
