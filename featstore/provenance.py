@@ -38,6 +38,10 @@ FINGERPRINT_FIELDS += ("feature_shape", "weights_digest")
 # Fingerprinted only where a store records them (older stores, and backbones without them, keep their fingerprints):
 # a KerasHub preset's preprocessing is its converter's numbers, under the one id "keras-hub-converter".
 OPTIONAL_FINGERPRINT_FIELDS = ("preprocess_scale", "preprocess_offset")
+# a channels_first cut's map is stored (H, W, C) (attack 60 #1): fingerprinted where present, so rows stored before as
+# (C, H, W) are never mixed with new ones, even where both shapes read the same (C = H = W)
+LAYOUT_FIELDS = ("map_layout",)
+MOVED_CHANNELS_LAST = "channels_last_from_channels_first"
 # What a store records about a model file or KerasHub preset besides the common attributes (extractor_attrs keeps them).
 MODEL_SOURCE_KEYS = ("model_file", "model_sha256", "trust_model", "hub_preset", "hub_handle", "hub_class")
 MODEL_SOURCE_KEYS += OPTIONAL_FINGERPRINT_FIELDS
@@ -88,14 +92,14 @@ def attrs_of(obj) -> dict:
 def fingerprint(attrs: dict) -> str:
     """sha256 over the FINGERPRINT_FIELDS of an extractor's attributes (stable ids and numbers only)."""
     ident = {k: plain(attrs.get(k)) for k in FINGERPRINT_FIELDS}
-    ident.update({k: plain(attrs[k]) for k in OPTIONAL_FINGERPRINT_FIELDS if k in attrs})
+    ident.update({k: plain(attrs[k]) for k in (*OPTIONAL_FINGERPRINT_FIELDS, *LAYOUT_FIELDS) if k in attrs})
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
 def describe_diff(
     a: dict,
     b: dict,
-    keys=(*FINGERPRINT_FIELDS, *OPTIONAL_FINGERPRINT_FIELDS),
+    keys=(*FINGERPRINT_FIELDS, *OPTIONAL_FINGERPRINT_FIELDS, *LAYOUT_FIELDS),
     sides: tuple[str, str] = ("store has", "this run has"),
 ) -> str:
     """'key: store has X, this run has Y; ...' for the keys whose values differ."""
@@ -335,6 +339,7 @@ def extractor_attrs(backbone: dict, config: dict, output: dict, weights: dict, v
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **saved,
     }
+    attrs.update({k: output[k] for k in LAYOUT_FIELDS if k in output})
     attrs["fingerprint"] = fingerprint(attrs)
     return attrs
 

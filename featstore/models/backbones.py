@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from featstore import provenance
 from featstore.errors import ConfigError, choices_error
 from featstore.models.heads import classifier_head, ends_in_dense  # noqa: F401 (classifier_head: re-exported)
 from featstore.models.layout import data_format_at
@@ -158,8 +159,16 @@ def validate_pooling(pooling: str) -> None:
         raise choices_error("pooling", pooling, POOLINGS)
 
 
+TO_CHANNELS_LAST = "featstore_channels_last_"  # the Permute that stores a channels_first cut's map as (H, W, C)
+
+
 def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -> list[tuple[str, object]]:
-    """``(layer name, output tensor)`` for each requested cut of ``base`` (None = its last layer), then optional pooling."""
+    """``(layer name, output tensor)`` for each requested cut of ``base`` (None = its last layer), then optional pooling.
+
+    A 4-D cut that :func:`~featstore.models.layout.data_format_at` finds channels_first (a PyTorch port's) is stored
+    channels_last through a ``Permute`` (:data:`TO_CHANNELS_LAST`) inside the cut model, so that ONNX, ``--jit`` and
+    predict compute the same, and every reduce (``reduce=avg``, ``export --features avg``, a fine-tuning head) averages
+    over its height and width (attack 60 #1); the record says so (``map_layout``, fingerprinted)."""
     import keras
 
     validate_pooling(pooling)
@@ -200,14 +209,23 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
             if layout is None:
                 raise ConfigError(
                     f"--pooling {pooling} pools over the height and width of layer {layer} of {model_name}, but no "
-                    f"layer up to it says which of its axes {tuple(t.shape)[1:]} are the channels (one moves axes: "
-                    f"Permute, Reshape); pass --pooling none to store its output as it is, or cut at a convolution or "
+                    f"layer up to it says which of its axes {tuple(t.shape)[1:]} are the channels (one moves or mixes axes: "
+                    f"Permute, Reshape, EinsumDense, an op or a layer featstore does not know); pass --pooling none to store "
+                    f"its output as it is, or cut at a convolution or "
                     f"pooling layer (--layer NAME; `featstore models {model_name} --layers` lists them)"
                 )
             pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
             t = pool(data_format=layout, name=f"featstore_{pooling}_pool_{layer}")(t)
+        elif len(t.shape) == 4 and data_format_at(base, t) == "channels_first":  # stored (H, W, C), as every map is:
+            t = keras.layers.Permute((2, 3, 1), name=f"{TO_CHANNELS_LAST}{layer}")(t)  # reduce=avg took C, H (60 #1)
         out.append((layer, t))
     return out
+
+
+def layout_of(cut) -> dict:
+    """``{"map_layout": ...}`` for a cut model that stores a channels_first map channels_last, else ``{}``."""
+    moved = cut.layers[-1].name.startswith(TO_CHANNELS_LAST)
+    return {"map_layout": provenance.MOVED_CHANNELS_LAST} if moved else {}
 
 
 class NoOneOutput(ConfigError):

@@ -32,6 +32,7 @@ from featstore.models.backbones import (
     NoOneOutput,
     cut_outputs,
     get_backbone,
+    layout_of,
     validate_pooling,
     validate_preprocess,
     validate_size,
@@ -384,10 +385,11 @@ class Extractor:
             )
         if isinstance(self.spec, HubSpec):
             backbone.update(self.spec.attrs())
+        out = {"layer": layer, "feature_shape": cut.output_shape[1:], "weights_digest": weights_digest(cut)}
         return provenance.extractor_attrs(
             backbone,
             {**self.config.arguments(), "layer": requested},
-            {"layer": layer, "feature_shape": cut.output_shape[1:], "weights_digest": weights_digest(cut)},
+            out | layout_of(cut),  # map_layout: a channels_first map stored (H, W, C) (attack 60 #1)
             dataclasses.asdict(self.weights),
             {"keras": keras.__version__, "tensorflow": tf.__version__, "pillow": PIL.__version__},
         )

@@ -2,10 +2,13 @@
 
 A layer with a ``data_format`` (a convolution, a pooling, a padding) says it. Another (an activation, a batch
 normalisation, an ``Add``) keeps the layout of what it takes: the walk goes back through it, to a layer that says it
-or to the model's input, which featstore feeds as ``(H, W, C)`` images (channels last). A layer that moves axes
-(``Permute``, ``Reshape``, a transpose) or changes the rank leaves it unknown: None. A PyTorch port (``Permute`` to
-NCHW, then ``Conv2D(data_format="channels_first")``) cut at a convolution was pooled over its channels and rows, one
-value per image column stored (attack 58 #2).
+or to the model's input, which featstore feeds as ``(H, W, C)`` images (channels last). Only the layers and ops of
+:data:`KEEPS_AXES` are walked through (an allow-list); any other (``Permute``, ``Reshape``, ``EinsumDense``,
+``keras.ops.moveaxis``, whose class is ``Moveaxis``, a ``Lambda``, a custom layer) or a change of rank leaves it
+unknown: None. A PyTorch port (``Permute`` to NCHW, then ``Conv2D(data_format="channels_first")``) cut at a convolution
+was pooled over its channels and rows, one value per image column stored (attack 58 #2); the deny-list before missed
+``EinsumDense`` and ``Moveaxis`` (attack 60 #2). ``Dense`` (and ConvNeXt's ``LayerScale``) act on the last axis: walked
+through only where that is the channels (the walk ends channels_last).
 
 >>> x = keras.Input((8, 8, 3))                                                               # doctest: +SKIP
 >>> h = keras.layers.Conv2D(4, 3, data_format="channels_first", name="c")(keras.layers.Permute((3, 1, 2))(x))  # doctest: +SKIP
@@ -16,7 +19,15 @@ value per image column stored (attack 58 #2).
 from __future__ import annotations
 
 FORMATS = ("channels_last", "channels_first")
-_MOVES_AXES = ("Permute", "Reshape", "Flatten", "Transpose", "Swap", "MoveAxis", "Squeeze", "ExpandDims", "Unstack")
+# layers and keras.ops operations (their class names) whose output keeps the axes of their inputs, each where it was
+_LAYERS = "Activation ReLU LeakyReLU PReLU ELU Softmax ThresholdedReLU Identity Rescaling ActivityRegularization"
+_NORMS = "BatchNormalization LayerNormalization GroupNormalization UnitNormalization Normalization"
+_NOISE = "Dropout SpatialDropout1D SpatialDropout2D SpatialDropout3D GaussianNoise GaussianDropout AlphaDropout"
+_MERGES = "Add Subtract Multiply Average Maximum Minimum Concatenate"
+_OPS = "Relu Relu6 Sigmoid HardSigmoid HardSilu Silu Swish Gelu Elu Selu Softplus Softsign LeakyRelu Tanh Mish Celu Glu"
+_OPS += " Exp Log Abs Sqrt Square Negative Clip Divide TrueDivide Power Cast Sign Reciprocal Rsqrt Erf"
+KEEPS_AXES = frozenset(f"{_LAYERS} {_NORMS} {_NOISE} {_MERGES} {_OPS}".split())
+LAST_AXIS = frozenset({"Dense", "LayerScale"})  # mix or scale the last axis: the layout kept only where it is channels
 _INPUT = "input"  # the walk reached the (outer or nested) model's input, its layout kept
 _MOST = 100_000  # tensors walked (a graph has no cycle, but its size is the file's)
 
@@ -24,14 +35,18 @@ _MOST = 100_000  # tensors walked (a graph has no cycle, but its size is the fil
 def data_format_at(base, tensor) -> str | None:
     """``"channels_last"`` or ``"channels_first"``: the layout of ``tensor`` (a cut's output in ``base``'s graph), or
     None where no layer says it (:mod:`featstore.models.layout`)."""
-    found = _walk(tensor)
+    found, last_axis = _walk(tensor)
     found = {"channels_last" if f == _INPUT else f for f in found}
+    if last_axis and found != {"channels_last"}:  # a Dense over a (C, H, W) map mixes its columns: no layout
+        return None
     return found.pop() if len(found) == 1 and None not in found else None
 
 
-def _walk(tensor) -> set:
-    """The layouts every path back from ``tensor`` ends in: a format, ``_INPUT``, or None (axes moved, or unknown)."""
+def _walk(tensor) -> tuple[set, bool]:
+    """The layouts every path back from ``tensor`` ends in: a format, ``_INPUT``, or None (axes moved, or unknown);
+    and whether a path went through a layer of :data:`LAST_AXIS`."""
     found: set = set()
+    last_axis = False
     stack, seen = [tensor], set()
     while stack:
         t = stack.pop()
@@ -39,7 +54,7 @@ def _walk(tensor) -> set:
             continue
         seen.add(id(t))
         if len(seen) > _MOST:
-            return {None}
+            return {None}, last_axis
         history = getattr(t, "_keras_history", None)
         op = getattr(history, "operation", None)
         if op is None or type(op).__name__ == "InputLayer":
@@ -51,22 +66,29 @@ def _walk(tensor) -> set:
             continue
         inputs = list(op._inbound_nodes[history.node_index].input_tensors)
         rank = len(getattr(t, "shape", ()) or ())
-        if any(word in type(op).__name__ for word in _MOVES_AXES) or not inputs:
+        kind = type(op).__name__
+        if not inputs:
             found.add(None)
             continue
         if hasattr(op, "layers"):  # a nested model: the layout of its output in its own graph, its input's kept
             try:
-                inner = _walk(keras_output(op))
+                inner, inner_last = _walk(keras_output(op))
             except (AttributeError, ValueError):  # a subclassed model: no graph to walk
-                inner = {None}
+                inner, inner_last = {None}, False
             found |= inner - {_INPUT}
+            last_axis |= inner_last
             if _INPUT not in inner:
                 continue
+        elif kind in LAST_AXIS:
+            last_axis = True
+        elif kind not in KEEPS_AXES:  # an allow-list: EinsumDense, Moveaxis, a Lambda... move axes (attack 60 #2)
+            found.add(None)
+            continue
         if any(len(getattr(i, "shape", ()) or ()) != rank for i in inputs):  # a rank changed: which axis is which?
             found.add(None)
             continue
         stack.extend(inputs)
-    return found
+    return found, last_axis
 
 
 def keras_output(model):
