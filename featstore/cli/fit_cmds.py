@@ -195,8 +195,9 @@ def sweep(
         bool,
         typer.Option(
             "--reuse/--no-reuse",
-            help="Reuse a cell's run recorded already as the very fit it would make (same classifier, parameters, "
-            "--search, --augmented, extractor fingerprint, train and validation images and versions): a re-run after "
+            help="Reuse a cell's run recorded already as the very fit it would make (same classifier, parameters "
+            "with their defaults, --search, --augmented, extractor fingerprint, train and validation images and "
+            "versions, featstore version): a re-run after "
             "Ctrl-C fits only the cells not recorded. --no-reuse fits every cell.",
         ),
     ] = True,

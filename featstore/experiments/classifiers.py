@@ -37,6 +37,7 @@ class ClassifierSpec:
     grid: dict[str, list] = field(default_factory=dict)  # default search grid (subset of params)
     needs_all_data: bool = True  # False for classifiers that can learn from chunks (partial_fit)
     keras: bool = False  # trained with Keras's model.fit: a cap on its epochs or steps is refused before any work
+    builtin: bool = False  # featstore's own (its builder is this module's): a sweep reuses only its runs
 
     def full_params(self, given: dict) -> dict:
         """Defaults overlaid with ``given`` (already typed); unknown names list the valid ones, values out of range
@@ -57,6 +58,9 @@ class ClassifierSpec:
                 raise ConfigError(f"parameter {key} for {self.name} is given no value; give at least one")
             for value in values:
                 self.check_value(key, value)
+        if not self.builtin:  # a registered builder's estimators, each refused now if featstore cannot reload its fit
+            for values in itertools.product(*given.values()):
+                self.builder(self.full_params(dict(zip(given, values))))
 
     def check_value(self, key: str, value) -> None:
         """ConfigError unless ``key`` is a parameter and ``value`` a valid value of it, naming the valid range."""
@@ -103,17 +107,21 @@ def register_classifier(
     def deco(builder):
         if name in _REGISTRY:
             raise ValueError(f"classifier {name!r} is already registered")
-        built = _pipeline_of(name, builder)
-        _REGISTRY[name] = ClassifierSpec(name, description, built, params, grid or {}, needs_all_data, keras)
+        own = getattr(builder, "__module__", None) == __name__  # featstore's built-ins are defined below
+        built = _pipeline_of(name, builder, checked=not own)
+        _REGISTRY[name] = ClassifierSpec(name, description, built, params, grid or {}, needs_all_data, keras, own)
         return builder
 
     return deco
 
 
-def _pipeline_of(name: str, builder: Callable[[dict], object]) -> Callable[[dict], Pipeline]:
+def _pipeline_of(name: str, builder: Callable[[dict], object], checked: bool = True) -> Callable[[dict], Pipeline]:
     """``builder`` whose result is a Pipeline whose last step is a classifier: a bare classifier is put after a
     flattening ``FeatureReshape`` (fit needs the pipeline's steps: a bare LogisticRegression was an AttributeError
-    traceback, attack 57 #7); anything else is a ConfigError naming what the builder must return."""
+    traceback, attack 57 #7); anything else is a ConfigError naming what the builder must return. ``checked`` (a
+    registered builder): a pipeline whose fit featstore could not load again (:func:`featstore.runs.artifacts.
+    reload_problem`) is a ConfigError too, before any fit (its runs were recorded, then refused as "altered after the
+    fit": attack 60 #4)."""
 
     def build(params: dict) -> Pipeline:
         est = builder(params)
@@ -125,7 +133,18 @@ def _pipeline_of(name: str, builder: Callable[[dict], object]) -> Callable[[dict
                 f"{' as its last step' if steps else ''}, which is not a classifier with fit, predict and predict_proba; "
                 f"return a scikit-learn classifier (e.g. LogisticRegression()) or a Pipeline ending in one"
             )
-        return est if steps else Pipeline([("features", FeatureReshape("flatten")), ("clf", est)])
+        est = est if steps else Pipeline([("features", FeatureReshape("flatten")), ("clf", est)])
+        if checked:
+            from featstore.runs.artifacts import reload_problem
+            from featstore.runs.modelcheck import RELOADABLE
+
+            problem = reload_problem(est)
+            if problem:
+                raise ConfigError(
+                    f"classifier {name!r}: featstore could not load again the fit of what its builder returned "
+                    f"({problem}); return what featstore saves and loads: {RELOADABLE}"
+                )
+        return est
 
     return build
 

@@ -163,7 +163,8 @@ def fit(
             fitted = _fit_in_memory(fs, name, clf, full, settings, given, splits, jobs, aug is not None, budget)
         fit_seconds = time.perf_counter() - t0
         extra = {"memory_budget": budget, "streamed": big, "notes": list(splits.notes)}
-        extra["inputs"] = fit_inputs(fs, name, splits, versions, given, settings, search, aug)  # what a sweep reuses
+        # what a sweep reuses
+        extra["inputs"] = fit_inputs(fs, name, splits, versions, given, settings, search, aug, full)
         if aug:
             extra["augmented"] = aug
             extra["notes"].append(

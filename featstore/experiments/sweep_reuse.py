@@ -2,17 +2,20 @@
 the same command again) reuses them instead of fitting them again.
 
 Every fit run records what it was asked and what it read (:func:`fit_inputs`, the run's ``inputs``): its candidate
-settings (the parameters given and ``--search``), ``--augmented``, the train and validation split names, and each of
-those splits' identity: its version (:func:`featstore.store.layout.same_split`: id, times and commit, drawn anew by
-every extraction), its paths digest and its listing digest. A sweep's cell (extractor, classifier) reuses the newest
-run that is the very fit the cell would make (:func:`recorded_cells`): a fit run (not an ensemble or a fine-tuning)
-of that classifier, with the same parameters given, the same candidate settings, ``--search`` and ``--augmented``
-(the same augmented copies), the same extractor name and fingerprint, not streamed, whose train and validation
-identities are the store's now, that holds the figures the sweep chooses on (validation, or train's out-of-fold
-predictions), whose test split, if recorded, is the store's test images now, and whose files are intact
-(:func:`featstore.runs.folder.verify_run`). Anything else, a run made before runs recorded ``inputs`` included, is
-fitted again. Another store sharing the runs folder has other split versions and digests: its runs are never
-reused. ``sweep(..., reuse=False)`` (``--no-reuse``) fits every cell.
+settings (the parameters given and ``--search``, and each setting with the defaults filled in), the featstore version
+that fitted it, ``--augmented``, the train and validation split names, and each of those splits' identity: its
+version (:func:`featstore.store.layout.same_split`: id, times and commit, drawn anew by every extraction), its paths
+digest and its listing digest. A sweep's cell (extractor, classifier) reuses the newest run that is the very fit the
+cell would make (:func:`recorded_cells`): a fit run (not an ensemble or a fine-tuning) of that built-in classifier,
+with the same parameters given, the same candidate settings (defaults filled in: a default changed by an upgrade is
+another fit), ``--search`` and ``--augmented`` (the same augmented copies), made by this featstore version, the same
+extractor name and fingerprint, not streamed, whose train and validation identities are the store's now, that holds
+the figures the sweep chooses on (validation, or train's out-of-fold predictions), whose test split, if recorded, is
+the store's test images now, and whose files are intact (:func:`featstore.runs.folder.verify_run`). A classifier
+registered in the process (``register_classifier``) is always fitted again: its builder, or a default of its
+parameters, may have changed since its runs (attack 60 #3). Anything else, a run made before runs recorded
+``inputs`` (or these) included, is fitted again. Another store sharing the runs folder has other split versions and
+digests: its runs are never reused. ``sweep(..., reuse=False)`` (``--no-reuse``) fits every cell.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, digest_paths
 from featstore.store.digests import identifies_rows, split_listing
 from featstore.store.reader import FeatureStore
+from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -63,15 +67,26 @@ def _identity(fs: FeatureStore, name: str, split: str, version: tuple) -> dict:
 
 
 def fit_inputs(
-    fs: FeatureStore, name: str, splits: Splits, versions: dict, given: dict, settings: list, search: bool, aug
+    fs: FeatureStore,
+    name: str,
+    splits: Splits,
+    versions: dict,
+    given: dict,
+    settings: list,
+    search: bool,
+    aug,
+    full: list,
 ) -> dict:
-    """A fit run's ``inputs``: its request and the identity of its train and validation splits, ``versions`` being
-    the ones taken before the fit read them (the fit refuses a split re-written since, after this is read)."""
+    """A fit run's ``inputs``: its request (``full``: each candidate setting with the defaults filled in), the
+    featstore version that fitted it and the identity of its train and validation splits, ``versions`` being the
+    ones taken before the fit read them (the fit refuses a split re-written since, after this is read)."""
     read = [s for s in (splits.train, splits.validation) if s]
     return {
         "search": bool(search),
         "given": json.loads(_plain(given)),
         "settings": json.loads(_plain(settings)),
+        "full_settings": json.loads(_plain(full)),
+        "featstore_version": __version__,
         "augmented": None if aug is None else {k: aug[k] for k in _AUGMENTATION},
         "train": splits.train,
         "validation": splits.validation,
@@ -111,7 +126,7 @@ def _why_not(rec: RunRecord, want: dict, now: dict, score: str) -> str:
         return "recorded no inputs (made before runs recorded them)"
     if rec.fingerprint != now["fingerprint"]:
         return "another extractor fingerprint"
-    for key in ("search", "given", "settings", "train", "validation"):
+    for key in ("search", "given", "settings", "full_settings", "featstore_version", "train", "validation"):
         if _plain(got.get(key)) != _plain(want[key]):
             return f"another {key}"
     if bool(rec.get("streamed")):
@@ -157,11 +172,22 @@ def recorded_cells(
             runs.setdefault((r.extractor, r.clf), []).append(r)
     now, score, out = _Now(fs, train, validation, test, augmented), validation or f"{train}{OOF}", {}
     for name, clf in cells:
-        given = params.get(clf) or {}
+        given, spec = params.get(clf) or {}, get_classifier(clf)
+        if not spec.builtin:  # its builder (or a Param default) may differ from the one that made its runs
+            if runs.get((name, clf)):
+                logger.debug(
+                    "sweep: no run of %s reused on %s: registered in the process (its builder may have changed)",
+                    clf,
+                    name,
+                )
+            continue
+        settings = candidates(spec, given, search)
         want = {
             "search": bool(search),
             "given": given,
-            "settings": candidates(get_classifier(clf), given, search),
+            "settings": settings,
+            "full_settings": [spec.full_params(s) for s in settings],
+            "featstore_version": __version__,
             "train": train,
             "validation": validation,
             "augmented": augmented,

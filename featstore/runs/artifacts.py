@@ -15,6 +15,7 @@ compiled code read outside memory or loop), with a k-NN index rebuilt from its r
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from featstore.errors import StoreError
+from featstore.errors import ConfigError, StoreError
 from featstore.models.keras_sizes import keras_zip_problem
 from featstore.models.preset_json import MAX_WEIGHTS_BYTES
 from featstore.runs.applying import checked_finetuned, checked_predict, checked_proba, full_proba  # noqa: F401
@@ -138,7 +139,57 @@ def save_estimator(est, folder: Path) -> dict:
 
     path = folder / "model.skops"
     sio.dump(est, path)
+    _refuse_unloadable(path, est)
     return {"file": path.name, "format": "skops", **_written(path)}
+
+
+def _refuse_unloadable(path: Path, est) -> None:
+    """ConfigError, before the run is recorded, if featstore would refuse to load the model it just wrote (its
+    types, its steps): a run featstore cannot load again was recorded, then called "altered after the fit" (attack
+    60 #4; a registered classifier is refused before its fit, :func:`reload_problem`, this is the last guard)."""
+    import skops.io as sio
+
+    from featstore.runs.modelcheck import RELOADABLE, pipeline_shape
+
+    foreign = sorted((skops_types(path) | set(sio.get_untrusted_types(file=path))) - ARTIFACT_TYPES)
+    problem = f"it holds {', '.join(foreign)}, beyond featstore's own types" if foreign else pipeline_shape(est)
+    if problem:
+        raise ConfigError(
+            f"the fitted classifier was not recorded: featstore could not load it again ({problem}); fit one of "
+            f"what featstore saves and loads: {RELOADABLE}"
+        )
+
+
+def reload_problem(est) -> str:
+    """Why featstore could not load ``est``, an unfitted pipeline a registered builder returned, once fitted and saved
+    by :func:`save_estimator` ("" when it could): a Keras head saves only its reshape and head, a skops file loads
+    only :func:`featstore.runs.modelcheck.unfitted_problem`'s steps and ``ARTIFACT_TYPES`` (its types as skops sees
+    them now, before the fit; a fit adds only arrays and numbers to featstore's classifiers)."""
+    from featstore.models.head import DenseHead
+    from featstore.models.reshape import FeatureReshape
+    from featstore.runs.modelcheck import unfitted_problem
+
+    steps = getattr(est, "steps", None)
+    if isinstance(steps, list) and steps and isinstance(steps[-1], tuple) and isinstance(steps[-1][-1], DenseHead):
+        kinds = [type(s[1]).__name__ if isinstance(s, tuple) and len(s) == 2 else "?" for s in steps]
+        if len(steps) == 2 and type(steps[0][1]) is FeatureReshape:
+            return ""
+        return f"a DenseHead is saved with its FeatureReshape alone, and this pipeline is {kinds}"
+    problem = unfitted_problem(est)
+    if problem:
+        return problem
+    import skops.io as sio
+
+    try:
+        data = sio.dumps(est)
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            schema = json.loads(z.read("schema.json"))
+        foreign = sorted((skops_types(Path("-"), schema) | set(sio.get_untrusted_types(data=data))) - ARTIFACT_TYPES)
+    except Exception as exc:  # skops cannot write it at all
+        return f"skops cannot save it ({type(exc).__name__}: {exc})"
+    return (
+        f"it holds {', '.join(foreign)}: a run loads only the types featstore's own classifiers hold" if foreign else ""
+    )
 
 
 def _written(path: Path) -> dict:

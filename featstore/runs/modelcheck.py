@@ -240,6 +240,79 @@ def check_skops_schema(z: zipfile.ZipFile, schema: dict) -> None:
 
 
 # ------------------------------------------------------------------ the loaded objects
+def _heads() -> tuple:
+    """The classifiers a pipeline featstore loads may end in."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from featstore.models.svm import TemperedSVC
+
+    return (
+        LogisticRegression,
+        SGDClassifier,
+        KNeighborsClassifier,
+        RandomForestClassifier,
+        CalibratedClassifierCV,
+        TemperedSVC,
+    )
+
+
+RELOADABLE = (
+    "a Pipeline of FeatureReshape, an optional StandardScaler, an optional PCA and one of LogisticRegression, "
+    "SGDClassifier, KNeighborsClassifier, RandomForestClassifier, CalibratedClassifierCV(SVC) or TemperedSVC "
+    "(a bare one of these is put after FeatureReshape('flatten'))"
+)  # what check_pipeline loads (the error of a registered classifier it could not: attack 60 #4)
+
+
+def pipeline_shape(est) -> str:
+    """Why ``est`` (fitted or not) is not a pipeline of the steps :func:`check_pipeline` loads ("" when it is)."""
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from featstore.models.reshape import FeatureReshape
+
+    steps = getattr(est, "steps", None) if type(est) is Pipeline else None
+    shape = (
+        [type(s[1]) if isinstance(s, tuple) and len(s) == 2 else None for s in steps] if isinstance(steps, list) else []
+    )
+    names = [t.__name__ if t else "?" for t in shape]
+    if len(shape) < 2:
+        why = f"a {type(est).__name__}" if not shape else f"the pipeline {names}"
+    elif shape[0] is not FeatureReshape:
+        why = f"its first step, a {names[0]}, is not a FeatureReshape"
+    elif shape[-1] not in _heads():
+        why = f"its classifier, a {names[-1]}, is not one featstore loads"
+    elif shape[1:-1] not in ([], [StandardScaler], [PCA], [StandardScaler, PCA]):
+        why = f"its middle steps {names[1:-1]} are not an optional StandardScaler then an optional PCA"
+    else:
+        return ""
+    return f"it is not a pipeline featstore builds (reshape, optional scaler, optional PCA, classifier): {why}"
+
+
+def unfitted_problem(est) -> str:
+    """Why featstore could not load ``est``, an unfitted pipeline, once fitted and saved ("" when it could): its
+    steps (:func:`pipeline_shape`), a calibrated classifier's estimator and an SVC's kernel (what
+    :func:`check_pipeline` checks of them after a fit)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    from featstore.models.svm import TemperedSVC
+
+    problem = pipeline_shape(est)
+    if problem:
+        return problem
+    head = est.steps[-1][1]
+    svc = head.estimator if isinstance(head, CalibratedClassifierCV) else head
+    if isinstance(head, CalibratedClassifierCV) and type(svc) is not SVC:
+        return f"its CalibratedClassifierCV calibrates a {type(svc).__name__}, and featstore loads only an SVC's"
+    if isinstance(svc, (SVC, TemperedSVC)) and svc.kernel not in SVM_KERNELS:
+        return f"its SVC's kernel is {svc.kernel!r}, and featstore loads only {', '.join(SVM_KERNELS)}"
+    return ""
+
+
 def check_pipeline(est):
     """The loaded skops pipeline, checked (see the module docstring), with its k-NN index rebuilt; else ModelStateError.
 
@@ -248,40 +321,16 @@ def check_pipeline(est):
         est = check_pipeline(skops.io.load(path, trusted=types))
     """
     from sklearn.calibration import CalibratedClassifierCV, _CalibratedClassifier
-    from sklearn.decomposition import PCA
     from sklearn.ensemble import RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression, SGDClassifier
     from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from featstore.models.reshape import FeatureReshape
     from featstore.models.svm import TemperedSVC
 
-    heads = (
-        LogisticRegression,
-        SGDClassifier,
-        KNeighborsClassifier,
-        RandomForestClassifier,
-        CalibratedClassifierCV,
-        TemperedSVC,
-    )
-    steps = getattr(est, "steps", None) if type(est) is Pipeline else None
-    shape = (
-        [type(s[1]) if isinstance(s, tuple) and len(s) == 2 else None for s in steps] if isinstance(steps, list) else []
-    )
-    middle = shape[1:-1]
-    if not (
-        2 <= len(shape) <= 4
-        and shape[0] is FeatureReshape
-        and shape[-1] in heads
-        and middle in ([], [StandardScaler], [PCA], [StandardScaler, PCA])
-    ):
-        raise ModelStateError(
-            f"it is not a pipeline featstore builds (reshape, optional scaler, optional PCA, classifier): "
-            f"{[t.__name__ if t else '?' for t in shape] or type(est).__name__}"
-        )
+    problem = pipeline_shape(est)
+    if problem:
+        raise ModelStateError(problem)
+    steps = est.steps
     head = steps[-1][1]
     if isinstance(head, RandomForestClassifier):
         _check_forest(head)
