@@ -51,3 +51,15 @@ def test_sweep_checks_every_cells_reduce_before_any_fit(tmp_path):
     with pytest.raises(ConfigError, match=r"'b_vec''s features are stored as vectors.*--param logreg:reduce=flatten"):
         featstore.sweep(store, ["logreg"], params={"logreg": {"reduce": ["avg"]}})
     assert not (tmp_path / "s.runs").exists()
+
+
+def test_a_grid_of_millions_of_settings_is_refused_before_it_is_built(tmp_path):
+    """Given values multiply: 6 parameters of 20 values made 64 million settings in itertools.product (memory, then
+    fits for ever); over MAX_SETTINGS (10,000) is one line before any work."""
+    store = _synthetic(tmp_path / "s.h5")
+    big = {"C": [0.1 * (i + 1) for i in range(101)], "max_iter": list(range(100, 201))}
+    with pytest.raises(ConfigError, match=r"10,201 settings to try \(101 x 101\), over 10,000; give fewer values"):
+        featstore.fit(store, "logreg", big)
+    with pytest.raises(ConfigError, match=r"10,201 settings to try"):
+        featstore.sweep(store, ["logreg"], params={"logreg": big})
+    assert not (tmp_path / "s.runs").exists()

@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from featstore.errors import ConfigError, choices_error
-from featstore.experiments.params import _NUMBER_OR, Param, check_value
+from featstore.experiments.params import _NUMBER_OR, Param, check_value, refuse_huge_grid
 from featstore.kerasconfig import refuse_caps
 from featstore.models.reshape import REDUCTIONS, FeatureReshape
 from featstore.runs.files import valid_name
@@ -58,6 +58,7 @@ class ClassifierSpec:
                 raise ConfigError(f"parameter {key} for {self.name} is given no value; give at least one")
             for value in values:
                 self.check_value(key, value)
+        refuse_huge_grid(self.name, [len(v) for v in given.values()])
         if not self.builtin:  # a registered builder's estimators, each refused now if featstore cannot reload its fit
             for values in itertools.product(*given.values()):
                 self.builder(self.full_params(dict(zip(given, values))))
@@ -231,6 +232,7 @@ def candidates(spec: ClassifierSpec, given: dict[str, list], search: bool) -> li
     """Parameter settings to try: the product of given values (over the default grid when ``search``)."""
     grid = {**(spec.grid if search else {}), **given}
     keys = sorted(grid)
+    refuse_huge_grid(spec.name, [len(grid[k]) for k in keys])
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
 
 

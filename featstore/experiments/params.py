@@ -121,3 +121,15 @@ def check_value(clf: str, key: str, p: Param, value) -> None:
     if p.type in (int, float) and _is_number(value):
         if not p.in_range(value):
             raise ConfigError(f"parameter {key}={value!r} for {clf} is out of range: {key} must be {p.range_text()}")
+
+
+MAX_SETTINGS = 10_000  # settings one fit may try: 6 parameters of 20 values each were 64 million dicts, then fits
+
+
+def refuse_huge_grid(clf: str, counts: list[int]) -> None:
+    """ConfigError when the product of ``counts`` (values per parameter) is over :data:`MAX_SETTINGS`."""
+    if math.prod(counts) > MAX_SETTINGS:
+        raise ConfigError(
+            f"{clf}: the values given make {math.prod(counts):,} settings to try ({' x '.join(map(str, counts))}), "
+            f"over {MAX_SETTINGS:,}; give fewer values per parameter"
+        )
