@@ -232,8 +232,12 @@ def candidates(spec: ClassifierSpec, given: dict[str, list], search: bool) -> li
     """Parameter settings to try: the product of given values (over the default grid when ``search``)."""
     grid = {**(spec.grid if search else {}), **given}
     keys = sorted(grid)
-    refuse_huge_grid(spec.name, [len(grid[k]) for k in keys])
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
+    refuse_huge_grid(spec.name, [len(grid[k]) for k in keys], bool(search and spec.grid))
+    settings = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
+    if not spec.builtin and search:  # its grid's settings too, before any fit (only the given ones were: attack 61 #1)
+        for setting in settings:
+            spec.builder(spec.full_params(setting))
+    return settings
 
 
 # ---------------------------------------------------------------- the classifiers

@@ -126,10 +126,12 @@ def check_value(clf: str, key: str, p: Param, value) -> None:
 MAX_SETTINGS = 10_000  # settings one fit may try: 6 parameters of 20 values each were 64 million dicts, then fits
 
 
-def refuse_huge_grid(clf: str, counts: list[int]) -> None:
-    """ConfigError when the product of ``counts`` (values per parameter) is over :data:`MAX_SETTINGS`."""
+def refuse_huge_grid(clf: str, counts: list[int], grid: bool = False) -> None:
+    """ConfigError when the product of ``counts`` (values per parameter) is over :data:`MAX_SETTINGS`; ``grid``: the
+    classifier's default grid (--search) is in it (its line said "the values given" where none were: attack 61 #5)."""
     if math.prod(counts) > MAX_SETTINGS:
+        what = "its search grid (--search) and the values given" if grid else "the values given"
         raise ConfigError(
-            f"{clf}: the values given make {math.prod(counts):,} settings to try ({' x '.join(map(str, counts))}), "
-            f"over {MAX_SETTINGS:,}; give fewer values per parameter"
+            f"{clf}: {what} make {math.prod(counts):,} settings to try ({' x '.join(map(str, counts))}), over "
+            f"{MAX_SETTINGS:,}; give fewer values per parameter{', or leave out --search' if grid else ''}"
         )

@@ -165,7 +165,7 @@ TO_CHANNELS_LAST = "featstore_channels_last_"  # the Permute that stores a chann
 def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -> list[tuple[str, object]]:
     """``(layer name, output tensor)`` for each requested cut of ``base`` (None = its last layer), then optional pooling.
 
-    A 4-D cut that :func:`~featstore.models.layout.data_format_at` finds channels_first (a PyTorch port's) is stored
+    A map (3-D to 5-D) that :func:`~featstore.models.layout.data_format_at` finds channels_first (a PyTorch port's) is stored
     channels_last through a ``Permute`` (:data:`TO_CHANNELS_LAST`) inside the cut model, so that ONNX, ``--jit`` and
     predict compute the same, and every reduce (``reduce=avg``, ``export --features avg``, a fine-tuning head) averages
     over its height and width (attack 60 #1); the record says so (``map_layout``, fingerprinted)."""
@@ -216,8 +216,9 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
                 )
             pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
             t = pool(data_format=layout, name=f"featstore_{pooling}_pool_{layer}")(t)
-        elif len(t.shape) == 4 and data_format_at(base, t) == "channels_first":  # stored (H, W, C), as every map is:
-            t = keras.layers.Permute((2, 3, 1), name=f"{TO_CHANNELS_LAST}{layer}")(t)  # reduce=avg took C, H (60 #1)
+        elif len(t.shape) >= 3 and data_format_at(base, t) == "channels_first":  # stored (..., C), as every map is:
+            axes = (*range(2, len(t.shape)), 1)  # reduce=avg took C, H (60 #1); a Conv1D's (C, L) too (61 #2)
+            t = keras.layers.Permute(axes, name=f"{TO_CHANNELS_LAST}{layer}")(t)
         out.append((layer, t))
     return out
 

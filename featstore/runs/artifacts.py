@@ -167,7 +167,7 @@ def reload_problem(est) -> str:
     them now, before the fit; a fit adds only arrays and numbers to featstore's classifiers)."""
     from featstore.models.head import DenseHead
     from featstore.models.reshape import FeatureReshape
-    from featstore.runs.modelcheck import unfitted_problem
+    from featstore.runs.modelcheck import fit_adds_types, unfitted_problem
 
     steps = getattr(est, "steps", None)
     if isinstance(steps, list) and steps and isinstance(steps[-1], tuple) and isinstance(steps[-1][-1], DenseHead):
@@ -175,7 +175,7 @@ def reload_problem(est) -> str:
         if len(steps) == 2 and type(steps[0][1]) is FeatureReshape:
             return ""
         return f"a DenseHead is saved with its FeatureReshape alone, and this pipeline is {kinds}"
-    problem = unfitted_problem(est)
+    problem = unfitted_problem(est) or fit_adds_types(est)
     if problem:
         return problem
     import skops.io as sio

@@ -428,3 +428,19 @@ def _rebuild_knn(knn) -> None:
 def _leaf_only() -> np.ndarray:
     """A one-node tree's node array (for the doctest)."""
     return np.array([(-1, -1, -2, -2.0)], dtype=[(f, np.intp if f != "threshold" else np.float64) for f in TREE_FIELDS])
+
+
+def fit_adds_types(est) -> str:
+    """Settings whose fit adds a type a run cannot load (seen before the fit: attack 61 #4, the whole fit was thrown
+    away): isotonic calibration (an IsotonicRegression), a k-NN metric other than euclidean or cosine (its distance
+    class)."""
+    for _, step in getattr(est, "steps", []):
+        method = getattr(step, "method", None) if type(step).__name__ == "CalibratedClassifierCV" else None
+        if method not in (None, "sigmoid"):
+            return f"its CalibratedClassifierCV has method={method!r}, whose fit adds a type runs do not load; use 'sigmoid'"
+        if type(step).__name__ == "KNeighborsClassifier":
+            metric = getattr(step, "metric", "minkowski")
+            euclid = metric == "minkowski" and getattr(step, "p", 2) == 2
+            if metric not in ("euclidean", "cosine") and not euclid:
+                return f"its KNeighborsClassifier has metric={metric!r}, whose fit adds a type runs do not load; use 'euclidean' or 'cosine'"
+    return ""
