@@ -415,7 +415,7 @@ def export_split(
         typer.Option(
             "--rows-per-file",
             help="Parquet shards: --out becomes a folder of part-00000.parquet, ... of at most this many rows each "
-            "(numbered at one width, more digits past 100,000 shards, so name order is row order; what Ray Data, "
+            "(numbered at one width, more digits past a hundred thousand shards, so name order is row order; what Ray Data, "
             "Spark, DuckDB and pyarrow datasets read in parallel).",
         ),
     ] = None,
