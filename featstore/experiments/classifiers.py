@@ -46,7 +46,7 @@ class ClassifierSpec:
             self.check_value(key, value)
         return {**{k: p.default for k, p in self.params.items()}, **given}
 
-    def check_values(self, given: dict[str, list]) -> None:
+    def check_values(self, given: dict[str, list], search: bool = False) -> None:
         """Every value of a search (``{"C": [0.1, 1.0]}``) checked before any work (see :meth:`full_params`); for a
         Keras classifier, the caps Keras would cut its fit to (:func:`featstore.kerasconfig.refuse_caps`: a sweep
         fitted every other classifier first, then refused: attack 47 #8)."""
@@ -58,10 +58,10 @@ class ClassifierSpec:
                 raise ConfigError(f"parameter {key} for {self.name} is given no value; give at least one")
             for value in values:
                 self.check_value(key, value)
-        refuse_huge_grid(self.name, [len(v) for v in given.values()])
+        settings = candidates(self, given, search)  # at most MAX_SETTINGS of them
         if not self.builtin:  # a registered builder's estimators, each refused now if featstore cannot reload its fit
-            for values in itertools.product(*given.values()):
-                self.builder(self.full_params(dict(zip(given, values))))
+            for setting in settings:  # (its --search grid's too: attack 61 #1)
+                self.builder(self.full_params(setting))
 
     def check_value(self, key: str, value) -> None:
         """ConfigError unless ``key`` is a parameter and ``value`` a valid value of it, naming the valid range."""
@@ -233,11 +233,7 @@ def candidates(spec: ClassifierSpec, given: dict[str, list], search: bool) -> li
     grid = {**(spec.grid if search else {}), **given}
     keys = sorted(grid)
     refuse_huge_grid(spec.name, [len(grid[k]) for k in keys], bool(search and spec.grid))
-    settings = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
-    if not spec.builtin and search:  # its grid's settings too, before any fit (only the given ones were: attack 61 #1)
-        for setting in settings:
-            spec.builder(spec.full_params(setting))
-    return settings
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))] or [{}]
 
 
 # ---------------------------------------------------------------- the classifiers

@@ -123,7 +123,7 @@ def fit(
     check_names("extractor", extractor=extractor)  # "" took the store's only extractor
     spec = get_classifier(clf)
     given = params or {}
-    spec.check_values(given)  # unknown names and values out of range fail before any data is read
+    spec.check_values(given, search)  # unknown names and values out of range fail before any data is read
     check_jobs(jobs)  # 0 reached joblib as a traceback; 100000 started 100,000 loky processes at once
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     if budget is not None and budget <= 0:

@@ -88,7 +88,7 @@ def sweep(
         raise ConfigError("give at least one classifier, e.g. --clf logreg,svm")
     params = params or {}
     for c in clfs:
-        get_classifier(c).check_values(params.get(c, {}))  # unknown names and bad values fail before any work
+        get_classifier(c).check_values(params.get(c, {}), search)  # unknown names and bad values fail before any work
     if set(params) - set(clfs):
         raise ConfigError(
             f"parameters given for {', '.join(sorted(set(params) - set(clfs)))}, which is not swept; swept: {', '.join(clfs)}"
