@@ -257,9 +257,8 @@ def test_augmented_sweep_reuses_only_a_fit_on_the_same_copies(tmp_path, counted,
 
 
 def test_paths_digest_in_blocks_is_the_runs_digest(tmp_path):
-    from featstore.experiments.sweep_reuse import paths_digest
-    from featstore.runs.record import digest_paths
+    from featstore.runs.record import digest_paths, split_identity
 
     fs = featstore.FeatureStore(_store(tmp_path / "s.h5", names=("one",)))
     for rows in (1, 5, 24, 1000):
-        assert paths_digest(fs, "one", "train", rows) == digest_paths(fs.paths("train", "one")), rows
+        assert split_identity(fs, "one", "train", rows)[0] == digest_paths(fs.paths("train", "one")), rows

@@ -32,9 +32,8 @@ from featstore.experiments.protocol import OOF, Splits
 from featstore.experiments.selection import CV_SEED, Fitted, predicted_block
 from featstore.experiments.streaming import BLOCK_FRACTION
 from featstore.runs.predictions_file import EVAL_BUDGET, PredictionsWriter, eval_rows  # noqa: F401 - re-exported
-from featstore.runs.record import digest_paths
+from featstore.runs.record import split_identity
 from featstore.runs.stopping import check
-from featstore.store.digests import split_listing
 from featstore.store.layout import same_split
 from featstore.store.reader import FeatureStore
 
@@ -70,7 +69,7 @@ class _Clock:
 
 def _identity(fs: FeatureStore, name: str, split: str) -> tuple[str, str]:
     """``(paths digest, listing digest)`` of a split: which images its rows are (ensembles and comparisons check)."""
-    return digest_paths(fs.paths(split, name)), split_listing(fs.split_info(split, name))
+    return split_identity(fs, name, split)
 
 
 def split_versions(fs: FeatureStore, name: str, splits) -> dict[str, tuple]:

@@ -20,10 +20,8 @@ digests: its runs are never reused. ``sweep(..., reuse=False)`` (``--no-reuse``)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from featstore.errors import StoreError
@@ -32,8 +30,8 @@ from featstore.experiments.protocol import OOF, Splits
 from featstore.experiments.scoring import split_versions
 from featstore.runs.folder import scan_runs, verify_run
 from featstore.runs.kinds import kind_of
-from featstore.runs.record import RunRecord, digest_paths
-from featstore.store.digests import identifies_rows, split_listing
+from featstore.runs.record import RunRecord, split_identity
+from featstore.store.digests import identifies_rows
 from featstore.store.reader import FeatureStore
 from featstore.version import __version__
 
@@ -47,23 +45,10 @@ def _plain(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def paths_digest(fs: FeatureStore, name: str, split: str, rows: int = 1 << 16) -> str:
-    """:func:`featstore.runs.record.digest_paths` of a split's paths, read ``rows`` at a time (a streamed fit's train
-    split is never held whole, its paths neither); the same digest (tests/test_sweep_reuse.py)."""
-    h, n = hashlib.sha256(), int(fs.split_info(split, name)["committed_rows"])
-    for at in range(0, n, rows):
-        block = fs.paths(split, name, start=at, stop=min(at + rows, n))
-        h.update((b"\n" if at else b"") + b"\n".join(os.fsencode(p) for p in block))
-    return h.hexdigest()
-
-
 def _identity(fs: FeatureStore, name: str, split: str, version: tuple) -> dict:
     """What a run records of a split it read: its version, paths digest and listing digest."""
-    return {
-        "version": list(version),
-        "paths_sha256": paths_digest(fs, name, split),
-        "listing_sha256": split_listing(fs.split_info(split, name)),
-    }
+    paths, listing = split_identity(fs, name, split)
+    return {"version": list(version), "paths_sha256": paths, "listing_sha256": listing}
 
 
 def fit_inputs(
@@ -111,9 +96,7 @@ class _Now:
                 "fingerprint": fs.metadata(name)["fingerprint"],
                 "splits": {s: _identity(fs, name, s, versions[s]) for s in read},
                 "augmented": None if a is None else {k: a[f"augment_{k}" if k != "rows" else k] for k in _AUGMENTATION},
-                "test": None
-                if not self.test
-                else (digest_paths(fs.paths(self.test, name)), split_listing(fs.split_info(self.test, name))),
+                "test": split_identity(fs, name, self.test) if self.test else None,
             }
         return self.seen[name]
 

@@ -354,6 +354,20 @@ def digest_paths(paths: list[str]) -> str:
     return hashlib.sha256(b"\n".join(os.fsencode(p) for p in paths)).hexdigest()
 
 
+def split_identity(fs, name: str, split: str, rows: int = 1 << 16) -> tuple[str, str]:
+    """``(paths digest, listing digest)`` of split ``split`` of extractor ``name`` in ``fs`` (a FeatureStore): which
+    images its rows are, as a run records them. The paths are read ``rows`` at a time (a million-row split's paths
+    are never held whole); the digest is :func:`digest_paths` of them all (tests/test_sweep_reuse.py)."""
+    from featstore.store.digests import split_listing
+
+    info = fs.split_info(split, name)
+    h, n = hashlib.sha256(), int(info["committed_rows"])
+    for at in range(0, n, rows):
+        block = fs.paths(split, name, start=at, stop=min(at + rows, n))
+        h.update((b"\n" if at else b"") + b"\n".join(os.fsencode(p) for p in block))
+    return h.hexdigest(), split_listing(info)
+
+
 def versions() -> dict:
     """featstore's and its libraries' versions, as a run records them (read from metadata: nothing is imported)."""
     from importlib.metadata import PackageNotFoundError, version
