@@ -2,11 +2,11 @@
 the same command again) reuses them instead of fitting them again.
 
 Every fit run records what it was asked and what it read (:func:`fit_inputs`, the run's ``inputs``): its candidate
-settings (the parameters given and ``--search``, and each setting with the defaults filled in), the featstore version
-that fitted it, ``--augmented``, the train and validation split names, and each of those splits' identity: its
-version (:func:`featstore.store.layout.same_split`: id, times and commit, drawn anew by every extraction), its paths
-digest and its listing digest. A sweep's cell (extractor, classifier) reuses the newest run that is the very fit the
-cell would make (:func:`recorded_cells`): a fit run (not an ensemble or a fine-tuning) of that built-in classifier,
+settings (the parameters given and ``--search``, and each setting with the defaults filled in), ``--augmented``, the
+train and validation split names, and each of those splits' identity: its version
+(:func:`featstore.store.layout.same_split`: id, times and commit, drawn anew by every extraction), its paths digest
+and its listing digest; the featstore version that fitted it is the run's own ``versions``. A sweep's cell
+(extractor, classifier) reuses the newest run that is the very fit the cell would make (:func:`recorded_cells`): a fit run (not an ensemble or a fine-tuning) of that built-in classifier,
 with the same parameters given, the same candidate settings (defaults filled in: a default changed by an upgrade is
 another fit), ``--search`` and ``--augmented`` (the same augmented copies), made by this featstore version, the same
 extractor name and fingerprint, not streamed, whose train and validation identities are the store's now, that holds
@@ -62,16 +62,15 @@ def fit_inputs(
     aug,
     full: list,
 ) -> dict:
-    """A fit run's ``inputs``: its request (``full``: each candidate setting with the defaults filled in), the
-    featstore version that fitted it and the identity of its train and validation splits, ``versions`` being the
-    ones taken before the fit read them (the fit refuses a split re-written since, after this is read)."""
+    """A fit run's ``inputs``: its request (``full``: each candidate setting with the defaults filled in) and the
+    identity of its train and validation splits, ``versions`` being the ones taken before the fit read them (the fit
+    refuses a split re-written since, after this is read)."""
     read = [s for s in (splits.train, splits.validation) if s]
     return {
         "search": bool(search),
         "given": json.loads(_plain(given)),
         "settings": json.loads(_plain(settings)),
         "full_settings": json.loads(_plain(full)),
-        "featstore_version": __version__,
         "augmented": None if aug is None else {k: aug[k] for k in _AUGMENTATION},
         "train": splits.train,
         "validation": splits.validation,
@@ -107,6 +106,7 @@ def _why_not(rec: RunRecord, want: dict, now: dict, score: str) -> str:
     got = rec.get("inputs")
     if not isinstance(got, dict):
         return "recorded no inputs (made before runs recorded them)"
+    got = {**got, "featstore_version": (rec.get("versions") or {}).get("featstore")}  # what every run records
     if rec.fingerprint != now["fingerprint"]:
         return "another extractor fingerprint"
     for key in ("search", "given", "settings", "full_settings", "featstore_version", "train", "validation"):
