@@ -234,7 +234,7 @@ def fewshot(
             )
         check_has_rows(fs, name, split, "--train" if split == train else "--test")
     row = tuple(fs.split_info(train, name)["shape"][1:])  # avg on vectors: a flatten recorded as avg (attack 58 #3)
-    check_reduce(full.get("reduce", "flatten"), row, f"extractor {name!r}'s features")
+    check_reduce(full.get("reduce", "flatten"), row, f"extractor {name!r}'s features", attrs=fs.metadata(name))
     class_names = fs.class_names(name)
     y = fs.labels(train, name)
     _check_classes(name, y, train, class_names)

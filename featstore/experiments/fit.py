@@ -334,11 +334,10 @@ def refuse_reduce(fs, name: str, clf: str, given: dict | None, search: bool, tra
     from featstore.experiments.classifiers import candidates, get_classifier
     from featstore.models.reshape import check_reduce
 
-    spec, row = get_classifier(clf), tuple(fs.split_info(train, name)["shape"][1:])
+    spec, row, attrs = get_classifier(clf), tuple(fs.split_info(train, name)["shape"][1:]), fs.metadata(name)
     for p in (spec.full_params(s) for s in candidates(spec, given or {}, search)):
-        check_reduce(
-            p.get("reduce", "flatten"), row, f"extractor {name!r}'s features", option or "--param reduce=flatten"
-        )
+        reduce = p.get("reduce", "flatten")
+        check_reduce(reduce, row, f"extractor {name!r}'s features", option or "--param reduce=flatten", attrs)
 
 
 def _record(

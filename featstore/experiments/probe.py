@@ -104,7 +104,8 @@ def probe(
     fs = FeatureStore(store)
     names = _extractors(fs, extractors, (train, validation, test))
     for n in names:  # vectors: nothing to reduce, and the summary would say "averaged" for a flatten (attack 58 #3)
-        check_reduce(reduce, fs.split_info(train, n)["shape"][1:], f"extractor {n!r}'s features", "--reduce flatten")
+        row, attrs = fs.split_info(train, n)["shape"][1:], fs.metadata(n)
+        check_reduce(reduce, row, f"extractor {n!r}'s features", "--reduce flatten", attrs)
     _refuse_nonfinite(fs, names, (train, validation, test))  # every extractor's splits, before the first fit
     _refuse_unprobeable(fs, names, train)  # one class, constant rows: before the first fit too (attack 58 #5)
     root = runs_root(store, runs)

@@ -12,6 +12,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_data
 
 from featstore.errors import ConfigError
+from featstore.provenance import refuse_unknown_layout
 
 REDUCTIONS = ("flatten", "avg", "max")
 REDUCED = {"avg": "averages over", "max": "takes the largest value over"}
@@ -28,10 +29,15 @@ def pooled(reshape: FeatureReshape, ndim: int) -> bool:
     return done is True and ndim >= 3
 
 
-def check_reduce(reduce: str, shape: tuple, where: str, option: str = "--param reduce=flatten") -> None:
+def check_reduce(
+    reduce: str, shape: tuple, where: str, option: str = "--param reduce=flatten", attrs: dict | None = None
+) -> None:
     """Refuse ``reduce`` avg/max on features stored with ``shape`` per row when that is a vector: nothing to reduce,
     and the run would record ``reduce: avg`` for a flatten (attack 58 #3). ``where`` names the features (extractor
-    and split), ``option`` the fix in the command's own spelling."""
+    and split), ``option`` the fix in the command's own spelling. ``attrs``: the extractor's record, to refuse a map
+    whose channels axis it does not say (:func:`~featstore.provenance.refuse_unknown_layout`)."""
+    if reduce != "flatten" and attrs is not None:
+        refuse_unknown_layout(attrs, shape, where, option)
     if reduce != "flatten" and len(tuple(shape)) < 2:
         raise ConfigError(
             f"reduce={reduce} {REDUCED[reduce]} every axis but the last of each row, and {where} are stored as vectors "

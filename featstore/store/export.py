@@ -58,7 +58,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, OutputError, check_paths, choices_error
 from featstore.outputs import check_own_output, csv_cell, probe_output, refuse_image, write_atomic
-from featstore.provenance import AUGMENTED
+from featstore.provenance import AUGMENTED, refuse_unknown_layout
 from featstore.store.export_files import MARK, SUFFIXES, is_export
 from featstore.store.layout import same_split
 from featstore.store.reader import FeatureStore
@@ -149,6 +149,8 @@ def export(
             shape,
             features,
         )
+    if features != "flat":  # a (C, H, W) map of an older featstore: avg/max would mix its channels (attack 61 #3)
+        refuse_unknown_layout(fs.metadata(name), shape, f"extractor {name!r}'s {split} features", "--features flat")
     d = int(np.prod(shape)) if features == "flat" or len(shape) < 2 else int(shape[-1])  # (tokens, dims): over tokens
     from featstore.store.storage import chunk_bytes  # the chunk's own bytes (rows x the chunk's row), not rows x row
 

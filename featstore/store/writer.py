@@ -9,9 +9,7 @@ write, flush, update each group's commit record, flush, close), and the end one 
 A reader (a fit of another split) gets in between batches, and a killed writer leaves at most one uncommitted tail
 per group, which the next run truncates.
 
->>> w = SplitWriter(StoreFile("features.h5"), ["vgg16"], "train")     # doctest: +SKIP
->>> w.prepare([attrs], split_attrs, overwrite=False)                    # doctest: +SKIP
-[0]
+>>> SplitWriter(StoreFile("features.h5"), ["vgg16"], "train").prepare([attrs], split_attrs, overwrite=False)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from featstore.errors import ConfigError, StoreError
 from featstore.images.listing import path_to_store
 from featstore.provenance import (
     FORMAT_VERSION,
+    LAYOUT_CHECKED,
     fingerprint,
     refuse_changed_listing,
     refuse_other_extractor,
@@ -216,6 +215,7 @@ def _prepare_group(f, path, name, split, attrs, split_attrs, overwrite, listing,
         validate_extractor(old, f"{path}:/{name}")
         refuse_other_extractor(old, attrs, path, name)
         grp = f[name]
+        grp.attrs[LAYOUT_CHECKED] = True  # its fingerprint is this featstore's, map_layout included (attack 61 #3)
     else:
         grp = f.create_group(name)
         for key, value in attrs.items():
