@@ -43,6 +43,7 @@ from featstore.stats.metrics import expected_calibration_error, log_loss, reliab
 from featstore.store.digests import identifies_rows, split_listing
 from featstore.store.names import names_text
 from featstore.store.reader import FeatureStore
+from featstore.store.versions import Rewritten, refuse_rewritten, split_versions
 
 
 def metrics(
@@ -210,6 +211,7 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
     fs = FeatureStore(store)
     if split not in rec.metrics:
         refuse_other_store(rec, fs, split)
+    versions = split_versions(fs, rec.extractor, [split])  # before any is read: one state of the split is recorded
     blocks, names = _blocks(rec, folder, store, split), list(rec.class_names)
     paths, listing = digest_paths(fs.paths(split, rec.extractor)), fs.split_info(split, rec.extractor)
     listing = split_listing(listing)
@@ -240,8 +242,10 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
     seen: dict = {}
 
     def figures(written) -> dict:  # each block's probabilities written to the new predictions.npz as it is scored
-        seen["m"] = run_metrics_blocks(written, names, rec.calibration)[2]
-        return seen["m"]
+        m = run_metrics_blocks(written, names, rec.calibration)[2]
+        refuse_rewritten(fs, rec.extractor, versions, "evaluation", f"Run `featstore runs evaluate {rec.id}`")
+        seen["m"] = m  # labels, probabilities, paths and listing of one version of the split (attack 54 #2)
+        return m
 
     try:
         if sticky.ahead(folder) is not None:  # a colleague's run in a sticky runs folder: said before any work
@@ -249,6 +253,8 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
         if closed_folders(root, rec.id):  # a colleague's run or runs folder closed to the user's writes: the same
             raise not_written(PermissionError(errno.EACCES, "Permission denied"), root, rec.id, update=True)
         rec = add_split(root, rec, folder, split, figures, (blocks, n, paths, listing))
+    except Rewritten:
+        raise  # the figures would be of the new version, the paths of the old: nothing to show
     except (OutputError, StoreError) as exc:
         # refused before the split was scored (a runs folder that cannot be written): scored on its own; a refusal
         # of the store's rows raises again from there, as before anything is written

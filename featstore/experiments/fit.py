@@ -32,7 +32,6 @@ from featstore.experiments.scoring import (  # noqa: F401 (OOF)
     eval_rows,
     memory_blocks,
     score_splits,
-    split_versions,
 )
 from featstore.experiments.selection import (
     DivergedError,
@@ -62,6 +61,7 @@ from featstore.runs.folder import ensure_writable, runs_root
 from featstore.runs.record import RunRecord, digest_paths, draft
 from featstore.runs.write import RunDraft
 from featstore.store.reader import FeatureStore
+from featstore.store.versions import split_versions
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError
 from featstore.experiments.calibration import calibrate_on_out_of_fold, calibrate_on_validation_blocks, not_calibrated
 from featstore.experiments.evaluate import run_metrics, run_metrics_blocks
 from featstore.experiments.protocol import OOF, Splits
@@ -34,8 +34,8 @@ from featstore.experiments.streaming import BLOCK_FRACTION
 from featstore.runs.predictions_file import EVAL_BUDGET, PredictionsWriter, eval_rows  # noqa: F401 - re-exported
 from featstore.runs.record import split_identity
 from featstore.runs.stopping import check
-from featstore.store.layout import same_split
 from featstore.store.reader import FeatureStore
+from featstore.store.versions import refuse_rewritten, split_versions
 
 
 def memory_blocks(est, X: np.ndarray, y: np.ndarray, rows: int, n_classes: int, split: str) -> Iterator[tuple]:
@@ -70,28 +70,6 @@ class _Clock:
 def _identity(fs: FeatureStore, name: str, split: str) -> tuple[str, str]:
     """``(paths digest, listing digest)`` of a split: which images its rows are (ensembles and comparisons check)."""
     return split_identity(fs, name, split)
-
-
-def split_versions(fs: FeatureStore, name: str, splits) -> dict[str, tuple]:
-    """Each split's version (:func:`featstore.store.layout.same_split`: its id, times and commit), in one opening:
-    taken before a fit reads them, compared by :func:`refuse_rewritten` once the run's identities are read."""
-    with fs.file.open("r") as f:
-        return {s: same_split(f, f"{name}/{s}", None, f"{fs.path}:/{name}/{s}") for s in splits}
-
-
-def refuse_rewritten(fs: FeatureStore, name: str, versions: dict[str, tuple]) -> None:
-    """StoreError when a split is not the version :func:`split_versions` saw: re-written by another process (``extract
-    --overwrite``) while the fit read and scored it, its labels and predictions are the old split's but the paths and
-    listing read after them the new one's; the run would pair the two (attack 54 #2)."""
-    with fs.file.open("r") as f:
-        for s, seen in versions.items():
-            try:
-                same_split(f, f"{name}/{s}", seen, f"{fs.path}:/{name}/{s}")
-            except StoreError:
-                raise StoreError(
-                    f"{fs.path}:/{name}/{s} was re-written (by another process?) while this fit read and scored it; "
-                    f"nothing was recorded. Run the fit again once that extraction has finished"
-                ) from None
 
 
 def _written(member, blocks) -> Iterator[tuple]:

@@ -27,12 +27,12 @@ from pathlib import Path
 from featstore.errors import StoreError
 from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.protocol import OOF, Splits
-from featstore.experiments.scoring import split_versions
 from featstore.runs.folder import scan_runs, verify_run
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, split_identity
 from featstore.store.digests import identifies_rows
 from featstore.store.reader import FeatureStore
+from featstore.store.versions import split_versions
 from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
