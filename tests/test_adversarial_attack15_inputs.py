@@ -174,10 +174,9 @@ def test_fit_cross_validation_names_the_huge_rows_not_the_classifier(tmp_path, r
     h5 = _one_huge_row(tmp_path / "h.h5", 3e38)
     result = cli("fit", "--store", h5, "--validation", "none", "--test", "none", "--runs", tmp_path / "runs")
     (line,) = _error_lines(no_traceback(result))
-    assert (
-        result.exit_code == 1 and "train's row 5 (1 of the " in line and " rows read; largest |feature| 3e+38)" in line
-    ), line
-    assert "not the classifier's settings" in line and "cannot predict" not in line, line
+    assert result.exit_code == 1 and "h.h5:/s/train holds 1 row(s) (5; e.g. train/5) with finite features" in line
+    assert "(largest 3e+38): an overflow in the model that extracted them" in line, line
+    assert "--split train --overwrite" in line and "cannot predict" not in line, line
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in recwarn]
 
 

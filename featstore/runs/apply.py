@@ -25,6 +25,7 @@ from featstore import provenance
 from featstore.errors import ConfigError, DataError, StoreError, WeightsError
 from featstore.images.listing import discover, load_image, printable
 from featstore.runs.files import BrokenRunError
+from featstore.store.nonfinite import LARGE_FEATURE
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -230,11 +231,6 @@ class ImageBatch:
                 f"the fitted classifier works on other features): check the image and the model's weights",
             )
         return out
-
-
-# a feature this large is no backbone's usual output (an overflow); only such rows are the extractor's fault when the
-# fit's model refuses them (a float32 scaler overflows near 3e38; a model refusing smaller features is damaged)
-LARGE_FEATURE = 1e15
 
 
 def _or_none(proba: Callable, X: np.ndarray) -> np.ndarray | None:

@@ -139,7 +139,7 @@ class FitKind(_FeaturesRun):
         est, k = self.load(rec, folder, options), len(rec.class_names)
         info = fs.split_info(split, rec.extractor)
         rows = eval_rows(info, rec.get("memory_budget") or EVAL_BUDGET, k)
-        check, at = fs.nonfinite_rows(split, rec.extractor), 0
+        check, at = fs.nonfinite_rows(split, rec.extractor, large=False), 0  # large rows: _checked_rows decides
         for X, y in fs.iter_batches(split, rec.extractor, max_bytes=rows * row_bytes(info)):
             if not check.block(X):
                 check.refuse()  # not the model: the predict check would call it altered

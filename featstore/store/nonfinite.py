@@ -1,4 +1,5 @@
-"""The rows with NaN or inf features of one split, found block by block (``FeatureStore.nonfinite_rows``)."""
+"""The rows with NaN or inf features of one split, or finite ones too large for any classifier's arithmetic, found
+block by block (``FeatureStore.nonfinite_rows``)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,53 @@ from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED
 
+# a feature this large is no backbone's usual output (an overflow): a fit's scaler took its spread from one such train
+# row and every other row standardised to about 0, chance accuracy, exit 0 (attack 62 #4); predict marks such images
+# failed, naming the extractor (a float32 scaler overflows near 3e38; a model refusing smaller features is damaged)
+LARGE_FEATURE = 1e15
+
 
 class NonfiniteRows:
     """The rows with NaN or inf features of one split, found block by block (see ``FeatureStore.nonfinite_rows``)."""
 
-    def __init__(self, fs, split: str, name: str, augmented: bool):  # fs: the FeatureStore asked
+    def __init__(self, fs, split: str, name: str, augmented: bool, large: bool = True):  # fs: the FeatureStore asked
         self.fs, self.split, self.name, self.augmented = fs, split, name, augmented
+        self.limit = LARGE_FEATURE if large else np.inf  # large=False: a fitted model's own check decides (evaluate)
         self.bad: list[int] = []
+        self.huge: list[int] = []  # finite rows with a feature over LARGE_FEATURE
+        self.top = 0.0
         self.start = 0
 
     def block(self, X: np.ndarray) -> bool:
-        """Count the next block's bad rows; True when it has none."""
+        """Count the next block's bad rows (NaN/inf, or a feature over :data:`LARGE_FEATURE` unless ``large`` is False);
+        True when it has none."""
         rows = np.asarray(X).reshape(len(X), -1)
-        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        finite = np.isfinite(rows).all(axis=1)
+        bad = np.flatnonzero(~finite)
+        top = np.abs(rows[finite]).max(axis=1, initial=0) if rows.shape[1] else np.zeros(int(finite.sum()))
+        huge = np.flatnonzero(finite)[top > self.limit]
         self.bad += (bad + self.start).tolist()
+        self.huge += (huge + self.start).tolist()
+        self.top = max(self.top, float(top.max(initial=0)))
         self.start += len(X)
-        return not len(bad)
+        return not len(bad) and not len(huge)
 
     def refuse(self) -> None:
         """Raise StoreError naming the first bad row and the fix, if any was found."""
-        if not self.bad:
+        if not self.bad and not self.huge:
             return
         split, name, augmented = self.split, self.name, self.augmented
         paths = self.fs.paths(split, name, augmented=augmented)
         key = f"{split}/{AUGMENTED}" if augmented else split
+        if not self.bad:
+            rows = ", ".join(str(r) for r in self.huge[:5]) + (" ..." if len(self.huge) > 5 else "")
+            raise StoreError(
+                f"{self.fs.path}:/{name}/{key} holds {len(self.huge)} row(s) ({rows}; e.g. "
+                f"{terminal_safe(paths[self.huge[0]])}) with finite features over {LARGE_FEATURE:.0e} (largest "
+                f"{self.top:.3g}): an overflow in the model that extracted them, which would set a classifier's scale "
+                f"on its own (every other row then reads as about 0). Check those images and the model's weights, then "
+                f"re-extract the split with `featstore extract --split {split} --overwrite`"
+            )
         raise StoreError(
             f"{self.fs.path}:/{name}/{key} holds {len(self.bad)} row(s) with NaN or inf features (e.g. "
             f"{terminal_safe(paths[self.bad[0]])}); nothing can be fitted or scored on them. Check those images and the "

@@ -208,8 +208,9 @@ class FeatureStore:
         augmented: bool = False,
         max_bytes: int = 64 << 20,
     ) -> None:
-        """Raise StoreError naming the split's rows with NaN or inf features (extract stores them, with a warning) and
-        the fix; ``X``: the split's features already in memory, else read in blocks of ``max_bytes`` (a streamed fit:
+        """Raise StoreError naming the split's rows with NaN or inf features (extract stores them, with a warning), or
+        finite features over ``nonfinite.LARGE_FEATURE`` (one such train row set a scaler's spread: chance accuracy,
+        exit 0; attack 62 #4), and the fix; ``X``: the split's features already in memory, else read in blocks of ``max_bytes`` (a streamed fit:
         its budget's block). A classifier's own error blamed its settings, or called a sound run's model altered."""
         check = self.nonfinite_rows(split, extractor, augmented=augmented)
         blocks = self.iter_batches(split, check.name, augmented=augmented, max_bytes=max_bytes) if X is None else None
@@ -217,10 +218,13 @@ class FeatureStore:
             check.block(block)
         check.refuse()
 
-    def nonfinite_rows(self, split: str, extractor: str | None = None, *, augmented: bool = False) -> NonfiniteRows:
-        """A counter of NaN/inf rows fed the split's blocks in order by a pass that reads them anyway (a streamed fit's
-        first pass); its ``refuse()`` raises what :meth:`refuse_nonfinite` raises."""
-        return NonfiniteRows(self, split, self.resolve(extractor), augmented)
+    def nonfinite_rows(
+        self, split: str, extractor: str | None = None, *, augmented: bool = False, large: bool = True
+    ) -> NonfiniteRows:
+        """A counter of NaN/inf rows (``large``: and rows with a finite feature over ``nonfinite.LARGE_FEATURE``) fed
+        the split's blocks in order by a pass that reads them anyway (a streamed fit's first pass); its ``refuse()``
+        raises what :meth:`refuse_nonfinite` raises."""
+        return NonfiniteRows(self, split, self.resolve(extractor), augmented, large)
 
     def metadata(self, extractor: str | None = None) -> dict:
         """Provenance attributes of an extractor (model, layer, weights, fingerprint, ...)."""
