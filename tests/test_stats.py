@@ -186,7 +186,7 @@ def test_describe_difference_in_words():
 
 
 def test_borderline_when_test_and_interval_disagree():
-    """6 against 0 discordant rows: McNemar p = 0.031 (< 0.05), and the bootstrap interval of +6 points on 100 rows
+    """6 against 0 discordant rows: McNemar p = 0.031 (< 0.05), and the paired score interval of +6 points on 100 rows
     excludes 0 as well; at 5 against 0 (p = 0.0625) the interval still excludes 0: the sentence says so."""
     six = compare_predictions(*_pair(80, 6, 0, 14))
     assert six.mcnemar.p == pytest.approx(2 / 64) and six.difference.low > 0 and six.verdict == "larger than chance"

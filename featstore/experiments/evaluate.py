@@ -37,7 +37,7 @@ from featstore.runs.refusals import closed_folders, not_written
 from featstore.runs.versions import run_lock
 from featstore.runs.write import add_split
 from featstore.stats.calibration import apply_calibration
-from featstore.stats.figures import RowFigures, completed, confusion_of
+from featstore.stats.figures import RowFigures, completed, confusion_of, macro_f1_of
 from featstore.stats.intervals import proportion_interval
 from featstore.stats.metrics import expected_calibration_error, log_loss, reliability_of
 from featstore.store.digests import identifies_rows, split_listing
@@ -54,19 +54,20 @@ def metrics(
     calibrated probabilities) log-loss, ECE with its reliability bins and top-5 (with at least 6 classes), each with
     a bootstrap interval (``featstore.stats.figures``). ``raw``: the probabilities before calibration, whose
     log-loss and ECE are kept as ``before_calibration``."""
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    cm = confusion_of(y_true, y_pred, len(labels))  # packed beyond 100 classes, never dense
     out = {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": macro_f1_of(cm),  # over the classes in the labels or predictions, as its interval
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
             for i, c in enumerate(class_names)
         },
-        "confusion_matrix": confusion_of(y_true, y_pred, len(labels)),  # packed beyond 100 classes, never dense
+        "confusion_matrix": cm,
     }
     out = completed(out, y_true, proba)
     if raw is not None and len(y_true):

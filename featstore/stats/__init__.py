@@ -3,10 +3,11 @@
 Pure numpy (scipy imported inside the few functions that need it); nothing here imports scikit-learn or
 TensorFlow, so ``featstore runs`` stays fast.
 
-- :mod:`~featstore.stats.intervals`: the Wilson interval of an accuracy, a percentile bootstrap for any other
-  figure, mean ± sd over seeds;
-- :mod:`~featstore.stats.paired`: two classifiers on the same rows, the exact McNemar test and a paired
-  bootstrap of the difference, and a sentence saying whether it is larger than chance;
+- :mod:`~featstore.stats.intervals`: the Wilson and Clopper-Pearson intervals of a proportion, a percentile
+  bootstrap for any other figure, mean ± sd over seeds;
+- :mod:`~featstore.stats.exact`: conservative exact intervals of a figure whose bootstrap is degenerate;
+- :mod:`~featstore.stats.paired`: two classifiers on the same rows, the exact McNemar test and Newcombe's paired
+  score interval of the difference, and a sentence saying whether it is larger than chance;
 - :mod:`~featstore.stats.metrics`: top-k, balanced accuracy, macro-F1, log-loss, ECE with reliability bins;
 - :mod:`~featstore.stats.calibration`: temperature scaling fitted on held-out rows (never changes a prediction);
 - :mod:`~featstore.stats.folds`: cross-validation folds that keep the copies of one image together.
@@ -21,6 +22,7 @@ from featstore.stats.intervals import (
     Z95,
     Interval,
     bootstrap_interval,
+    clopper_pearson,
     mean_sd,
     mean_tolerance,
     proportion_interval,
@@ -45,6 +47,7 @@ from featstore.stats.paired import (
     mcnemar,
     mcnemar_p,
     paired_bootstrap,
+    paired_interval,
 )
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "apply_calibration",
     "balanced_accuracy",
     "bootstrap_interval",
+    "clopper_pearson",
     "compare_predictions",
     "describe_difference",
     "expected_calibration_error",
@@ -69,6 +73,7 @@ __all__ = [
     "mean_sd",
     "mean_tolerance",
     "paired_bootstrap",
+    "paired_interval",
     "proportion_interval",
     "reliability",
     "softmax",

@@ -21,10 +21,21 @@ accuracy 0.000 [0.000, 0.000]" read as certainty), so such an interval is the fi
 [0, 36.04] nats for the log-loss, whose probabilities are clipped at float64's epsilon) and its method says why.
 The accuracy's Wilson interval needs no such floor.
 
-Macro-F1 is averaged over *every* class of the store, a class with no row and no prediction counting 0 (the
-figure runs have always recorded, scikit-learn's ``f1_score(labels=all, average="macro", zero_division=0)``);
-balanced accuracy is the mean recall over the classes present (scikit-learn's ``balanced_accuracy_score``).
-Bootstraps are seeded, so the same predictions always give the same intervals.
+A bootstrap is degenerate when its percentile interval has no width: every row right (or wrong), every top-5 a hit,
+at any number of rows, gives every resample the same figure, which would read as certainty. Such an interval is
+instead an exact, conservative one where the figure has one: balanced accuracy the
+mean of each present class's recall bounds, macro-F1 the mean of each class's F1 bounds from its precision's and
+recall's bounds (F1 grows with both), each bound a Clopper-Pearson interval at level 1 - (1 - 0.95) / m over the m
+proportions (Bonferroni: all of them hold at once with 95 % probability, so their mean's interval does too); top-5
+the Clopper-Pearson interval of its hits when every row is a whole hit or miss. Otherwise (log-loss, ECE, a top-5 of
+tied shares) it is the figure's whole range (``featstore.stats.exact``). Its ``method`` says which, and why.
+
+Macro-F1 is averaged over the classes present in the labels or the predictions (scikit-learn's ``f1_score(
+average="macro", zero_division=0)`` without ``labels=``, and :func:`featstore.stats.metrics.macro_f1`): a store
+class with neither rows nor predictions in the split is left out, not counted 0. Runs recorded before keep the
+macro-F1 they recorded (over every store class, which differs only on a split that lacks a store class entirely).
+Balanced accuracy is the mean recall over the classes present in the labels (scikit-learn's
+``balanced_accuracy_score``). Bootstraps are seeded, so the same predictions always give the same intervals.
 
 >>> f = confusion_figures([[8, 2], [1, 9]])
 >>> f["accuracy_ci"]["method"], round(f["accuracy_ci"]["low"], 3), round(f["balanced_accuracy"], 4)
@@ -37,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featstore.stats.exact import NO_WIDTH, degenerate_interval, exact_balanced, exact_macro_f1, exact_top
 from featstore.stats.intervals import Interval, percentile_bounds, proportion_interval
 from featstore.stats.metrics import _labels_proba, reliability_of
 
@@ -64,12 +76,17 @@ def _interval(
     n: int,
     whole=(0.0, 1.0),
     normal: bool = False,
+    exact=None,
 ) -> dict:
     """The percentile interval of ``draws``; on fewer than :data:`MIN_BOOT_ROWS` rows the figure's ``whole`` range
-    instead, saying so (a bootstrap of one row is a single point, which would read as certainty)."""
+    instead, saying so (a bootstrap of one row is a single point, which would read as certainty); when the percentile
+    interval has no width, :func:`~featstore.stats.exact.degenerate_interval` (``exact``: a callable giving the
+    figure's exact bounds, or None, called only then)."""
     if n < MIN_BOOT_ROWS:
         return _too_few(estimate, n, level, whole)
     lo, hi = percentile_bounds(draws, level)
+    if hi - lo <= NO_WIDTH:
+        return degenerate_interval(estimate, n_boot, level, whole, exact() if exact is not None else None)
     return Interval(float(estimate), lo, hi, level, _method(n_boot, seed, n if normal else 0)).to_dict()
 
 
@@ -88,6 +105,8 @@ def _shifted_interval(
         return _too_few(estimate, n, level, (0.0, 1.0))
     bias = float(np.mean(draws)) - float(estimate)
     lo, hi = percentile_bounds(draws - bias, level)
+    if hi - lo <= NO_WIDTH:
+        return degenerate_interval(estimate, n_boot, level)
     method = _method(n_boot, seed, n if normal else 0, f" moved by its bias {bias:+.3g}")
     return Interval(float(estimate), max(0.0, lo), max(0.0, hi), level, method).to_dict()
 
@@ -100,9 +119,30 @@ def _balanced(tp: np.ndarray, true_n: np.ndarray) -> np.ndarray:
 
 
 def _macro_f1(tp: np.ndarray, true_n: np.ndarray, pred_n: np.ndarray) -> np.ndarray:
-    """Mean F1 over every class (0 for a class with neither rows nor predictions), along the last axis."""
+    """Mean F1 over the classes present in the labels or the predictions, along the last axis (scikit-learn's
+    ``f1_score(average="macro")`` without ``labels=``; a class with neither rows nor predictions is left out)."""
     den = true_n + pred_n
-    return np.divide(2 * tp, den, out=np.zeros(tp.shape), where=den > 0).mean(axis=-1)
+    present = den > 0
+    return np.divide(2 * tp, den, out=np.zeros(tp.shape), where=present).sum(axis=-1) / present.sum(axis=-1)
+
+
+def macro_f1_of(cm) -> float:
+    """Macro-F1 of a confusion matrix (rows, or run.json's packed cells), over the classes present in the labels or
+    the predictions: the one definition every recorded figure uses.
+
+    >>> macro_f1_of([[0, 0], [0, 30]])   # no row of class 0, none predicted: left out
+    1.0
+    """
+    k, true_of, pred_of, counts = confusion_cells(cm)
+    if int(counts.sum()) == 0:
+        return 0.0
+    diag = true_of == pred_of
+    tp = np.bincount(true_of[diag], weights=counts[diag], minlength=k)
+    true_n, pred_n = (
+        np.bincount(true_of, weights=counts, minlength=k),
+        np.bincount(pred_of, weights=counts, minlength=k),
+    )
+    return float(_macro_f1(tp, true_n, pred_n))
 
 
 def confusion_figures(cm, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95) -> dict:
@@ -139,8 +179,18 @@ def confusion_figures(cm, n_boot: int = N_BOOT, seed: int = SEED, level: float =
     return {
         "accuracy_ci": proportion_interval(int(counts[diag].sum()), n, level).to_dict(),
         "balanced_accuracy": float(_balanced(tp, true_n)),
-        "balanced_accuracy_ci": _interval(_balanced(tp, true_n), bal_b, n_boot, seed, level, n),
-        "macro_f1_ci": _interval(_macro_f1(tp, true_n, pred_n), f1_b, n_boot, seed, level, n),
+        "balanced_accuracy_ci": _interval(
+            _balanced(tp, true_n), bal_b, n_boot, seed, level, n, exact=lambda: exact_balanced(tp, true_n, level)
+        ),
+        "macro_f1_ci": _interval(
+            _macro_f1(tp, true_n, pred_n),
+            f1_b,
+            n_boot,
+            seed,
+            level,
+            n,
+            exact=lambda: exact_macro_f1(tp, true_n, pred_n, level),
+        ),
     }
 
 
@@ -250,7 +300,9 @@ def probability_figures(
     }
     if top is not None:
         out["top5"] = float(top.mean())
-        out["top5_ci"] = _interval(top.mean(), top_b, n_boot, seed, level, n, normal=normal)
+        out["top5_ci"] = _interval(
+            top.mean(), top_b, n_boot, seed, level, n, normal=normal, exact=lambda: exact_top(top, level)
+        )
     return out
 
 

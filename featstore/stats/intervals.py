@@ -50,6 +50,26 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return lo, 1.0 if successes == n else min(1.0, centre + half)
 
 
+def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a proportion: its coverage is at least ``level`` for every true
+    proportion; (0, 1) when ``n`` is 0.
+
+    >>> lo, hi = clopper_pearson(25, 25); round(lo, 4), hi
+    (0.8628, 1.0)
+    """
+    _check_level(level)
+    if n <= 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must lie in 0..{n}, got {successes}")
+    from scipy.stats import beta
+
+    tail = (1 - level) / 2
+    lo = 0.0 if successes == 0 else float(beta.ppf(tail, successes, n - successes + 1))
+    hi = 1.0 if successes == n else float(beta.ppf(1 - tail, successes + 1, n - successes))
+    return lo, hi
+
+
 def proportion_interval(successes: int, n: int, level: float = 0.95) -> Interval:
     """A proportion (an accuracy) with its Wilson interval; the estimate is NaN when ``n`` is 0.
 

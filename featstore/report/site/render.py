@@ -72,9 +72,14 @@ def pct(value: object) -> str:
     return "–" if num(value) == "–" else f"{100 * float(value):.1f} %"
 
 
-def interval_text(iv: tuple[float, float] | None) -> str:
-    """``[0.72, 0.87]``, or "" when there is none."""
-    return "" if iv is None else f"[{iv[0]:.2f}, {iv[1]:.2f}]"
+def interval_text(iv: tuple[float, float] | None, digits: int = 4) -> str:
+    """An interval to the same ``digits`` decimals as :func:`num` prints its figure (as the text reports do: at 2
+    decimals 0.9974's interval read ``[1.00, 1.00]``, the figure outside it); "" when there is none.
+
+    >>> interval_text((0.99623, 0.99818)), interval_text(None)
+    ('[0.9962, 0.9982]', '')
+    """
+    return "" if iv is None else f"[{num(iv[0], digits)}, {num(iv[1], digits)}]"
 
 
 def script_json(value: object, raw: str | None = None) -> Markup:
