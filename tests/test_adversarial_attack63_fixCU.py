@@ -154,3 +154,57 @@ def test_each_distinct_file_is_read_once_and_only_sizes_that_repeat(tmp_path, mo
 def test_without_compare_bytes_nothing_is_hashed(tmp_path):
     r = find_leaks(copies_store(tmp_path), threshold=0.999, record=False, compare_bytes=False)
     assert r.within == {}
+
+
+def test_near_duplicates_inside_a_query_split_are_counted_recorded_and_shown(tmp_path):
+    """The module finds near-duplicates by features between splits; inside one checked split the same way: a row
+    whose nearest *other* row of the split is at or above the threshold (files of other bytes: no group of copies)."""
+    store, data = tmp_path / "f.h5", tmp_path / "data"
+    rng = np.random.default_rng(3)
+    X = rng.normal(0, 1, (20, 16)).astype(np.float32)
+    write_split(store, "s", "train", X[:12], np.arange(12) % 2, [f"train/{i}.png" for i in range(12)], data,
+                [blob(i) for i in range(12)])  # fmt: skip
+    T = X[12:].copy()
+    T[1] = T[0] + np.float32(1e-4)  # rows 0 and 1: near-duplicates of each other, not of a train row
+    write_split(store, "s", "test", T, np.arange(8) % 2, [f"test/{i}.png" for i in range(8)], data,
+                [blob(50 + i) for i in range(8)])  # fmt: skip
+    r = find_leaks(store, threshold=0.999, record=False)
+    assert r.near_within == {"test": 2} and r.within["test"].groups == 0 and r.counts["test"] == 0
+    res = run("leaks", "--store", store, "--threshold", "0.999", "--png", tmp_path / "l.png")
+    assert res.exit_code == 0, res.output
+    assert "test: 0 of 8 rows have a near-duplicate in train" in res.output
+    assert "; 2 have one inside test" in res.output, res.output
+    assert json.loads(record_path(store).read_text())["extractors"]["s"]["near_within"] == {"test": 2}
+    assert (
+        "leaks: 0 test rows with a near-duplicate in train (threshold 0.999, given; featstore leaks)"
+        in run("info", store).output
+    )  # recorded, not shown: the line is as it was
+    rec = json.loads(record_path(store).read_text())
+    rec["extractors"]["s"]["near_within"]["test"] = 9  # more than the 8 rows checked
+    record_path(store).write_text(json.dumps(rec))
+    entry = FeatureStore(store).info()["extractors"]["s"]
+    assert "is damaged: it has near-duplicates inside a split" in leaks_line(store, "s", entry)
+
+
+def test_near_duplicates_inside_a_split_blocked_equal_brute_force(tmp_path):
+    """Several blocks of the split against itself (each row's own left out, wherever its block) give the brute-force
+    count of rows whose nearest other row is at or above the threshold (centred on train's mean)."""
+    from featstore.store.writer import write_arrays
+
+    rng = np.random.default_rng(2)
+    X = rng.gamma(1.0, size=(600, 256)).astype(np.float32)  # 1 KiB rows
+    Q = rng.gamma(1.0, size=(1500, 256)).astype(np.float32)
+    Q[100:140] = Q[:40] + rng.normal(0, 0.05, (40, 256)).astype(np.float32)  # 80 rows with a close twin
+    path = tmp_path / "arr.h5"
+    for split, F in (("train", X), ("test", Q)):
+        write_arrays(path, "synthetic", split, F, np.arange(len(F)) % 2, ["a", "b"], batch_size=256)
+    chunk = FeatureStore(path).split_info("test")["chunks"][0] * 1024
+    R = Q.astype(np.float64) - X.astype(np.float64).mean(0)
+    R /= np.linalg.norm(R, axis=1, keepdims=True)
+    S = R @ R.T
+    np.fill_diagonal(S, -np.inf)
+    best = np.sort(S.max(1))
+    t = float((best[-80] + best[-81]) / 2)  # between the 80 twins and the rest: no row at the threshold
+    small = find_leaks(path, threshold=t, max_bytes=8 * chunk, record=False)
+    big = find_leaks(path, threshold=t, max_bytes=1 << 30, record=False)
+    assert small.near_within == big.near_within == {"test": 80}

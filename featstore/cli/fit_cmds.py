@@ -327,9 +327,10 @@ def leaks(
         typer.echo(f"note: {r.calibration.caveat()}", err=True)
     for name, n in r.counts.items():
         copies = f"{r.same_bytes[name]} with the same file bytes, " if r.same_bytes.get(name) else ""
+        inside = f"; {r.near_within[name]} have one inside {safe(name)}" if r.near_within.get(name) else ""
         typer.echo(
             f"{safe(name)}: {n} of {r.rows[name]} rows have a near-duplicate in {safe(r.reference)} ({copies}similarity >= "
-            f"{r.threshold:.4g}; median nearest {r.median[name]:.3f})"
+            f"{r.threshold:.4g}; median nearest {r.median[name]:.3f}){inside}"
         )
     for line in copies_lines(r):  # byte-identical files inside one split: rows that are copies of one image
         typer.echo(line)

@@ -93,7 +93,8 @@ def find_leaks(
     similarity (centred cosine of the features) is at or above the threshold. The same hashing groups the rows of
     each split read (``reference`` and the queries) whose files hold the same bytes: ``report.within[split]``
     (:class:`SplitCopies`: rows, distinct images, groups, a few example paths; its ``advice`` line says what the
-    copies do to that split's figures). Without ``threshold`` it is
+    copies do to that split's figures); ``report.near_within[split]`` counts the rows of each query split whose
+    nearest *other* row of that split is at or above the threshold (near-duplicates inside it). Without ``threshold`` it is
     calibrated on this extractor: the ``quantile`` of the similarity of ``sample`` reference rows (seeded by
     ``seed``) to their nearest *other* reference row, so the count means the same on every layer and model.
     ``query`` defaults to those of test and validation that the store has. Features are streamed in blocks (peak
@@ -125,7 +126,7 @@ def find_leaks(
     ref_paths, ref_labels = fs.paths(reference, name), fs.labels(reference, name)
     found: list[LeakPair] = []
     below: list[LeakPair] = []
-    counts, rows, median, exact = {}, {}, {}, {}
+    counts, rows, median, exact, near_within = {}, {}, {}, {}, {}
     for split in queries:
         copies = matches.get(split, {})
         blocks = query_blocks(fs, name, split, budget)
@@ -136,6 +137,8 @@ def find_leaks(
         flagged[list(copies)] = True
         counts[split], rows[split], exact[split] = int(flagged.sum()), len(sims), len(copies)
         median[split] = float(np.median(sims)) if len(sims) else math.nan
+        inside = nearest(fs, name, query_blocks(fs, name, split, budget), split, centre, budget, skip_self=True)[0]
+        near_within[split] = int((rounded(inside) >= cal.threshold).sum())  # near-duplicates inside the split
         order = np.argsort(-sims, kind="stable")
         for i in [*order[flagged[order]], *order[~flagged[order]][:NEAR_MISSES]]:
             i = int(i)
@@ -163,6 +166,7 @@ def find_leaks(
         fingerprint,
         commits,
         within,
+        near_within,
     )
     logger.debug(
         "leaks: %s rows of %s flagged against %s (%s; %d %s rows, %.1f s)",

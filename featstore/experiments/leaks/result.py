@@ -146,6 +146,8 @@ class LeakReport:
     fingerprint: str | None = None  # the extractor's fingerprint, read before the search
     commits: dict[str, dict] = field(default_factory=dict)  # split -> what identified its rows before the search
     within: dict[str, SplitCopies] = field(default_factory=dict)  # split -> its byte-identical files (every split read)
+    near_within: dict[str, int] = field(default_factory=dict)  # query split -> rows whose nearest other row of the
+    # same split is at or above the threshold (byte-identical copies included)
 
 
 def record_path(store: str | os.PathLike) -> Path:
