@@ -289,6 +289,7 @@ def leaks(
     from featstore.experiments.compare import check_chart_name
     from featstore.experiments.leaks import find_leaks, leaks_csv, leaks_png, record_path, write_record
     from featstore.experiments.leaks.draw import is_leaks_csv
+    from featstore.experiments.leaks.within import copies_lines
     from featstore.outputs import (
         check_output,
         check_own_output,
@@ -326,10 +327,13 @@ def leaks(
         typer.echo(f"note: {r.calibration.caveat()}", err=True)
     for name, n in r.counts.items():
         copies = f"{r.same_bytes[name]} with the same file bytes, " if r.same_bytes.get(name) else ""
+        inside = f"; {r.near_within[name]} have one inside {safe(name)}" if r.near_within.get(name) else ""
         typer.echo(
             f"{safe(name)}: {n} of {r.rows[name]} rows have a near-duplicate in {safe(r.reference)} ({copies}similarity >= "
-            f"{r.threshold:.4g}; median nearest {r.median[name]:.3f})"
+            f"{r.threshold:.4g}; median nearest {r.median[name]:.3f}){inside}"
         )
+    for line in copies_lines(r):  # byte-identical files inside one split: rows that are copies of one image
+        typer.echo(line)
     for p in r.pairs[:top]:
         typer.echo(
             f"  {'same bytes' if p.same_bytes else f'{p.similarity:.4f}'}  {safe(p.query_path)}  ~  {safe(p.train_path)}"

@@ -10,7 +10,7 @@ training image's (sha256, :mod:`.hashes`), whatever the features say. Both split
 chunks (:mod:`.search`), so the check works beyond memory; NaN or inf features are refused.
 
 Modules: :mod:`.result` (LeakPair, LeakReport, Calibration), :mod:`.search`, :mod:`.threshold`, :mod:`.hashes`,
-:mod:`.find` (find_leaks), :mod:`.record` (``<store>.leaks.json`` and the ``info`` line), :mod:`.draw` (CSV, PNG).
+:mod:`.within` (byte-identical files inside one split), :mod:`.find` (find_leaks), :mod:`.record` (``<store>.leaks.json`` and the ``info`` line), :mod:`.draw` (CSV, PNG).
 
 >>> report = find_leaks("features.h5")                       # doctest: +SKIP
 >>> report.counts, report.pairs[0]                           # doctest: +SKIP
@@ -26,6 +26,7 @@ from featstore.experiments.leaks.result import (
     Calibration,
     LeakPair,
     LeakReport,
+    SplitCopies,
     record_path,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "leaks_csv",
     "leaks_line",
     "leaks_png",
+    "SplitCopies",
     "read_record",
     "record_path",
     "write_record",

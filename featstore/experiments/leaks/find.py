@@ -23,9 +23,11 @@ from featstore.experiments.leaks.result import (
     Calibration,
     LeakPair,
     LeakReport,
+    SplitCopies,
 )
 from featstore.experiments.leaks.search import nearest, query_blocks, rounded, scan
 from featstore.experiments.leaks.threshold import calibrate, check_settings
+from featstore.experiments.leaks.within import copies_within
 from featstore.outputs import terminal_safe
 from featstore.store.names import names_text
 from featstore.store.reader import FeatureStore
@@ -88,7 +90,11 @@ def find_leaks(
 
     A query row is flagged when its image file has the same bytes as a reference image (sha256, found through the
     stored paths and ``source_root``; ``compare_bytes=False`` skips this) or when its nearest reference row's
-    similarity (centred cosine of the features) is at or above the threshold. Without ``threshold`` it is
+    similarity (centred cosine of the features) is at or above the threshold. The same hashing groups the rows of
+    each split read (``reference`` and the queries) whose files hold the same bytes: ``report.within[split]``
+    (:class:`SplitCopies`: rows, distinct images, groups, a few example paths; its ``advice`` line says what the
+    copies do to that split's figures); ``report.near_within[split]`` counts the rows of each query split whose
+    nearest *other* row of that split is at or above the threshold (near-duplicates inside it). Without ``threshold`` it is
     calibrated on this extractor: the ``quantile`` of the similarity of ``sample`` reference rows (seeded by
     ``seed``) to their nearest *other* reference row, so the count means the same on every layer and model.
     ``query`` defaults to those of test and validation that the store has. Features are streamed in blocks (peak
@@ -100,6 +106,8 @@ def find_leaks(
     'threshold 0.9929 (calibrated: 0.99 quantile of the similarity of a seeded sample of 2000 train rows ...)'
     >>> [(p.query_path, p.train_path, p.same_bytes) for p in report.pairs][:1]  # doctest: +SKIP
     [('test/bag/test_00017.png', 'train/bag/train_51234.png', True)]
+    >>> report.within["test"].rows, report.within["test"].distinct             # doctest: +SKIP
+    (96, 12)
     """
     start = time.monotonic()
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store)
@@ -114,11 +122,11 @@ def find_leaks(
         cal = calibrate(fs, name, reference, centre, budget, quantile, sample, seed)
     else:
         cal = Calibration("given", float(threshold))
-    matches, unhashed = same_bytes(fs, name, queries, reference) if compare_bytes else ({}, {})
+    matches, unhashed, within = _by_bytes(fs, name, queries, reference) if compare_bytes else ({}, {}, {})
     ref_paths, ref_labels = fs.paths(reference, name), fs.labels(reference, name)
     found: list[LeakPair] = []
     below: list[LeakPair] = []
-    counts, rows, median, exact = {}, {}, {}, {}
+    counts, rows, median, exact, near_within = {}, {}, {}, {}, {}
     for split in queries:
         copies = matches.get(split, {})
         blocks = query_blocks(fs, name, split, budget)
@@ -129,6 +137,8 @@ def find_leaks(
         flagged[list(copies)] = True
         counts[split], rows[split], exact[split] = int(flagged.sum()), len(sims), len(copies)
         median[split] = float(np.median(sims)) if len(sims) else math.nan
+        inside = nearest(fs, name, query_blocks(fs, name, split, budget), split, centre, budget, skip_self=True)[0]
+        near_within[split] = int((rounded(inside) >= cal.threshold).sum())  # near-duplicates inside the split
         order = np.argsort(-sims, kind="stable")
         for i in [*order[flagged[order]], *order[~flagged[order]][:NEAR_MISSES]]:
             i = int(i)
@@ -155,6 +165,8 @@ def find_leaks(
         unhashed,
         fingerprint,
         commits,
+        within,
+        near_within,
     )
     logger.debug(
         "leaks: %s rows of %s flagged against %s (%s; %d %s rows, %.1f s)",
@@ -172,6 +184,18 @@ def find_leaks(
         except OutputError as exc:
             logger.warning("%s; `featstore info` will not show this result", str(exc).rstrip("."))
     return report
+
+
+def _by_bytes(
+    fs: FeatureStore, name: str, queries: list[str], reference: str
+) -> tuple[dict[str, dict[int, int]], dict[str, list[str]], dict[str, SplitCopies]]:
+    """Query rows with the same file bytes as a reference row, the files not compared, and each split's own copies
+    (one listing of the files for both; a file read for one is not read again for the other)."""
+    seen: dict[tuple, tuple[str, str]] = {}
+    listings: dict = {}
+    matches, unhashed = same_bytes(fs, name, queries, reference, seen, listings)
+    within = copies_within([reference, *queries], listings, seen, unhashed)
+    return matches, {s: list(dict.fromkeys(v)) for s, v in unhashed.items()}, within
 
 
 def _query_splits(fs: FeatureStore, name: str, query: Sequence[str] | None, reference: str) -> list[str]:

@@ -27,6 +27,49 @@ class LeakPair(NamedTuple):
     same_bytes: bool = False  # the two image files hold the same bytes (sha256), whatever the features say
 
 
+class SplitCopies(NamedTuple):
+    """Rows of one split whose image files hold the same bytes (sha256): copies of one image counted as rows.
+
+    ``distinct`` counts each group once (a file that could not be read counts as distinct); ``examples`` are the
+    stored paths of a few of the largest groups (a few paths each).
+    """
+
+    rows: int  # rows in the split
+    distinct: int  # distinct images among them: rows - in_groups + groups
+    groups: int  # groups of two or more rows with the same file bytes
+    in_groups: int  # rows in those groups
+    largest: int  # rows in the largest group
+    examples: tuple[tuple[str, ...], ...] = ()  # stored paths of a few groups, largest first
+    example_rows: tuple[int, ...] = ()  # rows in each of those groups
+
+    def advice(self, split: str, reference: bool = False) -> str:
+        """One line saying what the copies do to the split's figures and what to do, or '' when it has none.
+
+        >>> SplitCopies(96, 12, 12, 96, 8).advice("test")[:80]
+        'test holds 96 rows of 12 distinct images (12 groups of byte-identical files, up '
+        """
+        if not self.groups:
+            return ""
+        head = (
+            f"{split} holds {self.rows} rows of {self.distinct} distinct images ({self.groups} "
+            f"group{'s' if self.groups > 1 else ''} of byte-identical files, up to {self.largest} copies each): "
+        )
+        if reference:
+            return head + (
+                "cross-validation can put copies of one image on both sides of a fold and counts them as independent "
+                f"rows; remove the copies (keep one file of each group) and re-extract {split}"
+            )
+        return head + (
+            "its accuracy intervals and paired tests count copies as independent rows; remove the copies (keep one "
+            f"file of each group) and re-extract {split}, or read its figures as resting on {self.distinct} images, "
+            "not " + str(self.rows)
+        )
+
+    def as_dict(self) -> dict:
+        """The counts for the record (no paths)."""
+        return {k: getattr(self, k) for k in ("rows", "distinct", "groups", "in_groups", "largest")}
+
+
 @dataclass(frozen=True)
 class Calibration:
     """How the threshold was chosen: given, or from train's own nearest-neighbour similarities.
@@ -102,6 +145,9 @@ class LeakReport:
     unhashed: dict[str, list[str]] = field(default_factory=dict)  # split -> "path (why)" of files not compared by bytes
     fingerprint: str | None = None  # the extractor's fingerprint, read before the search
     commits: dict[str, dict] = field(default_factory=dict)  # split -> what identified its rows before the search
+    within: dict[str, SplitCopies] = field(default_factory=dict)  # split -> its byte-identical files (every split read)
+    near_within: dict[str, int] = field(default_factory=dict)  # query split -> rows whose nearest other row of the
+    # same split is at or above the threshold (byte-identical copies included)
 
 
 def record_path(store: str | os.PathLike) -> Path:

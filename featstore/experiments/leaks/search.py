@@ -157,12 +157,15 @@ def nearest(
     *,
     leave_out: bool = False,
     want: Mapping[int, int] | None = None,
+    skip_self: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
     """Per query row: the highest similarity to a reference row and that row's index (blocked products).
 
     ``leave_out``: the query rows are rows of ``reference``; each is compared with the *other* rows as a new query
     would be, i.e. centred on the mean of the other rows (:func:`_held_out`).
     ``want`` maps query row index -> reference row index of pairs whose similarity is wanted too (same bytes).
+    ``skip_self``: the query rows are rows of ``reference`` (another split than the centre's, e.g. test against
+    itself): each row's own is left out, the centre is kept (near-duplicates inside one split).
     """
     sims, idx, got = [], [], {}
     want = dict(want or {})
@@ -181,6 +184,10 @@ def nearest(
                     v, j = held_out_best(q[s : s + step], t, units, centre.rows, rows[s : s + step] - offset)
                 else:
                     S = q[s : s + step] @ t.T
+                    if skip_self:
+                        own = rows[s : s + step] - offset
+                        inside = np.flatnonzero((own >= 0) & (own < len(t)))
+                        S[inside, own[inside]] = -np.inf
                     j = S.argmax(axis=1)
                     v = S[np.arange(len(j)), j]
                 better = v > best[s : s + step]
