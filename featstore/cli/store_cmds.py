@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, comma_list, echo, name  # noqa: F401
+from featstore.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ def models(
     from featstore.report import tables as report
 
     if name is None:
+        if image_size is not None:  # the table is at each model's default size: N was ignored (attack 64 #9)
+            raise ConfigError(
+                f"--image-size {image_size} shows one model's shapes at that size: give the model, e.g. `featstore "
+                f"models vgg16 --image-size {image_size}` (add --layers for every layer)"
+            )
         echo(report.models_table())
         return
     if is_hub_model(name):
@@ -46,12 +52,33 @@ def models(
     if is_model_path(name):
         echo(report.layers_table(name, image_size, trust_model))
         return
-    get_backbone(name)
-    if not layers:
-        echo(report.models_table().splitlines()[0])
-        echo(next(line for line in report.models_table().splitlines()[1:] if line.split()[0] == name))
+    spec = get_backbone(name)
+    if not layers:  # its row, at --image-size N when given (checked as --layers checks it; attack 64 #9)
+        echo(_backbone_row(spec, image_size))
         return
     echo(report.layers_table(name, image_size))
+
+
+def _backbone_row(spec, image_size: int | None) -> str:
+    """One registered backbone's row of ``featstore models``: its output shape at ``image_size`` (its default size
+    when None), a size the architecture cannot take refused first."""
+    from featstore.models.backbones import validate_size
+    from featstore.report.tables import _table
+
+    size = spec.default_size if image_size is None else image_size
+    validate_size(spec, size)
+    at = "default size" if image_size is None else f"at {size}x{size}"
+    rows = [["model", "input", "min", f"output ({at})", "preprocessing"]]
+    rows.append(
+        [
+            spec.name,
+            f"{size}x{size}",
+            str(spec.min_size),
+            str(spec.output_shape(size)),
+            f"{spec.module}.preprocess_input ({spec.preprocess_mode})",
+        ]
+    )
+    return _table(rows)
 
 
 @app.command()

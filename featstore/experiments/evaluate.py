@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore import sticky
-from featstore.errors import OutputError, StoreError, check_names
+from featstore.errors import ConfigError, OutputError, StoreError, check_names
 from featstore.experiments.compare import (
     compare_runs,  # noqa: F401 (featstore.compare_runs: its public home)
     split_rows,
@@ -209,6 +209,10 @@ def evaluate_and_record(
 def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[RunRecord, dict, str]:
     """:func:`evaluate_and_record` with the run's lock held: the record read now is the one a new version replaces."""
     rec, folder = find_run(run_id, root, exact=True)
+    if kind_of(rec).name == "ensemble":  # first: its extractor (a+b) is no group of the store (attack 64 #4b)
+        raise ConfigError(
+            f"{rec.id} is an ensemble; evaluate its members, or use its recorded metrics (`featstore runs show`)"
+        )
     fs = FeatureStore(store)
     if split not in rec.metrics:
         refuse_other_store(rec, fs, split)

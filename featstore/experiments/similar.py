@@ -1,7 +1,8 @@
 """Images like this one (``featstore similar``): the stored images nearest to a stored image or to a new one.
 
 The query is a stored image (its path as stored, e.g. ``test/bag/test_00017.png``, or the file itself under the
-split's ``source_root``: its stored row's features are used) or any other image file, extracted on the fly through
+split's ``source_root``, unchanged since extraction: its stored row's features are used) or any other image file (a
+file at the path given is that file, even where its text is also a stored path), extracted on the fly through
 the store's exact extractor (rebuilt from the group's provenance, refused on other weights, as ``predict`` does).
 
 Similarity is the **centred cosine** of the flattened features, the measure ``featstore leaks`` uses: every row
@@ -37,6 +38,7 @@ from featstore.experiments.similar_files import NotSigned, read_names, read_rows
 from featstore.experiments.similar_index import build_similarity_index, index_dir, index_folder, load_index
 from featstore.keys import user_key
 from featstore.outputs import terminal_safe
+from featstore.store.changed import changed_rows
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -115,11 +117,20 @@ class SimilarResult:
 
 
 def locate(fs: FeatureStore, name: str, query: str | os.PathLike) -> tuple[str, int] | None:
-    """``(split, row)`` of a stored image: ``query`` is its stored path, or a file at that path under the split's
-    ``source_root`` (compared after resolving links); None when no split of the group holds it."""
+    """``(split, row)`` of a stored image, or None: the query is then extracted as a new image.
+
+    A path that is a regular file here is that file (attack 64 #1: ``test/cat/0.png`` in the user's folder answered
+    for the stored row of that name, another picture): its stored row is used only when the file *is* the one
+    extracted, its real path being the row's path under the split's ``source_root`` and the file unchanged since
+    extraction (size and mtime as the split's listing recorded them, as ``extract`` compares them:
+    :func:`featstore.store.changed.changed_rows`); else it is extracted, with a note naming the stored row its text
+    also names (give that row's file, under the data folder, to query the row). A path that is no file here is
+    looked up as a stored path.
+    """
     text = os.fspath(query)
-    real = os.path.realpath(text) if os.path.lexists(text) else None
+    real = os.path.realpath(text) if os.path.isfile(text) else None
     hints = {text.split("/")[0], *Path(text).parts[-3:-2]}  # <split>/<class>/<file>: that split is read first
+    named = None  # (split, row, file) of the stored row whose path is the text, when a file is at the text here
     for split in sorted(fs.splits(name), key=lambda s: s not in hints):
         try:
             paths = fs.paths(split, name)
@@ -127,12 +138,36 @@ def locate(fs: FeatureStore, name: str, query: str | os.PathLike) -> tuple[str, 
         except StoreError:
             continue
         found = _index_of(paths, text)
-        if found is None and real and root:
-            rel = os.path.relpath(real, os.path.realpath(root))
-            if not rel.startswith(os.pardir + os.sep) and rel != os.pardir:
-                found = _index_of(paths, rel)
-        if found is not None:
-            return split, found
+        if real is None:
+            if found is not None:
+                return split, found
+            continue
+        if found is not None and named is None:
+            named = (split, found, os.path.join(root, text) if root else text)
+        rel = os.path.relpath(real, os.path.realpath(root)) if root else os.pardir
+        row = None if rel == os.pardir or rel.startswith(os.pardir + os.sep) else _index_of(paths, rel)
+        if row is not None:
+            if not changed_rows(fs, name, split, rows=[row])[0]:
+                return split, row
+            logger.warning(
+                "%s changed since it was extracted as row %d of %s: it is extracted as a new image (`featstore "
+                "extract --split %s --overwrite` stores it)",
+                terminal_safe(text),
+                row,
+                terminal_safe(split),
+                terminal_safe(split),
+            )
+            return None
+    if named is not None:
+        logger.warning(
+            "%s is a file here, not the stored row of that path (row %d of %s, the file %s): it is extracted as a new "
+            "image; give %s to query the stored row",
+            terminal_safe(text),
+            named[1],
+            terminal_safe(named[0]),
+            terminal_safe(named[2]),
+            terminal_safe(named[2]),
+        )
     return None
 
 

@@ -183,3 +183,30 @@ def _diff_dicts(new_paths: list[str], new_nums: np.ndarray, old: ListingColumns)
 def _or_reordered(d: ListingDiff) -> ListingDiff:
     """``d``, or (nothing added, removed or changed, though the paths differ in order) the same files reordered."""
     return d if d else ListingDiff([], [], [], reordered=True)
+
+
+def changed_against(
+    paths: Sequence[str], sizes: np.ndarray, mtimes: np.ndarray, recorded: ListingColumns
+) -> np.ndarray:
+    """Which files differ from the listing recorded when their split was extracted: a bool per ``paths[i]``, True where
+    the file there now (``sizes[i]``, ``mtimes[i]`` in ns, as one ``stat`` gave them) has another size or modification
+    time than the recorded entry of that path, the comparison ``extract`` makes before it resumes or re-runs (a file
+    rewritten with the same size and mtime is not seen, as extract does not see it). False where it cannot be told:
+    ``sizes[i] < 0`` (no file to stat: the caller says it is gone), or the path is not in the recorded listing (none
+    recorded: rows written from arrays). Reads the recording in blocks; holds a dict of the paths asked.
+
+    >>> rec = ListingColumns.of([("t/a.png", 0, 10, 5), ("t/b.png", 1, 20, 6)])
+    >>> changed_against(["t/b.png", "t/a.png"], np.array([20, 11]), np.array([6, 5]), rec).tolist()
+    [False, True]
+    """
+    sizes, mtimes = np.asarray(sizes, np.int64), np.asarray(mtimes, np.int64)
+    rec_size, rec_mtime = np.full(len(paths), -1, np.int64), np.zeros(len(paths), np.int64)
+    if recorded.n and len(paths):
+        where = {p: i for i, p in enumerate(paths)}
+        for _, block, nums in recorded.blocks():
+            for k, p in enumerate(block):
+                i = where.get(p)
+                if i is not None:
+                    rec_size[i], rec_mtime[i] = nums[1, k], nums[2, k]
+    known = (rec_size >= 0) & (sizes >= 0)
+    return known & ((sizes != rec_size) | (mtimes != rec_mtime))

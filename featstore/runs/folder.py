@@ -64,8 +64,17 @@ class RunListing:
 
 
 def runs_dir(store: str | os.PathLike) -> Path:
-    """Where the runs of a store live: ``features.h5`` -> ``features.runs/``."""
-    return Path(store).with_suffix(".runs")
+    """Where the runs of a store live: ``features.h5`` -> ``features.runs/``. A store path with no file name (``.``,
+    ``/``, ``./``, ``..``, ``Path("")``) is a folder, never a store: StoreError in one line, as ``export`` says (was a
+    ``ValueError ... has an empty name`` traceback in fit, runs, report, sweep, ensemble; attack 64 #2)."""
+    path = Path(store)
+    if path.name in ("", ".", ".."):
+        shown = terminal_safe(os.fspath(store) or ".")
+        raise StoreError(
+            f"store {shown} is not a regular file (a folder, FIFO or device); pass the .h5 store written by "
+            "`featstore extract`"
+        )
+    return path.with_suffix(".runs")
 
 
 def runs_root(store: str | os.PathLike, runs: str | os.PathLike | None) -> Path:
@@ -116,8 +125,8 @@ def ensure_writable(root: Path, store: str | os.PathLike | None = None, elsewher
     """Create the runs folder if needed and prove a run can be written there (checked before any fitting); never inside
     an image folder of ``store`` (the charts of its runs would be extracted as images). ``elsewhere``: the command can
     write its run into another ``--runs DIR`` (finetune cannot: it reads its phase-A run there)."""
-    if store is not None:
-        refuse_in_image_folders(Path(root) / "run", store, "--runs")
+    if store is not None:  # probed as a file in it, named as the folder given (attack 64 #7)
+        refuse_in_image_folders(Path(root) / "run", store, "--runs", shown=Path(root))
     try:
         made.make(root)  # remembered: a run that is not recorded removes it again, empty (attack 48 L3)
         os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=root))
@@ -243,10 +252,11 @@ def find_run(
             + ". Runs live beside their store (--store S.h5 reads S.runs); name the store with --store, or the runs "
             "folder with --runs DIR"
         )
-    if len(found) != 1:
+    if len(found) > 1:  # only the matches, by folder name, bounded; no run.json read (attack 64 #6)
+        raise ConfigError(_several(run_id, found, root))
+    if not found:
         known = ", ".join(r.id for r in (scan_runs(root) if listing is None else listing).records) or "none"
-        what = "no run" if not found else "several runs"
-        raise ConfigError(f"{what} with id {run_id!r} in {root}; runs there: {known}")
+        raise ConfigError(f"no run with id {run_id!r} in {root}; runs there: {known}")
     if found[0] in hidden:  # its writer may still be running, or ran on another machine: not "no run with id"
         raise StoreError(f"run {found[0]} is {hidden[found[0]]}")
     folder = root / found[0]
@@ -264,6 +274,20 @@ def find_run(
     except StoreError as exc:
         raise BrokenRunError(f"run {found[0]} is broken: {exc}") from None
     return rec, folder
+
+
+_SHOWN_MATCHES = 10
+
+
+def _several(run_id: str, found: list[str], root: Path) -> str:
+    """The line for a run-id prefix that several run folders start with: the first matches (sorted) and a count."""
+    names = sorted(found)
+    shown = ", ".join(terminal_safe(n) for n in names[:_SHOWN_MATCHES])
+    more = f" and {len(names) - _SHOWN_MATCHES} more" if len(names) > _SHOWN_MATCHES else ""
+    return (
+        f"several runs in {terminal_safe(str(root))} start with {run_id!r}: {shown}{more} ({len(names)} in all); "
+        "give more of the id"
+    )
 
 
 def get_run(

@@ -243,6 +243,11 @@ def _check_split(sg, name: str, split: str, a: dict, classes: list, scans: list[
         )
     if plain(s["complete"]) and commit.images_done != int(s["n_images"]):
         out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
+    elif not plain(s["complete"]) and max(sizes.values()) <= commit.rows:  # a killed extract: fit refuses it (64 #8)
+        out.append(
+            f"{where}: split {split} is not complete ({commit.images_done} of {s['n_images']} images); re-run the "
+            f"same `featstore extract` to resume"
+        )
     step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
     scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
     subs = _groups(sg, where, out)

@@ -14,9 +14,12 @@ from featstore.errors import FeatstoreError, OutputError
 from featstore.store.reader import FeatureStore
 
 
-def refuse_in_image_folders(out: str | os.PathLike, store: str | os.PathLike, what: str = "--out") -> None:
+def refuse_in_image_folders(
+    out: str | os.PathLike, store: str | os.PathLike, what: str = "--out", shown: str | os.PathLike | None = None
+) -> None:
     """Refuse a picture named inside a folder a split of ``store`` was extracted from (``<source_root>/<split>``): the
-    next extract of that split (a resume, --overwrite, --augment) would list it as an image of the dataset."""
+    next extract of that split (a resume, --overwrite, --augment) would list it as an image of the dataset.
+    ``shown``: the path the user gave, named in the message when ``out`` is a probe inside it (``--runs DIR``)."""
     try:
         fs = FeatureStore(store)
         where = Path(out).parent.resolve()
@@ -25,8 +28,10 @@ def refuse_in_image_folders(out: str | os.PathLike, store: str | os.PathLike, wh
                 root = fs.split_info(split, name).get("source_root")
                 folder = Path(str(root)) / split if root else None
                 if folder is not None and (where == folder or folder in where.parents):
+                    given = out if shown is None else shown
+                    inside = "is" if Path(given).resolve() == folder else "is inside"
                     raise OutputError(
-                        f"{what} {out} is inside {folder}, the image folder of split {split!r} of {fs.path}: the next "
+                        f"{what} {given} {inside} {folder}, the image folder of split {split!r} of {fs.path}: the next "
                         f"`featstore extract` of it would take its pictures for images of the dataset. Write it "
                         f"outside the dataset, e.g. beside the store in {fs.path.parent}"
                     )

@@ -122,7 +122,7 @@ def find_leaks(
         cal = calibrate(fs, name, reference, centre, budget, quantile, sample, seed)
     else:
         cal = Calibration("given", float(threshold))
-    matches, unhashed, within = _by_bytes(fs, name, queries, reference) if compare_bytes else ({}, {}, {})
+    matches, unhashed, within, changed = _by_bytes(fs, name, queries, reference) if compare_bytes else ({}, {}, {}, {})
     ref_paths, ref_labels = fs.paths(reference, name), fs.labels(reference, name)
     found: list[LeakPair] = []
     below: list[LeakPair] = []
@@ -167,6 +167,7 @@ def find_leaks(
         commits,
         within,
         near_within,
+        changed,
     )
     logger.debug(
         "leaks: %s rows of %s flagged against %s (%s; %d %s rows, %.1f s)",
@@ -188,14 +189,16 @@ def find_leaks(
 
 def _by_bytes(
     fs: FeatureStore, name: str, queries: list[str], reference: str
-) -> tuple[dict[str, dict[int, int]], dict[str, list[str]], dict[str, SplitCopies]]:
-    """Query rows with the same file bytes as a reference row, the files not compared, and each split's own copies
-    (one listing of the files for both; a file read for one is not read again for the other)."""
+) -> tuple[dict[str, dict[int, int]], dict[str, list[str]], dict[str, SplitCopies], dict[str, int]]:
+    """Query rows with the same file bytes as a reference row, the files not compared, each split's own copies
+    (one listing of the files for both; a file read for one is not read again for the other), and per split the rows
+    whose file changed since extraction (never compared)."""
     seen: dict[tuple, tuple[str, str]] = {}
     listings: dict = {}
     matches, unhashed = same_bytes(fs, name, queries, reference, seen, listings)
     within = copies_within([reference, *queries], listings, seen, unhashed)
-    return matches, {s: list(dict.fromkeys(v)) for s, v in unhashed.items()}, within
+    changed = {s: len(got.changed) for s, got in listings.items() if got is not None and len(got.changed)}
+    return matches, {s: list(dict.fromkeys(v)) for s, v in unhashed.items()}, within, changed
 
 
 def _query_splits(fs: FeatureStore, name: str, query: Sequence[str] | None, reference: str) -> list[str]:

@@ -8,7 +8,10 @@ with the same bytes have the same size, so the cost is a ``stat`` per image plus
 distinct file once (rows naming one file through other spellings, ``d1/../a.png`` and ``d2/../a.png``, or hard links
 share its digest: keyed by device, inode, size and modification time). A file that is gone, is not a regular file or
 is larger than :data:`MAX_HASH_BYTES` is listed with the reason, never opened blindly (a FIFO would block) and never
-a crash.
+a crash. A file that changed since extraction (another size or mtime than the split's recorded listing:
+:func:`featstore.store.changed.changed_rows`) is not the image the row's features were computed from: it is neither
+hashed nor paired as a "same bytes" copy (attack 64 #10: a name reused for another picture was a copy of train's),
+and is listed in ``unhashed`` as "changed since extraction" and counted in :attr:`Listing.changed`.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ import hashlib
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from featstore.images.decode import ImageError, open_image_file
+from featstore.store.changed import changed_rows
 from featstore.store.reader import FeatureStore
 
 MAX_HASH_BYTES = 1 << 30  # a larger "image" is not hashed (listed as such)
 READ = 1 << 20
+CHANGED = "changed since extraction"
 
 
 @dataclass
@@ -39,6 +44,8 @@ class Listing:
     dev: np.ndarray  # uint64
     ino: np.ndarray  # uint64
     mtime: np.ndarray  # int64, nanoseconds
+    changed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # rows whose file changed since
+    # extraction (size -1 here: never hashed)
 
 
 def _stat(path: str) -> tuple[os.stat_result | None, str]:
@@ -112,6 +119,10 @@ def listing(fs: FeatureStore, name: str, split: str, unhashed: dict[str, list[st
             unhashed.setdefault(split, []).append(f"{p} ({why})")
             continue
         out.size[i], out.dev[i], out.ino[i], out.mtime[i] = st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns
+    out.changed = np.flatnonzero(changed_rows(fs, name, split, stats=(out.size, out.mtime)))
+    for i in out.changed:  # another picture at the row's path: not the image extracted, never "the same bytes"
+        unhashed.setdefault(split, []).append(f"{files[i]} ({CHANGED})")
+    out.size[out.changed] = -1
     return out
 
 

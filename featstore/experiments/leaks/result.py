@@ -148,6 +148,8 @@ class LeakReport:
     within: dict[str, SplitCopies] = field(default_factory=dict)  # split -> its byte-identical files (every split read)
     near_within: dict[str, int] = field(default_factory=dict)  # query split -> rows whose nearest other row of the
     # same split is at or above the threshold (byte-identical copies included)
+    changed: dict[str, int] = field(default_factory=dict)  # split -> rows whose image file changed since extraction
+    # (another size or mtime than the split's listing): not compared by content (``featstore.store.changed``)
 
 
 def record_path(store: str | os.PathLike) -> Path:

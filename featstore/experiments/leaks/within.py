@@ -103,7 +103,7 @@ def _split_copies(
 
 def copies_lines(report: LeakReport) -> list[str]:
     """What ``featstore leaks`` prints of the copies inside each split: its advice line, then a few groups (escaped
-    for the terminal).
+    for the terminal); then, per split whose files changed since extraction, the count and the re-extraction to run.
 
     >>> copies_lines(find_leaks("features.h5"))[:2]   # doctest: +SKIP
     ['copies: test holds 96 rows of 12 distinct images (...)', '  8 copies  a/000_0.png = a/000_1.png = ...']
@@ -115,4 +115,10 @@ def copies_lines(report: LeakReport) -> list[str]:
             for paths, n in zip(c.examples, c.example_rows):
                 more = f" (and {n - len(paths)} more)" if n > len(paths) else ""
                 lines.append(f"  {n} copies  " + " = ".join(terminal_safe(p) for p in paths) + more)
+    for split, n in report.changed.items():  # the features are of the files extracted, not of these (attack 64 #10)
+        lines.append(
+            f"changed since extraction: {n} file(s) of {terminal_safe(split)} are not the images its rows were "
+            f"extracted from (another size or time), so they were not compared by content; re-extract with "
+            f"`featstore extract --split {terminal_safe(split)} --overwrite` to compare them"
+        )
     return lines
