@@ -283,11 +283,8 @@ def _several(run_id: str, found: list[str], root: Path) -> str:
     """The line for a run-id prefix that several run folders start with: the first matches (sorted) and a count."""
     names = sorted(found)
     shown = ", ".join(terminal_safe(n) for n in names[:_SHOWN_MATCHES])
-    more = f" and {len(names) - _SHOWN_MATCHES} more" if len(names) > _SHOWN_MATCHES else ""
-    return (
-        f"several runs in {terminal_safe(str(root))} start with {run_id!r}: {shown}{more} ({len(names)} in all); "
-        "give more of the id"
-    )
+    more = f" and {len(names) - _SHOWN_MATCHES} more ({len(names)} in all)" if len(names) > _SHOWN_MATCHES else ""
+    return f"several runs in {terminal_safe(str(root))} start with {run_id!r}: {shown}{more}; give more of the id"
 
 
 def get_run(

@@ -29,9 +29,9 @@ def refuse_in_image_folders(
                 folder = Path(str(root)) / split if root else None
                 if folder is not None and (where == folder or folder in where.parents):
                     given = out if shown is None else shown
-                    inside = "is" if Path(given).resolve() == folder else "is inside"
+                    inside = "is" if Path(given).resolve() == folder else f"is inside {folder},"
                     raise OutputError(
-                        f"{what} {given} {inside} {folder}, the image folder of split {split!r} of {fs.path}: the next "
+                        f"{what} {given} {inside} the image folder of split {split!r} of {fs.path}: the next "
                         f"`featstore extract` of it would take its pictures for images of the dataset. Write it "
                         f"outside the dataset, e.g. beside the store in {fs.path.parent}"
                     )

@@ -78,6 +78,30 @@ def _picture(root: str, rel: str, side: int) -> tuple[np.ndarray, str]:
         return np.full((side, side, 3), 200, np.uint8), why
 
 
+def _changed_pictured(report: LeakReport, pairs: list[LeakPair]) -> set[tuple[str, str]]:
+    """``(split, stored path)`` of the pictured rows whose file changed since extraction (another picture at that
+    path now: :func:`featstore.store.changed.changed_rows`); empty when the store cannot be read again."""
+    from featstore.errors import FeatstoreError
+    from featstore.store.changed import changed_rows
+    from featstore.store.reader import FeatureStore
+
+    wanted: dict[str, set[str]] = {}
+    for p in pairs:
+        wanted.setdefault(p.query_split, set()).add(p.query_path)
+        wanted.setdefault(report.reference, set()).add(p.train_path)
+    out: set[tuple[str, str]] = set()
+    try:
+        fs = FeatureStore(report.store)
+        for split, rels in wanted.items():
+            paths = fs.paths(split, report.extractor)
+            rows = [i for i, q in enumerate(paths) if q in rels]
+            mask = changed_rows(fs, report.extractor, split, rows=rows)
+            out |= {(split, paths[r]) for r, c in zip(rows, mask) if c}
+    except (FeatstoreError, OSError):
+        return set()
+    return out
+
+
 def leaks_png(report: LeakReport, out: str | os.PathLike, top: int = 10, what: str = "--png") -> tuple[Path, list[str]]:
     """The ``top`` most similar pairs side by side (query left, training image right), as a PNG at exactly ``out``.
 
@@ -93,6 +117,7 @@ def leaks_png(report: LeakReport, out: str | os.PathLike, top: int = 10, what: s
     plt = pyplot()
     pairs, note = (report.pairs[:top], "") if report.pairs else (report.near_misses[:top], " (below the threshold)")
     missing: list[str] = []
+    changed = _changed_pictured(report, list(pairs))  # not the image extracted: a placeholder, not that picture
     height = 0.5 + 2.6 * max(len(pairs), 1)
     plain = {"parse_math": False}
     fig, axes = plt.subplots(max(len(pairs), 1), 2, figsize=(6, height), squeeze=False)
@@ -107,7 +132,10 @@ def leaks_png(report: LeakReport, out: str | os.PathLike, top: int = 10, what: s
                 )
             for row, p in zip(axes, pairs):
                 for ax, split, rel in ((row[0], p.query_split, p.query_path), (row[1], report.reference, p.train_path)):
-                    img, why = _picture(report.source_roots.get(split, ""), rel, 128)
+                    if (split, rel) in changed:
+                        img, why = np.full((128, 128, 3), 200, np.uint8), "changed since extraction"
+                    else:
+                        img, why = _picture(report.source_roots.get(split, ""), rel, 128)
                     ax.imshow(img)
                     if why:
                         missing.append(f"{split}:{rel} ({why})")
