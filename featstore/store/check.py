@@ -29,7 +29,7 @@ from featstore.store.layout import (
 )
 from featstore.store.links import said_as
 from featstore.store.locking import StoreFile
-from featstore.store.metadata import copies_or_none
+from featstore.store.metadata import CACHE_PURPOSE, copies_or_none
 from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
@@ -243,7 +243,8 @@ def _check_split(sg, name: str, split: str, a: dict, classes: list, scans: list[
         )
     if plain(s["complete"]) and commit.images_done != int(s["n_images"]):
         out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
-    elif not plain(s["complete"]) and max(sizes.values()) <= commit.rows:  # a killed extract: fit refuses it (64 #8)
+    elif not plain(s["complete"]) and max(sizes.values()) <= commit.rows and a.get("purpose") != CACHE_PURPOSE:
+        # a killed extract: fit refuses the split (attack 64 #8); a half-made finetune cache is passed over, resumed
         out.append(
             f"{where}: split {split} is not complete ({commit.images_done} of {s['n_images']} images); re-run the "
             f"same `featstore extract` to resume"
