@@ -156,6 +156,13 @@ def test_check_lists_an_incomplete_split_and_exits_1(tmp_path):
     assert any("split train is not complete (4 of 9 images)" in p and "`featstore extract`" in p for p in problems)
     r = CliRunner().invoke(app, ["check", str(store)])
     assert r.exit_code == 1 and "not complete" in r.output
+    import h5py
+
+    from featstore.store.metadata import CACHE_PURPOSE
+
+    with h5py.File(store, "a") as f:  # a half-made fine-tuning cache: fit passes it over, finetune resumes it
+        f[NAME].attrs["purpose"] = CACHE_PURPOSE
+    assert not any("not complete" in p for p in check_store(store))
 
 
 # 9. models NAME --image-size N
