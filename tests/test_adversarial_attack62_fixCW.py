@@ -147,8 +147,16 @@ def test_a_colleagues_run_without_test_is_not_reused(tmp_path, counted, why, mon
     assert out["reused"] == [] and len(counted) == 4
     assert out["winner"]["id"] not in alices and out["winner"].get("test") is not None
     assert any("another user's run, which only they may add 'test' to" in m for m in why()), why()
-    # a run of hers that holds test already needs no write: reused
-    assert featstore.sweep(store, ["logreg", "knn"], runs=root)["reused"] and len(counted) == 4
+    assert featstore.sweep(store, ["logreg", "knn"], runs=root)["reused"] and len(counted) == 4  # his, next time
+
+
+def test_a_colleagues_run_that_holds_test_is_reused(tmp_path, counted, monkeypatch):  # noqa: F811
+    """Nothing is written into her run: it is reused, its test figures read from it."""
+    store, root = _store(tmp_path / "s.h5", names=("one",)), tmp_path / "runs"
+    first = featstore.sweep(store, ["logreg"], runs=root)
+    monkeypatch.setattr(sticky, "ahead", lambda path: sticky.Sticky(str(path), "alice", str(root), "root", 0o1777))
+    again = featstore.sweep(store, ["logreg"], runs=root)
+    assert len(counted) == 1 and again["winner"]["id"] == first["winner"]["id"] and again["reused"]
 
 
 def test_a_reused_run_test_could_not_be_added_to_names_no_reuse(tmp_path, counted, monkeypatch):  # noqa: F811
