@@ -36,7 +36,7 @@ from featstore.experiments.ensemble import ensemble as record_ensemble
 from featstore.experiments.fit import OOF, fit, refuse_reduce
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.experiments.selection import DivergedError
-from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells
+from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells, untested
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -172,10 +172,7 @@ def sweep(
     for rid in sorted(to_test):  # test is read here, after the choice, once per run
         tested[rid], said = evaluated_once(rid, tst, store, runs, reused)
         if said.startswith("not recorded"):  # e.g. a full disk: say so rather than show no test figure
-            raise StoreError(
-                f"sweep: {tst!r} of the chosen run {rid} {said}. The sweep's runs are recorded: once that is fixed, "
-                f"`featstore runs evaluate {rid} --split {tst}` adds it"
-            )
+            raise StoreError(untested(rid, tst, said, reused))
     ens, vs = None, {}
     if len(chosen) > 1:
         ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs)
