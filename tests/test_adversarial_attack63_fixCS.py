@@ -12,7 +12,6 @@ from featstore import ensemble, fit
 from featstore.cli import app
 from featstore.experiments.compare import compare_pair
 from featstore.report.tables import pair_report
-from featstore.runs.selected import selected_on
 from featstore.store import writer
 from featstore.store.writer import synthetic_attrs
 
@@ -69,6 +68,8 @@ def test_compare_marks_train_oof_when_cross_validation_chose_and_points_to_runs_
 
 
 def test_selection_is_read_from_older_records_and_ensembles_and_one_setting_is_not_marked():
+    from featstore.runs.selected import selected_on
+
     old = {"kind": "fit", "selection": {"method": "accuracy on the 'val' split", "candidates": [{}, {}]}}
     assert selected_on(old) == {"val": "its settings"}
     cv = {"kind": "fit", "selection": {"method": "5-fold stratified cross-validation on 'tr'", "candidates": [{}, {}]}}
