@@ -123,6 +123,7 @@ def runs_compare(
 ) -> None:
     """Two runs: a paired test on the same rows of each split (exact McNemar, paired bootstrap) that says whether the difference is larger than chance. Any number of runs: their validation and test accuracy with 95 % intervals, and a bar chart."""
     from featstore.experiments.compare import check_chart_name, compare_pair, compare_runs
+    from featstore.report.runs import stores_note
     from featstore.report.tables import accuracy_json, accuracy_lines, pair_report
     from featstore.runs.folder import get_run, list_runs
 
@@ -136,7 +137,8 @@ def runs_compare(
     except OutputError as exc:  # a read-only runs folder or a full disk: the comparison is printed, then one line
         path, unsaved = None, exc
     if json_out:
-        _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path)})
+        note = {"note": stores_note(recs)} if not pair and stores_note(recs) else {}  # attack 63 #4
+        _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path), **note})
     else:
         echo(pair_report(pair) if pair else accuracy_lines(recs))
     if unsaved is not None:

@@ -175,7 +175,7 @@ def sweep(
             raise StoreError(untested(rid, tst, said, reused))
     ens, vs = None, {}
     if len(chosen) > 1:
-        ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs)
+        ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs, score)
         tested[ens.id] = ens
         vs = _versus(ens, recs[best], store, runs, score)
         if ensemble_wins:

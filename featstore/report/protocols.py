@@ -43,10 +43,40 @@ def probe_table(summary: dict) -> str:
                 f"k={k['k']} | {interval(k['validation_ci'])} | {interval(k['test_ci'])} |"
             )
             notes += [f"{c['extractor']}: {n}" for n in k["notes"]]
-    b = summary["best"]
-    lines += ["", f"best on validation: {terminal_safe(b['extractor'])}, {b['probe']} probe ({b['validation']:.3f})"]
+    lines += ["", best_line(summary["best"])]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def _probe_name(b: dict) -> str:
+    return f"{terminal_safe(b['extractor'])}, {b['probe']} probe"
+
+
+def best_line(b: dict) -> str:
+    """The probe's best on validation in words: the probes that tie at the top named ("alpha, knn probe and beta,
+    knn probe tie at 0.700"), and the best against the runner-up: within noise or not, by the paired test on the
+    same validation rows (or the intervals' overlap), never a plain claim (attack 63 #9). A summary written before
+    (no ``tied``/``versus``) reads as it did."""
+    tied = b.get("tied") or []
+    if tied:
+        names = [_probe_name(t) for t in tied]
+        head = f"best on validation: {', '.join(names[:-1])} and {names[-1]} tie at {b['validation']:.3f}"
+    else:
+        head = f"best on validation: {_probe_name(b)} ({b['validation']:.3f})"
+    r, v = b.get("runner_up"), b.get("versus")
+    if not r or not v:  # one probe only, or a summary written before
+        return head
+    if "p" in v:
+        ahead = v["verdict"] == "larger than chance"
+        why = f"McNemar p = {v['p']:.2g} on {v['discordant']} discordant of {v['n']} validation rows"
+    else:
+        ahead = v["verdict"].startswith("the intervals do not")
+        why = f"95 % intervals {'apart' if ahead else 'overlap'}; other validation rows, no paired test"
+    who = "the tied probes are" if tied else "it is"
+    return (
+        f"{head}; {who} {'ahead of' if ahead else 'within noise of'} the runner-up {_probe_name(r)} "
+        f"({r['validation']:.3f}): {why} (chosen on these rows: compare on test)"
+    )
 
 
 def fewshot_table(summary: dict) -> str:
