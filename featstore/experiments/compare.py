@@ -2,7 +2,7 @@
 
 :func:`compare_pair` puts two runs side by side on every split both were evaluated on, from their stored (and
 calibrated) probabilities: each run's accuracy with its Wilson interval, log-loss and ECE, and whether the
-difference is larger than chance (exact McNemar test and paired bootstrap, ``featstore.stats.paired``). Only rows
+difference is larger than chance (exact McNemar test and Newcombe's paired interval, ``featstore.stats.paired``). Only rows
 that are the same images in both runs are compared: the same split, the same image paths in the same order, the
 same labels and, where both runs recorded it, the same image listing (sizes and times: two datasets laid out alike
 are not the same images). A pair that fails is refused, naming the split and what differs. The runs may use
@@ -49,7 +49,7 @@ class SplitComparison:
     split: str
     n: int  # rows compared
     figures: tuple[dict, dict]  # each run's figures on the split (accuracy_ci, log_loss, ece, ...)
-    comparison: PairedComparison  # A against B: McNemar and the paired bootstrap of the accuracy difference
+    comparison: PairedComparison  # A against B: McNemar and the paired interval of the accuracy difference
     # one line per run that chose its settings, epoch, members or weights on these rows (attack 63 #5): "A was
     # selected on validation: its advantage here is optimistic (its settings were chosen on these rows)"
     selected: tuple[str, ...] = ()
