@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, _Group, app, comma_list, echo, refuse_runs_file  # noqa: F401
-from featstore.errors import OutputError
+from featstore.errors import OutputError, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,15 @@ def runs_list(
         return
     refuse_runs_file(store, runs, missing=True)  # a mistyped --runs is not "no runs yet"
     from featstore.report.tables import runs_json, runs_table
-    from featstore.runs.folder import scan_runs_of
+    from featstore.runs.folder import runs_dir, scan_runs_of
+
+    if runs is None and not os.path.lexists(runs_dir(store)) and not store.is_file():  # a mistyped --store too
+        what = "is not a regular file (a folder, FIFO or device)" if os.path.lexists(store) else "does not exist"
+        raise StoreError(
+            f"store {store} {what}, and no runs folder {runs_dir(store)} is beside it: pass --store with the store "
+            f"your runs were fitted on, or --runs with their folder (`featstore extract` makes a store, `featstore "
+            f"fit` its runs)"
+        )
 
     listing = scan_runs_of(store, runs)
     if json_out:

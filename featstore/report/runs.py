@@ -95,7 +95,8 @@ def stores_note(runs: list[RunRecord]) -> str | None:
     shown = ", ".join(f"{s}: {n}" for s, n in stores.most_common(5))
     return (
         f"note: these runs come from {len(stores)} stores ({shown}{', ...' if len(stores) > 5 else ''}); runs of "
-        f"different stores were scored on different images (`runs compare` and `ensemble` refuse such pairs)"
+        f"different stores may have been scored on different images (`runs compare` and `ensemble` take a pair of "
+        f"them only where both scored the same image files, in the same order, with the same labels)"
     )
 
 
