@@ -51,6 +51,10 @@ def _identity(fs: FeatureStore, name: str, split: str, version: tuple) -> dict:
     return {"version": list(version), "paths_sha256": paths, "listing_sha256": listing}
 
 
+PROBABILITIES = "lead with the prediction"  # a fit's probabilities agree with its predict (attack 63 #1): one before is
+# fitted again by a sweep (the same featstore version, but a modified-Huber sgd's stored probabilities disagreed)
+
+
 def fit_inputs(
     fs: FeatureStore,
     name: str,
@@ -75,6 +79,7 @@ def fit_inputs(
         "train": splits.train,
         "validation": splits.validation,
         "splits": {s: _identity(fs, name, s, versions[s]) for s in read},
+        "probabilities": PROBABILITIES,
     }
 
 
@@ -109,7 +114,16 @@ def _why_not(rec: RunRecord, want: dict, now: dict, score: str) -> str:
     got = {**got, "featstore_version": (rec.get("versions") or {}).get("featstore")}  # what every run records
     if rec.fingerprint != now["fingerprint"]:
         return "another extractor fingerprint"
-    for key in ("search", "given", "settings", "full_settings", "featstore_version", "train", "validation"):
+    for key in (
+        "search",
+        "given",
+        "settings",
+        "full_settings",
+        "featstore_version",
+        "train",
+        "validation",
+        "probabilities",
+    ):
         if _plain(got.get(key)) != _plain(want[key]):
             return f"another {key}"
     if bool(rec.get("streamed")):
@@ -171,6 +185,7 @@ def recorded_cells(
             "settings": settings,
             "full_settings": [spec.full_params(s) for s in settings],
             "featstore_version": __version__,
+            "probabilities": PROBABILITIES,
             "train": train,
             "validation": validation,
             "augmented": augmented,
