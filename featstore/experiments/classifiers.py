@@ -298,7 +298,7 @@ def _pipe(params: dict, clf, scale: bool = True) -> Pipeline:
     grid={"C": [0.001, 0.01, 0.1, 1.0]},
 )
 def _logreg(p):
-    from sklearn.linear_model import LogisticRegression
+    from featstore.models.agreeing import AgreeingLogisticRegression as LogisticRegression
 
     return _pipe(p, LogisticRegression(C=p["C"], max_iter=p["max_iter"], solver=p["solver"]))
 
@@ -355,7 +355,7 @@ def _svm(p):
     grid={"n_neighbors": [1, 5, 15]},
 )
 def _knn(p):
-    from sklearn.neighbors import KNeighborsClassifier
+    from featstore.models.agreeing import AgreeingKNeighborsClassifier as KNeighborsClassifier
 
     metric = {"metric": "cosine", "algorithm": "brute"} if p.get("metric") == "cosine" else {}  # euclidean: as before
     return _pipe(p, KNeighborsClassifier(n_neighbors=p["n_neighbors"], weights=p["weights"], **metric))
@@ -374,7 +374,7 @@ def _knn(p):
     grid={"n_estimators": [100, 300], "max_depth": [0, 20]},
 )
 def _forest(p):
-    from sklearn.ensemble import RandomForestClassifier
+    from featstore.models.agreeing import AgreeingRandomForestClassifier as RandomForestClassifier
 
     return _pipe(
         p,
@@ -391,7 +391,7 @@ def _forest(p):
 
 @register_classifier(
     "sgd",
-    "linear model trained by SGD (log loss); learns from chunks with partial_fit",
+    "linear model trained by SGD (log or modified Huber loss); learns from chunks with partial_fit",
     {
         "alpha": Param(float, 1e-4, **_POSITIVE),
         "loss": Param(str, "log_loss", ("log_loss", "modified_huber")),
@@ -404,7 +404,7 @@ def _forest(p):
     needs_all_data=False,
 )
 def _sgd(p):
-    from sklearn.linear_model import SGDClassifier
+    from featstore.models.agreeing import AgreeingSGDClassifier as SGDClassifier
 
     return _pipe(
         p, SGDClassifier(loss=p["loss"], alpha=p["alpha"], max_iter=p["max_iter"], tol=1e-4, random_state=p["seed"])

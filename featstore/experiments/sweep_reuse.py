@@ -59,6 +59,10 @@ def _identity(fs: FeatureStore, name: str, split: str, version: tuple) -> dict:
     return {"version": list(version), "paths_sha256": paths, "listing_sha256": listing}
 
 
+PROBABILITIES = "lead with the prediction"  # a fit's probabilities agree with its predict (attack 63 #1): one before is
+# fitted again by a sweep (the same featstore version, but a modified-Huber sgd's stored probabilities disagreed)
+
+
 def fit_inputs(
     fs: FeatureStore,
     name: str,
@@ -83,6 +87,7 @@ def fit_inputs(
         "train": splits.train,
         "validation": splits.validation,
         "splits": {s: _identity(fs, name, s, versions[s]) for s in read},
+        "probabilities": PROBABILITIES,
     }
 
 
@@ -119,7 +124,7 @@ def _why_not(rec: RunRecord, want: dict, now: dict, score: str) -> str:
         return f"its versions are {type(fitted).__name__}, not the libraries' versions"
     if rec.fingerprint != now["fingerprint"]:
         return "another extractor fingerprint"
-    for key in ("search", "given", "settings", "full_settings", "train", "validation"):
+    for key in ("search", "given", "settings", "full_settings", "train", "validation", "probabilities"):
         if _plain(got.get(key)) != _plain(want[key]):
             return f"another {key}"
     for lib, version in want["versions"].items():  # the libraries that made the fit (attack 62 #5)
@@ -193,6 +198,7 @@ def recorded_cells(
             "settings": settings,
             "full_settings": [spec.full_params(s) for s in settings],
             "versions": {"featstore": __version__, **{lib: here.get(lib) for lib in libs}},
+            "probabilities": PROBABILITIES,
             "train": train,
             "validation": validation,
             "augmented": augmented,

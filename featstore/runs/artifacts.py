@@ -63,6 +63,12 @@ ARTIFACT_TYPES = frozenset(
         "numpy.int32",
         "featstore.models.reshape.FeatureReshape",
         "featstore.models.svm.TemperedSVC",  # the svm's head: a fitted SVC, its classes, a temperature; takes no function
+        # the heads of logreg, sgd, knn and random_forest since attack 63 #1: scikit-learn's with probabilities that agree
+        # with their predictions (featstore.models.agreeing); their state is their parents' (runs before load as they were)
+        "featstore.models.agreeing.AgreeingLogisticRegression",
+        "featstore.models.agreeing.AgreeingSGDClassifier",
+        "featstore.models.agreeing.AgreeingKNeighborsClassifier",
+        "featstore.models.agreeing.AgreeingRandomForestClassifier",
         "featstore.classifiers.FeatureReshape",  # its name in run folders written before the package was laid out by stage
         "sklearn.pipeline.Pipeline",
         "sklearn.preprocessing._data.StandardScaler",

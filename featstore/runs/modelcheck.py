@@ -248,22 +248,19 @@ def _heads() -> tuple:
     from sklearn.linear_model import LogisticRegression, SGDClassifier
     from sklearn.neighbors import KNeighborsClassifier
 
+    from featstore.models.agreeing import (
+        AGREEING,
+    )  # the built-ins' heads since attack 63 #1; older runs: scikit-learn's
     from featstore.models.svm import TemperedSVC
 
-    return (
-        LogisticRegression,
-        SGDClassifier,
-        KNeighborsClassifier,
-        RandomForestClassifier,
-        CalibratedClassifierCV,
-        TemperedSVC,
-    )
+    older = (LogisticRegression, SGDClassifier, KNeighborsClassifier, RandomForestClassifier, CalibratedClassifierCV)
+    return older + AGREEING + (TemperedSVC,)
 
 
 RELOADABLE = (
     "a Pipeline of FeatureReshape, an optional StandardScaler, an optional PCA and one of LogisticRegression, "
-    "SGDClassifier, KNeighborsClassifier, RandomForestClassifier, CalibratedClassifierCV(SVC) or TemperedSVC "
-    "(a bare one of these is put after FeatureReshape('flatten'))"
+    "SGDClassifier, KNeighborsClassifier, RandomForestClassifier (or their featstore.models.agreeing versions), "
+    "CalibratedClassifierCV(SVC) or TemperedSVC (a bare one of these is put after FeatureReshape('flatten'))"
 )  # what check_pipeline loads (the error of a registered classifier it could not: attack 60 #4)
 
 
@@ -441,6 +438,6 @@ def fit_adds_types(est) -> str:
         method = getattr(step, "method", None) if type(step).__name__ == "CalibratedClassifierCV" else None
         if method not in (None, "sigmoid"):
             return f"its CalibratedClassifierCV has method={method!r}, whose fit adds a type runs do not load; use 'sigmoid'"
-        if type(step).__name__ == "KNeighborsClassifier" and (problem := knn_problem(step)):
+        if type(step).__name__.endswith("KNeighborsClassifier") and (problem := knn_problem(step)):  # Agreeing* too
             return problem
     return ""
