@@ -15,7 +15,8 @@ import pytest
 
 import featstore
 from featstore.experiments.classifiers import build_classifier, get_classifier, list_classifiers
-from featstore.experiments.fewshot import fewshot_table, sample_shots
+from featstore.experiments.fewshot import sample_shots
+from featstore.report.protocols import fewshot_table
 from featstore.runs.artifacts import load_estimator, save_estimator
 from featstore.runs.folder import calibrated_predictions, get_run
 from featstore.stats.calibration import apply_calibration

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from featstore import ConfigError, fewshot
 from featstore.cli import app
-from featstore.experiments.fewshot import fewshot_table, mean_interval, sample_shots
+from featstore.experiments.fewshot import mean_interval, sample_shots
+from featstore.report.protocols import fewshot_table
 from featstore.store import writer
 
 CLASSES = ["a", "b", "c"]

@@ -124,7 +124,7 @@ def fewshot(
     """
     from featstore.experiments.classifiers import get_classifier, parse_params
     from featstore.experiments.fewshot import fewshot as run_fewshot
-    from featstore.experiments.fewshot import fewshot_table
+    from featstore.report.protocols import fewshot_table
 
     summary = run_fewshot(
         store,

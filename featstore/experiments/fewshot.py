@@ -30,7 +30,7 @@ import numpy as np
 from featstore.errors import ConfigError, OutputError, StoreError, check_names, check_paths, check_seed
 from featstore.experiments.compare import check_chart_name
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
-from featstore.outputs import terminal_safe, write_atomic, write_text
+from featstore.outputs import write_atomic, write_text
 from featstore.runs import made
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
@@ -348,32 +348,6 @@ def _draw_notes(points: list[dict], counts: np.ndarray, class_names: list[str], 
                 f"classes' images vary between draws"
             )
     return notes
-
-
-def fewshot_table(summary: dict) -> str:
-    """The few-shot curve as a Markdown table: per k, mean ± sd of test accuracy over the distinct draws, the mean's
-    95 % interval (Student t over them), and the range; a k of one distinct draw is one fit, without sd or interval."""
-    lines = [
-        f"{summary['id']}: {summary['clf']} {summary['params'] or '(default parameters)'} on "
-        f"{terminal_safe(summary['extractor'])}, k images per class drawn from {summary['splits']['train']!r} "
-        f"({summary['trials']} trials, seed {summary['seed']}; {summary['sampling']}), accuracy on all "
-        f"{summary['test_rows']} rows of {summary['splits']['test']!r} ({summary['seconds']:.1f} s)",
-        "",
-        "| images per class | training rows | test accuracy, mean ± sd | 95 % CI of the mean | min | max |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for p in summary["points"]:
-        n, ci = p.get("draws", len(p["trials"])), p["mean_ci"]
-        one = "one trial" if summary["trials"] == 1 else "one fit"
-        mean = f"{p['mean']:.3f} ({one})" if p["sd"] is None or n == 1 else f"{p['mean']:.3f} ± {p['sd']:.3f}"
-        if 1 < n < summary["trials"]:
-            mean += f" over {n} distinct draws"
-        span = f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else f"- ({one})"
-        lines.append(
-            f"| {p['shots']} | {p['rows']} | {mean} | {span} | {min(p['trials']):.3f} | {max(p['trials']):.3f} |"
-        )
-    lines += [f"note: {n}" for n in summary["notes"]]
-    return "\n".join(lines)
 
 
 def _plain(value):

@@ -2,7 +2,7 @@
 
 A fitted ``KNeighborsClassifier`` keeps the neighbour index its fit built: none (``algorithm='brute'``), a ``KDTree``
 or a ``BallTree``, with the distance class of its metric (``'auto'`` picks one from the metric, its parameters and the
-data). A run loads only :data:`featstore.runs.artifacts.ARTIFACT_TYPES` (a ``KDTree`` with the Euclidean distance, no
+data). A run loads only :data:`featstore.runs.skops_types.ARTIFACT_TYPES` (a ``KDTree`` with the Euclidean distance, no
 ``BallTree``), so some settings' fits cannot be recorded. Which ones is not guessed from the metric's name (attack 62
 #8, #9: ``ball_tree`` and ``metric_params`` passed, then the fit was thrown away; ``metric='l2'`` and ``brute`` with
 any metric were refused, and load): a copy is fitted on four rows, in the regime where ``'auto'`` builds a tree
@@ -58,7 +58,7 @@ def _types(knn) -> tuple[str, ...]:
     import skops.io as sio
     from sklearn.base import clone
 
-    from featstore.runs.artifacts import ARTIFACT_TYPES, skops_types
+    from featstore.runs.skops_types import ARTIFACT_TYPES, skops_types
 
     copy = clone(knn).set_params(n_neighbors=1, n_jobs=1)  # one neighbour of four rows: where 'auto' builds a tree
     rows = np.random.default_rng(0).normal(size=(4, _columns(copy.metric_params)))

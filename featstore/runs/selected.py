@@ -39,7 +39,7 @@ def _own(rec: Mapping) -> dict[str, str]:
         if found:
             chosen = found.group(1) + (OOF if found.re is _CV_ON else "")
     if isinstance(chosen, str) and chosen:
-        out[chosen] = "its ensemble weights" if rec.get("kind") == "ensemble" else "its settings"
+        out[chosen] = "its ensemble weights" if rec.get("members") else "its settings"  # an ensemble records members
     history = rec.get("history") or {}
     if isinstance(history, Mapping) and "val_loss" in history:  # early stopping on val_loss, best weights restored
         inputs = rec.get("inputs") or {}
@@ -54,14 +54,14 @@ def selected_on(rec: Mapping, lookup: Callable[[str], Mapping | None] | None = N
     settings", ...); empty for a run that chose nothing. ``lookup(run_id)``: another run's record, or None when it
     is gone, to read an ensemble's members and a fine-tuned run's phase A run."""
     out = _own(rec)
-    linked = [*(rec.get("members") or ())] + ([rec["from_run"]] if rec.get("from_run") else [])
-    for other in linked if lookup else ():
+    linked = [(m, "its members' settings") for m in rec.get("members") or ()]
+    linked += [(rec["from_run"], f"its phase A run {rec['from_run']}")] if rec.get("from_run") else []
+    for other, what in linked if lookup else ():
         try:
             got = lookup(other)
         except Exception:  # noqa: BLE001 - a member removed or broken since: its choice is unknown, not an error
             got = None
         for split in _own(got) if got else {}:
-            what = "its members' settings" if rec.get("kind") == "ensemble" else f"its phase A run {other}"
             if what not in out.get(split, ""):
                 out[split] = f"{out[split]}, {what}" if split in out else what
     return out
