@@ -535,13 +535,13 @@ RUN_FOLDER_CASES = [
     ),
     Case(
         "logreg_coefficients_nan",
-        _skops_array("LogisticRegression", "coef_", lambda a: np.full_like(a, np.nan)),
+        _skops_array("AgreeingLogisticRegression", "coef_", lambda a: np.full_like(a, np.nan)),
         "gives NaN, inf, probabilities outside",
         outcome="apply",
     ),
     Case(
         "logreg_classes_outside_the_store",
-        _skops_array("LogisticRegression", "classes_", lambda a: np.array([0, 1, 7], dtype=a.dtype)),
+        _skops_array("AgreeingLogisticRegression", "classes_", lambda a: np.array([0, 1, 7], dtype=a.dtype)),
         "are not distinct labels of the 3 store classes",
         outcome="apply",
     ),

@@ -168,4 +168,4 @@ def test_a_run_model_swapped_after_its_hash_is_not_what_is_loaded(two_runs, monk
     monkeypatch.setattr(artifacts, "verify_file", hashed_then_swapped)
     pipe = artifacts.load_estimator(folder, artifact)
     assert not other.exists()  # the swap happened
-    assert type(pipe.steps[-1][1]).__name__ == "LogisticRegression"  # the logreg held, not the knn swapped in
+    assert type(pipe.steps[-1][1]).__name__ == "AgreeingLogisticRegression"  # the logreg held, not the knn swapped in

@@ -119,7 +119,8 @@ def fewshot(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of the table.")] = False,
 ) -> None:
     """Few-shot curve: k images per class drawn from train (stratified, seeded), the classifier fitted with its
-    defaults (or --param), scored on test; mean ± sd over trials and the mean's 95 % interval for each k.
+    defaults (or --param), scored on test; mean ± sd over the distinct draws and the mean's 95 % interval for each k
+    (a k whose trials all drew the same images, e.g. every training image, is one fit: no sd, no interval).
     """
     from featstore.experiments.classifiers import get_classifier, parse_params
     from featstore.experiments.fewshot import fewshot as run_fewshot

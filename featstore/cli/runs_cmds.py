@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, _Group, app, comma_list, echo, refuse_runs_file  # noqa: F401
-from featstore.errors import OutputError
+from featstore.errors import OutputError, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,15 @@ def runs_list(
         return
     refuse_runs_file(store, runs, missing=True)  # a mistyped --runs is not "no runs yet"
     from featstore.report.tables import runs_json, runs_table
-    from featstore.runs.folder import scan_runs_of
+    from featstore.runs.folder import runs_dir, scan_runs_of
+
+    if runs is None and not os.path.lexists(runs_dir(store)) and not store.is_file():  # a mistyped --store too
+        what = "is not a regular file (a folder, FIFO or device)" if os.path.lexists(store) else "does not exist"
+        raise StoreError(
+            f"store {store} {what}, and no runs folder {runs_dir(store)} is beside it: pass --store with the store "
+            f"your runs were fitted on, or --runs with their folder (`featstore extract` makes a store, `featstore "
+            f"fit` its runs)"
+        )
 
     listing = scan_runs_of(store, runs)
     if json_out:
@@ -121,8 +130,9 @@ def runs_compare(
     *,
     ctx: typer.Context,
 ) -> None:
-    """Two runs: a paired test on the same rows of each split (exact McNemar, paired bootstrap) that says whether the difference is larger than chance. Any number of runs: their validation and test accuracy with 95 % intervals, and a bar chart."""
+    """Two runs: a paired test on the same rows of each split (exact McNemar, Newcombe's paired interval) that says whether the difference is larger than chance. Any number of runs: their validation and test accuracy with 95 % intervals, and a bar chart."""
     from featstore.experiments.compare import check_chart_name, compare_pair, compare_runs
+    from featstore.report.runs import stores_note
     from featstore.report.tables import accuracy_json, accuracy_lines, pair_report
     from featstore.runs.folder import get_run, list_runs
 
@@ -136,7 +146,8 @@ def runs_compare(
     except OutputError as exc:  # a read-only runs folder or a full disk: the comparison is printed, then one line
         path, unsaved = None, exc
     if json_out:
-        _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path)})
+        note = {"note": stores_note(recs)} if not pair and stores_note(recs) else {}  # attack 63 #4
+        _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path), **note})
     else:
         echo(pair_report(pair) if pair else accuracy_lines(recs))
     if unsaved is not None:

@@ -2,7 +2,7 @@
 
 :func:`compare_pair` puts two runs side by side on every split both were evaluated on, from their stored (and
 calibrated) probabilities: each run's accuracy with its Wilson interval, log-loss and ECE, and whether the
-difference is larger than chance (exact McNemar test and paired bootstrap, ``featstore.stats.paired``). Only rows
+difference is larger than chance (exact McNemar test and Newcombe's paired interval, ``featstore.stats.paired``). Only rows
 that are the same images in both runs are compared: the same split, the same image paths in the same order, the
 same labels and, where both runs recorded it, the same image listing (sizes and times: two datasets laid out alike
 are not the same images). A pair that fails is refused, naming the split and what differs. The runs may use
@@ -31,9 +31,11 @@ from featstore.outputs import (
     refuse_unstamped,
     write_atomic,
 )
+from featstore.provenance import OOF
 from featstore.runs.files import output_path
-from featstore.runs.folder import StoredPredictions, calibrated_predictions, get_run, list_runs, runs_root
+from featstore.runs.folder import StoredPredictions, calibrated_predictions, find_run, get_run, list_runs, runs_root
 from featstore.runs.record import RunRecord
+from featstore.runs.selected import selected_on
 from featstore.stats.figures import HEADLINE, RowFigures, completed, confusion_of
 from featstore.stats.paired import PairedComparison, compare_predictions
 from featstore.store.digests import rows_differ
@@ -47,7 +49,25 @@ class SplitComparison:
     split: str
     n: int  # rows compared
     figures: tuple[dict, dict]  # each run's figures on the split (accuracy_ci, log_loss, ece, ...)
-    comparison: PairedComparison  # A against B: McNemar and the paired bootstrap of the accuracy difference
+    comparison: PairedComparison  # A against B: McNemar and the paired interval of the accuracy difference
+    # one line per run that chose its settings, epoch, members or weights on these rows (attack 63 #5): "A was
+    # selected on validation: its advantage here is optimistic (its settings were chosen on these rows)"
+    selected: tuple[str, ...] = ()
+    elsewhere: str = ""  # where to judge instead: "the test split below", or the command that evaluates test
+
+    @property
+    def verdict(self) -> str:
+        """The comparison's verdict, or "not judged (selected on these rows)" where a run chose on them."""
+        return "not judged (selected on these rows)" if self.selected else self.comparison.verdict
+
+    def sentence(self) -> str:
+        """The comparison in words; where a run chose on these rows, the figures without a verdict (a lead there
+        is the choice's, whatever the test says) and where to judge instead."""
+        text, m = self.comparison.sentence(), self.comparison.mcnemar
+        if not self.selected or m.b + m.c == 0:
+            return text
+        head, sep, _ = text.rpartition("): ")
+        return f"{head + ')' if sep else text}: no verdict here (a run was selected on these rows); judge on {self.elsewhere}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,9 @@ class PairComparison:
                     self.a.id: _brief(c.figures[0]),
                     self.b.id: _brief(c.figures[1]),
                     "comparison": c.comparison.to_dict(),
+                    "selected_on_this_split": list(c.selected),
+                    "verdict": c.verdict,
+                    "sentence": c.sentence(),
                 }
                 for s, c in self.splits.items()
             },
@@ -146,7 +169,7 @@ def compare_pair(
             f"runs {a.id} and {b.id} share no evaluated split ({a.id}: {', '.join(a.predictions) or 'none'}; "
             f"{b.id}: {', '.join(b.predictions) or 'none'}); add one with `featstore runs evaluate RUN --split SPLIT`"
         )
-    out, k = {}, len(a.class_names)
+    out, k, chosen = {}, len(a.class_names), _chosen(a, b, store, runs)
     for s in common:  # each run's split read a block at a time: O(N) numbers kept, never its (N, K) probabilities
         y, (pred_a, rows_a), (pred_b, rows_b) = sa[f"{s}__labels"], split_rows(sa, s), split_rows(sb, s)
         figs = tuple(
@@ -154,8 +177,37 @@ def compare_pair(
             for rec, pred, rows in ((a, pred_a, rows_a), (b, pred_b, rows_b))
         )
         cmp = compare_predictions(y, pred_a, pred_b, a.id, b.id)
-        out[s] = SplitComparison(s, len(y), figs, cmp)
+        out[s] = SplitComparison(s, len(y), figs, cmp, chosen.get(s, ()), _elsewhere(s, common, chosen, a, b))
     return PairComparison(a, b, out, only)
+
+
+def _chosen(a: RunRecord, b: RunRecord, store, runs) -> dict[str, tuple[str, ...]]:
+    """Split -> "A was selected on SPLIT: its advantage here is optimistic (...)", one per run that chose its
+    settings, epoch, ensemble members or weights there (``featstore.runs.selected``)."""
+    root = runs_root(store, runs)
+
+    def lookup(run_id: str):
+        return find_run(run_id, root, exact=True, verify=False)[0]
+
+    out: dict[str, list[str]] = {}
+    for rec in (a, b):
+        for split, what in selected_on(rec, lookup).items():
+            out.setdefault(split, []).append(
+                f"{rec.id} was selected on {split}: its advantage here is optimistic ({what} chosen on these rows)"
+            )
+    return {s: tuple(v) for s, v in out.items()}
+
+
+def _elsewhere(split: str, common: list[str], chosen: dict, a: RunRecord, b: RunRecord) -> str:
+    """Where to judge a pair instead of on ``split``: a split both were evaluated on that neither chose on (the
+    test split), or the command that evaluates them on test."""
+    clean = [s for s in common if s not in chosen and s != split and not s.endswith(OOF)]
+    if clean:
+        return f"the {'test' if 'test' in clean else clean[0]!r} split"
+    todo = [r.id for r in (a, b) if "test" not in r.predictions]
+    if not todo:
+        return "a split neither run chose on"
+    return "test: " + " and ".join(f"`featstore runs evaluate {r} --split test`" for r in todo)
 
 
 def split_rows(preds: StoredPredictions, split: str, rows: int | None = None) -> tuple[np.ndarray, RowFigures | None]:

@@ -46,8 +46,11 @@ def ensemble(
     weights: list[float] | None = None,
     store: str | os.PathLike = "features.h5",
     runs: str | os.PathLike | None = None,
+    chosen_on: str | None = None,
 ) -> RunRecord:
-    """Average the members' predicted probabilities (optionally weighted) and record it as a run.
+    """Average the members' predicted probabilities (optionally weighted) and record it as a run; ``chosen_on``: the
+    split the weights were chosen on (a sweep's greedy selection), recorded as the run's ``selection`` so that
+    ``runs compare`` calls the ensemble's figures there optimistic (weights given by hand chose nothing).
 
     Members may come from different classifiers and different extractors of the same images. Example::
 
@@ -119,6 +122,9 @@ def ensemble(
         metrics={},
         fit_seconds=0.0,
         notes=notes,
+        **(
+            {"selection": {"method": f"greedy selection on {chosen_on!r}", "chosen_on": chosen_on}} if chosen_on else {}
+        ),
     )
     with RunDraft(root, record["id"]) as out:  # written split by split, a block of rows at a time
         evaluated = {s: _average_split(out.predictions, s, preds, weights, first) for s in splits}

@@ -216,8 +216,8 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
     fs = FeatureStore(store)
     if split not in rec.metrics:
         refuse_other_store(rec, fs, split)
+    blocks, names = _blocks(rec, folder, store, split), list(rec.class_names)  # the split checked; read when iterated
     versions = split_versions(fs, rec.extractor, [split])  # before any is read: one state of the split is recorded
-    blocks, names = _blocks(rec, folder, store, split), list(rec.class_names)
     paths, listing = digest_paths(fs.paths(split, rec.extractor)), fs.split_info(split, rec.extractor)
     listing = split_listing(listing)
     if split in rec.metrics:

@@ -4,8 +4,11 @@ For each trial (seeded by ``(seed, trial)``), every class's train rows are shuff
 class are taken for every k in ``shots``: the draws are stratified (exactly k per class) and nested (a trial's
 5-shot set holds its 2-shot set), so a curve's steps show the images added, not a new draw. The classifier is
 fitted with its default parameters (or those given, one value each: nothing is chosen here) and scored on the whole
-test split, read once. Per k: mean ± sd over the trials and the 95 % interval of the mean (Student t over the
-trials). Nothing is recorded as a run: the summary ``fewshot-<id>.json`` and its chart go into the runs folder.
+test split, read once. Per k: mean ± sd over the distinct draws and the 95 % interval of the mean (Student t over
+them). A draw that an earlier trial made already (k is every image of each class, or few images and many trials) is
+fitted once and counted once (attack 63 #3: five "trials" of one fit were ``0.800 ± 0.000 [0.800, 0.800]``): a k with
+one distinct draw is one fit, with no sd and no interval. Nothing is recorded as a run: the summary
+``fewshot-<id>.json`` and its chart go into the runs folder.
 
 >>> s = fewshot("features.h5", "logreg", shots=(1, 5, 20), trials=5)    # doctest: +SKIP
 >>> [(p["shots"], round(p["mean"], 2)) for p in s["points"]]              # doctest: +SKIP
@@ -52,8 +55,9 @@ def sample_shots(y: np.ndarray, shots: list[int], n_classes: int, seed: int, tri
     return {k: np.sort(np.concatenate([o[:k] for o in order])) for k in shots}
 
 
-def mean_interval(values: list[float], level: float = 0.95) -> dict | None:
-    """The mean over trials with its Student-t interval (clipped to [0, 1]); None for fewer than two values.
+def mean_interval(values: list[float], level: float = 0.95, over: str = "trials") -> dict | None:
+    """The mean over trials (``over`` names them) with its Student-t interval (clipped to [0, 1]); None for fewer
+    than two values.
 
     >>> ci = mean_interval([0.5, 0.6, 0.7]); round(ci["low"], 3), round(ci["high"], 3)
     (0.352, 0.848)
@@ -69,7 +73,7 @@ def mean_interval(values: list[float], level: float = 0.95) -> dict | None:
         "low": max(0.0, m - half),
         "high": min(1.0, m + half),
         "level": level,
-        "method": f"Student t over {len(values)} trials",
+        "method": f"Student t over {len(values)} {over}",
     }
 
 
@@ -258,28 +262,20 @@ def fewshot(
             if arrays is not None:
                 fs.refuse_nonfinite(split, name, arrays[0])
         accs: dict[int, list[float]] = {k: [] for k in shots}
+        draws: dict[int, dict[bytes, float]] = {k: {} for k in shots}  # k -> distinct draw -> its accuracy
         for trial in range(trials):
             for k, idx in sample_shots(y, shots, len(class_names), seed, trial).items():
-                accs[k].append(_accuracy(clf, full, X[idx], y[idx], val, Xt, yt))
-        points = []
-        for k in shots:
-            m, sd = mean_sd(accs[k])
-            points.append(
-                {
-                    "shots": k,
-                    "rows": k * len(class_names),
-                    "trials": accs[k],
-                    "mean": m,
-                    "sd": sd,
-                    "mean_ci": mean_interval(accs[k]),
-                }
-            )
+                if idx.tobytes() not in draws[k]:  # a repeated draw is the same fit: fitted and counted once
+                    draws[k][idx.tobytes()] = _accuracy(clf, full, X[idx], y[idx], val, Xt, yt)
+                accs[k].append(draws[k][idx.tobytes()])
+        points = [_point(k, len(class_names), accs[k], list(draws[k].values()), trials) for k in shots]
+        notes += _draw_notes(points, np.bincount(y, minlength=len(class_names)), class_names, trials)
         top = points[-1]
         w = proportion_interval(round(top["mean"] * len(yt)), len(yt))
         notes.append(
-            f"the intervals cover the draw of the training images; the {len(yt)} test rows are the same in every trial, "
-            f"and their own sampling error (the Wilson interval of {top['mean']:.3f} on {len(yt)} rows is "
-            f"[{w.low:.3f}, {w.high:.3f}]) comes on top"
+            f"{'the intervals cover the draw of the training images; ' if any(p['mean_ci'] for p in points) else ''}"
+            f"the {len(yt)} test rows are the same in every trial, and their own sampling error (the Wilson interval of "
+            f"{top['mean']:.3f} on {len(yt)} rows is [{w.low:.3f}, {w.high:.3f}]) comes on top"
         )
         if trials == 1:
             notes.append("one trial: no sd and no interval; give --trials 5 or more")
@@ -312,6 +308,46 @@ def fewshot(
             summary["not_saved"] = str(exc)
             made.remove_made(root)  # nothing was saved in the runs folder made for it
     return summary
+
+
+def _point(k: int, n_classes: int, per_trial: list[float], distinct: list[float], trials: int) -> dict:
+    """A k's figures over its distinct draws (``draws``): mean, sd and interval; one draw: the one fit's accuracy,
+    ``sd`` and ``mean_ci`` None. ``trials`` keeps every trial's accuracy (a repeated draw repeats its value)."""
+    m, sd = mean_sd(distinct)
+    over = "trials" if len(distinct) == trials else f"distinct draws (of {trials} trials)"
+    return {
+        "shots": k,
+        "rows": k * n_classes,
+        "trials": per_trial,
+        "draws": len(distinct),
+        "mean": m,
+        "sd": sd if len(distinct) > 1 else None,
+        "mean_ci": mean_interval(distinct, over=over),
+    }
+
+
+def _draw_notes(points: list[dict], counts: np.ndarray, class_names: list[str], trials: int) -> list[str]:
+    """What the trials of each k really drew: one fit (every training image), repeated draws, whole classes."""
+    notes = []
+    for p in points if trials > 1 else []:
+        k, n = p["shots"], p["draws"]
+        if n == 1 and (counts == k).all():
+            notes.append(f"k = {k} is every training image: one fit, no trial-to-trial spread (no sd, no interval)")
+        elif n == 1:
+            notes.append(f"k = {k}: every trial drew the same images: one fit, no trial-to-trial spread")
+        elif n < trials:
+            notes.append(
+                f"k = {k}: {n} distinct draws in {trials} trials (the others repeated one, fitted once): mean, sd "
+                f"and interval over the {n}"
+            )
+        whole = [repr(class_names[c]) for c in np.flatnonzero(counts == k)]
+        if n > 1 and whole:
+            more = f" and {len(whole) - 3} more" if len(whole) > 3 else ""
+            notes.append(
+                f"k = {k} takes every training image of {', '.join(whole[:3])}{more} in every trial: only the other "
+                f"classes' images vary between draws"
+            )
+    return notes
 
 
 def _plain(value):

@@ -163,7 +163,15 @@ def finetune(
     cached, t_cache, size_before = None, time.perf_counter(), _size(fs.path)
     if will_cache:
         cached = cached_cut(
-            fs, name, built.cut_input, rec["extractor_attrs"], weights, trust_model, sets, config.memory_budget
+            fs,
+            name,
+            built.cut_input,
+            rec["extractor_attrs"],
+            weights,
+            trust_model,
+            sets,
+            config.memory_budget,
+            built.top,
         )
     elif config.augment:
         logger.info(

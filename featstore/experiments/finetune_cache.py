@@ -86,10 +86,21 @@ def rebatch(blocks, batch_size: int):
 
 
 def cached_cut(
-    fs, name: str, layer: str, attrs: dict, weights, trust_model: bool, sets: dict, budget: int | None = None
+    fs,
+    name: str,
+    layer: str,
+    attrs: dict,
+    weights,
+    trust_model: bool,
+    sets: dict,
+    budget: int | None = None,
+    top=None,
 ) -> Cached:
     """Extract (or reuse) the group cut at ``layer`` for train and validation; its rows must be the run's rows. A split
-    over ``budget`` bytes is checked in blocks and left in the store, to be streamed (:meth:`Cached.batches`)."""
+    over ``budget`` bytes is checked in blocks and left in the store, to be streamed (:meth:`Cached.batches`). ``top``
+    (the layers phase B trains): a group whose rows are not what it takes is refused before training
+    (:func:`refuse_other_layout`); one already there of another shape or layout is refused by ``extract`` before a row
+    is written (``feature_shape`` and ``map_layout`` are fingerprinted)."""
     from featstore.extraction.pipeline import HugeBatch, extract
     from featstore.models.extractor import ExtractorConfig
     from featstore.store.reader import CACHE_PURPOSE
@@ -131,6 +142,7 @@ def cached_cut(
                 "the store without that group)"
             ) from None
         wrote = wrote or r.written > 0
+        refuse_other_layout(fs, group, top)
         cut_paths = fs.paths(split, group)
         if cut_paths != images.paths:
             lacking = sorted(set(images.paths) - set(cut_paths))
@@ -173,6 +185,27 @@ def cached_cut(
         with writer_lock(fs.path), open_h5(fs.path, "a") as f:
             f[group].attrs["purpose"] = CACHE_PURPOSE
     return Cached(group, arrays, made or wrote, fs=fs, budget=budget)
+
+
+def refuse_other_layout(fs, group: str, top) -> None:
+    """Refuse a cached group whose rows are not what ``top`` (the layers above the cut) takes: another shape, or a
+    channels_first map stored as it is where the top permutes it back from channels last, or the reverse (attack 62 #1:
+    trained silently on transposed maps)."""
+    from featstore.models.finetuned import cut_moved
+    from featstore.provenance import MOVED_CHANNELS_LAST
+
+    if top is None or group not in fs.extractors():
+        return
+    meta = fs.metadata(group)
+    have = (tuple(meta.get("feature_shape") or ()), meta.get("map_layout") == MOVED_CHANNELS_LAST)
+    want = (tuple(top.input_shape[1:]), cut_moved(top))
+    if have != want:
+        raise StoreError(
+            f"the cached frozen layers {group!r} in {fs.path} hold rows of {have[0]}"
+            f"{' moved channels last' if have[1] else ''}, and the layers above the cut take {want[0]}"
+            f"{' moved channels last' if want[1] else ''}: training on them would not train the fine-tuned model. Pass "
+            f"--no-cache (cache=False in Python) to train from the images, or delete the group and fine-tune again"
+        )
 
 
 # a refusal of extract naming --overwrite, met while caching: what starts the cache again here (attack 52 #5)

@@ -285,6 +285,7 @@ def _fit_in_memory(
             oof = out_of_fold(clf, full[0], X, y, n_plain, k, groups, train)
     elif val is not None:
         selection["method"] = f"accuracy on the {validation!r} split"
+        selection["chosen_on"] = validation  # its figures there are optimistic (featstore.runs.selected)
         scored = workers(jobs, parallel)(delayed(_score_one)(clf, p, X, y, val, groups) for p in full)
         ok = [i for i, (sc, _) in enumerate(scored) if sc is not None]
         if not ok:
@@ -308,6 +309,7 @@ def _fit_in_memory(
             f"{oof.folds}-fold stratified cross-validation on {train!r}{kept} ({splits.validation_missing})"
         )
         selection["candidates"] = [{"params": s, "score": sc} for s, sc in zip(settings, scores) if sc == sc]
+        selection["chosen_on"] = f"{train}{OOF}"
         if len(selection["candidates"]) < len(settings):
             selection["diverged"] = [s for s, sc in zip(settings, scores) if sc != sc]  # NaN: diverged in a fold
         est = _fit_one(clf, full[best], X, y, None, groups, jobs)

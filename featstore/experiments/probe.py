@@ -284,6 +284,7 @@ def _probe_one(fs, name, refit, knn, ks, reduce, splits, max_iter) -> dict:
     basis = RowSpace(X)
     points, best, est = c_path(basis.coords(X), y, basis.coords(Xv), yv, n_classes, max_iter=max_iter)
     chosen = points[best]
+    lin_right = full_proba(est, basis.coords(Xv), n_classes).argmax(axis=1) == yv  # for the best's paired test
     linear = {
         "C": chosen.C,
         "validation": chosen.validation,
@@ -307,6 +308,7 @@ def _probe_one(fs, name, refit, knn, ks, reduce, splits, max_iter) -> dict:
             "validation": scores[k],
             "validation_ci": _interval(int(np.sum(val_pred[k] == yv)), len(yv)),
             "notes": notes,
+            "_right": val_pred[k] == yv,
         }
     del Xv
     if refit:  # the chosen settings on train + validation, standardised afresh
@@ -330,12 +332,33 @@ def _probe_one(fs, name, refit, knn, ks, reduce, splits, max_iter) -> dict:
         kcell.update(test=right / len(yt), test_ci=_interval(right, len(yt)), reference_rows=len(y))
     seconds = round(time.perf_counter() - t0, 2)
     logger.info("probe %s: C=%g test %.4f (%.1f s)", name, chosen.C, linear["test"], seconds)
-    return {"extractor": name, "dim": dim, "rows": rows, "linear": linear, "knn": kcell, "seconds": seconds}
+    out = {"extractor": name, "dim": dim, "rows": rows, "linear": linear, "knn": kcell, "seconds": seconds}
+    out["_linear_right"], out["_validation_rows"] = lin_right, _rows_identity(fs, name, validation, yv)
+    if kcell is not None:
+        out["_knn_right"] = kcell.pop("_right")
+    return out
+
+
+def _rows_identity(fs, name: str, split: str, y: np.ndarray) -> str:
+    """A digest of a split's image paths and labels: two extractors with the same one scored the same rows."""
+    import hashlib
+
+    h = hashlib.sha256("\0".join(map(str, fs.paths(split, name))).encode("utf-8", "surrogateescape"))
+    h.update(np.ascontiguousarray(y, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 def _best(cells: list[dict]) -> dict:
-    """The extractor and probe with the best validation accuracy (reported, not used for anything else)."""
-    options = [(c["linear"]["validation"], c["extractor"], "linear") for c in cells]
-    options += [(c["knn"]["validation"], c["extractor"], "knn") for c in cells if c["knn"]]
-    v, name, kind = max(options, key=lambda o: o[0])
-    return {"extractor": name, "probe": kind, "validation": v}
+    """The extractor and probe with the best validation accuracy, ties named and the runner-up compared on the same
+    validation rows (:func:`featstore.experiments.probe_best.best_of`); the rows each cell kept for it are dropped
+    from the cells (they are not part of the summary). Reported, not used for anything else."""
+    from featstore.experiments.probe_best import best_of
+
+    right = {
+        (c["extractor"], kind): c.pop(f"_{kind}_right")
+        for c in cells
+        for kind in ("linear", "knn")
+        if f"_{kind}_right" in c
+    }
+    rows = {c["extractor"]: c.pop("_validation_rows", None) for c in cells}
+    return best_of(cells, right, rows)

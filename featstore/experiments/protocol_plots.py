@@ -70,18 +70,21 @@ def probe_png(summary: dict, path: str | Path) -> Path:
 @plain_text
 def fewshot_png(summary: dict, path: str | Path) -> Path:
     """Test accuracy against images per class: each trial a dot, the mean a line, ± sd a band, the mean's 95 %
-    interval as error bars; a log axis for the shots."""
+    interval as error bars (none where a k is one fit: marked "one fit"); a log axis for the shots."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     pts = summary["points"]
     shots = np.array([p["shots"] for p in pts], dtype=float)
     mean = np.array([p["mean"] for p in pts])
-    sd = np.array([p["sd"] for p in pts])
+    sd = np.array([np.nan if p["sd"] is None else p["sd"] for p in pts])  # None: one fit, no spread (no band)
     for p in pts:
         ax.plot([p["shots"]] * len(p["trials"]), p["trials"], ".", color="grey", alpha=0.5)
-    ax.fill_between(shots, mean - sd, mean + sd, alpha=0.2, label="± sd over trials")
-    lo = np.array([max(0.0, p["mean"] - p["mean_ci"]["low"]) if p["mean_ci"] else 0.0 for p in pts])
-    hi = np.array([max(0.0, p["mean_ci"]["high"] - p["mean"]) if p["mean_ci"] else 0.0 for p in pts])
+        if p.get("draws", 2) == 1 and summary["trials"] > 1:  # every trial the same images: say so, draw no bar
+            ax.annotate("one fit", (p["shots"], p["mean"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.fill_between(shots, mean - sd, mean + sd, alpha=0.2, label="± sd over distinct draws")
+    # no interval (one fit or one trial): NaN draws no bar; a 0-length bar read as certainty (attack 63 #3)
+    lo = np.array([max(0.0, p["mean"] - p["mean_ci"]["low"]) if p["mean_ci"] else np.nan for p in pts])
+    hi = np.array([max(0.0, p["mean_ci"]["high"] - p["mean"]) if p["mean_ci"] else np.nan for p in pts])
     ax.errorbar(shots, mean, yerr=[lo, hi], fmt="-o", capsize=3, label="mean (95 % interval of the mean)")
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(int(s)) for s in shots])

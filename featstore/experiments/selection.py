@@ -240,10 +240,23 @@ def predicted_block(est, X: np.ndarray, y: np.ndarray, n_classes: int, split: st
 
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below in one line
-            return y, est.predict(X), full_proba(est, X, n_classes)
+            pred, proba = est.predict(X), full_proba(est, X, n_classes)
     except ValueError:
         _refuse_huge_rows(X, None, split, at)
         raise
+    other = int(np.sum(np.asarray(pred) != proba.argmax(axis=1))) if len(pred) else 0
+    if other:  # never a built-in's (featstore.models.agreeing; attack 63 #1): a registered classifier's
+        logger.warning(
+            "%d of %d rows of %r (from row %d): the classifier's predict is not the most probable class of its "
+            "predict_proba. The run records predict's accuracy; runs compare, the reliability bins, featstore predict "
+            "and the report use the most probable class. Make its predict_proba agree with its predict "
+            "(featstore.models.agreeing.agree)",
+            other,
+            len(pred),
+            split,
+            at,
+        )
+    return y, pred, proba
 
 
 def _fold_or_why(*args) -> np.ndarray | str:

@@ -9,7 +9,7 @@ run that lowers the log-loss of the average most; stop when nothing lowers it) c
 ensemble run, or the summary says why none was built. Only then is the test split evaluated: for the winner (and,
 when an ensemble was built, its members and the best single run, so that the two can be compared on test), or for
 every run with ``show_test=True``. The ensemble is compared with the best single run on the same rows (exact
-McNemar test and paired bootstrap): the summary says when its gain is within noise. A summary
+McNemar test and Newcombe's paired interval): the summary says when its gain is within noise. A summary
 (``sweep-<id>.json``) and a heat map (``sweep-<id>.png``) go into the runs folder. A cell recorded already as the very
 fit it would make is reused (:mod:`featstore.experiments.sweep_reuse`): a re-run after Ctrl-C goes on where it stopped.
 
@@ -36,7 +36,7 @@ from featstore.experiments.ensemble import ensemble as record_ensemble
 from featstore.experiments.fit import OOF, fit, refuse_reduce
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.experiments.selection import DivergedError
-from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells
+from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells, untested
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -172,13 +172,10 @@ def sweep(
     for rid in sorted(to_test):  # test is read here, after the choice, once per run
         tested[rid], said = evaluated_once(rid, tst, store, runs, reused)
         if said.startswith("not recorded"):  # e.g. a full disk: say so rather than show no test figure
-            raise StoreError(
-                f"sweep: {tst!r} of the chosen run {rid} {said}. The sweep's runs are recorded: once that is fixed, "
-                f"`featstore runs evaluate {rid} --split {tst}` adds it"
-            )
+            raise StoreError(untested(rid, tst, said, reused))
     ens, vs = None, {}
     if len(chosen) > 1:
-        ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs)
+        ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs, score)
         tested[ens.id] = ens
         vs = _versus(ens, recs[best], store, runs, score)
         if ensemble_wins:

@@ -216,11 +216,20 @@ def cut_outputs(base, layers: list[str | None], pooling: str, model_name: str) -
                 )
             pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
             t = pool(data_format=layout, name=f"featstore_{pooling}_pool_{layer}")(t)
-        elif len(t.shape) >= 3 and data_format_at(base, t) == "channels_first":  # stored (..., C), as every map is:
-            axes = (*range(2, len(t.shape)), 1)  # reduce=avg took C, H (60 #1); a Conv1D's (C, L) too (61 #2)
+        elif axes := channels_last_axes(base, t):  # stored (..., C), as every map is: reduce=avg took C, H (60 #1)
             t = keras.layers.Permute(axes, name=f"{TO_CHANNELS_LAST}{layer}")(t)
         out.append((layer, t))
     return out
+
+
+def channels_last_axes(base, t) -> tuple[int, ...] | None:
+    """The ``Permute`` axes that store the map ``t`` (a cut's tensor in ``base``'s graph) channels last, where
+    :func:`~featstore.models.layout.data_format_at` finds it channels_first (a Conv1D's (C, L) too: attack 61 #2); None
+    for a vector or a map stored as it is. Fine-tuning's cached cut is stored so, and its top permutes it back
+    (:func:`featstore.models.finetuned.build_model`: attack 62 #1)."""
+    if len(t.shape) < 3 or data_format_at(base, t) != "channels_first":
+        return None
+    return (*range(2, len(t.shape)), 1)
 
 
 def layout_of(cut) -> dict:

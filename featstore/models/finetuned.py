@@ -195,10 +195,39 @@ def _top_model(model, first) -> tuple[str | None, object | None]:
     if len(feeders) != 1 or isinstance(feeders[0], keras.layers.InputLayer):
         return None, None
     try:
-        return feeders[0].name, keras.Model(cut, model.output, name="finetune_top")
+        top = keras.Model(cut, model.output, name="finetune_top")
     except ValueError as exc:  # a skip connection crosses the cut: the layers above need more than that one tensor
         logger.debug("cannot cut the model before %s: %s", first.name, exc)
         return None, None
+    return feeders[0].name, _from_stored(top, cut, feeders[0].name)
+
+
+TO_CHANNELS_FIRST = "featstore_channels_first_"  # the Permute that gives a top the channels_first map it was built for
+
+
+def _from_stored(top, cut, name: str):
+    """``top`` taking ``cut``'s map as the cached cut stores it: a channels_first map is stored channels last
+    (:func:`~featstore.models.backbones.channels_last_axes`, as every map is), and the layers above take it (C, H, W),
+    so a ``Permute`` back feeds them (attack 62 #1: trained on transposed maps where C = H = W, a TensorFlow traceback
+    after the cache was written otherwise). The layers (and weights) are ``top``'s: the saved model, which predict
+    applies to images, is the one trained."""
+    import keras
+
+    from featstore.models.backbones import channels_last_axes
+
+    axes = channels_last_axes(top, cut)
+    if axes is None:
+        return top
+    back = tuple(1 + axes.index(i) for i in range(1, len(axes) + 1))  # Permute(axes) then Permute(back): the same
+    stored = keras.Input(tuple(cut.shape[1:][a - 1] for a in axes), name=f"cached_{name}")
+    return keras.Model(
+        stored, top(keras.layers.Permute(back, name=f"{TO_CHANNELS_FIRST}{name}")(stored)), name=top.name
+    )
+
+
+def cut_moved(top) -> bool:
+    """Whether the fine-tuning ``top`` takes its cut's map channels last and permutes it back (the cache holds it so)."""
+    return any(lyr.name.startswith(TO_CHANNELS_FIRST) for lyr in getattr(top, "layers", ()))
 
 
 def preprocess_images(images: np.ndarray, attrs: dict) -> np.ndarray:

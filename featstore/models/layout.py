@@ -70,10 +70,10 @@ def _walk(tensor) -> tuple[set, bool]:
         if not inputs:
             found.add(None)
             continue
-        if hasattr(op, "layers"):  # a nested model: the layout of its output in its own graph, its input's kept
-            try:
-                inner, inner_last = _walk(keras_output(op))
-            except (AttributeError, ValueError):  # a subclassed model: no graph to walk
+        if hasattr(op, "layers"):  # a nested model: the layout of the output the cut reads, in its own graph
+            try:  # (its first output was walked whatever output the tensor was: attack 62 #2)
+                inner, inner_last = _walk(keras_output(op, getattr(history, "tensor_index", 0)))
+            except (AttributeError, ValueError, IndexError):  # a subclassed model: no graph to walk
                 inner, inner_last = {None}, False
             found |= inner - {_INPUT}
             last_axis |= inner_last
@@ -91,7 +91,16 @@ def _walk(tensor) -> tuple[set, bool]:
     return found, last_axis
 
 
-def keras_output(model):
-    """A nested model's one output tensor in its own graph (its first where it has several)."""
+def keras_output(model, index: int = 0):
+    """A nested model's output ``index`` in its own graph: the one a call's tensor of ``tensor_index`` ``index`` is (a
+    call's node gives the model's outputs flattened, in order). Its first was taken for every output (attack 62 #2: a
+    backbone's second, channels-last map was pooled and permuted as its first, channels_first one). The inner graph is
+    one whatever call a tensor comes from, so a model called twice has the same layout per output on every call (the
+    walk goes on from the inputs of the call's own node). IndexError where it has no such output."""
+    from keras import tree
+
     out = getattr(getattr(model, "_functional", None) or model, "outputs", None) or [model.output]
-    return out[0] if isinstance(out, (list, tuple)) else out
+    flat = tree.flatten(out)
+    if not 0 <= index < len(flat):
+        raise IndexError(f"{getattr(model, 'name', model)!r} has {len(flat)} outputs, not an output {index}")
+    return flat[index]

@@ -12,7 +12,8 @@ else: on the Quick start's features it lost 3 to 5 points against a plain SVC. S
   always the prediction);
 - ``predict_proba`` is ``softmax(decision_function / T)`` with, in the rows where tied votes make scikit-learn's
   argmax another class than the vote's, the two classes' values exchanged, so **the most probable class is
-  always the predicted one**. ``T`` is fitted on out-of-fold decision values (``calibration_folds``; groups,
+  always the predicted one**, by a lead a run's calibration cannot round away
+  (:func:`featstore.models.agreeing.agree`). ``T`` is fitted on out-of-fold decision values (``calibration_folds``; groups,
   e.g. the augmented copies of one image, stay in one fold) and changes no prediction.
 
 >>> X = np.r_[np.zeros((10, 2)), np.ones((10, 2)), [[0, 3]] * 10] + np.random.default_rng(0).normal(size=(30, 2)) / 5
@@ -34,6 +35,7 @@ from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
 from featstore.errors import ConfigError
+from featstore.models.agreeing import agree
 from featstore.stats.calibration import fit_temperature, softmax
 from featstore.stats.folds import stratified_group_folds
 
@@ -132,9 +134,8 @@ class TemperedSVC(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         ovr, winner = _decision(self.svc_, X)
         proba = softmax(_agreeing(ovr, winner) / self.temperature_)
-        rows = np.flatnonzero(proba.argmax(axis=1) != winner)  # only exact ties with an earlier class are left
-        proba[rows, winner[rows]] = np.nextafter(proba[rows, winner[rows]], 2.0)
-        return proba
+        # exact ties with an earlier class, and leads a run's calibration could round away
+        return agree(proba, winner, copy=False)
 
 
 def _rows(X, idx):

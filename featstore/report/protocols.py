@@ -43,30 +43,63 @@ def probe_table(summary: dict) -> str:
                 f"k={k['k']} | {interval(k['validation_ci'])} | {interval(k['test_ci'])} |"
             )
             notes += [f"{c['extractor']}: {n}" for n in k["notes"]]
-    b = summary["best"]
-    lines += ["", f"best on validation: {terminal_safe(b['extractor'])}, {b['probe']} probe ({b['validation']:.3f})"]
+    lines += ["", best_line(summary["best"])]
     lines += [f"note: {n}" for n in notes]
     return "\n".join(lines)
 
 
+def _probe_name(b: dict) -> str:
+    return f"{terminal_safe(b['extractor'])}, {b['probe']} probe"
+
+
+def best_line(b: dict) -> str:
+    """The probe's best on validation in words: the probes that tie at the top named ("alpha, knn probe and beta,
+    knn probe tie at 0.700"), and the best against the runner-up: within noise or not, by the paired test on the
+    same validation rows (or the intervals' overlap), never a plain claim (attack 63 #9). A summary written before
+    (no ``tied``/``versus``) reads as it did."""
+    tied = b.get("tied") or []
+    if tied:
+        names = [_probe_name(t) for t in tied]
+        head = f"best on validation: {', '.join(names[:-1])} and {names[-1]} tie at {b['validation']:.3f}"
+    else:
+        head = f"best on validation: {_probe_name(b)} ({b['validation']:.3f})"
+    r, v = b.get("runner_up"), b.get("versus")
+    if not r or not v:  # one probe only, or a summary written before
+        return head
+    if "p" in v:
+        ahead = v["verdict"] == "larger than chance"
+        why = f"McNemar p = {v['p']:.2g} on {v['discordant']} discordant of {v['n']} validation rows"
+    else:
+        ahead = v["verdict"].startswith("the intervals do not")
+        why = f"95 % intervals {'apart' if ahead else 'overlap'}; other validation rows, no paired test"
+    who = "the tied probes are" if tied else "it is"
+    return (
+        f"{head}; {who} {'ahead of' if ahead else 'within noise of'} the runner-up {_probe_name(r)} "
+        f"({r['validation']:.3f}): {why} (chosen on these rows: compare on test)"
+    )
+
+
 def fewshot_table(summary: dict) -> str:
-    """The few-shot curve as a Markdown table: per k, mean ± sd of test accuracy over the trials, the mean's 95 %
-    interval (Student t over the trials), and the range."""
+    """The few-shot curve as a Markdown table: per k, mean ± sd of test accuracy over the distinct draws, the mean's
+    95 % interval (Student t over them), and the range; a k of one distinct draw is one fit, without sd or interval."""
     lines = [
-        f"{summary['id']}: {summary['clf']} {summary['params'] or '(default parameters)'} on {terminal_safe(summary['extractor'])}, "
-        f"k images per class drawn from {summary['splits']['train']!r} ({summary['trials']} trials, seed "
-        f"{summary['seed']}; {summary['sampling']}), accuracy on all {summary['test_rows']} rows of "
-        f"{summary['splits']['test']!r} ({summary['seconds']:.1f} s)",
+        f"{summary['id']}: {summary['clf']} {summary['params'] or '(default parameters)'} on "
+        f"{terminal_safe(summary['extractor'])}, k images per class drawn from {summary['splits']['train']!r} "
+        f"({summary['trials']} trials, seed {summary['seed']}; {summary['sampling']}), accuracy on all "
+        f"{summary['test_rows']} rows of {summary['splits']['test']!r} ({summary['seconds']:.1f} s)",
         "",
         "| images per class | training rows | test accuracy, mean ± sd | 95 % CI of the mean | min | max |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for p in summary["points"]:
-        ci = p["mean_ci"]
-        span = f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else "- (one trial)"
+        n, ci = p.get("draws", len(p["trials"])), p["mean_ci"]
+        one = "one trial" if summary["trials"] == 1 else "one fit"
+        mean = f"{p['mean']:.3f} ({one})" if p["sd"] is None or n == 1 else f"{p['mean']:.3f} ± {p['sd']:.3f}"
+        if 1 < n < summary["trials"]:
+            mean += f" over {n} distinct draws"
+        span = f"[{ci['low']:.3f}, {ci['high']:.3f}]" if ci else f"- ({one})"
         lines.append(
-            f"| {p['shots']} | {p['rows']} | {p['mean']:.3f} ± {p['sd']:.3f} | {span} | "
-            f"{min(p['trials']):.3f} | {max(p['trials']):.3f} |"
+            f"| {p['shots']} | {p['rows']} | {mean} | {span} | {min(p['trials']):.3f} | {max(p['trials']):.3f} |"
         )
     lines += [f"note: {n}" for n in summary["notes"]]
     return "\n".join(lines)

@@ -25,6 +25,7 @@ into a BrokenRunError when the model is applied.
 from __future__ import annotations
 
 import json
+import warnings
 import zipfile
 from collections.abc import Mapping
 
@@ -247,22 +248,19 @@ def _heads() -> tuple:
     from sklearn.linear_model import LogisticRegression, SGDClassifier
     from sklearn.neighbors import KNeighborsClassifier
 
+    from featstore.models.agreeing import (
+        AGREEING,
+    )  # the built-ins' heads since attack 63 #1; older runs: scikit-learn's
     from featstore.models.svm import TemperedSVC
 
-    return (
-        LogisticRegression,
-        SGDClassifier,
-        KNeighborsClassifier,
-        RandomForestClassifier,
-        CalibratedClassifierCV,
-        TemperedSVC,
-    )
+    older = (LogisticRegression, SGDClassifier, KNeighborsClassifier, RandomForestClassifier, CalibratedClassifierCV)
+    return older + AGREEING + (TemperedSVC,)
 
 
 RELOADABLE = (
     "a Pipeline of FeatureReshape, an optional StandardScaler, an optional PCA and one of LogisticRegression, "
-    "SGDClassifier, KNeighborsClassifier, RandomForestClassifier, CalibratedClassifierCV(SVC) or TemperedSVC "
-    "(a bare one of these is put after FeatureReshape('flatten'))"
+    "SGDClassifier, KNeighborsClassifier, RandomForestClassifier (or their featstore.models.agreeing versions), "
+    "CalibratedClassifierCV(SVC) or TemperedSVC (a bare one of these is put after FeatureReshape('flatten'))"
 )  # what check_pipeline loads (the error of a registered classifier it could not: attack 60 #4)
 
 
@@ -420,7 +418,8 @@ def _rebuild_knn(knn) -> None:
         raise ModelStateError("the k-NN labels fall outside its classes, or its rows are not finite")
     knn.n_jobs = 1
     try:
-        knn.fit(X, classes[y])
+        with warnings.catch_warnings(action="ignore", category=SyntaxWarning):  # predict put p in metric_params
+            knn.fit(X, classes[y])
     except (ValueError, TypeError) as exc:  # parameters scikit-learn refuses (n_neighbors 0, an unknown metric...)
         raise ModelStateError(f"the k-NN classifier cannot be rebuilt from its rows: {exc}") from None
 
@@ -431,16 +430,14 @@ def _leaf_only() -> np.ndarray:
 
 
 def fit_adds_types(est) -> str:
-    """Settings whose fit adds a type a run cannot load (seen before the fit: attack 61 #4, the whole fit was thrown
-    away): isotonic calibration (an IsotonicRegression), a k-NN metric other than euclidean or cosine (its distance
-    class)."""
+    """Settings whose fit adds a type a run cannot load, seen before the fit (attack 61 #4): isotonic calibration, a
+    k-NN whose index a run does not load (:func:`featstore.runs.knn_types.knn_problem`: attack 62 #8, #9)."""
+    from featstore.runs.knn_types import knn_problem
+
     for _, step in getattr(est, "steps", []):
         method = getattr(step, "method", None) if type(step).__name__ == "CalibratedClassifierCV" else None
         if method not in (None, "sigmoid"):
             return f"its CalibratedClassifierCV has method={method!r}, whose fit adds a type runs do not load; use 'sigmoid'"
-        if type(step).__name__ == "KNeighborsClassifier":
-            metric = getattr(step, "metric", "minkowski")
-            euclid = metric == "minkowski" and getattr(step, "p", 2) == 2
-            if metric not in ("euclidean", "cosine") and not euclid:
-                return f"its KNeighborsClassifier has metric={metric!r}, whose fit adds a type runs do not load; use 'euclidean' or 'cosine'"
+        if type(step).__name__.endswith("KNeighborsClassifier") and (problem := knn_problem(step)):  # Agreeing* too
+            return problem
     return ""

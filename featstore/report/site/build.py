@@ -49,6 +49,7 @@ from featstore.report.site.mapview import map_view
 from featstore.report.site.render import figure_json, original, page, write_assets
 from featstore.report.site.runpages import run_view
 from featstore.report.site.sitefolder import SiteFolder
+from featstore.report.site.storeruns import mark_selected, runs_of_store
 from featstore.report.site.storeview import LeakView, leak_view, overview
 from featstore.report.site.thumbs import ThumbCache
 from featstore.runs.folder import runs_root, scan_runs_of
@@ -287,11 +288,12 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
     result = ReportResult(out / "index.html", 0, 0, 0, notes=[not_kept] if not_kept else [])
     store_info = overview(fs)
     listing = scan_runs_of(store, runs)
-    result.notes += [f"run folder {n} is broken and not shown: {why}" for n, why in listing.broken]
+    records, runs_notes = runs_of_store(listing.records, store)  # other stores' runs: left out, or noted (#4)
+    result.notes += [f"run folder {n} is broken and not shown: {why}" for n, why in listing.broken] + runs_notes
     result.notes += [f"run folder {n} is not shown: {why}" for n, why in listing.unreadable]
-    paths = _Paths(fs)
-    pages = {r.id: f"runs/{r.id}.html" for r in listing.records}
-    views = [run_view(r, runs_root(store, runs) / r.id, paths.of, gallery, pages) for r in listing.records]
+    paths, pages = _Paths(fs), {r.id: f"runs/{r.id}.html" for r in records}
+    views = [run_view(r, runs_root(store, runs) / r.id, paths.of, gallery, pages) for r in records]
+    mark_selected(views)  # the splits each run chose on: its figures there are optimistic (attack 63 #5)
     maps = []
     for name in fs.extractors(caches=False):
         try:
@@ -318,6 +320,7 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
         )
     written |= set(write_assets(site))
     common = {"store": store_info, "maps": maps, "generated": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    common["runs_notes"] = runs_notes  # other stores' runs left out, or several stores' runs shown (attack 63 #4)
     index = page("index.html.j2", root="", runs=views, broken=listing.broken, compare=_compare(views), **common)
     pages_written = [site.write_text("index.html", index, "report page")]
     for v in views:

@@ -111,6 +111,7 @@ class RunView:
     galleries: list[Gallery] = field(default_factory=list)
     preds: StoredPredictions | None = None  # the stored probabilities and labels, when readable (read in blocks)
     _rows: dict = field(default_factory=dict)  # split -> its SplitRows, read once
+    selected: dict = field(default_factory=dict)  # split -> what the run chose there: its figures there are optimistic
 
     def rows(self, split: str) -> SplitRows | None:
         """The per-row numbers of a split with stored predictions (:func:`split_rows`, read once), else None."""
