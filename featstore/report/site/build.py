@@ -36,15 +36,9 @@ from featstore.caches import CacheNotMade, cache_folder
 from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_paths, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
 from featstore.models.scratch import new_scratch
-from featstore.outputs import (
-    cache_dir,
-    check_output,
-    output_fix,
-    refuse_run_files,
-    resolved,
-    terminal_safe,
-)  # noqa: F401 (cache_dir: similar_page)
+from featstore.outputs import cache_dir, check_output, output_fix, refuse_run_files, resolved, terminal_safe  # noqa: F401
 from featstore.report.site import charts, journal
+from featstore.report.site.changed_pics import changed_sources
 from featstore.report.site.mapview import map_view
 from featstore.report.site.render import figure_json, original, page, write_assets
 from featstore.report.site.runpages import run_view
@@ -310,7 +304,9 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
         leak_view(fs, n, cache, lines[n]) if leaks else LeakView(n, lines[n], note="not shown (--no-leaks)")
         for n in fs.extractors(caches=False)
     ]
-    written = _thumbnails(site, thumbs, views, maps, leak_views)
+    written = _thumbnails(site, thumbs, views, maps, leak_views, changed := changed_sources(fs, views, maps))
+    for first, why in list(changed.items())[:1]:  # said, not only on the pages (attack 64 #10)
+        result.notes.append(f"{len(changed):,} pictured image(s) not shown; the first, {terminal_safe(first)}: {why}")
     result.thumbs_made, result.thumbs_reused = thumbs.made, thumbs.reused
     if missing := thumbs.missing():  # said, not only on the pages: every image refused read as "0 made" (attack 31)
         first = missing[0]
@@ -421,17 +417,20 @@ class _Paths:
         return self._labels[(group, split)]
 
 
-def _thumbnails(site: SiteFolder, thumbs: ThumbCache, views, maps, leak_views) -> set[str]:
-    """Make (or reuse) every thumbnail the pages show, copy them into ``thumbs/``; set each item's URL and reason."""
+def _thumbnails(site: SiteFolder, thumbs: ThumbCache, views, maps, leak_views, changed: dict) -> set[str]:
+    """Make (or reuse) every thumbnail the pages show, copy them into ``thumbs/``; set each item's URL and reason. A
+    file ``changed`` since its row was extracted gets none, its reason (:mod:`~featstore.report.site.changed_pics`)."""
     items = [i for v in views for g in v.galleries for i in g.items] + [p for m in maps for p in m.points]
     sources = [i.source for i in items]
     for v in leak_views:
         sources += [s for p in v.pairs for s in (p.query_source, p.reference_source)]
-    found = thumbs.make(sources)
+    found = thumbs.make([s for s in sources if s not in changed])
     written: set[str] = set()
     with site.named("thumbs") as folder:  # /proc/self/fd/<fd of thumbs/>: a link put at its name is never followed
 
         def url(source: str) -> tuple[str | None, str]:
+            if source in changed:
+                return None, changed[source]
             t = found[source]
             name = thumbs.export(t, folder, lambda n: site.announce(f"thumbs/{n}"))  # journaled first
             if name is None:
