@@ -61,40 +61,39 @@ def _winner(est, X) -> np.ndarray:
     return (d > 0).astype(np.intp) if d.ndim == 1 else d.argmax(axis=1)
 
 
-class AgreeingLogisticRegression(LogisticRegression):
+class _LeadsByDecision:
+    """``predict_proba`` whose most probable class is ``predict``'s, the decision function's largest (:func:`agree`)."""
+
+    def predict_proba(self, X):
+        return agree(super().predict_proba(X), _winner(self, X), copy=False)
+
+
+class _LeadsByVotes:
+    """``predict_proba`` lifted toward its own most probable class (:func:`agree`), and ``predict`` that class: the
+    votes (a k-NN's, a forest's trees') are the decision, computed once."""
+
+    def predict_proba(self, X):
+        proba = super().predict_proba(X)
+        return agree(proba, proba.argmax(axis=1), copy=False)
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+class AgreeingLogisticRegression(_LeadsByDecision, LogisticRegression):
     """``LogisticRegression`` whose ``predict_proba`` agrees with ``predict`` (:func:`agree`)."""
 
-    def predict_proba(self, X):
-        return agree(super().predict_proba(X), _winner(self, X), copy=False)
 
-
-class AgreeingSGDClassifier(SGDClassifier):
+class AgreeingSGDClassifier(_LeadsByDecision, SGDClassifier):
     """``SGDClassifier`` (log or modified Huber loss) whose ``predict_proba`` agrees with ``predict`` (:func:`agree`)."""
 
-    def predict_proba(self, X):
-        return agree(super().predict_proba(X), _winner(self, X), copy=False)
+
+class AgreeingKNeighborsClassifier(_LeadsByVotes, KNeighborsClassifier):
+    """``KNeighborsClassifier`` predicting the argmax of its (agreeing) vote shares."""
 
 
-class AgreeingKNeighborsClassifier(KNeighborsClassifier):
-    """``KNeighborsClassifier`` predicting the argmax of its (agreeing) vote shares, computed once."""
-
-    def predict_proba(self, X):
-        proba = super().predict_proba(X)
-        return agree(proba, proba.argmax(axis=1), copy=False)
-
-    def predict(self, X):
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
-
-
-class AgreeingRandomForestClassifier(RandomForestClassifier):
+class AgreeingRandomForestClassifier(_LeadsByVotes, RandomForestClassifier):
     """``RandomForestClassifier`` whose averaged tree probabilities lead with its prediction (:func:`agree`)."""
-
-    def predict_proba(self, X):
-        proba = super().predict_proba(X)
-        return agree(proba, proba.argmax(axis=1), copy=False)
-
-    def predict(self, X):
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
 AGREEING = (
