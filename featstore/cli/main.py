@@ -37,8 +37,9 @@ class _Group(TyperGroup):
 class _App(typer.Typer):
     """The application; once a command has ended (its last line printed, its status known) a Ctrl-C cannot make the
     interpreter's shut-down (TensorFlow's threads, 1-2 s) exit 130 or print a traceback: a finished fit read as
-    interrupted, and a script's `fit || fit` recorded it twice (attack 64 #5). Only the ``featstore`` command calls it
-    so (tests invoke the click command, keeping their SIGINT)."""
+    interrupted, and a script's `fit || fit` recorded it twice (attack 64 #5). Only where the process is the
+    ``featstore`` command (``sys.argv[0]``: the console script, ``python -m featstore.cli``): a script or notebook that
+    calls ``app(...)`` and goes on keeps its Ctrl-C (attack 66 #1); tests invoke the click command."""
 
     def __call__(self, *args, **kwargs):
         import signal
@@ -47,7 +48,9 @@ class _App(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except SystemExit:
-            if threading.current_thread() is threading.main_thread():
+            argv0 = Path(sys.argv[0] if sys.argv else "")
+            command = argv0.name in ("featstore", "featstore.exe") or argv0.as_posix().endswith("cli/__main__.py")
+            if command and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
             raise
 
