@@ -42,8 +42,8 @@ OPTIONAL_FINGERPRINT_FIELDS = ("preprocess_scale", "preprocess_offset")
 # (C, H, W) are never mixed with new ones, even where both shapes read the same (C = H = W)
 LAYOUT_FIELDS = ("map_layout",)
 MOVED_CHANNELS_LAST = "channels_last_from_channels_first"
-# Not fingerprinted: a featstore that knows channels_first cuts wrote or checked the group (else: layout_unknown).
-LAYOUT_CHECKED = "layout_checked"
+# Not fingerprinted: a featstore that knows channels_first cuts wrote or checked the group (else: maplayout.layout_unknown).
+LAYOUT_CHECKED, UNKNOWN = "layout_checked", "unknown"  # "unknown": checked, and no layer says where the channels are
 # What a store records about a model file or KerasHub preset besides the common attributes (extractor_attrs keeps them).
 MODEL_SOURCE_KEYS = ("model_file", "model_sha256", "trust_model", "hub_preset", "hub_handle", "hub_class")
 MODEL_SOURCE_KEYS += OPTIONAL_FINGERPRINT_FIELDS
@@ -127,32 +127,6 @@ def refuse_other_extractor(old: dict, new: dict, path, name: str) -> None:
             f"store {path} already holds an extractor named {name!r} with fingerprint {str(old.get('fingerprint'))[:12]}, "
             f"this run's is {new['fingerprint'][:12]} ({describe_diff(old, new)}). "
             f"Use --name (name= in Python) to store it under another name, or another --store."
-        )
-
-
-def layout_unknown(attrs: dict, row: tuple) -> bool:
-    """Whether rows of shape ``row`` of an extractor recorded as ``attrs`` may hold a channels_first map as it came,
-    ``(C, H, W)`` or ``(C, L)``: a saved model's or KerasHub preset's map stored by a featstore from before
-    ``map_layout`` (no :data:`LAYOUT_CHECKED`). Registry backbones (``keras.applications``) compute channels last.
-
-    >>> layout_unknown({"model_file": "m.keras"}, (6, 28, 28)), layout_unknown({"model_file": "m.keras"}, (28,))
-    (True, False)
-    """
-    if plain(attrs.get(LAYOUT_CHECKED)) is True or any(k in attrs for k in LAYOUT_FIELDS):
-        return False
-    least = 2 if attrs.get("model_file") else 3 if attrs.get("hub_preset") else None
-    return least is not None and len(tuple(row)) >= least
-
-
-def refuse_unknown_layout(attrs: dict, shape: tuple, where: str, option: str) -> None:
-    """ConfigError where a reduce over every axis but the last may take a map's channels (:func:`layout_unknown`)."""
-    if layout_unknown(attrs, shape):
-        raise ConfigError(
-            f"{where} are maps {tuple(shape)} per row of a saved model or preset, stored by a featstore that did not "
-            f"record which axis holds the channels (a channels_first cut's map was stored (C, H, W) as it came, and "
-            f"averaging it over every axis but the last would mix its channels). Extract one split of it again with "
-            f"the same options and --overwrite: featstore then checks the model's layout and records it (a "
-            f"channels_first model is refused there: extract it under a new --name); or pass {option}"
         )
 
 
@@ -368,7 +342,7 @@ def extractor_attrs(backbone: dict, config: dict, output: dict, weights: dict, v
         **saved,
     }
     attrs.update({k: output[k] for k in LAYOUT_FIELDS if k in output})
-    attrs[LAYOUT_CHECKED] = True
+    attrs[LAYOUT_CHECKED] = output.get(LAYOUT_CHECKED, True)
     attrs["fingerprint"] = fingerprint(attrs)
     return attrs
 

@@ -71,9 +71,34 @@ def test_an_old_channels_last_store_is_refused_until_one_split_is_extracted_agai
 
 
 def test_only_saved_models_and_presets_maps_can_be_unknown():
-    unknown = provenance.layout_unknown
+    from featstore.maplayout import layout_unknown as unknown
+
     assert not unknown({"model": "vgg16"}, (4, 4, 512))  # keras.applications: channels last
     assert unknown({"hub_preset": "p"}, (7, 7, 64)) and not unknown({"hub_preset": "p"}, (197, 768))  # tokens
     assert unknown({"model_file": "m.keras"}, (6, 28)) and not unknown({"model_file": "m.keras"}, (6,))
     for known in ({provenance.LAYOUT_CHECKED: True}, {"map_layout": provenance.MOVED_CHANNELS_LAST}):
         assert not unknown({"model_file": "m.keras", **known}, (6, 28, 28))
+
+
+def test_a_map_whose_channels_no_layer_says_is_not_reduced(models, tmp_path):  # noqa: F811
+    """Attack 66 #2: --pooling none at a cut past an EinsumDense/moveaxis (no layer says where the channels are) was
+    marked layout_checked like any other, and reduce=avg averaged its (C, H, W) map over C and H, exit 0."""
+    data, store = write_data_root(tmp_path / "data"), tmp_path / "f.h5"
+    for split in ("train", "validation", "test"):
+        featstore.extract(data, split, store, featstore.ExtractorConfig(model=str(models["moveaxis"]), layer="r"))
+    assert featstore.FeatureStore(store).metadata()[provenance.LAYOUT_CHECKED] == provenance.UNKNOWN
+    with pytest.raises(ConfigError, match=r"whose channels axis no layer up to the cut says .* pass --param reduce="):
+        featstore.fit(store, "logreg", {"reduce": ["avg"]})
+    with pytest.raises(ConfigError, match=r"whose channels axis no layer up to the cut says .* --features flat"):
+        featstore.export(store, "train", tmp_path / "t.npz", features="max")
+    featstore.fit(store, "logreg")  # flatten: every value, whatever the order
+
+
+def test_registry_backbones_and_known_maps_are_checked_true(models, tmp_path):  # noqa: F811
+    from tests.conftest import TINY_CONFIG
+
+    data, store = write_data_root(tmp_path / "data"), tmp_path / "f.h5"
+    featstore.extract(data, "train", store, TINY_CONFIG)
+    featstore.extract(data, "train", store, featstore.ExtractorConfig(model=str(models["dense_last"]), layer="r"))
+    fs = featstore.FeatureStore(store)
+    assert [fs.metadata(n)[provenance.LAYOUT_CHECKED] for n in sorted(fs.extractors())] == [True, True]

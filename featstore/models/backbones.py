@@ -233,9 +233,14 @@ def channels_last_axes(base, t) -> tuple[int, ...] | None:
 
 
 def layout_of(cut) -> dict:
-    """``{"map_layout": ...}`` for a cut model that stores a channels_first map channels_last, else ``{}``."""
-    moved = cut.layers[-1].name.startswith(TO_CHANNELS_LAST)
-    return {"map_layout": provenance.MOVED_CHANNELS_LAST} if moved else {}
+    """``{"map_layout": ...}`` for a cut model that stores a channels_first map channels_last; ``{"layout_checked":
+    "unknown"}`` for a map (h, w, c)-like, 3-D a row or more, whose channels no layer up to the cut says (a reduce over
+    its other axes is refused then: attack 66 #2; a (tokens, dims) row is not one); else ``{}``."""
+    if cut.layers[-1].name.startswith(TO_CHANNELS_LAST):
+        return {"map_layout": provenance.MOVED_CHANNELS_LAST}
+    t = cut.outputs[0]
+    known = len(t.shape) < 4 or data_format_at(cut, t) is not None
+    return {} if known else {provenance.LAYOUT_CHECKED: provenance.UNKNOWN}
 
 
 class NoOneOutput(ConfigError):

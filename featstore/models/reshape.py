@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, validate_data
 
 from featstore.errors import ConfigError
-from featstore.provenance import refuse_unknown_layout
+from featstore.maplayout import refuse_unknown_layout
 
 REDUCTIONS = ("flatten", "avg", "max")
 REDUCED = {"avg": "averages over", "max": "takes the largest value over"}
@@ -35,7 +35,7 @@ def check_reduce(
     """Refuse ``reduce`` avg/max on features stored with ``shape`` per row when that is a vector: nothing to reduce,
     and the run would record ``reduce: avg`` for a flatten (attack 58 #3). ``where`` names the features (extractor
     and split), ``option`` the fix in the command's own spelling. ``attrs``: the extractor's record, to refuse a map
-    whose channels axis it does not say (:func:`~featstore.provenance.refuse_unknown_layout`)."""
+    whose channels axis it does not say (:func:`~featstore.maplayout.refuse_unknown_layout`)."""
     if reduce != "flatten" and attrs is not None:
         refuse_unknown_layout(attrs, shape, where, option)
     if reduce != "flatten" and len(tuple(shape)) < 2:

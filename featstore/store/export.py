@@ -57,8 +57,9 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import ConfigError, OutputError, check_paths, choices_error
+from featstore.maplayout import refuse_unknown_layout
 from featstore.outputs import check_own_output, csv_cell, probe_output, refuse_image, write_atomic
-from featstore.provenance import AUGMENTED, refuse_unknown_layout
+from featstore.provenance import AUGMENTED
 from featstore.store.export_files import MARK, SUFFIXES, is_export
 from featstore.store.layout import same_split
 from featstore.store.reader import FeatureStore
