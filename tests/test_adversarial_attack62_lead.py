@@ -56,3 +56,41 @@ def test_rows_under_the_limit_and_runs_evaluate_are_as_before(tmp_path):
     X[4] = 1e16  # a forest works on it: evaluate's own check (the fitted model's) lets it through
     write_arrays(store, "synthetic", "extra", X, np.arange(30) % 3, ["a", "b", "c"])
     assert evaluate_and_record(run.id, "extra", store, runs)[1]["n"] == 30
+
+
+def test_a_bad_augmented_copy_names_the_extract_that_makes_the_copies_again(tmp_path):
+    """Attack 66 #5: the refusal named `extract --split train --overwrite`, which re-extracts train without its
+    augmented copies (the next `fit --augmented` found none)."""
+    import h5py
+
+    from tests.conftest import TINY_CONFIG, write_data_root
+
+    data, store = write_data_root(tmp_path / "data"), tmp_path / "f.h5"
+    for split in ("train", "validation", "test"):
+        featstore.extract(data, split, store, TINY_CONFIG)
+    featstore.extract(data, "train", store, TINY_CONFIG, augment=2, augment_seed=3)
+    with h5py.File(store, "r+") as f:
+        (name,) = list(f)
+        f[name]["train"]["augmented"]["features"][1] = 1e20
+    with pytest.raises(StoreError, match=r"train/augmented holds 1 row\(s\)") as e:
+        featstore.fit(store, "logreg", augmented=True, runs=tmp_path / "runs")
+    assert "`featstore extract --split train --augment 2 --augment-spec " in str(e.value)
+    assert "--augment-seed 3 --overwrite`" in str(e.value)
+
+
+def test_export_avg_of_vectors_records_what_it_wrote(tmp_path):
+    """Attack 66 #6: --features max on features stored as vectors wrote them as they are, and the result and the
+    export's metadata said "max"."""
+    store = _store(tmp_path / "s.h5", "none", 0.0)
+    got = featstore.export(store, "train", tmp_path / "t.npz", features="max")
+    assert got.features == "flat" and got.n_features == 8  # the Parquet metadata's "features" is this one
+
+
+def test_check_counts_the_rows_fit_refuses(tmp_path):
+    """Attack 66 #4: a train row with a feature of 1e16 made `check` say OK, exit 0, while fit refused the store."""
+    from featstore.store.check import check_store
+
+    store = _store(tmp_path / "s.h5", "train", 1e16)
+    found = " ".join(check_store(store))
+    assert "1 rows hold finite features over 1e+15" in found and "fit, sweep, fewshot and probe refuse them" in found
+    assert not check_store(_store(tmp_path / "ok.h5", "train", 1e14))

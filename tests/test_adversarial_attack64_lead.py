@@ -29,6 +29,13 @@ def test_runs_of_a_store_that_is_not_there_is_one_line(tmp_path, kind):
     assert "no runs yet" not in got.output and "--runs with their folder" in got.output
 
 
+def test_runs_of_a_store_link_to_nothing_says_so(tmp_path):
+    """Attack 66 #3: a link to a moved store was "not a regular file (a folder, FIFO or device)"."""
+    (tmp_path / "s.h5").symlink_to(tmp_path / "moved" / "s.h5")
+    got = CliRunner().invoke(app, ["runs", "--store", str(tmp_path / "s.h5")])
+    assert got.exit_code == 1 and "s.h5 is a link to nothing (" in got.output and "FIFO" not in got.output, got.output
+
+
 def test_runs_of_a_store_gone_but_its_runs_there_are_listed(tmp_path):
     (tmp_path / "s.runs").mkdir()  # the store moved away, its runs folder is here: listed (none yet)
     got = CliRunner().invoke(app, ["runs", "--store", str(tmp_path / "s.h5")])

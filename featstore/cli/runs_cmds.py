@@ -57,6 +57,7 @@ def runs_list(
 
     if runs is None and not os.path.lexists(runs_dir(store)) and not store.is_file():  # a mistyped --store too
         what = "is not a regular file (a folder, FIFO or device)" if os.path.lexists(store) else "does not exist"
+        what = f"is a link to nothing ({os.readlink(store)})" if store.is_symlink() and not store.exists() else what
         raise StoreError(
             f"store {store} {what}, and no runs folder {runs_dir(store)} is beside it: pass --store with the store "
             f"your runs were fitted on, or --runs with their folder (`featstore extract` makes a store, `featstore "

@@ -31,6 +31,7 @@ from featstore.store.links import said_as
 from featstore.store.locking import StoreFile
 from featstore.store.metadata import CACHE_PURPOSE, copies_or_none
 from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
+from featstore.store.nonfinite import LARGE_FEATURE
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
 from featstore.store.strings import refuse_long, shown, shown_list, unreadable_strings
@@ -298,7 +299,7 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
 def _scan_split(file: StoreFile, s: _Split) -> list[str]:
     """Content problems of one split (labels, NaN/inf, duplicated rows), reading one block per opening."""
     where = f"/{s.name}/{s.split}"
-    bad_rows = huge_rows = bad_labels = empty = 0
+    bad_rows = huge_rows = large_rows = bad_labels = empty = 0
     unreadable: list[str] = []
     plugin: str | None = None  # why the features cannot be read when a filter plugin is missing
     hashes: list[np.ndarray] = []  # of the stored path bytes: uniqueness is checked on sorted hashes, not a set of str
@@ -331,6 +332,7 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         if len(block):
             bad_rows += _nonfinite_rows(block)
             huge_rows += _overflow_rows(block)
+            large_rows += _large_rows(block)
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
         labels.append(np.asarray(y))
     out = (
@@ -346,6 +348,11 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         out.append(
             f"{where}: {huge_rows} rows hold values so large that their squared norm overflows float32 (such as 3e38: "
             f"fit, leaks and similar refuse them); check the images and weights, then {REDO}"
+        )
+    elif large_rows:  # fit's own limit (attack 66 #4: check said OK on a row of 1e16 that fit refused)
+        out.append(
+            f"{where}: {large_rows} rows hold finite features over {LARGE_FEATURE:.0e} (an overflow in the model: fit, "
+            f"sweep, fewshot and probe refuse them); check the images and weights, then {REDO}"
         )
     if empty:
         out.append(f"{where}: {empty} empty paths (each row must name its image file); {REDO}")
@@ -397,6 +404,16 @@ def _nonfinite_rows(block: np.ndarray) -> int:
 
 
 _NORM_LIMIT = float(np.finfo(np.float32).max)
+
+
+def _large_rows(block: np.ndarray) -> int:
+    """Rows of ``block`` with a finite feature over ``nonfinite.LARGE_FEATURE`` (what fit refuses); one reduction when
+    there are none."""
+    R = block.reshape(len(block), -1)
+    if not R.size or max(float(np.fmax.reduce(R, axis=None)), -float(np.fmin.reduce(R, axis=None))) <= LARGE_FEATURE:
+        return 0
+    finite = np.isfinite(R).all(axis=1)
+    return int(np.count_nonzero(finite & (np.abs(np.where(np.isfinite(R), R, 0)).max(axis=1) > LARGE_FEATURE)))
 
 
 def _overflow_rows(block: np.ndarray) -> int:

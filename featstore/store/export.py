@@ -144,12 +144,13 @@ def export(
     n, shape = int(info["committed_rows"]), tuple(info["shape"][1:])
     if features != "flat" and len(shape) < 2:
         logger.info(
-            "features of %s/%s are already vectors %s; --features %s leaves them as they are",
+            "features of %s/%s are already vectors %s; --features %s leaves them as they are (recorded as flat)",
             name,
             split,
             shape,
             features,
         )
+        features = "flat"  # what is written: the export's metadata and result say so, not "max" (attack 66 #6)
     if features != "flat":  # a (C, H, W) map of an older featstore: avg/max would mix its channels (attack 61 #3)
         refuse_unknown_layout(fs.metadata(name), shape, f"extractor {name!r}'s {split} features", "--features flat")
     d = int(np.prod(shape)) if features == "flat" or len(shape) < 2 else int(shape[-1])  # (tokens, dims): over tokens

@@ -3,6 +3,8 @@ block by block (``FeatureStore.nonfinite_rows``)."""
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 
 from featstore.errors import StoreError
@@ -47,6 +49,11 @@ class NonfiniteRows:
         split, name, augmented = self.split, self.name, self.augmented
         paths = self.fs.paths(split, name, augmented=augmented)
         key = f"{split}/{AUGMENTED}" if augmented else split
+        redo = f"featstore extract --split {shlex.quote(split)}"
+        if augmented and (a := self.fs.augmentation(split, name)):  # the copies too, as made (attack 66 #5)
+            spec, seed = shlex.quote(str(a["augment_spec"])), a["augment_seed"]
+            redo += f" --augment {a['augment_copies']} --augment-spec {spec} --augment-seed {seed}"
+        redo += " --overwrite"
         if not self.bad:
             rows = ", ".join(str(r) for r in self.huge[:5]) + (" ..." if len(self.huge) > 5 else "")
             raise StoreError(
@@ -54,11 +61,10 @@ class NonfiniteRows:
                 f"{terminal_safe(paths[self.huge[0]])}) with finite features over {LARGE_FEATURE:.0e} (largest "
                 f"{self.top:.3g}): an overflow in the model that extracted them, which would set a classifier's scale "
                 f"on its own (every other row then reads as about 0). Check those images and the model's weights, then "
-                f"re-extract the split with `featstore extract --split {split} --overwrite`"
+                f"re-extract the split with `{redo}`"
             )
         raise StoreError(
             f"{self.fs.path}:/{name}/{key} holds {len(self.bad)} row(s) with NaN or inf features (e.g. "
             f"{terminal_safe(paths[self.bad[0]])}); nothing can be fitted or scored on them. Check those images and the "
-            f"model's weights, then re-extract the split with `featstore extract --split {split} --overwrite` "
-            f"(`featstore check` counts such rows)"
+            f"model's weights, then re-extract the split with `{redo}` (`featstore check` counts such rows)"
         )

@@ -215,7 +215,7 @@ def _prepare_group(f, path, name, split, attrs, split_attrs, overwrite, listing,
         validate_extractor(old, f"{path}:/{name}")
         refuse_other_extractor(old, attrs, path, name)
         grp = f[name]
-        grp.attrs[LAYOUT_CHECKED] = attrs[LAYOUT_CHECKED]  # the fingerprint is this featstore's (attack 61 #3)
+        grp.attrs[LAYOUT_CHECKED] = attrs.get(LAYOUT_CHECKED, True)  # the fingerprint is this featstore's (61 #3)
     else:
         grp = f.create_group(name)
         for key, value in attrs.items():
