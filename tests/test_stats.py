@@ -186,13 +186,16 @@ def test_describe_difference_in_words():
 
 
 def test_borderline_when_test_and_interval_disagree():
-    """6 against 0 discordant rows: McNemar p = 0.031 (< 0.05), and the paired score interval of +6 points on 100 rows
-    excludes 0 as well; at 5 against 0 (p = 0.0625) the interval still excludes 0: the sentence says so."""
+    """6 against 0 discordant rows: McNemar p = 0.031 (< 0.05), and the paired interval of +6 points on 100 rows
+    excludes 0 as well; at 5 against 0 (p = 0.0625) both include 0 (Newcombe's interval excluded it, attack 65 #1);
+    at 16 against 6 (p = 0.052) the interval excludes 0 and the test does not: the sentence says so."""
     six = compare_predictions(*_pair(80, 6, 0, 14))
     assert six.mcnemar.p == pytest.approx(2 / 64) and six.difference.low > 0 and six.verdict == "larger than chance"
     five = compare_predictions(*_pair(80, 5, 0, 15))
-    assert five.mcnemar.p == pytest.approx(2 / 32) and five.difference.low > 0
-    assert five.verdict == "borderline" and "disagree" in five.sentence()
+    assert five.mcnemar.p == pytest.approx(2 / 32) and five.difference.low < 0 and five.verdict == "within noise"
+    near = compare_predictions(*_pair(60, 16, 6, 18))
+    assert 0.05 < near.mcnemar.p < 0.06 and near.difference.low > 0
+    assert near.verdict == "borderline" and "disagree" in near.sentence()
 
 
 # ------------------------------------------------------------------ metrics against scikit-learn

@@ -6,8 +6,8 @@ TensorFlow, so ``featstore runs`` stays fast.
 - :mod:`~featstore.stats.intervals`: the Wilson and Clopper-Pearson intervals of a proportion, a percentile
   bootstrap for any other figure, mean ± sd over seeds;
 - :mod:`~featstore.stats.exact`: conservative exact intervals of a figure whose bootstrap is degenerate;
-- :mod:`~featstore.stats.paired`: two classifiers on the same rows, the exact McNemar test and Newcombe's paired
-  score interval of the difference, and a sentence saying whether it is larger than chance;
+- :mod:`~featstore.stats.paired`: two classifiers on the same rows, the exact McNemar test and a paired score
+  interval of the difference (Tango's, widened on few discordant rows), and a sentence saying whether it is larger than chance;
 - :mod:`~featstore.stats.metrics`: top-k, balanced accuracy, macro-F1, log-loss, ECE with reliability bins;
 - :mod:`~featstore.stats.calibration`: temperature scaling fitted on held-out rows (never changes a prediction);
 - :mod:`~featstore.stats.folds`: cross-validation folds that keep the copies of one image together.

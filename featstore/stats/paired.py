@@ -2,13 +2,18 @@
 
 The exact McNemar test looks only at the *discordant* rows, where exactly one of the two is right: ``b`` rows where
 A is right and B wrong, ``c`` rows the other way round; it asks how surprising ``b`` is among ``b + c`` fair coin
-flips. The interval of the difference of the two accuracies is Newcombe's hybrid score interval for paired
-proportions (Newcombe 1998, Stat. Med. 17:2635, his method 10; the square-and-add interval of Fagerland, Lydersen
-and Laake's *Statistical Analysis of Contingency Tables*, ch. 8): each accuracy's Wilson interval, combined with
-the correlation of the two. Unlike a paired bootstrap it never shrinks to a point (one row, or every discordant row
-going one way: a bootstrap of c = 0 can never reach below 0), and it holds its level on small splits
-(``tests/test_adversarial_attack63_fixCR.py`` computes its coverage exactly). The verdict is "larger than chance"
-only when the exact test and the interval agree.
+flips. The interval of the difference of the two accuracies is Tango's score interval for paired proportions (Tango
+1998, Stat. Med. 17:891; recommended by Fagerland, Lydersen and Laake 2014, Stat. Med. 33:2850), widened on fewer
+than :data:`EXACT_BELOW` discordant rows to cover the exact conditional interval too (:func:`paired_interval`).
+Newcombe's hybrid score interval (method 10), used before, covered the true difference only 86-90 % of the time when
+B is never right alone and A leads by about 2 rows, at any number of rows (attack 65 #1). Unlike a paired bootstrap
+it never shrinks to a point (one row, or every discordant row going one way: a bootstrap of c = 0 can never reach
+below 0). Its coverage is computed exactly (every table weighed by its probability) in
+``tests/test_adversarial_attack63_fixCR.py`` and ``tests/test_adversarial_attack65_fixCY.py``: at least 95 % on
+their grids, which include A leading by 0.5 to 12 rows with B never right alone, on 10 to 1000 rows. It is not
+exact everywhere: with B never right alone and 20 or more discordant rows expected, Tango's interval covers 93.7 %
+at worst on the grids computed (30 of 100 rows). The verdict is "larger than chance" only when the exact test and
+the interval agree.
 
 >>> y = np.array([0, 1, 1, 0, 1, 0, 1, 1, 0, 1])
 >>> a = y.copy(); a[0] = 1
@@ -27,9 +32,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from featstore.stats.intervals import Interval, _check_level, _z, percentile_bounds, wilson_interval
+from featstore.stats.intervals import Interval, _check_level, _z, clopper_pearson, percentile_bounds
 
 MIN_ROWS = 20  # below this many rows the sentence says how few they are (the split's figures' bootstrap floor)
+EXACT_BELOW = 20  # under this many discordant rows the score interval is widened to the exact conditional one
 
 
 @dataclass(frozen=True)
@@ -43,15 +49,15 @@ class McNemar:
 
 @dataclass(frozen=True)
 class PairedComparison:
-    """Accuracies of A and B on the same rows, their difference with Newcombe's paired score interval, and McNemar's
-    exact test."""
+    """Accuracies of A and B on the same rows, their difference with its paired interval (Tango's score interval,
+    widened on few discordant rows), and McNemar's exact test."""
 
     name_a: str  # what A is called in the sentence
     name_b: str  # what B is called
     n: int  # rows compared
     accuracy_a: float  # A's accuracy on them
     accuracy_b: float  # B's accuracy
-    difference: Interval  # accuracy_a - accuracy_b with its paired score interval (:func:`paired_interval`)
+    difference: Interval  # accuracy_a - accuracy_b with its paired interval (:func:`paired_interval`)
     mcnemar: McNemar  # the exact test on the discordant rows
     alpha: float = 0.05  # significance level of the verdict
 
@@ -134,18 +140,21 @@ def mcnemar_p(b: int, c: int) -> float:
 
 
 def paired_interval(both: int, a_only: int, b_only: int, neither: int, level: float = 0.95) -> Interval:
-    """Newcombe's hybrid score interval of accuracy(A) - accuracy(B) from the paired counts: rows right by both, by A
-    only (b), by B only (c) and by neither (Newcombe 1998, method 10).
+    """Interval of accuracy(A) - accuracy(B) from the paired counts: rows right by both, by A only (b), by B only (c)
+    and by neither; only b, c and the number of rows n matter.
 
-    Each accuracy gets its Wilson interval (l1, u1) and (l2, u2); with their correlation phi,
-    low = d - sqrt((p1 - l1)² - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)²) and
-    high = d + sqrt((p2 - l2)² - 2 phi (p2 - l2)(u1 - p1) + (u1 - p1)²), where phi is (ad - bc - n/2) / sqrt of the
-    four margins' product when ad - bc > n/2, 0 when 0 <= ad - bc <= n/2 or a margin is 0, and (ad - bc) / sqrt(...)
-    when ad - bc < 0. The Wilson intervals have width on any rows, so this one never shrinks to a point.
+    Tango's score interval: every difference D whose score statistic
+    (b - c - n D) / sqrt(n (2 q + D (1 - D))) lies within +-z, where q is the maximum-likelihood share of B-only
+    rows given D (the larger root of 2n q² + (-b - c + (2n - b + c) D) q - c D (1 - D) = 0). On fewer than
+    :data:`EXACT_BELOW` discordant rows it is widened to cover the exact conditional interval too: the difference
+    is s (2t - 1), with s the share of discordant rows (Clopper-Pearson of b + c among n) and t the share of them
+    that A gets right (Clopper-Pearson of b among b + c, (0, 1) when there is none), each at ``level``, the
+    extremes of s (2t - 1) over both. Tango's interval alone covers about 93 % where b + c is a few rows and c is
+    never seen (attack 65 #1); the widening brings it to 95 % there (``tests/test_adversarial_attack65_fixCY.py``).
 
     >>> iv = paired_interval(0, 5, 0, 0)     # 5 rows, A right on all of them, B on none
     >>> iv.estimate, round(iv.low, 3), iv.high
-    (1.0, 0.386, 1.0)
+    (1.0, -0.044, 1.0)
     """
     counts = (both, a_only, b_only, neither)
     if any(int(x) != x or x < 0 for x in counts):
@@ -155,19 +164,42 @@ def paired_interval(both: int, a_only: int, b_only: int, neither: int, level: fl
     if n == 0:
         raise ValueError("an interval of a paired difference needs at least one row")
     z = _z(level)
-    p1, p2 = (a + b) / n, (a + c) / n
-    l1, u1 = wilson_interval(a + b, n, z)
-    l2, u2 = wilson_interval(a + c, n, z)
-    margins = (a + b) * (c + d) * (a + c) * (b + d)
-    cross = a * d - b * c
-    phi = 0.0
-    if margins > 0 and cross > n / 2:
-        phi = (cross - n / 2) / math.sqrt(margins)
-    elif margins > 0 and cross < 0:
-        phi = cross / math.sqrt(margins)
-    low = (p1 - p2) - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
-    high = (p1 - p2) + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
-    return Interval((b - c) / n, max(-1.0, low), min(1.0, high), level, "newcombe paired score (method 10)")
+    low, high = _tango_limits(b, c, n, z)
+    method = "tango paired score"
+    if b + c < EXACT_BELOW:
+        s_low, s_high = clopper_pearson(b + c, n, level)
+        t_low, t_high = clopper_pearson(b, b + c, level) if b + c else (0.0, 1.0)
+        g_low, g_high = 2 * t_low - 1, 2 * t_high - 1
+        low = min(low, g_low * (s_low if g_low >= 0 else s_high))
+        high = max(high, g_high * (s_high if g_high >= 0 else s_low))
+        method += f", widened to the exact conditional interval (under {EXACT_BELOW} discordant rows)"
+    return Interval((b - c) / n, max(-1.0, low), min(1.0, high), level, method)
+
+
+def _tango_score(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's score statistic of the difference ``delta`` (decreasing in it)."""
+    qa, qb, qc = 2 * n, -b - c + (2 * n - b + c) * delta, -c * delta * (1 - delta)
+    q = (math.sqrt(max(qb * qb - 4 * qa * qc, 0.0)) - qb) / (2 * qa)
+    top, var = b - c - n * delta, n * (2 * q + delta * (1 - delta))
+    if var <= 0:
+        return 0.0 if top == 0 else math.copysign(1e12, top)  # finite, for the root finder
+    return top / math.sqrt(var)
+
+
+def _tango_limits(b: int, c: int, n: int, z: float) -> tuple[float, float]:
+    """The two differences where Tango's score statistic crosses +z and -z (-1 and 1 at the ends)."""
+    from scipy.optimize import brentq
+
+    est, edge = (b - c) / n, 1e-12
+
+    def root(f, lo, hi, end):
+        if hi - lo <= 0 or f(lo) * f(hi) > 0:
+            return end
+        return float(brentq(f, lo, hi, xtol=1e-12))
+
+    low = root(lambda x: _tango_score(b, c, n, x) - z, -1 + edge, est, -1.0)
+    high = root(lambda x: _tango_score(b, c, n, x) + z, est, 1 - edge, 1.0)
+    return low, high
 
 
 def paired_bootstrap(y, pred_a, pred_b, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> Interval:
@@ -204,7 +236,7 @@ def compare_predictions(
     level: float = 0.95,
     alpha: float = 0.05,
 ) -> PairedComparison:
-    """A and B on the same rows: both accuracies, the paired score interval of the difference (:func:`paired_interval`)
+    """A and B on the same rows: both accuracies, the paired interval of the difference (:func:`paired_interval`)
     and McNemar's exact test.
 
     ``runs compare A B`` and an ensemble against its best member print ``.sentence()``; ``.to_dict()`` is for JSON.
