@@ -131,7 +131,7 @@ def runs_compare(
     *,
     ctx: typer.Context,
 ) -> None:
-    """Two runs: a paired test on the same rows of each split (exact McNemar, Newcombe's paired interval) that says whether the difference is larger than chance. Any number of runs: their validation and test accuracy with 95 % intervals, and a bar chart."""
+    """Two runs: a paired test on the same rows of each split (exact McNemar, Tango's paired score interval) that says whether the difference is larger than chance. Any number of runs: their validation and test accuracy with 95 % intervals, and a bar chart."""
     from featstore.experiments.compare import check_chart_name, compare_pair, compare_runs
     from featstore.report.runs import stores_note
     from featstore.report.tables import accuracy_json, accuracy_lines, pair_report
