@@ -108,7 +108,7 @@ def test_a_run_whose_recorded_figures_are_not_its_probabilities_gets_no_verdict(
 
 
 # ------------------------------------------------------------------ findings 4 and 3: nested JSON, the advice
-def test_the_nested_json_comparison_withholds_the_verdict_and_the_advice_names_the_runs_folder(tmp_path):
+def test_the_nested_json_comparison_withholds_the_verdict_where_the_split_does(tmp_path):
     store, runs = _store(tmp_path / "s.h5", signal=2.0), tmp_path / "my.runs"
     a = fit(store, "random_forest", {**FOREST, "seed": list(range(6))}, runs=runs, test="none")
     b = fit(store, "knn", {"n_neighbors": [3]}, runs=runs, test="none")
@@ -117,8 +117,31 @@ def test_the_nested_json_comparison_withholds_the_verdict_and_the_advice_names_t
     assert js["verdict"].startswith("not judged")
     assert js["comparison"]["verdict"] == js["verdict"] and js["comparison"]["sentence"] == js["sentence"]
     assert "larger than chance" not in json.dumps(js["comparison"])
+
+
+def test_the_advised_runs_evaluate_names_the_store_and_runs_folder_and_works_as_printed(tmp_path):
+    store, runs = _store(tmp_path / "s.h5", signal=2.0), tmp_path / "my.runs"
+    a = fit(store, "random_forest", {**FOREST, "seed": list(range(6))}, runs=runs, test="none")
+    b = fit(store, "knn", {"n_neighbors": [3]}, runs=runs, test="none")
+    pair = compare_pair(a.id, b.id, store, runs)
     commands = re.findall(r"`(featstore runs evaluate [^`]+)`", pair.splits["validation"].sentence())
     assert len(commands) == 2 and all(f"--runs {runs}" in c and f"--store {store}" in c for c in commands)
     out = cli(*shlex.split(commands[0])[1:])  # works as printed
     assert out.exit_code == 0, out.output
     assert "test" in json.loads((runs / a.id / "run.json").read_text())["metrics"]
+
+
+def test_sweep_choices_reads_best_single_and_winner_and_passes_over_bad_summaries(tmp_path):
+    from featstore.runs.selected import sweep_choices
+
+    cells = [{"run": "logreg-1"}, {"run": "knn-2"}, {"run": None, "diverged": "nan"}]
+    good = {"chosen_on": "validation", "best_single": "logreg-1", "winner": {"id": "ensemble-3"}, "cells": cells}
+    (tmp_path / "sweep-aa.json").write_text(json.dumps(good))
+    one = {"chosen_on": "train.oof", "winner": {"id": "svm-4"}, "cells": [{"run": "svm-4"}]}  # one run: no choice
+    (tmp_path / "sweep-bb.json").write_text(json.dumps(one))
+    (tmp_path / "sweep-cc.json").write_text("{not json")
+    (tmp_path / "sweep-dd.json").write_text(json.dumps({"cells": cells}))
+    got = sweep_choices(tmp_path)
+    assert set(got) == {"logreg-1", "ensemble-3"} and list(got["logreg-1"]) == ["validation"]
+    assert "among 2 runs of sweep-aa" in got["logreg-1"]["validation"]
+    assert sweep_choices(tmp_path / "absent") == {}
