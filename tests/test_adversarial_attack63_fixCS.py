@@ -64,7 +64,8 @@ def test_compare_marks_train_oof_when_cross_validation_chose_and_points_to_runs_
     pair = compare_pair(a.id, b.id, store, runs)
     oof = pair.splits["train.oof"]
     assert oof.selected and oof.selected[0].startswith(f"{a.id} was selected on train.oof")
-    assert f"`featstore runs evaluate {a.id} --split test`" in oof.sentence()  # no test anywhere: how to get one
+    # no test anywhere: how to get one, with the store and runs folder given (attack 65 #3)
+    assert f"`featstore runs evaluate {a.id} --split test --store {store} --runs {runs}`" in oof.sentence()
 
 
 def test_selection_is_read_from_older_records_and_ensembles_and_one_setting_is_not_marked():

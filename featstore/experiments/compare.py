@@ -16,6 +16,7 @@ logreg-1a2b3c beats svm-4d5e6f by 2.0 points (95 % CI -4.0 to 8.0; McNemar p = 0
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,8 @@ from featstore.provenance import OOF
 from featstore.runs.files import output_path
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, find_run, get_run, list_runs, runs_root
 from featstore.runs.record import RunRecord
-from featstore.runs.selected import selected_on
-from featstore.stats.figures import HEADLINE, RowFigures, completed, confusion_of
+from featstore.runs.selected import selected_on, sweep_choices
+from featstore.stats.figures import HEADLINE, RowFigures, completed, confusion_cells, confusion_of
 from featstore.stats.paired import PairedComparison, compare_predictions
 from featstore.store.digests import rows_differ
 from featstore.store.folders import refuse_in_image_folders
@@ -54,15 +55,24 @@ class SplitComparison:
     # selected on validation: its advantage here is optimistic (its settings were chosen on these rows)"
     selected: tuple[str, ...] = ()
     elsewhere: str = ""  # where to judge instead: "the test split below", or the command that evaluates test
+    # one line per run whose recorded figures on these rows are not the argmax of its stored probabilities (a
+    # modified-Huber sgd run fitted before the agreeing heads: attack 65 #9): no verdict, refit it
+    disagree: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
-        """The comparison's verdict, or "not judged (selected on these rows)" where a run chose on them."""
+        """The comparison's verdict, or "not judged (...)" where a run chose on these rows or its stored
+        probabilities disagree with its recorded figures."""
+        if self.disagree:
+            return "not judged (a run's stored probabilities disagree with its recorded figures)"
         return "not judged (selected on these rows)" if self.selected else self.comparison.verdict
 
     def sentence(self) -> str:
         """The comparison in words; where a run chose on these rows, the figures without a verdict (a lead there
-        is the choice's, whatever the test says) and where to judge instead."""
+        is the choice's, whatever the test says) and where to judge instead; where a run's stored probabilities
+        disagree with its recorded figures, that alone (one line per such run)."""
+        if self.disagree:
+            return "; ".join(self.disagree)
         text, m = self.comparison.sentence(), self.comparison.mcnemar
         if not self.selected or m.b + m.c == 0:
             return text
@@ -89,8 +99,9 @@ class PairComparison:
                     "n": c.n,
                     self.a.id: _brief(c.figures[0]),
                     self.b.id: _brief(c.figures[1]),
-                    "comparison": c.comparison.to_dict(),
+                    "comparison": _withheld(c),
                     "selected_on_this_split": list(c.selected),
+                    "probabilities_disagree": list(c.disagree),
                     "verdict": c.verdict,
                     "sentence": c.sentence(),
                 }
@@ -98,6 +109,14 @@ class PairComparison:
             },
             "not_compared": self.only,
         }
+
+
+def _withheld(c: SplitComparison) -> dict:
+    """``PairedComparison.to_dict()``, with the verdict and sentence withheld as the split's own where a run was
+    selected on these rows or disagrees with its stored probabilities (it said "larger than chance" beside the outer
+    "not judged": attack 65 #4)."""
+    out = c.comparison.to_dict()
+    return out if c.verdict == c.comparison.verdict else {**out, "verdict": c.verdict, "sentence": c.sentence()}
 
 
 def _brief(m: dict) -> dict:
@@ -172,42 +191,69 @@ def compare_pair(
     out, k, chosen = {}, len(a.class_names), _chosen(a, b, store, runs)
     for s in common:  # each run's split read a block at a time: O(N) numbers kept, never its (N, K) probabilities
         y, (pred_a, rows_a), (pred_b, rows_b) = sa[f"{s}__labels"], split_rows(sa, s), split_rows(sb, s)
-        figs = tuple(
-            completed(rec["metrics"][s], y, rows) if s in rec.metrics else completed(_bare(y, pred, k), y, rows)
+        off = {rec.id: _disagrees(rec, s, y, pred, k) for rec, pred in ((a, pred_a), (b, pred_b))}
+        figs = tuple(  # a run that disagrees: the figures of the probabilities compared, not its recorded ones
+            completed(rec["metrics"][s], y, rows)
+            if s in rec.metrics and not off[rec.id]
+            else completed(_bare(y, pred, k), y, rows)
             for rec, pred, rows in ((a, pred_a, rows_a), (b, pred_b, rows_b))
         )
         cmp = compare_predictions(y, pred_a, pred_b, a.id, b.id)
-        out[s] = SplitComparison(s, len(y), figs, cmp, chosen.get(s, ()), _elsewhere(s, common, chosen, a, b))
+        where = _elsewhere(s, common, chosen, a, b, store, runs)
+        out[s] = SplitComparison(s, len(y), figs, cmp, chosen.get(s, ()), where, tuple(v for v in off.values() if v))
     return PairComparison(a, b, out, only)
 
 
 def _chosen(a: RunRecord, b: RunRecord, store, runs) -> dict[str, tuple[str, ...]]:
     """Split -> "A was selected on SPLIT: its advantage here is optimistic (...)", one per run that chose its
-    settings, epoch, ensemble members or weights there (``featstore.runs.selected``)."""
+    settings, epoch, ensemble members or weights there, or that a sweep chose there (``featstore.runs.selected``)."""
     root = runs_root(store, runs)
 
     def lookup(run_id: str):
         return find_run(run_id, root, exact=True, verify=False)[0]
 
     out: dict[str, list[str]] = {}
+    sweeps = sweep_choices(root)  # a sweep's chosen run, named in its summary in the runs folder (attack 65 #6)
     for rec in (a, b):
-        for split, what in selected_on(rec, lookup).items():
+        for split, what in selected_on(rec, lookup, sweeps).items():
             out.setdefault(split, []).append(
                 f"{rec.id} was selected on {split}: its advantage here is optimistic ({what} chosen on these rows)"
             )
     return {s: tuple(v) for s, v in out.items()}
 
 
-def _elsewhere(split: str, common: list[str], chosen: dict, a: RunRecord, b: RunRecord) -> str:
+def _disagrees(rec: RunRecord, split: str, y: np.ndarray, pred: np.ndarray, k: int) -> str:
+    """One line when ``rec``'s recorded confusion matrix on ``split`` is not that of the argmax of its stored
+    probabilities (``pred``): a modified-Huber sgd run fitted before the heads' predictions and probabilities agreed
+    recorded its predictions, and its probabilities say otherwise (attack 65 #9); "" when they agree."""
+    if split not in rec.metrics:
+        return ""
+    recorded = confusion_cells(rec["metrics"][split]["confusion_matrix"])
+    stored = confusion_cells(confusion_of(y, pred, k))
+    if all(np.array_equal(r, t) for r, t in zip(recorded[1:], stored[1:])):
+        return ""
+    return (
+        f"no verdict: {rec.id}'s recorded figures on {split} (accuracy {rec.accuracy(split):.4f}) are not those of its "
+        f"stored probabilities (their argmax: accuracy {float(np.mean(pred == y)) if len(y) else 0.0:.4f}, shown "
+        f"above), so it was fitted before its predictions and probabilities agreed; refit it (`featstore fit --clf "
+        f"{rec.clf} --extractor {rec.extractor}` with its --param) and compare the new run"
+    )
+
+
+def _elsewhere(split: str, common: list[str], chosen: dict, a: RunRecord, b: RunRecord, store=None, runs=None) -> str:
     """Where to judge a pair instead of on ``split``: a split both were evaluated on that neither chose on (the
-    test split), or the command that evaluates them on test."""
+    test split), or the command that evaluates them on test, with the ``--store`` (when not the default) and
+    ``--runs`` the comparison was given (attack 65 #3: without them it named no run)."""
     clean = [s for s in common if s not in chosen and s != split and not s.endswith(OOF)]
     if clean:
         return f"the {'test' if 'test' in clean else clean[0]!r} split"
     todo = [r.id for r in (a, b) if "test" not in r.predictions]
     if not todo:
         return "a split neither run chose on"
-    return "test: " + " and ".join(f"`featstore runs evaluate {r} --split test`" for r in todo)
+    where = (f" --store {shlex.quote(str(store))}" if store is not None and str(store) != "features.h5" else "") + (
+        f" --runs {shlex.quote(str(runs))}" if runs is not None else ""
+    )
+    return "test: " + " and ".join(f"`featstore runs evaluate {r} --split test{where}`" for r in todo)
 
 
 def split_rows(preds: StoredPredictions, split: str, rows: int | None = None) -> tuple[np.ndarray, RowFigures | None]:

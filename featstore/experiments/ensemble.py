@@ -33,6 +33,7 @@ from featstore.runs.kinds import kind_of
 from featstore.runs.predictions_file import PredictionsWriter
 from featstore.runs.record import RunRecord, check_weights, draft
 from featstore.runs.schema import scaled_weights
+from featstore.runs.selected import member_choices
 from featstore.runs.write import RunDraft
 from featstore.stats.figures import RowFigures
 
@@ -122,6 +123,11 @@ def ensemble(
         metrics={},
         fit_seconds=0.0,
         notes=notes,
+        # where each member chose its settings or epoch, kept with the ensemble: a member deleted later took the
+        # ensemble's "selected on" mark with it and the verdict came back (attack 65 #11)
+        members_selected_on=member_choices(
+            [rec for rec, _ in members], lambda r: find_run(r, root, True, verify=False)[0]
+        ),
         **(
             {"selection": {"method": f"greedy selection on {chosen_on!r}", "chosen_on": chosen_on}} if chosen_on else {}
         ),

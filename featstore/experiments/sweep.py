@@ -430,6 +430,7 @@ def _summary(
         },
         "ensemble_note": note,
         "winner": winner,
+        "best_single": max(recs, key=lambda r: r.accuracy(score)).id,  # chosen on score: runs compare says so there
         "selection": f"accuracy on {score!r}"
         + (" (cross-validation on train: no validation split)" if score.endswith(OOF) else "")
         + (f"; {test!r} evaluated after the choice, for the chosen runs only" if test else "; no test split evaluated")
