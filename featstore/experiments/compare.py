@@ -2,7 +2,7 @@
 
 :func:`compare_pair` puts two runs side by side on every split both were evaluated on, from their stored (and
 calibrated) probabilities: each run's accuracy with its Wilson interval, log-loss and ECE, and whether the
-difference is larger than chance (exact McNemar test and Newcombe's paired interval, ``featstore.stats.paired``). Only rows
+difference is larger than chance (exact McNemar test and Tango's paired score interval, ``featstore.stats.paired``). Only rows
 that are the same images in both runs are compared: the same split, the same image paths in the same order, the
 same labels and, where both runs recorded it, the same image listing (sizes and times: two datasets laid out alike
 are not the same images). A pair that fails is refused, naming the split and what differs. The runs may use

@@ -209,7 +209,7 @@ def evaluate_and_record(
 def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[RunRecord, dict, str]:
     """:func:`evaluate_and_record` with the run's lock held: the record read now is the one a new version replaces."""
     rec, folder = find_run(run_id, root, exact=True)
-    if kind_of(rec).name == "ensemble":  # first: its extractor (a+b) is no group of the store (attack 64 #4b)
+    if not kind_of(rec).one_group:  # an ensemble, first: its extractor (a+b) is no group of the store (64 #4b)
         raise ConfigError(
             f"{rec.id} is an ensemble; evaluate its members, or use its recorded metrics (`featstore runs show`)"
         )

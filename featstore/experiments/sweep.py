@@ -9,7 +9,7 @@ run that lowers the log-loss of the average most; stop when nothing lowers it) c
 ensemble run, or the summary says why none was built. Only then is the test split evaluated: for the winner (and,
 when an ensemble was built, its members and the best single run, so that the two can be compared on test), or for
 every run with ``show_test=True``. The ensemble is compared with the best single run on the same rows (exact
-McNemar test and Newcombe's paired interval): the summary says when its gain is within noise. A summary
+McNemar test and Tango's paired score interval): the summary says when its gain is within noise. A summary
 (``sweep-<id>.json``) and a heat map (``sweep-<id>.png``) go into the runs folder. A cell recorded already as the very
 fit it would make is reused (:mod:`featstore.experiments.sweep_reuse`): a re-run after Ctrl-C goes on where it stopped.
 

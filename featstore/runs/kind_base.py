@@ -38,6 +38,7 @@ class RunKind:
     fields: Mapping[str, Types] = {}  # run.json keys this kind requires, with their types
     article = "a"  # for messages: "a fit run", "an ensemble run"
     member_of_ensembles = True  # an ensemble may average this kind's probabilities
+    one_group = True  # its extractor is one group of a store (an ensemble's "a+b" is none: evaluate its members)
     sweep_cell = False  # a sweep's cell may reuse a run of this kind (featstore.experiments.sweep_reuse)
 
     def check_record(self, obj: dict, where: str, folder: Path) -> None:

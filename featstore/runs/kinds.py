@@ -222,7 +222,7 @@ class EnsembleKind(RunKind):
     name = "ensemble"
     article = "an"
     fields = {"members": list, "weights": list}
-    member_of_ensembles = False
+    member_of_ensembles = one_group = False
 
     def check_record(self, obj: dict, where: str, folder: Path) -> None:
         from featstore.runs.files import valid_name
