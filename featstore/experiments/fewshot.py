@@ -269,7 +269,8 @@ def fewshot(
                     draws[k][idx.tobytes()] = _accuracy(clf, full, X[idx], y[idx], val, Xt, yt)
                 accs[k].append(draws[k][idx.tobytes()])
         points = [_point(k, len(class_names), accs[k], list(draws[k].values()), trials) for k in shots]
-        notes += _draw_notes(points, np.bincount(y, minlength=len(class_names)), class_names, trials)
+        counts = np.bincount(y, minlength=len(class_names))
+        notes += _draw_notes(points, counts, class_names, trials)
         top = points[-1]
         w = proportion_interval(round(top["mean"] * len(yt)), len(yt))
         notes.append(
@@ -278,7 +279,7 @@ def fewshot(
             f"{top['mean']:.3f} on {len(yt)} rows is [{w.low:.3f}, {w.high:.3f}]) comes on top"
         )
         if trials == 1:
-            notes.append("one trial: no sd and no interval; give --trials 5 or more")
+            notes.append(_one_trial(shots, counts, class_names))
         summary = {
             "id": f"fewshot-{secrets.token_hex(3)}",
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -329,10 +330,15 @@ def _point(k: int, n_classes: int, per_trial: list[float], distinct: list[float]
 def _draw_notes(points: list[dict], counts: np.ndarray, class_names: list[str], trials: int) -> list[str]:
     """What the trials of each k really drew: one fit (every training image), repeated draws, whole classes."""
     notes = []
-    for p in points if trials > 1 else []:
+    for p in points:
         k, n = p["shots"], p["draws"]
-        if n == 1 and (counts == k).all():
-            notes.append(f"k = {k} is every training image: one fit, no trial-to-trial spread (no sd, no interval)")
+        if n == 1 and (counts == k).all():  # said at one trial too: more trials would not change it (attack 65 #7)
+            notes.append(
+                f"k = {k} is every training image: one fit, no trial-to-trial spread whatever the trials (no sd, "
+                f"no interval)"
+            )
+        elif trials == 1:
+            continue
         elif n == 1:
             notes.append(f"k = {k}: every trial drew the same images: one fit, no trial-to-trial spread")
         elif n < trials:
@@ -348,6 +354,26 @@ def _draw_notes(points: list[dict], counts: np.ndarray, class_names: list[str], 
                 f"classes' images vary between draws"
             )
     return notes
+
+
+def _one_trial(shots: list[int], counts: np.ndarray, class_names: list[str]) -> str:
+    """The note of ``--trials 1``: more trials give an sd and an interval only for a k whose draws can differ (a
+    class with more than k training images); where every k takes every image, they fit the same images again
+    (attack 65 #7: "give --trials 5 or more" was advised at k = every training image)."""
+    varying = [k for k in shots if (counts > k).any()]
+    if len(varying) == len(shots):
+        return "one trial: no sd and no interval; give --trials 5 or more"
+    if varying:
+        return (
+            f"one trial: no sd and no interval; give --trials 5 or more (for k = {', '.join(map(str, varying))}; "
+            f"the other k take every training image: one fit whatever the trials)"
+        )
+    c = int(np.argmin(counts))
+    return (
+        f"one trial: no sd and no interval, and more trials would fit the same images again (every k takes every "
+        f"training image); a spread over draws needs fewer shots than the smallest class ({int(counts[c])} images of "
+        f"{class_names[c]!r}), e.g. --shots {max(1, int(counts[c]) // 2)} --trials 5"
+    )
 
 
 def _plain(value):

@@ -110,11 +110,18 @@ class TemperedSVC(ClassifierMixin, BaseEstimator):
             scores.append(_agreeing(ovr, winner))
             labels.append(yi[held])
         rec = fit_temperature(np.concatenate(scores), np.concatenate(labels), input="logits")
-        if rec["at_bound"]:
+        if rec["at_bound"]:  # each bound its own reason (attack 65 #5: T = 100 was called "(almost) all right")
+            low = rec["T"] < 1
+            why = (
+                "the held-out rows were (almost) all right, so the probabilities may be over-confident"
+                if low
+                else "the held-out rows were about at chance, so the probabilities are near uniform"
+            )
             logger.warning(
-                "svm: the out-of-fold temperature ended on its bound (T = %g): the held-out rows were "
-                "(almost) all right, so the probabilities may be over-confident",
+                "svm: the out-of-fold temperature ended on its %s bound (T = %g): %s",
+                "lower" if low else "upper",
                 rec["T"],
+                why,
             )
         return float(rec["T"]), n
 

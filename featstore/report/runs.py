@@ -108,6 +108,20 @@ def _ci(m, name: str, digits: int = 3, value: float | None = None) -> str:
     return f"{value:.{digits}f}" + (f" [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]" if ci else "")
 
 
+def bound_reason(t: float) -> str:
+    """Why a fitted temperature ended on a bound, by the bound (attack 65 #5): the lower one (sharper is always
+    better) when the held-out rows were (almost) all right, the upper one (flatter is always better) when they were
+    no better than chance."""
+    if t < 1:
+        return (
+            "on its lower bound: the held-out rows were (almost) all right, so the probabilities may be over-confident"
+        )
+    return (
+        "on its upper bound: the held-out rows were about at chance, so the probabilities are as flat as allowed "
+        "(near uniform: they say little about which rows are right)"
+    )
+
+
 def calibration_line(rec: RunRecord) -> str:
     """How the run's probabilities are calibrated, in words."""
     cal = rec.calibration
@@ -115,7 +129,7 @@ def calibration_line(rec: RunRecord) -> str:
     if cal["method"] == "temperature":
         nll = f"; NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}" if "nll_after" in cal else ""
         rows = f" ({cal['n']} rows{nll})" if "n" in cal else ""
-        bound = "; on its bound: the held-out rows were (almost) all right" if cal.get("at_bound") else ""
+        bound = f"; {bound_reason(cal['T'])}" if cal.get("at_bound") else ""
         return f"calibration: temperature {cal['T']:.3g} fitted on {where or 'held-out rows'}{rows}{bound}"
     # no record: a run older than calibration of its kind (finetune runs since attack 14: "calibrated runs" was false)
     why = where.removeprefix("not calibrated: ") or f"recorded before featstore calibrated {rec.kind} runs"

@@ -282,7 +282,7 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
     result = ReportResult(out / "index.html", 0, 0, 0, notes=[not_kept] if not_kept else [])
     store_info = overview(fs)
     listing = scan_runs_of(store, runs)
-    records, runs_notes = runs_of_store(listing.records, store)  # other stores' runs: left out, or noted (#4)
+    records, runs_notes = runs_of_store(listing.records, store, fs)  # other stores' runs left out (#4; 65 #8)
     result.notes += [f"run folder {n} is broken and not shown: {why}" for n, why in listing.broken] + runs_notes
     result.notes += [f"run folder {n} is not shown: {why}" for n, why in listing.unreadable]
     paths, pages = _Paths(fs), {r.id: f"runs/{r.id}.html" for r in records}
