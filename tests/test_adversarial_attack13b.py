@@ -239,6 +239,7 @@ def test_a_damaged_leaks_record_kept_aside_is_named_when_the_new_one_cannot_be_w
     class Report:  # what write_record reads of a LeakReport
         store, extractor, fingerprint, threshold, reference = tmp_path / "f.h5", "e", "f" * 64, 0.9, "train"
         counts, rows, commits, same_bytes, median = {"test": 0}, {"test": 2}, {"test": {}}, {}, 0.5
+        within, near_within = {}, {}  # format 3 (attack 63 #10)
         calibration = type("Cal", (), {"as_dict": staticmethod(lambda: {"method": "given"})})
 
     path = record_path(Report.store)
