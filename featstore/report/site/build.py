@@ -287,7 +287,7 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
     result.notes += [f"run folder {n} is not shown: {why}" for n, why in listing.unreadable]
     paths, pages = _Paths(fs), {r.id: f"runs/{r.id}.html" for r in records}
     views = [run_view(r, runs_root(store, runs) / r.id, paths.of, gallery, pages) for r in records]
-    mark_selected(views)  # the splits each run chose on: its figures there are optimistic (attack 63 #5)
+    mark_selected(views, runs_root(store, runs))  # where each run chose: its figures there are optimistic (63 #5)
     maps = []
     for name in fs.extractors(caches=False):
         try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from featstore.report.runs import stores_note
 from featstore.runs.record import RunRecord
-from featstore.runs.selected import selected_on
+from featstore.runs.selected import selected_on, sweep_choices
 from featstore.store.digests import identifies_rows, split_listing
 
 
@@ -112,8 +112,10 @@ def _left_out(others: list[RunRecord], at: dict[str, str]) -> str:
     return text
 
 
-def mark_selected(views: list) -> None:
-    """Set each run view's ``selected`` (split -> what the run chose there), members read from the listed runs."""
+def mark_selected(views: list, root=None) -> None:
+    """Set each run view's ``selected`` (split -> what the run chose there), members read from the listed runs, a
+    sweep's choice from the summaries in runs folder ``root`` (attack 65 #6)."""
     by_id = {v.rec.id: v.rec for v in views}
+    sweeps = sweep_choices(root) if root is not None else None
     for v in views:
-        v.selected = selected_on(v.rec, by_id.get)
+        v.selected = selected_on(v.rec, by_id.get, sweeps)
