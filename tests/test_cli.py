@@ -15,21 +15,12 @@ def run(*args):
 
 
 def tiny(data_root, store, *extra):
-    return run(
-        "extract",
-        "--data",
-        data_root,
-        "--store",
-        store,
-        "--model",
-        "vgg16",
-        "--weights",
-        "none",
-        "--image-size",
-        32,
-        "--no-progress",
-        *extra,
-    )
+    """extract of the tiny model; an option in ``extra`` replaces the default one (an option of one value given twice
+    is refused: attack 65 #2)."""
+    base = {"--model": "vgg16", "--weights": "none", "--image-size": 32}
+    given = dict.fromkeys(a for a in extra if isinstance(a, str) and a in base)
+    args = [w for k, v in base.items() if k not in given for w in (k, v)]
+    return run("extract", "--data", data_root, "--store", store, *args, "--no-progress", *extra)
 
 
 def test_models_and_layers():

@@ -121,6 +121,7 @@ def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
     if got is None or _asks_help(command, got):
         return
     parsed = got[0]
+    _refuse_repeated(command, got[3])
     for param in command.params:
         value = parsed.get(param.name)
         given = value if isinstance(value, (list, tuple)) else [value]
@@ -140,6 +141,19 @@ def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
         typer.secho(
             f"error: {opt} {empty} (an unset shell variable?); give {what}{default}", fg=typer.colors.RED, err=True
         )
+        raise typer.Exit(1)
+
+
+def _refuse_repeated(command, order: list) -> None:
+    """Exit 1 naming an option that takes one value given more than once (click keeps the last: `fewshot --shots 1
+    --shots 5` ran 5 alone, `fit --clf svm --clf logreg` fitted logreg; attack 65 #2). List options take repeats."""
+    for param in command.params:
+        if param.param_type_name != "option" or param.multiple or param.is_flag or order.count(param) < 2:
+            continue
+        opt = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+        comma = "comma" in (param.help or "")  # the options comma_list splits: one value, its items comma-separated
+        how = f"list its values once, comma-separated ({opt} a,b)" if comma else "give it once"
+        typer.secho(f"error: {opt} given {order.count(param)} times; {how}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
 
 
@@ -178,16 +192,16 @@ def _parse(command, ctx, name: str, args: list[str]):
     UsageError: click reports it when it parses the words itself)."""
     sub = command.context_class(command, parent=ctx, info_name=name)
     try:
-        parsed, rest, _ = command.make_parser(sub).parse_args(args=list(args))
+        parsed, rest, order = command.make_parser(sub).parse_args(args=list(args))
     except typer.TyperException:
         return None
-    return parsed, rest, sub
+    return parsed, rest, sub, order
 
 
 def _asks_help(command, got) -> bool:
     """Whether parsed words ask for a help: ``command``'s --help, or for a group the --help of the sub-command its left
     words name (`runs --store '' show --help` shows show's help, as every other --help does)."""
-    parsed, rest, ctx = got
+    parsed, rest, ctx, _ = got
     if parsed.get("help"):
         return True
     inner = command.get_command(ctx, rest[0]) if rest and hasattr(command, "get_command") else None

@@ -1,0 +1,32 @@
+"""Attack 65 #2, everywhere: an option that takes one value, given twice, kept the last one silently (`fewshot --shots
+1 --shots 5` ran 5 alone, `fit --clf svm --clf logreg` fitted logreg). Refused in one line before the command runs;
+list options (extract's --split, --param) still take repeats."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from featstore.cli import app
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["fewshot", "--shots", "1", "--shots", "5"], "--shots given 2 times; list its values once, comma-separated"),
+        (["fit", "--clf", "svm", "--clf", "logreg"], "--clf given 2 times; give it once"),
+        (["probe", "--k", "10", "--k", "20", "--k", "30"], "--k given 3 times"),
+        (["runs", "--store", "a.h5", "--store", "b.h5"], "--store given 2 times; give it once"),
+    ],
+)
+def test_an_option_of_one_value_given_twice_is_refused(tmp_path, monkeypatch, args, said):
+    monkeypatch.chdir(tmp_path)
+    got = CliRunner().invoke(app, args)
+    assert got.exit_code == 1 and said in got.output, got.output
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
+def test_list_options_still_take_repeats(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    got = CliRunner().invoke(app, ["extract", "--data", "nodata", "--split", "train", "--split", "test"])
+    assert "given 2 times" not in got.output and got.exit_code == 1, got.output  # refused for its missing --data
