@@ -145,3 +145,17 @@ def test_sweep_choices_reads_best_single_and_winner_and_passes_over_bad_summarie
     assert set(got) == {"logreg-1", "ensemble-3"} and list(got["logreg-1"]) == ["validation"]
     assert "among 2 runs of sweep-aa" in got["logreg-1"]["validation"]
     assert sweep_choices(tmp_path / "absent") == {}
+
+
+def test_crafted_sweep_summaries_are_passed_over(tmp_path):
+    """A summary that is a FIFO, a link or nested too deep is malformed, never a hang or a RecursionError."""
+    import os
+
+    from featstore.runs.selected import sweep_choices
+
+    os.mkfifo(tmp_path / "sweep-aa.json")
+    (tmp_path / "sweep-bb.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "sweep-cc.json").symlink_to(tmp_path / "sweep-bb.json")
+    good = {"chosen_on": "validation", "best_single": "logreg-1", "cells": [{"run": "logreg-1"}, {"run": "knn-2"}]}
+    (tmp_path / "sweep-dd.json").write_text(__import__("json").dumps(good))
+    assert list(sweep_choices(tmp_path)) == ["logreg-1"]

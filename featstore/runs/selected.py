@@ -117,20 +117,29 @@ def sweep_choices(root: str | os.PathLike) -> dict[str, dict[str, str]]:
     except OSError:
         return out
     for name in names:
-        path = Path(root) / name
         try:
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > _SWEEP_BYTES:
-                continue
-            summary = json.loads(path.read_text(encoding="utf-8"))
+            summary = json.loads(_read_summary(Path(root) / name))
             on, winner = summary["chosen_on"], summary.get("winner") or {}
             n = sum(1 for c in summary.get("cells") or () if isinstance(c, dict) and c.get("run"))
             ids = {summary.get("best_single"), winner.get("id")}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
+            continue  # a crafted summary (a link, a FIFO, too large, nested too deep) is passed over as malformed
         if not isinstance(on, str) or not on or n < 2:
             continue
         for rid in sorted(i for i in ids if isinstance(i, str) and i):
             what = f"its classifier and extractor, among {n} runs of {name[: -len('.json')]},"
             out.setdefault(rid, {})[on] = what
     return out
+
+
+def _read_summary(path: Path) -> bytes:
+    """A sweep summary's bytes: a regular file (no link, a FIFO never blocks the open), at most ``_SWEEP_BYTES``."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _SWEEP_BYTES:
+            raise ValueError(f"{path} is not a sweep summary")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(_SWEEP_BYTES + 1)
+    finally:
+        os.close(fd)
