@@ -34,7 +34,8 @@ class NonfiniteRows:
         rows = np.asarray(X).reshape(len(X), -1)
         finite = np.isfinite(rows).all(axis=1)
         bad = np.flatnonzero(~finite)
-        top = np.abs(rows[finite]).max(axis=1, initial=0) if rows.shape[1] else np.zeros(int(finite.sum()))
+        with np.errstate(invalid="ignore"):  # two row reductions, no copy of the block (a streamed fit's budget)
+            top = np.maximum(rows.max(axis=1, initial=0), -rows.min(axis=1, initial=0))[finite]
         huge = np.flatnonzero(finite)[top > self.limit]
         self.bad += (bad + self.start).tolist()
         self.huge += (huge + self.start).tolist()
