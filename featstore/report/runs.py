@@ -127,7 +127,11 @@ def calibration_line(rec: RunRecord) -> str:
     cal = rec.calibration
     where = cal.get("fitted_on", "")
     if cal["method"] == "temperature":
-        nll = f"; NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}" if "nll_after" in cal else ""
+        nll = (  # its objective, zeros floored: not the split's log-loss, clipped at eps (attack 65 #10)
+            f"; log-loss {cal['nll_before']:.3f} -> {cal['nll_after']:.3f} as the fit sees it (exact zeros floored)"
+            if "nll_after" in cal
+            else ""
+        )
         rows = f" ({cal['n']} rows{nll})" if "n" in cal else ""
         bound = f"; {bound_reason(cal['T'])}" if cal.get("at_bound") else ""
         return f"calibration: temperature {cal['T']:.3g} fitted on {where or 'held-out rows'}{rows}{bound}"
