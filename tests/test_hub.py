@@ -249,6 +249,7 @@ def test_cnn_poolings_stay_and_token_poolings_are_refused_for_cnns():
 def test_a_resized_dinov2_interpolates_its_position_embeddings(presets):
     ex = Extractor(ExtractorConfig(model=str(presets["dinov2"][0]), image_size=28, pooling="none"))
     assert ex(np.zeros((1, 28, 28, 3), np.uint8)).shape == (1, 2, 2, 32) and ex.attrs["input_size"] == 28
+    assert ex.attrs["layout_checked"] is True  # a preset's patch grid is (side, side, C): reduce=avg takes the patches
 
 
 def test_models_lists_families_and_a_presets_blocks(presets):

@@ -389,7 +389,7 @@ class Extractor:
         return provenance.extractor_attrs(
             backbone,
             {**self.config.arguments(), "layer": requested},
-            out | layout_of(cut),  # map_layout: a channels_first map stored (H, W, C) (attack 60 #1)
+            out | ({} if isinstance(self.spec, HubSpec) else layout_of(cut)),  # a preset's grid: (side, side, C)
             dataclasses.asdict(self.weights),
             {"keras": keras.__version__, "tensorflow": tf.__version__, "pillow": PIL.__version__},
         )
