@@ -12,8 +12,6 @@ from typer.testing import CliRunner
 
 from featstore import fit
 from featstore.cli import app
-from featstore.cli.repeats import given_once
-from featstore.errors import ConfigError
 from featstore.report.runs import calibration_line
 from featstore.report.site.storeruns import runs_of_store
 from featstore.runs.folder import scan_runs_of
@@ -82,12 +80,6 @@ def test_report_site_of_a_moved_store_lists_every_run(tmp_path):
 
 
 # ------------------------------------------------------------------ finding 2: a repeated comma-list option
-def test_given_once():
-    assert given_once(["logreg,knn"], "--clf") == "logreg,knn"
-    with pytest.raises(ConfigError, match="--clf given 3 times; list the values once, comma-separated: --clf a,b,c"):
-        given_once(["a", "b", "c"], "--clf")
-
-
 @pytest.mark.parametrize(
     "option, values", [("--clf", ["logreg", "knn", "sgd"]), ("--extractor", ["syn", "syn2"])], ids=["clf", "extractor"]
 )

@@ -13,10 +13,18 @@ from featstore.cli import app
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (["fewshot", "--shots", "1", "--shots", "5"], "--shots given 2 times; list its values once, comma-separated"),
-        (["fit", "--clf", "svm", "--clf", "logreg"], "--clf given 2 times; give it once"),
+        (
+            ["fewshot", "--shots", "1", "--shots", "5"],
+            "--shots given 2 times; list the values once, comma-separated: --shots 1,5",
+        ),
+        (
+            ["fewshot", "--shots=1", "--shots", "5"],
+            "--shots given 2 times; list the values once, comma-separated: --shots 1,5",
+        ),
+        (["fit", "--clf", "svm", "--clf", "logreg"], "--clf given 2 times; give it once (given: svm, logreg)"),
         (["probe", "--k", "10", "--k", "20", "--k", "30"], "--k given 3 times"),
-        (["runs", "--store", "a.h5", "--store", "b.h5"], "--store given 2 times; give it once"),
+        (["similar", "q.png", "-k", "3", "--k=5"], "--k given 2 times; give it once (given: 3, 5)"),
+        (["runs", "--store", "a.h5", "--store", "b.h5"], "--store given 2 times; give it once (given: a.h5, b.h5)"),
     ],
 )
 def test_an_option_of_one_value_given_twice_is_refused(tmp_path, monkeypatch, args, said):

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 
 from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, comma_list, echo, refuse_runs_file  # noqa: F401
-from featstore.cli.repeats import given_once
 from featstore.errors import FeatstoreError
 
 logger = logging.getLogger(__name__)
@@ -136,10 +135,10 @@ def fit(
 @_errors
 def sweep(
     clf: Annotated[
-        list[str], typer.Option(help="Classifiers to fit on every extractor, comma-separated, e.g. logreg,svm,dense.")
-    ] = ["logreg"],  # noqa: B006 (a list: a repeated --clf is refused, not dropped)
+        str, typer.Option(help="Classifiers to fit on every extractor, comma-separated, e.g. logreg,svm,dense.")
+    ] = "logreg",
     extractor: Annotated[
-        Optional[list[str]],
+        Optional[str],
         typer.Option(help="Extractors to sweep, comma-separated (default: every one with train and validation)."),
     ] = None,
     param: Annotated[
@@ -211,8 +210,8 @@ def sweep(
     from featstore.runs.folder import runs_root
 
     refuse_runs_file(store, runs)
-    clfs = comma_list(given_once(clf, "--clf"), "--clf")
-    extractors = comma_list(given_once(extractor, "--extractor"), "--extractor") if extractor else None
+    clfs = comma_list(clf, "--clf")
+    extractors = comma_list(extractor, "--extractor") if extractor else None
     summary = _interruptible(
         runs_root(store, runs),
         "sweep",

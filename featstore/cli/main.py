@@ -6,6 +6,7 @@ package imports lazily); its C++ start-up noise is hidden by :mod:`featstore.qui
 
 from __future__ import annotations
 
+import copy
 import errno
 import functools
 import logging
@@ -121,7 +122,7 @@ def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
     if got is None or _asks_help(command, got):
         return
     parsed = got[0]
-    _refuse_repeated(command, got[3])
+    _refuse_repeated(command, got, name, args)
     for param in command.params:
         value = parsed.get(param.name)
         given = value if isinstance(value, (list, tuple)) else [value]
@@ -144,17 +145,34 @@ def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
         raise typer.Exit(1)
 
 
-def _refuse_repeated(command, order: list) -> None:
+def _refuse_repeated(command, got, name: str, args: list[str]) -> None:
     """Exit 1 naming an option that takes one value given more than once (click keeps the last: `fewshot --shots 1
-    --shots 5` ran 5 alone, `fit --clf svm --clf logreg` fitted logreg; attack 65 #2). List options take repeats."""
+    --shots 5` ran 5 alone, `fit --clf svm --clf logreg` fitted logreg, `sweep --clf logreg --clf knn` fitted knn;
+    attack 65 #2), with the values given: a comma-list option's line is the one command that works (``--clf given 3
+    times; list the values once, comma-separated: --clf logreg,knn,sgd``). List options (``multiple``) take repeats."""
     for param in command.params:
-        if param.param_type_name != "option" or param.multiple or param.is_flag or order.count(param) < 2:
+        if param.param_type_name != "option" or param.multiple or param.is_flag or got[3].count(param) < 2:
             continue
         opt = next((o for o in param.opts if o.startswith("--")), param.opts[0])
-        comma = "comma" in (param.help or "")  # the options comma_list splits: one value, its items comma-separated
-        how = f"list its values once, comma-separated ({opt} a,b)" if comma else "give it once"
-        typer.secho(f"error: {opt} given {order.count(param)} times; {how}", fg=typer.colors.RED, err=True)
+        given = _values_given(command, got[2].parent, name, args, param)
+        if "comma" in (param.help or ""):  # the options comma_list splits: one value, its items comma-separated
+            how = f"list the values once, comma-separated: {opt} {','.join(given)}"
+        else:
+            how = f"give it once (given: {', '.join(given)})"
+        typer.secho(f"error: {opt} given {len(given)} times; {how}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+def _values_given(command, ctx, name: str, args: list[str], param) -> list[str]:
+    """Every value ``args`` give ``param`` (an option that keeps one), in order: the words parsed again by a copy of
+    ``command`` whose copy of ``param`` appends, so each is read exactly as click reads it (``--o v``, ``--o=v``, a
+    short name)."""
+    clone = copy.copy(param)
+    clone.multiple = True
+    twin = copy.copy(command)
+    twin.params = [clone if p is param else p for p in command.params]
+    parsed = twin.make_parser(twin.context_class(twin, parent=ctx, info_name=name)).parse_args(args=list(args))[0]
+    return [str(v) for v in parsed.get(param.name) or []]
 
 
 def comma_list(text: str, option: str) -> list[str]:
