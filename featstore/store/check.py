@@ -31,7 +31,8 @@ from featstore.store.links import said_as
 from featstore.store.locking import StoreFile
 from featstore.store.metadata import CACHE_PURPOSE, copies_or_none
 from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
-from featstore.store.nonfinite import LARGE_FEATURE
+from featstore.store.nonfinite import LARGE_FEATURE, row_peaks
+from featstore.store.nonfinite import large_rows as large_rows_of
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
 from featstore.store.strings import refuse_long, shown, shown_list, unreadable_strings
@@ -332,7 +333,7 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         if len(block):
             bad_rows += _nonfinite_rows(block)
             huge_rows += _overflow_rows(block)
-            large_rows += _large_rows(block)
+            large_rows += len(large_rows_of(row_peaks(block)))
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
         labels.append(np.asarray(y))
     out = (
@@ -404,16 +405,6 @@ def _nonfinite_rows(block: np.ndarray) -> int:
 
 
 _NORM_LIMIT = float(np.finfo(np.float32).max)
-
-
-def _large_rows(block: np.ndarray) -> int:
-    """Rows of ``block`` with a finite feature over ``nonfinite.LARGE_FEATURE`` (what fit refuses); one reduction when
-    there are none."""
-    R = block.reshape(len(block), -1)
-    if not R.size or max(float(np.fmax.reduce(R, axis=None)), -float(np.fmin.reduce(R, axis=None))) <= LARGE_FEATURE:
-        return 0
-    finite = np.isfinite(R).all(axis=1)
-    return int(np.count_nonzero(finite & (np.abs(np.where(np.isfinite(R), R, 0)).max(axis=1) > LARGE_FEATURE)))
 
 
 def _overflow_rows(block: np.ndarray) -> int:

@@ -17,6 +17,24 @@ from featstore.provenance import AUGMENTED
 LARGE_FEATURE = 1e15
 
 
+def row_peaks(X: np.ndarray) -> np.ndarray:
+    """Each row's largest magnitude: NaN for a row with a NaN, inf for a row with an inf (``np.isfinite`` of it tells
+    the rows nothing can be fitted on); two row reductions, no copy of ``X`` (a streamed fit's budget).
+
+    >>> row_peaks(np.array([[1, -3], [np.nan, 1e20], [2, -np.inf]], np.float32)).tolist()
+    [3.0, nan, inf]
+    """
+    rows = np.asarray(X).reshape(len(X), -1)
+    with np.errstate(invalid="ignore"):
+        return np.maximum(rows.max(axis=1, initial=0), -rows.min(axis=1, initial=0))
+
+
+def large_rows(peaks: np.ndarray, limit: float = LARGE_FEATURE) -> np.ndarray:
+    """The rows (indices) whose features are all finite but one is over ``limit``, from :func:`row_peaks`: what fit
+    refuses and ``featstore check`` counts (one rule for both)."""
+    return np.flatnonzero(np.isfinite(peaks) & (np.nan_to_num(peaks, nan=0.0, posinf=0.0) > limit))
+
+
 class NonfiniteRows:
     """The rows with NaN or inf features of one split, found block by block (see ``FeatureStore.nonfinite_rows``)."""
 
@@ -31,15 +49,13 @@ class NonfiniteRows:
     def block(self, X: np.ndarray) -> bool:
         """Count the next block's bad rows (NaN/inf, or a feature over :data:`LARGE_FEATURE` unless ``large`` is False);
         True when it has none."""
-        rows = np.asarray(X).reshape(len(X), -1)
-        finite = np.isfinite(rows).all(axis=1)
+        peaks = row_peaks(X)
+        finite = np.isfinite(peaks)
         bad = np.flatnonzero(~finite)
-        with np.errstate(invalid="ignore"):  # two row reductions, no copy of the block (a streamed fit's budget)
-            top = np.maximum(rows.max(axis=1, initial=0), -rows.min(axis=1, initial=0))[finite]
-        huge = np.flatnonzero(finite)[top > self.limit]
+        huge = large_rows(peaks, self.limit)
         self.bad += (bad + self.start).tolist()
         self.huge += (huge + self.start).tolist()
-        self.top = max(self.top, float(top.max(initial=0)))
+        self.top = max(self.top, float(peaks[finite].max(initial=0)))
         self.start += len(X)
         return not len(bad) and not len(huge)
 
