@@ -178,6 +178,21 @@ def test_models_image_size_is_used_or_refused():
     assert r.exit_code == 1 and "give the model" in r.output
 
 
+def test_models_file_layers_at_another_image_size_is_refused(tmp_path):
+    """`models FILE.keras --layers --image-size 48` listed the 32 px model's shapes, 48 ignored (the last closing note's
+    Left): a saved model takes its own input size only, so another N is refused as extract refuses it."""
+    import keras
+
+    path = tmp_path / "m.keras"
+    inp = keras.Input((32, 32, 3))
+    keras.Model(inp, keras.layers.Conv2D(4, 3, name="c")(inp)).save(path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["models", str(path), "--layers", "--image-size", "48"])
+    assert r.exit_code == 1 and "takes 32x32 images; --image-size 48 does not fit it" in r.output, r.output
+    r = runner.invoke(app, ["models", str(path), "--layers", "--image-size", "32"])
+    assert r.exit_code == 0 and "(30, 30, 4)" in r.output, r.output
+
+
 # 4(b). runs evaluate of an ensemble: the ensemble refused first
 
 

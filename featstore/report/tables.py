@@ -125,7 +125,8 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
     default = None
     if is_model_path(model):
         spec = SavedModelSpec.from_path(model, trust_model=trust_model, check_dtype=False)  # listed, noted below
-        base, default = spec.build(spec.default_size)[0], spec.default_layer
+        size = spec.default_size if image_size is None else image_size  # another N is refused, not ignored
+        base, default = spec.build(size)[0], spec.default_layer
         default = None if no_default_cut(base) else default  # a nested classifier, several: no cut (43 #11, 51 #3)
     else:
         from featstore.models.backbones import validate_size
