@@ -206,7 +206,8 @@ def check_artifact_record(folder: Path, artifact: object) -> None:
         wanted = " or ".join(f"{f} with {'/'.join(k)}" for f, k in FORMATS.items())
         raise BrokenRunError(
             f"{folder / RECORD}: the artifact record {artifact!r} is not one featstore writes "
-            f"({wanted}, and sizes that are whole numbers); remove the folder {folder}"
+            f"({wanted}, and sizes that are whole numbers)",
+            f"remove the folder {folder}",
         )
 
 

@@ -54,7 +54,18 @@ SPARSE_RATIO = 64
 
 
 class BrokenRunError(StoreError):
-    """A run folder that cannot be used (damaged, incomplete or crafted); the message names the file and the fix."""
+    """A run folder that cannot be used (damaged, incomplete or crafted); the message names the file and the fix.
+
+    Given as ``BrokenRunError(problem, fix)`` (every refusal of a record's contents), ``problem`` keeps the line without
+    its fix: a record featstore refuses while writing it has no folder to remove (runs/write.py says the problem alone).
+
+    >>> BrokenRunError("r/run.json: kind 'x' is unknown", "remove the folder r").problem
+    "r/run.json: kind 'x' is unknown"
+    """
+
+    def __init__(self, problem: str, fix: str | None = None):
+        super().__init__(problem if fix is None else f"{problem}; {fix}")
+        self.problem = problem
 
 
 class UnreadableRun(BrokenRunError):

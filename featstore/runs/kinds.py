@@ -55,19 +55,21 @@ def _check_features_record(obj: dict, where: str, folder: Path) -> None:
     artifacts.check_artifact_record(folder, obj["artifact"])
     check_fields(obj["extractor_attrs"], APPLY_ATTRS, f"{where}: extractor_attrs (the features' provenance)", folder)
     if obj["extractor_attrs"].get("fingerprint") != obj["fingerprint"]:
-        raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs; remove the folder {folder}")
+        raise BrokenRunError(f"{where}: the fingerprint does not match extractor_attrs", f"remove the folder {folder}")
     size = obj["extractor_attrs"].get("input_size")
     if size is not None and (not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_IMAGE_SIZE):
         raise BrokenRunError(
             f"{where}: extractor_attrs.input_size {size!r} is not an image side featstore uses (0 to "
-            f"{MAX_IMAGE_SIZE}); predicting with it would decode images of any size. Remove the folder {folder}"
+            f"{MAX_IMAGE_SIZE}); predicting with it would decode images of any size",
+            f"remove the folder {folder}",
         )
     if provenance.fingerprint(obj["extractor_attrs"]) != obj["fingerprint"]:
         # a fine-tuned model is fed by the recorded preprocess, a fit's extractor is rebuilt from the record, ensembles
         # and reports group runs by fingerprint: a field edited under a copied fingerprint was used silently
         raise BrokenRunError(
             f"{where}: extractor_attrs do not hash to the fingerprint (edited after the run was made? the run would be "
-            f"applied to features it does not describe); restore that {RECORD}, or remove the folder {folder}"
+            f"applied to features it does not describe)",
+            f"restore that {RECORD}, or remove the folder {folder}",
         )
 
 
@@ -234,12 +236,13 @@ class EnsembleKind(RunKind):
         if len(obj["members"]) < 2 or twice:
             raise BrokenRunError(
                 f"{where}: an ensemble has at least two members, this one {len(obj['members'])}"
-                f"{'; ' + ', '.join(twice[:3]) + ' named more than once' if twice else ''}; remove the folder {folder}"
+                f"{'; ' + ', '.join(twice[:3]) + ' named more than once' if twice else ''}",
+                f"remove the folder {folder}",
             )
         if not check_weights(obj["weights"], len(obj["members"])):
             raise BrokenRunError(
-                f"{where}: weights must be one finite non-negative number per member, not all zero; "
-                f"remove the folder {folder}"
+                f"{where}: weights must be one finite non-negative number per member, not all zero",
+                f"remove the folder {folder}",
             )
 
     def members(self, rec: RunRecord, options: ApplyOptions) -> list[tuple[RunRecord, Path]]:
@@ -259,8 +262,8 @@ class EnsembleKind(RunKind):
         extractors = list(dict.fromkeys((m.extractor, m.fingerprint) for m in members))
         if ("+".join(n for n, _ in extractors), "+".join(f for _, f in extractors)) != (rec.extractor, rec.fingerprint):
             raise BrokenRunError(
-                f"{folder / RECORD}: its extractor and fingerprint are not its members' (edited after it was made?); "
-                f"restore that {RECORD}, or build the ensemble again (featstore ensemble)"
+                f"{folder / RECORD}: its extractor and fingerprint are not its members' (edited after it was made?)",
+                f"restore that {RECORD}, or build the ensemble again (featstore ensemble)",
             )
 
     def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
@@ -410,12 +413,12 @@ def parse_record(obj: object, folder: Path) -> RunRecord:
     """The validated record of ``folder`` from its parsed run.json (``RunRecord.from_json`` with the record's kind)."""
     where = folder / RECORD
     if not isinstance(obj, dict):
-        raise BrokenRunError(f"{where} is not a JSON object; remove the folder {folder}")
+        raise BrokenRunError(f"{where} is not a JSON object", f"remove the folder {folder}")
     name = obj.get("kind")
     kind = _KINDS.get(name) if isinstance(name, str) else None
     if kind is None:
         names = list_kinds()
         raise BrokenRunError(
-            f"{where}: kind {name!r} is not {', '.join(names[:-1])} or {names[-1]}; remove the folder {folder}"
+            f"{where}: kind {name!r} is not {', '.join(names[:-1])} or {names[-1]}", f"remove the folder {folder}"
         )
     return RunRecord.from_json(obj, folder, kind)

@@ -162,12 +162,12 @@ class RunRecord(Mapping[str, Any]):
         """
         where = str(folder / RECORD)
         if not isinstance(obj, dict):
-            raise BrokenRunError(f"{where} is not a JSON object; remove the folder {folder}")
+            raise BrokenRunError(f"{where} is not a JSON object", f"remove the folder {folder}")
         check_fields(obj, {**COMMON, **kind.fields, **{k: t for k, t in OPTIONAL.items() if k in obj}}, where, folder)
         if not valid_name(obj["id"]) or obj["id"] != folder.name:
             raise BrokenRunError(
-                f"{where}: id {obj['id']!r} is not a valid run id or not its folder's name {folder.name!r}; "
-                f"remove the folder or restore its run.json"
+                f"{where}: id {obj['id']!r} is not a valid run id or not its folder's name {folder.name!r}",
+                "remove the folder or restore its run.json",
             )
         # split names, as a store allows them
         bad = [n for n in [*obj["metrics"], *obj["predictions"]] if not is_plain_name(n)]
@@ -178,7 +178,9 @@ class RunRecord(Mapping[str, Any]):
             check_metrics(m, k, f"{where}: metrics of {split!r}", folder)
         for key in ("history", "phase_a_history"):
             if not all(isinstance(v, list) and set(map(type, v)) <= _NUMBERS for v in obj.get(key, {}).values()):
-                raise BrokenRunError(f"{where}: {key} must map names to lists of numbers; remove the folder {folder}")
+                raise BrokenRunError(
+                    f"{where}: {key} must map names to lists of numbers", f"remove the folder {folder}"
+                )
         candidates = obj.get("selection", {}).get("candidates", [])
         for c in candidates if isinstance(candidates, list) else [None]:
             check_fields(
@@ -199,7 +201,7 @@ class RunRecord(Mapping[str, Any]):
             check_calibration(obj["calibration"], where, folder)
         check_budget(obj, where, folder)
         if not set(map(type, obj["class_names"])) <= {str}:
-            raise BrokenRunError(f"{where}: class_names must be strings; remove the folder {folder}")
+            raise BrokenRunError(f"{where}: class_names must be strings", f"remove the folder {folder}")
         kind.check_record(obj, where, folder)
         return cls(
             *(obj[k] for k in ("id", "kind", "created_at", "extractor", "fingerprint", "clf", "predictions_sha256")),

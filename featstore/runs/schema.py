@@ -67,8 +67,8 @@ def check_fields(obj: dict, fields: Mapping[str, Types], where: str, folder: Pat
     missing = [k for k in fields if k not in obj]
     if missing:
         raise BrokenRunError(
-            f"{where} lacks {', '.join(missing)} (damaged, or written by an older featstore); "
-            f"remove the folder {folder} and fit again"
+            f"{where} lacks {', '.join(missing)} (damaged, or written by an older featstore)",
+            f"remove the folder {folder} and fit again",
         )
     wrong = [
         f"{k} must be {_type_name(t)}"
@@ -76,14 +76,15 @@ def check_fields(obj: dict, fields: Mapping[str, Types], where: str, folder: Pat
         if not isinstance(obj[k], t) or (isinstance(obj[k], bool) and t is not bool)
     ]
     if wrong:
-        raise BrokenRunError(f"{where}: {', '.join(wrong)}; remove the folder {folder} or restore its run.json")
+        raise BrokenRunError(f"{where}: {', '.join(wrong)}", f"remove the folder {folder} or restore its run.json")
 
 
 def raise_bad_names(bad: list, where: str, folder: Path) -> None:
     """The BrokenRunError for split or run names that could not be file names."""
     raise BrokenRunError(
         f"{where} holds invalid split or run names {bad!r} (a split name is letters, digits and _ - @ + = , . "
-        f"not first, a run id letters, digits and ._-); remove the folder {folder}"
+        f"not first, a run id letters, digits and ._-)",
+        f"remove the folder {folder}",
     )
 
 
@@ -117,8 +118,8 @@ def check_metrics(m: object, k: int, where: str, folder: Path) -> None:
         isinstance(v, dict) and set(map(type, map(v.get, PER_CLASS))) <= _NUMBERS for v in per_class
     ):
         raise BrokenRunError(
-            f"{where} need a {k}x{k} integer confusion matrix and per-class "
-            f"{', '.join(PER_CLASS)}; remove the folder {folder}"
+            f"{where} need a {k}x{k} integer confusion matrix and per-class {', '.join(PER_CLASS)}",
+            f"remove the folder {folder}",
         )
     bad = [key for key in ("accuracy", "macro_f1") if not (finite(m[key]) and 0 <= m[key] <= 1)]
     bad += ["n"] if not 0 <= m["n"] < MAX_COUNT else []
@@ -135,8 +136,8 @@ def check_metrics(m: object, k: int, where: str, folder: Path) -> None:
         raise BrokenRunError(
             f"{where}: {', '.join(bad)} must be finite numbers (accuracy and macro_f1 in [0, 1]; n and the "
             f"confusion matrix's counts from 0 to 2**53, the counts summing to n; an interval: estimate, low, high and level; "
-            f"reliability: bins of low, high, count, confidence, accuracy); remove the folder {folder} or restore "
-            f"its run.json"
+            f"reliability: bins of low, high, count, confidence, accuracy)",
+            f"remove the folder {folder} or restore its run.json",
         )
 
 
@@ -175,8 +176,8 @@ def check_budget(obj: dict, where: str, folder: Path) -> None:
     budget = obj.get("memory_budget")
     if (budget is not None and not 1 <= budget < 1 << 63) or (obj.get("streamed") and budget is None):
         raise BrokenRunError(
-            f"{where}: memory_budget {budget!r} is not a size (1 byte to 2**63, and a streamed run has one); remove "
-            f"the folder {folder} or restore its run.json"
+            f"{where}: memory_budget {budget!r} is not a size (1 byte to 2**63, and a streamed run has one)",
+            f"remove the folder {folder} or restore its run.json",
         )
 
 
@@ -199,7 +200,7 @@ def check_calibration(cal: object, where: str, folder: Path) -> None:
             f"featstore fits within (the run record is damaged)"
         )
     if problem:
-        raise BrokenRunError(f"{where}: calibration is not usable: {problem}; remove the folder {folder}")
+        raise BrokenRunError(f"{where}: calibration is not usable: {problem}", f"remove the folder {folder}")
 
 
 def check_weights(weights: object, n: int) -> bool:

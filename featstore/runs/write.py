@@ -192,9 +192,10 @@ def _write_contents(tmp: Path, record: dict, preds: PredictionsWriter, folder: P
         m["confusion_matrix"] = packed_confusion(m["confusion_matrix"])
     try:
         rec = parse_record(obj, folder)  # the one validation path: a run featstore writes is one it can read
-    except BrokenRunError as exc:  # said "remove the folder <id>", a folder never written (attack 54 #3)
-        why = re.sub(r"[;.]?\s*(Refusing to load it: )?remove the folder .*$", "", str(exc), flags=re.S)
-        raise BrokenRunError(f"run {record['id']} was not recorded (no run folder was written): {why}") from None
+    except BrokenRunError as exc:  # its fix would be "remove the folder <id>", a folder never written (attack 54 #3)
+        raise BrokenRunError(
+            f"run {record['id']} was not recorded (no run folder was written): {exc.problem}"
+        ) from None
     (tmp / RECORD).write_text(json.dumps(obj, indent=1), encoding="utf-8")
     return rec
 
