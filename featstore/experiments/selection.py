@@ -215,18 +215,18 @@ def _refuse_huge_rows(X, spec_name: str | None, split: str = "train", at: int = 
     """StoreError naming ``split``'s rows (``X`` holds rows ``at``... of it) whose finite features are too large for a
     classifier's float arithmetic (3e38 overflows a scaler to inf: "Input X contains infinity" blamed the classifier);
     nothing when there are none."""
-    from featstore.runs.apply import LARGE_FEATURE  # the limit predict and runs evaluate blame the extractor above
+    from featstore.store.nonfinite import large_rows, row_peaks  # the rule fit, check and predict apply
 
     if not isinstance(X, np.ndarray) or not len(X):
         return
-    top = np.abs(X.reshape(len(X), -1)).max(axis=1)
-    huge = np.flatnonzero(top > LARGE_FEATURE)
+    top = row_peaks(X)
+    huge = large_rows(top)
     if len(huge):
         rows = ", ".join(str(at + r) for r in huge[:5].tolist())
         whose = f"{spec_name}'s" if spec_name else "the classifier's"
         raise StoreError(
             f"{split}'s row{'s' if len(huge) > 1 else ''} {rows}{' ...' if len(huge) > 5 else ''} ({len(huge)} of the {len(X)} rows read; "
-            f"largest |feature| {float(top.max()):.3g}) hold finite features too large for {whose} arithmetic: an "
+            f"largest |feature| {float(top[huge].max()):.3g}) hold finite features too large for {whose} arithmetic: an "
             f"overflow in the model that extracted them, not the classifier's settings. Check those images and the "
             f"model's weights, then re-extract {split} with `featstore extract --split {split} --overwrite`"
         )
