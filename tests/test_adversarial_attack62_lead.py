@@ -50,7 +50,7 @@ def test_fewshot_and_probe_refuse_it_too(tmp_path):
 def test_rows_under_the_limit_and_runs_evaluate_are_as_before(tmp_path):
     from featstore.experiments.evaluate import evaluate_and_record
 
-    store, runs = _store(tmp_path / "s.h5", "train", 1e14), tmp_path / "runs"  # large, not an overflow: fitted
+    store, runs = _store(tmp_path / "s.h5", "train", 900.0), tmp_path / "runs"  # large, not an overflow: fitted
     run = featstore.fit(store, "random_forest", runs=runs)
     X = np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)
     X[4] = 1e16  # a forest works on it: evaluate's own check (the fitted model's) lets it through
@@ -93,4 +93,38 @@ def test_check_counts_the_rows_fit_refuses(tmp_path):
     store = _store(tmp_path / "s.h5", "train", 1e16)
     found = " ".join(check_store(store))
     assert "1 rows hold finite features over 1e+15" in found and "fit, sweep, fewshot and probe refuse them" in found
-    assert not check_store(_store(tmp_path / "ok.h5", "train", 1e14))
+    assert not check_store(_store(tmp_path / "ok.h5", "train", 900.0))
+
+
+FAR = r"s\.h5:/synthetic/{split} holds 1 row\(s\) \(4; e\.g\. {split}/4\) with features over 1e\+06 times the split's usual size"
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_a_row_far_larger_than_the_others_is_refused_too(tmp_path, split):
+    """Attack 66 #4's second half: one train row of 1e14 among rows near 1 (under LARGE_FEATURE) set the scaler's
+    spread as 1e20 did, and logreg fitted at chance, exit 0. A row over 1e6 times its split's usual size (and over
+    1e3) is refused the same way, in memory and streamed, and `check` counts it."""
+    from featstore.store.check import check_store
+
+    store = _store(tmp_path / "s.h5", split, 1e14)
+    for call in (
+        lambda: featstore.fit(store, "logreg", runs=tmp_path / "runs"),
+        lambda: featstore.fit(store, "sgd", runs=tmp_path / "runs", memory_budget="1MiB"),  # streamed
+        *([lambda: featstore.fewshot(store, "logreg", shots=(1,), trials=1)] if split == "train" else []),
+    ):  # (fewshot reads train and test: logreg uses no validation)
+        with pytest.raises(StoreError, match=FAR.format(split=split) + r".*--split " + split + " --overwrite"):
+            call()
+    assert not (tmp_path / "runs").exists()
+    assert "1 rows hold features over 1e+06 times the split's usual size" in " ".join(check_store(store))
+
+
+def test_far_rows_rule():
+    from featstore.store.nonfinite import far_rows
+
+    peaks = np.array([1.0, 2.0, 3.0] * 10 + [3e6 + 1, 3e6])
+    assert far_rows(peaks)[0].tolist() == [30]  # over 1e6 x 3 (the 90th percentile); 3e6 is not over it
+    assert not len(far_rows(np.array([1e-9] * 20 + [1.0]))[0])  # far in ratio, under 1e3: a tiny store's rows
+    assert not len(far_rows(np.array([0.0] * 20 + [1e9]))[0])  # a usual size of 0: no scale to compare with
+    assert not len(
+        far_rows(np.array([1.0] * 5 + [1e5] * 2 + [1e11]))[0]
+    )  # the 90th percentile is 1e5: 1e11 is not over 1e11

@@ -31,7 +31,7 @@ from featstore.store.links import said_as
 from featstore.store.locking import StoreFile
 from featstore.store.metadata import CACHE_PURPOSE, copies_or_none
 from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
-from featstore.store.nonfinite import LARGE_FEATURE, row_peaks
+from featstore.store.nonfinite import FAR_FACTOR, LARGE_FEATURE, far_rows, row_peaks
 from featstore.store.nonfinite import large_rows as large_rows_of
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
@@ -301,6 +301,7 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
     """Content problems of one split (labels, NaN/inf, duplicated rows), reading one block per opening."""
     where = f"/{s.name}/{s.split}"
     bad_rows = huge_rows = large_rows = bad_labels = empty = 0
+    peaks = []  # every row's largest magnitude: rows far larger than the others (what fit refuses)
     unreadable: list[str] = []
     plugin: str | None = None  # why the features cannot be read when a filter plugin is missing
     hashes: list[np.ndarray] = []  # of the stored path bytes: uniqueness is checked on sorted hashes, not a set of str
@@ -333,7 +334,8 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         if len(block):
             bad_rows += _nonfinite_rows(block)
             huge_rows += _overflow_rows(block)
-            large_rows += len(large_rows_of(row_peaks(block)))
+            peaks.append(row_peaks(block))
+            large_rows += len(large_rows_of(peaks[-1]))
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
         labels.append(np.asarray(y))
     out = (
@@ -354,6 +356,12 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         out.append(
             f"{where}: {large_rows} rows hold finite features over {LARGE_FEATURE:.0e} (an overflow in the model: fit, "
             f"sweep, fewshot and probe refuse them); check the images and weights, then {REDO}"
+        )
+    elif not bad_rows and peaks and len((far := far_rows(np.concatenate(peaks)))[0]):
+        out.append(
+            f"{where}: {len(far[0])} rows hold features over {FAR_FACTOR:.0e} times the split's usual size (90 % of its "
+            f"rows at most {far[1]:.3g}: an overflow in the model; fit, sweep, fewshot and probe refuse them); check the "
+            f"images and weights, then {REDO}"
         )
     if empty:
         out.append(f"{where}: {empty} empty paths (each row must name its image file); {REDO}")

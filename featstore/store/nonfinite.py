@@ -1,5 +1,5 @@
-"""The rows with NaN or inf features of one split, or finite ones too large for any classifier's arithmetic, found
-block by block (``FeatureStore.nonfinite_rows``)."""
+"""The rows with NaN or inf features of one split, or finite ones too large for any classifier's arithmetic or far
+larger than the split's other rows, found block by block (``FeatureStore.nonfinite_rows``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ from featstore.provenance import AUGMENTED
 # row and every other row standardised to about 0, chance accuracy, exit 0 (attack 62 #4); predict marks such images
 # failed, naming the extractor (a float32 scaler overflows near 3e38; a model refusing smaller features is damaged)
 LARGE_FEATURE = 1e15
+# a row this many times the split's usual size (its rows' 90th percentile of largest magnitudes), and over FAR_FLOOR, is
+# an overflow too: one train row of 1e14 among rows near 1 set the scaler's spread as 1e20 did (attack 66 #4's second
+# half: fitted at chance, exit 0). Backbones' rows differ by tens at most; the floor keeps tiny features' stores apart
+FAR_FACTOR, FAR_FLOOR = 1e6, 1e3
 
 
 def row_peaks(X: np.ndarray) -> np.ndarray:
@@ -35,6 +39,21 @@ def large_rows(peaks: np.ndarray, limit: float = LARGE_FEATURE) -> np.ndarray:
     return np.flatnonzero(np.isfinite(peaks) & (np.nan_to_num(peaks, nan=0.0, posinf=0.0) > limit))
 
 
+def far_rows(peaks: np.ndarray) -> tuple[np.ndarray, float]:
+    """(indices, usual size) of the finite rows of :func:`row_peaks` over :data:`FAR_FACTOR` times the split's usual
+    size (the 90th percentile of its finite rows' peaks: a tenth of the rows or more are the split's usual size) and
+    over :data:`FAR_FLOOR`; none where the usual size is 0.
+
+    >>> far_rows(np.array([1.0, 2.0, 1.2, 1.5] * 5 + [1e14, np.nan]))
+    (array([20]), 2.0)
+    """
+    finite = np.isfinite(peaks)
+    usual = float(np.quantile(peaks[finite], 0.9, method="lower")) if finite.any() else 0.0
+    if usual <= 0:
+        return np.zeros(0, np.intp), usual
+    return np.flatnonzero(finite & (np.where(finite, peaks, 0) > max(FAR_FACTOR * usual, FAR_FLOOR))), usual
+
+
 class NonfiniteRows:
     """The rows with NaN or inf features of one split, found block by block (see ``FeatureStore.nonfinite_rows``)."""
 
@@ -45,6 +64,7 @@ class NonfiniteRows:
         self.huge: list[int] = []  # finite rows with a feature over LARGE_FEATURE
         self.top = 0.0
         self.start = 0
+        self.peaks: list[np.ndarray] = []  # every row's (far_rows: once the split is read)
 
     def block(self, X: np.ndarray) -> bool:
         """Count the next block's bad rows (NaN/inf, or a feature over :data:`LARGE_FEATURE` unless ``large`` is False);
@@ -56,12 +76,17 @@ class NonfiniteRows:
         self.bad += (bad + self.start).tolist()
         self.huge += (huge + self.start).tolist()
         self.top = max(self.top, float(peaks[finite].max(initial=0)))
+        self.peaks.append(peaks)
         self.start += len(X)
         return not len(bad) and not len(huge)
 
     def refuse(self) -> None:
-        """Raise StoreError naming the first bad row and the fix, if any was found."""
-        if not self.bad and not self.huge:
+        """Raise StoreError naming the first bad row and the fix, if any was found (rows far larger than the split's
+        others too, once every block was counted)."""
+        far, usual = np.zeros(0, np.intp), 0.0
+        if not self.bad and not self.huge and self.limit < np.inf and self.peaks:
+            far, usual = far_rows(np.concatenate(self.peaks))
+        if not self.bad and not self.huge and not len(far):
             return
         split, name, augmented = self.split, self.name, self.augmented
         paths = self.fs.paths(split, name, augmented=augmented)
@@ -71,14 +96,22 @@ class NonfiniteRows:
             spec, seed = shlex.quote(str(a["augment_spec"])), a["augment_seed"]
             redo += f" --augment {a['augment_copies']} --augment-spec {spec} --augment-seed {seed}"
         redo += " --overwrite"
+        fix = (
+            "an overflow in the model that extracted them, which would set a classifier's scale on its own (every other "
+            f"row then reads as about 0). Check those images and the model's weights, then re-extract the split with "
+            f"`{redo}` (`featstore check` counts such rows)"
+        )
         if not self.bad:
-            rows = ", ".join(str(r) for r in self.huge[:5]) + (" ..." if len(self.huge) > 5 else "")
+            rows = self.huge or far.tolist()
+            which = f"{len(rows)} row(s) ({', '.join(map(str, rows[:5]))}{' ...' if len(rows) > 5 else ''}; e.g. "
+            which = f"{self.fs.path}:/{name}/{key} holds {which}{terminal_safe(paths[rows[0]])})"
+            if self.huge:
+                raise StoreError(
+                    f"{which} with finite features over {LARGE_FEATURE:.0e} (largest {self.top:.3g}): {fix}"
+                )
             raise StoreError(
-                f"{self.fs.path}:/{name}/{key} holds {len(self.huge)} row(s) ({rows}; e.g. "
-                f"{terminal_safe(paths[self.huge[0]])}) with finite features over {LARGE_FEATURE:.0e} (largest "
-                f"{self.top:.3g}): an overflow in the model that extracted them, which would set a classifier's scale "
-                f"on its own (every other row then reads as about 0). Check those images and the model's weights, then "
-                f"re-extract the split with `{redo}`"
+                f"{which} with features over {FAR_FACTOR:.0e} times the split's usual size (largest {self.top:.3g}; 90 "
+                f"% of its rows at most {usual:.3g}): {fix}"
             )
         raise StoreError(
             f"{self.fs.path}:/{name}/{key} holds {len(self.bad)} row(s) with NaN or inf features (e.g. "
