@@ -24,6 +24,7 @@ from featstore.cli import app
         (["fit", "--clf", "svm", "--clf", "logreg"], "--clf given 2 times; give it once (given: svm, logreg)"),
         (["probe", "--k", "10", "--k", "20", "--k", "30"], "--k given 3 times"),
         (["similar", "q.png", "-k", "3", "--k=5"], "--k given 2 times; give it once (given: 3, 5)"),
+        (["sweep", "--no-reuse", "--reuse"], "--reuse and --no-reuse both given; give one of them"),
         (["runs", "--store", "a.h5", "--store", "b.h5"], "--store given 2 times; give it once (given: a.h5, b.h5)"),
     ],
 )
@@ -38,3 +39,9 @@ def test_list_options_still_take_repeats(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     got = CliRunner().invoke(app, ["extract", "--data", "nodata", "--split", "train", "--split", "test"])
     assert "given 2 times" not in got.output and got.exit_code == 1, got.output  # refused for its missing --data
+
+
+def test_a_flag_given_twice_the_same_way_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    got = CliRunner().invoke(app, ["sweep", "--search", "--search", "--no-reuse", "--no-reuse"])
+    assert "given" not in got.output and "both" not in got.output and got.exit_code == 1, got.output  # no store here

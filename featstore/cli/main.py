@@ -151,10 +151,16 @@ def _refuse_repeated(command, got, name: str, args: list[str]) -> None:
     attack 65 #2), with the values given: a comma-list option's line is the one command that works (``--clf given 3
     times; list the values once, comma-separated: --clf logreg,knn,sgd``). List options (``multiple``) take repeats."""
     for param in command.params:
-        if param.param_type_name != "option" or param.multiple or param.is_flag or got[3].count(param) < 2:
+        if param.param_type_name != "option" or param.multiple or got[3].count(param) < 2:
             continue
         opt = next((o for o in param.opts if o.startswith("--")), param.opts[0])
         given = _values_given(command, got[2].parent, name, args, param)
+        if param.is_flag:  # `--search --search` is one wish; `--no-reuse --reuse` reused every run (attack 67 #14)
+            if len(set(given)) > 1:
+                pair = " and ".join([*param.opts[:1], *param.secondary_opts[:1]])
+                typer.secho(f"error: {pair} both given; give one of them", fg=typer.colors.RED, err=True)
+                raise typer.Exit(1)
+            continue
         if "comma" in (param.help or ""):  # the options comma_list splits: one value, its items comma-separated
             how = f"list the values once, comma-separated: {opt} {','.join(given)}"
         else:
