@@ -37,8 +37,8 @@ def test_sweep_chooses_on_validation_and_reads_test_only_for_the_choice(two_extr
         monkeypatch.setattr(
             FeatureStore,
             method,
-            lambda self, split="train", extractor=None, _real=real, **k: (
-                loads.append((split, extractor)),
+            lambda self, split="train", extractor=None, _real=real, _m=method, **k: (
+                loads.append((split, extractor, _m)),
                 _real(self, split, extractor, **k),
             )[1],
         )
@@ -47,7 +47,11 @@ def test_sweep_chooses_on_validation_and_reads_test_only_for_the_choice(two_extr
     assert len(s["cells"]) == 4 and len(list_runs(two_extractor_store, runs)) == 4
     best = max(s["cells"], key=lambda c: c["validation"])
     assert s["winner"]["id"] == best["run"] and s["winner"]["extractor"] == "good"
-    test_loads = [i for i, (split, _) in enumerate(loads) if split == "test"]
+    first_fit = next(
+        i for i, (_, _, m) in enumerate(loads) if m == "load"
+    )  # before it: the check of every split's rows
+    assert {m for *_, m in loads[:first_fit]} == {"iter_batches"}, loads  # (fit's rule, before any fit: attack 68 #4)
+    test_loads = [i for i, (split, *_) in enumerate(loads) if split == "test" and i > first_fit]
     assert len(test_loads) == 1 and test_loads[0] == len(loads) - 1, (
         loads
     )  # once, for the winner, after every other read

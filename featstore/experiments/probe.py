@@ -53,6 +53,7 @@ from featstore.outputs import write_atomic, write_text
 from featstore.runs import made
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import proportion_interval
+from featstore.store.nonfinite import refuse_in_every
 from featstore.store.reader import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def probe(
     for n in names:  # vectors: nothing to reduce, and the summary would say "averaged" for a flatten (attack 58 #3)
         row, attrs = fs.split_info(train, n)["shape"][1:], fs.metadata(n)
         check_reduce(reduce, row, f"extractor {n!r}'s features", "--reduce flatten", attrs)
-    _refuse_nonfinite(fs, names, (train, validation, test))  # every extractor's splits, before the first fit
+    refuse_in_every(fs, names, (train, validation, test), "probe")  # every extractor's splits, before any fit
     _refuse_unprobeable(fs, names, train)  # one class, constant rows: before the first fit too (attack 58 #5)
     root = runs_root(store, runs)
     ensure_writable(root, store)
@@ -207,22 +208,6 @@ def _extractors(fs: FeatureStore, wanted: list[str] | None, splits: tuple[str, .
         for split, option in zip(splits, ("--train", "--validation", "--test")):
             check_has_rows(fs, n, split, option)
     return list(dict.fromkeys(names))
-
-
-def _refuse_nonfinite(fs: FeatureStore, names: list[str], splits: tuple[str, ...]) -> None:
-    """StoreError naming the extractor, split and first row with NaN or inf features, checked in one streamed pass
-    over every split probed before the first fit: a bad test row of the last extractor was found after every other
-    extractor had been probed, and their figures were lost with it (attack 53 #2). Its reading is the probe's own,
-    once more, in blocks: seconds against the minutes of the fits."""
-    for n in names:
-        for split in splits:
-            try:
-                fs.refuse_nonfinite(split, n)
-            except StoreError as exc:
-                others = [o for o in names if o != n]
-                if not others:
-                    raise
-                raise StoreError(f"{exc}; or probe the others: --extractor {','.join(others)}") from None
 
 
 def _refuse_unprobeable(fs: FeatureStore, names: list[str], train: str) -> None:

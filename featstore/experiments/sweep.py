@@ -1,8 +1,8 @@
 """``featstore sweep``: every extractor x classifier, chosen strictly on validation, test read once for the choice.
 
-Every fit is recorded as a run (fitted on train, scored on validation; test is *not* read while fitting). Without
-a validation split (in every extractor, or ``--validation none``) each run is scored by cross-validation on train
-instead: its out-of-fold predictions (copies of one image in one fold), recorded as the run's ``train.oof`` split.
+Every fit is recorded as a run (fitted on train, scored on validation; test's rows are only checked, before any fit,
+as fit checks them). Without a validation split (in every extractor, or ``--validation none``) each run is scored by
+cross-validation on train: its out-of-fold predictions (copies of one image in one fold), its ``train.oof`` split.
 The winner is the best accuracy on that split; with ``ensemble=True`` a greedy ensemble selection (Caruana et al.
 2004, on the runs' calibrated probabilities: start from the best single run, repeatedly add, with replacement, the
 run that lowers the log-loss of the average most; stop when nothing lowers it) competes too and is recorded as an
@@ -10,8 +10,8 @@ ensemble run, or the summary says why none was built. Only then is the test spli
 when an ensemble was built, its members and the best single run, so that the two can be compared on test), or for
 every run with ``show_test=True``. The ensemble is compared with the best single run on the same rows (exact
 McNemar test and Tango's paired score interval): the summary says when its gain is within noise. A summary
-(``sweep-<id>.json``) and a heat map (``sweep-<id>.png``) go into the runs folder. A cell recorded already as the very
-fit it would make is reused (:mod:`featstore.experiments.sweep_reuse`): a re-run after Ctrl-C goes on where it stopped.
+(``sweep-<id>.json``) and a heat map (``sweep-<id>.png``) go into the runs folder. A cell recorded as the very fit it
+would make is reused (:mod:`featstore.experiments.sweep_reuse`): a re-run after Ctrl-C goes on where it stopped.
 
 >>> result = sweep("features.h5", ["logreg", "svm"], ensemble=True)   # doctest: +SKIP
 >>> result["winner"]["id"], result["winner"]["test"]                  # doctest: +SKIP
@@ -40,6 +40,7 @@ from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells, un
 from featstore.outputs import write_atomic, write_text
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
+from featstore.store.nonfinite import refuse_in_every
 from featstore.store.reader import FeatureStore
 from featstore.store.strings import repeated
 
@@ -65,16 +66,14 @@ def sweep(
     reuse: bool = True,
 ) -> dict:
     """Fit each classifier on each extractor, choose on validation (or by cross-validation on train), evaluate test
-    once for the choice; returns the summary.
-
-    ``params`` maps a classifier name to its parameter lists, as ``fit`` takes them (several values: the
-    best on validation is kept, per extractor). Example::
+    once for the choice; returns the summary. ``params`` maps a classifier name to its parameter lists, as ``fit``
+    takes them (several values: the best on validation is kept, per extractor). Example::
 
         sweep("features.h5", ["logreg", "svm", "dense"], ensemble=True, jobs=2)
         sweep("features.h5", ["svm"], params={"svm": {"kernel": ["rbf"], "power": [0.5], "l2": [True], "pca": [256]}})
 
-    ``augmented=True`` fits every run on train plus its cached augmented copies (``featstore fit --augmented``).
-    ``reuse=False`` fits every cell, even one recorded already as the very fit it would make (the summary's ``reused``).
+    ``augmented=True`` fits every run on train plus its cached augmented copies (``featstore fit --augmented``);
+    ``reuse=False`` every cell, even one recorded as the very fit it would make (the summary's ``reused``).
     """
     from featstore.experiments.classifiers import get_classifier
 
@@ -111,6 +110,8 @@ def sweep(
     started = time.perf_counter()
     args = (cells, params, search, train, val, tst, augmented)  # a cell recorded as this very fit is not fitted again
     reused = recorded_cells(fs, runs_root(store, runs), *args) if reuse else {}
+    fitted = [n for n in names if any((n, c) not in reused for c in clfs)]  # fit's rule, test too, before any fit
+    refuse_in_every(fs, fitted, (train, val, tst), "sweep", train if augmented else None)
 
     def one(cell):
         n, c = cell

@@ -54,6 +54,24 @@ def far_rows(peaks: np.ndarray) -> tuple[np.ndarray, float]:
     return np.flatnonzero(finite & (np.where(finite, peaks, 0) > max(FAR_FACTOR * usual, FAR_FLOOR))), usual
 
 
+def refuse_in_every(fs, names: list[str], splits, verb: str, augmented: str | None = None) -> None:
+    """StoreError naming the extractor, split and rows that fit would refuse (NaN/inf, over LARGE_FEATURE, far larger
+    than the others), checked over every extractor's ``splits`` (None: left out) before a command's first fit, and
+    ``augmented``'s cached copies: a bad test row of the last extractor was found after every other one had been
+    fitted (probe: attack 53 #2; sweep: attack 68 #4, which scored test through runs evaluate's rule and recorded a
+    test row of 1e16). With several extractors the line names the others, to ``verb`` them alone."""
+    for n in names:
+        checks = [(s, False) for s in dict.fromkeys(s for s in splits if s)]
+        for split, copies in checks + ([(augmented, True)] if augmented else []):
+            try:
+                fs.refuse_nonfinite(split, n, augmented=copies)
+            except StoreError as exc:
+                others = [o for o in names if o != n]
+                if not others:
+                    raise
+                raise StoreError(f"{exc}; or {verb} the others: --extractor {','.join(others)}") from None
+
+
 class NonfiniteRows:
     """The rows with NaN or inf features of one split, found block by block (see ``FeatureStore.nonfinite_rows``)."""
 

@@ -1,0 +1,43 @@
+"""Attack 68, fixed by the lead: #4 sweep checked test (and every extractor after the first) only after its fits,
+through runs evaluate's rule (a test row of 1e16 was scored and recorded, exit 0; a NaN test row was refused after
+every cell was fitted). Every extractor's train, validation and test are now held to fit's rule before any fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import featstore
+from featstore.errors import StoreError
+from featstore.store.writer import write_arrays
+
+
+def _store(path, bad: dict[tuple[str, str], float]):
+    rng = np.random.default_rng(0)
+    for name in ("first", "second"):
+        for s in ("train", "validation", "test"):
+            y = np.arange(30) % 3
+            X = (rng.normal(size=(30, 8)) + y[:, None] * 1.5).astype(np.float32)
+            if (name, s) in bad:
+                X[4] = bad[name, s]
+            write_arrays(path, name, s, X, y, ["a", "b", "c"])
+    return path
+
+
+@pytest.mark.parametrize("value", [1e16, np.nan], ids=["large", "nan"])
+def test_sweep_refuses_a_bad_test_row_before_any_fit(tmp_path, value):
+    store, runs = _store(tmp_path / "s.h5", {("first", "test"): value}), tmp_path / "runs"
+    with pytest.raises(StoreError, match=r"s\.h5:/first/test holds 1 row\(s\).*--extractor second$"):
+        featstore.sweep(store, ["logreg", "knn"], runs=runs)
+    assert not runs.exists() or not any(runs.iterdir())  # nothing fitted or recorded
+
+
+def test_sweep_refuses_the_second_extractor_before_fitting_the_first(tmp_path):
+    store, runs = _store(tmp_path / "s.h5", {("second", "train"): 1e16}), tmp_path / "runs"
+    with pytest.raises(
+        StoreError, match=r"s\.h5:/second/train holds 1 row\(s\).*or sweep the others: --extractor first"
+    ):
+        featstore.sweep(store, ["logreg"], runs=runs)
+    assert not runs.exists() or not any(runs.iterdir())
+    got = featstore.sweep(store, ["logreg"], extractors=["first"], runs=runs)  # the others alone: swept
+    assert got["extractors"] == ["first"]
