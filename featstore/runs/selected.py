@@ -140,7 +140,7 @@ _SWEEP_BYTES = 64 << 20  # a summary larger than this is no sweep's
 # what sweep_choices reads in all, newest first: 3 summaries of 58 MB cost 3.8 s and 749 MB before runs compare's
 # first line, and it grew with their number (attack 67 #7)
 SWEEPS_READ = 1000
-SWEEPS_READ_BYTES = 64 << 20
+SWEEPS_READ_BYTES = 16 << 20  # a sweep of 1,000 cells writes about 0.3 MB
 
 
 def sweep_choices(root: str | os.PathLike) -> dict[str, dict[str, str]]:
