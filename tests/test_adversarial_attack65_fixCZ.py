@@ -141,6 +141,8 @@ def test_sweep_choices_reads_best_single_and_winner_and_passes_over_bad_summarie
     (tmp_path / "sweep-bb.json").write_text(json.dumps(one))
     (tmp_path / "sweep-cc.json").write_text("{not json")
     (tmp_path / "sweep-dd.json").write_text(json.dumps({"cells": cells}))
+    for rid in ("logreg-1", "knn-2", "ensemble-3", "svm-4"):  # only runs of this folder count (attack 67 #7)
+        (tmp_path / rid).mkdir()
     got = sweep_choices(tmp_path)
     assert set(got) == {"logreg-1", "ensemble-3"} and list(got["logreg-1"]) == ["validation"]
     assert "among 2 runs of sweep-aa" in got["logreg-1"]["validation"]
@@ -158,4 +160,5 @@ def test_crafted_sweep_summaries_are_passed_over(tmp_path):
     (tmp_path / "sweep-cc.json").symlink_to(tmp_path / "sweep-bb.json")
     good = {"chosen_on": "validation", "best_single": "logreg-1", "cells": [{"run": "logreg-1"}, {"run": "knn-2"}]}
     (tmp_path / "sweep-dd.json").write_text(__import__("json").dumps(good))
+    (tmp_path / "logreg-1").mkdir(), (tmp_path / "knn-2").mkdir()  # only runs of this folder count (attack 67 #7)
     assert list(sweep_choices(tmp_path)) == ["logreg-1"]

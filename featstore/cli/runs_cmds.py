@@ -83,6 +83,8 @@ def runs_show(
     """Every figure of a run with its 95 % interval, its calibration, the per-class report; writes PNGs (confusion matrix and reliability diagram per split, training curves) into its folder."""
     from featstore.experiments.evaluate import show_run
     from featstore.report.tables import run_report
+    from featstore.runs.folder import runs_root
+    from featstore.runs.selected import shown_from
 
     store, runs = _group_defaults(ctx, store, runs)
     unsaved: list[str] = []  # a read-only runs folder or a full disk: the figures are shown, then one line
@@ -90,7 +92,8 @@ def runs_show(
     if json_out:
         _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs]})
     else:
-        echo(run_report(rec, pngs))
+        with shown_from(runs_root(store, runs)):  # its selection: the sweeps and members of its folder (67 #9)
+            echo(run_report(rec, pngs))
     if unsaved:
         more = f" ({len(unsaved)} PNGs not written, this is the first)" if len(unsaved) > 1 else ""
         rest = "its other PNGs were written" if pngs else "its PNGs were not written"

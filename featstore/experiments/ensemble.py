@@ -33,7 +33,7 @@ from featstore.runs.kinds import kind_of
 from featstore.runs.predictions_file import PredictionsWriter
 from featstore.runs.record import RunRecord, check_weights, draft
 from featstore.runs.schema import scaled_weights
-from featstore.runs.selected import member_choices
+from featstore.runs.selected import ensemble_key, member_choices, sweep_choices
 from featstore.runs.write import RunDraft
 from featstore.stats.figures import RowFigures
 
@@ -107,6 +107,11 @@ def ensemble(
         raise ConfigError("the members share no evaluated split (validation or test); nothing to ensemble")
     # one extractor name per distinct (name, fingerprint) of the members, in member order: both fields list the same extractors
     extractors = list(dict.fromkeys((rec.extractor, rec.fingerprint) for rec, _ in members))
+    sweeps, method = sweep_choices(root), f"greedy selection on {chosen_on!r}"
+    again = sweeps.get(ensemble_key([rec.id for rec, _ in members], weights)) or {}
+    if not chosen_on and again:  # a sweep's ensemble rebuilt by hand (to give it a test figure) is that choice (67 #6)
+        chosen_on = next(iter(again))
+        method = f"{again[chosen_on].rstrip(',')}: the sweep chose these members and weights on {chosen_on!r}"
     record = draft(
         "ensemble",
         "ensemble",
@@ -125,12 +130,11 @@ def ensemble(
         notes=notes,
         # where each member chose its settings or epoch, kept with the ensemble: a member deleted later took the
         # ensemble's "selected on" mark with it and the verdict came back (attack 65 #11)
+        # (and a sweep's choice of a member: it was recorded as [] and the ensemble got a verdict there, 67 #6)
         members_selected_on=member_choices(
-            [rec for rec, _ in members], lambda r: find_run(r, root, True, verify=False)[0]
+            [rec for rec, _ in members], lambda r: find_run(r, root, True, verify=False)[0], sweeps
         ),
-        **(
-            {"selection": {"method": f"greedy selection on {chosen_on!r}", "chosen_on": chosen_on}} if chosen_on else {}
-        ),
+        **({"selection": {"method": method, "chosen_on": chosen_on}} if chosen_on else {}),
     )
     with RunDraft(root, record["id"]) as out:  # written split by split, a block of rows at a time
         evaluated = {s: _average_split(out.predictions, s, preds, weights, first) for s in splits}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shlex
 import stat
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from featstore.outputs import write_atomic
 from featstore.runs.apply import ApplyOptions
 from featstore.runs.files import output_path
 from featstore.runs.folder import calibrated_predictions, find_run, get_run, runs_root
-from featstore.runs.kinds import calibrated, kind_of, parse_record
+from featstore.runs.kinds import calibrated, kind_of, parse_record, rebuild_advice
 from featstore.runs.record import RunRecord, digest_paths, thaw
 from featstore.runs.refusals import closed_folders, not_written
 from featstore.runs.versions import run_lock
@@ -210,9 +211,10 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
     """:func:`evaluate_and_record` with the run's lock held: the record read now is the one a new version replaces."""
     rec, folder = find_run(run_id, root, exact=True)
     if not kind_of(rec).one_group:  # an ensemble, first: its extractor (a+b) is no group of the store (64 #4b)
-        raise ConfigError(
-            f"{rec.id} is an ensemble; evaluate its members, or use its recorded metrics (`featstore runs show`)"
+        where = (f" --store {shlex.quote(str(store))}" if str(store) != "features.h5" else "") + (
+            f" --runs {shlex.quote(str(root))}"
         )
+        raise ConfigError(f"{rec.id} is an ensemble; {rebuild_advice(rec, split, where)}")  # what works (67 #1)
     fs = FeatureStore(store)
     if split not in rec.metrics:
         refuse_other_store(rec, fs, split)

@@ -20,24 +20,21 @@ would make is reused (:mod:`featstore.experiments.sweep_reuse`): a re-run after 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import secrets
 import time
-from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, OutputError, StoreError, check_jobs, check_names, check_paths
-from featstore.experiments.compare import check_chart_name, compare_pair, wilson_of
+from featstore.errors import ConfigError, StoreError, check_jobs, check_names, check_paths
+from featstore.experiments.compare import check_chart_name
 from featstore.experiments.ensemble import averaged_blocks, greedy_ensemble, greedy_log_loss  # noqa: F401 - greedy_ensemble re-exported
 from featstore.experiments.ensemble import ensemble as record_ensemble
 from featstore.experiments.fit import OOF, fit, refuse_reduce
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.experiments.selection import DivergedError
 from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells, untested
-from featstore.outputs import write_atomic, write_text
+from featstore.experiments.sweep_summary import summary_of, tie_note, versus_best
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
 from featstore.store.nonfinite import refuse_in_every
@@ -144,7 +141,9 @@ def sweep(
     if not recs:
         raise DivergedError(f"every fit of the sweep diverged; the first: {next(iter(diverged.values()))}")
     scores = np.array([r.accuracy(score) for r in recs])
-    best = int(np.argmax(scores))
+    best = int(np.argmax(scores))  # the first of tied cells, named (attack 67 #4)
+    if tie := tie_note(recs, scores, score)[1]:
+        logger.warning("sweep: %s", tie)
     winner = {
         "id": recs[best].id,
         "kind": recs[best].kind,
@@ -178,13 +177,13 @@ def sweep(
     if len(chosen) > 1:
         ens = record_ensemble([rid for rid, _ in chosen], [float(k) for _, k in chosen], store, runs, score)
         tested[ens.id] = ens
-        vs = _versus(ens, recs[best], store, runs, score)
+        vs = versus_best(ens, recs[best], store, runs, score)
         if ensemble_wins:
             winner["id"] = ens.id
     shown = {winner["id"]} | ({r.id for r in recs} if show_test else set())  # what the table shows test for
     test_of = {rid: tested[rid] for rid in shown if rid in tested}
     secs, kept = time.perf_counter() - started, {r.id for r in reused.values()}
-    return _summary(
+    return summary_of(
         store, runs, png, clfs, names, recs, winner, ens, vs, note, test_of, tst, score, search, secs, diverged, kept
     )
 
@@ -346,104 +345,3 @@ def _true_class(preds, split: str, y: np.ndarray) -> np.ndarray:
         out[at : at + len(proba)] = proba[np.arange(len(proba)), y[at : at + len(proba)]]
         at += len(proba)
     return out
-
-
-def _versus(ens: RunRecord, best: RunRecord, store, runs, score: str) -> dict:
-    """The ensemble against the best single run, per split both were evaluated on: ``PairedComparison.to_dict()``,
-    and whether the split chose the ensemble (its gain there is optimistic)."""
-    pair = compare_pair(ens.id, best.id, store, runs)
-    return {
-        s: {**c.comparison.to_dict(), "selected_on": s == score}
-        for s, c in pair.splits.items()
-        if s == score or not s.endswith(OOF)
-    }
-
-
-def _summary(
-    store, runs, png, clfs, names, recs, winner, ens, versus, note, test_of, test, score, search, secs, diverged, kept
-):
-    """Write sweep-<id>.json and the heat map into the runs folder; return the summary (``test_of``: run -> record;
-    ``diverged``: (extractor, classifier) -> why, cells left out, drawn blank; ``kept``: the runs reused, not fitted)."""
-    from featstore.plots import heatmap_png
-
-    root = runs_root(store, runs)
-    sid = f"sweep-{secrets.token_hex(3)}"
-
-    def figures(rec: RunRecord, split: str | None) -> tuple[float | None, list | None]:
-        if rec is None or split is None or split not in rec.metrics:
-            return None, None
-        return rec.accuracy(split), list(wilson_of(rec.metrics[split]))
-
-    winner["test"], winner["test_ci"] = figures(test_of.get(winner["id"]), test)
-    if ens is not None and winner["id"] == ens.id and versus:  # is the ensemble's gain over the best single run real?
-        split = test if test in versus else score
-        winner["vs_best_single"] = {"split": split, "run": versus[split]["name_b"], "verdict": versus[split]["verdict"]}
-    winner["validation_ci"] = figures(next((r for r in [*recs, ens] if r and r.id == winner["id"]), None), score)[1]
-    k = len(clfs)
-    fitted = iter(recs)
-    at = [[None if (n, c) in diverged else next(fitted) for c in clfs] for n in names]  # the grid's cells, in order
-    grid = np.array([[np.nan if r is None else r.accuracy(score) for r in row] for row in at])
-    cis = np.array([[(np.nan, np.nan) if r is None else wilson_of(r.metrics[score]) for r in row] for row in at])
-    where = next(
-        ((i, j) for i in range(len(names)) for j in range(k) if at[i][j] and at[i][j].id == winner["id"]), None
-    )
-    out = Path(png) if png else root / f"{sid}.png"
-    on = "validation" if not score.endswith(OOF) else "out-of-fold"
-    summary = {
-        "id": sid,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "store": str(Path(store).resolve()),
-        "classifiers": clfs,
-        "extractors": names,
-        "search": search,
-        "chosen_on": score,
-        "reused": [{"extractor": r.extractor, "clf": r.clf, "run": r.id} for r in recs if r.id in kept],
-        "seconds": round(secs, 2),
-        "cells": [
-            {
-                "extractor": r.extractor,
-                "clf": r.clf,
-                "run": r.id,
-                "params": r["params"],
-                "validation": r.accuracy(score),
-                "validation_ci": figures(r, score)[1],
-                "reused": r.id in kept,
-                "test": figures(test_of.get(r.id), test)[0],
-                "test_ci": figures(test_of.get(r.id), test)[1],
-            }
-            for r in recs
-        ]
-        + [
-            {"extractor": n, "clf": c, "run": None, "diverged": why, "validation": None, "test": None}
-            for (n, c), why in diverged.items()
-        ],
-        "ensemble": None
-        if ens is None
-        else {
-            "run": ens.id,
-            "members": list(ens.members),
-            "weights": list(ens.weights),
-            "validation": ens.accuracy(score),
-            "validation_ci": figures(ens, score)[1],
-            "test": ens.accuracy(test) if test else None,
-            "test_ci": figures(ens, test)[1],
-            "vs_best_single": versus,
-        },
-        "ensemble_note": note,
-        "winner": winner,
-        "best_single": max(recs, key=lambda r: r.accuracy(score)).id,  # chosen on score: runs compare says so there
-        "selection": f"accuracy on {score!r}"
-        + (" (cross-validation on train: no validation split)" if score.endswith(OOF) else "")
-        + (f"; {test!r} evaluated after the choice, for the chosen runs only" if test else "; no test split evaluated")
-        + (" (and every run: --show-test)" if len(test_of) > 1 else ""),
-        "png": str(out),
-    }
-    title = f"{sid}: {on} accuracy [95 % interval] (winner {winner['id']}" + (
-        f", test {winner['test']:.3f})" if winner["test"] is not None else ")"
-    )
-    write_text(root / f"{sid}.json", json.dumps(summary, indent=1), "sweep summary")
-    try:
-        write_atomic(out, lambda tmp: heatmap_png(names, clfs, grid, title, tmp, where, cis, f"{on} accuracy"), "--png")
-    except OutputError as exc:
-        raise OutputError(f"{exc} The sweep's runs and its summary {root / f'{sid}.json'} are recorded") from None
-    return summary

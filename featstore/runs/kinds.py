@@ -32,6 +32,7 @@ from featstore.runs.kind_base import APPLY_ATTRS, ImagesModel, RunKind, calibrat
 from featstore.runs.predictions_file import EVAL_BUDGET, eval_rows
 from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names
 from featstore.runs.schema import scaled_weights
+from featstore.runs.selected import selected_here
 from featstore.store.reader import FeatureStore
 from featstore.store.storage import row_bytes
 from featstore.units import format_bytes
@@ -176,8 +177,10 @@ class FitKind(_FeaturesRun):
         return {"reduce": pipe.steps[0][1].reduce, "units": head.units, "dropout": head.dropout, "weights": weights}
 
     def describe(self, rec: RunRecord) -> list[str]:
-        sel = rec.get("selection", {})
-        lines = [f"  clf {rec.clf} params {rec['params']}", f"  selection: {sel.get('method')}"]
+        sel, chosen = rec.get("selection", {}), selection_lines(rec)
+        method = str(sel.get("method"))
+        method = method.replace("(nothing to select)", "(no setting to select)") if chosen else method
+        lines = [f"  clf {rec.clf} params {rec['params']}", f"  selection: {method}", *chosen]
         lines += [f"    {c['params']}: {c['score']:.4f}" for c in sel.get("candidates", [])]
         streamed = f", streamed within {format_bytes(rec['memory_budget'])}" if rec.get("streamed") else ""
         lines.append(
@@ -292,15 +295,36 @@ class EnsembleKind(RunKind):
     def split_predictions(
         self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
     ):
-        raise ConfigError(
-            f"{rec.id} is an ensemble; evaluate its members, or use its recorded metrics (`featstore runs show`)"
-        )
+        raise ConfigError(f"{rec.id} is an ensemble; {rebuild_advice(rec, split)}")
 
     def params_text(self, rec: RunRecord) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted(rec["params"].items()))
 
     def describe(self, rec: RunRecord) -> list[str]:
-        return [f"  members {', '.join(rec.members)} with weights {list(rec.weights)}"]
+        return [f"  members {', '.join(rec.members)} with weights {list(rec.weights)}", *selection_lines(rec)]
+
+
+def selection_lines(rec: RunRecord) -> list[str]:
+    """One line per split the run (or its members, or a sweep) chose on (``featstore.runs.selected``): ``runs show``
+    said "nothing to select" for a sweep's chosen run, and nothing for its ensemble (attack 67 #9)."""
+    return [
+        f"  selected on {split}: {what} chosen on these rows (its figures there are optimistic)"
+        for split, what in selected_here(rec).items()
+    ]
+
+
+def rebuild_advice(rec: RunRecord, split: str, where: str = "") -> str:
+    """What gives ensemble ``rec`` figures on ``split``: its members evaluated there, then the same members and
+    weights made an ensemble again (``runs evaluate`` refuses an ensemble: attack 67 #1); ``where``: the ``--store``
+    and ``--runs`` options to repeat."""
+    members = list(dict.fromkeys(rec.members))
+    evaluate = " and ".join(f"`featstore runs evaluate {m} --split {split}{where}`" for m in members)
+    weights = " ".join(f"--weight {float(w)!r}" for w in rec.weights)
+    return (
+        f"evaluate its members on {split} ({evaluate}), then make the ensemble again with the same members and "
+        f"weights (`featstore ensemble {' '.join(rec.members)} {weights}{where}`): the new one has {split}'s figures "
+        f"and keeps this one's selection marks"
+    )
 
 
 def image_blocks(images, size: int, proba_of, workers: int):

@@ -14,8 +14,10 @@ chance" (attack 63 #5). ``runs compare`` and the report say so per split, read f
   when it was made (``members_selected_on``, since attack 65 #11: a member deleted since keeps its mark), else read
   from the member's record now; a member gone that the ensemble did not record marks every split but test
   (where it chose is unknown);
-- a sweep's choice (:func:`sweep_choices`): the best single run (and the winner) of a sweep of several runs, chosen
-  on the split the sweep's summary ``sweep-<id>.json`` in the runs folder names (attack 65 #6).
+- a sweep's choice (:func:`sweep_choices`): the best single run (and the winner, and cells tied with it) of a sweep
+  of several runs, chosen on the split the sweep's summary ``sweep-<id>.json`` in the runs folder names (attack 65
+  #6); and, whatever built it, an ensemble of such a run, or of exactly a sweep ensemble's members and weights
+  (attack 67 #6).
 
 >>> selected_on({"kind": "fit", "selection": {"chosen_on": "validation", "candidates": [{}, {}]}})
 {'validation': 'its settings'}
@@ -24,16 +26,20 @@ chance" (attack 63 #5). ``runs compare`` and the report say so per split, read f
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from featstore.provenance import OOF
 
 _ACCURACY_ON = re.compile(r"accuracy on the '([^']+)' split")
 _CV_ON = re.compile(r"cross-validation on '([^']+)'")
+logger = logging.getLogger(__name__)
 
 
 def _own(rec: Mapping) -> dict[str, str]:
@@ -66,18 +72,24 @@ def selected_on(
     """Split -> what the run chose there, in words ("its settings", "its ensemble weights", "its members'
     settings", ...); empty for a run that chose nothing. ``lookup(run_id)``: another run's record, or None when it
     is gone, to read an ensemble's members and a fine-tuned run's phase A run; ``sweeps``: :func:`sweep_choices` of
-    the runs folder."""
+    the runs folder: a member a sweep chose marks its ensemble, whatever built it, and an ensemble of a sweep
+    ensemble's very members and weights is that sweep's choice (attack 67 #6)."""
     out = _own(rec)
+    sweeps = sweeps or {}
 
     def add(split: str, what: str) -> None:
         if what not in out.get(split, ""):
-            out[split] = f"{out[split]}, {what}" if split in out else what
+            out[split] = f"{out[split].rstrip(',')}, {what}" if split in out else what
 
     recorded = rec.get("members_selected_on")
     recorded = recorded if isinstance(recorded, Mapping) else {}
     linked = [(m, "its members' settings") for m in rec.get("members") or ()]
     linked += [(rec["from_run"], f"its phase A run {rec['from_run']}")] if rec.get("from_run") else []
-    for other, what in linked if lookup or recorded else ():
+    for other, what in linked:
+        for split, why in (sweeps.get(str(other)) or {}).items():  # a sweep chose the member: recorded or not
+            add(split, f"its member {other}'s {why.removeprefix('its ')}")
+        if not (lookup or recorded):
+            continue
         if isinstance(recorded.get(other), (list, tuple)):  # recorded when the ensemble was made
             for split in recorded[other]:
                 add(str(split), what)
@@ -93,43 +105,116 @@ def selected_on(
             continue
         for split in _own(got):
             add(split, what)
-    for split, what in ((sweeps or {}).get(str(rec.get("id")), {}) or {}).items():
+    if rec.get("members"):  # the members and weights of a sweep's greedy selection, rebuilt by hand or not
+        for split, why in (sweeps.get(ensemble_key(rec["members"], rec.get("weights"))) or {}).items():
+            add(split, why)
+    for split, what in (sweeps.get(str(rec.get("id"))) or {}).items():
         add(split, what)
     return out
 
 
-def member_choices(members: list[Mapping], lookup: Callable[[str], Mapping | None] | None) -> dict[str, list[str]]:
-    """Member id -> the splits it chose on (:func:`selected_on`), as an ensemble records them when it is made."""
-    return {str(m["id"]): sorted(selected_on(m, lookup)) for m in members}
+def ensemble_key(members, weights) -> str:
+    """The key of an ensemble's members and weights (as their ratios, in any order) in :func:`sweep_choices`."""
+    try:
+        w = [float(x) for x in weights] if weights is not None else [1.0] * len(members)
+        total = sum(w) if len(w) == len(members) and sum(w) > 0 else None
+    except (TypeError, ValueError):
+        total = None
+    if not total:
+        return "ensemble:?"
+    return "ensemble:" + json.dumps(sorted((str(m), round(x / total, 9)) for m, x in zip(members, w)))
+
+
+def member_choices(
+    members: list[Mapping],
+    lookup: Callable[[str], Mapping | None] | None,
+    sweeps: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, list[str]]:
+    """Member id -> the splits it chose on (:func:`selected_on`, a sweep's choice of it included: attack 67 #6), as
+    an ensemble records them when it is made."""
+    return {str(m["id"]): sorted(selected_on(m, lookup, sweeps)) for m in members}
 
 
 _SWEEP = re.compile(r"sweep-[0-9a-f]+\.json")
 _SWEEP_BYTES = 64 << 20  # a summary larger than this is no sweep's
+# what sweep_choices reads in all, newest first: 3 summaries of 58 MB cost 3.8 s and 749 MB before runs compare's
+# first line, and it grew with their number (attack 67 #7)
+SWEEPS_READ = 1000
+SWEEPS_READ_BYTES = 16 << 20  # a sweep of 1,000 cells writes about 0.3 MB
 
 
 def sweep_choices(root: str | os.PathLike) -> dict[str, dict[str, str]]:
     """Run id -> {split: what} for every run a sweep in runs folder ``root`` chose among several: its best single
-    run and its winner, on the split its summary ``sweep-<id>.json`` says it chose on (a sweep of one run chose
-    nothing). An unreadable or malformed summary is passed over."""
+    run, its winner and every cell tied with it, on the split its summary ``sweep-<id>.json`` says it chose on (a
+    sweep of one run chose nothing); and :func:`ensemble_key` of its ensemble's members and weights -> the same.
+    Only cells whose run folder is in ``root`` count ("among N runs"), and a run is marked only when it is one of
+    them. The newest :data:`SWEEPS_READ` summaries, :data:`SWEEPS_READ_BYTES` in all, are read; the others are
+    passed over with one warning naming how many and why. An unreadable or malformed summary is passed over."""
     out: dict[str, dict[str, str]] = {}
     try:
-        names = sorted(e.name for e in os.scandir(root) if _SWEEP.fullmatch(e.name))
+        with os.scandir(root) as it:
+            entries = list(it)
     except OSError:
         return out
-    for name in names:
-        try:
-            summary = json.loads(_read_summary(Path(root) / name))
-            on, winner = summary["chosen_on"], summary.get("winner") or {}
-            n = sum(1 for c in summary.get("cells") or () if isinstance(c, dict) and c.get("run"))
-            ids = {summary.get("best_single"), winner.get("id")}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
-            continue  # a crafted summary (a link, a FIFO, too large, nested too deep) is passed over as malformed
-        if not isinstance(on, str) or not on or n < 2:
+    folders = {e.name for e in entries if not _SWEEP.fullmatch(e.name) and _is_dir(e)}
+    found = []
+    for e in entries:
+        if _SWEEP.fullmatch(e.name):
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            found.append((-st.st_mtime, e.name, st.st_size))
+    read, skipped, total = [], [], 0
+    for _, name, size in sorted(found):  # the newest first
+        if len(read) >= SWEEPS_READ or total + size > SWEEPS_READ_BYTES:
+            skipped.append(name)
             continue
-        for rid in sorted(i for i in ids if isinstance(i, str) and i):
-            what = f"its classifier and extractor, among {n} runs of {name[: -len('.json')]},"
-            out.setdefault(rid, {})[on] = what
+        read.append(name)
+        total += size
+    if skipped:
+        logger.warning(
+            "runs folder %s: %d sweep summaries (%s) not read: only the newest %d, %d MB in all, are read for the "
+            "runs they chose, so runs those sweeps chose are not marked as selected; move old sweep-*.json files "
+            "out of the runs folder",
+            root,
+            len(skipped),
+            ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else ""),
+            SWEEPS_READ,
+            SWEEPS_READ_BYTES >> 20,
+        )
+    for name in sorted(read):
+        _mark(out, name, Path(root), folders)
     return out
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _mark(out: dict, name: str, root: Path, folders: set[str]) -> None:
+    """Add the choices of summary ``name`` to ``out`` (nothing for an unreadable or malformed one)."""
+    try:
+        summary = json.loads(_read_summary(root / name))
+        on, winner = summary["chosen_on"], summary.get("winner") or {}
+        cells = {c.get("run") for c in summary.get("cells") or () if isinstance(c, dict)}
+        runs = {r for r in cells if isinstance(r, str) and r in folders}  # a cell counts when its run is here
+        ids = {summary.get("best_single"), winner.get("id"), *(summary.get("tied") or ())}
+        ens = summary.get("ensemble") or {}
+        ens = ens if isinstance(ens, dict) and isinstance(ens.get("members"), list) else {}
+        key = ensemble_key(ens["members"], ens.get("weights")) if ens else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
+        return  # a crafted summary (a link, a FIFO, too large, nested too deep) is passed over as malformed
+    if not isinstance(on, str) or not on or len(runs) < 2:
+        return
+    sid = name[: -len(".json")]
+    for rid in sorted(i for i in ids if isinstance(i, str) and (i in runs or (i == winner.get("id") and i in folders))):
+        out.setdefault(rid, {})[on] = f"its classifier and extractor, among {len(runs)} runs of {sid},"
+    if key and {str(m) for m in ens["members"]} <= runs:
+        out.setdefault(key, {})[on] = f"its members and weights, {sid}'s greedy selection among {len(runs)} runs,"
 
 
 def _read_summary(path: Path) -> bytes:
@@ -143,3 +228,27 @@ def _read_summary(path: Path) -> bytes:
             return fh.read(_SWEEP_BYTES + 1)
     finally:
         os.close(fd)
+
+
+_SHOWN_FROM: ContextVar[Path | None] = ContextVar("featstore_runs_shown_from", default=None)
+
+
+@contextmanager
+def shown_from(root: str | os.PathLike) -> Iterator[None]:
+    """Within it, :func:`selected_here` reads the choices of runs folder ``root`` (``runs show``: attack 67 #9)."""
+    token = _SHOWN_FROM.set(Path(root))
+    try:
+        yield
+    finally:
+        _SHOWN_FROM.reset(token)
+
+
+def selected_here(rec: Mapping) -> dict[str, str]:
+    """:func:`selected_on` of ``rec`` with the members and sweeps of the runs folder :func:`shown_from` names (only
+    the run's own record outside it)."""
+    root = _SHOWN_FROM.get()
+    if root is None:
+        return selected_on(rec)
+    from featstore.runs.folder import find_run  # the folder module imports the kinds, which import this one
+
+    return selected_on(rec, lambda r: find_run(r, root, exact=True, verify=False)[0], sweep_choices(root))
