@@ -83,7 +83,7 @@ def runs_show(
     """Every figure of a run with its 95 % interval, its calibration, the per-class report; writes PNGs (confusion matrix and reliability diagram per split, training curves) into its folder."""
     from featstore.experiments.evaluate import show_run
     from featstore.report.tables import run_report
-    from featstore.runs.folder import runs_root
+    from featstore.runs.folder import find_run, runs_root
     from featstore.runs.selected import shown_from
 
     store, runs = _group_defaults(ctx, store, runs)
@@ -92,7 +92,9 @@ def runs_show(
     if json_out:
         _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs]})
     else:
-        with shown_from(runs_root(store, runs)):  # its selection: the sweeps and members of its folder (67 #9)
+        root = runs_root(store, runs)
+        find = lambda r: find_run(r, root, exact=True, verify=False)[0]  # noqa: E731
+        with shown_from(root, find):  # its selection: the sweeps and members of its folder (67 #9)
             echo(run_report(rec, pngs))
     if unsaved:
         more = f" ({len(unsaved)} PNGs not written, this is the first)" if len(unsaved) > 1 else ""

@@ -230,13 +230,15 @@ def _read_summary(path: Path) -> bytes:
         os.close(fd)
 
 
-_SHOWN_FROM: ContextVar[Path | None] = ContextVar("featstore_runs_shown_from", default=None)
+_SHOWN_FROM: ContextVar[tuple[Path, Callable] | None] = ContextVar("featstore_runs_shown_from", default=None)
 
 
 @contextmanager
-def shown_from(root: str | os.PathLike) -> Iterator[None]:
-    """Within it, :func:`selected_here` reads the choices of runs folder ``root`` (``runs show``: attack 67 #9)."""
-    token = _SHOWN_FROM.set(Path(root))
+def shown_from(root: str | os.PathLike, find: Callable) -> Iterator[None]:
+    """Within it, :func:`selected_here` reads the choices of runs folder ``root`` (``runs show``: attack 67 #9), its
+    runs found by ``find(id)`` (the record, or None; given by the caller: the folder module imports the kinds, which
+    import this one)."""
+    token = _SHOWN_FROM.set((Path(root), find))
     try:
         yield
     finally:
@@ -246,9 +248,8 @@ def shown_from(root: str | os.PathLike) -> Iterator[None]:
 def selected_here(rec: Mapping) -> dict[str, str]:
     """:func:`selected_on` of ``rec`` with the members and sweeps of the runs folder :func:`shown_from` names (only
     the run's own record outside it)."""
-    root = _SHOWN_FROM.get()
-    if root is None:
+    shown = _SHOWN_FROM.get()
+    if shown is None:
         return selected_on(rec)
-    from featstore.runs.folder import find_run  # the folder module imports the kinds, which import this one
-
-    return selected_on(rec, lambda r: find_run(r, root, exact=True, verify=False)[0], sweep_choices(root))
+    root, find = shown
+    return selected_on(rec, find, sweep_choices(root))
