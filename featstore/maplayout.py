@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from featstore.errors import ConfigError
 from featstore.provenance import LAYOUT_CHECKED, LAYOUT_FIELDS, UNKNOWN, plain
 
@@ -26,10 +28,12 @@ def refuse_unknown_layout(attrs: dict, shape: tuple, where: str, option: str) ->
     """ConfigError where a reduce over every axis but the last may take a map's channels (:func:`layout_unknown`), or
     where no layer up to the cut said where its channels are (``layout_checked: "unknown"``: attack 66 #2)."""
     if plain(attrs.get(LAYOUT_CHECKED)) == UNKNOWN and len(tuple(shape)) >= 2:
+        model = attrs.get("model_file")
+        layers = f" (`featstore models {shlex.quote(str(plain(model)))} --layers` lists them)" if model else ""
         raise ConfigError(
             f"{where} are maps {tuple(shape)} per row whose channels axis no layer up to the cut says (one moves or "
-            f"mixes axes: Permute, Reshape, an op featstore does not know), as --pooling said at extraction; averaging "
-            f"over every axis but the last may mix the channels: pass {option}, or extract a convolution's output"
+            f"mixes axes: Permute, Reshape, an op featstore does not know), so averaging over every axis but the last "
+            f"may mix the channels: pass {option}, or extract a convolution's or pooling's output{layers}"
         )
     if layout_unknown(attrs, shape):
         raise ConfigError(

@@ -233,13 +233,14 @@ def channels_last_axes(base, t) -> tuple[int, ...] | None:
 
 
 def layout_of(cut) -> dict:
-    """``{"map_layout": ...}`` for a cut model that stores a channels_first map channels_last; ``{"layout_checked":
-    "unknown"}`` for a map (h, w, c)-like, 3-D a row or more, whose channels no layer up to the cut says (a reduce over
-    its other axes is refused then: attack 66 #2; a (tokens, dims) row is not one); else ``{}``."""
+    """``{"map_layout": ...}`` for a saved model's cut that stores a channels_first map channels_last; ``{"layout_checked":
+    "unknown"}`` for a map of any rank (2-D a row or more) whose channels no layer up to the cut says: a reduce is
+    refused then (attack 66 #2; 68 #1: a Permute's (C, L) rows were skipped, recorded checked and averaged over C);
+    else ``{}``: a vector, or a map the walk ends channels last. Registry backbones are not walked (attack 68 #6)."""
     if cut.layers[-1].name.startswith(TO_CHANNELS_LAST):
         return {"map_layout": provenance.MOVED_CHANNELS_LAST}
     t = cut.outputs[0]
-    known = len(t.shape) < 4 or data_format_at(cut, t) is not None
+    known = len(t.shape) < 3 or data_format_at(cut, t) is not None
     return {} if known else {provenance.LAYOUT_CHECKED: provenance.UNKNOWN}
 
 

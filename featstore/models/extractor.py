@@ -389,7 +389,7 @@ class Extractor:
         return provenance.extractor_attrs(
             backbone,
             {**self.config.arguments(), "layer": requested},
-            out | ({} if isinstance(self.spec, HubSpec) else layout_of(cut)),  # a preset's grid: (side, side, C)
+            out | (layout_of(cut) if isinstance(self.spec, SavedModelSpec) else {}),  # registry, preset: channels last
             dataclasses.asdict(self.weights),
             {"keras": keras.__version__, "tensorflow": tf.__version__, "pillow": PIL.__version__},
         )

@@ -7,8 +7,9 @@ or to the model's input, which featstore feeds as ``(H, W, C)`` images (channels
 ``keras.ops.moveaxis``, whose class is ``Moveaxis``, a ``Lambda``, a custom layer) or a change of rank leaves it
 unknown: None. A PyTorch port (``Permute`` to NCHW, then ``Conv2D(data_format="channels_first")``) cut at a convolution
 was pooled over its channels and rows, one value per image column stored (attack 58 #2); the deny-list before missed
-``EinsumDense`` and ``Moveaxis`` (attack 60 #2). ``Dense`` (and ConvNeXt's ``LayerScale``) act on the last axis: walked
-through only where that is the channels (the walk ends channels_last).
+``EinsumDense`` and ``Moveaxis`` (attack 60 #2). ``Dense`` (and ConvNeXt's ``LayerScale``) act on the last axis, and a
+``Reshape`` that keeps the last axis's size keeps it (``(h, w, c)`` to ``(h*w, c)``, an EfficientNet squeeze-excite's
+``(c,)`` to ``(1, 1, c)``): walked through only where that is the channels (the walk ends channels_last).
 
 >>> x = keras.Input((8, 8, 3))                                                               # doctest: +SKIP
 >>> h = keras.layers.Conv2D(4, 3, data_format="channels_first", name="c")(keras.layers.Permute((3, 1, 2))(x))  # doctest: +SKIP
@@ -81,6 +82,10 @@ def _walk(tensor) -> tuple[set, bool]:
                 continue
         elif kind in LAST_AXIS:
             last_axis = True
+        elif kind == "Reshape" and _keeps_last_axis(t, inputs):  # (h, w, c) to (h*w, c), (c,) to (1, 1, c)
+            last_axis = True  # (the rank may change: each row of its last axis is one of its input's, attack 68 #6)
+            stack.extend(inputs)
+            continue
         elif kind not in KEEPS_AXES:  # an allow-list: EinsumDense, Moveaxis, a Lambda... move axes (attack 60 #2)
             found.add(None)
             continue
@@ -89,6 +94,13 @@ def _walk(tensor) -> tuple[set, bool]:
             continue
         stack.extend(inputs)
     return found, last_axis
+
+
+def _keeps_last_axis(t, inputs: list) -> bool:
+    """Whether a ``Reshape`` to ``t`` keeps its one input's last axis: the same size there (row-major order keeps each
+    run of it together, so the channels stay last where they were last: walked as :data:`LAST_AXIS`)."""
+    last = (getattr(t, "shape", None) or (None,))[-1]
+    return len(inputs) == 1 and last is not None and (getattr(inputs[0], "shape", None) or (None,))[-1] == last
 
 
 def keras_output(model, index: int = 0):
