@@ -45,3 +45,20 @@ def test_a_flag_given_twice_the_same_way_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     got = CliRunner().invoke(app, ["sweep", "--search", "--search", "--no-reuse", "--no-reuse"])
     assert "given" not in got.output and "both" not in got.output and got.exit_code == 1, got.output  # no store here
+
+
+def test_the_group_options_given_with_their_opposite_are_refused(tmp_path, monkeypatch):
+    """Attack 69 #6: `featstore --no-locking --locking info` ran, the last flag winning."""
+    monkeypatch.chdir(tmp_path)
+    got = CliRunner().invoke(app, ["--no-locking", "--locking", "info"])
+    assert got.exit_code == 1 and "--locking and --no-locking both given" in got.output, got.output
+
+
+def test_repeated_values_are_escaped_and_quoted(tmp_path, monkeypatch):
+    """Attack 69 #5: the values went to the terminal raw (an escape sequence retitled it) and the comma form unquoted
+    (`b;rm -r x` came out as a command)."""
+    monkeypatch.chdir(tmp_path)
+    got = CliRunner().invoke(app, ["sweep", "--clf", "a", "--clf", "b;rm -r x"])
+    assert got.exit_code == 1 and "--clf 'a,b;rm -r x'" in got.output, got.output
+    got = CliRunner().invoke(app, ["fit", "--clf", "\x1b]0;pwned\x07", "--clf", "x"])
+    assert got.exit_code == 1 and "\x1b" not in got.output and "given 2 times" in got.output, got.output

@@ -11,6 +11,7 @@ import errno
 import functools
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -27,6 +28,12 @@ logger = logging.getLogger(__name__)
 class _Group(TyperGroup):
     """A command group that refuses empty option values (:func:`refuse_empty`) before the chosen command runs; the
     ``runs`` group is one too, so `runs show` and `runs evaluate` are checked as well."""
+
+    def parse_args(self, ctx, args):
+        got = None if ctx.resilient_parsing else _parse(self, ctx.parent, ctx.info_name, args)
+        if got is not None and not got[0].get("help"):  # the group's own options (`--no-locking --locking`: 69 #6)
+            _refuse_repeated(self, got, ctx.info_name, args)
+        return super().parse_args(ctx, args)
 
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
@@ -162,9 +169,9 @@ def _refuse_repeated(command, got, name: str, args: list[str]) -> None:
                 raise typer.Exit(1)
             continue
         if "comma" in (param.help or ""):  # the options comma_list splits: one value, its items comma-separated
-            how = f"list the values once, comma-separated: {opt} {','.join(given)}"
+            how = f"list the values once, comma-separated: {opt} {safe(shlex.quote(','.join(given)))}"
         else:
-            how = f"give it once (given: {', '.join(given)})"
+            how = f"give it once (given: {', '.join(safe(v) for v in given)})"
         typer.secho(f"error: {opt} given {len(given)} times; {how}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
 
