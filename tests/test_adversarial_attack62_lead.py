@@ -121,10 +121,26 @@ def test_a_row_far_larger_than_the_others_is_refused_too(tmp_path, split):
 def test_far_rows_rule():
     from featstore.store.nonfinite import far_rows
 
-    peaks = np.array([1.0, 2.0, 3.0] * 10 + [3e6 + 1, 3e6])
-    assert far_rows(peaks)[0].tolist() == [30]  # over 1e6 x 3 (the 90th percentile); 3e6 is not over it
+    peaks = np.array([1.0, 2.0, 3.0] * 10 + [2e6 + 1, 2e6])
+    assert far_rows(peaks)[0].tolist() == [30]  # over 1e6 x 2 (the median); 2e6 is not over it
     assert not len(far_rows(np.array([1e-9] * 20 + [1.0]))[0])  # far in ratio, under 1e3: a tiny store's rows
-    assert not len(far_rows(np.array([0.0] * 20 + [1e9]))[0])  # a usual size of 0: no scale to compare with
-    assert not len(
-        far_rows(np.array([1.0] * 5 + [1e5] * 2 + [1e11]))[0]
-    )  # the 90th percentile is 1e5: 1e11 is not over 1e11
+    assert not len(far_rows(np.array([0.0] * 20))[0])  # no non-zero row: no scale to compare with
+    assert far_rows(np.array([0.0] * 20 + [1.0] * 3 + [1e9]))[0].tolist() == [23]  # zero rows left out of the median
+    assert far_rows(np.array([1.0] * 6 + [1e14] * 5))[0].tolist() == [6, 7, 8, 9, 10]  # under half of them: found
+
+
+def test_a_class_of_far_rows_is_refused(tmp_path):
+    """Attack 69 #2: the 90th percentile let a tenth of the rows through: one class of 9 whose train rows were all
+    about 1e14 fitted logreg at chance (0.11), exit 0, and check said OK."""
+    from featstore.store.check import check_store
+
+    rng = np.random.default_rng(0)
+    for s in ("train", "validation", "test"):
+        y = np.arange(90) % 9
+        X = (rng.normal(size=(90, 8)) + y[:, None]).astype(np.float32)
+        if s == "train":
+            X[y == 8] *= 1e13
+        write_arrays(tmp_path / "s.h5", "synthetic", s, X, y, list("abcdefghi"))
+    with pytest.raises(StoreError, match=r"holds 10 row\(s\) \(8, 17, 26, 35, 44 \.\.\.; .*times the split's usual"):
+        featstore.fit(tmp_path / "s.h5", "logreg", runs=tmp_path / "runs")
+    assert "10 rows hold features over 1e+06 times" in " ".join(check_store(tmp_path / "s.h5"))

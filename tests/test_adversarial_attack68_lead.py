@@ -4,6 +4,8 @@ every cell was fitted). Every extractor's train, validation and test are now hel
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -41,3 +43,29 @@ def test_sweep_refuses_the_second_extractor_before_fitting_the_first(tmp_path):
     assert not runs.exists() or not any(runs.iterdir())
     got = featstore.sweep(store, ["logreg"], extractors=["first"], runs=runs)  # the others alone: swept
     assert got["extractors"] == ["first"]
+
+
+def test_a_fully_reused_sweep_holds_a_new_test_split_to_fits_rule(tmp_path):
+    """Attack 69 #1: a sweep whose cells were all reused checked no split; a test split added since, with a row of
+    1e16, was scored through runs evaluate's rule and recorded into the reused winner, exit 0. The refusal names every
+    extractor of the sweep, reused ones too (69 #3)."""
+    rng = np.random.default_rng(0)
+    store, runs = tmp_path / "s.h5", tmp_path / "runs"
+    for name in ("first", "second"):
+        for s in ("train", "validation"):
+            y = np.arange(30) % 3
+            write_arrays(
+                store, name, s, (rng.normal(size=(30, 8)) + y[:, None] * 1.5).astype(np.float32), y, list("abc")
+            )
+    featstore.sweep(store, ["logreg"], runs=runs)
+    made = sorted(p.name for p in runs.iterdir())
+    for name in ("first", "second"):
+        y = np.arange(30) % 3
+        X = (rng.normal(size=(30, 8)) + y[:, None] * 1.5).astype(np.float32)
+        X[4] = 1e16
+        write_arrays(store, name, "test", X, y, list("abc"))
+    with pytest.raises(StoreError, match=r"/test holds 1 row\(s\).*or sweep the others: --extractor (first|second)$"):
+        featstore.sweep(store, ["logreg"], runs=runs)
+    assert sorted(p.name for p in runs.iterdir()) == made  # nothing recorded, no test figure added
+    for run in (p for p in runs.iterdir() if p.is_dir()):
+        assert "test" not in json.loads((run / "run.json").read_text())["metrics"]

@@ -6,12 +6,10 @@ package imports lazily); its C++ start-up noise is hidden by :mod:`featstore.qui
 
 from __future__ import annotations
 
-import copy
 import errno
 import functools
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,6 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from featstore.cli.denied import denied_line
+from featstore.cli.repeated import refuse_repeated
 from featstore.errors import ConfigError, FeatstoreError
 
 logger = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class _Group(TyperGroup):
     def parse_args(self, ctx, args):
         got = None if ctx.resilient_parsing else _parse(self, ctx.parent, ctx.info_name, args)
         if got is not None and not got[0].get("help"):  # the group's own options (`--no-locking --locking`: 69 #6)
-            _refuse_repeated(self, got, ctx.info_name, args)
+            refuse_repeated(self, got, ctx.info_name, args)
         return super().parse_args(ctx, args)
 
     def resolve_command(self, ctx, args):
@@ -129,7 +128,7 @@ def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
     if got is None or _asks_help(command, got):
         return
     parsed = got[0]
-    _refuse_repeated(command, got, name, args)
+    refuse_repeated(command, got, name, args)
     for param in command.params:
         value = parsed.get(param.name)
         given = value if isinstance(value, (list, tuple)) else [value]
@@ -150,42 +149,6 @@ def refuse_empty(command, ctx, name: str, args: list[str]) -> None:
             f"error: {opt} {empty} (an unset shell variable?); give {what}{default}", fg=typer.colors.RED, err=True
         )
         raise typer.Exit(1)
-
-
-def _refuse_repeated(command, got, name: str, args: list[str]) -> None:
-    """Exit 1 naming an option that takes one value given more than once (click keeps the last: `fewshot --shots 1
-    --shots 5` ran 5 alone, `fit --clf svm --clf logreg` fitted logreg, `sweep --clf logreg --clf knn` fitted knn;
-    attack 65 #2), with the values given: a comma-list option's line is the one command that works (``--clf given 3
-    times; list the values once, comma-separated: --clf logreg,knn,sgd``). List options (``multiple``) take repeats."""
-    for param in command.params:
-        if param.param_type_name != "option" or param.multiple or got[3].count(param) < 2:
-            continue
-        opt = next((o for o in param.opts if o.startswith("--")), param.opts[0])
-        given = _values_given(command, got[2].parent, name, args, param)
-        if param.is_flag:  # `--search --search` is one wish; `--no-reuse --reuse` reused every run (attack 67 #14)
-            if len(set(given)) > 1:
-                pair = " and ".join([*param.opts[:1], *param.secondary_opts[:1]])
-                typer.secho(f"error: {pair} both given; give one of them", fg=typer.colors.RED, err=True)
-                raise typer.Exit(1)
-            continue
-        if "comma" in (param.help or ""):  # the options comma_list splits: one value, its items comma-separated
-            how = f"list the values once, comma-separated: {opt} {safe(shlex.quote(','.join(given)))}"
-        else:
-            how = f"give it once (given: {', '.join(safe(v) for v in given)})"
-        typer.secho(f"error: {opt} given {len(given)} times; {how}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1)
-
-
-def _values_given(command, ctx, name: str, args: list[str], param) -> list[str]:
-    """Every value ``args`` give ``param`` (an option that keeps one), in order: the words parsed again by a copy of
-    ``command`` whose copy of ``param`` appends, so each is read exactly as click reads it (``--o v``, ``--o=v``, a
-    short name)."""
-    clone = copy.copy(param)
-    clone.multiple = True
-    twin = copy.copy(command)
-    twin.params = [clone if p is param else p for p in command.params]
-    parsed = twin.make_parser(twin.context_class(twin, parent=ctx, info_name=name)).parse_args(args=list(args))[0]
-    return [str(v) for v in parsed.get(param.name) or []]
 
 
 def comma_list(text: str, option: str) -> list[str]:

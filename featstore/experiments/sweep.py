@@ -108,7 +108,7 @@ def sweep(
     args = (cells, params, search, train, val, tst, augmented)  # a cell recorded as this very fit is not fitted again
     reused = recorded_cells(fs, runs_root(store, runs), *args) if reuse else {}
     fitted = [n for n in names if any((n, c) not in reused for c in clfs)]  # fit's rule, test too, before any fit
-    refuse_in_every(fs, fitted, (train, val, tst), "sweep", train if augmented else None)
+    refuse_in_every(fs, fitted, (train, val, tst), "sweep", train if augmented else None, names)
 
     def one(cell):
         n, c = cell
@@ -168,6 +168,8 @@ def sweep(
         if not tst
         else {recs[best].id} | {rid for rid, _ in chosen} | ({r.id for r in recs} if show_test else set())
     )
+    unchecked = {r.extractor for r in recs if r.id in to_test and r.extractor not in fitted and tst not in r.metrics}
+    refuse_in_every(fs, sorted(unchecked), (tst,), "sweep", among=names)  # a reused run's test: fit's rule (69 #1)
     tested = {}
     for rid in sorted(to_test):  # test is read here, after the choice, once per run
         tested[rid], said = evaluated_once(rid, tst, store, runs, reused)

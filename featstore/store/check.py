@@ -359,8 +359,8 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         )
     elif not bad_rows and peaks and len((far := far_rows(np.concatenate(peaks)))[0]):
         out.append(
-            f"{where}: {len(far[0])} rows hold features over {FAR_FACTOR:.0e} times the split's usual size (90 % of its "
-            f"rows at most {far[1]:.3g}: an overflow in the model; fit, sweep, fewshot and probe refuse them); check the "
+            f"{where}: {len(far[0])} rows hold features over {FAR_FACTOR:.0e} times the split's usual size (its median "
+            f"row's largest {far[1]:.3g}: an overflow in the model; fit, sweep, fewshot and probe refuse them); check the "
             f"images and weights, then {REDO}"
         )
     if empty:

@@ -15,9 +15,10 @@ from featstore.provenance import AUGMENTED
 # row and every other row standardised to about 0, chance accuracy, exit 0 (attack 62 #4); predict marks such images
 # failed, naming the extractor (a float32 scaler overflows near 3e38; a model refusing smaller features is damaged)
 LARGE_FEATURE = 1e15
-# a row this many times the split's usual size (its rows' 90th percentile of largest magnitudes), and over FAR_FLOOR, is
-# an overflow too: one train row of 1e14 among rows near 1 set the scaler's spread as 1e20 did (attack 66 #4's second
-# half: fitted at chance, exit 0). Backbones' rows differ by tens at most; the floor keeps tiny features' stores apart
+# a row this many times the split's usual size (the median of its non-zero rows' largest magnitudes), and over
+# FAR_FLOOR, is an overflow too: one train row of 1e14 among rows near 1 set the scaler's spread as 1e20 did (attack 66
+# #4's second half: fitted at chance, exit 0), and so did a whole class of them (attack 69 #2: a 90th percentile let a
+# tenth of the rows through). Backbones' rows differ by tens at most; the floor keeps tiny features' stores apart
 FAR_FACTOR, FAR_FLOOR = 1e6, 1e3
 
 
@@ -41,32 +42,36 @@ def large_rows(peaks: np.ndarray, limit: float = LARGE_FEATURE) -> np.ndarray:
 
 def far_rows(peaks: np.ndarray) -> tuple[np.ndarray, float]:
     """(indices, usual size) of the finite rows of :func:`row_peaks` over :data:`FAR_FACTOR` times the split's usual
-    size (the 90th percentile of its finite rows' peaks: a tenth of the rows or more are the split's usual size) and
-    over :data:`FAR_FLOOR`; none where the usual size is 0.
+    size (the median of its non-zero finite peaks: all-zero rows, a dead layer's, are left out, as ``leaks`` leaves
+    them out; so up to half the non-zero rows can be found far) and over :data:`FAR_FLOOR`.
 
-    >>> far_rows(np.array([1.0, 2.0, 1.2, 1.5] * 5 + [1e14, np.nan]))
-    (array([20]), 2.0)
+    >>> far_rows(np.array([1.0, 2.0, 1.2, 1.5] * 5 + [1e14] * 3 + [0.0, np.nan]))
+    (array([20, 21, 22]), 1.5)
     """
     finite = np.isfinite(peaks)
-    usual = float(np.quantile(peaks[finite], 0.9, method="lower")) if finite.any() else 0.0
+    nonzero = peaks[finite & (peaks > 0)]
+    usual = float(np.median(nonzero)) if len(nonzero) else 0.0
     if usual <= 0:
         return np.zeros(0, np.intp), usual
     return np.flatnonzero(finite & (np.where(finite, peaks, 0) > max(FAR_FACTOR * usual, FAR_FLOOR))), usual
 
 
-def refuse_in_every(fs, names: list[str], splits, verb: str, augmented: str | None = None) -> None:
+def refuse_in_every(
+    fs, names: list[str], splits, verb: str, augmented: str | None = None, among: list[str] | None = None
+) -> None:
     """StoreError naming the extractor, split and rows that fit would refuse (NaN/inf, over LARGE_FEATURE, far larger
     than the others), checked over every extractor's ``splits`` (None: left out) before a command's first fit, and
     ``augmented``'s cached copies: a bad test row of the last extractor was found after every other one had been
     fitted (probe: attack 53 #2; sweep: attack 68 #4, which scored test through runs evaluate's rule and recorded a
-    test row of 1e16). With several extractors the line names the others, to ``verb`` them alone."""
+    test row of 1e16). With several extractors (``among``: all the command's, default ``names``) the line names the
+    others, to ``verb`` them alone."""
     for n in names:
         checks = [(s, False) for s in dict.fromkeys(s for s in splits if s)]
         for split, copies in checks + ([(augmented, True)] if augmented else []):
             try:
                 fs.refuse_nonfinite(split, n, augmented=copies)
             except StoreError as exc:
-                others = [o for o in names if o != n]
+                others = [o for o in (among or names) if o != n]
                 if not others:
                     raise
                 raise StoreError(f"{exc}; or {verb} the others: --extractor {','.join(others)}") from None
@@ -128,8 +133,8 @@ class NonfiniteRows:
                     f"{which} with finite features over {LARGE_FEATURE:.0e} (largest {self.top:.3g}): {fix}"
                 )
             raise StoreError(
-                f"{which} with features over {FAR_FACTOR:.0e} times the split's usual size (largest {self.top:.3g}; 90 "
-                f"% of its rows at most {usual:.3g}): {fix}"
+                f"{which} with features over {FAR_FACTOR:.0e} times the split's usual size (largest {self.top:.3g}; "
+                f"the median row's largest {usual:.3g}): {fix}"
             )
         raise StoreError(
             f"{self.fs.path}:/{name}/{key} holds {len(self.bad)} row(s) with NaN or inf features (e.g. "
