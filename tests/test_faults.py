@@ -16,6 +16,7 @@ from featstore import ExtractorConfig, FeatstoreError, FeatureStore, StoreError,
 from featstore.store import writer
 from featstore.store.check import check_store
 from featstore.store.locking import StoreFile
+from featstore.store.resume import resume_advice
 
 from .conftest import write_images
 from .kill_writer import NAMES as SYNTHETIC_NAMES
@@ -247,7 +248,7 @@ def test_full_filesystem_before_and_during_a_run(small_fs, data_root, tiny_confi
     monkeypatch.setattr(writer.SplitWriter, "commit", real_commit)
     assert FeatureStore(path).split_info("train")["committed_rows"] == 4
     assert check_store(path) == [  # sound, to resume (attack 64 #8)
-        "/vgg16/train: split train is not complete (4 of 12 images); re-run the same `featstore extract` to resume"
+        f"/vgg16/train: split train is not complete (4 of 12 images); {resume_advice('train')}"
     ]
     (small_fs / "filler.bin").unlink()
     r = extract(data_root, "train", path, tiny_config, batch_size=4)

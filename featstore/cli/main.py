@@ -244,7 +244,7 @@ def _errors(fn):
             if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc):  # HDF5 writing: a full disk
                 typer.secho(
                     f"error: the disk filled while HDF5 wrote ({safe(first)}): free some space, then re-run the same "
-                    f"command (a resume starts from the last committed batch)",
+                    f"command, without --overwrite (an extract then resumes from its last committed batch)",
                     fg=typer.colors.RED,
                     err=True,
                 )

@@ -61,6 +61,7 @@ from featstore.runs.folder import ensure_writable, runs_root
 from featstore.runs.record import RunRecord, digest_paths, draft
 from featstore.runs.write import RunDraft
 from featstore.store.reader import FeatureStore
+from featstore.store.resume import resume_advice
 from featstore.store.versions import split_versions
 
 logger = logging.getLogger(__name__)
@@ -216,8 +217,8 @@ def _augmentation(fs: FeatureStore, name: str, train: str) -> dict:
         )
     if not a["complete"]:
         raise StoreError(
-            f"the augmented copies of {train!r} of {name!r} are not complete ({a['rows']} rows); finish them by re-running "
-            f"the same `featstore extract --split {train} --augment {a['augment_copies']}`"
+            f"the augmented copies of {train!r} of {name!r} are not complete ({a['rows']} rows); "
+            f"{resume_advice(train, augment=int(a['augment_copies']))}"
         )
     fs.refuse_bad_copies(train, name)  # every row a copy of the split's row with its path and label
     plain_rows = int(fs.split_info(train, name)["committed_rows"])

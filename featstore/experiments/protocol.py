@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from featstore.errors import ConfigError, StoreError, check_names
 from featstore.provenance import OOF  # noqa: F401 (re-exported: its home for runs)
 from featstore.store.reader import FeatureStore
+from featstore.store.resume import resume_advice
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +139,8 @@ def _one(
     info = fs.split_info(split, name)
     if not info.get("complete"):
         why = (
-            f"{split!r} is not complete ({info.get('committed_rows')} of {info.get('n_images')} images); finish it "
-            f"with the same `featstore extract --split {split}`"
+            f"{split!r} is not complete ({info.get('committed_rows')} of {info.get('n_images')} images); "
+            f"{resume_advice(split)}"
         )
         logger.warning("split %r of %r is not complete; it is not used", split, name)
         notes.append(f"not evaluated on {split!r}: {why}" if role == "test" else f"not used: {why}")

@@ -40,6 +40,7 @@ from featstore.keys import user_key
 from featstore.outputs import terminal_safe
 from featstore.store.changed import changed_rows
 from featstore.store.reader import FeatureStore
+from featstore.store.resume import resume_advice
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +327,7 @@ def similar(
         )
     info = fs.split_info(split, name)
     if not info.get("complete"):
-        raise StoreError(f"split {split!r} of {name!r} is not complete; finish it by re-running `featstore extract`")
+        raise StoreError(f"split {split!r} of {name!r} is not complete; {resume_advice(split)}")
     q, where = query_vector(fs, name, query, weights, trust_model)
     _refuse_bad_query(fs, name, query, q, where)
     exclude = where[1] if where is not None and where[0] == split else None

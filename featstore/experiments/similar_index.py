@@ -63,6 +63,7 @@ from featstore.keys import user_key
 from featstore.outputs import output_fix, terminal_safe
 from featstore.runs import made
 from featstore.store.reader import FeatureStore
+from featstore.store.resume import resume_advice
 from featstore.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def _refuse_unusable(fs: FeatureStore, name: str, split: str) -> None:
         raise StoreError(
             f"split {split!r} of {name!r} has {rows} row(s); comparing needs at least 2 (the mean is subtracted)"
             if info.get("complete")
-            else f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`"
+            else f"split {split!r} of {name!r} is not complete; {resume_advice(split)}"
         )
 
 

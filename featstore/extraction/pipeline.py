@@ -44,6 +44,7 @@ from featstore.outputs import cache_dir
 from featstore.provenance import AUGMENTED
 from featstore.store.layout import check_root
 from featstore.store.locking import StoreFile
+from featstore.store.resume import discarded_note
 from featstore.store.space import check_writable, ensure_space
 from featstore.store.survey import Survey, committed_rows, copies_done, split_done, survey
 from featstore.store.writer import CHUNK_BYTES, COMPRESSIONS, SplitWriter, refuse_huge_rows
@@ -85,6 +86,7 @@ class ExtractResult:
     augmented: object = None  # augcopies.CopiesResult when copies were asked for (--augment K), else None
     runtime: str = "keras"  # what ran the forward pass (config.runtime)
     runtime_max_abs_diff: float | None = None  # --runtime onnx: max abs difference to Keras at start-up
+    discarded: int = 0  # overwrite=True on an interrupted split: the images it had done, extracted again (68 #7)
 
 
 def extract(
@@ -272,6 +274,9 @@ class _Extraction:
             if f is not None:
                 check_root(f, path)  # links out of it, or not a featstore store: refused before anything is read
             found = survey(f, path, self.names, split, done, how.overwrite)
+        result.discarded = found.discarded  # said before they are gone: a resume would have kept them (68 #7)
+        if found.discarded:
+            logger.warning("%s: %s", path, discarded_note(found.discarded, split))
         if not found.todo:
             result.skipped = True
             logger.debug(

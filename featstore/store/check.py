@@ -19,6 +19,8 @@ from featstore.errors import StoreError, renamed_argument
 from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, check_format_version, plain, validate_extractor
 from featstore.store.attr_values import read_attr, read_names, refuse_many_attrs
 from featstore.store.augmented import copy_problems
+from featstore.store.damaged import DAMAGED, DAMAGED_FIX  # noqa: F401 (DAMAGED_FIX: re-exported)
+from featstore.store.damaged import damaged as _damaged
 from featstore.store.layout import (
     check_chunks,
     foreign_objects,
@@ -28,16 +30,18 @@ from featstore.store.layout import (
     validate_split,
 )
 from featstore.store.links import said_as
-from featstore.store.locking import StoreFile
+from featstore.store.locking import StoreFile, lock_holder
 from featstore.store.metadata import CACHE_PURPOSE, copies_or_none
 from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
 from featstore.store.nonfinite import FAR_FACTOR, LARGE_FEATURE, far_rows, row_peaks
 from featstore.store.nonfinite import large_rows as large_rows_of
+from featstore.store.resume import resume_advice
 from featstore.store.storage import unavailable_filters
 from featstore.store.storage import unreadable as why_unreadable
 from featstore.store.strings import refuse_long, shown, shown_list, unreadable_strings
+from featstore.store.unfinished import Writing
 
-RESUME = "re-run the same `featstore extract` to resume (it truncates the uncommitted tail)"
+RESUME = resume_advice()  # the one phrase of every command (attack 68 #7)
 REDO = "re-extract this split with --overwrite"
 BLOCK_CHUNKS = 16  # chunks read per opening of the file
 
@@ -57,16 +61,21 @@ class _Split:
     )
 
 
-def check_store(store: str | os.PathLike | None = None, *, locking=None, path=None) -> list[str]:
+def check_store(
+    store: str | os.PathLike | None = None, *, locking=None, path=None, notes: list[str] | None = None
+) -> list[str]:
     """Every problem found in the store, each with its fix; an empty list means the store is sound.
 
     ``store``: the .h5 file (``path=`` is its old name); ``locking``: this store's HDF5 locking (None: the process
     setting). A missing, non-regular or non-HDF5 file is refused (StoreError); anything found inside is listed, an
-    object whose HDF5 metadata HDF5 cannot read (a flipped bit) among them, and the rest is still checked.
+    object whose HDF5 metadata HDF5 cannot read (a flipped bit) among them, and the rest is still checked. While a
+    featstore process holds the store's writer lock (``info``'s pid), a split not complete or with rows past its
+    commit is that writer's work, not a problem: a line for it goes to ``notes`` (when given), never to the problems.
     """
     file = StoreFile(renamed_argument("check_store", "path", "store", path, store), locking)
     file.refuse_unreadable()
     path = file.path
+    writer = Writing(lock_holder(path), [] if notes is None else notes)  # a live extract's (attack 68 #5)
     problems: list[str] = []
     scans: list[_Split] = []
     with file.open("r") as f:
@@ -88,7 +97,7 @@ def check_store(store: str | os.PathLike | None = None, *, locking=None, path=No
                 problems.append(str(exc))
         for name in _groups(f, "", problems):
             try:
-                _check_extractor(f[name], name, scans, problems)
+                _check_extractor(f[name], name, scans, problems, writer)
             except DAMAGED as exc:
                 problems.append(_damaged(f"/{name}", exc))
     for s in scans:
@@ -98,25 +107,6 @@ def check_store(store: str | os.PathLike | None = None, *, locking=None, path=No
             problems.append(_damaged(f"/{s.name}/{s.split}", exc))
     problems = [said_as(p, path) for p in problems]  # HDF5 had the store as /proc/self/fd/N (``links``)
     return bounded_odd(list(dict.fromkeys(problems)))  # a damaged object met twice (links, then groups): named once
-
-
-# what h5py raises where HDF5 meets metadata it cannot read (a bad checksum, an address past the end, a name that is
-# not UTF-8): in `check` it is a finding about that object, and the other objects are still checked (attack 23 #3)
-DAMAGED = (RuntimeError, KeyError, OSError, ValueError, SystemError, UnicodeDecodeError)
-DAMAGED_FIX = "restore the store from a copy, or extract into a new --store"
-
-
-def _damaged(where: str, exc: BaseException) -> str:
-    """The finding for an object HDF5 could not read: the object, HDF5's reason (its first line, cut), the fix (the
-    store's metadata, not one split's rows: a re-extraction writes into the same damaged file)."""
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, UnicodeDecodeError) or isinstance(cause, UnicodeDecodeError):
-        return f"{where}: a name there is not UTF-8, which featstore never writes (crafted or damaged); {DAMAGED_FIX}"
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError's str: quoted
-    # h5py's SystemError text names a function and an address, not the object: not shown
-    why = "" if isinstance(exc, SystemError) else shown(text.splitlines()[0] if text else "", 160)
-    why = f"{type(exc).__name__}{': ' + why if why else ''}"
-    return f"{where}: HDF5 cannot read it ({why}): its metadata is damaged (a flipped bit, a truncated copy); {DAMAGED_FIX}"
 
 
 def _foreign(f, whole: bool = True) -> list[str]:
@@ -199,7 +189,7 @@ def _attrs(obj, where: str, out: list[str]) -> dict | None:
     return None if bad else attrs
 
 
-def _check_extractor(g, name: str, scans: list[_Split], out: list[str]) -> None:
+def _check_extractor(g, name: str, scans: list[_Split], out: list[str], writer: Writing) -> None:
     """Layout and attribute problems of one extractor, into ``out``; queues its sound splits for the content scan."""
     a = _attrs(g, f"/{name}", out)
     if a is None:
@@ -213,12 +203,14 @@ def _check_extractor(g, name: str, scans: list[_Split], out: list[str]) -> None:
     out.extend(dict.fromkeys(copies_or_none(g).values()))  # one line a pair of copies (and their other problems)
     for split in _groups(g, f"/{name}", out):
         try:
-            _check_split(g[split], name, split, a, classes, scans, out)
+            _check_split(g[split], name, split, a, classes, scans, out, writer)
         except DAMAGED as exc:
             out.append(_damaged(f"/{name}/{split}", exc))
 
 
-def _check_split(sg, name: str, split: str, a: dict, classes: list, scans: list[_Split], out: list[str]) -> None:
+def _check_split(
+    sg, name: str, split: str, a: dict, classes: list, scans: list[_Split], out: list[str], writer: Writing
+) -> None:
     """Layout and attribute problems of one split, into ``out`` (``classes``: the first sound split's class names)."""
     where = f"/{name}/{split}"
     try:
@@ -238,19 +230,20 @@ def _check_split(sg, name: str, split: str, a: dict, classes: list, scans: list[
             f"{shown_list(classes[0])}; {REDO} using the same class folders"
         )
     sizes = {k: sg[k].shape[0] for k in ("features", "labels", "paths")}
-    if max(sizes.values()) > commit.rows:
+    if max(sizes.values()) > commit.rows and not writer.says(where, split, commit.images_done, s["n_images"]):
         out.append(
             f"{where}: {max(sizes.values()) - commit.rows} uncommitted rows after committed_rows {commit.rows} "
-            f"(an interrupted write); {RESUME}"
+            f"(an interrupted write, which a resume truncates); {resume_advice(split)}"
         )
     if plain(s["complete"]) and commit.images_done != int(s["n_images"]):
         out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
     elif not plain(s["complete"]) and max(sizes.values()) <= commit.rows and a.get("purpose") != CACHE_PURPOSE:
         # a killed extract: fit refuses the split (attack 64 #8); a half-made finetune cache is passed over, resumed
-        out.append(
-            f"{where}: split {split} is not complete ({commit.images_done} of {s['n_images']} images); re-run the "
-            f"same `featstore extract` to resume"
-        )
+        if not writer.says(where, split, commit.images_done, s["n_images"]):
+            out.append(
+                f"{where}: split {split} is not complete ({commit.images_done} of {s['n_images']} images); "
+                f"{resume_advice(split)}"
+            )
     step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
     scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
     subs = _groups(sg, where, out)
@@ -265,10 +258,10 @@ def _check_split(sg, name: str, split: str, a: dict, classes: list, scans: list[
                 f"{where}/{AUGMENTED}: augmented copies of {split!r}, a validation or test split, which featstore never "
                 f"makes (augmented rows must never be evaluated): remove them (h5py: del f[name])"
             )
-        out += _check_augmented(sg[AUGMENTED], name, f"{split}/{AUGMENTED}", a, commit, scans)
+        out += _check_augmented(sg[AUGMENTED], name, f"{split}/{AUGMENTED}", a, commit, scans, writer)
 
 
-def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Split]) -> list[str]:
+def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Split], writer: Writing) -> list[str]:
     """Layout, attribute and tail problems of a split's augmented copies; queues them for the content scan."""
     where = f"/{name}/{key}"
     try:
@@ -277,10 +270,11 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
     except StoreError as exc:
         return [str(exc)]
     out = []
-    if max(ag[k].shape[0] for k in ("features", "labels", "paths", "copy")) > commit.rows:
+    rows = max(ag[k].shape[0] for k in ("features", "labels", "paths", "copy"))
+    if rows > commit.rows and not writer.says(where, f"{key} (augmented copies)", commit.rows, None):
         out.append(
-            f"{where}: uncommitted rows after committed_rows {commit.rows} (an interrupted write); re-run the same "
-            f"`featstore extract --augment` to resume"
+            f"{where}: uncommitted rows after committed_rows {commit.rows} (an interrupted write, which a resume "
+            f"truncates); {resume_advice(key.split('/')[0], augment=True)}"
         )
     step = max(1, (ag["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
     scans.append(

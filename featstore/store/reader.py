@@ -54,6 +54,7 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
 from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
 from featstore.store.names import names_text
 from featstore.store.nonfinite import NonfiniteRows
+from featstore.store.resume import resume_advice
 from featstore.store.storage import chunk_bytes, chunk_rows, row_bytes, unreadable
 from featstore.units import format_bytes
 
@@ -251,7 +252,7 @@ class FeatureStore:
         if not read_attr(sg, "complete", where := f"{self.path}:{sg.name}", most=1):
             raise StoreError(
                 f"split {split!r} of {name!r} is not complete ({commit.rows} rows committed of "
-                f"{read_attr(sg, 'n_images', where, most=1)} images); finish it by re-running the same `featstore extract`"
+                f"{read_attr(sg, 'n_images', where, most=1)} images); {resume_advice(split)}"
             )
 
     def _labels(self, sg: h5py.Group, n: int, where: str) -> np.ndarray:
@@ -313,9 +314,7 @@ class FeatureStore:
         """(rows in the split, rows per block of whole chunks within max_bytes, rows per chunk); errors if one chunk does not fit."""
         info = self.split_info(split, name, augmented=augmented)
         if not info["complete"]:
-            raise StoreError(
-                f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`"
-            )
+            raise StoreError(f"split {split!r} of {name!r} is not complete; {resume_advice(split)}")
         row, chunk, size = row_bytes(info), chunk_rows(info), chunk_bytes(info)  # size: the chunk's own bytes
         rows = (max_bytes // max(size, 1)) * chunk
         if rows < 1:

@@ -10,6 +10,30 @@ from __future__ import annotations
 from featstore.errors import StoreError
 from featstore.provenance import plain
 
+
+def resume_advice(split: str | None = None, augment: bool | int = False) -> str:
+    """How a split (``augment``: its augmented copies, their count K when known) an extract left incomplete is finished: the one phrase every
+    command says. A resume needs the options that started it, and --overwrite starts the split again instead (the
+    committed rows discarded, as that extract then says), so the phrase says both (attack 68 #7)."""
+    which = " ".join(
+        ([f"--split {split}"] if split else [])
+        + ([f"--augment {'K' if augment is True else augment}"] if augment else [])
+    )
+    return (
+        f"re-run `featstore extract` with the options that started it{f' ({which})' if which else ''} but without "
+        f"--overwrite to resume it (with --overwrite it starts again)"
+    )
+
+
+def discarded_note(images: int, split: str) -> str:
+    """What ``extract --overwrite`` says (before its work and in its last line) when it starts again a split that an
+    interrupted extract had left with ``images`` images done: a resume would have kept them (attack 68 #7)."""
+    return (
+        f"--overwrite discards the {images} images an interrupted extract of split {split} had done and extracts them "
+        f"again; without --overwrite it resumes after them"
+    )
+
+
 # Split attributes that must be the same to resume a partial split (the rest describe the run).
 RESUME_KEYS = {"listing_sha256": "set of images", "batch_size": "--batch-size", "compression": "--compression"}
 # Split attributes recorded, not fingerprinted, that change features in their last digits: a resume under another value

@@ -47,6 +47,7 @@ class Survey:
     interrupted: bool  # one of them holds a partial split with committed rows: resume from a compacted copy
     done: int  # images every group in todo holds already (0 with overwrite, or when one has none)
     summary: dict | None = None  # the first group's split summary (plus extractor_fingerprint) when todo is empty
+    discarded: int = 0  # with overwrite: images an interrupted run had committed, which a resume would have kept
 
 
 def survey(
@@ -64,7 +65,8 @@ def survey(
         return Survey([], False, 0, {**summary, "extractor_fingerprint": attrs["fingerprint"]})
     partial = [_partial(f, path, n, key, resumed=not overwrite) for n in todo]
     held = 0 if overwrite else min(c.images_done if c else 0 for c in partial)
-    return Survey(todo, any(c is not None for c in partial), held)
+    lost = min(c.images_done if c else 0 for c in partial) if overwrite else 0  # what a resume starts after
+    return Survey(todo, any(c is not None for c in partial), held, discarded=lost)
 
 
 def _partial(f: h5py.File, path, name: str, key: str, resumed: bool):

@@ -176,11 +176,11 @@ class SplitWriter:
         except (OSError, RuntimeError) as exc:
             if "errno = 28" in str(exc) or getattr(exc, "errno", None) == errno.ENOSPC:
                 raise StoreError(
-                    f"disk full while writing {path}. Free some space, then re-run the same command: "
-                    f"committed rows are kept and it resumes from the last committed batch."
+                    f"disk full while writing {path}. Free some space, then re-run the same command without --overwrite"
+                    f": committed rows are kept and it resumes from the last committed batch (--overwrite starts again)."
                 ) from exc
             raise StoreError(
-                f"writing {path} failed: {exc}. Committed rows are kept; re-run the same command to resume"
+                f"writing {path} failed: {exc}. Committed rows are kept; re-run the command without --overwrite to resume"
             ) from exc
 
     def finish(self, seconds: float, report: str | None = None, attrs: dict | None = None) -> dict:

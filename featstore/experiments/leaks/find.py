@@ -31,6 +31,7 @@ from featstore.experiments.leaks.within import copies_within
 from featstore.outputs import terminal_safe
 from featstore.store.names import names_text
 from featstore.store.reader import FeatureStore
+from featstore.store.resume import resume_advice
 from featstore.store.storage import chunk_rows, row_bytes
 
 logger = logging.getLogger(__name__)
@@ -242,9 +243,7 @@ def _budget(fs: FeatureStore, name: str, splits: list[str], max_bytes: int) -> i
     for split in splits:
         info = fs.split_info(split, name)
         if not info.get("complete"):
-            raise StoreError(
-                f"split {split!r} of {name!r} is not complete; finish it by re-running the same `featstore extract`"
-            )
+            raise StoreError(f"split {split!r} of {name!r} is not complete; {resume_advice(split)}")
         need = max(need, row_bytes(info) * chunk_rows(info))
     if max_bytes // 8 < need:
         raise ConfigError(
