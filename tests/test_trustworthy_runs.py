@@ -351,7 +351,10 @@ def test_sweep_on_an_interrupted_train_split_names_it(tmp_path):
     path = _synthetic(tmp_path / "f.h5", 3)
     with h5py.File(path, "a") as f:
         f["s/train"].attrs["complete"] = False
-    with pytest.raises(StoreError, match=r"s: 'train' is not complete .*featstore extract --split train") as err:
+    with pytest.raises(
+        StoreError,
+        match=r"s: 'train' is not complete .*re-run `featstore extract` with the options that started it \(--split train\) but without --overwrite",
+    ) as err:
         from featstore import sweep
 
         sweep(path, ["logreg"], runs=tmp_path / "runs")

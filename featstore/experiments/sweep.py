@@ -39,6 +39,7 @@ from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
 from featstore.store.nonfinite import refuse_in_every
 from featstore.store.reader import FeatureStore
+from featstore.store.resume import resume_advice
 from featstore.store.strings import repeated
 
 logger = logging.getLogger(__name__)
@@ -274,10 +275,7 @@ def _incomplete(fs: FeatureStore, name: str, split: str) -> str:
     info = fs.split_info(split, name)
     if info.get("complete"):
         return ""
-    return (
-        f"{split!r} is not complete ({info.get('committed_rows')} of {info.get('n_images')} images; resume it with the "
-        f"same `featstore extract --split {split}`)"
-    )
+    return f"{split!r} is not complete ({info.get('committed_rows')} of {info.get('n_images')} images; {resume_advice(split)})"
 
 
 def _test_split(fs: FeatureStore, names: list[str], test: str | None) -> tuple[str | None, str]:

@@ -22,6 +22,7 @@ from featstore.report.runs import (  # noqa: F401 (the run reports: their old ho
 )
 from featstore.report.text import _table
 from featstore.store.reader import FeatureStore
+from featstore.store.resume import resume_advice
 
 PROVENANCE_KEYS = (
     "model",
@@ -180,7 +181,7 @@ def store_tree(path: str) -> str:
                 if s.get("complete")
                 else f"BEING WRITTEN by pid {writer_pid} ({todo})"
                 if writer_pid
-                else f"INCOMPLETE ({todo}; re-run the same extract to resume)"
+                else f"INCOMPLETE ({todo}; {resume_advice(split)})"
             )
             lines.append(f"    ├── /{terminal_safe(split)}   {state}")
             lines.append(f"    │     features {tuple(s['shape'])} {s['dtype']}, chunks {tuple(s['chunks'])}")
@@ -198,11 +199,11 @@ def store_tree(path: str) -> str:
                 for p, reason in store.failures(split, name):
                     lines.append(f"    │     failed: {terminal_safe(p)}: {reason}")  # a file name: one line
             if "augmented" in s:
-                lines.append(f"    │     {_augmented_line(s['augmented'], writer_pid)}")
+                lines.append(f"    │     {_augmented_line(s['augmented'], writer_pid, split)}")
     return "\n".join(lines)
 
 
-def _augmented_line(a: dict, writer_pid) -> str:
+def _augmented_line(a: dict, writer_pid, split: str) -> str:
     """One line on a split's augmented copies: count, spec, seed, rows, state."""
     if "error" in a:
         return f"augmented copies BROKEN: {a['error']}"
@@ -212,7 +213,7 @@ def _augmented_line(a: dict, writer_pid) -> str:
         if a.get("complete")
         else f"BEING WRITTEN by pid {writer_pid} ({todo})"
         if writer_pid
-        else f"INCOMPLETE ({todo}; re-run the same extract --augment to resume)"
+        else f"INCOMPLETE ({todo}; {resume_advice(split, a.get('augment_copies') or True)})"
     )
     return (
         f"/augmented: {a.get('augment_copies')} copies ({a.get('augment_spec')}, seed {a.get('augment_seed')}), "
