@@ -485,3 +485,14 @@ def test_stray_augmented_objects_are_reported(aug_store, tmp_path):
     assert any("/vgg16/test/augmented is not a group of augmented copies" in p for p in problems), problems
     with pytest.raises(ConfigError, match="--augment is for training data only"):
         fit(bad, "logreg", runs=tmp_path / "r", augmented=True, train="validation", validation="train")
+
+
+def test_check_names_the_extract_that_makes_the_copies_again(aug_store, tmp_path):
+    """Attack 69 #4: check's lines on augmented copies advised "re-extract this split with --overwrite", which drops
+    the copies; fit's refusal names --augment K --augment-spec --augment-seed (66 #5), and so does check now."""
+    path = tmp_path / "features.h5"
+    shutil.copy(aug_store[0], path)
+    with h5py.File(path, "a") as f:
+        f["vgg16/train/augmented/features"][3] = np.nan
+    (line,) = [p for p in check_store(path) if "NaN" in p]
+    assert "/vgg16/train/augmented" in line and f"--split train --augment {K} --augment-spec S" in line, line

@@ -10,6 +10,7 @@ opened once for the layout and then per block of rows, so a writer appending ano
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 
 import h5py
@@ -294,6 +295,13 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
 def _scan_split(file: StoreFile, s: _Split) -> list[str]:
     """Content problems of one split (labels, NaN/inf, duplicated rows), reading one block per opening."""
     where = f"/{s.name}/{s.split}"
+    redo = REDO
+    if s.copies:  # the plain --overwrite drops the copies (attack 69 #4; fit's refusal names them, 66 #5)
+        split = shlex.quote(s.split.rsplit("/", 1)[0])
+        redo = (
+            f"re-extract the split and its copies with `featstore extract --split {split} --augment {s.copies} "
+            f"--augment-spec S --augment-seed N --overwrite` (S and N as `featstore info` shows them)"
+        )
     bad_rows = huge_rows = large_rows = bad_labels = empty = 0
     peaks = []  # every row's largest magnitude: rows far larger than the others (what fit refuses)
     unreadable: list[str] = []
@@ -333,32 +341,32 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
         labels.append(np.asarray(y))
     out = (
-        [f"{where}: features of rows {', '.join(unreadable[:3])} cannot be read: the file is damaged; {REDO}"]
+        [f"{where}: features of rows {', '.join(unreadable[:3])} cannot be read: the file is damaged; {redo}"]
         if unreadable
         else []
     ) + ([plugin] if plugin else [])
     if bad_labels:
-        out.append(f"{where}: {bad_labels} labels outside 0..{s.n_classes - 1}; {REDO}")
+        out.append(f"{where}: {bad_labels} labels outside 0..{s.n_classes - 1}; {redo}")
     if bad_rows:
-        out.append(f"{where}: {bad_rows} rows contain NaN or inf; check the images and weights, then {REDO}")
+        out.append(f"{where}: {bad_rows} rows contain NaN or inf; check the images and weights, then {redo}")
     if huge_rows:
         out.append(
             f"{where}: {huge_rows} rows hold values so large that their squared norm overflows float32 (such as 3e38: "
-            f"fit, leaks and similar refuse them); check the images and weights, then {REDO}"
+            f"fit, leaks and similar refuse them); check the images and weights, then {redo}"
         )
     elif large_rows:  # fit's own limit (attack 66 #4: check said OK on a row of 1e16 that fit refused)
         out.append(
             f"{where}: {large_rows} rows hold finite features over {LARGE_FEATURE:.0e} (an overflow in the model: fit, "
-            f"sweep, fewshot and probe refuse them); check the images and weights, then {REDO}"
+            f"sweep, fewshot and probe refuse them); check the images and weights, then {redo}"
         )
     elif not bad_rows and peaks and len((far := far_rows(np.concatenate(peaks)))[0]):
         out.append(
             f"{where}: {len(far[0])} rows hold features over {FAR_FACTOR:.0e} times the split's usual size (its median "
             f"row's largest {far[1]:.3g}: an overflow in the model; fit, sweep, fewshot and probe refuse them); check the "
-            f"images and weights, then {REDO}"
+            f"images and weights, then {redo}"
         )
     if empty:
-        out.append(f"{where}: {empty} empty paths (each row must name its image file); {REDO}")
+        out.append(f"{where}: {empty} empty paths (each row must name its image file); {redo}")
     if s.copies:  # every row must be copy k of the split's row of the same path, with its label, in order
         try:
             out += copy_problems(file, s.name, s.split.rsplit("/", 1)[0])
@@ -373,7 +381,7 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
         if len(set(named)) != len(named):
             dup = sorted({n for n in named if named.count(n) > 1})[:3] if len(named) < 5000 else []
             out.append(
-                f"{where}: {len(named) - len(set(named))} duplicated paths (rows written twice{': ' + ', '.join(dup) if dup else ''}); {REDO}"
+                f"{where}: {len(named) - len(set(named))} duplicated paths (rows written twice{': ' + ', '.join(dup) if dup else ''}); {redo}"
             )
     if s.source_root and os.path.isdir(s.source_root):
         y_all = np.concatenate(labels) if labels else np.zeros(0, np.int64)
