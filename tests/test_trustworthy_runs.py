@@ -78,7 +78,8 @@ def test_records_carry_every_figure_with_its_interval(tmp_path):
             ci = m[key]
             assert ci["low"] <= ci["estimate"] <= ci["high"] and ci["level"] == 0.95, (split, key, ci)
         assert m["accuracy_ci"]["method"] == "wilson" and m["accuracy_ci"]["estimate"] == m["accuracy"]
-        assert m["log_loss_ci"]["method"].startswith("percentile bootstrap")
+        every = m["accuracy"] in (0.0, 1.0)  # every row right or wrong: bounded, not a bootstrap (attack 67 #3)
+        assert m["log_loss_ci"]["method"].startswith("bounded:" if every else "percentile bootstrap")
         assert m["macro_f1_ci"]["estimate"] == pytest.approx(m["macro_f1"])
         assert sum(b["count"] for b in m["reliability"]) == m["n"] and len(m["reliability"]) == 15
         assert np.sum(m["confusion_matrix"]) == m["n"] and set(m["per_class"]) == {f"c{i}" for i in range(6)}
@@ -131,7 +132,9 @@ def test_old_run_json_still_reads_and_shows(tmp_path):
     assert shown.metrics["test"].figure("log_loss") == pytest.approx(log_loss(raw["test__labels"], raw["test__proba"]))
     assert any("computed now from the stored predictions" in n for n in shown.notes)
     text = run_report(shown, pngs)
-    assert "train: accuracy" in text and "log-loss -, ECE -" in text  # train's probabilities are not stored
+    assert (
+        "train (fitted on these rows): accuracy" in text and "log-loss -, ECE -" in text
+    )  # train's probabilities are not stored
     assert "calibration: none (recorded before featstore calibrated fit runs)" in text
     assert json.loads((folder / "run.json").read_text()) == old  # showing writes no figure into run.json
 

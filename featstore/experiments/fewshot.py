@@ -5,7 +5,8 @@ class are taken for every k in ``shots``: the draws are stratified (exactly k pe
 5-shot set holds its 2-shot set), so a curve's steps show the images added, not a new draw. The classifier is
 fitted with its default parameters (or those given, one value each: nothing is chosen here) and scored on the whole
 test split, read once. Per k: mean ± sd over the distinct draws and the 95 % interval of the mean (Student t over
-them). A draw that an earlier trial made already (k is every image of each class, or few images and many trials) is
+them, never narrower than the Wilson interval of the mean on the test rows, whose own sampling no number of draws
+removes; draws that tie are said to). A draw that an earlier trial made already (k is every image of each class, or few images and many trials) is
 fitted once and counted once (attack 63 #3: five "trials" of one fit were ``0.800 ± 0.000 [0.800, 0.800]``): a k with
 one distinct draw is one fit, with no sd and no interval. Nothing is recorded as a run: the summary
 ``fewshot-<id>.json`` and its chart go into the runs folder.
@@ -55,12 +56,16 @@ def sample_shots(y: np.ndarray, shots: list[int], n_classes: int, seed: int, tri
     return {k: np.sort(np.concatenate([o[:k] for o in order])) for k in shots}
 
 
-def mean_interval(values: list[float], level: float = 0.95, over: str = "trials") -> dict | None:
+def mean_interval(values: list[float], level: float = 0.95, over: str = "trials", test_rows: int = 0) -> dict | None:
     """The mean over trials (``over`` names them) with its Student-t interval (clipped to [0, 1]); None for fewer
-    than two values.
+    than two values. ``test_rows``: the test rows every trial is scored on; the interval is then never narrower than
+    the Wilson interval of the mean on them, the test rows' own sampling, which no number of draws removes (five tied
+    draws gave "1.000 ± 0.000 [1.000, 1.000]": attack 67 #10).
 
     >>> ci = mean_interval([0.5, 0.6, 0.7]); round(ci["low"], 3), round(ci["high"], 3)
     (0.352, 0.848)
+    >>> ci = mean_interval([1.0, 1.0, 1.0], test_rows=18); round(ci["low"], 3), ci["high"], "tied" in ci["method"]
+    (0.824, 1.0, True)
     """
     if len(values) < 2:
         return None
@@ -68,13 +73,16 @@ def mean_interval(values: list[float], level: float = 0.95, over: str = "trials"
 
     m, sd = mean_sd(values)
     half = float(t.ppf(0.5 + level / 2, len(values) - 1)) * sd / math.sqrt(len(values))
-    return {
-        "estimate": m,
-        "low": max(0.0, m - half),
-        "high": min(1.0, m + half),
-        "level": level,
-        "method": f"Student t over {len(values)} {over}",
-    }
+    low, high, method = max(0.0, m - half), min(1.0, m + half), f"Student t over {len(values)} {over}"
+    if test_rows > 0:
+        w = proportion_interval(round(m * test_rows), test_rows, level)
+        if w.low < low or w.high > high:
+            tied = f"the {len(values)} draws tied: no spread seen; " if sd == 0 else ""
+            method += (
+                f", widened to the Wilson interval of the mean on the {test_rows} test rows ({tied}their own sampling)"
+            )
+            low, high = min(low, w.low), max(high, w.high)
+    return {"estimate": m, "low": low, "high": high, "level": level, "method": method}
 
 
 MAX_TRIALS = 10_000  # far beyond what an interval needs; a 20-digit count would run until killed
@@ -261,15 +269,20 @@ def fewshot(
                 if idx.tobytes() not in draws[k]:  # a repeated draw is the same fit: fitted and counted once
                     draws[k][idx.tobytes()] = _accuracy(clf, full, X[idx], y[idx], val, Xt, yt)
                 accs[k].append(draws[k][idx.tobytes()])
-        points = [_point(k, len(class_names), accs[k], list(draws[k].values()), trials) for k in shots]
+        points = [_point(k, len(class_names), accs[k], list(draws[k].values()), trials, len(yt)) for k in shots]
         counts = np.bincount(y, minlength=len(class_names))
         notes += _draw_notes(points, counts, class_names, trials)
         top = points[-1]
         w = proportion_interval(round(top["mean"] * len(yt)), len(yt))
         notes.append(
-            f"{'the intervals cover the draw of the training images; ' if any(p['mean_ci'] for p in points) else ''}"
-            f"the {len(yt)} test rows are the same in every trial, and their own sampling error (the Wilson interval of "
-            f"{top['mean']:.3f} on {len(yt)} rows is [{w.low:.3f}, {w.high:.3f}]) comes on top"
+            f"the {len(yt)} test rows are the same in every trial: "
+            + (
+                "each interval covers the draw of the training images and is never narrower than the Wilson "
+                "interval of its mean on those rows (their own sampling error); "
+                if any(p["mean_ci"] for p in points)
+                else ""
+            )
+            + f"the Wilson interval of {top['mean']:.3f} on {len(yt)} rows is [{w.low:.3f}, {w.high:.3f}]"
         )
         if trials == 1:
             notes.append(_one_trial(shots, counts, class_names))
@@ -304,9 +317,12 @@ def fewshot(
     return summary
 
 
-def _point(k: int, n_classes: int, per_trial: list[float], distinct: list[float], trials: int) -> dict:
-    """A k's figures over its distinct draws (``draws``): mean, sd and interval; one draw: the one fit's accuracy,
-    ``sd`` and ``mean_ci`` None. ``trials`` keeps every trial's accuracy (a repeated draw repeats its value)."""
+def _point(
+    k: int, n_classes: int, per_trial: list[float], distinct: list[float], trials: int, test_rows: int = 0
+) -> dict:
+    """A k's figures over its distinct draws (``draws``): mean, sd and interval (never narrower than the Wilson
+    interval of the mean on the ``test_rows``); one draw: the one fit's accuracy, ``sd`` and ``mean_ci`` None.
+    ``trials`` keeps every trial's accuracy (a repeated draw repeats its value)."""
     m, sd = mean_sd(distinct)
     over = "trials" if len(distinct) == trials else f"distinct draws (of {trials} trials)"
     return {
@@ -316,7 +332,7 @@ def _point(k: int, n_classes: int, per_trial: list[float], distinct: list[float]
         "draws": len(distinct),
         "mean": m,
         "sd": sd if len(distinct) > 1 else None,
-        "mean_ci": mean_interval(distinct, over=over),
+        "mean_ci": mean_interval(distinct, over=over, test_rows=test_rows),
     }
 
 
@@ -338,6 +354,13 @@ def _draw_notes(points: list[dict], counts: np.ndarray, class_names: list[str], 
             notes.append(
                 f"k = {k}: {n} distinct draws in {trials} trials (the others repeated one, fitted once): mean, sd "
                 f"and interval over the {n}"
+            )
+        if n > 1 and p["sd"] == 0:
+            possible = math.prod(math.comb(int(c), k) for c in counts)
+            of = f"{possible:,}" if possible < 10**12 else "over 10^12"
+            notes.append(
+                f"k = {k}: the {n} draws tied at {p['mean']:.3f} (no spread seen in {n} of {of} possible draws): its "
+                f"interval is the Wilson interval of the test rows, not a certainty"
             )
         whole = [repr(class_names[c]) for c in np.flatnonzero(counts == k)]
         if n > 1 and whole:

@@ -378,6 +378,9 @@ def _record(
                 f"{clf} with {params}",
                 versions,
             )
+            own = getattr(fitted.est.steps[-1][1], "own_temperature", None)  # the svm's (attack 67 #12)
+            if callable(own):
+                cal = {**cal, "model_temperature": own()}
             record = draft(
                 "fit",
                 clf,

@@ -36,7 +36,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from featstore.errors import ConfigError
 from featstore.models.agreeing import agree
-from featstore.stats.calibration import fit_temperature, softmax
+from featstore.stats.calibration import BOUNDS, fit_temperature, softmax
 from featstore.stats.folds import stratified_group_folds
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,14 @@ class TemperedSVC(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = self.svc_.n_features_in_
         self.temperature_, self.calibration_folds_ = self._fit_temperature(X, np.asarray(y), groups)
         return self
+
+    def own_temperature(self) -> dict:
+        """The temperature its probabilities use, as a run records it (``calibration.model_temperature``): ``T``,
+        the out-of-fold ``folds`` it was fitted over (0: none fitted, T = 1) and whether it ended ``at_bound`` (the
+        fit's one warning was all that said so: attack 67 #12)."""
+        check_is_fitted(self)
+        t, folds = float(self.temperature_), int(self.calibration_folds_)
+        return {"T": t, "folds": folds, "at_bound": bool(folds > 0 and t in BOUNDS), "bounds": list(BOUNDS)}
 
     def _fit_temperature(self, X, y, groups) -> tuple[float, int]:
         """``(T, folds used)``: T minimises the NLL of out-of-fold decision values; (1.0, 0) when none can be made."""

@@ -7,6 +7,7 @@ accuracy give); the other figures with the bootstrap intervals the run recorded,
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 from featstore.outputs import terminal_safe
@@ -122,8 +123,22 @@ def bound_reason(t: float) -> str:
     )
 
 
+def own_temperature(cal) -> str:
+    """The model's own temperature (the svm's out-of-fold one, ``calibration.model_temperature``) in words, "" when
+    the run records none (attack 67 #12: T = 0.01 on its bound was called "the model's own probabilities")."""
+    own = cal.get("model_temperature")
+    t = own.get("T") if hasattr(own, "get") else None
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+        return ""
+    folds = own.get("folds")
+    if not folds:
+        return "; the model's own are its softmax at T = 1 (no out-of-fold temperature could be fitted)"
+    bound = f", {bound_reason(t)}" if own.get("at_bound") is True else ""
+    return f"; the model's own are its softmax at its out-of-fold temperature T = {t:.3g} ({folds} folds{bound})"
+
+
 def calibration_line(rec: RunRecord) -> str:
-    """How the run's probabilities are calibrated, in words."""
+    """How the run's probabilities are calibrated, in words (and the model's own temperature, where it has one)."""
     cal = rec.calibration
     where = cal.get("fitted_on", "")
     if cal["method"] == "temperature":
@@ -134,23 +149,45 @@ def calibration_line(rec: RunRecord) -> str:
         )
         rows = f" ({cal['n']} rows{nll})" if "n" in cal else ""
         bound = f"; {bound_reason(cal['T'])}" if cal.get("at_bound") else ""
-        return f"calibration: temperature {cal['T']:.3g} fitted on {where or 'held-out rows'}{rows}{bound}"
+        return (
+            f"calibration: temperature {cal['T']:.3g} fitted on {where or 'held-out rows'}{rows}{bound}"
+            f"{own_temperature(cal)}"
+        )
     # no record: a run older than calibration of its kind (finetune runs since attack 14: "calibrated runs" was false)
     why = where.removeprefix("not calibrated: ") or f"recorded before featstore calibrated {rec.kind} runs"
-    return f"calibration: none ({why})"
+    return f"calibration: none ({why}{own_temperature(cal)})"
 
 
-def split_lines(split: str, m) -> list[str]:
-    """A split's figures, each with its 95 % interval (two lines)."""
+FITTED_MARK = "the rows it was fitted on (resubstitution): its intervals estimate nothing for new images"
+
+
+def fitted_on(rec) -> str | None:
+    """The split a run's classifier was fitted on (a fit's ``inputs.train``; a fine-tuned run's ``train``), or None
+    (an ensemble fits nothing): its figures there are resubstitution figures (attack 67 #5).
+
+    >>> fitted_on({"kind": "fit", "inputs": {"train": "trainval"}}), fitted_on({"kind": "ensemble"})
+    ('trainval', None)
+    """
+    inputs = rec.get("inputs")
+    train = inputs.get("train") if hasattr(inputs, "get") else None
+    if isinstance(train, str):
+        return train
+    return "train" if rec.get("kind") in ("fit", "finetune") else None
+
+
+def split_lines(split: str, m, fitted: bool = False) -> list[str]:
+    """A split's figures, each with its 95 % interval (two lines); ``fitted``: the split the run was fitted on, so a
+    third line says its figures are resubstitution figures, not an estimate (attack 67 #5)."""
     lo, hi = m.accuracy_interval()
     top5 = f", top-5 {_ci(m, 'top5')}" if m.figure("top5") is not None else ""
     before = m.figure("before_calibration")
     raw = f" (before calibration: log-loss {before['log_loss']:.3f}, ECE {before['ece']:.3f})" if before else ""
     return [
-        f"  {split}: accuracy {with_interval(m.accuracy, lo, hi)} (n {m.n}), balanced "
+        f"  {split}{' (fitted on these rows)' if fitted else ''}: accuracy {with_interval(m.accuracy, lo, hi)} "
+        f"(n {m.n}), balanced "
         f"{_ci(m, 'balanced_accuracy')}, macro-F1 {_ci(m, 'macro_f1', value=m.macro_f1)}{top5}",
         f"    log-loss {_ci(m, 'log_loss')}, ECE {_ci(m, 'ece')}{raw}",
-    ]
+    ] + ([f"    {split}: {FITTED_MARK}"] if fitted else [])
 
 
 def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
@@ -164,8 +201,9 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
         f"  {calibration_line(rec)}",
     ]
     lines += [f"  note: {note}" for note in rec.notes]
+    train = fitted_on(rec)
     for split, m in rec.metrics.items():
-        lines += split_lines(split, m)
+        lines += split_lines(split, m, split == train)
         rows = [["    class", "precision", "recall", "f1", "support"]]
         rows += [
             [
@@ -231,14 +269,15 @@ def accuracy_lines(runs: list[RunRecord]) -> str:
     return "\n".join(lines + [n for n in [stores_note(runs)] if n])
 
 
-def evaluated_lines(run_id: str, split: str, m: dict, said: str) -> str:
-    """``runs evaluate``: the split's figures with intervals, and whether they were recorded in the run."""
+def evaluated_lines(run_id: str, split: str, m: dict, said: str, fitted: bool = False) -> str:
+    """``runs evaluate``: the split's figures with intervals (``fitted``: marked as the rows the run was fitted on),
+    and whether they were recorded in the run."""
     from featstore.runs.record import SplitMetrics
 
     fields = ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix")
     sm = SplitMetrics(*(m[k] for k in fields), {k: v for k, v in m.items() if k not in fields})
-    head, rest = split_lines(split, sm)
-    return f"{run_id} on {head.strip()}\n{rest}\n{said}"
+    head, *rest = split_lines(split, sm, fitted)
+    return "\n".join([f"{run_id} on {head.strip()}", *rest, said])
 
 
 def pair_report(pair) -> str:

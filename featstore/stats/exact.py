@@ -36,6 +36,37 @@ def degenerate_interval(estimate: float, n_boot: int, level: float, whole=(0.0, 
     return Interval(float(estimate), float(whole[0]), float(whole[1]), level, method).to_dict()
 
 
+def unseen_rows_interval(
+    iv: dict, lo: float, hi: float, n: int, right: bool, worst: float, cancels: bool = False
+) -> dict:
+    """The interval of a mean figure (log-loss, ECE) on a split where every row is right (``right``) or every row is
+    wrong: a bootstrap cannot see the kind of row it never drew, however its resamples vary (the rows' tiny losses
+    gave "log-loss 0.001 [0.001, 0.001]" on 36 right rows). The unseen kind's share is at most ``u``, the
+    Clopper-Pearson upper bound of 0 of ``n`` at ``iv``'s level (1 - ((1 - level) / 2) ** (1 / n), the "rule of
+    three"); such a row costs at least 0 and at most ``worst`` (the log-loss's clip, a whole ECE bin), so the figure
+    lies within [(1 - u) lo, (1 - u) hi + u worst] of the seen rows' percentile bounds ``lo``, ``hi`` (``cancels``:
+    an unseen row can also lower the figure by up to ``worst``, as a wrong row's gap can cancel a right row's in
+    the ECE's bin sums, so the lower end is (1 - u) lo - u worst).
+
+    >>> iv = unseen_rows_interval({"estimate": 0.001, "level": 0.95}, 0.001, 0.0014, 36, True, 36.04)
+    >>> round(iv["high"], 2), iv["method"].startswith("bounded: ")
+    (3.51, True)
+    """
+    level = float(iv["level"])
+    u = clopper_pearson(0, n, level)[1]
+    kind = ("right", "wrong") if right else ("wrong", "right")
+    how = (
+        f"bounded: every one of the {n} rows is {kind[0]}, so a bootstrap cannot see a {kind[1]} row; their share is at "
+        f"most {u:.4g} (Clopper-Pearson upper bound of 0 of {n}), each {'moving it by' if cancels else 'costing'} 0 to {worst:.4g}, around the seen "
+        f"rows' percentile bounds"
+    )
+    low, high = (
+        max(0.0, (1 - u) * lo - (u * worst if cancels else 0.0)),
+        min(float(worst), max(hi, (1 - u) * hi + u * worst)),
+    )
+    return Interval(float(iv["estimate"]), low, high, level, how).to_dict()
+
+
 def _bonferroni(level: float, m: int) -> float:
     """The level of each of ``m`` intervals that all hold at once with probability ``level`` or more."""
     return 1 - (1 - level) / max(m, 1)

@@ -29,6 +29,10 @@ recall's bounds (F1 grows with both), each bound a Clopper-Pearson interval at l
 proportions (Bonferroni: all of them hold at once with 95 % probability, so their mean's interval does too); top-5
 the Clopper-Pearson interval of its hits when every row is a whole hit or miss. Otherwise (log-loss, ECE, a top-5 of
 tied shares) it is the figure's whole range (``featstore.stats.exact``). Its ``method`` says which, and why.
+Log-loss and ECE are judged by the rows' correctness, not their interval's width: when every row is right (or
+every row wrong) a bootstrap never draws the other kind, however the rows' losses differ (36 right rows gave
+"log-loss 0.001 [0.001, 0.001]"), so their interval allows the unseen kind's Clopper-Pearson share at its worst
+cost (:func:`~featstore.stats.exact.unseen_rows_interval`, ``method`` ``bounded: ...``).
 
 Macro-F1 is averaged over the classes present in the labels or the predictions (scikit-learn's ``f1_score(
 average="macro", zero_division=0)`` without ``labels=``, and :func:`featstore.stats.metrics.macro_f1`): a store
@@ -48,7 +52,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featstore.stats.exact import NO_WIDTH, degenerate_interval, exact_balanced, exact_macro_f1, exact_top
+from featstore.stats.exact import (
+    NO_WIDTH,
+    degenerate_interval,
+    exact_balanced,
+    exact_macro_f1,
+    exact_top,
+    unseen_rows_interval,
+)
 from featstore.stats.intervals import Interval, percentile_bounds, proportion_interval
 from featstore.stats.metrics import _labels_proba, reliability_of
 
@@ -298,6 +309,12 @@ def probability_figures(
         "ece_ci": _shifted_interval(rel.ece, ece_b, n_boot, seed, level, n, normal),
         "reliability": rel.to_dict()["bins"],
     }
+    if n >= MIN_BOOT_ROWS and (rows.right.all() or not rows.right.any()):  # one kind of row never drawn
+        all_right = bool(rows.right.all())
+        lo, hi = percentile_bounds(ll_b, level)
+        out["log_loss_ci"] = unseen_rows_interval(out["log_loss_ci"], lo, hi, n, all_right, float(-np.log(eps)))
+        lo, hi = percentile_bounds(ece_b - (float(np.mean(ece_b)) - rel.ece), level)
+        out["ece_ci"] = unseen_rows_interval(out["ece_ci"], max(0.0, lo), max(0.0, hi), n, all_right, 1.0, True)
     if top is not None:
         out["top5"] = float(top.mean())
         out["top5_ci"] = _interval(

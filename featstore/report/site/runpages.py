@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import StoreError
+from featstore.report.runs import fitted_on
 from featstore.report.site import charts
 from featstore.report.site.render import figure_json
 from featstore.runs.folder import StoredPredictions, load_predictions
@@ -94,6 +95,7 @@ class SplitView:
     mistakes: Gallery | None = None
     note: str = ""  # why there are no galleries, or how the grid relates to the recorded matrix
     galleries: list[Gallery] = field(default_factory=list)  # the cells' galleries, then the mistakes'
+    fitted: bool = False  # the rows the run was fitted on: resubstitution figures, not an estimate (attack 67 #5)
 
 
 @dataclass
@@ -219,6 +221,7 @@ def split_view(rec: RunRecord, split: str, stored: SplitRows | None, paths_of: P
     view = SplitView(
         split, m["n"], m.get("accuracy"), interval_of(m), m.get("macro_f1"), extras_of(m), per_class, [], None
     )
+    view.fitted = split == fitted_on(rec)
     big = len(names) > MAX_GRID_CLASSES
     cm = None if big else dense_confusion(m["confusion_matrix"])
     unshown = f"the confusion matrix of {len(names)} classes is not drawn (over {MAX_GRID_CLASSES}); "
