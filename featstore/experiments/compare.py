@@ -35,7 +35,7 @@ from featstore.outputs import (
 from featstore.provenance import OOF
 from featstore.runs.files import output_path
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, find_run, get_run, list_runs, runs_root
-from featstore.runs.kinds import rebuild_advice
+from featstore.runs.kinds import kind_of, rebuild_advice
 from featstore.runs.record import RunRecord
 from featstore.runs.selected import selected_on, sweep_choices
 from featstore.stats.figures import HEADLINE, RowFigures, completed, confusion_cells, confusion_of
@@ -255,7 +255,7 @@ def _builtin(rec: RunRecord) -> bool:
     63 #1), not of one registered in a script (unknown here, or registered again under a built-in's name: not)."""
     from featstore.experiments.classifiers import get_classifier
 
-    if rec.kind != "fit":
+    if not kind_of(rec).registered_clf:  # a fine-tuned model, an ensemble: featstore's own
         return True
     try:
         return bool(get_classifier(rec.clf).builtin)

@@ -115,6 +115,7 @@ class FitKind(_FeaturesRun):
 
     name = "fit"
     sweep_cell = True  # what `featstore sweep` fits: a re-run reuses it when it is the very fit a cell would make
+    registered_clf = True
 
     def load(self, rec: RunRecord, folder: Path, options: ApplyOptions):
         return artifacts.load_estimator(folder, rec["artifact"], verified=True)
