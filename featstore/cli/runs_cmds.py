@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, _Group, app, comma_list, echo, refuse_runs_file  # noqa: F401
-from featstore.errors import OutputError, StoreError
+from featstore.errors import ConfigError, OutputError, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -20,12 +20,33 @@ SubStoreOpt = Annotated[
 ]
 
 
-def _group_defaults(ctx: typer.Context, store: Path | None, runs: Path | None) -> tuple[Path, Path | None]:
-    """Options of a `runs` sub-command, falling back to those given to `runs` itself."""
+_GROUP = {"store": "--store", "runs": "--runs", "json_out": "--json"}  # the options `runs` passes to its sub-commands
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether ``name`` was typed on this command's own words (not its default). By the source's name: typer carries
+    its own copy of click, whose enum is not ``click.core.ParameterSource``."""
+    return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+
+
+def _group_defaults(
+    ctx: typer.Context, store: Path | None, runs: Path | None, json_out: bool = False
+) -> tuple[Path, Path | None, bool]:
+    """Options of a `runs` sub-command, falling back to those given to `runs` itself (``featstore runs --json --store
+    X show ID`` is ``featstore runs show ID --json --store X``: the group's --json was dropped, attack 68 #2). One
+    rule with the repeated-option rule: a value option given on both sides is refused, naming both values, as
+    ``show --store a --store b`` is; the --json flag on both sides is one wish."""
     obj = ctx.obj or {}
+    mine = {"store": store, "runs": runs, "json_out": json_out}
+    for name, opt in _GROUP.items():
+        if name in obj and _given(ctx, name) and name != "json_out":
+            raise ConfigError(
+                f"{opt} given both to `featstore runs` ({obj[name]}) and to `featstore runs {ctx.info_name}` "
+                f"({mine[name]}); give it once"
+            )
     store, runs = store or obj.get("store") or Path("features.h5"), runs or obj.get("runs")
     refuse_runs_file(store, runs)
-    return store, runs
+    return store, runs, json_out or bool(obj.get("json_out"))
 
 
 runs_app = typer.Typer(cls=_Group, help="List, show, compare and evaluate recorded runs.", no_args_is_help=False)
@@ -45,10 +66,18 @@ def _echo_json(obj) -> None:
 @runs_app.callback(invoke_without_command=True)
 @_errors
 def runs_list(
-    ctx: typer.Context, store: StoreOpt = Path("features.h5"), runs: RunsOpt = None, json_out: JsonOpt = False
+    ctx: typer.Context,
+    store: StoreOpt = Path("features.h5"),
+    runs: RunsOpt = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON instead of text (this table, or the sub-command's output).")
+    ] = False,
 ) -> None:
     """Table of every run: classifier, parameters, validation/test accuracy with 95 % intervals, seconds, fingerprint; broken run folders with the reason."""
-    ctx.obj = {"store": store, "runs": runs}  # `featstore runs --store X show ID` works too
+    # `featstore runs --store X --json show ID` works too: what was typed here reaches the sub-command
+    ctx.obj = {
+        name: value for name, value in (("store", store), ("runs", runs), ("json_out", json_out)) if _given(ctx, name)
+    }
     if ctx.invoked_subcommand is not None:
         return
     refuse_runs_file(store, runs, missing=True)  # a mistyped --runs is not "no runs yet"
@@ -86,7 +115,7 @@ def runs_show(
     from featstore.runs.folder import find_run, runs_root
     from featstore.runs.selected import shown_from
 
-    store, runs = _group_defaults(ctx, store, runs)
+    store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     unsaved: list[str] = []  # a read-only runs folder or a full disk: the figures are shown, then one line
     rec, pngs = show_run(run_id, store, runs, unsaved=unsaved)
     if json_out:
@@ -142,7 +171,7 @@ def runs_compare(
     from featstore.report.tables import accuracy_json, accuracy_lines, pair_report
     from featstore.runs.folder import get_run, list_runs
 
-    store, runs = _group_defaults(ctx, store, runs)
+    store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     if out is not None:
         check_chart_name(out, store=store)  # before any work: a missing folder, a link, a FIFO, a name that is not .png
     pair = compare_pair(*run_ids, store, runs) if run_ids and len(run_ids) == 2 else None
@@ -156,8 +185,9 @@ def runs_compare(
         _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path), **note})
     else:
         echo(pair_report(pair) if pair else accuracy_lines(recs))
-    if unsaved is not None:
-        raise OutputError(f"{unsaved} The comparison above was computed; its chart was not saved.")
+    if unsaved is not None:  # at the default name (a colleague's link in a shared runs folder): --out is the fix
+        other = "" if out is not None or "--out" in str(unsaved) else ", or pass --out PATH (a .png of yours)."
+        raise OutputError(f"{unsaved}{other} The comparison above was computed; its chart was not saved.")
     if not json_out:
         from featstore.outputs import terminal_safe
 
@@ -180,7 +210,7 @@ def runs_evaluate(
     from featstore.report.runs import fitted_on
     from featstore.report.tables import evaluated_lines
 
-    store, runs = _group_defaults(ctx, store, runs)
+    store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     rec, m, said = evaluate_and_record(run_id, split, store, runs)
     if json_out:
         _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said})

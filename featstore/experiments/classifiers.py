@@ -20,7 +20,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from featstore.errors import ConfigError, choices_error
-from featstore.experiments.params import _NUMBER_OR, Param, check_value, refuse_huge_grid
+from featstore.experiments.params import _NUMBER_OR, Param, check_value, refuse_huge_grid, refuse_repeated
 from featstore.kerasconfig import refuse_caps
 from featstore.models.reshape import REDUCTIONS, FeatureReshape
 from featstore.runs.files import valid_name
@@ -58,6 +58,7 @@ class ClassifierSpec:
                 raise ConfigError(f"parameter {key} for {self.name} is given no value; give at least one")
             for value in values:
                 self.check_value(key, value)
+            refuse_repeated(self.name, key, values)  # params={"C": [1, 1.0]}: one setting, fitted twice (68 #10)
         settings = candidates(self, given, search)  # at most MAX_SETTINGS of them
         if not self.builtin:  # a registered builder's estimators, each refused now if featstore cannot reload its fit
             for setting in settings:  # (its --search grid's too: attack 61 #1)
@@ -202,7 +203,7 @@ def convert_value(spec: ClassifierSpec, key: str, text: str):
 
 def parse_params(spec: ClassifierSpec, items: list[str]) -> dict[str, list]:
     """``["C=0.1", "C=1", "kernel=rbf"]`` -> ``{"C": [0.1, 1.0], "kernel": ["rbf"]}`` (typed, validated)."""
-    out: dict[str, list] = {}
+    out, texts = {}, {}  # by name: the values, typed and validated; as typed
     for item in items:
         if "=" not in item:
             raise ConfigError(
@@ -210,6 +211,8 @@ def parse_params(spec: ClassifierSpec, items: list[str]) -> dict[str, list]:
             )
         key, text = item.split("=", 1)
         out.setdefault(key.strip(), []).append(convert_value(spec, key.strip(), text.strip()))
+        texts.setdefault(key.strip(), []).append(text.strip())
+        refuse_repeated(spec.name, key.strip(), out[key.strip()], texts[key.strip()])  # one setting is one fit
     return out
 
 

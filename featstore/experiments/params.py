@@ -135,3 +135,30 @@ def refuse_huge_grid(clf: str, counts: list[int], grid: bool = False) -> None:
             f"{clf}: {what} make {math.prod(counts):,} settings to try ({' x '.join(map(str, counts))}), over "
             f"{MAX_SETTINGS:,}; give fewer values per parameter{', or leave out --search' if grid else ''}"
         )
+
+
+def refuse_repeated(clf: str, key: str, values: list, texts: list[str] | None = None) -> None:
+    """ConfigError when two of ``values`` (of parameter ``key`` of ``clf``, as converted) are one setting: ``--param
+    C=1 --param C=1.0`` fitted C=1.0 twice and recorded a choice on validation that was never made (attack 68 #10).
+    ``texts``: the values as typed (``--param``), named in the line; else (Python's ``params=``) the value.
+
+    >>> refuse_repeated("logreg", "C", [1.0, 1.0], ["1", "1.0"])
+    Traceback (most recent call last):
+    featstore.errors.ConfigError: --param gives logreg's C the value 1.0 twice (C=1, C=1.0); give each value once
+    """
+    seen: dict = {}
+    for i, value in enumerate(values):
+        same = value
+        if key in _NUMBER_OR and value not in _NUMBER_OR[key]:  # gamma=0.1 and gamma=0.10: one number, kept as text
+            try:
+                same = float(value)
+            except (TypeError, ValueError, OverflowError):
+                same = value
+        if same in seen:
+            if texts is None:
+                raise ConfigError(f"parameter {key} for {clf} lists {value!r} twice; give each value once")
+            raise ConfigError(
+                f"--param gives {clf}'s {key} the value {value!r} twice ({key}={texts[seen[same]]}, {key}={texts[i]}); "
+                f"give each value once"
+            )
+        seen[same] = i

@@ -110,8 +110,9 @@ def head_threads(head, jobs: int):
     """While fitting, a classifier with an ``n_jobs`` setting (sgd: its one-vs-rest classes, one binary fit each;
     forest: its trees) uses ``jobs`` threads. scikit-learn seeds each class or tree before dividing the work, so the
     model is the one a single thread fits (tests/test_streaming.py holds it for sgd); the setting is put back afterwards, so the run's model file is the
-    same too. A parameter search uses ``jobs`` for its settings instead (``jobs=1`` here)."""
-    if jobs <= 1 or "n_jobs" not in head.get_params(deep=False):
+    same too. A parameter search uses ``jobs`` for its settings instead (``jobs=1`` here). Only where the setting has
+    an effect (:func:`uses_n_jobs`)."""
+    if jobs <= 1 or not uses_n_jobs(head):
         yield
         return
     before = head.n_jobs
@@ -120,6 +121,16 @@ def head_threads(head, jobs: int):
         yield
     finally:
         head.set_params(n_jobs=before)
+
+
+def uses_n_jobs(head) -> bool:
+    """Whether ``head`` has an ``n_jobs`` setting that does something. LogisticRegression's has none (scikit-learn
+    1.8 deprecated it, "Does not have any effect", to be removed in 1.10; before, it served only ``multi_class='ovr'``,
+    which featstore never sets): setting it printed scikit-learn's FutureWarning "You provided 'n_jobs=4', please
+    leave it unspecified" of a parameter the user never gave (attack 68 #9)."""
+    from sklearn.linear_model import LogisticRegression
+
+    return "n_jobs" in head.get_params(deep=False) and not isinstance(head, LogisticRegression)
 
 
 _routes = threading.local()  # this thread's list of collected warnings, inside collected_warnings

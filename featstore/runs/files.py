@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import StoreError
+from featstore.errors import OutputError, StoreError
 from featstore.output_images import regular_fd
+from featstore.safetext import terminal_safe
 from featstore.safezip import check_zip
-from featstore.sticky import owner_name, share_fix, theirs
+from featstore.sticky import ahead, owner_name, share_fix, theirs
 from featstore.units import format_bytes
 
 RECORD = "run.json"
@@ -290,16 +291,28 @@ def check_zip_file(path: Path, what: str, folder: Path, kind: str, any_size: boo
         raise BrokenRunError(f"{what} {path} is refused: {exc}. Remove the folder {folder} and fit again.") from None
 
 
-def output_path(folder: Path, name: str) -> Path:
-    """Where to write ``name`` inside ``folder``: a plain name, not through a link, resolved inside the folder."""
+def output_path(folder: Path, name: str, elsewhere: str | None = None) -> Path:
+    """Where to write ``name`` inside ``folder``: a plain name, not through a link, resolved inside the folder. A link
+    there is an OutputError (the caller's figures are still shown; only this file is not written) whose fix is one
+    the user can take: in a shared folder with the sticky bit, a colleague's link cannot be removed by the user, so it
+    names its owner and ``elsewhere`` (the option that writes the file at another path, e.g. ``--out``), never
+    "Remove it" (attack 68 #8)."""
     if not valid_name(name):
         raise BrokenRunError(f"refusing to write {name!r} into {folder}: not a plain file name")
     path = folder / name
-    if path.is_symlink() or path.resolve().parent != folder.resolve():
-        raise BrokenRunError(
-            f"{path} is a link or leads outside {folder}; refusing to write through it. Remove it and retry."
-        )
-    return path
+    if not path.is_symlink() and path.resolve().parent == folder.resolve():
+        return path
+    other = f"pass {elsewhere} PATH (a path of yours) to write it elsewhere" if elsewhere else None
+    stuck = ahead(path) if path.is_symlink() else None
+    if stuck is not None:
+        how = f"{other}, or ask {stuck.owner} to remove it" if other else f"ask {stuck.owner} to remove it"
+        raise OutputError(stuck.line(f"it is a link, and featstore never writes through one: {how}"))
+    mine = theirs(path) is None
+    whose_link = "" if mine else f" ({owner_name(os.lstat(path).st_uid)}'s)"
+    raise OutputError(
+        f"{terminal_safe(str(path))} is a link{whose_link} or leads outside {terminal_safe(str(folder))}; refusing to "
+        f"write through it. Remove it and retry{', or ' + other if other else ''}"
+    )
 
 
 def json_default(o):
