@@ -90,7 +90,7 @@ def test_a_colleagues_link_at_compare_png_names_its_owner_and_out(two_runs, tmp_
     assert f"{a} vs {b}" in got.stdout, got.output  # the comparison is computed and printed first
     line = got.stderr.strip()
     assert line.count("\n") == 0 and "uid 54321's" in line and "Remove it" not in line, line
-    assert "ask uid 54321 to remove it, or pass --out PATH (a .png of yours)." in line, line
+    assert "pass --out PATH (a path of yours) to write it elsewhere, or ask uid 54321 to remove it." in line, line
     assert not (tmp_path / "her_chart.png").exists()  # nothing written through the link
     out = tmp_path / "mine.png"
     again = cli("runs", "compare", a, b, "--store", store, "--runs", runs, "--out", out)

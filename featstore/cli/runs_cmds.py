@@ -185,9 +185,8 @@ def runs_compare(
         _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path), **note})
     else:
         echo(pair_report(pair) if pair else accuracy_lines(recs))
-    if unsaved is not None:  # at the default name (a colleague's link in a shared runs folder): --out is the fix
-        other = "" if out is not None or "--out" in str(unsaved) else ", or pass --out PATH (a .png of yours)."
-        raise OutputError(f"{unsaved}{other} The comparison above was computed; its chart was not saved.")
+    if unsaved is not None:  # at the default name (a colleague's link in a shared runs folder): its line names --out
+        raise OutputError(f"{str(unsaved).rstrip('.')}. The comparison above was computed; its chart was not saved.")
     if not json_out:
         from featstore.outputs import terminal_safe
 

@@ -363,7 +363,7 @@ def compare_runs(
     from featstore.plots import compare_png
 
     check_paths(out=out, store=store, runs=runs)  # out="" drew the chart into the runs folder
-    path = check_chart_name(out, store=store) if out else output_path(runs_root(store, runs), "compare.png")
+    path = check_chart_name(out, store=store) if out else output_path(runs_root(store, runs), "compare.png", "--out")
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     if not recs:
         raise ConfigError("no runs to compare; fit some with `featstore fit`")
