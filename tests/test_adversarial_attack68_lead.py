@@ -69,3 +69,21 @@ def test_a_fully_reused_sweep_holds_a_new_test_split_to_fits_rule(tmp_path):
     assert sorted(p.name for p in runs.iterdir()) == made  # nothing recorded, no test figure added
     for run in (p for p in runs.iterdir() if p.is_dir()):
         assert "test" not in json.loads((run / "run.json").read_text())["metrics"]
+
+
+def test_a_divergence_under_scale_false_names_it():
+    """Attack 69 #7: logreg with scale=false on features of about 1e12 "diverged (a regularisation or learning rate far
+    outside its useful range)": logreg has no learning rate and C was its default; the fix is dropping scale=false."""
+    from featstore.experiments.selection import DivergedError, refuse_diverged
+
+    class Nan:
+        def predict_proba(self, X):
+            return np.full((len(X), 2), np.nan)
+
+    X = np.ones((4, 3), np.float32)
+    with pytest.raises(
+        DivergedError, match=r"\(scale=false left its features unstandardised.*\); drop --param scale=false$"
+    ):
+        refuse_diverged(Nan(), X, "logreg", {"C": 1.0, "scale": False})
+    with pytest.raises(DivergedError, match=r"learning rate far outside its useful range\); fit with other --param"):
+        refuse_diverged(Nan(), X, "logreg", {"C": 1e-300})

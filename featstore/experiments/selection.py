@@ -177,10 +177,18 @@ def refuse_diverged(est, X, spec_name: str, params: dict) -> None:
     with np.errstate(all="ignore"):
         proba = np.asarray(est.predict_proba(X[:8]), dtype=np.float64)
     if not np.isfinite(proba).all():
+        unscaled = params.get("scale") is False  # logreg at its default C blamed "a regularisation" (attack 69 #7)
+        why, fix = (
+            ("scale=false left its features unstandardised, too large for its arithmetic", "drop --param scale=false")
+            if unscaled
+            else (
+                "a regularisation or learning rate far outside its useful range",
+                "fit with other --param values (`featstore classifiers` shows the defaults)",
+            )
+        )
         raise DivergedError(
             f"{spec_name} with {params} diverged: its fitted model gives NaN or infinite probabilities on the "
-            f"training rows (a regularisation or learning rate far outside its useful range); fit with other --param "
-            f"values (`featstore classifiers` shows the defaults)"
+            f"training rows ({why}); {fix}"
         )
 
 
