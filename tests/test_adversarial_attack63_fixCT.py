@@ -41,15 +41,20 @@ def test_every_builtin_classifier_is_covered():
     assert builtin == {c for c, _ in CASES}
 
 
-def _boundary(est, a, b) -> list:
-    """Two rows either side of the decision boundary between ``a`` and ``b`` (bisected to adjacent floats)."""
-    pa = est.predict(a[None])[0]
+def _boundaries(est, a, b) -> np.ndarray:
+    """Pairs of rows either side of the decision boundary between each row of ``a`` and of ``b`` (each pair bisected
+    to adjacent floats), as rows ``a0, b0, a1, b1, ...``. All pairs are bisected together: one ``predict`` of every
+    pair's midpoint a step (a row's prediction does not depend on the rows beside it), not one per pair and step."""
+    pa = est.predict(a)
     for _ in range(70):
         m = (a + b) / 2
-        if np.array_equal(m, a) or np.array_equal(m, b):
+        live = ~((m == a).all(axis=1) | (m == b).all(axis=1))
+        if not live.any():
             break
-        a, b = (m, b) if est.predict(m[None])[0] == pa else (a, m)
-    return [a, b]
+        same = est.predict(m) == pa
+        a = np.where((live & same)[:, None], m, a)
+        b = np.where((live & ~same)[:, None], m, b)
+    return np.stack([a, b], axis=1).reshape(-1, a.shape[1])
 
 
 def _rows(est, name: str, k: int, rng) -> np.ndarray:
@@ -59,7 +64,8 @@ def _rows(est, name: str, k: int, rng) -> np.ndarray:
     if name != "dense":
         T = rng.normal(size=(80, 3))
         pred = est.predict(T)
-        rows += [np.array(r) for i in range(40) if pred[i] != pred[i + 40] for r in [_boundary(est, T[i], T[i + 40])]]
+        differ = np.flatnonzero(pred[:40] != pred[40:])
+        rows.append(_boundaries(est, T[differ], T[differ + 40]))
     return np.concatenate([np.reshape(r, (-1, 3)) for r in rows])
 
 
