@@ -11,10 +11,8 @@ import os
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from featstore import ensemble, fit
-from featstore.cli import app
 from featstore.errors import ConfigError
 from featstore.experiments.compare import _disagrees, compare_pair
 from featstore.experiments.evaluate import evaluate_and_record
@@ -23,22 +21,7 @@ from featstore.experiments.sweep_summary import NOT_A_TEST, versus_best
 from featstore.report.site.storeruns import mark_selected
 from featstore.runs import selected
 from featstore.runs.selected import ensemble_key, selected_on, sweep_choices
-from featstore.store import writer
-from featstore.store.writer import synthetic_attrs
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def _store(path, sizes=(("train", 60), ("validation", 40), ("test", 60)), seed=1, signal=1.0):
-    """Labels a/b in turn; features noise plus ``signal`` times the label."""
-    rng = np.random.default_rng(seed)
-    for split, n in sizes:
-        y = (np.arange(n) % 2).astype(np.int32)
-        X = (rng.normal(size=(n, 6)) + signal * y[:, None]).astype(np.float32)
-        writer.write_arrays(path, "syn", split, X, y, ["a", "b"], attrs=synthetic_attrs(X.shape[1:], model="synthetic"))
-    return path
+from tests.test_adversarial_attack65_fixCZ import _store, cli
 
 
 def _mine(pair, split, rid):

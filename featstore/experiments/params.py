@@ -12,6 +12,7 @@ of its choices (attack 57 #11).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -154,6 +155,10 @@ def refuse_repeated(clf: str, key: str, values: list, texts: list[str] | None = 
                 same = float(value)
             except (TypeError, ValueError, OverflowError):
                 same = value
+        try:
+            hash(same)
+        except TypeError:  # a registered list or dict parameter (an MLP's layers): one key per value (attack 70 #3)
+            same = ("unhashable", json.dumps(same, sort_keys=True, default=repr))
         if same in seen:
             if texts is None:
                 raise ConfigError(f"parameter {key} for {clf} lists {value!r} twice; give each value once")
