@@ -5,8 +5,20 @@ validated as a run is read, and the default compare chart's folder error. Synthe
 from __future__ import annotations
 
 import json
+import logging
 
+import numpy as np
+from typer.testing import CliRunner
+
+from featstore import fit
+from featstore.cli import app
+from featstore.runs.fittedrows import fitted_splits
 from featstore.runs.selected import selected_on, sweep_choices
+from featstore.store.writer import write_arrays
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 # ------------------------------------------------------------------ finding 1: a sweep's losers deleted
@@ -26,3 +38,33 @@ def test_a_sweeps_choice_keeps_its_mark_when_its_other_runs_are_deleted(tmp_path
     (tmp_path / "sweep-bb.json").write_text(json.dumps({"chosen_on": "validation", "best_single": "knn-9",
                                                          "cells": [{"run": "knn-9"}]}))  # fmt: skip
     assert "knn-9" not in sweep_choices(tmp_path)
+
+
+# ------------------------------------------------------------------ finding 4: fitted on these rows, by rows
+def _trainval_store(path):
+    """Pure-noise train, validation and test, and trainval = train's and validation's rows (a final refit's split)."""
+    rng, y = np.random.default_rng(0), np.arange(30) % 2
+    X = {s: rng.normal(size=(30, 5)).astype(np.float32) for s in ("train", "validation", "test")}
+    for s in X:
+        write_arrays(path, "first", s, X[s], y, ["a", "b"])
+    write_arrays(path, "first", "trainval", np.concatenate([X["train"], X["validation"]]), np.tile(y, 2), ["a", "b"])
+    return path
+
+
+def test_a_split_whose_rows_are_training_rows_is_marked_whatever_its_name(tmp_path, caplog):
+    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    with caplog.at_level(logging.WARNING, logger="featstore.experiments.fit"):
+        rec = fit(store, "knn", {"n_neighbors": [1]}, runs=runs, train="trainval")
+    said = "30 of the 30 rows of 'validation' are rows of 'trainval', which the run is fitted on"
+    assert said in caplog.text and any(said in n for n in rec.notes)  # fit says so (and goes on)
+    assert fitted_splits(rec) == {"trainval", "validation"}  # test's rows are not training rows
+    out = cli("runs", "evaluate", rec.id, "--split", "train", "--store", store, "--runs", runs)
+    assert out.exit_code == 0, out.output
+    assert f"{rec.id} on train (fitted on these rows)" in out.output and "resubstitution" in out.output
+    out = cli("runs", "show", rec.id, "--store", store, "--runs", runs)
+    for split in ("trainval", "validation", "train"):
+        assert f"  {split} (fitted on these rows):" in out.output
+    assert "  test (fitted" not in out.output
+    # a fit on train alone: trainval holds some of its rows, not all: not marked; validation shares none: no note
+    rec = fit(store, "knn", {"n_neighbors": [1]}, runs=runs)
+    assert fitted_splits(rec, ["trainval"]) == {"train"} and not any("rows of" in n for n in rec.notes)
