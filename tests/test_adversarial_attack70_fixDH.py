@@ -68,3 +68,27 @@ def test_a_split_whose_rows_are_training_rows_is_marked_whatever_its_name(tmp_pa
     # a fit on train alone: trainval holds some of its rows, not all: not marked; validation shares none: no note
     rec = fit(store, "knn", {"n_neighbors": [1]}, runs=runs)
     assert fitted_splits(rec, ["trainval"]) == {"train"} and not any("rows of" in n for n in rec.notes)
+
+
+# ------------------------------------------------------------------ finding 6: model_temperature checked when read
+def test_a_damaged_model_temperature_is_refused_as_t_is(tmp_path):
+    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    rec = fit(store, "knn", {"n_neighbors": [3]}, runs=runs)
+    path = runs / rec.id / "run.json"
+    good = json.loads(path.read_text())
+    bad = {
+        "T": {"T": 1e-300, "folds": 2.5, "at_bound": True},
+        "folds": {"T": 2.0, "folds": 2.5, "at_bound": False},
+        "no folds": {"T": 3.0, "folds": 0, "at_bound": False},
+        "at_bound": {"T": 3.0, "folds": 5, "at_bound": True},
+        "dict": [1.0],
+    }
+    for what, own in bad.items():
+        path.write_text(json.dumps({**good, "calibration": {**good["calibration"], "model_temperature": own}}))
+        out = cli("runs", "show", rec.id, "--store", store, "--runs", runs)
+        assert out.exit_code != 0, (what, out.output)
+        assert "model_temperature" in out.output and len(out.output.strip().splitlines()) == 1, (what, out.output)
+    for own in ({"T": 0.01, "folds": 5, "at_bound": True, "bounds": [0.01, 100]}, {"T": 1.0, "folds": 0}):
+        path.write_text(json.dumps({**good, "calibration": {**good["calibration"], "model_temperature": own}}))
+        out = cli("runs", "show", rec.id, "--store", store, "--runs", runs)
+        assert out.exit_code == 0 and "the model's own are its softmax" in out.output, out.output
