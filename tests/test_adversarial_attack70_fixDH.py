@@ -92,3 +92,19 @@ def test_a_damaged_model_temperature_is_refused_as_t_is(tmp_path):
         path.write_text(json.dumps({**good, "calibration": {**good["calibration"], "model_temperature": own}}))
         out = cli("runs", "show", rec.id, "--store", store, "--runs", runs)
         assert out.exit_code == 0 and "the model's own are its softmax" in out.output, out.output
+
+
+# ------------------------------------------------------------------ finding 7: the default chart's folder
+def test_a_folder_at_the_default_chart_names_the_default_and_out(tmp_path):
+    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    fit(store, "knn", {"n_neighbors": [3]}, runs=runs)
+    fit(store, "knn", {"n_neighbors": [5]}, runs=runs)
+    (runs / "compare.png").mkdir()
+    out = cli("runs", "compare", "--store", store, "--runs", runs)
+    assert out.exit_code != 0
+    last = out.output.strip().splitlines()[-1]
+    assert f"the default chart {runs / 'compare.png'} is a folder; pass --out PATH.png (a path of yours)" in last
+    assert "--out runs" not in last and "compare.png/out" not in last  # no --out was given; no file inside it
+    chart = tmp_path / "mine.png"
+    out = cli("runs", "compare", "--store", store, "--runs", runs, "--out", chart)  # what it advises works
+    assert out.exit_code == 0 and chart.is_file(), out.output
