@@ -98,7 +98,7 @@ def test_sweep_summaries_are_read_within_a_bound_and_count_only_runs_here(tmp_pa
         os.utime(tmp_path / f"sweep-{i:02x}.json", (1000 + i, 1000 + i))
     got = sweep_choices(tmp_path)
     assert set(got) == {"logreg-1", "knn-2"}  # x00001 is no run of this folder: not marked
-    assert "among 2 runs of" in got["logreg-1"]["validation"]  # not "among 5002"
+    assert "among 5002 runs of sweep-00 (2 of them here)" in got["logreg-1"]["validation"]  # the summary's count
     monkeypatch.setattr(selected, "SWEEPS_READ", 2)
     with caplog.at_level(logging.WARNING, logger="featstore.runs.selected"):
         got = sweep_choices(tmp_path)

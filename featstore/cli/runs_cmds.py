@@ -206,7 +206,7 @@ def runs_evaluate(
 ) -> None:
     """Apply a run to a split of the store (refused if the store's features are not the run's, or a new split is not of the run's own store) and record the figures in the run when it has none for that split (it says so, or why not: then the exit status is 1)."""
     from featstore.experiments.evaluate import evaluate_and_record
-    from featstore.report.runs import fitted_on
+    from featstore.report.runs import fitted_splits
     from featstore.report.tables import evaluated_lines
 
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
@@ -214,7 +214,7 @@ def runs_evaluate(
     if json_out:
         _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said})
     else:
-        echo(evaluated_lines(rec.id, split, m, said, split == fitted_on(rec)))
+        echo(evaluated_lines(rec.id, split, m, said, split in fitted_splits(rec, [split])))
     if said.startswith("not recorded"):  # the figures are shown, yet a script must see that the run did not change
         raise typer.Exit(1)
 

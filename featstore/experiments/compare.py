@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from featstore.runs.folder import StoredPredictions, calibrated_predictions, fin
 from featstore.runs.kinds import kind_of, rebuild_advice
 from featstore.runs.record import RunRecord
 from featstore.runs.selected import selected_on, sweep_choices
+from featstore.safetext import terminal_safe
 from featstore.stats.figures import HEADLINE, RowFigures, completed, confusion_cells, confusion_of
 from featstore.stats.paired import PairedComparison, compare_predictions
 from featstore.store.digests import rows_differ
@@ -363,14 +365,33 @@ def compare_runs(
     from featstore.plots import compare_png
 
     check_paths(out=out, store=store, runs=runs)  # out="" drew the chart into the runs folder
-    path = check_chart_name(out, store=store) if out else output_path(runs_root(store, runs), "compare.png", "--out")
+    path = check_chart_name(out, store=store) if out else default_chart(runs_root(store, runs))
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     if not recs:
         raise ConfigError("no runs to compare; fit some with `featstore fit`")
     splits = ("validation", "test")
     scores = {s: [r.accuracy(s) for r in recs] for s in splits}
     intervals = {s: [wilson_of(r.metrics[s]) if s in r.metrics else None for r in recs] for s in splits}
-    return write_atomic(path, lambda tmp: compare_png([r.id for r in recs], scores, tmp, intervals), "--out")
+    what = "--out" if out else "the default chart"
+    return write_atomic(path, lambda tmp: compare_png([r.id for r in recs], scores, tmp, intervals), what)
+
+
+def default_chart(root: Path) -> Path:
+    """``<runs>/compare.png``, where ``runs compare`` writes its chart without ``--out``; a folder (or a pipe, device
+    or socket) there is one OutputError naming the default path and ``--out`` (attack 70 #7: it named an --out never
+    given and advised a file inside that folder)."""
+    path = output_path(root, "compare.png", "--out")
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return path  # nothing there (or unreadable: write_atomic says why)
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a pipe, device or socket)"
+        raise OutputError(
+            f"the default chart {terminal_safe(str(path))} is {kind}; pass --out PATH.png (a path of yours) to write "
+            "the chart elsewhere"
+        )
+    return path
 
 
 def wilson_of(m) -> tuple[float, float]:

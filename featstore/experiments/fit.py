@@ -57,6 +57,7 @@ from featstore.experiments.streaming import predict_blocks as stream_blocks
 from featstore.experiments.sweep_reuse import fit_inputs
 from featstore.runs import made
 from featstore.runs.artifacts import full_proba
+from featstore.runs.fittedrows import overlap_notes
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.runs.record import RunRecord, digest_paths, draft
 from featstore.runs.write import RunDraft
@@ -157,13 +158,16 @@ def fit(
         if big:
             for s in used[1:]:
                 fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION)  # within the budget, as the fit reads
+        shared = overlap_notes(fs, name, splits.train, [splits.validation, splits.test])  # by rows (attack 70 #4)
+        for note in shared:
+            logger.warning("%s", note)
         t0 = time.perf_counter()
         if big:
             fitted = fit_streaming(fs, name, clf, full, settings, given, splits, budget, aug is not None, jobs)
         else:
             fitted = _fit_in_memory(fs, name, clf, full, settings, given, splits, jobs, aug is not None, budget)
         fit_seconds = time.perf_counter() - t0
-        extra = {"memory_budget": budget, "streamed": big, "notes": list(splits.notes)}
+        extra = {"memory_budget": budget, "streamed": big, "notes": list(splits.notes) + shared}
         # what a sweep reuses
         extra["inputs"] = fit_inputs(fs, name, splits, versions, given, settings, search, aug, full)
         if aug:

@@ -12,6 +12,7 @@ from collections import Counter
 
 from featstore.outputs import terminal_safe
 from featstore.report.text import _table
+from featstore.runs.fittedrows import fitted_on, fitted_splits  # noqa: F401 - fitted_on moved there (attack 70 #4)
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, thaw
 from featstore.stats.figures import HEADLINE
@@ -161,20 +162,6 @@ def calibration_line(rec: RunRecord) -> str:
 FITTED_MARK = "the rows it was fitted on (resubstitution): its intervals estimate nothing for new images"
 
 
-def fitted_on(rec) -> str | None:
-    """The split a run's classifier was fitted on (a fit's ``inputs.train``; a fine-tuned run's ``train``), or None
-    (an ensemble fits nothing): its figures there are resubstitution figures (attack 67 #5).
-
-    >>> fitted_on({"kind": "fit", "inputs": {"train": "trainval"}}), fitted_on({"kind": "ensemble"})
-    ('trainval', None)
-    """
-    inputs = rec.get("inputs")
-    train = inputs.get("train") if hasattr(inputs, "get") else None
-    if isinstance(train, str):
-        return train
-    return "train" if rec.get("kind") in ("fit", "finetune") else None
-
-
 def split_lines(split: str, m, fitted: bool = False) -> list[str]:
     """A split's figures, each with its 95 % interval (two lines); ``fitted``: the split the run was fitted on, so a
     third line says its figures are resubstitution figures, not an estimate (attack 67 #5)."""
@@ -201,9 +188,9 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
         f"  {calibration_line(rec)}",
     ]
     lines += [f"  note: {note}" for note in rec.notes]
-    train = fitted_on(rec)
+    train = fitted_splits(rec)
     for split, m in rec.metrics.items():
-        lines += split_lines(split, m, split == train)
+        lines += split_lines(split, m, split in train)
         rows = [["    class", "precision", "recall", "f1", "support"]]
         rows += [
             [

@@ -182,7 +182,8 @@ def check_budget(obj: dict, where: str, folder: Path) -> None:
 
 
 def check_calibration(cal: object, where: str, folder: Path) -> None:
-    """BrokenRunError unless ``cal`` is a calibration featstore can apply (a method it knows, a finite positive T)."""
+    """BrokenRunError unless ``cal`` is a calibration featstore can apply (a method it knows, a finite positive T),
+    its ``model_temperature`` (where recorded) one featstore fits."""
     problem = None
     if not isinstance(cal, dict) or cal.get("method") not in CALIBRATION_METHODS:
         problem = f"its method must be one of {', '.join(CALIBRATION_METHODS)}"
@@ -199,8 +200,30 @@ def check_calibration(cal: object, where: str, folder: Path) -> None:
             f"T = {cal['T']!r} lies outside [{CALIBRATION_BOUNDS[0]:g}, {CALIBRATION_BOUNDS[1]:g}], the temperatures "
             f"featstore fits within (the run record is damaged)"
         )
+    if problem is None and isinstance(cal, dict) and "model_temperature" in cal:
+        problem = _own_temperature_problem(cal["model_temperature"])
     if problem:
         raise BrokenRunError(f"{where}: calibration is not usable: {problem}", f"remove the folder {folder}")
+
+
+def _own_temperature_problem(own: object) -> str | None:
+    """What is wrong with ``calibration.model_temperature`` (the svm's out-of-fold temperature, as
+    ``own_temperature`` records it), or None: checked as T is (attack 70 #6: T = 1e-300 over 2.5 folds was shown,
+    "on its lower bound"). ``folds`` is 0 (none fitted, T = 1) or a whole number of at least 2, and ``at_bound`` says
+    whether T is a bound of :data:`CALIBRATION_BOUNDS`."""
+    t = own.get("T") if isinstance(own, dict) else None
+    folds = own.get("folds") if isinstance(own, dict) else None
+    low, high = CALIBRATION_BOUNDS
+    if not (finite(t) and low <= t <= high):
+        return f"model_temperature's T must be a number in [{low:g}, {high:g}] (the run record is damaged)"
+    if not (isinstance(folds, int) and not isinstance(folds, bool) and (folds == 0 or folds >= 2)):
+        return f"model_temperature's folds must be 0 or a whole number of at least 2, not {folds!r} (damaged record)"
+    if folds == 0 and t != 1:
+        return f"model_temperature's T is {t!r} with no folds (none fitted is T = 1; the run record is damaged)"
+    at = own.get("at_bound")
+    if at is not None and at is not bool(folds and t in (low, high)):
+        return f"model_temperature's at_bound {at!r} does not match T = {t!r} (the run record is damaged)"
+    return None
 
 
 def check_weights(weights: object, n: int) -> bool:

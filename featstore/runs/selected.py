@@ -147,9 +147,10 @@ def sweep_choices(root: str | os.PathLike) -> dict[str, dict[str, str]]:
     """Run id -> {split: what} for every run a sweep in runs folder ``root`` chose among several: its best single
     run, its winner and every cell tied with it, on the split its summary ``sweep-<id>.json`` says it chose on (a
     sweep of one run chose nothing); and :func:`ensemble_key` of its ensemble's members and weights -> the same.
-    Only cells whose run folder is in ``root`` count ("among N runs"), and a run is marked only when it is one of
-    them. The newest :data:`SWEEPS_READ` summaries, :data:`SWEEPS_READ_BYTES` in all, are read; the others are
-    passed over with one warning naming how many and why. An unreadable or malformed summary is passed over."""
+    A sweep of 2+ cells chose among all of them ("among N runs", with "M of them here" where some run folders are
+    gone: attack 70 #1), and marks only its chosen runs whose folder is in ``root``. The newest
+    :data:`SWEEPS_READ` summaries, :data:`SWEEPS_READ_BYTES` in all, are read; the others are passed over with one
+    warning naming how many and why. An unreadable or malformed summary is passed over."""
     out: dict[str, dict[str, str]] = {}
     try:
         with os.scandir(root) as it:
@@ -201,20 +202,23 @@ def _mark(out: dict, name: str, root: Path, folders: set[str]) -> None:
         summary = json.loads(_read_summary(root / name))
         on, winner = summary["chosen_on"], summary.get("winner") or {}
         cells = {c.get("run") for c in summary.get("cells") or () if isinstance(c, dict)}
-        runs = {r for r in cells if isinstance(r, str) and r in folders}  # a cell counts when its run is here
+        cells = {r for r in cells if isinstance(r, str) and r}  # the runs the sweep chose among, here or not
+        runs = cells & folders  # a summary marks only runs that are here (attack 67 #7)
         ids = {summary.get("best_single"), winner.get("id"), *(summary.get("tied") or ())}
         ens = summary.get("ensemble") or {}
         ens = ens if isinstance(ens, dict) and isinstance(ens.get("members"), list) else {}
         key = ensemble_key(ens["members"], ens.get("weights")) if ens else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
         return  # a crafted summary (a link, a FIFO, too large, nested too deep) is passed over as malformed
-    if not isinstance(on, str) or not on or len(runs) < 2:
+    if not isinstance(on, str) or not on or len(cells) < 2:  # a sweep of one run chose nothing
         return
     sid = name[: -len(".json")]
+    # the choice was made among every cell, whether or not its folder is still here (attack 70 #1)
+    among = f"{len(cells)} runs of {sid}" + ("" if runs == cells else f" ({len(runs)} of them here)")
     for rid in sorted(i for i in ids if isinstance(i, str) and (i in runs or (i == winner.get("id") and i in folders))):
-        out.setdefault(rid, {})[on] = f"its classifier and extractor, among {len(runs)} runs of {sid},"
+        out.setdefault(rid, {})[on] = f"its classifier and extractor, among {among},"
     if key and {str(m) for m in ens["members"]} <= runs:
-        out.setdefault(key, {})[on] = f"its members and weights, {sid}'s greedy selection among {len(runs)} runs,"
+        out.setdefault(key, {})[on] = f"its members and weights, {sid}'s greedy selection among {among},"
 
 
 def _read_summary(path: Path) -> bytes:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.errors import StoreError
-from featstore.report.runs import fitted_on
+from featstore.report.runs import fitted_splits
 from featstore.report.site import charts
 from featstore.report.site.render import figure_json
 from featstore.runs.folder import StoredPredictions, load_predictions
@@ -221,7 +221,7 @@ def split_view(rec: RunRecord, split: str, stored: SplitRows | None, paths_of: P
     view = SplitView(
         split, m["n"], m.get("accuracy"), interval_of(m), m.get("macro_f1"), extras_of(m), per_class, [], None
     )
-    view.fitted = split == fitted_on(rec)
+    view.fitted = split in fitted_splits(rec)
     big = len(names) > MAX_GRID_CLASSES
     cm = None if big else dense_confusion(m["confusion_matrix"])
     unshown = f"the confusion matrix of {len(names)} classes is not drawn (over {MAX_GRID_CLASSES}); "
