@@ -29,7 +29,7 @@ class _Group(TyperGroup):
     ``runs`` group is one too, so `runs show` and `runs evaluate` are checked as well."""
 
     def parse_args(self, ctx, args):
-        got = None if ctx.resilient_parsing else _parse(self, ctx.parent, ctx.info_name, args)
+        got = None if ctx.resilient_parsing else _parse(self, ctx, ctx.info_name, args)  # ctx: its -h
         if got is not None and not got[0].get("help"):  # the group's own options (`--no-locking --locking`: 69 #6)
             refuse_repeated(self, got, ctx.info_name, args)
         return super().parse_args(ctx, args)
