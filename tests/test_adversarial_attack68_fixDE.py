@@ -76,7 +76,7 @@ def test_check_while_an_extract_writes_names_the_writer(interrupted):
     writer's pid, not a problem, and `featstore check` exits 75; once the lock is gone it is a problem again (exit 1).
     Sabotage: check_store not passing lock_holder's pid to Writing fails it."""
     notes: list[str] = []
-    with writer_lock(interrupted):
+    with writer_lock(interrupted, writing="train"):  # as extract records the split it writes (attack 70 #2)
         assert check_store(interrupted, notes=notes) == []
         res = CliRunner().invoke(app, ["check", str(interrupted)])
     assert len(notes) == 1 and f"featstore process {os.getpid()} writes to this store" in notes[0]

@@ -323,8 +323,6 @@ def _refuse_unlike_splits(data: Path, splits: list[str]) -> None:
 
 def _print_extracted(r, augment: int | None) -> None:
     """What one split's extraction did, in one line (and one line per failed image)."""
-    from featstore.store.resume import discarded_note
-
     where = f"{r.store}:/{r.extractor}/{r.split}" + (
         f" (and {', '.join(r.extractors[1:])})" if len(r.extractors) > 1 else ""
     )
@@ -361,7 +359,7 @@ def _print_extracted(r, augment: int | None) -> None:
         + (" (this run's listed below)" if r.failures else "")
         + _passed_over(r)
         + copies
-        + (f"; {discarded_note(r.discarded, r.split)}" if r.discarded else "")
+        + (f"; {r.discarded_note}" if r.discarded_note else "")
     )
     for path, reason in r.failures:
         echo(f"  failed: {name(path)}: {reason}")  # a file name with a line break stays one line

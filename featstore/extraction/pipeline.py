@@ -44,7 +44,7 @@ from featstore.outputs import cache_dir
 from featstore.provenance import AUGMENTED
 from featstore.store.layout import check_root
 from featstore.store.locking import StoreFile
-from featstore.store.resume import discarded_note
+from featstore.store.resume import discarded_note, resume_refusal
 from featstore.store.space import check_writable, ensure_space
 from featstore.store.survey import Survey, committed_rows, copies_done, split_done, survey
 from featstore.store.writer import CHUNK_BYTES, COMPRESSIONS, SplitWriter, refuse_huge_rows
@@ -87,6 +87,7 @@ class ExtractResult:
     runtime: str = "keras"  # what ran the forward pass (config.runtime)
     runtime_max_abs_diff: float | None = None  # --runtime onnx: max abs difference to Keras at start-up
     discarded: int = 0  # overwrite=True on an interrupted split: the images it had done, extracted again (68 #7)
+    discarded_note: str = ""  # what was said of them (store.resume.discarded_note)
 
 
 def extract(
@@ -185,7 +186,7 @@ def extract(
         )
         how = PassOptions(batch_size, overwrite, progress, compression, jit, purpose)
         job = _Extraction(file, listing, config, spec, names, runner, how)
-        with file.lock():  # one writer per store, for the whole command
+        with file.lock(split):  # one writer per store, for the whole command (the split it writes recorded: check)
             job.write_split(result, started)
             if copies is not None:
                 result.augmented = job.write_copies(copies)
@@ -274,9 +275,7 @@ class _Extraction:
             if f is not None:
                 check_root(f, path)  # links out of it, or not a featstore store: refused before anything is read
             found = survey(f, path, self.names, split, done, how.overwrite)
-        result.discarded = found.discarded  # said before they are gone: a resume would have kept them (68 #7)
-        if found.discarded:
-            logger.warning("%s: %s", path, discarded_note(found.discarded, split))
+        result.discarded = found.discarded  # said below before they are gone: a resume would have kept them (68 #7)
         if not found.todo:
             result.skipped = True
             logger.debug(
@@ -307,6 +306,10 @@ class _Extraction:
                 **machine(),  # said where a resume computes otherwise (same_numerics)
                 "engine": self.engine.name,
             }  # how the run that started it computed
+            if found.discarded:  # a resume is promised only where this command without --overwrite would run it (70 #5)
+                refused = resume_refusal(found.stored, split_attrs, found.fixed)
+                result.discarded_note = discarded_note(found.discarded, split, refused)
+                logger.warning("%s: %s", path, result.discarded_note)
             writer = SplitWriter(self.file, found.todo, split)
             wrote = self._pass(writer, found, extractor, split_attrs, ListingRows(listing), how.overwrite, listing)
             if wrote is not None:

@@ -31,7 +31,7 @@ from featstore.store.layout import (
     validate_split,
 )
 from featstore.store.links import said_as
-from featstore.store.locking import StoreFile, lock_holder
+from featstore.store.locking import StoreFile
 from featstore.store.metadata import CACHE_PURPOSE, copies_or_none
 from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
 from featstore.store.nonfinite import FAR_FACTOR, LARGE_FEATURE, far_rows, row_peaks
@@ -76,7 +76,7 @@ def check_store(
     file = StoreFile(renamed_argument("check_store", "path", "store", path, store), locking)
     file.refuse_unreadable()
     path = file.path
-    writer = Writing(lock_holder(path), [] if notes is None else notes)  # a live extract's (attack 68 #5)
+    writer = Writing.of(path, notes)  # a live extract's split (attack 68 #5): the lock's holder's (70 #2)
     problems: list[str] = []
     scans: list[_Split] = []
     with file.open("r") as f:

@@ -42,6 +42,8 @@ from featstore.store.links import (  # noqa: F401 (links_on, refuse_hard_linked:
     too_long,
     user,
 )
+from featstore.store.lockholder import lock_holder, pid_text
+from featstore.store.lockholder import lock_name as _lock_name
 
 _SETTING: dict = {"locking": None}  # None = HDF5's default (honours HDF5_USE_FILE_LOCKING)
 
@@ -223,10 +225,11 @@ class StoreFile:
             yield f
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """The writer's lock, ``<store>.lock`` (see :func:`writer_lock`); :attr:`checked` is the ``lstat`` of the file
-        the name reached when the lock checked it (None: no store yet), which a resume's compaction reads."""
-        with writer_lock(self.path, self.locking) as self.checked:
+    def lock(self, writing: str | None = None) -> Iterator[None]:
+        """The writer's lock, ``<store>.lock`` (see :func:`writer_lock`; ``writing``: the split it writes, recorded for
+        ``check``); :attr:`checked` is the ``lstat`` of the file the name reached when the lock checked it (None: no
+        store yet), which a resume's compaction reads."""
+        with writer_lock(self.path, self.locking, writing) as self.checked:
             self.locked = True
             try:
                 yield
@@ -238,18 +241,21 @@ class StoreFile:
         return {} if self.locking is None else {"locking": self.locking}
 
 
+# seconds a writer waits for a held lock: far past the instant `check` holds it to probe it (lockholder.lock_held)
+LOCK_PROBE_GRACE = 0.2
 LOCK_FILES = {".lock": "lock file", ".lock.pid": "lock's pid file"}  # the side files a writer makes beside a store
 
 
 @contextlib.contextmanager
-def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[os.stat_result | None]:
+def writer_lock(path: str | os.PathLike, locking=None, writing: str | None = None) -> Iterator[os.stat_result | None]:
     """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file.
 
     Uses the ``filelock`` package (flock on POSIX, msvcrt on Windows). The lock file is empty (the writer's pid goes
-    to ``<store>.lock.pid``) and is removed when the lock is released, also after a failure; a SIGKILLed writer leaves
-    it behind, unlocked and harmless (the next run takes it over). Anything else at that name (a link, FIFO, folder, a
-    file with bytes or a second name) is refused, named, never locked nor removed; so is a store file with a second
-    name (:func:`refuse_hard_linked`). Gives the ``lstat`` of the store file the name reached (None: no store yet).
+    to ``<store>.lock.pid``, and ``writing``, the split it writes, which ``check`` reads) and is removed when the lock
+    is released, also after a failure; a SIGKILLed writer leaves it behind, unlocked and harmless (the next run takes
+    it over). Anything else at that name (a link, FIFO, folder, a file with bytes or a second name) is refused, named,
+    never locked nor removed; so is a store file with a second name (:func:`refuse_hard_linked`). Gives the ``lstat``
+    of the store file the name reached (None: no store yet).
     """
     from filelock import FileLock, Timeout
 
@@ -265,8 +271,8 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[os.stat_resul
         raise StoreError(f"cannot lock store {terminal_safe(str(path))}: {too_long_name}")
     _refuse_foreign_lock(lock_path)
     lock = FileLock(lock_path, timeout=0)
-    try:
-        lock.acquire()
+    try:  # (a moment's wait: `check` and `info` lock it for an instant to see whether a writer holds it)
+        lock.acquire(timeout=LOCK_PROBE_GRACE, poll_interval=LOCK_PROBE_GRACE / 10)
     except Timeout:
         raise StoreBusyError(
             f"another featstore process (pid {lock_holder(path) or 'unknown'}) is writing to {path}; wait for "
@@ -284,7 +290,7 @@ def writer_lock(path: str | os.PathLike, locking=None) -> Iterator[os.stat_resul
         raise StoreError(f"{terminal_safe(lock_path)} was replaced while it was being locked; run again")
     pid_path = f"{lock_path}.pid"
     try:
-        _write_pid(pid_path)
+        _write_pid(pid_path, writing)
         yield checked
     finally:
         fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
@@ -390,43 +396,11 @@ def _refuse_foreign_lock(lock_path: str) -> None:
     )
 
 
-def _lock_name(path: str | os.PathLike) -> str:
-    """``<store>.lock`` beside the store itself: a store reached through a symbolic link has one lock, whichever name
-    a writer gives (``--store link.h5`` and ``--store real.h5`` both took a lock of their own and wrote together)."""
-    return f"{os.path.realpath(path)}.lock"
-
-
-def _write_pid(pid_path: str) -> None:
-    """Record the writer's pid beside the lock; never through a link planted there: a new file renamed onto the name
+def _write_pid(pid_path: str, writing: str | None = None) -> None:
+    """Record the writer's pid (and the split it is ``writing``) beside the lock; never through a link planted there: a new file renamed onto the name
     (:func:`featstore.leftovers.replace_with_new`), so a hard link planted there keeps its own bytes (O_TRUNC wrote the
     pid into it)."""
     with contextlib.suppress(OSError):
         if os.path.islink(pid_path) or (os.path.exists(pid_path) and not os.path.isfile(pid_path)):
             return  # not ours: leave it; `info` then cannot name the writer, nothing else changes
-        replace_with_new(pid_path, str(os.getpid()), 0o644)
-
-
-def lock_holder(path: str | os.PathLike) -> int | None:
-    """Pid of the process writing the store now, from ``<store>.lock.pid`` (None when no live writer is recorded)."""
-    try:
-        pid = int(_read_small(f"{_lock_name(path)}.pid").strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)  # signal 0: is it alive?
-    except ProcessLookupError:
-        return None  # a killed writer's leftover
-    except (PermissionError, OSError):
-        pass  # alive but not ours (or not checkable here)
-    return pid
-
-
-def _read_small(path: str, limit: int = 64) -> bytes:
-    """At most ``limit`` bytes of the regular file ``path``: a FIFO there (``info`` waited forever for a writer), a
-    device, a link or a huge file (read whole: a MemoryError traceback) raises OSError instead."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-            raise OSError(f"{path} is not a writer's pid file")
-        return fh.read(limit)
+        replace_with_new(pid_path, pid_text(writing), 0o644)

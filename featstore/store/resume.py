@@ -7,6 +7,8 @@ last digits. Augmented copies are held to their split's :data:`NUMERICS` too (:f
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from featstore.errors import StoreError
 from featstore.provenance import plain
 
@@ -25,13 +27,31 @@ def resume_advice(split: str | None = None, augment: bool | int = False) -> str:
     )
 
 
-def discarded_note(images: int, split: str) -> str:
+def discarded_note(images: int, split: str, refused: str | None = None) -> str:
     """What ``extract --overwrite`` says (before its work and in its last line) when it starts again a split that an
-    interrupted extract had left with ``images`` images done: a resume would have kept them (attack 68 #7)."""
-    return (
+    interrupted extract had left with ``images`` images done: a resume would have kept them (attack 68 #7), said only
+    where the same command without --overwrite would resume; else ``refused`` (:func:`resume_refusal`) says why it
+    would not (attack 70 #5)."""
+    said = (
         f"--overwrite discards the {images} images an interrupted extract of split {split} had done and extracts them "
-        f"again; without --overwrite it resumes after them"
+        "again"
     )
+    if refused is None:
+        return f"{said}; without --overwrite it resumes after them"
+    return f"{said} (this command without --overwrite would not resume after them: {refused})"
+
+
+def resume_refusal(stored: Iterable[dict], new: dict, fixed: bool = False) -> str | None:
+    """Why a resume of a partial split (each extractor group's attributes ``stored``) under this run's attributes
+    ``new`` is refused (what :func:`refuse_resume` or a split that cannot grow says); None where it would resume."""
+    if fixed:
+        return "its datasets cannot grow, as a repack or another tool left them"
+    for attrs in stored:
+        if changed := _changed(attrs, new):
+            return f"it was started with another {', '.join(changed)}"
+        if differ := numerics_differ(attrs, new):
+            return f"it was started {differ[1]} and this run is {differ[2]}"
+    return None
 
 
 # Split attributes that must be the same to resume a partial split (the rest describe the run).
@@ -48,14 +68,7 @@ NUMERICS = {
 
 def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:
     """Refuse resuming a partial split that was started with other images or write options."""
-    changed = [
-        f"{what} ({stored.get('n_images')} images then, {new['n_images']} now)"
-        if key == "listing_sha256"
-        else f"{what} ({plain(stored.get(key))} then, {new[key]} now)"
-        for key, what in RESUME_KEYS.items()
-        if plain(stored.get(key)) != new[key]
-    ]
-    if changed:
+    if changed := _changed(stored, new):
         raise StoreError(
             f"split {split!r} of {name!r} in {path} was started with another {', '.join(changed)}; resuming would "
             f"mix two different runs. Re-run with the same options, or pass --overwrite (overwrite=True in Python) to start it "
@@ -68,6 +81,17 @@ def refuse_resume(stored: dict, new: dict, split: str, name: str, path) -> None:
             f"would hold rows of both kinds. Resume it {then}, or start it again {now} by adding --overwrite "
             f"(overwrite=True)"
         )
+
+
+def _changed(stored: dict, new: dict) -> list[str]:
+    """Each of :data:`RESUME_KEYS` on which ``stored`` and ``new`` differ, said with both values."""
+    return [
+        f"{what} ({stored.get('n_images')} images then, {new['n_images']} now)"
+        if key == "listing_sha256"
+        else f"{what} ({plain(stored.get(key))} then, {new[key]} now)"
+        for key, what in RESUME_KEYS.items()
+        if plain(stored.get(key)) != new[key]
+    ]
 
 
 def numerics_differ(stored: dict, new: dict) -> tuple[str, str, str, str] | None:

@@ -48,6 +48,8 @@ class Survey:
     done: int  # images every group in todo holds already (0 with overwrite, or when one has none)
     summary: dict | None = None  # the first group's split summary (plus extractor_fingerprint) when todo is empty
     discarded: int = 0  # with overwrite: images an interrupted run had committed, which a resume would have kept
+    stored: tuple = ()  # with overwrite: the attributes of each partial split, for whether a resume would have run
+    fixed: bool = False  # with overwrite: one of them cannot grow, so a resume would have been refused
 
 
 def survey(
@@ -66,7 +68,21 @@ def survey(
     partial = [_partial(f, path, n, key, resumed=not overwrite) for n in todo]
     held = 0 if overwrite else min(c.images_done if c else 0 for c in partial)
     lost = min(c.images_done if c else 0 for c in partial) if overwrite else 0  # what a resume starts after
-    return Survey(todo, any(c is not None for c in partial), held, discarded=lost)
+    groups = [f[n][key] for n, c in zip(todo, partial) if c is not None and lost]
+    stored = tuple(bounded_attrs(sg, f"{path}:{sg.name}") for sg in groups)
+    return Survey(
+        todo, any(c is not None for c in partial), held, discarded=lost, stored=stored, fixed=_fixed(groups, path)
+    )
+
+
+def _fixed(groups: list[h5py.Group], path) -> bool:
+    """Whether a resume would refuse one of these partial splits as unable to grow (:func:`_refuse_fixed_size`)."""
+    try:
+        for sg in groups:
+            _refuse_fixed_size(sg, f"{path}:{sg.name}")
+    except StoreError:
+        return True
+    return False
 
 
 def _partial(f: h5py.File, path, name: str, key: str, resumed: bool):
