@@ -158,7 +158,8 @@ def fit(
         if big:
             for s in used[1:]:
                 fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION)  # within the budget, as the fit reads
-        shared = overlap_notes(fs, name, splits.train, [splits.validation, splits.test])  # by rows (attack 70 #4)
+        block = budget // BLOCK_FRACTION if big else 64 << 20  # read within the budget, as the fit reads
+        shared = overlap_notes(fs, name, splits.train, [splits.validation, splits.test], block)  # by rows (70 #4)
         for note in shared:
             logger.warning("%s", note)
         t0 = time.perf_counter()

@@ -30,7 +30,7 @@ MAX_BYTES = 1 << 30  # features read to compare two splits written from arrays (
 _PATHS_BLOCK = 1 << 16
 
 
-def row_keys(fs, name: str, split: str) -> set[bytes] | None:
+def row_keys(fs, name: str, split: str, max_bytes: int = 64 << 20) -> set[bytes] | None:
     """The keys of split ``split``'s rows (its image files, or its rows' digests), or None where they say nothing."""
     info = fs.split_info(split, name)
     n, root = int(info["committed_rows"]), str(info.get("source_root") or "")
@@ -43,7 +43,7 @@ def row_keys(fs, name: str, split: str) -> set[bytes] | None:
     if fs.nbytes(split, name) > MAX_BYTES:
         return None
     keys = set()
-    for X, y in fs.iter_batches(split, name):
+    for X, y in fs.iter_batches(split, name, max_bytes=max_bytes):  # a streamed fit's block (its budget)
         X = np.ascontiguousarray(X)
         for row, label in zip(X.reshape(len(X), -1), y):
             keys.add(
@@ -94,7 +94,7 @@ def _cached(store: str, _mtime: int, _size: int, name: str, train: str, splits: 
     return tuple(fitted_rows(store, name, train, splits).items())
 
 
-def fitted_rows(store, name: str, train: str, splits) -> dict[str, tuple[int, int]]:
+def fitted_rows(store, name: str, train: str, splits, max_bytes: int = 64 << 20) -> dict[str, tuple[int, int]]:
     """``{split: (rows that are training rows, rows)}`` for each of ``splits`` (other than ``train``) that shares any
     row with ``train`` in store ``store`` (a path or a FeatureStore), extractor ``name``. A store that cannot be read,
     or splits too large to compare, give nothing (the name rule alone)."""
@@ -106,11 +106,11 @@ def fitted_rows(store, name: str, train: str, splits) -> dict[str, tuple[int, in
         others = [s for s in dict.fromkeys(splits) if s != train and s in fs.splits(name)]
         if not others or train not in fs.splits(name):
             return out
-        base = row_keys(fs, name, train)
+        base = row_keys(fs, name, train, max_bytes)
         if not base:
             return out
         for split in others:
-            rows = row_keys(fs, name, split)
+            rows = row_keys(fs, name, split, max_bytes)
             if rows and (k := overlap(rows, base)):
                 out[split] = (k, len(rows))
     except (OSError, KeyError, ValueError, TypeError, FeatstoreError) as e:  # a store that cannot be read: no mark
@@ -118,12 +118,12 @@ def fitted_rows(store, name: str, train: str, splits) -> dict[str, tuple[int, in
     return out
 
 
-def overlap_notes(fs, name: str, train: str, splits) -> list[str]:
+def overlap_notes(fs, name: str, train: str, splits, max_bytes: int = 64 << 20) -> list[str]:
     """One note per split of ``splits`` (validation, then test; None where not used) sharing rows with ``train``, the
     split a fit is fitted on: ``fit`` says it (a warning and a run note) and goes on (it does not refuse: a final refit
     on trainval may be meant); its figures there are marked where every row is a training row."""
     notes = []
-    for split, (k, n) in fitted_rows(fs, name, train, [s for s in splits if s]).items():
+    for split, (k, n) in fitted_rows(fs, name, train, [s for s in splits if s], max_bytes).items():
         fix = (
             "pass --validation none (cross-validation on the training split chooses instead) or fit on a split"
             " without them"

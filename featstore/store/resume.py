@@ -41,11 +41,11 @@ def discarded_note(images: int, split: str, refused: str | None = None) -> str:
     return f"{said} (this command without --overwrite would not resume after them: {refused})"
 
 
-def resume_refusal(stored: Iterable[dict], new: dict, fixed: bool = False) -> str | None:
+def resume_refusal(stored: Iterable[dict], new: dict, fixed: bool | str = False) -> str | None:
     """Why a resume of a partial split (each extractor group's attributes ``stored``) under this run's attributes
     ``new`` is refused (what :func:`refuse_resume` or a split that cannot grow says); None where it would resume."""
     if fixed:
-        return "its datasets cannot grow, as a repack or another tool left them"
+        return fixed if isinstance(fixed, str) else "its datasets cannot grow, as a repack or another tool left them"
     for attrs in stored:
         if changed := _changed(attrs, new):
             return f"it was started with another {', '.join(changed)}"

@@ -49,7 +49,7 @@ class Survey:
     summary: dict | None = None  # the first group's split summary (plus extractor_fingerprint) when todo is empty
     discarded: int = 0  # with overwrite: images an interrupted run had committed, which a resume would have kept
     stored: tuple = ()  # with overwrite: the attributes of each partial split, for whether a resume would have run
-    fixed: bool = False  # with overwrite: one of them cannot grow, so a resume would have been refused
+    fixed: bool | str = False  # with overwrite: a resume would be refused (cannot grow; str: the reason)
 
 
 def survey(
@@ -69,10 +69,11 @@ def survey(
     held = 0 if overwrite else min(c.images_done if c else 0 for c in partial)
     lost = min(c.images_done if c else 0 for c in partial) if overwrite else 0  # what a resume starts after
     groups = [f[n][key] for n, c in zip(todo, partial) if c is not None and lost]
-    stored = tuple(bounded_attrs(sg, f"{path}:{sg.name}") for sg in groups)
-    return Survey(
-        todo, any(c is not None for c in partial), held, discarded=lost, stored=stored, fixed=_fixed(groups, path)
-    )
+    try:
+        stored, fixed = tuple(bounded_attrs(sg, f"{path}:{sg.name}") for sg in groups), _fixed(groups, path)
+    except StoreError:  # an attribute a resume refuses (crafted, damaged): --overwrite replaces it, as advised
+        stored, fixed = (), "its attributes are damaged"
+    return Survey(todo, any(c is not None for c in partial), held, discarded=lost, stored=stored, fixed=fixed)
 
 
 def _fixed(groups: list[h5py.Group], path) -> bool:
