@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from featstore.errors import FeatstoreError
+from featstore.runs.kinds import kind_of
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def fitted_on(rec) -> str | None:
     train = inputs.get("train") if hasattr(inputs, "get") else None
     if isinstance(train, str):
         return train
-    return "train" if rec.get("kind") in ("fit", "finetune") else None
+    return "train" if kind_of(rec).fits_train else None
 
 
 @functools.lru_cache(maxsize=64)

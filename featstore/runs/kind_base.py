@@ -40,6 +40,7 @@ class RunKind:
     member_of_ensembles = True  # an ensemble may average this kind's probabilities
     one_group = True  # its extractor is one group of a store (an ensemble's "a+b" is none: evaluate its members)
     sweep_cell = False  # a sweep's cell may reuse a run of this kind (featstore.experiments.sweep_reuse)
+    fits_train = False  # its model was fitted on the training split (its figures there are resubstitution figures)
     registered_clf = False  # its clf is a classifier of the registry, maybe one a script registered (runs compare)
 
     def check_record(self, obj: dict, where: str, folder: Path) -> None:

@@ -77,6 +77,7 @@ def _check_features_record(obj: dict, where: str, folder: Path) -> None:
 class _FeaturesRun(RunKind):
     """A run with a model file made on one store group (fit, finetune)."""
 
+    fits_train = True
     fields = {"artifact": dict, "extractor_attrs": dict}
 
     def check_record(self, obj: dict, where: str, folder: Path) -> None:
