@@ -113,7 +113,7 @@ def runs_show(
     from featstore.experiments.evaluate import show_run
     from featstore.report.tables import run_report
     from featstore.runs.folder import find_run, runs_root
-    from featstore.runs.selected import shown_from
+    from featstore.runs.selected import selected_on, sweep_choices
 
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     unsaved: list[str] = []  # a read-only runs folder or a full disk: the figures are shown, then one line
@@ -123,8 +123,8 @@ def runs_show(
     else:
         root = runs_root(store, runs)
         find = lambda r: find_run(r, root, exact=True, verify=False)[0]  # noqa: E731
-        with shown_from(root, find):  # its selection: the sweeps and members of its folder (67 #9)
-            echo(run_report(rec, pngs))
+        selected = selected_on(rec, find, sweep_choices(root))  # the sweeps and members of its folder (67 #9)
+        echo(run_report(rec, pngs, selected=selected))
     if unsaved:
         more = f" ({len(unsaved)} PNGs not written, this is the first)" if len(unsaved) > 1 else ""
         rest = "its other PNGs were written" if pngs else "its PNGs were not written"

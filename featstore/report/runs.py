@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 
 from featstore.outputs import terminal_safe
 from featstore.report.text import _table
@@ -177,14 +178,15 @@ def split_lines(split: str, m, fitted: bool = False) -> list[str]:
     ] + ([f"    {split}: {FITTED_MARK}"] if fitted else [])
 
 
-def run_report(rec: RunRecord, pngs: list, per_class: bool = True) -> str:
+def run_report(rec: RunRecord, pngs: list, per_class: bool = True, selected: Mapping[str, str] | None = None) -> str:
     """A run's details: setup, selection, calibration, every split's figures with 95 % intervals, a per-class table,
-    and the plots written."""
+    and the plots written; ``selected``: the splits it was chosen on, read with its runs folder
+    (``featstore.runs.selected.selected_on``; None: its own record's marks)."""
     lines = [
         f"run {rec.id} ({rec.kind}), {rec.created_at}",
         f"  extractor {rec.extractor} fingerprint {rec.fingerprint}",
         f"  store {terminal_safe(str(rec.get('store', '-')))}",
-        *kind_of(rec).describe(rec),
+        *kind_of(rec).describe(rec, selected),
         f"  {calibration_line(rec)}",
     ]
     lines += [f"  note: {note}" for note in rec.notes]

@@ -96,8 +96,10 @@ class RunKind:
         }
         return ",".join(f"{k}={v}" for k, v in sorted(rec["params"].items()) if k in chosen)
 
-    def describe(self, rec: RunRecord) -> list[str]:
-        """Lines of ``featstore runs show`` between the header and the notes."""
+    def describe(self, rec: RunRecord, selected: Mapping[str, str] | None = None) -> list[str]:
+        """Lines of ``featstore runs show`` between the header and the notes; ``selected``: the splits the run was
+        chosen on, as ``featstore.runs.selected.selected_on`` reads them with its runs folder (None: its own record's
+        marks only)."""
         return []
 
     def curves(self, rec: RunRecord) -> tuple[dict, str, dict | None] | None:

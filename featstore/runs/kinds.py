@@ -32,7 +32,7 @@ from featstore.runs.kind_base import APPLY_ATTRS, ImagesModel, RunKind, calibrat
 from featstore.runs.predictions_file import EVAL_BUDGET, eval_rows
 from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names
 from featstore.runs.schema import scaled_weights
-from featstore.runs.selected import selected_here
+from featstore.runs.selected import selection_lines
 from featstore.store.reader import FeatureStore
 from featstore.store.storage import row_bytes
 from featstore.units import format_bytes
@@ -178,8 +178,8 @@ class FitKind(_FeaturesRun):
         weights = None if fresh else head.layer_weights()
         return {"reduce": pipe.steps[0][1].reduce, "units": head.units, "dropout": head.dropout, "weights": weights}
 
-    def describe(self, rec: RunRecord) -> list[str]:
-        sel, chosen = rec.get("selection", {}), selection_lines(rec)
+    def describe(self, rec: RunRecord, selected: Mapping[str, str] | None = None) -> list[str]:
+        sel, chosen = rec.get("selection", {}), selection_lines(rec, selected)
         method = str(sel.get("method"))
         method = method.replace("(nothing to select)", "(no setting to select)") if chosen else method
         lines = [f"  clf {rec.clf} params {rec['params']}", f"  selection: {method}", *chosen]
@@ -302,17 +302,8 @@ class EnsembleKind(RunKind):
     def params_text(self, rec: RunRecord) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted(rec["params"].items()))
 
-    def describe(self, rec: RunRecord) -> list[str]:
-        return [f"  members {', '.join(rec.members)} with weights {list(rec.weights)}", *selection_lines(rec)]
-
-
-def selection_lines(rec: RunRecord) -> list[str]:
-    """One line per split the run (or its members, or a sweep) chose on (``featstore.runs.selected``): ``runs show``
-    said "nothing to select" for a sweep's chosen run, and nothing for its ensemble (attack 67 #9)."""
-    return [
-        f"  selected on {split}: {what} chosen on these rows (its figures there are optimistic)"
-        for split, what in selected_here(rec).items()
-    ]
+    def describe(self, rec: RunRecord, selected: Mapping[str, str] | None = None) -> list[str]:
+        return [f"  members {', '.join(rec.members)} with weights {list(rec.weights)}", *selection_lines(rec, selected)]
 
 
 def rebuild_advice(rec: RunRecord, split: str, where: str = "") -> str:
@@ -395,7 +386,7 @@ class FinetuneKind(_FeaturesRun):
             f",augment={p['augment']}" if p["augment"] else ""
         )
 
-    def describe(self, rec: RunRecord) -> list[str]:
+    def describe(self, rec: RunRecord, selected: Mapping[str, str] | None = None) -> list[str]:
         p = rec.params
         return [
             f"  phase B from {rec['from_run']} (phase A head{', not used: new head' if p['from_scratch_head'] else ''}): "

@@ -30,9 +30,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from featstore.provenance import OOF
@@ -234,26 +232,12 @@ def _read_summary(path: Path) -> bytes:
         os.close(fd)
 
 
-_SHOWN_FROM: ContextVar[tuple[Path, Callable] | None] = ContextVar("featstore_runs_shown_from", default=None)
-
-
-@contextmanager
-def shown_from(root: str | os.PathLike, find: Callable) -> Iterator[None]:
-    """Within it, :func:`selected_here` reads the choices of runs folder ``root`` (``runs show``: attack 67 #9), its
-    runs found by ``find(id)`` (the record, or None; given by the caller: the folder module imports the kinds, which
-    import this one)."""
-    token = _SHOWN_FROM.set((Path(root), find))
-    try:
-        yield
-    finally:
-        _SHOWN_FROM.reset(token)
-
-
-def selected_here(rec: Mapping) -> dict[str, str]:
-    """:func:`selected_on` of ``rec`` with the members and sweeps of the runs folder :func:`shown_from` names (only
-    the run's own record outside it)."""
-    shown = _SHOWN_FROM.get()
-    if shown is None:
-        return selected_on(rec)
-    root, find = shown
-    return selected_on(rec, find, sweep_choices(root))
+def selection_lines(rec: Mapping, selected: Mapping[str, str] | None = None) -> list[str]:
+    """One line per split the run (or its members, or a sweep) chose on (:func:`selected_on`): ``runs show``
+    said "nothing to select" for a sweep's chosen run, and nothing for its ensemble (attack 67 #9). ``selected``: what
+    :func:`selected_on` read with the run's folder; None reads the run's own record only."""
+    chosen = selected_on(rec) if selected is None else selected
+    return [
+        f"  selected on {split}: {what} chosen on these rows (its figures there are optimistic)"
+        for split, what in chosen.items()
+    ]
