@@ -75,6 +75,15 @@ def test_a_value_option_on_both_sides_is_refused_naming_both(two_runs, tmp_path,
     assert f"`featstore runs` ({other})" in line and f"`featstore runs show` ({given[option]})" in line, line
 
 
+def test_both_sides_values_are_quoted_and_escaped_as_repeated_ones_are(two_runs, tmp_path):
+    store, runs, a, _ = two_runs
+    odd = tmp_path / "my runs\x1b[31m red"  # a space and a terminal escape in the folder's name
+    got = cli("runs", "--runs", odd, "show", a, "--runs", runs, "--store", store)
+    assert got.exit_code == 1, got.output
+    line = got.output.strip()
+    assert "\x1b" not in line and "'" in line and "my runs" in line, repr(line)
+
+
 # ------------------------------------------------------------------ finding 8: a link at <runs>/compare.png
 @needs_root
 def test_a_colleagues_link_at_compare_png_names_its_owner_and_out(two_runs, tmp_path, monkeypatch):

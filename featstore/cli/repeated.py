@@ -49,3 +49,15 @@ def values_given(command, ctx, name: str, args: list[str], param) -> list[str]:
     twin.params = [clone if p is param else p for p in command.params]
     parsed = twin.make_parser(twin.context_class(twin, parent=ctx, info_name=name)).parse_args(args=list(args))[0]
     return [str(v) for v in parsed.get(param.name) or []]
+
+
+def both_sides(opt: str, group: str, group_value, command: str, value) -> str:
+    """The line refusing option ``opt`` given both to a group (``featstore runs --store a show ID --store b``) and to
+    its sub-command: the repeated-option rule across the two (the sub-command's value won, silently: attack 68 #2),
+    with both values shell-quoted and escaped for the terminal as :func:`refuse_repeated` prints them."""
+    from featstore.outputs import terminal_safe
+
+    def shown(v) -> str:
+        return terminal_safe(shlex.quote(str(v)))
+
+    return f"{opt} given both to `{group}` ({shown(group_value)}) and to `{command}` ({shown(value)}); give it once"

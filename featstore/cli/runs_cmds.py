@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, _Group, app, comma_list, echo, refuse_runs_file  # noqa: F401
+from featstore.cli.repeated import both_sides
 from featstore.errors import ConfigError, OutputError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,7 @@ def _group_defaults(
     for name, opt in _GROUP.items():
         if name in obj and _given(ctx, name) and name != "json_out":
             raise ConfigError(
-                f"{opt} given both to `featstore runs` ({obj[name]}) and to `featstore runs {ctx.info_name}` "
-                f"({mine[name]}); give it once"
+                both_sides(opt, "featstore runs", obj[name], f"featstore runs {ctx.info_name}", mine[name])
             )
     store, runs = store or obj.get("store") or Path("features.h5"), runs or obj.get("runs")
     refuse_runs_file(store, runs)
