@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from featstore import sticky
-from featstore.errors import OutputError
+from featstore.errors import NotWritten, OutputError
 from featstore.leftovers import sweep, temp_prefix
 from featstore.modes import unusable
 from featstore.outputs import output_fix, say_swept, terminal_safe
@@ -213,9 +213,7 @@ def write_cached(
         except OSError as exc:
             if isinstance(exc, OutputError):
                 raise
-            raise OutputError(
-                f"cannot write {what} {path}: {output_fix(exc, path)}. Nothing was written there."
-            ) from None
+            raise NotWritten(f"cannot write {what} {path}: {output_fix(exc, path)}") from None
     finally:
         os.close(fd)
     return path

@@ -39,6 +39,25 @@ class OutputError(FeatstoreError, OSError):
     """An output file (CSV, Parquet, npz, PNG, JSON, a run folder) cannot be written where asked; nothing was written there."""
 
 
+class NotWritten(OutputError):
+    """One file's write failed and left nothing at its path: ``why`` (the file and the cause), then "Nothing was
+    written there", then ``then`` (what else to do, if anything). A caller writing many files (the report site) says
+    what the others are from ``why`` and ``then``, not by rewriting the line (attack 48 L2).
+
+    >>> str(NotWritten("cannot write x.png: the disk is full"))
+    'cannot write x.png: the disk is full. Nothing was written there.'
+    >>> str(NotWritten("cannot write x.png: a link", "; or run with --runtime keras"))
+    'cannot write x.png: a link. Nothing was written there; or run with --runtime keras'
+    """
+
+    def __init__(self, why: str, then: str = "") -> None:
+        self.why, self.then = why.rstrip().rstrip("."), then
+        super().__init__(f"{self.why}. Nothing was written there{then or '.'}")
+
+    def __reduce__(self):  # pickled across processes (loky, Ray) with both parts
+        return type(self), (self.why, self.then)
+
+
 def choices_error(kind: str, value: object, valid: Iterable[str]) -> ConfigError:
     """A ConfigError for an unknown name that lists the valid ones.
 

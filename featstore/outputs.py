@@ -30,7 +30,7 @@ from pathlib import Path
 
 from featstore import sticky
 from featstore.carry import Own, give, not_carried
-from featstore.errors import ConfigError, OutputError
+from featstore.errors import ConfigError, NotWritten, OutputError
 from featstore.leftovers import sweep, temp_stem
 from featstore.linkrule import full_path, refuse_foreign
 from featstore.modes import unusable
@@ -339,15 +339,15 @@ def _swapped(path: Path, what: str, removed: bool) -> OutputError:
     """The line for a temporary file that is not the one featstore made any more when its write ended."""
     tmp = f".{temp_stem(path.name)}.tmp"
     if removed:
-        return OutputError(  # was "no file can be made in <folder>", of a folder that exists and takes files
+        return NotWritten(  # was "no file can be made in <folder>", of a folder that exists and takes files
             f"cannot write {what} {terminal_safe(str(path))}: its temporary file {terminal_safe(tmp)} was removed while "
-            f"it was written (another process cleaned the folder?); write again. Nothing was written there."
+            f"it was written (another process cleaned the folder?); write again"
         )
     folder = terminal_safe(str(path.parent))
-    return OutputError(
+    return NotWritten(
         f"cannot write {what} {terminal_safe(str(path))}: its temporary file {terminal_safe(tmp)} was replaced by "
-        f"another file while it was written, or its folder could not be made safely: someone else can write {folder}. "
-        f"Nothing was written there; write into a folder only you can write, then re-run the same command"
+        f"another file while it was written, or its folder could not be made safely: someone else can write {folder}",
+        "; write into a folder only you can write, then re-run the same command",
     )
 
 
@@ -431,7 +431,7 @@ def output_fix(exc: OSError, path: Path) -> str:
 
 def _output_error(exc: OSError, path: Path, what: str) -> OutputError:
     """One line for an OSError met while writing ``path``: what happened and what to do."""
-    return OutputError(f"cannot write {what} {path}: {output_fix(exc, path)}. Nothing was written there.")
+    return NotWritten(f"cannot write {what} {path}: {output_fix(exc, path)}")
 
 
 def csv_cell(text: str) -> str:

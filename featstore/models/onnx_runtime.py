@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from featstore.caches import NotRegular, read_small, write_cached, write_cached_text
-from featstore.errors import ConfigError, OutputError, choices_error
+from featstore.errors import ConfigError, NotWritten, OutputError, choices_error
 from featstore.keys import key_id, sign, user_key, verifies
 from featstore.models.agreement import as_list, largest_difference, seeded_images, worst_output
 from featstore.models.scratch import private_tempdir
@@ -232,9 +232,9 @@ def _write_failed(exc: OSError, path: Path, shown: str) -> OutputError:
         why = "the disk is full; free some space there and run the same command again"
     else:
         why = f"{output_fix(exc, path).split(';')[0]} ({exc.strerror})"
-    return OutputError(
-        f"--runtime onnx: cannot write the ONNX export of {shown} to {path}: {why}. Nothing was written there; or "
-        f"run with --runtime keras, which exports nothing"
+    return NotWritten(
+        f"--runtime onnx: cannot write the ONNX export of {shown} to {path}: {why}",
+        "; or run with --runtime keras, which exports nothing",
     )
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from featstore.carry import give_folder, not_carried
-from featstore.errors import ConfigError, OutputError
+from featstore.errors import ConfigError, NotWritten, OutputError
 from featstore.leftovers import STALE_AGE_S, last_touched, temp_prefix, temp_stem, writer_gone
 from featstore.linkrule import refuse_foreign
 from featstore.outputs import output_fix, probe_output, terminal_safe
@@ -189,7 +189,7 @@ def write_shards(out: Path, write: Callable[[Path], object]) -> None:
             put_back(fd, old / "shards", out)  # the earlier export, only if it is the folder moved
         if not isinstance(exc, OSError) or isinstance(exc, OutputError):
             raise
-        raise OutputError(f"cannot write --out {out}: {output_fix(exc, out)}. Nothing was written there.") from None
+        raise NotWritten(f"cannot write --out {out}: {output_fix(exc, out)}") from None
     finally:
         if done and old is not None:  # the earlier export's shards it listed, through its descriptor
             with contextlib.suppress(OSError):

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from featstore.caches import CacheNotMade, cache_folder
-from featstore.errors import ConfigError, FeatstoreError, OutputError, check_jobs, check_paths, check_seed
+from featstore.errors import ConfigError, FeatstoreError, NotWritten, OutputError, check_jobs, check_paths, check_seed
 from featstore.experiments.projection import DEFAULT_MAX_ROWS, choose_method, project
 from featstore.models.scratch import new_scratch
 from featstore.outputs import cache_dir, check_output, output_fix, refuse_run_files, resolved, terminal_safe  # noqa: F401
@@ -139,15 +139,15 @@ def _prepare(out: Path) -> tuple[SiteFolder, set[str]]:
 
 def _stopped(exc: OutputError, site: SiteFolder) -> OutputError:
     """A write that failed half-way through the site (a full disk), said with what is left: its "Nothing was written
-    there" is of that one file, and the folder kept the files written before it, while the line read as if the report
-    had written nothing (attack 48 L2)."""
-    line, out = str(exc), terminal_safe(str(site.out))
-    if "Nothing was written there" not in line:
+    there" is of that one file (:class:`~featstore.errors.NotWritten`), and the folder kept the files written before
+    it, while the line read as if the report had written nothing (attack 48 L2)."""
+    if not isinstance(exc, NotWritten):
         return exc
+    out = terminal_safe(str(site.out))
     if not site.wrote:  # its first file (the manifest) failed: the folder is as it was (attack 55 #6)
         left = "the folder it had made was removed" if site.remove_if_made() else f"{out} is as it was before"
-        return OutputError(f"{line.rstrip().rstrip('.')}; the report stopped at its first file: {left}")
-    line = line.replace("Nothing was written there", "That file was not written").rstrip()
+        return OutputError(f"{str(exc).rstrip().rstrip('.')}; the report stopped at its first file: {left}")
+    line = f"{exc.why}. That file was not written{exc.then}".rstrip()
     left = f"{out} holds the files written before it ({MANIFEST} marks the report unfinished)"
     if site.made:
         left += f"; run the report again once that is fixed, or remove the folder this report made: rm -r {shlex.quote(out)}"

@@ -20,7 +20,7 @@ import contextlib
 import errno
 import os
 
-from featstore.errors import OutputError
+from featstore.errors import NotWritten, OutputError
 from featstore.outputs import output_fix, terminal_safe
 from featstore.report.site.sitefolder import FD_SAFE, SiteFolder
 
@@ -98,9 +98,9 @@ class Journal:
             with contextlib.suppress(OSError):
                 os.ftruncate(self.fd, size)  # never half a name: read back, it could name another file
             path = self.site.out / JOURNAL
-            raise OutputError(
+            raise NotWritten(
                 f"cannot write report journal {terminal_safe(str(path))} (naming {terminal_safe(rel)} before it is "
-                f"written): {output_fix(exc, path)}. Nothing was written there."
+                f"written): {output_fix(exc, path)}"
             ) from None
 
     def finish(self) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from featstore.errors import OutputError
+from featstore.errors import NotWritten, OutputError
 from featstore.linkrule import refuse_foreign
 from featstore.modes import fresh_mode, others_may_write
 from featstore.outputs import check_output, hdf5_signed, output_fix, terminal_safe, write_atomic
@@ -262,6 +262,8 @@ class SiteFolder:
             shown = terminal_safe(str(self.out.joinpath(*parts)))
             if str(base) == shown or str(base) not in str(exc):
                 raise
+            if isinstance(exc, NotWritten):  # one file's failure stays one (the report says what the others are)
+                raise NotWritten(exc.why.replace(str(base), shown), exc.then.replace(str(base), shown)) from None
             raise OutputError(str(exc).replace(str(base), shown)) from None
 
     def write_text(self, rel: str, text: str, what: str) -> str:
