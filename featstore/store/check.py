@@ -231,7 +231,7 @@ def _check_split(
             f"{shown_list(classes[0])}; {REDO} using the same class folders"
         )
     sizes = {k: sg[k].shape[0] for k in ("features", "labels", "paths")}
-    if max(sizes.values()) > commit.rows and not writer.says(where, split, commit.images_done, s["n_images"]):
+    if max(sizes.values()) > commit.rows and not writer.says(where, name, split, commit.images_done, s["n_images"]):
         out.append(
             f"{where}: {max(sizes.values()) - commit.rows} uncommitted rows after committed_rows {commit.rows} "
             f"(an interrupted write, which a resume truncates); {resume_advice(split)}"
@@ -240,7 +240,7 @@ def _check_split(
         out.append(f"{where}: marked complete with {commit.images_done} of {s['n_images']} images done; {REDO}")
     elif not plain(s["complete"]) and max(sizes.values()) <= commit.rows and a.get("purpose") != CACHE_PURPOSE:
         # a killed extract: fit refuses the split (attack 64 #8); a half-made finetune cache is passed over, resumed
-        if not writer.says(where, split, commit.images_done, s["n_images"]):
+        if not writer.says(where, name, split, commit.images_done, s["n_images"]):
             out.append(
                 f"{where}: split {split} is not complete ({commit.images_done} of {s['n_images']} images); "
                 f"{resume_advice(split)}"
@@ -272,7 +272,7 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
         return [str(exc)]
     out = []
     rows = max(ag[k].shape[0] for k in ("features", "labels", "paths", "copy"))
-    if rows > commit.rows and not writer.says(where, f"{key} (augmented copies)", commit.rows, None):
+    if rows > commit.rows and not writer.says(where, name, f"{key} (augmented copies)", commit.rows, None):
         out.append(
             f"{where}: uncommitted rows after committed_rows {commit.rows} (an interrupted write, which a resume "
             f"truncates); {resume_advice(key.split('/')[0], augment=True)}"

@@ -1,6 +1,9 @@
-"""Who writes a store now: the process holding its writer lock ``<store>.lock``, and the split it records writing.
+"""Who writes a store now: the process holding its writer lock ``<store>.lock``, and the split (and extractor groups)
+it records writing.
 
-A writer records its pid, and the split it writes, in ``<store>.lock.pid`` (:func:`pid_text`). That file alone never
+A writer records its pid, the split it writes and the groups it writes it in, in ``<store>.lock.pid``
+(:func:`pid_text`; a live extract of ``resnet50/train`` hid a killed ``vgg16/train`` while only the split was
+recorded, attack 71 #2). That file alone never
 says a writer is live: a SIGKILLed extract leaves it, and its pid is soon any other process's (``check`` then took a
 killed, incomplete split for a live extract's work, attack 70 #2). The lock itself says it: :func:`lock_held` tries it
 without waiting, as the writer takes it, and lets it go at once.
@@ -15,7 +18,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-PID_FILE_BYTES = 4096  # a pid and one split name (featstore writes no more there)
+PID_FILE_BYTES = 64 << 10  # a pid, one split name and the extractor names it writes (featstore writes no more there)
 
 
 def lock_name(path: str | os.PathLike) -> str:
@@ -26,16 +29,28 @@ def lock_name(path: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class Holder:
-    """The process holding a store's writer lock: its ``pid`` and the ``split`` it records writing (None: not
-    recorded, as by a writer that writes no split, or a pid file that cannot be read)."""
+    """The process holding a store's writer lock: its ``pid``, the ``split`` it records writing and the extractor
+    groups (``names``) it writes that split in (None: not recorded, as by a writer that writes no split, an older
+    featstore's record without the groups, or a pid file that cannot be read)."""
 
     pid: int | None
     split: str | None
+    names: tuple[str, ...] | None = None
+
+    def writes(self, name: str, split: str) -> bool:
+        """Whether this writer records writing ``split`` of extractor group ``name`` (groups not recorded: any)."""
+        return self.split == split and (self.names is None or name in self.names)
 
 
-def pid_text(split: str | None) -> str:
-    """What a writer records in ``<store>.lock.pid``: its pid, then the split it writes (a JSON string) when it has one."""
-    return f"{os.getpid()}" + (f"\n{json.dumps(split)}" if split is not None else "")
+def pid_text(split: str | None, names=None) -> str:
+    """What a writer records in ``<store>.lock.pid``: its pid, then the split it writes (a JSON string) when it has one,
+    then the extractor groups it writes it in (a JSON list) when given.
+
+    >>> pid_text("train", ["vgg16"]).splitlines()[1:]
+    ['"train"', '["vgg16"]']
+    """
+    text = f"{os.getpid()}" + (f"\n{json.dumps(split)}" if split is not None else "")
+    return text + (f"\n{json.dumps(list(names))}" if split is not None and names is not None else "")
 
 
 def holder(path: str | os.PathLike) -> Holder | None:
@@ -47,9 +62,17 @@ def holder(path: str | os.PathLike) -> Holder | None:
         lines = read_small(f"{lock_path}.pid", PID_FILE_BYTES).decode().splitlines()
         pid = int(lines[0].strip())
         split = json.loads(lines[1]) if len(lines) > 1 else None
-    except (OSError, ValueError, IndexError, UnicodeDecodeError):
+    except (OSError, ValueError, IndexError, UnicodeDecodeError, RecursionError):
         return Holder(None, None)
-    return Holder(pid if pid > 0 else None, split if isinstance(split, str) else None)
+    try:  # a groups line that cannot be read: the split in any group (as an older featstore's record)
+        names = json.loads(lines[2]) if len(lines) > 2 else None
+    except (ValueError, RecursionError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        names = None
+    return Holder(
+        pid if pid > 0 else None, split if isinstance(split, str) else None, None if names is None else tuple(names)
+    )
 
 
 def lock_holder(path: str | os.PathLike) -> int | None:

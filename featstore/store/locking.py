@@ -225,11 +225,11 @@ class StoreFile:
             yield f
 
     @contextlib.contextmanager
-    def lock(self, writing: str | None = None) -> Iterator[None]:
-        """The writer's lock, ``<store>.lock`` (see :func:`writer_lock`; ``writing``: the split it writes, recorded for
-        ``check``); :attr:`checked` is the ``lstat`` of the file the name reached when the lock checked it (None: no
+    def lock(self, writing: str | None = None, names=None) -> Iterator[None]:
+        """The writer's lock, ``<store>.lock`` (see :func:`writer_lock`; ``writing``: the split it writes, and ``names``
+        the extractor groups it writes it in, recorded for ``check``); :attr:`checked` is the ``lstat`` of the file the name reached when the lock checked it (None: no
         store yet), which a resume's compaction reads."""
-        with writer_lock(self.path, self.locking, writing) as self.checked:
+        with writer_lock(self.path, self.locking, writing, names) as self.checked:
             self.locked = True
             try:
                 yield
@@ -247,11 +247,14 @@ LOCK_FILES = {".lock": "lock file", ".lock.pid": "lock's pid file"}  # the side 
 
 
 @contextlib.contextmanager
-def writer_lock(path: str | os.PathLike, locking=None, writing: str | None = None) -> Iterator[os.stat_result | None]:
+def writer_lock(
+    path: str | os.PathLike, locking=None, writing: str | None = None, names=None
+) -> Iterator[os.stat_result | None]:
     """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file.
 
     Uses the ``filelock`` package (flock on POSIX, msvcrt on Windows). The lock file is empty (the writer's pid goes
-    to ``<store>.lock.pid``, and ``writing``, the split it writes, which ``check`` reads) and is removed when the lock
+    to ``<store>.lock.pid``, with ``writing``, the split it writes, and ``names``, its extractor groups, which ``check``
+    reads) and is removed when the lock
     is released, also after a failure; a SIGKILLed writer leaves it behind, unlocked and harmless (the next run takes
     it over). Anything else at that name (a link, FIFO, folder, a file with bytes or a second name) is refused, named,
     never locked nor removed; so is a store file with a second name (:func:`refuse_hard_linked`). Gives the ``lstat``
@@ -290,7 +293,7 @@ def writer_lock(path: str | os.PathLike, locking=None, writing: str | None = Non
         raise StoreError(f"{terminal_safe(lock_path)} was replaced while it was being locked; run again")
     pid_path = f"{lock_path}.pid"
     try:
-        _write_pid(pid_path, writing)
+        _write_pid(pid_path, writing, names)
         yield checked
     finally:
         fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
@@ -396,11 +399,11 @@ def _refuse_foreign_lock(lock_path: str) -> None:
     )
 
 
-def _write_pid(pid_path: str, writing: str | None = None) -> None:
+def _write_pid(pid_path: str, writing: str | None = None, names=None) -> None:
     """Record the writer's pid (and the split it is ``writing``) beside the lock; never through a link planted there: a new file renamed onto the name
     (:func:`featstore.leftovers.replace_with_new`), so a hard link planted there keeps its own bytes (O_TRUNC wrote the
     pid into it)."""
     with contextlib.suppress(OSError):
         if os.path.islink(pid_path) or (os.path.exists(pid_path) and not os.path.isfile(pid_path)):
             return  # not ours: leave it; `info` then cannot name the writer, nothing else changes
-        replace_with_new(pid_path, pid_text(writing), 0o644)
+        replace_with_new(pid_path, pid_text(writing, names), 0o644)

@@ -31,9 +31,10 @@ class Writing:
         """The writer's pid (None: no writer, or none recorded)."""
         return None if self.holder is None else self.holder.pid
 
-    def says(self, where: str, split: str, done: int, total) -> bool:
-        """Whether the unfinished ``split`` (``<split>/augmented (augmented copies)`` for its copies) is the split the
-        live writer records writing (a note then, not a problem: attack 68 #5)."""
+    def says(self, where: str, name: str, split: str, done: int, total) -> bool:
+        """Whether the unfinished ``split`` of extractor group ``name`` (``<split>/augmented (augmented copies)`` for
+        its copies) is what the live writer records writing: that split, in that group (a note then, not a problem:
+        attack 68 #5; a live extract of another model's split of that name hid a killed one, 71 #2)."""
         h = self.holder
         if h is None:
             return False
@@ -46,7 +47,7 @@ class Writing:
             if note not in self.notes:
                 self.notes.append(note)
             return False
-        if split.split("/", 1)[0].split(" ", 1)[0] != h.split:
+        if not h.writes(name, split.split("/", 1)[0].split(" ", 1)[0]):
             return False
         of = f" of {total} images" if total is not None else " rows"
         self.notes.append(

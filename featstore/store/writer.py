@@ -401,7 +401,9 @@ def write_arrays(
         "batch_size": batch_size,
         "compression": compression,
     }
-    with contextlib.nullcontext() if store.locked else store.lock(split):  # one writer; every opening the one checked
+    with (
+        contextlib.nullcontext() if store.locked else store.lock(split, [name])
+    ):  # one writer; every opening the one checked
         w = SplitWriter(store, [name], split)
         w.prepare([attrs], split_attrs, overwrite=True)
         digest = RowsDigest(X.shape[1:], str(X.dtype))

@@ -1,0 +1,79 @@
+"""Attack 71, finding 2: a live extract of another model's split of the same name hid a killed, incomplete one.
+
+``check`` took the writer lock's holder for the writer of every unfinished split of the name it records (``train``),
+in every extractor group: a killed ``vgg16/train`` was "no problem found so far", exit 75, while an extract of
+``resnet50/train`` ran. The writer now records the groups it writes the split in, and only those are its work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from typer.testing import CliRunner
+
+from featstore import extract
+from featstore.cli import app
+from featstore.store.check import check_store
+from featstore.store.lockholder import holder
+from featstore.store.resume import resume_advice
+from featstore.store.writer import writer_lock
+
+from .conftest import interrupt_after_one_batch
+
+PROBLEM = f"/vgg16/train: split train is not complete (4 of 12 images); {resume_advice('train')}"
+
+
+def _interrupted(tmp_path, data_root, tiny_config, monkeypatch):
+    path = tmp_path / "features.h5"
+    extract(data_root, "test", path, tiny_config, batch_size=4)
+    interrupt_after_one_batch(monkeypatch, data_root, "train", path, tiny_config, batch_size=4)
+    return path
+
+
+def test_a_live_writer_of_another_models_split_hides_no_killed_one(tmp_path, data_root, tiny_config, monkeypatch):
+    """Held by a writer of `resnet50/train`: the killed `vgg16/train` is a problem (exit 1); held by one of
+    `vgg16/train`, a note (exit 75). Sabotage: Writing.says ignoring the recorded groups fails it."""
+    path = _interrupted(tmp_path, data_root, tiny_config, monkeypatch)
+    notes: list[str] = []
+    with writer_lock(path, writing="train", names=["resnet50"]):
+        assert holder(path).names == ("resnet50",)
+        assert check_store(path, notes=notes) == [PROBLEM] and notes == []
+        res = CliRunner().invoke(app, ["check", str(path)])
+    assert res.exit_code == 1, res.output
+    with writer_lock(path, writing="train", names=["vgg16", "vgg16@block4_pool"]):
+        assert check_store(path, notes=notes) == [] and len(notes) == 1
+        res = CliRunner().invoke(app, ["check", str(path)])
+    assert res.exit_code == 75, res.output
+
+
+def test_extract_records_the_groups_it_writes(tmp_path, data_root, tiny_config, monkeypatch):
+    """What extract writes into the pid file while it holds the lock: its pid, the split, and its groups."""
+    from featstore.store import locking
+
+    seen: list[str] = []
+    real = locking._write_pid
+
+    def spy(pid_path, writing=None, names=None):
+        real(pid_path, writing, names)
+        with open(pid_path) as fh:
+            seen.append(fh.read())
+
+    monkeypatch.setattr(locking, "_write_pid", spy)
+    extract(data_root, "test", tmp_path / "s.h5", tiny_config, batch_size=4)
+    lines = seen[-1].splitlines()
+    assert int(lines[0]) == os.getpid() and json.loads(lines[1]) == "test" and json.loads(lines[2]) == ["vgg16"]
+
+
+def test_an_older_record_without_groups_covers_the_split_in_every_group(tmp_path, data_root, tiny_config, monkeypatch):
+    """A pid file of an older featstore (pid and split only), or a damaged groups line: the writer's split in any
+    group is its work, as before (nothing it might be writing is called killed)."""
+    path = _interrupted(tmp_path, data_root, tiny_config, monkeypatch)
+    for groups in (None, "[1, 2]", "{not json"):
+        with writer_lock(path, writing="train"):
+            pid_file = f"{path}.lock.pid"
+            text = f'{os.getpid()}\n"train"' + (f"\n{groups}" if groups else "")
+            with open(pid_file, "w") as fh:
+                fh.write(text)
+            notes: list[str] = []
+            assert check_store(path, notes=notes) == [] and len(notes) == 1, groups
