@@ -202,20 +202,23 @@ class NameRefused(ConfigError):
 
     def __init__(self, kind: str, name: str):
         self.kind = kind
-        if isinstance(name, str) and _NAME.fullmatch(name):  # letters only, too long: not "use letters" (attack 39 #12)
+        if isinstance(name, str) and _NAME.fullmatch(name) and not (kind == "extractor" and "," in name):
             self.said = f"{kind} name {name[:20]!r}... is too long: {len(name)} characters, at most {MAX_NAME}"
             return super().__init__(f"{self.said}; choose a shorter one")
         self.said = (
-            f"{kind} name {name!r} is not allowed: use letters, digits and _ - @ + = , . (not first), "
-            f"without '/', e.g. {'train' if kind == 'split' else 'vgg16_block4'}"
+            f"{kind} name {name!r} is not allowed: use letters, digits and _ - @ + = {'' if kind == 'extractor' else ', '}"
+            f". (not first), without '/'{' or a comma' if kind == 'extractor' else ''}, e.g. "
+            f"{'train' if kind == 'split' else 'vgg16_block4'}"
         )
         super().__init__(self.said)
 
 
 def validate_name(kind: str, name: str) -> str:
     """Refuse split/extractor names that are not one plain HDF5 group name (no '/', no leading dot, no '.' or '..'),
-    and split names ending with :data:`OOF` (no run could record such a split: ``runs evaluate`` refuses them)."""
-    if not is_plain_name(name):
+    extractor names with a comma (sweep's and probe's --extractor take comma lists: ``cnn,v2`` could not be chosen,
+    attack 72 #3; a store made before keeps its name, which fit --extractor takes), and split names ending with
+    :data:`OOF` (no run could record such a split: ``runs evaluate`` refuses them)."""
+    if not is_plain_name(name) or (kind == "extractor" and "," in name):
         raise NameRefused(kind, name)
     if kind == "split":
         refuse_reserved_split(name)

@@ -82,7 +82,9 @@ def test_a_divergence_under_scale_false_names_it():
 
     X = np.ones((4, 3), np.float32)
     with pytest.raises(
-        DivergedError, match=r"\(scale=false left its features unstandardised.*\); drop --param scale=false$"
+        DivergedError,
+        match=r"\(scale=false left its features unstandardised.*\); drop --param scale=false "
+        r"\(in a sweep: --param logreg:scale=false\)$",  # attack 72 #6: sweep refuses the unprefixed form
     ):
         refuse_diverged(Nan(), X, "logreg", {"C": 1.0, "scale": False})
     with pytest.raises(DivergedError, match=r"learning rate far outside its useful range\); fit with other --param"):

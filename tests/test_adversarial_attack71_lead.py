@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from typer.testing import CliRunner
 
 from featstore import extract
 from featstore.cli import app
+from featstore.errors import ConfigError
 from featstore.store.check import check_store
 from featstore.store.lockholder import holder
 from featstore.store.resume import resume_advice
@@ -77,3 +79,40 @@ def test_an_older_record_without_groups_covers_the_split_in_every_group(tmp_path
                 fh.write(text)
             notes: list[str] = []
             assert check_store(path, notes=notes) == [] and len(notes) == 1, groups
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::sklearn.exceptions.ConvergenceWarning")  # as printed
+def test_a_sweeps_divergence_names_the_param_as_sweep_takes_it(tmp_path):
+    """Attack 72 #6: sweep --param logreg:scale=false on rows of about 1e12 diverged and said "drop --param
+    scale=false", a form sweep refuses; the line now names the sweep's form too, and that form is the one given."""
+    import numpy as np
+
+    from featstore.store.writer import write_arrays
+
+    rng = np.random.default_rng(0)
+    store = tmp_path / "big.h5"
+    for s in ("train", "validation", "test"):  # under every limit, too large unstandardised
+        y = np.arange(60) % 3
+        X = ((rng.normal(size=(60, 8)) + y[:, None] * 2) * 1e12).astype(np.float32)
+        write_arrays(store, "synthetic", s, X, y, ["a", "b", "c"])
+    args = ["sweep", "--store", str(store), "--clf", "logreg", "--runs", str(tmp_path / "r")]
+    res = CliRunner().invoke(app, [*args, "--param", "logreg:scale=false"])
+    assert res.exit_code == 1 and "in a sweep: --param logreg:scale=false)" in res.output, res.output
+
+
+@pytest.mark.parametrize("name", ["cnn,v2", "a/b"])
+def test_an_extractor_name_sweep_could_not_choose_is_refused(tmp_path, data_root, name):
+    """Attack 72 #3: `extract --name cnn,v2` was accepted, and sweep's and probe's --extractor (comma lists) could
+    never name it ("has no extractor 'cnn'; it has: cnn,v2"); write_arrays took even 'a/b' (a group /a that check
+    called damaged). Both refuse them now, before the store is made."""
+    import numpy as np
+
+    from featstore.store.writer import write_arrays
+
+    res = CliRunner().invoke(
+        app, ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "s.h5"), "--name", name]
+    )
+    assert res.exit_code == 1 and "is not allowed" in res.output and "Traceback" not in res.output, res.output
+    with pytest.raises(ConfigError, match="is not allowed"):
+        write_arrays(tmp_path / "w.h5", name, "train", np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]), ["x", "y"])
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "w.h5").exists()

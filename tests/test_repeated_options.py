@@ -21,6 +21,14 @@ from featstore.cli import app
             ["fewshot", "--shots=1", "--shots", "5"],
             "--shots given 2 times; list the values once, comma-separated: --shots 1,5",
         ),
+        (  # attack 72 #4: the advice listed '5' twice, which comma_list refuses
+            ["fewshot", "--shots", "5", "--shots", "5"],
+            "--shots given 2 times; list the values once, comma-separated: --shots 5\n",
+        ),
+        (
+            ["sweep", "--clf", "logreg,knn", "--clf", "knn"],
+            "--clf given 2 times; list the values once, comma-separated: --clf logreg,knn\n",
+        ),
         (["fit", "--clf", "svm", "--clf", "logreg"], "--clf given 2 times; give it once (given: svm, logreg)"),
         (["probe", "--k", "10", "--k", "20", "--k", "30"], "--k given 3 times"),
         (["similar", "q.png", "-k", "3", "--k=5"], "--k given 2 times; give it once (given: 3, 5)"),

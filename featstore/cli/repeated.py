@@ -32,7 +32,8 @@ def refuse_repeated(command, got, name: str, args: list[str]) -> None:
                 raise typer.Exit(1)
             continue
         if "comma" in (param.help or ""):  # the options comma_list splits: one value, its items comma-separated
-            how = f"list the values once, comma-separated: {opt} {terminal_safe(shlex.quote(','.join(given)))}"
+            items = dict.fromkeys(i.strip() for v in given for i in v.split(",") if i.strip())  # each once (72 #4)
+            how = f"list the values once, comma-separated: {opt} {terminal_safe(shlex.quote(','.join(items)))}"
         else:
             how = f"give it once (given: {', '.join(terminal_safe(v) for v in given)})"
         typer.secho(f"error: {opt} given {len(given)} times; {how}", fg=typer.colors.RED, err=True)

@@ -179,7 +179,10 @@ def refuse_diverged(est, X, spec_name: str, params: dict) -> None:
     if not np.isfinite(proba).all():
         unscaled = params.get("scale") is False  # logreg at its default C blamed "a regularisation" (attack 69 #7)
         why, fix = (
-            ("scale=false left its features unstandardised, too large for its arithmetic", "drop --param scale=false")
+            (  # a sweep's --param names the classifier (attack 72 #6: "drop --param scale=false", which sweep refuses)
+                "scale=false left its features unstandardised, too large for its arithmetic",
+                f"drop --param scale=false (in a sweep: --param {spec_name}:scale=false)",
+            )
             if unscaled
             else (
                 "a regularisation or learning rate far outside its useful range",

@@ -33,8 +33,8 @@ from featstore.provenance import (
     fingerprint,
     refuse_changed_listing,
     refuse_other_extractor,
-    refuse_reserved_split,
     validate_extractor,
+    validate_name,
 )
 from featstore.store.attr_values import bounded_attrs, read_attr
 from featstore.store.compact import compact
@@ -384,12 +384,14 @@ def write_arrays(
 
         write_arrays("bench.h5", "synthetic", "train", X, y, ["a", "b"])
 
-    Every argument is checked before the store is opened (one ConfigError naming it; nothing written): ``X`` float32 or
+    Every argument is checked before the store is opened (one ConfigError naming it; nothing written): ``name`` and
+    ``split`` as extract checks them (``featstore.provenance.validate_name``), ``X`` float32 or
     float16 of 2 or more dimensions, none of size 0 but the rows; ``y`` 1-D, one whole number in ``[0, len(class_names))``
     per row of ``X``.
     """
     y = _checked_arrays(X, y, class_names, attrs, batch_size, compression)  # all before the store is opened
-    refuse_reserved_split(split)
+    validate_name("extractor", name)  # 'a/b' wrote a group /a that check called damaged; a comma: sweep split it
+    validate_name("split", split)
     store = path if isinstance(path, StoreFile) else StoreFile(path, locking)
     attrs = attrs or synthetic_attrs(X.shape[1:], str(X.dtype))
     split_attrs = {
