@@ -110,7 +110,8 @@ def test_an_extractor_name_sweep_could_not_choose_is_refused(tmp_path, data_root
     from featstore.store.writer import write_arrays
 
     res = CliRunner().invoke(
-        app, ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "s.h5"), "--name", name]
+        app,
+        ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "s.h5"), "--name", name],
     )
     assert res.exit_code == 1 and "is not allowed" in res.output and "Traceback" not in res.output, res.output
     with pytest.raises(ConfigError, match="is not allowed"):
