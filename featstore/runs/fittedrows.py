@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 MAX_BYTES = 1 << 30  # features read per split compared (time: each is read once per process and store version)
 MAX_ROWS = 1 << 24  # rows per split compared: the training split's digests take 16 bytes a row (256 MiB at most)
 _BLOCK_BYTES = 16 << 20  # features digested at a time (a few copies of it are the temporaries)
+_BLOCK_ROWS = 1 << 18  # and rows (each row's label and digests take 32 bytes of temporaries, however narrow the row)
 _C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
@@ -75,11 +76,12 @@ def row_digests(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _digest_blocks(fs, name: str, split: str, max_bytes: int):
-    """Each block's :func:`row_digests`, read at most ``max_bytes`` (and :data:`_BLOCK_BYTES`) of features at a time,
-    never less than one chunk."""
-    from featstore.store.storage import chunk_bytes
+    """Each block's :func:`row_digests`, read at most ``max_bytes``, :data:`_BLOCK_BYTES` and :data:`_BLOCK_ROWS` rows
+    of features at a time, never less than one chunk."""
+    from featstore.store.storage import chunk_bytes, row_bytes
 
-    block = max(min(max_bytes, _BLOCK_BYTES), chunk_bytes(fs.split_info(split, name)))
+    info = fs.split_info(split, name)
+    block = max(min(max_bytes, _BLOCK_BYTES, _BLOCK_ROWS * row_bytes(info)), chunk_bytes(info))
     for X, y in fs.iter_batches(split, name, max_bytes=block):
         yield row_digests(X, y)
 
