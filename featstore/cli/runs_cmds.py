@@ -111,19 +111,16 @@ def runs_show(
 ) -> None:
     """Every figure of a run with its 95 % interval, its calibration, the per-class report; writes PNGs (confusion matrix and reliability diagram per split, training curves) into its folder."""
     from featstore.experiments.evaluate import show_run
+    from featstore.report.runs import split_marks
     from featstore.report.tables import run_report
-    from featstore.runs.folder import find_run, runs_root
-    from featstore.runs.selected import selected_on, sweep_choices
 
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     unsaved: list[str] = []  # a read-only runs folder or a full disk: the figures are shown, then one line
     rec, pngs = show_run(run_id, store, runs, unsaved=unsaved)
-    if json_out:
-        _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs]})
+    selected = _selected(rec, store, runs)  # the sweeps and members of its folder (67 #9)
+    if json_out:  # the text's marks too (attack 71 #8: the bare record said neither)
+        _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs], "marks": split_marks(rec, selected)})
     else:
-        root = runs_root(store, runs)
-        find = lambda r: find_run(r, root, exact=True, verify=False)[0]  # noqa: E731
-        selected = selected_on(rec, find, sweep_choices(root))  # the sweeps and members of its folder (67 #9)
         echo(run_report(rec, pngs, selected=selected))
     if unsaved:
         more = f" ({len(unsaved)} PNGs not written, this is the first)" if len(unsaved) > 1 else ""
@@ -193,6 +190,17 @@ def runs_compare(
         typer.echo(f"wrote {terminal_safe(str(path))}")
 
 
+def _selected(rec, store, runs) -> dict[str, str]:
+    """Split -> what ``rec`` chose there, read with its runs folder's sweeps and members
+    (``featstore.runs.selected.selected_on``)."""
+    from featstore.runs.folder import find_run, runs_root
+    from featstore.runs.selected import selected_on, sweep_choices
+
+    root = runs_root(store, runs)
+    find = lambda r: find_run(r, root, exact=True, verify=False)[0]  # noqa: E731
+    return selected_on(rec, find, sweep_choices(root))
+
+
 @runs_app.command("evaluate")
 @_errors
 def runs_evaluate(
@@ -206,15 +214,16 @@ def runs_evaluate(
 ) -> None:
     """Apply a run to a split of the store (refused if the store's features are not the run's, or a new split is not of the run's own store) and record the figures in the run when it has none for that split (it says so, or why not: then the exit status is 1)."""
     from featstore.experiments.evaluate import evaluate_and_record
-    from featstore.report.runs import fitted_splits
+    from featstore.report.runs import split_marks
     from featstore.report.tables import evaluated_lines
 
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     rec, m, said = evaluate_and_record(run_id, split, store, runs)
-    if json_out:
-        _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said})
+    marks = split_marks(rec, _selected(rec, store, runs), [split])[split]
+    if json_out:  # the text's mark and the run's choice there (attack 71 #8)
+        _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said, **marks})
     else:
-        echo(evaluated_lines(rec.id, split, m, said, split in fitted_splits(rec, [split])))
+        echo(evaluated_lines(rec.id, split, m, said, marks["fitted_on_these_rows"], marks["rows_not_compared"]))
     if said.startswith("not recorded"):  # the figures are shown, yet a script must see that the run did not change
         raise typer.Exit(1)
 

@@ -35,6 +35,7 @@ from featstore.outputs import (
 )
 from featstore.provenance import OOF
 from featstore.runs.files import output_path
+from featstore.runs.fittedrows import fitted_on, shared_rows
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, find_run, get_run, list_runs, runs_root
 from featstore.runs.kinds import kind_of, rebuild_advice
 from featstore.runs.record import RunRecord
@@ -61,26 +62,40 @@ class SplitComparison:
     # one line per run whose recorded figures on these rows are not the argmax of its stored probabilities (a
     # modified-Huber sgd run fitted before the agreeing heads: attack 65 #9): no verdict, refit it
     disagree: tuple[str, ...] = ()
+    # one line per run fitted on these rows (each is a row of the split it was fitted on: attack 71 #9): no verdict
+    fitted: tuple[str, ...] = ()
+    fitted_by: tuple[str, ...] = ()  # those runs' ids
+    # one line per run fitted on some of these rows, or whose rows were not compared: said beside the verdict
+    shared: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
-        """The comparison's verdict, or "not judged (...)" where a run chose on these rows or its stored
-        probabilities disagree with its recorded figures."""
+        """The comparison's verdict, or "not judged (...)" where a run was fitted or chose on these rows or its
+        stored probabilities disagree with its recorded figures."""
         if self.disagree:
             return "not judged (a run's stored probabilities disagree with its recorded figures)"
+        if self.fitted:
+            return "not judged (fitted on these rows)"
         return "not judged (selected on these rows)" if self.selected else self.comparison.verdict
 
     def sentence(self) -> str:
-        """The comparison in words; where a run chose on these rows, the figures without a verdict (a lead there
-        is the choice's, whatever the test says) and where to judge instead; where a run's stored probabilities
-        disagree with its recorded figures, that alone (one line per such run)."""
+        """The comparison in words; where a run was fitted or chose on these rows, the figures without a verdict (a
+        lead there is the fit's or the choice's, whatever the test says) and where to judge instead; where a run's
+        stored probabilities disagree with its recorded figures, that alone (one line per such run); where a run
+        was fitted on some of these rows, that beside the verdict."""
         if self.disagree:
             return "; ".join(self.disagree)
         text, m = self.comparison.sentence(), self.comparison.mcnemar
-        if not self.selected or m.b + m.c == 0:
-            return text
+        if not (self.selected or self.fitted) or m.b + m.c == 0:
+            return f"{text} ({'; '.join(self.shared)})" if self.shared and not self.fitted else text
         head, sep, _ = text.rpartition("): ")
-        return f"{head + ')' if sep else text}: no verdict here (a run was selected on these rows); judge on {self.elsewhere}"
+        who = " and ".join(self.fitted_by)
+        why = (
+            f"{who} {'were' if len(self.fitted_by) > 1 else 'was'} fitted on these rows"
+            if self.fitted
+            else ("a run was selected on these rows")
+        )
+        return f"{head + ')' if sep else text}: no verdict here ({why}); judge on {self.elsewhere}"
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,8 @@ class PairComparison:
                     self.b.id: _brief(c.figures[1]),
                     "comparison": _withheld(c),
                     "selected_on_this_split": list(c.selected),
+                    "fitted_on_these_rows": list(c.fitted_by),
+                    "fitted_notes": [*c.fitted, *c.shared],
                     "probabilities_disagree": list(c.disagree),
                     "verdict": c.verdict,
                     "sentence": c.sentence(),
@@ -116,10 +133,10 @@ class PairComparison:
 
 def _withheld(c: SplitComparison) -> dict:
     """``PairedComparison.to_dict()``, with the verdict and sentence withheld as the split's own where a run was
-    selected on these rows or disagrees with its stored probabilities (it said "larger than chance" beside the outer
-    "not judged": attack 65 #4)."""
+    fitted or selected on these rows or disagrees with its stored probabilities (it said "larger than chance" beside
+    the outer "not judged": attack 65 #4), and the sentence the split's own where it notes shared rows."""
     out = c.comparison.to_dict()
-    return out if c.verdict == c.comparison.verdict else {**out, "verdict": c.verdict, "sentence": c.sentence()}
+    return out if c.sentence() == out["sentence"] else {**out, "verdict": c.verdict, "sentence": c.sentence()}
 
 
 def _brief(m: dict) -> dict:
@@ -192,6 +209,7 @@ def compare_pair(
             f"{b.id}: {', '.join(b.predictions) or 'none'}); add one with `featstore runs evaluate RUN --split SPLIT`"
         )
     out, k, chosen = {}, len(a.class_names), _chosen(a, b, store, runs)
+    fitted, shared = fitted_notes(a, b, common)
     for s in common:  # each run's split read a block at a time: O(N) numbers kept, never its (N, K) probabilities
         y, (pred_a, rows_a), (pred_b, rows_b) = sa[f"{s}__labels"], split_rows(sa, s), split_rows(sb, s)
         off = {rec.id: _disagrees(rec, s, y, pred, k) for rec, pred in ((a, pred_a), (b, pred_b))}
@@ -202,8 +220,10 @@ def compare_pair(
             for rec, pred, rows in ((a, pred_a, rows_a), (b, pred_b, rows_b))
         )
         cmp = compare_predictions(y, pred_a, pred_b, a.id, b.id)
-        where = _elsewhere(s, common, chosen, a, b, store, runs)
-        out[s] = SplitComparison(s, len(y), figs, cmp, chosen.get(s, ()), where, tuple(v for v in off.values() if v))
+        where = _elsewhere(s, common, {**chosen, **fitted}, a, b, store, runs)
+        notes, by = tuple(n for _, n in fitted.get(s, ())), tuple(r for r, _ in fitted.get(s, ()))
+        disagree = tuple(v for v in off.values() if v)
+        out[s] = SplitComparison(s, len(y), figs, cmp, chosen.get(s, ()), where, disagree, notes, by, shared.get(s, ()))
     return PairComparison(a, b, out, only)
 
 
@@ -223,6 +243,32 @@ def _chosen(a: RunRecord, b: RunRecord, store, runs) -> dict[str, tuple[str, ...
                 f"{rec.id} was selected on {split}: its advantage here is optimistic ({what} chosen on these rows)"
             )
     return {s: tuple(v) for s, v in out.items()}
+
+
+def fitted_notes(a: RunRecord, b: RunRecord, splits: list[str]) -> tuple[dict, dict]:
+    """``({split: ((run, line), ...)}, {split: (line, ...)})``: the runs fitted on every row of a split (each row is
+    one of the split it was fitted on, by rows: ``featstore.runs.fittedrows``; attack 71 #9), and a line per run fitted
+    on some of its rows or whose rows were not compared with its training split."""
+    full: dict[str, list] = {}
+    part: dict[str, list] = {}
+    for rec in (a, b):
+        got, skipped = shared_rows(rec, splits)
+        train = fitted_on(rec)
+        for s in splits:
+            if s in got and got[s][0] == got[s][1]:
+                how = (
+                    "it is the split it was fitted on"
+                    if s == train
+                    else f"each is a row of {train!r}, the split it was fitted on"
+                )
+                line = f"{rec.id} was fitted on these rows ({how}): its figures here are resubstitution figures"
+                full.setdefault(s, []).append((rec.id, line))
+            elif s in got:
+                k, n = got[s]
+                part.setdefault(s, []).append(f"{k} of these {n} rows are rows {rec.id} was fitted on ({train!r})")
+            elif s in skipped:
+                part.setdefault(s, []).append(f"whether {rec.id} was fitted on these rows is not known: {skipped[s]}")
+    return {s: tuple(v) for s, v in full.items()}, {s: tuple(v) for s, v in part.items()}
 
 
 def _disagrees(rec: RunRecord, split: str, y: np.ndarray, pred: np.ndarray, k: int) -> str:
@@ -274,7 +320,7 @@ def _elsewhere(split: str, common: list[str], chosen: dict, a: RunRecord, b: Run
         return f"the {'test' if 'test' in clean else clean[0]!r} split"
     todo = [r.id for r in (a, b) if "test" not in r.predictions]
     if not todo:
-        return "a split neither run chose on"
+        return "a split neither run was fitted or selected on"
     where = (f" --store {shlex.quote(str(store))}" if store is not None and str(store) != "features.h5" else "") + (
         f" --runs {shlex.quote(str(runs))}" if runs is not None else ""
     )

@@ -13,7 +13,12 @@ from collections.abc import Mapping
 
 from featstore.outputs import terminal_safe
 from featstore.report.text import _table
-from featstore.runs.fittedrows import fitted_on, fitted_splits  # noqa: F401 - fitted_on moved there (attack 70 #4)
+from featstore.runs.fittedrows import (  # noqa: F401 - fitted_on moved there (attack 70 #4)
+    fitted_on,
+    fitted_splits,
+    not_compared,
+    shared_rows,
+)
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, thaw
 from featstore.stats.figures import HEADLINE
@@ -190,7 +195,10 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True, selected: Map
         f"  {calibration_line(rec)}",
     ]
     lines += [f"  note: {note}" for note in rec.notes]
-    train = fitted_splits(rec)
+    got, skipped = shared_rows(rec)
+    train = {s for s, (k, n) in got.items() if k == n}
+    said = [not_compared(s, str(fitted_on(rec)), why) for s, why in skipped.items()]  # over the rows rule's caps
+    lines += [f"  note: {note}" for note in said if note not in rec.notes]
     for split, m in rec.metrics.items():
         lines += split_lines(split, m, split in train)
         rows = [["    class", "precision", "recall", "f1", "support"]]
@@ -210,6 +218,25 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True, selected: Map
     if not per_class:
         lines.append(f"  details: featstore runs show {rec.id}")
     return "\n".join(lines)
+
+
+def split_marks(rec: RunRecord, selected: Mapping[str, str] | None = None, splits=()) -> dict[str, dict]:
+    """Per split of ``rec``'s figures (and ``splits``), the marks the text puts beside its figures, as JSON (attack 71
+    #8): ``fitted_on_these_rows`` (each row is a row of the split it was fitted on: its figures there are
+    resubstitution figures), ``training_rows`` (``{"shared": k, "rows": n}`` where only some are), ``rows_not_compared``
+    (why, where a split is over the rows rule's caps) and ``selected_on`` (what the run chose there, ``selected``:
+    :func:`featstore.runs.selected.selected_on`; None where it chose nothing there)."""
+    got, skipped = shared_rows(rec, splits)
+    out = {}
+    for s in dict.fromkeys([*rec.metrics, *splits]):
+        k, n = got.get(s, (0, 0))
+        out[s] = {
+            "fitted_on_these_rows": s in got and k == n,
+            "training_rows": {"shared": k, "rows": n} if s in got and k < n else None,
+            "rows_not_compared": skipped.get(s),
+            "selected_on": (selected or {}).get(s),
+        }
+    return out
 
 
 def _headline(m) -> dict:
@@ -258,21 +285,26 @@ def accuracy_lines(runs: list[RunRecord]) -> str:
     return "\n".join(lines + [n for n in [stores_note(runs)] if n])
 
 
-def evaluated_lines(run_id: str, split: str, m: dict, said: str, fitted: bool = False) -> str:
-    """``runs evaluate``: the split's figures with intervals (``fitted``: marked as the rows the run was fitted on),
-    and whether they were recorded in the run."""
+def evaluated_lines(
+    run_id: str, split: str, m: dict, said: str, fitted: bool = False, unknown: str | None = None
+) -> str:
+    """``runs evaluate``: the split's figures with intervals (``fitted``: marked as the rows the run was fitted on;
+    ``unknown``: why its rows were not compared with the training split's), and whether they were recorded in the
+    run."""
     from featstore.runs.record import SplitMetrics
 
     fields = ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix")
     sm = SplitMetrics(*(m[k] for k in fields), {k: v for k, v in m.items() if k not in fields})
     head, *rest = split_lines(split, sm, fitted)
-    return "\n".join([f"{run_id} on {head.strip()}", *rest, said])
+    note = [f"    {split}: rows not compared with the training split's ({unknown}): not marked"] if unknown else []
+    return "\n".join([f"{run_id} on {head.strip()}", *rest, *note, said])
 
 
 def pair_report(pair) -> str:
     """Two runs on the same rows (``featstore.experiments.compare.PairComparison``): per split each run's accuracy
     with its interval, log-loss and ECE, and in words whether the difference is larger than chance; on a split where
-    a run chose its settings, epoch, members or weights, that said and no verdict (where to judge instead)."""
+    a run chose its settings, epoch, members or weights, or whose rows a run was fitted on, that said and no verdict
+    (where to judge instead); a run fitted on some of its rows, said beside the verdict."""
     width = max(len(pair.a.id), len(pair.b.id))
     lines = [f"{pair.a.id} vs {pair.b.id}, on the same rows of each split"]
     for split, c in pair.splits.items():
@@ -284,6 +316,7 @@ def pair_report(pair) -> str:
                 f"  log-loss {f.get('log_loss', float('nan')):.3f}  ECE {f.get('ece', float('nan')):.3f}"
             )
         lines += [f"  {note}" for note in c.selected]  # a run chose on these rows: no verdict (attack 63 #5)
+        lines += [f"  {note}" for note in c.fitted]  # a run was fitted on these rows: no verdict (attack 71 #9)
         lines.append(f"  {c.sentence()}")
     lines += [f"not compared: {s} ({who} was evaluated there)" for s, who in pair.only.items()]
     return "\n".join(lines)
