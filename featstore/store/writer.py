@@ -1,13 +1,11 @@
 """Writing the HDF5 store: one split of one or several extractor groups, committed batch by batch, resumed by truncation.
 
-A :class:`SplitWriter` writes one split key (``train``, or its augmented copies ``train/augmented``) of the extractor
-groups one pass fills (one per cut layer). What "open once" means for a writer: the command holds the writer's lock
-(``<store>.lock``) from start to end, but the HDF5 file itself is opened per step, never between them: the checks
-before any work are one opening (:mod:`featstore.store.survey`), the preparation of every group one opening
-(:meth:`SplitWriter.prepare`), each committed batch one opening for all groups (:meth:`SplitWriter.commit`: resize,
-write, flush, update each group's commit record, flush, close), and the end one opening (:meth:`SplitWriter.finish`).
-A reader (a fit of another split) gets in between batches, and a killed writer leaves at most one uncommitted tail
-per group, which the next run truncates.
+A :class:`SplitWriter` writes one split key (``train``, or its copies ``train/augmented``) of the extractor groups one
+pass fills (one per cut layer). The command holds the writer's lock (``<store>.lock``) from start to end; the HDF5
+file is opened per step: the checks before any work (:mod:`featstore.store.survey`), the preparation of every group
+(:meth:`SplitWriter.prepare`), each committed batch for all groups (:meth:`SplitWriter.commit`: resize, write, flush,
+update each group's commit record, flush, close), and the end (:meth:`SplitWriter.finish`), one opening each. A
+reader gets in between batches; a killed writer leaves at most one uncommitted tail per group (the next run truncates).
 
 >>> SplitWriter(StoreFile("features.h5"), ["vgg16"], "train").prepare([attrs], split_attrs, overwrite=False)  # doctest: +SKIP
 """
@@ -219,7 +217,7 @@ def _prepare_group(f, path, name, split, attrs, split_attrs, overwrite, listing,
     else:
         grp = f.create_group(name)
         for key, value in attrs.items():
-            grp.attrs[key] = np.array(value, dtype=STR) if _is_str_list(value) else value
+            grp.attrs[key] = np.array(value, dtype=STR) if _str_list(value) else value
     for other in hard_groups(grp):
         if other == split or "commit" not in grp[other].attrs:
             continue
@@ -302,10 +300,6 @@ def _create_datasets(sg, shape, rows, comp, attrs, split_attrs, listing, extra) 
     sg.attrs["split_id"] = secrets.token_hex(8)  # each (re)start a new one: a reader notices a split replaced meanwhile
 
 
-def _is_str_list(value) -> bool:
-    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
-
-
 def _truncate(sg: h5py.Group, rows: int, failed: int) -> None:
     """Drop an uncommitted tail left by a killed writer."""
     for key in (k for k in ROW_DATASETS if k in sg):
@@ -385,13 +379,12 @@ def write_arrays(
         write_arrays("bench.h5", "synthetic", "train", X, y, ["a", "b"])
 
     Every argument is checked before the store is opened (one ConfigError naming it; nothing written): ``name`` and
-    ``split`` as extract checks them (``featstore.provenance.validate_name``), ``X`` float32 or
-    float16 of 2 or more dimensions, none of size 0 but the rows; ``y`` 1-D, one whole number in ``[0, len(class_names))``
-    per row of ``X``.
+    ``split`` as extract checks them, ``X`` float32 or float16 of 2 or more dimensions, none of size 0 but the rows;
+    ``y`` 1-D, one whole number in ``[0, len(class_names))`` per row of ``X``.
     """
     y = _checked_arrays(X, y, class_names, attrs, batch_size, compression)  # all before the store is opened
-    validate_name("extractor", name)  # 'a/b' wrote a group /a that check called damaged; a comma: sweep split it
     validate_name("split", split)
+    validate_name("extractor", name)  # 'a/b' made a damaged group; 'a,b' sweep split
     store = path if isinstance(path, StoreFile) else StoreFile(path, locking)
     attrs = attrs or synthetic_attrs(X.shape[1:], str(X.dtype))
     split_attrs = {
@@ -451,3 +444,7 @@ def _checked_arrays(X, y, class_names, attrs, batch_size, compression) -> np.nda
     if compression not in COMPRESSIONS:
         raise ConfigError(f"write_arrays compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
     return labels.astype(np.int32)
+
+
+def _str_list(value) -> bool:
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
