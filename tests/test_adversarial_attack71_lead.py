@@ -56,8 +56,8 @@ def test_extract_records_the_groups_it_writes(tmp_path, data_root, tiny_config, 
     seen: list[str] = []
     real = locking._write_pid
 
-    def spy(pid_path, writing=None, names=None):
-        real(pid_path, writing, names)
+    def spy(pid_path, writing=None, names=None, copies=False):
+        real(pid_path, writing, names, copies)
         with open(pid_path) as fh:
             seen.append(fh.read())
 
@@ -65,6 +65,7 @@ def test_extract_records_the_groups_it_writes(tmp_path, data_root, tiny_config, 
     extract(data_root, "test", tmp_path / "s.h5", tiny_config, batch_size=4)
     lines = seen[-1].splitlines()
     assert int(lines[0]) == os.getpid() and json.loads(lines[1]) == "test" and json.loads(lines[2]) == ["vgg16"]
+    assert json.loads(lines[3]) is False  # no --augment: it writes no copies (attack 73 #3)
 
 
 def test_an_older_record_without_groups_covers_the_split_in_every_group(tmp_path, data_root, tiny_config, monkeypatch):
@@ -117,3 +118,71 @@ def test_an_extractor_name_sweep_could_not_choose_is_refused(tmp_path, data_root
     with pytest.raises(ConfigError, match="is not allowed"):
         write_arrays(tmp_path / "w.h5", name, "train", np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]), ["x", "y"])
     assert not (tmp_path / "s.h5").exists() and not (tmp_path / "w.h5").exists()
+
+
+# ---------------------------------------------------------------- attack 73 #3, #4: what the lock's record may hide
+def _copies_past_commit(tmp_path, data_root, tiny_config):
+    """A store whose train split is complete and whose augmented copies hold 2 rows past their commit (a killed
+    extract --augment between a batch's data and its commit)."""
+    import h5py
+
+    path = tmp_path / "features.h5"
+    extract(data_root, "train", path, tiny_config, batch_size=4, augment=1)
+    with h5py.File(path, "a") as f:
+        ag = f["vgg16/train/augmented"]
+        for key in ("features", "labels", "paths", "copy"):
+            ag[key].resize(ag[key].shape[0] + 2, axis=0)
+    return path
+
+
+def test_a_live_writer_without_copies_hides_no_killed_copies(tmp_path, data_root, tiny_config):
+    """Attack 73 #3: a live extract of vgg16/train without --augment (another --layer, say) made the killed copies'
+    tail a note, exit 75. Its record now says it writes no copies: they stay a problem; one writing copies: a note."""
+    path = _copies_past_commit(tmp_path, data_root, tiny_config)
+    notes: list[str] = []
+    with writer_lock(path, writing="train", names=["vgg16"]):
+        assert holder(path).copies is False
+        problems = check_store(path, notes=notes)
+    assert len(problems) == 1 and "uncommitted rows" in problems[0] and notes == [], problems
+    with writer_lock(path, writing="train", names=["vgg16"], copies=True):
+        assert check_store(path, notes=notes) == [] and len(notes) == 1, notes
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to made-up users needs root")
+
+
+@needs_root
+@pytest.mark.parametrize("planted", ["both", "pid file only"])
+def test_a_colleagues_lock_record_hides_no_killed_split(tmp_path, data_root, tiny_config, monkeypatch, planted):
+    """Attack 73 #4: in a shared folder, a colleague's lock file and pid file ("1", "train"), the lock held, hid the
+    owner's killed split (exit 75) for as long as he liked; so did his pid file alone while her own writer held the lock
+    (it could not replace his file). A record that is not one user's who may write the store is not read: the killed
+    split is a problem, and a note names whose record it is. Sabotage: holder() trusting any record fails it."""
+    path = _interrupted(tmp_path, data_root, tiny_config, monkeypatch)
+    colleague = 54321
+    with writer_lock(path, writing="test", names=["vgg16"]):
+        pid_file = f"{path}.lock.pid"
+        with open(pid_file, "w") as fh:
+            fh.write('1\n"train"')
+        os.chown(pid_file, colleague, colleague)
+        if planted == "both":
+            os.chown(f"{path}.lock", colleague, colleague)
+        notes: list[str] = []
+        assert check_store(path, notes=notes) == [PROBLEM]
+        assert holder(path).stranger is not None and len(notes) == 1, notes
+        res = CliRunner().invoke(app, ["check", str(path)])
+    assert res.exit_code == 1, res.output
+
+
+@needs_root
+def test_a_team_stores_writer_of_another_user_is_still_read(tmp_path, data_root, tiny_config, monkeypatch):
+    """A store its group may write (a team's): a colleague's writer, lock file and pid file both his, is a writer of
+    it, and the split he records writing is his work in progress (a note, exit 75)."""
+    path = _interrupted(tmp_path, data_root, tiny_config, monkeypatch)
+    os.chmod(path, 0o664)
+    colleague = 54321
+    with writer_lock(path, writing="train", names=["vgg16"]):
+        for f in (f"{path}.lock.pid", f"{path}.lock"):
+            os.chown(f, colleague, colleague)
+        notes: list[str] = []
+        assert check_store(path, notes=notes) == [] and len(notes) == 1

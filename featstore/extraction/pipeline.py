@@ -186,7 +186,7 @@ def extract(
         )
         how = PassOptions(batch_size, overwrite, progress, compression, jit, purpose)
         job = _Extraction(file, listing, config, spec, names, runner, how)
-        with file.lock(split, names):  # one writer per store, for the whole command (what it writes recorded: check)
+        with file.lock(split, names, copies is not None):  # one writer per store, the whole command (recorded: check)
             job.write_split(result, started)
             if copies is not None:
                 result.augmented = job.write_copies(copies)

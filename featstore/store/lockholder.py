@@ -36,43 +36,81 @@ class Holder:
     pid: int | None
     split: str | None
     names: tuple[str, ...] | None = None
+    copies: bool | None = None  # whether it writes the split's augmented copies too (None: not recorded)
+    stranger: str | None = None  # the user whose lock and pid file are not a writer's of this store (its record unread)
 
-    def writes(self, name: str, split: str) -> bool:
-        """Whether this writer records writing ``split`` of extractor group ``name`` (groups not recorded: any)."""
-        return self.split == split and (self.names is None or name in self.names)
+    def writes(self, name: str, split: str, copies: bool = False) -> bool:
+        """Whether this writer records writing ``split`` (its augmented copies, for ``copies``) of extractor group
+        ``name`` (groups, copies not recorded: any)."""
+        return (
+            self.split == split
+            and (self.names is None or name in self.names)
+            and (not copies or self.copies is not False)
+        )
 
 
-def pid_text(split: str | None, names=None) -> str:
+def pid_text(split: str | None, names=None, copies: bool = False) -> str:
     """What a writer records in ``<store>.lock.pid``: its pid, then the split it writes (a JSON string) when it has one,
-    then the extractor groups it writes it in (a JSON list) when given.
+    then the extractor groups it writes it in (a JSON list) when given, then whether it writes the split's augmented
+    copies too (a live extract without --augment hid a killed one's copies, attack 73 #3).
 
     >>> pid_text("train", ["vgg16"]).splitlines()[1:]
-    ['"train"', '["vgg16"]']
+    ['"train"', '["vgg16"]', 'false']
     """
     text = f"{os.getpid()}" + (f"\n{json.dumps(split)}" if split is not None else "")
-    return text + (f"\n{json.dumps(list(names))}" if split is not None and names is not None else "")
+    if split is None or names is None:
+        return text
+    return f"{text}\n{json.dumps(list(names))}\n{json.dumps(bool(copies))}"
 
 
 def holder(path: str | os.PathLike) -> Holder | None:
-    """The process holding the store's writer lock now (None: none holds it), with what its pid file records."""
+    """The process holding the store's writer lock now (None: none holds it), with what its pid file records: read
+    only where the lock file and the pid file are one user's, who may write the store (a colleague's planted lock and
+    pid file in a shared folder hid a killed split for as long as he held it, attack 73 #4); else ``stranger``."""
     lock_path = lock_name(path)
     if not lock_held(lock_path):
         return None
     try:
-        lines = read_small(f"{lock_path}.pid", PID_FILE_BYTES).decode().splitlines()
+        text, pid_uid = read_small(f"{lock_path}.pid", PID_FILE_BYTES, owner=True)
+        lines = text.decode().splitlines()
         pid = int(lines[0].strip())
         split = json.loads(lines[1]) if len(lines) > 1 else None
     except (OSError, ValueError, IndexError, UnicodeDecodeError, RecursionError):
         return Holder(None, None)
-    try:  # a groups line that cannot be read: the split in any group (as an older featstore's record)
-        names = json.loads(lines[2]) if len(lines) > 2 else None
-    except (ValueError, RecursionError):
-        names = None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        names = None
+    if (stranger := _stranger(path, lock_path, pid_uid)) is not None:
+        return Holder(None, None, stranger=stranger)
+    names, copies = _line(lines, 2), _line(lines, 3)  # unreadable: the split in any group, copies or not (older)
+    names = tuple(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else None
     return Holder(
-        pid if pid > 0 else None, split if isinstance(split, str) else None, None if names is None else tuple(names)
+        pid if pid > 0 else None,
+        split if isinstance(split, str) else None,
+        names,
+        copies if isinstance(copies, bool) else None,
     )
+
+
+def _line(lines: list[str], i: int):
+    """The JSON value of line ``i`` of a pid file, or None (no such line, or one that cannot be read)."""
+    try:
+        return json.loads(lines[i]) if len(lines) > i else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def _stranger(path, lock_path: str, pid_uid: int) -> str | None:
+    """The owner of the lock's record when it cannot be a writer's of the store ``path``: the pid file and the lock
+    file are two users' (a writer that could not replace a colleague's pid file left his there), or their user may
+    not write the store (neither its owner nor admitted by its group or other write bits); None when it can."""
+    from featstore.sticky import owner_name
+
+    try:
+        lock_uid, store = os.stat(lock_path).st_uid, os.stat(path)
+    except OSError:
+        return None
+    shared = store.st_mode & (stat.S_IWGRP | stat.S_IWOTH)  # a team's store: any of them may write it
+    if pid_uid == lock_uid and (pid_uid == store.st_uid or shared):
+        return None
+    return owner_name(pid_uid)
 
 
 def lock_holder(path: str | os.PathLike) -> int | None:
@@ -128,12 +166,13 @@ def _held_without_fcntl(lock_path: str) -> bool:
     return False
 
 
-def read_small(path: str, limit: int = 64) -> bytes:
+def read_small(path: str, limit: int = 64, owner: bool = False):
     """At most ``limit`` bytes of the regular file ``path``: a FIFO there (``info`` waited forever for a writer), a
-    device, a link or a huge file (read whole: a MemoryError traceback) raises OSError instead."""
+    device, a link or a huge file (read whole: a MemoryError traceback) raises OSError instead. ``owner``: the bytes
+    and the file's owner (its uid), of the file read."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             raise OSError(f"{path} is not a writer's pid file")
-        return fh.read(limit)
+        return (fh.read(limit), st.st_uid) if owner else fh.read(limit)

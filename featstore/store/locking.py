@@ -225,11 +225,11 @@ class StoreFile:
             yield f
 
     @contextlib.contextmanager
-    def lock(self, writing: str | None = None, names=None) -> Iterator[None]:
+    def lock(self, writing: str | None = None, names=None, copies: bool = False) -> Iterator[None]:
         """The writer's lock, ``<store>.lock`` (see :func:`writer_lock`; ``writing``: the split it writes, and ``names``
-        the extractor groups it writes it in, recorded for ``check``); :attr:`checked` is the ``lstat`` of the file the name reached when the lock checked it (None: no
+        the extractor groups it writes it in, ``copies`` whether its augmented copies too, recorded for ``check``); :attr:`checked` is the ``lstat`` of the file the name reached when the lock checked it (None: no
         store yet), which a resume's compaction reads."""
-        with writer_lock(self.path, self.locking, writing, names) as self.checked:
+        with writer_lock(self.path, self.locking, writing, names, copies) as self.checked:
             self.locked = True
             try:
                 yield
@@ -248,7 +248,7 @@ LOCK_FILES = {".lock": "lock file", ".lock.pid": "lock's pid file"}  # the side 
 
 @contextlib.contextmanager
 def writer_lock(
-    path: str | os.PathLike, locking=None, writing: str | None = None, names=None
+    path: str | os.PathLike, locking=None, writing: str | None = None, names=None, copies: bool = False
 ) -> Iterator[os.stat_result | None]:
     """Hold ``<store>.lock`` for a whole extraction: a second writer gets a clear error, not a corrupt file.
 
@@ -293,7 +293,7 @@ def writer_lock(
         raise StoreError(f"{terminal_safe(lock_path)} was replaced while it was being locked; run again")
     pid_path = f"{lock_path}.pid"
     try:
-        _write_pid(pid_path, writing, names)
+        _write_pid(pid_path, writing, names, copies)
         yield checked
     finally:
         fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
@@ -399,11 +399,11 @@ def _refuse_foreign_lock(lock_path: str) -> None:
     )
 
 
-def _write_pid(pid_path: str, writing: str | None = None, names=None) -> None:
+def _write_pid(pid_path: str, writing: str | None = None, names=None, copies: bool = False) -> None:
     """Record the writer's pid (and the split it is ``writing``) beside the lock; never through a link planted there: a new file renamed onto the name
     (:func:`featstore.leftovers.replace_with_new`), so a hard link planted there keeps its own bytes (O_TRUNC wrote the
     pid into it)."""
     with contextlib.suppress(OSError):
         if os.path.islink(pid_path) or (os.path.exists(pid_path) and not os.path.isfile(pid_path)):
             return  # not ours: leave it; `info` then cannot name the writer, nothing else changes
-        replace_with_new(pid_path, pid_text(writing, names), 0o644)
+        replace_with_new(pid_path, pid_text(writing, names, copies), 0o644)

@@ -39,6 +39,14 @@ class Writing:
         if h is None:
             return False
         who = f"featstore process {h.pid}" if h.pid is not None else "a featstore process"
+        if h.stranger is not None:  # a record this store's writers did not make: every unfinished split a problem
+            note = (
+                f"this store's writer lock is held, with a lock record of {h.stranger}'s that no writer of this store "
+                f"made (or {h.stranger} may not write the store): unfinished splits are listed as problems"
+            )
+            if note not in self.notes:
+                self.notes.append(note)
+            return False
         if h.split is None:  # it does not say which split it writes: every unfinished one stays a problem
             note = (
                 f"{who} holds this store's writer lock without recording which split it writes; a split it writes "
@@ -47,7 +55,7 @@ class Writing:
             if note not in self.notes:
                 self.notes.append(note)
             return False
-        if not h.writes(name, split.split("/", 1)[0].split(" ", 1)[0]):
+        if not h.writes(name, split.split("/", 1)[0].split(" ", 1)[0], copies=" (augmented copies)" in split):
             return False
         of = f" of {total} images" if total is not None else " rows"
         self.notes.append(
