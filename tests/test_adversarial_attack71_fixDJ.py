@@ -1,0 +1,64 @@
+"""Attack 71 #6, #7, #1 (fixDJ): a registered list parameter's text is JSON (``steps=scale`` was the five letters, and
+the scaler was left out), equal list values are one setting, a parameter of another type is refused when it is
+registered; a sweep whose validation rows are training rows is refused before its first fit; an ensemble's figures on
+rows its members were fitted on get no rebuild advice."""
+
+from __future__ import annotations
+
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from featstore.errors import ConfigError
+from featstore.experiments import classifiers
+from featstore.experiments.classifiers import get_classifier, parse_clf_params, parse_params, register_classifier
+from featstore.experiments.params import Param
+
+
+@pytest.fixture
+def steps(monkeypatch):
+    monkeypatch.setattr(classifiers, "_REGISTRY", dict(classifiers._REGISTRY))  # registered for this test only
+    register_classifier("a71_steps", "list and dict parameters", {"steps": Param(list, []), "opts": Param(dict, {})})(
+        lambda p: LogisticRegression(max_iter=50)
+    )
+    return get_classifier("a71_steps")
+
+
+def test_a_list_parameter_is_json_not_its_characters(steps):
+    with pytest.raises(
+        ConfigError,
+        match=r"""steps='scale' for a71_steps is a list, given as JSON: e\.g\. --param 'steps=\["scale"\]'""",
+    ):
+        parse_params(steps, ["steps=scale"])
+    with pytest.raises(ConfigError, match=r"is a list, given as JSON"):
+        parse_clf_params(["a71_steps"], ["a71_steps:steps=scale"])  # the sweep's parser
+    assert parse_params(steps, ['steps=["scale"]', "steps=[16, 8]"]) == {"steps": [["scale"], [16, 8]]}
+    assert parse_params(steps, ['opts={"a": 1}']) == {"opts": [{"a": 1}]}
+    with pytest.raises(ConfigError, match=r"opts='\[1\]' for a71_steps is a dict, given as JSON"):
+        parse_params(steps, ["opts=[1]"])
+    with pytest.raises(ConfigError, match=r"must be a list of JSON values"):
+        parse_params(steps, ["steps=[NaN]"])  # no JSON a run records
+
+
+def test_equal_list_values_are_one_setting_and_mixed_keys_no_traceback(steps):
+    with pytest.raises(ConfigError, match=r"steps=\[8\], steps=\[8\.0\]\); give each value once"):
+        parse_params(steps, ["steps=[8]", "steps=[8.0]"])
+    with pytest.raises(ConfigError, match=r"lists .* twice"):
+        steps.check_values({"opts": [{"a": 1, "b": [2]}, {"b": [2.0], "a": 1.0}]})
+    steps.check_values({"steps": [[1], [True]]})  # True is not 1: two settings
+    with pytest.raises(ConfigError, match=r"opts=\{0: 1, 'b': 2\} for a71_steps must be a dict of str keys"):
+        steps.check_values({"opts": [{0: 1, "b": 2}]})  # a run records {"0": 1}: refused, not a TypeError
+
+
+@pytest.mark.parametrize(
+    ("param", "says"),
+    [
+        (Param(tuple, ()), r"parameter p is of type tuple; a parameter is int, float, bool, str, list or dict"),
+        (Param(set, set()), r"parameter p is of type set"),
+        (Param(list, None), r"the default of parameter p=None for a71_bad must be a list"),
+        (3, r"parameter p is 3, not a Param"),
+    ],
+)
+def test_register_refuses_other_parameter_types(monkeypatch, param, says):
+    monkeypatch.setattr(classifiers, "_REGISTRY", dict(classifiers._REGISTRY))
+    with pytest.raises(ConfigError, match=says):
+        register_classifier("a71_bad", "a parameter featstore cannot convert", {"p": param})
