@@ -5,6 +5,7 @@ rows its members were fitted on get no rebuild advice."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
@@ -12,6 +13,8 @@ from featstore.errors import ConfigError
 from featstore.experiments import classifiers
 from featstore.experiments.classifiers import get_classifier, parse_clf_params, parse_params, register_classifier
 from featstore.experiments.params import Param
+from featstore.experiments.sweep import sweep
+from featstore.store.writer import write_arrays
 
 
 @pytest.fixture
@@ -62,3 +65,25 @@ def test_register_refuses_other_parameter_types(monkeypatch, param, says):
     monkeypatch.setattr(classifiers, "_REGISTRY", dict(classifiers._REGISTRY))
     with pytest.raises(ConfigError, match=says):
         register_classifier("a71_bad", "a parameter featstore cannot convert", {"p": param})
+
+
+# ------------------------------------------------------------------ finding 7: a sweep chooses on training rows
+def _trainval_store(path):
+    """Pure-noise train, validation and test, and trainval = train's and validation's rows (a final refit's split)."""
+    rng, y = np.random.default_rng(0), np.arange(20) % 2
+    X = {s: rng.normal(size=(20, 4)).astype(np.float32) for s in ("train", "validation", "test")}
+    for s in X:
+        write_arrays(path, "first", s, X[s], y, ["a", "b"])
+    write_arrays(path, "first", "trainval", np.concatenate([X["train"], X["validation"]]), np.tile(y, 2), ["a", "b"])
+    return path
+
+
+def test_a_sweep_whose_validation_rows_are_training_rows_is_refused_before_any_fit(tmp_path):
+    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    with pytest.raises(ConfigError, match=r"20 of the 20 rows of 'validation' \(first\) are rows of 'trainval'.*"
+                                          r"--validation none to choose by cross-validation on 'trainval'"):  # fmt: skip
+        sweep(store, ["logreg", "knn"], params={"knn": {"n_neighbors": [1]}}, train="trainval", runs=runs)
+    assert not runs.exists() or not any(runs.iterdir())  # no fit was recorded
+    got = sweep(store, ["logreg"], train="trainval", validation="none", runs=runs, png=tmp_path / "h.png")
+    assert got["chosen_on"] == "trainval.oof"  # the fix it names works
+    sweep(store, ["logreg"], runs=runs, png=tmp_path / "h2.png")  # disjoint train and validation: as before

@@ -96,6 +96,8 @@ def sweep(
         check_chart_name(png, "--png", store)  # a heat map that cannot be written is refused before any fit
     fs = FeatureStore(store)
     names, val = _extractors(fs, extractors, train, validation)
+    if val:
+        _refuse_training_rows(fs, names, train, val)  # before any fit: a sweep's product is its choice (attack 71 #7)
     for n, c in ((n, c) for n in names for c in clfs):  # every cell's reduce before any fit (attack 60 #8)
         refuse_reduce(fs, n, c, params.get(c), search, train, f"--param {c}:reduce=flatten, or leave {n} out")
     score = val or f"{train}{OOF}"
@@ -299,6 +301,21 @@ def _test_split(fs: FeatureStore, names: list[str], test: str | None) -> tuple[s
     for n in names:
         check_has_rows(fs, n, test, "--test")  # before any fit: the choice's test was refused after every fit
     return test, ""
+
+
+def _refuse_training_rows(fs: FeatureStore, names: list[str], train: str, validation: str) -> None:
+    """ConfigError when an extractor's ``validation`` split shares rows with its ``train`` split (fit's rule,
+    :func:`featstore.runs.fittedrows.fitted_rows`). ``fit`` warns and goes on (a final refit on trainval may be meant),
+    but a sweep only chooses: on training rows, a 1-NN that memorised them was "chosen on validation: 1.0000"."""
+    from featstore.runs.fittedrows import fitted_rows
+
+    for n in names:
+        if shared := fitted_rows(fs, n, train, [validation]).get(validation):
+            raise ConfigError(
+                f"sweep: {shared[0]} of the {shared[1]} rows of {validation!r} ({n}) are rows of {train!r}, which "
+                f"every run is fitted on, so the choice on {validation!r} would be made on training rows; pass a "
+                f"--validation split without them, or --validation {NONE} to choose by cross-validation on {train!r}"
+            )
 
 
 def _refuse_other_rows(fs: FeatureStore, names: list[str], split: str, train: str) -> None:
