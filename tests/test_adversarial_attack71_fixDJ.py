@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from featstore import fit
 from featstore.errors import ConfigError
 from featstore.experiments import classifiers
 from featstore.experiments.classifiers import get_classifier, parse_clf_params, parse_params, register_classifier
+from featstore.experiments.ensemble import ensemble
+from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.params import Param
 from featstore.experiments.sweep import sweep
 from featstore.store.writer import write_arrays
@@ -87,3 +90,26 @@ def test_a_sweep_whose_validation_rows_are_training_rows_is_refused_before_any_f
     got = sweep(store, ["logreg"], train="trainval", validation="none", runs=runs, png=tmp_path / "h.png")
     assert got["chosen_on"] == "trainval.oof"  # the fix it names works
     sweep(store, ["logreg"], runs=runs, png=tmp_path / "h2.png")  # disjoint train and validation: as before
+
+
+# ------------------------------------------------------------------ finding 1: an ensemble's train advice
+def test_an_ensemble_on_its_members_training_rows_gets_no_rebuild_advice(tmp_path):
+    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    write_arrays(store, "first", "extra", np.random.default_rng(5).normal(size=(20, 4)).astype(np.float32),
+                 np.arange(20) % 2, ["a", "b"])  # fmt: skip
+    a = fit(store, "knn", {"n_neighbors": [1]}, runs=runs)
+    b = fit(store, "knn", {"n_neighbors": [3]}, runs=runs)
+    ens = ensemble([a.id, b.id], store=store, runs=runs)
+    with pytest.raises(
+        ConfigError, match=r"'train' holds rows its members .* were fitted on: .* only resubstitution"
+    ) as e:
+        evaluate_and_record(ens.id, "train", store, runs)
+    assert "make the ensemble again" not in str(e.value)  # the dead end: fit keeps no train predictions
+    with pytest.raises(ConfigError, match=r"evaluate its members on extra .* make the ensemble again"):
+        evaluate_and_record(ens.id, "extra", store, runs)  # a split they were not fitted on: the advice works there
+    # members fitted on trainval: the ensemble's validation figures are theirs, and its record says so
+    c = fit(store, "knn", {"n_neighbors": [1]}, runs=runs, train="trainval", validation="validation")
+    d = fit(store, "logreg", runs=runs, train="trainval", validation="validation")
+    both = ensemble([c.id, d.id], store=store, runs=runs)
+    assert any(n.startswith("its figures on 'validation' are on rows") and "resubstitution" in n for n in both.notes)
+    assert not any("'test'" in n for n in both.notes)
