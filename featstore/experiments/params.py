@@ -35,9 +35,7 @@ _NUMBER_OR_RANGE = {"gamma": (0.0, math.inf, True), "max_features": (0.0, 1.0, F
 class Param:
     """One user-settable parameter of a classifier."""
 
-    type: (
-        type  # int, float, str, bool, list or dict (PARAM_TYPES); --param values are converted to it (JSON for a list)
-    )
+    type: type  # int, float, str, bool, list or dict (PARAM_TYPES); --param text is converted to it (a list's: JSON)
     default: object  # value when not given
     choices: tuple = ()  # allowed values for a str parameter (empty = any)
     help: str = ""  # one line for `featstore fit --help-clf`
