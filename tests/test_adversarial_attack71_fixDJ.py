@@ -17,6 +17,7 @@ from featstore.experiments.ensemble import ensemble
 from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.params import Param
 from featstore.experiments.sweep import sweep
+from featstore.runs import fittedrows
 from featstore.store.writer import write_arrays
 
 
@@ -90,6 +91,14 @@ def test_a_sweep_whose_validation_rows_are_training_rows_is_refused_before_any_f
     got = sweep(store, ["logreg"], train="trainval", validation="none", runs=runs, png=tmp_path / "h.png")
     assert got["chosen_on"] == "trainval.oof"  # the fix it names works
     sweep(store, ["logreg"], runs=runs, png=tmp_path / "h2.png")  # disjoint train and validation: as before
+
+
+def test_a_sweep_reusing_every_cell_is_refused_by_what_its_fits_noted(tmp_path, monkeypatch):
+    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    fit(store, "logreg", runs=runs, train="trainval")  # a final refit: fit warns, notes it, and goes on
+    monkeypatch.setattr(fittedrows, "fitted_rows", lambda *a, **k: pytest.fail("a reused cell's rows were read"))
+    with pytest.raises(ConfigError, match=r"20 of the 20 rows of 'validation' \(first\) are rows of 'trainval'"):
+        sweep(store, ["logreg"], train="trainval", runs=runs)  # its one cell reused: no features read, still refused
 
 
 # ------------------------------------------------------------------ finding 1: an ensemble's train advice
