@@ -20,7 +20,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from featstore.errors import ConfigError, choices_error
-from featstore.experiments.params import _NUMBER_OR, Param, check_value, refuse_huge_grid, refuse_repeated
+from featstore.experiments.params import (
+    Param,
+    check_value,
+    convert_value,
+    refuse_huge_grid,
+    refuse_param_types,
+    refuse_repeated,
+)
 from featstore.kerasconfig import refuse_caps
 from featstore.models.reshape import REDUCTIONS, FeatureReshape
 from featstore.runs.files import valid_name
@@ -95,7 +102,9 @@ def register_classifier(
     builder returns a scikit-learn classifier (``fit``, ``predict``, ``predict_proba``), which is fitted on the stored
     features flattened to one vector per image (as the built-in classifiers with ``reduce=flatten``), or a
     ``Pipeline`` whose last step is such a classifier, fitted on the stored features as they are; anything else is
-    refused when it is built, before any fit. Example::
+    refused when it is built, before any fit. Each of ``params`` is a ``Param`` of type int, float, str, bool, list or
+    dict whose default is valid (:func:`featstore.experiments.params.refuse_param_types`); a list or dict parameter's
+    ``--param`` value is JSON (``--param 'layers=[16, 8]'``). Example::
 
         @register_classifier("ridge_logreg", "logistic regression, scikit-learn defaults", {})
         def _ridge(params):
@@ -107,6 +116,7 @@ def register_classifier(
             f"classifier name {name!r} cannot start a run id; give letters, digits and ._- (not starting with a dot), "
             f"at most {MAX_NAME} characters, e.g. {plain!r}"
         )
+    refuse_param_types(name, params)  # Param(list, ...) of text was list(text), its characters (attack 71 #6)
 
     def deco(builder):
         if name in _REGISTRY:
@@ -172,33 +182,6 @@ def build_classifier(name: str, params: dict | None = None):
     """An unfitted estimator for ``name`` with ``params`` over its defaults."""
     spec = get_classifier(name)
     return spec.builder(spec.full_params(params or {}))
-
-
-def convert_value(spec: ClassifierSpec, key: str, text: str):
-    """Convert a ``--param key=value`` string to the parameter's type, with a clear error."""
-    if key not in spec.params:
-        raise ConfigError(f"unknown parameter {key!r} for {spec.name}; valid: {', '.join(spec.params)}")
-    p = spec.params[key]
-    if key in _NUMBER_OR and text not in _NUMBER_OR[key]:
-        try:
-            float(text)
-        except ValueError:
-            raise ConfigError(
-                f"parameter {key}={text!r} for {spec.name} must be one of {', '.join(_NUMBER_OR[key])} or a number"
-            ) from None
-    try:
-        if p.type is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            value = text.lower() in ("true", "1", "yes")
-        else:
-            value = p.type(text)
-    except ValueError:
-        raise ConfigError(
-            f"parameter {key}={text!r} for {spec.name} must be of type {p.type.__name__} (default {p.default!r})"
-        ) from None
-    spec.check_value(key, value)  # its choices and range
-    return value
 
 
 def parse_params(spec: ClassifierSpec, items: list[str]) -> dict[str, list]:

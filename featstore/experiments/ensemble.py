@@ -28,6 +28,7 @@ from featstore.experiments.calibration import not_calibrated
 from featstore.experiments.compare import mismatch
 from featstore.experiments.evaluate import metrics
 from featstore.runs import folder as run_folder
+from featstore.runs.fittedrows import fitted_splits
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, ensure_writable, find_run, runs_root
 from featstore.runs.kinds import kind_of
 from featstore.runs.predictions_file import PredictionsWriter
@@ -105,6 +106,13 @@ def ensemble(
                 )
     if not splits:
         raise ConfigError("the members share no evaluated split (validation or test); nothing to ensemble")
+    for split in splits:  # fitted rows: figures there estimate nothing, and are not marked (attack 71 #1)
+        if fitted := [rec.id for rec, _ in members if split in fitted_splits(rec, [split])]:
+            notes.append(
+                f"its figures on {split!r} are on rows {', '.join(fitted)} {'were' if len(fitted) > 1 else 'was'} "
+                f"fitted on: resubstitution figures, which estimate nothing for new images"
+            )
+            logger.warning("ensemble: %s", notes[-1])
     # one extractor name per distinct (name, fingerprint) of the members, in member order: both fields list the same extractors
     extractors = list(dict.fromkeys((rec.extractor, rec.fingerprint) for rec, _ in members))
     sweeps, method = sweep_choices(root), f"greedy selection on {chosen_on!r}"

@@ -214,7 +214,8 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
         where = (f" --store {shlex.quote(str(store))}" if str(store) != "features.h5" else "") + (
             f" --runs {shlex.quote(str(root))}"
         )
-        raise ConfigError(f"{rec.id} is an ensemble; {rebuild_advice(rec, split, where)}")  # what works (67 #1)
+        advice = rebuild_advice(rec, split, where, root)  # what works (67 #1), or why nothing does (71 #1)
+        raise ConfigError(f"{rec.id} is an ensemble; {advice}")
     fs = FeatureStore(store)
     if split not in rec.metrics:
         refuse_other_store(rec, fs, split)

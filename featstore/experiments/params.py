@@ -6,6 +6,12 @@ type first: a count is a whole number, never a bool (``pca=True`` fitted on one 
 was recorded as it is, or a traceback in Keras); a number is never a bool or a str; a switch is a bool; a choice is one
 of its choices (attack 57 #11).
 
+A parameter is of one of :data:`PARAM_TYPES`: int, float, str, bool, list or dict (``register_classifier`` refuses
+any other). A list or dict value holds JSON values only (str, a finite number, True/False, None, lists, dicts with str
+keys), which is what a run records; on the command line it is given as JSON (``--param 'layers=[16, 8]'``):
+``steps=scale`` was ``list("scale")``, the five letters, and a builder testing ``"scale" in steps`` left the scaler
+out (attack 71 #6).
+
 >>> Param(float, 1.0, low=0.0, open_low=True).range_text()
 'a finite number > 0'
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +35,7 @@ _NUMBER_OR_RANGE = {"gamma": (0.0, math.inf, True), "max_features": (0.0, 1.0, F
 class Param:
     """One user-settable parameter of a classifier."""
 
-    type: type  # int, float, str or bool; --param values are converted to it
+    type: type  # int, float, str, bool, list or dict (PARAM_TYPES); --param text is converted to it (a list's: JSON)
     default: object  # value when not given
     choices: tuple = ()  # allowed values for a str parameter (empty = any)
     help: str = ""  # one line for `featstore fit --help-clf`
@@ -80,12 +87,57 @@ def _is_number(value) -> bool:
     return _is_int(value) or isinstance(value, (float, np.floating))
 
 
+def _is_json(value) -> bool:
+    """Whether ``value`` is a JSON value a run records as it is: str, a finite number, True/False, None, a list of them,
+    a dict of str keys to them (``{0: 1}`` would be recorded as ``{"0": 1}``, a NaN as no JSON at all)."""
+    if value is None or isinstance(value, (str, bool, np.bool_)):
+        return True
+    if _is_number(value):
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:  # an int of 400 digits
+            return False
+    if isinstance(value, list):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
+
+
+_JSON_ITEMS = "JSON values (str, finite numbers, True/False, None, lists, dicts with str keys)"
 _TYPES = {  # a parameter's type -> (whether a value is of it, the type in words)
     int: (_is_int, "a whole number (an int)"),
     float: (_is_number, "a number"),
     bool: (lambda v: isinstance(v, (bool, np.bool_)), "True or False"),
     str: (lambda v: isinstance(v, str), "a str"),
+    list: (lambda v: isinstance(v, list) and _is_json(v), f"a list of {_JSON_ITEMS}"),
+    dict: (lambda v: isinstance(v, dict) and _is_json(v), f"a dict of str keys to {_JSON_ITEMS}"),
 }
+PARAM_TYPES = tuple(_TYPES)  # the types a classifier's parameter may have
+
+
+def refuse_param_types(clf: str, params: dict) -> None:
+    """ConfigError unless every parameter of classifier ``clf`` is a :class:`Param` of one of :data:`PARAM_TYPES`
+    whose default is a valid value of it; one line naming the parameter (a ``Param(tuple, ...)`` or ``Param(set,
+    ...)`` took any value, and its ``--param`` text was ``tuple(text)``, its characters: attack 71 #6).
+
+    >>> refuse_param_types("mine", {"steps": Param(tuple, ())})
+    Traceback (most recent call last):
+    featstore.errors.ConfigError: classifier 'mine': parameter steps is of type tuple; a parameter is int, float, bool, str, list or dict, e.g. Param(list, []) (given as JSON: --param 'steps=[1, 2]')
+    """
+    names = ", ".join(t.__name__ for t in PARAM_TYPES[:-1]) + f" or {PARAM_TYPES[-1].__name__}"
+    for key, p in params.items():
+        if not isinstance(p, Param):
+            raise ConfigError(f"classifier {clf!r}: parameter {key} is {p!r}, not a Param; give e.g. Param(int, 1)")
+        if p.type not in PARAM_TYPES:
+            raise ConfigError(
+                f"classifier {clf!r}: parameter {key} is of type {getattr(p.type, '__name__', p.type)}; a parameter "
+                f"is {names}, e.g. Param(list, []) (given as JSON: --param '{key}=[1, 2]')"
+            )
+        try:
+            check_value(clf, key, p, p.default)
+        except ConfigError as exc:
+            raise ConfigError(f"the default of {exc}; give a default of the parameter's type and range") from None
 
 
 def check_type(clf: str, key: str, p: Param, value) -> None:
@@ -95,6 +147,8 @@ def check_type(clf: str, key: str, p: Param, value) -> None:
     if key in _NUMBER_OR and _is_number(value):
         return  # gamma=0.1, max_features=0.5: range-checked below
     if not is_it(value):
+        if isinstance(value, (list, dict)) and isinstance(value, p.type):  # of the type, not of JSON values alone
+            raise ConfigError(f"parameter {key}={value!r} for {clf} must be {words}: a run records it as JSON")
         hint = f"; give {int(value)}" if p.type is int and isinstance(value, float) and value.is_integer() else ""
         raise ConfigError(
             f"parameter {key}={value!r} for {clf} must be {words}{' or a number' if key in _NUMBER_OR else ''}, "
@@ -122,6 +176,74 @@ def check_value(clf: str, key: str, p: Param, value) -> None:
     if p.type in (int, float) and _is_number(value):
         if not p.in_range(value):
             raise ConfigError(f"parameter {key}={value!r} for {clf} is out of range: {key} must be {p.range_text()}")
+
+
+def _setting(value):
+    """A hashable key of a JSON value under which two values that are one setting meet: numbers by value (``8`` and
+    ``8.0``; ``True`` is not ``1``), lists item by item, dicts by their items in any order (no sorting: keys of two
+    types were a TypeError traceback from ``json.dumps(sort_keys=True)``).
+
+    >>> _setting([8, {"a": 1, "b": 2.0}]) == _setting([8.0, {"b": 2, "a": 1.0}])
+    True
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return ("bool", bool(value))
+    if isinstance(value, (list, tuple)):
+        return ("list", tuple(_setting(v) for v in value))
+    if isinstance(value, dict):
+        return ("dict", frozenset((_setting(k), _setting(v)) for k, v in value.items()))
+    try:
+        hash(value)
+    except TypeError:
+        return ("repr", repr(value))
+    return value
+
+
+def convert_value(spec, key: str, text: str):
+    """Convert a ``--param key=value`` string to the parameter's type, with a clear error."""
+    if key not in spec.params:
+        raise ConfigError(f"unknown parameter {key!r} for {spec.name}; valid: {', '.join(spec.params)}")
+    p = spec.params[key]
+    if key in _NUMBER_OR and text not in _NUMBER_OR[key]:
+        try:
+            float(text)
+        except ValueError:
+            raise ConfigError(
+                f"parameter {key}={text!r} for {spec.name} must be one of {', '.join(_NUMBER_OR[key])} or a number"
+            ) from None
+    if p.type in (list, dict):  # JSON: "steps=scale" was list("scale"), five letters, and no scaler (attack 71 #6)
+        value = _json_value(spec.name, key, p, text)
+        spec.check_value(key, value)  # JSON values a run records as they are (no NaN)
+        return value
+    try:
+        if p.type is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            value = text.lower() in ("true", "1", "yes")
+        else:
+            value = p.type(text)
+    except ValueError:
+        raise ConfigError(
+            f"parameter {key}={text!r} for {spec.name} must be of type {p.type.__name__} (default {p.default!r})"
+        ) from None
+    spec.check_value(key, value)  # its choices and range
+    return value
+
+
+def _json_value(clf: str, key: str, p: Param, text: str):
+    """A list or dict parameter's ``--param`` text read as JSON (``[16, 8]``, ``{"a": 1}``); ConfigError naming the
+    parameter and an example when it is not JSON of that type."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if isinstance(value, p.type):
+        return value
+    word = re.fullmatch(r"[A-Za-z_][\w.-]*", text)  # steps=scale: '["scale"]'
+    example = (f'["{text}"]' if word else "[1, 2]") if p.type is list else (f'{{"{text}": 1}}' if word else '{"a": 1}')
+    raise ConfigError(
+        f"parameter {key}={text!r} for {clf} is a {p.type.__name__}, given as JSON: e.g. --param '{key}={example}'"
+    )
 
 
 MAX_SETTINGS = 10_000  # settings one fit may try: 6 parameters of 20 values each were 64 million dicts, then fits
@@ -155,10 +277,8 @@ def refuse_repeated(clf: str, key: str, values: list, texts: list[str] | None = 
                 same = float(value)
             except (TypeError, ValueError, OverflowError):
                 same = value
-        try:
-            hash(same)
-        except TypeError:  # a registered list or dict parameter (an MLP's layers): one key per value (attack 70 #3)
-            same = ("unhashable", json.dumps(same, sort_keys=True, default=repr))
+        if isinstance(same, (list, dict)):  # a registered list or dict parameter (an MLP's layers): attack 70 #3
+            same = _setting(same)  # [8] and [8.0] are one setting; dict keys in any order (attack 71 #6)
         if same in seen:
             if texts is None:
                 raise ConfigError(f"parameter {key} for {clf} lists {value!r} twice; give each value once")

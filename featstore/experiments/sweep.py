@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 
 import numpy as np
@@ -109,6 +110,8 @@ def sweep(
     args = (cells, params, search, train, val, tst, augmented)  # a cell recorded as this very fit is not fitted again
     reused = recorded_cells(fs, runs_root(store, runs), *args) if reuse else {}
     fitted = [n for n in names if any((n, c) not in reused for c in clfs)]  # fit's rule, test too, before any fit
+    if val:  # before any fit: a sweep's product is its choice (attack 71 #7)
+        _refuse_training_rows(fs, names, fitted, train, val, reused)
     refuse_in_every(fs, fitted, (train, val, tst), "sweep", train if augmented else None, names)
 
     def one(cell):
@@ -299,6 +302,33 @@ def _test_split(fs: FeatureStore, names: list[str], test: str | None) -> tuple[s
     for n in names:
         check_has_rows(fs, n, test, "--test")  # before any fit: the choice's test was refused after every fit
     return test, ""
+
+
+def _refuse_training_rows(fs: FeatureStore, names: list, fitted: list, train: str, validation: str, reused) -> None:
+    """ConfigError when an extractor's ``validation`` split shares rows with its ``train`` split. ``fit`` warns and
+    goes on (a final refit on trainval may be meant), but a sweep only chooses: on training rows, a 1-NN that memorised
+    them was "chosen on validation: 1.0000" (attack 71 #7). An extractor with a cell to fit is compared by rows
+    (:func:`featstore.runs.fittedrows.fitted_rows`, fit's rule); one whose every cell is reused, by what its runs'
+    fits noted (a re-run reads no features)."""
+    from featstore.runs.fittedrows import fitted_rows
+
+    noted = re.compile(
+        rf"(\d+) of the (\d+) rows of {re.escape(repr(validation))} are rows of {re.escape(repr(train))}"
+    )
+    for n in names:
+        if n in fitted:
+            shared = fitted_rows(fs, n, train, [validation]).get(validation)
+        else:
+            said = [
+                m for rec in (r for (e, _), r in reused.items() if e == n) for t in rec.notes if (m := noted.match(t))
+            ]
+            shared = tuple(map(int, said[0].groups())) if said else None
+        if shared:
+            raise ConfigError(
+                f"sweep: {shared[0]} of the {shared[1]} rows of {validation!r} ({n}) are rows of {train!r}, which "
+                f"every run is fitted on, so the choice on {validation!r} would be made on training rows; pass a "
+                f"--validation split without them, or --validation {NONE} to choose by cross-validation on {train!r}"
+            )
 
 
 def _refuse_other_rows(fs: FeatureStore, names: list[str], split: str, train: str) -> None:

@@ -30,6 +30,7 @@ from featstore.runs.apply import LARGE_FEATURE, ApplyOptions, ImageBatch, image_
 from featstore.runs.files import RECORD, BrokenRunError, read_record_json
 from featstore.runs.kind_base import APPLY_ATTRS, ImagesModel, RunKind, calibrated  # noqa: F401 - re-exported
 from featstore.runs.predictions_file import EVAL_BUDGET, eval_rows
+from featstore.runs.rebuild import rebuild_advice  # noqa: F401 - re-exported (its home before attack 71 #1)
 from featstore.runs.record import RunRecord, Types, check_fields, check_weights, raise_bad_names
 from featstore.runs.schema import scaled_weights
 from featstore.runs.selected import selection_lines
@@ -297,27 +298,13 @@ class EnsembleKind(RunKind):
     def split_predictions(
         self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
     ):
-        raise ConfigError(f"{rec.id} is an ensemble; {rebuild_advice(rec, split)}")
+        raise ConfigError(f"{rec.id} is an ensemble; {rebuild_advice(rec, split, root=folder.parent)}")
 
     def params_text(self, rec: RunRecord) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted(rec["params"].items()))
 
     def describe(self, rec: RunRecord, selected: Mapping[str, str] | None = None) -> list[str]:
         return [f"  members {', '.join(rec.members)} with weights {list(rec.weights)}", *selection_lines(rec, selected)]
-
-
-def rebuild_advice(rec: RunRecord, split: str, where: str = "") -> str:
-    """What gives ensemble ``rec`` figures on ``split``: its members evaluated there, then the same members and
-    weights made an ensemble again (``runs evaluate`` refuses an ensemble: attack 67 #1); ``where``: the ``--store``
-    and ``--runs`` options to repeat."""
-    members = list(dict.fromkeys(rec.members))
-    evaluate = " and ".join(f"`featstore runs evaluate {m} --split {split}{where}`" for m in members)
-    weights = " ".join(f"--weight {float(w)!r}" for w in rec.weights)
-    return (
-        f"evaluate its members on {split} ({evaluate}), then make the ensemble again with the same members and "
-        f"weights (`featstore ensemble {' '.join(rec.members)} {weights}{where}`): the new one has {split}'s figures "
-        f"and keeps this one's selection marks"
-    )
 
 
 def image_blocks(images, size: int, proba_of, workers: int):
