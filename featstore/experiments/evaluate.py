@@ -31,6 +31,7 @@ from featstore.experiments.run_store import refuse_other_store
 from featstore.outputs import write_atomic
 from featstore.runs.apply import ApplyOptions
 from featstore.runs.files import output_path
+from featstore.runs.fittedrows import fitted_members
 from featstore.runs.folder import calibrated_predictions, find_run, get_run, runs_root
 from featstore.runs.kinds import calibrated, kind_of, parse_record, rebuild_advice
 from featstore.runs.record import RunRecord, digest_paths, thaw
@@ -137,6 +138,10 @@ def apply_run(
         rec, folder, y, pred, proba = apply_run("logreg-1a2b3c", "test")
     """
     rec, folder = get_run(run_id, store, runs)
+    if not kind_of(rec).one_group:  # an ensemble: what gives it figures there, or why nothing does (71 #1)
+        raise ConfigError(
+            f"{rec.id} is an ensemble; {rebuild_advice(rec, split, '', fitted_members(rec, split, folder.parent))}"
+        )
     _check_split(FeatureStore(store), rec, split)
     y, pred, proba = kind_of(rec).split_predictions(rec, folder, store, split, ApplyOptions())
     return rec, folder, y, pred, (proba if raw else calibrated(rec, proba))
@@ -214,7 +219,9 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
         where = (f" --store {shlex.quote(str(store))}" if str(store) != "features.h5" else "") + (
             f" --runs {shlex.quote(str(root))}"
         )
-        advice = rebuild_advice(rec, split, where, root)  # what works (67 #1), or why nothing does (71 #1)
+        advice = rebuild_advice(
+            rec, split, where, fitted_members(rec, split, root)
+        )  # what works (67 #1), or not (71 #1)
         raise ConfigError(f"{rec.id} is an ensemble; {advice}")
     fs = FeatureStore(store)
     if split not in rec.metrics:

@@ -26,11 +26,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import FeatstoreError
-from featstore.runs.kinds import kind_of
+from featstore.errors import FeatstoreError, StoreError
+from featstore.runs.files import read_record_json
+from featstore.runs.kinds import kind_of, parse_record
 
 logger = logging.getLogger(__name__)
 
@@ -244,3 +246,17 @@ def not_compared(split: str, train: str, why: str) -> str:
         f"the rows of {split!r} were not compared with those of {train!r}, which the run is fitted on ({why}): "
         f"whether any of them is a training row is not known, and its figures there are not marked"
     )
+
+
+def fitted_members(rec, split: str, root: Path) -> list[str]:
+    """The members of ensemble ``rec`` (in runs folder ``root``) fitted on ``split``'s rows
+    (:func:`fitted_splits`); a member that cannot be read is left out."""
+    out = []
+    for m in dict.fromkeys(rec.members):
+        try:
+            member = parse_record(read_record_json(Path(root) / m), Path(root) / m)
+        except (StoreError, OSError):
+            continue
+        if split in fitted_splits(member, [split]):
+            out.append(m)
+    return out

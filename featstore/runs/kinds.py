@@ -298,7 +298,7 @@ class EnsembleKind(RunKind):
     def split_predictions(
         self, rec: RunRecord, folder: Path, store: str | os.PathLike, split: str, options: ApplyOptions
     ):
-        raise ConfigError(f"{rec.id} is an ensemble; {rebuild_advice(rec, split, root=folder.parent)}")
+        raise ConfigError(f"{rec.id} is an ensemble; {rebuild_advice(rec, split)}")  # (evaluate: with its members')
 
     def params_text(self, rec: RunRecord) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted(rec["params"].items()))

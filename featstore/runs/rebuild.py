@@ -4,20 +4,18 @@ on, that nothing does (attack 71 #1)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
-from featstore.errors import StoreError
 from featstore.runs.record import RunRecord
 
 
-def rebuild_advice(rec: RunRecord, split: str, where: str = "", root: Path | None = None) -> str:
+def rebuild_advice(rec: RunRecord, split: str, where: str = "", fitted: Sequence[str] = ()) -> str:
     """What gives ensemble ``rec`` figures on ``split``: its members evaluated there, then the same members and
     weights made an ensemble again (``runs evaluate`` refuses an ensemble: attack 67 #1); ``where``: the ``--store``
-    and ``--runs`` options to repeat. ``root`` (the runs folder): on a split a member was fitted on (its training
-    split, or one whose rows are all its training rows) that advice was a dead end, a fit keeps no predictions of its
-    training split, and would give resubstitution figures anyway: it says so instead (attack 71 #1)."""
+    and ``--runs`` options to repeat. ``fitted``: its members fitted on ``split``'s rows
+    (:func:`featstore.runs.fittedrows.fitted_members`): there that advice was a dead end, a fit keeps no predictions
+    of its training split, and would give resubstitution figures anyway: it says so instead (attack 71 #1)."""
     members = list(dict.fromkeys(rec.members))
-    fitted = fitted_members(rec, split, root) if root is not None else []
     if fitted:
         return (
             f"{split!r} holds rows its member{'s' if len(fitted) > 1 else ''} {', '.join(fitted)} "
@@ -32,21 +30,3 @@ def rebuild_advice(rec: RunRecord, split: str, where: str = "", root: Path | Non
         f"weights (`featstore ensemble {' '.join(rec.members)} {weights}{where}`): the new one has {split}'s figures "
         f"and keeps this one's selection marks"
     )
-
-
-def fitted_members(rec: RunRecord, split: str, root: Path) -> list[str]:
-    """The members of ensemble ``rec`` (in runs folder ``root``) fitted on ``split``'s rows
-    (:func:`featstore.runs.fittedrows.fitted_splits`); a member that cannot be read is left out."""
-    from featstore.runs.files import read_record_json
-    from featstore.runs.fittedrows import fitted_splits  # they import this module's importer
-    from featstore.runs.kinds import parse_record
-
-    out = []
-    for m in dict.fromkeys(rec.members):
-        try:
-            member = parse_record(read_record_json(Path(root) / m), Path(root) / m)
-        except (StoreError, OSError):
-            continue
-        if split in fitted_splits(member, [split]):
-            out.append(m)
-    return out
