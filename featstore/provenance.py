@@ -201,7 +201,7 @@ class NameRefused(ConfigError):
     """A split/extractor name a store refuses; ``said``: the line without its fix (the CLI names --name for a default)."""
 
     def __init__(self, kind: str, name: str):
-        self.kind = kind
+        self.kind, self.name = kind, name
         if isinstance(name, str) and _NAME.fullmatch(name) and not (kind == "extractor" and "," in name):
             self.said = f"{kind} name {name[:20]!r}... is too long: {len(name)} characters, at most {MAX_NAME}"
             return super().__init__(f"{self.said}; choose a shorter one")
@@ -213,12 +213,12 @@ class NameRefused(ConfigError):
         super().__init__(self.said)
 
 
-def validate_name(kind: str, name: str) -> str:
+def validate_name(kind: str, name: str, known=()) -> str:
     """Refuse split/extractor names that are not one plain HDF5 group name (no '/', no leading dot, no '.' or '..'),
-    extractor names with a comma (sweep's and probe's --extractor take comma lists: ``cnn,v2`` could not be chosen,
-    attack 72 #3; a store made before keeps its name, which fit --extractor takes), and split names ending with
-    :data:`OOF` (no run could record such a split: ``runs evaluate`` refuses them)."""
-    if not is_plain_name(name) or (kind == "extractor" and "," in name):
+    new extractor names with a comma (sweep's and probe's --extractor take comma lists: ``cnn,v2`` could not be
+    chosen, attack 72 #3; ``known``, the store's groups: one made before keeps its name for its resumes and new splits,
+    73 #1), and split names ending with :data:`OOF` (no run could record such a split: ``runs evaluate`` refuses them)."""
+    if not is_plain_name(name) or (kind == "extractor" and "," in name and name not in known):
         raise NameRefused(kind, name)
     if kind == "split":
         refuse_reserved_split(name)

@@ -186,3 +186,67 @@ def test_a_team_stores_writer_of_another_user_is_still_read(tmp_path, data_root,
             os.chown(f, colleague, colleague)
         notes: list[str] = []
         assert check_store(path, notes=notes) == [] and len(notes) == 1
+
+
+def test_a_group_named_with_a_comma_before_keeps_its_name_for_its_resume(tmp_path, data_root, tiny_config, monkeypatch):
+    """Attack 73 #1: a store's group named `cnn,v2` (accepted before commas were refused) with a killed split: every
+    line said to resume it with extract, and extract refused the name. A name the store holds is taken for its own
+    group (resume, new splits); a new one with a comma is still refused (its finetune cache's name: the doctest of
+    finetune_cache.cache_group, 73 #5)."""
+    import h5py
+
+    from featstore.store.reader import FeatureStore
+
+    path = tmp_path / "features.h5"
+    extract(data_root, "test", path, tiny_config, batch_size=4, name="cnnv2")
+    interrupt_after_one_batch(monkeypatch, data_root, "train", path, tiny_config, batch_size=4, name="cnnv2")
+    with h5py.File(path, "a") as f:
+        f.move("cnnv2", "cnn,v2")  # byte for byte what an extract before the refusal wrote with --name cnn,v2
+    assert check_store(path)  # the killed split: a problem, advising the resume
+    extract(data_root, "train", path, tiny_config, batch_size=4, name="cnn,v2")  # the resume runs
+    extract(data_root, "validation", path, tiny_config, batch_size=4, name="cnn,v2")  # and a new split
+    assert check_store(path) == [] and FeatureStore(path).splits("cnn,v2") == ["test", "train", "validation"]
+    with pytest.raises(ConfigError, match="is not allowed"):
+        extract(data_root, "test", path, tiny_config, batch_size=4, name="new,one")
+
+
+def test_a_layer_name_tensorflow_cannot_run_is_refused_naming_it(tmp_path, data_root):
+    """Attack 73 #6: `--layer 'conv 1,gap'` (Keras saves the space) was refused with "choose one with --name NAME",
+    and with --name x in turn; `--layer 'conv 1' --name conv1` then ended in a 40-line ValueError traceback at the
+    first batch (TensorFlow: "'conv 1' is not a valid root scope name"), and so did the model without --layer. The
+    model is refused as it is loaded, in one line naming the layer and the fix, whatever the options."""
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv 1")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    keras.Model(inp, x).save(tmp_path / "m.keras")
+    args = ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "m.h5")]
+    args += ["--model", str(tmp_path / "m.keras"), "--image-size", "32"]
+    for extra in ([], ["--layer", "conv 1,gap"], ["--layer", "conv 1", "--name", "conv1"]):
+        res = CliRunner().invoke(app, [*args, *extra])
+        assert res.exit_code == 1 and "layer 'conv 1' has a name TensorFlow cannot run" in res.output, res.output
+        assert "'conv_1'" in res.output and "Traceback" not in res.output and res.output.count("\n") == 1
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_a_layer_name_no_group_can_carry_names_the_layer(tmp_path, data_root):
+    """A layer TensorFlow runs whose name no group can carry (`conv>1`): with several --layer, the line names the layer
+    and the way that works (it on its own, --name), not --name alone, which cannot fix it (attack 73 #6)."""
+    import shlex
+
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv>1")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    keras.Model(inp, x).save(tmp_path / "m.keras")
+    args = ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "m.h5")]
+    args += ["--model", str(tmp_path / "m.keras"), "--image-size", "32"]
+    for extra in ([], ["--name", "x"]):
+        res = CliRunner().invoke(app, [*args, "--layer", "conv>1,gap", *extra])
+        assert res.exit_code == 1 and "layer 'conv>1' cannot be part of a group's name" in res.output, res.output
+    advised = shlex.split(res.output.split("named by you: ")[1].strip())
+    assert advised == ["--layer", "conv>1", "--name", "NAME"], advised
+    res = CliRunner().invoke(app, [*args, "--layer", "conv>1", "--name", "conv1"])
+    assert res.exit_code == 0, res.output

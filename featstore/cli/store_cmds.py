@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, comma_list, echo, name  # noqa: F401
+from featstore.cli.main import ExtractorOpt, RunsOpt, StoreOpt, _errors, app, comma_list, echo, name, safe  # noqa: F401
 from featstore.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -226,10 +226,12 @@ def extract(
     With --augment K it also caches K seeded augmented copies of the split (after the split itself), resumable the same way.
     Several --split options are extracted in the order given, each as its own command would; a failure stops there.
     """
+    import shlex
+
     from featstore.errors import ConfigError
     from featstore.extraction.pipeline import ExtractorConfig
     from featstore.extraction.pipeline import extract as run_extract
-    from featstore.provenance import NameRefused, validate_name
+    from featstore.provenance import NameRefused, is_plain_name, validate_name
     from featstore.store.resume import resume_advice
 
     ray_options = None
@@ -300,6 +302,12 @@ def extract(
             typer.secho(f"\ninterrupted: every committed batch is kept; {resume_advice(one)}.", err=True)
             raise typer.Exit(130) from None
         except NameRefused as exc:  # the default name (the model file's): the API's line cannot name --name
+            bad = str(exc.name).split("@", 1)[1] if len(cut) > 1 and "@" in str(exc.name) else None
+            if exc.kind == "extractor" and bad is not None and not is_plain_name(f"x@{bad}"):
+                raise ConfigError(  # the layer's name is the refused part: --name cannot fix it (attack 73 #6)
+                    f"{exc.said}: layer {bad!r} cannot be part of a group's name; extract it on its own, its group "
+                    f"named by you: --layer {safe(shlex.quote(bad))} --name NAME"
+                ) from None
             if exc.kind != "extractor" or name is not None:
                 raise
             raise ConfigError(f"{exc.said}; choose one with --name NAME") from None

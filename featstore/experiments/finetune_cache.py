@@ -58,6 +58,22 @@ class Cached:
             yield X.astype(np.float32, copy=False), y
 
 
+def cache_group(fs, name: str, layer: str) -> str:
+    """The group the frozen layers below ``layer`` of extractor ``name`` are cached in: ``<base>@<layer>``; of a group
+    named with a comma before commas were refused, a name extract takes (``cnn,v2@block4_pool`` was refused, a name the
+    user never gave: attack 73 #5), unless the store holds that cache already.
+
+    >>> class Fs:
+    ...     def extractors(self): return ["cnn,v2", "old,one", "old,one@block4_pool"]
+    >>> cache_group(Fs(), "vgg16", "block4_pool"), cache_group(Fs(), "cnn,v2", "block4_pool")
+    ('vgg16@block4_pool', 'cnn_v2@block4_pool')
+    >>> cache_group(Fs(), "old,one", "block4_pool")
+    'old,one@block4_pool'
+    """
+    group = f"{name.split('@')[0]}@{layer}"
+    return group.replace(",", "_") if "," in group and group not in fs.extractors() else group
+
+
 def rebatch(blocks, batch_size: int):
     """``(X, y)`` blocks of any lengths cut into batches of ``batch_size`` rows (the last may be shorter), so that an
     epoch has as many steps streamed as loaded.
@@ -105,7 +121,7 @@ def cached_cut(
     from featstore.models.extractor import ExtractorConfig
     from featstore.store.reader import CACHE_PURPOSE
 
-    group = f"{name.split('@')[0]}@{layer}"
+    group = cache_group(fs, name, layer)
     cfg = replace(
         ExtractorConfig.from_attrs(
             attrs, None if attrs.get("model_file") else weights, model_file=weights if attrs.get("model_file") else None

@@ -42,7 +42,7 @@ from featstore.models.onnx_runtime import CACHE_FOLDER, check_runtime
 from featstore.models.room import computed_elsewhere
 from featstore.outputs import cache_dir
 from featstore.provenance import AUGMENTED
-from featstore.store.layout import check_root
+from featstore.store.layout import check_root, group_names
 from featstore.store.locking import StoreFile
 from featstore.store.resume import discarded_note, resume_refusal
 from featstore.store.space import check_writable, ensure_space
@@ -169,8 +169,9 @@ def extract(
         config = config.validated(spec)
         base = name or default_store_name(config, spec)
         names = [f"{base}@{lyr}" for lyr in config.layers] if config.layers else [base]
+        known = group_names(StoreFile(store, locking))  # a group named with a comma before keeps its name (73 #1)
         for n in names:
-            provenance.validate_name("extractor", n)
+            provenance.validate_name("extractor", n, known)
         listing = discover(data, split)
         _refuse_store_inside(store, Path(listing.root) / split)
         file = StoreFile(check_writable(store), locking)

@@ -323,6 +323,16 @@ def hard_groups(g: h5py.Group) -> list[str]:
     return names
 
 
+def group_names(store) -> set[str]:
+    """The extractor groups of ``store`` (a :class:`~featstore.store.locking.StoreFile`) now: empty when there is no
+    store yet or it cannot be read (the checks that open it later say why). What ``validate_name`` calls known."""
+    try:
+        with store.read_if_exists() as f:
+            return set() if f is None else set(hard_groups(f))
+    except (OSError, StoreError, ValueError, KeyError, RuntimeError):
+        return set()
+
+
 def hard_group(f: h5py.Group, path: str) -> h5py.Group | None:
     """The group at ``path`` ('a/b/c') if every step is a hard-linked group, else None (links are never followed)."""
     g = f

@@ -41,6 +41,7 @@ from featstore.store.layout import (
     ROW_DATASETS,
     STR,
     check_root,
+    group_names,
     hard_groups,
     listing_columns,
     read_commit,
@@ -256,9 +257,8 @@ def _create_split(
     """The split's empty datasets, its listing and attributes (commit zero, not complete)."""
     shape = tuple(attrs["feature_shape"])
     comp = None if split_attrs["compression"] == "none" else split_attrs["compression"]
-    # Compressed chunks are written once each: one chunk per committed batch, or a divisor of it when a batch would not
-    # fit in one chunk (a rewritten compressed chunk leaves its old space behind, and a resume would have to free chunks
-    # a killed writer allocated). Uncompressed: ~1 MiB chunks.
+    # Compressed chunks are written once each: one per committed batch, or a divisor of it (a rewritten compressed chunk
+    # leaves its old space behind; a resume would have to free a killed writer's chunks). Uncompressed: ~1 MiB chunks.
     rows = feature_chunk_rows(shape, attrs["dtype"], int(split_attrs["batch_size"]), comp is not None)
     sg = grp.create_group(split)
     try:
@@ -384,8 +384,8 @@ def write_arrays(
     """
     y = _checked_arrays(X, y, class_names, attrs, batch_size, compression)  # all before the store is opened
     validate_name("split", split)
-    validate_name("extractor", name)  # 'a/b' made a damaged group; 'a,b' sweep split
     store = path if isinstance(path, StoreFile) else StoreFile(path, locking)
+    validate_name("extractor", name, group_names(store))  # 'a/b' made a damaged group; 'a,b' sweep split
     attrs = attrs or synthetic_attrs(X.shape[1:], str(X.dtype))
     split_attrs = {
         "class_names": list(class_names),
