@@ -131,6 +131,18 @@ def test_an_ensemble_without_test_is_advised_what_works(tmp_path):
 
 
 # ------------------------------------------------------------------ finding 9: runs show of a sweep's choices
+def test_the_sites_page_of_a_sweeps_choice_says_it_too(tmp_path):
+    """Attack 73 #8: the report site's page of a sweep's chosen run said "(nothing to select)" beside its own
+    "selected here" mark (its description was made without the folder's selection)."""
+    import featstore
+
+    store, runs = _store(tmp_path / "s.h5"), tmp_path / "runs"
+    best = sweep(store, ["logreg", "knn"], runs=runs)["best_single"]
+    featstore.build_report(store, runs=runs, out=tmp_path / "site", leaks=False)
+    page = (tmp_path / "site" / "runs" / f"{best}.html").read_text()
+    assert "(nothing to select)" not in page and "selected on validation: its classifier and extractor" in page
+
+
 def test_runs_show_says_the_sweep_chose_its_run(tmp_path):
     store, runs = _store(tmp_path / "s.h5"), tmp_path / "runs"
     summary = sweep(store, ["logreg", "knn"], runs=runs)

@@ -87,5 +87,7 @@ def test_a_divergence_under_scale_false_names_it():
         r"\(in a sweep: --param logreg:scale=false\)$",  # attack 72 #6: sweep refuses the unprefixed form
     ):
         refuse_diverged(Nan(), X, "logreg", {"C": 1.0, "scale": False})
-    with pytest.raises(DivergedError, match=r"learning rate far outside its useful range\); fit with other --param"):
+    with pytest.raises(  # attack 73 #9: the sweep's form too
+        DivergedError, match=r"useful range\); fit with other --param values \(in a sweep: --param logreg:NAME=VALUE;"
+    ):
         refuse_diverged(Nan(), X, "logreg", {"C": 1e-300})

@@ -29,6 +29,10 @@ from featstore.cli import app
             ["sweep", "--clf", "logreg,knn", "--clf", "knn"],
             "--clf given 2 times; list the values once, comma-separated: --clf logreg,knn\n",
         ),
+        (  # attack 73 #7: two values of one augmentation are no list (flip,flip=vertical was refused in turn)
+            ["extract", "--augment-spec", "flip", "--augment-spec", "flip=vertical"],
+            "--augment-spec given 2 times; give it once (given: flip, flip=vertical)",
+        ),
         (["fit", "--clf", "svm", "--clf", "logreg"], "--clf given 2 times; give it once (given: svm, logreg)"),
         (["probe", "--k", "10", "--k", "20", "--k", "30"], "--k given 3 times"),
         (["similar", "q.png", "-k", "3", "--k=5"], "--k given 2 times; give it once (given: 3, 5)"),

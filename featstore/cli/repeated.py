@@ -31,8 +31,9 @@ def refuse_repeated(command, got, name: str, args: list[str]) -> None:
                 typer.secho(f"error: {pair} both given; give one of them", fg=typer.colors.RED, err=True)
                 raise typer.Exit(1)
             continue
-        if "comma" in (param.help or ""):  # the options comma_list splits: one value, its items comma-separated
-            items = dict.fromkeys(i.strip() for v in given for i in v.split(",") if i.strip())  # each once (72 #4)
+        items = list(dict.fromkeys(i.strip() for v in given for i in v.split(",") if i.strip()))  # each once (72 #4)
+        keys = [i.partition("=")[0] for i in items]  # flip and flip=vertical: two values of one item (73 #7)
+        if "comma" in (param.help or "") and len(set(keys)) == len(keys):  # comma_list's options: one value, a list
             how = f"list the values once, comma-separated: {opt} {terminal_safe(shlex.quote(','.join(items)))}"
         else:
             how = f"give it once (given: {', '.join(terminal_safe(v) for v in given)})"

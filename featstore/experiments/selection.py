@@ -186,7 +186,8 @@ def refuse_diverged(est, X, spec_name: str, params: dict) -> None:
             if unscaled
             else (
                 "a regularisation or learning rate far outside its useful range",
-                "fit with other --param values (`featstore classifiers` shows the defaults)",
+                f"fit with other --param values (in a sweep: --param {spec_name}:NAME=VALUE; `featstore classifiers` "
+                f"shows the defaults)",  # a sweep's form for every divergence, not scale=false's alone (73 #9)
             )
         )
         raise DivergedError(

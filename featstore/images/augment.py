@@ -84,7 +84,7 @@ def parse_augment(text: str | None) -> Augmentation:
                 "augmentation", name, [f"{n}[={AUGMENTATIONS[n][1]}] ({AUGMENTATIONS[n][2]})" for n in AUGMENTATIONS]
             )
         if name in found:
-            raise ConfigError(f"--augment names {name} twice: {text}")
+            raise ConfigError(f"augmentation {text!r} names {name} twice; give it once, with one value")  # 73 #7
         found[name] = _value(name, raw.strip()) if raw.strip() else AUGMENTATIONS[name][1]
     return Augmentation(tuple((n, found[n]) for n in AUGMENTATIONS if n in found))
 

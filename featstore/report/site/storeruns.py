@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from featstore.report.runs import stores_note
+from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord
 from featstore.runs.selected import selected_on, sweep_choices
 from featstore.store.digests import identifies_rows, split_listing
@@ -114,8 +115,10 @@ def _left_out(others: list[RunRecord], at: dict[str, str]) -> str:
 
 def mark_selected(views: list, root=None) -> None:
     """Set each run view's ``selected`` (split -> what the run chose there), members read from the listed runs, a
-    sweep's choice from the summaries in runs folder ``root`` (attack 65 #6)."""
+    sweep's choice from the summaries in runs folder ``root`` (attack 65 #6), and its description's lines with them
+    (its page said "(nothing to select)" beside its own "selected here" mark: attack 73 #8)."""
     by_id = {v.rec.id: v.rec for v in views}
     sweeps = sweep_choices(root) if root is not None else None
     for v in views:
         v.selected = selected_on(v.rec, by_id.get, sweeps)
+        v.lines = kind_of(v.rec).describe(v.rec, v.selected)
