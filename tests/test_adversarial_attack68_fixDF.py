@@ -106,6 +106,22 @@ def test_a_colleagues_link_at_compare_png_names_its_owner_and_out(two_runs, tmp_
     assert again.exit_code == 0 and out.is_file(), again.output  # the fix the line names works
 
 
+@needs_root
+def test_a_colleagues_file_at_compare_png_names_out_too(two_runs, tmp_path, monkeypatch):
+    """Attack 72 #7: his regular file there got "write to another path of yours", never naming --out (his link did)."""
+    store, runs, a, b = two_runs
+    monkeypatch.setattr(sticky, "privileged", lambda: False)  # the suite's root stands for an ordinary user
+    os.chown(runs, FOLDER_OWNER, -1)
+    runs.chmod(0o1777)
+    (runs / "compare.png").write_bytes(b"his")
+    os.chown(runs / "compare.png", COLLEAGUE, -1)
+    got = cli("runs", "compare", a, b, "--store", store, "--runs", runs)
+    assert got.exit_code == 1 and f"{a} vs {b}" in got.stdout, got.output
+    line = got.stderr.strip()
+    assert "uid 54321's" in line and "pass --out PATH.png (a path of yours)" in line, line
+    assert (runs / "compare.png").read_bytes() == b"his"
+
+
 def test_an_own_link_at_compare_png_is_shown_after_the_comparison_with_out(two_runs, tmp_path):
     store, runs, a, b = two_runs
     (runs / "compare.png").symlink_to(tmp_path / "x.png")

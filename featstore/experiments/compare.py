@@ -43,6 +43,7 @@ from featstore.runs.selected import selected_on, sweep_choices
 from featstore.safetext import terminal_safe
 from featstore.stats.figures import HEADLINE, RowFigures, completed, confusion_cells, confusion_of
 from featstore.stats.paired import PairedComparison, compare_predictions
+from featstore.sticky import ahead
 from featstore.store.digests import rows_differ
 from featstore.store.folders import refuse_in_image_folders
 
@@ -424,8 +425,7 @@ def compare_runs(
 
 def default_chart(root: Path) -> Path:
     """``<runs>/compare.png``, where ``runs compare`` writes its chart without ``--out``; a folder (or a pipe, device
-    or socket) there is one OutputError naming the default path and ``--out`` (attack 70 #7: it named an --out never
-    given and advised a file inside that folder)."""
+    or socket) or a colleague's file there: one OutputError naming the default path and ``--out`` (attack 70 #7)."""
     path = output_path(root, "compare.png", "--out")
     try:
         mode = os.lstat(path).st_mode
@@ -437,6 +437,9 @@ def default_chart(root: Path) -> Path:
             f"the default chart {terminal_safe(str(path))} is {kind}; pass --out PATH.png (a path of yours) to write "
             "the chart elsewhere"
         )
+    if (held := ahead(path)) is not None:  # a colleague's file in a shared runs folder: --out, as for his link (72 #7)
+        fix = f"pass --out PATH.png (a path of yours) to write the chart elsewhere, or ask {held.owner} to remove it"
+        raise OutputError(f"cannot write the default chart: {held.line(fix)}")
     return path
 
 
