@@ -153,7 +153,7 @@ def test_honest_stores_are_not_refused(tmp_path):
         Z[:, 0] = 0  # an all-zero column
         Z[:, 1] = y == 1  # one-hot-like
         Z[:, 2] = rng.normal(size=len(X)) * 1e-3  # a small channel
-        Z[:, 3] = 500.0 + rng.random(len(X))  # a large channel
+        Z[:, 3] = 5000.0 + rng.random(len(X))  # a large channel (over FAR_FLOOR: the usual sizes are read)
         Z[:, 4] = 0 if s == "train" else 50.0  # a unit that never fires in train
         return np.abs(Z)
 
