@@ -3,10 +3,13 @@
 Writes a synthetic store (VGG16-shaped (4, 4, 512) float32 rows with a class signal; train --factor times
 the budget, validation a tenth of that) through featstore's writer, then, each in a fresh process, measures
 peak RSS of: the framework baseline (imports + opening the store, no fit), a streamed fit within the
-budget, and (for comparison) the same fit loading everything. Prints them side by side.
+budget, and (for comparison) the same fit loading everything. Prints them side by side, and the time and peak RSS
+of the NaN/inf/far-row check of train (``refuse_nonfinite`` in the budget's blocks: row counts, column peaks and
+the per-column histograms of the far rule) beside a plain read of the same blocks (``--check-only``: those two lines).
 
     python benchmarks/out_of_core.py                       # sgd, budget 128MB, store 4.5x the budget
     python benchmarks/out_of_core.py --clf dense --budget 256MB
+    python benchmarks/out_of_core.py --check-only          # the far-row check beside a plain read
 """
 
 from __future__ import annotations
@@ -78,6 +81,31 @@ FIT = (
     "r = fit(sys.argv[1], sys.argv[2], {'epochs': [int(sys.argv[4])]}, memory_budget=(sys.argv[3] if sys.argv[3] != 'none' else None), runs=sys.argv[5])\n"
     "out = {'acc': r['metrics']['validation']['accuracy'], 'streamed': r['streamed'], 'seconds': r['fit_seconds']}"
 )
+READ = (
+    "import sys, time; from featstore import FeatureStore; from featstore.store.nonfinite import reference_bounds\n"
+    "fs = FeatureStore(sys.argv[1]); block = int(sys.argv[2]) // 4; t = time.perf_counter()\n"
+    "if sys.argv[3] == 'check':\n    fs.refuse_nonfinite('train', max_bytes=block)\n"
+    "elif sys.argv[3] == 'usual':\n    reference_bounds(fs, 'synthetic', 'train', block)\n"
+    "else:\n    n = sum(len(X) for X, _ in fs.iter_batches('train', max_bytes=block))\n"
+    "out = {'seconds': time.perf_counter() - t}"
+)
+
+
+def check_lines(store: Path, budget: int) -> None:
+    """The check of train a streamed fit's first pass makes (NaN/inf, large rows, column peaks) and the far rule's
+    pass over train's histograms (made only where a feature is over FAR_FLOOR), each beside a plain read of the same
+    blocks; peak RSS of each process."""
+    runs = {}  # each twice, the second kept: every one with the file in the page cache
+    for kind in ("read", "check", "usual") * 2:
+        runs[kind] = peak_rss(READ, str(store), str(budget), kind)
+    read, r = runs["read"]
+    print(f"  plain read of train in blocks of budget/4     {read:8.0f} MB; {r['seconds']:.2f} s")
+    for kind, what in (("check", "refuse_nonfinite (NaN/inf/large/peaks)"), ("usual", "far rule's train histograms")):
+        rss, t = runs[kind]
+        print(
+            f"  {what:<44s} {rss:8.0f} MB ({rss - read:+.0f} MB); {t['seconds']:.2f} s "
+            f"({t['seconds'] / r['seconds']:.2f} x the plain read)"
+        )
 
 
 def main() -> None:
@@ -86,6 +114,7 @@ def main() -> None:
     ap.add_argument("--budget", default="128MB")
     ap.add_argument("--factor", type=float, default=4.5, help="train split size / budget")
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--check-only", action="store_true", help="only the far-row check beside a plain read")
     args = ap.parse_args()
     budget = parse_bytes(args.budget)
     row = int(np.prod(SHAPE)) * 4
@@ -97,6 +126,9 @@ def main() -> None:
             f"store: train {rows['train']} rows = {rows['train'] * row / 1e6:.0f} MB ({args.factor}x the {budget / 1e6:.0f} MB budget), "
             f"validation {rows['validation'] * row / 1e6:.0f} MB; file {os.path.getsize(store) / 1e6:.0f} MB"
         )
+        if args.check_only:
+            return check_lines(store, budget)
+        check_lines(store, budget)
         base, _ = peak_rss(BASELINE, str(store), args.clf)
         streamed, s = peak_rss(FIT, str(store), args.clf, args.budget, str(args.epochs), str(Path(tmp) / "runs"))
         loaded, m = peak_rss(FIT, str(store), args.clf, "none", str(args.epochs), str(Path(tmp) / "runs"))

@@ -86,7 +86,7 @@ def test_fit_on_a_test_row_that_overflows_names_the_row_not_the_classifier(tmp_p
     from featstore.experiments.streaming import predict_blocks
 
     store = _two_extractors(tmp_path / "s.h5", huge=True)
-    with pytest.raises(StoreError, match=r"s\.h5:/huge/train holds 30 row\(s\) .*--split train --overwrite") as got:
+    with pytest.raises(StoreError, match=r"s\.h5:/huge/train holds 30 row\(s\) .*write_arrays\(.*'train', X, y") as got:
         featstore.fit(store, "logreg", extractor="huge")  # refused before the fit since attack 62 #4
     assert "cannot predict" not in str(got.value)
     featstore.fit(store, "logreg", extractor="good")  # features of a usual size: fitted

@@ -34,8 +34,8 @@ def test_a_huge_row_is_refused_before_any_fit(tmp_path, split, value):
         lambda: featstore.fit(store, "logreg", runs=tmp_path / "runs"),
         lambda: featstore.fit(store, "knn", runs=tmp_path / "runs", memory_budget="1MiB"),  # streamed
     ):
-        with pytest.raises(StoreError, match=SAID.format(split=split) + r".*--split " + split + " --overwrite"):
-            call()
+        with pytest.raises(StoreError, match=SAID.format(split=split) + r".*write_arrays\(.*'" + split + "', X, y"):
+            call()  # written from arrays: write_arrays makes it again, not extract (attack 72 #8)
     assert not (tmp_path / "runs").exists()
 
 
@@ -74,7 +74,7 @@ def test_a_bad_augmented_copy_names_the_extract_that_makes_the_copies_again(tmp_
         f[name]["train"]["augmented"]["features"][1] = 1e20
     with pytest.raises(StoreError, match=r"train/augmented holds 1 row\(s\)") as e:
         featstore.fit(store, "logreg", augmented=True, runs=tmp_path / "runs")
-    assert "`featstore extract --split train --augment 2 --augment-spec " in str(e.value)
+    assert " --split train --model " in str(e.value) and " --augment 2 --augment-spec " in str(e.value)
     assert "--augment-seed 3 --overwrite`" in str(e.value)
 
 
@@ -96,7 +96,9 @@ def test_check_counts_the_rows_fit_refuses(tmp_path):
     assert not check_store(_store(tmp_path / "ok.h5", "train", 900.0))
 
 
-FAR = r"s\.h5:/synthetic/{split} holds 1 row\(s\) \(4; e\.g\. {split}/4\) with features over 1e\+06 times the split's usual size"
+FAR = (
+    r"s\.h5:/synthetic/{split} holds 1 row\(s\) \(4; e\.g\. {split}/4\) with features over 1e\+06 times their column's"
+)
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])
@@ -112,21 +114,27 @@ def test_a_row_far_larger_than_the_others_is_refused_too(tmp_path, split):
         lambda: featstore.fit(store, "sgd", runs=tmp_path / "runs", memory_budget="1MiB"),  # streamed
         *([lambda: featstore.fewshot(store, "logreg", shots=(1,), trials=1)] if split == "train" else []),
     ):  # (fewshot reads train and test: logreg uses no validation)
-        with pytest.raises(StoreError, match=FAR.format(split=split) + r".*--split " + split + " --overwrite"):
+        with pytest.raises(StoreError, match=FAR.format(split=split) + r".*write_arrays\(.*'" + split + "', X, y"):
             call()
     assert not (tmp_path / "runs").exists()
-    assert "1 rows hold features over 1e+06 times the split's usual size" in " ".join(check_store(store))
+    assert "1 rows hold features over 1e+06 times their column's usual size" in " ".join(check_store(store))
 
 
 def test_far_rows_rule():
-    from featstore.store.nonfinite import far_rows
+    """The far rule, per column against the training split (attack 72 moved it from each split's row peaks)."""
+    from featstore.store.far import ColumnSizes
 
-    peaks = np.array([1.0, 2.0, 3.0] * 10 + [2e6 + 1, 2e6])
-    assert far_rows(peaks)[0].tolist() == [30]  # over 1e6 x 2 (the median); 2e6 is not over it
-    assert not len(far_rows(np.array([1e-9] * 20 + [1.0]))[0])  # far in ratio, under 1e3: a tiny store's rows
-    assert not len(far_rows(np.array([0.0] * 20))[0])  # no non-zero row: no scale to compare with
-    assert far_rows(np.array([0.0] * 20 + [1.0] * 3 + [1e9]))[0].tolist() == [23]  # zero rows left out of the median
-    assert far_rows(np.array([1.0] * 6 + [1e14] * 5))[0].tolist() == [6, 7, 8, 9, 10]  # under half of them: found
+    def bounds(train):
+        cs = ColumnSizes()
+        cs.add(np.asarray(train, np.float32).reshape(-1, 1))
+        return cs.bounds()[0][0]
+
+    assert bounds([1.0, 2.0, 3.0] * 10) == 4e6  # the median (2) to within its bin (0.5..4): 1e6 x 4
+    assert bounds([1e-9] * 20 + [3e-4]) == 1e3  # under 1e-3: left out as zeros are; the floor keeps tiny rows apart
+    assert bounds([1e-9] * 20 + [1.0]) == 4e6  # (the 1e-9 left out: 1.0 is the usual size)
+    assert bounds([0.0] * 20) == 1e3  # no non-zero row: only the floor
+    assert bounds([0.0] * 20 + [1.0] * 3 + [1e9]) == 4e6  # zero rows left out of the median
+    assert bounds([1.0] * 6 + [1e14] * 5) == 4e6  # under half of them: far
 
 
 def test_a_class_of_far_rows_is_refused(tmp_path):
@@ -141,6 +149,6 @@ def test_a_class_of_far_rows_is_refused(tmp_path):
         if s == "train":
             X[y == 8] *= 1e13
         write_arrays(tmp_path / "s.h5", "synthetic", s, X, y, list("abcdefghi"))
-    with pytest.raises(StoreError, match=r"holds 10 row\(s\) \(8, 17, 26, 35, 44 \.\.\.; .*times the split's usual"):
+    with pytest.raises(StoreError, match=r"holds 10 row\(s\) \(8, 17, 26, 35, 44 \.\.\.; .*times their column's usual"):
         featstore.fit(tmp_path / "s.h5", "logreg", runs=tmp_path / "runs")
     assert "10 rows hold features over 1e+06 times" in " ".join(check_store(tmp_path / "s.h5"))

@@ -261,7 +261,7 @@ def fewshot(
         Xt, yt = fs.load(test, name)  # read once; nothing is chosen on it
         for split, arrays in ((train, (X, y)), (val_split, val), (test, (Xt, yt))):
             if arrays is not None:
-                fs.refuse_nonfinite(split, name, arrays[0])
+                fs.refuse_nonfinite(split, name, arrays[0], train=train)
         accs: dict[int, list[float]] = {k: [] for k in shots}
         draws: dict[int, dict[bytes, float]] = {k: {} for k in shots}  # k -> distinct draw -> its accuracy
         for trial in range(trials):

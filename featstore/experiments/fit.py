@@ -267,16 +267,16 @@ def _fit_in_memory(
     loaded = {train: plain}  # train and validation, read once and checked for NaN/inf in memory before any fit
     if validation:
         loaded[validation] = fs.load(validation, name)
-    for s, (Xs, _) in loaded.items():
-        fs.refuse_nonfinite(s, name, Xs)
+    for s, (Xs, _) in loaded.items():  # train first: every split's far rule takes its usual sizes (72 #1)
+        fs.refuse_nonfinite(s, name, Xs, train=train)
     for s in splits.used[1:]:  # test: checked in one streamed pass now, read again in blocks once chosen
         if s not in loaded:
-            fs.refuse_nonfinite(s, name)
+            fs.refuse_nonfinite(s, name, train=train)
     check_classes(y, train, class_names)
     groups = None
     if augmented:
         Xa, ya = fs.load(train, name, augmented=True)
-        fs.refuse_nonfinite(train, name, Xa, augmented=True)
+        fs.refuse_nonfinite(train, name, Xa, augmented=True, train=train)
         groups = source_groups(fs.paths(train, name), fs.paths(train, name, augmented=True))
         X, y = np.concatenate([X, Xa]), np.concatenate([y, ya])
     n_plain, k = len(plain[1]), len(class_names)

@@ -241,12 +241,12 @@ def _constant_line(name: str, train: str, rest: str = "") -> str:
     )
 
 
-def _vectors(fs: FeatureStore, name: str, split: str, reduce: str) -> tuple[np.ndarray, np.ndarray]:
+def _vectors(fs: FeatureStore, name: str, split: str, reduce: str, train: str) -> tuple[np.ndarray, np.ndarray]:
     """A split's features as vectors (float32), refused when a value is NaN or infinite."""
     from featstore.models.reshape import FeatureReshape
 
     X, y = fs.load(split, name)
-    fs.refuse_nonfinite(split, name, X)  # before the reduction, whose own check ended in a traceback
+    fs.refuse_nonfinite(split, name, X, train=train)  # before the reduction, whose own check ended in a traceback
     return FeatureReshape(reduce).fit_transform(X).astype(np.float32, copy=False), y
 
 
@@ -259,8 +259,8 @@ def _probe_one(fs, name, refit, knn, ks, reduce, splits, max_iter) -> dict:
     train, validation, test = splits
     t0 = time.perf_counter()
     n_classes = len(fs.class_names(name))
-    Xr, y = _vectors(fs, name, train, reduce)
-    Xvr, yv = _vectors(fs, name, validation, reduce)
+    Xr, y = _vectors(fs, name, train, reduce, train)
+    Xvr, yv = _vectors(fs, name, validation, reduce, train)
     rows, dim = {train: len(y), validation: len(yv)}, int(Xr.shape[1])
     sc = Standardiser().fit(Xr)
     if sc.constant_:  # rows that differ stored but not once reduced (--reduce max): a row space of rank 0
@@ -305,7 +305,7 @@ def _probe_one(fs, name, refit, knn, ks, reduce, splits, max_iter) -> dict:
         basis = RowSpace(X)
         est = logistic(chosen.C, max_iter)
         est.fit(basis.coords(X), y)
-    Xt, yt = _vectors(fs, name, test, reduce)  # test: read here, once, after every choice
+    Xt, yt = _vectors(fs, name, test, reduce, train)  # test: read here, once, after every choice
     rows[test] = len(yt)
     Xt = sc.transform(Xt)
     proba = full_proba(est, basis.coords(Xt), n_classes)

@@ -20,8 +20,10 @@ from featstore.errors import StoreError, renamed_argument
 from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, check_format_version, plain, validate_extractor
 from featstore.store.attr_values import read_attr, read_names, refuse_many_attrs
 from featstore.store.augmented import copy_problems
+from featstore.store.bad_rows import nonfinite_count, overflow_count
 from featstore.store.damaged import DAMAGED, DAMAGED_FIX  # noqa: F401 (DAMAGED_FIX: re-exported)
 from featstore.store.damaged import damaged as _damaged
+from featstore.store.far import FAR_FACTOR, FAR_FLOOR, ColumnSizes, far_mask
 from featstore.store.layout import (
     check_chunks,
     foreign_objects,
@@ -34,7 +36,7 @@ from featstore.store.links import said_as
 from featstore.store.locking import StoreFile
 from featstore.store.metadata import CACHE_PURPOSE, copies_or_none
 from featstore.store.names import bounded_odd, listing_findings, odd_finding, odd_name, odd_names
-from featstore.store.nonfinite import FAR_FACTOR, LARGE_FEATURE, far_rows, row_peaks
+from featstore.store.nonfinite import LARGE_FEATURE, row_peaks
 from featstore.store.nonfinite import large_rows as large_rows_of
 from featstore.store.resume import resume_advice
 from featstore.store.storage import unavailable_filters
@@ -42,6 +44,7 @@ from featstore.store.storage import unreadable as why_unreadable
 from featstore.store.strings import refuse_long, shown, shown_list, unreadable_strings
 from featstore.store.unfinished import Writing
 
+_nonfinite_rows = nonfinite_count  # its old name (tests)
 RESUME = resume_advice()  # the one phrase of every command (attack 68 #7)
 REDO = "re-extract this split with --overwrite"
 BLOCK_CHUNKS = 16  # chunks read per opening of the file
@@ -101,9 +104,10 @@ def check_store(
                 _check_extractor(f[name], name, scans, problems, writer)
             except DAMAGED as exc:
                 problems.append(_damaged(f"/{name}", exc))
+    usual: dict = {}  # (extractor, split) -> the far rule's bounds: every split is held to its train's (72 #1)
     for s in scans:
         try:
-            problems += _scan_split(file, s)
+            problems += _scan_split(file, s, lambda s=s: _bounds(file, s, scans, usual))
         except DAMAGED as exc:
             problems.append(_damaged(f"/{s.name}/{s.split}", exc))
     problems = [said_as(p, path) for p in problems]  # HDF5 had the store as /proc/self/fd/N (``links``)
@@ -292,8 +296,27 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
     return out
 
 
-def _scan_split(file: StoreFile, s: _Split) -> list[str]:
-    """Content problems of one split (labels, NaN/inf, duplicated rows), reading one block per opening."""
+def _bounds(file: StoreFile, s: _Split, scans: list[_Split], usual: dict) -> np.ndarray:
+    """The far rule's bound of each column for ``s``: from its extractor's split ``train`` (else its own plain split),
+    read once per check, as fit, sweep, probe and fewshot hold every split and copy to train's usual sizes."""
+    own = s.split.rsplit("/", 1)[0] if s.copies else s.split
+    same = [r for r in scans if r.name == s.name]
+    ref = next((r for r in same if r.split == "train"), None) or next((r for r in same if r.split == own), s)
+    if (ref.name, ref.split) not in usual:
+        sizes = ColumnSizes()
+        for i in range(0, ref.rows, ref.step):
+            with file.open("r") as f:
+                try:
+                    sizes.add(f[ref.name][ref.split]["features"][i : min(i + ref.step, ref.rows)])
+                except DAMAGED:  # the split's own scan names it
+                    pass
+        usual[ref.name, ref.split] = sizes.bounds()[0]
+    return usual[ref.name, ref.split]
+
+
+def _scan_split(file: StoreFile, s: _Split, bounds) -> list[str]:
+    """Content problems of one split (labels, NaN/inf, far rows: ``bounds()`` gives the far rule's, duplicated rows),
+    reading one block per opening."""
     where = f"/{s.name}/{s.split}"
     redo = REDO
     if s.copies:  # the plain --overwrite drops the copies (attack 69 #4; fit's refusal names them, 66 #5)
@@ -302,8 +325,7 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
             f"re-extract the split and its copies with `featstore extract --split {split} --augment {s.copies} "
             f"--augment-spec S --augment-seed N --overwrite` (S and N as `featstore info` shows them)"
         )
-    bad_rows = huge_rows = large_rows = bad_labels = empty = 0
-    peaks = []  # every row's largest magnitude: rows far larger than the others (what fit refuses)
+    bad_rows = huge_rows = large_rows = far_rows = bad_labels = empty = 0  # far: what fit refuses (the far rule)
     unreadable: list[str] = []
     plugin: str | None = None  # why the features cannot be read when a filter plugin is missing
     hashes: list[np.ndarray] = []  # of the stored path bytes: uniqueness is checked on sorted hashes, not a set of str
@@ -334,10 +356,13 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
                 empty += sum(1 for p in raw if not len(p))
                 hashes.append(np.fromiter(map(hash, raw), np.int64, len(raw)))
         if len(block):
-            bad_rows += _nonfinite_rows(block)
-            huge_rows += _overflow_rows(block)
-            peaks.append(row_peaks(block))
-            large_rows += len(large_rows_of(peaks[-1]))
+            bad_rows += nonfinite_count(block)
+            huge_rows += overflow_count(block)
+            large_rows += len(large_rows_of(peaks := row_peaks(block)))
+            if (
+                np.nan_to_num(peaks).max() > FAR_FLOOR and (b := bounds()).size == block[0].size
+            ):  # (under it: never far)
+                far_rows += int(np.count_nonzero(far_mask(block, b)))
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
         labels.append(np.asarray(y))
     out = (
@@ -359,10 +384,10 @@ def _scan_split(file: StoreFile, s: _Split) -> list[str]:
             f"{where}: {large_rows} rows hold finite features over {LARGE_FEATURE:.0e} (an overflow in the model: fit, "
             f"sweep, fewshot and probe refuse them); check the images and weights, then {redo}"
         )
-    elif not bad_rows and peaks and len((far := far_rows(np.concatenate(peaks)))[0]):
+    elif not bad_rows and far_rows:
         out.append(
-            f"{where}: {len(far[0])} rows hold features over {FAR_FACTOR:.0e} times the split's usual size (its median "
-            f"row's largest {far[1]:.3g}: an overflow in the model; fit, sweep, fewshot and probe refuse them); check the "
+            f"{where}: {far_rows} rows hold features over {FAR_FACTOR:.0e} times their column's usual size in the "
+            "extractor's train split (an overflow in the model; fit, sweep, fewshot and probe refuse them); check the "
             f"images and weights, then {redo}"
         )
     if empty:
@@ -396,42 +421,6 @@ def _names(file: StoreFile, s: _Split) -> list[str]:
         with file.open("r") as f:
             names += read_paths(f[s.name][s.split]["paths"], min(i + s.step, s.rows), i, empty_ok=True)
     return names
-
-
-_EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
-_EXPONENT[np.dtype(np.float64)] = (np.uint64, 0x7FF0000000000000)
-
-
-def _nonfinite_rows(block: np.ndarray) -> int:
-    """Rows of ``block`` holding NaN or inf. A float's exponent bits are all set exactly for NaN and inf, so one masked
-    maximum over the bits tells whether any is there (float16's own isfinite is several times slower); rows are counted
-    only then."""
-    kind = _EXPONENT.get(block.dtype)
-    if kind is not None and block.flags.c_contiguous:
-        uint, mask = kind
-        if np.bitwise_and(block.view(uint), uint(mask)).max(initial=0) != mask:
-            return 0
-    return int(np.count_nonzero(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
-
-
-_NORM_LIMIT = float(np.finfo(np.float32).max)
-
-
-def _overflow_rows(block: np.ndarray) -> int:
-    """Rows of ``block`` whose values are all finite but whose squared norm overflows float32, as leaks and similar
-    compute it (3e38 in one column). None can when the largest magnitude squared times the row's length stays under
-    float32's maximum (every float16 row): two reductions, no copy of the block; rows are summed only otherwise."""
-    R = block.reshape(len(block), -1)
-    if not R.size or R.dtype == np.float16:
-        return 0
-    top = max(float(np.fmax.reduce(R, axis=None)), -float(np.fmin.reduce(R, axis=None)))  # NaN ignored unless all
-    if top * top * R.shape[1] < _NORM_LIMIT:
-        return 0
-    with np.errstate(over="ignore", invalid="ignore"):
-        R32 = R.astype(np.float32, copy=False)
-        sq = np.einsum("ij,ij->i", R32, R32)
-        finite = np.isfinite(R32).all(axis=1)
-    return int(np.count_nonzero(finite & ~np.isfinite(sq)))
 
 
 def _same_file_two_labels(where: str, root: str, names: list[str], y: np.ndarray) -> list[str]:

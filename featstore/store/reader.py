@@ -53,7 +53,7 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
 )
 from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
 from featstore.store.names import names_text
-from featstore.store.nonfinite import NonfiniteRows
+from featstore.store.nonfinite import NonfiniteRows, checked_split
 from featstore.store.resume import resume_advice
 from featstore.store.storage import chunk_bytes, chunk_rows, row_bytes, unreadable
 from featstore.units import format_bytes
@@ -208,16 +208,15 @@ class FeatureStore:
         *,
         augmented: bool = False,
         max_bytes: int = 64 << 20,
+        train: str | None = None,
     ) -> None:
         """Raise StoreError naming the split's rows with NaN or inf features (extract stores them, with a warning), or
         finite features over ``nonfinite.LARGE_FEATURE`` (one such train row set a scaler's spread: chance accuracy,
         exit 0; attack 62 #4), and the fix; ``X``: the split's features already in memory, else read in blocks of ``max_bytes`` (a streamed fit:
-        its budget's block). A classifier's own error blamed its settings, or called a sound run's model altered."""
-        check = self.nonfinite_rows(split, extractor, augmented=augmented)
-        blocks = self.iter_batches(split, check.name, augmented=augmented, max_bytes=max_bytes) if X is None else None
-        for block in [X] if X is not None else (b for b, _ in blocks):
-            check.block(block)
-        check.refuse()
+        its budget's block). A classifier's own error blamed its settings, or called a sound run's model altered. Rows
+        with a feature far over its column's usual size in ``train`` (default: the extractor's split ``train`` if any,
+        else this one) are refused too (``nonfinite.far``)."""
+        checked_split(self, split, self.resolve(extractor), X, augmented, max_bytes, train)
 
     def nonfinite_rows(
         self, split: str, extractor: str | None = None, *, augmented: bool = False, large: bool = True
