@@ -250,3 +250,23 @@ def test_a_layer_name_no_group_can_carry_names_the_layer(tmp_path, data_root):
     assert advised == ["--layer", "conv>1", "--name", "NAME"], advised
     res = CliRunner().invoke(app, [*args, "--layer", "conv>1", "--name", "conv1"])
     assert res.exit_code == 0, res.output
+
+
+def test_incomplete_copies_with_their_rows_committed_are_a_problem(tmp_path, data_root, tiny_config):
+    """Attack 73 #2: an extract --augment killed between batches of its copies (their rows committed, not complete):
+    check said OK, exit 0, on a store `fit --augmented` refuses. Now a problem with the resume advice; a note while the
+    lock's holder records writing those copies."""
+    import h5py
+
+    path = tmp_path / "features.h5"
+    extract(data_root, "train", path, tiny_config, batch_size=4, augment=2)
+    with h5py.File(path, "a") as f:
+        f["vgg16/train/augmented"].attrs["complete"] = False  # killed after a commit, before the copies' end
+    problems = check_store(path)
+    assert len(problems) == 1 and "the augmented copies are not complete" in problems[0], problems
+    assert resume_advice("train", augment=2) in problems[0]
+    res = CliRunner().invoke(app, ["check", str(path)])
+    assert res.exit_code == 1, res.output
+    notes: list[str] = []
+    with writer_lock(path, writing="train", names=["vgg16"], copies=True):
+        assert check_store(path, notes=notes) == [] and len(notes) == 1, notes

@@ -157,7 +157,7 @@ def fit(
         # classifier's first update) and the evaluation splits in one pass each here
         if big:
             for s in used[1:]:
-                fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION)  # within the budget, as the fit reads
+                fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION, train=splits.train)  # as the fit reads
         block = budget // BLOCK_FRACTION if big else 64 << 20  # read within the budget, as the fit reads
         shared = overlap_notes(fs, name, splits.train, [splits.validation, splits.test], block)  # by rows (70 #4)
         for note in shared:

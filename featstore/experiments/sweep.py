@@ -173,7 +173,7 @@ def sweep(
         else {recs[best].id} | {rid for rid, _ in chosen} | ({r.id for r in recs} if show_test else set())
     )
     unchecked = {r.extractor for r in recs if r.id in to_test and r.extractor not in fitted and tst not in r.metrics}
-    refuse_in_every(fs, sorted(unchecked), (tst,), "sweep", among=names)  # a reused run's test: fit's rule (69 #1)
+    refuse_in_every(fs, sorted(unchecked), (tst,), "sweep", among=names, train=train)  # a reused run's test (69 #1)
     tested = {}
     for rid in sorted(to_test):  # test is read here, after the choice, once per run
         tested[rid], said = evaluated_once(rid, tst, store, runs, reused)

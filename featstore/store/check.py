@@ -276,10 +276,21 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
         return [str(exc)]
     out = []
     rows = max(ag[k].shape[0] for k in ("features", "labels", "paths", "copy"))
-    if rows > commit.rows and not writer.says(where, name, f"{key} (augmented copies)", commit.rows, None):
+    said = rows == commit.rows or writer.says(where, name, f"{key} (augmented copies)", commit.rows, None)
+    k = int(read_attr(ag, "augment_copies", where, most=1))
+    if not said:
         out.append(
             f"{where}: uncommitted rows after committed_rows {commit.rows} (an interrupted write, which a resume "
-            f"truncates); {resume_advice(key.split('/')[0], augment=True)}"
+            f"truncates); {resume_advice(key.split('/')[0], augment=k)}"
+        )
+    elif (
+        rows == commit.rows
+        and not plain(ag.attrs.get("complete", False))
+        and not writer.says(where, name, f"{key} (augmented copies)", commit.rows, None)
+    ):  # a killed extract's copies between batches: fit --augmented refuses them (attack 73 #2)
+        out.append(
+            f"{where}: the augmented copies are not complete ({commit.rows} of {k * source.rows} rows); "
+            f"{resume_advice(key.split('/')[0], augment=k)}"
         )
     step = max(1, (ag["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
     scans.append(
@@ -290,7 +301,7 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
             step,
             len(read_names(ag, "class_names", where)),
             "",
-            int(read_attr(ag, "augment_copies", where, most=1)),
+            k,
         )
     )
     return out

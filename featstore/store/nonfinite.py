@@ -38,16 +38,22 @@ def large_rows(peaks: np.ndarray, limit: float = LARGE_FEATURE) -> np.ndarray:
 
 
 def refuse_in_every(
-    fs, names: list[str], splits, verb: str, augmented: str | None = None, among: list[str] | None = None
+    fs,
+    names: list[str],
+    splits,
+    verb: str,
+    augmented: str | None = None,
+    among: list[str] | None = None,
+    train: str | None = None,
 ) -> None:
     """StoreError naming the extractor, split and rows that fit would refuse (NaN/inf, over LARGE_FEATURE, far over
     their column's usual size in train), checked over every extractor's ``splits`` (None: left out; the first of
-    several is the training split, the far rule's reference) before a command's first fit, and ``augmented``'s cached
+    several is the training split, the far rule's reference, unless ``train`` names it) before a command's first fit, and ``augmented``'s cached
     copies: a bad test row of the last extractor was found after every other one had been fitted (probe: attack 53
     #2; sweep: attack 68 #4). With several extractors (``among``: all the command's, default ``names``) every one is
     checked first, and the line names those that pass, to ``verb`` them alone, or says that none does (attack 72 #5)."""
     plain = list(dict.fromkeys(s for s in splits if s))
-    train = augmented or (plain[0] if len(plain) > 1 else None)
+    train = train or augmented or (plain[0] if len(plain) > 1 else None)
     failed: dict[str, str] = {}
     for n in names:
         for split, copies in [(s, False) for s in plain] + ([(augmented, True)] if augmented else []):
