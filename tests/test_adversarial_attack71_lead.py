@@ -270,3 +270,17 @@ def test_incomplete_copies_with_their_rows_committed_are_a_problem(tmp_path, dat
     notes: list[str] = []
     with writer_lock(path, writing="train", names=["vgg16"], copies=True):
         assert check_store(path, notes=notes) == [] and len(notes) == 1, notes
+
+
+def test_info_marks_being_written_only_what_the_writer_records(tmp_path, data_root, tiny_config, monkeypatch):
+    """`info` said "BEING WRITTEN by pid N" of every unfinished split while any writer held the lock (a killed train
+    beside a live extract of test): only the split (and copies) the lock's holder records writing is so marked."""
+    from featstore.report.tables import store_tree
+
+    path = _interrupted(tmp_path, data_root, tiny_config, monkeypatch)
+    with writer_lock(path, writing="test", names=["vgg16"]):
+        tree = store_tree(str(path))
+    assert "/train   INCOMPLETE (4/12 images done;" in tree and "BEING WRITTEN" not in tree, tree
+    with writer_lock(path, writing="train", names=["vgg16"]):
+        tree = store_tree(str(path))
+    assert f"/train   BEING WRITTEN by pid {os.getpid()} (4/12 images done)" in tree, tree

@@ -154,11 +154,11 @@ def layers_table(model: str, image_size: int | None = None, trust_model: bool = 
 def store_tree(path: str) -> str:
     """The store as an indented tree: provenance, splits with shapes, classes, counts and failures."""
     from featstore.experiments.leaks import leaks_line
-    from featstore.store.writer import lock_holder
+    from featstore.store.lockholder import holder
 
     store = FeatureStore(path)
     info = store.info()
-    writer_pid = lock_holder(path)
+    writer = holder(path)  # the split it records writing is BEING WRITTEN; any other unfinished one is INCOMPLETE
     lines = [
         f"{info['path']}  (format_version {info['attrs'].get('format_version')}, featstore {info['attrs'].get('featstore_version')})"
     ]
@@ -176,11 +176,13 @@ def store_tree(path: str) -> str:
                 lines.append(f"    ├── /{terminal_safe(split)}   BROKEN: {s['error']}")
                 continue
             todo = f"{s.get('images_done')}/{s.get('n_images')} images done"
+            live = writer is not None and writer.writes(name, split)  # a killed split beside a live one: INCOMPLETE
+            who = f"pid {writer.pid}" if live and writer.pid else "a featstore process"
             state = (
                 "complete"
                 if s.get("complete")
-                else f"BEING WRITTEN by pid {writer_pid} ({todo})"
-                if writer_pid
+                else f"BEING WRITTEN by {who} ({todo})"
+                if live
                 else f"INCOMPLETE ({todo}; {resume_advice(split)})"
             )
             lines.append(f"    ├── /{terminal_safe(split)}   {state}")
@@ -199,11 +201,12 @@ def store_tree(path: str) -> str:
                 for p, reason in store.failures(split, name):
                     lines.append(f"    │     failed: {terminal_safe(p)}: {reason}")  # a file name: one line
             if "augmented" in s:
-                lines.append(f"    │     {_augmented_line(s['augmented'], writer_pid, split)}")
+                live = writer is not None and writer.writes(name, split, copies=True)
+                lines.append(f"    │     {_augmented_line(s['augmented'], writer.pid if live else None, live, split)}")
     return "\n".join(lines)
 
 
-def _augmented_line(a: dict, writer_pid, split: str) -> str:
+def _augmented_line(a: dict, writer_pid, live: bool, split: str) -> str:
     """One line on a split's augmented copies: count, spec, seed, rows, state."""
     if "error" in a:
         return f"augmented copies BROKEN: {a['error']}"
@@ -211,8 +214,8 @@ def _augmented_line(a: dict, writer_pid, split: str) -> str:
     state = (
         "complete"
         if a.get("complete")
-        else f"BEING WRITTEN by pid {writer_pid} ({todo})"
-        if writer_pid
+        else f"BEING WRITTEN by {f'pid {writer_pid}' if writer_pid else 'a featstore process'} ({todo})"
+        if live
         else f"INCOMPLETE ({todo}; {resume_advice(split, a.get('augment_copies') or True)})"
     )
     return (
