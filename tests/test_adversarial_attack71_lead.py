@@ -284,3 +284,25 @@ def test_info_marks_being_written_only_what_the_writer_records(tmp_path, data_ro
     with writer_lock(path, writing="train", names=["vgg16"]):
         tree = store_tree(str(path))
     assert f"/train   BEING WRITTEN by pid {os.getpid()} (4/12 images done)" in tree, tree
+
+
+def test_the_sites_runs_table_marks_rows_a_run_was_fitted_on(tmp_path):
+    """The site's runs table marked a figure "selected here" but not "fitted on these rows" (a final refit on
+    trainval showed validation's 1.000 unmarked there; the run's own page marked it)."""
+    import numpy as np
+
+    import featstore
+    from featstore.store.writer import write_arrays
+
+    rng, store = np.random.default_rng(0), tmp_path / "s.h5"
+    rows = {}
+    for split, n in (("train", 30), ("validation", 12), ("test", 12)):
+        y = (np.arange(n) % 3).astype(np.int32)
+        rows[split] = ((rng.normal(size=(n, 5)) + y[:, None]).astype(np.float32), y)
+        write_arrays(store, "syn", split, *rows[split], list("abc"))
+    X = np.concatenate([rows["train"][0], rows["validation"][0]])
+    write_arrays(store, "syn", "trainval", X, np.concatenate([rows["train"][1], rows["validation"][1]]), list("abc"))
+    featstore.fit(store, "knn", {"n_neighbors": [1]}, runs=tmp_path / "runs", train="trainval")
+    featstore.build_report(store, runs=tmp_path / "runs", out=tmp_path / "site", leaks=False)
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert index.count("fitted on these rows: resubstitution") == 1, index

@@ -123,6 +123,10 @@ class RunView:
             self._rows[split] = split_rows(self.preds, split)
         return self._rows[split]
 
+    def fitted(self, split: str) -> bool:
+        """Whether the run was fitted on ``split``'s rows (its figures there are resubstitution figures)."""
+        return any(s.name == split and getattr(s, "fitted", False) for s in self.splits)
+
     def accuracy(self, split: str) -> tuple[float | None, tuple[float, float] | None]:
         """(accuracy, interval) on a split, as recorded."""
         for s in self.splits:
