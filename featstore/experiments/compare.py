@@ -35,7 +35,7 @@ from featstore.outputs import (
 )
 from featstore.provenance import OOF
 from featstore.runs.files import output_path
-from featstore.runs.fittedrows import fitted_on, shared_rows
+from featstore.runs.fittedrows import fitted_members, fitted_on, shared_rows
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, find_run, get_run, list_runs, runs_root
 from featstore.runs.kinds import kind_of, rebuild_advice
 from featstore.runs.record import RunRecord
@@ -325,8 +325,9 @@ def _elsewhere(split: str, common: list[str], chosen: dict, a: RunRecord, b: Run
     where = (f" --store {shlex.quote(str(store))}" if store is not None and str(store) != "features.h5" else "") + (
         f" --runs {shlex.quote(str(runs))}" if runs is not None else ""
     )
+    fitted = {r.id: fitted_members(r, "test", runs_root(store, runs)) for r in (a, b) if r.members and store}  # 71 #1
     said = [  # an ensemble is not evaluated itself: its members are, and it is made again (attack 67 #1)
-        f"for {r.id}, {rebuild_advice(r, 'test', where)}"
+        f"for {r.id}, {rebuild_advice(r, 'test', where, fitted.get(r.id, ()))}"
         if r.members
         else f"`featstore runs evaluate {r.id} --split test{where}`"
         for r in (a, b)
