@@ -230,6 +230,20 @@ def test_a_layer_name_tensorflow_cannot_run_is_refused_naming_it(tmp_path, data_
     assert not (tmp_path / "m.h5").exists()
 
 
+def test_a_layer_name_tensorflow_runs_is_not_refused(tmp_path, data_root):
+    """Attack 74 #8: a layer named `_c1` was refused at load (the root-scope rule); a layer runs inside its model's
+    scope, where TensorFlow takes a leading underscore, and the model extracts."""
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="_c1")(inp)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    keras.Model(inp, x).save(tmp_path / "m.keras")
+    args = ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "m.h5")]
+    res = CliRunner().invoke(app, [*args, "--model", str(tmp_path / "m.keras"), "--image-size", "32"])
+    assert res.exit_code == 0, res.output
+
+
 def test_a_layer_name_no_group_can_carry_names_the_layer(tmp_path, data_root):
     """A layer TensorFlow runs whose name no group can carry (`conv>1`): with several --layer, the line names the layer
     and the way that works (it on its own, --name), not --name alone, which cannot fix it (attack 73 #6)."""
@@ -330,3 +344,20 @@ def test_runs_compare_gives_no_rebuild_steps_on_its_members_training_rows(tmp_pa
     ens = featstore.ensemble([a.id, b.id], None, store, runs, "validation")
     said = compare_pair(ens.id, a.id, store, runs).splits["validation"].elsewhere
     assert "resubstitution" in said and "featstore ensemble" not in said, said
+
+
+def test_float16_overflow_is_named_with_its_fix(caplog):
+    """Attack 75 #5: features over float16's 65504 stored as inf under --dtype float16 were blamed on the images and
+    the model's weights; the warning names --dtype float32. Other NaN/inf rows keep the images-and-weights advice."""
+    import logging
+
+    import numpy as np
+
+    from featstore.extraction.loop import warn_nonfinite
+
+    with caplog.at_level(logging.WARNING, logger="featstore"):
+        warn_nonfinite([np.array([[1.0, np.inf]], np.float16)], ["g"], "train", ["a.png"], 1, (0, 0))
+        warn_nonfinite([np.array([[1.0, np.nan]], np.float32)], ["g"], "train", ["a.png"], 2, (1, 1))
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "extract with --dtype float32" in first and "weights" not in first, first
+    assert "model's weights" in second and "float16" not in second, second

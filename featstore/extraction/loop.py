@@ -162,11 +162,17 @@ def warn_nonfinite(
     """Log a warning for each output of one batch that holds rows with NaN or inf (they are stored as they are)."""
     for name, f in zip(names, feats):
         bad = ~np.isfinite(f.reshape(len(f), -1)).all(axis=1)
+        half = f.dtype == np.float16 and bool(np.isinf(f).any())  # float16 holds at most 65504 (attack 75 #5)
         if bad.any():
             logger.warning(
                 "batch %d (images %d-%d) of %s (%s) holds %d rows with NaN or inf features (e.g. %s); they are stored, "
-                "but fit and leaks will refuse them. Check the images and the model's weights (an own model may "
-                "overflow on a white image).",
+                "but fit and leaks will refuse them. "
+                + (
+                    "--dtype float16 holds at most 65504 and larger features are stored as inf: extract with --dtype "
+                    "float32 (the default)."
+                    if half
+                    else "Check the images and the model's weights (an own model may overflow on a white image)."
+                ),
                 batch,
                 span[0] + 1,
                 span[1] + 1,

@@ -98,8 +98,9 @@ def _load(path: Path, name: Path, trust_model: bool):
     return model
 
 
-# TensorFlow's name-scope rule (a root scope's; an inner one may also start with _ / > or -): each layer's name is one
-_SCOPE = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\\/>-]*")
+# TensorFlow's rule for an inner name scope (a layer runs inside its model's: `_c1` runs, attack 74 #8; a root scope
+# may not start with _ / > or -, which no layer's name is)
+_SCOPE = re.compile(r"[A-Za-z0-9_.\\/>-]*")
 
 
 def _refuse_scope_names(model, path: Path) -> None:
@@ -112,8 +113,8 @@ def _refuse_scope_names(model, path: Path) -> None:
         if not _SCOPE.fullmatch(str(layer.name)):
             raise ConfigError(
                 f"{path}: layer {str(layer.name)!r} has a name TensorFlow cannot run (a layer's name is a TensorFlow "
-                f"name scope: letters, digits and _ . - / >, not starting with _ - / >); name it so where the model "
-                f"is built (e.g. {_SCOPE_FIX.sub('_', str(layer.name)).lstrip('_-/>') or 'layer'!r}) and save it again"
+                f"name scope: letters, digits and _ . - / > only); name it so where the model is built (e.g. "
+                f"{_SCOPE_FIX.sub('_', str(layer.name)) or 'layer'!r}) and save it again"
             )
         stack += list(getattr(layer, "layers", None) or [])
 
