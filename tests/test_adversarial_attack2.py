@@ -11,6 +11,7 @@ import traceback
 import zlib
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -218,7 +219,9 @@ def test_run_reports_escape_class_and_extractor_names(tmp_path):
     name = "x\x1b[31m"
     for split, n in (("train", 30), ("validation", 15), ("test", 15)):
         y = np.repeat(np.arange(3), n // 3).astype(np.int32)
-        writer.write_arrays(store, name, split, (rng.normal(0, 1, (n, 4)) + y[:, None]).astype(np.float32), y, HOSTILE)
+        writer.write_arrays(store, "x", split, (rng.normal(0, 1, (n, 4)) + y[:, None]).astype(np.float32), y, HOSTILE)
+    with h5py.File(store, "a") as f:  # a crafted store's group name (write_arrays refuses it, as extract does)
+        f.move("x", name)
     runs = tmp_path / "runs"
     outputs = [cli("fit", "--store", store, "--runs", runs, "--clf", "knn")]
     rid = json.loads(no_traceback(cli("runs", "--store", store, "--runs", runs, "--json")))["runs"][0]["id"]

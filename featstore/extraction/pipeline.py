@@ -169,7 +169,7 @@ def extract(
         config = config.validated(spec)
         base = name or default_store_name(config, spec)
         names = [f"{base}@{lyr}" for lyr in config.layers] if config.layers else [base]
-        known = group_names(StoreFile(store, locking))  # a group named with a comma before keeps its name (73 #1)
+        known = group_names(StoreFile(store, locking)) if any("," in n for n in names) else ()  # kept name (73 #1)
         for n in names:
             provenance.validate_name("extractor", n, known)
         listing = discover(data, split)

@@ -285,7 +285,7 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
         )
     elif (
         rows == commit.rows
-        and not plain(ag.attrs.get("complete", False))
+        and not plain(read_attr(ag, "complete", where, most=1, default=False))
         and not writer.says(where, name, f"{key} (augmented copies)", commit.rows, None)
     ):  # a killed extract's copies between batches: fit --augmented refuses them (attack 73 #2)
         out.append(

@@ -385,7 +385,7 @@ def write_arrays(
     y = _checked_arrays(X, y, class_names, attrs, batch_size, compression)  # all before the store is opened
     validate_name("split", split)
     store = path if isinstance(path, StoreFile) else StoreFile(path, locking)
-    validate_name("extractor", name, group_names(store))  # 'a/b' made a damaged group; 'a,b' sweep split
+    validate_name("extractor", name, group_names(store) if "," in name else ())  # 'a/b': a damaged group
     attrs = attrs or synthetic_attrs(X.shape[1:], str(X.dtype))
     split_attrs = {
         "class_names": list(class_names),
