@@ -77,6 +77,10 @@ def test_the_marks_follow_the_store_given_not_the_recorded_path(tmp_path):
     assert got["validation"]["fitted_on_these_rows"], got
     val = compare_pair(knn.id, other.id, store, runs).splits["validation"]
     assert val.verdict.startswith("not judged"), val.sentence()
+    out = cli("report", "--store", store, "--runs", runs, "--out", tmp_path / "site")  # the site: its store's rows
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "site" / "runs" / f"{knn.id}.html").read_text()
+    assert page.count("fitted on these rows (resubstitution)") == 2  # trainval and validation
     rec = get_run(knn.id, store, runs)[0]  # neither the given store nor the recorded one: said, not silent
     got, skipped = shared_rows(rec, (), tmp_path / "nowhere.h5")
     assert "validation" not in got and "could not be compared" in skipped["validation"], skipped
@@ -180,7 +184,7 @@ def test_one_duplicate_row_is_noted_not_refused_nor_called_resubstitution(tmp_pa
     s = sweep(store, ["logreg"], runs=tmp_path / "runs")  # refused before: "the choice would be made on training rows"
     assert s["winner"]["test"] is not None
     said = " ".join(r.getMessage() for r in caplog.records)
-    assert "1 of the 24 rows of 'validation'" in said and "optimistic by at most 1 rows" in said, said
+    assert "1 of the 24 rows of 'validation'" in said and "optimistic by at most 1 row" in said, said
     rec = get_run(s["winner"]["id"], store, tmp_path / "runs")[0]
     note = next(n for n in rec.notes if n.startswith("1 of the 24 rows of 'validation'"))
     assert "resubstitution" not in note, note
@@ -199,3 +203,21 @@ def test_probe_and_fewshot_refuse_a_split_of_training_rows(tmp_path):
         probe(store, train="trainval", runs=tmp_path / "runs", knn=False)
     with pytest.raises(ConfigError, match="fewshot: 40 of the 40 rows of 'validation'.*score on training rows"):
         fewshot(store, shots=(1,), trials=1, train="trainval", test="validation", runs=tmp_path / "runs")
+
+
+# ------------------------------------------------------------------ finding 4: what is matched, said exactly
+def test_only_bit_identical_rows_are_matched_and_the_docs_say_so(tmp_path):
+    from pathlib import Path
+
+    store, y = tmp_path / "s.h5", np.arange(13) % 2
+    X = np.random.default_rng(5).normal(size=(13, 16)).astype(np.float32)
+    near = X.copy()
+    near[-1] += np.float32(2.5e-5)  # the last image alone in its batch (attack 74 #4): near, not the same bits
+    write_arrays(store, "x", "validation", X, y, ["a", "b"])
+    write_arrays(store, "x", "trainval", near, y, ["a", "b"])
+    _fresh()
+    assert fitted_rows(store, "x", "trainval", ["validation"]) == {"validation": (12, 13)}  # said as 12 of 13
+    root = Path(__file__).resolve().parents[1]
+    docs = " ".join((root / "docs" / "experiments.md").read_text().split())
+    assert "same bits whatever batch" not in docs and "Near-identical rows are not matched on purpose" in docs
+    assert "whatever its batch" not in " ".join((fittedrows.__doc__ or "").split())

@@ -344,7 +344,7 @@ def _refuse_training_rows(fs: FeatureStore, names: list, fitted: list, train: st
         if shared:  # a few (a duplicate image): said, not refused (attack 74 #6)
             logger.warning(
                 "sweep: %d of the %d rows of %r (%s) are rows of %r (duplicate images?): the choice is made on them "
-                "too, so its figures there are optimistic by at most %d rows; a --validation split without them "
+                "too, so its figures there are optimistic by at most %d row(s); a --validation split without them "
                 "chooses on held-out rows only",
                 *shared,
                 validation,
@@ -373,7 +373,7 @@ def _test_on_training_rows(fs: FeatureStore, names: list, train: str, test: str 
         if shared:
             return None, (
                 f"{shared[0]} of the {shared[1]} rows of {test!r} ({n}) are rows of {train!r} (duplicate images?): "
-                f"the test figure is optimistic by at most {shared[0]} rows"
+                f"the test figure is optimistic by at most {shared[0]} row{'s' if shared[0] != 1 else ''}"
             )
     return None, ""
 

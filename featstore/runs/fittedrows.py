@@ -356,7 +356,7 @@ def overlap_notes(fs, name: str, train: str, splits, max_bytes: int = 64 << 20) 
         chose = split == splits[0]
         if k < n:  # some rows (a duplicate image): its figures are partly on training rows (attack 74 #6)
             notes.append(
-                f"{head} (duplicate images?): its figures there are optimistic by at most {k} rows"
+                f"{head} (duplicate images?): its figures there are optimistic by at most {k} row{'s' if k != 1 else ''}"
                 + (", and a setting chosen on them was chosen partly on training rows" if chose else "")
                 + f"; remove them from {split!r} to judge on held-out rows only"
             )
@@ -392,7 +392,7 @@ def refuse_training_rows(fs, names, train: str, split: str, command: str, what: 
         if shared:
             said.append(
                 f"{shared[0]} of the {shared[1]} rows of {split!r} ({n}) are rows of {train!r} (duplicate images?): "
-                f"its figures there are optimistic by at most {shared[0]} rows"
+                f"its figures there are optimistic by at most {shared[0]} row{'s' if shared[0] != 1 else ''}"
             )
             logger.warning("%s: %s", command, said[-1])
     return said
