@@ -401,7 +401,8 @@ def refuse_training_rows(fs, names, train: str, split: str, command: str, what: 
 def not_compared(split: str, train: str, why: str) -> str:
     """The line saying split ``split``'s rows were not compared with the training split's (``why``: :func:`too_big`)."""
     return (
-        f"the rows of {split!r} were not compared with those of {train!r}, which the run is fitted on ({why}): "
+        f"the rows of {split!r} were not compared with those of "
+        f"{train if ' ' in train else repr(train)}, which the run is fitted on ({why}): "
         f"whether any of them is a training row is not known, and its figures there are not marked"
     )
 
