@@ -30,6 +30,14 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
 
 
+def _rows_of(store, runs):
+    """:func:`featstore.runs.fittedrows.rows_of` for the store and runs folder a command was given (attack 74 #1, #3)."""
+    from featstore.runs.fittedrows import rows_of
+    from featstore.runs.folder import runs_root
+
+    return rows_of(store, runs_root(store, runs))
+
+
 def _group_defaults(
     ctx: typer.Context, store: Path | None, runs: Path | None, json_out: bool = False
 ) -> tuple[Path, Path | None, bool]:
@@ -118,10 +126,11 @@ def runs_show(
     unsaved: list[str] = []  # a read-only runs folder or a full disk: the figures are shown, then one line
     rec, pngs = show_run(run_id, store, runs, unsaved=unsaved)
     selected = _selected(rec, store, runs)  # the sweeps and members of its folder (67 #9)
-    if json_out:  # the text's marks too (attack 71 #8: the bare record said neither)
-        _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs], "marks": split_marks(rec, selected)})
-    else:
-        echo(run_report(rec, pngs, selected=selected))
+    with _rows_of(store, runs):  # the rows of the store given, an ensemble's members from its folder (attack 74)
+        if json_out:  # the text's marks too (attack 71 #8: the bare record said neither)
+            _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs], "marks": split_marks(rec, selected)})
+        else:
+            echo(run_report(rec, pngs, selected=selected))
     if unsaved:
         more = f" ({len(unsaved)} PNGs not written, this is the first)" if len(unsaved) > 1 else ""
         rest = "its other PNGs were written" if pngs else "its PNGs were not written"
@@ -171,17 +180,20 @@ def runs_compare(
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     if out is not None:
         check_chart_name(out, store=store)  # before any work: a missing folder, a link, a FIFO, a name that is not .png
-    pair = compare_pair(*run_ids, store, runs) if run_ids and len(run_ids) == 2 else None
-    recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
-    try:
-        path, unsaved = compare_runs(run_ids, out, store, runs), None
-    except OutputError as exc:  # a read-only runs folder or a full disk: the comparison is printed, then one line
-        path, unsaved = None, exc
-    if json_out:
-        note = {"note": stores_note(recs)} if not pair and stores_note(recs) else {}  # attack 63 #4
-        _echo_json({**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path), **note})
-    else:
-        echo(pair_report(pair) if pair else accuracy_lines(recs))
+    with _rows_of(store, runs):  # the given store's rows; an ensemble's members (attack 74 #1, #3)
+        pair = compare_pair(*run_ids, store, runs) if run_ids and len(run_ids) == 2 else None
+        recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
+        try:
+            path, unsaved = compare_runs(run_ids, out, store, runs), None
+        except OutputError as exc:  # a read-only runs folder or a full disk: the comparison is printed, then one line
+            path, unsaved = None, exc
+        if json_out:
+            note = {"note": stores_note(recs)} if not pair and stores_note(recs) else {}  # attack 63 #4
+            _echo_json(
+                {**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path), **note}
+            )
+        else:
+            echo(pair_report(pair) if pair else accuracy_lines(recs))
     if unsaved is not None:  # at the default name (a colleague's link in a shared runs folder): its line names --out
         raise OutputError(f"{str(unsaved).rstrip('.')}. The comparison above was computed; its chart was not saved.")
     if not json_out:
@@ -219,7 +231,8 @@ def runs_evaluate(
 
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     rec, m, said = evaluate_and_record(run_id, split, store, runs)
-    marks = split_marks(rec, _selected(rec, store, runs), [split])[split]
+    with _rows_of(store, runs):
+        marks = split_marks(rec, _selected(rec, store, runs), [split])[split]
     if json_out:  # the text's mark and the run's choice there (attack 71 #8)
         _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said, **marks})
     else:
@@ -243,7 +256,8 @@ def ensemble(
     from featstore.report.tables import run_report
 
     refuse_runs_file(store, runs)
-    echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
+    with _rows_of(store, runs):
+        echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
 
 
 @app.command()

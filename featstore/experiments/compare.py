@@ -210,7 +210,7 @@ def compare_pair(
             f"{b.id}: {', '.join(b.predictions) or 'none'}); add one with `featstore runs evaluate RUN --split SPLIT`"
         )
     out, k, chosen = {}, len(a.class_names), _chosen(a, b, store, runs)
-    fitted, shared = fitted_notes(a, b, common)
+    fitted, shared = fitted_notes(a, b, common, store, runs_root(store, runs))  # the given store's rows (74 #3)
     for s in common:  # each run's split read a block at a time: O(N) numbers kept, never its (N, K) probabilities
         y, (pred_a, rows_a), (pred_b, rows_b) = sa[f"{s}__labels"], split_rows(sa, s), split_rows(sb, s)
         off = {rec.id: _disagrees(rec, s, y, pred, k) for rec, pred in ((a, pred_a), (b, pred_b))}
@@ -246,27 +246,26 @@ def _chosen(a: RunRecord, b: RunRecord, store, runs) -> dict[str, tuple[str, ...
     return {s: tuple(v) for s, v in out.items()}
 
 
-def fitted_notes(a: RunRecord, b: RunRecord, splits: list[str]) -> tuple[dict, dict]:
+def fitted_notes(a: RunRecord, b: RunRecord, splits: list[str], store=None, root=None) -> tuple[dict, dict]:
     """``({split: ((run, line), ...)}, {split: (line, ...)})``: the runs fitted on every row of a split (each row is
     one of the split it was fitted on, by rows: ``featstore.runs.fittedrows``; attack 71 #9), and a line per run fitted
-    on some of its rows or whose rows were not compared with its training split."""
+    on some of its rows or not compared; an ensemble's are its members' (in ``root``; 74 #1), on ``store``'s rows (#3)."""
     full: dict[str, list] = {}
     part: dict[str, list] = {}
     for rec in (a, b):
-        got, skipped = shared_rows(rec, splits)
+        got, skipped = shared_rows(rec, splits, store, root)
         train = fitted_on(rec)
+        named = repr(train) if train is not None else "its members' training splits"  # an ensemble fits nothing
         for s in splits:
             if s in got and got[s][0] == got[s][1]:
-                how = (
-                    "it is the split it was fitted on"
-                    if s == train
-                    else f"each is a row of {train!r}, the split it was fitted on"
-                )
+                how = f"each is a row of {named}, the split it was fitted on" if s != train else "it is that split"
+                if rec.members:
+                    how = f"its members {', '.join(fitted_members(rec, s, root, store))} were fitted on each of them"
                 line = f"{rec.id} was fitted on these rows ({how}): its figures here are resubstitution figures"
                 full.setdefault(s, []).append((rec.id, line))
             elif s in got:
                 k, n = got[s]
-                part.setdefault(s, []).append(f"{k} of these {n} rows are rows {rec.id} was fitted on ({train!r})")
+                part.setdefault(s, []).append(f"{k} of these {n} rows are rows {rec.id} was fitted on ({named})")
             elif s in skipped:
                 part.setdefault(s, []).append(f"whether {rec.id} was fitted on these rows is not known: {skipped[s]}")
     return {s: tuple(v) for s, v in full.items()}, {s: tuple(v) for s, v in part.items()}
@@ -325,7 +324,8 @@ def _elsewhere(split: str, common: list[str], chosen: dict, a: RunRecord, b: Run
     where = (f" --store {shlex.quote(str(store))}" if store is not None and str(store) != "features.h5" else "") + (
         f" --runs {shlex.quote(str(runs))}" if runs is not None else ""
     )
-    fitted = {r.id: fitted_members(r, "test", runs_root(store, runs)) for r in (a, b) if r.members and store}  # 71 #1
+    root = runs_root(store, runs)
+    fitted = {r.id: fitted_members(r, "test", root, store) for r in (a, b) if r.members and store}  # 71 #1
     said = [  # an ensemble is not evaluated itself: its members are, and it is made again (attack 67 #1)
         f"for {r.id}, {rebuild_advice(r, 'test', where, fitted.get(r.id, ()))}"
         if r.members

@@ -33,6 +33,7 @@ from featstore.experiments.compare import check_chart_name
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
 from featstore.outputs import write_atomic, write_text
 from featstore.runs import made
+from featstore.runs.fittedrows import refuse_training_rows
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
 from featstore.store.names import names_text
@@ -245,6 +246,7 @@ def fewshot(
     _check_classes(name, y, train, class_names)
     shots = _check_shots(shots, trials, y, class_names, train)
     check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
+    shared = refuse_training_rows(fs, [name], train, test, "fewshot", "score", "pass a --test split without them")
     val_split, why = _validation_split(fs, name, clf, validation) if early else (None, "")
     root = runs_root(store, runs)
     ensure_writable(root, store)
@@ -252,6 +254,7 @@ def fewshot(
         started = time.perf_counter()
         X, y = fs.load(train, name)
         notes = [] if val_split is not None or not early else [f"{clf} early-stops on its training loss ({why})"]
+        notes += shared  # a few of test's rows are training rows (attack 74 #5)
         val = None
         if val_split is not None:
             val = fs.load(val_split, name)

@@ -110,6 +110,7 @@ def sweep(
     args = (cells, params, search, train, val, tst, augmented)  # a cell recorded as this very fit is not fitted again
     reused = recorded_cells(fs, runs_root(store, runs), *args) if reuse else {}
     fitted = [n for n in names if any((n, c) not in reused for c in clfs)]  # fit's rule, test too, before any fit
+    withheld, test_note = _test_on_training_rows(fs, fitted, train, tst)  # before any fit, as fit's rule (74 #2)
     if val:  # before any fit: a sweep's product is its choice (attack 71 #7)
         _refuse_training_rows(fs, names, fitted, train, val, reused)
     refuse_in_every(fs, fitted, (train, val, tst), "sweep", train if augmented else None, names)
@@ -172,6 +173,17 @@ def sweep(
         if not tst
         else {recs[best].id} | {rid for rid, _ in chosen} | ({r.id for r in recs} if show_test else set())
     )
+    later = sorted(
+        {r.extractor for r in recs if r.id in to_test and r.extractor not in fitted and tst not in r.metrics}
+    )
+    if later and not withheld:  # a reused run whose test is read now: compared first (one that holds it reads nothing)
+        withheld, note = _test_on_training_rows(fs, later, train, tst)
+        test_note = test_note or note
+    if withheld or test_note:  # attack 74 #2: said, in the summary too
+        logger.warning("sweep: %s", f"the test figure is withheld: {withheld}" if withheld else test_note)
+        winner["test_withheld" if withheld else "test_note"] = withheld or test_note
+        tst, to_test = (None, set()) if withheld else (tst, to_test)
+
     unchecked = {r.extractor for r in recs if r.id in to_test and r.extractor not in fitted and tst not in r.metrics}
     refuse_in_every(fs, sorted(unchecked), (tst,), "sweep", among=names, train=train)  # a reused run's test (69 #1)
     tested = {}
@@ -323,12 +335,47 @@ def _refuse_training_rows(fs: FeatureStore, names: list, fitted: list, train: st
                 m for rec in (r for (e, _), r in reused.items() if e == n) for t in rec.notes if (m := noted.match(t))
             ]
             shared = tuple(map(int, said[0].groups())) if said else None
-        if shared:
+        if shared and 2 * shared[0] > shared[1]:  # most rows: the choice is made on training rows
             raise ConfigError(
                 f"sweep: {shared[0]} of the {shared[1]} rows of {validation!r} ({n}) are rows of {train!r}, which "
                 f"every run is fitted on, so the choice on {validation!r} would be made on training rows; pass a "
                 f"--validation split without them, or --validation {NONE} to choose by cross-validation on {train!r}"
             )
+        if shared:  # a few (a duplicate image): said, not refused (attack 74 #6)
+            logger.warning(
+                "sweep: %d of the %d rows of %r (%s) are rows of %r (duplicate images?): the choice is made on them "
+                "too, so its figures there are optimistic by at most %d row(s); a --validation split without them "
+                "chooses on held-out rows only",
+                *shared,
+                validation,
+                n,
+                train,
+                shared[0],
+            )
+
+
+def _test_on_training_rows(fs: FeatureStore, names: list, train: str, test: str | None) -> tuple[str | None, str]:
+    """``(why the test figure is withheld, or None; a note, or "")``: the sweep's ``test`` compared with ``train`` by
+    rows (fit's rule) before the choice is tested (attack 74 #2: each cell is fitted with no test, so fit's note
+    never looked at it, and the chosen run's test figure on train's own rows was printed unmarked)."""
+    from featstore.runs.fittedrows import fitted_rows
+
+    if not test:
+        return None, ""
+    for n in names:
+        shared = fitted_rows(fs, n, train, [test]).get(test)
+        if shared and 2 * shared[0] > shared[1]:
+            return (
+                f"{shared[0]} of the {shared[1]} rows of {test!r} ({n}) are rows of {train!r}, which every run is "
+                f"fitted on: a test figure there would be a resubstitution figure; evaluate on a --test split "
+                f"without them"
+            ), ""
+        if shared:
+            return None, (
+                f"{shared[0]} of the {shared[1]} rows of {test!r} ({n}) are rows of {train!r} (duplicate images?): "
+                f"the test figure is optimistic by at most {shared[0]} row{'s' if shared[0] != 1 else ''}"
+            )
+    return None, ""
 
 
 def _refuse_other_rows(fs: FeatureStore, names: list[str], split: str, train: str) -> None:

@@ -197,7 +197,8 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True, selected: Map
     lines += [f"  note: {note}" for note in rec.notes]
     got, skipped = shared_rows(rec)
     train = {s for s, (k, n) in got.items() if k == n}
-    said = [not_compared(s, str(fitted_on(rec)), why) for s, why in skipped.items()]  # over the rows rule's caps
+    trained = fitted_on(rec) or "its members' training splits"  # an ensemble's are its members' (attack 74 #1)
+    said = [not_compared(s, trained, why) for s, why in skipped.items()]  # over the caps, or no store readable
     lines += [f"  note: {note}" for note in said if note not in rec.notes]
     for split, m in rec.metrics.items():
         lines += split_lines(split, m, split in train)
@@ -370,6 +371,8 @@ def sweep_table(summary: dict) -> str:
     elif summary.get("ensemble_note"):
         lines.append(f"no ensemble: {summary['ensemble_note']}")
     test = f", test {win['test']:.4f}{_range(win.get('test_ci'))}" if win["test"] is not None else ""
+    test += f" (note: {win['test_note']})" if win.get("test_note") else ""
+    test += f"; its test figure is withheld: {win['test_withheld']}" if win.get("test_withheld") else ""
     versus = win.get("vs_best_single")
     gain = f"; its gain over {versus['run']} on {versus['split']} is {versus['verdict']}" if versus else ""
     lines.append(
