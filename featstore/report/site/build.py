@@ -276,8 +276,7 @@ def _open_out(store, runs, out: Path) -> tuple[SiteFolder, set[str]]:
 def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_method, gallery, leaks, seed, jobs):
     """The pages, assets, maps and thumbnails of :func:`build_report`, written into the folder ``site`` holds open."""
     out = site.out
-    # a report stopped half-way leaves a folder the next report recognises (and then cleans up after)
-    site.write_text(MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")
+    site.write_text(MANIFEST, json.dumps({"files": sorted(old), "complete": False}), "report manifest")  # a stop: known
     written_ahead = journal.Journal(site)  # each file named before it is written, until the complete manifest
     thumbs = ThumbCache(cache / "thumbs")
     result = ReportResult(out / "index.html", 0, 0, 0, notes=[not_kept] if not_kept else [])
