@@ -4,8 +4,9 @@ Writes a synthetic store (VGG16-shaped (4, 4, 512) float32 rows with a class sig
 the budget, validation a tenth of that) through featstore's writer, then, each in a fresh process, measures
 peak RSS of: the framework baseline (imports + opening the store, no fit), a streamed fit within the
 budget, and (for comparison) the same fit loading everything. Prints them side by side, and the time and peak RSS
-of the NaN/inf/far-row check of train (``refuse_nonfinite`` in the budget's blocks: row counts, column peaks and
-the per-column histograms of the far rule) beside a plain read of the same blocks (``--check-only``: those two lines).
+of the NaN/inf/far-row check of train (``refuse_nonfinite`` in the budget's blocks: row counts and peaks) and of the
+far rule's usual size of train (each row's mean exponent, a histogram over rows: made only where a feature is over
+FAR_FLOOR) beside a plain read of the same blocks (``--check-only``: those two lines).
 
     python benchmarks/out_of_core.py                       # sgd, budget 128MB, store 4.5x the budget
     python benchmarks/out_of_core.py --clf dense --budget 256MB
@@ -82,25 +83,28 @@ FIT = (
     "out = {'acc': r['metrics']['validation']['accuracy'], 'streamed': r['streamed'], 'seconds': r['fit_seconds']}"
 )
 READ = (
-    "import sys, time; from featstore import FeatureStore; from featstore.store.nonfinite import reference_bounds\n"
+    "import sys, time; from featstore import FeatureStore; from featstore.store.nonfinite import reference_sizes\n"
     "fs = FeatureStore(sys.argv[1]); block = int(sys.argv[2]) // 4; t = time.perf_counter()\n"
     "if sys.argv[3] == 'check':\n    fs.refuse_nonfinite('train', max_bytes=block)\n"
-    "elif sys.argv[3] == 'usual':\n    reference_bounds(fs, 'synthetic', 'train', block)\n"
+    "elif sys.argv[3] == 'usual':\n    reference_sizes(fs, 'synthetic', 'train', block)\n"
     "else:\n    n = sum(len(X) for X, _ in fs.iter_batches('train', max_bytes=block))\n"
     "out = {'seconds': time.perf_counter() - t}"
 )
 
 
 def check_lines(store: Path, budget: int) -> None:
-    """The check of train a streamed fit's first pass makes (NaN/inf, large rows, column peaks) and the far rule's
-    pass over train's histograms (made only where a feature is over FAR_FLOOR), each beside a plain read of the same
+    """The check of train a streamed fit's first pass makes (NaN/inf, large rows, peaks) and the far rule's pass over
+    train for its usual size (made only where a feature is over FAR_FLOOR), each beside a plain read of the same
     blocks; peak RSS of each process."""
     runs = {}  # each twice, the second kept: every one with the file in the page cache
     for kind in ("read", "check", "usual") * 2:
         runs[kind] = peak_rss(READ, str(store), str(budget), kind)
     read, r = runs["read"]
     print(f"  plain read of train in blocks of budget/4     {read:8.0f} MB; {r['seconds']:.2f} s")
-    for kind, what in (("check", "refuse_nonfinite (NaN/inf/large/peaks)"), ("usual", "far rule's train histograms")):
+    for kind, what in (
+        ("check", "refuse_nonfinite (NaN/inf/large/peaks)"),
+        ("usual", "far rule's usual size of train"),
+    ):
         rss, t = runs[kind]
         print(
             f"  {what:<44s} {rss:8.0f} MB ({rss - read:+.0f} MB); {t['seconds']:.2f} s "

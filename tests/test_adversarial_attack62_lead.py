@@ -96,9 +96,7 @@ def test_check_counts_the_rows_fit_refuses(tmp_path):
     assert not check_store(_store(tmp_path / "ok.h5", "train", 900.0))
 
 
-FAR = (
-    r"s\.h5:/synthetic/{split} holds 1 row\(s\) \(4; e\.g\. {split}/4\) with features over 1e\+06 times their column's"
-)
+FAR = r"s\.h5:/synthetic/{split} holds 1 row\(s\) \(4; e\.g\. {split}/4\) with features over 1e\+06 times the training"
 
 
 @pytest.mark.parametrize("split", ["train", "validation"])
@@ -117,24 +115,28 @@ def test_a_row_far_larger_than_the_others_is_refused_too(tmp_path, split):
         with pytest.raises(StoreError, match=FAR.format(split=split) + r".*write_arrays\(.*'" + split + "', X, y"):
             call()
     assert not (tmp_path / "runs").exists()
-    assert "1 rows hold features over 1e+06 times their column's usual size" in " ".join(check_store(store))
+    assert "1 rows hold features over 1e+06 times the usual feature size of the training split train" in " ".join(
+        check_store(store)
+    )
 
 
 def test_far_rows_rule():
-    """The far rule, per column against the training split (attack 72 moved it from each split's row peaks)."""
-    from featstore.store.far import ColumnSizes
+    """The far rule against the training split's usual size (attack 72 moved it from each split's row peaks; attack
+    75 made it the median over rows of each row's typical size)."""
+    from featstore.store.far import LayerSizes
 
     def bounds(train):
-        cs = ColumnSizes()
+        cs = LayerSizes()
         cs.add(np.asarray(train, np.float32).reshape(-1, 1))
-        return cs.bounds()[0][0]
+        return cs.bound()
 
     assert bounds([1.0, 2.0, 3.0] * 10) == 4e6  # the median (2) to within its bin (0.5..4): 1e6 x 4
     assert bounds([1e-9] * 20 + [3e-4]) == 1e3  # under 1e-3: left out as zeros are; the floor keeps tiny rows apart
-    assert bounds([1e-9] * 20 + [1.0]) == 4e6  # (the 1e-9 left out: 1.0 is the usual size)
+    assert bounds([1e-9] * 20 + [1.0]) == 2e6  # (the 1e-9 left out: 1.0 is the usual size, within its bin 1..2)
     assert bounds([0.0] * 20) == 1e3  # no non-zero row: only the floor
-    assert bounds([0.0] * 20 + [1.0] * 3 + [1e9]) == 4e6  # zero rows left out of the median
-    assert bounds([1.0] * 6 + [1e14] * 5) == 4e6  # under half of them: far
+    assert bounds([0.0] * 20 + [1.0] * 3 + [1e9]) == 2e6  # zero rows left out of the median
+    assert bounds([1.0] * 6 + [1e14] * 5) == 2e6  # under half of them: far
+    assert bounds([1.0] * 5 + [1e14] * 5) == 2e6  # exactly half: still far (the lower median)
 
 
 def test_a_class_of_far_rows_is_refused(tmp_path):
@@ -149,6 +151,8 @@ def test_a_class_of_far_rows_is_refused(tmp_path):
         if s == "train":
             X[y == 8] *= 1e13
         write_arrays(tmp_path / "s.h5", "synthetic", s, X, y, list("abcdefghi"))
-    with pytest.raises(StoreError, match=r"holds 10 row\(s\) \(8, 17, 26, 35, 44 \.\.\.; .*times their column's usual"):
+    with pytest.raises(
+        StoreError, match=r"holds 10 row\(s\) \(8, 17, 26, 35, 44 \.\.\.; .*times the training split's usual"
+    ):
         featstore.fit(tmp_path / "s.h5", "logreg", runs=tmp_path / "runs")
     assert "10 rows hold features over 1e+06 times" in " ".join(check_store(tmp_path / "s.h5"))

@@ -13,12 +13,12 @@ import pytest
 import featstore
 from featstore.errors import StoreError
 from featstore.store.check import check_store
-from featstore.store.far import ColumnSizes
+from featstore.store.far import LayerSizes
 from featstore.store.reader import FeatureStore
 from featstore.store.writer import write_arrays
 from tests.conftest import TINY_CONFIG, write_images
 
-FAR = r"with features over 1e\+06 times their column's usual size in the training split"
+FAR = r"with features over 1e\+06 times the training split's usual feature size"
 
 
 def _arrays(path, name="synthetic", scale=None, d=8, n=30, transform=None, dtype=np.float32):
@@ -57,7 +57,11 @@ def test_a_whole_test_split_far_from_train_is_refused(tmp_path):
         with pytest.raises(StoreError, match=said):
             call()
     assert not (tmp_path / "runs").exists()
-    assert any("/synthetic/test: 30 rows hold features over 1e+06 times their column" in p for p in check_store(store))
+    assert any(
+        "/synthetic/test: 30 rows hold features over 1e+06 times the usual feature size of the training split train"
+        in p
+        for p in check_store(store)
+    )
     assert not any("/synthetic/train" in p for p in check_store(store))  # train itself is sound
 
 
@@ -174,18 +178,17 @@ def test_honest_stores_are_not_refused(tmp_path):
 
 
 def test_usual_sizes_are_the_same_in_blocks_and_whole():
-    """The streamed histograms give the bounds of the whole split (a fit streamed and one in memory: one rule)."""
+    """The streamed histogram gives the usual size of the whole split (a fit streamed and one in memory: one rule)."""
     rng = np.random.default_rng(0)
     X = np.abs(rng.normal(size=(200, 37)) * rng.uniform(1e-3, 1e3, size=37)).astype(np.float32)
     X[rng.random(X.shape) < 0.5] = 0
-    whole, parts = ColumnSizes(), ColumnSizes()
+    whole, parts = LayerSizes(), LayerSizes()
     whole.add(X)
     for i in range(0, 200, 7):
         parts.add(X[i : i + 7])
-    assert np.array_equal(whole.bounds()[0], parts.bounds()[0])
-    usual = whole.bounds()[1]
-    exact = np.array([np.median(c[c > 0]) for c in X.T])
-    assert ((usual >= exact) & (usual <= 8 * exact)).all()  # the median's bin's upper edge: at most 8 x
+    assert np.array_equal(whole.counts, parts.counts) and whole.usual() == parts.usual()
+    exact = np.median([np.exp(np.log(r[r >= 2.0**-10]).mean()) for r in X])  # the median row's geometric mean
+    assert exact <= whole.usual() <= 4 * exact  # its bin's upper edge, from exponents floored: at most 4 x
 
 
 def test_other_extractors_are_named_only_when_they_pass(tmp_path):

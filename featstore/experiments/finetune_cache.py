@@ -186,7 +186,8 @@ def cached_cut(
         else:
             arrays[split] = fs.load(split, group)
         try:  # before training: a NaN row made every epoch train, then "diverged: lower --lr"
-            streamed = {"max_bytes": budget // BLOCK_FRACTION} if split not in arrays else {}  # within the budget
+            streamed = {"max_bytes": budget // BLOCK_FRACTION} if budget is not None else {}  # within the budget (and
+            # the far rule's pass over train, when the split checked is in memory)
             fs.refuse_nonfinite(split, group, arrays[split][0] if split in arrays else None, **streamed)
         except StoreError as exc:
             raise StoreError(

@@ -26,7 +26,7 @@ from featstore.errors import ConfigError, StoreError
 from featstore.experiments.protocol import Splits
 from featstore.experiments.selection import Fitted, check_classes, describe_given, head_threads, predicted_block
 from featstore.runs.predictions_file import BLOCK_FRACTION, PROBA_COPIES  # noqa: F401 - re-exported
-from featstore.store.nonfinite import reference_bounds
+from featstore.store.nonfinite import Reference, remember
 from featstore.store.reader import FeatureStore
 from featstore.store.storage import chunk_rows, row_bytes
 from featstore.units import format_bytes, parse_bytes  # noqa: F401 (re-exported)
@@ -122,8 +122,10 @@ def stream_fit(
         for X, _ in fs.iter_batches(train, name, max_bytes=block, augmented=check.augmented):
             if check.block(X) and middle:
                 middle[0].partial_fit(prepared(X, []))
-    for check in checks:  # the far rule: against train's usual sizes (one more pass, only with a feature over 1e3)
-        check.refuse(lambda: reference_bounds(fs, name, train, block))
+    for check in checks:  # the far rule: against train's usual size (train's own first pass gave it)
+        if not check.augmented and not check.bad and not check.huge:
+            remember(fs, name, train, check.top)  # its largest feature: train is binned only when over FAR_FLOOR
+        check.refuse(Reference(fs, name, train, block))
     for i, step in enumerate(middle[1:], 1):  # each step learns from one pass over what the steps before it give
         for X, _ in train_blocks(fs, name, train, block, None, augmented):
             step.partial_fit(prepared(X, middle[:i]))

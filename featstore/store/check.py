@@ -21,9 +21,10 @@ from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, check_format_vers
 from featstore.store.attr_values import read_attr, read_names, refuse_many_attrs
 from featstore.store.augmented import copy_problems
 from featstore.store.bad_rows import nonfinite_count, overflow_count
+from featstore.store.check_far import far_lines, reference
 from featstore.store.damaged import DAMAGED, DAMAGED_FIX  # noqa: F401 (DAMAGED_FIX: re-exported)
 from featstore.store.damaged import damaged as _damaged
-from featstore.store.far import FAR_FACTOR, FAR_FLOOR, ColumnSizes, far_mask
+from featstore.store.far import FAR_FLOOR, LayerSizes, far_mask
 from featstore.store.layout import (
     check_chunks,
     foreign_objects,
@@ -60,9 +61,8 @@ class _Split:
     step: int
     n_classes: int
     source_root: str
-    copies: int = (
-        0  # augmented copies (K) of a split: their paths repeat by design, their copy index must run 1..K in order
-    )
+    copies: int = 0  # augmented copies (K) of a split: their paths repeat by design, their copy index must run 1..K
+    arrays: bool = False  # written by write_arrays: no images to re-extract (attack 75 #3)
 
 
 def check_store(
@@ -104,10 +104,10 @@ def check_store(
                 _check_extractor(f[name], name, scans, problems, writer)
             except DAMAGED as exc:
                 problems.append(_damaged(f"/{name}", exc))
-    usual: dict = {}  # (extractor, split) -> the far rule's bounds: every split is held to its train's (72 #1)
+    usual: dict = {}  # (extractor, split) -> its LayerSizes: every split is held to its training split's (72 #1, 75 #7)
     for s in scans:
         try:
-            problems += _scan_split(file, s, lambda s=s: _bounds(file, s, scans, usual))
+            problems += _scan_split(file, s, lambda own=None, s=s: reference(file, s, scans, usual, own))
         except DAMAGED as exc:
             problems.append(_damaged(f"/{s.name}/{s.split}", exc))
     problems = [said_as(p, path) for p in problems]  # HDF5 had the store as /proc/self/fd/N (``links``)
@@ -250,7 +250,10 @@ def _check_split(
                 f"{resume_advice(split)}"
             )
     step = max(1, (sg["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
-    scans.append(_Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", ""))))
+    arrays = str(s.get("listing_sha256", "")).startswith("arrays:")
+    scans.append(
+        _Split(name, split, commit.rows, step, len(s["class_names"]), str(s.get("source_root", "")), 0, arrays)
+    )
     subs = _groups(sg, where, out)
     if AUGMENTED in sg and AUGMENTED not in subs:
         out.append(
@@ -307,29 +310,11 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
     return out
 
 
-def _bounds(file: StoreFile, s: _Split, scans: list[_Split], usual: dict) -> np.ndarray:
-    """The far rule's bound of each column for ``s``: from its extractor's split ``train`` (else its own plain split),
-    read once per check, as fit, sweep, probe and fewshot hold every split and copy to train's usual sizes."""
-    own = s.split.rsplit("/", 1)[0] if s.copies else s.split
-    same = [r for r in scans if r.name == s.name]
-    ref = next((r for r in same if r.split == "train"), None) or next((r for r in same if r.split == own), s)
-    if (ref.name, ref.split) not in usual:
-        sizes = ColumnSizes()
-        for i in range(0, ref.rows, ref.step):
-            with file.open("r") as f:
-                try:
-                    sizes.add(f[ref.name][ref.split]["features"][i : min(i + ref.step, ref.rows)])
-                except DAMAGED:  # the split's own scan names it
-                    pass
-        usual[ref.name, ref.split] = sizes.bounds()[0]
-    return usual[ref.name, ref.split]
-
-
 def _scan_split(file: StoreFile, s: _Split, bounds) -> list[str]:
     """Content problems of one split (labels, NaN/inf, far rows: ``bounds()`` gives the far rule's, duplicated rows),
     reading one block per opening."""
-    where = f"/{s.name}/{s.split}"
-    redo = REDO
+    where, own = f"/{s.name}/{s.split}", LayerSizes()
+    redo = "write the split again from its arrays (write_arrays, overwrite=True)" if s.arrays else REDO
     if s.copies:  # the plain --overwrite drops the copies (attack 69 #4; fit's refusal names them, 66 #5)
         split = shlex.quote(s.split.rsplit("/", 1)[0])
         redo = (
@@ -370,10 +355,9 @@ def _scan_split(file: StoreFile, s: _Split, bounds) -> list[str]:
             bad_rows += nonfinite_count(block)
             huge_rows += overflow_count(block)
             large_rows += len(large_rows_of(peaks := row_peaks(block)))
-            if (
-                np.nan_to_num(peaks).max() > FAR_FLOOR and (b := bounds()).size == block[0].size
-            ):  # (under it: never far)
-                far_rows += int(np.count_nonzero(far_mask(block, b)))
+            own.add(block)
+            if np.nan_to_num(peaks).max() > FAR_FLOOR:  # (under it: never far)
+                far_rows += int(np.count_nonzero(far_mask(block, bounds()[0].bound())))
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
         labels.append(np.asarray(y))
     out = (
@@ -395,12 +379,8 @@ def _scan_split(file: StoreFile, s: _Split, bounds) -> list[str]:
             f"{where}: {large_rows} rows hold finite features over {LARGE_FEATURE:.0e} (an overflow in the model: fit, "
             f"sweep, fewshot and probe refuse them); check the images and weights, then {redo}"
         )
-    elif not bad_rows and far_rows:
-        out.append(
-            f"{where}: {far_rows} rows hold features over {FAR_FACTOR:.0e} times their column's usual size in the "
-            "extractor's train split (an overflow in the model; fit, sweep, fewshot and probe refuse them); check the "
-            f"images and weights, then {redo}"
-        )
+    elif not bad_rows and (far_rows or own.counts.any()):
+        out += far_lines(where, far_rows, own, bounds, redo)
     if empty:
         out.append(f"{where}: {empty} empty paths (each row must name its image file); {redo}")
     if s.copies:  # every row must be copy k of the split's row of the same path, with its label, in order

@@ -1,87 +1,105 @@
-"""The far-row rule: each column's usual size, taken from the training split, and the rows with a feature far over it.
+"""The far-row rule: the training split's usual feature size, the rows with a feature far over it, and the splits
+whose own usual size is far from it.
 
-A row of train, of its augmented copies, of validation or of test is *far* when one of its features is over
-:data:`FAR_FACTOR` times its column's usual size in the training split and over :data:`FAR_FLOOR`. A column's usual
-size is the median of its magnitudes in train from 2^-10 up (zeros, a ReLU's, and tinier values are left out: a usual
-size under 1e-3 gives the bound FAR_FLOOR anyway), raised to :data:`LAYER_SHARE` of the split's usual size over all
-columns (the median of all its magnitudes from 2^-10 up) where it is smaller: a column that is zero or tiny in train
-(a unit that rarely fires) is not held to 1e6 x almost nothing, and a few large channels do not raise the bar of the
-others. Judged per column, a channel large in every row (a ViT's "massive activations") no longer raises the bar of
-the others (attack 72 #2); judged against train, copies or an evaluation split all ~1e12 x train are far (attack 72
-#1), where each split's own median of its rows' largest features called none of them far.
+A split's *usual size* is the median over its rows of each row's typical magnitude (the geometric mean of its
+magnitudes from 2^-10 up: zeros, a ReLU's, and tinier values are left out; a row with none does not count). A row of
+train, of its augmented copies, of validation or of test is *far* when one of its features is over
+:data:`FAR_FACTOR` times train's usual size and over :data:`FAR_FLOOR`; a split whose own usual size is over
+FAR_FACTOR times train's, or under train's / FAR_FACTOR (the larger over FAR_FLOOR), is refused as a whole, naming
+both sizes: one of the two splits is an overflow, train itself included (attack 75 #2).
 
-The medians come from per-column histograms of the magnitudes' binary exponents (bins of 3 octaves: integer steps on
-the float32 bits, then one bincount), about ``(NBINS + 1) x columns`` int64 (4 MB at 25,088 columns) whatever the
-rows; each usual size is the upper edge of its median's bin (at most 8 x the exact median: the rule never refuses
-what the exact median would not). No row can be far while every feature is at most FAR_FLOOR, so the histograms are
-made (one more pass over train, cached per command) only when a split checked has a larger feature.
+Each row weighs one in the median, whatever its zeros: far rows must be over half of the split's rows (with a
+non-zero feature) to move it, also in a sparse ReLU map where they outnumbered a column's non-zero values (attack 75
+#1). A row's typical size is a geometric mean over all its columns, so a channel large in every row (a ViT's "massive
+activations") is one column among many and does not lift it (attack 72 #2), while a row 5e8 x the others in every
+other column is far; a split all ~1e12 x train is far (attack 72 #1).
+
+Cost: each row's mean binary exponent (integer steps on the float32 bits, in chunks of :data:`_CHUNK` features
+whatever the width: about 8 MB of temporaries), then a histogram of 1-octave bins over rows (a few KB). The usual
+size is its median bin's upper edge: at most 4 x the row's geometric mean, never under it, so the rule never refuses
+what the exact median would not.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# a row this many times a column's usual size in train, and over FAR_FLOOR, is an overflow: one train row of 1e14 among
-# rows near 1 set the scaler's spread as 1e20 did (attack 66 #4: fitted at chance, exit 0), and so did a whole class of
-# them (attack 69 #2), copies or a test split all 1e12 x train (attack 72 #1), or a row 5e8 x the others in every
-# column but one large channel (attack 72 #2). Backbones' rows differ by tens at most; the floor keeps tiny features apart
+# a row this many times train's usual size, and over FAR_FLOOR, is an overflow: one train row of 1e14 among rows near 1
+# set the scaler's spread as 1e20 did (attack 66 #4: fitted at chance, exit 0), and so did a whole class of them (attack
+# 69 #2), copies or a test split all 1e12 x train (attack 72 #1), a row 5e8 x the others in every column but one large
+# channel (attack 72 #2), 13 % of a sparse map's rows (75 #1), or train itself (75 #2). Backbones' rows differ by tens
+# at most; the floor keeps tiny features apart
 FAR_FACTOR, FAR_FLOOR = 1e6, 1e3
-LAYER_SHARE = 1e-3  # a column's usual size is at least this share of the layer's (all columns' median)
-_LO, _WIDTH, NBINS = -13, 3, 22  # bins of 3 octaves counted from 2^-10 up to 2^53 (LARGE_FEATURE refuses more)
-_EDGES = 2.0 ** (_LO + _WIDTH * np.arange(1, NBINS + 1))  # each bin's upper edge
-_CHUNK = 1 << 20  # features binned at once: about 16 MB of temporaries
+_LO, NBINS = -10, 150  # 1-octave bins of a row's mean exponent from 2^-10 up (float32 ends at 2^128; inf: the last)
+_CHUNK = 1 << 20  # features binned at once
 
 
-class ColumnSizes:
-    """Per-column histograms of a split's magnitudes, fed block by block (``add``); ``bounds()`` gives the far rule's
-    bound of each column.
+def row_exponents(X: np.ndarray) -> np.ndarray:
+    """Each row's mean binary exponent over its magnitudes from 2^-10 up (NaN for a row with none), read from the
+    float32 bits (float16/float64 rows are binned as float32), in chunks of rows of :data:`_CHUNK` features at most.
 
-    >>> cs = ColumnSizes(); cs.add(np.array([[1.0, 1e3, 0.0]] * 9 + [[1e12, 1e3, 0.0]], np.float32))
-    >>> [f"{b:.3g}" for b in cs.bounds()[0]]
-    ['4e+06', '2.05e+09', '2.05e+06']
+    >>> row_exponents(np.array([[1.0, 0.0, 4.0], [0.0, 0.0, 0.0], [-1e3, 1e3, 1e3]], np.float32)).tolist()
+    [1.0, nan, 9.0]
+    """
+    rows = np.asarray(X).reshape(len(X), -1)
+    total, count = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+    if rows.size:
+        d = rows.shape[1]
+        rstep, cstep = max(1, _CHUNK // d), min(d, _CHUNK)  # a wide row is binned a column slice at a time
+        for i in range(0, len(rows), rstep):
+            for j in range(0, d, cstep):
+                e = np.ascontiguousarray(rows[i : i + rstep, j : j + cstep], np.float32).view(np.uint32) >> 23
+                e &= 0xFF  # the biased exponent (the sign masked off)
+                keep = e >= 127 + _LO
+                e *= keep
+                count[i : i + rstep] += np.count_nonzero(keep, axis=1)
+                total[i : i + rstep] += e.sum(axis=1, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1) - 127, np.nan)
+
+
+class LayerSizes:
+    """A split's usual size, fed block by block (``add``): a histogram over rows of each row's mean exponent, and the
+    largest finite magnitude (``top``).
+
+    >>> s = LayerSizes(); s.add(np.array([[1.0, 0.0, 3.0]] * 9 + [[1e12, 1e12, 0.0]], np.float32))
+    >>> s.usual(), s.bound(), s.top
+    (2.0, 2000000.0, 999999995904.0)
     """
 
     def __init__(self) -> None:
-        self.counts: np.ndarray | None = None  # (NBINS + 1) x columns: bin-major, so a row's columns are adjacent
+        self.counts = np.zeros(NBINS, np.int64)
+        self.top = 0.0
 
     def add(self, X: np.ndarray) -> None:
+        e = row_exponents(X)
+        e = e[~np.isnan(e)]
+        if len(e):
+            b = np.clip(np.floor(e) - _LO, 0, NBINS - 1).astype(np.int64)
+            self.counts += np.bincount(b, minlength=NBINS)
         rows = np.asarray(X).reshape(len(X), -1)
-        if not rows.size:
-            return
-        d = rows.shape[1]
-        if self.counts is None:
-            self.counts = np.zeros((NBINS + 1) * d, np.int64)
-        cols, step = np.arange(d, dtype=np.int64), max(1, _CHUNK // d)
-        for i in range(0, len(rows), step):
-            part = np.ascontiguousarray(rows[i : i + step], np.float32)  # float16/float64 binned as float32
-            b = part.view(np.int32) >> 23  # the biased exponent (and the sign): integer steps only, no lookup
-            b &= 0xFF
-            b -= 127 + _LO
-            np.clip(b, 0, _WIDTH * NBINS, out=b)  # zeros, subnormals, under 2^-10: bin 0; inf, NaN, 2^53 up: NBINS
-            b *= 21846  # // 3 for 0..255: 21846 / 65536
-            b >>= 16
-            idx = b.astype(np.int64)
-            idx *= d
-            idx += cols
-            self.counts += np.bincount(idx.ravel(), minlength=len(self.counts))
+        if rows.size:  # NaN left out (fmax); inf rows are refused before any far rule
+            top = max(float(np.fmax.reduce(rows, axis=None)), -float(np.fmin.reduce(rows, axis=None)))
+            self.top = max(self.top, top) if np.isfinite(top) else self.top
 
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """(bound, usual size) of each column; a column with no magnitude from 2^-10 (about 1e-3) up in the split: usual
-        size :data:`LAYER_SHARE` x the split's, and every bound FAR_FLOOR when the split has none at all."""
-        if self.counts is None:
-            return np.full(0, np.inf), np.zeros(0)
-        h = self.counts.reshape(NBINS + 1, -1)[:NBINS].copy()
-        h[0] = 0  # zeros and magnitudes under 2^-10 are left out (a column of them: usual size 0, bound FAR_FLOOR)
-        pooled = h.sum(axis=1)
-        whole = _EDGES[_median_bin(pooled[:, None])[0]] if pooled.sum() else 0.0
-        column = np.where(h.sum(axis=0) > 0, _EDGES[_median_bin(h)], 0.0)
-        usual = np.maximum(column, LAYER_SHARE * whole)
-        return np.maximum(FAR_FACTOR * usual, FAR_FLOOR), usual
+    def usual(self) -> float:
+        """The median row's typical size (the upper edge of its bin; the lower median: far rows must be over half of
+        the rows to move it); 0.0 for a split with no magnitude from 2^-10 up."""
+        n = int(self.counts.sum())
+        if not n:
+            return 0.0
+        return float(2.0 ** (_LO + 1 + int(np.argmax(np.cumsum(self.counts) > (n - 1) // 2))))
+
+    def bound(self) -> float:
+        """The far rule's bound: a feature over it is far."""
+        return max(FAR_FACTOR * self.usual(), FAR_FLOOR)
 
 
-def _median_bin(h: np.ndarray) -> np.ndarray:
-    """Each column's bin holding its upper median (the element at n // 2 of the sorted non-zero magnitudes)."""
-    return np.argmax(np.cumsum(h, axis=0) > h.sum(axis=0) // 2, axis=0)
+def apart(own: float, ref: float) -> bool:
+    """Whether two splits' usual sizes are over FAR_FACTOR apart either way, the larger over FAR_FLOOR (a split with no
+    usual size, all zeros, is judged by its rows only)."""
+    small, big = sorted((own, ref))
+    return small > 0 and big > FAR_FLOOR and big > FAR_FACTOR * small
 
 
 def column_peaks(X: np.ndarray) -> np.ndarray:
@@ -91,10 +109,19 @@ def column_peaks(X: np.ndarray) -> np.ndarray:
         return np.maximum(rows.max(axis=0, initial=0), -rows.min(axis=0, initial=0)).astype(np.float64)
 
 
-def far_mask(X: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """The rows of ``X`` with a feature over its column's bound (one block: a copy of its magnitudes)."""
+def far_mask(X: np.ndarray, bound: float) -> np.ndarray:
+    """The rows of ``X`` with a feature over ``bound`` (in chunks of rows: no copy of the whole block)."""
     rows = np.asarray(X).reshape(len(X), -1)
+    out = np.zeros(len(rows), bool)
     if not rows.size:
-        return np.zeros(len(X), bool)
+        return out
+    step = max(1, _CHUNK // rows.shape[1])
     with np.errstate(invalid="ignore"):
-        return (np.abs(rows) > bounds).any(axis=1)
+        for i in range(0, len(rows), step):
+            part = rows[i : i + step]
+            hi, lo = (
+                part.max(axis=1).astype(np.float64),
+                part.min(axis=1).astype(np.float64),
+            )  # float16: no cast of bound
+            out[i : i + step] = (hi > bound) | (-lo > bound)
+    return out

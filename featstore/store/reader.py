@@ -214,8 +214,8 @@ class FeatureStore:
         finite features over ``nonfinite.LARGE_FEATURE`` (one such train row set a scaler's spread: chance accuracy,
         exit 0; attack 62 #4), and the fix; ``X``: the split's features already in memory, else read in blocks of ``max_bytes`` (a streamed fit:
         its budget's block). A classifier's own error blamed its settings, or called a sound run's model altered. Rows
-        with a feature far over its column's usual size in ``train`` (default: the extractor's split ``train`` if any,
-        else this one) are refused too (``nonfinite.far``)."""
+        with a feature far over the usual feature size of ``train`` (default: the extractor's split ``train`` if any,
+        else its largest split), and a split far from it either way, are refused too (``store.far``)."""
         checked_split(self, split, self.resolve(extractor), X, augmented, max_bytes, train)
 
     def nonfinite_rows(
