@@ -215,14 +215,8 @@ def test_a_layer_name_tensorflow_cannot_run_is_refused_naming_it(tmp_path, data_
     and with --name x in turn; `--layer 'conv 1' --name conv1` then ended in a 40-line ValueError traceback at the
     first batch (TensorFlow: "'conv 1' is not a valid root scope name"), and so did the model without --layer. The
     model is refused as it is loaded, in one line naming the layer and the fix, whatever the options."""
-    import keras
 
-    inp = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(4, 3, name="conv 1")(inp)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    keras.Model(inp, x).save(tmp_path / "m.keras")
-    args = ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "m.h5")]
-    args += ["--model", str(tmp_path / "m.keras"), "--image-size", "32"]
+    args = _extract_args(tmp_path, data_root, "conv 1")
     for extra in ([], ["--layer", "conv 1,gap"], ["--layer", "conv 1", "--name", "conv1"]):
         res = CliRunner().invoke(app, [*args, *extra])
         assert res.exit_code == 1 and "layer 'conv 1' has a name TensorFlow cannot run" in res.output, res.output
@@ -233,14 +227,9 @@ def test_a_layer_name_tensorflow_cannot_run_is_refused_naming_it(tmp_path, data_
 def test_a_layer_name_tensorflow_runs_is_not_refused(tmp_path, data_root):
     """Attack 74 #8: a layer named `_c1` was refused at load (the root-scope rule); a layer runs inside its model's
     scope, where TensorFlow takes a leading underscore, and the model extracts."""
-    import keras
 
-    inp = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(4, 3, name="_c1")(inp)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    keras.Model(inp, x).save(tmp_path / "m.keras")
-    args = ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "m.h5")]
-    res = CliRunner().invoke(app, [*args, "--model", str(tmp_path / "m.keras"), "--image-size", "32"])
+    args = _extract_args(tmp_path, data_root, "_c1")
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
 
 
@@ -249,14 +238,7 @@ def test_a_layer_name_no_group_can_carry_names_the_layer(tmp_path, data_root):
     and the way that works (it on its own, --name), not --name alone, which cannot fix it (attack 73 #6)."""
     import shlex
 
-    import keras
-
-    inp = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(4, 3, name="conv>1")(inp)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    keras.Model(inp, x).save(tmp_path / "m.keras")
-    args = ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "m.h5")]
-    args += ["--model", str(tmp_path / "m.keras"), "--image-size", "32"]
+    args = _extract_args(tmp_path, data_root, "conv>1")
     for extra in ([], ["--name", "x"]):
         res = CliRunner().invoke(app, [*args, "--layer", "conv>1,gap", *extra])
         assert res.exit_code == 1 and "layer 'conv>1' cannot be part of a group's name" in res.output, res.output
@@ -361,3 +343,14 @@ def test_float16_overflow_is_named_with_its_fix(caplog):
     first, second = (r.getMessage() for r in caplog.records)
     assert "extract with --dtype float32" in first and "weights" not in first, first
     assert "model's weights" in second and "float16" not in second, second
+
+
+def _extract_args(tmp_path, data_root, layer: str) -> list[str]:
+    """`featstore extract` of a saved model m.keras (32 px) whose first layer is named ``layer``."""
+    import keras
+
+    inp = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name=layer)(inp)
+    keras.Model(inp, keras.layers.GlobalAveragePooling2D(name="gap")(x)).save(tmp_path / "m.keras")
+    args = ["extract", "--data", str(data_root), "--split", "train", "--store", str(tmp_path / "m.h5")]
+    return [*args, "--model", str(tmp_path / "m.keras"), "--image-size", "32"]

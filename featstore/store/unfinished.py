@@ -39,18 +39,13 @@ class Writing:
         if h is None:
             return False
         who = f"featstore process {h.pid}" if h.pid is not None else "a featstore process"
-        if h.stranger is not None:  # a record this store's writers did not make: every unfinished split a problem
+        if h.stranger is not None or h.split is None:  # every unfinished split stays a problem, said once
             note = (
                 f"this store's writer lock is held, with a lock record of {h.stranger}'s that no writer of this store "
                 f"made (or {h.stranger} may not write the store): unfinished splits are listed as problems"
-            )
-            if note not in self.notes:
-                self.notes.append(note)
-            return False
-        if h.split is None:  # it does not say which split it writes: every unfinished one stays a problem
-            note = (
-                f"{who} holds this store's writer lock without recording which split it writes; a split it writes "
-                f"is listed as a problem until it ends: run `featstore check` again when that process has ended"
+                if h.stranger is not None  # a record this store's writers did not make (attack 73 #4)
+                else f"{who} holds this store's writer lock without recording which split it writes; a split it "
+                f"writes is listed as a problem until it ends: run `featstore check` again when that process has ended"
             )
             if note not in self.notes:
                 self.notes.append(note)
