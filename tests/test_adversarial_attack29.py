@@ -130,7 +130,9 @@ def test_a_split_group_so_made_is_a_finding_and_check_goes_on(tmp_path):
     problems = check_store(bad)
     listing = [p for p in problems if "its members are refused" in p]
     assert len(listing) == 1 and listing[0].startswith("/syn/train: ") and NEW_STORE in listing[0]
-    assert "/syn/test: 1 labels outside 0..1; re-extract this split with --overwrite" in problems
+    assert (
+        "/syn/test: 1 labels outside 0..1; write the split again from its arrays (write_arrays replaces it)" in problems
+    )
     with pytest.raises(StoreError, match="/syn/train: its members are refused"):
         FeatureStore(bad)
 
@@ -361,7 +363,9 @@ def test_two_names_of_one_object_are_refused(tmp_path):
         f["syn/test/paths"] = f["syn/train/paths"]
     problems = check_store(path)
     assert any(p.startswith("/syn/test/paths is the object /syn/train/paths is") for p in problems), problems
-    assert "/syn/test: 1 labels outside 0..1; re-extract this split with --overwrite" in problems
+    assert (
+        "/syn/test: 1 labels outside 0..1; write the split again from its arrays (write_arrays replaces it)" in problems
+    )
 
 
 def test_a_root_of_over_1024_groups_is_refused_before_one_is_opened(tmp_path):
