@@ -314,7 +314,7 @@ def _scan_split(file: StoreFile, s: _Split, bounds) -> list[str]:
     """Content problems of one split (labels, NaN/inf, far rows: ``bounds()`` gives the far rule's, duplicated rows),
     reading one block per opening."""
     where, own = f"/{s.name}/{s.split}", LayerSizes()
-    redo = "write the split again from its arrays (write_arrays, overwrite=True)" if s.arrays else REDO
+    redo = "write the split again from its arrays (write_arrays replaces it)" if s.arrays else REDO  # no overwrite=
     if s.copies:  # the plain --overwrite drops the copies (attack 69 #4; fit's refusal names them, 66 #5)
         split = shlex.quote(s.split.rsplit("/", 1)[0])
         redo = (
