@@ -176,15 +176,7 @@ def store_tree(path: str) -> str:
                 lines.append(f"    ├── /{terminal_safe(split)}   BROKEN: {s['error']}")
                 continue
             todo = f"{s.get('images_done')}/{s.get('n_images')} images done"
-            live = writer is not None and writer.writes(name, split)  # a killed split beside a live one: INCOMPLETE
-            who = f"pid {writer.pid}" if live and writer.pid else "a featstore process"
-            state = (
-                "complete"
-                if s.get("complete")
-                else f"BEING WRITTEN by {who} ({todo})"
-                if live
-                else f"INCOMPLETE ({todo}; {resume_advice(split)})"
-            )
+            state = _state(s, writer, name, split, todo, resume_advice(split))
             lines.append(f"    ├── /{terminal_safe(split)}   {state}")
             lines.append(f"    │     features {tuple(s['shape'])} {s['dtype']}, chunks {tuple(s['chunks'])}")
             lines.append(
@@ -201,23 +193,27 @@ def store_tree(path: str) -> str:
                 for p, reason in store.failures(split, name):
                     lines.append(f"    │     failed: {terminal_safe(p)}: {reason}")  # a file name: one line
             if "augmented" in s:
-                live = writer is not None and writer.writes(name, split, copies=True)
-                lines.append(f"    │     {_augmented_line(s['augmented'], writer.pid if live else None, live, split)}")
+                lines.append(f"    │     {_augmented_line(s['augmented'], writer, name, split)}")
     return "\n".join(lines)
 
 
-def _augmented_line(a: dict, writer_pid, live: bool, split: str) -> str:
+def _state(s: dict, writer, name: str, key: str, todo: str, advice: str, copies: bool = False) -> str:
+    """``complete``, ``BEING WRITTEN by ...`` where the lock's holder ``writer`` records writing it (split ``key`` of
+    group ``name``, its ``copies``), else ``INCOMPLETE`` with the resume ``advice`` (a killed split beside a live one)."""
+    if s.get("complete"):
+        return "complete"
+    if writer is not None and writer.writes(name, key, copies=copies):
+        return f"BEING WRITTEN by {f'pid {writer.pid}' if writer.pid else 'a featstore process'} ({todo})"
+    return f"INCOMPLETE ({todo}; {advice})"
+
+
+def _augmented_line(a: dict, writer, name: str, split: str) -> str:
     """One line on a split's augmented copies: count, spec, seed, rows, state."""
     if "error" in a:
         return f"augmented copies BROKEN: {a['error']}"
     todo = f"{a.get('images_done')}/{a.get('n_images')} rows done"
-    state = (
-        "complete"
-        if a.get("complete")
-        else f"BEING WRITTEN by {f'pid {writer_pid}' if writer_pid else 'a featstore process'} ({todo})"
-        if live
-        else f"INCOMPLETE ({todo}; {resume_advice(split, a.get('augment_copies') or True)})"
-    )
+    advice = resume_advice(split, a.get("augment_copies") or True)
+    state = _state(a, writer, name, split, todo, advice, copies=True)
     return (
         f"/augmented: {a.get('augment_copies')} copies ({a.get('augment_spec')}, seed {a.get('augment_seed')}), "
         f"rows {a.get('committed_rows')}, failed {a.get('n_failed')}, {state} (featstore fit --augmented)"

@@ -279,21 +279,16 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
         return [str(exc)]
     out = []
     rows = max(ag[k].shape[0] for k in ("features", "labels", "paths", "copy"))
-    said = rows == commit.rows or writer.says(where, name, f"{key} (augmented copies)", commit.rows, None)
     k = int(read_attr(ag, "augment_copies", where, most=1))
-    if not said:
+    tail = rows > commit.rows  # else a killed extract's copies between batches: fit --augmented refuses them (73 #2)
+    unfinished = tail or not plain(read_attr(ag, "complete", where, most=1, default=False))
+    if unfinished and not writer.says(where, name, f"{key} (augmented copies)", commit.rows, None):
+        advice = resume_advice(key.split("/")[0], augment=k)
         out.append(
             f"{where}: uncommitted rows after committed_rows {commit.rows} (an interrupted write, which a resume "
-            f"truncates); {resume_advice(key.split('/')[0], augment=k)}"
-        )
-    elif (
-        rows == commit.rows
-        and not plain(read_attr(ag, "complete", where, most=1, default=False))
-        and not writer.says(where, name, f"{key} (augmented copies)", commit.rows, None)
-    ):  # a killed extract's copies between batches: fit --augmented refuses them (attack 73 #2)
-        out.append(
-            f"{where}: the augmented copies are not complete ({commit.rows} of {k * source.rows} rows); "
-            f"{resume_advice(key.split('/')[0], augment=k)}"
+            f"truncates); {advice}"
+            if tail
+            else f"{where}: the augmented copies are not complete ({commit.rows} of {k * source.rows} rows); {advice}"
         )
     step = max(1, (ag["features"].chunks or (1024,))[0]) * BLOCK_CHUNKS
     scans.append(
