@@ -213,3 +213,16 @@ def sticky(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     monkeypatch.setattr(tmpdir, "_SAID", set())
     return folder
+
+
+def trainval_store(path, n: int, d: int):
+    """Pure-noise train, validation and test of ``n`` rows of ``d`` features, and trainval = train's and validation's
+    rows (a final refit's split), written from arrays into extractor group ``first``."""
+    from featstore.store.writer import write_arrays
+
+    rng, y = np.random.default_rng(0), np.arange(n) % 2
+    X = {s: rng.normal(size=(n, d)).astype(np.float32) for s in ("train", "validation", "test")}
+    for s in X:
+        write_arrays(path, "first", s, X[s], y, ["a", "b"])
+    write_arrays(path, "first", "trainval", np.concatenate([X["train"], X["validation"]]), np.tile(y, 2), ["a", "b"])
+    return path

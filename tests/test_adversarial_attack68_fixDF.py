@@ -85,12 +85,17 @@ def test_both_sides_values_are_quoted_and_escaped_as_repeated_ones_are(two_runs,
 
 
 # ------------------------------------------------------------------ finding 8: a link at <runs>/compare.png
+def _shared(runs, monkeypatch):
+    """``runs`` as a team's runs folder (another owner's, mode 1777), the suite's root standing for an ordinary user."""
+    monkeypatch.setattr(sticky, "privileged", lambda: False)
+    os.chown(runs, FOLDER_OWNER, -1)
+    runs.chmod(0o1777)
+
+
 @needs_root
 def test_a_colleagues_link_at_compare_png_names_its_owner_and_out(two_runs, tmp_path, monkeypatch):
     store, runs, a, b = two_runs
-    monkeypatch.setattr(sticky, "privileged", lambda: False)  # the suite's root stands for an ordinary user
-    os.chown(runs, FOLDER_OWNER, -1)
-    runs.chmod(0o1777)
+    _shared(runs, monkeypatch)
     link = runs / "compare.png"
     link.symlink_to(tmp_path / "her_chart.png")
     os.lchown(link, COLLEAGUE, -1)
@@ -110,9 +115,7 @@ def test_a_colleagues_link_at_compare_png_names_its_owner_and_out(two_runs, tmp_
 def test_a_colleagues_file_at_compare_png_names_out_too(two_runs, tmp_path, monkeypatch):
     """Attack 72 #7: his regular file there got "write to another path of yours", never naming --out (his link did)."""
     store, runs, a, b = two_runs
-    monkeypatch.setattr(sticky, "privileged", lambda: False)  # the suite's root stands for an ordinary user
-    os.chown(runs, FOLDER_OWNER, -1)
-    runs.chmod(0o1777)
+    _shared(runs, monkeypatch)
     (runs / "compare.png").write_bytes(b"his")
     os.chown(runs / "compare.png", COLLEAGUE, -1)
     got = cli("runs", "compare", a, b, "--store", store, "--runs", runs)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 from typer.testing import CliRunner
 
 from featstore import fit
 from featstore.cli import app
 from featstore.runs.fittedrows import fitted_splits
 from featstore.runs.selected import selected_on, sweep_choices
-from featstore.store.writer import write_arrays
+
+from .conftest import trainval_store
 
 
 def cli(*args):
@@ -41,18 +41,8 @@ def test_a_sweeps_choice_keeps_its_mark_when_its_other_runs_are_deleted(tmp_path
 
 
 # ------------------------------------------------------------------ finding 4: fitted on these rows, by rows
-def _trainval_store(path):
-    """Pure-noise train, validation and test, and trainval = train's and validation's rows (a final refit's split)."""
-    rng, y = np.random.default_rng(0), np.arange(30) % 2
-    X = {s: rng.normal(size=(30, 5)).astype(np.float32) for s in ("train", "validation", "test")}
-    for s in X:
-        write_arrays(path, "first", s, X[s], y, ["a", "b"])
-    write_arrays(path, "first", "trainval", np.concatenate([X["train"], X["validation"]]), np.tile(y, 2), ["a", "b"])
-    return path
-
-
 def test_a_split_whose_rows_are_training_rows_is_marked_whatever_its_name(tmp_path, caplog):
-    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    store, runs = trainval_store(tmp_path / "s.h5", 30, 5), tmp_path / "runs"
     with caplog.at_level(logging.WARNING, logger="featstore.experiments.fit"):
         rec = fit(store, "knn", {"n_neighbors": [1]}, runs=runs, train="trainval")
     said = "30 of the 30 rows of 'validation' are rows of 'trainval', which the run is fitted on"
@@ -72,7 +62,7 @@ def test_a_split_whose_rows_are_training_rows_is_marked_whatever_its_name(tmp_pa
 
 # ------------------------------------------------------------------ finding 6: model_temperature checked when read
 def test_a_damaged_model_temperature_is_refused_as_t_is(tmp_path):
-    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    store, runs = trainval_store(tmp_path / "s.h5", 30, 5), tmp_path / "runs"
     rec = fit(store, "knn", {"n_neighbors": [3]}, runs=runs)
     path = runs / rec.id / "run.json"
     good = json.loads(path.read_text())
@@ -96,7 +86,7 @@ def test_a_damaged_model_temperature_is_refused_as_t_is(tmp_path):
 
 # ------------------------------------------------------------------ finding 7: the default chart's folder
 def test_a_folder_at_the_default_chart_names_the_default_and_out(tmp_path):
-    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    store, runs = trainval_store(tmp_path / "s.h5", 30, 5), tmp_path / "runs"
     fit(store, "knn", {"n_neighbors": [3]}, runs=runs)
     fit(store, "knn", {"n_neighbors": [5]}, runs=runs)
     (runs / "compare.png").mkdir()

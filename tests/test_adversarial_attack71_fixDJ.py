@@ -20,6 +20,8 @@ from featstore.experiments.sweep import sweep
 from featstore.runs import fittedrows
 from featstore.store.writer import write_arrays
 
+from .conftest import trainval_store
+
 
 @pytest.fixture
 def steps(monkeypatch):
@@ -72,18 +74,8 @@ def test_register_refuses_other_parameter_types(monkeypatch, param, says):
 
 
 # ------------------------------------------------------------------ finding 7: a sweep chooses on training rows
-def _trainval_store(path):
-    """Pure-noise train, validation and test, and trainval = train's and validation's rows (a final refit's split)."""
-    rng, y = np.random.default_rng(0), np.arange(20) % 2
-    X = {s: rng.normal(size=(20, 4)).astype(np.float32) for s in ("train", "validation", "test")}
-    for s in X:
-        write_arrays(path, "first", s, X[s], y, ["a", "b"])
-    write_arrays(path, "first", "trainval", np.concatenate([X["train"], X["validation"]]), np.tile(y, 2), ["a", "b"])
-    return path
-
-
 def test_a_sweep_whose_validation_rows_are_training_rows_is_refused_before_any_fit(tmp_path):
-    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    store, runs = trainval_store(tmp_path / "s.h5", 20, 4), tmp_path / "runs"
     with pytest.raises(ConfigError, match=r"20 of the 20 rows of 'validation' \(first\) are rows of 'trainval'.*"
                                           r"--validation none to choose by cross-validation on 'trainval'"):  # fmt: skip
         sweep(store, ["logreg", "knn"], params={"knn": {"n_neighbors": [1]}}, train="trainval", runs=runs)
@@ -94,7 +86,7 @@ def test_a_sweep_whose_validation_rows_are_training_rows_is_refused_before_any_f
 
 
 def test_a_sweep_reusing_every_cell_is_refused_by_what_its_fits_noted(tmp_path, monkeypatch):
-    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    store, runs = trainval_store(tmp_path / "s.h5", 20, 4), tmp_path / "runs"
     fit(store, "logreg", runs=runs, train="trainval")  # a final refit: fit warns, notes it, and goes on
     monkeypatch.setattr(fittedrows, "fitted_rows", lambda *a, **k: pytest.fail("a reused cell's rows were read"))
     with pytest.raises(ConfigError, match=r"20 of the 20 rows of 'validation' \(first\) are rows of 'trainval'"):
@@ -103,7 +95,7 @@ def test_a_sweep_reusing_every_cell_is_refused_by_what_its_fits_noted(tmp_path, 
 
 # ------------------------------------------------------------------ finding 1: an ensemble's train advice
 def test_an_ensemble_on_its_members_training_rows_gets_no_rebuild_advice(tmp_path):
-    store, runs = _trainval_store(tmp_path / "s.h5"), tmp_path / "runs"
+    store, runs = trainval_store(tmp_path / "s.h5", 20, 4), tmp_path / "runs"
     write_arrays(store, "first", "extra", np.random.default_rng(5).normal(size=(20, 4)).astype(np.float32),
                  np.arange(20) % 2, ["a", "b"])  # fmt: skip
     a = fit(store, "knn", {"n_neighbors": [1]}, runs=runs)
