@@ -2,7 +2,8 @@
 classifier's scale on its own; every other row read as about 0 and logreg, sgd and knn fitted at chance, exit 0 (the
 same row in test was refused by name). Rows with a feature over LARGE_FEATURE are refused before any fit, in train,
 validation and test, in memory and streamed, by fewshot and probe too; runs evaluate keeps its own check (a fitted
-model that works on such rows is not refused)."""
+model that works on such rows is not refused) for rows not far from the run's training split (fit's far rule holds
+there since attack 75 #6)."""
 
 from __future__ import annotations
 
@@ -53,9 +54,22 @@ def test_rows_under_the_limit_and_runs_evaluate_are_as_before(tmp_path):
     store, runs = _store(tmp_path / "s.h5", "train", 900.0), tmp_path / "runs"  # large, not an overflow: fitted
     run = featstore.fit(store, "random_forest", runs=runs)
     X = np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)
-    X[4] = 1e16  # a forest works on it: evaluate's own check (the fitted model's) lets it through
+    X[4] = 1e16
     write_arrays(store, "synthetic", "extra", X, np.arange(30) % 3, ["a", "b", "c"])
-    assert evaluate_and_record(run.id, "extra", store, runs)[1]["n"] == 30
+    # 1e16 x train's usual size: fit's far rule holds in runs evaluate too since attack 75 #6 (a forest scored such
+    # rows, at chance for a split of them, and it was recorded), whatever the fitted model makes of it
+    with pytest.raises(StoreError, match=r"synthetic/extra holds 1 row\(s\) \(4; e\.g\. extra/4\) with features far"):
+        evaluate_and_record(run.id, "extra", store, runs)
+    # over 1e15 but not far from a train split of features near 1e11: evaluate's own check (the fitted model's) lets a
+    # forest that works on it through
+    big, rng = tmp_path / "big.h5", np.random.default_rng(0)
+    for s in ("train", "validation", "test", "extra"):
+        y = np.arange(30) % 3
+        Xs = (np.abs(rng.normal(size=(30, 8))) + y[:, None] * 1.5 + 1) * 1e11
+        Xs[4] = 1e16 if s == "extra" else Xs[4]
+        write_arrays(big, "synthetic", s, Xs.astype(np.float32), y, ["a", "b", "c"])
+    run = featstore.fit(big, "random_forest", runs=tmp_path / "big")
+    assert evaluate_and_record(run.id, "extra", big, tmp_path / "big")[1]["n"] == 30
 
 
 def test_a_bad_augmented_copy_names_the_extract_that_makes_the_copies_again(tmp_path):

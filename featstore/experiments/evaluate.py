@@ -30,6 +30,7 @@ from featstore.experiments.protocol import check_has_rows, check_not_reserved
 from featstore.experiments.run_store import refuse_other_store
 from featstore.outputs import write_atomic
 from featstore.runs.apply import ApplyOptions
+from featstore.runs.evalrows import RowsRefused
 from featstore.runs.files import output_path
 from featstore.runs.fittedrows import fitted_members
 from featstore.runs.folder import calibrated_predictions, find_run, get_run, runs_root
@@ -268,8 +269,9 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
         if closed_folders(root, rec.id):  # a colleague's run or runs folder closed to the user's writes: the same
             raise not_written(PermissionError(errno.EACCES, "Permission denied"), root, rec.id, update=True)
         rec = add_split(root, rec, folder, split, figures, (blocks, n, paths, listing))
-    except Rewritten:
-        raise  # the figures would be of the new version, the paths of the old: nothing to show
+    except (Rewritten, RowsRefused):
+        raise  # the figures would be of the new version, the paths of the old; or the split's rows are refused (its
+        # one read said so: scoring it again would read it twice to say the same)
     except (OutputError, StoreError) as exc:
         # refused before the split was scored (a runs folder that cannot be written): scored on its own; a refusal
         # of the store's rows raises again from there, as before anything is written

@@ -27,6 +27,7 @@ from featstore.images.listing import printable
 from featstore.provenance import MAX_IMAGE_SIZE
 from featstore.runs import artifacts
 from featstore.runs.apply import LARGE_FEATURE, ApplyOptions, ImageBatch, image_batches, split_images
+from featstore.runs.evalrows import FarRows, RowsRefused
 from featstore.runs.files import RECORD, BrokenRunError, read_record_json
 from featstore.runs.kind_base import APPLY_ATTRS, ImagesModel, RunKind, calibrated  # noqa: F401 - re-exported
 from featstore.runs.predictions_file import EVAL_BUDGET, eval_rows
@@ -145,12 +146,20 @@ class FitKind(_FeaturesRun):
         est, k = self.load(rec, folder, options), len(rec.class_names)
         info = fs.split_info(split, rec.extractor)
         rows = eval_rows(info, rec.get("memory_budget") or EVAL_BUDGET, k)
-        check, at = fs.nonfinite_rows(split, rec.extractor, large=False), 0  # large rows: _checked_rows decides
-        for X, y in fs.iter_batches(split, rec.extractor, max_bytes=rows * row_bytes(info)):
-            if not check.block(X):
-                check.refuse()  # not the model: the predict check would call it altered
-            yield (y, *_checked_rows(est, X, k, rec, fs, split, at))
-            at += len(X)
+        check, at = fs.nonfinite_rows(split, rec.extractor, large=False), 0  # large rows: far, else _checked_rows
+        far = FarRows(fs, rec, split, rows * row_bytes(info))  # fit's far rule in this one pass (attack 75 #6)
+        try:
+            for X, y in fs.iter_batches(split, rec.extractor, max_bytes=rows * row_bytes(info)):
+                if not check.block(X):
+                    check.refuse()  # not the model: the predict check would call it altered
+                if far.block(X):  # a far row: nothing more is scored, the rest only read to name them
+                    yield (y, *_checked_rows(est, X, k, rec, fs, split, at))
+                at += len(X)
+            far.refuse()
+        except StoreError as exc:  # the split's rows: said once, never read again to say it (RowsRefused)
+            if type(exc) is not StoreError:
+                raise
+            raise RowsRefused(str(exc)) from None
 
     @staticmethod
     def _keras_head(rec: RunRecord) -> bool:
