@@ -373,11 +373,12 @@ def sweep_table(summary: dict) -> str:
     test = f", test {win['test']:.4f}{_range(win.get('test_ci'))}" if win["test"] is not None else ""
     test += f" (note: {win['test_note']})" if win.get("test_note") else ""
     test += f"; its test figure is withheld: {win['test_withheld']}" if win.get("test_withheld") else ""
+    on_note = f" (note: {win['validation_note']})" if win.get("validation_note") else ""  # attack 76 #2
     versus = win.get("vs_best_single")
     gain = f"; its gain over {versus['run']} on {versus['split']} is {versus['verdict']}" if versus else ""
     lines.append(
         f"chosen on {on}: {win['id']} ({win['clf']} on {win['extractor']}): {win['validation']:.4f}"
-        f"{_range(win.get('validation_ci'))}{test}{gain}"
+        f"{_range(win.get('validation_ci'))}{on_note}{test}{gain}"
     )
     lines.append(f"selection: {summary['selection']}; heat map {summary['png']}")
     return "\n".join(lines)
