@@ -105,3 +105,60 @@ def test_a_reused_run_recorded_as_not_compared_is_said_by_the_sweep(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         got = sweep(store, ["logreg"], runs=runs, test="none", png=tmp_path / "h.png")
     assert got["reused"] and NOT_COMPARED in got["winner"].get("validation_note", ""), got["winner"]
+
+
+# ------------------------------------------------------------------ finding 6: the runs table and compare of 3+ runs
+RESUB = "fitted on these rows: resubstitution"
+
+
+def _resubstituted(tmp_path):
+    """Three runs of a store whose test holds train's very rows (validation its own): a 1-NN's test is 1.0000."""
+    from featstore import fit
+
+    store, runs = tmp_path / "s.h5", tmp_path / "runs"
+    rng, y = np.random.default_rng(1), np.arange(45) % 3
+    X = {s: (rng.normal(size=(45, 6)) + y[:, None] * 0.5).astype(np.float32) for s in ("train", "validation")}
+    for s in X:
+        write_arrays(store, "x", s, X[s], y, ["a", "b", "c"])
+    write_arrays(store, "x", "test", X["train"], y, ["a", "b", "c"])
+    ids = [
+        fit(store, c, p, runs=runs).id
+        for c, p in (("knn", {"n_neighbors": [1]}), ("knn", {"n_neighbors": [3]}), ("logreg", None))
+    ]
+    return store, runs, ids
+
+
+def test_the_runs_table_and_a_compare_of_three_runs_mark_a_resubstitution_figure(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from featstore.cli import app
+
+    store, runs, ids = _resubstituted(tmp_path)
+    env = {"COLUMNS": "250"}
+    table = CliRunner().invoke(app, ["runs", "--store", str(store), "--runs", str(runs)], env=env)
+    assert table.exit_code == 0, table.output
+    knn = next(line for line in table.output.splitlines() if line.startswith(ids[0]))
+    assert "1.0000 [" in knn and RESUB in knn and knn.count(RESUB) == 1, knn  # test marked, validation not
+    listed = json.loads(CliRunner().invoke(app, ["runs", "--store", str(store), "--runs", str(runs), "--json"]).output)
+    marks = {r["id"]: r["marks"] for r in listed["runs"]}
+    assert marks[ids[0]]["test"]["fitted_on_these_rows"] and not marks[ids[0]]["validation"]["fitted_on_these_rows"]
+    args = ["runs", "compare", *ids, "--store", str(store), "--runs", str(runs), "--out", str(tmp_path / "c.png")]
+    many = CliRunner().invoke(app, args, env=env)
+    assert many.exit_code == 0, many.output
+    lines = [line for line in many.output.splitlines() if line.startswith(tuple(ids))]
+    assert len(lines) == 3 and all(line.count(RESUB) == 1 for line in lines), many.output
+    got = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    assert all(r["marks"]["test"]["fitted_on_these_rows"] for r in got["runs"]), got["runs"]
+
+
+def test_the_compare_chart_of_several_runs_labels_a_resubstitution_bar(tmp_path, monkeypatch):
+    from featstore import plots
+    from featstore.experiments.compare import compare_runs
+
+    store, runs, ids = _resubstituted(tmp_path)
+    seen = {}
+    monkeypatch.setattr(plots, "compare_png", lambda labels, scores, path, iv=None: seen.setdefault("labels", labels))
+    compare_runs(ids, tmp_path / "c.png", store, runs)
+    assert all(f"(test: {RESUB})" in label for label in seen["labels"]), seen
