@@ -35,7 +35,7 @@ from featstore.outputs import (
 )
 from featstore.provenance import OOF
 from featstore.runs.files import output_path
-from featstore.runs.fittedrows import fitted_members, fitted_on, shared_rows
+from featstore.runs.fittedrows import fitted_members, fitted_on, fitted_splits, shared_rows
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, find_run, get_run, list_runs, runs_root
 from featstore.runs.kinds import kind_of, rebuild_advice
 from featstore.runs.record import RunRecord
@@ -403,12 +403,9 @@ def compare_runs(
     store: str | os.PathLike = "features.h5",
     runs: str | os.PathLike | None = None,
 ) -> Path:
-    """Bar chart of validation and test accuracy of the given runs (default: all), each with its 95 % interval;
-    returns the PNG path (written whole, or not at all: one OutputError line for a missing folder or a full disk).
-
-    Example::
-
-        compare_runs(["logreg-1a2b3c", "svm-4d5e6f"], out="compare.png")
+    """Bar chart of validation and test accuracy of the given runs (default: all), each with its 95 % interval, a run
+    marked where a bar is on rows it was fitted on; returns the PNG path (written whole, or not at all: one OutputError
+    line for a missing folder or a full disk). Example: ``compare_runs(["logreg-1a2b3c", "svm-4d5e6f"], out="c.png")``.
     """
     from featstore.plots import compare_png
 
@@ -420,8 +417,12 @@ def compare_runs(
     splits = ("validation", "test")
     scores = {s: [r.accuracy(s) for r in recs] for s in splits}
     intervals = {s: [wilson_of(r.metrics[s]) if s in r.metrics else None for r in recs] for s in splits}
+    on = [sorted(fitted_splits(r, splits) & set(r.metrics).intersection(splits)) for r in recs]  # as the table (76 #6)
+    labels = [
+        r.id + (f"\n({', '.join(f)}: fitted on these rows: resubstitution)" if f else "") for r, f in zip(recs, on)
+    ]
     what = "--out" if out else "the default chart"
-    return write_atomic(path, lambda tmp: compare_png([r.id for r in recs], scores, tmp, intervals), what)
+    return write_atomic(path, lambda tmp: compare_png(labels, scores, tmp, intervals), what)
 
 
 def default_chart(root: Path) -> Path:

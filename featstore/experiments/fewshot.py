@@ -31,9 +31,9 @@ import numpy as np
 from featstore.errors import ConfigError, OutputError, StoreError, check_names, check_paths, check_seed
 from featstore.experiments.compare import check_chart_name
 from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check_has_rows, no_split
+from featstore.experiments.training_rows import refuse_training_rows
 from featstore.outputs import write_atomic, write_text
 from featstore.runs import made
-from featstore.runs.fittedrows import refuse_training_rows
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import mean_sd, proportion_interval
 from featstore.store.names import names_text
@@ -254,7 +254,7 @@ def fewshot(
         started = time.perf_counter()
         X, y = fs.load(train, name)
         notes = [] if val_split is not None or not early else [f"{clf} early-stops on its training loss ({why})"]
-        notes += shared  # a few of test's rows are training rows (attack 74 #5)
+        notes += shared  # a few of test's rows are training rows (74 #5), or they were not compared (76 #2)
         val = None
         if val_split is not None:
             val = fs.load(val_split, name)

@@ -49,9 +49,9 @@ from featstore.experiments.probe_fits import (
     logistic,
 )
 from featstore.experiments.protocol import check_has_rows
+from featstore.experiments.training_rows import refuse_training_rows
 from featstore.outputs import write_atomic, write_text
 from featstore.runs import made
-from featstore.runs.fittedrows import refuse_training_rows
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.stats import proportion_interval
 from featstore.store.nonfinite import refuse_in_every
@@ -110,8 +110,11 @@ def probe(
         check_reduce(reduce, row, f"extractor {n!r}'s features", "--reduce flatten", attrs)
     refuse_in_every(fs, names, (train, validation, test), "probe")  # every extractor's splits, before any fit
     _refuse_unprobeable(fs, names, train)  # one class, constant rows: before the first fit too (attack 58 #5)
-    for split, what, opt in ((validation, "choose C and k", "--validation"), (test, "score", "--test")):  # 74 #5
-        refuse_training_rows(fs, names, train, split, "probe", what, f"pass a {opt} split without them")
+    rows_notes = [  # refused, or said: a few shared rows (74 #5), or not compared (over the caps: 76 #2)
+        line
+        for split, what, opt in ((validation, "choose C and k", "--validation"), (test, "score", "--test"))
+        for line in refuse_training_rows(fs, names, train, split, "probe", what, f"pass a {opt} split without them")
+    ]
     root = runs_root(store, runs)
     ensure_writable(root, store)
     with made.removed_on_failure(root):  # a probe that fails leaves no runs folder it made (attack 53 #3)
@@ -152,6 +155,8 @@ def probe(
             "best": _best(cells),
             "seconds": round(time.perf_counter() - started, 2),
         }
+        if rows_notes:
+            summary["notes"] = rows_notes
         if stopped:
             summary["stopped"] = {**stopped, "not_probed": names[len(cells) :]}
         from featstore.experiments.protocol_plots import probe_png

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 
 import numpy as np
@@ -36,6 +35,8 @@ from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check
 from featstore.experiments.selection import DivergedError
 from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells, untested
 from featstore.experiments.sweep_summary import summary_of, tie_note, versus_best
+from featstore.experiments.training_rows import compared, recorded, refuse_training_rows
+from featstore.runs.fittedrows import not_compared
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
 from featstore.store.nonfinite import refuse_in_every
@@ -111,8 +112,7 @@ def sweep(
     reused = recorded_cells(fs, runs_root(store, runs), *args) if reuse else {}
     fitted = [n for n in names if any((n, c) not in reused for c in clfs)]  # fit's rule, test too, before any fit
     withheld, test_note = _test_on_training_rows(fs, fitted, train, tst)  # before any fit, as fit's rule (74 #2)
-    if val:  # before any fit: a sweep's product is its choice (attack 71 #7)
-        _refuse_training_rows(fs, names, fitted, train, val, reused)
+    val_note = _refuse_training_rows(fs, names, fitted, train, val, reused) if val else ""  # before any fit (71 #7)
     refuse_in_every(fs, fitted, (train, val, tst), "sweep", train if augmented else None, names)
 
     def one(cell):
@@ -156,6 +156,8 @@ def sweep(
         "clf": recs[best].clf,
         "validation": float(scores[best]),
     }
+    if val_note:  # a few of validation's rows are training rows, or they were not compared (attack 76 #2)
+        winner["validation_note"] = val_note
     chosen, note, ensemble_wins = [], "", False
     if ensemble:
         chosen, note, ens_score = _select(recs, store, runs, score)
@@ -177,8 +179,8 @@ def sweep(
         {r.extractor for r in recs if r.id in to_test and r.extractor not in fitted and tst not in r.metrics}
     )
     if later and not withheld:  # a reused run whose test is read now: compared first (one that holds it reads nothing)
-        withheld, note = _test_on_training_rows(fs, later, train, tst)
-        test_note = test_note or note
+        withheld, later_note = _test_on_training_rows(fs, later, train, tst)  # not `note`: the ensemble's
+        test_note = test_note or later_note
     if withheld or test_note:  # attack 74 #2: said, in the summary too
         logger.warning("sweep: %s", f"the test figure is withheld: {withheld}" if withheld else test_note)
         winner["test_withheld" if withheld else "test_note"] = withheld or test_note
@@ -316,66 +318,49 @@ def _test_split(fs: FeatureStore, names: list[str], test: str | None) -> tuple[s
     return test, ""
 
 
-def _refuse_training_rows(fs: FeatureStore, names: list, fitted: list, train: str, validation: str, reused) -> None:
-    """ConfigError when an extractor's ``validation`` split shares rows with its ``train`` split. ``fit`` warns and
+def _refuse_training_rows(fs: FeatureStore, names: list, fitted: list, train: str, validation: str, reused) -> str:
+    """ConfigError when an extractor's ``validation`` split is mostly rows of its ``train`` split. ``fit`` warns and
     goes on (a final refit on trainval may be meant), but a sweep only chooses: on training rows, a 1-NN that memorised
-    them was "chosen on validation: 1.0000" (attack 71 #7). An extractor with a cell to fit is compared by rows
-    (:func:`featstore.runs.fittedrows.fitted_rows`, fit's rule); one whose every cell is reused, by what its runs'
-    fits noted (a re-run reads no features)."""
-    from featstore.runs.fittedrows import fitted_rows
-
-    noted = re.compile(
-        rf"(\d+) of the (\d+) rows of {re.escape(repr(validation))} are rows of {re.escape(repr(train))}"
-    )
-    for n in names:
-        if n in fitted:
-            shared = fitted_rows(fs, n, train, [validation]).get(validation)
-        else:
-            said = [
-                m for rec in (r for (e, _), r in reused.items() if e == n) for t in rec.notes if (m := noted.match(t))
-            ]
-            shared = tuple(map(int, said[0].groups())) if said else None
-        if shared and 2 * shared[0] > shared[1]:  # most rows: the choice is made on training rows
-            raise ConfigError(
-                f"sweep: {shared[0]} of the {shared[1]} rows of {validation!r} ({n}) are rows of {train!r}, which "
-                f"every run is fitted on, so the choice on {validation!r} would be made on training rows; pass a "
-                f"--validation split without them, or --validation {NONE} to choose by cross-validation on {train!r}"
-            )
-        if shared:  # a few (a duplicate image): said, not refused (attack 74 #6)
-            logger.warning(
-                "sweep: %d of the %d rows of %r (%s) are rows of %r (duplicate images?): the choice is made on them "
-                "too, so its figures there are optimistic by at most %d row(s); a --validation split without them "
-                "chooses on held-out rows only",
-                *shared,
-                validation,
-                n,
-                train,
-                shared[0],
-            )
+    them was "chosen on validation: 1.0000" (attack 71 #7). Else the note (a few shared rows, or rows not compared:
+    over the caps, attack 76 #2), "" when none: :func:`featstore.experiments.training_rows.refuse_training_rows`, the
+    rule of probe and fewshot. An extractor whose every cell is reused is judged by what its runs recorded (a re-run
+    reads no features)."""
+    known = {}
+    for n in (n for n in names if n not in fitted):
+        got = [g for (e, _), r in reused.items() if e == n and (g := recorded(r, validation)) is not None]
+        if got:
+            known[n] = got[0]
+    fix = f"pass a --validation split without them, or --validation {NONE} to choose by cross-validation on {train!r}"
+    said = refuse_training_rows(fs, names, train, validation, "sweep", "choose", fix, known)
+    return "; ".join(said)
 
 
 def _test_on_training_rows(fs: FeatureStore, names: list, train: str, test: str | None) -> tuple[str | None, str]:
     """``(why the test figure is withheld, or None; a note, or "")``: the sweep's ``test`` compared with ``train`` by
     rows (fit's rule) before the choice is tested (attack 74 #2: each cell is fitted with no test, so fit's note
-    never looked at it, and the chosen run's test figure on train's own rows was printed unmarked)."""
-    from featstore.runs.fittedrows import fitted_rows
-
+    never looked at it, and the chosen run's test figure on train's own rows was printed unmarked); a test not compared
+    (over the caps) is noted (attack 76 #2)."""
     if not test:
         return None, ""
+    notes = []
     for n in names:
-        shared = fitted_rows(fs, n, train, [test]).get(test)
-        if shared and 2 * shared[0] > shared[1]:
+        got = compared(fs, n, train, test)
+        if "not_compared" in got:
+            notes.append(f"{not_compared(test, train, got['not_compared'])} ({n})")
+            continue
+        k, rows = got["shared"], got["rows"]
+        if k and 2 * k > rows:
             return (
-                f"{shared[0]} of the {shared[1]} rows of {test!r} ({n}) are rows of {train!r}, which every run is "
+                f"{k} of the {rows} rows of {test!r} ({n}) are rows of {train!r}, which every run is "
                 f"fitted on: a test figure there would be a resubstitution figure; evaluate on a --test split "
                 f"without them"
             ), ""
-        if shared:
-            return None, (
-                f"{shared[0]} of the {shared[1]} rows of {test!r} ({n}) are rows of {train!r} (duplicate images?): "
-                f"the test figure is optimistic by at most {shared[0]} row{'s' if shared[0] != 1 else ''}"
+        if k:
+            notes.append(
+                f"{k} of the {rows} rows of {test!r} ({n}) are rows of {train!r} (duplicate images?): "
+                f"the test figure is optimistic by at most {k} row{'s' if k != 1 else ''}"
             )
-    return None, ""
+    return None, "; ".join(notes)
 
 
 def _refuse_other_rows(fs: FeatureStore, names: list[str], split: str, train: str) -> None:

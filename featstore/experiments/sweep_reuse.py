@@ -31,6 +31,7 @@ from featstore import sticky
 from featstore.errors import StoreError
 from featstore.experiments.evaluate import evaluate_and_record
 from featstore.experiments.protocol import OOF, Splits
+from featstore.experiments.training_rows import compared
 from featstore.runs.folder import scan_runs, verify_run
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, split_identity
@@ -88,6 +89,9 @@ def fit_inputs(
         "validation": splits.validation,
         "splits": {s: _identity(fs, name, s, versions[s]) for s in read},
         "probabilities": PROBABILITIES,
+        # what the rows rule found of validation (counted once per process: fit's note read it), read by a sweep that
+        # reuses the run instead of the features (attack 76: no note text parsed)
+        "training_rows": {s: compared(fs, name, splits.train, s) for s in read[1:]},
     }
 
 

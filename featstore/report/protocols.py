@@ -27,7 +27,7 @@ def probe_table(summary: dict) -> str:
         "| extractor | probe | chosen | validation [95 % CI] | test [95 % CI] |",
         "| --- | --- | --- | --- | --- |",
     ]
-    notes = []
+    notes = list(summary.get("notes") or [])  # the rows rule's: shared or not compared rows (attack 76 #2)
     for c in summary["cells"]:
         c = {**c, "extractor": terminal_safe(c["extractor"])}  # a crafted store's group name: no escape sequences
         lin = c["linear"]

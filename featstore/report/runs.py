@@ -39,12 +39,31 @@ def _acc(rec: RunRecord, split: str, digits: int = 4) -> str:
     return with_interval(m.accuracy, *m.accuracy_interval(), digits=digits)
 
 
-def _val(rec: RunRecord) -> str:
+RESUBSTITUTION = "fitted on these rows: resubstitution"  # the report site's runs table's mark (873cd05)
+
+
+def _marked(rec: RunRecord, split: str, fitted) -> str:
+    """:func:`_acc`, marked where the run was fitted on ``split``'s rows (``fitted``: :func:`fitted_splits`): its
+    figure there is a resubstitution figure, not an estimate (attack 76 #6: the table listed such a 1.0000 unmarked)."""
+    text = _acc(rec, split)
+    return f"{text} ({RESUBSTITUTION})" if split in fitted and text != "-" else text
+
+
+def _val(rec: RunRecord, fitted=()) -> str:
     """The validation column: validation accuracy, or (no validation split) the out-of-fold accuracy on train, marked."""
     if "validation" in rec.metrics:
-        return _acc(rec, "validation")
+        return _marked(rec, "validation", fitted)
     oof = next((s for s in rec.metrics if s.endswith(".oof")), None)
     return f"{_acc(rec, oof)} cv" if oof else "-"
+
+
+def _fitted(rec: RunRecord) -> set[str]:
+    """The splits of the table's columns whose rows ``rec`` was fitted on (:func:`fitted_splits`, as the site's)."""
+    return fitted_splits(rec, ("validation", "test")) & {"validation", "test"}
+
+
+def _legend(marked: bool) -> list[str]:
+    return [f"{RESUBSTITUTION}: the run's own training rows; such a figure estimates nothing for new images"] * marked
 
 
 def _fingerprints(rec: RunRecord) -> str:
@@ -63,7 +82,10 @@ def runs_table(
     rows = [
         ["id", "clf", "params", "val_acc [95% CI]", "test_acc [95% CI]", "fit_s", "extractor", "fingerprint", "created"]
     ]
+    marked = False
     for r in runs:
+        fitted = _fitted(r)
+        marked |= bool(fitted)
         augmented = r.get("augmented")
         params = (kind_of(r).params_text(r) or "defaults") + (
             f" +{augmented['copies']} aug copies" if augmented else ""
@@ -73,15 +95,15 @@ def runs_table(
                 r.id,
                 r.clf,
                 params,
-                _val(r),
-                _acc(r, "test"),
+                _val(r, fitted),
+                _marked(r, "test", fitted),
                 f"{r.get('fit_seconds', 0):.2f}",
                 r.extractor,
                 _fingerprints(r),
                 r.created_at[:19],
             ]
         )
-    lines = [_table(rows)] if runs else ["no usable runs"]
+    lines = [_table(rows), *_legend(marked)] if runs else ["no usable runs"]
     if note := stores_note(runs):
         lines.append(note)
     if broken:
@@ -263,6 +285,7 @@ def runs_json(
                 "fingerprint": r.fingerprint,
                 "created_at": r.created_at,
                 "metrics": {s: _headline(m) for s, m in r.metrics.items()},
+                "marks": split_marks(r),  # the text's marks (attack 76 #6)
             }
             for r in runs
         ],
@@ -273,16 +296,23 @@ def runs_json(
 
 def accuracy_json(runs: list[RunRecord]) -> list[dict]:
     """Each run's validation and test headline figures (``runs compare --json``)."""
-    return [
-        {"id": r.id, **{s: _headline(r.metrics[s]) for s in ("validation", "test") if s in r.metrics}} for r in runs
-    ]
+    out = []
+    for r in runs:
+        shown = [s for s in ("validation", "test") if s in r.metrics]
+        marks = {s: m for s, m in split_marks(r).items() if s in shown}  # the text's marks (attack 76 #6)
+        out.append({"id": r.id, **{s: _headline(r.metrics[s]) for s in shown}, "marks": marks})
+    return out
 
 
 def accuracy_lines(runs: list[RunRecord]) -> str:
     """One line per run: validation and test accuracy with their 95 % intervals (``runs compare`` of several runs),
     and the runs table's note when they come from more than one store (:func:`stores_note`)."""
-    width = max(len(r.id) for r in runs)
-    lines = [f"{r.id.ljust(width)}  validation {_acc(r, 'validation')}  test {_acc(r, 'test')}" for r in runs]
+    width, fitted = max(len(r.id) for r in runs), {r.id: _fitted(r) for r in runs}
+    lines = [
+        f"{r.id.ljust(width)}  validation {_marked(r, 'validation', fitted[r.id])}  test {_marked(r, 'test', fitted[r.id])}"
+        for r in runs
+    ]
+    lines += _legend(any(fitted.values()))
     return "\n".join(lines + [n for n in [stores_note(runs)] if n])
 
 
@@ -373,11 +403,12 @@ def sweep_table(summary: dict) -> str:
     test = f", test {win['test']:.4f}{_range(win.get('test_ci'))}" if win["test"] is not None else ""
     test += f" (note: {win['test_note']})" if win.get("test_note") else ""
     test += f"; its test figure is withheld: {win['test_withheld']}" if win.get("test_withheld") else ""
+    on_note = f" (note: {win['validation_note']})" if win.get("validation_note") else ""  # attack 76 #2
     versus = win.get("vs_best_single")
     gain = f"; its gain over {versus['run']} on {versus['split']} is {versus['verdict']}" if versus else ""
     lines.append(
         f"chosen on {on}: {win['id']} ({win['clf']} on {win['extractor']}): {win['validation']:.4f}"
-        f"{_range(win.get('validation_ci'))}{test}{gain}"
+        f"{_range(win.get('validation_ci'))}{on_note}{test}{gain}"
     )
     lines.append(f"selection: {summary['selection']}; heat map {summary['png']}")
     return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""The rows rule of the commands that choose or score on a split beside the one they fit on: sweep, probe, fewshot.
+
+A split most of whose rows are rows of the training split is refused (the choice or the score would be made on
+training rows); one sharing a few (a duplicate image) is said; one that was not compared (over the rows rule's caps,
+:data:`featstore.runs.fittedrows.MAX_BYTES` / :data:`~featstore.runs.fittedrows.MAX_ROWS`) is said too, once per
+split and reason, with the reason: a warning and a note the command records (attack 76 #2: over the caps they chose
+and scored on training rows with no word). A fit run records what its rule found (:func:`recorded`, its
+``inputs.training_rows``), so a sweep that reuses it reads that instead of the features.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from featstore.errors import ConfigError
+from featstore.runs.fittedrows import fitted_rows_said, not_compared
+
+logger = logging.getLogger(__name__)
+
+
+def compared(fs, name: str, train: str, split: str) -> dict:
+    """What the rows rule found for ``split`` of extractor ``name`` against ``train``: ``{"shared": k, "rows": n}``
+    (``k`` may be 0), or ``{"not_compared": why}`` (counted once per process and store version)."""
+    got, skipped = fitted_rows_said(fs, name, train, [split])
+    if split in skipped:
+        return {"not_compared": skipped[split]}
+    k, n = got.get(split, (0, 0))
+    return {"shared": int(k), "rows": int(n)}
+
+
+def recorded(rec, split: str) -> dict | None:
+    """What fit run ``rec`` recorded of ``split``'s rows (``inputs.training_rows``: :func:`compared`'s dict), or None
+    where it recorded nothing usable (a run made before runs recorded it)."""
+    inputs = rec.get("inputs")
+    said = inputs.get("training_rows") if hasattr(inputs, "get") else None
+    one = said.get(split) if hasattr(said, "get") else None
+    if not hasattr(one, "get"):
+        return None
+    if isinstance(one.get("not_compared"), str):
+        return {"not_compared": one["not_compared"]}
+    k, n = one.get("shared"), one.get("rows")
+    if isinstance(k, int) and isinstance(n, int) and not isinstance(k, bool) and 0 <= k <= max(n, 0):
+        return {"shared": k, "rows": n}
+    return None
+
+
+def refuse_training_rows(
+    fs, names, train: str, split: str, command: str, what: str, fix: str, known: dict | None = None
+) -> list[str]:
+    """ConfigError when most rows of ``split`` (of any extractor of ``names``) are rows of ``train``, which ``command``
+    fits on (``what``: what it does with them, e.g. "chooses C and k"; ``fix``: the way out); else the lines to note,
+    each logged once as a warning: a few shared rows (per extractor), and each reason ``split`` was not compared (once,
+    naming its extractors). ``known``: ``{extractor: compared's dict}`` already found (a reused run's record)."""
+    said, skipped = [], {}
+    for n in names:
+        got = (known or {}).get(n) or compared(fs, n, train, split)
+        if "not_compared" in got:
+            skipped.setdefault(got["not_compared"], []).append(n)
+            continue
+        k, rows = got["shared"], got["rows"]
+        if k and 2 * k > rows:
+            raise ConfigError(
+                f"{command}: {k} of the {rows} rows of {split!r} ({n}) are rows of {train!r}, which it fits on, so it "
+                f"would {what} on training rows; {fix}"
+            )
+        if k:
+            said.append(
+                f"{k} of the {rows} rows of {split!r} ({n}) are rows of {train!r} (duplicate images?): its figures "
+                f"there are optimistic by at most {k} row{'s' if k != 1 else ''}"
+            )
+    for why, which in skipped.items():
+        said.append(f"{not_compared(split, train, why)} ({', '.join(which)})")
+    for line in said:
+        logger.warning("%s: %s", command, line)
+    return said
