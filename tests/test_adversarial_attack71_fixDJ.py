@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 from featstore import fit
 from featstore.errors import ConfigError
-from featstore.experiments import classifiers
+from featstore.experiments import classifiers, training_rows
 from featstore.experiments.classifiers import get_classifier, parse_clf_params, parse_params, register_classifier
 from featstore.experiments.ensemble import ensemble
 from featstore.experiments.evaluate import evaluate_and_record
@@ -88,7 +88,10 @@ def test_a_sweep_whose_validation_rows_are_training_rows_is_refused_before_any_f
 def test_a_sweep_reusing_every_cell_is_refused_by_what_its_fits_noted(tmp_path, monkeypatch):
     store, runs = trainval_store(tmp_path / "s.h5", 20, 4), tmp_path / "runs"
     fit(store, "logreg", runs=runs, train="trainval")  # a final refit: fit warns, notes it, and goes on
-    monkeypatch.setattr(fittedrows, "fitted_rows", lambda *a, **k: pytest.fail("a reused cell's rows were read"))
+    read = lambda *a, **k: pytest.fail("a reused cell's rows were read")  # noqa: E731
+    for module in (fittedrows, training_rows):  # the sweep's rule reads rows through fitted_rows_said (attack 76 #2)
+        monkeypatch.setattr(module, "fitted_rows_said", read)
+    monkeypatch.setattr(fittedrows, "fitted_rows", read)
     with pytest.raises(ConfigError, match=r"20 of the 20 rows of 'validation' \(first\) are rows of 'trainval'"):
         sweep(store, ["logreg"], train="trainval", runs=runs)  # its one cell reused: no features read, still refused
 
