@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 from featstore.errors import FeatstoreError
 
@@ -142,8 +141,3 @@ def training_store(rec, store, name: str, train: str):
         return None, "the run records no store"
     fix = "; pass --store with the store it was fitted on" if store is None else ""
     return None, "its rows could not be compared: " + "; ".join(dict.fromkeys(tried)) + fix
-
-
-def store_path(store) -> Path | None:
-    """The path of a store given as a path or a FeatureStore (None for None)."""
-    return None if store is None else Path(getattr(store, "path", store))
