@@ -30,12 +30,20 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
 
 
-def _rows_of(store, runs):
-    """:func:`featstore.runs.fittedrows.rows_of` for the store and runs folder a command was given (attack 74 #1, #3)."""
+def _rows_of(store, runs, named, scored=None):
+    """:func:`featstore.runs.fittedrows.rows_of` for the store and runs folder a command was given (attack 74 #1, #3):
+    the training rows from ``named`` (the store typed, None for the default: attack 76 #3, an unrelated
+    ./features.h5 was taken for the run's) where its training split is the run's, else from the run's recorded store;
+    ``scored``: the store whose split the command scored (`runs evaluate`)."""
     from featstore.runs.fittedrows import rows_of
     from featstore.runs.folder import runs_root
 
-    return rows_of(store, runs_root(store, runs))
+    return rows_of(named, runs_root(store, runs), scored=scored)
+
+
+def _named(ctx: typer.Context, store: Path | None) -> Path | None:
+    """The store a `runs` sub-command was given (on its own words or the group's), None when none was."""
+    return store or (ctx.obj or {}).get("store")
 
 
 def _group_defaults(
@@ -122,11 +130,12 @@ def runs_show(
     from featstore.report.runs import split_marks
     from featstore.report.tables import run_report
 
+    named = _named(ctx, store)
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     unsaved: list[str] = []  # a read-only runs folder or a full disk: the figures are shown, then one line
     rec, pngs = show_run(run_id, store, runs, unsaved=unsaved)
     selected = _selected(rec, store, runs)  # the sweeps and members of its folder (67 #9)
-    with _rows_of(store, runs):  # the rows of the store given, an ensemble's members from its folder (attack 74)
+    with _rows_of(store, runs, named):  # the run's training rows, an ensemble's members from its folder (74, 76 #3)
         if json_out:  # the text's marks too (attack 71 #8: the bare record said neither)
             _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs], "marks": split_marks(rec, selected)})
         else:
@@ -177,10 +186,11 @@ def runs_compare(
     from featstore.report.tables import accuracy_json, accuracy_lines, pair_report
     from featstore.runs.folder import get_run, list_runs
 
+    named = _named(ctx, store)
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     if out is not None:
         check_chart_name(out, store=store)  # before any work: a missing folder, a link, a FIFO, a name that is not .png
-    with _rows_of(store, runs):  # the given store's rows; an ensemble's members (attack 74 #1, #3)
+    with _rows_of(store, runs, named):  # the run's training rows; an ensemble's members (attack 74 #1, 76 #3)
         pair = compare_pair(*run_ids, store, runs) if run_ids and len(run_ids) == 2 else None
         recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
         try:
@@ -229,9 +239,10 @@ def runs_evaluate(
     from featstore.report.runs import split_marks
     from featstore.report.tables import evaluated_lines
 
+    named = _named(ctx, store)
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     rec, m, said = evaluate_and_record(run_id, split, store, runs)
-    with _rows_of(store, runs):
+    with _rows_of(store, runs, named, scored=store):  # the split scored here, against the run's training rows (76 #3)
         marks = split_marks(rec, _selected(rec, store, runs), [split])[split]
     if json_out:  # the text's mark and the run's choice there (attack 71 #8)
         _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said, **marks})
@@ -256,7 +267,7 @@ def ensemble(
     from featstore.report.tables import run_report
 
     refuse_runs_file(store, runs)
-    with _rows_of(store, runs):
+    with _rows_of(store, runs, store):  # the ensemble is made on it: its members' rows where they are theirs
         echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
 
 

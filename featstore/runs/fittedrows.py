@@ -13,11 +13,18 @@ are not matched on purpose: a tolerance would mark a foreign near-duplicate imag
 
 Each row is digested to two 64-bit lanes with numpy, a block of rows at a time (attack 71 #5: one Python bytes digest
 per row in a set cost 9.4 s and 900 MB for 8 M narrow rows), under a key drawn once per process (attack 74 #9: the
-fixed public weights let two different rows be made to collide): the training split's digests are kept sorted (16
-bytes a row) and every other split is streamed against them, matched on both lanes. A split of more than
-:data:`MAX_ROWS` rows or :data:`MAX_BYTES` of features is not compared (:func:`fitted_rows_said` says which; fit notes
-it): a split holding its rows is then not marked. Each split's count is computed once per process and store version
-(keyed by the store file's identity, the extractor, the training split and the split: attack 74 #7).
+fixed public weights let two different rows be made to collide): the training split's digests are sorted in place and
+kept (16 bytes a row) and every other split is streamed against them, matched on both lanes. The most held is
+:func:`peak_bytes`: 16 bytes a training row and one block's temporaries (at most 4 copies of a block of features and
+96 bytes a row of it; the block is at most 16 MiB and 2^18 rows), so under :data:`MAX_ROWS` about 256 MiB and 90 MiB
+(attack 76 #4: 38 bytes a row, 608 MiB for 2^24 rows, before); given a ``memory_budget`` a comparison over it is not
+made, and said. A split of more than :data:`MAX_ROWS` rows or :data:`MAX_BYTES` of features is not compared
+(:func:`fitted_rows_said` says which; fit notes it): a split holding its rows is then not marked. Each split's count
+is computed once per process and store version (keyed by the store file's identity, the extractor, the training split
+and the split: attack 74 #7); one training split's digests are kept between calls (none within a budget).
+
+The training split is the run's, not one named like it (attack 76 #3): :mod:`featstore.runs.trainstore` takes it from
+the store a command was given only where it is the split the run recorded, else from the run's recorded store.
 
 >>> keys = row_digests(np.arange(6, dtype=np.float32).reshape(3, 2), np.array([0, 1, 0]))
 >>> keys.shape, keys.dtype, len(set(map(tuple, keys.tolist())))
@@ -30,7 +37,6 @@ import contextlib
 import contextvars
 import functools
 import logging
-import os
 import secrets
 from pathlib import Path
 
@@ -39,6 +45,7 @@ import numpy as np
 from featstore.errors import ConfigError, FeatstoreError, StoreError
 from featstore.runs.files import read_record_json
 from featstore.runs.kinds import kind_of, parse_record
+from featstore.runs.trainstore import _STORES, _identity, _open, _splits, same_file, training_store  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,8 @@ MAX_BYTES = 1 << 30  # features read per split compared (time: each is read once
 MAX_ROWS = 1 << 24  # rows per split compared: the training split's digests take 16 bytes a row (256 MiB at most)
 _BLOCK_BYTES = 16 << 20  # features digested at a time (a few copies of it are the temporaries)
 _BLOCK_ROWS = 1 << 18  # and rows (each row's label and digests take 32 bytes of temporaries, however narrow the row)
+_FENCE = 64  # one lane-0 digest kept contiguous per this many training rows: where each key's search starts
+ROW_BYTES = 16  # the training split's digests held per row (two uint64 lanes, sorted in place)
 _C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
@@ -90,15 +99,41 @@ def row_digests(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _digest_blocks(fs, name: str, split: str, max_bytes: int):
-    """Each block's :func:`row_digests`, read at most ``max_bytes``, :data:`_BLOCK_BYTES` and :data:`_BLOCK_ROWS` rows
-    of features at a time, never less than one chunk."""
+def _block(fs, name: str, split: str, max_bytes: int) -> tuple[int, int]:
+    """``(bytes, rows)`` of features read at a time: at most ``max_bytes``, :data:`_BLOCK_BYTES` and
+    :data:`_BLOCK_ROWS` rows, never less than one chunk."""
     from featstore.store.storage import chunk_bytes, row_bytes
 
     info = fs.split_info(split, name)
-    block = max(min(max_bytes, _BLOCK_BYTES, _BLOCK_ROWS * row_bytes(info)), chunk_bytes(info))
-    for X, y in fs.iter_batches(split, name, max_bytes=block):
+    size = max(min(max_bytes, _BLOCK_BYTES, _BLOCK_ROWS * row_bytes(info)), chunk_bytes(info))
+    return size, max(1, size // max(1, row_bytes(info)))
+
+
+def _digest_blocks(fs, name: str, split: str, max_bytes: int):
+    """Each block's :func:`row_digests`, read :func:`_block` at a time."""
+    for X, y in fs.iter_batches(split, name, max_bytes=_block(fs, name, split, max_bytes)[0]):
         yield row_digests(X, y)
+
+
+def peak_bytes(fs, name: str, train: str, split: str, max_bytes: int = 64 << 20) -> int:
+    """The most the rows rule holds to compare ``split`` with ``train`` (attack 76 #4): :data:`ROW_BYTES` a training
+    row, its fence, and one block's temporaries (the block read, its digests and each key's search: at most 4 copies of
+    the block's features and 96 bytes a row; measured 64 MiB for a 16 MiB block of wide rows, 25 MiB for 2^18 rows of
+    2 float32)."""
+    n = int(fs.split_info(train, name)["committed_rows"])
+    temps = max(4 * b + 96 * r for b, r in (_block(fs, name, s, max_bytes) for s in (train, split)))
+    return ROW_BYTES * n + 8 * (n // _FENCE + 1) + temps
+
+
+def over_budget(fs, name: str, train: str, split: str, max_bytes: int, memory_budget: int) -> str | None:
+    """Why ``split`` is not compared within ``memory_budget`` bytes (:func:`peak_bytes` over it), or None."""
+    need = peak_bytes(fs, name, train, split, max_bytes)
+    if need <= memory_budget:
+        return None
+    return (
+        f"comparing them takes {need / (1 << 20):,.0f} MiB ({ROW_BYTES} bytes a row of {train!r} and a block's "
+        f"temporaries), over the memory budget of {memory_budget / (1 << 20):,.0f} MiB"
+    )
 
 
 def too_big(fs, name: str, split: str) -> str | None:
@@ -112,7 +147,9 @@ def too_big(fs, name: str, split: str) -> str | None:
 
 
 class TrainingRows:
-    """The training split's row digests, sorted by their first lane: :meth:`count` streams another split against them."""
+    """The training split's row digests, sorted by both lanes in place: :meth:`count` streams another split against
+    them. Held: :data:`ROW_BYTES` a row (and a fence of one lane-0 value every :data:`_FENCE` rows); built with one
+    block's temporaries beside them (:func:`peak_bytes`; attack 76 #4: 38 bytes a row before)."""
 
     def __init__(self, fs, name: str, split: str, max_bytes: int = 64 << 20):
         n = int(fs.split_info(split, name)["committed_rows"])
@@ -120,29 +157,33 @@ class TrainingRows:
         for block in _digest_blocks(fs, name, split, max_bytes):
             keys[at : at + len(block)] = block
             at += len(block)
-        order = np.lexsort((keys[:at, 1], keys[:at, 0]))  # by both lanes: a tie on the first hid a row (74 #9)
-        first, second = keys[order, 0], keys[order, 1]
-        new = np.ones(len(first), bool)
-        new[1:] = (first[1:] != first[:-1]) | (second[1:] != second[:-1])  # a row met twice is kept once
-        self.first, self.second = first[new], second[new]
+            del block  # the next block's temporaries are made without this one
+        keys = keys[:at]
+        keys.byteswap(inplace=True)  # big-endian: their bytes compare as the numbers, lane 0 then lane 1
+        keys.view("V16").reshape(-1).sort()  # in place: by both lanes (a tie on the first hid a row: 74 #9)
+        keys.byteswap(inplace=True)
+        self.keys, self.fence = keys, np.ascontiguousarray(keys[::_FENCE, 0])
 
     def __len__(self) -> int:
-        return len(self.first)
+        return len(self.keys)
 
     def hits(self, keys: np.ndarray) -> np.ndarray:
-        """Whether each of ``keys`` (``(n, 2)`` digests) is a training row's."""
-        if not len(self.first):
+        """Whether each of ``keys`` (``(n, 2)`` digests) is a training row's: the first training key not below it (by
+        both lanes), between the fence's bounds, is it."""
+        n = len(self.keys)
+        if not n:
             return np.zeros(len(keys), bool)
-        lo = np.searchsorted(self.first, keys[:, 0], "left")
-        hi = np.searchsorted(self.first, keys[:, 0], "right")
-        out = np.zeros(len(keys), bool)
-        one = hi - lo == 1
-        out[one] = self.second[lo[one]] == keys[one, 1]
-        for i in np.flatnonzero(hi - lo > 1):  # first lanes tied: search the second among them (sorted there)
-            seconds = self.second[lo[i] : hi[i]]
-            at = int(np.searchsorted(seconds, keys[i, 1]))
-            out[i] = at < len(seconds) and seconds[at] == keys[i, 1]
-        return out
+        q0, q1 = keys[:, 0], keys[:, 1]
+        lo = np.maximum(np.searchsorted(self.fence, q0, "left") - 1, 0) * _FENCE  # every row before is below it
+        hi = np.minimum(np.searchsorted(self.fence, q0, "right") * _FENCE, n)  # the row at hi (if any) is above it
+        while (open_ := lo < hi).any():  # a binary search per key, all at once (ties on lane 0 too)
+            mid = np.where(open_, (lo + hi) // 2, 0)
+            at = self.keys[mid]
+            below = open_ & ((at[:, 0] < q0) | ((at[:, 0] == q0) & (at[:, 1] < q1)))
+            lo = np.where(below, mid + 1, lo)
+            hi = np.where(open_ & ~below, mid, hi)
+        at = self.keys[np.minimum(lo, n - 1)]
+        return (lo < n) & (at[:, 0] == q0) & (at[:, 1] == q1)
 
     def count(self, fs, name: str, split: str, max_bytes: int = 64 << 20) -> tuple[int, int]:
         """``(rows of split that are training rows, rows)``, read a block at a time."""
@@ -153,53 +194,61 @@ class TrainingRows:
         return shared, rows
 
 
-_WHERE: contextvars.ContextVar = contextvars.ContextVar("featstore_rows_of", default=(None, None))
+_WHERE: contextvars.ContextVar = contextvars.ContextVar("featstore_rows_of", default=(None, None, None))
 
 
 @contextlib.contextmanager
-def rows_of(store, root=None):
-    """Within it, runs' rows are compared in ``store`` (a path or an open FeatureStore: the store the command was given,
-    whose rows its runs folder's runs were scored on; attack 74 #3: the run's recorded path could be a moved or another
-    store), and an ensemble's members are read from runs folder ``root``."""
-    token = _WHERE.set((store, root))
+def rows_of(store, root=None, *, scored=None):
+    """Within it, runs' training rows are taken from ``store`` (a path or an open FeatureStore: the store the command
+    was given; None for none, or a default the user did not name) where its training split is the one each run was
+    fitted on, else from the run's recorded store (:func:`featstore.runs.trainstore.training_store`; attack 76 #3), an
+    ensemble's members are read from runs folder ``root``, and the splits compared are ``scored``'s (the store whose
+    split a command scored: ``runs evaluate --store``), default the training rows' store."""
+    token = _WHERE.set((store, root, scored))
     try:
         yield
     finally:
         _WHERE.reset(token)
 
 
-def fitted_splits(rec, splits=(), store=None, root=None) -> set[str]:
+def fitted_splits(rec, splits=(), store=None, root=None, *, scored=None) -> set[str]:
     """The splits of ``rec`` (its figures' and ``splits``) fitted on: the one it names (:func:`fitted_on`) and each
     whose rows are all rows of it (attack 70 #4); an ensemble's, its members' (attack 74 #1)."""
-    return {s for s, (k, n) in shared_rows(rec, splits, store, root)[0].items() if k == n}
+    return {s for s, (k, n) in shared_rows(rec, splits, store, root, scored=scored)[0].items() if k == n}
 
 
-def shared_rows(rec, splits=(), store=None, root=None) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+def shared_rows(
+    rec, splits=(), store=None, root=None, *, scored=None
+) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
     """``({split: (training rows, rows)}, {split: why not compared})`` for ``rec``'s figures' splits and ``splits``:
-    the split it names as fitted on (all its rows, whatever its size) and each that shares rows with it, in ``store``
-    (default: :func:`rows_of`'s, else the run's recorded store); an ensemble's are its members' (read from runs folder
+    the split it names as fitted on (all its rows, whatever its size) and each that shares rows with it. The training
+    rows are those of ``store`` (default: :func:`rows_of`'s) where its training split is the run's, else of the run's
+    recorded store (:func:`featstore.runs.trainstore.training_store`: where neither is, every split is said not
+    compared); the splits are ``scored``'s (default :func:`rows_of`'s, else the training rows' store: there a split
+    named like the training split is compared by rows too). An ensemble's are its members' (read from runs folder
     ``root``, default :func:`rows_of`'s), each split taking the member with the most of its rows."""
-    store = store if store is not None else _WHERE.get()[0]
-    root = root if root is not None else _WHERE.get()[1]
+    store, root, scored = (a if a is not None else b for a, b in zip((store, root, scored), _WHERE.get()))
     names = list(dict.fromkeys([*(rec.get("metrics") or {}), *splits]))
     members = rec.get("members")
     if isinstance(members, list) and members and fitted_on(rec) is None:
-        return _ensemble_rows(members, names, store, root)
+        return _ensemble_rows(members, names, store, root, scored)
     train = fitted_on(rec)
     if train is None:
         return {}, {}
-    whole = {train: (1, 1)}  # the split it names: all of its rows (their count is not read)
-    name, others = rec.get("extractor"), [s for s in names if s != train]
+    name = rec.get("extractor")
+    fs, why = training_store(rec, store, name, train) if isinstance(name, str) else (None, "")
+    own = scored is None or (fs is not None and same_file(scored, fs))  # its splits are the training split's store's
+    whole = {train: (1, 1)} if own else {}  # the split it names there: all of its rows (their count is not read)
+    others = [s for s in names if s not in whole and not s.endswith(".oof")]  # an out-of-fold split is no store's
     if not isinstance(name, str) or not others:
         return whole, {}
-    fs, why = _store_of(rec, store, name, train)
-    if fs is None:  # said, not silent (attack 74 #3); an out-of-fold split is no split of a store
-        return whole, {s: why for s in others if not s.endswith(".oof")}
-    got, skipped = fitted_rows_said(fs, name, train, others)
+    if fs is None:  # said, not silent (attack 74 #3, 76 #3)
+        return whole, dict.fromkeys(others, why)
+    got, skipped = fitted_rows_said(fs, name, train, others, scored=None if own else scored)
     return {**got, **whole}, skipped
 
 
-def _ensemble_rows(members: list, names: list, store, root) -> tuple[dict, dict]:
+def _ensemble_rows(members: list, names: list, store, root, scored) -> tuple[dict, dict]:
     """:func:`shared_rows` of an ensemble: per split, the member fitted on the most of its rows (attack 74 #1)."""
     got: dict[str, tuple[int, int]] = {}
     skipped: dict[str, str] = {}
@@ -211,7 +260,7 @@ def _ensemble_rows(members: list, names: list, store, root) -> tuple[dict, dict]
         except (StoreError, OSError) as e:
             skipped.update({s: f"its member {m} cannot be read ({e})" for s in names if s not in skipped})
             continue
-        mgot, mskipped = shared_rows(member, names, store, root)
+        mgot, mskipped = shared_rows(member, names, store, root, scored=scored)
         for s, (k, n) in mgot.items():
             if s in names and (s not in got or k * got[s][1] > got[s][0] * n):
                 got[s] = (k, n)
@@ -219,60 +268,8 @@ def _ensemble_rows(members: list, names: list, store, root) -> tuple[dict, dict]
     return got, {s: why for s, why in skipped.items() if s not in got or got[s][0] < got[s][1]}
 
 
-def _store_of(rec, store, name: str, train: str):
-    """``(FeatureStore, "")``: ``store`` (the command's), else the run's recorded store, the first that can be read and
-    holds split ``train`` of extractor ``name``; ``(None, why)`` where neither can (attack 74 #3: said, not silent)."""
-    recorded = rec.get("store")
-    tried = []
-    for cand in dict.fromkeys(c for c in (store, recorded) if c is not None and not isinstance(c, (bool, int))):
-        fs, why = _open(cand)
-        label = getattr(cand, "path", cand)
-        if fs is None:
-            tried.append(f"{label} cannot be read ({why})")
-        elif train not in _splits(fs, name):
-            tried.append(f"{label} holds no split {train!r} of {name!r}")
-        else:
-            return fs, ""
-    if not tried:
-        return None, "the run records no store"
-    return None, "its rows could not be compared: " + "; ".join(tried)
-
-
-def _splits(fs, name: str) -> list[str]:
-    try:
-        return list(fs.splits(name)) if name in fs.extractors() else []
-    except (OSError, KeyError, ValueError, TypeError, FeatstoreError):
-        return []
-
-
-_STORES: dict = {}  # path -> (file identity, FeatureStore): a store opened once per process and version (74 #7)
-_TRAIN: dict = {}  # (identity, extractor, train) -> TrainingRows: the last two
-_COUNTS: dict = {}  # (identity, extractor, train, split) -> ((k, n) | None, why | None): each split digested once
-
-
-def _identity(path) -> tuple:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def _open(store):
-    """``(FeatureStore, "")`` for a path or FeatureStore, opened once per file version; ``(None, why)``."""
-    from featstore.store.reader import FeatureStore
-
-    if isinstance(store, FeatureStore):
-        return store, ""
-    try:
-        key = str(store)
-        ident = _identity(key)
-        if key in _STORES and _STORES[key][0] == ident:
-            return _STORES[key][1], ""
-        fs = FeatureStore(key)
-    except (OSError, KeyError, ValueError, TypeError, FeatstoreError) as e:
-        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
-    if len(_STORES) >= 4:
-        _STORES.clear()
-    _STORES[key] = (ident, fs)
-    return fs, ""
+_TRAIN: dict = {}  # (identity, extractor, train) -> TrainingRows: the last one (evicted before the next is built)
+_COUNTS: dict = {}  # (identities, extractor, train, split) -> ((k, n) | None, why | None): each split digested once
 
 
 def fitted_on(rec) -> str | None:
@@ -289,36 +286,47 @@ def fitted_on(rec) -> str | None:
     return "train" if kind_of(rec).fits_train else None
 
 
-def fitted_rows(store, name: str, train: str, splits, max_bytes: int = 64 << 20) -> dict[str, tuple[int, int]]:
+def fitted_rows(store, name: str, train: str, splits, max_bytes: int = 64 << 20, **kw) -> dict[str, tuple[int, int]]:
     """``{split: (rows that are training rows, rows)}`` for each of ``splits`` (other than ``train``) that shares any
     row with ``train`` in store ``store`` (a path or a FeatureStore), extractor ``name``. A store that cannot be read,
-    or splits too large to compare (:func:`fitted_rows_said` names them), give nothing (the name rule alone)."""
-    return fitted_rows_said(store, name, train, splits, max_bytes)[0]
+    or splits too large to compare (:func:`fitted_rows_said` names them, and takes the same keywords), give nothing
+    (the name rule alone)."""
+    return fitted_rows_said(store, name, train, splits, max_bytes, **kw)[0]
 
 
 def fitted_rows_said(
-    store, name: str, train: str, splits, max_bytes: int = 64 << 20
+    store, name: str, train: str, splits, max_bytes: int = 64 << 20, *, scored=None, memory_budget: int | None = None
 ) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
     """:func:`fitted_rows`, and ``{split: why its rows were not compared}`` for each split (other than ``train``) over
-    :data:`MAX_ROWS` rows or :data:`MAX_BYTES` of features, or every one when ``train`` is. Each split's count is
-    kept for the process, keyed by the store file's identity (attack 74 #7)."""
+    :data:`MAX_ROWS` rows or :data:`MAX_BYTES` of features, or every one when ``train`` is, or whose comparison takes
+    more than ``memory_budget`` bytes (:func:`peak_bytes`: 16 bytes a training row and a block's temporaries; none is
+    then kept for the process after the call, attack 76 #4). ``scored``: the store whose splits are compared with
+    ``store``'s training split (default ``store``; another store's split named ``train`` is compared too). Each
+    split's count is kept for the process, keyed by the store files' identity (attack 74 #7)."""
     out: dict[str, tuple[int, int]] = {}
     skipped: dict[str, str] = {}
     try:
         fs, why = _open(store)
-        if fs is None:
-            raise StoreError(why)
-        present = _splits(fs, name)
-        others = [s for s in dict.fromkeys(splits) if s != train and s in present]
-        if not others or train not in present:
+        sfs, swhy = _open(scored) if scored is not None else (fs, why)
+        if fs is None or sfs is None:
+            raise StoreError(why or swhy)
+        cross = not same_file(fs, sfs)
+        present = _splits(sfs, name)
+        others = [s for s in dict.fromkeys(splits) if (cross or s != train) and s in present]
+        if not others or train not in _splits(fs, name):
             return out, skipped
-        ident = _identity(fs.path)
+        ident = (_identity(fs.path), _identity(sfs.path) if cross else None)
+        if memory_budget is not None:
+            max_bytes = max(1, min(max_bytes, memory_budget // 16))  # small blocks: the digests take the rest
         for split in others:
             key = (ident, name, train, split)
             if key not in _COUNTS:
+                if memory_budget is not None and (why := over_budget(fs, name, train, split, max_bytes, memory_budget)):
+                    skipped[split] = why  # said, not kept: another call may be given more
+                    continue
                 if len(_COUNTS) >= 1 << 14:
                     _COUNTS.clear()
-                _COUNTS[key] = _count(fs, ident, name, train, split, max_bytes)
+                _COUNTS[key] = _count(fs, ident[0], name, train, split, max_bytes, sfs)
             got, why = _COUNTS[key]
             if why:
                 skipped[split] = why
@@ -326,31 +334,38 @@ def fitted_rows_said(
                 out[split] = got
     except (OSError, KeyError, ValueError, TypeError, FeatstoreError) as e:  # a store that cannot be read: no mark
         logger.debug("rows of %s not compared: %s", store, e)
+    finally:
+        if memory_budget is not None:
+            _TRAIN.clear()  # within a budget nothing is held after the call (a streamed fit follows)
     return out, skipped
 
 
-def _count(fs, ident, name: str, train: str, split: str, max_bytes: int):
-    """``((k, n), None)`` or ``(None, why not compared)`` for one split against the training split."""
+def _count(fs, ident, name: str, train: str, split: str, max_bytes: int, sfs=None):
+    """``((k, n), None)`` or ``(None, why not compared)`` for split ``split`` of ``sfs`` (default ``fs``) against
+    the training split of ``fs``."""
+    sfs = fs if sfs is None else sfs
     if why := too_big(fs, name, train):
         return None, f"the training split {train!r} has {why}"
-    if why := too_big(fs, name, split):
+    if why := too_big(sfs, name, split):
         return None, f"{split!r} has {why}"
     key = (ident, name, train)
     if key not in _TRAIN:
-        if len(_TRAIN) >= 2:
-            _TRAIN.pop(next(iter(_TRAIN)))
+        _TRAIN.clear()  # one training split's digests held at a time: freed before the next is built
         _TRAIN[key] = TrainingRows(fs, name, train, max_bytes)
     base = _TRAIN[key]
-    return (base.count(fs, name, split, max_bytes) if len(base) else (0, 0)), None
+    return (base.count(sfs, name, split, max_bytes) if len(base) else (0, 0)), None
 
 
-def overlap_notes(fs, name: str, train: str, splits, max_bytes: int = 64 << 20) -> list[str]:
+def overlap_notes(
+    fs, name: str, train: str, splits, max_bytes: int = 64 << 20, *, memory_budget: int | None = None
+) -> list[str]:
     """One note per split of ``splits`` (validation, then test; None where not used) sharing rows with ``train``, the
     split a fit is fitted on: ``fit`` says it (a warning and a run note) and goes on (it does not refuse: a final refit
     on trainval may be meant); its figures there are marked where every row is a training row. A split too large to
-    compare gets a note saying its rows were not compared."""
+    compare (or to compare within ``memory_budget``: :func:`fitted_rows_said`) gets a note saying its rows were not
+    compared."""
     notes = []
-    got, skipped = fitted_rows_said(fs, name, train, [s for s in splits if s], max_bytes)
+    got, skipped = fitted_rows_said(fs, name, train, [s for s in splits if s], max_bytes, memory_budget=memory_budget)
     for split, (k, n) in got.items():
         head = f"{k} of the {n} rows of {split!r} are rows of {train!r}, which the run is fitted on"
         chose = split == splits[0]
@@ -376,14 +391,16 @@ def overlap_notes(fs, name: str, train: str, splits, max_bytes: int = 64 << 20) 
     return notes
 
 
-def refuse_training_rows(fs, names, train: str, split: str, command: str, what: str, fix: str) -> list[str]:
+def refuse_training_rows(
+    fs, names, train: str, split: str, command: str, what: str, fix: str, *, memory_budget: int | None = None
+) -> list[str]:
     """ConfigError when most rows of ``split`` (of any extractor of ``names``) are rows of ``train``, which ``command``
     fits on (``what``: what it does with them, e.g. "chooses C and k"); else one warning line per extractor sharing a
     few (a duplicate image), returned and logged (attack 74 #5, #6: probe and fewshot never asked, sweep refused one
     duplicate)."""
     said = []
     for n in names:
-        shared = fitted_rows(fs, n, train, [split]).get(split)
+        shared = fitted_rows(fs, n, train, [split], memory_budget=memory_budget).get(split)
         if shared and 2 * shared[0] > shared[1]:
             raise ConfigError(
                 f"{command}: {shared[0]} of the {shared[1]} rows of {split!r} ({n}) are rows of {train!r}, which it "
@@ -407,9 +424,9 @@ def not_compared(split: str, train: str, why: str) -> str:
     )
 
 
-def fitted_members(rec, split: str, root: Path | None = None, store=None) -> list[str]:
+def fitted_members(rec, split: str, root: Path | None = None, store=None, *, scored=None) -> list[str]:
     """The members of ensemble ``rec`` (in runs folder ``root``, default :func:`rows_of`'s) fitted on ``split``'s rows
-    (:func:`fitted_splits`, in ``store`` as there); a member that cannot be read is left out."""
+    (:func:`fitted_splits`, with ``store`` and ``scored`` as there); a member that cannot be read is left out."""
     root = root if root is not None else _WHERE.get()[1]
     out = []
     if root is None:
@@ -419,6 +436,6 @@ def fitted_members(rec, split: str, root: Path | None = None, store=None) -> lis
             member = parse_record(read_record_json(Path(root) / m), Path(root) / m)
         except (StoreError, OSError):
             continue
-        if split in fitted_splits(member, [split], store, root):
+        if split in fitted_splits(member, [split], store, root, scored=scored):
             out.append(m)
     return out
