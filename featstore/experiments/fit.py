@@ -159,7 +159,8 @@ def fit(
             for s in used[1:]:
                 fs.refuse_nonfinite(s, name, max_bytes=budget // BLOCK_FRACTION, train=splits.train)  # as the fit reads
         block = budget // BLOCK_FRACTION if big else 64 << 20  # read within the budget, as the fit reads
-        shared = overlap_notes(fs, name, splits.train, [splits.validation, splits.test], block)  # by rows (70 #4)
+        # by rows (70 #4), within the budget given (76 #4: the digests took ~38 bytes a row outside it)
+        shared = overlap_notes(fs, name, splits.train, [splits.validation, splits.test], block, memory_budget=budget)
         for note in shared:
             logger.warning("%s", note)
         t0 = time.perf_counter()
@@ -170,7 +171,7 @@ def fit(
         fit_seconds = time.perf_counter() - t0
         extra = {"memory_budget": budget, "streamed": big, "notes": list(splits.notes) + shared}
         # what a sweep reuses
-        extra["inputs"] = fit_inputs(fs, name, splits, versions, given, settings, search, aug, full)
+        extra["inputs"] = fit_inputs(fs, name, splits, versions, given, settings, search, aug, full, budget)
         if aug:
             extra["augmented"] = aug
             extra["notes"].append(

@@ -74,10 +74,11 @@ def fit_inputs(
     search: bool,
     aug,
     full: list,
+    memory_budget: int | None = None,
 ) -> dict:
     """A fit run's ``inputs``: its request (``full``: each candidate setting with the defaults filled in) and the
     identity of its train and validation splits, ``versions`` being the ones taken before the fit read them (the fit
-    refuses a split re-written since, after this is read)."""
+    refuses a split re-written since, after this is read); the rows rule within the fit's ``memory_budget``."""
     read = [s for s in (splits.train, splits.validation) if s]
     return {
         "search": bool(search),
@@ -91,7 +92,7 @@ def fit_inputs(
         "probabilities": PROBABILITIES,
         # what the rows rule found of validation (counted once per process: fit's note read it), read by a sweep that
         # reuses the run instead of the features (attack 76: no note text parsed)
-        "training_rows": {s: compared(fs, name, splits.train, s) for s in read[1:]},
+        "training_rows": {s: compared(fs, name, splits.train, s, memory_budget) for s in read[1:]},
     }
 
 

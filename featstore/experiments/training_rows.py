@@ -18,10 +18,11 @@ from featstore.runs.fittedrows import fitted_rows_said, not_compared
 logger = logging.getLogger(__name__)
 
 
-def compared(fs, name: str, train: str, split: str) -> dict:
+def compared(fs, name: str, train: str, split: str, memory_budget: int | None = None) -> dict:
     """What the rows rule found for ``split`` of extractor ``name`` against ``train``: ``{"shared": k, "rows": n}``
-    (``k`` may be 0), or ``{"not_compared": why}`` (counted once per process and store version)."""
-    got, skipped = fitted_rows_said(fs, name, train, [split])
+    (``k`` may be 0), or ``{"not_compared": why}`` (counted once per process and store version; within
+    ``memory_budget``, a fit's ``--memory-budget``, as :func:`~featstore.runs.fittedrows.fitted_rows_said`)."""
+    got, skipped = fitted_rows_said(fs, name, train, [split], memory_budget=memory_budget)
     if split in skipped:
         return {"not_compared": skipped[split]}
     k, n = got.get(split, (0, 0))

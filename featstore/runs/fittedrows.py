@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featstore.errors import ConfigError, FeatstoreError, StoreError
+from featstore.errors import FeatstoreError, StoreError
+from featstore.outputs import terminal_safe
 from featstore.runs.files import read_record_json
 from featstore.runs.kinds import kind_of, parse_record
 from featstore.runs.trainstore import _STORES, _identity, _open, _splits, same_file, training_store  # noqa: F401
@@ -109,6 +110,17 @@ def _block(fs, name: str, split: str, max_bytes: int) -> tuple[int, int]:
     return size, max(1, size // max(1, row_bytes(info)))
 
 
+def _held(fs, name: str, split: str, max_bytes: int) -> tuple[int, int]:
+    """:func:`_block`'s ``(bytes, rows)`` as held: never more than the split (a split of 4,000 rows in a chunk of
+    131,072 was counted a whole chunk's temporaries, 16 MiB, and refused under a 2 MB budget)."""
+    from featstore.store.storage import row_bytes
+
+    size, rows = _block(fs, name, split, max_bytes)
+    info = fs.split_info(split, name)
+    n = int(info["committed_rows"])
+    return min(size, n * row_bytes(info)), min(rows, n)
+
+
 def _digest_blocks(fs, name: str, split: str, max_bytes: int):
     """Each block's :func:`row_digests`, read :func:`_block` at a time."""
     for X, y in fs.iter_batches(split, name, max_bytes=_block(fs, name, split, max_bytes)[0]):
@@ -121,7 +133,7 @@ def peak_bytes(fs, name: str, train: str, split: str, max_bytes: int = 64 << 20)
     the block's features and 96 bytes a row; measured 64 MiB for a 16 MiB block of wide rows, 25 MiB for 2^18 rows of
     2 float32)."""
     n = int(fs.split_info(train, name)["committed_rows"])
-    temps = max(4 * b + 96 * r for b, r in (_block(fs, name, s, max_bytes) for s in (train, split)))
+    temps = max(4 * b + 96 * r for b, r in (_held(fs, name, s, max_bytes) for s in (train, split)))
     return ROW_BYTES * n + 8 * (n // _FENCE + 1) + temps
 
 
@@ -332,8 +344,10 @@ def fitted_rows_said(
                 skipped[split] = why
             elif got and got[0]:
                 out[split] = got
-    except (OSError, KeyError, ValueError, TypeError, FeatstoreError) as e:  # a store that cannot be read: no mark
-        logger.debug("rows of %s not compared: %s", store, e)
+    except (OSError, KeyError, ValueError, TypeError, FeatstoreError) as e:  # a store that cannot be read: no mark,
+        logger.debug("rows of %s not compared: %s", store, e)  # said for each split not yet counted (not silent)
+        for split in (s for s in dict.fromkeys(splits) if s != train and s not in out and s not in skipped):
+            skipped[split] = f"its rows could not be read: {terminal_safe(str(e))}"
     finally:
         if memory_budget is not None:
             _TRAIN.clear()  # within a budget nothing is held after the call (a streamed fit follows)
@@ -389,30 +403,6 @@ def overlap_notes(
         )
     notes += [not_compared(split, train, why) for split, why in skipped.items()]
     return notes
-
-
-def refuse_training_rows(
-    fs, names, train: str, split: str, command: str, what: str, fix: str, *, memory_budget: int | None = None
-) -> list[str]:
-    """ConfigError when most rows of ``split`` (of any extractor of ``names``) are rows of ``train``, which ``command``
-    fits on (``what``: what it does with them, e.g. "chooses C and k"); else one warning line per extractor sharing a
-    few (a duplicate image), returned and logged (attack 74 #5, #6: probe and fewshot never asked, sweep refused one
-    duplicate)."""
-    said = []
-    for n in names:
-        shared = fitted_rows(fs, n, train, [split], memory_budget=memory_budget).get(split)
-        if shared and 2 * shared[0] > shared[1]:
-            raise ConfigError(
-                f"{command}: {shared[0]} of the {shared[1]} rows of {split!r} ({n}) are rows of {train!r}, which it "
-                f"fits on, so it would {what} on training rows; {fix}"
-            )
-        if shared:
-            said.append(
-                f"{shared[0]} of the {shared[1]} rows of {split!r} ({n}) are rows of {train!r} (duplicate images?): "
-                f"its figures there are optimistic by at most {shared[0]} row{'s' if shared[0] != 1 else ''}"
-            )
-            logger.warning("%s: %s", command, said[-1])
-    return said
 
 
 def not_compared(split: str, train: str, why: str) -> str:
