@@ -145,8 +145,9 @@ def test_far_rows_rule():
         return cs.bound()
 
     assert bounds([1.0, 2.0, 3.0] * 10) == 4e6  # the median (2) to within its bin (0.5..4): 1e6 x 4
-    assert bounds([1e-9] * 20 + [3e-4]) == 1e3  # under 1e-3: left out as zeros are; the floor keeps tiny rows apart
-    assert bounds([1e-9] * 20 + [1.0]) == 2e6  # (the 1e-9 left out: 1.0 is the usual size, within its bin 1..2)
+    # tiny rows count at their own size (attack 76 #1: under 2^-10 they were left out, the bound fell to FAR_FLOOR)
+    assert bounds([1e-9] * 20 + [3e-4]) == 1e6 * 2.0**-29  # the median 1e-9 within its bin (2^-30..2^-29)
+    assert bounds([1e-9] * 20 + [1.0]) == 1e6 * 2.0**-29  # (the 1.0 is one row of 21: far)
     assert bounds([0.0] * 20) == 1e3  # no non-zero row: only the floor
     assert bounds([0.0] * 20 + [1.0] * 3 + [1e9]) == 2e6  # zero rows left out of the median
     assert bounds([1.0] * 6 + [1e14] * 5) == 2e6  # under half of them: far

@@ -21,10 +21,10 @@ from featstore.provenance import AUGMENTED, EVALUATION_SPLITS, check_format_vers
 from featstore.store.attr_values import read_attr, read_names, refuse_many_attrs
 from featstore.store.augmented import copy_problems
 from featstore.store.bad_rows import nonfinite_count, overflow_count
-from featstore.store.check_far import far_lines, reference
+from featstore.store.check_far import far_lines, others, reference
 from featstore.store.damaged import DAMAGED, DAMAGED_FIX  # noqa: F401 (DAMAGED_FIX: re-exported)
 from featstore.store.damaged import damaged as _damaged
-from featstore.store.far import FAR_FLOOR, LayerSizes, far_mask
+from featstore.store.far import LayerSizes
 from featstore.store.layout import (
     check_chunks,
     foreign_objects,
@@ -107,7 +107,12 @@ def check_store(
     usual: dict = {}  # (extractor, split) -> its LayerSizes: every split is held to its training split's (72 #1, 75 #7)
     for s in scans:
         try:
-            problems += _scan_split(file, s, lambda own=None, s=s: reference(file, s, scans, usual, own))
+            problems += _scan_split(
+                file,
+                s,
+                lambda own=None, s=s: reference(file, s, scans, usual, own),
+                lambda s=s: others(file, s, scans, usual),
+            )
         except DAMAGED as exc:
             problems.append(_damaged(f"/{s.name}/{s.split}", exc))
     problems = [said_as(p, path) for p in problems]  # HDF5 had the store as /proc/self/fd/N (``links``)
@@ -305,9 +310,10 @@ def _check_augmented(ag, name: str, key: str, a: dict, source, scans: list[_Spli
     return out
 
 
-def _scan_split(file: StoreFile, s: _Split, bounds) -> list[str]:
-    """Content problems of one split (labels, NaN/inf, far rows: ``bounds()`` gives the far rule's, duplicated rows),
-    reading one block per opening."""
+def _scan_split(file: StoreFile, s: _Split, bounds, others=None) -> list[str]:
+    """Content problems of one split (labels, NaN/inf, far rows: ``bounds(own)`` gives the far rule's training split's
+    sizes, ``others()`` the extractor's other splits' (which of two splits apart is the odd one out), duplicated
+    rows), reading one block per opening."""
     where, own = f"/{s.name}/{s.split}", LayerSizes()
     redo = "write the split again from its arrays (write_arrays replaces it)" if s.arrays else REDO  # no overwrite=
     if s.copies:  # the plain --overwrite drops the copies (attack 69 #4; fit's refusal names them, 66 #5)
@@ -316,11 +322,12 @@ def _scan_split(file: StoreFile, s: _Split, bounds) -> list[str]:
             f"re-extract the split and its copies with `featstore extract --split {split} --augment {s.copies} "
             f"--augment-spec S --augment-seed N --overwrite` (S and N as `featstore info` shows them)"
         )
-    bad_rows = huge_rows = large_rows = far_rows = bad_labels = empty = 0  # far: what fit refuses (the far rule)
+    bad_rows = huge_rows = large_rows = bad_labels = empty = 0
     unreadable: list[str] = []
     plugin: str | None = None  # why the features cannot be read when a filter plugin is missing
     hashes: list[np.ndarray] = []  # of the stored path bytes: uniqueness is checked on sorted hashes, not a set of str
     labels: list[np.ndarray] = []
+    tops: list[np.ndarray] = []  # each row's largest magnitude (4 bytes a row): far rows counted once train's is known
     for i in range(0, s.rows, s.step):
         with file.open("r") as f:
             sg = f[s.name][s.split]
@@ -351,8 +358,7 @@ def _scan_split(file: StoreFile, s: _Split, bounds) -> list[str]:
             huge_rows += overflow_count(block)
             large_rows += len(large_rows_of(peaks := row_peaks(block)))
             own.add(block)
-            if np.nan_to_num(peaks).max() > FAR_FLOOR:  # (under it: never far)
-                far_rows += int(np.count_nonzero(far_mask(block, bounds()[0].bound())))
+            tops.append(np.nan_to_num(peaks, nan=0.0, posinf=0.0).astype(np.float32))
         bad_labels += int(np.count_nonzero((y < 0) | (y >= s.n_classes)))
         labels.append(np.asarray(y))
     out = (
@@ -374,8 +380,9 @@ def _scan_split(file: StoreFile, s: _Split, bounds) -> list[str]:
             f"{where}: {large_rows} rows hold finite features over {LARGE_FEATURE:.0e} (an overflow in the model: fit, "
             f"sweep, fewshot and probe refuse them); check the images and weights, then {redo}"
         )
-    elif not bad_rows and (far_rows or own.counts.any()):
-        out += far_lines(where, far_rows, own, bounds, redo)
+    elif not bad_rows and own.counts.any():  # far rows: over the bound of train's sizes (its own, for train)
+        far_rows = int(np.count_nonzero(np.concatenate(tops) > bounds(own)[0].bound()))
+        out += far_lines(where, far_rows, own, bounds, redo, others)
     if empty:
         out.append(f"{where}: {empty} empty paths (each row must name its image file); {redo}")
     if s.copies:  # every row must be copy k of the split's row of the same path, with its label, in order

@@ -4,7 +4,7 @@ size, ``train`` or else its largest split, as fit --train holds them (attack 75 
 from __future__ import annotations
 
 from featstore.store.damaged import DAMAGED
-from featstore.store.far import FAR_FACTOR, LayerSizes, apart
+from featstore.store.far import FAR_FACTOR, FAR_FLOOR, LayerSizes, apart, odd_one
 
 
 def reference(file, s, scans: list, usual: dict, own=None) -> tuple[LayerSizes, str]:
@@ -18,38 +18,60 @@ def reference(file, s, scans: list, usual: dict, own=None) -> tuple[LayerSizes, 
     )
     if (ref.name, ref.split) not in usual and own is not None and ref is s:
         usual[ref.name, ref.split] = own
-    if (ref.name, ref.split) not in usual:
+    return sizes_of(file, ref, usual), named
+
+
+def sizes_of(file, r, usual: dict) -> LayerSizes:
+    """The :class:`LayerSizes` of scanned split ``r``, read once per check."""
+    if (r.name, r.split) not in usual:
         sizes = LayerSizes()
-        for i in range(0, ref.rows, ref.step):
+        for i in range(0, r.rows, r.step):
             with file.open("r") as f:
                 try:
-                    sizes.add(f[ref.name][ref.split]["features"][i : min(i + ref.step, ref.rows)])
+                    sizes.add(f[r.name][r.split]["features"][i : min(i + r.step, r.rows)])
                 except DAMAGED:  # the split's own scan names it
                     pass
-        usual[ref.name, ref.split] = sizes
-    return usual[ref.name, ref.split], named
+        usual[r.name, r.split] = sizes
+    return usual[r.name, r.split]
 
 
-def far_lines(where: str, far_rows: int, own: LayerSizes, bounds, redo: str) -> list[str]:
+def others(file, s, scans: list, usual: dict) -> list[LayerSizes]:
+    """The sizes of ``s``'s extractor's other plain splits (not its training split, not ``s``): which of two splits
+    apart is the odd one out (read only for a split apart)."""
+    ref = reference(file, s, scans, usual)[0]
+    same = [r for r in scans if r.name == s.name and not r.copies and r is not s]
+    return [z for z in (sizes_of(file, r, usual) for r in same) if z is not ref]
+
+
+def far_lines(where: str, far_rows: int, own: LayerSizes, bounds, redo: str, others=None) -> list[str]:
     """``featstore check``'s far-rule line of a split (``where``) with ``far_rows`` far rows and its usual size ``own``
-    (``bounds(own)``: the training split's usual size and how lines name it), as fit refuses it."""
+    (``bounds(own)``: the training split's usual size and how lines name it; ``others()``: the extractor's other
+    splits' sizes), as fit refuses it: splits apart are said as such, naming train when train's usual size is far
+    under this split's and the other splits agree with this one (attack 76 #7: it listed every row of the honest
+    splits as overflows), else the odd one out, else the larger."""
     out: list[str] = []
     ref, named = bounds(own)
     overflow = "an overflow in the model (fit, sweep, fewshot and probe refuse them)"
-    if far_rows:
+    split_apart = apart(own.usual(), ref.usual())
+    likely = odd_one(own.usual(), ref.usual(), [o.usual() for o in others()]) if split_apart and others else None
+    if far_rows and not (split_apart and likely == "ref"):
         out.append(
             f"{where}: {far_rows} rows hold features over {FAR_FACTOR:.0e} times the usual feature size of "
-            f"{named} ({ref.usual():.3g}): {overflow}; check the images and weights, then {redo}"
+            f"{named} ({ref.usual():.3g}) and over {FAR_FLOOR:.0e} times its rows' usual largest one (the bound "
+            f"{ref.bound():.3g}): {overflow}; check the images and weights, then {redo}"
         )
-    elif apart(own.usual(), ref.usual()):  # under train's / 1e6: train itself is the overflow (attack 75 #2)
-        mine = own.usual() > ref.usual()  # the larger is most likely the overflow
+    elif split_apart:  # one of the two is an overflow (or underflowed, or unscaled): attack 75 #2, 76 #1
+        mine = likely == "own" or (likely is None and own.usual() > ref.usual())
+        why = {"ref": "the other splits agree with this one", "own": f"the other splits agree with {named}"}
+        because = why.get(likely or "", "the larger")
         out.append(
             f"{where}: its usual feature size {own.usual():.3g} and {named}'s {ref.usual():.3g} are over "
-            f"{FAR_FACTOR:.0e} times apart: one of them is {overflow}, most likely "
+            f"{FAR_FACTOR:.0e} times apart: one of them is {overflow} or an underflow (or arrays written unscaled), "
+            "most likely "
             + (
-                f"this split; {redo}"
+                f"this split ({because}); {redo}"
                 if mine
-                else f"{named}: make that split again (`featstore info` of this store shows how it was made)"
+                else f"{named} ({because}): make that split again (`featstore info` of this store shows how it was made)"
             )
         )
     return out

@@ -1,12 +1,18 @@
-"""The far-row rule: the training split's usual feature size, the rows with a feature far over it, and the splits
+"""The far-row rule: the training split's usual size, the rows with a feature far over it, and the splits
 whose own usual size is far from it.
 
-A split's *usual size* is the median over its rows of each row's typical magnitude (the geometric mean of its
-magnitudes from 2^-10 up: zeros, a ReLU's, and tinier values are left out; a row with none does not count). A row of
-train, of its augmented copies, of validation or of test is *far* when one of its features is over
-:data:`FAR_FACTOR` times train's usual size and over :data:`FAR_FLOOR`; a split whose own usual size is over
-FAR_FACTOR times train's, or under train's / FAR_FACTOR (the larger over FAR_FLOOR), is refused as a whole, naming
-both sizes: one of the two splits is an overflow, train itself included (attack 75 #2).
+A split's *usual size* is the median over its rows of each row's typical magnitude: the geometric mean of its non-zero
+magnitudes, every finite one down to float32's smallest subnormal (2^-149) counted (zeros, a ReLU's, left out; a row
+of all zeros has no size and is left out of the median; a split of such rows only has none). Its *usual peak* is the
+median over those rows of each row's largest magnitude. A row of train, of its augmented copies, of validation or of
+test is *far* when one of its features is over the *bound*: :data:`FAR_FACTOR` times train's usual size, or
+:data:`FAR_FLOOR` times train's usual peak where that is larger (the floor: a row's largest values are up to ~1e3 x
+its geometric mean in honest layers with many tiny values, a softmax's or a sparse map's, and a row of a layer of
+values ~1 at 1e3 is honest), so a layer of small values is held to its own sizes (attack 76 #1: a layer all ~1e-4 had
+no size counted from 2^-10 up, and its rows at 900 passed); a train split with no size has the bound FAR_FLOOR. A split
+whose own usual size is over FAR_FACTOR times train's, or under train's / FAR_FACTOR (the larger over FAR_FLOOR), is
+refused as a whole, naming both sizes and the one most likely wrong: the odd one out when a third split agrees with
+one of the two (:func:`odd_one`), else the larger (attack 75 #2, 76 #1 #7: a split 1e-8 x train had no usual size).
 
 Each row weighs one in the median, whatever its zeros: far rows must be over half of the split's rows (with a
 non-zero feature) to move it, also in a sparse ReLU map where they outnumbered a column's non-zero values (attack 75
@@ -14,85 +20,139 @@ non-zero feature) to move it, also in a sparse ReLU map where they outnumbered a
 activations") is one column among many and does not lift it (attack 72 #2), while a row 5e8 x the others in every
 other column is far; a split all ~1e12 x train is far (attack 72 #1).
 
-Cost: each row's mean binary exponent (integer steps on the float32 bits, in chunks of :data:`_CHUNK` features
-whatever the width: about 8 MB of temporaries), then a histogram of 1-octave bins over rows (a few KB). The usual
-size is its median bin's upper edge: at most 4 x the row's geometric mean, never under it, so the rule never refuses
-what the exact median would not.
+Cost: each row's mean binary exponent and largest magnitude (integer steps on the float32 bits, in chunks of
+:data:`_CHUNK` features whatever the width: about 8 MB of temporaries; subnormals, which share the exponent field 0
+with zeros, are read from their mantissa only in a chunk that holds one), then histograms of 1-octave bins over rows
+(a few KB). The usual size is its median bin's upper edge: at most 4 x the row's geometric mean, never under it, so
+the rule never refuses what the exact median would not; the usual peak likewise.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# a row this many times train's usual size, and over FAR_FLOOR, is an overflow: one train row of 1e14 among rows near 1
-# set the scaler's spread as 1e20 did (attack 66 #4: fitted at chance, exit 0), and so did a whole class of them (attack
-# 69 #2), copies or a test split all 1e12 x train (attack 72 #1), a row 5e8 x the others in every column but one large
-# channel (attack 72 #2), 13 % of a sparse map's rows (75 #1), or train itself (75 #2). Backbones' rows differ by tens
-# at most; the floor keeps tiny features apart
+# a row this many times train's usual size is an overflow: one train row of 1e14 among rows near 1 set the scaler's
+# spread as 1e20 did (attack 66 #4: fitted at chance, exit 0), and so did a whole class of them (attack 69 #2), copies
+# or a test split all 1e12 x train (attack 72 #1), a row 5e8 x the others in every column but one large channel (attack
+# 72 #2), 13 % of a sparse map's rows (75 #1), or train itself (75 #2). Backbones' rows differ by tens at most; the
+# floor (times train's usual peak) keeps a row's honest largest values, up to ~1e3 x its geometric mean, from being far
 FAR_FACTOR, FAR_FLOOR = 1e6, 1e3
-_LO, NBINS = -10, 150  # 1-octave bins of a row's mean exponent from 2^-10 up (float32 ends at 2^128; inf: the last)
+_LO, NBINS = (
+    -149,
+    279,
+)  # 1-octave bins of an exponent from float32's smallest subnormal 2^-149 up (inf: 2^128, the last)
 _CHUNK = 1 << 20  # features binned at once
+_MAG, _MIN_NORMAL = np.uint32(0x7FFFFFFF), 0x00800000  # the magnitude bits; the smallest normal float32's bits
 
 
-def row_exponents(X: np.ndarray) -> np.ndarray:
-    """Each row's mean binary exponent over its magnitudes from 2^-10 up (NaN for a row with none), read from the
-    float32 bits (float16/float64 rows are binned as float32), in chunks of rows of :data:`_CHUNK` features at most.
+def _bins(e: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor(e) - _LO, 0, NBINS - 1).astype(np.int64)
 
-    >>> row_exponents(np.array([[1.0, 0.0, 4.0], [0.0, 0.0, 0.0], [-1e3, 1e3, 1e3]], np.float32)).tolist()
-    [1.0, nan, 9.0]
-    """
+
+def _median_edge(counts: np.ndarray) -> float:
+    """The upper edge of the lower median row's bin (0.0 for no row)."""
+    n = int(counts.sum())
+    if not n:
+        return 0.0
+    return float(2.0 ** (_LO + 1 + int(np.argmax(np.cumsum(counts) > (n - 1) // 2))))
+
+
+def row_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each row's mean binary exponent over its non-zero magnitudes, NaN for a row of zeros; each row's largest
+    magnitude's float32 bits), read from the float32 bits (float16/float64 rows are binned as float32), in chunks of
+    rows of :data:`_CHUNK` features at most."""
     rows = np.asarray(X).reshape(len(X), -1)
     total, count = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+    top = np.zeros(len(rows), np.uint32)
     if rows.size:
         d = rows.shape[1]
         rstep, cstep = max(1, _CHUNK // d), min(d, _CHUNK)  # a wide row is binned a column slice at a time
         for i in range(0, len(rows), rstep):
             for j in range(0, d, cstep):
-                e = np.ascontiguousarray(rows[i : i + rstep, j : j + cstep], np.float32).view(np.uint32) >> 23
-                e &= 0xFF  # the biased exponent (the sign masked off)
-                keep = e >= 127 + _LO
-                e *= keep
-                count[i : i + rstep] += np.count_nonzero(keep, axis=1)
-                total[i : i + rstep] += e.sum(axis=1, dtype=np.int64)
+                src = np.ascontiguousarray(rows[i : i + rstep, j : j + cstep], np.float32)
+                a = src.view(np.uint32) & _MAG
+                np.maximum(top[i : i + rstep], a.max(axis=1), out=top[i : i + rstep])
+                nz = np.count_nonzero(a, axis=1)
+                count[i : i + rstep] += nz
+                a >>= 23  # the biased exponent (the sign masked off): 0 for zeros and subnormals
+                total[i : i + rstep] += a.sum(axis=1, dtype=np.int64)
+                if np.count_nonzero(a) < int(nz.sum()):  # a subnormal (rare): its exponent from its mantissa
+                    m = src.view(np.uint32) & _MAG
+                    r, c = np.nonzero((m > 0) & (m < _MIN_NORMAL))
+                    biased = np.frexp(m[r, c].astype(np.float64))[1] - 1 - 149 + 127  # value = mantissa x 2^-149
+                    total[i : i + rstep] += np.bincount(r, biased, len(m)).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1) - 127, np.nan)
+        return np.where(count > 0, total / np.maximum(count, 1) - 127, np.nan), top
 
 
-class LayerSizes:
-    """A split's usual size, fed block by block (``add``): a histogram over rows of each row's mean exponent, and the
-    largest finite magnitude (``top``).
+def row_exponents(X: np.ndarray) -> np.ndarray:
+    """Each row's mean binary exponent over its non-zero magnitudes (NaN for a row of zeros): :func:`row_stats`'s first.
 
-    >>> s = LayerSizes(); s.add(np.array([[1.0, 0.0, 3.0]] * 9 + [[1e12, 1e12, 0.0]], np.float32))
-    >>> s.usual(), s.bound(), s.top
-    (2.0, 2000000.0, 999999995904.0)
+    >>> row_exponents(np.array([[1.0, 0.0, 4.0], [0.0, 0.0, 0.0], [-1e3, 1e3, 1e3], [2**-140, 0, 0]], np.float32)).tolist()
+    [1.0, nan, 9.0, -140.0]
     """
+    return row_stats(X)[0]
+
+
+class Peaks:
+    """A split's rows' largest magnitudes, fed block by block (``add``, each row's from :func:`nonfinite.row_peaks` or
+    :func:`row_stats`): a histogram over rows (all-zero rows and NaN/inf left out) and the largest finite one
+    (``top``); what the first pass over a split gives for free, so the far rule's floor needs no binning."""
 
     def __init__(self) -> None:
         self.counts = np.zeros(NBINS, np.int64)
         self.top = 0.0
 
+    def add(self, peaks: np.ndarray) -> None:
+        p = np.asarray(peaks, np.float64)
+        p = p[np.isfinite(p) & (p > 0)]
+        if len(p):
+            self.counts += np.bincount(_bins(np.frexp(p)[1] - 1), minlength=NBINS)
+            self.top = max(self.top, float(p.max()))
+
+    def usual(self) -> float:
+        """The median row's largest magnitude (its bin's upper edge); 0.0 for a split of all-zero rows."""
+        return _median_edge(self.counts)
+
+    def floor(self) -> float:
+        """The far rule's floor: FAR_FLOOR x the usual peak, or FAR_FLOOR itself for a split with no size."""
+        return FAR_FLOOR * self.usual() if self.counts.any() else FAR_FLOOR
+
+
+class LayerSizes:
+    """A split's usual size, fed block by block (``add``): a histogram over rows of each row's mean exponent, and its
+    rows' largest magnitudes (``peaks``, with ``top``, the largest finite one).
+
+    >>> s = LayerSizes(); s.add(np.array([[1.0, 0.0, 3.0]] * 9 + [[1e12, 1e12, 0.0]], np.float32))
+    >>> s.usual(), s.peaks.usual(), s.bound(), s.top
+    (2.0, 4.0, 2000000.0, 999999995904.0)
+    >>> t = LayerSizes(); t.add(np.array([[1e-4, 3e-4]] * 9 + [[900.0, 900.0]], np.float32)); float(t.bound())
+    244.140625
+    """
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(NBINS, np.int64)
+        self.peaks = Peaks()
+
+    @property
+    def top(self) -> float:
+        return self.peaks.top
+
     def add(self, X: np.ndarray) -> None:
-        e = row_exponents(X)
+        e, top = row_stats(X)
         e = e[~np.isnan(e)]
         if len(e):
-            b = np.clip(np.floor(e) - _LO, 0, NBINS - 1).astype(np.int64)
-            self.counts += np.bincount(b, minlength=NBINS)
-        rows = np.asarray(X).reshape(len(X), -1)
-        if rows.size:  # NaN left out (fmax); inf rows are refused before any far rule
-            top = max(float(np.fmax.reduce(rows, axis=None)), -float(np.fmin.reduce(rows, axis=None)))
-            self.top = max(self.top, top) if np.isfinite(top) else self.top
+            self.counts += np.bincount(_bins(e), minlength=NBINS)
+        self.peaks.add(top.view(np.float32))  # NaN left out; inf rows are refused before any far rule
 
     def usual(self) -> float:
         """The median row's typical size (the upper edge of its bin; the lower median: far rows must be over half of
-        the rows to move it); 0.0 for a split with no magnitude from 2^-10 up."""
-        n = int(self.counts.sum())
-        if not n:
-            return 0.0
-        return float(2.0 ** (_LO + 1 + int(np.argmax(np.cumsum(self.counts) > (n - 1) // 2))))
+        the rows to move it; all-zero rows left out); 0.0 for a split of all-zero rows."""
+        return _median_edge(self.counts)
 
     def bound(self) -> float:
-        """The far rule's bound: a feature over it is far."""
-        return max(FAR_FACTOR * self.usual(), FAR_FLOOR)
+        """The far rule's bound: a feature over it is far (FAR_FACTOR x the usual size, or the floor where larger)."""
+        return max(FAR_FACTOR * self.usual(), self.peaks.floor())
 
 
 def apart(own: float, ref: float) -> bool:
@@ -100,6 +160,21 @@ def apart(own: float, ref: float) -> bool:
     usual size, all zeros, is judged by its rows only)."""
     small, big = sorted((own, ref))
     return small > 0 and big > FAR_FLOOR and big > FAR_FACTOR * small
+
+
+def odd_one(own: float, ref: float, others: list[float]) -> str | None:
+    """Of two splits apart, the one most likely wrong: ``'ref'`` (the training split) when another split agrees with
+    ``own`` and none with ``ref``, ``'own'`` in the converse case, else None (the caller names the larger: an overflow).
+
+    >>> odd_one(3e3, 2e-5, [2e3]), odd_one(2e-5, 3e3, [2e3]), odd_one(2e-5, 3e3, [])
+    ('ref', 'own', None)
+    """
+    near = [(not apart(o, own), not apart(o, ref)) for o in others if o > 0]
+    if any(a and not b for a, b in near) and not any(b and not a for a, b in near):
+        return "ref"
+    if any(b and not a for a, b in near) and not any(a and not b for a, b in near):
+        return "own"
+    return None
 
 
 def column_peaks(X: np.ndarray) -> np.ndarray:

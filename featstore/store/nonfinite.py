@@ -10,7 +10,15 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.provenance import AUGMENTED
-from featstore.store.far import FAR_FACTOR, FAR_FLOOR, LayerSizes, apart, far_mask  # noqa: F401 (re-exported)
+from featstore.store.far import (  # noqa: F401 (re-exported)
+    FAR_FACTOR,
+    FAR_FLOOR,
+    LayerSizes,
+    Peaks,
+    apart,
+    far_mask,
+    odd_one,
+)
 from featstore.store.metadata import file_state
 
 # a feature this large is no backbone's usual output (an overflow): a fit's scaler took its spread from one such train
@@ -84,6 +92,7 @@ class NonfiniteRows:
         self.bad: list[int] = []
         self.huge: list[int] = []  # finite rows with a feature over LARGE_FEATURE
         self.top = 0.0
+        self.peaks = Peaks()  # its rows' largest magnitudes: the far rule's floor with no binning (train's)
         self.start = 0
         self.X: np.ndarray | None = None  # the split whole, when it was given in memory (far rows listed from it)
         self.max_bytes = 64 << 20  # the block of a second pass that lists far rows (a streamed fit's)
@@ -98,32 +107,56 @@ class NonfiniteRows:
         self.bad += (bad + self.start).tolist()
         self.huge += (huge + self.start).tolist()
         self.top = max(self.top, float(peaks[finite].max(initial=0)))
+        self.peaks.add(peaks)
         self.start += len(X)
         return not len(bad) and not len(huge)
 
     def far(self, ref) -> tuple[list[int], float]:
         """(rows, bound) of the split's rows with a feature over the far rule's bound (``ref``: the training split's
         :class:`Reference`, read only when there is no NaN/inf or large row). Nothing is binned while every feature of
-        this split and of train is at most :data:`FAR_FLOOR` (most backbones' layers); a second pass over the split
-        lists far rows (only a bad store pays it) or bins it when train's usual size or its own peak is over the
-        floor. A split with no far row whose own usual size is under train's / FAR_FACTOR (train is the overflow)
-        raises here (attack 75 #2)."""
+        this split is at most the floor (FAR_FLOOR x train's usual peak, from the first passes) and every feature of
+        both at most :data:`FAR_FLOOR` (most backbones' layers); else train is binned, and this split when a far row or
+        a split apart may be there; a second pass lists far rows (only a bad store pays it). A split whose own usual
+        size is far from train's raises here, naming the one most likely wrong: train when train's is far under it and
+        no other split agrees with train (a train all 1e-8 x the others was reported as overflows in every other
+        split: attack 76 #7; 75 #2)."""
         if self.bad or self.huge or not self.start or ref is None or self.limit == np.inf:
             return [], 0.0
-        if self.top <= FAR_FLOOR and ref.top() <= FAR_FLOOR:  # no far row; both usual sizes under the floor
-            return [], FAR_FLOOR
+        mine = (ref.split, False) == (self.split, self.augmented)
+        if mine:  # train's own pass: its peaks are the floor's
+            remember(self.fs, self.name, ref.split, self.peaks)
+        floor = ref.peaks().floor()
+        if self.top <= floor and max(self.top, ref.top()) <= FAR_FLOOR:  # no far row; both usual sizes under FAR_FLOOR
+            return [], floor
         theirs = ref.sizes()
         bound = theirs.bound()
+        if self.top <= bound and max(self.top, ref.top()) <= FAR_FLOOR:  # no far row, no split apart
+            return [], bound
+        own = theirs if mine else self.sizes()
+        if apart(own.usual(), theirs.usual()):  # one of the two is an overflow (or underflowed, or unscaled)
+            likely = odd_one(own.usual(), theirs.usual(), self.others(ref))
+            if self.top <= bound or likely == "ref":
+                raise StoreError(self.apart_line(own, theirs, ref.split, likely))
         if self.top > bound:
             rows, at = [], 0
             for X in self.blocks():
                 rows += (np.flatnonzero(far_mask(X, bound)) + at).tolist()
                 at += len(X)
             return rows, bound
-        own = theirs if (ref.split, False) == (self.split, self.augmented) else self.sizes()
-        if apart(own.usual(), theirs.usual()):  # under train's / 1e6: train (or this split) is the overflow
-            raise StoreError(self.apart_line(own, theirs, ref.split))
         return [], bound
+
+    def others(self, ref) -> list[float]:
+        """The usual sizes of the extractor's other plain splits (not train, not this one): which of two splits apart
+        is the odd one out (binned once per process and store state; only a store refused pays it)."""
+        out = []
+        for split in self.fs.splits(self.name):
+            if split in (ref.split, self.split):
+                continue
+            try:
+                out.append(reference_sizes(self.fs, self.name, split, self.max_bytes).usual())
+            except (StoreError, OSError, KeyError, ValueError):  # an incomplete or damaged split: its own check says
+                continue
+        return out
 
     def sizes(self) -> LayerSizes:
         """This split's (or its copies') usual size: binned once per process and store state (a sweep's cells)."""
@@ -142,17 +175,20 @@ class NonfiniteRows:
         it = self.fs.iter_batches(self.split, self.name, augmented=self.augmented, max_bytes=self.max_bytes)
         return (X for X, _ in it)
 
-    def apart_line(self, mine: LayerSizes, ref: LayerSizes, ref_name: str) -> str:
-        """The refusal of a split whose usual size is far from the training split's, naming both (either may be the
-        overflow: the larger one, most likely) and the fix of the larger one."""
+    def apart_line(self, mine: LayerSizes, ref: LayerSizes, ref_name: str, likely: str | None = None) -> str:
+        """The refusal of a split whose usual size is far from the training split's, naming both and the one most
+        likely wrong (``likely``: :func:`far.odd_one`'s; None: the larger, an overflow), and its fix."""
         own, theirs, key = mine.usual(), ref.usual(), self.key()
-        larger = key if own > theirs else ref_name
+        split_wrong = likely == "own" or (likely is None and own > theirs)
+        wrong = key if split_wrong else ref_name
+        why = {"ref": f"the other splits agree with {key}", "own": f"the other splits agree with {ref_name}"}
         return (
             f"{self.fs.path}:/{self.name}/{key}'s usual feature size is {own:.3g} and the training split "
-            f"{ref_name}'s {theirs:.3g}: over {FAR_FACTOR:.0e} times apart, so one of them is an overflow in the model "
-            f"that extracted it (or arrays written unscaled), most likely {larger}, and a classifier fitted on "
-            f"{ref_name} scores the other at chance. For {larger}: "
-            + self.redo(None if own > theirs else ref_name, copies=own > theirs and self.augmented)
+            f"{ref_name}'s {theirs:.3g}: over {FAR_FACTOR:.0e} times apart, so one of them is an overflow or underflow "
+            f"in the model that extracted it (or arrays written unscaled), most likely {wrong} "
+            f"({why.get(likely or '', 'the larger')}), and a classifier fitted on {ref_name} scores the other at "
+            f"chance. For {wrong}: "
+            + self.redo(None if split_wrong else ref_name, copies=split_wrong and self.augmented)
         )
 
     def key(self) -> str:
@@ -182,7 +218,7 @@ class NonfiniteRows:
                 )
             raise StoreError(
                 f"{which} with features over {FAR_FACTOR:.0e} times the training split's usual feature size and over "
-                f"{FAR_FLOOR:.0e} (up to {self.top:.3g}; the bound {bound:.3g}): {fix}"
+                f"{FAR_FLOOR:.0e} times its rows' usual largest one (up to {self.top:.3g}; the bound {bound:.3g}): {fix}"
             )
         raise StoreError(
             f"{self.fs.path}:/{name}/{self.key()} holds {len(self.bad)} row(s) with NaN or inf features (e.g. "
@@ -243,7 +279,7 @@ def checked_split(fs, split: str, name: str, X, augmented: bool, max_bytes: int,
     ):
         check.block(block)
     if ref == split and not augmented and not check.bad and not check.huge:
-        remember(fs, name, ref, check.top)
+        remember(fs, name, ref, check.peaks)
     check.refuse(Reference(fs, name, ref, max_bytes, X if ref == split and not augmented else None))
 
 
@@ -256,16 +292,18 @@ def reference_split(fs, name: str) -> str:
     return max(splits, key=lambda s: (int(fs.split_info(s, name).get("committed_rows", 0) or 0), s))
 
 
-_CACHE: dict = {}  # (store file's state, extractor, split) -> LayerSizes or its top: a sweep's cells read it once (75 #8)
+_CACHE: dict = {}  # (store file's state, extractor, split) -> LayerSizes, Peaks or top: a sweep's cells read it once
 
 
-def remember(fs, name: str, split: str, sizes: LayerSizes | float) -> None:
-    """Keep a split's usual size (or only its largest feature, from a pass that read it anyway) for the rest of the
-    process, a few at a time, keyed by the store file's identity and state: a changed file is read again."""
+def remember(fs, name: str, split: str, sizes: LayerSizes | Peaks | float) -> None:
+    """Keep a split's usual size (or only its rows' largest magnitudes, or its largest feature, from a pass that read
+    it anyway) for the rest of the process, a few at a time, keyed by the store file's identity and state: a changed
+    file is read again. What knows more is kept (LayerSizes over Peaks over a float)."""
     if len(_CACHE) > 32:
         _CACHE.clear()
     key = (file_state(fs.path), name, split)
-    if isinstance(sizes, LayerSizes) or key not in _CACHE:
+    rank = {LayerSizes: 2, Peaks: 1}
+    if rank.get(type(sizes), 0) >= rank.get(type(_CACHE.get(key)), 0) or key not in _CACHE:
         _CACHE[key] = sizes
 
 
@@ -278,7 +316,12 @@ class Reference:
 
     def top(self) -> float:
         got = _CACHE.get((file_state(self.fs.path), self.name, self.split))
-        return float(got) if isinstance(got, float) else self.sizes().top
+        return float(got) if isinstance(got, float) else got.top if isinstance(got, Peaks) else self.sizes().top
+
+    def peaks(self) -> Peaks:
+        """Its rows' largest magnitudes (the far rule's floor): from its first pass when that was kept, else binned."""
+        got = _CACHE.get((file_state(self.fs.path), self.name, self.split))
+        return got if isinstance(got, Peaks) else self.sizes().peaks
 
     def sizes(self) -> LayerSizes:
         return reference_sizes(self.fs, self.name, self.split, self.max_bytes, self.X)
