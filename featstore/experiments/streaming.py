@@ -124,7 +124,7 @@ def stream_fit(
                 middle[0].partial_fit(prepared(X, []))
     for check in checks:  # the far rule: against train's usual size (train's own first pass gave it)
         if not check.augmented and not check.bad and not check.huge:
-            remember(fs, name, train, check.top)  # its largest feature: train is binned only when over FAR_FLOOR
+            remember(fs, name, train, check.top)  # its largest feature: binned only as far.py needs
         check.refuse(Reference(fs, name, train, block))
     for i, step in enumerate(middle[1:], 1):  # each step learns from one pass over what the steps before it give
         for X, _ in train_blocks(fs, name, train, block, None, augmented):
