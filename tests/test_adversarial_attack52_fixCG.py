@@ -325,5 +325,23 @@ def test_finetune_says_it_has_no_overwrite_where_its_caches_refusal_names_it(fin
     with pytest.raises(StoreError) as err:
         finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=ft["store"])
     line = str(err.value)
-    assert "by adding --overwrite" in line and "featstore finetune has no --overwrite" in line, line
+    assert "by adding --overwrite" in line and "names --overwrite: featstore finetune has none" in line, line
     assert f"del h5py.File({str(ft['store'])!r}, 'a')['vgg16@block5_conv1']" in line
+
+
+def test_finetune_says_how_to_start_its_cache_again_whatever_the_refusals_wording(finetune_source_32, monkeypatch):
+    """The way to start the cache again is not chosen by matching "--overwrite" in extract's text (a rewording, or a
+    line saying "without --overwrite", decided it): every refusal met while caching gets it."""
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+    from featstore.extraction import pipeline
+
+    def refused(*args, **kwargs):
+        raise StoreError(f"{args[2]}: the split cannot be written here; free some space and run it again")
+
+    monkeypatch.setattr(pipeline, "extract", refused)
+    ft = finetune_source_32
+    with pytest.raises(StoreError) as err:
+        finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=ft["store"])
+    line = str(err.value)
+    assert "free some space" in line and "to start the cache again, delete it" in line, line
+    assert "pass --no-cache" in line

@@ -153,7 +153,7 @@ def cached_cut(
         except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
             raise type(exc)(
                 f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; "
-                + (_NO_OVERWRITE.format(store=str(fs.path), group=group) if "--overwrite" in str(exc) else "")
+                + _START_AGAIN.format(store=str(fs.path), group=group)
                 + "pass --no-cache (cache=False in Python) to train from the images instead, or fine-tune on a copy of "
                 "the store without that group)"
             ) from None
@@ -225,10 +225,12 @@ def refuse_other_layout(fs, group: str, top) -> None:
         )
 
 
-# a refusal of extract naming --overwrite, met while caching: what starts the cache again here (attack 52 #5)
-_NO_OVERWRITE = (
-    'featstore finetune has no --overwrite: to start the cache again, delete it (python -c "import h5py; del '
-    "h5py.File({store!r}, 'a')[{group!r}]\") and fine-tune again, which caches it anew; or "
+# a refusal of extract met while caching, whatever its fix: what starts the cache again here (attack 52 #5: extract's
+# fix "--overwrite" is not finetune's); said for every refusal, not only where extract's wording names --overwrite
+# (matching another module's text missed or misread its rewordings, e.g. "without --overwrite")
+_START_AGAIN = (
+    'where that names --overwrite: featstore finetune has none; to start the cache again, delete it (python -c "import '
+    "h5py; del h5py.File({store!r}, 'a')[{group!r}]\") and fine-tune again, which caches it anew; or "
 )
 
 
