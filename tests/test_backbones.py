@@ -20,9 +20,22 @@ FULLY_CHECKED = [name for name in list_backbones() if name not in LARGER]
 
 @functools.cache
 def built_shape(name: str, size: int) -> tuple[int, ...]:
-    """The output shape of ``name``'s conv base built at ``size`` px (random weights), built once per process: VGG16's
-    and VGG19's default size is the odd size 150, so the declared-shape and odd-size tests ask for the same build."""
-    return tuple(get_backbone(name).build(size).output_shape[1:])
+    """The output shape of ``name``'s conv base built at ``size`` px, built once per process: VGG16's and VGG19's
+    default size is the odd size 150, so the declared-shape and odd-size tests ask for the same build.
+
+    The whole graph is built (every layer's ``build`` and symbolic call: the shapes Keras infers), its weights are
+    left uninitialised (a stateless scope that does not initialise them on exit): an output shape never depends on
+    weight values, and drawing them was over half of a deep build (ResNet101V2 at 150 px)."""
+    import keras
+    from keras.src.backend.common import global_state
+
+    pending = "uninitialized_variables"  # the scope's record of them: the next scope to end would initialise them
+    before = list(global_state.get_global_attribute(pending) or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            return tuple(get_backbone(name).build(size).output_shape[1:])
+    finally:
+        global_state.set_global_attribute(pending, before)
 
 
 def test_registry_has_the_required_backbones():
