@@ -12,7 +12,8 @@ The protocol (as CLIP's and DINOv2's evaluations, with this preprocessing; paper
 - **kNN probe**: cosine distance on the same vectors, votes weighted by 1/distance, k in {10, 20, 100, 200}
   (capped at train's rows, with a note); the best validation accuracy wins (ties: smaller k).
 - ``refit=True`` refits the chosen C and k on train + validation (the standardisation too) before test; the
-  summary records it.
+  summary records it. Test is then compared by rows with both (refused when most of its rows are theirs, a few
+  said), as it is with train alone without it.
 - **Test** is read once per extractor, after both choices, and never changes one. Each accuracy carries its 95 %
   Wilson interval.
 
@@ -110,10 +111,14 @@ def probe(
         check_reduce(reduce, row, f"extractor {n!r}'s features", "--reduce flatten", attrs)
     refuse_in_every(fs, names, (train, validation, test), "probe")  # every extractor's splits, before any fit
     _refuse_unprobeable(fs, names, train)  # one class, constant rows: before the first fit too (attack 58 #5)
+    fitted = (train, validation) if refit else (train,)  # --refit fits test's figures on both (attack 77 #8)
     rows_notes = [  # refused, or said: a few shared rows (74 #5), or not compared (over the caps: 76 #2)
         line
-        for split, what, opt in ((validation, "choose C and k", "--validation"), (test, "score", "--test"))
-        for line in refuse_training_rows(fs, names, train, split, "probe", what, f"pass a {opt} split without them")
+        for split, what, opt, on in (
+            (validation, "choose C and k", "--validation", (train,)),
+            (test, "score", "--test", fitted),
+        )
+        for line in refuse_training_rows(fs, names, on, split, "probe", what, f"pass a {opt} split without them")
     ]
     root = runs_root(store, runs)
     ensure_writable(root, store)

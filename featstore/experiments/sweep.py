@@ -175,10 +175,8 @@ def sweep(
         if not tst
         else {recs[best].id} | {rid for rid, _ in chosen} | ({r.id for r in recs} if show_test else set())
     )
-    later = sorted(
-        {r.extractor for r in recs if r.id in to_test and r.extractor not in fitted and tst not in r.metrics}
-    )
-    if later and not withheld:  # a reused run whose test is read now: compared first (one that holds it reads nothing)
+    later = sorted({r.extractor for r in recs if r.id in to_test and r.extractor not in fitted})
+    if later and not withheld:  # a reused run's test, read now or held already: compared too (attack 77 #4)
         withheld, later_note = _test_on_training_rows(fs, later, train, tst)  # not `note`: the ensemble's
         test_note = test_note or later_note
     if withheld or test_note:  # attack 74 #2: said, in the summary too
@@ -323,8 +321,8 @@ def _refuse_training_rows(fs: FeatureStore, names: list, fitted: list, train: st
     goes on (a final refit on trainval may be meant), but a sweep only chooses: on training rows, a 1-NN that memorised
     them was "chosen on validation: 1.0000" (attack 71 #7). Else the note (a few shared rows, or rows not compared:
     over the caps, attack 76 #2), "" when none: :func:`featstore.experiments.training_rows.refuse_training_rows`, the
-    rule of probe and fewshot. An extractor whose every cell is reused is judged by what its runs recorded (a re-run
-    reads no features)."""
+    rule of probe and fewshot. An extractor whose every cell is reused is judged by the count its runs recorded (a
+    re-run reads no features); a recorded "not compared" (a fit's --memory-budget: attack 77 #3) is compared here."""
     known = {}
     for n in (n for n in names if n not in fitted):
         got = [g for (e, _), r in reused.items() if e == n and (g := recorded(r, validation)) is not None]
