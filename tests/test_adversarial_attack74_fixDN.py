@@ -59,9 +59,8 @@ def test_an_ensemble_of_runs_fitted_on_validation_gets_no_verdict_there(tmp_path
     got = json.loads(cli("runs", "show", ens.id, "--store", store, "--runs", runs, "--json").output)["marks"]
     assert got["validation"]["fitted_on_these_rows"] and not got["test"]["fitted_on_these_rows"]
     rec = get_run(ens.id, store, runs)[0]
-    assert "validation" in fittedrows.fitted_splits(rec, (), store, runs)  # as the site asks (rows_of there)
-    with fittedrows.rows_of(store, runs):
-        assert "validation" in fittedrows.fitted_splits(rec)
+    assert "validation" in fittedrows.fitted_splits(rec, (), store, runs)  # as the site asks (a RowsPlace there)
+    assert "validation" in fittedrows.fitted_splits(rec, place=fittedrows.RowsPlace(store, runs))
 
 
 # ------------------------------------------------------------------ finding 3: the store the command was given

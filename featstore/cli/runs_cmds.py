@@ -30,15 +30,15 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
 
 
-def _rows_of(store, runs, named, scored=None):
-    """:func:`featstore.runs.fittedrows.rows_of` for the store and runs folder a command was given (attack 74 #1, #3):
-    the training rows from ``named`` (the store typed, None for the default: attack 76 #3, an unrelated
-    ./features.h5 was taken for the run's) where its training split is the run's, else from the run's recorded store;
-    ``scored``: the store whose split the command scored (`runs evaluate`)."""
-    from featstore.runs.fittedrows import rows_of
+def _place(store, runs, named, scored=None):
+    """The :class:`featstore.runs.fittedrows.RowsPlace` of the store and runs folder a command was given (attack 74
+    #1, #3), passed to what marks its figures: the training rows from ``named`` (the store typed, None for the
+    default: attack 76 #3, an unrelated ./features.h5 was taken for the run's) where its training split is the run's,
+    else from the run's recorded store; ``scored``: the store whose split the command scored (`runs evaluate`)."""
+    from featstore.runs.fittedrows import RowsPlace
     from featstore.runs.folder import runs_root
 
-    return rows_of(named, runs_root(store, runs), scored=scored)
+    return RowsPlace(named, runs_root(store, runs), scored)
 
 
 def _named(ctx: typer.Context, store: Path | None) -> Path | None:
@@ -135,11 +135,11 @@ def runs_show(
     unsaved: list[str] = []  # a read-only runs folder or a full disk: the figures are shown, then one line
     rec, pngs = show_run(run_id, store, runs, unsaved=unsaved)
     selected = _selected(rec, store, runs)  # the sweeps and members of its folder (67 #9)
-    with _rows_of(store, runs, named):  # the run's training rows, an ensemble's members from its folder (74, 76 #3)
-        if json_out:  # the text's marks too (attack 71 #8: the bare record said neither)
-            _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs], "marks": split_marks(rec, selected)})
-        else:
-            echo(run_report(rec, pngs, selected=selected))
+    place = _place(store, runs, named)  # the run's training rows, an ensemble's members from its folder (74, 76 #3)
+    if json_out:  # the text's marks too (attack 71 #8: the bare record said neither)
+        _echo_json({**rec.to_json(), "pngs": [str(p) for p in pngs], "marks": split_marks(rec, selected, place=place)})
+    else:
+        echo(run_report(rec, pngs, selected=selected, place=place))
     if unsaved:
         more = f" ({len(unsaved)} PNGs not written, this is the first)" if len(unsaved) > 1 else ""
         rest = "its other PNGs were written" if pngs else "its PNGs were not written"
@@ -190,20 +190,19 @@ def runs_compare(
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     if out is not None:
         check_chart_name(out, store=store)  # before any work: a missing folder, a link, a FIFO, a name that is not .png
-    with _rows_of(store, runs, named):  # the run's training rows; an ensemble's members (attack 74 #1, 76 #3)
-        pair = compare_pair(*run_ids, store, runs) if run_ids and len(run_ids) == 2 else None
-        recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
-        try:
-            path, unsaved = compare_runs(run_ids, out, store, runs), None
-        except OutputError as exc:  # a read-only runs folder or a full disk: the comparison is printed, then one line
-            path, unsaved = None, exc
-        if json_out:
-            note = {"note": stores_note(recs)} if not pair and stores_note(recs) else {}  # attack 63 #4
-            _echo_json(
-                {**(pair.to_dict() if pair else {}), "runs": accuracy_json(recs), "png": path and str(path), **note}
-            )
-        else:
-            echo(pair_report(pair) if pair else accuracy_lines(recs))
+    place = _place(store, runs, named)  # the run's training rows; an ensemble's members (attack 74 #1, 76 #3)
+    pair = compare_pair(*run_ids, store, runs) if run_ids and len(run_ids) == 2 else None
+    recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
+    try:
+        path, unsaved = compare_runs(run_ids, out, store, runs, place=place), None
+    except OutputError as exc:  # a read-only runs folder or a full disk: the comparison is printed, then one line
+        path, unsaved = None, exc
+    if json_out:
+        note = {"note": stores_note(recs)} if not pair and stores_note(recs) else {}  # attack 63 #4
+        marks = accuracy_json(recs, place=place)
+        _echo_json({**(pair.to_dict() if pair else {}), "runs": marks, "png": path and str(path), **note})
+    else:
+        echo(pair_report(pair) if pair else accuracy_lines(recs, place=place))
     if unsaved is not None:  # at the default name (a colleague's link in a shared runs folder): its line names --out
         raise OutputError(f"{str(unsaved).rstrip('.')}. The comparison above was computed; its chart was not saved.")
     if not json_out:
@@ -242,8 +241,8 @@ def runs_evaluate(
     named = _named(ctx, store)
     store, runs, json_out = _group_defaults(ctx, store, runs, json_out)
     rec, m, said = evaluate_and_record(run_id, split, store, runs)
-    with _rows_of(store, runs, named, scored=store):  # the split scored here, against the run's training rows (76 #3)
-        marks = split_marks(rec, _selected(rec, store, runs), [split])[split]
+    place = _place(store, runs, named, scored=store)  # the split scored here, against the run's training rows (76 #3)
+    marks = split_marks(rec, _selected(rec, store, runs), [split], place=place)[split]
     if json_out:  # the text's mark and the run's choice there (attack 71 #8)
         _echo_json({"run": rec.id, "split": split, "metrics": m, "recorded": said, **marks})
     else:
@@ -267,8 +266,8 @@ def ensemble(
     from featstore.report.tables import run_report
 
     refuse_runs_file(store, runs)
-    with _rows_of(store, runs, store):  # the ensemble is made on it: its members' rows where they are theirs
-        echo(run_report(run_ensemble(run_ids, weight or None, store, runs), [], per_class=False))
+    place = _place(store, runs, store)  # the ensemble is made on it: its members' rows where they are theirs
+    echo(run_report(run_ensemble(run_ids, weight or None, store, runs, place=place), [], per_class=False, place=place))
 
 
 @app.command()

@@ -35,7 +35,7 @@ from featstore.outputs import (
 )
 from featstore.provenance import OOF
 from featstore.runs.files import output_path
-from featstore.runs.fittedrows import fitted_members, fitted_on, fitted_splits, shared_rows
+from featstore.runs.fittedrows import RowsPlace, fitted_members, fitted_on, fitted_splits, shared_rows
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, find_run, get_run, list_runs, runs_root
 from featstore.runs.kinds import kind_of, rebuild_advice
 from featstore.runs.record import RunRecord
@@ -402,11 +402,13 @@ def compare_runs(
     out: str | os.PathLike | None = None,
     store: str | os.PathLike = "features.h5",
     runs: str | os.PathLike | None = None,
+    *,
+    place: RowsPlace | None = None,
 ) -> Path:
     """Bar chart of validation and test accuracy of the given runs (default: all), each with its 95 % interval, a run
-    marked where a bar is on rows it was fitted on; returns the PNG path (written whole, or not at all: one OutputError
-    line for a missing folder or a full disk). Example: ``compare_runs(["logreg-1a2b3c", "svm-4d5e6f"], out="c.png")``.
-    """
+    marked where a bar is on rows it was fitted on (as the table: 76 #6; rows read at ``place``, a :class:`RowsPlace`);
+    returns the PNG path (written whole, or not at all: one OutputError line for a missing folder or a full disk).
+    Example: ``compare_runs(["logreg-1a2b3c", "svm-4d5e6f"], out="c.png")``."""
     from featstore.plots import compare_png
 
     check_paths(out=out, store=store, runs=runs)  # out="" drew the chart into the runs folder
@@ -414,13 +416,11 @@ def compare_runs(
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     if not recs:
         raise ConfigError("no runs to compare; fit some with `featstore fit`")
-    splits = ("validation", "test")
+    splits, said = ("validation", "test"), ": fitted on these rows: resubstitution"
     scores = {s: [r.accuracy(s) for r in recs] for s in splits}
     intervals = {s: [wilson_of(r.metrics[s]) if s in r.metrics else None for r in recs] for s in splits}
-    on = [sorted(fitted_splits(r, splits) & set(r.metrics).intersection(splits)) for r in recs]  # as the table (76 #6)
-    labels = [
-        r.id + (f"\n({', '.join(f)}: fitted on these rows: resubstitution)" if f else "") for r, f in zip(recs, on)
-    ]
+    on = [sorted(fitted_splits(r, splits, place=place) & set(r.metrics).intersection(splits)) for r in recs]
+    labels = [r.id + (f"\n({', '.join(f)}{said})" if f else "") for r, f in zip(recs, on)]
     what = "--out" if out else "the default chart"
     return write_atomic(path, lambda tmp: compare_png(labels, scores, tmp, intervals), what)
 

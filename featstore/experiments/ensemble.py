@@ -28,7 +28,7 @@ from featstore.experiments.calibration import not_calibrated
 from featstore.experiments.compare import mismatch
 from featstore.experiments.evaluate import metrics
 from featstore.runs import folder as run_folder
-from featstore.runs.fittedrows import fitted_splits
+from featstore.runs.fittedrows import RowsPlace, fitted_splits
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, ensure_writable, find_run, runs_root
 from featstore.runs.kinds import kind_of
 from featstore.runs.predictions_file import PredictionsWriter
@@ -49,10 +49,13 @@ def ensemble(
     store: str | os.PathLike = "features.h5",
     runs: str | os.PathLike | None = None,
     chosen_on: str | None = None,
+    *,
+    place: RowsPlace | None = None,
 ) -> RunRecord:
     """Average the members' predicted probabilities (optionally weighted) and record it as a run; ``chosen_on``: the
     split the weights were chosen on (a sweep's greedy selection), recorded as the run's ``selection`` so that
-    ``runs compare`` calls the ensemble's figures there optimistic (weights given by hand chose nothing).
+    ``runs compare`` calls the ensemble's figures there optimistic (weights given by hand chose nothing); ``place``:
+    where the members' "fitted on these rows" notes read rows (:class:`RowsPlace`; None: each one's recorded store).
 
     Members may come from different classifiers and different extractors of the same images. Example::
 
@@ -107,7 +110,7 @@ def ensemble(
     if not splits:
         raise ConfigError("the members share no evaluated split (validation or test); nothing to ensemble")
     for split in splits:  # fitted rows: figures there estimate nothing, and are not marked (attack 71 #1)
-        if fitted := [rec.id for rec, _ in members if split in fitted_splits(rec, [split])]:
+        if fitted := [rec.id for rec, _ in members if split in fitted_splits(rec, [split], place=place)]:
             notes.append(
                 f"its figures on {split!r} are on rows {', '.join(fitted)} {'were' if len(fitted) > 1 else 'was'} "
                 f"fitted on: resubstitution figures, which estimate nothing for new images"

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from featstore.outputs import terminal_safe
 from featstore.report.text import _table
 from featstore.runs.fittedrows import (  # noqa: F401 - fitted_on moved there (attack 70 #4)
+    RowsPlace,
     fitted_on,
     fitted_splits,
     not_compared,
@@ -57,9 +58,9 @@ def _val(rec: RunRecord, fitted=()) -> str:
     return f"{_acc(rec, oof)} cv" if oof else "-"
 
 
-def _fitted(rec: RunRecord) -> set[str]:
+def _fitted(rec: RunRecord, place: RowsPlace | None = None) -> set[str]:
     """The splits of the table's columns whose rows ``rec`` was fitted on (:func:`fitted_splits`, as the site's)."""
-    return fitted_splits(rec, ("validation", "test")) & {"validation", "test"}
+    return fitted_splits(rec, ("validation", "test"), place=place) & {"validation", "test"}
 
 
 def _legend(marked: bool) -> list[str]:
@@ -205,10 +206,18 @@ def split_lines(split: str, m, fitted: bool = False) -> list[str]:
     ] + ([f"    {split}: {FITTED_MARK}"] if fitted else [])
 
 
-def run_report(rec: RunRecord, pngs: list, per_class: bool = True, selected: Mapping[str, str] | None = None) -> str:
+def run_report(
+    rec: RunRecord,
+    pngs: list,
+    per_class: bool = True,
+    selected: Mapping[str, str] | None = None,
+    *,
+    place: RowsPlace | None = None,
+) -> str:
     """A run's details: setup, selection, calibration, every split's figures with 95 % intervals, a per-class table,
     and the plots written; ``selected``: the splits it was chosen on, read with its runs folder
-    (``featstore.runs.selected.selected_on``; None: its own record's marks)."""
+    (``featstore.runs.selected.selected_on``; None: its own record's marks); ``place``: where its marks read rows
+    (:class:`~featstore.runs.fittedrows.RowsPlace`; None: its recorded store)."""
     lines = [
         f"run {rec.id} ({rec.kind}), {rec.created_at}",
         f"  extractor {rec.extractor} fingerprint {rec.fingerprint}",
@@ -217,7 +226,7 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True, selected: Map
         f"  {calibration_line(rec)}",
     ]
     lines += [f"  note: {note}" for note in rec.notes]
-    got, skipped = shared_rows(rec)
+    got, skipped = shared_rows(rec, place=place)
     train = {s for s, (k, n) in got.items() if k == n}
     trained = fitted_on(rec) or "its members' training splits"  # an ensemble's are its members' (attack 74 #1)
     said = [not_compared(s, trained, why) for s, why in skipped.items()]  # over the caps, or no store readable
@@ -243,13 +252,15 @@ def run_report(rec: RunRecord, pngs: list, per_class: bool = True, selected: Map
     return "\n".join(lines)
 
 
-def split_marks(rec: RunRecord, selected: Mapping[str, str] | None = None, splits=()) -> dict[str, dict]:
+def split_marks(
+    rec: RunRecord, selected: Mapping[str, str] | None = None, splits=(), *, place: RowsPlace | None = None
+) -> dict[str, dict]:
     """Per split of ``rec``'s figures (and ``splits``), the marks the text puts beside its figures, as JSON (attack 71
     #8): ``fitted_on_these_rows`` (each row is a row of the split it was fitted on: its figures there are
     resubstitution figures), ``training_rows`` (``{"shared": k, "rows": n}`` where only some are), ``rows_not_compared``
     (why, where a split is over the rows rule's caps) and ``selected_on`` (what the run chose there, ``selected``:
-    :func:`featstore.runs.selected.selected_on`; None where it chose nothing there)."""
-    got, skipped = shared_rows(rec, splits)
+    :func:`featstore.runs.selected.selected_on`; None where it chose nothing there); ``place``: as :func:`run_report`."""
+    got, skipped = shared_rows(rec, splits, place=place)
     out = {}
     for s in dict.fromkeys([*rec.metrics, *splits]):
         k, n = got.get(s, (0, 0))
@@ -294,20 +305,21 @@ def runs_json(
     }
 
 
-def accuracy_json(runs: list[RunRecord]) -> list[dict]:
-    """Each run's validation and test headline figures (``runs compare --json``)."""
+def accuracy_json(runs: list[RunRecord], *, place: RowsPlace | None = None) -> list[dict]:
+    """Each run's validation and test headline figures (``runs compare --json``; ``place``: as :func:`run_report`)."""
     out = []
     for r in runs:
         shown = [s for s in ("validation", "test") if s in r.metrics]
-        marks = {s: m for s, m in split_marks(r).items() if s in shown}  # the text's marks (attack 76 #6)
+        marks = {s: m for s, m in split_marks(r, place=place).items() if s in shown}  # the text's marks (attack 76 #6)
         out.append({"id": r.id, **{s: _headline(r.metrics[s]) for s in shown}, "marks": marks})
     return out
 
 
-def accuracy_lines(runs: list[RunRecord]) -> str:
+def accuracy_lines(runs: list[RunRecord], *, place: RowsPlace | None = None) -> str:
     """One line per run: validation and test accuracy with their 95 % intervals (``runs compare`` of several runs),
-    and the runs table's note when they come from more than one store (:func:`stores_note`)."""
-    width, fitted = max(len(r.id) for r in runs), {r.id: _fitted(r) for r in runs}
+    and the runs table's note when they come from more than one store (:func:`stores_note`); ``place``: as
+    :func:`run_report`."""
+    width, fitted = max(len(r.id) for r in runs), {r.id: _fitted(r, place) for r in runs}
     lines = [
         f"{r.id.ljust(width)}  validation {_marked(r, 'validation', fitted[r.id])}  test {_marked(r, 'test', fitted[r.id])}"
         for r in runs

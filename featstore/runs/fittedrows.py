@@ -33,11 +33,10 @@ the store a command was given only where it is the split the run recorded, else 
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import logging
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -206,40 +205,44 @@ class TrainingRows:
         return shared, rows
 
 
-_WHERE: contextvars.ContextVar = contextvars.ContextVar("featstore_rows_of", default=(None, None, None))
+@dataclass(frozen=True)
+class RowsPlace:
+    """Where the marks read rows, made by the command that shows them and passed down (attack 74 #1, #3; 76 #3): runs'
+    training rows are taken from ``store`` (a path or an open FeatureStore: the store the command was given; None for
+    none, or a default the user did not name) where its training split is the one each run was fitted on, else from
+    the run's recorded store (:func:`featstore.runs.trainstore.training_store`), an ensemble's members are read from
+    runs folder ``root``, and the splits compared are ``scored``'s (the store whose split a command scored: ``runs
+    evaluate --store``), default the training rows' store. A value, not process state: two calls given two places
+    each get their own marks, whatever thread makes them. No place (None): each run's recorded store, no runs folder."""
+
+    store: object = None
+    root: Path | str | None = None
+    scored: object = None
 
 
-@contextlib.contextmanager
-def rows_of(store, root=None, *, scored=None):
-    """Within it, runs' training rows are taken from ``store`` (a path or an open FeatureStore: the store the command
-    was given; None for none, or a default the user did not name) where its training split is the one each run was
-    fitted on, else from the run's recorded store (:func:`featstore.runs.trainstore.training_store`; attack 76 #3), an
-    ensemble's members are read from runs folder ``root``, and the splits compared are ``scored``'s (the store whose
-    split a command scored: ``runs evaluate --store``), default the training rows' store."""
-    token = _WHERE.set((store, root, scored))
-    try:
-        yield
-    finally:
-        _WHERE.reset(token)
+def _at(place: RowsPlace | None, store, root, scored) -> tuple:
+    """``(store, root, scored)``: each given one, else ``place``'s."""
+    p = place or RowsPlace()
+    return tuple(a if a is not None else b for a, b in zip((store, root, scored), (p.store, p.root, p.scored)))
 
 
-def fitted_splits(rec, splits=(), store=None, root=None, *, scored=None) -> set[str]:
+def fitted_splits(rec, splits=(), store=None, root=None, *, scored=None, place: RowsPlace | None = None) -> set[str]:
     """The splits of ``rec`` (its figures' and ``splits``) fitted on: the one it names (:func:`fitted_on`) and each
-    whose rows are all rows of it (attack 70 #4); an ensemble's, its members' (attack 74 #1)."""
-    return {s for s, (k, n) in shared_rows(rec, splits, store, root, scored=scored)[0].items() if k == n}
+    whose rows are all rows of it (attack 70 #4); an ensemble's, its members' (attack 74 #1); as :func:`shared_rows`."""
+    return {s for s, (k, n) in shared_rows(rec, splits, store, root, scored=scored, place=place)[0].items() if k == n}
 
 
 def shared_rows(
-    rec, splits=(), store=None, root=None, *, scored=None
+    rec, splits=(), store=None, root=None, *, scored=None, place: RowsPlace | None = None
 ) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
     """``({split: (training rows, rows)}, {split: why not compared})`` for ``rec``'s figures' splits and ``splits``:
     the split it names as fitted on (all its rows, whatever its size) and each that shares rows with it. The training
-    rows are those of ``store`` (default: :func:`rows_of`'s) where its training split is the run's, else of the run's
-    recorded store (:func:`featstore.runs.trainstore.training_store`: where neither is, every split is said not
-    compared); the splits are ``scored``'s (default :func:`rows_of`'s, else the training rows' store: there a split
+    rows are those of ``store`` (default: ``place``'s, a :class:`RowsPlace`) where its training split is the run's, else
+    of the run's recorded store (:func:`featstore.runs.trainstore.training_store`: where neither is, every split is
+    said not compared); the splits are ``scored``'s (default ``place``'s, else the training rows' store: there a split
     named like the training split is compared by rows too). An ensemble's are its members' (read from runs folder
-    ``root``, default :func:`rows_of`'s), each split taking the member with the most of its rows."""
-    store, root, scored = (a if a is not None else b for a, b in zip((store, root, scored), _WHERE.get()))
+    ``root``, default ``place``'s), each split taking the member with the most of its rows."""
+    store, root, scored = _at(place, store, root, scored)
     names = list(dict.fromkeys([*(rec.get("metrics") or {}), *splits]))
     members = rec.get("members")
     if isinstance(members, list) and members and fitted_on(rec) is None:
@@ -414,10 +417,12 @@ def not_compared(split: str, train: str, why: str) -> str:
     )
 
 
-def fitted_members(rec, split: str, root: Path | None = None, store=None, *, scored=None) -> list[str]:
-    """The members of ensemble ``rec`` (in runs folder ``root``, default :func:`rows_of`'s) fitted on ``split``'s rows
+def fitted_members(
+    rec, split: str, root: Path | None = None, store=None, *, scored=None, place: RowsPlace | None = None
+) -> list[str]:
+    """The members of ensemble ``rec`` (in runs folder ``root``, default ``place``'s) fitted on ``split``'s rows
     (:func:`fitted_splits`, with ``store`` and ``scored`` as there); a member that cannot be read is left out."""
-    root = root if root is not None else _WHERE.get()[1]
+    store, root, scored = _at(place, store, root, scored)
     out = []
     if root is None:
         return out

@@ -46,7 +46,7 @@ from featstore.report.site.sitefolder import SiteFolder
 from featstore.report.site.storeruns import mark_selected, runs_of_store
 from featstore.report.site.storeview import LeakView, leak_view, overview
 from featstore.report.site.thumbs import ThumbCache
-from featstore.runs.fittedrows import rows_of
+from featstore.runs.fittedrows import RowsPlace
 from featstore.runs.folder import runs_root, scan_runs_of
 from featstore.sticky import unlisted
 from featstore.store.folders import refuse_in_image_folders
@@ -286,8 +286,8 @@ def _write_site(site, old, fs, store, runs, cache, not_kept, map_rows, map_metho
     result.notes += [f"run folder {n} is broken and not shown: {why}" for n, why in listing.broken] + runs_notes
     result.notes += [f"run folder {n} is not shown: {why}" for n, why in listing.unreadable]
     paths, pages = _Paths(fs), {r.id: f"runs/{r.id}.html" for r in records}
-    with rows_of(fs, runs_root(store, runs)):  # marks on this store's rows, an ensemble's members' (attack 74 #1, #3)
-        views = [run_view(r, runs_root(store, runs) / r.id, paths.of, gallery, pages) for r in records]
+    place = RowsPlace(fs, runs_root(store, runs))  # marks on this store's rows, an ensemble's members' (74 #1, #3)
+    views = [run_view(r, place.root / r.id, paths.of, gallery, pages, place=place) for r in records]
     mark_selected(views, runs_root(store, runs))  # where each run chose: its figures there are optimistic (63 #5)
     maps = []
     for name in fs.extractors(caches=False):

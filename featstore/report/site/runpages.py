@@ -21,6 +21,7 @@ from featstore.errors import StoreError
 from featstore.report.runs import fitted_splits
 from featstore.report.site import charts
 from featstore.report.site.render import figure_json
+from featstore.runs.fittedrows import RowsPlace
 from featstore.runs.folder import StoredPredictions, load_predictions
 from featstore.runs.kinds import kind_of
 from featstore.runs.record import RunRecord, digest_paths
@@ -217,7 +218,9 @@ def _shade(count: int, top: int) -> int:
     return 0 if count == 0 or top == 0 else 1 + min(8, int(8 * count / top))
 
 
-def split_view(rec: RunRecord, split: str, stored: SplitRows | None, paths_of: PathsOf, limit: int) -> SplitView:
+def split_view(
+    rec: RunRecord, split: str, stored: SplitRows | None, paths_of: PathsOf, limit: int, place: RowsPlace | None = None
+) -> SplitView:
     """One split of a run: recorded figures, the grid (linked to galleries where the rows can be matched); over
     :data:`MAX_GRID_CLASSES` classes no grid nor cell galleries (K² cells), the mistakes' gallery only."""
     m, names = rec["metrics"][split], list(rec.class_names)
@@ -225,7 +228,7 @@ def split_view(rec: RunRecord, split: str, stored: SplitRows | None, paths_of: P
     view = SplitView(
         split, m["n"], m.get("accuracy"), interval_of(m), m.get("macro_f1"), extras_of(m), per_class, [], None
     )
-    view.fitted = split in fitted_splits(rec)
+    view.fitted = split in fitted_splits(rec, place=place)  # on ``place``'s rows (:class:`RowsPlace`)
     big = len(names) > MAX_GRID_CLASSES
     cm = None if big else dense_confusion(m["confusion_matrix"])
     unshown = f"the confusion matrix of {len(names)} classes is not drawn (over {MAX_GRID_CLASSES}); "
@@ -308,11 +311,18 @@ def _grid(cm: np.ndarray, galleries: dict | None) -> list[list[Cell]]:
 
 
 def run_view(
-    rec: RunRecord, folder: Path, paths_of: PathsOf, limit: int, pages: dict[str, str] | None = None
+    rec: RunRecord,
+    folder: Path,
+    paths_of: PathsOf,
+    limit: int,
+    pages: dict[str, str] | None = None,
+    *,
+    place: RowsPlace | None = None,
 ) -> RunView:
     """A run's page data: its splits (with galleries where its rows match the store), curves, members, calibration.
 
-    ``pages`` maps the ids of listed runs to their pages (an ensemble links its members).
+    ``pages`` maps the ids of listed runs to their pages (an ensemble links its members); ``place``: where its marks
+    read rows (:class:`RowsPlace`: the report's store and runs folder; None: its recorded store).
     """
     kind = kind_of(rec)
     try:
@@ -324,7 +334,7 @@ def run_view(
     view.preds = preds
     order = {"test": 0, "validation": 1}  # the splits with stored predictions (and galleries) first
     for split in sorted(rec["metrics"], key=lambda s: (s not in rec.predictions, order.get(s, 2), s)):
-        sv = split_view(rec, split, view.rows(split), paths_of, limit)
+        sv = split_view(rec, split, view.rows(split), paths_of, limit, place)
         view.splits.append(sv)
         view.galleries += sv.galleries
     curves = kind.curves(rec)
