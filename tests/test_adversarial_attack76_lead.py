@@ -40,3 +40,62 @@ def test_a_store_whose_rows_cannot_be_read_is_said_not_dropped(tmp_path):
     fittedrows._COUNTS.clear()
     got, skipped = fittedrows.fitted_rows_said(store, "synthetic", "train", ["validation"])
     assert got == {} and "its rows could not be read" in skipped["validation"], skipped  # was ({}, {}): no word
+
+
+# ------------------------------------------------------------------ attack 77 #2, #5, #6 (the lead)
+def _trainval_runs(root):
+    """Two 1-NN runs fitted on trainval (train's and validation's rows) and their ensemble, in ``root``."""
+    from featstore import ensemble
+
+    rng, c = np.random.default_rng(0), ["a", "b", "c"]
+    parts = {s: ((rng.normal(size=(30, 8)) + (np.arange(30) % 3)[:, None] * 0.3).astype(np.float32), np.arange(30) % 3)
+             for s in ("train", "validation", "test")}  # fmt: skip
+    parts["trainval"] = tuple(np.concatenate([parts["train"][i], parts["validation"][i]]) for i in (0, 1))
+    store, runs = root / "s.h5", root / "runs"
+    for split, (X, y) in parts.items():
+        write_arrays(store, "synthetic", split, X, y, c)
+    a, b = (fit(store, "knn", {"n_neighbors": [1]}, train="trainval", runs=runs) for _ in range(2))
+    return store, runs, [a.id, b.id, ensemble([a.id, b.id], store=store, runs=runs).id]
+
+
+def _line(output: str, run_id: str) -> str:
+    return next(ln for ln in output.splitlines() if ln.startswith(run_id))
+
+
+def test_the_runs_listing_marks_an_ensemble_and_a_moved_store_as_show_does(tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from featstore.cli import app
+
+    def cli(*args):
+        got = CliRunner().invoke(app, [str(a) for a in args])
+        assert got.exit_code == 0, got.output
+        return got.output
+
+    (tmp_path / "a").mkdir()
+    store, runs, ids = _trainval_runs(tmp_path / "a")
+    table = cli("runs", "--store", store, "--runs", runs)
+    for rid in ids:  # the ensemble's members were fitted on validation's rows: its row was unmarked (77 #2)
+        assert "1.0000 [0.8865, 1.0000] (fitted on these rows: resubstitution)" in _line(table, rid), table
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the store moved with its runs: the recorded path is gone
+    store, runs = tmp_path / "b" / "s.h5", tmp_path / "b" / "runs"
+    fittedrows._COUNTS.clear()
+    table = cli("runs", "--store", store, "--runs", runs)  # the store given is the run's (its split's identity)
+    assert all("(fitted on these rows: resubstitution)" in _line(table, rid) for rid in ids), table
+    listing = cli("runs", "compare", *ids, "--runs", runs)  # no --store: the recorded one is gone, and said so
+    for rid in ids:
+        assert "validation 1.0000 [0.8865, 1.0000] (rows not compared)" in _line(listing, rid), listing
+    assert "rows not compared: whether they are the run's training rows is not known" in listing
+
+
+def test_the_budget_reason_names_sizes_under_a_mebibyte(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(400, 2)).astype(np.float32), np.arange(400) % 2
+    store = tmp_path / "s.h5"
+    for split in ("train", "validation"):
+        write_arrays(store, "synthetic", split, X, y, ["a", "b"])
+    fittedrows._COUNTS.clear()
+    _, skipped = fittedrows.fitted_rows_said(store, "synthetic", "train", ["validation"], memory_budget=1000)
+    assert "over the memory budget of 1 kB" in skipped["validation"] and "0 MiB" not in skipped["validation"], skipped

@@ -110,10 +110,11 @@ def runs_list(
         )
 
     listing = scan_runs_of(store, runs)
+    place = _place(store, runs, store if _given(ctx, "store") else None)  # as show's (attack 77 #2: none was used)
     if json_out:
-        _echo_json(runs_json(listing.records, listing.broken, listing.unreadable))
+        _echo_json(runs_json(listing.records, listing.broken, listing.unreadable, place=place))
         return
-    echo(runs_table(listing.records, listing.broken, listing.unreadable))
+    echo(runs_table(listing.records, listing.broken, listing.unreadable, place=place))
 
 
 @runs_app.command("show")

@@ -35,7 +35,7 @@ from featstore.outputs import (
 )
 from featstore.provenance import OOF
 from featstore.runs.files import output_path
-from featstore.runs.fittedrows import RowsPlace, fitted_members, fitted_on, fitted_splits, shared_rows
+from featstore.runs.fittedrows import RowsPlace, figure_marks, fitted_members, fitted_on, shared_rows
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, find_run, get_run, list_runs, runs_root
 from featstore.runs.kinds import kind_of, rebuild_advice
 from featstore.runs.record import RunRecord
@@ -416,11 +416,11 @@ def compare_runs(
     recs = [get_run(r, store, runs)[0] for r in run_ids] if run_ids else list_runs(store, runs)
     if not recs:
         raise ConfigError("no runs to compare; fit some with `featstore fit`")
-    splits, said = ("validation", "test"), ": fitted on these rows: resubstitution"
+    splits = ("validation", "test")
     scores = {s: [r.accuracy(s) for r in recs] for s in splits}
     intervals = {s: [wilson_of(r.metrics[s]) if s in r.metrics else None for r in recs] for s in splits}
-    on = [sorted(fitted_splits(r, splits, place=place) & set(r.metrics).intersection(splits)) for r in recs]
-    labels = [r.id + (f"\n({', '.join(f)}{said})" if f else "") for r, f in zip(recs, on)]
+    on = [figure_marks(r, splits, place=place) for r in recs]  # as the table's (76 #6, 77 #2)
+    labels = [r.id + "".join(f"\n({s}: {m})" for s, m in f.items()) for r, f in zip(recs, on)]
     what = "--out" if out else "the default chart"
     return write_atomic(path, lambda tmp: compare_png(labels, scores, tmp, intervals), what)
 

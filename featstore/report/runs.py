@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from featstore.outputs import terminal_safe
 from featstore.report.text import _table
 from featstore.runs.fittedrows import (  # noqa: F401 - fitted_on moved there (attack 70 #4)
+    NOT_COMPARED,
+    RESUBSTITUTION,
     RowsPlace,
+    figure_marks,
     fitted_on,
     fitted_splits,
     not_compared,
@@ -40,14 +43,11 @@ def _acc(rec: RunRecord, split: str, digits: int = 4) -> str:
     return with_interval(m.accuracy, *m.accuracy_interval(), digits=digits)
 
 
-RESUBSTITUTION = "fitted on these rows: resubstitution"  # the report site's runs table's mark (873cd05)
-
-
-def _marked(rec: RunRecord, split: str, fitted) -> str:
-    """:func:`_acc`, marked where the run was fitted on ``split``'s rows (``fitted``: :func:`fitted_splits`): its
-    figure there is a resubstitution figure, not an estimate (attack 76 #6: the table listed such a 1.0000 unmarked)."""
+def _marked(rec: RunRecord, split: str, marks) -> str:
+    """:func:`_acc`, with its mark (``marks``: :func:`figure_marks`): a resubstitution figure, not an estimate (attack
+    76 #6: the table listed such a 1.0000 unmarked), or rows not compared (77 #2: said, not left unmarked)."""
     text = _acc(rec, split)
-    return f"{text} ({RESUBSTITUTION})" if split in fitted and text != "-" else text
+    return f"{text} ({marks[split]})" if split in marks and text != "-" else text
 
 
 def _val(rec: RunRecord, fitted=()) -> str:
@@ -58,13 +58,22 @@ def _val(rec: RunRecord, fitted=()) -> str:
     return f"{_acc(rec, oof)} cv" if oof else "-"
 
 
-def _fitted(rec: RunRecord, place: RowsPlace | None = None) -> set[str]:
-    """The splits of the table's columns whose rows ``rec`` was fitted on (:func:`fitted_splits`, as the site's)."""
-    return fitted_splits(rec, ("validation", "test"), place=place) & {"validation", "test"}
+def _fitted(rec: RunRecord, place: RowsPlace | None = None) -> dict[str, str]:
+    """The marks of the table's columns (:func:`figure_marks`; the site's runs table marks as it does)."""
+    return figure_marks(rec, ("validation", "test"), place=place)
 
 
-def _legend(marked: bool) -> list[str]:
-    return [f"{RESUBSTITUTION}: the run's own training rows; such a figure estimates nothing for new images"] * marked
+def _legend(marks) -> list[str]:
+    """A line for each mark used in ``marks`` (the runs' :func:`_fitted` values)."""
+    used = {m for one in marks for m in one.values()}
+    return [line for m, line in _LEGEND.items() if m in used]
+
+
+_LEGEND = {
+    RESUBSTITUTION: f"{RESUBSTITUTION}: the run's own training rows; such a figure estimates nothing for new images",
+    NOT_COMPARED: f"{NOT_COMPARED}: whether they are the run's training rows is not known (`featstore runs show ID "
+    "--store S` names the store it was fitted on and says why; give --store and --runs where they moved)",
+}
 
 
 def _fingerprints(rec: RunRecord) -> str:
@@ -73,20 +82,25 @@ def _fingerprints(rec: RunRecord) -> str:
 
 
 def runs_table(
-    runs: list[RunRecord], broken: list[tuple[str, str]] = (), unreadable: list[tuple[str, str]] = ()
+    runs: list[RunRecord],
+    broken: list[tuple[str, str]] = (),
+    unreadable: list[tuple[str, str]] = (),
+    *,
+    place: RowsPlace | None = None,
 ) -> str:
     """One line per run: id, classifier, chosen params, validation/test accuracy with their 95 % intervals, seconds,
     extractor, fingerprint; then broken folders, and other users' runs this user may not read. "cv": out-of-fold
-    accuracy on train (the run had no validation)."""
+    accuracy on train (the run had no validation); figures marked as :func:`figure_marks` says, their rows read at
+    ``place`` (the store and runs folder the command was given: attack 77 #2)."""
     if not runs and not broken and not unreadable:
         return "no runs yet; fit one with `featstore fit --clf logreg`"
     rows = [
         ["id", "clf", "params", "val_acc [95% CI]", "test_acc [95% CI]", "fit_s", "extractor", "fingerprint", "created"]
     ]
-    marked = False
+    seen = []
     for r in runs:
-        fitted = _fitted(r)
-        marked |= bool(fitted)
+        fitted = _fitted(r, place)
+        seen.append(fitted)
         augmented = r.get("augmented")
         params = (kind_of(r).params_text(r) or "defaults") + (
             f" +{augmented['copies']} aug copies" if augmented else ""
@@ -104,7 +118,7 @@ def runs_table(
                 r.created_at[:19],
             ]
         )
-    lines = [_table(rows), *_legend(marked)] if runs else ["no usable runs"]
+    lines = [_table(rows), *_legend(seen)] if runs else ["no usable runs"]
     if note := stores_note(runs):
         lines.append(note)
     if broken:
@@ -281,7 +295,11 @@ def _headline(m) -> dict:
 
 
 def runs_json(
-    runs: list[RunRecord], broken: list[tuple[str, str]] = (), unreadable: list[tuple[str, str]] = ()
+    runs: list[RunRecord],
+    broken: list[tuple[str, str]] = (),
+    unreadable: list[tuple[str, str]] = (),
+    *,
+    place: RowsPlace | None = None,
 ) -> dict:
     """The runs table as JSON: per run its id, kind, classifier, parameters, extractor and each split's headline
     figures with their intervals; broken folders with the reason, and other users' runs this user may not read."""
@@ -296,7 +314,7 @@ def runs_json(
                 "fingerprint": r.fingerprint,
                 "created_at": r.created_at,
                 "metrics": {s: _headline(m) for s, m in r.metrics.items()},
-                "marks": split_marks(r),  # the text's marks (attack 76 #6)
+                "marks": split_marks(r, place=place),  # the text's marks (attack 76 #6), read at place (77 #2)
             }
             for r in runs
         ],
@@ -324,7 +342,7 @@ def accuracy_lines(runs: list[RunRecord], *, place: RowsPlace | None = None) -> 
         f"{r.id.ljust(width)}  validation {_marked(r, 'validation', fitted[r.id])}  test {_marked(r, 'test', fitted[r.id])}"
         for r in runs
     ]
-    lines += _legend(any(fitted.values()))
+    lines += _legend(fitted.values())
     return "\n".join(lines + [n for n in [stores_note(runs)] if n])
 
 

@@ -46,6 +46,7 @@ from featstore.outputs import terminal_safe
 from featstore.runs.files import read_record_json
 from featstore.runs.kinds import kind_of, parse_record
 from featstore.runs.trainstore import _STORES, _identity, _open, _splits, same_file, training_store  # noqa: F401
+from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +143,8 @@ def over_budget(fs, name: str, train: str, split: str, max_bytes: int, memory_bu
     if need <= memory_budget:
         return None
     return (
-        f"comparing them takes {need / (1 << 20):,.0f} MiB ({ROW_BYTES} bytes a row of {train!r} and a block's "
-        f"temporaries), over the memory budget of {memory_budget / (1 << 20):,.0f} MiB"
+        f"comparing them takes {format_bytes(need)} ({ROW_BYTES} bytes a row of {train!r} and a block's "
+        f"temporaries), over the memory budget of {format_bytes(memory_budget)}"  # not "0 MiB over 0 MiB" (77 #6)
     )
 
 
@@ -230,6 +231,19 @@ def fitted_splits(rec, splits=(), store=None, root=None, *, scored=None, place: 
     """The splits of ``rec`` (its figures' and ``splits``) fitted on: the one it names (:func:`fitted_on`) and each
     whose rows are all rows of it (attack 70 #4); an ensemble's, its members' (attack 74 #1); as :func:`shared_rows`."""
     return {s for s, (k, n) in shared_rows(rec, splits, store, root, scored=scored, place=place)[0].items() if k == n}
+
+
+RESUBSTITUTION = "fitted on these rows: resubstitution"  # a listing's mark (the site's runs table's: 873cd05)
+NOT_COMPARED = "rows not compared"  # a listing's mark where whether they are training rows is not known (attack 77 #2)
+
+
+def figure_marks(rec, splits, *, place: RowsPlace | None = None) -> dict[str, str]:
+    """The mark of ``rec``'s figure on each of ``splits`` in a listing (runs table, compare of several runs, chart):
+    :data:`RESUBSTITUTION` (each row a training row), :data:`NOT_COMPARED` (a moved store, members not found, caps)."""
+    got, skipped = shared_rows(rec, splits, place=place)
+    marks = {s: RESUBSTITUTION for s, (k, n) in got.items() if k == n}
+    marks.update({s: NOT_COMPARED for s in skipped if s not in marks})
+    return {s: marks[s] for s in splits if s in marks and s in (rec.get("metrics") or {})}
 
 
 def shared_rows(
