@@ -61,6 +61,8 @@ from featstore.runs.fittedrows import overlap_notes
 from featstore.runs.folder import ensure_writable, runs_root
 from featstore.runs.record import RunRecord, digest_paths, draft
 from featstore.runs.write import RunDraft
+from featstore.store.far import summary
+from featstore.store.nonfinite import kept
 from featstore.store.reader import FeatureStore
 from featstore.store.resume import resume_advice
 from featstore.store.versions import split_versions
@@ -172,6 +174,10 @@ def fit(
         extra = {"memory_budget": budget, "streamed": big, "notes": list(splits.notes) + shared}
         # what a sweep reuses
         extra["inputs"] = fit_inputs(fs, name, splits, versions, given, settings, search, aug, full, budget)
+        # the far rule's figures of train as its first pass kept them (no extra pass): `runs evaluate` holds a split
+        # to the rows the run was fitted on, whatever the store's train holds later (attack 77 #1)
+        if (far := summary(kept(fs, name, splits.train))) is not None:
+            extra["inputs"]["far_reference"] = {"split": splits.train, **far}
         if aug:
             extra["augmented"] = aug
             extra["notes"].append(

@@ -155,6 +155,51 @@ class LayerSizes:
         return max(FAR_FACTOR * self.usual(), self.peaks.floor())
 
 
+class Recorded:
+    """A training split's far-rule figures as a fit recorded them in its run (:func:`summary`): its usual peak's floor
+    and largest feature always, its usual size and bound when the fit binned it (``usual`` None: not binned)."""
+
+    def __init__(self, got: dict):
+        self.floor, self.top, self.usual_peak = float(got["floor"]), float(got["top"]), float(got["usual_peak"])
+        self.usual_size = None if got.get("usual") is None else float(got["usual"])
+
+    def usual(self) -> float:
+        return float(self.usual_size)
+
+    def bound(self) -> float:
+        return max(FAR_FACTOR * float(self.usual_size), self.floor)
+
+    def upper(self) -> float:
+        """The bound, or where the usual size was not binned the most it can be: a row's geometric mean is at most its
+        largest magnitude, so the usual size is at most the usual peak (a row over this is far whatever it is)."""
+        return self.bound() if self.usual_size is not None else max(FAR_FACTOR * self.usual_peak, self.floor)
+
+    @staticmethod
+    def of(got: object) -> Recorded | None:
+        """The record's figures, or None where it holds none usable (an older run, a damaged entry)."""
+        try:
+            out = Recorded(got)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            return None
+        nums = [out.floor, out.top, out.usual_peak] + ([] if out.usual_size is None else [out.usual_size])
+        return out if all(np.isfinite(v) and v >= 0 for v in nums) else None
+
+
+def summary(got: object) -> dict | None:
+    """What the far rule needs of a training split, from what a pass over it kept anyway (:class:`LayerSizes`: all of
+    it; :class:`Peaks`: the floor and largest feature, the usual size left unbinned); None for nothing kept. A fit
+    records it so that ``runs evaluate`` holds a split to the rows the run was fitted on (attack 77 #1).
+
+    >>> s = LayerSizes(); s.add(np.array([[1.0, 0.0, 3.0]] * 9, np.float32)); summary(s)["bound"], summary(s.peaks)
+    (2000000.0, {'usual_peak': 4.0, 'floor': 4000.0, 'top': 3.0})
+    """
+    if isinstance(got, LayerSizes):
+        return {**summary(got.peaks), "usual": got.usual(), "bound": got.bound()}  # type: ignore[dict-item]
+    if isinstance(got, Peaks):
+        return {"usual_peak": got.usual(), "floor": got.floor(), "top": got.top}
+    return None
+
+
 def apart(own: float, ref: float) -> bool:
     """Whether two splits' usual sizes are over FAR_FACTOR apart either way, the larger over FAR_FLOOR (a split with no
     usual size, all zeros, is judged by its rows only)."""

@@ -307,6 +307,12 @@ def remember(fs, name: str, split: str, sizes: LayerSizes | Peaks | float) -> No
         _CACHE[key] = sizes
 
 
+def kept(fs, name: str, split: str):
+    """What this process kept of a split at the store's present state (:func:`remember`: LayerSizes, Peaks or its
+    largest feature), else None; nothing is read."""
+    return _CACHE.get((file_state(fs.path), name, split))
+
+
 class Reference:
     """The far rule's training split ``split`` of extractor ``name``: its largest feature (``top``) and usual size
     (``sizes``), each read at most once per process and store state (``X``: the split in memory)."""
