@@ -16,7 +16,7 @@ import pytest
 
 import featstore
 from featstore.experiments.evaluate import evaluate_and_record
-from featstore.runs.evalrows import RowsRefused, unapplied
+from featstore.runs.evalrows import RowsRefused
 from featstore.runs.files import RECORD
 from featstore.runs.folder import get_run
 from featstore.store.reader import FeatureStore
@@ -100,7 +100,6 @@ def test_a_row_between_the_recorded_floor_and_its_most_bins_the_runs_own_train_o
     X[3, 2] = 1e5  # over the bound (the floor, ~4e3), under FAR_FACTOR x train's usual peak: train's size decides
     _rewrite_from(store, "test", X, y)
     _refused_unrecorded(rec, store, runs, r"test holds 1 row\(s\) \(3;")
-    assert unapplied(rec.id, "test") is None  # applied: nothing to note
     _rewrite(store, "train", 30, 1.0, 5, small=True)  # another train: not the run's rows, nothing else holds them
     with caplog.at_level(logging.WARNING):
         said = evaluate_and_record(rec.id, "test", store, runs)[2]
@@ -126,4 +125,3 @@ def test_a_run_recorded_before_uses_the_stores_train_only_when_it_is_the_runs(tm
     assert said.startswith("recorded")  # not silent: one line says the rule was not applied
     lines = [r.getMessage() for r in caplog.records if "far rule" in r.getMessage()]
     assert len(lines) == 1 and "could not be applied" in lines[0] and "older featstore" in lines[0]
-    assert unapplied(rec.id, "test") == lines[0]  # for a note on the figures recorded

@@ -34,15 +34,6 @@ from featstore.store.nonfinite import _CACHE, redo_advice, reference_sizes, reme
 logger = logging.getLogger(__name__)
 
 
-_UNAPPLIED: dict = {}  # (run id, split) -> the last pass's line saying the far rule could not be applied
-
-
-def unapplied(run_id: str, split: str) -> str | None:
-    """The line the last scoring pass of ``split`` by run ``run_id`` in this process said when the far rule could not
-    be applied to it (None when it was): for a note on the figures that pass recorded (attack 77 #1)."""
-    return _UNAPPLIED.get((run_id, split))
-
-
 class RowsRefused(StoreError):
     """The evaluated split's own rows refused while it was scored: scoring it again would say the same (the caller
     that shows figures when a run cannot be recorded does not read the split a second time)."""
@@ -72,7 +63,6 @@ class FarRows:
         self.fs, self.rec, self.name, self.split, self.run = fs, rec, rec.extractor, split, rec.id
         self.max_bytes, self.train, self.unapplied, self.why = max_bytes, training_split(rec), "", None
         self.recorded = recorded_reference(rec)
-        _UNAPPLIED.pop((self.run, split), None)  # a new pass: only what it says
         self.ref = self.recorded if self.recorded is not None and self.recorded.usual_size is not None else None
         if self.recorded is None and self._sizes() is None and self.why:  # a run recorded before: a store's split
             self._say()  # only where it is the run's (read now, before the split)
@@ -127,9 +117,6 @@ class FarRows:
             f"evaluate it on a store that holds the split it was fitted on, to have them checked)"
         )
         logger.warning("%s", self.unapplied)
-        if len(_UNAPPLIED) >= 64:
-            _UNAPPLIED.clear()
-        _UNAPPLIED[(self.run, self.split)] = self.unapplied
 
     def block(self, X: np.ndarray) -> bool:
         """Bin the block's rows; False once a row is far over the training split's bound (nothing more is scored)."""
