@@ -99,3 +99,47 @@ def test_the_budget_reason_names_sizes_under_a_mebibyte(tmp_path):
     fittedrows._COUNTS.clear()
     _, skipped = fittedrows.fitted_rows_said(store, "synthetic", "train", ["validation"], memory_budget=1000)
     assert "over the memory budget of 1 kB" in skipped["validation"] and "0 MiB" not in skipped["validation"], skipped
+
+
+# ------------------------------------------------------------------ attack 76 #1's gap: splits apart at any magnitude
+def _layer_of_ones(path, test_scale: float):
+    rng = np.random.default_rng(3)
+    for split, n, scale in (("train", 90, 1.0), ("validation", 60, 1.0), ("test", 60, test_scale)):
+        y = np.arange(n) % 3
+        X = (np.abs(rng.normal(size=(n, 16))) + y[:, None]).astype(np.float32) * np.float32(scale)
+        write_arrays(path, "synthetic", split, X, y, ["a", "b", "c"])
+    return path
+
+
+def test_a_test_split_far_under_train_in_a_layer_of_small_values_is_refused(tmp_path):
+    import pytest
+
+    from featstore.errors import StoreError
+    from featstore.experiments.evaluate import evaluate_and_record
+    from featstore.store.check import check_store
+
+    store = _layer_of_ones(tmp_path / "s.h5", 1e-8)  # every feature under FAR_FLOOR: passed at chance before
+    with pytest.raises(StoreError, match=r"synthetic/test's usual feature size is .* over 1e\+06 times apart"):
+        fit(store, "logreg", runs=tmp_path / "runs")
+    assert any("test: its usual feature size" in p and "apart" in p for p in check_store(store))
+    honest = _layer_of_ones(tmp_path / "h.h5", 1.0)
+    rec = fit(honest, "logreg", runs=tmp_path / "hruns", test="none")  # an honest layer of ~1: fitted as before
+    assert check_store(honest) == []
+    X, y = FeatureStore_load(honest, "test")
+    write_arrays(honest, "synthetic", "test", X * np.float32(1e-8), y, ["a", "b", "c"])  # after the fit
+    with pytest.raises(
+        StoreError, match=r"synthetic/test.s usual (largest feature|feature size) is .* most likely test,"
+    ):
+        evaluate_and_record(rec["id"], "test", honest, tmp_path / "hruns")
+    import h5py
+
+    with h5py.File(honest, "a") as f:  # train gone: only the peaks its fit recorded can tell (nothing to bin)
+        del f["synthetic/train"]
+    with pytest.raises(StoreError, match=r"h.h5:/synthetic/test's usual largest feature is .* most likely test,"):
+        evaluate_and_record(rec["id"], "test", honest, tmp_path / "hruns")
+
+
+def FeatureStore_load(path, split):
+    from featstore.store.reader import FeatureStore
+
+    return FeatureStore(path).load(split, "synthetic")

@@ -73,7 +73,7 @@ class FarRows:
 
     def _judged(self, own: LayerSizes) -> bool:
         """Whether the split, binned already, is judged without reading it (and refused here when far apart)."""
-        if self._partial() and self._quiet(own.top):
+        if self._partial() and self._quiet(own):
             return True  # no far row and both usual sizes under FAR_FLOOR: train's usual size is not needed
         ref = self.ref if self.ref is not None or self._partial() else self._sizes()
         if ref is None or own.top > ref.bound():
@@ -85,10 +85,15 @@ class FarRows:
         """Whether only the recorded floor, peak and largest feature are known (the fit did not bin train)."""
         return self.recorded is not None and self.ref is None
 
-    def _quiet(self, top: float) -> bool:
-        """Fit's shortcut from the recorded floor: no feature over it, and both splits' largest features under
-        FAR_FLOOR (no usual size far apart), so train's usual size need not be binned."""
-        return top <= self.recorded.floor and max(top, self.recorded.top) <= FAR_FLOOR
+    def _quiet(self, own: LayerSizes) -> bool:
+        """Fit's shortcut from the recorded floor: no feature over it, both splits' largest features under FAR_FLOOR
+        and their usual peaks not far apart, so train's usual size need not be binned."""
+        top = own.top
+        return (
+            top <= self.recorded.floor
+            and max(top, self.recorded.top) <= FAR_FLOOR
+            and not apart(own.peaks.usual(), self.recorded.usual_peak)
+        )
 
     def _sizes(self):
         """The training split's full figures: recorded, else binned from a store that holds the run's very training
@@ -145,12 +150,13 @@ class FarRows:
         remember(self.fs, self.name, self.split, self.own)  # binned: a later evaluation in this process reads it
         peaks = np.concatenate(self.peaks) if self.peaks else np.zeros(0)
         if self._partial():
-            if self._quiet(self.own.top):
+            if self._quiet(self.own):
                 return
             peak = self.recorded.usual_peak  # train's usual size is at most its usual peak
             self._refuse_far(peaks, self.recorded.upper(), f"at most {peak:.3g}", " (the most it can be)")
-            if self.own.usual() > FAR_FLOOR and self.own.usual() > FAR_FACTOR * peak:
+            if self.own.usual() > FAR_FACTOR * peak:
                 self._refuse_apart(self.own.usual(), peak, f"at most {peak:.3g}")
+            self._refuse_apart(self.own.peaks.usual(), peak, f"{peak:.3g}", "usual largest feature")
             if self._sizes() is None:
                 return self._say()
         ref = self._sizes()
@@ -178,12 +184,15 @@ class FarRows:
     def where(self) -> str:
         return f"{self.fs.path}:/{self.name}/{self.split}"
 
-    def _refuse_apart(self, own: float, theirs: float, said: str) -> None:
+    def _refuse_apart(self, own: float, theirs: float, said: str, what: str = "usual feature size") -> None:
         if not apart(own, theirs):
             return
-        larger = self.split if own > theirs else self.train
+        inputs = self.rec.get("inputs")
+        held = inputs.get("validation") if isinstance(inputs, Mapping) else None  # the fit held train to it
+        held = held if isinstance(held, str) and held not in ("none", self.split) else None
+        larger = self.split if own > theirs or held else self.train  # a tiny test is the odd one out, not train
         raise RowsRefused(
-            f"{self.where()}'s usual feature size is {own:.3g} and run {self.run}'s training split {self.train}'s "
+            f"{self.where()}'s {what} is {own:.3g} and run {self.run}'s training split {self.train}'s "
             f"{said}: far apart (fit's rule), so one of them is an overflow in the model that extracted it (or "
             f"arrays written unscaled), most likely {larger}, and the run scores {self.split} at chance; nothing was "
             f"recorded. For {larger}: {redo_advice(self.fs, larger, self.name)}"
