@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 
 import h5py
 import pytest
@@ -326,7 +327,12 @@ def test_finetune_says_it_has_no_overwrite_where_its_caches_refusal_names_it(fin
         finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=ft["store"])
     line = str(err.value)
     assert "by adding --overwrite" in line and "names --overwrite: featstore finetune has none" in line, line
-    assert f"del h5py.File({str(ft['store'])!r}, 'a')['vgg16@block5_conv1']" in line
+    command = line.split("delete it (", 1)[1].split(") and fine-tune again", 1)[0]  # one shell word (attack 78 #8)
+    assert shlex.split(command) == [
+        "python",
+        "-c",
+        f"import h5py; del h5py.File({str(ft['store'])!r}, 'a')['vgg16@block5_conv1']",
+    ]
 
 
 def test_finetune_says_how_to_start_its_cache_again_whatever_the_refusals_wording(finetune_source_32, monkeypatch):

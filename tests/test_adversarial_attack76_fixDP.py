@@ -111,7 +111,8 @@ def test_a_copy_of_the_store_still_marks(tmp_path, knn_on_a):
     shutil.copy(c, tmp_path / "copy2.h5")
     _fresh()
     got, skipped = fittedrows.shared_rows(rec, ["test"], tmp_path / "copy2.h5")
-    assert got["test"] == (90, 90) and not skipped
+    assert got["test"] == (90, 90)
+    assert list(skipped) == ["validation"] and "holds no split 'validation'" in skipped["validation"]  # said (78 #1)
 
 
 # ------------------------------------------------------------------ finding 4: the rows rule's memory

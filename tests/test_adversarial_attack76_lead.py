@@ -143,3 +143,84 @@ def FeatureStore_load(path, split):
     from featstore.store.reader import FeatureStore
 
     return FeatureStore(path).load(split, "synthetic")
+
+
+def test_the_cache_delete_command_runs_as_printed_with_quotes_and_dollars_in_the_path(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import h5py
+
+    from featstore.experiments.finetune_cache import _delete_command
+
+    folder = tmp_path / 'it\'s $HOME "x"'
+    folder.mkdir()
+    store = folder / "s.h5"
+    with h5py.File(store, "w") as f:
+        f.create_group("vgg16@block5_conv1")
+        f.create_group("other")
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
+    subprocess.run(["bash", "-c", _delete_command(store, "vgg16@block5_conv1")], check=True, env=env)  # as printed
+    with h5py.File(store, "r") as f:
+        assert list(f) == ["other"]  # attack 78 #8: the quote and $ broke the double-quoted word
+
+
+# ------------------------------------------------------------------ attack 78 #1, #3, #7 (the lead)
+def _noise(n, seed, scale=1.0):
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 3).astype(np.int32)
+    return (np.abs(rng.normal(size=(n, 8)) + y[:, None] * 1.5) * scale).astype(np.float32), y
+
+
+def test_a_figure_scored_on_a_store_the_training_store_lacks_is_said_not_compared(tmp_path):
+    import shutil
+
+    from featstore.experiments.evaluate import evaluate_and_record
+    from featstore.report.runs import split_marks
+
+    a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", ["a", "b", "c"]
+    train = _noise(90, 0)
+    write_arrays(a, "synthetic", "train", *train, c)
+    write_arrays(a, "synthetic", "validation", *_noise(60, 1), c)
+    rec = fit(a, "knn", {"n_neighbors": [1]}, runs=tmp_path / "runs", test="none")
+    shutil.copy(a, b)
+    write_arrays(b, "synthetic", "test", *train, c)  # B's test: the run's very training rows
+    evaluate_and_record(rec["id"], "test", b, tmp_path / "runs")
+    from featstore.runs.folder import get_run
+
+    rec = get_run(rec["id"], a, tmp_path / "runs")[0]
+    fittedrows._COUNTS.clear()
+    marks = split_marks(rec)  # the run's recorded store A holds no test: said, it was dropped (78 #1)
+    assert "holds no split 'test'" in (marks["test"]["rows_not_compared"] or ""), marks["test"]
+
+
+def test_a_budgeted_runs_report_keeps_to_its_budget_and_its_fits_note(tmp_path):
+    from featstore.report.runs import split_marks
+
+    rng = np.random.default_rng(0)
+    y = np.arange(4000) % 2
+    X = (rng.normal(size=(4000, 2)) + y[:, None]).astype(np.float32)
+    store = tmp_path / "s.h5"
+    for split in ("train", "validation"):
+        write_arrays(store, "synthetic", split, X, y, ["a", "b"])
+    fittedrows._COUNTS.clear()
+    rec = fit(store, "logreg", memory_budget="48KB", runs=tmp_path / "runs", test="none")
+    marks = split_marks(rec)["validation"]  # the report marked "fitted on these rows" under the note (78 #3)
+    assert not marks["fitted_on_these_rows"] and "over the memory budget" in marks["rows_not_compared"], marks
+
+
+def test_runs_evaluate_far_apart_on_a_store_without_train_keeps_its_line(tmp_path):
+    import pytest
+
+    from featstore.errors import StoreError
+    from featstore.experiments.evaluate import evaluate_and_record
+
+    a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", ["a", "b", "c"]
+    for split, seed in (("train", 0), ("validation", 1)):
+        write_arrays(a, "synthetic", split, *_noise(30, seed, 2000.0), c)
+    rec = fit(a, "logreg", test="none", runs=tmp_path / "runs")
+    write_arrays(b, "synthetic", "validation", *_noise(30, 1, 2000.0), c)  # the run's validation rows
+    write_arrays(b, "synthetic", "test", *_noise(30, 2, 2000.0 * 1e-7), c)  # far under train: no train here
+    with pytest.raises(StoreError, match=r"b.h5:/synthetic/test's usual .* far apart .* most likely test,"):
+        evaluate_and_record(rec["id"], "test", b, tmp_path / "runs")  # was: "has no split 'train'" (78 #7)

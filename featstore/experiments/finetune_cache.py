@@ -153,7 +153,7 @@ def cached_cut(
         except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
             raise type(exc)(
                 f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; "
-                + _START_AGAIN.format(store=str(fs.path), group=group)
+                + _START_AGAIN.format(command=_delete_command(fs.path, group))
                 + "pass --no-cache (cache=False in Python) to train from the images instead, or fine-tune on a copy of "
                 "the store without that group)"
             ) from None
@@ -229,9 +229,16 @@ def refuse_other_layout(fs, group: str, top) -> None:
 # fix "--overwrite" is not finetune's); said for every refusal, not only where extract's wording names --overwrite
 # (matching another module's text missed or misread its rewordings, e.g. "without --overwrite")
 _START_AGAIN = (
-    'where that names --overwrite: featstore finetune has none; to start the cache again, delete it (python -c "import '
-    "h5py; del h5py.File({store!r}, 'a')[{group!r}]\") and fine-tune again, which caches it anew; or "
+    "where that names --overwrite: featstore finetune has none; to start the cache again, delete it ({command}) and "
+    "fine-tune again, which caches it anew; or "
 )
+
+
+def _delete_command(store, group: str) -> str:
+    """The shell command that deletes the cache's group: its Python quoted for the shell as one word (a store path
+    with a quote or ``$`` broke the double-quoted word it was: attack 78 #8)."""
+    code = f"import h5py; del h5py.File({str(store)!r}, 'a')[{group!r}]"
+    return f"python -c {shlex.quote(code)}"
 
 
 def _refuse_other_labels(fs, name: str, group: str, split: str, labels: np.ndarray, cfg, root: Path) -> None:

@@ -45,17 +45,13 @@ from featstore.errors import FeatstoreError, StoreError
 from featstore.outputs import terminal_safe
 from featstore.runs.files import read_record_json
 from featstore.runs.kinds import kind_of, parse_record
+from featstore.runs.rowbudget import _FENCE, ROW_BYTES, _block, over_budget, peak_bytes  # noqa: F401 - re-exported
 from featstore.runs.trainstore import _STORES, _identity, _open, _splits, same_file, training_store  # noqa: F401
-from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
 
 MAX_BYTES = 1 << 30  # features read per split compared (time: each is read once per process and store version)
 MAX_ROWS = 1 << 24  # rows per split compared: the training split's digests take 16 bytes a row (256 MiB at most)
-_BLOCK_BYTES = 16 << 20  # features digested at a time (a few copies of it are the temporaries)
-_BLOCK_ROWS = 1 << 18  # and rows (each row's label and digests take 32 bytes of temporaries, however narrow the row)
-_FENCE = 64  # one lane-0 digest kept contiguous per this many training rows: where each key's search starts
-ROW_BYTES = 16  # the training split's digests held per row (two uint64 lanes, sorted in place)
 _C1, _C2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
@@ -100,52 +96,10 @@ def row_digests(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _block(fs, name: str, split: str, max_bytes: int) -> tuple[int, int]:
-    """``(bytes, rows)`` of features read at a time: at most ``max_bytes``, :data:`_BLOCK_BYTES` and
-    :data:`_BLOCK_ROWS` rows, never less than one chunk."""
-    from featstore.store.storage import chunk_bytes, row_bytes
-
-    info = fs.split_info(split, name)
-    size = max(min(max_bytes, _BLOCK_BYTES, _BLOCK_ROWS * row_bytes(info)), chunk_bytes(info))
-    return size, max(1, size // max(1, row_bytes(info)))
-
-
-def _held(fs, name: str, split: str, max_bytes: int) -> tuple[int, int]:
-    """:func:`_block`'s ``(bytes, rows)`` as held: never more than the split (a split of 4,000 rows in a chunk of
-    131,072 was counted a whole chunk's temporaries, 16 MiB, and refused under a 2 MB budget)."""
-    from featstore.store.storage import row_bytes
-
-    size, rows = _block(fs, name, split, max_bytes)
-    info = fs.split_info(split, name)
-    n = int(info["committed_rows"])
-    return min(size, n * row_bytes(info)), min(rows, n)
-
-
 def _digest_blocks(fs, name: str, split: str, max_bytes: int):
     """Each block's :func:`row_digests`, read :func:`_block` at a time."""
     for X, y in fs.iter_batches(split, name, max_bytes=_block(fs, name, split, max_bytes)[0]):
         yield row_digests(X, y)
-
-
-def peak_bytes(fs, name: str, train: str, split: str, max_bytes: int = 64 << 20) -> int:
-    """The most the rows rule holds to compare ``split`` with ``train`` (attack 76 #4): :data:`ROW_BYTES` a training
-    row, its fence, and one block's temporaries (the block read, its digests and each key's search: at most 4 copies of
-    the block's features and 96 bytes a row; measured 64 MiB for a 16 MiB block of wide rows, 25 MiB for 2^18 rows of
-    2 float32)."""
-    n = int(fs.split_info(train, name)["committed_rows"])
-    temps = max(4 * b + 96 * r for b, r in (_held(fs, name, s, max_bytes) for s in (train, split)))
-    return ROW_BYTES * n + 8 * (n // _FENCE + 1) + temps
-
-
-def over_budget(fs, name: str, train: str, split: str, max_bytes: int, memory_budget: int) -> str | None:
-    """Why ``split`` is not compared within ``memory_budget`` bytes (:func:`peak_bytes` over it), or None."""
-    need = peak_bytes(fs, name, train, split, max_bytes)
-    if need <= memory_budget:
-        return None
-    return (
-        f"comparing them takes {format_bytes(need)} ({ROW_BYTES} bytes a row of {train!r} and a block's "
-        f"temporaries), over the memory budget of {format_bytes(memory_budget)}"  # not "0 MiB over 0 MiB" (77 #6)
-    )
 
 
 def too_big(fs, name: str, split: str) -> str | None:
@@ -273,7 +227,9 @@ def shared_rows(
         return whole, {}
     if fs is None:  # said, not silent (attack 74 #3, 76 #3)
         return whole, dict.fromkeys(others, why)
-    got, skipped = fitted_rows_said(fs, name, train, others, scored=None if own else scored)
+    budget = rec.get("memory_budget")  # the run's --memory-budget: its report is held to it as its fit was (78 #3)
+    budget = budget if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 else None
+    got, skipped = fitted_rows_said(fs, name, train, others, scored=None if own else scored, memory_budget=budget)
     return {**got, **whole}, skipped
 
 
@@ -341,7 +297,11 @@ def fitted_rows_said(
             raise StoreError(why or swhy)
         cross = not same_file(fs, sfs)
         present = _splits(sfs, name)
-        others = [s for s in dict.fromkeys(splits) if (cross or s != train) and s in present]
+        wanted = [s for s in dict.fromkeys(splits) if s and s != "none" and (cross or s != train)]
+        others = [s for s in wanted if s in present]
+        for s in (s for s in wanted if s not in present):  # figures scored elsewhere: said, not dropped (78 #1)
+            where = terminal_safe(str(sfs.path))
+            skipped[s] = f"{where} holds no split {s!r} of {name!r} (pass --store with the store it was scored on)"
         if not others or train not in _splits(fs, name):
             return out, skipped
         ident = (_identity(fs.path), _identity(sfs.path) if cross else None)
