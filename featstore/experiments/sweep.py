@@ -178,7 +178,7 @@ def sweep(
     later = sorted({r.extractor for r in recs if r.id in to_test and r.extractor not in fitted})
     if later and not withheld:  # a reused run's test, read now or held already: compared too (attack 77 #4)
         withheld, later_note = _test_on_training_rows(fs, later, train, tst)  # not `note`: the ensemble's
-        test_note = test_note or later_note
+        test_note = "; ".join(x for x in (test_note, later_note) if x)  # both said: the winner may be either's (78 #4)
     if withheld or test_note:  # attack 74 #2: said, in the summary too
         logger.warning("sweep: %s", f"the test figure is withheld: {withheld}" if withheld else test_note)
         winner["test_withheld" if withheld else "test_note"] = withheld or test_note
