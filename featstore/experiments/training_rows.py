@@ -72,14 +72,38 @@ def recorded(rec, split: str) -> dict | None:
     return None
 
 
+CHOSEN = "the rows the choice was made on"  # a split a command chose on, beside the one it fits on (attack 78 #2)
+
+
+def unknown(split: str, label: str, why: str, chosen: bool = False) -> str:
+    """The line saying ``split``'s rows were not compared with those of ``label`` (the splits fitted on, or with
+    ``chosen`` the split a choice was made on), with the reason ``why``; a command's own wording (it records no run)."""
+    relation = CHOSEN if chosen else "which it fits on"
+    return (
+        f"the rows of {split!r} were not compared with those of {label}, {relation} ({why}): whether any of them is "
+        f"one of those rows is not known"
+    )
+
+
 def refuse_training_rows(
-    fs, names, train: str | tuple[str, ...], split: str, command: str, what: str, fix: str, known: dict | None = None
+    fs,
+    names,
+    train: str | tuple[str, ...],
+    split: str,
+    command: str,
+    what: str,
+    fix: str,
+    known: dict | None = None,
+    *,
+    chosen: bool = False,
 ) -> list[str]:
     """ConfigError when most rows of ``split`` (of any extractor of ``names``) are rows of ``train``, which ``command``
     fits on (``what``: what it does with them, e.g. "chooses C and k"; ``fix``: the way out); else the lines to note,
     each logged once as a warning: a few shared rows (per extractor), and each reason ``split`` was not compared (once,
     naming its extractors). ``known``: ``{extractor: compared's dict}`` already found (a reused run's record).
-    ``train`` a tuple: the command fits on all of those splits (:func:`compared_with`)."""
+    ``train`` a tuple: the command fits on all of those splits (:func:`compared_with`). ``chosen``: ``train`` is the
+    split a choice was made on (C and k, an epoch), not fitted on: ``split``'s figure on its rows would be the choice's
+    own maximum (attack 78 #2)."""
     said, skipped = [], {}
     trains = (train,) if isinstance(train, str) else tuple(train)
     label = " + ".join(map(repr, trains))
@@ -92,16 +116,40 @@ def refuse_training_rows(
         k, rows = got["shared"], got["rows"]
         if k and 2 * k > rows:
             raise ConfigError(
-                f"{command}: {k} of the {rows} rows of {split!r} ({n}) are rows of {label}, which it fits on, so it "
-                f"would {what} on training rows; {fix}"
+                f"{command}: {k} of the {rows} rows of {split!r} ({n}) are rows of {label}, "
+                + (
+                    f"{CHOSEN}, so its figure there would be the choice's own maximum, not a held-out figure; {fix}"
+                    if chosen
+                    else f"which it fits on, so it would {what} on training rows; {fix}"
+                )
             )
         if k:
             said.append(
-                f"{k} of the {rows} rows of {split!r} ({n}) are rows of {label} (duplicate images?): its figures "
-                f"there are optimistic by at most {k} row{'s' if k != 1 else ''}"
+                f"{k} of the {rows} rows of {split!r} ({n}) are rows of {label}"
+                + (f", {CHOSEN}" if chosen else "")
+                + f" (duplicate images?): its figures there are optimistic by at most {k} row{'s' if k != 1 else ''}"
             )
     for why, which in skipped.items():
-        said.append(f"{not_compared(split, train, why)} ({', '.join(which)})")
+        line = unknown(split, label, why, True) if chosen else not_compared(split, train, why)
+        said.append(f"{line} ({', '.join(which)})")
     for line in said:
         logger.warning("%s: %s", command, line)
     return said
+
+
+def chosen_notes(fs, name: str, chosen_on: str, split: str, memory_budget: int | None = None) -> list[str]:
+    """A fit's notes on ``split`` (test) sharing rows with ``chosen_on`` (validation), where its settings were chosen
+    (attack 78 #2): its figure on those rows is the choice's own maximum, not a held-out one; or that they were not
+    compared (within ``memory_budget`` too, as :func:`compared`)."""
+    got = compared(fs, name, chosen_on, split, memory_budget)
+    if "not_compared" in got:
+        return [unknown(split, repr(chosen_on), got["not_compared"], True)]
+    k, n = got["shared"], got["rows"]
+    head = f"{k} of the {n} rows of {split!r} are rows of {chosen_on!r}, {CHOSEN}"
+    if not k:
+        return []
+    if 2 * k > n:
+        return [
+            f"{head}: its figure there is the choice's own maximum, not a held-out figure; judge it on a split without them"
+        ]
+    return [f"{head} (duplicate images?): its figures there are optimistic by at most {k} row{'s' if k != 1 else ''}"]
