@@ -91,3 +91,58 @@ def test_fewshot_refuses_test_on_the_rows_its_epoch_is_chosen_on(tmp_path):
     _noise(s)
     with pytest.raises(ConfigError, match="rows of 'validation', the rows the choice was made on"):
         fewshot(s, "dense", shots=(1,), trials=1, runs=tmp_path / "runs")
+
+
+def _refit_store(path, n_train=200, n_val=400, n_test=100, from_train=40, from_val=0, seed=5):
+    rng = np.random.default_rng(seed)
+    made = {}
+    for split, n in (("train", n_train), ("validation", n_val), ("test", n_test)):
+        made[split] = (rng.normal(size=(n, 4)).astype(np.float32), (np.arange(n) % 2).astype(np.int32))
+    Xs, ys = made["test"]
+    for src, k, at in (("train", from_train, 0), ("validation", from_val, from_train)):
+        Xs[at : at + k], ys[at : at + k] = made[src][0][:k], made[src][1][:k]
+    for split, (X, y) in made.items():
+        write_arrays(path, "g", split, X, y, ["a", "b"])
+
+
+def test_refit_keeps_the_count_beside_a_split_not_compared(tmp_path, monkeypatch):
+    """#5: validation over the caps (MAX_ROWS lowered to stand for 2^24 rows): train's 40 rows of test are said."""
+    from featstore.experiments.probe import probe
+    from featstore.runs import fittedrows
+
+    s = tmp_path / "s.h5"
+    _refit_store(s)
+    monkeypatch.setattr(fittedrows, "MAX_ROWS", 300)
+    notes = " ".join(probe(s, refit=True, knn=False, runs=tmp_path / "runs")["notes"])
+    assert "40 of the 100 rows of 'test' (g) are rows of 'train'" in notes
+    assert "not compared with those of 'validation'" in notes and "400 rows" in notes
+
+
+def test_union_holds_one_training_split_at_a_time_and_is_kept(tmp_path, monkeypatch):
+    """#6: the union of test's rows in train and validation: one TrainingRows alive at a time, none built again."""
+    import weakref
+
+    from featstore.experiments.training_rows import compared_with
+    from featstore.runs import fittedrows
+    from featstore.store.reader import FeatureStore
+
+    s = tmp_path / "s.h5"
+    _refit_store(s, n_val=300, from_train=5, from_val=5)
+    live, peak, built = set(), [0], [0]
+    init = fittedrows.TrainingRows.__init__
+
+    def counted(self, *a, **kw):
+        init(self, *a, **kw)
+        built[0] += 1
+        live.add(id(self))
+        weakref.finalize(self, live.discard, id(self))
+        peak[0] = max(peak[0], len(live))
+
+    monkeypatch.setattr(fittedrows.TrainingRows, "__init__", counted)
+    fs = FeatureStore(s)
+    got = compared_with(fs, "g", ("train", "validation"), "test")
+    assert got == {"shared": 10, "rows": 100}
+    assert peak[0] == 1
+    before = built[0]
+    assert compared_with(fs, "g", ("train", "validation"), "test") == got
+    assert built[0] == before
