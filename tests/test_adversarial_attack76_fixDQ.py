@@ -60,7 +60,8 @@ def test_probe_over_the_caps_says_each_split_once_in_its_summary_and_table(tmp_p
         got = probe(store, runs=tmp_path / "runs", knn=False)
     said = _said(caplog)
     assert [s.split("'")[1] for s in said] == ["validation", "test"], said  # each split once, with its reason
-    assert len(got["notes"]) == 2 and all(NOT_COMPARED in n for n in got["notes"]), got.get("notes")
+    assert len(got["notes"]) == 3 and all(NOT_COMPARED in n for n in got["notes"][:2]), got.get("notes")
+    assert "with those of 'validation', the rows the choice was made on" in got["notes"][2]  # attack 78 #2
     assert probe_table(got).count(NOT_COMPARED) == 2
 
 

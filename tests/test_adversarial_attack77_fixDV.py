@@ -101,13 +101,15 @@ def test_probe_refit_refuses_a_test_of_validation_rows(tmp_path):
     """#8: --refit fits on train + validation; a test of validation's rows scored kNN 1.0, unrefused. Sabotage:
     comparing test with train only (``fitted = (train,)``) scores it."""
     s = _probe_store(tmp_path / "s.h5", lambda tr, va, rng: va)
-    featstore.probe(s, refit=False, ks=(1,), runs=tmp_path / "r0")  # fitted on train only: test is held out
+    with pytest.raises(ConfigError, match="the rows the choice was made on"):  # chosen on them (attack 78 #2)
+        featstore.probe(s, refit=False, ks=(1,), runs=tmp_path / "r0")
     with pytest.raises(ConfigError, match=r"90 of the 90 rows of 'test' .* rows of 'train' \+ 'validation'"):
         featstore.probe(s, refit=True, ks=(1,), runs=tmp_path / "r1")
 
 
 def test_probe_refit_notes_a_few_validation_rows_in_test(tmp_path):
-    """#8: a few of validation's rows in test: noted with --refit (the summary's notes), not without."""
+    """#8: a few of validation's rows in test: noted with --refit (the summary's notes) as training rows; without it
+    as the rows the choice was made on (attack 78 #2)."""
 
     def test(tr, va, rng):
         X, y = rng.normal(size=(60, 16)).astype(np.float32), rng.integers(0, 3, 60).astype(np.int32)
@@ -116,7 +118,8 @@ def test_probe_refit_notes_a_few_validation_rows_in_test(tmp_path):
 
     s = _probe_store(tmp_path / "s.h5", test)
     plain = featstore.probe(s, refit=False, ks=(1,), runs=tmp_path / "r0")
-    assert "rows of 'test'" not in str(plain.get("notes"))
+    assert "rows of 'train'" not in str(plain.get("notes"))  # validation's: the rows C and k were chosen on (78 #2)
+    assert "4 of the 60 rows of 'test' (synthetic) are rows of 'validation', the rows the choice" in str(plain["notes"])
     refit = featstore.probe(s, refit=True, ks=(1,), runs=tmp_path / "r1")
     assert "4 of the 60 rows of 'test' (synthetic) are rows of 'train' + 'validation'" in str(refit.get("notes"))
 

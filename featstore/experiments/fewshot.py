@@ -248,6 +248,9 @@ def fewshot(
     check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
     shared = refuse_training_rows(fs, [name], train, test, "fewshot", "score", "pass a --test split without them")
     val_split, why = _validation_split(fs, name, clf, validation) if early else (None, "")
+    if val_split is not None:  # its epoch is chosen there: test on those rows reports that choice (attack 78 #2)
+        fix = f"pass a --test split without them, or --validation {NONE}"
+        shared += refuse_training_rows(fs, [name], val_split, test, "fewshot", "score", fix, chosen=True)
     root = runs_root(store, runs)
     ensure_writable(root, store)
     with made.removed_on_failure(root):  # a failed fit leaves no runs folder it made (attack 53 #3)

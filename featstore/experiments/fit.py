@@ -55,6 +55,7 @@ from featstore.experiments.streaming import (
 )
 from featstore.experiments.streaming import predict_blocks as stream_blocks
 from featstore.experiments.sweep_reuse import fit_inputs
+from featstore.experiments.training_rows import chosen_notes
 from featstore.runs import made
 from featstore.runs.artifacts import full_proba
 from featstore.runs.fittedrows import overlap_notes
@@ -163,6 +164,8 @@ def fit(
         block = budget // BLOCK_FRACTION if big else 64 << 20  # read within the budget, as the fit reads
         # by rows (70 #4), within the budget given (76 #4: the digests took ~38 bytes a row outside it)
         shared = overlap_notes(fs, name, splits.train, [splits.validation, splits.test], block, memory_budget=budget)
+        if len(settings) > 1 and splits.validation and splits.test:  # test on the rows it chose on (attack 78 #2)
+            shared += chosen_notes(fs, name, splits.validation, splits.test, budget)
         for note in shared:
             logger.warning("%s", note)
         t0 = time.perf_counter()

@@ -13,7 +13,8 @@ The protocol (as CLIP's and DINOv2's evaluations, with this preprocessing; paper
   (capped at train's rows, with a note); the best validation accuracy wins (ties: smaller k).
 - ``refit=True`` refits the chosen C and k on train + validation (the standardisation too) before test; the
   summary records it. Test is then compared by rows with both (refused when most of its rows are theirs, a few
-  said), as it is with train alone without it.
+  said), as it is with train alone without it; without it, test is compared with validation too, the rows the choice
+  was made on (refused when most are theirs: its figure there would be the choice's own maximum; attack 78 #2).
 - **Test** is read once per extractor, after both choices, and never changes one. Each accuracy carries its 95 %
   Wilson interval.
 
@@ -112,13 +113,15 @@ def probe(
     refuse_in_every(fs, names, (train, validation, test), "probe")  # every extractor's splits, before any fit
     _refuse_unprobeable(fs, names, train)  # one class, constant rows: before the first fit too (attack 58 #5)
     fitted = (train, validation) if refit else (train,)  # --refit fits test's figures on both (attack 77 #8)
+    checks = [(validation, "choose C and k", "--validation", (train,), False), (test, "score", "--test", fitted, False)]
+    if not refit:  # test against the rows C and k were chosen on (attack 78 #2); with --refit it is fitted on them
+        checks.append((test, "score", "--test", (validation,), True))
     rows_notes = [  # refused, or said: a few shared rows (74 #5), or not compared (over the caps: 76 #2)
         line
-        for split, what, opt, on in (
-            (validation, "choose C and k", "--validation", (train,)),
-            (test, "score", "--test", fitted),
+        for split, what, opt, on, chosen in checks
+        for line in refuse_training_rows(
+            fs, names, on, split, "probe", what, f"pass a {opt} split without them", chosen=chosen
         )
-        for line in refuse_training_rows(fs, names, on, split, "probe", what, f"pass a {opt} split without them")
     ]
     root = runs_root(store, runs)
     ensure_writable(root, store)

@@ -35,7 +35,7 @@ from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check
 from featstore.experiments.selection import DivergedError
 from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells, untested
 from featstore.experiments.sweep_summary import summary_of, tie_note, versus_best
-from featstore.experiments.training_rows import compared, recorded, refuse_training_rows
+from featstore.experiments.training_rows import CHOSEN, compared, recorded, refuse_training_rows, unknown
 from featstore.runs.fittedrows import not_compared
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -111,7 +111,7 @@ def sweep(
     args = (cells, params, search, train, val, tst, augmented)  # a cell recorded as this very fit is not fitted again
     reused = recorded_cells(fs, runs_root(store, runs), *args) if reuse else {}
     fitted = [n for n in names if any((n, c) not in reused for c in clfs)]  # fit's rule, test too, before any fit
-    withheld, test_note = _test_on_training_rows(fs, fitted, train, tst)  # before any fit, as fit's rule (74 #2)
+    withheld, test_note = _test_on_training_rows(fs, fitted, train, tst, val)  # before any fit, as fit's rule (74 #2)
     val_note = _refuse_training_rows(fs, names, fitted, train, val, reused) if val else ""  # before any fit (71 #7)
     refuse_in_every(fs, fitted, (train, val, tst), "sweep", train if augmented else None, names)
 
@@ -177,8 +177,8 @@ def sweep(
     )
     later = sorted({r.extractor for r in recs if r.id in to_test and r.extractor not in fitted})
     if later and not withheld:  # a reused run's test, read now or held already: compared too (attack 77 #4)
-        withheld, later_note = _test_on_training_rows(fs, later, train, tst)  # not `note`: the ensemble's
-        test_note = test_note or later_note
+        withheld, later_note = _test_on_training_rows(fs, later, train, tst, val)  # not `note`: the ensemble's
+        test_note = "; ".join(x for x in (test_note, later_note) if x)  # both said: the winner may be either's (78 #4)
     if withheld or test_note:  # attack 74 #2: said, in the summary too
         logger.warning("sweep: %s", f"the test figure is withheld: {withheld}" if withheld else test_note)
         winner["test_withheld" if withheld else "test_note"] = withheld or test_note
@@ -333,30 +333,38 @@ def _refuse_training_rows(fs: FeatureStore, names: list, fitted: list, train: st
     return "; ".join(said)
 
 
-def _test_on_training_rows(fs: FeatureStore, names: list, train: str, test: str | None) -> tuple[str | None, str]:
+def _test_on_training_rows(
+    fs: FeatureStore, names: list, train: str, test: str | None, chosen_on: str | None = None
+) -> tuple[str | None, str]:
     """``(why the test figure is withheld, or None; a note, or "")``: the sweep's ``test`` compared with ``train`` by
     rows (fit's rule) before the choice is tested (attack 74 #2: each cell is fitted with no test, so fit's note
     never looked at it, and the chosen run's test figure on train's own rows was printed unmarked); a test not compared
-    (over the caps) is noted (attack 76 #2)."""
+    (over the caps) is noted (attack 76 #2). Then with ``chosen_on``, the validation split the choice is made on: a
+    test of its rows reported the choice's own maximum as the held-out figure (attack 78 #2)."""
     if not test:
         return None, ""
     notes = []
-    for n in names:
-        got = compared(fs, n, train, test)
+    for n, on in ((n, on) for n in names for on in (train, chosen_on) if on):
+        relation = "which every run is fitted on" if on == train else CHOSEN
+        got = compared(fs, n, on, test)
         if "not_compared" in got:
-            notes.append(f"{not_compared(test, train, got['not_compared'])} ({n})")
+            why = got["not_compared"]
+            notes.append(
+                f"{not_compared(test, train, why) if on == train else unknown(test, repr(on), why, True)} ({n})"
+            )
             continue
         k, rows = got["shared"], got["rows"]
         if k and 2 * k > rows:
             return (
-                f"{k} of the {rows} rows of {test!r} ({n}) are rows of {train!r}, which every run is "
-                f"fitted on: a test figure there would be a resubstitution figure; evaluate on a --test split "
-                f"without them"
+                f"{k} of the {rows} rows of {test!r} ({n}) are rows of {on!r}, {relation}: a test figure there would "
+                + ("be a resubstitution figure" if on == train else "be the choice's own maximum, not a held-out one")
+                + "; evaluate on a --test split without them"
             ), ""
         if k:
             notes.append(
-                f"{k} of the {rows} rows of {test!r} ({n}) are rows of {train!r} (duplicate images?): "
-                f"the test figure is optimistic by at most {k} row{'s' if k != 1 else ''}"
+                f"{k} of the {rows} rows of {test!r} ({n}) are rows of {on!r}"
+                + (f", {CHOSEN}" if on != train else "")
+                + f" (duplicate images?): the test figure is optimistic by at most {k} row{'s' if k != 1 else ''}"
             )
     return None, "; ".join(notes)
 

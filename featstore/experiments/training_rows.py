@@ -8,7 +8,10 @@ and scored on training rows with no word). A fit run records what its rule found
 ``inputs.training_rows``), so a sweep that reuses it reads that instead of the features: a count only, since a
 "not compared" it recorded may be its own ``--memory-budget``'s, which the sweep has not (attack 77 #3). A command
 fitting on several splits (``probe --refit``: train + validation) compares a split with all of them
-(:func:`compared_with`; attack 77 #8).
+(:func:`compared_with`; attack 77 #8), one training split's digests at a time (attack 78 #6); where one of them is over
+the caps, the count found against the others is said with it (attack 78 #5). A split a command chose on (validation:
+probe's C and k, fewshot's epoch, a sweep's or a fit's settings) is compared with its test split too: test on those
+rows reports the choice's own maximum (attack 78 #2).
 """
 
 from __future__ import annotations
@@ -36,24 +39,54 @@ def compared(fs, name: str, train: str, split: str, memory_budget: int | None = 
 
 def compared_with(fs, name: str, trains: tuple[str, ...], split: str) -> dict:
     """:func:`compared` against the rows of every split of ``trains`` (a command fitting on all of them): a row of
-    ``split`` is a training row when it is a row of any of them, counted once. Not compared with one of them: its
-    reason, unless the others already hold most of ``split``'s rows (refused all the same)."""
-    parts = [compared(fs, name, t, split) for t in dict.fromkeys(trains)]
-    counts = [p for p in parts if "shared" in p]
-    most = max(counts, key=lambda p: p["shared"], default={"shared": 0, "rows": 0})
-    skipped = [p for p in parts if "not_compared" in p]
-    if skipped and not 2 * most["shared"] > most["rows"]:
-        return skipped[0]
-    if skipped or sum(1 for p in counts if p["shared"]) < 2:
-        return most
-    shared = rows = 0  # rows of several of them: the union is counted, a row once
-    bases = [TrainingRows(fs, name, t) for t in dict.fromkeys(trains)]
-    for block in _digest_blocks(fs, name, split, 64 << 20):
-        hit = np.zeros(len(block), bool)
-        for base in bases:
-            hit |= base.hits(block)
-        shared, rows = shared + int(hit.sum()), rows + len(block)
-    return {"shared": shared, "rows": rows}
+    ``split`` is a training row when it is a row of any of them, counted once (:func:`_union`). Some of them not
+    compared (over the caps): the count found against the others (``against``) is kept beside the reason
+    (``not_compared``) and the splits it concerns (``unknown``), never dropped (attack 78 #5); none compared: the
+    reason alone."""
+    parts = {t: compared(fs, name, t, split) for t in dict.fromkeys(trains)}
+    counts = {t: p for t, p in parts.items() if "shared" in p}
+    skipped = {t: p["not_compared"] for t, p in parts.items() if "not_compared" in p}
+    if not counts:
+        return {"not_compared": "; ".join(dict.fromkeys(skipped.values()))}
+    some = [t for t, p in counts.items() if p["shared"]]
+    got = _union(fs, name, some, split) if len(some) > 1 else max(counts.values(), key=lambda p: p["shared"])
+    if not skipped:
+        return got
+    why = "; ".join(f"{t!r}: {w}" if len(skipped) > 1 else w for t, w in skipped.items())
+    return {**got, "against": list(counts), "unknown": list(skipped), "not_compared": why}
+
+
+_UNION: dict = {}  # (store identity, extractor, training splits, split) -> the union's count: once per process
+
+
+def _union(fs, name: str, trains: list[str], split: str) -> dict:
+    """``{"shared", "rows"}``: the rows of ``split`` that are rows of any of ``trains``, each counted once. One training
+    split's digests are held at a time (:mod:`featstore.runs.fittedrows`'s own, freed before the next is built; the
+    one held already first) beside a bool per row of ``split`` (its matches so far, OR-ed), within the rows rule's
+    :func:`~featstore.runs.fittedrows.peak_bytes` and a byte a row of ``split`` (attack 78 #6: all of them at once, 1.75
+    x that bound at 2 M rows, built again every call); the count is kept for the process, keyed by the store file's
+    identity, as the rule's own."""
+    from featstore.runs import fittedrows
+
+    ident = fittedrows._identity(fs.path)
+    key = (ident, name, tuple(trains), split)
+    if key in _UNION:
+        return dict(_UNION[key])
+    hit = np.zeros(int(fs.split_info(split, name)["committed_rows"]), bool)
+    rows, held = 0, fittedrows._TRAIN
+    for t in sorted(trains, key=lambda t: (ident, name, t) not in held):  # the one held already first
+        base = None  # no reference to the last: freed when the rule's cache drops it
+        if (ident, name, t) not in held:
+            held.clear()  # one training split's digests at a time, as the rule holds them
+            held[(ident, name, t)] = TrainingRows(fs, name, t)
+        base, rows = held[(ident, name, t)], 0
+        for block in _digest_blocks(fs, name, split, 64 << 20):
+            hit[rows : rows + len(block)] |= base.hits(block)
+            rows += len(block)
+    if len(_UNION) >= 1 << 14:
+        _UNION.clear()
+    _UNION[key] = {"shared": int(hit[:rows].sum()), "rows": rows}
+    return dict(_UNION[key])
 
 
 def recorded(rec, split: str) -> dict | None:
@@ -72,36 +105,90 @@ def recorded(rec, split: str) -> dict | None:
     return None
 
 
+CHOSEN = "the rows the choice was made on"  # a split a command chose on, beside the one it fits on (attack 78 #2)
+
+
+def unknown(split: str, label: str, why: str, chosen: bool = False) -> str:
+    """The line saying ``split``'s rows were not compared with those of ``label`` (the splits fitted on, or with
+    ``chosen`` the split a choice was made on), with the reason ``why``; a command's own wording (it records no run)."""
+    relation = CHOSEN if chosen else "which it fits on"
+    why = why.replace("the training split ", "", 1) if chosen else why  # the rule's words: here it is not fitted on
+    return (
+        f"the rows of {split!r} were not compared with those of {label}, {relation} ({why}): whether any of them is "
+        f"one of those rows is not known"
+    )
+
+
 def refuse_training_rows(
-    fs, names, train: str | tuple[str, ...], split: str, command: str, what: str, fix: str, known: dict | None = None
+    fs,
+    names,
+    train: str | tuple[str, ...],
+    split: str,
+    command: str,
+    what: str,
+    fix: str,
+    known: dict | None = None,
+    *,
+    chosen: bool = False,
 ) -> list[str]:
     """ConfigError when most rows of ``split`` (of any extractor of ``names``) are rows of ``train``, which ``command``
     fits on (``what``: what it does with them, e.g. "chooses C and k"; ``fix``: the way out); else the lines to note,
     each logged once as a warning: a few shared rows (per extractor), and each reason ``split`` was not compared (once,
     naming its extractors). ``known``: ``{extractor: compared's dict}`` already found (a reused run's record).
-    ``train`` a tuple: the command fits on all of those splits (:func:`compared_with`)."""
+    ``train`` a tuple: the command fits on all of those splits (:func:`compared_with`). ``chosen``: ``train`` is the
+    split a choice was made on (C and k, an epoch), not fitted on: ``split``'s figure on its rows would be the choice's
+    own maximum (attack 78 #2)."""
     said, skipped = [], {}
     trains = (train,) if isinstance(train, str) else tuple(train)
     label = " + ".join(map(repr, trains))
     train = trains[0] if len(trains) == 1 else label
     for n in names:
         got = (known or {}).get(n) or compared_with(fs, n, trains, split)
-        if "not_compared" in got:
+        if "shared" not in got:
             skipped.setdefault(got["not_compared"], []).append(n)
             continue
         k, rows = got["shared"], got["rows"]
+        of = " + ".join(map(repr, got["against"])) if "against" in got else label  # the splits counted
         if k and 2 * k > rows:
             raise ConfigError(
-                f"{command}: {k} of the {rows} rows of {split!r} ({n}) are rows of {label}, which it fits on, so it "
-                f"would {what} on training rows; {fix}"
+                f"{command}: {k} of the {rows} rows of {split!r} ({n}) are rows of {of}, "
+                + (
+                    f"{CHOSEN}, so its figure there would be the choice's own maximum, not a held-out figure; {fix}"
+                    if chosen
+                    else f"which it fits on, so it would {what} on training rows; {fix}"
+                )
             )
+        rel, more = (f", {CHOSEN}" if chosen else ""), ""
+        if "unknown" in got:  # some compared: the count known, said with the part not known (attack 78 #5)
+            more = f"; {unknown(split, ' + '.join(map(repr, got['unknown'])), got['not_compared'], chosen)}"
+            if not k:
+                said.append(f"no row of {split!r} ({n}) is a row of {of}{rel}{more}")
         if k:
             said.append(
-                f"{k} of the {rows} rows of {split!r} ({n}) are rows of {label} (duplicate images?): its figures "
-                f"there are optimistic by at most {k} row{'s' if k != 1 else ''}"
+                f"{k} of the {rows} rows of {split!r} ({n}) are rows of {of}{rel} (duplicate images?): its figures "
+                f"there are optimistic by at most {k} row{'s' if k != 1 else ''}{' from those' if more else ''}{more}"
             )
     for why, which in skipped.items():
-        said.append(f"{not_compared(split, train, why)} ({', '.join(which)})")
+        line = unknown(split, label, why, True) if chosen else not_compared(split, train, why)
+        said.append(f"{line} ({', '.join(which)})")
     for line in said:
         logger.warning("%s: %s", command, line)
     return said
+
+
+def chosen_notes(fs, name: str, chosen_on: str, split: str, memory_budget: int | None = None) -> list[str]:
+    """A fit's notes on ``split`` (test) sharing rows with ``chosen_on`` (validation), where its settings were chosen
+    (attack 78 #2): its figure on those rows is the choice's own maximum, not a held-out one; or that they were not
+    compared (within ``memory_budget`` too, as :func:`compared`)."""
+    got = compared(fs, name, chosen_on, split, memory_budget)
+    if "not_compared" in got:
+        return [unknown(split, repr(chosen_on), got["not_compared"], True)]
+    k, n = got["shared"], got["rows"]
+    head = f"{k} of the {n} rows of {split!r} are rows of {chosen_on!r}, {CHOSEN}"
+    if not k:
+        return []
+    if 2 * k > n:
+        return [
+            f"{head}: its figure there is the choice's own maximum, not a held-out figure; judge it on a split without them"
+        ]
+    return [f"{head} (duplicate images?): its figures there are optimistic by at most {k} row{'s' if k != 1 else ''}"]
