@@ -21,7 +21,14 @@ import logging
 import numpy as np
 
 from featstore.errors import ConfigError
-from featstore.runs.fittedrows import TrainingRows, _digest_blocks, fitted_rows_said, not_compared
+from featstore.runs.fittedrows import (
+    digest_blocks,
+    fitted_rows_said,
+    held_rows,
+    holds_rows,
+    not_compared,
+    store_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +73,15 @@ def _union(fs, name: str, trains: list[str], split: str) -> dict:
     :func:`~featstore.runs.fittedrows.peak_bytes` and a byte a row of ``split`` (attack 78 #6: all of them at once, 1.75
     x that bound at 2 M rows, built again every call); the count is kept for the process, keyed by the store file's
     identity, as the rule's own."""
-    from featstore.runs import fittedrows
-
-    ident = fittedrows._identity(fs.path)
-    key = (ident, name, tuple(trains), split)
+    key = (store_identity(fs.path), name, tuple(trains), split)
     if key in _UNION:
         return dict(_UNION[key])
     hit = np.zeros(int(fs.split_info(split, name)["committed_rows"]), bool)
-    rows, held = 0, fittedrows._TRAIN
-    for t in sorted(trains, key=lambda t: (ident, name, t) not in held):  # the one held already first
-        base = None  # no reference to the last: freed when the rule's cache drops it
-        if (ident, name, t) not in held:
-            held.clear()  # one training split's digests at a time, as the rule holds them
-            held[(ident, name, t)] = TrainingRows(fs, name, t)
-        base, rows = held[(ident, name, t)], 0
-        for block in _digest_blocks(fs, name, split, 64 << 20):
+    rows, base = 0, None
+    for t in sorted(trains, key=lambda t: not holds_rows(fs, name, t)):  # the one held already first
+        base = None  # no reference to the last: freed when the rule's cache drops it for the next
+        base, rows = held_rows(fs, name, t), 0
+        for block in digest_blocks(fs, name, split, 64 << 20):
             hit[rows : rows + len(block)] |= base.hits(block)
             rows += len(block)
     if len(_UNION) >= 1 << 14:

@@ -96,7 +96,7 @@ def row_digests(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _digest_blocks(fs, name: str, split: str, max_bytes: int):
+def digest_blocks(fs, name: str, split: str, max_bytes: int):
     """Each block's :func:`row_digests`, read :func:`_block` at a time."""
     for X, y in fs.iter_batches(split, name, max_bytes=_block(fs, name, split, max_bytes)[0]):
         yield row_digests(X, y)
@@ -120,7 +120,7 @@ class TrainingRows:
     def __init__(self, fs, name: str, split: str, max_bytes: int = 64 << 20):
         n = int(fs.split_info(split, name)["committed_rows"])
         keys, at = np.empty((n, 2), np.uint64), 0
-        for block in _digest_blocks(fs, name, split, max_bytes):
+        for block in digest_blocks(fs, name, split, max_bytes):
             keys[at : at + len(block)] = block
             at += len(block)
             del block  # the next block's temporaries are made without this one
@@ -154,7 +154,7 @@ class TrainingRows:
     def count(self, fs, name: str, split: str, max_bytes: int = 64 << 20) -> tuple[int, int]:
         """``(rows of split that are training rows, rows)``, read a block at a time."""
         shared = rows = 0
-        for block in _digest_blocks(fs, name, split, max_bytes):
+        for block in digest_blocks(fs, name, split, max_bytes):
             shared += int(self.hits(block).sum())
             rows += len(block)
         return shared, rows
@@ -339,12 +339,28 @@ def _count(fs, ident, name: str, train: str, split: str, max_bytes: int, sfs=Non
         return None, f"the training split {train!r} has {why}"
     if why := too_big(sfs, name, split):
         return None, f"{split!r} has {why}"
-    key = (ident, name, train)
-    if key not in _TRAIN:
-        _TRAIN.clear()  # one training split's digests held at a time: freed before the next is built
-        _TRAIN[key] = TrainingRows(fs, name, train, max_bytes)
-    base = _TRAIN[key]
+    base = held_rows(fs, name, train, max_bytes, ident)
     return (base.count(sfs, name, split, max_bytes) if len(base) else (0, 0)), None
+
+
+def held_rows(fs, name: str, train: str, max_bytes: int = 64 << 20, ident=None) -> TrainingRows:
+    """The training split's digests, one training split's held at a time for the process (freed before the next is
+    built: a caller drops its reference to the last first). ``ident``: the store file's identity, when known."""
+    key = (_identity(fs.path) if ident is None else ident, name, train)
+    if key not in _TRAIN:
+        _TRAIN.clear()
+        _TRAIN[key] = TrainingRows(fs, name, train, max_bytes)
+    return _TRAIN[key]
+
+
+def holds_rows(fs, name: str, train: str) -> bool:
+    """Whether :func:`held_rows` of ``train`` is held now (built already: no read)."""
+    return (_identity(fs.path), name, train) in _TRAIN
+
+
+def store_identity(path):
+    """The store file's identity that the rule's process caches are keyed by."""
+    return _identity(path)
 
 
 def overlap_notes(
