@@ -152,7 +152,7 @@ def test_the_cache_delete_command_runs_as_printed_with_quotes_and_dollars_in_the
 
     import h5py
 
-    from featstore.experiments.finetune_cache import _delete_command
+    from featstore.store.metadata import delete_group_command
 
     folder = tmp_path / 'it\'s $HOME "x"'
     folder.mkdir()
@@ -161,7 +161,7 @@ def test_the_cache_delete_command_runs_as_printed_with_quotes_and_dollars_in_the
         f.create_group("vgg16@block5_conv1")
         f.create_group("other")
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}"}
-    subprocess.run(["bash", "-c", _delete_command(store, "vgg16@block5_conv1")], check=True, env=env)  # as printed
+    subprocess.run(["bash", "-c", delete_group_command(store, "vgg16@block5_conv1")], check=True, env=env)  # as printed
     with h5py.File(store, "r") as f:
         assert list(f) == ["other"]  # attack 78 #8: the quote and $ broke the double-quoted word
 

@@ -24,6 +24,7 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.experiments.streaming import BLOCK_FRACTION, check_budget_holds_chunks
 from featstore.images.listing import printable
+from featstore.store.metadata import delete_group_command
 from featstore.units import format_bytes
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Cached:
     made: bool = False  # this fine-tuning created or completed the group (the store grew)
     fs: object = None  # the FeatureStore the streamed splits are read from
     budget: int | None = None  # --memory-budget in bytes: a split larger than this is streamed
+    users: bool = False  # the group is the user's own extraction of that cut (unmarked, complete), read, not a cache
 
     def batches(self, split: str, batch_size: int, order: np.ndarray | None = None, seed: int = 0):
         """Mini-batches ``(X float32, y)`` of a cached split, every one ``batch_size`` rows but the last. Loaded: rows
@@ -139,6 +141,9 @@ def cached_cut(
         group,
     )
     arrays, made, resumed, wrote = {}, group not in fs.extractors(), False, False
+    # an unmarked group of that name with no split left incomplete: the user's `extract --layers` of the same cut (its
+    # features are the cache's), read as it is, never marked a cache nor called one to delete (attack 79 #3)
+    users = group in fs.extractors(caches=False) and not any(_partial(fs, group, s) for s in sets)
     for split, images in sets.items():
         _refuse_stale(fs, name, group, split, cfg, images.root)
         resumed = resumed or _partial(fs, group, split)
@@ -153,7 +158,7 @@ def cached_cut(
         except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
             raise type(exc)(
                 f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; "
-                + _START_AGAIN.format(command=_delete_command(fs.path, group))
+                + _START_AGAIN.format(command=delete_group_command(fs.path, group))
                 + "pass --no-cache (cache=False in Python) to train from the images instead, or fine-tune on a copy of "
                 "the store without that group)"
             ) from None
@@ -194,14 +199,14 @@ def cached_cut(
                 f"{exc}\n(the cached frozen layers of the fine-tuning: re-extract them with\n  "
                 f"{extract_command(cfg, images.root, split, fs.path, group, cache_batch(fs, group))}\nor pass --no-cache to train from the images)"
             ) from None
-    if (made or resumed) and group in fs.extractors(caches=False):
+    if (made or resumed) and not users and group in fs.extractors(caches=False):
         # made: marked when created; resumed and still unmarked: an older featstore's killed fine-tuning left it
         from featstore.store.reader import open_h5
         from featstore.store.writer import writer_lock
 
         with writer_lock(fs.path), open_h5(fs.path, "a") as f:
             f[group].attrs["purpose"] = CACHE_PURPOSE
-    return Cached(group, arrays, made or wrote, fs=fs, budget=budget)
+    return Cached(group, arrays, made or wrote, fs=fs, budget=budget, users=users)
 
 
 def refuse_other_layout(fs, group: str, top) -> None:
@@ -232,13 +237,6 @@ _START_AGAIN = (
     "where that names --overwrite: featstore finetune has none; to start the cache again, delete it ({command}) and "
     "fine-tune again, which caches it anew; or "
 )
-
-
-def _delete_command(store, group: str) -> str:
-    """The shell command that deletes the cache's group: its Python quoted for the shell as one word (a store path
-    with a quote or ``$`` broke the double-quoted word it was: attack 78 #8)."""
-    code = f"import h5py; del h5py.File({str(store)!r}, 'a')[{group!r}]"
-    return f"python -c {shlex.quote(code)}"
 
 
 def _refuse_other_labels(fs, name: str, group: str, split: str, labels: np.ndarray, cfg, root: Path) -> None:
@@ -332,10 +330,15 @@ def cache_note(fs, cached: Cached, unfreeze_from: str, grew: tuple[int, int]) ->
         else ""
     )
     store, group = shlex.quote(str(fs.path)), cached.group
+    if cached.users:  # the user's own extraction: kept as it is (attack 79 #3: its delete command was advised)
+        return (
+            f"the frozen layers below {unfreeze_from} were read from the store's group {group!r} ({format_bytes(size)} "
+            f"of features{growth}), the same cut extracted earlier (not a fine-tuning cache): it is kept as it is, "
+            f"and fit, export and sweep use it as before"
+        )
     return (
         f"the frozen layers below {unfreeze_from} are cached in the store as the group {group!r} "
         f"({format_bytes(size)} of features{growth}): later fine-tunings from that layer reuse it, and fit, export "
-        f"and sweep pass over it. To remove it: python -c \"import h5py; del h5py.File({str(fs.path)!r}, 'a')"
-        f'[{group!r}]", then h5repack {store} smaller.h5 (HDF5 does not give freed space back); or fine-tune with '
-        f"--no-cache"
+        f"and sweep pass over it. To remove it: {delete_group_command(fs.path, group)}, then h5repack {store} "
+        f"smaller.h5 (HDF5 does not give freed space back); or fine-tune with --no-cache"
     )

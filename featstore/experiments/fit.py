@@ -164,7 +164,9 @@ def fit(
         block = budget // BLOCK_FRACTION if big else 64 << 20  # read within the budget, as the fit reads
         # by rows (70 #4), within the budget given (76 #4: the digests took ~38 bytes a row outside it)
         shared = overlap_notes(fs, name, splits.train, [splits.validation, splits.test], block, memory_budget=budget)
-        if len(settings) > 1 and splits.validation and splits.test:  # test on the rows it chose on (attack 78 #2)
+        # test on the rows it chose on (attack 78 #2): its settings, a dense head's epoch and every fit's calibration
+        # temperature are chosen on validation, so one setting too (attack 79 #1)
+        if splits.validation and splits.test:
             shared += chosen_notes(fs, name, splits.validation, splits.test, budget)
         for note in shared:
             logger.warning("%s", note)

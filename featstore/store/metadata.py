@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 from dataclasses import dataclass, field
 
 import h5py
@@ -293,3 +294,10 @@ def describe(f: h5py.File, path) -> dict:
                     entry["splits"][split]["augmented"] = {"error": str(exc)}
         out["extractors"][name] = entry
     return out
+
+
+def delete_group_command(store, group: str) -> str:
+    """The shell command that deletes group ``group`` of ``store``, its Python one shell word: a store path with a
+    quote, ``$`` or a backtick broke (or ran) the double-quoted word it was (attack 78 #8, 79 #4)."""
+    code = f"import h5py; del h5py.File({str(store)!r}, 'a')[{group!r}]"
+    return f"python -c {shlex.quote(code)}"

@@ -51,7 +51,14 @@ from featstore.store.locking import (  # noqa: F401 (re-exported: the CLI sets t
     open_h5,
     set_locking,
 )
-from featstore.store.metadata import CACHE_PURPOSE, StoreMetadata, describe, file_state, open_split  # noqa: F401 (CACHE_PURPOSE: re-exported)
+from featstore.store.metadata import (  # noqa: F401 (CACHE_PURPOSE: re-exported)
+    CACHE_PURPOSE,
+    StoreMetadata,
+    delete_group_command,
+    describe,
+    file_state,
+    open_split,
+)
 from featstore.store.names import names_text
 from featstore.store.nonfinite import NonfiniteRows, checked_split
 from featstore.store.resume import resume_advice
@@ -159,9 +166,9 @@ class FeatureStore:
             if suspects:
                 text += (
                     f". If you did not extract {suspects[0]!r}, it is the frozen-layer cache of a fine-tuning that an "
-                    f'older featstore left unmarked when it was killed: delete it (python -c "import h5py; del '
-                    f"h5py.File({str(self.path)!r}, 'a')[{suspects[0]!r}]\"), and the next `featstore finetune` makes "
-                    f"it again, marked"
+                    f"older featstore left unmarked when it was killed: delete it "
+                    f"({delete_group_command(self.path, suspects[0])}), and the next `featstore finetune` makes it "
+                    f"again, marked"
                 )
             raise StoreError(text)
         if extractor not in names:
