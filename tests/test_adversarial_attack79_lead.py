@@ -55,3 +55,27 @@ def test_the_cache_note_gives_one_shell_word_to_delete_it(tmp_path):
     command = note.split("To remove it: ", 1)[1].split(", then h5repack", 1)[0]
     code = f"import h5py; del h5py.File({str(Fs.path)!r}, 'a')['vgg16@block4_pool']"
     assert shlex.split(command) == ["python", "-c", code], command  # was a double-quoted word: $ and ` ran (79 #4)
+
+
+def test_a_refusal_of_the_users_own_group_never_advises_deleting_it(_finetune_source_once, tmp_path):
+    import shutil
+
+    import pytest
+
+    from featstore import ExtractorConfig, FeatureStore, extract
+    from featstore.errors import StoreError
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+
+    src = _finetune_source_once
+    shutil.copytree(src["root"], tmp_path / "c", symlinks=True)
+    ft = {**src, "store": tmp_path / "c" / src["store"].relative_to(src["root"])}
+    mine = ExtractorConfig(
+        model="vgg16", image_size=32, weights="none", seed=7, layers=("block4_pool", "block5_pool"), pooling="avg"
+    )
+    for split in ("train", "validation"):
+        extract(ft["data"], split, ft["store"], mine)  # the cut's name, another pooling: not the cache's features
+    with pytest.raises(StoreError) as err:
+        finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=1, batch_size=4), store=ft["store"])
+    line = str(err.value)
+    assert "vgg16@block4_pool" in line and "pass --no-cache" in line and "delete it" not in line, line
+    assert "vgg16@block4_pool" in FeatureStore(ft["store"]).extractors(caches=False)

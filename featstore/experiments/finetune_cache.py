@@ -158,7 +158,7 @@ def cached_cut(
         except StoreError as exc:  # e.g. a group of that name with another configuration: its fix is not --name here
             raise type(exc)(
                 f"{exc}\n(while caching the frozen layers of the fine-tuning as the group {group!r} of {fs.path}; "
-                + _START_AGAIN.format(command=delete_group_command(fs.path, group))
+                + ("" if users else _START_AGAIN.format(command=delete_group_command(fs.path, group)))  # 79 #3
                 + "pass --no-cache (cache=False in Python) to train from the images instead, or fine-tune on a copy of "
                 "the store without that group)"
             ) from None
