@@ -310,22 +310,28 @@ def test_a_fine_tuning_caches_unreadable_first_image_names_no_overwrite(data_roo
     assert "--overwrite" not in line
 
 
+def _caching_refused(ft, monkeypatch, refused) -> str:
+    """The line of a fine-tuning whose cache's extraction is ``refused`` (a stand-in for ``pipeline.extract``)."""
+    from featstore.experiments.finetune import FinetuneConfig, finetune
+    from featstore.extraction import pipeline
+
+    monkeypatch.setattr(pipeline, "extract", refused)
+    with pytest.raises(StoreError) as err:
+        finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=ft["store"])
+    return str(err.value)
+
+
 def test_finetune_says_it_has_no_overwrite_where_its_caches_refusal_names_it(finetune_source_32, monkeypatch):
     """Every extract refusal that names --overwrite (a resume under other settings, a damaged split) reaches finetune
     through its cache: it says what works there."""
-    from featstore.experiments.finetune import FinetuneConfig, finetune
-    from featstore.extraction import pipeline
     from featstore.store.resume import refuse_resume
 
     def refused(*args, **kwargs):
         then = {"listing_sha256": "x", "batch_size": 32, "compression": "none", "jit": True}
         refuse_resume(then, {**then, "jit": False}, "train", kwargs["name"], args[2])
 
-    monkeypatch.setattr(pipeline, "extract", refused)
     ft = finetune_source_32
-    with pytest.raises(StoreError) as err:
-        finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=ft["store"])
-    line = str(err.value)
+    line = _caching_refused(ft, monkeypatch, refused)
     assert "by adding --overwrite" in line and "names --overwrite: featstore finetune has none" in line, line
     command = line.split("delete it (", 1)[1].split(") and fine-tune again", 1)[0]  # one shell word (attack 78 #8)
     assert shlex.split(command) == [
@@ -338,16 +344,10 @@ def test_finetune_says_it_has_no_overwrite_where_its_caches_refusal_names_it(fin
 def test_finetune_says_how_to_start_its_cache_again_whatever_the_refusals_wording(finetune_source_32, monkeypatch):
     """The way to start the cache again is not chosen by matching "--overwrite" in extract's text (a rewording, or a
     line saying "without --overwrite", decided it): every refusal met while caching gets it."""
-    from featstore.experiments.finetune import FinetuneConfig, finetune
-    from featstore.extraction import pipeline
 
     def refused(*args, **kwargs):
         raise StoreError(f"{args[2]}: the split cannot be written here; free some space and run it again")
 
-    monkeypatch.setattr(pipeline, "extract", refused)
-    ft = finetune_source_32
-    with pytest.raises(StoreError) as err:
-        finetune(ft["dense"], FinetuneConfig("block5_conv2", epochs=1, batch_size=4), store=ft["store"])
-    line = str(err.value)
+    line = _caching_refused(finetune_source_32, monkeypatch, refused)
     assert "free some space" in line and "to start the cache again, delete it" in line, line
     assert "pass --no-cache" in line
