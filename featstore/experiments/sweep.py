@@ -36,7 +36,7 @@ from featstore.experiments.selection import DivergedError
 from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells, untested
 from featstore.experiments.sweep_summary import summary_of, tie_note, versus_best
 from featstore.experiments.training_rows import CHOSEN, compared, recorded, refuse_training_rows, unknown
-from featstore.runs.fittedrows import not_compared
+from featstore.runs.fittedrows import not_compared, optimistic_by
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
 from featstore.store.nonfinite import refuse_in_every
@@ -364,7 +364,7 @@ def _test_on_training_rows(
             notes.append(
                 f"{k} of the {rows} rows of {test!r} ({n}) are rows of {on!r}"
                 + (f", {CHOSEN}" if on != train else "")
-                + f" (duplicate images?): the test figure is optimistic by at most {k} row{'s' if k != 1 else ''}"
+                + f" (duplicate images?): the test figure is {optimistic_by(k)}"
             )
     return None, "; ".join(notes)
 

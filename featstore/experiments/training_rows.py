@@ -27,6 +27,7 @@ from featstore.runs.fittedrows import (
     held_rows,
     holds_rows,
     not_compared,
+    optimistic_by,
     store_identity,
 )
 
@@ -167,7 +168,7 @@ def refuse_training_rows(
         if k:
             said.append(
                 f"{k} of the {rows} rows of {split!r} ({n}) are rows of {of}{rel} (duplicate images?): its figures "
-                f"there are optimistic by at most {k} row{'s' if k != 1 else ''}{' from those' if more else ''}{more}"
+                f"there are {optimistic_by(k)}{' from those' if more else ''}{more}"
             )
     for why, which in skipped.items():
         line = unknown(split, label, why, True) if chosen else not_compared(split, train, why)
@@ -192,4 +193,4 @@ def chosen_notes(fs, name: str, chosen_on: str, split: str, memory_budget: int |
         return [
             f"{head}: its figure there is the choice's own maximum, not a held-out figure; judge it on a split without them"
         ]
-    return [f"{head} (duplicate images?): its figures there are optimistic by at most {k} row{'s' if k != 1 else ''}"]
+    return [f"{head} (duplicate images?): its figures there are {optimistic_by(k)}"]

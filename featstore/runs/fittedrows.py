@@ -363,6 +363,15 @@ def store_identity(path):
     return _identity(path)
 
 
+def optimistic_by(k: int) -> str:
+    """The bound a few shared rows put on a figure, one wording for every command that says it.
+
+    >>> optimistic_by(1), optimistic_by(3)
+    ('optimistic by at most 1 row', 'optimistic by at most 3 rows')
+    """
+    return f"optimistic by at most {k} row{'s' if k != 1 else ''}"
+
+
 def overlap_notes(
     fs, name: str, train: str, splits, max_bytes: int = 64 << 20, *, memory_budget: int | None = None
 ) -> list[str]:
@@ -378,7 +387,7 @@ def overlap_notes(
         chose = split == splits[0]
         if k < n:  # some rows (a duplicate image): its figures are partly on training rows (attack 74 #6)
             notes.append(
-                f"{head} (duplicate images?): its figures there are optimistic by at most {k} row{'s' if k != 1 else ''}"
+                f"{head} (duplicate images?): its figures there are {optimistic_by(k)}"
                 + (", and a setting chosen on them was chosen partly on training rows" if chose else "")
                 + f"; remove them from {split!r} to judge on held-out rows only"
             )
