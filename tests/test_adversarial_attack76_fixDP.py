@@ -110,9 +110,11 @@ def test_a_copy_of_the_store_still_marks(tmp_path, knn_on_a):
     assert marks["marks"]["train"]["fitted_on_these_rows"]
     shutil.copy(c, tmp_path / "copy2.h5")
     _fresh()
-    got, skipped = fittedrows.shared_rows(rec, ["test"], tmp_path / "copy2.h5")
-    assert got["test"] == (90, 90)
-    assert list(skipped) == ["validation"] and "holds no split 'validation'" in skipped["validation"]  # said (78 #1)
+    got, skipped = fittedrows.shared_rows(rec, ["train", "test"], tmp_path / "copy2.h5")
+    assert got == {"train": (1, 1)}  # the copy's train is the run's: its figure there is marked
+    assert "holds no split 'validation'" in skipped["validation"]  # said (78 #1)
+    # the run's test figure was scored on A's test, not on the copy's (train's rows): not compared, not marked (78 #1b)
+    assert "holds other rows than the run's figures there were scored on" in skipped["test"]
 
 
 # ------------------------------------------------------------------ finding 4: the rows rule's memory

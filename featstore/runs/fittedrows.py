@@ -46,7 +46,15 @@ from featstore.outputs import terminal_safe
 from featstore.runs.files import read_record_json
 from featstore.runs.kinds import kind_of, parse_record
 from featstore.runs.rowbudget import _FENCE, ROW_BYTES, _block, over_budget, peak_bytes  # noqa: F401 - re-exported
-from featstore.runs.trainstore import _STORES, _identity, _open, _splits, same_file, training_store  # noqa: F401
+from featstore.runs.trainstore import (  # noqa: F401
+    _STORES,
+    _identity,
+    _open,
+    _splits,
+    same_file,
+    scored_elsewhere,
+    training_store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +237,11 @@ def shared_rows(
         return whole, dict.fromkeys(others, why)
     budget = rec.get("memory_budget")  # the run's --memory-budget: its report is held to it as its fit was (78 #3)
     budget = budget if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 else None
-    got, skipped = fitted_rows_said(fs, name, train, others, scored=None if own else scored, memory_budget=budget)
-    return {**got, **whole}, skipped
+    # recorded figures (no ``scored``: runs evaluate's are of the split as it is now) on other rows: said (78 #1b)
+    moved = scored_elsewhere(rec, fs, name, others) if scored is None else {}
+    rest = [s for s in others if s not in moved]
+    got, skipped = fitted_rows_said(fs, name, train, rest, scored=None if own else scored, memory_budget=budget)
+    return {**got, **whole}, {**skipped, **moved}
 
 
 def _ensemble_rows(members: list, names: list, store, root, scored) -> tuple[dict, dict]:

@@ -141,3 +141,40 @@ def training_store(rec, store, name: str, train: str):
         return None, "the run records no store"
     fix = "; pass --store with the store it was fitted on" if store is None else ""
     return None, "its rows could not be compared: " + "; ".join(dict.fromkeys(tried)) + fix
+
+
+def scored_elsewhere(rec, sfs, name: str, splits) -> dict[str, str]:
+    """``{split: why its rows are not compared}`` for each of ``splits`` that run ``rec`` recorded figures on
+    (``predictions[split]``: its paths digest and listing digest) and that ``sfs``'s split of that name is not: the
+    split re-made with other rows since, or another store's split named alike (attack 78 #1b: its figures, recorded on
+    the old rows, were compared as the store is now). A run recording no listing is matched by its paths alone."""
+    from featstore.runs.record import split_identity
+
+    predictions = rec.get("predictions")
+    out, present = {}, _splits(sfs, name)
+    for split in (s for s in splits if s in present):  # one it lacks: fitted_rows_said says "holds no split"
+        want = predictions.get(split) if hasattr(predictions, "get") else None
+        want = want if hasattr(want, "get") else getattr(want, "__dict__", None)
+        paths = want.get("paths_sha256") if want else None
+        if not isinstance(paths, str):
+            continue  # no figure recorded there (a split asked for by name): nothing to hold it to
+        listing = want.get("listing_sha256")
+        try:
+            key = (_identity(sfs.path), name, split, paths, listing)
+            if key not in _MATCHED:
+                here_paths, here_listing = split_identity(sfs, name, split)
+                same = here_paths == paths and (listing is None or here_listing == listing)
+                if len(_MATCHED) >= 1 << 10:
+                    _MATCHED.clear()
+                _MATCHED[key] = "" if same else "other"
+            if _MATCHED[key]:
+                out[split] = (
+                    f"{sfs.path}'s {split!r} of {name!r} holds other rows than the run's figures there were scored on "
+                    f"(re-made since, or another store's split of that name): pass --store with the store they were "
+                    f"scored on"
+                )
+        except (OSError, KeyError, ValueError, TypeError, FeatstoreError) as e:
+            out[split] = (
+                f"{sfs.path}'s {split!r} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+            )
+    return out
