@@ -32,6 +32,7 @@ from featstore.errors import ConfigError, OutputError, StoreError, check_names, 
 from featstore.experiments.calibration import calibrate_on_validation_blocks
 from featstore.experiments.evaluate import run_metrics_blocks
 from featstore.experiments.finetune_cache import cache_note, cached_cut
+from featstore.experiments.finetune_rows import rows_of_test
 from featstore.experiments.finetune_space import cut_bytes, ensure_room, keep_run, run_bytes
 from featstore.experiments.finetune_train import train
 from featstore.images.augment import parse_augment
@@ -148,6 +149,8 @@ def finetune(
     scored = [s for s in ("validation", "test") if s in fs.splits(name) and fs.split_info(s, name).get("complete")]
     # checked before training, not after every epoch: a changed test folder is refused while nothing is lost
     scored_images = {s: sets.get(s) or split_images(fs, name, s, root_of(s), class_names) for s in scored}
+    # test against the rows it is fitted on and chosen on, before any training (attack 79 #2): refused where most are
+    rows_notes = rows_of_test(fs, name, rec, scored, config.from_scratch_head)
     built = warm_start_model(rec, folder, config, weights, trust_model)
     logger.info(
         "fine-tuning %s: %d layers train (%s ... %s), %d stay frozen; BatchNormalization in inference mode",
@@ -242,7 +245,7 @@ def finetune(
         phase_a_val_loss=trained.baseline["val_loss"],
         phase_a_val_accuracy=trained.baseline["val_accuracy"],
         restored_epoch=trained.restored_epoch,
-        notes=_notes(built, config, trained, cached and cache_note(fs, cached, config.unfreeze_from, grew)),
+        notes=_notes(built, config, trained, cached and cache_note(fs, cached, config.unfreeze_from, grew), rows_notes),
     )
     try:
         return record_into(root)
@@ -349,8 +352,9 @@ def evaluate_splits(
     return {s: evaluated[s] for s in images}, calibration
 
 
-def _notes(built, config: FinetuneConfig, trained, cache: str | None) -> list[str]:
-    """What a reader of the run must know: how its scores were measured, which weights it kept, its cache."""
+def _notes(built, config: FinetuneConfig, trained, cache: str | None, rows: list[str] | None = None) -> list[str]:
+    """What a reader of the run must know: how its scores were measured, which weights it kept, what test's rows are
+    (``rows``: :func:`~featstore.experiments.finetune_rows.rows_of_test`'s notes; None: test not scored), its cache."""
     import keras
 
     dropout = any(isinstance(lyr, keras.layers.Dropout) and lyr.rate > 0 for lyr in built.model.layers)
@@ -362,10 +366,20 @@ def _notes(built, config: FinetuneConfig, trained, cache: str | None) -> list[st
         else f"early stopping kept epoch {trained.restored_epoch}'s weights (the best validation loss, below phase "
         f"A's {trained.baseline['val_loss']:.4f})"
     )
+    judge = (  # "judge by test" only where test was compared and shares none of those rows (attack 79 #2)
+        "no test split was scored"
+        if rows is None
+        else "judge by test"
+        if not rows
+        else f"test's figures are held-out ones only as far as the note{'s' if len(rows) > 1 else ''} on its rows "
+        f"below say{'' if len(rows) > 1 else 's'}"
+    )
     return [
-        f"train accuracy is the training curve's{' (' + ', '.join(how) + ')' if how else ''}; validation and test were "
-        f"evaluated on the images after training",
-        f"{kept}; the validation split chose it, so its score is optimistic; judge by test",
+        f"train accuracy is the training curve's{' (' + ', '.join(how) + ')' if how else ''}; "
+        f"{'validation was' if rows is None else 'validation and test were'} evaluated on the images after training",
+        f"{kept}; the validation split chose it (and the probabilities' temperature), so its score is optimistic; "
+        f"{judge}",
+        *(rows or []),
         *([cache] if cache else []),
     ]
 
