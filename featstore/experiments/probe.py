@@ -59,6 +59,8 @@ from featstore.stats import proportion_interval
 from featstore.store.nonfinite import refuse_in_every
 from featstore.store.reader import FeatureStore
 
+BY = "the rows the probe is fitted on"  # the rows rule's words: a probe records no run
+
 logger = logging.getLogger(__name__)
 
 KS = (10, 20, 100, 200)
@@ -120,7 +122,7 @@ def probe(
         line
         for split, what, opt, on, chosen in checks
         for line in refuse_training_rows(
-            fs, names, on, split, "probe", what, f"pass a {opt} split without them", chosen=chosen
+            fs, names, on, split, "probe", what, f"pass a {opt} split without them", chosen=chosen, fitted_by=BY
         )
     ]
     root = runs_root(store, runs)

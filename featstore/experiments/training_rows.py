@@ -156,10 +156,11 @@ def verdict(
     return Verdict(kind, split, name, of, k, n, **rest)
 
 
-def unknown(split: str, label: str, why: str, chosen: bool = False) -> str:
+def unknown(split: str, label: str, why: str, chosen: bool = False, fitted_by: str | None = None) -> str:
     """The line saying ``split``'s rows were not compared with those of ``label`` (the splits fitted on, or with
-    ``chosen`` the split a choice was made on), with the reason ``why``; a command's own wording (it records no run)."""
-    relation = CHOSEN if chosen else "which it fits on"
+    ``chosen`` the split a choice was made on), with the reason ``why``; a command's own wording (it records no run:
+    ``fitted_by``, e.g. "the rows the probe is fitted on", not fittedrows' "which the run is fitted on")."""
+    relation = CHOSEN if chosen else fitted_by or "which it fits on"
     why = why.replace("the training split ", "", 1) if chosen else why  # the rule's words: here it is not fitted on
     return (
         f"the rows of {split!r} were not compared with those of {label}, {relation} ({why}): whether any of them is "
@@ -178,6 +179,7 @@ def refuse_training_rows(
     known: dict | None = None,
     *,
     chosen: bool = False,
+    fitted_by: str | None = None,
 ) -> list[str]:
     """ConfigError when most rows of ``split`` (of any extractor of ``names``) are rows of ``train``, which ``command``
     fits on (``what``: what it does with them, e.g. "chooses C and k"; ``fix``: the way out); else the lines to note,
@@ -185,7 +187,9 @@ def refuse_training_rows(
     naming its extractors). ``known``: ``{extractor: compared's dict}`` already found (a reused run's record).
     ``train`` a tuple: the command fits on all of those splits (:func:`compared_with`). ``chosen``: ``train`` is the
     split a choice was made on (C and k, an epoch), not fitted on: ``split``'s figure on its rows would be the choice's
-    own maximum (attack 78 #2)."""
+    own maximum (attack 78 #2). ``fitted_by``: the words for ``train`` of a command that records no run (probe:
+    "the rows the probe is fitted on"), where a split not compared is said (default: fittedrows' "which the run is
+    fitted on", a sweep's)."""
     said, skipped = [], {}
     trains = (train,) if isinstance(train, str) else tuple(train)
     label = " + ".join(map(repr, trains))
@@ -205,7 +209,9 @@ def refuse_training_rows(
                 )
             )
         rel = f", {CHOSEN}" if chosen else ""
-        more = f"; {unknown(split, v.unknown_of, v.why, chosen)}" if v.partial else ""  # said with the count (78 #5)
+        more = (
+            f"; {unknown(split, v.unknown_of, v.why, chosen, fitted_by)}" if v.partial else ""
+        )  # said with the count (78 #5)
         if v.kind == "unknown":  # some compared, none shared: the count known, said with the part not known
             said.append(f"no row of {split!r} ({n}) is a row of {v.of}{rel}{more}")
         elif v.kind == "note":
@@ -214,7 +220,10 @@ def refuse_training_rows(
                 f"{' from those' if more else ''}{more}"
             )
     for why, which in skipped.items():
-        line = unknown(split, label, why, True) if chosen else not_compared(split, train, why)
+        if chosen or fitted_by:
+            line = unknown(split, label, why, chosen, fitted_by)
+        else:
+            line = not_compared(split, train, why)
         said.append(f"{line} ({', '.join(which)})")
     for line in said:
         logger.warning("%s: %s", command, line)
