@@ -156,12 +156,16 @@ def verdict(
     return Verdict(kind, split, name, of, k, n, **rest)
 
 
-def unknown(split: str, label: str, why: str, chosen: bool = False, fitted_by: str | None = None) -> str:
+def unknown(
+    split: str, label: str, why: str, chosen: bool = False, fitted_by: str | None = None, nor: str | None = None
+) -> str:
     """The line saying ``split``'s rows were not compared with those of ``label`` (the splits fitted on, or with
     ``chosen`` the split a choice was made on), with the reason ``why``; a command's own wording (it records no run:
-    ``fitted_by``, e.g. "the rows the probe is fitted on", not fittedrows' "which the run is fitted on")."""
+    ``fitted_by``, e.g. "the rows the probe is fitted on", not fittedrows' "which the run is fitted on"). ``nor``: the
+    split a choice was made on, not compared with ``split`` for the same reason: said in the same line."""
     relation = CHOSEN if chosen else fitted_by or "which it fits on"
     why = why.replace("the training split ", "", 1) if chosen else why  # the rule's words: here it is not fitted on
+    relation += f", nor with those of {nor!r}, {CHOSEN}" if nor else ""
     return (
         f"the rows of {split!r} were not compared with those of {label}, {relation} ({why}): whether any of them is "
         f"one of those rows is not known"
@@ -180,6 +184,8 @@ def refuse_training_rows(
     *,
     chosen: bool = False,
     fitted_by: str | None = None,
+    chosen_on: str | None = None,
+    chosen_fix: str | None = None,
 ) -> list[str]:
     """ConfigError when most rows of ``split`` (of any extractor of ``names``) are rows of ``train``, which ``command``
     fits on (``what``: what it does with them, e.g. "chooses C and k"; ``fix``: the way out); else the lines to note,
@@ -189,11 +195,35 @@ def refuse_training_rows(
     split a choice was made on (C and k, an epoch), not fitted on: ``split``'s figure on its rows would be the choice's
     own maximum (attack 78 #2). ``fitted_by``: the words for ``train`` of a command that records no run (probe:
     "the rows the probe is fitted on"), where a split not compared is said (default: fittedrows' "which the run is
-    fitted on", a sweep's)."""
-    said, skipped = [], {}
+    fitted on", a sweep's). ``chosen_on``: ``split`` is compared with that split too, the one a choice was made on (as
+    ``chosen``; refused with ``chosen_fix``, default ``fix``); a reason neither was compared for (``split`` over the
+    caps) is said once, naming both (it was said once for each)."""
     trains = (train,) if isinstance(train, str) else tuple(train)
+    said, skipped = _counted(fs, names, trains, split, command, (what, fix), known, chosen, fitted_by)
+    later, also = [], {}
+    if chosen_on:
+        later, also = _counted(fs, names, (chosen_on,), split, command, (what, chosen_fix or fix), None, True, None)
     label = " + ".join(map(repr, trains))
-    train = trains[0] if len(trains) == 1 else label
+    for why, which in skipped.items():
+        both = [n for n in which if n in also.get(why, ())]
+        rest = [n for n in which if n not in both]
+        if both:  # one reason for both (split over the caps): said once
+            said.append(f"{unknown(split, label, why, chosen, fitted_by, chosen_on)} ({', '.join(both)})")
+            also[why] = [n for n in also[why] if n not in both]
+        if rest and (chosen or fitted_by):
+            said.append(f"{unknown(split, label, why, chosen, fitted_by)} ({', '.join(rest)})")
+        elif rest:
+            said.append(f"{not_compared(split, trains[0] if len(trains) == 1 else label, why)} ({', '.join(rest)})")
+    said += later + [f"{unknown(split, repr(chosen_on), w, True)} ({', '.join(ns)})" for w, ns in also.items() if ns]
+    for line in said:
+        logger.warning("%s: %s", command, line)
+    return said
+
+
+def _counted(fs, names, trains: tuple, split: str, command: str, todo: tuple, known, chosen: bool, fitted_by):
+    """:func:`refuse_training_rows`' refusal and count lines of ``split`` against ``trains`` (``todo``: its ``what``
+    and ``fix``), and ``{why: extractors}`` for those not compared at all (said by the caller, once per reason)."""
+    (what, fix), said, skipped = todo, [], {}
     for n in names:
         v = verdict(fs, n, trains, split, (known or {}).get(n))
         if v.kind == "unknown" and not v.partial:
@@ -209,9 +239,7 @@ def refuse_training_rows(
                 )
             )
         rel = f", {CHOSEN}" if chosen else ""
-        more = (
-            f"; {unknown(split, v.unknown_of, v.why, chosen, fitted_by)}" if v.partial else ""
-        )  # said with the count (78 #5)
+        more = f"; {unknown(split, v.unknown_of, v.why, chosen, fitted_by)}" if v.partial else ""  # 78 #5
         if v.kind == "unknown":  # some compared, none shared: the count known, said with the part not known
             said.append(f"no row of {split!r} ({n}) is a row of {v.of}{rel}{more}")
         elif v.kind == "note":
@@ -219,15 +247,7 @@ def refuse_training_rows(
                 f"{v.head()}{rel} (duplicate images?): its figures there are {optimistic_by(v.shared)}"
                 f"{' from those' if more else ''}{more}"
             )
-    for why, which in skipped.items():
-        if chosen or fitted_by:
-            line = unknown(split, label, why, chosen, fitted_by)
-        else:
-            line = not_compared(split, train, why)
-        said.append(f"{line} ({', '.join(which)})")
-    for line in said:
-        logger.warning("%s: %s", command, line)
-    return said
+    return said, skipped
 
 
 def chosen_notes(fs, name: str, chosen_on: str, split: str, memory_budget: int | None = None) -> list[str]:
