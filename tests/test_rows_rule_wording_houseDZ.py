@@ -90,3 +90,15 @@ def test_a_reason_for_one_comparison_only_is_said_for_it_alone(tmp_path, monkeyp
     )
     assert len(said) == 1 and "with those of 'validation', the rows the choice was made on" in said[0], said
     assert "nor with" not in said[0], said
+
+
+def test_sweep_says_a_test_over_the_caps_was_not_compared_once(tmp_path, test_over_the_caps):
+    """#3, the sweep's test note: not compared with train's rows, then again with validation's. Sabotage: the chosen
+    split's line appended, not merged."""
+    from featstore.experiments.sweep import sweep
+
+    got = sweep(_store(tmp_path / "s.h5"), ["logreg"], runs=tmp_path / "r", reuse=False, png=tmp_path / "h.png")
+    note = got["winner"]["test_note"]
+    assert note.count("were not compared") == 1, note
+    assert "'train', which every run is fitted on, nor with those of 'validation', the rows the choice" in note, note
+    assert note.endswith("its figures there are not marked (x)"), note

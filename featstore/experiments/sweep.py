@@ -46,6 +46,8 @@ from featstore.store.strings import repeated
 
 logger = logging.getLogger(__name__)
 
+FITTED = "which every run is fitted on"  # a sweep's train split, in its test notes
+
 
 def sweep(
     store: str | os.PathLike = "features.h5",
@@ -345,14 +347,19 @@ def _test_on_training_rows(
     where they refuse, the test figure is withheld."""
     if not test:
         return None, ""
-    notes = []
+    notes, unknown_at = [], {}  # extractor -> (the index of its note that test was not compared with train, why)
     for n, on in ((n, on) for n in names for on in (train, chosen_on) if on):
-        relation = "which every run is fitted on" if on == train else CHOSEN
+        relation = FITTED if on == train else CHOSEN
         v = verdict(fs, n, on, test)  # the rows rule's decision; the sweep's action: the test figure withheld
-        if v.kind == "unknown":
-            notes.append(
-                f"{not_compared(test, train, v.why) if on == train else unknown(test, repr(on), v.why, True)} ({n})"
+        if v.kind == "unknown" and on == train:
+            unknown_at[n] = (len(notes), v.why)
+            notes.append(f"{not_compared(test, train, v.why)} ({n})")
+        elif v.kind == "unknown" and unknown_at.get(n, (0, None))[1] == v.why:  # one reason for both: said once
+            notes[unknown_at[n][0]] = (
+                f"{unknown(test, repr(train), v.why, fitted_by=FITTED, nor=on)}, and its figures there are not marked ({n})"
             )
+        elif v.kind == "unknown":
+            notes.append(f"{unknown(test, repr(on), v.why, True)} ({n})")
         elif v.kind == "refuse":
             return (
                 f"{v.head()}, {relation}: a test figure there would "
