@@ -39,6 +39,8 @@ from featstore.stats import mean_sd, proportion_interval
 from featstore.store.names import names_text
 from featstore.store.reader import FeatureStore
 
+BY = "the rows each few-shot fit draws its shots from"  # the rows rule's words: fewshot records no run
+
 logger = logging.getLogger(__name__)
 
 SHOTS = (1, 2, 5, 10, 20)
@@ -246,11 +248,20 @@ def fewshot(
     _check_classes(name, y, train, class_names)
     shots = _check_shots(shots, trials, y, class_names, train)
     check_seed(seed)  # a negative seed reached numpy's SeedSequence as a traceback
-    shared = refuse_training_rows(fs, [name], train, test, "fewshot", "score", "pass a --test split without them")
     val_split, why = _validation_split(fs, name, clf, validation) if early else (None, "")
-    if val_split is not None:  # its epoch is chosen there: test on those rows reports that choice (attack 78 #2)
-        fix = f"pass a --test split without them, or --validation {NONE}"
-        shared += refuse_training_rows(fs, [name], val_split, test, "fewshot", "score", fix, chosen=True)
+    fix = "pass a --test split without them"
+    shared = refuse_training_rows(  # test on the rows its epoch is chosen on reports that choice too (attack 78 #2)
+        fs,
+        [name],
+        train,
+        test,
+        "fewshot",
+        "score",
+        fix,
+        fitted_by=BY,
+        chosen_on=val_split,
+        chosen_fix=f"{fix}, or --validation {NONE}",
+    )
     root = runs_root(store, runs)
     ensure_writable(root, store)
     with made.removed_on_failure(root):  # a failed fit leaves no runs folder it made (attack 53 #3)

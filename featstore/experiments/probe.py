@@ -59,6 +59,8 @@ from featstore.stats import proportion_interval
 from featstore.store.nonfinite import refuse_in_every
 from featstore.store.reader import FeatureStore
 
+BY = "the rows the probe is fitted on"  # the rows rule's words: a probe records no run
+
 logger = logging.getLogger(__name__)
 
 KS = (10, 20, 100, 200)
@@ -113,16 +115,15 @@ def probe(
     refuse_in_every(fs, names, (train, validation, test), "probe")  # every extractor's splits, before any fit
     _refuse_unprobeable(fs, names, train)  # one class, constant rows: before the first fit too (attack 58 #5)
     fitted = (train, validation) if refit else (train,)  # --refit fits test's figures on both (attack 77 #8)
-    checks = [(validation, "choose C and k", "--validation", (train,), False), (test, "score", "--test", fitted, False)]
-    if not refit:  # test against the rows C and k were chosen on (attack 78 #2); with --refit it is fitted on them
-        checks.append((test, "score", "--test", (validation,), True))
-    rows_notes = [  # refused, or said: a few shared rows (74 #5), or not compared (over the caps: 76 #2)
-        line
-        for split, what, opt, on, chosen in checks
-        for line in refuse_training_rows(
-            fs, names, on, split, "probe", what, f"pass a {opt} split without them", chosen=chosen
-        )
-    ]
+    # refused, or said: a few shared rows (74 #5), or not compared (over the caps: 76 #2); test against the rows C and
+    # k were chosen on too (attack 78 #2; with --refit it is fitted on them), one line where neither was compared
+    fix = "pass a {} split without them".format
+    rows_notes = refuse_training_rows(
+        fs, names, train, validation, "probe", "choose C and k", fix("--validation"), fitted_by=BY
+    )
+    rows_notes += refuse_training_rows(
+        fs, names, fitted, test, "probe", "score", fix("--test"), fitted_by=BY, chosen_on=None if refit else validation
+    )
     root = runs_root(store, runs)
     ensure_writable(root, store)
     with made.removed_on_failure(root):  # a probe that fails leaves no runs folder it made (attack 53 #3)

@@ -35,7 +35,7 @@ from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check
 from featstore.experiments.selection import DivergedError
 from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells, untested
 from featstore.experiments.sweep_summary import summary_of, tie_note, versus_best
-from featstore.experiments.training_rows import CHOSEN, compared, recorded, refuse_training_rows, unknown
+from featstore.experiments.training_rows import CHOSEN, recorded, refuse_training_rows, unknown, verdict
 from featstore.runs.fittedrows import not_compared, optimistic_by
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -45,6 +45,8 @@ from featstore.store.resume import resume_advice
 from featstore.store.strings import repeated
 
 logger = logging.getLogger(__name__)
+
+FITTED = "which every run is fitted on"  # a sweep's train split, in its test notes
 
 
 def sweep(
@@ -340,31 +342,35 @@ def _test_on_training_rows(
     rows (fit's rule) before the choice is tested (attack 74 #2: each cell is fitted with no test, so fit's note
     never looked at it, and the chosen run's test figure on train's own rows was printed unmarked); a test not compared
     (over the caps) is noted (attack 76 #2). Then with ``chosen_on``, the validation split the choice is made on: a
-    test of its rows reported the choice's own maximum as the held-out figure (attack 78 #2)."""
+    test of its rows reported the choice's own maximum as the held-out figure (attack 78 #2). The decision is the rows
+    rule's (:func:`~featstore.experiments.training_rows.verdict`, probe's and fewshot's refusal); the action the sweep's:
+    where they refuse, the test figure is withheld."""
     if not test:
         return None, ""
-    notes = []
+    notes, unknown_at = [], {}  # extractor -> (the index of its note that test was not compared with train, why)
     for n, on in ((n, on) for n in names for on in (train, chosen_on) if on):
-        relation = "which every run is fitted on" if on == train else CHOSEN
-        got = compared(fs, n, on, test)
-        if "not_compared" in got:
-            why = got["not_compared"]
-            notes.append(
-                f"{not_compared(test, train, why) if on == train else unknown(test, repr(on), why, True)} ({n})"
+        relation = FITTED if on == train else CHOSEN
+        v = verdict(fs, n, on, test)  # the rows rule's decision; the sweep's action: the test figure withheld
+        if v.kind == "unknown" and on == train:
+            unknown_at[n] = (len(notes), v.why)
+            notes.append(f"{not_compared(test, train, v.why)} ({n})")
+        elif v.kind == "unknown" and unknown_at.get(n, (0, None))[1] == v.why:  # one reason for both: said once
+            notes[unknown_at[n][0]] = (
+                f"{unknown(test, repr(train), v.why, fitted_by=FITTED, nor=on)}, and its figures there are not marked ({n})"
             )
-            continue
-        k, rows = got["shared"], got["rows"]
-        if k and 2 * k > rows:
+        elif v.kind == "unknown":
+            notes.append(f"{unknown(test, repr(on), v.why, True)} ({n})")
+        elif v.kind == "refuse":
             return (
-                f"{k} of the {rows} rows of {test!r} ({n}) are rows of {on!r}, {relation}: a test figure there would "
+                f"{v.head()}, {relation}: a test figure there would "
                 + ("be a resubstitution figure" if on == train else "be the choice's own maximum, not a held-out one")
                 + "; evaluate on a --test split without them"
             ), ""
-        if k:
+        elif v.kind == "note":
             notes.append(
-                f"{k} of the {rows} rows of {test!r} ({n}) are rows of {on!r}"
+                f"{v.head()}"
                 + (f", {CHOSEN}" if on != train else "")
-                + f" (duplicate images?): the test figure is {optimistic_by(k)}"
+                + f" (duplicate images?): the test figure is {optimistic_by(v.shared)}"
             )
     return None, "; ".join(notes)
 

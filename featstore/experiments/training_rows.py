@@ -17,6 +17,7 @@ rows reports the choice's own maximum (attack 78 #2).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,13 +46,13 @@ def compared(fs, name: str, train: str, split: str, memory_budget: int | None = 
     return {"shared": int(k), "rows": int(n)}
 
 
-def compared_with(fs, name: str, trains: tuple[str, ...], split: str) -> dict:
+def compared_with(fs, name: str, trains: tuple[str, ...], split: str, memory_budget: int | None = None) -> dict:
     """:func:`compared` against the rows of every split of ``trains`` (a command fitting on all of them): a row of
     ``split`` is a training row when it is a row of any of them, counted once (:func:`_union`). Some of them not
     compared (over the caps): the count found against the others (``against``) is kept beside the reason
     (``not_compared``) and the splits it concerns (``unknown``), never dropped (attack 78 #5); none compared: the
-    reason alone."""
-    parts = {t: compared(fs, name, t, split) for t in dict.fromkeys(trains)}
+    reason alone. ``memory_budget``: as :func:`compared`."""
+    parts = {t: compared(fs, name, t, split, memory_budget) for t in dict.fromkeys(trains)}
     counts = {t: p for t, p in parts.items() if "shared" in p}
     skipped = {t: p["not_compared"] for t, p in parts.items() if "not_compared" in p}
     if not counts:
@@ -110,11 +111,61 @@ def recorded(rec, split: str) -> dict | None:
 CHOSEN = "the rows the choice was made on"  # a split a command chose on, beside the one it fits on (attack 78 #2)
 
 
-def unknown(split: str, label: str, why: str, chosen: bool = False) -> str:
+@dataclass(frozen=True)
+class Verdict:
+    """The rows rule's verdict on ``split`` (extractor ``name``) against ``of`` (the splits counted, quoted, joined by
+    " + "), the action left to the caller (probe and fewshot refuse, a sweep withholds test's figure, a fit notes):
+    ``kind`` "refuse" (over half of its rows are theirs), "note" (a few), "unknown" (not compared: ``why``; or
+    ``partial``, compared with only some of them, sharing none with those) or "clean"; ``shared`` of ``rows``, and,
+    compared with only some, the splits not compared (``unknown_of``) and ``why``."""
+
+    kind: str
+    split: str
+    name: str
+    of: str
+    shared: int = 0
+    rows: int = 0
+    why: str = ""
+    unknown_of: str = ""
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.unknown_of)
+
+    def head(self, named: bool = True) -> str:
+        """The count's words, each caller's line opening: k of the n rows of 'split' (name) are rows of 'of'."""
+        named = f" ({self.name})" if named else ""
+        return f"{self.shared} of the {self.rows} rows of {self.split!r}{named} are rows of {self.of}"
+
+
+def verdict(
+    fs, name: str, on: str | tuple[str, ...], split: str, known: dict | None = None, memory_budget: int | None = None
+) -> Verdict:
+    """The one rows-rule decision on ``split`` of extractor ``name`` against ``on`` (a split, or several fitted on
+    together: :func:`compared_with`), from ``known`` (:func:`compared`'s dict already found, e.g. a reused run's
+    record) or counted now (within ``memory_budget`` too, as :func:`compared`)."""
+    trains = (on,) if isinstance(on, str) else tuple(on)
+    got = known or compared_with(fs, name, trains, split, memory_budget)
+    label = " + ".join(map(repr, trains))
+    if "shared" not in got:
+        return Verdict("unknown", split, name, label, why=got["not_compared"])
+    k, n = got["shared"], got["rows"]
+    of = " + ".join(map(repr, got["against"])) if "against" in got else label  # the splits counted
+    rest = {"why": got["not_compared"], "unknown_of": " + ".join(map(repr, got["unknown"]))} if "unknown" in got else {}
+    kind = "refuse" if k and 2 * k > n else "note" if k else "unknown" if rest else "clean"
+    return Verdict(kind, split, name, of, k, n, **rest)
+
+
+def unknown(
+    split: str, label: str, why: str, chosen: bool = False, fitted_by: str | None = None, nor: str | None = None
+) -> str:
     """The line saying ``split``'s rows were not compared with those of ``label`` (the splits fitted on, or with
-    ``chosen`` the split a choice was made on), with the reason ``why``; a command's own wording (it records no run)."""
-    relation = CHOSEN if chosen else "which it fits on"
+    ``chosen`` the split a choice was made on), with the reason ``why``; a command's own wording (it records no run:
+    ``fitted_by``, e.g. "the rows the probe is fitted on", not fittedrows' "which the run is fitted on"). ``nor``: the
+    split a choice was made on, not compared with ``split`` for the same reason: said in the same line."""
+    relation = CHOSEN if chosen else fitted_by or "which it fits on"
     why = why.replace("the training split ", "", 1) if chosen else why  # the rule's words: here it is not fitted on
+    relation += f", nor with those of {nor!r}, {CHOSEN}" if nor else ""
     return (
         f"the rows of {split!r} were not compared with those of {label}, {relation} ({why}): whether any of them is "
         f"one of those rows is not known"
@@ -132,6 +183,9 @@ def refuse_training_rows(
     known: dict | None = None,
     *,
     chosen: bool = False,
+    fitted_by: str | None = None,
+    chosen_on: str | None = None,
+    chosen_fix: str | None = None,
 ) -> list[str]:
     """ConfigError when most rows of ``split`` (of any extractor of ``names``) are rows of ``train``, which ``command``
     fits on (``what``: what it does with them, e.g. "chooses C and k"; ``fix``: the way out); else the lines to note,
@@ -139,58 +193,73 @@ def refuse_training_rows(
     naming its extractors). ``known``: ``{extractor: compared's dict}`` already found (a reused run's record).
     ``train`` a tuple: the command fits on all of those splits (:func:`compared_with`). ``chosen``: ``train`` is the
     split a choice was made on (C and k, an epoch), not fitted on: ``split``'s figure on its rows would be the choice's
-    own maximum (attack 78 #2)."""
-    said, skipped = [], {}
+    own maximum (attack 78 #2). ``fitted_by``: the words for ``train`` of a command that records no run (probe:
+    "the rows the probe is fitted on"), where a split not compared is said (default: fittedrows' "which the run is
+    fitted on", a sweep's). ``chosen_on``: ``split`` is compared with that split too, the one a choice was made on (as
+    ``chosen``; refused with ``chosen_fix``, default ``fix``); a reason neither was compared for (``split`` over the
+    caps) is said once, naming both (it was said once for each)."""
     trains = (train,) if isinstance(train, str) else tuple(train)
+    said, skipped = _counted(fs, names, trains, split, command, (what, fix), known, chosen, fitted_by)
+    later, also = [], {}
+    if chosen_on:
+        later, also = _counted(fs, names, (chosen_on,), split, command, (what, chosen_fix or fix), None, True, None)
     label = " + ".join(map(repr, trains))
-    train = trains[0] if len(trains) == 1 else label
+    for why, which in skipped.items():
+        both = [n for n in which if n in also.get(why, ())]
+        rest = [n for n in which if n not in both]
+        if both:  # one reason for both (split over the caps): said once
+            said.append(f"{unknown(split, label, why, chosen, fitted_by, chosen_on)} ({', '.join(both)})")
+            also[why] = [n for n in also[why] if n not in both]
+        if rest and (chosen or fitted_by):
+            said.append(f"{unknown(split, label, why, chosen, fitted_by)} ({', '.join(rest)})")
+        elif rest:
+            said.append(f"{not_compared(split, trains[0] if len(trains) == 1 else label, why)} ({', '.join(rest)})")
+    said += later + [f"{unknown(split, repr(chosen_on), w, True)} ({', '.join(ns)})" for w, ns in also.items() if ns]
+    for line in said:
+        logger.warning("%s: %s", command, line)
+    return said
+
+
+def _counted(fs, names, trains: tuple, split: str, command: str, todo: tuple, known, chosen: bool, fitted_by):
+    """:func:`refuse_training_rows`' refusal and count lines of ``split`` against ``trains`` (``todo``: its ``what``
+    and ``fix``), and ``{why: extractors}`` for those not compared at all (said by the caller, once per reason)."""
+    (what, fix), said, skipped = todo, [], {}
     for n in names:
-        got = (known or {}).get(n) or compared_with(fs, n, trains, split)
-        if "shared" not in got:
-            skipped.setdefault(got["not_compared"], []).append(n)
+        v = verdict(fs, n, trains, split, (known or {}).get(n))
+        if v.kind == "unknown" and not v.partial:
+            skipped.setdefault(v.why, []).append(n)
             continue
-        k, rows = got["shared"], got["rows"]
-        of = " + ".join(map(repr, got["against"])) if "against" in got else label  # the splits counted
-        if k and 2 * k > rows:
+        if v.kind == "refuse":
             raise ConfigError(
-                f"{command}: {k} of the {rows} rows of {split!r} ({n}) are rows of {of}, "
+                f"{command}: {v.head()}, "
                 + (
                     f"{CHOSEN}, so its figure there would be the choice's own maximum, not a held-out figure; {fix}"
                     if chosen
                     else f"which it fits on, so it would {what} on training rows; {fix}"
                 )
             )
-        rel, more = (f", {CHOSEN}" if chosen else ""), ""
-        if "unknown" in got:  # some compared: the count known, said with the part not known (attack 78 #5)
-            more = f"; {unknown(split, ' + '.join(map(repr, got['unknown'])), got['not_compared'], chosen)}"
-            if not k:
-                said.append(f"no row of {split!r} ({n}) is a row of {of}{rel}{more}")
-        if k:
+        rel = f", {CHOSEN}" if chosen else ""
+        more = f"; {unknown(split, v.unknown_of, v.why, chosen, fitted_by)}" if v.partial else ""  # 78 #5
+        if v.kind == "unknown":  # some compared, none shared: the count known, said with the part not known
+            said.append(f"no row of {split!r} ({n}) is a row of {v.of}{rel}{more}")
+        elif v.kind == "note":
             said.append(
-                f"{k} of the {rows} rows of {split!r} ({n}) are rows of {of}{rel} (duplicate images?): its figures "
-                f"there are {optimistic_by(k)}{' from those' if more else ''}{more}"
+                f"{v.head()}{rel} (duplicate images?): its figures there are {optimistic_by(v.shared)}"
+                f"{' from those' if more else ''}{more}"
             )
-    for why, which in skipped.items():
-        line = unknown(split, label, why, True) if chosen else not_compared(split, train, why)
-        said.append(f"{line} ({', '.join(which)})")
-    for line in said:
-        logger.warning("%s: %s", command, line)
-    return said
+    return said, skipped
 
 
 def chosen_notes(fs, name: str, chosen_on: str, split: str, memory_budget: int | None = None) -> list[str]:
     """A fit's notes on ``split`` (test) sharing rows with ``chosen_on`` (validation), where its settings were chosen
     (attack 78 #2): its figure on those rows is the choice's own maximum, not a held-out one; or that they were not
     compared (within ``memory_budget`` too, as :func:`compared`)."""
-    got = compared(fs, name, chosen_on, split, memory_budget)
-    if "not_compared" in got:
-        return [unknown(split, repr(chosen_on), got["not_compared"], True)]
-    k, n = got["shared"], got["rows"]
-    head = f"{k} of the {n} rows of {split!r} are rows of {chosen_on!r}, {CHOSEN}"
-    if not k:
-        return []
-    if 2 * k > n:
+    v = verdict(fs, name, chosen_on, split, memory_budget=memory_budget)
+    if v.kind == "unknown":
+        return [unknown(split, repr(chosen_on), v.why, True)]
+    head = f"{v.head(named=False)}, {CHOSEN}"
+    if v.kind == "refuse":
         return [
             f"{head}: its figure there is the choice's own maximum, not a held-out figure; judge it on a split without them"
         ]
-    return [f"{head} (duplicate images?): its figures there are {optimistic_by(k)}"]
+    return [f"{head} (duplicate images?): its figures there are {optimistic_by(v.shared)}"] if v.kind == "note" else []
