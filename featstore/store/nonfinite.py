@@ -317,7 +317,7 @@ def remember(fs, name: str, split: str, sizes: LayerSizes | Peaks | float) -> No
     """Keep a split's usual size (or only its rows' largest magnitudes, or its largest feature, from a pass that read
     it anyway) for the rest of the process, a few at a time, keyed by the store file's identity and state: a changed
     file is read again. What knows more is kept (LayerSizes over Peaks over a float)."""
-    if len(_CACHE) > 32:
+    if len(_CACHE) > 128:  # every checked split is kept (attack 79 #5): a probe of many extractors, ~5 KB each
         _CACHE.clear()
     key = (file_state(fs.path), name, split)
     rank = {LayerSizes: 2, Peaks: 1}
