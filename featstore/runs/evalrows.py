@@ -27,7 +27,7 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.runs.trainstore import same_file, training_store
-from featstore.store.far import FAR_FACTOR, FAR_FLOOR, LayerSizes, Recorded, apart
+from featstore.store.far import Figures, LayerSizes, Recorded, judge
 from featstore.store.metadata import file_state
 from featstore.store.nonfinite import _CACHE, redo_advice, reference_sizes, remember, row_peaks
 
@@ -73,27 +73,19 @@ class FarRows:
 
     def _judged(self, own: LayerSizes) -> bool:
         """Whether the split, binned already, is judged without reading it (and refused here when far apart)."""
-        if self._partial() and self._quiet(own):
-            return True  # no far row and both usual sizes under FAR_FLOOR: train's usual size is not needed
-        ref = self.ref if self.ref is not None or self._partial() else self._sizes()
-        if ref is None or own.top > ref.bound():
+        ref = self.recorded if self._partial() else self.ref if self.ref is not None else self._sizes()
+        if ref is None:
             return False
-        self._refuse_apart(own.usual(), ref.usual(), f"{ref.usual():.3g}")
+        verdict = judge(Figures.of(own), Figures.of(ref), ())  # fit's judge (its shortcut: the recorded floor)
+        if verdict.needs or verdict.far:  # train's usual size not recorded, or far rows to name: the split is read
+            return False
+        if verdict.apart:
+            self._refuse_apart(verdict, own.usual(), ref.usual())
         return True
 
     def _partial(self) -> bool:
         """Whether only the recorded floor, peak and largest feature are known (the fit did not bin train)."""
         return self.recorded is not None and self.ref is None
-
-    def _quiet(self, own: LayerSizes) -> bool:
-        """Fit's shortcut from the recorded floor: no feature over it, both splits' largest features under FAR_FLOOR
-        and their usual peaks not far apart, so train's usual size need not be binned."""
-        top = own.top
-        return (
-            top <= self.recorded.floor
-            and max(top, self.recorded.top) <= FAR_FLOOR
-            and not apart(own.peaks.usual(), self.recorded.usual_peak)
-        )
 
     def _sizes(self):
         """The training split's full figures: recorded, else binned from a store that holds the run's very training
@@ -144,28 +136,32 @@ class FarRows:
 
     def refuse(self) -> None:
         """RowsRefused naming the rows far over the training split's bound (fit's rule), else a split whose usual size
-        is far from the training split's (either may be the overflow)."""
+        is far from the training split's (either may be the overflow), as :func:`far.judge` decides."""
         if self.done:
             return
         remember(self.fs, self.name, self.split, self.own)  # binned: a later evaluation in this process reads it
         peaks = np.concatenate(self.peaks) if self.peaks else np.zeros(0)
+        own = Figures.of(self.own)
         if self._partial():
-            if self._quiet(self.own):
+            verdict = judge(own, Figures.of(self.recorded), ())
+            if not verdict.needs:
                 return
-            peak = self.recorded.usual_peak  # train's usual size is at most its usual peak
-            self._refuse_far(peaks, self.recorded.upper(), f"at most {peak:.3g}", " (the most it can be)")
-            if self.own.usual() > FAR_FACTOR * peak:
-                self._refuse_apart(self.own.usual(), peak, f"at most {peak:.3g}")
-            self._refuse_apart(self.own.peaks.usual(), peak, f"{peak:.3g}", "usual largest feature")
-            if self._sizes() is None:
+            peak = self.recorded.usual_peak  # train's usual size is at most its usual peak: these hold whatever it is
+            self._refuse_far(peaks, verdict.bound, f"at most {peak:.3g}", " (the most it can be)")
+            if verdict.apart == "size":
+                self._refuse_apart(verdict, own.usual_size, peak, f"at most {peak:.3g}")
+            if self._sizes() is None:  # usual peaks apart: judged by them only where train cannot be binned
+                if verdict.apart == "peak":
+                    self._refuse_apart(verdict, own.usual_peak, peak, f"{peak:.3g}", "usual largest feature")
                 return self._say()
         ref = self._sizes()
         if ref is None and self.why:
             return self._say()
-        ref = ref if ref is not None else self.own  # the run's own training split: its own pass
-        self._refuse_far(peaks, ref.bound(), f"{ref.usual():.3g}")
-        if ref is not self.own:
-            self._refuse_apart(self.own.usual(), ref.usual(), f"{ref.usual():.3g}")
+        itself = ref is None  # the run's own training split: its own pass
+        ref = ref if ref is not None else self.own
+        verdict = judge(own, Figures.of(ref), (), itself=itself)
+        self._refuse_far(peaks, verdict.bound, f"{ref.usual():.3g}")
+        self._refuse_apart(verdict, own.usual_size, ref.usual())
 
     def _refuse_far(self, peaks: np.ndarray, bound: float, usual: str, most: str = "") -> None:
         rows = np.flatnonzero(np.isfinite(peaks) & (peaks > bound))
@@ -184,9 +180,13 @@ class FarRows:
     def where(self) -> str:
         return f"{self.fs.path}:/{self.name}/{self.split}"
 
-    def _refuse_apart(self, own: float, theirs: float, said: str, what: str = "usual feature size") -> None:
-        if not apart(own, theirs):
+    def _refuse_apart(
+        self, verdict, own: float, theirs: float, said: str = "", what: str = "usual feature size"
+    ) -> None:
+        """RowsRefused where the judge found the splits apart (``verdict.apart``), naming ``what`` of each."""
+        if not verdict.apart:
             return
+        said = said or f"{theirs:.3g}"
         inputs = self.rec.get("inputs")
         held = inputs.get("validation") if isinstance(inputs, Mapping) else None  # the fit held train to it
         held = held if isinstance(held, str) and held not in ("none", self.split) else None

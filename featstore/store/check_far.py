@@ -4,7 +4,7 @@ size, ``train`` or else its largest split, as fit --train holds them (attack 75 
 from __future__ import annotations
 
 from featstore.store.damaged import DAMAGED
-from featstore.store.far import FAR_FACTOR, FAR_FLOOR, LayerSizes, apart, odd_one
+from featstore.store.far import FAR_FACTOR, FAR_FLOOR, Figures, LayerSizes, judge
 
 
 def reference(file, s, scans: list, usual: dict, own=None) -> tuple[LayerSizes, str]:
@@ -52,9 +52,12 @@ def far_lines(where: str, far_rows: int, own: LayerSizes, bounds, redo: str, oth
     out: list[str] = []
     ref, named = bounds(own)
     overflow = "an overflow in the model (fit, sweep, fewshot and probe refuse them)"
-    split_apart = apart(own.usual(), ref.usual())
-    likely = odd_one(own.usual(), ref.usual(), [o.usual() for o in others()]) if split_apart and others else None
-    if far_rows and not (split_apart and likely == "ref"):
+    figs, theirs = Figures.of(own), Figures.of(ref)
+    verdict = judge(figs, theirs, itself=ref is own)  # fit's judge, on the sizes check binned anyway
+    if verdict.needs == "others":  # splits apart: the odd one out
+        verdict = judge(figs, theirs, [o.usual() for o in others()] if others else [])
+    split_apart, likely = verdict.apart == "size", verdict.odd
+    if far_rows and verdict.refused != "apart":
         out.append(
             f"{where}: {far_rows} rows hold features over {FAR_FACTOR:.0e} times the usual feature size of "
             f"{named} ({ref.usual():.3g}) and over {FAR_FLOOR:.0e} times its rows' usual largest one (the bound "

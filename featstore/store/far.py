@@ -24,10 +24,16 @@ Cost: each row's mean binary exponent and largest magnitude (integer steps on th
 :data:`_CHUNK` features whatever the width: about 8 MB of temporaries; subnormals, which share the exponent field 0
 with zeros, are read from their mantissa only in a chunk that holds one), then histograms of 1-octave bins over rows
 (a few KB). The usual size is its median bin's upper edge: at most 4 x the row's geometric mean, never under it, so
-the rule never refuses what the exact median would not; the usual peak likewise.
+the rule never refuses what the exact median would not; the usual peak likewise. Every split's first pass (fit's
+NaN/inf check, ``nonfinite.NonfiniteRows``) bins them from the bits it reads anyway, so fit judges the usual sizes of
+both splits with no second read (attack 79 #5: its no-binning shortcut passed a test split 1e-10 x train whose usual
+peak was train's). The decision itself is :func:`judge`'s, one for fit, ``featstore check`` and ``runs evaluate``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -75,7 +81,7 @@ def row_stats(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 nz = np.count_nonzero(a, axis=1)
                 count[i : i + rstep] += nz
                 a >>= 23  # the biased exponent (the sign masked off): 0 for zeros and subnormals
-                total[i : i + rstep] += a.sum(axis=1, dtype=np.int64)
+                total[i : i + rstep] += a.sum(axis=1, dtype=np.uint32)  # at most 255 x 2^20: no overflow
                 if np.count_nonzero(a) < int(nz.sum()):  # a subnormal (rare): its exponent from its mantissa
                     m = src.view(np.uint32) & _MAG
                     r, c = np.nonzero((m > 0) & (m < _MIN_NORMAL))
@@ -139,7 +145,10 @@ class LayerSizes:
         return self.peaks.top
 
     def add(self, X: np.ndarray) -> None:
-        e, top = row_stats(X)
+        self.add_stats(*row_stats(X))
+
+    def add_stats(self, e: np.ndarray, top: np.ndarray) -> None:
+        """Add rows from :func:`row_stats` (a pass that read them for their largest magnitudes anyway)."""
         e = e[~np.isnan(e)]
         if len(e):
             self.counts += np.bincount(_bins(e), minlength=NBINS)
@@ -221,6 +230,100 @@ def odd_one(own: float, ref: float, others: list[float]) -> str | None:
     if any(b and not a for a, b in near) and not any(a and not b for a, b in near):
         return "own"
     return None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One split's measured far-rule figures: its largest finite feature, its usual peak (0.0: no non-zero row) and its
+    usual size where it was binned (None: not binned). :meth:`of` takes :class:`LayerSizes`, :class:`Peaks` or
+    :class:`Recorded`."""
+
+    top: float
+    usual_peak: float
+    usual_size: float | None = None
+
+    @staticmethod
+    def of(got: LayerSizes | Peaks | Recorded) -> Figures:
+        if isinstance(got, LayerSizes):
+            return Figures(got.top, got.peaks.usual(), got.usual())
+        if isinstance(got, Peaks):
+            return Figures(got.top, got.usual())
+        return Figures(got.top, got.usual_peak, got.usual_size)
+
+    @property
+    def floor(self) -> float:
+        """FAR_FLOOR x the usual peak, or FAR_FLOOR itself for a split with no size."""
+        return FAR_FLOOR * self.usual_peak if self.usual_peak > 0 else FAR_FLOOR
+
+    @property
+    def upper(self) -> float:
+        """The bound (FAR_FACTOR x the usual size, or the floor where larger), or where the usual size was not binned
+        the most it can be: a row's geometric mean is at most its largest magnitude, so the usual size is at most the
+        usual peak."""
+        size = self.usual_peak if self.usual_size is None else self.usual_size
+        return max(FAR_FACTOR * size, self.floor)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """:func:`judge`'s answer. ``needs``: what to bin before it holds ("ref": the training split's usual size, "own":
+    the evaluated split's, "others": the other plain splits' usual sizes, for the odd one out; "" none). ``bound``: a
+    row with a feature over it is far. ``far``: the split holds such a row. ``apart``: the two splits are over
+    FAR_FACTOR apart by their usual ``"size"`` (or, only while ``needs`` is "ref", their usual ``"peak"``). ``odd``:
+    :func:`odd_one`'s. While ``needs`` is "ref", ``bound`` is the most the bound can be, and ``far`` and an
+    ``apart`` of "size" hold already (a caller that cannot bin train refuses on them, and on "peak")."""
+
+    needs: str = ""
+    bound: float = FAR_FLOOR
+    far: bool = False
+    apart: str = ""
+    odd: str | None = None
+
+    @property
+    def refused(self) -> str:
+        """What the split is refused for: "apart" (the odd one out is the training split, or no row is far), "far",
+        or "" (accepted)."""
+        if self.apart and (not self.far or self.odd == "ref"):
+            return "apart"
+        return "far" if self.far else ""
+
+
+def judge(own: Figures, ref: Figures, others: Sequence[float] | None = None, itself: bool = False) -> Verdict:
+    """The far rule's one decision, for fit/sweep (``NonfiniteRows.far``), ``featstore check`` (``check_far``) and
+    ``runs evaluate`` (``evalrows``): the evaluated split's figures ``own`` against the training split's ``ref``
+    (``itself``: they are one split), ``others``: the other plain splits' usual sizes (None: not binned yet).
+
+    The no-binning shortcuts: a split whose features are all at most the floor, with both splits' largest features at
+    most FAR_FLOOR and their usual peaks not apart, is accepted without train's usual size; with it, a split whose
+    features are all at most the bound likewise without its own. Where both usual sizes are known they are judged.
+
+    >>> ones, tiny = Figures(3.0, 4.0, 2.0), Figures(2.0, 4.0, 2e-10)
+    >>> judge(Figures(3.0, 4.0), ones)
+    Verdict(needs='', bound=4000.0, far=False, apart='', odd=None)
+    >>> judge(tiny, ones).needs, judge(tiny, ones, [2.0]).refused, judge(tiny, ones, [2.0]).odd
+    ('others', 'apart', 'own')
+    >>> judge(Figures(9e6, 4.0), Figures(3.0, 4.0)).needs, judge(Figures(9e6, 4.0, 2.0), ones).refused
+    ('ref', 'far')
+    """
+    known = own.usual_size is not None and ref.usual_size is not None
+    peaks_apart = not itself and apart(own.usual_peak, ref.usual_peak)
+    small = max(own.top, ref.top) <= FAR_FLOOR and not peaks_apart and not known
+    if small and own.top <= ref.floor:
+        return Verdict(bound=ref.floor)
+    if ref.usual_size is None:  # what holds already, whatever train's usual size (at most its usual peak)
+        size = own.usual_size is not None and 0 < FAR_FACTOR * ref.usual_peak < own.usual_size
+        return Verdict("ref", ref.upper, own.top > ref.upper, "size" if size else "peak" if peaks_apart else "")
+    bound = ref.upper
+    far = own.top > bound
+    if itself or (small and not far):
+        return Verdict(bound=bound, far=far)
+    if own.usual_size is None:
+        return Verdict("own", bound, far)
+    if not apart(own.usual_size, ref.usual_size):
+        return Verdict(bound=bound, far=far)
+    if others is None:
+        return Verdict("others", bound, far, "size")
+    return Verdict("", bound, far, "size", odd_one(own.usual_size, ref.usual_size, list(others)))
 
 
 def column_peaks(X: np.ndarray) -> np.ndarray:
