@@ -1,0 +1,133 @@
+"""The far rule's one judge (``store/far.judge``): fit, ``featstore check`` and ``runs evaluate`` say the same of a
+split (attack 79 #5: check flagged as one that fit refuses a test split whose usual feature SIZE is 1e-10 x train's
+while its usual PEAK is not, which fit and runs evaluate accept; attack 80 #4: refusing it in all three refused honest
+softmax features of a confidently recognised test split). Synthetic stores written from arrays."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from featstore import fit
+from featstore.errors import StoreError
+from featstore.experiments.evaluate import evaluate_and_record
+from featstore.store import nonfinite
+from featstore.store.check import check_store
+from featstore.store.far import Figures, judge
+from featstore.store.writer import write_arrays
+
+
+def _store(path, scale: float = 1.0, far_rows: int = 0, keep_first: bool = False):
+    """train, validation and test of 16 columns ~1; test's columns scaled by ``scale`` (all of them, or all but the
+    first, a constant 1.0 in every split: ``keep_first``), its first ``far_rows`` rows 1e9 x."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 90), ("validation", 60), ("test", 60)):
+        y = np.arange(n) % 2
+        X = (np.abs(rng.normal(size=(n, 16))) + 1.5 * y[:, None] + 0.1).astype(np.float32)
+        if keep_first:
+            X[:, 0] = 1.0
+        if split == "test":
+            X[:, int(keep_first) :] *= np.float32(scale)
+            X[:far_rows] *= np.float32(1e9)
+        write_arrays(path, "synthetic", split, X, y, ["a", "b"])
+    return path
+
+
+def _said(text: str | None) -> str:
+    """A refusal (or check's line) as a verdict: "far" rows, splits "apart", or "" (accepted)."""
+    if text is None:
+        return ""
+    if re.search(r"usual (feature size|largest feature) is |: its usual feature size .* apart", text):
+        return "apart"
+    if re.search(r" \d+ rows? ?(\(s\) \(|hold features)", text):
+        return "far"
+    return f"other: {text}"
+
+
+def _fit_says(store, runs) -> str:
+    nonfinite._CACHE.clear()
+    try:
+        fit(store, "logreg", runs=runs)
+    except StoreError as exc:
+        return _said(str(exc))
+    return ""
+
+
+def _evaluate_says(store, runs) -> str:
+    nonfinite._CACHE.clear()
+    rec = fit(store, "logreg", runs=runs, test="none")  # the test split unseen by the fit
+    nonfinite._CACHE.clear()
+    try:
+        evaluate_and_record(rec["id"], "test", store, runs)
+    except StoreError as exc:
+        return _said(str(exc))
+    return ""
+
+
+def _check_says(store) -> str:
+    lines = [p for p in check_store(store) if "/synthetic/test" in p]
+    return _said(lines[0]) if lines else ""
+
+
+CASES = {  # name: (store options, the verdict all three callers give)
+    "honest": ({}, ""),
+    "three rows 1e9 x": ({"far_rows": 3}, "far"),
+    "test 1e-8 x train": ({"scale": 1e-8}, "apart"),
+    "test 1e8 x train": ({"scale": 1e8}, "far"),
+    "sizes 1e-10 x, peaks alike, all small (79 #5, 80 #4)": ({"scale": 1e-10, "keep_first": True}, ""),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fit_check_and_runs_evaluate_give_one_verdict(tmp_path, case):
+    options, want = CASES[case]
+    store = _store(tmp_path / "s.h5", **options)
+    said = {
+        "fit": _fit_says(store, tmp_path / "runs"),
+        "check": _check_says(store),
+        "runs evaluate": _evaluate_says(store, tmp_path / "eruns"),
+    }
+    assert said == dict.fromkeys(said, want), said
+
+
+def _softmax(path, sure: float):
+    """Rows of a 20-way softmax: train and validation less sure (off-class ~1e-5), test ``sure`` (off-class ~1e-13)."""
+    rng = np.random.default_rng(1)
+    for split, n, logit in (("train", 80, 10.0), ("validation", 40, 10.0), ("test", 40, sure)):
+        y = np.arange(n) % 2
+        z = rng.normal(size=(n, 20)) * 0.1
+        z[np.arange(n), y] += logit
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        write_arrays(path, "softmax", split, (p / p.sum(axis=1, keepdims=True)).astype(np.float32), y, ["a", "b"])
+    return path
+
+
+def test_honest_softmax_features_of_a_confident_test_split_are_accepted_by_fit_check_and_evaluate(tmp_path):
+    """Attack 80 #4: every value in [0, 1], the usual peaks alike, the usual sizes 1e8 apart (a test of easy images):
+    no overflow, so no refusal; a classifier fitted on train scores it."""
+    store = _softmax(tmp_path / "s.h5", 30.0)
+    nonfinite._CACHE.clear()
+    rec = fit(store, "logreg", runs=tmp_path / "runs")
+    assert rec.accuracy("test") > 0.9
+    assert not [p for p in check_store(store) if "/softmax/test" in p]
+    nonfinite._CACHE.clear()
+    rec = fit(store, "logreg", runs=tmp_path / "eruns", test="none")
+    nonfinite._CACHE.clear()
+    evaluate_and_record(rec["id"], "test", store, tmp_path / "eruns")
+
+
+def test_the_judge_needs_train_binned_only_where_its_shortcut_cannot_decide():
+    """The judge is pure: with only the first passes' peaks, a split all under the floor needs nothing binned; one
+    over it needs train's usual size; with both usual sizes it judges them, whatever the shortcut would say."""
+    ones = Figures(top=3.0, usual_peak=4.0)
+    assert judge(Figures(3.0, 4.0), ones).needs == "" and judge(Figures(5e3, 4.0), ones).needs == "ref"
+    sized = Figures(3.0, 4.0, 2.0)
+    assert judge(Figures(2.0, 4.0, 2e-10), sized, [2.0]).refused == ""  # all small, peaks alike: a softmax's
+    got = judge(Figures(2e3, 4.0, 2e-10), sized, [2.0])
+    assert (got.needs, got.apart, got.odd, got.refused) == ("", "size", "own", "apart")
+    got = judge(Figures(2e3, 4.0, 2e-10), sized, [2e-10])  # another split agrees with this one: train is the odd one
+    assert (got.odd, got.refused) == ("ref", "apart")
+    assert judge(Figures(9e6, 4.0, 2.0), sized).refused == "far"
+    assert judge(sized, sized, itself=True).refused == ""
