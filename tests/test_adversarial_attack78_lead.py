@@ -37,7 +37,7 @@ def test_a_split_re_made_since_its_figures_is_not_compared(tmp_path):
     _replace_test(store, *_rows(7))  # other rows now: the recorded 1.000 was train's rows, not these
     assert figure_marks(rec, ["test"], place=place) == {"test": NOT_COMPARED}
     why = shared_rows(rec, ["test"], place=place)[1]["test"]
-    assert "holds other rows than the run's figures there were scored on" in why and "--store" in why
+    assert "holds other rows than the run's figures there were scored on" in why and "runs evaluate" in why
 
 
 def test_the_split_scored_now_is_marked_by_its_rows(tmp_path):

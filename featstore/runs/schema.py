@@ -48,8 +48,11 @@ def number(x: object) -> bool:
 
 
 def finite(x: object) -> bool:
-    """A finite JSON number."""
-    return number(x) and math.isfinite(x)
+    """A finite JSON number (an int too large for a float is not: attack 80 #2)."""
+    try:
+        return number(x) and math.isfinite(x)
+    except OverflowError:
+        return False
 
 
 def _unit(x: object) -> bool:

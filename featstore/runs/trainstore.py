@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 
 from featstore.errors import FeatstoreError
 
@@ -166,15 +167,43 @@ def scored_elsewhere(rec, sfs, name: str, splits) -> dict[str, str]:
                 same = here_paths == paths and (listing is None or here_listing == listing)
                 if len(_MATCHED) >= 1 << 10:
                     _MATCHED.clear()
-                _MATCHED[key] = "" if same else "other"
+                arrays = here_listing.startswith("arrays:")  # rows written from arrays: their digest differs
+                _MATCHED[key] = "" if same else "rows" if arrays else "listing" if here_paths == paths else "images"
             if _MATCHED[key]:
-                out[split] = (
-                    f"{sfs.path}'s {split!r} of {name!r} holds other rows than the run's figures there were scored on "
-                    f"(re-made since, or another store's split of that name): pass --store with the store they were "
-                    f"scored on"
-                )
+                out[split] = _elsewhere_why(rec, sfs, name, split, _MATCHED[key])
         except (OSError, KeyError, ValueError, TypeError, FeatstoreError) as e:
             out[split] = (
                 f"{sfs.path}'s {split!r} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
             )
     return out
+
+
+def _elsewhere_why(rec, sfs, name: str, split: str, how: str) -> str:
+    """Why a recorded figure's split ``split`` of ``sfs`` is not compared (:func:`scored_elsewhere`): the same image
+    paths with another listing (extracted again: the listing holds each file's size and time, so touched or copied files
+    differ too; attack 80 #3 said "other rows" of the same images) or other paths; what to run."""
+    if how == "rows":
+        what = (
+            f"{sfs.path}'s {split!r} of {name!r} holds other rows than the run's figures there were scored on (written "
+            f"again since, or another store's split of that name)"
+        )
+    elif how == "listing":
+        what = (
+            f"{sfs.path}'s {split!r} of {name!r} was extracted again since the run's figures there were recorded (the "
+            f"same image paths, another listing: other files under those names, or the same files copied or touched)"
+        )
+    else:
+        what = (
+            f"{sfs.path}'s {split!r} of {name!r} holds other images than the run's figures there were scored on "
+            f"(made again since, or another store's split of that name)"
+        )
+    rid, own, here = rec.get("id") or "ID", rec.get("store"), shlex.quote(str(sfs.path))
+    elsewhere = (
+        f"; or pass --store {shlex.quote(own)}, the store they were scored on"
+        if own and not same_file(own, sfs)
+        else ""
+    )
+    return (
+        f"{what}: `featstore runs evaluate {rid} --split {shlex.quote(split)} --store {here}` scores and marks the split "
+        f"as it is now{elsewhere}"
+    )

@@ -182,7 +182,7 @@ class Recorded:
         """The record's figures, or None where it holds none usable (an older run, a damaged entry)."""
         try:
             out = Recorded(got)  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
         nums = [out.floor, out.top, out.usual_peak] + ([] if out.usual_size is None else [out.usual_size])
         return out if all(np.isfinite(v) and v >= 0 for v in nums) else None
