@@ -56,7 +56,11 @@ def test_a_split_extracted_again_from_the_same_paths_is_said_so(tmp_path, monkey
     store = _store(tmp_path / "s.h5")
     fs = FeatureStore(store)
     paths, _ = record.split_identity(fs, "synthetic", "test")
-    rec = {"id": "logreg-1", "store": str(store), "predictions": {"test": {"paths_sha256": paths, "listing_sha256": "9f"}}}
+    rec = {
+        "id": "logreg-1",
+        "store": str(store),
+        "predictions": {"test": {"paths_sha256": paths, "listing_sha256": "9f"}},
+    }
     monkeypatch.setattr(record, "split_identity", lambda *a: (paths, "8e"))  # an image listing, another one
     trainstore._MATCHED.clear()
     why = trainstore.scored_elsewhere(rec, fs, "synthetic", ["test"])["test"]
