@@ -79,17 +79,17 @@ def test_runs_evaluate_still_records_on_its_store_whose_validation_alone_changed
 # ------------------------------------------------------------------ 3: a 5,000-digit integer in run.json
 def test_a_run_json_with_a_huge_integer_is_a_broken_run_in_one_line(run):
     """json.loads raised ValueError ("Exceeds the limit (4300 digits) for integer string conversion"): a traceback
-    from `runs`, `runs show` and `runs evaluate`."""
+    from `runs`, `runs show` and `runs evaluate`. Any integer over 308 digits is refused at parse now (attack 80 #2)."""
     store, runs, rid = run
     path = runs / rid / "run.json"
     rec = json.loads(path.read_text())
     path.write_text(json.dumps(rec, indent=1).replace('"notes": [', '"big": ' + "9" * 5000 + ', "notes": [', 1))
     listed = cli("runs", "--store", store, "--runs", runs)
-    assert listed.exit_code == 0 and "integer longer than 4,300 digits" in no_traceback(listed), listed.output
+    assert listed.exit_code == 0 and "an integer of 5000 digits" in no_traceback(listed), listed.output
     for args in (("show", rid), ("evaluate", rid, "--split", "test")):
         result = cli("runs", "--store", store, "--runs", runs, *args)
         out = no_traceback(result)
-        assert result.exit_code == 1 and "is broken" in out and "4,300 digits" in out, out
+        assert result.exit_code == 1 and "is broken" in out and "5000 digits" in out, out
 
 
 # ------------------------------------------------------------------ 6: runs show's own temporary files

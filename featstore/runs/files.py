@@ -257,9 +257,7 @@ def read_record_json(folder: Path) -> object:
     _check_parse_size(data, path, folder)
     try:
         return json.loads(data.decode("utf-8"), parse_int=_json_int)
-    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8, an integer over Python's 4,300 digits
-        if "integer string conversion" in str(exc):
-            exc = "an integer longer than 4,300 digits"
+    except (ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8, an integer over 308 digits (_json_int)
         raise BrokenRunError(
             f"{folder / RECORD} is not valid JSON ({exc}); remove the folder {folder} or restore it"
         ) from None
