@@ -167,7 +167,7 @@ def fit(
         # test on the rows it chose on (attack 78 #2): its settings, a dense head's epoch and every fit's calibration
         # temperature are chosen on validation, so one setting too (attack 79 #1)
         if splits.validation and splits.test:
-            shared += chosen_notes(fs, name, splits.validation, splits.test, budget)
+            shared += chosen_notes(fs, name, splits.validation, splits.test, budget, splits.train)  # 80 #1
         for note in shared:
             logger.warning("%s", note)
         t0 = time.perf_counter()

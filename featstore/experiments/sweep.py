@@ -35,7 +35,14 @@ from featstore.experiments.protocol import DEFAULTS, NONE, check_distinct, check
 from featstore.experiments.selection import DivergedError
 from featstore.experiments.sweep_reuse import evaluated_once, recorded_cells, untested
 from featstore.experiments.sweep_summary import summary_of, tie_note, versus_best
-from featstore.experiments.training_rows import CHOSEN, recorded, refuse_training_rows, unknown, verdict
+from featstore.experiments.training_rows import (
+    CHOSEN,
+    joint_head,
+    recorded,
+    refuse_training_rows,
+    unknown,
+    verdict,
+)
 from featstore.runs.fittedrows import not_compared, optimistic_by
 from featstore.runs.folder import calibrated_predictions, runs_root
 from featstore.runs.record import RunRecord, digest_paths
@@ -344,7 +351,8 @@ def _test_on_training_rows(
     (over the caps) is noted (attack 76 #2). Then with ``chosen_on``, the validation split the choice is made on: a
     test of its rows reported the choice's own maximum as the held-out figure (attack 78 #2). The decision is the rows
     rule's (:func:`~featstore.experiments.training_rows.verdict`, probe's and fewshot's refusal); the action the sweep's:
-    where they refuse, the test figure is withheld."""
+    where they refuse, the test figure is withheld; so where most of test's rows are rows of ``train`` or of
+    ``chosen_on`` together, each a minority alone (the union, a row counted once: attack 80 #1)."""
     if not test:
         return None, ""
     notes, unknown_at = [], {}  # extractor -> (the index of its note that test was not compared with train, why)
@@ -372,6 +380,12 @@ def _test_on_training_rows(
                 + (f", {CHOSEN}" if on != train else "")
                 + f" (duplicate images?): the test figure is {optimistic_by(v.shared)}"
             )
+    for n in names if chosen_on else ():  # each a minority alone, most of it together: withheld (attack 80 #1)
+        if (v := verdict(fs, n, train, test, chosen_on=chosen_on)).kind == "refuse":
+            return (
+                f"{joint_head(v)}: a test figure there would be on rows the runs were fitted on or the choice was made "
+                "on, not a held-out one; evaluate on a --test split without them"
+            ), ""
     return None, "; ".join(notes)
 
 

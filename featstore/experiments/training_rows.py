@@ -11,13 +11,14 @@ fitting on several splits (``probe --refit``: train + validation) compares a spl
 (:func:`compared_with`; attack 77 #8), one training split's digests at a time (attack 78 #6); where one of them is over
 the caps, the count found against the others is said with it (attack 78 #5). A split a command chose on (validation:
 probe's C and k, fewshot's epoch, a sweep's or a fit's settings) is compared with its test split too: test on those
-rows reports the choice's own maximum (attack 78 #2).
+rows reports the choice's own maximum (attack 78 #2); the decision is then on the union of test's rows that are rows
+of a fitted split or of that one, a row counted once (:func:`verdict`'s ``chosen_on``; attack 80 #1).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -127,6 +128,7 @@ class Verdict:
     rows: int = 0
     why: str = ""
     unknown_of: str = ""
+    parts: tuple = ()  # with a split chosen on: the verdicts against the fitted splits and against it (attack 80 #1)
 
     @property
     def partial(self) -> bool:
@@ -139,13 +141,37 @@ class Verdict:
 
 
 def verdict(
-    fs, name: str, on: str | tuple[str, ...], split: str, known: dict | None = None, memory_budget: int | None = None
+    fs,
+    name: str,
+    on: str | tuple[str, ...],
+    split: str,
+    known: dict | None = None,
+    memory_budget: int | None = None,
+    chosen_on: str | None = None,
 ) -> Verdict:
     """The one rows-rule decision on ``split`` of extractor ``name`` against ``on`` (a split, or several fitted on
     together: :func:`compared_with`), from ``known`` (:func:`compared`'s dict already found, e.g. a reused run's
-    record) or counted now (within ``memory_budget`` too, as :func:`compared`)."""
+    record) or counted now (within ``memory_budget`` too, as :func:`compared`). ``chosen_on``: the split a choice was
+    made on too: the decision is then on the union of ``split``'s rows that are rows of any of ``on`` or of it, each
+    counted once (attack 80 #1: 3 of 8 train's and 3 of 8 validation's was judged as two "a few"); the verdicts
+    against ``on`` and against ``chosen_on`` alone, the words' per-split counts, are its ``parts``."""
     trains = (on,) if isinstance(on, str) else tuple(on)
-    got = known or compared_with(fs, name, trains, split, memory_budget)
+    if chosen_on and chosen_on not in trains:
+        alone = verdict(fs, name, trains, split, known, memory_budget)
+        chose = verdict(fs, name, chosen_on, split, None, memory_budget)
+        if not (alone.shared and chose.shared):  # one of them shares none: the union is the other's count
+            got = max((alone, chose), key=lambda v: v.shared)
+            whole = replace(got, kind="refuse" if 2 * got.shared > got.rows else got.kind)
+        else:
+            whole = _judged(
+                name, trains + (chosen_on,), split, compared_with(fs, name, trains + (chosen_on,), split, memory_budget)
+            )
+        return replace(whole, parts=(alone, chose))
+    return _judged(name, trains, split, known or compared_with(fs, name, trains, split, memory_budget))
+
+
+def _judged(name: str, trains: tuple, split: str, got: dict) -> Verdict:
+    """:func:`verdict` of ``split`` from :func:`compared_with`'s dict ``got`` against ``trains``."""
     label = " + ".join(map(repr, trains))
     if "shared" not in got:
         return Verdict("unknown", split, name, label, why=got["not_compared"])
@@ -154,6 +180,17 @@ def verdict(
     rest = {"why": got["not_compared"], "unknown_of": " + ".join(map(repr, got["unknown"]))} if "unknown" in got else {}
     kind = "refuse" if k and 2 * k > n else "note" if k else "unknown" if rest else "clean"
     return Verdict(kind, split, name, of, k, n, **rest)
+
+
+def joint_head(v: Verdict, named: bool = True) -> str:
+    """The words of :func:`verdict`'s decision with a split chosen on (``v.parts``: the fitted splits' verdict, the
+    chosen split's): the union's count, then each part's (a row of both counted once)."""
+    fitted, chose = v.parts
+    named = f" ({v.name})" if named else ""
+    return (
+        f"{v.shared} of the {v.rows} rows of {v.split!r}{named} are rows of {fitted.of} ({fitted.shared}) or of "
+        f"{chose.of} ({chose.shared}), {CHOSEN} (a row of both counted once)"
+    )
 
 
 def unknown(
@@ -197,7 +234,8 @@ def refuse_training_rows(
     "the rows the probe is fitted on"), where a split not compared is said (default: fittedrows' "which the run is
     fitted on", a sweep's). ``chosen_on``: ``split`` is compared with that split too, the one a choice was made on (as
     ``chosen``; refused with ``chosen_fix``, default ``fix``); a reason neither was compared for (``split`` over the
-    caps) is said once, naming both (it was said once for each)."""
+    caps) is said once, naming both (it was said once for each); most of ``split``'s rows being rows of ``train`` or
+    of ``chosen_on``, each a minority alone, is refused too (the union, a row counted once: attack 80 #1)."""
     trains = (train,) if isinstance(train, str) else tuple(train)
     said, skipped = _counted(fs, names, trains, split, command, (what, fix), known, chosen, fitted_by)
     later, also = [], {}
@@ -215,6 +253,13 @@ def refuse_training_rows(
         elif rest:
             said.append(f"{not_compared(split, trains[0] if len(trains) == 1 else label, why)} ({', '.join(rest)})")
     said += later + [f"{unknown(split, repr(chosen_on), w, True)} ({', '.join(ns)})" for w, ns in also.items() if ns]
+    for n in names if chosen_on else ():  # each a minority alone, most of it together: refused (attack 80 #1)
+        v = verdict(fs, n, trains, split, (known or {}).get(n), chosen_on=chosen_on)
+        if v.kind == "refuse":
+            raise ConfigError(
+                f"{command}: {joint_head(v)}, so it would {what} on rows it fits on or chose on, not held-out rows; "
+                f"{chosen_fix or fix}"
+            )
     for line in said:
         logger.warning("%s: %s", command, line)
     return said
@@ -250,13 +295,23 @@ def _counted(fs, names, trains: tuple, split: str, command: str, todo: tuple, kn
     return said, skipped
 
 
-def chosen_notes(fs, name: str, chosen_on: str, split: str, memory_budget: int | None = None) -> list[str]:
+def chosen_notes(
+    fs, name: str, chosen_on: str, split: str, memory_budget: int | None = None, train: str | None = None
+) -> list[str]:
     """A fit's notes on ``split`` (test) sharing rows with ``chosen_on`` (validation), where its settings were chosen
     (attack 78 #2): its figure on those rows is the choice's own maximum, not a held-out one; or that they were not
-    compared (within ``memory_budget`` too, as :func:`compared`)."""
+    compared (within ``memory_budget`` too, as :func:`compared`). ``train``: the split it is fitted on (its own note is
+    :func:`~featstore.runs.fittedrows.overlap_notes`'): where ``split`` shares rows with both, the note says their union
+    too, a row counted once (attack 80 #1: 3 of 8 and 3 of 8 were two "a few"); a fit notes it, never refuses."""
     v = verdict(fs, name, chosen_on, split, memory_budget=memory_budget)
     if v.kind == "unknown":
         return [unknown(split, repr(chosen_on), v.why, True)]
+    both = (
+        verdict(fs, name, train, split, memory_budget=memory_budget, chosen_on=chosen_on) if train and v.shared else v
+    )
+    if both.parts and all(p.shared for p in both.parts):  # both compared, so the union is counted
+        mostly = "mostly not held-out figures" if both.kind == "refuse" else optimistic_by(both.shared)
+        return [f"{joint_head(both, named=False)}: its figures there are {mostly}; judge it on a split without them"]
     head = f"{v.head(named=False)}, {CHOSEN}"
     if v.kind == "refuse":
         return [
