@@ -256,7 +256,7 @@ def read_record_json(folder: Path) -> object:
         raise BrokenRunError(f"run record {path} is larger than {format_bytes(MAX_RECORD_BYTES)}; remove {folder}")
     _check_parse_size(data, path, folder)
     try:
-        return json.loads(data.decode("utf-8"), parse_int=_json_int)
+        return loads_bounded(data.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8, an integer over 308 digits (_json_int)
         raise BrokenRunError(
             f"{folder / RECORD} is not valid JSON ({exc}); remove the folder {folder} or restore it"
@@ -273,6 +273,12 @@ def _json_int(text: str) -> int:
     if len(text.lstrip("-")) > 308:
         raise ValueError(f"an integer of {len(text.lstrip('-'))} digits, more than any float holds")
     return int(text)
+
+
+def loads_bounded(text: str | bytes) -> object:
+    """``json.loads`` with integers a float holds (:func:`_json_int`: ValueError past 308 digits), for every JSON file
+    of a runs folder (run.json, sweep summaries)."""
+    return json.loads(text, parse_int=_json_int)
 
 
 def _check_parse_size(data: bytes, path: Path, folder: Path) -> None:

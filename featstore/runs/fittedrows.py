@@ -238,7 +238,7 @@ def shared_rows(
     budget = rec.get("memory_budget")  # the run's --memory-budget: its report is held to it as its fit was (78 #3)
     budget = budget if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0 else None
     # recorded figures (no ``scored``: runs evaluate's are of the split as it is now) on other rows: said (78 #1b)
-    moved = scored_elsewhere(rec, fs, name, others) if scored is None else {}
+    moved = scored_elsewhere(rec, fs, name, others, root) if scored is None else {}
     rest = [s for s in others if s not in moved]
     got, skipped = fitted_rows_said(fs, name, train, rest, scored=None if own else scored, memory_budget=budget)
     return {**got, **whole}, {**skipped, **moved}

@@ -165,7 +165,7 @@ def _bins(bins: object) -> bool:
             and _unit(b.get("low"))
             and _unit(b.get("high"))
             and type(b.get("count")) is int
-            and b["count"] >= 0
+            and 0 <= b["count"] <= MAX_COUNT  # as n and the confusion counts (attack 81 #5: 10**19 crashed runs show)
             and (b.get("confidence") is None or _unit(b["confidence"]))
             and (b.get("accuracy") is None or _unit(b["accuracy"]))
         ):

@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from featstore.provenance import OOF
+from featstore.runs.files import loads_bounded
 
 _ACCURACY_ON = re.compile(r"accuracy on the '([^']+)' split")
 _CV_ON = re.compile(r"cross-validation on '([^']+)'")
@@ -116,7 +117,7 @@ def ensemble_key(members, weights) -> str:
     try:
         w = [float(x) for x in weights] if weights is not None else [1.0] * len(members)
         total = sum(w) if len(w) == len(members) and sum(w) > 0 else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a weight no float holds (attack 81 #3)
         total = None
     if not total:
         return "ensemble:?"
@@ -197,7 +198,7 @@ def _is_dir(entry: os.DirEntry) -> bool:
 def _mark(out: dict, name: str, root: Path, folders: set[str]) -> None:
     """Add the choices of summary ``name`` to ``out`` (nothing for an unreadable or malformed one)."""
     try:
-        summary = json.loads(_read_summary(root / name))
+        summary = loads_bounded(_read_summary(root / name))  # integers a float holds, as run.json (attack 81 #3)
         on, winner = summary["chosen_on"], summary.get("winner") or {}
         cells = {c.get("run") for c in summary.get("cells") or () if isinstance(c, dict)}
         cells = {r for r in cells if isinstance(r, str) and r}  # the runs the sweep chose among, here or not
@@ -206,7 +207,7 @@ def _mark(out: dict, name: str, root: Path, folders: set[str]) -> None:
         ens = summary.get("ensemble") or {}
         ens = ens if isinstance(ens, dict) and isinstance(ens.get("members"), list) else {}
         key = ensemble_key(ens["members"], ens.get("weights")) if ens else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, MemoryError, OverflowError):
         return  # a crafted summary (a link, a FIFO, too large, nested too deep) is passed over as malformed
     if not isinstance(on, str) or not on or len(cells) < 2:  # a sweep of one run chose nothing
         return

@@ -144,13 +144,13 @@ def training_store(rec, store, name: str, train: str):
     return None, "its rows could not be compared: " + "; ".join(dict.fromkeys(tried)) + fix
 
 
-def scored_elsewhere(rec, sfs, name: str, splits) -> dict[str, str]:
+def scored_elsewhere(rec, sfs, name: str, splits, root=None) -> dict[str, str]:
     """``{split: why its rows are not compared}`` for each of ``splits`` that run ``rec`` recorded figures on
     (``predictions[split]``: its paths digest and listing digest) and that ``sfs``'s split of that name is not: the
     split re-made with other rows since, or another store's split named alike (attack 78 #1b: its figures, recorded on
-    the old rows, were compared as the store is now). A run recording no listing is matched by its paths alone."""
-    from featstore.runs.record import split_identity
-
+    the old rows, were compared as the store is now). A run recording no listing is matched by its paths alone. Each
+    split's identity is read once per process and store version, whatever the runs recorded (attack 81 #4: once per
+    recorded digest, runs x rows). ``root``: the runs folder the run was read from (named in the printed command)."""
     predictions = rec.get("predictions")
     out, present = {}, _splits(sfs, name)
     for split in (s for s in splits if s in present):  # one it lacks: fitted_rows_said says "holds no split"
@@ -161,24 +161,36 @@ def scored_elsewhere(rec, sfs, name: str, splits) -> dict[str, str]:
             continue  # no figure recorded there (a split asked for by name): nothing to hold it to
         listing = want.get("listing_sha256")
         try:
-            key = (_identity(sfs.path), name, split, paths, listing)
-            if key not in _MATCHED:
-                here_paths, here_listing = split_identity(sfs, name, split)
-                same = here_paths == paths and (listing is None or here_listing == listing)
-                if len(_MATCHED) >= 1 << 10:
-                    _MATCHED.clear()
-                arrays = here_listing.startswith("arrays:")  # rows written from arrays: their digest differs
-                _MATCHED[key] = "" if same else "rows" if arrays else "listing" if here_paths == paths else "images"
-            if _MATCHED[key]:
-                out[split] = _elsewhere_why(rec, sfs, name, split, _MATCHED[key])
+            here_paths, here_listing = _split_now(sfs, name, split)
         except (OSError, KeyError, ValueError, TypeError, FeatstoreError) as e:
             out[split] = (
                 f"{sfs.path}'s {split!r} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
             )
+            continue
+        if here_paths == paths and (listing is None or here_listing == listing):
+            continue
+        arrays = here_listing.startswith("arrays:")  # rows written from arrays: their digest differs
+        how = "rows" if arrays else "listing" if here_paths == paths else "images"
+        out[split] = _elsewhere_why(rec, sfs, name, split, how, root)
     return out
 
 
-def _elsewhere_why(rec, sfs, name: str, split: str, how: str) -> str:
+_NOW: dict = {}  # (file identity, extractor, split) -> (paths digest, listing digest): read once per store version
+
+
+def _split_now(sfs, name: str, split: str) -> tuple[str, str]:
+    """:func:`featstore.runs.record.split_identity` of ``sfs``'s split, once per process and store file version."""
+    from featstore.runs.record import split_identity
+
+    key = (_identity(sfs.path), name, split)
+    if key not in _NOW:
+        if len(_NOW) >= 1 << 8:
+            _NOW.clear()
+        _NOW[key] = split_identity(sfs, name, split)
+    return _NOW[key]
+
+
+def _elsewhere_why(rec, sfs, name: str, split: str, how: str, root=None) -> str:
     """Why a recorded figure's split ``split`` of ``sfs`` is not compared (:func:`scored_elsewhere`): the same image
     paths with another listing (extracted again: the listing holds each file's size and time, so touched or copied files
     differ too; attack 80 #3 said "other rows" of the same images) or other paths; what to run."""
@@ -198,12 +210,13 @@ def _elsewhere_why(rec, sfs, name: str, split: str, how: str) -> str:
             f"(made again since, or another store's split of that name)"
         )
     rid, own, here = rec.get("id") or "ID", rec.get("store"), shlex.quote(str(sfs.path))
+    runs = f" --runs {shlex.quote(str(root))}" if root is not None else ""  # where the run is (attack 81 #2)
     elsewhere = (
         f"; or pass --store {shlex.quote(own)}, the store they were scored on"
         if own and not same_file(own, sfs)
         else ""
     )
     return (
-        f"{what}: `featstore runs evaluate {rid} --split {shlex.quote(split)} --store {here}` scores and marks the split "
-        f"as it is now{elsewhere}"
+        f"{what}: `featstore runs evaluate {rid} --split {shlex.quote(split)} --store {here}{runs}` scores and marks "
+        f"the split as it is now{elsewhere}"
     )
