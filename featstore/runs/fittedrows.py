@@ -46,15 +46,7 @@ from featstore.outputs import terminal_safe
 from featstore.runs.files import read_record_json
 from featstore.runs.kinds import kind_of, parse_record
 from featstore.runs.rowbudget import _FENCE, ROW_BYTES, _block, over_budget, peak_bytes  # noqa: F401 - re-exported
-from featstore.runs.trainstore import (  # noqa: F401
-    _STORES,
-    _identity,
-    _open,
-    _splits,
-    same_file,
-    scored_elsewhere,
-    training_store,
-)
+from featstore.runs.trainstore import _identity, _open, _splits, same_file, scored_elsewhere, training_store
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +354,11 @@ def held_rows(fs, name: str, train: str, max_bytes: int = 64 << 20, ident=None) 
         _TRAIN.clear()
         _TRAIN[key] = TrainingRows(fs, name, train, max_bytes)
     return _TRAIN[key]
+
+
+def release_held() -> None:
+    """Drop the training split's digests :func:`held_rows` holds for the process (a caller within a memory budget)."""
+    _TRAIN.clear()
 
 
 def holds_rows(fs, name: str, train: str) -> bool:
