@@ -34,4 +34,6 @@ def test_the_union_holds_the_memory_budget(tmp_path, monkeypatch):
     got = training_rows.compared_with(fs, "synthetic", ("train", "validation"), "test", memory_budget=1 << 20)
     assert got == {"shared": 4, "rows": 100}
     assert seen and max(seen) <= (1 << 20) // 16, seen  # the rule's small blocks, not 64 MiB
-    assert not fittedrows.holds_rows(fs, "synthetic", "train") and not fittedrows.holds_rows(fs, "synthetic", "validation")
+    assert not fittedrows.holds_rows(fs, "synthetic", "train") and not fittedrows.holds_rows(
+        fs, "synthetic", "validation"
+    )
