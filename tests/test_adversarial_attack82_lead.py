@@ -37,3 +37,78 @@ def test_the_union_holds_the_memory_budget(tmp_path, monkeypatch):
     assert not fittedrows.holds_rows(fs, "synthetic", "train") and not fittedrows.holds_rows(
         fs, "synthetic", "validation"
     )
+
+
+def test_phase_a_rows_in_another_store_join_the_union(tmp_path):
+    """Attack 82 #3: finetune judged phase A's training split in another store on its own (3 of 8 and 3 of 8 of
+    train/validation: two notes, 6 of 8 not held out). The union takes a ``(store, split)`` of another store."""
+    import pytest
+
+    from featstore.errors import ConfigError
+    from featstore.experiments.finetune_rows import _refuse_together
+
+    rng = np.random.default_rng(1)
+    tr, va, other = (rng.normal(size=(n, 8)).astype(np.float32) for n in (40, 20, 40))
+    test = np.concatenate([other[:3], va[:3], rng.normal(size=(2, 8)).astype(np.float32)])
+    for s, x in (("train", tr), ("validation", va), ("test", test)):
+        write_arrays(tmp_path / "f.h5", "synthetic", s, x, np.zeros(len(x), int), ["a", "b"])
+    write_arrays(tmp_path / "g.h5", "synthetic", "train", other, np.zeros(40, int), ["a", "b"])
+    fs, gfs = FeatureStore(tmp_path / "f.h5"), FeatureStore(tmp_path / "g.h5")
+    training_rows._UNION.clear()
+    got = training_rows._union(fs, "synthetic", ["train", "validation", (gfs, "train")], "test")
+    assert got == {"shared": 6, "rows": 8}
+    with pytest.raises(ConfigError, match=r"6 of the 8 rows of 'test' .* of .*g\.h5 \(phase A's head\)"):
+        _refuse_together(fs, "synthetic", ["train", "validation", (gfs, "train")], (gfs, "train"))
+
+
+def _evaluated(tmp_path, test_of):
+    """A logreg fitted with no test on a store whose test split is ``test_of(train, validation)``; then evaluated."""
+    from featstore import fit
+    from featstore.experiments.evaluate import evaluate_and_record
+
+    rng = np.random.default_rng(3)
+    y = np.arange(40) % 2
+    X = {s: (rng.normal(size=(40, 8)) + y[:, None]).astype(np.float32) for s in ("train", "validation")}
+    for s in ("train", "validation"):
+        write_arrays(tmp_path / "f.h5", "synthetic", s, X[s], y, ["a", "b"])
+    rec = fit(tmp_path / "f.h5", "logreg", {"C": [0.01, 1.0, 100.0]}, runs=tmp_path / "runs", test="none")
+    write_arrays(tmp_path / "f.h5", "synthetic", "test", *test_of(X, y, rng), ["a", "b"])
+    return lambda: evaluate_and_record(rec.id, "test", tmp_path / "f.h5", tmp_path / "runs")
+
+
+def test_runs_evaluate_refuses_a_test_of_the_rows_the_run_chose_on(tmp_path):
+    """Attack 82 #1: test = validation's rows was recorded as a held-out 0.975, no note, no mark."""
+    import pytest
+
+    from featstore.errors import ConfigError
+
+    run = _evaluated(tmp_path, lambda X, y, rng: (X["validation"], y))
+    with pytest.raises(
+        ConfigError, match=r"40 of the 40 rows of 'test' .* are rows of 'validation', the rows the choice"
+    ):
+        run()
+
+
+def test_runs_evaluate_judges_train_and_validation_together(tmp_path):
+    """fixEB's case in runs evaluate: 15 of train's rows and 15 of validation's in 40 (each a minority)."""
+    import pytest
+
+    from featstore.errors import ConfigError
+
+    def mixed(X, y, rng):
+        return np.concatenate([X["train"][:15], X["validation"][15:30], rng.normal(size=(10, 8)).astype(np.float32)]), y
+
+    with pytest.raises(ConfigError, match=r"30 of the 40 rows of 'test' .* \(15\) or of 'validation' \(15\)"):
+        _evaluated(tmp_path, mixed)()
+
+
+def test_runs_evaluate_notes_a_few_rows_it_chose_on_and_records(tmp_path, caplog):
+    def one(X, y, rng):
+        return np.concatenate([X["validation"][:1], rng.normal(size=(39, 8)).astype(np.float32)]), y
+
+    with caplog.at_level("WARNING"):
+        rec, _, said = _evaluated(tmp_path, one)()
+    assert said.startswith("recorded") and "test" in rec.metrics
+    assert any(
+        "1 of the 40 rows of 'test'" in r.message and "optimistic by at most 1 row" in r.message for r in caplog.records
+    )

@@ -26,6 +26,7 @@ from featstore.experiments.compare import (
     compare_runs,  # noqa: F401 (featstore.compare_runs: its public home)
     split_rows,
 )
+from featstore.experiments.evaluate_rows import refuse_chosen_rows
 from featstore.experiments.protocol import check_has_rows, check_not_reserved
 from featstore.experiments.run_store import refuse_other_store
 from featstore.outputs import write_atomic
@@ -227,6 +228,7 @@ def _evaluate_and_record(run_id: str, split: str, store, root: Path) -> tuple[Ru
     fs = FeatureStore(store)
     if split not in rec.metrics:
         refuse_other_store(rec, fs, split)
+        refuse_chosen_rows(fs, rec, split)  # its rows against those the run chose on, before scoring (attack 82 #1)
     blocks, names = _blocks(rec, folder, store, split), list(rec.class_names)  # the split checked; read when iterated
     versions = split_versions(fs, rec.extractor, [split])  # before any is read: one state of the split is recorded
     paths, listing = digest_paths(fs.paths(split, rec.extractor)), fs.split_info(split, rec.extractor)

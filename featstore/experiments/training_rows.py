@@ -80,17 +80,19 @@ def _union(fs, name: str, trains: list[str], split: str, memory_budget: int | No
     :func:`~featstore.runs.fittedrows.peak_bytes` and a byte a row of ``split`` (attack 78 #6: all of them at once, 1.75
     x that bound at 2 M rows, built again every call); the count is kept for the process, keyed by the store file's
     identity, as the rule's own. Within ``memory_budget`` (a fit's ``--memory-budget``) its blocks are the rule's
-    small ones and nothing is held after the call (attack 82 #4: 64 MiB blocks, and digests kept during the fit)."""
-    key = (store_identity(fs.path), name, tuple(trains), split)
+    small ones and nothing is held after the call (attack 82 #4: 64 MiB blocks, and digests kept during the fit). A
+    training split given as ``(store, split)`` is another store's (finetune's phase A head fitted elsewhere: 82 #3)."""
+    places = [t if isinstance(t, tuple) else (fs, t) for t in trains]
+    key = (store_identity(fs.path), name, tuple((store_identity(f.path), t) for f, t in places), split)
     if key in _UNION:
         return dict(_UNION[key])
     block_bytes = 64 << 20 if memory_budget is None else max(1, min(64 << 20, memory_budget // 16))
     hit = np.zeros(int(fs.split_info(split, name)["committed_rows"]), bool)
     rows, base = 0, None
     try:
-        for t in sorted(trains, key=lambda t: not holds_rows(fs, name, t)):  # the one held already first
+        for tfs, t in sorted(places, key=lambda p: not holds_rows(*p[:1], name, p[1])):  # the one held already first
             base = None  # no reference to the last: freed when the rule's cache drops it for the next
-            base, rows = held_rows(fs, name, t, block_bytes), 0
+            base, rows = held_rows(tfs, name, t, block_bytes), 0
             for block in digest_blocks(fs, name, split, block_bytes):
                 hit[rows : rows + len(block)] |= base.hits(block)
                 rows += len(block)
