@@ -5,7 +5,7 @@ the budget, validation a tenth of that) through featstore's writer, then, each i
 peak RSS of: the framework baseline (imports + opening the store, no fit), a streamed fit within the
 budget, and (for comparison) the same fit loading everything. Prints them side by side, and the time and peak RSS
 of the NaN/inf/far-row check of train (``refuse_nonfinite`` in the budget's blocks: row counts, peaks and, since
-attack 79 #5, the usual size from the same bits) and of the far rule's usual size of train alone (each row's mean
+attack 81 #1, the usual size of a strided sample of rows, far.SAMPLE at least) and of the far rule's usual size of train alone (each row's mean
 exponent, a histogram over rows: a pass of its own where a split's first pass was not made) beside a plain read of the same blocks (``--check-only``: those two lines).
 
     python benchmarks/out_of_core.py                       # sgd, budget 128MB, store 4.5x the budget
@@ -102,7 +102,7 @@ def check_lines(store: Path, budget: int) -> None:
     read, r = runs["read"]
     print(f"  plain read of train in blocks of budget/4     {read:8.0f} MB; {r['seconds']:.2f} s")
     for kind, what in (
-        ("check", "refuse_nonfinite (NaN/inf/large/sizes)"),
+        ("check", "refuse_nonfinite (NaN/inf/large/sample)"),
         ("usual", "far rule's usual size of train"),
     ):
         rss, t = runs[kind]
