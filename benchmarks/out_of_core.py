@@ -4,9 +4,9 @@ Writes a synthetic store (VGG16-shaped (4, 4, 512) float32 rows with a class sig
 the budget, validation a tenth of that) through featstore's writer, then, each in a fresh process, measures
 peak RSS of: the framework baseline (imports + opening the store, no fit), a streamed fit within the
 budget, and (for comparison) the same fit loading everything. Prints them side by side, and the time and peak RSS
-of the NaN/inf/far-row check of train (``refuse_nonfinite`` in the budget's blocks: row counts and peaks) and of the
-far rule's usual size of train (each row's mean exponent, a histogram over rows: made only where a feature is over
-FAR_FLOOR) beside a plain read of the same blocks (``--check-only``: those two lines).
+of the NaN/inf/far-row check of train (``refuse_nonfinite`` in the budget's blocks: row counts, peaks and, since
+attack 81 #1, the usual size of a strided sample of rows, far.SAMPLE at least) and of the far rule's usual size of train alone (each row's mean
+exponent, a histogram over rows: a pass of its own where a split's first pass was not made) beside a plain read of the same blocks (``--check-only``: those two lines).
 
     python benchmarks/out_of_core.py                       # sgd, budget 128MB, store 4.5x the budget
     python benchmarks/out_of_core.py --clf dense --budget 256MB
@@ -93,8 +93,8 @@ READ = (
 
 
 def check_lines(store: Path, budget: int) -> None:
-    """The check of train a streamed fit's first pass makes (NaN/inf, large rows, peaks) and the far rule's pass over
-    train for its usual size (made only where a feature is over FAR_FLOOR), each beside a plain read of the same
+    """The check of train a streamed fit's first pass makes (NaN/inf, large rows, peaks, usual size) and the far rule's
+    pass over train for its usual size alone, each beside a plain read of the same
     blocks; peak RSS of each process."""
     runs = {}  # each twice, the second kept: every one with the file in the page cache
     for kind in ("read", "check", "usual") * 2:
@@ -102,7 +102,7 @@ def check_lines(store: Path, budget: int) -> None:
     read, r = runs["read"]
     print(f"  plain read of train in blocks of budget/4     {read:8.0f} MB; {r['seconds']:.2f} s")
     for kind, what in (
-        ("check", "refuse_nonfinite (NaN/inf/large/peaks)"),
+        ("check", "refuse_nonfinite (NaN/inf/large/sample)"),
         ("usual", "far rule's usual size of train"),
     ):
         rss, t = runs[kind]

@@ -154,8 +154,8 @@ def test_train_is_binned_once_per_command(tmp_path, monkeypatch):
         X[:, 3] = 2000.0  # a large channel: over FAR_FLOOR, so the usual sizes are read
         write_arrays(store, "synthetic", s, X.astype(np.float32), y, ["a", "b", "c"])
     binned: list[int] = []
-    add = far.LayerSizes.add
-    monkeypatch.setattr(far.LayerSizes, "add", lambda self, X: (binned.append(len(X)), add(self, X))[1])
+    add = far.LayerSizes.add_stats  # every binning (a split's first pass since attack 79 #5, or a pass of its own)
+    monkeypatch.setattr(far.LayerSizes, "add_stats", lambda self, e, t: (binned.append(len(e)), add(self, e, t))[1])
     nonfinite._CACHE.clear()
     featstore.sweep(store, ["logreg", "knn", "sgd"], runs=tmp_path / "runs")
     assert sum(binned) == 60 + 30 + 45, binned

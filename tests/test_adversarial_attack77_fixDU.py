@@ -57,6 +57,14 @@ def _older(rec, store, runs) -> None:
     path.write_text(json.dumps(obj))
 
 
+def _peaks_only(rec, store, runs) -> None:
+    """The run as a featstore before attack 79 #5 recorded it where its fit did not bin train: no usual size."""
+    path = get_run(rec.id, store, runs)[1] / RECORD
+    obj = json.loads(path.read_text())
+    assert obj["inputs"]["far_reference"].pop("usual") is not None and obj["inputs"]["far_reference"].pop("bound")
+    path.write_text(json.dumps(obj))
+
+
 def _refused_unrecorded(rec, store, runs, match: str = "far over"):
     folder = get_run(rec.id, store, runs)[1]
     before = (folder / RECORD).read_bytes()
@@ -94,7 +102,7 @@ def test_an_honest_test_is_recorded_and_read_once(tmp_path, monkeypatch):
 
 def test_a_row_between_the_recorded_floor_and_its_most_bins_the_runs_own_train_only(tmp_path, caplog):
     store, runs, rec = _fit(tmp_path, small=True)
-    assert rec["inputs"]["far_reference"].get("usual") is None  # the fit did not bin train: only its peaks
+    _peaks_only(rec, store, runs)  # as a fit before attack 79 #5 recorded a layer under 1e3: only train's peaks
     _rewrite(store, "test", 30, 1.0, 2, small=True)
     X, y = _arrays(30, 1.0, 2, small=True)
     X[3, 2] = 1e5  # over the bound (the floor, ~4e3), under FAR_FACTOR x train's usual peak: train's size decides

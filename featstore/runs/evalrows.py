@@ -27,7 +27,7 @@ import numpy as np
 from featstore.errors import StoreError
 from featstore.outputs import terminal_safe
 from featstore.runs.trainstore import same_file, training_store
-from featstore.store.far import Figures, LayerSizes, Recorded, judge
+from featstore.store.far import Figures, LayerSizes, Recorded, judge, tolerated_line
 from featstore.store.metadata import file_state
 from featstore.store.nonfinite import _CACHE, redo_advice, reference_sizes, remember, row_peaks
 
@@ -79,9 +79,17 @@ class FarRows:
         verdict = judge(Figures.of(own), Figures.of(ref), ())  # fit's judge (its shortcut: the recorded floor)
         if verdict.needs or verdict.far:  # train's usual size not recorded, or far rows to name: the split is read
             return False
+        self._tolerated(verdict, own.usual(), ref.usual())
         if verdict.apart:
             self._refuse_apart(verdict, own.usual(), ref.usual())
         return True
+
+    def _tolerated(self, verdict, own: float, theirs: float) -> None:
+        """One warning line where the judge accepted usual sizes apart (the training split peaky)."""
+        if verdict.tolerated:
+            logger.warning(
+                "runs evaluate: %s", tolerated_line(self.where(), own, f"{self.train} of run {self.run}", theirs)
+            )
 
     def _partial(self) -> bool:
         """Whether only the recorded floor, peak and largest feature are known (the fit did not bin train)."""
@@ -160,6 +168,7 @@ class FarRows:
         itself = ref is None  # the run's own training split: its own pass
         ref = ref if ref is not None else self.own
         verdict = judge(own, Figures.of(ref), (), itself=itself)
+        self._tolerated(verdict, own.usual_size, ref.usual())
         self._refuse_far(peaks, verdict.bound, f"{ref.usual():.3g}")
         self._refuse_apart(verdict, own.usual_size, ref.usual())
 

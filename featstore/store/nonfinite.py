@@ -3,6 +3,7 @@ over the training split's usual feature size, or a split far from it (``store.fa
 
 from __future__ import annotations
 
+import logging
 import shlex
 
 import numpy as np
@@ -13,6 +14,7 @@ from featstore.provenance import AUGMENTED
 from featstore.store.far import (  # noqa: F401 (re-exported)
     FAR_FACTOR,
     FAR_FLOOR,
+    SAMPLE,
     Figures,
     LayerSizes,
     Peaks,
@@ -20,8 +22,13 @@ from featstore.store.far import (  # noqa: F401 (re-exported)
     far_mask,
     judge,
     odd_one,
+    row_stats,
+    sample_clears,
+    tolerated_line,
 )
 from featstore.store.metadata import file_state
+
+logger = logging.getLogger(__name__)
 
 # a feature this large is no backbone's usual output (an overflow): a fit's scaler took its spread from one such train
 # row and every other row standardised to about 0, chance accuracy, exit 0 (attack 62 #4); predict marks such images
@@ -94,38 +101,63 @@ class NonfiniteRows:
         self.bad: list[int] = []
         self.huge: list[int] = []  # finite rows with a feature over LARGE_FEATURE
         self.top = 0.0
-        self.peaks = Peaks()  # its rows' largest magnitudes: the far rule's floor with no binning (train's)
+        self.sizes_seen = LayerSizes()  # its usual size and peaks, binned in this first pass (the far rule's figures)
+        self.peaks = self.sizes_seen.peaks  # its rows' largest magnitudes: the far rule's floor
+        got = kept(fs, name, self.key()) if large else None  # binned already in this process at this store state
+        self.binned = got if isinstance(got, LayerSizes) else None  # (a sweep's cells): not binned again
+        self.stride = _stride(fs, split, name, augmented) if large and self.binned is None else 1  # rows binned: k-th
         self.start = 0
         self.X: np.ndarray | None = None  # the split whole, when it was given in memory (far rows listed from it)
         self.max_bytes = 64 << 20  # the block of a second pass that lists far rows (a streamed fit's)
 
     def block(self, X: np.ndarray) -> bool:
         """Count the next block's bad rows (NaN/inf, or a feature over :data:`LARGE_FEATURE` unless ``large`` is False);
-        True when it has none."""
-        peaks = row_peaks(X)
+        True when it has none. Each row's mean exponent is binned too (the far rule's usual size, read with the bits
+        that give its largest magnitude: no second pass judges a split apart; attack 79 #5)."""
+        if self.limit == np.inf or self.binned is not None:  # evaluate's pass bins it itself (evalrows); binned already
+            peaks = row_peaks(X)
+            self.peaks.add(peaks)
+        elif self.stride > 1:  # a strided sample of rows binned (far.SAMPLE), every row's peak
+            peaks = row_peaks(X)
+            self.peaks.add(peaks)
+            self.sizes_seen.add_exponents(row_stats(np.asarray(X)[(-self.start) % self.stride :: self.stride])[0])
+        else:
+            e, bits = row_stats(X)
+            exact = np.asarray(X).dtype in (np.float32, np.float16)  # float64: its own peaks (not cast to float32)
+            peaks = bits.view(np.float32).astype(np.float64) if exact else row_peaks(X)
+            self.sizes_seen.add_stats(e, bits)
         finite = np.isfinite(peaks)
         bad = np.flatnonzero(~finite)
         huge = large_rows(peaks, self.limit)
         self.bad += (bad + self.start).tolist()
         self.huge += (huge + self.start).tolist()
         self.top = max(self.top, float(peaks[finite].max(initial=0)))
-        self.peaks.add(peaks)
         self.start += len(X)
         return not len(bad) and not len(huge)
 
     def far(self, ref) -> tuple[list[int], float]:
         """(rows, bound) of the split's rows with a feature over the far rule's bound (``ref``: the training split's
-        :class:`Reference`, read only when there is no NaN/inf or large row), as :func:`far.judge` decides: nothing is
-        binned while its no-binning shortcuts hold (most backbones' layers); else train is binned, and this split when a
-        far row or a split apart may be there; a second pass lists far rows (only a bad store pays it). A split whose
+        :class:`Reference`, read only when there is no NaN/inf or large row), as :func:`far.judge` decides on both
+        splits' figures from their first passes (usual sizes of a sample of rows: :func:`far.sample_clears`; where the
+        samples do not clear it, the splits are binned whole, once per process); a second pass lists far rows (only a
+        bad store pays it). A split whose
         own usual size is far from train's raises here, naming the one most likely wrong: train when train's is far
         under it and no other split agrees with train (a train all 1e-8 x the others was reported as overflows in
         every other split: attack 76 #7; 75 #2)."""
         if self.bad or self.huge or not self.start or ref is None or self.limit == np.inf:
             return [], 0.0
         mine = (ref.split, False) == (self.split, self.augmented)
-        if mine:  # train's own pass: its peaks are the floor's
-            remember(self.fs, self.name, ref.split, self.peaks)
+        if self.binned is None:  # its figures: later cells, evaluate, others() (a sample's: its peaks, sample kept)
+            remember(self.fs, self.name, self.key(), self.sizes_seen if self.stride == 1 else self.peaks)
+            if self.stride > 1:
+                remember(self.fs, self.name, self.key() + _SAMPLED, self.sizes_seen)
+        theirs = kept(self.fs, self.name, ref.split)  # binned whole, else the sample of its first pass
+        whole = isinstance(theirs, LayerSizes)
+        theirs = theirs if whole else kept(self.fs, self.name, ref.split + _SAMPLED)
+        own = None if mine else self.binned or self.sizes_seen
+        exact = (self.binned is not None or self.stride == 1, whole)
+        if isinstance(theirs, LayerSizes) and sample_clears(own, theirs, mine, exact):
+            return [], theirs.bound()  # the samples clear it: no split binned whole
         theirs = ref.figures()
         own, others = theirs if mine else self.figures(), None
         verdict = judge(own, theirs, others, itself=mine)
@@ -138,6 +170,9 @@ class NonfiniteRows:
             else:
                 others = self.others(ref)
             verdict = judge(own, theirs, others, itself=mine)
+        if verdict.tolerated:  # train peaky: a confident softmax, or an underflow
+            where = f"{self.fs.path}:/{self.name}/{self.key()}"
+            logger.warning("%s", tolerated_line(where, own.usual_size, ref.split, theirs.usual_size))
         if verdict.refused == "apart":  # one of the two is an overflow (or underflowed, or unscaled)
             raise StoreError(self.apart_line(own.usual_size, theirs.usual_size, ref.split, verdict.odd))
         if verdict.far:
@@ -150,8 +185,9 @@ class NonfiniteRows:
 
     def figures(self) -> Figures:
         """This split's figures from its first pass, with its usual size where this process binned it already."""
-        got = kept(self.fs, self.name, self.key())
-        return Figures.of(got) if isinstance(got, LayerSizes) else Figures(self.top, self.peaks.usual())
+        if self.binned is None and self.stride > 1:  # a sample's usual size: the judge has this split binned whole
+            return Figures(self.top, self.peaks.usual())
+        return Figures.of(self.sizes_seen if self.binned is None else self.binned)
 
     def others(self, ref) -> list[float]:
         """The usual sizes of the extractor's other plain splits (not train, not this one): which of two splits apart
@@ -286,9 +322,21 @@ def checked_split(fs, split: str, name: str, X, augmented: bool, max_bytes: int,
         [X] if X is not None else (b for b, _ in fs.iter_batches(split, name, augmented=augmented, max_bytes=max_bytes))
     ):
         check.block(block)
-    if ref == split and not augmented and not check.bad and not check.huge:
-        remember(fs, name, ref, check.peaks)
+    if ref == split and not augmented and not check.bad and not check.huge and check.binned is None:
+        remember(fs, name, ref, check.sizes_seen if check.stride == 1 else check.peaks)  # a sample: in far()
     check.refuse(Reference(fs, name, ref, max_bytes, X if ref == split and not augmented else None))
+
+
+_SAMPLED = "\x00sampled"  # the cache key's suffix of a split's sampled sizes (NonfiniteRows.stride > 1)
+
+
+def _stride(fs, split: str, name: str, augmented: bool) -> int:
+    """Every how many rows a first pass bins (far.SAMPLE rows at least; 1: all, for a split of fewer)."""
+    try:
+        rows = int(fs.split_info(split, name, augmented=augmented).get("committed_rows", 0) or 0)
+    except (StoreError, OSError, KeyError, ValueError, TypeError):
+        return 1
+    return max(1, rows // SAMPLE)
 
 
 def reference_split(fs, name: str) -> str:
