@@ -48,8 +48,8 @@ def _judged_by_test(notes) -> bool:
     return any("judge by test" in n for n in notes)
 
 
-def test_a_test_of_validations_images_is_refused_before_any_training(_finetune_source_once, tmp_path, monkeypatch):
-    ft = _copy(_finetune_source_once, tmp_path, _validation_as_test)
+def refused_before_training(ft: dict, monkeypatch) -> str:
+    """finetune's refusal of ``ft``'s copy, training and caching made to fail were either reached first."""
 
     def never(*a, **k):
         raise AssertionError("trained or cached before the rows rule refused")
@@ -58,7 +58,11 @@ def test_a_test_of_validations_images_is_refused_before_any_training(_finetune_s
     monkeypatch.setattr(ft_module, "cached_cut", never)
     with pytest.raises(ConfigError) as err:
         finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=1, batch_size=4), store=ft["store"])
-    line = str(err.value)
+    return str(err.value)
+
+
+def test_a_test_of_validations_images_is_refused_before_any_training(_finetune_source_once, tmp_path, monkeypatch):
+    line = refused_before_training(_copy(_finetune_source_once, tmp_path, _validation_as_test), monkeypatch)
     assert "8 of the 8 rows of 'test'" in line and "'validation', the rows the choice was made on" in line, line
     assert "--split test --overwrite" in line and "\n" not in line, line
 

@@ -12,12 +12,10 @@ import pytest
 
 from featstore import extract
 from featstore.errors import ConfigError
-from featstore.experiments import finetune as ft_module
-from featstore.experiments.finetune import FinetuneConfig, finetune
 from featstore.store.writer import write_arrays
 
 from .test_adversarial_attack78_fixDW import _refit_store
-from .test_adversarial_attack79_fixDX import CFG, _copy
+from .test_adversarial_attack79_fixDX import CFG, _copy, refused_before_training
 
 JOINT = "are rows of 'train' ({}) or of 'validation' ({}), the rows the choice was made on"
 
@@ -145,14 +143,6 @@ def test_finetune_refuses_a_test_mostly_of_train_and_validation_together(_finetu
     _three_and_three(ft["data"])
     for split in ("train", "validation", "test"):  # one batch layout for every split: the rows match bit for bit
         extract(ft["data"], split, ft["store"], CFG, batch_size=4, overwrite=True)
-
-    def never(*a, **k):
-        raise AssertionError("trained or cached before the rows rule refused")
-
-    monkeypatch.setattr(ft_module, "train", never)
-    monkeypatch.setattr(ft_module, "cached_cut", never)
-    with pytest.raises(ConfigError) as err:
-        finetune(ft["dense"], FinetuneConfig("block5_conv1", epochs=1, batch_size=4), store=ft["store"])
-    line = str(err.value)
+    line = refused_before_training(ft, monkeypatch)
     assert "6 of the 8 rows of 'test' (vgg16) are rows of 'train'" in line and "'validation' (3)" in line, line
     assert "--split test --overwrite" in line and "\n" not in line, line
