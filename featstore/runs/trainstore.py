@@ -20,6 +20,7 @@ import os
 import shlex
 
 from featstore.errors import FeatstoreError
+from featstore.outputs import terminal_safe
 
 _STORES: dict = {}  # path -> (file identity, FeatureStore): a store opened once per process and version (74 #7)
 _MATCHED: dict = {}  # (file identity, extractor, train, recorded identity) -> why not the run's ("" when it is)
@@ -216,7 +217,7 @@ def _elsewhere_why(rec, sfs, name: str, split: str, how: str, root=None) -> str:
         if own and not same_file(own, sfs)
         else ""
     )
-    return (
+    return terminal_safe(  # names printed to a terminal escaped (a path holding an escape sequence)
         f"{what}: `featstore runs evaluate {rid} --split {shlex.quote(split)} --store {here}{runs}` scores and marks "
         f"the split as it is now{elsewhere}"
     )
