@@ -4,6 +4,7 @@ over the training split's usual feature size, or a split far from it (``store.fa
 from __future__ import annotations
 
 import logging
+import secrets
 import shlex
 
 import numpy as np
@@ -105,7 +106,10 @@ class NonfiniteRows:
         self.peaks = self.sizes_seen.peaks  # its rows' largest magnitudes: the far rule's floor
         got = kept(fs, name, self.key()) if large else None  # binned already in this process at this store state
         self.binned = got if isinstance(got, LayerSizes) else None  # (a sweep's cells): not binned again
-        self.stride = _stride(fs, split, name, augmented) if large and self.binned is None else 1  # rows binned: k-th
+        self.stride = _stride(fs, split, name, augmented) if large and self.binned is None else 1  # 1 in k rows binned
+        # drawn at random, a key per check (attack 83 #1, #2: every k-th row from row 0 missed, or over-weighed, rows
+        # laid out with period k), so no layout of the rows can steer which are sampled
+        self.draw = np.random.default_rng(secrets.randbits(128)) if self.stride > 1 else None
         self.start = 0
         self.X: np.ndarray | None = None  # the split whole, when it was given in memory (far rows listed from it)
         self.max_bytes = 64 << 20  # the block of a second pass that lists far rows (a streamed fit's)
@@ -117,10 +121,12 @@ class NonfiniteRows:
         if self.limit == np.inf or self.binned is not None:  # evaluate's pass bins it itself (evalrows); binned already
             peaks = row_peaks(X)
             self.peaks.add(peaks)
-        elif self.stride > 1:  # a strided sample of rows binned (far.SAMPLE), every row's peak
+        elif self.draw is not None:  # a random sample of rows binned (1 in k: far.SAMPLE), every row's peak
             peaks = row_peaks(X)
             self.peaks.add(peaks)
-            self.sizes_seen.add_exponents(row_stats(np.asarray(X)[(-self.start) % self.stride :: self.stride])[0])
+            picked = np.flatnonzero(self.draw.random(len(X)) * self.stride < 1)
+            if len(picked):
+                self.sizes_seen.add_exponents(row_stats(np.asarray(X)[picked])[0])
         else:
             e, bits = row_stats(X)
             exact = np.asarray(X).dtype in (np.float32, np.float16)  # float64: its own peaks (not cast to float32)
