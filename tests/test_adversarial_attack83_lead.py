@@ -47,3 +47,20 @@ def test_train_rows_on_the_stride_do_not_raise_the_bound(tmp_path, phase):
     nonfinite._CACHE.clear()
     with pytest.raises(StoreError, match=r"dense/test holds 1 row"):
         fit(_store(tmp_path / "s.h5", train_rows=rows), "logreg", runs=tmp_path / "runs")
+
+
+def test_an_ensemble_notes_test_rows_a_member_chose_its_temperature_on(tmp_path):
+    """Attack 83 #3: test = validation's rows, each member's temperature fitted there: the ensemble's test figure was
+    recorded with no note (each member's fit noted it)."""
+    from featstore import ensemble
+
+    rng, y = np.random.default_rng(4), np.arange(40) % 2
+    val = (rng.normal(size=(40, 8)) + y[:, None]).astype(np.float32)
+    for split, X in (("train", (rng.normal(size=(40, 8)) + y[:, None]).astype(np.float32)), ("validation", val)):
+        write_arrays(tmp_path / "f.h5", "first", split, X, y, ["a", "b"])
+    write_arrays(tmp_path / "f.h5", "first", "test", val, y, ["a", "b"])
+    runs = tmp_path / "runs"
+    a, b = (fit(tmp_path / "f.h5", c, runs=runs) for c in ("logreg", "knn"))
+    rec = ensemble([a.id, b.id], store=tmp_path / "f.h5", runs=runs)
+    said = [n for n in rec["notes"] if "the rows member" in n and "'test'" in n]
+    assert len(said) == 2 and all("chose its temperature on" in n and "own maximum" in n for n in said), rec["notes"]

@@ -27,6 +27,7 @@ from featstore.errors import ConfigError
 from featstore.experiments.calibration import not_calibrated
 from featstore.experiments.compare import mismatch
 from featstore.experiments.evaluate import metrics
+from featstore.experiments.evaluate_rows import chosen_rows_notes
 from featstore.runs import folder as run_folder
 from featstore.runs.fittedrows import RowsPlace, fitted_splits
 from featstore.runs.folder import StoredPredictions, calibrated_predictions, ensure_writable, find_run, runs_root
@@ -116,6 +117,11 @@ def ensemble(
                 f"fitted on: resubstitution figures, which estimate nothing for new images"
             )
             logger.warning("ensemble: %s", notes[-1])
+    for split in splits:  # rows a member chose on (attack 83 #3), read where its training rows are
+        for rec, _ in members:
+            for line in chosen_rows_notes(rec, split, store):
+                notes.append(line)
+                logger.warning("ensemble: %s", line)
     # one extractor name per distinct (name, fingerprint) of the members, in member order: both fields list the same extractors
     extractors = list(dict.fromkeys((rec.extractor, rec.fingerprint) for rec, _ in members))
     sweeps, method = sweep_choices(root), f"greedy selection on {chosen_on!r}"

@@ -17,6 +17,7 @@ from featstore.experiments.training_rows import CHOSEN, joint_head, verdict
 from featstore.provenance import OOF
 from featstore.runs.fittedrows import fitted_on, optimistic_by
 from featstore.runs.selected import selected_on
+from featstore.runs.trainstore import training_store
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +63,24 @@ def refuse_chosen_rows(fs, rec, split: str) -> list[str]:
     for line in said:
         logger.warning("runs evaluate: %s", line)
     return said
+
+
+def chosen_rows_notes(rec, split: str, store) -> list[str]:
+    """The notes of an ensemble on ``split``'s rows that member run ``rec`` chose its settings, epoch or temperature
+    on (attack 83 #3: a test of validation's rows got an ensemble figure with no word, where each member's fit noted
+    it), read where its training rows are (``store``, else its recorded store: ``trainstore.training_store``)."""
+    name, train = rec.extractor, fitted_on(rec)
+    fs, _ = training_store(rec, store, name, train) if train else (None, "")
+    if fs is None or split not in fs.splits(name):
+        return []
+    out = []
+    for on, what in chosen_splits(rec, list(fs.splits(name))).items():
+        if on == split:
+            continue
+        v = verdict(fs, name, on, split)
+        if v.shared and v.kind != "unknown":
+            out.append(
+                f"{v.head()}, the rows member {rec.id} chose {what} on: its figures there are "
+                + ("the choice's own maximum, not held-out figures" if v.kind == "refuse" else optimistic_by(v.shared))
+            )
+    return out
