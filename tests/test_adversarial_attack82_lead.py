@@ -112,3 +112,20 @@ def test_runs_evaluate_notes_a_few_rows_it_chose_on_and_records(tmp_path, caplog
     assert any(
         "1 of the 40 rows of 'test'" in r.message and "optimistic by at most 1 row" in r.message for r in caplog.records
     )
+
+
+def test_runs_evaluate_says_a_split_over_the_caps_was_not_compared_with_the_rows_it_chose_on(
+    tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(fittedrows, "MAX_ROWS", 50)  # stands for 2^24 rows: test's 60 are over it
+    monkeypatch.setattr(fittedrows, "_COUNTS", {})
+    monkeypatch.setattr(fittedrows, "_TRAIN", {})
+    training_rows._UNION.clear()
+    run = _evaluated(tmp_path, lambda X, y, rng: (rng.normal(size=(60, 8)).astype(np.float32), np.arange(60) % 2))
+    with caplog.at_level("WARNING"):
+        _, _, said = run()
+    assert said.startswith("recorded")
+    assert any(
+        "were not compared with those of 'validation', the rows the choice was made on" in r.message
+        for r in caplog.records
+    ), [r.message for r in caplog.records]

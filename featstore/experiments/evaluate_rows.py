@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 
 from featstore.errors import ConfigError
-from featstore.experiments.training_rows import CHOSEN, joint_head, verdict
+from featstore.experiments.training_rows import CHOSEN, joint_head, unknown, verdict
 from featstore.provenance import OOF
 from featstore.runs.fittedrows import fitted_on, optimistic_by
 from featstore.runs.selected import selected_on
@@ -50,6 +50,9 @@ def refuse_chosen_rows(fs, rec, split: str) -> list[str]:
         trains = (train,) if train and train in present and train != split else ()
         v = verdict(fs, name, trains or (on,), split, chosen_on=on if trains else None)
         chose = v.parts[1] if v.parts else v
+        if chose.kind == "unknown" and not chose.partial:  # said, not passed silently (over the rule's caps)
+            said.append(unknown(split, repr(on), chose.why, True))
+            continue
         if not chose.shared or v.kind == "unknown":
             continue  # no row of the split it chose on (the training rows alone: the fitted-on marks say them)
         head = joint_head(v) if v.parts and v.parts[0].shared else f"{chose.head()}, {CHOSEN} ({what})"
