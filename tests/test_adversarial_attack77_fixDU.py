@@ -91,6 +91,9 @@ def test_b_another_store_with_no_train_does_not_hold_test_to_itself(tmp_path):
 def test_an_honest_test_is_recorded_and_read_once(tmp_path, monkeypatch):
     store, runs, rec = _fit(tmp_path)
     _rewrite(store, "test", 30, 1.0, 2)
+    monkeypatch.setattr(
+        "featstore.experiments.evaluate.refuse_chosen_rows", lambda *a: []
+    )  # its digests: not the subject
     reads: list[str] = []
     real = FeatureStore.iter_batches
     monkeypatch.setattr(
