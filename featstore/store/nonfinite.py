@@ -118,13 +118,12 @@ class NonfiniteRows:
         """Count the next block's bad rows (NaN/inf, or a feature over :data:`LARGE_FEATURE` unless ``large`` is False);
         True when it has none. Each row's mean exponent is binned too (the far rule's usual size, read with the bits
         that give its largest magnitude: no second pass judges a split apart; attack 79 #5)."""
-        if self.limit == np.inf or self.binned is not None:  # evaluate's pass bins it itself (evalrows); binned already
+        # every row's peak; its exponents binned: none (evaluate's pass bins it itself, evalrows; binned already), a
+        # random sample of rows (1 in k: far.SAMPLE; a draw exists only then), else all of them with the peaks
+        if self.limit == np.inf or self.binned is not None or self.draw is not None:
             peaks = row_peaks(X)
             self.peaks.add(peaks)
-        elif self.draw is not None:  # a random sample of rows binned (1 in k: far.SAMPLE), every row's peak
-            peaks = row_peaks(X)
-            self.peaks.add(peaks)
-            picked = np.flatnonzero(self.draw.random(len(X)) * self.stride < 1)
+            picked = np.flatnonzero(self.draw.random(len(X)) * self.stride < 1) if self.draw is not None else []
             if len(picked):
                 self.sizes_seen.add_exponents(row_stats(np.asarray(X)[picked])[0])
         else:
